@@ -1,0 +1,1 @@
+"""A SQL-first Litestar modular monolith."""

@@ -1,0 +1,267 @@
+"""RFC 9457 problem details for every error the API answers.
+
+Each problem has a stable ``type`` (a relative URI under ``/problems/``), a human ``title``, the
+HTTP ``status`` and the ``request_id`` that also appears in the logs. Validation problems list
+every bad field in ``errors``. A 5xx never carries internals: the details go to the log only.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import msgspec
+import psycopg
+import psycopg_pool
+import redis.exceptions
+import structlog
+import valkey.exceptions
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+from litestar.utils.scope.state import ScopeState
+
+from app.core.validation import struct_field_errors
+
+log = structlog.get_logger("app.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class AppError(Exception):
+    """A failure the API reports to the client as a problem; raise subclasses from services."""
+
+    status: ClassVar[int] = HTTP_400_BAD_REQUEST
+    slug: ClassVar[str] = "bad-request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class NotFoundError(AppError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class ConflictError(AppError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class UnprocessableError(AppError):
+    status = 422
+    slug = "unprocessable"
+    title = "Unprocessable request"
+
+
+class ServiceUnavailableError(AppError):
+    status = 503
+    slug = "service-unavailable"
+    title = "Service unavailable"
+
+
+_HTTP_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("unprocessable", "Unprocessable request"),
+    429: ("rate-limited", "Too many requests"),
+    500: ("internal", "Internal server error"),
+    503: ("service-unavailable", "Service unavailable"),
+}
+
+
+def problem_type(slug: str) -> str:
+    return f"/problems/{slug}"
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    status: int,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    detail: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Problem]:
+    default_slug, default_title = _HTTP_SLUGS.get(status, ("error", "Error"))
+    body = Problem(
+        type=problem_type(slug or default_slug),
+        title=title or default_title,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        request_id=request_id_of(request),
+        errors=errors,
+    )
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _field_from_msgspec(message: str) -> tuple[str, str]:
+    """``Expected `int`, got `str` - at `$.quantity``` → (``quantity``, ``Expected `int`, got `str```)."""
+    match = _MSGSPEC_PATH.search(message)
+    if match is None:
+        return "body", message
+    path = match.group("path").lstrip(".") or "body"
+    return path, message[: match.start()]
+
+
+def _validation_errors(exc: ValidationException) -> list[FieldError]:
+    extra = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
+    errors: list[FieldError] = []
+    for item in extra:
+        if not isinstance(item, dict):
+            errors.append(FieldError(field="body", message=str(item)))
+            continue
+        source = getattr(item.get("source"), "value", item.get("source"))
+        key = str(item.get("key") or "")
+        message = str(item.get("message") or exc.detail)
+        if source in (None, "body") or key in ("", "data"):
+            path, message = _field_from_msgspec(message)
+            key = path if key in ("", "data") else key
+        errors.append(
+            FieldError(field=f"{source}.{key}" if source and source != "body" else key, message=message)
+        )
+    if not errors:
+        field, message = _field_from_msgspec(exc.detail)
+        errors.append(FieldError(field=field, message=message))
+    return errors
+
+
+def _validation_problem(request: Request[Any, Any, Any], errors: list[FieldError]) -> Response[Problem]:
+    return problem_response(
+        request,
+        HTTP_400_BAD_REQUEST,
+        slug="validation",
+        title="Invalid request",
+        detail="; ".join(f"{e.field}: {e.message}" for e in errors),
+        errors=errors,
+    )
+
+
+def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
+    errors = _validation_errors(exc)
+    if any("." not in error.field for error in errors):
+        errors = _all_body_errors(request) or errors
+    return _validation_problem(request, errors)
+
+
+def _all_body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
+    """Every bad body field, when the handler takes a Struct body (msgspec reports only the first)."""
+    handler = request.scope.get("route_handler")
+    data_field = getattr(handler, "parsed_data_field", None)
+    body_type = getattr(data_field, "annotation", None)
+    if not (isinstance(body_type, type) and issubclass(body_type, msgspec.Struct)):
+        return []
+    body = ScopeState.from_scope(request.scope).body  # already read (and size-checked) by Litestar
+    if not isinstance(body, bytes):
+        return []
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return []
+    return [
+        FieldError(field=field, message=message) for field, message in struct_field_errors(body_type, decoded)
+    ]
+
+
+def _handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Response[Problem]:
+    return problem_response(
+        request, exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, headers=exc.headers
+    )
+
+
+def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    if exc.status_code >= HTTP_500_INTERNAL_SERVER_ERROR:
+        return _handle_unexpected(request, exc)
+    if isinstance(exc.__cause__, SerializationException):
+        # The body could not be decoded at all (malformed JSON): no field to name but the body.
+        return _validation_problem(
+            request, [FieldError(field="body", message=f"Malformed JSON: {exc.detail}")]
+        )
+    default_title = _HTTP_SLUGS.get(exc.status_code, ("", ""))[1]
+    detail = (
+        None
+        if exc.detail.lower() in {default_title.lower(), HTTPStatus(exc.status_code).phrase.lower()}
+        else exc.detail
+    )
+    return problem_response(request, exc.status_code, detail=detail, headers=exc.headers)
+
+
+def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    log.exception("unhandled_error", path=request.url.path, method=request.method, error=type(exc).__name__)
+    return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    log.warning("dependency_unavailable", path=request.url.path, error=type(exc).__name__)
+    return problem_response(
+        request,
+        503,
+        detail="A backing service is unavailable; retry shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+exception_handlers: ExceptionHandlersMap = {
+    psycopg.OperationalError: _handle_dependency_down,
+    psycopg_pool.PoolTimeout: _handle_dependency_down,
+    valkey.exceptions.ConnectionError: _handle_dependency_down,
+    valkey.exceptions.TimeoutError: _handle_dependency_down,
+    redis.exceptions.ConnectionError: _handle_dependency_down,
+    redis.exceptions.TimeoutError: _handle_dependency_down,
+    ValidationException: _handle_validation,
+    AppError: _handle_app_error,
+    HTTPException: _handle_http,
+    Exception: _handle_unexpected,
+}
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "AppError",
+    "ConflictError",
+    "FieldError",
+    "NotFoundError",
+    "Problem",
+    "ServiceUnavailableError",
+    "UnprocessableError",
+    "exception_handlers",
+    "problem_response",
+]

@@ -1,0 +1,32 @@
+"""OpenAPI helpers: every route documents the problems it can answer."""
+
+from __future__ import annotations
+
+from litestar.openapi import ResponseSpec
+
+from app.core.errors import Problem
+
+_DESCRIPTIONS = {
+    400: "Invalid request: malformed body or bad fields (each listed in `errors`)",
+    401: "Missing, invalid or expired credentials",
+    403: "Authenticated, but not allowed",
+    404: "No such resource (or not visible to the caller)",
+    409: "Conflicts with the current state",
+    413: "Request body too large",
+    422: "Well-formed but cannot be processed",
+    429: "Rate limit exceeded; see Retry-After",
+    500: "Unexpected error; quote the request_id",
+    503: "A dependency is unavailable; retry later",
+}
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """``responses=`` for a route: the given problem statuses plus 500, as problem+json."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_DESCRIPTIONS.get(status, "Problem"),
+            media_type="application/problem+json",
+        )
+        for status in sorted({*statuses, 500})
+    }

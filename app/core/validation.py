@@ -1,0 +1,47 @@
+"""Report every bad field of a request body, not only the first.
+
+msgspec stops at the first error. When a body fails, the problem handler re-checks the decoded
+JSON field by field against the handler's Struct, so the client learns all mistakes at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+def struct_field_errors(
+    struct_type: type[msgspec.Struct], value: Any, prefix: str = ""
+) -> list[tuple[str, str]]:
+    """(field path, message) for every field of ``value`` that does not fit ``struct_type``."""
+    if not isinstance(value, dict):
+        return []
+    info = msgspec.inspect.type_info(struct_type)
+    if not isinstance(info, msgspec.inspect.StructType):
+        return []
+    errors: list[tuple[str, str]] = []
+    known = {field.encode_name for field in info.fields}
+    if struct_type.__struct_config__.forbid_unknown_fields:
+        errors.extend((f"{prefix}{name}", "Unknown field") for name in value if name not in known)
+    for field in msgspec.structs.fields(struct_type):
+        path = f"{prefix}{field.encode_name}"
+        if field.encode_name not in value:
+            if field.required:
+                errors.append((path, "Field is required"))
+            continue
+        try:
+            msgspec.convert(value[field.encode_name], field.type)
+        except msgspec.ValidationError as exc:
+            nested = _nested_struct(field.type)
+            inner = struct_field_errors(nested, value[field.encode_name], f"{path}.") if nested else []
+            errors.extend(inner or [(path, _strip_location(str(exc)))])
+    return errors
+
+
+def _nested_struct(annotation: Any) -> type[msgspec.Struct] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct) else None
+
+
+def _strip_location(message: str) -> str:
+    return message.split(" - at `$", 1)[0]

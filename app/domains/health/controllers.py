@@ -1,0 +1,36 @@
+"""Liveness and readiness probes (exempt from rate limits, never cached)."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+
+from app.core.openapi import problems
+from app.domains.health.services import Readiness, check_readiness
+
+
+class Liveness(msgspec.Struct, frozen=True):
+    status: str
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get("/live", summary="The process is up", responses=problems(), cache_control=None)
+    async def live(self) -> Liveness:
+        return Liveness(status="ok")
+
+    @get(
+        "/ready",
+        summary="PostgreSQL, Valkey and the job queue answer",
+        description="503 names every dependency that is down, with per-dependency latency.",
+        responses={**problems(), 503: ResponseSpec(data_container=Readiness, description="Not ready")},
+    )
+    async def ready(self, state: State) -> Response[Readiness]:
+        readiness = await check_readiness(
+            state.db_pool, state.valkey, state.health_queue, timeout=state.settings.health_timeout_s
+        )
+        return Response(readiness, status_code=200 if readiness.status == "ok" else 503)

@@ -1,0 +1,51 @@
+# Tasks for the monolith. Every recipe runs inside the project's uv environment
+# (`uv run just <recipe>`), so a fresh machine needs only Python and uv.
+
+set dotenv-load := false
+
+# list recipes
+default:
+    @just --list
+
+# start everything (embedded PostgreSQL and Valkey unless DATABASE_URL / VALKEY_URL are set)
+serve:
+    python -m app.cli serve
+
+# run the SAQ workers and the outbox relay as their own process (production layout)
+worker:
+    python -m app.cli worker
+
+# the whole test suite against real PostgreSQL and Valkey (embedded by default)
+test *ARGS:
+    python -m pytest {{ARGS}}
+
+# lint and format check (what CI runs)
+lint:
+    ruff check .
+    ruff format --check .
+    sqlc diff
+
+# format the code
+fmt:
+    ruff check --fix .
+    ruff format .
+
+# apply pending migrations
+migrate:
+    python -m app.cli migrate
+
+# create a new dbmate migration: just new-migration add_users
+new-migration NAME:
+    dbmate --migrations-dir migrations new {{NAME}}
+
+# regenerate app/db from sql/queries and migrations/
+sqlc:
+    sqlc generate
+
+# create demo data (idempotent)
+seed:
+    python -m app.cli seed
+
+# load-test harness: prints a table, saves JSON/Markdown/PNG under benchmarks/results/
+bench *ARGS:
+    python -m benchmarks.run {{ARGS}}

@@ -1,0 +1,32 @@
+-- name: InsertOutbox :one
+insert into outbox (queue, task, payload)
+values (@queue, @task, @payload)
+returning id;
+
+-- name: ClaimUnpublishedOutbox :many
+-- Locks a batch of committed, unpublished rows; concurrent relays skip each other's rows.
+select id, queue, task, payload, attempts
+from outbox
+where published_at is null
+order by id
+limit @batch_size
+for update skip locked;
+
+-- name: MarkOutboxPublished :execrows
+update outbox
+set published_at = now()
+where id = any(@ids::bigint[]);
+
+-- name: RecordOutboxFailure :exec
+update outbox
+set attempts = attempts + 1, last_error = @last_error
+where id = any(@ids::bigint[]);
+
+-- name: CountUnpublishedOutbox :one
+select count(*) as pending, min(created_at)::timestamptz as oldest
+from outbox
+where published_at is null;
+
+-- name: PurgePublishedOutbox :execrows
+delete from outbox
+where published_at is not null and published_at < @published_before;

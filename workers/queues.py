@@ -1,0 +1,94 @@
+"""The queues (``orders``, ``feed``, ``default``), their tasks and cron jobs, in one place.
+
+Both the web app (dashboard, enqueueing, the in-process development worker) and the standalone
+worker process (``python -m workers``) are built from ``build_saq_config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as redis
+from litestar.types import Guard
+from litestar_saq import CronJob, QueueConfig, SAQConfig
+from saq import Queue
+from saq.queue.redis import RedisQueue
+from saq.types import Context
+
+from app.config import Settings
+from workers import context, maintenance
+from workers.relay import OutboxRelay
+
+QUEUE_NAMES = ("orders", "feed", "default")
+
+# Domains add their task functions here: {"orders": [reserve_order, ...], ...}.
+TASKS: dict[str, list[Callable[..., Awaitable[object]]]] = {name: [] for name in QUEUE_NAMES}
+TASKS["default"].append(maintenance.purge_outbox)
+
+
+def build_queues(valkey_url: str) -> dict[str, Queue]:
+    """One Valkey client shared by the three queues (SAQ speaks to Valkey through redis-py)."""
+    client = redis.from_url(valkey_url, socket_timeout=5, socket_connect_timeout=2)
+    return {name: RedisQueue(client, name=name) for name in QUEUE_NAMES}
+
+
+def _relay_hooks(queues: dict[str, Queue]) -> tuple[Callable[[Context], Awaitable[None]], ...]:
+    async def start_relay(ctx: Context) -> None:
+        relay = OutboxRelay(context.pool_of(ctx), queues, ctx["resources"].settings)
+        ctx["relay"] = relay  # type: ignore[typeddict-unknown-key]
+        ctx["relay_task"] = asyncio.create_task(relay.run(), name="outbox-relay")  # type: ignore[typeddict-unknown-key]
+
+    async def stop_relay(ctx: Context) -> None:
+        relay: OutboxRelay | None = ctx.get("relay")  # type: ignore[assignment]
+        if relay is not None:
+            relay.stop()
+            await ctx["relay_task"]  # type: ignore[typeddict-item]
+
+    return start_relay, stop_relay
+
+
+def build_saq_config(
+    settings: Settings,
+    valkey_url: str,
+    *,
+    run_workers_in_process: bool,
+    web_guards: list[Guard] | None = None,
+) -> SAQConfig:
+    """Queue definitions with the project's task defaults: retries, timeouts, graceful shutdown."""
+    queues = build_queues(valkey_url)
+    start_relay, stop_relay = _relay_hooks(queues)
+    startup = context.startup_with(settings)
+    cron = {
+        "default": [
+            CronJob(
+                function=maintenance.purge_outbox,
+                cron="17 3 * * *",
+                timeout=300,
+                retries=settings.job_retries,
+            )
+        ]
+    }
+    configs = [
+        QueueConfig(
+            broker_instance=queues[name].redis,  # type: ignore[attr-defined]
+            name=name,
+            tasks=TASKS[name],
+            scheduled_tasks=cron.get(name, []),
+            concurrency=settings.worker_concurrency,
+            startup=[startup, start_relay] if name == "default" else [startup],
+            shutdown=[stop_relay, context.shutdown] if name == "default" else [context.shutdown],
+            separate_process=not run_workers_in_process,
+            shutdown_grace_period_s=settings.worker_shutdown_grace_s,
+            timers={"sweep": 30, "abort": 5, "stats": 10, "schedule": 1},
+        )
+        for name in QUEUE_NAMES
+    ]
+    return SAQConfig(
+        queue_configs=configs,
+        queue_instances=queues,
+        web_enabled=True,
+        web_path="/saq",
+        web_guards=web_guards,
+        use_server_lifespan=False,
+    )
