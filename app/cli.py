@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 from app.config import Settings, load_settings
+from app.core.logging import configure_logging
 from app.core.migrate import migrate
 from app.core.runtime import resolve_services
 
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("seed", help="create demo data (idempotent)")
     args = parser.parse_args(argv)
     settings = load_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
     if args.command == "serve":
         serve(settings)
     elif args.command == "worker":

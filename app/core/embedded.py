@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ def start_postgres(data_dir: Path) -> Any:
 
     The server stops when the last process holding a handle exits.
     """
-    import pgserver
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers)
+        warnings.simplefilter("ignore")
+        import pgserver
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

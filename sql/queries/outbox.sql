@@ -19,14 +19,15 @@ where id = any(@ids::bigint[]);
 
 -- name: RecordOutboxFailure :exec
 update outbox
-set attempts = attempts + 1, last_error = @last_error
+set attempts = attempts + 1, last_error = @last_error::text
 where id = any(@ids::bigint[]);
 
 -- name: CountUnpublishedOutbox :one
+-- nullable: oldest
 select count(*) as pending, min(created_at)::timestamptz as oldest
 from outbox
 where published_at is null;
 
 -- name: PurgePublishedOutbox :execrows
 delete from outbox
-where published_at is not null and published_at < @published_before;
+where published_at is not null and published_at < @published_before::timestamptz;
