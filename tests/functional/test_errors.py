@@ -1,0 +1,133 @@
+"""Every error is RFC 9457 problem+json: stable type, title, status, request_id; never internals."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+import pytest
+from litestar import Litestar, get, post
+from litestar.params import Parameter
+from litestar.testing import AsyncTestClient
+
+from app.core.db import UnitOfWork
+from app.db import outbox as outbox_queries
+
+PROBLEM = "application/problem+json"
+
+
+class Line(msgspec.Struct, forbid_unknown_fields=True):
+    product_id: Annotated[int, msgspec.Meta(ge=1)]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+class Order(msgspec.Struct, forbid_unknown_fields=True):
+    note: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    line: Line
+
+
+@post("/probe/orders", status_code=201)
+async def create_order(data: Order) -> Order:
+    return data
+
+
+@get("/probe/boom")
+async def boom() -> None:
+    raise RuntimeError("connection string postgresql://user:hunter2@db/app")
+
+
+@get("/probe/page")
+async def page(limit: Annotated[int, Parameter(ge=1, le=100)] = 10) -> dict[str, int]:
+    return {"limit": limit}
+
+
+@post("/probe/outbox/{fail:int}", status_code=201)
+async def write_outbox(fail: int, uow: UnitOfWork) -> None:
+    await outbox_queries.insert_outbox(uow.conn, queue="default", task="purge_outbox", payload={})
+    if fail:
+        raise RuntimeError("fails after the insert")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def probe_routes(app: Litestar) -> None:
+    for handler in (create_order, boom, page, write_outbox):
+        if handler.paths.isdisjoint(route.path for route in app.routes):
+            app.register(handler)
+
+
+def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["type"] == f"/problems/{slug}"
+    assert body["status"] == status
+    assert body["title"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+async def post_raw(client: AsyncTestClient[Litestar], body: bytes) -> Any:
+    return await client.post("/probe/orders", content=body, headers={"content-type": "application/json"})
+
+
+async def test_malformed_json_is_a_400_naming_the_body(client: AsyncTestClient[Litestar]) -> None:
+    body = assert_problem(await post_raw(client, b'{"note": "a", "line": '), 400, "validation")
+    assert [e["field"] for e in body["errors"]] == ["body"]
+    assert "malformed json" in body["errors"][0]["message"].lower()
+
+
+async def test_wrong_type_is_a_400_naming_the_field(client: AsyncTestClient[Litestar]) -> None:
+    response = await post_raw(client, b'{"note": "a", "line": {"product_id": "seven", "quantity": 1}}')
+    body = assert_problem(response, 400, "validation")
+    assert [e["field"] for e in body["errors"]] == ["line.product_id"]
+    assert "int" in body["errors"][0]["message"]
+
+
+async def test_every_bad_field_is_listed(client: AsyncTestClient[Litestar]) -> None:
+    response = await post_raw(client, b'{"note": "", "line": {"product_id": 0, "quantity": 500}, "extra": 1}')
+    body = assert_problem(response, 400, "validation")
+    fields = {e["field"] for e in body["errors"]}
+    assert fields == {"note", "line.product_id", "line.quantity", "extra"}
+
+
+async def test_missing_fields_are_listed(client: AsyncTestClient[Litestar]) -> None:
+    body = assert_problem(await post_raw(client, b"{}"), 400, "validation")
+    assert {e["field"] for e in body["errors"]} == {"note", "line"}
+    assert all(e["message"] == "Field is required" for e in body["errors"])
+
+
+async def test_valid_body_passes(client: AsyncTestClient[Litestar]) -> None:
+    response = await post_raw(client, b'{"note": "ok", "line": {"product_id": 1, "quantity": 2}}')
+    assert response.status_code == 201
+    assert response.json() == {"note": "ok", "line": {"product_id": 1, "quantity": 2}}
+
+
+async def test_query_parameter_errors_name_the_parameter(client: AsyncTestClient[Litestar]) -> None:
+    for query in ("limit=1000", "limit=abc"):
+        body = assert_problem(await client.get(f"/probe/page?{query}"), 400, "validation")
+        assert [e["field"] for e in body["errors"]] == ["query.limit"]
+
+
+async def test_unexpected_error_is_a_500_without_internals(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/probe/boom")
+    body = assert_problem(response, 500, "internal")
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+    assert "detail" not in body
+
+
+async def test_unknown_route_and_method(client: AsyncTestClient[Litestar]) -> None:
+    assert_problem(await client.get("/no/such/route"), 404, "not-found")
+    assert_problem(await client.delete("/health/live"), 405, "method-not-allowed")
+
+
+async def test_body_over_the_limit_is_413(client: AsyncTestClient[Litestar], app: Litestar) -> None:
+    too_big = b"x" * (app.state.settings.max_body_bytes + 1)
+    assert_problem(await post_raw(client, too_big), 413, "payload-too-large")
+
+
+async def test_request_transaction_rolls_back_on_error(client: AsyncTestClient[Litestar], db: Any) -> None:
+    assert_problem(await client.post("/probe/outbox/1"), 500, "internal")
+    assert await (await db.execute("select count(*) from outbox")).fetchone() == (0,)
+    assert (await client.post("/probe/outbox/0")).status_code == 201
+    assert await (await db.execute("select count(*) from outbox")).fetchone() == (1,)
