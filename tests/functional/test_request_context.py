@@ -1,0 +1,130 @@
+"""Request context over HTTP: the ``x-request-id`` header and the one access-log line per request."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+Client = AsyncTestClient[Litestar]
+
+HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+async def _live(client: Client, **headers: str) -> Any:
+    return await client.get("/health/live", headers=headers)
+
+
+async def _not_found(client: Client, **headers: str) -> Any:
+    return await client.get("/no/such/path", headers=headers)
+
+
+async def _wrong_method(client: Client, **headers: str) -> Any:
+    return await client.post("/health/live", headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("call", "status"),
+    [(_live, 200), (_not_found, 404), (_wrong_method, 405)],
+    ids=["live", "not-found", "method-not-allowed"],
+)
+async def test_every_response_carries_a_generated_request_id(client: Client, call: Any, status: int) -> None:
+    response = await call(client)
+
+    assert response.status_code == status
+    assert HEX_ID.match(response.headers["x-request-id"])
+    assert len(response.headers.get_list("x-request-id")) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "status"),
+    [(_live, 200), (_not_found, 404), (_wrong_method, 405)],
+    ids=["live", "not-found", "method-not-allowed"],
+)
+async def test_a_valid_incoming_request_id_is_echoed_unchanged(
+    client: Client, call: Any, status: int
+) -> None:
+    response = await call(client, **{"X-Request-ID": "abc-123"})
+
+    assert response.status_code == status
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+async def test_the_request_id_appears_in_the_problem_body(client: Client) -> None:
+    response = await _not_found(client, **{"X-Request-ID": "abc-123"})
+
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["request_id"] == "abc-123"
+    assert body["status"] == 404
+
+
+async def test_a_generated_request_id_also_appears_in_the_problem_body(client: Client) -> None:
+    response = await _wrong_method(client)
+
+    assert response.status_code == 405
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    ["abc 123", "x" * 129, "y" * 200, "id;drop", "ünïcode"],
+    ids=["space", "129-chars", "200-chars", "semicolon", "non-ascii"],
+)
+async def test_an_invalid_incoming_request_id_is_replaced(client: Client, incoming: str) -> None:
+    response = await client.get("/no/such/path", headers={"X-Request-ID": incoming.encode("utf-8")})
+
+    assert response.headers["x-request-id"] != incoming
+    assert HEX_ID.match(response.headers["x-request-id"])
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_the_longest_allowed_request_id_is_kept(client: Client) -> None:
+    incoming = "a1._:-" * 21 + "zz"  # 128 characters from the allowed alphabet
+
+    response = await _live(client, **{"X-Request-ID": incoming})
+
+    assert len(incoming) == 128
+    assert response.headers["x-request-id"] == incoming
+
+
+async def test_requests_without_an_id_get_different_ids(client: Client) -> None:
+    first = await _live(client)
+    second = await _live(client)
+
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+async def test_each_request_is_logged_once_with_its_outcome(client: Client) -> None:
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        response = await client.get("/no/such/path", headers={"X-Request-ID": "log-check-1"})
+
+    requests = [entry for entry in logs if entry["event"] == "request"]
+    assert len(requests) == 1, logs
+    entry = requests[0]
+    assert entry["method"] == "GET"
+    assert entry["path"] == "/no/such/path"
+    assert entry["status"] == response.status_code == 404
+    assert isinstance(entry["duration_ms"], float)
+    assert entry["duration_ms"] >= 0
+    assert entry["client_ip"] == "testclient"
+    assert entry["log_level"] == "info"
+    assert entry["request_id"] == "log-check-1"
+
+
+async def test_the_access_log_records_the_final_status_of_each_request(client: Client) -> None:
+    with capture_logs() as logs:
+        await _live(client)
+        await _wrong_method(client)
+
+    requests = [entry for entry in logs if entry["event"] == "request"]
+    assert [(e["method"], e["path"], e["status"]) for e in requests] == [
+        ("GET", "/health/live", 200),
+        ("POST", "/health/live", 405),
+    ]
