@@ -43,7 +43,9 @@ def controlled_valkey() -> Iterator[ControlledValkey]:
 async def own_valkey_client(
     settings: Settings, controlled_valkey: ControlledValkey
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    app = create_app(msgspec.structs.replace(settings, valkey_url=controlled_valkey.url, health_timeout_s=0.5))
+    app = create_app(
+        msgspec.structs.replace(settings, valkey_url=controlled_valkey.url, health_timeout_s=0.5)
+    )
     async with AsyncTestClient(app=app) as client:
         yield client
 
@@ -92,7 +94,7 @@ async def test_every_operation_documents_its_problems(client: AsyncTestClient[Li
         responses = operation["responses"]
         assert "500" in responses, f"{method.upper()} {path} does not document 500"
         for status, spec in responses.items():
-            if int(status) >= 400 and status != "503" or status == "500":
+            if (int(status) >= 400 and status != "503") or status == "500":
                 assert "application/problem+json" in spec["content"], f"{method.upper()} {path} {status}"
         if "requestBody" in operation:
             assert "400" in responses, f"{method.upper()} {path} takes a body but does not document 400"

@@ -58,7 +58,10 @@ async def queues(relay_settings: Settings) -> AsyncIterator[dict[str, Queue]]:
 
 async def add_outbox(db: AsyncConnection[Any], count: int, queue: str = "default") -> list[int]:
     """``count`` runnable jobs (purge_outbox takes no arguments)."""
-    ids = [await outbox_queries.insert_outbox(db, queue=queue, task="purge_outbox", payload={}) for _ in range(count)]
+    ids = [
+        await outbox_queries.insert_outbox(db, queue=queue, task="purge_outbox", payload={})
+        for _ in range(count)
+    ]
     assert all(isinstance(i, int) for i in ids)
     return ids  # type: ignore[return-value]
 
