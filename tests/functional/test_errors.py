@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import msgspec
 import pytest
 from litestar import Litestar, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.testing import AsyncTestClient
 
 from app.core.db import UnitOfWork
@@ -27,7 +28,7 @@ class Order(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @post("/probe/orders", status_code=201)
-async def create_order(data: Order) -> Order:
+async def create_order(data: JSONBody[Order]) -> Order:
     return data
 
 
@@ -37,12 +38,12 @@ async def boom() -> None:
 
 
 @get("/probe/page")
-async def page(limit: Annotated[int, Parameter(ge=1, le=100)] = 10) -> dict[str, int]:
+async def page(limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10) -> dict[str, int]:
     return {"limit": limit}
 
 
 @post("/probe/outbox/{fail:int}", status_code=201)
-async def write_outbox(fail: int, uow: UnitOfWork) -> None:
+async def write_outbox(fail: FromPath[int], uow: NamedDependency[UnitOfWork]) -> None:
     await outbox_queries.insert_outbox(uow.conn, queue="default", task="purge_outbox", payload={})
     if fail:
         raise RuntimeError("fails after the insert")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from structlog.contextvars import merge_contextvars
-from structlog.testing import capture_logs
 
 Client = AsyncTestClient[Litestar]
 
@@ -101,12 +101,41 @@ async def test_requests_without_an_id_get_different_ids(client: Client) -> None:
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
 
 
-async def test_each_request_is_logged_once_with_its_outcome(client: Client) -> None:
-    with capture_logs(processors=[merge_contextvars]) as logs:
-        response = await client.get("/no/such/path", headers={"X-Request-ID": "log-check-1"})
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[dict[str, Any]] = []
 
-    requests = [entry for entry in logs if entry["event"] == "request"]
-    assert len(requests) == 1, logs
+    def emit(self, record: logging.LogRecord) -> None:
+        # structlog hands the stdlib handler its event dict (contextvars already merged) as `msg`.
+        assert isinstance(record.msg, dict)
+        self.entries.append({**record.msg, "log_level": record.levelname.lower()})
+
+
+@pytest.fixture
+def access_log() -> Iterator[list[dict[str, Any]]]:
+    """What the access logger emits, read at the stdlib boundary (independent of structlog caching)."""
+    handler = _Records()
+    logger = logging.getLogger("app.access")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield handler.entries
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+async def test_each_request_is_logged_once_with_its_outcome(
+    client: Client, access_log: list[dict[str, Any]]
+) -> None:
+    response = await client.get("/no/such/path", headers={"X-Request-ID": "log-check-1"})
+
+    requests = [entry for entry in access_log if entry["event"] == "request"]
+    assert len(requests) == 1, access_log
     entry = requests[0]
     assert entry["method"] == "GET"
     assert entry["path"] == "/no/such/path"
@@ -118,12 +147,13 @@ async def test_each_request_is_logged_once_with_its_outcome(client: Client) -> N
     assert entry["request_id"] == "log-check-1"
 
 
-async def test_the_access_log_records_the_final_status_of_each_request(client: Client) -> None:
-    with capture_logs() as logs:
-        await _live(client)
-        await _wrong_method(client)
+async def test_the_access_log_records_the_final_status_of_each_request(
+    client: Client, access_log: list[dict[str, Any]]
+) -> None:
+    await _live(client)
+    await _wrong_method(client)
 
-    requests = [entry for entry in logs if entry["event"] == "request"]
+    requests = [entry for entry in access_log if entry["event"] == "request"]
     assert [(e["method"], e["path"], e["status"]) for e in requests] == [
         ("GET", "/health/live", 200),
         ("POST", "/health/live", 405),
