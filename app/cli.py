@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import sys
 import threading
 import time
 import urllib.request
+from typing import Any
 
 from app.config import Settings, load_settings
 from app.core.logging import configure_logging
@@ -40,10 +42,37 @@ async def _seed(settings: Settings) -> list[str]:
     from app.seed import run_seeders
 
     assert settings.database_url
+    if settings.is_production:
+        return ["demo data is never seeded in production: create an administrator with `create-admin`"]
     async with await AsyncConnection.connect(settings.database_url) as conn:
         await register_types(conn)
         async with conn.transaction():
             return await run_seeders(UnitOfWork(conn), settings)
+
+
+async def _create_admin(settings: Settings, email: str, name: str) -> Any:
+    """Promote ``email`` if it exists; else create it with ``ADMIN_PASSWORD`` or a prompted password."""
+    from app.core.db import create_pool
+    from app.core.valkey import create_valkey
+    from app.domains.accounts.services import AccountService
+
+    assert settings.database_url and settings.valkey_url
+    password = os.environ.get("ADMIN_PASSWORD") or None
+    pool = create_pool(settings, settings.database_url)
+    await pool.open()
+    valkey = create_valkey(settings, settings.valkey_url)
+    try:
+        accounts = AccountService(settings, pool, valkey)
+        try:
+            return await accounts.ensure_admin(email, password, name)
+        except ValueError:
+            password = getpass.getpass(f"password for the new administrator {email}: ")
+            if len(password) < 10:
+                raise SystemExit("the password needs at least 10 characters") from None
+            return await accounts.ensure_admin(email, password, name)
+    finally:
+        await pool.close()
+        await valkey.aclose()
 
 
 def _announce_when_ready(settings: Settings, started: float, hints: list[str]) -> None:
@@ -96,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("worker", help="run the SAQ workers and the outbox relay")
     commands.add_parser("migrate", help="apply pending migrations")
     commands.add_parser("seed", help="create demo data (idempotent)")
+    create_admin = commands.add_parser("create-admin", help="create an administrator or promote an account")
+    create_admin.add_argument("email")
+    create_admin.add_argument("--name", default="Administrator")
     args = parser.parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, json=settings.log_json)
@@ -109,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = resolve_services(settings)
         assert settings.database_url
         sys.stdout.write(migrate(settings.database_url))
+    elif args.command == "create-admin":
+        user = asyncio.run(_create_admin(_prepare(settings), args.email, args.name))
+        print(f"{user.email} is an administrator (id {user.id})")
     elif args.command == "seed":
         for line in asyncio.run(_seed(_prepare(settings))) or ["nothing to seed"]:
             print(line)

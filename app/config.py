@@ -76,6 +76,28 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     rate_limit_auth_fail_closed: bool = False
     rate_limit_warn_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
+    files_dir: Path | None = None
+    file_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 25 * 1024 * 1024
+    file_allowed_types: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "image/png",
+            "image/jpeg",
+            "image/gif",
+            "image/webp",
+            "application/pdf",
+            "text/plain",
+            "text/csv",
+            "text/markdown",
+            "application/json",
+            "application/zip",
+        ]
+    )
+
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] = "EUR"
+    reservation_window_s: Annotated[int, msgspec.Meta(ge=10)] = 900
+    max_open_orders: Annotated[int, msgspec.Meta(ge=1)] = 5
+    product_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
     worker_in_process: bool = False
     worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 10
     job_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 60
@@ -95,13 +117,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
-    def is_production(self) -> bool:
-        return self.app_env == "production"
+    def uploads_dir(self) -> Path:
+        """Where uploaded project files live (``FILES_DIR``, default ``DATA_DIR/files``)."""
+        return self.files_dir if self.files_dir is not None else self.data_dir / "files"
 
     @property
-    def dashboard_open(self) -> bool:
-        """The SAQ dashboard is reachable without a login only in development."""
-        return self.app_env == "development"
+    def is_production(self) -> bool:
+        return self.app_env == "production"
 
 
 _PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.config.compression import CompressionConfig
@@ -12,18 +13,31 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar_saq import SAQPlugin
 
 from app.config import Settings, get_settings
+from app.core.cache import Cache
 from app.core.db import UnitOfWork, create_pool, transaction
 from app.core.errors import exception_handlers
-from app.core.guards import requires_open_dashboard
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
+from app.core.ratelimit import RateLimitMiddleware
 from app.core.runtime import resolve_services
 from app.core.valkey import create_valkey
+from app.domains.accounts.controllers import AdminUsersController, AuthController
+from app.domains.accounts.guards import provide_current_user, requires_dashboard_admin
+from app.domains.accounts.middleware import AuthenticationMiddleware
+from app.domains.accounts.services import AccountService
+from app.domains.files.controllers import ProjectFilesController
 from app.domains.health.controllers import HealthController
+from app.domains.orders.controllers import OrdersController
+from app.domains.orders.services import OrderService
+from app.domains.products.controllers import ProductsController
+from app.domains.products.services import ProductService
+from app.domains.projects.controllers import MembersController, ProjectsController
+from app.domains.tasks.controllers import MyTasksController, ProjectTasksController, TasksController
 from workers.queues import build_saq_config
 
 
@@ -31,6 +45,15 @@ async def provide_uow(state: State) -> AsyncGenerator[UnitOfWork, None]:
     """The request's transaction: committed when the handler returns, rolled back if it raises."""
     async with transaction(state.db_pool) as uow:
         yield uow
+
+
+def _from_state(name: str) -> Provide:
+    """A dependency that hands out the service object built once in ``create_app``."""
+
+    def provide(state: State) -> Any:
+        return state[name]
+
+    return Provide(provide, sync_to_thread=False)
 
 
 class MetricsController(PrometheusController):
@@ -50,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         settings,
         settings.valkey_url,
         run_workers_in_process=settings.worker_in_process,
-        web_guards=[requires_open_dashboard],
+        web_guards=[requires_dashboard_admin],
     )
     queues = saq_config.get_queues().queues
     saq_plugin = SAQPlugin(saq_config)
@@ -69,6 +92,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await valkey.aclose()
             await queues["default"].redis.aclose()  # type: ignore[attr-defined]
 
+    services = {
+        "accounts": AccountService(settings, pool, valkey),
+        "products": ProductService(
+            Cache(valkey).namespace("products"), settings.currency, settings.product_cache_ttl_s
+        ),
+        "orders": OrderService(settings, pool),
+    }
     prometheus = PrometheusConfig(
         app_name=settings.app_name,
         prefix="app",
@@ -76,12 +106,36 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exclude=["/metrics", "/health/live", "/health/ready", "/saq"],
     )
     app = Litestar(
-        route_handlers=[HealthController, MetricsController],
+        route_handlers=[
+            HealthController,
+            MetricsController,
+            AuthController,
+            AdminUsersController,
+            ProjectsController,
+            MembersController,
+            ProjectTasksController,
+            TasksController,
+            MyTasksController,
+            ProjectFilesController,
+            ProductsController,
+            OrdersController,
+        ],
         state=State(
-            {"settings": settings, "db_pool": pool, "valkey": valkey, "health_queue": queues["default"]}
+            {
+                "settings": settings,
+                "db_pool": pool,
+                "valkey": valkey,
+                "health_queue": queues["default"],
+                **services,
+            }
         ),
-        dependencies={"uow": Provide(provide_uow)},
-        middleware=[prometheus.middleware],
+        dependencies={
+            "uow": Provide(provide_uow),
+            "current_user": Provide(provide_current_user),
+            **{name: _from_state(name) for name in services},
+        },
+        # Authentication before the limiter, so an authenticated caller is limited by user, not address.
+        middleware=[prometheus.middleware, AuthenticationMiddleware, RateLimitMiddleware()],
         exception_handlers=exception_handlers,
         plugins=[saq_plugin],
         lifespan=[lifespan],
@@ -92,6 +146,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "Every error is RFC 9457 problem+json with a `request_id`.",
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="The `access_token` from POST /api/auth/login (15 minutes).",
+                    )
+                }
+            ),
         ),
         cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
         compression_config=CompressionConfig(backend="brotli", brotli_gzip_fallback=True, minimum_size=1024),

@@ -20,8 +20,15 @@ def seeder(function: Seeder) -> Seeder:
     return function
 
 
+def _load_domain_seeders() -> None:
+    """Import the modules whose ``@seeder`` functions register themselves (in dependency order)."""
+    import app.domains.accounts.seed
+    import app.domains.projects.seed  # noqa: F401
+
+
 async def run_seeders(uow: UnitOfWork, settings: Settings) -> list[str]:
     """Run every registered seeder in one transaction; returns what they report (log-in hints)."""
+    _load_domain_seeders()
     lines: list[str] = []
     for function in SEEDERS:
         lines.extend(await function(uow, settings))

@@ -11,7 +11,7 @@ from app.db import outbox as outbox_queries
 from workers.context import pool_of
 
 
-async def purge_outbox(ctx: Context) -> int:
+async def purge_outbox(ctx: Context, outbox_id: int | None = None) -> int:
     """Delete outbox rows published longer ago than ``OUTBOX_RETENTION_DAYS``."""
     settings = ctx["resources"].settings
     cutoff = datetime.now(UTC) - timedelta(days=settings.outbox_retention_days)

@@ -17,7 +17,7 @@ from saq.queue.redis import RedisQueue
 from saq.types import Context
 
 from app.config import Settings
-from workers import context, maintenance
+from workers import activity, context, maintenance, orders
 from workers.relay import OutboxRelay
 
 QUEUE_NAMES = ("orders", "feed", "default")
@@ -25,6 +25,8 @@ QUEUE_NAMES = ("orders", "feed", "default")
 # Domains add their task functions here: {"orders": [reserve_order, ...], ...}.
 TASKS: dict[str, list[Callable[..., Awaitable[object]]]] = {name: [] for name in QUEUE_NAMES}
 TASKS["default"].append(maintenance.purge_outbox)
+TASKS["feed"].append(activity.record_activity)
+TASKS["orders"].extend([orders.reserve_order, orders.expire_reservations])
 
 
 def build_queues(valkey_url: str) -> dict[str, Queue]:
@@ -60,6 +62,14 @@ def build_saq_config(
     start_relay, stop_relay = _relay_hooks(queues)
     startup = context.startup_with(settings)
     cron = {
+        "orders": [
+            CronJob(
+                function=orders.expire_reservations,
+                cron="* * * * *",
+                timeout=60,
+                retries=settings.job_retries,
+            )
+        ],
         "default": [
             CronJob(
                 function=maintenance.purge_outbox,
@@ -67,7 +77,7 @@ def build_saq_config(
                 timeout=300,
                 retries=settings.job_retries,
             )
-        ]
+        ],
     }
     configs = [
         QueueConfig(

@@ -48,7 +48,7 @@ async def relay_once(
             queues[row.queue].enqueue(
                 Job(
                     function=row.task,
-                    kwargs=dict(row.payload or {}),
+                    kwargs={**(row.payload or {}), "outbox_id": row.id},
                     key=job_key(row.id),
                     timeout=settings.job_timeout_s,
                     retries=settings.job_retries,

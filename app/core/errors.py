@@ -78,6 +78,26 @@ class UnprocessableError(AppError):
     title = "Unprocessable request"
 
 
+class UnauthorizedError(AppError):
+    status = 401
+    slug = "unauthorized"
+    title = "Authentication required"
+
+
+class ForbiddenError(AppError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class TooManyRequestsError(AppError):
+    """429; pass ``headers={"Retry-After": ...}`` (and the RateLimit headers where known)."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+
 class ServiceUnavailableError(AppError):
     status = 503
     slug = "service-unavailable"
@@ -131,6 +151,7 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
@@ -160,8 +181,12 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
             FieldError(field=f"{source}.{key}" if source and source != "body" else key, message=message)
         )
     if not errors:
-        field, message = _field_from_msgspec(exc.detail)
-        errors.append(FieldError(field=field, message=message))
+        missing = _MISSING_PARAMETER.match(exc.detail)
+        if missing:
+            errors.append(FieldError(field=f"{missing['kind']}.{missing['name']}", message="Required"))
+        else:
+            field, message = _field_from_msgspec(exc.detail)
+            errors.append(FieldError(field=field, message=message))
     return errors
 
 
@@ -258,9 +283,12 @@ __all__ = [
     "AppError",
     "ConflictError",
     "FieldError",
+    "ForbiddenError",
     "NotFoundError",
     "Problem",
     "ServiceUnavailableError",
+    "TooManyRequestsError",
+    "UnauthorizedError",
     "UnprocessableError",
     "exception_handlers",
     "problem_response",

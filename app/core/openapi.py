@@ -21,12 +21,16 @@ _DESCRIPTIONS = {
 
 
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
-    """``responses=`` for a route: the given problem statuses plus 500, as problem+json."""
+    """``responses=`` for a route: the given problem statuses plus 400 and 500, as problem+json.
+
+    400 is always listed because Litestar documents its own (plain JSON) 400 on any route with
+    parameters unless the route declares one.
+    """
     return {
         status: ResponseSpec(
             data_container=Problem,
             description=_DESCRIPTIONS.get(status, "Problem"),
             media_type="application/problem+json",
         )
-        for status in sorted({*statuses, 500})
+        for status in sorted({*statuses, 400, 500})
     }

@@ -148,7 +148,6 @@ def test_production_fully_configured_loads() -> None:
     settings = load_settings(production())
 
     assert settings.is_production
-    assert not settings.dashboard_open
     assert settings.secret_key == STRONG_SECRET
     assert settings.database_url == PROD_DB
     assert settings.valkey_url == PROD_VALKEY
@@ -164,7 +163,6 @@ def test_outside_production_the_default_secret_and_embedded_services_are_accepte
 
     assert settings.secret_key == DEFAULT_SECRET_KEY
     assert settings.database_url is None
-    assert settings.dashboard_open is (env == "development")
 
 
 def test_pool_min_above_max_raises() -> None:

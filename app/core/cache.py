@@ -1,0 +1,201 @@
+"""A small read-through cache on Valkey for hot reads.
+
+Layout: ``{prefix}:{namespace}:g{generation}:{key}`` holds the msgpack-encoded value (a cached
+``None`` is the non-empty msgpack nil, so it is distinct from a miss), ``{prefix}:{namespace}:gen``
+holds the generation. ``invalidate_all`` bumps the generation: O(1), the old keys expire on their own.
+
+Stampede guard, two levels: within a process, concurrent calls for one key share one flight
+(an ``asyncio`` task); across processes the first flight to miss takes ``{value key}:lock`` with
+``SET NX PX`` and loads, the others poll (``poll_interval_s``) until the value appears, the lock
+disappears (then they may take it) or ``lock_ttl_s`` passes (then they load themselves: never hang).
+
+Valkey down (connection or timeout errors): the loader is called directly and the failure is
+counted in ``app_cache_degraded``; a failed invalidation is logged and counted, not raised, so a
+reader may see the stale value for up to its TTL. The same staleness window applies to the race of
+an invalidation with a concurrent load: keep TTLs as short as staleness is acceptable.
+
+The client must return bytes (``decode_responses=False``, the default). The Lua scripts build
+value keys from the generation, so the cache assumes a single (non-cluster) Valkey.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import msgspec
+import structlog
+from prometheus_client import Counter
+from valkey.asyncio import Valkey
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+
+T = TypeVar("T")
+
+_VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
+_log = structlog.get_logger("app.cache")
+
+CACHE_REQUESTS = Counter(
+    "app_cache_requests", "Cache lookups in Valkey (one per in-process flight)", ["namespace", "result"]
+)
+CACHE_DEGRADED = Counter(
+    "app_cache_degraded", "Cache operations that fell back because Valkey was unreachable", ["namespace"]
+)
+
+# KEYS[1] = generation key; ARGV = namespace base, key, lock token, lock ttl (ms).
+# One round trip on both the hit and the miss path: read the generation, the value, and on a miss
+# try to take the lock. Returns {generation, value or nil, 1 if the lock was taken else 0}.
+_FETCH = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+local vkey = ARGV[1] .. ':g' .. gen .. ':' .. ARGV[2]
+local value = redis.call('GET', vkey)
+if value then return {gen, value, 0} end
+local locked = redis.call('SET', vkey .. ':lock', ARGV[3], 'NX', 'PX', ARGV[4])
+return {gen, false, locked and 1 or 0}
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_INVALIDATE = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+return redis.call('DEL', ARGV[1] .. ':g' .. gen .. ':' .. ARGV[2])
+"""
+
+
+class Cache:
+    """Owns the client, the scripts and the rate-limited degradation warning."""
+
+    def __init__(
+        self,
+        valkey: Valkey,
+        *,
+        prefix: str = "cache",
+        lock_ttl_s: float = 5.0,
+        warn_interval_s: float = 60.0,
+        poll_interval_s: float = 0.025,
+    ) -> None:
+        self.valkey = valkey
+        self.prefix = prefix
+        self.lock_ttl_s = lock_ttl_s
+        self.poll_interval_s = poll_interval_s
+        self._warn_interval_s = warn_interval_s
+        self._last_warning = float("-inf")
+        self._fetch = valkey.register_script(_FETCH)
+        self._release = valkey.register_script(_RELEASE)
+        self._invalidate = valkey.register_script(_INVALIDATE)
+        self._flights: dict[str, asyncio.Task[Any]] = {}
+
+    def namespace(self, name: str) -> CacheNamespace:
+        return CacheNamespace(self, name)
+
+    def degraded(self, namespace: str, operation: str, error: Exception) -> None:
+        """Count every fallback, but warn at most once per ``warn_interval_s`` (an outage is loud)."""
+        CACHE_DEGRADED.labels(namespace=namespace).inc()
+        now = time.monotonic()
+        if now - self._last_warning >= self._warn_interval_s:
+            self._last_warning = now
+            _log.warning("cache degraded", namespace=namespace, operation=operation, error=repr(error))
+
+
+class CacheNamespace:
+    """One namespace of a :class:`Cache`; keys are caller strings, values any msgspec-encodable."""
+
+    def __init__(self, cache: Cache, name: str) -> None:
+        self.cache = cache
+        self.name = name
+        self._base = f"{cache.prefix}:{name}"
+        self._gen_key = f"{self._base}:gen"
+
+    async def get_or_load(
+        self, key: str, loader: Callable[[], Awaitable[T]], *, ttl_s: float, type: type[T]
+    ) -> T:
+        """The cached value of ``key``, else ``loader()``'s (stored for about ``ttl_s``, ±10%).
+
+        Concurrent calls in this process for the same key join the first call's flight (and so its
+        loader). Loader exceptions propagate and are not cached.
+        """
+        flight_key = f"{self._base}\0{key}"
+        flights = self.cache._flights
+        flight = flights.get(flight_key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._load_through(key, loader, ttl_s, type))
+            flights[flight_key] = flight
+            flight.add_done_callback(lambda done: _finish_flight(flights, flight_key, done))
+        # shield: one cancelled caller must not cancel the load the others are waiting for.
+        return cast("T", await asyncio.shield(flight))
+
+    async def invalidate(self, key: str) -> None:
+        """Drop one key (current generation). On a Valkey outage: logged, counted, not raised."""
+        try:
+            await self.cache._invalidate(keys=[self._gen_key], args=[self._base, key])
+        except _VALKEY_DOWN as exc:
+            self.cache.degraded(self.name, "invalidate", exc)
+
+    async def invalidate_all(self) -> None:
+        """Drop the whole namespace by moving to a new generation (O(1))."""
+        try:
+            await self.cache.valkey.incr(self._gen_key)
+        except _VALKEY_DOWN as exc:
+            self.cache.degraded(self.name, "invalidate_all", exc)
+
+    async def _load_through(
+        self, key: str, loader: Callable[[], Awaitable[T]], ttl_s: float, type: type[T]
+    ) -> T:
+        cache = self.cache
+        token = secrets.token_hex(8)
+        lock_ms = max(1, int(cache.lock_ttl_s * 1000))
+        deadline = time.monotonic() + cache.lock_ttl_s
+        first = True
+        while True:
+            try:
+                gen, raw, locked = await cache._fetch(
+                    keys=[self._gen_key], args=[self._base, key, token, lock_ms]
+                )
+            except _VALKEY_DOWN as exc:
+                cache.degraded(self.name, "get", exc)
+                return await loader()
+            if first:
+                CACHE_REQUESTS.labels(namespace=self.name, result="miss" if raw is None else "hit").inc()
+                first = False
+            value_key = f"{self._base}:g{int(gen)}:{key}"
+            if raw is not None:
+                try:
+                    return msgspec.msgpack.decode(raw, type=type)
+                except msgspec.DecodeError:  # includes ValidationError: the stored shape changed
+                    _log.warning("cache value undecodable, reloading", namespace=self.name, key=key)
+                    return await self._load_and_store(value_key, loader, ttl_s)
+            if locked:
+                try:
+                    return await self._load_and_store(value_key, loader, ttl_s)
+                finally:
+                    await self._release_lock(f"{value_key}:lock", token)
+            if time.monotonic() >= deadline:  # the lock holder is slow or gone: don't wait forever
+                return await self._load_and_store(value_key, loader, ttl_s)
+            await asyncio.sleep(cache.poll_interval_s)
+
+    async def _load_and_store(self, value_key: str, loader: Callable[[], Awaitable[T]], ttl_s: float) -> T:
+        value = await loader()
+        ttl_ms = max(1, int(ttl_s * 1000 * random.uniform(0.9, 1.1)))  # no synchronized expiry
+        try:
+            await self.cache.valkey.set(value_key, msgspec.msgpack.encode(value), px=ttl_ms)
+        except _VALKEY_DOWN as exc:
+            self.cache.degraded(self.name, "store", exc)
+        return value
+
+    async def _release_lock(self, lock_key: str, token: str) -> None:
+        try:
+            await self.cache._release(keys=[lock_key], args=[token])
+        except _VALKEY_DOWN as exc:  # the lock expires on its own after lock_ttl_s
+            self.cache.degraded(self.name, "release", exc)
+
+
+def _finish_flight(flights: dict[str, asyncio.Task[Any]], flight_key: str, done: asyncio.Task[Any]) -> None:
+    if flights.get(flight_key) is done:
+        del flights[flight_key]
+    if not done.cancelled():
+        done.exception()  # retrieved here so a flight whose callers all left logs no warning

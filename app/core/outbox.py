@@ -1,0 +1,20 @@
+"""Writing to the transactional outbox: background work leaves with the change that caused it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from app.core.db import UnitOfWork
+from app.db import outbox as outbox_queries
+
+QueueName = Literal["orders", "feed", "default"]
+
+
+async def enqueue(uow: UnitOfWork, queue: QueueName, task: str, payload: dict[str, Any]) -> int:
+    """Add a job to the outbox in ``uow``'s transaction; the relay publishes it after commit.
+
+    The task receives ``payload`` as keyword arguments plus ``outbox_id`` (for idempotency).
+    """
+    outbox_id = await outbox_queries.insert_outbox(uow.conn, queue=queue, task=task, payload=payload)
+    assert outbox_id is not None
+    return outbox_id

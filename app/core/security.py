@@ -1,0 +1,132 @@
+"""Password hashing (argon2id) and access tokens (JWT, RFC 8725 practices).
+
+Hashing runs in a worker thread: argon2 is deliberately slow (tens of ms) and releases the GIL, so
+the event loop keeps serving other requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import uuid
+from typing import Any
+
+import jwt
+import msgspec
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from app.config import Settings
+
+ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
+_REQUIRED_CLAIMS = ["sub", "exp", "iat", "jti", "iss", "aud", "typ", "fam", "role"]
+
+
+class Passwords:
+    """argon2id with the OWASP parameters from settings; a fixed dummy hash for unknown accounts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=settings.password_time_cost,
+            memory_cost=settings.password_memory_kib,
+            parallelism=settings.password_parallelism,
+            type=Type.ID,
+        )
+        # Verifying against this costs the same as against a real hash, so a login for an unknown
+        # email takes as long as one with a wrong password.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when ``password`` matches; with ``password_hash=None`` spends the same time and fails."""
+        target = password_hash if password_hash is not None else self._dummy_hash
+        try:
+            matched = await asyncio.to_thread(self._hasher.verify, target, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+        return matched and password_hash is not None
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self._hasher.check_needs_rehash(password_hash)
+
+
+class AccessClaims(msgspec.Struct, frozen=True):
+    sub: str
+    exp: int
+    iat: int
+    jti: str
+    iss: str
+    aud: str
+    typ: str
+    fam: str
+    role: str
+
+
+class InvalidTokenError(Exception):
+    """The bearer token is not a valid access token (the reason is for logs only)."""
+
+
+class AccessTokens:
+    """Short-lived HS256 JWTs. Verification pins the algorithm and checks every claim."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._key = settings.secret_key
+        self._algorithm = settings.jwt_algorithm
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self.ttl_s = settings.access_token_ttl_s
+
+    def issue(self, user_id: int, role: str, family_id: uuid.UUID) -> tuple[str, AccessClaims]:
+        now = int(time.time())
+        claims = AccessClaims(
+            sub=str(user_id),
+            exp=now + self.ttl_s,
+            iat=now,
+            jti=uuid.uuid4().hex,
+            iss=self._issuer,
+            aud=self._audience,
+            typ=ACCESS_TOKEN_TYPE,
+            fam=str(family_id),
+            role=role,
+        )
+        token = jwt.encode(msgspec.structs.asdict(claims), self._key, algorithm=self._algorithm)
+        return token, claims
+
+    def verify(self, token: str) -> AccessClaims:
+        try:
+            payload: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=5,
+                options={"require": _REQUIRED_CLAIMS, "verify_signature": True},
+            )
+            claims = msgspec.convert(payload, AccessClaims)
+        except (jwt.PyJWTError, msgspec.ValidationError) as exc:
+            raise InvalidTokenError(type(exc).__name__) from exc
+        if (
+            claims.typ != ACCESS_TOKEN_TYPE
+            or claims.iat > claims.exp
+            or not (claims.sub.isascii() and claims.sub.isdecimal())
+        ):
+            raise InvalidTokenError("wrong token type or shape")
+        return claims
+
+
+def new_refresh_token() -> tuple[str, bytes]:
+    """An opaque refresh secret for the client and the SHA-256 digest we store instead.
+
+    A fast hash is right here: the secret has 256 bits of entropy, so nothing can be guessed offline.
+    """
+    token = secrets.token_urlsafe(32)
+    return token, refresh_token_digest(token)
+
+
+def refresh_token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

@@ -1,0 +1,154 @@
+"""HTTP for accounts: /api/auth (public + the caller's own account) and /api/admin/users."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.core.openapi import problems
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.db.models import UserRole
+from app.domains.accounts.guards import requires_admin, requires_user
+from app.domains.accounts.schemas import (
+    AdminUserPatch,
+    LoginIn,
+    RefreshIn,
+    RegisterIn,
+    TokenPair,
+    UpdateMeIn,
+    UserCursor,
+    UserOut,
+)
+from app.domains.accounts.services import AccountService, CurrentUser
+
+BEARER = [{"BearerToken": []}]
+
+
+class AuthController(Controller):
+    path = "/api/auth"
+    tags = ["accounts"]
+    opt = {"rate_limit": "auth"}
+
+    @post(
+        "/register",
+        status_code=HTTP_201_CREATED,
+        summary="Create an account",
+        responses=problems(400, 409, 429),
+    )
+    async def register(
+        self, data: JSONBody[RegisterIn], accounts: NamedDependency[AccountService]
+    ) -> UserOut:
+        return UserOut.from_row(await accounts.register(data))
+
+    @post(
+        "/login",
+        status_code=HTTP_200_OK,
+        summary="Exchange email and password for an access and a refresh token",
+        description="The same 401 whether or not the email exists. After repeated failures for one "
+        "account or address: 429 with Retry-After.",
+        responses=problems(400, 401, 429),
+    )
+    async def login(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[LoginIn],
+        accounts: NamedDependency[AccountService],
+    ) -> TokenPair:
+        return await accounts.login(data.email, data.password, request.scope["state"].get("client_ip"))
+
+    @post(
+        "/refresh",
+        status_code=HTTP_200_OK,
+        summary="Rotate a refresh token",
+        description="Spends the refresh token and returns a new pair. Re-using a spent token revokes "
+        "the whole session (its family and every access token issued from it).",
+        responses=problems(400, 401, 429),
+    )
+    async def refresh(
+        self, data: JSONBody[RefreshIn], accounts: NamedDependency[AccountService]
+    ) -> TokenPair:
+        return await accounts.refresh(data.refresh_token)
+
+    @post(
+        "/logout",
+        status_code=HTTP_204_NO_CONTENT,
+        guards=[requires_user],
+        summary="Revoke the current session",
+        security=BEARER,
+        responses=problems(401, 429, 503),
+    )
+    async def logout(
+        self, current_user: NamedDependency[CurrentUser], accounts: NamedDependency[AccountService]
+    ) -> None:
+        await accounts.logout(current_user)
+
+    @get(
+        "/me",
+        guards=[requires_user],
+        summary="The caller's account",
+        security=BEARER,
+        responses=problems(401, 429),
+    )
+    async def me(
+        self, current_user: NamedDependency[CurrentUser], accounts: NamedDependency[AccountService]
+    ) -> UserOut:
+        return UserOut.from_row(await accounts.get_user(current_user.id))
+
+    @patch(
+        "/me",
+        guards=[requires_user],
+        summary="Change the caller's name or password",
+        description="A new password needs `current_password`; it revokes the caller's other sessions.",
+        security=BEARER,
+        responses=problems(400, 401, 403, 429),
+    )
+    async def update_me(
+        self,
+        data: JSONBody[UpdateMeIn],
+        current_user: NamedDependency[CurrentUser],
+        accounts: NamedDependency[AccountService],
+    ) -> UserOut:
+        return UserOut.from_row(await accounts.update_me(current_user, data))
+
+
+class AdminUsersController(Controller):
+    path = "/api/admin/users"
+    tags = ["admin"]
+    guards = [requires_admin]
+    security = BEARER
+
+    @get("/", summary="List users", responses=problems(400, 401, 403, 429))
+    async def list_users(
+        self,
+        accounts: NamedDependency[AccountService],
+        role: Annotated[UserRole | None, QueryParameter(description="Only this role")] = None,
+        active: Annotated[bool | None, QueryParameter(description="Only active (true) or inactive")] = None,
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[UserOut]:
+        after_id = decode_cursor(cursor, UserCursor).after_id if cursor else 0
+        users = await accounts.list_users(role=role, is_active=active, after_id=after_id, limit=limit + 1)
+        items = [UserOut.from_row(user) for user in users[:limit]]
+        more = len(users) > limit
+        return Page(
+            items=items, next_cursor=encode_cursor(UserCursor(after_id=items[-1].id)) if more else None
+        )
+
+    @patch(
+        "/{user_id:int}",
+        summary="Change a user's role or active flag",
+        description="Deactivation or a role change revokes the user's sessions at once.",
+        responses=problems(400, 401, 403, 404, 409, 429),
+    )
+    async def update_user(
+        self,
+        user_id: FromPath[int],
+        data: JSONBody[AdminUserPatch],
+        current_user: NamedDependency[CurrentUser],
+        accounts: NamedDependency[AccountService],
+    ) -> UserOut:
+        return UserOut.from_row(await accounts.admin_update(current_user, user_id, data))

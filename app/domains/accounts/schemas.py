@@ -1,0 +1,85 @@
+"""Wire shapes of the accounts API. No shape here ever carries a password hash."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from app.db.models import User, UserRole
+
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=320,
+        pattern=r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
+        examples=["ana@example.com"],
+        description="ASCII address (lower-casing never changes its length)",
+    ),
+]
+NewPassword = Annotated[str, msgspec.Meta(min_length=10, max_length=256, description="10-256 characters")]
+AnyPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+
+
+class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: NewPassword
+    display_name: DisplayName
+
+
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: AnyPassword
+
+
+class RefreshIn(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: Annotated[str, msgspec.Meta(min_length=16, max_length=200)]
+
+
+class UpdateMeIn(msgspec.Struct, forbid_unknown_fields=True):
+    display_name: DisplayName | None = None
+    new_password: NewPassword | None = None
+    current_password: AnyPassword | None = msgspec.field(default=None)
+
+
+class AdminUserPatch(msgspec.Struct, forbid_unknown_fields=True):
+    role: UserRole | None = None
+    is_active: bool | None = None
+
+
+class UserOut(msgspec.Struct, frozen=True):
+    id: int
+    email: str
+    display_name: str
+    role: UserRole
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            role=user.role,
+            is_active=user.is_active,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
+        )
+
+
+class TokenPair(msgspec.Struct, frozen=True):
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+    user: UserOut
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+
+
+class UserCursor(msgspec.Struct, frozen=True):
+    after_id: int

@@ -1,0 +1,1 @@
+"""Project files: multipart upload to local disk, download, delete."""

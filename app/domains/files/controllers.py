@@ -1,0 +1,152 @@
+"""HTTP for project files: /api/projects/{project_id}/files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+from litestar.params import FromPath
+from litestar.response import File
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.config import Settings
+from app.core.db import UnitOfWork
+from app.core.openapi import problems
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.domains.accounts.guards import requires_user
+from app.domains.accounts.services import CurrentUser
+from app.domains.files.schemas import FileCursor, FileOut
+from app.domains.files.services import FileService
+from app.domains.files.storage import FILE_FIELD, FileStorage
+
+BEARER = [{"BearerToken": []}]
+
+
+def provide_files(state: State) -> FileService:
+    settings: Settings = state.settings
+    return FileService(
+        state.db_pool,
+        FileStorage(settings.uploads_dir),
+        max_bytes=settings.file_max_bytes,
+        allowed_types=frozenset(settings.file_allowed_types),
+    )
+
+
+@dataclass
+class _MultipartUploadOperation(Operation):
+    """Documents the body the upload handler parses itself (it takes no ``data`` parameter)."""
+
+    def __post_init__(self) -> None:
+        file_schema = Schema(
+            type=OpenAPIType.OBJECT,
+            properties={FILE_FIELD: Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)},
+            required=[FILE_FIELD],
+        )
+        self.request_body = RequestBody(
+            content={"multipart/form-data": OpenAPIMediaType(schema=file_schema)}, required=True
+        )
+
+
+class ProjectFilesController(Controller):
+    path = "/api/projects/{project_id:int}/files"
+    tags = ["files"]
+    guards = [requires_user]
+    security = BEARER
+    dependencies = {"files": Provide(provide_files, sync_to_thread=False)}
+
+    @get("/", summary="List a project's files, newest first", responses=problems(400, 401, 404, 429))
+    async def list_files(
+        self,
+        project_id: FromPath[int],
+        uow: NamedDependency[UnitOfWork],
+        current_user: NamedDependency[CurrentUser],
+        files: NamedDependency[FileService],
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[FileOut]:
+        before_id = decode_cursor(cursor, FileCursor).before_id if cursor else None
+        rows = await files.list_files(uow, current_user.id, project_id, before_id=before_id, limit=limit + 1)
+        items = [FileOut.from_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(
+            items=items, next_cursor=encode_cursor(FileCursor(before_id=items[-1].id)) if more else None
+        )
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Upload a file (editors)",
+        description=f"multipart/form-data with exactly one part, `{FILE_FIELD}`, carrying a filename and "
+        "a content type from the allowed list (415 otherwise). Larger than FILE_MAX_BYTES: 413.",
+        # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
+        # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
+        request_max_body_size=None,
+        operation_class=_MultipartUploadOperation,
+        responses=problems(400, 401, 403, 404, 413, 415, 429),
+    )
+    async def upload(
+        self,
+        request: Request[Any, Any, Any],
+        project_id: FromPath[int],
+        current_user: NamedDependency[CurrentUser],
+        files: NamedDependency[FileService],
+    ) -> FileOut:
+        row = await files.upload(
+            current_user.id,
+            project_id,
+            request.stream(),
+            content_type=request.headers.get("content-type"),
+            content_length=request.content_length,
+        )
+        return FileOut.from_row(row)
+
+    @get(
+        "/{file_id:int}",
+        summary="Download a file",
+        description="The stored bytes with their content type, as an attachment.",
+        media_type="application/octet-stream",
+        responses=problems(401, 404, 429),
+    )
+    async def download(
+        self,
+        project_id: FromPath[int],
+        file_id: FromPath[int],
+        uow: NamedDependency[UnitOfWork],
+        current_user: NamedDependency[CurrentUser],
+        files: NamedDependency[FileService],
+    ) -> File:
+        row, path, stat = await files.locate(uow, current_user.id, project_id, file_id)
+        return File(
+            path,
+            filename=row.filename,
+            media_type=row.content_type,
+            content_disposition_type="attachment",
+            stat_result=stat,
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private"},
+        )
+
+    @delete(
+        "/{file_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a file (editors)",
+        responses=problems(401, 403, 404, 429),
+    )
+    async def delete_file(
+        self,
+        project_id: FromPath[int],
+        file_id: FromPath[int],
+        current_user: NamedDependency[CurrentUser],
+        files: NamedDependency[FileService],
+    ) -> None:
+        await files.delete(current_user.id, project_id, file_id)

@@ -1,0 +1,306 @@
+"""Project files on local disk, written by streaming a multipart request body.
+
+Layout under the root directory (``FILES_DIR``):
+
+- ``tmp/<uuid>.part`` while an upload streams in; never served.
+- ``<project_id>/<uuid>`` once its row is being committed; ``project_files.storage_key`` holds the
+  relative path. The client's filename is only metadata (Content-Disposition), never a path.
+
+The upload path never holds the body in memory: each chunk of the file part is hashed, counted and
+written to the temp file as it arrives, and the upload is refused (413) as soon as it grows past the
+limit, without reading the rest of the body. Every failure — a bad body, a limit, a disconnected
+client, a cancelled task — deletes the temp file before the error leaves :meth:`FileStorage.receive`.
+
+Atomicity with the database (driven by ``services.FileService``): temp file → fsync → one
+transaction (insert row, emit event, rename temp into place, fsync the directory) → commit; on any
+failure the temp or final file is deleted and the transaction rolls back. Deletion unlinks the file
+only after the row's deletion has committed.
+
+The one crash window: a process killed after the rename and before the commit completes leaves an
+orphan file under ``<project_id>/`` with no row (harmless, invisible to the API; a sweep can remove
+files whose key has no row). Leftover ``tmp/*.part`` files from a killed process are equally inert.
+A task cancelled while COMMIT is in flight may see its commit succeed after the file was removed:
+downloads of such a row answer 404 and log ``file_missing_on_disk``.
+
+Blocking file I/O runs in worker threads (``anyio.to_thread``) so a slow disk never stalls the event
+loop; only the single-syscall cleanup on the error path runs inline, because it must also run
+while the task is being cancelled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+import uuid
+from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from stat import S_ISREG
+from typing import BinaryIO
+
+import anyio.to_thread
+from multipart import (  # type: ignore[import-untyped]
+    MultipartError,
+    MultipartSegment,
+    PushMultipartParser,
+    parse_options_header,
+)
+
+from app.core.errors import AppError
+
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes a request body may carry beyond the file itself: boundaries and part headers."""
+
+FILE_FIELD = "file"
+MAX_FILENAME_CHARS = 255
+_STORAGE_KEY = re.compile(r"^[1-9][0-9]*/[0-9a-f]{32}$")
+# Control, format (bidi overrides, zero-width), surrogate, unassigned and line/paragraph separators.
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
+
+
+class InvalidUploadError(AppError):
+    status = 400
+    slug = "invalid-upload"
+    title = "Invalid upload"
+
+
+class PayloadTooLargeError(AppError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class UnsupportedFileTypeError(AppError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """A complete, fsynced upload waiting in ``tmp/`` for its row."""
+
+    path: Path
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+
+
+def sanitize_filename(raw: str) -> str:
+    """The client's filename made safe for a header and the database.
+
+    Drops any directory part (``/`` or ``\\``), control and invisible format characters, surrounding
+    whitespace; keeps at most 255 characters, preserving a short extension.
+    """
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in _DROPPED_CATEGORIES).strip()
+    if name in {"", ".", ".."}:
+        return "file"
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, extension = name.rpartition(".")
+        if dot and stem and len(extension) <= 16:
+            name = f"{stem[: MAX_FILENAME_CHARS - len(extension) - 1]}.{extension}"
+        else:
+            name = name[:MAX_FILENAME_CHARS]
+    return name
+
+
+def media_type_of(value: str | None) -> str:
+    """``Text/Plain; charset=utf-8`` → ``text/plain``; a part without a type is octet-stream."""
+    if not value:
+        return "application/octet-stream"
+    return value.split(";", 1)[0].strip().lower()
+
+
+def _boundary(content_type: str | None) -> str:
+    media_type, options = parse_options_header(content_type or "")
+    if media_type.lower() != "multipart/form-data":
+        raise UnsupportedFileTypeError("Upload the file as multipart/form-data with a part named `file`.")
+    boundary = options.get("boundary", "")
+    if not boundary or len(boundary) > 200:
+        raise InvalidUploadError("The multipart/form-data content type has no valid boundary.")
+    return str(boundary)
+
+
+def _write(handle: BinaryIO, hasher: hashlib._Hash, data: bytes | bytearray) -> None:
+    handle.write(data)
+    hasher.update(data)
+
+
+def _finish(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStorage:
+    """Stored objects under ``root``; see the module docstring for the layout and guarantees."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+
+    @staticmethod
+    def new_key(project_id: int) -> str:
+        return f"{project_id}/{uuid.uuid4().hex}"
+
+    def path_for(self, storage_key: str) -> Path:
+        """The file of a stored key; refuses anything but ``<project_id>/<uuid>`` (no traversal)."""
+        if not _STORAGE_KEY.fullmatch(storage_key):
+            raise ValueError(f"invalid storage key {storage_key!r}")
+        return self.root / storage_key
+
+    async def receive(
+        self,
+        body: AsyncGenerator[bytes, None],
+        *,
+        content_type: str | None,
+        content_length: int | None,
+        max_bytes: int,
+        allowed_types: Collection[str],
+    ) -> StagedFile:
+        """Stream the one ``file`` part of a multipart body into ``tmp/``.
+
+        Raises 400 (malformed body, missing/extra parts), 413 (file over ``max_bytes`` or body over
+        ``max_bytes`` + multipart overhead) or 415 (not multipart, or a type not in ``allowed_types``).
+        """
+        boundary = _boundary(content_type)
+        body_limit = max_bytes + MULTIPART_OVERHEAD
+        if content_length is not None and content_length > body_limit:
+            raise PayloadTooLargeError(f"Files may be at most {max_bytes} bytes.")
+        upload = _Upload(self.tmp_dir, max_bytes, allowed_types)
+        try:
+            received = 0
+            with PushMultipartParser(boundary, max_header_count=8, max_segment_count=8) as parser:
+                async with aclosing(body) as chunks:
+                    async for chunk in chunks:
+                        received += len(chunk)
+                        if received > body_limit:
+                            raise PayloadTooLargeError(f"Files may be at most {max_bytes} bytes.")
+                        for event in parser.parse(chunk):
+                            await upload.feed(event)
+                        if parser.closed:
+                            break
+            return await upload.finish()
+        except MultipartError as exc:
+            upload.discard()
+            raise InvalidUploadError(f"Malformed multipart/form-data body: {exc}") from None
+        except BaseException:
+            upload.discard()
+            raise
+
+    async def place(self, temp_path: Path, storage_key: str) -> Path:
+        """Rename a staged file to its final key (same filesystem: atomic) and make that durable."""
+        final = self.path_for(storage_key)
+
+        def move() -> None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temp_path.rename(final)
+            _fsync_dir(final.parent)
+
+        await anyio.to_thread.run_sync(move)
+        return final
+
+    async def stat(self, storage_key: str) -> os.stat_result | None:
+        """The stored file's stat, or None if it is not on disk."""
+        path = self.path_for(storage_key)
+        try:
+            result = await anyio.to_thread.run_sync(path.stat)
+        except FileNotFoundError:
+            return None
+        return result if S_ISREG(result.st_mode) else None
+
+    async def remove(self, storage_key: str) -> None:
+        """Delete a stored file; one already gone is fine."""
+        await anyio.to_thread.run_sync(self.discard, self.path_for(storage_key))
+
+    @staticmethod
+    def discard(path: Path) -> None:
+        """Inline, idempotent cleanup (also safe while the task is being cancelled)."""
+        path.unlink(missing_ok=True)
+
+
+class _Upload:
+    """Parser events → one temp file, with the part rules and the size limit applied as data arrives."""
+
+    def __init__(self, tmp_dir: Path, max_bytes: int, allowed_types: Collection[str]) -> None:
+        self.tmp_dir = tmp_dir
+        self.max_bytes = max_bytes
+        self.allowed_types = allowed_types
+        self.path: Path | None = None
+        self.handle: BinaryIO | None = None
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.filename = ""
+        self.content_type = ""
+        self.seen_part = False
+        self.complete = False
+
+    async def feed(self, event: MultipartSegment | bytes | bytearray | None) -> None:
+        if isinstance(event, MultipartSegment):
+            await self._start(event)
+        elif event:
+            self.size += len(event)
+            if self.size > self.max_bytes:
+                raise PayloadTooLargeError(f"Files may be at most {self.max_bytes} bytes.")
+            assert self.handle is not None
+            await anyio.to_thread.run_sync(_write, self.handle, self.hasher, event)
+        elif event is None:
+            self.complete = True
+
+    async def _start(self, segment: MultipartSegment) -> None:
+        if self.seen_part:
+            raise InvalidUploadError(f"Send exactly one part, the file, named `{FILE_FIELD}`.")
+        self.seen_part = True
+        if segment.name != FILE_FIELD or not segment.filename:
+            raise InvalidUploadError(
+                f"Send exactly one part, the file, named `{FILE_FIELD}`, with a filename."
+            )
+        self.content_type = media_type_of(segment.content_type)
+        if self.content_type not in self.allowed_types:
+            raise UnsupportedFileTypeError(
+                f"Files of type {self.content_type!r} are not accepted; allowed: "
+                + ", ".join(sorted(self.allowed_types))
+            )
+        self.filename = sanitize_filename(segment.filename)
+        self.path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        path = self.path
+
+        def create() -> BinaryIO:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("xb")
+
+        self.handle = await anyio.to_thread.run_sync(create)
+
+    async def finish(self) -> StagedFile:
+        if not self.complete or self.handle is None or self.path is None:
+            raise InvalidUploadError(f"The body has no complete part named `{FILE_FIELD}`.")
+        await anyio.to_thread.run_sync(_finish, self.handle)
+        self.handle = None
+        return StagedFile(
+            path=self.path,
+            filename=self.filename,
+            content_type=self.content_type,
+            size_bytes=self.size,
+            sha256=self.hasher.hexdigest(),
+        )
+
+    def discard(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        if self.path is not None:
+            FileStorage.discard(self.path)

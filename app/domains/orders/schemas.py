@@ -1,0 +1,81 @@
+"""Wire shapes of orders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+
+from app.db.models import Order, OrderEvent, OrderItem, OrderStatus
+
+MAX_LINES = 50
+
+
+class OrderLine(msgspec.Struct, forbid_unknown_fields=True):
+    product_id: Annotated[int, msgspec.Meta(ge=1)]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class OrderCreate(msgspec.Struct, forbid_unknown_fields=True):
+    lines: Annotated[list[OrderLine], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
+
+
+class OrderItemOut(msgspec.Struct, frozen=True):
+    product_id: int
+    quantity: int
+    unit_price: Decimal
+
+
+class ShortLine(msgspec.Struct, frozen=True):
+    product_id: int
+    requested: int
+    available: int
+
+
+class OrderEventOut(msgspec.Struct, frozen=True):
+    from_status: OrderStatus | None
+    to_status: OrderStatus
+    reason: str
+    actor_id: int | None
+    created_at: datetime
+
+
+class OrderOut(msgspec.Struct, frozen=True):
+    id: int
+    user_id: int
+    status: OrderStatus
+    total: Decimal
+    currency: str
+    items: list[OrderItemOut]
+    reserved_until: datetime | None
+    shortfall: list[ShortLine] | None
+    created_at: datetime
+    updated_at: datetime
+    events: list[OrderEventOut] | None = None
+
+    @classmethod
+    def build(cls, order: Order, items: list[OrderItem], events: list[OrderEvent] | None = None) -> OrderOut:
+        shortfall: Any = order.shortfall
+        return cls(
+            id=order.id,
+            user_id=order.user_id,
+            status=order.status,
+            total=order.total,
+            currency=order.currency,
+            items=[OrderItemOut(i.product_id, i.quantity, i.unit_price) for i in items],
+            reserved_until=order.reserved_until,
+            shortfall=msgspec.convert(shortfall, list[ShortLine]) if shortfall is not None else None,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+            events=None
+            if events is None
+            else [
+                OrderEventOut(e.from_status, e.to_status, e.reason, e.actor_id, e.created_at) for e in events
+            ],
+        )
+
+
+class OrderCursor(msgspec.Struct, frozen=True):
+    before_id: int

@@ -1,0 +1,119 @@
+"""HTTP for the catalogue (``/api/products``): reads for everyone, changes for admins."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED
+
+from app.core.db import UnitOfWork
+from app.core.openapi import problems
+from app.core.pagination import CursorParam, PageSize, decode_cursor
+from app.domains.accounts.guards import requires_admin
+from app.domains.accounts.services import CurrentUser
+from app.domains.products.schemas import (
+    ProductCreate,
+    ProductCursor,
+    ProductOut,
+    ProductPage,
+    ProductUpdate,
+    StockAdjustmentIn,
+    StockOut,
+)
+from app.domains.products.services import ProductFilters, ProductService
+
+BEARER = [{"BearerToken": []}]
+Uow = NamedDependency[UnitOfWork]
+Products = NamedDependency[ProductService]
+
+
+def _is_admin(request: Request[Any, Any, Any]) -> bool:
+    user: CurrentUser | None = request.scope.get("user")  # type: ignore[assignment]
+    return user is not None and user.is_admin
+
+
+class ProductsController(Controller):
+    path = "/api/products"
+    tags = ["commerce"]
+
+    @get(
+        "/",
+        summary="Active products (admins also see inactive ones with include_inactive)",
+        responses=problems(400, 401, 429),
+    )
+    async def list_products(
+        self,
+        request: Request[Any, Any, Any],
+        uow: Uow,
+        products: Products,
+        q: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=100, description="Name contains, or SKU")
+        ] = None,
+        min_price: Annotated[Decimal | None, QueryParameter(description="Lowest price")] = None,
+        max_price: Annotated[Decimal | None, QueryParameter(description="Highest price")] = None,
+        in_stock: Annotated[bool, QueryParameter(description="Only products with stock")] = False,
+        include_inactive: Annotated[bool, QueryParameter(description="Admins only")] = False,
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> ProductPage:
+        after_id = decode_cursor(cursor, ProductCursor).after_id if cursor else 0
+        filters = ProductFilters(search=q, min_price=min_price, max_price=max_price, in_stock_only=in_stock)
+        return await products.list(
+            uow,
+            filters,
+            after_id=after_id,
+            limit=limit,
+            include_inactive=include_inactive and _is_admin(request),
+        )
+
+    @get("/{product_id:int}", summary="A product", responses=problems(401, 404, 429))
+    async def get_product(
+        self, request: Request[Any, Any, Any], product_id: FromPath[int], uow: Uow, products: Products
+    ) -> ProductOut:
+        return await products.get(uow, product_id, include_inactive=_is_admin(request))
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        guards=[requires_admin],
+        security=BEARER,
+        summary="Create a product (admins)",
+        responses=problems(400, 401, 403, 409, 429),
+    )
+    async def create_product(self, data: JSONBody[ProductCreate], uow: Uow, products: Products) -> ProductOut:
+        return ProductOut.from_row(await products.create(uow, data), products.currency)
+
+    @patch(
+        "/{product_id:int}",
+        guards=[requires_admin],
+        security=BEARER,
+        summary="Update or (de)activate a product (admins)",
+        responses=problems(400, 401, 403, 404, 429),
+    )
+    async def update_product(
+        self, product_id: FromPath[int], data: JSONBody[ProductUpdate], uow: Uow, products: Products
+    ) -> ProductOut:
+        return ProductOut.from_row(await products.update(uow, product_id, data), products.currency)
+
+    @post(
+        "/{product_id:int}/stock-adjustments",
+        status_code=HTTP_201_CREATED,
+        guards=[requires_admin],
+        security=BEARER,
+        summary="Add or remove stock, with a reason (admins)",
+        responses=problems(400, 401, 403, 404, 409, 429),
+    )
+    async def adjust_stock(
+        self,
+        product_id: FromPath[int],
+        data: JSONBody[StockAdjustmentIn],
+        uow: Uow,
+        products: Products,
+        current_user: NamedDependency[CurrentUser],
+    ) -> StockOut:
+        stock = await products.adjust_stock(uow, current_user.id, product_id, data)
+        return StockOut(product_id=product_id, stock=stock)

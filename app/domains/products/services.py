@@ -1,0 +1,128 @@
+"""The catalogue: admins manage products and stock; everyone reads active products (cached)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from app.core.cache import CacheNamespace
+from app.core.db import UnitOfWork
+from app.core.errors import ConflictError, NotFoundError
+from app.core.pagination import encode_cursor
+from app.db import products as queries
+from app.db.models import Product
+from app.domains.products.schemas import (
+    ProductCreate,
+    ProductCursor,
+    ProductOut,
+    ProductPage,
+    ProductUpdate,
+    StockAdjustmentIn,
+)
+
+
+class ProductFilters(msgspec.Struct, frozen=True):
+    search: str | None = None
+    min_price: Decimal | None = None
+    max_price: Decimal | None = None
+    in_stock_only: bool = False
+
+
+class ProductService:
+    """Reads for everyone go through a short-lived cache (stock shown may lag by the TTL; the
+    reservation itself is always checked against the database). Admin changes invalidate it."""
+
+    def __init__(self, cache: CacheNamespace, currency: str, ttl_s: float) -> None:
+        self.cache = cache
+        self.currency = currency
+        self.ttl_s = ttl_s
+
+    async def create(self, uow: UnitOfWork, data: ProductCreate) -> Product:
+        product = await queries.create_product(
+            uow.conn,
+            sku=data.sku,
+            name=data.name.strip(),
+            description=data.description,
+            price=data.price,
+            stock=data.stock,
+        )
+        if product is None:
+            raise ConflictError("A product with this SKU exists.")
+        await self.cache.invalidate_all()
+        return product
+
+    async def update(self, uow: UnitOfWork, product_id: int, data: ProductUpdate) -> Product:
+        product = await queries.update_product(
+            uow.conn,
+            name=data.name,
+            description=data.description,
+            price=data.price,
+            active=data.active,
+            id=product_id,
+        )
+        if product is None:
+            raise NotFoundError("No such product.")
+        await self.cache.invalidate_all()
+        return product
+
+    async def adjust_stock(
+        self, uow: UnitOfWork, actor: int, product_id: int, data: StockAdjustmentIn
+    ) -> int:
+        """Add or remove stock with a recorded reason; never below zero (409)."""
+        stock = await queries.adjust_stock(uow.conn, delta=data.delta, id=product_id)
+        if stock is None:
+            if await queries.get_product(uow.conn, id=product_id) is None:
+                raise NotFoundError("No such product.")
+            raise ConflictError("Not enough stock to remove that many units.")
+        await queries.record_stock_adjustment(
+            uow.conn,
+            product_id=product_id,
+            delta=data.delta,
+            reason=data.reason,
+            actor_id=actor,
+            stock_after=stock,
+        )
+        await self.cache.invalidate_all()
+        return stock
+
+    async def get(self, uow: UnitOfWork, product_id: int, *, include_inactive: bool) -> ProductOut:
+        async def load() -> ProductOut | None:
+            product = await queries.get_product(uow.conn, id=product_id)
+            return ProductOut.from_row(product, self.currency) if product else None
+
+        product = (
+            await load()
+            if include_inactive
+            else await self.cache.get_or_load(
+                f"id:{product_id}", load, ttl_s=self.ttl_s, type=ProductOut | None
+            )
+        )
+        if product is None or not (product.active or include_inactive):
+            raise NotFoundError("No such product.")
+        return product
+
+    async def list(
+        self, uow: UnitOfWork, filters: ProductFilters, *, after_id: int, limit: int, include_inactive: bool
+    ) -> ProductPage:
+        async def load() -> ProductPage:
+            rows = await queries.list_products(
+                uow.conn,
+                include_inactive=include_inactive,
+                search=filters.search,
+                min_price=filters.min_price,
+                max_price=filters.max_price,
+                in_stock_only=filters.in_stock_only,
+                after_id=after_id,
+                row_limit=limit + 1,
+            )
+            items = [ProductOut.from_row(row, self.currency) for row in rows[:limit]]
+            more = len(rows) > limit
+            return ProductPage(
+                items=items, next_cursor=encode_cursor(ProductCursor(items[-1].id)) if more else None
+            )
+
+        if include_inactive:
+            return await load()
+        key = msgspec.json.encode([filters, after_id, limit]).decode()
+        return await self.cache.get_or_load(f"list:{key}", load, ttl_s=self.ttl_s, type=ProductPage)

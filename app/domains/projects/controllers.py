@@ -1,0 +1,158 @@
+"""HTTP for projects and members (``/api/projects``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.core.db import UnitOfWork
+from app.core.openapi import problems
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.db.models import ProjectRole
+from app.domains.accounts.guards import requires_user
+from app.domains.accounts.services import CurrentUser
+from app.domains.projects import services
+from app.domains.projects.schemas import (
+    MemberAdd,
+    MemberCursor,
+    MemberOut,
+    MemberUpdate,
+    ProjectCreate,
+    ProjectCursor,
+    ProjectOut,
+    ProjectUpdate,
+)
+
+BEARER = [{"BearerToken": []}]
+Uow = NamedDependency[UnitOfWork]
+Caller = NamedDependency[CurrentUser]
+
+
+class ProjectsController(Controller):
+    path = "/api/projects"
+    tags = ["projects"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get("/", summary="Projects the caller is a member of", responses=problems(400, 401, 429))
+    async def list_projects(
+        self,
+        uow: Uow,
+        current_user: Caller,
+        archived: Annotated[bool | None, QueryParameter(description="Only archived (true) or active")] = None,
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[ProjectOut]:
+        after_id = decode_cursor(cursor, ProjectCursor).after_id if cursor else 0
+        rows = await services.list_projects(
+            uow, current_user.id, archived=archived, after_id=after_id, limit=limit + 1
+        )
+        items = [
+            ProjectOut(**{f: getattr(row, f) for f in ProjectOut.__struct_fields__}) for row in rows[:limit]
+        ]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=encode_cursor(ProjectCursor(items[-1].id)) if more else None)
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a project (the caller becomes its owner)",
+        responses=problems(400, 401, 429),
+    )
+    async def create_project(
+        self, data: JSONBody[ProjectCreate], uow: Uow, current_user: Caller
+    ) -> ProjectOut:
+        project = await services.create_project(uow, current_user.id, data)
+        return ProjectOut.from_row(project, ProjectRole.OWNER)
+
+    @get("/{project_id:int}", summary="A project", responses=problems(401, 404, 429))
+    async def get_project(self, project_id: FromPath[int], uow: Uow, current_user: Caller) -> ProjectOut:
+        project, role = await services.get_project(uow, current_user.id, project_id)
+        return ProjectOut.from_row(project, role)
+
+    @patch(
+        "/{project_id:int}",
+        summary="Rename, describe (editors) or archive (owners) a project",
+        responses=problems(400, 401, 403, 404, 429),
+    )
+    async def update_project(
+        self, project_id: FromPath[int], data: JSONBody[ProjectUpdate], uow: Uow, current_user: Caller
+    ) -> ProjectOut:
+        project, role = await services.update_project(uow, current_user.id, project_id, data)
+        return ProjectOut.from_row(project, role)
+
+    @delete(
+        "/{project_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a project (owners)",
+        responses=problems(401, 403, 404, 429),
+    )
+    async def delete_project(self, project_id: FromPath[int], uow: Uow, current_user: Caller) -> None:
+        await services.delete_project(uow, current_user.id, project_id)
+
+
+class MembersController(Controller):
+    path = "/api/projects/{project_id:int}/members"
+    tags = ["projects"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get("/", summary="Members of a project", responses=problems(400, 401, 404, 429))
+    async def list_members(
+        self,
+        project_id: FromPath[int],
+        uow: Uow,
+        current_user: Caller,
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[MemberOut]:
+        after = decode_cursor(cursor, MemberCursor).after_user_id if cursor else 0
+        rows = await services.list_members(
+            uow, current_user.id, project_id, after_user_id=after, limit=limit + 1
+        )
+        items = rows[:limit]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=encode_cursor(MemberCursor(items[-1].user_id)) if more else None)
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Add a member (owners)",
+        responses=problems(400, 401, 403, 404, 409, 429),
+    )
+    async def add_member(
+        self, project_id: FromPath[int], data: JSONBody[MemberAdd], uow: Uow, current_user: Caller
+    ) -> MemberOut:
+        return await services.add_member(uow, current_user.id, project_id, data)
+
+    @patch(
+        "/{user_id:int}",
+        summary="Change a member's role (owners)",
+        responses=problems(400, 401, 403, 404, 409, 429),
+    )
+    async def change_role(
+        self,
+        project_id: FromPath[int],
+        user_id: FromPath[int],
+        data: JSONBody[MemberUpdate],
+        uow: Uow,
+        current_user: Caller,
+    ) -> MemberUpdate:
+        return MemberUpdate(
+            role=await services.change_member_role(uow, current_user.id, project_id, user_id, data.role)
+        )
+
+    @delete(
+        "/{user_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Remove a member (owners) or leave the project (yourself)",
+        responses=problems(401, 403, 404, 409, 429),
+    )
+    async def remove_member(
+        self, project_id: FromPath[int], user_id: FromPath[int], uow: Uow, current_user: Caller
+    ) -> None:
+        await services.remove_member(uow, current_user.id, project_id, user_id)

@@ -1,0 +1,73 @@
+"""Wire shapes of projects and their members."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from app.db.models import Project, ProjectRole
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Description = Annotated[str, msgspec.Meta(max_length=10_000)]
+
+
+class ProjectCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    description: Description = ""
+
+
+class ProjectUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name | None = None
+    description: Description | None = None
+    archived: bool | None = None
+
+
+class ProjectOut(msgspec.Struct, frozen=True):
+    id: int
+    name: str
+    description: str
+    owner_id: int
+    archived: bool
+    my_role: ProjectRole
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, project: Project, my_role: ProjectRole) -> ProjectOut:
+        return cls(
+            id=project.id,
+            name=project.name,
+            description=project.description,
+            owner_id=project.owner_id,
+            archived=project.archived,
+            my_role=my_role,
+            created_at=project.created_at,
+            updated_at=project.updated_at,
+        )
+
+
+class MemberAdd(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: Annotated[int, msgspec.Meta(ge=1)]
+    role: ProjectRole = ProjectRole.VIEWER
+
+
+class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    role: ProjectRole
+
+
+class MemberOut(msgspec.Struct, frozen=True):
+    user_id: int
+    role: ProjectRole
+    display_name: str
+    email: str
+    added_at: datetime
+
+
+class ProjectCursor(msgspec.Struct, frozen=True):
+    after_id: int
+
+
+class MemberCursor(msgspec.Struct, frozen=True):
+    after_user_id: int

@@ -1,0 +1,203 @@
+"""HTTP for tasks and comments."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from litestar import Controller, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.core.db import UnitOfWork
+from app.core.openapi import problems
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.db.models import TaskPriority, TaskStatus
+from app.domains.accounts.guards import requires_user
+from app.domains.accounts.services import CurrentUser
+from app.domains.tasks import services
+from app.domains.tasks.schemas import (
+    CommentCreate,
+    CommentOut,
+    IdCursor,
+    TaskCreate,
+    TaskCursor,
+    TaskOut,
+    TaskSort,
+    TaskUpdate,
+)
+
+BEARER = [{"BearerToken": []}]
+Uow = NamedDependency[UnitOfWork]
+Caller = NamedDependency[CurrentUser]
+
+
+class ProjectTasksController(Controller):
+    path = "/api/projects/{project_id:int}/tasks"
+    tags = ["tasks"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get(
+        "/",
+        summary="Tasks of a project: filter, search, sort, page",
+        description="Keyset pagination: pass `next_cursor` back as `cursor` with the same `sort`.",
+        responses=problems(400, 401, 404, 422, 429),
+    )
+    async def list_tasks(
+        self,
+        project_id: FromPath[int],
+        uow: Uow,
+        current_user: Caller,
+        status: FromQuery[TaskStatus | None] = None,
+        priority: FromQuery[TaskPriority | None] = None,
+        assignee_id: Annotated[int | None, QueryParameter(ge=1)] = None,
+        due_before: FromQuery[date | None] = None,
+        due_after: FromQuery[date | None] = None,
+        q: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=200, description="Full-text search")
+        ] = None,
+        sort: Annotated[
+            TaskSort,
+            QueryParameter(
+                description="created · due (soonest, undated last) · "
+                "priority (urgent first) · updated (newest)"
+            ),
+        ] = "created",
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[TaskOut]:
+        filters = services.TaskFilters(
+            status=status,
+            priority=priority,
+            assignee_id=assignee_id,
+            due_before=due_before,
+            due_after=due_after,
+            search=q,
+        )
+        position = decode_cursor(cursor, TaskCursor) if cursor else None
+        rows = await services.list_tasks(
+            uow, current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit + 1
+        )
+        items = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(TaskCursor(sort=sort, key=items[-1].sort_key, id=items[-1].id))
+        return Page(items=[TaskOut.from_row(row) for row in items], next_cursor=next_cursor)
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a task (editors)",
+        responses=problems(400, 401, 403, 404, 422, 429),
+    )
+    async def create_task(
+        self, project_id: FromPath[int], data: JSONBody[TaskCreate], uow: Uow, current_user: Caller
+    ) -> TaskOut:
+        return TaskOut.from_row(await services.create_task(uow, current_user.id, project_id, data))
+
+
+class TasksController(Controller):
+    path = "/api/tasks/{task_id:int}"
+    tags = ["tasks"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get("/", summary="A task", responses=problems(401, 404, 429))
+    async def get_task(self, task_id: FromPath[int], uow: Uow, current_user: Caller) -> TaskOut:
+        return TaskOut.from_row(await services.get_task(uow, current_user.id, task_id))
+
+    @patch(
+        "/",
+        summary="Change a task (editors); null clears assignee or due date",
+        responses=problems(400, 401, 403, 404, 422, 429),
+    )
+    async def update_task(
+        self, task_id: FromPath[int], data: JSONBody[TaskUpdate], uow: Uow, current_user: Caller
+    ) -> TaskOut:
+        return TaskOut.from_row(await services.update_task(uow, current_user.id, task_id, data))
+
+    @delete(
+        "/",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a task (editors)",
+        responses=problems(401, 403, 404, 429),
+    )
+    async def delete_task(self, task_id: FromPath[int], uow: Uow, current_user: Caller) -> None:
+        await services.delete_task(uow, current_user.id, task_id)
+
+    @get("/comments", summary="Comments on a task", responses=problems(400, 401, 404, 429))
+    async def list_comments(
+        self,
+        task_id: FromPath[int],
+        uow: Uow,
+        current_user: Caller,
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[CommentOut]:
+        after_id = decode_cursor(cursor, IdCursor).after_id if cursor else 0
+        rows = await services.list_comments(uow, current_user.id, task_id, after_id=after_id, limit=limit + 1)
+        items = rows[:limit]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=encode_cursor(IdCursor(items[-1].id)) if more else None)
+
+    @post(
+        "/comments",
+        status_code=HTTP_201_CREATED,
+        summary="Comment on a task (editors)",
+        responses=problems(400, 401, 403, 404, 429),
+    )
+    async def add_comment(
+        self, task_id: FromPath[int], data: JSONBody[CommentCreate], uow: Uow, current_user: Caller
+    ) -> CommentOut:
+        return CommentOut.from_row(await services.add_comment(uow, current_user.id, task_id, data.body))
+
+    @patch(
+        "/comments/{comment_id:int}", summary="Edit your comment", responses=problems(400, 401, 403, 404, 429)
+    )
+    async def edit_comment(
+        self,
+        task_id: FromPath[int],
+        comment_id: FromPath[int],
+        data: JSONBody[CommentCreate],
+        uow: Uow,
+        current_user: Caller,
+    ) -> CommentOut:
+        comment = await services.edit_comment(uow, current_user.id, task_id, comment_id, data.body)
+        return CommentOut.from_row(comment)
+
+    @delete(
+        "/comments/{comment_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a comment (its author, or a project owner)",
+        responses=problems(401, 403, 404, 429),
+    )
+    async def delete_comment(
+        self, task_id: FromPath[int], comment_id: FromPath[int], uow: Uow, current_user: Caller
+    ) -> None:
+        await services.delete_comment(uow, current_user.id, task_id, comment_id)
+
+
+class MyTasksController(Controller):
+    path = "/api/me/tasks"
+    tags = ["tasks"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get("/", summary="Tasks assigned to the caller, across projects", responses=problems(400, 401, 429))
+    async def my_tasks(
+        self,
+        uow: Uow,
+        current_user: Caller,
+        status: FromQuery[TaskStatus | None] = None,
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[TaskOut]:
+        after_id = decode_cursor(cursor, IdCursor).after_id if cursor else 0
+        rows = await services.list_my_tasks(
+            uow, current_user.id, status=status, after_id=after_id, limit=limit + 1
+        )
+        items = [TaskOut.from_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=encode_cursor(IdCursor(items[-1].id)) if more else None)

@@ -1,0 +1,93 @@
+"""Wire shapes of tasks and comments."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from app.db.models import Comment, TaskPriority, TaskStatus
+
+Title = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+Description = Annotated[str, msgspec.Meta(max_length=20_000)]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+TaskSort = Literal["created", "due", "priority", "updated"]
+
+
+class TaskCreate(msgspec.Struct, forbid_unknown_fields=True):
+    title: Title
+    description: Description = ""
+    status: TaskStatus = TaskStatus.TODO
+    priority: TaskPriority = TaskPriority.MEDIUM
+    assignee_id: int | None = None
+    due_date: date | None = None
+
+
+class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Omitted fields stay; ``assignee_id``/``due_date`` set to null clear the value."""
+
+    title: Title | None = None
+    description: Description | None = None
+    status: TaskStatus | None = None
+    priority: TaskPriority | None = None
+    assignee_id: int | msgspec.UnsetType | None = msgspec.UNSET
+    due_date: date | msgspec.UnsetType | None = msgspec.UNSET
+    position: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class TaskOut(msgspec.Struct, frozen=True):
+    id: int
+    project_id: int
+    title: str
+    description: str
+    status: TaskStatus
+    priority: TaskPriority
+    assignee_id: int | None
+    due_date: date | None
+    position: int
+    created_by: int
+    updated_by: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> TaskOut:
+        """From any generated task row (they share these columns)."""
+        return cls(**{field: getattr(row, field) for field in cls.__struct_fields__})
+
+
+class TaskCursor(msgspec.Struct, frozen=True):
+    sort: TaskSort
+    key: int
+    id: int
+
+
+class CommentCreate(msgspec.Struct, forbid_unknown_fields=True):
+    body: Body
+
+
+class CommentOut(msgspec.Struct, frozen=True):
+    id: int
+    task_id: int
+    author_id: int
+    body: str
+    created_at: datetime
+    updated_at: datetime
+    author_name: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Comment, author_name: str | None = None) -> CommentOut:
+        return cls(
+            id=row.id,
+            task_id=row.task_id,
+            author_id=row.author_id,
+            body=row.body,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            author_name=author_name,
+        )
+
+
+class IdCursor(msgspec.Struct, frozen=True):
+    after_id: int

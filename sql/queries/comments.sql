@@ -1,0 +1,21 @@
+-- name: CreateComment :one
+insert into comments (task_id, author_id, body) values (@task_id, @author_id, @body)
+returning *;
+
+-- name: GetComment :one
+select * from comments where id = @id and task_id = @task_id;
+
+-- name: UpdateComment :one
+update comments set body = @body, updated_at = now() where id = @id
+returning *;
+
+-- name: DeleteComment :execrows
+delete from comments where id = @id;
+
+-- name: ListComments :many
+select c.*, u.display_name as author_name
+from comments c
+join users u on u.id = c.author_id
+where c.task_id = @task_id and c.id > @after_id
+order by c.id
+limit @row_limit;

@@ -1,0 +1,92 @@
+-- name: LockUser :exec
+-- Serialises one user's order placements (the open-order limit is checked under this lock).
+select id from users where id = @id for update;
+
+-- name: CountOpenOrders :one
+select count(*) from orders where user_id = @user_id and status in ('pending', 'reserved');
+
+-- name: CreateOrder :one
+insert into orders (user_id, total, currency) values (@user_id, @total, @currency)
+returning *;
+
+-- name: AddOrderItem :exec
+insert into order_items (order_id, product_id, quantity, unit_price)
+values (@order_id, @product_id, @quantity, @unit_price);
+
+-- name: GetOrder :one
+select * from orders where id = @id;
+
+-- name: GetOrderForUpdate :one
+select * from orders where id = @id for update;
+
+-- name: GetOrderItems :many
+select * from order_items where order_id = @order_id order by product_id;
+
+-- name: GetItemsForOrders :many
+select * from order_items where order_id = any(@order_ids::bigint[]) order by order_id, product_id;
+
+-- name: SetOrderStatus :one
+update orders
+set status = @status,
+    reserved_until = sqlc.narg(reserved_until),
+    shortfall = sqlc.narg(shortfall),
+    updated_at = now()
+where id = @id
+returning *;
+
+-- name: RecordOrderEvent :exec
+insert into order_events (order_id, from_status, to_status, reason, actor_id)
+values (@order_id, sqlc.narg(from_status), @to_status, @reason, sqlc.narg(actor_id));
+
+-- name: GetOrderEvents :many
+select * from order_events where order_id = @order_id order by id;
+
+-- name: ListOrders :many
+-- Keyset by id, newest first (before_id = max bigint for the first page).
+select * from orders
+where (sqlc.narg(user_id)::bigint is null or user_id = sqlc.narg(user_id)::bigint)
+  and (sqlc.narg(status)::order_status is null or status = sqlc.narg(status)::order_status)
+  and id < @before_id
+order by id desc
+limit @row_limit;
+
+-- name: ClaimExpiredReservations :many
+-- Reservations past their window, locked so concurrent expiry runs share the work.
+select id from orders
+where status = 'reserved' and reserved_until < now()
+order by reserved_until
+limit @batch_size
+for update skip locked;
+
+-- name: ClaimIdempotencyKey :one
+-- A new key is claimed (returns a row); an existing one returns nothing.
+insert into idempotency_keys (user_id, key, request_hash, expires_at)
+values (@user_id, @key, @request_hash, now() + interval '24 hours')
+on conflict (user_id, key) do nothing
+returning user_id;
+
+-- name: GetIdempotencyKey :one
+select * from idempotency_keys where user_id = @user_id and key = @key;
+
+-- name: DeleteExpiredIdempotencyKey :execrows
+delete from idempotency_keys where user_id = @user_id and key = @key and expires_at <= now();
+
+-- name: CompleteIdempotencyKey :exec
+update idempotency_keys
+set response_status = @response_status, response_body = @response_body, resource_id = sqlc.narg(resource_id)
+where user_id = @user_id and key = @key;
+
+-- name: ReleaseIdempotencyKey :exec
+delete from idempotency_keys where user_id = @user_id and key = @key and response_status is null;
+
+-- name: PurgeExpiredIdempotencyKeys :execrows
+delete from idempotency_keys where expires_at <= now();
+
+-- name: StockLedger :many
+-- Units held by live orders per product (for the stock invariant: stock + held = initial + adjustments).
+select oi.product_id, sum(oi.quantity)::bigint as held
+from order_items oi
+join orders o on o.id = oi.order_id
+where o.status in ('reserved', 'paid', 'fulfilled')
+group by oi.product_id
+order by oi.product_id;

@@ -1,0 +1,52 @@
+-- name: CreateProduct :one
+insert into products (sku, name, description, price, stock)
+values (@sku, @name, @description, @price, @stock)
+on conflict (sku) do nothing
+returning *;
+
+-- name: GetProduct :one
+select * from products where id = @id;
+
+-- name: UpdateProduct :one
+update products
+set name = coalesce(sqlc.narg(name), name),
+    description = coalesce(sqlc.narg(description), description),
+    price = coalesce(sqlc.narg(price)::numeric, price),
+    active = coalesce(sqlc.narg(active)::boolean, active),
+    updated_at = now()
+where id = @id
+returning *;
+
+-- name: ListProducts :many
+-- Active products only unless include_inactive (admins); keyset by id.
+select * from products
+where (active or @include_inactive::boolean)
+  and (sqlc.narg(search)::text is null or name ilike '%' || sqlc.narg(search)::text || '%' or sku = sqlc.narg(search)::text)
+  and (sqlc.narg(min_price)::numeric is null or price >= sqlc.narg(min_price)::numeric)
+  and (sqlc.narg(max_price)::numeric is null or price <= sqlc.narg(max_price)::numeric)
+  and (not @in_stock_only::boolean or stock > 0)
+  and id > @after_id
+order by id
+limit @row_limit;
+
+-- name: AdjustStock :one
+-- A stock adjustment that would go below zero changes nothing (no row).
+update products set stock = stock + @delta, updated_at = now()
+where id = @id and stock + @delta >= 0
+returning stock;
+
+-- name: RecordStockAdjustment :exec
+insert into stock_adjustments (product_id, delta, reason, actor_id, stock_after)
+values (@product_id, @delta, @reason, @actor_id, @stock_after);
+
+-- name: ReserveStock :one
+-- Takes stock only if enough is left: safe under concurrency without reading first.
+update products set stock = stock - @quantity, updated_at = now()
+where id = @id and stock >= @quantity
+returning stock;
+
+-- name: ReleaseStock :exec
+update products set stock = stock + @quantity, updated_at = now() where id = @id;
+
+-- name: GetProductsByIds :many
+select * from products where id = any(@ids::bigint[]) order by id;

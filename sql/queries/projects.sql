@@ -1,0 +1,61 @@
+-- name: CreateProject :one
+insert into projects (name, description, owner_id)
+values (@name, @description, @owner_id)
+returning *;
+
+-- name: GetProject :one
+select * from projects where id = @id;
+
+-- name: UpdateProject :one
+update projects
+set name = coalesce(sqlc.narg(name), name),
+    description = coalesce(sqlc.narg(description), description),
+    archived = coalesce(sqlc.narg(archived)::boolean, archived),
+    updated_at = now()
+where id = @id
+returning *;
+
+-- name: DeleteProject :execrows
+delete from projects where id = @id;
+
+-- name: ListMemberProjects :many
+-- The caller's projects, keyset by id.
+select p.*, m.role as my_role
+from projects p
+join project_members m on m.project_id = p.id and m.user_id = @user_id
+where p.id > @after_id
+  and (sqlc.narg(archived)::boolean is null or p.archived = sqlc.narg(archived)::boolean)
+order by p.id
+limit @row_limit;
+
+-- name: GetMemberRole :one
+select role from project_members where project_id = @project_id and user_id = @user_id;
+
+-- name: AddMember :one
+insert into project_members (project_id, user_id, role)
+values (@project_id, @user_id, @role)
+on conflict (project_id, user_id) do nothing
+returning *;
+
+-- name: UpdateMemberRole :one
+update project_members set role = @role
+where project_id = @project_id and user_id = @user_id
+returning *;
+
+-- name: RemoveMember :execrows
+delete from project_members where project_id = @project_id and user_id = @user_id;
+
+-- name: CountOwners :one
+select count(*) from project_members where project_id = @project_id and role = 'owner';
+
+-- name: ListMembers :many
+select m.project_id, m.user_id, m.role, m.added_at, u.display_name, u.email
+from project_members m
+join users u on u.id = m.user_id
+where m.project_id = @project_id and m.user_id > @after_user_id
+order by m.user_id
+limit @row_limit;
+
+-- name: LockProject :exec
+-- Serialises membership changes that must keep an owner.
+select id from projects where id = @id for update;

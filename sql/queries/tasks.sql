@@ -1,0 +1,78 @@
+-- name: CreateTask :one
+insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
+values (@project_id, @title, @description, @status, @priority, sqlc.narg(assignee_id), sqlc.narg(due_date),
+        coalesce((select max(position) + 1 from tasks where project_id = @project_id), 0), @created_by, @created_by)
+returning id, project_id, title, description, status, priority, assignee_id, due_date, position,
+          created_by, updated_by, created_at, updated_at;
+
+-- name: GetTaskWithRole :one
+-- The task and the caller's role in its project (no row: not a member, or no such task).
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date,
+       t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, m.role as my_role
+from tasks t
+join project_members m on m.project_id = t.project_id and m.user_id = @user_id
+where t.id = @task_id;
+
+-- name: UpdateTask :one
+update tasks
+set title = coalesce(sqlc.narg(title), title),
+    description = coalesce(sqlc.narg(description), description),
+    status = coalesce(sqlc.narg(status)::task_status, status),
+    priority = coalesce(sqlc.narg(priority)::task_priority, priority),
+    assignee_id = case when @set_assignee::boolean then sqlc.narg(assignee_id)::bigint else assignee_id end,
+    due_date = case when @set_due_date::boolean then sqlc.narg(due_date)::date else due_date end,
+    position = coalesce(sqlc.narg(position)::bigint, position),
+    updated_by = @updated_by,
+    updated_at = now()
+where id = @id
+returning id, project_id, title, description, status, priority, assignee_id, due_date, position,
+          created_by, updated_by, created_at, updated_at;
+
+-- name: DeleteTask :execrows
+delete from tasks where id = @id;
+
+-- name: ListProjectTasks :many
+-- Filters are optional (null = any). The sort key is one bigint per mode so that one keyset
+-- condition, (sort_key, id) > (after_key, after_id), pages every mode:
+--   created: 0 (id order) · due: days since epoch, no date last · priority: urgent first ·
+--   updated: most recent first.
+-- nullable: assignee_id, due_date
+select id, project_id, title, description, status, priority, assignee_id, due_date, position,
+       created_by, updated_by, created_at, updated_at, sort_key
+from (
+    select t.*,
+           (case @sort::text
+                when 'due' then coalesce(t.due_date - date '1970-01-01', 2147483647)::bigint
+                when 'priority' then -array_position(enum_range(null::task_priority), t.priority)::bigint
+                when 'updated' then -(extract(epoch from t.updated_at) * 1000000)::bigint
+                else 0::bigint
+            end) as sort_key
+    from tasks t
+    where t.project_id = @project_id
+      and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+      and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+      and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+      and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+      and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+      and (sqlc.narg(search)::text is null or t.search @@ websearch_to_tsquery('simple', sqlc.narg(search)::text))
+) s
+where (s.sort_key, s.id) > (@after_key::bigint, @after_id::bigint)
+order by s.sort_key, s.id
+limit @row_limit;
+
+-- name: ListAssignedTasks :many
+-- Tasks assigned to the caller in projects they are still a member of, keyset by id.
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date,
+       t.position, t.created_by, t.updated_by, t.created_at, t.updated_at
+from tasks t
+join project_members m on m.project_id = t.project_id and m.user_id = @user_id
+where t.assignee_id = @user_id
+  and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+  and t.id > @after_id
+order by t.id
+limit @row_limit;
+
+-- name: ClearAssigneeInProject :execrows
+-- A removed member keeps no assignments in the project.
+update tasks set assignee_id = null, updated_at = now()
+where project_id = @project_id and assignee_id = @user_id;

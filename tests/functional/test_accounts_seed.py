@@ -1,0 +1,68 @@
+"""The accounts seeder: one administrator and two members, idempotent, with a working login."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.core.db import UnitOfWork
+from app.db import accounts as queries
+from app.db.models import UserRole
+from app.seed import run_seeders
+
+
+async def users_by_role(db: AsyncConnection[Any]) -> dict[str, list[str]]:
+    cursor = await db.execute("select role::text, email from users order by role, email")
+    found: dict[str, list[str]] = {}
+    for role, email in await cursor.fetchall():
+        found.setdefault(role, []).append(email)
+    return found
+
+
+async def test_seeding_twice_creates_one_admin_and_two_members(
+    db: AsyncConnection[Any], settings: Settings
+) -> None:
+    assert await queries.count_users(db) == 0
+    await run_seeders(UnitOfWork(db), settings)
+    after_first = await users_by_role(db)
+    await run_seeders(UnitOfWork(db), settings)
+    assert await users_by_role(db) == after_first
+    assert await queries.count_users(db) == 3
+    assert after_first["admin"] == [settings.admin_email.lower()]
+    assert len(after_first["member"]) == 2
+    admin = await queries.get_user_by_email(db, email=settings.admin_email.lower())
+    assert admin is not None
+    assert admin.role == UserRole.ADMIN
+    assert admin.is_active
+
+
+async def test_seeded_admin_logs_in_with_the_configured_password(
+    client: AsyncTestClient[Litestar], db: AsyncConnection[Any], settings: Settings
+) -> None:
+    await run_seeders(UnitOfWork(db), settings)
+    response = await client.post(
+        "/api/auth/login", json={"email": settings.admin_email, "password": settings.admin_password}
+    )
+    assert response.status_code == 200, response.text
+    pair = response.json()
+    assert pair["user"]["role"] == "admin"
+    users = await client.get("/api/admin/users", headers={"Authorization": f"Bearer {pair['access_token']}"})
+    assert users.status_code == 200
+    assert len(users.json()["items"]) == 3
+
+
+async def test_seed_hints_never_print_a_configured_password(
+    db: AsyncConnection[Any], settings: Settings
+) -> None:
+    custom = msgspec.structs.replace(
+        settings, admin_password="a-private-admin-secret", demo_password="a-private-demo-secret"
+    )
+    lines = "\n".join(await run_seeders(UnitOfWork(db), custom))
+    assert "a-private-admin-secret" not in lines
+    assert "a-private-demo-secret" not in lines
+    assert custom.admin_email in lines

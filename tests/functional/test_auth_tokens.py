@@ -1,0 +1,199 @@
+"""Access-token verification (RFC 8725): every token that is not exactly ours is a 401 problem."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.security import AccessTokens, Passwords
+from app.db.models import User
+from tests.factories import PASSWORD, Client, bearer, create_user, generous_client, login
+
+PROBLEM = "application/problem+json"
+OTHER_SECRET = "a-completely-different-secret-of-enough-length"
+
+
+@pytest.fixture(scope="module")
+async def module_client(settings: Settings) -> AsyncIterator[Client]:
+    async for client in generous_client(settings):
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def password_hash(settings: Settings) -> str:
+    return await Passwords(settings).hash(PASSWORD)
+
+
+@pytest.fixture
+async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey) -> Client:
+    module_client.headers.clear()
+    module_client.cookies.clear()
+    return module_client
+
+
+@pytest.fixture
+async def member(db: AsyncConnection[Any], password_hash: str) -> User:
+    return await create_user(db, password_hash)
+
+
+def claims(settings: Settings, user: User, **overrides: Any) -> dict[str, Any]:
+    """Claims exactly like the server's (``AccessTokens.issue``), with overrides."""
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "sub": str(user.id),
+        "exp": now + 600,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "typ": "access",
+        "fam": str(uuid.uuid4()),
+        "role": user.role.value,
+    }
+    payload.update(overrides)
+    return payload
+
+
+def sign(payload: dict[str, Any], key: str, algorithm: str = "HS256") -> str:
+    return jwt.encode(payload, key, algorithm=algorithm)
+
+
+def b64url(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+def assert_rejected(response: Any, *, bearer_presented: bool = True) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == 401
+    assert body["type"] == "/problems/unauthorized"
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "access_token" not in body
+    if bearer_presented:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+async def me(api: Client, token: str) -> Any:
+    return await api.get("/api/auth/me", headers=bearer(token))
+
+
+async def test_server_issued_token_is_accepted(api: Client, settings: Settings, member: User) -> None:
+    token, issued = AccessTokens(settings).issue(member.id, member.role.value, uuid.uuid4())
+    response = await me(api, token)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == member.id == int(issued.sub)
+
+
+async def test_handcrafted_token_with_every_claim_is_accepted(
+    api: Client, settings: Settings, member: User
+) -> None:
+    """The control for the negative cases below: the same builder, nothing removed or altered."""
+    response = await me(api, sign(claims(settings, member), settings.secret_key))
+    assert response.status_code == 200, response.text
+    assert response.json()["email"] == member.email
+
+
+async def test_alg_none_is_rejected(api: Client, settings: Settings, member: User) -> None:
+    unsigned = f"{b64url({'alg': 'none', 'typ': 'JWT'})}.{b64url(claims(settings, member))}."
+    assert_rejected(await me(api, unsigned))
+    # and with the server's own valid signature kept but the header switched to "none"
+    signed = sign(claims(settings, member), settings.secret_key)
+    _, payload, signature = signed.split(".")
+    assert_rejected(await me(api, f"{b64url({'alg': 'none', 'typ': 'JWT'})}.{payload}.{signature}"))
+
+
+async def test_wrong_key_is_rejected(api: Client, settings: Settings, member: User) -> None:
+    assert_rejected(await me(api, sign(claims(settings, member), OTHER_SECRET)))
+
+
+async def test_expired_token_is_rejected(api: Client, settings: Settings, member: User) -> None:
+    now = int(time.time())
+    expired = claims(settings, member, iat=now - 1000, exp=now - 30)  # well past the 5 s leeway
+    assert_rejected(await me(api, sign(expired, settings.secret_key)))
+
+
+async def test_token_expired_within_leeway_is_still_accepted(
+    api: Client, settings: Settings, member: User
+) -> None:
+    now = int(time.time())
+    just_expired = claims(settings, member, iat=now - 600, exp=now - 1)
+    assert (await me(api, sign(just_expired, settings.secret_key))).status_code == 200
+
+
+@pytest.mark.parametrize("claim", ["sub", "exp", "iat", "jti", "iss", "aud", "typ", "fam", "role"])
+async def test_missing_required_claim_is_rejected(
+    api: Client, settings: Settings, member: User, claim: str
+) -> None:
+    payload = claims(settings, member)
+    del payload[claim]
+    assert_rejected(await me(api, sign(payload, settings.secret_key)))
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("aud", "some-other-api"),
+        ("iss", "someone-else"),
+        ("typ", "refresh"),
+        ("role", "superuser"),
+        ("fam", "not-a-uuid"),
+        ("sub", "not-a-number"),
+        ("sub", 1),
+    ],
+)
+async def test_wrong_claim_value_is_rejected(
+    api: Client, settings: Settings, member: User, claim: str, value: Any
+) -> None:
+    assert_rejected(await me(api, sign(claims(settings, member, **{claim: value}), settings.secret_key)))
+
+
+async def test_audience_list_without_ours_is_rejected(api: Client, settings: Settings, member: User) -> None:
+    payload = claims(settings, member, aud=["some-other-api"])
+    assert_rejected(await me(api, sign(payload, settings.secret_key)))
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+async def test_algorithm_confusion_hs512_is_rejected(api: Client, settings: Settings, member: User) -> None:
+    assert settings.jwt_algorithm == "HS256"
+    assert_rejected(await me(api, sign(claims(settings, member), settings.secret_key, "HS512")))
+
+
+async def test_refresh_token_is_not_an_access_token(api: Client, member: User) -> None:
+    pair = await login(api, member.email)
+    assert (await me(api, pair["access_token"])).status_code == 200
+    assert_rejected(await me(api, pair["refresh_token"]))
+
+
+@pytest.mark.parametrize(
+    "garbage", ["garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9..", "x" * 500, "Bearer nested"]
+)
+async def test_garbage_token_is_rejected(api: Client, garbage: str) -> None:
+    assert_rejected(await me(api, garbage))
+
+
+async def test_bad_token_is_rejected_even_on_public_routes(api: Client, settings: Settings) -> None:
+    response = await api.post(
+        "/api/auth/login",
+        json={"email": "nobody@example.com", "password": "whatever"},
+        headers=bearer(sign({"sub": "1"}, OTHER_SECRET)),
+    )
+    assert_rejected(response)
+
+
+async def test_basic_header_is_anonymous_and_refused_by_the_guard(api: Client, member: User) -> None:
+    credentials = base64.b64encode(f"{member.email}:{PASSWORD}".encode()).decode()
+    response = await api.get("/api/auth/me", headers={"Authorization": f"Basic {credentials}"})
+    assert_rejected(response, bearer_presented=False)
+    assert (await api.get("/api/auth/me")).status_code == 401

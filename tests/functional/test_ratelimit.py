@@ -1,0 +1,325 @@
+"""Rate limits over HTTP: headers, 429 problems, policies per route group, keys, Valkey outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from litestar import Litestar, get
+from litestar.params import FromPath
+from litestar.testing import AsyncTestClient
+from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import REGISTRY
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.errors import NotFoundError
+from app.core.security import AccessTokens
+from app.db.models import UserRole
+from app.main import create_app
+from tests.valkey_control import ControlledValkey
+
+Client = AsyncTestClient[Litestar]
+PROBLEM = "application/problem+json"
+RATE_LIMIT = re.compile(r'^"(?P<name>[a-z]+-(?:minute|hour))";r=(?P<r>\d+);t=(?P<t>\d+)$')
+
+SMALL_QUOTAS = {
+    "rate_limit_default_per_minute": 3,
+    "rate_limit_default_per_hour": 100,
+    "rate_limit_auth_per_minute": 2,
+    "rate_limit_auth_per_hour": 100,
+    "rate_limit_ingest_per_minute": 50,
+    "rate_limit_ingest_per_hour": 5,
+}
+
+
+def probe_handlers() -> list[Any]:
+    """Fresh handlers for each app (one per policy, one exempt, one that fails)."""
+
+    @get("/probe/rl/default")
+    async def limited_default() -> dict[str, str]:
+        return {"policy": "default"}
+
+    @get("/probe/rl/auth", opt={"rate_limit": "auth"})
+    async def limited_auth() -> dict[str, str]:
+        return {"policy": "auth"}
+
+    @get("/probe/rl/ingest", opt={"rate_limit": "ingest"})
+    async def limited_ingest() -> dict[str, str]:
+        return {"policy": "ingest"}
+
+    @get("/probe/rl/exempt", opt={"rate_limit": None})
+    async def exempt() -> dict[str, str]:
+        return {"policy": "none"}
+
+    @get("/probe/rl/missing/{item_id:int}")
+    async def missing(item_id: FromPath[int]) -> None:
+        raise NotFoundError(f"no item {item_id}")
+
+    return [limited_default, limited_auth, limited_ingest, exempt, missing]
+
+
+def with_test_peer(app: ASGIApp) -> ASGIApp:
+    """Test harness, outermost: ``x-test-peer`` sets the network peer.
+
+    The test transport's peer is always ``testclient``; a real server puts the TCP peer there.
+    """
+
+    async def harness(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            if peer := headers.get(b"x-test-peer"):
+                scope["client"] = (peer.decode(), 50000)
+        await app(scope, receive, send)
+
+    return harness
+
+
+async def build_client(settings: Settings, **changes: Any) -> AsyncIterator[Client]:
+    app = create_app(msgspec.structs.replace(settings, **{**SMALL_QUOTAS, **changes}))
+    for handler in probe_handlers():
+        app.register(handler)
+    app.asgi_handler = with_test_peer(app.asgi_handler)
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def rl_client(settings: Settings) -> AsyncIterator[Client]:
+    async for client in build_client(settings):
+        yield client
+
+
+async def wait_out_minute_boundary(valkey: Valkey) -> None:
+    """Start a test at least 5 s before the server's minute ends, so its windows stay the same."""
+    seconds, _ = await valkey.time()
+    if seconds % 60 >= 55:
+        await asyncio.sleep(60 - seconds % 60 + 0.05)
+
+
+@pytest.fixture
+async def fresh(valkey: Valkey) -> Valkey:
+    """A flushed Valkey (the ``valkey`` fixture) and a whole minute-window ahead."""
+    await wait_out_minute_boundary(valkey)
+    return valkey
+
+
+def rate_limit(response: Any) -> tuple[str, int, int]:
+    match = RATE_LIMIT.match(response.headers["ratelimit"])
+    assert match, response.headers["ratelimit"]
+    return match["name"], int(match["r"]), int(match["t"])
+
+
+def assert_rate_limited(response: Any, window: str) -> dict[str, Any]:
+    assert response.status_code == 429, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["type"] == "/problems/rate-limited"
+    assert body["status"] == 429
+    assert body["request_id"] == response.headers["x-request-id"]
+    name, remaining, reset = rate_limit(response)
+    assert (name, remaining) == (window, 0)
+    assert int(response.headers["retry-after"]) == reset > 0
+    assert "ratelimit-policy" in response.headers
+    return body
+
+
+async def test_allowed_responses_carry_policy_and_remaining(rl_client: Client, fresh: Valkey) -> None:
+    seen = []
+    for _ in range(3):
+        response = await rl_client.get("/probe/rl/default")
+        assert response.status_code == 200
+        assert response.headers["ratelimit-policy"] == (
+            '"default-minute";q=3;w=60, "default-hour";q=100;w=3600'
+        )
+        name, remaining, reset = rate_limit(response)
+        assert name == "default-minute"
+        assert 0 < reset <= 60
+        assert "retry-after" not in response.headers
+        seen.append(remaining)
+    assert seen == [2, 1, 0]
+
+
+async def test_request_over_quota_is_a_429_problem(rl_client: Client, fresh: Valkey) -> None:
+    for _ in range(3):
+        assert (await rl_client.get("/probe/rl/default")).status_code == 200
+    for _ in range(2):
+        response = await rl_client.get("/probe/rl/default")
+        body = assert_rate_limited(response, "default-minute")
+        assert body["instance"] == "/probe/rl/default"
+        assert 0 < int(response.headers["retry-after"]) <= 60
+    # Denied requests consumed nothing: the hour window counted only the three admitted ones.
+    hour_keys = await fresh.keys("rl:default:*:h:*")
+    assert len(hour_keys) == 1
+    assert int(await fresh.get(hour_keys[0])) == 3
+
+
+async def test_exhausted_hour_window_denies_until_the_hour_resets(rl_client: Client, fresh: Valkey) -> None:
+    for expected in (4, 3, 2, 1, 0):
+        response = await rl_client.get("/probe/rl/ingest")
+        assert response.status_code == 200
+        assert rate_limit(response)[:2] == ("ingest-hour", expected)
+    response = await rl_client.get("/probe/rl/ingest")
+    assert_rate_limited(response, "ingest-hour")
+    assert 0 < int(response.headers["retry-after"]) <= 3600
+
+
+async def test_errors_from_a_limited_route_carry_the_headers(rl_client: Client, fresh: Valkey) -> None:
+    response = await rl_client.get("/probe/rl/missing/7")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM
+    assert rate_limit(response)[:2] == ("default-minute", 2)
+
+
+async def test_policies_count_independently(rl_client: Client, fresh: Valkey) -> None:
+    for _ in range(2):
+        response = await rl_client.get("/probe/rl/auth")
+        assert response.status_code == 200
+        assert response.headers["ratelimit-policy"].startswith('"auth-minute";q=2;w=60')
+    assert_rate_limited(await rl_client.get("/probe/rl/auth"), "auth-minute")
+    # The default group still has its whole quota.
+    response = await rl_client.get("/probe/rl/default")
+    assert response.status_code == 200
+    assert rate_limit(response)[:2] == ("default-minute", 2)
+    for _ in range(2):
+        assert (await rl_client.get("/probe/rl/default")).status_code == 200
+    assert_rate_limited(await rl_client.get("/probe/rl/default"), "default-minute")
+    assert (await rl_client.get("/probe/rl/ingest")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/health/live", "/metrics", "/schema/openapi.json", "/probe/rl/exempt"], ids=str
+)
+async def test_exempt_routes_are_never_limited(rl_client: Client, fresh: Valkey, path: str) -> None:
+    for _ in range(5):
+        response = await rl_client.get(path)
+        assert response.status_code == 200, response.text
+        assert "ratelimit" not in response.headers
+        assert "ratelimit-policy" not in response.headers
+    assert await fresh.keys("rl:*") == []
+    # Exempt requests left the quota of limited routes untouched.
+    assert rate_limit(await rl_client.get("/probe/rl/default"))[1] == 2
+
+
+async def test_anonymous_clients_are_keyed_by_address(rl_client: Client, fresh: Valkey) -> None:
+    proxy = {"x-test-peer": "127.0.0.1"}  # a trusted proxy (the default TRUSTED_PROXIES)
+    first = {**proxy, "x-forwarded-for": "203.0.113.1"}
+    second = {**proxy, "x-forwarded-for": "203.0.113.2"}
+    for _ in range(3):
+        assert (await rl_client.get("/probe/rl/default", headers=first)).status_code == 200
+    assert_rate_limited(await rl_client.get("/probe/rl/default", headers=first), "default-minute")
+    response = await rl_client.get("/probe/rl/default", headers=second)
+    assert response.status_code == 200
+    assert rate_limit(response)[1] == 2
+    keys = {key.decode().split(":m:")[0] for key in await fresh.keys("rl:default:*:m:*")}
+    assert keys == {"rl:default:ip:203.0.113.1", "rl:default:ip:203.0.113.2"}
+
+
+async def test_untrusted_peer_cannot_pick_its_key_with_forwarded_for(
+    rl_client: Client, fresh: Valkey
+) -> None:
+    for n in range(3):
+        headers = {"x-test-peer": "198.51.100.7", "x-forwarded-for": f"203.0.113.{n + 10}"}
+        assert (await rl_client.get("/probe/rl/default", headers=headers)).status_code == 200
+    headers = {"x-test-peer": "198.51.100.7", "x-forwarded-for": "203.0.113.99"}
+    assert_rate_limited(await rl_client.get("/probe/rl/default", headers=headers), "default-minute")
+    assert len(await fresh.keys("rl:default:ip:198.51.100.7:m:*")) == 1
+
+
+def bearer(settings: Settings, user_id: int) -> str:
+    token, _ = AccessTokens(settings).issue(user_id, UserRole.MEMBER.value, uuid.uuid4())
+    return f"Bearer {token}"
+
+
+async def test_authenticated_requests_are_keyed_by_user(
+    rl_client: Client, fresh: Valkey, settings: Settings
+) -> None:
+    user_41, user_42 = bearer(settings, 41), bearer(settings, 42)
+    for n in range(3):
+        # One user from three addresses shares one quota.
+        headers = {"authorization": user_41, "x-test-peer": f"198.51.100.{n + 1}"}
+        assert (await rl_client.get("/probe/rl/default", headers=headers)).status_code == 200
+    headers = {"authorization": user_41, "x-test-peer": "198.51.100.9"}
+    assert_rate_limited(await rl_client.get("/probe/rl/default", headers=headers), "default-minute")
+    # Another user, and an anonymous client, from an address the first user used are unaffected.
+    other = await rl_client.get(
+        "/probe/rl/default", headers={"authorization": user_42, "x-test-peer": "198.51.100.1"}
+    )
+    assert rate_limit(other)[:2] == ("default-minute", 2)
+    anonymous = await rl_client.get("/probe/rl/default", headers={"x-test-peer": "198.51.100.1"})
+    assert rate_limit(anonymous)[:2] == ("default-minute", 2)
+    assert len(await fresh.keys("rl:default:u:41:m:*")) == 1
+    assert len(await fresh.keys("rl:default:u:42:m:*")) == 1
+
+
+async def test_disabled_rate_limiting_does_nothing(settings: Settings, fresh: Valkey) -> None:
+    async for client in build_client(settings, rate_limit_enabled=False):
+        for _ in range(6):
+            response = await client.get("/probe/rl/auth")
+            assert response.status_code == 200
+            assert "ratelimit" not in response.headers
+    assert await fresh.keys("rl:*") == []
+
+
+@pytest.fixture(scope="module")
+def controlled_valkey() -> Iterator[ControlledValkey]:
+    server = ControlledValkey()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+async def outage_client(settings: Settings, controlled_valkey: ControlledValkey) -> AsyncIterator[Client]:
+    async for client in build_client(
+        settings,
+        valkey_url=controlled_valkey.url,
+        valkey_timeout_s=0.5,
+        rate_limit_auth_fail_closed=True,
+        rate_limit_warn_interval_s=3600.0,
+    ):
+        yield client
+
+
+def fail_open_count(policy: str) -> float:
+    return REGISTRY.get_sample_value("app_rate_limit_fail_open_total", {"policy": policy}) or 0.0
+
+
+async def test_valkey_outage_fails_open_or_closed_per_policy(
+    outage_client: Client, controlled_valkey: ControlledValkey, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Valkey.from_url(controlled_valkey.url) as direct:
+        await direct.flushdb()
+        await wait_out_minute_boundary(direct)
+    assert rate_limit(await outage_client.get("/probe/rl/default"))[1] == 2
+    before = fail_open_count("default")
+    controlled_valkey.stop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.ratelimit"):
+            for _ in range(5):  # more than the quota: nothing is counted while Valkey is down
+                response = await outage_client.get("/probe/rl/default")
+                assert response.status_code == 200
+                assert "ratelimit" not in response.headers
+                assert "ratelimit-policy" not in response.headers
+            closed = await outage_client.get("/probe/rl/auth")
+        assert fail_open_count("default") == before + 5
+        assert closed.status_code == 503
+        assert closed.headers["content-type"] == PROBLEM
+        assert closed.json()["type"] == "/problems/service-unavailable"
+        assert int(closed.headers["retry-after"]) > 0
+        warnings = [record for record in caplog.records if record.name == "app.ratelimit"]
+        assert len(warnings) == 1, "one warning per RATE_LIMIT_WARN_INTERVAL_S"
+        assert warnings[0].levelno == logging.WARNING
+    finally:
+        controlled_valkey.start()
+    async with Valkey.from_url(controlled_valkey.url) as direct:
+        await direct.flushdb()
+    # Back (a restarted server, so an empty script cache): limiting resumes.
+    assert rate_limit(await outage_client.get("/probe/rl/default"))[:2] == ("default-minute", 2)
+    assert (await outage_client.get("/probe/rl/auth")).status_code == 200
