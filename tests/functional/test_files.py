@@ -1,0 +1,650 @@
+"""/api/projects/{id}/files: streamed multipart upload, download, delete, permissions, atomicity.
+
+Runs the real app with its own storage directory (``FILES_DIR`` = a temp dir, wiped before every
+test) and a 6 MiB limit. Some tests drive the ASGI app directly with a hand-made ``receive`` to
+send a body in many chunks, count how much of it was read, or disconnect midway: the test client
+always delivers the whole body in one message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.security import Passwords
+from app.db.models import User
+from app.domains.files.storage import MULTIPART_OVERHEAD, sanitize_filename
+from tests.factories import PASSWORD, Client, bearer, create_user, generous_client, login
+
+PROBLEM = "application/problem+json"
+MIB = 1024 * 1024
+MAX_BYTES = 6 * MIB
+
+
+def files_url(project_id: int, file_id: int | None = None) -> str:
+    base = f"/api/projects/{project_id}/files"
+    return base if file_id is None else f"{base}/{file_id}"
+
+
+@pytest.fixture(scope="module")
+def files_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("files")
+
+
+@pytest.fixture(scope="module")
+async def module_client(settings: Settings, files_root: Path) -> AsyncIterator[Client]:
+    async for client in generous_client(settings, files_dir=files_root, file_max_bytes=MAX_BYTES):
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def password_hash(settings: Settings) -> str:
+    return await Passwords(settings).hash(PASSWORD)
+
+
+def wipe(root: Path) -> None:
+    for child in root.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+@pytest.fixture
+async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey, files_root: Path) -> Client:
+    wipe(files_root)
+    module_client.headers.clear()
+    module_client.cookies.clear()
+    return module_client
+
+
+@dataclass
+class Member:
+    user: User
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return bearer(self.token)
+
+
+@dataclass
+class World:
+    project: int  # editor is editor, viewer is viewer, outsider is not a member
+    other_project: int  # editor and outsider are editors
+    editor: Member
+    viewer: Member
+    outsider: Member
+
+
+async def create_project(db: AsyncConnection[Any], owner: User, members: dict[int, str]) -> int:
+    row = await (
+        await db.execute(
+            "insert into projects (name, owner_id) values (%s, %s) returning id", ("P", owner.id)
+        )
+    ).fetchone()
+    assert row is not None
+    for user_id, role in members.items():
+        await db.execute(
+            "insert into project_members (project_id, user_id, role) values (%s, %s, %s::project_role)",
+            (row[0], user_id, role),
+        )
+    return int(row[0])
+
+
+@pytest.fixture
+async def world(api: Client, db: AsyncConnection[Any], password_hash: str) -> World:
+    async def member(name: str) -> Member:
+        user = await create_user(db, password_hash, display_name=name)
+        return Member(user, (await login(api, user.email))["access_token"])
+
+    editor, viewer, outsider = await member("Ana"), await member("Vic"), await member("Out")
+    project = await create_project(db, editor.user, {editor.user.id: "editor", viewer.user.id: "viewer"})
+    other = await create_project(db, outsider.user, {outsider.user.id: "editor", editor.user.id: "editor"})
+    return World(project, other, editor, viewer, outsider)
+
+
+def stored(root: Path) -> list[str]:
+    """Every file left in the storage directory, temp files included."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+async def upload(
+    api: Client,
+    member: Member | None,
+    project_id: int,
+    content: bytes,
+    *,
+    filename: str = "report.txt",
+    content_type: str = "text/plain",
+) -> httpx.Response:
+    return await api.post(
+        files_url(project_id),
+        files={"file": (filename, content, content_type)},
+        headers=member.auth if member else {},
+    )
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    if slug is not None:
+        assert body["type"] == f"/problems/{slug}"
+    return body
+
+
+def multipart_body(*parts: tuple[str, str | None, bytes], boundary: str = "b0undary") -> bytes:
+    chunks = []
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename is not None else ""
+        )
+        chunks.append(
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: text/plain\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    return b"".join(chunks) + f"--{boundary}--\r\n".encode()
+
+
+async def file_rows(db: AsyncConnection[Any]) -> int:
+    row = await (await db.execute("select count(*) from project_files")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def file_events(db: AsyncConnection[Any]) -> list[dict[str, Any]]:
+    cursor = await db.execute(
+        "select payload from outbox where task = 'record_activity' "
+        "and payload->>'verb' like 'file.%%' order by id"
+    )
+    return [row[0] for row in await cursor.fetchall()]
+
+
+# -- upload and download ------------------------------------------------------------------------
+
+
+async def test_upload_then_download_round_trip(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    content = b"quarterly numbers\n" * 1000
+    response = await upload(api, world.editor, world.project, content, filename="Q3 report.txt")
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["size_bytes"] == len(content)
+    assert body["sha256"] == hashlib.sha256(content).hexdigest()
+    assert body["filename"] == "Q3 report.txt"
+    assert body["content_type"] == "text/plain"
+    assert body["project_id"] == world.project
+    assert body["uploaded_by"] == world.editor.user.id
+    assert "storage_key" not in body
+    on_disk = stored(files_root)
+    assert len(on_disk) == 1 and on_disk[0].startswith(f"{world.project}/"), on_disk
+    assert (files_root / on_disk[0]).read_bytes() == content
+
+    download = await api.get(files_url(world.project, body["id"]), headers=world.editor.auth)
+    assert download.status_code == 200
+    assert download.content == content
+    assert download.headers["content-type"].startswith("text/plain")
+    assert download.headers["content-disposition"] == "attachment; filename*=utf-8''Q3%20report.txt"
+    assert download.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_upload_emits_an_event_in_the_outbox(
+    api: Client, db: AsyncConnection[Any], world: World
+) -> None:
+    response = await upload(
+        api, world.editor, world.project, b"%PDF-1.7", filename="a.pdf", content_type="application/pdf"
+    )
+    assert response.status_code == 201
+    file_id = response.json()["id"]
+
+    [event] = await file_events(db)
+    assert event["verb"] == "file.uploaded"
+    assert event["actor_id"] == world.editor.user.id
+    assert (event["object_type"], event["object_id"]) == ("file", file_id)
+    assert event["project_id"] == world.project
+    assert event["data"] == {"filename": "a.pdf", "size_bytes": 8}
+
+
+async def test_filename_is_sanitised_and_never_a_path(api: Client, world: World, files_root: Path) -> None:
+    body = multipart_body(("file", "../../etc/pass\x07wd \u00fc.txt", b"x"))
+    response = await api.post(
+        files_url(world.project),
+        content=body,
+        headers={**world.editor.auth, "content-type": "multipart/form-data; boundary=b0undary"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["filename"] == "passwd \u00fc.txt"
+    assert not (files_root.parent / "etc").exists()
+    download = await api.get(files_url(world.project, response.json()["id"]), headers=world.editor.auth)
+    assert download.headers["content-disposition"] == "attachment; filename*=utf-8''passwd%20%C3%BC.txt"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("C:\\Users\\ana\\report.pdf", "report.pdf"),
+        ("/etc/passwd", "passwd"),
+        ("a\x00b\r\nc\u202etxt.exe", "abctxt.exe"),
+        ("  spaced  ", "spaced"),
+        ("..", "file"),
+        ("dir/", "file"),
+        ("x" * 300 + ".tar.gz", "x" * 252 + ".gz"),
+        ("y" * 300, "y" * 255),
+    ],
+)
+def test_sanitize_filename(raw: str, expected: str) -> None:
+    assert sanitize_filename(raw) == expected
+    assert len(sanitize_filename(raw)) <= 255
+
+
+async def test_empty_file_is_accepted(api: Client, world: World) -> None:
+    response = await upload(api, world.editor, world.project, b"")
+    assert response.status_code == 201, response.text
+    assert response.json()["size_bytes"] == 0
+    assert response.json()["sha256"] == hashlib.sha256(b"").hexdigest()
+
+
+# -- listing ------------------------------------------------------------------------------------
+
+
+async def test_list_is_keyset_paginated_newest_first(api: Client, world: World) -> None:
+    ids = []
+    for name in ("one.txt", "two.txt", "three.txt"):
+        response = await upload(api, world.editor, world.project, name.encode(), filename=name)
+        ids.append(response.json()["id"])
+    await upload(api, world.outsider, world.other_project, b"elsewhere")
+
+    first = await api.get(files_url(world.project), params={"limit": 2}, headers=world.viewer.auth)
+    assert first.status_code == 200
+    page = first.json()
+    assert [item["id"] for item in page["items"]] == [ids[2], ids[1]]
+    assert page["next_cursor"]
+
+    second = await api.get(
+        files_url(world.project),
+        params={"limit": 2, "cursor": page["next_cursor"]},
+        headers=world.viewer.auth,
+    )
+    page = second.json()
+    assert [item["filename"] for item in page["items"]] == ["one.txt"]
+    assert page["next_cursor"] is None
+
+
+async def test_list_caps_limit_and_rejects_foreign_cursors(api: Client, world: World) -> None:
+    assert_problem(
+        await api.get(files_url(world.project), params={"limit": 101}, headers=world.viewer.auth), 400
+    )
+    assert_problem(
+        await api.get(files_url(world.project), params={"cursor": "not-a-cursor"}, headers=world.viewer.auth),
+        400,
+        "invalid-cursor",
+    )
+
+
+# -- permissions --------------------------------------------------------------------------------
+
+
+async def test_viewer_lists_and_downloads_but_cannot_upload_or_delete(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    file_id = (await upload(api, world.editor, world.project, b"shared")).json()["id"]
+
+    assert (await api.get(files_url(world.project), headers=world.viewer.auth)).status_code == 200
+    download = await api.get(files_url(world.project, file_id), headers=world.viewer.auth)
+    assert download.status_code == 200 and download.content == b"shared"
+    assert_problem(await upload(api, world.viewer, world.project, b"nope"), 403, "forbidden")
+    assert_problem(await api.delete(files_url(world.project, file_id), headers=world.viewer.auth), 403)
+
+    assert await file_rows(db) == 1
+    assert len(stored(files_root)) == 1
+
+
+async def test_non_member_gets_404_for_everything(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    file_id = (await upload(api, world.editor, world.project, b"secret")).json()["id"]
+    auth = world.outsider.auth
+
+    assert_problem(await api.get(files_url(world.project), headers=auth), 404, "not-found")
+    assert_problem(await upload(api, world.outsider, world.project, b"intrude"), 404)
+    assert_problem(await api.get(files_url(world.project, file_id), headers=auth), 404)
+    assert_problem(await api.delete(files_url(world.project, file_id), headers=auth), 404)
+    assert_problem(await api.get(files_url(999_999), headers=auth), 404)
+
+    assert await file_rows(db) == 1
+    assert len(stored(files_root)) == 1
+
+
+async def test_file_of_another_project_is_not_found(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    # The editor is a member of both projects, but a file is only reachable through its own project.
+    other_file = (await upload(api, world.outsider, world.other_project, b"B's file")).json()["id"]
+
+    assert_problem(await api.get(files_url(world.project, other_file), headers=world.editor.auth), 404)
+    assert_problem(await api.delete(files_url(world.project, other_file), headers=world.editor.auth), 404)
+    ok = await api.get(files_url(world.other_project, other_file), headers=world.editor.auth)
+    assert ok.status_code == 200 and ok.content == b"B's file"
+    assert await file_rows(db) == 1
+
+
+async def test_anonymous_gets_401(api: Client, world: World) -> None:
+    file_id = (await upload(api, world.editor, world.project, b"data")).json()["id"]
+    assert_problem(await api.get(files_url(world.project)), 401, "unauthorized")
+    assert_problem(await upload(api, None, world.project, b"anon"), 401)
+    assert_problem(await api.get(files_url(world.project, file_id)), 401)
+    assert_problem(await api.delete(files_url(world.project, file_id)), 401)
+
+
+# -- rejected uploads leave nothing -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(MAX_BYTES + 1, id="file-over-limit"),
+        pytest.param(MAX_BYTES + MULTIPART_OVERHEAD + 1, id="content-length-over-limit"),
+    ],
+)
+async def test_too_large_is_413_and_leaves_nothing(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path, size: int
+) -> None:
+    response = await upload(api, world.editor, world.project, b"\0" * size)
+    assert_problem(response, 413, "payload-too-large")
+    assert await file_rows(db) == 0
+    assert stored(files_root) == []
+    assert await file_events(db) == []
+
+
+async def test_file_of_exactly_the_limit_is_accepted(api: Client, world: World) -> None:
+    response = await upload(api, world.editor, world.project, b"\1" * MAX_BYTES)
+    assert response.status_code == 201, response.text
+    assert response.json()["size_bytes"] == MAX_BYTES
+
+
+async def test_disallowed_type_is_415_and_leaves_nothing(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    response = await upload(
+        api,
+        world.editor,
+        world.project,
+        b"MZ...",
+        filename="setup.exe",
+        content_type="application/x-msdownload",
+    )
+    body = assert_problem(response, 415, "unsupported-media-type")
+    assert "application/x-msdownload" in body["detail"]
+    assert await file_rows(db) == 0
+    assert stored(files_root) == []
+
+
+async def test_a_body_that_is_not_multipart_is_415(api: Client, world: World) -> None:
+    response = await api.post(files_url(world.project), json={"file": "x"}, headers=world.editor.auth)
+    assert_problem(response, 415)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        pytest.param(b"this is not multipart at all", "multipart/form-data; boundary=b0undary", id="garbage"),
+        pytest.param(
+            multipart_body(("file", "a.txt", b"cut short"))[: -len("\r\n--b0undary--\r\n")],
+            "multipart/form-data; boundary=b0undary",
+            id="truncated",
+        ),
+        pytest.param(multipart_body(("file", "a.txt", b"x")), "multipart/form-data", id="no-boundary"),
+        pytest.param(
+            multipart_body(("note", None, b"hello")),
+            "multipart/form-data; boundary=b0undary",
+            id="no-file-part",
+        ),
+        pytest.param(
+            multipart_body(("attachment", "a.txt", b"x")),
+            "multipart/form-data; boundary=b0undary",
+            id="file-part-misnamed",
+        ),
+        pytest.param(
+            multipart_body(("file", None, b"x")),
+            "multipart/form-data; boundary=b0undary",
+            id="file-without-filename",
+        ),
+        pytest.param(
+            multipart_body(("file", "a.txt", b"x"), ("file", "b.txt", b"y")),
+            "multipart/form-data; boundary=b0undary",
+            id="two-files",
+        ),
+        pytest.param(
+            multipart_body(("file", "a.txt", b"x"), ("note", None, b"y")),
+            "multipart/form-data; boundary=b0undary",
+            id="extra-field",
+        ),
+        pytest.param(b"", "multipart/form-data; boundary=b0undary", id="empty"),
+    ],
+)
+async def test_malformed_multipart_is_400_and_leaves_nothing(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path, body: bytes, content_type: str
+) -> None:
+    response = await api.post(
+        files_url(world.project), content=body, headers={**world.editor.auth, "content-type": content_type}
+    )
+    assert_problem(response, 400, "invalid-upload")
+    assert await file_rows(db) == 0
+    assert stored(files_root) == []
+
+
+# -- atomicity ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def failing_insert(db: AsyncConnection[Any], request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A real PostgreSQL failure on ``project_files``: at the INSERT, or (deferred) at COMMIT —
+    the latter after the row, the event and the rename into place have all happened."""
+    timing = "deferrable initially deferred" if request.param == "at-commit" else "not deferrable"
+    await db.execute(
+        "create or replace function files_test_fail() returns trigger language plpgsql as "
+        "$$ begin raise exception 'forced failure for a test'; end $$"
+    )
+    await db.execute(
+        f"create constraint trigger files_test_fail after insert on project_files {timing} "
+        "for each row execute function files_test_fail()"
+    )
+    try:
+        yield
+    finally:
+        await db.execute("drop trigger files_test_fail on project_files")
+        await db.execute("drop function files_test_fail()")
+
+
+@pytest.mark.parametrize("failing_insert", ["at-insert", "at-commit"], indirect=True)
+async def test_database_failure_leaves_neither_file_nor_row(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path, failing_insert: None
+) -> None:
+    response = await upload(api, world.editor, world.project, b"doomed" * 1000)
+    assert_problem(response, 500)
+    assert "forced failure" not in response.text
+    assert await file_rows(db) == 0
+    assert await file_events(db) == []
+    assert stored(files_root) == []
+
+
+# -- delete -------------------------------------------------------------------------------------
+
+
+async def test_delete_removes_row_and_file_and_emits(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    kept = (await upload(api, world.editor, world.project, b"keep me", filename="keep.txt")).json()
+    gone = (await upload(api, world.editor, world.project, b"delete me", filename="gone.txt")).json()
+    assert len(stored(files_root)) == 2
+
+    response = await api.delete(files_url(world.project, gone["id"]), headers=world.editor.auth)
+    assert response.status_code == 204
+
+    assert await file_rows(db) == 1
+    on_disk = stored(files_root)
+    assert len(on_disk) == 1 and (files_root / on_disk[0]).read_bytes() == b"keep me"
+    assert_problem(await api.get(files_url(world.project, gone["id"]), headers=world.editor.auth), 404)
+    assert_problem(await api.delete(files_url(world.project, gone["id"]), headers=world.editor.auth), 404)
+    assert (await api.get(files_url(world.project, kept["id"]), headers=world.viewer.auth)).status_code == 200
+
+    events = await file_events(db)
+    assert [event["verb"] for event in events] == ["file.uploaded", "file.uploaded", "file.deleted"]
+    deleted = events[-1]
+    assert deleted["actor_id"] == world.editor.user.id
+    assert (deleted["object_type"], deleted["object_id"]) == ("file", gone["id"])
+    assert deleted["project_id"] == world.project
+    assert deleted["data"] == {"filename": "gone.txt", "size_bytes": 9}
+
+
+async def test_delete_of_a_row_whose_file_vanished_still_succeeds(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    file_id = (await upload(api, world.editor, world.project, b"x")).json()["id"]
+    wipe(files_root)
+    assert (await api.delete(files_url(world.project, file_id), headers=world.editor.auth)).status_code == 204
+    assert await file_rows(db) == 0
+
+
+async def test_download_of_a_file_missing_on_disk_is_404_not_500(
+    api: Client, world: World, files_root: Path
+) -> None:
+    file_id = (await upload(api, world.editor, world.project, b"x")).json()["id"]
+    [relative] = stored(files_root)
+    (files_root / relative).unlink()
+    assert_problem(
+        await api.get(files_url(world.project, file_id), headers=world.editor.auth), 404, "not-found"
+    )
+
+
+# -- streaming (the ASGI app driven directly, so the body arrives in many messages) --------------
+
+
+@dataclass
+class AsgiResult:
+    status: int
+    body: bytes
+    chunks_read: int
+
+
+async def stream_upload(
+    client: Client,
+    member: Member,
+    project_id: int,
+    content: bytes,
+    *,
+    chunk_size: int = 64 * 1024,
+    disconnect_after: int | None = None,
+) -> AsgiResult:
+    """POST ``content`` as the file part, delivered in ``chunk_size`` messages, without Content-Length.
+
+    With ``disconnect_after``, the client goes away after that many body messages.
+    """
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            "Content-Type: application/zip\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
+    path = files_url(project_id)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {member.token}".encode()),
+            (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    read = 0
+    status = 0
+    response = bytearray()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if read == disconnect_after or read >= len(chunks):
+            return {"type": "http.disconnect"}
+        read += 1
+        return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            response.extend(message.get("body", b""))
+
+    # The app (and its pools) live on the test client's portal loop, as for the client's own requests.
+    client.blocking_portal.call(client.app, scope, receive, send)
+    return AsgiResult(status, bytes(response), read)
+
+
+async def test_multi_chunk_upload_of_5_mib_streams_to_disk(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    content = bytes(range(256)) * (5 * MIB // 256)
+    result = await stream_upload(api, world.editor, world.project, content)
+
+    assert result.status == 201, result.body
+    body = msgspec.json.decode(result.body)
+    assert body["size_bytes"] == 5 * MIB
+    assert body["sha256"] == hashlib.sha256(content).hexdigest()
+    download = await api.get(files_url(world.project, body["id"]), headers=world.editor.auth)
+    assert download.content == content
+    assert download.headers["content-type"] == "application/zip"
+    assert [path for path in stored(files_root) if path.startswith("tmp")] == []
+
+
+async def test_too_large_stream_is_refused_without_reading_the_rest(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    result = await stream_upload(api, world.editor, world.project, b"\0" * (3 * MAX_BYTES))
+
+    assert result.status == 413
+    assert msgspec.json.decode(result.body)["type"] == "/problems/payload-too-large"
+    total_chunks = (3 * MAX_BYTES) // (64 * 1024)
+    assert result.chunks_read <= MAX_BYTES // (64 * 1024) + 2 < total_chunks
+    assert stored(files_root) == []
+    assert await file_rows(db) == 0
+
+
+async def test_client_disconnect_midway_leaves_no_temp_file(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    result = await stream_upload(api, world.editor, world.project, b"\1" * (2 * MIB), disconnect_after=5)
+
+    assert result.chunks_read == 5
+    assert stored(files_root) == []
+    assert await file_rows(db) == 0
+    assert await file_events(db) == []
+    ok = await stream_upload(api, world.editor, world.project, b"\1" * MIB)
+    assert ok.status == 201, "the route still works after an aborted upload"
