@@ -98,9 +98,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_open_orders: Annotated[int, msgspec.Meta(ge=1)] = 5
     product_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
+    analytics_retention_days: Annotated[int, msgspec.Meta(ge=2)] = 90
+    sink_driver: Literal["asyncpg", "psycopg"] = "asyncpg"
+    sink_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
+    sink_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    sink_max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    sink_flushers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    report_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    bench_routes: bool = False
+
     worker_in_process: bool = False
     worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 10
-    job_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 60
+    job_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 30
     job_retries: Annotated[int, msgspec.Meta(ge=1)] = 5
     worker_shutdown_grace_s: Annotated[int, msgspec.Meta(ge=0)] = 10
     outbox_poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5

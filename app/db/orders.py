@@ -12,11 +12,12 @@ from psycopg.types.json import Jsonb
 from .models import IdempotencyKey, Order, OrderEvent, OrderItem, OrderStatus
 
 
-LOCK_USER = "select id from users where id = $1 for update"
+LOCK_USER = "select id from users where id = $1 for no key update"
 
 
 async def lock_user(conn: AsyncConnection[Any], *, id: int) -> None:
-    """Serialises one user's order placements (the open-order limit is checked under this lock)."""
+    """Serialises one user's order placements (the open-order limit is checked under this lock); NO KEY
+    so that inserts referencing the user (idempotency keys, orders) are not blocked by it."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(LOCK_USER, (id,))
 

@@ -1,6 +1,7 @@
 -- name: LockUser :exec
--- Serialises one user's order placements (the open-order limit is checked under this lock).
-select id from users where id = @id for update;
+-- Serialises one user's order placements (the open-order limit is checked under this lock); NO KEY
+-- so that inserts referencing the user (idempotency keys, orders) are not blocked by it.
+select id from users where id = @id for no key update;
 
 -- name: CountOpenOrders :one
 select count(*) from orders where user_id = @user_id and status in ('pending', 'reserved');

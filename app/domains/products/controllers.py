@@ -84,8 +84,8 @@ class ProductsController(Controller):
         summary="Create a product (admins)",
         responses=problems(400, 401, 403, 409, 429),
     )
-    async def create_product(self, data: JSONBody[ProductCreate], uow: Uow, products: Products) -> ProductOut:
-        return ProductOut.from_row(await products.create(uow, data), products.currency)
+    async def create_product(self, data: JSONBody[ProductCreate], products: Products) -> ProductOut:
+        return ProductOut.from_row(await products.create(data), products.currency)
 
     @patch(
         "/{product_id:int}",
@@ -95,9 +95,9 @@ class ProductsController(Controller):
         responses=problems(400, 401, 403, 404, 429),
     )
     async def update_product(
-        self, product_id: FromPath[int], data: JSONBody[ProductUpdate], uow: Uow, products: Products
+        self, product_id: FromPath[int], data: JSONBody[ProductUpdate], products: Products
     ) -> ProductOut:
-        return ProductOut.from_row(await products.update(uow, product_id, data), products.currency)
+        return ProductOut.from_row(await products.update(product_id, data), products.currency)
 
     @post(
         "/{product_id:int}/stock-adjustments",
@@ -111,9 +111,8 @@ class ProductsController(Controller):
         self,
         product_id: FromPath[int],
         data: JSONBody[StockAdjustmentIn],
-        uow: Uow,
         products: Products,
         current_user: NamedDependency[CurrentUser],
     ) -> StockOut:
-        stock = await products.adjust_stock(uow, current_user.id, product_id, data)
+        stock = await products.adjust_stock(current_user.id, product_id, data)
         return StockOut(product_id=product_id, stock=stock)

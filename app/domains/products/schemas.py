@@ -11,7 +11,7 @@ import msgspec
 from app.db.models import Product
 
 Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
 MAX_PRICE = Decimal("9999999999.99")
 
 
@@ -45,8 +45,12 @@ class ProductUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
-    delta: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    delta: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000, description="Not zero")]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"\S")]
+
+    def __post_init__(self) -> None:
+        if self.delta == 0:
+            raise ValueError("delta must not be zero")
 
 
 class ProductOut(msgspec.Struct, frozen=True):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import msgspec
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from app.core.cache import CacheNamespace
-from app.core.db import UnitOfWork
+from app.core.db import UnitOfWork, transaction
 from app.core.errors import ConflictError, NotFoundError
 from app.core.pagination import encode_cursor
 from app.db import products as queries
@@ -31,58 +34,71 @@ class ProductFilters(msgspec.Struct, frozen=True):
 
 class ProductService:
     """Reads for everyone go through a short-lived cache (stock shown may lag by the TTL; the
-    reservation itself is always checked against the database). Admin changes invalidate it."""
+    reservation itself is always checked against the database).
 
-    def __init__(self, cache: CacheNamespace, currency: str, ttl_s: float) -> None:
+    Changes open their own transaction and invalidate the cache only after it committed: the
+    cache's generation moves on, so a reader that loaded the old row meanwhile stores it under the
+    old generation, where nobody reads it again.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        cache: CacheNamespace,
+        currency: str,
+        ttl_s: float,
+    ) -> None:
+        self.pool = pool
         self.cache = cache
         self.currency = currency
         self.ttl_s = ttl_s
 
-    async def create(self, uow: UnitOfWork, data: ProductCreate) -> Product:
-        product = await queries.create_product(
-            uow.conn,
-            sku=data.sku,
-            name=data.name.strip(),
-            description=data.description,
-            price=data.price,
-            stock=data.stock,
-        )
+    async def create(self, data: ProductCreate) -> Product:
+        async with transaction(self.pool) as uow:
+            product = await queries.create_product(
+                uow.conn,
+                sku=data.sku,
+                name=data.name.strip(),
+                description=data.description,
+                price=data.price,
+                stock=data.stock,
+            )
         if product is None:
             raise ConflictError("A product with this SKU exists.")
         await self.cache.invalidate_all()
         return product
 
-    async def update(self, uow: UnitOfWork, product_id: int, data: ProductUpdate) -> Product:
-        product = await queries.update_product(
-            uow.conn,
-            name=data.name,
-            description=data.description,
-            price=data.price,
-            active=data.active,
-            id=product_id,
-        )
+    async def update(self, product_id: int, data: ProductUpdate) -> Product:
+        async with transaction(self.pool) as uow:
+            product = await queries.update_product(
+                uow.conn,
+                name=data.name.strip() if data.name else None,
+                description=data.description,
+                price=data.price,
+                active=data.active,
+                id=product_id,
+            )
         if product is None:
             raise NotFoundError("No such product.")
         await self.cache.invalidate_all()
         return product
 
-    async def adjust_stock(
-        self, uow: UnitOfWork, actor: int, product_id: int, data: StockAdjustmentIn
-    ) -> int:
+    async def adjust_stock(self, actor: int, product_id: int, data: StockAdjustmentIn) -> int:
         """Add or remove stock with a recorded reason; never below zero (409)."""
-        stock = await queries.adjust_stock(uow.conn, delta=data.delta, id=product_id)
-        if stock is None:
-            if await queries.get_product(uow.conn, id=product_id) is None:
-                raise NotFoundError("No such product.")
-            raise ConflictError("Not enough stock to remove that many units.")
-        await queries.record_stock_adjustment(
-            uow.conn,
-            product_id=product_id,
-            delta=data.delta,
-            reason=data.reason,
-            actor_id=actor,
-            stock_after=stock,
-        )
+        async with transaction(self.pool) as uow:
+            stock = await queries.adjust_stock(uow.conn, delta=data.delta, id=product_id)
+            if stock is None:
+                if await queries.get_product(uow.conn, id=product_id) is None:
+                    raise NotFoundError("No such product.")
+                raise ConflictError("Not enough stock to remove that many units.")
+            await queries.record_stock_adjustment(
+                uow.conn,
+                product_id=product_id,
+                delta=data.delta,
+                reason=data.reason,
+                actor_id=actor,
+                stock_after=stock,
+            )
         await self.cache.invalidate_all()
         return stock
 

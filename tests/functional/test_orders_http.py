@@ -1,0 +1,527 @@
+"""Orders over HTTP: placement with idempotency keys, ownership, listing and every transition."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from litestar import Litestar
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.db import accounts as account_queries
+from app.db import products as product_queries
+from app.db.models import OrderStatus, UserRole
+from app.main import create_app
+
+Client = httpx.AsyncClient
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
+MAX_OPEN = 3
+
+
+class Caller(msgspec.Struct):
+    id: int
+    headers: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+async def orders_app(settings: Settings) -> AsyncIterator[tuple[Litestar, Client]]:
+    """The app served in the test's own event loop (httpx's ASGI transport), so that requests really
+    run concurrently and the services can be called from the test (Litestar's test client runs the
+    app in a portal thread, one request at a time)."""
+    app = create_app(
+        msgspec.structs.replace(settings, rate_limit_default_per_minute=100_000, max_open_orders=MAX_OPEN)
+    )
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def lifespan() -> None:  # entered and left in one task (anyio's cancel scopes insist)
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    running = asyncio.create_task(lifespan())
+    await asyncio.wait_for(started.wait(), 30)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield app, client
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+
+
+@pytest.fixture
+async def shop(
+    orders_app: tuple[Litestar, Client], db: AsyncConnection[Any], valkey: Valkey
+) -> tuple[Litestar, Client]:
+    """The module's app on a clean database and Valkey."""
+    app, client = orders_app
+    client.headers.clear()
+    return app, client
+
+
+async def caller(app: Litestar, db: AsyncConnection[Any], role: str = "member") -> Caller:
+    user = await account_queries.create_user(
+        db,
+        email=f"{role}-{uuid.uuid4().hex[:10]}@example.com",
+        display_name=role.title(),
+        password_hash=FAKE_HASH,
+        role=UserRole(role),
+    )
+    assert user is not None
+    token, _ = app.state.accounts.tokens.issue(user.id, role, uuid.uuid4())
+    return Caller(user.id, {"Authorization": f"Bearer {token}"})
+
+
+async def product(db: AsyncConnection[Any], stock: int = 10, price: str = "2.50", active: bool = True) -> int:
+    row = await product_queries.create_product(
+        db, sku=f"P-{uuid.uuid4().hex[:10]}", name="Thing", description="", price=Decimal(price), stock=stock
+    )
+    assert row is not None
+    if not active:
+        await db.execute("update products set active = false where id = %s", (row.id,))
+    return row.id
+
+
+def body(*lines: tuple[int, int]) -> dict[str, Any]:
+    return {"lines": [{"product_id": pid, "quantity": qty} for pid, qty in lines]}
+
+
+async def place(
+    client: Client, who: Caller, *lines: tuple[int, int], key: str | None = None, expect: int | None = 202
+) -> Any:
+    headers = who.headers | {"Idempotency-Key": key or uuid.uuid4().hex}
+    response = await client.post("/api/orders", json=body(*lines), headers=headers)
+    if expect is not None:
+        assert response.status_code == expect, response.text
+    return response
+
+
+async def scalar(db: AsyncConnection[Any], sql: str, *params: Any) -> Any:
+    row = await (await db.execute(sql, params)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def stock_of(db: AsyncConnection[Any], product_id: int) -> int:
+    return int(await scalar(db, "select stock from products where id = %s", product_id))
+
+
+async def status_of(db: AsyncConnection[Any], order_id: int) -> str:
+    return str(await scalar(db, "select status::text from orders where id = %s", order_id))
+
+
+async def reserved_order(app: Litestar, client: Client, who: Caller, *lines: tuple[int, int]) -> int:
+    order_id = int((await place(client, who, *lines)).json()["id"])
+    assert await app.state.orders.reserve(order_id) == OrderStatus.RESERVED
+    return order_id
+
+
+# -- placement --------------------------------------------------------------------------------------------
+
+
+async def test_placing_answers_202_with_the_pending_order(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    cheap, dear = await product(db, price="2.50"), await product(db, price="10.00")
+    response = await place(client, buyer, (dear, 1), (cheap, 3))
+    order = response.json()
+    assert response.headers["location"] == f"/api/orders/{order['id']}"
+    assert response.headers["idempotent-replayed"] == "false"
+    assert order["status"] == "pending" and order["user_id"] == buyer.id
+    assert Decimal(str(order["total"])) == Decimal("17.50") and order["currency"] == "EUR"
+    assert [(i["product_id"], i["quantity"]) for i in order["items"]] == sorted([(cheap, 3), (dear, 1)])
+    assert order["reserved_until"] is None and order["shortfall"] is None
+    assert await stock_of(db, cheap) == 10, "placing reserves nothing: the worker does"
+
+    outbox = await (
+        await db.execute("select queue, payload from outbox where task = 'reserve_order'")
+    ).fetchall()
+    assert outbox == [("orders", {"order_id": order["id"]})]
+    # One transaction wrote the order, its first event, its outbox row and the stored response.
+    xmins = await (
+        await db.execute(
+            "select (select xmin::text from orders where id = %(id)s),"
+            " (select xmin::text from order_events where order_id = %(id)s),"
+            " (select xmin::text from outbox where task = 'reserve_order'),"
+            " (select xmin::text from idempotency_keys where resource_id = %(id)s)",
+            {"id": order["id"]},
+        )
+    ).fetchone()
+    assert xmins is not None and len(set(xmins)) == 1 and None not in xmins, xmins
+
+
+async def test_the_idempotency_key_header_is_required(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db)
+    response = await client.post("/api/orders", json=body((pid, 1)), headers=buyer.headers)
+    assert response.status_code == 400
+    assert "header.Idempotency-Key" in [e["field"] for e in response.json()["errors"]]
+    assert await scalar(db, "select count(*) from orders") == 0
+
+
+async def test_anonymous_callers_cannot_order(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    _, client = shop
+    pid = await product(db)
+    response = await client.post("/api/orders", json=body((pid, 1)), headers={"Idempotency-Key": "k"})
+    assert response.status_code == 401
+    assert (await client.get("/api/orders")).status_code == 401
+
+
+async def test_the_same_key_and_body_replay_the_first_answer(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db)
+    first = await place(client, buyer, (pid, 2), key="k-1")
+    again = await place(client, buyer, (pid, 2), key="k-1")
+    assert again.status_code == first.status_code == 202
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    assert await scalar(db, "select count(*) from orders") == 1
+    assert await scalar(db, "select count(*) from outbox where task = 'reserve_order'") == 1
+
+
+async def test_the_same_key_with_another_body_is_422(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db)
+    await place(client, buyer, (pid, 2), key="k-1")
+    response = await place(client, buyer, (pid, 3), key="k-1", expect=422)
+    assert response.json()["type"] == "/problems/idempotency-key-reused"
+    assert await scalar(db, "select count(*) from orders") == 1
+
+
+async def test_keys_belong_to_one_user(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
+    app, client = shop
+    alice, bob = await caller(app, db), await caller(app, db)
+    pid = await product(db)
+    first = (await place(client, alice, (pid, 1), key="shared")).json()
+    second = await place(client, bob, (pid, 1), key="shared")
+    assert second.headers["idempotent-replayed"] == "false"
+    assert second.json()["id"] != first["id"] and second.json()["user_id"] == bob.id
+    owners = await (await db.execute("select user_id from orders order by id")).fetchall()
+    assert owners == [(alice.id,), (bob.id,)]
+
+
+async def test_a_concurrent_duplicate_is_409_and_the_first_completes(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db)
+    async with await AsyncConnection.connect(database_url) as locker:
+        # Placement locks the user's row after claiming the key: the request that claims the key
+        # waits there, so the other one meets an unfinished claim. (NO KEY UPDATE, so the claim's
+        # foreign-key check on the user is not blocked too.)
+        await locker.execute("select id from users where id = %s for no key update", (buyer.id,))
+        requests = [
+            asyncio.create_task(place(client, buyer, (pid, 1), key="race", expect=None)) for _ in "ab"
+        ]
+        done, waiting = await asyncio.wait(requests, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and len(waiting) == 1, "one request must be held by the lock"
+        refused = done.pop().result()
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"] == "/problems/idempotency-key-in-flight"
+        await locker.rollback()
+    accepted = await asyncio.wait_for(waiting.pop(), 30)
+    assert accepted.status_code == 202, accepted.text
+    assert await scalar(db, "select count(*) from orders") == 1
+    replay = await place(client, buyer, (pid, 1), key="race")
+    assert replay.headers["idempotent-replayed"] == "true" and replay.content == accepted.content
+
+
+async def test_an_expired_key_can_be_used_again(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db)
+    first = (await place(client, buyer, (pid, 1), key="old")).json()
+    await db.execute("update idempotency_keys set expires_at = now() - interval '1 second'")
+    second = await place(client, buyer, (pid, 5), key="old")
+    assert second.headers["idempotent-replayed"] == "false"
+    assert second.json()["id"] != first["id"]
+    assert await scalar(db, "select count(*) from orders") == 2
+    assert await scalar(db, "select count(*) from idempotency_keys where expires_at > now()") == 1
+
+
+async def test_unknown_inactive_and_duplicate_products_are_422_and_free_the_key(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    good, retired = await product(db), await product(db, active=False)
+    for lines in ([(good, 1), (999_999, 1)], [(retired, 1)], [(good, 1), (good, 2)]):
+        response = await place(client, buyer, *lines, key="retry-me", expect=422)
+        assert response.json()["type"] == "/problems/unprocessable"
+    assert await scalar(db, "select count(*) from orders") == 0
+    assert await scalar(db, "select count(*) from outbox") == 0
+    assert await scalar(db, "select count(*) from idempotency_keys") == 0
+    # a failed attempt released its key: a corrected request under it is accepted
+    await place(client, buyer, (good, 1), key="retry-me")
+
+
+async def test_bad_lines_are_400(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db)
+    headers = buyer.headers | {"Idempotency-Key": "k"}
+    for bad in ({"lines": []}, body((pid, 0)), body((pid, 1001)), {"lines": [{"product_id": pid}]}):
+        assert (await client.post("/api/orders", json=bad, headers=headers)).status_code == 400, bad
+    assert await scalar(db, "select count(*) from orders") == 0
+
+
+async def test_too_many_open_orders_is_429(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
+    app, client = shop
+    buyer, other = await caller(app, db), await caller(app, db)
+    pid = await product(db, stock=100)
+    orders = [(await place(client, buyer, (pid, 1))).json()["id"] for _ in range(MAX_OPEN - 1)]
+    assert await app.state.orders.reserve(orders[0]) == OrderStatus.RESERVED  # reserved ones count too
+    orders.append((await place(client, buyer, (pid, 1))).json()["id"])
+    refused = await place(client, buyer, (pid, 1), expect=429)
+    assert refused.headers["retry-after"]
+    assert "pending or reserved" in refused.json()["detail"]
+    assert await scalar(db, "select count(*) from orders where user_id = %s", buyer.id) == MAX_OPEN
+    await place(client, other, (pid, 1))  # the limit is per user
+    # a closed order frees a slot
+    assert (await client.post(f"/api/orders/{orders[0]}/cancel", headers=buyer.headers)).status_code == 200
+    await place(client, buyer, (pid, 1))
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+async def test_an_order_is_visible_to_its_owner_and_admins_only(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    owner, stranger, admin = await caller(app, db), await caller(app, db), await caller(app, db, "admin")
+    pid = await product(db)
+    order_id = (await place(client, owner, (pid, 1))).json()["id"]
+    path = f"/api/orders/{order_id}"
+    mine = await client.get(path, headers=owner.headers)
+    assert mine.status_code == 200 and mine.json()["id"] == order_id
+    assert (await client.get(path, headers=stranger.headers)).status_code == 404
+    assert (await client.get(path, headers=admin.headers)).json()["user_id"] == owner.id
+    assert (await client.get("/api/orders/999999", headers=admin.headers)).status_code == 404
+    for action in ("cancel", "pay"):
+        response = await client.post(f"{path}/{action}", headers=stranger.headers)
+        assert response.status_code == 404, action
+    assert await status_of(db, order_id) == "pending"
+
+
+async def test_lists_show_own_orders_and_admins_filter_everyone(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    alice, bob, admin = await caller(app, db), await caller(app, db), await caller(app, db, "admin")
+    pid = await product(db, stock=100)
+    alices = [(await place(client, alice, (pid, 1))).json()["id"] for _ in range(3)]
+    bobs = [(await place(client, bob, (pid, 1))).json()["id"] for _ in range(2)]
+    await app.state.orders.reserve(alices[1])
+
+    def ids(response: Any) -> list[int]:
+        assert response.status_code == 200, response.text
+        return [o["id"] for o in response.json()["items"]]
+
+    assert ids(await client.get("/api/orders", headers=alice.headers)) == alices[::-1]
+    # a member's user_id filter cannot reach someone else's orders
+    assert (
+        ids(await client.get("/api/orders", params={"user_id": bob.id}, headers=alice.headers))
+        == alices[::-1]
+    )
+    assert ids(await client.get("/api/orders", headers=admin.headers)) == sorted(alices + bobs, reverse=True)
+    assert (
+        ids(await client.get("/api/orders", params={"user_id": bob.id}, headers=admin.headers)) == bobs[::-1]
+    )
+    reserved = await client.get("/api/orders", params={"status": "reserved"}, headers=admin.headers)
+    assert ids(reserved) == [alices[1]]
+    pending = await client.get("/api/orders", params={"status": "pending"}, headers=alice.headers)
+    assert ids(pending) == [alices[2], alices[0]]
+    assert (
+        await client.get("/api/orders", params={"status": "lost"}, headers=alice.headers)
+    ).status_code == 400
+
+    pages: list[int] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/api/orders", params=params, headers=admin.headers)).json()
+        pages += [o["id"] for o in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == sorted(alices + bobs, reverse=True)
+
+
+# -- transitions ------------------------------------------------------------------------------------------
+
+
+async def test_cancelling_a_pending_order(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db, stock=5)
+    order_id = (await place(client, buyer, (pid, 2))).json()["id"]
+    response = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert await stock_of(db, pid) == 5
+    # the queued reservation then finds a cancelled order and changes nothing
+    assert await app.state.orders.reserve(order_id) == OrderStatus.CANCELLED
+    assert await stock_of(db, pid) == 5
+
+
+async def test_cancelling_a_reserved_order_returns_its_stock(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    first, second = await product(db, stock=5), await product(db, stock=4)
+    order_id = await reserved_order(app, client, buyer, (first, 2), (second, 4))
+    assert (await stock_of(db, first), await stock_of(db, second)) == (3, 0)
+    response = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert (await stock_of(db, first), await stock_of(db, second)) == (5, 4)
+    again = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
+    assert again.status_code == 409
+    assert (await stock_of(db, first), await stock_of(db, second)) == (5, 4), "stock is returned once"
+
+
+async def test_a_paid_order_cannot_be_cancelled(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db, stock=5)
+    order_id = await reserved_order(app, client, buyer, (pid, 2))
+    paid = await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)
+    assert paid.status_code == 200 and paid.json()["status"] == "paid"
+    response = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "/problems/illegal-transition"
+    assert await status_of(db, order_id) == "paid"
+    assert await stock_of(db, pid) == 3
+
+
+async def test_a_pending_order_cannot_be_paid(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db)
+    order_id = (await place(client, buyer, (pid, 1))).json()["id"]
+    response = await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)
+    assert response.status_code == 409
+    assert response.json()["type"] == "/problems/illegal-transition"
+    assert await status_of(db, order_id) == "pending"
+
+
+async def test_paying_after_the_window_expires_the_order(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    pid = await product(db, stock=5)
+    order_id = await reserved_order(app, client, buyer, (pid, 3))
+    await db.execute(
+        "update orders set reserved_until = now() - interval '1 second' where id = %s", (order_id,)
+    )
+    response = await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)
+    assert response.status_code == 409
+    assert response.json()["type"] == "/problems/illegal-transition"
+    assert await status_of(db, order_id) == "expired"
+    assert await stock_of(db, pid) == 5
+    assert (await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)).status_code == 409
+    assert await stock_of(db, pid) == 5
+
+
+async def test_short_stock_rejects_the_order_and_names_the_lines(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await caller(app, db)
+    plenty, scarce = await product(db, stock=10), await product(db, stock=1)
+    order_id = (await place(client, buyer, (plenty, 2), (scarce, 3))).json()["id"]
+    assert await app.state.orders.reserve(order_id) == OrderStatus.REJECTED
+    order = (await client.get(f"/api/orders/{order_id}", headers=buyer.headers)).json()
+    assert order["status"] == "rejected"
+    assert order["shortfall"] == [{"product_id": scarce, "requested": 3, "available": 1}]
+    assert (await stock_of(db, plenty), await stock_of(db, scarce)) == (10, 1), "all lines or none"
+
+
+async def test_only_admins_fulfil_paid_orders_and_every_step_is_recorded(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer, admin = await caller(app, db), await caller(app, db, "admin")
+    pid = await product(db, stock=5)
+    order_id = await reserved_order(app, client, buyer, (pid, 1))
+    path = f"/api/orders/{order_id}"
+    early = await client.post(f"{path}/fulfil", headers=admin.headers)
+    assert early.status_code == 409 and early.json()["type"] == "/problems/illegal-transition"
+    assert (await client.post(f"{path}/pay", headers=buyer.headers)).status_code == 200
+    assert (await client.post(f"{path}/fulfil", headers=buyer.headers)).status_code == 403
+    assert await status_of(db, order_id) == "paid"
+    done = await client.post(f"{path}/fulfil", headers=admin.headers)
+    assert done.status_code == 200 and done.json()["status"] == "fulfilled"
+    assert await stock_of(db, pid) == 4
+
+    events = (await client.get(path, headers=buyer.headers)).json()["events"]
+    assert [(e["from_status"], e["to_status"], e["actor_id"]) for e in events] == [
+        (None, "pending", buyer.id),
+        ("pending", "reserved", None),
+        ("reserved", "paid", buyer.id),
+        ("paid", "fulfilled", admin.id),
+    ]
+    assert all(e["reason"] for e in events)
+
+
+async def test_cancel_and_expiry_are_recorded_in_the_history(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer, admin = await caller(app, db), await caller(app, db, "admin")
+    pid = await product(db, stock=5)
+    cancelled = await reserved_order(app, client, buyer, (pid, 1))
+    assert (await client.post(f"/api/orders/{cancelled}/cancel", headers=admin.headers)).status_code == 200
+    expired = await reserved_order(app, client, buyer, (pid, 2))
+    await db.execute(
+        "update orders set reserved_until = now() - interval '1 second' where id = %s", (expired,)
+    )
+    assert await app.state.orders.expire_reservations() == 1
+    assert await stock_of(db, pid) == 5
+
+    def history(order: Any) -> list[tuple[str | None, str]]:
+        return [(e["from_status"], e["to_status"]) for e in order.json()["events"]]
+
+    assert history(await client.get(f"/api/orders/{cancelled}", headers=buyer.headers)) == [
+        (None, "pending"),
+        ("pending", "reserved"),
+        ("reserved", "cancelled"),
+    ]
+    assert history(await client.get(f"/api/orders/{expired}", headers=buyer.headers)) == [
+        (None, "pending"),
+        ("pending", "reserved"),
+        ("reserved", "expired"),
+    ]
+    listed = (await client.get("/api/orders", headers=buyer.headers)).json()["items"]
+    assert all(o["events"] is None for o in listed), "lists carry no history"

@@ -1,0 +1,409 @@
+"""The catalogue over HTTP: admin changes, validation, visibility, filters, paging, cache, stock."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.cache import Cache
+from app.core.db import create_pool
+from app.db import accounts as account_queries
+from app.db.models import UserRole
+from app.domains.products.schemas import ProductUpdate
+from app.domains.products.services import ProductService
+
+Client = AsyncTestClient[Litestar]
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
+
+
+async def headers_for(app: Litestar, db: AsyncConnection[Any], role: str) -> tuple[int, dict[str, str]]:
+    user = await account_queries.create_user(
+        db,
+        email=f"{role}-{uuid.uuid4().hex[:10]}@example.com",
+        display_name=role.title(),
+        password_hash=FAKE_HASH,
+        role=UserRole(role),
+    )
+    assert user is not None
+    token, _ = app.state.accounts.tokens.issue(user.id, role, uuid.uuid4())
+    return user.id, {"Authorization": f"Bearer {token}"}
+
+
+async def create(client: Client, admin: dict[str, str], **fields: Any) -> dict[str, Any]:
+    body = {"sku": f"SKU-{uuid.uuid4().hex[:8]}", "name": "Widget", "price": "10.00", "stock": 5} | fields
+    response = await client.post("/api/products", json=body, headers=admin)
+    assert response.status_code == 201, response.text
+    product: dict[str, Any] = response.json()
+    return product
+
+
+async def ids_of(client: Client, headers: dict[str, str] | None = None, **params: Any) -> list[int]:
+    response = await client.get("/api/products", params=params, headers=headers or {})
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+# -- creation and its permissions ------------------------------------------------------------
+
+
+async def test_admin_creates_a_product(client: Client, app: Litestar, db: AsyncConnection[Any]) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    response = await client.post(
+        "/api/products",
+        json={"sku": "BOLT-1", "name": "  Bolt  ", "price": "2.50", "stock": 12, "description": "M6"},
+        headers=admin,
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert {k: body[k] for k in ("sku", "name", "stock", "active", "description", "currency")} == {
+        "sku": "BOLT-1",
+        "name": "Bolt",
+        "stock": 12,
+        "active": True,
+        "description": "M6",
+        "currency": "EUR",
+    }
+    assert Decimal(str(body["price"])) == Decimal("2.50")
+    row = await (
+        await db.execute("select sku, price, stock from products where id = %s", (body["id"],))
+    ).fetchone()
+    assert row == ("BOLT-1", Decimal("2.50"), 12)
+
+
+async def test_a_duplicate_sku_is_409(client: Client, app: Litestar, db: AsyncConnection[Any]) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    await create(client, admin, sku="DUP-1")
+    response = await client.post(
+        "/api/products", json={"sku": "DUP-1", "name": "Other", "price": "1.00"}, headers=admin
+    )
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    count = await (await db.execute("select count(*) from products where sku = 'DUP-1'")).fetchone()
+    assert count == (1,)
+
+
+async def test_members_and_anonymous_callers_cannot_create(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, member = await headers_for(app, db, "member")
+    body = {"sku": "NOPE-1", "name": "Nope", "price": "1.00"}
+    assert (await client.post("/api/products", json=body, headers=member)).status_code == 403
+    assert (await client.post("/api/products", json=body)).status_code == 401
+    assert await (await db.execute("select count(*) from products")).fetchone() == (0,)
+
+
+async def test_members_cannot_update_or_adjust(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    _, member = await headers_for(app, db, "member")
+    product = await create(client, admin)
+    patch = await client.patch(f"/api/products/{product['id']}", json={"name": "Hacked"}, headers=member)
+    assert patch.status_code == 403
+    adjust = await client.post(
+        f"/api/products/{product['id']}/stock-adjustments", json={"delta": 5, "reason": "x"}, headers=member
+    )
+    assert adjust.status_code == 403
+    assert (await client.patch(f"/api/products/{product['id']}", json={"name": "Hacked"})).status_code == 401
+    row = await (
+        await db.execute("select name, stock from products where id = %s", (product["id"],))
+    ).fetchone()
+    assert row == ("Widget", 5)
+
+
+async def test_prices_must_be_non_negative_with_two_decimals(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    for price in ("-1.00", "1.234", -1, 1.234, "NaN"):
+        response = await client.post(
+            "/api/products", json={"sku": "PRICE-1", "name": "Priced", "price": price}, headers=admin
+        )
+        assert response.status_code == 400, (price, response.text)
+        assert response.json()["type"] == "/problems/validation"
+    assert await (await db.execute("select count(*) from products")).fetchone() == (0,)
+    product = await create(client, admin, price="0")
+    for price in ("-0.01", "3.001"):
+        response = await client.patch(f"/api/products/{product['id']}", json={"price": price}, headers=admin)
+        assert response.status_code == 400, (price, response.text)
+    row = await (await db.execute("select price from products where id = %s", (product["id"],))).fetchone()
+    assert row == (Decimal("0.00"),)
+
+
+# -- visibility ------------------------------------------------------------------------------------
+
+
+async def test_lists_show_active_products_and_inactive_ones_only_to_admins(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    _, member = await headers_for(app, db, "member")
+    active = await create(client, admin, name="Active")
+    hidden = await create(client, admin, name="Hidden")
+    response = await client.patch(f"/api/products/{hidden['id']}", json={"active": False}, headers=admin)
+    assert response.status_code == 200 and response.json()["active"] is False
+
+    assert await ids_of(client) == [active["id"]]
+    assert await ids_of(client, member) == [active["id"]]
+    assert await ids_of(client, member, include_inactive="true") == [active["id"]]
+    assert await ids_of(client, include_inactive="true") == [active["id"]]
+    assert await ids_of(client, admin) == [active["id"]]
+    assert await ids_of(client, admin, include_inactive="true") == [active["id"], hidden["id"]]
+
+
+async def test_an_inactive_product_is_404_except_for_admins(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    _, member = await headers_for(app, db, "member")
+    product = await create(client, admin)
+    path = f"/api/products/{product['id']}"
+    assert (await client.get(path, headers=member)).status_code == 200
+    assert (await client.patch(path, json={"active": False}, headers=admin)).status_code == 200
+    assert (await client.get(path, headers=member)).status_code == 404
+    assert (await client.get(path)).status_code == 404
+    seen = await client.get(path, headers=admin)
+    assert seen.status_code == 200 and seen.json()["active"] is False
+    assert (await client.patch(path, json={"active": True}, headers=admin)).status_code == 200
+    assert (await client.get(path, headers=member)).status_code == 200
+
+
+async def test_unknown_products_are_404(client: Client, app: Litestar, db: AsyncConnection[Any]) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    assert (await client.get("/api/products/999999")).status_code == 404
+    assert (await client.get("/api/products/999999", headers=admin)).status_code == 404
+    response = await client.patch("/api/products/999999", json={"name": "X"}, headers=admin)
+    assert response.status_code == 404
+
+
+# -- filters and paging ------------------------------------------------------------------------------
+
+
+async def test_filters_by_name_sku_price_and_stock(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    cheap = await create(client, admin, sku="CHEAP-1", name="Blue Mug", price="3.00", stock=0)
+    middle = await create(client, admin, sku="MID-1", name="Red Mug", price="10.00", stock=4)
+    dear = await create(client, admin, sku="DEAR-1", name="Teapot", price="45.50", stock=1)
+
+    assert await ids_of(client, q="mug") == [cheap["id"], middle["id"]]
+    assert await ids_of(client, q="TEA") == [dear["id"]]
+    assert await ids_of(client, q="MID-1") == [middle["id"]]
+    assert await ids_of(client, q="MID") == [], "a SKU matches exactly, not by prefix"
+    assert await ids_of(client, min_price="10.00") == [middle["id"], dear["id"]]
+    assert await ids_of(client, max_price="10") == [cheap["id"], middle["id"]]
+    assert await ids_of(client, min_price="3.01", max_price="45.49") == [middle["id"]]
+    assert await ids_of(client, in_stock="true") == [middle["id"], dear["id"]]
+    assert await ids_of(client, in_stock="true", q="mug", max_price="20") == [middle["id"]]
+    assert await ids_of(client, min_price="100") == []
+    assert (await client.get("/api/products", params={"min_price": "cheap"})).status_code == 400
+
+
+async def test_keyset_pages_cover_every_product_once(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    created = [(await create(client, admin, name=f"Item {i}"))["id"] for i in range(7)]
+    hidden = created[3]
+    await client.patch(f"/api/products/{hidden}", json={"active": False}, headers=admin)
+
+    seen: list[int] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/api/products", params=params)).json()
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert len(page["items"]) == 2
+    assert seen == [i for i in created if i != hidden]
+
+    everything: list[int] = []
+    cursor = None
+    for _ in range(10):
+        params = {"limit": 3, "include_inactive": "true"} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/api/products", params=params, headers=admin)).json()
+        everything += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert everything == created
+    assert (await client.get("/api/products", params={"cursor": "garbage!"})).status_code == 400
+    assert (await client.get("/api/products", params={"limit": 101})).status_code == 400
+
+
+# -- the cache is invalidated on change -----------------------------------------------------------
+
+
+async def test_changes_are_visible_on_the_next_read(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    _, member = await headers_for(app, db, "member")
+    product = await create(client, admin, name="Old name", price="5.00", stock=3)
+    path = f"/api/products/{product['id']}"
+
+    # warm both cached reads (item and list), twice so the second is certainly a cache hit
+    for _ in range(2):
+        assert (await client.get(path, headers=member)).json()["name"] == "Old name"
+        assert [p["name"] for p in (await client.get("/api/products", headers=member)).json()["items"]] == [
+            "Old name"
+        ]
+
+    response = await client.patch(path, json={"name": "New name", "price": "6.00"}, headers=admin)
+    assert response.status_code == 200
+    item = (await client.get(path, headers=member)).json()
+    assert (item["name"], Decimal(str(item["price"]))) == ("New name", Decimal("6.00"))
+    listed = (await client.get("/api/products", headers=member)).json()["items"]
+    assert [p["name"] for p in listed] == ["New name"]
+
+    adjusted = await client.post(
+        f"{path}/stock-adjustments", json={"delta": 4, "reason": "delivery"}, headers=admin
+    )
+    assert adjusted.status_code == 201
+    assert (await client.get(path, headers=member)).json()["stock"] == 7
+    assert [p["stock"] for p in (await client.get("/api/products", headers=member)).json()["items"]] == [7]
+
+    second = await create(client, admin, name="Second")
+    assert await ids_of(client, member) == [product["id"], second["id"]]
+
+    assert (await client.patch(path, json={"active": False}, headers=admin)).status_code == 200
+    assert (await client.get(path, headers=member)).status_code == 404
+    assert await ids_of(client, member) == [second["id"]]
+
+
+# -- stock adjustments --------------------------------------------------------------------------------
+
+
+async def test_stock_adjustments_are_recorded_with_their_reason(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    admin_id, admin = await headers_for(app, db, "admin")
+    product = await create(client, admin, stock=5)
+    path = f"/api/products/{product['id']}/stock-adjustments"
+
+    added = await client.post(path, json={"delta": 10, "reason": "delivery"}, headers=admin)
+    assert added.status_code == 201, added.text
+    assert added.json() == {"product_id": product["id"], "stock": 15}
+    removed = await client.post(path, json={"delta": -15, "reason": "broken"}, headers=admin)
+    assert removed.status_code == 201, removed.text
+    assert removed.json()["stock"] == 0
+
+    rows = await (
+        await db.execute(
+            "select delta, reason, actor_id, stock_after from stock_adjustments"
+            " where product_id = %s order by id",
+            (product["id"],),
+        )
+    ).fetchall()
+    assert rows == [(10, "delivery", admin_id, 15), (-15, "broken", admin_id, 0)]
+    stock = await (await db.execute("select stock from products where id = %s", (product["id"],))).fetchone()
+    assert stock == (0,)
+
+
+async def test_removing_more_than_there_is_is_409_and_changes_nothing(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    product = await create(client, admin, stock=3)
+    path = f"/api/products/{product['id']}/stock-adjustments"
+    response = await client.post(path, json={"delta": -4, "reason": "theft"}, headers=admin)
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    stock = await (await db.execute("select stock from products where id = %s", (product["id"],))).fetchone()
+    assert stock == (3,)
+    assert await (await db.execute("select count(*) from stock_adjustments")).fetchone() == (0,)
+    assert (await client.get(f"/api/products/{product['id']}")).json()["stock"] == 3
+
+
+async def test_adjusting_an_unknown_product_is_404(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    for delta in (5, -5):
+        response = await client.post(
+            "/api/products/424242/stock-adjustments", json={"delta": delta, "reason": "x"}, headers=admin
+        )
+        assert response.status_code == 404
+    assert await (await db.execute("select count(*) from stock_adjustments")).fetchone() == (0,)
+
+
+async def test_an_adjustment_needs_a_reason(client: Client, app: Litestar, db: AsyncConnection[Any]) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    product = await create(client, admin)
+    path = f"/api/products/{product['id']}/stock-adjustments"
+    for body in ({"delta": 1, "reason": ""}, {"delta": 1}, {"delta": "many", "reason": "x"}):
+        assert (await client.post(path, json=body, headers=admin)).status_code == 400, body
+    assert await (await db.execute("select count(*) from stock_adjustments")).fetchone() == (0,)
+
+
+# -- regressions of bugs found while writing these tests ------------------------------------------
+
+
+async def test_a_zero_adjustment_is_a_validation_error(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    product = await create(client, admin)
+    response = await client.post(
+        f"/api/products/{product['id']}/stock-adjustments", json={"delta": 0, "reason": "noop"}, headers=admin
+    )
+    assert response.status_code == 400
+
+
+async def test_a_blank_name_is_a_validation_error(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    _, admin = await headers_for(app, db, "admin")
+    response = await client.post(
+        "/api/products", json={"sku": "BLANK-1", "name": "   ", "price": "1.00"}, headers=admin
+    )
+    assert response.status_code == 400
+    product = await create(client, admin, name="Kept")
+    response = await client.patch(f"/api/products/{product['id']}", json={"name": "  "}, headers=admin)
+    assert response.status_code == 400
+
+
+async def test_the_cache_is_invalidated_after_the_change_commits(
+    client: Client, app: Litestar, db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """While an update waits (here: on a row lock held elsewhere) readers see the committed row;
+    the moment it commits, the next read sees the change, not a value cached meanwhile.
+
+    The update runs through a second ProductService on the same database and Valkey (the test
+    client serves the app on its own event loop), like another worker process would.
+    """
+    _, admin = await headers_for(app, db, "admin")
+    product = await create(client, admin, name="Before")
+    path = f"/api/products/{product['id']}"
+    assert (await client.get(path)).json()["name"] == "Before"
+    assert settings.database_url and settings.valkey_url
+    pool = create_pool(settings, settings.database_url)
+    await pool.open()
+    valkey = Valkey.from_url(settings.valkey_url)
+    other_process = ProductService(pool, Cache(valkey).namespace("products"), settings.currency, 60.0)
+    try:
+        async with await AsyncConnection.connect(settings.database_url) as blocker:
+            await blocker.execute("select id from products where id = %s for update", (product["id"],))
+            update = asyncio.create_task(other_process.update(product["id"], ProductUpdate(name="After")))
+            await asyncio.sleep(0.2)
+            assert not update.done()
+            await other_process.cache.invalidate(f"id:{product['id']}")  # a reader reloads mid-update
+            assert (await client.get(path)).json()["name"] == "Before"
+            await blocker.commit()
+        await asyncio.wait_for(update, 5)
+        assert (await client.get(path)).json()["name"] == "After"
+    finally:
+        await pool.close()
+        await valkey.aclose()

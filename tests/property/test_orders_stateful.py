@@ -1,0 +1,387 @@
+"""A stateful model of orders and stock: any sequence of place / reserve / pay / cancel / fulfil /
+lapse + expire / adjust keeps, per product, ``stock + units held by reserved, paid and fulfilled
+orders == initial + recorded adjustments`` and ``stock >= 0``; each transition does what the ALLOWED
+table says, and an illegal one raises IllegalTransitionError and changes nothing.
+
+The services are driven directly (HTTP per step would be slow) on an event loop of their own in a
+background thread: the state machine is synchronous and the session's loop is already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine, Iterator
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.cache import Cache
+from app.core.db import create_pool
+from app.core.errors import ConflictError
+from app.db import accounts as account_queries
+from app.db import orders as order_queries
+from app.db import products as product_queries
+from app.db.models import OrderStatus, UserRole, register_types
+from app.domains.orders.schemas import OrderCreate, OrderLine
+from app.domains.orders.services import ALLOWED, IllegalTransitionError, OrderService
+from app.domains.products.schemas import StockAdjustmentIn
+from app.domains.products.services import ProductService
+
+T = TypeVar("T")
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
+HELD = {OrderStatus.RESERVED, OrderStatus.PAID, OrderStatus.FULFILLED}
+
+
+class Backend:
+    """An event loop in a thread, with a pool, the services and an autocommit connection on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="stateful-orders", daemon=True)
+        self.thread.start()
+        self.run(self._open())
+
+    async def _open(self) -> None:
+        assert self.settings.database_url and self.settings.valkey_url
+        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = create_pool(
+            self.settings, self.settings.database_url
+        )
+        await self.pool.open()
+        self.valkey = Valkey.from_url(self.settings.valkey_url)
+        self.orders = OrderService(self.settings, self.pool)
+        self.products = ProductService(self.pool, Cache(self.valkey).namespace("products"), "EUR", 10.0)
+        self.conn = await AsyncConnection.connect(self.settings.database_url, autocommit=True)
+        await register_types(self.conn)
+
+    async def _close(self) -> None:
+        await self.conn.close()
+        await self.valkey.aclose()
+        await self.pool.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        try:
+            self.run(self._close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+BACKEND: Backend | None = None
+
+
+class OrderModel(msgspec.Struct):
+    lines: dict[int, int]
+    status: OrderStatus = OrderStatus.PENDING
+    lapsed: bool = False
+    events: int = 1
+
+
+class Shop(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        assert BACKEND is not None
+        self.b = BACKEND
+        self.user_id = self.b.run(self._create_user())
+        self.initial: dict[int, int] = {}
+        self.stock: dict[int, int] = {}
+        self.adjusted: dict[int, int] = {}
+        self.orders: dict[int, OrderModel] = {}
+
+    async def _create_user(self) -> int:
+        user = await account_queries.create_user(
+            self.b.conn,
+            email=f"stateful-{uuid.uuid4().hex[:12]}@example.com",
+            display_name="Stateful",
+            password_hash=FAKE_HASH,
+            role=UserRole.ADMIN,
+        )
+        assert user is not None
+        return user.id
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def having(self, *statuses: OrderStatus) -> bool:
+        return any(o.status in statuses for o in self.orders.values())
+
+    def pick(self, index: int, *statuses: OrderStatus) -> int:
+        """An order in one of ``statuses`` (any order if none are given)."""
+        ids = sorted(i for i, o in self.orders.items() if not statuses or o.status in statuses)
+        return ids[index % len(ids)]
+
+    def snapshot(self, order_id: int) -> tuple[Any, ...]:
+        async def read() -> tuple[Any, ...]:
+            order = await order_queries.get_order(self.b.conn, id=order_id)
+            events = await order_queries.get_order_events(self.b.conn, order_id=order_id)
+            stock = await product_queries.get_products_by_ids(self.b.conn, ids=sorted(self.stock))
+            assert order is not None
+            return (order.status, order.reserved_until, len(events), [(p.id, p.stock) for p in stock])
+
+        return self.b.run(read())
+
+    def refused(self, order_id: int, action: Coroutine[Any, Any, Any]) -> None:
+        """An illegal transition raises and changes nothing."""
+        before = self.snapshot(order_id)
+        with pytest.raises(IllegalTransitionError):
+            self.b.run(action)
+        assert self.snapshot(order_id) == before
+        event("refused")
+
+    def give_back(self, order: OrderModel) -> None:
+        for pid, qty in order.lines.items():
+            self.stock[pid] += qty
+
+    def moved(self, order: OrderModel, to: OrderStatus) -> None:
+        assert to in ALLOWED.get(order.status, frozenset()), (order.status, to)
+        event(f"{order.status.value} -> {to.value}")
+        order.status = to
+        order.events += 1
+
+    # -- rules -----------------------------------------------------------------------------------------------
+
+    @initialize(stocks=st.lists(st.integers(0, 8), min_size=1, max_size=3), data=st.data())
+    def create_products_and_orders(self, stocks: list[int], data: st.DataObject) -> None:
+        for stock in stocks:
+            row = self.b.run(
+                product_queries.create_product(
+                    self.b.conn,
+                    sku=f"SM-{uuid.uuid4().hex[:12]}",
+                    name="Modelled",
+                    description="",
+                    price=Decimal("1.00"),
+                    stock=stock,
+                )
+            )
+            assert row is not None
+            self.initial[row.id] = self.stock[row.id] = stock
+            self.adjusted[row.id] = 0
+        for _ in range(data.draw(st.integers(1, 4), label="orders placed first")):
+            self.place(data)
+
+    @rule(data=st.data())
+    def place(self, data: st.DataObject) -> None:
+        chosen = data.draw(st.lists(st.sampled_from(sorted(self.stock)), min_size=1, unique=True))
+        lines = {pid: data.draw(st.integers(1, 3)) for pid in chosen}
+        order = OrderCreate(lines=[OrderLine(product_id=p, quantity=q) for p, q in lines.items()])
+        placed = self.b.run(self.b.orders.place(self.user_id, order, uuid.uuid4().hex))
+        assert placed.status_code == 202 and not placed.replayed
+        self.orders[placed.order_id] = OrderModel(lines=lines)
+
+    # Each action on an order: the model's expectation, checked against the service.
+
+    def reserve(self, order_id: int) -> None:
+        order = self.orders[order_id]
+        if order.status != OrderStatus.PENDING:
+            before = self.snapshot(order_id)  # a redelivered job: reports the status, changes nothing
+            assert self.b.run(self.b.orders.reserve(order_id)) == order.status
+            assert self.snapshot(order_id) == before
+            return
+        fits = all(self.stock[pid] >= qty for pid, qty in order.lines.items())
+        result = self.b.run(self.b.orders.reserve(order_id))
+        if fits:
+            assert result == OrderStatus.RESERVED
+            for pid, qty in order.lines.items():
+                self.stock[pid] -= qty
+        else:
+            assert result == OrderStatus.REJECTED
+            row = self.b.run(order_queries.get_order(self.b.conn, id=order_id))
+            assert row is not None
+            expected = [
+                {"product_id": pid, "requested": qty, "available": self.stock[pid]}
+                for pid, qty in sorted(order.lines.items())
+                if self.stock[pid] < qty
+            ]
+            assert row.shortfall == expected
+        self.moved(order, result)
+
+    def pay(self, order_id: int) -> None:
+        order = self.orders[order_id]
+        action = self.b.orders.pay(order_id, self.user_id, False)
+        if order.status == OrderStatus.RESERVED and order.lapsed:
+            with pytest.raises(IllegalTransitionError):  # expired on the spot instead
+                self.b.run(action)
+            self.give_back(order)
+            self.moved(order, OrderStatus.EXPIRED)
+        elif order.status == OrderStatus.RESERVED:
+            assert self.b.run(action).status == OrderStatus.PAID
+            self.moved(order, OrderStatus.PAID)
+        else:
+            self.refused(order_id, action)
+
+    def cancel(self, order_id: int) -> None:
+        order = self.orders[order_id]
+        action = self.b.orders.cancel(order_id, self.user_id, False)
+        if order.status in (OrderStatus.PENDING, OrderStatus.RESERVED):
+            assert self.b.run(action).status == OrderStatus.CANCELLED
+            if order.status == OrderStatus.RESERVED:
+                self.give_back(order)
+            self.moved(order, OrderStatus.CANCELLED)
+        else:
+            self.refused(order_id, action)
+
+    def fulfil(self, order_id: int) -> None:
+        order = self.orders[order_id]
+        action = self.b.orders.fulfil(order_id, self.user_id)
+        if order.status == OrderStatus.PAID:
+            assert self.b.run(action).status == OrderStatus.FULFILLED
+            self.moved(order, OrderStatus.FULFILLED)
+        else:
+            self.refused(order_id, action)
+
+    @precondition(lambda self: self.orders)
+    @rule(index=st.integers(0, 1000), action=st.sampled_from(["reserve", "pay", "cancel", "fulfil"]))
+    def act_on_any_order(self, index: int, action: str) -> None:
+        """Any action on any order: the illegal ones are refused."""
+        getattr(self, action)(self.pick(index))
+
+    # The legal moves get rules of their own, so that runs get past the first steps.
+
+    @precondition(lambda self: self.having(OrderStatus.PENDING))
+    @rule(index=st.integers(0, 1000))
+    def reserve_pending(self, index: int) -> None:
+        self.reserve(self.pick(index, OrderStatus.PENDING))
+
+    @precondition(lambda self: self.having(OrderStatus.RESERVED))
+    @rule(index=st.integers(0, 1000))
+    def pay_reserved(self, index: int) -> None:
+        self.pay(self.pick(index, OrderStatus.RESERVED))
+
+    @precondition(lambda self: self.having(OrderStatus.RESERVED))
+    @rule(index=st.integers(0, 1000))
+    def cancel_reserved(self, index: int) -> None:
+        self.cancel(self.pick(index, OrderStatus.RESERVED))
+
+    @precondition(lambda self: self.having(OrderStatus.PAID))
+    @rule(index=st.integers(0, 1000))
+    def fulfil_paid(self, index: int) -> None:
+        self.fulfil(self.pick(index, OrderStatus.PAID))
+
+    @precondition(lambda self: self.having(OrderStatus.RESERVED))
+    @rule(index=st.integers(0, 1000))
+    def lapse(self, index: int) -> None:
+        """The reservation window of a reserved order passes."""
+        order_id = self.pick(index, OrderStatus.RESERVED)
+        self.b.run(
+            self.b.conn.execute(
+                "update orders set reserved_until = now() - interval '1 second' where id = %s", (order_id,)
+            )
+        )
+        self.orders[order_id].lapsed = True
+
+    @precondition(
+        lambda self: any(o.lapsed and o.status == OrderStatus.RESERVED for o in self.orders.values())
+    )
+    @rule()
+    def expire(self) -> None:
+        due = [o for o in self.orders.values() if o.status == OrderStatus.RESERVED and o.lapsed]
+        assert self.b.run(self.b.orders.expire_reservations()) >= len(due)
+        for order in due:
+            self.give_back(order)
+            self.moved(order, OrderStatus.EXPIRED)
+
+    @rule(data=st.data(), delta=st.integers(-5, 5).filter(bool))
+    def adjust(self, data: st.DataObject, delta: int) -> None:
+        pid = data.draw(st.sampled_from(sorted(self.stock)))
+
+        async def adjust() -> int:
+            return await self.b.products.adjust_stock(
+                self.user_id, pid, StockAdjustmentIn(delta=delta, reason="stateful")
+            )
+
+        if self.stock[pid] + delta < 0:
+            with pytest.raises(ConflictError):
+                self.b.run(adjust())
+        else:
+            assert self.b.run(adjust()) == self.stock[pid] + delta
+            self.stock[pid] += delta
+            self.adjusted[pid] += delta
+
+    # -- the invariant ---------------------------------------------------------------------------------------
+
+    @invariant()
+    def stock_is_conserved(self) -> None:
+        if not self.stock:
+            return
+
+        async def read() -> tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, tuple[Any, ...]]]:
+            ids = sorted(self.stock)
+            stock = {p.id: p.stock for p in await product_queries.get_products_by_ids(self.b.conn, ids=ids)}
+            held = {r.product_id: r.held for r in await order_queries.stock_ledger(self.b.conn)}
+            cur = await self.b.conn.execute(
+                "select product_id, sum(delta)::int from stock_adjustments"
+                " where product_id = any(%s) group by product_id",
+                (ids,),
+            )
+            adjusted = dict(await cur.fetchall())
+            cur = await self.b.conn.execute(
+                "select o.id, o.status, count(e.id),"
+                " (array_agg(e.to_status order by e.id desc))[1]"
+                " from orders o join order_events e on e.order_id = o.id"
+                " where o.id = any(%s) group by o.id",
+                (sorted(self.orders),),
+            )
+            orders = {row[0]: row[1:] for row in await cur.fetchall()}
+            return stock, held, adjusted, orders
+
+        stock, held, adjusted, orders = self.b.run(read())
+        for pid, initial in self.initial.items():
+            assert stock[pid] >= 0
+            assert stock[pid] == self.stock[pid], (pid, stock[pid], self.stock[pid])
+            assert adjusted.get(pid, 0) == self.adjusted[pid]
+            assert stock[pid] + held.get(pid, 0) == initial + adjusted.get(pid, 0), pid
+            modelled_held = sum(o.lines.get(pid, 0) for o in self.orders.values() if o.status in HELD)
+            assert held.get(pid, 0) == modelled_held
+        for order_id, model in self.orders.items():
+            status, events, last = orders[order_id]
+            assert (OrderStatus(status), events, OrderStatus(last)) == (
+                model.status,
+                model.events,
+                model.status,
+            )
+
+
+@pytest.fixture
+def backend(settings: Settings) -> Iterator[Backend]:
+    global BACKEND
+    BACKEND = Backend(
+        msgspec.structs.replace(settings, database_pool_min=1, database_pool_max=4, max_open_orders=10_000)
+    )
+    try:
+        yield BACKEND
+    finally:
+        BACKEND.close()
+        BACKEND = None
+
+
+def test_orders_keep_stock_conserved(backend: Backend) -> None:
+    run_state_machine_as_test(
+        Shop,
+        settings=settings(
+            max_examples=30,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
