@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from litestar.di import NamedDependency
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -26,6 +27,10 @@ class UnitOfWork:
 
     def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.conn = conn
+
+
+Uow = NamedDependency[UnitOfWork]
+"""A handler parameter ``uow: Uow`` receives the request's unit of work."""
 
 
 async def _configure(conn: AsyncConnection[TupleRow]) -> None:

@@ -20,6 +20,10 @@ _DESCRIPTIONS = {
 }
 
 
+BEARER = [{"BearerToken": []}]
+"""``security=`` of routes that need an access token (the scheme is declared in ``create_app``)."""
+
+
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """``responses=`` for a route: the given problem statuses plus 400 and 500, as problem+json.
 

@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.core.openapi import problems
+from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
 from app.db.models import UserRole
 from app.domains.accounts.guards import requires_admin, requires_user
@@ -24,8 +24,6 @@ from app.domains.accounts.schemas import (
     UserOut,
 )
 from app.domains.accounts.services import AccountService, CurrentUser
-
-BEARER = [{"BearerToken": []}]
 
 
 class AuthController(Controller):

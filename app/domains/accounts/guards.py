@@ -10,6 +10,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers import BaseRouteHandler
 
 from app.core.errors import ForbiddenError, NotFoundError, UnauthorizedError
@@ -17,6 +18,8 @@ from app.db.models import UserRole
 from app.domains.accounts.services import AccountService, CurrentUser
 
 Connection = ASGIConnection[Any, Any, Any, Any]
+Caller = NamedDependency[CurrentUser]
+"""A handler parameter ``current_user: Caller`` receives the authenticated caller (401 without one)."""
 
 
 def _login_required() -> UnauthorizedError:

@@ -22,15 +22,13 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.config import Settings
 from app.core.db import UnitOfWork
-from app.core.openapi import problems
+from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
 from app.domains.accounts.guards import requires_user
 from app.domains.accounts.services import CurrentUser
 from app.domains.files.schemas import FileCursor, FileOut
 from app.domains.files.services import FileService
 from app.domains.files.storage import FILE_FIELD, FileStorage
-
-BEARER = [{"BearerToken": []}]
 
 
 def provide_files(state: State) -> FileService:

@@ -10,17 +10,14 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from app.core.openapi import problems
+from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
 from app.db.models import OrderStatus
-from app.domains.accounts.guards import requires_admin, requires_user
-from app.domains.accounts.services import CurrentUser
+from app.domains.accounts.guards import Caller, requires_admin, requires_user
 from app.domains.orders.schemas import OrderCreate, OrderCursor, OrderOut
 from app.domains.orders.services import OrderService
 
-BEARER = [{"BearerToken": []}]
 Orders = NamedDependency[OrderService]
-Caller = NamedDependency[CurrentUser]
 MAX_ID = 2**63 - 1
 
 

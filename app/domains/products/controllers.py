@@ -10,8 +10,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
-from app.core.db import UnitOfWork
-from app.core.openapi import problems
+from app.core.db import Uow
+from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, PageSize, decode_cursor
 from app.domains.accounts.guards import requires_admin
 from app.domains.accounts.services import CurrentUser
@@ -26,8 +26,6 @@ from app.domains.products.schemas import (
 )
 from app.domains.products.services import ProductFilters, ProductService
 
-BEARER = [{"BearerToken": []}]
-Uow = NamedDependency[UnitOfWork]
 Products = NamedDependency[ProductService]
 
 

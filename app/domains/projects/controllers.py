@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
-from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.core.db import UnitOfWork
-from app.core.openapi import problems
+from app.core.db import Uow
+from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
 from app.db.models import ProjectRole
-from app.domains.accounts.guards import requires_user
-from app.domains.accounts.services import CurrentUser
+from app.domains.accounts.guards import Caller, requires_user
 from app.domains.projects import services
 from app.domains.projects.schemas import (
     MemberAdd,
@@ -26,10 +24,6 @@ from app.domains.projects.schemas import (
     ProjectOut,
     ProjectUpdate,
 )
-
-BEARER = [{"BearerToken": []}]
-Uow = NamedDependency[UnitOfWork]
-Caller = NamedDependency[CurrentUser]
 
 
 class ProjectsController(Controller):

@@ -6,16 +6,14 @@ from datetime import date
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
-from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.core.db import UnitOfWork
-from app.core.openapi import problems
+from app.core.db import Uow
+from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
 from app.db.models import TaskPriority, TaskStatus
-from app.domains.accounts.guards import requires_user
-from app.domains.accounts.services import CurrentUser
+from app.domains.accounts.guards import Caller, requires_user
 from app.domains.tasks import services
 from app.domains.tasks.schemas import (
     CommentCreate,
@@ -27,10 +25,6 @@ from app.domains.tasks.schemas import (
     TaskSort,
     TaskUpdate,
 )
-
-BEARER = [{"BearerToken": []}]
-Uow = NamedDependency[UnitOfWork]
-Caller = NamedDependency[CurrentUser]
 
 
 class ProjectTasksController(Controller):
