@@ -9,7 +9,9 @@ from psycopg.types.json import Jsonb
 
 RECORD_ACTIVITY = """\
 insert into activity_events (outbox_id, actor_id, verb, object_type, object_id, project_id, data, occurred_at)
-values ($1, $2, $3, $4, $5, $6, $7, $8)
+select $1, $2, $3, $4, $5, $6, $7, $8
+where exists (select 1 from users where id = $2)
+  and ($6::bigint is null or exists (select 1 from projects where id = $6::bigint))
 on conflict (outbox_id) do nothing"""
 
 
@@ -25,7 +27,8 @@ async def record_activity(
     data: Any,
     occurred_at: datetime,
 ) -> int:
-    """Idempotent: a redelivered outbox event is stored once."""
+    """Idempotent: a redelivered outbox event is stored once. An event whose project or actor was
+    deleted before it was delivered is dropped (nothing could show it), instead of failing forever."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(
             RECORD_ACTIVITY,

@@ -9,7 +9,7 @@ import msgspec
 
 from app.db.models import Project, ProjectRole
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
 Description = Annotated[str, msgspec.Meta(max_length=10_000)]
 
 

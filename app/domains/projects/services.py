@@ -46,25 +46,40 @@ async def update_project(
     needed = ProjectRole.OWNER if data.archived is not None else ProjectRole.EDITOR
     role = await require_role(uow, actor, project_id, needed)
     project = await queries.update_project(
-        uow.conn, name=data.name, description=data.description, archived=data.archived, id=project_id
+        uow.conn,
+        name=data.name.strip() if data.name else None,
+        description=data.description,
+        archived=data.archived,
+        id=project_id,
     )
     if project is None:
         raise NotFoundError("No such project.")
     changed = [field for field in ("name", "description", "archived") if getattr(data, field) is not None]
-    await emit(
-        uow,
-        actor=actor,
-        verb="project.updated",
-        obj=("project", project_id),
-        project_id=project_id,
-        data={"fields": changed},
-    )
+    if changed:
+        await emit(
+            uow,
+            actor=actor,
+            verb="project.updated",
+            obj=("project", project_id),
+            project_id=project_id,
+            data={"fields": changed},
+        )
     return project, role
 
 
 async def delete_project(uow: UnitOfWork, actor: int, project_id: int) -> None:
+    """The event names no project: the project (and its feed) is gone with it."""
+    project, _ = await get_project(uow, actor, project_id)
     await require_role(uow, actor, project_id, ProjectRole.OWNER)
     await queries.delete_project(uow.conn, id=project_id)
+    await emit(
+        uow,
+        actor=actor,
+        verb="project.deleted",
+        obj=("project", project_id),
+        project_id=None,
+        data={"name": project.name},
+    )
 
 
 async def list_projects(
@@ -126,7 +141,9 @@ async def change_member_role(
     current = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
     if current is None:
         raise NotFoundError("No such member.")
-    if current == ProjectRole.OWNER and role != ProjectRole.OWNER:
+    if current == role:
+        return role
+    if current == ProjectRole.OWNER:
         await _keep_an_owner(uow, project_id)
     await queries.update_member_role(uow.conn, role=role, project_id=project_id, user_id=user_id)
     await emit(

@@ -9,9 +9,9 @@ import msgspec
 
 from app.db.models import Comment, TaskPriority, TaskStatus
 
-Title = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+Title = Annotated[str, msgspec.Meta(min_length=1, max_length=300, pattern=r"\S")]
 Description = Annotated[str, msgspec.Meta(max_length=20_000)]
-Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000, pattern=r"\S")]
 TaskSort = Literal["created", "due", "priority", "updated"]
 
 

@@ -1,0 +1,328 @@
+"""Task listing: filters and keyset pagination against a Python model, while tasks keep arriving.
+
+Each example arranges a project with random tasks (inserted with SQL), picks a filter combination,
+a sort and a page size, and pages through ``GET /api/projects/{id}/tasks`` following
+``next_cursor``; between two page reads it inserts more random tasks. The documented order:
+
+- created: by id;
+- due: soonest first, undated last, then id;
+- priority: urgent, high, medium, low, then id;
+- updated: most recently updated first, then id (ascending, for equal ``updated_at``).
+
+Keyset pagination then guarantees exactly this: the pages are the tasks that matched before paging
+started plus the matching tasks inserted *after the cursor's position* at the time of insertion,
+in model order, each once; a task inserted before the cursor's position never appears.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.db import accounts as account_queries
+from app.db import projects as project_queries
+from app.db import tasks as task_queries
+from app.db.models import ProjectRole, TaskPriority, TaskStatus, UserRole
+from tests.factories import generous_client
+
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
+VOCABULARY = ("alpha", "beta", "gamma", "delta", "omega")
+FIRST_DAY = date(2030, 1, 1)
+UPDATED_BASE = datetime(2029, 6, 1, 12, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PRIORITY_RANK = {TaskPriority.LOW: 1, TaskPriority.MEDIUM: 2, TaskPriority.HIGH: 3, TaskPriority.URGENT: 4}
+SORTS = ("created", "due", "priority", "updated")
+MAX_PAGES = 200
+INSERT_BUDGET = 6  # tasks inserted while paging through one sort: paging must end
+
+
+class Spec(msgspec.Struct, frozen=True):
+    """A task to insert; ``assignee`` indexes the project's two members."""
+
+    status: TaskStatus
+    priority: TaskPriority
+    assignee: int | None
+    due: int | None
+    words: tuple[str, ...]
+    updated: int  # seconds after UPDATED_BASE: a small range, so that ties happen
+
+
+class Row(msgspec.Struct, frozen=True):
+    id: int
+    status: TaskStatus
+    priority: TaskPriority
+    assignee_id: int | None
+    due_date: date | None
+    title: str
+    updated_at: datetime
+
+
+specs = st.builds(
+    Spec,
+    status=st.sampled_from(TaskStatus),
+    priority=st.sampled_from(TaskPriority),
+    assignee=st.sampled_from((0, 1, None)),
+    due=st.none() | st.integers(0, 4),
+    words=st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=3).map(tuple),
+    updated=st.integers(0, 3),
+)
+FILTERS: dict[str, st.SearchStrategy[Any]] = {
+    "status": st.sampled_from(TaskStatus),
+    "priority": st.sampled_from(TaskPriority),
+    "assignee": st.sampled_from((0, 1)),
+    "due_before": st.integers(0, 4),
+    "due_after": st.integers(0, 4),
+    "q": st.sampled_from(VOCABULARY),
+}
+# At most two filters at once: more would leave nearly every example with an empty listing.
+filter_choices = st.sets(st.sampled_from(sorted(FILTERS)), max_size=2).flatmap(
+    lambda names: st.fixed_dictionaries({name: FILTERS[name] for name in names})
+)
+
+
+def sort_key(row: Row, sort: str) -> tuple[int | float, int]:
+    if sort == "created":
+        return (0, row.id)
+    if sort == "due":
+        return (row.due_date.toordinal() if row.due_date else float("inf"), row.id)
+    if sort == "priority":
+        return (-PRIORITY_RANK[row.priority], row.id)
+    assert sort == "updated"
+    return (-((row.updated_at - EPOCH) // timedelta(microseconds=1)), row.id)
+
+
+def matches(row: Row, filters: dict[str, Any], members: list[int]) -> bool:
+    if "status" in filters and row.status != filters["status"]:
+        return False
+    if "priority" in filters and row.priority != filters["priority"]:
+        return False
+    if "assignee" in filters and row.assignee_id != members[filters["assignee"]]:
+        return False
+    if "due_before" in filters and (
+        row.due_date is None or row.due_date > FIRST_DAY + timedelta(days=filters["due_before"])
+    ):
+        return False
+    if "due_after" in filters and (
+        row.due_date is None or row.due_date < FIRST_DAY + timedelta(days=filters["due_after"])
+    ):
+        return False
+    return not ("q" in filters and filters["q"] not in row.title.split())
+
+
+def query_params(filters: dict[str, Any], members: list[int]) -> dict[str, str]:
+    params = {key: str(filters[key]) for key in ("status", "priority", "q") if key in filters}
+    if "assignee" in filters:
+        params["assignee_id"] = str(members[filters["assignee"]])
+    for key in ("due_before", "due_after"):
+        if key in filters:
+            params[key] = (FIRST_DAY + timedelta(days=filters[key])).isoformat()
+    return params
+
+
+async def insert(db: AsyncConnection[Any], project_id: int, members: list[int], spec: Spec) -> Row:
+    task = await task_queries.create_task(
+        db,
+        project_id=project_id,
+        title=" ".join(spec.words),
+        description="",
+        status=spec.status,
+        priority=spec.priority,
+        assignee_id=members[spec.assignee] if spec.assignee is not None else None,
+        due_date=FIRST_DAY + timedelta(days=spec.due) if spec.due is not None else None,
+        created_by=members[0],
+    )
+    assert task is not None
+    cursor = await db.execute(
+        "update tasks set updated_at = %s where id = %s returning updated_at",
+        (UPDATED_BASE + timedelta(seconds=spec.updated), task.id),
+    )
+    stored = await cursor.fetchone()
+    assert stored is not None
+    return Row(task.id, task.status, task.priority, task.assignee_id, task.due_date, task.title, stored[0])
+
+
+async def arrange(app: Litestar, db: AsyncConnection[Any]) -> tuple[int, list[int], dict[str, str]]:
+    """A project with two members (the first one lists); its id, the members, the caller's headers."""
+    members = []
+    for name in ("lister", "other"):
+        user = await account_queries.create_user(
+            db,
+            email=f"{name}-{uuid.uuid4().hex[:12]}@example.com",
+            display_name=name,
+            password_hash=FAKE_HASH,
+            role=UserRole.MEMBER,
+        )
+        assert user is not None
+        members.append(user.id)
+    project = await project_queries.create_project(db, name="Listing", description="", owner_id=members[0])
+    assert project is not None
+    await project_queries.add_member(db, project_id=project.id, user_id=members[0], role=ProjectRole.VIEWER)
+    await project_queries.add_member(db, project_id=project.id, user_id=members[1], role=ProjectRole.EDITOR)
+    token, _ = app.state.accounts.tokens.issue(members[0], "member", uuid.uuid4())
+    return project.id, members, {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+async def module_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The app without the default per-user quota in the way (one example may read 150 pages)."""
+    async for client in generous_client(
+        settings, rate_limit_default_per_minute=100_000, rate_limit_default_per_hour=1_000_000
+    ):
+        yield client
+
+
+@pytest.fixture
+def api(module_client: AsyncTestClient[Litestar], db: AsyncConnection[Any]) -> AsyncTestClient[Litestar]:
+    module_client.headers.clear()
+    module_client.cookies.clear()
+    return module_client
+
+
+def check_item(item: dict[str, Any], row: Row) -> None:
+    assert (item["status"], item["priority"], item["assignee_id"], item["title"]) == (
+        row.status.value,
+        row.priority.value,
+        row.assignee_id,
+        row.title,
+    )
+    assert item["due_date"] == (row.due_date.isoformat() if row.due_date else None)
+    assert datetime.fromisoformat(item["updated_at"]) == row.updated_at
+
+
+class Listing(msgspec.Struct):
+    """One example's project, as the model knows it."""
+
+    client: AsyncTestClient[Litestar]
+    db: AsyncConnection[Any]
+    project_id: int
+    members: list[int]
+    headers: dict[str, str]
+    known: dict[int, Row]
+
+    async def insert(self, spec: Spec) -> Row:
+        row = await insert(self.db, self.project_id, self.members, spec)
+        self.known[row.id] = row
+        return row
+
+    async def page_through(
+        self, filters: dict[str, Any], sort: str, limit: int, data: st.DataObject | None = None
+    ) -> tuple[list[int], set[int], dict[int, tuple[int | float, int]]]:
+        """The ids listed, the tasks that existed before, and each task inserted meanwhile with the
+        cursor position at the time of its insertion (``data`` draws the tasks to insert)."""
+        before = set(self.known)
+        inserted_after: dict[int, tuple[int | float, int]] = {}
+        params = {"sort": sort, "limit": str(limit), **query_params(filters, self.members)}
+        returned: list[int] = []
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            response = await self.client.get(
+                f"/api/projects/{self.project_id}/tasks",
+                params=params | ({"cursor": cursor} if cursor else {}),
+                headers=self.headers,
+            )
+            assert response.status_code == 200, response.text
+            page = response.json()
+            assert len(page["items"]) <= limit
+            for item in page["items"]:
+                assert item["id"] in self.known, f"{item['id']} is no task of this project"
+                check_item(item, self.known[item["id"]])
+                returned.append(item["id"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return returned, before, inserted_after
+            assert len(page["items"]) == limit, "a next page is announced after a short page"
+            position = sort_key(self.known[page["items"][-1]["id"]], sort)
+            budget = min(2, INSERT_BUDGET - len(inserted_after))
+            batch = (
+                [] if data is None else data.draw(st.lists(specs, max_size=budget), label=f"added ({sort})")
+            )
+            for spec in batch:
+                inserted_after[(await self.insert(spec)).id] = position
+        raise AssertionError(f"more than {MAX_PAGES} pages")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    initial=st.lists(specs, min_size=2, max_size=15),
+    filters=filter_choices,
+    first_sort=st.sampled_from(SORTS),
+    limit=st.integers(1, 5),
+    data=st.data(),
+)
+async def test_pages_are_the_model_order_without_duplicates_or_gaps(
+    api: AsyncTestClient[Litestar],
+    app: Litestar,
+    db: AsyncConnection[Any],
+    initial: list[Spec],
+    filters: dict[str, Any],
+    first_sort: str,
+    limit: int,
+    data: st.DataObject,
+) -> None:
+    """Each example pages through every sort (the drawn one first), inserting tasks as it goes."""
+    project_id, members, headers = await arrange(app, db)
+    known: dict[int, Row] = {}
+    listing = Listing(api, db, project_id, members, headers, known)
+    try:
+        for spec in initial:
+            await listing.insert(spec)
+        for sort in [first_sort, *(other for other in SORTS if other != first_sort)]:
+            returned, before, inserted_after = await listing.page_through(filters, sort, limit, data)
+
+            def key(task_id: int, sort: str = sort) -> tuple[int | float, int]:
+                return sort_key(known[task_id], sort)
+
+            assert len(returned) == len(set(returned)), f"{sort}: duplicates in {returned}"
+            wrong = [known[task_id] for task_id in returned if not matches(known[task_id], filters, members)]
+            assert not wrong, f"{sort}: tasks that do not match {filters}: {wrong}"
+            assert [key(i) for i in returned] == sorted(key(i) for i in returned), f"{sort}: {returned}"
+            matching_before = sorted((i for i in before if matches(known[i], filters, members)), key=key)
+            assert [i for i in returned if i in before] == matching_before, f"{sort}: gaps"
+            late = {
+                task_id
+                for task_id, position in inserted_after.items()
+                if matches(known[task_id], filters, members) and key(task_id) > position
+            }
+            assert {i for i in returned if i not in before} == late, f"{sort}: tasks inserted while paging"
+    finally:
+        await db.execute("delete from projects where id = %s", (project_id,))
+
+
+async def test_each_sort_follows_the_documented_order(
+    api: AsyncTestClient[Litestar], app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """The model's orders on one fixed set of tasks (a deterministic companion of the property)."""
+    project_id, members, headers = await arrange(app, db)
+    listing = Listing(api, db, project_id, members, headers, {})
+    rows = [
+        await listing.insert(Spec(TaskStatus.TODO, priority, None, due, ("alpha",), updated))
+        for priority, due, updated in [
+            (TaskPriority.LOW, 2, 1),
+            (TaskPriority.URGENT, None, 3),
+            (TaskPriority.MEDIUM, 0, 1),
+            (TaskPriority.HIGH, 2, 0),
+            (TaskPriority.URGENT, 1, 3),
+        ]
+    ]
+    ids = [row.id for row in rows]
+    expected = {
+        "created": ids,
+        "due": [ids[2], ids[4], ids[0], ids[3], ids[1]],
+        "priority": [ids[1], ids[4], ids[3], ids[2], ids[0]],
+        "updated": [ids[1], ids[4], ids[0], ids[2], ids[3]],
+    }
+    for sort, order in expected.items():
+        for limit in (2, 5):
+            listed, _, _ = await listing.page_through({}, sort, limit)
+            assert listed == order, (sort, limit)
