@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +31,19 @@ from app.domains.accounts.controllers import AdminUsersController, AuthControlle
 from app.domains.accounts.guards import provide_current_user, requires_dashboard_admin
 from app.domains.accounts.middleware import AuthenticationMiddleware
 from app.domains.accounts.services import AccountService
+from app.domains.analytics.bench import bench_naive, bench_noop
+from app.domains.analytics.controllers import SitesController
+from app.domains.analytics.ingest import (
+    DailySalt,
+    Ingest,
+    LocalRateLimiter,
+    SiteKeys,
+    ingest_page_view,
+    ingest_page_view_batch,
+)
+from app.domains.analytics.report_controllers import SiteReportsController
+from app.domains.analytics.reports import ReportService
+from app.domains.analytics.sink import PageViewSink, make_writer
 from app.domains.files.controllers import ProjectFilesController
 from app.domains.health.controllers import HealthController
 from app.domains.orders.controllers import OrdersController
@@ -82,28 +96,45 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # uses; in the web process its thread only crashes noisily at shutdown.
         worker._enable_heartbeat_manager = False
 
+    services = {
+        "accounts": AccountService(settings, pool, valkey),
+        "products": ProductService(
+            pool, Cache(valkey).namespace("products"), settings.currency, settings.product_cache_ttl_s
+        ),
+        "orders": OrderService(settings, pool),
+        "reports": ReportService(pool, Cache(valkey).namespace("reports"), settings.report_cache_ttl_s),
+    }
+    sink = PageViewSink(
+        make_writer(settings.sink_driver, settings.database_url, settings.sink_flushers + 1),
+        batch_size=settings.sink_batch_size,
+        max_pending=settings.sink_max_pending,
+        max_wait_s=settings.sink_max_wait_ms / 1000,
+        flushers=settings.sink_flushers,
+    )
+    services["ingest"] = Ingest(
+        sink, SiteKeys(pool), DailySalt(pool), LocalRateLimiter(settings.rate_limit_ingest_per_minute)
+    )
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await pool.open(wait=False)
+        await sink.start()
+        gc.collect()
+        gc.freeze()  # start-up objects leave the collector's generations: p99 without GC pauses
         try:
             yield
         finally:
+            await sink.close()
             await pool.close()
             await valkey.aclose()
             await queues["default"].redis.aclose()  # type: ignore[attr-defined]
 
-    services = {
-        "accounts": AccountService(settings, pool, valkey),
-        "products": ProductService(
-            Cache(valkey).namespace("products"), settings.currency, settings.product_cache_ttl_s
-        ),
-        "orders": OrderService(settings, pool),
-    }
     prometheus = PrometheusConfig(
         app_name=settings.app_name,
         prefix="app",
         group_path=True,
-        exclude=["/metrics", "/health/live", "/health/ready", "/saq"],
+        # The ingest hot path is measured by the sink's own metrics (rows, batches, refusals).
+        exclude=["/metrics", "/health/live", "/health/ready", "/saq", "/api/page-views", "/bench"],
     )
     app = Litestar(
         route_handlers=[
@@ -119,6 +150,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ProjectFilesController,
             ProductsController,
             OrdersController,
+            SitesController,
+            SiteReportsController,
+            ingest_page_view,
+            ingest_page_view_batch,
+            *([bench_noop, bench_naive] if settings.bench_routes else []),
         ],
         state=State(
             {
@@ -158,7 +194,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ),
         cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
-        compression_config=CompressionConfig(backend="brotli", brotli_gzip_fallback=True, minimum_size=1024),
+        compression_config=CompressionConfig(
+            backend="brotli",
+            brotli_gzip_fallback=True,
+            minimum_size=1024,
+            exclude=["/api/page-views", "/bench", "/health"],  # tiny bodies: skip the wrapper
+        ),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         debug=False,

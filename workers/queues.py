@@ -17,7 +17,7 @@ from saq.queue.redis import RedisQueue
 from saq.types import Context
 
 from app.config import Settings
-from workers import activity, context, maintenance, orders
+from workers import activity, analytics, context, maintenance, orders
 from workers.relay import OutboxRelay
 
 QUEUE_NAMES = ("orders", "feed", "default")
@@ -27,6 +27,9 @@ TASKS: dict[str, list[Callable[..., Awaitable[object]]]] = {name: [] for name in
 TASKS["default"].append(maintenance.purge_outbox)
 TASKS["feed"].append(activity.record_activity)
 TASKS["orders"].extend([orders.reserve_order, orders.expire_reservations])
+TASKS["default"].extend(
+    [analytics.rollup_page_views, analytics.maintain_partitions, analytics.purge_analytics]
+)
 
 
 def build_queues(valkey_url: str) -> dict[str, Queue]:
@@ -76,7 +79,25 @@ def build_saq_config(
                 cron="17 3 * * *",
                 timeout=300,
                 retries=settings.job_retries,
-            )
+            ),
+            CronJob(
+                function=analytics.rollup_page_views,
+                cron="* * * * *",
+                timeout=600,
+                retries=settings.job_retries,
+            ),
+            CronJob(
+                function=analytics.maintain_partitions,
+                cron="7 * * * *",
+                timeout=300,
+                retries=settings.job_retries,
+            ),
+            CronJob(
+                function=analytics.purge_analytics,
+                cron="37 3 * * *",
+                timeout=600,
+                retries=settings.job_retries,
+            ),
         ],
     }
     configs = [
@@ -90,7 +111,7 @@ def build_saq_config(
             shutdown=[stop_relay, context.shutdown] if name == "default" else [context.shutdown],
             separate_process=not run_workers_in_process,
             shutdown_grace_period_s=settings.worker_shutdown_grace_s,
-            timers={"sweep": 30, "abort": 5, "stats": 10, "schedule": 1},
+            timers={"sweep": 10, "abort": 5, "stats": 10, "schedule": 1},
         )
         for name in QUEUE_NAMES
     ]

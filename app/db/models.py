@@ -208,6 +208,81 @@ class IdempotencyKey(msgspec.Struct, frozen=True, gc=False):
     expires_at: datetime
 
 
+class Site(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    owner_id: int
+    domain: str
+    ingest_key: str
+    timezone: str
+    created_at: datetime
+
+
+class PageView(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    ts: datetime
+    received_at: datetime
+    event_id: UUID | None
+    visitor_id: int
+    path: str
+    title: str
+    referrer_host: str
+    referrer_source: str
+    utm_source: str
+    utm_medium: str
+    utm_campaign: str
+    screen_width: int | None
+    device: str
+    browser: str
+    os: str
+    is_bot: bool
+
+
+class PageViewEventId(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    event_id: UUID
+    seen_at: datetime
+
+
+class AnalyticsSalt(msgspec.Struct, frozen=True, gc=False):
+    day: date
+    salt: bytes
+
+
+class AnalyticsRollupState(msgspec.Struct, frozen=True, gc=False):
+    id: bool
+    rolled_up_to: datetime
+
+
+class PageViewHourly(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    hour: datetime
+    pageviews: int
+    bot_pageviews: int
+
+
+class PageViewDimensionHourly(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    dimension: str
+    hour: datetime
+    value: str
+    views: int
+
+
+class PageViewHourlyVisitor(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    hour: datetime
+    visitor_id: int
+
+
+class PageViewVisit(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    visitor_id: int
+    started_at: datetime
+    last_seen_at: datetime
+    pageviews: int
+    entry_path: str
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)

@@ -1,0 +1,128 @@
+"""What the server derives from a raw page view: path, UTM, referrer, device/browser/OS, bot flag,
+and the visitor id (a keyed hash: no raw IP or user agent is ever stored).
+
+User agents are classified into coarse families with a few regular expressions and an LRU cache:
+the full uap-core regex set costs an order of magnitude more per uncached agent on the hot path,
+and the reports only show families.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import NamedTuple
+from urllib.parse import parse_qsl, urlsplit
+
+MAX_AGE = timedelta(hours=24)
+_BOT = re.compile(
+    r"bot|crawl|spider|slurp|headless|lighthouse|pingdom|monitor|curl|wget|python-requests|httpx|go-http|java/|"
+    r"facebookexternalhit|preview|phantomjs|wrk",
+    re.IGNORECASE,
+)
+_BROWSERS = (
+    ("Edge", re.compile(r"Edg(e|A|iOS)?/")),
+    ("Opera", re.compile(r"OPR/|Opera")),
+    ("Samsung Internet", re.compile(r"SamsungBrowser/")),
+    ("Firefox", re.compile(r"Firefox/|FxiOS/")),
+    ("Chrome", re.compile(r"Chrome/|CriOS/")),
+    ("Safari", re.compile(r"Safari/")),
+)
+_SYSTEMS = (
+    ("iOS", re.compile(r"iPhone|iPad|iPod")),
+    ("Android", re.compile(r"Android")),
+    ("Windows", re.compile(r"Windows")),
+    ("ChromeOS", re.compile(r"CrOS")),
+    ("macOS", re.compile(r"Mac OS X|Macintosh")),
+    ("Linux", re.compile(r"Linux|X11")),
+)
+_SOURCES = (
+    ("Google", re.compile(r"(^|\.)google\.")),
+    ("Bing", re.compile(r"(^|\.)bing\.com$")),
+    ("DuckDuckGo", re.compile(r"(^|\.)duckduckgo\.com$")),
+    ("Facebook", re.compile(r"(^|\.)(facebook\.com|fb\.me)$")),
+    ("Twitter", re.compile(r"^(t\.co|twitter\.com|x\.com)$")),
+    ("LinkedIn", re.compile(r"(^|\.)(linkedin\.com|lnkd\.in)$")),
+    ("Reddit", re.compile(r"(^|\.)reddit\.com$")),
+    ("Hacker News", re.compile(r"^news\.ycombinator\.com$")),
+)
+
+
+class Agent(NamedTuple):
+    browser: str
+    os: str
+    device: str
+    is_bot: bool
+
+
+@lru_cache(maxsize=4096)
+def classify_agent(user_agent: str) -> Agent:
+    is_bot = not user_agent or _BOT.search(user_agent) is not None
+    browser = next((name for name, pattern in _BROWSERS if pattern.search(user_agent)), "Other")
+    system = next((name for name, pattern in _SYSTEMS if pattern.search(user_agent)), "Other")
+    if "iPad" in user_agent or "Tablet" in user_agent or (system == "Android" and "Mobile" not in user_agent):
+        device = "tablet"
+    elif "Mobi" in user_agent or "iPhone" in user_agent:
+        device = "mobile"
+    else:
+        device = "desktop"
+    return Agent(browser=browser, os=system, device=device, is_bot=is_bot)
+
+
+def device_class(agent: Agent, screen_width: int | None) -> str:
+    """The agent's class, corrected by the screen when the agent claims a desktop."""
+    if agent.device == "desktop" and screen_width is not None:
+        if screen_width < 768:
+            return "mobile"
+        if screen_width < 1024:
+            return "tablet"
+    return agent.device
+
+
+class Page(NamedTuple):
+    host: str
+    path: str
+    utm_source: str
+    utm_medium: str
+    utm_campaign: str
+
+
+@lru_cache(maxsize=8192)
+def parse_page(url: str) -> Page:
+    parts = urlsplit(url)
+    utm = {key: value[:200] for key, value in parse_qsl(parts.query) if key.startswith("utm_")}
+    return Page(
+        host=(parts.hostname or "").lower(),
+        path=(parts.path or "/")[:2000],
+        utm_source=utm.get("utm_source", ""),
+        utm_medium=utm.get("utm_medium", ""),
+        utm_campaign=utm.get("utm_campaign", ""),
+    )
+
+
+@lru_cache(maxsize=4096)
+def referrer_source(referrer: str, own_host: str) -> tuple[str, str]:
+    """(referrer host, source name); ('', '') for direct traffic and internal navigation."""
+    if not referrer:
+        return "", ""
+    host = (urlsplit(referrer).hostname or "").lower()
+    if not host or host == own_host:
+        return "", ""
+    bare = host.removeprefix("www.")
+    return host, next((name for name, pattern in _SOURCES if pattern.search(bare)), bare)
+
+
+def clamp_timestamp(client_ts: datetime | None, now: datetime) -> datetime:
+    """None in the future, none older than 24 hours; no client time means now."""
+    if client_ts is None or client_ts > now:
+        return now
+    return max(client_ts, now - MAX_AGE)
+
+
+def visitor_id(salt: bytes, site_id: int, client_ip: str, user_agent: str) -> int:
+    """A signed 64-bit keyed hash; the salt changes daily so ids cannot be linked across days."""
+    digest = hashlib.blake2b(
+        f"{site_id}\x00{client_ip}\x00{user_agent}".encode(), digest_size=8, key=salt
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)

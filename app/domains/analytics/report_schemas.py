@@ -1,0 +1,77 @@
+"""Wire shapes of the analytics reports (every instant is UTC; `local` fields are in the report's tz)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+import msgspec
+
+Period = Literal["today", "7d", "30d", "custom"]
+Interval = Literal["hour", "day"]
+Dimension = Literal["path", "referrer_source", "utm_campaign", "device", "browser"]
+
+
+class ReportRange(msgspec.Struct, frozen=True):
+    """The local days ``first_day`` .. ``last_day`` (inclusive) of ``tz``, i.e. [start, end) in UTC."""
+
+    period: Period
+    tz: str
+    first_day: date
+    last_day: date
+    start: datetime
+    end: datetime
+
+
+class SummaryOut(msgspec.Struct, frozen=True):
+    range: ReportRange
+    pageviews: int
+    bot_pageviews: int
+    visitors: int
+    visits: int
+    bounces: int
+    bounce_rate: float
+    views_per_visit: float
+
+
+class TimeseriesPoint(msgspec.Struct, frozen=True):
+    start: datetime
+    local: str
+    pageviews: int
+    visitors: int
+    visits: int
+
+
+class TimeseriesOut(msgspec.Struct, frozen=True):
+    range: ReportRange
+    interval: Interval
+    points: list[TimeseriesPoint]
+
+
+class BreakdownItem(msgspec.Struct, frozen=True):
+    value: str
+    views: int
+
+
+class BreakdownOut(msgspec.Struct, frozen=True):
+    range: ReportRange
+    dimension: Dimension
+    items: list[BreakdownItem]
+
+
+class EntryPageItem(msgspec.Struct, frozen=True):
+    path: str
+    visits: int
+    bounces: int
+    bounce_rate: float
+
+
+class EntryPagesOut(msgspec.Struct, frozen=True):
+    range: ReportRange
+    items: list[EntryPageItem]
+
+
+class CurrentVisitorsOut(msgspec.Struct, frozen=True):
+    visitors: int
+    window_s: int
+    since: datetime

@@ -1,0 +1,328 @@
+"""Analytics reports: rollups kept up to date by a cron job, plus the raw rows not rolled up yet.
+
+The watermark rule. ``analytics_rollup_state.rolled_up_to`` (W) is a UTC hour boundary: every raw row
+with ``received_at < W`` is in the rollup tables, exactly once, and no row with ``received_at >= W``
+is. A report is one SQL statement (one snapshot) that adds the rollups to the raw rows received at or
+after W, so the two halves neither overlap nor leave a gap, even while the job commits. Rollups are
+keyed by the UTC hour of ``ts``: a late row (``ts`` up to 24 h old) is added to its own hour when its
+``received_at`` is rolled up.
+
+The job (``rollup``) moves W one hour of ``received_at`` per transaction, up to the last complete hour
+that ended at least ``ROLLUP_GRACE`` ago: the ingest stamps ``received_at`` before its batch is
+copied, so a row stamped before the new W must have committed by then (the sink answers within
+seconds; a request that waits longer fails and its retry is stamped anew). A row committed later than
+that would be missed by both halves. An advisory lock keeps concurrent runs apart, and the watermark
+moves in the transaction that adds the hour, so a run that fails or repeats adds nothing twice.
+
+Periods are local days of a time zone (the site's by default). Rollup hours that do not lie inside
+one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata) are read raw.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import psycopg
+import structlog
+from litestar.exceptions import ValidationException
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from app.core.cache import CacheNamespace
+from app.core.db import transaction
+from app.db import analytics as analytics_queries
+from app.db import reports as queries
+from app.domains.analytics.report_schemas import (
+    BreakdownItem,
+    BreakdownOut,
+    CurrentVisitorsOut,
+    Dimension,
+    EntryPageItem,
+    EntryPagesOut,
+    Interval,
+    Period,
+    ReportRange,
+    SummaryOut,
+    TimeseriesOut,
+    TimeseriesPoint,
+)
+
+log = structlog.get_logger("app.analytics.reports")
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+ROLLUP_GRACE = timedelta(minutes=10)
+ROLLUP_CHUNK = timedelta(hours=1)
+ROLLUP_STATEMENT_TIMEOUT = "5min"
+PERIOD_DAYS = {"today": 1, "7d": 7, "30d": 30}
+MAX_CUSTOM_DAYS = 366
+MAX_HOURLY_DAYS = 31
+CURRENT_WINDOW = timedelta(minutes=5)
+# Sampling steps that hit every local bucket (every zone's offset is a multiple of 15 minutes).
+BUCKET_STEP = {"hour": timedelta(minutes=15), "day": timedelta(hours=1)}
+# Empty values mean "none": direct traffic is a referrer source worth listing, "no campaign" is not.
+SKIP_EMPTY: dict[str, bool] = {"utm_campaign": True}
+
+
+def invalid(field: str, message: str) -> ValidationException:
+    """A 400 validation problem naming the query parameter."""
+    return ValidationException(
+        detail=f"{field}: {message}", extra=[{"source": "query", "key": field, "message": message}]
+    )
+
+
+def time_zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # not a key, a directory, ...
+        raise invalid("tz", f"unknown time zone {name!r} (an IANA name such as Europe/Berlin)") from exc
+
+
+def _local_midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+
+
+def _day(field: str, value: date | str | None) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise invalid(field, "expected a date: YYYY-MM-DD") from exc
+
+
+def resolve_range(
+    period: Period,
+    first: date | str | None,
+    last: date | str | None,
+    tz: str,
+    *,
+    now: datetime | None = None,
+) -> ReportRange:
+    """The local days of a period in ``tz``: ``today``, the last 7 or 30 days (today included), or
+    ``custom`` from ``first`` to ``last`` inclusive (dates or ISO strings)."""
+    first, last = _day("from", first), _day("to", last)
+    zone = time_zone(tz)
+    today = (now or datetime.now(UTC)).astimezone(zone).date()
+    if period == "custom":
+        if first is None or last is None:
+            raise invalid("from" if first is None else "to", "required with period=custom")
+        if last < first:
+            raise invalid("to", "must not be before `from`")
+        if (last - first).days + 1 > MAX_CUSTOM_DAYS:
+            raise invalid("to", f"a range covers at most {MAX_CUSTOM_DAYS} days")
+    else:
+        if first is not None or last is not None:
+            raise invalid("from" if first is not None else "to", "only with period=custom")
+        first, last = today - timedelta(days=PERIOD_DAYS[period] - 1), today
+    return ReportRange(
+        period=period,
+        tz=tz,
+        first_day=first,
+        last_day=last,
+        start=_local_midnight(first, zone),
+        end=_local_midnight(last + timedelta(days=1), zone),
+    )
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _ratio(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+class ReportService:
+    """Reports (cached for ``ttl_s``, keyed by site and resolved range) and the rollup step."""
+
+    def __init__(self, pool: Pool, cache: CacheNamespace, ttl_s: float) -> None:
+        self.pool = pool
+        self.cache = cache
+        self.ttl_s = ttl_s
+
+    # -- the rollup job -----------------------------------------------------------------------
+
+    async def rollup(self, now: datetime | None = None) -> int:
+        """Roll up every complete hour of ``received_at`` not rolled up yet; the number of raw rows
+        added. Idempotent; returns 0 at once while another run holds the lock."""
+        target = _floor_hour((now or datetime.now(UTC)) - ROLLUP_GRACE)
+        total = 0
+        while True:
+            async with transaction(self.pool) as uow:
+                conn = uow.conn
+                if not await queries.try_rollup_lock(conn):
+                    return total
+                watermark = await queries.get_watermark(conn)
+                if watermark is not None and watermark >= target:
+                    return total
+                first = await queries.first_pending_hour(conn, received_from=watermark, received_to=target)
+                if first is None:  # nothing received in [watermark, target): just move on
+                    await queries.set_watermark(conn, rolled_up_to=target)
+                    return total
+                start = max(first, watermark) if watermark is not None else first
+                end = min(start + ROLLUP_CHUNK, target)
+                await queries.set_rollup_statement_timeout(conn, timeout=ROLLUP_STATEMENT_TIMEOUT)
+                window = {"received_from": start, "received_to": end}
+                rows = await queries.rollup_hourly(conn, **window) or 0
+                await queries.rollup_dimensions(conn, **window)
+                await queries.rollup_visitors(conn, **window)
+                await queries.rollup_visits(conn, **window)
+                await queries.set_watermark(conn, rolled_up_to=end)
+            total += rows
+            log.info(
+                "analytics rolled up", received_from=start.isoformat(), received_to=end.isoformat(), rows=rows
+            )
+
+    # -- reports ------------------------------------------------------------------------------
+
+    async def summary(self, site_id: int, rng: ReportRange) -> SummaryOut:
+        async def load() -> SummaryOut:
+            row = await self._run(
+                queries.report_summary, site_id=site_id, range_from=rng.start, range_to=rng.end
+            )
+            assert row is not None
+            return SummaryOut(
+                range=rng,
+                pageviews=row.pageviews,
+                bot_pageviews=row.bot_pageviews,
+                visitors=row.visitors,
+                visits=row.visits,
+                bounces=row.bounces,
+                bounce_rate=_ratio(row.bounces, row.visits),
+                views_per_visit=_ratio(row.visit_pageviews, row.visits),
+            )
+
+        return await self._cached(f"summary:{site_id}:{_range_key(rng)}", load, SummaryOut)
+
+    async def timeseries(self, site_id: int, rng: ReportRange, interval: Interval) -> TimeseriesOut:
+        if interval == "hour" and (rng.last_day - rng.first_day).days + 1 > MAX_HOURLY_DAYS:
+            raise invalid("interval", f"hourly series cover at most {MAX_HOURLY_DAYS} days")
+        zone = zoneinfo.ZoneInfo(rng.tz)
+
+        async def load() -> TimeseriesOut:
+            rows = await self._run(
+                queries.report_timeseries,
+                unit=interval,
+                tz=rng.tz,
+                site_id=site_id,
+                range_from=rng.start,
+                range_to=rng.end,
+                step=BUCKET_STEP[interval],
+            )
+            points = [
+                TimeseriesPoint(
+                    start=row.bucket.astimezone(UTC),
+                    local=_local_label(row.bucket, zone, interval),
+                    pageviews=row.pageviews,
+                    visitors=row.visitors,
+                    visits=row.visits,
+                )
+                for row in rows
+            ]
+            return TimeseriesOut(range=rng, interval=interval, points=points)
+
+        return await self._cached(f"timeseries:{site_id}:{interval}:{_range_key(rng)}", load, TimeseriesOut)
+
+    async def breakdown(
+        self, site_id: int, rng: ReportRange, dimension: Dimension, limit: int
+    ) -> BreakdownOut:
+        async def load() -> BreakdownOut:
+            rows = await self._run(
+                queries.report_breakdown,
+                site_id=site_id,
+                dimension=dimension,
+                range_from=rng.start,
+                range_to=rng.end,
+                skip_empty=SKIP_EMPTY.get(dimension, False),
+                row_limit=limit,
+            )
+            items = [BreakdownItem(value=row.value, views=row.views) for row in rows]
+            return BreakdownOut(range=rng, dimension=dimension, items=items)
+
+        key = f"breakdown:{site_id}:{dimension}:{limit}:{_range_key(rng)}"
+        return await self._cached(key, load, BreakdownOut)
+
+    async def entry_pages(self, site_id: int, rng: ReportRange, limit: int) -> EntryPagesOut:
+        async def load() -> EntryPagesOut:
+            rows = await self._run(
+                queries.report_entry_pages,
+                site_id=site_id,
+                range_from=rng.start,
+                range_to=rng.end,
+                row_limit=limit,
+            )
+            items = [
+                EntryPageItem(
+                    path=row.path,
+                    visits=row.visits,
+                    bounces=row.bounces,
+                    bounce_rate=_ratio(row.bounces, row.visits),
+                )
+                for row in rows
+            ]
+            return EntryPagesOut(range=rng, items=items)
+
+        return await self._cached(f"entry:{site_id}:{limit}:{_range_key(rng)}", load, EntryPagesOut)
+
+    async def current_visitors(self, site_id: int, now: datetime | None = None) -> CurrentVisitorsOut:
+        """Distinct visitors (bots excluded) with a view in the last five minutes (raw rows: always
+        present for that long). Cached like every report: it may lag by the cache TTL."""
+
+        async def load() -> CurrentVisitorsOut:
+            since = (now or datetime.now(UTC)) - CURRENT_WINDOW
+            visitors = await self._run(queries.current_visitors, site_id=site_id, since=since)
+            return CurrentVisitorsOut(
+                visitors=visitors or 0, window_s=int(CURRENT_WINDOW.total_seconds()), since=since
+            )
+
+        return await self._cached(f"current:{site_id}", load, CurrentVisitorsOut)
+
+    async def _cached(self, key: str, load: Any, kind: type[Any]) -> Any:
+        return await self.cache.get_or_load(key, load, ttl_s=self.ttl_s, type=kind)
+
+    async def _run(self, query: Any, **params: Any) -> Any:
+        try:
+            async with transaction(self.pool) as uow:
+                return await query(uow.conn, **params)
+        except psycopg.errors.InvalidParameterValue as exc:  # a zone Python knows and PostgreSQL not
+            raise invalid("tz", "time zone not supported by the database") from exc
+
+
+def _range_key(rng: ReportRange) -> str:
+    return f"{rng.tz}:{rng.start.isoformat()}:{rng.end.isoformat()}"
+
+
+def _local_label(bucket: datetime, zone: zoneinfo.ZoneInfo, interval: Interval) -> str:
+    local = bucket.astimezone(zone)
+    return local.date().isoformat() if interval == "day" else local.isoformat(timespec="minutes")
+
+
+# -- retention (the cron jobs of workers/analytics.py) ---------------------------------------------
+
+
+async def maintain_partitions(pool: Pool, retention_days: int, today: date | None = None) -> tuple[int, int]:
+    """Create the daily partitions from yesterday to three days ahead; drop those that ended more
+    than ``retention_days`` ago. Returns (created, dropped)."""
+    today = today or datetime.now(UTC).date()
+    async with transaction(pool) as uow:
+        created = await analytics_queries.ensure_partitions(
+            uow.conn, from_day=today - timedelta(days=1), days=4
+        )
+        dropped = await queries.drop_page_view_partitions(
+            uow.conn, before=today - timedelta(days=retention_days)
+        )
+    return created or 0, dropped or 0
+
+
+async def purge_rollups(pool: Pool, retention_days: int, now: datetime | None = None) -> int:
+    """Delete rollups (visitor-level ones included) older than the raw data's retention."""
+    before = _floor_hour(now or datetime.now(UTC)) - timedelta(days=retention_days)
+    async with transaction(pool) as uow:
+        deleted = await queries.purge_hourly_rollups(uow.conn, before=before)
+        deleted += await queries.purge_dimension_rollups(uow.conn, before=before)
+        deleted += await queries.purge_hourly_visitors(uow.conn, before=before)
+        deleted += await queries.purge_visits(uow.conn, before=before)
+    return deleted

@@ -1,0 +1,1 @@
+"""The load-test harness (``python -m benchmarks.run``) and the locust scenario (``locustfile``)."""

@@ -1,0 +1,219 @@
+-- Analytics reports and the rollup job that keeps their tables up to date.
+-- A report is one statement: the watermark, the rollups and the raw rows are read in one snapshot.
+
+-- name: TryRollupLock :one
+-- One rollup runner at a time (released when the transaction ends).
+select pg_try_advisory_xact_lock(hashtext('analytics.rollup'))::boolean as locked;
+
+-- name: SetRollupStatementTimeout :exec
+-- A backlog hour can take longer than the API's statement timeout.
+select set_config('statement_timeout', @timeout::text, true);
+
+-- name: GetWatermark :one
+select rolled_up_to from analytics_rollup_state;
+
+-- name: SetWatermark :exec
+insert into analytics_rollup_state (id, rolled_up_to) values (true, @rolled_up_to)
+on conflict (id) do update set rolled_up_to = excluded.rolled_up_to;
+
+-- name: FirstPendingHour :one
+-- The UTC hour of the earliest row received in [received_from, received_to), if any.
+-- nullable: hour
+select date_trunc('hour', min(received_at), 'UTC')::timestamptz as hour
+from page_views
+where received_at >= coalesce(sqlc.narg(received_from)::timestamptz, '-infinity') and received_at < @received_to;
+
+-- name: RollupHourly :one
+-- Adds the rows received in the window to their (site, UTC hour of ts); returns how many rows it read.
+with counted as (
+    select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
+        count(*) filter (where not p.is_bot) as pageviews, count(*) filter (where p.is_bot) as bot_pageviews
+    from page_views p
+    join sites s on s.id = p.site_id
+    where p.received_at >= @received_from and p.received_at < @received_to
+    group by p.site_id, date_trunc('hour', p.ts, 'UTC')
+),
+stored as (
+    insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews)
+    select site_id, hour, pageviews, bot_pageviews from counted
+    on conflict (site_id, hour) do update
+    set pageviews = page_view_hourly.pageviews + excluded.pageviews,
+        bot_pageviews = page_view_hourly.bot_pageviews + excluded.bot_pageviews
+)
+select coalesce(sum(pageviews + bot_pageviews), 0)::bigint as rows from counted;
+
+-- name: RollupDimensions :exec
+insert into page_view_dimension_hourly (site_id, dimension, hour, value, views)
+select p.site_id, d.dimension, date_trunc('hour', p.ts, 'UTC'), d.value, count(*)
+from page_views p
+join sites s on s.id = p.site_id
+cross join lateral (
+    values ('path', p.path), ('referrer_source', p.referrer_source), ('utm_campaign', p.utm_campaign),
+        ('device', p.device), ('browser', p.browser)
+) as d (dimension, value)
+where p.received_at >= @received_from and p.received_at < @received_to and not p.is_bot
+group by p.site_id, d.dimension, date_trunc('hour', p.ts, 'UTC'), d.value
+on conflict (site_id, dimension, hour, value) do update
+set views = page_view_dimension_hourly.views + excluded.views;
+
+-- name: RollupVisitors :exec
+insert into page_view_hourly_visitors (site_id, hour, visitor_id)
+select distinct p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id
+from page_views p
+join sites s on s.id = p.site_id
+where p.received_at >= @received_from and p.received_at < @received_to and not p.is_bot
+on conflict do nothing;
+
+-- name: RollupVisits :exec
+-- Stores the merged visits: a merged visit starts at its earliest member, so it replaces the stored
+-- visit with that start (upsert) and the later stored visits it absorbed are deleted (disjoint rows:
+-- the order in which PostgreSQL runs the two does not matter).
+with merged as materialized (
+    select * from analytics_merged_visits(null::bigint, @received_from::timestamptz, @received_to::timestamptz)
+),
+absorbed as (
+    delete from page_view_visits v
+    using merged m
+    where v.site_id = m.site_id and v.visitor_id = m.visitor_id
+        and v.started_at > m.started_at and v.started_at <= m.last_seen_at
+)
+insert into page_view_visits (site_id, visitor_id, started_at, last_seen_at, pageviews, entry_path)
+select m.site_id, m.visitor_id, m.started_at, m.last_seen_at, m.pageviews, m.entry_path from merged m
+on conflict (site_id, visitor_id, started_at) do update
+set last_seen_at = excluded.last_seen_at, pageviews = excluded.pageviews, entry_path = excluded.entry_path;
+
+-- name: ReportSummary :one
+with raw as materialized (
+    select r.is_bot, r.visitor_id
+    from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, '', 'UTC') r
+),
+rolled as (
+    select coalesce(sum(h.pageviews), 0) as pageviews, coalesce(sum(h.bot_pageviews), 0) as bot_pageviews
+    from page_view_hourly h
+    where h.site_id = @site_id and h.hour >= @range_from and h.hour < @range_to
+        and analytics_hour_is_whole(h.hour, @range_from, @range_to, '', 'UTC')
+),
+visitors as (
+    select count(distinct x.visitor_id) as visitors from (
+        select v.visitor_id from page_view_hourly_visitors v
+        where v.site_id = @site_id and v.hour >= @range_from and v.hour < @range_to
+            and analytics_hour_is_whole(v.hour, @range_from, @range_to, '', 'UTC')
+        union all
+        select r.visitor_id from raw r where not r.is_bot
+    ) x
+),
+visits as (
+    select count(*) as visits, count(*) filter (where v.pageviews = 1) as bounces,
+        coalesce(sum(v.pageviews), 0) as visit_pageviews
+    from analytics_visits(@site_id, @range_from, @range_to) v
+)
+select
+    (rolled.pageviews + (select count(*) from raw where not raw.is_bot))::bigint as pageviews,
+    (rolled.bot_pageviews + (select count(*) from raw where raw.is_bot))::bigint as bot_pageviews,
+    visitors.visitors::bigint as visitors,
+    visits.visits::bigint as visits,
+    visits.bounces::bigint as bounces,
+    visits.visit_pageviews::bigint as visit_pageviews
+from rolled, visitors, visits;
+
+-- name: ReportTimeseries :many
+-- Every bucket of the range (local hours or days of @tz, empty ones included), oldest first.
+with raw as materialized (
+    select date_trunc(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
+    from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
+    where not r.is_bot
+),
+buckets as (
+    select distinct date_trunc(@unit, g, @tz) as bucket
+    from generate_series(@range_from, @range_to, @step::interval) as g
+    where g < @range_to
+),
+views as (
+    select x.bucket, sum(x.views) as views from (
+        select date_trunc(@unit, h.hour, @tz) as bucket, h.pageviews as views from page_view_hourly h
+        where h.site_id = @site_id and h.hour >= @range_from and h.hour < @range_to
+            and analytics_hour_is_whole(h.hour, @range_from, @range_to, @unit, @tz)
+        union all
+        select r.bucket, count(*) from raw r group by r.bucket
+    ) x
+    group by x.bucket
+),
+visitors as (
+    select x.bucket, count(distinct x.visitor_id) as visitors from (
+        select date_trunc(@unit, v.hour, @tz) as bucket, v.visitor_id from page_view_hourly_visitors v
+        where v.site_id = @site_id and v.hour >= @range_from and v.hour < @range_to
+            and analytics_hour_is_whole(v.hour, @range_from, @range_to, @unit, @tz)
+        union all
+        select r.bucket, r.visitor_id from raw r
+    ) x
+    group by x.bucket
+),
+visits as (
+    select date_trunc(@unit, v.started_at, @tz) as bucket, count(*) as visits
+    from analytics_visits(@site_id, @range_from, @range_to) v
+    group by 1
+)
+select b.bucket::timestamptz as bucket,
+    coalesce(views.views, 0)::bigint as pageviews,
+    coalesce(visitors.visitors, 0)::bigint as visitors,
+    coalesce(visits.visits, 0)::bigint as visits
+from buckets b
+left join views on views.bucket = b.bucket
+left join visitors on visitors.bucket = b.bucket
+left join visits on visits.bucket = b.bucket
+order by b.bucket;
+
+-- name: ReportBreakdown :many
+-- Views (bots excluded) per value of @dimension, most viewed first, then by value.
+with raw as materialized (
+    select case @dimension::text
+            when 'path' then r.path
+            when 'referrer_source' then r.referrer_source
+            when 'utm_campaign' then r.utm_campaign
+            when 'device' then r.device
+            when 'browser' then r.browser
+        end as value
+    from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, '', 'UTC') r
+    where not r.is_bot
+)
+select x.value::text as value, sum(x.views)::bigint as views from (
+    select d.value, d.views from page_view_dimension_hourly d
+    where d.site_id = @site_id and d.dimension = @dimension and d.hour >= @range_from and d.hour < @range_to
+        and analytics_hour_is_whole(d.hour, @range_from, @range_to, '', 'UTC')
+    union all
+    select r.value, 1 from raw r
+) x
+where not (@skip_empty::boolean and x.value = '')
+group by x.value
+order by views desc, x.value
+limit @row_limit;
+
+-- name: ReportEntryPages :many
+-- Visits per entry path (the first page of the visit), with how many of them bounced.
+select v.entry_path::text as path, count(*)::bigint as visits,
+    count(*) filter (where v.pageviews = 1)::bigint as bounces
+from analytics_visits(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz) v
+group by v.entry_path
+order by visits desc, path
+limit @row_limit;
+
+-- name: CurrentVisitors :one
+select count(distinct visitor_id)::bigint as visitors
+from page_views
+where site_id = @site_id and ts >= @since and not is_bot;
+
+-- name: DropPageViewPartitions :one
+-- Drops the daily partitions that end on or before @before.
+select drop_page_view_partitions(@before::date)::integer as dropped;
+
+-- name: PurgeHourlyRollups :execrows
+delete from page_view_hourly where hour < @before;
+
+-- name: PurgeDimensionRollups :execrows
+delete from page_view_dimension_hourly where hour < @before;
+
+-- name: PurgeHourlyVisitors :execrows
+delete from page_view_hourly_visitors where hour < @before;
+
+-- name: PurgeVisits :execrows
+delete from page_view_visits where last_seen_at < @before;

@@ -1,0 +1,121 @@
+"""Server-side derivations of a page view: what is classified how, and what is never stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.domains.analytics.derive import (
+    MAX_AGE,
+    clamp_timestamp,
+    classify_agent,
+    device_class,
+    parse_page,
+    referrer_source,
+    visitor_id,
+)
+
+WEBKIT = "AppleWebKit/605.1.15 Version/17.0 Mobile/15E148 Safari/604.1"
+IPHONE = f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) {WEBKIT}"
+IPAD = f"Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) {WEBKIT}"
+ANDROID_PHONE = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36"
+)
+ANDROID_TABLET = "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+WINDOWS_EDGE = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 Edg/120.0"
+)
+MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/20100101 Firefox/121.0"
+LINUX_CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+@pytest.mark.parametrize(
+    ("agent", "browser", "system", "device", "bot"),
+    [
+        (IPHONE, "Safari", "iOS", "mobile", False),
+        (IPAD, "Safari", "iOS", "tablet", False),
+        (ANDROID_PHONE, "Chrome", "Android", "mobile", False),
+        (ANDROID_TABLET, "Chrome", "Android", "tablet", False),
+        (WINDOWS_EDGE, "Edge", "Windows", "desktop", False),
+        (MAC_FIREFOX, "Firefox", "macOS", "desktop", False),
+        (LINUX_CHROME, "Chrome", "Linux", "desktop", False),
+        (GOOGLEBOT, "Other", "Other", "desktop", True),
+        ("", "Other", "Other", "desktop", True),
+        ("curl/8.4.0", "Other", "Other", "desktop", True),
+    ],
+)
+def test_agents_are_classified_into_families(
+    agent: str, browser: str, system: str, device: str, bot: bool
+) -> None:
+    result = classify_agent(agent)
+    assert (result.browser, result.os, result.device, result.is_bot) == (browser, system, device, bot)
+
+
+def test_a_narrow_screen_corrects_a_desktop_claim_only() -> None:
+    desktop = classify_agent(LINUX_CHROME)
+    assert device_class(desktop, 390) == "mobile"
+    assert device_class(desktop, 800) == "tablet"
+    assert device_class(desktop, 1440) == "desktop"
+    assert device_class(desktop, None) == "desktop"
+    assert device_class(classify_agent(IPHONE), 1440) == "mobile"
+
+
+def test_page_path_and_utm() -> None:
+    page = parse_page(
+        "https://Shop.Example.com/sale/shoes?utm_source=newsletter&utm_medium=email&utm_campaign=bf&x=1"
+    )
+    assert page == ("shop.example.com", "/sale/shoes", "newsletter", "email", "bf")
+    assert parse_page("https://example.com").path == "/"
+
+
+@pytest.mark.parametrize(
+    ("referrer", "expected"),
+    [
+        ("", ("", "")),
+        ("https://www.google.com/search?q=x", ("www.google.com", "Google")),
+        ("https://google.co.uk/", ("google.co.uk", "Google")),
+        ("https://t.co/abc", ("t.co", "Twitter")),
+        ("https://news.ycombinator.com/item?id=1", ("news.ycombinator.com", "Hacker News")),
+        ("https://www.blog.example.org/post", ("www.blog.example.org", "blog.example.org")),
+        ("https://shop.example.com/other-page", ("", "")),
+        ("not a url", ("", "")),
+    ],
+)
+def test_referrer_sources(referrer: str, expected: tuple[str, str]) -> None:
+    assert referrer_source(referrer, "shop.example.com") == expected
+
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)))
+def test_timestamps_are_clamped_to_the_last_24_hours(client_ts: datetime) -> None:
+    clamped = clamp_timestamp(client_ts, NOW)
+    assert NOW - MAX_AGE <= clamped <= NOW
+    if NOW - MAX_AGE <= client_ts <= NOW:
+        assert clamped == client_ts
+
+
+def test_no_client_time_means_now() -> None:
+    assert clamp_timestamp(None, NOW) == NOW
+    assert clamp_timestamp(NOW + timedelta(seconds=1), NOW) == NOW
+
+
+@given(
+    st.binary(min_size=16, max_size=32),
+    st.integers(1, 10**6),
+    st.ip_addresses().map(str),
+    st.text(max_size=200),
+)
+def test_visitor_ids_are_stable_per_day_and_unlinkable_across_salts(
+    salt: bytes, site: int, ip: str, agent: str
+) -> None:
+    first = visitor_id(salt, site, ip, agent)
+    assert first == visitor_id(salt, site, ip, agent)
+    assert -(2**63) <= first < 2**63
+    assert first != visitor_id(bytes(reversed(salt)) + b"\x01", site, ip, agent)
+    assert first != visitor_id(salt, site + 1, ip, agent)
