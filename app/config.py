@@ -99,7 +99,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     product_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
     analytics_retention_days: Annotated[int, msgspec.Meta(ge=2)] = 90
-    sink_driver: Literal["asyncpg", "psycopg"] = "asyncpg"
+    sink_driver: Literal["asyncpg", "psycopg", "hybrid"] = "hybrid"
     sink_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
     sink_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     sink_max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0

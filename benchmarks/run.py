@@ -641,7 +641,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wrk connections for the batch scenario (default 16)",
     )
     parser.add_argument("--copy-seconds", type=float, default=2, help="seconds per in-process COPY case")
-    parser.add_argument("--sink-driver", choices=("asyncpg", "psycopg"), default=None, help="SINK_DRIVER")
+    parser.add_argument(
+        "--sink-driver", choices=("asyncpg", "psycopg", "hybrid"), default=None, help="SINK_DRIVER"
+    )
     parser.add_argument(
         "--only",
         default="health,noop,ingest,batch,batch-no-ids,naive,copy",
@@ -691,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         "WORKER_IN_PROCESS": "false",
         "RATE_LIMIT_INGEST_PER_MINUTE": "1000000000",
         "RATE_LIMIT_INGEST_PER_HOUR": "1000000000",
-        "SINK_DRIVER": args.sink_driver or os.environ.get("SINK_DRIVER", "asyncpg"),
+        "SINK_DRIVER": args.sink_driver or os.environ.get("SINK_DRIVER", load_settings({}).sink_driver),
     }
     server = Server({**os.environ, **server_env}, args.data_dir / "server.log")
     meta: dict[str, Any] = {

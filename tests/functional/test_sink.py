@@ -12,7 +12,14 @@ import pytest
 from psycopg import AsyncConnection
 
 from app.core.errors import ServiceUnavailableError
-from app.domains.analytics.sink import AsyncpgWriter, PageViewSink, PsycopgWriter, Row, SinkFullError, Writer
+from app.domains.analytics.sink import (
+    AsyncpgWriter,
+    PageViewSink,
+    Row,
+    SinkFullError,
+    Writer,
+    make_writer,
+)
 
 
 def row(site_id: int = 1, event_id: uuid.UUID | None = None, path: str = "/") -> Row:
@@ -63,13 +70,11 @@ class CountingWriter:
         return await self.inner.write(rows)
 
 
-@pytest.fixture(params=["asyncpg", "psycopg"])
+@pytest.fixture(params=["asyncpg", "psycopg", "hybrid"])
 async def writer(
     request: pytest.FixtureRequest, database_url: str, db: AsyncConnection[Any]
 ) -> CountingWriter:
-    inner: Writer = (
-        AsyncpgWriter(database_url, 2) if request.param == "asyncpg" else PsycopgWriter(database_url, 2)
-    )
+    inner: Writer = make_writer(request.param, database_url, 2)
     return CountingWriter(inner)
 
 
