@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import FromPath, QueryParameter
 
-from app.core.db import UnitOfWork
-from app.core.openapi import problems
-from app.domains.accounts.guards import requires_user
-from app.domains.accounts.services import CurrentUser
+from app.core.db import Uow
+from app.core.openapi import BEARER, problems
+from app.domains.accounts.guards import Caller, requires_user
 from app.domains.analytics import sites
 from app.domains.analytics.report_schemas import (
     BreakdownOut,
     CurrentVisitorsOut,
-    Dimension,
     EntryPagesOut,
     Interval,
     Period,
@@ -27,10 +25,8 @@ from app.domains.analytics.report_schemas import (
 )
 from app.domains.analytics.reports import ReportService, resolve_range
 
-BEARER = [{"BearerToken": []}]
 Reports = NamedDependency[ReportService]
-Uow = NamedDependency[UnitOfWork]
-Caller = NamedDependency[CurrentUser]
+Window = NamedDependency[ReportRange]
 
 PeriodParam = Annotated[
     Period,
@@ -65,24 +61,26 @@ RANGE_DOC = (
 )
 
 
+async def provide_window(
+    site_id: FromPath[int],
+    uow: Uow,
+    current_user: Caller,
+    period: PeriodParam = "30d",
+    first: FromParam = None,
+    last: ToParam = None,
+    tz: TzParam = None,
+) -> ReportRange:
+    """The report's period on the site's clock (unless ``tz``), after the owner-or-admin check."""
+    site = await sites.get_site_for(uow, current_user, site_id)
+    return resolve_range(period, first, last, tz or site.timezone)
+
+
 class SiteReportsController(Controller):
     path = "/api/sites/{site_id:int}"
     tags = ["analytics"]
     guards = [requires_user]
     security = BEARER
-
-    @staticmethod
-    async def _range(
-        uow: UnitOfWork,
-        caller: CurrentUser,
-        site_id: int,
-        period: Period,
-        first: str | None,
-        last: str | None,
-        tz: str | None,
-    ) -> ReportRange:
-        site = await sites.get_site_for(uow, caller, site_id)
-        return resolve_range(period, first, last, tz or site.timezone)
+    dependencies = {"window": Provide(provide_window)}
 
     @get(
         "/summary",
@@ -92,19 +90,8 @@ class SiteReportsController(Controller):
         "counts twice." + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def summary(
-        self,
-        site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
-        reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
-    ) -> SummaryOut:
-        rng = await self._range(uow, current_user, site_id, period, first, last, tz)
-        return await reports.summary(site_id, rng)
+    async def summary(self, site_id: FromPath[int], reports: Reports, window: Window) -> SummaryOut:
+        return await reports.summary(site_id, window)
 
     @get(
         "/timeseries",
@@ -116,50 +103,17 @@ class SiteReportsController(Controller):
     async def timeseries(
         self,
         site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
         reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
+        window: Window,
         interval: Annotated[Interval, QueryParameter(description="Bucket size")] = "day",
     ) -> TimeseriesOut:
-        rng = await self._range(uow, current_user, site_id, period, first, last, tz)
-        return await reports.timeseries(site_id, rng, interval)
-
-    async def _breakdown(
-        self,
-        reports: ReportService,
-        uow: UnitOfWork,
-        caller: CurrentUser,
-        site_id: int,
-        dimension: Dimension,
-        period: Period,
-        first: str | None,
-        last: str | None,
-        tz: str | None,
-        limit: int,
-    ) -> BreakdownOut:
-        rng = await self._range(uow, caller, site_id, period, first, last, tz)
-        return await reports.breakdown(site_id, rng, dimension, limit)
+        return await reports.timeseries(site_id, window, interval)
 
     @get("/pages", summary="Top pages by views", description=RANGE_DOC, responses=problems(401, 404, 429))
     async def pages(
-        self,
-        site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
-        reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
-        limit: LimitParam = 10,
+        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
-        return await self._breakdown(
-            reports, uow, current_user, site_id, "path", period, first, last, tz, limit
-        )
+        return await reports.breakdown(site_id, window, "path", limit)
 
     @get(
         "/referrers",
@@ -168,20 +122,9 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def referrers(
-        self,
-        site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
-        reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
-        limit: LimitParam = 10,
+        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
-        return await self._breakdown(
-            reports, uow, current_user, site_id, "referrer_source", period, first, last, tz, limit
-        )
+        return await reports.breakdown(site_id, window, "referrer_source", limit)
 
     @get(
         "/campaigns",
@@ -190,54 +133,21 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def campaigns(
-        self,
-        site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
-        reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
-        limit: LimitParam = 10,
+        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
-        return await self._breakdown(
-            reports, uow, current_user, site_id, "utm_campaign", period, first, last, tz, limit
-        )
+        return await reports.breakdown(site_id, window, "utm_campaign", limit)
 
     @get("/devices", summary="Views by device type", description=RANGE_DOC, responses=problems(401, 404, 429))
     async def devices(
-        self,
-        site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
-        reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
-        limit: LimitParam = 10,
+        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
-        return await self._breakdown(
-            reports, uow, current_user, site_id, "device", period, first, last, tz, limit
-        )
+        return await reports.breakdown(site_id, window, "device", limit)
 
     @get("/browsers", summary="Views by browser", description=RANGE_DOC, responses=problems(401, 404, 429))
     async def browsers(
-        self,
-        site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
-        reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
-        limit: LimitParam = 10,
+        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
-        return await self._breakdown(
-            reports, uow, current_user, site_id, "browser", period, first, last, tz, limit
-        )
+        return await reports.breakdown(site_id, window, "browser", limit)
 
     @get(
         "/entry-pages",
@@ -246,19 +156,9 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def entry_pages(
-        self,
-        site_id: FromPath[int],
-        uow: Uow,
-        current_user: Caller,
-        reports: Reports,
-        period: PeriodParam = "30d",
-        first: FromParam = None,
-        last: ToParam = None,
-        tz: TzParam = None,
-        limit: LimitParam = 10,
+        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
     ) -> EntryPagesOut:
-        rng = await self._range(uow, current_user, site_id, period, first, last, tz)
-        return await reports.entry_pages(site_id, rng, limit)
+        return await reports.entry_pages(site_id, window, limit)
 
     @get(
         "/current-visitors",
