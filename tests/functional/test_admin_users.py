@@ -9,10 +9,8 @@ from typing import Any
 import httpx
 import pytest
 from psycopg import AsyncConnection
-from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.security import Passwords
 from app.db.models import User, UserRole
 from tests.factories import PASSWORD, Client, bearer, create_user, generous_client, login
 
@@ -32,18 +30,6 @@ async def module_client(settings: Settings) -> AsyncIterator[Client]:
     async for client in generous_client(settings):
         client.event_hooks = {"request": [], "response": [never_a_password_hash]}
         yield client
-
-
-@pytest.fixture(scope="module")
-async def password_hash(settings: Settings) -> str:
-    return await Passwords(settings).hash(PASSWORD)
-
-
-@pytest.fixture
-async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey) -> Client:
-    module_client.headers.clear()
-    module_client.cookies.clear()
-    return module_client
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import argon2
-import pytest
 from psycopg import AsyncConnection
-from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.security import Passwords
@@ -20,7 +17,6 @@ from tests.factories import (
     Client,
     bearer,
     create_user,
-    generous_client,
     login,
     unique_email,
 )
@@ -28,29 +24,6 @@ from tests.factories import (
 PROBLEM = "application/problem+json"
 NEW_PASSWORD = "an entirely new passphrase"
 _peers = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-async def module_client(settings: Settings) -> AsyncIterator[Client]:
-    async for client in generous_client(settings):
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def password_hash(settings: Settings) -> str:
-    return await Passwords(settings).hash(PASSWORD)
-
-
-@pytest.fixture
-async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey) -> Client:
-    module_client.headers.clear()
-    module_client.cookies.clear()
-    return module_client
-
-
-@pytest.fixture
-async def member(db: AsyncConnection[Any], password_hash: str) -> User:
-    return await create_user(db, password_hash)
 
 
 def new_peer() -> str:

@@ -6,44 +6,18 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
 import pytest
-from psycopg import AsyncConnection
-from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.security import AccessTokens, Passwords
+from app.core.security import AccessTokens
 from app.db.models import User
-from tests.factories import PASSWORD, Client, bearer, create_user, generous_client, login
+from tests.factories import PASSWORD, Client, bearer, login
 
 PROBLEM = "application/problem+json"
 OTHER_SECRET = "a-completely-different-secret-of-enough-length"
-
-
-@pytest.fixture(scope="module")
-async def module_client(settings: Settings) -> AsyncIterator[Client]:
-    async for client in generous_client(settings):
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def password_hash(settings: Settings) -> str:
-    return await Passwords(settings).hash(PASSWORD)
-
-
-@pytest.fixture
-async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey) -> Client:
-    module_client.headers.clear()
-    module_client.cookies.clear()
-    return module_client
-
-
-@pytest.fixture
-async def member(db: AsyncConnection[Any], password_hash: str) -> User:
-    return await create_user(db, password_hash)
 
 
 def claims(settings: Settings, user: User, **overrides: Any) -> dict[str, Any]:

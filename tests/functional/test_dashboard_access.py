@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
-from valkey.asyncio import Valkey
 
-from app.config import Settings
-from app.core.security import Passwords
 from app.db.models import User, UserRole
-from tests.factories import PASSWORD, Client, basic, bearer, create_user, generous_client, login
+from tests.factories import PASSWORD, Client, basic, bearer, create_user, login
 
 PROBLEM = "application/problem+json"
 PATHS = ["/saq", "/saq/api/queues"]
 NEW_PASSWORD = "the admin's brand new passphrase"
 
 
-@pytest.fixture(scope="module")
-async def module_client(settings: Settings) -> AsyncIterator[Client]:
-    async for client in generous_client(settings):
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def password_hash(settings: Settings) -> str:
-    return await Passwords(settings).hash(PASSWORD)
-
-
-@pytest.fixture
-async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey) -> Client:
-    module_client.headers.clear()
-    module_client.cookies.clear()
-    return module_client
-
-
 @pytest.fixture
 async def admin(db: AsyncConnection[Any], password_hash: str) -> User:
     return await create_user(db, password_hash, role=UserRole.ADMIN)
-
-
-@pytest.fixture
-async def member(db: AsyncConnection[Any], password_hash: str) -> User:
-    return await create_user(db, password_hash)
 
 
 def assert_basic_challenge(response: Any) -> None:
