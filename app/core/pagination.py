@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Sequence
 from typing import Annotated, Generic, TypeVar
 
 import msgspec
@@ -12,6 +13,7 @@ from litestar.params import QueryParameter
 from app.core.errors import AppError
 
 T = TypeVar("T")
+R = TypeVar("R")
 C = TypeVar("C", bound=msgspec.Struct)
 
 MAX_PAGE_SIZE = 100
@@ -33,6 +35,20 @@ class InvalidCursorError(AppError):
 class Page(msgspec.Struct, Generic[T], frozen=True):
     items: list[T]
     next_cursor: str | None = None
+
+
+def paginate(
+    rows: Sequence[R],
+    limit: int,
+    position: Callable[[R], msgspec.Struct],
+    convert: Callable[[R], T] | None = None,
+) -> Page[T]:
+    """A page from the ``limit + 1`` rows a query fetched: the extra row only tells that a next
+    page exists; the cursor is the position of the last row shown."""
+    shown = rows[:limit]
+    items = [convert(row) for row in shown] if convert else list(shown)
+    more = len(rows) > limit
+    return Page(items=items, next_cursor=encode_cursor(position(shown[-1])) if more else None)  # type: ignore[arg-type]
 
 
 def encode_cursor(position: msgspec.Struct) -> str:

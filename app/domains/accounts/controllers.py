@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.db.models import UserRole
 from app.domains.accounts.guards import requires_admin, requires_user
 from app.domains.accounts.schemas import (
@@ -130,11 +130,7 @@ class AdminUsersController(Controller):
     ) -> Page[UserOut]:
         after_id = decode_cursor(cursor, UserCursor).after_id if cursor else 0
         users = await accounts.list_users(role=role, is_active=active, after_id=after_id, limit=limit + 1)
-        items = [UserOut.from_row(user) for user in users[:limit]]
-        more = len(users) > limit
-        return Page(
-            items=items, next_cursor=encode_cursor(UserCursor(after_id=items[-1].id)) if more else None
-        )
+        return paginate(users, limit, lambda user: UserCursor(after_id=user.id), UserOut.from_row)
 
     @patch(
         "/{user_id:int}",

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.db.models import Site
 from app.domains.accounts.guards import Caller, requires_user
 from app.domains.analytics import sites
@@ -68,9 +68,7 @@ class SitesController(Controller):
     ) -> Page[SiteOut]:
         after_id = decode_cursor(cursor, SiteCursor).after_id if cursor else 0
         rows = await sites.list_sites(uow, current_user, after_id=after_id, limit=limit + 1)
-        items = [SiteOut.from_row(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=encode_cursor(SiteCursor(items[-1].id)) if more else None)
+        return paginate(rows, limit, lambda row: SiteCursor(row.id), SiteOut.from_row)
 
     @get("/{site_id:int}", summary="A site", responses=problems(401, 404, 429))
     async def get_site(self, site_id: FromPath[int], uow: Uow, current_user: Caller) -> SiteOut:

@@ -23,7 +23,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from app.config import Settings
 from app.core.db import UnitOfWork
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.domains.accounts.guards import requires_user
 from app.domains.accounts.services import CurrentUser
 from app.domains.files.schemas import FileCursor, FileOut
@@ -75,11 +75,7 @@ class ProjectFilesController(Controller):
     ) -> Page[FileOut]:
         before_id = decode_cursor(cursor, FileCursor).before_id if cursor else None
         rows = await files.list_files(uow, current_user.id, project_id, before_id=before_id, limit=limit + 1)
-        items = [FileOut.from_row(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return Page(
-            items=items, next_cursor=encode_cursor(FileCursor(before_id=items[-1].id)) if more else None
-        )
+        return paginate(rows, limit, lambda row: FileCursor(before_id=row.id), FileOut.from_row)
 
     @post(
         "/",

@@ -11,7 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.db.models import OrderStatus
 from app.domains.accounts.guards import Caller, requires_admin, requires_user
 from app.domains.orders.schemas import OrderCreate, OrderCursor, OrderOut
@@ -72,9 +72,7 @@ class OrdersController(Controller):
         owner = user_id if current_user.is_admin else current_user.id
         before_id = decode_cursor(cursor, OrderCursor).before_id if cursor else MAX_ID
         rows = await orders.list(user_id=owner, status=status, before_id=before_id, limit=limit + 1)
-        items = rows[:limit]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=encode_cursor(OrderCursor(items[-1].id)) if more else None)
+        return paginate(rows, limit, lambda row: OrderCursor(row.id))
 
     @get(
         "/{order_id:int}",

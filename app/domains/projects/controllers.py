@@ -10,7 +10,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.db.models import ProjectRole
 from app.domains.accounts.guards import Caller, requires_user
 from app.domains.projects import services
@@ -45,11 +45,12 @@ class ProjectsController(Controller):
         rows = await services.list_projects(
             uow, current_user.id, archived=archived, after_id=after_id, limit=limit + 1
         )
-        items = [
-            ProjectOut(**{f: getattr(row, f) for f in ProjectOut.__struct_fields__}) for row in rows[:limit]
-        ]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=encode_cursor(ProjectCursor(items[-1].id)) if more else None)
+        return paginate(
+            rows,
+            limit,
+            lambda row: ProjectCursor(row.id),
+            lambda row: ProjectOut(**{f: getattr(row, f) for f in ProjectOut.__struct_fields__}),
+        )
 
     @post(
         "/",
@@ -108,9 +109,7 @@ class MembersController(Controller):
         rows = await services.list_members(
             uow, current_user.id, project_id, after_user_id=after, limit=limit + 1
         )
-        items = rows[:limit]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=encode_cursor(MemberCursor(items[-1].user_id)) if more else None)
+        return paginate(rows, limit, lambda row: MemberCursor(row.user_id))
 
     @post(
         "/",

@@ -11,7 +11,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, encode_cursor
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.db.models import TaskPriority, TaskStatus
 from app.domains.accounts.guards import Caller, requires_user
 from app.domains.tasks import services
@@ -74,11 +74,9 @@ class ProjectTasksController(Controller):
         rows = await services.list_tasks(
             uow, current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit + 1
         )
-        items = rows[:limit]
-        next_cursor = None
-        if len(rows) > limit:
-            next_cursor = encode_cursor(TaskCursor(sort=sort, key=items[-1].sort_key, id=items[-1].id))
-        return Page(items=[TaskOut.from_row(row) for row in items], next_cursor=next_cursor)
+        return paginate(
+            rows, limit, lambda row: TaskCursor(sort=sort, key=row.sort_key, id=row.id), TaskOut.from_row
+        )
 
     @post(
         "/",
@@ -132,9 +130,7 @@ class TasksController(Controller):
     ) -> Page[CommentOut]:
         after_id = decode_cursor(cursor, IdCursor).after_id if cursor else 0
         rows = await services.list_comments(uow, current_user.id, task_id, after_id=after_id, limit=limit + 1)
-        items = rows[:limit]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=encode_cursor(IdCursor(items[-1].id)) if more else None)
+        return paginate(rows, limit, lambda row: IdCursor(row.id))
 
     @post(
         "/comments",
@@ -192,6 +188,4 @@ class MyTasksController(Controller):
         rows = await services.list_my_tasks(
             uow, current_user.id, status=status, after_id=after_id, limit=limit + 1
         )
-        items = [TaskOut.from_row(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=encode_cursor(IdCursor(items[-1].id)) if more else None)
+        return paginate(rows, limit, lambda row: IdCursor(row.id), TaskOut.from_row)
