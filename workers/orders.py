@@ -17,5 +17,11 @@ async def reserve_order(ctx: Context, *, order_id: int, outbox_id: int | None = 
     return status.value if status else None
 
 
+async def reserve_stale_orders(ctx: Context) -> int:
+    """Every 10 s: orders pending for longer than twice the job timeout are reserved directly."""
+    settings = ctx["resources"].settings
+    return await _orders(ctx).reserve_stale(older_than_s=2 * settings.job_timeout_s)
+
+
 async def expire_reservations(ctx: Context) -> int:
     return await _orders(ctx).expire_reservations()

@@ -26,7 +26,7 @@ QUEUE_NAMES = ("orders", "feed", "default")
 TASKS: dict[str, list[Callable[..., Awaitable[object]]]] = {name: [] for name in QUEUE_NAMES}
 TASKS["default"].append(maintenance.purge_outbox)
 TASKS["feed"].append(activity.record_activity)
-TASKS["orders"].extend([orders.reserve_order, orders.expire_reservations])
+TASKS["orders"].extend([orders.reserve_order, orders.expire_reservations, orders.reserve_stale_orders])
 TASKS["default"].extend(
     [analytics.rollup_page_views, analytics.maintain_partitions, analytics.purge_analytics]
 )
@@ -71,7 +71,8 @@ def build_saq_config(
                 cron="* * * * *",
                 timeout=60,
                 retries=settings.job_retries,
-            )
+            ),
+            CronJob(function=orders.reserve_stale_orders, cron="* * * * * */10", timeout=60),
         ],
         "default": [
             CronJob(

@@ -293,3 +293,22 @@ async def stock_ledger(conn: AsyncConnection[Any]) -> list[StockLedgerRow]:
     async with AsyncRawCursor(conn, row_factory=args_row(StockLedgerRow)) as cur:
         await cur.execute(STOCK_LEDGER)
         return await cur.fetchall()
+
+
+LIST_STALE_PENDING_ORDERS = """\
+select id from orders
+where status = 'pending' and created_at < $1
+order by id
+limit $2"""
+
+
+async def list_stale_pending_orders(
+    conn: AsyncConnection[Any],
+    *,
+    created_before: datetime,
+    batch_size: int,
+) -> list[int]:
+    """Orders still pending well after placement: their reservation job was lost or is stuck."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LIST_STALE_PENDING_ORDERS, (created_before, batch_size))
+        return await cur.fetchall()

@@ -91,3 +91,10 @@ join orders o on o.id = oi.order_id
 where o.status in ('reserved', 'paid', 'fulfilled')
 group by oi.product_id
 order by oi.product_id;
+
+-- name: ListStalePendingOrders :many
+-- Orders still pending well after placement: their reservation job was lost or is stuck.
+select id from orders
+where status = 'pending' and created_at < @created_before
+order by id
+limit @batch_size;

@@ -16,9 +16,12 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.db import create_pool
 from app.db import accounts as account_queries
 from app.db import products as product_queries
 from app.db.models import OrderStatus, UserRole
+from app.domains.orders.schemas import OrderCreate, OrderLine
+from app.domains.orders.services import OrderService
 from app.main import create_app
 
 Client = httpx.AsyncClient
@@ -525,3 +528,38 @@ async def test_cancel_and_expiry_are_recorded_in_the_history(
     ]
     listed = (await client.get("/api/orders", headers=buyer.headers)).json()["items"]
     assert all(o["events"] is None for o in listed), "lists carry no history"
+
+
+async def test_orders_left_pending_are_reserved_by_the_reconciliation(
+    app: Litestar, db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """An order whose reservation job was lost is reserved by reserve_stale once it is old enough."""
+    assert settings.database_url
+    pool = create_pool(settings, settings.database_url)
+    await pool.open()
+    try:
+        orders = OrderService(settings, pool)
+        buyer = await account_queries.create_user(
+            db, email="stale@example.com", display_name="S", password_hash="x", role=UserRole.MEMBER
+        )
+        assert buyer is not None
+        product = await (
+            await db.execute(
+                "insert into products (sku, name, price, stock) values ('STALE-1', 'S', 1, 5) returning id"
+            )
+        ).fetchone()
+        assert product is not None
+        lines = OrderCreate(lines=[OrderLine(product_id=product[0], quantity=2)])
+        placed = await orders.place(buyer.id, lines, "stale-1")
+        assert await orders.reserve_stale(older_than_s=3600) == 0, "a fresh order is left to its job"
+        await db.execute(
+            "update orders set created_at = now() - interval '2 hours' where id = %s", (placed.order_id,)
+        )
+        assert await orders.reserve_stale(older_than_s=3600) == 1
+        status = await (
+            await db.execute("select status from orders where id = %s", (placed.order_id,))
+        ).fetchone()
+        assert status == ("reserved",)
+        assert await orders.reserve_stale(older_than_s=3600) == 0
+    finally:
+        await pool.close()

@@ -245,6 +245,24 @@ class OrderService:
             )
             return OrderStatus.RESERVED
 
+    async def reserve_stale(self, older_than_s: float, batch_size: int = 200) -> int:
+        """Reconciliation: reserve orders still pending long after placement.
+
+        The outbox makes the reservation job durable, but a worker killed mid-job leaves it to SAQ's
+        sweeper, and a job that ran out of retries is gone; this makes progress independent of both.
+        ``reserve`` is idempotent, so racing a late job is harmless.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        async with transaction(self.pool) as uow:
+            stale = await queries.list_stale_pending_orders(
+                uow.conn, created_before=cutoff, batch_size=batch_size
+            )
+        for order_id in stale:
+            await self.reserve(order_id)
+        if stale:
+            log.warning("stale_pending_orders_reserved", count=len(stale))
+        return len(stale)
+
     async def expire_reservations(self, batch_size: int = 100) -> int:
         """Expire reservations past their window and give their stock back (cron)."""
         async with transaction(self.pool) as uow:
