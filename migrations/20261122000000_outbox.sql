@@ -6,8 +6,6 @@ create table outbox (
     queue text not null check (queue in ('orders', 'feed', 'default')),
     task text not null check (length(task) between 1 and 200),
     payload jsonb not null default '{}'::jsonb,
-    attempts integer not null default 0,
-    last_error text,
     created_at timestamptz not null default now(),
     published_at timestamptz
 );

@@ -22,7 +22,7 @@ async def insert_outbox(conn: AsyncConnection[Any], *, queue: str, task: str, pa
 
 
 CLAIM_UNPUBLISHED_OUTBOX = """\
-select id, queue, task, payload, attempts
+select id, queue, task, payload
 from outbox
 where published_at is null
 order by id
@@ -35,7 +35,6 @@ class ClaimUnpublishedOutboxRow(msgspec.Struct, frozen=True):
     queue: str
     task: str
     payload: Any
-    attempts: int
 
 
 async def claim_unpublished_outbox(
@@ -59,17 +58,6 @@ async def mark_outbox_published(conn: AsyncConnection[Any], *, ids: list[int]) -
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(MARK_OUTBOX_PUBLISHED, (ids,))
         return cur.rowcount
-
-
-RECORD_OUTBOX_FAILURE = """\
-update outbox
-set attempts = attempts + 1, last_error = $1::text
-where id = any($2::bigint[])"""
-
-
-async def record_outbox_failure(conn: AsyncConnection[Any], *, last_error: str, ids: list[int]) -> None:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(RECORD_OUTBOX_FAILURE, (last_error, ids))
 
 
 COUNT_UNPUBLISHED_OUTBOX = """\

@@ -5,7 +5,7 @@ returning id;
 
 -- name: ClaimUnpublishedOutbox :many
 -- Locks a batch of committed, unpublished rows; concurrent relays skip each other's rows.
-select id, queue, task, payload, attempts
+select id, queue, task, payload
 from outbox
 where published_at is null
 order by id
@@ -15,11 +15,6 @@ for update skip locked;
 -- name: MarkOutboxPublished :execrows
 update outbox
 set published_at = now()
-where id = any(@ids::bigint[]);
-
--- name: RecordOutboxFailure :exec
-update outbox
-set attempts = attempts + 1, last_error = @last_error::text
 where id = any(@ids::bigint[]);
 
 -- name: CountUnpublishedOutbox :one
