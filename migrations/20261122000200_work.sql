@@ -36,17 +36,19 @@ create table tasks (
     created_by bigint not null references users (id),
     updated_by bigint not null references users (id),
     created_at timestamptz not null default now(),
-    updated_at timestamptz not null default now(),
-    search tsvector generated always as (
-        setweight(to_tsvector('simple', title), 'A') || setweight(to_tsvector('simple', description), 'B')
-    ) stored
+    updated_at timestamptz not null default now()
 );
+
+-- The full-text document of a task: one definition for the index and the query that uses it.
+create function task_search_document(title text, description text) returns tsvector
+language sql immutable parallel safe
+return setweight(to_tsvector('simple', title), 'A') || setweight(to_tsvector('simple', description), 'B');
 
 create index tasks_project_id_idx on tasks (project_id, id);
 create index tasks_project_due_idx on tasks (project_id, due_date, id);
 create index tasks_project_updated_idx on tasks (project_id, updated_at, id);
 create index tasks_assignee_idx on tasks (assignee_id, id) where assignee_id is not null;
-create index tasks_search_idx on tasks using gin (search);
+create index tasks_search_idx on tasks using gin (task_search_document(title, description));
 
 create table comments (
     id bigint generated always as identity primary key,
@@ -77,6 +79,7 @@ create index project_files_project_idx on project_files (project_id, id);
 drop table project_files;
 drop table comments;
 drop table tasks;
+drop function task_search_document(text, text);
 drop table project_members;
 drop table projects;
 drop type task_priority;

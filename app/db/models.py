@@ -51,8 +51,6 @@ class Outbox(msgspec.Struct, frozen=True):
     queue: str
     task: str
     payload: Any
-    attempts: int
-    last_error: str | None
     created_at: datetime
     published_at: datetime | None
 
@@ -110,7 +108,6 @@ class Task(msgspec.Struct, frozen=True, gc=False):
     updated_by: int
     created_at: datetime
     updated_at: datetime
-    search: str | None
 
 
 class Comment(msgspec.Struct, frozen=True, gc=False):

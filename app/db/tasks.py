@@ -7,31 +7,14 @@ import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import args_row
 
-from .models import ProjectRole, TaskPriority, TaskStatus
+from .models import ProjectRole, Task, TaskPriority, TaskStatus
 
 
 CREATE_TASK = """\
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
 values ($1, $2, $3, $4, $5, $6, $7,
         coalesce((select max(position) + 1 from tasks where project_id = $1), 0), $8, $8)
-returning id, project_id, title, description, status, priority, assignee_id, due_date, position,
-          created_by, updated_by, created_at, updated_at"""
-
-
-class CreateTaskRow(msgspec.Struct, frozen=True, gc=False):
-    id: int
-    project_id: int
-    title: str
-    description: str
-    status: TaskStatus
-    priority: TaskPriority
-    assignee_id: int | None
-    due_date: date | None
-    position: int
-    created_by: int
-    updated_by: int
-    created_at: datetime
-    updated_at: datetime
+returning id, project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by, created_at, updated_at"""
 
 
 async def create_task(
@@ -45,8 +28,8 @@ async def create_task(
     assignee_id: int | None,
     due_date: date | None,
     created_by: int,
-) -> CreateTaskRow | None:
-    async with AsyncRawCursor(conn, row_factory=args_row(CreateTaskRow)) as cur:
+) -> Task | None:
+    async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(
             CREATE_TASK,
             (project_id, title, description, status, priority, assignee_id, due_date, created_by),
@@ -55,8 +38,7 @@ async def create_task(
 
 
 GET_TASK_WITH_ROLE = """\
-select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date,
-       t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, m.role as my_role
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, m.role as my_role
 from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = $1
 where t.id = $2"""
@@ -103,24 +85,7 @@ set title = coalesce($1, title),
     updated_by = $10,
     updated_at = now()
 where id = $11
-returning id, project_id, title, description, status, priority, assignee_id, due_date, position,
-          created_by, updated_by, created_at, updated_at"""
-
-
-class UpdateTaskRow(msgspec.Struct, frozen=True, gc=False):
-    id: int
-    project_id: int
-    title: str
-    description: str
-    status: TaskStatus
-    priority: TaskPriority
-    assignee_id: int | None
-    due_date: date | None
-    position: int
-    created_by: int
-    updated_by: int
-    created_at: datetime
-    updated_at: datetime
+returning id, project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by, created_at, updated_at"""
 
 
 async def update_task(
@@ -137,8 +102,8 @@ async def update_task(
     position: int | None,
     updated_by: int,
     id: int,
-) -> UpdateTaskRow | None:
-    async with AsyncRawCursor(conn, row_factory=args_row(UpdateTaskRow)) as cur:
+) -> Task | None:
+    async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(
             UPDATE_TASK,
             (
@@ -171,7 +136,7 @@ LIST_PROJECT_TASKS = """\
 select id, project_id, title, description, status, priority, assignee_id, due_date, position,
        created_by, updated_by, created_at, updated_at, sort_key
 from (
-    select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.search,
+    select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at,
            (case $1::text
                 when 'due' then coalesce(t.due_date - date '1970-01-01', 2147483647)::bigint
                 when 'priority' then -array_position(enum_range(null::task_priority), t.priority)::bigint
@@ -185,7 +150,7 @@ from (
       and ($5::bigint is null or t.assignee_id = $5::bigint)
       and ($6::date is null or t.due_date <= $6::date)
       and ($7::date is null or t.due_date >= $7::date)
-      and ($8::text is null or t.search @@ websearch_to_tsquery('simple', $8::text))
+      and ($8::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', $8::text))
 ) s
 where (s.sort_key, s.id) > ($9::bigint, $10::bigint)
 order by s.sort_key, s.id
@@ -249,8 +214,7 @@ async def list_project_tasks(
 
 
 LIST_ASSIGNED_TASKS = """\
-select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date,
-       t.position, t.created_by, t.updated_by, t.created_at, t.updated_at
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at
 from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = $1
 where t.assignee_id = $1
@@ -260,22 +224,6 @@ order by t.id
 limit $4"""
 
 
-class ListAssignedTasksRow(msgspec.Struct, frozen=True, gc=False):
-    id: int
-    project_id: int
-    title: str
-    description: str
-    status: TaskStatus
-    priority: TaskPriority
-    assignee_id: int | None
-    due_date: date | None
-    position: int
-    created_by: int
-    updated_by: int
-    created_at: datetime
-    updated_at: datetime
-
-
 async def list_assigned_tasks(
     conn: AsyncConnection[Any],
     *,
@@ -283,9 +231,9 @@ async def list_assigned_tasks(
     status: TaskStatus | None,
     after_id: int,
     row_limit: int,
-) -> list[ListAssignedTasksRow]:
+) -> list[Task]:
     """Tasks assigned to the caller in projects they are still a member of, keyset by id."""
-    async with AsyncRawCursor(conn, row_factory=args_row(ListAssignedTasksRow)) as cur:
+    async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(LIST_ASSIGNED_TASKS, (user_id, status, after_id, row_limit))
         return await cur.fetchall()
 

@@ -2,13 +2,11 @@
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
 values (@project_id, @title, @description, @status, @priority, sqlc.narg(assignee_id), sqlc.narg(due_date),
         coalesce((select max(position) + 1 from tasks where project_id = @project_id), 0), @created_by, @created_by)
-returning id, project_id, title, description, status, priority, assignee_id, due_date, position,
-          created_by, updated_by, created_at, updated_at;
+returning *;
 
 -- name: GetTaskWithRole :one
 -- The task and the caller's role in its project (no row: not a member, or no such task).
-select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date,
-       t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, m.role as my_role
+select t.*, m.role as my_role
 from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = @user_id
 where t.id = @task_id;
@@ -25,8 +23,7 @@ set title = coalesce(sqlc.narg(title), title),
     updated_by = @updated_by,
     updated_at = now()
 where id = @id
-returning id, project_id, title, description, status, priority, assignee_id, due_date, position,
-          created_by, updated_by, created_at, updated_at;
+returning *;
 
 -- name: DeleteTask :execrows
 delete from tasks where id = @id;
@@ -54,7 +51,7 @@ from (
       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
-      and (sqlc.narg(search)::text is null or t.search @@ websearch_to_tsquery('simple', sqlc.narg(search)::text))
+      and (sqlc.narg(search)::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', sqlc.narg(search)::text))
 ) s
 where (s.sort_key, s.id) > (@after_key::bigint, @after_id::bigint)
 order by s.sort_key, s.id
@@ -62,8 +59,7 @@ limit @row_limit;
 
 -- name: ListAssignedTasks :many
 -- Tasks assigned to the caller in projects they are still a member of, keyset by id.
-select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date,
-       t.position, t.created_by, t.updated_by, t.created_at, t.updated_at
+select t.*
 from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = @user_id
 where t.assignee_id = @user_id

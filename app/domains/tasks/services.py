@@ -8,10 +8,11 @@ import msgspec
 
 from app.core.db import UnitOfWork
 from app.core.errors import ForbiddenError, NotFoundError, UnprocessableError
+from app.core.wire import from_row
 from app.db import comments as comment_queries
 from app.db import projects as project_queries
 from app.db import tasks as queries
-from app.db.models import Comment, ProjectRole, TaskPriority, TaskStatus
+from app.db.models import Comment, ProjectRole, Task, TaskPriority, TaskStatus
 from app.domains.activity.events import emit
 from app.domains.projects.permissions import RANK, require_role
 from app.domains.tasks.schemas import CommentOut, TaskCreate, TaskCursor, TaskSort, TaskUpdate
@@ -33,9 +34,7 @@ async def _require_assignable(uow: UnitOfWork, project_id: int, assignee_id: int
         raise UnprocessableError("The assignee must be a member of the project.")
 
 
-async def create_task(
-    uow: UnitOfWork, actor: int, project_id: int, data: TaskCreate
-) -> queries.CreateTaskRow:
+async def create_task(uow: UnitOfWork, actor: int, project_id: int, data: TaskCreate) -> Task:
     await require_role(uow, actor, project_id, ProjectRole.EDITOR)
     await _require_assignable(uow, project_id, data.assignee_id)
     task = await queries.create_task(
@@ -82,7 +81,7 @@ async def get_task(
     return task
 
 
-async def update_task(uow: UnitOfWork, actor: int, task_id: int, data: TaskUpdate) -> queries.UpdateTaskRow:
+async def update_task(uow: UnitOfWork, actor: int, task_id: int, data: TaskUpdate) -> Task:
     before = await get_task(uow, actor, task_id, ProjectRole.EDITOR)
     set_assignee = data.assignee_id is not msgspec.UNSET
     set_due = data.due_date is not msgspec.UNSET
@@ -184,7 +183,7 @@ async def list_tasks(
 
 async def list_my_tasks(
     uow: UnitOfWork, actor: int, *, status: TaskStatus | None, after_id: int, limit: int
-) -> list[queries.ListAssignedTasksRow]:
+) -> list[Task]:
     return await queries.list_assigned_tasks(
         uow.conn, user_id=actor, status=status, after_id=after_id, row_limit=limit
     )
@@ -198,18 +197,7 @@ async def list_comments(
 ) -> list[CommentOut]:
     await get_task(uow, actor, task_id)
     rows = await comment_queries.list_comments(uow.conn, task_id=task_id, after_id=after_id, row_limit=limit)
-    return [
-        CommentOut(
-            id=row.id,
-            task_id=row.task_id,
-            author_id=row.author_id,
-            body=row.body,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            author_name=row.author_name,
-        )
-        for row in rows
-    ]
+    return [from_row(CommentOut, row) for row in rows]
 
 
 async def add_comment(uow: UnitOfWork, actor: int, task_id: int, body: str) -> Comment:
