@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.wire import from_row
 from app.db.models import User, UserRole
 
 Email = Annotated[
@@ -61,15 +62,7 @@ class UserOut(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_row(cls, user: User) -> UserOut:
-        return cls(
-            id=user.id,
-            email=user.email,
-            display_name=user.display_name,
-            role=user.role,
-            is_active=user.is_active,
-            created_at=user.created_at,
-            updated_at=user.updated_at,
-        )
+        return from_row(cls, user)
 
 
 class TokenPair(msgspec.Struct, frozen=True):

@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.wire import from_row
 from app.db.models import Site
 from app.domains.accounts.guards import Caller, requires_user
 from app.domains.analytics import sites
@@ -40,7 +41,7 @@ class SiteOut(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_row(cls, site: Site) -> SiteOut:
-        return cls(site.id, site.domain, site.ingest_key, site.timezone, site.owner_id, site.created_at)
+        return from_row(cls, site)
 
 
 class SiteCursor(msgspec.Struct, frozen=True):

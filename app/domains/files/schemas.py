@@ -6,6 +6,7 @@ from datetime import datetime
 
 import msgspec
 
+from app.core.wire import from_row
 from app.db.models import ProjectFile
 
 
@@ -21,16 +22,7 @@ class FileOut(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_row(cls, row: ProjectFile) -> FileOut:
-        return cls(
-            id=row.id,
-            project_id=row.project_id,
-            filename=row.filename,
-            content_type=row.content_type,
-            size_bytes=row.size_bytes,
-            sha256=row.sha256,
-            uploaded_by=row.uploaded_by,
-            created_at=row.created_at,
-        )
+        return from_row(cls, row)
 
 
 class FileCursor(msgspec.Struct, frozen=True):

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.wire import from_row
 from app.db.models import Product
 
 Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -67,18 +68,7 @@ class ProductOut(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_row(cls, product: Product, currency: str) -> ProductOut:
-        return cls(
-            id=product.id,
-            sku=product.sku,
-            name=product.name,
-            description=product.description,
-            price=product.price,
-            currency=currency,
-            stock=product.stock,
-            active=product.active,
-            created_at=product.created_at,
-            updated_at=product.updated_at,
-        )
+        return from_row(cls, product, currency=currency)
 
 
 class StockOut(msgspec.Struct, frozen=True):

@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.wire import from_row
 from app.db.models import ProjectRole
 from app.domains.accounts.guards import Caller, requires_user
 from app.domains.projects import services
@@ -49,7 +50,7 @@ class ProjectsController(Controller):
             rows,
             limit,
             lambda row: ProjectCursor(row.id),
-            lambda row: ProjectOut(**{f: getattr(row, f) for f in ProjectOut.__struct_fields__}),
+            lambda row: from_row(ProjectOut, row),
         )
 
     @post(

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.wire import from_row
 from app.db.models import Project, ProjectRole
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
@@ -36,16 +37,7 @@ class ProjectOut(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_row(cls, project: Project, my_role: ProjectRole) -> ProjectOut:
-        return cls(
-            id=project.id,
-            name=project.name,
-            description=project.description,
-            owner_id=project.owner_id,
-            archived=project.archived,
-            my_role=my_role,
-            created_at=project.created_at,
-            updated_at=project.updated_at,
-        )
+        return from_row(cls, project, my_role=my_role)
 
 
 class MemberAdd(msgspec.Struct, forbid_unknown_fields=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.core.db import UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
+from app.core.wire import from_row
 from app.db import accounts as account_queries
 from app.db import projects as queries
 from app.db import tasks as task_queries
@@ -97,16 +98,7 @@ async def list_members(
     rows = await queries.list_members(
         uow.conn, project_id=project_id, after_user_id=after_user_id, row_limit=limit
     )
-    return [
-        MemberOut(
-            user_id=row.user_id,
-            role=row.role,
-            display_name=row.display_name,
-            email=row.email,
-            added_at=row.added_at,
-        )
-        for row in rows
-    ]
+    return [from_row(MemberOut, row) for row in rows]
 
 
 async def add_member(uow: UnitOfWork, actor: int, project_id: int, data: MemberAdd) -> MemberOut:

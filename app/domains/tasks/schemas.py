@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.core.wire import from_row
 from app.db.models import Comment, TaskPriority, TaskStatus
 
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=300, pattern=r"\S")]
@@ -54,7 +55,7 @@ class TaskOut(msgspec.Struct, frozen=True):
     @classmethod
     def from_row(cls, row: Any) -> TaskOut:
         """From any generated task row (they share these columns)."""
-        return cls(**{field: getattr(row, field) for field in cls.__struct_fields__})
+        return from_row(cls, row)
 
 
 class TaskCursor(msgspec.Struct, frozen=True):
@@ -78,15 +79,7 @@ class CommentOut(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_row(cls, row: Comment, author_name: str | None = None) -> CommentOut:
-        return cls(
-            id=row.id,
-            task_id=row.task_id,
-            author_id=row.author_id,
-            body=row.body,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            author_name=author_name,
-        )
+        return from_row(cls, row, author_name=author_name)
 
 
 class IdCursor(msgspec.Struct, frozen=True):
