@@ -111,7 +111,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         max_wait_s=settings.sink_max_wait_ms / 1000,
         flushers=settings.sink_flushers,
     )
-    services["ingest"] = Ingest(
+    # The ingest handlers read it from app.state directly: no dependency injection on the hot path.
+    ingest = Ingest(
         sink, SiteKeys(pool), DailySalt(pool), LocalRateLimiter(settings.rate_limit_ingest_per_minute)
     )
 
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "db_pool": pool,
                 "valkey": valkey,
                 "health_queue": queues["default"],
+                "ingest": ingest,
                 **services,
             }
         ),
