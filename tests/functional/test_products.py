@@ -378,8 +378,8 @@ async def test_a_blank_name_is_a_validation_error(
 async def test_the_cache_is_invalidated_after_the_change_commits(
     client: Client, app: Litestar, db: AsyncConnection[Any], settings: Settings
 ) -> None:
-    """While an update waits (here: on a row lock held elsewhere) readers see the committed row;
-    the moment it commits, the next read sees the change, not a value cached meanwhile.
+    """A reader that caches the old row while an update is in flight (here: waiting on a row lock
+    held elsewhere) does not hide the change: the next read after the commit sees it.
 
     The update runs through a second ProductService on the same database and Valkey (the test
     client serves the app on its own event loop), like another worker process would.
