@@ -12,118 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import secrets
 import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 from psycopg import AsyncConnection
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.served import ServerProcess
+
 CONCURRENCY = 64
 ACKS_BEFORE_KILL = 400
 LOAD_DEADLINE_S = 15.0
-READY_TIMEOUT_S = 45.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """granian in its own session, so ``killpg`` reaches the workers as well as the main process."""
-
-    def __init__(self, database_url: str, valkey_url: str, data_dir: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "APP_ENV": "test",
-            "DATABASE_URL": database_url,
-            "VALKEY_URL": valkey_url,
-            "DATA_DIR": str(data_dir),
-            "LOG_LEVEL": "WARNING",
-            "WORKER_IN_PROCESS": "false",
-            "RATE_LIMIT_INGEST_PER_MINUTE": "100000000",
-            "DATABASE_POOL_MIN": "1",
-            "DATABASE_POOL_MAX": "4",
-        }
-        self.log_path = data_dir / f"server-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "granian",
-                "--interface",
-                "asgi",
-                "--factory",
-                "app.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "2",
-                "--loop",
-                "auto",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    async def wait_ready(self, client: httpx.AsyncClient) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{self.base}/health/ready", timeout=2)).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-        pytest.fail(f"the server was not ready within {READY_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-
-    def kill(self, sig: signal.Signals = signal.SIGKILL, timeout_s: float = 10.0) -> None:
-        """Signal the whole process group; SIGKILL whatever is left after ``timeout_s``."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # workers outliving the main process
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+INGEST_UNLIMITED = {"RATE_LIMIT_INGEST_PER_MINUTE": "100000000"}
 
 
 @pytest.fixture
@@ -188,7 +94,7 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_view_and_retries_stor
     tmp_path: Path,
 ) -> None:
     site_id, key = await create_site(db)
-    first = ServerProcess(database_url, valkey_url, tmp_path)
+    first = ServerProcess(database_url, valkey_url, tmp_path, env=INGEST_UNLIMITED)
     servers.append(first)
     first.start()
     await first.wait_ready(http)
@@ -241,7 +147,7 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_view_and_retries_stor
     assert counts.keys() <= acknowledged | unacknowledged
 
     # Retries after a restart: a sample of both kinds, each sent twice at once.
-    second = ServerProcess(database_url, valkey_url, tmp_path)
+    second = ServerProcess(database_url, valkey_url, tmp_path, env=INGEST_UNLIMITED)
     servers.append(second)
     second.start()
     await second.wait_ready(http)
