@@ -6,51 +6,15 @@ import base64
 import binascii
 import hashlib
 import time
-from typing import Any
 
-from litestar import Request
-from litestar.connection import ASGIConnection
-from litestar.di import NamedDependency
 from litestar.handlers import BaseRouteHandler
 
+from app.core.auth import Caller, Connection, caller_of, provide_current_user, requires_admin, requires_user
 from app.core.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from app.db.models import UserRole
-from app.domains.accounts.services import AccountService, CurrentUser
+from app.domains.accounts.services import AccountService
 
-Connection = ASGIConnection[Any, Any, Any, Any]
-Caller = NamedDependency[CurrentUser]
-"""A handler parameter ``current_user: Caller`` receives the authenticated caller (401 without one)."""
-
-
-def _login_required() -> UnauthorizedError:
-    return UnauthorizedError(
-        "Log in and send the access token as `Authorization: Bearer <token>`.",
-        headers={"WWW-Authenticate": 'Bearer realm="api"'},
-    )
-
-
-def _caller(connection: Connection) -> CurrentUser | None:
-    return connection.scope.get("user")  # type: ignore[return-value]
-
-
-def requires_user(connection: Connection, _: BaseRouteHandler) -> None:
-    if _caller(connection) is None:
-        raise _login_required()
-
-
-def requires_admin(connection: Connection, _: BaseRouteHandler) -> None:
-    caller = _caller(connection)
-    if caller is None:
-        raise _login_required()
-    if not caller.is_admin:
-        raise ForbiddenError("Administrators only.")
-
-
-async def provide_current_user(request: Request[Any, Any, Any]) -> CurrentUser:
-    caller = _caller(request)
-    if caller is None:
-        raise _login_required()
-    return caller
+__all__ = ["Caller", "provide_current_user", "requires_admin", "requires_dashboard_admin", "requires_user"]
 
 
 # Browsers re-send Basic credentials with every request the dashboard makes; a verified header is
@@ -65,7 +29,7 @@ async def requires_dashboard_admin(connection: Connection, _: BaseRouteHandler) 
 
     Anonymous → 401 with a Basic challenge (so a browser asks for credentials); member → 403.
     """
-    caller = _caller(connection)
+    caller = caller_of(connection)
     if caller is not None:
         if not caller.is_admin:
             raise ForbiddenError("The job dashboard is for administrators.")

@@ -11,7 +11,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -20,6 +19,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.config import Settings
+from app.core.auth import CurrentUser
 from app.core.db import transaction
 from app.core.errors import (
     ConflictError,
@@ -44,19 +44,6 @@ log = structlog.get_logger("app.accounts")
 VALKEY_ERRORS = (ValkeyConnectionError, ValkeyTimeoutError, OSError)
 NO_FAMILY = uuid.UUID(int=0)
 BAD_CREDENTIALS = "Invalid email or password."
-
-
-class CurrentUser(msgspec.Struct, frozen=True):
-    """The authenticated caller, from a verified access token."""
-
-    id: int
-    role: UserRole
-    family_id: uuid.UUID
-    token_id: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == UserRole.ADMIN
 
 
 def _bearer_failure(detail: str) -> UnauthorizedError:

@@ -1,0 +1,66 @@
+"""What a domain contributes to the application: one ``Module`` per domain, listed in ``app/modules.py``.
+
+The application, the worker process and the CLI are all assembled from that list, so adding a domain
+is one new folder and one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from litestar.types import ControllerRouterHandler
+
+from app.config import Settings
+
+if TYPE_CHECKING:
+    from app.core.services import Services
+
+QueueName = Literal["orders", "feed", "default"]
+QUEUE_NAMES: tuple[QueueName, ...] = get_args(QueueName)
+
+JobFunction = Callable[..., Awaitable[Any]]
+Seeder = Callable[["Services"], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A SAQ job of the domain: ``function(ctx, **payload)``, on ``queue``."""
+
+    function: JobFunction
+    queue: QueueName = "default"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cron:
+    """A scheduled job: ``function(ctx)`` on ``queue`` at ``schedule`` (crontab, seconds optional)."""
+
+    function: JobFunction
+    schedule: str
+    queue: QueueName = "default"
+    timeout_s: int = 60
+    retries: int | None = None  # None: the settings' JOB_RETRIES
+    max_runtime_s: int | None = None  # for the cron monitor; default: timeout_s
+
+
+def _always(_: Settings) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Module:
+    """A domain as the application sees it.
+
+    ``service`` builds the domain's service once per process from the registry (which already holds
+    the services of the modules listed before this one); Litestar injects it into handlers under the
+    module's ``name``.
+    """
+
+    name: str
+    controllers: Sequence[ControllerRouterHandler] = ()
+    service: Callable[[Services], object] | None = None
+    jobs: Sequence[Job] = ()
+    cron: Sequence[Cron] = ()
+    seed: Seeder | None = None
+    enabled: Callable[[Settings], bool] = field(default=_always)

@@ -1,0 +1,110 @@
+"""The service registry: the one way to obtain a domain service in handlers, jobs, the CLI and tests.
+
+A process builds one ``Services`` from the settings and the module list: the pool, the Valkey client
+and every domain's service, each built once (in module order, so a service can take the ones listed
+before it). Handlers receive a service by the module's name (``orders: OrderService``); everything
+else asks the registry by type (``services[OrderService]``).
+
+``start``/``close`` are reference counted: the web app's lifespan and its in-process SAQ workers share
+one registry, and whichever starts first opens the pool, whichever stops last closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
+
+from litestar.di import Provide
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.cache import Cache
+from app.core.db import Database, UnitOfWork, create_pool
+from app.core.modules import Module
+from app.core.valkey import create_valkey
+
+T = TypeVar("T")
+
+
+class Services:
+    def __init__(self, settings: Settings, modules: Sequence[Module]) -> None:
+        assert settings.database_url and settings.valkey_url, "resolve the service URLs first"
+        self.settings = settings
+        self.modules = tuple(module for module in modules if module.enabled(settings))
+        self.db = Database(create_pool(settings, settings.database_url))
+        self.valkey: Valkey = create_valkey(settings, settings.valkey_url)
+        self.cache = Cache(self.valkey, warn_interval_s=settings.rate_limit_warn_interval_s)
+        self._by_type: dict[type[Any], object] = {}
+        self._by_name: dict[str, object] = {}
+        for module in self.modules:
+            if module.service is not None:
+                service = module.service(self)
+                self._by_type[type(service)] = service
+                self._by_name[module.name] = service
+        self._users = 0
+        self._lock = asyncio.Lock()
+
+    def __getitem__(self, kind: type[T]) -> T:
+        try:
+            service = self._by_type[kind]
+        except KeyError:
+            raise LookupError(
+                f"{kind.__name__} is not registered (is its module listed and enabled?)"
+            ) from None
+        assert isinstance(service, kind)
+        return service
+
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A transaction for callers outside any service (jobs that compose services, tests)."""
+        return self.db.transaction()
+
+    def dependencies(self) -> dict[str, Provide]:
+        """Litestar dependencies: each service under its module's name."""
+        return {
+            name: Provide(_constant(service), sync_to_thread=False) for name, service in self._by_name.items()
+        }
+
+    async def start(self) -> None:
+        """Open the pool and start the services that have a ``start`` (the first caller does)."""
+        async with self._lock:
+            self._users += 1
+            if self._users > 1:
+                return
+            await self.db.pool.open(wait=False)
+            for service in self._by_name.values():
+                start = getattr(service, "start", None)
+                if start is not None:
+                    await start()
+
+    async def close(self) -> None:
+        """Close what ``start`` opened, in reverse order (the last caller does)."""
+        async with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            for service in reversed(list(self._by_name.values())):
+                close = getattr(service, "close", None)
+                if close is not None:
+                    await close()
+            await self.db.pool.close()
+            await self.valkey.aclose()
+
+
+def _constant(value: object) -> Any:
+    def provide() -> object:
+        return value
+
+    return provide
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, modules: Sequence[Module]) -> AsyncIterator[Services]:
+    """``async with open_services(settings, MODULES) as services:`` for the CLI, scripts and tests."""
+    services = Services(settings, modules)
+    await services.start()
+    try:
+        yield services
+    finally:
+        await services.close()
