@@ -1,8 +1,12 @@
-"""Process-wide resources shared by every queue's worker in one process."""
+"""Process-wide resources shared by every queue's worker in one process.
+
+A worker's jobs obtain domain services from the process's ``Services`` registry: ``services_of(ctx)``.
+In the web process (in-process workers) that is the app's own registry; in ``python -m workers`` the
+first queue's worker that starts builds one, and the last one that stops closes it.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,62 +17,70 @@ from saq.types import Context
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.db import create_pool
-from app.core.valkey import create_valkey
+from app.core.services import Services
 
 log = structlog.get_logger("workers")
 
 
 class WorkerResources:
-    """The pool and Valkey client of a worker process, opened by the first queue's worker that
-    starts and closed by the last one that stops."""
+    """The ``Services`` of a worker process (or of the web process its workers run in)."""
 
-    def __init__(self) -> None:
-        self.settings: Settings | None = None
-        self.pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
-        self.valkey: Valkey | None = None
-        self._users = 0
-        self._lock = asyncio.Lock()
+    def __init__(self, services: Services | None = None) -> None:
+        self.services = services
+
+    @property
+    def settings(self) -> Settings:
+        assert self.services is not None
+        return self.services.settings
+
+    @property
+    def pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        assert self.services is not None
+        return self.services.db.pool
+
+    @property
+    def valkey(self) -> Valkey:
+        assert self.services is not None
+        return self.services.valkey
 
     async def acquire(self, settings: Settings) -> None:
-        async with self._lock:
-            if self._users == 0:
-                assert settings.database_url and settings.valkey_url, "service URLs are resolved first"
-                self.settings = settings
-                self.pool = create_pool(settings, settings.database_url)
-                await self.pool.open(wait=False)
-                self.valkey = create_valkey(settings, settings.valkey_url)
-            self._users += 1
+        if self.services is None:
+            from app.modules import MODULES
+
+            self.services = Services(settings, MODULES)
+        await self.services.start()
 
     async def release(self) -> None:
-        async with self._lock:
-            self._users -= 1
-            if self._users == 0:
-                if self.pool is not None:
-                    await self.pool.close()
-                if self.valkey is not None:
-                    await self.valkey.aclose()
-                self.pool = self.valkey = None
+        assert self.services is not None
+        await self.services.close()
 
 
 resources = WorkerResources()
 
 
 def pool_of(ctx: Context) -> AsyncConnectionPool[AsyncConnection[Any]]:
-    pool = ctx["resources"].pool
-    assert pool is not None
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = ctx["resources"].pool  # type: ignore[typeddict-item]
     return pool
 
 
-def startup_with(settings: Settings) -> Callable[[Context], Awaitable[None]]:
-    """Startup hook of every queue's worker: share the process's pool and Valkey client."""
+def services_of(ctx: Context) -> Services:
+    """The domain services of the process running this job: ``services_of(ctx)[OrderService]``."""
+    services: Services | None = ctx["resources"].services  # type: ignore[typeddict-item]
+    assert services is not None, "the worker's startup hook runs first"
+    return services
+
+
+def startup_with(
+    settings: Settings, services: Services | None = None
+) -> tuple[Callable[[Context], Awaitable[None]], Callable[[Context], Awaitable[None]]]:
+    """Startup and shutdown hooks of every queue's worker: share one ``Services`` per process."""
+    shared = WorkerResources(services) if services is not None else resources
 
     async def startup(ctx: Context) -> None:
-        await resources.acquire(settings)
-        ctx["resources"] = resources  # type: ignore[typeddict-unknown-key]
+        await shared.acquire(settings)
+        ctx["resources"] = shared  # type: ignore[typeddict-unknown-key]
 
-    return startup
+    async def shutdown(ctx: Context) -> None:
+        await shared.release()
 
-
-async def shutdown(ctx: Context) -> None:
-    await resources.release()
+    return startup, shutdown

@@ -17,10 +17,10 @@ from saq.queue.redis import RedisQueue
 from saq.types import Context
 
 from app.config import Settings
+from app.core.modules import QUEUE_NAMES, Module
+from app.core.services import Services
 from workers import activity, analytics, context, maintenance, orders
 from workers.relay import OutboxRelay
-
-QUEUE_NAMES = ("orders", "feed", "default")
 
 # Domains add their task functions here: {"orders": [reserve_order, ...], ...}.
 TASKS: dict[str, list[Callable[..., Awaitable[object]]]] = {name: [] for name in QUEUE_NAMES}
@@ -53,18 +53,36 @@ def _relay_hooks(queues: dict[str, Queue]) -> tuple[Callable[[Context], Awaitabl
     return start_relay, stop_relay
 
 
+def _enabled_modules(settings: Settings) -> tuple[Module, ...]:
+    from app.modules import MODULES
+
+    return tuple(module for module in MODULES if module.enabled(settings))
+
+
 def build_saq_config(
-    settings: Settings,
+    settings_or_services: Settings | Services,
     valkey_url: str,
     *,
     run_workers_in_process: bool,
     web_guards: list[Guard] | None = None,
 ) -> SAQConfig:
-    """Queue definitions with the project's task defaults: retries, timeouts, graceful shutdown."""
+    """Queue definitions with the project's task defaults: retries, timeouts, graceful shutdown.
+
+    Given the web app's ``Services``, in-process workers share them; given only settings, the worker
+    process builds its own registry when its first queue starts.
+    """
+    services = settings_or_services if isinstance(settings_or_services, Services) else None
+    settings = services.settings if services is not None else settings_or_services
+    assert isinstance(settings, Settings)
     queues = build_queues(valkey_url)
     start_relay, stop_relay = _relay_hooks(queues)
-    startup = context.startup_with(settings)
-    cron = {
+    startup, shutdown = context.startup_with(settings, services)
+    modules = services.modules if services is not None else _enabled_modules(settings)
+    tasks = {name: list(TASKS[name]) for name in QUEUE_NAMES}
+    for module in modules:
+        for job in module.jobs:
+            tasks[job.queue].append(job.function)
+    cron: dict[str, list[CronJob]] = {
         "orders": [
             CronJob(
                 function=orders.expire_reservations,
@@ -101,15 +119,25 @@ def build_saq_config(
             ),
         ],
     }
+    for module in modules:
+        for scheduled in module.cron:
+            cron.setdefault(scheduled.queue, []).append(
+                CronJob(
+                    function=scheduled.function,
+                    cron=scheduled.schedule,
+                    timeout=scheduled.timeout_s,
+                    retries=scheduled.retries if scheduled.retries is not None else settings.job_retries,
+                )
+            )
     configs = [
         QueueConfig(
             broker_instance=queues[name].redis,  # type: ignore[attr-defined]
             name=name,
-            tasks=TASKS[name],
+            tasks=tasks[name],
             scheduled_tasks=cron.get(name, []),
             concurrency=settings.worker_concurrency,
             startup=[startup, start_relay] if name == "default" else [startup],
-            shutdown=[stop_relay, context.shutdown] if name == "default" else [context.shutdown],
+            shutdown=[stop_relay, shutdown] if name == "default" else [shutdown],
             separate_process=not run_workers_in_process,
             shutdown_grace_period_s=settings.worker_shutdown_grace_s,
             timers={"sweep": 10, "abort": 5, "stats": 10, "schedule": 1},
