@@ -21,6 +21,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.cache import Cache
+from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork, create_pool
 from app.core.modules import Module
 from app.core.valkey import create_valkey
@@ -36,6 +37,7 @@ class Services:
         self.db = Database(create_pool(settings, settings.database_url))
         self.valkey: Valkey = create_valkey(settings, settings.valkey_url)
         self.cache = Cache(self.valkey, warn_interval_s=settings.rate_limit_warn_interval_s)
+        self.broadcaster = Broadcaster(settings.valkey_url)
         self._by_type: dict[type[Any], object] = {}
         self._by_name: dict[str, object] = {}
         for module in self.modules:
@@ -90,6 +92,7 @@ class Services:
                     await close()
             await self.db.pool.close()
             await self.valkey.aclose()
+            await self.broadcaster.close()
 
 
 def _constant(value: object) -> Any:
