@@ -1,6 +1,7 @@
 """Process-wide resources shared by every queue's worker in one process.
 
-A worker's jobs obtain domain services from the process's ``Services`` registry: ``services_of(ctx)``.
+A worker's jobs obtain domain services from the process's ``Services`` registry:
+``app.core.services.services_of(ctx)``.
 In the web process (in-process workers) that is the app's own registry; in ``python -m workers`` the
 first queue's worker that starts builds one, and the last one that stops closes it.
 """
@@ -63,13 +64,6 @@ def pool_of(ctx: Context) -> AsyncConnectionPool[AsyncConnection[Any]]:
     return pool
 
 
-def services_of(ctx: Context) -> Services:
-    """The domain services of the process running this job: ``services_of(ctx)[OrderService]``."""
-    services: Services | None = ctx["resources"].services  # type: ignore[typeddict-item]
-    assert services is not None, "the worker's startup hook runs first"
-    return services
-
-
 def startup_with(
     settings: Settings, services: Services | None = None
 ) -> tuple[Callable[[Context], Awaitable[None]], Callable[[Context], Awaitable[None]]]:
@@ -79,6 +73,7 @@ def startup_with(
     async def startup(ctx: Context) -> None:
         await shared.acquire(settings)
         ctx["resources"] = shared  # type: ignore[typeddict-unknown-key]
+        ctx["services"] = shared.services  # type: ignore[typeddict-unknown-key]
 
     async def shutdown(ctx: Context) -> None:
         await shared.release()

@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from litestar.di import Provide
+from saq.types import Context
 from valkey.asyncio import Valkey
 
 from app.config import Settings
@@ -111,3 +112,9 @@ async def open_services(settings: Settings, modules: Sequence[Module]) -> AsyncI
         yield services
     finally:
         await services.close()
+
+
+def services_of(ctx: Context) -> Services:
+    """The registry of the process running a SAQ job: ``services_of(ctx)[OrderService]``."""
+    services: Services = ctx["services"]  # type: ignore[typeddict-item]
+    return services
