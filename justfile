@@ -8,12 +8,13 @@ default:
     @just --list
 
 # start everything (embedded PostgreSQL and Valkey unless DATABASE_URL / VALKEY_URL are set)
+# (exec: a SIGTERM that just forwards must reach the launcher, not only the recipe's shell)
 serve:
-    python -m app.cli serve
+    exec python -m app.cli serve
 
 # run the SAQ workers and the outbox relay as their own process (production layout)
 worker:
-    python -m app.cli worker
+    exec python -m app.cli worker
 
 # the whole test suite against real PostgreSQL and Valkey (embedded by default)
 test *ARGS:
@@ -48,4 +49,4 @@ seed:
 
 # load-test harness: prints a table, saves JSON/Markdown/PNG under benchmarks/results/
 bench *ARGS:
-    python -m benchmarks.run {{ARGS}}
+    exec python -m benchmarks.run {{ARGS}}

@@ -1,7 +1,7 @@
 -- Shared by the scenario scripts: page-view bodies with unique event ids, and a done() hook that
--- prints wrk's summary as one JSON line prefixed with "BENCH_JSON " for benchmarks/run.py.
+-- prints wrk's summary as one JSON line prefixed with "BENCH_JSON " for benchmarks/harness/wrk.py.
 --
--- Environment: SITE_KEY (ingest key), RUN_ID (8 hex digits, unique per run), BATCH_SIZE (views
+-- Environment: SITE_KEY (ingest key), RUN_ID (8 hex digits, unique per wrk run), BATCH_SIZE (views
 -- per batch request), EVENT_IDS ("0" to send views without event ids).
 
 local site_key = os.getenv("SITE_KEY") or "missing-site-key-0000"

@@ -1,0 +1,187 @@
+"""The OpenAPI UI, served entirely by the app: Swagger UI from the installed ``swagger_ui_bundle``.
+
+Litestar's render plugins load Scalar (``@latest``) and Swagger UI from a CDN and inline their
+initialiser: blank without internet, and impossible under a strict Content-Security-Policy. Here
+every asset comes from this origin:
+
+- ``/schema`` and ``/schema/swagger``: one small HTML page, no inline script;
+- ``/schema/assets/swagger-ui-<version>/...``: the files the page uses, straight from the installed
+  package, cached for a year (the path changes with the package's version);
+- ``/schema/assets/swagger-init-<hash>.js``: the initialiser (the path changes with its content).
+
+Every response under the docs router carries ``DOCS_CSP``; the browser tests hold the page to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import html
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Router, get
+from litestar.datastructures import CacheControlHeader, ResponseHeader
+from litestar.exceptions import NotFoundException
+from litestar.openapi.plugins import OpenAPIRenderPlugin
+from litestar.params import FromPath
+from litestar.response import File, Response
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+__all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "SwaggerUI", "accepts_gzip", "docs_router")
+
+SWAGGER_UI_DIR = Path(str(swagger_ui_path))
+"""The installed Swagger UI files; the folder's name carries the version (``swagger-ui-5.31.0``)."""
+
+DOCS_CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",  # Swagger UI sets style attributes from its markup
+        "img-src 'self' data:",  # its icons are data: URIs
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+_SWAGGER_UI_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui-bundle.js.map": "application/json",
+    "swagger-ui.css": "text/css",
+    "swagger-ui.css.map": "application/json",
+    "favicon-32x32.png": "image/png",
+}
+_IMMUTABLE = CacheControlHeader(public=True, max_age=365 * 24 * 3600, immutable=True)
+
+# Loads the spec by URL (not inlined into the page), never calls the online validator, and
+# ignores ?url= / ?configUrl= in the address bar (Swagger UI's queryConfigEnabled is off by default).
+_INIT_JS = b"""\
+"use strict";
+(function () {
+  var root = document.getElementById("swagger-ui");
+  window.ui = SwaggerUIBundle({
+    url: root.dataset.specUrl,
+    domNode: root,
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout",
+  });
+})();
+"""
+_INIT_NAME = f"swagger-init-{hashlib.sha256(_INIT_JS).hexdigest()[:12]}.js"
+
+
+_VARY = {"Vary": "Accept-Encoding"}
+_GZIPPED: dict[str, bytes] = {}
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip, by name or by ``*`` (``q=0`` refuses)."""
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        qualities[coding.lower()] = quality
+    return qualities.get("gzip", qualities.get("*", 0.0)) > 0
+
+
+async def _gzipped(name: str) -> bytes:
+    """The file gzipped, once per process (two concurrent first requests may both compress it)."""
+    if name not in _GZIPPED:
+        data = await asyncio.to_thread((SWAGGER_UI_DIR / name).read_bytes)
+        _GZIPPED[name] = await asyncio.to_thread(gzip.compress, data, 9, mtime=0)
+    return _GZIPPED[name]
+
+
+def docs_router(path: str = "/schema") -> Router:
+    """The router for ``OpenAPIConfig(openapi_router=...)``: the docs' paths, all under ``DOCS_CSP``.
+
+    A new one per app (a router belongs to one application).
+    """
+    return Router(
+        path,
+        route_handlers=[],
+        include_in_schema=False,
+        response_headers=[
+            ResponseHeader(name="Content-Security-Policy", value=DOCS_CSP),
+            ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+            ResponseHeader(name="Referrer-Policy", value="no-referrer"),
+        ],
+    )
+
+
+class SwaggerUI(OpenAPIRenderPlugin):
+    """Swagger UI from the app's own origin, at ``/swagger`` (and ``/`` when it is the only UI)."""
+
+    def __init__(self, *, path: str | list[str] = "/swagger") -> None:
+        super().__init__(path=path, favicon="", style="")
+        self._assets = "/assets"
+
+    def receive_router(self, router: Router) -> None:
+        self._assets = f"{router.path.rstrip('/')}/assets"
+
+        @get(
+            f"/assets/{_INIT_NAME}",
+            media_type="text/javascript",
+            cache_control=_IMMUTABLE,
+            sync_to_thread=False,
+        )
+        def swagger_init() -> bytes:
+            return _INIT_JS
+
+        @get(f"/assets/{SWAGGER_UI_DIR.name}/{{name:str}}", cache_control=_IMMUTABLE)
+        async def swagger_ui_asset(
+            name: FromPath[str], request: Request[Any, Any, Any]
+        ) -> File | Response[bytes]:
+            # Only what the page uses: the package also holds Swagger UI's demo page, which loads
+            # a spec from the internet.
+            if name not in _SWAGGER_UI_FILES:
+                raise NotFoundException(f"No such Swagger UI asset: {name}")
+            media_type = _SWAGGER_UI_FILES[name]
+            if not accepts_gzip(request.headers.get("accept-encoding", "")):
+                return File(
+                    SWAGGER_UI_DIR / name,
+                    filename=name,
+                    media_type=media_type,
+                    content_disposition_type="inline",
+                    headers=_VARY,
+                )
+            # Sent as is (the compression layer passes encoded responses through): compressing the
+            # 1.5 MB bundle for every request would cost ~150 ms of CPU each time.
+            body = await _gzipped(name)
+            return Response(body, media_type=media_type, headers={**_VARY, "Content-Encoding": "gzip"})
+
+        router.register(swagger_init)
+        router.register(swagger_ui_asset)
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        title = html.escape(str(openapi_schema["info"]["title"]))
+        spec_url = html.escape(self.get_openapi_json_route(request))
+        vendor = f"{self._assets}/{SWAGGER_UI_DIR.name}"
+        return f"""<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="utf-8">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <title>{title}</title>
+    <link rel="icon" type="image/png" href="{vendor}/favicon-32x32.png">
+    <link rel="stylesheet" href="{vendor}/swagger-ui.css">
+    <script src="{vendor}/swagger-ui-bundle.js" defer></script>
+    <script src="{self._assets}/{_INIT_NAME}" defer></script>
+  </head>
+  <body>
+    <div id="swagger-ui" data-spec-url="{spec_url}"></div>
+  </body>
+</html>
+""".encode()

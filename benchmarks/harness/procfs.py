@@ -1,0 +1,109 @@
+"""CPU time and resident memory of processes, read from ``/proc`` (Linux only).
+
+CPU per request is robust to other work sharing the machine, where rates are not; memory per worker
+shows whether a long run grows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name: [0] state, [1] ppid, [2] pgrp,
+    [11] utime, [12] stime (clock ticks)."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _pids() -> list[int]:
+    if not PROC.exists():
+        return []
+    return [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``, oldest first."""
+    found = []
+    for candidate in _pids():
+        fields = _stat(candidate)
+        if fields is not None and int(fields[1]) == pid:
+            found.append((int(fields[19]) if len(fields) > 19 else 0, candidate))  # [19] start time
+    return [child for _, child in sorted(found)]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The embedded PostgreSQL's main process (its backends are its children)."""
+    try:
+        return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU seconds spent by one process group (a server under test, started in its own session)
+    and by PostgreSQL (the postmaster's children)."""
+
+    def __init__(self, server_pgid: int, postmaster: int | None) -> None:
+        self.server_pgid = server_pgid
+        self.postmaster = postmaster
+
+    def sample(self) -> dict[str, float]:
+        totals = {"server": 0.0, "postgres": 0.0}
+        for pid in _pids():
+            fields = _stat(pid)
+            if fields is None:
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            if int(fields[2]) == self.server_pgid:
+                totals["server"] += seconds
+            elif self.postmaster and int(fields[1]) == self.postmaster:
+                totals["postgres"] += seconds
+        return totals
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Resident memory of one process in KiB: ``rss`` as ``ps`` shows it, ``uss`` the private part
+    (what the process would give back if it exited; pages shared with the parent after fork excluded)."""
+
+    pid: int
+    rss_kib: int
+    uss_kib: int
+
+    @property
+    def rss_mib(self) -> float:
+        return self.rss_kib / 1024
+
+    @property
+    def uss_mib(self) -> float:
+        return self.uss_kib / 1024
+
+
+def memory(pid: int) -> Memory | None:
+    """``/proc/<pid>/smaps_rollup``: Rss, and Private_Clean + Private_Dirty as the USS."""
+    try:
+        text = (PROC / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return None
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[name.strip()] = int(parts[0])
+    return Memory(pid, values.get("Rss", 0), values.get("Private_Clean", 0) + values.get("Private_Dirty", 0))

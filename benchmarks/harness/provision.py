@@ -1,0 +1,93 @@
+"""What the scenarios need, made through the project's API (an account, sites, a project with
+tasks) and read from its database (row counts for the consistency check)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+
+from benchmarks.harness.servers import BenchError
+
+BENCH_EMAIL = "bench@example.com"
+BENCH_PASSWORD = "bench-password-not-secret"  # noqa: S105 - a throwaway account in the bench database
+
+
+@dataclass(frozen=True)
+class Site:
+    id: int
+    key: str
+
+
+def _expect(response: httpx.Response, status: int, what: str) -> httpx.Response:
+    if response.status_code != status:
+        raise BenchError(f"{what} failed: {response.status_code} {response.text[:300]}")
+    return response
+
+
+def bench_token(client: httpx.Client) -> str:
+    """Register the bench account (201, or 409 when an earlier run made it) and log in. Access
+    tokens live 15 minutes at most: log in once per pass."""
+    client.post(
+        "/api/auth/register",
+        json={"email": BENCH_EMAIL, "password": BENCH_PASSWORD, "display_name": "Benchmark"},
+    )
+    response = client.post("/api/auth/login", json={"email": BENCH_EMAIL, "password": BENCH_PASSWORD})
+    token: str = _expect(response, 200, "log-in").json()["access_token"]
+    return token
+
+
+def create_site(client: httpx.Client, token: str, domain: str) -> Site:
+    response = client.post(
+        "/api/sites/", json={"domain": domain}, headers={"Authorization": f"Bearer {token}"}
+    )
+    body = _expect(response, 201, "POST /api/sites").json()
+    return Site(int(body["id"]), str(body["ingest_key"]))
+
+
+def create_project_with_tasks(client: httpx.Client, token: str, name: str, tasks: int) -> int:
+    """A project owned by the bench account with ``tasks`` tasks (varied status and priority)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    response = client.post("/api/projects/", json={"name": name, "description": "benchmark"}, headers=headers)
+    project_id = int(_expect(response, 201, "POST /api/projects").json()["id"])
+    statuses, priorities = ("todo", "in_progress", "done"), ("low", "medium", "high", "urgent")
+    for i in range(tasks):
+        body = {
+            "title": f"Benchmark task {i}",
+            "description": "A task of the authenticated-read scenario.",
+            "status": statuses[i % len(statuses)],
+            "priority": priorities[i % len(priorities)],
+        }
+        response = client.post(f"/api/projects/{project_id}/tasks/", json=body, headers=headers)
+        _expect(response, 201, f"POST /api/projects/{project_id}/tasks")
+    return project_id
+
+
+def prepare_database(database_url: str) -> None:
+    """Empty the page-view tables of the bench database and make sure today's partitions exist."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("select ensure_page_view_partitions((now() at time zone 'UTC')::date - 1, 3)")
+        conn.execute("truncate page_views, page_view_event_ids")
+
+
+def count_rows(database_url: str, site_id: int) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("select count(*) from page_views where site_id = %s", (site_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def settled_count(database_url: str, site_id: int, timeout_s: float = 15.0) -> int:
+    """The row count once the server has finished the requests wrk abandoned when it stopped
+    (polled until two reads half a second apart agree)."""
+    deadline = time.monotonic() + timeout_s
+    last = count_rows(database_url, site_id)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = count_rows(database_url, site_id)
+        if now == last:
+            return now
+        last = now
+    return last

@@ -1,0 +1,205 @@
+"""The scenario table, and how one wrk scenario is measured.
+
+Adding a scenario is one entry in ``SCENARIOS``: which server answers it (``project``, the bare
+Litestar reference ``bare``, the seed's design ``seed``), which wrk script drives it, and the URL
+path those generic scripts send to (``get.lua``: a GET, with the bench account's bearer token when
+``auth``; ``view.lua``: one page view per POST). A path may name ``{project_id}``: the project with
+``--tasks`` tasks made for the pass. A placeholder carries ``pending`` (why it cannot run yet) and
+is listed as not measured until that line is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from benchmarks.harness.model import Options, Result
+from benchmarks.harness.procfs import CpuMeter
+from benchmarks.harness.provision import Site, count_rows, settled_count
+from benchmarks.harness.wrk import ERROR_KINDS, run_wrk
+
+ServerName = Literal["project", "bare", "seed", "in-process"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str  # may name {batch_size}, {batch_connections}, {tasks}
+    server: ServerName
+    script: str = ""
+    path: str = ""  # URL_PATH for get.lua / view.lua
+    auth: bool = False  # send the bench account's bearer token
+    stores: bool = False  # rows go to a site of its own, counted for the consistency check
+    batch: bool = False  # --batch-size views per request over --batch-connections connections
+    env: Mapping[str, str] = field(default_factory=dict)
+    default: bool = True  # part of a run without --only
+    pending: str | None = None  # a placeholder: why it cannot run yet
+
+    @property
+    def needs_project(self) -> bool:
+        return "{project_id}" in self.path
+
+    def title(self, options: Options) -> str:
+        return self.label.format(
+            batch_size=options.batch_size, batch_connections=options.batch_connections, tasks=options.tasks
+        )
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("bare-get", "bare Litestar GET /hello", "bare", "get.lua", "/hello"),
+    Scenario("health", "GET /health/live", "project", "health.lua"),
+    Scenario("bare-decode", "bare Litestar POST /decode (decode only)", "bare", "view.lua", "/decode"),
+    Scenario("noop", "POST /bench/noop (decode only)", "project", "noop.lua"),
+    Scenario("ingest", "POST /api/page-views (sink, event ids)", "project", "ingest.lua", stores=True),
+    Scenario(
+        "seed",
+        "seed design: FastAPI + uvicorn + asyncpg, INSERT per request",
+        "seed",
+        "view.lua",
+        "/api/page-views",
+        stores=True,
+    ),
+    Scenario(
+        "batch",
+        "POST /api/page-views/batch ({batch_size} views with event ids, {batch_connections} conn.)",
+        "project",
+        "batch.lua",
+        stores=True,
+        batch=True,
+    ),
+    Scenario(
+        "batch-no-ids",
+        "POST /api/page-views/batch ({batch_size} views without event ids, {batch_connections} conn.)",
+        "project",
+        "batch.lua",
+        stores=True,
+        batch=True,
+        env={"EVENT_IDS": "0"},
+    ),
+    Scenario(
+        "tasks",
+        "GET /api/projects/{{id}}/tasks (bearer token, {tasks} tasks)",
+        "project",
+        "get.lua",
+        "/api/projects/{project_id}/tasks",
+        auth=True,
+    ),
+    Scenario("naive", "POST /bench/naive (INSERT per request)", "project", "naive.lua", stores=True),
+    Scenario("copy", "COPY through the sink's writers (in-process)", "in-process"),
+    Scenario(
+        "bare-decode-data",
+        "bare Litestar POST /decode-data (`data: JSONBody[Struct]`)",
+        "bare",
+        "view.lua",
+        "/decode-data",
+        default=False,
+    ),
+    Scenario(
+        "feed",
+        "GET /api/feed (bearer token)",
+        "project",
+        "get.lua",
+        "/api/feed",
+        auth=True,
+        pending="the activity feed has no read route yet",
+    ),
+    Scenario(
+        "feed-unread",
+        "GET /api/feed/unread_count (bearer token)",
+        "project",
+        "get.lua",
+        "/api/feed/unread_count",
+        auth=True,
+        pending="the activity feed has no read route yet",
+    ),
+)
+BY_KEY = {scenario.key: scenario for scenario in SCENARIOS}
+
+
+def select(only: tuple[str, ...]) -> list[Scenario]:
+    """The scenarios of a run in table order: ``only`` when given, else the default set."""
+    unknown = [key for key in only if key not in BY_KEY]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(BY_KEY)}")
+    return [s for s in SCENARIOS if (s.key in only if only else s.default)]
+
+
+@dataclass(frozen=True)
+class PassFixtures:
+    """Made once per pass: a fresh token (they live 15 minutes), one site per storing scenario plus
+    one for warm-ups, and the project of the task-list scenario."""
+
+    token: str
+    sites: dict[str, Site]
+    project_id: int | None
+
+    def site(self, key: str) -> Site:
+        return self.sites.get(key, self.sites["warmup"])
+
+
+def run_wrk_scenario(
+    scenario: Scenario,
+    options: Options,
+    base: str,
+    fixtures: PassFixtures,
+    database_url: str,
+    meter: CpuMeter,
+    profile: Callable[[float], Callable[[], dict[str, object]]] | None = None,
+) -> Result:
+    """Warm up against the warm-up site, then measure; count stored rows for a storing scenario.
+
+    ``profile(seconds)``, when given, starts a profiler for the measured seconds and returns what
+    collects its summary afterwards (``detail["profile"]``)."""
+    connections = options.batch_connections if scenario.batch else options.connections
+    rows_per_request = options.batch_size if scenario.batch else 1
+    env = {"BATCH_SIZE": str(rows_per_request), **scenario.env}
+    if scenario.path:
+        env["URL_PATH"] = scenario.path.format(project_id=fixtures.project_id)
+    if scenario.auth:
+        env["BEARER_TOKEN"] = fixtures.token
+    site = fixtures.site(scenario.key)
+
+    def wrk(seconds: float, site_key: str) -> dict[str, Any]:
+        return run_wrk(
+            scenario.script,
+            base,
+            duration=seconds,
+            connections=connections,
+            threads=options.threads,
+            env={**env, "SITE_KEY": site_key},
+        )
+
+    print(f"  {scenario.title(options)}: warm-up {options.warmup:g}s, then {options.duration:g}s", flush=True)
+    if options.warmup > 0:
+        wrk(options.warmup, fixtures.sites["warmup"].key)
+    before = count_rows(database_url, site.id) if scenario.stores else 0
+    collect_profile = profile(options.duration) if profile else None
+    cpu_before = meter.sample()
+    stats = wrk(options.duration, site.key)
+    cpu_after = meter.sample()
+    requests: int = stats["requests"]
+    ok = requests - stats["errors_status"]
+    units = max(1, ok * rows_per_request)
+    result = Result(
+        key=scenario.key,
+        label=scenario.title(options),
+        unit="rows/s" if scenario.batch else "req/s",
+        rate=ok * rows_per_request / (stats["duration_us"] / 1e6),
+        server=scenario.server,
+        requests=requests,
+        p50_ms=stats["latency_p50_us"] / 1000,
+        p99_ms=stats["latency_p99_us"] / 1000,
+        errors=sum(stats[kind] for kind in ERROR_KINDS),
+        server_cpu_us=(cpu_after["server"] - cpu_before["server"]) / units * 1e6,
+        postgres_cpu_us=(cpu_after["postgres"] - cpu_before["postgres"]) / units * 1e6,
+        wrk_cpu_us=stats["wrk_cpu_s"] / units * 1e6,
+        detail={**stats, "connections": connections, "rows_per_request": rows_per_request},
+    )
+    if collect_profile is not None:
+        result.detail["profile"] = collect_profile()
+    if scenario.stores:
+        result.rows_acknowledged = ok * rows_per_request
+        result.rows_stored = settled_count(database_url, site.id) - before
+        result.in_flight_bound = connections * rows_per_request
+    return result

@@ -1,0 +1,76 @@
+"""The OpenAPI UI renders in a real browser from the app alone: offline, and under its strict CSP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from playwright.async_api import expect
+
+from tests.browser.conftest import WatchedPage
+from tests.served import ServerProcess
+
+RENDER_TIMEOUT_MS = 30_000
+
+
+def operations(served: ServerProcess) -> list[tuple[str, str]]:
+    schema = httpx.get(f"{served.base}/schema/openapi.json", timeout=10).json()
+    return [
+        (method.upper(), path)
+        for path, item in schema["paths"].items()
+        for method in item
+        if method in {"get", "put", "post", "patch", "delete", "head", "options"}
+    ]
+
+
+@pytest.mark.parametrize("path", ["/schema", "/schema/swagger"])
+async def test_docs_render_every_operation_offline(
+    served: ServerProcess, watched_page: WatchedPage, path: str
+) -> None:
+    watch = await watched_page()
+    page = watch.page
+    response = await page.goto(f"{served.base}{path}")
+    assert response is not None and response.status == 200
+    login = page.locator(".opblock-post .opblock-summary-path[data-path='/api/auth/login']")
+    await expect(login).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+    documented = operations(served)
+    assert ("POST", "/api/auth/login") in documented
+    await expect(page.locator(".opblock")).to_have_count(len(documented), timeout=RENDER_TIMEOUT_MS)
+    await page.wait_for_load_state("networkidle")
+    await expect(page.locator(".swagger-ui .info .title")).to_contain_text("Monolith API")
+    watch.assert_clean()
+
+
+async def test_an_operation_expands_and_shows_its_schema(
+    served: ServerProcess, watched_page: WatchedPage
+) -> None:
+    """Deeper than the list: opening an operation renders its request body model without errors."""
+    watch = await watched_page()
+    page = watch.page
+    await page.goto(f"{served.base}/schema")
+    summary = page.locator(
+        ".opblock-post .opblock-summary", has=page.locator("[data-path='/api/auth/login']")
+    )
+    await summary.click(timeout=RENDER_TIMEOUT_MS)
+    body = page.locator(".opblock-post.is-open .opblock-section-request-body")
+    await expect(body).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+    await expect(body).to_contain_text("email")
+    await page.wait_for_load_state("networkidle")
+    watch.assert_clean()
+
+
+async def test_try_it_out_calls_the_api_from_the_page(
+    served: ServerProcess, watched_page: WatchedPage
+) -> None:
+    """The console works under the page's CSP: "Execute" reaches the API (same origin) and shows 200."""
+    watch = await watched_page()
+    page = watch.page
+    await page.goto(f"{served.base}/schema/swagger")
+    operation = page.locator(".opblock-get", has=page.locator("[data-path='/health/live']"))
+    await operation.locator(".opblock-summary").click(timeout=RENDER_TIMEOUT_MS)
+    await operation.locator(".try-out__btn").click()
+    async with page.expect_response(f"{served.base}/health/live") as called:
+        await operation.locator(".execute").click()
+    assert (await called.value).status == 200
+    await expect(operation.locator(".live-responses-table tbody .response-col_status")).to_have_text("200")
+    await page.wait_for_load_state("networkidle")
+    watch.assert_clean()

@@ -1,0 +1,149 @@
+"""The harness's own logic, without servers or wrk: ``uv run pytest benchmarks/tests -q``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+
+from benchmarks.harness import procfs
+from benchmarks.harness.checks import RATIOS, TARGETS, checks, memory_check, ratios
+from benchmarks.harness.model import Result, Run
+from benchmarks.harness.profile import summarise
+from benchmarks.harness.report import chart, document, markdown
+from benchmarks.harness.scenarios import BY_KEY, SCENARIOS, select
+from benchmarks.harness.wrk import WRK_DIR
+from benchmarks.reference.bare_litestar import create_app
+
+VIEW = {"site_key": "k" * 20, "url": "https://bench.example/p/1", "event_id": None}
+
+
+def result(key: str, rate: float, p99_ms: float = 5.0, unit: str = "req/s") -> Result:
+    return Result(key=key, label=key, unit=unit, rate=rate, p50_ms=1.0, p99_ms=p99_ms)
+
+
+def test_consistency_flags_lost_and_unexplained_rows() -> None:
+    stored = Result("ingest", "ingest", "req/s", 1.0, rows_acknowledged=100, in_flight_bound=64)
+    stored.rows_stored = 99
+    assert stored.consistency == "LOST 1" and stored.lost
+    stored.rows_stored = 100
+    assert stored.consistency == "ok" and not stored.lost
+    stored.rows_stored = 164
+    assert stored.consistency == "ok (+64 in flight at stop)"
+    stored.rows_stored = 165
+    assert stored.consistency == "EXTRA 65" and stored.lost
+
+
+def test_targets_pass_fail_and_not_measured() -> None:
+    measured = [result("bare-get", 20_000), result("health", 17_100), result("tasks", 7_900)]
+    results = {r.key: r for r in measured}
+    found = {c.name: c for c in checks(results, [])}
+    assert found["GET /health/live >= 85% of the bare Litestar GET"].status == "PASS"
+    assert found["GET /health/live >= 85% of the bare Litestar GET"].measured == "86%"
+    assert found["authenticated task list >= 40% of the bare GET"].status == "FAIL"
+    assert found["ingest p99 <= 15 ms"].status == "n/a"
+    results["ingest"] = result("ingest", 5_000, p99_ms=15.0)
+    assert {c.name: c for c in checks(results, [])}["ingest p99 <= 15 ms"].status == "PASS"
+    results["ingest"] = result("ingest", 5_000, p99_ms=15.1)
+    assert {c.name: c for c in checks(results, [])}["ingest p99 <= 15 ms"].status == "FAIL"
+
+
+def test_ratios_divide_rates_of_the_same_pass() -> None:
+    found = ratios({"ingest": result("ingest", 9_000), "seed": result("seed", 3_000)})
+    assert found == {"ingest / seed design": 3.0}
+
+
+def test_memory_check_needs_two_passes_and_catches_growth() -> None:
+    a, b = procfs.Memory(1, 100_000, 60_000), procfs.Memory(2, 100_000, 60_000)
+    assert memory_check([[a, b]]).status == "n/a"
+    assert memory_check([[a, b], [procfs.Memory(1, 104_900, 0), b]]).status == "PASS"
+    assert memory_check([[a, b], [procfs.Memory(1, 105_200, 0), b]]).status == "FAIL"
+    assert memory_check([[a, b], [procfs.Memory(3, 100_000, 0), b]]).status == "FAIL"
+
+
+def test_every_scenario_and_target_is_consistent() -> None:
+    for scenario in SCENARIOS:
+        if scenario.server != "in-process":
+            assert (WRK_DIR / scenario.script).exists(), scenario.key
+    for target in TARGETS:
+        assert all(key in BY_KEY for key in target.keys), target.name
+    assert all(a in BY_KEY and b in BY_KEY for a, b in RATIOS.values())
+    default = [s.key for s in select(())]
+    assert "bare-get" in default and "seed" in default and "tasks" in default
+    assert "bare-decode-data" not in default
+    assert "feed" in default and BY_KEY["feed"].pending  # listed as not measured until it exists
+    assert [s.key for s in select(("tasks", "health"))] == ["health", "tasks"]
+    with pytest.raises(ValueError, match="unknown scenario"):
+        select(("nope",))
+
+
+def test_profile_summary_counts_each_function_once_per_stack(tmp_path: Path) -> None:
+    raw = tmp_path / "stacks.txt"
+    raw.write_text(
+        "main (srv.py:1);loop (srv.py:2);handler (app.py:10);handler (app.py:12);encode (json.py:5) 3\n"
+        "main (srv.py:1);loop (srv.py:2);auth (app.py:20) 1\n"
+    )
+    total, by_inclusive, by_self = summarise(raw)
+    assert total == 4
+    shares = {h.function: (h.inclusive, h.self_share) for h in by_inclusive}
+    assert "main (srv.py)" not in shares  # on every sample: says nothing
+    assert shares["handler (app.py)"] == (0.75, 0.0)
+    assert by_self[0].function == "encode (json.py)" and by_self[0].self_share == 0.75
+
+
+def test_procfs_reads_memory_and_children_of_this_process() -> None:
+    mine = procfs.memory(os.getpid())
+    assert mine is not None and 0 < mine.uss_kib <= mine.rss_kib
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert child.pid in procfs.children(os.getpid())
+        assert "sys.stdin.read()" in procfs.cmdline(child.pid)
+    finally:
+        child.communicate(b"")
+
+
+def test_markdown_shows_results_ratios_targets_and_memory() -> None:
+    run = Run(
+        {
+            "started_at": "2026-01-01T00:00:00Z",
+            "machine": {"cpus": 2, "load_before": 0.1, "platform": "linux"},
+            "versions": {k: "1" for k in ("granian", "litestar", "uvicorn", "fastapi", "asyncpg", "wrk")},
+            "args": {
+                **{"workers": 2, "threads": 2, "duration": 10, "warmup": 2},
+                **{"connections": 64, "profile": False},
+            },
+            "server": {"SINK_DRIVER": "hybrid"},
+        },
+        passes=[[result("bare-get", 20_000), result("health", 10_000)]],
+        memory=[[procfs.Memory(7, 102_400, 51_200)]],
+        pending={"GET /api/feed": "no route yet"},
+    )
+    text = markdown(run, checks(run.by_key, run.memory))
+    assert "| bare-get |  | 20,000 | req/s |" in text
+    assert "| GET /health/live / bare GET | 0.50 |" in text
+    assert "| GET /health/live >= 85% of the bare Litestar GET | FAIL | 50% |" in text
+    assert "| pid 7 |  | 100.0 (50.0) |" in text
+    assert "- GET /api/feed: no route yet" in text
+    saved = json.loads(json.dumps(document(run, checks(run.by_key, run.memory)), default=str))
+    assert saved["passes"][0]["results"][0]["key"] == "bare-get"
+    assert saved["memory"] == [[{"pid": 7, "rss_kib": 102_400, "uss_kib": 51_200}]]
+
+
+def test_chart_draws_both_units(tmp_path: Path) -> None:
+    path = tmp_path / "chart.png"
+    assert chart(path, [result("health", 10_000), result("batch", 90_000, unit="rows/s")], "title")
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bare_reference_decodes_the_ingest_body_and_nothing_else() -> None:
+    with TestClient(app=create_app()) as client:
+        assert client.get("/hello").json() == {"status": "ok"}
+        for path in ("/decode", "/decode-data"):
+            assert client.post(path, json=VIEW).status_code == 202
+            assert client.post(path, json={**VIEW, "extra": 1}).status_code == 400
+            assert client.post(path, json={**VIEW, "site_key": "short"}).status_code == 400
