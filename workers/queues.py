@@ -139,6 +139,8 @@ def build_saq_config(
             startup=[startup, start_relay] if name == "default" else [startup],
             shutdown=[stop_relay, shutdown] if name == "default" else [shutdown],
             separate_process=not run_workers_in_process,
+            before_process=[hook for module in modules for hook in module.before_job],
+            after_process=[hook for module in modules for hook in module.after_job],
             shutdown_grace_period_s=settings.worker_shutdown_grace_s,
             timers={"sweep": 10, "abort": 5, "stats": 10, "schedule": 1},
         )

@@ -10,7 +10,7 @@ import ipaddress
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,9 +60,15 @@ def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
 class RequestContextMiddleware:
     """Binds ``request_id`` and ``client_ip`` for the request and logs it once it is answered."""
 
-    def __init__(self, app: ASGIApp, trusted_proxies: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        trusted_proxies: Iterable[str] = (),
+        observers: Sequence[Callable[[Scope, int, float], None]] = (),
+    ) -> None:
         self.app = app
         self.trusted = parse_networks(trusted_proxies)
+        self.observers = tuple(observers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,11 +104,14 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            duration = time.perf_counter() - started
+            for observe in self.observers:
+                observe(scope, status, duration)
             access_log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(duration * 1000, 2),
                 client_ip=client_ip,
             )

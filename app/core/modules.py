@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from litestar.types import ControllerRouterHandler
+from litestar.types import AfterExceptionHookHandler, ControllerRouterHandler, Scope
 
 from app.config import Settings
 
@@ -22,6 +22,12 @@ QUEUE_NAMES: tuple[QueueName, ...] = get_args(QueueName)
 
 JobFunction = Callable[..., Awaitable[Any]]
 Seeder = Callable[["Services"], Awaitable[list[str]]]
+RequestObserver = Callable[[Scope, int, float], None]
+"""Called after every HTTP request with (scope, status, duration in seconds); must be cheap and never
+block or raise: it runs on the hot path (``scope["path_template"]`` names the route, when matched)."""
+JobHook = Callable[[Any], Awaitable[None]]
+"""SAQ ``before_process``/``after_process`` hook: receives the job's context (``ctx["job"]``; after a
+failure ``ctx["exception"]``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,3 +70,9 @@ class Module:
     cron: Sequence[Cron] = ()
     seed: Seeder | None = None
     enabled: Callable[[Settings], bool] = field(default=_always)
+    after_exception: Sequence[AfterExceptionHookHandler] = ()
+    """Litestar ``after_exception`` hooks: see every unhandled exception of a request before the
+    problem answer is sent (awaited inline: keep them cheap)."""
+    request_observers: Sequence[RequestObserver] = ()
+    before_job: Sequence[JobHook] = ()
+    after_job: Sequence[JobHook] = ()
