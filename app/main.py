@@ -13,20 +13,23 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar_saq import SAQPlugin
 
 from app.config import Settings, get_settings
 from app.core.cache import Cache
-from app.core.db import UnitOfWork, create_pool, transaction
+from app.core.channels import channels_plugin
+from app.core.compression import EncodedResponsePassThrough
+from app.core.db import UnitOfWork, transaction
+from app.core.docs import SwaggerUI, docs_router
 from app.core.errors import exception_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import RateLimitMiddleware
 from app.core.runtime import resolve_services
-from app.core.valkey import create_valkey
+from app.core.services import Services
+from app.core.strict_schema import StrictStructSchemaPlugin
 from app.domains.accounts.controllers import AdminUsersController, AuthController
 from app.domains.accounts.guards import provide_current_user, requires_dashboard_admin
 from app.domains.accounts.middleware import AuthenticationMiddleware
@@ -52,6 +55,7 @@ from app.domains.products.controllers import ProductsController
 from app.domains.products.services import ProductService
 from app.domains.projects.controllers import MembersController, ProjectsController
 from app.domains.tasks.controllers import MyTasksController, ProjectTasksController, TasksController
+from app.modules import MODULES
 from workers.queues import build_saq_config
 
 
@@ -71,8 +75,25 @@ def _from_state(name: str) -> Provide:
 
 
 class MetricsController(PrometheusController):
+    """Prometheus text at exactly ``/metrics``.
+
+    Litestar normalises paths before routing, so ``/metrics/``, ``//metrics`` and percent-encoded
+    spellings reached this controller too, past a gateway rule written for the exact path. The guard
+    compares the path as received (``raw_path``) and answers 404 to every other spelling.
+    """
+
     path = "/metrics"
     include_in_schema = False
+
+    @staticmethod
+    def _exact_path_only(connection: Any, _: Any) -> None:
+        from litestar.exceptions import NotFoundException
+
+        raw = connection.scope.get("raw_path")
+        if raw is not None and raw.split(b"?", 1)[0] != b"/metrics":
+            raise NotFoundException()
+
+    guards = [_exact_path_only]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -81,22 +102,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
     assert settings.valkey_url is not None
     configure_logging(settings.log_level, json=settings.log_json)
 
-    pool = create_pool(settings, settings.database_url)
-    valkey = create_valkey(settings, settings.valkey_url)
+    services = Services(settings, MODULES)
+    pool = services.db.pool
+    valkey = services.valkey
     saq_config = build_saq_config(
-        settings,
+        services,
         settings.valkey_url,
         run_workers_in_process=settings.worker_in_process,
         web_guards=[requires_dashboard_admin],
     )
     queues = saq_config.get_queues().queues
     saq_plugin = SAQPlugin(saq_config)
+    channels = channels_plugin(settings.valkey_url)
     for worker in saq_plugin.get_workers().values():
         # The batched heartbeat manager only serves litestar-saq's @monitored_job, which no task
         # uses; in the web process its thread only crashes noisily at shutdown.
         worker._enable_heartbeat_manager = False
 
-    services = {
+    legacy_services = {
         "accounts": AccountService(settings, pool, valkey),
         "products": ProductService(
             pool, Cache(valkey).namespace("products"), settings.currency, settings.product_cache_ttl_s
@@ -118,7 +141,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await pool.open(wait=False)
+        await services.start()
         await sink.start()
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's generations: p99 without GC pauses
@@ -126,8 +149,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await sink.close()
-            await pool.close()
-            await valkey.aclose()
+            await services.close()
             await queues["default"].redis.aclose()  # type: ignore[attr-defined]
 
     prometheus = PrometheusConfig(
@@ -156,34 +178,38 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ingest_page_view,
             ingest_page_view_batch,
             *([bench_noop, bench_naive] if settings.bench_routes else []),
+            *(controller for module in services.modules for controller in module.controllers),
         ],
         state=State(
             {
                 "settings": settings,
+                "services": services,
                 "db_pool": pool,
                 "valkey": valkey,
                 "health_queue": queues["default"],
                 "ingest": ingest,
-                **services,
+                **legacy_services,
             }
         ),
         dependencies={
             "uow": Provide(provide_uow),
             "current_user": Provide(provide_current_user),
-            **{name: _from_state(name) for name in services},
+            **{name: _from_state(name) for name in legacy_services},
+            **services.dependencies(),
         },
         # Authentication before the limiter, so an authenticated caller is limited by user, not address.
         middleware=[prometheus.middleware, AuthenticationMiddleware, RateLimitMiddleware()],
         exception_handlers=exception_handlers,
-        plugins=[saq_plugin],
+        after_exception=[hook for module in services.modules for hook in module.after_exception],
+        plugins=[saq_plugin, channels, StrictStructSchemaPlugin()],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="Monolith API",
             version="0.1.0",
             description="Accounts, work, commerce, analytics and activity in one SQL-first service. "
             "Every error is RFC 9457 problem+json with a `request_id`.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            openapi_router=docs_router("/schema"),
+            render_plugins=[SwaggerUI(path="/swagger")],  # also served at /schema itself
             components=Components(
                 security_schemes={
                     "BearerToken": SecurityScheme(
@@ -201,6 +227,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             brotli_gzip_fallback=True,
             minimum_size=1024,
             exclude=["/api/page-views", "/bench", "/health"],  # tiny bodies: skip the wrapper
+            middleware_class=EncodedResponsePassThrough,  # never re-encode e.g. the dashboard's *.js.gz
         ),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
@@ -208,5 +235,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     # Outside Litestar's own exception handling, so 404/405 answers (raised before any route
     # middleware runs) get a request id and an access-log line too.
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, trusted_proxies=settings.trusted_proxies)
+    app.asgi_handler = RequestContextMiddleware(
+        app.asgi_handler,
+        trusted_proxies=settings.trusted_proxies,
+        observers=[observe for module in services.modules for observe in module.request_observers],
+    )
     return app

@@ -23,6 +23,7 @@ from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER
 from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
+from app.core.types import NO_NUL, NON_BLANK
 from app.core.validation import struct_field_errors
 
 log = structlog.get_logger("app.errors")
@@ -164,7 +165,38 @@ def _field_from_msgspec(message: str) -> tuple[str, str]:
     return path, message[: match.start()]
 
 
-def _validation_errors(exc: ValidationException) -> list[FieldError]:
+def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The name a client sends for the handler parameter ``key`` (``idempotency_key`` is the header
+    ``Idempotency-Key``): Litestar reports the Python name."""
+    handler = request.scope.get("route_handler")
+    parameter = getattr(handler, "parsed_fn_signature", None)
+    field = parameter.parameters.get(key) if parameter is not None else None
+    kwarg = getattr(field, "kwarg_definition", None)
+    alias = getattr(kwarg, "name", None)
+    return alias if isinstance(alias, str) else key
+
+
+_PATTERN_MISMATCH = re.compile(r"^Expected `str` matching regex '(?P<pattern>.*)'$", re.DOTALL)
+_PATTERN_MEANINGS = {
+    NO_NUL: "must not contain NUL characters",
+    NON_BLANK: "must contain a visible character and no NUL",
+}
+
+
+def _readable(field: str, message: str) -> str:
+    """msgspec's ``Expected `str` matching regex '...'`` in words, for the patterns we know."""
+    match = _PATTERN_MISMATCH.match(message)
+    if match is None:
+        return message
+    pattern = match["pattern"].replace("\\\\", "\\")
+    if pattern in _PATTERN_MEANINGS:
+        return _PATTERN_MEANINGS[pattern]
+    if field.endswith("cursor"):
+        return f"not a position of this list: pass a page's next_cursor (pattern {pattern})"
+    return message
+
+
+def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException) -> list[FieldError]:
     extra = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
     errors: list[FieldError] = []
     for item in extra:
@@ -177,32 +209,40 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
         if source in (None, "body") or key in ("", "data"):
             path, message = _field_from_msgspec(message)
             key = path if key in ("", "data") else key
-        errors.append(
-            FieldError(field=f"{source}.{key}" if source and source != "body" else key, message=message)
-        )
+        else:
+            key = _wire_name(request, key)
+        field = f"{source}.{key}" if source and source != "body" else key
+        errors.append(FieldError(field=field, message=_readable(field, message)))
     if not errors:
         missing = _MISSING_PARAMETER.match(exc.detail)
         if missing:
             errors.append(FieldError(field=f"{missing['kind']}.{missing['name']}", message="Required"))
         else:
             field, message = _field_from_msgspec(exc.detail)
-            errors.append(FieldError(field=field, message=message))
+            errors.append(FieldError(field=field, message=_readable(field, message)))
     return errors
 
 
+VALIDATION_FAILED = "validation_failed"
+"""Scope-state flag set on a request refused by validation (the rate limiter does not count it)."""
+
+
 def _validation_problem(request: Request[Any, Any, Any], errors: list[FieldError]) -> Response[Problem]:
+    request.scope.setdefault("state", {})[VALIDATION_FAILED] = True
+    # A bad cursor alone keeps its own type: a client that sees it restarts from the first page.
+    only_cursor = bool(errors) and all(error.field == "query.cursor" for error in errors)
     return problem_response(
         request,
         HTTP_400_BAD_REQUEST,
-        slug="validation",
-        title="Invalid request",
+        slug="invalid-cursor" if only_cursor else "validation",
+        title="Invalid cursor" if only_cursor else "Invalid request",
         detail="; ".join(f"{e.field}: {e.message}" for e in errors),
         errors=errors,
     )
 
 
 def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
-    errors = _validation_errors(exc)
+    errors = _validation_errors(request, exc)
     if any("." not in error.field for error in errors):
         errors = _all_body_errors(request) or errors
     return _validation_problem(request, errors)
@@ -223,7 +263,8 @@ def _all_body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
     except msgspec.DecodeError:
         return []
     return [
-        FieldError(field=field, message=message) for field, message in struct_field_errors(body_type, decoded)
+        FieldError(field=field, message=_readable(field, message))
+        for field, message in struct_field_errors(body_type, decoded)
     ]
 
 
@@ -255,6 +296,28 @@ def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respo
     return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR)
 
 
+def _handle_unstorable(request: Request[Any, Any, Any], exc: psycopg.DataError) -> Response[Problem]:
+    """A backstop: a value PostgreSQL refuses (out of range, NUL in text) is the client's 400.
+
+    Input types are bounded so that this never happens (a 400 then names the field); reaching it
+    means a bound is missing, hence the warning with the SQLSTATE.
+    """
+    log.warning(
+        "unstorable_value",
+        path=request.url.path,
+        method=request.method,
+        error=type(exc).__name__,
+        sqlstate=exc.sqlstate,
+    )
+    return problem_response(
+        request,
+        HTTP_400_BAD_REQUEST,
+        slug="unstorable-value",
+        title="Value out of range",
+        detail="A value in the request is outside what the API can store; see the documented limits.",
+    )
+
+
 def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     log.warning("dependency_unavailable", path=request.url.path, error=type(exc).__name__)
     return problem_response(
@@ -272,6 +335,7 @@ exception_handlers: ExceptionHandlersMap = {
     valkey.exceptions.TimeoutError: _handle_dependency_down,
     redis.exceptions.ConnectionError: _handle_dependency_down,
     redis.exceptions.TimeoutError: _handle_dependency_down,
+    psycopg.DataError: _handle_unstorable,
     ValidationException: _handle_validation,
     AppError: _handle_app_error,
     HTTPException: _handle_http,
@@ -280,6 +344,7 @@ exception_handlers: ExceptionHandlersMap = {
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
+    "VALIDATION_FAILED",
     "AppError",
     "ConflictError",
     "FieldError",

@@ -20,15 +20,19 @@ _DESCRIPTIONS = {
 }
 
 
+ALWAYS = (400, 401, 500, 503)
+"""Statuses every route can answer (see ``problems``)."""
+
 BEARER = [{"BearerToken": []}]
 """``security=`` of routes that need an access token (the scheme is declared in ``create_app``)."""
 
 
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
-    """``responses=`` for a route: the given problem statuses plus 400 and 500, as problem+json.
+    """``responses=`` for a route: the given problem statuses plus ``ALWAYS``, as problem+json.
 
     400 is always listed because Litestar documents its own (plain JSON) 400 on any route with
-    parameters unless the route declares one.
+    parameters unless the route declares one; 401 because a bad bearer token is refused on every
+    route, public ones included; 503 because checking a token needs Valkey or PostgreSQL; 500 anywhere.
     """
     return {
         status: ResponseSpec(
@@ -36,5 +40,5 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
             description=_DESCRIPTIONS.get(status, "Problem"),
             media_type="application/problem+json",
         )
-        for status in sorted({*statuses, 400, 500})
+        for status in sorted({*statuses, *ALWAYS})
     }

@@ -8,6 +8,11 @@ hour; ``ip:{address}`` for anonymous requests). A request is admitted only if bo
 room, and a denied request consumes nothing. The script builds its keys from the server time, so
 the limiter assumes a single (non-cluster) Valkey.
 
+Order of checks: a request is counted before its parameters are validated (the limiter protects
+the work validation costs too), but a malformed request never consumes quota and never hides its
+400: a request that validation refuses is refunded, and a request over quota is validated (and its
+guards run) before the 429, so the client learns what to fix first.
+
 Route handlers pick a policy with ``opt={"rate_limit": "auth"}`` (``None`` exempts the route; no opt
 means ``default``); health, metrics, the OpenAPI document and the SAQ dashboard are always exempt.
 Responses carry the draft-ietf-httpapi-ratelimit-headers fields (structured-field form)::
@@ -22,23 +27,33 @@ warning is logged at most once per ``RATE_LIMIT_WARN_INTERVAL_S``; a ``fail_clos
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.exceptions
 import structlog
 import valkey.exceptions
 from litestar.enums import ScopeType
-from litestar.exceptions import ImproperlyConfiguredException
+from litestar.exceptions import (
+    ClientException,
+    ImproperlyConfiguredException,
+    InternalServerException,
+    SerializationException,
+)
+from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Empty, Message, Receive, Scope, Send
 from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.errors import ServiceUnavailableError, TooManyRequestsError
+from app.core.errors import VALIDATION_FAILED, ServiceUnavailableError, TooManyRequestsError
+
+if TYPE_CHECKING:
+    from litestar._kwargs import KwargsModel
 
 OPT_KEY = "rate_limit"
 DEFAULT_POLICY = "default"
@@ -60,8 +75,8 @@ RATE_LIMIT_FAIL_OPEN = Counter(
 )
 
 # KEYS[1] = the identity's base key; ARGV = minute quota, hour quota, minute window, hour window (s).
-# Returns {admitted 0/1, minute count, hour count, minute reset (s), hour reset (s)}; the counts are
-# after the increment when admitted, and unchanged when denied.
+# Returns {admitted 0/1, minute count, hour count, minute reset (s), hour reset (s), minute window
+# start, hour window start}; the counts are after the increment when admitted, unchanged when denied.
 _HIT = """
 local now = tonumber(redis.call('TIME')[1])
 local qm, qh = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -73,13 +88,21 @@ local rm, rh = sm + wm - now, sh + wh - now
 local counts = redis.call('MGET', km, kh)
 local cm, ch = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
 if cm >= qm or ch >= qh then
-  return {0, cm, ch, rm, rh}
+  return {0, cm, ch, rm, rh, sm, sh}
 end
 cm = redis.call('INCR', km)
 if cm == 1 then redis.call('EXPIRE', km, rm + 1) end
 ch = redis.call('INCR', kh)
 if ch == 1 then redis.call('EXPIRE', kh, rh + 1) end
-return {1, cm, ch, rm, rh}
+return {1, cm, ch, rm, rh, sm, sh}
+"""
+
+# KEYS = the minute and hour keys a hit counted in: take that hit back (never below zero, TTL kept).
+_REFUND = """
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
+return 0
 """
 
 
@@ -121,6 +144,8 @@ class Decision(msgspec.Struct, frozen=True):
     reset_s: int
     retry_after_s: int
     window: str
+    window_starts: tuple[int, int] = (0, 0)
+    """Server time (s) at which the counted minute and hour windows began: where a refund goes."""
 
 
 def decide(
@@ -148,6 +173,7 @@ class RateLimiter:
     def __init__(self, valkey: Valkey, *, prefix: str = "rl") -> None:
         self.prefix = prefix
         self._script = valkey.register_script(_HIT)
+        self._refund = valkey.register_script(_REFUND)
 
     async def hit(self, policy: Policy, key: str) -> Decision:
         """Admit or deny one request of ``key`` (e.g. ``u:42`` or ``ip:10.0.0.1``); raises Valkey errors."""
@@ -155,8 +181,17 @@ class RateLimiter:
             keys=[f"{self.prefix}:{policy.name}:{key}"],
             args=[policy.per_minute, policy.per_hour, MINUTE_S, HOUR_S],
         )
-        admitted, minute, hour, minute_reset, hour_reset = (int(value) for value in result)
-        return decide(policy, bool(admitted), minute, hour, minute_reset, hour_reset)
+        admitted, minute, hour, minute_reset, hour_reset, minute_start, hour_start = (
+            int(value) for value in result
+        )
+        decision = decide(policy, bool(admitted), minute, hour, minute_reset, hour_reset)
+        return msgspec.structs.replace(decision, window_starts=(minute_start, hour_start))
+
+    async def refund(self, policy: Policy, key: str, decision: Decision) -> None:
+        """Take back an admitted hit (its windows only: a refund after they rolled over is a no-op)."""
+        base = f"{self.prefix}:{policy.name}:{key}"
+        minute_start, hour_start = decision.window_starts
+        await self._refund(keys=[f"{base}:m:{minute_start}", f"{base}:h:{hour_start}"])
 
 
 def rate_limit_headers(policy: Policy, decision: Decision) -> dict[str, str]:
@@ -194,6 +229,15 @@ class _Runtime:
     policies: dict[str, Policy]
     warn_interval_s: float
     last_warning: float = field(default=float("-inf"))
+    kwargs_models: dict[int, KwargsModel] = field(default_factory=dict)
+
+    def kwargs_model(self, handler: HTTPRouteHandler, scope: Scope) -> KwargsModel:
+        """The handler's parameter model (built once; Litestar only reads the path parameters' names)."""
+        model = self.kwargs_models.get(id(handler))
+        if model is None:
+            model = handler.create_kwargs_model(path_parameters=dict.fromkeys(scope["path_params"]))  # type: ignore[arg-type]
+            self.kwargs_models[id(handler)] = model
+        return model
 
     def warn(self, policy: Policy, exc: Exception) -> None:
         now = time.monotonic()
@@ -243,8 +287,9 @@ class RateLimitMiddleware(ASGIMiddleware):
         policy = runtime.policies.get(name)
         if policy is None:
             raise ImproperlyConfiguredException(f"unknown rate-limit policy {name!r} in a route's opt")
+        key = rate_limit_key(scope)
         try:
-            decision = await runtime.limiter.hit(policy, rate_limit_key(scope))
+            decision = await runtime.limiter.hit(policy, key)
         except _VALKEY_DOWN as exc:
             runtime.warn(policy, exc)
             if policy.fail_closed:
@@ -255,20 +300,65 @@ class RateLimitMiddleware(ASGIMiddleware):
             RATE_LIMIT_FAIL_OPEN.labels(policy=policy.name).inc()
             await next_app(scope, receive, send)
             return
-        headers = rate_limit_headers(policy, decision)
         if not decision.allowed:
+            await _validate_only(scope, receive, send, runtime)
             raise TooManyRequestsError(
                 f"Rate limit {policy.name}-{decision.window} exceeded; retry in {decision.retry_after_s} s.",
-                headers=headers,
+                headers=rate_limit_headers(policy, decision),
             )
-        raw = [(header.lower().encode(), value.encode()) for header, value in headers.items()]
+        state = scope.setdefault("state", {})
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *raw]
+                # A request refused by validation is refunded below: show the quota it leaves.
+                shown = (
+                    msgspec.structs.replace(decision, remaining=decision.remaining + 1)
+                    if state.get(VALIDATION_FAILED)
+                    else decision
+                )
+                headers = rate_limit_headers(policy, shown)
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    *((name.lower().encode(), value.encode()) for name, value in headers.items()),
+                ]
             await send(message)
 
         await next_app(scope, receive, send_with_headers)
+        if state.get(VALIDATION_FAILED):
+            with contextlib.suppress(*_VALKEY_DOWN):
+                await runtime.limiter.refund(policy, key, decision)
+
+
+async def _validate_only(scope: Scope, receive: Receive, send: Send, runtime: _Runtime) -> None:
+    """Run the route's guards and parameter validation without calling the handler.
+
+    Raises what the route would raise for a malformed or unauthorized request (400, 401, 403...);
+    returns when the request is well formed. Dependencies are not resolved (they may open a
+    transaction): their absence is all the signature model then reports, as an internal error.
+    """
+    handler = scope.get("route_handler")
+    if not isinstance(handler, HTTPRouteHandler):
+        return
+    request = handler.resolve_request_class()(scope=scope, receive=receive, send=send)
+    if handler.resolve_guards():
+        await handler.authorize_connection(connection=request)
+    model = runtime.kwargs_model(handler, scope)
+    if not (model.has_kwargs and handler.signature_model):
+        return
+    try:
+        kwargs = await model.to_kwargs(connection=request)
+    except SerializationException as exc:  # as Litestar's own handler call does
+        raise ClientException(str(exc)) from exc
+    if kwargs.get("data") is Empty:
+        del kwargs["data"]
+    # The parameters of dependencies (a report's period, say) first, as Litestar resolves them.
+    signature_models = [
+        dependency.provide.signature_model for batch in model.dependency_batches for dependency in batch
+    ]
+    for signature_model in [*signature_models, handler.signature_model]:
+        if signature_model._fields:
+            with contextlib.suppress(InternalServerException):
+                signature_model.parse_values_from_connection_kwargs(connection=request, kwargs=kwargs)
 
 
 __all__ = [

@@ -13,12 +13,25 @@ from typing import Any, Union
 import msgspec
 
 
+def whole_numbers(value: Any) -> Any:
+    """``value`` (decoded JSON) with every integral float as an int: ``2.0`` is the integer 2 in JSON
+    Schema, so a body the schema admits must decode, while msgspec refuses a float for an ``int``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [whole_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: whole_numbers(item) for key, item in value.items()}
+    return value
+
+
 def struct_field_errors(
     struct_type: type[msgspec.Struct], value: Any, prefix: str = ""
 ) -> list[tuple[str, str]]:
     """(field path, message) for every field of ``value`` that does not fit ``struct_type``."""
     if not isinstance(value, dict):
         return []
+    value = whole_numbers(value)
     info = msgspec.inspect.type_info(struct_type)
     if not isinstance(info, msgspec.inspect.StructType):
         return []

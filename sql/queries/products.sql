@@ -30,9 +30,10 @@ order by id
 limit @row_limit;
 
 -- name: AdjustStock :one
--- A stock adjustment that would go below zero changes nothing (no row).
-update products set stock = stock + @delta, updated_at = now()
-where id = @id and stock + @delta >= 0
+-- An adjustment that would take the stock below zero or above max_stock changes nothing (no row).
+-- The sum is computed in bigint: integer overflow must be a refusal, not an error.
+update products set stock = stock + @delta::integer, updated_at = now()
+where id = @id and stock::bigint + @delta::integer between 0 and @max_stock::integer
 returning stock;
 
 -- name: RecordStockAdjustment :exec

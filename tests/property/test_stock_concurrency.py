@@ -28,6 +28,7 @@ from app.db import accounts as account_queries
 from app.db import orders as order_queries
 from app.db import products as product_queries
 from app.db.models import OrderStatus, UserRole
+from app.domains.products.schemas import MAX_STOCK
 from app.main import create_app
 
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
@@ -186,5 +187,5 @@ async def test_the_database_refuses_negative_stock(db: AsyncConnection[Any]) -> 
     with pytest.raises(psycopg.errors.CheckViolation):
         await db.execute("update products set stock = stock - 3 where id = %s", (row.id,))
     assert await product_queries.reserve_stock(db, quantity=3, id=row.id) is None
-    assert await product_queries.adjust_stock(db, delta=-3, id=row.id) is None
+    assert await product_queries.adjust_stock(db, delta=-3, id=row.id, max_stock=MAX_STOCK) is None
     assert await (await db.execute("select stock from products where id = %s", (row.id,))).fetchone() == (2,)

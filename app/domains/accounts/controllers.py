@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, patch, post
+from litestar import Request, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.routing import Controller
+from app.core.types import IdPath
 from app.db.models import UserRole
 from app.domains.accounts.guards import requires_admin, requires_user
 from app.domains.accounts.schemas import (
@@ -140,7 +142,7 @@ class AdminUsersController(Controller):
     )
     async def update_user(
         self,
-        user_id: FromPath[int],
+        user_id: IdPath,
         data: JSONBody[AdminUserPatch],
         current_user: NamedDependency[CurrentUser],
         accounts: NamedDependency[AccountService],

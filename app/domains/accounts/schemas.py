@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.types import NonBlank
 from app.core.wire import from_row
 from app.db.models import User, UserRole
 
@@ -22,7 +23,7 @@ Email = Annotated[
 ]
 NewPassword = Annotated[str, msgspec.Meta(min_length=10, max_length=256, description="10-256 characters")]
 AnyPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+DisplayName = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=100)]
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,4 +76,4 @@ class TokenPair(msgspec.Struct, frozen=True):
 
 
 class UserCursor(msgspec.Struct, frozen=True):
-    after_id: int
+    after_id: Annotated[int, msgspec.Meta(ge=0)]

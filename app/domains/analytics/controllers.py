@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import zoneinfo
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, delete, get, post
-from litestar.params import FromPath, JSONBody
+from litestar import delete, get, post
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.routing import Controller
+from app.core.types import IdPath, TimeZone
 from app.core.wire import from_row
 from app.db.models import Site
 from app.domains.accounts.guards import Caller, requires_user
@@ -22,13 +23,7 @@ from app.domains.analytics import sites
 
 class SiteCreate(msgspec.Struct, forbid_unknown_fields=True):
     domain: Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
-    timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
-
-    def __post_init__(self) -> None:
-        try:
-            zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {self.timezone!r}") from exc
+    timezone: TimeZone = TimeZone("UTC")
 
 
 class SiteOut(msgspec.Struct, frozen=True):
@@ -45,7 +40,7 @@ class SiteOut(msgspec.Struct, frozen=True):
 
 
 class SiteCursor(msgspec.Struct, frozen=True):
-    after_id: int
+    after_id: Annotated[int, msgspec.Meta(ge=0)]
 
 
 class SitesController(Controller):
@@ -61,7 +56,9 @@ class SitesController(Controller):
         responses=problems(400, 401, 429),
     )
     async def create_site(self, data: JSONBody[SiteCreate], uow: Uow, current_user: Caller) -> SiteOut:
-        return SiteOut.from_row(await sites.create_site(uow, current_user.id, data.domain, data.timezone))
+        return SiteOut.from_row(
+            await sites.create_site(uow, current_user.id, data.domain, str(data.timezone))
+        )
 
     @get("/", summary="Your sites (admins: all)", responses=problems(400, 401, 429))
     async def list_sites(
@@ -72,7 +69,7 @@ class SitesController(Controller):
         return paginate(rows, limit, lambda row: SiteCursor(row.id), SiteOut.from_row)
 
     @get("/{site_id:int}", summary="A site", responses=problems(401, 404, 429))
-    async def get_site(self, site_id: FromPath[int], uow: Uow, current_user: Caller) -> SiteOut:
+    async def get_site(self, site_id: IdPath, uow: Uow, current_user: Caller) -> SiteOut:
         return SiteOut.from_row(await sites.get_site_for(uow, current_user, site_id))
 
     @delete(
@@ -81,5 +78,5 @@ class SitesController(Controller):
         summary="Stop tracking a site",
         responses=problems(401, 404, 429),
     )
-    async def delete_site(self, site_id: FromPath[int], uow: Uow, current_user: Caller) -> None:
+    async def delete_site(self, site_id: IdPath, uow: Uow, current_user: Caller) -> None:
         await sites.delete_site(uow, current_user, site_id)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get
+from litestar import get
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIFormat
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
-from app.core.db import Uow
+from app.core.db import transaction
 from app.core.openapi import BEARER, problems
+from app.core.routing import Controller
+from app.core.types import IdPath, TimeZone
 from app.domains.accounts.guards import Caller, requires_user
 from app.domains.analytics import sites
 from app.domains.analytics.report_schemas import (
@@ -48,10 +51,8 @@ ToParam = Annotated[
     ),
 ]
 TzParam = Annotated[
-    str | None,
-    QueryParameter(
-        min_length=1, max_length=64, description="IANA time zone of the day boundaries (default: the site's)"
-    ),
+    TimeZone | None,
+    QueryParameter(description="IANA time zone of the day boundaries (default: the site's)"),
 ]
 LimitParam = Annotated[int, QueryParameter(ge=1, le=100, description="At most this many rows (max 100)")]
 
@@ -62,17 +63,26 @@ RANGE_DOC = (
 
 
 async def provide_window(
-    site_id: FromPath[int],
-    uow: Uow,
+    site_id: IdPath,
+    state: State,
     current_user: Caller,
     period: PeriodParam = "30d",
     first: FromParam = None,
     last: ToParam = None,
     tz: TzParam = None,
 ) -> ReportRange:
-    """The report's period on the site's clock (unless ``tz``), after the owner-or-admin check."""
-    site = await sites.get_site_for(uow, current_user, site_id)
-    return resolve_range(period, first, last, tz or site.timezone)
+    """The report's period on the site's clock (unless ``tz``), after the owner-or-admin check.
+
+    It opens its own short transaction instead of taking the request's ``uow``, for two reasons:
+    the report service borrows a connection of its own, so a request held two at once and a few
+    concurrent reports could exhaust the pool, each waiting for its second connection (503 for
+    everyone); and Litestar does not close generator dependencies already resolved when a later
+    dependency raises, so a refused window (400) or a foreign site (404) left its connection to
+    the garbage collector.
+    """
+    async with transaction(state.db_pool) as uow:
+        site = await sites.get_site_for(uow, current_user, site_id)
+    return resolve_range(period, first, last, str(tz) if tz else site.timezone)
 
 
 class SiteReportsController(Controller):
@@ -90,7 +100,7 @@ class SiteReportsController(Controller):
         "counts twice." + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def summary(self, site_id: FromPath[int], reports: Reports, window: Window) -> SummaryOut:
+    async def summary(self, site_id: IdPath, reports: Reports, window: Window) -> SummaryOut:
         return await reports.summary(site_id, window)
 
     @get(
@@ -102,7 +112,7 @@ class SiteReportsController(Controller):
     )
     async def timeseries(
         self,
-        site_id: FromPath[int],
+        site_id: IdPath,
         reports: Reports,
         window: Window,
         interval: Annotated[Interval, QueryParameter(description="Bucket size")] = "day",
@@ -111,7 +121,7 @@ class SiteReportsController(Controller):
 
     @get("/pages", summary="Top pages by views", description=RANGE_DOC, responses=problems(401, 404, 429))
     async def pages(
-        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
+        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
         return await reports.breakdown(site_id, window, "path", limit)
 
@@ -122,7 +132,7 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def referrers(
-        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
+        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
         return await reports.breakdown(site_id, window, "referrer_source", limit)
 
@@ -133,19 +143,19 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def campaigns(
-        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
+        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
         return await reports.breakdown(site_id, window, "utm_campaign", limit)
 
     @get("/devices", summary="Views by device type", description=RANGE_DOC, responses=problems(401, 404, 429))
     async def devices(
-        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
+        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
         return await reports.breakdown(site_id, window, "device", limit)
 
     @get("/browsers", summary="Views by browser", description=RANGE_DOC, responses=problems(401, 404, 429))
     async def browsers(
-        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
+        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
     ) -> BreakdownOut:
         return await reports.breakdown(site_id, window, "browser", limit)
 
@@ -156,7 +166,7 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def entry_pages(
-        self, site_id: FromPath[int], reports: Reports, window: Window, limit: LimitParam = 10
+        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
     ) -> EntryPagesOut:
         return await reports.entry_pages(site_id, window, limit)
 
@@ -166,7 +176,8 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def current_visitors(
-        self, site_id: FromPath[int], uow: Uow, current_user: Caller, reports: Reports
+        self, site_id: IdPath, state: State, current_user: Caller, reports: Reports
     ) -> CurrentVisitorsOut:
-        await sites.get_site_for(uow, current_user, site_id)
+        async with transaction(state.db_pool) as uow:  # released before the report borrows its own
+            await sites.get_site_for(uow, current_user, site_id)
         return await reports.current_visitors(site_id)

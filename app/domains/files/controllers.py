@@ -5,25 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import (
+    Encoding,
     OpenAPIFormat,
+    OpenAPIHeader,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
     RequestBody,
     Schema,
 )
-from litestar.params import FromPath
 from litestar.response import File
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.core.db import UnitOfWork
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.routing import Controller
+from app.core.types import IdPath
 from app.domains.accounts.guards import requires_user
 from app.domains.accounts.services import CurrentUser
 from app.domains.files.schemas import FileCursor, FileOut
@@ -43,17 +47,45 @@ def provide_files(state: State) -> FileService:
 
 @dataclass
 class _MultipartUploadOperation(Operation):
-    """Documents the body the upload handler parses itself (it takes no ``data`` parameter)."""
+    """Documents the body the upload handler parses itself (it takes no ``data`` parameter): one
+    part, ``file``, whose content type is one of ``FILE_ALLOWED_TYPES`` (else 415)."""
 
     def __post_init__(self) -> None:
         file_schema = Schema(
             type=OpenAPIType.OBJECT,
             properties={FILE_FIELD: Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)},
             required=[FILE_FIELD],
+            additional_properties=False,
         )
+        allowed = ", ".join(sorted(get_settings().file_allowed_types))
         self.request_body = RequestBody(
-            content={"multipart/form-data": OpenAPIMediaType(schema=file_schema)}, required=True
+            content={
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=file_schema, encoding={FILE_FIELD: Encoding(content_type=allowed)}
+                )
+            },
+            required=True,
         )
+
+
+@dataclass
+class _FileDownloadOperation(Operation):
+    """Documents what a download really answers: the stored file's own content type (one of
+    ``FILE_ALLOWED_TYPES``, not only octet-stream), and a ``Last-Modified`` that is an HTTP date
+    (RFC 9110), not the RFC 3339 date-time Litestar documents for it."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if not isinstance(ok, OpenAPIResponse):
+            return
+        # No schema: the bytes are the file (OpenAPI 3.1's way to say "any content of this type").
+        ok.content = {
+            media_type: OpenAPIMediaType() for media_type in sorted(get_settings().file_allowed_types)
+        }
+        last_modified = (ok.headers or {}).get("last-modified")
+        if isinstance(last_modified, OpenAPIHeader) and isinstance(last_modified.schema, Schema):
+            last_modified.schema.format = None
+            last_modified.description = "Last modification, as an HTTP date (RFC 9110)"
 
 
 class ProjectFilesController(Controller):
@@ -66,7 +98,7 @@ class ProjectFilesController(Controller):
     @get("/", summary="List a project's files, newest first", responses=problems(400, 401, 404, 429))
     async def list_files(
         self,
-        project_id: FromPath[int],
+        project_id: IdPath,
         uow: NamedDependency[UnitOfWork],
         current_user: NamedDependency[CurrentUser],
         files: NamedDependency[FileService],
@@ -92,7 +124,7 @@ class ProjectFilesController(Controller):
     async def upload(
         self,
         request: Request[Any, Any, Any],
-        project_id: FromPath[int],
+        project_id: IdPath,
         current_user: NamedDependency[CurrentUser],
         files: NamedDependency[FileService],
     ) -> FileOut:
@@ -110,12 +142,13 @@ class ProjectFilesController(Controller):
         summary="Download a file",
         description="The stored bytes with their content type, as an attachment.",
         media_type="application/octet-stream",
+        operation_class=_FileDownloadOperation,
         responses=problems(401, 404, 429),
     )
     async def download(
         self,
-        project_id: FromPath[int],
-        file_id: FromPath[int],
+        project_id: IdPath,
+        file_id: IdPath,
         uow: NamedDependency[UnitOfWork],
         current_user: NamedDependency[CurrentUser],
         files: NamedDependency[FileService],
@@ -138,8 +171,8 @@ class ProjectFilesController(Controller):
     )
     async def delete_file(
         self,
-        project_id: FromPath[int],
-        file_id: FromPath[int],
+        project_id: IdPath,
+        file_id: IdPath,
         current_user: NamedDependency[CurrentUser],
         files: NamedDependency[FileService],
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -28,4 +29,4 @@ class FileOut(msgspec.Struct, frozen=True):
 class FileCursor(msgspec.Struct, frozen=True):
     """Position in a newest-first list: the next page holds ids below ``before_id``."""
 
-    before_id: int
+    before_id: Annotated[int, msgspec.Meta(ge=0)]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Response, get
+from litestar import Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 
 from app.core.openapi import problems
+from app.core.routing import Controller
 from app.domains.health.services import Readiness, check_readiness
 
 

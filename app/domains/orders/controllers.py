@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, MediaType, Response, get, post
+from litestar import MediaType, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.routing import Controller
+from app.core.types import MAX_ID, IdPath
 from app.db.models import OrderStatus
 from app.domains.accounts.guards import Caller, requires_admin, requires_user
 from app.domains.orders.schemas import OrderCreate, OrderCursor, OrderOut
 from app.domains.orders.services import OrderService
 
 Orders = NamedDependency[OrderService]
-MAX_ID = 2**63 - 1
+FIRST_PAGE = 2**63 - 1
+"""``before_id`` of the first page: past every id."""
 
 
 class OrdersController(Controller):
@@ -43,7 +46,14 @@ class OrdersController(Controller):
         orders: Orders,
         current_user: Caller,
         idempotency_key: Annotated[
-            str, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=255)
+            str,
+            HeaderParameter(
+                name="Idempotency-Key",
+                min_length=1,
+                max_length=255,
+                pattern=r"^[\x20-\x7e]+$",
+                description="Printable ASCII, unique per intended order (a UUID, say)",
+            ),
         ],
     ) -> Response[bytes]:
         placed = await orders.place(current_user.id, data, idempotency_key)
@@ -65,12 +75,12 @@ class OrdersController(Controller):
         orders: Orders,
         current_user: Caller,
         status: Annotated[OrderStatus | None, QueryParameter()] = None,
-        user_id: Annotated[int | None, QueryParameter(ge=1, description="Admins only")] = None,
+        user_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID, description="Admins only")] = None,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[OrderOut]:
         owner = user_id if current_user.is_admin else current_user.id
-        before_id = decode_cursor(cursor, OrderCursor).before_id if cursor else MAX_ID
+        before_id = decode_cursor(cursor, OrderCursor).before_id if cursor else FIRST_PAGE
         rows = await orders.list(user_id=owner, status=status, before_id=before_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: OrderCursor(row.id))
 
@@ -79,7 +89,7 @@ class OrdersController(Controller):
         summary="An order with its history (yours; admins: any)",
         responses=problems(401, 404, 429),
     )
-    async def get_order(self, order_id: FromPath[int], orders: Orders, current_user: Caller) -> OrderOut:
+    async def get_order(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
         return await orders.get(order_id, current_user.id, current_user.is_admin)
 
     @post(
@@ -88,7 +98,7 @@ class OrdersController(Controller):
         summary="Cancel a pending or reserved order",
         responses=problems(401, 404, 409, 429),
     )
-    async def cancel(self, order_id: FromPath[int], orders: Orders, current_user: Caller) -> OrderOut:
+    async def cancel(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
         return await orders.cancel(order_id, current_user.id, current_user.is_admin)
 
     @post(
@@ -97,7 +107,7 @@ class OrdersController(Controller):
         summary="Pay a reserved order (simulated)",
         responses=problems(401, 404, 409, 429),
     )
-    async def pay(self, order_id: FromPath[int], orders: Orders, current_user: Caller) -> OrderOut:
+    async def pay(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
         return await orders.pay(order_id, current_user.id, current_user.is_admin)
 
     @post(
@@ -107,5 +117,5 @@ class OrdersController(Controller):
         summary="Mark a paid order fulfilled (admins)",
         responses=problems(401, 403, 404, 409, 429),
     )
-    async def fulfil(self, order_id: FromPath[int], orders: Orders, current_user: Caller) -> OrderOut:
+    async def fulfil(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
         return await orders.fulfil(order_id, current_user.id)

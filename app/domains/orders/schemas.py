@@ -8,13 +8,16 @@ from typing import Annotated, Any
 
 import msgspec
 
+from app.core.types import Id
 from app.db.models import Order, OrderEvent, OrderItem, OrderStatus
 
 MAX_LINES = 50
+MAX_TOTAL = Decimal("999999999999.99")
+"""What ``orders.total numeric(14, 2)`` holds."""
 
 
 class OrderLine(msgspec.Struct, forbid_unknown_fields=True):
-    product_id: Annotated[int, msgspec.Meta(ge=1)]
+    product_id: Id
     quantity: Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
 
@@ -78,4 +81,4 @@ class OrderOut(msgspec.Struct, frozen=True):
 
 
 class OrderCursor(msgspec.Struct, frozen=True):
-    before_id: int
+    before_id: Annotated[int, msgspec.Meta(ge=0)]

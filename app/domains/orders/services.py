@@ -26,7 +26,7 @@ from app.db import orders as queries
 from app.db import products as product_queries
 from app.db.models import Order, OrderStatus
 from app.domains.activity.events import emit
-from app.domains.orders.schemas import OrderCreate, OrderOut, ShortLine
+from app.domains.orders.schemas import MAX_TOTAL, OrderCreate, OrderOut, ShortLine
 
 log = structlog.get_logger("app.orders")
 
@@ -165,6 +165,8 @@ class OrderService:
         if unavailable:
             raise UnprocessableError(f"Unknown or inactive products: {unavailable}.")
         total = sum((products[pid].price * qty for pid, qty in wanted.items()), start=Decimal(0))
+        if total > MAX_TOTAL:
+            raise UnprocessableError(f"The order total {total} exceeds {MAX_TOTAL}; split the order.")
         order = await queries.create_order(
             uow.conn, user_id=user_id, total=total, currency=self.settings.currency
         )

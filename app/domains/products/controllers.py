@@ -5,17 +5,20 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, patch, post
+from litestar import Request, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, PageSize, decode_cursor
+from app.core.routing import Controller
+from app.core.types import NO_NUL, IdPath
 from app.domains.accounts.guards import requires_admin
 from app.domains.accounts.services import CurrentUser
 from app.domains.products.schemas import (
+    MAX_PRICE,
     ProductCreate,
     ProductCursor,
     ProductOut,
@@ -27,6 +30,16 @@ from app.domains.products.schemas import (
 from app.domains.products.services import ProductFilters, ProductService
 
 Products = NamedDependency[ProductService]
+
+
+def _price_bound(description: str) -> QueryParameter:
+    # schema_extra: Litestar leaves a bound of 0 out of an optional parameter's schema.
+    return QueryParameter(ge=0, le=float(MAX_PRICE), description=description, schema_extra={"minimum": 0})
+
+
+def _price(value: float | None) -> Decimal | None:
+    """A price filter as the column's type (the float's shortest decimal spelling)."""
+    return None if value is None else Decimal(repr(value))
 
 
 def _is_admin(request: Request[Any, Any, Any]) -> bool:
@@ -49,17 +62,20 @@ class ProductsController(Controller):
         uow: Uow,
         products: Products,
         q: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=100, description="Name contains, or SKU")
+            str | None,
+            QueryParameter(min_length=1, max_length=100, pattern=NO_NUL, description="Name contains, or SKU"),
         ] = None,
-        min_price: Annotated[Decimal | None, QueryParameter(description="Lowest price")] = None,
-        max_price: Annotated[Decimal | None, QueryParameter(description="Highest price")] = None,
+        min_price: Annotated[float | None, _price_bound("Lowest price")] = None,
+        max_price: Annotated[float | None, _price_bound("Highest price")] = None,
         in_stock: Annotated[bool, QueryParameter(description="Only products with stock")] = False,
         include_inactive: Annotated[bool, QueryParameter(description="Admins only")] = False,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> ProductPage:
         after_id = decode_cursor(cursor, ProductCursor).after_id if cursor else 0
-        filters = ProductFilters(search=q, min_price=min_price, max_price=max_price, in_stock_only=in_stock)
+        filters = ProductFilters(
+            search=q, min_price=_price(min_price), max_price=_price(max_price), in_stock_only=in_stock
+        )
         return await products.list(
             uow,
             filters,
@@ -70,7 +86,7 @@ class ProductsController(Controller):
 
     @get("/{product_id:int}", summary="A product", responses=problems(401, 404, 429))
     async def get_product(
-        self, request: Request[Any, Any, Any], product_id: FromPath[int], uow: Uow, products: Products
+        self, request: Request[Any, Any, Any], product_id: IdPath, uow: Uow, products: Products
     ) -> ProductOut:
         return await products.get(uow, product_id, include_inactive=_is_admin(request))
 
@@ -93,7 +109,7 @@ class ProductsController(Controller):
         responses=problems(400, 401, 403, 404, 429),
     )
     async def update_product(
-        self, product_id: FromPath[int], data: JSONBody[ProductUpdate], products: Products
+        self, product_id: IdPath, data: JSONBody[ProductUpdate], products: Products
     ) -> ProductOut:
         return ProductOut.from_row(await products.update(product_id, data), products.currency)
 
@@ -107,7 +123,7 @@ class ProductsController(Controller):
     )
     async def adjust_stock(
         self,
-        product_id: FromPath[int],
+        product_id: IdPath,
         data: JSONBody[StockAdjustmentIn],
         products: Products,
         current_user: NamedDependency[CurrentUser],

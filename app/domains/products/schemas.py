@@ -8,46 +8,55 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.types import NonBlank, Text
 from app.core.wire import from_row
 from app.db.models import Product
 
 Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
+Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200)]
+Description = Annotated[str, Text, msgspec.Meta(max_length=10_000)]
 MAX_PRICE = Decimal("9999999999.99")
-
-
-def _check_price(price: Decimal | None) -> None:
-    """msgspec has no range constraints for Decimal: 0 to MAX_PRICE with at most two decimals."""
-    if price is None:
-        return
-    if not price.is_finite() or price < 0 or price > MAX_PRICE or price != price.quantize(Decimal("0.01")):
-        raise ValueError(f"price must be between 0 and {MAX_PRICE} with at most two decimals")
+"""What ``products.price numeric(12, 2)`` holds."""
+Price = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$",
+        description=f"A decimal string, 0 to {MAX_PRICE}, at most two decimals (a JSON number is refused: "
+        "it could not carry the exact value)",
+        examples=["12.50"],
+    ),
+]
+MAX_STOCK = 1_000_000_000
+"""Stock of one product at most (well inside ``integer``, reservations given back included)."""
 
 
 class ProductCreate(msgspec.Struct, forbid_unknown_fields=True):
     sku: Sku
     name: Name
-    price: Decimal
-    stock: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] = 0
-    description: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
-
-    def __post_init__(self) -> None:
-        _check_price(self.price)
+    price: Price
+    stock: Annotated[int, msgspec.Meta(ge=0, le=MAX_STOCK)] = 0
+    description: Description = ""
 
 
 class ProductUpdate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name | None = None
-    description: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
-    price: Decimal | None = None
+    description: Description | None = None
+    price: Price | None = None
     active: bool | None = None
-
-    def __post_init__(self) -> None:
-        _check_price(self.price)
 
 
 class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
-    delta: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000, description="Not zero")]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"\S")]
+    delta: Annotated[
+        int,
+        msgspec.Meta(
+            ge=-MAX_STOCK,
+            le=MAX_STOCK,
+            description="Not zero",
+            # Litestar's spelling of an extra JSON Schema keyword: documents the rule checked below.
+            extra_json_schema={"extra": {"not": {"const": 0}}},
+        ),
+    ]
+    reason: Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=500)]
 
     def __post_init__(self) -> None:
         if self.delta == 0:
@@ -77,7 +86,7 @@ class StockOut(msgspec.Struct, frozen=True):
 
 
 class ProductCursor(msgspec.Struct, frozen=True):
-    after_id: int
+    after_id: Annotated[int, msgspec.Meta(ge=0)]
 
 
 class ProductPage(msgspec.Struct, frozen=True):

@@ -16,6 +16,7 @@ from app.core.pagination import encode_cursor
 from app.db import products as queries
 from app.db.models import Product
 from app.domains.products.schemas import (
+    MAX_STOCK,
     ProductCreate,
     ProductCursor,
     ProductOut,
@@ -60,7 +61,7 @@ class ProductService:
                 sku=data.sku,
                 name=data.name.strip(),
                 description=data.description,
-                price=data.price,
+                price=Decimal(data.price),
                 stock=data.stock,
             )
         if product is None:
@@ -74,7 +75,7 @@ class ProductService:
                 uow.conn,
                 name=data.name.strip() if data.name else None,
                 description=data.description,
-                price=data.price,
+                price=Decimal(data.price) if data.price is not None else None,
                 active=data.active,
                 id=product_id,
             )
@@ -84,13 +85,15 @@ class ProductService:
         return product
 
     async def adjust_stock(self, actor: int, product_id: int, data: StockAdjustmentIn) -> int:
-        """Add or remove stock with a recorded reason; never below zero (409)."""
+        """Add or remove stock with a recorded reason; never below zero nor above MAX_STOCK (409)."""
         async with transaction(self.pool) as uow:
-            stock = await queries.adjust_stock(uow.conn, delta=data.delta, id=product_id)
+            stock = await queries.adjust_stock(uow.conn, delta=data.delta, id=product_id, max_stock=MAX_STOCK)
             if stock is None:
                 if await queries.get_product(uow.conn, id=product_id) is None:
                     raise NotFoundError("No such product.")
-                raise ConflictError("Not enough stock to remove that many units.")
+                if data.delta < 0:
+                    raise ConflictError("Not enough stock to remove that many units.")
+                raise ConflictError(f"The stock of a product is at most {MAX_STOCK} units.")
             await queries.record_stock_adjustment(
                 uow.conn,
                 product_id=product_id,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, patch, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar import delete, get, patch, post
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.routing import Controller
+from app.core.types import IdPath
 from app.core.wire import from_row
 from app.db.models import ProjectRole
 from app.domains.accounts.guards import Caller, requires_user
@@ -66,7 +68,7 @@ class ProjectsController(Controller):
         return ProjectOut.from_row(project, ProjectRole.OWNER)
 
     @get("/{project_id:int}", summary="A project", responses=problems(401, 404, 429))
-    async def get_project(self, project_id: FromPath[int], uow: Uow, current_user: Caller) -> ProjectOut:
+    async def get_project(self, project_id: IdPath, uow: Uow, current_user: Caller) -> ProjectOut:
         project, role = await services.get_project(uow, current_user.id, project_id)
         return ProjectOut.from_row(project, role)
 
@@ -76,7 +78,7 @@ class ProjectsController(Controller):
         responses=problems(400, 401, 403, 404, 429),
     )
     async def update_project(
-        self, project_id: FromPath[int], data: JSONBody[ProjectUpdate], uow: Uow, current_user: Caller
+        self, project_id: IdPath, data: JSONBody[ProjectUpdate], uow: Uow, current_user: Caller
     ) -> ProjectOut:
         project, role = await services.update_project(uow, current_user.id, project_id, data)
         return ProjectOut.from_row(project, role)
@@ -87,7 +89,7 @@ class ProjectsController(Controller):
         summary="Delete a project (owners)",
         responses=problems(401, 403, 404, 429),
     )
-    async def delete_project(self, project_id: FromPath[int], uow: Uow, current_user: Caller) -> None:
+    async def delete_project(self, project_id: IdPath, uow: Uow, current_user: Caller) -> None:
         await services.delete_project(uow, current_user.id, project_id)
 
 
@@ -100,7 +102,7 @@ class MembersController(Controller):
     @get("/", summary="Members of a project", responses=problems(400, 401, 404, 429))
     async def list_members(
         self,
-        project_id: FromPath[int],
+        project_id: IdPath,
         uow: Uow,
         current_user: Caller,
         cursor: CursorParam = None,
@@ -119,7 +121,7 @@ class MembersController(Controller):
         responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def add_member(
-        self, project_id: FromPath[int], data: JSONBody[MemberAdd], uow: Uow, current_user: Caller
+        self, project_id: IdPath, data: JSONBody[MemberAdd], uow: Uow, current_user: Caller
     ) -> MemberOut:
         return await services.add_member(uow, current_user.id, project_id, data)
 
@@ -130,8 +132,8 @@ class MembersController(Controller):
     )
     async def change_role(
         self,
-        project_id: FromPath[int],
-        user_id: FromPath[int],
+        project_id: IdPath,
+        user_id: IdPath,
         data: JSONBody[MemberUpdate],
         uow: Uow,
         current_user: Caller,
@@ -147,6 +149,6 @@ class MembersController(Controller):
         responses=problems(401, 403, 404, 409, 429),
     )
     async def remove_member(
-        self, project_id: FromPath[int], user_id: FromPath[int], uow: Uow, current_user: Caller
+        self, project_id: IdPath, user_id: IdPath, uow: Uow, current_user: Caller
     ) -> None:
         await services.remove_member(uow, current_user.id, project_id, user_id)

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.types import Id, NonBlank, Text
 from app.core.wire import from_row
 from app.db.models import Project, ProjectRole
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
-Description = Annotated[str, msgspec.Meta(max_length=10_000)]
+Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200)]
+Description = Annotated[str, Text, msgspec.Meta(max_length=10_000)]
 
 
 class ProjectCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,7 +42,7 @@ class ProjectOut(msgspec.Struct, frozen=True):
 
 
 class MemberAdd(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: Annotated[int, msgspec.Meta(ge=1)]
+    user_id: Id
     role: ProjectRole = ProjectRole.VIEWER
 
 
@@ -58,8 +59,8 @@ class MemberOut(msgspec.Struct, frozen=True):
 
 
 class ProjectCursor(msgspec.Struct, frozen=True):
-    after_id: int
+    after_id: Annotated[int, msgspec.Meta(ge=0)]
 
 
 class MemberCursor(msgspec.Struct, frozen=True):
-    after_user_id: int
+    after_user_id: Annotated[int, msgspec.Meta(ge=0)]

@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from litestar import Controller, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar import delete, get, patch, post
+from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.db import Uow
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decode_cursor, paginate
+from app.core.routing import Controller
+from app.core.types import MAX_ID, NO_NUL, IdPath
 from app.db.models import TaskPriority, TaskStatus
 from app.domains.accounts.guards import Caller, requires_user
 from app.domains.tasks import services
@@ -41,16 +43,17 @@ class ProjectTasksController(Controller):
     )
     async def list_tasks(
         self,
-        project_id: FromPath[int],
+        project_id: IdPath,
         uow: Uow,
         current_user: Caller,
         status: FromQuery[TaskStatus | None] = None,
         priority: FromQuery[TaskPriority | None] = None,
-        assignee_id: Annotated[int | None, QueryParameter(ge=1)] = None,
+        assignee_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
         due_before: FromQuery[date | None] = None,
         due_after: FromQuery[date | None] = None,
         q: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=200, description="Full-text search")
+            str | None,
+            QueryParameter(min_length=1, max_length=200, pattern=NO_NUL, description="Full-text search"),
         ] = None,
         sort: Annotated[
             TaskSort,
@@ -59,7 +62,7 @@ class ProjectTasksController(Controller):
                 "priority (urgent first) · updated (newest)"
             ),
         ] = "created",
-        cursor: CursorParam = None,
+        cursor: Annotated[str | None, cursor_query(TaskCursor)] = None,
         limit: PageSize = 50,
     ) -> Page[TaskOut]:
         filters = services.TaskFilters(
@@ -85,7 +88,7 @@ class ProjectTasksController(Controller):
         responses=problems(400, 401, 403, 404, 422, 429),
     )
     async def create_task(
-        self, project_id: FromPath[int], data: JSONBody[TaskCreate], uow: Uow, current_user: Caller
+        self, project_id: IdPath, data: JSONBody[TaskCreate], uow: Uow, current_user: Caller
     ) -> TaskOut:
         return TaskOut.from_row(await services.create_task(uow, current_user.id, project_id, data))
 
@@ -97,7 +100,7 @@ class TasksController(Controller):
     security = BEARER
 
     @get("/", summary="A task", responses=problems(401, 404, 429))
-    async def get_task(self, task_id: FromPath[int], uow: Uow, current_user: Caller) -> TaskOut:
+    async def get_task(self, task_id: IdPath, uow: Uow, current_user: Caller) -> TaskOut:
         return TaskOut.from_row(await services.get_task(uow, current_user.id, task_id))
 
     @patch(
@@ -106,7 +109,7 @@ class TasksController(Controller):
         responses=problems(400, 401, 403, 404, 422, 429),
     )
     async def update_task(
-        self, task_id: FromPath[int], data: JSONBody[TaskUpdate], uow: Uow, current_user: Caller
+        self, task_id: IdPath, data: JSONBody[TaskUpdate], uow: Uow, current_user: Caller
     ) -> TaskOut:
         return TaskOut.from_row(await services.update_task(uow, current_user.id, task_id, data))
 
@@ -116,13 +119,13 @@ class TasksController(Controller):
         summary="Delete a task (editors)",
         responses=problems(401, 403, 404, 429),
     )
-    async def delete_task(self, task_id: FromPath[int], uow: Uow, current_user: Caller) -> None:
+    async def delete_task(self, task_id: IdPath, uow: Uow, current_user: Caller) -> None:
         await services.delete_task(uow, current_user.id, task_id)
 
     @get("/comments", summary="Comments on a task", responses=problems(400, 401, 404, 429))
     async def list_comments(
         self,
-        task_id: FromPath[int],
+        task_id: IdPath,
         uow: Uow,
         current_user: Caller,
         cursor: CursorParam = None,
@@ -139,7 +142,7 @@ class TasksController(Controller):
         responses=problems(400, 401, 403, 404, 429),
     )
     async def add_comment(
-        self, task_id: FromPath[int], data: JSONBody[CommentCreate], uow: Uow, current_user: Caller
+        self, task_id: IdPath, data: JSONBody[CommentCreate], uow: Uow, current_user: Caller
     ) -> CommentOut:
         return CommentOut.from_row(await services.add_comment(uow, current_user.id, task_id, data.body))
 
@@ -148,8 +151,8 @@ class TasksController(Controller):
     )
     async def edit_comment(
         self,
-        task_id: FromPath[int],
-        comment_id: FromPath[int],
+        task_id: IdPath,
+        comment_id: IdPath,
         data: JSONBody[CommentCreate],
         uow: Uow,
         current_user: Caller,
@@ -164,7 +167,7 @@ class TasksController(Controller):
         responses=problems(401, 403, 404, 429),
     )
     async def delete_comment(
-        self, task_id: FromPath[int], comment_id: FromPath[int], uow: Uow, current_user: Caller
+        self, task_id: IdPath, comment_id: IdPath, uow: Uow, current_user: Caller
     ) -> None:
         await services.delete_comment(uow, current_user.id, task_id, comment_id)
 

@@ -7,13 +7,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.core.types import MAX_INT4, Id, NonBlank, Text
 from app.core.wire import from_row
 from app.db.models import Comment, TaskPriority, TaskStatus
 
-Title = Annotated[str, msgspec.Meta(min_length=1, max_length=300, pattern=r"\S")]
-Description = Annotated[str, msgspec.Meta(max_length=20_000)]
-Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000, pattern=r"\S")]
+Title = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=300)]
+Description = Annotated[str, Text, msgspec.Meta(max_length=20_000)]
+Body = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=10_000)]
 TaskSort = Literal["created", "due", "priority", "updated"]
+MAX_POSITION = MAX_INT4
+"""Positions a client may set: new tasks take max + 1, so no client value can overflow ``bigint``."""
+Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION)]
 
 
 class TaskCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -21,7 +25,7 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True):
     description: Description = ""
     status: TaskStatus = TaskStatus.TODO
     priority: TaskPriority = TaskPriority.MEDIUM
-    assignee_id: int | None = None
+    assignee_id: Id | None = None
     due_date: date | None = None
 
 
@@ -32,9 +36,9 @@ class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True):
     description: Description | None = None
     status: TaskStatus | None = None
     priority: TaskPriority | None = None
-    assignee_id: int | msgspec.UnsetType | None = msgspec.UNSET
+    assignee_id: Id | msgspec.UnsetType | None = msgspec.UNSET
     due_date: date | msgspec.UnsetType | None = msgspec.UNSET
-    position: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    position: Position | None = None
 
 
 class TaskOut(msgspec.Struct, frozen=True):
@@ -59,9 +63,11 @@ class TaskOut(msgspec.Struct, frozen=True):
 
 
 class TaskCursor(msgspec.Struct, frozen=True):
+    """``<sort>.<sort key>.<id>``: the sort it continues, then the last row's key and id."""
+
     sort: TaskSort
     key: int
-    id: int
+    id: Annotated[int, msgspec.Meta(ge=0)]
 
 
 class CommentCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -83,4 +89,4 @@ class CommentOut(msgspec.Struct, frozen=True):
 
 
 class IdCursor(msgspec.Struct, frozen=True):
-    after_id: int
+    after_id: Annotated[int, msgspec.Meta(ge=0)]

@@ -1,0 +1,108 @@
+"""The base ``Controller`` of every domain: Litestar's, with strict JSON bodies and a truthful ``Allow``.
+
+Strict bodies. Litestar decodes a JSON body to plain values and then converts them to the handler's
+Struct in lax mode (``strict=False``, needed for query strings), so ``{"archived": 0}`` was read as
+``false`` and ``{"position": "5"}`` as ``5``: values the published schema refuses were accepted.
+``StrictJSONRequest`` decodes a body straight into the declared Struct with msgspec's strict decoder
+(one pass, no intermediate objects); a type mismatch is the usual 400 naming every bad field. One
+exception, JSON Schema's own: an integral float (``2.0``) is an integer.
+
+OPTIONS. Litestar 2 builds a path's automatic OPTIONS handler when the path's *first* handler is
+registered, and that handler lists the methods known at that moment: a controller with ``GET`` and
+``POST`` on one path answered ``Allow: OPTIONS, POST`` (litestar issue 4169, fixed only in Litestar
+3). Here the stale handler is replaced by one that reads the application's routing table when asked,
+so it lists every method of the path, whichever handler or controller declared it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import litestar
+import msgspec
+from litestar import Request, Response
+from litestar.enums import HttpMethod, MediaType
+from litestar.exceptions import SerializationException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.router import Router
+from litestar.routes import HTTPRoute
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.types import Empty
+
+from app.core.validation import whole_numbers
+
+_AUTOMATIC_OPTIONS = "options_handler"  # the name of the function Litestar generates
+
+
+def allowed_methods(app: litestar.Litestar, path: str) -> list[str]:
+    """Every HTTP method the application routes for ``path`` (a route template)."""
+    handlers = app.route_handler_method_map.get(path, {})
+    return sorted(method for method in handlers if method.isupper())
+
+
+def _options_handler(path: str) -> HTTPRouteHandler:
+    def options_handler(request: Request[Any, Any, Any]) -> Response[None]:
+        return Response(
+            content=None,
+            status_code=HTTP_204_NO_CONTENT,
+            headers={"Allow": ", ".join(allowed_methods(request.app, path))},
+            media_type=MediaType.TEXT,
+        )
+
+    return HTTPRouteHandler(
+        path=path, http_method=[HttpMethod.OPTIONS], include_in_schema=False, sync_to_thread=False
+    )(options_handler)
+
+
+class StrictJSONRequest(Request[Any, Any, Any]):
+    """A request whose ``json()`` is the handler's body Struct, decoded strictly."""
+
+    async def json(self) -> Any:
+        field = self.route_handler.parsed_data_field
+        kind = field.annotation if field is not None else None
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return await super().json()
+        if self._json is Empty:
+            self._json = _decode_strictly(await self.body() or b"null", kind)
+        return self._json
+
+
+def _decode_strictly(body: bytes, kind: type[msgspec.Struct]) -> msgspec.Struct:
+    """The body as ``kind``: strict types, except that an integral float is an integer (as in JSON
+    Schema: ``2.0`` is 2); the slow path runs only for bodies the fast strict decode refused."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        first_error = exc
+    except msgspec.DecodeError as exc:
+        raise SerializationException(str(exc)) from exc
+    try:
+        return msgspec.convert(whole_numbers(msgspec.json.decode(body)), kind)
+    except msgspec.ValidationError as exc:
+        raise ValidationException(detail=str(exc)) from first_error
+    except msgspec.DecodeError as exc:  # a typed decode may fail on a type before it sees bad syntax
+        raise SerializationException(str(exc)) from exc
+
+
+class Controller(litestar.Controller):
+    """Use instead of ``litestar.Controller`` (same API)."""
+
+    request_class = StrictJSONRequest
+
+    def as_router(self) -> Router:
+        router = super().as_router()
+        for route in router.routes:
+            if not isinstance(route, HTTPRoute):
+                continue
+            for index, handler in enumerate(route.route_handlers):
+                if (
+                    handler.http_methods == {HttpMethod.OPTIONS}
+                    and handler.handler_name == _AUTOMATIC_OPTIONS
+                ):
+                    replacement = _options_handler(route.path)
+                    replacement.owner = handler.owner
+                    route.route_handlers[index] = replacement
+        return router
+
+
+__all__ = ["Controller", "StrictJSONRequest", "allowed_methods"]

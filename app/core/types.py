@@ -1,0 +1,68 @@
+"""Bounded input types: nothing a client sends may exceed what PostgreSQL stores.
+
+Every id in a body is an ``Id``, in a path an ``IdPath``, in a query ``QueryParameter(ge=1,
+le=MAX_ID)``; every free text that reaches a ``text`` column
+excludes NUL (PostgreSQL refuses it) through ``NO_NUL`` or ``NON_BLANK``. A value outside the bounds
+is a 400 problem naming the field, decided before any SQL runs.
+
+Why 2^53 - 1 and not bigint's 2^63 - 1: it is every JSON client's exact integer range (JavaScript's
+``Number.MAX_SAFE_INTEGER``), identity columns never get near it, and it survives Litestar's OpenAPI
+generator, which writes numeric bounds as floats (``float(2**63 - 1)`` is 2^63, one past bigint).
+"""
+
+from __future__ import annotations
+
+import enum
+import zoneinfo
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+from litestar.params import PathParameter
+
+MAX_ID = 2**53 - 1
+MAX_INT4 = 2**31 - 1
+
+NO_NUL = r"^[^\x00]*$"
+"""Any text without NUL (empty allowed)."""
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# Exactly what Python's str.strip() removes, spelled out: `\s` means different sets in Python and in
+# the ECMA regexes of JSON Schema, and services strip these before a length check in SQL.
+NON_BLANK = rf"^[{_SPACE}]*[^\x00{_SPACE}][^\x00]*$"
+"""Text without NUL holding a character that ``str.strip()`` keeps. The classes are disjoint, so
+matching is linear (no catastrophic backtracking) in both regex dialects."""
+
+Text = msgspec.Meta(pattern=NO_NUL)
+"""Stack with length limits: ``Annotated[str, Text, msgspec.Meta(max_length=...)]``."""
+NonBlank = msgspec.Meta(pattern=NON_BLANK)
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+"""An id inside a body (msgspec Struct field)."""
+
+IdPath = Annotated[int, PathParameter(ge=1, le=MAX_ID)]
+"""An id in the path (Litestar ignores msgspec ``Meta`` on parameters: the bounds go on the marker)."""
+
+_NOT_ZONES = {"localtime"}  # the machine's own zone file: not a name with a meaning elsewhere
+
+if TYPE_CHECKING:
+    TimeZone = str
+else:
+    TimeZone = enum.StrEnum(
+        "TimeZone",
+        {name: name for name in sorted(zoneinfo.available_timezones() - _NOT_ZONES)},
+        module=__name__,
+    )
+    TimeZone.__doc__ = "An IANA time zone name (e.g. Europe/Berlin), from the server's tz database."
+"""A time zone, validated and documented as the enumeration of the IANA names the server knows
+(``America`` or ``../etc/passwd`` are a 400 naming the field, and the schema lists every value)."""
+
+__all__ = [
+    "MAX_ID",
+    "MAX_INT4",
+    "NON_BLANK",
+    "NO_NUL",
+    "Id",
+    "IdPath",
+    "NonBlank",
+    "Text",
+    "TimeZone",
+]

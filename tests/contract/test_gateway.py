@@ -1,0 +1,122 @@
+"""The gateway (deploy/nginx.conf, run by a real nginx) refuses /metrics however it is spelled.
+
+The project's own config is started with only what a test machine needs changed: the listen address,
+the upstream (the app served by ``tests.served.ServerProcess``), the pid and temp paths, and no
+``user``/``mime.types`` (packaging details of the container). Requests go over a raw socket, so the
+path reaches nginx byte for byte (an HTTP client would normalise ``//metrics``). The client is
+127.0.0.1, outside the compose network that may scrape through the gateway.
+
+nginx is Debian's package (``apt-get install nginx``; ``.ci/run`` installs it): without it this test
+fails, it never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.served import ROOT, ServerProcess, free_port
+
+CONFIG = ROOT / "deploy" / "nginx.conf"
+NGINX = os.environ.get("NGINX_BIN") or shutil.which("nginx") or "/usr/sbin/nginx"
+REFUSED = [
+    "/metrics",
+    "/metrics/",
+    "//metrics",
+    "/metrics//",
+    "/metrics?x=1",
+    "/metrics/?x=1",
+    "/%6detrics",
+    "/%6Detrics/",
+    "/metrics%2F",
+    "/./metrics",
+    "/x/../metrics",
+    "/metrics/anything",
+    "/metrics.txt",
+]
+
+
+def gateway_config(listen_port: int, upstream_port: int, prefix: Path) -> str:
+    text = CONFIG.read_text()
+    replacements = {
+        "user nginx;\n": f"pid {prefix}/nginx.pid;\n",
+        "    include /etc/nginx/mime.types;\n": (
+            f"    client_body_temp_path {prefix}/body;\n    proxy_temp_path {prefix}/proxy;\n"
+            f"    fastcgi_temp_path {prefix}/fastcgi;\n    uwsgi_temp_path {prefix}/uwsgi;\n"
+            f"    scgi_temp_path {prefix}/scgi;\n"
+        ),
+        "listen 80 default_server;": f"listen 127.0.0.1:{listen_port} default_server;",
+        "server api:8000 ": f"server 127.0.0.1:{upstream_port} ",
+    }
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"deploy/nginx.conf changed: {old!r} is not there once"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def app_server(database_url: str, valkey_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    served = ServerProcess(database_url, valkey_url, tmp_path / "app", workers=1)
+    served.start()
+    try:
+        served.wait_ready_sync()
+        yield served
+    finally:
+        served.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def gateway(app_server: ServerProcess, tmp_path: Path) -> Iterator[int]:
+    assert Path(NGINX).exists(), f"nginx is not installed ({NGINX}); `apt-get install nginx` (.ci/run does)"
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    (prefix / "nginx.conf").write_text(gateway_config(port, app_server.port, prefix))
+    log = (prefix / "out.log").open("wb")
+    process = subprocess.Popen(
+        [NGINX, "-p", str(prefix), "-e", "stderr", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+async def status_of(port: int, raw_path: str) -> int:
+    """The status line's code for ``GET raw_path`` sent byte for byte (retried while nginx starts)."""
+    for _ in range(100):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail(f"the gateway never listened on {port}")
+    writer.write(f"GET {raw_path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+async def test_the_gateway_refuses_every_spelling_of_metrics(gateway: int) -> None:
+    assert await status_of(gateway, "/health/live") == 200  # the gateway proxies to the app
+    answers = {path: await status_of(gateway, path) for path in REFUSED}
+    assert answers == dict.fromkeys(REFUSED, 403)
+
+
+async def test_other_paths_still_reach_the_app(gateway: int) -> None:
+    assert await status_of(gateway, "/api/products") == 200
+    assert await status_of(gateway, "/metricsfoo") in (403, 404)  # never metrics

@@ -1,0 +1,307 @@
+"""The published contract, rule by rule, in-process (fast, and each rule fails on its own).
+
+The Schemathesis run (test_schemathesis.py) finds contract breaks by fuzzing; these tests pin the
+rules behind its findings: what every operation documents, the ``Allow`` of ``OPTIONS``, strict JSON
+bodies, the cursor grammar, and the order of rate limiting and validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.pagination import cursor_pattern, decode_cursor, encode_cursor
+from app.core.ratelimit import EXEMPT_PATHS
+from app.db import accounts as account_queries
+from app.db import analytics as analytics_queries
+from app.db.models import UserRole
+from app.domains.accounts.schemas import UserCursor
+from app.domains.analytics.controllers import SiteCursor
+from app.domains.files.schemas import FileCursor
+from app.domains.orders.schemas import OrderCursor
+from app.domains.products.schemas import ProductCursor
+from app.domains.projects.schemas import MemberCursor, ProjectCursor
+from app.domains.tasks.schemas import IdCursor, TaskCursor
+from app.main import create_app
+
+Client = AsyncTestClient[Litestar]
+PROBLEM = "application/problem+json"
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
+METHODS = {"get", "post", "put", "patch", "delete"}
+CURSORS = [
+    TaskCursor,
+    IdCursor,
+    ProjectCursor,
+    MemberCursor,
+    OrderCursor,
+    FileCursor,
+    ProductCursor,
+    SiteCursor,
+    UserCursor,
+]
+
+
+async def bearer(app: Litestar, db: AsyncConnection[Any], role: UserRole = UserRole.ADMIN) -> dict[str, str]:
+    user = await account_queries.create_user(
+        db,
+        email=f"contract-{uuid.uuid4().hex[:10]}@example.com",
+        display_name="Contract",
+        password_hash=FAKE_HASH,
+        role=role,
+    )
+    assert user is not None
+    token, _ = app.state.accounts.tokens.issue(user.id, role.value, uuid.uuid4())
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def last_user_id(db: AsyncConnection[Any]) -> int:
+    row = await (await db.execute("select max(id) from users")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def operations(app: Litestar) -> list[tuple[str, str, dict[str, Any]]]:
+    schema = app.openapi_schema.to_schema()
+    return [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in METHODS
+    ]
+
+
+# -- what every operation documents ----------------------------------------------------------------
+
+
+def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> None:
+    """401 anywhere (a bad bearer token is refused on every route), 404 where the path has an id
+    (an unknown or malformed one), 429 where the limiter applies, 400/500/503 everywhere."""
+    missing = []
+    for path, method, operation in operations(app):
+        documented = set(operation["responses"])
+        expected = {"400", "401", "500", "503"}
+        if "{" in path:
+            expected.add("404")
+        if not any(path == exempt or path.startswith(f"{exempt}/") for exempt in EXEMPT_PATHS):
+            expected.add("429")
+        if lacking := expected - documented:
+            missing.append(f"{method.upper()} {path}: {sorted(lacking)}")
+    assert not missing, "\n".join(missing)
+
+
+def test_every_input_struct_refuses_undeclared_properties_in_the_schema(app: Litestar) -> None:
+    """Input Structs forbid unknown fields; the schema must say so (``additionalProperties: false``)."""
+    schema = app.openapi_schema.to_schema()
+    components = schema["components"]["schemas"]
+    loose = []
+    for path, method, operation in operations(app):
+        content = operation.get("requestBody", {}).get("content", {})
+        for media_type, body in content.items():
+            ref = body.get("schema", {}).get("$ref")
+            target = components[ref.rsplit("/", 1)[-1]] if ref else body.get("schema", {})
+            if target.get("type") == "object" and target.get("additionalProperties") is not False:
+                loose.append(f"{method.upper()} {path} ({media_type})")
+    assert not loose, "\n".join(loose)
+
+
+def test_zero_bounds_are_documented(app: Litestar) -> None:
+    """Litestar drops a bound equal to 0 from optional fields; the schema must keep it."""
+    components = app.openapi_schema.to_schema()["components"]["schemas"]
+    assert components["TaskUpdate"]["properties"]["position"].get("minimum") == 0
+    products = next(op for path, method, op in operations(app) if path == "/api/products" and method == "get")
+    prices = {p["name"]: p["schema"] for p in products["parameters"] if p["name"].endswith("_price")}
+    assert {name: schema.get("minimum") for name, schema in prices.items()} == {
+        "min_price": 0,
+        "max_price": 0,
+    }
+
+
+# -- OPTIONS ----------------------------------------------------------------------------------------
+
+
+async def test_options_allows_every_method_the_schema_documents(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """Litestar 2's automatic OPTIONS listed only the methods registered before it (issue 4169)."""
+    headers = await bearer(app, db)
+    schema = app.openapi_schema.to_schema()
+    wrong = []
+    for path, item in schema["paths"].items():
+        url = re.sub(r"\{[^}]+\}", "1", path)
+        response = await client.options(url, headers=headers)
+        allowed = {
+            method.strip() for method in response.headers.get("allow", "").split(",") if method.strip()
+        }
+        documented = {method.upper() for method in item if method in METHODS} | {"OPTIONS"}
+        if response.status_code != 204 or allowed != documented:
+            wrong.append(
+                f"{path}: {response.status_code} Allow={sorted(allowed)} documented={sorted(documented)}"
+            )
+    assert not wrong, "\n".join(wrong)
+
+
+# -- strict JSON bodies -----------------------------------------------------------------------------
+
+
+async def test_bodies_are_decoded_strictly_except_whole_numbers(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    headers = await bearer(app, db, UserRole.MEMBER)
+    project = await client.post("/api/projects", json={"name": "Strict"}, headers=headers)
+    assert project.status_code == 201, project.text
+    url = f"/api/projects/{project.json()['id']}"
+    for body, field in (
+        ({"archived": 0}, "archived"),
+        ({"archived": "true"}, "archived"),
+        ({"name": 5}, "name"),
+    ):
+        response = await client.patch(url, json=body, headers=headers)
+        assert response.status_code == 400, (body, response.text)
+        assert field in [error["field"] for error in response.json()["errors"]], response.json()
+    task = await client.post(f"{url}/tasks", json={"title": "t"}, headers=headers)
+    task_url = f"/api/tasks/{task.json()['id']}"
+    as_text = await client.patch(task_url, json={"position": "5"}, headers=headers)
+    assert as_text.status_code == 400, as_text.text
+    # JSON Schema's integer includes 2.0; the wire format cannot tell them apart.
+    whole = await client.patch(
+        task_url, content=b'{"position": 5.0}', headers={**headers, "content-type": "application/json"}
+    )
+    assert (whole.status_code, whole.json()["position"]) == (200, 5)
+    fraction = await client.patch(
+        task_url, content=b'{"position": 5.5}', headers={**headers, "content-type": "application/json"}
+    )
+    assert fraction.status_code == 400, fraction.text
+    malformed = await client.patch(
+        task_url, content=b"9\xff\xfe", headers={**headers, "content-type": "application/json"}
+    )
+    assert malformed.status_code == 400, malformed.text
+    assert malformed.json()["errors"][0]["field"] == "body"
+
+
+# -- cursors: every value the documented pattern admits is a position ----------------------------
+
+
+@pytest.mark.parametrize("kind", CURSORS, ids=lambda kind: kind.__name__)
+def test_every_cursor_the_pattern_admits_decodes_to_a_bounded_position(kind: type[msgspec.Struct]) -> None:
+    pattern = cursor_pattern(kind)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.from_regex(pattern))  # search semantics, as the server applies the pattern
+    def decodes(cursor: str) -> None:
+        position = decode_cursor(cursor, kind)
+        for value in msgspec.structs.astuple(position):
+            if isinstance(value, int):
+                assert -(2**63) < value < 2**63
+        assert decode_cursor(encode_cursor(position), kind) == position
+
+    decodes()
+
+
+# -- rate limiting never hides a 400 and never charges for one -------------------------------------
+
+
+SMALL_QUOTA = {"rate_limit_default_per_minute": 3, "rate_limit_default_per_hour": 1000}
+
+
+@pytest.fixture
+async def limited(settings: Settings, db: AsyncConnection[Any], valkey: Valkey) -> AsyncIterator[Client]:
+    seconds, _ = await valkey.time()
+    if seconds % 60 >= 55:  # keep the test inside one minute window (the quota is per minute)
+        await asyncio.sleep(60 - seconds % 60 + 0.05)
+    app = create_app(msgspec.structs.replace(settings, **SMALL_QUOTA))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+async def test_malformed_requests_do_not_consume_quota(
+    limited: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    headers = await bearer(app, db, UserRole.MEMBER)
+    for _ in range(5):
+        response = await limited.get("/api/projects", params={"limit": 0}, headers=headers)
+        assert response.status_code == 400, response.text
+    for remaining in (2, 1, 0):
+        response = await limited.get("/api/projects", headers=headers)
+        assert response.status_code == 200, response.text
+        assert re.search(r";r=(\d+);", response.headers["ratelimit"])[1] == str(remaining)  # type: ignore[index]
+    assert (await limited.get("/api/projects", headers=headers)).status_code == 429
+
+
+async def test_over_quota_a_malformed_request_still_learns_what_is_wrong(
+    limited: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    headers = await bearer(app, db, UserRole.MEMBER)
+    for _ in range(3):
+        assert (await limited.get("/api/projects", headers=headers)).status_code == 200
+    order = {"lines": [{"product_id": 1, "quantity": 1}]}
+    no_key = await limited.post("/api/orders", json=order, headers=headers)
+    assert no_key.status_code == 400, no_key.text
+    assert no_key.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    bad_body = await limited.post(
+        "/api/orders", json={"lines": []}, headers={**headers, "Idempotency-Key": "k"}
+    )
+    assert bad_body.status_code == 400, bad_body.text
+    anonymous = await limited.get("/api/projects")
+    assert anonymous.status_code == 401, anonymous.text
+    well_formed_list = await limited.get("/api/projects", params={"archived": "true"}, headers=headers)
+    assert well_formed_list.status_code == 429, well_formed_list.text
+    site = await analytics_queries.create_site(
+        db,
+        owner_id=await last_user_id(db),
+        domain="quota.example",
+        ingest_key=uuid.uuid4().hex,
+        timezone="UTC",
+    )
+    assert site is not None
+    bad_period = await limited.get(f"/api/sites/{site.id}/summary", params={"tz": "America"}, headers=headers)
+    assert bad_period.status_code == 400, bad_period.text  # a dependency's parameter, validated too
+    assert bad_period.json()["errors"][0]["field"] == "query.tz"
+    well_formed = await limited.post("/api/orders", json=order, headers={**headers, "Idempotency-Key": "k"})
+    assert well_formed.status_code == 429, well_formed.text
+    assert well_formed.headers["content-type"] == PROBLEM
+
+
+# -- one client's bad requests never starve the others ---------------------------------------------
+
+
+async def test_reports_hold_one_pooled_connection_at_a_time(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """A report request held the request's connection while the report borrowed a second one, so a
+    few concurrent reports could take every pooled connection and wait for their second: 503 for
+    everyone. With a pool of one connection that wait is certain; now each report holds one at a time.
+    """
+    one_connection = msgspec.structs.replace(
+        settings, database_pool_min=1, database_pool_max=1, database_timeout_s=1.0
+    )
+    app = create_app(one_connection)
+    headers = await bearer(app, db)
+    owner_row = await (await db.execute("select id from users limit 1")).fetchone()
+    assert owner_row is not None
+    site = await analytics_queries.create_site(
+        db, owner_id=owner_row[0], domain="pool.example", ingest_key=uuid.uuid4().hex, timezone="UTC"
+    )
+    assert site is not None
+    async with AsyncTestClient(app=app) as client:
+        for report, params, status in (
+            ("summary", {}, 200),
+            ("pages", {"limit": 3}, 200),
+            ("timeseries", {"period": "7d"}, 200),
+            ("current-visitors", {}, 200),
+            ("summary", {"from": "2030-01-01"}, 400),
+        ):
+            response = await client.get(f"/api/sites/{site.id}/{report}", params=params, headers=headers)
+            assert response.status_code == status, (report, response.text)
