@@ -1,0 +1,327 @@
+"""Alert rules and the noise budget.
+
+A rule is a list of conditions that must all hold (so rules combine: "frequency AND users"), the group
+kinds it watches and an action interval: once it fires for a group it stays silent for that group
+until the interval has passed (then a later spike alerts again, unlike GlitchTip, which never
+re-notifies an issue already notified for a rule). Conditions: ``new`` (the group was just created),
+``regression``, ``reopened`` (an ignore ended: N more events, a date, or escalation), ``escalation``
+(events over a window above k times the group's own baseline rate), ``frequency`` (N events in T) and
+``users`` (N distinct users in T) — the last three also alert on the growth of a known problem.
+
+``MONITORING_ALERT_RULES`` (JSON, a list of rules) replaces the defaults built from the settings, e.g.
+``[{"name": "spreading", "conditions": [{"type": "frequency", "events": 50, "window_s": 600},
+{"type": "users", "users": 10, "window_s": 600}], "action_interval_s": 1800}]``.
+
+The budget: at most ``MONITORING_ALERT_BUDGET`` alert messages per channel per period
+(``MONITORING_ALERT_BUDGET_WINDOW_S``, opened by the first alert); the alerts over it are recorded and
+listed in one digest message sent when the period ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import msgspec
+
+from app.config import Settings
+from app.core.db import UnitOfWork
+from app.core.outbox import enqueue
+from app.db import monitoring as queries
+from app.db.models import MonitoringAlert, MonitoringGroupKind
+from app.domains.monitoring.telegram import Rendered
+
+CHANNEL = "telegram"
+BASELINE = timedelta(days=7)
+DELIVER_TASK = "deliver_alerts"
+
+Window = Annotated[int, msgspec.Meta(ge=60, le=30 * 86_400)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class NewGroup(msgspec.Struct, frozen=True, tag="new", tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class Regression(msgspec.Struct, frozen=True, tag="regression", tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class Reopened(msgspec.Struct, frozen=True, tag="reopened", tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class Escalation(msgspec.Struct, frozen=True, tag="escalation", tag_field="type", forbid_unknown_fields=True):
+    factor: Annotated[float, msgspec.Meta(gt=1)]
+    window_s: Window
+    min_events: Count
+
+
+class Frequency(msgspec.Struct, frozen=True, tag="frequency", tag_field="type", forbid_unknown_fields=True):
+    events: Count
+    window_s: Window
+
+
+class UsersAffected(msgspec.Struct, frozen=True, tag="users", tag_field="type", forbid_unknown_fields=True):
+    users: Count
+    window_s: Window
+
+
+Condition = NewGroup | Regression | Reopened | Escalation | Frequency | UsersAffected
+
+
+class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,49}$")]
+    conditions: Annotated[list[Condition], msgspec.Meta(min_length=1)]
+    action_interval_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)] = 3600
+    kinds: list[MonitoringGroupKind] | None = None
+    """Group kinds the rule watches (all when omitted)."""
+
+
+EVENT_KINDS = [MonitoringGroupKind.ERROR, MonitoringGroupKind.JOB, MonitoringGroupKind.UNAVAILABLE]
+
+
+def default_rules(settings: Settings) -> list[AlertRule]:
+    interval = settings.monitoring_action_interval_s
+    return [
+        AlertRule(name="new-group", conditions=[NewGroup()], action_interval_s=0),
+        AlertRule(name="regression", conditions=[Regression()], action_interval_s=0),
+        AlertRule(name="reopened", conditions=[Reopened()], action_interval_s=0),
+        AlertRule(
+            name="escalation",
+            conditions=[
+                Escalation(
+                    factor=settings.monitoring_escalation_factor,
+                    window_s=settings.monitoring_escalation_window_s,
+                    min_events=settings.monitoring_escalation_min_events,
+                )
+            ],
+            action_interval_s=interval,
+            kinds=EVENT_KINDS,
+        ),
+        AlertRule(
+            name="frequency",
+            conditions=[
+                Frequency(
+                    events=settings.monitoring_frequency_events,
+                    window_s=settings.monitoring_frequency_window_s,
+                )
+            ],
+            action_interval_s=interval,
+            kinds=EVENT_KINDS,
+        ),
+        AlertRule(
+            name="users",
+            conditions=[
+                UsersAffected(
+                    users=settings.monitoring_users_threshold, window_s=settings.monitoring_users_window_s
+                )
+            ],
+            action_interval_s=interval,
+            kinds=EVENT_KINDS,
+        ),
+    ]
+
+
+def load_rules(settings: Settings) -> list[AlertRule]:
+    """The rules of ``MONITORING_ALERT_RULES`` (JSON), or the defaults; invalid JSON stops start-up."""
+    if not settings.monitoring_alert_rules.strip():
+        return default_rules(settings)
+    try:
+        rules = msgspec.json.decode(settings.monitoring_alert_rules, type=list[AlertRule])
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"MONITORING_ALERT_RULES is not a valid rule list: {exc}") from exc
+    names = [rule.name for rule in rules]
+    if len(set(names)) != len(names):
+        raise ValueError("MONITORING_ALERT_RULES: rule names must be unique")
+    return rules
+
+
+@dataclass(slots=True)
+class RuleContext:
+    """What the rules see of one group write (counts are read lazily, once each)."""
+
+    kind: MonitoringGroupKind
+    new: bool
+    regressed: bool
+    reopened: bool
+    first_seen_at: datetime
+    now: datetime
+    events_between: Callable[[datetime, datetime], Awaitable[int]]
+    users_since: Callable[[datetime], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    rule: AlertRule
+    reason: str
+
+
+async def escalating(context: RuleContext, condition: Escalation) -> str | None:
+    """A reason when the rate over the window exceeds ``factor`` x the group's own baseline."""
+    window = timedelta(seconds=condition.window_s)
+    if context.first_seen_at > context.now - window:
+        return None  # younger than one window: it has no baseline (the new-group rule covers it)
+    recent = await context.events_between(context.now - window, context.now + timedelta(minutes=1))
+    if recent < condition.min_events:
+        return None
+    baseline_start = max(context.first_seen_at, context.now - BASELINE)
+    baseline_span = (context.now - window) - baseline_start
+    if baseline_span <= timedelta(0):
+        return None
+    before = await context.events_between(baseline_start, context.now - window)
+    per_window = before * (window / baseline_span)
+    if recent > condition.factor * max(per_window, 1.0):
+        ratio = recent / max(per_window, 1.0)
+        return f"{recent} events in {_span(condition.window_s)}, {ratio:.0f}x its usual rate"
+    return None
+
+
+async def _holds(context: RuleContext, condition: Condition) -> str | None:
+    if isinstance(condition, NewGroup):
+        return "first seen" if context.new else None
+    if isinstance(condition, Regression):
+        return "regressed after it was resolved" if context.regressed else None
+    if isinstance(condition, Reopened):
+        return "reopened: its ignore ended" if context.reopened else None
+    if isinstance(condition, Escalation):
+        return await escalating(context, condition)
+    if isinstance(condition, Frequency):
+        since = context.now - timedelta(seconds=condition.window_s)
+        events = await context.events_between(since, context.now + timedelta(minutes=1))
+        return f"{events} events in {_span(condition.window_s)}" if events >= condition.events else None
+    users = await context.users_since(context.now - timedelta(seconds=condition.window_s))
+    return f"{users} users in {_span(condition.window_s)}" if users >= condition.users else None
+
+
+async def matching(rules: Sequence[AlertRule], context: RuleContext) -> list[Fired]:
+    """The rules whose every condition holds (action intervals are checked by the caller)."""
+    fired = []
+    for rule in rules:
+        if rule.kinds is not None and context.kind not in rule.kinds:
+            continue
+        reasons = []
+        for condition in rule.conditions:
+            reason = await _holds(context, condition)
+            if reason is None:
+                break
+            reasons.append(reason)
+        else:
+            fired.append(Fired(rule=rule, reason="; ".join(reasons)))
+    return fired
+
+
+def _span(seconds: int) -> str:
+    if seconds % 86_400 == 0:
+        return f"{seconds // 86_400} d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+# ------------------------------------------------------------------------------------------ recording
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """Where alerts go: the chats, whether they can be sent (a token), and the noise budget."""
+
+    chats: tuple[str, ...]
+    sendable: bool
+    budget: int
+    budget_window: timedelta
+
+
+async def record_alert(
+    uow: UnitOfWork,
+    channel: Channel,
+    *,
+    key: str,
+    rule: str,
+    group_id: int | None,
+    summary: str,
+    rendered: Rendered,
+    now: datetime,
+    kind: str = "alert",
+) -> MonitoringAlert | None:
+    """Record an alert in ``uow``'s transaction and queue its delivery (or its place in a digest).
+
+    Without a token or chats the alert is only recorded. ``key`` makes recording idempotent.
+    """
+    if not channel.sendable or not channel.chats:
+        return await queries.insert_alert(
+            uow.conn,
+            key=key,
+            kind=kind,
+            rule=rule,
+            group_id=group_id,
+            summary=summary,
+            text_html=rendered.html,
+            text_plain=rendered.plain,
+            digest_id=None,
+            created_at=now,
+        )
+    digest_id: int | None = None
+    if kind == "alert":
+        digest_id = await _over_budget_digest(uow, channel, now)
+    alert = await queries.insert_alert(
+        uow.conn,
+        key=key,
+        kind=kind,
+        rule=rule,
+        group_id=group_id,
+        summary=summary,
+        text_html=rendered.html,
+        text_plain=rendered.plain,
+        digest_id=digest_id,
+        created_at=now,
+    )
+    if alert is not None and digest_id is None:
+        await queries.insert_deliveries(
+            uow.conn, alert_id=alert.id, chat_ids=list(channel.chats), not_before=now
+        )
+        await enqueue(uow, "default", DELIVER_TASK, {})
+    return alert
+
+
+async def _over_budget_digest(uow: UnitOfWork, channel: Channel, now: datetime) -> int | None:
+    """None while the period's budget lasts; past it, the id of the period's digest (created once,
+    delivered when the period ends)."""
+    await queries.lock_key(uow.conn, key=f"monitoring-budget:{CHANNEL}")
+    period = await queries.current_budget_period(uow.conn, channel=CHANNEL)
+    if period is None or period.ends_at <= now:
+        period = await queries.open_budget_period(
+            uow.conn, channel=CHANNEL, started_at=now, ends_at=now + channel.budget_window
+        )
+        assert period is not None
+    used = await queries.use_budget(uow.conn, channel=CHANNEL, started_at=period.started_at)
+    assert used is not None
+    if used.used <= channel.budget:
+        return None
+    if period.digest_id is not None:
+        return period.digest_id
+    digest = await queries.insert_alert(
+        uow.conn,
+        key=f"digest:{CHANNEL}:{period.started_at.isoformat()}",
+        kind="digest",
+        rule="digest",
+        group_id=None,
+        summary="digest of the alerts over the noise budget",
+        text_html="",
+        text_plain="",
+        digest_id=None,
+        created_at=now,
+    )
+    assert digest is not None
+    await queries.set_budget_digest(
+        uow.conn, digest_id=digest.id, channel=CHANNEL, started_at=period.started_at
+    )
+    await queries.insert_deliveries(
+        uow.conn, alert_id=digest.id, chat_ids=list(channel.chats), not_before=period.ends_at
+    )
+    await enqueue(uow, "default", DELIVER_TASK, {})
+    return digest.id

@@ -1,0 +1,238 @@
+"""Delivering alerts to Telegram: durable, paced, and never twice.
+
+Deliveries are rows (one per alert and chat) written in the transaction that recorded the alert, so
+they survive restarts; a SAQ job (queued through the outbox), a SAQ cron and, as a fallback, every
+process's background task run ``Sender.deliver``. One sender runs at a time across all processes: it
+holds a session-level PostgreSQL advisory lock on a connection of its own, which PostgreSQL releases
+when that connection dies (a killed worker), so a sender never waits on a dead one.
+
+Exactly once is impossible with ``sendMessage`` (no idempotency key, and a bot cannot read back what
+it sent), so this is *at most once*, as the issue asks ("never twice"): a delivery is claimed
+(``sending``, committed) before its request leaves. If the sender dies between the request and the
+record of Telegram's answer, the next sender finds the row still ``sending`` and marks it
+``uncertain``: listed by the admin API, never resent. Requests that certainly did not reach Telegram
+(connection refused, 429, an error answer) go back to ``pending``.
+
+Pacing follows the Bot API FAQ: one message per second per chat, 20 per minute to a group (a chat id
+starting with ``-``), and after a 429 at least ``parameters.retry_after`` seconds. The pacing state is
+stored per chat, so a restarted sender keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+from prometheus_client import Counter
+from psycopg import AsyncConnection
+
+from app.core.db import Database
+from app.db import monitoring as queries
+from app.db.models import MonitoringDeliveryStatus, MonitoringTelegramChat
+from app.domains.monitoring.messages import digest_message
+from app.domains.monitoring.telegram import SendResult, TelegramClient
+
+log = structlog.get_logger("app.monitoring")
+
+SENDER_LOCK = 0x6D6F6E69746F72
+"""The advisory lock key of the one active sender."""
+MIN_INTERVAL_S = 1.1
+"""Per chat: one message a second (plus a margin for network jitter between our clock and theirs)."""
+GROUP_WINDOW_S = 60.5
+GROUP_MAX = 20
+MAX_ATTEMPTS = 12
+
+OUTCOMES = Counter(
+    "app_monitoring_telegram_requests", "Telegram sendMessage requests by outcome", ["outcome"]
+)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(slots=True)
+class Pacer:
+    """When each chat may receive its next message."""
+
+    blocked: dict[str, float] = field(default_factory=dict)
+    recent: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, rows: list[MonitoringTelegramChat]) -> Pacer:
+        pacer = cls()
+        for row in rows:
+            if row.blocked_until is not None:
+                pacer.blocked[row.chat_id] = row.blocked_until.timestamp()
+            pacer.recent[row.chat_id] = sorted(moment.timestamp() for moment in row.recent_sends)[-GROUP_MAX:]
+        return pacer
+
+    def ready_at(self, chat_id: str) -> float:
+        ready = self.blocked.get(chat_id, 0.0)
+        recent = self.recent.get(chat_id, [])
+        if recent:
+            ready = max(ready, recent[-1] + MIN_INTERVAL_S)
+        if chat_id.startswith("-") and len(recent) >= GROUP_MAX:
+            ready = max(ready, recent[-GROUP_MAX] + GROUP_WINDOW_S)
+        return ready
+
+    def requested(self, chat_id: str, at: float) -> None:
+        self.recent[chat_id] = [*self.recent.get(chat_id, []), at][-GROUP_MAX:]
+
+    def block(self, chat_id: str, until: float) -> None:
+        self.blocked[chat_id] = max(self.blocked.get(chat_id, 0.0), until)
+
+
+class Sender:
+    def __init__(
+        self,
+        db: Database,
+        database_url: str,
+        client: TelegramClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.database_url = database_url
+        self.client = client
+        self.clock = clock
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def deliver(self, budget_s: float) -> int:
+        """Send what is due within ``budget_s`` seconds; returns how many messages were delivered.
+
+        Returns at once when another sender is active (it will see the new rows) or nothing is due.
+        """
+        if not self.client.configured:
+            return 0
+        async with await AsyncConnection.connect(self.database_url, autocommit=True) as lock_conn:
+            if not await queries.try_advisory_lock(lock_conn, key=SENDER_LOCK):
+                return 0
+            try:
+                return await self._run(budget_s)
+            finally:
+                with suppress(Exception):
+                    await queries.advisory_unlock(lock_conn, key=SENDER_LOCK)
+
+    async def _run(self, budget_s: float) -> int:
+        deadline = time.monotonic() + budget_s
+        async with self.db.transaction() as uow:
+            orphans = await queries.mark_orphans_uncertain(uow.conn)
+            pacer = Pacer.load(await queries.load_chats(uow.conn))
+        if orphans:
+            log.warning("monitoring_deliveries_uncertain", deliveries=orphans)
+        delivered = 0
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            async with self.db.transaction() as uow:
+                rows = await queries.pending_deliveries(
+                    uow.conn, horizon=_utc(self.clock() + remaining), row_limit=100
+                )
+            if not rows:
+                break
+
+            def ready(row: queries.PendingDeliveriesRow) -> float:
+                return max(row.not_before.timestamp(), pacer.ready_at(row.chat_id))
+
+            row = min(rows, key=lambda r: (round(ready(r), 3), r.id))  # in order when equally ready
+            wait = ready(row) - self.clock()
+            if wait > deadline - time.monotonic():
+                break
+            if wait > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), wait)
+                if self._stopping.is_set():
+                    break
+            if await self._deliver_one(row, pacer):
+                delivered += 1
+        return delivered
+
+    async def _deliver_one(self, row: queries.PendingDeliveriesRow, pacer: Pacer) -> bool:
+        async with self.db.transaction() as uow:
+            claimed = await queries.claim_delivery(uow.conn, now=_utc(self.clock()), id=row.id)
+            if claimed is None:
+                return False
+            alert = await queries.get_alert(uow.conn, id=row.alert_id)
+            assert alert is not None
+            html_text, plain = alert.text_html, alert.text_plain
+            if alert.kind == "digest" and not html_text:
+                summaries = await queries.digest_summaries(uow.conn, digest_id=alert.id)
+                rendered = digest_message(
+                    [item.summary for item in summaries], alert.created_at, _utc(self.clock())
+                )
+                html_text, plain = rendered.html, rendered.plain
+                await queries.set_alert_text(uow.conn, text_html=html_text, text_plain=plain, id=alert.id)
+        # The claim is committed: from here on, a crash leaves the row 'sending' (never resent).
+        result = await self.client.send(row.chat_id, html_text, html_mode=True)
+        # Paced from the answer, not the request: the request surely arrived before its answer, so
+        # our spacing can never be shorter than the spacing Telegram measures.
+        pacer.requested(row.chat_id, self.clock())
+        note = None
+        if result.outcome == "bad_entities":
+            note = f"HTML refused ({result.description}); sent as plain text"
+            wait = pacer.ready_at(row.chat_id) - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            result = await self.client.send(row.chat_id, plain, html_mode=False)
+            pacer.requested(row.chat_id, self.clock())
+        OUTCOMES.labels(outcome=result.outcome).inc()
+        await self._record(row, claimed.attempts, result, pacer, note)
+        return result.outcome == "sent"
+
+    async def _record(
+        self,
+        row: queries.PendingDeliveriesRow,
+        attempts: int,
+        result: SendResult,
+        pacer: Pacer,
+        note: str | None,
+    ) -> None:
+        now = self.clock()
+        error = f"{result.status or ''} {result.description}".strip()[:500]
+        async with self.db.transaction() as uow:
+            if result.outcome == "sent":
+                await queries.mark_delivery_sent(
+                    uow.conn, sent_at=_utc(now), message_id=result.message_id, last_error=note, id=row.id
+                )
+            elif result.outcome == "retry" and attempts < MAX_ATTEMPTS:
+                if result.retry_after_s is not None:
+                    pacer.block(row.chat_id, now + result.retry_after_s)
+                    not_before = now + result.retry_after_s
+                else:
+                    not_before = now + min(300.0, 2.0**attempts)
+                await queries.mark_delivery_pending(
+                    uow.conn, not_before=_utc(not_before), last_error=error or "retry", id=row.id
+                )
+            else:
+                status = (
+                    MonitoringDeliveryStatus.UNCERTAIN
+                    if result.outcome == "uncertain"
+                    else MonitoringDeliveryStatus.FAILED
+                )
+                await queries.mark_delivery_final(
+                    uow.conn, status=status, last_error=error or result.outcome, id=row.id
+                )
+            blocked = pacer.blocked.get(row.chat_id)
+            await queries.save_chat(
+                uow.conn,
+                chat_id=row.chat_id,
+                blocked_until=_utc(blocked) if blocked else None,
+                recent_sends=[_utc(moment) for moment in pacer.recent.get(row.chat_id, [])],
+            )
+        if result.outcome != "sent":
+            log.warning(
+                "monitoring_telegram_not_sent",
+                outcome=result.outcome,
+                status=result.status,
+                description=result.description[:200],
+                delivery_id=row.id,
+            )

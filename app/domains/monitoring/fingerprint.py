@@ -1,0 +1,248 @@
+"""Fingerprints: when two events are the same problem.
+
+An exception yields up to three hashes, all versioned by ``GROUPING_VERSION`` (a change of the rules
+ships as a new version; stored groups keep the hashes they were found by):
+
+- ``in_app``: the exception type chain plus the frames of our own code (modules under the configured
+  packages, ``app`` and ``workers``, never a file under site-packages) as module + function + the
+  normalised source line. Line numbers never count, so moving code does not split a group.
+- ``all_frames``: the type chain plus every frame. A group holds both hashes, so when the in-app rules
+  change (a module moves in or out of our packages) the event still finds its group by this one, and
+  the new in-app hash joins the group.
+- ``message``: for events without a stack, the type chain plus the first line of the message with
+  numbers, UUIDs, hex, timestamps, IPs and e-mail addresses replaced by placeholders.
+
+Fixed fingerprints (``fixed``) name a problem directly: a dependency outage by its exception type, a
+slow route by method and route, a cron monitor by its job name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import msgspec
+
+GROUPING_VERSION = "2026-11-30"
+MAX_CHAIN = 5
+MAX_FRAMES = 60
+MAX_CONTEXT_LINE = 120
+"""Longer source lines do not contribute (minified or generated code, huge literals)."""
+MAX_MESSAGE = 2000
+
+RawFrame = tuple[str, str, str, int]
+"""(module, function, filename, line number) as taken at capture time, before any file is read."""
+
+
+class Frame(msgspec.Struct, frozen=True):
+    module: str
+    function: str
+    filename: str
+    lineno: int
+    context_line: str | None
+    in_app: bool
+
+
+class ExceptionPart(msgspec.Struct, frozen=True):
+    type: str
+    message: str
+    frames: list[Frame]
+
+
+class Variant(msgspec.Struct, frozen=True):
+    name: str
+    hash: str
+    components: list[str]
+    """What contributed, one readable line each (the explanation of ``/grouping``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawException:
+    """An exception as captured on the hot path: names and positions only, no file read yet."""
+
+    type: str
+    message: str
+    frames: tuple[RawFrame, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    variants: tuple[Variant, ...]
+    chain: tuple[ExceptionPart, ...] = field(default=())
+
+    @property
+    def primary(self) -> Variant:
+        return self.variants[0]
+
+    @property
+    def hashes(self) -> list[str]:
+        return [variant.hash for variant in self.variants]
+
+
+def type_name(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+
+
+def capture_chain(exc: BaseException) -> tuple[RawException, ...]:
+    """The exception and its causes (innermost first), with the frames of each traceback.
+
+    Cheap on purpose (it runs inside the failing request): no source file is read here.
+    """
+    chain: list[RawException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(chain) < MAX_CHAIN:
+        seen.add(id(current))
+        chain.append(
+            RawException(type_name(type(current)), _message(current), _frames(current.__traceback__))
+        )
+        cause = current.__cause__
+        current = cause if cause is not None or current.__suppress_context__ else current.__context__
+    chain.reverse()
+    return tuple(chain)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    return text[:MAX_MESSAGE]
+
+
+def _frames(tb: TracebackType | None) -> tuple[RawFrame, ...]:
+    frames: list[RawFrame] = []
+    append = frames.append
+    while tb is not None:
+        frame = tb.tb_frame
+        code = frame.f_code
+        append((frame.f_globals.get("__name__") or "?", code.co_qualname, code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    return tuple(frames[-MAX_FRAMES:])
+
+
+def is_in_app(module: str, filename: str, packages: Sequence[str]) -> bool:
+    if "site-packages" in filename or "dist-packages" in filename:
+        return False
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_line(line: str | None) -> str | None:
+    if not line:
+        return None
+    line = _SPACES.sub(" ", line.strip())
+    return line if 0 < len(line) <= MAX_CONTEXT_LINE else None
+
+
+_PLACEHOLDERS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
+        "<uuid>",
+    ),
+    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "<email>"),
+    (
+        re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2}\b)?"),
+        "<timestamp>",
+    ),
+    (re.compile(r"\b\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\b"), "<time>"),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "<ip>"),
+    (re.compile(r"(?i)\b0x[0-9a-f]+\b"), "<hex>"),
+    # Long hex ids and decimal numbers share one placeholder: a hex id may happen to be all digits.
+    (re.compile(r"\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b"), "<num>"),
+    (re.compile(r"\d+(?:\.\d+)?"), "<num>"),
+)
+
+
+def normalise_message(message: str) -> str:
+    """The first line of ``message`` with its variable parts replaced by placeholders."""
+    first = message.strip().split("\n", 1)[0][:MAX_MESSAGE]
+    for pattern, placeholder in _PLACEHOLDERS:
+        first = pattern.sub(placeholder, first)
+    return _SPACES.sub(" ", first).strip()[:512]
+
+
+def _hash(kind: str, variant: str, components: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for part in (GROUPING_VERSION, kind, variant, *components):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:32]
+
+
+def resolve_chain(chain: Sequence[RawException], packages: Sequence[str]) -> tuple[ExceptionPart, ...]:
+    """The captured chain with source lines (read now, in the background) and in-app flags."""
+    parts = []
+    for raw in chain:
+        frames = [
+            Frame(
+                module=module,
+                function=function,
+                filename=filename,
+                lineno=lineno,
+                context_line=linecache.getline(filename, lineno).strip() or None,
+                in_app=is_in_app(module, filename, packages),
+            )
+            for module, function, filename, lineno in raw.frames
+        ]
+        parts.append(ExceptionPart(type=raw.type, message=raw.message, frames=frames))
+    return tuple(parts)
+
+
+def _frame_components(frames: Sequence[Frame]) -> list[str]:
+    components: list[str] = []
+    for frame in frames:
+        line = normalise_line(frame.context_line)
+        component = f"{frame.module} {frame.function}" + (f" | {line}" if line else "")
+        if not components or components[-1] != component:  # recursion depth must not split groups
+            components.append(component)
+    return components
+
+
+def fingerprint_chain(kind: str, chain: Sequence[ExceptionPart], scope: Sequence[str] = ()) -> Fingerprint:
+    """Every variant of ``chain``, best first (in-app, all frames, message).
+
+    ``scope``: components every variant starts with (a job failure's job name: a timeout raised in
+    SAQ's own frames is a different problem in each job).
+    """
+    variants: list[Variant] = []
+    in_app: list[str] = list(scope)
+    every: list[str] = list(scope)
+    for part in chain:
+        in_app += [f"type {part.type}", *_frame_components([f for f in part.frames if f.in_app])]
+        every += [f"type {part.type}", *_frame_components(part.frames)]
+    if any(f.in_app for part in chain for f in part.frames):
+        variants.append(Variant(name="in_app", hash=_hash(kind, "in_app", in_app), components=in_app))
+    if any(part.frames for part in chain):
+        variants.append(Variant(name="all_frames", hash=_hash(kind, "all_frames", every), components=every))
+    if not variants:
+        message = [*scope] + [
+            component
+            for part in chain
+            for component in (f"type {part.type}", f"message {normalise_message(part.message)}")
+        ]
+        variants.append(Variant(name="message", hash=_hash(kind, "message", message), components=message))
+    return Fingerprint(variants=tuple(variants), chain=tuple(chain))
+
+
+def fixed_fingerprint(kind: str, *parts: str) -> Fingerprint:
+    components = [f"{kind} {part}" for part in parts]
+    return Fingerprint(
+        variants=(Variant(name="fixed", hash=_hash(kind, "fixed", components), components=components),)
+    )
+
+
+def culprit(chain: Sequence[ExceptionPart]) -> str:
+    """Where it happened: the innermost in-app frame of the last exception, else its last frame."""
+    for part in reversed(chain):
+        frames = [f for f in part.frames if f.in_app] or part.frames
+        if frames:
+            return f"{frames[-1].module} in {frames[-1].function}"[:300]
+    return ""

@@ -1,0 +1,94 @@
+"""Per-route latency: fixed-bucket histograms in process memory, merged across processes in SQL.
+
+The request observer only bumps one counter (``observe`` is a dict lookup, a bisect over 50 bounds and
+an increment); the service ships the counts every ``MONITORING_SHIP_INTERVAL_S`` into per-minute rows
+that every process adds to. Percentiles over any window come from the merged buckets: the bounds grow
+by 25 %, so a percentile is reported as its bucket's upper bound (at most 25 % above the true value).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from litestar.types import Scope
+
+BOUNDS_S: tuple[float, ...] = tuple(0.001 * 1.25**k for k in range(50))
+"""Upper bounds of the buckets: 1 ms, 1.25 ms ... about 55 s; one more bucket holds the rest."""
+BUCKETS = len(BOUNDS_S) + 1
+
+
+class RouteCounts:
+    __slots__ = ("counts", "slowest_request", "slowest_s", "slowest_status")
+
+    def __init__(self) -> None:
+        self.counts = [0] * BUCKETS
+        self.slowest_s = -1.0
+        self.slowest_request: str | None = None
+        self.slowest_status = 0
+
+
+class LatencyRecorder:
+    """The request observer's target: counts per route template and method since the last drain."""
+
+    __slots__ = ("_routes",)
+
+    def __init__(self) -> None:
+        self._routes: dict[str, dict[str, RouteCounts]] = {}
+
+    def observe(self, scope: Scope, status: int, duration_s: float) -> None:
+        template = scope.get("path_template")
+        if not template:
+            return  # unmatched paths (404s) would grow the table without bound
+        methods = self._routes.get(template)
+        if methods is None:
+            methods = self._routes[template] = {}
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
+        counts = methods.get(method)
+        if counts is None:
+            counts = methods[method] = RouteCounts()
+        counts.counts[bisect_left(BOUNDS_S, duration_s)] += 1
+        if duration_s > counts.slowest_s:
+            counts.slowest_s = duration_s
+            counts.slowest_request = scope["state"].get("request_id")
+            counts.slowest_status = status
+
+    def drain(self) -> dict[str, dict[str, RouteCounts]]:
+        drained, self._routes = self._routes, {}
+        return drained
+
+
+def bucket_upper_ms(bucket: int) -> float:
+    return (BOUNDS_S[bucket] if bucket < len(BOUNDS_S) else BOUNDS_S[-1] * 1.25) * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    requests: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def quantile_ms(counts: Sequence[int], q: float) -> float:
+    """The upper bound (ms) of the bucket holding the ``q`` quantile of ``counts``."""
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for bucket, count in enumerate(counts):
+        seen += count
+        if seen >= rank and count:
+            return bucket_upper_ms(bucket)
+    return bucket_upper_ms(len(counts) - 1)
+
+
+def percentiles(counts: Sequence[int]) -> Percentiles:
+    return Percentiles(
+        requests=sum(counts),
+        p50_ms=quantile_ms(counts, 0.50),
+        p95_ms=quantile_ms(counts, 0.95),
+        p99_ms=quantile_ms(counts, 0.99),
+    )

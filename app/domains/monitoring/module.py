@@ -1,0 +1,34 @@
+"""Monitoring as the application sees it: admin routes, the service, jobs, cron and the hooks."""
+
+from __future__ import annotations
+
+from app.core.modules import Cron, Job, Module
+from app.core.services import Services
+from app.domains.monitoring.controllers import MonitoringController
+from app.domains.monitoring.crons import specs_from_modules
+from app.domains.monitoring.hooks import after_job, before_job, capture_request_exception, observe_request
+from app.domains.monitoring.jobs import deliver_alerts, run_monitoring_checks
+from app.domains.monitoring.services import MonitoringService
+
+
+def _service(services: Services) -> MonitoringService:
+    return MonitoringService(
+        services.db, services.settings, services.valkey, crons=specs_from_modules(services.modules)
+    )
+
+
+module = Module(
+    name="monitoring",
+    controllers=[MonitoringController],
+    service=_service,
+    jobs=[Job(function=deliver_alerts)],
+    cron=[
+        Cron(function=deliver_alerts, schedule="* * * * *", timeout_s=60),
+        Cron(function=run_monitoring_checks, schedule="* * * * *", timeout_s=60),
+    ],
+    enabled=lambda settings: settings.monitoring_enabled,
+    after_exception=[capture_request_exception],
+    request_observers=[observe_request],
+    before_job=[before_job],
+    after_job=[after_job],
+)

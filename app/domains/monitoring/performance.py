@@ -1,0 +1,175 @@
+"""Latency and job statistics in the database: shipping the process's counts, percentiles over
+sliding windows, slow-route detection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from app.config import Settings
+from app.core.db import Database
+from app.db import monitoring as queries
+from app.db.models import MonitoringGroupKind
+from app.domains.monitoring.capture import JobOutcome, RawEvent
+from app.domains.monitoring.groups import minute_of, utc
+from app.domains.monitoring.latency import BUCKETS, Percentiles, RouteCounts, percentiles
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLatency:
+    method: str
+    route: str
+    stats: Percentiles
+    exemplars: list[queries.RouteExemplarsBetweenRow]
+    slow: bool
+
+
+class Performance:
+    def __init__(self, db: Database, settings: Settings, clock: Callable[[], float]) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+
+    async def ship(
+        self, routes: dict[str, dict[str, RouteCounts]], jobs: dict[tuple[str, str], JobOutcome]
+    ) -> None:
+        """Add a process's latency histograms and job statistics to the shared minute rows."""
+        if not routes and not jobs:
+            return
+        minute = utc(minute_of(self.clock()))
+        latency: dict[str, list[Any]] = {"routes": [], "methods": [], "buckets": [], "requests": []}
+        exemplars: dict[str, list[Any]] = {"routes": [], "methods": [], "ids": [], "ms": [], "statuses": []}
+        for route, methods in routes.items():
+            for method, counts in methods.items():
+                for bucket, count in enumerate(counts.counts):
+                    if count:
+                        latency["routes"].append(route)
+                        latency["methods"].append(method)
+                        latency["buckets"].append(bucket)
+                        latency["requests"].append(count)
+                if counts.slowest_request:
+                    exemplars["routes"].append(route)
+                    exemplars["methods"].append(method)
+                    exemplars["ids"].append(counts.slowest_request)
+                    exemplars["ms"].append(counts.slowest_s * 1000)
+                    exemplars["statuses"].append(counts.slowest_status)
+        async with self.db.transaction() as uow:
+            if latency["routes"]:
+                await queries.add_route_latency(
+                    uow.conn,
+                    routes=latency["routes"],
+                    methods=latency["methods"],
+                    minutes=[minute] * len(latency["routes"]),
+                    buckets=latency["buckets"],
+                    requests=latency["requests"],
+                )
+            if exemplars["routes"]:
+                await queries.add_route_exemplars(
+                    uow.conn,
+                    routes=exemplars["routes"],
+                    methods=exemplars["methods"],
+                    minutes=[minute] * len(exemplars["routes"]),
+                    request_ids=exemplars["ids"],
+                    durations_ms=exemplars["ms"],
+                    statuses=exemplars["statuses"],
+                )
+            if jobs:
+                items = sorted(jobs.items())
+                await queries.add_job_runs(
+                    uow.conn,
+                    jobs=[job for (job, _), _ in items],
+                    minutes=[minute] * len(items),
+                    outcomes=[outcome for (_, outcome), _ in items],
+                    runs=[entry.runs for _, entry in items],
+                    total_ms=[entry.total_ms for _, entry in items],
+                    max_ms=[entry.max_ms for _, entry in items],
+                    max_attempts=[entry.max_attempts for _, entry in items],
+                )
+
+    async def route_latency(self, window: timedelta, now: float | None = None) -> list[RouteLatency]:
+        """p50/p95/p99 per route over the last ``window``, slowest p95 first."""
+        moment = utc(self.clock() if now is None else now)
+        since = moment - window
+        until = moment + timedelta(minutes=1)
+        async with self.db.transaction() as uow:
+            rows = await queries.route_latency_between(uow.conn, since=since, until=until)
+            merged: dict[tuple[str, str], list[int]] = {}
+            for row in rows:
+                merged.setdefault((row.method, row.route), [0] * BUCKETS)[row.bucket] += row.requests
+            result = []
+            for (method, route), counts in merged.items():
+                stats = percentiles(counts)
+                exemplars = await queries.route_exemplars_between(
+                    uow.conn, route=route, method=method, since=since, until=until, row_limit=5
+                )
+                result.append(
+                    RouteLatency(
+                        method, route, stats, exemplars, stats.p95_ms > self.settings.monitoring_slow_p95_ms
+                    )
+                )
+        return sorted(result, key=lambda item: (-item.stats.p95_ms, item.route, item.method))
+
+    async def job_runs(self, window: timedelta) -> list[queries.JobRunsBetweenRow]:
+        now = utc(self.clock())
+        async with self.db.transaction() as uow:
+            return await queries.job_runs_between(
+                uow.conn, since=now - window, until=now + timedelta(minutes=1)
+            )
+
+    async def slow_route_events(self, now: float | None = None) -> list[RawEvent]:
+        """Open (or add to) a slow-route group for each route whose p95 is over the threshold or
+        regressed against its own last 24 hours."""
+        settings = self.settings
+        moment = self.clock() if now is None else now
+        window = timedelta(seconds=settings.monitoring_slow_window_s)
+        recent = {(r.method, r.route): r for r in await self.route_latency(window, moment)}
+        end = utc(moment) - window
+        async with self.db.transaction() as uow:
+            rows = await queries.route_latency_between(uow.conn, since=end - timedelta(days=1), until=end)
+        baseline: dict[tuple[str, str], list[int]] = {}
+        for row in rows:
+            baseline.setdefault((row.method, row.route), [0] * BUCKETS)[row.bucket] += row.requests
+        events = []
+        for key, route in recent.items():
+            stats = route.stats
+            if stats.requests < settings.monitoring_slow_min_requests:
+                continue
+            base = percentiles(baseline[key]) if key in baseline else None
+            if base is not None and base.requests < settings.monitoring_slow_min_requests:
+                base = None
+            if stats.p95_ms > settings.monitoring_slow_p95_ms:
+                detail = f"above the {settings.monitoring_slow_p95_ms:.0f} ms threshold"
+            elif (
+                base is not None
+                and stats.p95_ms >= settings.monitoring_slow_min_ms
+                and stats.p95_ms > settings.monitoring_slow_factor * base.p95_ms
+            ):
+                detail = f"{stats.p95_ms / base.p95_ms:.1f}x its 24 h baseline ({base.p95_ms:.0f} ms)"
+            else:
+                continue
+            events.append(
+                RawEvent(
+                    kind=MonitoringGroupKind.SLOW_ROUTE,
+                    occurred_at=moment,
+                    chain=(),
+                    context={
+                        "source": "latency",
+                        "route": route.route,
+                        "method": route.method,
+                        "requests": stats.requests,
+                        "p50_ms": stats.p50_ms,
+                        "p95_ms": stats.p95_ms,
+                        "p99_ms": stats.p99_ms,
+                        "baseline_p95_ms": base.p95_ms if base else None,
+                        "threshold_ms": settings.monitoring_slow_p95_ms,
+                        "exemplar_request_ids": [e.request_id for e in route.exemplars],
+                        "detail": f"{route.method} {route.route}: p95 {stats.p95_ms:.0f} ms over "
+                        f"{settings.monitoring_slow_window_s} s, {detail}",
+                    },
+                    fixed=(route.method, route.route),
+                    title=f"Slow route: {route.method} {route.route}",
+                )
+            )
+        return events

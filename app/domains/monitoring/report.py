@@ -1,0 +1,94 @@
+"""The daily report: the last 24 hours up to the report time, in the report's time zone.
+
+It lists new and regressed groups, the top errors, slow routes, job failures, cron problems and the
+day's business figures (sign-ups, orders, page views, read straight from their tables by count).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from psycopg import AsyncConnection
+
+from app.db import monitoring as queries
+from app.domains.monitoring.latency import BUCKETS, percentiles
+from app.domains.monitoring.messages import ADMIN_PATH, KIND_LABELS
+from app.domains.monitoring.telegram import Part, Rendered, render
+
+TOP = 5
+
+
+def report_period(now: datetime, report_time: str, zone: ZoneInfo) -> tuple[date, datetime, datetime] | None:
+    """(local day, start, end) of the report due at ``now``, or None before today's report time.
+
+    Built from local wall-clock times, so a DST change moves nothing: the report is always sent at
+    the configured local time and covers the local day's 24 (or 23, 25) hours before it.
+    """
+    local = now.astimezone(zone)
+    hour, minute = (int(part) for part in report_time.split(":"))
+    due = datetime.combine(local.date(), time(hour, minute), tzinfo=zone)
+    if local < due:
+        return None
+    start = datetime.combine(local.date() - timedelta(days=1), time(hour, minute), tzinfo=zone)
+    return local.date(), start, due
+
+
+async def build_report(
+    conn: AsyncConnection[object], day: date, since: datetime, until: datetime, environment: str
+) -> Rendered:
+    new_count = await queries.count_new_groups_between(conn, since=since, until=until) or 0
+    new = await queries.new_groups_between(conn, since=since, until=until, row_limit=TOP)
+    regressed = await queries.regressed_between(conn, since=since, until=until, row_limit=TOP)
+    top = await queries.top_groups_between(conn, since=since, until=until, row_limit=TOP)
+    jobs = await queries.job_runs_between(conn, since=since, until=until)
+    crons = await queries.cron_problems_between(conn, since=since, until=until)
+    latency = await queries.route_latency_between(conn, since=since, until=until)
+    signups = await queries.signups_between(conn, since=since, until=until) or 0
+    orders = await queries.orders_between(conn, since=since, until=until)
+    pageviews = await queries.page_views_between(conn, since=since, until=until) or 0
+
+    parts = [Part(f"📊 Daily report {day.isoformat()} · {environment}", "b"), Part("\n")]
+    parts.append(Part(f"{since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M %Z}\n\n"))
+    parts.append(Part("Business", "b"))
+    revenue = orders.revenue if orders else 0
+    parts.append(
+        Part(
+            f"\nsign-ups {signups} · orders {orders.orders if orders else 0} (revenue {revenue}) · "
+            f"page views {pageviews}\n\n"
+        )
+    )
+    parts.append(Part(f"New groups: {new_count}", "b"))
+    parts += [Part(f"\n• #{g.id} {KIND_LABELS[g.kind]}: {g.title[:120]} ({g.events})") for g in new]
+    parts.append(Part("\n\n"))
+    parts.append(Part(f"Regressed: {len(regressed)}", "b"))
+    parts += [Part(f"\n• #{g.id} {KIND_LABELS[g.kind]}: {g.title[:120]}") for g in regressed]
+    parts.append(Part("\n\n"))
+    parts.append(Part("Top problems", "b"))
+    parts += [Part(f"\n• #{g.id} {g.events}x {g.title[:120]}") for g in top] or [Part("\nnone")]
+    parts.append(Part("\n\n"))
+
+    routes: dict[tuple[str, str], list[int]] = {}
+    for row in latency:
+        routes.setdefault((row.method, row.route), [0] * BUCKETS)[row.bucket] += row.requests
+    slow = sorted(
+        ((key, percentiles(counts)) for key, counts in routes.items()), key=lambda item: -item[1].p95_ms
+    )[:TOP]
+    parts.append(Part("Slowest routes (p95)", "b"))
+    parts += [
+        Part(
+            f"\n• {method} {route}: p95 {stats.p95_ms:.0f} ms, p99 {stats.p99_ms:.0f} ms"
+            f" ({stats.requests} req)"
+        )
+        for (method, route), stats in slow
+    ] or [Part("\nno traffic")]
+    parts.append(Part("\n\n"))
+
+    failures = [row for row in jobs if row.outcome in ("failed", "retried")]
+    parts.append(Part("Job failures", "b"))
+    parts += [Part(f"\n• {row.job}: {row.runs} {row.outcome}") for row in failures] or [Part("\nnone")]
+    parts.append(Part("\n\n"))
+    parts.append(Part("Cron problems", "b"))
+    parts += [Part(f"\n• {row.name}: {row.times}x {row.status}") for row in crons] or [Part("\nnone")]
+    parts.append(Part(f"\n\n{ADMIN_PATH}/errors"))
+    return render(parts, pointer=f"{ADMIN_PATH}/errors")

@@ -1,0 +1,478 @@
+-- name: LockKey :exec
+-- Serialises work on one key (a fingerprint, a budget channel) until the transaction ends.
+select pg_advisory_xact_lock(hashtextextended(@key::text, 0));
+
+-- name: FindHashes :many
+select h.hash, h.group_id, h.variant, h.grouping_version, g.root_id
+from monitoring_fingerprints h
+join monitoring_groups g on g.id = h.group_id
+where h.hash = any(@hashes::text[]);
+
+-- name: CreateGroup :one
+insert into monitoring_groups (id, root_id, kind, title, culprit, status_changed_at, first_seen_at, last_seen_at)
+select n.id, n.id, @kind::monitoring_group_kind, @title::text, @culprit::text, @first_seen_at::timestamptz,
+       @first_seen_at::timestamptz, @last_seen_at::timestamptz
+from (select nextval(pg_get_serial_sequence('monitoring_groups', 'id')) as id) n
+returning *;
+
+-- name: AddHashes :exec
+insert into monitoring_fingerprints (hash, group_id, variant, grouping_version)
+select unnest(@hashes::text[]), @group_id::bigint, unnest(@variants::text[]), @grouping_version::text
+on conflict (hash) do nothing;
+
+-- name: GetGroup :one
+select * from monitoring_groups where id = @id;
+
+-- name: LockGroup :one
+select * from monitoring_groups where id = @id for update;
+
+-- name: AddGroupEvents :one
+update monitoring_groups
+set events = events + @events,
+    users = users + @new_users,
+    first_seen_at = least(first_seen_at, @first_seen_at),
+    last_seen_at = greatest(last_seen_at, @last_seen_at),
+    last_release = @last_release
+where id = @id
+returning *;
+
+-- name: AddGroupUsers :execrows
+-- Returns how many users the group had not seen before.
+insert into monitoring_group_users (group_id, user_id, first_seen_at, last_seen_at)
+select @group_id::bigint, unnest(@user_ids::bigint[]), @seen_at::timestamptz, @seen_at::timestamptz
+on conflict (group_id, user_id) do nothing;
+
+-- name: TouchGroupUsers :exec
+update monitoring_group_users
+set last_seen_at = greatest(last_seen_at, @seen_at)
+where group_id = @group_id and user_id = any(@user_ids::bigint[]);
+
+-- name: AddGroupCounts :exec
+insert into monitoring_group_counts (group_id, minute, events)
+select @group_id::bigint, unnest(@minutes::timestamptz[]), unnest(@counts::bigint[])
+on conflict (group_id, minute) do update set events = monitoring_group_counts.events + excluded.events;
+
+-- name: UpsertRelease :one
+insert into monitoring_releases (name) values (@name)
+on conflict (name) do update set name = excluded.name
+returning *;
+
+-- name: GetReleaseByName :one
+select * from monitoring_releases where name = @name;
+
+-- name: GetRelease :one
+select * from monitoring_releases where id = @id;
+
+-- name: AddGroupRelease :exec
+insert into monitoring_group_releases (group_id, release_id, first_seen_at, last_seen_at, events)
+values (@group_id, @release_id, @first_seen_at, @last_seen_at, @events)
+on conflict (group_id, release_id) do update
+set first_seen_at = least(monitoring_group_releases.first_seen_at, excluded.first_seen_at),
+    last_seen_at = greatest(monitoring_group_releases.last_seen_at, excluded.last_seen_at),
+    events = monitoring_group_releases.events + excluded.events;
+
+-- name: InsertEvent :exec
+insert into monitoring_events (group_id, occurred_at, hash, release, environment, message, exception, context, grouping)
+values (@group_id, @occurred_at, @hash, @release, @environment, @message, @exception, @context, @grouping);
+
+-- name: TrimEvents :exec
+-- Keeps the newest @keep events of the group.
+delete from monitoring_events
+where monitoring_events.group_id = @group_id::bigint
+  and monitoring_events.id <= (select e.id from monitoring_events e where e.group_id = @group_id::bigint
+                               order by e.id desc offset @keep::integer limit 1);
+
+-- name: SetGroupState :one
+update monitoring_groups
+set status = @status,
+    status_changed_at = @status_changed_at,
+    resolved_at = sqlc.narg(resolved_at),
+    resolved_in_release_id = sqlc.narg(resolved_in_release_id),
+    resolved_after_release_id = sqlc.narg(resolved_after_release_id),
+    ignore_mode = sqlc.narg(ignore_mode),
+    ignore_until_events = sqlc.narg(ignore_until_events),
+    ignore_until = sqlc.narg(ignore_until)
+where id = @id
+returning *;
+
+-- name: AddActivity :exec
+insert into monitoring_group_activity (group_id, action, actor_id, detail, at)
+values (@group_id, @action, sqlc.narg(actor_id), @detail, @at);
+
+-- name: TreeTotals :one
+select coalesce(sum(events), 0)::bigint as events, min(first_seen_at)::timestamptz as first_seen_at,
+       max(last_seen_at)::timestamptz as last_seen_at, count(*)::bigint as members
+from monitoring_groups where root_id = @root_id;
+
+-- name: TreeUsers :one
+select count(distinct u.user_id)::bigint as users
+from monitoring_group_users u
+join monitoring_groups g on g.id = u.group_id
+where g.root_id = @root_id;
+
+-- name: TreeEventsBetween :one
+select coalesce(sum(c.events), 0)::bigint as events
+from monitoring_group_counts c
+join monitoring_groups g on g.id = c.group_id
+where g.root_id = @root_id and c.minute >= @since and c.minute < @until;
+
+-- name: TreeUsersSince :one
+select count(distinct u.user_id)::bigint as users
+from monitoring_group_users u
+join monitoring_groups g on g.id = u.group_id
+where g.root_id = @root_id and u.last_seen_at >= @since;
+
+-- name: FireRule :one
+-- Records that the rule fires for the group unless it last fired after @cutoff (now minus the
+-- action interval); returns no row then, so concurrent writers fire it once.
+insert into monitoring_rule_fires as f (rule, group_id, last_fired_at)
+values (@rule, @group_id, @now)
+on conflict (rule, group_id) do update set last_fired_at = excluded.last_fired_at
+where f.last_fired_at <= @cutoff::timestamptz
+returning f.last_fired_at;
+
+-- name: ListGroups :many
+select g.id, g.kind, g.title, g.culprit, g.status, g.status_changed_at, g.last_release, g.resolved_at,
+       g.ignore_mode, g.ignore_until_events, g.ignore_until, t.events, t.first_seen_at, t.last_seen_at,
+       t.members,
+       case when t.members = 1 then g.users
+            else (select count(distinct u.user_id) from monitoring_group_users u
+                  join monitoring_groups m on m.id = u.group_id where m.root_id = g.id)
+       end::bigint as users
+from monitoring_groups g
+cross join lateral (
+    select coalesce(sum(m.events), 0)::bigint as events, min(m.first_seen_at)::timestamptz as first_seen_at,
+           max(m.last_seen_at)::timestamptz as last_seen_at, count(*)::bigint as members
+    from monitoring_groups m where m.root_id = g.id
+) t
+where g.parent_id is null
+  and g.id < @before_id
+  and (sqlc.narg(status)::monitoring_group_status is null or g.status = sqlc.narg(status)::monitoring_group_status)
+  and (sqlc.narg(kind)::monitoring_group_kind is null or g.kind = sqlc.narg(kind)::monitoring_group_kind)
+  and (sqlc.narg(release)::text is null or exists (
+        select 1 from monitoring_group_releases r
+        join monitoring_groups m on m.id = r.group_id
+        join monitoring_releases rel on rel.id = r.release_id
+        where m.root_id = g.id and rel.name = sqlc.narg(release)::text))
+order by g.id desc
+limit @row_limit;
+
+-- name: TreeMembers :many
+select * from monitoring_groups where root_id = @root_id order by id;
+
+-- name: TreeHashes :many
+select h.hash, h.group_id, h.variant, h.grouping_version, h.created_at
+from monitoring_fingerprints h
+join monitoring_groups g on g.id = h.group_id
+where g.root_id = @root_id
+order by h.group_id, h.created_at, h.hash;
+
+-- name: GroupReleases :many
+select r.name, gr.first_seen_at, gr.last_seen_at, gr.events
+from monitoring_group_releases gr
+join monitoring_releases r on r.id = gr.release_id
+join monitoring_groups g on g.id = gr.group_id
+where g.root_id = @root_id
+order by gr.first_seen_at;
+
+-- name: ListGroupEvents :many
+select * from monitoring_events
+where group_id = any(@group_ids::bigint[]) and id < @before_id
+order by id desc
+limit @row_limit;
+
+-- name: LatestTreeEvent :one
+select e.* from monitoring_events e
+join monitoring_groups g on g.id = e.group_id
+where g.root_id = @root_id
+order by e.id desc
+limit 1;
+
+-- name: SetParent :exec
+update monitoring_groups set parent_id = sqlc.narg(parent_id) where id = @id;
+
+-- name: MoveTree :exec
+update monitoring_groups set root_id = @new_root_id where root_id = @old_root_id;
+
+-- name: DetachSubtree :exec
+-- Makes @id the root of itself and of every group merged (directly or not) into it.
+with recursive subtree as (
+    select g.id from monitoring_groups g where g.id = @id
+    union all
+    select c.id from monitoring_groups c join subtree s on c.parent_id = s.id
+)
+update monitoring_groups set root_id = @id where id in (select id from subtree);
+
+-- name: ExpireTimedIgnores :many
+update monitoring_groups
+set status = 'unresolved', status_changed_at = @now, ignore_mode = null, ignore_until = null,
+    ignore_until_events = null
+where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null
+returning id;
+
+
+-- name: CurrentBudgetPeriod :one
+select * from monitoring_budget_periods where channel = @channel order by started_at desc limit 1;
+
+-- name: OpenBudgetPeriod :one
+insert into monitoring_budget_periods (channel, started_at, ends_at, used)
+values (@channel, @started_at, @ends_at, 0)
+returning *;
+
+-- name: UseBudget :one
+update monitoring_budget_periods set used = used + 1
+where channel = @channel and started_at = @started_at
+returning *;
+
+-- name: SetBudgetDigest :exec
+update monitoring_budget_periods set digest_id = @digest_id where channel = @channel and started_at = @started_at;
+
+-- name: InsertAlert :one
+insert into monitoring_alerts (key, kind, rule, group_id, summary, text_html, text_plain, digest_id, created_at)
+values (@key, @kind, @rule, sqlc.narg(group_id), @summary, @text_html, @text_plain, sqlc.narg(digest_id), @created_at)
+on conflict (key) do nothing
+returning *;
+
+-- name: GetAlert :one
+select * from monitoring_alerts where id = @id;
+
+-- name: SetAlertText :exec
+update monitoring_alerts set text_html = @text_html, text_plain = @text_plain where id = @id;
+
+-- name: DigestSummaries :many
+select a.id, a.summary, a.group_id, a.created_at from monitoring_alerts a where a.digest_id = @digest_id order by a.id;
+
+-- name: InsertDeliveries :exec
+insert into monitoring_deliveries (alert_id, chat_id, not_before)
+select @alert_id::bigint, unnest(@chat_ids::text[]), @not_before::timestamptz
+on conflict (alert_id, chat_id) do nothing;
+
+-- name: ListAlerts :many
+select a.id, a.kind, a.rule, a.group_id, a.summary, a.digest_id, a.created_at,
+       coalesce((select array_agg(d.status::text || ':' || d.chat_id order by d.id)
+                 from monitoring_deliveries d where d.alert_id = a.id), '{}')::text[] as deliveries
+from monitoring_alerts a
+where a.id < @before_id
+  and (sqlc.narg(group_id)::bigint is null or a.group_id in (
+        select m.id from monitoring_groups m where m.root_id = sqlc.narg(group_id)::bigint))
+order by a.id desc
+limit @row_limit;
+
+
+-- name: TryAdvisoryLock :one
+select pg_try_advisory_lock(@key::bigint) as locked;
+
+-- name: AdvisoryUnlock :one
+select pg_advisory_unlock(@key::bigint) as unlocked;
+
+-- name: MarkOrphansUncertain :execrows
+-- Run only by the sender holding the sender lock: a row still 'sending' belongs to a dead sender,
+-- whose request may have reached Telegram. It is never sent again.
+update monitoring_deliveries
+set status = 'uncertain', last_error = 'the sender stopped during the request; not resent (at most once)'
+where status = 'sending';
+
+-- name: PendingDeliveries :many
+select d.id, d.alert_id, d.chat_id, d.not_before, d.attempts
+from monitoring_deliveries d
+where d.status = 'pending' and d.not_before <= @horizon
+order by d.not_before, d.id
+limit @row_limit;
+
+-- name: CountDueDeliveries :one
+select count(*)::bigint as due from monitoring_deliveries where status = 'pending' and not_before <= @before;
+
+-- name: ClaimDelivery :one
+update monitoring_deliveries
+set status = 'sending', claimed_at = @now, attempts = attempts + 1
+where id = @id and status = 'pending'
+returning *;
+
+-- name: MarkDeliverySent :exec
+update monitoring_deliveries
+set status = 'sent', sent_at = @sent_at, message_id = sqlc.narg(message_id), last_error = sqlc.narg(last_error)
+where id = @id;
+
+-- name: MarkDeliveryPending :exec
+update monitoring_deliveries set status = 'pending', not_before = @not_before, last_error = @last_error
+where id = @id;
+
+-- name: MarkDeliveryFinal :exec
+update monitoring_deliveries set status = @status, last_error = @last_error where id = @id;
+
+-- name: LoadChats :many
+select * from monitoring_telegram_chats;
+
+-- name: SaveChat :exec
+insert into monitoring_telegram_chats (chat_id, blocked_until, recent_sends)
+values (@chat_id, sqlc.narg(blocked_until), @recent_sends)
+on conflict (chat_id) do update set blocked_until = excluded.blocked_until, recent_sends = excluded.recent_sends;
+
+-- name: GetDelivery :one
+select * from monitoring_deliveries where id = @id;
+
+
+-- name: AddRouteLatency :exec
+insert into monitoring_route_latency (route, method, minute, bucket, requests)
+select unnest(@routes::text[]), unnest(@methods::text[]), unnest(@minutes::timestamptz[]),
+       unnest(@buckets::smallint[]), unnest(@requests::bigint[])
+on conflict (route, method, minute, bucket)
+do update set requests = monitoring_route_latency.requests + excluded.requests;
+
+-- name: AddRouteExemplars :exec
+insert into monitoring_route_exemplars (route, method, minute, request_id, duration_ms, status)
+select unnest(@routes::text[]), unnest(@methods::text[]), unnest(@minutes::timestamptz[]),
+       unnest(@request_ids::text[]), unnest(@durations_ms::float8[]), unnest(@statuses::integer[]);
+
+-- name: RouteLatencyBetween :many
+select route, method, bucket, sum(requests)::bigint as requests
+from monitoring_route_latency
+where minute >= @since and minute < @until
+group by route, method, bucket;
+
+-- name: RouteExemplarsBetween :many
+select request_id, duration_ms, status, minute
+from monitoring_route_exemplars
+where route = @route and method = @method and minute >= @since and minute < @until
+order by duration_ms desc
+limit @row_limit;
+
+-- name: AddJobRuns :exec
+insert into monitoring_job_runs (job, minute, outcome, runs, total_ms, max_ms, max_attempts)
+select unnest(@jobs::text[]), unnest(@minutes::timestamptz[]), unnest(@outcomes::text[]),
+       unnest(@runs::bigint[]), unnest(@total_ms::float8[]), unnest(@max_ms::float8[]),
+       unnest(@max_attempts::integer[])
+on conflict (job, minute, outcome) do update
+set runs = monitoring_job_runs.runs + excluded.runs,
+    total_ms = monitoring_job_runs.total_ms + excluded.total_ms,
+    max_ms = greatest(monitoring_job_runs.max_ms, excluded.max_ms),
+    max_attempts = greatest(monitoring_job_runs.max_attempts, excluded.max_attempts);
+
+-- name: JobRunsBetween :many
+select job, outcome, sum(runs)::bigint as runs, sum(total_ms)::float8 as total_ms, max(max_ms)::float8 as max_ms,
+       max(max_attempts)::integer as max_attempts, max(minute)::timestamptz as last_minute
+from monitoring_job_runs
+where minute >= @since and minute < @until
+group by job, outcome
+order by job, outcome;
+
+
+-- name: UpsertCronMonitor :exec
+insert into monitoring_cron_monitors (name, queue, schedule, margin_s, max_runtime_s, failure_threshold,
+                                      recovery_threshold, registered_at)
+values (@name, @queue, @schedule, @margin_s, @max_runtime_s, @failure_threshold, @recovery_threshold, @registered_at)
+on conflict (name) do update
+set queue = excluded.queue, schedule = excluded.schedule, margin_s = excluded.margin_s,
+    max_runtime_s = excluded.max_runtime_s, failure_threshold = excluded.failure_threshold,
+    recovery_threshold = excluded.recovery_threshold,
+    registered_at = case when monitoring_cron_monitors.schedule = excluded.schedule
+                         then monitoring_cron_monitors.registered_at else excluded.registered_at end;
+
+-- name: ListCronMonitors :many
+select * from monitoring_cron_monitors order by name;
+
+-- name: CronMonitorNames :many
+select name from monitoring_cron_monitors order by name;
+
+-- name: LockCronMonitor :one
+select * from monitoring_cron_monitors where name = @name for update;
+
+-- name: SaveCronMonitorState :exec
+update monitoring_cron_monitors
+set last_slot = sqlc.narg(last_slot),
+    last_status = @last_status,
+    last_started_at = sqlc.narg(last_started_at),
+    last_finished_at = sqlc.narg(last_finished_at),
+    last_duration_ms = sqlc.narg(last_duration_ms),
+    missed_slot = sqlc.narg(missed_slot),
+    consecutive_failures = @consecutive_failures,
+    consecutive_ok = @consecutive_ok,
+    group_id = sqlc.narg(group_id)
+where name = @name;
+
+-- name: InsertCheckin :exec
+insert into monitoring_cron_checkins (name, slot, status, at, duration_ms)
+values (@name, sqlc.narg(slot), @status, @at, sqlc.narg(duration_ms));
+
+
+-- name: ClaimTick :one
+-- The first process to move a periodic check to a new slot runs it; the others get no row.
+insert into monitoring_ticks (name, slot) values (@name, @slot)
+on conflict (name) do update set slot = excluded.slot
+where monitoring_ticks.slot < excluded.slot
+returning slot;
+
+-- name: ClaimReport :one
+insert into monitoring_reports (day) values (@day) on conflict (day) do nothing returning day;
+
+-- name: SetReportAlert :exec
+update monitoring_reports set alert_id = @alert_id where day = @day;
+
+-- name: NewGroupsBetween :many
+select id, kind, title, events from monitoring_groups
+where parent_id is null and first_seen_at >= @since and first_seen_at < @until
+order by events desc, id
+limit @row_limit;
+
+-- name: CountNewGroupsBetween :one
+select count(*)::bigint as groups from monitoring_groups
+where parent_id is null and first_seen_at >= @since and first_seen_at < @until;
+
+-- name: RegressedBetween :many
+select distinct g.id, g.kind, g.title
+from monitoring_group_activity a
+join monitoring_groups g on g.id = a.group_id
+where a.action = 'regressed' and a.at >= @since and a.at < @until
+order by g.id
+limit @row_limit;
+
+-- name: TopGroupsBetween :many
+select g.root_id as id, r.kind, r.title, sum(c.events)::bigint as events
+from monitoring_group_counts c
+join monitoring_groups g on g.id = c.group_id
+join monitoring_groups r on r.id = g.root_id
+where c.minute >= @since and c.minute < @until
+group by g.root_id, r.kind, r.title
+order by sum(c.events) desc, g.root_id
+limit @row_limit;
+
+-- name: CronProblemsBetween :many
+select name, status, count(*)::bigint as times
+from monitoring_cron_checkins
+where status in ('missed', 'error', 'timeout') and at >= @since and at < @until
+group by name, status
+order by name, status;
+
+-- name: SignupsBetween :one
+select count(*)::bigint as signups from users where created_at >= @since and created_at < @until;
+
+-- name: OrdersBetween :one
+select count(*)::bigint as orders, coalesce(sum(total) filter (where status in ('reserved', 'paid', 'fulfilled')), 0)::numeric as revenue
+from orders where created_at >= @since and created_at < @until;
+
+-- name: PageViewsBetween :one
+-- From the hourly rollups (the last minute or so may not be rolled up yet).
+select coalesce(sum(pageviews), 0)::bigint as pageviews from page_view_hourly where hour >= @since and hour < @until;
+
+-- name: PurgeEventsBefore :execrows
+delete from monitoring_events where occurred_at < @before;
+
+-- name: PurgeCountsBefore :execrows
+delete from monitoring_group_counts where minute < @before;
+
+-- name: PurgeLatencyBefore :execrows
+delete from monitoring_route_latency where minute < @before;
+
+-- name: PurgeExemplarsBefore :execrows
+delete from monitoring_route_exemplars where minute < @before;
+
+-- name: PurgeJobRunsBefore :execrows
+delete from monitoring_job_runs where minute < @before;
+
+-- name: PurgeCheckinsBefore :execrows
+delete from monitoring_cron_checkins where at < @before;
+
+-- name: PurgeAlertsBefore :execrows
+delete from monitoring_alerts a
+where a.created_at < @before
+  and not exists (select 1 from monitoring_deliveries d where d.alert_id = a.id and d.status in ('pending', 'sending'));

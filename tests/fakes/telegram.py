@@ -1,0 +1,327 @@
+"""A fake Telegram Bot API (``sendMessage``) for the tests, enforcing Telegram's limits.
+
+An ASGI app served by uvicorn on 127.0.0.1 (in a daemon thread for the tests, or on its own:
+``python -m tests.fakes.telegram --port 18700 --token 123456:TEST`` and point ``TELEGRAM_API_URL`` at
+it). It behaves like the Bot API where our sender depends on it:
+
+- ``POST /bot<token>/sendMessage`` with a JSON or form body (``chat_id``, ``text``, ``parse_mode``);
+  a wrong token is a 401.
+- ``parse_mode=HTML``: the text is parsed like Telegram does (the supported tags only, properly
+  nested; ``&lt; &gt; &amp; &quot;`` and numeric entities; a bare ``<``, ``>`` or ``&`` is an error),
+  and a malformed text is refused with ``400 Bad Request: can't parse entities: ...``.
+- The text after entity parsing must hold 1 to 4,096 characters, counted as Telegram counts them (UTF-16
+  code units: an emoji outside the BMP counts twice), else 400.
+- Flood control: at most one message per second per chat and 20 per minute per group chat (a chat id
+  starting with ``-``); a message over either limit gets ``429`` with ``parameters.retry_after``.
+- Scripted faults (``script``): the next requests answer a given status (e.g. 429 with
+  ``retry_after=3``); ``hold``: a request whose text contains a marker is recorded (Telegram has it)
+  and then answered only after a delay (a client killed meanwhile never learns it was sent).
+- Every request is recorded with its arrival time (``time.time()``), chat, text, parse mode and the
+  status answered; ``GET /_fake/messages`` shows them when run on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import uvicorn
+
+from tests.fakes.serving import ThreadedServer
+
+MAX_TEXT = 4096
+PER_CHAT_INTERVAL_S = 1.0
+GROUP_PER_MINUTE = 20
+
+_TAGS = {
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "span",
+    "tg-spoiler",
+    "a",
+    "tg-emoji",
+    "code",
+    "pre",
+    "blockquote",
+}
+_ENTITY = re.compile(r"&(lt|gt|amp|quot|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});")
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+[a-zA-Z-]+(?:=\"[^\"<>]*\")?)*)\s*>")
+
+
+def utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def parse_html(text: str) -> tuple[str, str | None]:
+    """(visible text, None) for a message Telegram accepts in HTML mode, else ("", the error)."""
+    out: list[str] = []
+    stack: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "<":
+            match = _TAG.match(text, index)
+            if match is None:
+                return "", f"Unexpected end of name token at byte offset {index}"
+            closing, name, attributes = match.group(1), match.group(2).lower(), match.group(3).strip()
+            if closing:
+                if not stack or stack[-1] != name:
+                    return (
+                        "",
+                        f'Unmatched end tag at byte offset {index}, expected "</{stack[-1] if stack else ""}>"',  # noqa: E501
+                    )
+                stack.pop()
+            else:
+                if name not in _TAGS:
+                    return "", f'Unsupported start tag "{name}" at byte offset {index}'
+                if stack and stack[-1] in ("code", "pre") and not (stack[-1] == "pre" and name == "code"):
+                    return "", f"Entities can't be nested in pre or code at byte offset {index}"
+                if name == "a" and 'href="' not in attributes:
+                    return "", f"Tag a needs an href at byte offset {index}"
+                if name == "span" and attributes != 'class="tg-spoiler"':
+                    return "", f'Tag "span" must have class "tg-spoiler" at byte offset {index}'
+                stack.append(name)
+            index = match.end()
+        elif char == "&":
+            match = _ENTITY.match(text, index)
+            if match is None:
+                return "", f"Unsupported HTML entity at byte offset {index}"
+            out.append(html.unescape(match.group(0)))
+            index = match.end()
+        elif char == ">":
+            return "", f"Character '>' is reserved at byte offset {index}"
+        else:
+            out.append(char)
+            index += 1
+    if stack:
+        return "", f'Can\'t find end tag corresponding to start tag "{stack[-1]}"'
+    return "".join(out), None
+
+
+@dataclass
+class Received:
+    at: float
+    chat_id: str
+    text: str
+    parse_mode: str | None
+    status: int
+    description: str = ""
+    retry_after: int | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == 200
+
+
+@dataclass
+class Scripted:
+    status: int
+    description: str = ""
+    retry_after: int | None = None
+
+
+@dataclass
+class Hold:
+    contains: str
+    seconds: float
+
+
+@dataclass
+class FakeTelegram:
+    token: str
+    received: list[Received] = field(default_factory=list)
+    scripted: deque[Scripted] = field(default_factory=deque)
+    holds: list[Hold] = field(default_factory=list)
+    accepted_at: dict[str, list[float]] = field(default_factory=dict)
+    next_message_id: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: bool = False
+
+    def script(self, *responses: Scripted) -> None:
+        with self.lock:
+            self.scripted.extend(responses)
+
+    def hold(self, contains: str, seconds: float) -> None:
+        with self.lock:
+            self.holds.append(Hold(contains, seconds))
+
+    def messages(self, *, accepted_only: bool = False) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.accepted or not accepted_only]
+
+    def reset(self) -> None:
+        with self.lock:
+            self.received.clear()
+            self.scripted.clear()
+            self.holds.clear()
+            self.accepted_at.clear()
+
+    def _answer(self, chat_id: str, text: str, parse_mode: str | None) -> tuple[int, dict[str, Any], float]:
+        """(status, body, hold seconds) of one sendMessage."""
+        now = time.time()
+        with self.lock:
+            if self.scripted:
+                fault = self.scripted.popleft()
+                return self._refuse(
+                    now, chat_id, text, parse_mode, fault.status, fault.description, fault.retry_after
+                )
+            if not chat_id:
+                return self._refuse(now, chat_id, text, parse_mode, 400, "Bad Request: chat_id is empty")
+            visible = text
+            if parse_mode is not None:
+                if parse_mode.upper() != "HTML":
+                    return self._refuse(
+                        now, chat_id, text, parse_mode, 400, "Bad Request: unsupported parse_mode"
+                    )
+                visible, error = parse_html(text)
+                if error is not None:
+                    description = f"Bad Request: can't parse entities: {error}"
+                    return self._refuse(now, chat_id, text, parse_mode, 400, description)
+            if not visible.strip():
+                return self._refuse(now, chat_id, text, parse_mode, 400, "Bad Request: message text is empty")
+            if utf16_length(visible) > MAX_TEXT:
+                return self._refuse(now, chat_id, text, parse_mode, 400, "Bad Request: message is too long")
+            accepted = self.accepted_at.setdefault(chat_id, [])
+            if accepted and now - accepted[-1] < PER_CHAT_INTERVAL_S:
+                wait = math.ceil(PER_CHAT_INTERVAL_S - (now - accepted[-1]))
+                return self._refuse(
+                    now, chat_id, text, parse_mode, 429, f"Too Many Requests: retry after {wait}", wait
+                )
+            if chat_id.startswith("-"):
+                last_minute = [moment for moment in accepted if now - moment < 60.0]
+                if len(last_minute) >= GROUP_PER_MINUTE:
+                    wait = max(1, math.ceil(last_minute[0] + 60.0 - now))
+                    description = f"Too Many Requests: retry after {wait}"
+                    return self._refuse(now, chat_id, text, parse_mode, 429, description, wait)
+            accepted.append(now)
+            self.received.append(Received(now, chat_id, text, parse_mode, 200))
+            message_id = self.next_message_id
+            self.next_message_id += 1
+            hold = next((h.seconds for h in self.holds if h.contains in text), 0.0)
+        body = {
+            "ok": True,
+            "result": {"message_id": message_id, "date": int(now), "chat": {"id": chat_id}, "text": visible},
+        }
+        return 200, body, hold
+
+    def _refuse(
+        self,
+        now: float,
+        chat_id: str,
+        text: str,
+        parse_mode: str | None,
+        status: int,
+        description: str,
+        retry_after: int | None = None,
+    ) -> tuple[int, dict[str, Any], float]:
+        self.received.append(Received(now, chat_id, text, parse_mode, status, description, retry_after))
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if retry_after is not None:
+            body["parameters"] = {"retry_after": retry_after}
+        return status, body, 0.0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        if scope["method"] == "GET" and path == "/_fake/messages":
+            await _respond(send, 200, [asdict(r) for r in self.messages()])
+            return
+        if scope["method"] != "POST" or not path.endswith("/sendMessage"):
+            await _respond(send, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return
+        if path != f"/bot{self.token}/sendMessage":
+            await _respond(send, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return
+        fields = _fields(scope, body)
+        status, answer, hold = self._answer(
+            str(fields.get("chat_id") or ""), str(fields.get("text") or ""), fields.get("parse_mode")
+        )
+        deadline = time.monotonic() + hold
+        while time.monotonic() < deadline and not self.stopping:  # noqa: ASYNC110 - set from another thread
+            await asyncio.sleep(0.05)
+        await _respond(send, status, answer)
+
+
+def _fields(scope: dict[str, Any], body: bytes) -> dict[str, Any]:
+    content_type = dict(scope["headers"]).get(b"content-type", b"").decode()
+    if "application/json" in content_type:
+        decoded = json.loads(body or b"{}")
+        return decoded if isinstance(decoded, dict) else {}
+    return {key: values[-1] for key, values in parse_qs(body.decode()).items()}
+
+
+async def _respond(send: Any, status: int, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class FakeTelegramServer(ThreadedServer):
+    """Serves a ``FakeTelegram`` on a free (or the given) 127.0.0.1 port."""
+
+    def __init__(self, fake: FakeTelegram, port: int | None = None) -> None:
+        super().__init__(fake, "fake-telegram", port)
+        self.fake = fake
+
+    def stop(self) -> None:
+        self.fake.stopping = True
+        super().stop()
+
+
+@contextmanager
+def serve_fake_telegram(token: str = "123456:TEST-TOKEN-not-a-real-one") -> Iterator[FakeTelegramServer]:
+    server = FakeTelegramServer(FakeTelegram(token=token))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake Telegram Bot API on 127.0.0.1 (sendMessage).")
+    parser.add_argument("--port", type=int, default=18700)
+    parser.add_argument("--token", default="123456:TEST-TOKEN-not-a-real-one")
+    options = parser.parse_args()
+    print(
+        f"fake Telegram on http://127.0.0.1:{options.port}: TELEGRAM_API_URL=http://127.0.0.1:{options.port} "
+        f"TELEGRAM_BOT_TOKEN={options.token}; messages at /_fake/messages",
+        flush=True,
+    )
+    uvicorn.run(FakeTelegram(token=options.token), host="127.0.0.1", port=options.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Alerts to a fake Telegram that enforces the Bot API's limits: budget and digest, 429 and
+``retry_after``, HTML refused, pacing, no token; cron monitors, job hooks, slow routes, the report."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from psycopg import AsyncConnection
+from saq.job import Job, Status
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.db import transaction
+from app.db.models import MonitoringGroupKind
+from app.domains.monitoring import alerts
+from app.domains.monitoring.capture import RawEvent
+from app.domains.monitoring.crons import CronSpec
+from app.domains.monitoring.fingerprint import RawException
+from app.domains.monitoring.telegram import Rendered
+from tests.fakes.telegram import FakeTelegramServer, Scripted, parse_html, serve_fake_telegram
+from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
+from tests.unit.test_monitoring_fingerprint import raise_bug
+
+TOKEN = "123456:TEST-TOKEN-not-a-real-one"
+# The session app's own background checks may add cron groups (no worker runs in the tests): the
+# assertions look at the groups they made.
+ERROR_GROUPS = "group_id in (select id from monitoring_groups where kind = 'error')"
+JOB_GROUPS = "group_id in (select id from monitoring_groups where kind = 'job')"
+GROUP_CHAT = "-1001234567890"
+PRIVATE_CHAT = "4242"
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegramServer]:
+    with serve_fake_telegram(TOKEN) as server:
+        yield server
+
+
+def with_telegram(server: FakeTelegramServer, chats: list[str], **changes: Any) -> dict[str, Any]:
+    return {
+        "telegram_bot_token": TOKEN,
+        "telegram_chat_id": chats,
+        "telegram_api_url": server.url,
+        **changes,
+    }
+
+
+def storm_event(group: int, at: float) -> RawEvent:
+    return RawEvent(
+        kind=MonitoringGroupKind.ERROR,
+        occurred_at=at,
+        chain=(RawException(f"StormError{group}", f"storm {group}", ()),),
+        context={"source": "request"},
+    )
+
+
+async def test_ten_thousand_events_in_a_minute_send_the_budget_and_one_digest(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    budget = 5
+    window = 300
+    changes = with_telegram(
+        telegram, [GROUP_CHAT], monitoring_alert_budget=budget, monitoring_alert_budget_window_s=window
+    )
+    async with open_monitoring(settings, **changes) as service:
+        start = time.time() - 60
+        for chunk in range(10):  # 10,000 events of 400 different errors over the last minute
+            for n in range(1000):
+                index = chunk * 1000 + n
+                service.buffer.add(storm_event(index % 400, start + index * 0.006))
+            await service.flush()  # the dedup gate: one write per group per window
+        await service.flush(force=True)  # (the rest, as at shutdown)
+        assert await scalar(db, "select count(*) from monitoring_groups where kind = 'error'") == 400
+        assert await scalar(db, "select sum(events) from monitoring_groups where kind = 'error'") == 10_000
+        service.clock = lambda: time.time() + window  # the budget period is over: its digest is due
+        delivered = await service.deliver(budget_s=60)
+    assert delivered == budget + 1
+    received = telegram.fake.messages()
+    assert all(r.accepted for r in received), [r.description for r in received if not r.accepted]
+    assert len(received) == budget + 1
+    digest, _ = parse_html(received[-1].text)
+    assert digest.startswith(f"🧾 {400 - budget} more alerts")
+    assert (
+        await scalar(db, "select count(*) from monitoring_alerts where digest_id is not null") == 400 - budget
+    )
+
+
+async def test_a_429_delays_the_next_send_by_retry_after(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    telegram.fake.script(Scripted(429, "Too Many Requests: retry after 3", retry_after=3))
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        await service.write_now([storm_event(1, time.time()), storm_event(2, time.time())])
+        assert await service.deliver(budget_s=30) == 2
+    first, second, third = telegram.fake.messages()
+    assert (first.status, first.retry_after) == (429, 3)
+    assert second.accepted and third.accepted
+    assert second.at - first.at >= 3.0, "the next send waited at least retry_after"
+    assert third.at - second.at >= 1.0, "one message per second per chat"
+    assert second.text == first.text, "the refused message is the one sent after the wait"
+
+
+async def test_html_refused_is_resent_as_plain_text(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        async with transaction(service.db.pool) as uow:
+            await alerts.record_alert(
+                uow,
+                service.channel,
+                key="broken",
+                rule="test",
+                group_id=None,
+                summary="broken",
+                rendered=Rendered(html="<b>unclosed & wrong", plain="unclosed & wrong"),
+                now=datetime.now(UTC),
+            )
+        assert await service.deliver(budget_s=30) == 1
+    html_try, plain_try = telegram.fake.messages()
+    assert html_try.status == 400 and "can't parse entities" in html_try.description
+    assert (plain_try.status, plain_try.parse_mode, plain_try.text) == (200, None, "unclosed & wrong")
+    status, note = (
+        await (await db.execute("select status::text, last_error from monitoring_deliveries")).fetchone()
+    ) or ()
+    assert status == "sent" and "plain text" in note
+
+
+async def test_without_a_token_alerts_are_recorded_not_sent(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    async with open_monitoring(
+        settings, telegram_chat_id=[PRIVATE_CHAT], telegram_api_url=telegram.url
+    ) as service:
+        [result] = await service.write_now([error_event(raise_bug(0))])
+        assert result.alert_id is not None
+        assert await service.deliver(budget_s=5) == 0
+    assert await scalar(db, f"select count(*) from monitoring_alerts where {ERROR_GROUPS}") == 1
+    assert await scalar(db, "select count(*) from monitoring_deliveries") == 0
+    assert telegram.fake.messages() == []
+
+
+async def test_each_chat_gets_one_message_a_second_without_a_single_429(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT, GROUP_CHAT])) as service:
+        await service.write_now([storm_event(n, time.time()) for n in range(4)])
+        assert await service.deliver(budget_s=30) == 8
+    received = telegram.fake.messages()
+    assert [r.status for r in received] == [200] * 8
+    for chat in (PRIVATE_CHAT, GROUP_CHAT):
+        times = [r.at for r in received if r.chat_id == chat]
+        assert len(times) == 4
+        assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(times))
+    assert await scalar(db, "select count(*) from monitoring_deliveries where status = 'sent'") == 8
+
+
+async def test_the_token_never_reaches_the_database_or_the_alert_text(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        exc = RuntimeError(f"POST {telegram.url}/bot{TOKEN}/sendMessage failed")
+        await service.write_now([error_event(exc)])
+        await service.deliver(budget_s=10)
+        assert TOKEN not in repr(service.telegram)
+    dump = await scalar(
+        db,
+        "select string_agg(t::text, ' ') from (select * from monitoring_events) t",
+    )
+    assert "TEST-TOKEN" not in dump
+    assert all("TEST-TOKEN" not in r.text for r in telegram.fake.messages())
+
+
+def cron_job(
+    name: str, slot: float, *, status: Status = Status.COMPLETE, attempts: int = 1
+) -> dict[str, Any]:
+    job = Job(function=name, key=f"cron:{name}", scheduled=int(slot), attempts=attempts, retries=3)
+    job.status = status
+    return {"job": job}
+
+
+async def test_a_stopped_worker_across_a_cron_slot_yields_a_missed_alert(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    yesterday = datetime(2026, 11, 29, 3, 17, tzinfo=UTC).timestamp()
+    today = yesterday + 86_400
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        service.monitors.crons = {"nightly": CronSpec("nightly", "default", "17 3 * * *", 300)}
+        service.clock = lambda: yesterday - 3600
+        await service.register_monitors()
+        # The worker runs yesterday's slot: check-ins through the job hooks.
+        service.clock = lambda: yesterday + 2
+        ctx = cron_job("nightly", yesterday)
+        service.job_started(ctx)
+        service.job_finished(ctx)
+        await service.flush(force=True)
+        assert await service.check_crons(yesterday + 3600) == []
+        # The worker is down across today's slot: nothing checks in.
+        assert await service.check_crons(today + 119) == [], "still within the check-in margin"
+        assert await service.check_crons(today + 121) == ["nightly"]
+        assert await service.check_crons(today + 600) == [], "a missed slot is reported once"
+        service.clock = lambda: today + 122
+        assert await service.deliver(budget_s=10) == 1
+        [monitor] = [m for m in await service.cron_monitors() if m.name == "nightly"]
+        assert (monitor.last_status, monitor.consecutive_failures) == ("missed", 1)
+        # The worker is back: the next run succeeds and the problem is resolved (recovery threshold 1).
+        service.clock = lambda: today + 86_400 + 5
+        ctx = cron_job("nightly", today + 86_400)
+        service.job_started(ctx)
+        service.job_finished(ctx)
+        await service.flush(force=True)
+    kind, status = (
+        await (
+            await db.execute(
+                "select kind::text, status::text from monitoring_groups where culprit = 'job nightly'"
+            )
+        ).fetchone()
+    ) or ()
+    assert (kind, status) == ("cron", "resolved")
+    [message] = telegram.fake.messages()
+    text, _ = parse_html(message.text)
+    assert "🆕 New cron problem" in text
+    assert "Cron job nightly: missed" in text
+    assert "no run started within 120 s of its slot 2026-11-30 03:17:00 UTC" in text
+
+
+async def test_job_hooks_record_runs_retries_and_final_failures(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    exc = raise_bug(0)
+    async with open_monitoring(settings) as service:
+        for attempt, status in ((1, Status.QUEUED), (2, Status.QUEUED), (3, Status.FAILED)):
+            job = Job(
+                function="reserve_order", key="outbox:7", attempts=attempt, retries=3, kwargs={"order_id": 1}
+            )
+            job.status = status
+            ctx: dict[str, Any] = {"job": job}
+            service.job_started(ctx)
+            ctx["exception"] = exc
+            service.job_finished(ctx)
+        ok = Job(function="reserve_order", key="outbox:8", attempts=1)
+        ok.status = Status.COMPLETE
+        ok_ctx: dict[str, Any] = {"job": ok}
+        service.job_started(ok_ctx)
+        service.job_finished(ok_ctx)
+        await service.flush(force=True)
+        await service.ship()
+    [(kind, events, title)] = await (
+        await db.execute("select kind::text, events, title from monitoring_groups where kind = 'job'")
+    ).fetchall()
+    assert (kind, events) == ("job", 1), "one failure after the last attempt; the retries are counted apart"
+    assert title.startswith("ValueError")
+    context = await scalar(db, f"select context from monitoring_events where {JOB_GROUPS}")
+    assert context["job"] == "reserve_order" and context["attempts"] == 3
+    assert context["arguments"] == ["order_id"], "argument names only, never their values"
+    runs = dict(await (await db.execute("select outcome, runs from monitoring_job_runs")).fetchall())
+    assert runs == {"retried": 2, "failed": 1, "complete": 1}
+
+
+async def test_a_slow_route_opens_a_group_with_exemplar_request_ids(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    async with open_monitoring(
+        settings, monitoring_slow_p95_ms=500.0, monitoring_slow_min_requests=20
+    ) as service:
+        for n in range(100):
+            duration = 1.2 if n % 10 == 0 else 0.05  # p95 1.2 s on the slow route
+            scope = {"path_template": "/api/slow", "method": "GET", "state": {"request_id": f"slow-{n}"}}
+            service.latency.observe(scope, 200, duration)  # type: ignore[arg-type]
+            fast = {"path_template": "/api/fast", "method": "GET", "state": {"request_id": f"fast-{n}"}}
+            service.latency.observe(fast, 200, 0.003)  # type: ignore[arg-type]
+        await service.ship()
+        routes = {(r.method, r.route): r for r in await service.route_latency(timedelta(minutes=5))}
+        assert routes[("GET", "/api/slow")].slow and not routes[("GET", "/api/fast")].slow
+        assert routes[("GET", "/api/slow")].stats.p95_ms >= 1200
+        results = await service.evaluate_slow_routes()
+        assert len(results) == 1
+    kind, title, context = (
+        await (
+            await db.execute(
+                "select g.kind::text, g.title, e.context"
+                " from monitoring_groups g join monitoring_events e on e.group_id = g.id"
+                " where g.kind = 'slow_route'"
+            )
+        ).fetchone()
+    ) or ()
+    assert (kind, title) == ("slow_route", "Slow route: GET /api/slow")
+    assert context["exemplar_request_ids"][0].startswith("slow-")
+    assert context["p95_ms"] >= 1200
+
+
+async def test_the_daily_report_is_sent_once_a_day(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    until = datetime.now(berlin).replace(hour=8, minute=0, second=0, microsecond=0)
+    during = (until - timedelta(hours=1)).timestamp()
+    async with open_monitoring(
+        settings,
+        monitoring_report_time="08:00",
+        monitoring_report_timezone="Europe/Berlin",
+        **with_telegram(telegram, [PRIVATE_CHAT]),
+    ) as service:
+        service.clock = lambda: during
+        await service.write_now([error_event(raise_bug(0), at=during)])
+        await db.execute(
+            "insert into users (email, display_name, password_hash, role, created_at)"
+            " values ('r@example.com', 'r', 'x', 'member', %s)",
+            (until - timedelta(hours=2),),
+        )
+        assert await service.send_report_if_due(until.timestamp() - 60) is None, "not before 08:00 local"
+        service.clock = lambda: until.timestamp() + 60
+        first = await service.send_report_if_due()
+        assert first is not None
+        assert await service.send_report_if_due(until.timestamp() + 3600) is None, "once per local day"
+        await db.execute("delete from monitoring_deliveries where alert_id <> %s", (first,))
+        service.clock = time.time
+        assert await service.deliver(budget_s=10) == 1
+    [message] = telegram.fake.messages()
+    text, error = parse_html(message.text)
+    assert error is None
+    assert text.startswith(f"📊 Daily report {until.date().isoformat()}")
+    assert "sign-ups 1 · orders 0" in text
+    assert "New groups: 1" in text
+    assert "ValueError: invalid literal for int()" in text

@@ -1,0 +1,398 @@
+"""Error groups on real PostgreSQL and Valkey: grouping, exact counts, dedup, lifecycle, merges."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.services import open_services
+from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
+from app.domains.monitoring.capture import DEGRADED, RawEvent
+from app.domains.monitoring.fingerprint import RawException, capture_chain
+from app.domains.monitoring.module import module as monitoring_module
+from app.domains.monitoring.services import MonitoringService
+from tests.unit.test_monitoring_fingerprint import raise_bug
+
+
+def tuned(settings: Settings, **changes: Any) -> Settings:
+    """Settings whose background task stays idle during a test (the test drives every step)."""
+    quiet = {
+        "monitoring_flush_interval_s": 60.0,
+        "monitoring_check_interval_s": 3600.0,
+        "monitoring_ship_interval_s": 600.0,
+        "monitoring_delivery_fallback_s": 86_400.0,
+    }
+    return msgspec.structs.replace(settings, **{**quiet, **changes})
+
+
+@asynccontextmanager
+async def open_monitoring(settings: Settings, **changes: Any) -> AsyncIterator[MonitoringService]:
+    """The monitoring service of a process of its own (started: its background task stays idle)."""
+    async with open_services(tuned(settings, **changes), [monitoring_module]) as services:
+        yield services[MonitoringService]
+
+
+@pytest.fixture
+async def service(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> AsyncIterator[MonitoringService]:
+    async with open_monitoring(settings) as opened:
+        yield opened
+
+
+def error_event(
+    exc: BaseException,
+    *,
+    at: float | None = None,
+    user_id: int | None = None,
+    kind: MonitoringGroupKind = MonitoringGroupKind.ERROR,
+    route: str = "/api/things/{thing_id:int}",
+) -> RawEvent:
+    return RawEvent(
+        kind=kind,
+        occurred_at=time.time() if at is None else at,
+        chain=capture_chain(exc),
+        context={"source": "request", "route": route, "method": "POST", "request_id": uuid.uuid4().hex},
+        user_id=user_id,
+    )
+
+
+def message_event(message: str, *, at: float | None = None) -> RawEvent:
+    return RawEvent(
+        kind=MonitoringGroupKind.ERROR,
+        occurred_at=time.time() if at is None else at,
+        chain=(RawException("PaymentTimeout", message, ()),),
+        context={"source": "job"},
+    )
+
+
+async def groups(db: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    cursor = await db.execute(
+        "select id, kind::text, status::text, events, users from monitoring_groups"
+        " where kind <> 'cron' order by id"  # the session app's checks may add cron groups
+    )
+    return await cursor.fetchall()
+
+
+async def scalar(db: AsyncConnection[Any], sql: str, *params: Any) -> Any:
+    row = await (await db.execute(sql, params)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def test_the_same_bug_raised_from_shifted_lines_is_one_group(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    for padding in (0, 7, 120):
+        service.buffer.add(error_event(raise_bug(padding)))
+        assert await service.flush(force=True) == 1
+    [(group_id, kind, status, events, _)] = await groups(db)
+    assert (kind, status, events) == ("error", "unresolved", 3)
+    lines = await scalar(
+        db, "select count(distinct (exception->-1->'frames'->-1->>'lineno')) from monitoring_events"
+    )
+    assert lines == 3, "three events from three different line numbers"
+    hashes = await scalar(
+        db,
+        "select array_agg(variant order by variant) from monitoring_fingerprints where group_id = %s",
+        group_id,
+    )
+    assert hashes == ["all_frames", "in_app"]
+
+
+async def test_different_exception_types_are_different_groups(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    key_error = raise_bug(0, source=BUG_RAISING.replace("ERROR", "KeyError"))
+    type_error = raise_bug(0, source=BUG_RAISING.replace("ERROR", "TypeError"))
+    for exc in (key_error, type_error, key_error):
+        service.buffer.add(error_event(exc))
+    assert await service.flush(force=True) == 2
+    assert sorted(row[3] for row in await groups(db)) == [1, 2]
+
+
+BUG_RAISING = """
+def handler(value):
+    raise ERROR(value)
+"""
+
+
+async def test_a_thousand_variants_of_one_message_are_one_group(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    for n in range(1000):
+        service.buffer.add(
+            message_event(
+                f"payment {uuid.uuid4()} for user{n}@example.com timed out after {n * 7 % 97}.{n % 10} s "
+                f"at 2026-11-{1 + n % 28:02d}T{n % 24:02d}:{n % 60:02d}:00Z"
+                f" (ref 0x{n * 7919:x}, host 10.0.{n % 256}.{n % 7})"
+            )
+        )
+    assert await service.flush(force=True) == 1
+    [(_, _, _, events, _)] = await groups(db)
+    assert events == 1000
+    assert (
+        await scalar(db, "select variant from monitoring_fingerprints where variant <> 'fixed'") == "message"
+    )
+
+
+async def test_counts_and_users_are_exact_and_samples_bounded(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    async with open_monitoring(settings, monitoring_samples_per_group=5) as service:
+        exc = raise_bug(0)
+        for batch in range(6):
+            for n in range(50):
+                service.buffer.add(error_event(exc, user_id=(batch * 50 + n) % 70 + 1))
+            await service.flush(force=True)
+    [(group_id, _, _, events, users)] = await groups(db)
+    assert (events, users) == (300, 70)
+    assert await scalar(db, "select count(*) from monitoring_events where group_id = %s", group_id) == 5
+    assert (
+        await scalar(db, "select sum(events) from monitoring_group_counts where group_id = %s", group_id)
+        == 300
+    )
+
+
+async def test_a_storm_costs_one_write_per_group_per_window(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    async with open_monitoring(settings, monitoring_dedup_window_s=3600.0) as service:
+        exc = raise_bug(0)
+        writes = 0
+        for _ in range(20):  # 20 flush rounds of a storm: only the first may write
+            for _ in range(250):
+                service.buffer.add(error_event(exc))
+            writes += await service.flush()
+        assert writes == 1
+        [(_, _, _, events, _)] = await groups(db)
+        assert events == 250, "the later events wait for the next window"
+        writes += await service.flush(force=True)  # shutdown: nothing is lost
+    [(_, _, _, events, _)] = await groups(db)
+    assert (events, writes) == (5000, 2)
+
+
+async def test_without_valkey_capture_still_works_degraded(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    async with open_monitoring(settings, monitoring_dedup_window_s=3600.0) as service:
+        service.valkey = Valkey.from_url(
+            "redis://127.0.0.1:9/0", socket_connect_timeout=0.5
+        )  # nothing listens
+        before = DEGRADED._value.get()
+        exc = raise_bug(0)
+        service.buffer.add(error_event(exc))
+        assert await service.flush() == 1, "written although the dedup gate is unreachable"
+        service.buffer.add(error_event(exc))
+        assert await service.flush() == 0, "still one write per window, per process"
+        assert DEGRADED._value.get() > before
+        await service.valkey.aclose()
+    [(_, _, _, events, _)] = await groups(db)
+    assert events == 2
+
+
+async def test_a_change_of_in_app_rules_does_not_split_a_group(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    exc = raise_bug(0, module="vendored.payments")
+    async with open_monitoring(settings) as service:
+        service.buffer.add(error_event(exc))
+        await service.flush(force=True)
+    async with open_monitoring(settings, monitoring_in_app_modules=["app", "workers", "vendored"]) as service:
+        service.buffer.add(error_event(exc))
+        [result] = await service.write_now([error_event(exc)])
+        assert not result.created
+        await service.flush(force=True)
+    [(group_id, _, _, events, _)] = await groups(db)
+    assert events == 3
+    variants = await scalar(
+        db,
+        "select array_agg(variant order by variant) from monitoring_fingerprints where group_id = %s",
+        group_id,
+    )
+    assert variants == ["all_frames", "in_app"], (
+        "the new in-app hash joined the group found by its all-frames hash"
+    )
+
+
+async def test_resolve_then_an_old_event_does_not_regress_a_new_one_does(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    exc = raise_bug(0)
+    [created] = await service.write_now([error_event(exc)])
+    before_resolve = time.time()
+    await service.resolve(created.root_id, None)
+    [late_old] = await service.write_now([error_event(exc, at=before_resolve)])
+    assert late_old.transition is None
+    assert (await groups(db))[0][2] == "resolved"
+    [fresh] = await service.write_now([error_event(exc)])
+    assert fresh.transition == "regressed"
+    assert (await groups(db))[0][2] == "regressed"
+    actions = await scalar(
+        db,
+        "select array_agg(action order by id) from monitoring_group_activity where group_id = %s",
+        created.root_id,
+    )
+    assert actions == ["created", "resolved", "regressed"]
+
+
+async def test_resolved_in_the_next_release_ignores_the_old_release(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    exc = raise_bug(0)
+    async with open_monitoring(settings, monitoring_release="1.0.0") as old:
+        [created] = await old.write_now([error_event(exc)])
+        await old.resolve(created.root_id, None, in_next_release=True)
+        [still_old] = await old.write_now([error_event(exc)])
+        assert still_old.transition is None, "the old release still running in production does not regress it"
+    async with open_monitoring(settings, monitoring_release="1.1.0") as new:
+        [fixed_not] = await new.write_now([error_event(exc)])
+        assert fixed_not.transition == "regressed"
+
+
+async def test_resolved_in_a_named_release(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    exc = raise_bug(0)
+    async with open_monitoring(settings, monitoring_release="2.0.0") as old:
+        [created] = await old.write_now([error_event(exc)])
+        detail = await old.resolve(created.root_id, None, in_release="2.1.0")
+        assert detail.resolved_in_release == "2.1.0"
+        assert (await old.write_now([error_event(exc)]))[0].transition is None
+    async with open_monitoring(settings, monitoring_release="2.1.0") as new:
+        assert (await new.write_now([error_event(exc)]))[0].transition == "regressed"
+
+
+async def test_ignore_until_n_more_events_reopens_and_alerts(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    exc = raise_bug(0)
+    [created] = await service.write_now([error_event(exc)])
+    await service.ignore(created.root_id, None, MonitoringIgnoreMode.UNTIL_COUNT, more_events=3)
+    assert (await service.write_now([error_event(exc), error_event(exc)]))[0].transition is None
+    [reopened] = await service.write_now([error_event(exc)])
+    assert reopened.transition == "unignored"
+    assert reopened.alert_id is not None
+    rules = await scalar(
+        db, "select array_agg(rule order by id) from monitoring_alerts where group_id = %s", created.root_id
+    )
+    assert rules == ["new-group", "reopened"]
+
+
+async def test_ignore_forever_stays_quiet(service: MonitoringService, db: AsyncConnection[Any]) -> None:
+    exc = raise_bug(0)
+    [created] = await service.write_now([error_event(exc)])
+    await service.ignore(created.root_id, None, MonitoringIgnoreMode.FOREVER)
+    events = [error_event(exc, user_id=n) for n in range(200)]
+    [result] = await service.write_now(events)
+    assert result.transition is None and result.alert_id is None
+    assert (await groups(db))[0][2] == "ignored"
+
+
+async def test_ignore_until_a_time(service: MonitoringService, db: AsyncConnection[Any]) -> None:
+    exc = raise_bug(0)
+    [created] = await service.write_now([error_event(exc)])
+    until = datetime.now(UTC) + timedelta(hours=1)
+    await service.ignore(created.root_id, None, MonitoringIgnoreMode.UNTIL_TIME, until=until)
+    assert (await service.write_now([error_event(exc)]))[0].transition is None
+    service.clock = lambda: until.timestamp() + 1
+    assert (await service.write_now([error_event(exc, at=until.timestamp() + 1)]))[
+        0
+    ].transition == "unignored"
+
+
+async def test_merge_and_unmerge_restore_groups_and_counts(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    first = raise_bug(0, source=BUG_RAISING.replace("ERROR", "KeyError"))
+    second = raise_bug(0, source=BUG_RAISING.replace("ERROR", "LookupError"))
+    [a] = await service.write_now([error_event(first, user_id=1)] * 3)
+    [b] = await service.write_now([error_event(second, user_id=1), error_event(second, user_id=2)])
+    merged = await service.merge(a.root_id, [b.root_id], None)
+    assert (merged.events, merged.users, sorted(merged.members)) == (5, 2, sorted([a.root_id, b.root_id]))
+    [again] = await service.write_now([error_event(second, user_id=3)])
+    assert again.root_id == a.root_id, "new events of the merged group count for the target"
+    with pytest.raises(Exception, match="merged into"):
+        await service.resolve(b.root_id, None)
+    restored = await service.unmerge(b.root_id, None)
+    assert (restored.events, restored.users, restored.members) == (3, 3, [b.root_id])
+    target = await service.detail(a.root_id)
+    assert (target.events, target.users, target.members) == (3, 1, [a.root_id])
+    [after] = await service.write_now([error_event(second)])
+    assert after.root_id == b.root_id
+
+
+async def test_concurrent_first_events_create_one_group(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    exc = raise_bug(0)
+    async with open_monitoring(settings) as one, open_monitoring(settings) as two:
+        results = await asyncio.gather(
+            *(service.write_now([error_event(exc)]) for service in (one, two) for _ in range(10))
+        )
+    assert sum(result[0].created for result in results) == 1
+    [(_, _, _, events, _)] = await groups(db)
+    assert events == 20
+
+
+async def test_stackless_job_failures_keep_jobs_apart(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    def job_event(job: str) -> RawEvent:
+        return RawEvent(
+            kind=MonitoringGroupKind.JOB,
+            occurred_at=time.time(),
+            chain=(RawException("TimeoutError", "", ()),),
+            context={"source": "job", "job": job},
+        )
+
+    await service.write_now([job_event("a"), job_event("b"), job_event("a")])
+    assert sorted(row[3] for row in await groups(db)) == [1, 2]
+    assert {row[1] for row in await groups(db)} == {MonitoringGroupKind.JOB.value}
+    assert MonitoringGroupStatus.UNRESOLVED.value in {row[2] for row in await groups(db)}
+
+
+async def test_text_postgresql_cannot_store_is_made_storable(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    nasty = "NUL \x00 and a lone surrogate \udc80 in password=hunter2"
+    results = await service.write_now([error_event(ValueError(nasty)), message_event(nasty)])
+    assert [result.created for result in results] == [True, True]
+    messages = {
+        row[0] for row in await (await db.execute("select message from monitoring_events")).fetchall()
+    }
+    assert messages == {"NUL \ufffd and a lone surrogate \ufffd in password=[Filtered]"}
+    titles = [row[0] for row in await (await db.execute("select title from monitoring_groups")).fetchall()]
+    assert all("\ufffd" in title and "hunter2" not in title for title in titles)
+
+
+async def test_a_write_that_keeps_failing_is_dropped_and_does_not_block_the_others(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    poison = RawEvent(
+        kind=MonitoringGroupKind.ERROR,
+        occurred_at=time.time(),
+        chain=(RawException("Poison", "x", ()),),
+        context={"source": "request", "user_id": "not an integer"},
+        user_id=2**70,  # out of bigint's range: the write fails every time
+    )
+    service.buffer.add(poison)
+    service.buffer.add(message_event("healthy"))
+    for attempt in range(5):
+        with pytest.raises(Exception, match=r"out of range|int"):
+            await service.flush(force=True)
+        if attempt == 0:
+            assert [row[3] for row in await groups(db)] == [1], "the healthy aggregate was written anyway"
+    assert await service.flush(force=True) == 0, "dropped after five failures"
+    assert len(service._pending) == 0

@@ -1,0 +1,93 @@
+"""Which exceptions of a request are captured: only what ends as a 500 (and outages, apart)."""
+
+from __future__ import annotations
+
+import psycopg
+import psycopg_pool
+import pytest
+import valkey.exceptions
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+from app.core.errors import ConflictError, ServiceUnavailableError
+from app.db.models import MonitoringGroupKind
+from app.domains.monitoring.capture import EventBuffer, RawEvent, classify, request_event
+from app.domains.monitoring.fingerprint import RawException
+
+ERROR = MonitoringGroupKind.ERROR
+UNAVAILABLE = MonitoringGroupKind.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (RuntimeError("bug"), ERROR),
+        (KeyError("bug"), ERROR),
+        (HTTPException(status_code=500, detail="x"), ERROR),
+        (HTTPException(status_code=502, detail="x"), ERROR),
+        (NotFoundException(), None),
+        (ValidationException("bad"), None),
+        (ConflictError("taken"), None),
+        (ServiceUnavailableError("sink full"), None),  # a deliberate 503, not a fault
+        (psycopg.DataError("out of range"), None),  # answered 400
+        (psycopg.OperationalError("connection refused"), UNAVAILABLE),
+        (psycopg_pool.PoolTimeout("no connection"), UNAVAILABLE),
+        (valkey.exceptions.ConnectionError("down"), UNAVAILABLE),
+    ],
+)
+def test_what_is_captured(exc: Exception, kind: MonitoringGroupKind | None) -> None:
+    assert classify(exc) == kind
+
+
+def test_a_request_event_carries_the_context_and_no_body() -> None:
+    class Caller:
+        id = 7
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        scope = {
+            "path_template": "/api/orders/{order_id:int}",
+            "path": "/api/orders/12",
+            "method": "POST",
+            "state": {"request_id": "r-1"},
+            "user": Caller(),
+            "headers": [(b"authorization", b"Bearer secret"), (b"cookie", b"s=1")],
+            "query_string": b"token=secret",
+        }
+        event = request_event(exc, scope, ERROR)  # type: ignore[arg-type]
+    assert event.context == {
+        "source": "request",
+        "route": "/api/orders/{order_id:int}",
+        "method": "POST",
+        "request_id": "r-1",
+        "user_id": 7,
+    }
+    assert event.user_id == 7
+    assert [part.type for part in event.chain] == ["RuntimeError"]
+    assert event.chain[-1].frames[-1][1].endswith("test_a_request_event_carries_the_context_and_no_body")
+
+
+def test_an_outage_is_one_group_per_exception_type() -> None:
+    event = request_event(psycopg_pool.PoolTimeout("x"), {"method": "GET", "state": {}}, UNAVAILABLE)  # type: ignore[arg-type]
+    assert event.fixed == ("psycopg_pool.PoolTimeout",)
+    assert event.title == "Dependency unavailable: PoolTimeout"
+
+
+def test_the_buffer_counts_by_problem_and_is_bounded() -> None:
+    buffer = EventBuffer(capacity=2)
+
+    def event(message: str) -> RawEvent:
+        try:
+            raise RuntimeError(message)  # one line: every event below has the same frames
+        except RuntimeError as exc:
+            return request_event(exc, {"method": "GET", "state": {}}, ERROR)  # type: ignore[arg-type]
+
+    same = [event(f"boom {n}") for n in range(1000)]
+    assert all(buffer.add(e) for e in same)
+    assert len(buffer) == 1000
+    stackless = [RawEvent(ERROR, 1.0, (RawException("Timeout", m, ()),), {}) for m in ("a", "b")]
+    assert [buffer.add(e) for e in stackless] == [True, False], "a third distinct problem is dropped"
+    [storm, timeout] = buffer.drain()
+    assert (storm.count, len(storm.samples), timeout.count) == (1000, 3, 1)
+    assert storm.samples[0] is same[0] and storm.samples[-1] is same[-1]
+    assert len(buffer) == 0 and buffer.drain() == []

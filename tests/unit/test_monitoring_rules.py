@@ -1,0 +1,236 @@
+"""The decisions without I/O: lifecycle, cron monitors, percentiles, pacing, rules, report time."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+
+from app.config import load_settings
+from app.db.models import MonitoringGroup, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
+from app.domains.monitoring.alerts import Frequency, UsersAffected, load_rules
+from app.domains.monitoring.crons import MonitorState, Thresholds, check_in, latest_slot, sweep
+from app.domains.monitoring.delivery import GROUP_MAX, MIN_INTERVAL_S, Pacer
+from app.domains.monitoring.latency import BOUNDS_S, BUCKETS, LatencyRecorder, percentiles, quantile_ms
+from app.domains.monitoring.lifecycle import ReleaseSeen, decide
+from app.domains.monitoring.report import report_period
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def group(**changes: object) -> MonitoringGroup:
+    base = MonitoringGroup(
+        id=1,
+        root_id=1,
+        parent_id=None,
+        kind=MonitoringGroupKind.ERROR,
+        title="t",
+        culprit="",
+        status=MonitoringGroupStatus.RESOLVED,
+        status_changed_at=T0,
+        first_seen_at=T0 - timedelta(days=1),
+        last_seen_at=T0,
+        events=10,
+        users=0,
+        last_release="1.0",
+        resolved_at=T0,
+        resolved_in_release_id=None,
+        resolved_after_release_id=None,
+        ignore_mode=None,
+        ignore_until_events=None,
+        ignore_until=None,
+        created_at=T0,
+    )
+    return msgspec.structs.replace(base, **changes)
+
+
+def seen(order: int, at: datetime) -> list[ReleaseSeen]:
+    return [ReleaseSeen(order=order, last_occurred_at=at)]
+
+
+def test_only_events_after_the_resolve_regress() -> None:
+    resolved = group()
+    assert (
+        decide(resolved, seen(1, T0 - timedelta(microseconds=1)), total_events=11, now=T0, escalating=False)
+        is None
+    )
+    assert decide(resolved, seen(1, T0), total_events=11, now=T0, escalating=False) is None
+    after = seen(1, T0 + timedelta(milliseconds=1))
+    assert decide(resolved, after, total_events=11, now=T0, escalating=False) == "regressed"
+
+
+def test_resolved_in_a_release_ignores_older_releases() -> None:
+    resolved = group(resolved_in_release_id=5)
+    later = T0 + timedelta(hours=1)
+    assert decide(resolved, seen(4, later), total_events=11, now=later, escalating=False) is None
+    assert decide(resolved, seen(5, later), total_events=11, now=later, escalating=False) == "regressed"
+    assert decide(resolved, seen(6, later), total_events=11, now=later, escalating=False) == "regressed"
+
+
+def test_resolved_in_the_next_release_ignores_the_running_one() -> None:
+    resolved = group(resolved_after_release_id=5)
+    later = T0 + timedelta(hours=1)
+    assert decide(resolved, seen(5, later), total_events=11, now=later, escalating=False) is None
+    assert decide(resolved, seen(6, later), total_events=11, now=later, escalating=False) == "regressed"
+
+
+def test_ignore_variants() -> None:
+    later = T0 + timedelta(hours=1)
+    ignored = group(status=MonitoringGroupStatus.IGNORED, resolved_at=None)
+    forever = msgspec.structs.replace(ignored, ignore_mode=MonitoringIgnoreMode.FOREVER)
+    assert decide(forever, seen(1, later), total_events=10**9, now=later, escalating=True) is None
+    count = msgspec.structs.replace(
+        ignored, ignore_mode=MonitoringIgnoreMode.UNTIL_COUNT, ignore_until_events=20
+    )
+    assert decide(count, seen(1, later), total_events=19, now=later, escalating=False) is None
+    assert decide(count, seen(1, later), total_events=20, now=later, escalating=False) == "unignored"
+    timed = msgspec.structs.replace(ignored, ignore_mode=MonitoringIgnoreMode.UNTIL_TIME, ignore_until=later)
+    assert (
+        decide(timed, seen(1, later), total_events=11, now=later - timedelta(seconds=1), escalating=False)
+        is None
+    )
+    assert decide(timed, seen(1, later), total_events=11, now=later, escalating=False) == "unignored"
+    escalating = msgspec.structs.replace(ignored, ignore_mode=MonitoringIgnoreMode.UNTIL_ESCALATING)
+    assert decide(escalating, seen(1, later), total_events=11, now=later, escalating=False) is None
+    assert decide(escalating, seen(1, later), total_events=11, now=later, escalating=True) == "unignored"
+
+
+def limits(schedule: str = "17 3 * * *", **changes: object) -> Thresholds:
+    base = Thresholds(
+        schedule=schedule,
+        margin_s=120,
+        max_runtime_s=300,
+        failure_threshold=1,
+        recovery_threshold=1,
+        registered_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_a_slot_without_a_run_is_missed_after_the_margin_only() -> None:
+    slot = datetime(2026, 11, 30, 3, 17, tzinfo=UTC)
+    ran_yesterday = MonitorState(last_slot=slot - timedelta(days=1), last_status="ok")
+    within_margin = sweep(ran_yesterday, limits(), slot + timedelta(seconds=119))
+    assert within_margin.state == ran_yesterday and within_margin.effect is None
+    missed = sweep(ran_yesterday, limits(), slot + timedelta(seconds=121))
+    assert missed.effect == "failure" and missed.problem == "missed"
+    assert missed.state.missed_slot == slot
+    again = sweep(missed.state, limits(), slot + timedelta(hours=2))
+    assert again.state == missed.state, "one slot is counted once"
+
+
+def test_a_run_checked_in_for_its_slot_is_not_missed() -> None:
+    slot = datetime(2026, 11, 30, 3, 17, tzinfo=UTC)
+    started = check_in(MonitorState(), limits(), "in_progress", slot, slot + timedelta(seconds=5), None).state
+    done = check_in(started, limits(), "ok", slot, slot + timedelta(seconds=9), 4000.0)
+    assert done.effect == "recovery"
+    assert sweep(done.state, limits(), slot + timedelta(hours=3)).effect is None
+
+
+def test_failure_and_recovery_thresholds() -> None:
+    strict = limits(failure_threshold=2, recovery_threshold=2)
+    at = T0
+    first = check_in(MonitorState(), strict, "error", at, at, 10.0)
+    assert first.effect is None and first.problem == "error"
+    second = check_in(first.state, strict, "error", at, at, 10.0)
+    assert second.effect == "failure"
+    ok = check_in(second.state, strict, "ok", at, at, 10.0)
+    assert ok.effect is None
+    assert check_in(ok.state, strict, "ok", at, at, 10.0).effect == "recovery"
+
+
+def test_an_overrun_is_a_timeout_and_a_long_run_is_no_miss() -> None:
+    slot = datetime(2026, 11, 30, 3, 17, tzinfo=UTC)
+    running = check_in(MonitorState(), limits("* * * * *"), "in_progress", slot, slot, None).state
+    assert sweep(running, limits("* * * * *"), slot + timedelta(seconds=299)).effect is None
+    overrun = sweep(running, limits("* * * * *"), slot + timedelta(seconds=301))
+    assert overrun.problem == "timeout" and overrun.effect == "failure"
+
+
+def test_a_monitor_registered_after_the_slot_does_not_miss_it() -> None:
+    slot = datetime(2026, 11, 30, 3, 17, tzinfo=UTC)
+    fresh = limits(registered_at=slot + timedelta(seconds=1))
+    assert sweep(MonitorState(), fresh, slot + timedelta(hours=1)).effect is None
+
+
+def test_seconds_schedules() -> None:
+    at = datetime(2026, 11, 30, 12, 0, 25, tzinfo=UTC)
+    assert latest_slot("* * * * * */10", at) == datetime(2026, 11, 30, 12, 0, 20, tzinfo=UTC)
+    assert latest_slot("* * * * *", datetime(2026, 11, 30, 12, 1, tzinfo=UTC)) == datetime(
+        2026, 11, 30, 12, 1, tzinfo=UTC
+    )
+
+
+def test_percentiles_from_buckets() -> None:
+    counts = [0] * BUCKETS
+    counts[10] = 95  # ~9.3 ms
+    counts[30] = 5  # ~807 ms
+    stats = percentiles(counts)
+    assert stats.requests == 100
+    assert stats.p50_ms == pytest.approx(BOUNDS_S[10] * 1000)
+    assert stats.p95_ms == pytest.approx(BOUNDS_S[10] * 1000)
+    assert stats.p99_ms == pytest.approx(BOUNDS_S[30] * 1000)
+    assert quantile_ms([0] * BUCKETS, 0.5) == 0.0
+
+
+def test_the_observer_counts_per_route_and_keeps_the_slowest_request() -> None:
+    recorder = LatencyRecorder()
+    scope = {"path_template": "/api/x/{id:int}", "method": "GET", "state": {"request_id": "a"}}
+    recorder.observe(scope, 200, 0.002)  # type: ignore[arg-type]
+    recorder.observe({**scope, "state": {"request_id": "b"}}, 500, 0.2)  # type: ignore[arg-type]
+    recorder.observe({"path_template": "", "method": "GET", "state": {}}, 404, 0.1)  # type: ignore[arg-type]
+    drained = recorder.drain()
+    counts = drained["/api/x/{id:int}"]["GET"]
+    assert sum(counts.counts) == 2
+    assert counts.slowest_request == "b" and counts.slowest_status == 500
+    assert list(drained) == ["/api/x/{id:int}"]
+    assert recorder.drain() == {}
+
+
+def test_pacing_per_chat_and_per_group() -> None:
+    pacer = Pacer()
+    pacer.requested("42", 100.0)
+    assert pacer.ready_at("42") == pytest.approx(100.0 + MIN_INTERVAL_S)
+    assert pacer.ready_at("43") == 0.0
+    for n in range(GROUP_MAX):
+        pacer.requested("-100", 200.0 + 2 * n)
+    assert pacer.ready_at("-100") == pytest.approx(200.0 + 60.5)
+    pacer.block("42", 500.0)
+    assert pacer.ready_at("42") == 500.0
+
+
+SPREADING = (
+    '[{"name": "spreading", "conditions": [{"type": "frequency", "events": 50, "window_s": 600},'
+    ' {"type": "users", "users": 10, "window_s": 600}], "action_interval_s": 1800}]'
+)
+
+
+def test_rules_from_json_combine_conditions() -> None:
+    settings = load_settings(
+        {
+            "APP_ENV": "test",
+            "MONITORING_ALERT_RULES": SPREADING,
+        }
+    )
+    [rule] = load_rules(settings)
+    assert rule.conditions == [Frequency(events=50, window_s=600), UsersAffected(users=10, window_s=600)]
+    bad = load_settings({"APP_ENV": "test", "MONITORING_ALERT_RULES": '[{"name": "x", "conditions": []}]'})
+    with pytest.raises(ValueError, match="MONITORING_ALERT_RULES"):
+        load_rules(bad)
+
+
+def test_the_report_is_due_at_local_time_across_dst() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    before = datetime(2026, 10, 25, 6, 59, tzinfo=UTC)  # 07:59 CET (DST ended that night)
+    assert report_period(before, "08:00", berlin) is None
+    day, start, end = report_period(datetime(2026, 10, 25, 7, 0, tzinfo=UTC), "08:00", berlin) or (
+        None,
+        T0,
+        T0,
+    )
+    assert str(day) == "2026-10-25"
+    assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(hours=25)  # that local day had 25 h
+    assert end.astimezone(UTC) == datetime(2026, 10, 25, 7, 0, tzinfo=UTC)
