@@ -1,0 +1,1 @@
+"""GitHub profile analytics from the GitHub REST API: cached, rate-limit safe, with history."""

@@ -1,0 +1,168 @@
+"""HTTP for GitHub analytics: profiles, history, refreshes (202 + SSE) and tracked usernames."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated
+
+from litestar import Response, delete, get, post
+from litestar.channels import ChannelsPlugin
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.response import ServerSentEvent
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from app.core.auth import Caller, requires_user
+from app.core.openapi import BEARER, problems
+from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cursor
+from app.core.routing import Controller
+from app.domains.github.schemas import (
+    Filters,
+    GithubProfileOut,
+    HistoryOut,
+    RefreshEvent,
+    RefreshOut,
+    TrackCreate,
+    TrackedOut,
+    UsernamePath,
+)
+from app.domains.github.services import GithubService
+
+Github = NamedDependency[GithubService]
+Channels = NamedDependency[ChannelsPlugin]
+RefreshId = Annotated[uuid.UUID, PathParameter(description="The `id` of a refresh (from POST …/refresh).")]
+
+
+_EVENTS = ResponseSpec(
+    data_container=RefreshEvent,
+    media_type="text/event-stream",
+    description=(
+        "Server-Sent Events: `refresh` events whose `data` is the refresh as JSON (as from "
+        "GET …/refreshes/{id}), the current state first, then each change; the stream ends after "
+        "`succeeded` or `failed` (a client that connects later gets the final state at once). "
+        "Comment lines are heartbeats."
+    ),
+)
+_ALREADY_TRACKED = ResponseSpec(data_container=TrackedOut, description="Already tracked: nothing changed")
+
+
+class GithubUsersController(Controller):
+    path = "/api/github/users"
+    tags = ["github"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get(
+        "/{username:str}",
+        summary="A GitHub user's profile, repository totals, top repositories and top languages",
+        description=(
+            "Answered at once from the stored data (`source: cache`); data older than its TTL is "
+            "answered with `stale: true` while a refresh job runs; a user seen for the first time is "
+            "fetched for the request (`source: live`). Totals cover every owned repository (all "
+            "pages). Forks and archived repositories are left out unless asked for."
+        ),
+        responses=problems(400, 401, 404, 429, 503),
+    )
+    async def get_profile(
+        self,
+        username: UsernamePath,
+        github: Github,
+        include_forks: Annotated[bool, QueryParameter(description="Count forked repositories")] = False,
+        include_archived: Annotated[bool, QueryParameter(description="Count archived repositories")] = False,
+        top_repos: Annotated[int, QueryParameter(ge=0, le=100, description="Top repositories by stars")] = 10,
+        top_languages: Annotated[int, QueryParameter(ge=1, le=100, description="Languages per view")] = 10,
+    ) -> GithubProfileOut:
+        filters = Filters(include_forks=include_forks, include_archived=include_archived)
+        return await github.profile(username, filters, top_repos=top_repos, top_languages=top_languages)
+
+    @get(
+        "/{username:str}/history",
+        summary="Daily snapshots of a tracked GitHub user, with changes",
+        description="Snapshots are taken daily for tracked users; `from`/`to` default to the last 30 days.",
+        responses=problems(400, 401, 404, 429),
+    )
+    async def get_history(
+        self,
+        username: UsernamePath,
+        github: Github,
+        first_day: Annotated[
+            dt.date | None, QueryParameter(name="from", description="First day (UTC), inclusive")
+        ] = None,
+        last_day: Annotated[
+            dt.date | None, QueryParameter(name="to", description="Last day (UTC), inclusive; default today")
+        ] = None,
+    ) -> HistoryOut:
+        return await github.history(username, first_day, last_day)
+
+    @post(
+        "/{username:str}/refresh",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Refresh a GitHub user's data in the background",
+        description=(
+            "Answers 202 with the refresh (one per user at a time: a pending one is returned). "
+            "Follow `events_url` (Server-Sent Events) or poll `state_url` for its completion."
+        ),
+        responses=problems(400, 401, 404, 429),
+    )
+    async def refresh(self, username: UsernamePath, github: Github) -> RefreshOut:
+        return await github.request_refresh(username)
+
+
+class GithubRefreshesController(Controller):
+    path = "/api/github/refreshes"
+    tags = ["github"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get("/{refresh_id:str}", summary="The state of a refresh", responses=problems(401, 404, 429))
+    async def get_refresh(self, refresh_id: RefreshId, github: Github) -> RefreshOut:
+        return await github.refresh_state(refresh_id)
+
+    @get(
+        "/{refresh_id:str}/events",
+        summary="A refresh's states as Server-Sent Events, until it succeeds or fails",
+        media_type="text/event-stream",
+        responses={**problems(401, 404, 429), HTTP_200_OK: _EVENTS},
+    )
+    async def refresh_events(
+        self, refresh_id: RefreshId, github: Github, channels: Channels
+    ) -> ServerSentEvent:
+        await github.refresh_state(refresh_id)  # 404 before the stream starts
+        return ServerSentEvent(github.refresh_events(refresh_id, channels))
+
+
+class GithubTrackingController(Controller):
+    path = "/api/github/tracked"
+    tags = ["github"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get("/", summary="GitHub users you track", responses=problems(400, 401, 429))
+    async def list_tracked(
+        self, github: Github, current_user: Caller, cursor: CursorParam = None, limit: PageSize = 50
+    ) -> Page[TrackedOut]:
+        after_id = decode_cursor(cursor, IdCursor).id if cursor else 0
+        return await github.list_tracked(current_user.id, after_id=after_id, limit=limit)
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Track a GitHub user (daily snapshots); 200 when already tracked",
+        responses={**problems(400, 401, 404, 409, 429, 503), HTTP_200_OK: _ALREADY_TRACKED},
+    )
+    async def track(
+        self, data: JSONBody[TrackCreate], github: Github, current_user: Caller
+    ) -> Response[TrackedOut]:
+        tracked, created = await github.track(current_user.id, data.username)
+        return Response(tracked, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+    @delete(
+        "/{username:str}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Stop tracking a GitHub user (its snapshots are kept)",
+        responses=problems(400, 401, 404, 429),
+    )
+    async def untrack(self, username: UsernamePath, github: Github, current_user: Caller) -> None:
+        await github.untrack(current_user.id, username)

@@ -1,0 +1,299 @@
+"""The rate-limit governor: every process that talks to GitHub with one token obeys one shared state.
+
+GitHub's rules (docs.github.com, "Rate limits for the REST API" and "Best practices"):
+
+- Primary limit: 60 requests/hour without a token, 5,000 with one. Every answer carries
+  ``x-ratelimit-limit/-remaining/-used/-reset`` (reset in UTC epoch seconds) and ``-resource``.
+  A 403/429 with ``x-ratelimit-remaining: 0`` means: send nothing until ``x-ratelimit-reset``.
+- Secondary limits (concurrency, points per minute, "undisclosed reasons"): a 403/429 whose message
+  says so. With ``retry-after``: wait that many seconds; else wait at least a minute, then
+  exponentially longer while it keeps happening, and give up after a few attempts.
+- "Make requests serially instead of concurrently."
+
+What the governor keeps in Valkey, per token identity (a fingerprint, never the token):
+
+- ``…:quota:<resource>`` (hash): the last ``x-ratelimit-*`` seen, read before every request: with
+  ``remaining`` 0 and ``reset`` ahead, nothing is sent before ``reset``; background work stops
+  while ``remaining`` is at or below the reserve (``GITHUB_RESERVE_FRACTION`` of the limit), so the
+  last requests of a window are left for interactive ones.
+- ``…:blocked``: epoch seconds before which nothing is sent (set by primary and secondary limits;
+  only ever moved later).
+- ``…:strikes``: consecutive secondary-limit hits (the exponent of the backoff; reset by a success).
+- ``…:lock``: the token's mutex. One request at a time per token across all processes; in a process
+  an ``asyncio.Lock`` queues the coroutines so only one of them polls Valkey for it.
+
+A caller that would have to wait longer than its budget (``GITHUB_INTERACTIVE_WAIT_S`` or
+``GITHUB_BACKGROUND_WAIT_S``) gets ``WaitBudgetExceededError`` with the time to wait instead: a request
+answers stale data or 503 + Retry-After rather than hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import math
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import structlog
+from prometheus_client import Counter, Gauge
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+
+log = structlog.get_logger("app.github.governor")
+
+RATELIMIT_REMAINING = Gauge(
+    "github_ratelimit_remaining",
+    "GitHub requests left in the current window (last x-ratelimit-remaining seen)",
+    ["token", "resource"],
+)
+RATELIMIT_LIMIT = Gauge(
+    "github_ratelimit_limit",
+    "GitHub requests per window (last x-ratelimit-limit seen)",
+    ["token", "resource"],
+)
+PRIMARY_LIMIT_HITS = Counter(
+    "github_primary_limit_hits", "GitHub answers refusing a request for the primary rate limit"
+)
+SECONDARY_LIMIT_HITS = Counter(
+    "github_secondary_limit_hits", "GitHub answers refusing a request for a secondary rate limit"
+)
+
+PRIMARY_MARGIN_S = 1.0
+"""Sent after ``x-ratelimit-reset`` plus this: the reset has a one-second resolution and clocks differ."""
+WAKE_MARGIN_S = 0.05
+LOCK_POLL_S = (0.005, 0.02)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# KEYS[1] = blocked key; ARGV = until (epoch seconds), key lifetime (ms). Only ever moves later.
+_BLOCK_UNTIL = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Priority(enum.StrEnum):
+    INTERACTIVE = "interactive"
+    """A user is waiting: may use the reserve."""
+    BACKGROUND = "background"
+    """A refresh or snapshot job: stops at the reserve."""
+
+
+class WaitBudgetExceededError(Exception):
+    """Waiting for GitHub would exceed the caller's budget; ``retry_after`` says how long it would be."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(f"GitHub rate limit ({reason}): retry in {retry_after:.0f}s")
+        self.reason = reason
+        self.retry_after = max(1.0, retry_after)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``retry-after`` header (delta-seconds or an HTTP date), else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def secondary_backoff(strikes: int, base_s: float, cap_s: float) -> float:
+    """Wait after the ``strikes``-th consecutive secondary limit without ``retry-after``:
+    ``base``, ``2 * base``, ``4 * base`` … capped at ``cap`` (GitHub: at least one minute)."""
+    return min(cap_s, base_s * 2.0 ** max(0, strikes - 1))
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class RateLimitGovernor:
+    def __init__(
+        self,
+        valkey: Valkey,
+        token_id: str,
+        *,
+        reserve_fraction: float,
+        interactive_wait_s: float,
+        background_wait_s: float,
+        secondary_backoff_s: float,
+        secondary_backoff_max_s: float,
+        lock_ttl_s: float,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.valkey = valkey
+        self.token_id = token_id
+        self.reserve_fraction = reserve_fraction
+        self.budgets = {Priority.INTERACTIVE: interactive_wait_s, Priority.BACKGROUND: background_wait_s}
+        self.secondary_backoff_s = secondary_backoff_s
+        self.secondary_backoff_max_s = secondary_backoff_max_s
+        self.lock_ttl_ms = max(1000, int(lock_ttl_s * 1000))
+        self.clock = clock
+        self.sleep = sleep
+        base = f"github:gov:{token_id}"
+        self.blocked_key = f"{base}:blocked"
+        self.strikes_key = f"{base}:strikes"
+        self.lock_key = f"{base}:lock"
+        self.quota_prefix = f"{base}:quota:"
+        self._block_until = valkey.register_script(_BLOCK_UNTIL)
+        self._release = valkey.register_script(_RELEASE)
+        self._local = asyncio.Lock()
+
+    def reserve(self, limit: int) -> int:
+        return math.ceil(limit * self.reserve_fraction)
+
+    @asynccontextmanager
+    async def turn(self, priority: Priority) -> AsyncIterator[None]:
+        """Wait until a request may be sent, holding the token's lock while it is."""
+        deadline = self.clock() + self.budgets[priority]
+        while True:
+            await self._wait_until_allowed(priority, deadline)
+            remaining = deadline - self.clock()
+            try:
+                await asyncio.wait_for(self._local.acquire(), timeout=max(remaining, 0.001))
+            except TimeoutError:
+                raise WaitBudgetExceededError("busy", 1.0) from None
+            try:
+                lock = await self._acquire_shared(deadline)
+                try:
+                    if await self._wait_needed(priority) > 0:
+                        continue  # another process was limited while we queued: wait again
+                    yield
+                    return
+                finally:
+                    await self._release(keys=[self.lock_key], args=[lock])
+            finally:
+                self._local.release()
+
+    async def _wait_until_allowed(self, priority: Priority, deadline: float) -> None:
+        while (wait := await self._wait_needed(priority)) > 0:
+            if self.clock() + wait > deadline:
+                raise WaitBudgetExceededError("limited", wait)
+            await self.sleep(wait + WAKE_MARGIN_S)
+
+    async def _wait_needed(self, priority: Priority) -> float:
+        """Seconds until a request of ``priority`` may go (0: now); raises at the reserve."""
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.get(self.blocked_key)
+            pipe.hmget(f"{self.quota_prefix}core", ["limit", "remaining", "reset"])
+            blocked_raw, (limit_raw, remaining_raw, reset_raw) = await pipe.execute()
+        now = self.clock()
+        wait = max(0.0, float(blocked_raw) - now) if blocked_raw else 0.0
+        if limit_raw is None or remaining_raw is None or reset_raw is None:
+            return wait
+        limit, remaining, reset = int(limit_raw), int(remaining_raw), int(reset_raw)
+        if reset <= now:
+            return wait  # the window has renewed since
+        if remaining <= 0:
+            return max(wait, reset + PRIMARY_MARGIN_S - now)
+        if priority is Priority.BACKGROUND and remaining <= self.reserve(limit):
+            raise WaitBudgetExceededError("reserve", reset + PRIMARY_MARGIN_S - now)
+        return wait
+
+    async def _acquire_shared(self, deadline: float) -> str:
+        token = secrets.token_hex(8)
+        while not await self.valkey.set(self.lock_key, token, nx=True, px=self.lock_ttl_ms):
+            if self.clock() >= deadline:
+                raise WaitBudgetExceededError("busy", 1.0)
+            await asyncio.sleep(random.uniform(*LOCK_POLL_S))
+        return token
+
+    async def observe(self, status: int, headers: Mapping[str, str], body: bytes) -> float | None:
+        """Record an answer's rate-limit headers; for a rate-limit refusal, block the token and return
+        the epoch second until which it is blocked (None: the answer was not a rate-limit refusal)."""
+        now = self.clock()
+        resource = headers.get("x-ratelimit-resource") or "core"
+        limit = _int_header(headers, "x-ratelimit-limit")
+        remaining = _int_header(headers, "x-ratelimit-remaining")
+        reset = _int_header(headers, "x-ratelimit-reset")
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            if limit is not None and remaining is not None and reset is not None:
+                key = f"{self.quota_prefix}{resource}"
+                pipe.hset(key, mapping={"limit": limit, "remaining": remaining, "reset": reset})
+                pipe.expireat(key, max(reset, int(now)) + 60)
+                RATELIMIT_REMAINING.labels(token=self.token_id, resource=resource).set(remaining)
+                RATELIMIT_LIMIT.labels(token=self.token_id, resource=resource).set(limit)
+            if status < 400:
+                pipe.delete(self.strikes_key)
+            await pipe.execute()
+        if status not in (403, 429):
+            return None
+        retry_after = parse_retry_after(headers.get("retry-after"), now)
+        until: float | None = None
+        if remaining == 0:
+            PRIMARY_LIMIT_HITS.inc()
+            until = (
+                max(reset if reset is not None else now + self.secondary_backoff_s, now) + PRIMARY_MARGIN_S
+            )
+            if retry_after is not None:
+                until = max(until, now + retry_after)
+        elif retry_after is not None or status == 429 or _mentions_rate_limit(body):
+            SECONDARY_LIMIT_HITS.inc()
+            strikes = int(await self.valkey.incr(self.strikes_key))
+            await self.valkey.expire(self.strikes_key, 3600)
+            if retry_after is not None:
+                until = now + retry_after
+            else:
+                until = now + secondary_backoff(
+                    strikes, self.secondary_backoff_s, self.secondary_backoff_max_s
+                )
+        if until is None:
+            return None  # a 403 for another reason (permissions, a blocked repository)
+        lifetime_ms = max(1000, int((until - now + 60) * 1000))
+        await self._block_until(keys=[self.blocked_key], args=[repr(until), lifetime_ms])
+        log.warning(
+            "github_rate_limited",
+            token=self.token_id,
+            status=status,
+            kind="primary" if remaining == 0 else "secondary",
+            wait_s=round(until - now, 3),
+        )
+        return until
+
+    async def blocked_until(self) -> float | None:
+        raw = await self.valkey.get(self.blocked_key)
+        return float(raw) if raw else None
+
+
+def _mentions_rate_limit(body: bytes) -> bool:
+    text = body[:4096].decode("utf-8", errors="replace").lower()
+    return "rate limit" in text or "abuse" in text
+
+
+def governor_for(settings: Settings, valkey: Valkey, token_id: str, **overrides: object) -> RateLimitGovernor:
+    """The governor of a token as configured by the ``GITHUB_*`` settings."""
+    options: dict[str, object] = {
+        "reserve_fraction": settings.github_reserve_fraction,
+        "interactive_wait_s": settings.github_interactive_wait_s,
+        "background_wait_s": settings.github_background_wait_s,
+        "secondary_backoff_s": settings.github_secondary_backoff_s,
+        "secondary_backoff_max_s": settings.github_secondary_backoff_max_s,
+        # Held for one request: its timeouts (connect, read, write, pool) plus a margin.
+        "lock_ttl_s": settings.github_timeout_s * 4 + 5,
+        **overrides,
+    }
+    return RateLimitGovernor(valkey, token_id, **options)  # type: ignore[arg-type]

@@ -1,0 +1,20 @@
+"""SAQ jobs of the GitHub domain: thin, they call the service."""
+
+from __future__ import annotations
+
+import uuid
+
+from saq.types import Context
+
+from app.core.services import services_of
+from app.domains.github.services import GithubService
+
+
+async def refresh_github_profile(ctx: Context, *, login: str, refresh_id: str) -> str:
+    """One refresh (``POST …/refresh`` or a stale read); its outcome is stored and pushed over SSE."""
+    return await services_of(ctx)[GithubService].run_refresh(login, uuid.UUID(refresh_id))
+
+
+async def snapshot_github_profiles(ctx: Context) -> int:
+    """Hourly: the day's snapshot of every tracked login that has none yet (after the snapshot hour)."""
+    return await services_of(ctx)[GithubService].snapshot_due()

@@ -1,0 +1,22 @@
+"""The GitHub analytics domain as the application sees it."""
+
+from __future__ import annotations
+
+from app.core.modules import Cron, Job, Module
+from app.domains.github.controllers import (
+    GithubRefreshesController,
+    GithubTrackingController,
+    GithubUsersController,
+)
+from app.domains.github.jobs import refresh_github_profile, snapshot_github_profiles
+from app.domains.github.services import GithubService
+
+module = Module(
+    name="github",
+    controllers=[GithubUsersController, GithubTrackingController, GithubRefreshesController],
+    service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster),
+    jobs=[Job(function=refresh_github_profile, queue="default")],
+    # Hourly; the job itself waits for GITHUB_SNAPSHOT_HOUR_UTC and skips logins done today, so the
+    # snapshot hour is a setting and a missed run is caught up an hour later.
+    cron=[Cron(function=snapshot_github_profiles, schedule="23 * * * *", queue="default", timeout_s=1800)],
+)

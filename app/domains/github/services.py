@@ -1,0 +1,729 @@
+"""GitHub profile analytics: cached answers, single-flight fetches, refresh jobs, tracking and history.
+
+How an answer is made (``GithubService.profile``):
+
+- The last good data of a login lives in PostgreSQL (``github_profiles``). Younger than
+  ``GITHUB_PROFILE_TTL_S``: answered at once (``source: cache``). Older: answered at once with
+  ``stale: true`` and a refresh job enqueued (stale-while-revalidate). None yet: fetched for this
+  request (``source: live``).
+- A fetch chain (profile, every page of repositories, ``/languages`` of the largest ones) runs at most
+  once at a time per login across all processes: within a process concurrent callers share one
+  flight; across processes a Valkey lock (renewed while held) admits one, the others wait for its
+  result (or its recorded failure) instead of asking GitHub again.
+- Failures: an unknown login is remembered for ``GITHUB_NOT_FOUND_TTL_S`` (404 without a request);
+  GitHub down or rate-limited gives the last good data with ``stale: true`` and ``last_error``, or,
+  with nothing stored, a 503 problem with ``Retry-After``. Never a 500.
+
+Refreshes (``POST …/refresh``, or a stale read) are SAQ jobs on the ``default`` queue, one per login
+at a time (the job key ``github-refresh:<login>`` and a pending marker in Valkey). Each has an id;
+its state is kept in Valkey for a day and every change is published on ``github:refresh:<id>`` for
+the SSE stream, which also re-reads the stored state so a late subscriber gets the final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime, timedelta
+
+import msgspec
+import redis.asyncio as redis
+import structlog
+from litestar.channels import ChannelsPlugin
+from litestar.response import ServerSentEventMessage
+from saq import Job
+from saq.queue.redis import RedisQueue
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.channels import Broadcaster
+from app.core.db import Database
+from app.core.errors import AppError, ConflictError, NotFoundError, ServiceUnavailableError
+from app.core.pagination import IdCursor, Page, paginate
+from app.db import github as queries
+from app.db.models import GithubSnapshot, GithubTracked
+from app.domains.github.analysis import DEFAULT_FILTERS, analyze, repos_to_measure
+from app.domains.github.client import (
+    GitHubClient,
+    GitHubDownError,
+    GitHubError,
+    GitHubNotFoundError,
+    GitHubRateLimitError,
+    GithubRepo,
+    is_valid_username,
+    token_fingerprint,
+)
+from app.domains.github.governor import Priority, governor_for
+from app.domains.github.schemas import (
+    Change,
+    Filters,
+    GithubProfileOut,
+    HistoryOut,
+    HistoryPoint,
+    ProfileData,
+    RefreshOut,
+    Source,
+    TrackedOut,
+    UpstreamError,
+)
+
+log = structlog.get_logger("app.github")
+
+REFRESH_TASK = "refresh_github_profile"
+"""The SAQ task name of ``jobs.refresh_github_profile`` (SAQ registers functions by name)."""
+REFRESH_STATE_TTL_S = 24 * 3600
+LAST_ERROR_TTL_S = 7 * 24 * 3600
+FETCH_LOCK_TTL_S = 30.0
+FAILURE_MEMORY_S = 10.0
+POLL_S = 0.05
+SSE_POLL_S = 1.0
+SSE_KEEPALIVE_S = 15.0
+SSE_MAX_S = 120.0
+
+Clock = Callable[[], datetime]
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class UnknownGithubUserError(NotFoundError):
+    slug = "github-user-not-found"
+    title = "No such GitHub user"
+
+
+class GithubUnavailableError(ServiceUnavailableError):
+    slug = "github-unavailable"
+    title = "GitHub is unavailable"
+
+
+class GithubQuotaExhaustedError(ServiceUnavailableError):
+    slug = "github-rate-limited"
+    title = "GitHub rate limit reached"
+
+
+class TrackingLimitError(ConflictError):
+    slug = "github-tracking-limit"
+    title = "Tracking limit reached"
+
+
+class NotTrackedError(NotFoundError):
+    slug = "github-not-tracked"
+    title = "Not tracked"
+
+
+class RefreshNotFoundError(NotFoundError):
+    slug = "github-refresh-not-found"
+    title = "No such refresh"
+
+
+class InvalidRangeError(AppError):
+    slug = "invalid-range"
+    title = "Invalid date range"
+
+
+class InvalidUsernameError(AppError):
+    slug = "invalid-github-username"
+    title = "Not a GitHub username"
+
+
+class StoredProfile(msgspec.Struct, frozen=True):
+    data: ProfileData
+    fetched_at: datetime
+
+
+class _Failure(msgspec.Struct, frozen=True):
+    kind: str
+    message: str
+    retry_after: float | None
+    at: float
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error_of(failure: _Failure) -> GitHubError:
+    kinds: dict[str, type[GitHubError]] = {
+        "not-found": GitHubNotFoundError,
+        "rate-limited": GitHubRateLimitError,
+    }
+    return kinds.get(failure.kind, GitHubDownError)(failure.message, retry_after=failure.retry_after)
+
+
+def problem_for(exc: GitHubError) -> AppError:
+    """The API's problem for a failed fetch with nothing stored to fall back to."""
+    if isinstance(exc, GitHubNotFoundError):
+        return UnknownGithubUserError("GitHub has no user with this name.")
+    retry_after = str(max(1, math.ceil(exc.retry_after or 30)))
+    if isinstance(exc, GitHubRateLimitError):
+        return GithubQuotaExhaustedError(
+            "GitHub's rate limit is exhausted and nothing is stored for this user yet.",
+            headers={"Retry-After": retry_after},
+        )
+    return GithubUnavailableError(
+        "GitHub did not answer and nothing is stored for this user yet.", headers={"Retry-After": retry_after}
+    )
+
+
+class GithubService:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        valkey: Valkey,
+        broadcaster: Broadcaster,
+        *,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.valkey = valkey
+        self.broadcaster = broadcaster
+        self.clock = clock
+        self.governor = governor_for(settings, valkey, token_fingerprint(settings.github_token))
+        self.client = GitHubClient(settings, valkey, self.governor)
+        self._queue: RedisQueue | None = None
+        self._flights: dict[str, asyncio.Future[StoredProfile]] = {}
+        self._release = valkey.register_script(_RELEASE)
+        self._renew = valkey.register_script(_RENEW)
+
+    async def start(self) -> None:
+        """One connection pool to GitHub and one queue client per process."""
+        await self.client.start()
+        assert self.settings.valkey_url is not None
+        self._queue = RedisQueue(
+            redis.from_url(self.settings.valkey_url, socket_timeout=5, socket_connect_timeout=2),
+            name="default",
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self._queue is not None:
+            await self._queue.redis.aclose()
+            self._queue = None
+
+    # -- profile -----------------------------------------------------------------------------
+
+    async def profile(
+        self, username: str, filters: Filters, *, top_repos: int, top_languages: int
+    ) -> GithubProfileOut:
+        login = self.login_of(username)
+        stored = await self._load(login)
+        refresh: RefreshOut | None = None
+        source: Source
+        if stored is None:
+            try:
+                stored = await self._fetch_shared(login, Priority.INTERACTIVE)
+            except GitHubError as exc:
+                raise problem_for(exc) from None
+            source = "live"
+        elif self._age_s(stored) > self.settings.github_profile_ttl_s:
+            source = "stale"
+            if not await self.valkey.exists(f"github:failed:{login}"):  # no refresh storm while down
+                refresh = await self._request_refresh(login)
+        else:
+            source = "cache"
+        last_error = await self._last_error(login, after=stored.fetched_at)
+        analysis = analyze(
+            stored.data,
+            filters,
+            top_repos=top_repos,
+            top_languages=top_languages,
+            bytes_weight=self.settings.github_blend_bytes_weight,
+        )
+        return GithubProfileOut(
+            username=login,
+            profile=analysis.profile,
+            repositories=analysis.repositories,
+            total_stars=analysis.total_stars,
+            total_forks=analysis.total_forks,
+            top_repositories=analysis.top_repositories,
+            languages=analysis.languages,
+            filters=filters,
+            fetched_at=stored.fetched_at,
+            age_s=round(self._age_s(stored), 3),
+            ttl_s=self.settings.github_profile_ttl_s,
+            source=source,
+            stale=source == "stale",
+            truncated=analysis.truncated,
+            refresh=refresh,
+            last_error=last_error,
+        )
+
+    @staticmethod
+    def login_of(username: str) -> str:
+        """The stored form of a username: validated by GitHub's rule, lower-case."""
+        if not is_valid_username(username):
+            raise InvalidUsernameError(
+                "username: letters, digits and single hyphens, no hyphen first or last, at most 39 characters"
+            )
+        return username.lower()
+
+    def _age_s(self, stored: StoredProfile) -> float:
+        return max(0.0, (self.clock() - stored.fetched_at).total_seconds())
+
+    async def _load(self, login: str) -> StoredProfile | None:
+        async with self.db.transaction() as uow:
+            row = await queries.get_github_profile(uow.conn, login=login)
+        if row is None:
+            return None
+        try:
+            return StoredProfile(data=msgspec.convert(row.data, ProfileData), fetched_at=row.fetched_at)
+        except msgspec.ValidationError:
+            log.warning("github_stored_profile_unreadable", login=login)
+            return None
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _fetch_shared(self, login: str, priority: Priority) -> StoredProfile:
+        """One fetch chain per login: this process's callers share a flight, processes a lock."""
+        flight = self._flights.get(login)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch_across_processes(login, priority))
+            self._flights[login] = flight
+            flight.add_done_callback(lambda done: self._end_flight(login, done))
+        if priority is Priority.BACKGROUND:
+            return await asyncio.shield(flight)
+        try:  # a request never waits longer than GITHUB_COLD_WAIT_S, even behind a background flight
+            return await asyncio.wait_for(asyncio.shield(flight), timeout=self.settings.github_cold_wait_s)
+        except TimeoutError:
+            raise GitHubDownError("the fetch under way is taking too long", retry_after=5) from None
+
+    def _end_flight(self, login: str, done: asyncio.Future[StoredProfile]) -> None:
+        if self._flights.get(login) is done:
+            del self._flights[login]
+        if not done.cancelled():
+            done.exception()  # retrieved: a flight whose callers all left logs no warning
+
+    async def _fetch_across_processes(self, login: str, priority: Priority) -> StoredProfile:
+        if await self.valkey.exists(f"github:missing:{login}"):
+            raise GitHubNotFoundError("no such GitHub user (remembered)")
+        recent = await self._recent_failure(login, since=0.0)
+        if recent is not None:  # failed moments ago: answer that instead of asking GitHub again
+            raise recent
+        started = time.time()
+        started_at = self.clock()
+        deadline = time.monotonic() + self.settings.github_cold_wait_s
+        lock_key = f"github:fetch:{login}"
+        while True:
+            async with self._lock(lock_key) as held:
+                if held:
+                    return await self._fetch_and_store(login, priority)
+            await asyncio.sleep(POLL_S)
+            stored = await self._load(login)
+            if stored is not None and stored.fetched_at >= started_at:
+                return stored
+            failure = await self._recent_failure(login, since=started)
+            if failure is not None:
+                raise failure
+            if time.monotonic() > deadline:
+                raise GitHubDownError("another process's fetch is taking too long", retry_after=5)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[bool]:
+        """A Valkey lock renewed while held (a crashed holder frees it within ``FETCH_LOCK_TTL_S``)."""
+        token = secrets.token_hex(8)
+        ttl_ms = int(FETCH_LOCK_TTL_S * 1000)
+        if not await self.valkey.set(key, token, nx=True, px=ttl_ms):
+            yield False
+            return
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(FETCH_LOCK_TTL_S / 3)
+                await self._renew(keys=[key], args=[token, ttl_ms])
+
+        renewer = asyncio.create_task(renew())
+        try:
+            yield True
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await renewer
+            await self._release(keys=[key], args=[token])
+
+    async def _fetch_and_store(self, login: str, priority: Priority) -> StoredProfile:
+        try:
+            user = await self.client.get_user(login, priority)
+            repos, truncated = await self.client.list_repos(
+                login, priority, max_repos=self.settings.github_max_repos
+            )
+        except GitHubError as exc:
+            await self._record_failure(login, exc)
+            raise
+        languages = await self._measure(login, repos, priority)
+        data = ProfileData(
+            user=user,
+            repos=repos,
+            repos_truncated=truncated,
+            languages=languages,
+            measured_limit=self.settings.github_language_repos,
+        )
+        fetched_at = self.clock()
+        async with self.db.transaction() as uow:
+            await queries.upsert_github_profile(
+                uow.conn, login=login, data=msgspec.to_builtins(data), fetched_at=fetched_at
+            )
+        await self.valkey.delete(f"github:failed:{login}", f"github:last-error:{login}")
+        return StoredProfile(data=data, fetched_at=fetched_at)
+
+    async def _measure(
+        self, login: str, repos: list[GithubRepo], priority: Priority
+    ) -> dict[str, dict[str, int]]:
+        """``/languages`` of the largest repositories. A failure part-way keeps what the previous
+        fetch measured for the rest (the answer's coverage says what is missing), never fails the chain."""
+        measured: dict[str, dict[str, int]] = {}
+        chosen = repos_to_measure(repos, self.settings.github_language_repos)
+        for index, repo in enumerate(chosen):
+            try:
+                languages = await self.client.get_languages(repo, priority)
+            except GitHubError as exc:
+                log.warning("github_languages_incomplete", login=login, kind=exc.kind, measured=index)
+                previous = await self._load(login)
+                if previous is not None:
+                    for rest in chosen[index:]:
+                        if rest.full_name in previous.data.languages:
+                            measured[rest.full_name] = previous.data.languages[rest.full_name]
+                break
+            if languages is not None:
+                measured[repo.full_name] = languages
+        return measured
+
+    async def _record_failure(self, login: str, exc: GitHubError) -> None:
+        now = time.time()
+        failure = _Failure(kind=exc.kind, message=str(exc), retry_after=exc.retry_after, at=now)
+        remember_s = min(60.0, max(FAILURE_MEMORY_S, exc.retry_after or 0.0))
+        error = UpstreamError(
+            kind=exc.kind,  # type: ignore[arg-type]
+            at=self.clock(),
+            retry_after_s=math.ceil(exc.retry_after) if exc.retry_after is not None else None,
+        )
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.set(f"github:failed:{login}", msgspec.msgpack.encode(failure), px=int(remember_s * 1000))
+            pipe.set(f"github:last-error:{login}", msgspec.msgpack.encode(error), ex=LAST_ERROR_TTL_S)
+            if isinstance(exc, GitHubNotFoundError):
+                pipe.set(f"github:missing:{login}", b"1", ex=self.settings.github_not_found_ttl_s)
+            await pipe.execute()
+        log.warning("github_fetch_failed", login=login, kind=exc.kind, retry_after=exc.retry_after)
+
+    async def _recent_failure(self, login: str, *, since: float) -> GitHubError | None:
+        raw = await self.valkey.get(f"github:failed:{login}")
+        if raw is None:
+            return None
+        failure = msgspec.msgpack.decode(raw, type=_Failure)
+        return _error_of(failure) if failure.at >= since else None
+
+    async def _last_error(self, login: str, *, after: datetime) -> UpstreamError | None:
+        raw = await self.valkey.get(f"github:last-error:{login}")
+        if raw is None:
+            return None
+        error = msgspec.msgpack.decode(raw, type=UpstreamError)
+        return error if error.at >= after else None
+
+    # -- refreshes ---------------------------------------------------------------------------
+
+    async def request_refresh(self, username: str) -> RefreshOut:
+        """A refresh job for the login (or the one already pending)."""
+        login = self.login_of(username)
+        if await self.valkey.exists(f"github:missing:{login}"):
+            raise UnknownGithubUserError("GitHub has no user with this name.")
+        return await self._request_refresh(login)
+
+    async def _request_refresh(self, login: str) -> RefreshOut:
+        assert self._queue is not None, "GithubService.start() was not called"
+        refresh_id = uuid.uuid4()
+        pending_key = f"github:refresh-pending:{login}"
+        pending_ttl_s = self.settings.github_refresh_timeout_s + 300
+        current = await self.valkey.set(pending_key, str(refresh_id), nx=True, ex=pending_ttl_s, get=True)
+        if current is not None:
+            state = await self._refresh_state(uuid.UUID(current.decode()))
+            if state is not None and not state.is_final:
+                return state
+            await self.valkey.set(pending_key, str(refresh_id), ex=pending_ttl_s)
+        state = RefreshOut(
+            id=refresh_id,
+            username=login,
+            status="queued",
+            requested_at=self.clock(),
+            events_url=f"/api/github/refreshes/{refresh_id}/events",
+            state_url=f"/api/github/refreshes/{refresh_id}",
+        )
+        await self._save_refresh(state)
+        job_key = f"github-refresh:{login}"
+        job = await self._queue.enqueue(
+            Job(
+                function=REFRESH_TASK,
+                kwargs={"login": login, "refresh_id": str(refresh_id)},
+                key=job_key,
+                timeout=self.settings.github_refresh_timeout_s,
+                retries=1,
+                ttl=3600,
+            )
+        )
+        if job is None:  # a job for this login is still queued or running: report that one
+            existing = await self._queue.job(job_key)
+            other = existing.kwargs.get("refresh_id") if existing is not None and existing.kwargs else None
+            other_state = await self._refresh_state(uuid.UUID(other)) if other else None
+            if other_state is not None:
+                await self.valkey.set(pending_key, str(other_state.id), ex=pending_ttl_s)
+                return other_state
+        return state
+
+    async def refresh_state(self, refresh_id: uuid.UUID) -> RefreshOut:
+        state = await self._refresh_state(refresh_id)
+        if state is None:
+            raise RefreshNotFoundError("No refresh with this id (they are kept for a day).")
+        return state
+
+    async def _refresh_state(self, refresh_id: uuid.UUID) -> RefreshOut | None:
+        raw = await self.valkey.get(f"github:refresh:{refresh_id}")
+        return msgspec.json.decode(raw, type=RefreshOut) if raw is not None else None
+
+    async def _save_refresh(self, state: RefreshOut) -> None:
+        body = msgspec.json.encode(state)
+        await self.valkey.set(f"github:refresh:{state.id}", body, ex=REFRESH_STATE_TTL_S)
+        await self.broadcaster.publish(body, [refresh_channel(state.id)])
+
+    async def run_refresh(self, login: str, refresh_id: uuid.UUID) -> str:
+        """The refresh job: fetch (sharing any fetch chain under way), record and publish the outcome."""
+        login = self.login_of(login)
+        state = await self._refresh_state(refresh_id) or RefreshOut(
+            id=refresh_id,
+            username=login,
+            status="queued",
+            requested_at=self.clock(),
+            events_url=f"/api/github/refreshes/{refresh_id}/events",
+            state_url=f"/api/github/refreshes/{refresh_id}",
+        )
+        state = msgspec.structs.replace(state, status="running", started_at=self.clock())
+        await self._save_refresh(state)
+        try:
+            stored = await self._fetch_shared(login, Priority.BACKGROUND)
+        except GitHubError as exc:
+            await self._finish_refresh(state, exc)
+            return "failed"
+        except BaseException:
+            await self._finish_refresh(state, GitHubDownError("the refresh failed"))
+            raise
+        await self._finish_refresh(state, None, fetched_at=stored.fetched_at)
+        return "succeeded"
+
+    async def _finish_refresh(
+        self, state: RefreshOut, exc: GitHubError | None, *, fetched_at: datetime | None = None
+    ) -> None:
+        if exc is None:
+            state = msgspec.structs.replace(
+                state, status="succeeded", finished_at=self.clock(), fetched_at=fetched_at
+            )
+        else:
+            retry_after = math.ceil(exc.retry_after) if exc.retry_after is not None else None
+            error = UpstreamError(kind=exc.kind, at=self.clock(), retry_after_s=retry_after)  # type: ignore[arg-type]
+            state = msgspec.structs.replace(state, status="failed", finished_at=self.clock(), error=error)
+        await self._save_refresh(state)
+        await self._release(keys=[f"github:refresh-pending:{state.username}"], args=[str(state.id)])
+
+    async def refresh_events(
+        self, refresh_id: uuid.UUID, channels: ChannelsPlugin
+    ) -> AsyncIterator[ServerSentEventMessage]:
+        """The refresh's states as Server-Sent Events until it is final (then the stream ends).
+
+        Subscribed before the stored state is read, and the stored state is re-read every second while
+        waiting: a completion published before the subscription was live is still delivered.
+        """
+        async with channels.start_subscription([refresh_channel(refresh_id)]) as subscriber:
+            state = await self.refresh_state(refresh_id)
+            yield _event(state)
+            if state.is_final:
+                return
+            events = subscriber.iter_events()
+            pending: asyncio.Future[bytes] = asyncio.ensure_future(anext(events))
+            deadline = time.monotonic() + SSE_MAX_S  # clients reconnect and get the current state
+            quiet_since = time.monotonic()
+            try:
+                while time.monotonic() < deadline:
+                    done, _ = await asyncio.wait({pending}, timeout=SSE_POLL_S)
+                    if done:
+                        latest: RefreshOut | None = msgspec.json.decode(pending.result(), type=RefreshOut)
+                        pending = asyncio.ensure_future(anext(events))
+                    else:
+                        latest = await self._refresh_state(refresh_id)
+                    if latest is not None and latest != state:
+                        state = latest
+                        quiet_since = time.monotonic()
+                        yield _event(state)
+                        if state.is_final:
+                            return
+                    elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
+                        quiet_since = time.monotonic()
+                        yield ServerSentEventMessage(comment="keep-alive")
+            finally:
+                pending.cancel()
+
+    # -- tracking ----------------------------------------------------------------------------
+
+    async def list_tracked(self, user_id: int, *, after_id: int, limit: int) -> Page[TrackedOut]:
+        async with self.db.transaction() as uow:
+            rows = await queries.list_github_tracked(
+                uow.conn, user_id=user_id, after_id=after_id, row_limit=limit + 1
+            )
+        return paginate(rows, limit, lambda row: IdCursor(id=row.id), _tracked_out)
+
+    async def track(self, user_id: int, username: str) -> tuple[TrackedOut, bool]:
+        """Start tracking (idempotent: True when newly tracked). The login must exist on GitHub."""
+        login = self.login_of(username)
+        await self._ensure_exists(login)
+        async with self.db.transaction() as uow:
+            await queries.lock_github_tracking(uow.conn, user_id=user_id)
+            existing = await queries.get_github_tracked(uow.conn, user_id=user_id, login=login)
+            if existing is not None:
+                return _tracked_out(existing), False
+            count = await queries.count_github_tracked(uow.conn, user_id=user_id) or 0
+            limit = self.settings.github_max_tracked_per_user
+            if count >= limit:
+                raise TrackingLimitError(f"A user tracks at most {limit} GitHub users; untrack one first.")
+            row = await queries.track_github_login(uow.conn, user_id=user_id, login=login)
+        assert row is not None
+        return _tracked_out(row), True
+
+    async def untrack(self, user_id: int, username: str) -> None:
+        login = self.login_of(username)
+        async with self.db.transaction() as uow:
+            removed = await queries.untrack_github_login(uow.conn, user_id=user_id, login=login)
+        if not removed:
+            raise NotTrackedError("You do not track this GitHub user.")
+
+    async def _ensure_exists(self, login: str) -> None:
+        if await self._load(login) is not None:
+            return
+        try:
+            await self._fetch_shared(login, Priority.INTERACTIVE)
+        except GitHubError as exc:
+            raise problem_for(exc) from None
+
+    # -- snapshots and history ---------------------------------------------------------------
+
+    async def snapshot_due(self) -> int:
+        """The snapshot cron (hourly): once the day's ``GITHUB_SNAPSHOT_HOUR_UTC`` has come, snapshot
+        every tracked login that has none for the day yet, up to ``GITHUB_SNAPSHOTS_PER_RUN`` per run.
+        Running hourly, a missed or failed run is caught up by the next one; a re-run changes nothing."""
+        now = self.clock()
+        if now.hour < self.settings.github_snapshot_hour_utc:
+            return 0
+        day = now.date()
+        async with self.db.transaction() as uow:
+            due = await queries.list_github_logins_due(
+                uow.conn, taken_on=day, batch_size=self.settings.github_snapshots_per_run
+            )
+        taken = 0
+        for login in due:
+            try:
+                stored = await self._load(login)
+                if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
+                    stored = await self._fetch_shared(login, Priority.BACKGROUND)
+            except GitHubRateLimitError as exc:
+                log.warning("github_snapshots_paused", reason="rate-limit", retry_after=exc.retry_after)
+                break
+            except GitHubError as exc:
+                log.warning("github_snapshot_skipped", login=login, kind=exc.kind)
+                continue
+            analysis = analyze(
+                stored.data,
+                DEFAULT_FILTERS,
+                top_repos=0,
+                top_languages=0,
+                bytes_weight=self.settings.github_blend_bytes_weight,
+            )
+            async with self.db.transaction() as uow:
+                taken += await queries.insert_github_snapshot(
+                    uow.conn,
+                    login=login,
+                    taken_on=day,
+                    taken_at=self.clock(),
+                    followers=analysis.profile.followers,
+                    following=analysis.profile.following,
+                    public_repos=analysis.profile.public_repos,
+                    repos_counted=analysis.repositories.counted,
+                    total_stars=analysis.total_stars,
+                    total_forks=analysis.total_forks,
+                    language_bytes=analysis.language_bytes,
+                )
+        return taken
+
+    async def history(self, username: str, first_day: date | None, last_day: date | None) -> HistoryOut:
+        login = self.login_of(username)
+        last = last_day or self.clock().date()
+        first = first_day or last - timedelta(days=29)
+        if first > last:
+            raise InvalidRangeError("query.from must not be after query.to.")
+        span = (last - first).days + 1
+        if span > self.settings.github_history_max_days:
+            raise InvalidRangeError(
+                f"query.from..query.to spans {span} days; at most {self.settings.github_history_max_days}."
+            )
+        async with self.db.transaction() as uow:
+            rows = await queries.list_github_snapshots(uow.conn, login=login, first_day=first, last_day=last)
+        points: list[HistoryPoint] = []
+        previous: GithubSnapshot | None = None
+        for row in rows:
+            points.append(
+                HistoryPoint(
+                    date=row.taken_on,
+                    taken_at=row.taken_at,
+                    followers=row.followers,
+                    following=row.following,
+                    public_repos=row.public_repos,
+                    repos_counted=row.repos_counted,
+                    total_stars=row.total_stars,
+                    total_forks=row.total_forks,
+                    language_bytes=dict(row.language_bytes),
+                    change=_change(previous, row) if previous is not None else None,
+                    days_since_previous=(row.taken_on - previous.taken_on).days if previous else None,
+                )
+            )
+            previous = row
+        deltas = _change(rows[0], rows[-1]) if len(rows) >= 2 else None
+        return HistoryOut(username=login, from_=first, to=last, points=points, deltas=deltas)
+
+
+def refresh_channel(refresh_id: uuid.UUID) -> str:
+    return f"github:refresh:{refresh_id}"
+
+
+def _event(state: RefreshOut) -> ServerSentEventMessage:
+    return ServerSentEventMessage(
+        data=msgspec.json.encode(state).decode(), event="refresh", id=f"{state.id}:{state.status}"
+    )
+
+
+def _tracked_out(row: GithubTracked) -> TrackedOut:
+    return TrackedOut(username=row.login, tracked_since=row.created_at)
+
+
+def _change(before: GithubSnapshot, after: GithubSnapshot) -> Change:
+    old_bytes: dict[str, int] = dict(before.language_bytes)
+    new_bytes: dict[str, int] = dict(after.language_bytes)
+    language_delta = {
+        name: new_bytes.get(name, 0) - old_bytes.get(name, 0)
+        for name in sorted(set(old_bytes) | set(new_bytes))
+        if new_bytes.get(name, 0) != old_bytes.get(name, 0)
+    }
+    return Change(
+        followers=after.followers - before.followers,
+        following=after.following - before.following,
+        public_repos=after.public_repos - before.public_repos,
+        repos_counted=after.repos_counted - before.repos_counted,
+        total_stars=after.total_stars - before.total_stars,
+        total_forks=after.total_forks - before.total_forks,
+        language_bytes=language_delta,
+    )

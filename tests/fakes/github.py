@@ -1,0 +1,376 @@
+"""A fake GitHub REST API for the tests: a Litestar app served by uvicorn on 127.0.0.1 in a thread.
+
+It behaves like GitHub where our client depends on it, and enforces GitHub's limits:
+
+- ``GET /users/{login}``, ``GET /users/{login}/repos`` (``type``, ``sort=full_name``, ``per_page``
+  ≤ 100, ``page``), its continuation ``GET /user/{id}/repos`` (the path GitHub's ``link`` headers
+  use: a client that builds page URLs itself instead of following ``link`` gets them wrong), and
+  ``GET /repos/{owner}/{repo}/languages``.
+- ETags (weak ``W/"…"`` for users and languages, strong ``"…"`` for repository pages), compared
+  verbatim with ``if-none-match``: a match is a 304 that costs no quota.
+- A primary rate limit per token (``Authorization`` header, or anonymous): only 200 answers are
+  charged; every answer carries ``x-ratelimit-*``; a request while the quota is 0 gets GitHub's 403
+  (remaining 0, reset) and is counted in ``violations``.
+- Scripted faults: the next matching requests answer a given status with given headers (429 with
+  ``retry-after``, 403 secondary limits, 502) or stall past the client's timeout.
+- Records every request (arrival time, path, token, ``if-none-match``, status) and the most requests
+  ever in flight at once per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get
+from litestar.params import FromPath
+
+from tests.fakes.serving import ThreadedServer
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass
+class FakeRepo:
+    name: str
+    fork: bool = False
+    archived: bool = False
+    stars: int = 0
+    forks: int = 0
+    language: str | None = None
+    size: int = 100
+    languages: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class FakeUser:
+    login: str
+    id: int
+    followers: int = 0
+    following: int = 0
+    name: str | None = None
+    bio: str | None = None
+    repos: list[FakeRepo] = field(default_factory=list)
+
+
+@dataclass
+class Fault:
+    status: int
+    times: int
+    headers: dict[str, str]
+    body: bytes
+    delay_s: float
+    path_contains: str | None
+
+
+@dataclass
+class Recorded:
+    at: float
+    """Arrival time (epoch seconds)."""
+    path: str
+    query: str
+    token: str
+    if_none_match: str | None
+    status: int = 0
+    """0 until answered."""
+
+
+@dataclass
+class Quota:
+    limit: int
+    remaining: int
+    reset: int
+
+
+class FakeGitHub:
+    def __init__(self, *, anonymous_limit: int = 60, token_limit: int = 5000) -> None:
+        self.anonymous_limit = anonymous_limit
+        self.token_limit = token_limit
+        self.latency_s = 0.0
+        """Every answer waits this long (to make overlapping requests observable)."""
+        self._lock = threading.Lock()
+        self.users: dict[str, FakeUser] = {}
+        self.requests: list[Recorded] = []
+        self.violations = 0
+        self.faults: list[Fault] = []
+        self.quotas: dict[str, Quota] = {}
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.max_in_flight: dict[str, int] = defaultdict(int)
+        self._next_id = 1000
+        self.app = self._build_app()
+
+    # -- arranging ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything; answers still under way from an earlier test no longer count."""
+        with self._lock:
+            self.users.clear()
+            self.requests = []
+            self.faults.clear()
+            self.quotas.clear()
+            self.in_flight = defaultdict(int)
+            self.max_in_flight = defaultdict(int)
+            self.violations = 0
+            self.latency_s = 0.0
+
+    def add_user(self, login: str, repos: list[FakeRepo] | None = None, **fields: Any) -> FakeUser:
+        with self._lock:
+            self._next_id += 1
+            user = FakeUser(login=login, id=self._next_id, repos=list(repos or []), **fields)
+            self.users[login.lower()] = user
+            return user
+
+    def fail(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        delay_s: float = 0.0,
+        path_contains: str | None = None,
+    ) -> None:
+        """The next ``times`` matching requests answer ``status`` (after ``delay_s``)."""
+        default = b'{"message": "Server Error"}' if status >= 500 else b'{"message": "refused"}'
+        with self._lock:
+            self.faults.append(Fault(status, times, headers or {}, body or default, delay_s, path_contains))
+
+    def set_quota(
+        self, *, remaining: int, reset: int, token: str | None = None, limit: int | None = None
+    ) -> None:
+        key = token or ANONYMOUS
+        with self._lock:
+            default_limit = self.anonymous_limit if key == ANONYMOUS else self.token_limit
+            self.quotas[key] = Quota(limit=limit or default_limit, remaining=remaining, reset=reset)
+
+    # -- observing ---------------------------------------------------------------------------
+
+    def charged(self, token: str | None = None) -> int:
+        """Quota spent by ``token`` (anonymous by default) in the current window."""
+        with self._lock:
+            quota = self._quota(token or ANONYMOUS)
+            return quota.limit - quota.remaining
+
+    def recorded(self, path_contains: str = "") -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if path_contains in r.path]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self.requests = []
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _quota(self, token: str) -> Quota:
+        now = int(time.time())
+        quota = self.quotas.get(token)
+        if quota is None or quota.reset <= now:
+            limit = self.anonymous_limit if token == ANONYMOUS else self.token_limit
+            if quota is not None:
+                limit = quota.limit
+            quota = Quota(limit=limit, remaining=limit, reset=now + 3600)
+            self.quotas[token] = quota
+        return quota
+
+    def _take_fault(self, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.path_contains is None or fault.path_contains in path:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    @staticmethod
+    def _rate_headers(quota: Quota) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit": str(quota.limit),
+            "x-ratelimit-remaining": str(quota.remaining),
+            "x-ratelimit-used": str(quota.limit - quota.remaining),
+            "x-ratelimit-reset": str(quota.reset),
+            "x-ratelimit-resource": "core",
+        }
+
+    async def _serve(self, request: Request[Any, Any, Any], resource: Any) -> Response[bytes]:
+        authorization = request.headers.get("authorization", "")
+        token = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ANONYMOUS
+        if_none_match = request.headers.get("if-none-match")
+        record = Recorded(time.time(), request.url.path, request.url.query, token, if_none_match)
+        with self._lock:
+            self.requests.append(record)
+            in_flight, max_in_flight = self.in_flight, self.max_in_flight
+            in_flight[token] += 1
+            max_in_flight[token] = max(max_in_flight[token], in_flight[token])
+            fault = self._take_fault(request.url.path)
+        try:
+            delay = self.latency_s + (fault.delay_s if fault is not None else 0.0)
+            if delay:
+                await asyncio.sleep(delay)
+            with self._lock:
+                quota = self._quota(token)
+                if fault is not None:
+                    status, body, headers = (
+                        fault.status,
+                        fault.body,
+                        {**self._rate_headers(quota), **fault.headers},
+                    )
+                elif quota.remaining <= 0:
+                    self.violations += 1
+                    status, headers = 403, self._rate_headers(quota)
+                    body = b'{"message": "API rate limit exceeded"}'
+                else:
+                    status, body, headers = resource(str(request.base_url).rstrip("/"))
+                    if status == 200 and if_none_match is not None and if_none_match == headers.get("etag"):
+                        status, body = 304, b""
+                    elif status in (200, 404):
+                        quota.remaining -= 1
+                    headers = {**headers, **self._rate_headers(quota)}
+                record.status = status
+            return Response(body, status_code=status, headers=headers, media_type="application/json")
+        finally:
+            with self._lock:
+                in_flight[token] -= 1
+
+    def _user(self, login: str) -> FakeUser | None:
+        return self.users.get(login.lower())
+
+    def _user_resource(self, login: str) -> Any:
+        def resource(base: str) -> tuple[int, bytes, dict[str, str]]:
+            user = self._user(login)
+            if user is None:
+                return 404, b'{"message": "Not Found"}', {}
+            body = msgspec.json.encode(
+                {
+                    "login": user.login,
+                    "id": user.id,
+                    "html_url": f"https://github.example/{user.login}",
+                    "avatar_url": f"https://avatars.example/u/{user.id}",
+                    "type": "User",
+                    "name": user.name,
+                    "bio": user.bio,
+                    "company": None,
+                    "location": None,
+                    "blog": "",
+                    "public_repos": len(user.repos),
+                    "followers": user.followers,
+                    "following": user.following,
+                    "created_at": "2015-03-01T12:00:00Z",
+                }
+            )
+            return 200, body, {"etag": f'W/"{hashlib.sha256(body).hexdigest()[:32]}"'}
+
+        return resource
+
+    def _repos_resource(self, user_key: str | int, query: dict[str, str]) -> Any:
+        def resource(base: str) -> tuple[int, bytes, dict[str, str]]:
+            if isinstance(user_key, int):
+                user = next((u for u in self.users.values() if u.id == user_key), None)
+            else:
+                user = self._user(user_key)
+            if user is None:
+                return 404, b'{"message": "Not Found"}', {}
+            per_page = min(100, max(1, int(query.get("per_page", "30"))))
+            page = max(1, int(query.get("page", "1")))
+            repos = sorted(user.repos, key=lambda r: r.name.lower())
+            last = max(1, -(-len(repos) // per_page))
+            chunk = repos[(page - 1) * per_page : page * per_page]
+            body = msgspec.json.encode([self._repo_json(base, user, repo) for repo in chunk])
+            links = []
+            common = f"{base}/user/{user.id}/repos?per_page={per_page}&type=owner&sort=full_name"
+            if page < last:
+                links.append(f'<{common}&page={page + 1}>; rel="next"')
+                links.append(f'<{common}&page={last}>; rel="last"')
+            if page > 1:
+                links.append(f'<{common}&page={page - 1}>; rel="prev"')
+                links.append(f'<{common}&page=1>; rel="first"')
+            headers = {"etag": f'"{hashlib.sha256(body).hexdigest()[:40]}"'}
+            if links:
+                headers["link"] = ", ".join(links)
+            return 200, body, headers
+
+        return resource
+
+    @staticmethod
+    def _repo_json(base: str, user: FakeUser, repo: FakeRepo) -> dict[str, Any]:
+        return {
+            "id": abs(hash((user.login, repo.name))) % 10**9,
+            "name": repo.name,
+            "full_name": f"{user.login}/{repo.name}",
+            "html_url": f"https://github.example/{user.login}/{repo.name}",
+            "description": "a repository",
+            "fork": repo.fork,
+            "archived": repo.archived,
+            "stargazers_count": repo.stars,
+            "watchers_count": repo.stars,
+            "forks_count": repo.forks,
+            "size": repo.size,
+            "language": repo.language,
+            "pushed_at": "2026-01-02T03:04:05Z",
+            "languages_url": f"{base}/repos/{user.login}/{repo.name}/languages",
+            "owner": {"login": user.login, "id": user.id},
+        }
+
+    def _languages_resource(self, owner: str, name: str) -> Any:
+        def resource(base: str) -> tuple[int, bytes, dict[str, str]]:
+            user = self._user(owner)
+            repo = next((r for r in user.repos if r.name == name), None) if user else None
+            if repo is None:
+                return 404, b'{"message": "Not Found"}', {}
+            body = msgspec.json.encode(repo.languages)
+            return 200, body, {"etag": f'W/"{hashlib.sha256(body).hexdigest()[:32]}"'}
+
+        return resource
+
+    def _build_app(self) -> Litestar:
+        fake = self
+
+        @get("/users/{login:str}")
+        async def user(request: Request[Any, Any, Any], login: FromPath[str]) -> Response[bytes]:
+            return await fake._serve(request, fake._user_resource(login))
+
+        @get("/users/{login:str}/repos")
+        async def repos(request: Request[Any, Any, Any], login: FromPath[str]) -> Response[bytes]:
+            return await fake._serve(request, fake._repos_resource(login, dict(request.query_params)))
+
+        @get("/user/{user_id:int}/repos")
+        async def repos_by_id(request: Request[Any, Any, Any], user_id: FromPath[int]) -> Response[bytes]:
+            return await fake._serve(request, fake._repos_resource(user_id, dict(request.query_params)))
+
+        @get("/repos/{owner:str}/{name:str}/languages")
+        async def languages(
+            request: Request[Any, Any, Any], owner: FromPath[str], name: FromPath[str]
+        ) -> Response[bytes]:
+            return await fake._serve(request, fake._languages_resource(owner, name))
+
+        return Litestar(route_handlers=[user, repos, repos_by_id, languages], openapi_config=None)
+
+
+class FakeGitHubServer(ThreadedServer):
+    """Serves a ``FakeGitHub`` on a free 127.0.0.1 port."""
+
+    def __init__(self, fake: FakeGitHub) -> None:
+        super().__init__(fake.app, "fake-github")
+        self.fake = fake
+
+
+@contextmanager
+def serve_fake_github(fake: FakeGitHub | None = None) -> Iterator[FakeGitHubServer]:
+    server = FakeGitHubServer(fake or FakeGitHub())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def repos_named(count: int, **fields: Any) -> list[FakeRepo]:
+    """``count`` repositories ``repo-0000``, ``repo-0001``, … with the same ``fields``."""
+    return [FakeRepo(name=f"repo-{index:04d}", **fields) for index in range(count)]

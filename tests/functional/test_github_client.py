@@ -1,0 +1,306 @@
+"""The GitHub client and its rate-limit governor against the local fake GitHub (real Valkey).
+
+Timing claims are checked on the fake's recorded arrival times, never on the test's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import msgspec
+import pytest
+import structlog
+from prometheus_client import REGISTRY
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.domains.github.client import (
+    GitHubClient,
+    GitHubDownError,
+    GitHubNotFoundError,
+    GitHubRateLimitError,
+    token_fingerprint,
+)
+from app.domains.github.governor import Priority, WaitBudgetExceededError, governor_for
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, repos_named, serve_fake_github
+
+TOKEN = "ghp_fake_secret_token_1234567890abcdef"
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeGitHubServer]:
+    with serve_fake_github() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
+    fake_server.fake.reset()
+    return fake_server.fake
+
+
+def github_settings(settings: Settings, server: FakeGitHubServer, **changes: object) -> Settings:
+    base: dict[str, object] = {
+        "github_api_url": server.url,
+        "github_retry_wait_s": 0.01,
+        "github_timeout_s": 2.0,
+        "github_interactive_wait_s": 10.0,
+    }
+    return msgspec.structs.replace(settings, **{**base, **changes})
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, fake_server: FakeGitHubServer, valkey: Valkey
+) -> AsyncIterator[GitHubClient]:
+    configured = github_settings(settings, fake_server)
+    github = GitHubClient(configured, valkey, governor_for(configured, valkey, "anonymous"))
+    await github.start()
+    yield github
+    await github.close()
+
+
+@pytest.fixture
+async def token_client(
+    settings: Settings, fake_server: FakeGitHubServer, valkey: Valkey
+) -> AsyncIterator[GitHubClient]:
+    configured = github_settings(settings, fake_server, github_token=TOKEN)
+    github = GitHubClient(configured, valkey, governor_for(configured, valkey, token_fingerprint(TOKEN)))
+    await github.start()
+    yield github
+    await github.close()
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_250_repositories_take_3_list_requests_following_link_and_all_are_listed(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    fake.add_user("many", repos_named(250, stars=2))
+
+    repos, truncated = await client.list_repos("many", Priority.INTERACTIVE, max_repos=1000)
+
+    assert len(repos) == 250 and not truncated
+    assert len({repo.full_name for repo in repos}) == 250
+    pages = fake.recorded("/repos")
+    assert len(pages) == 3
+    # The first page is ours; the next two are exactly the URLs GitHub's link header gave.
+    assert pages[0].path == "/users/many/repos"
+    assert [page.path for page in pages[1:]] == [f"/user/{fake.users['many'].id}/repos"] * 2
+    assert ["page=2" in pages[1].query, "page=3" in pages[2].query] == [True, True]
+
+
+async def test_the_repository_cap_truncates_and_says_so(fake: FakeGitHub, client: GitHubClient) -> None:
+    fake.add_user("capped", repos_named(250))
+
+    repos, truncated = await client.list_repos("capped", Priority.INTERACTIVE, max_repos=200)
+
+    assert len(repos) == 200 and truncated
+    assert len(fake.recorded("/repos")) == 2
+
+
+async def test_an_unchanged_resource_is_revalidated_for_free_with_the_etag_verbatim(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    fake.add_user("octo", repos_named(150))
+    await client.get_user("octo", Priority.INTERACTIVE)
+    await client.list_repos("octo", Priority.INTERACTIVE, max_repos=1000)
+    spent = fake.charged()
+    hits = metric("github_conditional_hits_total")
+
+    user = await client.get_user("octo", Priority.INTERACTIVE)
+    repos, _ = await client.list_repos("octo", Priority.INTERACTIVE, max_repos=1000)
+
+    assert user.login == "octo" and len(repos) == 150
+    assert fake.charged() == spent == 3
+    second = fake.recorded()[3:]
+    assert [r.status for r in second] == [304, 304, 304]
+    # Sent exactly as served: the weak marker and the quotes included.
+    assert second[0].if_none_match is not None and second[0].if_none_match.startswith('W/"')
+    assert second[1].if_none_match is not None and second[1].if_none_match.startswith('"')
+    assert metric("github_conditional_hits_total") == hits + 3
+
+
+async def test_a_changed_resource_is_fetched_again(fake: FakeGitHub, client: GitHubClient) -> None:
+    user = fake.add_user("changing", followers=1)
+    await client.get_user("changing", Priority.INTERACTIVE)
+    user.followers = 2
+
+    assert (await client.get_user("changing", Priority.INTERACTIVE)).followers == 2
+    assert [r.status for r in fake.recorded()] == [200, 200]
+
+
+async def test_a_429_with_retry_after_delays_the_next_request_by_at_least_that(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    fake.add_user("patient")
+    fake.fail(
+        429, headers={"retry-after": "2"}, body=b'{"message": "You have exceeded a secondary rate limit"}'
+    )
+
+    user = await client.get_user("patient", Priority.INTERACTIVE)
+
+    assert user.login == "patient"
+    first, second = fake.recorded()
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.at >= 2.0
+
+
+async def test_remaining_zero_sends_nothing_before_the_reset(fake: FakeGitHub, client: GitHubClient) -> None:
+    fake.add_user("thrifty", repos_named(3))
+    reset = int(time.time()) + 3
+    fake.set_quota(remaining=1, reset=reset)
+
+    await client.get_user("thrifty", Priority.INTERACTIVE)  # spends the last request of the window
+    repos, _ = await client.list_repos("thrifty", Priority.INTERACTIVE, max_repos=100)
+
+    assert len(repos) == 3
+    first, second = fake.recorded()
+    assert (first.status, second.status) == (200, 200)
+    assert second.at >= reset
+    assert fake.violations == 0
+
+
+async def test_a_primary_limit_answer_blocks_until_reset_and_a_short_budget_gives_up_without_sending(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    fake.add_user("blocked")
+    reset = int(time.time()) + 120
+    fake.fail(403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)})
+
+    with pytest.raises(GitHubRateLimitError) as caught:
+        await client.get_user("blocked", Priority.INTERACTIVE)
+    assert caught.value.retry_after is not None and caught.value.retry_after > 100
+    with pytest.raises(GitHubRateLimitError):
+        await client.get_user("blocked", Priority.INTERACTIVE)
+
+    assert len(fake.recorded()) == 1
+    blocked_until = await client.governor.blocked_until()
+    assert blocked_until is not None and blocked_until >= reset
+
+
+async def test_a_secondary_limit_without_retry_after_waits_at_least_a_minute_then_longer(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    fake.add_user("bursty")
+    hits = metric("github_secondary_limit_hits_total")
+    fake.fail(403, body=b'{"message": "You have exceeded a secondary rate limit."}')
+
+    before = time.time()
+    with pytest.raises(GitHubRateLimitError):
+        await client.get_user("bursty", Priority.INTERACTIVE)
+
+    first_block = await client.governor.blocked_until()
+    assert first_block is not None and first_block - before >= 60
+    assert len(fake.recorded()) == 1  # a 60 s wait exceeds the interactive budget: nothing re-sent
+    assert metric("github_secondary_limit_hits_total") == hits + 1
+    # A second consecutive hit doubles the wait (GitHub: exponentially longer, capped).
+    second = await client.governor.observe(403, {}, b"secondary rate limit")
+    assert second is not None and second - time.time() >= 119
+
+
+async def test_background_work_stops_at_the_reserve_interactive_work_does_not(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    fake.add_user("reserved")
+    fake.set_quota(remaining=7, reset=int(time.time()) + 600)  # limit 60, reserve 10% = 6
+
+    await client.get_user("reserved", Priority.BACKGROUND)  # leaves 6: the reserve
+    with pytest.raises(GitHubRateLimitError):
+        await client.get_user("reserved", Priority.BACKGROUND)
+    await client.get_user("reserved", Priority.INTERACTIVE)  # a 304 in fact, but it may go
+
+    assert len(fake.recorded()) == 2
+
+
+async def test_transient_failures_are_retried(fake: FakeGitHub, client: GitHubClient) -> None:
+    fake.add_user("flaky")
+    retries = metric("github_retries_total", reason="status-502")
+    fake.fail(502, times=2)
+
+    assert (await client.get_user("flaky", Priority.INTERACTIVE)).login == "flaky"
+    assert [r.status for r in fake.recorded()] == [502, 502, 200]
+    assert metric("github_retries_total", reason="status-502") == retries + 2
+
+
+async def test_a_timeout_is_retried(
+    fake: FakeGitHub, settings: Settings, fake_server: FakeGitHubServer, valkey: Valkey
+) -> None:
+    configured = github_settings(settings, fake_server, github_timeout_s=0.3)
+    github = GitHubClient(configured, valkey, governor_for(configured, valkey, "anonymous"))
+    await github.start()
+    fake.add_user("slow")
+    fake.fail(200, delay_s=1.5, body=b"{}", path_contains="/users/slow")
+    retries = metric("github_retries_total", reason="timeout")
+    try:
+        assert (await github.get_user("slow", Priority.INTERACTIVE)).login == "slow"
+    finally:
+        await github.close()
+    assert metric("github_retries_total", reason="timeout") == retries + 1
+
+
+async def test_github_down_for_every_attempt_is_an_error_not_a_hang(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    fake.add_user("down")
+    fake.fail(502, times=10)
+
+    with pytest.raises(GitHubDownError, match="status-502"):
+        await client.get_user("down", Priority.INTERACTIVE)
+    assert len(fake.recorded()) == 3  # GITHUB_RETRY_ATTEMPTS
+
+
+async def test_an_unknown_user_is_not_found(fake: FakeGitHub, client: GitHubClient) -> None:
+    with pytest.raises(GitHubNotFoundError):
+        await client.get_user("nobody-here", Priority.INTERACTIVE)
+
+
+async def test_one_token_never_has_two_requests_in_flight(
+    fake: FakeGitHub, token_client: GitHubClient
+) -> None:
+    for index in range(6):
+        fake.add_user(f"parallel-{index}", [FakeRepo(name="r", language="Go", languages={"Go": 10})])
+    fake.latency_s = 0.05
+
+    await asyncio.gather(*(token_client.get_user(f"parallel-{i}", Priority.INTERACTIVE) for i in range(6)))
+
+    assert len(fake.recorded()) == 6
+    assert fake.max_in_flight[TOKEN] == 1
+
+
+async def test_the_token_is_sent_to_github_and_never_logged(
+    fake: FakeGitHub, token_client: GitHubClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.add_user("secretive", repos_named(2, language="Rust", languages={"Rust": 5}))
+    fake.fail(502, times=1)
+    fake.fail(429, headers={"retry-after": "1"}, path_contains="/repos")
+
+    for name in (None, "httpx", "httpcore"):  # the app's logging setup quiets httpx and httpcore
+        caplog.set_level(logging.DEBUG, logger=name)
+    with structlog.testing.capture_logs() as logs:
+        await token_client.get_user("secretive", Priority.INTERACTIVE)
+        await token_client.list_repos("secretive", Priority.INTERACTIVE, max_repos=100)
+        with pytest.raises(GitHubNotFoundError):
+            await token_client.get_user("ghost", Priority.INTERACTIVE)
+
+    assert {r.token for r in fake.recorded()} == {TOKEN}, fake.recorded()
+    assert logs, "the rate-limit refusal must be logged"
+    assert TOKEN not in repr(logs)
+    assert "HTTP Request" in caplog.text and TOKEN not in caplog.text
+    assert TOKEN not in repr(token_client) and TOKEN not in repr(token_client._http)
+    assert token_fingerprint(TOKEN) in {str(entry.get("token")) for entry in logs}
+
+
+async def test_the_governor_refuses_to_wait_past_the_budget(valkey: Valkey, settings: Settings) -> None:
+    governor = governor_for(settings, valkey, "budget", interactive_wait_s=0.5)
+    await governor.observe(429, {"retry-after": "30"}, b"")
+
+    with pytest.raises(WaitBudgetExceededError) as caught:
+        async with governor.turn(Priority.INTERACTIVE):
+            pytest.fail("must not be allowed to send")
+    assert 25 <= caught.value.retry_after <= 30

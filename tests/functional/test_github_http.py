@@ -1,0 +1,424 @@
+"""The GitHub analytics API over HTTP, on the real app, against the local fake GitHub."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import redis.asyncio as redis
+from psycopg import AsyncConnection
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+
+from app.config import Settings
+from app.core.services import open_services
+from app.domains.github.jobs import refresh_github_profile
+from app.domains.github.module import module as github_module
+from tests.factories import Client, generous_client, make_user
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, serve_fake_github
+
+MAX_TRACKED = 3
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeGitHubServer]:
+    with serve_fake_github() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
+    fake_server.fake.reset()
+    return fake_server.fake
+
+
+@pytest.fixture(scope="module")
+def github_settings(settings: Settings, fake_server: FakeGitHubServer) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_retry_wait_s=0.01,
+        github_timeout_s=2.0,
+        github_interactive_wait_s=5.0,
+        github_max_tracked_per_user=MAX_TRACKED,
+        rate_limit_default_per_minute=100_000,
+        rate_limit_default_per_hour=1_000_000,
+    )
+
+
+@pytest.fixture(scope="module")
+async def module_api(github_settings: Settings) -> AsyncIterator[Client]:
+    async for client in generous_client(github_settings):
+        yield client
+
+
+@pytest.fixture
+async def api(module_api: Client, db: AsyncConnection[Any], valkey: Any) -> Client:
+    module_api.headers.clear()
+    return module_api
+
+
+@pytest.fixture
+async def headers(api: Client, db: AsyncConnection[Any]) -> dict[str, str]:
+    return (await make_user(db, api.app)).headers
+
+
+def octo_repos() -> list[FakeRepo]:
+    """250 repositories: 240 own (stars = index), 5 forks, 5 archived; languages by index."""
+    repos = []
+    for index in range(250):
+        language = ["Python", "Go", "Rust", None][index % 4]
+        repos.append(
+            FakeRepo(
+                name=f"repo-{index:03d}",
+                stars=index,
+                forks=index % 3,
+                fork=index >= 245,
+                archived=240 <= index < 245,
+                language=language,
+                size=1000 + index,
+                languages={language: 1000 + index, "Shell": 10} if language else {},
+            )
+        )
+    return repos
+
+
+async def work_refresh(settings: Settings, refresh_id: str) -> str:
+    """What a worker does with the queued refresh: take the job from the queue, run it (in this, the
+    test's, event loop) and finish it. Returns the refresh's outcome."""
+    assert settings.valkey_url is not None
+    queue = RedisQueue(redis.from_url(settings.valkey_url), name="default")
+    try:
+        job = await queue.dequeue(timeout=5)
+        assert job is not None and job.function == "refresh_github_profile"
+        assert job.kwargs is not None and job.kwargs["refresh_id"] == refresh_id
+        async with open_services(settings, [github_module]) as services:
+            outcome = await refresh_github_profile({"services": services, "job": job}, **job.kwargs)  # type: ignore[typeddict-unknown-key]
+        await queue.finish(job, Status.COMPLETE, result=outcome)
+        return outcome
+    finally:
+        await queue.redis.aclose()
+
+
+async def test_a_profile_is_fetched_live_with_exact_totals_then_served_from_the_cache(
+    api: Client, fake: FakeGitHub, headers: dict[str, str]
+) -> None:
+    repos = octo_repos()
+    fake.add_user("Octo", repos, followers=42, following=7, name="Octo Cat", bio="hi")
+
+    response = await api.get("/api/github/users/octo", headers=headers)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["source"], body["stale"], body["age_s"] < 5) == ("live", False, True)
+    assert body["profile"]["login"] == "Octo" and body["profile"]["followers"] == 42
+    own = [r for r in repos if not r.fork and not r.archived]
+    assert body["total_stars"] == sum(r.stars for r in own) == sum(range(240))
+    assert body["total_forks"] == sum(r.forks for r in own)
+    assert body["repositories"] == {
+        "total": 250,
+        "scanned": 250,
+        "counted": 240,
+        "forks": 5,
+        "archived": 5,
+        "truncated": False,
+    }
+    assert len(fake.recorded("/repos?")) + len([r for r in fake.recorded() if r.path.endswith("/repos")]) >= 3
+    assert len([r for r in fake.recorded() if r.path.endswith("/repos")]) == 3
+    assert [r["stars"] for r in body["top_repositories"]] == list(range(239, 229, -1))
+    by_repos = {s["name"]: s["repos"] for s in body["languages"]["by_repos"]}
+    assert by_repos == {"Python": 60, "Go": 60, "Rust": 60}
+    coverage = body["languages"]["coverage"]
+    assert coverage["repos_measured"] == 20 and coverage["measured_limit"] == 20
+    assert coverage["truncated"] is True and body["truncated"] is True
+    assert {s["name"] for s in body["languages"]["by_bytes"]} == {"Python", "Go", "Rust", "Shell"}
+    requests = len(fake.recorded())
+    assert requests == 1 + 3 + 20
+
+    cached = await api.get("/api/github/users/OCTO", headers=headers)
+    with_forks = await api.get(
+        "/api/github/users/octo",
+        params={"include_forks": "true", "include_archived": "true"},
+        headers=headers,
+    )
+
+    assert cached.json()["source"] == "cache" and cached.json()["fetched_at"] == body["fetched_at"]
+    assert with_forks.json()["total_stars"] == sum(range(250))
+    assert with_forks.json()["repositories"]["counted"] == 250
+    assert len(fake.recorded()) == requests
+
+
+async def test_signed_in_users_only(api: Client, fake: FakeGitHub) -> None:
+    response = await api.get("/api/github/users/octo")
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert fake.recorded() == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a_b",
+        "a--b",
+        "-a",
+        "a-",
+        "x" * 40,
+        "a.b",
+        "evil.example",
+        "%2E%2Ex",
+        "a%00",
+        "a%0A",
+        "%40admin",
+        "a%20b",
+    ],
+)
+async def test_invalid_usernames_are_refused_before_any_request(
+    api: Client, fake: FakeGitHub, headers: dict[str, str], name: str
+) -> None:
+    for path in (f"/api/github/users/{name}", f"/api/github/users/{name}/history"):
+        response = await api.get(path, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["errors"][0]["field"] == "path.username"
+    refreshed = await api.post(f"/api/github/users/{name}/refresh", headers=headers)
+    assert refreshed.status_code == 400
+    assert fake.recorded() == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/github/users/a%2Fb",
+        "/api/github/users/..%2F..%2Fetc",
+        "/api/github/users/https:%2F%2Fevil",
+        "/api/github/users/../../users/x",
+        "/api/github/users/%2E%2E",
+    ],
+)
+async def test_dot_segments_and_slashes_in_a_username_never_reach_github(
+    api: Client, fake: FakeGitHub, headers: dict[str, str], path: str
+) -> None:
+    response = await api.get(path, headers=headers)
+    assert response.status_code in (400, 404), response.text
+    assert fake.recorded() == []
+
+
+async def test_an_invalid_username_in_a_body_names_the_field(
+    api: Client, fake: FakeGitHub, headers: dict[str, str]
+) -> None:
+    for bad in ["../x", "a\n", "", "x" * 40]:
+        response = await api.post("/api/github/tracked", json={"username": bad}, headers=headers)
+        assert response.status_code == 400, response.text
+        assert "username" in response.text
+    assert fake.recorded() == []
+
+
+async def test_an_unknown_user_is_a_404_and_is_remembered(
+    api: Client, fake: FakeGitHub, headers: dict[str, str]
+) -> None:
+    first = await api.get("/api/github/users/nobody", headers=headers)
+    second = await api.get("/api/github/users/nobody", headers=headers)
+
+    assert first.status_code == second.status_code == 404
+    assert first.json()["type"] == "/problems/github-user-not-found"
+    assert len(fake.recorded()) == 1
+
+
+async def test_github_answering_502_serves_the_last_good_data_as_stale(
+    api: Client,
+    fake: FakeGitHub,
+    headers: dict[str, str],
+    db: AsyncConnection[Any],
+    github_settings: Settings,
+) -> None:
+    fake.add_user("steady", [FakeRepo(name="one", stars=5, language="Go", languages={"Go": 9})], followers=3)
+    assert (await api.get("/api/github/users/steady", headers=headers)).json()["source"] == "live"
+    await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+    fake.fail(502, times=1000)
+
+    stale = await api.get("/api/github/users/steady", headers=headers)
+
+    assert stale.status_code == 200, stale.text
+    body = stale.json()
+    assert (body["source"], body["stale"], body["total_stars"]) == ("stale", True, 5)
+    assert body["refresh"]["status"] == "queued"
+    assert await work_refresh(github_settings, body["refresh"]["id"]) == "failed"
+
+    after = (await api.get("/api/github/users/steady", headers=headers)).json()
+    assert (after["stale"], after["total_stars"], after["profile"]["followers"]) == (True, 5, 3)
+    assert after["last_error"]["kind"] == "unavailable"
+    state = (await api.get(body["refresh"]["state_url"], headers=headers)).json()
+    assert state["status"] == "failed" and state["error"]["kind"] == "unavailable"
+
+
+async def test_github_down_with_nothing_stored_is_a_503_with_retry_after(
+    api: Client, fake: FakeGitHub, headers: dict[str, str]
+) -> None:
+    fake.add_user("unlucky")
+    fake.fail(502, times=1000)
+
+    response = await api.get("/api/github/users/unlucky", headers=headers)
+
+    assert response.status_code == 503
+    assert response.json()["type"] == "/problems/github-unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_a_primary_rate_limit_with_nothing_stored_is_a_503_saying_when(
+    api: Client, fake: FakeGitHub, headers: dict[str, str]
+) -> None:
+    fake.add_user("limited")
+    reset = int(time.time()) + 600
+    fake.fail(403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)})
+
+    response = await api.get("/api/github/users/limited", headers=headers)
+
+    assert response.status_code == 503
+    assert response.json()["type"] == "/problems/github-rate-limited"
+    assert 590 <= int(response.headers["retry-after"]) <= 602
+    again = await api.get("/api/github/users/limited", headers=headers)
+    assert again.status_code == 503
+    assert len(fake.recorded()) == 1  # nothing sent while blocked
+
+
+async def test_a_stale_answer_enqueues_one_refresh_job(
+    api: Client,
+    fake: FakeGitHub,
+    headers: dict[str, str],
+    db: AsyncConnection[Any],
+    github_settings: Settings,
+) -> None:
+    fake.add_user("busy")
+    await api.get("/api/github/users/busy", headers=headers)
+    await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+
+    first = (await api.get("/api/github/users/busy", headers=headers)).json()["refresh"]
+    second = (await api.get("/api/github/users/busy", headers=headers)).json()["refresh"]
+    posted = await api.post("/api/github/users/busy/refresh", headers=headers)
+
+    assert first["id"] == second["id"] == posted.json()["id"]
+    assert posted.status_code == 202
+    assert github_settings.valkey_url is not None
+    queue = RedisQueue(redis.from_url(github_settings.valkey_url), name="default")
+    try:
+        job = await queue.job("github-refresh:busy")
+        assert job is not None and job.function == "refresh_github_profile"
+        assert job.kwargs == {"login": "busy", "refresh_id": first["id"]}
+    finally:
+        await queue.redis.aclose()
+
+
+async def test_a_refresh_answers_202_and_its_state_becomes_final(
+    api: Client, fake: FakeGitHub, headers: dict[str, str], github_settings: Settings
+) -> None:
+    user = fake.add_user("fresh", followers=1)
+    await api.get("/api/github/users/fresh", headers=headers)
+    user.followers = 2
+
+    posted = await api.post("/api/github/users/fresh/refresh", headers=headers)
+
+    assert posted.status_code == 202
+    refresh = posted.json()
+    assert refresh["status"] == "queued"
+    assert refresh["events_url"] == f"/api/github/refreshes/{refresh['id']}/events"
+    assert await work_refresh(github_settings, refresh["id"]) == "succeeded"
+    state = (await api.get(refresh["state_url"], headers=headers)).json()
+    assert state["status"] == "succeeded" and state["fetched_at"] is not None
+    profile = (await api.get("/api/github/users/fresh", headers=headers)).json()
+    assert profile["profile"]["followers"] == 2 and profile["source"] == "cache"
+    missing = await api.get(f"/api/github/refreshes/{uuid.uuid4()}", headers=headers)
+    assert missing.status_code == 404
+    malformed = await api.get("/api/github/refreshes/not-a-uuid/events", headers=headers)
+    assert malformed.status_code == 400 and malformed.json()["errors"][0]["field"] == "path.refresh_id"
+
+
+async def test_a_second_refresh_of_an_unchanged_profile_costs_no_rate_limit(
+    api: Client, fake: FakeGitHub, headers: dict[str, str], github_settings: Settings
+) -> None:
+    fake.add_user("unchanged", octo_repos()[:150])
+    first = (await api.post("/api/github/users/unchanged/refresh", headers=headers)).json()
+    assert await work_refresh(github_settings, first["id"]) == "succeeded"
+    spent = fake.charged()
+    assert spent == 1 + 2 + 20  # profile, two pages, the 20 largest repositories' languages
+
+    second = (await api.post("/api/github/users/unchanged/refresh", headers=headers)).json()
+    assert second["id"] != first["id"]
+    assert await work_refresh(github_settings, second["id"]) == "succeeded"
+
+    assert fake.charged() == spent
+    revalidations = fake.recorded()[spent:]
+    assert len(revalidations) == spent and {r.status for r in revalidations} == {304}
+    profile = (await api.get("/api/github/users/unchanged", headers=headers)).json()
+    assert profile["source"] == "cache" and profile["repositories"]["scanned"] == 150
+
+
+async def test_tracking_is_per_user_idempotent_and_bounded(
+    api: Client, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    alice = (await make_user(db, api.app)).headers
+    bob = (await make_user(db, api.app)).headers
+    for index in range(MAX_TRACKED + 1):
+        fake.add_user(f"dev-{index}")
+
+    created = await api.post("/api/github/tracked", json={"username": "Dev-0"}, headers=alice)
+    again = await api.post("/api/github/tracked", json={"username": "dev-0"}, headers=alice)
+    for index in (1, 2):
+        assert (
+            await api.post("/api/github/tracked", json={"username": f"dev-{index}"}, headers=alice)
+        ).status_code == 201
+    over = await api.post("/api/github/tracked", json={"username": "dev-3"}, headers=alice)
+    unknown = await api.post("/api/github/tracked", json={"username": "ghost"}, headers=bob)
+
+    assert (created.status_code, again.status_code) == (201, 200)
+    assert created.json()["username"] == "dev-0"
+    assert over.status_code == 409 and over.json()["type"] == "/problems/github-tracking-limit"
+    assert unknown.status_code == 404
+    page = (await api.get("/api/github/tracked", params={"limit": 2}, headers=alice)).json()
+    assert [item["username"] for item in page["items"]] == ["dev-0", "dev-1"]
+    rest = (
+        await api.get("/api/github/tracked", params={"cursor": page["next_cursor"]}, headers=alice)
+    ).json()
+    assert [item["username"] for item in rest["items"]] == ["dev-2"] and rest["next_cursor"] is None
+    assert (await api.get("/api/github/tracked", headers=bob)).json()["items"] == []
+
+    assert (await api.delete("/api/github/tracked/DEV-1", headers=alice)).status_code == 204
+    assert (await api.delete("/api/github/tracked/dev-1", headers=alice)).status_code == 404
+    assert (
+        await api.post("/api/github/tracked", json={"username": "dev-3"}, headers=alice)
+    ).status_code == 201
+
+
+async def test_history_ranges_are_validated(api: Client, headers: dict[str, str]) -> None:
+    empty = await api.get("/api/github/users/octo/history", headers=headers)
+    backwards = await api.get(
+        "/api/github/users/octo/history", params={"from": "2026-02-01", "to": "2026-01-01"}, headers=headers
+    )
+    too_long = await api.get(
+        "/api/github/users/octo/history", params={"from": "2020-01-01", "to": "2026-01-01"}, headers=headers
+    )
+    not_a_date = await api.get(
+        "/api/github/users/octo/history", params={"from": "yesterday"}, headers=headers
+    )
+
+    assert empty.status_code == 200 and empty.json()["points"] == [] and empty.json()["deltas"] is None
+    assert backwards.status_code == too_long.status_code == 400
+    assert backwards.json()["type"] == "/problems/invalid-range"
+    assert not_a_date.status_code == 400 and not_a_date.json()["errors"][0]["field"] == "query.from"
+
+
+async def test_metrics_report_quota_and_conditional_hits(
+    api: Client, fake: FakeGitHub, headers: dict[str, str], github_settings: Settings
+) -> None:
+    fake.add_user("measured")
+    await api.get("/api/github/users/measured", headers=headers)
+    refresh = (await api.post("/api/github/users/measured/refresh", headers=headers)).json()
+    await work_refresh(github_settings, refresh["id"])  # revalidates: two 304s
+
+    assert [r.status for r in fake.recorded()] == [200, 200, 304, 304]
+    text = (await api.get("/metrics")).text
+    assert 'github_ratelimit_remaining{resource="core",token="anonymous"}' in text
+    assert "github_conditional_hits_total" in text
+    assert "github_secondary_limit_hits_total" in text and "github_retries_total" in text

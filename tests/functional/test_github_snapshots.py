@@ -1,0 +1,106 @@
+"""The daily snapshot cron on a fake clock: one snapshot per tracked user and day, correct deltas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.core.modules import Module
+from app.core.services import open_services
+from app.domains.github.jobs import snapshot_github_profiles
+from app.domains.github.services import GithubService
+from tests.factories import create_user
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, serve_fake_github
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeGitHubServer]:
+    with serve_fake_github() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
+    fake_server.fake.reset()
+    return fake_server.fake
+
+
+async def test_thirty_days_of_the_daily_cron_give_thirty_snapshots_and_correct_deltas(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+) -> None:
+    configured = msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_token="snapshot-test-token",  # 5,000 requests an hour: 30 days cost about 100
+        github_snapshot_hour_utc=4,
+        github_retry_wait_s=0.01,
+    )
+    clock = FakeClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
+    module = Module(
+        name="github",
+        service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster, clock=clock),
+    )
+    star = FakeRepo(name="star", stars=100, language="Go", size=500, languages={"Go": 1000})
+    fork = FakeRepo(name="fork", stars=1000, fork=True, language="C", languages={"C": 5})
+    user = fake.add_user("tracked-one", [star, fork], followers=10)
+    fake.add_user("tracked-two", [FakeRepo(name="quiet", stars=1, language="Rust", languages={"Rust": 7})])
+    owner = await create_user(db)
+
+    async with open_services(configured, [module]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        await github.track(owner.id, "tracked-one")
+        await github.track(owner.id, "Tracked-Two")
+
+        assert await snapshot_github_profiles(ctx) == 0  # 02:00: before the snapshot hour
+        clock.now = clock.now.replace(hour=5)
+        first_day = clock.now.date()
+        for day in range(30):
+            user.followers = 10 + 3 * day
+            star.stars = 100 + day
+            star.languages = {"Go": 1000 + 10 * day}
+            assert await snapshot_github_profiles(ctx) == 2
+            clock.now += timedelta(hours=6)
+            assert await snapshot_github_profiles(ctx) == 0  # the same day again: nothing new
+            clock.now += timedelta(hours=18)
+        last_day = first_day + timedelta(days=29)
+
+        history = await github.history("tracked-one", first_day, last_day)
+        quiet = await github.history("tracked-two", first_day, last_day)
+        window = await github.history("tracked-one", date(2026, 3, 10), date(2026, 3, 12))
+
+    count = await (await db.execute("select count(*) from github_snapshots")).fetchone()
+    assert count == (60,)
+    assert fake.violations == 0
+    assert len(history.points) == 30 and len(quiet.points) == 30
+    assert [p.date for p in history.points] == [first_day + timedelta(days=d) for d in range(30)]
+    assert [p.followers for p in history.points] == [10 + 3 * d for d in range(30)]
+    assert [p.total_stars for p in history.points] == [100 + d for d in range(30)]  # the fork never counts
+    assert history.points[0].change is None and history.points[0].days_since_previous is None
+    for point in history.points[1:]:
+        assert point.change is not None
+        assert (point.change.followers, point.change.total_stars, point.days_since_previous) == (3, 1, 1)
+        assert point.change.language_bytes == {"Go": 10}
+    assert history.deltas is not None
+    assert (history.deltas.followers, history.deltas.total_stars) == (87, 29)
+    assert history.deltas.language_bytes == {"Go": 290}
+    assert quiet.deltas is not None and quiet.deltas.followers == 0 and quiet.deltas.language_bytes == {}
+    assert [p.date for p in window.points] == [date(2026, 3, 10), date(2026, 3, 11), date(2026, 3, 12)]
