@@ -3,35 +3,1098 @@
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
+from psycopg.rows import args_row, scalar_row
 from psycopg.types.json import Jsonb
 
 
-RECORD_ACTIVITY = """\
-insert into activity_events (outbox_id, actor_id, verb, object_type, object_id, project_id, data, occurred_at)
-select $1, $2, $3, $4, $5, $6, $7, $8
-where exists (select 1 from users where id = $2)
-  and ($6::bigint is null or exists (select 1 from projects where id = $6::bigint))
-on conflict (outbox_id) do nothing"""
+LOCK_ACTIVITY_WRITER = """\
 
 
-async def record_activity(
+select pg_advisory_xact_lock(hashtextextended('activity.writer', 0))"""
+
+
+async def lock_activity_writer(conn: AsyncConnection[Any]) -> None:
+    """The activity feed (app/domains/activity). Who may see what is decided here, at read time, before
+    any LIMIT: a group is visible when activity_may_see() says so (the migration defines it once);
+    the hot paths spell the same rule as index ranges (the reader's projects, their private groups,
+    everything for administrators) and the property tests hold both to one reference.
+    ---------------------------------------------------------------------------------------- writing
+    One feed writer at a time (held until commit): event ids are then assigned in commit order, and
+    two batches never disagree about which group an event joins."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_ACTIVITY_WRITER)
+
+
+NEW_ACTIVITY_EVENTS = """\
+select t.outbox_id::bigint as outbox_id
+from (
+    select unnest($1::bigint[]) as outbox_id, unnest($2::bigint[]) as actor_id,
+           unnest($3::bigint[]) as project_id, unnest($4::bigint[]) as audience_id
+) t
+where not exists (select 1 from activity_events e where e.outbox_id = t.outbox_id)
+  and exists (select 1 from users u where u.id = t.actor_id)
+  and (t.project_id is null or exists (select 1 from projects p where p.id = t.project_id))
+  and (t.audience_id is null or exists (select 1 from users u where u.id = t.audience_id))"""
+
+
+async def new_activity_events(
     conn: AsyncConnection[Any],
     *,
-    outbox_id: int,
-    actor_id: int,
-    verb: str,
-    object_type: str,
-    object_id: int,
-    project_id: int | None,
-    data: Any,
-    occurred_at: datetime,
-) -> int:
-    """Idempotent: a redelivered outbox event is stored once. An event whose project or actor was
-    deleted before it was delivered is dropped (nothing could show it), instead of failing forever."""
-    async with AsyncRawCursor(conn) as cur:
+    outbox_ids: list[int],
+    actor_ids: list[int],
+    project_ids: list[int],
+    audience_ids: list[int],
+) -> list[int]:
+    """The outbox ids of a batch's events worth storing: not stored yet (delivery is at least once), and
+    whose actor, project and audience still exist (an event of a project deleted before it was
+    delivered is dropped, not retried forever). Arrays are zipped by position."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(NEW_ACTIVITY_EVENTS, (outbox_ids, actor_ids, project_ids, audience_ids))
+        return await cur.fetchall()
+
+
+LATEST_ACTIVITY_GROUPS = """\
+select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at
+from unnest($1::text[]) as s(stream)
+cross join lateral (
+    select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at
+    from activity_groups g
+    where g.stream = s.stream
+    order by g.id desc
+    limit 1
+) g"""
+
+
+class LatestActivityGroupsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    key: str
+    stream: str
+    rule_version: int
+    window_s: int
+    max_span_s: int
+    first_at: datetime
+    last_at: datetime
+
+
+async def latest_activity_groups(
+    conn: AsyncConnection[Any],
+    *,
+    streams: list[str],
+) -> list[LatestActivityGroupsRow]:
+    """The newest group of each stream: the only one a new event of that stream may join."""
+    async with AsyncRawCursor(conn, row_factory=args_row(LatestActivityGroupsRow)) as cur:
+        await cur.execute(LATEST_ACTIVITY_GROUPS, (streams,))
+        return await cur.fetchall()
+
+
+INSERT_ACTIVITY_GROUPS = """\
+insert into activity_groups (
+    key, rule_version, window_s, max_span_s, stream, verb, object_type, project_id, audience_user_id,
+    target_type, target_id, first_at, last_at, first_seq, last_seq, event_count, actor_count, object_count
+)
+select t.key, $1::smallint, $2::integer, $3::integer, t.stream, t.verb,
+       t.object_type, t.project_id, t.audience_id, t.target_type, t.target_id, t.first_at, t.first_at,
+       0, 0, 0, 0, 0
+from (
+    select unnest($4::text[]) as key, unnest($5::text[]) as stream, unnest($6::text[]) as verb,
+           unnest($7::text[]) as object_type, unnest($8::bigint[]) as project_id,
+           unnest($9::bigint[]) as audience_id, unnest($10::text[]) as target_type,
+           unnest($11::bigint[]) as target_id, unnest($12::timestamptz[]) as first_at
+) t
+returning id, key"""
+
+
+class InsertActivityGroupsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    key: str
+
+
+async def insert_activity_groups(
+    conn: AsyncConnection[Any],
+    *,
+    rule_version: int,
+    window_s: int,
+    max_span_s: int,
+    keys: list[str],
+    streams: list[str],
+    verbs: list[str],
+    object_types: list[str],
+    project_ids: list[int],
+    audience_ids: list[int],
+    target_types: list[str],
+    target_ids: list[int],
+    first_ats: list[datetime],
+) -> list[InsertActivityGroupsRow]:
+    """New groups, empty: AddEventsToActivityGroups fills their counters once their events are stored."""
+    async with AsyncRawCursor(conn, row_factory=args_row(InsertActivityGroupsRow)) as cur:
         await cur.execute(
-            RECORD_ACTIVITY,
-            (outbox_id, actor_id, verb, object_type, object_id, project_id, Jsonb(data), occurred_at),
+            INSERT_ACTIVITY_GROUPS,
+            (
+                rule_version,
+                window_s,
+                max_span_s,
+                keys,
+                streams,
+                verbs,
+                object_types,
+                project_ids,
+                audience_ids,
+                target_types,
+                target_ids,
+                first_ats,
+            ),
         )
+        return await cur.fetchall()
+
+
+INSERT_ACTIVITY_EVENTS = """\
+insert into activity_events (
+    outbox_id, actor_id, verb, object_type, object_id, project_id, audience_user_id, target_type,
+    target_id, data, occurred_at, group_id
+)
+select t.outbox_id, t.actor_id, t.verb, t.object_type, t.object_id, t.project_id, t.audience_user_id,
+       t.target_type, t.target_id, t.data, t.occurred_at, t.group_id
+from jsonb_to_recordset($1::jsonb) as t(
+    outbox_id bigint, actor_id bigint, verb text, object_type text, object_id bigint, project_id bigint,
+    audience_user_id bigint, target_type text, target_id bigint, data jsonb, occurred_at timestamptz,
+    group_id bigint
+)
+returning id, outbox_id"""
+
+
+class InsertActivityEventsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    outbox_id: int
+
+
+async def insert_activity_events(conn: AsyncConnection[Any], *, events: Any) -> list[InsertActivityEventsRow]:
+    """The batch as one JSON array of event objects (one parameter: no per-element array encoding)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(InsertActivityEventsRow)) as cur:
+        await cur.execute(INSERT_ACTIVITY_EVENTS, (Jsonb(events),))
+        return await cur.fetchall()
+
+
+LOCK_ACTIVITY_GROUPS = """\
+select g.id from activity_groups g
+where g.id = any($1::bigint[])
+order by g.id
+for no key update"""
+
+
+async def lock_activity_groups(conn: AsyncConnection[Any], *, group_ids: list[int]) -> list[int]:
+    """Row locks on groups, always taken in id order (writer and readers alike: no deadlock). NO KEY
+    UPDATE, so foreign-key checks of concurrent inserts are not blocked."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_ACTIVITY_GROUPS, (group_ids,))
+        return await cur.fetchall()
+
+
+ADD_EVENTS_TO_ACTIVITY_GROUPS = """\
+with ev as (
+    select e.id, e.group_id, e.actor_id, e.object_id, e.occurred_at
+    from activity_events e
+    where e.id = any($1::bigint[])
+), fresh_actors as (
+    select p.group_id, count(*)::integer as n
+    from (select distinct ev.group_id, ev.actor_id from ev) p
+    where not exists (
+        select 1 from activity_group_actors a where a.group_id = p.group_id and a.actor_id = p.actor_id
+    )
+    group by p.group_id
+), fresh_objects as (
+    select p.group_id, count(*)::integer as n
+    from (select distinct ev.group_id, ev.object_id from ev) p
+    where not exists (
+        select 1 from activity_group_objects o where o.group_id = p.group_id and o.object_id = p.object_id
+    )
+    group by p.group_id
+), actors as (
+    insert into activity_group_actors as a (group_id, actor_id, event_count, first_seq, last_seq)
+    select ev.group_id, ev.actor_id, count(*), min(ev.id), max(ev.id)
+    from ev
+    group by ev.group_id, ev.actor_id
+    on conflict (group_id, actor_id) do update
+    set event_count = a.event_count + excluded.event_count,
+        last_seq = greatest(a.last_seq, excluded.last_seq)
+), objects as (
+    insert into activity_group_objects as o (group_id, object_id, event_count, last_seq)
+    select ev.group_id, ev.object_id, count(*), max(ev.id)
+    from ev
+    group by ev.group_id, ev.object_id
+    on conflict (group_id, object_id) do update
+    set event_count = o.event_count + excluded.event_count,
+        last_seq = greatest(o.last_seq, excluded.last_seq)
+), totals as (
+    select ev.group_id, count(*)::integer as n, min(ev.id) as first_seq, max(ev.id) as last_seq,
+           min(ev.occurred_at) as first_at, max(ev.occurred_at) as last_at
+    from ev
+    group by ev.group_id
+), changes as (
+    select t.group_id, t.n, t.first_seq, t.last_seq, t.first_at, t.last_at, coalesce(fa.n, 0) as new_actors, coalesce(fo.n, 0) as new_objects
+    from totals t
+    left join fresh_actors fa on fa.group_id = t.group_id
+    left join fresh_objects fo on fo.group_id = t.group_id
+)
+update activity_groups g
+set event_count = g.event_count + c.n,
+    first_seq = case when g.first_seq = 0 then c.first_seq else g.first_seq end,
+    last_seq = greatest(g.last_seq, c.last_seq),
+    first_at = least(g.first_at, c.first_at),
+    last_at = greatest(g.last_at, c.last_at),
+    actor_count = g.actor_count + c.new_actors,
+    object_count = g.object_count + c.new_objects
+from changes c
+where g.id = c.group_id"""
+
+
+async def add_events_to_activity_groups(conn: AsyncConnection[Any], *, event_ids: list[int]) -> None:
+    """Adds just-stored events to their groups: per-actor and per-object rows, then the group totals.
+    Every sub-statement reads the snapshot taken before any of them writes, so `fresh_*` count the
+    (group, actor) and (group, object) pairs that did not exist yet: the new actors and objects.
+    (PostgreSQL runs a data-modifying WITH clause exactly once, whether or not anything reads it.)"""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(ADD_EVENTS_TO_ACTIVITY_GROUPS, (event_ids,))
+
+
+UPSERT_ACTIVITY_OBJECTS = """\
+insert into activity_objects as o (object_type, object_id, title, deleted, seq)
+select t.object_type, t.object_id, case when t.deleted then null else t.title end, t.deleted, t.seq
+from jsonb_to_recordset($1::jsonb) as t(
+    object_type text, object_id bigint, title text, deleted boolean, seq bigint
+)
+on conflict (object_type, object_id) do update
+set title = case when o.deleted or excluded.deleted then null
+                 when excluded.seq > o.seq then coalesce(excluded.title, o.title)
+                 else coalesce(o.title, excluded.title) end,
+    deleted = o.deleted or excluded.deleted,
+    seq = greatest(o.seq, excluded.seq)
+where not o.deleted and (excluded.deleted or excluded.title is distinct from o.title)"""
+
+
+async def upsert_activity_objects(conn: AsyncConnection[Any], *, objects: Any) -> None:
+    """Titles from the events that carry one (the newest wins: batches are stored in commit order); a
+    deletion makes the object a tombstone for good (ids are never reused): its title is erased and no
+    later event brings it back.
+    An event repeating the title the object has (most do) writes nothing."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(UPSERT_ACTIVITY_OBJECTS, (Jsonb(objects),))
+
+
+FEED_PAGE = """\
+
+with reader as (
+    select u.id, u.role = 'admin' as is_admin from users u where u.id = $2
+), snap as (
+    select coalesce($3::bigint, (select max(e.id) from activity_events e), 0)::bigint as s
+), bound as (
+    select least(coalesce($4::bigint, snap.s + 1), snap.s + 1)::bigint as b from snap
+), projects as (
+    select m.project_id
+    from project_members m
+    where m.user_id = $2
+      and not coalesce((select r.is_admin from reader r), false)
+      and ($5::bigint is null or m.project_id = $5::bigint)
+), settled as (
+    select s.id, s.last_seq as position
+    from projects p
+    cross join lateral (
+        select g.id, g.last_seq
+        from activity_groups g
+        where g.project_id = p.project_id
+          and g.audience_user_id is null
+          and g.last_seq < (select b from bound)
+          and ($6::text is null or g.verb = $6::text)
+          and ($7::text is null or g.object_type = $7::text)
+        order by g.last_seq desc
+        limit $1
+    ) s
+    union all
+    (
+        select g.id, g.last_seq
+        from activity_groups g
+        where g.audience_user_id = $2
+          and not coalesce((select r.is_admin from reader r), false)
+          and g.last_seq < (select b from bound)
+          and ((g.project_id is null and $5::bigint is null)
+               or g.project_id in (select p.project_id from projects p))
+          and ($6::text is null or g.verb = $6::text)
+          and ($7::text is null or g.object_type = $7::text)
+        order by g.last_seq desc
+        limit $1
+    )
+    union all
+    (
+        select g.id, g.last_seq
+        from activity_groups g
+        where coalesce((select r.is_admin from reader r), false)
+          and g.last_seq < (select b from bound)
+          and ($5::bigint is null or g.project_id = $5::bigint)
+          and ($6::text is null or g.verb = $6::text)
+          and ($7::text is null or g.object_type = $7::text)
+        order by g.last_seq desc
+        limit $1
+    )
+), grown as (
+    select x.id, x.position
+    from (
+        select g.id,
+               (select max(e.id) from activity_events e
+                where e.group_id = g.id and e.id <= (select s from snap)) as position
+        from activity_groups g
+        where g.last_seq > (select s from snap)
+          and g.first_seq <= (select s from snap)
+          and activity_may_see($2, coalesce((select r.is_admin from reader r), false), g.project_id, g.audience_user_id)
+          and ($5::bigint is null or g.project_id = $5::bigint)
+          and ($6::text is null or g.verb = $6::text)
+          and ($7::text is null or g.object_type = $7::text)
+    ) x
+    where x.position < (select b from bound)
+)
+select c.id::bigint as id, c.position::bigint as position, (select s from snap)::bigint as snapshot
+from (select id, position from settled union all select id, position from grown) c
+order by c.position desc
+limit $1"""
+
+
+class FeedPageRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    position: int
+    snapshot: int
+
+
+async def feed_page(
+    conn: AsyncConnection[Any],
+    *,
+    row_limit: int,
+    reader_id: int,
+    snapshot: int | None,
+    before: int | None,
+    project_id: int | None,
+    verb: str | None,
+    object_type: str | None,
+) -> list[FeedPageRow]:
+    """---------------------------------------------------------------------------------------- reading
+    One page of the groups the reader may see now, newest activity first, as of a snapshot (the
+    newest event id when the walk began, returned as `snapshot`): a group's position is its last
+    event up to the snapshot, so a group that grows during the walk keeps its place and every group
+    comes exactly once. Positions are event ids, hence unique. Filters select groups before the
+    limit; verb, object type and project are constant within a group (actor filters: FeedPageByActor).
+    Branches: each of the reader's projects (an index range read from the index alone), their
+    private groups, everything for administrators; then the groups that grew after the snapshot."""
+    async with AsyncRawCursor(conn, row_factory=args_row(FeedPageRow)) as cur:
+        await cur.execute(FEED_PAGE, (row_limit, reader_id, snapshot, before, project_id, verb, object_type))
+        return await cur.fetchall()
+
+
+FEED_PAGE_BY_ACTOR = """\
+with reader as (
+    select u.id, u.role = 'admin' as is_admin from users u where u.id = $2
+), snap as (
+    select coalesce($3::bigint, (select max(e.id) from activity_events e), 0)::bigint as s
+), bound as (
+    select least(coalesce($4::bigint, snap.s + 1), snap.s + 1)::bigint as b from snap
+), settled as (
+    select a.group_id as id, a.last_seq as position
+    from activity_group_actors a
+    join activity_groups g on g.id = a.group_id
+    where a.actor_id = $5
+      and a.last_seq < (select b from bound)
+      and activity_may_see($2, coalesce((select r.is_admin from reader r), false), g.project_id, g.audience_user_id)
+      and ($6::bigint is null or g.project_id = $6::bigint)
+      and ($7::text is null or g.verb = $7::text)
+      and ($8::text is null or g.object_type = $8::text)
+    order by a.last_seq desc
+    limit $1
+), grown as (
+    select x.id, x.position
+    from (
+        select a.group_id as id,
+               (select max(e.id) from activity_events e
+                where e.group_id = a.group_id and e.actor_id = $5
+                  and e.id <= (select s from snap)) as position
+        from activity_group_actors a
+        join activity_groups g on g.id = a.group_id
+        where a.actor_id = $5
+          and a.last_seq > (select s from snap)
+          and a.first_seq <= (select s from snap)
+          and activity_may_see($2, coalesce((select r.is_admin from reader r), false), g.project_id, g.audience_user_id)
+          and ($6::bigint is null or g.project_id = $6::bigint)
+          and ($7::text is null or g.verb = $7::text)
+          and ($8::text is null or g.object_type = $8::text)
+    ) x
+    where x.position < (select b from bound)
+)
+select c.id::bigint as id, c.position::bigint as position, (select s from snap)::bigint as snapshot
+from (select id, position from settled union all select id, position from grown) c
+order by c.position desc
+limit $1"""
+
+
+class FeedPageByActorRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    position: int
+    snapshot: int
+
+
+async def feed_page_by_actor(
+    conn: AsyncConnection[Any],
+    *,
+    row_limit: int,
+    reader_id: int,
+    snapshot: int | None,
+    before: int | None,
+    actor_id: int,
+    project_id: int | None,
+    verb: str | None,
+    object_type: str | None,
+) -> list[FeedPageByActorRow]:
+    """FeedPage filtered by actor: a group is in when the actor acted in it, and its position is the
+    actor's last event in it up to the snapshot (a group grouped by target has several actors)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(FeedPageByActorRow)) as cur:
+        await cur.execute(
+            FEED_PAGE_BY_ACTOR,
+            (row_limit, reader_id, snapshot, before, actor_id, project_id, verb, object_type),
+        )
+        return await cur.fetchall()
+
+
+STORED_FEED_GROUPS = """\
+with reader as (
+    select u.id, coalesce(s.read_through, 0)::bigint as read_through
+    from users u
+    left join activity_reader_state s on s.user_id = u.id
+    where u.id = $3
+), page as (
+    select p.id, p.ord from unnest($4::bigint[]) with ordinality as p(id, ord)
+)
+select g.id, g.key, g.rule_version, g.verb, g.object_type, g.project_id, pr.name as project_name,
+       g.audience_user_id, g.target_type, g.target_id, t.title as target_title,
+       coalesce(t.deleted, false)::boolean as target_deleted,
+       g.event_count, g.first_at, g.last_at, g.last_seq, g.actor_count, g.object_count,
+       ac.ids::bigint[] as actor_ids, ac.names::text[] as actor_names,
+       ob.ids::bigint[] as object_ids, ob.titles::text[] as object_titles, ob.deleted::boolean[] as object_deleted,
+       (g.last_seq > greatest(r.read_through, coalesce(gr.read_through, 0)))::boolean as unread,
+       (g.last_seq <= $1::bigint
+        and ($2::bigint is null or g.actor_count = 1))::boolean as stored
+from page p
+join activity_groups g on g.id = p.id
+cross join reader r
+left join projects pr on pr.id = g.project_id
+left join activity_objects t on t.object_type = g.target_type and t.object_id = g.target_id
+left join activity_group_reads gr on gr.user_id = r.id and gr.group_id = g.id
+cross join lateral (
+    select array_agg(x.actor_id order by x.last_seq desc) as ids,
+           array_agg(u.display_name order by x.last_seq desc) as names
+    from (
+        select ga.actor_id, ga.last_seq from activity_group_actors ga
+        where ga.group_id = g.id order by ga.last_seq desc limit 8
+    ) x
+    join users u on u.id = x.actor_id
+) ac
+cross join lateral (
+    select array_agg(x.object_id order by x.last_seq desc) as ids,
+           array_agg(o.title order by x.last_seq desc) as titles,
+           array_agg(coalesce(o.deleted, false) order by x.last_seq desc) as deleted
+    from (
+        select go.object_id, go.last_seq from activity_group_objects go
+        where go.group_id = g.id order by go.last_seq desc limit 8
+    ) x
+    left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
+) ob
+order by p.ord"""
+
+
+class StoredFeedGroupsRow(msgspec.Struct, frozen=True):
+    id: int
+    key: str
+    rule_version: int
+    verb: str
+    object_type: str
+    project_id: int | None
+    project_name: str | None
+    audience_user_id: int | None
+    target_type: str | None
+    target_id: int | None
+    target_title: str | None
+    target_deleted: bool
+    event_count: int
+    first_at: datetime
+    last_at: datetime
+    last_seq: int
+    actor_count: int
+    object_count: int
+    actor_ids: list[int] | None
+    actor_names: list[str] | None
+    object_ids: list[int] | None
+    object_titles: list[str] | None
+    object_deleted: list[bool] | None
+    unread: bool
+    stored: bool
+
+
+async def stored_feed_groups(
+    conn: AsyncConnection[Any],
+    *,
+    snapshot: int,
+    actor_id: int | None,
+    reader_id: int,
+    group_ids: list[int],
+) -> list[StoredFeedGroupsRow]:
+    """FeedGroups for the usual case, read from the stored totals alone (a short plan); `stored` says
+    whether that is right for a group: untouched since @snapshot and not split by the actor filter.
+    The others are read again with FeedGroups."""
+    async with AsyncRawCursor(conn, row_factory=args_row(StoredFeedGroupsRow)) as cur:
+        await cur.execute(STORED_FEED_GROUPS, (snapshot, actor_id, reader_id, group_ids))
+        return await cur.fetchall()
+
+
+FEED_GROUPS = """\
+with reader as (
+    select u.id, coalesce(s.read_through, 0)::bigint as read_through
+    from users u
+    left join activity_reader_state s on s.user_id = u.id
+    where u.id = $3
+), page as (
+    select p.id, p.ord from unnest($4::bigint[]) with ordinality as p(id, ord)
+)
+select g.id, g.key, g.rule_version, g.verb, g.object_type, g.project_id, pr.name as project_name,
+       g.audience_user_id, g.target_type, g.target_id, t.title as target_title,
+       coalesce(t.deleted, false)::boolean as target_deleted,
+       a.event_count::integer as event_count, a.first_at::timestamptz as first_at,
+       a.last_at::timestamptz as last_at, a.last_seq::bigint as last_seq,
+       a.actor_count::integer as actor_count, a.object_count::integer as object_count,
+       ac.ids::bigint[] as actor_ids, ac.names::text[] as actor_names,
+       ob.ids::bigint[] as object_ids, ob.titles::text[] as object_titles, ob.deleted::boolean[] as object_deleted,
+       (case when st.stored
+             then a.last_seq > greatest(r.read_through, coalesce(gr.read_through, 0))
+             else exists (
+                 select 1 from activity_events e
+                 where e.group_id = g.id and e.id <= $1::bigint
+                   and e.id > greatest(r.read_through, coalesce(gr.read_through, 0))
+                   and ($2::bigint is null or e.actor_id = $2::bigint)
+                   and not exists (
+                       select 1 from activity_event_reads er where er.user_id = r.id and er.event_id = e.id
+                   )
+             ) end)::boolean as unread
+from page p
+join activity_groups g on g.id = p.id
+cross join reader r
+left join projects pr on pr.id = g.project_id
+left join activity_objects t on t.object_type = g.target_type and t.object_id = g.target_id
+left join activity_group_reads gr on gr.user_id = r.id and gr.group_id = g.id
+cross join lateral (
+    select (g.last_seq <= $1::bigint
+            and ($2::bigint is null or g.actor_count = 1)) as stored
+) st
+cross join lateral (
+    select count(*) as event_count, min(e.occurred_at) as first_at, max(e.occurred_at) as last_at,
+           max(e.id) as last_seq, count(distinct e.actor_id) as actor_count,
+           count(distinct e.object_id) as object_count
+    from activity_events e
+    where not st.stored
+      and e.group_id = g.id and e.id <= $1::bigint
+      and ($2::bigint is null or e.actor_id = $2::bigint)
+) calc
+cross join lateral (
+    select case when st.stored then g.event_count else calc.event_count end as event_count,
+           case when st.stored then g.first_at else calc.first_at end as first_at,
+           case when st.stored then g.last_at else calc.last_at end as last_at,
+           case when st.stored then g.last_seq else calc.last_seq end as last_seq,
+           case when st.stored then g.actor_count else calc.actor_count end as actor_count,
+           case when st.stored then g.object_count else calc.object_count end as object_count
+) a
+cross join lateral (
+    select array_agg(x.actor_id order by x.seq desc) as ids, array_agg(u.display_name order by x.seq desc) as names
+    from (
+        (select ga.actor_id, ga.last_seq as seq
+         from activity_group_actors ga
+         where st.stored and ga.group_id = g.id
+         order by ga.last_seq desc
+         limit 8)
+        union all
+        (select e.actor_id, max(e.id) as seq
+         from activity_events e
+         where not st.stored
+           and e.group_id = g.id and e.id <= $1::bigint
+           and ($2::bigint is null or e.actor_id = $2::bigint)
+         group by e.actor_id
+         order by 2 desc
+         limit 8)
+    ) x
+    join users u on u.id = x.actor_id
+) ac
+cross join lateral (
+    select array_agg(x.object_id order by x.seq desc) as ids,
+           array_agg(o.title order by x.seq desc) as titles,
+           array_agg(coalesce(o.deleted, false) order by x.seq desc) as deleted
+    from (
+        (select go.object_id, go.last_seq as seq
+         from activity_group_objects go
+         where st.stored and go.group_id = g.id
+         order by go.last_seq desc
+         limit 8)
+        union all
+        (select e.object_id, max(e.id) as seq
+         from activity_events e
+         where not st.stored
+           and e.group_id = g.id and e.id <= $1::bigint
+           and ($2::bigint is null or e.actor_id = $2::bigint)
+         group by e.object_id
+         order by 2 desc
+         limit 8)
+    ) x
+    left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
+) ob
+order by p.ord"""
+
+
+class FeedGroupsRow(msgspec.Struct, frozen=True):
+    id: int
+    key: str
+    rule_version: int
+    verb: str
+    object_type: str
+    project_id: int | None
+    project_name: str | None
+    audience_user_id: int | None
+    target_type: str | None
+    target_id: int | None
+    target_title: str | None
+    target_deleted: bool
+    event_count: int
+    first_at: datetime
+    last_at: datetime
+    last_seq: int
+    actor_count: int
+    object_count: int
+    actor_ids: list[int] | None
+    actor_names: list[str] | None
+    object_ids: list[int] | None
+    object_titles: list[str] | None
+    object_deleted: list[bool] | None
+    unread: bool
+
+
+async def feed_groups(
+    conn: AsyncConnection[Any],
+    *,
+    snapshot: int,
+    actor_id: int | None,
+    reader_id: int,
+    group_ids: list[int],
+) -> list[FeedGroupsRow]:
+    """The groups of a page as the reader sees them at @snapshot, in the order given. A group untouched
+    since the snapshot and not split by an actor filter is read from its stored totals; otherwise its
+    totals, actors and objects are recomputed from exactly the events that count. Samples: the 8
+    most recent actors and objects. `unread`: an event of the group (as counted) the reader has not
+    read; for stored groups that is "last event above both read marks" (the read-state queries keep
+    the marks compact so this holds)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(FeedGroupsRow)) as cur:
+        await cur.execute(FEED_GROUPS, (snapshot, actor_id, reader_id, group_ids))
+        return await cur.fetchall()
+
+
+VISIBLE_GROUP_BY_KEY = """\
+select g.id, g.last_seq, coalesce((select max(e.id) from activity_events e), 0)::bigint as snapshot
+from activity_groups g
+where g.key = $1
+  and activity_may_see($2, coalesce((select u.role = 'admin' from users u where u.id = $2), false), g.project_id, g.audience_user_id)
+  and ($3::bigint is null or g.project_id = $3::bigint)
+  and ($4::text is null or g.verb = $4::text)
+  and ($5::text is null or g.object_type = $5::text)
+  and ($6::bigint is null or exists (
+      select 1 from activity_group_actors a where a.group_id = g.id and a.actor_id = $6::bigint
+  ))"""
+
+
+class VisibleGroupByKeyRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    last_seq: int
+    snapshot: int
+
+
+async def visible_group_by_key(
+    conn: AsyncConnection[Any],
+    *,
+    key: str,
+    reader_id: int,
+    project_id: int | None,
+    verb: str | None,
+    object_type: str | None,
+    actor_id: int | None,
+) -> VisibleGroupByKeyRow | None:
+    """A group by its key when the reader may see it and it matches the filters, with the newest event
+    id (the snapshot its detail is read at)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(VisibleGroupByKeyRow)) as cur:
+        await cur.execute(VISIBLE_GROUP_BY_KEY, (key, reader_id, project_id, verb, object_type, actor_id))
+        return await cur.fetchone()
+
+
+GROUP_EVENTS = """\
+select e.id, e.actor_id, u.display_name as actor_name, e.verb, e.object_type, e.object_id,
+       o.title as object_title, coalesce(o.deleted, false)::boolean as object_deleted, e.data, e.occurred_at,
+       (e.id <= greatest(
+            coalesce((select s.read_through from activity_reader_state s where s.user_id = $1), 0),
+            coalesce((select gr.read_through from activity_group_reads gr
+                      where gr.user_id = $1 and gr.group_id = e.group_id), 0))
+        or exists (select 1 from activity_event_reads er where er.user_id = $1 and er.event_id = e.id)
+       )::boolean as read
+from activity_events e
+join users u on u.id = e.actor_id
+left join activity_objects o on o.object_type = e.object_type and o.object_id = e.object_id
+where e.group_id = $2
+  and e.id < $3::bigint
+  and ($4::bigint is null or e.actor_id = $4::bigint)
+order by e.id desc
+limit $5"""
+
+
+class GroupEventsRow(msgspec.Struct, frozen=True):
+    id: int
+    actor_id: int
+    actor_name: str
+    verb: str
+    object_type: str
+    object_id: int
+    object_title: str | None
+    object_deleted: bool
+    data: Any
+    occurred_at: datetime
+    read: bool
+
+
+async def group_events(
+    conn: AsyncConnection[Any],
+    *,
+    reader_id: int,
+    group_id: int,
+    before: int,
+    actor_id: int | None,
+    row_limit: int,
+) -> list[GroupEventsRow]:
+    """A group's events, newest first, keyset on the event id (the group's visibility is checked first)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(GroupEventsRow)) as cur:
+        await cur.execute(GROUP_EVENTS, (reader_id, group_id, before, actor_id, row_limit))
+        return await cur.fetchall()
+
+
+CAN_READ_PROJECT_FEED = """\
+select exists (
+    select 1 from projects p
+    where p.id = $1
+      and (coalesce((select u.role = 'admin' from users u where u.id = $2), false)
+           or exists (select 1 from project_members m where m.project_id = p.id and m.user_id = $2))
+)::boolean as readable"""
+
+
+async def can_read_project_feed(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    reader_id: int,
+) -> bool | None:
+    """The project exists and the reader is a member of it (any role) or an administrator."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(CAN_READ_PROJECT_FEED, (project_id, reader_id))
+        return await cur.fetchone()
+
+
+UNREAD_COUNTS = """\
+with reader as (
+    select u.id, u.role = 'admin' as is_admin, coalesce(s.read_through, 0)::bigint as read_through,
+           coalesce(s.seen_through, 0)::bigint as seen_through
+    from users u
+    left join activity_reader_state s on s.user_id = u.id
+    where u.id = $1
+), projects as (
+    select m.project_id
+    from project_members m
+    where m.user_id = $1 and not coalesce((select r.is_admin from reader r), false)
+), candidates as (
+    select c.id, c.last_seq
+    from projects p
+    cross join lateral (
+        select g.id, g.last_seq
+        from activity_groups g
+        where g.project_id = p.project_id
+          and g.audience_user_id is null
+          and g.last_seq > (select r.read_through from reader r)
+    ) c
+    union all
+    select g.id, g.last_seq
+    from activity_groups g
+    where g.audience_user_id = $1
+      and not coalesce((select r.is_admin from reader r), false)
+      and g.last_seq > (select r.read_through from reader r)
+      and (g.project_id is null or g.project_id in (select p.project_id from projects p))
+    union all
+    select g.id, g.last_seq
+    from activity_groups g
+    where coalesce((select r.is_admin from reader r), false)
+      and g.last_seq > (select r.read_through from reader r)
+)
+select count(*)::bigint as unread,
+       count(*) filter (where c.last_seq > r.seen_through)::bigint as unseen
+from candidates c
+cross join reader r
+left join activity_group_reads gr on gr.user_id = r.id and gr.group_id = c.id
+where c.last_seq > coalesce(gr.read_through, 0)"""
+
+
+class UnreadCountsRow(msgspec.Struct, frozen=True, gc=False):
+    unread: int
+    unseen: int
+
+
+async def unread_counts(conn: AsyncConnection[Any], *, reader_id: int) -> UnreadCountsRow | None:
+    """Exact counts over the groups the reader may see now: unread (a group with an event above both
+    read marks; see FeedGroups) and unseen (unread, with activity after the bell was last opened).
+    Only groups with activity after the reader's read_through are visited."""
+    async with AsyncRawCursor(conn, row_factory=args_row(UnreadCountsRow)) as cur:
+        await cur.execute(UNREAD_COUNTS, (reader_id,))
+        return await cur.fetchone()
+
+
+FEED_CHANGES = """\
+with reader as (
+    select u.id, u.role = 'admin' as is_admin from users u where u.id = $3
+), projects as (
+    select m.project_id
+    from project_members m
+    where m.user_id = $3 and not coalesce((select r.is_admin from reader r), false)
+)
+select c.id::bigint as id, c.last_seq::bigint as last_seq
+from (
+    select s.id, s.last_seq
+    from projects p
+    cross join lateral (
+        select g.id, g.last_seq
+        from activity_groups g
+        where g.project_id = p.project_id and g.audience_user_id is null and g.last_seq > $1::bigint
+        order by g.last_seq
+        limit $2
+    ) s
+    union all
+    (
+        select g.id, g.last_seq
+        from activity_groups g
+        where g.audience_user_id = $3
+          and not coalesce((select r.is_admin from reader r), false)
+          and g.last_seq > $1::bigint
+          and (g.project_id is null or g.project_id in (select p.project_id from projects p))
+        order by g.last_seq
+        limit $2
+    )
+    union all
+    (
+        select g.id, g.last_seq
+        from activity_groups g
+        where coalesce((select r.is_admin from reader r), false) and g.last_seq > $1::bigint
+        order by g.last_seq
+        limit $2
+    )
+) c
+order by c.last_seq
+limit $2"""
+
+
+class FeedChangesRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    last_seq: int
+
+
+async def feed_changes(
+    conn: AsyncConnection[Any],
+    *,
+    after: int,
+    row_limit: int,
+    reader_id: int | None,
+) -> list[FeedChangesRow]:
+    """The visible groups with activity after @after, oldest change first: what a stream sends next, and
+    what it replays after a reconnect (Last-Event-ID)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(FeedChangesRow)) as cur:
+        await cur.execute(FEED_CHANGES, (after, row_limit, reader_id))
+        return await cur.fetchall()
+
+
+READER_SCOPE = """\
+select coalesce((select u.role = 'admin' from users u where u.id = $1), false)::boolean as is_admin,
+       coalesce((select array_agg(m.project_id) from project_members m where m.user_id = $1),
+                '{}')::bigint[] as project_ids"""
+
+
+class ReaderScopeRow(msgspec.Struct, frozen=True):
+    is_admin: bool
+    project_ids: list[int]
+
+
+async def reader_scope(conn: AsyncConnection[Any], *, reader_id: int) -> ReaderScopeRow | None:
+    """What a stream checks a change notice against: the reader's projects now, and the admin flag."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ReaderScopeRow)) as cur:
+        await cur.execute(READER_SCOPE, (reader_id,))
+        return await cur.fetchone()
+
+
+LATEST_ACTIVITY_SEQ = "select coalesce(max(e.id), 0)::bigint as seq from activity_events e"
+
+
+async def latest_activity_seq(conn: AsyncConnection[Any]) -> int | None:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LATEST_ACTIVITY_SEQ)
+        return await cur.fetchone()
+
+
+MARK_FEED_SEEN = """\
+
+insert into activity_reader_state as s (user_id, seen_through)
+values ($1, least($2::bigint, (select coalesce(max(e.id), 0) from activity_events e)))
+on conflict (user_id) do update set seen_through = greatest(s.seen_through, excluded.seen_through)
+returning s.seen_through"""
+
+
+async def mark_feed_seen(conn: AsyncConnection[Any], *, reader_id: int, through: int) -> int | None:
+    """----------------------------------------------------------------------------------- read state
+    The bell was opened: everything up to @through (at most the newest event) is seen."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(MARK_FEED_SEEN, (reader_id, through))
+        return await cur.fetchone()
+
+
+MARK_FEED_READ_THROUGH = """\
+insert into activity_reader_state as s (user_id, read_through)
+values ($1, least($2::bigint, (select coalesce(max(e.id), 0) from activity_events e)))
+on conflict (user_id) do update set read_through = greatest(s.read_through, excluded.read_through)
+returning s.read_through"""
+
+
+async def mark_feed_read_through(conn: AsyncConnection[Any], *, reader_id: int, through: int) -> int | None:
+    """Every event up to @through (at most the newest event) is read."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(MARK_FEED_READ_THROUGH, (reader_id, through))
+        return await cur.fetchone()
+
+
+MARK_GROUP_READ = """\
+insert into activity_group_reads as r (user_id, group_id, read_through)
+select $1, g.id, least($2::bigint, g.last_seq)
+from activity_groups g
+where g.id = $3
+on conflict (user_id, group_id) do update set read_through = greatest(r.read_through, excluded.read_through)"""
+
+
+async def mark_group_read(conn: AsyncConnection[Any], *, reader_id: int, through: int, group_id: int) -> None:
+    """The group is read up to @through (at most its last event): later events make it unread again."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(MARK_GROUP_READ, (reader_id, through, group_id))
+
+
+VISIBLE_EVENTS = """\
+select e.id, e.group_id
+from activity_events e
+where e.id = any($1::bigint[])
+  and activity_may_see($2, coalesce((select u.role = 'admin' from users u where u.id = $2), false), e.project_id, e.audience_user_id)"""
+
+
+class VisibleEventsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    group_id: int
+
+
+async def visible_events(
+    conn: AsyncConnection[Any],
+    *,
+    event_ids: list[int],
+    reader_id: int,
+) -> list[VisibleEventsRow]:
+    """Of the given event ids, those the reader may see now, with their groups."""
+    async with AsyncRawCursor(conn, row_factory=args_row(VisibleEventsRow)) as cur:
+        await cur.execute(VISIBLE_EVENTS, (event_ids, reader_id))
+        return await cur.fetchall()
+
+
+INSERT_EVENT_READS = """\
+insert into activity_event_reads (user_id, event_id, group_id)
+select $1, t.event_id, t.group_id
+from (select unnest($2::bigint[]) as event_id, unnest($3::bigint[]) as group_id) t
+on conflict (user_id, event_id) do nothing"""
+
+
+async def insert_event_reads(
+    conn: AsyncConnection[Any],
+    *,
+    reader_id: int,
+    event_ids: list[int],
+    group_ids: list[int],
+) -> None:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(INSERT_EVENT_READS, (reader_id, event_ids, group_ids))
+
+
+GROUPS_WITH_EVENT_READS = (
+    "select distinct r.group_id from activity_event_reads r where r.user_id = $1 order by r.group_id"
+)
+
+
+async def groups_with_event_reads(conn: AsyncConnection[Any], *, reader_id: int) -> list[int]:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(GROUPS_WITH_EVENT_READS, (reader_id,))
+        return await cur.fetchall()
+
+
+COMPACT_GROUP_READS = """\
+with reader as (
+    select coalesce((select s.read_through from activity_reader_state s where s.user_id = $1), 0)::bigint as rt
+), done as (
+    select g.id, g.last_seq
+    from activity_groups g
+    left join activity_group_reads gr on gr.user_id = $1 and gr.group_id = g.id
+    where g.id = any($2::bigint[])
+      and not exists (
+          select 1 from activity_events e
+          where e.group_id = g.id
+            and e.id > greatest((select rt from reader), coalesce(gr.read_through, 0))
+            and not exists (
+                select 1 from activity_event_reads er where er.user_id = $1 and er.event_id = e.id
+            )
+      )
+)
+insert into activity_group_reads as r (user_id, group_id, read_through)
+select $1, done.id, done.last_seq from done
+on conflict (user_id, group_id) do update set read_through = greatest(r.read_through, excluded.read_through)"""
+
+
+async def compact_group_reads(conn: AsyncConnection[Any], *, reader_id: int, group_ids: list[int]) -> None:
+    """Keeps the read marks compact (run after locking the groups with LockActivityGroups): a group none
+    of whose events above the reader's marks is left unread gets its mark moved to its last event.
+    This is what lets FeedGroups and UnreadCounts decide "unread" from the last event alone."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(COMPACT_GROUP_READS, (reader_id, group_ids))
+
+
+DROP_COVERED_EVENT_READS = """\
+delete from activity_event_reads er
+where er.user_id = $1
+  and (er.event_id <= coalesce((select s.read_through from activity_reader_state s where s.user_id = $1), 0)
+       or er.event_id <= coalesce((select gr.read_through from activity_group_reads gr
+                                   where gr.user_id = $1 and gr.group_id = er.group_id), 0))"""
+
+
+async def drop_covered_event_reads(conn: AsyncConnection[Any], *, reader_id: int) -> int:
+    """Single-event marks that the reader's or their group's mark already covers."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(DROP_COVERED_EVENT_READS, (reader_id,))
         return cur.rowcount
+
+
+USE_GENERIC_PLANS = "select set_config('plan_cache_mode', 'force_generic_plan', true)"
+
+
+async def use_generic_plans(conn: AsyncConnection[Any]) -> None:
+    """For the rest of the transaction, prepared statements use their generic plan. The feed's queries
+    are long (planning them costs several times running them) and their plans do not depend on the
+    parameters' values, but PostgreSQL may keep re-planning a statement whose nullable parameters make
+    the generic plan look costlier than the custom ones."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(USE_GENERIC_PLANS)

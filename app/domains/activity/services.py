@@ -1,36 +1,399 @@
-"""Storing domain events for the feed (idempotent: delivery is at least once)."""
+"""The activity feed: events stored and grouped as they arrive, read back per reader.
+
+Design, in short (each part is documented where it lives):
+
+- Writing (``writer.py``, ``grouping.py``): batches from the ``feed`` queue are stored under one
+  writer lock, so event ids follow commit order; each event joins a group decided once, by one
+  Python function, and the group's totals, actors and objects are kept exact as events arrive.
+- Reading (``sql/queries/activity.sql``): permissions are applied in SQL, at read time, before any
+  limit; groups are walked by their last event up to a snapshot, so cursors are stable while events
+  arrive and there is no page cap. Counts, samples, actor counts and "N others" cover only what the
+  reader may see and what the filters select.
+- Read state: ``seen`` (the bell), and ``read`` through three marks: everything up to an event,
+  a group up to an event (later events make it unread again), single events.
+- Live (``stream.py``): Server-Sent Events of new and changed groups, woken by a notice published
+  after each batch commits, always answered from PostgreSQL with the same permission query.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
-from app.core.db import UnitOfWork
+import msgspec
+
+from app.config import Settings
+from app.core.channels import Broadcaster
+from app.core.db import Database, UnitOfWork
+from app.core.errors import NotFoundError
+from app.core.pagination import IdCursor, Page, decode_cursor, encode_cursor
+from app.core.types import MAX_ID
 from app.db import activity as queries
+from app.domains.activity.combiner import Combiner
+from app.domains.activity.grouping import RULE_VERSION, GroupingRule
+from app.domains.activity.schemas import (
+    ActorOut,
+    EventOut,
+    EventPage,
+    FeedCursor,
+    FeedFilters,
+    FeedGroupOut,
+    FeedPage,
+    ObjectOut,
+    ProjectRef,
+    UnreadCountsOut,
+)
+from app.domains.activity.verbs import MAX_SAMPLE, object_phrase, sentence, spec_of
+from app.domains.activity.writer import FeedWriter, Recorded
+
+COMBINED_EVENTS = 5000
+"""At most this many events (or FEED_BATCH_SIZE, if larger) in one combined transaction."""
+
+CHANNEL = "activity:changes"
+"""The pub/sub channel of change notices (``Notice``); streams subscribe to it."""
 
 
-async def record_activity(
-    uow: UnitOfWork,
-    *,
-    outbox_id: int,
-    actor_id: int,
-    verb: str,
-    object_type: str,
-    object_id: int,
-    project_id: int | None,
-    data: dict[str, Any],
-    occurred_at: str,
-) -> bool:
-    """Store one event; False when this outbox event was already stored."""
-    stored = await queries.record_activity(
-        uow.conn,
-        outbox_id=outbox_id,
-        actor_id=actor_id,
-        verb=verb,
-        object_type=object_type,
-        object_id=object_id,
-        project_id=project_id,
-        data=data,
-        occurred_at=datetime.fromisoformat(occurred_at),
+class Notice(msgspec.Struct, frozen=True):
+    """Published after a batch commits: enough for a stream to tell whether to look."""
+
+    seq: int
+    projects: list[int]
+    audiences: list[int]
+    users: list[int]
+
+
+def grouping_rule(settings: Settings) -> GroupingRule:
+    return GroupingRule(RULE_VERSION, settings.feed_group_window_s, settings.feed_group_max_span_s)
+
+
+class ActivityService:
+    def __init__(self, db: Database, settings: Settings, broadcaster: Broadcaster) -> None:
+        self.db = db
+        self.settings = settings
+        self.broadcaster = broadcaster
+        self.writer = FeedWriter(grouping_rule(settings))
+        self.combiner = Combiner(self._write_alone, max_events=max(settings.feed_batch_size, COMBINED_EVENTS))
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def record_batch(self, events: Sequence[Mapping[str, Any]]) -> int:
+        """Store and group a batch of outbox events (the ``feed`` queue's job); returns how many were
+        new. Redelivered events are skipped, so a batch may run any number of times. Batches that
+        arrive together in one process share a transaction (``combiner.py``)."""
+        return await self.combiner.submit(events)
+
+    async def _write_alone(self, events: list[Mapping[str, Any]]) -> Recorded:
+        async with self.db.transaction() as uow:
+            return await self.record(uow, events)
+
+    async def record(self, uow: UnitOfWork, events: Sequence[Mapping[str, Any]]) -> Recorded:
+        """``record_batch`` inside the caller's transaction; streams are told once it commits."""
+        recorded = await self.writer.record(uow, events)
+        if recorded.event_ids:
+            notice = Notice(
+                seq=recorded.last_id,
+                projects=recorded.project_ids,
+                audiences=recorded.audience_ids,
+                users=recorded.user_ids,
+            )
+
+            async def publish() -> None:
+                await self.broadcaster.publish(msgspec.json.encode(notice), [CHANNEL])
+
+            uow.after_commit(publish)
+        return recorded
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[UnitOfWork]:
+        """A transaction for the feed's reads: generic plans (see UseGenericPlans)."""
+        async with self.db.transaction() as uow:
+            await queries.use_generic_plans(uow.conn)
+            yield uow
+
+    async def feed(self, reader_id: int, filters: FeedFilters, cursor: str | None, limit: int) -> FeedPage:
+        """The groups the reader may see, newest activity first; ``cursor`` continues a walk."""
+        at = decode_cursor(cursor, FeedCursor) if cursor else None
+        async with self._reading() as uow:
+            rows = await self._page(uow, reader_id, filters, at, limit + 1)
+            if not rows:
+                return Page(items=[])
+            snapshot = rows[0][2]
+            shown = rows[:limit]
+            groups = await self._groups(uow, reader_id, [row[0] for row in shown], snapshot, filters.actor_id)
+        more = len(rows) > limit
+        next_cursor = encode_cursor(FeedCursor(snapshot, shown[-1][1])) if more else None
+        return Page(items=groups, next_cursor=next_cursor)
+
+    async def project_feed(
+        self, reader_id: int, project_id: int, filters: FeedFilters, cursor: str | None, limit: int
+    ) -> FeedPage:
+        """One project's feed: 404 for a reader who is not a member (nor an administrator)."""
+        async with self._reading() as uow:
+            readable = await queries.can_read_project_feed(
+                uow.conn, project_id=project_id, reader_id=reader_id
+            )
+        if not readable:
+            raise NotFoundError("No such project.")
+        return await self.feed(
+            reader_id, msgspec.structs.replace(filters, project_id=project_id), cursor, limit
+        )
+
+    async def group(self, reader_id: int, key: str, filters: FeedFilters) -> FeedGroupOut:
+        async with self._reading() as uow:
+            found = await self._visible_group(uow, reader_id, key, filters)
+            groups = await self._groups(uow, reader_id, [found.id], found.snapshot, filters.actor_id)
+        if not groups:
+            raise NotFoundError("No such group.")
+        return groups[0]
+
+    async def group_events(
+        self, reader_id: int, key: str, filters: FeedFilters, cursor: str | None, limit: int
+    ) -> EventPage:
+        """A group's events the reader may see and the filters select, newest first."""
+        before = decode_cursor(cursor, IdCursor).id if cursor else MAX_ID
+        async with self._reading() as uow:
+            found = await self._visible_group(uow, reader_id, key, filters)
+            rows = await queries.group_events(
+                uow.conn,
+                reader_id=reader_id,
+                group_id=found.id,
+                before=before,
+                actor_id=filters.actor_id,
+                row_limit=limit + 1,
+            )
+        shown = rows[:limit]
+        items = [_event_out(row) for row in shown]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=encode_cursor(IdCursor(shown[-1].id)) if more else None)
+
+    async def unread_counts(self, reader_id: int) -> UnreadCountsOut:
+        async with self._reading() as uow:
+            row = await queries.unread_counts(uow.conn, reader_id=reader_id)
+        return UnreadCountsOut(unread=row.unread, unseen=row.unseen) if row else UnreadCountsOut(0, 0)
+
+    async def latest_seq(self) -> int:
+        async with self.db.transaction() as uow:
+            return await queries.latest_activity_seq(uow.conn) or 0
+
+    async def reader_scope(self, reader_id: int) -> tuple[bool, frozenset[int]]:
+        """(is administrator, projects) now: what a stream checks notices against."""
+        async with self.db.transaction() as uow:
+            row = await queries.reader_scope(uow.conn, reader_id=reader_id)
+        return (row.is_admin, frozenset(row.project_ids)) if row else (False, frozenset())
+
+    async def changes(self, reader_id: int, after: int, limit: int) -> tuple[list[FeedGroupOut], int]:
+        """The visible groups with activity after ``after`` (oldest change first), as they are now,
+        and the position reached (the newest event they count)."""
+        async with self._reading() as uow:
+            rows = await queries.feed_changes(uow.conn, reader_id=reader_id, after=after, row_limit=limit)
+            if not rows:
+                return [], after
+            snapshot = max(row.last_seq for row in rows)
+            groups = await self._groups(uow, reader_id, [row.id for row in rows], snapshot, None)
+        return groups, snapshot
+
+    # -- read state ------------------------------------------------------------------------------
+
+    async def mark_seen(self, reader_id: int, through: int | None) -> None:
+        """The bell was opened: groups with activity up to ``through`` (default: now) are seen."""
+        async with self.db.transaction() as uow:
+            await queries.mark_feed_seen(uow.conn, reader_id=reader_id, through=_through(through))
+
+    async def mark_all_read(self, reader_id: int, through: int | None) -> None:
+        """Every event up to ``through`` (default: now) is read."""
+        async with self.db.transaction() as uow:
+            await queries.mark_feed_read_through(uow.conn, reader_id=reader_id, through=_through(through))
+            groups = await queries.groups_with_event_reads(uow.conn, reader_id=reader_id)
+            await self._compact(uow, reader_id, groups)
+
+    async def mark_group_read(self, reader_id: int, key: str, through: int | None) -> None:
+        """The group is read up to ``through`` (default: its last event); it is unread again when it
+        grows. 404 for a group the reader may not see."""
+        async with self.db.transaction() as uow:
+            found = await self._visible_group(uow, reader_id, key, FeedFilters())
+            await queries.lock_activity_groups(uow.conn, group_ids=[found.id])
+            await queries.mark_group_read(
+                uow.conn, reader_id=reader_id, group_id=found.id, through=_through(through)
+            )
+            await self._compact(uow, reader_id, [found.id], locked=True)
+
+    async def mark_events_read(self, reader_id: int, event_ids: list[int]) -> int:
+        """Marks single events read; ids the reader may not see are ignored. Returns how many counted."""
+        async with self.db.transaction() as uow:
+            visible = await queries.visible_events(
+                uow.conn, event_ids=sorted(set(event_ids)), reader_id=reader_id
+            )
+            if not visible:
+                return 0
+            await queries.insert_event_reads(
+                uow.conn,
+                reader_id=reader_id,
+                event_ids=[row.id for row in visible],
+                group_ids=[row.group_id for row in visible],
+            )
+            await self._compact(uow, reader_id, sorted({row.group_id for row in visible}))
+        return len(visible)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _compact(
+        self, uow: UnitOfWork, reader_id: int, group_ids: list[int], locked: bool = False
+    ) -> None:
+        """Keep the marks compact (see CompactGroupReads). The groups are locked first, in a statement
+        of their own, so the check that follows sees every event committed before the lock."""
+        if group_ids:
+            if not locked:
+                await queries.lock_activity_groups(uow.conn, group_ids=group_ids)
+            await queries.compact_group_reads(uow.conn, reader_id=reader_id, group_ids=group_ids)
+        await queries.drop_covered_event_reads(uow.conn, reader_id=reader_id)
+
+    async def _page(
+        self, uow: UnitOfWork, reader_id: int, filters: FeedFilters, at: FeedCursor | None, row_limit: int
+    ) -> list[tuple[int, int, int]]:
+        snapshot, before = (at.snapshot, at.position) if at else (None, None)
+        verb = filters.verb.value if filters.verb else None
+        object_type = filters.object_type.value if filters.object_type else None
+        if filters.actor_id is None:
+            rows = await queries.feed_page(
+                uow.conn,
+                reader_id=reader_id,
+                snapshot=snapshot,
+                before=before,
+                project_id=filters.project_id,
+                verb=verb,
+                object_type=object_type,
+                row_limit=row_limit,
+            )
+            return [(row.id, row.position, row.snapshot) for row in rows]
+        by_actor = await queries.feed_page_by_actor(
+            uow.conn,
+            reader_id=reader_id,
+            snapshot=snapshot,
+            before=before,
+            actor_id=filters.actor_id,
+            project_id=filters.project_id,
+            verb=verb,
+            object_type=object_type,
+            row_limit=row_limit,
+        )
+        return [(row.id, row.position, row.snapshot) for row in by_actor]
+
+    async def _visible_group(
+        self, uow: UnitOfWork, reader_id: int, key: str, filters: FeedFilters
+    ) -> queries.VisibleGroupByKeyRow:
+        found = await queries.visible_group_by_key(
+            uow.conn,
+            key=key,
+            reader_id=reader_id,
+            project_id=filters.project_id,
+            verb=filters.verb.value if filters.verb else None,
+            object_type=filters.object_type.value if filters.object_type else None,
+            actor_id=filters.actor_id,
+        )
+        if found is None:
+            raise NotFoundError("No such group.")
+        return found
+
+    async def _groups(
+        self, uow: UnitOfWork, reader_id: int, ids: list[int], snapshot: int, actor_id: int | None
+    ) -> list[FeedGroupOut]:
+        """The groups as the reader sees them at ``snapshot``: from their stored totals when those are
+        right (the usual case), else recomputed from their events (see FeedGroups)."""
+        stored = await queries.stored_feed_groups(
+            uow.conn, reader_id=reader_id, group_ids=ids, snapshot=snapshot, actor_id=actor_id
+        )
+        rows: dict[int, queries.StoredFeedGroupsRow | queries.FeedGroupsRow] = {
+            row.id: row for row in stored if row.stored
+        }
+        others = [group_id for group_id in ids if group_id not in rows]
+        if others:
+            recomputed = await queries.feed_groups(
+                uow.conn, reader_id=reader_id, group_ids=others, snapshot=snapshot, actor_id=actor_id
+            )
+            rows.update((row.id, row) for row in recomputed)
+        return [_group_out(rows[i]) for i in ids if i in rows and rows[i].event_count > 0]
+
+
+def _through(through: int | None) -> int:
+    return MAX_ID if through is None else through
+
+
+def _group_out(row: queries.StoredFeedGroupsRow | queries.FeedGroupsRow) -> FeedGroupOut:
+    actors = [
+        ActorOut(id=actor_id, name=name)
+        for actor_id, name in zip(row.actor_ids or [], row.actor_names or [], strict=True)
+    ]
+    objects = [
+        ObjectOut(type=row.object_type, id=object_id, title=title, deleted=deleted)
+        for object_id, title, deleted in zip(
+            row.object_ids or [], row.object_titles or [], row.object_deleted or [], strict=True
+        )
+    ]
+    target = (
+        ObjectOut(type=row.target_type, id=row.target_id, title=row.target_title, deleted=row.target_deleted)
+        if row.target_type is not None and row.target_id is not None
+        else None
     )
-    return stored == 1
+    project = (
+        ProjectRef(id=row.project_id, name=row.project_name)
+        if row.project_id is not None and row.project_name is not None
+        else None
+    )
+    text = sentence(
+        row.verb,
+        actor_names=[actor.name for actor in actors],
+        actor_count=row.actor_count,
+        object_type=row.object_type,
+        objects=[(o.id, o.title, o.deleted) for o in objects],
+        object_count=row.object_count,
+        event_count=row.event_count,
+        project=project.name if project else None,
+        target=(
+            object_phrase(target.type, target.id, target.title, target.deleted, with_noun=False)
+            if target
+            else None
+        ),
+    )
+    return FeedGroupOut(
+        key=row.key,
+        rule_version=row.rule_version,
+        text=text,
+        verb=row.verb,
+        object_type=row.object_type,
+        count=row.event_count,
+        actors=actors,
+        actor_count=row.actor_count,
+        objects=objects,
+        object_count=row.object_count,
+        truncated=row.object_count > len(objects) or row.actor_count > len(actors),
+        project=project,
+        target=target,
+        private=row.audience_user_id is not None,
+        first_at=row.first_at,
+        last_at=row.last_at,
+        last_event_id=row.last_seq,
+        unread=row.unread,
+    )
+
+
+def _event_out(row: queries.GroupEventsRow) -> EventOut:
+    spec = spec_of(row.verb)
+    data = row.data if isinstance(row.data, dict) else {}
+    details = {key: data[key] for key in (spec.details if spec else ()) if key in data}
+    return EventOut(
+        id=row.id,
+        actor=ActorOut(id=row.actor_id, name=row.actor_name),
+        verb=row.verb,
+        object=ObjectOut(
+            type=row.object_type, id=row.object_id, title=row.object_title, deleted=row.object_deleted
+        ),
+        occurred_at=row.occurred_at,
+        read=row.read,
+        details=details,
+    )
+
+
+__all__ = ["CHANNEL", "MAX_SAMPLE", "ActivityService", "Notice"]

@@ -1,0 +1,117 @@
+"""The grouping rule: which group each new event joins. The one place it is decided (Python, at write
+time, under the feed writer's lock); reads never regroup, so a group is the same for every reader,
+every page and every later version of this rule.
+
+Rule version 1:
+
+- Events belong to a *stream*: same verb, object type, project and audience, and the same actor, or,
+  for verbs grouped by target (``VerbSpec.target``: comments), the same target object whoever acts.
+- Within a stream, events are taken in delivery order (outbox id). An event joins the stream's newest
+  group when that group was built by this same rule (version, window and span), the event happened
+  within ``window`` of the group's time range (``first - window <= at <= last + window``, so a late
+  delivery does not reach back further than an on-time one would), and the group's span, event
+  included, stays within ``max_span``. Otherwise the event starts a new group.
+- A group's key is ``<version>-<outbox id of its first event>``: deterministic (redelivering the
+  same events yields the same keys), unique, and it names the rule that built the group.
+
+A group built by another rule (an older version, or other ``FEED_GROUP_WINDOW_S`` /
+``FEED_GROUP_MAX_SPAN_S`` settings) is never extended: changing the rule only affects new groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from app.domains.activity.verbs import spec_of
+
+RULE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GroupingRule:
+    version: int
+    window_s: int
+    max_span_s: int
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(seconds=self.window_s)
+
+    @property
+    def max_span(self) -> timedelta:
+        return timedelta(seconds=self.max_span_s)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """What the rule looks at in an event (normalised: audience and target already resolved)."""
+
+    outbox_id: int
+    actor_id: int
+    verb: str
+    object_type: str
+    project_id: int | None
+    audience_user_id: int | None
+    target_type: str | None
+    target_id: int | None
+    occurred_at: datetime
+
+
+@dataclass(slots=True)
+class OpenGroup:
+    """The newest group of a stream, as the rule needs it."""
+
+    key: str
+    rule: GroupingRule
+    first_at: datetime
+    last_at: datetime
+    is_new: bool = False
+    first: StreamEvent | None = field(default=None)  # for a group this batch creates
+
+
+def stream_of(event: StreamEvent) -> str:
+    spec = spec_of(event.verb)
+    by_target = spec is not None and spec.target is not None and event.target_id is not None
+    who = f"t:{event.target_type}:{event.target_id}" if by_target else f"a:{event.actor_id}"
+    project = "-" if event.project_id is None else str(event.project_id)
+    audience = "-" if event.audience_user_id is None else str(event.audience_user_id)
+    return f"{event.verb}|{event.object_type}|p:{project}|u:{audience}|{who}"
+
+
+def group_key(rule: GroupingRule, first_outbox_id: int) -> str:
+    return f"{rule.version}-{first_outbox_id}"
+
+
+def joins(group: OpenGroup, event: StreamEvent, rule: GroupingRule) -> bool:
+    if group.rule != rule:
+        return False
+    at = event.occurred_at
+    if not group.first_at - rule.window <= at <= group.last_at + rule.window:
+        return False
+    return max(group.last_at, at) - min(group.first_at, at) <= rule.max_span
+
+
+def assign_groups(
+    events: list[StreamEvent], latest: dict[str, OpenGroup], rule: GroupingRule
+) -> tuple[list[str], list[OpenGroup]]:
+    """The group key of each event (in the given order), and the groups to create.
+
+    ``latest`` holds the newest stored group of each stream the events belong to; it is updated in
+    place as events join or start groups.
+    """
+    keys: list[str] = []
+    created: list[OpenGroup] = []
+    for event in events:
+        stream = stream_of(event)
+        group = latest.get(stream)
+        if group is not None and joins(group, event, rule):
+            group.first_at = min(group.first_at, event.occurred_at)
+            group.last_at = max(group.last_at, event.occurred_at)
+        else:
+            at = event.occurred_at
+            group = OpenGroup(group_key(rule, event.outbox_id), rule, at, at, is_new=True, first=event)
+            latest[stream] = group
+            created.append(group)
+        keys.append(group.key)
+    return keys, created
