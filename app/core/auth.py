@@ -1,7 +1,7 @@
 """The authenticated principal and the guards every domain uses.
 
-The accounts domain authenticates a request (``AuthenticationMiddleware`` puts the verified caller,
-or None, in ``scope["user"]``); everything here only reads that result, so no domain needs to import
+The accounts domain authenticates a request (the route layer, ``app.core.gate``, puts the verified
+caller, or None, in ``scope["user"]``); everything here only reads that result, so no domain needs to import
 the accounts domain to know who is calling.
 """
 
@@ -52,12 +52,16 @@ def caller_of(connection: Connection) -> CurrentUser | None:
     return user
 
 
-def requires_user(connection: Connection, _: BaseRouteHandler) -> None:
+# The guards are coroutines on purpose: Litestar runs a plain-function guard in a worker thread
+# (``sync_to_thread``), a thread hop per request for a dictionary lookup.
+
+
+async def requires_user(connection: Connection, _: BaseRouteHandler) -> None:
     if caller_of(connection) is None:
         raise login_required()
 
 
-def requires_admin(connection: Connection, _: BaseRouteHandler) -> None:
+async def requires_admin(connection: Connection, _: BaseRouteHandler) -> None:
     caller = caller_of(connection)
     if caller is None:
         raise login_required()

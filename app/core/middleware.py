@@ -1,24 +1,81 @@
-"""Request context: request id, client address, one access-log line per request.
+"""The request pipeline's outer layer: the one ASGI layer around the whole application.
 
-A plain ASGI middleware (not a Litestar ``AbstractMiddleware``) because it wraps every request,
-the page-view ingest hot path included.
+Per HTTP request it does, in one pass and one ``send`` wrapper:
+
+- the request id: a valid incoming ``X-Request-ID`` is kept, else one is made (``next_request_id``),
+  put in ``scope["state"]``, in the logs (``app.core.logging.bind_request_id``) and in the answer;
+- the client address (``client_address``: ``X-Forwarded-For`` only from trusted proxies);
+- the security headers every answer carries unless the route set its own (``SECURITY_HEADERS``);
+- after the answer: the Prometheus request metrics (``app.core.metrics``), the modules' request
+  observers, and one access-log line — only built when ``app.access`` logs at INFO.
+
+It wraps Litestar's own exception handling, so 404/405 answers (raised before any route exists)
+get all of this too. What depends on the route (authentication, rate limits, compression, the
+dashboard's same-origin rule) is decided once per route by ``app.core.gate``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 
 import structlog
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.logging import bind_request_id, unbind_request_id
+from app.core.metrics import RequestMetrics
+
 access_log = structlog.get_logger("app.access")
+_access_logger = logging.getLogger("app.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+RequestObserver = Callable[[Scope, int, float], None]
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""Sent with every answer unless the response already has the header (the docs pages send a full
+Content-Security-Policy of their own, which already forbids framing)."""
+_SECURITY_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
+
+
+# -- request ids -----------------------------------------------------------------------------------
+
+
+class _RequestIds:
+    """32 hex characters: 64 random bits chosen once per process, then a 64-bit counter.
+
+    Unique within a process (the counter) and across processes (the prefix is drawn again in a forked
+    child), at the cost of a string format instead of ``uuid4``'s system call per request. Request ids
+    are correlation handles, not secrets: being sequential within a process is harmless.
+    """
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+next_request_id = _RequestIds()
+
+
+# -- client addresses ------------------------------------------------------------------------------
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -41,77 +98,126 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[I
     return hops[0] if hops and _is_ip(hops[0]) else peer
 
 
-def _is_ip(value: str) -> bool:
+_MAX_ADDRESS_LENGTH = 45  # the longest textual IPv6 address (with an embedded IPv4 part)
+
+
+def _parsed(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, or None when it is none; too long to be one is none without a cache entry."""
+    return _parse(address) if len(address) <= _MAX_ADDRESS_LENGTH else None
+
+
+@lru_cache(maxsize=4096)
+def _parse(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Parsed once per distinct spelling (bounded: the least recently used go first)."""
     try:
-        ipaddress.ip_address(value)
+        return ipaddress.ip_address(address)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _is_ip(value: str) -> bool:
+    return _parsed(value) is not None
 
 
 def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+    ip = _parsed(address)
+    return ip is not None and any(ip in network for network in trusted)
+
+
+def client_network(address: str) -> str:
+    """The key one client is limited by: an IPv4 address itself, an IPv6 address's /64.
+
+    One IPv6 subscriber usually holds a whole /64 (RFC 6177), so keying by the full address would give
+    them 2^64 separate quotas. IPv4-mapped IPv6 addresses count as their IPv4 address; anything that
+    is not an address is returned unchanged.
+    """
+    ip = _parsed(address)
+    return _ipv6_network(ip) if isinstance(ip, ipaddress.IPv6Address) else address
+
+
+@lru_cache(maxsize=4096)
+def _ipv6_network(ip: ipaddress.IPv6Address) -> str:
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+# -- the layer -------------------------------------------------------------------------------------
 
 
 class RequestContextMiddleware:
-    """Binds ``request_id`` and ``client_ip`` for the request and logs it once it is answered."""
+    """The outer layer (see the module docstring); non-HTTP scopes pass through untouched."""
+
+    __slots__ = ("app", "metrics", "observers", "trusted")
 
     def __init__(
         self,
         app: ASGIApp,
         trusted_proxies: Iterable[str] = (),
-        observers: Sequence[Callable[[Scope, int, float], None]] = (),
+        observers: Sequence[RequestObserver] = (),
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self.app = app
         self.trusted = parse_networks(trusted_proxies)
         self.observers = tuple(observers)
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        forwarded_for = None
-        request_id = None
+        started = time.perf_counter()
+        request_id: str | None = None
+        forwarded_for: str | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 request_id = candidate if _REQUEST_ID.match(candidate) else None
             elif name == b"x-forwarded-for":
                 forwarded_for = value.decode("latin-1")
-        request_id = request_id or uuid.uuid4().hex
-        peer = scope["client"][0] if scope.get("client") else None
-        client_ip = client_address(peer, forwarded_for, self.trusted)
-        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        if request_id is None:
+            request_id = next_request_id()
+        client = scope.get("client")
+        peer = client[0] if client else None
+        client_ip = client_address(peer, forwarded_for, self.trusted) if forwarded_for else peer
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
         state["request_id"] = request_id
         state["client_ip"] = client_ip
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = bind_request_id(request_id)
         status = 500
-        started = time.perf_counter()
-        header = (b"x-request-id", request_id.encode())
+        added = ((b"x-request-id", request_id.encode()), *SECURITY_HEADERS)
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_context(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = message.get("headers", ())
+                extra = added
+                for header_name, _ in headers:
+                    if header_name in _SECURITY_NAMES:  # the route chose its own: keep it
+                        present = {name for name, _ in headers}
+                        extra = tuple(pair for pair in added if pair[0] not in present)
+                        break
+                message["headers"] = [*headers, *extra]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_context)
         finally:
             duration = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe(scope, status, duration)
             for observe in self.observers:
                 observe(scope, status, duration)
-            access_log.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                duration_ms=round(duration * 1000, 2),
-                client_ip=client_ip,
-            )
+            if _access_logger.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round(duration * 1000, 2),
+                    client_ip=client_ip,
+                )
+            unbind_request_id(token)

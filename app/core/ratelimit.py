@@ -1,56 +1,71 @@
-"""Rate limits on Valkey: fixed per-minute and per-hour windows, atomic across processes.
+"""Rate limits: fixed per-minute and per-hour windows counted in Valkey, spent from local leases.
 
-One Lua script, not ``limits``: one round trip instead of one per limit plus one per header read.
+Why leases. Checking every request with Valkey costs a round trip per request (~165 µs here, more
+than the framework's own work). Instead each process *leases* tokens for a key: one atomic Lua script
+takes up to ``n`` tokens from both windows' counters at once (never more than either window has
+left), and the process spends them locally, one per request, without talking to Valkey. So:
+
+- never over quota across processes: a token exists only after Valkey counted it in both windows;
+- a denied request consumes nothing: a lease takes only what is left, and a lease that gets nothing
+  is a denial (remembered for at most ``DENIAL_CACHE_S``, so a flood of refused requests is not a
+  flood of round trips either);
+- tokens live only as long as the windows they were counted in (their expiry is computed from the
+  server's clock, with the request's departure time as the reference, so it errs early);
+- the lease size adapts per key: 1 token, doubled while a process spends its lease within
+  ``FAST_S``, back to 1 after ``IDLE_S`` without use, and at most ``1/LEASE_FRACTION`` of the
+  smaller quota (``MAX_LEASE`` at most). The price: tokens leased by one process and not spent there
+  are unavailable to the others until the window ends — a key may be refused up to that many requests
+  early, never admitted late. Small quotas (under ``2 * LEASE_FRACTION``) lease one token at a time
+  and count exactly.
+
+A request refused by validation gives its token back to the local lease (no round trip). Local
+state is bounded: at most ``max_keys`` keys per process, least recently used evicted first (an
+evicted lease's tokens are simply lost).
 
 Windows are aligned on the Valkey server's clock (``TIME`` inside the script), so processes with
-skewed clocks agree. Keys: ``{prefix}:{policy}:u:{user id}:m:{window start}`` (``...:h:...`` for the
-hour; ``ip:{address}`` for anonymous requests). A request is admitted only if both windows have
-room, and a denied request consumes nothing. The script builds its keys from the server time, so
-the limiter assumes a single (non-cluster) Valkey.
+skewed clocks agree; the script builds its keys from the server time, so the limiter assumes a single
+(non-cluster) Valkey. Keys: ``{prefix}:{policy}:u:{user id}:m:{window start}`` (``...:h:...`` for the
+hour; ``ip:{address}`` for anonymous requests, an IPv6 client by its /64).
 
-Order of checks: a request is counted before its parameters are validated (the limiter protects
-the work validation costs too), but a malformed request never consumes quota and never hides its
-400: a request that validation refuses is refunded, and a request over quota is validated (and its
-guards run) before the 429, so the client learns what to fix first.
-
-Route handlers pick a policy with ``opt={"rate_limit": "auth"}`` (``None`` exempts the route; no opt
-means ``default``); health, metrics, the OpenAPI document and the SAQ dashboard are always exempt.
 Responses carry the draft-ietf-httpapi-ratelimit-headers fields (structured-field form)::
 
     RateLimit-Policy: "default-minute";q=300;w=60, "default-hour";q=10000;w=3600
     RateLimit: "default-minute";r=299;t=42
 
-Valkey unreachable: the request passes (fail-open), ``app_rate_limit_fail_open`` counts it and a
-warning is logged at most once per ``RATE_LIMIT_WARN_INTERVAL_S``; a ``fail_closed`` policy
-(``auth`` with ``RATE_LIMIT_AUTH_FAIL_CLOSED``) answers 503 instead.
+``r`` counts what this process knows to be left: the windows' counters at its last lease, plus the
+tokens it holds.
+
+Valkey unreachable: the request passes (fail-open) unless the process still holds tokens,
+``app_rate_limit_fail_open`` counts it and a warning is logged at most once per
+``RATE_LIMIT_WARN_INTERVAL_S``; a ``fail_closed`` policy (``auth`` with
+``RATE_LIMIT_AUTH_FAIL_CLOSED``) answers 503 instead.
+
+Which route uses which policy is decided once per route by ``app.core.gate``: ``opt={"rate_limit":
+"auth"}`` picks a policy, ``None`` exempts the route, no opt means ``default``; routes under
+``EXEMPT_PATHS`` are never limited.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.exceptions
 import structlog
 import valkey.exceptions
-from litestar.enums import ScopeType
-from litestar.exceptions import (
-    ClientException,
-    ImproperlyConfiguredException,
-    InternalServerException,
-    SerializationException,
-)
+from cachetools import LRUCache
+from litestar.exceptions import ClientException, InternalServerException, SerializationException
 from litestar.handlers import HTTPRouteHandler
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Empty, Message, Receive, Scope, Send
+from litestar.types import Empty, Receive, Scope, Send
 from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.errors import VALIDATION_FAILED, ServiceUnavailableError, TooManyRequestsError
+from app.core.middleware import client_network
 
 if TYPE_CHECKING:
     from litestar._kwargs import KwargsModel
@@ -62,7 +77,14 @@ MINUTE_S = 60
 HOUR_S = 3600
 FAIL_CLOSED_RETRY_AFTER_S = 5
 
-_VALKEY_DOWN = (
+LEASE_FRACTION = 10
+MAX_LEASE = 1024
+FAST_S = 1.0
+IDLE_S = 5.0
+DENIAL_CACHE_S = 1.0
+MAX_KEYS = 50_000
+
+VALKEY_DOWN = (
     valkey.exceptions.ConnectionError,
     valkey.exceptions.TimeoutError,
     redis.exceptions.ConnectionError,
@@ -74,35 +96,32 @@ RATE_LIMIT_FAIL_OPEN = Counter(
     "app_rate_limit_fail_open", "Requests let through unchecked because Valkey was unreachable", ["policy"]
 )
 
-# KEYS[1] = the identity's base key; ARGV = minute quota, hour quota, minute window, hour window (s).
-# Returns {admitted 0/1, minute count, hour count, minute reset (s), hour reset (s), minute window
-# start, hour window start}; the counts are after the increment when admitted, unchanged when denied.
-_HIT = """
-local now = tonumber(redis.call('TIME')[1])
+# KEYS[1] = the identity's base key; ARGV = minute quota, hour quota, minute window (s), hour window
+# (s), tokens wanted. Takes min(wanted, left in the minute window, left in the hour window) tokens
+# from both windows. Returns {granted, minute count, hour count, minute reset (ms), hour reset (ms)}:
+# the counts after the increment (unchanged when nothing was granted).
+_LEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local qm, qh = tonumber(ARGV[1]), tonumber(ARGV[2])
 local wm, wh = tonumber(ARGV[3]), tonumber(ARGV[4])
+local want = tonumber(ARGV[5])
 local sm, sh = now - now % wm, now - now % wh
 local km = KEYS[1] .. ':m:' .. sm
 local kh = KEYS[1] .. ':h:' .. sh
-local rm, rh = sm + wm - now, sh + wh - now
+local rm, rh = (sm + wm) * 1000 - now_ms, (sh + wh) * 1000 - now_ms
 local counts = redis.call('MGET', km, kh)
 local cm, ch = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
-if cm >= qm or ch >= qh then
-  return {0, cm, ch, rm, rh, sm, sh}
+local grant = math.min(want, qm - cm, qh - ch)
+if grant <= 0 then
+  return {0, cm, ch, rm, rh}
 end
-cm = redis.call('INCR', km)
-if cm == 1 then redis.call('EXPIRE', km, rm + 1) end
-ch = redis.call('INCR', kh)
-if ch == 1 then redis.call('EXPIRE', kh, rh + 1) end
-return {1, cm, ch, rm, rh, sm, sh}
-"""
-
-# KEYS = the minute and hour keys a hit counted in: take that hit back (never below zero, TTL kept).
-_REFUND = """
-for _, key in ipairs(KEYS) do
-  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
-end
-return 0
+cm = redis.call('INCRBY', km, grant)
+if cm == grant then redis.call('EXPIRE', km, sm + wm - now + 1) end
+ch = redis.call('INCRBY', kh, grant)
+if ch == grant then redis.call('EXPIRE', kh, sh + wh - now + 1) end
+return {grant, cm, ch, rm, rh}
 """
 
 
@@ -111,6 +130,10 @@ class Policy(msgspec.Struct, frozen=True):
     per_minute: int
     per_hour: int
     fail_closed: bool = False
+
+    @property
+    def max_lease(self) -> int:
+        return max(1, min(MAX_LEASE, min(self.per_minute, self.per_hour) // LEASE_FRACTION))
 
 
 def policies_from_settings(settings: Settings) -> dict[str, Policy]:
@@ -144,14 +167,14 @@ class Decision(msgspec.Struct, frozen=True):
     reset_s: int
     retry_after_s: int
     window: str
-    window_starts: tuple[int, int] = (0, 0)
-    """Server time (s) at which the counted minute and hour windows began: where a refund goes."""
+    lease: int = 0
+    """The local lease the admitted hit's token came from (a refund goes back to that lease only)."""
 
 
 def decide(
     policy: Policy, admitted: bool, minute: int, hour: int, minute_reset: int, hour_reset: int
 ) -> Decision:
-    """The decision for the script's answer (counts after the hit, resets in seconds)."""
+    """The decision for counts (after the hit when admitted) and resets in seconds."""
     # (remaining, -reset, name): the least remaining first; on a tie, the window resetting later.
     windows = sorted(
         [
@@ -167,40 +190,161 @@ def decide(
     return Decision(allowed=False, remaining=0, reset_s=reset, retry_after_s=reset, window=name)
 
 
-class RateLimiter:
-    """Checks and counts one hit against a policy in one round trip to Valkey."""
+def _seconds_until(deadline: float, now: float) -> int:
+    return max(1, math.ceil(deadline - now))
 
-    def __init__(self, valkey: Valkey, *, prefix: str = "rl") -> None:
+
+class _Lease:
+    """What one process holds for one (policy, key): tokens, the counts behind them, or a denial."""
+
+    __slots__ = (
+        "block",
+        "denied_until",
+        "expires_at",
+        "hour_count",
+        "hour_reset_at",
+        "leased_at",
+        "minute_count",
+        "minute_reset_at",
+        "number",
+        "pending",
+        "tokens",
+    )
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.number = 0
+        self.expires_at = 0.0
+        self.minute_count = self.hour_count = 0
+        self.minute_reset_at = self.hour_reset_at = 0.0
+        self.block = 1
+        self.leased_at = float("-inf")
+        self.denied_until = 0.0
+        self.pending: asyncio.Future[None] | None = None
+
+    def spend(self, policy: Policy, now: float) -> Decision:
+        self.tokens -= 1
+        decision = decide(
+            policy,
+            True,
+            self.minute_count - self.tokens,
+            self.hour_count - self.tokens,
+            _seconds_until(self.minute_reset_at, now),
+            _seconds_until(self.hour_reset_at, now),
+        )
+        return msgspec.structs.replace(decision, lease=self.number)
+
+    def denial(self, policy: Policy, now: float) -> Decision:
+        return decide(
+            policy,
+            False,
+            self.minute_count,
+            self.hour_count,
+            _seconds_until(self.minute_reset_at, now),
+            _seconds_until(self.hour_reset_at, now),
+        )
+
+
+class RateLimiter:
+    """Admits or denies hits of a key against a policy, from leases taken from Valkey."""
+
+    def __init__(self, valkey: Valkey, *, prefix: str = "rl", max_keys: int = MAX_KEYS) -> None:
         self.prefix = prefix
-        self._script = valkey.register_script(_HIT)
-        self._refund = valkey.register_script(_REFUND)
+        self._script = valkey.register_script(_LEASE)
+        self._leases: LRUCache[tuple[str, str], _Lease] = LRUCache(maxsize=max_keys)
 
     async def hit(self, policy: Policy, key: str) -> Decision:
-        """Admit or deny one request of ``key`` (e.g. ``u:42`` or ``ip:10.0.0.1``); raises Valkey errors."""
-        result = await self._script(
-            keys=[f"{self.prefix}:{policy.name}:{key}"],
-            args=[policy.per_minute, policy.per_hour, MINUTE_S, HOUR_S],
-        )
-        admitted, minute, hour, minute_reset, hour_reset, minute_start, hour_start = (
-            int(value) for value in result
-        )
-        decision = decide(policy, bool(admitted), minute, hour, minute_reset, hour_reset)
-        return msgspec.structs.replace(decision, window_starts=(minute_start, hour_start))
+        """Admit or deny one request of ``key`` (e.g. ``u:42`` or ``ip:10.0.0.1``); raises Valkey
+        errors when a lease is needed and Valkey cannot answer."""
+        lease = self._leases.get((policy.name, key))
+        if lease is None:
+            lease = self._leases[(policy.name, key)] = _Lease()
+        while True:
+            now = time.monotonic()
+            if lease.tokens > 0 and now < lease.expires_at:
+                return lease.spend(policy, now)
+            if now < lease.denied_until:
+                return lease.denial(policy, now)
+            if lease.pending is None:
+                return await self._renew(policy, key, lease)
+            # Another request of this process is leasing for the key: its tokens may serve us too,
+            # and if Valkey fails it, it fails us as well (one timeout per key, not one per request).
+            # One lease in flight per key: a second one finishing later would overwrite the first's
+            # tokens (lost), and adding them up could carry tokens past their window.
+            await asyncio.shield(lease.pending)
 
-    async def refund(self, policy: Policy, key: str, decision: Decision) -> None:
-        """Take back an admitted hit (its windows only: a refund after they rolled over is a no-op)."""
-        base = f"{self.prefix}:{policy.name}:{key}"
-        minute_start, hour_start = decision.window_starts
-        await self._refund(keys=[f"{base}:m:{minute_start}", f"{base}:h:{hour_start}"])
+    async def _renew(self, policy: Policy, key: str, lease: _Lease) -> Decision:
+        sent = time.monotonic()
+        if lease.tokens > 0 or sent - lease.leased_at > IDLE_S:  # expired unspent, or idle: start small
+            lease.block = 1
+        elif sent - lease.leased_at < FAST_S:  # the last lease went fast: take more
+            lease.block = min(lease.block * 2, policy.max_lease)
+        pending = lease.pending = asyncio.get_running_loop().create_future()
+        try:
+            result = await self._script(
+                keys=[f"{self.prefix}:{policy.name}:{key}"],
+                args=[policy.per_minute, policy.per_hour, MINUTE_S, HOUR_S, lease.block],
+            )
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: nobody may be waiting
+            raise
+        finally:
+            if lease.pending is pending:
+                lease.pending = None
+            if not pending.done():  # cancelled: the waiters lease for themselves
+                pending.set_result(None)
+        granted, minute, hour, minute_reset_ms, hour_reset_ms = (int(value) for value in result)
+        lease.minute_count, lease.hour_count = minute, hour
+        lease.minute_reset_at = sent + minute_reset_ms / 1000
+        lease.hour_reset_at = sent + hour_reset_ms / 1000
+        if granted == 0:
+            lease.tokens = 0
+            windows = (
+                (minute, policy.per_minute, lease.minute_reset_at),
+                (hour, policy.per_hour, lease.hour_reset_at),
+            )
+            resets = [reset_at for count, quota, reset_at in windows if count >= quota]
+            lease.denied_until = min(sent + DENIAL_CACHE_S, max(resets, default=sent))
+            return lease.denial(policy, time.monotonic())
+        lease.number += 1
+        lease.tokens = granted
+        lease.leased_at = sent
+        lease.expires_at = min(lease.minute_reset_at, lease.hour_reset_at)
+        lease.denied_until = 0.0
+        return lease.spend(policy, time.monotonic())
+
+    def refund(self, policy: Policy, key: str, decision: Decision) -> None:
+        """Give an admitted hit's token back to its lease (a no-op once that lease is gone)."""
+        lease = self._leases.get((policy.name, key))
+        if (
+            lease is not None
+            and decision.allowed
+            and lease.number == decision.lease
+            and time.monotonic() < lease.expires_at
+        ):
+            lease.tokens += 1
+
+    def unspent(self, policy: Policy, key: str) -> int:
+        """Tokens this process holds for the key and could still spend."""
+        lease = self._leases.get((policy.name, key))
+        if lease is None or time.monotonic() >= lease.expires_at:
+            return 0
+        return lease.tokens
+
+    def keys(self) -> list[tuple[str, str]]:
+        """The (policy, key) pairs this process holds state for."""
+        return list(self._leases.keys())
+
+    def forget(self) -> None:
+        """Drop every local lease and remembered denial (e.g. after the counters were reset)."""
+        self._leases.clear()
 
 
 def rate_limit_headers(policy: Policy, decision: Decision) -> dict[str, str]:
     """``RateLimit-Policy`` and ``RateLimit`` (plus ``Retry-After`` when denied)."""
     headers = {
-        "RateLimit-Policy": (
-            f'"{policy.name}-minute";q={policy.per_minute};w={MINUTE_S}, '
-            f'"{policy.name}-hour";q={policy.per_hour};w={HOUR_S}'
-        ),
+        "RateLimit-Policy": policy_header(policy),
         "RateLimit": f'"{policy.name}-{decision.window}";r={decision.remaining};t={decision.reset_s}',
     }
     if not decision.allowed:
@@ -208,41 +352,38 @@ def rate_limit_headers(policy: Policy, decision: Decision) -> dict[str, str]:
     return headers
 
 
+def policy_header(policy: Policy) -> str:
+    return (
+        f'"{policy.name}-minute";q={policy.per_minute};w={MINUTE_S}, '
+        f'"{policy.name}-hour";q={policy.per_hour};w={HOUR_S}'
+    )
+
+
 def rate_limit_key(scope: Scope) -> str:
-    """``u:{id}`` for an authenticated request (``scope["user"].id``), else ``ip:{client address}``."""
+    """``u:{id}`` for an authenticated request (``scope["user"].id``), else ``ip:{client network}``
+    (an IPv4 address, or an IPv6 address's /64)."""
     user_id = getattr(scope.get("user"), "id", None)
     if user_id is not None:
         return f"u:{user_id}"
     client_ip = scope.get("state", {}).get("client_ip")
-    return f"ip:{client_ip or 'unknown'}"
+    return f"ip:{client_network(client_ip) if client_ip else 'unknown'}"
 
 
 def is_exempt_path(path: str) -> bool:
     return any(path == exempt or path.startswith(f"{exempt}/") for exempt in EXEMPT_PATHS)
 
 
-@dataclass
-class _Runtime:
-    """Per-app limiter, policies and the throttle of the fail-open warning (cached on app state)."""
+class FailOpenWarnings:
+    """Logs that Valkey cannot be reached at most once per interval."""
 
-    limiter: RateLimiter
-    policies: dict[str, Policy]
-    warn_interval_s: float
-    last_warning: float = field(default=float("-inf"))
-    kwargs_models: dict[int, KwargsModel] = field(default_factory=dict)
-
-    def kwargs_model(self, handler: HTTPRouteHandler, scope: Scope) -> KwargsModel:
-        """The handler's parameter model (built once; Litestar only reads the path parameters' names)."""
-        model = self.kwargs_models.get(id(handler))
-        if model is None:
-            model = handler.create_kwargs_model(path_parameters=dict.fromkeys(scope["path_params"]))  # type: ignore[arg-type]
-            self.kwargs_models[id(handler)] = model
-        return model
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last = float("-inf")
 
     def warn(self, policy: Policy, exc: Exception) -> None:
         now = time.monotonic()
-        if now - self.last_warning >= self.warn_interval_s:
-            self.last_warning = now
+        if now - self.last >= self.interval_s:
+            self.last = now
             _log.warning(
                 "rate_limit_unavailable",
                 policy=policy.name,
@@ -251,121 +392,59 @@ class _Runtime:
             )
 
 
-def _runtime(app_state: Any) -> _Runtime:
-    runtime: _Runtime | None = app_state.get("rate_limit_runtime")
-    if runtime is None:
-        settings: Settings = app_state.settings
-        limiter = RateLimiter(app_state.valkey)
-        runtime = _Runtime(limiter, policies_from_settings(settings), settings.rate_limit_warn_interval_s)
-        app_state.rate_limiter = limiter
-        app_state.rate_limit_runtime = runtime
-    return runtime
+class RouteValidator:
+    """Runs a route's guards and parameter validation without calling its handler.
 
-
-def _policy_name(scope: Scope) -> str | None:
-    handler = scope.get("route_handler")
-    opt = getattr(handler, "opt", None) or {}
-    return opt.get(OPT_KEY, DEFAULT_POLICY)
-
-
-class RateLimitMiddleware(ASGIMiddleware):
-    """Limits HTTP requests by the route's policy; configured from ``app.state`` (settings, valkey).
-
-    Must run after the authentication middleware (it reads ``scope["user"]``) and inside the
-    request-context middleware (it reads ``scope["state"]["client_ip"]``).
+    A request over quota still learns what is wrong with it first (400, 401, 403...): the limiter
+    calls ``validate`` before answering 429. Dependencies are not resolved (they may open a
+    transaction): their absence is all the signature model then reports, as an internal error,
+    which is ignored. Parameter models are built once per handler.
     """
 
-    scopes = (ScopeType.HTTP,)
+    def __init__(self) -> None:
+        self._models: dict[int, tuple[HTTPRouteHandler, KwargsModel]] = {}
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        app_state = scope["app"].state
-        name = _policy_name(scope)
-        if name is None or not app_state.settings.rate_limit_enabled or is_exempt_path(scope["path"]):
-            await next_app(scope, receive, send)
+    def _model(self, handler: HTTPRouteHandler, scope: Scope) -> KwargsModel:
+        known = self._models.get(id(handler))
+        if known is None:
+            model = handler.create_kwargs_model(path_parameters=dict.fromkeys(scope["path_params"]))  # type: ignore[arg-type]
+            known = self._models[id(handler)] = (handler, model)
+        return known[1]
+
+    async def validate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = scope.get("route_handler")
+        if not isinstance(handler, HTTPRouteHandler):
             return
-        runtime = _runtime(app_state)
-        policy = runtime.policies.get(name)
-        if policy is None:
-            raise ImproperlyConfiguredException(f"unknown rate-limit policy {name!r} in a route's opt")
-        key = rate_limit_key(scope)
+        request = handler.resolve_request_class()(scope=scope, receive=receive, send=send)
+        if handler.resolve_guards():
+            await handler.authorize_connection(connection=request)
+        model = self._model(handler, scope)
+        if not (model.has_kwargs and handler.signature_model):
+            return
         try:
-            decision = await runtime.limiter.hit(policy, key)
-        except _VALKEY_DOWN as exc:
-            runtime.warn(policy, exc)
-            if policy.fail_closed:
-                raise ServiceUnavailableError(
-                    "Rate limiting is unavailable; retry shortly.",
-                    headers={"Retry-After": str(FAIL_CLOSED_RETRY_AFTER_S)},
-                ) from exc
-            RATE_LIMIT_FAIL_OPEN.labels(policy=policy.name).inc()
-            await next_app(scope, receive, send)
-            return
-        if not decision.allowed:
-            await _validate_only(scope, receive, send, runtime)
-            raise TooManyRequestsError(
-                f"Rate limit {policy.name}-{decision.window} exceeded; retry in {decision.retry_after_s} s.",
-                headers=rate_limit_headers(policy, decision),
-            )
-        state = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                # A request refused by validation is refunded below: show the quota it leaves.
-                shown = (
-                    msgspec.structs.replace(decision, remaining=decision.remaining + 1)
-                    if state.get(VALIDATION_FAILED)
-                    else decision
-                )
-                headers = rate_limit_headers(policy, shown)
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    *((name.lower().encode(), value.encode()) for name, value in headers.items()),
-                ]
-            await send(message)
-
-        await next_app(scope, receive, send_with_headers)
-        if state.get(VALIDATION_FAILED):
-            with contextlib.suppress(*_VALKEY_DOWN):
-                await runtime.limiter.refund(policy, key, decision)
-
-
-async def _validate_only(scope: Scope, receive: Receive, send: Send, runtime: _Runtime) -> None:
-    """Run the route's guards and parameter validation without calling the handler.
-
-    Raises what the route would raise for a malformed or unauthorized request (400, 401, 403...);
-    returns when the request is well formed. Dependencies are not resolved (they may open a
-    transaction): their absence is all the signature model then reports, as an internal error.
-    """
-    handler = scope.get("route_handler")
-    if not isinstance(handler, HTTPRouteHandler):
-        return
-    request = handler.resolve_request_class()(scope=scope, receive=receive, send=send)
-    if handler.resolve_guards():
-        await handler.authorize_connection(connection=request)
-    model = runtime.kwargs_model(handler, scope)
-    if not (model.has_kwargs and handler.signature_model):
-        return
-    try:
-        kwargs = await model.to_kwargs(connection=request)
-    except SerializationException as exc:  # as Litestar's own handler call does
-        raise ClientException(str(exc)) from exc
-    if kwargs.get("data") is Empty:
-        del kwargs["data"]
-    # The parameters of dependencies (a report's period, say) first, as Litestar resolves them.
-    signature_models = [
-        dependency.provide.signature_model for batch in model.dependency_batches for dependency in batch
-    ]
-    for signature_model in [*signature_models, handler.signature_model]:
-        if signature_model._fields:
-            with contextlib.suppress(InternalServerException):
-                signature_model.parse_values_from_connection_kwargs(connection=request, kwargs=kwargs)
+            kwargs: dict[str, Any] = await model.to_kwargs(connection=request)
+        except SerializationException as exc:  # as Litestar's own handler call does
+            raise ClientException(str(exc)) from exc
+        if kwargs.get("data") is Empty:
+            del kwargs["data"]
+        # The parameters of dependencies (a report's period, say) first, as Litestar resolves them.
+        signature_models = [
+            dependency.provide.signature_model for batch in model.dependency_batches for dependency in batch
+        ]
+        for signature_model in [*signature_models, handler.signature_model]:
+            if signature_model._fields:
+                with contextlib.suppress(InternalServerException):
+                    signature_model.parse_values_from_connection_kwargs(connection=request, kwargs=kwargs)
 
 
 __all__ = [
+    "EXEMPT_PATHS",
+    "VALKEY_DOWN",
     "Decision",
+    "FailOpenWarnings",
     "Policy",
-    "RateLimitMiddleware",
     "RateLimiter",
+    "RouteValidator",
     "decide",
     "policies_from_settings",
     "rate_limit_headers",

@@ -21,6 +21,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from app.config import Settings
 
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
+TOKEN_LEEWAY_S = 5
+"""Clock skew tolerated on ``exp`` (seconds): a token is valid while ``exp > now - leeway``."""
 _REQUIRED_CLAIMS = ["sub", "exp", "iat", "jti", "iss", "aud", "typ", "fam", "role"]
 
 
@@ -104,7 +106,7 @@ class AccessTokens:
                 algorithms=[self._algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
-                leeway=5,
+                leeway=TOKEN_LEEWAY_S,
                 options={"require": _REQUIRED_CLAIMS, "verify_signature": True},
             )
             claims = msgspec.convert(payload, AccessClaims)

@@ -197,14 +197,85 @@ async def revoke_user_refresh_families(
         return await cur.fetchall()
 
 
-IS_FAMILY_REVOKED = """\
-select exists (
-    select 1 from refresh_tokens where family_id = $1 and revoked_at is not null
-) as revoked"""
+IS_FAMILY_REVOKED = "select exists (select 1 from revoked_families where family_id = $1) as revoked"
 
 
 async def is_family_revoked(conn: AsyncConnection[Any], *, family_id: UUID) -> bool | None:
-    """The database answer when the Valkey deny-list cannot be read."""
+    """The database answer while a process's in-memory copy of revoked_families may be stale (its
+    listener is not connected)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(IS_FAMILY_REVOKED, (family_id,))
         return await cur.fetchone()
+
+
+RECORD_REVOKED_FAMILIES = """\
+insert into revoked_families (family_id)
+select unnest($1::uuid[])
+on conflict (family_id) do update set revoked_at = now()"""
+
+
+async def record_revoked_families(conn: AsyncConnection[Any], *, family_ids: list[UUID]) -> None:
+    """Their access tokens are refused from the commit on, in every process: the table's trigger
+    NOTIFYs `revoked_families` in this transaction."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(RECORD_REVOKED_FAMILIES, (family_ids,))
+
+
+RECENTLY_REVOKED_FAMILIES = """\
+select family_id from revoked_families
+where revoked_at > now() - make_interval(secs => $1::float8)"""
+
+
+async def recently_revoked_families(conn: AsyncConnection[Any], *, within_s: float) -> list[UUID]:
+    """What a process loads when it starts listening (again): the families revoked within the last
+    `within_s` seconds (the longest an access token of theirs can still be unexpired)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(RECENTLY_REVOKED_FAMILIES, (within_s,))
+        return await cur.fetchall()
+
+
+PURGE_REVOKED_FAMILIES = """\
+delete from revoked_families
+where revoked_at < now() - make_interval(secs => $1::float8)"""
+
+
+async def purge_revoked_families(conn: AsyncConnection[Any], *, older_than_s: float) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_REVOKED_FAMILIES, (older_than_s,))
+        return cur.rowcount
+
+
+LISTEN_FOR_REVOKED_FAMILIES = "listen revoked_families"
+
+
+async def listen_for_revoked_families(conn: AsyncConnection[Any]) -> None:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LISTEN_FOR_REVOKED_FAMILIES)
+
+
+FAMILY_STARTED_AT = (
+    "select min(issued_at)::timestamptz as started_at from refresh_tokens where family_id = $1"
+)
+
+
+async def family_started_at(conn: AsyncConnection[Any], *, family_id: UUID) -> datetime | None:
+    """When a session (refresh-token family) began: its absolute lifetime counts from here."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(FAMILY_STARTED_AT, (family_id,))
+        return await cur.fetchone()
+
+
+PURGE_EXPIRED_REFRESH_TOKENS = """\
+delete from refresh_tokens r
+where r.expires_at < now()
+  and not exists (
+    select 1 from refresh_tokens l where l.family_id = r.family_id and l.expires_at >= now()
+  )"""
+
+
+async def purge_expired_refresh_tokens(conn: AsyncConnection[Any]) -> int:
+    """Tokens of families that are over (every token expired); a live family keeps its spent tokens,
+    which reuse detection needs."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_EXPIRED_REFRESH_TOKENS)
+        return cur.rowcount

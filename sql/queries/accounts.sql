@@ -61,7 +61,39 @@ where user_id = @user_id and revoked_at is null and family_id <> @keep_family_id
 returning family_id;
 
 -- name: IsFamilyRevoked :one
--- The database answer when the Valkey deny-list cannot be read.
-select exists (
-    select 1 from refresh_tokens where family_id = @family_id and revoked_at is not null
-) as revoked;
+-- The database answer while a process's in-memory copy of revoked_families may be stale (its
+-- listener is not connected).
+select exists (select 1 from revoked_families where family_id = @family_id) as revoked;
+
+-- name: RecordRevokedFamilies :exec
+-- Their access tokens are refused from the commit on, in every process: the table's trigger
+-- NOTIFYs `revoked_families` in this transaction.
+insert into revoked_families (family_id)
+select unnest(@family_ids::uuid[])
+on conflict (family_id) do update set revoked_at = now();
+
+-- name: RecentlyRevokedFamilies :many
+-- What a process loads when it starts listening (again): the families revoked within the last
+-- `within_s` seconds (the longest an access token of theirs can still be unexpired).
+select family_id from revoked_families
+where revoked_at > now() - make_interval(secs => @within_s::float8);
+
+-- name: PurgeRevokedFamilies :execrows
+delete from revoked_families
+where revoked_at < now() - make_interval(secs => @older_than_s::float8);
+
+-- name: ListenForRevokedFamilies :exec
+listen revoked_families;
+
+-- name: FamilyStartedAt :one
+-- When a session (refresh-token family) began: its absolute lifetime counts from here.
+select min(issued_at)::timestamptz as started_at from refresh_tokens where family_id = @family_id;
+
+-- name: PurgeExpiredRefreshTokens :execrows
+-- Tokens of families that are over (every token expired); a live family keeps its spent tokens,
+-- which reuse detection needs.
+delete from refresh_tokens r
+where r.expires_at < now()
+  and not exists (
+    select 1 from refresh_tokens l where l.family_id = r.family_id and l.expires_at >= now()
+  );

@@ -10,10 +10,17 @@ from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from app.core.db import UnitOfWork
+from app.core.services import open_services
 from app.db import accounts as queries
 from app.db.models import UserRole
+from app.modules import MODULES
 from app.seed import run_seeders
+
+
+async def seed(settings: Settings) -> list[str]:
+    """What ``just seed`` does: every module's seed, through the services."""
+    async with open_services(settings, MODULES) as services:
+        return await run_seeders(services)
 
 
 async def users_by_role(db: AsyncConnection[Any]) -> dict[str, list[str]]:
@@ -28,9 +35,9 @@ async def test_seeding_twice_creates_one_admin_and_two_members(
     db: AsyncConnection[Any], settings: Settings
 ) -> None:
     assert await queries.count_users(db) == 0
-    await run_seeders(UnitOfWork(db), settings)
+    await seed(settings)
     after_first = await users_by_role(db)
-    await run_seeders(UnitOfWork(db), settings)
+    await seed(settings)
     assert await users_by_role(db) == after_first
     assert await queries.count_users(db) == 3
     assert after_first["admin"] == [settings.admin_email.lower()]
@@ -44,7 +51,7 @@ async def test_seeding_twice_creates_one_admin_and_two_members(
 async def test_seeded_admin_logs_in_with_the_configured_password(
     client: AsyncTestClient[Litestar], db: AsyncConnection[Any], settings: Settings
 ) -> None:
-    await run_seeders(UnitOfWork(db), settings)
+    await seed(settings)
     response = await client.post(
         "/api/auth/login", json={"email": settings.admin_email, "password": settings.admin_password}
     )
@@ -62,7 +69,7 @@ async def test_seed_hints_never_print_a_configured_password(
     custom = msgspec.structs.replace(
         settings, admin_password="a-private-admin-secret", demo_password="a-private-demo-secret"
     )
-    lines = "\n".join(await run_seeders(UnitOfWork(db), custom))
+    lines = "\n".join(await seed(custom))
     assert "a-private-admin-secret" not in lines
     assert "a-private-demo-secret" not in lines
     assert custom.admin_email in lines

@@ -5,27 +5,33 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, get, patch, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
+from app.core.auth import CurrentUser, requires_admin, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.db.models import UserRole
-from app.domains.accounts.guards import requires_admin, requires_user
 from app.domains.accounts.schemas import (
     AdminUserPatch,
     LoginIn,
     RefreshIn,
     RegisterIn,
+    RegistrationAccepted,
     TokenPair,
     UpdateMeIn,
     UserCursor,
     UserOut,
 )
-from app.domains.accounts.services import AccountService, CurrentUser
+from app.domains.accounts.services import AccountService
+
+TOKENS_NOT_STORED = CacheControlHeader(no_store=True)
+"""Answers carrying tokens must not be kept by any cache (RFC 6749 section 5.1)."""
 
 
 class AuthController(Controller):
@@ -35,21 +41,32 @@ class AuthController(Controller):
 
     @post(
         "/register",
-        status_code=HTTP_201_CREATED,
+        status_code=HTTP_202_ACCEPTED,
         summary="Create an account",
-        responses=problems(400, 409, 429),
+        description="Always 202 with the same body, whether or not the email already had an account "
+        "(registration does not reveal who has one; an existing account is left unchanged). The account "
+        "is created only if the email was free: sign in with the chosen password to use it. Finding out "
+        "by signing in is throttled like any login.",
+        responses={
+            **problems(400, 429),
+            202: ResponseSpec(RegistrationAccepted, description="Accepted (the same either way)"),
+        },
     )
     async def register(
         self, data: JSONBody[RegisterIn], accounts: NamedDependency[AccountService]
-    ) -> UserOut:
-        return UserOut.from_row(await accounts.register(data))
+    ) -> RegistrationAccepted:
+        await accounts.register(data)
+        return RegistrationAccepted()
 
     @post(
         "/login",
         status_code=HTTP_200_OK,
+        cache_control=TOKENS_NOT_STORED,
         summary="Exchange email and password for an access and a refresh token",
-        description="The same 401 whether or not the email exists. After repeated failures for one "
-        "account or address: 429 with Retry-After.",
+        description="The same 401 whether or not the email exists. Repeated failures slow further "
+        "attempts for the account (up to LOGIN_MAX_DELAY_S seconds each) but never lock its owner out; "
+        "429 with Retry-After only for an address that failed too often for this account "
+        "(LOGIN_MAX_FAILURES) or for any account (LOGIN_ADDRESS_MAX_FAILURES).",
         responses=problems(400, 401, 429),
     )
     async def login(
@@ -63,6 +80,7 @@ class AuthController(Controller):
     @post(
         "/refresh",
         status_code=HTTP_200_OK,
+        cache_control=TOKENS_NOT_STORED,
         summary="Rotate a refresh token",
         description="Spends the refresh token and returns a new pair. Re-using a spent token revokes "
         "the whole session (its family and every access token issued from it).",
@@ -102,17 +120,21 @@ class AuthController(Controller):
         "/me",
         guards=[requires_user],
         summary="Change the caller's name or password",
-        description="A new password needs `current_password`; it revokes the caller's other sessions.",
+        description="A new password needs `current_password`; it revokes the caller's other sessions. "
+        "A wrong `current_password` counts as a failed sign-in (same throttle as login: 429 when "
+        "this address failed too often for the account).",
         security=BEARER,
         responses=problems(400, 401, 403, 429),
     )
     async def update_me(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[UpdateMeIn],
         current_user: NamedDependency[CurrentUser],
         accounts: NamedDependency[AccountService],
     ) -> UserOut:
-        return UserOut.from_row(await accounts.update_me(current_user, data))
+        client_ip = request.scope["state"].get("client_ip")
+        return UserOut.from_row(await accounts.update_me(current_user, data, client_ip))
 
 
 class AdminUsersController(Controller):

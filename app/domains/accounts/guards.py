@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import time
 
+from cachetools import TTLCache
 from litestar.handlers import BaseRouteHandler
 
 from app.core.auth import Caller, Connection, caller_of, provide_current_user, requires_admin, requires_user
 from app.core.errors import ForbiddenError, NotFoundError, UnauthorizedError
+from app.core.services import Services
 from app.db.models import UserRole
 from app.domains.accounts.services import AccountService
 
@@ -21,7 +22,9 @@ __all__ = ["Caller", "provide_current_user", "requires_admin", "requires_dashboa
 # remembered briefly (as the user's id) so the dashboard's polling does not cost an argon2 hash per
 # request. The account's current role and active flag are still read on every request.
 _BASIC_CACHE_S = 300.0
-_basic_verified: dict[str, tuple[float, int, str]] = {}
+_BASIC_CACHE_SIZE = 1000
+_basic_verified: TTLCache[str, tuple[int, str]] = TTLCache(maxsize=_BASIC_CACHE_SIZE, ttl=_BASIC_CACHE_S)
+"""sha256(header) → (user id, password hash at verification); bounded (least recently used first)."""
 
 
 async def requires_dashboard_admin(connection: Connection, _: BaseRouteHandler) -> None:
@@ -35,7 +38,7 @@ async def requires_dashboard_admin(connection: Connection, _: BaseRouteHandler) 
             raise ForbiddenError("The job dashboard is for administrators.")
         return
     header = connection.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
+    scheme, _sep, credentials = header.partition(" ")
     challenge = {"WWW-Authenticate": 'Basic realm="SAQ dashboard", charset="UTF-8"'}
     if scheme.lower() != "basic" or not credentials:
         raise UnauthorizedError("Sign in with an administrator's email and password.", headers=challenge)
@@ -48,18 +51,19 @@ async def requires_dashboard_admin(connection: Connection, _: BaseRouteHandler) 
 
 async def _verify_basic(connection: Connection, credentials: str) -> UserRole | None:
     fingerprint = hashlib.sha256(credentials.encode()).hexdigest()
+    services: Services = connection.app.state.services
+    accounts = services[AccountService]
     cached = _basic_verified.get(fingerprint)
-    now = time.monotonic()
-    accounts: AccountService = connection.app.state.accounts
-    if cached is not None and cached[0] > now:
+    if cached is not None:
+        user_id, password_hash = cached
         try:
-            user = await accounts.get_user(cached[1])
+            user = await accounts.get_user(user_id)
         except NotFoundError:  # the account was deleted since
-            del _basic_verified[fingerprint]
+            _basic_verified.pop(fingerprint, None)
             return None
-        if user.password_hash == cached[2]:  # a changed password invalidates the remembered header
+        if user.password_hash == password_hash:  # a changed password invalidates the remembered header
             return user.role if user.is_active else None
-        del _basic_verified[fingerprint]
+        _basic_verified.pop(fingerprint, None)
     try:
         email, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
@@ -69,7 +73,5 @@ async def _verify_basic(connection: Connection, credentials: str) -> UserRole | 
         user = await accounts.check_credentials(email, password, client_ip)
     except UnauthorizedError:
         return None
-    if len(_basic_verified) > 1000:
-        _basic_verified.clear()
-    _basic_verified[fingerprint] = (now + _BASIC_CACHE_S, user.id, user.password_hash)
+    _basic_verified[fingerprint] = (user.id, user.password_hash)
     return user.role

@@ -32,6 +32,16 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
     display_name: DisplayName
 
 
+class RegistrationAccepted(msgspec.Struct, frozen=True):
+    """The same answer whether or not the email already had an account."""
+
+    status: str = "accepted"
+    detail: str = (
+        "If this email had no account, it has one now: sign in with it and the password you chose. "
+        "If it already had one, nothing was changed."
+    )
+
+
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: AnyPassword

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings
-from app.core.db import UnitOfWork
-from app.core.security import Passwords
-from app.db import accounts as queries
+from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
+from app.core.services import Services
 from app.db.models import UserRole
-from app.seed import seeder
+from app.domains.accounts.services import AccountService
 
 DEMO_MEMBERS = (("ana@example.com", "Ana Lima"), ("ben@example.com", "Ben Okafor"))
 
 
-@seeder
-async def seed_accounts(uow: UnitOfWork, settings: Settings) -> list[str]:
-    passwords = Passwords(settings)
-    wanted = [(settings.admin_email, "Administrator", UserRole.ADMIN, settings.admin_password)]
-    wanted += [(email, name, UserRole.MEMBER, settings.demo_password) for email, name in DEMO_MEMBERS]
-    for email, name, role, password in wanted:
-        if await queries.get_user_by_email(uow.conn, email=email.lower()) is None:
-            await queries.create_user(
-                uow.conn,
-                email=email.lower(),
-                display_name=name,
-                password_hash=await passwords.hash(password),
-                role=role,
-            )
+async def seed_accounts(services: Services) -> list[str]:
+    settings = services.settings
+    accounts = services[AccountService]
+    await accounts.ensure_user(settings.admin_email, settings.admin_password, "Administrator", UserRole.ADMIN)
+    for email, name in DEMO_MEMBERS:
+        await accounts.ensure_user(email, settings.demo_password, name, UserRole.MEMBER)
     admin_hint = (
         DEFAULT_ADMIN_PASSWORD if settings.admin_password == DEFAULT_ADMIN_PASSWORD else "$ADMIN_PASSWORD"
     )

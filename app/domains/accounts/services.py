@@ -6,29 +6,31 @@ must commit before they fail: a reused refresh token revokes its family *and the
 
 from __future__ import annotations
 
-import hashlib
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from cachetools import LRUCache
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 from valkey.asyncio import Valkey
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
-from app.config import Settings
+from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings
 from app.core.auth import CurrentUser
-from app.core.db import transaction
+from app.core.db import Database, UnitOfWork
 from app.core.errors import (
     ConflictError,
     ForbiddenError,
     NotFoundError,
-    TooManyRequestsError,
     UnauthorizedError,
+    UnprocessableError,
 )
+from app.core.revocations import Revocations
 from app.core.security import (
+    TOKEN_LEEWAY_S,
     AccessTokens,
     InvalidTokenError,
     Passwords,
@@ -38,12 +40,39 @@ from app.core.security import (
 from app.db import accounts as queries
 from app.db.models import User, UserRole
 from app.domains.accounts.schemas import AdminUserPatch, RegisterIn, TokenPair, UpdateMeIn, UserOut
+from app.domains.accounts.throttle import LoginThrottle
 
 log = structlog.get_logger("app.accounts")
 
 VALKEY_ERRORS = (ValkeyConnectionError, ValkeyTimeoutError, OSError)
 NO_FAMILY = uuid.UUID(int=0)
+VERIFIED_TOKENS_KEPT = 4096
+"""Verified access tokens remembered per process (least recently used forgotten first)."""
+REVOKED_FAMILY_RETENTION_S = 24 * 3600
+"""``revoked_families`` rows older than this are purged (far beyond any access token's lifetime)."""
 BAD_CREDENTIALS = "Invalid email or password."
+
+
+MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH, MIN_PASSWORD_DISTINCT = 10, 256, 5
+
+
+class WeakPasswordError(UnprocessableError):
+    """Not a ValueError on purpose: ``create-admin`` must not fall back to prompting for it."""
+
+    slug = "weak-password"
+    title = "Weak password"
+
+
+def check_new_password(password: str, *, production: bool) -> None:
+    """The policy for passwords set outside the API (``create-admin``'s ADMIN_PASSWORD): what the
+    API's ``NewPassword`` requires, some variety, and never a public default in production."""
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise WeakPasswordError(
+            f"The password needs {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters."
+        )
+    public = {DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD} if production else set()
+    if len(set(password)) < MIN_PASSWORD_DISTINCT or password in public:
+        raise WeakPasswordError("The password is too easy to guess (a public default or too little variety).")
 
 
 def _bearer_failure(detail: str) -> UnauthorizedError:
@@ -51,19 +80,58 @@ def _bearer_failure(detail: str) -> UnauthorizedError:
 
 
 class AccountService:
-    def __init__(
-        self, settings: Settings, pool: AsyncConnectionPool[AsyncConnection[Any]], valkey: Valkey
-    ) -> None:
+    def __init__(self, db: Database, settings: Settings, valkey: Valkey) -> None:
         self.settings = settings
-        self.pool = pool
+        self.db = db
         self.valkey = valkey
         self.passwords = Passwords(settings)
         self.tokens = AccessTokens(settings)
+        self.throttle = LoginThrottle(settings, valkey)
+        self._callers: LRUCache[str, tuple[CurrentUser, int]] = LRUCache(maxsize=VERIFIED_TOKENS_KEPT)
+        conninfo, connect_kwargs = db.pool.conninfo, db.pool.kwargs
+        assert isinstance(conninfo, str) and isinstance(connect_kwargs, dict), "a static pool configuration"
+        self.revocations: Revocations[uuid.UUID] = Revocations(
+            conninfo,
+            connect_kwargs={**connect_kwargs, "application_name": f"{settings.app_name}:revocations"},
+            connect_timeout_s=settings.database_timeout_s,
+            listen=queries.listen_for_revoked_families,
+            load=self._recently_revoked,
+            parse=uuid.UUID,
+            keep_s=self._revocation_horizon_s,
+            name="revoked-families",
+        )
+
+    async def start(self) -> None:
+        await self.revocations.start()
+
+    async def close(self) -> None:
+        await self.revocations.close()
 
     # -- authentication of requests ------------------------------------------------------------
 
     async def authenticate(self, bearer_token: str) -> CurrentUser:
-        """The caller of a bearer token; 401 for anything not a live access token of ours."""
+        """The caller of a bearer token; 401 for anything not a live access token of ours.
+
+        A token's signature and claims are verified once per process (RFC 8725 checks in
+        ``AccessTokens.verify``) and the result kept (bounded); every request still checks its
+        expiry and whether its session family has been revoked — in memory while the revocation
+        listener is connected, else in PostgreSQL.
+        """
+        known = self._callers.get(bearer_token)
+        if known is None:
+            caller, expires = self._verify(bearer_token)
+            self._callers[bearer_token] = (caller, expires)
+        else:
+            caller, expires = known
+            if expires <= time.time() - TOKEN_LEEWAY_S:
+                del self._callers[bearer_token]
+                log.info("access_token_rejected", reason="ExpiredSignatureError")
+                raise _bearer_failure("The access token is invalid or expired.")
+        if await self._family_revoked(caller.family_id):
+            raise _bearer_failure("The access token has been revoked.")
+        return caller
+
+    def _verify(self, bearer_token: str) -> tuple[CurrentUser, int]:
         try:
             claims = self.tokens.verify(bearer_token)
             family = uuid.UUID(claims.fam)
@@ -71,121 +139,118 @@ class AccountService:
         except (InvalidTokenError, ValueError) as exc:
             log.info("access_token_rejected", reason=str(exc))
             raise _bearer_failure("The access token is invalid or expired.") from exc
-        if await self._family_revoked(family):
-            raise _bearer_failure("The access token has been revoked.")
-        return CurrentUser(id=int(claims.sub), role=role, family_id=family, token_id=claims.jti)
+        caller = CurrentUser(id=int(claims.sub), role=role, family_id=family, token_id=claims.jti)
+        return caller, claims.exp
 
     async def _family_revoked(self, family: uuid.UUID) -> bool:
-        """Valkey's deny-list first; PostgreSQL (the source of truth) when Valkey cannot answer."""
-        try:
-            return bool(await self.valkey.exists(_deny_key(family)))
-        except VALKEY_ERRORS:
-            log.warning("deny_list_unavailable_using_database")
-        async with transaction(self.pool) as uow:
+        """The in-memory mirror of ``revoked_families`` while it is current, else PostgreSQL."""
+        if self.revocations.live:
+            return family in self.revocations
+        async with self.db.transaction() as uow:
             return bool(await queries.is_family_revoked(uow.conn, family_id=family))
 
-    async def _deny(self, families: list[uuid.UUID]) -> None:
-        """Reject the families' access tokens at once; the entries expire with the last such token."""
+    @property
+    def _revocation_horizon_s(self) -> float:
+        """How long a revoked family must be remembered: the longest an access token of it can live."""
+        return self.settings.access_token_ttl_s + TOKEN_LEEWAY_S + 60
+
+    async def _recently_revoked(self, conn: AsyncConnection[Any]) -> list[uuid.UUID]:
+        return await queries.recently_revoked_families(conn, within_s=self._revocation_horizon_s)
+
+    async def _revoke(self, uow: UnitOfWork, families: list[uuid.UUID]) -> None:
+        """Refuse the families' access tokens from the commit of ``uow`` on, in every process.
+
+        The row's trigger NOTIFYs every listening process when the transaction commits; this process
+        adds them itself right after its commit. Rows no token can need any more are purged on the way.
+        """
         if not families:
             return
-        ttl = self.settings.access_token_ttl_s + 60
-        async with self.valkey.pipeline(transaction=False) as pipe:
-            for family in families:
-                pipe.set(_deny_key(family), 1, ex=ttl)
-            await pipe.execute()
+        await queries.record_revoked_families(uow.conn, family_ids=families)
+        await queries.purge_revoked_families(uow.conn, older_than_s=REVOKED_FAMILY_RETENTION_S)
+        revocations = self.revocations
+
+        async def remember() -> None:
+            revocations.add(families)
+
+        uow.after_commit(remember)
 
     # -- registration and login ----------------------------------------------------------------
 
-    async def register(self, data: RegisterIn) -> User:
+    async def register(self, data: RegisterIn) -> User | None:
+        """Create the account if the email is free; the caller's answer must not say which happened
+        (review L1): the new user, or None when the email already had an account (nothing changed).
+        Both paths hash the password and try one insert, so they cost the same."""
         password_hash = await self.passwords.hash(data.password)
-        async with transaction(self.pool) as uow:
+        email = data.email.strip().lower()
+        async with self.db.transaction() as uow:
             user = await queries.create_user(
                 uow.conn,
-                email=data.email.strip().lower(),
+                email=email,
                 display_name=data.display_name.strip(),
                 password_hash=password_hash,
                 role=UserRole.MEMBER,
             )
         if user is None:
-            raise ConflictError("An account with this email already exists.")
+            log.info("registration_for_existing_email")
+            return None
         log.info("user_registered", user_id=user.id)
         return user
 
-    async def check_credentials(self, email: str, password: str, client_ip: str | None) -> User:
+    async def check_credentials(
+        self, email: str, password: str, client_ip: str | None, *, purpose: str = "login"
+    ) -> User:
         """The active user with these credentials, or 401 — with the same message, status and
-        hashing cost whether the email exists or not. Failures are counted per account and per
-        client address; past the limit the answer is 429 until the window ends."""
+        hashing cost whether the email exists or not. Every attempt goes through the login throttle
+        (``throttle.py``): refused (429) per address and per (account, address) pair, slowed per
+        account."""
         email = email.strip().lower()
-        throttle_keys = [_failure_key("acct", email), _failure_key("ip", client_ip or "unknown")]
-        await self._refuse_if_throttled(throttle_keys)
-        async with transaction(self.pool) as uow:
+        attempt = await self.throttle.attempt(email, client_ip, purpose=purpose)
+        async with self.db.transaction() as uow:
             user = await queries.get_user_by_email(uow.conn, email=email)
         matched = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not matched or not user.is_active:
-            await self._record_failure(throttle_keys)
-            log.info("login_failed", known_account=user is not None, client_ip=client_ip)
+            log.info(
+                "login_failed",
+                known_account=user is not None,
+                user_id=user.id if user else None,
+                client_ip=client_ip,
+                purpose=purpose,
+            )
             raise UnauthorizedError(BAD_CREDENTIALS)
-        await self._clear_failures(throttle_keys[:1])
+        await self.throttle.succeeded(attempt)
         if self.passwords.needs_rehash(user.password_hash):
             new_hash = await self.passwords.hash(password)
-            async with transaction(self.pool) as uow:
+            async with self.db.transaction() as uow:
                 await queries.update_user_password_hash(uow.conn, password_hash=new_hash, id=user.id)
             log.info("password_rehashed", user_id=user.id)
         return user
 
     async def login(self, email: str, password: str, client_ip: str | None) -> TokenPair:
         user = await self.check_credentials(email, password, client_ip)
-        async with transaction(self.pool) as uow:
-            pair = await self._issue(uow.conn, user, uuid.uuid4())
+        async with self.db.transaction() as uow:
+            pair = await self._issue(uow, user, uuid.uuid4())
         log.info("login_succeeded", user_id=user.id)
         return pair
 
-    async def _refuse_if_throttled(self, keys: list[str]) -> None:
-        try:
-            async with self.valkey.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(key)
-                    pipe.ttl(key)
-                results = await pipe.execute()
-        except VALKEY_ERRORS:
-            log.warning("login_throttle_unavailable")
-            return
-        for count, ttl in zip(results[::2], results[1::2], strict=True):
-            if count is not None and int(count) >= self.settings.login_max_failures:
-                retry_after = max(int(ttl), 1)
-                raise TooManyRequestsError(
-                    "Too many failed logins; try again later.", headers={"Retry-After": str(retry_after)}
-                )
-
-    async def _record_failure(self, keys: list[str]) -> None:
-        window = self.settings.login_failure_window_s
-        try:
-            async with self.valkey.pipeline(transaction=True) as pipe:
-                for key in keys:
-                    pipe.incr(key)
-                    pipe.expire(key, window, nx=True)
-                await pipe.execute()
-        except VALKEY_ERRORS:
-            log.warning("login_throttle_unavailable")
-
-    async def _clear_failures(self, keys: list[str]) -> None:
-        try:
-            await self.valkey.delete(*keys)
-        except VALKEY_ERRORS:
-            log.warning("login_throttle_unavailable")
-
-    async def _issue(self, conn: AsyncConnection[Any], user: User, family: uuid.UUID) -> TokenPair:
+    async def _issue(
+        self, uow: UnitOfWork, user: User, family: uuid.UUID, started: datetime | None = None
+    ) -> TokenPair:
+        """A new access token and refresh token of ``family``. The refresh token expires after
+        REFRESH_TOKEN_TTL_S, but never past SESSION_MAX_AGE_S from the session's login (``started``):
+        rotation cannot keep a session alive for ever."""
         refresh_token, digest = new_refresh_token()
-        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.refresh_token_ttl_s)
+        now = datetime.now(UTC)
+        ends = (started or now) + timedelta(seconds=self.settings.session_max_age_s)
+        expires_at = min(now + timedelta(seconds=self.settings.refresh_token_ttl_s), ends)
         await queries.insert_refresh_token(
-            conn, user_id=user.id, family_id=family, token_hash=digest, expires_at=expires_at
+            uow.conn, user_id=user.id, family_id=family, token_hash=digest, expires_at=expires_at
         )
         access_token, _ = self.tokens.issue(user.id, user.role.value, family)
         return TokenPair(
             access_token=access_token,
             expires_in=self.tokens.ttl_s,
             refresh_token=refresh_token,
-            refresh_expires_in=self.settings.refresh_token_ttl_s,
+            refresh_expires_in=max(int((expires_at - now).total_seconds()), 0),
             user=UserOut.from_row(user),
         )
 
@@ -198,7 +263,7 @@ class AccountService:
         every access token issued from it are revoked, and the caller must log in again.
         """
         reused: uuid.UUID | None = None
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             stored = await queries.get_refresh_token_for_update(
                 uow.conn, token_hash=refresh_token_digest(refresh_token)
             )
@@ -206,52 +271,77 @@ class AccountService:
                 raise UnauthorizedError("The refresh token is invalid or expired.")
             if stored.used_at is not None:
                 await queries.revoke_refresh_family(uow.conn, family_id=stored.family_id)
+                await self._revoke(uow, [stored.family_id])
                 reused = stored.family_id
             else:
                 user = await queries.get_user_by_id(uow.conn, id=stored.user_id)
                 if user is None or not user.is_active:
                     raise UnauthorizedError("The refresh token is invalid or expired.")
+                started = await queries.family_started_at(uow.conn, family_id=stored.family_id)
+                max_age = timedelta(seconds=self.settings.session_max_age_s)
+                if started is not None and started + max_age <= datetime.now(UTC):
+                    raise UnauthorizedError("The session has ended; sign in again.")
                 await queries.mark_refresh_token_used(uow.conn, id=stored.id)
-                pair = await self._issue(uow.conn, user, stored.family_id)
+                pair = await self._issue(uow, user, stored.family_id, started)
         if reused is not None:
             log.warning("refresh_token_reuse", user_id=stored.user_id, family_id=str(reused))
-            await self._deny([reused])
             raise UnauthorizedError("The refresh token was already used; the session has been revoked.")
         return pair
 
-    async def logout(self, user: CurrentUser) -> None:
-        async with transaction(self.pool) as uow:
-            await queries.revoke_refresh_family(uow.conn, family_id=user.family_id)
-            await self._deny([user.family_id])
+    async def purge_expired_sessions(self) -> int:
+        """Delete the refresh tokens of sessions that have ended (cron); returns how many."""
+        async with self.db.transaction() as uow:
+            purged = await queries.purge_expired_refresh_tokens(uow.conn)
+        if purged:
+            log.info("refresh_tokens_purged", count=purged)
+        return purged
 
-    async def revoke_all(self, conn: AsyncConnection[Any], user_id: int, keep: uuid.UUID = NO_FAMILY) -> int:
-        """Revoke every session of a user (except ``keep``); raises if the deny-list cannot be written,
-        so the caller's transaction rolls back rather than leaving access tokens alive."""
+    async def logout(self, user: CurrentUser) -> None:
+        async with self.db.transaction() as uow:
+            await queries.revoke_refresh_family(uow.conn, family_id=user.family_id)
+            await self._revoke(uow, [user.family_id])
+
+    async def revoke_all(self, uow: UnitOfWork, user_id: int, keep: uuid.UUID = NO_FAMILY) -> int:
+        """Revoke every session of a user (except ``keep``) in the caller's transaction: their refresh
+        tokens at once, their access tokens in every process from the commit on."""
         families = list(
-            set(await queries.revoke_user_refresh_families(conn, user_id=user_id, keep_family_id=keep))
+            set(await queries.revoke_user_refresh_families(uow.conn, user_id=user_id, keep_family_id=keep))
         )
-        await self._deny(families)
+        await self._revoke(uow, families)
         return len(families)
+
+    # -- for other domains, inside their transaction -----------------------------------------------
+
+    async def active_user(self, uow: UnitOfWork, user_id: int) -> User | None:
+        """The account if it exists and is active (e.g. someone who may join a project)."""
+        user = await queries.get_user_by_id(uow.conn, id=user_id)
+        return user if user is not None and user.is_active else None
 
     # -- the caller's own account -------------------------------------------------------------
 
     async def get_user(self, user_id: int) -> User:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             user = await queries.get_user_by_id(uow.conn, id=user_id)
         if user is None:
             raise NotFoundError("No such user.")
         return user
 
-    async def update_me(self, caller: CurrentUser, data: UpdateMeIn) -> User:
-        new_hash = None
+    async def update_me(self, caller: CurrentUser, data: UpdateMeIn, client_ip: str | None = None) -> User:
+        """A new password needs the current one, checked under the login throttle: a stolen access
+        token does not buy unthrottled password guesses."""
+        new_hash, revoked = None, 0
         if data.new_password is not None:
             current = await self.get_user(caller.id)
-            if data.current_password is None or not await self.passwords.verify(
-                current.password_hash, data.current_password
-            ):
+            if data.current_password is None:
                 raise ForbiddenError("The current password is required and must be correct.")
+            try:
+                await self.check_credentials(
+                    current.email, data.current_password, client_ip, purpose="password_change"
+                )
+            except UnauthorizedError:
+                raise ForbiddenError("The current password is required and must be correct.") from None
             new_hash = await self.passwords.hash(data.new_password)
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             user = await queries.update_user_profile(
                 uow.conn,
                 display_name=data.display_name.strip() if data.display_name else None,
@@ -261,7 +351,9 @@ class AccountService:
             if user is None:
                 raise NotFoundError("No such user.")
             if new_hash is not None:
-                await self.revoke_all(uow.conn, caller.id, keep=caller.family_id)
+                revoked = await self.revoke_all(uow, caller.id, keep=caller.family_id)
+        if new_hash is not None:
+            log.info("password_changed", user_id=caller.id, sessions_revoked=revoked)
         return user
 
     # -- administration ------------------------------------------------------------------------
@@ -269,7 +361,7 @@ class AccountService:
     async def list_users(
         self, *, role: UserRole | None, is_active: bool | None, after_id: int, limit: int
     ) -> list[User]:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             return await queries.list_users(
                 uow.conn, role=role, is_active=is_active, after_id=after_id, row_limit=limit
             )
@@ -278,7 +370,7 @@ class AccountService:
         """Deactivation and role changes revoke the user's sessions at once (tokens carry the role)."""
         if user_id == actor.id and (patch.is_active is False or patch.role == UserRole.MEMBER):
             raise ConflictError("Administrators cannot demote or deactivate themselves.")
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             before = await queries.get_user_by_id(uow.conn, id=user_id)
             if before is None:
                 raise NotFoundError("No such user.")
@@ -287,7 +379,7 @@ class AccountService:
             )
             assert user is not None
             if user.role != before.role or user.is_active != before.is_active:
-                revoked = await self.revoke_all(uow.conn, user_id)
+                revoked = await self.revoke_all(uow, user_id)
                 log.info(
                     "user_access_changed",
                     user_id=user_id,
@@ -303,7 +395,7 @@ class AccountService:
     ) -> User:
         """Create an administrator, or promote an existing account (CLI and seed)."""
         email = email.strip().lower()
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             existing = await queries.get_user_by_email(uow.conn, email=email)
             if existing is not None:
                 if existing.role == UserRole.ADMIN and existing.is_active:
@@ -315,8 +407,9 @@ class AccountService:
                 return user
         if password is None:
             raise ValueError("a password is required to create a new administrator")
+        check_new_password(password, production=self.settings.is_production)
         password_hash = await self.passwords.hash(password)
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             user = await queries.create_user(
                 uow.conn,
                 email=email,
@@ -328,11 +421,25 @@ class AccountService:
             raise ConflictError("An account with this email already exists.")
         return user
 
+    async def ensure_user(self, email: str, password: str, display_name: str, role: UserRole) -> User:
+        """The account with this email, created with these details if it does not exist (seed)."""
+        email = email.strip().lower()
+        async with self.db.transaction() as uow:
+            existing = await queries.get_user_by_email(uow.conn, email=email)
+        if existing is not None:
+            return existing
+        password_hash = await self.passwords.hash(password)
+        async with self.db.transaction() as uow:
+            user = await queries.create_user(
+                uow.conn, email=email, display_name=display_name, password_hash=password_hash, role=role
+            )
+            return user or await self._by_email(uow, email)
 
-def _deny_key(family: uuid.UUID) -> str:
-    return f"auth:revoked-family:{family}"
+    async def find_by_email(self, email: str) -> User | None:
+        async with self.db.transaction() as uow:
+            return await queries.get_user_by_email(uow.conn, email=email.strip().lower())
 
-
-def _failure_key(kind: str, value: str) -> str:
-    """Login-failure counter; the email is hashed so the key space does not hold addresses."""
-    return f"auth:login-failures:{kind}:{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+    async def _by_email(self, uow: UnitOfWork, email: str) -> User:
+        user = await queries.get_user_by_email(uow.conn, email=email)
+        assert user is not None
+        return user

@@ -78,7 +78,7 @@ async def test_a_generated_request_id_also_appears_in_the_problem_body(client: C
     ids=["space", "129-chars", "200-chars", "semicolon", "non-ascii"],
 )
 async def test_an_invalid_incoming_request_id_is_replaced(client: Client, incoming: str) -> None:
-    response = await client.get("/no/such/path", headers={"X-Request-ID": incoming.encode("utf-8")})
+    response = await client.get("/no/such/path", headers={b"X-Request-ID": incoming.encode("utf-8")})
 
     assert response.headers["x-request-id"] != incoming
     assert HEX_ID.match(response.headers["x-request-id"])

@@ -12,11 +12,10 @@ import jwt
 import pytest
 
 from app.config import Settings
-from app.core.security import AccessTokens
+from app.core.security import TOKEN_LEEWAY_S, AccessTokens
 from app.db.models import User
-from tests.factories import PASSWORD, Client, bearer, login
+from tests.factories import PASSWORD, Client, assert_problem, bearer, login, wait_until
 
-PROBLEM = "application/problem+json"
 OTHER_SECRET = "a-completely-different-secret-of-enough-length"
 
 
@@ -47,12 +46,7 @@ def b64url(data: dict[str, Any]) -> str:
 
 
 def assert_rejected(response: Any, *, bearer_presented: bool = True) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == 401
-    assert body["type"] == "/problems/unauthorized"
-    assert body["request_id"] == response.headers["x-request-id"]
+    body = assert_problem(response, 401, "unauthorized")
     assert "access_token" not in body
     if bearer_presented:
         assert response.headers["www-authenticate"].startswith("Bearer")
@@ -104,6 +98,24 @@ async def test_token_expired_within_leeway_is_still_accepted(
     now = int(time.time())
     just_expired = claims(settings, member, iat=now - 600, exp=now - 1)
     assert (await me(api, sign(just_expired, settings.secret_key))).status_code == 200
+
+
+async def test_a_token_accepted_once_is_refused_once_it_expires(
+    api: Client, settings: Settings, member: User
+) -> None:
+    """A verified token is remembered per process, but its expiry is checked on every request."""
+    now = int(time.time())
+    expiring = sign(
+        claims(settings, member, iat=now - 600, exp=now - TOKEN_LEEWAY_S + 2), settings.secret_key
+    )
+    assert (await me(api, expiring)).status_code == 200, "accepted (and remembered) while within the leeway"
+
+    async def refused() -> bool:
+        response = await me(api, expiring)
+        return bool(response.status_code == 401)
+
+    await wait_until(refused, 30.0, "the remembered token is refused after its expiry")
+    assert_rejected(await me(api, expiring))
 
 
 @pytest.mark.parametrize("claim", ["sub", "exp", "iat", "jti", "iss", "aud", "typ", "fam", "role"])
@@ -170,4 +182,4 @@ async def test_basic_header_is_anonymous_and_refused_by_the_guard(api: Client, m
     credentials = base64.b64encode(f"{member.email}:{PASSWORD}".encode()).decode()
     response = await api.get("/api/auth/me", headers={"Authorization": f"Basic {credentials}"})
     assert_rejected(response, bearer_presented=False)
-    assert (await api.get("/api/auth/me")).status_code == 401
+    assert_problem(await api.get("/api/auth/me"), 401, "unauthorized")

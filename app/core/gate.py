@@ -1,0 +1,305 @@
+"""The route layer of the request pipeline: what a request needs depends on its route, decided once.
+
+Litestar builds one ``RouteGate`` per route handler when the application starts. On the handler's
+first request the gate resolves its ``RoutePlan`` (``GateConfig.plan``; ``GateConfig.prepare``
+resolves them all at start-up, so a misconfigured route fails then): whether to authenticate, which
+rate-limit policy, whether the dashboard's same-origin rule applies, whether to compress, whether to
+count the request in ``app_requests_in_progress``. A route that needs none of it (``/health/live``)
+costs one attribute test per request.
+
+- Authentication: the bearer token is verified (``GateConfig.authenticate``, given by the accounts
+  domain) and the caller, or None, goes to ``scope["user"]``; a bad token is a 401 on every route
+  that authenticates. Routes that do not: the operational ones (``/health``, ``/metrics``,
+  ``/schema``), routes with ``opt={"authenticate": False}``, and routes that opted out of rate limits
+  (``opt={"rate_limit": None}``, e.g. the page-view ingest, which keys its own limits by site) and
+  neither declare guards nor take ``current_user`` (directly or through a dependency).
+  ``opt={"authenticate": True}`` forces it.
+- Rate limits (``app.core.ratelimit``): by the route's ``opt["rate_limit"]`` policy (``default``
+  when absent, none for ``None`` and for ``EXEMPT_PATHS``), per caller (or per client address).
+- Same origin: unsafe requests to the SAQ dashboard (``/saq``), which accepts HTTP Basic that
+  browsers re-send on their own, must come from the dashboard's own origin (``Sec-Fetch-Site``, else
+  ``Origin`` against ``Host``); a cross-site one is a 403 problem (CSRF).
+- Compression (``app.core.compression``) except under the ``compression.exclude`` prefixes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar import Litestar
+from litestar.config.compression import CompressionConfig
+from litestar.enums import ScopeType
+from litestar.handlers import BaseRouteHandler
+from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.auth import CurrentUser
+from app.core.compression import EncodedResponsePassThrough
+from app.core.errors import VALIDATION_FAILED, ForbiddenError, ServiceUnavailableError, TooManyRequestsError
+from app.core.metrics import RequestMetrics
+from app.core.ratelimit import (
+    DEFAULT_POLICY,
+    EXEMPT_PATHS,
+    FAIL_CLOSED_RETRY_AFTER_S,
+    OPT_KEY,
+    RATE_LIMIT_FAIL_OPEN,
+    VALKEY_DOWN,
+    FailOpenWarnings,
+    Policy,
+    RateLimiter,
+    RouteValidator,
+    policy_header,
+    rate_limit_headers,
+    rate_limit_key,
+)
+
+AUTHENTICATE_OPT = "authenticate"
+ANONYMOUS_PATHS = ("/health", "/metrics", "/schema")
+"""Operational routes: never authenticated (a token sent there is ignored)."""
+SAME_ORIGIN_PATHS = ("/saq",)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+CALLER = "current_user"
+
+Authenticate = Callable[[str], Awaitable[CurrentUser]]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    authenticate: bool = False
+    policy: Policy | None = None
+    policy_header: tuple[bytes, bytes] | None = None
+    same_origin: bool = False
+    compress: bool = False
+    measure: bool = False
+
+    @property
+    def passes(self) -> bool:
+        """Nothing to do: the request goes straight to the handler."""
+        return not (self.authenticate or self.policy or self.same_origin or self.compress or self.measure)
+
+
+def _under(paths: Iterable[str], prefixes: Iterable[str]) -> bool:
+    """Every path is one of the prefixes or below one."""
+    prefixes = tuple(prefixes)
+    return all(any(path == p or path.startswith(f"{p}/") for p in prefixes) for path in paths)
+
+
+def _uses_caller(handler: BaseRouteHandler) -> bool:
+    """The handler takes ``current_user``, itself or through one of its dependencies."""
+    dependencies = handler.resolve_dependencies()
+    seen: set[str] = set()
+    names = list(handler.parsed_fn_signature.parameters)
+    while names:
+        name = names.pop()
+        if name == CALLER:
+            return True
+        if name in seen or name not in dependencies:
+            continue
+        seen.add(name)
+        names.extend(dependencies[name].parsed_fn_signature.parameters)
+    return False
+
+
+@dataclass
+class GateConfig:
+    """Everything the route layer needs, built once by ``create_app``."""
+
+    authenticate: Authenticate
+    limiter: RateLimiter
+    policies: Mapping[str, Policy]
+    rate_limits_enabled: bool
+    warn_interval_s: float
+    compression: CompressionConfig | None = None
+    metrics: RequestMetrics | None = None
+    validator: RouteValidator = field(default_factory=RouteValidator)
+    _plans: dict[tuple[int, str], tuple[BaseRouteHandler, RoutePlan]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.warnings = FailOpenWarnings(self.warn_interval_s)
+        self.compression_exclude: tuple[str, ...] = ()
+        if self.compression is not None:
+            exclude = self.compression.exclude
+            self.compression_exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
+            # The gate decides per route; the middleware itself then never matches paths per request.
+            self.compression = dataclasses.replace(self.compression, exclude=None)
+
+    def plan(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
+        """The plan of ``handler`` serving the route ``path`` (its template)."""
+        known = self._plans.get((id(handler), path))
+        if known is None or known[0] is not handler:
+            known = self._plans[(id(handler), path)] = (handler, self._decide(handler, path))
+        return known[1]
+
+    def prepare(self, app: Litestar) -> None:
+        """Decide every route's plan now (an unknown rate-limit policy fails the start-up)."""
+        for route in app.routes:
+            if isinstance(route, HTTPRoute):
+                for handler, _ in route.route_handler_map.values():
+                    self.plan(handler, route.path_format)
+
+    def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
+        paths = (path,)
+        opt: Mapping[str, Any] = handler.opt or {}
+        policy_name = opt.get(OPT_KEY, DEFAULT_POLICY)
+        policy = None
+        if policy_name is not None and self.rate_limits_enabled and not _under(paths, EXEMPT_PATHS):
+            policy = self.policies.get(policy_name)
+            if policy is None:
+                raise ValueError(f"unknown rate-limit policy {policy_name!r} in the opt of {handler}")
+        authenticate = opt.get(AUTHENTICATE_OPT)
+        if authenticate is None:
+            authenticate = not _under(paths, ANONYMOUS_PATHS) and not (
+                policy_name is None and not handler.resolve_guards() and not _uses_caller(handler)
+            )
+        methods: set[str] = set(getattr(handler, "http_methods", ()))
+        return RoutePlan(
+            authenticate=bool(authenticate),
+            policy=policy,
+            policy_header=(b"ratelimit-policy", policy_header(policy).encode()) if policy else None,
+            same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
+            compress=self.compression is not None and not _under(paths, self.compression_exclude),
+            measure=self.metrics is not None and all(self.metrics.measures(path) for path in paths),
+        )
+
+
+class RouteGate:
+    """Litestar middleware (``DefineMiddleware(RouteGate, config=...)``): one instance per route."""
+
+    __slots__ = ("_gauges", "_handler", "_plan", "app", "compressed", "config")
+
+    def __init__(self, app: ASGIApp, config: GateConfig) -> None:
+        self.app = app
+        self.config = config
+        self.compressed: ASGIApp = (
+            EncodedResponsePassThrough(app=app, config=config.compression) if config.compression else app
+        )
+        self._handler: BaseRouteHandler | None = None
+        self._plan = RoutePlan()
+        self._gauges: dict[tuple[str, str], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        handler = scope["route_handler"]
+        if handler is not self._handler:  # the first request of this route
+            self._plan = self.config.plan(handler, scope["path_template"])
+            self._handler = handler
+        plan = self._plan
+        if plan.passes:
+            await self.app(scope, receive, send)
+            return
+        gauge = self._gauge(scope) if plan.measure else None
+        if gauge is not None:
+            gauge.inc()
+        try:
+            if plan.authenticate:
+                scope["user"] = await self._caller(scope)
+            if plan.same_origin and scope["method"] not in SAFE_METHODS:
+                _require_same_origin(scope)
+            target = self.compressed if plan.compress else self.app
+            if plan.policy is not None:
+                await self._limited(plan, scope, receive, send, target)
+            else:
+                await target(scope, receive, send)
+        finally:
+            if gauge is not None:
+                gauge.dec()
+
+    def _gauge(self, scope: Scope) -> Any:
+        key = (scope["method"], scope["path_template"])  # type: ignore[typeddict-item]
+        gauge = self._gauges.get(key)
+        if gauge is None and self.config.metrics is not None:
+            gauge = self._gauges[key] = self.config.metrics.in_progress(*key)
+        return gauge
+
+    async def _caller(self, scope: Scope) -> CurrentUser | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                token = token.strip()
+                if scheme.lower() == "bearer" and token:
+                    return await self.config.authenticate(token)
+                return None
+        return None
+
+    async def _limited(
+        self, plan: RoutePlan, scope: Scope, receive: Receive, send: Send, target: ASGIApp
+    ) -> None:
+        config = self.config
+        policy = plan.policy
+        assert policy is not None and plan.policy_header is not None
+        key = rate_limit_key(scope)
+        try:
+            decision = await config.limiter.hit(policy, key)
+        except VALKEY_DOWN as exc:
+            config.warnings.warn(policy, exc)
+            if policy.fail_closed:
+                raise ServiceUnavailableError(
+                    "Rate limiting is unavailable; retry shortly.",
+                    headers={"Retry-After": str(FAIL_CLOSED_RETRY_AFTER_S)},
+                ) from exc
+            RATE_LIMIT_FAIL_OPEN.labels(policy=policy.name).inc()
+            await target(scope, receive, send)
+            return
+        if not decision.allowed:
+            await config.validator.validate(scope, receive, send)
+            raise TooManyRequestsError(
+                f"Rate limit {policy.name}-{decision.window} exceeded; retry in {decision.retry_after_s} s.",
+                headers=rate_limit_headers(policy, decision),
+            )
+        state = scope["state"]
+        policy_field = plan.policy_header
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # A request refused by validation is refunded below: show the quota it leaves.
+                remaining = decision.remaining + 1 if state.get(VALIDATION_FAILED) else decision.remaining
+                field = f'"{policy.name}-{decision.window}";r={remaining};t={decision.reset_s}'
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    policy_field,
+                    (b"ratelimit", field.encode()),
+                ]
+            await send(message)
+
+        await target(scope, receive, send_with_headers)
+        if state.get(VALIDATION_FAILED):
+            config.limiter.refund(policy, key, decision)
+
+
+def _require_same_origin(scope: Scope) -> None:
+    """Refuse an unsafe request a browser sent from another site (CSRF); see the module docstring.
+
+    ``Sec-Fetch-Site`` (every current browser) decides when present; else ``Origin`` must name this
+    host. A request with neither did not come from a browser page (browsers send ``Origin`` with
+    every POST), so nothing can have forged it.
+    """
+    site = origin = host = None
+    for name, value in scope["headers"]:
+        if name == b"sec-fetch-site":
+            site = value
+        elif name == b"origin":
+            origin = value
+        elif name == b"host":
+            host = value
+    if site is not None:
+        allowed = site in (b"same-origin", b"none")
+    elif origin is None:
+        allowed = True
+    else:
+        parts = urlsplit(origin.decode("latin-1"))
+        allowed = (
+            host is not None
+            and parts.scheme in ("http", "https")
+            and parts.netloc.lower() == host.decode("latin-1").lower()
+        )
+    if not allowed:
+        raise ForbiddenError("Changes from the job dashboard must come from the dashboard's own page.")
+
+
+__all__ = ["AUTHENTICATE_OPT", "GateConfig", "RouteGate", "RoutePlan"]
