@@ -2,8 +2,9 @@
 
 from typing import Any
 
+import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
-from psycopg.rows import args_row
+from psycopg.rows import args_row, scalar_row
 
 from .models import ProjectFile
 
@@ -73,3 +74,57 @@ async def delete_project_file(conn: AsyncConnection[Any], *, id: int, project_id
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectFile)) as cur:
         await cur.execute(DELETE_PROJECT_FILE, (id, project_id))
         return await cur.fetchone()
+
+
+LOCK_UPLOAD_QUOTAS = """\
+select pg_advisory_xact_lock(hashtextextended(concat('files-uploader:', $1::bigint), 0)),
+       pg_advisory_xact_lock(hashtextextended(concat('files-project:', $2::bigint), 0))"""
+
+
+async def lock_upload_quotas(conn: AsyncConnection[Any], *, user_id: int, project_id: int) -> None:
+    """Serialises the quota checks of one uploader and of one project (taken in this order: no deadlock)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_UPLOAD_QUOTAS, (user_id, project_id))
+
+
+PROJECT_FILE_USAGE = """\
+select count(*)::bigint as files, coalesce(sum(size_bytes), 0)::bigint as bytes
+from project_files where project_id = $1"""
+
+
+class ProjectFileUsageRow(msgspec.Struct, frozen=True, gc=False):
+    files: int
+    bytes: int
+
+
+async def project_file_usage(conn: AsyncConnection[Any], *, project_id: int) -> ProjectFileUsageRow | None:
+    async with AsyncRawCursor(conn, row_factory=args_row(ProjectFileUsageRow)) as cur:
+        await cur.execute(PROJECT_FILE_USAGE, (project_id,))
+        return await cur.fetchone()
+
+
+UPLOADER_FILE_USAGE = """\
+select count(*)::bigint as files, coalesce(sum(size_bytes), 0)::bigint as bytes
+from project_files where uploaded_by = $1"""
+
+
+class UploaderFileUsageRow(msgspec.Struct, frozen=True, gc=False):
+    files: int
+    bytes: int
+
+
+async def uploader_file_usage(conn: AsyncConnection[Any], *, user_id: int) -> UploaderFileUsageRow | None:
+    async with AsyncRawCursor(conn, row_factory=args_row(UploaderFileUsageRow)) as cur:
+        await cur.execute(UPLOADER_FILE_USAGE, (user_id,))
+        return await cur.fetchone()
+
+
+EXISTING_STORAGE_KEYS = (
+    "select storage_key from project_files where storage_key = any($1::text[]) order by storage_key"
+)
+
+
+async def existing_storage_keys(conn: AsyncConnection[Any], *, keys: list[str]) -> list[str]:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(EXISTING_STORAGE_KEYS, (keys,))
+        return await cur.fetchall()

@@ -9,7 +9,7 @@ from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import args_row, scalar_row
 from psycopg.types.json import Jsonb
 
-from .models import IdempotencyKey, Order, OrderEvent, OrderItem, OrderStatus
+from .models import IdempotencyKey, Order, OrderEvent, OrderItem, OrderStatus, PaymentEvent
 
 
 LOCK_USER = "select id from users where id = $1 for no key update"
@@ -312,3 +312,60 @@ async def list_stale_pending_orders(
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LIST_STALE_PENDING_ORDERS, (created_before, batch_size))
         return await cur.fetchall()
+
+
+UNITS_HELD_BY_USER = """\
+select oi.product_id, sum(oi.quantity)::bigint as held
+from order_items oi
+join orders o on o.id = oi.order_id
+where o.user_id = $1 and o.status in ('pending', 'reserved')
+group by oi.product_id
+order by oi.product_id"""
+
+
+class UnitsHeldByUserRow(msgspec.Struct, frozen=True, gc=False):
+    product_id: int
+    held: int
+
+
+async def units_held_by_user(conn: AsyncConnection[Any], *, user_id: int) -> list[UnitsHeldByUserRow]:
+    """Units of each product in a user's open (pending or reserved) orders: the per-user hoarding caps."""
+    async with AsyncRawCursor(conn, row_factory=args_row(UnitsHeldByUserRow)) as cur:
+        await cur.execute(UNITS_HELD_BY_USER, (user_id,))
+        return await cur.fetchall()
+
+
+RECORD_PAYMENT_EVENT = """\
+insert into payment_events (event_id, order_id, outcome)
+values ($1, $2, 'received')
+on conflict (event_id) do nothing
+returning event_id"""
+
+
+async def record_payment_event(
+    conn: AsyncConnection[Any],
+    *,
+    event_id: str,
+    order_id: int | None,
+) -> str | None:
+    """A provider event is processed once: a replayed or redelivered id returns nothing."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(RECORD_PAYMENT_EVENT, (event_id, order_id))
+        return await cur.fetchone()
+
+
+SET_PAYMENT_EVENT_OUTCOME = "update payment_events set outcome = $1 where event_id = $2"
+
+
+async def set_payment_event_outcome(conn: AsyncConnection[Any], *, outcome: str, event_id: str) -> None:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(SET_PAYMENT_EVENT_OUTCOME, (outcome, event_id))
+
+
+GET_PAYMENT_EVENT = "select event_id, order_id, outcome, received_at from payment_events where event_id = $1"
+
+
+async def get_payment_event(conn: AsyncConnection[Any], *, event_id: str) -> PaymentEvent | None:
+    async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
+        await cur.execute(GET_PAYMENT_EVENT, (event_id,))
+        return await cur.fetchone()

@@ -7,7 +7,7 @@ import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import args_row, scalar_row
 
-from .models import Project, ProjectMember, ProjectRole
+from .models import Project, ProjectInvitation, ProjectMember, ProjectRole
 
 
 CREATE_PROJECT = """\
@@ -207,3 +207,111 @@ async def lock_project(conn: AsyncConnection[Any], *, id: int) -> None:
     """Serialises membership changes that must keep an owner."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(LOCK_PROJECT, (id,))
+
+
+UPSERT_INVITATION = """\
+insert into project_invitations (project_id, email, role, invited_by)
+values ($1, $2, $3, $4)
+on conflict (project_id, email) do update
+set role = excluded.role, invited_by = excluded.invited_by, created_at = now()
+returning id, project_id, email, role, invited_by, created_at"""
+
+
+async def upsert_invitation(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    email: str,
+    role: ProjectRole,
+    invited_by: int | None,
+) -> ProjectInvitation | None:
+    """One invitation per (project, email): inviting again updates the role."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
+        await cur.execute(UPSERT_INVITATION, (project_id, email, role, invited_by))
+        return await cur.fetchone()
+
+
+LIST_PROJECT_INVITATIONS = """\
+select id, project_id, email, role, invited_by, created_at from project_invitations
+where project_id = $1 and id > $2
+order by id
+limit $3"""
+
+
+async def list_project_invitations(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    after_id: int,
+    row_limit: int,
+) -> list[ProjectInvitation]:
+    async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
+        await cur.execute(LIST_PROJECT_INVITATIONS, (project_id, after_id, row_limit))
+        return await cur.fetchall()
+
+
+DELETE_PROJECT_INVITATION = """\
+delete from project_invitations where id = $1 and project_id = $2
+returning id, project_id, email, role, invited_by, created_at"""
+
+
+async def delete_project_invitation(
+    conn: AsyncConnection[Any],
+    *,
+    id: int,
+    project_id: int,
+) -> ProjectInvitation | None:
+    async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
+        await cur.execute(DELETE_PROJECT_INVITATION, (id, project_id))
+        return await cur.fetchone()
+
+
+LIST_INVITATIONS_FOR_EMAIL = """\
+select i.id, i.project_id, p.name as project_name, i.role, i.created_at
+from project_invitations i
+join projects p on p.id = i.project_id
+where i.email = $1 and i.id > $2
+order by i.id
+limit $3"""
+
+
+class ListInvitationsForEmailRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    project_id: int
+    project_name: str
+    role: ProjectRole
+    created_at: datetime
+
+
+async def list_invitations_for_email(
+    conn: AsyncConnection[Any],
+    *,
+    email: str,
+    after_id: int,
+    row_limit: int,
+) -> list[ListInvitationsForEmailRow]:
+    """The invitations addressed to one email, with the project's name."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListInvitationsForEmailRow)) as cur:
+        await cur.execute(LIST_INVITATIONS_FOR_EMAIL, (email, after_id, row_limit))
+        return await cur.fetchall()
+
+
+TAKE_INVITATION = """\
+delete from project_invitations where id = $1 and email = $2
+returning id, project_id, email, role, invited_by, created_at"""
+
+
+async def take_invitation(conn: AsyncConnection[Any], *, id: int, email: str) -> ProjectInvitation | None:
+    """An invitation addressed to this email, removed (accepted or declined)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
+        await cur.execute(TAKE_INVITATION, (id, email))
+        return await cur.fetchone()
+
+
+EXISTING_PROJECTS = "select id from projects where id = any($1::bigint[]) order by id"
+
+
+async def existing_projects(conn: AsyncConnection[Any], *, ids: list[int]) -> list[int]:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(EXISTING_PROJECTS, (ids,))
+        return await cur.fetchall()

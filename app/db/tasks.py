@@ -236,20 +236,3 @@ async def list_assigned_tasks(
     async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(LIST_ASSIGNED_TASKS, (user_id, status, after_id, row_limit))
         return await cur.fetchall()
-
-
-CLEAR_ASSIGNEE_IN_PROJECT = """\
-update tasks set assignee_id = null, updated_at = now()
-where project_id = $1 and assignee_id = $2"""
-
-
-async def clear_assignee_in_project(
-    conn: AsyncConnection[Any],
-    *,
-    project_id: int,
-    user_id: int | None,
-) -> int:
-    """A removed member keeps no assignments in the project."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(CLEAR_ASSIGNEE_IN_PROJECT, (project_id, user_id))
-        return cur.rowcount

@@ -18,3 +18,19 @@ limit @row_limit;
 -- name: DeleteProjectFile :one
 delete from project_files where id = @id and project_id = @project_id
 returning *;
+
+-- name: LockUploadQuotas :exec
+-- Serialises the quota checks of one uploader and of one project (taken in this order: no deadlock).
+select pg_advisory_xact_lock(hashtextextended(concat('files-uploader:', @user_id::bigint), 0)),
+       pg_advisory_xact_lock(hashtextextended(concat('files-project:', @project_id::bigint), 0));
+
+-- name: ProjectFileUsage :one
+select count(*)::bigint as files, coalesce(sum(size_bytes), 0)::bigint as bytes
+from project_files where project_id = @project_id;
+
+-- name: UploaderFileUsage :one
+select count(*)::bigint as files, coalesce(sum(size_bytes), 0)::bigint as bytes
+from project_files where uploaded_by = @user_id;
+
+-- name: ExistingStorageKeys :many
+select storage_key from project_files where storage_key = any(@keys::text[]) order by storage_key;

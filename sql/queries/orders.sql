@@ -98,3 +98,25 @@ select id from orders
 where status = 'pending' and created_at < @created_before
 order by id
 limit @batch_size;
+
+-- name: UnitsHeldByUser :many
+-- Units of each product in a user's open (pending or reserved) orders: the per-user hoarding caps.
+select oi.product_id, sum(oi.quantity)::bigint as held
+from order_items oi
+join orders o on o.id = oi.order_id
+where o.user_id = @user_id and o.status in ('pending', 'reserved')
+group by oi.product_id
+order by oi.product_id;
+
+-- name: RecordPaymentEvent :one
+-- A provider event is processed once: a replayed or redelivered id returns nothing.
+insert into payment_events (event_id, order_id, outcome)
+values (@event_id, sqlc.narg(order_id), 'received')
+on conflict (event_id) do nothing
+returning event_id;
+
+-- name: SetPaymentEventOutcome :exec
+update payment_events set outcome = @outcome where event_id = @event_id;
+
+-- name: GetPaymentEvent :one
+select * from payment_events where event_id = @event_id;

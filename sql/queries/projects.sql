@@ -59,3 +59,38 @@ limit @row_limit;
 -- name: LockProject :exec
 -- Serialises membership changes that must keep an owner.
 select id from projects where id = @id for update;
+
+-- name: UpsertInvitation :one
+-- One invitation per (project, email): inviting again updates the role.
+insert into project_invitations (project_id, email, role, invited_by)
+values (@project_id, @email, @role, @invited_by)
+on conflict (project_id, email) do update
+set role = excluded.role, invited_by = excluded.invited_by, created_at = now()
+returning *;
+
+-- name: ListProjectInvitations :many
+select * from project_invitations
+where project_id = @project_id and id > @after_id
+order by id
+limit @row_limit;
+
+-- name: DeleteProjectInvitation :one
+delete from project_invitations where id = @id and project_id = @project_id
+returning *;
+
+-- name: ListInvitationsForEmail :many
+-- The invitations addressed to one email, with the project's name.
+select i.id, i.project_id, p.name as project_name, i.role, i.created_at
+from project_invitations i
+join projects p on p.id = i.project_id
+where i.email = @email and i.id > @after_id
+order by i.id
+limit @row_limit;
+
+-- name: TakeInvitation :one
+-- An invitation addressed to this email, removed (accepted or declined).
+delete from project_invitations where id = @id and email = @email
+returning *;
+
+-- name: ExistingProjects :many
+select id from projects where id = any(@ids::bigint[]) order by id;

@@ -67,8 +67,3 @@ where t.assignee_id = @user_id
   and t.id > @after_id
 order by t.id
 limit @row_limit;
-
--- name: ClearAssigneeInProject :execrows
--- A removed member keeps no assignments in the project.
-update tasks set assignee_id = null, updated_at = now()
-where project_id = @project_id and assignee_id = @user_id;

@@ -9,55 +9,42 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.db import create_pool
-from app.db import accounts as account_queries
-from app.db import products as product_queries
-from app.db.models import OrderStatus, UserRole
+from app.core.services import open_services
+from app.db.models import OrderStatus
 from app.domains.orders.schemas import OrderCreate, OrderLine
 from app.domains.orders.services import OrderService
-from app.main import create_app
+from tests.factories import (
+    COMMERCE,
+    Actor,
+    assert_problem,
+    create_user,
+    make_product,
+    make_user,
+    serve_in_loop,
+)
+from tests.fakes import payments
 
 Client = httpx.AsyncClient
-FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 MAX_OPEN = 3
-
-
-class Caller(msgspec.Struct):
-    id: int
-    headers: dict[str, str]
 
 
 @pytest.fixture(scope="module")
 async def orders_app(settings: Settings) -> AsyncIterator[tuple[Litestar, Client]]:
-    """The app served in the test's own event loop (httpx's ASGI transport), so that requests really
-    run concurrently and the services can be called from the test (Litestar's test client runs the
-    app in a portal thread, one request at a time)."""
-    app = create_app(
-        msgspec.structs.replace(settings, rate_limit_default_per_minute=100_000, max_open_orders=MAX_OPEN)
-    )
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def lifespan() -> None:  # entered and left in one task (anyio's cancel scopes insist)
-        async with app.lifespan():
-            started.set()
-            await stop.wait()
-
-    running = asyncio.create_task(lifespan())
-    await asyncio.wait_for(started.wait(), 30)
-    try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield app, client
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 30)
+    """The app served in the test's own event loop, so that requests really run concurrently and the
+    app's order service can be called from the test."""
+    async with serve_in_loop(
+        settings,
+        rate_limit_default_per_minute=100_000,
+        max_open_orders=MAX_OPEN,
+        payment_webhook_secret=payments.TEST_SECRET,
+    ) as served:
+        yield served.app, served.client
 
 
 @pytest.fixture
@@ -70,35 +57,12 @@ async def shop(
     return app, client
 
 
-async def caller(app: Litestar, db: AsyncConnection[Any], role: str = "member") -> Caller:
-    user = await account_queries.create_user(
-        db,
-        email=f"{role}-{uuid.uuid4().hex[:10]}@example.com",
-        display_name=role.title(),
-        password_hash=FAKE_HASH,
-        role=UserRole(role),
-    )
-    assert user is not None
-    token, _ = app.state.accounts.tokens.issue(user.id, role, uuid.uuid4())
-    return Caller(user.id, {"Authorization": f"Bearer {token}"})
-
-
-async def product(db: AsyncConnection[Any], stock: int = 10, price: str = "2.50", active: bool = True) -> int:
-    row = await product_queries.create_product(
-        db, sku=f"P-{uuid.uuid4().hex[:10]}", name="Thing", description="", price=Decimal(price), stock=stock
-    )
-    assert row is not None
-    if not active:
-        await db.execute("update products set active = false where id = %s", (row.id,))
-    return row.id
-
-
 def body(*lines: tuple[int, int]) -> dict[str, Any]:
     return {"lines": [{"product_id": pid, "quantity": qty} for pid, qty in lines]}
 
 
 async def place(
-    client: Client, who: Caller, *lines: tuple[int, int], key: str | None = None, expect: int | None = 202
+    client: Client, who: Actor, *lines: tuple[int, int], key: str | None = None, expect: int | None = 202
 ) -> Any:
     headers = who.headers | {"Idempotency-Key": key or uuid.uuid4().hex}
     response = await client.post("/api/orders", json=body(*lines), headers=headers)
@@ -121,9 +85,19 @@ async def status_of(db: AsyncConnection[Any], order_id: int) -> str:
     return str(await scalar(db, "select status::text from orders where id = %s", order_id))
 
 
-async def reserved_order(app: Litestar, client: Client, who: Caller, *lines: tuple[int, int]) -> int:
+async def pay(client: Client, db: AsyncConnection[Any], order_id: int, *, event_id: str | None = None) -> str:
+    """The payment provider reports the order's total paid (a signed webhook); returns the outcome."""
+    total = await scalar(db, "select total from orders where id = %s", order_id)
+    sent = payments.delivery(payments.event_body(order_id, total, event_id=event_id))
+    response = await client.post("/api/payments/webhook", content=sent.body, headers=sent.headers)
+    assert response.status_code == 200, response.text
+    outcome: str = response.json()["outcome"]
+    return outcome
+
+
+async def reserved_order(app: Litestar, client: Client, who: Actor, *lines: tuple[int, int]) -> int:
     order_id = int((await place(client, who, *lines)).json()["id"])
-    assert await app.state.orders.reserve(order_id) == OrderStatus.RESERVED
+    assert await app.state.services[OrderService].reserve(order_id) == OrderStatus.RESERVED
     return order_id
 
 
@@ -134,8 +108,8 @@ async def test_placing_answers_202_with_the_pending_order(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    cheap, dear = await product(db, price="2.50"), await product(db, price="10.00")
+    buyer = await make_user(db, app)
+    cheap, dear = await make_product(db, price="2.50"), await make_product(db, price="10.00")
     response = await place(client, buyer, (dear, 1), (cheap, 3))
     order = response.json()
     assert response.headers["location"] == f"/api/orders/{order['id']}"
@@ -167,30 +141,34 @@ async def test_the_idempotency_key_header_is_required(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db)
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
     response = await client.post("/api/orders", json=body((pid, 1)), headers=buyer.headers)
-    assert response.status_code == 400
-    assert "header.Idempotency-Key" in [e["field"] for e in response.json()["errors"]]
+    assert_problem(response, 400, "validation", {"header.Idempotency-Key"})
     assert await scalar(db, "select count(*) from orders") == 0
 
 
 async def test_anonymous_callers_cannot_order(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
-    _, client = shop
-    pid = await product(db)
+    app, client = shop
+    pid = await make_product(db)
     response = await client.post("/api/orders", json=body((pid, 1)), headers={"Idempotency-Key": "k"})
-    assert response.status_code == 401
-    assert (await client.get("/api/orders")).status_code == 401
+    assert_problem(response, 401, "unauthorized")
+    assert_problem(await client.get("/api/orders"), 401, "unauthorized")
+    order_id = (await place(client, await make_user(db, app), (pid, 1))).json()["id"]
+    assert_problem(await client.get(f"/api/orders/{order_id}"), 401, "unauthorized")
+    for action in ("cancel", "fulfil"):
+        assert_problem(await client.post(f"/api/orders/{order_id}/{action}"), 401, "unauthorized")
+    assert await status_of(db, order_id) == "pending"
 
 
 async def test_the_same_key_and_body_replay_the_first_answer(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db)
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
     first = await place(client, buyer, (pid, 2), key="k-1")
     again = await place(client, buyer, (pid, 2), key="k-1")
     assert again.status_code == first.status_code == 202
@@ -205,18 +183,18 @@ async def test_the_same_key_with_another_body_is_422(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db)
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
     await place(client, buyer, (pid, 2), key="k-1")
     response = await place(client, buyer, (pid, 3), key="k-1", expect=422)
-    assert response.json()["type"] == "/problems/idempotency-key-reused"
+    assert_problem(response, 422, "idempotency-key-reused")
     assert await scalar(db, "select count(*) from orders") == 1
 
 
 async def test_keys_belong_to_one_user(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
     app, client = shop
-    alice, bob = await caller(app, db), await caller(app, db)
-    pid = await product(db)
+    alice, bob = await make_user(db, app), await make_user(db, app)
+    pid = await make_product(db)
     first = (await place(client, alice, (pid, 1), key="shared")).json()
     second = await place(client, bob, (pid, 1), key="shared")
     assert second.headers["idempotent-replayed"] == "false"
@@ -229,8 +207,8 @@ async def test_a_concurrent_duplicate_is_409_and_the_first_completes(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db)
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
     async with await AsyncConnection.connect(database_url) as locker:
         # Placement locks the user's row after claiming the key: the request that claims the key
         # waits there, so the other one meets an unfinished claim. (NO KEY UPDATE, so the claim's
@@ -242,8 +220,7 @@ async def test_a_concurrent_duplicate_is_409_and_the_first_completes(
         done, waiting = await asyncio.wait(requests, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         assert len(done) == 1 and len(waiting) == 1, "one request must be held by the lock"
         refused = done.pop().result()
-        assert refused.status_code == 409, refused.text
-        assert refused.json()["type"] == "/problems/idempotency-key-in-flight"
+        assert_problem(refused, 409, "idempotency-key-in-flight")
         await locker.rollback()
     accepted = await asyncio.wait_for(waiting.pop(), 30)
     assert accepted.status_code == 202, accepted.text
@@ -256,8 +233,8 @@ async def test_an_expired_key_can_be_used_again(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db)
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
     first = (await place(client, buyer, (pid, 1), key="old")).json()
     await db.execute("update idempotency_keys set expires_at = now() - interval '1 second'")
     second = await place(client, buyer, (pid, 5), key="old")
@@ -271,11 +248,11 @@ async def test_unknown_inactive_and_duplicate_products_are_422_and_free_the_key(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    good, retired = await product(db), await product(db, active=False)
+    buyer = await make_user(db, app)
+    good, retired = await make_product(db), await make_product(db, active=False)
     for lines in ([(good, 1), (999_999, 1)], [(retired, 1)], [(good, 1), (good, 2)]):
         response = await place(client, buyer, *lines, key="retry-me", expect=422)
-        assert response.json()["type"] == "/problems/unprocessable"
+        assert_problem(response, 422, "unprocessable")
     assert await scalar(db, "select count(*) from orders") == 0
     assert await scalar(db, "select count(*) from outbox") == 0
     assert await scalar(db, "select count(*) from idempotency_keys") == 0
@@ -285,22 +262,32 @@ async def test_unknown_inactive_and_duplicate_products_are_422_and_free_the_key(
 
 async def test_bad_lines_are_400(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db)
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
     headers = buyer.headers | {"Idempotency-Key": "k"}
-    for bad in ({"lines": []}, body((pid, 0)), body((pid, 1001)), {"lines": [{"product_id": pid}]}):
-        assert (await client.post("/api/orders", json=bad, headers=headers)).status_code == 400, bad
+    for bad, field in (
+        ({"lines": []}, "lines"),
+        (body((pid, 0)), "lines[0].quantity"),
+        (body((pid, 1001)), "lines[0].quantity"),
+        ({"lines": [{"product_id": pid}]}, "lines[0].quantity"),
+    ):
+        assert_problem(
+            await client.post("/api/orders", json=bad, headers=headers), 400, "validation", {field}
+        )
     assert await scalar(db, "select count(*) from orders") == 0
 
 
 async def test_too_many_open_orders_is_429(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
     app, client = shop
-    buyer, other = await caller(app, db), await caller(app, db)
-    pid = await product(db, stock=100)
+    buyer, other = await make_user(db, app), await make_user(db, app)
+    pid = await make_product(db, stock=100)
     orders = [(await place(client, buyer, (pid, 1))).json()["id"] for _ in range(MAX_OPEN - 1)]
-    assert await app.state.orders.reserve(orders[0]) == OrderStatus.RESERVED  # reserved ones count too
+    assert (
+        await app.state.services[OrderService].reserve(orders[0]) == OrderStatus.RESERVED
+    )  # reserved ones count too
     orders.append((await place(client, buyer, (pid, 1))).json()["id"])
     refused = await place(client, buyer, (pid, 1), expect=429)
+    assert_problem(refused, 429, "rate-limited")
     assert refused.headers["retry-after"]
     assert "pending or reserved" in refused.json()["detail"]
     assert await scalar(db, "select count(*) from orders where user_id = %s", buyer.id) == MAX_OPEN
@@ -317,18 +304,21 @@ async def test_an_order_is_visible_to_its_owner_and_admins_only(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    owner, stranger, admin = await caller(app, db), await caller(app, db), await caller(app, db, "admin")
-    pid = await product(db)
+    owner, stranger, admin = (
+        await make_user(db, app),
+        await make_user(db, app),
+        await make_user(db, app, "admin"),
+    )
+    pid = await make_product(db)
     order_id = (await place(client, owner, (pid, 1))).json()["id"]
     path = f"/api/orders/{order_id}"
     mine = await client.get(path, headers=owner.headers)
     assert mine.status_code == 200 and mine.json()["id"] == order_id
-    assert (await client.get(path, headers=stranger.headers)).status_code == 404
+    assert_problem(await client.get(path, headers=stranger.headers), 404, "not-found")
     assert (await client.get(path, headers=admin.headers)).json()["user_id"] == owner.id
-    assert (await client.get("/api/orders/999999", headers=admin.headers)).status_code == 404
-    for action in ("cancel", "pay"):
-        response = await client.post(f"{path}/{action}", headers=stranger.headers)
-        assert response.status_code == 404, action
+    assert_problem(await client.get("/api/orders/999999", headers=admin.headers), 404, "not-found")
+    assert_problem(await client.post(f"{path}/cancel", headers=stranger.headers), 404, "not-found")
+    assert_problem(await client.post("/api/orders/999999/fulfil", headers=admin.headers), 404, "not-found")
     assert await status_of(db, order_id) == "pending"
 
 
@@ -336,11 +326,11 @@ async def test_lists_show_own_orders_and_admins_filter_everyone(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    alice, bob, admin = await caller(app, db), await caller(app, db), await caller(app, db, "admin")
-    pid = await product(db, stock=100)
+    alice, bob, admin = await make_user(db, app), await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=100)
     alices = [(await place(client, alice, (pid, 1))).json()["id"] for _ in range(3)]
     bobs = [(await place(client, bob, (pid, 1))).json()["id"] for _ in range(2)]
-    await app.state.orders.reserve(alices[1])
+    await app.state.services[OrderService].reserve(alices[1])
 
     def ids(response: Any) -> list[int]:
         assert response.status_code == 200, response.text
@@ -360,9 +350,8 @@ async def test_lists_show_own_orders_and_admins_filter_everyone(
     assert ids(reserved) == [alices[1]]
     pending = await client.get("/api/orders", params={"status": "pending"}, headers=alice.headers)
     assert ids(pending) == [alices[2], alices[0]]
-    assert (
-        await client.get("/api/orders", params={"status": "lost"}, headers=alice.headers)
-    ).status_code == 400
+    lost = await client.get("/api/orders", params={"status": "lost"}, headers=alice.headers)
+    assert_problem(lost, 400, "validation", {"query.status"})
 
     pages: list[int] = []
     cursor: str | None = None
@@ -381,14 +370,14 @@ async def test_lists_show_own_orders_and_admins_filter_everyone(
 
 async def test_cancelling_a_pending_order(shop: tuple[Litestar, Client], db: AsyncConnection[Any]) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db, stock=5)
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=5)
     order_id = (await place(client, buyer, (pid, 2))).json()["id"]
     response = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert await stock_of(db, pid) == 5
     # the queued reservation then finds a cancelled order and changes nothing
-    assert await app.state.orders.reserve(order_id) == OrderStatus.CANCELLED
+    assert await app.state.services[OrderService].reserve(order_id) == OrderStatus.CANCELLED
     assert await stock_of(db, pid) == 5
 
 
@@ -396,15 +385,15 @@ async def test_cancelling_a_reserved_order_returns_its_stock(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    first, second = await product(db, stock=5), await product(db, stock=4)
+    buyer = await make_user(db, app)
+    first, second = await make_product(db, stock=5), await make_product(db, stock=4)
     order_id = await reserved_order(app, client, buyer, (first, 2), (second, 4))
     assert (await stock_of(db, first), await stock_of(db, second)) == (3, 0)
     response = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert (await stock_of(db, first), await stock_of(db, second)) == (5, 4)
     again = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
-    assert again.status_code == 409
+    assert_problem(again, 409, "illegal-transition")
     assert (await stock_of(db, first), await stock_of(db, second)) == (5, 4), "stock is returned once"
 
 
@@ -412,15 +401,13 @@ async def test_a_paid_order_cannot_be_cancelled(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db, stock=5)
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=5)
     order_id = await reserved_order(app, client, buyer, (pid, 2))
-    paid = await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)
-    assert paid.status_code == 200 and paid.json()["status"] == "paid"
+    assert await pay(client, db, order_id) == "paid"
+    assert await status_of(db, order_id) == "paid"
     response = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
-    assert response.status_code == 409
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["type"] == "/problems/illegal-transition"
+    assert_problem(response, 409, "illegal-transition")
     assert await status_of(db, order_id) == "paid"
     assert await stock_of(db, pid) == 3
 
@@ -429,12 +416,10 @@ async def test_a_pending_order_cannot_be_paid(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db)
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
     order_id = (await place(client, buyer, (pid, 1))).json()["id"]
-    response = await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)
-    assert response.status_code == 409
-    assert response.json()["type"] == "/problems/illegal-transition"
+    assert await pay(client, db, order_id) == "ignored"
     assert await status_of(db, order_id) == "pending"
 
 
@@ -442,18 +427,18 @@ async def test_paying_after_the_window_expires_the_order(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    pid = await product(db, stock=5)
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=5)
     order_id = await reserved_order(app, client, buyer, (pid, 3))
     await db.execute(
         "update orders set reserved_until = now() - interval '1 second' where id = %s", (order_id,)
     )
-    response = await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)
-    assert response.status_code == 409
-    assert response.json()["type"] == "/problems/illegal-transition"
+    assert await pay(client, db, order_id, event_id="evt-late") == "expired"
     assert await status_of(db, order_id) == "expired"
     assert await stock_of(db, pid) == 5
-    assert (await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)).status_code == 409
+    assert await pay(client, db, order_id, event_id="evt-late") == "duplicate"
+    assert await pay(client, db, order_id) == "ignored"
+    assert await status_of(db, order_id) == "expired"
     assert await stock_of(db, pid) == 5
 
 
@@ -461,10 +446,10 @@ async def test_short_stock_rejects_the_order_and_names_the_lines(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer = await caller(app, db)
-    plenty, scarce = await product(db, stock=10), await product(db, stock=1)
+    buyer = await make_user(db, app)
+    plenty, scarce = await make_product(db, stock=10), await make_product(db, stock=1)
     order_id = (await place(client, buyer, (plenty, 2), (scarce, 3))).json()["id"]
-    assert await app.state.orders.reserve(order_id) == OrderStatus.REJECTED
+    assert await app.state.services[OrderService].reserve(order_id) == OrderStatus.REJECTED
     order = (await client.get(f"/api/orders/{order_id}", headers=buyer.headers)).json()
     assert order["status"] == "rejected"
     assert order["shortfall"] == [{"product_id": scarce, "requested": 3, "available": 1}]
@@ -475,14 +460,14 @@ async def test_only_admins_fulfil_paid_orders_and_every_step_is_recorded(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer, admin = await caller(app, db), await caller(app, db, "admin")
-    pid = await product(db, stock=5)
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=5)
     order_id = await reserved_order(app, client, buyer, (pid, 1))
     path = f"/api/orders/{order_id}"
     early = await client.post(f"{path}/fulfil", headers=admin.headers)
-    assert early.status_code == 409 and early.json()["type"] == "/problems/illegal-transition"
-    assert (await client.post(f"{path}/pay", headers=buyer.headers)).status_code == 200
-    assert (await client.post(f"{path}/fulfil", headers=buyer.headers)).status_code == 403
+    assert_problem(early, 409, "illegal-transition")
+    assert await pay(client, db, order_id) == "paid"
+    assert_problem(await client.post(f"{path}/fulfil", headers=buyer.headers), 403, "forbidden")
     assert await status_of(db, order_id) == "paid"
     done = await client.post(f"{path}/fulfil", headers=admin.headers)
     assert done.status_code == 200 and done.json()["status"] == "fulfilled"
@@ -492,7 +477,7 @@ async def test_only_admins_fulfil_paid_orders_and_every_step_is_recorded(
     assert [(e["from_status"], e["to_status"], e["actor_id"]) for e in events] == [
         (None, "pending", buyer.id),
         ("pending", "reserved", None),
-        ("reserved", "paid", buyer.id),
+        ("reserved", "paid", None),  # the payment provider, not the buyer
         ("paid", "fulfilled", admin.id),
     ]
     assert all(e["reason"] for e in events)
@@ -502,15 +487,15 @@ async def test_cancel_and_expiry_are_recorded_in_the_history(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer, admin = await caller(app, db), await caller(app, db, "admin")
-    pid = await product(db, stock=5)
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=5)
     cancelled = await reserved_order(app, client, buyer, (pid, 1))
     assert (await client.post(f"/api/orders/{cancelled}/cancel", headers=admin.headers)).status_code == 200
     expired = await reserved_order(app, client, buyer, (pid, 2))
     await db.execute(
         "update orders set reserved_until = now() - interval '1 second' where id = %s", (expired,)
     )
-    assert await app.state.orders.expire_reservations() == 1
+    assert await app.state.services[OrderService].expire_reservations() == 1
     assert await stock_of(db, pid) == 5
 
     def history(order: Any) -> list[tuple[str | None, str]]:
@@ -534,22 +519,11 @@ async def test_orders_left_pending_are_reserved_by_the_reconciliation(
     app: Litestar, db: AsyncConnection[Any], settings: Settings
 ) -> None:
     """An order whose reservation job was lost is reserved by reserve_stale once it is old enough."""
-    assert settings.database_url
-    pool = create_pool(settings, settings.database_url)
-    await pool.open()
-    try:
-        orders = OrderService(settings, pool)
-        buyer = await account_queries.create_user(
-            db, email="stale@example.com", display_name="S", password_hash="x", role=UserRole.MEMBER
-        )
-        assert buyer is not None
-        product = await (
-            await db.execute(
-                "insert into products (sku, name, price, stock) values ('STALE-1', 'S', 1, 5) returning id"
-            )
-        ).fetchone()
-        assert product is not None
-        lines = OrderCreate(lines=[OrderLine(product_id=product[0], quantity=2)])
+    async with open_services(settings, COMMERCE) as services:
+        orders = services[OrderService]
+        buyer = await create_user(db)
+        stale = await make_product(db, stock=5, price="1")
+        lines = OrderCreate(lines=[OrderLine(product_id=stale, quantity=2)])
         placed = await orders.place(buyer.id, lines, "stale-1")
         assert await orders.reserve_stale(older_than_s=3600) == 0, "a fresh order is left to its job"
         await db.execute(
@@ -561,5 +535,47 @@ async def test_orders_left_pending_are_reserved_by_the_reconciliation(
         ).fetchone()
         assert status == ("reserved",)
         assert await orders.reserve_stale(older_than_s=3600) == 0
-    finally:
-        await pool.close()
+
+
+async def test_open_orders_cannot_hoard_a_products_stock(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """Review M6 (probe P7): free accounts cannot hold the stock hostage. A user's open orders hold at
+    most ORDER_MAX_UNITS_PER_PRODUCT units of one product and ORDER_MAX_UNITS_HELD in all; another
+    buyer still gets the product; a settled (cancelled) order frees the allowance."""
+    app, client = shop
+    per_product, held = settings.order_max_units_per_product, settings.order_max_units_held
+    assert (per_product, held) == (10, 100)
+    hoarder, other = await make_user(db, app), await make_user(db, app)
+    pid = await make_product(db, stock=1000)
+    assert_problem(await place(client, hoarder, (pid, 1000), expect=422), 422, "holding-limit")
+    first = (await place(client, hoarder, (pid, per_product - 1))).json()["id"]
+    await place(client, hoarder, (pid, 1))
+    assert_problem(await place(client, hoarder, (pid, 1), expect=422), 422, "holding-limit")
+    await place(client, other, (pid, per_product))  # the cap is per user
+    assert await scalar(db, "select count(*) from orders where user_id = %s", hoarder.id) == 2
+    assert (await client.post(f"/api/orders/{first}/cancel", headers=hoarder.headers)).status_code == 200
+    await place(client, hoarder, (pid, per_product - 1))
+    products = [await make_product(db, stock=1000) for _ in range(held // per_product + 1)]
+    everything = [(p, per_product) for p in products]
+    assert_problem(await place(client, other, *everything, expect=422), 422, "holding-limit")
+    assert await scalar(db, "select count(*) from orders where user_id = %s", other.id) == 1
+
+
+async def test_expired_idempotency_keys_are_purged(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """Review L3: the daily job deletes idempotency keys past their 24 hours, and only those."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=10)
+    await place(client, buyer, (pid, 1), key="old-key")
+    await place(client, buyer, (pid, 1), key="new-key")
+    await db.execute(
+        "update idempotency_keys set expires_at = now() - interval '1 second' where key = 'old-key'"
+    )
+    assert await app.state.services[OrderService].purge_expired_idempotency_keys() == 1
+    keys = await (
+        await db.execute("select key from idempotency_keys where user_id = %s", (buyer.id,))
+    ).fetchall()
+    assert keys == [("new-key",)]

@@ -1,5 +1,6 @@
-"""A stateful model of orders and stock: any sequence of place / reserve / pay / cancel / fulfil /
-lapse + expire / adjust keeps, per product, ``stock + units held by reserved, paid and fulfilled
+"""A stateful model of orders and stock: any sequence of place / reserve / pay (the payment
+provider's signed webhook, replayed too, and with wrong amounts) / cancel / fulfil / lapse + expire /
+adjust keeps, per product, ``stock + units held by reserved, paid and fulfilled
 orders == initial + recorded adjustments`` and ``stock >= 0``; each transition does what the ALLOWED
 table says, and an illegal one raises IllegalTransitionError and changes nothing.
 
@@ -29,14 +30,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.cache import Cache
-from app.core.db import create_pool
 from app.core.errors import ConflictError
-from app.db import accounts as account_queries
+from app.core.services import Services
 from app.db import orders as order_queries
 from app.db import products as product_queries
 from app.db.models import OrderStatus, UserRole, register_types
@@ -44,9 +41,10 @@ from app.domains.orders.schemas import OrderCreate, OrderLine
 from app.domains.orders.services import ALLOWED, IllegalTransitionError, OrderService
 from app.domains.products.schemas import StockAdjustmentIn
 from app.domains.products.services import ProductService
+from tests.factories import COMMERCE, create_user, make_product, scaled_examples
+from tests.fakes import payments
 
 T = TypeVar("T")
-FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 HELD = {OrderStatus.RESERVED, OrderStatus.PAID, OrderStatus.FULFILLED}
 
 
@@ -61,21 +59,17 @@ class Backend:
         self.run(self._open())
 
     async def _open(self) -> None:
-        assert self.settings.database_url and self.settings.valkey_url
-        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = create_pool(
-            self.settings, self.settings.database_url
-        )
-        await self.pool.open()
-        self.valkey = Valkey.from_url(self.settings.valkey_url)
-        self.orders = OrderService(self.settings, self.pool)
-        self.products = ProductService(self.pool, Cache(self.valkey).namespace("products"), "EUR", 10.0)
+        assert self.settings.database_url
+        self.services = Services(self.settings, COMMERCE)
+        await self.services.start()
+        self.orders = self.services[OrderService]
+        self.products = self.services[ProductService]
         self.conn = await AsyncConnection.connect(self.settings.database_url, autocommit=True)
         await register_types(self.conn)
 
     async def _close(self) -> None:
         await self.conn.close()
-        await self.valkey.aclose()
-        await self.pool.close()
+        await self.services.close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
@@ -111,15 +105,7 @@ class Shop(RuleBasedStateMachine):
         self.orders: dict[int, OrderModel] = {}
 
     async def _create_user(self) -> int:
-        user = await account_queries.create_user(
-            self.b.conn,
-            email=f"stateful-{uuid.uuid4().hex[:12]}@example.com",
-            display_name="Stateful",
-            password_hash=FAKE_HASH,
-            role=UserRole.ADMIN,
-        )
-        assert user is not None
-        return user.id
+        return (await create_user(self.b.conn, role=UserRole.ADMIN, display_name="Stateful")).id
 
     # -- helpers -----------------------------------------------------------------------------------------
 
@@ -164,19 +150,9 @@ class Shop(RuleBasedStateMachine):
     @initialize(stocks=st.lists(st.integers(0, 8), min_size=1, max_size=3), data=st.data())
     def create_products_and_orders(self, stocks: list[int], data: st.DataObject) -> None:
         for stock in stocks:
-            row = self.b.run(
-                product_queries.create_product(
-                    self.b.conn,
-                    sku=f"SM-{uuid.uuid4().hex[:12]}",
-                    name="Modelled",
-                    description="",
-                    price=Decimal("1.00"),
-                    stock=stock,
-                )
-            )
-            assert row is not None
-            self.initial[row.id] = self.stock[row.id] = stock
-            self.adjusted[row.id] = 0
+            product_id = self.b.run(make_product(self.b.conn, stock=stock, price="1.00", name="Modelled"))
+            self.initial[product_id] = self.stock[product_id] = stock
+            self.adjusted[product_id] = 0
         for _ in range(data.draw(st.integers(1, 4), label="orders placed first")):
             self.place(data)
 
@@ -216,19 +192,51 @@ class Shop(RuleBasedStateMachine):
             assert row.shortfall == expected
         self.moved(order, result)
 
+    def deliver(self, order_id: int, amount: Decimal) -> tuple[str, Any]:
+        """The payment provider's signed webhook for ``order_id``; returns its outcome and the body."""
+        body = payments.event_body(order_id, amount)
+        sent = payments.delivery(body)
+        receipt = self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
+        return receipt.outcome, sent
+
+    def replayed_changes_nothing(self, order_id: int, sent: Any) -> None:
+        before = self.snapshot(order_id)
+        receipt = self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
+        assert receipt.outcome == "duplicate"
+        assert self.snapshot(order_id) == before
+
+    def total(self, order: OrderModel) -> Decimal:
+        return Decimal(sum(order.lines.values()))  # every modelled product costs 1.00
+
     def pay(self, order_id: int) -> None:
+        """Payment arrives only through the provider's webhook: it pays a reserved order, expires a
+        lapsed one (its stock comes back), and changes nothing for any other; a replay is a no-op."""
         order = self.orders[order_id]
-        action = self.b.orders.pay(order_id, self.user_id, False)
+        before = self.snapshot(order_id)
+        outcome, sent = self.deliver(order_id, self.total(order))
         if order.status == OrderStatus.RESERVED and order.lapsed:
-            with pytest.raises(IllegalTransitionError):  # expired on the spot instead
-                self.b.run(action)
+            assert outcome == "expired"
             self.give_back(order)
             self.moved(order, OrderStatus.EXPIRED)
         elif order.status == OrderStatus.RESERVED:
-            assert self.b.run(action).status == OrderStatus.PAID
+            assert outcome == "paid"
             self.moved(order, OrderStatus.PAID)
         else:
-            self.refused(order_id, action)
+            assert outcome == "ignored"
+            assert self.snapshot(order_id) == before
+            event("payment ignored")
+        self.replayed_changes_nothing(order_id, sent)
+
+    @precondition(lambda self: self.orders)
+    @rule(index=st.integers(0, 1000), off=st.sampled_from(["-0.01", "0.01", "1.00"]))
+    def pay_the_wrong_amount(self, index: int, off: str) -> None:
+        """A payment that does not match the order's total never pays it."""
+        order_id = self.pick(index)
+        order = self.orders[order_id]
+        before = self.snapshot(order_id)
+        outcome, _ = self.deliver(order_id, self.total(order) + Decimal(off))
+        assert outcome == ("mismatch" if order.status == OrderStatus.RESERVED else "ignored")
+        assert self.snapshot(order_id) == before
 
     def cancel(self, order_id: int) -> None:
         order = self.orders[order_id]
@@ -366,7 +374,15 @@ class Shop(RuleBasedStateMachine):
 def backend(settings: Settings) -> Iterator[Backend]:
     global BACKEND
     BACKEND = Backend(
-        msgspec.structs.replace(settings, database_pool_min=1, database_pool_max=4, max_open_orders=10_000)
+        msgspec.structs.replace(
+            settings,
+            database_pool_min=1,
+            database_pool_max=4,
+            max_open_orders=10_000,
+            order_max_units_per_product=10_000,
+            order_max_units_held=1_000_000,
+            payment_webhook_secret=payments.TEST_SECRET,
+        )
     )
     try:
         yield BACKEND
@@ -379,9 +395,8 @@ def test_orders_keep_stock_conserved(backend: Backend) -> None:
     run_state_machine_as_test(
         Shop,
         settings=settings(
-            max_examples=30,
+            max_examples=scaled_examples(30),
             stateful_step_count=25,
-            deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )

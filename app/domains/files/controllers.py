@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, delete, get, post
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.openapi.spec import (
     Encoding,
     OpenAPIFormat,
@@ -22,27 +21,17 @@ from litestar.openapi.spec import (
 from litestar.response import File
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.config import Settings, get_settings
-from app.core.db import UnitOfWork
+from app.config import get_settings
+from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import IdPath
-from app.domains.accounts.guards import requires_user
-from app.domains.accounts.services import CurrentUser
 from app.domains.files.schemas import FileCursor, FileOut
 from app.domains.files.services import FileService
-from app.domains.files.storage import FILE_FIELD, FileStorage
+from app.domains.files.storage import FILE_FIELD
 
-
-def provide_files(state: State) -> FileService:
-    settings: Settings = state.settings
-    return FileService(
-        state.db_pool,
-        FileStorage(settings.uploads_dir),
-        max_bytes=settings.file_max_bytes,
-        allowed_types=frozenset(settings.file_allowed_types),
-    )
+Files = NamedDependency[FileService]
 
 
 @dataclass
@@ -93,20 +82,18 @@ class ProjectFilesController(Controller):
     tags = ["files"]
     guards = [requires_user]
     security = BEARER
-    dependencies = {"files": Provide(provide_files, sync_to_thread=False)}
 
     @get("/", summary="List a project's files, newest first", responses=problems(400, 401, 404, 429))
     async def list_files(
         self,
         project_id: IdPath,
-        uow: NamedDependency[UnitOfWork],
-        current_user: NamedDependency[CurrentUser],
-        files: NamedDependency[FileService],
+        current_user: Caller,
+        files: Files,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[FileOut]:
         before_id = decode_cursor(cursor, FileCursor).before_id if cursor else None
-        rows = await files.list_files(uow, current_user.id, project_id, before_id=before_id, limit=limit + 1)
+        rows = await files.list_files(current_user.id, project_id, before_id=before_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: FileCursor(before_id=row.id), FileOut.from_row)
 
     @post(
@@ -114,19 +101,21 @@ class ProjectFilesController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Upload a file (editors)",
         description=f"multipart/form-data with exactly one part, `{FILE_FIELD}`, carrying a filename and "
-        "a content type from the allowed list (415 otherwise). Larger than FILE_MAX_BYTES: 413.",
+        "a content type from the allowed list (415 otherwise). Larger than FILE_MAX_BYTES: 413. 409 "
+        "`quota-exceeded` when the project (FILE_PROJECT_MAX_COUNT / _BYTES) or the uploader "
+        "(FILE_USER_MAX_COUNT / _BYTES) has no room left for it.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
         request_max_body_size=None,
         operation_class=_MultipartUploadOperation,
-        responses=problems(400, 401, 403, 404, 413, 415, 429),
+        responses=problems(400, 401, 403, 404, 409, 413, 415, 429),
     )
     async def upload(
         self,
         request: Request[Any, Any, Any],
         project_id: IdPath,
-        current_user: NamedDependency[CurrentUser],
-        files: NamedDependency[FileService],
+        current_user: Caller,
+        files: Files,
     ) -> FileOut:
         row = await files.upload(
             current_user.id,
@@ -149,11 +138,10 @@ class ProjectFilesController(Controller):
         self,
         project_id: IdPath,
         file_id: IdPath,
-        uow: NamedDependency[UnitOfWork],
-        current_user: NamedDependency[CurrentUser],
-        files: NamedDependency[FileService],
+        current_user: Caller,
+        files: Files,
     ) -> File:
-        row, path, stat = await files.locate(uow, current_user.id, project_id, file_id)
+        row, path, stat = await files.locate(current_user.id, project_id, file_id)
         return File(
             path,
             filename=row.filename,
@@ -173,7 +161,7 @@ class ProjectFilesController(Controller):
         self,
         project_id: IdPath,
         file_id: IdPath,
-        current_user: NamedDependency[CurrentUser],
-        files: NamedDependency[FileService],
+        current_user: Caller,
+        files: Files,
     ) -> None:
         await files.delete(current_user.id, project_id, file_id)

@@ -1,29 +1,26 @@
 """Rules for project files: who may do what, and keeping disk and database in step.
 
-Upload and delete open their own transactions with ``transaction(pool)`` instead of the request's
-``uow``: the file must be renamed into place before the commit and unlinked only after it, and a
-slow upload must not hold a pooled connection while its body streams in. Reads use the request's
-``uow``.
+The file must be renamed into place before the upload's commit and unlinked only after the
+delete's, and a slow upload holds no pooled connection while its body streams in: access is checked
+in one short transaction before the first byte is read and again in the one that records the row.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator, Collection
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
-from app.core.db import UnitOfWork, transaction
-from app.core.errors import NotFoundError
+from app.core.db import Database, UnitOfWork
+from app.core.errors import ConflictError, NotFoundError
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
 from app.domains.activity.events import emit
 from app.domains.files.storage import FileStorage, StagedFile
-from app.domains.projects.permissions import require_role
+from app.domains.projects.services import ProjectService
 
 log = structlog.get_logger("app.files")
 
@@ -31,19 +28,45 @@ UPLOADED = "file.uploaded"
 DELETED = "file.deleted"
 
 
+ORPHAN_GRACE_S = 3600
+"""A stored file younger than this is never swept: its upload's commit may still be under way."""
+
+
+class QuotaExceededError(ConflictError):
+    slug = "quota-exceeded"
+    title = "Storage quota exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Files and bytes per project and per uploader (``FILE_PROJECT_MAX_*``, ``FILE_USER_MAX_*``)."""
+
+    project_files: int
+    project_bytes: int
+    user_files: int
+    user_bytes: int
+
+
 class FileService:
     def __init__(
         self,
-        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        db: Database,
+        projects: ProjectService,
         storage: FileStorage,
         *,
         max_bytes: int,
         allowed_types: Collection[str],
+        quotas: Quotas,
+        temp_max_age_s: float = 24 * 3600,
     ) -> None:
-        self.pool = pool
+        self.db = db
+        self.projects = projects
         self.storage = storage
         self.max_bytes = max_bytes
         self.allowed_types = allowed_types
+        self.quotas = quotas
+        self.temp_max_age_s = temp_max_age_s
+        projects.after_delete(self.storage.remove_project)
 
     async def upload(
         self,
@@ -55,9 +78,11 @@ class FileService:
         content_length: int | None,
     ) -> ProjectFile:
         """Store the body's file and its row, or neither."""
-        # Checked before reading a byte of the body: a non-member gets 404, a viewer 403.
-        async with transaction(self.pool) as uow:
-            await require_role(uow, user_id, project_id, at_least=ProjectRole.EDITOR)
+        # Checked before reading a byte of the body: a non-member gets 404, a viewer 403, a full
+        # project or uploader 409 (when the announced length already cannot fit).
+        async with self.db.transaction() as uow:
+            await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
+            await self._check_quotas(uow, user_id, project_id, 0)
         staged = await self.storage.receive(
             body,
             content_type=content_type,
@@ -74,9 +99,11 @@ class FileService:
         storage_key = self.storage.new_key(project_id)
         final: Path | None = None
         try:
-            async with transaction(self.pool) as uow:
+            async with self.db.transaction() as uow:
                 # Again, inside the transaction: the role may have changed while the body streamed in.
-                await require_role(uow, user_id, project_id, at_least=ProjectRole.EDITOR)
+                await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
+                await queries.lock_upload_quotas(uow.conn, user_id=user_id, project_id=project_id)
+                await self._check_quotas(uow, user_id, project_id, staged.size_bytes)
                 row = await queries.create_project_file(
                     uow.conn,
                     project_id=project_id,
@@ -104,10 +131,54 @@ class FileService:
             raise
         return row
 
+    async def _check_quotas(self, uow: UnitOfWork, user_id: int, project_id: int, size_bytes: int) -> None:
+        """409 unless one more file of ``size_bytes`` fits the project's and the uploader's quotas
+        (exact in the recording transaction, which holds both quota locks)."""
+        q = self.quotas
+        project = await queries.project_file_usage(uow.conn, project_id=project_id)
+        uploader = await queries.uploader_file_usage(uow.conn, user_id=user_id)
+        assert project is not None and uploader is not None
+        for scope, usage, max_files, max_bytes in (
+            ("project", project, q.project_files, q.project_bytes),
+            ("uploader", uploader, q.user_files, q.user_bytes),
+        ):
+            if usage.files + 1 > max_files or usage.bytes + size_bytes > max_bytes:
+                raise QuotaExceededError(
+                    f"The {scope}'s storage quota is full ({usage.files} of {max_files} files, "
+                    f"{usage.bytes} of {max_bytes} bytes): delete files first."
+                )
+
+    async def sweep(self) -> dict[str, int]:
+        """Remove what no row refers to (cron): directories of deleted projects, files without a row,
+        temp files of uploads that never finished. Files younger than ``ORPHAN_GRACE_S`` are left."""
+        stored, stale_temp = await self.storage.inventory(
+            files_older_than_s=ORPHAN_GRACE_S, temp_older_than_s=self.temp_max_age_s
+        )
+        removed = {"projects": 0, "files": 0, "temp": len(stale_temp)}
+        for path in stale_temp:
+            self.storage.discard(path)
+        existing = await self.projects.existing(sorted(stored))
+        for project_id, keys in stored.items():
+            if project_id not in existing:
+                await self.storage.remove_project(project_id)
+                removed["projects"] += 1
+                continue
+            if not keys:
+                continue
+            async with self.db.transaction() as uow:
+                known = set(await queries.existing_storage_keys(uow.conn, keys=keys))
+            for key in keys:
+                if key not in known:
+                    await self.storage.remove(key)
+                    removed["files"] += 1
+        if any(removed.values()):
+            log.warning("file_sweep_removed", **removed)
+        return removed
+
     async def delete(self, user_id: int, project_id: int, file_id: int) -> None:
         """Delete the row (and emit) in one transaction; unlink the file once that has committed."""
-        async with transaction(self.pool) as uow:
-            await require_role(uow, user_id, project_id, at_least=ProjectRole.EDITOR)
+        async with self.db.transaction() as uow:
+            await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
             row = await queries.delete_project_file(uow.conn, id=file_id, project_id=project_id)
             if row is None:
                 raise NotFoundError("No such file.")
@@ -126,20 +197,22 @@ class FileService:
             log.exception("file_unlink_failed", file_id=row.id, storage_key=row.storage_key)
 
     async def list_files(
-        self, uow: UnitOfWork, user_id: int, project_id: int, *, before_id: int | None, limit: int
+        self, user_id: int, project_id: int, *, before_id: int | None, limit: int
     ) -> list[ProjectFile]:
         """Newest first; ``limit`` rows at most."""
-        await require_role(uow, user_id, project_id, at_least=ProjectRole.VIEWER)
-        return await queries.list_project_files(
-            uow.conn, project_id=project_id, before_id=before_id, row_limit=limit
-        )
+        async with self.db.transaction() as uow:
+            await self.projects.require_role(uow, user_id, project_id, ProjectRole.VIEWER)
+            return await queries.list_project_files(
+                uow.conn, project_id=project_id, before_id=before_id, row_limit=limit
+            )
 
     async def locate(
-        self, uow: UnitOfWork, user_id: int, project_id: int, file_id: int
+        self, user_id: int, project_id: int, file_id: int
     ) -> tuple[ProjectFile, Path, os.stat_result]:
         """A file's row, path and stat for download; 404 if the row or its content is missing."""
-        await require_role(uow, user_id, project_id, at_least=ProjectRole.VIEWER)
-        row = await queries.get_project_file(uow.conn, id=file_id, project_id=project_id)
+        async with self.db.transaction() as uow:
+            await self.projects.require_role(uow, user_id, project_id, ProjectRole.VIEWER)
+            row = await queries.get_project_file(uow.conn, id=file_id, project_id=project_id)
         if row is None:
             raise NotFoundError("No such file.")
         stat = await self.storage.stat(row.storage_key)

@@ -17,8 +17,11 @@ failure the temp or final file is deleted and the transaction rolls back. Deleti
 only after the row's deletion has committed.
 
 The one crash window: a process killed after the rename and before the commit completes leaves an
-orphan file under ``<project_id>/`` with no row (harmless, invisible to the API; a sweep can remove
-files whose key has no row). Leftover ``tmp/*.part`` files from a killed process are equally inert.
+orphan file under ``<project_id>/`` with no row (harmless, invisible to the API). Leftover
+``tmp/*.part`` files from a killed process are equally inert. A deleted project's directory is
+removed once its deletion commits; the hourly sweep (``FileService.sweep``) removes what a crash
+left behind: directories of projects that no longer exist, files whose key has no row, and stale
+temp files.
 A task cancelled while COMMIT is in flight may see its commit succeed after the file was removed:
 downloads of such a row answer 404 and log ``file_missing_on_disk``.
 
@@ -32,17 +35,20 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+import time
 import unicodedata
 import uuid
 from collections.abc import AsyncGenerator, Collection
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO
 
 import anyio.to_thread
-from multipart import (  # type: ignore[import-untyped]
+from multipart import (
     MultipartError,
     MultipartSegment,
     PushMultipartParser,
@@ -231,6 +237,46 @@ class FileStorage:
     def discard(path: Path) -> None:
         """Inline, idempotent cleanup (also safe while the task is being cancelled)."""
         path.unlink(missing_ok=True)
+
+    async def remove_project(self, project_id: int) -> None:
+        """Delete a project's directory and every file in it; one already gone is fine."""
+        directory = self.root / str(int(project_id))
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, directory, ignore_errors=True))
+
+    async def inventory(
+        self, *, files_older_than_s: float, temp_older_than_s: float
+    ) -> tuple[dict[int, list[str]], list[Path]]:
+        """What the sweep looks at: every project directory with its stored keys last modified more
+        than ``files_older_than_s`` ago, and temp files older than ``temp_older_than_s`` (younger
+        ones may belong to an upload in flight)."""
+        now = time.time()
+        return await anyio.to_thread.run_sync(
+            self._inventory, now - files_older_than_s, now - temp_older_than_s
+        )
+
+    def _inventory(self, cutoff: float, temp_cutoff: float) -> tuple[dict[int, list[str]], list[Path]]:
+        projects: dict[int, list[str]] = {}
+        stale_temp: list[Path] = []
+        if not self.root.is_dir():
+            return projects, stale_temp
+        for entry in self.root.iterdir():
+            if entry.name.isdigit() and entry.is_dir():
+                keys = [
+                    f"{entry.name}/{file.name}"
+                    for file in entry.iterdir()
+                    if _STORAGE_KEY.fullmatch(f"{entry.name}/{file.name}") and _older(file, cutoff)
+                ]
+                projects[int(entry.name)] = keys
+        if self.tmp_dir.is_dir():
+            stale_temp = [p for p in self.tmp_dir.glob("*.part") if _older(p, temp_cutoff)]
+        return projects, stale_temp
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.lstat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 class _Upload:

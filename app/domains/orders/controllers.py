@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import MediaType, Response, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from app.core.openapi import BEARER, problems
+from app.core.auth import Caller, requires_admin, requires_user
+from app.core.openapi import BEARER, documents_json_body, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath
 from app.db.models import OrderStatus
-from app.domains.accounts.guards import Caller, requires_admin, requires_user
+from app.domains.orders.payments import SIGNATURE_HEADER, PaymentEventIn, PaymentEventOut
 from app.domains.orders.schemas import OrderCreate, OrderCursor, OrderOut
 from app.domains.orders.services import OrderService
 
@@ -81,7 +82,7 @@ class OrdersController(Controller):
     ) -> Page[OrderOut]:
         owner = user_id if current_user.is_admin else current_user.id
         before_id = decode_cursor(cursor, OrderCursor).before_id if cursor else FIRST_PAGE
-        rows = await orders.list(user_id=owner, status=status, before_id=before_id, limit=limit + 1)
+        rows = await orders.list_orders(user_id=owner, status=status, before_id=before_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: OrderCursor(row.id))
 
     @get(
@@ -102,15 +103,6 @@ class OrdersController(Controller):
         return await orders.cancel(order_id, current_user.id, current_user.is_admin)
 
     @post(
-        "/{order_id:int}/pay",
-        status_code=HTTP_200_OK,
-        summary="Pay a reserved order (simulated)",
-        responses=problems(401, 404, 409, 429),
-    )
-    async def pay(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
-        return await orders.pay(order_id, current_user.id, current_user.is_admin)
-
-    @post(
         "/{order_id:int}/fulfil",
         status_code=HTTP_200_OK,
         guards=[requires_admin],
@@ -119,3 +111,34 @@ class OrdersController(Controller):
     )
     async def fulfil(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
         return await orders.fulfil(order_id, current_user.id)
+
+
+class PaymentWebhookController(Controller):
+    """The payment provider's webhook. Public (no bearer token): the HMAC signature is the proof."""
+
+    path = "/api/payments/webhook"
+    tags = ["commerce"]
+
+    @post(
+        "/",
+        status_code=HTTP_200_OK,
+        summary="Payment provider webhook (marks orders paid)",
+        description="Signed Stripe-style: `Payment-Signature: t=<unix seconds>,v1=<hex>` where v1 is "
+        "HMAC-SHA256 of `<t>.<raw body>` with PAYMENT_WEBHOOK_SECRET; refused (400) when no signature "
+        "matches or `t` is more than PAYMENT_WEBHOOK_TOLERANCE_S from the server's clock. Each event id "
+        "is processed once (a redelivery answers `duplicate`). Only `payment.succeeded` for a reserved "
+        "order whose amount and currency match makes it paid. The handler reads the raw body itself: the "
+        "signature covers its exact bytes. 404 while no PAYMENT_WEBHOOK_SECRET is configured.",
+        operation_class=documents_json_body(PaymentEventIn),
+        responses=problems(400, 404, 422, 429),
+    )
+    async def webhook(
+        self,
+        request: Request[Any, Any, Any],
+        orders: Orders,
+        signature: Annotated[
+            str | None,
+            HeaderParameter(name=SIGNATURE_HEADER, max_length=2048, description="t=<unix>,v1=<hex>"),
+        ] = None,
+    ) -> PaymentEventOut:
+        return await orders.confirm_payment(await request.body(), signature)

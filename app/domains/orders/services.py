@@ -1,7 +1,8 @@
 """Orders: placement with idempotency keys, reservation by the worker, and every later transition.
 
 pending → reserved → paid → fulfilled; pending → rejected (short stock); pending | reserved →
-cancelled; reserved → expired. Each transition happens under the order's row lock, is recorded in
+cancelled; reserved → expired. Only the payment provider's signed webhook makes an order paid
+(``confirm_payment``); buyers cannot. Each transition happens under the order's row lock, is recorded in
 ``order_events`` and emitted to the activity feed; reserved stock is given back exactly once
 (cancel or expiry), because only a transition out of ``reserved`` releases it.
 """
@@ -15,18 +16,23 @@ from typing import Any
 
 import msgspec
 import structlog
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.core.db import UnitOfWork, transaction
-from app.core.errors import AppError, ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
+from app.core.db import Database, UnitOfWork
+from app.core.errors import (
+    AppError,
+    ConflictError,
+    NotFoundError,
+    TooManyRequestsError,
+    UnprocessableError,
+)
 from app.core.outbox import enqueue
 from app.db import orders as queries
-from app.db import products as product_queries
 from app.db.models import Order, OrderStatus
 from app.domains.activity.events import emit
+from app.domains.orders.payments import Outcome, PaymentEventIn, PaymentEventOut, verify_signature
 from app.domains.orders.schemas import MAX_TOTAL, OrderCreate, OrderOut, ShortLine
+from app.domains.products.services import ProductService
 
 log = structlog.get_logger("app.orders")
 
@@ -36,6 +42,7 @@ ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PAID: frozenset({OrderStatus.FULFILLED}),
 }
 RESERVE_TASK = "reserve_order"
+PAYMENT_SUCCEEDED = "payment.succeeded"
 
 
 class IllegalTransitionError(ConflictError):
@@ -90,19 +97,16 @@ async def _transition(
         obj=("order", order.id),
         project_id=None,
         data={"from": order.status.value, "reason": reason, "total": str(order.total)},
+        audience_user_id=order.user_id,
     )
     return updated
 
 
-async def _release_stock(conn: AsyncConnection[Any], order_id: int) -> None:
-    for item in await queries.get_order_items(conn, order_id=order_id):
-        await product_queries.release_stock(conn, quantity=item.quantity, id=item.product_id)
-
-
 class OrderService:
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
+    def __init__(self, db: Database, settings: Settings, products: ProductService) -> None:
+        self.db = db
         self.settings = settings
-        self.pool = pool
+        self.products = products
 
     # -- placement (HTTP) ------------------------------------------------------------------
 
@@ -114,7 +118,7 @@ class OrderService:
         different body under the same key is refused (422). A failure releases the claim.
         """
         request_hash = hashlib.sha256(msgspec.json.encode(data)).digest()
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             await queries.delete_expired_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
             claimed = await queries.claim_idempotency_key(
                 uow.conn, user_id=user_id, key=idempotency_key, request_hash=request_hash
@@ -133,7 +137,7 @@ class OrderService:
                     replayed=True,
                 )
         try:
-            async with transaction(self.pool) as uow:
+            async with self.db.transaction() as uow:
                 placed = await self._place(uow, user_id, data)
                 await queries.complete_idempotency_key(
                     uow.conn,
@@ -144,7 +148,7 @@ class OrderService:
                     key=idempotency_key,
                 )
         except BaseException:
-            async with transaction(self.pool) as uow:
+            async with self.db.transaction() as uow:
                 await queries.release_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
             raise
         return placed
@@ -160,7 +164,8 @@ class OrderService:
         wanted = {line.product_id: line.quantity for line in data.lines}
         if len(wanted) != len(data.lines):
             raise UnprocessableError("Each product may appear on one line only.")
-        products = {p.id: p for p in await product_queries.get_products_by_ids(uow.conn, ids=sorted(wanted))}
+        await self._refuse_hoarding(uow, user_id, wanted)
+        products = {p.id: p for p in await self.products.get_many(uow, sorted(wanted))}
         unavailable = sorted(pid for pid in wanted if pid not in products or not products[pid].active)
         if unavailable:
             raise UnprocessableError(f"Unknown or inactive products: {unavailable}.")
@@ -200,12 +205,33 @@ class OrderService:
         body = msgspec.json.encode(OrderOut.build(order, items))
         return PlacedOrder(status_code=202, body=body, order_id=order.id, replayed=False)
 
+    async def _refuse_hoarding(self, uow: UnitOfWork, user_id: int, wanted: dict[int, int]) -> None:
+        """Free accounts must not hold a product's stock hostage (review M6): a user's open orders
+        (pending or reserved) hold at most ORDER_MAX_UNITS_PER_PRODUCT units of one product and
+        ORDER_MAX_UNITS_HELD units in all. Checked under the user's lock (``_place``)."""
+        held = {
+            row.product_id: row.held for row in await queries.units_held_by_user(uow.conn, user_id=user_id)
+        }
+        per_product = self.settings.order_max_units_per_product
+        over = sorted(pid for pid, qty in wanted.items() if held.get(pid, 0) + qty > per_product)
+        if over:
+            raise HoldingLimitError(
+                f"Open orders may hold at most {per_product} units of one product; "
+                f"over the limit with this order: products {over}."
+            )
+        total = sum(held.values()) + sum(wanted.values())
+        if total > self.settings.order_max_units_held:
+            raise HoldingLimitError(
+                f"Open orders may hold at most {self.settings.order_max_units_held} units in all "
+                f"({total} with this order); pay for or cancel an open order first."
+            )
+
     # -- reservation (worker) ----------------------------------------------------------------
 
     async def reserve(self, order_id: int) -> OrderStatus | None:
         """Reserve every line or none, in product-id order; idempotent (a non-pending order is left
         alone, so a redelivered job changes stock once)."""
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             order = await queries.get_order_for_update(uow.conn, id=order_id)
             if order is None or order.status != OrderStatus.PENDING:
                 return order.status if order else None
@@ -213,17 +239,12 @@ class OrderService:
             try:
                 async with uow.conn.transaction():  # a savepoint: all lines or none
                     for item in items:
-                        left = await product_queries.reserve_stock(
-                            uow.conn, quantity=item.quantity, id=item.product_id
-                        )
+                        left = await self.products.reserve_stock(uow, item.product_id, item.quantity)
                         if left is None:
                             raise _ShortStockError
             except _ShortStockError:
                 stock = {
-                    p.id: p.stock
-                    for p in await product_queries.get_products_by_ids(
-                        uow.conn, ids=[i.product_id for i in items]
-                    )
+                    p.id: p.stock for p in await self.products.get_many(uow, [i.product_id for i in items])
                 }
                 shortfall = [
                     ShortLine(
@@ -255,7 +276,7 @@ class OrderService:
         ``reserve`` is idempotent, so racing a late job is harmless.
         """
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             stale = await queries.list_stale_pending_orders(
                 uow.conn, created_before=cutoff, batch_size=batch_size
             )
@@ -267,13 +288,13 @@ class OrderService:
 
     async def expire_reservations(self, batch_size: int = 100) -> int:
         """Expire reservations past their window and give their stock back (cron)."""
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             expired = 0
             for order_id in await queries.claim_expired_reservations(uow.conn, batch_size=batch_size):
                 order = await queries.get_order_for_update(uow.conn, id=order_id)
                 if order is None or order.status != OrderStatus.RESERVED:
                     continue
-                await _release_stock(uow.conn, order_id)
+                await self._release_stock(uow, order_id)
                 await _transition(
                     uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None
                 )
@@ -282,7 +303,19 @@ class OrderService:
             log.info("reservations_expired", count=expired)
         return expired
 
+    async def purge_expired_idempotency_keys(self) -> int:
+        """Delete idempotency keys past their 24 hours (cron); returns how many."""
+        async with self.db.transaction() as uow:
+            purged = await queries.purge_expired_idempotency_keys(uow.conn)
+        if purged:
+            log.info("idempotency_keys_purged", count=purged)
+        return purged
+
     # -- the buyer's and the admin's actions ------------------------------------------------------
+
+    async def _release_stock(self, uow: UnitOfWork, order_id: int) -> None:
+        for item in await queries.get_order_items(uow.conn, order_id=order_id):
+            await self.products.release_stock(uow, item.product_id, item.quantity)
 
     async def _locked(self, uow: UnitOfWork, order_id: int, actor: int, is_admin: bool) -> Order:
         order = await queries.get_order_for_update(uow.conn, id=order_id)
@@ -291,53 +324,74 @@ class OrderService:
         return order
 
     async def cancel(self, order_id: int, actor: int, is_admin: bool) -> OrderOut:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             order = await self._locked(uow, order_id, actor, is_admin)
             if order.status == OrderStatus.RESERVED:
-                await _release_stock(uow.conn, order_id)
+                await self._release_stock(uow, order_id)
             order = await _transition(uow, order, OrderStatus.CANCELLED, reason="cancelled", actor=actor)
             return await self._out(uow, order)
 
-    async def pay(self, order_id: int, actor: int, is_admin: bool) -> OrderOut:
-        """Simulated payment. A reservation whose window has passed is expired now instead (409)."""
-        lapsed = False
-        async with transaction(self.pool) as uow:
-            order = await self._locked(uow, order_id, actor, is_admin)
-            if (
-                order.status == OrderStatus.RESERVED
-                and order.reserved_until
-                and order.reserved_until <= datetime.now(UTC)
-            ):
-                await _release_stock(uow.conn, order_id)
-                await _transition(
-                    uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None
-                )
-                lapsed = True
-            else:
-                order = await _transition(
-                    uow, order, OrderStatus.PAID, reason="payment received", actor=actor
-                )
-                return await self._out(uow, order)
-        assert lapsed
-        raise IllegalTransitionError("The reservation expired before payment; place the order again.")
+    async def confirm_payment(self, body: bytes, signature: str | None) -> PaymentEventOut:
+        """A payment provider's signed webhook delivery (``payments.py``): the only way an order
+        becomes paid. Idempotent: each event id is processed once, whatever its outcome."""
+        secret = self.settings.payment_webhook_secret
+        if not secret:  # no provider is connected: the webhook does not exist (not a server fault)
+            log.warning("payment_webhook_not_configured")
+            raise NotFoundError("No payment provider is configured (PAYMENT_WEBHOOK_SECRET).")
+        verify_signature(secret, signature, body, tolerance_s=self.settings.payment_webhook_tolerance_s)
+        try:
+            event = msgspec.json.decode(body, type=PaymentEventIn)
+        except msgspec.ValidationError as exc:
+            raise UnprocessableError(f"Not a payment event: {exc}") from None
+        except msgspec.DecodeError:
+            raise UnprocessableError("The body is not JSON.") from None
+        paying = event.type == PAYMENT_SUCCEEDED
+        async with self.db.transaction() as uow:
+            order = await queries.get_order_for_update(uow.conn, id=event.data.order_id) if paying else None
+            recorded = await queries.record_payment_event(
+                uow.conn, event_id=event.id, order_id=order.id if order else None
+            )
+            if recorded is None:
+                return PaymentEventOut(event_id=event.id, outcome="duplicate", order_id=event.data.order_id)
+            outcome = await self._apply_payment(uow, order, event) if order is not None else "ignored"
+            await queries.set_payment_event_outcome(uow.conn, outcome=outcome, event_id=event.id)
+        log_event = log.info if outcome == "paid" else log.warning
+        log_event(
+            "payment_event", event_id=event.id, type=event.type, order_id=event.data.order_id, outcome=outcome
+        )
+        return PaymentEventOut(event_id=event.id, outcome=outcome, order_id=event.data.order_id)
+
+    async def _apply_payment(self, uow: UnitOfWork, order: Order, event: PaymentEventIn) -> Outcome:
+        if order.status != OrderStatus.RESERVED:
+            return "ignored"
+        if Decimal(event.data.amount) != order.total or event.data.currency != order.currency:
+            return "mismatch"
+        if order.reserved_until and order.reserved_until <= datetime.now(UTC):
+            await self._release_stock(uow, order.id)
+            await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
+            return "expired"
+        await _transition(
+            uow, order, OrderStatus.PAID, reason=f"payment {event.data.payment_id} received", actor=None
+        )
+        return "paid"
 
     async def fulfil(self, order_id: int, actor: int) -> OrderOut:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             order = await self._locked(uow, order_id, actor, is_admin=True)
             order = await _transition(uow, order, OrderStatus.FULFILLED, reason="fulfilled", actor=actor)
             return await self._out(uow, order)
 
     async def get(self, order_id: int, actor: int, is_admin: bool) -> OrderOut:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             order = await queries.get_order(uow.conn, id=order_id)
             if order is None or (order.user_id != actor and not is_admin):
                 raise NotFoundError("No such order.")
             return await self._out(uow, order, with_events=True)
 
-    async def list(
+    async def list_orders(
         self, *, user_id: int | None, status: OrderStatus | None, before_id: int, limit: int
     ) -> list[OrderOut]:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             orders = await queries.list_orders(
                 uow.conn, user_id=user_id, status=status, before_id=before_id, row_limit=limit
             )
@@ -351,6 +405,11 @@ class OrderService:
         items = await queries.get_order_items(uow.conn, order_id=order.id)
         events = await queries.get_order_events(uow.conn, order_id=order.id) if with_events else None
         return OrderOut.build(order, items, events)
+
+
+class HoldingLimitError(UnprocessableError):
+    slug = "holding-limit"
+    title = "Too many units held by open orders"
 
 
 class _ShortStockError(AppError):

@@ -10,13 +10,11 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
-from app.core.db import Uow
+from app.core.auth import Caller, caller_of, requires_admin
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, PageSize, decode_cursor
 from app.core.routing import Controller
 from app.core.types import NO_NUL, IdPath
-from app.domains.accounts.guards import requires_admin
-from app.domains.accounts.services import CurrentUser
 from app.domains.products.schemas import (
     MAX_PRICE,
     ProductCreate,
@@ -43,7 +41,7 @@ def _price(value: float | None) -> Decimal | None:
 
 
 def _is_admin(request: Request[Any, Any, Any]) -> bool:
-    user: CurrentUser | None = request.scope.get("user")  # type: ignore[assignment]
+    user = caller_of(request)
     return user is not None and user.is_admin
 
 
@@ -59,7 +57,6 @@ class ProductsController(Controller):
     async def list_products(
         self,
         request: Request[Any, Any, Any],
-        uow: Uow,
         products: Products,
         q: Annotated[
             str | None,
@@ -76,8 +73,7 @@ class ProductsController(Controller):
         filters = ProductFilters(
             search=q, min_price=_price(min_price), max_price=_price(max_price), in_stock_only=in_stock
         )
-        return await products.list(
-            uow,
+        return await products.catalogue(
             filters,
             after_id=after_id,
             limit=limit,
@@ -86,9 +82,9 @@ class ProductsController(Controller):
 
     @get("/{product_id:int}", summary="A product", responses=problems(401, 404, 429))
     async def get_product(
-        self, request: Request[Any, Any, Any], product_id: IdPath, uow: Uow, products: Products
+        self, request: Request[Any, Any, Any], product_id: IdPath, products: Products
     ) -> ProductOut:
-        return await products.get(uow, product_id, include_inactive=_is_admin(request))
+        return await products.get(product_id, include_inactive=_is_admin(request))
 
     @post(
         "/",
@@ -126,7 +122,7 @@ class ProductsController(Controller):
         product_id: IdPath,
         data: JSONBody[StockAdjustmentIn],
         products: Products,
-        current_user: NamedDependency[CurrentUser],
+        current_user: Caller,
     ) -> StockOut:
         stock = await products.adjust_stock(current_user.id, product_id, data)
         return StockOut(product_id=product_id, stock=stock)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -58,9 +58,12 @@ class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
     ]
     reason: Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=500)]
 
+    post_init_field: ClassVar[str] = "delta"
+    """The field ``__post_init__`` checks (so a refusal names it, not the whole body)."""
+
     def __post_init__(self) -> None:
         if self.delta == 0:
-            raise ValueError("delta must not be zero")
+            raise ValueError("must not be zero")
 
 
 class ProductOut(msgspec.Struct, frozen=True):

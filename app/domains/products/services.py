@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import cast
 
 import msgspec
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from app.core.cache import CacheNamespace
-from app.core.db import UnitOfWork, transaction
+from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
 from app.core.pagination import encode_cursor
 from app.db import products as queries
@@ -37,25 +35,26 @@ class ProductService:
     """Reads for everyone go through a short-lived cache (stock shown may lag by the TTL; the
     reservation itself is always checked against the database).
 
-    Changes open their own transaction and invalidate the cache only after it committed: the
-    cache's generation moves on, so a reader that loaded the old row meanwhile stores it under the
-    old generation, where nobody reads it again.
+    Every change invalidates the cache only after its transaction committed (``uow.after_commit``),
+    stock changes made inside an order's transaction included: the cache's generation moves on, so
+    a reader that loaded the old row meanwhile stores it under the old generation, where nobody
+    reads it again. A cached read needs no database connection at all.
     """
 
     def __init__(
         self,
-        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        db: Database,
         cache: CacheNamespace,
         currency: str,
         ttl_s: float,
     ) -> None:
-        self.pool = pool
+        self.db = db
         self.cache = cache
         self.currency = currency
         self.ttl_s = ttl_s
 
     async def create(self, data: ProductCreate) -> Product:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             product = await queries.create_product(
                 uow.conn,
                 sku=data.sku,
@@ -64,13 +63,13 @@ class ProductService:
                 price=Decimal(data.price),
                 stock=data.stock,
             )
-        if product is None:
-            raise ConflictError("A product with this SKU exists.")
-        await self.cache.invalidate_all()
-        return product
+            if product is None:
+                raise ConflictError("A product with this SKU exists.")
+            uow.after_commit(self.cache.invalidate_all)
+            return product
 
     async def update(self, product_id: int, data: ProductUpdate) -> Product:
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             product = await queries.update_product(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
@@ -79,14 +78,14 @@ class ProductService:
                 active=data.active,
                 id=product_id,
             )
-        if product is None:
-            raise NotFoundError("No such product.")
-        await self.cache.invalidate_all()
-        return product
+            if product is None:
+                raise NotFoundError("No such product.")
+            uow.after_commit(self.cache.invalidate_all)
+            return product
 
     async def adjust_stock(self, actor: int, product_id: int, data: StockAdjustmentIn) -> int:
         """Add or remove stock with a recorded reason; never below zero nor above MAX_STOCK (409)."""
-        async with transaction(self.pool) as uow:
+        async with self.db.transaction() as uow:
             stock = await queries.adjust_stock(uow.conn, delta=data.delta, id=product_id, max_stock=MAX_STOCK)
             if stock is None:
                 if await queries.get_product(uow.conn, id=product_id) is None:
@@ -102,39 +101,44 @@ class ProductService:
                 actor_id=actor,
                 stock_after=stock,
             )
-        await self.cache.invalidate_all()
-        return stock
+            uow.after_commit(self.cache.invalidate_all)
+            return stock
 
-    async def get(self, uow: UnitOfWork, product_id: int, *, include_inactive: bool) -> ProductOut:
+    async def get(self, product_id: int, *, include_inactive: bool) -> ProductOut:
         async def load() -> ProductOut | None:
-            product = await queries.get_product(uow.conn, id=product_id)
+            async with self.db.transaction() as uow:
+                product = await queries.get_product(uow.conn, id=product_id)
             return ProductOut.from_row(product, self.currency) if product else None
 
         product = (
             await load()
             if include_inactive
             else await self.cache.get_or_load(
-                f"id:{product_id}", load, ttl_s=self.ttl_s, type=ProductOut | None
+                f"id:{product_id}",
+                load,
+                ttl_s=self.ttl_s,
+                type=cast("type[ProductOut | None]", ProductOut | None),  # a union is a valid msgspec type
             )
         )
         if product is None or not (product.active or include_inactive):
             raise NotFoundError("No such product.")
         return product
 
-    async def list(
-        self, uow: UnitOfWork, filters: ProductFilters, *, after_id: int, limit: int, include_inactive: bool
+    async def catalogue(
+        self, filters: ProductFilters, *, after_id: int, limit: int, include_inactive: bool
     ) -> ProductPage:
         async def load() -> ProductPage:
-            rows = await queries.list_products(
-                uow.conn,
-                include_inactive=include_inactive,
-                search=filters.search,
-                min_price=filters.min_price,
-                max_price=filters.max_price,
-                in_stock_only=filters.in_stock_only,
-                after_id=after_id,
-                row_limit=limit + 1,
-            )
+            async with self.db.transaction() as uow:
+                rows = await queries.list_products(
+                    uow.conn,
+                    include_inactive=include_inactive,
+                    search=filters.search,
+                    min_price=filters.min_price,
+                    max_price=filters.max_price,
+                    in_stock_only=filters.in_stock_only,
+                    after_id=after_id,
+                    row_limit=limit + 1,
+                )
             items = [ProductOut.from_row(row, self.currency) for row in rows[:limit]]
             more = len(rows) > limit
             return ProductPage(
@@ -145,3 +149,21 @@ class ProductService:
             return await load()
         key = msgspec.json.encode([filters, after_id, limit]).decode()
         return await self.cache.get_or_load(f"list:{key}", load, ttl_s=self.ttl_s, type=ProductPage)
+
+    # -- for orders, inside their transaction ----------------------------------------------------
+
+    async def get_many(self, uow: UnitOfWork, ids: list[int]) -> list[Product]:
+        """The products with these ids (any order; unknown ids are simply absent)."""
+        return await queries.get_products_by_ids(uow.conn, ids=ids)
+
+    async def reserve_stock(self, uow: UnitOfWork, product_id: int, quantity: int) -> int | None:
+        """Take ``quantity`` units if that many are in stock; the stock left, or None (short)."""
+        left = await queries.reserve_stock(uow.conn, quantity=quantity, id=product_id)
+        if left is not None:
+            uow.after_commit(self.cache.invalidate_all)
+        return left
+
+    async def release_stock(self, uow: UnitOfWork, product_id: int, quantity: int) -> None:
+        """Give back units a reservation held (cancel, expiry)."""
+        await queries.release_stock(uow.conn, quantity=quantity, id=product_id)
+        uow.after_commit(self.cache.invalidate_all)

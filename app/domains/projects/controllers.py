@@ -5,28 +5,33 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import delete, get, patch, post
+from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.core.db import Uow
+from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.core.wire import from_row
 from app.db.models import ProjectRole
-from app.domains.accounts.guards import Caller, requires_user
-from app.domains.projects import services
 from app.domains.projects.schemas import (
-    MemberAdd,
+    InvitationCreate,
+    InvitationCursor,
+    InvitationOut,
     MemberCursor,
     MemberOut,
     MemberUpdate,
+    MyInvitationOut,
     ProjectCreate,
     ProjectCursor,
     ProjectOut,
     ProjectUpdate,
 )
+from app.domains.projects.services import ProjectService
+
+Projects = NamedDependency[ProjectService]
 
 
 class ProjectsController(Controller):
@@ -38,16 +43,14 @@ class ProjectsController(Controller):
     @get("/", summary="Projects the caller is a member of", responses=problems(400, 401, 429))
     async def list_projects(
         self,
-        uow: Uow,
+        projects: Projects,
         current_user: Caller,
         archived: Annotated[bool | None, QueryParameter(description="Only archived (true) or active")] = None,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[ProjectOut]:
         after_id = decode_cursor(cursor, ProjectCursor).after_id if cursor else 0
-        rows = await services.list_projects(
-            uow, current_user.id, archived=archived, after_id=after_id, limit=limit + 1
-        )
+        rows = await projects.list_for(current_user.id, archived=archived, after_id=after_id, limit=limit + 1)
         return paginate(
             rows,
             limit,
@@ -62,14 +65,14 @@ class ProjectsController(Controller):
         responses=problems(400, 401, 429),
     )
     async def create_project(
-        self, data: JSONBody[ProjectCreate], uow: Uow, current_user: Caller
+        self, data: JSONBody[ProjectCreate], projects: Projects, current_user: Caller
     ) -> ProjectOut:
-        project = await services.create_project(uow, current_user.id, data)
+        project = await projects.create(current_user.id, data)
         return ProjectOut.from_row(project, ProjectRole.OWNER)
 
     @get("/{project_id:int}", summary="A project", responses=problems(401, 404, 429))
-    async def get_project(self, project_id: IdPath, uow: Uow, current_user: Caller) -> ProjectOut:
-        project, role = await services.get_project(uow, current_user.id, project_id)
+    async def get_project(self, project_id: IdPath, projects: Projects, current_user: Caller) -> ProjectOut:
+        project, role = await projects.get(current_user.id, project_id)
         return ProjectOut.from_row(project, role)
 
     @patch(
@@ -78,9 +81,13 @@ class ProjectsController(Controller):
         responses=problems(400, 401, 403, 404, 429),
     )
     async def update_project(
-        self, project_id: IdPath, data: JSONBody[ProjectUpdate], uow: Uow, current_user: Caller
+        self,
+        project_id: IdPath,
+        data: JSONBody[ProjectUpdate],
+        projects: Projects,
+        current_user: Caller,
     ) -> ProjectOut:
-        project, role = await services.update_project(uow, current_user.id, project_id, data)
+        project, role = await projects.update(current_user.id, project_id, data)
         return ProjectOut.from_row(project, role)
 
     @delete(
@@ -89,8 +96,8 @@ class ProjectsController(Controller):
         summary="Delete a project (owners)",
         responses=problems(401, 403, 404, 429),
     )
-    async def delete_project(self, project_id: IdPath, uow: Uow, current_user: Caller) -> None:
-        await services.delete_project(uow, current_user.id, project_id)
+    async def delete_project(self, project_id: IdPath, projects: Projects, current_user: Caller) -> None:
+        await projects.delete(current_user.id, project_id)
 
 
 class MembersController(Controller):
@@ -99,31 +106,24 @@ class MembersController(Controller):
     guards = [requires_user]
     security = BEARER
 
-    @get("/", summary="Members of a project", responses=problems(400, 401, 404, 429))
+    @get(
+        "/",
+        summary="Members of a project",
+        description="Members join by accepting an invitation (`/invitations`). Emails are shown to the "
+        "project's owners only (and each member sees their own); otherwise `email` is null.",
+        responses=problems(400, 401, 404, 429),
+    )
     async def list_members(
         self,
         project_id: IdPath,
-        uow: Uow,
+        projects: Projects,
         current_user: Caller,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[MemberOut]:
         after = decode_cursor(cursor, MemberCursor).after_user_id if cursor else 0
-        rows = await services.list_members(
-            uow, current_user.id, project_id, after_user_id=after, limit=limit + 1
-        )
+        rows = await projects.list_members(current_user.id, project_id, after_user_id=after, limit=limit + 1)
         return paginate(rows, limit, lambda row: MemberCursor(row.user_id))
-
-    @post(
-        "/",
-        status_code=HTTP_201_CREATED,
-        summary="Add a member (owners)",
-        responses=problems(400, 401, 403, 404, 409, 429),
-    )
-    async def add_member(
-        self, project_id: IdPath, data: JSONBody[MemberAdd], uow: Uow, current_user: Caller
-    ) -> MemberOut:
-        return await services.add_member(uow, current_user.id, project_id, data)
 
     @patch(
         "/{user_id:int}",
@@ -135,11 +135,11 @@ class MembersController(Controller):
         project_id: IdPath,
         user_id: IdPath,
         data: JSONBody[MemberUpdate],
-        uow: Uow,
+        projects: Projects,
         current_user: Caller,
     ) -> MemberUpdate:
         return MemberUpdate(
-            role=await services.change_member_role(uow, current_user.id, project_id, user_id, data.role)
+            role=await projects.change_member_role(current_user.id, project_id, user_id, data.role)
         )
 
     @delete(
@@ -149,6 +149,94 @@ class MembersController(Controller):
         responses=problems(401, 403, 404, 409, 429),
     )
     async def remove_member(
-        self, project_id: IdPath, user_id: IdPath, uow: Uow, current_user: Caller
+        self, project_id: IdPath, user_id: IdPath, projects: Projects, current_user: Caller
     ) -> None:
-        await services.remove_member(uow, current_user.id, project_id, user_id)
+        await projects.remove_member(current_user.id, project_id, user_id)
+
+
+class InvitationsController(Controller):
+    """Owners invite people by email; the invitee accepts under ``/api/me/invitations``."""
+
+    path = "/api/projects/{project_id:int}/invitations"
+    tags = ["projects"]
+    guards = [requires_user]
+    security = BEARER
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Invite someone by email (owners)",
+        description="The answer is the same whether or not the email belongs to an account (active or "
+        "not) or to a member already: it never tells who has an account. The invitee sees the invitation "
+        "under `/api/me/invitations` once signed in with that email, and joins by accepting it. Inviting "
+        "the same email again updates the role.",
+        responses=problems(400, 401, 403, 404, 429),
+    )
+    async def invite(
+        self, project_id: IdPath, data: JSONBody[InvitationCreate], projects: Projects, current_user: Caller
+    ) -> InvitationOut:
+        return from_row(InvitationOut, await projects.invite(current_user.id, project_id, data))
+
+    @get("/", summary="Open invitations of a project (owners)", responses=problems(400, 401, 403, 404, 429))
+    async def list_invitations(
+        self,
+        project_id: IdPath,
+        projects: Projects,
+        current_user: Caller,
+        cursor: CursorParam = None,
+        limit: PageSize = 50,
+    ) -> Page[InvitationOut]:
+        after = decode_cursor(cursor, InvitationCursor).after_id if cursor else 0
+        rows = await projects.list_invitations(current_user.id, project_id, after_id=after, limit=limit + 1)
+        return paginate(
+            rows, limit, lambda row: InvitationCursor(row.id), lambda row: from_row(InvitationOut, row)
+        )
+
+    @delete(
+        "/{invitation_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Withdraw an invitation (owners)",
+        responses=problems(401, 403, 404, 429),
+    )
+    async def revoke(
+        self, project_id: IdPath, invitation_id: IdPath, projects: Projects, current_user: Caller
+    ) -> None:
+        await projects.revoke_invitation(current_user.id, project_id, invitation_id)
+
+
+class MyInvitationsController(Controller):
+    """Invitations addressed to the caller's email."""
+
+    path = "/api/me/invitations"
+    tags = ["projects"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get("/", summary="Invitations to projects addressed to you", responses=problems(400, 401, 429))
+    async def list_mine(
+        self, projects: Projects, current_user: Caller, cursor: CursorParam = None, limit: PageSize = 50
+    ) -> Page[MyInvitationOut]:
+        after = decode_cursor(cursor, InvitationCursor).after_id if cursor else 0
+        rows = await projects.my_invitations(current_user.id, after_id=after, limit=limit + 1)
+        return paginate(
+            rows, limit, lambda row: InvitationCursor(row.id), lambda row: from_row(MyInvitationOut, row)
+        )
+
+    @post(
+        "/{invitation_id:int}/accept",
+        status_code=HTTP_200_OK,
+        summary="Accept an invitation: join the project",
+        responses=problems(401, 404, 429),
+    )
+    async def accept(self, invitation_id: IdPath, projects: Projects, current_user: Caller) -> ProjectOut:
+        project, role = await projects.accept_invitation(current_user.id, invitation_id)
+        return ProjectOut.from_row(project, role)
+
+    @post(
+        "/{invitation_id:int}/decline",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Decline an invitation",
+        responses=problems(401, 404, 429),
+    )
+    async def decline(self, invitation_id: IdPath, projects: Projects, current_user: Caller) -> None:
+        await projects.decline_invitation(current_user.id, invitation_id)

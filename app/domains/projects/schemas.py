@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
-from app.core.types import Id, NonBlank, Text
+from app.core.types import NonBlank, Text
 from app.core.wire import from_row
 from app.db.models import Project, ProjectRole
 
@@ -41,9 +41,48 @@ class ProjectOut(msgspec.Struct, frozen=True):
         return from_row(cls, project, my_role=my_role)
 
 
-class MemberAdd(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: Id
-    role: ProjectRole = ProjectRole.VIEWER
+InviteRole = Annotated[
+    Literal["editor", "viewer"],
+    msgspec.Meta(description="editor or viewer (owners are made by promoting a member)"),
+]
+InviteEmail = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=320,
+        pattern=r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
+        examples=["ben@example.com"],
+    ),
+]
+
+
+class InvitationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    email: InviteEmail
+    role: InviteRole = "viewer"
+
+
+class InvitationOut(msgspec.Struct, frozen=True):
+    """An invitation as its project's owners see it."""
+
+    id: int
+    project_id: int
+    email: str
+    role: ProjectRole
+    created_at: datetime
+
+
+class MyInvitationOut(msgspec.Struct, frozen=True):
+    """An invitation as its invitee sees it."""
+
+    id: int
+    project_id: int
+    project_name: str
+    role: ProjectRole
+    created_at: datetime
+
+
+class InvitationCursor(msgspec.Struct, frozen=True):
+    after_id: Annotated[int, msgspec.Meta(ge=0)]
 
 
 class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,10 +90,12 @@ class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class MemberOut(msgspec.Struct, frozen=True):
+    """``email`` is shown to the project's owners (and to each member for themselves), else null."""
+
     user_id: int
     role: ProjectRole
     display_name: str
-    email: str
+    email: str | None
     added_at: datetime
 
 

@@ -1,19 +1,20 @@
-"""Demo projects with members, tasks in every status, and comments (idempotent)."""
+"""Demo projects with members, tasks in every status, and comments (idempotent).
+
+Runs through the services, so the demo data also produces the activity events a real team would:
+the seeded users open a readable demo feed.
+"""
 
 from __future__ import annotations
 
 from datetime import date, timedelta
 
-from app.config import Settings
-from app.core.db import UnitOfWork
-from app.db import accounts as account_queries
-from app.db import projects as queries
-from app.db.models import ProjectRole, TaskPriority, TaskStatus
-from app.domains.projects import services as projects
-from app.domains.projects.schemas import MemberAdd, ProjectCreate
-from app.domains.tasks import services as tasks
+from app.core.services import Services
+from app.db.models import TaskPriority, TaskStatus, User
+from app.domains.accounts.services import AccountService
+from app.domains.projects.schemas import InvitationCreate, ProjectCreate
+from app.domains.projects.services import ProjectService
 from app.domains.tasks.schemas import TaskCreate
-from app.seed import seeder
+from app.domains.tasks.services import TaskService
 
 DEMO = {
     "Apollo": "Launch of the new storefront.",
@@ -27,45 +28,42 @@ TASKS = [
 ]
 
 
-@seeder
-async def seed_projects(uow: UnitOfWork, settings: Settings) -> list[str]:
-    admin = await account_queries.get_user_by_email(uow.conn, email=settings.admin_email.lower())
-    ana = await account_queries.get_user_by_email(uow.conn, email="ana@example.com")
-    ben = await account_queries.get_user_by_email(uow.conn, email="ben@example.com")
+async def seed_projects(services: Services) -> list[str]:
+    accounts = services[AccountService]
+    projects = services[ProjectService]
+    tasks = services[TaskService]
+    admin = await accounts.find_by_email(services.settings.admin_email)
+    ana = await accounts.find_by_email("ana@example.com")
+    ben = await accounts.find_by_email("ben@example.com")
     if admin is None or ana is None or ben is None:
         return []
-    existing = {
-        row.name
-        for row in await queries.list_member_projects(
-            uow.conn, user_id=ana.id, archived=None, after_id=0, row_limit=100
-        )
-    }
-    created = 0
-    for name, description in DEMO.items():
-        if name in existing:
-            continue
-        project = await projects.create_project(
-            uow, ana.id, ProjectCreate(name=name, description=description)
-        )
-        await projects.add_member(uow, ana.id, project.id, MemberAdd(user_id=ben.id, role=ProjectRole.EDITOR))
-        await projects.add_member(
-            uow, ana.id, project.id, MemberAdd(user_id=admin.id, role=ProjectRole.VIEWER)
-        )
-        for index, (title, status, priority, due_in) in enumerate(TASKS):
-            task = await tasks.create_task(
-                uow,
-                ana.id if index % 2 == 0 else ben.id,
-                project.id,
-                TaskCreate(
-                    title=title,
-                    status=status,
-                    priority=priority,
-                    assignee_id=ben.id if index % 2 else ana.id,
-                    due_date=date.today() + timedelta(days=due_in) if due_in is not None else None,
-                ),
-            )
-            await tasks.add_comment(uow, ben.id, task.id, f"On it — {title.lower()}.")
-        created += 1
+    existing = {row.name for row in await projects.list_for(ana.id, archived=None, after_id=0, limit=100)}
+    created = [name for name in DEMO if name not in existing]
+    for name in created:
+        await _seed_project(projects, tasks, name, ana=ana, ben=ben, admin=admin)
     return (
         [f"demo projects: {', '.join(DEMO)} (Ana owns them, Ben edits, the admin views)"] if created else []
     )
+
+
+async def _seed_project(
+    projects: ProjectService, tasks: TaskService, name: str, *, ana: User, ben: User, admin: User
+) -> None:
+    project = await projects.create(ana.id, ProjectCreate(name=name, description=DEMO[name]))
+    invitations = (InvitationCreate(email=ben.email, role="editor"), InvitationCreate(email=admin.email))
+    for invitee, invited in zip((ben, admin), invitations, strict=True):
+        invitation = await projects.invite(ana.id, project.id, invited)
+        await projects.accept_invitation(invitee.id, invitation.id)
+    for index, (title, status, priority, due_in) in enumerate(TASKS):
+        task = await tasks.create(
+            ana.id if index % 2 == 0 else ben.id,
+            project.id,
+            TaskCreate(
+                title=title,
+                status=status,
+                priority=priority,
+                assignee_id=ben.id if index % 2 else ana.id,
+                due_date=date.today() + timedelta(days=due_in) if due_in is not None else None,
+            ),
+        )
+        await tasks.add_comment(ben.id, task.id, f"On it — {title.lower()}.")

@@ -1,170 +1,311 @@
-"""Projects and their members: who may see and change what (see ``permissions``)."""
+"""Projects and their members: membership is the permission model of everything inside a project.
+
+Owners manage members, editors change content, viewers read. A user who is not a member gets 404
+for the project and everything in it (existence is not revealed); a member whose role is too low
+gets 403 (they already know the project exists). Other domains check access inside their own
+transaction with ``require_role`` (or ``check_role`` on a role their query already read).
+"""
 
 from __future__ import annotations
 
-from app.core.db import UnitOfWork
-from app.core.errors import ConflictError, NotFoundError
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from app.core.db import Database, UnitOfWork
+from app.core.errors import ConflictError, ForbiddenError, NotFoundError
 from app.core.wire import from_row
-from app.db import accounts as account_queries
 from app.db import projects as queries
-from app.db import tasks as task_queries
-from app.db.models import Project, ProjectRole
+from app.db.models import Project, ProjectInvitation, ProjectRole
+from app.domains.accounts.services import AccountService
 from app.domains.activity.events import emit
-from app.domains.projects.permissions import require_role
-from app.domains.projects.schemas import MemberAdd, MemberOut, ProjectCreate, ProjectUpdate
+from app.domains.projects.schemas import InvitationCreate, MemberOut, ProjectCreate, ProjectUpdate
+
+RANK = {ProjectRole.VIEWER: 0, ProjectRole.EDITOR: 1, ProjectRole.OWNER: 2}
 
 
-async def create_project(uow: UnitOfWork, actor: int, data: ProjectCreate) -> Project:
-    """The creator becomes the project's first owner."""
-    project = await queries.create_project(
-        uow.conn, name=data.name.strip(), description=data.description, owner_id=actor
-    )
-    assert project is not None
-    await queries.add_member(uow.conn, project_id=project.id, user_id=actor, role=ProjectRole.OWNER)
-    await emit(
-        uow,
-        actor=actor,
-        verb="project.created",
-        obj=("project", project.id),
-        project_id=project.id,
-        data={"name": project.name},
-    )
-    return project
+ProjectDeleted = Callable[[int], Awaitable[None]]
+"""Called with a deleted project's id once its deletion has committed."""
 
 
-async def get_project(uow: UnitOfWork, actor: int, project_id: int) -> tuple[Project, ProjectRole]:
-    role = await require_role(uow, actor, project_id, ProjectRole.VIEWER)
-    project = await queries.get_project(uow.conn, id=project_id)
-    if project is None:
-        raise NotFoundError("No such project.")
-    return project, role
+class ProjectService:
+    def __init__(self, db: Database, accounts: AccountService) -> None:
+        self.db = db
+        self.accounts = accounts
+        self._on_deleted: list[ProjectDeleted] = []
 
+    def after_delete(self, callback: ProjectDeleted) -> None:
+        """Run ``callback(project_id)`` after each project deletion commits (e.g. the files domain
+        removes the project's files from disk). A failing callback is logged; sweeps catch up."""
+        self._on_deleted.append(callback)
 
-async def update_project(
-    uow: UnitOfWork, actor: int, project_id: int, data: ProjectUpdate
-) -> tuple[Project, ProjectRole]:
-    """Editors rename and describe; archiving is the owners' call."""
-    needed = ProjectRole.OWNER if data.archived is not None else ProjectRole.EDITOR
-    role = await require_role(uow, actor, project_id, needed)
-    project = await queries.update_project(
-        uow.conn,
-        name=data.name.strip() if data.name else None,
-        description=data.description,
-        archived=data.archived,
-        id=project_id,
-    )
-    if project is None:
-        raise NotFoundError("No such project.")
-    changed = [field for field in ("name", "description", "archived") if getattr(data, field) is not None]
-    if changed:
-        await emit(
-            uow,
-            actor=actor,
-            verb="project.updated",
-            obj=("project", project_id),
-            project_id=project_id,
-            data={"fields": changed},
-        )
-    return project, role
+    async def existing(self, project_ids: list[int]) -> set[int]:
+        """Which of these projects still exist (for sweeps of what deleted projects left behind)."""
+        async with self.db.transaction() as uow:
+            return set(await queries.existing_projects(uow.conn, ids=project_ids))
 
+    # -- access, inside another service's transaction --------------------------------------------
 
-async def delete_project(uow: UnitOfWork, actor: int, project_id: int) -> None:
-    """The event names no project: the project (and its feed) is gone with it."""
-    project, _ = await get_project(uow, actor, project_id)
-    await require_role(uow, actor, project_id, ProjectRole.OWNER)
-    await queries.delete_project(uow.conn, id=project_id)
-    await emit(
-        uow,
-        actor=actor,
-        verb="project.deleted",
-        obj=("project", project_id),
-        project_id=None,
-        data={"name": project.name},
-    )
-
-
-async def list_projects(
-    uow: UnitOfWork, actor: int, *, archived: bool | None, after_id: int, limit: int
-) -> list[queries.ListMemberProjectsRow]:
-    return await queries.list_member_projects(
-        uow.conn, user_id=actor, archived=archived, after_id=after_id, row_limit=limit
-    )
-
-
-async def list_members(
-    uow: UnitOfWork, actor: int, project_id: int, *, after_user_id: int, limit: int
-) -> list[MemberOut]:
-    await require_role(uow, actor, project_id, ProjectRole.VIEWER)
-    rows = await queries.list_members(
-        uow.conn, project_id=project_id, after_user_id=after_user_id, row_limit=limit
-    )
-    return [from_row(MemberOut, row) for row in rows]
-
-
-async def add_member(uow: UnitOfWork, actor: int, project_id: int, data: MemberAdd) -> MemberOut:
-    await require_role(uow, actor, project_id, ProjectRole.OWNER)
-    user = await account_queries.get_user_by_id(uow.conn, id=data.user_id)
-    if user is None or not user.is_active:
-        raise NotFoundError("No such user.")
-    member = await queries.add_member(uow.conn, project_id=project_id, user_id=data.user_id, role=data.role)
-    if member is None:
-        raise ConflictError("The user is already a member of this project.")
-    await emit(
-        uow,
-        actor=actor,
-        verb="member.added",
-        obj=("user", data.user_id),
-        project_id=project_id,
-        data={"role": data.role.value, "name": user.display_name},
-    )
-    return MemberOut(
-        user_id=user.id,
-        role=member.role,
-        display_name=user.display_name,
-        email=user.email,
-        added_at=member.added_at,
-    )
-
-
-async def change_member_role(
-    uow: UnitOfWork, actor: int, project_id: int, user_id: int, role: ProjectRole
-) -> ProjectRole:
-    await require_role(uow, actor, project_id, ProjectRole.OWNER)
-    current = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
-    if current is None:
-        raise NotFoundError("No such member.")
-    if current == role:
+    @staticmethod
+    def check_role(
+        role: ProjectRole | None, at_least: ProjectRole, *, missing: str = "No such project."
+    ) -> ProjectRole:
+        """``role`` if it is at least ``at_least``; 404 (``missing``) for no role, 403 for too low."""
+        if role is None:
+            raise NotFoundError(missing)
+        if RANK[role] < RANK[at_least]:
+            raise ForbiddenError(f"This needs the {at_least.value} role in the project.")
         return role
-    if current == ProjectRole.OWNER:
-        await _keep_an_owner(uow, project_id)
-    await queries.update_member_role(uow.conn, role=role, project_id=project_id, user_id=user_id)
-    await emit(
-        uow,
-        actor=actor,
-        verb="member.role_changed",
-        obj=("user", user_id),
-        project_id=project_id,
-        data={"from": current.value, "to": role.value},
-    )
-    return role
 
+    async def require_role(
+        self, uow: UnitOfWork, user_id: int, project_id: int, at_least: ProjectRole
+    ) -> ProjectRole:
+        """The caller's role in the project, if it is at least ``at_least``; else 404 or 403."""
+        role = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
+        return self.check_role(role, at_least)
 
-async def remove_member(uow: UnitOfWork, actor: int, project_id: int, user_id: int) -> None:
-    """Owners remove anyone; any member may leave. The last owner cannot go."""
-    if actor != user_id:
-        await require_role(uow, actor, project_id, ProjectRole.OWNER)
-    current = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
-    if current is None:
-        raise NotFoundError("No such member." if actor != user_id else "No such project.")
-    if current == ProjectRole.OWNER:
-        await _keep_an_owner(uow, project_id)
-    await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
-    await task_queries.clear_assignee_in_project(uow.conn, project_id=project_id, user_id=user_id)
-    await emit(uow, actor=actor, verb="member.removed", obj=("user", user_id), project_id=project_id)
+    async def is_member(self, uow: UnitOfWork, user_id: int, project_id: int) -> bool:
+        return await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id) is not None
 
+    # -- projects -------------------------------------------------------------------------------
 
-async def _keep_an_owner(uow: UnitOfWork, project_id: int) -> None:
-    await queries.lock_project(uow.conn, id=project_id)
-    owners = await queries.count_owners(uow.conn, project_id=project_id)
-    if (owners or 0) <= 1:
-        raise ConflictError("A project keeps at least one owner: promote another member first.")
+    async def create(self, actor: int, data: ProjectCreate) -> Project:
+        """The creator becomes the project's first owner."""
+        async with self.db.transaction() as uow:
+            project = await queries.create_project(
+                uow.conn, name=data.name.strip(), description=data.description, owner_id=actor
+            )
+            assert project is not None
+            await queries.add_member(uow.conn, project_id=project.id, user_id=actor, role=ProjectRole.OWNER)
+            await emit(
+                uow,
+                actor=actor,
+                verb="project.created",
+                obj=("project", project.id),
+                project_id=project.id,
+                data={"name": project.name},
+            )
+            return project
+
+    async def get(self, actor: int, project_id: int) -> tuple[Project, ProjectRole]:
+        async with self.db.transaction() as uow:
+            return await self._get(uow, actor, project_id, ProjectRole.VIEWER)
+
+    async def _get(
+        self, uow: UnitOfWork, actor: int, project_id: int, at_least: ProjectRole
+    ) -> tuple[Project, ProjectRole]:
+        role = await self.require_role(uow, actor, project_id, at_least)
+        project = await queries.get_project(uow.conn, id=project_id)
+        if project is None:
+            raise NotFoundError("No such project.")
+        return project, role
+
+    async def update(self, actor: int, project_id: int, data: ProjectUpdate) -> tuple[Project, ProjectRole]:
+        """Editors rename and describe; archiving is the owners' call."""
+        needed = ProjectRole.OWNER if data.archived is not None else ProjectRole.EDITOR
+        async with self.db.transaction() as uow:
+            role = await self.require_role(uow, actor, project_id, needed)
+            project = await queries.update_project(
+                uow.conn,
+                name=data.name.strip() if data.name else None,
+                description=data.description,
+                archived=data.archived,
+                id=project_id,
+            )
+            if project is None:
+                raise NotFoundError("No such project.")
+            changed = [f for f in ("name", "description", "archived") if getattr(data, f) is not None]
+            if changed:
+                await emit(
+                    uow,
+                    actor=actor,
+                    verb="project.updated",
+                    obj=("project", project_id),
+                    project_id=project_id,
+                    data={"fields": changed},
+                )
+            return project, role
+
+    async def delete(self, actor: int, project_id: int) -> None:
+        """Owners only. The event names no project: the project (and its feed) is gone with it."""
+        async with self.db.transaction() as uow:
+            project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER)
+            await queries.delete_project(uow.conn, id=project_id)
+            for callback in self._on_deleted:
+                uow.after_commit(partial(callback, project_id))
+            await emit(
+                uow,
+                actor=actor,
+                verb="project.deleted",
+                obj=("project", project_id),
+                project_id=None,
+                data={"name": project.name},
+            )
+
+    async def list_for(
+        self, actor: int, *, archived: bool | None, after_id: int, limit: int
+    ) -> list[queries.ListMemberProjectsRow]:
+        async with self.db.transaction() as uow:
+            return await queries.list_member_projects(
+                uow.conn, user_id=actor, archived=archived, after_id=after_id, row_limit=limit
+            )
+
+    # -- members --------------------------------------------------------------------------------
+
+    async def list_members(
+        self, actor: int, project_id: int, *, after_user_id: int, limit: int
+    ) -> list[MemberOut]:
+        """Members' emails are shown to owners only (and each member sees their own)."""
+        async with self.db.transaction() as uow:
+            role = await self.require_role(uow, actor, project_id, ProjectRole.VIEWER)
+            rows = await queries.list_members(
+                uow.conn, project_id=project_id, after_user_id=after_user_id, row_limit=limit
+            )
+        owner = role == ProjectRole.OWNER
+        return [
+            from_row(MemberOut, row, email=row.email if owner or row.user_id == actor else None)
+            for row in rows
+        ]
+
+    # -- invitations: members join by accepting, never by being added by id -------------------------
+
+    async def invite(self, actor: int, project_id: int, data: InvitationCreate) -> ProjectInvitation:
+        """Owners invite an email. The answer is the same whether the email has an account (active or
+        not) or is a member already: nothing here tells who has an account. Inviting again updates the
+        role."""
+        email = data.email.strip().lower()
+        async with self.db.transaction() as uow:
+            project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER)
+            invitation = await queries.upsert_invitation(
+                uow.conn, project_id=project_id, email=email, role=ProjectRole(data.role), invited_by=actor
+            )
+            assert invitation is not None
+            await emit(
+                uow,
+                actor=actor,
+                verb="member.invited",
+                obj=("project", project_id),
+                project_id=project_id,
+                data={"name": project.name, "role": data.role},
+            )
+            return invitation
+
+    async def list_invitations(
+        self, actor: int, project_id: int, *, after_id: int, limit: int
+    ) -> list[ProjectInvitation]:
+        async with self.db.transaction() as uow:
+            await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
+            return await queries.list_project_invitations(
+                uow.conn, project_id=project_id, after_id=after_id, row_limit=limit
+            )
+
+    async def revoke_invitation(self, actor: int, project_id: int, invitation_id: int) -> None:
+        async with self.db.transaction() as uow:
+            await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
+            if (
+                await queries.delete_project_invitation(uow.conn, id=invitation_id, project_id=project_id)
+                is None
+            ):
+                raise NotFoundError("No such invitation.")
+
+    async def my_invitations(
+        self, user_id: int, *, after_id: int, limit: int
+    ) -> list[queries.ListInvitationsForEmailRow]:
+        """Invitations addressed to the caller's email."""
+        async with self.db.transaction() as uow:
+            user = await self.accounts.active_user(uow, user_id)
+            if user is None:
+                return []
+            return await queries.list_invitations_for_email(
+                uow.conn, email=user.email, after_id=after_id, row_limit=limit
+            )
+
+    async def accept_invitation(self, user_id: int, invitation_id: int) -> tuple[Project, ProjectRole]:
+        """The invitee joins with the invited role (a member already keeps their role); the invitation
+        is used up. 404 for an invitation addressed to someone else."""
+        async with self.db.transaction() as uow:
+            user = await self.accounts.active_user(uow, user_id)
+            invitation = (
+                await queries.take_invitation(uow.conn, id=invitation_id, email=user.email) if user else None
+            )
+            if user is None or invitation is None:
+                raise NotFoundError("No such invitation.")
+            member = await queries.add_member(
+                uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
+            )
+            if member is not None:
+                await emit(
+                    uow,
+                    actor=user_id,
+                    verb="member.joined",
+                    obj=("user", user_id),
+                    project_id=invitation.project_id,
+                    data={"role": member.role.value, "name": user.display_name},
+                )
+            return await self._get(uow, user_id, invitation.project_id, ProjectRole.VIEWER)
+
+    async def decline_invitation(self, user_id: int, invitation_id: int) -> None:
+        async with self.db.transaction() as uow:
+            user = await self.accounts.active_user(uow, user_id)
+            taken = (
+                await queries.take_invitation(uow.conn, id=invitation_id, email=user.email) if user else None
+            )
+            if taken is None:
+                raise NotFoundError("No such invitation.")
+
+    async def change_member_role(
+        self, actor: int, project_id: int, user_id: int, role: ProjectRole
+    ) -> ProjectRole:
+        async with self.db.transaction() as uow:
+            await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
+            current = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
+            if current is None:
+                raise NotFoundError("No such member.")
+            if current == role:
+                return role
+            if current == ProjectRole.OWNER:
+                await self._keep_an_owner(uow, project_id)
+            await queries.update_member_role(uow.conn, role=role, project_id=project_id, user_id=user_id)
+            await emit(
+                uow,
+                actor=actor,
+                verb="member.role_changed",
+                obj=("user", user_id),
+                project_id=project_id,
+                data={"from": current.value, "to": role.value, "name": await self._name(uow, user_id)},
+            )
+            return role
+
+    async def remove_member(self, actor: int, project_id: int, user_id: int) -> None:
+        """Owners remove anyone; any member may leave. The last owner cannot go.
+
+        The member's task assignments in the project are cleared by the database (the assignee is a
+        foreign key to the membership, ``on delete set null``), so no other domain is touched here.
+        """
+        async with self.db.transaction() as uow:
+            if actor != user_id:
+                await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
+            current = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
+            if current is None:
+                raise NotFoundError("No such member." if actor != user_id else "No such project.")
+            if current == ProjectRole.OWNER:
+                await self._keep_an_owner(uow, project_id)
+            await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
+            await emit(
+                uow,
+                actor=actor,
+                verb="member.removed",
+                obj=("user", user_id),
+                project_id=project_id,
+                data={"name": await self._name(uow, user_id)},
+            )
+
+    async def _name(self, uow: UnitOfWork, user_id: int) -> str | None:
+        """A member's display name for the feed's sentence (None once the account is deactivated)."""
+        user = await self.accounts.active_user(uow, user_id)
+        return user.display_name if user is not None else None
+
+    async def _keep_an_owner(self, uow: UnitOfWork, project_id: int) -> None:
+        await queries.lock_project(uow.conn, id=project_id)
+        owners = await queries.count_owners(uow.conn, project_id=project_id)
+        if (owners or 0) <= 1:
+            raise ConflictError("A project keeps at least one owner: promote another member first.")

@@ -6,17 +6,16 @@ from datetime import date
 from typing import Annotated
 
 from litestar import delete, get, patch, post
+from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.core.db import Uow
+from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import MAX_ID, NO_NUL, IdPath
 from app.db.models import TaskPriority, TaskStatus
-from app.domains.accounts.guards import Caller, requires_user
-from app.domains.tasks import services
 from app.domains.tasks.schemas import (
     CommentCreate,
     CommentOut,
@@ -27,6 +26,9 @@ from app.domains.tasks.schemas import (
     TaskSort,
     TaskUpdate,
 )
+from app.domains.tasks.services import TaskFilters, TaskService
+
+Tasks = NamedDependency[TaskService]
 
 
 class ProjectTasksController(Controller):
@@ -44,7 +46,7 @@ class ProjectTasksController(Controller):
     async def list_tasks(
         self,
         project_id: IdPath,
-        uow: Uow,
+        tasks: Tasks,
         current_user: Caller,
         status: FromQuery[TaskStatus | None] = None,
         priority: FromQuery[TaskPriority | None] = None,
@@ -65,7 +67,7 @@ class ProjectTasksController(Controller):
         cursor: Annotated[str | None, cursor_query(TaskCursor)] = None,
         limit: PageSize = 50,
     ) -> Page[TaskOut]:
-        filters = services.TaskFilters(
+        filters = TaskFilters(
             status=status,
             priority=priority,
             assignee_id=assignee_id,
@@ -74,8 +76,8 @@ class ProjectTasksController(Controller):
             search=q,
         )
         position = decode_cursor(cursor, TaskCursor) if cursor else None
-        rows = await services.list_tasks(
-            uow, current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit + 1
+        rows = await tasks.list_in_project(
+            current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit + 1
         )
         return paginate(
             rows, limit, lambda row: TaskCursor(sort=sort, key=row.sort_key, id=row.id), TaskOut.from_row
@@ -88,9 +90,9 @@ class ProjectTasksController(Controller):
         responses=problems(400, 401, 403, 404, 422, 429),
     )
     async def create_task(
-        self, project_id: IdPath, data: JSONBody[TaskCreate], uow: Uow, current_user: Caller
+        self, project_id: IdPath, data: JSONBody[TaskCreate], tasks: Tasks, current_user: Caller
     ) -> TaskOut:
-        return TaskOut.from_row(await services.create_task(uow, current_user.id, project_id, data))
+        return TaskOut.from_row(await tasks.create(current_user.id, project_id, data))
 
 
 class TasksController(Controller):
@@ -100,8 +102,8 @@ class TasksController(Controller):
     security = BEARER
 
     @get("/", summary="A task", responses=problems(401, 404, 429))
-    async def get_task(self, task_id: IdPath, uow: Uow, current_user: Caller) -> TaskOut:
-        return TaskOut.from_row(await services.get_task(uow, current_user.id, task_id))
+    async def get_task(self, task_id: IdPath, tasks: Tasks, current_user: Caller) -> TaskOut:
+        return TaskOut.from_row(await tasks.get(current_user.id, task_id))
 
     @patch(
         "/",
@@ -109,9 +111,9 @@ class TasksController(Controller):
         responses=problems(400, 401, 403, 404, 422, 429),
     )
     async def update_task(
-        self, task_id: IdPath, data: JSONBody[TaskUpdate], uow: Uow, current_user: Caller
+        self, task_id: IdPath, data: JSONBody[TaskUpdate], tasks: Tasks, current_user: Caller
     ) -> TaskOut:
-        return TaskOut.from_row(await services.update_task(uow, current_user.id, task_id, data))
+        return TaskOut.from_row(await tasks.update(current_user.id, task_id, data))
 
     @delete(
         "/",
@@ -119,20 +121,20 @@ class TasksController(Controller):
         summary="Delete a task (editors)",
         responses=problems(401, 403, 404, 429),
     )
-    async def delete_task(self, task_id: IdPath, uow: Uow, current_user: Caller) -> None:
-        await services.delete_task(uow, current_user.id, task_id)
+    async def delete_task(self, task_id: IdPath, tasks: Tasks, current_user: Caller) -> None:
+        await tasks.delete(current_user.id, task_id)
 
     @get("/comments", summary="Comments on a task", responses=problems(400, 401, 404, 429))
     async def list_comments(
         self,
         task_id: IdPath,
-        uow: Uow,
+        tasks: Tasks,
         current_user: Caller,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[CommentOut]:
         after_id = decode_cursor(cursor, IdCursor).after_id if cursor else 0
-        rows = await services.list_comments(uow, current_user.id, task_id, after_id=after_id, limit=limit + 1)
+        rows = await tasks.list_comments(current_user.id, task_id, after_id=after_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: IdCursor(row.id))
 
     @post(
@@ -142,9 +144,9 @@ class TasksController(Controller):
         responses=problems(400, 401, 403, 404, 429),
     )
     async def add_comment(
-        self, task_id: IdPath, data: JSONBody[CommentCreate], uow: Uow, current_user: Caller
+        self, task_id: IdPath, data: JSONBody[CommentCreate], tasks: Tasks, current_user: Caller
     ) -> CommentOut:
-        return CommentOut.from_row(await services.add_comment(uow, current_user.id, task_id, data.body))
+        return CommentOut.from_row(await tasks.add_comment(current_user.id, task_id, data.body))
 
     @patch(
         "/comments/{comment_id:int}", summary="Edit your comment", responses=problems(400, 401, 403, 404, 429)
@@ -154,10 +156,10 @@ class TasksController(Controller):
         task_id: IdPath,
         comment_id: IdPath,
         data: JSONBody[CommentCreate],
-        uow: Uow,
+        tasks: Tasks,
         current_user: Caller,
     ) -> CommentOut:
-        comment = await services.edit_comment(uow, current_user.id, task_id, comment_id, data.body)
+        comment = await tasks.edit_comment(current_user.id, task_id, comment_id, data.body)
         return CommentOut.from_row(comment)
 
     @delete(
@@ -167,9 +169,9 @@ class TasksController(Controller):
         responses=problems(401, 403, 404, 429),
     )
     async def delete_comment(
-        self, task_id: IdPath, comment_id: IdPath, uow: Uow, current_user: Caller
+        self, task_id: IdPath, comment_id: IdPath, tasks: Tasks, current_user: Caller
     ) -> None:
-        await services.delete_comment(uow, current_user.id, task_id, comment_id)
+        await tasks.delete_comment(current_user.id, task_id, comment_id)
 
 
 class MyTasksController(Controller):
@@ -181,14 +183,12 @@ class MyTasksController(Controller):
     @get("/", summary="Tasks assigned to the caller, across projects", responses=problems(400, 401, 429))
     async def my_tasks(
         self,
-        uow: Uow,
+        tasks: Tasks,
         current_user: Caller,
         status: FromQuery[TaskStatus | None] = None,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[TaskOut]:
         after_id = decode_cursor(cursor, IdCursor).after_id if cursor else 0
-        rows = await services.list_my_tasks(
-            uow, current_user.id, status=status, after_id=after_id, limit=limit + 1
-        )
+        rows = await tasks.list_assigned(current_user.id, status=status, after_id=after_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: IdCursor(row.id), TaskOut.from_row)

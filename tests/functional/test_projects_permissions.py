@@ -8,11 +8,11 @@ the suite until its permissions are written down here (file routes are tested el
 Each case runs on a fresh project: an owner, an editor, a viewer and a bystander (viewer) as
 members, one task, one comment by the editor, and a non-member user. Tokens are minted directly.
 Worlds never share a row, so the cases skip the per-test truncation (the matrix has 100+ cases).
+A refused call is a problem+json and leaves every row of its world as it was.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,15 +23,13 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
 
-from app.db import accounts as account_queries
 from app.db import comments as comment_queries
 from app.db import projects as project_queries
-from app.db import tasks as task_queries
-from app.db.models import ProjectRole, TaskPriority, TaskStatus, UserRole, register_types
+from app.db.models import ProjectRole, TaskPriority, register_types
+from tests.factories import assert_problem, create_user, make_project, make_task, mint_headers
 
 ROLES = ("owner", "editor", "viewer", "non_member", "anonymous")
 PREFIXES = ("/api/projects", "/api/tasks", "/api/me/tasks")
-FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 
 
 class World(msgspec.Struct):
@@ -46,7 +44,8 @@ class World(msgspec.Struct):
     project: int
     task: int
     comment: int
-    tokens: dict[str, str]
+    invitation: int
+    headers: dict[str, dict[str, str]]
 
     def caller_id(self, role: str) -> int:
         # anonymous has no id; routes that target "yourself" then target the owner
@@ -84,12 +83,21 @@ CASES: list[Case] = [
     Case("DELETE", P, "delete (owners only)", _ranked(204, 403, 403)),
     # -- members: owners manage; any member may leave; the last owner may not
     Case("GET", P + "/members", "list", _all(200)),
+    # -- invitations: owners invite by email, list and withdraw (members join by accepting)
     Case(
         "POST",
-        P + "/members",
-        "add (owners only)",
+        P + "/invitations",
+        "invite (owners only)",
         _ranked(201, 403, 403),
-        body=lambda w, r: {"user_id": w.candidate, "role": "viewer"},
+        body=lambda w, r: {"email": f"candidate-{w.candidate}@example.com", "role": "viewer"},
+    ),
+    Case("GET", P + "/invitations", "list (owners only)", _ranked(200, 403, 403)),
+    Case(
+        "DELETE",
+        P + "/invitations/{invitation_id}",
+        "withdraw (owners only)",
+        _ranked(204, 403, 403),
+        params=lambda w, r: {"invitation_id": w.invitation},
     ),
     Case(
         "PATCH",
@@ -120,6 +128,8 @@ CASES: list[Case] = [
     Case("PATCH", T, "change", _ranked(200, 200, 403), body=lambda w, r: {"title": "Changed"}),
     Case("DELETE", T, "delete", _ranked(204, 204, 403)),
     Case("GET", "/api/me/tasks", "any logged-in user", _all(200, non_member=200)),
+    # -- the project's activity feed: members read it
+    Case("GET", P + "/feed", "read", _all(200)),
     # -- comments: members read; editors write; the author edits; the author or an owner deletes
     Case("GET", T + "/comments", "list", _all(200)),
     Case("POST", T + "/comments", "add", _ranked(201, 201, 403), body=lambda w, r: {"body": "Me too"}),
@@ -167,51 +177,56 @@ def test_every_case_documents_every_role() -> None:
         assert case.statuses["anonymous"] == 401
 
 
-async def _user(db: AsyncConnection[Any], name: str) -> int:
-    user = await account_queries.create_user(
-        db,
-        email=f"{name}-{uuid.uuid4().hex[:10]}@example.com",
-        display_name=name.title(),
-        password_hash=FAKE_HASH,
-        role=UserRole.MEMBER,
-    )
-    assert user is not None
-    return user.id
-
-
 async def build_world(app: Litestar, db: AsyncConnection[Any]) -> World:
-    ids = {name: await _user(db, name) for name in ("owner", "editor", "viewer", "bystander", "non_member")}
-    candidate = await _user(db, "candidate")
-    project = await project_queries.create_project(db, name="Apollo", description="", owner_id=ids["owner"])
-    assert project is not None
-    for name, role in (
-        ("owner", ProjectRole.OWNER),
-        ("editor", ProjectRole.EDITOR),
-        ("viewer", ProjectRole.VIEWER),
-        ("bystander", ProjectRole.VIEWER),
-    ):
-        await project_queries.add_member(db, project_id=project.id, user_id=ids[name], role=role)
-    task = await task_queries.create_task(
+    names = ("owner", "editor", "viewer", "bystander", "non_member", "candidate")
+    ids = {name: (await create_user(db, display_name=name.title())).id for name in names}
+    project = await make_project(
         db,
-        project_id=project.id,
-        title="Launch",
-        description="",
-        status=TaskStatus.TODO,
-        priority=TaskPriority.HIGH,
-        assignee_id=ids["editor"],
-        due_date=None,
-        created_by=ids["owner"],
+        ids["owner"],
+        {
+            ids["editor"]: ProjectRole.EDITOR,
+            ids["viewer"]: ProjectRole.VIEWER,
+            ids["bystander"]: ProjectRole.VIEWER,
+        },
     )
-    assert task is not None
-    comment = await comment_queries.create_comment(db, task_id=task.id, author_id=ids["editor"], body="First")
+    task = await make_task(
+        db, project, ids["owner"], title="Launch", priority=TaskPriority.HIGH, assignee=ids["editor"]
+    )
+    comment = await comment_queries.create_comment(db, task_id=task, author_id=ids["editor"], body="First")
     assert comment is not None
-    tokens = {
-        name: app.state.accounts.tokens.issue(ids[name], "member", uuid.uuid4())[0]
-        for name in ("owner", "editor", "viewer", "non_member")
-    }
-    return World(
-        **ids, candidate=candidate, project=project.id, task=task.id, comment=comment.id, tokens=tokens
+    invitation = await project_queries.upsert_invitation(
+        db,
+        project_id=project,
+        email=f"invited-{project}@example.com",
+        role=ProjectRole.EDITOR,
+        invited_by=None,
     )
+    assert invitation is not None
+    headers = {name: mint_headers(app, ids[name]) for name in ("owner", "editor", "viewer", "non_member")}
+    return World(
+        **ids, project=project, task=task, comment=comment.id, invitation=invitation.id, headers=headers
+    )
+
+
+async def world_rows(conn: AsyncConnection[Any], world: World) -> list[tuple[Any, ...]]:
+    """Every row of the world's project, members, tasks and comments (and the projects its users own)."""
+    queries = [
+        ("select * from projects where id = %(p)s or owner_id = any(%(users)s) order by id", "projects"),
+        ("select * from project_members where project_id = %(p)s order by user_id", "members"),
+        ("select * from project_invitations where project_id = %(p)s order by id", "invitations"),
+        ("select * from tasks where project_id = %(p)s order by id", "tasks"),
+        (
+            "select c.* from comments c join tasks t on t.id = c.task_id"
+            " where t.project_id = %(p)s order by c.id",
+            "comments",
+        ),
+    ]
+    users = [world.owner, world.editor, world.viewer, world.bystander, world.non_member, world.candidate]
+    rows: list[tuple[Any, ...]] = []
+    for sql, table in queries:
+        cursor = await conn.execute(sql, {"p": world.project, "users": users})
+        rows += [(table, *row) for row in await cursor.fetchall()]
+    return rows
 
 
 @pytest.fixture
@@ -248,8 +263,8 @@ async def test_permission(
     api: AsyncTestClient[Litestar], app: Litestar, conn: AsyncConnection[Any], case: Case, role: str
 ) -> None:
     world = await build_world(app, conn)
-    headers = {"Authorization": f"Bearer {world.tokens[role]}"} if role != "anonymous" else {}
-    kwargs: dict[str, Any] = {"headers": headers}
+    before = await world_rows(conn, world)
+    kwargs: dict[str, Any] = {"headers": world.headers.get(role, {})}
     if case.body is not None:
         kwargs["json"] = case.body(world, role)
     response = await api.request(case.method, _url(case, world, role), **kwargs)
@@ -259,7 +274,12 @@ async def test_permission(
         f"expected {expected}: {response.text}"
     )
     if expected >= 400:
-        assert response.headers["content-type"] == "application/problem+json"
+        assert_problem(
+            response,
+            expected,
+            {401: "unauthorized", 403: "forbidden", 404: "not-found", 409: "conflict"}[expected],
+        )
+        assert await world_rows(conn, world) == before, "a refused call changed its world"
 
 
 async def test_non_members_cannot_tell_a_foreign_project_from_a_missing_one(
@@ -267,7 +287,7 @@ async def test_non_members_cannot_tell_a_foreign_project_from_a_missing_one(
 ) -> None:
     """404 for a non-member is the same answer as for an id that does not exist."""
     world = await build_world(app, db)
-    headers = {"Authorization": f"Bearer {world.tokens['non_member']}"}
+    headers = world.headers["non_member"]
     for foreign_path, missing_path in (
         (f"/api/projects/{world.project}", "/api/projects/999999"),
         (f"/api/tasks/{world.task}", "/api/tasks/999999"),

@@ -8,15 +8,12 @@ private Valkey that the test stops and starts.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from decimal import Decimal
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +22,20 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.db import create_pool
-from app.db import accounts as account_queries
+from app.core.services import open_services
 from app.db import orders as order_queries
-from app.db import products as product_queries
-from app.db.models import UserRole
 from app.domains.orders.schemas import OrderCreate, OrderLine
 from app.domains.orders.services import OrderService
 from app.main import create_app
+from tests.factories import COMMERCE, clean_env, create_user, make_product, mint_headers, wait_until
 from tests.valkey_control import ControlledValkey
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 JOB_TIMEOUT_S = 2
 CONCURRENCY = 2  # jobs in flight at the kill; the sweeper waits 5 s on each before retrying it
-
-
-@pytest.fixture
-def controlled_valkey() -> Iterator[ControlledValkey]:
-    server = ControlledValkey()
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -59,17 +44,17 @@ def crash_settings(settings: Settings, controlled_valkey: ControlledValkey) -> S
         settings,
         valkey_url=controlled_valkey.url,
         max_open_orders=100_000,
+        order_max_units_per_product=1_000_000,
+        order_max_units_held=1_000_000,
         rate_limit_default_per_minute=100_000,
     )
 
 
 @pytest.fixture
-async def pool(crash_settings: Settings, db: AsyncConnection[Any]) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    assert crash_settings.database_url
-    pool = create_pool(crash_settings, crash_settings.database_url)
-    await pool.open()
-    yield pool
-    await pool.close()
+async def orders(crash_settings: Settings, db: AsyncConnection[Any]) -> AsyncIterator[OrderService]:
+    """The order service of the test process (placing orders; the workers reserve them)."""
+    async with open_services(crash_settings, COMMERCE) as services:
+        yield services[OrderService]
 
 
 class Workers:
@@ -77,19 +62,18 @@ class Workers:
 
     def __init__(self, directory: Path, database_url: str, valkey_url: str) -> None:
         self.directory = directory
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "VALKEY_URL": valkey_url,
-            "APP_ENV": "test",
-            "LOG_LEVEL": "WARNING",
-            "JOB_TIMEOUT_S": str(JOB_TIMEOUT_S),
-            "WORKER_CONCURRENCY": str(CONCURRENCY),
-            "OUTBOX_POLL_INTERVAL_S": "0.1",
-            "OUTBOX_BATCH_SIZE": "20",
-            "DATABASE_POOL_MIN": "1",
-            "DATABASE_POOL_MAX": "10",
-        }
+        self.env = clean_env(
+            DATABASE_URL=database_url,
+            VALKEY_URL=valkey_url,
+            APP_ENV="test",
+            LOG_LEVEL="WARNING",
+            JOB_TIMEOUT_S=str(JOB_TIMEOUT_S),
+            WORKER_CONCURRENCY=str(CONCURRENCY),
+            OUTBOX_POLL_INTERVAL_S="0.1",
+            OUTBOX_BATCH_SIZE="20",
+            DATABASE_POOL_MIN="1",
+            DATABASE_POOL_MAX="10",
+        )
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
@@ -124,38 +108,10 @@ def workers(tmp_path: Path, crash_settings: Settings) -> Iterator[Workers]:
         running.close()
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
-        await asyncio.sleep(0.05)
-
-
 async def count(db: AsyncConnection[Any], sql: str, *params: Any) -> int:
     row = await (await db.execute(sql, params)).fetchone()
     assert row is not None
     return int(row[0])
-
-
-async def new_user(db: AsyncConnection[Any]) -> int:
-    user = await account_queries.create_user(
-        db,
-        email=f"crash-{uuid.uuid4().hex[:10]}@example.com",
-        display_name="Crash",
-        password_hash=FAKE_HASH,
-        role=UserRole.MEMBER,
-    )
-    assert user is not None
-    return user.id
-
-
-async def new_product(db: AsyncConnection[Any], stock: int) -> int:
-    row = await product_queries.create_product(
-        db, sku=f"C-{uuid.uuid4().hex[:10]}", name="Crash", description="", price=Decimal("1.00"), stock=stock
-    )
-    assert row is not None
-    return row.id
 
 
 async def assert_settled_exactly_once(
@@ -190,18 +146,17 @@ async def assert_settled_exactly_once(
 
 async def test_a_worker_killed_mid_reservation_is_recovered_by_the_next_one(
     db: AsyncConnection[Any],
-    pool: AsyncConnectionPool[Any],
+    orders: OrderService,
     crash_settings: Settings,
     controlled_valkey: ControlledValkey,
     workers: Workers,
     database_url: str,
 ) -> None:
     rng = random.Random(7)
-    orders = OrderService(crash_settings, pool)
     # The first product gets the lowest id, so a reservation touching it takes its row lock first.
-    blocked, free = await new_product(db, stock=40), await new_product(db, stock=250)
+    blocked, free = await make_product(db, stock=40), await make_product(db, stock=250)
     initial = {blocked: 40, free: 250}
-    buyers = [await new_user(db) for _ in range(5)]
+    buyers = [(await create_user(db)).id for _ in range(5)]
 
     async def place(lines: dict[int, int]) -> int:
         data = OrderCreate(lines=[OrderLine(product_id=p, quantity=q) for p, q in lines.items()])
@@ -287,9 +242,8 @@ async def test_orders_placed_while_valkey_is_down_are_all_processed(
     workers: Workers,
 ) -> None:
     app: Litestar = shop_client.app  # type: ignore[assignment]
-    product = await new_product(db, stock=30)
-    users = [await new_user(db) for _ in range(3)]
-    tokens = [app.state.accounts.tokens.issue(u, "member", uuid.uuid4())[0] for u in users]
+    product = await make_product(db, stock=30)
+    callers = [mint_headers(app, (await create_user(db)).id) for _ in range(3)]
     worker = workers.start()
     await wait_until(lambda: controlled_valkey_workers(controlled_valkey), 30, "the worker is up")
 
@@ -300,11 +254,11 @@ async def test_orders_placed_while_valkey_is_down_are_all_processed(
             response = await shop_client.post(
                 "/api/orders",
                 json={"lines": [{"product_id": product, "quantity": 1 + n % 3}]},
-                headers={"Authorization": f"Bearer {tokens[n % 3]}", "Idempotency-Key": uuid.uuid4().hex},
+                headers=callers[n % 3] | {"Idempotency-Key": uuid.uuid4().hex},
             )
             assert response.status_code == 202, response.text
             order_ids.append(response.json()["id"])
-        await asyncio.sleep(1.0)  # the running worker's relay tries, and fails, meanwhile
+        await wait_until(lambda: relay_failed(workers), 60, "the running worker's relay has tried and failed")
         unpublished = await count(
             db, "select count(*) from outbox where task = 'reserve_order' and published_at is null"
         )
@@ -325,6 +279,14 @@ async def test_orders_placed_while_valkey_is_down_are_all_processed(
 
     await wait_until(all_published, 30, "every outbox row is published")
     await assert_settled_exactly_once(db, order_ids, {product: 30})
+
+
+async def relay_failed(workers: Workers) -> bool:
+    """True once a worker has logged a failed relay round (its warning, at most one per 30 s)."""
+    return any(
+        "outbox_relay_failed" in path.read_text(errors="replace")
+        for path in workers.directory.glob("worker-*.log")
+    )
 
 
 async def controlled_valkey_workers(server: ControlledValkey) -> bool:

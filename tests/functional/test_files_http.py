@@ -8,8 +8,11 @@ always delivers the whole body in one message.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,16 +22,25 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.security import Passwords
-from app.db.models import User
+from app.db.models import ProjectRole
+from app.domains.files.services import FileService
 from app.domains.files.storage import MULTIPART_OVERHEAD, sanitize_filename
-from tests.factories import PASSWORD, Client, bearer, create_user, generous_client, login
+from tests.factories import (
+    GENEROUS_AUTH,
+    Actor,
+    Client,
+    assert_problem,
+    generous_client,
+    make_project,
+    make_user,
+    serve_in_loop,
+)
 
-PROBLEM = "application/problem+json"
 MIB = 1024 * 1024
 MAX_BYTES = 6 * MIB
 
@@ -49,11 +61,6 @@ async def module_client(settings: Settings, files_root: Path) -> AsyncIterator[C
         yield client
 
 
-@pytest.fixture(scope="module")
-async def password_hash(settings: Settings) -> str:
-    return await Passwords(settings).hash(PASSWORD)
-
-
 def wipe(root: Path) -> None:
     for child in root.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -68,49 +75,28 @@ async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey, f
 
 
 @dataclass
-class Member:
-    user: User
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return bearer(self.token)
-
-
-@dataclass
 class World:
     project: int  # editor is editor, viewer is viewer, outsider is not a member
     other_project: int  # editor and outsider are editors
-    editor: Member
-    viewer: Member
-    outsider: Member
-
-
-async def create_project(db: AsyncConnection[Any], owner: User, members: dict[int, str]) -> int:
-    row = await (
-        await db.execute(
-            "insert into projects (name, owner_id) values (%s, %s) returning id", ("P", owner.id)
-        )
-    ).fetchone()
-    assert row is not None
-    for user_id, role in members.items():
-        await db.execute(
-            "insert into project_members (project_id, user_id, role) values (%s, %s, %s::project_role)",
-            (row[0], user_id, role),
-        )
-    return int(row[0])
+    editor: Actor
+    viewer: Actor
+    outsider: Actor
+    owner: Actor  # owns both projects
 
 
 @pytest.fixture
-async def world(api: Client, db: AsyncConnection[Any], password_hash: str) -> World:
-    async def member(name: str) -> Member:
-        user = await create_user(db, password_hash, display_name=name)
-        return Member(user, (await login(api, user.email))["access_token"])
-
-    editor, viewer, outsider = await member("Ana"), await member("Vic"), await member("Out")
-    project = await create_project(db, editor.user, {editor.user.id: "editor", viewer.user.id: "viewer"})
-    other = await create_project(db, outsider.user, {outsider.user.id: "editor", editor.user.id: "editor"})
-    return World(project, other, editor, viewer, outsider)
+async def world(api: Client, db: AsyncConnection[Any]) -> World:
+    app: Litestar = api.app  # type: ignore[assignment]
+    owner, editor, viewer, outsider = [
+        await make_user(db, app, name=name) for name in ("Own", "Ana", "Vic", "Out")
+    ]
+    project = await make_project(
+        db, owner, {editor.id: ProjectRole.EDITOR, viewer.id: ProjectRole.VIEWER}, name="P"
+    )
+    other = await make_project(
+        db, owner, {outsider.id: ProjectRole.EDITOR, editor.id: ProjectRole.EDITOR}, name="P"
+    )
+    return World(project, other, editor, viewer, outsider, owner)
 
 
 def stored(root: Path) -> list[str]:
@@ -120,7 +106,7 @@ def stored(root: Path) -> list[str]:
 
 async def upload(
     api: Client,
-    member: Member | None,
+    member: Actor | None,
     project_id: int,
     content: bytes,
     *,
@@ -130,18 +116,8 @@ async def upload(
     return await api.post(
         files_url(project_id),
         files={"file": (filename, content, content_type)},
-        headers=member.auth if member else {},
+        headers=member.headers if member else {},
     )
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    if slug is not None:
-        assert body["type"] == f"/problems/{slug}"
-    return body
 
 
 def multipart_body(*parts: tuple[str, str | None, bytes], boundary: str = "b0undary") -> bytes:
@@ -188,13 +164,13 @@ async def test_upload_then_download_round_trip(
     assert body["filename"] == "Q3 report.txt"
     assert body["content_type"] == "text/plain"
     assert body["project_id"] == world.project
-    assert body["uploaded_by"] == world.editor.user.id
+    assert body["uploaded_by"] == world.editor.id
     assert "storage_key" not in body
     on_disk = stored(files_root)
     assert len(on_disk) == 1 and on_disk[0].startswith(f"{world.project}/"), on_disk
     assert (files_root / on_disk[0]).read_bytes() == content
 
-    download = await api.get(files_url(world.project, body["id"]), headers=world.editor.auth)
+    download = await api.get(files_url(world.project, body["id"]), headers=world.editor.headers)
     assert download.status_code == 200
     assert download.content == content
     assert download.headers["content-type"].startswith("text/plain")
@@ -213,7 +189,7 @@ async def test_upload_emits_an_event_in_the_outbox(
 
     [event] = await file_events(db)
     assert event["verb"] == "file.uploaded"
-    assert event["actor_id"] == world.editor.user.id
+    assert event["actor_id"] == world.editor.id
     assert (event["object_type"], event["object_id"]) == ("file", file_id)
     assert event["project_id"] == world.project
     assert event["data"] == {"filename": "a.pdf", "size_bytes": 8}
@@ -224,12 +200,12 @@ async def test_filename_is_sanitised_and_never_a_path(api: Client, world: World,
     response = await api.post(
         files_url(world.project),
         content=body,
-        headers={**world.editor.auth, "content-type": "multipart/form-data; boundary=b0undary"},
+        headers={**world.editor.headers, "content-type": "multipart/form-data; boundary=b0undary"},
     )
     assert response.status_code == 201, response.text
     assert response.json()["filename"] == "passwd \u00fc.txt"
     assert not (files_root.parent / "etc").exists()
-    download = await api.get(files_url(world.project, response.json()["id"]), headers=world.editor.auth)
+    download = await api.get(files_url(world.project, response.json()["id"]), headers=world.editor.headers)
     assert download.headers["content-disposition"] == "attachment; filename*=utf-8''passwd%20%C3%BC.txt"
 
 
@@ -269,7 +245,7 @@ async def test_list_is_keyset_paginated_newest_first(api: Client, world: World) 
         ids.append(response.json()["id"])
     await upload(api, world.outsider, world.other_project, b"elsewhere")
 
-    first = await api.get(files_url(world.project), params={"limit": 2}, headers=world.viewer.auth)
+    first = await api.get(files_url(world.project), params={"limit": 2}, headers=world.viewer.headers)
     assert first.status_code == 200
     page = first.json()
     assert [item["id"] for item in page["items"]] == [ids[2], ids[1]]
@@ -278,7 +254,7 @@ async def test_list_is_keyset_paginated_newest_first(api: Client, world: World) 
     second = await api.get(
         files_url(world.project),
         params={"limit": 2, "cursor": page["next_cursor"]},
-        headers=world.viewer.auth,
+        headers=world.viewer.headers,
     )
     page = second.json()
     assert [item["filename"] for item in page["items"]] == ["one.txt"]
@@ -287,10 +263,12 @@ async def test_list_is_keyset_paginated_newest_first(api: Client, world: World) 
 
 async def test_list_caps_limit_and_rejects_foreign_cursors(api: Client, world: World) -> None:
     assert_problem(
-        await api.get(files_url(world.project), params={"limit": 101}, headers=world.viewer.auth), 400
+        await api.get(files_url(world.project), params={"limit": 101}, headers=world.viewer.headers), 400
     )
     assert_problem(
-        await api.get(files_url(world.project), params={"cursor": "not-a-cursor"}, headers=world.viewer.auth),
+        await api.get(
+            files_url(world.project), params={"cursor": "not-a-cursor"}, headers=world.viewer.headers
+        ),
         400,
         "invalid-cursor",
     )
@@ -304,11 +282,11 @@ async def test_viewer_lists_and_downloads_but_cannot_upload_or_delete(
 ) -> None:
     file_id = (await upload(api, world.editor, world.project, b"shared")).json()["id"]
 
-    assert (await api.get(files_url(world.project), headers=world.viewer.auth)).status_code == 200
-    download = await api.get(files_url(world.project, file_id), headers=world.viewer.auth)
+    assert (await api.get(files_url(world.project), headers=world.viewer.headers)).status_code == 200
+    download = await api.get(files_url(world.project, file_id), headers=world.viewer.headers)
     assert download.status_code == 200 and download.content == b"shared"
     assert_problem(await upload(api, world.viewer, world.project, b"nope"), 403, "forbidden")
-    assert_problem(await api.delete(files_url(world.project, file_id), headers=world.viewer.auth), 403)
+    assert_problem(await api.delete(files_url(world.project, file_id), headers=world.viewer.headers), 403)
 
     assert await file_rows(db) == 1
     assert len(stored(files_root)) == 1
@@ -318,7 +296,7 @@ async def test_non_member_gets_404_for_everything(
     api: Client, db: AsyncConnection[Any], world: World, files_root: Path
 ) -> None:
     file_id = (await upload(api, world.editor, world.project, b"secret")).json()["id"]
-    auth = world.outsider.auth
+    auth = world.outsider.headers
 
     assert_problem(await api.get(files_url(world.project), headers=auth), 404, "not-found")
     assert_problem(await upload(api, world.outsider, world.project, b"intrude"), 404)
@@ -336,9 +314,9 @@ async def test_file_of_another_project_is_not_found(
     # The editor is a member of both projects, but a file is only reachable through its own project.
     other_file = (await upload(api, world.outsider, world.other_project, b"B's file")).json()["id"]
 
-    assert_problem(await api.get(files_url(world.project, other_file), headers=world.editor.auth), 404)
-    assert_problem(await api.delete(files_url(world.project, other_file), headers=world.editor.auth), 404)
-    ok = await api.get(files_url(world.other_project, other_file), headers=world.editor.auth)
+    assert_problem(await api.get(files_url(world.project, other_file), headers=world.editor.headers), 404)
+    assert_problem(await api.delete(files_url(world.project, other_file), headers=world.editor.headers), 404)
+    ok = await api.get(files_url(world.other_project, other_file), headers=world.editor.headers)
     assert ok.status_code == 200 and ok.content == b"B's file"
     assert await file_rows(db) == 1
 
@@ -395,7 +373,7 @@ async def test_disallowed_type_is_415_and_leaves_nothing(
 
 
 async def test_a_body_that_is_not_multipart_is_415(api: Client, world: World) -> None:
-    response = await api.post(files_url(world.project), json={"file": "x"}, headers=world.editor.auth)
+    response = await api.post(files_url(world.project), json={"file": "x"}, headers=world.editor.headers)
     assert_problem(response, 415)
 
 
@@ -441,7 +419,7 @@ async def test_malformed_multipart_is_400_and_leaves_nothing(
     api: Client, db: AsyncConnection[Any], world: World, files_root: Path, body: bytes, content_type: str
 ) -> None:
     response = await api.post(
-        files_url(world.project), content=body, headers={**world.editor.auth, "content-type": content_type}
+        files_url(world.project), content=body, headers={**world.editor.headers, "content-type": content_type}
     )
     assert_problem(response, 400, "invalid-upload")
     assert await file_rows(db) == 0
@@ -493,20 +471,22 @@ async def test_delete_removes_row_and_file_and_emits(
     gone = (await upload(api, world.editor, world.project, b"delete me", filename="gone.txt")).json()
     assert len(stored(files_root)) == 2
 
-    response = await api.delete(files_url(world.project, gone["id"]), headers=world.editor.auth)
+    response = await api.delete(files_url(world.project, gone["id"]), headers=world.editor.headers)
     assert response.status_code == 204
 
     assert await file_rows(db) == 1
     on_disk = stored(files_root)
     assert len(on_disk) == 1 and (files_root / on_disk[0]).read_bytes() == b"keep me"
-    assert_problem(await api.get(files_url(world.project, gone["id"]), headers=world.editor.auth), 404)
-    assert_problem(await api.delete(files_url(world.project, gone["id"]), headers=world.editor.auth), 404)
-    assert (await api.get(files_url(world.project, kept["id"]), headers=world.viewer.auth)).status_code == 200
+    assert_problem(await api.get(files_url(world.project, gone["id"]), headers=world.editor.headers), 404)
+    assert_problem(await api.delete(files_url(world.project, gone["id"]), headers=world.editor.headers), 404)
+    assert (
+        await api.get(files_url(world.project, kept["id"]), headers=world.viewer.headers)
+    ).status_code == 200
 
     events = await file_events(db)
     assert [event["verb"] for event in events] == ["file.uploaded", "file.uploaded", "file.deleted"]
     deleted = events[-1]
-    assert deleted["actor_id"] == world.editor.user.id
+    assert deleted["actor_id"] == world.editor.id
     assert (deleted["object_type"], deleted["object_id"]) == ("file", gone["id"])
     assert deleted["project_id"] == world.project
     assert deleted["data"] == {"filename": "gone.txt", "size_bytes": 9}
@@ -517,7 +497,9 @@ async def test_delete_of_a_row_whose_file_vanished_still_succeeds(
 ) -> None:
     file_id = (await upload(api, world.editor, world.project, b"x")).json()["id"]
     wipe(files_root)
-    assert (await api.delete(files_url(world.project, file_id), headers=world.editor.auth)).status_code == 204
+    assert (
+        await api.delete(files_url(world.project, file_id), headers=world.editor.headers)
+    ).status_code == 204
     assert await file_rows(db) == 0
 
 
@@ -528,8 +510,29 @@ async def test_download_of_a_file_missing_on_disk_is_404_not_500(
     [relative] = stored(files_root)
     (files_root / relative).unlink()
     assert_problem(
-        await api.get(files_url(world.project, file_id), headers=world.editor.auth), 404, "not-found"
+        await api.get(files_url(world.project, file_id), headers=world.editor.headers), 404, "not-found"
     )
+
+
+async def test_deleting_a_project_leaves_none_of_its_files_on_disk(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    """Review M4 (probe P5): deleting a project cascades to its file rows, and its directory is
+    removed from disk once the deletion has committed; other projects' files stay."""
+    await upload(api, world.editor, world.project, b"project file", filename="a.txt")
+    kept = (await upload(api, world.outsider, world.other_project, b"other project's")).json()
+    assert len(stored(files_root)) == 2
+
+    deleted = await api.delete(f"/api/projects/{world.project}", headers=world.owner.headers)
+    assert deleted.status_code == 204, deleted.text
+
+    assert await file_rows(db) == 1
+    on_disk = stored(files_root)
+    assert len(on_disk) == 1, on_disk
+    assert (files_root / on_disk[0]).read_bytes() == b"other project's"
+    assert (
+        await api.get(files_url(world.other_project, kept["id"]), headers=world.outsider.headers)
+    ).status_code == 200
 
 
 # -- streaming (the ASGI app driven directly, so the body arrives in many messages) --------------
@@ -544,7 +547,7 @@ class AsgiResult:
 
 async def stream_upload(
     client: Client,
-    member: Member,
+    member: Actor,
     project_id: int,
     content: bytes,
     *,
@@ -618,7 +621,7 @@ async def test_multi_chunk_upload_of_5_mib_streams_to_disk(
     body = msgspec.json.decode(result.body)
     assert body["size_bytes"] == 5 * MIB
     assert body["sha256"] == hashlib.sha256(content).hexdigest()
-    download = await api.get(files_url(world.project, body["id"]), headers=world.editor.auth)
+    download = await api.get(files_url(world.project, body["id"]), headers=world.editor.headers)
     assert download.content == content
     assert download.headers["content-type"] == "application/zip"
     assert [path for path in stored(files_root) if path.startswith("tmp")] == []
@@ -648,3 +651,90 @@ async def test_client_disconnect_midway_leaves_no_temp_file(
     assert await file_events(db) == []
     ok = await stream_upload(api, world.editor, world.project, b"\1" * MIB)
     assert ok.status == 201, "the route still works after an aborted upload"
+
+
+# -- quotas and the sweep (review M4) -------------------------------------------------------------
+
+
+async def test_project_and_uploader_quotas_refuse_uploads_past_them(
+    settings: Settings, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    """Per project and per uploader, files and bytes are capped; a refused upload leaves nothing on
+    disk, and deleting a file makes room again."""
+    quotas = {
+        "file_project_max_count": 3,
+        "file_project_max_bytes": 100,
+        "file_user_max_count": 4,
+        "file_user_max_bytes": 1000,
+    }
+    async for api in generous_client(settings, files_dir=files_root, file_max_bytes=MAX_BYTES, **quotas):
+        for _ in range(2):
+            assert (await upload(api, world.editor, world.project, b"x" * 40)).status_code == 201
+        too_big = await upload(api, world.editor, world.project, b"x" * 21)  # 101 bytes in the project
+        assert_problem(too_big, 409, "quota-exceeded")
+        assert "project" in too_big.json()["detail"]
+        third = await upload(api, world.editor, world.project, b"x" * 20)
+        assert third.status_code == 201, third.text
+        assert_problem(await upload(api, world.owner, world.project, b"y"), 409, "quota-exceeded")
+        # the uploader's own quota spans projects: 3 files here, room for one more anywhere
+        assert (await upload(api, world.editor, world.other_project, b"z")).status_code == 201
+        refused = await upload(api, world.editor, world.other_project, b"z")
+        assert_problem(refused, 409, "quota-exceeded")
+        assert "uploader" in refused.json()["detail"]
+        assert (await upload(api, world.outsider, world.other_project, b"o")).status_code == 201
+        assert await file_rows(db) == len(stored(files_root)) == 5, stored(files_root)
+        deleted = await api.delete(files_url(world.project, third.json()["id"]), headers=world.editor.headers)
+        assert deleted.status_code == 204
+        assert (await upload(api, world.editor, world.other_project, b"z")).status_code == 201
+
+
+async def test_the_sweep_removes_only_what_no_row_refers_to(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    """The hourly sweep removes directories of deleted projects, old files without a row and stale
+    temp files; it keeps every file with a row and anything young enough to be an upload in flight."""
+    kept = (await upload(api, world.editor, world.project, b"kept")).json()
+    hours_ago = time.time() - 3 * 3600
+    days_ago = time.time() - 2 * 86400
+    project_dir = files_root / str(world.project)
+    orphan, young = project_dir / uuid.uuid4().hex, project_dir / uuid.uuid4().hex
+    gone_project = files_root / "987654321"
+    gone_project.mkdir()
+    left_behind = gone_project / uuid.uuid4().hex
+    stale_temp, fresh_temp = files_root / "tmp" / "a.part", files_root / "tmp" / "b.part"
+    stale_temp.parent.mkdir(exist_ok=True)
+    for path in (orphan, young, left_behind, stale_temp, fresh_temp):
+        path.write_bytes(b"leftover")
+    for path in (orphan, left_behind, *project_dir.iterdir()):
+        if path != young:
+            os.utime(path, (hours_ago, hours_ago))
+    os.utime(stale_temp, (days_ago, days_ago))
+    app: Litestar = api.app  # type: ignore[assignment]
+    removed = api.blocking_portal.call(app.state.services[FileService].sweep)
+    assert removed == {"projects": 1, "files": 1, "temp": 1}
+    assert not gone_project.exists() and not orphan.exists() and not stale_temp.exists()
+    assert young.exists() and fresh_temp.exists()
+    download = await api.get(files_url(world.project, kept["id"]), headers=world.editor.headers)
+    assert download.content == b"kept"
+
+
+async def test_concurrent_uploads_cannot_overshoot_a_quota(
+    settings: Settings, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    """The quota is checked under the uploader's and the project's locks in the recording
+    transaction: eight uploads at once into a project with room for three store exactly three."""
+    async with serve_in_loop(
+        settings, files_dir=files_root, file_max_bytes=MAX_BYTES, file_project_max_count=3, **GENEROUS_AUTH
+    ) as served:
+        responses = await asyncio.gather(
+            *(
+                served.client.post(
+                    files_url(world.project),
+                    files={"file": (f"f{n}.txt", b"x" * 1000, "text/plain")},
+                    headers=world.editor.headers,
+                )
+                for n in range(8)
+            )
+        )
+    assert sorted(r.status_code for r in responses) == [201] * 3 + [409] * 5, [r.text for r in responses]
+    assert await file_rows(db) == len(stored(files_root)) == 3

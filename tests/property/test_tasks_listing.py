@@ -16,7 +16,6 @@ in model order, each once; a task inserted before the cursor's position never ap
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -28,15 +27,12 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.db import accounts as account_queries
-from app.db import projects as project_queries
-from app.db import tasks as task_queries
-from app.db.models import ProjectRole, TaskPriority, TaskStatus, UserRole
-from tests.factories import generous_client
+from app.db.models import ProjectRole, TaskPriority, TaskStatus
+from tests.factories import generous_client, make_project, make_task, make_user, scaled_examples
 
-FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 VOCABULARY = ("alpha", "beta", "gamma", "delta", "omega")
 FIRST_DAY = date(2030, 1, 1)
 UPDATED_BASE = datetime(2029, 6, 1, 12, tzinfo=UTC)
@@ -131,46 +127,37 @@ def query_params(filters: dict[str, Any], members: list[int]) -> dict[str, str]:
 
 
 async def insert(db: AsyncConnection[Any], project_id: int, members: list[int], spec: Spec) -> Row:
-    task = await task_queries.create_task(
+    """A task created by the project's editor (``members[1]``), with ``spec``'s fields."""
+    task_id = await make_task(
         db,
-        project_id=project_id,
+        project_id,
+        members[1],
         title=" ".join(spec.words),
-        description="",
         status=spec.status,
         priority=spec.priority,
-        assignee_id=members[spec.assignee] if spec.assignee is not None else None,
-        due_date=FIRST_DAY + timedelta(days=spec.due) if spec.due is not None else None,
-        created_by=members[0],
+        assignee=members[spec.assignee] if spec.assignee is not None else None,
+        due=FIRST_DAY + timedelta(days=spec.due) if spec.due is not None else None,
     )
-    assert task is not None
     cursor = await db.execute(
-        "update tasks set updated_at = %s where id = %s returning updated_at",
-        (UPDATED_BASE + timedelta(seconds=spec.updated), task.id),
+        "update tasks set updated_at = %s where id = %s"
+        " returning id, status, priority, assignee_id, due_date, title, updated_at",
+        (UPDATED_BASE + timedelta(seconds=spec.updated), task_id),
     )
     stored = await cursor.fetchone()
     assert stored is not None
-    return Row(task.id, task.status, task.priority, task.assignee_id, task.due_date, task.title, stored[0])
+    return Row(*stored)
 
 
 async def arrange(app: Litestar, db: AsyncConnection[Any]) -> tuple[int, list[int], dict[str, str]]:
-    """A project with two members (the first one lists); its id, the members, the caller's headers."""
-    members = []
-    for name in ("lister", "other"):
-        user = await account_queries.create_user(
-            db,
-            email=f"{name}-{uuid.uuid4().hex[:12]}@example.com",
-            display_name=name,
-            password_hash=FAKE_HASH,
-            role=UserRole.MEMBER,
-        )
-        assert user is not None
-        members.append(user.id)
-    project = await project_queries.create_project(db, name="Listing", description="", owner_id=members[0])
-    assert project is not None
-    await project_queries.add_member(db, project_id=project.id, user_id=members[0], role=ProjectRole.VIEWER)
-    await project_queries.add_member(db, project_id=project.id, user_id=members[1], role=ProjectRole.EDITOR)
-    token, _ = app.state.accounts.tokens.issue(members[0], "member", uuid.uuid4())
-    return project.id, members, {"Authorization": f"Bearer {token}"}
+    """A project with an owner and two members, a viewer (who lists) and an editor; the project's id,
+    the two members, the lister's headers."""
+    owner = await make_user(db, app, name="Owner")
+    lister = await make_user(db, app, name="Lister")
+    editor = await make_user(db, app, name="Editor")
+    project = await make_project(
+        db, owner, {lister.id: ProjectRole.VIEWER, editor.id: ProjectRole.EDITOR}, name="Listing"
+    )
+    return project, [lister.id, editor.id], lister.headers
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +170,9 @@ async def module_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Lit
 
 
 @pytest.fixture
-def api(module_client: AsyncTestClient[Litestar], db: AsyncConnection[Any]) -> AsyncTestClient[Litestar]:
+def api(
+    module_client: AsyncTestClient[Litestar], db: AsyncConnection[Any], valkey: Valkey
+) -> AsyncTestClient[Litestar]:
     module_client.headers.clear()
     module_client.cookies.clear()
     return module_client
@@ -252,7 +241,7 @@ class Listing(msgspec.Struct):
         raise AssertionError(f"more than {MAX_PAGES} pages")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=scaled_examples(40), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     initial=st.lists(specs, min_size=2, max_size=15),
     filters=filter_choices,

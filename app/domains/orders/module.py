@@ -1,0 +1,26 @@
+"""The orders domain: orders placed over HTTP, reserved and expired by jobs."""
+
+from app.core.modules import Cron, Job, Module
+from app.domains.orders.controllers import OrdersController, PaymentWebhookController
+from app.domains.orders.jobs import (
+    expire_reservations,
+    purge_idempotency_keys,
+    reserve_order,
+    reserve_stale_orders,
+)
+from app.domains.orders.services import OrderService
+from app.domains.products.services import ProductService
+
+module = Module(
+    name="orders",
+    controllers=[OrdersController, PaymentWebhookController],
+    service=lambda s: OrderService(s.db, s.settings, s[ProductService]),
+    jobs=[Job(function=reserve_order, queue="orders")],
+    cron=[
+        Cron(function=expire_reservations, schedule="* * * * *", queue="orders", timeout_s=60),
+        Cron(
+            function=reserve_stale_orders, schedule="* * * * * */10", queue="orders", timeout_s=60, retries=1
+        ),
+        Cron(function=purge_idempotency_keys, schedule="47 3 * * *", queue="orders", timeout_s=300),
+    ],
+)

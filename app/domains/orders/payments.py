@@ -1,0 +1,85 @@
+"""Payment-provider webhooks: the only way an order becomes paid.
+
+The provider signs each delivery Stripe-style: ``Payment-Signature: t=<unix seconds>,v1=<hex>``
+where ``v1`` is HMAC-SHA256 of ``<t>.<raw body>`` with ``PAYMENT_WEBHOOK_SECRET`` (several ``v1``
+entries are accepted while a secret is rotated). A delivery is refused (400) unless one ``v1``
+matches and ``t`` is within ``PAYMENT_WEBHOOK_TOLERANCE_S`` of the server's clock; an event id is
+processed once (``payment_events``), so a captured delivery replayed inside the window changes
+nothing either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Annotated, Literal
+
+import msgspec
+
+from app.core.errors import AppError
+from app.core.types import Id
+
+SIGNATURE_HEADER = "Payment-Signature"
+MAX_SIGNATURES = 8
+
+
+class InvalidSignatureError(AppError):
+    status = 400
+    slug = "invalid-signature"
+    title = "Invalid webhook signature"
+
+
+class PaymentData(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: Id
+    amount: Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$")]
+    """A decimal string (e.g. ``"12.50"``): exact, unlike a JSON number."""
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+    payment_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class PaymentEventIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One provider event; only ``payment.succeeded`` changes anything."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    created: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    data: PaymentData
+
+
+Outcome = Literal["paid", "duplicate", "ignored", "expired", "mismatch"]
+
+
+class PaymentEventOut(msgspec.Struct, frozen=True):
+    """What the delivery did: ``paid``; ``duplicate`` (an event id seen before: nothing done);
+    ``ignored`` (another event type, an unknown order, or an order not awaiting payment);
+    ``expired`` (the reservation had lapsed: the order expired, the payment needs a refund);
+    ``mismatch`` (amount or currency differ from the order: not paid)."""
+
+    event_id: str
+    outcome: Outcome
+    order_id: int | None = None
+
+
+def verify_signature(
+    secret: str, header: str | None, body: bytes, *, tolerance_s: int, now: float | None = None
+) -> None:
+    """Raise ``InvalidSignatureError`` unless ``header`` signs ``body`` with ``secret`` recently."""
+    if not header or len(header) > 2048:
+        raise InvalidSignatureError(f"The {SIGNATURE_HEADER} header is missing.")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isdigit() and len(value) <= 12:
+            timestamp = int(value)
+        elif key == "v1" and len(signatures) < MAX_SIGNATURES:
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        raise InvalidSignatureError(f"The {SIGNATURE_HEADER} header needs t=<unix time> and v1=<hex>.")
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        raise InvalidSignatureError("The signature's timestamp is outside the tolerance window.")
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+        raise InvalidSignatureError("No signature matches the body.")

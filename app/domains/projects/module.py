@@ -1,0 +1,19 @@
+"""The projects domain: projects and their members (the permission model of the work area)."""
+
+from app.core.modules import Module
+from app.domains.accounts.services import AccountService
+from app.domains.projects.controllers import (
+    InvitationsController,
+    MembersController,
+    MyInvitationsController,
+    ProjectsController,
+)
+from app.domains.projects.seed import seed_projects
+from app.domains.projects.services import ProjectService
+
+module = Module(
+    name="projects",
+    controllers=[ProjectsController, MembersController, InvitationsController, MyInvitationsController],
+    service=lambda s: ProjectService(s.db, s[AccountService]),
+    seed=seed_projects,
+)

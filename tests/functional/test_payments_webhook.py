@@ -1,0 +1,168 @@
+"""The payment provider's webhook (review M6): only a signed, fresh, first delivery of an event makes a
+reserved order paid, and only for its exact amount; buyers have no way to mark an order paid."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.db.models import OrderStatus
+from app.domains.orders.services import OrderService
+from tests.factories import Actor, assert_problem, make_product, make_user, serve_in_loop
+from tests.fakes import payments
+
+Client = httpx.AsyncClient
+WEBHOOK = "/api/payments/webhook"
+
+
+@pytest.fixture(scope="module")
+async def served(settings: Settings) -> AsyncIterator[tuple[Litestar, Client]]:
+    async with serve_in_loop(
+        settings, rate_limit_default_per_minute=100_000, payment_webhook_secret=payments.TEST_SECRET
+    ) as served:
+        yield served.app, served.client
+
+
+@pytest.fixture
+async def shop(
+    served: tuple[Litestar, Client], db: AsyncConnection[Any], valkey: Valkey
+) -> tuple[Litestar, Client]:
+    served[1].headers.clear()
+    return served
+
+
+async def reserved(app: Litestar, client: Client, buyer: Actor, product_id: int, quantity: int) -> int:
+    response = await client.post(
+        "/api/orders",
+        json={"lines": [{"product_id": product_id, "quantity": quantity}]},
+        headers=buyer.headers | {"Idempotency-Key": f"k-{time.time_ns()}"},
+    )
+    assert response.status_code == 202, response.text
+    order_id = int(response.json()["id"])
+    assert await app.state.services[OrderService].reserve(order_id) == OrderStatus.RESERVED
+    return order_id
+
+
+async def state(db: AsyncConnection[Any], order_id: int) -> tuple[str, int]:
+    """The order's status and the number of its history events."""
+    row = await (
+        await db.execute(
+            "select o.status::text, count(e.id) from orders o join order_events e on e.order_id = o.id"
+            " where o.id = %s group by o.status",
+            (order_id,),
+        )
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def send(client: Client, body: bytes, headers: dict[str, str]) -> Any:
+    return await client.post(WEBHOOK, content=body, headers=headers)
+
+
+async def test_the_buyer_cannot_mark_an_order_paid(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """Probe P7: the buyer's own `/pay` is gone; their token does not help at the webhook either."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=5, price="10.00"), 1)
+    response = await client.post(f"/api/orders/{order_id}/pay", headers=buyer.headers)
+    assert response.status_code in (404, 405), response.text
+    unsigned = payments.event_body(order_id, "10.00")
+    assert_problem(await send(client, unsigned, buyer.headers), 400, "invalid-signature")
+    assert await state(db, order_id) == ("reserved", 2)
+
+
+async def test_a_signed_event_pays_once_and_replays_change_nothing(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await make_user(db, app)
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=5, price="2.50"), 2)
+    sent = payments.delivery(payments.event_body(order_id, "5.00", event_id="evt-once"))
+    first = await send(client, sent.body, sent.headers)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"event_id": "evt-once", "outcome": "paid", "order_id": order_id}
+    assert await state(db, order_id) == ("paid", 3)
+    for _ in range(2):  # the same delivery replayed, and the provider's redelivery with a new signature
+        again = await send(client, sent.body, sent.headers)
+        assert again.json()["outcome"] == "duplicate"
+        resent = payments.delivery(sent.body)
+        assert (await send(client, resent.body, resent.headers)).json()["outcome"] == "duplicate"
+    assert await state(db, order_id) == ("paid", 3)
+    history = (await client.get(f"/api/orders/{order_id}", headers=buyer.headers)).json()["events"]
+    assert history[-1]["to_status"] == "paid" and history[-1]["actor_id"] is None
+
+
+@pytest.mark.parametrize(
+    "forge",
+    ["wrong secret", "stale", "future", "tampered body", "no header", "no v1", "garbage"],
+)
+async def test_forged_or_stale_deliveries_are_refused(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], forge: str
+) -> None:
+    app, client = shop
+    buyer = await make_user(db, app)
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=5, price="1.00"), 1)
+    body = payments.event_body(order_id, "1.00")
+    now = int(time.time())
+    headers = {
+        "wrong secret": {payments.HEADER: payments.signature(body, "whsec_another_secret_0123456789")},
+        "stale": {payments.HEADER: payments.signature(body, timestamp=now - 301)},
+        "future": {payments.HEADER: payments.signature(body, timestamp=now + 301)},
+        "tampered body": {payments.HEADER: payments.signature(body)},
+        "no header": {},
+        "no v1": {payments.HEADER: f"t={now}"},
+        "garbage": {payments.HEADER: "v1=zz,t=abc"},
+    }[forge]
+    sent_body = body.replace(b'"amount":"1.00"', b'"amount":"0.01"') if forge == "tampered body" else body
+    assert sent_body != body or forge != "tampered body"
+    assert_problem(await send(client, sent_body, headers), 400, "invalid-signature")
+    assert await state(db, order_id) == ("reserved", 2)
+    # none of them used up the event id: the genuine delivery still pays
+    genuine = payments.delivery(body)
+    assert (await send(client, genuine.body, genuine.headers)).json()["outcome"] == "paid"
+
+
+async def test_only_the_exact_amount_for_a_reserved_order_pays(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=5, price="3.00")
+    order_id = await reserved(app, client, buyer, pid, 1)
+    for amount, currency in (("2.99", "EUR"), ("3.01", "EUR"), ("3.00", "USD")):
+        sent = payments.delivery(payments.event_body(order_id, amount, currency))
+        assert (await send(client, sent.body, sent.headers)).json()["outcome"] == "mismatch"
+    assert await state(db, order_id) == ("reserved", 2)
+    other = payments.delivery(payments.event_body(order_id, "3.00", type="payment.failed"))
+    assert (await send(client, other.body, other.headers)).json()["outcome"] == "ignored"
+    unknown = payments.delivery(payments.event_body(2**52, "3.00"))
+    assert (await send(client, unknown.body, unknown.headers)).json()["outcome"] == "ignored"
+    assert await state(db, order_id) == ("reserved", 2)
+
+
+async def test_a_signed_body_that_is_not_an_event_is_422(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    _, client = shop
+    for body in (b"{not json", b'{"id":"e","type":"payment.succeeded"}', b'{"id":"e","extra":1}'):
+        sent = payments.delivery(body)
+        response = await send(client, sent.body, sent.headers)
+        assert_problem(response, 422, "unprocessable")
+
+
+async def test_without_a_configured_secret_the_webhook_does_not_exist(settings: Settings) -> None:
+    async with serve_in_loop(settings, payment_webhook_secret="") as served:
+        sent = payments.delivery(payments.event_body(1, "1.00"))
+        response = await served.client.post(WEBHOOK, content=sent.body, headers=sent.headers)
+        assert_problem(response, 404, "not-found")
