@@ -8,12 +8,14 @@ cache, publishing to a channel) is registered with ``uow.after_commit`` and runs
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import psycopg
 import structlog
-from litestar.di import NamedDependency
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -39,9 +41,11 @@ class UnitOfWork:
     def after_commit(self, callback: AfterCommit) -> None:
         """Run ``callback`` once the transaction has committed (never if it rolls back).
 
-        A failing callback is logged, not raised: the change is already durable.
+        The same callback registered twice runs once. A failing callback is logged, not raised:
+        the change is already durable.
         """
-        self._after_commit.append(callback)
+        if callback not in self._after_commit:
+            self._after_commit.append(callback)
 
     async def _committed(self) -> None:
         for callback in self._after_commit:
@@ -53,8 +57,30 @@ class UnitOfWork:
                 )
 
 
-Uow = NamedDependency[UnitOfWork]
-"""A handler parameter ``uow: Uow`` receives the request's unit of work."""
+def check_within(timeout_s: float) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    """The pool's check of a connection before lending it, failing after ``timeout_s``.
+
+    psycopg_pool's own check has no deadline: a connection to a server that stopped answering (a
+    frozen host, a partition that drops nothing) kept the borrower waiting forever, past the pool's
+    ``timeout``. Cancelling the check is no remedy either: psycopg then sends a cancel request and
+    waits for the query's end, up to 5 s each. So at the deadline the connection is closed first
+    (nothing is left to cancel) and the check fails: the pool discards it and lends another.
+    """
+
+    async def check(conn: AsyncConnection[Any]) -> None:
+        probe = asyncio.ensure_future(AsyncConnectionPool.check_connection(conn))
+        done, _ = await asyncio.wait({probe}, timeout=timeout_s)
+        if done:
+            probe.result()
+            return
+        conn.pgconn.finish()
+        probe.cancel()
+        await asyncio.wait({probe})  # returns at once: no socket left to wait on, nothing to cancel
+        if not probe.cancelled():
+            probe.exception()  # retrieved (the closed connection's error)
+        raise psycopg.OperationalError(f"the connection did not answer within {timeout_s:g}s")
+
+    return check
 
 
 async def _configure(conn: AsyncConnection[TupleRow]) -> None:
@@ -63,18 +89,24 @@ async def _configure(conn: AsyncConnection[TupleRow]) -> None:
 
 
 def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[AsyncConnection[Any]]:
-    """A closed pool; open it in the application's lifespan (``await pool.open()``)."""
+    """A closed pool; open it in the application's lifespan (``await pool.open()``).
+
+    ``connect_timeout`` (libpq: whole seconds, at least 2): without it, a connection attempt to a
+    server that accepts and never answers waits forever, and once ``max_size`` attempts hang the
+    pool never tries again, even after the server is back. Borrowing waits ``DATABASE_TIMEOUT_S``.
+    """
     return AsyncConnectionPool(
         database_url,
         min_size=settings.database_pool_min,
         max_size=settings.database_pool_max,
         timeout=settings.database_timeout_s,
         kwargs={
+            "connect_timeout": max(2, math.ceil(settings.database_timeout_s)),
             "options": f"-c statement_timeout={settings.statement_timeout_ms}",
             "application_name": settings.app_name,
         },
         configure=_configure,
-        check=AsyncConnectionPool.check_connection,
+        check=check_within(settings.database_timeout_s),
         open=False,
         name="app",
     )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Response, get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
 from app.core.openapi import problems
 from app.core.routing import Controller
-from app.domains.health.services import Readiness, check_readiness
+from app.domains.health.services import HealthService, Readiness
+
+Health = NamedDependency[HealthService]
 
 
 class Liveness(msgspec.Struct, frozen=True):
@@ -30,8 +32,6 @@ class HealthController(Controller):
         description="503 names every dependency that is down, with per-dependency latency.",
         responses={**problems(), 503: ResponseSpec(data_container=Readiness, description="Not ready")},
     )
-    async def ready(self, state: State) -> Response[Readiness]:
-        readiness = await check_readiness(
-            state.db_pool, state.valkey, state.health_queue, timeout=state.settings.health_timeout_s
-        )
+    async def ready(self, health: Health) -> Response[Readiness]:
+        readiness = await health.readiness()
         return Response(readiness, status_code=200 if readiness.status == "ok" else 503)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+import redis.asyncio as redis
 from saq import Queue
+from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
+
+from app.core.db import Database
 
 
 class DependencyStatus(msgspec.Struct, frozen=True):
@@ -27,43 +28,84 @@ class Readiness(msgspec.Struct, frozen=True):
     checks: list[DependencyStatus]
 
 
+_abandoned: set[asyncio.Task[str | None]] = set()
+
+
+def _forget(task: asyncio.Task[str | None]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure of an abandoned probe is not an asyncio error
+
+
 async def _timed(
     name: str, check: Callable[[], Awaitable[str | None]], *, timeout: float, required: bool = True
 ) -> DependencyStatus:
+    """Run ``check`` and report it down unless it succeeds within ``timeout``.
+
+    A check still running at the deadline is cancelled but not awaited: cancelling a query on a
+    server that does not answer makes psycopg try a cancel request and wait for the query's end (up
+    to 5 s each) before it gives the connection up, and ``asyncio.wait_for`` would wait for all
+    of that, so the probe would answer after ~11 s instead of ``timeout``.
+    """
     started = time.perf_counter()
-    try:
-        detail = await asyncio.wait_for(check(), timeout)
-        ok = True
-    except TimeoutError:
+    task: asyncio.Task[str | None] = asyncio.ensure_future(check())
+    detail: str | None
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
         ok, detail = False, f"no answer within {timeout:g}s"
-    except Exception as exc:
-        ok, detail = False, type(exc).__name__
+    else:
+        try:
+            detail = task.result()
+            ok = True
+        except Exception as exc:
+            ok, detail = False, type(exc).__name__
     latency = round((time.perf_counter() - started) * 1000, 2)
     return DependencyStatus(name=name, ok=ok, required=required, latency_ms=latency, detail=detail)
 
 
-async def check_readiness(
-    pool: AsyncConnectionPool[AsyncConnection[Any]], valkey: Valkey, queue: Queue, *, timeout: float
-) -> Readiness:
-    """Check PostgreSQL, Valkey and the job queue concurrently."""
+class HealthService:
+    """Readiness of the process's dependencies: PostgreSQL, Valkey and the job queue.
 
-    async def postgres() -> str | None:
-        async with pool.connection(timeout=timeout) as conn:
-            await conn.execute("select 1")
-        return None
+    It watches the queue through a SAQ queue handle of its own (one small Valkey connection), so a
+    probe never depends on the web app's SAQ plugin or on a worker being in this process.
+    """
 
-    async def cache() -> str | None:
-        await valkey.ping()
-        return None
+    def __init__(self, db: Database, valkey: Valkey, valkey_url: str, *, timeout_s: float) -> None:
+        self.db = db
+        self.valkey = valkey
+        self._client = redis.from_url(valkey_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.queue: Queue = RedisQueue(self._client, name="default")
+        self.timeout_s = timeout_s
 
-    async def jobs() -> str | None:
-        info = await queue.info()
-        return f"{len(info['workers'])} worker(s), {info['queued']} queued"
+    async def close(self) -> None:
+        # Only the client: the queue's pub/sub multiplexer was never used, and closing it would
+        # open a connection (an unreachable Valkey must not fail the shutdown).
+        await self._client.aclose()
 
-    checks = await asyncio.gather(
-        _timed("postgres", postgres, timeout=timeout),
-        _timed("valkey", cache, timeout=timeout),
-        _timed("queue", jobs, timeout=timeout),
-    )
-    healthy = all(check.ok for check in checks if check.required)
-    return Readiness(status="ok" if healthy else "unavailable", checks=list(checks))
+    async def readiness(self) -> Readiness:
+        """Check the three concurrently, each within the deadline."""
+        timeout = self.timeout_s
+
+        async def postgres() -> str | None:
+            async with self.db.pool.connection(timeout=timeout) as conn:
+                await conn.execute("select 1")
+            return None
+
+        async def cache() -> str | None:
+            await self.valkey.ping()
+            return None
+
+        async def jobs() -> str | None:
+            info = await self.queue.info()
+            return f"{len(info['workers'])} worker(s), {info['queued']} queued"
+
+        checks = await asyncio.gather(
+            _timed("postgres", postgres, timeout=timeout),
+            _timed("valkey", cache, timeout=timeout),
+            _timed("queue", jobs, timeout=timeout),
+        )
+        healthy = all(check.ok for check in checks if check.required)
+        return Readiness(status="ok" if healthy else "unavailable", checks=list(checks))

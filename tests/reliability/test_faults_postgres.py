@@ -1,0 +1,346 @@
+"""PostgreSQL faults against the real server (granian, two workers) and the real worker process.
+
+1. Restart under mixed load. Injected: a private embedded PostgreSQL is crashed (immediate
+   shutdown: every backend killed, no checkpoint, crash recovery on the next start) while eight
+   clients send page views, orders and tasks, then started again. Asserted: during the outage
+   ``/health/ready`` answers 503 naming ``postgres``, within its deadline, and every request gets a
+   503 problem+json (never a 500, never a dropped connection, never a hang); afterwards the same
+   server processes (no restart of granian or its workers) serve again and readiness is 200.
+   Lost: nothing: every page view, order and task acknowledged (202/201) before, during or after the
+   outage is in the database, and every acknowledged order is reserved by the worker, whose pool and
+   relay also recovered on their own.
+2. A PostgreSQL that accepts connections and never answers. Injected: ``DATABASE_URL`` points at a TCP
+   listener that accepts every connection and never reads from it. Asserted: ``/health/ready``
+   answers 503 naming ``postgres`` within 3 x ``HEALTH_TIMEOUT_S``; 24 concurrent requests that need
+   the database each get a 503 problem within 3 x ``DATABASE_TIMEOUT_S`` (none piles up behind
+   another); the server still stops on SIGTERM.
+3. A PostgreSQL frozen mid-session (SIGSTOP of the postmaster and every backend: established
+   connections that never answer again). Same assertions as 2, and the server serves again once the
+   database is resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.core.migrate import dbmate
+from tests.factories import PROBLEM, wait_until
+from tests.faults import (
+    GENEROUS,
+    MixedLoad,
+    PrivatePostgres,
+    Shop,
+    Worker,
+    children_of,
+    open_shop,
+    scalar,
+    stored,
+)
+from tests.served import ServerProcess
+from tests.valkey_control import ControlledValkey
+
+DATABASE_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 1.0
+FAULT_ENV = {
+    **GENEROUS,
+    "DATABASE_TIMEOUT_S": str(DATABASE_TIMEOUT_S),
+    "HEALTH_TIMEOUT_S": str(HEALTH_TIMEOUT_S),
+    "STATEMENT_TIMEOUT_MS": "5000",
+}
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
+        yield client
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess | Worker]]:
+    """Servers and workers a test starts; whatever still runs is killed at the end."""
+    started: list[ServerProcess | Worker] = []
+    yield started
+    for process in started:
+        if isinstance(process, ServerProcess):
+            process.kill(signal.SIGKILL)
+        else:
+            process.stop(signal.SIGKILL)
+
+
+async def readiness(http: httpx.AsyncClient, base: str) -> tuple[int, dict[str, bool], float]:
+    """``/health/ready``: status, each dependency's ``ok``, and how long the answer took."""
+    started = time.monotonic()
+    response = await http.get(f"{base}/health/ready", timeout=30)
+    elapsed = time.monotonic() - started
+    return response.status_code, {c["name"]: c["ok"] for c in response.json()["checks"]}, elapsed
+
+
+async def test_postgres_restart_under_mixed_load_loses_no_acknowledged_write(
+    postgres: PrivatePostgres,
+    controlled_valkey: ControlledValkey,
+    http: httpx.AsyncClient,
+    processes: list[ServerProcess | Worker],
+    tmp_path: Path,
+) -> None:
+    url = _migrated(postgres)
+    shop = await open_shop(url)
+    server = ServerProcess(url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
+    worker = Worker(tmp_path, url, controlled_valkey.url, DATABASE_TIMEOUT_S=str(DATABASE_TIMEOUT_S))
+    processes += [server, worker]
+    server.start()
+    worker.start()
+    await server.wait_ready(http)
+    assert server.process is not None
+    granian_workers = children_of(server.process.pid)
+    assert len(granian_workers) == 2
+
+    load = MixedLoad(http, server.base, shop)
+    load.start()
+    outage: tuple[int, dict[str, bool], float] | None = None
+    try:
+        await load.until_acked("before")
+
+        load.phase = "outage"
+        await asyncio.to_thread(postgres.crash)
+
+        async def reported_down() -> bool:
+            nonlocal outage
+            outage = await readiness(http, server.base)
+            return outage[0] == 503 and not outage[1]["postgres"]
+
+        await wait_until(reported_down, 30, "readiness reports postgres down")
+        await load.until(lambda: load.count("outage", 503) >= 30, "30 503s during the outage")
+
+        load.phase = "after"
+        await asyncio.to_thread(postgres.start)
+
+        async def ready() -> bool:
+            return (await readiness(http, server.base))[0] == 200
+
+        await wait_until(ready, 60, "readiness is 200 again")
+        await load.until_acked("after")
+    finally:
+        await load.stop()
+
+    assert outage is not None
+    assert outage[1] == {"postgres": False, "valkey": True, "queue": True}, outage
+    assert outage[2] < 3 * HEALTH_TIMEOUT_S, f"readiness took {outage[2]:.1f}s"
+    assert load.failures == [], load.failures[:10]
+    assert load.count("outage", 500) == 0
+    assert children_of(server.process.pid) == granian_workers, "the pool recovered without a restart"
+
+    # Lost: nothing.
+    in_database = await stored(url, load)
+    for kind, acknowledged in load.acked.items():
+        assert acknowledged - in_database[kind] == set(), f"acknowledged {kind}s were lost"
+
+    async def all_reserved() -> bool:
+        assert worker.alive(), worker.log_tail()
+        pending = await scalar(
+            url,
+            "select count(*) from orders where id = any(%s) and status = 'pending'",
+            list(load.acked["order"]),
+        )
+        return int(pending) == 0
+
+    await wait_until(all_reserved, 60, "the worker has reserved every acknowledged order")
+    reserved = await scalar(url, "select count(*) from orders where status = 'reserved'")
+    assert reserved == len(load.acked["order"]), "no order rejected: the stock is ample"
+
+
+class HangingGate:
+    """A TCP listener that accepts every connection and never reads or answers, until ``open_to``
+    a unix socket: then it relays each new connection there (what a network partition that
+    heals looks like to the app)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = int(self.sock.getsockname()[1])
+        self.held = 0
+        self._target: str | None = None
+        self._closed = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def serve(self) -> None:
+        self._server = await asyncio.start_server(self._accept, sock=self.sock)
+
+    def open_to(self, unix_socket: str) -> None:
+        self._target = unix_socket
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self._target is None:
+            self.held += 1
+            await self._closed.wait()  # never reads, never answers
+            return
+        upstream_reader, upstream_writer = await asyncio.open_unix_connection(self._target)
+        self._writers.append(upstream_writer)
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+
+    async def close(self) -> None:
+        self._closed.set()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def assert_unavailable_in_time(http: httpx.AsyncClient, server: ServerProcess, shop: Shop) -> None:
+    """Readiness names postgres within its deadline; 24 concurrent requests that need the database
+    (orders, tasks, page views) each get a 503 problem within the pool's deadline (none waits behind
+    another)."""
+    status, checks, elapsed = await readiness(http, server.base)
+    assert (status, checks["postgres"]) == (503, False), checks
+    assert checks["valkey"], checks
+    assert elapsed < 3 * HEALTH_TIMEOUT_S, f"readiness took {elapsed:.1f}s"
+
+    async def timed(n: int) -> tuple[str, int | None, str, float]:
+        """(route, status or None when no answer came within 5 x the deadline, body, seconds)."""
+        path, body, headers = [
+            (
+                "/api/orders",
+                {"lines": [{"product_id": shop.product, "quantity": 1}]},
+                shop.headers[0] | {"Idempotency-Key": f"hang-{n}"},
+            ),
+            (f"/api/projects/{shop.project}/tasks", {"title": "hang"}, shop.headers[1]),
+            ("/api/page-views", {"site_key": shop.site_key, "url": "https://fault.example/hang"}, {}),
+        ][n % 3]
+        started = time.monotonic()
+        try:
+            response = await http.post(
+                f"{server.base}{path}", json=body, headers=headers, timeout=5 * DATABASE_TIMEOUT_S
+            )
+        except httpx.TimeoutException:
+            return path, None, "", time.monotonic() - started
+        ok = response.status_code == 503 and response.headers["content-type"] == PROBLEM
+        return path, response.status_code, "" if ok else response.text, time.monotonic() - started
+
+    answers = await asyncio.gather(*(timed(n) for n in range(24)))
+    late = [
+        (path, status, round(took, 1)) for path, status, _, took in answers if took >= 3 * DATABASE_TIMEOUT_S
+    ]
+    assert late == [], f"answered late or never (None): {late}"
+    assert [a for a in answers if a[1] != 503 or a[2]] == []
+
+
+async def test_a_postgres_that_never_answers_gives_timely_503s_and_the_pool_recovers(
+    postgres: PrivatePostgres,
+    controlled_valkey: ControlledValkey,
+    http: httpx.AsyncClient,
+    processes: list[ServerProcess | Worker],
+    tmp_path: Path,
+) -> None:
+    shop = await open_shop(_migrated(postgres))
+    gate = HangingGate()
+    await gate.serve()
+    try:
+        url = f"postgresql://postgres:@127.0.0.1:{gate.port}/faults"
+        server = ServerProcess(url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
+        processes.append(server)
+        server.start()
+
+        async def live() -> bool:
+            assert server.process is not None and server.process.poll() is None, server.log_tail()
+            with contextlib.suppress(httpx.HTTPError):
+                return (await http.get(f"{server.base}/health/live", timeout=2)).status_code == 200
+            return False
+
+        await wait_until(live, 60, "the server answers /health/live")
+        await assert_unavailable_in_time(http, server, shop)
+        assert gate.held > 0, "the app's connections reached the hanging listener"
+
+        # The partition heals: the pool's hung attempts time out (connect_timeout) and it reconnects.
+        gate.open_to(str(postgres.directory / ".s.PGSQL.5432"))
+
+        async def ready() -> bool:
+            return (await readiness(http, server.base))[0] == 200
+
+        await wait_until(ready, 60, "readiness is 200 once the database answers")
+        response = await http.post(
+            f"{server.base}/api/projects/{shop.project}/tasks",
+            json={"title": "healed"},
+            headers=shop.headers[0],
+        )
+        assert response.status_code == 201, response.text
+
+        started = time.monotonic()  # in a thread: the gate relays in this loop
+        await asyncio.to_thread(server.kill, signal.SIGTERM, 30)
+        assert server.process is not None
+        assert server.process.returncode == 0, server.log_tail()
+        assert time.monotonic() - started < 15, "SIGTERM took too long"
+    finally:
+        await gate.close()
+
+
+def _migrated(postgres: PrivatePostgres) -> str:
+    url = postgres.url("faults")
+    dbmate(url, "up")
+    return url
+
+
+async def test_a_postgres_frozen_mid_session_gives_timely_503s_and_recovers(
+    postgres: PrivatePostgres,
+    controlled_valkey: ControlledValkey,
+    http: httpx.AsyncClient,
+    processes: list[ServerProcess | Worker],
+    tmp_path: Path,
+) -> None:
+    url = _migrated(postgres)
+    shop = await open_shop(url)
+    server = ServerProcess(url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
+    processes.append(server)
+    server.start()
+    await server.wait_ready(http)
+    # Served before the freeze, so every pool (the app's, the ingest sink's) holds open connections.
+    load = MixedLoad(http, server.base, shop)
+    load.start()
+    try:
+        await load.until_acked("before", 5)
+    finally:
+        await load.stop()
+    assert load.failures == [], load.failures[:10]
+
+    postgres.pause()
+    try:
+        await assert_unavailable_in_time(http, server, shop)
+    finally:
+        postgres.resume()
+
+    async def ready() -> bool:
+        return (await readiness(http, server.base))[0] == 200
+
+    await wait_until(ready, 60, "readiness is 200 again")
+    response = await http.post(
+        f"{server.base}/api/projects/{shop.project}/tasks", json={"title": "after"}, headers=shop.headers[0]
+    )
+    assert response.status_code == 201, response.text

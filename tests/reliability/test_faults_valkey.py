@@ -1,0 +1,223 @@
+"""Valkey faults against the real server (granian, two workers) and the real worker process.
+
+1. Stopped and restarted under mixed load. Injected: the server's private Valkey is stopped (every
+   connection refused) while eight clients send page views, orders and tasks, then started again on
+   the same port and data. Asserted: during the outage requests keep being served: page views,
+   orders and tasks are acknowledged (the rate limit fails open and counts it in
+   ``app_rate_limit_fail_open_total``; the site quota spends its lease, then fails open; bearer
+   tokens are checked against PostgreSQL instead), ``/health/ready`` says 503 naming ``valkey`` within its
+   deadline; no answer is a 500, a dropped connection or a hang. The outbox holds the outage's
+   orders (none reserved, none lost) and once Valkey is back the same worker reserves them all.
+   Lost: nothing: every acknowledged page view, order and task is stored, every order reserved once.
+2. A Valkey that hangs. Injected: SIGSTOP of the Valkey process (connections are accepted by the
+   kernel and never answered). Asserted: ``/health/ready`` answers within 3 x ``HEALTH_TIMEOUT_S``
+   naming ``valkey`` and ``queue``; 24 concurrent requests (orders, tasks, page views) are each
+   answered within 3 x (the request's Valkey round trips x ``VALKEY_TIMEOUT_S``) with an
+   acknowledgement (fail open) or a 503 problem; after SIGCONT readiness is 200 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from psycopg import AsyncConnection
+
+from tests.factories import PROBLEM, wait_until
+from tests.faults import (
+    GENEROUS,
+    MixedLoad,
+    Worker,
+    open_shop,
+    query_holds,
+    scalar,
+    stored,
+)
+from tests.served import ServerProcess
+from tests.valkey_control import ControlledValkey
+
+VALKEY_TIMEOUT_S = 0.5
+HEALTH_TIMEOUT_S = 1.0
+FAULT_ENV = {**GENEROUS, "VALKEY_TIMEOUT_S": str(VALKEY_TIMEOUT_S), "HEALTH_TIMEOUT_S": str(HEALTH_TIMEOUT_S)}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
+        yield client
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess | Worker]]:
+    started: list[ServerProcess | Worker] = []
+    yield started
+    for process in started:
+        if isinstance(process, ServerProcess):
+            process.kill(signal.SIGKILL)
+        else:
+            process.stop(signal.SIGKILL)
+
+
+async def readiness(http: httpx.AsyncClient, base: str) -> tuple[int, dict[str, bool], float]:
+    started = time.monotonic()
+    response = await http.get(f"{base}/health/ready", timeout=30)
+    return (
+        response.status_code,
+        {c["name"]: c["ok"] for c in response.json()["checks"]},
+        time.monotonic() - started,
+    )
+
+
+async def metric(base: str, name: str) -> float:
+    """The sum of ``name`` over its label sets, from one granian worker (a new connection each call)."""
+    async with httpx.AsyncClient() as fresh:
+        text = (await fresh.get(f"{base}/metrics", timeout=10)).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+async def metric_above(base: str, name: str, value: float) -> bool:
+    return await metric(base, name) > value
+
+
+async def test_valkey_stopped_under_load_delays_background_work_and_loses_nothing(
+    db: AsyncConnection[Any],
+    database_url: str,
+    controlled_valkey: ControlledValkey,
+    http: httpx.AsyncClient,
+    processes: list[ServerProcess | Worker],
+    tmp_path: Path,
+) -> None:
+    shop = await open_shop(database_url)
+    server = ServerProcess(database_url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
+    worker = Worker(tmp_path, database_url, controlled_valkey.url)
+    processes += [server, worker]
+    server.start()
+    worker.start()
+    await server.wait_ready(http)
+
+    load = MixedLoad(http, server.base, shop)
+    load.start()
+    outage: tuple[int, dict[str, bool], float] | None = None
+    try:
+        await load.until_acked("before")
+        load.phase = "outage"
+        await asyncio.to_thread(controlled_valkey.stop)
+        try:
+            await load.until_acked("outage")
+            outage = await readiness(http, server.base)
+            # Each granian worker spends the tokens it leased before the outage first; then its
+            # requests pass unchecked and are counted. Polled over fresh connections (either worker).
+            await wait_until(
+                lambda: metric_above(server.base, "app_rate_limit_fail_open_total", 0),
+                60,
+                "the rate limit failed open and counted it",
+            )
+            orders_in_outage = list(load.acked["order"])
+            unreserved = await scalar(
+                database_url,
+                "select count(*) from orders where status = 'pending' and id = any(%s)",
+                orders_in_outage,
+            )
+        finally:
+            load.phase = "after"
+            await asyncio.to_thread(controlled_valkey.start)
+        await load.until_acked("after")
+    finally:
+        await load.stop()
+
+    assert load.failures == [], load.failures[:10]
+    assert load.count("outage", 503) == 0, dict(load.answers)
+    assert outage is not None
+    assert outage[0] == 503 and not outage[1]["valkey"], outage
+    assert outage[2] < 3 * HEALTH_TIMEOUT_S, f"readiness took {outage[2]:.1f}s"
+    assert unreserved > 0, "orders placed during the outage wait in the outbox"
+
+    in_database = await stored(database_url, load)
+    for kind, acknowledged in load.acked.items():
+        assert acknowledged - in_database[kind] == set(), f"acknowledged {kind}s were lost"
+
+    async def all_reserved() -> bool:
+        assert worker.alive(), "the worker must survive a Valkey outage\n" + worker.log_tail()
+        pending = await scalar(
+            database_url,
+            "select count(*) from orders where id = any(%s) and status = 'pending'",
+            list(load.acked["order"]),
+        )
+        return int(pending) == 0
+
+    await wait_until(all_reserved, 60, "the worker has reserved every acknowledged order")
+    await wait_until(
+        query_holds(database_url, "select count(*) = 0 from outbox where published_at is null"),
+        30,
+        "every outbox row is published",
+    )
+    decisions = await scalar(
+        database_url,
+        "select count(*) from order_events where from_status = 'pending' and order_id = any(%s)",
+        list(load.acked["order"]),
+    )
+    assert decisions == len(load.acked["order"]), "every order left pending exactly once"
+
+
+async def test_a_valkey_that_hangs_gives_timely_answers(
+    db: AsyncConnection[Any],
+    database_url: str,
+    controlled_valkey: ControlledValkey,
+    http: httpx.AsyncClient,
+    processes: list[ServerProcess | Worker],
+    tmp_path: Path,
+) -> None:
+    shop = await open_shop(database_url)
+    server = ServerProcess(database_url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
+    processes.append(server)
+    server.start()
+    await server.wait_ready(http)
+
+    async def timed(n: int) -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        if n % 3 == 0:
+            response = await http.post(
+                f"{server.base}/api/orders",
+                json={"lines": [{"product_id": shop.product, "quantity": 1}]},
+                headers=shop.headers[0] | {"Idempotency-Key": f"hang-{n}"},
+                timeout=60,
+            )
+        elif n % 3 == 1:
+            response = await http.post(
+                f"{server.base}/api/projects/{shop.project}/tasks",
+                json={"title": "hang"},
+                headers=shop.headers[1],
+                timeout=60,
+            )
+        else:
+            response = await http.post(
+                f"{server.base}/api/page-views",
+                json={"site_key": shop.site_key, "url": "https://fault.example/hang"},
+                timeout=60,
+            )
+        return response, time.monotonic() - started
+
+    with controlled_valkey.paused():
+        status, checks, elapsed = await readiness(http, server.base)
+        answers = await asyncio.gather(*(timed(n) for n in range(24)))
+
+    assert status == 503 and not checks["valkey"] and not checks["queue"], checks
+    assert checks["postgres"], checks
+    assert elapsed < 3 * HEALTH_TIMEOUT_S, f"readiness took {elapsed:.1f}s"
+    for response, took in answers:
+        assert response.status_code in (201, 202) or (
+            response.status_code == 503 and response.headers["content-type"] == PROBLEM
+        ), response.text
+        assert took < 3 * 4 * VALKEY_TIMEOUT_S, f"a request took {took:.1f}s: {response.request.url}"
+
+    async def ready() -> bool:
+        return (await readiness(http, server.base))[0] == 200
+
+    await wait_until(ready, 60, "readiness is 200 after SIGCONT")
