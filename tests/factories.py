@@ -1,30 +1,53 @@
-"""Test data and HTTP helpers shared by the domain tests.
+"""The test-data library: users and callers, projects, tasks, products, sites, problem checks and the
+app harnesses. Every test module arranges its data through these; do not paste helpers into a module.
 
-Users are inserted straight into the database with a password hash computed once per module
-(argon2 is slow on purpose); ``login`` goes through the real API.
+Rows are inserted straight into the database (no events, no HTTP), in states the API can produce: a
+project always has its owner as an ``owner`` member. Callers get access tokens minted by the app's own
+``AccountService``; a real ``login`` (argon2, refresh family) only where the login is under test.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
+import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
+import httpx
 import msgspec
+from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from app.db import accounts as queries
-from app.db.models import User, UserRole
+from app.core.modules import Module
+from app.db import accounts as account_queries
+from app.db import products as product_queries
+from app.db import projects as project_queries
+from app.db import sites as site_queries
+from app.db import tasks as task_queries
+from app.db.models import ProjectRole, Site, TaskPriority, TaskStatus, User, UserRole
+from app.domains.accounts.services import AccountService
+from app.domains.orders.module import module as orders_module
+from app.domains.products.module import module as products_module
 from app.main import create_app
 
 Client = AsyncTestClient[Litestar]
+COMMERCE: tuple[Module, ...] = (products_module, orders_module)
+"""The modules a test needs for products and orders services without an app."""
 PASSWORD = "correct horse battery staple"
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
+"""A well-formed argon2id hash that no password matches: users who never log in (tokens are minted)."""
+PROBLEM = "application/problem+json"
 
 _counter = itertools.count(1)
 _run = uuid.uuid4().hex[:8]
@@ -34,32 +57,74 @@ def unique_email(prefix: str = "user") -> str:
     return f"{prefix}-{_run}-{next(_counter)}@example.com"
 
 
+# -- users and callers ------------------------------------------------------------------------------
+
+
+class Actor(msgspec.Struct, frozen=True):
+    """A user and the headers that make a request theirs."""
+
+    id: int
+    email: str
+    name: str
+    role: UserRole
+    headers: dict[str, str]
+
+    @property
+    def token(self) -> str:
+        return self.headers["Authorization"].removeprefix("Bearer ")
+
+
 async def create_user(
     db: AsyncConnection[Any],
-    passwords_hash: str,
+    password_hash: str = FAKE_HASH,
     *,
     email: str | None = None,
     role: UserRole | str = UserRole.MEMBER,
     is_active: bool = True,
     display_name: str | None = None,
 ) -> User:
-    """Insert a user (``passwords_hash`` is an argon2 hash, e.g. of ``PASSWORD``)."""
+    """Insert a user. ``password_hash`` is an argon2 hash (of ``PASSWORD`` for a user who logs in)."""
     email = (email or unique_email()).lower()
-    user = await queries.create_user(
+    user = await account_queries.create_user(
         db,
         email=email,
         display_name=display_name or email.split("@", 1)[0],
-        password_hash=passwords_hash,
+        password_hash=password_hash,
         role=UserRole(role),
     )
     assert user is not None, f"{email} already exists"
     if not is_active:
-        user = await queries.admin_update_user(db, role=None, is_active=False, id=user.id)
+        user = await account_queries.admin_update_user(db, role=None, is_active=False, id=user.id)
         assert user is not None
     return user
 
 
-async def login(client: Client, email: str, password: str = PASSWORD) -> dict[str, Any]:
+def mint_headers(app: Litestar, user_id: int, role: UserRole | str = UserRole.MEMBER) -> dict[str, str]:
+    """A bearer header with an access token the app accepts (a new session family, no login)."""
+    token, _ = app.state.services[AccountService].tokens.issue(user_id, UserRole(role).value, uuid.uuid4())
+    return bearer(token)
+
+
+async def make_user(
+    db: AsyncConnection[Any],
+    app: Litestar,
+    role: UserRole | str = UserRole.MEMBER,
+    *,
+    name: str | None = None,
+    is_active: bool = True,
+) -> Actor:
+    """A user (who never logs in) and a caller with a minted token."""
+    user = await create_user(
+        db,
+        email=unique_email(name.lower() if name else UserRole(role).value),
+        role=role,
+        is_active=is_active,
+        display_name=name,
+    )
+    return Actor(user.id, user.email, user.display_name, user.role, mint_headers(app, user.id, role))
+
+
+async def login(client: Client | httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
     """A fresh session's token pair (``access_token``, ``refresh_token``, ``user``, ...)."""
     response = await client.post("/api/auth/login", json={"email": email, "password": password})
     assert response.status_code == 200, response.text
@@ -74,6 +139,167 @@ def bearer(token: str) -> dict[str, str]:
 def basic(email: str, password: str) -> dict[str, str]:
     credentials = base64.b64encode(f"{email}:{password}".encode()).decode()
     return {"Authorization": f"Basic {credentials}"}
+
+
+# -- work: projects and tasks -----------------------------------------------------------------------
+
+
+def _id_of(who: int | Actor | User) -> int:
+    return who if isinstance(who, int) else who.id
+
+
+async def make_project(
+    db: AsyncConnection[Any],
+    owner: int | Actor | User,
+    members: Mapping[int, ProjectRole | str] | None = None,
+    *,
+    name: str = "Apollo",
+    description: str = "",
+) -> int:
+    """A project owned by ``owner`` (always an ``owner`` member too) with ``members`` (user id → role)."""
+    owner_id = _id_of(owner)
+    project = await project_queries.create_project(db, name=name, description=description, owner_id=owner_id)
+    assert project is not None
+    await project_queries.add_member(db, project_id=project.id, user_id=owner_id, role=ProjectRole.OWNER)
+    for user_id, role in (members or {}).items():
+        assert user_id != owner_id, "the owner is a member already"
+        await project_queries.add_member(db, project_id=project.id, user_id=user_id, role=ProjectRole(role))
+    return project.id
+
+
+async def make_task(
+    db: AsyncConnection[Any],
+    project_id: int,
+    creator: int | Actor | User,
+    *,
+    title: str = "Task",
+    status: TaskStatus = TaskStatus.TODO,
+    priority: TaskPriority = TaskPriority.MEDIUM,
+    assignee: int | Actor | User | None = None,
+    due: date | None = None,
+) -> int:
+    """A task of ``project_id`` created by ``creator`` (who should be an editor or owner there)."""
+    task = await task_queries.create_task(
+        db,
+        project_id=project_id,
+        title=title,
+        description="",
+        status=status,
+        priority=priority,
+        assignee_id=_id_of(assignee) if assignee is not None else None,
+        due_date=due,
+        created_by=_id_of(creator),
+    )
+    assert task is not None
+    return task.id
+
+
+class Team(msgspec.Struct, frozen=True):
+    """A project with an owner, an editor and a viewer, and a user who is not a member."""
+
+    owner: Actor
+    editor: Actor
+    viewer: Actor
+    outsider: Actor
+    project: int
+
+
+async def make_team(db: AsyncConnection[Any], app: Litestar) -> Team:
+    owner, editor, viewer, outsider = [
+        await make_user(db, app, name=name) for name in ("Owner", "Editor", "Viewer", "Outsider")
+    ]
+    project = await make_project(db, owner, {editor.id: ProjectRole.EDITOR, viewer.id: ProjectRole.VIEWER})
+    return Team(owner, editor, viewer, outsider, project)
+
+
+# -- commerce and analytics -------------------------------------------------------------------------
+
+
+async def make_product(
+    db: AsyncConnection[Any],
+    *,
+    stock: int = 10,
+    price: str = "2.50",
+    active: bool = True,
+    sku: str | None = None,
+    name: str = "Thing",
+) -> int:
+    """A product's id (inactive ones are hidden from members)."""
+    row = await product_queries.create_product(
+        db,
+        sku=sku or f"P-{uuid.uuid4().hex[:10]}",
+        name=name,
+        description="",
+        price=Decimal(price),
+        stock=stock,
+    )
+    assert row is not None
+    if not active:
+        await db.execute("update products set active = false where id = %s", (row.id,))
+    return row.id
+
+
+async def make_site(
+    db: AsyncConnection[Any],
+    owner: int | Actor | User,
+    *,
+    domain: str = "example.com",
+    timezone: str = "UTC",
+) -> Site:
+    """A tracked site (its ``ingest_key`` is what a tracker sends)."""
+    site = await site_queries.create_site(
+        db, owner_id=_id_of(owner), domain=domain, ingest_key=uuid.uuid4().hex, timezone=timezone
+    )
+    assert site is not None
+    return site
+
+
+# -- answers ----------------------------------------------------------------------------------------
+
+
+def assert_problem(
+    response: httpx.Response, status: int, slug: str | None = None, fields: set[str] | None = None
+) -> dict[str, Any]:
+    """An RFC 9457 answer: problem+json with type, title, status and the request's id; ``slug`` is
+    the type's last part; ``fields`` must each be named in ``errors``. Returns the body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM, response.headers.get("content-type")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status, body
+    assert body["type"].startswith("/problems/"), body
+    if slug is not None:
+        assert body["type"] == f"/problems/{slug}", body
+    assert isinstance(body["title"], str) and body["title"], body
+    assert body["request_id"] == response.headers["x-request-id"], body
+    if fields is not None:
+        named = {error["field"] for error in body.get("errors") or []}
+        assert fields <= named, (fields, body)
+    return body
+
+
+async def assert_page_size_is_capped(
+    client: Client | httpx.AsyncClient, path: str, headers: dict[str, str]
+) -> None:
+    """A list answers ``limit`` 1 and 100 and refuses 0 and 101 (a 400 naming ``query.limit``)."""
+    for limit in (1, 100):
+        response = await client.get(path, params={"limit": limit}, headers=headers)
+        assert response.status_code == 200, (path, limit, response.text)
+        assert len(response.json()["items"]) <= limit
+    for limit in (0, 101):
+        response = await client.get(path, params={"limit": limit}, headers=headers)
+        assert_problem(response, 400, "validation", {"query.limit"})
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` (every 50 ms) until it holds; fail after a generous ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting until {what}")
+        await asyncio.sleep(0.05)
+
+
+# -- apps -------------------------------------------------------------------------------------------
 
 
 def with_test_peer(app: ASGIApp) -> ASGIApp:
@@ -92,11 +318,73 @@ def with_test_peer(app: ASGIApp) -> ASGIApp:
     return harness
 
 
+GENEROUS_AUTH = {"rate_limit_auth_per_minute": 10_000, "rate_limit_auth_per_hour": 100_000}
+
+
 async def generous_client(settings: Settings, **changes: Any) -> AsyncIterator[Client]:
     """The real app with auth rate limits out of the way (one test address makes many auth calls)
     and the ``x-test-peer`` harness; use as a module-scoped fixture body."""
-    quotas: dict[str, Any] = {"rate_limit_auth_per_minute": 10_000, "rate_limit_auth_per_hour": 100_000}
-    app = create_app(msgspec.structs.replace(settings, **{**quotas, **changes}))
+    app = create_app(msgspec.structs.replace(settings, **{**GENEROUS_AUTH, **changes}))
     app.asgi_handler = with_test_peer(app.asgi_handler)
     async with AsyncTestClient(app=app) as client:
         yield client
+
+
+class Served(msgspec.Struct):
+    app: Litestar
+    client: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def serve_in_loop(settings: Settings, **changes: Any) -> AsyncIterator[Served]:
+    """The app served in the test's own event loop (httpx's ASGI transport, the app's lifespan), so
+    that requests really run concurrently and the app's services may be called from the test.
+
+    Litestar's ``AsyncTestClient`` runs the app in a portal thread, one request at a time: its pool
+    and services must not be used from the test's loop.
+    """
+    app = create_app(msgspec.structs.replace(settings, **changes))
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def lifespan() -> None:  # entered and left in one task (anyio's cancel scopes insist)
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    running = asyncio.create_task(lifespan())
+    starting = asyncio.create_task(started.wait())
+    await asyncio.wait({running, starting}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if not started.is_set():
+        starting.cancel()
+        if running.done():
+            running.result()  # the start-up's own error
+        running.cancel()
+        raise AssertionError("the app did not start within 60 s")
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Served(app, client)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """A subprocess's environment built from scratch: only what finds programs and sets the locale is
+    inherited, so a developer's ``SINK_DRIVER``, ``RATE_LIMIT_*`` or ``LOG_*`` never changes what a
+    test measures. ``values`` are the settings (``APP_ENV="test"``, ``DATABASE_URL=...``)."""
+    return {**{name: os.environ[name] for name in _INHERITED if name in os.environ}, **values}
+
+
+# -- Hypothesis -------------------------------------------------------------------------------------
+
+
+def scaled_examples(count: int) -> int:
+    """``count`` examples under the full profile, proportionally fewer under ``HYPOTHESIS_PROFILE=ci``
+    (a heavy property test states its own count; the profile scales it). Never below 5."""
+    return max(5, count * hypothesis_settings.default.max_examples // 100)

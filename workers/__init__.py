@@ -1,4 +1,2 @@
-"""SAQ queues, task functions, cron jobs and the outbox relay.
-
-Tasks are thin: they open a unit of work and call domain services.
-"""
+"""The standalone worker process (``python -m workers``): the queues and jobs live in the app
+(``app/core/queues.py`` and each domain's ``jobs.py``); this package only runs them."""

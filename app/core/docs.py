@@ -27,7 +27,7 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.params import FromPath
 from litestar.response import File, Response
-from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+from swagger_ui_bundle import swagger_ui_path
 
 __all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "SwaggerUI", "accepts_gzip", "docs_router")
 

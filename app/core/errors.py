@@ -7,7 +7,6 @@ every bad field in ``errors``. A 5xx never carries internals: the details go to 
 
 from __future__ import annotations
 
-import re
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -19,12 +18,12 @@ import structlog
 import valkey.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.params import CookieParameter, HeaderParameter
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
-from app.core.types import NO_NUL, NON_BLANK
-from app.core.validation import struct_field_errors
+from app.core.validation import pattern_meaning, struct_field_errors
 
 log = structlog.get_logger("app.errors")
 
@@ -152,51 +151,58 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
-_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-
-
-def _field_from_msgspec(message: str) -> tuple[str, str]:
-    """``Expected `int`, got `str` - at `$.quantity``` → (``quantity``, ``Expected `int`, got `str```)."""
-    match = _MSGSPEC_PATH.search(message)
-    if match is None:
-        return "body", message
-    path = match.group("path").lstrip(".") or "body"
-    return path, message[: match.start()]
+def _parameter(request: Request[Any, Any, Any], key: str) -> Any:
+    """The handler's declared parameter (its ``kwarg_definition``) named ``key`` in Python, if any."""
+    handler = request.scope.get("route_handler")
+    signature = getattr(handler, "parsed_fn_signature", None)
+    field = signature.parameters.get(key) if signature is not None else None
+    return getattr(field, "kwarg_definition", None)
 
 
 def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
     """The name a client sends for the handler parameter ``key`` (``idempotency_key`` is the header
     ``Idempotency-Key``): Litestar reports the Python name."""
-    handler = request.scope.get("route_handler")
-    parameter = getattr(handler, "parsed_fn_signature", None)
-    field = parameter.parameters.get(key) if parameter is not None else None
-    kwarg = getattr(field, "kwarg_definition", None)
-    alias = getattr(kwarg, "name", None)
+    alias = getattr(_parameter(request, key), "name", None)
     return alias if isinstance(alias, str) else key
 
 
-_PATTERN_MISMATCH = re.compile(r"^Expected `str` matching regex '(?P<pattern>.*)'$", re.DOTALL)
-_PATTERN_MEANINGS = {
-    NO_NUL: "must not contain NUL characters",
-    NON_BLANK: "must contain a visible character and no NUL",
-}
-
-
-def _readable(field: str, message: str) -> str:
-    """msgspec's ``Expected `str` matching regex '...'`` in words, for the patterns we know."""
-    match = _PATTERN_MISMATCH.match(message)
-    if match is None:
+def _parameter_message(request: Request[Any, Any, Any], key: str, message: str) -> str:
+    """Litestar's (msgspec's) message about a parameter, unless the parameter broke a declared
+    pattern we can word: the rule comes from the declaration, not from the message's text."""
+    pattern = getattr(_parameter(request, key), "pattern", None)
+    if not isinstance(pattern, str):
         return message
-    pattern = match["pattern"].replace("\\\\", "\\")
-    if pattern in _PATTERN_MEANINGS:
-        return _PATTERN_MEANINGS[pattern]
-    if field.endswith("cursor"):
+    meaning = pattern_meaning(pattern)
+    if meaning is not None:
+        return meaning
+    if key.endswith("cursor"):
         return f"not a position of this list: pass a page's next_cursor (pattern {pattern})"
     return message
 
 
+def _missing_parameter(request: Request[Any, Any, Any], exc: ValidationException) -> FieldError | None:
+    """Litestar raises "missing required parameter" from the ``KeyError`` of the alias it looked up."""
+    cause = exc.__cause__
+    if not isinstance(cause, KeyError) or not cause.args:
+        return None
+    alias = str(cause.args[0])
+    handler = request.scope.get("route_handler")
+    signature = getattr(handler, "parsed_fn_signature", None)
+    for name, field in signature.parameters.items() if signature is not None else ():
+        kwarg = getattr(field, "kwarg_definition", None)
+        declared = getattr(kwarg, "name", None) or name
+        if isinstance(kwarg, HeaderParameter | CookieParameter):
+            source = "header" if isinstance(kwarg, HeaderParameter) else "cookie"
+            if declared.lower() == alias.lower():  # header names arrive lower-cased
+                return FieldError(field=f"{source}.{declared}", message="Required")
+        elif declared == alias:
+            return FieldError(field=f"query.{alias}", message="Required")
+    return FieldError(field=alias, message="Required")
+
+
 def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException) -> list[FieldError]:
+    """Fields from Litestar's structured ``extra`` (source, key, message); a body error is named
+    ``body`` here and replaced by the per-field re-check of the body (``_all_body_errors``)."""
     extra = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
     errors: list[FieldError] = []
     for item in extra:
@@ -207,19 +213,17 @@ def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException
         key = str(item.get("key") or "")
         message = str(item.get("message") or exc.detail)
         if source in (None, "body") or key in ("", "data"):
-            path, message = _field_from_msgspec(message)
-            key = path if key in ("", "data") else key
+            errors.append(FieldError(field="body", message=message))
         else:
-            key = _wire_name(request, key)
-        field = f"{source}.{key}" if source and source != "body" else key
-        errors.append(FieldError(field=field, message=_readable(field, message)))
+            errors.append(
+                FieldError(
+                    field=f"{source}.{_wire_name(request, key)}",
+                    message=_parameter_message(request, key, message),
+                )
+            )
     if not errors:
-        missing = _MISSING_PARAMETER.match(exc.detail)
-        if missing:
-            errors.append(FieldError(field=f"{missing['kind']}.{missing['name']}", message="Required"))
-        else:
-            field, message = _field_from_msgspec(exc.detail)
-            errors.append(FieldError(field=field, message=_readable(field, message)))
+        missing = _missing_parameter(request, exc)
+        errors.append(missing or FieldError(field="body", message=exc.detail))
     return errors
 
 
@@ -227,23 +231,52 @@ VALIDATION_FAILED = "validation_failed"
 """Scope-state flag set on a request refused by validation (the rate limiter does not count it)."""
 
 
+MAX_REPORTED_ERRORS = 20
+"""Bad fields listed in one validation problem; the rest are counted in ``detail``."""
+MAX_REPORTED_CHARS = 200
+"""Longest field name or message echoed back (a client-chosen key is not repeated in full)."""
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_REPORTED_CHARS else text[: MAX_REPORTED_CHARS - 1] + "…"
+
+
 def _validation_problem(request: Request[Any, Any, Any], errors: list[FieldError]) -> Response[Problem]:
+    """The 400 naming the bad fields: at most ``MAX_REPORTED_ERRORS`` of them, each bounded, so a
+    body of thousands of unknown keys is not echoed back (the answer stays small whatever was sent)."""
     request.scope.setdefault("state", {})[VALIDATION_FAILED] = True
     # A bad cursor alone keeps its own type: a client that sees it restarts from the first page.
     only_cursor = bool(errors) and all(error.field == "query.cursor" for error in errors)
+    shown = [
+        FieldError(field=_bounded(e.field), message=_bounded(e.message)) for e in errors[:MAX_REPORTED_ERRORS]
+    ]
+    detail = "; ".join(f"{e.field}: {e.message}" for e in shown)
+    if len(errors) > len(shown):
+        detail += f"; and {len(errors) - len(shown)} more errors (the first {len(shown)} are listed)"
     return problem_response(
         request,
         HTTP_400_BAD_REQUEST,
         slug="invalid-cursor" if only_cursor else "validation",
         title="Invalid cursor" if only_cursor else "Invalid request",
-        detail="; ".join(f"{e.field}: {e.message}" for e in errors),
-        errors=errors,
+        detail=detail,
+        errors=shown,
     )
 
 
+class InvalidFieldsError(ValidationException):
+    """Raised by code that validates a request itself (the ingest path decodes its own bodies): the
+    bad fields are already named (``url``, ``views[3].title``) and answered as the validation 400."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(detail="; ".join(f"{error.field}: {error.message}" for error in errors))
+        self.errors = errors
+
+
 def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
+    if isinstance(exc, InvalidFieldsError):
+        return _validation_problem(request, exc.errors)
     errors = _validation_errors(request, exc)
-    if any("." not in error.field for error in errors):
+    if any(error.field == "body" for error in errors):
         errors = _all_body_errors(request) or errors
     return _validation_problem(request, errors)
 
@@ -263,8 +296,7 @@ def _all_body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
     except msgspec.DecodeError:
         return []
     return [
-        FieldError(field=field, message=_readable(field, message))
-        for field, message in struct_field_errors(body_type, decoded)
+        FieldError(field=field, message=message) for field, message in struct_field_errors(body_type, decoded)
     ]
 
 
@@ -349,6 +381,7 @@ __all__ = [
     "ConflictError",
     "FieldError",
     "ForbiddenError",
+    "InvalidFieldsError",
     "NotFoundError",
     "Problem",
     "ServiceUnavailableError",

@@ -36,6 +36,13 @@ class Job:
 
     function: JobFunction
     queue: QueueName = "default"
+    batches: str | None = None
+    """The outbox task this job takes in batches: the relay publishes the outbox rows of task
+    ``batches`` claimed in one round as jobs ``function(ctx, events=[payload, ...])`` of up to
+    ``batch_size(settings)`` rows each (every payload carries its ``outbox_id``), instead of one job
+    per row. The function must be idempotent per ``outbox_id``: a re-sent round may cut its batches
+    differently."""
+    batch_size: Callable[[Settings], int] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,7 +77,7 @@ class Module:
     cron: Sequence[Cron] = ()
     seed: Seeder | None = None
     enabled: Callable[[Settings], bool] = field(default=_always)
-    after_exception: Sequence[AfterExceptionHookHandler] = ()
+    after_exception: Sequence[AfterExceptionHookHandler[Exception]] = ()
     """Litestar ``after_exception`` hooks: see every unhandled exception of a request before the
     problem answer is sent (awaited inline: keep them cheap)."""
     request_observers: Sequence[RequestObserver] = ()

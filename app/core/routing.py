@@ -16,7 +16,9 @@ so it lists every method of the path, whichever handler or controller declared i
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from types import UnionType
+from typing import Any, Union
 
 import litestar
 import msgspec
@@ -60,27 +62,34 @@ class StrictJSONRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
         field = self.route_handler.parsed_data_field
         kind = field.annotation if field is not None else None
-        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+        if not _is_struct_body(kind):
             return await super().json()
         if self._json is Empty:
             self._json = _decode_strictly(await self.body() or b"null", kind)
         return self._json
 
 
-def _decode_strictly(body: bytes, kind: type[msgspec.Struct]) -> msgspec.Struct:
+def _is_struct_body(kind: Any) -> bool:
+    """A Struct, or a (tagged) union of Structs: what msgspec decodes strictly in one pass."""
+    members = typing.get_args(kind) if typing.get_origin(kind) in (Union, UnionType) else (kind,)
+    return bool(members) and all(isinstance(m, type) and issubclass(m, msgspec.Struct) for m in members)
+
+
+def _decode_strictly(body: bytes, kind: Any) -> Any:
     """The body as ``kind``: strict types, except that an integral float is an integer (as in JSON
     Schema: ``2.0`` is 2); the slow path runs only for bodies the fast strict decode refused."""
+    # Invalid UTF-8 comes out of msgspec as UnicodeDecodeError, not DecodeError (msgspec issue 714).
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         first_error = exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise SerializationException(str(exc)) from exc
     try:
         return msgspec.convert(whole_numbers(msgspec.json.decode(body)), kind)
     except msgspec.ValidationError as exc:
         raise ValidationException(detail=str(exc)) from first_error
-    except msgspec.DecodeError as exc:  # a typed decode may fail on a type before it sees bad syntax
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a typed decode may fail before bad syntax
         raise SerializationException(str(exc)) from exc
 
 

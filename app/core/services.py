@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
+import structlog
 from litestar.di import Provide
 from saq.types import Context
 from valkey.asyncio import Valkey
@@ -28,6 +29,7 @@ from app.core.modules import Module
 from app.core.valkey import create_valkey
 
 T = TypeVar("T")
+log = structlog.get_logger("app.services")
 
 
 class Services:
@@ -87,10 +89,14 @@ class Services:
             self._users -= 1
             if self._users > 0:
                 return
-            for service in reversed(list(self._by_name.values())):
+            for name, service in reversed(list(self._by_name.items())):
                 close = getattr(service, "close", None)
-                if close is not None:
+                if close is None:
+                    continue
+                try:
                     await close()
+                except Exception:  # one service failing to close must not keep the others open
+                    log.exception("service_close_failed", service=name)
             await self.db.pool.close()
             await self.valkey.aclose()
             await self.broadcaster.close()

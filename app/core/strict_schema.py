@@ -6,6 +6,7 @@
 - Numeric bounds equal to zero: Litestar copies ``ge``/``le``/``gt``/``lt`` onto an optional field's
   schema only when they are truthy, so ``position: int | None`` with ``ge=0`` was documented without
   its ``minimum``.
+- Bounds of list items: Litestar drops them, so ``ids: list[Id]`` was documented as any integers.
 
 Register it in ``Litestar(plugins=[...])``: it takes precedence over the built-in Struct plugin (a
 subclass of it; Litestar 2 does not export that class publicly).
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 _BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusive_minimum", "lt": "exclusive_maximum"}
 
 
-def _numeric_constraints(field_type: msgspec.inspect.Type) -> msgspec.inspect.Type | None:
-    """The int/float type of a field typed ``N`` or ``N | None`` (the one carrying ge/le...)."""
+def _without_none(field_type: msgspec.inspect.Type) -> msgspec.inspect.Type | None:
+    """``T`` of a field typed ``T`` or ``T | None`` (metadata unwrapped); None for other unions."""
     if isinstance(field_type, msgspec.inspect.Metadata):
         field_type = field_type.type
     if isinstance(field_type, msgspec.inspect.UnionType):
@@ -37,9 +38,20 @@ def _numeric_constraints(field_type: msgspec.inspect.Type) -> msgspec.inspect.Ty
         field_type = arms[0]
         if isinstance(field_type, msgspec.inspect.Metadata):
             field_type = field_type.type
-    if isinstance(field_type, msgspec.inspect.IntType | msgspec.inspect.FloatType):
-        return field_type
-    return None
+    return field_type
+
+
+def _numeric(field_type: msgspec.inspect.Type | None) -> msgspec.inspect.Type | None:
+    if isinstance(field_type, msgspec.inspect.Metadata):
+        field_type = field_type.type
+    return field_type if isinstance(field_type, msgspec.inspect.IntType | msgspec.inspect.FloatType) else None
+
+
+def _copy_bounds(numeric: msgspec.inspect.Type, prop: Schema, *, zero_only: bool) -> None:
+    for constraint, keyword in _BOUNDS.items():
+        value = getattr(numeric, constraint)
+        if value is not None and (value == 0 or not zero_only) and getattr(prop, keyword) is None:
+            setattr(prop, keyword, value)
 
 
 class StrictStructSchemaPlugin(StructSchemaPlugin):
@@ -51,13 +63,19 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
         info = msgspec.inspect.type_info(struct_type)
         assert isinstance(info, msgspec.inspect.StructType)
         for field in info.fields:
-            numeric = _numeric_constraints(field.type)
             prop = (schema.properties or {}).get(field.encode_name)
-            if numeric is None or not isinstance(prop, Schema):
+            base = _without_none(field.type)
+            if not isinstance(prop, Schema) or base is None:
                 continue
-            for constraint, keyword in _BOUNDS.items():
-                if getattr(numeric, constraint) == 0 and getattr(prop, keyword) is None:
-                    setattr(prop, keyword, 0)
+            numeric = _numeric(base)
+            if numeric is not None:
+                _copy_bounds(numeric, prop, zero_only=True)
+            elif isinstance(base, msgspec.inspect.ListType | msgspec.inspect.SetType):
+                item = _numeric(base.item_type)
+                for schema_of_list in [prop, *(prop.one_of or [])]:
+                    items = getattr(schema_of_list, "items", None)
+                    if item is not None and isinstance(items, Schema):
+                        _copy_bounds(item, items, zero_only=False)
         return schema
 
 

@@ -46,6 +46,36 @@ class OrderStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class MonitoringGroupKind(StrEnum):
+    ERROR = "error"
+    JOB = "job"
+    UNAVAILABLE = "unavailable"
+    SLOW_ROUTE = "slow_route"
+    CRON = "cron"
+
+
+class MonitoringGroupStatus(StrEnum):
+    UNRESOLVED = "unresolved"
+    RESOLVED = "resolved"
+    IGNORED = "ignored"
+    REGRESSED = "regressed"
+
+
+class MonitoringIgnoreMode(StrEnum):
+    FOREVER = "forever"
+    UNTIL_COUNT = "until_count"
+    UNTIL_TIME = "until_time"
+    UNTIL_ESCALATING = "until_escalating"
+
+
+class MonitoringDeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    UNCERTAIN = "uncertain"
+    FAILED = "failed"
+
+
 class Outbox(msgspec.Struct, frozen=True):
     id: int
     queue: str
@@ -141,6 +171,10 @@ class ActivityEvent(msgspec.Struct, frozen=True):
     project_id: int | None
     data: Any
     occurred_at: datetime
+    group_id: int
+    audience_user_id: int | None
+    target_type: str | None
+    target_id: int | None
 
 
 class Product(msgspec.Struct, frozen=True, gc=False):
@@ -280,6 +314,316 @@ class PageViewVisit(msgspec.Struct, frozen=True, gc=False):
     entry_path: str
 
 
+class ActivityGroup(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    key: str
+    rule_version: int
+    window_s: int
+    max_span_s: int
+    stream: str
+    verb: str
+    object_type: str
+    project_id: int | None
+    audience_user_id: int | None
+    target_type: str | None
+    target_id: int | None
+    first_at: datetime
+    last_at: datetime
+    first_seq: int
+    last_seq: int
+    event_count: int
+    actor_count: int
+    object_count: int
+
+
+class ActivityGroupActor(msgspec.Struct, frozen=True, gc=False):
+    group_id: int
+    actor_id: int
+    event_count: int
+    first_seq: int
+    last_seq: int
+
+
+class ActivityGroupObject(msgspec.Struct, frozen=True, gc=False):
+    group_id: int
+    object_id: int
+    event_count: int
+    last_seq: int
+
+
+class ActivityObject(msgspec.Struct, frozen=True, gc=False):
+    object_type: str
+    object_id: int
+    title: str | None
+    deleted: bool
+    seq: int
+
+
+class ActivityReaderState(msgspec.Struct, frozen=True, gc=False):
+    user_id: int
+    seen_through: int
+    read_through: int
+
+
+class ActivityGroupRead(msgspec.Struct, frozen=True, gc=False):
+    user_id: int
+    group_id: int
+    read_through: int
+
+
+class ActivityEventRead(msgspec.Struct, frozen=True, gc=False):
+    user_id: int
+    event_id: int
+    group_id: int
+
+
+class MonitoringRelease(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    name: str
+    first_seen_at: datetime
+
+
+class MonitoringGroup(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    root_id: int
+    parent_id: int | None
+    kind: MonitoringGroupKind
+    title: str
+    culprit: str
+    status: MonitoringGroupStatus
+    status_changed_at: datetime
+    first_seen_at: datetime
+    last_seen_at: datetime
+    events: int
+    users: int
+    last_release: str | None
+    resolved_at: datetime | None
+    resolved_in_release_id: int | None
+    resolved_after_release_id: int | None
+    ignore_mode: MonitoringIgnoreMode | None
+    ignore_until_events: int | None
+    ignore_until: datetime | None
+    created_at: datetime
+
+
+class MonitoringFingerprint(msgspec.Struct, frozen=True, gc=False):
+    hash: str
+    group_id: int
+    variant: str
+    grouping_version: str
+    created_at: datetime
+
+
+class MonitoringGroupCount(msgspec.Struct, frozen=True, gc=False):
+    group_id: int
+    minute: datetime
+    events: int
+
+
+class MonitoringGroupUser(msgspec.Struct, frozen=True, gc=False):
+    group_id: int
+    user_id: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+class MonitoringGroupRelease(msgspec.Struct, frozen=True, gc=False):
+    group_id: int
+    release_id: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    events: int
+
+
+class MonitoringEvent(msgspec.Struct, frozen=True):
+    id: int
+    group_id: int
+    occurred_at: datetime
+    hash: str
+    release: str
+    environment: str
+    message: str
+    exception: Any
+    context: Any
+    grouping: Any
+
+
+class MonitoringGroupActivity(msgspec.Struct, frozen=True):
+    id: int
+    group_id: int
+    action: str
+    actor_id: int | None
+    detail: Any
+    at: datetime
+
+
+class MonitoringRuleFire(msgspec.Struct, frozen=True, gc=False):
+    rule: str
+    group_id: int
+    last_fired_at: datetime
+
+
+class MonitoringAlert(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    key: str
+    kind: str
+    rule: str
+    group_id: int | None
+    summary: str
+    text_html: str
+    text_plain: str
+    digest_id: int | None
+    created_at: datetime
+
+
+class MonitoringDelivery(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    alert_id: int
+    chat_id: str
+    status: MonitoringDeliveryStatus
+    not_before: datetime
+    attempts: int
+    last_error: str | None
+    claimed_at: datetime | None
+    sent_at: datetime | None
+    message_id: int | None
+
+
+class MonitoringTelegramChat(msgspec.Struct, frozen=True):
+    chat_id: str
+    blocked_until: datetime | None
+    recent_sends: list[datetime]
+
+
+class MonitoringBudgetPeriod(msgspec.Struct, frozen=True, gc=False):
+    channel: str
+    started_at: datetime
+    ends_at: datetime
+    used: int
+    digest_id: int | None
+
+
+class MonitoringRouteLatency(msgspec.Struct, frozen=True, gc=False):
+    route: str
+    method: str
+    minute: datetime
+    bucket: int
+    requests: int
+
+
+class MonitoringRouteExemplar(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    route: str
+    method: str
+    minute: datetime
+    request_id: str
+    duration_ms: float
+    status: int
+
+
+class MonitoringJobRun(msgspec.Struct, frozen=True, gc=False):
+    job: str
+    minute: datetime
+    outcome: str
+    runs: int
+    total_ms: float
+    max_ms: float
+    max_attempts: int
+
+
+class MonitoringCronMonitor(msgspec.Struct, frozen=True, gc=False):
+    name: str
+    queue: str
+    schedule: str
+    margin_s: int
+    max_runtime_s: int
+    failure_threshold: int
+    recovery_threshold: int
+    registered_at: datetime
+    last_slot: datetime | None
+    last_status: str
+    last_started_at: datetime | None
+    last_finished_at: datetime | None
+    last_duration_ms: float | None
+    missed_slot: datetime | None
+    consecutive_failures: int
+    consecutive_ok: int
+    group_id: int | None
+
+
+class MonitoringCronCheckin(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    name: str
+    slot: datetime | None
+    status: str
+    at: datetime
+    duration_ms: float | None
+
+
+class MonitoringTick(msgspec.Struct, frozen=True, gc=False):
+    name: str
+    slot: int
+
+
+class MonitoringReport(msgspec.Struct, frozen=True, gc=False):
+    day: date
+    alert_id: int | None
+    created_at: datetime
+
+
+class GithubProfile(msgspec.Struct, frozen=True):
+    login: str
+    data: Any
+    fetched_at: datetime
+
+
+class GithubTracked(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    user_id: int
+    login: str
+    created_at: datetime
+
+
+class GithubSnapshot(msgspec.Struct, frozen=True):
+    login: str
+    taken_on: date
+    taken_at: datetime
+    followers: int
+    following: int
+    public_repos: int
+    repos_counted: int
+    total_stars: int
+    total_forks: int
+    language_bytes: Any
+
+
+class RevokedFamily(msgspec.Struct, frozen=True, gc=False):
+    family_id: UUID
+    revoked_at: datetime
+
+
+class DeletedSite(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    ingest_key: str
+    deleted_at: datetime
+
+
+class PaymentEvent(msgspec.Struct, frozen=True, gc=False):
+    event_id: str
+    order_id: int | None
+    outcome: str
+    received_at: datetime
+
+
+class ProjectInvitation(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    project_id: int
+    email: str
+    role: ProjectRole
+    invited_by: int | None
+    created_at: datetime
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)
@@ -287,6 +631,10 @@ async def register_types(conn: AsyncConnection[Any]) -> None:
     await _register_enum(conn, "task_status", TaskStatus)
     await _register_enum(conn, "task_priority", TaskPriority)
     await _register_enum(conn, "order_status", OrderStatus)
+    await _register_enum(conn, "monitoring_group_kind", MonitoringGroupKind)
+    await _register_enum(conn, "monitoring_group_status", MonitoringGroupStatus)
+    await _register_enum(conn, "monitoring_ignore_mode", MonitoringIgnoreMode)
+    await _register_enum(conn, "monitoring_delivery_status", MonitoringDeliveryStatus)
 
 
 async def _register_enum(conn: AsyncConnection[Any], name: str, enum: type[StrEnum]) -> None:

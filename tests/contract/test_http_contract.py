@@ -26,14 +26,15 @@ from app.config import Settings
 from app.core.pagination import cursor_pattern, decode_cursor, encode_cursor
 from app.core.ratelimit import EXEMPT_PATHS
 from app.db import accounts as account_queries
-from app.db import analytics as analytics_queries
+from app.db import sites as site_queries
 from app.db.models import UserRole
 from app.domains.accounts.schemas import UserCursor
-from app.domains.analytics.controllers import SiteCursor
+from app.domains.accounts.services import AccountService
 from app.domains.files.schemas import FileCursor
 from app.domains.orders.schemas import OrderCursor
 from app.domains.products.schemas import ProductCursor
 from app.domains.projects.schemas import MemberCursor, ProjectCursor
+from app.domains.sites.schemas import SiteCursor
 from app.domains.tasks.schemas import IdCursor, TaskCursor
 from app.main import create_app
 
@@ -63,7 +64,7 @@ async def bearer(app: Litestar, db: AsyncConnection[Any], role: UserRole = UserR
         role=role,
     )
     assert user is not None
-    token, _ = app.state.accounts.tokens.issue(user.id, role.value, uuid.uuid4())
+    token, _ = app.state.services[AccountService].tokens.issue(user.id, role.value, uuid.uuid4())
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -258,7 +259,7 @@ async def test_over_quota_a_malformed_request_still_learns_what_is_wrong(
     assert anonymous.status_code == 401, anonymous.text
     well_formed_list = await limited.get("/api/projects", params={"archived": "true"}, headers=headers)
     assert well_formed_list.status_code == 429, well_formed_list.text
-    site = await analytics_queries.create_site(
+    site = await site_queries.create_site(
         db,
         owner_id=await last_user_id(db),
         domain="quota.example",
@@ -291,7 +292,7 @@ async def test_reports_hold_one_pooled_connection_at_a_time(
     headers = await bearer(app, db)
     owner_row = await (await db.execute("select id from users limit 1")).fetchone()
     assert owner_row is not None
-    site = await analytics_queries.create_site(
+    site = await site_queries.create_site(
         db, owner_id=owner_row[0], domain="pool.example", ingest_key=uuid.uuid4().hex, timezone="UTC"
     )
     assert site is not None

@@ -34,6 +34,7 @@ import httpx
 import pytest
 from psycopg import AsyncConnection
 
+from tests.fakes.github import serve_fake_github
 from tests.served import ServerProcess
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -53,21 +54,25 @@ ADMIN = {"email": "contract-admin@example.com", "password": "contract-password-1
 
 @pytest.fixture
 def server(database_url: str, valkey_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    served = ServerProcess(database_url, valkey_url, tmp_path / "server", env=UNLIMITED)
-    served.start()
-    try:
-        served.wait_ready_sync()
-        yield served
-    finally:
-        served.kill(signal.SIGTERM)
+    """The app served for real, talking to a local fake GitHub (never the internet), with its jobs
+    running in process so a refresh's event stream ends instead of waiting for a worker."""
+    with serve_fake_github() as github:
+        env = {**UNLIMITED, "GITHUB_API_URL": github.url, "WORKER_IN_PROCESS": "true"}
+        served = ServerProcess(database_url, valkey_url, tmp_path / "server", env=env)
+        served.start()
+        try:
+            served.wait_ready_sync()
+            yield served
+        finally:
+            served.kill(signal.SIGTERM)
 
 
 async def admin_token(base: str, db: AsyncConnection[Any]) -> str:
     """Register through the API, promote in the database, log in through the API."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         registered = await client.post("/api/auth/register", json=ADMIN)
-        assert registered.status_code == 201, registered.text
-        await db.execute("update users set role = 'admin' where id = %s", (registered.json()["id"],))
+        assert registered.status_code in (201, 202), registered.text
+        await db.execute("update users set role = 'admin' where email = %s", (ADMIN["email"].lower(),))
         login = await client.post(
             "/api/auth/login", json={"email": ADMIN["email"], "password": ADMIN["password"]}
         )

@@ -1,19 +1,22 @@
-"""Fixtures shared by the accounts tests: the app with auth rate limits out of the way, a clean
-client per test, and a member whose password is ``tests.factories.PASSWORD``."""
+"""Fixtures shared by the functional tests: the app with auth rate limits out of the way (a clean
+client per test), a member whose password is ``tests.factories.PASSWORD``, a project team, and a
+count of the argon2 verifications the app makes."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
 
+import argon2
 import pytest
+from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.security import Passwords
 from app.db.models import User
-from tests.factories import PASSWORD, Client, create_user, generous_client
+from tests.factories import PASSWORD, Client, Team, create_user, generous_client, make_team
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +27,7 @@ async def module_client(settings: Settings) -> AsyncIterator[Client]:
 
 @pytest.fixture(scope="module")
 async def password_hash(settings: Settings) -> str:
+    """A real argon2 hash of ``PASSWORD``, for users who log in (computed once per module)."""
     return await Passwords(settings).hash(PASSWORD)
 
 
@@ -37,3 +41,24 @@ async def api(module_client: Client, db: AsyncConnection[Any], valkey: Valkey) -
 @pytest.fixture
 async def member(db: AsyncConnection[Any], password_hash: str) -> User:
     return await create_user(db, password_hash)
+
+
+@pytest.fixture
+async def team(app: Litestar, db: AsyncConnection[Any]) -> Team:
+    """A project with an owner, an editor, a viewer, and an outsider; callers of the session app."""
+    return await make_team(db, app)
+
+
+@pytest.fixture
+def argon2_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The argon2 hashes verified from now on, by any thread of any app in this process: argon2-cffi's
+    own ``PasswordHasher.verify`` is wrapped and called through (nothing of ours is replaced)."""
+    verified: list[str] = []
+    verify = argon2.PasswordHasher.verify
+
+    def counted(self: argon2.PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
+        verified.append(hash if isinstance(hash, str) else hash.decode())
+        return verify(self, hash, password)
+
+    monkeypatch.setattr(argon2.PasswordHasher, "verify", counted)
+    return verified

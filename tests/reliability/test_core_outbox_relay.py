@@ -4,31 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
+import redis.exceptions
 from litestar_saq import SAQPlugin
+from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from saq import Queue
-from saq.job import Status
+from saq.job import Job, Status
 
 from app.config import Settings
 from app.core.db import create_pool
+from app.core.queues import build_queues, build_saq_config
+from app.core.relay import OutboxRelay, job_key, relay_once
+from app.core.services import Services
 from app.db import outbox as outbox_queries
+from app.modules import MODULES
+from tests.factories import wait_until
 from tests.valkey_control import ControlledValkey
-from workers.queues import build_queues, build_saq_config
-from workers.relay import OutboxRelay, job_key, relay_once
 
 
-@pytest.fixture
-def controlled_valkey() -> Iterator[ControlledValkey]:
-    server = ControlledValkey()
-    server.start()
-    yield server
-    server.close()
+def relay_failures() -> float:
+    return REGISTRY.get_sample_value("app_outbox_relay_failures_total") or 0.0
 
 
 @pytest.fixture
@@ -106,22 +107,27 @@ async def test_rows_written_while_valkey_is_down_are_delivered_when_it_returns(
 ) -> None:
     controlled_valkey.stop()
     ids = await add_outbox(db, 4)
-    with pytest.raises(Exception):  # noqa: B017, PT011 - whichever connection error redis-py raises
+    with pytest.raises(redis.exceptions.ConnectionError):
         await relay_once(pool, queues, relay_settings)
     assert await unpublished(db) == 4, "a failed round must roll back"
 
+    failures = relay_failures()
     relay = OutboxRelay(pool, queues, relay_settings)
     running = asyncio.create_task(relay.run())
-    await asyncio.sleep(0.3)
+
+    async def failed_twice() -> bool:  # two rounds: the relay keeps trying after a failure
+        return relay_failures() >= failures + 2
+
+    await wait_until(failed_twice, 30, "the relay has failed two rounds with Valkey down")
     assert await unpublished(db) == 4
     controlled_valkey.start()
-    for _ in range(200):
-        if await unpublished(db) == 0:
-            break
-        await asyncio.sleep(0.1)
+
+    async def all_published() -> bool:
+        return await unpublished(db) == 0
+
+    await wait_until(all_published, 60, "the relay has published every row")
     relay.stop()
     await asyncio.wait_for(running, 5)
-    assert await unpublished(db) == 0
     jobs = await queues["default"].jobs([job_key(i) for i in ids])
     assert all(job is not None for job in jobs)
     assert await queues["default"].count("queued") == 4
@@ -132,20 +138,23 @@ async def test_worker_runs_the_job_end_to_end(
 ) -> None:
     """Outbox row → relay (started by the default worker) → SAQ → task function → result."""
     assert relay_settings.valkey_url
-    config = build_saq_config(relay_settings, relay_settings.valkey_url, run_workers_in_process=True)
+    config = build_saq_config(
+        Services(relay_settings, MODULES), relay_settings.valkey_url, run_workers_in_process=True
+    )
     worker = SAQPlugin(config).get_workers()["default"]
     worker.SIGNALS = []
     running = asyncio.create_task(worker.start())
     try:
         (outbox_id,) = await add_outbox(db, 1)
-        job = None
-        for _ in range(100):
+        job: Job | None = None
+
+        async def completed() -> bool:
+            nonlocal job
             job = await queues["default"].job(job_key(outbox_id))
-            if job is not None and job.status == Status.COMPLETE:
-                break
-            await asyncio.sleep(0.1)
-        assert job is not None and job.status == Status.COMPLETE, job
-        assert job.result == 0
+            return job is not None and job.status == Status.COMPLETE
+
+        await wait_until(completed, 30, "the job has run")
+        assert job is not None and job.result == 0
     finally:
         await worker.stop()
         await asyncio.wait_for(running, 10)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
 import pytest
-from litestar import Litestar, get, post
-from litestar.di import NamedDependency
+from litestar import Litestar, Request, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
 
-from app.core.db import UnitOfWork
+from app.config import Settings
+from app.core.services import Services
 from app.db import outbox as outbox_queries
-
-PROBLEM = "application/problem+json"
+from app.main import create_app
+from tests.factories import assert_problem
 
 
 class Line(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,28 +46,30 @@ async def page(limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10) -> dict
 
 
 @post("/probe/outbox/{fail:int}", status_code=201)
-async def write_outbox(fail: FromPath[int], uow: NamedDependency[UnitOfWork]) -> None:
-    await outbox_queries.insert_outbox(uow.conn, queue="default", task="purge_outbox", payload={})
-    if fail:
-        raise RuntimeError("fails after the insert")
+async def write_outbox(fail: FromPath[int], request: Request[Any, Any, Any]) -> None:
+    services: Services = request.app.state.services
+    async with services.db.transaction() as uow:
+        await outbox_queries.insert_outbox(uow.conn, queue="default", task="purge_outbox", payload={})
+        if fail:
+            raise RuntimeError("fails after the insert")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def probe_routes(app: Litestar) -> None:
+@pytest.fixture(scope="module")
+async def probe_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The real app plus the probe routes above (its own app: the session app stays as shipped)."""
+    app = create_app(settings)
     for handler in (create_order, boom, page, write_outbox):
-        if handler.paths.isdisjoint(route.path for route in app.routes):
-            app.register(handler)
+        app.register(handler)
+    async with AsyncTestClient(app=app) as client:
+        yield client
 
 
-def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["type"] == f"/problems/{slug}"
-    assert body["status"] == status
-    assert body["title"]
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
+@pytest.fixture
+async def client(
+    probe_client: AsyncTestClient[Litestar], db: AsyncConnection[Any], valkey: Valkey
+) -> AsyncTestClient[Litestar]:
+    probe_client.headers.clear()
+    return probe_client
 
 
 async def post_raw(client: AsyncTestClient[Litestar], body: bytes) -> Any:
@@ -72,7 +77,7 @@ async def post_raw(client: AsyncTestClient[Litestar], body: bytes) -> Any:
 
 
 async def test_malformed_json_is_a_400_naming_the_body(client: AsyncTestClient[Litestar]) -> None:
-    body = assert_problem(await post_raw(client, b'{"note": "a", "line": '), 400, "validation")
+    body = assert_problem(await post_raw(client, b'{"note": "a", "line": '), 400, "validation", {"body"})
     assert [e["field"] for e in body["errors"]] == ["body"]
     assert "malformed json" in body["errors"][0]["message"].lower()
 
@@ -122,12 +127,14 @@ async def test_unknown_route_and_method(client: AsyncTestClient[Litestar]) -> No
     assert_problem(await client.delete("/health/live"), 405, "method-not-allowed")
 
 
-async def test_body_over_the_limit_is_413(client: AsyncTestClient[Litestar], app: Litestar) -> None:
-    too_big = b"x" * (app.state.settings.max_body_bytes + 1)
+async def test_body_over_the_limit_is_413(client: AsyncTestClient[Litestar], settings: Settings) -> None:
+    too_big = b"x" * (settings.max_body_bytes + 1)
     assert_problem(await post_raw(client, too_big), 413, "payload-too-large")
 
 
-async def test_request_transaction_rolls_back_on_error(client: AsyncTestClient[Litestar], db: Any) -> None:
+async def test_a_transaction_rolls_back_when_the_request_fails(
+    client: AsyncTestClient[Litestar], db: Any
+) -> None:
     assert_problem(await client.post("/probe/outbox/1"), 500, "internal")
     assert await (await db.execute("select count(*) from outbox")).fetchone() == (0,)
     assert (await client.post("/probe/outbox/0")).status_code == 201

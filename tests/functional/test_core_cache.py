@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from valkey.asyncio import Valkey
 
 from app.core.cache import Cache
+from tests.factories import scaled_examples, wait_until
 from tests.valkey_control import ControlledValkey
 
 
@@ -26,18 +27,29 @@ class Item(msgspec.Struct):
 
 
 class Loader:
-    """Counts its calls; returns ``make(calls)``; optionally slow or failing."""
+    """Counts its calls; returns ``make(calls)``; optionally slow, held until ``gate`` opens, or failing."""
 
-    def __init__(self, make=lambda n: n, delay_s: float = 0.0, error: Exception | None = None) -> None:
+    def __init__(
+        self,
+        make=lambda n: n,
+        delay_s: float = 0.0,
+        error: Exception | None = None,
+        gate: asyncio.Event | None = None,
+    ) -> None:
         self.calls = 0
         self.make = make
         self.delay_s = delay_s
         self.error = error
+        self.gate = gate
+        self.called_at: list[float] = []
 
     async def __call__(self):
         self.calls += 1
+        self.called_at.append(time.monotonic())
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.error is not None:
             raise self.error
         return self.make(self.calls)
@@ -51,14 +63,6 @@ async def second_valkey(valkey_url: str) -> AsyncIterator[Valkey]:
     await client.aclose()
 
 
-@pytest.fixture
-def controlled() -> Iterator[ControlledValkey]:
-    server = ControlledValkey()
-    server.start()
-    yield server
-    server.close()
-
-
 def requests_count(namespace: str, result: str) -> float:
     value = REGISTRY.get_sample_value("app_cache_requests_total", {"namespace": namespace, "result": result})
     return value or 0.0
@@ -69,6 +73,7 @@ async def test_hit_after_miss_returns_typed_values_and_loads_once(valkey: Valkey
     one = Loader(lambda n: Item(id=n, name="apollo", tags=["a", "b"]))
     many = Loader(lambda n: [Item(id=n, name="x"), Item(id=n + 1, name="y")])
 
+    started = time.monotonic()
     first = await ns.get_or_load("one", one, ttl_s=60, type=Item)
     second = await ns.get_or_load("one", one, ttl_s=60, type=Item)
     listed = await ns.get_or_load("many", many, ttl_s=60, type=list[Item])
@@ -80,7 +85,9 @@ async def test_hit_after_miss_returns_typed_values_and_loads_once(valkey: Valkey
     assert all(isinstance(item, Item) for item in listed_again)
     assert (one.calls, many.calls) == (1, 1)
     assert await valkey.exists("cache:items:g0:one") == 1
-    assert 54_000 <= await valkey.pttl("cache:items:g0:one") <= 66_000  # ttl ±10% jitter
+    remaining_ms = await valkey.pttl("cache:items:g0:one")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert 54_000 - elapsed_ms <= remaining_ms <= 66_000  # ttl ±10% jitter, less the time since
     assert await valkey.exists("cache:items:g0:one:lock") == 0
 
 
@@ -108,10 +115,17 @@ async def test_ttl_expiry_loads_again(valkey: Valkey) -> None:
     ns = Cache(valkey).namespace("ttl")
     loader = Loader()
 
-    assert await ns.get_or_load("k", loader, ttl_s=0.2, type=int) == 1
-    assert await ns.get_or_load("k", loader, ttl_s=0.2, type=int) == 1
-    await asyncio.sleep(0.4)
-    assert await ns.get_or_load("k", loader, ttl_s=0.2, type=int) == 2
+    assert await ns.get_or_load("k", loader, ttl_s=60, type=int) == 1
+    assert await ns.get_or_load("k", loader, ttl_s=60, type=int) == 1
+    await valkey.pexpire("cache:ttl:g0:k", 1)  # the entry's TTL runs out (Valkey expires it)
+
+    async def expired() -> bool:
+        return not await valkey.exists("cache:ttl:g0:k")
+
+    await wait_until(expired, 10, "Valkey has expired the entry")
+    assert await ns.get_or_load("k", loader, ttl_s=60, type=int) == 2
+    assert await ns.get_or_load("k", loader, ttl_s=60, type=int) == 2
+    assert loader.calls == 2
 
 
 async def test_namespaces_are_isolated_and_invalidation_is_scoped(valkey: Valkey) -> None:
@@ -142,7 +156,7 @@ async def test_stampede_across_two_processes_loads_once(valkey: Valkey, second_v
 
     results = await asyncio.wait_for(
         asyncio.gather(*(ns.get_or_load("hot", loader, ttl_s=60, type=Item) for ns in (first, second) * 25)),
-        5,
+        30,
     )
 
     assert loader.calls == 1
@@ -159,26 +173,39 @@ async def test_failing_loader_propagates_caches_nothing_and_releases_the_lock(va
         await ns.get_or_load("k", failing, ttl_s=60, type=int)
     assert await valkey.keys("cache:failing:*") == []
 
+    # The lock is gone, so the next caller loads at once (a held lock would make it wait 30 s).
     working = Loader(lambda n: 42)
-    started = time.monotonic()
-    assert await asyncio.wait_for(ns.get_or_load("k", working, ttl_s=60, type=int), 5) == 42
-    assert time.monotonic() - started < 1.0
+    assert await asyncio.wait_for(ns.get_or_load("k", working, ttl_s=60, type=int), 10) == 42
     assert (failing.calls, working.calls) == (1, 1)
 
 
 async def test_waiter_takes_over_when_the_lock_holder_fails(valkey: Valkey, second_valkey: Valkey) -> None:
-    first = Cache(valkey, lock_ttl_s=30).namespace("takeover")
-    second = Cache(second_valkey, lock_ttl_s=30).namespace("takeover")
-    failing = Loader(error=RuntimeError("boom"), delay_s=0.1)
+    name = f"takeover-{uuid.uuid4().hex}"
+    first = Cache(valkey, lock_ttl_s=30).namespace(name)
+    second = Cache(second_valkey, lock_ttl_s=30).namespace(name)
+    release = asyncio.Event()
+    failing = Loader(error=RuntimeError("boom"), gate=release)
     working = Loader(lambda n: "fresh")
 
     holder = asyncio.ensure_future(first.get_or_load("k", failing, ttl_s=60, type=str))
-    await asyncio.sleep(0.03)  # the holder has the lock and is loading
-    waiter = await asyncio.wait_for(second.get_or_load("k", working, ttl_s=60, type=str), 5)
+
+    async def holder_is_loading() -> bool:
+        return failing.calls == 1 and bool(await valkey.exists(f"cache:{name}:g0:k:lock"))
+
+    await wait_until(holder_is_loading, 10, "the holder has the lock and is loading")
+    waiter = asyncio.ensure_future(second.get_or_load("k", working, ttl_s=60, type=str))
+
+    async def waiter_is_waiting() -> bool:  # it missed, and the lock was taken: it polls
+        return requests_count(name, "miss") == 2.0
+
+    await wait_until(waiter_is_waiting, 10, "the waiter has missed and waits on the lock")
+    assert working.calls == 0
+    release.set()  # the holder's load fails and releases the lock
 
     with pytest.raises(RuntimeError, match="boom"):
         await holder
-    assert waiter == "fresh"
+    # Long before the lock's 30 s: the waiter takes the released lock and loads.
+    assert await asyncio.wait_for(waiter, 10) == "fresh"
     assert (failing.calls, working.calls) == (1, 1)
 
 
@@ -188,12 +215,15 @@ async def test_waiter_loads_itself_after_lock_ttl_when_the_lock_is_stuck(valkey:
     loader = Loader(lambda n: "loaded anyway")
 
     started = time.monotonic()
-    assert await asyncio.wait_for(ns.get_or_load("k", loader, ttl_s=60, type=str), 5) == "loaded anyway"
-    assert 0.3 <= time.monotonic() - started < 2.0
+    # Long before the stuck lock's own 60 s expiry, and never before lock_ttl_s has passed.
+    assert await asyncio.wait_for(ns.get_or_load("k", loader, ttl_s=60, type=str), 30) == "loaded anyway"
     assert loader.calls == 1
+    assert loader.called_at[0] - started >= 0.3
+    assert await valkey.exists("cache:stuck:g0:k:lock") == 1, "the other holder's lock is not ours to drop"
 
 
-async def test_valkey_down_falls_back_to_the_loader(controlled: ControlledValkey) -> None:
+async def test_valkey_down_falls_back_to_the_loader(controlled_valkey: ControlledValkey) -> None:
+    controlled = controlled_valkey
     client = Valkey.from_url(controlled.url, socket_connect_timeout=1, socket_timeout=1)
     name = f"down-{uuid.uuid4().hex}"
     ns = Cache(client).namespace(name)
@@ -229,7 +259,7 @@ _operations = st.lists(
 
 
 @hypothesis_settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=scaled_examples(25), suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(operations=_operations)
 async def test_returns_the_value_of_the_last_load_since_the_last_invalidation(

@@ -1,0 +1,189 @@
+"""The outbox relay: committed outbox rows become SAQ jobs.
+
+A batch of unpublished rows is locked (``FOR UPDATE SKIP LOCKED``, so several relays never take the
+same row), each row is enqueued with the job key ``outbox:<id>`` and the batch is marked published,
+all in one transaction. If Valkey is down the transaction rolls back and the rows wait for the next
+round: work is delayed, never lost. A crash between enqueue and commit re-sends the batch; SAQ
+ignores a job whose key it already holds and consumers are idempotent, so delivery is at least once
+without duplicates in practice.
+
+A module may take an outbox task in batches (``Job(batches=...)``): that task's rows claimed in one
+round go out as jobs of up to ``batch_size`` rows, keyed ``<function>:<first id>-<last id>``, so a
+batch waits at most ``OUTBOX_POLL_INTERVAL_S``. A re-sent round may cut its batches differently; the
+batch function stores each row once by outbox id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from saq import Job as SaqJob
+from saq import Queue
+from saq.types import Context
+
+from app.config import Settings
+from app.core.db import transaction
+from app.core.modules import Cron, Job, Module
+from app.core.services import services_of
+from app.db import outbox as outbox_queries
+
+log = structlog.get_logger("app.relay")
+
+PUBLISHED = Counter("app_outbox_published", "Outbox rows enqueued as SAQ jobs", ["queue"])
+FAILURES = Counter("app_outbox_relay_failures", "Relay rounds that failed and were rolled back")
+
+Row = outbox_queries.ClaimUnpublishedOutboxRow
+
+
+def job_key(outbox_id: int) -> str:
+    return f"outbox:{outbox_id}"
+
+
+def batch_key(function: str, outbox_ids: Sequence[int]) -> str:
+    return f"{function}:{outbox_ids[0]}-{outbox_ids[-1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How the outbox rows of one (queue, task) are published: as ``function`` jobs of ``size`` rows."""
+
+    function: str
+    size: int
+
+
+def batching_of(modules: Sequence[Module], settings: Settings) -> dict[tuple[str, str], Batching]:
+    """The modules' batched jobs, by the (queue, outbox task) they take."""
+    batching: dict[tuple[str, str], Batching] = {}
+    for module in modules:
+        for job in module.jobs:
+            if job.batches is not None:
+                size = job.batch_size(settings) if job.batch_size is not None else settings.outbox_batch_size
+                batching[(job.queue, job.batches)] = Batching(job.function.__name__, size)
+    return batching
+
+
+def _job(function: str, kwargs: dict[str, Any], key: str, settings: Settings) -> SaqJob:
+    return SaqJob(
+        function=function,
+        kwargs=kwargs,
+        key=key,
+        timeout=settings.job_timeout_s,
+        retries=settings.job_retries,
+        retry_delay=1.0,
+        retry_backoff=60.0,
+        ttl=24 * 3600,
+    )
+
+
+def _payload(row: Row) -> dict[str, Any]:
+    return {**(row.payload or {}), "outbox_id": row.id}
+
+
+def jobs_of(
+    rows: Sequence[Row], settings: Settings, batching: Mapping[tuple[str, str], Batching]
+) -> list[tuple[str, SaqJob]]:
+    """(queue, job) for a claimed round: one job per row, batched tasks in batches."""
+    jobs: list[tuple[str, SaqJob]] = []
+    batched: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        if (row.queue, row.task) in batching:
+            batched.setdefault((row.queue, row.task), []).append(row)
+        else:
+            jobs.append((row.queue, _job(row.task, _payload(row), job_key(row.id), settings)))
+    for (queue, task), group in batched.items():
+        plan = batching[(queue, task)]
+        for start in range(0, len(group), plan.size):
+            batch = group[start : start + plan.size]
+            key = batch_key(plan.function, [row.id for row in batch])
+            events = [_payload(row) for row in batch]
+            jobs.append((queue, _job(plan.function, {"events": events}, key, settings)))
+    return jobs
+
+
+async def relay_once(
+    pool: AsyncConnectionPool[AsyncConnection[Any]],
+    queues: Mapping[str, Queue],
+    settings: Settings,
+    batching: Mapping[tuple[str, str], Batching] | None = None,
+) -> int:
+    """Publish one batch; returns how many rows were published. Raises if enqueueing fails."""
+    async with transaction(pool) as uow:
+        rows = await outbox_queries.claim_unpublished_outbox(uow.conn, batch_size=settings.outbox_batch_size)
+        if not rows:
+            return 0
+        jobs = jobs_of(rows, settings, batching or {})
+        await asyncio.gather(*(queues[queue].enqueue(job) for queue, job in jobs))
+        await outbox_queries.mark_outbox_published(uow.conn, ids=[row.id for row in rows])
+    for row in rows:
+        PUBLISHED.labels(queue=row.queue).inc()
+    return len(rows)
+
+
+class OutboxRelay:
+    """Runs ``relay_once`` until stopped: back to back while batches are full, else every poll
+    interval; after a failure, backs off (up to 30 s) and logs at most one warning per 30 s."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        queues: Mapping[str, Queue],
+        settings: Settings,
+        batching: Mapping[tuple[str, str], Batching] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.queues = queues
+        self.settings = settings
+        self.batching = batching or {}
+        self._stop = asyncio.Event()
+        self._last_warning = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        interval = self.settings.outbox_poll_interval_s
+        delay = interval
+        log.info("outbox_relay_started", poll_interval_s=interval)
+        while not self._stop.is_set():
+            try:
+                published = await relay_once(self.pool, self.queues, self.settings, self.batching)
+                delay = 0.0 if published >= self.settings.outbox_batch_size else interval
+            except Exception as exc:
+                FAILURES.inc()
+                delay = min(max(delay, interval) * 2, 30.0)
+                now = time.monotonic()
+                if now - self._last_warning >= 30.0:
+                    self._last_warning = now
+                    log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+            else:
+                await asyncio.sleep(0)
+        log.info("outbox_relay_stopped")
+
+
+async def purge_outbox(ctx: Context, outbox_id: int | None = None) -> int:
+    """Delete outbox rows published longer ago than ``OUTBOX_RETENTION_DAYS``."""
+    services = services_of(ctx)
+    cutoff = datetime.now(UTC) - timedelta(days=services.settings.outbox_retention_days)
+    async with services.db.transaction() as uow:
+        return await outbox_queries.purge_published_outbox(uow.conn, published_before=cutoff)
+
+
+outbox = Module(
+    name="outbox",
+    jobs=[Job(function=purge_outbox)],
+    cron=[Cron(function=purge_outbox, schedule="17 3 * * *", timeout_s=300)],
+)
+"""The platform's own module: the outbox's housekeeping, scheduled like any domain's cron job."""
