@@ -422,3 +422,11 @@ def children_of(pid: int) -> set[int]:
         if int(ppid) == pid and state not in ("Z", "X"):
             found.add(int(entry.name))
     return found
+
+
+async def readiness(http: httpx.AsyncClient, base: str) -> tuple[int, dict[str, bool], float]:
+    """``/health/ready``: status, each dependency's ``ok``, and how long the answer took."""
+    started = time.monotonic()
+    response = await http.get(f"{base}/health/ready", timeout=30)
+    elapsed = time.monotonic() - started
+    return response.status_code, {c["name"]: c["ok"] for c in response.json()["checks"]}, elapsed

@@ -26,7 +26,7 @@ import contextlib
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -42,6 +42,7 @@ from tests.faults import (
     Worker,
     children_of,
     open_shop,
+    readiness,
     scalar,
     stored,
 )
@@ -64,32 +65,6 @@ def postgres() -> Iterator[PrivatePostgres]:
     server.start()
     yield server
     server.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
-        yield client
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess | Worker]]:
-    """Servers and workers a test starts; whatever still runs is killed at the end."""
-    started: list[ServerProcess | Worker] = []
-    yield started
-    for process in started:
-        if isinstance(process, ServerProcess):
-            process.kill(signal.SIGKILL)
-        else:
-            process.stop(signal.SIGKILL)
-
-
-async def readiness(http: httpx.AsyncClient, base: str) -> tuple[int, dict[str, bool], float]:
-    """``/health/ready``: status, each dependency's ``ok``, and how long the answer took."""
-    started = time.monotonic()
-    response = await http.get(f"{base}/health/ready", timeout=30)
-    elapsed = time.monotonic() - started
-    return response.status_code, {c["name"]: c["ok"] for c in response.json()["checks"]}, elapsed
 
 
 async def test_postgres_restart_under_mixed_load_loses_no_acknowledged_write(

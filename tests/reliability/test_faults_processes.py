@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,6 @@ from tests.valkey_control import ControlledValkey
 AUTH_PER_HOUR = 24
 ENV = {**GENEROUS, "RATE_LIMIT_AUTH_PER_MINUTE": "100000", "RATE_LIMIT_AUTH_PER_HOUR": str(AUTH_PER_HOUR)}
 STOCK = 1_000_000
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
-        yield client
 
 
 @pytest.fixture

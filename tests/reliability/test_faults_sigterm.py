@@ -20,7 +20,7 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +50,6 @@ from tests.served import ServerProcess
 from tests.valkey_control import ControlledValkey
 
 CONCURRENCY = 3
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
-        yield client
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess | Worker]]:
-    started: list[ServerProcess | Worker] = []
-    yield started
-    for process in started:
-        if isinstance(process, ServerProcess):
-            process.kill(signal.SIGKILL)
-        else:
-            process.stop(signal.SIGKILL)
 
 
 async def test_sigterm_of_the_server_under_load_answers_in_flight_requests_and_loses_nothing(

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from psycopg import AsyncConnection
 
 from tests.factories import PROBLEM, wait_until
@@ -37,6 +34,7 @@ from tests.faults import (
     Worker,
     open_shop,
     query_holds,
+    readiness,
     scalar,
     stored,
 )
@@ -46,33 +44,6 @@ from tests.valkey_control import ControlledValkey
 VALKEY_TIMEOUT_S = 0.5
 HEALTH_TIMEOUT_S = 1.0
 FAULT_ENV = {**GENEROUS, "VALKEY_TIMEOUT_S": str(VALKEY_TIMEOUT_S), "HEALTH_TIMEOUT_S": str(HEALTH_TIMEOUT_S)}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
-        yield client
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess | Worker]]:
-    started: list[ServerProcess | Worker] = []
-    yield started
-    for process in started:
-        if isinstance(process, ServerProcess):
-            process.kill(signal.SIGKILL)
-        else:
-            process.stop(signal.SIGKILL)
-
-
-async def readiness(http: httpx.AsyncClient, base: str) -> tuple[int, dict[str, bool], float]:
-    started = time.monotonic()
-    response = await http.get(f"{base}/health/ready", timeout=30)
-    return (
-        response.status_code,
-        {c["name"]: c["ok"] for c in response.json()["checks"]},
-        time.monotonic() - started,
-    )
 
 
 async def metric(base: str, name: str) -> float:
