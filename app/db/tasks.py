@@ -145,16 +145,19 @@ from (
             end) as sort_key
     from tasks t
     where t.project_id = $2
-      and ($3::task_status is null or t.status = $3::task_status)
-      and ($4::task_priority is null or t.priority = $4::task_priority)
-      and ($5::bigint is null or t.assignee_id = $5::bigint)
-      and ($6::date is null or t.due_date <= $6::date)
-      and ($7::date is null or t.due_date >= $7::date)
-      and ($8::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', $8::text))
+      -- Only for a member (any role): the membership check rides on the list, one round trip
+      -- instead of two; an empty page is told apart from "not a member" by the caller.
+      and exists (select 1 from project_members m where m.project_id = $2 and m.user_id = $3)
+      and ($4::task_status is null or t.status = $4::task_status)
+      and ($5::task_priority is null or t.priority = $5::task_priority)
+      and ($6::bigint is null or t.assignee_id = $6::bigint)
+      and ($7::date is null or t.due_date <= $7::date)
+      and ($8::date is null or t.due_date >= $8::date)
+      and ($9::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', $9::text))
 ) s
-where (s.sort_key, s.id) > ($9::bigint, $10::bigint)
+where (s.sort_key, s.id) > ($10::bigint, $11::bigint)
 order by s.sort_key, s.id
-limit $11"""
+limit $12"""
 
 
 class ListProjectTasksRow(msgspec.Struct, frozen=True, gc=False):
@@ -179,6 +182,7 @@ async def list_project_tasks(
     *,
     sort: str,
     project_id: int,
+    member_id: int,
     status: TaskStatus | None,
     priority: TaskPriority | None,
     assignee_id: int | None,
@@ -199,6 +203,7 @@ async def list_project_tasks(
             (
                 sort,
                 project_id,
+                member_id,
                 status,
                 priority,
                 assignee_id,

@@ -46,6 +46,9 @@ from (
             end) as sort_key
     from tasks t
     where t.project_id = @project_id
+      -- Only for a member (any role): the membership check rides on the list, one round trip
+      -- instead of two; an empty page is told apart from "not a member" by the caller.
+      and exists (select 1 from project_members m where m.project_id = @project_id and m.user_id = @member_id)
       and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
       and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)

@@ -157,11 +157,11 @@ class TaskService:
         if cursor is not None and cursor.sort != sort:
             raise UnprocessableError("The cursor belongs to a different sort order.")
         async with self.db.transaction() as uow:
-            await self.projects.require_role(uow, actor, project_id, ProjectRole.VIEWER)
-            return await queries.list_project_tasks(
+            rows = await queries.list_project_tasks(
                 uow.conn,
                 sort=sort,
                 project_id=project_id,
+                member_id=actor,
                 status=filters.status,
                 priority=filters.priority,
                 assignee_id=filters.assignee_id,
@@ -172,6 +172,9 @@ class TaskService:
                 after_id=cursor.id if cursor else 0,
                 row_limit=limit,
             )
+            if not rows:  # an empty page, or not a member (404): only then ask
+                await self.projects.require_role(uow, actor, project_id, ProjectRole.VIEWER)
+            return rows
 
     async def list_assigned(
         self, actor: int, *, status: TaskStatus | None, after_id: int, limit: int
