@@ -46,7 +46,7 @@ from app.core.security import AccessTokens
 from app.db.models import ProjectRole, register_types
 from tests.factories import PROBLEM, clean_env, create_user, make_product, make_project, make_site, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = Path(pgserver.__file__).parent / "pginstall" / "bin"
 SECRET_KEY = secrets.token_urlsafe(48)
 """The signing key of every app and worker the fault tests start (tokens are minted with it)."""

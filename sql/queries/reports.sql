@@ -202,10 +202,6 @@ select count(distinct visitor_id)::bigint as visitors
 from page_views
 where site_id = @site_id and ts >= @since and not is_bot;
 
--- name: DropPageViewPartitions :one
--- Drops the daily partitions that end on or before @before.
-select drop_page_view_partitions(@before::date)::integer as dropped;
-
 -- name: PurgeHourlyRollups :execrows
 delete from page_view_hourly where hour < @before;
 

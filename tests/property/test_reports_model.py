@@ -29,13 +29,14 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.cache import Cache
-from app.core.db import create_pool
+from app.core.services import open_services
 from app.db import accounts as account_queries
-from app.db import analytics as analytics_queries
+from app.db import pageviews as pageview_queries
+from app.db import sites as site_queries
 from app.db.models import UserRole
-from app.domains.analytics.report_schemas import Period
-from app.domains.analytics.reports import ReportService, resolve_range
+from app.domains.reports.schemas import Period
+from app.domains.reports.services import ReportService, resolve_range
+from app.modules import MODULES
 
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 PATHS = ("/p1", "/p2", "/p3", "/p4")
@@ -326,17 +327,15 @@ async def check_reports(
 @pytest.fixture
 async def reports(settings: Settings, valkey: Valkey) -> AsyncIterator[ReportService]:
     """The service as the app builds it, on this test's event loop."""
-    pool = create_pool(settings, settings.database_url or "")
-    await pool.open()
-    yield ReportService(pool, Cache(valkey).namespace("reports"), settings.report_cache_ttl_s)
-    await pool.close()
+    async with open_services(settings, MODULES) as services:
+        yield services[ReportService]
 
 
 @pytest.fixture
 async def site_id(db: AsyncConnection[Any]) -> int:
     """One site; each example resets the page views and rollups."""
     today = datetime.now(UTC).date()
-    await analytics_queries.ensure_partitions(db, from_day=today - timedelta(days=2), days=6)
+    await pageview_queries.ensure_partitions(db, from_day=today - timedelta(days=2), days=6)
     owner = await account_queries.create_user(
         db,
         email=f"owner-{uuid.uuid4().hex[:12]}@example.com",
@@ -345,7 +344,7 @@ async def site_id(db: AsyncConnection[Any]) -> int:
         role=UserRole.MEMBER,
     )
     assert owner is not None
-    site = await analytics_queries.create_site(
+    site = await site_queries.create_site(
         db, owner_id=owner.id, domain="example.com", ingest_key=uuid.uuid4().hex, timezone="UTC"
     )
     assert site is not None

@@ -5,18 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import get
-from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import QueryParameter
 
-from app.core.db import transaction
+from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.routing import Controller
 from app.core.types import IdPath, TimeZone
-from app.domains.accounts.guards import Caller, requires_user
-from app.domains.analytics import sites
-from app.domains.analytics.report_schemas import (
+from app.domains.reports.schemas import (
     BreakdownOut,
     CurrentVisitorsOut,
     EntryPagesOut,
@@ -26,7 +23,7 @@ from app.domains.analytics.report_schemas import (
     SummaryOut,
     TimeseriesOut,
 )
-from app.domains.analytics.reports import ReportService, resolve_range
+from app.domains.reports.services import ReportService
 
 Reports = NamedDependency[ReportService]
 Window = NamedDependency[ReportRange]
@@ -64,7 +61,7 @@ RANGE_DOC = (
 
 async def provide_window(
     site_id: IdPath,
-    state: State,
+    reports: Reports,
     current_user: Caller,
     period: PeriodParam = "30d",
     first: FromParam = None,
@@ -73,16 +70,12 @@ async def provide_window(
 ) -> ReportRange:
     """The report's period on the site's clock (unless ``tz``), after the owner-or-admin check.
 
-    It opens its own short transaction instead of taking the request's ``uow``, for two reasons:
-    the report service borrows a connection of its own, so a request held two at once and a few
-    concurrent reports could exhaust the pool, each waiting for its second connection (503 for
-    everyone); and Litestar does not close generator dependencies already resolved when a later
-    dependency raises, so a refused window (400) or a foreign site (404) left its connection to
-    the garbage collector.
+    Not a generator dependency holding the request's transaction: the report borrows a connection of
+    its own, so a request would hold two at once (a few concurrent reports could exhaust the pool),
+    and Litestar does not close generator dependencies already resolved when a later one raises.
+    ``ReportService.window`` holds a connection only for the check.
     """
-    async with transaction(state.db_pool) as uow:
-        site = await sites.get_site_for(uow, current_user, site_id)
-    return resolve_range(period, first, last, str(tz) if tz else site.timezone)
+    return await reports.window(current_user, site_id, period, first, last, str(tz) if tz else None)
 
 
 class SiteReportsController(Controller):
@@ -176,8 +169,6 @@ class SiteReportsController(Controller):
         responses=problems(401, 404, 429),
     )
     async def current_visitors(
-        self, site_id: IdPath, state: State, current_user: Caller, reports: Reports
+        self, site_id: IdPath, current_user: Caller, reports: Reports
     ) -> CurrentVisitorsOut:
-        async with transaction(state.db_pool) as uow:  # released before the report borrows its own
-            await sites.get_site_for(uow, current_user, site_id)
-        return await reports.current_visitors(site_id)
+        return await reports.current_visitors_for(current_user, site_id)

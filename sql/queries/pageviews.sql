@@ -1,28 +1,3 @@
--- name: CreateSite :one
-insert into sites (owner_id, domain, ingest_key, timezone)
-values (@owner_id, @domain, @ingest_key, @timezone)
-returning *;
-
--- name: GetSite :one
-select * from sites where id = @id;
-
--- name: ListSites :many
-select * from sites
-where (sqlc.narg(owner_id)::bigint is null or owner_id = sqlc.narg(owner_id)::bigint)
-  and id > @after_id
-order by id
-limit @row_limit;
-
--- name: DeleteSite :execrows
-delete from sites where id = @id;
-
--- name: SiteKeys :many
--- Every site's ingest key, for the in-process key → site id map of the ingest path.
-select id, ingest_key from sites;
-
--- name: GetSiteByKey :one
-select id from sites where ingest_key = @ingest_key;
-
 -- name: GetSalt :one
 select salt from analytics_salts where day = @day;
 
@@ -35,7 +10,12 @@ delete from analytics_salts where day < @before;
 -- name: EnsurePartitions :one
 select ensure_page_view_partitions(@from_day::date, @days::integer)::integer as created;
 
+-- name: DropPageViewPartitions :one
+-- Drops the daily partitions that end on or before @before.
+select drop_page_view_partitions(@before::date)::integer as dropped;
+
 -- name: PurgeEventIds :execrows
+-- Served by a BRIN index on seen_at (rows are appended in seen_at order).
 delete from page_view_event_ids where seen_at < @before;
 
 -- name: InsertPageView :exec
@@ -46,3 +26,19 @@ insert into page_views (site_id, ts, received_at, event_id, visitor_id, path, ti
 values (@site_id, @ts, @received_at, sqlc.narg(event_id), @visitor_id, @path, @title, @referrer_host,
         @referrer_source, @utm_source, @utm_medium, @utm_campaign, sqlc.narg(screen_width), @device, @browser,
         @os, @is_bot);
+
+-- name: DeletedSitesBefore :many
+-- Deleted sites whose raw data is to be purged (deleted before @before: nothing of theirs is still
+-- being written).
+select site_id from deleted_sites where deleted_at < @before order by site_id;
+
+-- name: PurgeSitePageViews :execrows
+-- One day of a deleted site's raw page views (one partition: a bounded statement).
+delete from page_views where site_id = @site_id and ts >= @from_ts and ts < @to_ts;
+
+-- name: PurgeSiteEventIds :execrows
+delete from page_view_event_ids where site_id = @site_id;
+
+-- name: ForgetDeletedSites :execrows
+-- Tombstones whose data is gone and which no process needs any more (older than @before).
+delete from deleted_sites where site_id = any(@site_ids::bigint[]) and deleted_at < @before;

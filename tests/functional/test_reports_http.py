@@ -15,18 +15,23 @@ from zoneinfo import ZoneInfo
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from litestar_saq import SAQPlugin
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.cache import Cache
+from app.core.queues import build_saq_config
+from app.core.services import Services, open_services
 from app.db import accounts as account_queries
-from app.db import analytics as analytics_queries
+from app.db import pageviews as pageview_queries
+from app.db import sites as site_queries
 from app.db.models import UserRole
+from app.domains.accounts.services import AccountService
+from app.domains.pageviews.jobs import maintain_partitions
+from app.domains.reports.jobs import purge_rollups, rollup_page_views
+from app.modules import MODULES
 from tests.factories import generous_client
-from workers.analytics import maintain_partitions, purge_analytics, rollup_page_views
-from workers.context import WorkerResources
-from workers.queues import TASKS, build_saq_config
 
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 REPORTS = (
@@ -52,12 +57,12 @@ async def make_user(db: AsyncConnection[Any], app: Litestar, role: UserRole) -> 
         role=role,
     )
     assert user is not None
-    token, _ = app.state.accounts.tokens.issue(user.id, role.value, uuid.uuid4())
+    token, _ = app.state.services[AccountService].tokens.issue(user.id, role.value, uuid.uuid4())
     return user.id, {"Authorization": f"Bearer {token}"}
 
 
 async def make_site(db: AsyncConnection[Any], owner_id: int, timezone: str = "UTC") -> int:
-    site = await analytics_queries.create_site(
+    site = await site_queries.create_site(
         db, owner_id=owner_id, domain="example.com", ingest_key=uuid.uuid4().hex, timezone=timezone
     )
     assert site is not None
@@ -94,7 +99,7 @@ class World:
 @pytest.fixture
 async def world(client: Client, app: Litestar, db: AsyncConnection[Any]) -> World:
     today = datetime.now(UTC).date()
-    await analytics_queries.ensure_partitions(db, from_day=today - timedelta(days=2), days=6)
+    await pageview_queries.ensure_partitions(db, from_day=today - timedelta(days=2), days=6)
     owner, owner_headers = await make_user(db, app, UserRole.MEMBER)
     _, other_headers = await make_user(db, app, UserRole.MEMBER)
     _, admin_headers = await make_user(db, app, UserRole.ADMIN)
@@ -323,22 +328,27 @@ async def test_a_cached_report_expires_after_its_ttl(
 
 @pytest.fixture
 async def job_ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """The context SAQ hands to a task in the worker process (its own pool and Valkey client)."""
-    resources = WorkerResources()
-    await resources.acquire(settings)
-    yield {"resources": resources}
-    await resources.release()
+    """The context SAQ hands to a task in the worker process (its own services: pool, Valkey client)."""
+    async with open_services(settings, MODULES) as services:
+        yield {"services": services}
 
 
 async def test_the_jobs_are_registered_on_the_default_queue(settings: Settings, valkey_url: str) -> None:
-    config = build_saq_config(settings, valkey_url, run_workers_in_process=False)
+    config = build_saq_config(Services(settings, MODULES), valkey_url, run_workers_in_process=False)
     default = next(queue for queue in config.queue_configs if queue.name == "default")
-    jobs = {job.function.__name__: job.cron for job in default.scheduled_tasks}  # type: ignore[union-attr]
-    assert jobs["rollup_page_views"] == "* * * * *"
-    assert {"maintain_partitions", "purge_analytics"} <= set(jobs)
-    assert {"rollup_page_views", "maintain_partitions", "purge_analytics"} <= {
-        task.__name__ for task in TASKS["default"]
+    jobs = {
+        job.function.__name__: (job.cron, job.timeout, job.retries)  # type: ignore[union-attr]
+        for job in default.scheduled_tasks
     }
+    retries = settings.job_retries
+    assert jobs["rollup_page_views"] == ("* * * * *", 600, retries)
+    assert jobs["maintain_partitions"] == ("7 * * * *", 300, retries)
+    assert jobs["purge_ingest_state"] == ("37 3 * * *", 600, retries)
+    assert jobs["purge_rollups"] == ("37 3 * * *", 600, retries)
+    worker = SAQPlugin(config).get_workers()["default"]
+    assert {"rollup_page_views", "maintain_partitions", "purge_ingest_state", "purge_rollups"} <= set(
+        worker.functions
+    ), "the default queue's worker runs them"
     await config.queue_instances["default"].redis.aclose()  # type: ignore[index,union-attr]
 
 
@@ -362,11 +372,11 @@ async def test_concurrent_rollup_jobs_add_every_row_once(
 async def test_partitions_past_retention_are_dropped_and_rollups_purged(
     job_ctx: dict[str, Any], world: World, db: AsyncConnection[Any]
 ) -> None:
-    retention = job_ctx["resources"].settings.analytics_retention_days
+    retention = job_ctx["services"].settings.analytics_retention_days
     today = datetime.now(UTC).date()
     old_day, kept_day = today - timedelta(days=retention + 1), today - timedelta(days=retention - 1)
-    await analytics_queries.ensure_partitions(db, from_day=old_day, days=1)
-    await analytics_queries.ensure_partitions(db, from_day=kept_day, days=1)
+    await pageview_queries.ensure_partitions(db, from_day=old_day, days=1)
+    await pageview_queries.ensure_partitions(db, from_day=kept_day, days=1)
     old = datetime(old_day.year, old_day.month, old_day.day, 12, tzinfo=UTC)
     await db.execute(
         "insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews)"
@@ -395,7 +405,7 @@ async def test_partitions_past_retention_are_dropped_and_rollups_purged(
     assert names[0] is None, "the partition past retention is dropped"
     assert names[1] is not None and names[2] is not None
 
-    purged = await purge_analytics(job_ctx)  # type: ignore[arg-type]
+    purged = await purge_rollups(job_ctx)  # type: ignore[arg-type]
     assert purged["rollups"] == 1
     cursor = await db.execute("select hour from page_view_hourly where site_id = %s", (world.site_id,))
     assert await cursor.fetchall() == [(now_hour,)]

@@ -1,11 +1,16 @@
 """Acknowledged means durable: SIGKILL the server during ingest load and lose no acknowledged view.
 
 The real server (granian, two workers) runs as a subprocess against the test database and Valkey.
-64 concurrent clients send page views, each with its own ``event_id``; the ids of every 202 are
+Concurrent clients send page views, each with its own ``event_id``; the ids of every 202 are
 recorded. The whole process group is SIGKILLed mid-load. Then every acknowledged id must be stored
 (unacknowledged ones may or may not be), no id may be stored twice, and after a restart retries of
 acknowledged and unacknowledged views (same event ids, each sent twice at once) leave every id
 stored exactly once.
+
+Two loads, because the sink writes two ways (``pageviews.writers``): single views from 64 clients
+(each worker's batches stay small: the one-statement write), and batches of ``BATCH_VIEWS`` views
+from 8 clients (every write holds at least ``COPY_FROM`` rows: the COPY transaction that claims the
+event ids and COPYs the rows).
 """
 
 from __future__ import annotations
@@ -24,12 +29,20 @@ import httpx
 import pytest
 from psycopg import AsyncConnection
 
+from app.domains.pageviews.writers import COPY_FROM
 from tests.served import ServerProcess
 
 CONCURRENCY = 64
+BATCH_CONCURRENCY = 8
+BATCH_VIEWS = 300
 ACKS_BEFORE_KILL = 400
 LOAD_DEADLINE_S = 15.0
-INGEST_UNLIMITED = {"RATE_LIMIT_INGEST_PER_MINUTE": "100000000"}
+INGEST_UNLIMITED = {
+    "RATE_LIMIT_INGEST_PER_MINUTE": "100000000",
+    "RATE_LIMIT_INGEST_PER_HOUR": "1000000000",
+    "INGEST_SITE_VIEWS_PER_MINUTE": "100000000",
+    "INGEST_SITE_VIEWS_PER_DAY": "1000000000",
+}
 
 
 @pytest.fixture
@@ -78,6 +91,25 @@ def view(key: str, event_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
+class Load:
+    """How one kind of load sends views: one per request, or ``BATCH_VIEWS`` per request."""
+
+    def __init__(self, kind: str) -> None:
+        self.batched = kind == "batch"
+        self.concurrency = BATCH_CONCURRENCY if self.batched else CONCURRENCY
+        self.per_request = BATCH_VIEWS if self.batched else 1
+        self.acks_before_kill = 10 * BATCH_VIEWS if self.batched else ACKS_BEFORE_KILL
+
+    async def send(
+        self, http: httpx.AsyncClient, base: str, key: str, ids: list[uuid.UUID]
+    ) -> httpx.Response:
+        if self.batched:
+            body = {"views": [view(key, event_id) for event_id in ids]}
+            return await http.post(f"{base}/api/page-views/batch", json=body)
+        (event_id,) = ids
+        return await http.post(f"{base}/api/page-views", json=view(key, event_id))
+
+
 async def stored_counts(db: AsyncConnection[Any], site_id: int) -> dict[uuid.UUID, int]:
     cursor = await db.execute(
         "select event_id, count(*) from page_views where site_id = %s group by event_id", (site_id,)
@@ -85,7 +117,9 @@ async def stored_counts(db: AsyncConnection[Any], site_id: int) -> dict[uuid.UUI
     return {row[0]: row[1] for row in await cursor.fetchall()}
 
 
+@pytest.mark.parametrize("kind", ["single", "batch"])
 async def test_sigkill_during_ingest_loses_no_acknowledged_view_and_retries_store_once(
+    kind: str,
     db: AsyncConnection[Any],
     servers: list[ServerProcess],
     http: httpx.AsyncClient,
@@ -93,6 +127,8 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_view_and_retries_stor
     valkey_url: str,
     tmp_path: Path,
 ) -> None:
+    assert BATCH_VIEWS >= COPY_FROM, "the batch load must take the COPY path"
+    load = Load(kind)
     site_id, key = await create_site(db)
     first = ServerProcess(database_url, valkey_url, tmp_path, env=INGEST_UNLIMITED)
     servers.append(first)
@@ -105,27 +141,30 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_view_and_retries_stor
     stop = asyncio.Event()
     enough = asyncio.Event()
 
+    batches: list[list[uuid.UUID]] = []  # what each request sent, to retry whole requests
+
     async def sender() -> None:
         while not stop.is_set():
-            event_id = uuid.uuid4()
+            ids = [uuid.uuid4() for _ in range(load.per_request)]
+            batches.append(ids)
             try:
-                response = await http.post(f"{first.base}/api/page-views", json=view(key, event_id))
+                response = await load.send(http, first.base, key, ids)
             except httpx.HTTPError:
-                unacknowledged.add(event_id)
+                unacknowledged.update(ids)
                 continue
             if response.status_code == 202:
-                acknowledged.add(event_id)
-                if len(acknowledged) >= ACKS_BEFORE_KILL:
+                acknowledged.update(ids)
+                if len(acknowledged) >= load.acks_before_kill:
                     enough.set()
             else:
-                unacknowledged.add(event_id)
+                unacknowledged.update(ids)
                 other_status.append(response.status_code)
 
-    senders = [asyncio.create_task(sender()) for _ in range(CONCURRENCY)]
+    senders = [asyncio.create_task(sender()) for _ in range(load.concurrency)]
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(enough.wait(), LOAD_DEADLINE_S)
-        # Mid-load: the senders keep 64 requests in flight while the whole process group dies.
+        # Mid-load: the senders keep their requests in flight while the whole process group dies.
         stop.set()
         first.kill(signal.SIGKILL)
         await asyncio.wait_for(asyncio.gather(*senders), 20)
@@ -145,6 +184,8 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_view_and_retries_stor
     assert acknowledged - counts.keys() == set(), "acknowledged views were lost"
     assert all(n == 1 for n in counts.values()), "an event id was stored twice"
     assert counts.keys() <= acknowledged | unacknowledged
+    for ids in batches:  # a request is stored whole or not at all, acknowledged or not
+        assert len({event_id in counts for event_id in ids}) == 1, "a request was half stored"
 
     # Retries after a restart: a sample of both kinds, each sent twice at once.
     second = ServerProcess(database_url, valkey_url, tmp_path, env=INGEST_UNLIMITED)
@@ -152,14 +193,15 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_view_and_retries_stor
     second.start()
     await second.wait_ready(http)
     rng = random.Random(0)
-    sample = rng.sample(sorted(acknowledged), min(100, len(acknowledged))) + sorted(unacknowledged)[:100]
+    acked_requests = [ids for ids in batches if ids[0] in acknowledged]
+    lost_requests = [ids for ids in batches if ids[0] in unacknowledged]
+    retried = rng.sample(acked_requests, min(100 // load.per_request + 2, len(acked_requests)))
+    retried += lost_requests[: 100 // load.per_request + 2]
     responses = await asyncio.wait_for(
-        asyncio.gather(
-            *(http.post(f"{second.base}/api/page-views", json=view(key, e)) for e in sample + sample)
-        ),
-        30,
+        asyncio.gather(*(load.send(http, second.base, key, ids) for ids in retried + retried)), 60
     )
     assert [r.status_code for r in responses] == [202] * len(responses)
+    sample = [event_id for ids in retried for event_id in ids]
 
     counts = await stored_counts(db, site_id)
     assert {e: counts.get(e, 0) for e in sample} == dict.fromkeys(sample, 1)

@@ -90,8 +90,18 @@ class Page(NamedTuple):
 
 @lru_cache(maxsize=8192)
 def parse_page(url: str) -> Page:
+    """Host, path and UTM tags of a page URL; ``ValueError`` when the URL cannot be split (an
+    unbalanced ``[`` in the host, characters that NFKC-normalise into URL delimiters).
+
+    UTM values are percent-decoded: bytes that are not UTF-8 become U+FFFD (``parse_qsl``'s
+    ``errors="replace"``), and so does a decoded NUL, which PostgreSQL cannot store in ``text``.
+    """
     parts = urlsplit(url)
-    utm = {key: value[:200] for key, value in parse_qsl(parts.query) if key.startswith("utm_")}
+    utm = {
+        key: value[:200].replace("\x00", "\ufffd")
+        for key, value in parse_qsl(parts.query)
+        if key.startswith("utm_")
+    }
     return Page(
         host=(parts.hostname or "").lower(),
         path=(parts.path or "/")[:2000],
@@ -103,7 +113,8 @@ def parse_page(url: str) -> Page:
 
 @lru_cache(maxsize=4096)
 def referrer_source(referrer: str, own_host: str) -> tuple[str, str]:
-    """(referrer host, source name); ('', '') for direct traffic and internal navigation."""
+    """(referrer host, source name); ('', '') for direct traffic and internal navigation.
+    ``ValueError`` when the referrer cannot be split (see ``parse_page``)."""
     if not referrer:
         return "", ""
     host = (urlsplit(referrer).hostname or "").lower()
@@ -114,7 +125,8 @@ def referrer_source(referrer: str, own_host: str) -> tuple[str, str]:
 
 
 def clamp_timestamp(client_ts: datetime | None, now: datetime) -> datetime:
-    """None in the future, none older than 24 hours; no client time means now."""
+    """None in the future, none older than 24 hours; no client time means now. Both times are
+    timezone-aware (the ingest body refuses a ``ts`` without an offset)."""
     if client_ts is None or client_ts > now:
         return now
     return max(client_ts, now - MAX_AGE)

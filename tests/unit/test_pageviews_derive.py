@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.domains.analytics.derive import (
+from app.domains.pageviews.derive import (
     MAX_AGE,
     clamp_timestamp,
     classify_agent,
@@ -72,6 +72,32 @@ def test_page_path_and_utm() -> None:
     assert parse_page("https://example.com").path == "/"
 
 
+def test_utm_values_are_decoded_and_a_nul_is_replaced() -> None:
+    """PostgreSQL cannot store U+0000 in text: a decoded NUL becomes U+FFFD, as undecodable bytes do."""
+    page = parse_page("https://a.example/?utm_source=a%00b&utm_medium=%FF&utm_campaign=" + "x" * 300)
+    assert (page.utm_source, page.utm_medium, page.utm_campaign) == ("a\ufffdb", "\ufffd", "x" * 200)
+    assert page.path == "/"
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x", "http://a]b/", "http://a\uff03b/", "https://[v1.x/"])
+def test_a_url_that_cannot_be_split_is_a_value_error(url: str) -> None:
+    with pytest.raises(ValueError, match=r"IPv6|NFKC"):
+        parse_page(url)
+    with pytest.raises(ValueError, match=r"IPv6|NFKC"):
+        referrer_source(url, "shop.example.com")
+
+
+@given(st.text())
+@settings(deadline=None)
+def test_parsing_any_text_gives_a_page_or_a_value_error(url: str) -> None:
+    try:
+        page = parse_page(url)
+    except ValueError:
+        return
+    assert "\x00" not in page.utm_source + page.utm_medium + page.utm_campaign
+    assert len(page.path) <= 2000
+
+
 @pytest.mark.parametrize(
     ("referrer", "expected"),
     [
@@ -92,8 +118,16 @@ def test_referrer_sources(referrer: str, expected: tuple[str, str]) -> None:
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)))
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 1),
+        max_value=datetime(2100, 1, 1),
+        timezones=st.just(UTC) | st.timedeltas(-timedelta(hours=23), timedelta(hours=23)).map(timezone),
+    )
+)
+@settings(deadline=None)
 def test_timestamps_are_clamped_to_the_last_24_hours(client_ts: datetime) -> None:
+    """Any UTC offset: the comparison is between instants."""
     clamped = clamp_timestamp(client_ts, NOW)
     assert NOW - MAX_AGE <= clamped <= NOW
     if NOW - MAX_AGE <= client_ts <= NOW:
@@ -105,6 +139,7 @@ def test_no_client_time_means_now() -> None:
     assert clamp_timestamp(NOW + timedelta(seconds=1), NOW) == NOW
 
 
+@settings(deadline=None)
 @given(
     st.binary(min_size=16, max_size=32),
     st.integers(1, 10**6),

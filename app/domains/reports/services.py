@@ -21,20 +21,19 @@ one bucket of a report (only in zones with a fractional offset, such as Asia/Kol
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
 from litestar.exceptions import ValidationException
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
+from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
-from app.core.db import transaction
-from app.db import analytics as analytics_queries
+from app.core.db import Database
 from app.db import reports as queries
-from app.domains.analytics.report_schemas import (
+from app.domains.reports.schemas import (
     BreakdownItem,
     BreakdownOut,
     CurrentVisitorsOut,
@@ -48,10 +47,10 @@ from app.domains.analytics.report_schemas import (
     TimeseriesOut,
     TimeseriesPoint,
 )
+from app.domains.sites.services import SiteService
 
-log = structlog.get_logger("app.analytics.reports")
-
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
+log = structlog.get_logger("app.reports")
+T = TypeVar("T")
 
 ROLLUP_GRACE = timedelta(minutes=10)
 ROLLUP_CHUNK = timedelta(hours=1)
@@ -136,12 +135,23 @@ def _ratio(part: int, whole: int) -> float:
 
 
 class ReportService:
-    """Reports (cached for ``ttl_s``, keyed by site and resolved range) and the rollup step."""
+    """Reports (cached for ``ttl_s``, keyed by site and resolved range), the rollup step and the
+    retention of the rollups.
 
-    def __init__(self, pool: Pool, cache: CacheNamespace, ttl_s: float) -> None:
-        self.pool = pool
+    Who may read a site's reports is the sites domain's rule (``SiteService.get_for``): ``window``
+    and ``current_visitors`` check it in a short transaction of their own that ends before the
+    report borrows a connection, so a report request never holds two pooled connections at once
+    (a few concurrent reports could otherwise take every connection, each waiting for its second).
+    """
+
+    def __init__(
+        self, db: Database, cache: CacheNamespace, ttl_s: float, sites: SiteService, retention_days: int
+    ) -> None:
+        self.db = db
         self.cache = cache
         self.ttl_s = ttl_s
+        self.sites = sites
+        self.retention_days = retention_days
 
     # -- the rollup job -----------------------------------------------------------------------
 
@@ -151,7 +161,7 @@ class ReportService:
         target = _floor_hour((now or datetime.now(UTC)) - ROLLUP_GRACE)
         total = 0
         while True:
-            async with transaction(self.pool) as uow:
+            async with self.db.transaction() as uow:
                 conn = uow.conn
                 if not await queries.try_rollup_lock(conn):
                     return total
@@ -175,6 +185,33 @@ class ReportService:
             log.info(
                 "analytics rolled up", received_from=start.isoformat(), received_to=end.isoformat(), rows=rows
             )
+
+    async def purge_rollups(self, now: datetime | None = None) -> int:
+        """Delete rollups (visitor-level ones included) older than the raw data's retention."""
+        before = _floor_hour(now or datetime.now(UTC)) - timedelta(days=self.retention_days)
+        async with self.db.transaction() as uow:
+            deleted = await queries.purge_hourly_rollups(uow.conn, before=before)
+            deleted += await queries.purge_dimension_rollups(uow.conn, before=before)
+            deleted += await queries.purge_hourly_visitors(uow.conn, before=before)
+            deleted += await queries.purge_visits(uow.conn, before=before)
+        return deleted
+
+    # -- access ---------------------------------------------------------------------------------
+
+    async def window(
+        self,
+        caller: CurrentUser,
+        site_id: int,
+        period: Period,
+        first: date | str | None,
+        last: date | str | None,
+        tz: str | None,
+    ) -> ReportRange:
+        """The report's period on the site's clock (unless ``tz``), once the caller may read the
+        site's reports (the owner or an admin; 404 for everyone else)."""
+        async with self.db.transaction() as uow:
+            site = await self.sites.get_for(uow, caller, site_id)
+        return resolve_range(period, first, last, tz or site.timezone)
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -267,6 +304,12 @@ class ReportService:
 
         return await self._cached(f"entry:{site_id}:{limit}:{_range_key(rng)}", load, EntryPagesOut)
 
+    async def current_visitors_for(self, caller: CurrentUser, site_id: int) -> CurrentVisitorsOut:
+        """``current_visitors`` after the access check (the owner or an admin; 404 otherwise)."""
+        async with self.db.transaction() as uow:  # released before the report borrows its own
+            await self.sites.get_for(uow, caller, site_id)
+        return await self.current_visitors(site_id)
+
     async def current_visitors(self, site_id: int, now: datetime | None = None) -> CurrentVisitorsOut:
         """Distinct visitors (bots excluded) with a view in the last five minutes (raw rows: always
         present for that long). Cached like every report: it may lag by the cache TTL."""
@@ -280,12 +323,12 @@ class ReportService:
 
         return await self._cached(f"current:{site_id}", load, CurrentVisitorsOut)
 
-    async def _cached(self, key: str, load: Any, kind: type[Any]) -> Any:
+    async def _cached(self, key: str, load: Callable[[], Awaitable[T]], kind: type[T]) -> T:
         return await self.cache.get_or_load(key, load, ttl_s=self.ttl_s, type=kind)
 
     async def _run(self, query: Any, **params: Any) -> Any:
         try:
-            async with transaction(self.pool) as uow:
+            async with self.db.transaction() as uow:
                 return await query(uow.conn, **params)
         except psycopg.errors.InvalidParameterValue as exc:  # a zone Python knows and PostgreSQL not
             raise invalid("tz", "time zone not supported by the database") from exc
@@ -298,31 +341,3 @@ def _range_key(rng: ReportRange) -> str:
 def _local_label(bucket: datetime, zone: zoneinfo.ZoneInfo, interval: Interval) -> str:
     local = bucket.astimezone(zone)
     return local.date().isoformat() if interval == "day" else local.isoformat(timespec="minutes")
-
-
-# -- retention (the cron jobs of workers/analytics.py) ---------------------------------------------
-
-
-async def maintain_partitions(pool: Pool, retention_days: int, today: date | None = None) -> tuple[int, int]:
-    """Create the daily partitions from yesterday to three days ahead; drop those that ended more
-    than ``retention_days`` ago. Returns (created, dropped)."""
-    today = today or datetime.now(UTC).date()
-    async with transaction(pool) as uow:
-        created = await analytics_queries.ensure_partitions(
-            uow.conn, from_day=today - timedelta(days=1), days=4
-        )
-        dropped = await queries.drop_page_view_partitions(
-            uow.conn, before=today - timedelta(days=retention_days)
-        )
-    return created or 0, dropped or 0
-
-
-async def purge_rollups(pool: Pool, retention_days: int, now: datetime | None = None) -> int:
-    """Delete rollups (visitor-level ones included) older than the raw data's retention."""
-    before = _floor_hour(now or datetime.now(UTC)) - timedelta(days=retention_days)
-    async with transaction(pool) as uow:
-        deleted = await queries.purge_hourly_rollups(uow.conn, before=before)
-        deleted += await queries.purge_dimension_rollups(uow.conn, before=before)
-        deleted += await queries.purge_hourly_visitors(uow.conn, before=before)
-        deleted += await queries.purge_visits(uow.conn, before=before)
-    return deleted

@@ -1,0 +1,79 @@
+"""HTTP for the page-view ingest (``POST /api/page-views``, ``/api/page-views/batch``).
+
+The one documented exception to "handlers take services by name" (CONVENTIONS.md): these are the
+hot path, so they are plain function handlers without dependency injection (no ``data`` parameter,
+no injected service: Litestar's per-request dependency resolution costs measurable throughput at
+these rates). Each handler obtains ``PageViewService`` once per request from the app's registry
+(``request.app.state.services``) and reads its body itself (``decode_view``/``decode_batch``). The
+single view's answer is built once (an ``ASGIResponse`` holds no per-request state).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, post
+from litestar.openapi import ResponseSpec
+from litestar.response.base import ASGIResponse
+
+from app.core.openapi import documents_json_body, problems
+from app.core.services import Services
+from app.domains.pageviews.schemas import MAX_BATCH, Accepted, PageViewBatchIn, PageViewIn
+from app.domains.pageviews.services import PageViewService
+
+BATCH_MAX_BODY = 4 * 1024 * 1024
+ACCEPTED_ONE = ASGIResponse(
+    body=msgspec.json.encode(Accepted(accepted=1)), status_code=202, media_type=MediaType.JSON
+)
+
+
+def _service(request: Request[Any, Any, Any]) -> PageViewService:
+    services: Services = request.app.state.services
+    return services[PageViewService]
+
+
+def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
+    return request.scope["state"].get("client_ip") or "", request.headers.get("user-agent", "")
+
+
+@post(
+    "/api/page-views",
+    status_code=202,
+    tags=["analytics"],
+    summary="Record one page view",
+    description="Answered 202 only after the view is committed. A repeated `event_id` (same site) is "
+    "stored once when it arrives within two days of the first. `ts` is clamped: never in the future, "
+    "never older than 24 hours. 429: the address (an IPv6 /64 counts as one) or the site's quota.",
+    opt={"rate_limit": None},
+    operation_class=documents_json_body(PageViewIn),
+    responses={**problems(400, 413, 422, 429, 503), 202: ResponseSpec(Accepted, description="Stored")},
+)
+async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
+    pageviews = _service(request)
+    view = pageviews.decode_view(await request.body())
+    await pageviews.record_one(view, *_client(request))
+    return ACCEPTED_ONE
+
+
+@post(
+    "/api/page-views/batch",
+    status_code=202,
+    tags=["analytics"],
+    summary=f"Record up to {MAX_BATCH} page views",
+    description="All or nothing: answered 202 once every view of the batch is committed. Each view "
+    "takes one token of the address's limit and one of its site's quota.",
+    opt={"rate_limit": None},
+    request_max_body_size=BATCH_MAX_BODY,
+    operation_class=documents_json_body(PageViewBatchIn),
+    responses={**problems(400, 413, 422, 429, 503), 202: ResponseSpec(Accepted, description="Stored")},
+)
+async def ingest_page_view_batch(request: Request[Any, Any, Any]) -> ASGIResponse:
+    pageviews = _service(request)
+    batch = pageviews.decode_batch(await request.body())
+    await pageviews.record(batch, *_client(request))
+    return ASGIResponse(
+        body=msgspec.json.encode(Accepted(accepted=len(batch.views))),
+        status_code=202,
+        media_type=MediaType.JSON,
+    )

@@ -1,0 +1,22 @@
+"""Jobs of the pageviews domain (queue ``default``): partitions and the retention of ingest state."""
+
+from __future__ import annotations
+
+from saq.types import Context
+
+from app.core.services import services_of
+from app.domains.pageviews.services import PageViewService
+
+
+async def maintain_partitions(ctx: Context) -> dict[str, int]:
+    """Hourly: daily partitions from yesterday to three days ahead; drop those past retention."""
+    created, dropped = await services_of(ctx)[PageViewService].maintain_partitions()
+    return {"created": created, "dropped": dropped}
+
+
+async def purge_ingest_state(ctx: Context) -> dict[str, int]:
+    """Daily: claimed event ids (2 days), visitor-hash salts (1 day), deleted sites' raw data."""
+    pageviews = services_of(ctx)[PageViewService]
+    event_ids, salts = await pageviews.purge()
+    deleted_sites_views = await pageviews.purge_deleted_sites()
+    return {"event_ids": event_ids, "salts": salts, "deleted_sites_views": deleted_sites_views}

@@ -1,0 +1,56 @@
+"""Wire shapes of the ingest path: what a tracker sends, and the answer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from app.core.types import Text
+
+MAX_BATCH = 1000
+MAX_URL_BYTES = 2000
+SITE_KEY = r"^[A-Za-z0-9_-]+$"  # issued keys are secrets.token_urlsafe(24): 32 of these characters
+
+
+class PageViewIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One page view, as a tracker script sends it. `ts` needs a UTC offset (`Z` or `+01:00`)."""
+
+    site_key: Annotated[str, msgspec.Meta(min_length=16, max_length=64, pattern=SITE_KEY)]
+    url: Annotated[str, Text, msgspec.Meta(min_length=1, max_length=MAX_URL_BYTES)]
+    referrer: Annotated[str, Text, msgspec.Meta(max_length=2000)] = ""
+    title: Annotated[str, Text, msgspec.Meta(max_length=500)] = ""
+    screen_width: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
+    ts: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    event_id: uuid.UUID | None = None
+
+
+class PageViewBatchIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    views: Annotated[list[PageViewIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class PageView(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
+    """``PageViewIn`` as the ingest path decodes it: the same fields and limits, but the checks that
+    cost a regular expression per view (the NUL check of the text fields, the site key's pattern:
+    most of the decoding's cost) are left to ``decoding.py``, which does them with ``in`` and once
+    per distinct key, and hands a body that fails them to the strict ``PageViewIn`` (the published
+    contract, which names every bad field). Untracked by the garbage collector: it holds no
+    containers."""
+
+    site_key: Annotated[str, msgspec.Meta(min_length=16, max_length=64)]
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL_BYTES)]
+    referrer: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    title: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    screen_width: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
+    ts: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    event_id: uuid.UUID | None = None
+
+
+class PageViewBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
+    views: Annotated[list[PageView], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    accepted: int

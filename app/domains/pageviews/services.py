@@ -1,0 +1,292 @@
+"""The page-view ingest path (the hot path): decode, admit, derive, hand to the sink, answer 202.
+
+Kept off the generic stack on purpose (benchmarks/README.md has the measurements): the handlers
+decode the body with a cached msgspec decoder (``decoding.py``) instead of a ``data`` parameter, and
+every limit is checked without a round trip per view:
+
+- per client address (an IPv4 address or an IPv6 /64): in-process token buckets (``limiter.py``);
+- per site: a quota per minute and per UTC day, leased in blocks from Valkey (``quota.py``);
+- the site key: a bounded cache, lookups of unknown keys batched, deletions mirrored (``keys.py``).
+
+``PageViewService`` owns the group-commit sink (``sink.py``, started and closed by the service
+registry), those three, the daily visitor-hash salt, and the jobs that keep the ``page_views``
+partitions and the retention of event ids, salts and deleted sites' data.
+
+A retried send (same site, same ``event_id``) is stored once if it arrives within
+``EVENT_ID_RETENTION`` (two days) of the first: the claims are purged daily once older than that.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import msgspec
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.db import Database
+from app.core.errors import TooManyRequestsError
+from app.db import pageviews as queries
+from app.domains.pageviews.decoding import decode_batch, decode_view, parse_views
+from app.domains.pageviews.derive import (
+    Agent,
+    Page,
+    clamp_timestamp,
+    classify_agent,
+    device_class,
+    visitor_id,
+)
+from app.domains.pageviews.keys import SiteKeys, UnknownKeyError
+from app.domains.pageviews.limiter import LocalRateLimiter
+from app.domains.pageviews.quota import SiteQuota
+from app.domains.pageviews.rows import COLUMNS, Row
+from app.domains.pageviews.schemas import PageView, PageViewBatch
+from app.domains.pageviews.sink import PageViewSink, UnknownSiteKeyError
+from app.domains.pageviews.writers import make_writer
+from app.domains.sites.services import SiteService
+
+EVENT_ID_RETENTION = timedelta(days=2)
+SALT_RETENTION = timedelta(days=1)
+DELETED_SITE_GRACE = timedelta(minutes=10)
+"""A deleted site's raw data is purged once nothing of it can still be in flight."""
+DELETED_SITE_RETENTION = timedelta(days=2)
+"""Its tombstone is kept longer than any process remembers a deletion (``sites.DELETIONS_KEPT_S``)."""
+PARTITION_DAYS_AHEAD = 3
+
+
+class IngestSettings(msgspec.Struct, frozen=True):
+    """The ingest path's limits, copied once from the settings (plain attributes on the hot path)."""
+
+    rate_limit_ingest_per_minute: int = 60_000
+    rate_limit_ingest_per_hour: int = 2_000_000
+    ingest_site_views_per_minute: int = 60_000
+    ingest_site_views_per_day: int = 10_000_000
+
+    @classmethod
+    def of(cls, settings: Settings) -> IngestSettings:
+        return cls(**{name: getattr(settings, name) for name in cls.__struct_fields__})
+
+
+class DailySalt:
+    """The visitor-hash salt of the current UTC day: created once (first writer wins), then cached."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._day: date | None = None
+        self._salt = b""
+
+    async def for_day(self, day: date) -> bytes:
+        if day != self._day:
+            async with self._db.transaction() as uow:
+                await queries.insert_salt(uow.conn, day=day, salt=secrets.token_bytes(32))
+                salt = await queries.get_salt(uow.conn, day=day)
+            assert salt is not None
+            self._day, self._salt = day, salt
+        return self._salt
+
+
+class PageViewService:
+    """Built once per process; ``start``/``close`` run the sink (the service registry calls them)."""
+
+    def __init__(self, db: Database, settings: Settings, sites: SiteService, valkey: Valkey) -> None:
+        assert settings.database_url is not None, "resolve the service URLs first"
+        self.db = db
+        self.retention_days = settings.analytics_retention_days
+        limits = IngestSettings.of(settings)
+        self.keys = SiteKeys(sites)
+        self.sink = PageViewSink(
+            make_writer(
+                settings.sink_driver,
+                settings.database_url,
+                settings.sink_flushers + 1,
+                timeout_s=settings.database_timeout_s,
+            ),
+            batch_size=settings.sink_batch_size,
+            max_pending=settings.sink_max_pending,
+            max_wait_s=settings.sink_max_wait_ms / 1000,
+            flushers=settings.sink_flushers,
+            on_sites_gone=self.keys.forget_sites,
+        )
+        self.salt = DailySalt(db)
+        self.limiter = LocalRateLimiter(
+            limits.rate_limit_ingest_per_minute, limits.rate_limit_ingest_per_hour
+        )
+        self.quota = SiteQuota(
+            valkey,
+            limits.ingest_site_views_per_minute,
+            limits.ingest_site_views_per_day,
+            warn_interval_s=settings.rate_limit_warn_interval_s,
+        )
+
+    async def start(self) -> None:
+        await self.sink.start()
+
+    async def close(self) -> None:
+        """Refuses new views and writes every accepted one."""
+        await self.sink.close()
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    decode_view = staticmethod(decode_view)
+    decode_batch = staticmethod(decode_batch)
+
+    async def record_one(self, view: PageView, client_ip: str, user_agent: str) -> None:
+        """Store one view; return once it is committed. 429 once the client's address has used its
+        tokens or the site its quota; 422 for an unknown (or deleted) site key."""
+        self.admit(client_ip, 1)
+        ((page, referrer_host, source),) = parse_views([view], batched=False)
+        site_id = await self._site_id(view.site_key)
+        now = datetime.now(UTC)
+        salt = await self.salt.for_day(now.date())
+        agent = classify_agent(user_agent)
+        visitor = visitor_id(salt, site_id, client_ip, user_agent)
+        row = _row(view, site_id, visitor, page, referrer_host, source, agent, now)
+        lease = await self.quota.take(site_id, 1)
+        try:
+            await self.sink.submit((row,))
+        except BaseException:
+            self.quota.refund(site_id, 1, lease)
+            raise
+
+    async def record(self, batch: PageViewBatch, client_ip: str, user_agent: str) -> None:
+        """Store a batch sent by one client; return once every view is committed (all or nothing)."""
+        views = batch.views
+        self.admit(client_ip, len(views))
+        rows, per_site = await self.rows(views, client_ip, user_agent, batched=True)
+        leases: list[tuple[int, int, int]] = []
+        try:
+            for site_id, count in per_site.items():
+                leases.append((site_id, count, await self.quota.take(site_id, count)))
+            await self.sink.submit(rows)
+        except BaseException:
+            for site_id, count, lease in leases:
+                self.quota.refund(site_id, count, lease)
+            raise
+
+    def admit(self, client_ip: str, count: int) -> None:
+        wait = self.limiter.take(client_ip, count)
+        if wait:
+            raise TooManyRequestsError(
+                "Too many page views from this address.", headers={"Retry-After": str(max(1, round(wait)))}
+            )
+
+    async def rows(
+        self, views: list[PageView], client_ip: str, user_agent: str, *, batched: bool = False
+    ) -> tuple[list[Row], dict[int, int]]:
+        """The stored rows, and how many views each site got. Every view is checked before any I/O
+        (a batch is all or nothing; ``batched`` names its fields ``views[i].url``). Everything that
+        depends only on the request (agent, salt, the visitor of a site) is computed once per
+        request, not once per view."""
+        pages = parse_views(views, batched=batched)
+        now = datetime.now(UTC)
+        salt = await self.salt.for_day(now.date())
+        agent = classify_agent(user_agent)
+        sites: dict[str, tuple[int, int]] = {}
+        per_site: dict[int, int] = {}
+        rows: list[Row] = []
+        for view, (page, referrer_host, source) in zip(views, pages, strict=True):
+            known = sites.get(view.site_key)
+            if known is None:
+                site_id = await self._site_id(view.site_key)
+                known = sites[view.site_key] = (site_id, visitor_id(salt, site_id, client_ip, user_agent))
+            site_id, visitor = known
+            per_site[site_id] = per_site.get(site_id, 0) + 1
+            rows.append(_row(view, site_id, visitor, page, referrer_host, source, agent, now))
+        return rows, per_site
+
+    async def _site_id(self, key: str) -> int:
+        try:
+            return await self.keys.site_id(key)
+        except UnknownKeyError:
+            raise UnknownSiteKeyError("Unknown site key.") from None
+
+    async def record_naively(self, view: PageView, client_ip: str, user_agent: str) -> None:
+        """One view in one INSERT and one transaction of its own, bypassing the sink and the limits:
+        the baseline of the load-test harness (``/bench/naive``), never used by the ingest routes."""
+        (row,), _ = await self.rows([view], client_ip, user_agent)
+        columns: dict[str, Any] = dict(zip(COLUMNS, row, strict=True))
+        async with self.db.transaction() as uow:
+            await queries.insert_page_view(uow.conn, **columns)
+
+    # -- upkeep (jobs) ----------------------------------------------------------------------------
+
+    async def maintain_partitions(self, today: date | None = None) -> tuple[int, int]:
+        """Create the daily partitions from yesterday to three days ahead; drop those that ended more
+        than the retention ago. Returns (created, dropped)."""
+        today = today or datetime.now(UTC).date()
+        async with self.db.transaction() as uow:
+            created = await queries.ensure_partitions(
+                uow.conn, from_day=today - timedelta(days=1), days=PARTITION_DAYS_AHEAD + 1
+            )
+            dropped = await queries.drop_page_view_partitions(
+                uow.conn, before=today - timedelta(days=self.retention_days)
+            )
+        return created or 0, dropped or 0
+
+    async def purge(self, now: datetime | None = None) -> tuple[int, int]:
+        """Delete claimed event ids older than ``EVENT_ID_RETENTION`` and salts older than a day;
+        returns (event ids, salts) deleted."""
+        now = now or datetime.now(UTC)
+        async with self.db.transaction() as uow:
+            event_ids = await queries.purge_event_ids(uow.conn, before=now - EVENT_ID_RETENTION)
+            salts = await queries.delete_old_salts(uow.conn, before=(now - SALT_RETENTION).date())
+        return event_ids, salts
+
+    async def purge_deleted_sites(self, now: datetime | None = None) -> int:
+        """Delete the raw page views and claimed event ids of every site deleted more than
+        ``DELETED_SITE_GRACE`` ago, one site and one day (one partition) per transaction; forget
+        the deletions older than ``DELETED_SITE_RETENTION``. Returns the page views deleted."""
+        now = now or datetime.now(UTC)
+        async with self.db.transaction() as uow:
+            site_ids = await queries.deleted_sites_before(uow.conn, before=now - DELETED_SITE_GRACE)
+        first_day = now.date() - timedelta(days=self.retention_days + 1)
+        days = self.retention_days + 2 + PARTITION_DAYS_AHEAD
+        deleted = 0
+        for site_id in site_ids:
+            for offset in range(days):
+                day = datetime.combine(first_day + timedelta(days=offset), datetime.min.time(), UTC)
+                async with self.db.transaction() as uow:
+                    deleted += await queries.purge_site_page_views(
+                        uow.conn, site_id=site_id, from_ts=day, to_ts=day + timedelta(days=1)
+                    )
+            async with self.db.transaction() as uow:
+                await queries.purge_site_event_ids(uow.conn, site_id=site_id)
+        if site_ids:
+            async with self.db.transaction() as uow:
+                await queries.forget_deleted_sites(
+                    uow.conn, site_ids=site_ids, before=now - DELETED_SITE_RETENTION
+                )
+        return deleted
+
+
+def _row(
+    view: PageView,
+    site_id: int,
+    visitor: int,
+    page: Page,
+    referrer_host: str,
+    source: str,
+    agent: Agent,
+    now: datetime,
+) -> Row:
+    return (
+        site_id,
+        clamp_timestamp(view.ts, now),
+        now,
+        view.event_id,
+        visitor,
+        page.path,
+        view.title,
+        referrer_host,
+        source,
+        page.utm_source,
+        page.utm_medium,
+        page.utm_campaign,
+        view.screen_width,
+        device_class(agent, view.screen_width),
+        agent.browser,
+        agent.os,
+        agent.is_bot,
+    )

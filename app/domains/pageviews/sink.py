@@ -1,0 +1,265 @@
+"""The page-view sink: group commit of concurrent requests into one write.
+
+Requests hand their rows to ``submit`` and wait. A flusher takes everything pending (up to
+``batch_size`` rows), writes it in one transaction and only then resolves the requests' futures:
+acknowledged means committed. A flusher starts the next batch as soon as its previous one has
+committed (leader/follower), so throughput comes from batching while an idle sink adds no delay;
+``max_wait_s`` optionally lingers to fill small batches. Several flushers (connections) overlap
+their commits. The sink is bounded: past ``max_pending`` rows ``submit`` refuses (503 +
+Retry-After) instead of growing memory. ``close`` flushes everything accepted.
+
+How a batch is written (``writers.py``, measured in benchmarks/README.md):
+
+- a small batch (fewer than ``COPY_FROM`` rows, the usual case for single views) is one statement
+  and one round trip: the rows travel as one JSON parameter (msgspec encodes it in C; a driver's
+  per-element array encoding cost several times more), the statement claims their event ids and
+  inserts them;
+- a large one is a transaction with two binary COPYs: the event ids into ``page_view_event_ids``,
+  then the rows.
+
+Both claim event ids *without* ``ON CONFLICT``: a retried send is rare, and a plain insert (or COPY)
+into the unique index costs far less than a speculative insertion per row. When the claim meets an
+id already stored (a unique violation: nothing of the batch was written), the batch is written
+again by the statement that skips claimed ids (``ON CONFLICT DO NOTHING``). Within one batch, the
+first row of each (site, event id) is kept before any of this.
+
+Every write also checks, in its own snapshot, that the batch's sites still exist: a site deleted
+after its key was cached is refused (422) from the deleting commit on, in every process, even before
+the deletion's notification reaches the process. The write then stores nothing; the requests of the
+deleted sites are answered and the others are written again without them.
+
+One request's bad data must not fail the others batched with it. The ingest handlers refuse what
+PostgreSQL would (``schemas.PageViewIn``); should a batch still be refused for its data, the sink
+splits it and retries the halves, so that only the requests whose rows PostgreSQL refuses get an
+error (422) and every other one is committed and acknowledged. Each write is one transaction, so a
+refused write stored nothing (event-id claims included) and a retry cannot store a row twice. A
+failure that is not about the data (connection lost, timeout) fails every request of the batch with
+503 at once: no retry loop against a database that is down. Every write has a deadline
+(``DATABASE_TIMEOUT_S``, ``writers.py``), so a database that stops answering (a frozen host) fails
+the batch with 503 in time instead of keeping its requests waiting; a write that timed out is never
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import psycopg
+import structlog
+from prometheus_client import Counter, Histogram
+
+from app.core.errors import ServiceUnavailableError, UnprocessableError
+from app.domains.pageviews.rows import Row
+from app.domains.pageviews.writers import SitesGoneError, Writer
+
+log = structlog.get_logger("app.pageviews.sink")
+
+ROWS_WRITTEN = Counter("app_page_views_written", "Page views committed by the sink")
+DUPLICATES = Counter("app_page_views_duplicates", "Page views dropped as retries of a stored event id")
+BATCH_ROWS = Histogram(
+    "app_page_view_batch_rows", "Rows per sink write", buckets=(1, 8, 32, 128, 512, 1024, 2048, 4096, 10000)
+)
+REFUSED = Counter("app_page_views_refused", "Page views refused because the sink was full")
+REFUSED_BY_DATABASE = Counter(
+    "app_page_views_refused_by_database", "Page views PostgreSQL refused for their data (not stored)"
+)
+GONE = Counter("app_page_views_site_gone", "Page views refused at write time because their site was deleted")
+
+
+class SinkFullError(ServiceUnavailableError):
+    slug = "ingest-overloaded"
+    title = "Ingest is overloaded"
+
+
+class PageViewRefusedError(UnprocessableError):
+    slug = "page-view-refused"
+    title = "Page view refused"
+
+
+class UnknownSiteKeyError(UnprocessableError):
+    slug = "unknown-site-key"
+    title = "Unknown site key"
+
+
+def refused_for_data(exc: BaseException) -> bool:
+    """Whether a write failed because of the data in it, not because of the database: SQLSTATE class
+    22 (data exception: a NUL in text, an integer out of range; asyncpg also reports a parameter
+    it cannot encode as 22000), psycopg's own refusal of a NUL, or a value the driver or the JSON
+    encoder cannot encode (a lone surrogate; an integer too large for its column in asyncpg's COPY).
+    Only such a failure can spare some rows of a batch; a missing partition (class 23), a lost
+    connection or a timeout fails every row alike."""
+    if isinstance(exc, (UnicodeError, OverflowError)):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith("22")
+    return isinstance(exc, psycopg.DataError)
+
+
+class _Group:
+    __slots__ = ("future", "rows")
+
+    def __init__(self, rows: Sequence[Row], future: asyncio.Future[None]) -> None:
+        self.rows = rows
+        self.future = future
+
+
+class PageViewSink:
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        batch_size: int,
+        max_pending: int,
+        max_wait_s: float = 0.0,
+        flushers: int = 1,
+        on_sites_gone: Callable[[frozenset[int]], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.max_wait_s = max_wait_s
+        self._flusher_count = flushers
+        self._on_sites_gone = on_sites_gone
+        self._queue: deque[_Group] = deque()
+        self._pending_rows = 0  # accepted and not yet committed (queued or being written)
+        self._queued_rows = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._flushers: list[asyncio.Task[None]] = []
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    async def start(self) -> None:
+        await self.writer.open()
+        self._flushers = [
+            asyncio.create_task(self._flush_loop(), name=f"page-view-flusher-{i}")
+            for i in range(self._flusher_count)
+        ]
+
+    async def submit(self, rows: Sequence[Row]) -> None:
+        """Return once ``rows`` are committed; raise if they could not be (nothing half-written)."""
+        if self._closed:
+            raise ServiceUnavailableError("The server is shutting down.", headers={"Retry-After": "1"})
+        count = len(rows)
+        if self._pending_rows + count > self.max_pending:
+            REFUSED.inc(count)
+            raise SinkFullError(
+                "Too many page views are waiting to be written.", headers={"Retry-After": "1"}
+            )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Group(rows, future))
+        self._pending_rows += count
+        self._queued_rows += count
+        self._wake.set()
+        await future  # cancelled with its request, the row is still written with its batch
+
+    async def close(self) -> None:
+        """Refuse new rows, write every accepted one, stop the flushers, close the writer."""
+        self._closed = True
+        self._wake.set()
+        await asyncio.gather(*self._flushers, return_exceptions=True)
+        await self.writer.close()
+
+    def _take_batch(self) -> list[_Group]:
+        groups: list[_Group] = []
+        rows = 0
+        queue = self._queue
+        while queue and (rows == 0 or rows + len(queue[0].rows) <= self.batch_size):
+            group = queue.popleft()
+            groups.append(group)
+            rows += len(group.rows)
+        self._queued_rows -= rows
+        return groups
+
+    async def _flush_loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.max_wait_s and self._queued_rows < self.batch_size and not self._closed:
+                await asyncio.sleep(self.max_wait_s)  # linger to fill a small batch
+            groups = self._take_batch()
+            if groups:
+                await self._write(groups)
+
+    async def _write(self, groups: list[_Group]) -> None:
+        try:
+            await self._write_isolating(groups)
+        finally:
+            self._pending_rows -= sum(len(group.rows) for group in groups)
+
+    async def _write_isolating(self, groups: list[_Group]) -> None:
+        """Commit ``groups`` in one write; split the write in halves while PostgreSQL refuses its
+        data, so that only the refused requests fail; drop the requests of deleted sites. Requests
+        are resolved as their part commits."""
+        parts = [groups]
+        while parts:
+            part = parts.pop()
+            rows = part[0].rows if len(part) == 1 else [row for group in part for row in group.rows]
+            try:
+                written = await self.writer.write(rows)
+            except SitesGoneError as gone:
+                parts.append(self._drop_gone(part, gone.site_ids))
+                continue
+            except Exception as exc:
+                failure = {"error": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)}
+                if not refused_for_data(exc):
+                    log.error("page_view_batch_failed", rows=len(rows), **failure, detail=str(exc)[:300])
+                    _settle([group for left in (part, *parts) for group in left], _unavailable)
+                    return
+                if len(part) > 1:
+                    if part is groups:
+                        log.warning("page_view_batch_refused_isolating", rows=len(rows), **failure)
+                    middle = len(part) // 2
+                    parts += (part[middle:], part[:middle])  # the first half is written first
+                    continue
+                REFUSED_BY_DATABASE.inc(len(rows))
+                log.warning("page_view_refused", rows=len(rows), **failure, detail=str(exc)[:300])
+                _settle(part, _refused)
+                continue
+            ROWS_WRITTEN.inc(written)
+            DUPLICATES.inc(len(rows) - written)
+            BATCH_ROWS.observe(len(rows))
+            _settle(part, None)
+
+    def _drop_gone(self, part: list[_Group], site_ids: frozenset[int]) -> list[_Group]:
+        """Answer the requests holding a row of a deleted site (422) and return the others."""
+        if self._on_sites_gone is not None:
+            self._on_sites_gone(site_ids)
+        gone = [group for group in part if any(row[0] in site_ids for row in group.rows)]
+        GONE.inc(sum(len(group.rows) for group in gone))
+        _settle(gone, _site_gone)
+        return [group for group in part if not any(row[0] in site_ids for row in group.rows)]
+
+
+def _unavailable() -> Exception:
+    return ServiceUnavailableError("The page views could not be stored; retry.", headers={"Retry-After": "1"})
+
+
+def _refused() -> Exception:
+    return PageViewRefusedError(
+        "The database refused the data of this request's page views; nothing was stored."
+    )
+
+
+def _site_gone() -> Exception:
+    return UnknownSiteKeyError("Unknown site key.")
+
+
+def _settle(groups: Sequence[_Group], error: Callable[[], Exception] | None) -> None:
+    """Answer the waiting requests: committed (``error`` None), or each with a fresh ``error()``."""
+    for group in groups:
+        if group.future.done():  # its request was cancelled; the rows were handled all the same
+            continue
+        if error is None:
+            group.future.set_result(None)
+        else:
+            group.future.set_exception(error())

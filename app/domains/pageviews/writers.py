@@ -1,0 +1,397 @@
+"""How the sink writes one batch of rows (see ``sink.py`` for the protocol, ``benchmarks/README.md``
+for the measurements behind each choice).
+
+- Fewer than ``COPY_FROM`` rows: one statement, one round trip. The rows are one JSON parameter
+  (``json_populate_recordset``): msgspec encodes it in C, where the drivers' encoding of 17 arrays
+  cost several times more client CPU per row. The statement checks that the batch's sites exist,
+  claims the event ids and inserts the rows.
+- ``COPY_FROM`` rows or more: a transaction with the same check, then two binary COPYs (event ids,
+  rows).
+
+The event-id claim is a plain insert (or COPY) into the unique index, not ``ON CONFLICT``: a retried
+send is rare, and a speculative insertion per row cost more than the index insert itself. A retried
+send makes the claim fail with a unique violation, which rolls back everything of the batch; the
+batch is then written by ``STORE_SKIPPING_CLAIMED`` (``ON CONFLICT DO NOTHING`` on the claim, and only
+the rows whose id it claimed). The caller's rows may repeat an event id: the first one is kept.
+
+Why a claim table at all (the options measured side by side by ``benchmarks/harness/dedup.py``,
+results in benchmarks/README.md): a unique index on each daily partition of ``page_views`` costs
+less per row, but only catches a retry whose ``ts`` falls on the same UTC day as the original's (a
+view without ``ts`` retried across midnight would be stored twice); a staging table with
+``ON CONFLICT`` and an array ``INSERT`` of the claims both cost more; time-ordered ids changed little.
+The claims keep a retried send stored once for ``services.EVENT_ID_RETENTION`` (two days), across
+batches, processes and restarts.
+
+Every use of a connection (borrowing it, then the statement or the COPY transaction) has a
+client-side deadline, ``DATABASE_TIMEOUT_S`` (how long a request may wait for the database; not
+``STATEMENT_TIMEOUT_MS``, the server's bound on a query that runs: a write waits for the database,
+its requests wait on it). At the deadline the connection is closed, not cancelled: a cancel request
+to a server that stopped answering (a frozen host) waits as long as the query. The write then raises
+``WriteTimeoutError`` and the sink answers its requests 503: a timed-out write is never
+acknowledged (it may or may not have committed; a retried send with an event id is stored once).
+
+SQL lives here, not in ``sql/queries``, because half of it runs on asyncpg (which sqlc's generated
+psycopg code cannot use) and the COPY column lists follow ``rows.COLUMNS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from psycopg.types.json import Json
+
+from app.config import get_settings
+from app.core.db import check_within
+from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
+
+T = TypeVar("T")
+
+COPY_FROM = 256  # rows; below it the one-statement write costs less CPU (client + server) per row
+UNIQUE_VIOLATION = "23505"
+_COLUMN_LIST = ", ".join(COLUMNS)
+
+_INCOMING_AND_GONE = f"""
+with incoming as materialized (
+    select {_COLUMN_LIST} from json_populate_recordset(null::page_views, $1::json)
+), sites_gone as (
+    select coalesce(array_agg(batch.site_id), '{{}}') as ids
+    from (select distinct site_id from incoming) batch
+    where not exists (select 1 from sites s where s.id = batch.site_id)
+)"""
+# The batch's sites all exist, its event ids are new: claim them and store every row. Answers the
+# ids of the batch's sites that no longer exist (then nothing was stored).
+STORE = f"""{_INCOMING_AND_GONE}, claimed as (
+    insert into page_view_event_ids (site_id, event_id)
+    select site_id, event_id from incoming
+    where event_id is not null and (select ids = '{{}}' from sites_gone)
+), stored as (
+    insert into page_views ({_COLUMN_LIST})
+    select {_COLUMN_LIST} from incoming where (select ids = '{{}}' from sites_gone)
+)
+select ids from sites_gone"""
+# After a unique violation: store the rows without an event id and those whose id this claims.
+STORE_SKIPPING_CLAIMED = f"""{_INCOMING_AND_GONE}, claimed as (
+    insert into page_view_event_ids (site_id, event_id)
+    select site_id, event_id from incoming
+    where event_id is not null and (select ids = '{{}}' from sites_gone)
+    on conflict do nothing
+    returning site_id, event_id
+), stored as (
+    insert into page_views ({_COLUMN_LIST})
+    select {_COLUMN_LIST} from incoming i
+    where (select ids = '{{}}' from sites_gone)
+      and (i.event_id is null or (i.site_id, i.event_id) in (select site_id, event_id from claimed))
+    returning 1
+)
+select ids, (select count(*) from stored)::integer as stored from sites_gone"""
+SITES_GONE = """
+select coalesce(array_agg(batch.site_id), '{}') as ids
+from unnest($1::bigint[]) as batch (site_id)
+where not exists (select 1 from sites s where s.id = batch.site_id)"""
+COPY_EVENT_IDS = "copy page_view_event_ids (site_id, event_id) from stdin (format binary)"
+COPY_PAGE_VIEWS = f"copy page_views ({_COLUMN_LIST}) from stdin (format binary)"
+
+
+class SitesGoneError(Exception):
+    """A write stored nothing because some of its sites no longer exist."""
+
+    def __init__(self, site_ids: Sequence[int]) -> None:
+        super().__init__(f"sites deleted: {sorted(site_ids)}")
+        self.site_ids = frozenset(site_ids)
+
+
+def database_timeout_s(timeout_s: float | None) -> float:
+    """A write's deadline: ``timeout_s``, or the process's ``DATABASE_TIMEOUT_S`` when ``None``."""
+    return get_settings().database_timeout_s if timeout_s is None else timeout_s
+
+
+class WriteTimeoutError(TimeoutError):
+    """The database did not answer a write within the deadline; its connection was closed."""
+
+
+async def before_deadline(
+    timeout_s: float,
+    work: Callable[[list[Any]], Awaitable[T]],
+    close: Callable[[Any], None],
+    *,
+    cancel_closed: bool,
+) -> T:
+    """Run ``work(lent)`` (it appends the connection it borrows to ``lent``) for ``timeout_s`` at most.
+
+    At the deadline the lent connection is closed by ``close`` (no cancel request reaches the
+    server), the work is cancelled (when nothing was lent yet, or ``cancel_closed``: a psycopg
+    connection whose socket was closed under it waits on that socket forever otherwise) or left to
+    fail on its closed connection, and ``WriteTimeoutError`` is raised.
+    """
+    lent: list[Any] = []
+    task = asyncio.ensure_future(work(lent))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except BaseException:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    for conn in lent:
+        close(conn)
+    if not lent or cancel_closed:
+        task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)  # at once: nothing left to wait on
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: the closed connection's error
+    raise WriteTimeoutError(f"the database did not answer a write within {timeout_s:g}s")
+
+
+class Writer(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def write(self, rows: Sequence[Row]) -> int:
+        """Commit ``rows`` in one transaction; the number stored (retries of a stored event id are
+        not). Raises ``SitesGoneError`` (nothing stored) when a site of the batch no longer exists."""
+        ...
+
+
+def first_of_each_event(rows: Sequence[Row]) -> Sequence[Row]:
+    """``rows`` without the repeats of a (site, event id) within them (the first one is kept)."""
+    seen: set[tuple[int, Any]] = set()
+    kept: list[Row] | None = None
+    for index, row in enumerate(rows):
+        event_id = row[3]
+        if event_id is not None:
+            key = (row[0], event_id)
+            if key in seen:
+                if kept is None:
+                    kept = list(rows[:index])
+                continue
+            seen.add(key)
+        if kept is not None:
+            kept.append(row)
+    return rows if kept is None else kept
+
+
+def event_claims(rows: Sequence[Row]) -> list[tuple[int, Any]]:
+    return [(row[0], row[3]) for row in rows if row[3] is not None]
+
+
+def site_ids(rows: Sequence[Row]) -> list[int]:
+    return list({row[0] for row in rows})
+
+
+class _Writer:
+    """The write protocol over two driver primitives: one JSON statement, one COPY transaction."""
+
+    name = "?"
+    copy_from = COPY_FROM
+
+    async def write(self, rows: Sequence[Row]) -> int:
+        rows = first_of_each_event(rows)
+        try:
+            if len(rows) >= self.copy_from:
+                await self._copy(rows)
+                return len(rows)
+            gone, _ = await self._statement(STORE, as_json(rows))
+            written = len(rows)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+            gone, written = await self._statement(STORE_SKIPPING_CLAIMED, as_json(rows))
+        if gone:
+            raise SitesGoneError(gone)
+        return written
+
+    async def _statement(self, sql: str, payload: bytes) -> tuple[list[int], int]:
+        """Run ``STORE`` or ``STORE_SKIPPING_CLAIMED`` (autocommit): (sites gone, rows stored)."""
+        raise NotImplementedError
+
+    async def _copy(self, rows: Sequence[Row]) -> None:
+        """Check the sites, COPY the claims and the rows, commit; ``SitesGoneError`` or a unique
+        violation (nothing stored) otherwise."""
+        raise NotImplementedError
+
+
+async def _json_as_text(conn: Any) -> None:
+    """asyncpg: take a JSON parameter as the bytes msgspec made (no decode to ``str`` and back)."""
+    await conn.set_type_codec("json", encoder=_same, decoder=_same, schema="pg_catalog", format="binary")
+
+
+def _same(value: bytes) -> bytes:
+    return value
+
+
+async def _nothing_to_reset(conn: Any) -> None:
+    """The sink leaves no session state behind (no SET, LISTEN, advisory lock or open cursor), so the
+    pool skips asyncpg's reset round trip on every release (an open transaction is still rolled back)."""
+
+
+def _terminate(conn: Any) -> None:
+    conn.terminate()
+
+
+def _finish(conn: Any) -> None:
+    conn.pgconn.finish()
+
+
+class AsyncpgWriter(_Writer):
+    name = "asyncpg"
+
+    def __init__(self, dsn: str, connections: int, timeout_s: float | None = None) -> None:
+        self._dsn = dsn
+        self._connections = connections
+        self._timeout_s = database_timeout_s(timeout_s)
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._connections,
+            command_timeout=30,
+            timeout=self._timeout_s,  # connecting
+            init=_json_as_text,
+            reset=_nothing_to_reset,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def _within(self, work: Callable[[list[Any]], Awaitable[T]]) -> T:
+        return await before_deadline(self._timeout_s, work, _terminate, cancel_closed=False)
+
+    async def _statement(self, sql: str, payload: bytes) -> tuple[list[int], int]:
+        async def run(lent: list[Any]) -> Any:
+            async with self._pool.acquire() as conn:
+                lent.append(conn)
+                return await conn.fetchrow(sql, payload)
+
+        record = await self._within(run)
+        return list(record[0]), record[1] if len(record) > 1 else 0
+
+    async def _copy(self, rows: Sequence[Row]) -> None:
+        async def run(lent: list[Any]) -> None:
+            async with self._pool.acquire() as conn:
+                lent.append(conn)
+                async with conn.transaction():
+                    gone = await conn.fetchval(SITES_GONE, site_ids(rows))
+                    if gone:
+                        raise SitesGoneError(gone)
+                    if claims := event_claims(rows):
+                        await conn.copy_records_to_table(
+                            "page_view_event_ids", records=claims, columns=("site_id", "event_id")
+                        )
+                    await conn.copy_records_to_table("page_views", records=rows, columns=COLUMNS)
+
+        await self._within(run)
+
+
+class PsycopgWriter(_Writer):
+    name = "psycopg"
+
+    def __init__(self, dsn: str, connections: int, timeout_s: float | None = None) -> None:
+        self._dsn = dsn
+        self._connections = connections
+        self._timeout_s = database_timeout_s(timeout_s)
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        """Autocommit: a small batch is one statement (one round trip); large ones open a
+        transaction. Borrowing waits ``timeout_s``, with ``connect_timeout`` and the deadline-bound
+        check of ``app.core.db`` (why: ``create_pool`` there)."""
+        from psycopg_pool import AsyncConnectionPool
+
+        self._pool = AsyncConnectionPool(
+            self._dsn,
+            min_size=0,
+            max_size=self._connections,
+            timeout=self._timeout_s,
+            kwargs={"autocommit": True, "connect_timeout": max(2, math.ceil(self._timeout_s))},
+            check=check_within(self._timeout_s),
+            open=False,
+        )
+        await self._pool.open()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def _within(self, work: Callable[[list[Any]], Awaitable[T]]) -> T:
+        return await before_deadline(self._timeout_s, work, _finish, cancel_closed=True)
+
+    async def _statement(self, sql: str, payload: bytes) -> tuple[list[int], int]:
+        from psycopg import AsyncRawCursor
+
+        async def run(lent: list[Any]) -> Any:
+            async with self._pool.connection() as conn:
+                lent.append(conn)
+                async with AsyncRawCursor(conn) as cur:
+                    await cur.execute(sql, (Json(payload, dumps=_same),))
+                    return await cur.fetchone()
+
+        record = await self._within(run)
+        assert record is not None
+        return list(record[0]), record[1] if len(record) > 1 else 0
+
+    async def _copy(self, rows: Sequence[Row]) -> None:
+        from psycopg import AsyncRawCursor
+
+        async def run(lent: list[Any]) -> None:
+            async with self._pool.connection() as conn:
+                lent.append(conn)
+                async with conn.transaction(), AsyncRawCursor(conn) as cur:
+                    await cur.execute(SITES_GONE, (site_ids(rows),))
+                    record = await cur.fetchone()
+                    if record is not None and record[0]:
+                        raise SitesGoneError(record[0])
+                    if claims := event_claims(rows):
+                        async with cur.copy(COPY_EVENT_IDS) as copy:
+                            copy.set_types(["int8", "uuid"])
+                            for claim in claims:
+                                await copy.write_row(claim)
+                    async with cur.copy(COPY_PAGE_VIEWS) as copy:
+                        copy.set_types(list(COPY_TYPES))
+                        for row in rows:
+                            await copy.write_row(row)
+
+        await self._within(run)
+
+
+class HybridWriter(AsyncpgWriter):
+    """The one-statement writes through asyncpg (a round trip costs it a third of psycopg's client
+    CPU), the COPYs through psycopg (its binary COPY moved ~1.4-1.9x asyncpg's rows per CPU second)."""
+
+    name = "hybrid"
+
+    def __init__(self, dsn: str, connections: int, timeout_s: float | None = None) -> None:
+        super().__init__(dsn, connections, timeout_s)
+        self._copier = PsycopgWriter(dsn, connections, timeout_s)
+
+    async def open(self) -> None:
+        await super().open()
+        await self._copier.open()
+
+    async def close(self) -> None:
+        await super().close()
+        await self._copier.close()
+
+    async def _copy(self, rows: Sequence[Row]) -> None:
+        await self._copier._copy(rows)
+
+
+def make_writer(driver: str, dsn: str, connections: int, timeout_s: float | None = None) -> Writer:
+    """``timeout_s``: each write's deadline (``None``: the process's ``DATABASE_TIMEOUT_S``)."""
+    writers: dict[str, Callable[[str, int, float | None], Writer]] = {
+        "asyncpg": AsyncpgWriter,
+        "psycopg": PsycopgWriter,
+        "hybrid": HybridWriter,
+    }
+    return writers[driver](dsn, connections, timeout_s)

@@ -1,0 +1,55 @@
+"""HTTP for tracked sites (``/api/sites``); their reports are the reports domain's."""
+
+from __future__ import annotations
+
+from litestar import delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.core.auth import Caller, requires_user
+from app.core.openapi import BEARER, problems
+from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.routing import Controller
+from app.core.types import IdPath
+from app.domains.sites.schemas import SiteCreate, SiteCursor, SiteOut
+from app.domains.sites.services import SiteService
+
+Sites = NamedDependency[SiteService]
+
+
+class SitesController(Controller):
+    path = "/api/sites"
+    tags = ["analytics"]
+    guards = [requires_user]
+    security = BEARER
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Track a site (returns its public ingest key)",
+        responses=problems(400, 401, 409, 429),
+    )
+    async def create_site(self, data: JSONBody[SiteCreate], sites: Sites, current_user: Caller) -> SiteOut:
+        return SiteOut.from_row(await sites.create(current_user.id, data))
+
+    @get("/", summary="Your sites (admins: all)", responses=problems(400, 401, 429))
+    async def list_sites(
+        self, sites: Sites, current_user: Caller, cursor: CursorParam = None, limit: PageSize = 50
+    ) -> Page[SiteOut]:
+        after_id = decode_cursor(cursor, SiteCursor).after_id if cursor else 0
+        rows = await sites.list_sites(current_user, after_id=after_id, limit=limit + 1)
+        return paginate(rows, limit, lambda row: SiteCursor(row.id), SiteOut.from_row)
+
+    @get("/{site_id:int}", summary="A site", responses=problems(401, 404, 429))
+    async def get_site(self, site_id: IdPath, sites: Sites, current_user: Caller) -> SiteOut:
+        return SiteOut.from_row(await sites.get(current_user, site_id))
+
+    @delete(
+        "/{site_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Stop tracking a site",
+        responses=problems(401, 404, 429),
+    )
+    async def delete_site(self, site_id: IdPath, sites: Sites, current_user: Caller) -> None:
+        await sites.delete(current_user, site_id)

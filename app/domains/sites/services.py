@@ -1,0 +1,128 @@
+"""Tracked sites: owned by a user; the owner and admins see a site, everyone else gets 404.
+
+Other domains reach a site through this service: reports check access inside their own transaction
+with ``get_for``; the ingest path turns public ingest keys into site ids with ``ids_for_keys`` and
+asks ``is_deleted`` of the key on every view.
+
+Deletions reach every process at once: a trigger on ``sites`` records each deleted site in
+``deleted_sites`` and NOTIFYs it in the deleting transaction (whatever deletes it: this service, or
+the cascade from its owner's account); each process mirrors the recent deletions in memory
+(``app.core.revocations``). The mirror is current from the commit on, up to the notification's
+delivery; while its listener is disconnected it may be stale, and the ingest sink's own check at
+write time (``pageviews.writers``) still refuses the deleted site's views.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.core.auth import CurrentUser
+from app.core.db import Database, UnitOfWork
+from app.core.errors import ConflictError, NotFoundError
+from app.core.revocations import Revocations
+from app.db import sites as queries
+from app.db.models import Site
+from app.domains.sites.schemas import SiteCreate
+
+DELETIONS_KEPT_S = 3600.0
+"""How long a process remembers a deletion: far longer than any process caches a site's key."""
+
+
+class SiteLimitError(ConflictError):
+    slug = "site-limit"
+    title = "Too many sites"
+
+
+class SiteService:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.sites_per_user_max = settings.sites_per_user_max
+        conninfo, connect_kwargs = db.pool.conninfo, db.pool.kwargs
+        assert isinstance(conninfo, str) and isinstance(connect_kwargs, dict), "a static pool configuration"
+        self.deleted: Revocations[str] = Revocations(
+            conninfo,
+            connect_kwargs=connect_kwargs,
+            connect_timeout_s=settings.database_timeout_s,
+            listen=queries.listen_for_deleted_sites,
+            load=self._recently_deleted,
+            parse=str,
+            keep_s=DELETIONS_KEPT_S,
+            name="deleted-sites",
+        )
+
+    async def start(self) -> None:
+        await self.deleted.start()
+
+    async def close(self) -> None:
+        await self.deleted.close()
+
+    # -- access, inside another service's transaction --------------------------------------------
+
+    async def get_for(self, uow: UnitOfWork, caller: CurrentUser, site_id: int) -> Site:
+        """The site if the caller owns it or is an admin; 404 otherwise (existence is not revealed)."""
+        site = await queries.get_site(uow.conn, id=site_id)
+        if site is None or (site.owner_id != caller.id and not caller.is_admin):
+            raise NotFoundError("No such site.")
+        return site
+
+    # -- sites ----------------------------------------------------------------------------------
+
+    async def create(self, owner_id: int, data: SiteCreate) -> Site:
+        """A new site with a fresh public ingest key (what its tracker sends); at most
+        ``SITES_PER_USER_MAX`` per owner (free accounts cannot mint unlimited ingest keys)."""
+        async with self.db.transaction() as uow:
+            usage = await queries.count_owned_sites_locked(uow.conn, owner_id=owner_id)
+            if usage is not None and usage.sites >= self.sites_per_user_max:
+                raise SiteLimitError(f"An account owns at most {self.sites_per_user_max} sites.")
+            site = await queries.create_site(
+                uow.conn,
+                owner_id=owner_id,
+                domain=data.domain.strip().lower(),
+                ingest_key=secrets.token_urlsafe(24),
+                timezone=str(data.timezone),
+            )
+            assert site is not None
+            return site
+
+    async def list_sites(self, caller: CurrentUser, *, after_id: int, limit: int) -> list[Site]:
+        """The caller's sites (an admin's: every site) by id, after ``after_id``."""
+        async with self.db.transaction() as uow:
+            return await queries.list_sites(
+                uow.conn, owner_id=None if caller.is_admin else caller.id, after_id=after_id, row_limit=limit
+            )
+
+    async def get(self, caller: CurrentUser, site_id: int) -> Site:
+        async with self.db.transaction() as uow:
+            return await self.get_for(uow, caller, site_id)
+
+    async def delete(self, caller: CurrentUser, site_id: int) -> None:
+        """Its ingest key stops working in every process from the commit on (module docstring); a
+        daily job of the pageviews domain deletes its raw page views."""
+        async with self.db.transaction() as uow:
+            site = await self.get_for(uow, caller, site_id)
+            await queries.delete_site(uow.conn, id=site_id)
+
+            async def known_here() -> None:  # before this process's own notification arrives
+                self.deleted.add([site.ingest_key])
+
+            uow.after_commit(known_here)
+
+    # -- for the ingest path ----------------------------------------------------------------------
+
+    async def ids_for_keys(self, ingest_keys: list[str]) -> dict[str, int]:
+        """The site ids of those of ``ingest_keys`` that belong to a site, in one statement."""
+        async with self.db.transaction() as uow:
+            rows = await queries.site_ids_for_keys(uow.conn, ingest_keys=ingest_keys)
+        return {row.ingest_key: row.id for row in rows}
+
+    def is_deleted(self, ingest_key: str) -> bool:
+        """Whether the key's site was deleted recently (per this process's mirror: see the module
+        docstring). Keys, not ids: a key is never issued twice."""
+        return ingest_key in self.deleted
+
+    async def _recently_deleted(self, conn: AsyncConnection[Any]) -> list[str]:
+        return await queries.recently_deleted_keys(conn, within_s=DELETIONS_KEPT_S)

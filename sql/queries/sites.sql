@@ -1,0 +1,38 @@
+-- name: CreateSite :one
+insert into sites (owner_id, domain, ingest_key, timezone)
+values (@owner_id, @domain, @ingest_key, @timezone)
+returning *;
+
+-- name: CountOwnedSitesLocked :one
+-- Serialises one owner's site creations (so a burst cannot pass the cap), then counts their sites.
+select pg_advisory_xact_lock(hashtextextended(concat('sites-owner:', @owner_id::bigint), 0))::text as locked,
+       (select count(*) from sites where owner_id = @owner_id)::bigint as sites;
+
+-- name: GetSite :one
+select * from sites where id = @id;
+
+-- name: ListSites :many
+select * from sites
+where (sqlc.narg(owner_id)::bigint is null or owner_id = sqlc.narg(owner_id)::bigint)
+  and id > @after_id
+order by id
+limit @row_limit;
+
+-- name: DeleteSite :execrows
+delete from sites where id = @id;
+
+-- name: SiteIdsForKeys :many
+-- The sites of many ingest keys at once: the ingest path looks up every unknown key that arrived
+-- while its previous lookup ran in one statement, so unknown keys never cost a query each.
+select id, ingest_key from sites where ingest_key = any(@ingest_keys::text[]);
+
+-- name: RecentlyDeletedKeys :many
+-- What a process loads when it starts listening (again): the keys of the sites deleted within the
+-- last `within_s` seconds (longer than any process keeps a site's key cached).
+select ingest_key from deleted_sites
+where deleted_at > now() - make_interval(secs => @within_s::float8);
+
+-- name: ListenForDeletedSites :exec
+-- A site's deletion NOTIFYs `deleted_sites` with its key (trigger on `sites`) in the deleting
+-- transaction.
+listen deleted_sites;

@@ -1,0 +1,55 @@
+"""Sites: a per-owner cap on creation (free accounts cannot mint unlimited ingest keys)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from tests.factories import Client, assert_problem, generous_client, make_user
+
+CAP = 3
+
+
+@pytest.fixture(scope="module")
+async def api(settings: Settings) -> AsyncIterator[Client]:
+    async for client in generous_client(settings, sites_per_user_max=CAP):
+        yield client
+
+
+async def test_a_burst_of_creations_stops_at_the_cap_and_other_owners_are_unaffected(
+    api: Client, db: AsyncConnection[Any]
+) -> None:
+    owner = await make_user(db, api.app)
+    other = await make_user(db, api.app)
+
+    async def create(n: int) -> Any:
+        return await api.post("/api/sites", json={"domain": f"site{n}.example"}, headers=owner.headers)
+
+    answers = await asyncio.gather(*(create(n) for n in range(10)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] * CAP + [409] * (10 - CAP), statuses
+    assert_problem(next(a for a in answers if a.status_code == 409), 409, "site-limit")
+    cursor = await db.execute("select count(*) from sites where owner_id = %s", (owner.id,))
+    assert await cursor.fetchone() == (CAP,)
+
+    theirs = await api.post("/api/sites", json={"domain": "theirs.example"}, headers=other.headers)
+    assert theirs.status_code == 201, theirs.text
+
+
+async def test_deleting_a_site_frees_its_place(api: Client, db: AsyncConnection[Any]) -> None:
+    owner = await make_user(db, api.app)
+    ids = []
+    for n in range(CAP):
+        created = await api.post("/api/sites", json={"domain": f"s{n}.example"}, headers=owner.headers)
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+    refused = await api.post("/api/sites", json={"domain": "more.example"}, headers=owner.headers)
+    assert_problem(refused, 409, "site-limit")
+    assert (await api.delete(f"/api/sites/{ids[0]}", headers=owner.headers)).status_code == 204
+    again = await api.post("/api/sites", json={"domain": "more.example"}, headers=owner.headers)
+    assert again.status_code == 201, again.text
