@@ -1,7 +1,7 @@
 """The sink's COPY measured in-process: its own writer classes, one connection, sequential writes.
 
-The only module of the harness that imports the project's analytics code (the writers move with it
-when the domain is restructured); everything else talks to the server over HTTP.
+The only module of the harness that imports the project's code (the pageviews domain's sink
+writers); everything else talks to the server over HTTP.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from app.domains.analytics.sink import AsyncpgWriter, PsycopgWriter, Row, Writer
+from app.domains.pageviews.rows import Row
+from app.domains.pageviews.writers import AsyncpgWriter, PsycopgWriter, Writer
 from benchmarks.harness.model import Result
 from benchmarks.harness.provision import Site, count_rows
 

@@ -68,9 +68,11 @@ def project_env(options: Options, services: Settings) -> dict[str, str]:
         "WORKER_IN_PROCESS": "false",
         "RATE_LIMIT_INGEST_PER_MINUTE": UNLIMITED,
         "RATE_LIMIT_INGEST_PER_HOUR": UNLIMITED,
+        "INGEST_SITE_VIEWS_PER_MINUTE": UNLIMITED,
+        "INGEST_SITE_VIEWS_PER_DAY": UNLIMITED,
         "RATE_LIMIT_DEFAULT_PER_MINUTE": UNLIMITED,
         "RATE_LIMIT_DEFAULT_PER_HOUR": UNLIMITED,
-        "SINK_DRIVER": options.sink_driver or os.environ.get("SINK_DRIVER", load_settings({}).sink_driver),
+        "SINK_DRIVER": options.sink_driver or os.environ.get("SINK_DRIVER", Settings().sink_driver),
     }
 
 

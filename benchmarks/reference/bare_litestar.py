@@ -23,7 +23,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import JSONBody
 
 
-# A copy of app/domains/analytics/ingest.py's PageViewIn: the same shape and constraints.
+# A copy of app/domains/pageviews/schemas.py's PageViewIn: the same shape and constraints.
 class PageViewIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     site_key: Annotated[str, msgspec.Meta(min_length=16, max_length=64)]
     url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
