@@ -41,6 +41,10 @@ audit:
         echo "audit: NOT DONE - the vulnerability service (api.osv.dev) is unreachable from here"
         exit 0
     fi
+    if [ $rc -ne 0 ] && grep -qE "unrecognized subcommand|unexpected argument" <<<"$out"; then
+        echo "audit: NOT DONE - this uv ($(uv --version)) has no 'uv audit'; upgrade uv to audit"
+        exit 0
+    fi
     exit $rc
 
 # format the code
