@@ -148,7 +148,7 @@ async def test_member_role_changed(client: Client, db: AsyncConnection[Any], tea
             "user",
             team.viewer.id,
             team.project,
-            {"from": "viewer", "to": "editor"},
+            {"from": "viewer", "to": "editor", "name": "Viewer"},
         )
     ]
 
@@ -160,8 +160,8 @@ async def test_member_removed_and_member_left(client: Client, db: AsyncConnectio
     left = await client.delete(f"{members}/{team.viewer.id}", headers=team.viewer.headers)
     assert left.status_code == 204, left.text
     assert summary(await outbox_events(db)) == [
-        ("member.removed", team.owner.id, "user", team.editor.id, team.project, {}),
-        ("member.removed", team.viewer.id, "user", team.viewer.id, team.project, {}),
+        ("member.removed", team.owner.id, "user", team.editor.id, team.project, {"name": "Editor"}),
+        ("member.removed", team.viewer.id, "user", team.viewer.id, team.project, {"name": "Viewer"}),
     ]
 
 

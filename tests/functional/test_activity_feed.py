@@ -88,7 +88,7 @@ async def test_a_burst_reads_as_one_group_and_outsiders_see_nothing(
 
     page = await ok(await client.get("/api/feed", headers=team.viewer.headers))
     assert [group["text"] for group in page["items"]] == [
-        f"Owner changed the role of member #{team.viewer.id} in Apollo",
+        "Owner changed the role of Viewer in Apollo",
         "Editor created 3 tasks in Apollo",
     ]
     tasks = page["items"][1]
@@ -232,7 +232,7 @@ async def test_a_removed_member_no_longer_sees_the_project_anywhere(
     assert await texts(client, team.viewer) == ["Owner created task 'In Gemini' in Gemini"]
     admin = await make_user(db, app, UserRole.ADMIN, name="Root")
     assert await texts(client, admin, f"/api/projects/{team.project}/feed") == [
-        f"Owner removed member #{team.viewer.id} from Apollo",
+        "Owner removed Viewer from Apollo",
         "Owner created task 'In Apollo' in Apollo",
     ]
 
