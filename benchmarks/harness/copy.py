@@ -58,7 +58,12 @@ async def copy_case(
 ) -> Result:
     """Sequential ``Writer.write`` calls (claim ids, COPY, commit) through one connection of the
     sink's own writer class; only the writes are timed, not the making of the rows."""
-    writer: Writer = AsyncpgWriter(database_url, 1) if driver == "asyncpg" else PsycopgWriter(database_url, 1)
+    deadline = 60.0  # far above any batch here: a bench run is never cut short by the write deadline
+    writer: Writer = (
+        AsyncpgWriter(database_url, 1, deadline)
+        if driver == "asyncpg"
+        else PsycopgWriter(database_url, 1, deadline)
+    )
     await writer.open()
     try:
         await writer.write(copy_rows(site.id, batch, with_ids))  # warm-up: connection, type cache

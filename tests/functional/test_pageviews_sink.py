@@ -18,6 +18,9 @@ from app.domains.pageviews.sink import PageViewRefusedError, PageViewSink, SinkF
 from app.domains.pageviews.writers import COPY_FROM, AsyncpgWriter, Writer, make_writer
 from tests.factories import create_user
 
+DEADLINE_S = 10.0
+"""Each write's deadline in these tests (the app passes DATABASE_TIMEOUT_S)."""
+
 
 def row(site_id: int = 1, event_id: uuid.UUID | None = None, path: str = "/") -> Row:
     now = datetime.now(UTC)
@@ -84,7 +87,7 @@ class CountingWriter:
 async def writer(
     request: pytest.FixtureRequest, database_url: str, db: AsyncConnection[Any]
 ) -> CountingWriter:
-    inner: Writer = make_writer(request.param, database_url, 2)
+    inner: Writer = make_writer(request.param, database_url, 2, DEADLINE_S)
     return CountingWriter(inner)
 
 
@@ -134,7 +137,9 @@ async def test_a_full_sink_refuses_instead_of_growing(database_url: str, db: Asy
             await gate.wait()
             return await super().write(rows)
 
-    sink = PageViewSink(SlowWriter(AsyncpgWriter(database_url, 1)), batch_size=10, max_pending=20, flushers=1)
+    sink = PageViewSink(
+        SlowWriter(AsyncpgWriter(database_url, 1, DEADLINE_S)), batch_size=10, max_pending=20, flushers=1
+    )
     await sink.start()
     try:
         waiting = [asyncio.create_task(sink.submit([row()])) for _ in range(20)]
@@ -152,7 +157,11 @@ async def test_a_full_sink_refuses_instead_of_growing(database_url: str, db: Asy
 
 async def test_close_flushes_everything_accepted(database_url: str, db: AsyncConnection[Any]) -> None:
     sink = PageViewSink(
-        AsyncpgWriter(database_url, 2), batch_size=7, max_pending=10_000, max_wait_s=0.01, flushers=1
+        AsyncpgWriter(database_url, 2, DEADLINE_S),
+        batch_size=7,
+        max_pending=10_000,
+        max_wait_s=0.01,
+        flushers=1,
     )
     await sink.start()
     submitted = [asyncio.create_task(sink.submit([row()])) for _ in range(100)]
@@ -277,7 +286,7 @@ async def test_a_failed_copy_fails_every_request_of_the_batch(
 ) -> None:
     """A failure that is not about one row's data (here a time no partition holds) fails every
     request of the batch with 503 and is not retried row by row."""
-    writer = GatedWriter(AsyncpgWriter(database_url, 1))
+    writer = GatedWriter(AsyncpgWriter(database_url, 1, DEADLINE_S))
     sink = PageViewSink(writer, batch_size=100, max_pending=1000, flushers=1)
     await sink.start()
     long_ago = datetime(2001, 1, 1, tzinfo=UTC)  # no partition holds it: the COPY fails
@@ -310,8 +319,8 @@ async def test_an_outage_fails_the_batch_at_once_without_isolating(
         drops every connection."""
 
         def __init__(self) -> None:
-            self.reachable = AsyncpgWriter(database_url, 1)
-            self.unreachable = AsyncpgWriter(f"postgresql://postgres@127.0.0.1:{port}/gone", 1)
+            self.reachable = AsyncpgWriter(database_url, 1, DEADLINE_S)
+            self.unreachable = AsyncpgWriter(f"postgresql://postgres@127.0.0.1:{port}/gone", 1, DEADLINE_S)
             super().__init__(self.reachable)
 
         async def open(self) -> None:

@@ -43,7 +43,6 @@ from typing import Any, Protocol, TypeVar
 
 from psycopg.types.json import Json
 
-from app.config import get_settings
 from app.core.db import check_within
 from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
 
@@ -101,11 +100,6 @@ class SitesGoneError(Exception):
     def __init__(self, site_ids: Sequence[int]) -> None:
         super().__init__(f"sites deleted: {sorted(site_ids)}")
         self.site_ids = frozenset(site_ids)
-
-
-def database_timeout_s(timeout_s: float | None) -> float:
-    """A write's deadline: ``timeout_s``, or the process's ``DATABASE_TIMEOUT_S`` when ``None``."""
-    return get_settings().database_timeout_s if timeout_s is None else timeout_s
 
 
 class WriteTimeoutError(TimeoutError):
@@ -242,10 +236,10 @@ def _finish(conn: Any) -> None:
 class AsyncpgWriter(_Writer):
     name = "asyncpg"
 
-    def __init__(self, dsn: str, connections: int, timeout_s: float | None = None) -> None:
+    def __init__(self, dsn: str, connections: int, timeout_s: float) -> None:
         self._dsn = dsn
         self._connections = connections
-        self._timeout_s = database_timeout_s(timeout_s)
+        self._timeout_s = timeout_s
         self._pool: Any = None
 
     async def open(self) -> None:
@@ -297,10 +291,10 @@ class AsyncpgWriter(_Writer):
 class PsycopgWriter(_Writer):
     name = "psycopg"
 
-    def __init__(self, dsn: str, connections: int, timeout_s: float | None = None) -> None:
+    def __init__(self, dsn: str, connections: int, timeout_s: float) -> None:
         self._dsn = dsn
         self._connections = connections
-        self._timeout_s = database_timeout_s(timeout_s)
+        self._timeout_s = timeout_s
         self._pool: Any = None
 
     async def open(self) -> None:
@@ -371,7 +365,7 @@ class HybridWriter(AsyncpgWriter):
 
     name = "hybrid"
 
-    def __init__(self, dsn: str, connections: int, timeout_s: float | None = None) -> None:
+    def __init__(self, dsn: str, connections: int, timeout_s: float) -> None:
         super().__init__(dsn, connections, timeout_s)
         self._copier = PsycopgWriter(dsn, connections, timeout_s)
 
@@ -387,9 +381,9 @@ class HybridWriter(AsyncpgWriter):
         await self._copier._copy(rows)
 
 
-def make_writer(driver: str, dsn: str, connections: int, timeout_s: float | None = None) -> Writer:
-    """``timeout_s``: each write's deadline (``None``: the process's ``DATABASE_TIMEOUT_S``)."""
-    writers: dict[str, Callable[[str, int, float | None], Writer]] = {
+def make_writer(driver: str, dsn: str, connections: int, timeout_s: float) -> Writer:
+    """``timeout_s``: each write's deadline (the service passes ``DATABASE_TIMEOUT_S``)."""
+    writers: dict[str, Callable[[str, int, float], Writer]] = {
         "asyncpg": AsyncpgWriter,
         "psycopg": PsycopgWriter,
         "hybrid": HybridWriter,
