@@ -296,3 +296,15 @@ async def test_a_no_op_patch_keeps_the_sessions(
     token = (await login(api, member.email))["access_token"]
     assert (await set_user(api, admin_token, member.id, role="member", is_active=True)).status_code == 200
     assert (await api.get("/api/auth/me", headers=bearer(token))).status_code == 200
+
+
+async def test_create_admin_refuses_a_weak_password_with_a_message_not_a_traceback(
+    settings: Settings, db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.cli import _create_admin
+
+    monkeypatch.setenv("ADMIN_PASSWORD", "aaaaaaaaaaaa")  # long enough, but one distinct character
+    with pytest.raises(SystemExit, match=r"create-admin: .*too easy to guess"):
+        await _create_admin(settings, "weak-admin@example.com", "Weak")
+    cursor = await db.execute("select count(*) from users where email = 'weak-admin@example.com'")
+    assert await cursor.fetchone() == (0,)
