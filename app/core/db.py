@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -121,6 +122,26 @@ async def transaction(pool: Pool) -> AsyncIterator[UnitOfWork]:
     await uow._committed()  # the connection is back in the pool: callbacks may take their own
 
 
+@asynccontextmanager
+async def reading(pool: Pool) -> AsyncIterator[UnitOfWork]:
+    """Borrow a connection in autocommit mode: each statement is its own transaction.
+
+    For reads only. Under READ COMMITTED every statement takes its own snapshot even inside a
+    transaction, so reads lose nothing without one, and save the BEGIN and COMMIT round trips
+    (two of the three a one-query read paid, besides the pool's check).
+    """
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            uow = UnitOfWork(conn)
+            yield uow
+        finally:
+            if conn.pgconn.transaction_status == TransactionStatus.IDLE:
+                await conn.set_autocommit(False)
+            # otherwise (a query cut short) the pool discards the connection: nothing to restore
+    await uow._committed()
+
+
 class Database:
     """The process's connection pool, and the one way services open a transaction on it."""
 
@@ -132,3 +153,7 @@ class Database:
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """``async with db.transaction() as uow:`` — one connection, one transaction."""
         return transaction(self.pool)
+
+    def read(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """``async with db.read() as uow:`` — one connection for reads, no transaction around them."""
+        return reading(self.pool)

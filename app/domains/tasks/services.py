@@ -156,7 +156,7 @@ class TaskService:
     ) -> list[queries.ListProjectTasksRow]:
         if cursor is not None and cursor.sort != sort:
             raise UnprocessableError("The cursor belongs to a different sort order.")
-        async with self.db.transaction() as uow:
+        async with self.db.read() as uow:
             rows = await queries.list_project_tasks(
                 uow.conn,
                 sort=sort,
@@ -179,7 +179,7 @@ class TaskService:
     async def list_assigned(
         self, actor: int, *, status: TaskStatus | None, after_id: int, limit: int
     ) -> list[Task]:
-        async with self.db.transaction() as uow:
+        async with self.db.read() as uow:
             return await queries.list_assigned_tasks(
                 uow.conn, user_id=actor, status=status, after_id=after_id, row_limit=limit
             )
@@ -200,7 +200,7 @@ class TaskService:
     # -- comments -------------------------------------------------------------------------------
 
     async def list_comments(self, actor: int, task_id: int, *, after_id: int, limit: int) -> list[CommentOut]:
-        async with self.db.transaction() as uow:
+        async with self.db.read() as uow:
             await self._get(uow, actor, task_id, ProjectRole.VIEWER)
             rows = await comment_queries.list_comments(
                 uow.conn, task_id=task_id, after_id=after_id, row_limit=limit
