@@ -29,6 +29,7 @@ from app.core.metrics import RequestMetrics
 from app.core.middleware import RequestContextMiddleware
 from app.core.queues import build_saq_config
 from app.core.ratelimit import RateLimiter, policies_from_settings
+from app.core.routing import resolve_dependencies_in_order
 from app.core.runtime import resolve_services
 from app.core.services import Services
 from app.core.strict_schema import StrictStructSchemaPlugin
@@ -57,6 +58,7 @@ class MetricsController(PrometheusController):
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
+    resolve_dependencies_in_order()
     settings = resolve_services(settings or get_settings())
     assert settings.database_url is not None
     assert settings.valkey_url is not None
@@ -125,7 +127,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             }
         ),
         dependencies={
-            "current_user": Provide(provide_current_user),
+            "current_user": Provide(provide_current_user, sync_to_thread=False),
             **services.dependencies(),
         },
         # One route layer: authentication, then the rate limit (by user when authenticated), the

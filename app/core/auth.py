@@ -69,7 +69,7 @@ async def requires_admin(connection: Connection, _: BaseRouteHandler) -> None:
         raise ForbiddenError("Administrators only.")
 
 
-async def provide_current_user(request: Request[Any, Any, Any]) -> CurrentUser:
+def provide_current_user(request: Request[Any, Any, Any]) -> CurrentUser:
     caller = caller_of(request)
     if caller is None:
         raise login_required()
