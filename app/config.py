@@ -150,6 +150,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     feed_group_window_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 1800
     feed_group_max_span_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 6 * 3600
     feed_batch_size: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500
+    feed_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     feed_stream_heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
     feed_stream_replay_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     # monitoring

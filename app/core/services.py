@@ -51,6 +51,12 @@ class Services:
         self._users = 0
         self._lock = asyncio.Lock()
 
+    def get(self, kind: type[T]) -> T | None:
+        """The service of that type, or ``None`` when its module is not part of this assembly."""
+        service = self._by_type.get(kind)
+        assert service is None or isinstance(service, kind)
+        return service
+
     def __getitem__(self, kind: type[T]) -> T:
         try:
             service = self._by_type[kind]

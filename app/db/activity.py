@@ -1086,15 +1086,3 @@ async def drop_covered_event_reads(conn: AsyncConnection[Any], *, reader_id: int
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(DROP_COVERED_EVENT_READS, (reader_id,))
         return cur.rowcount
-
-
-USE_GENERIC_PLANS = "select set_config('plan_cache_mode', 'force_generic_plan', true)"
-
-
-async def use_generic_plans(conn: AsyncConnection[Any]) -> None:
-    """For the rest of the transaction, prepared statements use their generic plan. The feed's queries
-    are long (planning them costs several times running them) and their plans do not depend on the
-    parameters' values, but PostgreSQL may keep re-planning a statement whose nullable parameters make
-    the generic plan look costlier than the custom ones."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(USE_GENERIC_PLANS)

@@ -649,10 +649,3 @@ where er.user_id = @reader_id
   and (er.event_id <= coalesce((select s.read_through from activity_reader_state s where s.user_id = @reader_id), 0)
        or er.event_id <= coalesce((select gr.read_through from activity_group_reads gr
                                    where gr.user_id = @reader_id and gr.group_id = er.group_id), 0));
-
--- name: UseGenericPlans :exec
--- For the rest of the transaction, prepared statements use their generic plan. The feed's queries
--- are long (planning them costs several times running them) and their plans do not depend on the
--- parameters' values, but PostgreSQL may keep re-planning a statement whose nullable parameters make
--- the generic plan look costlier than the custom ones.
-select set_config('plan_cache_mode', 'force_generic_plan', true);

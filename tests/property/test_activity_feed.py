@@ -313,11 +313,13 @@ async def build_world(db: AsyncConnection[Any]) -> World:
     return World(admin=admin, reader=actors[-1], actors=actors, projects=projects, names=names)
 
 
-async def reset(db: AsyncConnection[Any], world: World) -> World:
+async def reset(db: AsyncConnection[Any], feed: ActivityService, world: World) -> World:
     # DELETE beats TRUNCATE on a few rows; the groups take their events, actors, objects and marks along.
     for table in ("activity_groups", "activity_objects", "activity_reader_state"):
         await db.execute(f"delete from {table}")
     await db.execute("delete from project_members where user_id = %s", (world.reader,))
+    await membership_changed(feed, world.reader)
+    await membership_changed(feed, world.admin)
     return World(
         admin=world.admin,
         reader=world.reader,
@@ -419,6 +421,12 @@ def filters_of(world: World, check: Check) -> FeedFilters:
     )
 
 
+async def membership_changed(feed: ActivityService, user_id: int) -> None:
+    """What ``ProjectService`` does after a membership change commits (its hook, wired in the
+    activity module): the tests change memberships and wipe the feed in SQL, so they say it too."""
+    await feed.cache.scope_changed(user_id)
+
+
 async def run_step(db: AsyncConnection[Any], feed: ActivityService, world: World, step: Step) -> None:
     if isinstance(step, Batch):
         await deliver(db, feed, world, step.events)
@@ -427,10 +435,12 @@ async def run_step(db: AsyncConnection[Any], feed: ActivityService, world: World
         await project_queries.add_member(
             db, project_id=project, user_id=world.reader, role=ProjectRole.VIEWER
         )
+        await membership_changed(feed, world.reader)
         world.members.add(project)
     elif isinstance(step, Leave) and world.projects[step.project] in world.members:
         project = world.projects[step.project]
         await project_queries.remove_member(db, project_id=project, user_id=world.reader)
+        await membership_changed(feed, world.reader)
         world.members.discard(project)
     elif isinstance(step, MarkAll):
         seqs = sorted(e.seq for e in world.events)
@@ -481,7 +491,7 @@ async def test_feed_equals_the_reference_over_random_timelines(
     db: AsyncConnection[Any], services: Services, timeline: list[Step]
 ) -> None:
     feed = services[ActivityService]
-    world = await reset(db, await shared_world(db))
+    world = await reset(db, feed, await shared_world(db))
     for step in [*timeline, Check(as_admin=False, verb=None, actor=None, project=None, page_size=3)]:
         await run_step(db, feed, world, step)
     _WORLD["next_outbox"] = world.next_outbox
@@ -529,12 +539,13 @@ async def test_walking_pages_while_events_arrive_yields_the_snapshot_once(
     actor: int | None,
 ) -> None:
     feed = services[ActivityService]
-    world = await reset(db, await shared_world(db))
+    world = await reset(db, feed, await shared_world(db))
     for project in world.projects:
         await project_queries.add_member(
             db, project_id=project, user_id=world.reader, role=ProjectRole.VIEWER
         )
         world.members.add(project)
+    await membership_changed(feed, world.reader)
     await deliver(db, feed, world, before)
     snapshot = max(e.seq for e in world.events)
     filters = FeedFilters(actor_id=world.actors[actor] if actor is not None else None)

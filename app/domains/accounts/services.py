@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -88,6 +90,7 @@ class AccountService:
         self.tokens = AccessTokens(settings)
         self.throttle = LoginThrottle(settings, valkey)
         self._callers: LRUCache[str, tuple[CurrentUser, int]] = LRUCache(maxsize=VERIFIED_TOKENS_KEPT)
+        self._on_access_change: list[Callable[[int], Awaitable[None]]] = []
         conninfo, connect_kwargs = db.pool.conninfo, db.pool.kwargs
         assert isinstance(conninfo, str) and isinstance(connect_kwargs, dict), "a static pool configuration"
         self.revocations: Revocations[uuid.UUID] = Revocations(
@@ -100,6 +103,14 @@ class AccountService:
             keep_s=self._revocation_horizon_s,
             name="revoked-families",
         )
+
+    def after_access_change(self, callback: Callable[[int], Awaitable[None]]) -> None:
+        """Run ``callback(user_id)`` after a user's role or active flag changed (committed)."""
+        self._on_access_change.append(callback)
+
+    def _access_changed(self, uow: UnitOfWork, user_id: int) -> None:
+        for callback in self._on_access_change:
+            uow.after_commit(partial(callback, user_id))
 
     async def start(self) -> None:
         await self.revocations.start()
@@ -379,6 +390,7 @@ class AccountService:
             )
             assert user is not None
             if user.role != before.role or user.is_active != before.is_active:
+                self._access_changed(uow, user_id)
                 revoked = await self.revoke_all(uow, user_id)
                 log.info(
                     "user_access_changed",
@@ -404,6 +416,7 @@ class AccountService:
                     uow.conn, role=UserRole.ADMIN, is_active=True, id=existing.id
                 )
                 assert user is not None
+                self._access_changed(uow, user.id)
                 return user
         if password is None:
             raise ValueError("a password is required to create a new administrator")

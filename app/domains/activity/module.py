@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 from app.core.modules import Job, Module
+from app.core.services import Services
+from app.domains.accounts.services import AccountService
+from app.domains.activity.cache import FeedCache
 from app.domains.activity.controllers import FeedController, ProjectFeedController
 from app.domains.activity.events import RECORD_ACTIVITY_TASK
 from app.domains.activity.jobs import record_activities, record_activity
 from app.domains.activity.seed import seed_feed
 from app.domains.activity.services import ActivityService
+from app.domains.projects.services import ProjectService
+
+
+def build_service(s: Services) -> ActivityService:
+    """The service, and the hooks that keep its cache honest: a reader's cached answers go stale
+    when their memberships or role change or a project of theirs is deleted."""
+    cache = FeedCache(s.valkey, s.settings.feed_cache_ttl_s)
+    if (projects := s.get(ProjectService)) is not None:  # absent only in assemblies without them
+        projects.after_delete(cache.project_gone)
+        projects.after_membership_change(cache.scope_changed)
+    if (accounts := s.get(AccountService)) is not None:
+        accounts.after_access_change(cache.scope_changed)
+    return ActivityService(s.db, s.settings, s.broadcaster, cache)
+
 
 module = Module(
     name="activity",
     controllers=[FeedController, ProjectFeedController],
-    service=lambda s: ActivityService(s.db, s.settings, s.broadcaster),
+    service=build_service,
     jobs=[
         Job(
             function=record_activities,

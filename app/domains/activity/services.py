@@ -17,8 +17,8 @@ Design, in short (each part is documented where it lives):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -30,6 +30,7 @@ from app.core.errors import NotFoundError
 from app.core.pagination import IdCursor, Page, decode_cursor, encode_cursor
 from app.core.types import MAX_ID
 from app.db import activity as queries
+from app.domains.activity.cache import FeedCache
 from app.domains.activity.combiner import Combiner
 from app.domains.activity.grouping import RULE_VERSION, GroupingRule
 from app.domains.activity.schemas import (
@@ -67,11 +68,16 @@ def grouping_rule(settings: Settings) -> GroupingRule:
     return GroupingRule(RULE_VERSION, settings.feed_group_window_s, settings.feed_group_max_span_s)
 
 
+_PAGE = msgspec.msgpack.Decoder(FeedPage)
+_COUNTS = msgspec.msgpack.Decoder(UnreadCountsOut)
+
+
 class ActivityService:
-    def __init__(self, db: Database, settings: Settings, broadcaster: Broadcaster) -> None:
+    def __init__(self, db: Database, settings: Settings, broadcaster: Broadcaster, cache: FeedCache) -> None:
         self.db = db
         self.settings = settings
         self.broadcaster = broadcaster
+        self.cache = cache
         self.writer = FeedWriter(grouping_rule(settings))
         self.combiner = Combiner(self._write_alone, max_events=max(settings.feed_batch_size, COMBINED_EVENTS))
 
@@ -99,6 +105,7 @@ class ActivityService:
             )
 
             async def publish() -> None:
+                await self.cache.events_stored(notice.seq, notice.projects, notice.audiences)
                 await self.broadcaster.publish(msgspec.json.encode(notice), [CHANNEL])
 
             uow.after_commit(publish)
@@ -106,17 +113,22 @@ class ActivityService:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[UnitOfWork]:
-        """A transaction for the feed's reads: generic plans (see UseGenericPlans)."""
-        async with self.db.transaction() as uow:
-            await queries.use_generic_plans(uow.conn)
-            yield uow
-
     async def feed(self, reader_id: int, filters: FeedFilters, cursor: str | None, limit: int) -> FeedPage:
-        """The groups the reader may see, newest activity first; ``cursor`` continues a walk."""
+        """The groups the reader may see, newest activity first; ``cursor`` continues a walk.
+
+        The unfiltered first page is answered from the cache (``cache.py``) while it is current."""
+        if cursor is None and filters == FeedFilters():
+
+            async def load() -> bytes:
+                return msgspec.msgpack.encode(await self._feed(reader_id, filters, None, limit))
+
+            cached = await self.cache.read(reader_id, f"page{limit}", self._scope(reader_id), load)
+            return _PAGE.decode(cached)
+        return await self._feed(reader_id, filters, cursor, limit)
+
+    async def _feed(self, reader_id: int, filters: FeedFilters, cursor: str | None, limit: int) -> FeedPage:
         at = decode_cursor(cursor, FeedCursor) if cursor else None
-        async with self._reading() as uow:
+        async with self.db.read() as uow:
             rows = await self._page(uow, reader_id, filters, at, limit + 1)
             if not rows:
                 return Page(items=[])
@@ -131,7 +143,7 @@ class ActivityService:
         self, reader_id: int, project_id: int, filters: FeedFilters, cursor: str | None, limit: int
     ) -> FeedPage:
         """One project's feed: 404 for a reader who is not a member (nor an administrator)."""
-        async with self._reading() as uow:
+        async with self.db.read() as uow:
             readable = await queries.can_read_project_feed(
                 uow.conn, project_id=project_id, reader_id=reader_id
             )
@@ -142,7 +154,7 @@ class ActivityService:
         )
 
     async def group(self, reader_id: int, key: str, filters: FeedFilters) -> FeedGroupOut:
-        async with self._reading() as uow:
+        async with self.db.read() as uow:
             found = await self._visible_group(uow, reader_id, key, filters)
             groups = await self._groups(uow, reader_id, [found.id], found.snapshot, filters.actor_id)
         if not groups:
@@ -154,7 +166,7 @@ class ActivityService:
     ) -> EventPage:
         """A group's events the reader may see and the filters select, newest first."""
         before = decode_cursor(cursor, IdCursor).id if cursor else MAX_ID
-        async with self._reading() as uow:
+        async with self.db.read() as uow:
             found = await self._visible_group(uow, reader_id, key, filters)
             rows = await queries.group_events(
                 uow.conn,
@@ -170,9 +182,16 @@ class ActivityService:
         return Page(items=items, next_cursor=encode_cursor(IdCursor(shown[-1].id)) if more else None)
 
     async def unread_counts(self, reader_id: int) -> UnreadCountsOut:
-        async with self._reading() as uow:
-            row = await queries.unread_counts(uow.conn, reader_id=reader_id)
-        return UnreadCountsOut(unread=row.unread, unseen=row.unseen) if row else UnreadCountsOut(0, 0)
+        async def load() -> bytes:
+            async with self.db.read() as uow:
+                row = await queries.unread_counts(uow.conn, reader_id=reader_id)
+            counts = UnreadCountsOut(unread=row.unread, unseen=row.unseen) if row else UnreadCountsOut(0, 0)
+            return msgspec.msgpack.encode(counts)
+
+        return _COUNTS.decode(await self.cache.read(reader_id, "unread", self._scope(reader_id), load))
+
+    def _scope(self, reader_id: int) -> Callable[[], Awaitable[tuple[bool, frozenset[int]]]]:
+        return partial(self.reader_scope, reader_id)
 
     async def latest_seq(self) -> int:
         async with self.db.transaction() as uow:
@@ -180,14 +199,14 @@ class ActivityService:
 
     async def reader_scope(self, reader_id: int) -> tuple[bool, frozenset[int]]:
         """(is administrator, projects) now: what a stream checks notices against."""
-        async with self.db.transaction() as uow:
+        async with self.db.read() as uow:
             row = await queries.reader_scope(uow.conn, reader_id=reader_id)
         return (row.is_admin, frozenset(row.project_ids)) if row else (False, frozenset())
 
     async def changes(self, reader_id: int, after: int, limit: int) -> tuple[list[FeedGroupOut], int]:
         """The visible groups with activity after ``after`` (oldest change first), as they are now,
         and the position reached (the newest event they count)."""
-        async with self._reading() as uow:
+        async with self.db.read() as uow:
             rows = await queries.feed_changes(uow.conn, reader_id=reader_id, after=after, row_limit=limit)
             if not rows:
                 return [], after
@@ -200,11 +219,13 @@ class ActivityService:
     async def mark_seen(self, reader_id: int, through: int | None) -> None:
         """The bell was opened: groups with activity up to ``through`` (default: now) are seen."""
         async with self.db.transaction() as uow:
+            uow.after_commit(partial(self.cache.read_state_changed, reader_id))
             await queries.mark_feed_seen(uow.conn, reader_id=reader_id, through=_through(through))
 
     async def mark_all_read(self, reader_id: int, through: int | None) -> None:
         """Every event up to ``through`` (default: now) is read."""
         async with self.db.transaction() as uow:
+            uow.after_commit(partial(self.cache.read_state_changed, reader_id))
             await queries.mark_feed_read_through(uow.conn, reader_id=reader_id, through=_through(through))
             groups = await queries.groups_with_event_reads(uow.conn, reader_id=reader_id)
             await self._compact(uow, reader_id, groups)
@@ -213,6 +234,7 @@ class ActivityService:
         """The group is read up to ``through`` (default: its last event); it is unread again when it
         grows. 404 for a group the reader may not see."""
         async with self.db.transaction() as uow:
+            uow.after_commit(partial(self.cache.read_state_changed, reader_id))
             found = await self._visible_group(uow, reader_id, key, FeedFilters())
             await queries.lock_activity_groups(uow.conn, group_ids=[found.id])
             await queries.mark_group_read(
@@ -223,6 +245,7 @@ class ActivityService:
     async def mark_events_read(self, reader_id: int, event_ids: list[int]) -> int:
         """Marks single events read; ids the reader may not see are ignored. Returns how many counted."""
         async with self.db.transaction() as uow:
+            uow.after_commit(partial(self.cache.read_state_changed, reader_id))
             visible = await queries.visible_events(
                 uow.conn, event_ids=sorted(set(event_ids)), reader_id=reader_id
             )

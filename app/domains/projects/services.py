@@ -26,17 +26,30 @@ RANK = {ProjectRole.VIEWER: 0, ProjectRole.EDITOR: 1, ProjectRole.OWNER: 2}
 ProjectDeleted = Callable[[int], Awaitable[None]]
 """Called with a deleted project's id once its deletion has committed."""
 
+MembershipChanged = Callable[[int], Awaitable[None]]
+"""Called with a user's id once a membership of theirs was added or removed (committed)."""
+
 
 class ProjectService:
     def __init__(self, db: Database, accounts: AccountService) -> None:
         self.db = db
         self.accounts = accounts
         self._on_deleted: list[ProjectDeleted] = []
+        self._on_membership: list[MembershipChanged] = []
 
     def after_delete(self, callback: ProjectDeleted) -> None:
         """Run ``callback(project_id)`` after each project deletion commits (e.g. the files domain
         removes the project's files from disk). A failing callback is logged; sweeps catch up."""
         self._on_deleted.append(callback)
+
+    def after_membership_change(self, callback: MembershipChanged) -> None:
+        """Run ``callback(user_id)`` after a membership of the user is added or removed (commits):
+        the projects a user may see changed (e.g. the feed's cached answers must not be served)."""
+        self._on_membership.append(callback)
+
+    def _membership_changed(self, uow: UnitOfWork, user_id: int) -> None:
+        for callback in self._on_membership:
+            uow.after_commit(partial(callback, user_id))
 
     async def existing(self, project_ids: list[int]) -> set[int]:
         """Which of these projects still exist (for sweeps of what deleted projects left behind)."""
@@ -76,6 +89,7 @@ class ProjectService:
             )
             assert project is not None
             await queries.add_member(uow.conn, project_id=project.id, user_id=actor, role=ProjectRole.OWNER)
+            self._membership_changed(uow, actor)
             await emit(
                 uow,
                 actor=actor,
@@ -233,6 +247,7 @@ class ProjectService:
                 uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
             )
             if member is not None:
+                self._membership_changed(uow, user_id)
                 await emit(
                     uow,
                     actor=user_id,
@@ -290,6 +305,7 @@ class ProjectService:
             if current == ProjectRole.OWNER:
                 await self._keep_an_owner(uow, project_id)
             await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
+            self._membership_changed(uow, user_id)
             await emit(
                 uow,
                 actor=actor,

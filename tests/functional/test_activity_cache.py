@@ -1,0 +1,159 @@
+"""The feed's answer cache on a real Valkey: an answer is served only under the stamp it was computed
+under; each kind of change makes it stale; a change during a load is never hidden by the stored answer;
+Valkey unreachable means PostgreSQL answers (``app/domains/activity/cache.py``).
+
+The scope loader and the answer loader stand for PostgreSQL here: the tests count their calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+import pytest
+from valkey.asyncio import Valkey
+
+from app.domains.activity.cache import FeedCache
+
+READER = 7
+PROJECTS = (101, 102)
+
+
+class Loads:
+    """The answer loader: returns a new answer per call, and counts the calls."""
+
+    def __init__(self, during: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.calls = 0
+        self.during = during
+
+    async def __call__(self) -> bytes:
+        self.calls += 1
+        if self.during is not None:
+            await self.during()
+        return f"answer {self.calls}".encode()
+
+
+def scope_of(is_admin: bool, projects: Iterable[int]) -> Callable[[], Awaitable[tuple[bool, Iterable[int]]]]:
+    async def scope() -> tuple[bool, Iterable[int]]:
+        return is_admin, projects
+
+    return scope
+
+
+@pytest.fixture
+def cache(valkey: Valkey) -> FeedCache:
+    return FeedCache(valkey, ttl_s=30)
+
+
+async def read(
+    cache: FeedCache, load: Loads, *, admin: bool = False, projects: Iterable[int] = PROJECTS
+) -> bytes:
+    return await cache.read(READER, "unread", scope_of(admin, projects), load)
+
+
+async def test_a_second_read_is_served_from_the_cache(cache: FeedCache) -> None:
+    load = Loads()
+    assert await read(cache, load) == b"answer 1"
+    assert await read(cache, load) == b"answer 1"
+    assert load.calls == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda c: c.events_stored(50, [PROJECTS[1]], []), id="event in a visible project"),
+        pytest.param(lambda c: c.events_stored(51, [], [READER]), id="event addressed to the reader"),
+        pytest.param(lambda c: c.scope_changed(READER), id="membership or role of the reader"),
+        pytest.param(lambda c: c.project_gone(PROJECTS[0]), id="a visible project deleted"),
+        pytest.param(lambda c: c.read_state_changed(READER), id="read state of the reader"),
+    ],
+)
+async def test_each_change_that_concerns_the_reader_makes_the_answer_stale(
+    cache: FeedCache, change: Callable[[FeedCache], Awaitable[None]]
+) -> None:
+    load = Loads()
+    await read(cache, load)
+    await change(cache)
+    assert await read(cache, load) == b"answer 2"
+    assert await read(cache, load) == b"answer 2", "the new answer is cached in turn"
+
+
+async def test_changes_elsewhere_keep_the_answer(cache: FeedCache) -> None:
+    load = Loads()
+    await read(cache, load)
+    await cache.events_stored(60, [999], [READER + 1])
+    await cache.scope_changed(READER + 1)
+    await cache.read_state_changed(READER + 1)
+    await cache.project_gone(999)
+    assert await read(cache, load) == b"answer 1"
+    assert load.calls == 1
+
+
+async def test_an_administrator_answer_is_stale_after_any_event(cache: FeedCache) -> None:
+    load = Loads()
+    await read(cache, load, admin=True, projects=())
+    await cache.events_stored(70, [999], [])
+    assert await read(cache, load, admin=True, projects=()) == b"answer 2"
+
+
+async def test_a_change_committed_while_loading_is_not_hidden_by_the_stored_answer(cache: FeedCache) -> None:
+    """The load may have read the database before the change: its answer must not be served after."""
+
+    async def member_removed_meanwhile() -> None:
+        if load.calls == 1:
+            await cache.scope_changed(READER)
+
+    load = Loads(during=member_removed_meanwhile)
+    assert await read(cache, load) == b"answer 1"
+    assert await read(cache, load) == b"answer 2"
+    assert await read(cache, load) == b"answer 2"
+
+
+async def test_a_scope_loaded_before_a_membership_change_is_not_used_after_it(cache: FeedCache) -> None:
+    """The reader joins a project while their scope is being loaded: the project's events must still
+    make their answer stale (the scope is loaded again under the new membership version)."""
+    load = Loads()
+    joined = False
+
+    async def scope() -> tuple[bool, Iterable[int]]:
+        nonlocal joined
+        if not joined:
+            joined = True
+            await cache.scope_changed(READER)  # committed after the scope query read the memberships
+            return False, PROJECTS
+        return False, (*PROJECTS, 103)
+
+    await cache.read(READER, "unread", scope, load)
+    await cache.read(READER, "unread", scope, load)
+    await cache.events_stored(80, [103], [])
+    await cache.read(READER, "unread", scope, load)
+    assert load.calls == 3, "an event in the joined project makes the answer stale"
+
+
+async def test_answers_are_per_name(cache: FeedCache) -> None:
+    counts, page = Loads(), Loads()
+    await cache.read(READER, "unread", scope_of(False, PROJECTS), counts)
+    await cache.read(READER, "page20", scope_of(False, PROJECTS), page)
+    await cache.read(READER, "unread", scope_of(False, PROJECTS), counts)
+    assert (counts.calls, page.calls) == (1, 1)
+
+
+async def test_ttl_zero_turns_the_cache_off(valkey: Valkey) -> None:
+    off = FeedCache(valkey, ttl_s=0)
+    load = Loads()
+    await read(off, load)
+    await read(off, load)
+    assert load.calls == 2
+    await off.scope_changed(READER)
+    assert await valkey.keys("feed:*") == []
+
+
+async def test_valkey_unreachable_answers_from_the_loader_every_time() -> None:
+    unreachable = Valkey(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    try:
+        down = FeedCache(unreachable, ttl_s=30)
+        load = Loads()
+        assert await read(down, load) == b"answer 1"
+        assert await read(down, load) == b"answer 2"
+        await down.scope_changed(READER)  # logged and counted, not raised
+    finally:
+        await unreachable.aclose()
