@@ -298,7 +298,9 @@ async def test_the_daily_report_is_sent_once_a_day(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
 ) -> None:
     berlin = ZoneInfo("Europe/Berlin")
-    until = datetime.now(berlin).replace(hour=8, minute=0, second=0, microsecond=0)
+    # Yesterday's 08:00 in Berlin: always in the past, so the report it schedules is due at once
+    # (today's was still ahead between midnight and 08:00 Berlin time, and nothing was delivered).
+    until = (datetime.now(berlin) - timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
     during = (until - timedelta(hours=1)).timestamp()
     async with open_monitoring(
         settings,
