@@ -7,12 +7,14 @@ The scope loader and the answer loader stand for PostgreSQL here: the tests coun
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from valkey.asyncio import Valkey
 
 from app.domains.activity.cache import FeedCache
+from tests.factories import wait_until
 
 READER = 7
 PROJECTS = (101, 102)
@@ -157,3 +159,26 @@ async def test_valkey_unreachable_answers_from_the_loader_every_time() -> None:
         await down.scope_changed(READER)  # logged and counted, not raised
     finally:
         await unreachable.aclose()
+
+
+async def test_concurrent_readers_of_a_missing_answer_share_one_load(cache: FeedCache) -> None:
+    """An entry expiring under load: the readers that find it missing wait for one query, even when
+    the reader whose request started it goes away."""
+    release = asyncio.Event()
+
+    async def wait_for_release() -> None:
+        await release.wait()
+
+    load = Loads(during=wait_for_release)
+    readers = [asyncio.create_task(read(cache, load)) for _ in range(10)]
+
+    async def started() -> bool:
+        return load.calls == 1
+
+    await wait_until(started, 5, "the first reader started the load")
+    readers[0].cancel()
+    release.set()
+    answers = await asyncio.gather(*readers[1:])
+    assert answers == [b"answer 1"] * 9
+    assert load.calls == 1
+    assert await read(cache, load) == b"answer 1", "and it was stored"

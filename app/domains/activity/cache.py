@@ -26,8 +26,10 @@ non-cluster Valkey, like ``app/core/cache.py``.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -80,6 +82,7 @@ class FeedCache:
         self.valkey = valkey
         self.ttl_ms = int(ttl_s * 1000)
         self._lookup = valkey.register_script(_LOOKUP)
+        self._flights: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -96,10 +99,8 @@ class FeedCache:
         try:
             found = await self._look(reader_id, entry)
             if found[0] == 0:
-                mv = found[1].decode()
-                is_admin, projects = await scope()
-                ids = "*" if is_admin else ",".join(map(str, sorted(projects)))
-                await self.valkey.set(f"feed:scope:{reader_id}", f"{mv}|{ids}", px=self.ttl_ms)
+                mv = bytes(found[1])
+                await self._shared(("scope", reader_id, mv), lambda: self._load_scope(reader_id, mv, scope))
                 found = await self._look(reader_id, entry)
         except _VALKEY_DOWN as error:
             self._degraded("read", error)
@@ -108,13 +109,42 @@ class FeedCache:
             CACHE_REQUESTS.labels(namespace=_NAMESPACE, result="hit").inc()
             return bytes(found[1])
         CACHE_REQUESTS.labels(namespace=_NAMESPACE, result="miss").inc()
-        body = await load()
-        if found[0] == 1:  # else the scope changed again meanwhile: answer, do not store
-            try:
-                await self.valkey.set(entry, bytes(found[1]) + body, px=self.ttl_ms)
-            except _VALKEY_DOWN as error:
-                self._degraded("store", error)
+        if found[0] == 0:  # the scope changed again meanwhile: answer, do not store
+            return await load()
+        stamp = bytes(found[1])
+        body: bytes = await self._shared((entry, stamp), lambda: self._load_and_store(entry, stamp, load))
         return body
+
+    async def _load_scope(self, reader_id: int, mv: bytes, scope: Scope) -> None:
+        is_admin, projects = await scope()
+        ids = "*" if is_admin else ",".join(map(str, sorted(projects)))
+        await self.valkey.set(f"feed:scope:{reader_id}", mv + b"|" + ids.encode(), px=self.ttl_ms)
+
+    async def _load_and_store(self, entry: str, stamp: bytes, load: Callable[[], Awaitable[bytes]]) -> bytes:
+        body = await load()
+        try:
+            await self.valkey.set(entry, stamp + body, px=self.ttl_ms)
+        except _VALKEY_DOWN as error:
+            self._degraded("store", error)
+        return body
+
+    async def _shared(self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]]) -> Any:
+        """One flight per key in this process: when an entry expires under load, the concurrent
+        readers that find it missing wait for one load instead of each sending the query (a burst of
+        identical queries that made the feed's p99 several times its p50). Keyed by the stamp the
+        readers saw, so whoever joins is answered as of a stamp they read themselves."""
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(make())
+            self._flights[key] = flight
+            flight.add_done_callback(partial(self._landed, key))
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: tuple[Any, ...], flight: asyncio.Future[Any]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved: each waiter got it, or none is left to
 
     async def _look(self, reader_id: int, entry: str) -> list[Any]:
         keys = [
