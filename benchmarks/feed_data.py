@@ -403,6 +403,14 @@ def measure_http(database_url: str, valkey_url: str, data_dir: Path) -> list[Row
         stop(server)
 
 
+def drop_queue_events(conn: psycopg.Connection[Any]) -> None:
+    """The groups of a queue measure (they hold only its events, outbox ids above ``EVENTS``)."""
+    conn.execute(
+        "delete from activity_groups where id in"
+        f" (select group_id from activity_events where outbox_id > {EVENTS})"
+    )
+
+
 def measure_queue(database_url: str, valkey_url: str, data_dir: Path, processes: int = 1) -> Row:
     env = {
         **server_env(database_url, valkey_url, data_dir),
@@ -413,10 +421,7 @@ def measure_queue(database_url: str, valkey_url: str, data_dir: Path, processes:
     logs = [data_dir / f"feed-bench-worker-{n}.log" for n in range(processes)]
     with psycopg.connect(database_url, autocommit=True) as conn:
         # Repeatable: drop what an earlier run stored (its groups hold only its own events).
-        conn.execute(
-            "delete from activity_groups where id in"
-            f" (select group_id from activity_events where outbox_id > {EVENTS})"
-        )
+        drop_queue_events(conn)
         conn.execute("delete from outbox")
         conn.execute(
             f"select setval('outbox_id_seq', greatest({EVENTS} + 1, (select last_value from outbox_id_seq)))"
@@ -444,6 +449,7 @@ def measure_queue(database_url: str, valkey_url: str, data_dir: Path, processes:
         jobs = scalar(
             conn, f"select count(distinct group_id) from activity_events where outbox_id > {EVENTS}"
         )
+        drop_queue_events(conn)  # the HTTP measures read the data set as generated
     rate = QUEUE_EVENTS / elapsed
     say(
         f"feed queue, {processes} worker process(es): {QUEUE_EVENTS:,} events stored and grouped"
