@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
@@ -23,7 +24,16 @@ from app.core.services import Services, open_services
 from app.db.models import ProjectRole, UserRole
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.services import ActivityService
-from tests.factories import Actor, Client, Team, assert_problem, make_product, make_project, make_user
+from tests.factories import (
+    Actor,
+    Client,
+    Team,
+    assert_problem,
+    make_product,
+    make_project,
+    make_user,
+    mint_headers,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -235,6 +245,38 @@ async def test_a_removed_member_no_longer_sees_the_project_anywhere(
         "Owner removed Viewer from Apollo",
         "Owner created task 'In Apollo' in Apollo",
     ]
+
+
+async def test_answers_read_before_a_promotion_or_a_deletion_are_not_served_after_it(
+    client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService, app: Litestar
+) -> None:
+    """The unread count and the first page are cached (FEED_CACHE_TTL_S): a change of what the reader
+    may see, made through the API, must show at the next read, not when the entry expires."""
+    other = await make_project(db, team.owner, name="Gemini")
+    await new_task(client, team.owner, team.project, "In Apollo")
+    await new_task(client, team.owner, other, "In Gemini")
+    await deliver(db, feed)
+    unread = "/api/feed/unread-count"
+    assert await texts(client, team.viewer) == ["Owner created task 'In Apollo' in Apollo"]
+    assert (await ok(await client.get(unread, headers=team.viewer.headers)))["unread"] == 1
+
+    admin = await make_user(db, app, UserRole.ADMIN, name="Root")
+    await ok(
+        await client.patch(
+            f"/api/admin/users/{team.viewer.id}", json={"role": "admin"}, headers=admin.headers
+        )
+    )
+    promoted = mint_headers(app, team.viewer.id, UserRole.ADMIN)  # the promotion revoked their sessions
+    assert (await ok(await client.get(unread, headers=promoted)))["unread"] == 2
+    assert await texts(client, msgspec.structs.replace(team.viewer, headers=promoted)) == [
+        "Owner created task 'In Gemini' in Gemini",
+        "Owner created task 'In Apollo' in Apollo",
+    ]
+
+    assert await texts(client, team.editor) == ["Owner created task 'In Apollo' in Apollo"]
+    await ok(await client.delete(f"/api/projects/{team.project}", headers=team.owner.headers), 204)
+    assert await texts(client, team.editor) == []
+    assert (await ok(await client.get(unread, headers=team.editor.headers)))["unread"] == 0
 
 
 async def test_orders_are_private_to_their_buyer_and_administrators(
