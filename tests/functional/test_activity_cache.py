@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
+from prometheus_client import REGISTRY
 from valkey.asyncio import Valkey
 
 from app.domains.activity.cache import FeedCache
@@ -169,16 +170,28 @@ async def test_concurrent_readers_of_a_missing_answer_share_one_load(cache: Feed
     async def wait_for_release() -> None:
         await release.wait()
 
+    def misses() -> float:
+        return (
+            REGISTRY.get_sample_value("app_cache_requests_total", {"namespace": "feed", "result": "miss"})
+            or 0
+        )
+
     load = Loads(during=wait_for_release)
-    readers = [asyncio.create_task(read(cache, load)) for _ in range(10)]
+    before = misses()
+    first = asyncio.create_task(read(cache, load))
 
     async def started() -> bool:
         return load.calls == 1
 
     await wait_until(started, 5, "the first reader started the load")
-    readers[0].cancel()
+    others = [asyncio.create_task(read(cache, load)) for _ in range(9)]
+
+    async def all_missed() -> bool:
+        return misses() == before + 10
+
+    await wait_until(all_missed, 5, "every reader found the answer missing")
+    first.cancel()
     release.set()
-    answers = await asyncio.gather(*readers[1:])
-    assert answers == [b"answer 1"] * 9
+    assert await asyncio.gather(*others) == [b"answer 1"] * 9
     assert load.calls == 1
     assert await read(cache, load) == b"answer 1", "and it was stored"
