@@ -24,7 +24,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -88,7 +88,7 @@ class Cache:
         self._fetch = valkey.register_script(_FETCH)
         self._release = valkey.register_script(_RELEASE)
         self._invalidate = valkey.register_script(_INVALIDATE)
-        self._flights: dict[str, asyncio.Task[Any]] = {}
+        self._flights: Flights = {}
 
     def namespace(self, name: str) -> CacheNamespace:
         return CacheNamespace(self, name)
@@ -119,15 +119,9 @@ class CacheNamespace:
         Concurrent calls in this process for the same key join the first call's flight (and so its
         loader). Loader exceptions propagate and are not cached.
         """
-        flight_key = f"{self._base}\0{key}"
-        flights = self.cache._flights
-        flight = flights.get(flight_key)
-        if flight is None:
-            flight = asyncio.ensure_future(self._load_through(key, loader, ttl_s, type))
-            flights[flight_key] = flight
-            flight.add_done_callback(lambda done: _finish_flight(flights, flight_key, done))
-        # shield: one cancelled caller must not cancel the load the others are waiting for.
-        return cast("T", await asyncio.shield(flight))
+        return await single_flight(
+            self.cache._flights, f"{self._base}\0{key}", lambda: self._load_through(key, loader, ttl_s, type)
+        )
 
     async def invalidate(self, key: str) -> None:
         """Drop one key (current generation). On a Valkey outage: logged, counted, not raised."""
@@ -194,7 +188,21 @@ class CacheNamespace:
             self.cache.degraded(self.name, "release", exc)
 
 
-def _finish_flight(flights: dict[str, asyncio.Task[Any]], flight_key: str, done: asyncio.Task[Any]) -> None:
+Flights = dict[Hashable, "asyncio.Future[Any]"]
+
+
+async def single_flight(flights: Flights, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
+    """``make()``'s result, shared by every caller that asks for ``key`` while it runs (in this
+    process). Shielded: one cancelled caller must not cancel the load the others are waiting for."""
+    flight = flights.get(key)
+    if flight is None:
+        flight = asyncio.ensure_future(make())
+        flights[key] = flight
+        flight.add_done_callback(lambda done: _finish_flight(flights, key, done))
+    return cast("T", await asyncio.shield(flight))
+
+
+def _finish_flight(flights: Flights, flight_key: Hashable, done: asyncio.Future[Any]) -> None:
     if flights.get(flight_key) is done:
         del flights[flight_key]
     if not done.cancelled():

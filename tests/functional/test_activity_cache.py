@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from valkey.asyncio import Valkey
 
+from app.core.cache import Cache
 from app.domains.activity.cache import FeedCache
 from tests.factories import wait_until
 
@@ -44,7 +45,7 @@ def scope_of(is_admin: bool, projects: Iterable[int]) -> Callable[[], Awaitable[
 
 @pytest.fixture
 def cache(valkey: Valkey) -> FeedCache:
-    return FeedCache(valkey, ttl_s=30)
+    return FeedCache(Cache(valkey), ttl_s=30)
 
 
 async def read(
@@ -141,7 +142,7 @@ async def test_answers_are_per_name(cache: FeedCache) -> None:
 
 
 async def test_ttl_zero_turns_the_cache_off(valkey: Valkey) -> None:
-    off = FeedCache(valkey, ttl_s=0)
+    off = FeedCache(Cache(valkey), ttl_s=0)
     load = Loads()
     await read(off, load)
     await read(off, load)
@@ -153,7 +154,7 @@ async def test_ttl_zero_turns_the_cache_off(valkey: Valkey) -> None:
 async def test_valkey_unreachable_answers_from_the_loader_every_time() -> None:
     unreachable = Valkey(host="127.0.0.1", port=1, socket_connect_timeout=1)
     try:
-        down = FeedCache(unreachable, ttl_s=30)
+        down = FeedCache(Cache(unreachable), ttl_s=30)
         load = Loads()
         assert await read(down, load) == b"answer 1"
         assert await read(down, load) == b"answer 2"

@@ -26,22 +26,17 @@ non-cluster Valkey, like ``app/core/cache.py``.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from functools import partial
 from typing import Any
 
-import structlog
-from valkey.asyncio import Valkey
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
-from app.core.cache import CACHE_DEGRADED, CACHE_REQUESTS
+from app.core.cache import CACHE_REQUESTS, Cache, Flights, single_flight
 
 _VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
 _NAMESPACE = "feed"
-_log = structlog.get_logger("app.activity.cache")
 
 # KEYS: scope, mv, rv, uv, entry, seq. ARGV[1]: the project version key prefix.
 # Returns {0, mv} when the scope must be loaded, {1, stamp} on a miss, {2, bytes} on a hit.
@@ -78,11 +73,14 @@ def _token() -> str:
 
 
 class FeedCache:
-    def __init__(self, valkey: Valkey, ttl_s: float) -> None:
-        self.valkey = valkey
+    def __init__(self, cache: Cache, ttl_s: float) -> None:
+        """``cache``: the process's Valkey cache (its client, its single flights, its rate-limited
+        warning when Valkey is unreachable)."""
+        self.cache = cache
+        self.valkey = cache.valkey
         self.ttl_ms = int(ttl_s * 1000)
-        self._lookup = valkey.register_script(_LOOKUP)
-        self._flights: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self._lookup = self.valkey.register_script(_LOOKUP)
+        self._flights: Flights = {}
 
     @property
     def enabled(self) -> bool:
@@ -100,7 +98,9 @@ class FeedCache:
             found = await self._look(reader_id, entry)
             if found[0] == 0:
                 mv = bytes(found[1])
-                await self._shared(("scope", reader_id, mv), lambda: self._load_scope(reader_id, mv, scope))
+                await single_flight(
+                    self._flights, ("scope", reader_id, mv), lambda: self._load_scope(reader_id, mv, scope)
+                )
                 found = await self._look(reader_id, entry)
         except _VALKEY_DOWN as error:
             self._degraded("read", error)
@@ -112,8 +112,13 @@ class FeedCache:
         if found[0] == 0:  # the scope changed again meanwhile: answer, do not store
             return await load()
         stamp = bytes(found[1])
-        body: bytes = await self._shared((entry, stamp), lambda: self._load_and_store(entry, stamp, load))
-        return body
+        # One load per missing answer in this process: when an entry expired under load, every
+        # concurrent reader sent the same query (a burst that made the feed's p99 several times its
+        # p50). Keyed by the stamp the readers saw, so whoever joins is answered as of a stamp they
+        # read themselves.
+        return await single_flight(
+            self._flights, (entry, stamp), lambda: self._load_and_store(entry, stamp, load)
+        )
 
     async def _load_scope(self, reader_id: int, mv: bytes, scope: Scope) -> None:
         is_admin, projects = await scope()
@@ -127,24 +132,6 @@ class FeedCache:
         except _VALKEY_DOWN as error:
             self._degraded("store", error)
         return body
-
-    async def _shared(self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]]) -> Any:
-        """One flight per key in this process: when an entry expires under load, the concurrent
-        readers that find it missing wait for one load instead of each sending the query (a burst of
-        identical queries that made the feed's p99 several times its p50). Keyed by the stamp the
-        readers saw, so whoever joins is answered as of a stamp they read themselves."""
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(make())
-            self._flights[key] = flight
-            flight.add_done_callback(partial(self._landed, key))
-        return await asyncio.shield(flight)
-
-    def _landed(self, key: tuple[Any, ...], flight: asyncio.Future[Any]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if not flight.cancelled():
-            flight.exception()  # retrieved: each waiter got it, or none is left to
 
     async def _look(self, reader_id: int, entry: str) -> list[Any]:
         keys = [
@@ -184,5 +171,4 @@ class FeedCache:
             self._degraded(f"version of {what}", error)
 
     def _degraded(self, operation: str, error: Exception) -> None:
-        CACHE_DEGRADED.labels(namespace=_NAMESPACE).inc()
-        _log.warning("feed cache degraded", operation=operation, error=repr(error))
+        self.cache.degraded(_NAMESPACE, operation, error)

@@ -17,7 +17,7 @@ from app.domains.projects.services import ProjectService
 def build_service(s: Services) -> ActivityService:
     """The service, and the hooks that keep its cache honest: a reader's cached answers go stale
     when their memberships or role change or a project of theirs is deleted."""
-    cache = FeedCache(s.valkey, s.settings.feed_cache_ttl_s)
+    cache = FeedCache(s.cache, s.settings.feed_cache_ttl_s)
     if (projects := s.get(ProjectService)) is not None:  # absent only in assemblies without them
         projects.after_delete(cache.project_gone)
         projects.after_membership_change(cache.scope_changed)

@@ -198,7 +198,8 @@ class ActivityService:
             return await queries.latest_activity_seq(uow.conn) or 0
 
     async def reader_scope(self, reader_id: int) -> tuple[bool, frozenset[int]]:
-        """(is administrator, projects) now: what a stream checks notices against."""
+        """(is administrator, projects) now: what a stream checks notices against, and whose
+        versions make the cached answers' stamp (``cache.py``)."""
         async with self.db.read() as uow:
             row = await queries.reader_scope(uow.conn, reader_id=reader_id)
         return (row.is_admin, frozenset(row.project_ids)) if row else (False, frozenset())
