@@ -52,6 +52,7 @@ class ServerProcess:
         self.env = {
             **{name: os.environ[name] for name in _INHERITED if name in os.environ},
             "APP_ENV": "test",
+            "PYTHONFAULTHANDLER": "1",  # a worker that crashes in C leaves its stacks in the log
             "DATABASE_URL": database_url,
             "VALKEY_URL": valkey_url,
             "DATA_DIR": str(data_dir),
