@@ -22,6 +22,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
+from app.core.deadline import finish_within, sever
 from app.db import models
 
 log = structlog.get_logger("app.db")
@@ -63,22 +64,16 @@ def check_within(timeout_s: float) -> Callable[[AsyncConnection[Any]], Awaitable
 
     psycopg_pool's own check has no deadline: a connection to a server that stopped answering (a
     frozen host, a partition that drops nothing) kept the borrower waiting forever, past the pool's
-    ``timeout``. Cancelling the check is no remedy either: psycopg then sends a cancel request and
-    waits for the query's end, up to 5 s each. So at the deadline the connection is closed first
-    (nothing is left to cancel) and the check fails: the pool discards it and lends another.
+    ``timeout``. At the deadline, or when the borrower is cancelled meanwhile (a health probe's own
+    deadline), the connection is severed and the check ends before the pool gets the connection
+    back and discards it (why severed, not closed or cancelled: ``app.core.deadline``).
     """
 
     async def check(conn: AsyncConnection[Any]) -> None:
         probe = asyncio.ensure_future(AsyncConnectionPool.check_connection(conn))
-        done, _ = await asyncio.wait({probe}, timeout=timeout_s)
-        if done:
+        if await finish_within(probe, timeout_s, lambda: sever(conn)):
             probe.result()
             return
-        conn.pgconn.finish()
-        probe.cancel()
-        await asyncio.wait({probe})  # returns at once: no socket left to wait on, nothing to cancel
-        if not probe.cancelled():
-            probe.exception()  # retrieved (the closed connection's error)
         raise psycopg.OperationalError(f"the connection did not answer within {timeout_s:g}s")
 
     return check

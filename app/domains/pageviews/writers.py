@@ -25,7 +25,7 @@ batches, processes and restarts.
 Every use of a connection (borrowing it, then the statement or the COPY transaction) has a
 client-side deadline, ``DATABASE_TIMEOUT_S`` (how long a request may wait for the database; not
 ``STATEMENT_TIMEOUT_MS``, the server's bound on a query that runs: a write waits for the database,
-its requests wait on it). At the deadline the connection is closed, not cancelled: a cancel request
+its requests wait on it). At the deadline the connection is severed, not cancelled: a cancel request
 to a server that stopped answering (a frozen host) waits as long as the query. The write then raises
 ``WriteTimeoutError`` and the sink answers its requests 503: a timed-out write is never
 acknowledged (it may or may not have committed; a retried send with an event id is stored once).
@@ -44,6 +44,7 @@ from typing import Any, Protocol, TypeVar
 from psycopg.types.json import Json
 
 from app.core.db import check_within
+from app.core.deadline import finish_within, sever
 from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
 
 T = TypeVar("T")
@@ -103,42 +104,30 @@ class SitesGoneError(Exception):
 
 
 class WriteTimeoutError(TimeoutError):
-    """The database did not answer a write within the deadline; its connection was closed."""
+    """The database did not answer a write within the deadline; its connection was severed."""
 
 
 async def before_deadline(
-    timeout_s: float,
-    work: Callable[[list[Any]], Awaitable[T]],
-    close: Callable[[Any], None],
-    *,
-    cancel_closed: bool,
+    timeout_s: float, work: Callable[[list[Any]], Awaitable[T]], sever: Callable[[Any], None]
 ) -> T:
     """Run ``work(lent)`` (it appends the connection it borrows to ``lent``) for ``timeout_s`` at most.
 
-    At the deadline the lent connection is closed by ``close`` (no cancel request reaches the
-    server), the work is cancelled (when nothing was lent yet, or ``cancel_closed``: a psycopg
-    connection whose socket was closed under it waits on that socket forever otherwise) or left to
-    fail on its closed connection, and ``WriteTimeoutError`` is raised.
+    At the deadline the lent connection is severed by ``sever`` (no cancel request reaches the
+    server; ``app.core.deadline`` says why not closed under the driver) and the work fails on it by
+    itself; work that has not borrowed a connection yet is cancelled. ``WriteTimeoutError`` is raised
+    once the work has ended.
     """
     lent: list[Any] = []
     task = asyncio.ensure_future(work(lent))
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-    except BaseException:
-        task.cancel()
-        raise
-    if done:
+
+    def stop() -> None:
+        for conn in lent:
+            sever(conn)
+        if not lent:
+            task.cancel()
+
+    if await finish_within(task, timeout_s, stop):
         return task.result()
-    for conn in lent:
-        close(conn)
-    if not lent or cancel_closed:
-        task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=timeout_s)  # at once: nothing left to wait on
-    if not done:
-        task.cancel()
-        await asyncio.wait({task})
-    if not task.cancelled():
-        task.exception()  # retrieved: the closed connection's error
     raise WriteTimeoutError(f"the database did not answer a write within {timeout_s:g}s")
 
 
@@ -226,11 +215,8 @@ async def _nothing_to_reset(conn: Any) -> None:
 
 
 def _terminate(conn: Any) -> None:
+    """asyncpg: abort the transport; its pending operation fails with the connection lost."""
     conn.terminate()
-
-
-def _finish(conn: Any) -> None:
-    conn.pgconn.finish()
 
 
 class AsyncpgWriter(_Writer):
@@ -260,7 +246,7 @@ class AsyncpgWriter(_Writer):
             await self._pool.close()
 
     async def _within(self, work: Callable[[list[Any]], Awaitable[T]]) -> T:
-        return await before_deadline(self._timeout_s, work, _terminate, cancel_closed=False)
+        return await before_deadline(self._timeout_s, work, _terminate)
 
     async def _statement(self, sql: str, payload: bytes) -> tuple[list[int], int]:
         async def run(lent: list[Any]) -> Any:
@@ -319,7 +305,7 @@ class PsycopgWriter(_Writer):
             await self._pool.close()
 
     async def _within(self, work: Callable[[list[Any]], Awaitable[T]]) -> T:
-        return await before_deadline(self._timeout_s, work, _finish, cancel_closed=True)
+        return await before_deadline(self._timeout_s, work, sever)
 
     async def _statement(self, sql: str, payload: bytes) -> tuple[list[int], int]:
         from psycopg import AsyncRawCursor
