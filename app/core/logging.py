@@ -12,6 +12,7 @@ available for other context (it is merged too).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -51,7 +52,13 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
-    """Route structlog and the standard library (litestar, granian, saq) through one renderer."""
+    """Route structlog and the standard library (litestar, granian, saq) through one renderer.
+
+    Also turns on ``faulthandler``: a process that dies in C (a driver's use-after-free was one) leaves
+    every thread's Python stack on stderr instead of granian's bare "Unexpected exit from worker".
+    """
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
