@@ -22,7 +22,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.core.deadline import finish_within, sever
+from app.core.deadline import DeadlineExceededError, finish_within, sever
 from app.db import models
 
 log = structlog.get_logger("app.db")
@@ -71,10 +71,10 @@ def check_within(timeout_s: float) -> Callable[[AsyncConnection[Any]], Awaitable
 
     async def check(conn: AsyncConnection[Any]) -> None:
         probe = asyncio.ensure_future(AsyncConnectionPool.check_connection(conn))
-        if await finish_within(probe, timeout_s, lambda: sever(conn)):
-            probe.result()
-            return
-        raise psycopg.OperationalError(f"the connection did not answer within {timeout_s:g}s")
+        try:
+            await finish_within(probe, timeout_s, lambda: sever(conn))
+        except DeadlineExceededError:
+            raise psycopg.OperationalError(f"the connection did not answer within {timeout_s:g}s") from None
 
     return check
 

@@ -25,9 +25,11 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+
+T = TypeVar("T")
 
 
 def sever(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -39,14 +41,18 @@ def sever(conn: psycopg.AsyncConnection[Any]) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-async def finish_within(task: asyncio.Future[Any], timeout_s: float, stop: Callable[[], None]) -> bool:
-    """Whether ``task`` finished within ``timeout_s``.
+class DeadlineExceededError(TimeoutError):
+    """The work did not finish within its deadline; it was stopped and has ended."""
 
-    If it did not, or the caller is cancelled meanwhile, ``stop()`` makes it end by itself (it
-    severs the connection the task uses), and this waits until the task has ended: another
-    ``timeout_s``, then the task is cancelled as a last resort. A cancellation of the caller is
-    re-raised once the task has ended. The task's result or error is then the caller's to ignore:
-    a write stopped at its deadline may or may not have committed.
+
+async def finish_within(task: asyncio.Future[T], timeout_s: float, stop: Callable[[], None]) -> T:
+    """``task``'s result, if it finishes within ``timeout_s``; ``DeadlineExceededError`` otherwise.
+
+    At the deadline, or when the caller is cancelled meanwhile, ``stop()`` makes the task end by
+    itself (it severs the connection the task uses), and this waits until the task has ended:
+    another ``timeout_s``, then the task is cancelled as a last resort. A cancellation of the caller
+    is re-raised once the task has ended. A stopped task's own outcome is dropped: a write stopped
+    at its deadline may or may not have committed.
     """
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
@@ -55,10 +61,10 @@ async def finish_within(task: asyncio.Future[Any], timeout_s: float, stop: Calla
         await _ended(task, timeout_s)
         raise
     if done:
-        return True
+        return task.result()
     stop()
     await _ended(task, timeout_s)
-    return False
+    raise DeadlineExceededError(f"no answer within {timeout_s:g}s")
 
 
 async def _ended(task: asyncio.Future[Any], grace_s: float) -> None:

@@ -23,7 +23,7 @@ from psycopg.pq import ConnStatus
 from psycopg_pool import AsyncConnectionPool
 
 from app.core.db import check_within
-from app.core.deadline import sever
+from app.core.deadline import finish_within, sever
 from app.domains.pageviews.writers import WriteTimeoutError, before_deadline
 from tests.factories import wait_until
 
@@ -140,6 +140,17 @@ async def test_a_write_past_its_deadline_fails_on_its_severed_connection_not_by_
             await before_deadline(0.2, work, sever)
         assert len(outcome) == 1 and isinstance(outcome[0], psycopg.OperationalError), outcome
         assert conn.pgconn.status == ConnStatus.BAD  # discarded by its owner, never reused
+    finally:
+        await conn.close()
+
+
+async def test_work_that_fails_within_its_deadline_raises_its_own_error(database_url: str) -> None:
+    conn = await AsyncConnection.connect(database_url, autocommit=True)
+    try:
+        query = asyncio.ensure_future(conn.execute("select 1 / 0"))
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await finish_within(query, 30, lambda: sever(conn))
+        assert (await (await conn.execute("select 2")).fetchone()) == (2,)  # not severed
     finally:
         await conn.close()
 

@@ -44,7 +44,7 @@ from typing import Any, Protocol, TypeVar
 from psycopg.types.json import Json
 
 from app.core.db import check_within
-from app.core.deadline import finish_within, sever
+from app.core.deadline import DeadlineExceededError, finish_within, sever
 from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
 
 T = TypeVar("T")
@@ -126,9 +126,10 @@ async def before_deadline(
         if not lent:
             task.cancel()
 
-    if await finish_within(task, timeout_s, stop):
-        return task.result()
-    raise WriteTimeoutError(f"the database did not answer a write within {timeout_s:g}s")
+    try:
+        return await finish_within(task, timeout_s, stop)
+    except DeadlineExceededError:
+        raise WriteTimeoutError(f"the database did not answer a write within {timeout_s:g}s") from None
 
 
 class Writer(Protocol):
