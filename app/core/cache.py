@@ -36,7 +36,8 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 T = TypeVar("T")
 
-_VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
+VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
+"""What a cache call raises when Valkey is unreachable or too slow: a miss, never an error."""
 _log = structlog.get_logger("app.cache")
 
 CACHE_REQUESTS = Counter(
@@ -127,14 +128,14 @@ class CacheNamespace:
         """Drop one key (current generation). On a Valkey outage: logged, counted, not raised."""
         try:
             await self.cache._invalidate(keys=[self._gen_key], args=[self._base, key])
-        except _VALKEY_DOWN as exc:
+        except VALKEY_DOWN as exc:
             self.cache.degraded(self.name, "invalidate", exc)
 
     async def invalidate_all(self) -> None:
         """Drop the whole namespace by moving to a new generation (O(1))."""
         try:
             await self.cache.valkey.incr(self._gen_key)
-        except _VALKEY_DOWN as exc:
+        except VALKEY_DOWN as exc:
             self.cache.degraded(self.name, "invalidate_all", exc)
 
     async def _load_through(
@@ -150,7 +151,7 @@ class CacheNamespace:
                 gen, raw, locked = await cache._fetch(
                     keys=[self._gen_key], args=[self._base, key, token, lock_ms]
                 )
-            except _VALKEY_DOWN as exc:
+            except VALKEY_DOWN as exc:
                 cache.degraded(self.name, "get", exc)
                 return await loader()
             if first:
@@ -177,14 +178,14 @@ class CacheNamespace:
         ttl_ms = max(1, int(ttl_s * 1000 * random.uniform(0.9, 1.1)))  # no synchronized expiry
         try:
             await self.cache.valkey.set(value_key, msgspec.msgpack.encode(value), px=ttl_ms)
-        except _VALKEY_DOWN as exc:
+        except VALKEY_DOWN as exc:
             self.cache.degraded(self.name, "store", exc)
         return value
 
     async def _release_lock(self, lock_key: str, token: str) -> None:
         try:
             await self.cache._release(keys=[lock_key], args=[token])
-        except _VALKEY_DOWN as exc:  # the lock expires on its own after lock_ttl_s
+        except VALKEY_DOWN as exc:  # the lock expires on its own after lock_ttl_s
             self.cache.degraded(self.name, "release", exc)
 
 

@@ -30,12 +30,8 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+from app.core.cache import CACHE_REQUESTS, VALKEY_DOWN, Cache, Flights, single_flight
 
-from app.core.cache import CACHE_REQUESTS, Cache, Flights, single_flight
-
-_VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
 _NAMESPACE = "feed"
 
 # KEYS: scope, mv, rv, uv, entry, seq. ARGV[1]: the project version key prefix.
@@ -102,7 +98,7 @@ class FeedCache:
                     self._flights, ("scope", reader_id, mv), lambda: self._load_scope(reader_id, mv, scope)
                 )
                 found = await self._look(reader_id, entry)
-        except _VALKEY_DOWN as error:
+        except VALKEY_DOWN as error:
             self._degraded("read", error)
             return await load()
         if found[0] == 2:
@@ -129,7 +125,7 @@ class FeedCache:
         body = await load()
         try:
             await self.valkey.set(entry, stamp + body, px=self.ttl_ms)
-        except _VALKEY_DOWN as error:
+        except VALKEY_DOWN as error:
             self._degraded("store", error)
         return body
 
@@ -167,7 +163,7 @@ class FeedCache:
             return
         try:
             await self.valkey.mset(versions)
-        except _VALKEY_DOWN as error:
+        except VALKEY_DOWN as error:
             self._degraded(f"version of {what}", error)
 
     def _degraded(self, operation: str, error: Exception) -> None:
