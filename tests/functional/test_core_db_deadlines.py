@@ -73,6 +73,13 @@ async def pooled_backend(pool: Pool) -> int:
         return conn.info.backend_pid
 
 
+async def assert_lends_a_new_connection(pool: Pool, frozen: int) -> None:
+    """The pool lends a working connection, not the one to the frozen backend."""
+    async with pool.connection() as conn:
+        assert conn.info.backend_pid != frozen
+        assert await (await conn.execute("select 1")).fetchone() == (1,)
+
+
 def running_checks() -> list[asyncio.Task[Any]]:
     """The pool checks (``check_connection`` probes) still running in this loop."""
     return [
@@ -101,9 +108,7 @@ async def test_a_check_cut_short_by_its_caller_ends_before_the_pool_gets_the_con
         await borrow
     assert running_checks() == [], "a check is still running on a connection the pool got back"
 
-    async with pool.connection() as conn:
-        assert conn.info.backend_pid != frozen
-        assert await (await conn.execute("select 1")).fetchone() == (1,)
+    await assert_lends_a_new_connection(pool, frozen)
 
 
 async def test_a_check_past_its_deadline_fails_and_the_pool_lends_a_new_connection(
@@ -114,9 +119,7 @@ async def test_a_check_past_its_deadline_fails_and_the_pool_lends_a_new_connecti
     frozen = await pooled_backend(pool)
     freeze(frozen)
 
-    async with pool.connection() as conn:
-        assert conn.info.backend_pid != frozen
-        assert await (await conn.execute("select 1")).fetchone() == (1,)
+    await assert_lends_a_new_connection(pool, frozen)
     assert running_checks() == []
 
 
