@@ -14,6 +14,7 @@ Test data and app harnesses live in ``tests/factories.py``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -129,18 +130,32 @@ async def db(database_url: str, tables: list[str]) -> AsyncIterator[AsyncConnect
 
 
 async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
-    """Empty every table. Apps of earlier tests may still be writing in the background (monitoring
-    flushes, the feed): PostgreSQL then breaks a lock cycle by failing one side, which may be us.
+    """Empty every table. Apps of earlier tests may still be writing in the background (monitoring's
+    periodic checks, the feed) in transactions that lock tables in another order than a truncation
+    does; a truncation that waits for one table while holding others deadlocks with them, and
+    PostgreSQL fails the side that waited first: the truncation (a CI run lost five immediate retries
+    to transactions on monitoring's cron monitors and error groups). So the tables are locked without
+    waiting (``nowait``), and when one is busy every lock is let go and the next attempt waits for that
+    table alone, holding nothing, before taking the others: it never waits while holding a lock, and
+    each attempt follows a real release.
 
     Each table's ids then start at another thousand (users at one, projects at another, ...), so a
     test that passes a project's id where a task's belongs cannot pass by coincidence (both 1)."""
-    for attempt in range(5):
+    busy: str | None = None
+    for attempt in itertools.count(1):
+        table = busy
         try:
-            await conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
+            async with conn.transaction():
+                if busy is not None:
+                    await conn.execute(f"lock table {busy} in access exclusive mode")
+                for table in tables:
+                    await conn.execute(f"lock table {table} in access exclusive mode nowait")
+                await conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
             break
-        except psycopg.errors.DeadlockDetected:
-            if attempt == 4:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if attempt == 100:
                 raise
+            busy = table
     await conn.execute(
         "select setval(format('%I.%I', schemaname, sequencename),"
         " 1000 * row_number() over (order by sequencename) + 1, false)"
