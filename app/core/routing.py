@@ -18,6 +18,11 @@ task group, even when no provider awaits anything: a handler taking the caller a
 task group per request (about a tenth of an authenticated read's CPU; litestar issue 4563, open).
 Our providers do no I/O, so ``resolve_dependencies_in_order`` makes every batch a single dependency,
 in the order Litestar computed (a dependency still comes after those it needs).
+
+Guards without copies. Litestar passes each guard a shallow ``copy()`` of the route handler, per
+request and guard (about 5 % of an authenticated read's CPU, measured with py-spy under the task
+list). Our guards never touch the handler, so ``guard_without_handler_copies`` passes the handler
+itself.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ import litestar._kwargs.kwargs_model as kwargs_model
 import msgspec
 from litestar import Request, Response
 from litestar._kwargs.dependencies import DependencyContainer, create_dependency_batches
+from litestar.connection import ASGIConnection
 from litestar.enums import HttpMethod, MediaType
 from litestar.exceptions import SerializationException, ValidationException
-from litestar.handlers import HTTPRouteHandler
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.router import Router
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
@@ -137,4 +143,23 @@ def resolve_dependencies_in_order() -> None:
     kwargs_model.create_dependency_batches = _one_per_batch  # type: ignore[attr-defined]
 
 
-__all__ = ["Controller", "StrictJSONRequest", "allowed_methods", "resolve_dependencies_in_order"]
+async def _authorize_connection(
+    self: BaseRouteHandler, connection: ASGIConnection[Any, Any, Any, Any]
+) -> None:
+    for guard in self.resolve_guards():
+        await guard(connection, self)  # type: ignore[misc]
+
+
+def guard_without_handler_copies() -> None:
+    """Run route guards on the handler itself instead of a copy per guard and request (see the
+    module's docstring): a guard must not change the handler it is given."""
+    BaseRouteHandler.authorize_connection = _authorize_connection  # type: ignore[method-assign]
+
+
+__all__ = [
+    "Controller",
+    "StrictJSONRequest",
+    "allowed_methods",
+    "guard_without_handler_copies",
+    "resolve_dependencies_in_order",
+]
