@@ -146,6 +146,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     outbox_poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     outbox_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     outbox_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 7
+    # tasks
+    tasks_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     # activity
     feed_group_window_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 1800
     feed_group_max_span_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 6 * 3600

@@ -106,6 +106,16 @@ async def list_member_projects(
         return await cur.fetchall()
 
 
+MEMBER_PROJECT_IDS = "select project_id from project_members where user_id = $1 order by project_id"
+
+
+async def member_project_ids(conn: AsyncConnection[Any], *, user_id: int) -> list[int]:
+    """Every project the user is a member of (any role): what the task lists' cache checks readers against."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(MEMBER_PROJECT_IDS, (user_id,))
+        return await cur.fetchall()
+
+
 GET_MEMBER_ROLE = "select role from project_members where project_id = $1 and user_id = $2"
 
 

@@ -28,6 +28,10 @@ where p.id > @after_id
 order by p.id
 limit @row_limit;
 
+-- name: MemberProjectIds :many
+-- Every project the user is a member of (any role): what the task lists' cache checks readers against.
+select project_id from project_members where user_id = @user_id order by project_id;
+
 -- name: GetMemberRole :one
 select role from project_members where project_id = @project_id and user_id = @user_id;
 

@@ -162,9 +162,14 @@ async def arrange(app: Litestar, db: AsyncConnection[Any]) -> tuple[int, list[in
 
 @pytest.fixture(scope="module")
 async def module_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    """The app without the default per-user quota in the way (one example may read 150 pages)."""
+    """The app without the default per-user quota in the way (one example may read 150 pages), and
+    without the task lists' page cache: tasks are inserted here with SQL, past the service that tells
+    the cache (the cache has its own tests: test_tasks_cache.py, test_tasks_lists_cached.py)."""
     async for client in generous_client(
-        settings, rate_limit_default_per_minute=100_000, rate_limit_default_per_hour=1_000_000
+        settings,
+        rate_limit_default_per_minute=100_000,
+        rate_limit_default_per_hour=1_000_000,
+        tasks_cache_ttl_s=0,
     ):
         yield client
 

@@ -20,7 +20,7 @@ def build_service(s: Services) -> ActivityService:
     cache = FeedCache(s.cache, s.settings.feed_cache_ttl_s)
     if (projects := s.get(ProjectService)) is not None:  # absent only in assemblies without them
         projects.after_delete(cache.project_gone)
-        projects.after_membership_change(cache.scope_changed)
+        projects.after_membership_change(lambda user_id, _project_id: cache.scope_changed(user_id))
     if (accounts := s.get(AccountService)) is not None:
         accounts.after_access_change(cache.scope_changed)
     return ActivityService(s.db, s.settings, s.broadcaster, cache)

@@ -26,8 +26,8 @@ RANK = {ProjectRole.VIEWER: 0, ProjectRole.EDITOR: 1, ProjectRole.OWNER: 2}
 ProjectDeleted = Callable[[int], Awaitable[None]]
 """Called with a deleted project's id once its deletion has committed."""
 
-MembershipChanged = Callable[[int], Awaitable[None]]
-"""Called with a user's id once a membership of theirs was added or removed (committed)."""
+MembershipChanged = Callable[[int, int], Awaitable[None]]
+"""Called with (user id, project id) once that membership was added or removed (committed)."""
 
 
 class ProjectService:
@@ -43,13 +43,14 @@ class ProjectService:
         self._on_deleted.append(callback)
 
     def after_membership_change(self, callback: MembershipChanged) -> None:
-        """Run ``callback(user_id)`` after a membership of the user is added or removed (commits):
-        the projects a user may see changed (e.g. the feed's cached answers must not be served)."""
+        """Run ``callback(user_id, project_id)`` after that membership is added or removed (commits):
+        the projects the user may see changed (cached answers built for their old scope must not be
+        served), and a removed member's tasks in the project are unassigned by the database."""
         self._on_membership.append(callback)
 
-    def _membership_changed(self, uow: UnitOfWork, user_id: int) -> None:
+    def _membership_changed(self, uow: UnitOfWork, user_id: int, project_id: int) -> None:
         for callback in self._on_membership:
-            uow.after_commit(partial(callback, user_id))
+            uow.after_commit(partial(callback, user_id, project_id))
 
     async def existing(self, project_ids: list[int]) -> set[int]:
         """Which of these projects still exist (for sweeps of what deleted projects left behind)."""
@@ -79,6 +80,11 @@ class ProjectService:
     async def is_member(self, uow: UnitOfWork, user_id: int, project_id: int) -> bool:
         return await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id) is not None
 
+    async def member_project_ids(self, user_id: int) -> list[int]:
+        """The projects the user is a member of now, in any role."""
+        async with self.db.read() as uow:
+            return await queries.member_project_ids(uow.conn, user_id=user_id)
+
     # -- projects -------------------------------------------------------------------------------
 
     async def create(self, actor: int, data: ProjectCreate) -> Project:
@@ -89,7 +95,7 @@ class ProjectService:
             )
             assert project is not None
             await queries.add_member(uow.conn, project_id=project.id, user_id=actor, role=ProjectRole.OWNER)
-            self._membership_changed(uow, actor)
+            self._membership_changed(uow, actor, project.id)
             await emit(
                 uow,
                 actor=actor,
@@ -247,7 +253,7 @@ class ProjectService:
                 uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
             )
             if member is not None:
-                self._membership_changed(uow, user_id)
+                self._membership_changed(uow, user_id, invitation.project_id)
                 await emit(
                     uow,
                     actor=user_id,
@@ -305,7 +311,7 @@ class ProjectService:
             if current == ProjectRole.OWNER:
                 await self._keep_an_owner(uow, project_id)
             await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
-            self._membership_changed(uow, user_id)
+            self._membership_changed(uow, user_id, project_id)
             await emit(
                 uow,
                 actor=actor,

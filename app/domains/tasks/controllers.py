@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from litestar import delete, get, patch, post
+from litestar import MediaType, Response, delete, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
@@ -41,7 +42,10 @@ class ProjectTasksController(Controller):
         "/",
         summary="Tasks of a project: filter, search, sort, page",
         description="Keyset pagination: pass `next_cursor` back as `cursor` with the same `sort`.",
-        responses=problems(400, 401, 404, 422, 429),
+        responses={
+            **problems(400, 401, 404, 422, 429),
+            200: ResponseSpec(Page[TaskOut], description="A page of tasks", generate_examples=False),
+        },
     )
     async def list_tasks(
         self,
@@ -66,7 +70,7 @@ class ProjectTasksController(Controller):
         ] = "created",
         cursor: Annotated[str | None, cursor_query(TaskCursor)] = None,
         limit: PageSize = 50,
-    ) -> Page[TaskOut]:
+    ) -> Response[bytes]:
         filters = TaskFilters(
             status=status,
             priority=priority,
@@ -76,12 +80,10 @@ class ProjectTasksController(Controller):
             search=q,
         )
         position = decode_cursor(cursor, TaskCursor) if cursor else None
-        rows = await tasks.list_in_project(
-            current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit + 1
+        page = await tasks.page_in_project(
+            current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit
         )
-        return paginate(
-            rows, limit, lambda row: TaskCursor(sort=sort, key=row.sort_key, id=row.id), TaskOut.from_row
-        )
+        return Response(page, media_type=MediaType.JSON)
 
     @post(
         "/",

@@ -7,18 +7,21 @@ comment, comment authors edit their own comments, owners may delete any comment.
 from __future__ import annotations
 
 from datetime import date
+from functools import partial
 
 import msgspec
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ForbiddenError, NotFoundError, UnprocessableError
+from app.core.pagination import Page, encode_cursor, paginate
 from app.core.wire import from_row
 from app.db import comments as comment_queries
 from app.db import tasks as queries
 from app.db.models import Comment, ProjectRole, Task, TaskPriority, TaskStatus
 from app.domains.activity.events import emit
 from app.domains.projects.services import ProjectService
-from app.domains.tasks.schemas import CommentOut, TaskCreate, TaskCursor, TaskSort, TaskUpdate
+from app.domains.tasks.cache import TaskListCache
+from app.domains.tasks.schemas import CommentOut, TaskCreate, TaskCursor, TaskOut, TaskSort, TaskUpdate
 
 FIRST_KEY = -(2**62)
 """The keyset position before every task, whatever the sort (sort keys are far above it)."""
@@ -33,10 +36,14 @@ class TaskFilters(msgspec.Struct, frozen=True):
     search: str | None = None
 
 
+_PAGE = msgspec.json.Encoder()
+
+
 class TaskService:
-    def __init__(self, db: Database, projects: ProjectService) -> None:
+    def __init__(self, db: Database, projects: ProjectService, cache: TaskListCache) -> None:
         self.db = db
         self.projects = projects
+        self.cache = cache
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -56,6 +63,7 @@ class TaskService:
                 created_by=actor,
             )
             assert task is not None
+            uow.after_commit(partial(self.cache.tasks_changed, project_id))
             await emit(
                 uow,
                 actor=actor,
@@ -103,6 +111,7 @@ class TaskService:
                 id=task_id,
             )
             assert task is not None
+            uow.after_commit(partial(self.cache.tasks_changed, task.project_id))
             await self._emit_changes(uow, actor, before, task)
             return task
 
@@ -135,6 +144,7 @@ class TaskService:
         async with self.db.transaction() as uow:
             task = await self._get(uow, actor, task_id, ProjectRole.EDITOR)
             await queries.delete_task(uow.conn, id=task_id)
+            uow.after_commit(partial(self.cache.tasks_changed, task.project_id))
             await emit(
                 uow,
                 actor=actor,
@@ -143,6 +153,41 @@ class TaskService:
                 project_id=task.project_id,
                 data={"title": task.title},
             )
+
+    async def page_in_project(
+        self,
+        actor: int,
+        project_id: int,
+        *,
+        filters: TaskFilters,
+        sort: TaskSort,
+        cursor: TaskCursor | None,
+        limit: int,
+    ) -> bytes:
+        """A page of the project's tasks as JSON (a ``Page[TaskOut]``), from the cache when the actor
+        is a member and the page has not changed since it was stored (searches are never cached)."""
+
+        async def load() -> bytes:
+            rows = await self.list_in_project(
+                actor, project_id, filters=filters, sort=sort, cursor=cursor, limit=limit + 1
+            )
+            page: Page[TaskOut] = paginate(
+                rows, limit, lambda row: TaskCursor(sort=sort, key=row.sort_key, id=row.id), TaskOut.from_row
+            )
+            return _PAGE.encode(page)
+
+        if filters.search is not None:
+            return await load()
+        query = ":".join(
+            "" if value is None else str(value)
+            for value in (
+                *msgspec.structs.astuple(filters),
+                sort,
+                encode_cursor(cursor) if cursor else None,
+                limit,
+            )
+        )
+        return await self.cache.read(actor, project_id, query, load)
 
     async def list_in_project(
         self,

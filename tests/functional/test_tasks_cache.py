@@ -1,0 +1,202 @@
+"""The task lists' page cache on a real Valkey (``app/domains/tasks/cache.py``): a page is served only
+to a reader whose scope holds the project and only under the version it was loaded under; each
+kind of change makes it stale; a change during a load is never hidden by the stored page; a lost
+version never makes an old page current; Valkey unreachable means PostgreSQL answers.
+
+The scope loader and the page loader stand for PostgreSQL here: the tests count their calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+from valkey.asyncio import Valkey
+
+from app.core.cache import Cache
+from app.domains.tasks.cache import TaskListCache
+from tests.valkey_control import ControlledValkey
+
+READER, OTHER = 7, 8
+PROJECT, ELSEWHERE = 101, 102
+
+
+class Loads:
+    """The page loader: a new page per call, counted; ``during`` runs inside the load."""
+
+    def __init__(self, during: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.calls = 0
+        self.during = during
+
+    async def __call__(self) -> bytes:
+        self.calls += 1
+        if self.during is not None:
+            await self.during()
+        return f"page {self.calls}".encode()
+
+
+class Memberships:
+    """The scope loader: which projects each user is a member of, and how often it was asked."""
+
+    def __init__(self) -> None:
+        self.of = {READER: [PROJECT, ELSEWHERE], OTHER: [PROJECT]}
+        self.calls = 0
+
+    async def __call__(self, user_id: int) -> list[int]:
+        self.calls += 1
+        return self.of.get(user_id, [])
+
+
+@pytest.fixture
+def memberships() -> Memberships:
+    return Memberships()
+
+
+@pytest.fixture
+def cache(valkey: Valkey, memberships: Memberships) -> TaskListCache:
+    return TaskListCache(Cache(valkey), 30, memberships)
+
+
+async def read(cache: TaskListCache, load: Loads, reader: int = READER, query: str = "q") -> bytes:
+    return await cache.read(reader, PROJECT, query, load)
+
+
+async def test_a_page_is_loaded_once_and_shared_by_the_members(
+    cache: TaskListCache, memberships: Memberships
+) -> None:
+    load = Loads()
+    assert await read(cache, load) == b"page 1"
+    assert await read(cache, load) == b"page 1"
+    assert await read(cache, load, reader=OTHER) == b"page 1"
+    assert load.calls == 1
+    assert memberships.calls == 2, "each reader's scope is loaded once"
+
+
+async def test_each_query_is_its_own_page(cache: TaskListCache) -> None:
+    load = Loads()
+    assert await read(cache, load, query="a") == b"page 1"
+    assert await read(cache, load, query="b") == b"page 2"
+    assert await read(cache, load, query="a") == b"page 1"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda c: c.tasks_changed(PROJECT), id="a task of the project changed"),
+        pytest.param(lambda c: c.membership_changed(OTHER, PROJECT), id="another member left or joined"),
+        pytest.param(lambda c: c.membership_changed(READER, PROJECT), id="the reader left or joined"),
+    ],
+)
+async def test_each_change_of_the_project_makes_its_pages_stale(
+    cache: TaskListCache, change: Callable[[TaskListCache], Awaitable[None]]
+) -> None:
+    load = Loads()
+    await read(cache, load)
+    await change(cache)
+    assert await read(cache, load) == b"page 2"
+    assert await read(cache, load) == b"page 2", "the new page is cached in turn"
+
+
+async def test_changes_elsewhere_keep_the_page(cache: TaskListCache) -> None:
+    load = Loads()
+    await read(cache, load)
+    await cache.tasks_changed(ELSEWHERE)
+    await cache.membership_changed(OTHER, ELSEWHERE)
+    assert await read(cache, load) == b"page 1"
+    assert load.calls == 1
+
+
+async def test_a_reader_whose_scope_lacks_the_project_always_goes_to_the_database(
+    cache: TaskListCache, memberships: Memberships
+) -> None:
+    """The database then answers 404 (or the page, when the scope is behind): nothing is stored."""
+    memberships.of[READER] = [ELSEWHERE]
+    load = Loads()
+    assert await read(cache, load) == b"page 1"
+    assert await read(cache, load) == b"page 2"
+    assert await read(cache, load, reader=OTHER) == b"page 3", "a non-member's load was not stored"
+    assert await read(cache, load, reader=OTHER) == b"page 3"
+
+
+async def test_a_removed_member_is_not_served_the_page(
+    cache: TaskListCache, memberships: Memberships
+) -> None:
+    load = Loads()
+    await read(cache, load, reader=OTHER)
+    memberships.of[OTHER] = []
+    await cache.membership_changed(OTHER, PROJECT)
+    await read(cache, load, reader=OTHER)
+    await read(cache, load, reader=OTHER)
+    assert load.calls == 3, "every read of the removed member went to the database"
+
+
+async def test_a_change_committed_while_loading_is_not_hidden_by_the_stored_page(
+    cache: TaskListCache,
+) -> None:
+    """The load may have read the database before the change: its page must not be served after."""
+
+    async def task_changed_meanwhile() -> None:
+        if load.calls == 1:
+            await cache.tasks_changed(PROJECT)
+
+    load = Loads(during=task_changed_meanwhile)
+    assert await read(cache, load) == b"page 1"
+    assert await read(cache, load) == b"page 2"
+    assert await read(cache, load) == b"page 2"
+
+
+async def test_a_scope_loaded_across_a_membership_change_is_not_used_after_it(
+    valkey: Valkey, memberships: Memberships
+) -> None:
+    """The reader leaves while their scope is being loaded (from before the change): the scope is
+    loaded again under the new membership version, so they are not served the page."""
+
+    async def before_the_removal(user_id: int) -> list[int]:
+        scope = await memberships(user_id)
+        if memberships.calls == 1:
+            memberships.of[READER] = []
+            await cache.membership_changed(READER, PROJECT)
+        return scope
+
+    cache = TaskListCache(Cache(valkey), 30, before_the_removal)
+    load = Loads()
+    await read(cache, load)
+    await read(cache, load)
+    assert memberships.calls == 2
+    assert load.calls == 2, "neither read was served from the cache"
+
+
+async def test_a_lost_version_never_makes_an_old_page_current(cache: TaskListCache, valkey: Valkey) -> None:
+    """A version key evicted (or flushed) after a change must not fall back to the value the old page
+    was stored under."""
+    load = Loads()
+    await read(cache, load)
+    await cache.tasks_changed(PROJECT)
+    await valkey.delete(f"tasks:pv:{PROJECT}")
+    assert await read(cache, load) == b"page 2"
+
+
+async def test_a_zero_ttl_turns_the_cache_off(valkey: Valkey, memberships: Memberships) -> None:
+    cache = TaskListCache(Cache(valkey), 0, memberships)
+    load = Loads()
+    await read(cache, load)
+    await read(cache, load)
+    assert load.calls == 2 and memberships.calls == 0
+    await cache.tasks_changed(PROJECT)
+    assert await valkey.keys("tasks:*") == []
+
+
+async def test_valkey_unreachable_means_every_read_is_loaded(
+    controlled_valkey: ControlledValkey, memberships: Memberships
+) -> None:
+    client = Valkey.from_url(controlled_valkey.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    cache = TaskListCache(Cache(client), 30, memberships)
+    load = Loads()
+    await read(cache, load)
+    controlled_valkey.stop()
+    try:
+        assert await read(cache, load) == b"page 2"
+        await cache.tasks_changed(PROJECT)  # lost, not raised
+        assert await read(cache, load) == b"page 3"
+    finally:
+        await client.aclose()
