@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     valkey_url: str | None = None
     valkey_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    valkey_pool_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
+    valkey_pool_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
 
     # Never a static default: a Settings built directly gets a random in-memory key.
     secret_key: str = msgspec.field(default_factory=_new_secret_key)
