@@ -67,7 +67,7 @@ TARGETS: tuple[Target, ...] = (
     Target("batch without event ids >= 200,000 rows/s", "rate", ("batch-no-ids",), 200_000),
     Target("authenticated task list >= 40% of the bare GET", "ratio", ("tasks", "bare-get"), 0.40),
 )
-MEMORY_GROWTH_LIMIT = 0.05  # RSS of a worker after the last pass vs after the first
+MEMORY_GROWTH_LIMIT = 0.05  # RSS of a worker after the last pass vs after the baseline pass
 
 
 def ratios(results: Mapping[str, Result]) -> dict[str, float]:
@@ -79,11 +79,15 @@ def ratios(results: Mapping[str, Result]) -> dict[str, float]:
 
 
 def memory_check(snapshots: Sequence[Sequence[Memory]]) -> Check:
-    """Flat memory: every project worker's RSS after the last pass within 5% of after the first."""
+    """Flat memory: every project worker's RSS after the last pass within 5% of after the baseline
+    pass: the first of two, the second of three or more. A worker's first pass may leave it below its
+    high-water mark (the batch scenarios' bodies land on the workers unevenly: one worker at 109 MiB,
+    the other at 127, both at 131 after pass 2 and after pass 3), so a third pass tells settling from
+    growth."""
     name = f"worker RSS flat across passes (growth <= {MEMORY_GROWTH_LIMIT:.0%})"
     if len(snapshots) < 2:
         return Check(name, "n/a", "needs --repeat 2")
-    first, last = snapshots[0], snapshots[-1]
+    first, last = snapshots[0 if len(snapshots) == 2 else 1], snapshots[-1]
     if not first or [m.pid for m in first] != [m.pid for m in last]:
         return Check(name, "FAIL", "the worker processes changed between passes (a restart?)")
     growth = [b.rss_kib / a.rss_kib - 1 for a, b in zip(first, last, strict=True)]

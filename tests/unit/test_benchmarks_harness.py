@@ -66,6 +66,14 @@ def test_memory_check_needs_two_passes_and_catches_growth() -> None:
     assert memory_check([[a, b], [procfs.Memory(3, 100_000, 0), b]]).status == "FAIL"
 
 
+def test_with_three_passes_memory_is_compared_after_the_warm_up_pass() -> None:
+    a, b = procfs.Memory(1, 100_000, 0), procfs.Memory(2, 120_000, 0)
+    settled = [[a, b], [procfs.Memory(1, 120_000, 0), b], [procfs.Memory(1, 121_000, 0), b]]
+    assert memory_check(settled).status == "PASS"
+    growing = [[a, b], [procfs.Memory(1, 120_000, 0), b], [procfs.Memory(1, 127_000, 0), b]]
+    assert memory_check(growing).status == "FAIL"
+
+
 def test_every_scenario_and_target_is_consistent() -> None:
     for scenario in SCENARIOS:
         if scenario.server != "in-process":
