@@ -92,6 +92,28 @@ async def test_changes_elsewhere_keep_the_answer(cache: FeedCache) -> None:
     assert load.calls == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "version"),
+    [
+        pytest.param(
+            lambda c: c.events_stored(50, [PROJECTS[1]], []), f"feed:pv:{PROJECTS[1]}", id="project"
+        ),
+        pytest.param(lambda c: c.events_stored(51, [], [READER]), f"feed:uv:{READER}", id="reader's own"),
+        pytest.param(lambda c: c.read_state_changed(READER), f"feed:rv:{READER}", id="read state"),
+    ],
+)
+async def test_a_lost_version_never_makes_an_old_answer_current(
+    cache: FeedCache, valkey: Valkey, change: Callable[[FeedCache], Awaitable[None]], version: str
+) -> None:
+    """A version key evicted (or flushed) after a change must not fall back to the value the old
+    answer was stored under."""
+    load = Loads()
+    await read(cache, load)
+    await change(cache)
+    await valkey.delete(version)
+    assert await read(cache, load) == b"answer 2"
+
+
 async def test_an_administrator_answer_is_stale_after_any_event(cache: FeedCache) -> None:
     load = Loads()
     await read(cache, load, admin=True, projects=())

@@ -1,8 +1,9 @@
 """Answers of the feed's hottest reads (the unread counts, the first page) kept in Valkey, each
 under a *stamp* of everything that could change it.
 
-A reader's stamp is made of versions, each a Valkey key whose value is replaced (never counted up,
-so a lost key cannot come back to an old value) when what it covers changes:
+A reader's stamp is made of versions, each a Valkey key whose value is replaced (never counted up)
+when what it covers changes; a version key that is missing (never set, or evicted) is given a fresh
+random value by the lookup, so no answer stored before can match it:
 
 - ``feed:mv:{reader}``: the reader's scope — a membership added or removed, the role changed;
 - ``feed:rv:{reader}``: the reader's read state (seen, read marks);
@@ -34,23 +35,30 @@ from app.core.cache import CACHE_REQUESTS, VALKEY_DOWN, Cache, Flights, single_f
 
 _NAMESPACE = "feed"
 
-# KEYS: scope, mv, rv, uv, entry, seq. ARGV[1]: the project version key prefix.
+# KEYS: scope, mv, rv, uv, entry, seq. ARGV: the project version key prefix, a fresh version for a
+# version key that is missing (never read as a default such as '0': a version evicted from Valkey must
+# not make an answer stored before its first change current again).
 # Returns {0, mv} when the scope must be loaded, {1, stamp} on a miss, {2, bytes} on a hit.
 _LOOKUP = """
-local mv = redis.call('GET', KEYS[2]) or '0'
+local function version(key, value)
+  if value then return value end
+  redis.call('SET', key, ARGV[2])
+  return ARGV[2]
+end
+local mv = version(KEYS[2], redis.call('GET', KEYS[2]))
 local scope = redis.call('GET', KEYS[1])
 if not scope then return {0, mv} end
 local bar = string.find(scope, '|', 1, true)
 if string.sub(scope, 1, bar - 1) ~= mv then return {0, mv} end
 local ids = string.sub(scope, bar + 1)
-local parts = {mv, redis.call('GET', KEYS[3]) or '0', redis.call('GET', KEYS[4]) or '0'}
+local parts = {mv, version(KEYS[3], redis.call('GET', KEYS[3])), version(KEYS[4], redis.call('GET', KEYS[4]))}
 if ids == '*' then
-  parts[#parts + 1] = redis.call('GET', KEYS[6]) or '0'
+  parts[#parts + 1] = version(KEYS[6], redis.call('GET', KEYS[6]))
 elseif ids ~= '' then
   local keys = {}
   for id in string.gmatch(ids, '[^,]+') do keys[#keys + 1] = ARGV[1] .. id end
   local values = redis.call('MGET', unpack(keys))
-  for i = 1, #values do parts[#parts + 1] = values[i] or '0' end
+  for i = 1, #values do parts[#parts + 1] = version(keys[i], values[i]) end
 end
 local stamp = table.concat(parts, ':') .. '\\n'
 local entry = redis.call('GET', KEYS[5])
@@ -138,7 +146,7 @@ class FeedCache:
             entry,
             "feed:seq",
         ]
-        result: list[Any] = await self._lookup(keys=keys, args=["feed:pv:"])
+        result: list[Any] = await self._lookup(keys=keys, args=["feed:pv:", _token()])
         return result
 
     # -- versions ----------------------------------------------------------------------------------
