@@ -1,0 +1,124 @@
+"""Answers kept in Valkey under a *stamp*: the versions of everything that could change them, read
+with the answer in one Lua call (the feed's cache and the task lists' page cache build on it).
+
+A version is a Valkey key whose value is replaced (never counted up) after what it covers changes
+and before the request that changed it answers. A version key that is missing (never set, or
+evicted) is given a fresh random value by the lookup (``VERSION_LUA``), so no answer stored before
+can match it. A reader's *scope* (what they may see) is kept as ``{mv}|{ids}`` under
+``{namespace}:scope:{reader}`` and is valid only while ``{namespace}:mv:{reader}`` holds ``mv``.
+
+A subclass's lookup script answers ``{0, mv}`` when the reader's scope must be loaded, ``{1, stamp}``
+on a miss, ``{2, bytes}`` on a hit, anything else when the answer must come from PostgreSQL without
+being stored. On a miss the stamp is read *before* the database is, so an answer loaded across a
+concurrent change carries the older stamp and is never served. Valkey unreachable: every read goes
+to PostgreSQL (counted in ``app_cache_degraded``) and nothing is stored; the TTL bounds how long a
+version change lost to an outage can go unnoticed. The scripts read keys they compute, so they need
+a single, non-cluster Valkey, like ``app/core/cache.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from app.core.cache import CACHE_REQUESTS, VALKEY_DOWN, Cache, Flights, single_flight
+
+VERSION_LUA = """
+local function version(key, value)
+  if value then return value end
+  redis.call('SET', key, ARGV[2])
+  return ARGV[2]
+end
+"""
+"""The start of every lookup script: ``version(key, value)`` is the key's value, or a fresh one
+(``ARGV[2]``) stored in it when it is missing — never a default such as '0'."""
+
+Load = Callable[[], Awaitable[bytes]]
+
+
+def fresh_version() -> str:
+    return secrets.token_hex(8)
+
+
+class StampedCache:
+    """The read protocol, the stored answers and the versions; a subclass names its keys."""
+
+    namespace: str
+
+    def __init__(self, cache: Cache, ttl_s: float, lookup: str) -> None:
+        """``cache``: the process's Valkey cache (its client, its rate-limited warning when Valkey is
+        unreachable); ``lookup``: the subclass's script, after ``VERSION_LUA``."""
+        self.cache = cache
+        self.valkey = cache.valkey
+        self.ttl_ms = int(ttl_s * 1000)
+        self._lookup = self.valkey.register_script(VERSION_LUA + lookup)
+        self._flights: Flights = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_ms > 0
+
+    async def _read(
+        self,
+        reader_id: int,
+        entry: str,
+        keys: list[str],
+        arg: str | int,
+        scope: Callable[[], Awaitable[str]],
+        load: Load,
+    ) -> bytes:
+        """``entry``'s stored answer when its stamp is current, else ``load()``'s (stored under the
+        stamp read before it ran). ``keys`` and ``arg``: the lookup's KEYS and ARGV[1] (ARGV[2] is
+        a fresh version); ``scope``: the reader's scope ids from PostgreSQL, when they must be loaded."""
+        if not self.enabled:
+            return await load()
+        args = [arg, fresh_version()]
+        try:
+            found = await self._lookup(keys=keys, args=args)
+            if found[0] == 0:
+                mv = bytes(found[1])
+                await single_flight(
+                    self._flights, ("scope", reader_id, mv), lambda: self._store_scope(reader_id, mv, scope)
+                )
+                found = await self._lookup(keys=keys, args=args)
+        except VALKEY_DOWN as error:
+            self.degraded("read", error)
+            return await load()
+        if found[0] == 2:
+            CACHE_REQUESTS.labels(namespace=self.namespace, result="hit").inc()
+            return bytes(found[1])
+        CACHE_REQUESTS.labels(namespace=self.namespace, result="miss").inc()
+        if found[0] != 1:  # the scope changed again meanwhile, or it says: not for this reader
+            return await load()
+        stamp = bytes(found[1])
+        # One load per missing answer and stamp in this process: when an entry expired under load,
+        # every concurrent reader sent the same query (a burst that made the feed's p99 several times
+        # its p50). Whoever joins has read that stamp and checked their own scope.
+        return await single_flight(
+            self._flights, (entry, stamp), lambda: self._load_and_store(entry, stamp, load)
+        )
+
+    async def _store_scope(self, reader_id: int, mv: bytes, scope: Callable[[], Awaitable[str]]) -> None:
+        ids = await scope()
+        await self.valkey.set(f"{self.namespace}:scope:{reader_id}", mv + b"|" + ids.encode(), px=self.ttl_ms)
+
+    async def _load_and_store(self, entry: str, stamp: bytes, load: Load) -> bytes:
+        body = await load()
+        try:
+            await self.valkey.set(entry, stamp + body, px=self.ttl_ms)
+        except VALKEY_DOWN as error:
+            self.degraded("store", error)
+        return body
+
+    async def _replace(self, versions: Mapping[str, Any], what: str) -> None:
+        """Set these versions (after a change committed); an outage is counted, not raised."""
+        if not self.enabled or not versions:
+            return
+        try:
+            await self.valkey.mset(dict(versions))
+        except VALKEY_DOWN as error:
+            self.degraded(f"version of {what}", error)
+
+    def degraded(self, operation: str, error: Exception) -> None:
+        self.cache.degraded(self.namespace, operation, error)
