@@ -104,6 +104,7 @@ class Services:
                 except Exception:  # one service failing to close must not keep the others open
                     log.exception("service_close_failed", service=name)
             await self.db.pool.close()
+            await self.cache.aclose()
             await self.valkey.aclose()
             await self.broadcaster.close()
 

@@ -52,7 +52,7 @@ class StampedCache:
         self.cache = cache
         self.valkey = cache.valkey
         self.ttl_ms = int(ttl_s * 1000)
-        self._lookup = self.valkey.register_script(VERSION_LUA + lookup)
+        self._lookup = cache.lookups.register_script(VERSION_LUA + lookup)
         self._flights: Flights = {}
 
     @property
