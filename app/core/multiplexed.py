@@ -34,6 +34,7 @@ from valkey.exceptions import ResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 Arg = str | bytes | int | float
+_running = asyncio.get_running_loop
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
@@ -53,6 +54,7 @@ def encode_command(args: Sequence[Arg]) -> bytes:
 
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.reader = libvalkey.Reader()
         self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         """The calls sent and not yet answered, oldest first, with when each was sent."""
@@ -66,11 +68,10 @@ class _Connection(asyncio.Protocol):
         self.transport = cast("asyncio.Transport", transport)  # uvloop's are not asyncio.Transport
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
+        answer: asyncio.Future[Any] = self.loop.create_future()
         self.pending.append((answer, time.monotonic()))
         if not self.outgoing:
-            loop.call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.outgoing.append(command)
         return answer
 
@@ -145,6 +146,7 @@ class MultiplexedValkey:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def like(cls, client: Valkey) -> MultiplexedValkey:
@@ -175,7 +177,7 @@ class MultiplexedValkey:
 
     async def execute(self, *args: Arg) -> Any:
         connection = self._connection
-        if connection is None or connection.lost is not None:
+        if connection is None or connection.lost is not None or connection.loop is not _running():
             connection = await self._connect()
         return await connection.send(encode_command(args))
 
@@ -189,6 +191,9 @@ class MultiplexedValkey:
 
     async def _connect(self) -> _Connection:
         """The live connection; one attempt at a time, shared by every caller that needs it."""
+        if self._loop is not _running():  # first use, or a new event loop (tests): start afresh
+            self._loop = _running()
+            self._connection = self._connecting = self._watchdog = None
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
             self._connecting.add_done_callback(self._connected)

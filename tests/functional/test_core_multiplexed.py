@@ -63,6 +63,19 @@ def test_the_same_under_uvloop_as_the_served_app_runs(valkey_url: str) -> None:
     uvloop.run(scenario())
 
 
+def test_a_client_used_from_a_new_event_loop_connects_again(valkey_url: str) -> None:
+    client = MultiplexedValkey.like(Valkey.from_url(valkey_url))
+
+    async def ping(close: bool) -> bytes:
+        answer: bytes = await client.execute("PING")
+        if close:
+            await client.aclose()
+        return answer
+
+    assert asyncio.run(ping(close=False)) == b"PONG"  # its loop ends with the connection open
+    assert asyncio.run(ping(close=True)) == b"PONG"
+
+
 async def test_a_script_the_server_lost_is_sent_again(client: MultiplexedValkey, valkey: Valkey) -> None:
     echo = client.register_script(ECHO)
     await valkey.set("k", "v")
