@@ -139,7 +139,9 @@ async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
     table alone, holding nothing, before taking the others: it never waits while holding a lock, and
     each attempt follows a real release.
 
-    Each table's ids then start at another thousand (users at one, projects at another, ...), so a
+    Only the tables that hold a row are truncated (checked under the locks, so nothing is added
+    meanwhile; ``cascade`` reaches only tables already locked). Each table's ids then start at
+    another thousand (users at one, projects at another, ...), so a
     test that passes a project's id where a task's belongs cannot pass by coincidence (both 1)."""
     busy: str | None = None
     for attempt in itertools.count(1):
@@ -150,7 +152,8 @@ async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
                     await conn.execute(f"lock table {busy} in access exclusive mode")
                 for table in tables:
                     await conn.execute(f"lock table {table} in access exclusive mode nowait")
-                await conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
+                if used := await _non_empty(conn, tables):
+                    await conn.execute(f"truncate {', '.join(used)} restart identity cascade")
             break
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             if attempt == 100:
@@ -161,6 +164,13 @@ async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
         " 1000 * row_number() over (order by sequencename) + 1, false)"
         " from pg_sequences where schemaname = 'public'"
     )
+
+
+async def _non_empty(conn: AsyncConnection[Any], tables: list[str]) -> list[str]:
+    """The tables holding a row: a test leaves most of the 65 empty, and truncating one costs a new
+    file for it and its indexes (all of them: ~80 ms per test; probing: ~3 ms)."""
+    probes = " union all ".join(f"(select '{table}' from {table} limit 1)" for table in tables)
+    return [row[0] for row in await (await conn.execute(probes)).fetchall()]
 
 
 @pytest.fixture
