@@ -227,6 +227,19 @@ async def test_a_refused_batch_spends_nothing_of_the_quota(valkey: Valkey) -> No
         await quota.take(1, 1)
 
 
+async def test_a_lease_granted_as_its_minute_ends_admits_the_view_that_asked(valkey: Valkey) -> None:
+    """The grant comes back with its minute window's end; when that minute is over by the time the
+    answer arrives, the view that asked is still admitted from it (its token was counted), not
+    refused with a 429 as though the quota were spent (one such refusal showed up in the harness)."""
+    times = iter([1_000.0, 1_000.0])
+
+    def clock() -> float:
+        return next(times, 2_000.0)  # the take, the renewal's start, then long past its minute
+
+    quota = SiteQuota(valkey, 1_000_000, 1_000_000, prefix=f"t{uuid.uuid4().hex}", clock=clock)
+    assert await quota.take(1, 1) == 1
+
+
 async def test_sites_have_separate_quotas_and_the_lease_memory_is_bounded(valkey: Valkey) -> None:
     quota = SiteQuota(valkey, 1_000_000, 5, prefix=f"t{uuid.uuid4().hex}", max_sites=3)
     for site in range(1, 11):

@@ -168,6 +168,9 @@ class SiteQuota:
                 await asyncio.shield(lease.pending)  # another request of this process is leasing
                 continue
             await self._renew(site_id, lease, count)
+            if lease.tokens >= count:  # spent at once: its minute may have ended during the call
+                lease.tokens -= count
+                return lease.number
             asked = True
 
     def refund(self, site_id: int, count: int, lease_number: int) -> None:
