@@ -53,6 +53,8 @@ def encode_command(args: Sequence[Arg]) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
+    """One connection of one event loop: commands written in order, replies handed out in order."""
+
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.reader = libvalkey.Reader()
