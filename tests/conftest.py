@@ -33,9 +33,11 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings, load_settings
 from app.core import embedded
+from app.core.cache import Cache
 from app.core.migrate import dbmate
 from app.db.models import register_types
 from app.main import create_app
+from tests.factories import MakeCache
 from tests.served import free_port
 from tests.valkey_control import ControlledValkey
 
@@ -179,6 +181,21 @@ async def valkey(valkey_url: str) -> AsyncIterator[Valkey]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def make_cache() -> AsyncIterator[MakeCache]:
+    """``Cache(valkey, **options)`` for this test; each cache's lookups connection (opened on its
+    first lookup, ``app/core/multiplexed.py``) is closed after the test."""
+    made: list[Cache] = []
+
+    def make(valkey: Valkey, **options: Any) -> Cache:
+        made.append(cache := Cache(valkey, **options))
+        return cache
+
+    yield make
+    for cache in made:
+        await cache.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg import AsyncConnection
 
 from app.config import Settings
+from app.core.cache import Cache
 from app.core.modules import Module
 from app.db import accounts as account_queries
 from app.db import products as product_queries
@@ -51,6 +52,9 @@ PROBLEM = "application/problem+json"
 
 _counter = itertools.count(1)
 _run = uuid.uuid4().hex[:8]
+
+MakeCache = Callable[..., Cache]
+"""The ``make_cache`` fixture: ``Cache(valkey, **options)``, closed after the test."""
 
 
 def unique_email(prefix: str = "user") -> str:

@@ -14,9 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 from valkey.asyncio import Valkey
 
-from app.core.cache import Cache
 from app.domains.activity.cache import FeedCache
-from tests.factories import wait_until
+from tests.factories import MakeCache, wait_until
 
 READER = 7
 PROJECTS = (101, 102)
@@ -44,8 +43,8 @@ def scope_of(is_admin: bool, projects: Iterable[int]) -> Callable[[], Awaitable[
 
 
 @pytest.fixture
-def cache(valkey: Valkey) -> FeedCache:
-    return FeedCache(Cache(valkey), ttl_s=30)
+def cache(make_cache: MakeCache, valkey: Valkey) -> FeedCache:
+    return FeedCache(make_cache(valkey), ttl_s=30)
 
 
 async def read(
@@ -163,8 +162,8 @@ async def test_answers_are_per_name(cache: FeedCache) -> None:
     assert (counts.calls, page.calls) == (1, 1)
 
 
-async def test_ttl_zero_turns_the_cache_off(valkey: Valkey) -> None:
-    off = FeedCache(Cache(valkey), ttl_s=0)
+async def test_ttl_zero_turns_the_cache_off(make_cache: MakeCache, valkey: Valkey) -> None:
+    off = FeedCache(make_cache(valkey), ttl_s=0)
     load = Loads()
     await read(off, load)
     await read(off, load)
@@ -173,10 +172,10 @@ async def test_ttl_zero_turns_the_cache_off(valkey: Valkey) -> None:
     assert await valkey.keys("feed:*") == []
 
 
-async def test_valkey_unreachable_answers_from_the_loader_every_time() -> None:
+async def test_valkey_unreachable_answers_from_the_loader_every_time(make_cache: MakeCache) -> None:
     unreachable = Valkey(host="127.0.0.1", port=1, socket_connect_timeout=1)
     try:
-        down = FeedCache(Cache(unreachable), ttl_s=30)
+        down = FeedCache(make_cache(unreachable), ttl_s=30)
         load = Loads()
         assert await read(down, load) == b"answer 1"
         assert await read(down, load) == b"answer 2"

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from valkey.asyncio import Valkey
 
-from app.core.cache import Cache
-from tests.factories import scaled_examples, wait_until
+from tests.factories import MakeCache, scaled_examples, wait_until
 from tests.valkey_control import ControlledValkey
 
 
@@ -68,8 +67,10 @@ def requests_count(namespace: str, result: str) -> float:
     return value or 0.0
 
 
-async def test_hit_after_miss_returns_typed_values_and_loads_once(valkey: Valkey) -> None:
-    ns = Cache(valkey).namespace("items")
+async def test_hit_after_miss_returns_typed_values_and_loads_once(
+    make_cache: MakeCache, valkey: Valkey
+) -> None:
+    ns = make_cache(valkey).namespace("items")
     one = Loader(lambda n: Item(id=n, name="apollo", tags=["a", "b"]))
     many = Loader(lambda n: [Item(id=n, name="x"), Item(id=n + 1, name="y")])
 
@@ -91,8 +92,8 @@ async def test_hit_after_miss_returns_typed_values_and_loads_once(valkey: Valkey
     assert await valkey.exists("cache:items:g0:one:lock") == 0
 
 
-async def test_none_is_cached(valkey: Valkey) -> None:
-    ns = Cache(valkey).namespace("nothing")
+async def test_none_is_cached(make_cache: MakeCache, valkey: Valkey) -> None:
+    ns = make_cache(valkey).namespace("nothing")
     loader = Loader(lambda n: None)
 
     assert await ns.get_or_load("k", loader, ttl_s=60, type=Item | None) is None
@@ -100,9 +101,9 @@ async def test_none_is_cached(valkey: Valkey) -> None:
     assert loader.calls == 1
 
 
-async def test_hits_and_misses_are_counted(valkey: Valkey) -> None:
+async def test_hits_and_misses_are_counted(make_cache: MakeCache, valkey: Valkey) -> None:
     name = f"metrics-{uuid.uuid4().hex}"
-    ns = Cache(valkey).namespace(name)
+    ns = make_cache(valkey).namespace(name)
     loader = Loader()
 
     for _ in range(3):
@@ -111,8 +112,8 @@ async def test_hits_and_misses_are_counted(valkey: Valkey) -> None:
     assert (requests_count(name, "miss"), requests_count(name, "hit")) == (1.0, 2.0)
 
 
-async def test_ttl_expiry_loads_again(valkey: Valkey) -> None:
-    ns = Cache(valkey).namespace("ttl")
+async def test_ttl_expiry_loads_again(make_cache: MakeCache, valkey: Valkey) -> None:
+    ns = make_cache(valkey).namespace("ttl")
     loader = Loader()
 
     assert await ns.get_or_load("k", loader, ttl_s=60, type=int) == 1
@@ -128,8 +129,10 @@ async def test_ttl_expiry_loads_again(valkey: Valkey) -> None:
     assert loader.calls == 2
 
 
-async def test_namespaces_are_isolated_and_invalidation_is_scoped(valkey: Valkey) -> None:
-    cache = Cache(valkey)
+async def test_namespaces_are_isolated_and_invalidation_is_scoped(
+    make_cache: MakeCache, valkey: Valkey
+) -> None:
+    cache = make_cache(valkey)
     users, posts = cache.namespace("users"), cache.namespace("posts")
     loaders = {(ns.name, key): Loader() for ns in (users, posts) for key in ("a", "b")}
 
@@ -149,9 +152,11 @@ async def test_namespaces_are_isolated_and_invalidation_is_scoped(valkey: Valkey
     assert await snapshot() == [3, 2, 1, 2]
 
 
-async def test_stampede_across_two_processes_loads_once(valkey: Valkey, second_valkey: Valkey) -> None:
+async def test_stampede_across_two_processes_loads_once(
+    make_cache: MakeCache, valkey: Valkey, second_valkey: Valkey
+) -> None:
     name = f"stampede-{uuid.uuid4().hex}"
-    first, second = (Cache(client, lock_ttl_s=10).namespace(name) for client in (valkey, second_valkey))
+    first, second = (make_cache(client, lock_ttl_s=10).namespace(name) for client in (valkey, second_valkey))
     loader = Loader(lambda n: Item(id=n, name="hot"), delay_s=0.2)
 
     results = await asyncio.wait_for(
@@ -165,8 +170,10 @@ async def test_stampede_across_two_processes_loads_once(valkey: Valkey, second_v
     assert requests_count(name, "miss") == 2.0
 
 
-async def test_failing_loader_propagates_caches_nothing_and_releases_the_lock(valkey: Valkey) -> None:
-    ns = Cache(valkey, lock_ttl_s=30).namespace("failing")
+async def test_failing_loader_propagates_caches_nothing_and_releases_the_lock(
+    make_cache: MakeCache, valkey: Valkey
+) -> None:
+    ns = make_cache(valkey, lock_ttl_s=30).namespace("failing")
     failing = Loader(error=RuntimeError("database down"))
 
     with pytest.raises(RuntimeError, match="database down"):
@@ -179,10 +186,12 @@ async def test_failing_loader_propagates_caches_nothing_and_releases_the_lock(va
     assert (failing.calls, working.calls) == (1, 1)
 
 
-async def test_waiter_takes_over_when_the_lock_holder_fails(valkey: Valkey, second_valkey: Valkey) -> None:
+async def test_waiter_takes_over_when_the_lock_holder_fails(
+    make_cache: MakeCache, valkey: Valkey, second_valkey: Valkey
+) -> None:
     name = f"takeover-{uuid.uuid4().hex}"
-    first = Cache(valkey, lock_ttl_s=30).namespace(name)
-    second = Cache(second_valkey, lock_ttl_s=30).namespace(name)
+    first = make_cache(valkey, lock_ttl_s=30).namespace(name)
+    second = make_cache(second_valkey, lock_ttl_s=30).namespace(name)
     release = asyncio.Event()
     failing = Loader(error=RuntimeError("boom"), gate=release)
     working = Loader(lambda n: "fresh")
@@ -209,8 +218,10 @@ async def test_waiter_takes_over_when_the_lock_holder_fails(valkey: Valkey, seco
     assert (failing.calls, working.calls) == (1, 1)
 
 
-async def test_waiter_loads_itself_after_lock_ttl_when_the_lock_is_stuck(valkey: Valkey) -> None:
-    ns = Cache(valkey, lock_ttl_s=0.3).namespace("stuck")
+async def test_waiter_loads_itself_after_lock_ttl_when_the_lock_is_stuck(
+    make_cache: MakeCache, valkey: Valkey
+) -> None:
+    ns = make_cache(valkey, lock_ttl_s=0.3).namespace("stuck")
     await valkey.set("cache:stuck:g0:k:lock", "a crashed holder with a longer lock ttl", px=60_000)
     loader = Loader(lambda n: "loaded anyway")
 
@@ -222,11 +233,13 @@ async def test_waiter_loads_itself_after_lock_ttl_when_the_lock_is_stuck(valkey:
     assert await valkey.exists("cache:stuck:g0:k:lock") == 1, "the other holder's lock is not ours to drop"
 
 
-async def test_valkey_down_falls_back_to_the_loader(controlled_valkey: ControlledValkey) -> None:
+async def test_valkey_down_falls_back_to_the_loader(
+    make_cache: MakeCache, controlled_valkey: ControlledValkey
+) -> None:
     controlled = controlled_valkey
     client = Valkey.from_url(controlled.url, socket_connect_timeout=1, socket_timeout=1)
     name = f"down-{uuid.uuid4().hex}"
-    ns = Cache(client).namespace(name)
+    ns = make_cache(client).namespace(name)
     loader = Loader()
     try:
         assert await ns.get_or_load("k", loader, ttl_s=60, type=int) == 1
@@ -263,10 +276,10 @@ _operations = st.lists(
 )
 @given(operations=_operations)
 async def test_returns_the_value_of_the_last_load_since_the_last_invalidation(
-    valkey: Valkey, operations: list[tuple[str, str]]
+    make_cache: MakeCache, valkey: Valkey, operations: list[tuple[str, str]]
 ) -> None:
     """Model: a key holds the version its loader returned at the last load after its last invalidation."""
-    ns = Cache(valkey, prefix=f"prop-{uuid.uuid4().hex}").namespace("model")
+    ns = make_cache(valkey, prefix=f"prop-{uuid.uuid4().hex}").namespace("model")
     versions = {key: 0 for key in "abc"}
     model: dict[str, int] = {}
 

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from valkey.asyncio import Valkey
 
-from app.core.cache import Cache
 from app.domains.tasks.cache import TaskListCache
+from tests.factories import MakeCache
 from tests.valkey_control import ControlledValkey
 
 READER, OTHER = 7, 8
@@ -53,8 +53,8 @@ def memberships() -> Memberships:
 
 
 @pytest.fixture
-def cache(valkey: Valkey, memberships: Memberships) -> TaskListCache:
-    return TaskListCache(Cache(valkey), 30, memberships)
+def cache(make_cache: MakeCache, valkey: Valkey, memberships: Memberships) -> TaskListCache:
+    return TaskListCache(make_cache(valkey), 30, memberships)
 
 
 async def read(cache: TaskListCache, load: Loads, reader: int = READER, query: str = "q") -> bytes:
@@ -146,7 +146,7 @@ async def test_a_change_committed_while_loading_is_not_hidden_by_the_stored_page
 
 
 async def test_a_scope_loaded_across_a_membership_change_is_not_used_after_it(
-    valkey: Valkey, memberships: Memberships
+    make_cache: MakeCache, valkey: Valkey, memberships: Memberships
 ) -> None:
     """The reader leaves while their scope is being loaded (from before the change): the scope is
     loaded again under the new membership version, so they are not served the page."""
@@ -158,7 +158,7 @@ async def test_a_scope_loaded_across_a_membership_change_is_not_used_after_it(
             await cache.membership_changed(READER, PROJECT)
         return scope
 
-    cache = TaskListCache(Cache(valkey), 30, before_the_removal)
+    cache = TaskListCache(make_cache(valkey), 30, before_the_removal)
     load = Loads()
     await read(cache, load)
     await read(cache, load)
@@ -176,8 +176,10 @@ async def test_a_lost_version_never_makes_an_old_page_current(cache: TaskListCac
     assert await read(cache, load) == b"page 2"
 
 
-async def test_a_zero_ttl_turns_the_cache_off(valkey: Valkey, memberships: Memberships) -> None:
-    cache = TaskListCache(Cache(valkey), 0, memberships)
+async def test_a_zero_ttl_turns_the_cache_off(
+    make_cache: MakeCache, valkey: Valkey, memberships: Memberships
+) -> None:
+    cache = TaskListCache(make_cache(valkey), 0, memberships)
     load = Loads()
     await read(cache, load)
     await read(cache, load)
@@ -187,10 +189,10 @@ async def test_a_zero_ttl_turns_the_cache_off(valkey: Valkey, memberships: Membe
 
 
 async def test_valkey_unreachable_means_every_read_is_loaded(
-    controlled_valkey: ControlledValkey, memberships: Memberships
+    make_cache: MakeCache, controlled_valkey: ControlledValkey, memberships: Memberships
 ) -> None:
     client = Valkey.from_url(controlled_valkey.url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    cache = TaskListCache(Cache(client), 30, memberships)
+    cache = TaskListCache(make_cache(client), 30, memberships)
     load = Loads()
     await read(cache, load)
     controlled_valkey.stop()
