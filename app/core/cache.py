@@ -120,6 +120,9 @@ class CacheNamespace:
         self.name = name
         self._base = f"{cache.prefix}:{name}"
         self._gen_key = f"{self._base}:gen"
+        self._counted = {
+            result: CACHE_REQUESTS.labels(namespace=name, result=result) for result in ("hit", "miss")
+        }
 
     async def get_or_load(
         self, key: str, loader: Callable[[], Awaitable[T]], *, ttl_s: float, type: type[T]
@@ -164,7 +167,7 @@ class CacheNamespace:
                 cache.degraded(self.name, "get", exc)
                 return await loader()
             if first:
-                CACHE_REQUESTS.labels(namespace=self.name, result="miss" if raw is None else "hit").inc()
+                self._counted["miss" if raw is None else "hit"].inc()
                 first = False
             value_key = f"{self._base}:g{int(gen)}:{key}"
             if raw is not None:

@@ -53,6 +53,8 @@ class StampedCache:
         self.valkey = cache.valkey
         self.ttl_ms = int(ttl_s * 1000)
         self._lookup = cache.lookups.register_script(VERSION_LUA + lookup)
+        self._hits = CACHE_REQUESTS.labels(namespace=self.namespace, result="hit")
+        self._misses = CACHE_REQUESTS.labels(namespace=self.namespace, result="miss")
         self._flights: Flights = {}
 
     @property
@@ -86,9 +88,9 @@ class StampedCache:
             self.degraded("read", error)
             return await load()
         if found[0] == 2:
-            CACHE_REQUESTS.labels(namespace=self.namespace, result="hit").inc()
+            self._hits.inc()
             return bytes(found[1])
-        CACHE_REQUESTS.labels(namespace=self.namespace, result="miss").inc()
+        self._misses.inc()
         if found[0] != 1:  # the scope changed again meanwhile, or it says: not for this reader
             return await load()
         stamp = bytes(found[1])
