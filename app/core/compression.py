@@ -16,9 +16,10 @@ from litestar.enums import CompressionEncoding
 from litestar.middleware.compression import CompressionMiddleware
 
 if TYPE_CHECKING:
-    from litestar.types import HTTPResponseStartEvent, Message, Scope, Send
+    from litestar.config.compression import CompressionConfig
+    from litestar.types import HTTPResponseStartEvent, Message, Receive, Scope, Send
 
-__all__ = ("EncodedResponsePassThrough", "is_encoded")
+__all__ = ("EncodedResponsePassThrough", "ResponseCompression", "is_encoded")
 
 
 def is_encoded(start: HTTPResponseStartEvent) -> bool:
@@ -52,3 +53,39 @@ class EncodedResponsePassThrough(CompressionMiddleware):
             await (forward or send)(message)
 
         return send_wrapper
+
+
+class ResponseCompression:
+    """The route layer's compression (``app.core.gate``): ``send_for`` gives the ``send`` a request's
+    answer goes through, compressing or not.
+
+    The encoding is chosen as Litestar's middleware chooses it (the configured backend when
+    ``Accept-Encoding`` names it, else gzip when ``gzip_fallback``), from the raw header lines instead
+    of a parsed ``Headers`` and without the middleware's two wrapping layers (each matching paths and
+    scope types again): a request that accepts no encoding costs one scan of its header names.
+    Answers are compressed by ``EncodedResponsePassThrough``'s wrapper.
+    """
+
+    __slots__ = ("_compressor", "_fallback", "_preferred")
+
+    def __init__(self, config: CompressionConfig) -> None:
+        self._compressor = EncodedResponsePassThrough(app=_no_app, config=config)
+        self._preferred: str = config.compression_facade.encoding
+        self._fallback = config.gzip_fallback
+
+    def send_for(self, scope: Scope, send: Send) -> Send:
+        accepted = b", ".join(value for name, value in scope["headers"] if name == b"accept-encoding")
+        if not accepted:
+            return send
+        offered = accepted.decode("latin-1")
+        if self._preferred in offered:
+            encoding: str = self._preferred
+        elif self._fallback and CompressionEncoding.GZIP in offered:
+            encoding = CompressionEncoding.GZIP
+        else:
+            return send
+        return self._compressor.create_compression_send_wrapper(send, encoding, scope)
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("ResponseCompression only wraps send; it never calls an app")

@@ -38,7 +38,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.auth import CurrentUser
-from app.core.compression import EncodedResponsePassThrough
+from app.core.compression import ResponseCompression
 from app.core.errors import VALIDATION_FAILED, ForbiddenError, ServiceUnavailableError, TooManyRequestsError
 from app.core.metrics import RequestMetrics
 from app.core.ratelimit import (
@@ -121,11 +121,13 @@ class GateConfig:
     def __post_init__(self) -> None:
         self.warnings = FailOpenWarnings(self.warn_interval_s)
         self.compression_exclude: tuple[str, ...] = ()
+        self.compressor: ResponseCompression | None = None
         if self.compression is not None:
             exclude = self.compression.exclude
             self.compression_exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
             # The gate decides per route; the middleware itself then never matches paths per request.
             self.compression = dataclasses.replace(self.compression, exclude=None)
+            self.compressor = ResponseCompression(self.compression)
 
     def plan(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
         """The plan of ``handler`` serving the route ``path`` (its template)."""
@@ -169,14 +171,11 @@ class GateConfig:
 class RouteGate:
     """Litestar middleware (``DefineMiddleware(RouteGate, config=...)``): one instance per route."""
 
-    __slots__ = ("_gauges", "_handler", "_plan", "app", "compressed", "config")
+    __slots__ = ("_gauges", "_handler", "_plan", "app", "config")
 
     def __init__(self, app: ASGIApp, config: GateConfig) -> None:
         self.app = app
         self.config = config
-        self.compressed: ASGIApp = (
-            EncodedResponsePassThrough(app=app, config=config.compression) if config.compression else app
-        )
         self._handler: BaseRouteHandler | None = None
         self._plan = RoutePlan()
         self._gauges: dict[tuple[str, str], Any] = {}
@@ -201,11 +200,12 @@ class RouteGate:
                 scope["user"] = await self._caller(scope)
             if plan.same_origin and scope["method"] not in SAFE_METHODS:
                 _require_same_origin(scope)
-            target = self.compressed if plan.compress else self.app
+            if plan.compress and self.config.compressor is not None:
+                send = self.config.compressor.send_for(scope, send)
             if plan.policy is not None:
-                await self._limited(plan, scope, receive, send, target)
+                await self._limited(plan, scope, receive, send)
             else:
-                await target(scope, receive, send)
+                await self.app(scope, receive, send)
         finally:
             if gauge is not None:
                 gauge.dec()
@@ -227,9 +227,7 @@ class RouteGate:
                 return None
         return None
 
-    async def _limited(
-        self, plan: RoutePlan, scope: Scope, receive: Receive, send: Send, target: ASGIApp
-    ) -> None:
+    async def _limited(self, plan: RoutePlan, scope: Scope, receive: Receive, send: Send) -> None:
         config = self.config
         policy = plan.policy
         assert policy is not None and plan.policy_header is not None
@@ -244,7 +242,7 @@ class RouteGate:
                     headers={"Retry-After": str(FAIL_CLOSED_RETRY_AFTER_S)},
                 ) from exc
             RATE_LIMIT_FAIL_OPEN.labels(policy=policy.name).inc()
-            await target(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         if not decision.allowed:
             await config.validator.validate(scope, receive, send)
@@ -267,7 +265,7 @@ class RouteGate:
                 ]
             await send(message)
 
-        await target(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers)
         if state.get(VALIDATION_FAILED):
             config.limiter.refund(policy, key, decision)
 

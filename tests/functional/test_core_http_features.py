@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.main import create_app
+from tests.factories import make_task, make_team
 
 
 async def test_large_responses_are_compressed_with_brotli_or_gzip(client: AsyncTestClient[Litestar]) -> None:
@@ -18,6 +22,25 @@ async def test_large_responses_are_compressed_with_brotli_or_gzip(client: AsyncT
     assert brotli.json() == gzip.json()
     plain = await client.get("/schema/openapi.json", headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers
+
+
+async def test_an_api_answer_is_compressed_with_its_rate_limit_headers(
+    client: AsyncTestClient[Litestar], app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """Accept-Encoding sent as two header lines counts as one list (RFC 9110 5.3)."""
+    team = await make_team(db, app)
+    for number in range(30):
+        await make_task(db, team.project, team.owner, title=f"Task number {number} of the compressed page")
+    path = f"/api/projects/{team.project}/tasks"
+    plain = await client.get(path, headers=team.viewer.headers)
+    headers = [*team.viewer.headers.items(), ("Accept-Encoding", "identity"), ("Accept-Encoding", "gzip")]
+    compressed = await client.get(path, headers=headers)
+    assert compressed.status_code == plain.status_code == 200
+    assert compressed.headers["content-encoding"] == "gzip"
+    assert int(compressed.headers["content-length"]) < len(plain.content)
+    assert compressed.headers["ratelimit-policy"] == plain.headers["ratelimit-policy"]
+    assert "ratelimit" in compressed.headers
+    assert compressed.json() == plain.json()
 
 
 async def test_small_responses_are_not_compressed(client: AsyncTestClient[Litestar]) -> None:
