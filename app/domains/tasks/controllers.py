@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from litestar import MediaType, Response, delete, get, patch, post
+from litestar import MediaType, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
+from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.auth import Caller, requires_user
@@ -70,7 +71,7 @@ class ProjectTasksController(Controller):
         ] = "created",
         cursor: Annotated[str | None, cursor_query(TaskCursor)] = None,
         limit: PageSize = 50,
-    ) -> Response[bytes]:
+    ) -> ASGIResponse:
         filters = TaskFilters(
             status=status,
             priority=priority,
@@ -83,7 +84,7 @@ class ProjectTasksController(Controller):
         page = await tasks.page_in_project(
             current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit
         )
-        return Response(page, media_type=MediaType.JSON)
+        return ASGIResponse(body=page, media_type=MediaType.JSON)
 
     @post(
         "/",
