@@ -19,13 +19,17 @@ from litestar.response.base import ASGIResponse
 
 from app.core.openapi import documents_json_body, problems
 from app.core.services import Services
-from app.domains.pageviews.schemas import MAX_BATCH, Accepted, PageViewBatchIn, PageViewIn
+from app.domains.pageviews.schemas import (
+    ACCEPTED_ONE_JSON,
+    MAX_BATCH,
+    Accepted,
+    PageViewBatchIn,
+    PageViewIn,
+)
 from app.domains.pageviews.services import PageViewService
 
 BATCH_MAX_BODY = 4 * 1024 * 1024
-ACCEPTED_ONE = ASGIResponse(
-    body=msgspec.json.encode(Accepted(accepted=1)), status_code=202, media_type=MediaType.JSON
-)
+ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=MediaType.JSON)
 
 
 def _service(request: Request[Any, Any, Any]) -> PageViewService:

@@ -54,3 +54,7 @@ class PageViewBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=
 
 class Accepted(msgspec.Struct, frozen=True):
     accepted: int
+
+
+ACCEPTED_ONE_JSON = msgspec.json.encode(Accepted(accepted=1))
+"""The body of every single view's 202, encoded once."""
