@@ -7,6 +7,7 @@ shows whether a long run grows.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,26 +55,68 @@ def postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
+def busy_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine spent working, seconds it spent idle or waiting for I/O),
+    summed over its CPUs since boot (the ``cpu`` line of ``/proc/stat``)."""
+    fields = [int(value) for value in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS
+
+
+def settle(quiet_share: float = 0.1, window_s: float = 0.5, limit_s: float = 30.0) -> float:
+    """Wait until the machine is quiet: busy at most ``quiet_share`` of its CPU time over one
+    ``window_s`` (PostgreSQL's autovacuum and checkpoints after millions of rows, a server's
+    flushers finishing), at most ``limit_s``. Returns the seconds waited."""
+    started = time.monotonic()
+    while True:
+        busy, idle = busy_seconds()
+        time.sleep(window_s)
+        busy_after, idle_after = busy_seconds()
+        worked = busy_after - busy
+        waited = time.monotonic() - started
+        if worked <= quiet_share * (worked + idle_after - idle) or waited >= limit_s:
+            return waited
+
+
 class CpuMeter:
     """CPU seconds spent by one process group (a server under test, started in its own session)
-    and by PostgreSQL (the postmaster's children)."""
+    and by PostgreSQL (the postmaster's children), counted from the first ``sample``.
+
+    Counted per process: one that exits between two samples (an autovacuum worker, a backend) takes
+    its CPU time out of ``/proc``, so a plain sum of the living could go down. Here a process's time
+    counts from when it was first seen (a new one's whole time); a process that exits loses only its
+    time since the previous sample."""
 
     def __init__(self, server_pgid: int, postmaster: int | None) -> None:
         self.server_pgid = server_pgid
         self.postmaster = postmaster
+        self._seen: dict[int, float] = {}
+        self._totals: dict[str, float] | None = None
 
     def sample(self) -> dict[str, float]:
-        totals = {"server": 0.0, "postgres": 0.0}
+        now: dict[int, float] = {}
+        groups: dict[int, str] = {}
         for pid in _pids():
             fields = _stat(pid)
             if fields is None:
                 continue
-            seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
             if int(fields[2]) == self.server_pgid:
-                totals["server"] += seconds
+                groups[pid] = "server"
             elif self.postmaster and int(fields[1]) == self.postmaster:
-                totals["postgres"] += seconds
-        return totals
+                groups[pid] = "postgres"
+            else:
+                continue
+            now[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if self._totals is None:
+            self._totals = {"server": 0.0, "postgres": 0.0}
+            for pid, seconds in now.items():
+                self._totals[groups[pid]] += seconds
+        else:
+            for pid, seconds in now.items():
+                before = self._seen.get(pid, 0.0)
+                self._totals[groups[pid]] += seconds - before if seconds >= before else seconds  # reused pid
+        self._seen = now
+        return dict(self._totals)
 
 
 @dataclass(frozen=True)

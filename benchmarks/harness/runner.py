@@ -163,6 +163,9 @@ def run_pass(
     for scenario in selected:
         if scenario.pending:
             continue
+        waited = procfs.settle()
+        if waited > 1:
+            print(f"  (waited {waited:.1f}s for the machine to become quiet)", flush=True)
         if scenario.server == "in-process":
             results += run_copy_cases(database_url, fixtures.site("copy"), options.copy_seconds)
             continue

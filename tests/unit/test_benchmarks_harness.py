@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,37 @@ def test_procfs_reads_memory_and_children_of_this_process() -> None:
         assert "sys.stdin.read()" in procfs.cmdline(child.pid)
     finally:
         child.communicate(b"")
+
+
+def test_the_machines_busy_time_counts_this_process_working() -> None:
+    busy, idle = procfs.busy_seconds()
+    started = time.process_time()
+    while time.process_time() - started < 0.2:
+        pass
+    busy_after, idle_after = procfs.busy_seconds()
+    assert busy_after - busy >= 0.2 - 2 / procfs.CLOCK_TICKS
+    assert idle_after >= idle
+
+
+def test_cpu_meter_never_goes_back_when_a_measured_process_exits() -> None:
+    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn + "print('burnt', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as the harness starts a server
+    )
+    meter = procfs.CpuMeter(child.pid, postmaster=None)
+    assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+    while_alive = meter.sample()["server"]
+    child.communicate(b"")
+    after_exit = meter.sample()["server"]
+    assert while_alive >= 0.25
+    assert after_exit >= while_alive
+
+
+def test_settling_gives_up_at_its_limit() -> None:
+    assert procfs.settle(quiet_share=0.0, window_s=0.01, limit_s=0.0) >= 0.01
 
 
 def test_markdown_shows_results_ratios_targets_and_memory() -> None:
