@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -38,7 +39,6 @@ from typing import IO, Any
 
 import httpx
 import msgspec
-import pgserver
 from psycopg import AsyncConnection
 
 from app.config import load_settings
@@ -47,7 +47,10 @@ from app.db.models import ProjectRole, register_types
 from tests.factories import PROBLEM, clean_env, create_user, make_product, make_project, make_site, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_BIN = Path(pgserver.__file__).parent / "pginstall" / "bin"
+# Found without importing pgserver, whose import warns where XDG_RUNTIME_DIR is unset (CI).
+_PGSERVER = importlib.util.find_spec("pgserver")
+assert _PGSERVER is not None and _PGSERVER.origin is not None, "pgserver is a test dependency"
+PG_BIN = Path(_PGSERVER.origin).parent / "pginstall" / "bin"
 SECRET_KEY = secrets.token_urlsafe(48)
 """The signing key of every app and worker the fault tests start (tokens are minted with it)."""
 
