@@ -155,7 +155,7 @@ async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
                 for table in tables:
                     await conn.execute(f"lock table {table} in access exclusive mode nowait")
                 if used := await _non_empty(conn, tables):
-                    await conn.execute(f"truncate {', '.join(used)} restart identity cascade")
+                    await conn.execute(f"truncate {', '.join(used)} cascade")  # ids: the setval below
             break
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             if attempt == 100:
