@@ -91,7 +91,7 @@ class CpuMeter:
         self.server_pgid = server_pgid
         self.postmaster = postmaster
         self._seen: dict[int, float] = {}
-        self._totals: dict[str, float] | None = None
+        self._totals = {"server": 0.0, "postgres": 0.0}
 
     def sample(self) -> dict[str, float]:
         now: dict[int, float] = {}
@@ -107,14 +107,9 @@ class CpuMeter:
             else:
                 continue
             now[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        if self._totals is None:
-            self._totals = {"server": 0.0, "postgres": 0.0}
-            for pid, seconds in now.items():
-                self._totals[groups[pid]] += seconds
-        else:
-            for pid, seconds in now.items():
-                before = self._seen.get(pid, 0.0)
-                self._totals[groups[pid]] += seconds - before if seconds >= before else seconds  # reused pid
+        for pid, seconds in now.items():
+            before = self._seen.get(pid, 0.0)
+            self._totals[groups[pid]] += seconds - before if seconds >= before else seconds  # reused pid
         self._seen = now
         return dict(self._totals)
 
