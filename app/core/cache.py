@@ -45,6 +45,17 @@ _log = structlog.get_logger("app.cache")
 CACHE_REQUESTS = Counter(
     "app_cache_requests", "Cache lookups in Valkey (one per in-process flight)", ["namespace", "result"]
 )
+
+
+def hits_and_misses(namespace: str) -> tuple[Counter, Counter]:
+    """The namespace's two ``CACHE_REQUESTS`` series, bound once by their owner (``labels`` on
+    every read is a lookup under the metric's lock, on the hot read paths)."""
+    return (
+        CACHE_REQUESTS.labels(namespace=namespace, result="hit"),
+        CACHE_REQUESTS.labels(namespace=namespace, result="miss"),
+    )
+
+
 CACHE_DEGRADED = Counter(
     "app_cache_degraded", "Cache operations that fell back because Valkey was unreachable", ["namespace"]
 )
@@ -120,9 +131,7 @@ class CacheNamespace:
         self.name = name
         self._base = f"{cache.prefix}:{name}"
         self._gen_key = f"{self._base}:gen"
-        self._counted = {
-            result: CACHE_REQUESTS.labels(namespace=name, result=result) for result in ("hit", "miss")
-        }
+        self._hits, self._misses = hits_and_misses(name)
 
     async def get_or_load(
         self, key: str, loader: Callable[[], Awaitable[T]], *, ttl_s: float, type: type[T]
@@ -167,7 +176,7 @@ class CacheNamespace:
                 cache.degraded(self.name, "get", exc)
                 return await loader()
             if first:
-                self._counted["miss" if raw is None else "hit"].inc()
+                (self._misses if raw is None else self._hits).inc()
                 first = False
             value_key = f"{self._base}:g{int(gen)}:{key}"
             if raw is not None:

@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from app.core.cache import CACHE_REQUESTS, VALKEY_DOWN, Cache, Flights, single_flight
+from app.core.cache import VALKEY_DOWN, Cache, Flights, hits_and_misses, single_flight
 
 VERSION_LUA = """
 local function version(key, value)
@@ -53,8 +53,7 @@ class StampedCache:
         self.valkey = cache.valkey
         self.ttl_ms = int(ttl_s * 1000)
         self._lookup = cache.lookups.register_script(VERSION_LUA + lookup)
-        self._hits = CACHE_REQUESTS.labels(namespace=self.namespace, result="hit")
-        self._misses = CACHE_REQUESTS.labels(namespace=self.namespace, result="miss")
+        self._hits, self._misses = hits_and_misses(self.namespace)
         self._flights: Flights = {}
 
     @property
