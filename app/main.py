@@ -20,7 +20,6 @@ from litestar_saq import SAQPlugin
 
 from app.config import Settings, get_settings
 from app.core.channels import channels_plugin
-from app.core.compression import EncodedResponsePassThrough
 from app.core.docs import SwaggerUI, docs_router
 from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
@@ -110,7 +109,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             brotli_gzip_fallback=True,
             minimum_size=1024,
             exclude=["/api/page-views", "/bench", "/health"],  # tiny bodies: skip the wrapper
-            middleware_class=EncodedResponsePassThrough,  # never re-encode e.g. the dashboard's *.js.gz
         ),
         metrics=metrics,
     )

@@ -19,7 +19,9 @@ costs one attribute test per request.
 - Same origin: unsafe requests to the SAQ dashboard (``/saq``), which accepts HTTP Basic that
   browsers re-send on their own, must come from the dashboard's own origin (``Sec-Fetch-Site``, else
   ``Origin`` against ``Host``); a cross-site one is a 403 problem (CSRF).
-- Compression (``app.core.compression``) except under the ``compression.exclude`` prefixes.
+- Compression (``app.core.compression.ResponseCompression``) except under the ``compression.exclude``
+  prefixes; always through ``EncodedResponsePassThrough`` (never re-encoding an encoded answer, e.g.
+  the dashboard's ``*.js.gz``), whatever ``compression.middleware_class`` says.
 """
 
 from __future__ import annotations
