@@ -18,9 +18,15 @@ from tests.valkey_control import ControlledValkey
 
 
 async def test_live(client: AsyncTestClient[Litestar]) -> None:
-    response = await client.get("/health/live")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    """One answer object serves every call: nothing of one answer leaks into the next."""
+    first, second = [await client.get("/health/live") for _ in range(2)]
+    for response in (first, second):
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    assert len(second.headers.raw) == len(first.headers.raw)
 
 
 async def test_ready_reports_each_dependency(client: AsyncTestClient[Litestar]) -> None:
