@@ -33,8 +33,11 @@ async def test_concurrent_callers_each_get_their_own_answer_even_when_some_give_
     consumed, so everyone behind it gets theirs, not their neighbour's."""
     await valkey.mset({f"k{i}": f"v{i}" for i in range(300)})
     echo = client.register_script(ECHO)
+    # Connected and the script loaded first: each call is then queued for writing in its first step
+    # (on a cold client they would all still wait for the connection when cancelled, never sent).
+    assert await echo(keys=["k0"], args=["warm"]) == [b"warm", b"v0"]
     calls = [asyncio.ensure_future(echo(keys=[f"k{i}"], args=[i])) for i in range(300)]
-    await asyncio.sleep(0)  # every call is written before any is cancelled
+    await asyncio.sleep(0)  # every call is queued before any is cancelled; they are written together
     for call in calls[::3]:
         call.cancel()
     answers = await asyncio.gather(*calls, return_exceptions=True)
