@@ -27,14 +27,14 @@ async def create_comment(
         return await cur.fetchone()
 
 
-GET_COMMENT = (
-    "select id, task_id, author_id, body, created_at, updated_at from comments where id = $1 and task_id = $2"
-)
+LOCK_COMMENT = "select id, task_id, author_id, body, created_at, updated_at from comments where id = $1 and task_id = $2 for update"
 
 
-async def get_comment(conn: AsyncConnection[Any], *, id: int, task_id: int) -> Comment | None:
+async def lock_comment(conn: AsyncConnection[Any], *, id: int, task_id: int) -> Comment | None:
+    """The comment an edit or a deletion is about, locked until its transaction ends: a concurrent
+    deletion either came first (no row: 404) or waits."""
     async with AsyncRawCursor(conn, row_factory=args_row(Comment)) as cur:
-        await cur.execute(GET_COMMENT, (id, task_id))
+        await cur.execute(LOCK_COMMENT, (id, task_id))
         return await cur.fetchone()
 
 

@@ -2,8 +2,10 @@
 insert into comments (task_id, author_id, body) values (@task_id, @author_id, @body)
 returning *;
 
--- name: GetComment :one
-select * from comments where id = @id and task_id = @task_id;
+-- name: LockComment :one
+-- The comment an edit or a deletion is about, locked until its transaction ends: a concurrent
+-- deletion either came first (no row: 404) or waits.
+select * from comments where id = @id and task_id = @task_id for update;
 
 -- name: UpdateComment :one
 update comments set body = @body, updated_at = now() where id = @id

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from datetime import date
 from typing import Any
 
+import psycopg
+import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
 
@@ -113,6 +117,38 @@ async def test_only_the_author_edits_a_comment(
     assert edited.json()["body"] == "Better"
     listed = await client.get(comments, headers=team.viewer.headers)
     assert [c["body"] for c in listed.json()["items"]] == ["Better"]
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+async def test_a_change_racing_the_comments_deletion_is_a_404(
+    client: Client, db: AsyncConnection[Any], database_url: str, team: Team, method: str
+) -> None:
+    """Found by the contract run (two workers): an edit that read the comment before a concurrent
+    deletion committed updated nothing and answered 500; a second deletion answered 204 and recorded
+    the deletion twice. Here the deletion stays uncommitted until the request waits behind it (the
+    in-process client holds the event loop while the app runs, so a thread commits it)."""
+    task_id = await make_task(db, team.project, team.owner)
+    comments = f"/api/tasks/{task_id}/comments"
+    posted = await client.post(comments, json={"body": "Mine"}, headers=team.editor.headers)
+    comment_id = posted.json()["id"]
+
+    with psycopg.connect(database_url) as deleter, psycopg.connect(database_url, autocommit=True) as probe:
+        deleter.execute("delete from comments where id = %s", (comment_id,))
+
+        def commit_once_the_request_waits() -> None:
+            waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid <> %s"
+            deadline = time.monotonic() + 20
+            while probe.execute(waiting, (deleter.info.backend_pid,)).fetchone() == (0,):
+                assert time.monotonic() < deadline, "the request never waited for the deletion"
+                time.sleep(0.05)
+            deleter.commit()
+
+        committer = threading.Thread(target=commit_once_the_request_waits)
+        committer.start()
+        body = {"json": {"body": "Edited"}} if method == "PATCH" else {}
+        answer = await client.request(method, f"{comments}/{comment_id}", headers=team.editor.headers, **body)
+        committer.join()
+    assert_problem(answer, 404, "not-found")
 
 
 async def test_the_owner_deletes_any_comment_others_only_their_own(

@@ -299,7 +299,7 @@ class TaskService:
         self, uow: UnitOfWork, actor: int, task_id: int, comment_id: int
     ) -> tuple[queries.GetTaskWithRoleRow, Comment]:
         task = await self._get(uow, actor, task_id, ProjectRole.VIEWER)
-        comment = await comment_queries.get_comment(uow.conn, id=comment_id, task_id=task_id)
+        comment = await comment_queries.lock_comment(uow.conn, id=comment_id, task_id=task_id)
         if comment is None:
             raise NotFoundError("No such comment.")
         return task, comment
