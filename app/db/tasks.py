@@ -5,7 +5,7 @@ from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
-from psycopg.rows import args_row
+from psycopg.rows import args_row, scalar_row
 
 from .models import ProjectRole, Task, TaskPriority, TaskStatus
 
@@ -70,6 +70,18 @@ async def get_task_with_role(
     """The task and the caller's role in its project (no row: not a member, or no such task)."""
     async with AsyncRawCursor(conn, row_factory=args_row(GetTaskWithRoleRow)) as cur:
         await cur.execute(GET_TASK_WITH_ROLE, (user_id, task_id))
+        return await cur.fetchone()
+
+
+LOCK_TASK = "select id from tasks where id = $1 for no key update"
+
+
+async def lock_task(conn: AsyncConnection[Any], *, id: int) -> int | None:
+    """Before a change of the task or its comments: the row stays locked until the transaction ends, so
+    a concurrent deletion either came first (no row) or waits. NO KEY UPDATE: others may still insert
+    comments on the task meanwhile (their key-share lock does not conflict)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_TASK, (id,))
         return await cur.fetchone()
 
 

@@ -11,6 +11,12 @@ from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = @user_id
 where t.id = @task_id;
 
+-- name: LockTask :one
+-- Before a change of the task or its comments: the row stays locked until the transaction ends, so
+-- a concurrent deletion either came first (no row) or waits. NO KEY UPDATE: others may still insert
+-- comments on the task meanwhile (their key-share lock does not conflict).
+select id from tasks where id = @id for no key update;
+
 -- name: UpdateTask :one
 update tasks
 set title = coalesce(sqlc.narg(title), title),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
-import threading
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from litestar import Litestar
@@ -119,21 +121,14 @@ async def test_only_the_author_edits_a_comment(
     assert [c["body"] for c in listed.json()["items"]] == ["Better"]
 
 
-@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
-async def test_a_change_racing_the_comments_deletion_is_a_404(
-    client: Client, db: AsyncConnection[Any], database_url: str, team: Team, method: str
-) -> None:
-    """Found by the contract run (two workers): an edit that read the comment before a concurrent
-    deletion committed updated nothing and answered 500; a second deletion answered 204 and recorded
-    the deletion twice. Here the deletion stays uncommitted until the request waits behind it (the
-    in-process client holds the event loop while the app runs, so a thread commits it)."""
-    task_id = await make_task(db, team.project, team.owner)
-    comments = f"/api/tasks/{task_id}/comments"
-    posted = await client.post(comments, json={"body": "Mine"}, headers=team.editor.headers)
-    comment_id = posted.json()["id"]
-
+async def answer_racing_a_deletion(
+    database_url: str, deletion: str, row_id: int, request: Callable[[], Awaitable[httpx.Response]]
+) -> httpx.Response:
+    """``request()``'s answer while ``deletion`` of ``row_id`` is committed by another transaction
+    only once the request waits behind it. The in-process client holds the event loop while the app
+    runs, so a thread watches and commits."""
     with psycopg.connect(database_url) as deleter, psycopg.connect(database_url, autocommit=True) as probe:
-        deleter.execute("delete from comments where id = %s", (comment_id,))
+        deleter.execute(deletion, (row_id,))
 
         def commit_once_the_request_waits() -> None:
             waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid <> %s"
@@ -143,11 +138,47 @@ async def test_a_change_racing_the_comments_deletion_is_a_404(
                 time.sleep(0.05)
             deleter.commit()
 
-        committer = threading.Thread(target=commit_once_the_request_waits)
-        committer.start()
-        body = {"json": {"body": "Edited"}} if method == "PATCH" else {}
-        answer = await client.request(method, f"{comments}/{comment_id}", headers=team.editor.headers, **body)
-        committer.join()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            committed = pool.submit(commit_once_the_request_waits)
+            answer = await request()
+            committed.result()  # its failure, if any, is this test's
+            return answer
+
+
+@pytest.mark.parametrize(
+    ("method", "what", "body", "deleted"),
+    [
+        ("PATCH", "comment", {"body": "Edited"}, "comments"),
+        ("DELETE", "comment", None, "comments"),
+        ("PATCH", "task", {"title": "Edited"}, "tasks"),
+        ("DELETE", "task", None, "tasks"),
+        ("POST", "comments", {"body": "New"}, "tasks"),
+    ],
+)
+async def test_a_change_racing_a_deletion_is_a_404(
+    client: Client,
+    db: AsyncConnection[Any],
+    database_url: str,
+    team: Team,
+    method: str,
+    what: str,
+    body: dict[str, str] | None,
+    deleted: str,
+) -> None:
+    """Found by the contract run (two workers): an edit that read the comment before a concurrent
+    deletion committed updated nothing and answered 500; a second deletion answered 204 and recorded
+    the deletion twice. The same held for tasks. Every change now locks its row before reading it."""
+    task_id = await make_task(db, team.project, team.owner)
+    comments = f"/api/tasks/{task_id}/comments"
+    posted = await client.post(comments, json={"body": "Mine"}, headers=team.editor.headers)
+    comment_id = posted.json()["id"]
+    url = {"comment": f"{comments}/{comment_id}", "task": f"/api/tasks/{task_id}", "comments": comments}[what]
+    answer = await answer_racing_a_deletion(
+        database_url,
+        f"delete from {deleted} where id = %s",
+        comment_id if deleted == "comments" else task_id,
+        lambda: client.request(method, url, headers=team.editor.headers, json=body),
+    )
     assert_problem(answer, 404, "not-found")
 
 

@@ -93,7 +93,7 @@ class TaskService:
         new_assignee = data.assignee_id if isinstance(data.assignee_id, int) else None
         new_due = data.due_date if isinstance(data.due_date, date) else None
         async with self.db.transaction() as uow:
-            before = await self._get(uow, actor, task_id, ProjectRole.EDITOR)
+            before = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
             if set_assignee:
                 await self._require_assignable(uow, before.project_id, new_assignee)
             task = await queries.update_task(
@@ -142,7 +142,7 @@ class TaskService:
 
     async def delete(self, actor: int, task_id: int) -> None:
         async with self.db.transaction() as uow:
-            task = await self._get(uow, actor, task_id, ProjectRole.EDITOR)
+            task = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
             await queries.delete_task(uow.conn, id=task_id)
             uow.after_commit(partial(self.cache.tasks_changed, task.project_id))
             await emit(
@@ -230,9 +230,13 @@ class TaskService:
             )
 
     async def _get(
-        self, uow: UnitOfWork, actor: int, task_id: int, at_least: ProjectRole
+        self, uow: UnitOfWork, actor: int, task_id: int, at_least: ProjectRole, *, lock: bool = False
     ) -> queries.GetTaskWithRoleRow:
-        """The task if the caller is a member of its project (else 404) with at least ``at_least``."""
+        """The task if the caller is a member of its project (else 404) with at least ``at_least``.
+        ``lock``: for a change of the task or its comments, read after locking the row (a concurrent
+        deletion that came first is a 404, one that comes later waits)."""
+        if lock:
+            await queries.lock_task(uow.conn, id=task_id)
         task = await queries.get_task_with_role(uow.conn, user_id=actor, task_id=task_id)
         self.projects.check_role(task.my_role if task else None, at_least, missing="No such task.")
         assert task is not None
@@ -254,7 +258,7 @@ class TaskService:
 
     async def add_comment(self, actor: int, task_id: int, body: str) -> Comment:
         async with self.db.transaction() as uow:
-            task = await self._get(uow, actor, task_id, ProjectRole.EDITOR)
+            task = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
             comment = await comment_queries.create_comment(
                 uow.conn, task_id=task_id, author_id=actor, body=body
             )
