@@ -210,69 +210,104 @@ def _same(value: bytes) -> bytes:
     return value
 
 
-async def _nothing_to_reset(conn: Any) -> None:
-    """The sink leaves no session state behind (no SET, LISTEN, advisory lock or open cursor), so the
-    pool skips asyncpg's reset round trip on every release (an open transaction is still rolled back)."""
-
-
-def _terminate(conn: Any) -> None:
-    """asyncpg: abort the transport; its pending operation fails with the connection lost."""
-    conn.terminate()
-
-
 class AsyncpgWriter(_Writer):
+    """Keeps its own connections (at most ``connections``) instead of an asyncpg pool, and bounds
+    each write by a timer that severs its connection instead of a task and ``asyncio.wait``.
+
+    A write is one flusher's, so nothing here is shared but the idle list: the pool's checkout and
+    release (its holder queue, the connection proxy, the inactivity timer) and the deadline's task
+    were more than half of the client CPU of a one-statement write (80 of ~170 µs on the benchmark
+    machine; ``benchmarks/README.md``). What the pool gave is kept: connections are made on first
+    use (within the deadline), a lost one is dropped and the next write connects again, and one in
+    an unknown state (an open transaction, a write severed at its deadline or cancelled) is never
+    lent again. A cancelled write severs its connection rather than letting asyncpg send a cancel
+    request, for the reason in ``app.core.deadline``.
+    """
+
     name = "asyncpg"
 
     def __init__(self, dsn: str, connections: int, timeout_s: float) -> None:
         self._dsn = dsn
-        self._connections = connections
         self._timeout_s = timeout_s
-        self._pool: Any = None
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: list[Any] = []
 
     async def open(self) -> None:
-        import asyncpg
-
-        self._pool = await asyncpg.create_pool(
-            self._dsn,
-            min_size=0,
-            max_size=self._connections,
-            command_timeout=30,
-            timeout=self._timeout_s,  # connecting
-            init=_json_as_text,
-            reset=_nothing_to_reset,
-        )
+        """Nothing to do: connections are made by the first writes."""
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                await conn.close(timeout=self._timeout_s)
+            except Exception:
+                conn.terminate()
 
-    async def _within(self, work: Callable[[list[Any]], Awaitable[T]]) -> T:
-        return await before_deadline(self._timeout_s, work, _terminate)
+    async def _lent(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``work(connection)`` on an idle (or new) connection, within the deadline."""
+        async with self._slots:
+            conn = await self._idle_or_new()
+            loop = asyncio.get_running_loop()
+            deadline = loop.call_later(self._timeout_s, conn.terminate)
+            try:
+                result = await work(conn)
+            except asyncio.CancelledError:
+                conn.terminate()
+                raise
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) is None:  # not an answer of the server's: out of step
+                    conn.terminate()
+                if loop.time() >= deadline.when():
+                    raise WriteTimeoutError(
+                        f"the database did not answer a write within {self._timeout_s:g}s"
+                    ) from None
+                raise
+            finally:
+                deadline.cancel()
+                if not conn.is_closed() and not conn.is_in_transaction():
+                    self._idle.append(conn)
+                else:
+                    conn.terminate()
+            return result
+
+    async def _idle_or_new(self) -> Any:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+        try:
+            return await asyncio.wait_for(self._connect(), self._timeout_s)
+        except TimeoutError:
+            raise WriteTimeoutError(f"no connection to the database within {self._timeout_s:g}s") from None
+
+    async def _connect(self) -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(self._dsn, command_timeout=30)
+        try:
+            await _json_as_text(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def _statement(self, sql: str, payload: bytes) -> tuple[list[int], int]:
-        async def run(lent: list[Any]) -> Any:
-            async with self._pool.acquire() as conn:
-                lent.append(conn)
-                return await conn.fetchrow(sql, payload)
-
-        record = await self._within(run)
+        record = await self._lent(lambda conn: conn.fetchrow(sql, payload))
         return list(record[0]), record[1] if len(record) > 1 else 0
 
     async def _copy(self, rows: Sequence[Row]) -> None:
-        async def run(lent: list[Any]) -> None:
-            async with self._pool.acquire() as conn:
-                lent.append(conn)
-                async with conn.transaction():
-                    gone = await conn.fetchval(SITES_GONE, site_ids(rows))
-                    if gone:
-                        raise SitesGoneError(gone)
-                    if claims := event_claims(rows):
-                        await conn.copy_records_to_table(
-                            "page_view_event_ids", records=claims, columns=("site_id", "event_id")
-                        )
-                    await conn.copy_records_to_table("page_views", records=rows, columns=COLUMNS)
+        async def run(conn: Any) -> None:
+            async with conn.transaction():
+                gone = await conn.fetchval(SITES_GONE, site_ids(rows))
+                if gone:
+                    raise SitesGoneError(gone)
+                if claims := event_claims(rows):
+                    await conn.copy_records_to_table(
+                        "page_view_event_ids", records=claims, columns=("site_id", "event_id")
+                    )
+                await conn.copy_records_to_table("page_views", records=rows, columns=COLUMNS)
 
-        await self._within(run)
+        await self._lent(run)
 
 
 class PsycopgWriter(_Writer):
