@@ -167,7 +167,7 @@ def run_pass(
         if waited > 1:
             print(f"  (waited {waited:.1f}s for the machine to become quiet)", flush=True)
         if scenario.server == "in-process":
-            results += run_copy_cases(database_url, fixtures.site("copy"), options.copy_seconds)
+            results += run_copy_cases(database_url, fixtures.site("copy"), options.copy_seconds, postmaster)
             continue
         server = running.get(scenario.server)
         meter = procfs.CpuMeter(server.pid, postmaster)
