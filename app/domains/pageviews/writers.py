@@ -283,7 +283,7 @@ class AsyncpgWriter(_Writer):
     async def _connect(self) -> Any:
         import asyncpg
 
-        conn = await asyncpg.connect(self._dsn, command_timeout=30)
+        conn = await asyncpg.connect(self._dsn)  # no command_timeout: the deadline above bounds every use
         try:
             await _json_as_text(conn)
         except BaseException:
