@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date
 from decimal import Decimal
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import psycopg
 from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -301,6 +303,30 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting until {what}")
         await asyncio.sleep(0.05)
+
+
+async def answer_racing_a_deletion(
+    database_url: str, deletion: str, row_id: int, request: Callable[[], Awaitable[httpx.Response]]
+) -> httpx.Response:
+    """``request()``'s answer while ``deletion`` of ``row_id`` is committed by another transaction
+    only once the request waits behind it. The in-process client holds the event loop while the app
+    runs, so a thread watches and commits."""
+    with psycopg.connect(database_url) as deleter, psycopg.connect(database_url, autocommit=True) as probe:
+        deleter.execute(deletion, (row_id,))
+
+        def commit_once_the_request_waits() -> None:
+            waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid <> %s"
+            deadline = time.monotonic() + 20
+            while probe.execute(waiting, (deleter.info.backend_pid,)).fetchone() == (0,):
+                assert time.monotonic() < deadline, "the request never waited for the deletion"
+                time.sleep(0.05)
+            deleter.commit()
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            committed = pool.submit(commit_once_the_request_waits)
+            answer = await request()
+            committed.result()  # its failure, if any, is this test's
+            return answer
 
 
 # -- apps -------------------------------------------------------------------------------------------

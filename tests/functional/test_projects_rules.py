@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from psycopg import AsyncConnection
 
 from app.db import projects as project_queries
@@ -11,6 +12,7 @@ from app.db.models import ProjectRole
 from tests.factories import (
     Client,
     Team,
+    answer_racing_a_deletion,
     assert_page_size_is_capped,
     assert_problem,
     make_project,
@@ -120,6 +122,56 @@ async def test_an_owner_removes_another_owner_while_one_remains(
     removed = await client.delete(f"{members}/{team.editor.id}", headers=team.owner.headers)
     assert removed.status_code == 204, removed.text
     assert await role_of(db, team.project, team.editor.id) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "deletion"),
+    [
+        ("DELETE", "", None, "delete from projects where id = %s"),
+        (
+            "DELETE",
+            "/members/{editor}",
+            None,
+            "delete from project_members where project_id = %s and user_id = {editor}",
+        ),
+        (
+            "PATCH",
+            "/members/{editor}",
+            {"role": "viewer"},
+            "delete from project_members where project_id = %s and user_id = {editor}",
+        ),
+    ],
+    ids=["project deleted twice", "member removed twice", "role of a removed member"],
+)
+async def test_a_change_racing_a_removal_is_a_404_and_records_nothing(
+    client: Client,
+    db: AsyncConnection[Any],
+    database_url: str,
+    team: Team,
+    method: str,
+    path: str,
+    body: dict[str, str] | None,
+    deletion: str,
+) -> None:
+    """The request read the project or the membership before another transaction removed it, and
+    its change then matched nothing: it answered 204 or 200 and put the event in the feed's outbox
+    (a project deleted twice, a removed member's new role)."""
+    outbox = "select count(*) from outbox"
+    before = await (await db.execute(outbox)).fetchone()
+    editor = team.editor.id
+    answer = await answer_racing_a_deletion(
+        database_url,
+        deletion.format(editor=editor),
+        team.project,
+        lambda: client.request(
+            method,
+            f"/api/projects/{team.project}{path.format(editor=editor)}",
+            headers=team.owner.headers,
+            json=body,
+        ),
+    )
+    assert_problem(answer, 404, "not-found")
+    assert await (await db.execute(outbox)).fetchone() == before
 
 
 # -- invitations (review M2): members join by accepting, never by being added by id -----------------

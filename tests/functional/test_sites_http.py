@@ -10,7 +10,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from tests.factories import Client, assert_problem, generous_client, make_user
+from tests.factories import Client, answer_racing_a_deletion, assert_problem, generous_client, make_user
 
 CAP = 3
 
@@ -53,3 +53,21 @@ async def test_deleting_a_site_frees_its_place(api: Client, db: AsyncConnection[
     assert (await api.delete(f"/api/sites/{ids[0]}", headers=owner.headers)).status_code == 204
     again = await api.post("/api/sites", json={"domain": "more.example"}, headers=owner.headers)
     assert again.status_code == 201, again.text
+
+
+async def test_a_deletion_racing_another_is_a_404(
+    api: Client, db: AsyncConnection[Any], database_url: str
+) -> None:
+    """Both deletions read the site before either committed; the second deleted nothing and still
+    answered 204."""
+    owner = await make_user(db, api.app)
+    created = await api.post("/api/sites", json={"domain": "race.example"}, headers=owner.headers)
+    assert created.status_code == 201, created.text
+    site_id = created.json()["id"]
+    answer = await answer_racing_a_deletion(
+        database_url,
+        "delete from sites where id = %s",
+        site_id,
+        lambda: api.delete(f"/api/sites/{site_id}", headers=owner.headers),
+    )
+    assert_problem(answer, 404, "not-found")

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
-import httpx
-import psycopg
 import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
@@ -20,6 +15,7 @@ from app.db.models import ProjectRole, TaskStatus
 from tests.factories import (
     Client,
     Team,
+    answer_racing_a_deletion,
     assert_page_size_is_capped,
     assert_problem,
     make_project,
@@ -119,30 +115,6 @@ async def test_only_the_author_edits_a_comment(
     assert edited.json()["body"] == "Better"
     listed = await client.get(comments, headers=team.viewer.headers)
     assert [c["body"] for c in listed.json()["items"]] == ["Better"]
-
-
-async def answer_racing_a_deletion(
-    database_url: str, deletion: str, row_id: int, request: Callable[[], Awaitable[httpx.Response]]
-) -> httpx.Response:
-    """``request()``'s answer while ``deletion`` of ``row_id`` is committed by another transaction
-    only once the request waits behind it. The in-process client holds the event loop while the app
-    runs, so a thread watches and commits."""
-    with psycopg.connect(database_url) as deleter, psycopg.connect(database_url, autocommit=True) as probe:
-        deleter.execute(deletion, (row_id,))
-
-        def commit_once_the_request_waits() -> None:
-            waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid <> %s"
-            deadline = time.monotonic() + 20
-            while probe.execute(waiting, (deleter.info.backend_pid,)).fetchone() == (0,):
-                assert time.monotonic() < deadline, "the request never waited for the deletion"
-                time.sleep(0.05)
-            deleter.commit()
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            committed = pool.submit(commit_once_the_request_waits)
-            answer = await request()
-            committed.result()  # its failure, if any, is this test's
-            return answer
 
 
 @pytest.mark.parametrize(

@@ -149,7 +149,8 @@ class ProjectService:
         """Owners only. The event names no project: the project (and its feed) is gone with it."""
         async with self.db.transaction() as uow:
             project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER)
-            await queries.delete_project(uow.conn, id=project_id)
+            if not await queries.delete_project(uow.conn, id=project_id):  # a concurrent deletion came first
+                raise NotFoundError("No such project.")
             for callback in self._on_deleted:
                 uow.after_commit(partial(callback, project_id))
             await emit(
@@ -285,7 +286,11 @@ class ProjectService:
                 return role
             if current == ProjectRole.OWNER:
                 await self._keep_an_owner(uow, project_id)
-            await queries.update_member_role(uow.conn, role=role, project_id=project_id, user_id=user_id)
+            changed = await queries.update_member_role(
+                uow.conn, role=role, project_id=project_id, user_id=user_id
+            )
+            if changed is None:  # removed meanwhile
+                raise NotFoundError("No such member.")
             await emit(
                 uow,
                 actor=actor,
@@ -305,12 +310,14 @@ class ProjectService:
         async with self.db.transaction() as uow:
             if actor != user_id:
                 await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
+            missing = "No such member." if actor != user_id else "No such project."
             current = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
             if current is None:
-                raise NotFoundError("No such member." if actor != user_id else "No such project.")
+                raise NotFoundError(missing)
             if current == ProjectRole.OWNER:
                 await self._keep_an_owner(uow, project_id)
-            await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
+            if not await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id):
+                raise NotFoundError(missing)  # removed meanwhile
             self._membership_changed(uow, user_id, project_id)
             await emit(
                 uow,

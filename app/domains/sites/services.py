@@ -104,7 +104,8 @@ class SiteService:
         daily job of the pageviews domain deletes its raw page views."""
         async with self.db.transaction() as uow:
             site = await self.get_for(uow, caller, site_id)
-            await queries.delete_site(uow.conn, id=site_id)
+            if not await queries.delete_site(uow.conn, id=site_id):  # a concurrent deletion came first
+                raise NotFoundError("No such site.")
 
             async def known_here() -> None:  # before this process's own notification arrives
                 self.deleted.add([site.ingest_key])
