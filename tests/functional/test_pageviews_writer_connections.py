@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 from psycopg import AsyncConnection
 
-from app.domains.pageviews.writers import AsyncpgWriter
+from app.domains.pageviews.writers import COPY_FROM, AsyncpgWriter, SitesGoneError
 from tests.factories import wait_until
-from tests.functional.test_pageviews_sink import row, sites, stored
+from tests.functional.test_pageviews_sink import poisoned, row, sites, stored
 
 __all__ = ["sites"]  # the autouse fixture that creates the sites the rows name
 
@@ -101,5 +101,29 @@ async def test_a_cancelled_write_severs_its_connection_instead_of_cancelling_the
             assert await waiting_on_lock(db) == [cancelled], "its query was cancelled, not severed"
         assert await writer.write([row(path="/next")]) == 1
         assert cancelled not in await writer_backends(db, "state = 'idle'")
+    finally:
+        await writer.close()
+
+
+async def test_a_write_the_server_refuses_keeps_its_connection(
+    database_url: str, db: AsyncConnection[Any]
+) -> None:
+    """Refused data (one statement, and a COPY) and a deleted site are answers, not a broken
+    connection: the next write runs on the same one."""
+    writer = AsyncpgWriter(database_url, 1, DEADLINE_S)
+    await writer.open()
+    try:
+        assert await writer.write([row(path="/first")]) == 1
+        (backend,) = await writer_backends(db)
+        with pytest.raises(asyncpg.exceptions.DataError):
+            await writer.write([poisoned("nul-title")])
+        with pytest.raises(asyncpg.exceptions.DataError):
+            await writer.write([row(path=f"/{i}") for i in range(COPY_FROM - 1)] + [poisoned("nul-title")])
+        for size in (1, COPY_FROM):
+            with pytest.raises(SitesGoneError):
+                await writer.write([row(site_id=404, path=f"/{i}") for i in range(size)])
+        assert await writer.write([row(path="/after")]) == 1
+        assert await writer_backends(db) == [backend]
+        assert await stored(db) == 2
     finally:
         await writer.close()

@@ -210,6 +210,17 @@ def _same(value: bytes) -> bytes:
     return value
 
 
+def _in_step(exc: Exception) -> bool:
+    """Whether an asyncpg connection is still usable after ``exc``: the server answered with an error
+    (a SQLSTATE; asyncpg gives its own refusal to encode a parameter one too), or the write refused
+    its batch itself. Anything else leaves it out of step: a connection exception (SQLSTATE class 08,
+    which asyncpg also gives a connection it lost) or one of asyncpg's internal errors."""
+    if isinstance(exc, SitesGoneError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and not sqlstate.startswith("08")
+
+
 class AsyncpgWriter(_Writer):
     """Keeps its own connections (at most ``connections``) instead of an asyncpg pool, and bounds
     each write by a timer that severs its connection instead of a task and ``asyncio.wait``.
@@ -231,11 +242,14 @@ class AsyncpgWriter(_Writer):
         self._timeout_s = timeout_s
         self._slots = asyncio.Semaphore(connections)
         self._idle: list[Any] = []
+        self._closed = False
 
     async def open(self) -> None:
         """Nothing to do: connections are made by the first writes."""
 
     async def close(self) -> None:
+        """Close the idle connections; one still lent is closed when its write ends."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             try:
@@ -255,7 +269,7 @@ class AsyncpgWriter(_Writer):
                 conn.terminate()
                 raise
             except Exception as exc:
-                if getattr(exc, "sqlstate", None) is None:  # not an answer of the server's: out of step
+                if not _in_step(exc):
                     conn.terminate()
                 if loop.time() >= deadline.when():
                     raise WriteTimeoutError(
@@ -264,7 +278,7 @@ class AsyncpgWriter(_Writer):
                 raise
             finally:
                 deadline.cancel()
-                if not conn.is_closed() and not conn.is_in_transaction():
+                if not (self._closed or conn.is_closed() or conn.is_in_transaction()):
                     self._idle.append(conn)
                 else:
                     conn.terminate()
