@@ -214,11 +214,12 @@ def _in_step(exc: Exception) -> bool:
     """Whether an asyncpg connection is still usable after ``exc``: the server answered with an error
     (a SQLSTATE; asyncpg gives its own refusal to encode a parameter one too), or the write refused
     its batch itself. Anything else leaves it out of step: a connection exception (SQLSTATE class 08,
-    which asyncpg also gives a connection it lost) or one of asyncpg's internal errors."""
+    which asyncpg also gives a connection it lost), the server shutting the session down (57P01-03)
+    or one of asyncpg's internal errors."""
     if isinstance(exc, SitesGoneError):
         return True
     sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and not sqlstate.startswith("08")
+    return isinstance(sqlstate, str) and not sqlstate.startswith(("08", "57P"))
 
 
 class AsyncpgWriter(_Writer):
