@@ -226,14 +226,16 @@ class AsyncpgWriter(_Writer):
     """Keeps its own connections (at most ``connections``) instead of an asyncpg pool, and bounds
     each write by a timer that severs its connection instead of a task and ``asyncio.wait``.
 
-    A write is one flusher's, so nothing here is shared but the idle list: the pool's checkout and
-    release (its holder queue, the connection proxy, the inactivity timer) and the deadline's task
-    were more than half of the client CPU of a one-statement write (80 of ~170 µs on the benchmark
-    machine; ``benchmarks/README.md``). What the pool gave is kept: connections are made on first
-    use (within the deadline), a lost one is dropped and the next write connects again, and one in
-    an unknown state (an open transaction, a write severed at its deadline or cancelled) is never
-    lent again. A cancelled write severs its connection rather than letting asyncpg send a cancel
-    request, for the reason in ``app.core.deadline``.
+    A flusher has one write in flight at a time, so a list of idle connections and a bound are all
+    the sharing there is; the pool's checkout and release (its holder queue, the connection proxy,
+    the inactivity timer) and the deadline's task were more than half of the client CPU of a
+    one-statement write (80 of ~170 µs on the benchmark machine; ``benchmarks/README.md``).
+
+    What the pool gave is kept: connections are made on first use (within the deadline), a lost one
+    is dropped and the next write connects again, and one in an unknown state (an open transaction,
+    a write severed at its deadline or cancelled) is never lent again. A cancelled write severs its
+    connection rather than letting asyncpg send a cancel request, for the reason in
+    ``app.core.deadline``.
     """
 
     name = "asyncpg"
@@ -258,7 +260,7 @@ class AsyncpgWriter(_Writer):
             except Exception:
                 conn.terminate()
 
-    async def _lent(self, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def _on_a_connection(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """``work(connection)`` on an idle (or new) connection, within the deadline."""
         async with self._slots:
             conn = await self._idle_or_new()
@@ -307,7 +309,7 @@ class AsyncpgWriter(_Writer):
         return conn
 
     async def _statement(self, sql: str, payload: bytes) -> tuple[list[int], int]:
-        record = await self._lent(lambda conn: conn.fetchrow(sql, payload))
+        record = await self._on_a_connection(lambda conn: conn.fetchrow(sql, payload))
         return list(record[0]), record[1] if len(record) > 1 else 0
 
     async def _copy(self, rows: Sequence[Row]) -> None:
@@ -322,7 +324,7 @@ class AsyncpgWriter(_Writer):
                     )
                 await conn.copy_records_to_table("page_views", records=rows, columns=COLUMNS)
 
-        await self._lent(run)
+        await self._on_a_connection(run)
 
 
 class PsycopgWriter(_Writer):
