@@ -305,22 +305,23 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float,
         await asyncio.sleep(0.05)
 
 
-async def answer_racing_a_deletion(
-    database_url: str, deletion: str, row_id: int, request: Callable[[], Awaitable[httpx.Response]]
+async def answer_racing(
+    database_url: str, change: str, row_id: int, request: Callable[[], Awaitable[httpx.Response]]
 ) -> httpx.Response:
-    """``request()``'s answer while ``deletion`` of ``row_id`` is committed by another transaction
-    only once the request waits behind it. The in-process client holds the event loop while the app
-    runs, so a thread watches and commits."""
-    with psycopg.connect(database_url) as deleter, psycopg.connect(database_url, autocommit=True) as probe:
-        deleter.execute(deletion, (row_id,))
+    """``request()``'s answer while ``change`` (SQL, ``row_id`` its one parameter: a deletion, or what a
+    concurrent request would do) is committed by another transaction only once the request waits
+    behind it. The in-process client holds the event loop while the app runs, so a thread watches
+    and commits."""
+    with psycopg.connect(database_url) as changer, psycopg.connect(database_url, autocommit=True) as probe:
+        changer.execute(change, (row_id,))
 
         def commit_once_the_request_waits() -> None:
             waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid <> %s"
             deadline = time.monotonic() + 20
-            while probe.execute(waiting, (deleter.info.backend_pid,)).fetchone() == (0,):
-                assert time.monotonic() < deadline, "the request never waited for the deletion"
+            while probe.execute(waiting, (changer.info.backend_pid,)).fetchone() == (0,):
+                assert time.monotonic() < deadline, "the request never waited for the other change"
                 time.sleep(0.05)
-            deleter.commit()
+            changer.commit()
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             committed = pool.submit(commit_once_the_request_waits)

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db.models import UserRole
 from app.domains.monitoring.services import MonitoringService
 from app.main import create_app
-from tests.factories import Client, assert_problem, make_user
+from tests.factories import Client, answer_racing, assert_problem, make_user
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 ADMIN = "/api/admin/monitoring"
@@ -146,6 +146,42 @@ async def write(client: Client, app: Litestar, exc: BaseException, count: int = 
         portal.start_task_soon(service.write_now, [error_event(exc) for _ in range(count)])
     )
     return results[0].root_id  # type: ignore[no-any-return]
+
+
+# What a concurrent unmerge of the group does first: lock its root, then make the group a root.
+UNMERGED_MEANWHILE = """
+with target as (select %s::bigint as id),
+root as (
+    select r.id from monitoring_groups r join monitoring_groups g on r.id = g.root_id
+    join target on g.id = target.id
+    for update of r
+)
+update monitoring_groups m set parent_id = null, root_id = m.id
+from target where m.id = target.id and exists (select 1 from root)"""
+
+
+async def test_an_unmerge_racing_another_is_a_409_recorded_once(
+    client: Client, app: Litestar, db: AsyncConnection[Any], database_url: str
+) -> None:
+    """The second of two concurrent unmerges read the group while it was still merged and waited for
+    its root's lock; it then found the group a root of its own and still answered 200, recording an
+    "unmerged" activity from the group itself."""
+    admin = await make_user(db, app, UserRole.ADMIN)
+    first = await write(client, app, raise_bug(0, source="def handler(v):\n    raise KeyError(v)\n"))
+    second = await write(client, app, raise_bug(0, source="def handler(v):\n    raise LookupError(v)\n"))
+    merged = await client.post(
+        f"{ADMIN}/errors/{first}/merge", json={"source_ids": [second]}, headers=admin.headers
+    )
+    assert merged.status_code == 200, merged.text
+    answer = await answer_racing(
+        database_url,
+        UNMERGED_MEANWHILE,
+        second,
+        lambda: client.post(f"{ADMIN}/errors/{second}/unmerge", headers=admin.headers),
+    )
+    assert_problem(answer, 409, "conflict")
+    unmerged = await db.execute("select count(*) from monitoring_group_activity where action = 'unmerged'")
+    assert await unmerged.fetchone() == (0,)
 
 
 async def test_resolve_ignore_merge_unmerge_over_http(

@@ -12,7 +12,7 @@ from app.db.models import ProjectRole
 from tests.factories import (
     Client,
     Team,
-    answer_racing_a_deletion,
+    answer_racing,
     assert_page_size_is_capped,
     assert_problem,
     make_project,
@@ -159,7 +159,7 @@ async def test_a_change_racing_a_removal_is_a_404_and_records_nothing(
     outbox = "select count(*) from outbox"
     before = await (await db.execute(outbox)).fetchone()
     editor = team.editor.id
-    answer = await answer_racing_a_deletion(
+    answer = await answer_racing(
         database_url,
         deletion.format(editor=editor),
         team.project,

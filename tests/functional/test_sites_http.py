@@ -10,7 +10,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from tests.factories import Client, answer_racing_a_deletion, assert_problem, generous_client, make_user
+from tests.factories import Client, answer_racing, assert_problem, generous_client, make_user
 
 CAP = 3
 
@@ -64,7 +64,7 @@ async def test_a_deletion_racing_another_is_a_404(
     created = await api.post("/api/sites", json={"domain": "race.example"}, headers=owner.headers)
     assert created.status_code == 201, created.text
     site_id = created.json()["id"]
-    answer = await answer_racing_a_deletion(
+    answer = await answer_racing(
         database_url,
         "delete from sites where id = %s",
         site_id,

@@ -15,7 +15,7 @@ from app.db.models import ProjectRole, TaskStatus
 from tests.factories import (
     Client,
     Team,
-    answer_racing_a_deletion,
+    answer_racing,
     assert_page_size_is_capped,
     assert_problem,
     make_project,
@@ -145,7 +145,7 @@ async def test_a_change_racing_a_deletion_is_a_404(
     posted = await client.post(comments, json={"body": "Mine"}, headers=team.editor.headers)
     comment_id = posted.json()["id"]
     url = {"comment": f"{comments}/{comment_id}", "task": f"/api/tasks/{task_id}", "comments": comments}[what]
-    answer = await answer_racing_a_deletion(
+    answer = await answer_racing(
         database_url,
         f"delete from {deleted} where id = %s",
         comment_id if deleted == "comments" else task_id,
