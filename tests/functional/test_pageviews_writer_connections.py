@@ -33,6 +33,10 @@ async def waiting_on_lock(db: AsyncConnection[Any]) -> list[int]:
     return await writer_backends(db, "wait_event_type = 'Lock'")
 
 
+async def _count_is(backends: Any, count: int) -> bool:
+    return len(await backends) == count
+
+
 async def test_writes_share_at_most_their_connections_and_reuse_them(
     database_url: str, db: AsyncConnection[Any]
 ) -> None:
@@ -53,11 +57,7 @@ async def test_writes_share_at_most_their_connections_and_reuse_them(
         assert await stored(db) == 11
     finally:
         await writer.close()
-    assert await writer_backends(db) == [], "close closes the idle connections"
-
-
-async def _count_is(backends: Any, count: int) -> bool:
-    return len(await backends) == count
+    await wait_until(lambda: _count_is(writer_backends(db), 0), 30, "close closed the idle connections")
 
 
 async def test_a_connection_the_server_closed_fails_at_most_one_write_then_is_replaced(
