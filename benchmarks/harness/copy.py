@@ -63,7 +63,7 @@ async def copy_case(
     batch: int,
     seconds: float,
     with_ids: bool,
-    postmaster: int | None = None,
+    postmaster: int | None,
 ) -> Result:
     """Sequential ``Writer.write`` calls (claim ids, COPY, commit) through one connection of the
     sink's own writer class; only the writes are timed, not the making of the rows. CPU per row: this
@@ -82,7 +82,7 @@ async def copy_case(
         written = 0
         durations: list[float] = []
         client_cpu = 0.0
-        meter = procfs.CpuMeter(-1, postmaster)
+        meter = procfs.CpuMeter(-1, postmaster)  # no server process group here: PostgreSQL's share only
         postgres_before = meter.sample()["postgres"]
         wall_deadline = time.monotonic() + 3 * seconds + 10
         while (sum(durations) < seconds or len(durations) < 3) and time.monotonic() < wall_deadline:

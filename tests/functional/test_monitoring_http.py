@@ -160,7 +160,7 @@ update monitoring_groups m set parent_id = null, root_id = m.id
 from target where m.id = target.id and exists (select 1 from root)"""
 
 
-async def test_an_unmerge_racing_another_is_a_409_recorded_once(
+async def test_an_unmerge_racing_another_is_a_409_and_records_nothing(
     client: Client, app: Litestar, db: AsyncConnection[Any], database_url: str
 ) -> None:
     """The second of two concurrent unmerges read the group while it was still merged and waited for

@@ -124,22 +124,15 @@ async def test_an_owner_removes_another_owner_while_one_remains(
     assert await role_of(db, team.project, team.editor.id) is None
 
 
+EDITOR_REMOVED = "delete from project_members where project_id = %s and user_id = {editor}"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "deletion"),
     [
         ("DELETE", "", None, "delete from projects where id = %s"),
-        (
-            "DELETE",
-            "/members/{editor}",
-            None,
-            "delete from project_members where project_id = %s and user_id = {editor}",
-        ),
-        (
-            "PATCH",
-            "/members/{editor}",
-            {"role": "viewer"},
-            "delete from project_members where project_id = %s and user_id = {editor}",
-        ),
+        ("DELETE", "/members/{editor}", None, EDITOR_REMOVED),
+        ("PATCH", "/members/{editor}", {"role": "viewer"}, EDITOR_REMOVED),
     ],
     ids=["project deleted twice", "member removed twice", "role of a removed member"],
 )

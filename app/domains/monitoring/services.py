@@ -703,10 +703,8 @@ class MonitoringService:
             group = await queries.get_group(uow.conn, id=group_id)
             if group is None:
                 raise NotFoundError("No such group.")
-            if group.parent_id is None:
-                raise ConflictError("This group is not merged into another one.")
             root = await self.writer.lock_root(uow, group_id)
-            if root.id == group_id:  # unmerged by a concurrent call while this one waited for the lock
+            if root.id == group_id:  # checked under the lock: a concurrent unmerge may have come first
                 raise ConflictError("This group is not merged into another one.")
             await queries.set_parent(uow.conn, parent_id=None, id=group_id)
             await queries.detach_subtree(uow.conn, id=group_id)

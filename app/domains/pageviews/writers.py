@@ -106,6 +106,10 @@ class SitesGoneError(Exception):
 class WriteTimeoutError(TimeoutError):
     """The database did not answer a write within the deadline; its connection was severed."""
 
+    @classmethod
+    def after(cls, timeout_s: float) -> WriteTimeoutError:
+        return cls(f"the database did not answer a write within {timeout_s:g}s")
+
 
 async def before_deadline(
     timeout_s: float, work: Callable[[list[Any]], Awaitable[T]], sever: Callable[[Any], None]
@@ -129,7 +133,7 @@ async def before_deadline(
     try:
         return await finish_within(task, timeout_s, stop)
     except DeadlineExceededError:
-        raise WriteTimeoutError(f"the database did not answer a write within {timeout_s:g}s") from None
+        raise WriteTimeoutError.after(timeout_s) from None
 
 
 class Writer(Protocol):
@@ -275,9 +279,7 @@ class AsyncpgWriter(_Writer):
                 if not _in_step(exc):
                     conn.terminate()
                 if loop.time() >= deadline.when():
-                    raise WriteTimeoutError(
-                        f"the database did not answer a write within {self._timeout_s:g}s"
-                    ) from None
+                    raise WriteTimeoutError.after(self._timeout_s) from None
                 raise
             finally:
                 deadline.cancel()
