@@ -14,13 +14,22 @@ concurrent change carries the older stamp and is never served. Valkey unreachabl
 to PostgreSQL (counted in ``app_cache_degraded``) and nothing is stored; the TTL bounds how long a
 version change lost to an outage can go unnoticed. The scripts read keys they compute, so they need
 a single, non-cluster Valkey, like ``app/core/cache.py``.
+
+An entry is stored as ``{stamp}{token}\\n{answer}``: ``token`` is fresh for every store. The process
+that stored or read an entry keeps its answer (``held``, bounded by ``HELD_BYTES``) and passes the
+entry's header (``{stamp}{token}\\n``) to the lookup: while the stamp is current and Valkey still
+holds that very entry, the lookup answers ``{4}`` and the answer is not sent again (a cached task
+page is ~16 KB: moving it out of Valkey and parsing it was most of a hit's cost). Served only while
+Valkey holds the same entry, a held answer is never older than the entry's TTL allows.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
+
+from cachetools import LRUCache
 
 from app.core.cache import VALKEY_DOWN, Cache, Flights, hits_and_misses, single_flight
 
@@ -34,11 +43,45 @@ end
 """The start of every lookup script: ``version(key, value)`` is the key's value, or a fresh one
 (``ARGV[2]``) stored in it when it is missing — never a default such as '0'."""
 
+ANSWER_LUA = """
+local function answer(stamp, key)
+  local held = ARGV[3]
+  if #held > #stamp and string.sub(held, 1, #stamp) == stamp
+    and redis.call('GETRANGE', key, 0, #held - 1) == held then
+    return {4}
+  end
+  local entry = redis.call('GET', key)
+  if entry and string.sub(entry, 1, #stamp) == stamp then return {2, entry} end
+  return {1, stamp}
+end
+"""
+"""The end of every lookup script: ``return answer(stamp, entry_key)`` is ``{4}`` when the entry whose
+header the caller holds (``ARGV[3]``) is current and still stored, else ``{2, entry}`` when the stored
+entry is current, else ``{1, stamp}`` (a miss)."""
+
+HELD_BYTES = 8 * 2**20
+"""Answers a process keeps per cache (least recently used dropped first)."""
+
 Load = Callable[[], Awaitable[bytes]]
 
 
 def fresh_version() -> str:
     return secrets.token_hex(8)
+
+
+class _Held(NamedTuple):
+    header: bytes  # {stamp}{token}\n
+    answer: bytes
+
+
+def _held_size(held: _Held) -> int:
+    return len(held.header) + len(held.answer)
+
+
+def _split(entry: bytes) -> _Held:
+    """``{stamp}{token}\\n{answer}`` (neither the stamp's versions nor the token hold a newline)."""
+    end = entry.index(b"\n", entry.index(b"\n") + 1) + 1
+    return _Held(entry[:end], entry[end:])
 
 
 class StampedCache:
@@ -52,7 +95,8 @@ class StampedCache:
         self.cache = cache
         self.valkey = cache.valkey
         self.ttl_ms = int(ttl_s * 1000)
-        self._lookup = cache.lookups.register_script(VERSION_LUA + lookup)
+        self._lookup = cache.lookups.register_script(VERSION_LUA + ANSWER_LUA + lookup)
+        self._held: LRUCache[str, _Held] = LRUCache(HELD_BYTES, getsizeof=_held_size)
         self._hits, self._misses = hits_and_misses(self.namespace)
         self._flights: Flights = {}
 
@@ -71,10 +115,12 @@ class StampedCache:
     ) -> bytes:
         """``entry``'s stored answer when its stamp is current, else ``load()``'s (stored under the
         stamp read before it ran). ``keys`` and ``arg``: the lookup's KEYS and ARGV[1] (ARGV[2] is
-        a fresh version); ``scope``: the reader's scope ids from PostgreSQL, when they must be loaded."""
+        a fresh version, ARGV[3] the header of the entry held); ``scope``: the reader's scope ids from
+        PostgreSQL, when they must be loaded."""
         if not self.enabled:
             return await load()
-        args = [arg, fresh_version()]
+        held = self._held.get(entry)
+        args = [arg, fresh_version(), held.header if held else b""]
         try:
             found = await self._lookup(keys=keys, args=args)
             if found[0] == 0:
@@ -86,9 +132,12 @@ class StampedCache:
         except VALKEY_DOWN as error:
             self.degraded("read", error)
             return await load()
+        if found[0] == 4 and held is not None:
+            self._hits.inc()
+            return held.answer
         if found[0] == 2:
             self._hits.inc()
-            return bytes(found[1])
+            return self._hold(entry, _split(found[1]))
         self._misses.inc()
         if found[0] != 1:  # the scope changed again meanwhile, or it says: not for this reader
             return await load()
@@ -106,11 +155,18 @@ class StampedCache:
 
     async def _load_and_store(self, entry: str, stamp: bytes, load: Load) -> bytes:
         body = await load()
+        held = _Held(stamp + fresh_version().encode() + b"\n", body)
         try:
-            await self.valkey.set(entry, stamp + body, px=self.ttl_ms)
+            await self.valkey.set(entry, held.header + body, px=self.ttl_ms)
         except VALKEY_DOWN as error:
             self.degraded("store", error)
-        return body
+            return body
+        return self._hold(entry, held)
+
+    def _hold(self, entry: str, held: _Held) -> bytes:
+        if _held_size(held) <= HELD_BYTES:
+            self._held[entry] = held
+        return held.answer
 
     async def _replace(self, versions: Mapping[str, Any], what: str) -> None:
         """Set these versions (after a change committed); an outage is counted, not raised."""

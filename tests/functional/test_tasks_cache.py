@@ -176,6 +176,60 @@ async def test_a_lost_version_never_makes_an_old_page_current(cache: TaskListCac
     assert await read(cache, load) == b"page 2"
 
 
+# -- pages a process holds (``app/core/stamped.py``) --------------------------------------------------
+
+
+@pytest.fixture
+def other_process(make_cache: MakeCache, valkey: Valkey, memberships: Memberships) -> TaskListCache:
+    """The same cache in another worker: its own Valkey connection and its own held pages."""
+    return TaskListCache(make_cache(valkey), 30, memberships)
+
+
+async def _bytes_sent_by_valkey(valkey: Valkey, read: Callable[[], Awaitable[bytes]]) -> int:
+    before = (await valkey.info("stats"))["total_net_output_bytes"]
+    await read()
+    return int((await valkey.info("stats"))["total_net_output_bytes"] - before)
+
+
+async def test_a_page_this_process_holds_is_not_sent_again(
+    cache: TaskListCache, other_process: TaskListCache, valkey: Valkey
+) -> None:
+    big = b"[" + b"0," * 50_000 + b"0]"
+
+    async def load() -> bytes:
+        return big
+
+    assert await read(cache, load) == big
+    held = await _bytes_sent_by_valkey(valkey, lambda: read(cache, load))
+    fetched = await _bytes_sent_by_valkey(valkey, lambda: read(other_process, load))
+    assert fetched > len(big), "the other process had to fetch the page"
+    assert held < 10_000, f"{held} bytes sent for a page this process holds"
+    assert await read(cache, load) == await read(other_process, load) == big
+
+
+async def test_a_held_page_changed_by_another_process_is_not_served(
+    cache: TaskListCache, other_process: TaskListCache
+) -> None:
+    load = Loads()
+    assert await read(cache, load) == b"page 1"
+    await other_process.tasks_changed(PROJECT)
+    assert await read(cache, load) == b"page 2"
+
+
+async def test_a_held_page_is_served_only_while_valkey_holds_the_same_entry(
+    cache: TaskListCache, other_process: TaskListCache, valkey: Valkey
+) -> None:
+    """The entry expired and another process stored a newer load under the same stamp: that one is
+    served, not the older page this process still holds (which would outlive the TTL)."""
+    load = Loads()
+    assert await read(cache, load) == b"page 1"
+    await valkey.delete(f"tasks:entry:{PROJECT}:q")
+    assert await read(other_process, load) == b"page 2"
+    assert await read(cache, load) == b"page 2"
+    await valkey.delete(f"tasks:entry:{PROJECT}:q")
+    assert await read(cache, load) == b"page 3", "an expired entry is loaded again"
+
+
 async def test_a_zero_ttl_turns_the_cache_off(
     make_cache: MakeCache, valkey: Valkey, memberships: Memberships
 ) -> None:

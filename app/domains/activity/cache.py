@@ -9,7 +9,8 @@ the task lists' page cache). A reader's stamp is made of these versions:
 - ``feed:seq``: any event stored (administrators see everything).
 
 The reader's scope (the projects whose versions count: ``*`` for administrators) is kept as
-``feed:scope:{reader}``. One Lua script reads the scope, the versions and the entry in one round
+``feed:scope:{reader}``, an answer as ``feed:entry:{name}:{reader}`` (``{stamp}{token}\\n{answer}``,
+``app/core/stamped.py``). One Lua script reads the scope, the versions and the entry in one round
 trip. Entries and scopes expire after ``FEED_CACHE_TTL_S``.
 """
 
@@ -21,30 +22,26 @@ from app.core.cache import Cache
 from app.core.stamped import Load, StampedCache, fresh_version
 
 # KEYS: scope, mv, rv, uv, entry, seq. ARGV: the project version key prefix, a fresh version
-# (``VERSION_LUA``). Returns {0, mv} when the scope must be loaded, {1, stamp} on a miss, {2, bytes}
-# on a hit.
+# (``VERSION_LUA``), the header of the entry held (``ANSWER_LUA``). Returns {0, mv} when the scope
+# must be loaded, else ``answer``'s.
 _LOOKUP = """
-local mv = version(KEYS[2], redis.call('GET', KEYS[2]))
-local scope = redis.call('GET', KEYS[1])
+local got = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
+local mv = version(KEYS[2], got[2])
+local scope = got[1]
 if not scope then return {0, mv} end
 local bar = string.find(scope, '|', 1, true)
 if string.sub(scope, 1, bar - 1) ~= mv then return {0, mv} end
 local ids = string.sub(scope, bar + 1)
-local parts = {mv, version(KEYS[3], redis.call('GET', KEYS[3])), version(KEYS[4], redis.call('GET', KEYS[4]))}
+local parts = {mv, version(KEYS[3], got[3]), version(KEYS[4], got[4])}
 if ids == '*' then
-  parts[#parts + 1] = version(KEYS[6], redis.call('GET', KEYS[6]))
+  parts[#parts + 1] = version(KEYS[6], got[5])
 elseif ids ~= '' then
   local keys = {}
   for id in string.gmatch(ids, '[^,]+') do keys[#keys + 1] = ARGV[1] .. id end
   local values = redis.call('MGET', unpack(keys))
   for i = 1, #values do parts[#parts + 1] = version(keys[i], values[i]) end
 end
-local stamp = table.concat(parts, ':') .. '\\n'
-local entry = redis.call('GET', KEYS[5])
-if entry and string.sub(entry, 1, #stamp) == stamp then
-  return {2, string.sub(entry, #stamp + 1)}
-end
-return {1, stamp}
+return answer(table.concat(parts, ':') .. '\\n', KEYS[5])
 """
 
 Scope = Callable[[], Awaitable[tuple[bool, Iterable[int]]]]
@@ -60,7 +57,7 @@ class FeedCache(StampedCache):
     async def read(self, reader_id: int, name: str, scope: Scope, load: Load) -> bytes:
         """The cached answer ``name`` of the reader, else ``load()``'s (then stored under the stamp
         read before it ran)."""
-        entry = f"feed:{name}:{reader_id}"
+        entry = f"feed:entry:{name}:{reader_id}"
         keys = [
             f"feed:scope:{reader_id}",
             f"feed:mv:{reader_id}",

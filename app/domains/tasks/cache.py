@@ -6,7 +6,8 @@ them (``app/core/stamped.py``: the protocol, shared with the feed's cache).
   is deleted;
 - ``tasks:mv:{user}``: the user's membership version, replaced when they join or leave a project;
 - ``tasks:scope:{user}``: ``{mv}|{project ids}``, the projects the user was a member of under ``mv``;
-- ``tasks:page:{project}:{query}``: ``{pv}\\n{page}``, one page, shared by every member.
+- ``tasks:entry:{project}:{query}``: ``{pv}\\n{token}\\n{page}``, one page, shared by every member
+  (``app/core/stamped.py``: the token lets a process that holds the page skip its transfer).
 
 One Lua script reads the reader's scope, checks the project is in it, reads the project's version
 and the page in one round trip. A reader whose scope does not hold the project goes to PostgreSQL,
@@ -20,24 +21,20 @@ from collections.abc import Awaitable, Callable
 from app.core.cache import Cache
 from app.core.stamped import Load, StampedCache, fresh_version
 
-# KEYS: scope, mv, pv, page. ARGV: the project id, a fresh version (``VERSION_LUA``).
-# Returns {0, mv} when the scope must be loaded, {3} when the project is not in it, {1, version} on a
-# miss, {2, bytes} on a hit.
+# KEYS: scope, mv, pv, page. ARGV: the project id, a fresh version (``VERSION_LUA``), the header of
+# the page held (``ANSWER_LUA``). Returns {0, mv} when the scope must be loaded, {3} when the project
+# is not in it, else ``answer``'s.
 _LOOKUP = """
-local mv = version(KEYS[2], redis.call('GET', KEYS[2]))
-local scope = redis.call('GET', KEYS[1])
+local got = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+local mv = version(KEYS[2], got[2])
+local scope = got[1]
 if not scope then return {0, mv} end
 local bar = string.find(scope, '|', 1, true)
 if string.sub(scope, 1, bar - 1) ~= mv then return {0, mv} end
 if not string.find(',' .. string.sub(scope, bar + 1) .. ',', ',' .. ARGV[1] .. ',', 1, true) then
   return {3}
 end
-local stamp = version(KEYS[3], redis.call('GET', KEYS[3])) .. '\\n'
-local page = redis.call('GET', KEYS[4])
-if page and string.sub(page, 1, #stamp) == stamp then
-  return {2, string.sub(page, #stamp + 1)}
-end
-return {1, stamp}
+return answer(version(KEYS[3], got[3]) .. '\\n', KEYS[4])
 """
 
 MemberProjects = Callable[[int], Awaitable[list[int]]]
@@ -55,7 +52,7 @@ class TaskListCache(StampedCache):
     async def read(self, reader_id: int, project_id: int, query: str, load: Load) -> bytes:
         """The page ``query`` of the project's tasks for a member, else ``load()``'s (stored under
         the version read before it ran when the reader is a member)."""
-        page = f"tasks:page:{project_id}:{query}"
+        page = f"tasks:entry:{project_id}:{query}"
         keys = [f"tasks:scope:{reader_id}", f"tasks:mv:{reader_id}", f"tasks:pv:{project_id}", page]
 
         async def scope() -> str:
