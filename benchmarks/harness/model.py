@@ -43,6 +43,7 @@ class Result:
     in_flight_bound: int | None = None
     server_cpu_us: float | None = None  # CPU of the server's processes per 2xx request (per row: rows/s)
     postgres_cpu_us: float | None = None
+    valkey_cpu_us: float | None = None
     wrk_cpu_us: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 

@@ -6,6 +6,7 @@ shows whether a long run grows.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -55,6 +56,14 @@ def postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
+def valkey_pid(data_dir: Path) -> int | None:
+    """The embedded Valkey's process (``app/core/embedded.py`` records it)."""
+    try:
+        return int(json.loads((data_dir / "valkey" / "server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def busy_seconds() -> tuple[float, float]:
     """(CPU seconds the whole machine spent working, seconds it spent idle or waiting for I/O),
     summed over its CPUs since boot (the ``cpu`` line of ``/proc/stat``)."""
@@ -79,19 +88,20 @@ def settle(quiet_share: float = 0.1, window_s: float = 0.5, limit_s: float = 30.
 
 
 class CpuMeter:
-    """CPU seconds spent by one process group (a server under test, started in its own session)
-    and by PostgreSQL (the postmaster's children), counted from the first ``sample``.
+    """CPU seconds spent by one process group (a server under test, started in its own session),
+    by PostgreSQL (the postmaster's children) and by Valkey, counted from the first ``sample``.
 
     Counted per process: one that exits between two samples (an autovacuum worker, a backend) takes
     its CPU time out of ``/proc``, so a plain sum of the living could go down. Here a process's time
     counts from when it was first seen (a new one's whole time); a process that exits loses only its
     time since the previous sample."""
 
-    def __init__(self, server_pgid: int, postmaster: int | None) -> None:
+    def __init__(self, server_pgid: int, postmaster: int | None, valkey: int | None = None) -> None:
         self.server_pgid = server_pgid
         self.postmaster = postmaster
+        self.valkey = valkey
         self._seen: dict[int, float] = {}
-        self._totals = {"server": 0.0, "postgres": 0.0}
+        self._totals = {"server": 0.0, "postgres": 0.0, "valkey": 0.0}
 
     def sample(self) -> dict[str, float]:
         now: dict[int, float] = {}
@@ -104,6 +114,8 @@ class CpuMeter:
                 groups[pid] = "server"
             elif self.postmaster and int(fields[1]) == self.postmaster:
                 groups[pid] = "postgres"
+            elif pid == self.valkey:
+                groups[pid] = "valkey"
             else:
                 continue
             now[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS

@@ -20,7 +20,7 @@ NOTES = (
     "p50/p99 are per batch. "
     '"+N in flight": rows of requests wrk abandoned when it stopped, committed after its count (at most '
     "connections x rows/request). CPU µs/unit: CPU time of the server's processes (its process group), "
-    "PostgreSQL's and wrk's per 2xx request (per row for rows/s), read from /proc (in-process rows: the "
+    "PostgreSQL's, Valkey's and wrk's per 2xx request (per row for rows/s), read from /proc (in-process rows: the "
     "harness's own CPU in the writes, and PostgreSQL's): comparable across runs "
     "even when other work shares the machine. Memory: RSS and USS (private) of each granian worker of the "
     "project server from /proc/<pid>/smaps_rollup, after each pass."
@@ -34,7 +34,8 @@ def _ms(value: float | None) -> str:
 def _cpu(result: Result) -> str:
     if result.server_cpu_us is None or result.postgres_cpu_us is None:
         return ""
-    return f"{result.server_cpu_us:,.0f} + {result.postgres_cpu_us:,.0f} + {result.wrk_cpu_us or 0:,.0f}"
+    parts = (result.server_cpu_us, result.postgres_cpu_us, result.valkey_cpu_us or 0, result.wrk_cpu_us or 0)
+    return " + ".join(f"{part:,.0f}" for part in parts)
 
 
 def _uvicorn_http(versions: dict[str, str]) -> str:
@@ -66,7 +67,7 @@ def _header(run: Run) -> list[str]:
 
 def _results_table(results: list[Result]) -> list[str]:
     lines = [
-        "| scenario | server | rate | unit | p50 ms | p99 ms | errors | CPU µs/unit server+PG+wrk "
+        "| scenario | server | rate | unit | p50 ms | p99 ms | errors | CPU µs/unit server+PG+Valkey+wrk "
         "| stored vs acked |",
         "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]

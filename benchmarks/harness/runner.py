@@ -152,6 +152,7 @@ def run_pass(
     options: Options,
     running: Servers,
     postmaster: int | None,
+    valkey: int | None,
     profiler: Profiler | None,
 ) -> list[Result]:
     """Every selected scenario once, on fresh fixtures and empty page-view tables."""
@@ -170,7 +171,7 @@ def run_pass(
             results += run_copy_cases(database_url, fixtures.site("copy"), options.copy_seconds, postmaster)
             continue
         server = running.get(scenario.server)
-        meter = procfs.CpuMeter(server.pid, postmaster)
+        meter = procfs.CpuMeter(server.pid, postmaster, valkey)
         profile = profiler.bind(server, f"pass{number}-{scenario.key}") if profiler else None
         result = run_wrk_scenario(scenario, options, server.base, fixtures, database_url, meter, profile)
         results.append(result)
@@ -189,6 +190,7 @@ def run(options: Options) -> Run:
     record = Run(describe(options, env))
     record.pending = {s.title(options): s.pending for s in selected if s.pending}
     postmaster = procfs.postmaster_pid(options.data_dir)
+    valkey = procfs.valkey_pid(options.data_dir)
     profiler = Profiler(options.data_dir / "profiles") if options.profile else None
     running = Servers(options, services, env)
     try:
@@ -196,7 +198,9 @@ def run(options: Options) -> Run:
         record.memory_at_start = worker_memory(project)
         for number in range(1, options.repeat + 1):
             with step(f"pass {number} of {options.repeat}"):
-                record.passes.append(run_pass(number, selected, options, running, postmaster, profiler))
+                record.passes.append(
+                    run_pass(number, selected, options, running, postmaster, valkey, profiler)
+                )
                 record.memory.append(worker_memory(project))
     finally:
         with step("stopping the servers"):

@@ -196,6 +196,7 @@ def run_wrk_scenario(
         errors=sum(stats[kind] for kind in ERROR_KINDS),
         server_cpu_us=(cpu_after["server"] - cpu_before["server"]) / units * 1e6,
         postgres_cpu_us=(cpu_after["postgres"] - cpu_before["postgres"]) / units * 1e6,
+        valkey_cpu_us=(cpu_after["valkey"] - cpu_before["valkey"]) / units * 1e6,
         wrk_cpu_us=stats["wrk_cpu_s"] / units * 1e6,
         detail={**stats, "connections": connections, "rows_per_request": rows_per_request},
     )

@@ -143,6 +143,23 @@ def test_cpu_meter_never_goes_back_when_a_measured_process_exits() -> None:
     assert after_exit >= while_alive
 
 
+def test_cpu_meter_counts_valkey_apart(tmp_path: Path) -> None:
+    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn + "print('burnt', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    (tmp_path / "valkey").mkdir()
+    (tmp_path / "valkey" / "server.json").write_text(json.dumps({"port": 1, "pid": child.pid, "holders": []}))
+    meter = procfs.CpuMeter(server_pgid=-1, postmaster=None, valkey=procfs.valkey_pid(tmp_path))
+    assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+    counted = meter.sample()
+    child.communicate(b"")
+    assert counted["valkey"] >= 0.25
+    assert counted["server"] == counted["postgres"] == 0
+
+
 def test_settling_gives_up_at_its_limit() -> None:
     assert procfs.settle(quiet_share=0.0, window_s=0.01, limit_s=0.0) >= 0.01
 
