@@ -20,8 +20,8 @@ NOTES = (
     "p50/p99 are per batch. "
     '"+N in flight": rows of requests wrk abandoned when it stopped, committed after its count (at most '
     "connections x rows/request). CPU µs/unit: CPU time of the server's processes (its process group), "
-    "PostgreSQL's, Valkey's and wrk's per 2xx request (per row for rows/s), read from /proc (in-process rows: the "
-    "harness's own CPU in the writes, and PostgreSQL's): comparable across runs "
+    "PostgreSQL's, Valkey's and wrk's per 2xx request (per row for rows/s), read from /proc "
+    "(in-process rows: the harness's own CPU in the writes, and PostgreSQL's): comparable across runs "
     "even when other work shares the machine. Memory: RSS and USS (private) of each granian worker of the "
     "project server from /proc/<pid>/smaps_rollup, after each pass."
 )
