@@ -57,11 +57,13 @@ def postmaster_pid(data_dir: Path) -> int | None:
 
 
 def valkey_pid(data_dir: Path) -> int | None:
-    """The embedded Valkey's process (``app/core/embedded.py`` records it)."""
+    """The embedded Valkey's process (``app/core/embedded.py`` records it), if it runs: the record
+    outlives the server, and its pid may since belong to another process."""
     try:
-        return int(json.loads((data_dir / "valkey" / "server.json").read_text())["pid"])
+        pid = int(json.loads((data_dir / "valkey" / "server.json").read_text())["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return pid if "valkey-server" in cmdline(pid) else None
 
 
 def busy_seconds() -> tuple[float, float]:

@@ -145,13 +145,16 @@ def test_cpu_meter_never_goes_back_when_a_measured_process_exits() -> None:
 
 def test_cpu_meter_counts_valkey_apart(tmp_path: Path) -> None:
     burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
-    child = subprocess.Popen(
-        [sys.executable, "-c", burn + "print('burnt', flush=True); sys.stdin.read()"],
+    child = subprocess.Popen(  # "valkey-server" on its command line, as the embedded server has
+        [sys.executable, "-c", burn + "print('burnt', flush=True); sys.stdin.read()", "valkey-server"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    (tmp_path / "valkey").mkdir()
-    (tmp_path / "valkey" / "server.json").write_text(json.dumps({"port": 1, "pid": child.pid, "holders": []}))
+    record = tmp_path / "valkey" / "server.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps({"port": 1, "pid": os.getpid(), "holders": []}))
+    assert procfs.valkey_pid(tmp_path) is None, "a recorded pid that is no Valkey (any more) is not counted"
+    record.write_text(json.dumps({"port": 1, "pid": child.pid, "holders": []}))
     meter = procfs.CpuMeter(server_pgid=-1, postmaster=None, valkey=procfs.valkey_pid(tmp_path))
     assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
     counted = meter.sample()
