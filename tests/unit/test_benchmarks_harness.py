@@ -168,6 +168,8 @@ def test_settling_gives_up_at_its_limit() -> None:
 
 
 def test_markdown_shows_results_ratios_targets_and_memory() -> None:
+    health = result("health", 10_000)
+    health.server_cpu_us, health.postgres_cpu_us, health.valkey_cpu_us, health.wrk_cpu_us = 150.4, 0, 12.2, 22
     run = Run(
         {
             "started_at": "2026-01-01T00:00:00Z",
@@ -179,12 +181,13 @@ def test_markdown_shows_results_ratios_targets_and_memory() -> None:
             },
             "server": {"SINK_DRIVER": "hybrid"},
         },
-        passes=[[result("bare-get", 20_000), result("health", 10_000)]],
+        passes=[[result("bare-get", 20_000), health]],
         memory=[[procfs.Memory(7, 102_400, 51_200)]],
         pending={"GET /api/feed": "no route yet"},
     )
     text = markdown(run, checks(run.by_key, run.memory))
     assert "| bare-get |  | 20,000 | req/s |" in text
+    assert "| 150 + 0 + 12 + 22 |" in text, "CPU per request: server + PostgreSQL + Valkey + wrk"
     assert "| GET /health/live / bare GET | 0.50 |" in text
     assert "| GET /health/live >= 85% of the bare Litestar GET | FAIL | 50% |" in text
     assert "| pid 7 |  | 100.0 (50.0) |" in text
