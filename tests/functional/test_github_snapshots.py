@@ -16,15 +16,8 @@ from app.core.services import open_services
 from app.domains.github.jobs import snapshot_github_profiles
 from app.domains.github.services import GithubService
 from tests.factories import create_user
+from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, serve_fake_github
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ How an answer is made (``GithubService.profile``):
 - A fetch chain (profile, every page of repositories, ``/languages`` of the largest ones) runs at most
   once at a time per login across all processes: within a process concurrent callers share one
   flight; across processes a Valkey lock (renewed while held) admits one, the others wait for its
-  result (or its recorded failure) instead of asking GitHub again.
+  result (or its recorded failure) instead of asking GitHub again. Whoever gets the lock reads the
+  stored profile first: a caller that looked just before another process's chain ended takes its
+  result.
 - Failures: an unknown login is remembered for ``GITHUB_NOT_FOUND_TTL_S`` (404 without a request);
   GitHub down or rate-limited gives the last good data with ``stale: true`` and ``last_error``, or,
   with nothing stored, a 503 problem with ``Retry-After``. Never a 500.
@@ -224,7 +226,7 @@ class GithubService:
         source: Source
         if stored is None:
             try:
-                stored = await self._fetch_shared(login, Priority.INTERACTIVE)
+                stored = await self._fetch_shared(login, Priority.INTERACTIVE, newer_than=None)
             except GitHubError as exc:
                 raise problem_for(exc) from None
             source = "live"
@@ -284,13 +286,24 @@ class GithubService:
             log.warning("github_stored_profile_unreadable", login=login)
             return None
 
+    async def _load_newer(self, login: str, newer_than: datetime | None) -> StoredProfile | None:
+        stored = await self._load(login)
+        if stored is None or (newer_than is not None and stored.fetched_at <= newer_than):
+            return None
+        return stored
+
     # -- fetching ----------------------------------------------------------------------------
 
-    async def _fetch_shared(self, login: str, priority: Priority) -> StoredProfile:
-        """One fetch chain per login: this process's callers share a flight, processes a lock."""
+    async def _fetch_shared(
+        self, login: str, priority: Priority, *, newer_than: datetime | None
+    ) -> StoredProfile:
+        """One fetch chain per login: this process's callers share a flight, processes a lock.
+
+        ``newer_than`` is what the caller already knows: a profile fetched after it (any profile, if
+        ``None``) that another process stores meanwhile is the answer, not a reason to fetch again."""
         flight = self._flights.get(login)
         if flight is None:
-            flight = asyncio.ensure_future(self._fetch_across_processes(login, priority))
+            flight = asyncio.ensure_future(self._fetch_across_processes(login, priority, newer_than))
             self._flights[login] = flight
             flight.add_done_callback(lambda done: self._end_flight(login, done))
         if priority is Priority.BACKGROUND:
@@ -306,23 +319,25 @@ class GithubService:
         if not done.cancelled():
             done.exception()  # retrieved: a flight whose callers all left logs no warning
 
-    async def _fetch_across_processes(self, login: str, priority: Priority) -> StoredProfile:
+    async def _fetch_across_processes(
+        self, login: str, priority: Priority, newer_than: datetime | None
+    ) -> StoredProfile:
         if await self.valkey.exists(f"github:missing:{login}"):
             raise GitHubNotFoundError("no such GitHub user (remembered)")
         recent = await self._recent_failure(login, since=0.0)
         if recent is not None:  # failed moments ago: answer that instead of asking GitHub again
             raise recent
         started = time.time()
-        started_at = self.clock()
         deadline = time.monotonic() + self.settings.github_cold_wait_s
         lock_key = f"github:fetch:{login}"
         while True:
             async with self._lock(lock_key) as held:
-                if held:
-                    return await self._fetch_and_store(login, priority)
+                if held:  # the last holder may have finished after the caller looked: read again first
+                    stored = await self._load_newer(login, newer_than)
+                    return stored or await self._fetch_and_store(login, priority)
             await asyncio.sleep(POLL_S)
-            stored = await self._load(login)
-            if stored is not None and stored.fetched_at >= started_at:
+            stored = await self._load_newer(login, newer_than)
+            if stored is not None:
                 return stored
             failure = await self._recent_failure(login, since=started)
             if failure is not None:
@@ -509,7 +524,7 @@ class GithubService:
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
         try:
-            stored = await self._fetch_shared(login, Priority.BACKGROUND)
+            stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=state.requested_at)
         except GitHubError as exc:
             await self._finish_refresh(state, exc)
             return "failed"
@@ -607,7 +622,7 @@ class GithubService:
         if await self._load(login) is not None:
             return
         try:
-            await self._fetch_shared(login, Priority.INTERACTIVE)
+            await self._fetch_shared(login, Priority.INTERACTIVE, newer_than=None)
         except GitHubError as exc:
             raise problem_for(exc) from None
 
@@ -630,7 +645,8 @@ class GithubService:
             try:
                 stored = await self._load(login)
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
-                    stored = await self._fetch_shared(login, Priority.BACKGROUND)
+                    newer_than = stored.fetched_at if stored else None
+                    stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=newer_than)
             except GitHubRateLimitError as exc:
                 log.warning("github_snapshots_paused", reason="rate-limit", retry_after=exc.retry_after)
                 break
