@@ -1,10 +1,11 @@
 """Fixtures shared by the functional tests: the app with auth rate limits out of the way (a clean
-client per test), a member whose password is ``tests.factories.PASSWORD``, a project team, and a
-count of the argon2 verifications the app makes."""
+client per test), a member whose password is ``tests.factories.PASSWORD``, a project team, a
+count of the argon2 verifications the app makes, and the fake GitHub (one server per test module,
+reset for every test)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import argon2
@@ -17,6 +18,7 @@ from app.config import Settings
 from app.core.security import Passwords
 from app.db.models import User
 from tests.factories import PASSWORD, Client, Team, create_user, generous_client, make_team
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, serve_fake_github
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +64,15 @@ def argon2_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(argon2.PasswordHasher, "verify", counted)
     return verified
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeGitHubServer]:
+    with serve_fake_github() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
+    fake_server.fake.reset()
+    return fake_server.fake

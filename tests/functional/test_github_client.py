@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -25,21 +25,9 @@ from app.domains.github.client import (
     token_fingerprint,
 )
 from app.domains.github.governor import Priority, WaitBudgetExceededError, governor_for
-from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, repos_named, serve_fake_github
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, repos_named
 
 TOKEN = "ghp_fake_secret_token_1234567890abcdef"
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeGitHubServer]:
-    with serve_fake_github() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
-    fake_server.fake.reset()
-    return fake_server.fake
 
 
 def github_settings(settings: Settings, server: FakeGitHubServer, **changes: object) -> Settings:

@@ -8,7 +8,7 @@ frees the fetch lock; B then finds the lock free. B must answer A's profile, not
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 
@@ -22,20 +22,13 @@ from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.governor import Priority
 from app.domains.github.services import GithubService
 from tests.fakes.clock import FakeClock
-from tests.fakes.github import FakeGitHub, FakeGitHubServer, repos_named, serve_fake_github
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeGitHubServer]:
-    with serve_fake_github() as server:
-        yield server
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, repos_named
 
 
 @pytest.fixture
-def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
-    fake_server.fake.reset()
-    fake_server.fake.add_user("cold", repos_named(3, language="Go", languages={"Go": 10}))
-    return fake_server.fake
+def cold(fake: FakeGitHub) -> str:
+    fake.add_user("cold", repos_named(3, language="Go", languages={"Go": 10}))
+    return "cold"
 
 
 @pytest.fixture
@@ -65,28 +58,28 @@ def chains(fake: FakeGitHub) -> int:
 
 
 async def test_a_cold_caller_takes_the_profile_another_process_stored_after_it_looked(
-    workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock
+    workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock, cold: str
 ) -> None:
     a, b = workers
-    stored_by_a = await a.profile("cold", DEFAULT_FILTERS, top_repos=5, top_languages=5)
+    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5)
     clock.now += timedelta(seconds=1)
 
     # B's request read no profile before A stored one; its fetch starts only now, with the lock free.
-    answer = await b._fetch_shared("cold", Priority.INTERACTIVE, newer_than=None)
+    answer = await b._fetch_shared(cold, Priority.INTERACTIVE, newer_than=None)
 
     assert answer.fetched_at == stored_by_a.fetched_at
     assert chains(fake) == 1
 
 
 async def test_a_refresh_is_answered_by_a_fetch_that_ended_after_it_was_requested(
-    workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock
+    workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock, cold: str
 ) -> None:
     a, b = workers
-    refresh = await b.request_refresh("cold")
+    refresh = await b.request_refresh(cold)
     clock.now += timedelta(seconds=1)
-    stored_by_a = await a.profile("cold", DEFAULT_FILTERS, top_repos=5, top_languages=5)
+    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5)
 
-    assert await b.run_refresh("cold", refresh.id) == "succeeded"
+    assert await b.run_refresh(cold, refresh.id) == "succeeded"
 
     state = await b.refresh_state(refresh.id)
     assert state.fetched_at == stored_by_a.fetched_at
@@ -94,14 +87,14 @@ async def test_a_refresh_is_answered_by_a_fetch_that_ended_after_it_was_requeste
 
 
 async def test_a_refresh_requested_after_the_last_fetch_fetches_again(
-    workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock
+    workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock, cold: str
 ) -> None:
     a, b = workers
-    stored_by_a = await a.profile("cold", DEFAULT_FILTERS, top_repos=5, top_languages=5)
+    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5)
     clock.now += timedelta(seconds=1)
-    refresh = await b.request_refresh("cold")
+    refresh = await b.request_refresh(cold)
 
-    assert await b.run_refresh("cold", refresh.id) == "succeeded"
+    assert await b.run_refresh(cold, refresh.id) == "succeeded"
 
     state = await b.refresh_state(refresh.id)
     assert state.fetched_at is not None and state.fetched_at > stored_by_a.fetched_at

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -19,21 +19,9 @@ from app.core.services import open_services
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from tests.factories import Client, generous_client, make_user
-from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, serve_fake_github
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 
 MAX_TRACKED = 3
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeGitHubServer]:
-    with serve_fake_github() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
-    fake_server.fake.reset()
-    return fake_server.fake
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, repos_named, serve_fake_github
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, repos_named
 from tests.served import ServerProcess
 
 ACCOUNT = {
@@ -22,18 +22,6 @@ ACCOUNT = {
     "display_name": "Watcher",
 }
 STREAM_DEADLINE_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeGitHubServer]:
-    with serve_fake_github() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
-    fake_server.fake.reset()
-    return fake_server.fake
 
 
 @pytest.fixture

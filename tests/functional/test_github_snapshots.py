@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
-import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
@@ -17,19 +15,7 @@ from app.domains.github.jobs import snapshot_github_profiles
 from app.domains.github.services import GithubService
 from tests.factories import create_user
 from tests.fakes.clock import FakeClock
-from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, serve_fake_github
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeGitHubServer]:
-    with serve_fake_github() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
-    fake_server.fake.reset()
-    return fake_server.fake
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 
 
 async def test_thirty_days_of_the_daily_cron_give_thirty_snapshots_and_correct_deltas(
