@@ -126,39 +126,58 @@ def test_the_machines_busy_time_counts_this_process_working() -> None:
     assert idle_after >= idle
 
 
-def test_cpu_meter_never_goes_back_when_a_measured_process_exits() -> None:
-    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
-    child = subprocess.Popen(
-        [sys.executable, "-c", burn + "print('burnt', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        start_new_session=True,  # its own process group, as the harness starts a server
+class BurningChild:
+    """A child process that burns 0.3 s of CPU when told to, once its meter is in place (a burn
+    started before the meter's first reading would be missed). Its command line ends with ``args``."""
+
+    BURN = (
+        "import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+        "t = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+        "print('burnt', flush=True)\nsys.stdin.read()\n"
     )
-    meter = procfs.CpuMeter(child.pid, postmaster=None)
-    assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+
+    def __init__(self, *args: str, own_session: bool = False) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.BURN, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=own_session,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        assert self.stdout.readline() == b"ready\n"  # running its own program now
+
+    def burn(self) -> None:
+        self.stdin.write(b"go\n")
+        self.stdin.flush()
+        assert self.stdout.readline() == b"burnt\n"
+
+    def stop(self) -> None:
+        self.process.communicate(b"")
+
+
+def test_cpu_meter_never_goes_back_when_a_measured_process_exits() -> None:
+    child = BurningChild(own_session=True)  # its own process group, as the harness starts a server
+    meter = procfs.CpuMeter(child.process.pid, postmaster=None)
+    child.burn()
     while_alive = meter.sample()["server"]
-    child.communicate(b"")
+    child.stop()
     after_exit = meter.sample()["server"]
     assert while_alive >= 0.25
     assert after_exit >= while_alive
 
 
 def test_cpu_meter_counts_valkey_apart(tmp_path: Path) -> None:
-    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
-    child = subprocess.Popen(  # "valkey-server" on its command line, as the embedded server has
-        [sys.executable, "-c", burn + "print('burnt', flush=True); sys.stdin.read()", "valkey-server"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    child = BurningChild("valkey-server")  # on its command line, as the embedded server has
     record = tmp_path / "valkey" / "server.json"
     record.parent.mkdir()
     record.write_text(json.dumps({"port": 1, "pid": os.getpid(), "holders": []}))
     assert procfs.valkey_pid(tmp_path) is None, "a recorded pid that is no Valkey (any more) is not counted"
-    record.write_text(json.dumps({"port": 1, "pid": child.pid, "holders": []}))
+    record.write_text(json.dumps({"port": 1, "pid": child.process.pid, "holders": []}))
     meter = procfs.CpuMeter(server_pgid=-1, postmaster=None, valkey=procfs.valkey_pid(tmp_path))
-    assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+    child.burn()
     counted = meter.sample()
-    child.communicate(b"")
+    child.stop()
     assert counted["valkey"] >= 0.25
     assert counted["server"] == counted["postgres"] == 0
 
