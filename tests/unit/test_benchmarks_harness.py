@@ -108,8 +108,10 @@ def test_profile_summary_counts_each_function_once_per_stack(tmp_path: Path) -> 
 def test_procfs_reads_memory_and_children_of_this_process() -> None:
     mine = procfs.memory(os.getpid())
     assert mine is not None and 0 < mine.uss_kib <= mine.rss_kib
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    program = "import sys; print('ready', flush=True); sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"  # exec is over
         assert child.pid in procfs.children(os.getpid())
         assert "sys.stdin.read()" in procfs.cmdline(child.pid)
     finally:
