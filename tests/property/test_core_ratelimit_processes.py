@@ -63,23 +63,25 @@ def _burst(url: str, policy: Policy, key: str, rounds: list[int], start: Barrier
     return admitted, unspent, os.getpid()
 
 
-def _warm_up(_: int) -> int:
-    time.sleep(0.3)  # keep this worker busy so that the pool starts all of them
+def _warm_up(everyone_started: Barrier) -> int:
+    everyone_started.wait(BARRIER_TIMEOUT_S)  # no worker takes a second task: the pool starts them all
     return os.getpid()
 
 
 @pytest.fixture(scope="module")
-def pool() -> Iterator[ProcessPoolExecutor]:
-    with ProcessPoolExecutor(max_workers=MAX_PROCESSES, mp_context=get_context("spawn")) as executor:
-        assert len(set(executor.map(_warm_up, range(MAX_PROCESSES)))) == MAX_PROCESSES
-        yield executor
+def manager() -> Iterator[SyncManager]:
+    """Shares the start barriers with the pool's processes."""
+    with get_context("spawn").Manager() as shared:
+        yield shared
 
 
 @pytest.fixture(scope="module")
-def manager() -> Iterator[SyncManager]:
-    """Shares the start barrier with the pool's processes."""
-    with get_context("spawn").Manager() as shared:
-        yield shared
+def pool(manager: SyncManager) -> Iterator[ProcessPoolExecutor]:
+    with ProcessPoolExecutor(max_workers=MAX_PROCESSES, mp_context=get_context("spawn")) as executor:
+        everyone_started = manager.Barrier(MAX_PROCESSES)
+        pids = executor.map(_warm_up, [everyone_started] * MAX_PROCESSES)
+        assert len(set(pids)) == MAX_PROCESSES
+        yield executor
 
 
 @pytest.fixture(scope="module")
