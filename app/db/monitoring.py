@@ -823,15 +823,16 @@ async def advisory_unlock(conn: AsyncConnection[Any], *, key: int) -> bool | Non
 MARK_ORPHANS_UNCERTAIN = """\
 update monitoring_deliveries
 set status = 'uncertain', last_error = 'the sender stopped during the request; not resent (at most once)'
-where status = 'sending'"""
+where status = 'sending'
+returning chat_id"""
 
 
-async def mark_orphans_uncertain(conn: AsyncConnection[Any]) -> int:
+async def mark_orphans_uncertain(conn: AsyncConnection[Any]) -> list[str]:
     """Run only by the sender holding the sender lock: a row still 'sending' belongs to a dead sender,
-    whose request may have reached Telegram. It is never sent again."""
-    async with AsyncRawCursor(conn) as cur:
+    whose request may have reached Telegram. It is never sent again; its chat counts it in its pacing."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(MARK_ORPHANS_UNCERTAIN)
-        return cur.rowcount
+        return await cur.fetchall()
 
 
 PENDING_DELIVERIES = """\

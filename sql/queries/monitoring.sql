@@ -265,12 +265,13 @@ select pg_try_advisory_lock(@key::bigint) as locked;
 -- name: AdvisoryUnlock :one
 select pg_advisory_unlock(@key::bigint) as unlocked;
 
--- name: MarkOrphansUncertain :execrows
+-- name: MarkOrphansUncertain :many
 -- Run only by the sender holding the sender lock: a row still 'sending' belongs to a dead sender,
--- whose request may have reached Telegram. It is never sent again.
+-- whose request may have reached Telegram. It is never sent again; its chat counts it in its pacing.
 update monitoring_deliveries
 set status = 'uncertain', last_error = 'the sender stopped during the request; not resent (at most once)'
-where status = 'sending';
+where status = 'sending'
+returning chat_id;
 
 -- name: PendingDeliveries :many
 select d.id, d.alert_id, d.chat_id, d.not_before, d.attempts

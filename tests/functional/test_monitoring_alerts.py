@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from psycopg import AsyncConnection
 from saq.job import Job, Status
@@ -104,6 +105,31 @@ async def test_a_429_delays_the_next_send_by_retry_after(
     assert second.at - first.at >= 3.0, "the next send waited at least retry_after"
     assert third.at - second.at >= 1.0, "one message per second per chat"
     assert second.text == first.text, "the refused message is the one sent after the wait"
+
+
+async def test_a_dead_senders_last_request_counts_in_its_chats_pacing(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        await service.write_now([storm_event(1, time.time()), storm_event(2, time.time())])
+        first_id = await scalar(db, "select min(id) from monitoring_deliveries")
+        await db.execute(  # a sender claimed the first delivery, its request reached Telegram, it died
+            "update monitoring_deliveries set status = 'sending', claimed_at = now(), attempts = 1"
+            " where id = %s",
+            (first_id,),
+        )
+        async with httpx.AsyncClient() as client:
+            dead_senders = await client.post(
+                f"{telegram.url}/bot{TOKEN}/sendMessage", json={"chat_id": PRIVATE_CHAT, "text": "storm 1"}
+            )
+        assert dead_senders.status_code == 200
+
+        assert await service.deliver(budget_s=30) == 1
+    received = telegram.fake.messages()
+    assert [r.status for r in received] == [200, 200], "paced after the dead sender's request: no 429"
+    assert received[1].at - received[0].at >= 1.0
+    statuses = await db.execute("select status::text from monitoring_deliveries order by id")
+    assert await statuses.fetchall() == [("uncertain",), ("sent",)]
 
 
 async def test_html_refused_is_resent_as_plain_text(

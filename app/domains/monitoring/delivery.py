@@ -10,7 +10,8 @@ Exactly once is impossible with ``sendMessage`` (no idempotency key, and a bot c
 it sent), so this is *at most once*, as the issue asks ("never twice"): a delivery is claimed
 (``sending``, committed) before its request leaves. If the sender dies between the request and the
 record of Telegram's answer, the next sender finds the row still ``sending`` and marks it
-``uncertain``: listed by the admin API, never resent. Requests that certainly did not reach Telegram
+``uncertain``: listed by the admin API, never resent, and counted in its chat's pacing as a message
+sent at that moment (it may have arrived). Requests that certainly did not reach Telegram
 (connection refused, 429, an error answer) go back to ``pending``.
 
 Pacing follows the Bot API FAQ: one message per second per chat, 20 per minute to a group (a chat id
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from prometheus_client import Counter
@@ -88,6 +90,16 @@ class Pacer:
         self.blocked[chat_id] = max(self.blocked.get(chat_id, 0.0), until)
 
 
+async def _save_pacing(conn: AsyncConnection[Any], chat_id: str, pacer: Pacer) -> None:
+    blocked = pacer.blocked.get(chat_id)
+    await queries.save_chat(
+        conn,
+        chat_id=chat_id,
+        blocked_until=_utc(blocked) if blocked else None,
+        recent_sends=[_utc(moment) for moment in pacer.recent.get(chat_id, [])],
+    )
+
+
 class Sender:
     def __init__(
         self,
@@ -124,10 +136,14 @@ class Sender:
     async def _run(self, budget_s: float) -> int:
         deadline = time.monotonic() + budget_s
         async with self.db.transaction() as uow:
-            orphans = await queries.mark_orphans_uncertain(uow.conn)
+            orphaned_chats = await queries.mark_orphans_uncertain(uow.conn)
             pacer = Pacer.load(await queries.load_chats(uow.conn))
-        if orphans:
-            log.warning("monitoring_deliveries_uncertain", deliveries=orphans)
+            now = self.clock()
+            for chat_id in set(orphaned_chats):  # a dead sender's request reached Telegram by now, if ever
+                pacer.requested(chat_id, now)
+                await _save_pacing(uow.conn, chat_id, pacer)
+        if orphaned_chats:
+            log.warning("monitoring_deliveries_uncertain", deliveries=len(orphaned_chats))
         delivered = 0
         while not self._stopping.is_set():
             remaining = deadline - time.monotonic()
@@ -221,13 +237,7 @@ class Sender:
                 await queries.mark_delivery_final(
                     uow.conn, status=status, last_error=error or result.outcome, id=row.id
                 )
-            blocked = pacer.blocked.get(row.chat_id)
-            await queries.save_chat(
-                uow.conn,
-                chat_id=row.chat_id,
-                blocked_until=_utc(blocked) if blocked else None,
-                recent_sends=[_utc(moment) for moment in pacer.recent.get(row.chat_id, [])],
-            )
+            await _save_pacing(uow.conn, row.chat_id, pacer)
         if result.outcome != "sent":
             log.warning(
                 "monitoring_telegram_not_sent",
