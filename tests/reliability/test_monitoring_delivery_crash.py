@@ -8,13 +8,12 @@ answer. A second worker takes over: it finds the delivery still claimed by the d
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from app.config import Settings
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.fingerprint import RawException
+from tests.factories import wait_until
 from tests.fakes.telegram import FakeTelegramServer, serve_fake_telegram
 from tests.functional.test_monitoring_groups import open_monitoring
 
@@ -97,14 +97,6 @@ def workers(tmp_path: Path, settings: Settings, telegram: FakeTelegramServer) ->
         yield running
     finally:
         running.close()
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
-        await asyncio.sleep(0.05)
 
 
 def alert_event(marker: str) -> RawEvent:
