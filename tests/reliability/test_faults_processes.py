@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,9 @@ async def test_two_servers_and_two_workers_process_every_event_exactly_once(
         )
         return response.status_code
 
+    into_hour = time.time() % 3600  # the burst stays inside one hour window (the quota is per hour)
+    if into_hour >= 3600 - 10:
+        await asyncio.sleep(3600 - into_hour + 0.05)
     statuses = await asyncio.gather(*(refresh(n) for n in range(90)))
     assert set(statuses) <= {401, 429}, statuses
     admitted = statuses.count(401)
