@@ -28,24 +28,22 @@ async def create_site(
         return await cur.fetchone()
 
 
-COUNT_OWNED_SITES_LOCKED = """\
-select pg_advisory_xact_lock(hashtextextended(concat('sites-owner:', $1::bigint), 0))::text as locked,
-       (select count(*) from sites where owner_id = $1)::bigint as sites"""
+LOCK_SITE_OWNER = "select pg_advisory_xact_lock(hashtextextended(concat('sites-owner:', $1::bigint), 0))"
 
 
-class CountOwnedSitesLockedRow(msgspec.Struct, frozen=True, gc=False):
-    locked: str
-    sites: int
+async def lock_site_owner(conn: AsyncConnection[Any], *, owner_id: int) -> None:
+    """Serialises one owner's site creations (so a burst cannot pass the cap). Counting must be a statement
+    of its own, after this one: a statement's snapshot is taken before its lock is granted."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_SITE_OWNER, (owner_id,))
 
 
-async def count_owned_sites_locked(
-    conn: AsyncConnection[Any],
-    *,
-    owner_id: int,
-) -> CountOwnedSitesLockedRow | None:
-    """Serialises one owner's site creations (so a burst cannot pass the cap), then counts their sites."""
-    async with AsyncRawCursor(conn, row_factory=args_row(CountOwnedSitesLockedRow)) as cur:
-        await cur.execute(COUNT_OWNED_SITES_LOCKED, (owner_id,))
+COUNT_OWNED_SITES = "select count(*)::bigint from sites where owner_id = $1"
+
+
+async def count_owned_sites(conn: AsyncConnection[Any], *, owner_id: int) -> int | None:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_OWNED_SITES, (owner_id,))
         return await cur.fetchone()
 
 

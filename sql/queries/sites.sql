@@ -3,10 +3,13 @@ insert into sites (owner_id, domain, ingest_key, timezone)
 values (@owner_id, @domain, @ingest_key, @timezone)
 returning *;
 
--- name: CountOwnedSitesLocked :one
--- Serialises one owner's site creations (so a burst cannot pass the cap), then counts their sites.
-select pg_advisory_xact_lock(hashtextextended(concat('sites-owner:', @owner_id::bigint), 0))::text as locked,
-       (select count(*) from sites where owner_id = @owner_id)::bigint as sites;
+-- name: LockSiteOwner :exec
+-- Serialises one owner's site creations (so a burst cannot pass the cap). Counting must be a statement
+-- of its own, after this one: a statement's snapshot is taken before its lock is granted.
+select pg_advisory_xact_lock(hashtextextended(concat('sites-owner:', @owner_id::bigint), 0));
+
+-- name: CountOwnedSites :one
+select count(*)::bigint from sites where owner_id = @owner_id;
 
 -- name: GetSite :one
 select * from sites where id = @id;

@@ -71,3 +71,28 @@ async def test_a_deletion_racing_another_is_a_404(
         lambda: api.delete(f"/api/sites/{site_id}", headers=owner.headers),
     )
     assert_problem(answer, 404, "not-found")
+
+
+async def test_a_creation_waiting_behind_another_counts_the_site_it_made(
+    api: Client, db: AsyncConnection[Any], database_url: str
+) -> None:
+    """The other creation holds the owner's lock and reaches the cap; this one, waiting for the lock,
+    must count that site (a count in the locking statement saw the snapshot from before the wait)."""
+    owner = await make_user(db, api.app)
+    for n in range(CAP - 1):
+        created = await api.post("/api/sites", json={"domain": f"w{n}.example"}, headers=owner.headers)
+        assert created.status_code == 201, created.text
+    concurrent_creation = """
+        with owner as (select %s::bigint as id),
+        locked as (select pg_advisory_xact_lock(hashtextextended(concat('sites-owner:', id), 0)) from owner)
+        insert into sites (owner_id, domain, ingest_key, timezone)
+        select id, 'other-request.example', md5(random()::text), 'UTC' from owner, locked"""
+    answer = await answer_racing(
+        database_url,
+        concurrent_creation,
+        owner.id,
+        lambda: api.post("/api/sites", json={"domain": "late.example"}, headers=owner.headers),
+    )
+    assert_problem(answer, 409, "site-limit")
+    cursor = await db.execute("select count(*) from sites where owner_id = %s", (owner.id,))
+    assert await cursor.fetchone() == (CAP,)

@@ -75,8 +75,9 @@ class SiteService:
         """A new site with a fresh public ingest key (what its tracker sends); at most
         ``SITES_PER_USER_MAX`` per owner (free accounts cannot mint unlimited ingest keys)."""
         async with self.db.transaction() as uow:
-            usage = await queries.count_owned_sites_locked(uow.conn, owner_id=owner_id)
-            if usage is not None and usage.sites >= self.sites_per_user_max:
+            await queries.lock_site_owner(uow.conn, owner_id=owner_id)
+            owned = await queries.count_owned_sites(uow.conn, owner_id=owner_id)
+            if owned is not None and owned >= self.sites_per_user_max:
                 raise SiteLimitError(f"An account owns at most {self.sites_per_user_max} sites.")
             site = await queries.create_site(
                 uow.conn,
