@@ -41,8 +41,10 @@ class Performance:
         minute = utc(minute_of(self.clock()))
         latency: dict[str, list[Any]] = {"routes": [], "methods": [], "buckets": [], "requests": []}
         exemplars: dict[str, list[Any]] = {"routes": [], "methods": [], "ids": [], "ms": [], "statuses": []}
-        for route, methods in routes.items():
-            for method, counts in methods.items():
+        # In one order in every process: two shipping at once (every worker at shutdown) upsert the
+        # same minute rows, and rows locked in different orders deadlock (one of them would be lost).
+        for route, methods in sorted(routes.items()):
+            for method, counts in sorted(methods.items()):
                 for bucket, count in enumerate(counts.counts):
                     if count:
                         latency["routes"].append(route)
