@@ -120,6 +120,14 @@ async def test_an_administrator_answer_is_stale_after_any_event(cache: FeedCache
     assert await read(cache, load, admin=True, projects=()) == b"answer 2"
 
 
+async def test_an_administrator_answer_is_stale_once_any_project_is_deleted(cache: FeedCache) -> None:
+    """Before the deletion's own event is stored: an administrator sees every project's groups."""
+    load = Loads()
+    await read(cache, load, admin=True, projects=())
+    await cache.project_gone(999)
+    assert await read(cache, load, admin=True, projects=()) == b"answer 2"
+
+
 async def test_a_change_committed_while_loading_is_not_hidden_by_the_stored_answer(cache: FeedCache) -> None:
     """The load may have read the database before the change: its answer must not be served after."""
 

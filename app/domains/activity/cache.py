@@ -6,7 +6,7 @@ the task lists' page cache). A reader's stamp is made of these versions:
 - ``feed:rv:{reader}``: the reader's read state (seen, read marks);
 - ``feed:uv:{reader}``: events addressed to the reader (their orders);
 - ``feed:pv:{project}``: events stored in the project, or the project deleted;
-- ``feed:seq``: any event stored (administrators see everything).
+- ``feed:seq``: any event stored, or any project deleted (administrators see everything).
 
 The reader's scope (the projects whose versions count: ``*`` for administrators) is kept as
 ``feed:scope:{reader}``, an answer as ``feed:entry:{name}:{reader}`` (``{stamp}{token}\\n{answer}``,
@@ -85,7 +85,10 @@ class FeedCache(StampedCache):
         await self._replace({f"feed:mv:{user_id}": fresh_version()}, "scope")
 
     async def project_gone(self, project_id: int) -> None:
-        await self._replace({f"feed:pv:{project_id}": fresh_version()}, "project")
+        """A project deleted: its members' answers, and every administrator's (they see all projects,
+        and their stamp has ``feed:seq`` instead of project versions), are stale at once."""
+        versions = {f"feed:pv:{project_id}": fresh_version(), "feed:seq": fresh_version()}
+        await self._replace(versions, "project")
 
     async def read_state_changed(self, reader_id: int) -> None:
         await self._replace({f"feed:rv:{reader_id}": fresh_version()}, "read state")
