@@ -194,9 +194,9 @@ async def claim_expired_reservations(conn: AsyncConnection[Any], *, batch_size: 
 
 CLAIM_IDEMPOTENCY_KEY = """\
 insert into idempotency_keys (user_id, key, request_hash, expires_at)
-values ($1, $2, $3, now() + interval '24 hours')
+values ($1, $2, $3, now() + make_interval(secs => $4::float8))
 on conflict (user_id, key) do nothing
-returning user_id"""
+returning expires_at"""
 
 
 async def claim_idempotency_key(
@@ -205,10 +205,12 @@ async def claim_idempotency_key(
     user_id: int,
     key: str,
     request_hash: bytes,
-) -> int | None:
-    """A new key is claimed (returns a row); an existing one returns nothing."""
+    lease_s: float,
+) -> datetime | None:
+    """A new key is claimed for a lease (returns its end, which identifies this claim); an existing key
+    returns nothing. A claim whose request died is freed when its lease ends, not after a day."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(CLAIM_IDEMPOTENCY_KEY, (user_id, key, request_hash))
+        await cur.execute(CLAIM_IDEMPOTENCY_KEY, (user_id, key, request_hash, lease_s))
         return await cur.fetchone()
 
 
@@ -234,8 +236,9 @@ async def delete_expired_idempotency_key(conn: AsyncConnection[Any], *, user_id:
 
 COMPLETE_IDEMPOTENCY_KEY = """\
 update idempotency_keys
-set response_status = $1, response_body = $2, resource_id = $3
-where user_id = $4 and key = $5"""
+set response_status = $1, response_body = $2, resource_id = $3,
+    expires_at = now() + interval '24 hours'
+where user_id = $4 and key = $5 and response_status is null and expires_at = $6"""
 
 
 async def complete_idempotency_key(
@@ -246,22 +249,31 @@ async def complete_idempotency_key(
     resource_id: int | None,
     user_id: int,
     key: str,
-) -> None:
+    claimed_until: datetime,
+) -> int:
+    """Only while this request's claim still holds (0 rows: its lease ended and a retry claimed the key)."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(
             COMPLETE_IDEMPOTENCY_KEY,
-            (response_status, response_body, resource_id, user_id, key),
+            (response_status, response_body, resource_id, user_id, key, claimed_until),
         )
+        return cur.rowcount
 
 
-RELEASE_IDEMPOTENCY_KEY = (
-    "delete from idempotency_keys where user_id = $1 and key = $2 and response_status is null"
-)
+RELEASE_IDEMPOTENCY_KEY = """\
+delete from idempotency_keys
+where user_id = $1 and key = $2 and response_status is null and expires_at = $3"""
 
 
-async def release_idempotency_key(conn: AsyncConnection[Any], *, user_id: int, key: str) -> None:
+async def release_idempotency_key(
+    conn: AsyncConnection[Any],
+    *,
+    user_id: int,
+    key: str,
+    claimed_until: datetime,
+) -> None:
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(RELEASE_IDEMPOTENCY_KEY, (user_id, key))
+        await cur.execute(RELEASE_IDEMPOTENCY_KEY, (user_id, key, claimed_until))
 
 
 PURGE_EXPIRED_IDEMPOTENCY_KEYS = "delete from idempotency_keys where expires_at <= now()"

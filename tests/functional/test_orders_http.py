@@ -18,7 +18,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.db.models import OrderStatus
 from app.domains.orders.schemas import OrderCreate, OrderLine
-from app.domains.orders.services import OrderService
+from app.domains.orders.services import IDEMPOTENCY_CLAIM_LEASE_S, OrderService
 from tests.factories import (
     COMMERCE,
     Actor,
@@ -27,6 +27,7 @@ from tests.factories import (
     make_product,
     make_user,
     serve_in_loop,
+    wait_until,
 )
 from tests.fakes import payments
 
@@ -227,6 +228,58 @@ async def test_a_concurrent_duplicate_is_409_and_the_first_completes(
     assert await scalar(db, "select count(*) from orders") == 1
     replay = await place(client, buyer, (pid, 1), key="race")
     assert replay.headers["idempotent-replayed"] == "true" and replay.content == accepted.content
+
+
+async def claim_held_at_the_user_lock(
+    client: Client, buyer: Any, pid: int, db: AsyncConnection[Any], locker: AsyncConnection[Any], key: str
+) -> asyncio.Task[Any]:
+    """A placement that has claimed ``key`` and waits for the user's row (``locker`` holds it)."""
+    await locker.execute("select id from users where id = %s for no key update", (buyer.id,))
+    request = asyncio.create_task(place(client, buyer, (pid, 1), key=key, expect=None))
+
+    async def claimed() -> bool:
+        return bool(await scalar(db, "select count(*) from idempotency_keys where key = %s", key))
+
+    await wait_until(claimed, 30, "the request claimed its key")
+    return request
+
+
+async def test_a_claim_is_a_short_lease_until_the_order_is_placed(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
+) -> None:
+    """A request that dies after its claim (a killed worker) blocks retries for the lease, not a day."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
+    lease = "select extract(epoch from expires_at - now()) from idempotency_keys where key = 'lease'"
+    async with await AsyncConnection.connect(database_url) as locker:
+        request = await claim_held_at_the_user_lock(client, buyer, pid, db, locker, "lease")
+        assert 0 < await scalar(db, lease) <= IDEMPOTENCY_CLAIM_LEASE_S
+        await locker.rollback()
+    assert (await asyncio.wait_for(request, 30)).status_code == 202
+    assert await scalar(db, lease) > 23 * 3600, "a placed order's key is kept for a day"
+
+
+async def test_a_placement_that_outlived_its_claim_is_rolled_back(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
+) -> None:
+    """Its lease ended and a retry claimed the key meanwhile: only one of them may place the order."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
+    async with await AsyncConnection.connect(database_url) as locker:
+        request = await claim_held_at_the_user_lock(client, buyer, pid, db, locker, "outlived")
+        await db.execute(  # what a retry does after the lease: its own claim in place of this one
+            "update idempotency_keys set expires_at = now() + interval '60 seconds', created_at = now()"
+            " where key = 'outlived'"
+        )
+        await locker.rollback()
+    answer = await asyncio.wait_for(request, 30)
+    assert_problem(answer, 409, "idempotency-key-in-flight")
+    assert await scalar(db, "select count(*) from orders where user_id = %s", buyer.id) == 0
+    assert await scalar(db, "select count(*) from idempotency_keys where key = 'outlived'") == 1, (
+        "the retry's claim is left alone"
+    )
 
 
 async def test_an_expired_key_can_be_used_again(

@@ -102,6 +102,10 @@ async def _transition(
     return updated
 
 
+IDEMPOTENCY_CLAIM_LEASE_S = 60.0
+"""How long an unfinished placement holds its Idempotency-Key: far longer than a placement takes."""
+
+
 class OrderService:
     def __init__(self, db: Database, settings: Settings, products: ProductService) -> None:
         self.db = db
@@ -115,17 +119,25 @@ class OrderService:
 
         The idempotency key is claimed first in its own committed transaction: a concurrent
         duplicate then sees the claim (409), a later one the stored response (replayed), and a
-        different body under the same key is refused (422). A failure releases the claim.
+        different body under the same key is refused (422). A failure releases the claim. The claim
+        is a lease of ``IDEMPOTENCY_CLAIM_LEASE_S``: a request that died (a killed worker, a lost
+        database) holds its key that long, not a day; the placement commits only while its own
+        claim still holds, so a retry after the lease can never place the order a second time.
         """
         request_hash = hashlib.sha256(msgspec.json.encode(data)).digest()
         async with self.db.transaction() as uow:
             await queries.delete_expired_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
-            claimed = await queries.claim_idempotency_key(
-                uow.conn, user_id=user_id, key=idempotency_key, request_hash=request_hash
+            claimed_until = await queries.claim_idempotency_key(
+                uow.conn,
+                user_id=user_id,
+                key=idempotency_key,
+                request_hash=request_hash,
+                lease_s=IDEMPOTENCY_CLAIM_LEASE_S,
             )
-            if claimed is None:
+            if claimed_until is None:
                 existing = await queries.get_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
-                assert existing is not None
+                if existing is None:  # the claim we met was released meanwhile
+                    raise IdempotencyKeyInFlightError("Retry when the first request has finished.")
                 if existing.request_hash != request_hash:
                     raise IdempotencyKeyReusedError("This Idempotency-Key was used with a different body.")
                 if existing.response_status is None or existing.response_body is None:
@@ -139,17 +151,22 @@ class OrderService:
         try:
             async with self.db.transaction() as uow:
                 placed = await self._place(uow, user_id, data)
-                await queries.complete_idempotency_key(
+                completed = await queries.complete_idempotency_key(
                     uow.conn,
                     response_status=placed.status_code,
                     response_body=placed.body,
                     resource_id=placed.order_id,
                     user_id=user_id,
                     key=idempotency_key,
+                    claimed_until=claimed_until,
                 )
+                if not completed:  # rolls the placement back
+                    raise IdempotencyKeyInFlightError("This request outlived its claim on the key; retry.")
         except BaseException:
             async with self.db.transaction() as uow:
-                await queries.release_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
+                await queries.release_idempotency_key(
+                    uow.conn, user_id=user_id, key=idempotency_key, claimed_until=claimed_until
+                )
             raise
         return placed
 
