@@ -37,8 +37,8 @@ class OrdersController(Controller):
         summary="Place an order (stock is reserved in the background)",
         description="Needs an `Idempotency-Key` header (kept 24 h per user): the same key and body replay "
         "the first answer with `Idempotent-Replayed: true`; a different body is 422; a concurrent "
-        "duplicate is 409. Answers 202 with the pending order and its `Location`; poll it for "
-        "`reserved` or `rejected`.",
+        "duplicate is 409 (a request that never finished holds its key for at most a minute). Answers "
+        "202 with the pending order and its `Location`; poll it for `reserved` or `rejected`.",
         responses={**problems(400, 401, 409, 422, 429), 202: ResponseSpec(OrderOut, description="Accepted")},
     )
     async def place_order(
