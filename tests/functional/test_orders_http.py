@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -230,32 +231,34 @@ async def test_a_concurrent_duplicate_is_409_and_the_first_completes(
     assert replay.headers["idempotent-replayed"] == "true" and replay.content == accepted.content
 
 
-async def claim_held_at_the_user_lock(
-    client: Client, buyer: Any, pid: int, db: AsyncConnection[Any], locker: AsyncConnection[Any], key: str
-) -> asyncio.Task[Any]:
-    """A placement that has claimed ``key`` and waits for the user's row (``locker`` holds it)."""
-    await locker.execute("select id from users where id = %s for no key update", (buyer.id,))
-    request = asyncio.create_task(place(client, buyer, (pid, 1), key=key, expect=None))
+@asynccontextmanager
+async def placement_held_after_its_claim(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str, key: str
+) -> AsyncIterator[tuple[asyncio.Task[Any], int]]:
+    """(the request, its buyer's id): a placement that has claimed ``key`` and waits for its user's
+    row, held by another transaction until the block ends."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db)
+    async with await AsyncConnection.connect(database_url) as locker:
+        await locker.execute("select id from users where id = %s for no key update", (buyer.id,))
+        request = asyncio.create_task(place(client, buyer, (pid, 1), key=key, expect=None))
 
-    async def claimed() -> bool:
-        return bool(await scalar(db, "select count(*) from idempotency_keys where key = %s", key))
+        async def claimed() -> bool:
+            return bool(await scalar(db, "select count(*) from idempotency_keys where key = %s", key))
 
-    await wait_until(claimed, 30, "the request claimed its key")
-    return request
+        await wait_until(claimed, 30, "the request claimed its key")
+        yield request, buyer.id
+        await locker.rollback()
 
 
 async def test_a_claim_is_a_short_lease_until_the_order_is_placed(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
 ) -> None:
     """A request that dies after its claim (a killed worker) blocks retries for the lease, not a day."""
-    app, client = shop
-    buyer = await make_user(db, app)
-    pid = await make_product(db)
     lease = "select extract(epoch from expires_at - now()) from idempotency_keys where key = 'lease'"
-    async with await AsyncConnection.connect(database_url) as locker:
-        request = await claim_held_at_the_user_lock(client, buyer, pid, db, locker, "lease")
+    async with placement_held_after_its_claim(shop, db, database_url, "lease") as (request, _):
         assert 0 < await scalar(db, lease) <= IDEMPOTENCY_CLAIM_LEASE_S
-        await locker.rollback()
     assert (await asyncio.wait_for(request, 30)).status_code == 202
     assert await scalar(db, lease) > 23 * 3600, "a placed order's key is kept for a day"
 
@@ -264,19 +267,14 @@ async def test_a_placement_that_outlived_its_claim_is_rolled_back(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
 ) -> None:
     """Its lease ended and a retry claimed the key meanwhile: only one of them may place the order."""
-    app, client = shop
-    buyer = await make_user(db, app)
-    pid = await make_product(db)
-    async with await AsyncConnection.connect(database_url) as locker:
-        request = await claim_held_at_the_user_lock(client, buyer, pid, db, locker, "outlived")
+    async with placement_held_after_its_claim(shop, db, database_url, "outlived") as (request, buyer_id):
         await db.execute(  # what a retry does after the lease: its own claim in place of this one
             "update idempotency_keys set expires_at = now() + interval '60 seconds', created_at = now()"
             " where key = 'outlived'"
         )
-        await locker.rollback()
     answer = await asyncio.wait_for(request, 30)
     assert_problem(answer, 409, "idempotency-key-in-flight")
-    assert await scalar(db, "select count(*) from orders where user_id = %s", buyer.id) == 0
+    assert await scalar(db, "select count(*) from orders where user_id = %s", buyer_id) == 0
     assert await scalar(db, "select count(*) from idempotency_keys where key = 'outlived'") == 1, (
         "the retry's claim is left alone"
     )
