@@ -125,6 +125,55 @@ async def get_member_role(conn: AsyncConnection[Any], *, project_id: int, user_i
         return await cur.fetchone()
 
 
+GET_MEMBER_ROLE_KEEPING_PROJECT = """\
+select m.role
+from projects p
+join project_members m on m.project_id = p.id and m.user_id = $1
+where p.id = $2
+for key share of p"""
+
+
+async def get_member_role_keeping_project(
+    conn: AsyncConnection[Any],
+    *,
+    user_id: int,
+    project_id: int,
+) -> ProjectRole | None:
+    """The caller's role, and the project row locked against deletion until the transaction ends: taken
+    before inserting rows that refer to the project. FOR KEY SHARE is the lock those rows' foreign-key
+    checks take anyway; taken first, a deletion that commits meanwhile leaves no row here (a 404)
+    instead of failing the insert's check. Only a deletion conflicts with it (membership changes lock
+    the project FOR NO KEY UPDATE), so a statement that waited finds the row gone and never uses its
+    older view of the membership."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(GET_MEMBER_ROLE_KEEPING_PROJECT, (user_id, project_id))
+        return await cur.fetchone()
+
+
+KEEP_PROJECT = "select id from projects where id = $1 for key share"
+
+
+async def keep_project(conn: AsyncConnection[Any], *, id: int) -> int | None:
+    """The project row locked against deletion until the transaction ends (as above); no row once gone."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(KEEP_PROJECT, (id,))
+        return await cur.fetchone()
+
+
+KEEP_MEMBER = """\
+select user_id from project_members
+where project_id = $1 and user_id = $2
+for key share"""
+
+
+async def keep_member(conn: AsyncConnection[Any], *, project_id: int, user_id: int) -> int | None:
+    """A membership locked against removal until the transaction ends (FOR KEY SHARE, as a task
+    assignee's foreign-key check): no row for a non-member, or one removed while this waited."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(KEEP_MEMBER, (project_id, user_id))
+        return await cur.fetchone()
+
+
 ADD_MEMBER = """\
 insert into project_members (project_id, user_id, role)
 values ($1, $2, $3)
@@ -210,13 +259,16 @@ async def list_members(
         return await cur.fetchall()
 
 
-LOCK_PROJECT = "select id from projects where id = $1 for update"
+LOCK_PROJECT_MEMBERSHIP = "select id from projects where id = $1 for no key update"
 
 
-async def lock_project(conn: AsyncConnection[Any], *, id: int) -> None:
-    """Serialises membership changes that must keep an owner."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(LOCK_PROJECT, (id,))
+async def lock_project_membership(conn: AsyncConnection[Any], *, id: int) -> int | None:
+    """Serialises changes of a project's members: each reads the roles it decides on (the last owner
+    stays) only once it holds this lock. NO KEY UPDATE: foreign-key checks (tasks, files,
+    invitations being inserted meanwhile) do not wait for it. No row: no such project."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_PROJECT_MEMBERSHIP, (id,))
+        return await cur.fetchone()
 
 
 UPSERT_INVITATION = """\
@@ -304,6 +356,16 @@ async def list_invitations_for_email(
     async with AsyncRawCursor(conn, row_factory=args_row(ListInvitationsForEmailRow)) as cur:
         await cur.execute(LIST_INVITATIONS_FOR_EMAIL, (email, after_id, row_limit))
         return await cur.fetchall()
+
+
+INVITATION_PROJECT = "select project_id from project_invitations where id = $1 and email = $2"
+
+
+async def invitation_project(conn: AsyncConnection[Any], *, id: int, email: str) -> int | None:
+    """The project an invitation to this email is for (unlocked: the project is locked before the taking)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(INVITATION_PROJECT, (id, email))
+        return await cur.fetchone()
 
 
 TAKE_INVITATION = """\

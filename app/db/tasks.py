@@ -73,6 +73,16 @@ async def get_task_with_role(
         return await cur.fetchone()
 
 
+TASK_PROJECT = "select project_id from tasks where id = $1"
+
+
+async def task_project(conn: AsyncConnection[Any], *, id: int) -> int | None:
+    """A task's project (tasks never move between projects: no lock needed to rely on it)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(TASK_PROJECT, (id,))
+        return await cur.fetchone()
+
+
 LOCK_TASK = "select id from tasks where id = $1 for no key update"
 
 

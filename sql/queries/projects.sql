@@ -35,6 +35,30 @@ select project_id from project_members where user_id = @user_id order by project
 -- name: GetMemberRole :one
 select role from project_members where project_id = @project_id and user_id = @user_id;
 
+-- name: GetMemberRoleKeepingProject :one
+-- The caller's role, and the project row locked against deletion until the transaction ends: taken
+-- before inserting rows that refer to the project. FOR KEY SHARE is the lock those rows' foreign-key
+-- checks take anyway; taken first, a deletion that commits meanwhile leaves no row here (a 404)
+-- instead of failing the insert's check. Only a deletion conflicts with it (membership changes lock
+-- the project FOR NO KEY UPDATE), so a statement that waited finds the row gone and never uses its
+-- older view of the membership.
+select m.role
+from projects p
+join project_members m on m.project_id = p.id and m.user_id = @user_id
+where p.id = @project_id
+for key share of p;
+
+-- name: KeepProject :one
+-- The project row locked against deletion until the transaction ends (as above); no row once gone.
+select id from projects where id = @id for key share;
+
+-- name: KeepMember :one
+-- A membership locked against removal until the transaction ends (FOR KEY SHARE, as a task
+-- assignee's foreign-key check): no row for a non-member, or one removed while this waited.
+select user_id from project_members
+where project_id = @project_id and user_id = @user_id
+for key share;
+
 -- name: AddMember :one
 insert into project_members (project_id, user_id, role)
 values (@project_id, @user_id, @role)
@@ -60,9 +84,11 @@ where m.project_id = @project_id and m.user_id > @after_user_id
 order by m.user_id
 limit @row_limit;
 
--- name: LockProject :exec
--- Serialises membership changes that must keep an owner.
-select id from projects where id = @id for update;
+-- name: LockProjectMembership :one
+-- Serialises changes of a project's members: each reads the roles it decides on (the last owner
+-- stays) only once it holds this lock. NO KEY UPDATE: foreign-key checks (tasks, files,
+-- invitations being inserted meanwhile) do not wait for it. No row: no such project.
+select id from projects where id = @id for no key update;
 
 -- name: UpsertInvitation :one
 -- One invitation per (project, email): inviting again updates the role.
@@ -90,6 +116,10 @@ join projects p on p.id = i.project_id
 where i.email = @email and i.id > @after_id
 order by i.id
 limit @row_limit;
+
+-- name: InvitationProject :one
+-- The project an invitation to this email is for (unlocked: the project is locked before the taking).
+select project_id from project_invitations where id = @id and email = @email;
 
 -- name: TakeInvitation :one
 -- An invitation addressed to this email, removed (accepted or declined).

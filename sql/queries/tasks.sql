@@ -11,6 +11,10 @@ from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = @user_id
 where t.id = @task_id;
 
+-- name: TaskProject :one
+-- A task's project (tasks never move between projects: no lock needed to rely on it).
+select project_id from tasks where id = @id;
+
 -- name: LockTask :one
 -- Before a change of the task or its comments: the row stays locked until the transaction ends, so
 -- a concurrent deletion either came first (no row) or waits. NO KEY UPDATE: others may still insert

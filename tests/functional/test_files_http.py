@@ -34,6 +34,7 @@ from tests.factories import (
     GENEROUS_AUTH,
     Actor,
     Client,
+    answer_racing,
     assert_problem,
     generous_client,
     make_project,
@@ -176,6 +177,22 @@ async def test_upload_then_download_round_trip(
     assert download.headers["content-type"].startswith("text/plain")
     assert download.headers["content-disposition"] == "attachment; filename*=utf-8''Q3%20report.txt"
     assert download.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_an_upload_racing_its_projects_deletion_is_a_404_and_leaves_nothing(
+    api: Client, db: AsyncConnection[Any], database_url: str, world: World, files_root: Path
+) -> None:
+    """The recording transaction checked the role before the deletion committed, then the row's
+    foreign-key check failed: a 500. It now holds the project before checking: a 404."""
+    answer = await answer_racing(
+        database_url,
+        "delete from projects where id = %s",
+        world.project,
+        lambda: upload(api, world.editor, world.project, b"late\n"),
+    )
+    assert_problem(answer, 404, "not-found")
+    assert await file_rows(db) == 0
+    assert stored(files_root) == []
 
 
 async def test_upload_emits_an_event_in_the_outbox(

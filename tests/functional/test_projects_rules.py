@@ -124,6 +124,49 @@ async def test_an_owner_removes_another_owner_while_one_remains(
     assert await role_of(db, team.project, team.editor.id) is None
 
 
+HANDED_OVER = """
+    with held as (select id from projects where id = %s for no key update),
+    promoted as (
+        update project_members set role = 'owner'
+        where project_id = (select id from held) and user_id = {editor}
+    ),
+    gone as (delete from project_members where project_id = (select id from held) and user_id = {owner})
+    select 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "body"), [("PATCH", {"role": "viewer"}), ("DELETE", None)], ids=["demoted", "removed"]
+)
+async def test_a_change_of_members_reads_roles_only_once_it_holds_the_project(
+    client: Client,
+    db: AsyncConnection[Any],
+    database_url: str,
+    team: Team,
+    method: str,
+    body: dict[str, str] | None,
+) -> None:
+    """The owner hands the project over (promotes the editor, then leaves: one transaction, holding
+    the members' lock as every change of members does) while their own earlier request to demote or
+    remove the editor is under way. That request read the roles before the hand-over committed: the
+    editor was no owner, so there was no owner to keep; then it demoted or removed the new sole owner,
+    and the project had none. A change of members now reads roles only under the lock."""
+    answer = await answer_racing(
+        database_url,
+        HANDED_OVER.format(editor=team.editor.id, owner=team.owner.id),
+        team.project,
+        lambda: client.request(
+            method,
+            f"/api/projects/{team.project}/members/{team.editor.id}",
+            headers=team.owner.headers,
+            json=body,
+        ),
+    )
+    assert_problem(answer, 404, "not-found")  # the owner who sent it is no longer a member
+    assert await role_of(db, team.project, team.editor.id) == ProjectRole.OWNER
+    assert await role_of(db, team.project, team.owner.id) is None
+
+
 EDITOR_REMOVED = "delete from project_members where project_id = %s and user_id = {editor}"
 
 
@@ -133,8 +176,9 @@ EDITOR_REMOVED = "delete from project_members where project_id = %s and user_id 
         ("DELETE", "", None, "delete from projects where id = %s"),
         ("DELETE", "/members/{editor}", None, EDITOR_REMOVED),
         ("PATCH", "/members/{editor}", {"role": "viewer"}, EDITOR_REMOVED),
+        ("POST", "/invitations", {"email": "late@example.com"}, "delete from projects where id = %s"),
     ],
-    ids=["project deleted twice", "member removed twice", "role of a removed member"],
+    ids=["project deleted twice", "member removed twice", "role of a removed member", "invited to a deleted"],
 )
 async def test_a_change_racing_a_removal_is_a_404_and_records_nothing(
     client: Client,
@@ -148,7 +192,8 @@ async def test_a_change_racing_a_removal_is_a_404_and_records_nothing(
 ) -> None:
     """The request read the project or the membership before another transaction removed it, and
     its change then matched nothing: it answered 204 or 200 and put the event in the feed's outbox
-    (a project deleted twice, a removed member's new role)."""
+    (a project deleted twice, a removed member's new role); an invitation's insert failed its
+    foreign-key check (a 500)."""
     outbox = "select count(*) from outbox"
     before = await (await db.execute(outbox)).fetchone()
     editor = team.editor.id

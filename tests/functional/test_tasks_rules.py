@@ -57,6 +57,59 @@ async def test_the_assignee_must_be_a_member(client: Client, db: AsyncConnection
     assert await assignee_of(db, task_id) == team.viewer.id
 
 
+PROJECT_DELETED = "delete from projects where id = %s"
+VIEWER_REMOVED = "delete from project_members where project_id = %s and user_id = {viewer}"
+
+
+@pytest.mark.parametrize(
+    ("change", "method", "path", "body", "status"),
+    [
+        (PROJECT_DELETED, "POST", "/api/projects/{project}/tasks", {"title": "New"}, 404),
+        (PROJECT_DELETED, "PATCH", "/api/tasks/{task}", {"assignee_id": "{viewer}"}, 404),
+        (
+            VIEWER_REMOVED,
+            "POST",
+            "/api/projects/{project}/tasks",
+            {"title": "New", "assignee_id": "{viewer}"},
+            422,
+        ),
+        (VIEWER_REMOVED, "PATCH", "/api/tasks/{task}", {"assignee_id": "{viewer}"}, 422),
+    ],
+    ids=["created in a deleted project", "assigned in a deleted project", "created for", "assigned to"],
+)
+async def test_a_write_racing_a_removal_it_depends_on_is_a_4xx_and_stores_nothing(
+    client: Client,
+    db: AsyncConnection[Any],
+    database_url: str,
+    team: Team,
+    change: str,
+    method: str,
+    path: str,
+    body: dict[str, str],
+    status: int,
+) -> None:
+    """The request checked the project (or the assignee's membership) before another transaction's
+    deletion of it committed; its insert's foreign-key check then failed: a 500. The checks now lock
+    what they rely on first, so the request waits for the deletion and answers as if it came after."""
+    task_id = await make_task(db, team.project, team.owner, assignee=team.editor)
+    names = {"project": team.project, "task": task_id, "viewer": team.viewer.id}
+    json = {key: int(value.format(**names)) if key == "assignee_id" else value for key, value in body.items()}
+    outbox = "select count(*) from outbox"
+    before = await (await db.execute(outbox)).fetchone()
+
+    answer = await answer_racing(
+        database_url,
+        change.format(**names),
+        team.project,
+        lambda: client.request(method, path.format(**names), headers=team.editor.headers, json=json),
+    )
+
+    assert_problem(answer, status, "not-found" if status == 404 else "unprocessable")
+    assert await (await db.execute(outbox)).fetchone() == before
+    tasks = await (await db.execute("select id, assignee_id from tasks")).fetchall()
+    assert tasks == ([] if change == PROJECT_DELETED else [(task_id, team.editor.id)])
+
+
 async def test_null_assignee_or_due_date_clears_it_and_omitting_keeps_it(
     client: Client, db: AsyncConnection[Any], team: Team
 ) -> None:

@@ -101,7 +101,9 @@ class FileService:
         try:
             async with self.db.transaction() as uow:
                 # Again, inside the transaction: the role may have changed while the body streamed in.
-                await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
+                await self.projects.require_role(
+                    uow, user_id, project_id, ProjectRole.EDITOR, keep_project=True
+                )
                 await queries.lock_upload_quotas(uow.conn, user_id=user_id, project_id=project_id)
                 await self._check_quotas(uow, user_id, project_id, staged.size_bytes)
                 row = await queries.create_project_file(

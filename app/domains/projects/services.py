@@ -4,6 +4,15 @@ Owners manage members, editors change content, viewers read. A user who is not a
 for the project and everything in it (existence is not revealed); a member whose role is too low
 gets 403 (they already know the project exists). Other domains check access inside their own
 transaction with ``require_role`` (or ``check_role`` on a role their query already read).
+
+Locks, always in a project deletion's order (the project row, then its members, then its tasks, files
+and invitations), so none of these waits can close a cycle with a deletion:
+- a change that inserts rows referring to the project (a task, a file, an invitation, a member)
+  holds the project row ``FOR KEY SHARE`` before it checks access (``keep_project=True``), and an
+  assignee's membership before it is relied on (``keep_member``): a deletion or removal that
+  commits meanwhile is then a 404 or 422, not the insert's foreign-key violation (a 500);
+- a change of members holds the project ``FOR NO KEY UPDATE`` before it reads any role: two changes
+  that each saw another owner cannot remove the last one together.
 """
 
 from __future__ import annotations
@@ -71,14 +80,25 @@ class ProjectService:
         return role
 
     async def require_role(
-        self, uow: UnitOfWork, user_id: int, project_id: int, at_least: ProjectRole
+        self,
+        uow: UnitOfWork,
+        user_id: int,
+        project_id: int,
+        at_least: ProjectRole,
+        *,
+        keep_project: bool = False,
     ) -> ProjectRole:
-        """The caller's role in the project, if it is at least ``at_least``; else 404 or 403."""
-        role = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
-        return self.check_role(role, at_least)
+        """The caller's role in the project, if it is at least ``at_least``; else 404 or 403.
 
-    async def is_member(self, uow: UnitOfWork, user_id: int, project_id: int) -> bool:
-        return await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id) is not None
+        ``keep_project``: before inserting rows that refer to the project, which is then kept from
+        deletion until the transaction ends (a deletion that committed first is a 404)."""
+        read = queries.get_member_role_keeping_project if keep_project else queries.get_member_role
+        return self.check_role(await read(uow.conn, project_id=project_id, user_id=user_id), at_least)
+
+    async def keep_member(self, uow: UnitOfWork, user_id: int, project_id: int) -> bool:
+        """Whether the user is a member, their membership kept from removal until the transaction
+        ends (before relying on it, e.g. as a task's assignee)."""
+        return await queries.keep_member(uow.conn, project_id=project_id, user_id=user_id) is not None
 
     async def member_project_ids(self, user_id: int) -> list[int]:
         """The projects the user is a member of now, in any role."""
@@ -111,9 +131,15 @@ class ProjectService:
             return await self._get(uow, actor, project_id, ProjectRole.VIEWER)
 
     async def _get(
-        self, uow: UnitOfWork, actor: int, project_id: int, at_least: ProjectRole
+        self,
+        uow: UnitOfWork,
+        actor: int,
+        project_id: int,
+        at_least: ProjectRole,
+        *,
+        keep_project: bool = False,
     ) -> tuple[Project, ProjectRole]:
-        role = await self.require_role(uow, actor, project_id, at_least)
+        role = await self.require_role(uow, actor, project_id, at_least, keep_project=keep_project)
         project = await queries.get_project(uow.conn, id=project_id)
         if project is None:
             raise NotFoundError("No such project.")
@@ -195,7 +221,7 @@ class ProjectService:
         role."""
         email = data.email.strip().lower()
         async with self.db.transaction() as uow:
-            project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER)
+            project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER, keep_project=True)
             invitation = await queries.upsert_invitation(
                 uow.conn, project_id=project_id, email=email, role=ProjectRole(data.role), invited_by=actor
             )
@@ -245,11 +271,9 @@ class ProjectService:
         is used up. 404 for an invitation addressed to someone else."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
-            invitation = (
-                await queries.take_invitation(uow.conn, id=invitation_id, email=user.email) if user else None
-            )
-            if user is None or invitation is None:
+            if user is None:
                 raise NotFoundError("No such invitation.")
+            invitation = await self._take_invitation_keeping_project(uow, user.email, invitation_id)
             member = await queries.add_member(
                 uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
             )
@@ -265,6 +289,20 @@ class ProjectService:
                 )
             return await self._get(uow, user_id, invitation.project_id, ProjectRole.VIEWER)
 
+    @staticmethod
+    async def _take_invitation_keeping_project(
+        uow: UnitOfWork, email: str, invitation_id: int
+    ) -> ProjectInvitation:
+        """The invitation, used up, with its project kept from deletion first (the member's insert
+        refers to it): a deletion locks the project, then its invitations, and so does this."""
+        project_id = await queries.invitation_project(uow.conn, id=invitation_id, email=email)
+        if project_id is None or await queries.keep_project(uow.conn, id=project_id) is None:
+            raise NotFoundError("No such invitation.")
+        invitation = await queries.take_invitation(uow.conn, id=invitation_id, email=email)
+        if invitation is None:  # taken meanwhile
+            raise NotFoundError("No such invitation.")
+        return invitation
+
     async def decline_invitation(self, user_id: int, invitation_id: int) -> None:
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
@@ -278,6 +316,7 @@ class ProjectService:
         self, actor: int, project_id: int, user_id: int, role: ProjectRole
     ) -> ProjectRole:
         async with self.db.transaction() as uow:
+            await self._lock_membership(uow, project_id)
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
             current = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
             if current is None:
@@ -308,6 +347,7 @@ class ProjectService:
         foreign key to the membership, ``on delete set null``), so no other domain is touched here.
         """
         async with self.db.transaction() as uow:
+            await self._lock_membership(uow, project_id)
             if actor != user_id:
                 await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
             missing = "No such member." if actor != user_id else "No such project."
@@ -333,8 +373,15 @@ class ProjectService:
         user = await self.accounts.active_user(uow, user_id)
         return user.display_name if user is not None else None
 
-    async def _keep_an_owner(self, uow: UnitOfWork, project_id: int) -> None:
-        await queries.lock_project(uow.conn, id=project_id)
+    @staticmethod
+    async def _lock_membership(uow: UnitOfWork, project_id: int) -> None:
+        """Held before any role is read by a change of members (see the module's docstring)."""
+        if await queries.lock_project_membership(uow.conn, id=project_id) is None:
+            raise NotFoundError("No such project.")
+
+    @staticmethod
+    async def _keep_an_owner(uow: UnitOfWork, project_id: int) -> None:
+        """409 unless another owner stays (under ``_lock_membership``: the count is current)."""
         owners = await queries.count_owners(uow.conn, project_id=project_id)
         if (owners or 0) <= 1:
             raise ConflictError("A project keeps at least one owner: promote another member first.")

@@ -49,8 +49,9 @@ class TaskService:
 
     async def create(self, actor: int, project_id: int, data: TaskCreate) -> Task:
         async with self.db.transaction() as uow:
-            await self.projects.require_role(uow, actor, project_id, ProjectRole.EDITOR)
-            await self._require_assignable(uow, project_id, data.assignee_id)
+            await self.projects.require_role(uow, actor, project_id, ProjectRole.EDITOR, keep_project=True)
+            if data.assignee_id is not None:
+                self._require_assignable(await self.projects.keep_member(uow, data.assignee_id, project_id))
             task = await queries.create_task(
                 uow.conn,
                 project_id=project_id,
@@ -93,9 +94,15 @@ class TaskService:
         new_assignee = data.assignee_id if isinstance(data.assignee_id, int) else None
         new_due = data.due_date if isinstance(data.due_date, date) else None
         async with self.db.transaction() as uow:
+            assignable = True
+            if new_assignee is not None:
+                # Held before the task: a member's removal locks the membership, then their tasks.
+                project_id = await queries.task_project(uow.conn, id=task_id)
+                assignable = project_id is not None and await self.projects.keep_member(
+                    uow, new_assignee, project_id
+                )
             before = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
-            if set_assignee:
-                await self._require_assignable(uow, before.project_id, new_assignee)
+            self._require_assignable(assignable)
             task = await queries.update_task(
                 uow.conn,
                 title=data.title.strip() if data.title else None,
@@ -242,8 +249,9 @@ class TaskService:
         assert task is not None
         return task
 
-    async def _require_assignable(self, uow: UnitOfWork, project_id: int, assignee_id: int | None) -> None:
-        if assignee_id is not None and not await self.projects.is_member(uow, assignee_id, project_id):
+    @staticmethod
+    def _require_assignable(is_member: bool) -> None:
+        if not is_member:
             raise UnprocessableError("The assignee must be a member of the project.")
 
     # -- comments -------------------------------------------------------------------------------
