@@ -10,6 +10,7 @@ one at once. Valkey plays no part: flushing it or restarting it empty revives no
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
@@ -188,10 +189,22 @@ async def test_revocations_made_while_a_listener_is_down_are_not_missed(
     two_processes: tuple[Served, Served], db: AsyncConnection[Any], member: User
 ) -> None:
     """The listener's connection is cut (as by a PostgreSQL restart or a network failure): meanwhile
-    the process asks PostgreSQL, and after reconnecting it reloads what was revoked in between."""
+    the process asks PostgreSQL, and after reconnecting it reloads what was revoked in between.
+
+    The reconnected listener's load waits for the test's signal, so the logout is certainly made
+    while it is down (without the gate it reconnects after 0.5 s, and a stalled test would check a
+    listener already back, before the logout's notification was read)."""
     first, second = two_processes
     watched = accounts_of(second).revocations
     reconnects = watched.reconnects
+    may_load = asyncio.Event()
+    load = watched._load
+
+    async def load_when_allowed(conn: Any) -> Any:
+        await may_load.wait()
+        return await load(conn)
+
+    watched._load = load_when_allowed
     session = await login(first.client, member.email)
     await db.execute(
         "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s",
@@ -200,7 +213,9 @@ async def test_revocations_made_while_a_listener_is_down_are_not_missed(
     await wait_until(_async(lambda: watched.reconnects > reconnects), DEADLINE_S, "the listener noticed")
     response = await first.client.post("/api/auth/logout", headers=bearer(session["access_token"]))
     assert response.status_code == 204, response.text
-    assert await refused_by(second, session["access_token"]), "refused while the listener may be down"
+    assert not watched.live
+    assert await refused_by(second, session["access_token"]), "refused while the listener is down"
+    may_load.set()
     await wait_until(_async(lambda: watched.live), DEADLINE_S, "the listener is back")
     assert await refused_by(second, session["access_token"]), "refused from memory after the reload"
 
