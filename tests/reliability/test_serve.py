@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from app.config import DEFAULT_ADMIN_PASSWORD
+from tests.served import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
@@ -42,12 +43,6 @@ ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - refused before anything binds
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="scans /proc (Linux)")
 
 Identity = tuple[int, int]  # pid, start time: a pid alone may be reused
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- /proc -------------------------------------------------------------------------------------
