@@ -176,6 +176,23 @@ async def insert_activity_events(conn: AsyncConnection[Any], *, events: Any) -> 
         return await cur.fetchall()
 
 
+KEEP_PROJECTS_OF_GROUPS = """\
+select p.id from projects p
+where p.id in (select g.project_id from activity_groups g where g.id = any($1::bigint[]))
+order by p.id
+for key share of p"""
+
+
+async def keep_projects_of_groups(conn: AsyncConnection[Any], *, group_ids: list[int]) -> list[int]:
+    """The groups' projects, locked against deletion until the transaction ends (FOR KEY SHARE, in id
+    order): before a reader's marks lock or refer to the groups. A project deletion locks the project,
+    then deletes its groups; locking the projects first, a deletion either committed before (its groups
+    and events are gone, and the project is not returned) or waits for this transaction."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(KEEP_PROJECTS_OF_GROUPS, (group_ids,))
+        return await cur.fetchall()
+
+
 LOCK_ACTIVITY_GROUPS = """\
 select g.id from activity_groups g
 where g.id = any($1::bigint[])
@@ -991,7 +1008,7 @@ async def mark_group_read(conn: AsyncConnection[Any], *, reader_id: int, through
 
 
 VISIBLE_EVENTS = """\
-select e.id, e.group_id
+select e.id, e.group_id, e.project_id
 from activity_events e
 where e.id = any($1::bigint[])
   and activity_may_see($2, coalesce((select u.role = 'admin' from users u where u.id = $2), false), e.project_id, e.audience_user_id)"""
@@ -1000,6 +1017,7 @@ where e.id = any($1::bigint[])
 class VisibleEventsRow(msgspec.Struct, frozen=True, gc=False):
     id: int
     group_id: int
+    project_id: int | None
 
 
 async def visible_events(
@@ -1008,7 +1026,7 @@ async def visible_events(
     event_ids: list[int],
     reader_id: int,
 ) -> list[VisibleEventsRow]:
-    """Of the given event ids, those the reader may see now, with their groups."""
+    """Of the given event ids, those the reader may see now, with their groups and projects."""
     async with AsyncRawCursor(conn, row_factory=args_row(VisibleEventsRow)) as cur:
         await cur.execute(VISIBLE_EVENTS, (event_ids, reader_id))
         return await cur.fetchall()

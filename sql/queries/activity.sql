@@ -68,6 +68,16 @@ from jsonb_to_recordset(@events::jsonb) as t(
 )
 returning id, outbox_id;
 
+-- name: KeepProjectsOfGroups :many
+-- The groups' projects, locked against deletion until the transaction ends (FOR KEY SHARE, in id
+-- order): before a reader's marks lock or refer to the groups. A project deletion locks the project,
+-- then deletes its groups; locking the projects first, a deletion either committed before (its groups
+-- and events are gone, and the project is not returned) or waits for this transaction.
+select p.id from projects p
+where p.id in (select g.project_id from activity_groups g where g.id = any(@group_ids::bigint[]))
+order by p.id
+for key share of p;
+
 -- name: LockActivityGroups :many
 -- Row locks on groups, always taken in id order (writer and readers alike: no deadlock). NO KEY
 -- UPDATE, so foreign-key checks of concurrent inserts are not blocked.
@@ -603,8 +613,8 @@ where g.id = @group_id
 on conflict (user_id, group_id) do update set read_through = greatest(r.read_through, excluded.read_through);
 
 -- name: VisibleEvents :many
--- Of the given event ids, those the reader may see now, with their groups.
-select e.id, e.group_id
+-- Of the given event ids, those the reader may see now, with their groups and projects.
+select e.id, e.group_id, e.project_id
 from activity_events e
 where e.id = any(@event_ids::bigint[])
   and activity_may_see(@reader_id, coalesce((select u.role = 'admin' from users u where u.id = @reader_id), false), e.project_id, e.audience_user_id);

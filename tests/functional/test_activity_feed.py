@@ -28,6 +28,7 @@ from tests.factories import (
     Actor,
     Client,
     Team,
+    answer_racing,
     assert_problem,
     make_product,
     make_project,
@@ -407,6 +408,31 @@ async def test_read_state_groups_events_watermark_and_seen(
 
 
 # -- paging and input -------------------------------------------------------------------------------------
+
+
+async def test_marking_an_event_read_while_its_project_is_deleted_ignores_it(
+    client: Client, db: AsyncConnection[Any], database_url: str, team: Team, feed: ActivityService
+) -> None:
+    """The mark checked the event's visibility before the deletion (which takes the project's groups
+    and events along) committed, then its insert's foreign-key check failed: a 500. The projects are
+    now locked before the marks: the deleted project's event is ignored like any invisible id."""
+    await new_task(client, team.editor, team.project, "A")
+    await deliver(db, feed)
+    row = await (
+        await db.execute("select id from activity_events where project_id = %s", (team.project,))
+    ).fetchone()
+    assert row is not None
+    answer = await answer_racing(
+        database_url,
+        "delete from projects where id = %s",
+        team.project,
+        lambda: client.post(
+            "/api/feed/events/read", json={"event_ids": [row[0]]}, headers=team.viewer.headers
+        ),
+    )
+    assert answer.status_code == 204, answer.text
+    marks = await (await db.execute("select count(*) from activity_event_reads")).fetchone()
+    assert marks == (0,)
 
 
 async def test_pages_are_full_and_the_cursor_walks_everything(

@@ -252,13 +252,18 @@ class ActivityService:
             )
             if not visible:
                 return 0
+            group_ids = sorted({row.group_id for row in visible})
+            kept = set(await self._lock_groups(uow, group_ids))
+            visible = [row for row in visible if row.project_id is None or row.project_id in kept]
+            if not visible:
+                return 0
             await queries.insert_event_reads(
                 uow.conn,
                 reader_id=reader_id,
                 event_ids=[row.id for row in visible],
                 group_ids=[row.group_id for row in visible],
             )
-            await self._compact(uow, reader_id, sorted({row.group_id for row in visible}))
+            await self._compact(uow, reader_id, group_ids, locked=True)
         return len(visible)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -270,9 +275,18 @@ class ActivityService:
         of their own, so the check that follows sees every event committed before the lock."""
         if group_ids:
             if not locked:
-                await queries.lock_activity_groups(uow.conn, group_ids=group_ids)
+                await self._lock_groups(uow, group_ids)
             await queries.compact_group_reads(uow.conn, reader_id=reader_id, group_ids=group_ids)
         await queries.drop_covered_event_reads(uow.conn, reader_id=reader_id)
+
+    @staticmethod
+    async def _lock_groups(uow: UnitOfWork, group_ids: list[int]) -> list[int]:
+        """Lock the groups (in id order), their projects first, in a project deletion's order: a
+        deletion that came first took its groups and events along; one that comes later waits.
+        Returns the projects kept (a group without a project is private: never deleted with one)."""
+        kept = await queries.keep_projects_of_groups(uow.conn, group_ids=group_ids)
+        await queries.lock_activity_groups(uow.conn, group_ids=group_ids)
+        return kept
 
     async def _page(
         self, uow: UnitOfWork, reader_id: int, filters: FeedFilters, at: FeedCursor | None, row_limit: int
