@@ -55,6 +55,56 @@ async def new_activity_events(
         return await cur.fetchall()
 
 
+ACTIVITY_RECOVERY_MARK = (
+    "select coalesce((select checked_through from activity_recovery), 0)::bigint as checked_through"
+)
+
+
+async def activity_recovery_mark(conn: AsyncConnection[Any]) -> int | None:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(ACTIVITY_RECOVERY_MARK)
+        return await cur.fetchone()
+
+
+FEED_OUTBOX_AFTER = """\
+select o.id, o.payload, o.published_at,
+       exists (select 1 from activity_events e where e.outbox_id = o.id) as stored
+from outbox o
+where o.id > $1 and o.task = $2
+order by o.id
+limit $3"""
+
+
+class FeedOutboxAfterRow(msgspec.Struct, frozen=True):
+    id: int
+    payload: Any
+    published_at: datetime | None
+    stored: bool
+
+
+async def feed_outbox_after(
+    conn: AsyncConnection[Any],
+    *,
+    after_id: int,
+    task: str,
+    row_limit: int,
+) -> list[FeedOutboxAfterRow]:
+    """The feed's outbox rows after @after_id, in id order, and whether each one's event is stored."""
+    async with AsyncRawCursor(conn, row_factory=args_row(FeedOutboxAfterRow)) as cur:
+        await cur.execute(FEED_OUTBOX_AFTER, (after_id, task, row_limit))
+        return await cur.fetchall()
+
+
+SET_ACTIVITY_RECOVERY_MARK = """\
+insert into activity_recovery as r (checked_through) values ($1)
+on conflict (id) do update set checked_through = greatest(r.checked_through, excluded.checked_through)"""
+
+
+async def set_activity_recovery_mark(conn: AsyncConnection[Any], *, checked_through: int) -> None:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(SET_ACTIVITY_RECOVERY_MARK, (checked_through,))
+
+
 LATEST_ACTIVITY_GROUPS = """\
 select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at
 from unnest($1::text[]) as s(stream)

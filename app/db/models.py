@@ -624,6 +624,11 @@ class ProjectInvitation(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
 
 
+class ActivityRecovery(msgspec.Struct, frozen=True, gc=False):
+    id: bool
+    checked_through: int
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)

@@ -24,6 +24,22 @@ where not exists (select 1 from activity_events e where e.outbox_id = t.outbox_i
   and (t.project_id is null or exists (select 1 from projects p where p.id = t.project_id))
   and (t.audience_id is null or exists (select 1 from users u where u.id = t.audience_id));
 
+-- name: ActivityRecoveryMark :one
+select coalesce((select checked_through from activity_recovery), 0)::bigint as checked_through;
+
+-- name: FeedOutboxAfter :many
+-- The feed's outbox rows after @after_id, in id order, and whether each one's event is stored.
+select o.id, o.payload, o.published_at,
+       exists (select 1 from activity_events e where e.outbox_id = o.id) as stored
+from outbox o
+where o.id > @after_id and o.task = @task
+order by o.id
+limit @row_limit;
+
+-- name: SetActivityRecoveryMark :exec
+insert into activity_recovery as r (checked_through) values (@checked_through)
+on conflict (id) do update set checked_through = greatest(r.checked_through, excluded.checked_through);
+
 -- name: LatestActivityGroups :many
 -- The newest group of each stream: the only one a new event of that stream may join.
 select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at

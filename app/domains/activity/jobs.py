@@ -26,3 +26,8 @@ async def record_activities(ctx: Context, *, events: list[dict[str, Any]]) -> in
 async def record_activity(ctx: Context, *, outbox_id: int, **event: Any) -> int:
     """One event: jobs enqueued one per event (before batching) still run."""
     return await services_of(ctx)[ActivityService].record_batch([{**event, "outbox_id": outbox_id}])
+
+
+async def recover_feed_events(ctx: Context) -> int:
+    """Every minute: events whose jobs were lost are recorded (``recovery.py``)."""
+    return await services_of(ctx)[ActivityService].recover_lost_events()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from app.core.modules import Job, Module
+from app.core.modules import Cron, Job, Module
 from app.core.services import Services
 from app.domains.accounts.services import AccountService
 from app.domains.activity.cache import FeedCache
 from app.domains.activity.controllers import FeedController, ProjectFeedController
 from app.domains.activity.events import RECORD_ACTIVITY_TASK
-from app.domains.activity.jobs import record_activities, record_activity
+from app.domains.activity.jobs import record_activities, record_activity, recover_feed_events
 from app.domains.activity.seed import seed_feed
 from app.domains.activity.services import ActivityService
 from app.domains.projects.services import ProjectService
@@ -38,6 +38,8 @@ module = Module(
             batch_size=lambda settings: settings.feed_batch_size,
         ),
         Job(function=record_activity, queue="feed"),
+        Job(function=recover_feed_events),
     ],
+    cron=[Cron(function=recover_feed_events, schedule="* * * * *", timeout_s=300)],
     seed=seed_feed,
 )

@@ -18,6 +18,7 @@ Design, in short (each part is documented where it lives):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -33,6 +34,7 @@ from app.db import activity as queries
 from app.domains.activity.cache import FeedCache
 from app.domains.activity.combiner import Combiner
 from app.domains.activity.grouping import RULE_VERSION, GroupingRule
+from app.domains.activity.recovery import recover_lost_events
 from app.domains.activity.schemas import (
     ActorOut,
     EventOut,
@@ -88,6 +90,10 @@ class ActivityService:
         new. Redelivered events are skipped, so a batch may run any number of times. Batches that
         arrive together in one process share a transaction (``combiner.py``)."""
         return await self.combiner.submit(events)
+
+    async def recover_lost_events(self, now: datetime | None = None) -> int:
+        """Record the events whose jobs were lost (the cron; ``recovery.py``); returns how many."""
+        return await recover_lost_events(self.db, self.record_batch, now=now)
 
     async def _write_alone(self, events: list[Mapping[str, Any]]) -> Recorded:
         async with self.db.transaction() as uow:

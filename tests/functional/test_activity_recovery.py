@@ -1,0 +1,144 @@
+"""Feed events whose jobs were lost are recorded by the recovery cron (``app/domains/activity/recovery.py``).
+
+A lost job is an outbox row marked published whose event was never stored: the relay enqueued it,
+and every attempt then failed (a long outage) or the queue lost it. The tests make such rows by
+publishing them without delivering them, and run the recovery at a chosen time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.core.services import Services, open_services
+from app.domains.activity.events import emit
+from app.domains.activity.module import module as activity_module
+from app.domains.activity.recovery import GRACE, recover_lost_events
+from app.domains.activity.services import ActivityService
+from tests.factories import Team, make_project
+
+LATER = GRACE + timedelta(minutes=1)
+
+
+@pytest.fixture
+async def feed(settings: Settings, db: AsyncConnection[Any]) -> AsyncIterator[ActivityService]:
+    services: Services
+    async with open_services(settings, (activity_module,)) as services:
+        yield services[ActivityService]
+
+
+async def emit_tasks(feed: ActivityService, actor: int, project: int, titles: list[str]) -> list[int]:
+    """One ``task.created`` event per title; their outbox ids."""
+    async with feed.db.transaction() as uow:
+        return [
+            await emit(
+                uow,
+                actor=actor,
+                verb="task.created",
+                obj=("task", n),
+                project_id=project,
+                data={"title": title},
+            )
+            for n, title in enumerate(titles, start=1)
+        ]
+
+
+async def publish(db: AsyncConnection[Any], outbox_ids: list[int], ago: timedelta = timedelta()) -> None:
+    """What the relay does before a job is lost: the rows are marked published (``ago`` back)."""
+    await db.execute("update outbox set published_at = now() - %s where id = any(%s)", (ago, outbox_ids))
+
+
+async def stored_titles(db: AsyncConnection[Any]) -> list[str]:
+    rows = await (
+        await db.execute("select data->>'title' from activity_events order by outbox_id")
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def mark(db: AsyncConnection[Any]) -> int:
+    row = await (
+        await db.execute("select coalesce(max(checked_through), 0) from activity_recovery")
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_lost_event_is_recorded_once_its_grace_has_passed_and_only_once(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    ids = await emit_tasks(feed, team.editor.id, team.project, ["A", "B"])
+    await publish(db, ids)
+
+    assert await feed.recover_lost_events(datetime.now(UTC)) == 0, "its job may still be retried"
+    assert await stored_titles(db) == []
+    assert await mark(db) == 0
+
+    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 2
+    assert await stored_titles(db) == ["A", "B"]
+    assert await mark(db) == ids[-1]
+    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 0
+    assert await stored_titles(db) == ["A", "B"]
+
+
+async def test_events_stored_by_their_jobs_are_not_recorded_again(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    ids = await emit_tasks(feed, team.editor.id, team.project, ["A", "B"])
+    await publish(db, ids)
+    rows = await (await db.execute("select id, payload from outbox order by id")).fetchall()
+    assert await feed.record_batch([{**payload, "outbox_id": id_} for id_, payload in rows]) == 2
+
+    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 0
+    assert await stored_titles(db) == ["A", "B"]
+    assert await mark(db) == ids[-1]
+
+
+async def test_the_walk_stops_at_the_first_row_still_on_its_way(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    """Rows behind the mark are never looked at again, so the mark stops before a row not yet
+    published (or published within the grace), even when later rows are ready."""
+    first, second, third = await emit_tasks(feed, team.editor.id, team.project, ["A", "B", "C"])
+    await publish(db, [first, third], ago=LATER)
+
+    assert await feed.recover_lost_events() == 1
+    assert await stored_titles(db) == ["A"]
+    assert await mark(db) == first
+
+    await publish(db, [second])  # just now: still within its grace
+    assert await feed.recover_lost_events() == 0
+    assert await mark(db) == first
+
+    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 2
+    assert await stored_titles(db) == ["A", "B", "C"]
+    assert await mark(db) == third
+
+
+async def test_a_lost_event_of_a_deleted_project_is_passed_over(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    doomed = await make_project(db, team.owner, name="Doomed")
+    gone = await emit_tasks(feed, team.owner.id, doomed, ["gone"])
+    kept = await emit_tasks(feed, team.editor.id, team.project, ["kept"])
+    await db.execute("delete from projects where id = %s", (doomed,))
+    await publish(db, gone + kept, ago=LATER)
+
+    assert await feed.recover_lost_events() == 1
+    assert await stored_titles(db) == ["kept"]
+    assert await mark(db) == kept[-1], "the dropped event is behind the mark: never tried again"
+
+
+async def test_the_mark_moves_batch_by_batch(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    ids = await emit_tasks(feed, team.editor.id, team.project, [f"T{n}" for n in range(5)])
+    await publish(db, ids, ago=LATER)
+
+    assert await recover_lost_events(feed.db, feed.record_batch, batch=2) == 5
+    assert await stored_titles(db) == [f"T{n}" for n in range(5)]
+    assert await mark(db) == ids[-1]
