@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -57,6 +57,8 @@ _run = uuid.uuid4().hex[:8]
 
 MakeCache = Callable[..., Cache]
 """The ``make_cache`` fixture: ``Cache(valkey, **options)``, closed after the test."""
+
+T = TypeVar("T")
 
 
 def unique_email(prefix: str = "user") -> str:
@@ -306,8 +308,8 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float,
 
 
 async def answer_racing(
-    database_url: str, change: str, row_id: int, request: Callable[[], Awaitable[httpx.Response]]
-) -> httpx.Response:
+    database_url: str, change: str, row_id: int, request: Callable[[], Awaitable[T]]
+) -> T:
     """``request()``'s answer while ``change`` (SQL, ``row_id`` its one parameter: a deletion, or what a
     concurrent request would do) is committed by another transaction only once the request waits
     behind it. The in-process client holds the event loop while the app runs, so a thread watches

@@ -27,6 +27,20 @@ async def lock_activity_writer(conn: AsyncConnection[Any]) -> None:
         await cur.execute(LOCK_ACTIVITY_WRITER)
 
 
+KEEP_PROJECTS = "select id from projects where id = any($1::bigint[]) order by id for key share"
+
+
+async def keep_projects(conn: AsyncConnection[Any], *, project_ids: list[int]) -> list[int]:
+    """The batch's projects, locked against deletion until the writer commits (FOR KEY SHARE, in id
+    order; what the groups' foreign-key checks take anyway), before NewActivityEvents checks that
+    they exist: a deletion that committed first drops their events there, one that comes later waits
+    (else the events could join a group the deletion is removing: a foreign-key violation, or a
+    deadlock with the deletion's cascade over several groups)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(KEEP_PROJECTS, (project_ids,))
+        return await cur.fetchall()
+
+
 NEW_ACTIVITY_EVENTS = """\
 select t.outbox_id::bigint as outbox_id
 from (

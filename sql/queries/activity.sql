@@ -10,6 +10,14 @@
 -- two batches never disagree about which group an event joins.
 select pg_advisory_xact_lock(hashtextextended('activity.writer', 0));
 
+-- name: KeepProjects :many
+-- The batch's projects, locked against deletion until the writer commits (FOR KEY SHARE, in id
+-- order; what the groups' foreign-key checks take anyway), before NewActivityEvents checks that
+-- they exist: a deletion that committed first drops their events there, one that comes later waits
+-- (else the events could join a group the deletion is removing: a foreign-key violation, or a
+-- deadlock with the deletion's cascade over several groups).
+select id from projects where id = any(@project_ids::bigint[]) order by id for key share;
+
 -- name: NewActivityEvents :many
 -- The outbox ids of a batch's events worth storing: not stored yet (delivery is at least once), and
 -- whose actor, project and audience still exist (an event of a project deleted before it was

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.services import ActivityService
-from tests.factories import Client, Team, make_task, make_user
+from tests.factories import Client, Team, answer_racing, make_project, make_task, make_user
 
 # Every test runs in the world of the team's project with its task "Launch" (arranged without events).
 pytestmark = pytest.mark.usefixtures("task")
@@ -480,3 +480,33 @@ async def test_project_deleted_and_late_events_of_deleted_projects(
         assert await services[ActivityService].record_batch(payloads) == 1
     stored = await (await db.execute("select verb, project_id from activity_events order by id")).fetchall()
     assert stored == [("project.deleted", None)]
+
+
+async def test_events_racing_their_projects_deletion_are_dropped_and_the_batch_stored(
+    client: Client, settings: Settings, db: AsyncConnection[Any], database_url: str, team: Team
+) -> None:
+    """The writer checked that the project exists before the deletion committed; the late event then
+    joined the project's group the deletion was removing and failed its foreign-key check, failing
+    the whole batch (its job retried; the failed attempt an error in monitoring). The batch's
+    projects are now locked before that check: the event is dropped and the rest stored."""
+    other = await make_project(db, team.owner, name="Other")
+    for project, title in ((team.project, "First"), (team.project, "Late"), (other, "Elsewhere")):
+        created = await client.post(
+            f"/api/projects/{project}/tasks", json={"title": title}, headers=team.owner.headers
+        )
+        assert created.status_code == 201, created.text
+    rows = await (await db.execute("select id, payload from outbox order by id")).fetchall()
+    first, *late = [{**payload, "outbox_id": outbox_id} for outbox_id, payload in rows]
+
+    async with open_services(settings, (activity_module,)) as services:
+        activity = services[ActivityService]
+        assert await activity.record_batch([first]) == 1  # the group the late event would join
+        stored = await answer_racing(
+            database_url,
+            "delete from projects where id = %s",
+            team.project,
+            lambda: activity.record_batch(late),
+        )
+    assert stored == 1
+    titles = await (await db.execute("select data->>'title' from activity_events")).fetchall()
+    assert titles == [("Elsewhere",)]

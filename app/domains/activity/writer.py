@@ -139,6 +139,9 @@ class FeedWriter:
         conn = uow.conn
         await queries.lock_activity_writer(conn)
         candidates = [unique[outbox_id] for outbox_id in sorted(unique)]
+        project_ids = sorted({e.project_id for e, _ in candidates if e.project_id is not None})
+        if project_ids:
+            await queries.keep_projects(conn, project_ids=project_ids)
         keep = set(
             await queries.new_activity_events(
                 conn,
