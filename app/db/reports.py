@@ -68,6 +68,30 @@ async def first_pending_hour(
         return await cur.fetchone()
 
 
+KEEP_SITES_IN_WINDOW = """\
+select s.id from sites s
+where s.id in (
+    select distinct p.site_id from page_views p
+    where p.received_at >= $1 and p.received_at < $2
+)
+order by s.id
+for key share of s"""
+
+
+async def keep_sites_in_window(
+    conn: AsyncConnection[Any],
+    *,
+    received_from: datetime,
+    received_to: datetime,
+) -> None:
+    """The sites with rows received in the window, locked against deletion until the rollup commits (FOR
+    KEY SHARE, in id order: what the rollup rows' foreign-key checks take anyway), before the rollup
+    statements read them: a site deleted meanwhile is left out by their join instead of failing their
+    inserts, and a deletion never holds a site's rollup rows while it waits for this run (a deadlock)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(KEEP_SITES_IN_WINDOW, (received_from, received_to))
+
+
 ROLLUP_HOURLY = """\
 with counted as (
     select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,

@@ -23,6 +23,19 @@ select date_trunc('hour', min(received_at), 'UTC')::timestamptz as hour
 from page_views
 where received_at >= coalesce(sqlc.narg(received_from)::timestamptz, '-infinity') and received_at < @received_to;
 
+-- name: KeepSitesInWindow :exec
+-- The sites with rows received in the window, locked against deletion until the rollup commits (FOR
+-- KEY SHARE, in id order: what the rollup rows' foreign-key checks take anyway), before the rollup
+-- statements read them: a site deleted meanwhile is left out by their join instead of failing their
+-- inserts, and a deletion never holds a site's rollup rows while it waits for this run (a deadlock).
+select s.id from sites s
+where s.id in (
+    select distinct p.site_id from page_views p
+    where p.received_at >= @received_from and p.received_at < @received_to
+)
+order by s.id
+for key share of s;
+
 -- name: RollupHourly :one
 -- Adds the rows received in the window to their (site, UTC hour of ts); returns how many rows it read.
 with counted as (

@@ -176,6 +176,7 @@ class ReportService:
                 end = min(start + ROLLUP_CHUNK, target)
                 await queries.set_rollup_statement_timeout(conn, timeout=ROLLUP_STATEMENT_TIMEOUT)
                 window = {"received_from": start, "received_to": end}
+                await queries.keep_sites_in_window(conn, **window)
                 rows = await queries.rollup_hourly(conn, **window) or 0
                 await queries.rollup_dimensions(conn, **window)
                 await queries.rollup_visitors(conn, **window)
