@@ -116,7 +116,14 @@ class GithubRefreshesController(Controller):
     guards = [requires_user]
     security = BEARER
 
-    @get("/{refresh_id:str}", summary="The state of a refresh", responses=problems(401, 404, 429))
+    @get(
+        "/{refresh_id:str}",
+        summary="The state of a refresh",
+        description="`queued`, `running`, then `succeeded` or `failed`. A refresh whose job can no "
+        "longer finish it (its worker stopped, its job was lost) is `failed` with the error kind "
+        "`unavailable` once that is seen, at the earliest 30 s after it was queued or started.",
+        responses=problems(401, 404, 429),
+    )
     async def get_refresh(self, refresh_id: RefreshId, github: Github) -> RefreshOut:
         return await github.refresh_state(refresh_id)
 

@@ -39,6 +39,7 @@ import structlog
 from litestar.channels import ChannelsPlugin
 from litestar.response import ServerSentEventMessage
 from saq import Job
+from saq.job import Status
 from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
@@ -86,12 +87,20 @@ POLL_S = 0.05
 SSE_POLL_S = 1.0
 SSE_KEEPALIVE_S = 15.0
 SSE_MAX_S = 120.0
+REFRESH_JOB_GRACE_S = 30.0
+"""A refresh still queued or running this long after it was saved (or started) has its job looked up
+when its state is read: a job that is gone means the refresh never finishes (see ``_abandoned``)."""
+_GONE = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
 
 Clock = Callable[[], datetime]
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+_REPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return false
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -199,6 +208,7 @@ class GithubService:
         self._flights: dict[str, asyncio.Future[StoredProfile]] = {}
         self._release = valkey.register_script(_RELEASE)
         self._renew = valkey.register_script(_RENEW)
+        self._replace = valkey.register_script(_REPLACE)
 
     async def start(self) -> None:
         """One connection pool to GitHub and one queue client per process."""
@@ -503,12 +513,47 @@ class GithubService:
 
     async def _refresh_state(self, refresh_id: uuid.UUID) -> RefreshOut | None:
         raw = await self.valkey.get(f"github:refresh:{refresh_id}")
-        return msgspec.json.decode(raw, type=RefreshOut) if raw is not None else None
+        if raw is None:
+            return None
+        state = msgspec.json.decode(raw, type=RefreshOut)
+        if state.is_final or not await self._job_gone(state):
+            return state
+        return await self._abandoned(state, raw)
 
-    async def _save_refresh(self, state: RefreshOut) -> None:
+    async def _job_gone(self, state: RefreshOut) -> bool:
+        """Whether the refresh's job can no longer finish it: its worker was killed (the sweeper
+        aborts the job after its timeout, without a retry), the job failed before writing the final
+        state, or the enqueue failed after the state was saved. Looked up only after a grace."""
+        since = state.started_at or state.requested_at
+        if (self.clock() - since).total_seconds() < REFRESH_JOB_GRACE_S:
+            return False
+        assert self._queue is not None, "GithubService.start() was not called"
+        job = await self._queue.job(f"github-refresh:{state.username}")
+        if job is None or (job.kwargs or {}).get("refresh_id") != str(state.id):
+            return True
+        return job.status in _GONE
+
+    async def _abandoned(self, state: RefreshOut, raw: bytes) -> RefreshOut:
+        """The refresh failed, unless its state changed since ``raw`` was read (its job finished
+        meanwhile): then the state as it is now."""
+        failed = self._final(state, GitHubDownError("the refresh's job was lost"))
+        if await self._save_refresh(failed, replacing=raw):
+            log.warning("github_refresh_abandoned", refresh_id=str(state.id), login=state.username)
+            await self._release(keys=[f"github:refresh-pending:{state.username}"], args=[str(state.id)])
+            return failed
+        now = await self.valkey.get(f"github:refresh:{state.id}")
+        return msgspec.json.decode(now, type=RefreshOut) if now is not None else failed
+
+    async def _save_refresh(self, state: RefreshOut, *, replacing: bytes | None = None) -> bool:
+        """Store and publish the state; with ``replacing``, only if the stored state is still that."""
         body = msgspec.json.encode(state)
-        await self.valkey.set(f"github:refresh:{state.id}", body, ex=REFRESH_STATE_TTL_S)
+        key = f"github:refresh:{state.id}"
+        if replacing is None:
+            await self.valkey.set(key, body, ex=REFRESH_STATE_TTL_S)
+        elif not await self._replace(keys=[key], args=[replacing, body, REFRESH_STATE_TTL_S]):
+            return False
         await self.broadcaster.publish(body, [refresh_channel(state.id)])
+        return True
 
     async def run_refresh(self, login: str, refresh_id: uuid.UUID) -> str:
         """The refresh job: fetch (sharing any fetch chain under way), record and publish the outcome."""
@@ -537,16 +582,20 @@ class GithubService:
     async def _finish_refresh(
         self, state: RefreshOut, exc: GitHubError | None, *, fetched_at: datetime | None = None
     ) -> None:
-        if exc is None:
-            state = msgspec.structs.replace(
-                state, status="succeeded", finished_at=self.clock(), fetched_at=fetched_at
-            )
-        else:
-            retry_after = math.ceil(exc.retry_after) if exc.retry_after is not None else None
-            error = UpstreamError(kind=exc.kind, at=self.clock(), retry_after_s=retry_after)  # type: ignore[arg-type]
-            state = msgspec.structs.replace(state, status="failed", finished_at=self.clock(), error=error)
+        state = self._final(state, exc, fetched_at=fetched_at)
         await self._save_refresh(state)
         await self._release(keys=[f"github:refresh-pending:{state.username}"], args=[str(state.id)])
+
+    def _final(
+        self, state: RefreshOut, exc: GitHubError | None, *, fetched_at: datetime | None = None
+    ) -> RefreshOut:
+        if exc is None:
+            return msgspec.structs.replace(
+                state, status="succeeded", finished_at=self.clock(), fetched_at=fetched_at
+            )
+        retry_after = math.ceil(exc.retry_after) if exc.retry_after is not None else None
+        error = UpstreamError(kind=exc.kind, at=self.clock(), retry_after_s=retry_after)  # type: ignore[arg-type]
+        return msgspec.structs.replace(state, status="failed", finished_at=self.clock(), error=error)
 
     async def refresh_events(
         self, refresh_id: uuid.UUID, channels: ChannelsPlugin

@@ -1,0 +1,103 @@
+"""A refresh whose job can no longer finish it is reported failed, instead of "running" for a day.
+
+A refresh's state lives in Valkey and only its job writes the final one. A worker killed mid-job
+(the sweeper then aborts the job: it has no retry left), a job that failed before its final write, or
+an enqueue lost after the state was saved left the state "queued" or "running" for 24 hours, the
+client's stream waiting all along, and every refresh of that login for 15 minutes answered with it.
+Reading the state now looks the job up once ``REFRESH_JOB_GRACE_S`` has passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+import redis.asyncio as redis
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+
+from app.config import Settings
+from app.core.modules import Module
+from app.core.services import open_services
+from app.domains.github.services import REFRESH_JOB_GRACE_S, GithubService
+from tests.fakes.clock import FakeClock
+from tests.fakes.github import FakeGitHub, FakeGitHubServer
+
+GRACE = timedelta(seconds=REFRESH_JOB_GRACE_S)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+async def github(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    clock: FakeClock,
+    db: object,
+    valkey: object,
+) -> AsyncIterator[GithubService]:
+    fake.add_user("ghost", followers=1)
+    module = Module(
+        name="github",
+        service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster, clock=clock),
+    )
+    configured = msgspec.structs.replace(settings, github_api_url=fake_server.url)
+    async with open_services(configured, [module]) as services:
+        yield services[GithubService]
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
+    assert settings.valkey_url is not None
+    opened = RedisQueue(redis.from_url(settings.valkey_url), name="default")
+    yield opened
+    await opened.redis.aclose()
+
+
+async def test_a_refresh_whose_worker_died_fails_once_its_job_is_aborted(
+    github: GithubService, queue: RedisQueue, clock: FakeClock
+) -> None:
+    requested = await github.request_refresh("ghost")
+    job = await queue.dequeue(timeout=5)  # a worker took it, saved "running", and was killed
+    assert job is not None and job.kwargs is not None and job.kwargs["refresh_id"] == str(requested.id)
+    await job.update(status=Status.ACTIVE)  # as saq's Worker.process does
+    await github._save_refresh(msgspec.structs.replace(requested, status="running", started_at=clock()))
+
+    clock.now += GRACE * 3
+    assert (await github.refresh_state(requested.id)).status == "running", "its job is still active"
+
+    await queue.finish(job, Status.ABORTED)  # what the sweeper does to a job past its timeout
+    state = await github.refresh_state(requested.id)
+    assert state.status == "failed" and state.error is not None and state.error.kind == "unavailable"
+    again = await github.request_refresh("ghost")
+    assert again.id != requested.id and again.status == "queued", "the login is free to refresh again"
+
+
+async def test_a_refresh_whose_job_is_gone_fails_after_the_grace(
+    github: GithubService, queue: RedisQueue, clock: FakeClock
+) -> None:
+    requested = await github.request_refresh("ghost")
+    await queue.redis.delete(queue.job_id("github-refresh:ghost"))  # the enqueue never landed
+
+    clock.now += GRACE / 2
+    assert (await github.refresh_state(requested.id)).status == "queued", "within the grace"
+    clock.now += GRACE
+    assert (await github.refresh_state(requested.id)).status == "failed"
+
+
+async def test_a_job_that_finished_while_its_state_was_judged_keeps_its_outcome(
+    github: GithubService, queue: RedisQueue, clock: FakeClock
+) -> None:
+    requested = await github.request_refresh("ghost")
+    judged = msgspec.json.encode(requested)  # read as "queued" ...
+    await github._finish_refresh(requested, None, fetched_at=clock())  # ... then the job finished
+    clock.now += GRACE * 2
+
+    assert (await github._abandoned(requested, judged)).status == "succeeded"
+    assert (await github.refresh_state(requested.id)).status == "succeeded"
