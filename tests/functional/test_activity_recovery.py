@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 from app.config import Settings
 from app.core.services import Services, open_services
@@ -142,3 +143,24 @@ async def test_the_mark_moves_batch_by_batch(
     assert await recover_lost_events(feed.db, feed.record_batch, batch=2) == 5
     assert await stored_titles(db) == [f"T{n}" for n in range(5)]
     assert await mark(db) == ids[-1]
+
+
+async def test_an_event_that_cannot_be_recorded_does_not_hold_the_mark_back(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    """A payload the writer refuses (here: no verb) fails its batch every time; alone, it is logged
+    and passed over, and the events around it are recorded."""
+    first = await emit_tasks(feed, team.editor.id, team.project, ["A"])
+    bad = await (
+        await db.execute(
+            "insert into outbox (queue, task, payload) values ('feed', 'record_activity', %s) returning id",
+            (Jsonb({"actor_id": team.editor.id, "project_id": team.project}),),
+        )
+    ).fetchone()
+    assert bad is not None
+    last = await emit_tasks(feed, team.editor.id, team.project, ["B"])
+    await publish(db, [*first, bad[0], *last], ago=LATER)
+
+    assert await feed.recover_lost_events() == 2
+    assert await stored_titles(db) == ["A", "B"]
+    assert await mark(db) == last[-1]

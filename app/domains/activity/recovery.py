@@ -8,6 +8,8 @@ published more than ``GRACE`` ago whose event is not stored is recorded again (r
 idempotent by outbox id; an event whose project or user is gone is dropped there, as always), and
 the mark moves past it. The walk stops at the first row not yet published or published within
 ``GRACE``: what is still on its way is never sent twice, and nothing behind the mark is skipped.
+An event that cannot be recorded for what it holds (not because the database is unreachable) is
+logged and passed over: it must not hold the mark, and with it every later event, back for ever.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import takewhile
 from typing import Any
 
+import psycopg
+import psycopg_pool
 import structlog
 
 from app.core.db import Database
@@ -32,10 +36,15 @@ GRACE = timedelta(minutes=15)
 BATCH = 1000
 """Outbox rows read per step; the mark moves after each step."""
 
+UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout, TimeoutError)
+"""Failures that say nothing about the events: the run fails and the next one tries again."""
+
+Record = Callable[[Sequence[Mapping[str, Any]]], Awaitable[int]]
+
 
 async def recover_lost_events(
     db: Database,
-    record: Callable[[Sequence[Mapping[str, Any]]], Awaitable[int]],
+    record: Record,
     *,
     now: datetime | None = None,
     batch: int = BATCH,
@@ -57,7 +66,7 @@ async def recover_lost_events(
             return stored
         lost = [{**row.payload, "outbox_id": row.id} for row in settled if not row.stored]
         if lost:
-            recorded = await record(lost)
+            recorded = await _record_isolating(record, lost)
             stored += recorded
             log.warning(
                 "feed_events_recovered",
@@ -70,3 +79,17 @@ async def recover_lost_events(
             await queries.set_activity_recovery_mark(uow.conn, checked_through=settled[-1].id)
         if len(settled) < batch:
             return stored
+
+
+async def _record_isolating(record: Record, events: list[dict[str, Any]]) -> int:
+    """``record(events)``; if that fails for what the events hold, each one alone, and one that
+    still fails is logged (with its outbox id) and passed over."""
+    try:
+        return await record(events)
+    except UNAVAILABLE:
+        raise
+    except Exception:
+        if len(events) == 1:
+            log.exception("feed_event_unrecoverable", outbox_id=events[0]["outbox_id"])
+            return 0
+    return sum([await _record_isolating(record, [event]) for event in events])
