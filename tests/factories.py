@@ -311,14 +311,14 @@ async def answer_racing(
     database_url: str, change: str, row_id: int, request: Callable[[], Awaitable[T]]
 ) -> T:
     """``request()``'s answer while ``change`` (SQL, ``row_id`` its one parameter: a deletion, or what a
-    concurrent request would do) is committed by another transaction only once the request waits
-    behind it. The in-process client holds the event loop while the app runs, so a thread watches
-    and commits."""
+    concurrent request would do) is committed by another transaction only once a session waits for
+    that transaction (the request: nothing else touches what it changed). The in-process client holds
+    the event loop while the app runs, so a thread watches and commits."""
     with psycopg.connect(database_url) as changer, psycopg.connect(database_url, autocommit=True) as probe:
         changer.execute(change, (row_id,))
 
         def commit_once_the_request_waits() -> None:
-            waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid <> %s"
+            waiting = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
             deadline = time.monotonic() + 20
             while probe.execute(waiting, (changer.info.backend_pid,)).fetchone() == (0,):
                 assert time.monotonic() < deadline, "the request never waited for the other change"
