@@ -80,32 +80,57 @@ async def activity_recovery_mark(conn: AsyncConnection[Any]) -> int | None:
         return await cur.fetchone()
 
 
-FEED_OUTBOX_AFTER = """\
-select o.id, o.payload, o.published_at,
-       exists (select 1 from activity_events e where e.outbox_id = o.id) as stored
-from outbox o
-where o.id > $1 and o.task = $2
-order by o.id
-limit $3"""
+SETTLED_FEED_OUTBOX = """\
+with horizon as (
+    select least(
+        now() - make_interval(secs => $1::float8),
+        coalesce(oldest_open_write_started_at(), 'infinity')
+    ) as at
+), candidates as (
+    select o.id, o.published_at
+    from outbox o
+    where o.id > $2 and o.task = $3
+    order by o.id
+    limit $4
+), settled as (
+    select c.id from candidates c
+    where c.id < coalesce(
+        (select min(u.id) from candidates u where u.published_at is null or u.published_at >= (select at from horizon)),
+        9223372036854775807
+    )
+)
+select s.id, o.payload, 0 as settled
+from settled s
+join outbox o on o.id = s.id
+left join activity_events e on e.outbox_id = s.id
+where e.outbox_id is null
+union all
+select max(s.id), null::jsonb, count(*)::integer from settled s having count(*) > 0
+order by 3, 1"""
 
 
-class FeedOutboxAfterRow(msgspec.Struct, frozen=True):
+class SettledFeedOutboxRow(msgspec.Struct, frozen=True):
     id: int
     payload: Any
-    published_at: datetime | None
-    stored: bool
+    settled: int
 
 
-async def feed_outbox_after(
+async def settled_feed_outbox(
     conn: AsyncConnection[Any],
     *,
+    grace_s: float,
     after_id: int,
     task: str,
     row_limit: int,
-) -> list[FeedOutboxAfterRow]:
-    """The feed's outbox rows after @after_id, in id order, and whether each one's event is stored."""
-    async with AsyncRawCursor(conn, row_factory=args_row(FeedOutboxAfterRow)) as cur:
-        await cur.execute(FEED_OUTBOX_AFTER, (after_id, task, row_limit))
+) -> list[SettledFeedOutboxRow]:
+    """The feed's outbox rows after @after_id that are settled, in id order (at most @row_limit read): the
+    rows before the first one not published before the horizon. The horizon is @grace_s ago, or the
+    start of the oldest transaction still writing if earlier: a row it has yet to commit has a higher
+    id than every row published before it began, so none is passed before it is visible. One row per
+    settled row whose event is not stored (its payload; settled = 0), then, if any row is settled, the
+    last settled id with how many were settled (payload null)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(SettledFeedOutboxRow)) as cur:
+        await cur.execute(SETTLED_FEED_OUTBOX, (grace_s, after_id, task, row_limit))
         return await cur.fetchall()
 
 

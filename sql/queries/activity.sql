@@ -35,14 +35,39 @@ where not exists (select 1 from activity_events e where e.outbox_id = t.outbox_i
 -- name: ActivityRecoveryMark :one
 select coalesce((select checked_through from activity_recovery), 0)::bigint as checked_through;
 
--- name: FeedOutboxAfter :many
--- The feed's outbox rows after @after_id, in id order, and whether each one's event is stored.
-select o.id, o.payload, o.published_at,
-       exists (select 1 from activity_events e where e.outbox_id = o.id) as stored
-from outbox o
-where o.id > @after_id and o.task = @task
-order by o.id
-limit @row_limit;
+-- name: SettledFeedOutbox :many
+-- The feed's outbox rows after @after_id that are settled, in id order (at most @row_limit read): the
+-- rows before the first one not published before the horizon. The horizon is @grace_s ago, or the
+-- start of the oldest transaction still writing if earlier: a row it has yet to commit has a higher
+-- id than every row published before it began, so none is passed before it is visible. One row per
+-- settled row whose event is not stored (its payload; settled = 0), then, if any row is settled, the
+-- last settled id with how many were settled (payload null).
+with horizon as (
+    select least(
+        now() - make_interval(secs => @grace_s::float8),
+        coalesce(oldest_open_write_started_at(), 'infinity')
+    ) as at
+), candidates as (
+    select o.id, o.published_at
+    from outbox o
+    where o.id > @after_id and o.task = @task
+    order by o.id
+    limit @row_limit
+), settled as (
+    select c.id from candidates c
+    where c.id < coalesce(
+        (select min(u.id) from candidates u where u.published_at is null or u.published_at >= (select at from horizon)),
+        9223372036854775807
+    )
+)
+select s.id, o.payload, 0 as settled
+from settled s
+join outbox o on o.id = s.id
+left join activity_events e on e.outbox_id = s.id
+where e.outbox_id is null
+union all
+select max(s.id), null::jsonb, count(*)::integer from settled s having count(*) > 0
+order by 3, 1;
 
 -- name: SetActivityRecoveryMark :exec
 insert into activity_recovery as r (checked_through) values (@checked_through)

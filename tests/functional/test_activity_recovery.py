@@ -2,13 +2,13 @@
 
 A lost job is an outbox row marked published whose event was never stored: the relay enqueued it,
 and every attempt then failed (a long outage) or the queue lost it. The tests make such rows by
-publishing them without delivering them, and run the recovery at a chosen time.
+publishing them without delivering them, dated now or longer than the grace ago.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -75,14 +75,15 @@ async def test_a_lost_event_is_recorded_once_its_grace_has_passed_and_only_once(
     ids = await emit_tasks(feed, team.editor.id, team.project, ["A", "B"])
     await publish(db, ids)
 
-    assert await feed.recover_lost_events(datetime.now(UTC)) == 0, "its job may still be retried"
+    assert await feed.recover_lost_events() == 0, "its job may still be retried"
     assert await stored_titles(db) == []
     assert await mark(db) == 0
 
-    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 2
+    await publish(db, ids, ago=LATER)
+    assert await feed.recover_lost_events() == 2
     assert await stored_titles(db) == ["A", "B"]
     assert await mark(db) == ids[-1]
-    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 0
+    assert await feed.recover_lost_events() == 0
     assert await stored_titles(db) == ["A", "B"]
 
 
@@ -90,11 +91,11 @@ async def test_events_stored_by_their_jobs_are_not_recorded_again(
     db: AsyncConnection[Any], feed: ActivityService, team: Team
 ) -> None:
     ids = await emit_tasks(feed, team.editor.id, team.project, ["A", "B"])
-    await publish(db, ids)
+    await publish(db, ids, ago=LATER)
     rows = await (await db.execute("select id, payload from outbox order by id")).fetchall()
     assert await feed.record_batch([{**payload, "outbox_id": id_} for id_, payload in rows]) == 2
 
-    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 0
+    assert await feed.recover_lost_events() == 0
     assert await stored_titles(db) == ["A", "B"]
     assert await mark(db) == ids[-1]
 
@@ -115,7 +116,8 @@ async def test_the_walk_stops_at_the_first_row_still_on_its_way(
     assert await feed.recover_lost_events() == 0
     assert await mark(db) == first
 
-    assert await feed.recover_lost_events(datetime.now(UTC) + LATER) == 2
+    await publish(db, [second], ago=LATER)
+    assert await feed.recover_lost_events() == 2
     assert await stored_titles(db) == ["A", "B", "C"]
     assert await mark(db) == third
 
@@ -164,3 +166,36 @@ async def test_an_event_that_cannot_be_recorded_does_not_hold_the_mark_back(
     assert await feed.recover_lost_events() == 2
     assert await stored_titles(db) == ["A", "B"]
     assert await mark(db) == last[-1]
+
+
+async def test_a_row_committed_late_is_not_passed_while_its_transaction_is_open(
+    db: AsyncConnection[Any], database_url: str, feed: ActivityService, team: Team
+) -> None:
+    """Outbox ids are taken at insert, rows become visible at commit: a transaction still open holds
+    an id below rows already published. The walk passes no row published after the oldest open
+    writing transaction began (here with no grace, so that the open transaction alone decides)."""
+    async with await AsyncConnection.connect(database_url) as slow:
+        async with slow.transaction():
+            await slow.execute(
+                "insert into outbox (queue, task, payload) values ('feed', 'record_activity', %s)",
+                (
+                    Jsonb(
+                        {
+                            "actor_id": team.editor.id,
+                            "verb": "task.created",
+                            "object_type": "task",
+                            "object_id": 1,
+                            "project_id": team.project,
+                            "data": {"title": "Slow"},
+                            "occurred_at": "2026-12-01T00:00:00Z",
+                        }
+                    ),
+                ),
+            )
+            fast = await emit_tasks(feed, team.editor.id, team.project, ["Fast"])
+            await publish(db, fast)
+            assert await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(0)) == 0
+            assert await mark(db) == 0
+        await db.execute("update outbox set published_at = now() where published_at is null")
+    assert await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(0)) == 2
+    assert sorted(await stored_titles(db)) == ["Fast", "Slow"]

@@ -18,7 +18,6 @@ Design, in short (each part is documented where it lives):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -91,9 +90,9 @@ class ActivityService:
         arrive together in one process share a transaction (``combiner.py``)."""
         return await self.combiner.submit(events)
 
-    async def recover_lost_events(self, now: datetime | None = None) -> int:
+    async def recover_lost_events(self) -> int:
         """Record the events whose jobs were lost (the cron; ``recovery.py``); returns how many."""
-        return await recover_lost_events(self.db, self.record_batch, now=now)
+        return await recover_lost_events(self.db, self.record_batch)
 
     async def _write_alone(self, events: list[Mapping[str, Any]]) -> Recorded:
         async with self.db.transaction() as uow:
