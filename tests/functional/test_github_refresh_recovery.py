@@ -101,3 +101,19 @@ async def test_a_job_that_finished_while_its_state_was_judged_keeps_its_outcome(
 
     assert (await github._abandoned(requested, judged)).status == "succeeded"
     assert (await github.refresh_state(requested.id)).status == "succeeded"
+
+
+async def test_a_job_that_runs_after_its_refresh_was_judged_lost_changes_nothing(
+    github: GithubService, queue: RedisQueue, clock: FakeClock, fake: FakeGitHub
+) -> None:
+    """Clients were told ``failed`` (their streams ended): a job the queue still runs afterwards
+    (taken by a worker that stalled) neither fetches nor changes the outcome."""
+    requested = await github.request_refresh("ghost")
+    await queue.redis.delete(queue.job_id("github-refresh:ghost"))
+    clock.now += GRACE * 2
+    assert (await github.refresh_state(requested.id)).status == "failed"
+    fetches = len(fake.recorded())
+
+    assert await github.run_refresh("ghost", requested.id) == "failed"
+    assert (await github.refresh_state(requested.id)).status == "failed"
+    assert len(fake.recorded()) == fetches

@@ -566,24 +566,34 @@ class GithubService:
             events_url=f"/api/github/refreshes/{refresh_id}/events",
             state_url=f"/api/github/refreshes/{refresh_id}",
         )
+        if state.is_final:  # judged lost while it waited (``_abandoned``): clients were told
+            return state.status
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
+        running = msgspec.json.encode(state)
         try:
             stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=state.requested_at)
         except GitHubError as exc:
-            await self._finish_refresh(state, exc)
+            await self._finish_refresh(state, exc, replacing=running)
             return "failed"
         except BaseException:
-            await self._finish_refresh(state, GitHubDownError("the refresh failed"))
+            await self._finish_refresh(state, GitHubDownError("the refresh failed"), replacing=running)
             raise
-        await self._finish_refresh(state, None, fetched_at=stored.fetched_at)
+        await self._finish_refresh(state, None, fetched_at=stored.fetched_at, replacing=running)
         return "succeeded"
 
     async def _finish_refresh(
-        self, state: RefreshOut, exc: GitHubError | None, *, fetched_at: datetime | None = None
+        self,
+        state: RefreshOut,
+        exc: GitHubError | None,
+        *,
+        fetched_at: datetime | None = None,
+        replacing: bytes | None = None,
     ) -> None:
+        """The final state, saved (with ``replacing``: only over that state, so a refresh already
+        judged lost keeps the outcome its clients saw) and the login freed for the next refresh."""
         state = self._final(state, exc, fetched_at=fetched_at)
-        await self._save_refresh(state)
+        await self._save_refresh(state, replacing=replacing)
         await self._release(keys=[f"github:refresh-pending:{state.username}"], args=[str(state.id)])
 
     def _final(
