@@ -41,17 +41,23 @@ def free_port() -> int:
         ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral = 32768
-    while True:
-        port = random.randrange(ephemeral // 2, ephemeral)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
+    if ephemeral > 2048:  # else no room below it outside the privileged ports: fall back to bind(0)
+        for _ in range(1000):
+            port = random.randrange(max(1024, ephemeral // 2), ephemeral)
+            if port in _HANDED_OUT:
                 continue
-        _HANDED_OUT.add(port)
-        return port
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 class ServerProcess:
