@@ -64,7 +64,7 @@ async def recover_lost_events(
         if not rows:
             return stored
         *lost_rows, through = rows
-        lost = [{**row.payload, "outbox_id": row.id} for row in lost_rows]
+        lost = [{**_mapping(row.payload), "outbox_id": row.id} for row in lost_rows]
         if lost:
             recorded = await _record_isolating(record, lost)
             stored += recorded
@@ -91,3 +91,8 @@ async def _record_isolating(record: Record, events: list[dict[str, Any]]) -> int
             log.exception("feed_event_unrecoverable", outbox_id=events[0]["outbox_id"])
             return 0
     return sum([await _record_isolating(record, [event]) for event in events])
+
+
+def _mapping(payload: Any) -> dict[str, Any]:
+    """The payload, or nothing for one that is not an object (the writer then refuses the event)."""
+    return payload if isinstance(payload, dict) else {}
