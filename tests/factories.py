@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from app.db import sites as site_queries
 from app.db import tasks as task_queries
 from app.db.models import ProjectRole, Site, TaskPriority, TaskStatus, User, UserRole
 from app.domains.accounts.services import AccountService
+from app.domains.github.services import GithubService
 from app.domains.orders.module import module as orders_module
 from app.domains.products.module import module as products_module
 from app.main import create_app
@@ -421,3 +422,11 @@ def scaled_examples(count: int) -> int:
     """``count`` examples under the full profile, proportionally fewer under ``HYPOTHESIS_PROFILE=ci``
     (a heavy property test states its own count; the profile scales it). Never below 5."""
     return max(5, count * hypothesis_settings.default.max_examples // 100)
+
+
+def clocked_github(clock: Callable[[], datetime]) -> Module:
+    """The GitHub module with its service on ``clock`` (for ``open_services``)."""
+    return Module(
+        name="github",
+        service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster, clock=clock),
+    )

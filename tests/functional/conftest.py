@@ -1,11 +1,13 @@
 """Fixtures shared by the functional tests: the app with auth rate limits out of the way (a clean
 client per test), a member whose password is ``tests.factories.PASSWORD``, a project team, a
-count of the argon2 verifications the app makes, and the fake GitHub (one server per test module,
-reset for every test)."""
+count of the argon2 verifications the app makes, the fake GitHub (one server per test module,
+reset for every test), and a clock the test moves (``clock``; ``tests.factories.clocked_github``
+puts the GitHub service on it)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import argon2
@@ -18,6 +20,7 @@ from app.config import Settings
 from app.core.security import Passwords
 from app.db.models import User
 from tests.factories import PASSWORD, Client, Team, create_user, generous_client, make_team
+from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, serve_fake_github
 
 
@@ -76,3 +79,8 @@ def fake_server() -> Iterator[FakeGitHubServer]:
 def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
     fake_server.fake.reset()
     return fake_server.fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import msgspec
 import pytest
 
 from app.config import Settings
-from app.core.modules import Module
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.governor import Priority
 from app.domains.github.services import GithubService
+from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, repos_named
 
@@ -32,21 +32,13 @@ def cold(fake: FakeGitHub) -> str:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-
-
-@pytest.fixture
 async def workers(
     settings: Settings, fake_server: FakeGitHubServer, clock: FakeClock, db: object, valkey: object
 ) -> AsyncIterator[tuple[GithubService, GithubService]]:
     configured = msgspec.structs.replace(
         settings, github_api_url=fake_server.url, github_language_repos=2, github_retry_wait_s=0.01
     )
-    module = Module(
-        name="github",
-        service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster, clock=clock),
-    )
+    module = clocked_github(clock)
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(open_services(configured, [module]))
         b = await stack.enter_async_context(open_services(configured, [module]))

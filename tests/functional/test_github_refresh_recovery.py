@@ -10,7 +10,7 @@ Reading the state now looks the job up once ``REFRESH_JOB_GRACE_S`` has passed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import msgspec
 import pytest
@@ -19,18 +19,13 @@ from saq.job import Status
 from saq.queue.redis import RedisQueue
 
 from app.config import Settings
-from app.core.modules import Module
 from app.core.services import open_services
 from app.domains.github.services import REFRESH_JOB_GRACE_S, GithubService
+from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
 
 GRACE = timedelta(seconds=REFRESH_JOB_GRACE_S)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -43,10 +38,7 @@ async def github(
     valkey: object,
 ) -> AsyncIterator[GithubService]:
     fake.add_user("ghost", followers=1)
-    module = Module(
-        name="github",
-        service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster, clock=clock),
-    )
+    module = clocked_github(clock)
     configured = msgspec.structs.replace(settings, github_api_url=fake_server.url)
     async with open_services(configured, [module]) as services:
         yield services[GithubService]
