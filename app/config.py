@@ -66,6 +66,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_pool_max: Annotated[int, msgspec.Meta(ge=1)] = 20
     database_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     statement_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 15_000
+    idle_in_transaction_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
 
     valkey_url: str | None = None
     valkey_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -84,6 +85,24 @@ async def _configure(conn: AsyncConnection[TupleRow]) -> None:
     await conn.commit()
 
 
+def session_options(settings: Settings, database_url: str) -> str:
+    """The server settings of the app's sessions (libpq ``options``), then those of ``database_url``.
+
+    ``idle_in_transaction_session_timeout``: a session left idle inside a transaction (a bug) is
+    ended by the server instead of holding its locks, and the feed recovery's horizon
+    (``oldest_open_write_started_at``), indefinitely. No transaction of the app waits on anything
+    but its own statements, except the outbox relay's enqueue to Valkey, whose batch is sent again
+    when its commit fails. The URL's own ``options`` come last, so they win: a keyword argument
+    replaces the URL's parameter of the same name, which dropped them before.
+    """
+    ours = (
+        f"-c statement_timeout={settings.statement_timeout_ms} "
+        f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
+    )
+    theirs = conninfo_to_dict(database_url).get("options")
+    return f"{ours} {theirs}" if theirs else ours
+
+
 def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[AsyncConnection[Any]]:
     """A closed pool; open it in the application's lifespan (``await pool.open()``).
 
@@ -98,7 +117,7 @@ def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[As
         timeout=settings.database_timeout_s,
         kwargs={
             "connect_timeout": max(2, math.ceil(settings.database_timeout_s)),
-            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+            "options": session_options(settings, database_url),
             "application_name": settings.app_name,
         },
         configure=_configure,
