@@ -64,7 +64,7 @@ async def state(db: AsyncConnection[Any], order_id: int) -> tuple[str, int]:
     return row[0], row[1]
 
 
-async def send(client: Client, body: bytes, headers: dict[str, str]) -> Any:
+async def send(client: Client, body: bytes, headers: dict[str, str] | dict[str, bytes]) -> Any:
     return await client.post(WEBHOOK, content=body, headers=headers)
 
 
@@ -105,7 +105,17 @@ async def test_a_signed_event_pays_once_and_replays_change_nothing(
 
 @pytest.mark.parametrize(
     "forge",
-    ["wrong secret", "stale", "future", "tampered body", "no header", "no v1", "garbage"],
+    [
+        "wrong secret",
+        "stale",
+        "future",
+        "tampered body",
+        "no header",
+        "no v1",
+        "garbage",
+        "non-ASCII digit",
+        "non-ASCII v1",
+    ],
 )
 async def test_forged_or_stale_deliveries_are_refused(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any], forge: str
@@ -123,6 +133,9 @@ async def test_forged_or_stale_deliveries_are_refused(
         "no header": {},
         "no v1": {payments.HEADER: f"t={now}"},
         "garbage": {payments.HEADER: "v1=zz,t=abc"},
+        # header bytes are latin-1 to the app: "\xb2" is "²", a digit to str.isdigit, not to int()
+        "non-ASCII digit": {payments.HEADER: b"t=\xb2,v1=ab"},
+        "non-ASCII v1": {payments.HEADER: f"t={now},v1=\xe9".encode("latin-1")},
     }[forge]
     sent_body = body.replace(b'"amount":"1.00"', b'"amount":"0.01"') if forge == "tampered body" else body
     assert sent_body != body or forge != "tampered body"

@@ -71,6 +71,8 @@ def verify_signature(
     signatures: list[str] = []
     for item in header.split(","):
         key, _, value = item.strip().partition("=")
+        if not value.isascii():  # header bytes arrive as latin-1: "²" is a digit to str, not to int()
+            continue
         if key == "t" and value.isdigit() and len(value) <= 12:
             timestamp = int(value)
         elif key == "v1" and len(signatures) < MAX_SIGNATURES:
