@@ -177,19 +177,33 @@ async def list_orders(
         return await cur.fetchall()
 
 
-CLAIM_EXPIRED_RESERVATIONS = """\
+LIST_LAPSED_RESERVATIONS = """\
 select id from orders
 where status = 'reserved' and reserved_until < now()
 order by reserved_until
-limit $1
-for update skip locked"""
+limit $1"""
 
 
-async def claim_expired_reservations(conn: AsyncConnection[Any], *, batch_size: int) -> list[int]:
-    """Reservations past their window, locked so concurrent expiry runs share the work."""
+async def list_lapsed_reservations(conn: AsyncConnection[Any], *, batch_size: int) -> list[int]:
+    """Reservations past their window, oldest first; not locked: each is expired in a transaction of
+    its own (LockLapsedReservation), so a batch never holds one order's stock while waiting for another's."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(CLAIM_EXPIRED_RESERVATIONS, (batch_size,))
+        await cur.execute(LIST_LAPSED_RESERVATIONS, (batch_size,))
         return await cur.fetchall()
+
+
+LOCK_LAPSED_RESERVATION = """\
+select id, user_id, status, total, currency, reserved_until, shortfall, created_at, updated_at from orders
+where id = $1 and status = 'reserved' and reserved_until < now()
+for update"""
+
+
+async def lock_lapsed_reservation(conn: AsyncConnection[Any], *, id: int) -> Order | None:
+    """The order, locked, if it is still reserved past its window. After a wait for the lock the condition
+    is checked on the newest row: a concurrent expiry, cancel or payment leaves nothing to expire."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Order)) as cur:
+        await cur.execute(LOCK_LAPSED_RESERVATION, (id,))
+        return await cur.fetchone()
 
 
 CLAIM_IDEMPOTENCY_KEY = """\

@@ -67,7 +67,9 @@ async def update_product(
 LIST_PRODUCTS = """\
 select id, sku, name, description, price, stock, active, created_at, updated_at from products
 where (active or $1::boolean)
-  and ($2::text is null or name ilike '%' || $2::text || '%' or sku = $2::text)
+  and ($2::text is null
+       or strpos(lower(name), lower($2::text)) > 0
+       or sku = $2::text)
   and ($3::numeric is null or price >= $3::numeric)
   and ($4::numeric is null or price <= $4::numeric)
   and (not $5::boolean or stock > 0)
@@ -87,7 +89,9 @@ async def list_products(
     after_id: int,
     row_limit: int,
 ) -> list[Product]:
-    """Active products only unless include_inactive (admins); keyset by id."""
+    """Active products only unless include_inactive (admins); keyset by id. The search is a literal,
+    case-insensitive substring of the name (strpos, not ilike: `%` and `_` are characters, not wildcards)
+    or the exact SKU."""
     async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
         await cur.execute(
             LIST_PRODUCTS,

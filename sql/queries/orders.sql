@@ -51,13 +51,20 @@ where (sqlc.narg(user_id)::bigint is null or user_id = sqlc.narg(user_id)::bigin
 order by id desc
 limit @row_limit;
 
--- name: ClaimExpiredReservations :many
--- Reservations past their window, locked so concurrent expiry runs share the work.
+-- name: ListLapsedReservations :many
+-- Reservations past their window, oldest first; not locked: each is expired in a transaction of
+-- its own (LockLapsedReservation), so a batch never holds one order's stock while waiting for another's.
 select id from orders
 where status = 'reserved' and reserved_until < now()
 order by reserved_until
-limit @batch_size
-for update skip locked;
+limit @batch_size;
+
+-- name: LockLapsedReservation :one
+-- The order, locked, if it is still reserved past its window. After a wait for the lock the condition
+-- is checked on the newest row: a concurrent expiry, cancel or payment leaves nothing to expire.
+select * from orders
+where id = @id and status = 'reserved' and reserved_until < now()
+for update;
 
 -- name: ClaimIdempotencyKey :one
 -- A new key is claimed for a lease (returns its end, which identifies this claim); an existing key

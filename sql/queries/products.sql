@@ -18,10 +18,14 @@ where id = @id
 returning *;
 
 -- name: ListProducts :many
--- Active products only unless include_inactive (admins); keyset by id.
+-- Active products only unless include_inactive (admins); keyset by id. The search is a literal,
+-- case-insensitive substring of the name (strpos, not ilike: `%` and `_` are characters, not wildcards)
+-- or the exact SKU.
 select * from products
 where (active or @include_inactive::boolean)
-  and (sqlc.narg(search)::text is null or name ilike '%' || sqlc.narg(search)::text || '%' or sku = sqlc.narg(search)::text)
+  and (sqlc.narg(search)::text is null
+       or strpos(lower(name), lower(sqlc.narg(search)::text)) > 0
+       or sku = sqlc.narg(search)::text)
   and (sqlc.narg(min_price)::numeric is null or price >= sqlc.narg(min_price)::numeric)
   and (sqlc.narg(max_price)::numeric is null or price <= sqlc.narg(max_price)::numeric)
   and (not @in_stock_only::boolean or stock > 0)

@@ -23,6 +23,7 @@ from app.domains.orders.services import IDEMPOTENCY_CLAIM_LEASE_S, OrderService
 from tests.factories import (
     COMMERCE,
     Actor,
+    answer_racing,
     assert_problem,
     create_user,
     make_product,
@@ -101,6 +102,14 @@ async def reserved_order(app: Litestar, client: Client, who: Actor, *lines: tupl
     order_id = int((await place(client, who, *lines)).json()["id"])
     assert await app.state.services[OrderService].reserve(order_id) == OrderStatus.RESERVED
     return order_id
+
+
+async def lapse(db: AsyncConnection[Any], order_id: int, seconds_ago: int = 1) -> None:
+    """The order's reservation window ended ``seconds_ago`` seconds ago (expiry takes the oldest first)."""
+    await db.execute(
+        "update orders set reserved_until = now() - make_interval(secs => %s) where id = %s",
+        (seconds_ago, order_id),
+    )
 
 
 # -- placement --------------------------------------------------------------------------------------------
@@ -488,7 +497,7 @@ async def test_paying_after_the_window_expires_the_order(
     assert await status_of(db, order_id) == "expired"
     assert await stock_of(db, pid) == 5
     assert await pay(client, db, order_id, event_id="evt-late") == "duplicate"
-    assert await pay(client, db, order_id) == "ignored"
+    assert await pay(client, db, order_id) == "expired", "another payment needs a refund too"
     assert await status_of(db, order_id) == "expired"
     assert await stock_of(db, pid) == 5
 
@@ -564,6 +573,72 @@ async def test_cancel_and_expiry_are_recorded_in_the_history(
     ]
     listed = (await client.get("/api/orders", headers=buyer.headers)).json()["items"]
     assert all(o["events"] is None for o in listed), "lists carry no history"
+
+
+async def test_expiring_a_batch_never_holds_one_orders_stock_while_waiting_for_anothers(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
+) -> None:
+    """Each lapsed order is expired in a transaction of its own, so the expiry locks products in id
+    order like every other transaction. Orders A [p1, p4] and B [p2, p3] have lapsed; a cancel of an
+    order [p3, p4] has given p3 back and goes on to p4. One transaction for the whole batch would hold
+    p4 (A's) while waiting for p3 (B's): a deadlock, and PostgreSQL aborts the cancel or the batch."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    p1, p2, p3, p4 = [await make_product(db, stock=5) for _ in range(4)]
+    first = await reserved_order(app, client, buyer, (p1, 1), (p4, 1))
+    second = await reserved_order(app, client, buyer, (p2, 1), (p3, 1))
+    await lapse(db, first, seconds_ago=2)
+    await lapse(db, second, seconds_ago=1)
+    give_back = "update products set stock = stock + 1, updated_at = now() where id = %s"
+    async with await AsyncConnection.connect(database_url) as cancel:
+        await cancel.execute(give_back, (p3,))
+        expiry = asyncio.create_task(app.state.services[OrderService].expire_reservations())
+
+        async def expiry_waits_for_the_cancel() -> bool:
+            waiting = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
+            return bool(await scalar(db, waiting, cancel.info.backend_pid))
+
+        await wait_until(expiry_waits_for_the_cancel, 30, "the expiry waits for p3")
+        assert await status_of(db, first) == "expired", "the first order's expiry committed on its own"
+        await cancel.execute(give_back, (p4,))  # nobody holds p4 any more: no deadlock
+        await cancel.rollback()
+    assert await asyncio.wait_for(expiry, 30) == 2
+    assert [await status_of(db, order) for order in (first, second)] == ["expired", "expired"]
+    assert [await stock_of(db, pid) for pid in (p1, p2, p3, p4)] == [5, 5, 5, 5]
+
+
+async def test_an_order_paid_while_the_expiry_waits_for_it_is_left_alone(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
+) -> None:
+    """The expiry re-checks each order under its lock: a payment (a cancel, another expiry run) that
+    committed meanwhile leaves nothing to expire, and no stock is given back twice."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=5)
+    order_id = await reserved_order(app, client, buyer, (pid, 2))
+    await lapse(db, order_id)
+    paid = "update orders set status = 'paid', reserved_until = null, updated_at = now() where id = %s"
+    expire = app.state.services[OrderService].expire_reservations
+    assert await answer_racing(database_url, paid, order_id, expire) == 0
+    assert await status_of(db, order_id) == "paid"
+    assert await stock_of(db, pid) == 3
+
+
+async def test_concurrent_expiry_runs_expire_each_order_once(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=10)
+    lapsed = [await reserved_order(app, client, buyer, (pid, 2)) for _ in range(MAX_OPEN)]
+    for order_id in lapsed:
+        await lapse(db, order_id)
+    orders = app.state.services[OrderService]
+    runs = await asyncio.gather(*(orders.expire_reservations() for _ in range(3)))
+    assert sum(runs) == MAX_OPEN
+    assert await stock_of(db, pid) == 10
+    expiries = "select count(*) from order_events where to_status = 'expired' and order_id = any(%s)"
+    assert await scalar(db, expiries, lapsed) == MAX_OPEN
 
 
 async def test_orders_left_pending_are_reserved_by_the_reconciliation(

@@ -164,6 +164,35 @@ async def test_only_the_exact_amount_for_a_reserved_order_pays(
     assert await state(db, order_id) == ("reserved", 2)
 
 
+async def test_a_payment_after_the_expiry_cron_answers_expired(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """A payment for a lapsed reservation needs a refund whether it comes before the minute's expiry
+    cron (it expires the order itself) or after it, and whatever the amount it reports."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=5, price="4.00")
+    order_id = await reserved(app, client, buyer, pid, 2)
+    await db.execute(
+        "update orders set reserved_until = now() - interval '1 second' where id = %s", (order_id,)
+    )
+    assert await app.state.services[OrderService].expire_reservations() == 1
+    assert await state(db, order_id) == ("expired", 3)
+    for event_id, amount in (("evt-exact", "8.00"), ("evt-short", "7.99")):
+        sent = payments.delivery(payments.event_body(order_id, amount, event_id=event_id))
+        answer = await send(client, sent.body, sent.headers)
+        assert answer.json() == {"event_id": event_id, "outcome": "expired", "order_id": order_id}
+    recorded = await (
+        await db.execute(
+            "select event_id, outcome from payment_events where order_id = %s order by event_id", (order_id,)
+        )
+    ).fetchall()
+    assert recorded == [("evt-exact", "expired"), ("evt-short", "expired")]
+    assert await state(db, order_id) == ("expired", 3)
+    stock = await (await db.execute("select stock from products where id = %s", (pid,))).fetchone()
+    assert stock == (5,), "the stock came back once, with the expiry"
+
+
 async def test_a_signed_body_that_is_not_an_event_is_422(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:

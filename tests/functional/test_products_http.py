@@ -197,6 +197,22 @@ async def test_filters_by_name_sku_price_and_stock(
     )
 
 
+async def test_the_name_search_is_literal(client: Client, app: Litestar, db: AsyncConnection[Any]) -> None:
+    """`%` and `_` in `q` are characters a name may contain, not wildcards matching any name."""
+    admin = (await make_user(db, app, "admin")).headers
+    sale = await create(client, admin, name="50% off mug")
+    plain = await create(client, admin, name="plain mug")
+    snake = await create(client, admin, name="snake_case MUG")
+
+    assert await ids_of(client, q="%") == [sale["id"]]
+    assert await ids_of(client, q="_") == [snake["id"]]
+    assert await ids_of(client, q="0% OFF") == [sale["id"]], "still case-insensitive"
+    assert await ids_of(client, q="e_c") == [snake["id"]]
+    assert await ids_of(client, q="n%m") == []
+    assert await ids_of(client, q="\\") == []
+    assert await ids_of(client, q="Mug") == [sale["id"], plain["id"], snake["id"]]
+
+
 async def test_keyset_pages_cover_every_product_once(
     client: Client, app: Litestar, db: AsyncConnection[Any]
 ) -> None:

@@ -210,7 +210,8 @@ class Shop(RuleBasedStateMachine):
 
     def pay(self, order_id: int) -> None:
         """Payment arrives only through the provider's webhook: it pays a reserved order, expires a
-        lapsed one (its stock comes back), and changes nothing for any other; a replay is a no-op."""
+        lapsed one (its stock comes back), answers ``expired`` for an expired one (the payment needs a
+        refund, whoever expired it) and changes nothing for any other; a replay is a no-op."""
         order = self.orders[order_id]
         before = self.snapshot(order_id)
         outcome, sent = self.deliver(order_id, self.total(order))
@@ -222,20 +223,22 @@ class Shop(RuleBasedStateMachine):
             assert outcome == "paid"
             self.moved(order, OrderStatus.PAID)
         else:
-            assert outcome == "ignored"
+            assert outcome == ("expired" if order.status == OrderStatus.EXPIRED else "ignored")
             assert self.snapshot(order_id) == before
-            event("payment ignored")
+            event(f"payment {outcome}")
         self.replayed_changes_nothing(order_id, sent)
 
     @precondition(lambda self: self.orders)
     @rule(index=st.integers(0, 1000), off=st.sampled_from(["-0.01", "0.01", "1.00"]))
     def pay_the_wrong_amount(self, index: int, off: str) -> None:
-        """A payment that does not match the order's total never pays it."""
+        """A payment that does not match the order's total never pays it (an expired order's answers
+        ``expired``: whatever the amount, it needs a refund)."""
         order_id = self.pick(index)
         order = self.orders[order_id]
         before = self.snapshot(order_id)
         outcome, _ = self.deliver(order_id, self.total(order) + Decimal(off))
-        assert outcome == ("mismatch" if order.status == OrderStatus.RESERVED else "ignored")
+        expected = {OrderStatus.RESERVED: "mismatch", OrderStatus.EXPIRED: "expired"}
+        assert outcome == expected.get(order.status, "ignored")
         assert self.snapshot(order_id) == before
 
     def cancel(self, order_id: int) -> None:

@@ -127,7 +127,9 @@ class PaymentWebhookController(Controller):
         "HMAC-SHA256 of `<t>.<raw body>` with PAYMENT_WEBHOOK_SECRET; refused (400) when no signature "
         "matches or `t` is more than PAYMENT_WEBHOOK_TOLERANCE_S from the server's clock. Each event id "
         "is processed once (a redelivery answers `duplicate`). Only `payment.succeeded` for a reserved "
-        "order whose amount and currency match makes it paid. The handler reads the raw body itself: the "
+        "order whose amount and currency match makes it paid. One that comes too late answers `expired` "
+        "(the payment needs a refund): the exact amount for a reservation past its window expires the "
+        "order; any amount for an order expired already. The handler reads the raw body itself: the "
         "signature covers its exact bytes. 404 while no PAYMENT_WEBHOOK_SECRET is configured.",
         operation_class=documents_json_body(PaymentEventIn),
         responses=problems(400, 404, 422, 429),

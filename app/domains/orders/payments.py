@@ -53,7 +53,8 @@ Outcome = Literal["paid", "duplicate", "ignored", "expired", "mismatch"]
 class PaymentEventOut(msgspec.Struct, frozen=True):
     """What the delivery did: ``paid``; ``duplicate`` (an event id seen before: nothing done);
     ``ignored`` (another event type, an unknown order, or an order not awaiting payment);
-    ``expired`` (the reservation had lapsed: the order expired, the payment needs a refund);
+    ``expired`` (the reservation had lapsed: the order expires now, or the expiry cron expired it
+    already, whatever the amount; the payment needs a refund);
     ``mismatch`` (amount or currency differ from the order: not paid)."""
 
     event_id: str

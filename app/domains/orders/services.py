@@ -304,21 +304,33 @@ class OrderService:
         return len(stale)
 
     async def expire_reservations(self, batch_size: int = 100) -> int:
-        """Expire reservations past their window and give their stock back (cron)."""
-        async with self.db.transaction() as uow:
-            expired = 0
-            for order_id in await queries.claim_expired_reservations(uow.conn, batch_size=batch_size):
-                order = await queries.get_order_for_update(uow.conn, id=order_id)
-                if order is None or order.status != OrderStatus.RESERVED:
-                    continue
-                await self._release_stock(uow, order_id)
-                await _transition(
-                    uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None
-                )
-                expired += 1
+        """Expire reservations past their window and give their stock back (cron); returns how many.
+
+        Each order is expired in a transaction of its own, which locks the order and then its
+        products in id order, as reserving, cancelling and paying do. One transaction for the batch
+        would hold the products of the orders already expired while it waits for the next one's: a
+        cancel or payment holding that product and waiting for one of those would deadlock with it.
+        A concurrent run (or a cancel or payment meanwhile) is harmless: each order is re-checked
+        under its lock.
+        """
+        async with self.db.read() as uow:
+            lapsed = await queries.list_lapsed_reservations(uow.conn, batch_size=batch_size)
+        expired = 0
+        for order_id in lapsed:
+            expired += await self._expire(order_id)
         if expired:
             log.info("reservations_expired", count=expired)
         return expired
+
+    async def _expire(self, order_id: int) -> bool:
+        """Expire one order if it is still reserved past its window; whether it was."""
+        async with self.db.transaction() as uow:
+            order = await queries.lock_lapsed_reservation(uow.conn, id=order_id)
+            if order is None:
+                return False
+            await self._release_stock(uow, order_id)
+            await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
+            return True
 
     async def purge_expired_idempotency_keys(self) -> int:
         """Delete idempotency keys past their 24 hours (cron); returns how many."""
@@ -379,6 +391,11 @@ class OrderService:
         return PaymentEventOut(event_id=event.id, outcome=outcome, order_id=event.data.order_id)
 
     async def _apply_payment(self, uow: UnitOfWork, order: Order, event: PaymentEventIn) -> Outcome:
+        """A payment that comes after the reservation lapsed answers ``expired`` (a refund is due)
+        whether it expires the order now or the expiry cron came first; in that case whatever the
+        amount, since no amount can make an expired order paid."""
+        if order.status == OrderStatus.EXPIRED:
+            return "expired"
         if order.status != OrderStatus.RESERVED:
             return "ignored"
         if Decimal(event.data.amount) != order.total or event.data.currency != order.currency:

@@ -60,7 +60,12 @@ class ProductsController(Controller):
         products: Products,
         q: Annotated[
             str | None,
-            QueryParameter(min_length=1, max_length=100, pattern=NO_NUL, description="Name contains, or SKU"),
+            QueryParameter(
+                min_length=1,
+                max_length=100,
+                pattern=NO_NUL,
+                description="Name contains it (ignoring case; `%` and `_` are plain characters), or the SKU",
+            ),
         ] = None,
         min_price: Annotated[float | None, _price_bound("Lowest price")] = None,
         max_price: Annotated[float | None, _price_bound("Highest price")] = None,
