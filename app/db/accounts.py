@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import args_row, scalar_row
 
@@ -48,12 +49,44 @@ async def get_user_by_id(conn: AsyncConnection[Any], *, id: int) -> User | None:
         return await cur.fetchone()
 
 
-UPDATE_USER_PASSWORD_HASH = "update users set password_hash = $1, updated_at = now() where id = $2"
+GET_USER_FOR_SHARE = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = $1 for share"
 
 
-async def update_user_password_hash(conn: AsyncConnection[Any], *, password_hash: str, id: int) -> None:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(UPDATE_USER_PASSWORD_HASH, (password_hash, id))
+async def get_user_for_share(conn: AsyncConnection[Any], *, id: int) -> User | None:
+    """Tokens are issued under this lock: a change of the user's role, activity or password (which
+    takes the row, then revokes the user's tokens) waits for the issue, or is seen by it."""
+    async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
+        await cur.execute(GET_USER_FOR_SHARE, (id,))
+        return await cur.fetchone()
+
+
+GET_USERS_FOR_UPDATE = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = any($1::bigint[]) order by id for update"
+
+
+async def get_users_for_update(conn: AsyncConnection[Any], *, ids: list[int]) -> list[User]:
+    """An administrator's change locks the actor and the target, in id order."""
+    async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
+        await cur.execute(GET_USERS_FOR_UPDATE, (ids,))
+        return await cur.fetchall()
+
+
+REHASH_USER_PASSWORD = """\
+update users set password_hash = $1, updated_at = now()
+where id = $2 and password_hash = $3
+returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
+
+
+async def rehash_user_password(
+    conn: AsyncConnection[Any],
+    *,
+    password_hash: str,
+    id: int,
+    verified_hash: str,
+) -> User | None:
+    """Only over the hash that was verified: a password changed meanwhile is kept."""
+    async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
+        await cur.execute(REHASH_USER_PASSWORD, (password_hash, id, verified_hash))
+        return await cur.fetchone()
 
 
 UPDATE_USER_PROFILE = """\
@@ -145,6 +178,15 @@ async def insert_refresh_token(
 ) -> None:
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(INSERT_REFRESH_TOKEN, (user_id, family_id, token_hash, expires_at))
+
+
+GET_REFRESH_TOKEN_OWNER = "select user_id from refresh_tokens where token_hash = $1"
+
+
+async def get_refresh_token_owner(conn: AsyncConnection[Any], *, token_hash: bytes) -> int | None:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(GET_REFRESH_TOKEN_OWNER, (token_hash,))
+        return await cur.fetchone()
 
 
 GET_REFRESH_TOKEN_FOR_UPDATE = "select id, user_id, family_id, token_hash, issued_at, expires_at, used_at, revoked_at from refresh_tokens where token_hash = $1 for update"
@@ -253,15 +295,22 @@ async def listen_for_revoked_families(conn: AsyncConnection[Any]) -> None:
         await cur.execute(LISTEN_FOR_REVOKED_FAMILIES)
 
 
-FAMILY_STARTED_AT = (
-    "select min(issued_at)::timestamptz as started_at from refresh_tokens where family_id = $1"
-)
+GET_FAMILY_STATE = """\
+select min(issued_at)::timestamptz as started_at, coalesce(bool_or(revoked_at is not null), false)::boolean as revoked
+from refresh_tokens where family_id = $1"""
 
 
-async def family_started_at(conn: AsyncConnection[Any], *, family_id: UUID) -> datetime | None:
-    """When a session (refresh-token family) began: its absolute lifetime counts from here."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(FAMILY_STARTED_AT, (family_id,))
+class GetFamilyStateRow(msgspec.Struct, frozen=True, gc=False):
+    started_at: datetime
+    revoked: bool
+
+
+async def get_family_state(conn: AsyncConnection[Any], *, family_id: UUID) -> GetFamilyStateRow | None:
+    """When a session (refresh-token family) began (its absolute lifetime counts from here), and whether
+    any of its tokens was revoked: a token inserted by a rotation that a revocation of the family
+    waited for is not in that revocation's snapshot, and the family is over all the same."""
+    async with AsyncRawCursor(conn, row_factory=args_row(GetFamilyStateRow)) as cur:
+        await cur.execute(GET_FAMILY_STATE, (family_id,))
         return await cur.fetchone()
 
 

@@ -10,8 +10,20 @@ select * from users where email = @email;
 -- name: GetUserById :one
 select * from users where id = @id;
 
--- name: UpdateUserPasswordHash :exec
-update users set password_hash = @password_hash, updated_at = now() where id = @id;
+-- name: GetUserForShare :one
+-- Tokens are issued under this lock: a change of the user's role, activity or password (which
+-- takes the row, then revokes the user's tokens) waits for the issue, or is seen by it.
+select * from users where id = @id for share;
+
+-- name: GetUsersForUpdate :many
+-- An administrator's change locks the actor and the target, in id order.
+select * from users where id = any(@ids::bigint[]) order by id for update;
+
+-- name: RehashUserPassword :one
+-- Only over the hash that was verified: a password changed meanwhile is kept.
+update users set password_hash = @password_hash, updated_at = now()
+where id = @id and password_hash = @verified_hash
+returning *;
 
 -- name: UpdateUserProfile :one
 update users
@@ -44,6 +56,9 @@ select count(*) from users;
 -- name: InsertRefreshToken :exec
 insert into refresh_tokens (user_id, family_id, token_hash, expires_at)
 values (@user_id, @family_id, @token_hash, @expires_at);
+
+-- name: GetRefreshTokenOwner :one
+select user_id from refresh_tokens where token_hash = @token_hash;
 
 -- name: GetRefreshTokenForUpdate :one
 select * from refresh_tokens where token_hash = @token_hash for update;
@@ -85,9 +100,12 @@ where revoked_at < now() - make_interval(secs => @older_than_s::float8);
 -- name: ListenForRevokedFamilies :exec
 listen revoked_families;
 
--- name: FamilyStartedAt :one
--- When a session (refresh-token family) began: its absolute lifetime counts from here.
-select min(issued_at)::timestamptz as started_at from refresh_tokens where family_id = @family_id;
+-- name: GetFamilyState :one
+-- When a session (refresh-token family) began (its absolute lifetime counts from here), and whether
+-- any of its tokens was revoked: a token inserted by a rotation that a revocation of the family
+-- waited for is not in that revocation's snapshot, and the family is over all the same.
+select min(issued_at)::timestamptz as started_at, coalesce(bool_or(revoked_at is not null), false)::boolean as revoked
+from refresh_tokens where family_id = @family_id;
 
 -- name: PurgeExpiredRefreshTokens :execrows
 -- Tokens of families that are over (every token expired); a live family keeps its spent tokens,

@@ -289,6 +289,20 @@ async def test_an_admin_cannot_deactivate_or_demote_themselves(
     assert [(u["id"], u["is_active"]) for u in response.json()["items"]] == [(admin.id, True)]
 
 
+async def test_an_admin_demoted_meanwhile_can_change_no_one(
+    api: Client, db: AsyncConnection[Any], admin: User, admin_token: str, password_hash: str
+) -> None:
+    """The token says admin; the row, read under lock, decides: a request of an administrator whose
+    demotion committed while it was under way (here: a token the demotion did not revoke) is
+    refused, so two administrators demoting each other leave one."""
+    other = await create_user(db, password_hash, role=UserRole.ADMIN)
+    await db.execute("update users set role = 'member' where id = %s", (admin.id,))
+    assert_problem(await set_user(api, admin_token, other.id, role="member"), 403, "forbidden")
+    assert_problem(await set_user(api, admin_token, other.id, is_active=False), 403, "forbidden")
+    still = await db.execute("select role::text, is_active from users where id = %s", (other.id,))
+    assert await still.fetchone() == ("admin", True)
+
+
 async def test_a_no_op_patch_keeps_the_sessions(
     api: Client, db: AsyncConnection[Any], password_hash: str, admin_token: str
 ) -> None:

@@ -22,7 +22,7 @@ from app.core.errors import NotFoundError
 from app.core.security import AccessTokens
 from app.db.models import UserRole
 from app.main import create_app
-from tests.factories import assert_problem, with_test_peer
+from tests.factories import assert_problem, unique_email, with_test_peer
 from tests.valkey_control import ControlledValkey
 
 Client = AsyncTestClient[Litestar]
@@ -239,6 +239,22 @@ async def test_authenticated_requests_are_keyed_by_user(
     assert rate_limit(anonymous)[:2] == ("default-minute", 2)
     assert len(await fresh.keys("rl:default:u:41:m:*")) == 1
     assert len(await fresh.keys("rl:default:u:42:m:*")) == 1
+
+
+async def test_signing_up_and_in_is_keyed_by_address_whatever_token_is_sent(
+    rl_client: Client, fresh: Valkey, settings: Settings
+) -> None:
+    """Keyed by a token's user, every account made buys another quota of the ``auth`` limit."""
+    peer = {"x-test-peer": "198.51.100.77"}
+
+    async def register(headers: dict[str, str]) -> Any:
+        body = {"email": unique_email("rl"), "password": "a long enough passphrase", "display_name": "Rl"}
+        return await rl_client.post("/api/auth/register", json=body, headers=peer | headers)
+
+    assert (await register({})).status_code == 202
+    assert (await register({"authorization": "Bearer not-a-token"})).status_code == 202  # ignored, no 401
+    assert_rate_limited(await register({"authorization": bearer(settings, 41)}), "auth-minute")
+    assert not await fresh.keys("rl:auth:u:*")
 
 
 async def test_disabled_rate_limiting_does_nothing(settings: Settings, fresh: Valkey) -> None:

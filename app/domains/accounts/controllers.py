@@ -12,6 +12,7 @@ from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from app.core.auth import CurrentUser, requires_admin, requires_user
+from app.core.gate import AUTHENTICATE_OPT
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
@@ -32,6 +33,9 @@ from app.domains.accounts.services import AccountService
 
 TOKENS_NOT_STORED = CacheControlHeader(no_store=True)
 """Answers carrying tokens must not be kept by any cache (RFC 6749 section 5.1)."""
+ANONYMOUS = {AUTHENTICATE_OPT: False}
+"""Signing up and in: a bearer token sent along is ignored, so the ``auth`` limit stays keyed by the
+client's address (keyed by the token's user, every new account bought another quota)."""
 
 
 class AuthController(Controller):
@@ -48,9 +52,10 @@ class AuthController(Controller):
         "is created only if the email was free: sign in with the chosen password to use it. Finding out "
         "by signing in is throttled like any login.",
         responses={
-            **problems(400, 429),
+            **problems(400, 429, 503),
             202: ResponseSpec(RegistrationAccepted, description="Accepted (the same either way)"),
         },
+        opt=ANONYMOUS,
     )
     async def register(
         self, data: JSONBody[RegisterIn], accounts: NamedDependency[AccountService]
@@ -67,7 +72,8 @@ class AuthController(Controller):
         "attempts for the account (up to LOGIN_MAX_DELAY_S seconds each) but never lock its owner out; "
         "429 with Retry-After only for an address that failed too often for this account "
         "(LOGIN_MAX_FAILURES) or for any account (LOGIN_ADDRESS_MAX_FAILURES).",
-        responses=problems(400, 401, 429),
+        responses=problems(400, 401, 429, 503),
+        opt=ANONYMOUS,
     )
     async def login(
         self,
@@ -83,8 +89,11 @@ class AuthController(Controller):
         cache_control=TOKENS_NOT_STORED,
         summary="Rotate a refresh token",
         description="Spends the refresh token and returns a new pair. Re-using a spent token revokes "
-        "the whole session (its family and every access token issued from it).",
-        responses=problems(400, 401, 429),
+        "the whole session (its family and every access token issued from it), as does any revocation "
+        "of the session (logout, a password change, a change of role or activity) that the rotation "
+        "raced.",
+        responses=problems(400, 401, 429, 503),
+        opt=ANONYMOUS,
     )
     async def refresh(
         self, data: JSONBody[RefreshIn], accounts: NamedDependency[AccountService]

@@ -232,13 +232,25 @@ class AccountService:
         if self.passwords.needs_rehash(user.password_hash):
             new_hash = await self.passwords.hash(password)
             async with self.db.transaction() as uow:
-                await queries.update_user_password_hash(uow.conn, password_hash=new_hash, id=user.id)
-            log.info("password_rehashed", user_id=user.id)
+                rehashed = await queries.rehash_user_password(
+                    uow.conn, password_hash=new_hash, id=user.id, verified_hash=user.password_hash
+                )
+            if rehashed is not None:
+                log.info("password_rehashed", user_id=user.id)
+                return rehashed
         return user
 
     async def login(self, email: str, password: str, client_ip: str | None) -> TokenPair:
-        user = await self.check_credentials(email, password, client_ip)
+        """Tokens for the account as it is when they are issued: the row is read again under
+        ``GetUserForShare``, so a demotion, deactivation or password change that committed since the
+        password was checked is seen (a changed password: 401), and one still to commit waits and
+        then revokes this session with the others."""
+        checked = await self.check_credentials(email, password, client_ip)
         async with self.db.transaction() as uow:
+            user = await queries.get_user_for_share(uow.conn, id=checked.id)
+            if user is None or not user.is_active or user.password_hash != checked.password_hash:
+                log.info("login_failed", known_account=True, user_id=checked.id, changed_meanwhile=True)
+                raise UnauthorizedError(BAD_CREDENTIALS)
             pair = await self._issue(uow, user, uuid.uuid4())
         log.info("login_succeeded", user_id=user.id)
         return pair
@@ -274,26 +286,30 @@ class AccountService:
         every access token issued from it are revoked, and the caller must log in again.
         """
         reused: uuid.UUID | None = None
+        digest = refresh_token_digest(refresh_token)
         async with self.db.transaction() as uow:
-            stored = await queries.get_refresh_token_for_update(
-                uow.conn, token_hash=refresh_token_digest(refresh_token)
-            )
+            # The user's row before the token's, the order of every change of a user (the row, then
+            # its tokens): a demotion or deactivation waits for this rotation, or is seen by it.
+            owner = await queries.get_refresh_token_owner(uow.conn, token_hash=digest)
+            user = await queries.get_user_for_share(uow.conn, id=owner) if owner is not None else None
+            stored = await queries.get_refresh_token_for_update(uow.conn, token_hash=digest)
             if stored is None or stored.revoked_at is not None or stored.expires_at <= datetime.now(UTC):
+                raise UnauthorizedError("The refresh token is invalid or expired.")
+            family = await queries.get_family_state(uow.conn, family_id=stored.family_id)
+            if family is None or family.revoked:
                 raise UnauthorizedError("The refresh token is invalid or expired.")
             if stored.used_at is not None:
                 await queries.revoke_refresh_family(uow.conn, family_id=stored.family_id)
                 await self._revoke(uow, [stored.family_id])
                 reused = stored.family_id
             else:
-                user = await queries.get_user_by_id(uow.conn, id=stored.user_id)
                 if user is None or not user.is_active:
                     raise UnauthorizedError("The refresh token is invalid or expired.")
-                started = await queries.family_started_at(uow.conn, family_id=stored.family_id)
                 max_age = timedelta(seconds=self.settings.session_max_age_s)
-                if started is not None and started + max_age <= datetime.now(UTC):
+                if family.started_at + max_age <= datetime.now(UTC):
                     raise UnauthorizedError("The session has ended; sign in again.")
                 await queries.mark_refresh_token_used(uow.conn, id=stored.id)
-                pair = await self._issue(uow, user, stored.family_id, started)
+                pair = await self._issue(uow, user, stored.family_id, family.started_at)
         if reused is not None:
             log.warning("refresh_token_reuse", user_id=stored.user_id, family_id=str(reused))
             raise UnauthorizedError("The refresh token was already used; the session has been revoked.")
@@ -382,7 +398,16 @@ class AccountService:
         if user_id == actor.id and (patch.is_active is False or patch.role == UserRole.MEMBER):
             raise ConflictError("Administrators cannot demote or deactivate themselves.")
         async with self.db.transaction() as uow:
-            before = await queries.get_user_by_id(uow.conn, id=user_id)
+            # The token says admin; the row decides, under lock: of two administrators demoting each
+            # other at once, the second finds itself demoted (and no change leaves none).
+            locked = {
+                user.id: user
+                for user in await queries.get_users_for_update(uow.conn, ids=[actor.id, user_id])
+            }
+            acting = locked.get(actor.id)
+            if acting is None or acting.role != UserRole.ADMIN or not acting.is_active:
+                raise ForbiddenError("Administrators only.")
+            before = locked.get(user_id)
             if before is None:
                 raise NotFoundError("No such user.")
             user = await queries.admin_update_user(
