@@ -404,6 +404,7 @@ class MonitoringGroup(msgspec.Struct, frozen=True, gc=False):
     ignore_until_events: int | None
     ignore_until: datetime | None
     created_at: datetime
+    ignore_ended_at: datetime | None
 
 
 class MonitoringFingerprint(msgspec.Struct, frozen=True, gc=False):

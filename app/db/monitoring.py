@@ -61,7 +61,7 @@ insert into monitoring_groups (id, root_id, kind, title, culprit, status_changed
 select n.id, n.id, $1::monitoring_group_kind, $2::text, $3::text, $4::timestamptz,
        $4::timestamptz, $5::timestamptz
 from (select nextval(pg_get_serial_sequence('monitoring_groups', 'id')) as id) n
-returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at"""
+returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at"""
 
 
 async def create_group(
@@ -96,7 +96,7 @@ async def add_hashes(
         await cur.execute(ADD_HASHES, (hashes, group_id, variants, grouping_version))
 
 
-GET_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at from monitoring_groups where id = $1"
+GET_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where id = $1"
 
 
 async def get_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup | None:
@@ -105,7 +105,7 @@ async def get_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup |
         return await cur.fetchone()
 
 
-LOCK_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at from monitoring_groups where id = $1 for update"
+LOCK_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where id = $1 for update"
 
 
 async def lock_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup | None:
@@ -122,7 +122,7 @@ set events = events + $1,
     last_seen_at = greatest(last_seen_at, $4),
     last_release = $5
 where id = $6
-returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at"""
+returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at"""
 
 
 async def add_group_events(
@@ -305,9 +305,10 @@ set status = $1,
     resolved_after_release_id = $5,
     ignore_mode = $6,
     ignore_until_events = $7,
-    ignore_until = $8
+    ignore_until = $8,
+    ignore_ended_at = null
 where id = $9
-returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at"""
+returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at"""
 
 
 async def set_group_state(
@@ -506,7 +507,7 @@ async def list_groups(
         return await cur.fetchall()
 
 
-TREE_MEMBERS = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at from monitoring_groups where root_id = $1 order by id"
+TREE_MEMBERS = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where root_id = $1 order by id"
 
 
 async def tree_members(conn: AsyncConnection[Any], *, root_id: int) -> list[MonitoringGroup]:
@@ -618,29 +619,46 @@ async def detach_subtree(conn: AsyncConnection[Any], *, id: int) -> None:
 EXPIRE_TIMED_IGNORES = """\
 update monitoring_groups
 set status = 'unresolved', status_changed_at = $1, ignore_mode = null, ignore_until = null,
-    ignore_until_events = null
+    ignore_until_events = null, ignore_ended_at = ignore_until
 where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= $1 and parent_id is null
 returning id"""
 
 
 async def expire_timed_ignores(conn: AsyncConnection[Any], *, now: datetime) -> list[int]:
+    """The groups whose ignore time has passed are unresolved again; ignore_ended_at keeps the end of the
+    ignore so that their next event still reopens them (transition and alert)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(EXPIRE_TIMED_IGNORES, (now,))
         return await cur.fetchall()
 
 
-CURRENT_BUDGET_PERIOD = "select channel, started_at, ends_at, used, digest_id from monitoring_budget_periods where channel = $1 order by started_at desc limit 1"
+CURRENT_BUDGET_PERIOD = """\
+select p.channel, p.started_at, p.ends_at, p.used, p.digest_id from monitoring_budget_periods p
+where p.channel = $1 and p.ends_at > $2
+  and not exists (select 1 from monitoring_alerts d where d.id = p.digest_id and d.text_html <> '')
+order by p.started_at desc
+limit 1"""
 
 
-async def current_budget_period(conn: AsyncConnection[Any], *, channel: str) -> MonitoringBudgetPeriod | None:
+async def current_budget_period(
+    conn: AsyncConnection[Any],
+    *,
+    channel: str,
+    now: datetime,
+) -> MonitoringBudgetPeriod | None:
+    """The channel's period that still takes alerts at @now: not over, and its digest (if any) not rendered
+    yet. The sender renders a digest under the budget lock and its list is final from then on, so a
+    writer whose clock lags the sender's never folds an alert into a digest already sent."""
     async with AsyncRawCursor(conn, row_factory=args_row(MonitoringBudgetPeriod)) as cur:
-        await cur.execute(CURRENT_BUDGET_PERIOD, (channel,))
+        await cur.execute(CURRENT_BUDGET_PERIOD, (channel, now))
         return await cur.fetchone()
 
 
 OPEN_BUDGET_PERIOD = """\
 insert into monitoring_budget_periods (channel, started_at, ends_at, used)
-values ($1, $2, $3, 0)
+select $1::text, s.started_at, s.started_at + make_interval(secs => $2::float8), 0
+from (select greatest($3::timestamptz, max(ends_at)) as started_at
+      from monitoring_budget_periods where channel = $1::text) s
 returning channel, started_at, ends_at, used, digest_id"""
 
 
@@ -648,11 +666,13 @@ async def open_budget_period(
     conn: AsyncConnection[Any],
     *,
     channel: str,
-    started_at: datetime,
-    ends_at: datetime,
+    window_s: float,
+    now: datetime,
 ) -> MonitoringBudgetPeriod | None:
+    """A period from @now, or from the end of the latest one when that is later (its digest was rendered
+    before @now's writer got the lock): periods never overlap, so none starts inside a closed one."""
     async with AsyncRawCursor(conn, row_factory=args_row(MonitoringBudgetPeriod)) as cur:
-        await cur.execute(OPEN_BUDGET_PERIOD, (channel, started_at, ends_at))
+        await cur.execute(OPEN_BUDGET_PERIOD, (channel, window_s, now))
         return await cur.fetchone()
 
 
@@ -1019,7 +1039,7 @@ async def add_route_exemplars(
 
 
 ROUTE_LATENCY_BETWEEN = """\
-select route, method, bucket, sum(requests)::bigint as requests
+select route, method, bucket, sum(requests)::bigint as requests, min(minute)::timestamptz as first_minute
 from monitoring_route_latency
 where minute >= $1 and minute < $2
 group by route, method, bucket"""
@@ -1030,6 +1050,7 @@ class RouteLatencyBetweenRow(msgspec.Struct, frozen=True, gc=False):
     method: str
     bucket: int
     requests: int
+    first_minute: datetime
 
 
 async def route_latency_between(
@@ -1167,6 +1188,27 @@ async def upsert_cron_monitor(
                 registered_at,
             ),
         )
+
+
+DELETE_CRON_MONITORS_EXCEPT = """\
+delete from monitoring_cron_monitors where name <> all($1::text[])
+returning name, group_id"""
+
+
+class DeleteCronMonitorsExceptRow(msgspec.Struct, frozen=True, gc=False):
+    name: str
+    group_id: int | None
+
+
+async def delete_cron_monitors_except(
+    conn: AsyncConnection[Any],
+    *,
+    names: list[str],
+) -> list[DeleteCronMonitorsExceptRow]:
+    """The monitors of jobs no longer scheduled (removed or renamed), with the problem group each leaves."""
+    async with AsyncRawCursor(conn, row_factory=args_row(DeleteCronMonitorsExceptRow)) as cur:
+        await cur.execute(DELETE_CRON_MONITORS_EXCEPT, (names,))
+        return await cur.fetchall()
 
 
 LIST_CRON_MONITORS = "select name, queue, schedule, margin_s, max_runtime_s, failure_threshold, recovery_threshold, registered_at, last_slot, last_status, last_started_at, last_finished_at, last_duration_ms, missed_slot, consecutive_failures, consecutive_ok, group_id from monitoring_cron_monitors order by name"

@@ -91,7 +91,8 @@ set status = @status,
     resolved_after_release_id = sqlc.narg(resolved_after_release_id),
     ignore_mode = sqlc.narg(ignore_mode),
     ignore_until_events = sqlc.narg(ignore_until_events),
-    ignore_until = sqlc.narg(ignore_until)
+    ignore_until = sqlc.narg(ignore_until),
+    ignore_ended_at = null
 where id = @id
 returning *;
 
@@ -204,19 +205,32 @@ with recursive subtree as (
 update monitoring_groups set root_id = @id where id in (select id from subtree);
 
 -- name: ExpireTimedIgnores :many
+-- The groups whose ignore time has passed are unresolved again; ignore_ended_at keeps the end of the
+-- ignore so that their next event still reopens them (transition and alert).
 update monitoring_groups
 set status = 'unresolved', status_changed_at = @now, ignore_mode = null, ignore_until = null,
-    ignore_until_events = null
+    ignore_until_events = null, ignore_ended_at = ignore_until
 where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null
 returning id;
 
 
 -- name: CurrentBudgetPeriod :one
-select * from monitoring_budget_periods where channel = @channel order by started_at desc limit 1;
+-- The channel's period that still takes alerts at @now: not over, and its digest (if any) not rendered
+-- yet. The sender renders a digest under the budget lock and its list is final from then on, so a
+-- writer whose clock lags the sender's never folds an alert into a digest already sent.
+select p.* from monitoring_budget_periods p
+where p.channel = @channel and p.ends_at > @now
+  and not exists (select 1 from monitoring_alerts d where d.id = p.digest_id and d.text_html <> '')
+order by p.started_at desc
+limit 1;
 
 -- name: OpenBudgetPeriod :one
+-- A period from @now, or from the end of the latest one when that is later (its digest was rendered
+-- before @now's writer got the lock): periods never overlap, so none starts inside a closed one.
 insert into monitoring_budget_periods (channel, started_at, ends_at, used)
-values (@channel, @started_at, @ends_at, 0)
+select @channel::text, s.started_at, s.started_at + make_interval(secs => @window_s::float8), 0
+from (select greatest(@now::timestamptz, max(ends_at)) as started_at
+      from monitoring_budget_periods where channel = @channel::text) s
 returning *;
 
 -- name: UseBudget :one
@@ -326,7 +340,7 @@ select unnest(@routes::text[]), unnest(@methods::text[]), unnest(@minutes::times
        unnest(@request_ids::text[]), unnest(@durations_ms::float8[]), unnest(@statuses::integer[]);
 
 -- name: RouteLatencyBetween :many
-select route, method, bucket, sum(requests)::bigint as requests
+select route, method, bucket, sum(requests)::bigint as requests, min(minute)::timestamptz as first_minute
 from monitoring_route_latency
 where minute >= @since and minute < @until
 group by route, method, bucket;
@@ -368,6 +382,11 @@ set queue = excluded.queue, schedule = excluded.schedule, margin_s = excluded.ma
     recovery_threshold = excluded.recovery_threshold,
     registered_at = case when monitoring_cron_monitors.schedule = excluded.schedule
                          then monitoring_cron_monitors.registered_at else excluded.registered_at end;
+
+-- name: DeleteCronMonitorsExcept :many
+-- The monitors of jobs no longer scheduled (removed or renamed), with the problem group each leaves.
+delete from monitoring_cron_monitors where name <> all(@names::text[])
+returning name, group_id;
 
 -- name: ListCronMonitors :many
 select * from monitoring_cron_monitors order by name;

@@ -92,6 +92,40 @@ async def test_ten_thousand_events_in_a_minute_send_the_budget_and_one_digest(
     )
 
 
+async def test_an_alert_recorded_late_after_its_periods_digest_was_sent_is_delivered(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    changes = with_telegram(
+        telegram, [PRIVATE_CHAT], monitoring_alert_budget=1, monitoring_alert_budget_window_s=60
+    )
+    async with open_monitoring(settings, **changes) as service:
+        start = time.time()
+
+        async def record(summary: str, at: float) -> None:
+            async with transaction(service.db.pool) as uow:
+                await alerts.record_alert(
+                    uow,
+                    service.channel,
+                    key=summary,
+                    rule="test",
+                    group_id=None,
+                    summary=summary,
+                    rendered=Rendered(html=summary, plain=summary),
+                    now=datetime.fromtimestamp(at, UTC),
+                )
+
+        await record("first alert", start)
+        await record("second alert", start + 1)
+        service.clock = lambda: time.time() + 61  # the period is over: its digest is due
+        assert await service.deliver(budget_s=30) == 2
+        await record("third alert", start + 2)  # its writer took its clock before the digest went out
+        assert await service.deliver(budget_s=30) == 1
+    texts = [parse_html(message.text)[0] for message in telegram.fake.messages()]
+    assert texts[0] == "first alert"
+    assert texts[1].startswith("🧾 1 more alerts") and "second alert" in texts[1]
+    assert texts[2:] == ["third alert"]
+
+
 async def test_a_429_delays_the_next_send_by_retry_after(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
 ) -> None:
@@ -105,6 +139,22 @@ async def test_a_429_delays_the_next_send_by_retry_after(
     assert second.at - first.at >= 3.0, "the next send waited at least retry_after"
     assert third.at - second.at >= 1.0, "one message per second per chat"
     assert second.text == first.text, "the refused message is the one sent after the wait"
+
+
+async def test_a_bad_gateway_from_telegram_is_uncertain_and_never_resent(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    telegram.fake.script(Scripted(502, "Bad Gateway"))
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        await service.write_now([storm_event(1, time.time())])
+        assert await service.deliver(budget_s=10) == 0
+        assert await service.deliver(budget_s=10) == 0
+    [request] = telegram.fake.messages()
+    assert request.status == 502
+    status, error = (
+        await (await db.execute("select status::text, last_error from monitoring_deliveries")).fetchone()
+    ) or ()
+    assert (status, error) == ("uncertain", "502 Bad Gateway")
 
 
 async def test_a_dead_senders_last_request_counts_in_its_chats_pacing(
@@ -255,6 +305,26 @@ async def test_a_stopped_worker_across_a_cron_slot_yields_a_missed_alert(
     assert "no run started within 120 s of its slot 2026-11-30 03:17:00 UTC" in text
 
 
+async def test_a_cron_no_longer_scheduled_is_no_longer_monitored(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    slot = datetime(2026, 11, 30, 3, 17, tzinfo=UTC).timestamp()
+    async with open_monitoring(settings) as service:
+        service.monitors.crons = {"old": CronSpec("old", "default", "17 3 * * *", 300)}
+        service.clock = lambda: slot - 3600
+        await service.register_monitors()
+        assert await service.check_crons(slot + 121) == ["old"]
+        service.monitors.crons = {}  # the job was removed (or renamed) and the app deployed again
+        service.clock = lambda: slot + 3600
+        await service.register_monitors()
+        assert await service.check_crons(slot + 86_400 + 121) == []
+        assert await service.check_crons(slot + 7 * 86_400) == []
+        assert [m.name for m in await service.cron_monitors()] == []
+    status = await scalar(db, "select status::text from monitoring_groups where culprit = 'job old'")
+    assert status == "resolved", "the missed problem it left open is closed"
+    assert await scalar(db, "select count(*) from monitoring_cron_checkins where name = 'old'") == 1
+
+
 async def test_job_hooks_record_runs_retries_and_final_failures(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
@@ -318,6 +388,32 @@ async def test_a_slow_route_opens_a_group_with_exemplar_request_ids(
     assert (kind, title) == ("slow_route", "Slow route: GET /api/slow")
     assert context["exemplar_request_ids"][0].startswith("slow-")
     assert context["p95_ms"] >= 1200
+
+
+async def test_a_slow_route_resolved_within_its_window_regresses_only_on_later_requests(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    start = time.time()
+    async with open_monitoring(
+        settings, monitoring_slow_p95_ms=500.0, monitoring_slow_min_requests=20, monitoring_slow_window_s=300
+    ) as service:
+
+        async def slow_requests(at: float) -> None:
+            service.clock = lambda: at
+            for n in range(40):
+                scope = {"path_template": "/api/slow", "method": "GET", "state": {"request_id": f"r-{n}"}}
+                service.latency.observe(scope, 200, 1.2)  # type: ignore[arg-type]
+            await service.ship()
+
+        await slow_requests(start)
+        [opened] = await service.evaluate_slow_routes(start)
+        service.clock = lambda: start + 60
+        await service.resolve(opened.root_id, None)
+        [before_resolve] = await service.evaluate_slow_routes(start + 90)
+        assert before_resolve.transition is None, "the window's requests were served before the resolve"
+        await slow_requests(start + 400)
+        [after_resolve] = await service.evaluate_slow_routes(start + 420)
+        assert after_resolve.transition == "regressed"
 
 
 async def test_the_daily_report_is_sent_once_a_day(

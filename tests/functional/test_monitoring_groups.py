@@ -312,6 +312,33 @@ async def test_ignore_until_a_time(service: MonitoringService, db: AsyncConnecti
     ].transition == "unignored"
 
 
+async def test_ignore_until_a_time_expired_by_the_periodic_checks_reopens_with_the_next_event(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    exc = raise_bug(0)
+    [created] = await service.write_now([error_event(exc)])
+    until = datetime.now(UTC) + timedelta(hours=1)
+    await service.ignore(created.root_id, None, MonitoringIgnoreMode.UNTIL_TIME, until=until)
+    service.clock = lambda: until.timestamp() + 1
+    assert await service.run_periodic()
+    assert (await groups(db))[0][2] == "unresolved"
+    [reopened] = await service.write_now([error_event(exc, at=until.timestamp() + 1)])
+    assert reopened.transition == "unignored"
+    assert reopened.alert_id is not None
+    [later] = await service.write_now([error_event(exc, at=until.timestamp() + 2)])
+    assert later.transition is None, "reopened once"
+    rules = await scalar(
+        db, "select array_agg(rule order by id) from monitoring_alerts where group_id = %s", created.root_id
+    )
+    assert rules == ["new-group", "reopened"]
+    detail = await scalar(
+        db,
+        "select detail from monitoring_group_activity where group_id = %s and action = 'unignored'",
+        created.root_id,
+    )
+    assert detail["ignore_mode"] == "until_time"
+
+
 async def test_merge_and_unmerge_restore_groups_and_counts(
     service: MonitoringService, db: AsyncConnection[Any]
 ) -> None:

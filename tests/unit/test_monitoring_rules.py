@@ -43,6 +43,7 @@ def group(**changes: object) -> MonitoringGroup:
         ignore_until_events=None,
         ignore_until=None,
         created_at=T0,
+        ignore_ended_at=None,
     )
     return msgspec.structs.replace(base, **changes)
 
@@ -96,6 +97,14 @@ def test_ignore_variants() -> None:
     escalating = msgspec.structs.replace(ignored, ignore_mode=MonitoringIgnoreMode.UNTIL_ESCALATING)
     assert decide(escalating, seen(1, later), total_events=11, now=later, escalating=False) is None
     assert decide(escalating, seen(1, later), total_events=11, now=later, escalating=True) == "unignored"
+
+
+def test_the_first_event_after_an_expired_timed_ignore_reopens_the_group() -> None:
+    later = T0 + timedelta(hours=1)
+    expired = group(status=MonitoringGroupStatus.UNRESOLVED, resolved_at=None, ignore_ended_at=T0)
+    assert decide(expired, seen(1, later), total_events=11, now=later, escalating=False) == "unignored"
+    unresolved = group(status=MonitoringGroupStatus.UNRESOLVED, resolved_at=None)
+    assert decide(unresolved, seen(1, later), total_events=11, now=later, escalating=False) is None
 
 
 def limits(schedule: str = "17 3 * * *", **changes: object) -> Thresholds:

@@ -14,7 +14,8 @@ re-notifies an issue already notified for a rule). Conditions: ``new`` (the grou
 
 The budget: at most ``MONITORING_ALERT_BUDGET`` alert messages per channel per period
 (``MONITORING_ALERT_BUDGET_WINDOW_S``, opened by the first alert); the alerts over it are recorded and
-listed in one digest message sent when the period ends.
+listed in one digest message sent when the period ends. Once that digest is rendered its period is
+closed: a later alert (one whose writer's clock lags the sender's) counts in the next period.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from app.db.models import MonitoringAlert, MonitoringGroupKind
 from app.domains.monitoring.telegram import Rendered
 
 CHANNEL = "telegram"
+BUDGET_LOCK = f"monitoring-budget:{CHANNEL}"
+"""Held by a write that counts an alert against the budget and by the sender rendering a digest."""
 BASELINE = timedelta(days=7)
 DELIVER_TASK = "deliver_alerts"
 
@@ -290,12 +293,15 @@ async def record_alert(
 
 async def _over_budget_digest(uow: UnitOfWork, channel: Channel, now: datetime) -> int | None:
     """None while the period's budget lasts; past it, the id of the period's digest (created once,
-    delivered when the period ends)."""
-    await queries.lock_key(uow.conn, key=f"monitoring-budget:{CHANNEL}")
-    period = await queries.current_budget_period(uow.conn, channel=CHANNEL)
-    if period is None or period.ends_at <= now:
+    delivered when the period ends).
+
+    Whether a period still takes alerts is decided in SQL under the budget lock, which the sender also
+    takes to render a digest: an alert never joins a digest already rendered, whatever its ``now``."""
+    await queries.lock_key(uow.conn, key=BUDGET_LOCK)
+    period = await queries.current_budget_period(uow.conn, channel=CHANNEL, now=now)
+    if period is None:
         period = await queries.open_budget_period(
-            uow.conn, channel=CHANNEL, started_at=now, ends_at=now + channel.budget_window
+            uow.conn, channel=CHANNEL, window_s=channel.budget_window.total_seconds(), now=now
         )
         assert period is not None
     used = await queries.use_budget(uow.conn, channel=CHANNEL, started_at=period.started_at)

@@ -262,7 +262,8 @@ class MonitoringController(Controller):
         summary="Resolve: now, in a release, or in the next release",
         description='`{"mode": "now"}`; `{"mode": "in_release", "release": "1.4.0"}`: events of '
         'older releases never regress it; `{"mode": "in_next_release"}`: events of the running release '
-        "never regress it. An event that occurred before the resolve never regresses it either.",
+        "never regress it. An event that occurred before the resolve never regresses it either (a slow "
+        "route's event occurs at the first minute of the latency window that made it slow).",
         responses=problems(401, 403, 404, 409, 429),
     )
     async def resolve(

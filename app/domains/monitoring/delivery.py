@@ -11,8 +11,9 @@ it sent), so this is *at most once*, as the issue asks ("never twice"): a delive
 (``sending``, committed) before its request leaves. If the sender dies between the request and the
 record of Telegram's answer, the next sender finds the row still ``sending`` and marks it
 ``uncertain``: listed by the admin API, never resent, and counted in its chat's pacing as a message
-sent at that moment (it may have arrived). Requests that certainly did not reach Telegram
-(connection refused, 429, an error answer) go back to ``pending``.
+sent at that moment (it may have arrived). A 5xx answer is ``uncertain`` too: it may come from
+Telegram's front after the bot sent the message. Requests that certainly did not reach Telegram
+(connection refused, 429, the Bot API's 401) go back to ``pending``.
 
 Pacing follows the Bot API FAQ: one message per second per chat, 20 per minute to a group (a chat id
 starting with ``-``), and after a 429 at least ``parameters.retry_after`` seconds. The pacing state is
@@ -36,6 +37,7 @@ from psycopg import AsyncConnection
 from app.core.db import Database
 from app.db import monitoring as queries
 from app.db.models import MonitoringDeliveryStatus, MonitoringTelegramChat
+from app.domains.monitoring.alerts import BUDGET_LOCK
 from app.domains.monitoring.messages import digest_message
 from app.domains.monitoring.telegram import SendResult, TelegramClient
 
@@ -181,6 +183,7 @@ class Sender:
             assert alert is not None
             html_text, plain = alert.text_html, alert.text_plain
             if alert.kind == "digest" and not html_text:
+                await queries.lock_key(uow.conn, key=BUDGET_LOCK)  # its list is final once rendered
                 summaries = await queries.digest_summaries(uow.conn, digest_id=alert.id)
                 rendered = digest_message(
                     [item.summary for item in summaries], alert.created_at, _utc(self.clock())

@@ -363,7 +363,7 @@ class GroupWriter:
             id=root.id,
         )
         assert updated is not None
-        detail = {"ignore_mode": root.ignore_mode} if transition == "unignored" else {}
+        detail = _unignored_detail(root) if transition == "unignored" else {}
         await queries.add_activity(
             uow.conn, group_id=root.id, action=transition, actor_id=None, detail=detail, at=now
         )
@@ -425,6 +425,13 @@ class GroupWriter:
             now=context.now,
         )
         return alert.id if alert is not None else None
+
+
+def _unignored_detail(root: MonitoringGroup) -> dict[str, Any]:
+    """How the ignore that the event ends was set (an expired one has had its mode cleared)."""
+    if root.ignore_ended_at is not None:
+        return {"ignore_mode": MonitoringIgnoreMode.UNTIL_TIME, "ended_at": root.ignore_ended_at.isoformat()}
+    return {"ignore_mode": root.ignore_mode}
 
 
 async def set_state(

@@ -49,11 +49,14 @@ def decide(
     now: datetime,
     escalating: bool,
 ) -> Transition | None:
-    """The transition of the root ``group`` after a batch (``total_events``: its tree's count now)."""
+    """The transition of the root ``group`` after a batch (``total_events``: its tree's count now).
+
+    A timed ignore ends with the first event after its time, also when the periodic expiry has made
+    the group unresolved already (``ignore_ended_at``): that event is the one that reopens it."""
     if group.status == MonitoringGroupStatus.RESOLVED:
         return "regressed" if regresses(group, releases) else None
     if group.status != MonitoringGroupStatus.IGNORED:
-        return None
+        return "unignored" if group.ignore_ended_at is not None else None
     mode = group.ignore_mode
     if mode == MonitoringIgnoreMode.UNTIL_COUNT and group.ignore_until_events is not None:
         return "unignored" if total_events >= group.ignore_until_events else None

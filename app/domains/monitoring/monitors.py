@@ -21,6 +21,9 @@ from app.domains.monitoring.crons import sweep as sweep_monitor
 from app.domains.monitoring.fingerprint import fixed_fingerprint
 from app.domains.monitoring.groups import Aggregate, GroupWriter, set_state, utc
 
+REGISTRY_LOCK = "monitoring-cron-registry"
+"""Serialises registrations: each upserts and removes monitors, and two must not deadlock."""
+
 
 class CheckInsNotAppliedError(Exception):
     """The database failed: ``remaining`` are the check-ins not applied (to retry in order)."""
@@ -48,10 +51,14 @@ class CronMonitors:
         self.clock = clock
 
     async def register(self) -> None:
-        """Create or update a cron monitor for every scheduled job (state is kept)."""
+        """Create or update a cron monitor for every scheduled job (state is kept), and remove the
+        monitors of jobs no longer scheduled (removed or renamed), which would otherwise report every
+        slot missed for ever; the problem such a monitor left open is resolved."""
         settings = self.settings
+        now = utc(self.clock())
         async with self.db.transaction() as uow:
-            for spec in self.crons.values():
+            await queries.lock_key(uow.conn, key=REGISTRY_LOCK)
+            for spec in sorted(self.crons.values(), key=lambda spec: spec.name):
                 await queries.upsert_cron_monitor(
                     uow.conn,
                     name=spec.name,
@@ -61,8 +68,12 @@ class CronMonitors:
                     max_runtime_s=spec.max_runtime_s,
                     failure_threshold=settings.monitoring_cron_failure_threshold,
                     recovery_threshold=settings.monitoring_cron_recovery_threshold,
-                    registered_at=utc(self.clock()),
+                    registered_at=now,
                 )
+            removed = await queries.delete_cron_monitors_except(uow.conn, names=sorted(self.crons))
+            for monitor in removed:
+                if monitor.group_id is not None:
+                    await self._close_problem(uow, monitor.group_id, now, "unscheduled")
 
     @staticmethod
     def _state(monitor: MonitoringCronMonitor) -> tuple[MonitorState, Thresholds]:
@@ -139,15 +150,7 @@ class CronMonitors:
             result = await self.writer.write(uow, aggregate, at)
             group_id = result.root_id
         elif outcome.effect == "recovery" and group_id is not None:
-            root = await self.writer.lock_root(uow, group_id)
-            if root is not None and root.status in (
-                MonitoringGroupStatus.UNRESOLVED,
-                MonitoringGroupStatus.REGRESSED,
-            ):
-                await set_state(uow, root, MonitoringGroupStatus.RESOLVED, at, resolved_at=at)
-                await queries.add_activity(
-                    uow.conn, group_id=root.id, action="recovered", actor_id=None, detail={}, at=at
-                )
+            await self._close_problem(uow, group_id, at, "recovered")
         state = outcome.state
         await queries.save_cron_monitor_state(
             uow.conn,
@@ -162,6 +165,15 @@ class CronMonitors:
             group_id=group_id,
             name=monitor.name,
         )
+
+    async def _close_problem(self, uow: UnitOfWork, group_id: int, at: datetime, action: str) -> None:
+        """Resolve the monitor's problem group if it is open (an admin may have acted on it already)."""
+        root = await self.writer.lock_root(uow, group_id)
+        if root.status in (MonitoringGroupStatus.UNRESOLVED, MonitoringGroupStatus.REGRESSED):
+            await set_state(uow, root, MonitoringGroupStatus.RESOLVED, at, resolved_at=at)
+            await queries.add_activity(
+                uow.conn, group_id=root.id, action=action, actor_id=None, detail={}, at=at
+            )
 
     async def apply(self, checkins: list[CheckIn]) -> None:
         """Apply check-ins in order; raises (with the rest unapplied) when the database fails."""

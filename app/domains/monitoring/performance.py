@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.config import Settings
@@ -24,6 +24,8 @@ class RouteLatency:
     stats: Percentiles
     exemplars: list[queries.RouteExemplarsBetweenRow]
     slow: bool
+    observed_since: datetime
+    """The first minute of the window with requests of the route: what ``stats`` describes began then."""
 
 
 class Performance:
@@ -98,8 +100,11 @@ class Performance:
         async with self.db.transaction() as uow:
             rows = await queries.route_latency_between(uow.conn, since=since, until=until)
             merged: dict[tuple[str, str], list[int]] = {}
+            observed: dict[tuple[str, str], datetime] = {}
             for row in rows:
-                merged.setdefault((row.method, row.route), [0] * BUCKETS)[row.bucket] += row.requests
+                key = (row.method, row.route)
+                merged.setdefault(key, [0] * BUCKETS)[row.bucket] += row.requests
+                observed[key] = min(observed.get(key, row.first_minute), row.first_minute)
             result = []
             for (method, route), counts in merged.items():
                 stats = percentiles(counts)
@@ -108,7 +113,12 @@ class Performance:
                 )
                 result.append(
                     RouteLatency(
-                        method, route, stats, exemplars, stats.p95_ms > self.settings.monitoring_slow_p95_ms
+                        method,
+                        route,
+                        stats,
+                        exemplars,
+                        stats.p95_ms > self.settings.monitoring_slow_p95_ms,
+                        observed[(method, route)],
                     )
                 )
         return sorted(result, key=lambda item: (-item.stats.p95_ms, item.route, item.method))
@@ -122,7 +132,11 @@ class Performance:
 
     async def slow_route_events(self, now: float | None = None) -> list[RawEvent]:
         """Open (or add to) a slow-route group for each route whose p95 is over the threshold or
-        regressed against its own last 24 hours."""
+        regressed against its own last 24 hours.
+
+        An event occurs when the slowness it reports was first observed (the window's first minute
+        with requests of the route), not at the check: requests served before a resolve never regress
+        the group, and a slowness that persists regresses it once the window holds only later ones."""
         settings = self.settings
         moment = self.clock() if now is None else now
         window = timedelta(seconds=settings.monitoring_slow_window_s)
@@ -154,7 +168,7 @@ class Performance:
             events.append(
                 RawEvent(
                     kind=MonitoringGroupKind.SLOW_ROUTE,
-                    occurred_at=moment,
+                    occurred_at=route.observed_since.timestamp(),
                     chain=(),
                     context={
                         "source": "latency",

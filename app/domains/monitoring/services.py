@@ -482,7 +482,7 @@ class MonitoringService:
         return True
 
     async def register_monitors(self) -> None:
-        """Create or update a cron monitor for every scheduled job (state is kept)."""
+        """Create or update a cron monitor for every scheduled job (state is kept); remove the others."""
         await self.monitors.register()
 
     async def check_crons(self, now: float | None = None) -> list[str]:

@@ -189,6 +189,9 @@ class TelegramClient:
 
 
 def _result(response: httpx.Response) -> SendResult:
+    """The outcome of Telegram's answer. A 4xx is the Bot API refusing the message (a 401, a token
+    being rotated, is worth another try); a 5xx may come from Telegram's front after the bot sent the
+    message (a 502 or 504 on a slow answer), so it is ``uncertain``, never resent."""
     try:
         answer = msgspec.json.decode(response.content, type=_Answer)
     except msgspec.DecodeError:
@@ -208,7 +211,8 @@ def _result(response: httpx.Response) -> SendResult:
         )
     if status == 400 and "can't parse entities" in description.lower():
         return SendResult(outcome="bad_entities", status=status, description=description)
-    if status >= 500 or status == 401:
-        # An error answer from the Bot API means the message was not accepted: safe to resend.
+    if status >= 500:
+        return SendResult(outcome="uncertain", status=status, description=description)
+    if status == 401:
         return SendResult(outcome="retry", status=status, description=description)
     return SendResult(outcome="failed", status=status, description=description)
