@@ -316,15 +316,17 @@ async def get_family_state(conn: AsyncConnection[Any], *, family_id: UUID) -> Ge
 
 PURGE_EXPIRED_REFRESH_TOKENS = """\
 delete from refresh_tokens r
-where r.expires_at < now()
+where r.expires_at < now() - make_interval(secs => $1::float8)
   and not exists (
-    select 1 from refresh_tokens l where l.family_id = r.family_id and l.expires_at >= now()
+    select 1 from refresh_tokens l
+    where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => $1::float8)
   )"""
 
 
-async def purge_expired_refresh_tokens(conn: AsyncConnection[Any]) -> int:
-    """Tokens of families that are over (every token expired); a live family keeps its spent tokens,
-    which reuse detection needs."""
+async def purge_expired_refresh_tokens(conn: AsyncConnection[Any], *, grace_s: float) -> int:
+    """Tokens of families that are over (every token expired more than @grace_s ago: an access token
+    issued with the last one may still be live, and revoking the user's sessions must find its
+    family); a live family keeps its spent tokens, which reuse detection needs."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_EXPIRED_REFRESH_TOKENS)
+        await cur.execute(PURGE_EXPIRED_REFRESH_TOKENS, (grace_s,))
         return cur.rowcount

@@ -108,10 +108,12 @@ select min(issued_at)::timestamptz as started_at, coalesce(bool_or(revoked_at is
 from refresh_tokens where family_id = @family_id;
 
 -- name: PurgeExpiredRefreshTokens :execrows
--- Tokens of families that are over (every token expired); a live family keeps its spent tokens,
--- which reuse detection needs.
+-- Tokens of families that are over (every token expired more than @grace_s ago: an access token
+-- issued with the last one may still be live, and revoking the user's sessions must find its
+-- family); a live family keeps its spent tokens, which reuse detection needs.
 delete from refresh_tokens r
-where r.expires_at < now()
+where r.expires_at < now() - make_interval(secs => @grace_s::float8)
   and not exists (
-    select 1 from refresh_tokens l where l.family_id = r.family_id and l.expires_at >= now()
+    select 1 from refresh_tokens l
+    where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => @grace_s::float8)
   );

@@ -16,7 +16,7 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.security import Passwords, refresh_token_digest
 from app.db import accounts as queries
-from app.db.models import User
+from app.db.models import User, UserRole
 from app.domains.accounts.services import AccountService
 from tests.factories import (
     GENEROUS_AUTH,
@@ -27,6 +27,7 @@ from tests.factories import (
     create_user,
     generous_client,
     login,
+    mint_headers,
     serve_in_loop,
     unique_email,
 )
@@ -243,8 +244,8 @@ async def test_ended_sessions_are_purged_and_live_ones_kept(
     spent = live["refresh_token"]
     live = (await refresh(api, spent)).json()
     ended_family, live_family = await family_of(db, ended["refresh_token"]), await family_of(db, spent)
-    await db.execute(
-        "update refresh_tokens set expires_at = now() - interval '1 second' where family_id = %s",
+    await db.execute(  # ended longer ago than an access token lives
+        "update refresh_tokens set expires_at = now() - interval '16 minutes' where family_id = %s",
         (ended_family,),
     )
     await db.execute(  # the live session's spent token has expired, its current one has not
@@ -261,6 +262,29 @@ async def test_ended_sessions_are_purged_and_live_ones_kept(
     assert dict(rows) == {live_family: 2}
     assert_problem(await refresh(api, ended["refresh_token"]), 401, "unauthorized")
     assert (await refresh(api, live["refresh_token"])).status_code == 200
+
+
+async def test_a_session_ended_less_than_an_access_token_ago_is_kept_so_revocation_finds_it(
+    api: Client, db: AsyncConnection[Any], member: User
+) -> None:
+    """A refresh just before the session's end gives a refresh token that expires before the access
+    token issued with it: purged then, a deactivation would find no session to revoke and the access
+    token would live on."""
+    session = await login(api, member.email)
+    await db.execute(
+        "update refresh_tokens set expires_at = now() - interval '1 second' where family_id = %s",
+        (await family_of(db, session["refresh_token"]),),
+    )
+    app: Litestar = api.app  # type: ignore[assignment]
+    assert api.blocking_portal.call(app.state.services[AccountService].purge_expired_sessions) == 0
+    admin = await create_user(db, role=UserRole.ADMIN)
+    deactivated = await api.patch(
+        f"/api/admin/users/{member.id}",
+        json={"is_active": False},
+        headers=mint_headers(app, admin.id, admin.role),
+    )
+    assert deactivated.status_code == 200, deactivated.text
+    assert await me_status(api, session["access_token"]) == 401
 
 
 async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(

@@ -318,7 +318,7 @@ class AccountService:
     async def purge_expired_sessions(self) -> int:
         """Delete the refresh tokens of sessions that have ended (cron); returns how many."""
         async with self.db.transaction() as uow:
-            purged = await queries.purge_expired_refresh_tokens(uow.conn)
+            purged = await queries.purge_expired_refresh_tokens(uow.conn, grace_s=self.tokens.ttl_s)
         if purged:
             log.info("refresh_tokens_purged", count=purged)
         return purged
