@@ -9,6 +9,12 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
 - after the answer: the Prometheus request metrics (``app.core.metrics``), the modules' request
   observers, and one access-log line — only built when ``app.access`` logs at INFO.
 
+- a body it declared but the application left unread (an answer before the body was read: a 401
+  on an upload) is read to its end before the connection is given back, up to ``DRAIN_AT_MOST``
+  bytes: the server would otherwise close the connection under a proxy still sending it (nginx,
+  which sends a buffered body whole before reading the answer, then answers 502, not the 401).
+  Only bodies over ``DRAIN_FROM`` bytes, which socket buffers may not absorb, are watched.
+
 It wraps Litestar's own exception handling, so 404/405 answers (raised before any route exists)
 get all of this too. What depends on the route (authentication, rate limits, compression, the
 dashboard's same-origin rule) is decided once per route by ``app.core.gate``.
@@ -16,6 +22,8 @@ dashboard's same-origin rule) is decided once per route by ``app.core.gate``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import itertools
 import logging
@@ -27,7 +35,7 @@ from functools import lru_cache
 
 import structlog
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from app.core.logging import bind_request_id, unbind_request_id
 from app.core.metrics import RequestMetrics
@@ -47,6 +55,37 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 """Sent with every answer unless the response already has the header (the docs pages send a full
 Content-Security-Policy of their own, which already forbids framing)."""
 _SECURITY_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
+DRAIN_FROM = 64 * 1024
+DRAIN_AT_MOST = 32 * 1024 * 1024
+"""Above the largest body a route accepts (an upload, 25 MiB): a larger one is not waited for."""
+DRAIN_TIMEOUT_S = 10.0
+
+
+class _WatchedBody:
+    """A request's ``receive`` that notes whether the body was read to its end."""
+
+    __slots__ = ("_receive", "ended")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.ended = False
+
+    async def receive(self) -> ReceiveMessage:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.ended = not message.get("more_body", False)
+        else:  # http.disconnect: nothing more will come
+            self.ended = True
+        return message
+
+    async def drain(self, declared: int) -> None:
+        """Read and drop what is left of a body the application did not read, if it is not too big."""
+        if self.ended or declared > DRAIN_AT_MOST:
+            return
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while not self.ended:
+                    await self.receive()
 
 
 # -- request ids -----------------------------------------------------------------------------------
@@ -169,12 +208,15 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id: str | None = None
         forwarded_for: str | None = None
+        declared = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 request_id = candidate if _REQUEST_ID.match(candidate) else None
             elif name == b"x-forwarded-for":
                 forwarded_for = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value
         if request_id is None:
             request_id = next_request_id()
         client = scope.get("client")
@@ -203,8 +245,17 @@ class RequestContextMiddleware:
                 message["headers"] = [*headers, *extra]
             await send(message)
 
+        body = (
+            _WatchedBody(receive)
+            if len(declared) >= 5 and declared.isdigit() and int(declared) > DRAIN_FROM
+            else None
+        )
         try:
-            await self.app(scope, receive, send_with_context)
+            if body is None:
+                await self.app(scope, receive, send_with_context)
+            else:
+                await self.app(scope, body.receive, send_with_context)
+                await body.drain(int(declared))
         finally:
             duration = time.perf_counter() - started
             if self.metrics is not None:

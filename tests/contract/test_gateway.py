@@ -158,6 +158,13 @@ async def test_a_body_over_the_limit_is_a_problem_at_the_gateway(gateway: int) -
     assert headers["strict-transport-security"].startswith("max-age=")
 
 
+async def test_a_body_answered_before_it_was_read_is_still_read_to_its_end(app_server: ServerProcess) -> None:
+    """The app alone: an upload refused before its body is read (401, no token) can still be sent
+    whole and its answer read after it, as nginx sends a buffered body (else nginx answers 502)."""
+    status, _, _ = await post_raw(app_server.port, "/api/projects/1/files", 20 * 1024 * 1024, body=True)
+    assert status == 401
+
+
 async def test_route_limits_at_the_gateway_match_the_apps(gateway: int) -> None:
     # An upload within FILE_MAX_BYTES (25 MiB) and a 3 MiB page-view batch pass the gateway: the
     # app answers them (401 without a token; 400 for a batch that is not JSON), never nginx's 413.
