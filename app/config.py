@@ -194,7 +194,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     telegram_bot_token: Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\s/]*$")] = ""
     telegram_chat_id: list[str] = msgspec.field(default_factory=list)
     telegram_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$")] = "https://api.telegram.org"
-    telegram_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    telegram_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=25)] = 10.0
+    """At most 25 s: a delivery's worst case (two requests and a pause) must fit the sending cron's 55 s."""
 
     # github
     github_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] = (

@@ -1561,3 +1561,32 @@ async def purge_alerts_before(conn: AsyncConnection[Any], *, before: datetime) -
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_ALERTS_BEFORE, (before,))
         return cur.rowcount
+
+
+PURGE_ACTIVITY_BEFORE = "delete from monitoring_group_activity where at < $1"
+
+
+async def purge_activity_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_ACTIVITY_BEFORE, (before,))
+        return cur.rowcount
+
+
+PURGE_BUDGET_PERIODS_BEFORE = "delete from monitoring_budget_periods where ends_at < $1"
+
+
+async def purge_budget_periods_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+    """Over periods only: the next period starts at the latest one's end or now, whichever is later."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_BUDGET_PERIODS_BEFORE, (before,))
+        return cur.rowcount
+
+
+PURGE_RULE_FIRES_BEFORE = "delete from monitoring_rule_fires where last_fired_at < $1"
+
+
+async def purge_rule_fires_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+    """Called with a time at least the longest action interval ago: a firing that old silences nothing."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_RULE_FIRES_BEFORE, (before,))
+        return cur.rowcount

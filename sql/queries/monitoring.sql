@@ -496,3 +496,14 @@ delete from monitoring_cron_checkins where at < @before;
 delete from monitoring_alerts a
 where a.created_at < @before
   and not exists (select 1 from monitoring_deliveries d where d.alert_id = a.id and d.status in ('pending', 'sending'));
+
+-- name: PurgeActivityBefore :execrows
+delete from monitoring_group_activity where at < @before;
+
+-- name: PurgeBudgetPeriodsBefore :execrows
+-- Over periods only: the next period starts at the latest one's end or now, whichever is later.
+delete from monitoring_budget_periods where ends_at < @before;
+
+-- name: PurgeRuleFiresBefore :execrows
+-- Called with a time at least the longest action interval ago: a firing that old silences nothing.
+delete from monitoring_rule_fires where last_fired_at < @before;

@@ -15,7 +15,9 @@ it). It behaves like the Bot API where our sender depends on it:
   starting with ``-``); a message over either limit gets ``429`` with ``parameters.retry_after``.
 - Scripted faults (``script``): the next requests answer a given status (e.g. 429 with
   ``retry_after=3``); ``hold``: a request whose text contains a marker is recorded (Telegram has it)
-  and then answered only after a delay (a client killed meanwhile never learns it was sent).
+  and then answered only after a delay (a client killed meanwhile never learns it was sent); with
+  ``drip=True`` the answer's bytes trickle over that delay instead, as on a slow network, so no
+  single read waits long (a per-read timeout never fires).
 - Every request is recorded with its arrival time (``time.time()``), chat, text, parse mode and the
   status answered; ``GET /_fake/messages`` shows them when run on its own.
 """
@@ -31,7 +33,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -143,6 +145,7 @@ class Scripted:
 class Hold:
     contains: str
     seconds: float
+    drip: bool = False
 
 
 @dataclass
@@ -160,9 +163,9 @@ class FakeTelegram:
         with self.lock:
             self.scripted.extend(responses)
 
-    def hold(self, contains: str, seconds: float) -> None:
+    def hold(self, contains: str, seconds: float, *, drip: bool = False) -> None:
         with self.lock:
-            self.holds.append(Hold(contains, seconds))
+            self.holds.append(Hold(contains, seconds, drip))
 
     def messages(self, *, accepted_only: bool = False) -> list[Received]:
         with self.lock:
@@ -175,8 +178,10 @@ class FakeTelegram:
             self.holds.clear()
             self.accepted_at.clear()
 
-    def _answer(self, chat_id: str, text: str, parse_mode: str | None) -> tuple[int, dict[str, Any], float]:
-        """(status, body, hold seconds) of one sendMessage."""
+    def _answer(
+        self, chat_id: str, text: str, parse_mode: str | None
+    ) -> tuple[int, dict[str, Any], Hold | None]:
+        """(status, body, how it is held) of one sendMessage."""
         now = time.time()
         with self.lock:
             if self.scripted:
@@ -216,7 +221,7 @@ class FakeTelegram:
             self.received.append(Received(now, chat_id, text, parse_mode, 200))
             message_id = self.next_message_id
             self.next_message_id += 1
-            hold = next((h.seconds for h in self.holds if h.contains in text), 0.0)
+            hold = next((h for h in self.holds if h.contains in text), None)
         body = {
             "ok": True,
             "result": {"message_id": message_id, "date": int(now), "chat": {"id": chat_id}, "text": visible},
@@ -232,12 +237,12 @@ class FakeTelegram:
         status: int,
         description: str,
         retry_after: int | None = None,
-    ) -> tuple[int, dict[str, Any], float]:
+    ) -> tuple[int, dict[str, Any], Hold | None]:
         self.received.append(Received(now, chat_id, text, parse_mode, status, description, retry_after))
         body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
         if retry_after is not None:
             body["parameters"] = {"retry_after": retry_after}
-        return status, body, 0.0
+        return status, body, None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -262,7 +267,10 @@ class FakeTelegram:
         status, answer, hold = self._answer(
             str(fields.get("chat_id") or ""), str(fields.get("text") or ""), fields.get("parse_mode")
         )
-        deadline = time.monotonic() + hold
+        if hold is not None and hold.drip:
+            await _drip(send, status, answer, hold.seconds, lambda: self.stopping)
+            return
+        deadline = time.monotonic() + (hold.seconds if hold is not None else 0.0)
         while time.monotonic() < deadline and not self.stopping:  # noqa: ASYNC110 - set from another thread
             await asyncio.sleep(0.05)
         await _respond(send, status, answer)
@@ -286,6 +294,24 @@ async def _respond(send: Any, status: int, payload: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": data})
+
+
+async def _drip(send: Any, status: int, payload: Any, seconds: float, stopping: Callable[[], bool]) -> None:
+    """The answer's headers at once, then its body a byte at a time spread over ``seconds``."""
+    data = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
+    pause = seconds / len(data)
+    for index in range(len(data)):
+        if not stopping():
+            await asyncio.sleep(pause)
+        await send({"type": "http.response.body", "body": data[index : index + 1], "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 class FakeTelegramServer(ThreadedServer):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +25,7 @@ from app.domains.monitoring import alerts
 from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.crons import CronSpec
 from app.domains.monitoring.fingerprint import RawException
-from app.domains.monitoring.telegram import Rendered
+from app.domains.monitoring.telegram import Rendered, TelegramClient
 from tests.fakes.telegram import FakeTelegramServer, Scripted, parse_html, serve_fake_telegram
 from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
 from tests.unit.test_monitoring_fingerprint import raise_bug
@@ -48,6 +50,7 @@ def with_telegram(server: FakeTelegramServer, chats: list[str], **changes: Any) 
         "telegram_bot_token": TOKEN,
         "telegram_chat_id": chats,
         "telegram_api_url": server.url,
+        "telegram_timeout_s": 2.0,  # a delivery's worst case (2 x 2 s + 1.1 s) fits the tests' budgets
         **changes,
     }
 
@@ -205,6 +208,95 @@ async def test_html_refused_is_resent_as_plain_text(
         await (await db.execute("select status::text, last_error from monitoring_deliveries")).fetchone()
     ) or ()
     assert status == "sent" and "plain text" in note
+
+
+async def delivery_state(db: AsyncConnection[Any]) -> tuple[str, int, str | None]:
+    row = await (
+        await db.execute("select status::text, attempts, last_error from monitoring_deliveries")
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def test_a_delivery_that_could_outlive_the_jobs_timeout_is_not_started(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """SAQ cancels a job at its timeout: a request in flight then would leave its delivery
+    ``sending``, hence ``uncertain``, although Telegram would have answered. The sender must not start
+    a delivery whose worst case (two requests of 10 s and the pause) outlives its budget."""
+    telegram.fake.hold("storm 1", seconds=60)
+    changes = with_telegram(telegram, [PRIVATE_CHAT], telegram_timeout_s=10.0)
+    async with open_monitoring(settings, **changes) as service:
+        await service.write_now([storm_event(1, time.time())])
+        budget = 5.0
+        delivered = await asyncio.wait_for(service.deliver(budget_s=budget), budget + 3)  # the job's cut
+    assert delivered == 0
+    assert telegram.fake.messages() == []
+    assert await delivery_state(db) == ("pending", 0, None), "left for a run with the time to send it"
+
+
+async def test_an_answer_trickling_past_the_timeout_is_cut_there_and_uncertain(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """httpx's timeouts bound each read, not the request: an answer dripping a byte at a time would
+    hold the sender past its deadline. ``TELEGRAM_TIMEOUT_S`` bounds the whole request, and a request
+    cut after it left may have reached Telegram (the fake has it): ``uncertain``, never resent."""
+    telegram.fake.hold("storm 1", seconds=60, drip=True)
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        await service.write_now([storm_event(1, time.time())])
+        budget = 10.0
+        delivered = await asyncio.wait_for(service.deliver(budget_s=budget), budget + 3)  # the job's cut
+    assert delivered == 0
+    [request] = telegram.fake.messages()
+    assert request.accepted
+    assert await delivery_state(db) == ("uncertain", 1, "TotalTimeout")
+
+
+async def test_plain_text_that_must_wait_past_the_deadline_goes_back_to_pending(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """A group chat at its 20 messages a minute: the HTML request uses the last free place, and the
+    plain text would have to wait most of a minute. Nothing reached Telegram, so the delivery waits
+    for a later run instead of the sender outliving its deadline."""
+    now = time.time()
+    recent = [now - 61] + [now - 20 + n * 0.5 for n in range(19)]
+    await db.execute(
+        "insert into monitoring_telegram_chats (chat_id, recent_sends) values (%s, %s)",
+        (GROUP_CHAT, [datetime.fromtimestamp(moment, UTC) for moment in recent]),
+    )
+    async with open_monitoring(settings, **with_telegram(telegram, [GROUP_CHAT])) as service:
+        async with transaction(service.db.pool) as uow:
+            await alerts.record_alert(
+                uow,
+                service.channel,
+                key="broken",
+                rule="test",
+                group_id=None,
+                summary="broken",
+                rendered=Rendered(html="<b>unclosed & wrong", plain="unclosed & wrong"),
+                now=datetime.now(UTC),
+            )
+        budget = 10.0
+        delivered = await asyncio.wait_for(service.deliver(budget_s=budget), budget + 3)  # the job's cut
+    assert delivered == 0
+    [html_try] = telegram.fake.messages()
+    assert html_try.status == 400
+    assert await delivery_state(db) == ("pending", 1, "plain text not sent in time")
+    not_before = await scalar(db, "select not_before from monitoring_deliveries")
+    assert not_before > datetime.fromtimestamp(now + 30, UTC), "when the group may receive it"
+
+
+async def test_a_request_cut_before_it_left_is_retried() -> None:
+    """A server that accepts the connection and never completes TLS: the request never left, so
+    the whole-request timeout answers ``retry``, as a refused connection does."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        client = TelegramClient(TOKEN, f"https://127.0.0.1:{port}", timeout_s=1.0)
+        try:
+            result = await asyncio.wait_for(client.send(PRIVATE_CHAT, "hello", html_mode=False), 10)
+        finally:
+            await client.close()
+    assert result.outcome == "retry"
 
 
 async def test_without_a_token_alerts_are_recorded_not_sent(

@@ -88,7 +88,8 @@ def workers(tmp_path: Path, settings: Settings, telegram: FakeTelegramServer) ->
         "TELEGRAM_BOT_TOKEN": TOKEN,
         "TELEGRAM_CHAT_ID": CHAT,
         "TELEGRAM_API_URL": telegram.url,
-        "TELEGRAM_TIMEOUT_S": "90",  # the held request outlives the worker
+        "TELEGRAM_TIMEOUT_S": "20",  # the held request outlives the worker (killed once Telegram has it)
+        "JOB_TIMEOUT_S": "60",  # the job queued with an alert fits a delivery's worst case (2 x 20 s + 1.1 s)
         "MONITORING_CHECK_INTERVAL_S": "1",
         "MONITORING_DELIVERY_FALLBACK_S": "1",
     }

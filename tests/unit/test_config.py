@@ -153,6 +153,7 @@ def test_a_single_item_list_needs_no_comma() -> None:
         ("LOG_LEVEL", "TRACE", "log_level"),
         ("APP_ENV", "staging", "app_env"),
         ("MAX_BODY_BYTES", "10", "max_body_bytes"),
+        ("TELEGRAM_TIMEOUT_S", "26", "telegram_timeout_s"),  # a delivery would never fit a job
     ],
 )
 def test_an_invalid_value_raises_naming_the_field(name: str, value: str, field: str) -> None:

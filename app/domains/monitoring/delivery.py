@@ -15,6 +15,12 @@ sent at that moment (it may have arrived). A 5xx answer is ``uncertain`` too: it
 Telegram's front after the bot sent the message. Requests that certainly did not reach Telegram
 (connection refused, 429, the Bot API's 401) go back to ``pending``.
 
+A sender given a budget (a SAQ job's timeout less a margin for the bookkeeping) starts a delivery
+only when its worst case still fits: both requests of an HTML text refused and resent as plain text
+(each bounded in all by ``TELEGRAM_TIMEOUT_S``) and the pause between them. So a job's timeout never
+cuts a request in flight, which would strand its delivery as ``uncertain`` even when Telegram would
+have answered that it was not delivered.
+
 Pacing follows the Bot API FAQ: one message per second per chat, 20 per minute to a group (a chat id
 starting with ``-``), and after a 429 at least ``parameters.retry_after`` seconds. The pacing state is
 stored per chat, so a restarted sender keeps it.
@@ -114,6 +120,8 @@ class Sender:
         self.database_url = database_url
         self.client = client
         self.clock = clock
+        self.worst_case_s = 2 * client.timeout_s + MIN_INTERVAL_S
+        """The longest one delivery takes: HTML refused, the pause, then the plain text."""
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -122,7 +130,8 @@ class Sender:
     async def deliver(self, budget_s: float) -> int:
         """Send what is due within ``budget_s`` seconds; returns how many messages were delivered.
 
-        Returns at once when another sender is active (it will see the new rows) or nothing is due.
+        Returns at once when another sender is active (it will see the new rows) or nothing is due. A
+        delivery starts only while its worst case (``worst_case_s``) fits in what is left of the budget.
         """
         if not self.client.configured:
             return 0
@@ -146,14 +155,16 @@ class Sender:
                 await _save_pacing(uow.conn, chat_id, pacer)
         if orphaned_chats:
             log.warning("monitoring_deliveries_uncertain", deliveries=len(orphaned_chats))
+        if budget_s < self.worst_case_s:
+            log.warning("monitoring_delivery_budget_too_short", budget_s=budget_s, needed_s=self.worst_case_s)
         delivered = 0
         while not self._stopping.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            spare = deadline - time.monotonic() - self.worst_case_s
+            if spare < 0:
                 break
             async with self.db.transaction() as uow:
                 rows = await queries.pending_deliveries(
-                    uow.conn, horizon=_utc(self.clock() + remaining), row_limit=100
+                    uow.conn, horizon=_utc(self.clock() + spare), row_limit=100
                 )
             if not rows:
                 break
@@ -163,18 +174,18 @@ class Sender:
 
             row = min(rows, key=lambda r: (round(ready(r), 3), r.id))  # in order when equally ready
             wait = ready(row) - self.clock()
-            if wait > deadline - time.monotonic():
+            if wait > deadline - time.monotonic() - self.worst_case_s:
                 break
             if wait > 0:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), wait)
                 if self._stopping.is_set():
                     break
-            if await self._deliver_one(row, pacer):
+            if await self._deliver_one(row, pacer, deadline):
                 delivered += 1
         return delivered
 
-    async def _deliver_one(self, row: queries.PendingDeliveriesRow, pacer: Pacer) -> bool:
+    async def _deliver_one(self, row: queries.PendingDeliveriesRow, pacer: Pacer, deadline: float) -> bool:
         async with self.db.transaction() as uow:
             claimed = await queries.claim_delivery(uow.conn, now=_utc(self.clock()), id=row.id)
             if claimed is None:
@@ -198,14 +209,23 @@ class Sender:
         note = None
         if result.outcome == "bad_entities":
             note = f"HTML refused ({result.description}); sent as plain text"
-            wait = pacer.ready_at(row.chat_id) - self.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            result = await self.client.send(row.chat_id, plain, html_mode=False)
-            pacer.requested(row.chat_id, self.clock())
+            result = await self._send_plain(row.chat_id, plain, pacer, deadline)
         OUTCOMES.labels(outcome=result.outcome).inc()
         await self._record(row, claimed.attempts, result, pacer, note)
         return result.outcome == "sent"
+
+    async def _send_plain(self, chat_id: str, plain: str, pacer: Pacer, deadline: float) -> SendResult:
+        """The plain text after Telegram refused the HTML, once the chat may receive it. A group chat
+        at its per-minute limit may need a longer pause than ``worst_case_s`` allows for: the delivery
+        then goes back to ``pending`` (nothing reached Telegram) rather than outlive the deadline."""
+        wait = max(0.0, pacer.ready_at(chat_id) - self.clock())
+        if wait + self.client.timeout_s > deadline - time.monotonic():
+            return SendResult(outcome="retry", description="plain text not sent in time", retry_after_s=wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        result = await self.client.send(chat_id, plain, html_mode=False)
+        pacer.requested(chat_id, self.clock())
+        return result
 
     async def _record(
         self,

@@ -10,6 +10,8 @@ from app.core.services import services_of
 from app.domains.monitoring.services import MonitoringService
 
 DELIVERY_MARGIN_S = 5
+"""What the job keeps for the sender's bookkeeping (claims, records, its lock connection): the sender
+starts no delivery whose worst case outlives the budget, so the requests themselves need no margin."""
 
 
 async def deliver_alerts(ctx: Context, **_: Any) -> int:

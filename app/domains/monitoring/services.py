@@ -525,9 +525,16 @@ class MonitoringService:
         return alert.id if alert is not None else None
 
     async def purge(self, now: float | None = None) -> None:
-        before = utc(
-            (self.clock() if now is None else now) - self.settings.monitoring_retention_days * 86_400
-        )
+        """Delete what is older than ``MONITORING_RETENTION_DAYS`` (each delete by an indexed time).
+
+        Alert-rule firings are kept for the longest action interval too, so a purge never lets a rule
+        fire early. Groups stay: a resolved group's fingerprints are what turns its next event into a
+        regression (and an ignored one's into silence) rather than a new group.
+        """
+        moment = self.clock() if now is None else now
+        retained = moment - self.settings.monitoring_retention_days * 86_400
+        before = utc(retained)
+        longest_interval = max((rule.action_interval_s for rule in self.rules), default=0)
         async with self.db.transaction() as uow:
             for purge in (
                 queries.purge_events_before,
@@ -537,8 +544,13 @@ class MonitoringService:
                 queries.purge_job_runs_before,
                 queries.purge_checkins_before,
                 queries.purge_alerts_before,
+                queries.purge_activity_before,
+                queries.purge_budget_periods_before,
             ):
                 await purge(uow.conn, before=before)
+            await queries.purge_rule_fires_before(
+                uow.conn, before=utc(min(retained, moment - longest_interval))
+            )
 
     async def deliver(self, budget_s: float = 60.0) -> int:
         return await self.sender.deliver(budget_s)

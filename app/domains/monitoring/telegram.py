@@ -7,10 +7,16 @@ exactly that and truncates the longest blocks, ending the text with a pointer to
 
 The bot token is part of the request path, so it appears in no log line: httpx's own request log is
 filtered (``_RedactToken``), and errors are reported by type and status only.
+
+One request takes at most ``timeout_s`` in all (httpx's own timeouts bound each phase, not their
+sum): the sender plans its deadline on that bound. A request cut by it before it could leave (waiting
+for a connection, connecting) is a ``retry``; once its headers may have been written it is
+``uncertain``, as any failure after the request may have reached Telegram.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import math
@@ -148,12 +154,27 @@ _NOT_SENT = (
 )
 
 
+class _Progress:
+    """Whether a request may have left: set by httpcore's ``trace`` extension when it starts writing."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = False
+
+    async def trace(self, event: str, _info: dict[str, Any]) -> None:
+        if event.endswith("send_request_headers.started"):
+            self.left = True
+
+
 class TelegramClient:
     """``sendMessage`` with one ``httpx.AsyncClient`` per process (created on first use)."""
 
     def __init__(self, token: str, api_url: str, timeout_s: float) -> None:
         self._token = token
         self._base = api_url.rstrip("/")
+        self.timeout_s = timeout_s
+        """The most one ``send`` takes, connection and answer included."""
         self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0))
         self._client: httpx.AsyncClient | None = None
 
@@ -179,8 +200,16 @@ class TelegramClient:
         }
         if html_mode:
             payload["parse_mode"] = "HTML"
+        progress = _Progress()
         try:
-            response = await self._client.post(f"{self._base}/bot{self._token}/sendMessage", json=payload)
+            async with asyncio.timeout(self.timeout_s):
+                response = await self._client.post(
+                    f"{self._base}/bot{self._token}/sendMessage",
+                    json=payload,
+                    extensions={"trace": progress.trace},
+                )
+        except TimeoutError:
+            return SendResult(outcome="uncertain" if progress.left else "retry", description="TotalTimeout")
         except _NOT_SENT as exc:
             return SendResult(outcome="retry", description=type(exc).__name__)
         except httpx.HTTPError as exc:
