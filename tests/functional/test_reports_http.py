@@ -145,6 +145,12 @@ async def test_every_report_route_documents_its_problems(app: Litestar) -> None:
         ("summary", {"period": "custom", "from": "2020-01-01", "to": "2021-06-01"}, "to"),
         ("summary", {"period": "7d", "from": "2030-01-01"}, "from"),
         ("summary", {"period": "custom", "from": "yesterday", "to": "2030-01-01"}, "from"),
+        ("summary", {"period": "custom", "from": "9999-12-31", "to": "9999-12-31"}, "to"),
+        (
+            "summary",
+            {"period": "custom", "from": "0001-01-01", "to": "0001-01-01", "tz": "Asia/Tokyo"},
+            "from",
+        ),
         ("summary", {"tz": "Mars/Olympus_Mons"}, "tz"),
         ("summary", {"tz": "../../etc/passwd"}, "tz"),
         ("summary", {"tz": "Europe"}, "tz"),
@@ -295,6 +301,19 @@ async def test_a_repeated_request_is_served_from_the_cache_until_invalidated(
     await Cache(valkey).namespace("reports").invalidate_all()  # as another process would
     fresh = await client.get(url, params=params, headers=headers)
     assert fresh.json()["pageviews"] == 2
+
+
+async def test_the_same_days_asked_as_another_period_answer_with_that_period(
+    client: Client, world: World
+) -> None:
+    url = f"/api/sites/{world.site_id}/summary"
+    headers = world.headers["owner"]
+    today = (await client.get(url, params={"period": "today", "tz": "UTC"}, headers=headers)).json()
+    day = today["range"]["first_day"]
+    custom = await client.get(
+        url, params={"period": "custom", "from": day, "to": day, "tz": "UTC"}, headers=headers
+    )
+    assert custom.json()["range"]["period"] == "custom"
 
 
 @pytest.fixture(scope="module")

@@ -116,14 +116,15 @@ def resolve_range(
         if first is not None or last is not None:
             raise invalid("from" if first is not None else "to", "only with period=custom")
         first, last = today - timedelta(days=PERIOD_DAYS[period] - 1), today
-    return ReportRange(
-        period=period,
-        tz=tz,
-        first_day=first,
-        last_day=last,
-        start=_local_midnight(first, zone),
-        end=_local_midnight(last + timedelta(days=1), zone),
-    )
+    try:
+        start = _local_midnight(first, zone)
+    except OverflowError:  # year 1 in a zone ahead of UTC
+        raise invalid("from", "outside the supported dates") from None
+    try:
+        end = _local_midnight(last + timedelta(days=1), zone)
+    except OverflowError:  # 9999-12-31 has no next day
+        raise invalid("to", "outside the supported dates") from None
+    return ReportRange(period=period, tz=tz, first_day=first, last_day=last, start=start, end=end)
 
 
 def _floor_hour(moment: datetime) -> datetime:
@@ -336,7 +337,9 @@ class ReportService:
 
 
 def _range_key(rng: ReportRange) -> str:
-    return f"{rng.tz}:{rng.start.isoformat()}:{rng.end.isoformat()}"
+    """Everything of the range an answer shows: ``period`` too (7d and the same custom days are the
+    same numbers, not the same answer)."""
+    return f"{rng.period}:{rng.tz}:{rng.start.isoformat()}:{rng.end.isoformat()}"
 
 
 def _local_label(bucket: datetime, zone: zoneinfo.ZoneInfo, interval: Interval) -> str:
