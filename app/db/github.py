@@ -122,20 +122,50 @@ async def list_github_tracked(
 
 
 LIST_GITHUB_LOGINS_DUE = """\
-select distinct t.login
+select t.login
 from github_tracked t
+left join github_snapshot_attempts a on a.login = t.login
 where not exists (
     select 1 from github_snapshots s where s.login = t.login and s.taken_on = $1::date
 )
-order by t.login
+group by t.login, a.attempted_at
+order by a.attempted_at nulls first, t.login
 limit $2"""
 
 
 async def list_github_logins_due(conn: AsyncConnection[Any], *, taken_on: date, batch_size: int) -> list[str]:
-    """Tracked logins without a snapshot for the day, in a stable order; the cron takes a batch per run."""
+    """Tracked logins without a snapshot for the day; the cron takes a batch per run. Never tried first,
+    then the longest untried: a login that keeps failing goes behind every other due login."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LIST_GITHUB_LOGINS_DUE, (taken_on, batch_size))
         return await cur.fetchall()
+
+
+RECORD_GITHUB_SNAPSHOT_ATTEMPT = """\
+insert into github_snapshot_attempts (login, attempted_at) values ($1, $2)
+on conflict (login) do update set attempted_at = excluded.attempted_at"""
+
+
+async def record_github_snapshot_attempt(
+    conn: AsyncConnection[Any],
+    *,
+    login: str,
+    attempted_at: datetime,
+) -> None:
+    """Written before the login is fetched, so a run that dies during the fetch also moves it back."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(RECORD_GITHUB_SNAPSHOT_ATTEMPT, (login, attempted_at))
+
+
+PRUNE_GITHUB_SNAPSHOT_ATTEMPTS = """\
+delete from github_snapshot_attempts a
+where not exists (select 1 from github_tracked t where t.login = a.login)"""
+
+
+async def prune_github_snapshot_attempts(conn: AsyncConnection[Any]) -> None:
+    """Forgets logins nobody tracks any more (untracked, or their trackers' accounts deleted)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PRUNE_GITHUB_SNAPSHOT_ATTEMPTS)
 
 
 INSERT_GITHUB_SNAPSHOT = """\

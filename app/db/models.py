@@ -630,6 +630,11 @@ class ActivityRecovery(msgspec.Struct, frozen=True, gc=False):
     checked_through: int
 
 
+class GithubSnapshotAttempt(msgspec.Struct, frozen=True, gc=False):
+    login: str
+    attempted_at: datetime
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)

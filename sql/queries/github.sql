@@ -38,14 +38,27 @@ order by id
 limit @row_limit;
 
 -- name: ListGithubLoginsDue :many
--- Tracked logins without a snapshot for the day, in a stable order; the cron takes a batch per run.
-select distinct t.login
+-- Tracked logins without a snapshot for the day; the cron takes a batch per run. Never tried first,
+-- then the longest untried: a login that keeps failing goes behind every other due login.
+select t.login
 from github_tracked t
+left join github_snapshot_attempts a on a.login = t.login
 where not exists (
     select 1 from github_snapshots s where s.login = t.login and s.taken_on = @taken_on::date
 )
-order by t.login
+group by t.login, a.attempted_at
+order by a.attempted_at nulls first, t.login
 limit @batch_size;
+
+-- name: RecordGithubSnapshotAttempt :exec
+-- Written before the login is fetched, so a run that dies during the fetch also moves it back.
+insert into github_snapshot_attempts (login, attempted_at) values (@login, @attempted_at)
+on conflict (login) do update set attempted_at = excluded.attempted_at;
+
+-- name: PruneGithubSnapshotAttempts :exec
+-- Forgets logins nobody tracks any more (untracked, or their trackers' accounts deleted).
+delete from github_snapshot_attempts a
+where not exists (select 1 from github_tracked t where t.login = a.login);
 
 -- name: InsertGithubSnapshot :execrows
 -- At most one snapshot per login and day: a re-delivered cron run changes nothing.

@@ -114,6 +114,21 @@ async def test_an_unchanged_resource_is_revalidated_for_free_with_the_etag_verba
     assert metric("github_conditional_hits_total") == hits + 3
 
 
+async def test_a_repository_added_after_an_unchanged_full_page_is_listed(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    user = fake.add_user("hundred", repos_named(100))
+    first, _ = await client.list_repos("hundred", Priority.INTERACTIVE, max_repos=1000)
+    user.repos.append(FakeRepo(name="zz-newest"))  # sorts last: page 1's body (and ETag) unchanged
+
+    again, truncated = await client.list_repos("hundred", Priority.INTERACTIVE, max_repos=1000)
+
+    assert len(first) == 100
+    assert len(again) == 101 and not truncated
+    assert again[-1].name == "zz-newest"
+    assert [r.status for r in fake.recorded("/repos")] == [200, 304, 200, 200]
+
+
 async def test_a_changed_resource_is_fetched_again(fake: FakeGitHub, client: GitHubClient) -> None:
     user = fake.add_user("changing", followers=1)
     await client.get_user("changing", Priority.INTERACTIVE)

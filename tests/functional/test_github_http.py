@@ -242,6 +242,35 @@ async def test_github_answering_502_serves_the_last_good_data_as_stale(
     assert state["status"] == "failed" and state["error"]["kind"] == "unavailable"
 
 
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (451, b'{"message": "Repository access blocked", "block": {"reason": "dmca"}}'),
+        (403, b'{"message": "Repository access blocked", "block": {"reason": "tos"}}'),
+    ],
+)
+async def test_a_blocked_repository_is_skipped_and_the_others_are_measured(
+    api: Client, fake: FakeGitHub, headers: dict[str, str], status: int, body: bytes
+) -> None:
+    fake.add_user(
+        "takedown",
+        [
+            FakeRepo(name="big", size=9000, language="C", languages={"C": 900}),
+            FakeRepo(name="mid", size=500, language="Go", languages={"Go": 50}),
+            FakeRepo(name="small", size=10, language="Rust", languages={"Rust": 5}),
+        ],
+    )
+    fake.fail(status, body=body, path_contains="/repos/takedown/big/languages")
+
+    response = await api.get("/api/github/users/takedown", headers=headers)
+
+    assert response.status_code == 200, response.text
+    languages = response.json()["languages"]
+    assert languages["coverage"]["repos_measured"] == 2
+    assert {s["name"]: s["bytes"] for s in languages["by_bytes"]} == {"Go": 50, "Rust": 5}
+    assert [r.status for r in fake.recorded("/languages")] == [status, 200, 200]
+
+
 async def test_github_down_with_nothing_stored_is_a_503_with_retry_after(
     api: Client, fake: FakeGitHub, headers: dict[str, str]
 ) -> None:
@@ -390,11 +419,21 @@ async def test_history_ranges_are_validated(api: Client, headers: dict[str, str]
     not_a_date = await api.get(
         "/api/github/users/octo/history", params={"from": "yesterday"}, headers=headers
     )
+    before_the_calendar = await api.get(
+        "/api/github/users/octo/history", params={"to": "0001-01-10"}, headers=headers
+    )
+    first_days = await api.get(
+        "/api/github/users/octo/history", params={"from": "0001-01-01", "to": "0001-01-10"}, headers=headers
+    )
 
     assert empty.status_code == 200 and empty.json()["points"] == [] and empty.json()["deltas"] is None
     assert backwards.status_code == too_long.status_code == 400
     assert backwards.json()["type"] == "/problems/invalid-range"
     assert not_a_date.status_code == 400 and not_a_date.json()["errors"][0]["field"] == "query.from"
+    assert before_the_calendar.status_code == 400, before_the_calendar.text
+    assert before_the_calendar.json()["type"] == "/problems/invalid-range"
+    assert before_the_calendar.json()["detail"].startswith("query.to:")
+    assert first_days.status_code == 200 and first_days.json()["from"] == "0001-01-01"
 
 
 async def test_metrics_report_quota_and_conditional_hits(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import msgspec
@@ -13,7 +13,7 @@ from app.core.modules import Module
 from app.core.services import open_services
 from app.domains.github.jobs import snapshot_github_profiles
 from app.domains.github.services import GithubService
-from tests.factories import create_user
+from tests.factories import clocked_github, create_user
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 
@@ -83,3 +83,51 @@ async def test_thirty_days_of_the_daily_cron_give_thirty_snapshots_and_correct_d
     assert history.deltas.language_bytes == {"Go": 290}
     assert quiet.deltas is not None and quiet.deltas.followers == 0 and quiet.deltas.language_bytes == {}
     assert [p.date for p in window.points] == [date(2026, 3, 10), date(2026, 3, 11), date(2026, 3, 12)]
+
+
+async def test_a_login_gone_from_github_does_not_keep_the_others_from_their_daily_snapshot(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    configured = msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_token="snapshot-test-token",
+        github_snapshot_hour_utc=4,
+        github_snapshots_per_run=1,
+        github_retry_wait_s=0.01,
+    )
+    fake.add_user("aaa-gone", [FakeRepo(name="old", stars=1, languages={"C": 1})])
+    fake.add_user("zzz-live", [FakeRepo(name="new", stars=2, languages={"Go": 2})], followers=5)
+    owner = await create_user(db)
+
+    async with open_services(configured, [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        await github.track(owner.id, "aaa-gone")
+        await github.track(owner.id, "zzz-live")
+        del fake.users["aaa-gone"]  # deleted (or renamed) on GitHub: 404 from now on
+        first_day = clock.now.date() + timedelta(days=1)
+        taken_per_day = []
+        for day in range(3):
+            clock.now = datetime.combine(first_day + timedelta(days=day), time(5), tzinfo=UTC)
+            taken = 0
+            for _ in range(2):  # two hourly runs of one login each
+                taken += await snapshot_github_profiles(ctx)
+                clock.now += timedelta(hours=1)
+            taken_per_day.append(taken)
+        live = await github.history("zzz-live", first_day, first_day + timedelta(days=2))
+        gone = await github.history("aaa-gone", first_day, first_day + timedelta(days=2))
+        still_tracked = await github.list_tracked(owner.id, after_id=0, limit=10)
+
+    assert taken_per_day == [1, 1, 1]
+    assert [p.date for p in live.points] == [first_day + timedelta(days=d) for d in range(3)]
+    assert all(p.followers == 5 for p in live.points)
+    assert gone.points == []
+    assert [t.username for t in still_tracked.items] == ["aaa-gone", "zzz-live"]
+    profile_requests = [r.status for r in fake.recorded("/users/aaa-gone") if r.path == "/users/aaa-gone"]
+    assert profile_requests == [200, 404]  # then remembered as missing: not asked again every run

@@ -12,6 +12,8 @@
   retry-after). Transient failures (timeouts, connection errors, 5xx) are retried by ``stamina``
   with exponential backoff and jitter (``GITHUB_RETRY_ATTEMPTS``, ``GITHUB_RETRY_WAIT_S``).
 - Redirects are followed by hand (301/302/307/308, at most 3, same base only), per GitHub's advice.
+- A 451 or a 403 that is not a rate limit refuses one resource (a blocked repository), not the
+  token: ``GitHubRefusedError``, and ``get_languages`` skips that repository as if it were gone.
 """
 
 from __future__ import annotations
@@ -88,6 +90,13 @@ class GitHubRateLimitError(GitHubError):
 
 class GitHubDownError(GitHubError):
     kind = "unavailable"
+
+
+class GitHubRefusedError(GitHubDownError):
+    """GitHub refuses this one resource: 451 (blocked for legal reasons, a DMCA takedown) or a 403
+    that is not a rate limit ("Repository access blocked"; rate-limit 403s are told apart by the
+    governor from their headers and message, and never get here). Other resources are unaffected,
+    so it is no sign that GitHub is down; where nothing else is known it still reads as unavailable."""
 
 
 class _TransientError(Exception):
@@ -203,7 +212,11 @@ class GitHubClient:
         self, username: str, priority: Priority, *, max_repos: int
     ) -> tuple[list[GithubRepo], bool]:
         """Every repository the user owns (``type=owner``), following ``link: rel="next"`` until it is
-        absent or ``max_repos`` are in; returns them and whether the cap cut the list."""
+        absent or ``max_repos`` are in; returns them and whether the cap cut the list.
+
+        A page's ETag covers its body, not its ``link`` header: a full page answered 304 may have
+        gained a next page since its "no next page" was stored (repositories added after it), so
+        such a page is asked for again unconditionally (one request, only for a full last page)."""
         if not is_valid_username(username):
             raise ValueError("not a GitHub username")
         url: str | None = (
@@ -212,6 +225,8 @@ class GitHubClient:
         repos: list[GithubRepo] = []
         while url is not None:
             page = await self.get(url, list[GithubRepo], priority)
+            if page.not_modified and page.next_url is None and len(page.value) >= PER_PAGE:
+                page = await self.get(url, list[GithubRepo], priority, conditional=False)
             repos.extend(page.value)
             url = page.next_url
             if len(repos) >= max_repos:
@@ -219,21 +234,29 @@ class GitHubClient:
         return repos, False
 
     async def get_languages(self, repo: GithubRepo, priority: Priority) -> dict[str, int] | None:
-        """Bytes per language of one repository (None: the repository is gone or hidden)."""
+        """Bytes per language of one repository (None: the repository is gone, hidden or blocked, so
+        it is left unmeasured like a deleted one and the other repositories are still measured)."""
         url = repo.languages_url if self._is_ours(repo.languages_url) else self._languages_url(repo)
         try:
             return (await self.get(url, dict[str, int], priority)).value
         except GitHubNotFoundError:
             return None
+        except GitHubRefusedError as exc:
+            log.info("github_repository_refused", repository=repo.full_name, reason=str(exc))
+            return None
 
     # -- the request path --------------------------------------------------------------------
 
-    async def get(self, url: str, kind: type[T], priority: Priority) -> Fetched[T]:
-        """One resource, conditionally, governed, retried; ``kind`` is its decoded type."""
+    async def get(
+        self, url: str, kind: type[T], priority: Priority, *, conditional: bool = True
+    ) -> Fetched[T]:
+        """One resource, governed, retried; ``kind`` is its decoded type. ``conditional``: sent with
+        the stored ETag (a 304 is answered from the stored entry); otherwise fetched in full and the
+        entry replaced."""
         if not self._is_ours(url):
             raise GitHubDownError("refused a URL outside GITHUB_API_URL")
         cache_key = self._cache_key(url)
-        cached = await self._cached(cache_key)
+        cached = await self._cached(cache_key) if conditional else None
         last_reason = ""
         try:
             async for attempt in stamina.retry_context(
@@ -291,6 +314,8 @@ class GitHubClient:
         if status == 401:
             log.warning("github_bad_credentials", token=self.token_id)
             raise GitHubDownError("GitHub refused the configured token (401)")
+        if status in (403, 451):
+            raise GitHubRefusedError(f"GitHub refused this resource ({status})")
         raise GitHubDownError(f"GitHub answered {status}")
 
     async def _send(self, url: str, cached: _CacheEntry | None, priority: Priority) -> httpx.Response:

@@ -80,7 +80,12 @@ class GithubUsersController(Controller):
     @get(
         "/{username:str}/history",
         summary="Daily snapshots of a tracked GitHub user, with changes",
-        description="Snapshots are taken daily for tracked users; `from`/`to` default to the last 30 days.",
+        description=(
+            "Snapshots are taken daily for tracked users. `to` defaults to today, `from` to 29 days "
+            "before `to` (30 days). A backwards range, one longer than `GITHUB_HISTORY_MAX_DAYS`, or a "
+            "`to` too early in the calendar for the default `from` is a 400 `invalid-range` whose "
+            "detail names the parameter."
+        ),
         responses=problems(400, 401, 404, 429),
     )
     async def get_history(

@@ -92,7 +92,8 @@ class LanguageCoverage(msgspec.Struct, frozen=True):
     repos_measured: int
     """Repositories of the view whose ``/languages`` was fetched (the bytes view covers these)."""
     repos_unmeasured: int
-    """Repositories of the view with code whose bytes were not fetched (beyond the measured limit)."""
+    """Repositories of the view with code whose bytes were not fetched: beyond the measured limit, or
+    gone or blocked when measured (GitHub answered 404, 451, or a 403 that was not a rate limit)."""
     measured_limit: int
     truncated: bool
 

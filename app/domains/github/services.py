@@ -91,6 +91,8 @@ REFRESH_JOB_GRACE_S = 30.0
 """A refresh still queued or running this long after it was saved (or started) has its job looked up
 when its state is read: a job that is gone means the refresh never finishes (see ``_abandoned``)."""
 _GONE = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
+DEFAULT_HISTORY_DAYS = 30
+"""The history's range when ``from`` is not given: this many days ending ``to``."""
 
 Clock = Callable[[], datetime]
 
@@ -690,17 +692,26 @@ class GithubService:
     async def snapshot_due(self) -> int:
         """The snapshot cron (hourly): once the day's ``GITHUB_SNAPSHOT_HOUR_UTC`` has come, snapshot
         every tracked login that has none for the day yet, up to ``GITHUB_SNAPSHOTS_PER_RUN`` per run.
-        Running hourly, a missed or failed run is caught up by the next one; a re-run changes nothing."""
+        Running hourly, a missed or failed run is caught up by the next one; a re-run changes nothing.
+
+        Each login's attempt is recorded before it is fetched and the batch is the longest untried
+        first, so logins that fail every time (gone from GitHub, blocked) go behind the others instead
+        of filling every batch. They stay tracked: a 404 may be a suspension or a rename taken back,
+        and untracking would silently undo the user's choice. A retry costs one request at most (none
+        while the "no such user" memory, ``GITHUB_NOT_FOUND_TTL_S``, lasts)."""
         now = self.clock()
         if now.hour < self.settings.github_snapshot_hour_utc:
             return 0
         day = now.date()
         async with self.db.transaction() as uow:
+            await queries.prune_github_snapshot_attempts(uow.conn)
             due = await queries.list_github_logins_due(
                 uow.conn, taken_on=day, batch_size=self.settings.github_snapshots_per_run
             )
         taken = 0
         for login in due:
+            async with self.db.transaction() as uow:
+                await queries.record_github_snapshot_attempt(uow.conn, login=login, attempted_at=self.clock())
             try:
                 stored = await self._load(login)
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
@@ -738,7 +749,7 @@ class GithubService:
     async def history(self, username: str, first_day: date | None, last_day: date | None) -> HistoryOut:
         login = self.login_of(username)
         last = last_day or self.clock().date()
-        first = first_day or last - timedelta(days=29)
+        first = first_day or _default_first_day(last)
         if first > last:
             raise InvalidRangeError("query.from must not be after query.to.")
         span = (last - first).days + 1
@@ -769,6 +780,18 @@ class GithubService:
             previous = row
         deltas = _change(rows[0], rows[-1]) if len(rows) >= 2 else None
         return HistoryOut(username=login, from_=first, to=last, points=points, deltas=deltas)
+
+
+def _default_first_day(last: date) -> date:
+    """The first day of the default 30-day range ending ``last``. ``to`` is the client's: a day near
+    the start of the calendar leaves no room for 29 earlier days, a 400 naming it (not an overflow)."""
+    try:
+        return last - timedelta(days=DEFAULT_HISTORY_DAYS - 1)
+    except OverflowError:
+        raise InvalidRangeError(
+            f"query.to: the default range is the {DEFAULT_HISTORY_DAYS} days ending query.to, "
+            "which starts before the first representable day; give query.from too."
+        ) from None
 
 
 def refresh_channel(refresh_id: uuid.UUID) -> str:
