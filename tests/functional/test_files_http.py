@@ -9,27 +9,35 @@ always delivers the whole body in one message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
+import psycopg
 import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.db import Database, UnitOfWork
+from app.core.deadline import sever
 from app.db.models import ProjectRole
 from app.domains.files.services import FileService
 from app.domains.files.storage import MULTIPART_OVERHEAD, sanitize_filename
+from app.domains.monitoring.capture import RawEvent
+from app.domains.monitoring.services import MonitoringService
 from tests.factories import (
     GENEROUS_AUTH,
     Actor,
@@ -478,6 +486,111 @@ async def test_database_failure_leaves_neither_file_nor_row(
     assert stored(files_root) == []
 
 
+ACK_LOCK = 74_110_001
+"""Advisory lock the test holds so that the server works on the upload's COMMIT until released."""
+
+
+@pytest.fixture
+async def commit_waits_for_the_test(db: AsyncConnection[Any]) -> AsyncIterator[None]:
+    """COMMIT of a ``project_files`` row runs a deferred trigger that waits for ``ACK_LOCK``."""
+    await db.execute(
+        "create or replace function files_test_wait() returns trigger language plpgsql as "
+        f"$$ begin perform pg_advisory_xact_lock_shared({ACK_LOCK}); return null; end $$"
+    )
+    await db.execute(
+        "create constraint trigger files_test_wait after insert on project_files "
+        "deferrable initially deferred for each row execute function files_test_wait()"
+    )
+    try:
+        yield
+    finally:
+        await db.execute("drop trigger files_test_wait on project_files")
+        await db.execute("drop function files_test_wait()")
+
+
+class RecordingDatabase:
+    """A service's ``Database`` that notes each transaction's connection (to sever one)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.connections: list[AsyncConnection[Any]] = []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        async with self.db.transaction() as uow:
+            self.connections.append(uow.conn)
+            yield uow
+
+
+@contextlib.contextmanager
+def answer_lost_at_commit(database_url: str, recording: RecordingDatabase) -> Iterator[None]:
+    """While the block runs, the first COMMIT that waits for ``ACK_LOCK`` has its connection severed
+    (the server has the COMMIT; its answer can no longer arrive), then is let finish.
+
+    The in-process client holds the event loop while the app runs, so a thread watches and severs;
+    it releases the lock whatever happens, so a failure here ends the request instead of hanging it.
+    """
+    with (
+        psycopg.connect(database_url, autocommit=True) as locker,
+        psycopg.connect(database_url, autocommit=True) as probe,
+    ):
+        locker.execute("select pg_advisory_lock(%s)", (ACK_LOCK,))
+
+        def sever_once_the_commit_waits() -> None:
+            waiting = "select pid from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
+            deadline = time.monotonic() + 20
+            try:
+                while not (rows := probe.execute(waiting, (locker.info.backend_pid,)).fetchall()):
+                    assert time.monotonic() < deadline, "no COMMIT waited for the test"
+                    time.sleep(0.05)
+                [(pid,)] = rows
+                sever(next(conn for conn in recording.connections if conn.info.backend_pid == pid))
+            finally:
+                locker.execute("select pg_advisory_unlock(%s)", (ACK_LOCK,))
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            severed = pool.submit(sever_once_the_commit_waits)
+            yield
+            severed.result()
+
+
+async def test_a_commit_whose_answer_is_lost_keeps_the_file(
+    api: Client,
+    db: AsyncConnection[Any],
+    database_url: str,
+    world: World,
+    files_root: Path,
+    commit_waits_for_the_test: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once COMMIT is sent, a lost answer leaves the outcome unknown: the file was discarded, and
+    when the row had committed it was listed, counted against the quotas and answered 404 for ever
+    (the sweep only removes files without rows). The client gets a 503 and the file stays."""
+    app: Litestar = api.app  # type: ignore[assignment]
+    service = app.state.services[FileService]
+    recording = RecordingDatabase(service.db)
+    monkeypatch.setattr(service, "db", recording)
+
+    with answer_lost_at_commit(database_url, recording):
+        response = await upload(api, world.editor, world.project, b"committed\n")
+
+    assert_problem(response, 503, "service-unavailable")
+    row = await committed_file(db)
+    assert stored(files_root) == [row["storage_key"]]
+    download = await api.get(files_url(world.project, row["id"]), headers=world.editor.headers)
+    assert download.status_code == 200 and download.content == b"committed\n"
+
+
+async def committed_file(db: AsyncConnection[Any]) -> dict[str, Any]:
+    """The one file row, once the server has finished the COMMIT whose answer was lost."""
+    deadline = time.monotonic() + 20
+    while not (rows := await (await db.execute("select id, storage_key from project_files")).fetchall()):
+        assert time.monotonic() < deadline, "the COMMIT never finished"
+        await asyncio.sleep(0.05)
+    [(file_id, storage_key)] = rows
+    return {"id": file_id, "storage_key": storage_key}
+
+
 # -- delete -------------------------------------------------------------------------------------
 
 
@@ -560,6 +673,7 @@ class AsgiResult:
     status: int
     body: bytes
     chunks_read: int
+    chunks_read_before_answer: int
 
 
 async def stream_upload(
@@ -570,10 +684,14 @@ async def stream_upload(
     *,
     chunk_size: int = 64 * 1024,
     disconnect_after: int | None = None,
+    declare_length: bool = False,
 ) -> AsgiResult:
-    """POST ``content`` as the file part, delivered in ``chunk_size`` messages, without Content-Length.
+    """POST ``content`` as the file part, delivered in ``chunk_size`` messages, without Content-Length
+    unless ``declare_length``.
 
     With ``disconnect_after``, the client goes away after that many body messages.
+    ``chunks_read_before_answer`` counts those read when the answer started (the pipeline may drain
+    an unread body after it).
     """
     boundary = uuid.uuid4().hex
     body = (
@@ -586,6 +704,7 @@ async def stream_upload(
     )
     chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
     path = files_url(project_id)
+    length = [(b"content-length", str(len(body)).encode())] if declare_length else []
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -600,12 +719,14 @@ async def stream_upload(
             (b"host", b"testserver"),
             (b"authorization", f"Bearer {member.token}".encode()),
             (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+            *length,
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
         "state": {},
     }
     read = 0
+    read_before_answer = 0
     status = 0
     response = bytearray()
 
@@ -617,15 +738,16 @@ async def stream_upload(
         return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal status
+        nonlocal status, read_before_answer
         if message["type"] == "http.response.start":
             status = message["status"]
+            read_before_answer = read
         elif message["type"] == "http.response.body":
             response.extend(message.get("body", b""))
 
     # The app (and its pools) live on the test client's portal loop, as for the client's own requests.
     client.blocking_portal.call(client.app, scope, receive, send)
-    return AsgiResult(status, bytes(response), read)
+    return AsgiResult(status, bytes(response), read, read_before_answer)
 
 
 async def test_multi_chunk_upload_of_5_mib_streams_to_disk(
@@ -657,11 +779,43 @@ async def test_too_large_stream_is_refused_without_reading_the_rest(
     assert await file_rows(db) == 0
 
 
-async def test_client_disconnect_midway_leaves_no_temp_file(
-    api: Client, db: AsyncConnection[Any], world: World, files_root: Path
-) -> None:
-    result = await stream_upload(api, world.editor, world.project, b"\1" * (2 * MIB), disconnect_after=5)
+@pytest.fixture
+def captured_events(api: Client, monkeypatch: pytest.MonkeyPatch) -> list[RawEvent]:
+    """What error monitoring buffers from now on (the app's own buffer, spied on)."""
+    app: Litestar = api.app  # type: ignore[assignment]
+    buffer = app.state.services[MonitoringService].buffer
+    events: list[RawEvent] = []
+    add = buffer.add
 
+    def spy(event: RawEvent) -> bool:
+        events.append(event)
+        return add(event)
+
+    monkeypatch.setattr(buffer, "add", spy)
+    return events
+
+
+def unhandled_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if "unhandled_error" in str(record.msg)]
+
+
+async def test_client_disconnect_midway_leaves_no_temp_file(
+    api: Client,
+    db: AsyncConnection[Any],
+    world: World,
+    files_root: Path,
+    captured_events: list[RawEvent],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that abandons its upload is no server fault: it was a 500, logged as unhandled and
+    captured by error monitoring (an alert); it is a 400 now, and nothing is left behind."""
+    with caplog.at_level(logging.ERROR, logger="app.errors"):
+        result = await stream_upload(api, world.editor, world.project, b"\1" * (2 * MIB), disconnect_after=5)
+
+    assert unhandled_errors(caplog) == []
+    assert captured_events == []
+    assert result.status == 400, result.body
+    assert msgspec.json.decode(result.body)["type"] == "/problems/client-disconnected"
     assert result.chunks_read == 5
     assert stored(files_root) == []
     assert await file_rows(db) == 0
@@ -671,6 +825,29 @@ async def test_client_disconnect_midway_leaves_no_temp_file(
 
 
 # -- quotas and the sweep (review M4) -------------------------------------------------------------
+
+
+async def test_an_upload_that_cannot_fit_is_refused_before_its_body_is_read(
+    settings: Settings, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    """The quota check before the body is read used a size of 0, not the announced length: a body
+    that could never fit was streamed, hashed and written before its 409. The announced length less
+    the multipart overhead allowance is the least the file can be: beyond the room left, the
+    upload is refused before its first byte is read; a file that fits exactly is still accepted."""
+    async for api in generous_client(
+        settings, files_dir=files_root, file_max_bytes=MAX_BYTES, file_project_max_bytes=MIB + 1024
+    ):
+        assert (await upload(api, world.editor, world.project, b"x" * MIB)).status_code == 201
+        refused = await stream_upload(
+            api, world.editor, world.project, b"\1" * (5 * MIB), declare_length=True
+        )
+        assert refused.status == 409, refused.body
+        assert msgspec.json.decode(refused.body)["type"] == "/problems/quota-exceeded"
+        assert refused.chunks_read_before_answer == 0
+        assert len(stored(files_root)) == await file_rows(db) == 1
+        fits = await stream_upload(api, world.editor, world.project, b"\1" * 1024, declare_length=True)
+        assert fits.status == 201, fits.body
+        assert len(stored(files_root)) == await file_rows(db) == 2
 
 
 async def test_project_and_uploader_quotas_refuse_uploads_past_them(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +30,26 @@ from app.core.routing import Controller
 from app.core.types import IdPath
 from app.domains.files.schemas import FileCursor, FileOut
 from app.domains.files.services import FileService
-from app.domains.files.storage import FILE_FIELD
+from app.domains.files.storage import FILE_FIELD, ClientDisconnectedError
 
 Files = NamedDependency[FileService]
+
+
+async def _body_of(request: Request[Any, Any, Any]) -> AsyncGenerator[bytes, None]:
+    """The request body's chunks as they arrive, read from ASGI's ``receive``.
+
+    Not ``request.stream()``: it raises a 500 (``InternalServerException``) when the client goes
+    away, logged as unhandled and captured by error monitoring; a client that abandons its own
+    upload is a ``ClientDisconnectedError`` (400) instead.
+    """
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":  # http.disconnect, the only other message
+            raise ClientDisconnectedError("The client disconnected before the body was complete.")
+        if chunk := message.get("body", b""):
+            yield chunk
+        if not message.get("more_body", False):
+            return
 
 
 @dataclass
@@ -103,7 +121,9 @@ class ProjectFilesController(Controller):
         description=f"multipart/form-data with exactly one part, `{FILE_FIELD}`, carrying a filename and "
         "a content type from the allowed list (415 otherwise). Larger than FILE_MAX_BYTES: 413. 409 "
         "`quota-exceeded` when the project (FILE_PROJECT_MAX_COUNT / _BYTES) or the uploader "
-        "(FILE_USER_MAX_COUNT / _BYTES) has no room left for it.",
+        "(FILE_USER_MAX_COUNT / _BYTES) has no room left for it, refused before the body is read when its "
+        "Content-Length already cannot fit. 400 `client-disconnected` when the client goes away before "
+        "the body is complete.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
         request_max_body_size=None,
@@ -120,7 +140,7 @@ class ProjectFilesController(Controller):
         row = await files.upload(
             current_user.id,
             project_id,
-            request.stream(),
+            _body_of(request),
             content_type=request.headers.get("content-type"),
             content_length=request.content_length,
         )

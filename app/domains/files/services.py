@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import structlog
 
 from app.core.db import Database, UnitOfWork
@@ -19,7 +20,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
 from app.domains.activity.events import emit
-from app.domains.files.storage import FileStorage, StagedFile
+from app.domains.files.storage import MULTIPART_OVERHEAD, FileStorage, StagedFile
 from app.domains.projects.services import ProjectService
 
 log = structlog.get_logger("app.files")
@@ -45,6 +46,22 @@ class Quotas:
     project_bytes: int
     user_files: int
     user_bytes: int
+
+
+def _least_file_size(content_length: int | None, max_bytes: int) -> int:
+    """The smallest file a body of ``content_length`` bytes can carry (0 when not announced, and
+    when it is over ``max_bytes``: that body is a 413, answered by the storage, not a 409)."""
+    least = max(0, content_length - MULTIPART_OVERHEAD) if content_length is not None else 0
+    return least if least <= max_bytes else 0
+
+
+def _may_have_committed(exc: BaseException) -> bool:
+    """Whether a transaction whose COMMIT was sent may have committed although ``exc`` was raised.
+
+    Only an error the server answered (it carries a SQLSTATE: a deferred constraint, a serialization
+    failure) proves the commit failed; a lost connection or a cancelled wait leaves it unknown.
+    """
+    return not (isinstance(exc, psycopg.Error) and exc.sqlstate is not None)
 
 
 class FileService:
@@ -77,12 +94,18 @@ class FileService:
         content_type: str | None,
         content_length: int | None,
     ) -> ProjectFile:
-        """Store the body's file and its row, or neither."""
-        # Checked before reading a byte of the body: a non-member gets 404, a viewer 403, a full
-        # project or uploader 409 (when the announced length already cannot fit).
+        """Store the body's file and its row, or neither.
+
+        Checked before reading a byte of the body: a non-member gets 404, a viewer 403, a full
+        project or uploader 409, also when the announced length already cannot fit (the least the
+        file can be: the body's length less the multipart overhead allowed), so a body that cannot
+        be kept is refused before it is streamed, hashed and written.
+        """
         async with self.db.transaction() as uow:
             await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
-            await self._check_quotas(uow, user_id, project_id, 0)
+            await self._check_quotas(
+                uow, user_id, project_id, _least_file_size(content_length, self.max_bytes)
+            )
         staged = await self.storage.receive(
             body,
             content_type=content_type,
@@ -96,8 +119,16 @@ class FileService:
             self.storage.discard(staged.path)  # already renamed on success; otherwise the temp file
 
     async def _record(self, user_id: int, project_id: int, staged: StagedFile) -> ProjectFile:
+        """Insert the row and move the file into place in one transaction.
+
+        The placed file is removed when the transaction certainly did not commit; once COMMIT has
+        been sent and its answer is lost, the row may exist, and a row without its file would be
+        listed, counted against the quotas and never repaired, while a file without its row is an
+        orphan the sweep removes.
+        """
         storage_key = self.storage.new_key(project_id)
         final: Path | None = None
+        committing = False
         try:
             async with self.db.transaction() as uow:
                 # Again, inside the transaction: the role may have changed while the body streamed in.
@@ -127,8 +158,9 @@ class FileService:
                 )
                 final = self.storage.path_for(storage_key)
                 await self.storage.place(staged.path, storage_key)
-        except BaseException:
-            if final is not None:
+                committing = True
+        except BaseException as exc:
+            if final is not None and not (committing and _may_have_committed(exc)):
                 self.storage.discard(final)
             raise
         return row

@@ -12,9 +12,9 @@ limit, without reading the rest of the body. Every failure — a bad body, a lim
 client, a cancelled task — deletes the temp file before the error leaves :meth:`FileStorage.receive`.
 
 Atomicity with the database (driven by ``services.FileService``): temp file → fsync → one
-transaction (insert row, emit event, rename temp into place, fsync the directory) → commit; on any
-failure the temp or final file is deleted and the transaction rolls back. Deletion unlinks the file
-only after the row's deletion has committed.
+transaction (insert row, emit event, rename temp into place, fsync the directory) → commit; on a
+failure up to and including an error answered to COMMIT, the temp or final file is deleted and the
+transaction rolls back. Deletion unlinks the file only after the row's deletion has committed.
 
 The one crash window: a process killed after the rename and before the commit completes leaves an
 orphan file under ``<project_id>/`` with no row (harmless, invisible to the API). Leftover
@@ -22,8 +22,10 @@ orphan file under ``<project_id>/`` with no row (harmless, invisible to the API)
 removed once its deletion commits; the hourly sweep (``FileService.sweep``) removes what a crash
 left behind: directories of projects that no longer exist, files whose key has no row, and stale
 temp files.
-A task cancelled while COMMIT is in flight may see its commit succeed after the file was removed:
-downloads of such a row answer 404 and log ``file_missing_on_disk``.
+
+Once COMMIT has been sent, only an error answered by the server proves it failed: when the answer
+is lost (the connection drops, the task is cancelled) the file stays, since the row may exist; if it
+does not, the file is an orphan the sweep removes after ``ORPHAN_GRACE_S``.
 
 Blocking file I/O runs in worker threads (``anyio.to_thread``) so a slow disk never stalls the event
 loop; only the single-syscall cleanup on the error path runs inline, because it must also run
@@ -83,6 +85,15 @@ class UnsupportedFileTypeError(AppError):
     status = 415
     slug = "unsupported-media-type"
     title = "Unsupported media type"
+
+
+class ClientDisconnectedError(AppError):
+    """The client went away before its body was complete: its own doing, not a server fault, so a
+    4xx (not logged as unhandled, not captured by error monitoring); nobody reads the answer."""
+
+    status = 400
+    slug = "client-disconnected"
+    title = "Client disconnected"
 
 
 @dataclass(frozen=True, slots=True)
