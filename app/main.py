@@ -28,7 +28,7 @@ from app.core.metrics import RequestMetrics
 from app.core.middleware import RequestContextMiddleware
 from app.core.queues import build_saq_config
 from app.core.ratelimit import RateLimiter, policies_from_settings
-from app.core.routing import guard_without_handler_copies, resolve_dependencies_in_order
+from app.core.routing import StrictJSONRequest, guard_without_handler_copies, resolve_dependencies_in_order
 from app.core.runtime import resolve_services
 from app.core.services import Services
 from app.core.strict_schema import StrictStructSchemaPlugin
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # One route layer: authentication, then the rate limit (by user when authenticated), the
         # dashboard's same-origin rule, compression and the in-progress metric, as each route needs.
         middleware=[DefineMiddleware(RouteGate, config=gate)],
+        request_class=StrictJSONRequest,  # every route, not only controllers' (a module's plain handler too)
         exception_handlers=exception_handlers,
         after_exception=[hook for module in services.modules for hook in module.after_exception],
         plugins=[saq_plugin, channels, StrictStructSchemaPlugin()],

@@ -23,7 +23,7 @@ from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER
 from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
-from app.core.validation import pattern_meaning, struct_field_errors
+from app.core.validation import decode_any, pattern_meaning, struct_field_errors
 
 log = structlog.get_logger("app.errors")
 
@@ -292,8 +292,8 @@ def _all_body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
     if not isinstance(body, bytes):
         return []
     try:
-        decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+        decoded = decode_any(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return []
     return [
         FieldError(field=field, message=message) for field, message in struct_field_errors(body_type, decoded)

@@ -45,7 +45,7 @@ from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Empty
 
-from app.core.validation import whole_numbers
+from app.core.validation import MAX_JSON_DEPTH, decode_any, whole_numbers
 
 _AUTOMATIC_OPTIONS = "options_handler"  # the name of the function Litestar generates
 
@@ -77,7 +77,10 @@ class StrictJSONRequest(Request[Any, Any, Any]):
         field = self.route_handler.parsed_data_field
         kind = field.annotation if field is not None else None
         if not _is_struct_body(kind):
-            return await super().json()
+            try:
+                return await super().json()
+            except RecursionError:  # a few KB of brackets
+                raise SerializationException(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
         if self._json is Empty:
             self._json = _decode_strictly(await self.body() or b"null", kind)
         return self._json
@@ -99,8 +102,10 @@ def _decode_strictly(body: bytes, kind: Any) -> Any:
         first_error = exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise SerializationException(str(exc)) from exc
+    except RecursionError:  # deep nesting under a field typed Any
+        raise SerializationException(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     try:
-        return msgspec.convert(whole_numbers(msgspec.json.decode(body)), kind)
+        return msgspec.convert(whole_numbers(decode_any(body)), kind)
     except msgspec.ValidationError as exc:
         raise ValidationException(detail=str(exc)) from first_error
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a typed decode may fail before bad syntax

@@ -27,6 +27,37 @@ PATTERN_MEANINGS = {
 """Declared patterns with a human meaning: the message names the rule instead of the regex."""
 
 
+MAX_JSON_DEPTH = 64
+"""Deeper than any contract of the API: the slow paths below walk a decoded body recursively."""
+
+
+def decode_any(body: bytes) -> Any:
+    """``body`` as plain JSON values for the slow paths that name every bad field; a body nested
+    deeper than ``MAX_JSON_DEPTH`` is a ``msgspec.DecodeError`` (a 400 naming the body), where a few
+    KB of brackets overflowed the stack (``RecursionError``: a 500 and an alert)."""
+    try:
+        value = msgspec.json.decode(body)
+    except RecursionError:
+        raise msgspec.DecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise msgspec.DecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item if isinstance(item, list) else item.values() if isinstance(item, dict) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def whole_numbers(value: Any) -> Any:
     """``value`` (decoded JSON) with every integral float as an int: ``2.0`` is the integer 2 in JSON
     Schema, so a body the schema admits must decode, while msgspec refuses a float for an ``int``."""

@@ -82,6 +82,24 @@ async def test_malformed_json_is_a_400_naming_the_body(client: AsyncTestClient[L
     assert "malformed json" in body["errors"][0]["message"].lower()
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/probe/orders", b"[" * 5000 + b"]" * 5000),
+        ("/probe/orders", b'{"note": "a", "line": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        ("/api/auth/register", b"[" * 5000 + b"]" * 5000),
+        ("/api/page-views", b'{"site_key": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        ("/api/page-views/batch", b'{"views": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    ],
+)
+async def test_json_nested_too_deeply_is_a_400_naming_the_body(
+    client: AsyncTestClient[Litestar], path: str, body: bytes
+) -> None:
+    """A few KB of brackets: the slow paths that name every bad field walk the decoded value."""
+    response = await client.post(path, content=body, headers={"content-type": "application/json"})
+    assert_problem(response, 400, "validation", {"body"})
+
+
 async def test_wrong_type_is_a_400_naming_the_field(client: AsyncTestClient[Litestar]) -> None:
     response = await post_raw(client, b'{"note": "a", "line": {"product_id": "seven", "quantity": 1}}')
     body = assert_problem(response, 400, "validation")

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from app.core.errors import FieldError, InvalidFieldsError
-from app.core.validation import struct_field_errors, whole_numbers
+from app.core.validation import decode_any, struct_field_errors, whole_numbers
 from app.domains.pageviews.derive import Page, parse_page, referrer_source
 from app.domains.pageviews.schemas import (
     MAX_URL_BYTES,
@@ -73,7 +73,7 @@ def _decode_slowly(contract: Any, fast: type[T], body: bytes, refused: Exception
     (msgspec stops at the first). Invalid UTF-8 comes out of msgspec as a ``UnicodeDecodeError``,
     not a ``DecodeError`` (msgspec issue 714)."""
     try:
-        value = whole_numbers(msgspec.json.decode(body))
+        value = whole_numbers(decode_any(body))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidFieldsError([FieldError(field="body", message=f"Malformed JSON: {exc}")]) from refused
     with contextlib.suppress(msgspec.ValidationError):
