@@ -144,7 +144,7 @@ def problem_response(
         title=title or default_title,
         status=status,
         detail=detail,
-        instance=request.url.path,
+        instance=request.scope["path"],
         request_id=request_id_of(request),
         errors=errors,
     )
@@ -324,7 +324,9 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
 
 
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
-    log.exception("unhandled_error", path=request.url.path, method=request.method, error=type(exc).__name__)
+    log.exception(
+        "unhandled_error", path=request.scope["path"], method=request.method, error=type(exc).__name__
+    )
     return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR)
 
 
@@ -336,7 +338,7 @@ def _handle_unstorable(request: Request[Any, Any, Any], exc: psycopg.DataError) 
     """
     log.warning(
         "unstorable_value",
-        path=request.url.path,
+        path=request.scope["path"],
         method=request.method,
         error=type(exc).__name__,
         sqlstate=exc.sqlstate,
@@ -351,7 +353,7 @@ def _handle_unstorable(request: Request[Any, Any, Any], exc: psycopg.DataError) 
 
 
 def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
-    log.warning("dependency_unavailable", path=request.url.path, error=type(exc).__name__)
+    log.warning("dependency_unavailable", path=request.scope["path"], error=type(exc).__name__)
     return problem_response(
         request,
         503,

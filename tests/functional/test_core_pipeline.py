@@ -57,6 +57,14 @@ async def test_every_answer_carries_the_security_headers_once(
     assert_security_headers(response)
 
 
+@pytest.mark.parametrize("host", ["api:abc", "api:99999"])
+async def test_a_host_with_a_bad_port_still_gets_a_problem(api: Client, host: str) -> None:
+    """Behind the gateway the port is dropped; served directly, the Host is the client's to write."""
+    response = await api.get("/no/such/path", headers={"host": host})
+    assert_problem(response, 404, "not-found")
+    assert_security_headers(response)
+
+
 async def test_an_api_answer_carries_them_too(api: Client, db: AsyncConnection[Any]) -> None:
     member = await make_user(db, api.app)
     response = await api.get("/api/projects", headers=member.headers)
