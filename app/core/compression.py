@@ -78,13 +78,34 @@ class ResponseCompression:
         if not accepted:
             return send
         offered = accepted.decode("latin-1")
-        if self._preferred in offered:
+        if accepts(self._preferred, offered):
             encoding: str = self._preferred
-        elif self._fallback and CompressionEncoding.GZIP in offered:
+        elif self._fallback and accepts(CompressionEncoding.GZIP, offered):
             encoding = CompressionEncoding.GZIP
         else:
             return send
         return self._compressor.create_compression_send_wrapper(send, encoding, scope)
+
+
+def accepts(encoding: str, accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows ``encoding``, by name or by ``*``; ``q=0`` refuses
+    it (RFC 9110 12.5.3: ``gzip, br;q=0`` is no brotli)."""
+    offered = accept_encoding.lower()
+    if encoding not in offered and "*" not in offered:
+        return False
+    qualities: dict[str, float] = {}
+    for item in offered.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        qualities[coding] = quality
+    return qualities.get(encoding, qualities.get("*", 0.0)) > 0
 
 
 async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -29,6 +29,8 @@ from litestar.params import FromPath
 from litestar.response import File, Response
 from swagger_ui_bundle import swagger_ui_path
 
+from app.core.compression import accepts
+
 __all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "SwaggerUI", "accepts_gzip", "docs_router")
 
 SWAGGER_UI_DIR = Path(str(swagger_ui_path))
@@ -81,19 +83,7 @@ _GZIPPED: dict[str, bytes] = {}
 
 def accepts_gzip(accept_encoding: str) -> bool:
     """Whether an ``Accept-Encoding`` value allows gzip, by name or by ``*`` (``q=0`` refuses)."""
-    qualities: dict[str, float] = {}
-    for item in accept_encoding.split(","):
-        coding, *params = (part.strip() for part in item.split(";"))
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        qualities[coding.lower()] = quality
-    return qualities.get("gzip", qualities.get("*", 0.0)) > 0
+    return accepts("gzip", accept_encoding)
 
 
 async def _gzipped(name: str) -> bytes:

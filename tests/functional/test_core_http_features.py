@@ -22,6 +22,10 @@ async def test_large_responses_are_compressed_with_brotli_or_gzip(client: AsyncT
     assert brotli.json() == gzip.json()
     plain = await client.get("/schema/openapi.json", headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers
+    no_brotli = await client.get("/schema/openapi.json", headers={"Accept-Encoding": "gzip, br;q=0"})
+    assert no_brotli.headers["content-encoding"] == "gzip"  # q=0 refuses (RFC 9110 12.5.3)
+    refused = await client.get("/schema/openapi.json", headers={"Accept-Encoding": "br;q=0, gzip;q=0"})
+    assert "content-encoding" not in refused.headers
 
 
 async def test_an_api_answer_is_compressed_with_its_rate_limit_headers(
