@@ -15,8 +15,15 @@ one host); the revoking process itself adds the identifiers when its transaction
 
 An identifier is kept ``keep_s`` after this process learned of it (at least the longest time a token
 naming it can stay valid): the set's size is bounded by the revocations of one such period, never
-by an eviction that could forget a revocation too early. A dead connection is noticed by a
-liveness query every ``check_interval_s`` (and by TCP keepalives).
+by an eviction that could forget a revocation too early.
+
+A dead connection is noticed by a liveness query every ``check_interval_s``, which must be answered
+within ``answer_timeout_s`` (as must the LISTEN and the load on connecting): a path that went silent
+(the primary's host lost in a failover, a partition, a stalled proxy) refuses nothing, and TCP alone
+would keep retransmitting for about 15 minutes, ``live`` all the while and every revocation made
+elsewhere meanwhile ignored here. At the deadline the connection is severed (``app.core.deadline``),
+``live`` turns false and the listener reconnects. ``tcp_user_timeout`` and keepalives bound, in the
+kernel, whatever else waits on such a connection.
 """
 
 from __future__ import annotations
@@ -31,12 +38,20 @@ import psycopg
 import structlog
 from psycopg import AsyncConnection
 
+from app.core.deadline import DeadlineExceededError, finish_within, sever
+
 K = TypeVar("K", bound=Hashable)
 Connection = AsyncConnection[Any]
 
 log = structlog.get_logger("app.revocations")
 
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 class Revocations(Generic[K]):
@@ -53,6 +68,7 @@ class Revocations(Generic[K]):
         connect_kwargs: Mapping[str, Any] | None = None,
         connect_timeout_s: float = 5.0,
         check_interval_s: float = 30.0,
+        answer_timeout_s: float | None = None,
         retry_s: float = 0.5,
         max_retry_s: float = 10.0,
         name: str = "revocations",
@@ -69,6 +85,7 @@ class Revocations(Generic[K]):
         self._parse = parse
         self.keep_s = keep_s
         self._check_interval_s = check_interval_s
+        self._answer_timeout_s = connect_timeout_s if answer_timeout_s is None else answer_timeout_s
         self._retry_s = retry_s
         self._max_retry_s = max_retry_s
         self._name = name
@@ -116,8 +133,7 @@ class Revocations(Generic[K]):
         while True:
             try:
                 async with await AsyncConnection.connect(self._conninfo, **self._connect_kwargs) as conn:
-                    await self._listen(conn)
-                    self.add(await self._load(conn))
+                    await self._answered(conn, self._catch_up(conn))
                     self._live = True
                     self._became_live.set()
                     delay = self._retry_s
@@ -139,7 +155,26 @@ class Revocations(Generic[K]):
             async for notification in conn.notifies(timeout=self._check_interval_s):
                 self._notified(notification.payload)
             self._prune()
-            await conn.execute("")  # raises when the server is gone
+            await self._answered(conn, conn.execute(""))
+
+    async def _catch_up(self, conn: Connection) -> None:
+        """LISTEN, then load what was revoked meanwhile: nothing is missed between the two."""
+        await self._listen(conn)
+        self.add(await self._load(conn))
+
+    async def _answered(self, conn: Connection, work: Awaitable[Any]) -> None:
+        """Await ``work`` on ``conn``; sever ``conn`` and raise if the server has not answered in time.
+
+        A silent path neither answers nor fails: without a deadline the listener would stay live on
+        it until TCP gave up, about 15 minutes later. Severing (not closing or cancelling) lets the
+        driver end by itself before the connection is closed (``app.core.deadline``).
+        """
+        try:
+            await finish_within(asyncio.ensure_future(work), self._answer_timeout_s, lambda: sever(conn))
+        except DeadlineExceededError:
+            raise psycopg.OperationalError(
+                f"the listener's connection did not answer within {self._answer_timeout_s:g}s"
+            ) from None
 
     def _notified(self, payload: str) -> None:
         try:

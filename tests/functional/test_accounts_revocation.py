@@ -11,6 +11,8 @@ one at once. Valkey plays no part: flushing it or restarting it empty revives no
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
@@ -18,9 +20,11 @@ from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.revocations import Revocations
 from app.db.models import User, UserRole
 from app.domains.accounts.services import AccountService
 from tests.factories import (
@@ -218,6 +222,103 @@ async def test_revocations_made_while_a_listener_is_down_are_not_missed(
     may_load.set()
     await wait_until(_async(lambda: watched.live), DEADLINE_S, "the listener is back")
     assert await refused_by(second, session["access_token"]), "refused from memory after the reload"
+
+
+async def test_a_listener_whose_connection_goes_silent_is_no_longer_trusted_and_reconnects(
+    settings: Settings, database_url: str, db: AsyncConnection[Any], member: User
+) -> None:
+    """The listener's path to PostgreSQL goes silent (its host lost in a failover, a partition, a
+    stalled proxy): nothing answers and nothing is refused, so only a deadline on its check notices.
+    Meanwhile a family revoked in PostgreSQL (its notification lost) is refused, asked of PostgreSQL;
+    once the path is back the listener reconnects and has loaded it."""
+    async with (
+        serve_in_loop(settings, app_name=APP_NAME, **GENEROUS_AUTH) as served,
+        SilenceableRelay(database_url) as relay,
+    ):
+        accounts = accounts_of(served)
+        watched = await listen_through(relay.conninfo, accounts)
+        session = await login(served.client, member.email)
+        family = uuid.UUID(accounts.tokens.verify(session["access_token"]).fam)
+        assert await status_of(served, session["access_token"]) == 200
+
+        relay.silent = True
+        await wait_until(_async(lambda: not watched.live), DEADLINE_S, "the silent listener is not trusted")
+        await db.execute("insert into revoked_families (family_id) values (%s)", (family,))
+        assert family not in watched, "its notification never arrived"
+        assert await refused_by(served, session["access_token"]), "refused by PostgreSQL"
+
+        relay.silent = False
+        await wait_until(_async(lambda: watched.live), DEADLINE_S, "the listener is back")
+        assert family in watched, "loaded on reconnecting"
+        assert await refused_by(served, session["access_token"]), "refused from memory"
+
+
+class SilenceableRelay:
+    """A TCP relay to PostgreSQL that can go silent: while ``silent`` it drops every byte both ways
+    and keeps every socket open, as a partition or a failed-over host looks to a client (its
+    keepalives and retransmissions would take many minutes to notice)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        target = conninfo_to_dict(database_url)
+        self._host, self._port = str(target.get("host") or "localhost"), int(target.get("port") or 5432)
+        self.silent = False
+        self.conninfo = ""
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> SilenceableRelay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.conninfo = make_conninfo(self._database_url, host="127.0.0.1", port=port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self._host.startswith("/"):
+            upstream = await asyncio.open_unix_connection(f"{self._host}/.s.PGSQL.{self._port}")
+        else:
+            upstream = await asyncio.open_connection(self._host, self._port)
+        self._writers.append(upstream[1])
+        await asyncio.gather(self._pipe(reader, upstream[1]), self._pipe(upstream[0], writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if not self.silent:
+                    writer.write(data)
+                    await writer.drain()
+        writer.close()
+
+
+async def listen_through(conninfo: str, accounts: AccountService) -> Revocations[uuid.UUID]:
+    """Replace the app's listener by one connected at ``conninfo``, checking its connection often."""
+    own = accounts.revocations
+    await own.close()
+    proxied: Revocations[uuid.UUID] = Revocations(
+        conninfo,
+        listen=own._listen,
+        load=own._load,
+        parse=own._parse,
+        keep_s=own.keep_s,
+        connect_timeout_s=1.0,
+        check_interval_s=0.2,
+        answer_timeout_s=1.0,
+        retry_s=0.1,
+        max_retry_s=0.5,
+        name="revoked-families-relayed",
+    )
+    accounts.revocations = proxied
+    await proxied.start()
+    assert proxied.live
+    return proxied
 
 
 async def revoke_then_fail(accounts: AccountService, user_id: int) -> None:
