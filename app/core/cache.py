@@ -9,10 +9,11 @@ Stampede guard, two levels: within a process, concurrent calls for one key share
 ``SET NX PX`` and loads, the others poll (``poll_interval_s``) until the value appears, the lock
 disappears (then they may take it) or ``lock_ttl_s`` passes (then they load themselves: never hang).
 
-Valkey down (connection or timeout errors): the loader is called directly and the failure is
-counted in ``app_cache_degraded``; a failed invalidation is logged and counted, not raised, so a
-reader may see the stale value for up to its TTL. The same staleness window applies to the race of
-an invalidation with a concurrent load: keep TTLs as short as staleness is acceptable.
+Valkey down (``VALKEY_DOWN``: unreachable, too slow, or answering that it cannot serve now, as while
+it loads its data after a restart): the loader is called directly and the failure is counted in
+``app_cache_degraded``; a failed invalidation is logged and counted, not raised, so a reader may see
+the stale value for up to its TTL. The same staleness window applies to the race of an invalidation
+with a concurrent load: keep TTLs as short as staleness is acceptable.
 
 The client must return bytes (``decode_responses=False``, the default). The Lua scripts build
 value keys from the generation, so the cache assumes a single (non-cluster) Valkey.
@@ -31,15 +32,12 @@ import msgspec
 import structlog
 from prometheus_client import Counter
 from valkey.asyncio import Valkey
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.core.multiplexed import MultiplexedValkey
+from app.core.valkey import VALKEY_DOWN
 
 T = TypeVar("T")
 
-VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
-"""What a cache call raises when Valkey is unreachable or too slow: a miss, never an error."""
 _log = structlog.get_logger("app.cache")
 
 CACHE_REQUESTS = Counter(
@@ -229,3 +227,15 @@ def _finish_flight(flights: Flights, flight_key: Hashable, done: asyncio.Future[
         del flights[flight_key]
     if not done.cancelled():
         done.exception()  # retrieved here so a flight whose callers all left logs no warning
+
+
+__all__ = [
+    "CACHE_DEGRADED",
+    "CACHE_REQUESTS",
+    "VALKEY_DOWN",
+    "Cache",
+    "CacheNamespace",
+    "Flights",
+    "hits_and_misses",
+    "single_flight",
+]

@@ -9,9 +9,12 @@ call per request, so the client was a quarter of the request.
 Only what those paths need: ``EVALSHA`` (``EVAL`` once after a ``NOSCRIPT``), RESP2 replies parsed by
 libvalkey's reader, ``AUTH`` and ``SELECT`` from the URL, TCP, TLS (``valkeys://``/``rediss://``)
 and Unix sockets. Failures are valkey-py's exception types, so ``VALKEY_DOWN`` covers them: a
-connection that cannot be made within the timeout, or is lost, fails every call waiting on it
-(``ConnectionError``); a call unanswered after ``timeout_s`` closes the connection (its replies
-are in order: everything behind an unanswered call is stuck too) and fails with ``TimeoutError``.
+connection that cannot be made within the timeout, or is lost, fails every call waiting on it and
+every call sent to it after (``ConnectionError``: a server at ``maxclients`` or in protected mode
+answers an error and closes before the first command); a call unanswered after ``timeout_s``
+closes the connection (its replies are in order: everything behind an unanswered call is stuck
+too) and fails with ``TimeoutError``; an error reply is what valkey-py's client would raise, made by
+the same ``reply_error`` (``app/core/valkey.py``: ``LOADING``, ``READONLY``... are ``VALKEY_DOWN``).
 The next call connects again. Nothing is opened before the first call, so the client may be
 built before the server forks.
 """
@@ -30,8 +33,10 @@ import libvalkey
 from valkey.asyncio import Valkey
 from valkey.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import ResponseError
+from valkey.exceptions import NoScriptError, ResponseError, ValkeyError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+
+from app.core.valkey import reply_error
 
 Arg = str | bytes | int | float
 _running = asyncio.get_running_loop
@@ -57,7 +62,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.reader = libvalkey.Reader()
+        self.reader = libvalkey.Reader(replyError=reply_error)
         self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         """The calls sent and not yet answered, oldest first, with when each was sent."""
         self.transport: asyncio.Transport | None = None
@@ -70,7 +75,11 @@ class _Connection(asyncio.Protocol):
         self.transport = cast("asyncio.Transport", transport)  # uvloop's are not asyncio.Transport
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
+        """The call's answer; failed at once on a lost connection, which nothing answers or watches."""
         answer: asyncio.Future[Any] = self.loop.create_future()
+        if self.lost is not None:
+            answer.set_exception(self.lost)
+            return answer
         self.pending.append((answer, time.monotonic()))
         if not self.outgoing:
             self.loop.call_soon(self.flush)
@@ -93,13 +102,13 @@ class _Connection(asyncio.Protocol):
             if reply is False:
                 return
             if not self.pending:
-                self.abort(ValkeyConnectionError("Valkey sent a reply nobody asked for"))
+                self.abort(ValkeyConnectionError(f"Valkey sent a reply nobody asked for: {reply!r:.200}"))
                 return
             answer, _ = self.pending.popleft()
             if answer.done():  # its caller was cancelled: the reply is still consumed, in order
                 continue
-            if isinstance(reply, libvalkey.ReplyError):
-                answer.set_exception(ResponseError(str(reply)))
+            if isinstance(reply, ValkeyError):
+                answer.set_exception(reply)
             else:
                 answer.set_result(reply)
 
@@ -259,7 +268,5 @@ class Script:
     async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
         try:
             return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.client.execute("EVAL", self.lua, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.client.execute("EVAL", self.lua, len(keys), *keys, *args)

@@ -35,10 +35,11 @@ Responses carry the draft-ietf-httpapi-ratelimit-headers fields (structured-fiel
 ``r`` counts what this process knows to be left: the windows' counters at its last lease, plus the
 tokens it holds.
 
-Valkey unreachable: the request passes (fail-open) unless the process still holds tokens,
-``app_rate_limit_fail_open`` counts it and a warning is logged at most once per
-``RATE_LIMIT_WARN_INTERVAL_S``; a ``fail_closed`` policy (``auth`` with
-``RATE_LIMIT_AUTH_FAIL_CLOSED``) answers 503 instead.
+Valkey down (``VALKEY_DOWN``: unreachable, or answering that it cannot serve now, such as
+``MISCONF`` after a failed snapshot or ``READONLY`` from a replica after a failover): the request
+passes (fail-open) unless the process still holds tokens, ``app_rate_limit_fail_open`` counts it and
+a warning is logged at most once per ``RATE_LIMIT_WARN_INTERVAL_S``; a ``fail_closed`` policy
+(``auth`` with ``RATE_LIMIT_AUTH_FAIL_CLOSED``) answers 503 instead.
 
 Which route uses which policy is decided once per route by ``app.core.gate``: ``opt={"rate_limit":
 "auth"}`` picks a policy, ``None`` exempts the route, no opt means ``default``; routes under
@@ -56,7 +57,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis.exceptions
 import structlog
-import valkey.exceptions
 from cachetools import LRUCache
 from litestar.exceptions import ClientException, InternalServerException, SerializationException
 from litestar.handlers import HTTPRouteHandler
@@ -66,6 +66,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.middleware import client_network
+from app.core.valkey import VALKEY_DOWN as CORE_VALKEY_DOWN
 
 if TYPE_CHECKING:
     from litestar._kwargs import KwargsModel
@@ -84,12 +85,9 @@ IDLE_S = 5.0
 DENIAL_CACHE_S = 1.0
 MAX_KEYS = 50_000
 
-VALKEY_DOWN = (
-    valkey.exceptions.ConnectionError,
-    valkey.exceptions.TimeoutError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
+VALKEY_DOWN = (*CORE_VALKEY_DOWN, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+"""``app.core.valkey.VALKEY_DOWN`` (``MISCONF``, ``READONLY``... included: the policy decides, not a
+500), and redis-py's equivalents."""
 _log = structlog.get_logger("app.ratelimit")
 
 RATE_LIMIT_FAIL_OPEN = Counter(

@@ -10,7 +10,8 @@ can match it. A reader's *scope* (what they may see) is kept as ``{mv}|{ids}`` u
 A subclass's lookup script answers ``{0, mv}`` when the reader's scope must be loaded, ``{1, stamp}``
 on a miss, ``{2, bytes}`` on a hit, anything else when the answer must come from PostgreSQL without
 being stored. On a miss the stamp is read *before* the database is, so an answer loaded across a
-concurrent change carries the older stamp and is never served. Valkey unreachable: every read goes
+concurrent change carries the older stamp and is never served. Valkey down (``VALKEY_DOWN``:
+unreachable, or answering that it cannot serve now, as a replica after a failover): every read goes
 to PostgreSQL (counted in ``app_cache_degraded``) and nothing is stored; the TTL bounds how long a
 version change lost to an outage can go unnoticed. The scripts read keys they compute, so they need
 a single, non-cluster Valkey, like ``app/core/cache.py``.
@@ -31,7 +32,8 @@ from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 
-from app.core.cache import VALKEY_DOWN, Cache, Flights, hits_and_misses, single_flight
+from app.core.cache import Cache, Flights, hits_and_misses, single_flight
+from app.core.valkey import VALKEY_DOWN
 
 VERSION_LUA = """
 local function version(key, value)
