@@ -25,6 +25,7 @@ from app.domains.monitoring import alerts
 from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.crons import CronSpec
 from app.domains.monitoring.fingerprint import RawException
+from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import Rendered, TelegramClient
 from tests.fakes.telegram import FakeTelegramServer, Scripted, parse_html, serve_fake_telegram
 from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
@@ -185,21 +186,26 @@ async def test_a_dead_senders_last_request_counts_in_its_chats_pacing(
     assert await statuses.fetchall() == [("uncertain",), ("sent",)]
 
 
+async def record_html_telegram_refuses(service: MonitoringService) -> None:
+    """An alert whose HTML Telegram refuses ("can't parse entities"): it is resent as plain text."""
+    async with transaction(service.db.pool) as uow:
+        await alerts.record_alert(
+            uow,
+            service.channel,
+            key="broken",
+            rule="test",
+            group_id=None,
+            summary="broken",
+            rendered=Rendered(html="<b>unclosed & wrong", plain="unclosed & wrong"),
+            now=datetime.now(UTC),
+        )
+
+
 async def test_html_refused_is_resent_as_plain_text(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
 ) -> None:
     async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
-        async with transaction(service.db.pool) as uow:
-            await alerts.record_alert(
-                uow,
-                service.channel,
-                key="broken",
-                rule="test",
-                group_id=None,
-                summary="broken",
-                rendered=Rendered(html="<b>unclosed & wrong", plain="unclosed & wrong"),
-                now=datetime.now(UTC),
-            )
+        await record_html_telegram_refuses(service)
         assert await service.deliver(budget_s=30) == 1
     html_try, plain_try = telegram.fake.messages()
     assert html_try.status == 400 and "can't parse entities" in html_try.description
@@ -265,17 +271,7 @@ async def test_plain_text_that_must_wait_past_the_deadline_goes_back_to_pending(
         (GROUP_CHAT, [datetime.fromtimestamp(moment, UTC) for moment in recent]),
     )
     async with open_monitoring(settings, **with_telegram(telegram, [GROUP_CHAT])) as service:
-        async with transaction(service.db.pool) as uow:
-            await alerts.record_alert(
-                uow,
-                service.channel,
-                key="broken",
-                rule="test",
-                group_id=None,
-                summary="broken",
-                rendered=Rendered(html="<b>unclosed & wrong", plain="unclosed & wrong"),
-                now=datetime.now(UTC),
-            )
+        await record_html_telegram_refuses(service)
         budget = 10.0
         delivered = await asyncio.wait_for(service.deliver(budget_s=budget), budget + 3)  # the job's cut
     assert delivered == 0
