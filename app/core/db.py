@@ -8,13 +8,11 @@ cache, publishing to a channel) is registered with ``uow.after_commit`` and runs
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import psycopg
 import structlog
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
@@ -23,7 +21,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.core.deadline import DeadlineExceededError, finish_within, sever
+from app.core.deadline import answered_within
 from app.db import models
 
 log = structlog.get_logger("app.db")
@@ -71,11 +69,7 @@ def check_within(timeout_s: float) -> Callable[[AsyncConnection[Any]], Awaitable
     """
 
     async def check(conn: AsyncConnection[Any]) -> None:
-        probe = asyncio.ensure_future(AsyncConnectionPool.check_connection(conn))
-        try:
-            await finish_within(probe, timeout_s, lambda: sever(conn))
-        except DeadlineExceededError:
-            raise psycopg.OperationalError(f"the connection did not answer within {timeout_s:g}s") from None
+        await answered_within(conn, AsyncConnectionPool.check_connection(conn), timeout_s)
 
     return check
 

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -65,6 +65,18 @@ async def finish_within(task: asyncio.Future[T], timeout_s: float, stop: Callabl
     stop()
     await _ended(task, timeout_s)
     raise DeadlineExceededError(f"no answer within {timeout_s:g}s")
+
+
+async def answered_within(
+    conn: psycopg.AsyncConnection[Any], work: Awaitable[T], timeout_s: float, what: str = "the connection"
+) -> T:
+    """``work``'s result on ``conn``, or ``psycopg.OperationalError`` once ``conn`` has been severed
+    for not answering within ``timeout_s`` (the error its owner already handles as a lost
+    connection: the pool discards it, a listener reconnects)."""
+    try:
+        return await finish_within(asyncio.ensure_future(work), timeout_s, lambda: sever(conn))
+    except DeadlineExceededError:
+        raise psycopg.OperationalError(f"{what} did not answer within {timeout_s:g}s") from None
 
 
 async def _ended(task: asyncio.Future[Any], grace_s: float) -> None:

@@ -31,7 +31,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app.core.compression import accepts
 
-__all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "SwaggerUI", "accepts_gzip", "docs_router")
+__all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "SwaggerUI", "docs_router")
 
 SWAGGER_UI_DIR = Path(str(swagger_ui_path))
 """The installed Swagger UI files; the folder's name carries the version (``swagger-ui-5.31.0``)."""
@@ -79,11 +79,6 @@ _INIT_NAME = f"swagger-init-{hashlib.sha256(_INIT_JS).hexdigest()[:12]}.js"
 
 _VARY = {"Vary": "Accept-Encoding"}
 _GZIPPED: dict[str, bytes] = {}
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` value allows gzip, by name or by ``*`` (``q=0`` refuses)."""
-    return accepts("gzip", accept_encoding)
 
 
 async def _gzipped(name: str) -> bytes:
@@ -139,7 +134,7 @@ class SwaggerUI(OpenAPIRenderPlugin):
             if name not in _SWAGGER_UI_FILES:
                 raise NotFoundException(f"No such Swagger UI asset: {name}")
             media_type = _SWAGGER_UI_FILES[name]
-            if not accepts_gzip(request.headers.get("accept-encoding", "")):
+            if not accepts("gzip", request.headers.get("accept-encoding", "")):
                 return File(
                     SWAGGER_UI_DIR / name,
                     filename=name,

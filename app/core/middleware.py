@@ -245,17 +245,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*headers, *extra]
             await send(message)
 
-        body = (
-            _WatchedBody(receive)
-            if len(declared) >= 5 and declared.isdigit() and int(declared) > DRAIN_FROM
-            else None
-        )
+        length = int(declared) if len(declared) >= 5 and declared.isdigit() else 0
         try:
-            if body is None:
+            if length <= DRAIN_FROM:
                 await self.app(scope, receive, send_with_context)
             else:
+                body = _WatchedBody(receive)
                 await self.app(scope, body.receive, send_with_context)
-                await body.drain(int(declared))
+                await body.drain(length)
         finally:
             duration = time.perf_counter() - started
             if self.metrics is not None:

@@ -38,7 +38,7 @@ import psycopg
 import structlog
 from psycopg import AsyncConnection
 
-from app.core.deadline import DeadlineExceededError, finish_within, sever
+from app.core.deadline import answered_within
 
 K = TypeVar("K", bound=Hashable)
 Connection = AsyncConnection[Any]
@@ -163,18 +163,9 @@ class Revocations(Generic[K]):
         self.add(await self._load(conn))
 
     async def _answered(self, conn: Connection, work: Awaitable[Any]) -> None:
-        """Await ``work`` on ``conn``; sever ``conn`` and raise if the server has not answered in time.
-
-        A silent path neither answers nor fails: without a deadline the listener would stay live on
-        it until TCP gave up, about 15 minutes later. Severing (not closing or cancelling) lets the
-        driver end by itself before the connection is closed (``app.core.deadline``).
-        """
-        try:
-            await finish_within(asyncio.ensure_future(work), self._answer_timeout_s, lambda: sever(conn))
-        except DeadlineExceededError:
-            raise psycopg.OperationalError(
-                f"the listener's connection did not answer within {self._answer_timeout_s:g}s"
-            ) from None
+        """Await ``work`` on ``conn``, severed if the server has not answered in time: a silent path
+        neither answers nor fails, and the listener would stay live on it until TCP gave up."""
+        await answered_within(conn, work, self._answer_timeout_s, "the listener's connection")
 
     def _notified(self, payload: str) -> None:
         try:

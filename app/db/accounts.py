@@ -180,12 +180,16 @@ async def insert_refresh_token(
         await cur.execute(INSERT_REFRESH_TOKEN, (user_id, family_id, token_hash, expires_at))
 
 
-GET_REFRESH_TOKEN_OWNER = "select user_id from refresh_tokens where token_hash = $1"
+GET_REFRESH_TOKEN_OWNER_FOR_SHARE = """\
+select u.id, u.email, u.display_name, u.password_hash, u.role, u.is_active, u.created_at, u.updated_at from refresh_tokens t join users u on u.id = t.user_id
+where t.token_hash = $1
+for share of u"""
 
 
-async def get_refresh_token_owner(conn: AsyncConnection[Any], *, token_hash: bytes) -> int | None:
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(GET_REFRESH_TOKEN_OWNER, (token_hash,))
+async def get_refresh_token_owner_for_share(conn: AsyncConnection[Any], *, token_hash: bytes) -> User | None:
+    """The owner of a refresh token, locked like GetUserForShare (the user row before the token row)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
+        await cur.execute(GET_REFRESH_TOKEN_OWNER_FOR_SHARE, (token_hash,))
         return await cur.fetchone()
 
 

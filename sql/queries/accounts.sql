@@ -57,8 +57,11 @@ select count(*) from users;
 insert into refresh_tokens (user_id, family_id, token_hash, expires_at)
 values (@user_id, @family_id, @token_hash, @expires_at);
 
--- name: GetRefreshTokenOwner :one
-select user_id from refresh_tokens where token_hash = @token_hash;
+-- name: GetRefreshTokenOwnerForShare :one
+-- The owner of a refresh token, locked like GetUserForShare (the user row before the token row).
+select u.* from refresh_tokens t join users u on u.id = t.user_id
+where t.token_hash = @token_hash
+for share of u;
 
 -- name: GetRefreshTokenForUpdate :one
 select * from refresh_tokens where token_hash = @token_hash for update;

@@ -17,8 +17,6 @@ import structlog
 from cachetools import LRUCache
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings
 from app.core.auth import CurrentUser
@@ -46,7 +44,6 @@ from app.domains.accounts.throttle import LoginThrottle
 
 log = structlog.get_logger("app.accounts")
 
-VALKEY_ERRORS = (ValkeyConnectionError, ValkeyTimeoutError, OSError)
 NO_FAMILY = uuid.UUID(int=0)
 VERIFIED_TOKENS_KEPT = 4096
 """Verified access tokens remembered per process (least recently used forgotten first)."""
@@ -290,8 +287,7 @@ class AccountService:
         async with self.db.transaction() as uow:
             # The user's row before the token's, the order of every change of a user (the row, then
             # its tokens): a demotion or deactivation waits for this rotation, or is seen by it.
-            owner = await queries.get_refresh_token_owner(uow.conn, token_hash=digest)
-            user = await queries.get_user_for_share(uow.conn, id=owner) if owner is not None else None
+            user = await queries.get_refresh_token_owner_for_share(uow.conn, token_hash=digest)
             stored = await queries.get_refresh_token_for_update(uow.conn, token_hash=digest)
             if stored is None or stored.revoked_at is not None or stored.expires_at <= datetime.now(UTC):
                 raise UnauthorizedError("The refresh token is invalid or expired.")

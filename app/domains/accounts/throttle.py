@@ -26,17 +26,17 @@ from dataclasses import dataclass
 
 import structlog
 from valkey.asyncio import Valkey
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.config import Settings
 from app.core.errors import ServiceUnavailableError, TooManyRequestsError
 from app.core.middleware import client_network
+from app.core.valkey import VALKEY_DOWN
 
 log = structlog.get_logger("app.accounts.throttle")
 security_log = structlog.get_logger("security")
 
-VALKEY_ERRORS = (ValkeyConnectionError, ValkeyTimeoutError, OSError)
+VALKEY_ERRORS = (*VALKEY_DOWN, OSError)
+"""Valkey unreachable or unable to serve now (``app.core.valkey``), or a socket error under it."""
 
 # KEYS: pair, addr, acct. ARGV: pair limit, address limit, window (s).
 # Returns {refused_by (0 none, 1 pair, 2 address), retry_after_s, account failures before this attempt}.
