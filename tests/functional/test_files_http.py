@@ -644,6 +644,64 @@ async def test_download_of_a_file_missing_on_disk_is_404_not_500(
     )
 
 
+async def test_a_delete_landing_after_the_headers_of_a_download_does_not_cut_its_body(
+    api: Client, world: World, files_root: Path
+) -> None:
+    """The download used to open the file only when sending its body, after the 200 went out: a
+    delete committed in between cut the answer (an error after the headers). The content it
+    started to serve is served whole, from the handle opened before the answer began."""
+    content = os.urandom(3 * MIB)
+    file_id = (await upload(api, world.editor, world.project, content, filename="big.bin")).json()["id"]
+    app: Litestar = api.app  # type: ignore[assignment]
+    files = app.state.services[FileService]
+    path = files_url(world.project, file_id)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {world.editor.token}".encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    status = 0
+    body = bytearray()
+    requested = False
+    answered = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        """The request, then, as a server does, a disconnect once the answer has ended."""
+        nonlocal requested
+        if requested:
+            await answered.wait()
+            return {"type": "http.disconnect"}
+        requested = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            await files.delete(world.editor.id, world.project, file_id)
+        elif message["type"] == "http.response.body":
+            body.extend(message.get("body", b""))
+            if not message.get("more_body", False):
+                answered.set()
+
+    api.blocking_portal.call(api.app, scope, receive, send)
+
+    assert status == 200
+    assert stored(files_root) == [], "the delete did unlink the file"
+    assert len(body) == len(content) and bytes(body) == content
+    assert_problem(await api.get(path, headers=world.editor.headers), 404)
+
+
 async def test_deleting_a_project_leaves_none_of_its_files_on_disk(
     api: Client, db: AsyncConnection[Any], world: World, files_root: Path
 ) -> None:

@@ -161,13 +161,14 @@ class ProjectFilesController(Controller):
         current_user: Caller,
         files: Files,
     ) -> File:
-        row, path, stat = await files.locate(current_user.id, project_id, file_id)
+        row, opened = await files.locate(current_user.id, project_id, file_id)
         return File(
-            path,
+            opened.path,
             filename=row.filename,
             media_type=row.content_type,
             content_disposition_type="attachment",
-            stat_result=stat,
+            file_system=opened,
+            stat_result=opened.stat,
             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private"},
         )
 

@@ -7,7 +7,6 @@ in one short transaction before the first byte is read and again in the one that
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
 from app.domains.activity.events import emit
-from app.domains.files.storage import MULTIPART_OVERHEAD, FileStorage, StagedFile
+from app.domains.files.storage import MULTIPART_OVERHEAD, FileStorage, OpenedFile, StagedFile
 from app.domains.projects.services import ProjectService
 
 log = structlog.get_logger("app.files")
@@ -240,17 +239,15 @@ class FileService:
                 uow.conn, project_id=project_id, before_id=before_id, row_limit=limit
             )
 
-    async def locate(
-        self, user_id: int, project_id: int, file_id: int
-    ) -> tuple[ProjectFile, Path, os.stat_result]:
-        """A file's row, path and stat for download; 404 if the row or its content is missing."""
+    async def locate(self, user_id: int, project_id: int, file_id: int) -> tuple[ProjectFile, OpenedFile]:
+        """A file's row and its content opened for download; 404 if the row or its content is missing."""
         async with self.db.transaction() as uow:
             await self.projects.require_role(uow, user_id, project_id, ProjectRole.VIEWER)
             row = await queries.get_project_file(uow.conn, id=file_id, project_id=project_id)
         if row is None:
             raise NotFoundError("No such file.")
-        stat = await self.storage.stat(row.storage_key)
-        if stat is None:
+        opened = await self.storage.open(row.storage_key)
+        if opened is None:
             log.error("file_missing_on_disk", file_id=row.id, storage_key=row.storage_key)
             raise NotFoundError("The file's content is no longer available.")
-        return row, self.storage.path_for(row.storage_key), stat
+        return row, opened

@@ -47,9 +47,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from stat import S_ISREG
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import anyio
 import anyio.to_thread
+from anyio import AsyncFile
+from litestar.file_system import BaseLocalFileSystem, FileSystemAdapter
+from litestar.types import PathType
+from litestar.types.file_types import FileInfo
 from multipart import (
     MultipartError,
     MultipartSegment,
@@ -163,6 +168,25 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class OpenedFile(BaseLocalFileSystem):
+    """One stored file already open: Litestar's ``File`` response reads it as its file system.
+
+    ``File`` opens its path only when it sends the body, after the status line; served through
+    this, it reads the handle opened before the answer began. The response closes the handle.
+    """
+
+    def __init__(self, path: Path, handle: BinaryIO, stat: os.stat_result) -> None:
+        self.path = path
+        self.handle = handle
+        self.stat = stat
+
+    async def info(self, path: PathType, **kwargs: Any) -> FileInfo:
+        return await FileSystemAdapter.parse_stat_result(path, self.stat)
+
+    async def open(self, file: PathType, mode: str, buffering: int = -1) -> AsyncFile[Any]:
+        return anyio.wrap_file(self.handle)
+
+
 class FileStorage:
     """Stored objects under ``root``; see the module docstring for the layout and guarantees."""
 
@@ -231,14 +255,26 @@ class FileStorage:
         await anyio.to_thread.run_sync(move)
         return final
 
-    async def stat(self, storage_key: str) -> os.stat_result | None:
-        """The stored file's stat, or None if it is not on disk."""
+    async def open(self, storage_key: str) -> OpenedFile | None:
+        """The stored file opened for reading, or None if it is not on disk.
+
+        A download streams from this handle, not from the path: a delete that unlinks the path
+        after the answer's headers left cannot cut its body.
+        """
         path = self.path_for(storage_key)
-        try:
-            result = await anyio.to_thread.run_sync(path.stat)
-        except FileNotFoundError:
-            return None
-        return result if S_ISREG(result.st_mode) else None
+
+        def open_regular() -> OpenedFile | None:
+            try:
+                handle = path.open("rb")
+            except FileNotFoundError:
+                return None
+            result = os.fstat(handle.fileno())
+            if not S_ISREG(result.st_mode):
+                handle.close()
+                return None
+            return OpenedFile(path, handle, result)
+
+        return await anyio.to_thread.run_sync(open_regular)
 
     async def remove(self, storage_key: str) -> None:
         """Delete a stored file; one already gone is fine."""
