@@ -64,6 +64,11 @@ entry is current, else ``{1, stamp}`` (a miss)."""
 HELD_BYTES = 8 * 2**20
 """Answers a process keeps per cache (least recently used dropped first)."""
 
+STORED_BYTES_MAX = 256 * 2**10
+"""A larger answer is served but not stored: each query is its own entry, so one reader varying a
+filter could otherwise park a few megabytes per request in Valkey, which also holds the rate limits,
+revocations and queues (a task page is ~16 KB; 100 tasks at the longest descriptions, ~8 MB)."""
+
 Load = Callable[[], Awaitable[bytes]]
 
 
@@ -157,6 +162,8 @@ class StampedCache:
 
     async def _load_and_store(self, entry: str, stamp: bytes, load: Load) -> bytes:
         body = await load()
+        if len(body) > STORED_BYTES_MAX:
+            return body
         held = _Held(stamp + fresh_version().encode() + b"\n", body)
         try:
             await self.valkey.set(entry, held.header + body, px=self.ttl_ms)
