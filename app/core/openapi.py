@@ -18,7 +18,7 @@ _DESCRIPTIONS = {
     403: "Authenticated, but not allowed",
     404: "No such resource (or not visible to the caller)",
     409: "Conflicts with the current state",
-    413: "Request body too large",
+    413: "Request body over the route's limit (MAX_BODY_BYTES unless the route says otherwise)",
     422: "Well-formed but cannot be processed",
     429: "Rate limit exceeded; see Retry-After",
     500: "Unexpected error; quote the request_id",
@@ -80,8 +80,13 @@ def documents_json_body(struct: type[msgspec.Struct]) -> type[Operation]:
     body = RequestBody(content={MediaType.JSON: OpenAPIMediaType(schema=schema)}, required=True)
 
     @dataclass
-    class WithJsonBody(Operation):
+    class WithJsonBody(DocumentsJsonBody):
         def __post_init__(self) -> None:
             self.request_body = body
 
     return WithJsonBody
+
+
+@dataclass
+class DocumentsJsonBody(Operation):
+    """The operations of ``documents_json_body``: routes that read their body themselves."""

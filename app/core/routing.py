@@ -45,6 +45,7 @@ from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Empty
 
+from app.core.openapi import DocumentsJsonBody, problems
 from app.core.validation import MAX_JSON_DEPTH, decode_any, whole_numbers
 
 _AUTOMATIC_OPTIONS = "options_handler"  # the name of the function Litestar generates
@@ -123,6 +124,8 @@ class Controller(litestar.Controller):
             if not isinstance(route, HTTPRoute):
                 continue
             for index, handler in enumerate(route.route_handlers):
+                if reads_body(handler):
+                    handler.responses = {**problems(413), **(handler.responses or {})}
                 if (
                     handler.http_methods == {HttpMethod.OPTIONS}
                     and handler.handler_name == _AUTOMATIC_OPTIONS
@@ -131,6 +134,13 @@ class Controller(litestar.Controller):
                     replacement.owner = handler.owner
                     route.route_handlers[index] = replacement
         return router
+
+
+def reads_body(handler: HTTPRouteHandler) -> bool:
+    """Whether the route reads a request body: then it can answer 413 (over ``MAX_BODY_BYTES``)."""
+    return "data" in handler.parsed_fn_signature.parameters or issubclass(
+        handler.operation_class, DocumentsJsonBody
+    )
 
 
 _batches_of = create_dependency_batches

@@ -128,6 +128,7 @@ async def test_every_operation_documents_its_problems(client: AsyncTestClient[Li
                 assert "application/problem+json" in spec["content"], f"{method.upper()} {path} {status}"
         if "requestBody" in operation:
             assert "400" in responses, f"{method.upper()} {path} takes a body but does not document 400"
+            assert "413" in responses, f"{method.upper()} {path} takes a body but does not document 413"
 
 
 async def test_openapi_ui_is_served(client: AsyncTestClient[Litestar]) -> None:
