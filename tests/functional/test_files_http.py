@@ -655,21 +655,7 @@ async def test_a_delete_landing_after_the_headers_of_a_download_does_not_cut_its
     app: Litestar = api.app  # type: ignore[assignment]
     files = app.state.services[FileService]
     path = files_url(world.project, file_id)
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {world.editor.token}".encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    scope = http_scope("GET", path, world.editor)
     status = 0
     body = bytearray()
     requested = False
@@ -726,6 +712,29 @@ async def test_deleting_a_project_leaves_none_of_its_files_on_disk(
 # -- streaming (the ASGI app driven directly, so the body arrives in many messages) --------------
 
 
+def http_scope(method: str, path: str, member: Actor, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The ASGI scope of ``member``'s request, for driving the app without the test client."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {member.token}".encode()),
+            *headers,
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+
+
 @dataclass
 class AsgiResult:
     status: int
@@ -763,26 +772,13 @@ async def stream_upload(
     chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
     path = files_url(project_id)
     length = [(b"content-length", str(len(body)).encode())] if declare_length else []
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {member.token}".encode()),
-            (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
-            *length,
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    scope = http_scope(
+        "POST",
+        path,
+        member,
+        (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        *length,
+    )
     read = 0
     read_before_answer = 0
     status = 0
