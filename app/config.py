@@ -101,8 +101,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     rate_limit_default_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     rate_limit_auth_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 20
     rate_limit_auth_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 200
-    rate_limit_ingest_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 60_000
-    rate_limit_ingest_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 2_000_000
+    # Per address and process: a tenth of a site's minute quota, under a quarter of its day's, so that
+    # one address (even across the default two workers) cannot lock a site's other visitors out.
+    rate_limit_ingest_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 6_000
+    rate_limit_ingest_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     ingest_site_views_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 60_000
     ingest_site_views_per_day: Annotated[int, msgspec.Meta(ge=1)] = 10_000_000
     sites_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 50

@@ -4,8 +4,9 @@ from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
-from psycopg.rows import scalar_row
+from psycopg.rows import args_row, scalar_row
 
 
 GET_SALT = "select salt from analytics_salts where day = $1"
@@ -43,12 +44,24 @@ async def ensure_partitions(conn: AsyncConnection[Any], *, from_day: date, days:
         return await cur.fetchone()
 
 
-DROP_PAGE_VIEW_PARTITIONS = "select drop_page_view_partitions($1::date)::integer as dropped"
+DROP_PAGE_VIEW_PARTITIONS = """\
+select d.dropped::integer as dropped, d.busy::integer as busy
+from drop_page_view_partitions($1::date) d"""
 
 
-async def drop_page_view_partitions(conn: AsyncConnection[Any], *, before: date) -> int | None:
-    """Drops the daily partitions that end on or before @before."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+class DropPageViewPartitionsRow(msgspec.Struct, frozen=True, gc=False):
+    dropped: int
+    busy: int
+
+
+async def drop_page_view_partitions(
+    conn: AsyncConnection[Any],
+    *,
+    before: date,
+) -> DropPageViewPartitionsRow | None:
+    """Drops the daily partitions that end on or before @before; busy:
+    those left for the next run (their lock was not free in time)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(DropPageViewPartitionsRow)) as cur:
         await cur.execute(DROP_PAGE_VIEW_PARTITIONS, (before,))
         return await cur.fetchone()
 

@@ -11,8 +11,10 @@ delete from analytics_salts where day < @before;
 select ensure_page_view_partitions(@from_day::date, @days::integer)::integer as created;
 
 -- name: DropPageViewPartitions :one
--- Drops the daily partitions that end on or before @before.
-select drop_page_view_partitions(@before::date)::integer as dropped;
+-- Drops the daily partitions that end on or before @before; busy:
+-- those left for the next run (their lock was not free in time).
+select d.dropped::integer as dropped, d.busy::integer as busy
+from drop_page_view_partitions(@before::date) d;
 
 -- name: PurgeEventIds :execrows
 -- Served by a BRIN index on seen_at (rows are appended in seen_at order).

@@ -22,6 +22,7 @@ from app.core.errors import TooManyRequestsError
 from app.domains.pageviews.keys import SiteKeys, UnknownKeyError
 from app.domains.pageviews.quota import SiteQuota, SiteQuotaExceededError
 from app.domains.pageviews.rows import Row
+from app.domains.pageviews.schemas import MAX_BATCH
 from app.domains.pageviews.services import PageViewService
 from app.domains.sites.services import SiteService
 from tests.factories import Served, assert_problem, create_user, make_site, serve_in_loop, wait_until
@@ -257,7 +258,33 @@ async def test_the_quota_fails_open_when_valkey_is_unreachable() -> None:
         await unreachable.aclose()
 
 
-# --- per address: an IPv6 /64 is one client ---------------------------------------------------------
+# --- per address: an IPv6 /64 is one client, and one client cannot spend a site's quota -------------
+
+
+async def test_one_address_cannot_spend_its_sites_quota(settings: Settings, db: AsyncConnection[Any]) -> None:
+    """With the shipped limits, one address sending full batches is refused for itself long before
+    its site's quota is spent: the site's other visitors are still stored."""
+    _, key = await new_site(db)
+    async with serve_in_loop(settings) as served:
+        sent = 0
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served.app, client=("203.0.113.7", 5000)),
+            base_url="http://testserver",
+        ) as flooder:
+            while True:
+                response = await flooder.post(BATCH, json={"views": [view(key)] * MAX_BATCH})
+                if response.status_code != 202:
+                    break
+                sent += MAX_BATCH
+                assert sent <= settings.ingest_site_views_per_minute, "never refused for itself"
+        assert_problem(response, 429, "rate-limited")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served.app, client=("203.0.113.8", 5000)),
+            base_url="http://testserver",
+        ) as visitor:
+            answer = await visitor.post(SINGLE, json=view(key))
+            assert answer.status_code == 202, answer.text
+        assert sent < settings.ingest_site_views_per_minute
 
 
 async def test_an_ipv6_slash_64_shares_one_bucket(settings: Settings, db: AsyncConnection[Any]) -> None:

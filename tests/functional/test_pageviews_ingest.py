@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import secrets
 import time
 import uuid
@@ -359,6 +360,25 @@ async def test_a_batch_over_the_limit_is_refused(tracker: Tracker, db: AsyncConn
 async def test_an_oversized_body_is_a_413(tracker: Tracker, path: str, size: int) -> None:
     body = json.dumps(tracker.view(title="x" * size)).encode()
     problem_fields(await tracker.post(path, body), status=413)
+
+
+async def test_the_batch_body_limit_is_documented_and_is_the_one_enforced(
+    tracker: Tracker, db: AsyncConnection[Any]
+) -> None:
+    """A batch valid under the schema can exceed the body limit (1000 views near their longest
+    fields): the OpenAPI document says how many bytes fit, and that number is the limit enforced."""
+    operation = (await tracker.client.get("/schema/openapi.json")).json()["paths"][BATCH]["post"]
+    too_large = operation["responses"]["413"]["description"]
+    documented = re.search(r"at most ([\d,]+) bytes", too_large)
+    assert documented is not None, too_large
+    assert documented.group(0) in operation["description"]
+    limit = int(documented.group(1).replace(",", ""))
+    body = json.dumps({"views": [tracker.view()]}).encode()
+    fits = body[:-1] + b" " * (limit - len(body)) + b"}"
+    assert len(fits) == limit
+    assert (await tracker.post(BATCH, fits)).status_code == 202
+    problem_fields(await tracker.post(BATCH, fits[:-1] + b" }"), status=413)
+    assert len(await stored(db)) == 1
 
 
 async def test_an_unknown_site_key_is_a_422(tracker: Tracker, db: AsyncConnection[Any]) -> None:

@@ -16,7 +16,7 @@ from app.core.errors import ServiceUnavailableError
 from app.domains.pageviews.rows import Row
 from app.domains.pageviews.sink import PageViewRefusedError, PageViewSink, SinkFullError
 from app.domains.pageviews.writers import COPY_FROM, AsyncpgWriter, Writer, make_writer
-from tests.factories import create_user
+from tests.factories import create_user, wait_until
 
 DEADLINE_S = 10.0
 """Each write's deadline in these tests (the app passes DATABASE_TIMEOUT_S)."""
@@ -384,4 +384,83 @@ async def test_a_write_the_database_does_not_answer_fails_with_503_and_a_retry_s
         await sink.submit(views_sent)
         assert await stored(db) == views
     finally:
+        await sink.close()
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg", "hybrid"])
+@pytest.mark.parametrize("others", [1, COPY_FROM - 3], ids=["statement", "copy"])
+async def test_writes_claiming_the_same_event_ids_in_opposite_orders_both_succeed(
+    driver: str, others: int, database_url: str, db: AsyncConnection[Any]
+) -> None:
+    """Two processes' writes hold one client's event ids in opposite orders (its retry reached the
+    other process), each batched with other clients' views. A third transaction holds the claim of
+    the middle id until both writes wait for it. Claimed in queue order, each write then held an id
+    the other needed: PostgreSQL failed one, and every request of its batch (503). Claimed in one
+    order, the later write waits for the earlier and skips its claimed ids: both succeed."""
+    first, middle, last = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+    def batch(order: Sequence[uuid.UUID], tag: str) -> list[Row]:
+        claimed = [row(event_id=event, path=f"/{tag}/claimed") for event in order]
+        return claimed + [row(site_id=2, path=f"/{tag}/other/{i}") for i in range(others)]
+
+    writers = [make_writer(driver, database_url, 2, DEADLINE_S) for _ in range(2)]
+    for writer in writers:
+        await writer.open()
+    try:
+        async with await AsyncConnection.connect(database_url) as holder:
+            await holder.execute(
+                "insert into page_view_event_ids (site_id, event_id) values (1, %s)", (middle,)
+            )
+            writes = [
+                asyncio.create_task(writers[0].write(batch([first, middle, last], "a"))),
+                asyncio.create_task(writers[1].write(batch([last, middle, first], "b"))),
+            ]
+
+            async def both_wait() -> bool:
+                waiting = await (
+                    await db.execute(
+                        "select count(*) from pg_stat_activity"
+                        " where datname = current_database() and wait_event_type = 'Lock'"
+                    )
+                ).fetchone()
+                return (waiting is not None and waiting[0] >= 2) or any(write.done() for write in writes)
+
+            await wait_until(both_wait, 30, "both writes wait for a claim")
+            await holder.rollback()
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        written = sorted(result for result in results if isinstance(result, int))
+        assert len(written) == 2, results
+        assert written == [others, others + 3], "each id stored once, by one of the writes"
+        assert await stored(db) == 3 + 2 * others
+    finally:
+        for writer in writers:
+            await writer.close()
+
+
+async def test_an_outage_answers_every_queued_request_after_one_write(
+    database_url: str, db: AsyncConnection[Any]
+) -> None:
+    """PostgreSQL stops storing (a lock on ``page_views``) while requests queue behind a write: the
+    write times out, and every request queued at that moment is answered 503 (with Retry-After)
+    with it, in one write's deadline, not after one more deadline per queued batch."""
+    writer = GatedWriter(make_writer("hybrid", database_url, 2, timeout_s=0.5))
+    sink = PageViewSink(writer, batch_size=1, max_pending=1000, flushers=1)
+    await sink.start()
+    try:
+        async with await AsyncConnection.connect(database_url) as locker:
+            await locker.execute("lock table page_views in share mode")
+            first = asyncio.create_task(sink.submit([row(path="/first")]))
+            await until(writer.entered.is_set, "the first write has started")
+            queued = [asyncio.create_task(sink.submit([row(path=f"/{i}")])) for i in range(20)]
+            await until(lambda: sink.pending_rows == 21, "every request is queued")
+            writer.release.set()
+            results = await asyncio.gather(first, *queued, return_exceptions=True)
+        assert all(isinstance(result, ServiceUnavailableError) for result in results), results
+        assert all(result.headers["Retry-After"] for result in results)  # type: ignore[union-attr]
+        assert writer.outcomes == [(1, "WriteTimeoutError")], "one write, not one per queued batch"
+        assert sink.pending_rows == 0
+        await sink.submit([row(path="/after")])  # the sink works again once the database does
+        assert await stored(db) == 1
+    finally:
+        writer.release.set()
         await sink.close()

@@ -1,11 +1,14 @@
 """The upkeep of ingest state on real PostgreSQL: claimed event ids live two days, salts one, and a
-deleted site's raw page views and claims are purged once nothing of it can still be in flight."""
+deleted site's raw page views and claims are purged once nothing of it can still be in flight; the
+daily partitions reach ``PARTITION_DAYS_AHEAD`` days ahead, and keeping them never holds up the
+ingest, even while a reader holds ``page_views``."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,10 +20,12 @@ from app.domains.pageviews.services import (
     DELETED_SITE_GRACE,
     DELETED_SITE_RETENTION,
     EVENT_ID_RETENTION,
+    PARTITION_DAYS_AHEAD,
     PageViewService,
+    PartitionUpkeep,
 )
 from app.modules import MODULES
-from tests.factories import create_user, make_site
+from tests.factories import create_user, make_site, serve_in_loop, wait_until
 
 
 @pytest.fixture
@@ -87,3 +92,103 @@ async def test_a_deleted_sites_data_is_purged_after_the_grace_and_its_tombstone_
 
     assert await pageviews.purge_deleted_sites(deleted_at + DELETED_SITE_RETENTION * 2) == 0
     assert await rows(db, "select site_id from deleted_sites") == []
+
+
+def partition(day: date) -> str:
+    return f"page_views_{day:%Y%m%d}"
+
+
+async def exists(db: AsyncConnection[Any], table: str) -> bool:
+    found = await (await db.execute("select to_regclass(%s) is not null", (table,))).fetchone()
+    return bool(found and found[0])
+
+
+async def test_partitions_reach_partition_days_ahead(
+    pageviews: PageViewService, db: AsyncConnection[Any]
+) -> None:
+    """The upkeep keeps a partition for yesterday, today and each of the next PARTITION_DAYS_AHEAD."""
+    today = datetime.now(UTC).date()
+    newest = today + timedelta(days=PARTITION_DAYS_AHEAD)
+    await db.execute(f"drop table if exists {partition(newest)}")
+    try:
+        await pageviews.maintain_partitions(today)
+        days = [today + timedelta(days=offset) for offset in range(-1, PARTITION_DAYS_AHEAD + 1)]
+        missing = [partition(day) for day in days if not await exists(db, partition(day))]
+        assert missing == [], "from yesterday to PARTITION_DAYS_AHEAD days ahead"
+    finally:
+        await db.execute("select ensure_page_view_partitions(%s, 1)", (newest,))
+
+
+async def test_creating_a_partition_takes_no_lock_that_readers_or_inserts_wait_for(
+    db: AsyncConnection[Any], database_url: str
+) -> None:
+    """CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE on ``page_views``; attaching a table
+    made standalone takes SHARE UPDATE EXCLUSIVE, which neither readers nor inserts conflict with."""
+    day = datetime.now(UTC).date() + timedelta(days=30)
+    async with await AsyncConnection.connect(database_url) as upkeep:
+        await upkeep.execute("select ensure_page_view_partitions(%s, 1)", (day,))
+        held = await rows(
+            db,
+            "select mode from pg_locks where pid = %s and relation = 'page_views'::regclass",
+            upkeep.info.backend_pid,
+        )
+        assert {mode for (mode,) in held} <= {"AccessShareLock", "ShareUpdateExclusiveLock"}, held
+        await upkeep.rollback()
+
+
+async def ingest_while_a_reader_holds_page_views(
+    settings: Settings, db: AsyncConnection[Any], database_url: str, today: date
+) -> tuple[int, PartitionUpkeep]:
+    """Open a reader's transaction on ``page_views`` (a report, the rollup), run the partition upkeep
+    until it is done or waits for the reader, then send a view: its status, and the upkeep's outcome
+    once the reader has ended."""
+    site = await make_site(db, await create_user(db))
+    async with serve_in_loop(settings) as served:
+        pageviews = served.app.state.services[PageViewService]
+        async with await AsyncConnection.connect(database_url) as reader:
+            await reader.execute("select count(*) from page_views")
+            upkeep = asyncio.create_task(pageviews.maintain_partitions(today))
+
+            async def done_or_waiting() -> bool:
+                waiting = await rows(
+                    db,
+                    "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                    reader.info.backend_pid,
+                )
+                return upkeep.done() or waiting[0][0] > 0
+
+            await wait_until(done_or_waiting, 30, "the upkeep is done or waits for the reader")
+            response = await served.client.post(
+                "/api/page-views", json={"site_key": site.ingest_key, "url": "https://example.com/"}
+            )
+            await reader.rollback()
+        return response.status_code, await upkeep
+
+
+async def test_a_partition_is_created_while_a_reader_holds_page_views_and_views_are_still_stored(
+    settings: Settings, db: AsyncConnection[Any], database_url: str
+) -> None:
+    today = datetime.now(UTC).date()
+    tomorrow = today + timedelta(days=1)
+    await db.execute(f"drop table if exists {partition(tomorrow)}")
+    try:
+        status, upkeep = await ingest_while_a_reader_holds_page_views(settings, db, database_url, today)
+        assert status == 202, "the view waited behind the upkeep, which waited for the reader"
+        assert upkeep.created == 1
+    finally:
+        await db.execute("select ensure_page_view_partitions(%s, 1)", (tomorrow,))
+
+
+async def test_a_partition_past_retention_in_use_is_dropped_later_and_views_are_still_stored(
+    settings: Settings, db: AsyncConnection[Any], database_url: str
+) -> None:
+    today = datetime.now(UTC).date()
+    expired = today - timedelta(days=settings.analytics_retention_days + 3)
+    await db.execute("select ensure_page_view_partitions(%s, 1)", (expired,))
+    status, upkeep = await ingest_while_a_reader_holds_page_views(settings, db, database_url, today)
+    assert status == 202, "the view waited behind the drop, which waited for the reader"
+    assert (upkeep.dropped, upkeep.busy) == (0, 1), "left for the next run"
+    async with open_services(settings, MODULES) as services:
+        upkeep = await services[PageViewService].maintain_partitions(today)
+    assert (upkeep.dropped, upkeep.busy) == (1, 0)
+    assert not await exists(db, partition(expired))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from saq.types import Context
 
 from app.core.services import services_of
@@ -10,8 +11,8 @@ from app.domains.pageviews.services import PageViewService
 
 async def maintain_partitions(ctx: Context) -> dict[str, int]:
     """Hourly: daily partitions from yesterday to three days ahead; drop those past retention."""
-    created, dropped = await services_of(ctx)[PageViewService].maintain_partitions()
-    return {"created": created, "dropped": dropped}
+    upkeep = await services_of(ctx)[PageViewService].maintain_partitions()
+    return msgspec.structs.asdict(upkeep)
 
 
 async def purge_ingest_state(ctx: Context) -> dict[str, int]:

@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
+import structlog
 from valkey.asyncio import Valkey
 
 from app.config import Settings
@@ -47,6 +48,8 @@ from app.domains.pageviews.sink import PageViewSink, UnknownSiteKeyError
 from app.domains.pageviews.writers import make_writer
 from app.domains.sites.services import SiteService
 
+log = structlog.get_logger("app.pageviews")
+
 EVENT_ID_RETENTION = timedelta(days=2)
 SALT_RETENTION = timedelta(days=1)
 DELETED_SITE_GRACE = timedelta(minutes=10)
@@ -54,19 +57,27 @@ DELETED_SITE_GRACE = timedelta(minutes=10)
 DELETED_SITE_RETENTION = timedelta(days=2)
 """Its tombstone is kept longer than any process remembers a deletion (``sites.DELETIONS_KEPT_S``)."""
 PARTITION_DAYS_AHEAD = 3
+"""``maintain_partitions`` keeps a partition for every day up to this many days after today."""
 
 
 class IngestSettings(msgspec.Struct, frozen=True):
     """The ingest path's limits, copied once from the settings (plain attributes on the hot path)."""
 
-    rate_limit_ingest_per_minute: int = 60_000
-    rate_limit_ingest_per_hour: int = 2_000_000
+    rate_limit_ingest_per_minute: int = 6_000
+    rate_limit_ingest_per_hour: int = 100_000
     ingest_site_views_per_minute: int = 60_000
     ingest_site_views_per_day: int = 10_000_000
 
     @classmethod
     def of(cls, settings: Settings) -> IngestSettings:
         return cls(**{name: getattr(settings, name) for name in cls.__struct_fields__})
+
+
+class PartitionUpkeep(msgspec.Struct, frozen=True):
+    created: int
+    dropped: int
+    busy: int
+    """Partitions past retention left for a later run: a reader was using them."""
 
 
 class DailySalt:
@@ -212,18 +223,28 @@ class PageViewService:
 
     # -- upkeep (jobs) ----------------------------------------------------------------------------
 
-    async def maintain_partitions(self, today: date | None = None) -> tuple[int, int]:
-        """Create the daily partitions from yesterday to three days ahead; drop those that ended more
-        than the retention ago. Returns (created, dropped)."""
+    async def maintain_partitions(self, today: date | None = None) -> PartitionUpkeep:
+        """Create the daily partitions from yesterday to ``PARTITION_DAYS_AHEAD`` days ahead; drop
+        those that ended more than the retention ago.
+
+        Neither step may hold up the ingest (the migration ``pageview_partitions_without_blocking``
+        says how): a partition is attached without a lock that inserts wait for, and a drop waits for
+        its lock only briefly; a partition still in use by a reader then is counted ``busy`` and
+        dropped by a later run. Two transactions, so that the drop's wait holds nothing of the first.
+        """
         today = today or datetime.now(UTC).date()
         async with self.db.transaction() as uow:
             created = await queries.ensure_partitions(
-                uow.conn, from_day=today - timedelta(days=1), days=PARTITION_DAYS_AHEAD + 1
+                uow.conn, from_day=today - timedelta(days=1), days=PARTITION_DAYS_AHEAD + 2
             )
+        async with self.db.transaction() as uow:
             dropped = await queries.drop_page_view_partitions(
                 uow.conn, before=today - timedelta(days=self.retention_days)
             )
-        return created or 0, dropped or 0
+        assert dropped is not None
+        if dropped.busy:
+            log.warning("page_view_partitions_busy", busy=dropped.busy)
+        return PartitionUpkeep(created=created or 0, dropped=dropped.dropped, busy=dropped.busy)
 
     async def purge(self, now: datetime | None = None) -> tuple[int, int]:
         """Delete claimed event ids older than ``EVENT_ID_RETENTION`` and salts older than a day;

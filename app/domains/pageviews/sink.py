@@ -34,10 +34,11 @@ splits it and retries the halves, so that only the requests whose rows PostgreSQ
 error (422) and every other one is committed and acknowledged. Each write is one transaction, so a
 refused write stored nothing (event-id claims included) and a retry cannot store a row twice. A
 failure that is not about the data (connection lost, timeout) fails every request of the batch with
-503 at once: no retry loop against a database that is down. Every write has a deadline
-(``DATABASE_TIMEOUT_S``, ``writers.py``), so a database that stops answering (a frozen host) fails
-the batch with 503 in time instead of keeping its requests waiting; a write that timed out is never
-acknowledged.
+503 at once, and every request queued behind it too: no retry loop against a database that is down,
+and no queue that drains one deadline per batch. Every write has a deadline (``DATABASE_TIMEOUT_S``,
+``writers.py``), so a database that stops answering (a frozen host) answers 503 within about one
+deadline of a request's arrival, however deep the queue, instead of keeping its requests waiting; a
+write that timed out is never acknowledged. Requests that arrive after the failure are tried again.
 """
 
 from __future__ import annotations
@@ -212,8 +213,15 @@ class PageViewSink:
             except Exception as exc:
                 failure = {"error": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)}
                 if not refused_for_data(exc):
-                    log.error("page_view_batch_failed", rows=len(rows), **failure, detail=str(exc)[:300])
-                    _settle([group for left in (part, *parts) for group in left], _unavailable)
+                    queued = self._take_queued()
+                    log.error(
+                        "page_view_batch_failed",
+                        rows=len(rows),
+                        queued_rows=sum(len(group.rows) for group in queued),
+                        **failure,
+                        detail=str(exc)[:300],
+                    )
+                    _settle([group for left in (part, *parts, queued) for group in left], _unavailable)
                     return
                 if len(part) > 1:
                     if part is groups:
@@ -229,6 +237,15 @@ class PageViewSink:
             DUPLICATES.inc(len(rows) - written)
             BATCH_ROWS.observe(len(rows))
             _settle(part, None)
+
+    def _take_queued(self) -> list[_Group]:
+        """Take every queued request out of the queue (they are no longer pending once answered)."""
+        groups = list(self._queue)
+        self._queue.clear()
+        rows = sum(len(group.rows) for group in groups)
+        self._queued_rows -= rows
+        self._pending_rows -= rows
+        return groups
 
     def _drop_gone(self, part: list[_Group], site_ids: frozenset[int]) -> list[_Group]:
         """Answer the requests holding a row of a deleted site (422) and return the others."""

@@ -14,6 +14,12 @@ send makes the claim fail with a unique violation, which rolls back everything o
 batch is then written by ``STORE_SKIPPING_CLAIMED`` (``ON CONFLICT DO NOTHING`` on the claim, and only
 the rows whose id it claimed). The caller's rows may repeat an event id: the first one is kept.
 
+Every write takes its claims in one order, (site, event id) ascending (the SQL ``order by``, the
+COPYs' ``event_claims``; a UUID sorts alike in Python and PostgreSQL). Two writes claiming the same
+ids in opposite orders (a client's retry reaching another process) each waited for an id the other
+held: PostgreSQL broke the deadlock by failing one, and with it every request of its batch. In one
+order the later write waits for the earlier, then meets the unique violation above.
+
 Why a claim table at all (the options measured side by side by ``benchmarks/harness/dedup.py``,
 results in benchmarks/README.md): a unique index on each daily partition of ``page_views`` costs
 less per row, but only catches a retry whose ``ts`` falls on the same UTC day as the original's (a
@@ -67,6 +73,7 @@ STORE = f"""{_INCOMING_AND_GONE}, claimed as (
     insert into page_view_event_ids (site_id, event_id)
     select site_id, event_id from incoming
     where event_id is not null and (select ids = '{{}}' from sites_gone)
+    order by site_id, event_id
 ), stored as (
     insert into page_views ({_COLUMN_LIST})
     select {_COLUMN_LIST} from incoming where (select ids = '{{}}' from sites_gone)
@@ -77,6 +84,7 @@ STORE_SKIPPING_CLAIMED = f"""{_INCOMING_AND_GONE}, claimed as (
     insert into page_view_event_ids (site_id, event_id)
     select site_id, event_id from incoming
     where event_id is not null and (select ids = '{{}}' from sites_gone)
+    order by site_id, event_id
     on conflict do nothing
     returning site_id, event_id
 ), stored as (
@@ -166,7 +174,8 @@ def first_of_each_event(rows: Sequence[Row]) -> Sequence[Row]:
 
 
 def event_claims(rows: Sequence[Row]) -> list[tuple[int, Any]]:
-    return [(row[0], row[3]) for row in rows if row[3] is not None]
+    """The (site, event id) claims of ``rows`` in the one order every write takes them in."""
+    return sorted((row[0], row[3]) for row in rows if row[3] is not None)
 
 
 def site_ids(rows: Sequence[Row]) -> list[int]:
