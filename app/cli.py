@@ -3,11 +3,16 @@
 ``serve`` (what ``just serve`` runs) is a supervisor. It never forks a Python process that has
 threads: granian runs as a child *process* (a fresh interpreter), which forks its workers itself.
 
+0. Claim ``PORT``: an exclusive lock held until the launcher and granian are gone
+   (``_claim_port``). granian binds with ``SO_REUSEPORT``, so a second launcher of the same user
+   would bind the same port too and the kernel would split requests between two apps; it exits
+   instead, before it starts anything.
 1. Resolve the services (embedded PostgreSQL and Valkey under ``DATA_DIR`` when ``DATABASE_URL`` /
    ``VALKEY_URL`` are unset), wait for the database, apply migrations, seed demo data once.
 2. Start granian (``serve-child``) in its own process group with the URLs and the signing key in
-   its environment. On Linux it dies with the launcher (``PR_SET_PDEATHSIG``), and its workers
-   with it, so even a SIGKILLed launcher leaves nothing holding the port.
+   its environment (and, with several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR``, so
+   ``/metrics`` adds up every worker's). On Linux it dies with the launcher (``PR_SET_PDEATHSIG``),
+   and its workers with it, so even a SIGKILLed launcher leaves nothing holding the port.
 3. Poll ``GET /health/ready`` until it answers 200, then print where everything is. If granian
    exits first, or ``SERVE_READY_TIMEOUT_S`` passes, say what failed, stop everything, exit 1.
 4. On SIGTERM, SIGINT (Ctrl-C) or SIGHUP: stop granian (SIGTERM, SIGKILL after a grace), release
@@ -20,15 +25,20 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import getpass
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -148,6 +158,31 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
+def _claim_port(port: int) -> int:
+    """Lock ``port`` for this launcher, or raise if another launcher of this user holds it.
+
+    The lock is ``flock`` on a file of a private directory; the returned descriptor is passed on to
+    granian, so the claim lasts until the launcher and granian have both exited (the kernel drops it
+    with the last one, even after SIGKILL). One lock per port whatever ``HOST``: a wildcard address
+    overlaps every other one.
+    """
+    directory = Path(tempfile.gettempdir()) / f"app-serve-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise LaunchError(f"{directory} is not a private directory of this user: remove it")
+    descriptor = os.open(directory / f"port-{port}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise LaunchError(
+            f"another `just serve` is starting or running on port {port}: stop it or set PORT"
+        ) from None
+    return descriptor
+
+
 def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
     """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline."""
     import psycopg
@@ -188,6 +223,9 @@ def _prepare_to_serve(settings: Settings, signals: _StopSignals) -> tuple[Settin
 
 
 def _granian_env(settings: Settings) -> dict[str, str]:
+    """granian's environment; with several workers, a fresh, empty ``PROMETHEUS_MULTIPROC_DIR``
+    (``DATA_DIR/metrics/<port>``, emptied at every start as prometheus_client requires; the port's
+    claim keeps other launchers out of it) unless one is configured."""
     assert settings.database_url and settings.valkey_url
     env = dict(os.environ)
     env["DATABASE_URL"] = settings.database_url
@@ -195,17 +233,24 @@ def _granian_env(settings: Settings) -> dict[str, str]:
     env["SECRET_KEY"] = settings.secret_key  # every worker signs with the same key
     env["DATA_DIR"] = str(settings.data_dir.resolve())
     env.setdefault("WORKER_IN_PROCESS", "false" if settings.is_production else "true")
+    if settings.workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics = settings.data_dir.resolve() / "metrics" / str(settings.port)
+        shutil.rmtree(metrics, ignore_errors=True)
+        metrics.mkdir(mode=0o700, parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     return env
 
 
-def _start_granian(settings: Settings) -> subprocess.Popen[bytes]:
+def _start_granian(settings: Settings, keep_open: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "app.cli", "serve-child", "--parent", str(os.getpid())]
     command += ["--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]
     workers = f"{settings.workers} worker{'s' if settings.workers > 1 else ''}"
     _say(f"starting granian on {settings.host}:{settings.port} ({workers}); waiting for /health/ready")
     # Its own process group: the launcher signals granian and its workers together, and a Ctrl-C
     # in the terminal reaches only the launcher, which stops everything in order.
-    return subprocess.Popen(command, env=_granian_env(settings), process_group=0)  # noqa: S603
+    return subprocess.Popen(  # noqa: S603
+        command, env=_granian_env(settings), process_group=0, pass_fds=keep_open
+    )
 
 
 def _describe_not_ready(response: Any) -> str:
@@ -282,16 +327,18 @@ def serve(settings: Settings) -> int:
     started = time.monotonic()
     signals = _StopSignals()
     child: subprocess.Popen[bytes] | None = None
+    claim: int | None = None
     try:
         if settings.port == 0:
             raise LaunchError("PORT=0 is not supported by serve: choose a port")
+        claim = _claim_port(settings.port)
         if _listening(settings.host, settings.port):
             raise LaunchError(
                 f"something already listens on {settings.host}:{settings.port} "
                 "(another `just serve`?): stop it or set PORT"
             )
         settings, hints = _prepare_to_serve(settings, signals)
-        child = _start_granian(settings)
+        child = _start_granian(settings, keep_open=(claim,))
         _wait_ready(settings, child, signals)
         print(_banner(settings, started, hints), flush=True)
         while True:
@@ -314,6 +361,8 @@ def serve(settings: Settings) -> int:
         _say("stopping")
         _stop_granian(child)
         release_services()
+        if claim is not None:
+            os.close(claim)
         _say(f"stopped ({time.monotonic() - started:.1f}s after start)")
 
 

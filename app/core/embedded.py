@@ -13,8 +13,16 @@ is left: PostgreSQL with a fast shutdown, Valkey with SIGTERM (it flushes its ap
 A holder killed with SIGKILL cannot release anything, so every holder has a *reaper*: a small
 process (``python -m app.core.embedded reap``) that waits for the end of a pipe only the holder
 has open, then releases the holds the holder left. A holder that died anyway (the reaper killed
-too) is pruned by the next caller, who adopts the running server; a stale ``postmaster.pid`` or a
-Valkey left running under the same directory without a record is cleaned up before a start.
+too) is pruned by the next caller, who adopts the running server; a stale ``postmaster.pid`` (its
+pid gone, or now another program's or another cluster's: a postmaster's working directory is its
+data directory) or a Valkey left running under the same directory without a record is cleaned up
+before a start.
+
+A new PostgreSQL cluster is made whole or not at all: ``initdb`` runs in a temporary sibling
+directory, which is renamed into place once it is complete and marked (``INITIALISED_MARKER``). A
+start killed during ``initdb`` leaves only that temporary directory, removed by the next start.
+A cluster without the mark (made before it existed, or half made by a killed ``initdb`` then) is
+made again only when it holds no database of its own: one that ever held data is never touched.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,6 +53,11 @@ ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_STOP_TIMEOUT_S = 5.0
 POSTGRES_START_TIMEOUT_S = 300.0
 """How long a start may take in all: crash recovery after a kill can outlast pgserver's own 10 s."""
+INITIALISED_MARKER = "initialised-by-app"
+"""Written into a cluster's directory once ``initdb`` completed (before it is renamed into place)."""
+FIRST_NORMAL_OID = 16384
+"""PostgreSQL's ``FirstNormalObjectId``: databases made by ``create database`` get OIDs from here;
+``initdb``'s own (``template1``, ``template0``, ``postgres``) are below it."""
 VALKEY_START_TIMEOUT_S = 10.0
 VALKEY_STOP_TIMEOUT_S = 3.0
 
@@ -252,6 +267,8 @@ def _reap(holder: Identity, lines: IO[str]) -> None:
             service, data_dir = json.loads(line)
             held.add((str(service), Path(data_dir)))
     for service, data_dir in sorted(held):
+        if not data_dir.exists():  # removed since (a test's temporary DATA_DIR): nothing runs there
+            continue
         try:
             _release(service, data_dir, holder)
         except Exception as exc:
@@ -280,8 +297,10 @@ def _postmaster(pgdata: Path) -> Identity | None:
         try:
             if Path(f"/proc/{who[0]}/comm").read_text().strip() != "postgres":
                 return None  # the pid was reused by another program
+            if Path(os.readlink(f"/proc/{who[0]}/cwd")) != pgdata.resolve():
+                return None  # another cluster's postgres (a postmaster works in its data directory)
         except OSError:
-            return None
+            return None  # gone, or not ours to inspect: ours runs as this user (or pgserver's, as root)
     return who
 
 
@@ -331,7 +350,8 @@ def start_postgres(data_dir: Path) -> Any:
         _write_record(record_path, record)  # before starting: an interrupted start is still released
         _track("postgres", data_dir)
         _clear_stale_postmaster(pgdata)
-        pgdata.mkdir(exist_ok=True)
+        if _postmaster(pgdata) is None:
+            _ensure_cluster(pgdata)
         # cleanup_mode=None: pgserver's own stop-at-exit does not know holders of other processes
         try:
             return PostgresServer(pgdata, cleanup_mode=None)
@@ -341,6 +361,66 @@ def start_postgres(data_dir: Path) -> Any:
             log.warning("embedded_postgres_slow_start", pgdata=str(pgdata))
             _wait_postmaster_ready(pgdata, POSTGRES_START_TIMEOUT_S)
             return PostgresServer(pgdata, cleanup_mode=None)
+
+
+def _ensure_cluster(pgdata: Path) -> None:
+    """Make ``pgdata`` a complete cluster unless it is one (no server runs on it; under the file lock)."""
+    for leftover in pgdata.parent.glob(f".{pgdata.name}-init-*"):  # a start killed during initdb
+        shutil.rmtree(leftover, ignore_errors=True)
+    if (pgdata / INITIALISED_MARKER).exists():
+        return
+    if (pgdata / "PG_VERSION").exists() and _holds_databases(pgdata):
+        (pgdata / INITIALISED_MARKER).write_text("made before the mark existed; holds databases\n")
+        return
+    if pgdata.exists() and any(pgdata.iterdir()):
+        log.warning("embedded_postgres_incomplete_cluster_replaced", pgdata=str(pgdata))
+    _initialise(pgdata)
+
+
+def _holds_databases(pgdata: Path) -> bool:
+    """Whether a database was ever created in the cluster (``base/<oid>``, past initdb's own); when
+    ``base/`` cannot be read, assume it was: only a cluster known to hold nothing is made again."""
+    try:
+        return any(
+            entry.name.isdigit() and int(entry.name) >= FIRST_NORMAL_OID
+            for entry in (pgdata / "base").iterdir()
+        )
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _initialise(pgdata: Path) -> None:
+    """``initdb`` (as pgserver runs it) into a sibling directory, marked, then renamed to ``pgdata``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import PostgresServer
+
+    class _Initdb(PostgresServer):
+        """pgserver's own initialisation (its user, permissions and options) and nothing else."""
+
+        def __init__(self, pgdata: Path) -> None:  # no server, no atexit hook, no pid list
+            self.pgdata = pgdata
+            self.system_user = "pgserver" if os.name == "posix" and os.geteuid() == 0 else None
+            self.postgres_user = "postgres"
+            if self.system_user is not None:
+                from pgserver.utils import ensure_user_exists
+
+                ensure_user_exists(self.system_user)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}-init-", dir=pgdata.parent))
+    try:
+        _Initdb(staging).ensure_pgdata_inited()
+        (staging / INITIALISED_MARKER).write_text("initdb completed\n")
+        if pgdata.exists():  # incomplete (``_ensure_cluster``): out of the way first
+            discarded = pgdata.with_name(f".{pgdata.name}-init-discarded-{os.getpid()}")
+            pgdata.rename(discarded)
+            shutil.rmtree(discarded, ignore_errors=True)
+        staging.rename(pgdata)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("embedded_postgres_initialised", pgdata=str(pgdata))
 
 
 def _wait_postmaster_ready(pgdata: Path, timeout: float) -> None:
@@ -364,10 +444,12 @@ def postgres_url(server: Any, database: str) -> str:
 
 
 def ensure_database(server: Any, database: str) -> None:
-    """Create ``database`` on the embedded server unless it exists."""
-    exists = server.psql(f"select 1 from pg_database where datname = '{database}';")
-    if "(1 row)" not in exists:
-        server.psql(f'create database "{database}";')
+    """Create ``database`` on the embedded server unless it exists (processes starting together take
+    turns: the second finds it, instead of failing its own ``create database``)."""
+    with _file_lock(Path(server.pgdata).parent / "postgres.lock"):
+        exists = server.psql(f"select 1 from pg_database where datname = '{database}';")
+        if "(1 row)" not in exists:
+            server.psql(f'create database "{database}";')
 
 
 # --- Valkey ------------------------------------------------------------------------------------
@@ -517,6 +599,14 @@ def _release(service: str, data_dir: Path, who: Identity, *, force: bool = False
             _stop_postgres(_pgdata(data_dir))
         else:
             _stop_valkey(data_dir, record)
+
+
+def release(service: str, data_dir: Path) -> None:
+    """Release this process's hold of one service (``postgres`` or ``valkey``) of ``data_dir``."""
+    data_dir = data_dir.resolve()
+    if (service, data_dir) in _held:
+        _release(service, data_dir, _me())
+        _held.discard((service, data_dir))
 
 
 def release_all() -> None:

@@ -29,8 +29,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from app.config import DEFAULT_ADMIN_PASSWORD
+from app import cli
+from app.config import DEFAULT_ADMIN_PASSWORD, Settings, load_settings
 from tests.served import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -306,7 +308,7 @@ def test_after_a_sigkill_nothing_is_left_and_a_second_start_is_ready(
 
     assert not wait_gone(family), "granian, Valkey or the reaper outlived the SIGKILLed launcher"
     assert not wait_nothing_mentions(data_dir), "PostgreSQL or Valkey outlived the SIGKILLed launcher"
-    second = start(launchers, data_dir)
+    second = start(launchers, data_dir, first.port)  # the killed one's claim on the port died with it
     assert_banner_is_true(second, second.read_banner())
     stop_and_assert_clean(second)
 
@@ -416,3 +418,112 @@ def test_a_busy_port_is_refused_before_anything_starts(launchers: list[Launcher]
     assert code == 1
     assert f"already listens on 127.0.0.1:{port}" in "\n".join(launcher.output), launcher.tail()
     assert not (data_dir / "postgres").exists()
+
+
+def test_a_launcher_for_a_port_another_launcher_claimed_exits_at_once_naming_it(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    port = free_port()
+    claim = cli._claim_port(port)  # what a launcher holds from before it starts anything until it exits
+    try:
+        launcher = start(launchers, data_dir, port)
+
+        code = launcher.read_to_exit(READY_DEADLINE_S)
+    finally:
+        os.close(claim)
+
+    output = "\n".join(launcher.output)
+    assert code == 1, output
+    assert f"another `just serve` is starting or running on port {port}" in output, output
+    assert not any(line.startswith("ready in") for line in launcher.output), output
+    assert not (data_dir / "postgres").exists(), "nothing is started"
+
+
+def test_two_launchers_started_together_on_one_port_one_serves_the_other_exits(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    """granian binds with SO_REUSEPORT: both launchers used to bind the port and the kernel split the
+    requests between two apps on two databases. The second is refused before it starts anything."""
+    port = free_port()
+    other_data_dir = data_dir.with_name("other")
+    first, second = start(launchers, data_dir, port), start(launchers, other_data_dir, port)
+
+    exited: queue.Queue[Launcher] = queue.Queue()
+
+    def report_exit(launcher: Launcher) -> None:
+        launcher.process.wait()
+        exited.put(launcher)
+
+    for launcher in (first, second):
+        threading.Thread(target=report_exit, args=(launcher,), daemon=True).start()
+    try:
+        loser = exited.get(timeout=READY_DEADLINE_S)
+    except queue.Empty:
+        pytest.fail(f"both launchers run on port {port}: neither was refused")
+    winner = second if loser is first else first
+    assert loser.read_to_exit(READY_DEADLINE_S) == 1, loser.tail()
+    assert f"another `just serve` is starting or running on port {port}" in "\n".join(loser.output)
+    assert not (loser.data_dir / "postgres").exists(), "the refused one started nothing"
+    assert_banner_is_true(winner, winner.read_banner())
+    stop_and_assert_clean(winner)
+
+
+def _metrics_settings(data_dir: Path, workers: int) -> Settings:
+    return load_settings(
+        {
+            "DATA_DIR": str(data_dir),
+            "PORT": "18791",
+            "WORKERS": str(workers),
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/app",
+            "VALKEY_URL": "redis://127.0.0.1:1/0",
+        }
+    )
+
+
+def test_with_several_workers_granian_gets_a_fresh_empty_metrics_directory(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prometheus_client adds up the workers' metrics only through files in PROMETHEUS_MULTIPROC_DIR,
+    which must be empty when they start (what a previous run left would be counted again)."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    env = cli._granian_env(_metrics_settings(data_dir, 2))
+    directory = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    assert directory.is_dir() and directory.is_relative_to(data_dir.resolve())
+    (directory / "counter_12345.db").write_bytes(b"left by the previous run")
+
+    again = cli._granian_env(_metrics_settings(data_dir, 2))
+
+    assert Path(again["PROMETHEUS_MULTIPROC_DIR"]) == directory
+    assert list(directory.iterdir()) == [], "emptied at every start"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in cli._granian_env(_metrics_settings(data_dir, 1))
+
+
+def _requests_counted(base: str, path: str) -> float:
+    """``app_requests_total`` of ``GET path`` answered 200, as one scrape (a new connection) reports it."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "app_requests_total"
+        and sample.labels.get("path") == path
+        and sample.labels.get("method") == "GET"
+        and sample.labels.get("status_code") == "200"
+    )
+
+
+def test_with_two_workers_every_scrape_counts_the_requests_of_both(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    """Each request and each scrape on a new connection, so both workers take some: without the
+    shared metrics directory a scrape answered only for the worker that took it."""
+    launcher = start(launchers, data_dir, env={"WORKERS": "2"})
+    assert_banner_is_true(launcher, launcher.read_banner(), workers=2)
+    requests = 40
+    for _ in range(requests):
+        assert httpx.get(f"{launcher.base}/api/products", timeout=10).status_code == 200
+
+    scrapes = [_requests_counted(launcher.base, "/api/products") for _ in range(16)]
+
+    assert scrapes == [requests] * len(scrapes)
+    stop_and_assert_clean(launcher)

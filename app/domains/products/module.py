@@ -2,6 +2,7 @@
 
 from app.core.modules import Module
 from app.domains.products.controllers import ProductsController
+from app.domains.products.seed import seed_products
 from app.domains.products.services import ProductService
 
 module = Module(
@@ -10,4 +11,5 @@ module = Module(
     service=lambda s: ProductService(
         s.db, s.cache.namespace("products"), s.settings.currency, s.settings.product_cache_ttl_s
     ),
+    seed=seed_products,
 )

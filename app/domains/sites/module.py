@@ -2,6 +2,12 @@
 
 from app.core.modules import Module
 from app.domains.sites.controllers import SitesController
+from app.domains.sites.seed import seed_sites
 from app.domains.sites.services import SiteService
 
-module = Module(name="sites", controllers=[SitesController], service=lambda s: SiteService(s.db, s.settings))
+module = Module(
+    name="sites",
+    controllers=[SitesController],
+    service=lambda s: SiteService(s.db, s.settings),
+    seed=seed_sites,
+)
