@@ -150,6 +150,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     outbox_poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     outbox_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     outbox_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 7
+    # projects
+    projects_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 100
+    project_invitations_max: Annotated[int, msgspec.Meta(ge=1)] = 50
     # tasks
     tasks_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     # activity

@@ -10,6 +10,28 @@ from psycopg.rows import args_row, scalar_row
 from .models import Project, ProjectInvitation, ProjectMember, ProjectRole
 
 
+LOCK_PROJECT_CREATOR = (
+    "select pg_advisory_xact_lock(hashtextextended(concat('projects-creator:', $1::bigint), 0))"
+)
+
+
+async def lock_project_creator(conn: AsyncConnection[Any], *, owner_id: int) -> None:
+    """Serialises one user's project creations (so a burst cannot pass the cap). Counting must be a
+    statement of its own, after this one: a statement's snapshot is taken before its lock is granted."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_PROJECT_CREATOR, (owner_id,))
+
+
+COUNT_CREATED_PROJECTS = "select count(*)::bigint from projects where owner_id = $1"
+
+
+async def count_created_projects(conn: AsyncConnection[Any], *, owner_id: int) -> int | None:
+    """The projects the user created that still exist (owner_id names the creator)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_CREATED_PROJECTS, (owner_id,))
+        return await cur.fetchone()
+
+
 CREATE_PROJECT = """\
 insert into projects (name, description, owner_id)
 values ($1, $2, $3)
@@ -150,16 +172,6 @@ async def get_member_role_keeping_project(
         return await cur.fetchone()
 
 
-KEEP_PROJECT = "select id from projects where id = $1 for key share"
-
-
-async def keep_project(conn: AsyncConnection[Any], *, id: int) -> int | None:
-    """The project row locked against deletion until the transaction ends (as above); no row once gone."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(KEEP_PROJECT, (id,))
-        return await cur.fetchone()
-
-
 KEEP_MEMBER = """\
 select user_id from project_members
 where project_id = $1 and user_id = $2
@@ -220,6 +232,19 @@ async def remove_member(conn: AsyncConnection[Any], *, project_id: int, user_id:
         return cur.rowcount
 
 
+WITHDRAW_INVITATIONS_OF = """\
+delete from project_invitations i
+using users u
+where i.project_id = $1 and u.id = $2 and i.email = u.email"""
+
+
+async def withdraw_invitations_of(conn: AsyncConnection[Any], *, project_id: int, user_id: int) -> int:
+    """The user's waiting invitations to the project (addressed to their account's email)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(WITHDRAW_INVITATIONS_OF, (project_id, user_id))
+        return cur.rowcount
+
+
 COUNT_OWNERS = "select count(*) from project_members where project_id = $1 and role = 'owner'"
 
 
@@ -263,11 +288,23 @@ LOCK_PROJECT_MEMBERSHIP = "select id from projects where id = $1 for no key upda
 
 
 async def lock_project_membership(conn: AsyncConnection[Any], *, id: int) -> int | None:
-    """Serialises changes of a project's members: each reads the roles it decides on (the last owner
-    stays) only once it holds this lock. NO KEY UPDATE: foreign-key checks (tasks, files,
-    invitations being inserted meanwhile) do not wait for it. No row: no such project."""
+    """Serialises changes of a project's members and invitations: each reads the roles and counts it
+    decides on (the last owner stays) only once it holds this lock. NO KEY UPDATE: foreign-key
+    checks (tasks, files being inserted meanwhile) do not wait for it. No row: no such project."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LOCK_PROJECT_MEMBERSHIP, (id,))
+        return await cur.fetchone()
+
+
+COUNT_OTHER_INVITATIONS = (
+    "select count(*)::bigint from project_invitations where project_id = $1 and email <> $2"
+)
+
+
+async def count_other_invitations(conn: AsyncConnection[Any], *, project_id: int, email: str) -> int | None:
+    """The project's waiting invitations to other emails (inviting an email again replaces its own)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_OTHER_INVITATIONS, (project_id, email))
         return await cur.fetchone()
 
 

@@ -1,3 +1,12 @@
+-- name: LockProjectCreator :exec
+-- Serialises one user's project creations (so a burst cannot pass the cap). Counting must be a
+-- statement of its own, after this one: a statement's snapshot is taken before its lock is granted.
+select pg_advisory_xact_lock(hashtextextended(concat('projects-creator:', @owner_id::bigint), 0));
+
+-- name: CountCreatedProjects :one
+-- The projects the user created that still exist (owner_id names the creator).
+select count(*)::bigint from projects where owner_id = @owner_id;
+
 -- name: CreateProject :one
 insert into projects (name, description, owner_id)
 values (@name, @description, @owner_id)
@@ -48,10 +57,6 @@ join project_members m on m.project_id = p.id and m.user_id = @user_id
 where p.id = @project_id
 for key share of p;
 
--- name: KeepProject :one
--- The project row locked against deletion until the transaction ends (as above); no row once gone.
-select id from projects where id = @id for key share;
-
 -- name: KeepMember :one
 -- A membership locked against removal until the transaction ends (FOR KEY SHARE, as a task
 -- assignee's foreign-key check): no row for a non-member, or one removed while this waited.
@@ -73,6 +78,12 @@ returning *;
 -- name: RemoveMember :execrows
 delete from project_members where project_id = @project_id and user_id = @user_id;
 
+-- name: WithdrawInvitationsOf :execrows
+-- The user's waiting invitations to the project (addressed to their account's email).
+delete from project_invitations i
+using users u
+where i.project_id = @project_id and u.id = @user_id and i.email = u.email;
+
 -- name: CountOwners :one
 select count(*) from project_members where project_id = @project_id and role = 'owner';
 
@@ -85,10 +96,14 @@ order by m.user_id
 limit @row_limit;
 
 -- name: LockProjectMembership :one
--- Serialises changes of a project's members: each reads the roles it decides on (the last owner
--- stays) only once it holds this lock. NO KEY UPDATE: foreign-key checks (tasks, files,
--- invitations being inserted meanwhile) do not wait for it. No row: no such project.
+-- Serialises changes of a project's members and invitations: each reads the roles and counts it
+-- decides on (the last owner stays) only once it holds this lock. NO KEY UPDATE: foreign-key
+-- checks (tasks, files being inserted meanwhile) do not wait for it. No row: no such project.
 select id from projects where id = @id for no key update;
+
+-- name: CountOtherInvitations :one
+-- The project's waiting invitations to other emails (inviting an email again replaces its own).
+select count(*)::bigint from project_invitations where project_id = @project_id and email <> @email;
 
 -- name: UpsertInvitation :one
 -- One invitation per (project, email): inviting again updates the role.

@@ -108,7 +108,7 @@ async def test_project_updated_names_the_changed_fields(
             "project",
             team.project,
             team.project,
-            {"fields": ["name", "description"]},
+            {"fields": ["name", "description"], "name": "Artemis"},
         ),
         ("project.updated", team.owner.id, "project", team.project, team.project, {"fields": ["archived"]}),
     ]

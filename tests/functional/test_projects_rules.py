@@ -373,6 +373,27 @@ async def test_only_owners_see_members_emails(client: Client, team: Team) -> Non
 # -- the project itself -------------------------------------------------------------------------------
 
 
+async def test_owner_id_names_the_creator_and_says_so(client: Client, team: Team) -> None:
+    """Review: ``owner_id`` kept naming the creator after they handed the project over and left, with
+    nothing to tell a client it is not an owner. It stays (the wire does not change) and is documented."""
+    promoted = await client.patch(
+        f"/api/projects/{team.project}/members/{team.editor.id}",
+        json={"role": "owner"},
+        headers=team.owner.headers,
+    )
+    assert promoted.status_code == 200, promoted.text
+    left = await client.delete(
+        f"/api/projects/{team.project}/members/{team.owner.id}", headers=team.owner.headers
+    )
+    assert left.status_code == 204, left.text
+    project = await client.get(f"/api/projects/{team.project}", headers=team.editor.headers)
+    assert project.json()["owner_id"] == team.owner.id
+
+    doc = (await client.get("/schema/openapi.json")).json()
+    described = doc["components"]["schemas"]["ProjectOut"]["properties"]["owner_id"].get("description", "")
+    assert "created the project" in described and "`owner` role" in described, described
+
+
 async def test_archiving_needs_an_owner(client: Client, db: AsyncConnection[Any], team: Team) -> None:
     url = f"/api/projects/{team.project}"
     refused = await client.patch(url, json={"archived": True, "name": "Sneaky"}, headers=team.editor.headers)

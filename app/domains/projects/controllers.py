@@ -62,7 +62,9 @@ class ProjectsController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Create a project (the caller becomes its owner)",
-        responses=problems(400, 401, 429),
+        description="A user may have created at most `PROJECTS_PER_USER_MAX` projects (100 by default) "
+        "that still exist; one more is a 409 (`project-limit`) until one of them is deleted.",
+        responses=problems(400, 401, 409, 429),
     )
     async def create_project(
         self, data: JSONBody[ProjectCreate], projects: Projects, current_user: Caller
@@ -169,8 +171,10 @@ class InvitationsController(Controller):
         description="The answer is the same whether or not the email belongs to an account (active or "
         "not) or to a member already: it never tells who has an account. The invitee sees the invitation "
         "under `/api/me/invitations` once signed in with that email, and joins by accepting it. Inviting "
-        "the same email again updates the role.",
-        responses=problems(400, 401, 403, 404, 429),
+        "the same email again updates the role. A project has at most `PROJECT_INVITATIONS_MAX` waiting "
+        "invitations (50 by default): one more is a 409 (`invitation-limit`). Removing a member (or a "
+        "member leaving) withdraws their waiting invitations to the project.",
+        responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def invite(
         self, project_id: IdPath, data: JSONBody[InvitationCreate], projects: Projects, current_user: Caller

@@ -14,6 +14,6 @@ from app.domains.projects.services import ProjectService
 module = Module(
     name="projects",
     controllers=[ProjectsController, MembersController, InvitationsController, MyInvitationsController],
-    service=lambda s: ProjectService(s.db, s[AccountService]),
+    service=lambda s: ProjectService(s.db, s[AccountService], s.settings),
     seed=seed_projects,
 )

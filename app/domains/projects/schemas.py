@@ -26,11 +26,20 @@ class ProjectUpdate(msgspec.Struct, forbid_unknown_fields=True):
     archived: bool | None = None
 
 
+CreatorId = Annotated[
+    int,
+    msgspec.Meta(
+        description="The user who created the project. It stays when they hand the project over or "
+        "leave it: the owners are the members with the `owner` role (`/members`)."
+    ),
+]
+
+
 class ProjectOut(msgspec.Struct, frozen=True):
     id: int
     name: str
     description: str
-    owner_id: int
+    owner_id: CreatorId
     archived: bool
     my_role: ProjectRole
     created_at: datetime

@@ -7,12 +7,15 @@ transaction with ``require_role`` (or ``check_role`` on a role their query alrea
 
 Locks, always in a project deletion's order (the project row, then its members, then its tasks, files
 and invitations), so none of these waits can close a cycle with a deletion:
-- a change that inserts rows referring to the project (a task, a file, an invitation, a member)
-  holds the project row ``FOR KEY SHARE`` before it checks access (``keep_project=True``), and an
-  assignee's membership before it is relied on (``keep_member``): a deletion or removal that
-  commits meanwhile is then a 404 or 422, not the insert's foreign-key violation (a 500);
-- a change of members holds the project ``FOR NO KEY UPDATE`` before it reads any role: two changes
-  that each saw another owner cannot remove the last one together.
+- a change that inserts rows referring to the project (a task, a file) holds the project row
+  ``FOR KEY SHARE`` before it checks access (``keep_project=True``), and an assignee's membership
+  before it is relied on (``keep_member``): a deletion or removal that commits meanwhile is then a
+  404 or 422, not the insert's foreign-key violation (a 500);
+- a change of members or invitations (an invitation sent or accepted, a role changed, a member
+  removed) holds the project ``FOR NO KEY UPDATE`` before it reads any role or count: two changes
+  that each saw another owner cannot remove the last one together, two invitations cannot both
+  pass the cap, and a member's removal (which withdraws their waiting invitations) and their
+  acceptance of one come one after the other.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError
 from app.core.wire import from_row
@@ -39,10 +43,22 @@ MembershipChanged = Callable[[int, int], Awaitable[None]]
 """Called with (user id, project id) once that membership was added or removed (committed)."""
 
 
+class ProjectLimitError(ConflictError):
+    slug = "project-limit"
+    title = "Too many projects"
+
+
+class InvitationLimitError(ConflictError):
+    slug = "invitation-limit"
+    title = "Too many waiting invitations"
+
+
 class ProjectService:
-    def __init__(self, db: Database, accounts: AccountService) -> None:
+    def __init__(self, db: Database, accounts: AccountService, settings: Settings) -> None:
         self.db = db
         self.accounts = accounts
+        self.projects_per_user_max = settings.projects_per_user_max
+        self.project_invitations_max = settings.project_invitations_max
         self._on_deleted: list[ProjectDeleted] = []
         self._on_membership: list[MembershipChanged] = []
 
@@ -108,8 +124,15 @@ class ProjectService:
     # -- projects -------------------------------------------------------------------------------
 
     async def create(self, actor: int, data: ProjectCreate) -> Project:
-        """The creator becomes the project's first owner."""
+        """The creator becomes the project's first owner. A user has created at most
+        ``PROJECTS_PER_USER_MAX`` projects that still exist (each may invite people: no flood)."""
         async with self.db.transaction() as uow:
+            await queries.lock_project_creator(uow.conn, owner_id=actor)
+            created = await queries.count_created_projects(uow.conn, owner_id=actor)
+            if created is not None and created >= self.projects_per_user_max:
+                raise ProjectLimitError(
+                    f"A user creates at most {self.projects_per_user_max} projects; delete one first."
+                )
             project = await queries.create_project(
                 uow.conn, name=data.name.strip(), description=data.description, owner_id=actor
             )
@@ -161,13 +184,15 @@ class ProjectService:
                 raise NotFoundError("No such project.")
             changed = [f for f in ("name", "description", "archived") if getattr(data, f) is not None]
             if changed:
+                # The new name renames the project in the feed's sentences.
+                named = {"name": project.name} if data.name is not None else {}
                 await emit(
                     uow,
                     actor=actor,
                     verb="project.updated",
                     obj=("project", project_id),
                     project_id=project_id,
-                    data={"fields": changed},
+                    data={"fields": changed, **named},
                 )
             return project, role
 
@@ -218,10 +243,17 @@ class ProjectService:
     async def invite(self, actor: int, project_id: int, data: InvitationCreate) -> ProjectInvitation:
         """Owners invite an email. The answer is the same whether the email has an account (active or
         not) or is a member already: nothing here tells who has an account. Inviting again updates the
-        role."""
+        role. A project has at most ``PROJECT_INVITATIONS_MAX`` waiting invitations."""
         email = data.email.strip().lower()
         async with self.db.transaction() as uow:
-            project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER, keep_project=True)
+            await self._lock_membership(uow, project_id)
+            project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER)
+            waiting = await queries.count_other_invitations(uow.conn, project_id=project_id, email=email)
+            if waiting is not None and waiting >= self.project_invitations_max:
+                raise InvitationLimitError(
+                    f"A project has at most {self.project_invitations_max} waiting invitations; "
+                    "withdraw one first."
+                )
             invitation = await queries.upsert_invitation(
                 uow.conn, project_id=project_id, email=email, role=ProjectRole(data.role), invited_by=actor
             )
@@ -273,7 +305,7 @@ class ProjectService:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
                 raise NotFoundError("No such invitation.")
-            invitation = await self._take_invitation_keeping_project(uow, user.email, invitation_id)
+            invitation = await self._take_invitation_locking_project(uow, user.email, invitation_id)
             member = await queries.add_member(
                 uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
             )
@@ -290,13 +322,15 @@ class ProjectService:
             return await self._get(uow, user_id, invitation.project_id, ProjectRole.VIEWER)
 
     @staticmethod
-    async def _take_invitation_keeping_project(
+    async def _take_invitation_locking_project(
         uow: UnitOfWork, email: str, invitation_id: int
     ) -> ProjectInvitation:
-        """The invitation, used up, with its project kept from deletion first (the member's insert
-        refers to it): a deletion locks the project, then its invitations, and so does this."""
+        """The invitation, used up, once its project is held as by any change of members (which also
+        keeps it from deletion: the member's insert refers to it). A removal of the invitee, which
+        withdraws this invitation, then comes wholly before or after; a deletion locks the project,
+        then its invitations, and so does this."""
         project_id = await queries.invitation_project(uow.conn, id=invitation_id, email=email)
-        if project_id is None or await queries.keep_project(uow.conn, id=project_id) is None:
+        if project_id is None or await queries.lock_project_membership(uow.conn, id=project_id) is None:
             raise NotFoundError("No such invitation.")
         invitation = await queries.take_invitation(uow.conn, id=invitation_id, email=email)
         if invitation is None:  # taken meanwhile
@@ -345,6 +379,8 @@ class ProjectService:
 
         The member's task assignments in the project are cleared by the database (the assignee is a
         foreign key to the membership, ``on delete set null``), so no other domain is touched here.
+        Their waiting invitations to the project are withdrawn (after the membership: a deletion's
+        order): one sent before the removal would let them rejoin alone, with its role.
         """
         async with self.db.transaction() as uow:
             await self._lock_membership(uow, project_id)
@@ -358,6 +394,7 @@ class ProjectService:
                 await self._keep_an_owner(uow, project_id)
             if not await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id):
                 raise NotFoundError(missing)  # removed meanwhile
+            await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
             self._membership_changed(uow, user_id, project_id)
             await emit(
                 uow,
@@ -375,7 +412,8 @@ class ProjectService:
 
     @staticmethod
     async def _lock_membership(uow: UnitOfWork, project_id: int) -> None:
-        """Held before any role is read by a change of members (see the module's docstring)."""
+        """Held before any role or count is read by a change of members or invitations (see the
+        module's docstring)."""
         if await queries.lock_project_membership(uow.conn, id=project_id) is None:
             raise NotFoundError("No such project.")
 

@@ -60,7 +60,13 @@ class ProjectTasksController(Controller):
         due_after: FromQuery[date | None] = None,
         q: Annotated[
             str | None,
-            QueryParameter(min_length=1, max_length=200, pattern=NO_NUL, description="Full-text search"),
+            QueryParameter(
+                min_length=1,
+                max_length=200,
+                pattern=NO_NUL,
+                description="Full-text search in titles and descriptions, web-search syntax: "
+                '`"a phrase"`, `or`, `-excluded` (pairs of `-` cancel: `--a` is `a`).',
+            ),
         ] = None,
         sort: Annotated[
             TaskSort,

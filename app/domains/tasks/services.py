@@ -22,12 +22,15 @@ from app.domains.activity.events import emit
 from app.domains.projects.services import ProjectService
 from app.domains.tasks.cache import TaskListCache
 from app.domains.tasks.schemas import CommentOut, TaskCreate, TaskCursor, TaskOut, TaskSort, TaskUpdate
+from app.domains.tasks.search import search_text
 
 FIRST_KEY = -(2**62)
 """The keyset position before every task, whatever the sort (sort keys are far above it)."""
 
 
 class TaskFilters(msgspec.Struct, frozen=True):
+    """``search``: web-search syntax, as a client sent it (``search_text`` shapes it for PostgreSQL)."""
+
     status: TaskStatus | None = None
     priority: TaskPriority | None = None
     assignee_id: int | None = None
@@ -219,7 +222,7 @@ class TaskService:
                 assignee_id=filters.assignee_id,
                 due_before=filters.due_before,
                 due_after=filters.due_after,
-                search=filters.search,
+                search=search_text(filters.search),
                 after_key=cursor.key if cursor else FIRST_KEY,
                 after_id=cursor.id if cursor else 0,
                 row_limit=limit,
