@@ -168,9 +168,10 @@ def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
 
 def _parameter_message(request: Request[Any, Any, Any], key: str, message: str) -> str:
     """Litestar's (msgspec's) message about a parameter, unless the parameter broke a declared
-    pattern we can word: the rule comes from the declaration, not from the message's text."""
+    pattern we can word: the rule comes from the declaration, not from the message's text, which
+    only tells which constraint failed (msgspec's ``matching regex``; a length is reported as is)."""
     pattern = getattr(_parameter(request, key), "pattern", None)
-    if not isinstance(pattern, str):
+    if not isinstance(pattern, str) or "matching regex" not in message:
         return message
     meaning = pattern_meaning(pattern)
     if meaning is not None:

@@ -132,6 +132,18 @@ async def test_query_parameter_errors_name_the_parameter(client: AsyncTestClient
         assert [e["field"] for e in body["errors"]] == ["query.limit"]
 
 
+async def test_a_parameter_with_a_pattern_is_told_which_of_its_rules_it_broke(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    """Every error on a parameter declaring a pattern used to be worded as the pattern's rule: a
+    search too long was told it must not contain NUL characters."""
+    too_long = assert_problem(await client.get("/api/products/", params={"q": "a" * 101}), 400, "validation")
+    assert too_long["errors"] == [{"field": "query.q", "message": "Expected `str` of length <= 100"}]
+    with_nul = assert_problem(await client.get("/api/products/", params={"q": "a\x00b"}), 400, "validation")
+    assert [e["field"] for e in with_nul["errors"]] == ["query.q"]
+    assert "NUL" in with_nul["errors"][0]["message"]
+
+
 async def test_unexpected_error_is_a_500_without_internals(client: AsyncTestClient[Litestar]) -> None:
     response = await client.get("/probe/boom")
     body = assert_problem(response, 500, "internal")
