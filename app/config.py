@@ -162,6 +162,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     feed_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     feed_stream_heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
     feed_stream_replay_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    feed_stream_max_per_user: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     # monitoring
     monitoring_enabled: bool = True
     monitoring_release: Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00-\x1f]*$")] = ""

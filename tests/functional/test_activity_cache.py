@@ -68,6 +68,7 @@ async def test_a_second_read_is_served_from_the_cache(cache: FeedCache) -> None:
         pytest.param(lambda c: c.scope_changed(READER), id="membership or role of the reader"),
         pytest.param(lambda c: c.project_gone(PROJECTS[0]), id="a visible project deleted"),
         pytest.param(lambda c: c.read_state_changed(READER), id="read state of the reader"),
+        pytest.param(lambda c: c.names_changed(), id="any user renamed"),
     ],
 )
 async def test_each_change_that_concerns_the_reader_makes_the_answer_stale(

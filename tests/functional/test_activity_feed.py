@@ -280,6 +280,29 @@ async def test_answers_read_before_a_promotion_or_a_deletion_are_not_served_afte
     assert (await ok(await client.get(unread, headers=team.editor.headers)))["unread"] == 0
 
 
+async def test_a_renamed_actor_shows_under_the_new_name_at_the_next_read_of_the_cached_page(
+    client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService
+) -> None:
+    """Actor names are read live from ``users``; the cached first page must not keep the old one after
+    PATCH /api/auth/me, even for readers who share no project with the actor any more."""
+    await new_task(client, team.editor, team.project, "Plan")
+    await deliver(db, feed)
+    assert await texts(client, team.viewer) == ["Editor created task 'Plan' in Apollo"]
+    await ok(
+        await client.delete(
+            f"/api/projects/{team.project}/members/{team.editor.id}", headers=team.owner.headers
+        ),
+        204,
+    )
+    assert await texts(client, team.viewer) == ["Editor created task 'Plan' in Apollo"]
+
+    await ok(await client.patch("/api/auth/me", json={"display_name": "Eve"}, headers=team.editor.headers))
+
+    page = await ok(await client.get("/api/feed", headers=team.viewer.headers))
+    assert [g["text"] for g in page["items"]] == ["Eve created task 'Plan' in Apollo"]
+    assert page["items"][0]["actors"] == [{"id": team.editor.id, "name": "Eve"}]
+
+
 async def test_orders_are_private_to_their_buyer_and_administrators(
     client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService, app: Litestar
 ) -> None:

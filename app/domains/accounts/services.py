@@ -88,6 +88,7 @@ class AccountService:
         self.throttle = LoginThrottle(settings, valkey)
         self._callers: LRUCache[str, tuple[CurrentUser, int]] = LRUCache(maxsize=VERIFIED_TOKENS_KEPT)
         self._on_access_change: list[Callable[[int], Awaitable[None]]] = []
+        self._on_rename: list[Callable[[int], Awaitable[None]]] = []
         conninfo, connect_kwargs = db.pool.conninfo, db.pool.kwargs
         assert isinstance(conninfo, str) and isinstance(connect_kwargs, dict), "a static pool configuration"
         self.revocations: Revocations[uuid.UUID] = Revocations(
@@ -104,6 +105,10 @@ class AccountService:
     def after_access_change(self, callback: Callable[[int], Awaitable[None]]) -> None:
         """Run ``callback(user_id)`` after a user's role or active flag changed (committed)."""
         self._on_access_change.append(callback)
+
+    def after_rename(self, callback: Callable[[int], Awaitable[None]]) -> None:
+        """Run ``callback(user_id)`` after a user's display name changed (committed)."""
+        self._on_rename.append(callback)
 
     def _access_changed(self, uow: UnitOfWork, user_id: int) -> None:
         for callback in self._on_access_change:
@@ -373,6 +378,9 @@ class AccountService:
             )
             if user is None:
                 raise NotFoundError("No such user.")
+            if data.display_name is not None:
+                for callback in self._on_rename:
+                    uow.after_commit(partial(callback, caller.id))
             if new_hash is not None:
                 revoked = await self.revoke_all(uow, caller.id, keep=caller.family_id)
         if new_hash is not None:

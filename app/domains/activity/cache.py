@@ -6,7 +6,10 @@ the task lists' page cache). A reader's stamp is made of these versions:
 - ``feed:rv:{reader}``: the reader's read state (seen, read marks);
 - ``feed:uv:{reader}``: events addressed to the reader (their orders);
 - ``feed:pv:{project}``: events stored in the project, or the project deleted;
-- ``feed:seq``: any event stored, or any project deleted (administrators see everything).
+- ``feed:seq``: any event stored, or any project deleted (administrators see everything);
+- ``feed:names``: any user renamed. Actor names are joined live from ``users``, and an actor may
+  appear in any reader's answers (in a project they have since left, in a group addressed to
+  someone else), so a rename makes every reader's answers stale; renames are rare.
 
 The reader's scope (the projects whose versions count: ``*`` for administrators) is kept as
 ``feed:scope:{reader}``, an answer as ``feed:entry:{name}:{reader}`` (``{stamp}{token}\\n{answer}``,
@@ -21,18 +24,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from app.core.cache import Cache
 from app.core.stamped import Load, StampedCache, fresh_version
 
-# KEYS: scope, mv, rv, uv, entry, seq. ARGV: the project version key prefix, a fresh version
+# KEYS: scope, mv, rv, uv, entry, seq, names. ARGV: the project version key prefix, a fresh version
 # (``VERSION_LUA``), the header of the entry held (``ANSWER_LUA``). Returns {0, mv} when the scope
 # must be loaded, else ``answer``'s.
 _LOOKUP = """
-local got = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
+local got = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
 local mv = version(KEYS[2], got[2])
 local scope = got[1]
 if not scope then return {0, mv} end
 local bar = string.find(scope, '|', 1, true)
 if string.sub(scope, 1, bar - 1) ~= mv then return {0, mv} end
 local ids = string.sub(scope, bar + 1)
-local parts = {mv, version(KEYS[3], got[3]), version(KEYS[4], got[4])}
+local parts = {mv, version(KEYS[3], got[3]), version(KEYS[4], got[4]), version(KEYS[7], got[6])}
 if ids == '*' then
   parts[#parts + 1] = version(KEYS[6], got[5])
 elseif ids ~= '' then
@@ -65,6 +68,7 @@ class FeedCache(StampedCache):
             f"feed:uv:{reader_id}",
             entry,
             "feed:seq",
+            "feed:names",
         ]
 
         async def scope_ids() -> str:
@@ -89,6 +93,10 @@ class FeedCache(StampedCache):
         and their stamp has ``feed:seq`` instead of project versions), are stale at once."""
         versions = {f"feed:pv:{project_id}": fresh_version(), "feed:seq": fresh_version()}
         await self._replace(versions, "project")
+
+    async def names_changed(self) -> None:
+        """A user's display name changed: every reader's answers may show the old one."""
+        await self._replace({"feed:names": fresh_version()}, "names")
 
     async def read_state_changed(self, reader_id: int) -> None:
         await self._replace({f"feed:rv:{reader_id}": fresh_version()}, "read state")

@@ -10,9 +10,10 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent
-from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT, HTTP_429_TOO_MANY_REQUESTS
 
 from app.core.auth import Caller, requires_user
+from app.core.errors import Problem
 from app.core.openapi import BEARER, problems
 from app.core.pagination import MAX_PAGE_SIZE, CursorParam, PageSize, cursor_query
 from app.core.routing import Controller
@@ -103,9 +104,19 @@ _STREAM_RESPONSE = {
             "caller may see; `reset` when a replay would exceed the limit (reload GET /api/feed); "
             "comment lines as heartbeats. Reconnect with `Last-Event-ID`. Only a request whose "
             "`Accept` names `text/event-stream` (as EventSource's do) stays open; any other gets "
-            "`ready` and the replay, then the response ends (a poll)."
+            "`ready` and the replay, then the response ends (a poll). A live stream ends when the "
+            "access token expires (reconnect with a fresh one and `Last-Event-ID`), when its session "
+            "ends (logout, account deactivated or demoted, password changed) and when the server stops."
         ),
-    )
+    ),
+    HTTP_429_TOO_MANY_REQUESTS: ResponseSpec(
+        data_container=Problem,
+        media_type="application/problem+json",
+        description=(
+            "Rate limit exceeded, or the account already holds FEED_STREAM_MAX_PER_USER live streams "
+            "(type `.../too-many-streams`: close one); see Retry-After"
+        ),
+    ),
 }
 
 
@@ -206,7 +217,7 @@ class FeedController(Controller):
     @get(
         "/stream",
         summary="New and changed groups, live (Server-Sent Events)",
-        responses={**_STREAM_RESPONSE, **problems(400, 401, 429)},
+        responses={**problems(400, 401), **_STREAM_RESPONSE},
     )
     async def stream(
         self,
@@ -218,7 +229,8 @@ class FeedController(Controller):
     ) -> ServerSentEvent:
         after = int(last_event_id) if last_event_id else None
         live = EVENT_STREAM in request.headers.get("accept", "").lower()
-        stream = FeedStream(activity, channels, current_user.id, after, live=live)
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()  # the gate checked it
+        stream = await FeedStream.open(activity, channels, current_user, token, after, live=live)
         return ServerSentEvent(stream.messages(), headers={"X-Accel-Buffering": "no"})
 
 

@@ -12,27 +12,32 @@ Design, in short (each part is documented where it lives):
 - Read state: ``seen`` (the bell), and ``read`` through three marks: everything up to an event,
   a group up to an event (later events make it unread again), single events.
 - Live (``stream.py``): Server-Sent Events of new and changed groups, woken by a notice published
-  after each batch commits, always answered from PostgreSQL with the same permission query.
+  after each batch commits, always answered from PostgreSQL with the same permission query; each
+  lives while its access token does, and the process's streams share their slots and their end
+  (``live.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
-from app.core.errors import NotFoundError
+from app.core.errors import NotFoundError, UnauthorizedError
 from app.core.pagination import IdCursor, Page, decode_cursor, encode_cursor
+from app.core.security import AccessTokens, InvalidTokenError
 from app.core.types import MAX_ID
 from app.db import activity as queries
 from app.domains.activity.cache import FeedCache
 from app.domains.activity.combiner import Combiner
 from app.domains.activity.grouping import RULE_VERSION, GroupingRule
+from app.domains.activity.live import LiveStreams
 from app.domains.activity.recovery import recover_lost_events
 from app.domains.activity.schemas import (
     ActorOut,
@@ -48,6 +53,9 @@ from app.domains.activity.schemas import (
 )
 from app.domains.activity.verbs import MAX_SAMPLE, object_phrase, sentence, spec_of
 from app.domains.activity.writer import FeedWriter, Recorded
+
+if TYPE_CHECKING:
+    from app.domains.accounts.services import AccountService
 
 COMBINED_EVENTS = 5000
 """At most this many events (or FEED_BATCH_SIZE, if larger) in one combined transaction."""
@@ -74,13 +82,32 @@ _COUNTS = msgspec.msgpack.Decoder(UnreadCountsOut)
 
 
 class ActivityService:
-    def __init__(self, db: Database, settings: Settings, broadcaster: Broadcaster, cache: FeedCache) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        broadcaster: Broadcaster,
+        cache: FeedCache,
+        valkey: Valkey,
+        accounts: AccountService | None = None,
+    ) -> None:
+        """``accounts`` decides whether a live stream's access token is still good (absent only in
+        assemblies without accounts, where nobody can open a stream)."""
         self.db = db
         self.settings = settings
         self.broadcaster = broadcaster
         self.cache = cache
+        self.accounts = accounts
+        self.tokens = AccessTokens(settings)
+        self.streams = LiveStreams(valkey, settings)
         self.writer = FeedWriter(grouping_rule(settings))
         self.combiner = Combiner(self._write_alone, max_events=max(settings.feed_batch_size, COMBINED_EVENTS))
+
+    async def start(self) -> None:
+        self.streams.start()
+
+    async def close(self) -> None:
+        self.streams.close()
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -208,6 +235,25 @@ class ActivityService:
         async with self.db.read() as uow:
             row = await queries.reader_scope(uow.conn, reader_id=reader_id)
         return (row.is_admin, frozenset(row.project_ids)) if row else (False, frozenset())
+
+    def token_expiry(self, token: str) -> float:
+        """When the access token a stream was opened with expires (epoch seconds); now if it just did."""
+        try:
+            return float(self.tokens.verify(token).exp)
+        except InvalidTokenError:  # expired since the request was authenticated (within the leeway)
+            return 0.0
+
+    async def session_valid(self, token: str) -> bool:
+        """The access token is still accepted: not expired, its session not revoked (a logout, the
+        account deactivated or demoted, its password changed): the check of every request
+        (``AccountService.authenticate``), in memory while its revocation listener is connected."""
+        if self.accounts is None:
+            return True
+        try:
+            await self.accounts.authenticate(token)
+        except UnauthorizedError:
+            return False
+        return True
 
     async def changes(self, reader_id: int, after: int, limit: int) -> tuple[list[FeedGroupOut], int]:
         """The visible groups with activity after ``after`` (oldest change first), as they are now,

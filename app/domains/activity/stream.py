@@ -12,9 +12,15 @@ sent". So:
 - membership is re-checked by every query: a member removed from a project gets nothing more from
   it, on this stream or after reconnecting. Notices are only pre-filtered against the reader's
   projects, refreshed at every heartbeat and whenever a notice concerns the reader's membership;
-- a heartbeat comment every ``FEED_STREAM_HEARTBEAT_S`` keeps proxies from closing the connection;
-- the stream ends after the access-token lifetime (the client reconnects with a fresh token and its
-  Last-Event-ID), and at once when the client goes (Litestar cancels the generator on disconnect);
+- a heartbeat comment every ``FEED_STREAM_HEARTBEAT_S`` (however many notices arrive meanwhile)
+  keeps proxies from closing the connection;
+- the stream lives while the access token it was opened with does: it ends when the token expires
+  (its ``exp``; the client reconnects with a fresh token and its Last-Event-ID), and, on the first
+  wake-up or heartbeat after, when the request's own check (``ActivityService.session_valid``) would
+  refuse the token: a logout, the account deactivated or demoted, its password changed;
+- it ends at once when the client goes (Litestar cancels the generator on disconnect) and when the
+  process stops (``live.py``); an account holds at most ``FEED_STREAM_MAX_PER_USER`` live streams
+  (``live.py``: one more is a 429);
 - a client that does not ask for ``text/event-stream`` (EventSource always does) gets a poll: the
   ``ready`` event and the replay, then the response ends. So a plain HTTP client, or a contract
   fuzzer, never waits on an open stream.
@@ -23,6 +29,8 @@ sent". So:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -31,6 +39,9 @@ from litestar.channels import ChannelsPlugin
 from litestar.channels.subscriber import Subscriber
 from litestar.response import ServerSentEventMessage
 
+from app.core.auth import CurrentUser
+from app.core.valkey import VALKEY_DOWN
+from app.domains.activity.live import Slot
 from app.domains.activity.services import CHANNEL, ActivityService, Notice
 
 PAGE = 100
@@ -47,37 +58,74 @@ class FeedStream:
         last_event_id: int | None,
         *,
         live: bool = True,
+        token: str = "",
+        expires_at: float = math.inf,
     ) -> None:
+        """``token``: the access token of the request (checked again at every wake-up and heartbeat
+        while live); ``expires_at``: its ``exp``, when the stream ends."""
         settings = service.settings
         self.service = service
         self.channels = channels
         self.reader_id = reader_id
         self.last_event_id = last_event_id
         self.live = live
+        self.token = token
+        self.expires_at = expires_at
         self.heartbeat_s = settings.feed_stream_heartbeat_s
         self.replay_max = settings.feed_stream_replay_max
-        self.lifetime_s = float(settings.access_token_ttl_s)
+        self.slot: Slot | None = None
         self.is_admin = False
         self.projects: frozenset[int] = frozenset()
         self.cursor = 0
+
+    @classmethod
+    async def open(
+        cls,
+        service: ActivityService,
+        channels: ChannelsPlugin,
+        caller: CurrentUser,
+        token: str,
+        last_event_id: int | None,
+        *,
+        live: bool,
+    ) -> FeedStream:
+        """The caller's stream; a live one first takes one of the account's slots (429 when the
+        account's other streams hold them all)."""
+        stream = cls(
+            service,
+            channels,
+            caller.id,
+            last_event_id,
+            live=live,
+            token=token,
+            expires_at=service.token_expiry(token),
+        )
+        if live:
+            stream.slot = await service.streams.claim(caller.id)
+        return stream
 
     async def messages(self) -> AsyncIterator[ServerSentEventMessage]:
         if not self.live:  # a poll: nothing to wait for
             async for message in self._run([], asyncio.Event()):
                 yield message
             return
-        async with self.channels.start_subscription([CHANNEL]) as subscriber:
-            notices: list[Notice] = []
-            wake = asyncio.Event()
-            listener = asyncio.create_task(self._listen(subscriber, notices, wake))
-            try:
-                async for message in self._run(notices, wake):
-                    yield message
-            finally:
-                listener.cancel()
+        wake = asyncio.Event()
+        self.service.streams.watch(wake)
+        try:
+            async with self.channels.start_subscription([CHANNEL]) as subscriber:
+                notices: list[Notice] = []
+                listener = asyncio.create_task(self._listen(subscriber, notices, wake))
+                try:
+                    async for message in self._run(notices, wake):
+                        yield message
+                finally:
+                    listener.cancel()
+        finally:
+            self.service.streams.unwatch(wake)
+            if self.slot is not None:
+                await self.slot.release()
 
     async def _run(self, notices: list[Notice], wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
-        ends_at = time.monotonic() + self.lifetime_s
         await self._refresh_scope()
         latest = await self.service.latest_seq()
         replay = self.last_event_id is not None
@@ -90,10 +138,20 @@ class FeedStream:
                 yield message
         if not self.live:
             return
-        while (remaining := ends_at - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=min(self.heartbeat_s, remaining))
-            except TimeoutError:
+        beat = time.monotonic() + self.heartbeat_s
+        while not self.service.streams.stopping:
+            timeout = min(beat - time.monotonic(), self.expires_at - time.time())
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
+            if self._over() or not await self.service.session_valid(self.token):
+                return
+            if time.monotonic() >= beat:
+                beat = time.monotonic() + self.heartbeat_s
+                if not await self._keep_slot():
+                    return
+                wake.clear()
+                notices.clear()  # what they announced, the check below sends
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
                 await self._refresh_scope()
                 async for message in self._send_changes():
@@ -106,6 +164,19 @@ class FeedStream:
             if any(self._concerns(notice) for notice in pending):
                 async for message in self._send_changes():
                     yield message
+
+    def _over(self) -> bool:
+        """The process is stopping or the access token has expired."""
+        return self.service.streams.stopping or time.time() >= self.expires_at
+
+    async def _keep_slot(self) -> bool:
+        """Renew the stream's lease; False when it lapsed and the account's other streams took it."""
+        if self.slot is None:
+            return True
+        try:
+            return await self.slot.renew()
+        except VALKEY_DOWN:
+            return True  # renewed at the next heartbeat; the lease outlasts a short outage
 
     def _concerns(self, notice: Notice) -> bool:
         if notice.seq <= self.cursor:
