@@ -15,14 +15,15 @@ from litestar import Litestar, get
 from litestar.params import FromPath
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
+from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.errors import NotFoundError
-from app.core.security import AccessTokens
+from app.core.security import AccessTokens, Passwords
 from app.db.models import UserRole
 from app.main import create_app
-from tests.factories import assert_problem, unique_email, with_test_peer
+from tests.factories import PASSWORD, assert_problem, create_user, unique_email, with_test_peer
 from tests.valkey_control import ControlledValkey
 
 Client = AsyncTestClient[Litestar]
@@ -255,6 +256,31 @@ async def test_signing_up_and_in_is_keyed_by_address_whatever_token_is_sent(
     assert (await register({"authorization": "Bearer not-a-token"})).status_code == 202  # ignored, no 401
     assert_rate_limited(await register({"authorization": bearer(settings, 41)}), "auth-minute")
     assert not await fresh.keys("rl:auth:u:*")
+
+
+async def test_rotating_a_session_is_not_counted_against_signing_in(
+    rl_client: Client, settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """Under the ``auth`` limit, the sessions of everyone behind one address (an office's NAT) shared
+    its 20 a minute: one user's rotations refused another's. A rotation guesses no password."""
+    peer = {"x-test-peer": "198.51.100.78"}
+    user = await create_user(db, await Passwords(settings).hash(PASSWORD))
+    signed_in = await rl_client.post(
+        "/api/auth/login", json={"email": user.email, "password": PASSWORD}, headers=peer
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    refresh_token = signed_in.json()["refresh_token"]
+    for _ in range(settings.rate_limit_auth_per_minute):
+        await rl_client.post("/api/auth/login", json={"email": user.email, "password": "wrong"}, headers=peer)
+    assert_rate_limited(
+        await rl_client.post(
+            "/api/auth/login", json={"email": user.email, "password": PASSWORD}, headers=peer
+        ),
+        "auth-minute",
+    )
+    rotated = await rl_client.post("/api/auth/refresh", json={"refresh_token": refresh_token}, headers=peer)
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.headers["ratelimit-policy"].startswith('"default-minute"')
 
 
 async def test_disabled_rate_limiting_does_nothing(settings: Settings, fresh: Valkey) -> None:
