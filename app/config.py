@@ -228,6 +228,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_snapshot_hour_utc: Annotated[int, msgspec.Meta(ge=0, le=23)] = 4
     github_snapshots_per_run: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     github_history_max_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 366
+    github_user_quota_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    """Per account: the share of GitHub's hourly limit its lookups of users not stored yet may spend."""
+    github_user_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    github_user_pending_refreshes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
 
     serve_ready_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 

@@ -17,7 +17,7 @@ from app.config import Settings
 if TYPE_CHECKING:
     from app.core.services import Services
 
-QueueName = Literal["orders", "feed", "default"]
+QueueName = Literal["orders", "feed", "default", "github"]
 QUEUE_NAMES: tuple[QueueName, ...] = get_args(QueueName)
 
 JobFunction = Callable[..., Awaitable[Any]]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from app.core.db import UnitOfWork
+from app.core.modules import QueueName
 from app.db import outbox as outbox_queries
 
-QueueName = Literal["orders", "feed", "default"]
 
 
 async def enqueue(uow: UnitOfWork, queue: QueueName, task: str, payload: dict[str, Any]) -> int:

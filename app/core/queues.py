@@ -1,4 +1,5 @@
-"""The queues (``orders``, ``feed``, ``default``) with the modules' jobs and cron jobs, in one place.
+"""The queues (``orders``, ``feed``, ``default``, ``github``) with the modules' jobs and cron jobs, in
+one place.
 
 Both the web app (dashboard, enqueueing, the in-process development worker) and the standalone
 worker process (``run_workers``, ``just worker``) are built from ``build_saq_config``. A worker's jobs
@@ -30,7 +31,7 @@ Hook = Callable[[Context], Awaitable[None]]
 
 
 def build_queues(valkey_url: str) -> dict[str, Queue]:
-    """One Valkey client shared by the three queues (SAQ speaks to Valkey through redis-py)."""
+    """One Valkey client shared by the queues (SAQ speaks to Valkey through redis-py)."""
     client = redis.from_url(valkey_url, socket_timeout=5, socket_connect_timeout=2)
     return {name: RedisQueue(client, name=name) for name in QUEUE_NAMES}
 

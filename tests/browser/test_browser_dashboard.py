@@ -14,7 +14,7 @@ from tests.browser.conftest import WatchedPage
 from tests.factories import PASSWORD, create_user
 from tests.served import ServerProcess
 
-QUEUES = ["orders", "feed", "default"]
+QUEUES = ["orders", "feed", "default", "github"]
 RENDER_TIMEOUT_MS = 30_000
 
 

@@ -24,6 +24,8 @@ from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, repos_named
 
+ACCOUNT = 1
+
 
 @pytest.fixture
 def cold(fake: FakeGitHub) -> str:
@@ -53,7 +55,7 @@ async def test_a_cold_caller_takes_the_profile_another_process_stored_after_it_l
     workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock, cold: str
 ) -> None:
     a, b = workers
-    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5)
+    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5, user_id=ACCOUNT)
     clock.now += timedelta(seconds=1)
 
     # B's request read no profile before A stored one; its fetch starts only now, with the lock free.
@@ -67,9 +69,10 @@ async def test_a_refresh_is_answered_by_a_fetch_that_ended_after_it_was_requeste
     workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock, cold: str
 ) -> None:
     a, b = workers
-    refresh = await b.request_refresh(cold)
+    refresh = await b._request_refresh(cold, ACCOUNT)  # nothing stored yet: only the service may
+    assert refresh is not None
     clock.now += timedelta(seconds=1)
-    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5)
+    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5, user_id=ACCOUNT)
 
     assert await b.run_refresh(cold, refresh.id) == "succeeded"
 
@@ -82,9 +85,9 @@ async def test_a_refresh_requested_after_the_last_fetch_fetches_again(
     workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock, cold: str
 ) -> None:
     a, b = workers
-    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5)
+    stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5, user_id=ACCOUNT)
     clock.now += timedelta(seconds=1)
-    refresh = await b.request_refresh(cold)
+    refresh = await b.request_refresh(cold, user_id=ACCOUNT)
 
     assert await b.run_refresh(cold, refresh.id) == "succeeded"
 

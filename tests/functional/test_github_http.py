@@ -18,6 +18,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
+from app.domains.github.services import QUEUE
 from tests.factories import Client, generous_client, make_user
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 
@@ -79,7 +80,7 @@ async def work_refresh(settings: Settings, refresh_id: str) -> str:
     """What a worker does with the queued refresh: take the job from the queue, run it (in this, the
     test's, event loop) and finish it. Returns the refresh's outcome."""
     assert settings.valkey_url is not None
-    queue = RedisQueue(redis.from_url(settings.valkey_url), name="default")
+    queue = RedisQueue(redis.from_url(settings.valkey_url), name=QUEUE)
     try:
         job = await queue.dequeue(timeout=5)
         assert job is not None and job.function == "refresh_github_profile"
@@ -319,7 +320,7 @@ async def test_a_stale_answer_enqueues_one_refresh_job(
     assert first["id"] == second["id"] == posted.json()["id"]
     assert posted.status_code == 202
     assert github_settings.valkey_url is not None
-    queue = RedisQueue(redis.from_url(github_settings.valkey_url), name="default")
+    queue = RedisQueue(redis.from_url(github_settings.valkey_url), name=QUEUE)
     try:
         job = await queue.job("github-refresh:busy")
         assert job is not None and job.function == "refresh_github_profile"
@@ -356,18 +357,19 @@ async def test_a_second_refresh_of_an_unchanged_profile_costs_no_rate_limit(
     api: Client, fake: FakeGitHub, headers: dict[str, str], github_settings: Settings
 ) -> None:
     fake.add_user("unchanged", octo_repos()[:150])
-    first = (await api.post("/api/github/users/unchanged/refresh", headers=headers)).json()
-    assert await work_refresh(github_settings, first["id"]) == "succeeded"
+    assert (await api.get("/api/github/users/unchanged", headers=headers)).status_code == 200
     spent = fake.charged()
     assert spent == 1 + 2 + 20  # profile, two pages, the 20 largest repositories' languages
 
+    first = (await api.post("/api/github/users/unchanged/refresh", headers=headers)).json()
+    assert await work_refresh(github_settings, first["id"]) == "succeeded"
     second = (await api.post("/api/github/users/unchanged/refresh", headers=headers)).json()
     assert second["id"] != first["id"]
     assert await work_refresh(github_settings, second["id"]) == "succeeded"
 
     assert fake.charged() == spent
     revalidations = fake.recorded()[spent:]
-    assert len(revalidations) == spent and {r.status for r in revalidations} == {304}
+    assert len(revalidations) == 2 * spent and {r.status for r in revalidations} == {304}
     profile = (await api.get("/api/github/users/unchanged", headers=headers)).json()
     assert profile["source"] == "cache" and profile["repositories"]["scanned"] == 150
 

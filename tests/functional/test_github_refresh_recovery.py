@@ -20,12 +20,14 @@ from saq.queue.redis import RedisQueue
 
 from app.config import Settings
 from app.core.services import open_services
-from app.domains.github.services import REFRESH_JOB_GRACE_S, GithubService
+from app.domains.github.analysis import DEFAULT_FILTERS
+from app.domains.github.services import QUEUE, REFRESH_JOB_GRACE_S, GithubService
 from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
 
 GRACE = timedelta(seconds=REFRESH_JOB_GRACE_S)
+ACCOUNT = 1
 
 
 @pytest.fixture
@@ -41,13 +43,15 @@ async def github(
     module = clocked_github(clock)
     configured = msgspec.structs.replace(settings, github_api_url=fake_server.url)
     async with open_services(configured, [module]) as services:
-        yield services[GithubService]
+        github = services[GithubService]
+        await github.profile("ghost", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=ACCOUNT)
+        yield github
 
 
 @pytest.fixture
 async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
     assert settings.valkey_url is not None
-    opened = RedisQueue(redis.from_url(settings.valkey_url), name="default")
+    opened = RedisQueue(redis.from_url(settings.valkey_url), name=QUEUE)
     yield opened
     await opened.redis.aclose()
 
@@ -55,7 +59,7 @@ async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
 async def test_a_refresh_whose_worker_died_fails_once_its_job_is_aborted(
     github: GithubService, queue: RedisQueue, clock: FakeClock
 ) -> None:
-    requested = await github.request_refresh("ghost")
+    requested = await github.request_refresh("ghost", user_id=ACCOUNT)
     job = await queue.dequeue(timeout=5)  # a worker took it, saved "running", and was killed
     assert job is not None and job.kwargs is not None and job.kwargs["refresh_id"] == str(requested.id)
     await job.update(status=Status.ACTIVE)  # as saq's Worker.process does
@@ -67,14 +71,14 @@ async def test_a_refresh_whose_worker_died_fails_once_its_job_is_aborted(
     await queue.finish(job, Status.ABORTED)  # what the sweeper does to a job past its timeout
     state = await github.refresh_state(requested.id)
     assert state.status == "failed" and state.error is not None and state.error.kind == "unavailable"
-    again = await github.request_refresh("ghost")
+    again = await github.request_refresh("ghost", user_id=ACCOUNT)
     assert again.id != requested.id and again.status == "queued", "the login is free to refresh again"
 
 
 async def test_a_refresh_whose_job_is_gone_fails_after_the_grace(
     github: GithubService, queue: RedisQueue, clock: FakeClock
 ) -> None:
-    requested = await github.request_refresh("ghost")
+    requested = await github.request_refresh("ghost", user_id=ACCOUNT)
     await queue.redis.delete(queue.job_id("github-refresh:ghost"))  # the enqueue never landed
 
     clock.now += GRACE / 2
@@ -86,7 +90,7 @@ async def test_a_refresh_whose_job_is_gone_fails_after_the_grace(
 async def test_a_job_that_finished_while_its_state_was_judged_keeps_its_outcome(
     github: GithubService, queue: RedisQueue, clock: FakeClock
 ) -> None:
-    requested = await github.request_refresh("ghost")
+    requested = await github.request_refresh("ghost", user_id=ACCOUNT)
     judged = msgspec.json.encode(requested)  # read as "queued" ...
     await github._finish_refresh(requested, None, fetched_at=clock())  # ... then the job finished
     clock.now += GRACE * 2
@@ -100,7 +104,7 @@ async def test_a_job_that_runs_after_its_refresh_was_judged_lost_changes_nothing
 ) -> None:
     """Clients were told ``failed`` (their streams ended): a job the queue still runs afterwards
     (taken by a worker that stalled) neither fetches nor changes the outcome."""
-    requested = await github.request_refresh("ghost")
+    requested = await github.request_refresh("ghost", user_id=ACCOUNT)
     await queue.redis.delete(queue.job_id("github-refresh:ghost"))
     clock.now += GRACE * 2
     assert (await github.refresh_state(requested.id)).status == "failed"

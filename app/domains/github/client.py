@@ -14,6 +14,10 @@
 - Redirects are followed by hand (301/302/307/308, at most 3, same base only), per GitHub's advice.
 - A 451 or a 403 that is not a rate limit refuses one resource (a blocked repository), not the
   token: ``GitHubRefusedError``, and ``get_languages`` skips that repository as if it were gone.
+- A caller that waits its budget out behind this token's other requests gets ``GitHubBusyError``,
+  not a rate-limit error: GitHub refused nothing.
+- ``metered()`` counts the requests GitHub charges (all but 304s) made in the current context (a
+  task and what it awaits): the cost of a fetch chain, charged to the account that asked for it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -92,11 +98,41 @@ class GitHubDownError(GitHubError):
     kind = "unavailable"
 
 
+class GitHubBusyError(GitHubError):
+    """The caller's wait budget ran out while this token's other requests went first (they are sent
+    one at a time): GitHub refused nothing and its quota may be fine."""
+
+    kind = "unavailable"
+
+
 class GitHubRefusedError(GitHubDownError):
     """GitHub refuses this one resource: 451 (blocked for legal reasons, a DMCA takedown) or a 403
     that is not a rate limit ("Repository access blocked"; rate-limit 403s are told apart by the
     governor from their headers and message, and never get here). Other resources are unaffected,
     so it is no sign that GitHub is down; where nothing else is known it still reads as unavailable."""
+
+
+class RequestMeter:
+    """Requests GitHub charged (every answer but a 304) while the meter was current."""
+
+    __slots__ = ("charged",)
+
+    def __init__(self) -> None:
+        self.charged = 0
+
+
+_METER: ContextVar[RequestMeter | None] = ContextVar("github_request_meter", default=None)
+
+
+@contextmanager
+def metered() -> Iterator[RequestMeter]:
+    """Count the requests of the current context (the task, and coroutines it awaits)."""
+    meter = RequestMeter()
+    token = _METER.set(meter)
+    try:
+        yield meter
+    finally:
+        _METER.reset(token)
 
 
 class _TransientError(Exception):
@@ -358,10 +394,14 @@ class GitHubClient:
                     REQUESTS.labels(status="transport-error").inc()
                     raise _TransientError("transport-error") from exc
                 REQUESTS.labels(status=str(response.status_code)).inc()
+                if response.status_code != 304 and (meter := _METER.get()) is not None:
+                    meter.charged += 1
                 limited_until = await self.governor.observe(
                     response.status_code, response.headers, response.content
                 )
         except WaitBudgetExceededError as exc:
+            if exc.reason == "busy":
+                raise GitHubBusyError(str(exc), retry_after=exc.retry_after) from None
             raise GitHubRateLimitError(str(exc), retry_after=exc.retry_after) from None
         return response, limited_until is not None
 

@@ -61,7 +61,12 @@ class GithubUsersController(Controller):
             "Answered at once from the stored data (`source: cache`); data older than its TTL is "
             "answered with `stale: true` while a refresh job runs; a user seen for the first time is "
             "fetched for the request (`source: live`). Totals cover every owned repository (all "
-            "pages). Forks and archived repositories are left out unless asked for."
+            "pages). Forks and archived repositories are left out unless asked for. Such first "
+            "fetches spend the GitHub quota every account shares: each account may spend "
+            "`GITHUB_USER_QUOTA_FRACTION` of it per hour (429 `github-lookup-budget`) and have "
+            "`GITHUB_USER_LOOKUPS_IN_FLIGHT` under way at once (429 `github-lookups-in-flight`); "
+            "both answers carry `Retry-After`. A stale answer comes without a refresh while the "
+            "account has `GITHUB_USER_PENDING_REFRESHES` pending."
         ),
         responses=problems(400, 401, 404, 429, 503),
     )
@@ -69,13 +74,16 @@ class GithubUsersController(Controller):
         self,
         username: UsernamePath,
         github: Github,
+        current_user: Caller,
         include_forks: Annotated[bool, QueryParameter(description="Count forked repositories")] = False,
         include_archived: Annotated[bool, QueryParameter(description="Count archived repositories")] = False,
         top_repos: Annotated[int, QueryParameter(ge=0, le=100, description="Top repositories by stars")] = 10,
         top_languages: Annotated[int, QueryParameter(ge=1, le=100, description="Languages per view")] = 10,
     ) -> GithubProfileOut:
         filters = Filters(include_forks=include_forks, include_archived=include_archived)
-        return await github.profile(username, filters, top_repos=top_repos, top_languages=top_languages)
+        return await github.profile(
+            username, filters, top_repos=top_repos, top_languages=top_languages, user_id=current_user.id
+        )
 
     @get(
         "/{username:str}/history",
@@ -107,12 +115,15 @@ class GithubUsersController(Controller):
         summary="Refresh a GitHub user's data in the background",
         description=(
             "Answers 202 with the refresh (one per user at a time: a pending one is returned). "
-            "Follow `events_url` (Server-Sent Events) or poll `state_url` for its completion."
+            "Follow `events_url` (Server-Sent Events) or poll `state_url` for its completion. "
+            "A user with nothing stored yet is a 404 `github-not-stored` (GET the user first); an "
+            "account with `GITHUB_USER_PENDING_REFRESHES` refreshes queued or running gets 429 "
+            "`github-refresh-limit` with `Retry-After`."
         ),
         responses=problems(400, 401, 404, 429),
     )
-    async def refresh(self, username: UsernamePath, github: Github) -> RefreshOut:
-        return await github.request_refresh(username)
+    async def refresh(self, username: UsernamePath, github: Github, current_user: Caller) -> RefreshOut:
+        return await github.request_refresh(username, user_id=current_user.id)
 
 
 class GithubRefreshesController(Controller):

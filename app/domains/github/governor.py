@@ -24,7 +24,10 @@ What the governor keeps in Valkey, per token identity (a fingerprint, never the 
 
 A caller that would have to wait longer than its budget (``GITHUB_INTERACTIVE_WAIT_S`` or
 ``GITHUB_BACKGROUND_WAIT_S``) gets ``WaitBudgetExceededError`` with the time to wait instead: a request
-answers stale data or 503 + Retry-After rather than hanging.
+answers stale data or 503 + Retry-After rather than hanging. Its ``reason`` says whose limit it was:
+``limited`` (GitHub's: blocked or no quota left until the reset), ``reserve`` (background work at the
+reserve) or ``busy`` (ours: the token's queue of requests was longer than the budget; GitHub refused
+nothing).
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ SECONDARY_LIMIT_HITS = Counter(
     "github_secondary_limit_hits", "GitHub answers refusing a request for a secondary rate limit"
 )
 
+ANONYMOUS_LIMIT = 60
+TOKEN_LIMIT = 5000
+"""GitHub's primary limits per hour: the budget assumed until an answer's ``x-ratelimit-limit`` says."""
+WINDOW_S = 3600
 PRIMARY_MARGIN_S = 1.0
 """Sent after ``x-ratelimit-reset`` plus this: the reset has a one-second resolution and clocks differ."""
 WAKE_MARGIN_S = 0.05
@@ -97,7 +104,8 @@ class WaitBudgetExceededError(Exception):
     """Waiting for GitHub would exceed the caller's budget; ``retry_after`` says how long it would be."""
 
     def __init__(self, reason: str, retry_after: float) -> None:
-        super().__init__(f"GitHub rate limit ({reason}): retry in {retry_after:.0f}s")
+        whose = "queued behind other requests" if reason == "busy" else f"rate limit ({reason})"
+        super().__init__(f"GitHub wait budget exceeded, {whose}: retry in {retry_after:.0f}s")
         self.reason = reason
         self.retry_after = max(1.0, retry_after)
 
@@ -142,6 +150,7 @@ class RateLimitGovernor:
         secondary_backoff_s: float,
         secondary_backoff_max_s: float,
         lock_ttl_s: float,
+        default_limit: int = ANONYMOUS_LIMIT,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -152,6 +161,7 @@ class RateLimitGovernor:
         self.secondary_backoff_s = secondary_backoff_s
         self.secondary_backoff_max_s = secondary_backoff_max_s
         self.lock_ttl_ms = max(1000, int(lock_ttl_s * 1000))
+        self.default_limit = default_limit
         self.clock = clock
         self.sleep = sleep
         base = f"github:gov:{token_id}"
@@ -165,6 +175,18 @@ class RateLimitGovernor:
 
     def reserve(self, limit: int) -> int:
         return math.ceil(limit * self.reserve_fraction)
+
+    async def window(self) -> tuple[int, float]:
+        """The token's hourly limit and the end of its current window (epoch seconds), as GitHub last
+        reported them. Before any answer: the documented limit of the token's kind; with no window
+        under way (none seen, or it has ended): one starting now."""
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.hmget(f"{self.quota_prefix}core", ["limit", "reset"])
+            ((limit_raw, reset_raw),) = await pipe.execute()
+        now = self.clock()
+        limit = int(limit_raw) if limit_raw is not None else self.default_limit
+        reset = int(reset_raw) if reset_raw is not None else 0
+        return limit, (reset + PRIMARY_MARGIN_S if reset > now else now + WINDOW_S)
 
     @asynccontextmanager
     async def turn(self, priority: Priority) -> AsyncIterator[None]:
@@ -294,6 +316,7 @@ def governor_for(settings: Settings, valkey: Valkey, token_id: str, **overrides:
         "secondary_backoff_max_s": settings.github_secondary_backoff_max_s,
         # Held for one request: its timeouts (connect, read, write, pool) plus a margin.
         "lock_ttl_s": settings.github_timeout_s * 4 + 5,
+        "default_limit": TOKEN_LIMIT if settings.github_token else ANONYMOUS_LIMIT,
         **overrides,
     }
     return RateLimitGovernor(valkey, token_id, **options)  # type: ignore[arg-type]

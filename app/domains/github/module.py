@@ -9,14 +9,15 @@ from app.domains.github.controllers import (
     GithubUsersController,
 )
 from app.domains.github.jobs import refresh_github_profile, snapshot_github_profiles
-from app.domains.github.services import GithubService
+from app.domains.github.services import QUEUE, GithubService
 
 module = Module(
     name="github",
     controllers=[GithubUsersController, GithubTrackingController, GithubRefreshesController],
     service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster),
-    jobs=[Job(function=refresh_github_profile, queue="default")],
+    # Its own queue: a burst of refreshes (or a long snapshot run) never delays the platform's jobs.
+    jobs=[Job(function=refresh_github_profile, queue=QUEUE)],
     # Hourly; the job itself waits for GITHUB_SNAPSHOT_HOUR_UTC and skips logins done today, so the
     # snapshot hour is a setting and a missed run is caught up an hour later.
-    cron=[Cron(function=snapshot_github_profiles, schedule="23 * * * *", queue="default", timeout_s=1800)],
+    cron=[Cron(function=snapshot_github_profiles, schedule="23 * * * *", queue=QUEUE, timeout_s=1800)],
 )

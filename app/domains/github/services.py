@@ -12,14 +12,26 @@ How an answer is made (``GithubService.profile``):
   result (or its recorded failure) instead of asking GitHub again. Whoever gets the lock reads the
   stored profile first: a caller that looked just before another process's chain ended takes its
   result.
+- A cold lookup (``profile`` or ``track`` of a login with nothing stored) spends the quota every
+  account shares, so each account gets a share: its fetch chains may cost at most
+  ``GITHUB_USER_QUOTA_FRACTION`` of GitHub's limit per GitHub window (the cost of a chain, counted by
+  the client, is charged to the account that started it; past the share: 429
+  ``github-lookup-budget`` until the window ends), and at most ``GITHUB_USER_LOOKUPS_IN_FLIGHT``
+  logins at once per process (more: 429 ``github-lookups-in-flight``), so one account's burst cannot
+  queue everyone else's requests past their wait budget. Answers from storage cost nothing.
 - Failures: an unknown login is remembered for ``GITHUB_NOT_FOUND_TTL_S`` (404 without a request);
   GitHub down or rate-limited gives the last good data with ``stale: true`` and ``last_error``, or,
-  with nothing stored, a 503 problem with ``Retry-After``. Never a 500.
+  with nothing stored, a 503 problem with ``Retry-After`` (``github-rate-limited`` when GitHub's
+  limit is the cause, ``github-busy`` when the request waited its budget out behind others). Never
+  a 500.
 
-Refreshes (``POST …/refresh``, or a stale read) are SAQ jobs on the ``default`` queue, one per login
-at a time (the job key ``github-refresh:<login>`` and a pending marker in Valkey). Each has an id;
-its state is kept in Valkey for a day and every change is published on ``github:refresh:<id>`` for
-the SSE stream, which also re-reads the stored state so a late subscriber gets the final state.
+Refreshes (``POST …/refresh`` of a stored login, or a stale read) are SAQ jobs on the ``github``
+queue, so a burst of them never delays the platform's jobs (alert delivery, monitoring crons); one
+per login at a time (the job key ``github-refresh:<login>`` and a pending marker in Valkey), and at
+most ``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429, or a stale answer
+without a refresh). Each has an id; its state is kept in Valkey for a day and every change is
+published on ``github:refresh:<id>`` for the SSE stream, which also re-reads the stored state so a
+late subscriber gets the final state.
 """
 
 from __future__ import annotations
@@ -30,8 +42,10 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import msgspec
 import redis.asyncio as redis
@@ -46,12 +60,20 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.channels import Broadcaster
 from app.core.db import Database
-from app.core.errors import AppError, ConflictError, NotFoundError, ServiceUnavailableError
+from app.core.errors import (
+    AppError,
+    ConflictError,
+    NotFoundError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+)
+from app.core.modules import QueueName
 from app.core.pagination import IdCursor, Page, paginate
 from app.db import github as queries
 from app.db.models import GithubSnapshot, GithubTracked
 from app.domains.github.analysis import DEFAULT_FILTERS, analyze, repos_to_measure
 from app.domains.github.client import (
+    GitHubBusyError,
     GitHubClient,
     GitHubDownError,
     GitHubError,
@@ -59,6 +81,7 @@ from app.domains.github.client import (
     GitHubRateLimitError,
     GithubRepo,
     is_valid_username,
+    metered,
     token_fingerprint,
 )
 from app.domains.github.governor import Priority, governor_for
@@ -79,6 +102,10 @@ log = structlog.get_logger("app.github")
 
 REFRESH_TASK = "refresh_github_profile"
 """The SAQ task name of ``jobs.refresh_github_profile`` (SAQ registers functions by name)."""
+QUEUE: QueueName = "github"
+"""The domain's SAQ queue: its jobs never wait in (or hold up) the platform's ``default`` queue."""
+LOOKUPS_IN_FLIGHT_RETRY_S = 2
+REFRESH_LIMIT_RETRY_S = 10
 REFRESH_STATE_TTL_S = 24 * 3600
 LAST_ERROR_TTL_S = 7 * 24 * 3600
 FETCH_LOCK_TTL_S = 30.0
@@ -108,6 +135,21 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# KEYS[1] = an account's spent requests; ARGV = cost, end of the window (epoch ms) for a new count.
+_SPEND = """
+local spent = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+return spent
+"""
+# KEYS[1] = an account's pending refreshes (refresh id scored by the time it is given up on);
+# ARGV = now, cap, refresh id, its deadline (epoch seconds). 1: admitted, 0: at the cap.
+_ADMIT_REFRESH = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+return 1
+"""
 
 
 class UnknownGithubUserError(NotFoundError):
@@ -123,6 +165,31 @@ class GithubUnavailableError(ServiceUnavailableError):
 class GithubQuotaExhaustedError(ServiceUnavailableError):
     slug = "github-rate-limited"
     title = "GitHub rate limit reached"
+
+
+class GithubBusyError(ServiceUnavailableError):
+    slug = "github-busy"
+    title = "Requests to GitHub are queued up"
+
+
+class LookupBudgetError(TooManyRequestsError):
+    slug = "github-lookup-budget"
+    title = "Your share of GitHub lookups is used up"
+
+
+class TooManyLookupsError(TooManyRequestsError):
+    slug = "github-lookups-in-flight"
+    title = "Too many GitHub lookups at once"
+
+
+class RefreshLimitError(TooManyRequestsError):
+    slug = "github-refresh-limit"
+    title = "Too many refreshes pending"
+
+
+class NotStoredError(NotFoundError):
+    slug = "github-not-stored"
+    title = "Nothing stored for this GitHub user"
 
 
 class TrackingLimitError(ConflictError):
@@ -179,6 +246,13 @@ def problem_for(exc: GitHubError) -> AppError:
     if isinstance(exc, GitHubNotFoundError):
         return UnknownGithubUserError("GitHub has no user with this name.")
     retry_after = str(max(1, math.ceil(exc.retry_after or 30)))
+    if isinstance(exc, GitHubBusyError):
+        return GithubBusyError(
+            "Requests to GitHub are sent one at a time, and this one waited longer than a request may "
+            "(GITHUB_INTERACTIVE_WAIT_S) behind others; GitHub's rate limit was not the cause. "
+            "Nothing is stored for this user yet.",
+            headers={"Retry-After": retry_after},
+        )
     if isinstance(exc, GitHubRateLimitError):
         return GithubQuotaExhaustedError(
             "GitHub's rate limit is exhausted and nothing is stored for this user yet.",
@@ -208,9 +282,13 @@ class GithubService:
         self.client = GitHubClient(settings, valkey, self.governor)
         self._queue: RedisQueue | None = None
         self._flights: dict[str, asyncio.Future[StoredProfile]] = {}
+        self._lookups: dict[int, Counter[str]] = {}
+        """Per account, the logins of its cold lookups in flight in this process (callers per login)."""
         self._release = valkey.register_script(_RELEASE)
         self._renew = valkey.register_script(_RENEW)
         self._replace = valkey.register_script(_REPLACE)
+        self._spend = valkey.register_script(_SPEND)
+        self._admit_refresh = valkey.register_script(_ADMIT_REFRESH)
 
     async def start(self) -> None:
         """One connection pool to GitHub and one queue client per process."""
@@ -218,7 +296,7 @@ class GithubService:
         assert self.settings.valkey_url is not None
         self._queue = RedisQueue(
             redis.from_url(self.settings.valkey_url, socket_timeout=5, socket_connect_timeout=2),
-            name="default",
+            name=QUEUE,
         )
 
     async def close(self) -> None:
@@ -230,22 +308,20 @@ class GithubService:
     # -- profile -----------------------------------------------------------------------------
 
     async def profile(
-        self, username: str, filters: Filters, *, top_repos: int, top_languages: int
+        self, username: str, filters: Filters, *, top_repos: int, top_languages: int, user_id: int
     ) -> GithubProfileOut:
+        """The login's analysis for account ``user_id`` (whose share a cold lookup spends)."""
         login = self.login_of(username)
         stored = await self._load(login)
         refresh: RefreshOut | None = None
         source: Source
         if stored is None:
-            try:
-                stored = await self._fetch_shared(login, Priority.INTERACTIVE, newer_than=None)
-            except GitHubError as exc:
-                raise problem_for(exc) from None
+            stored = await self._cold_lookup(user_id, login)
             source = "live"
         elif self._age_s(stored) > self.settings.github_profile_ttl_s:
             source = "stale"
             if not await self.valkey.exists(f"github:failed:{login}"):  # no refresh storm while down
-                refresh = await self._request_refresh(login)
+                refresh = await self._request_refresh(login, user_id)  # None: the account's cap
         else:
             source = "cache"
         last_error = await self._last_error(login, after=stored.fetched_at)
@@ -306,18 +382,101 @@ class GithubService:
 
     # -- fetching ----------------------------------------------------------------------------
 
+    async def _cold_lookup(self, user_id: int, login: str) -> StoredProfile:
+        """A login with nothing stored, fetched for account ``user_id`` within its share of the quota."""
+        await self._check_lookup_budget(user_id)
+        try:
+            return await self._fetch_shared(login, Priority.INTERACTIVE, newer_than=None, user_id=user_id)
+        except GitHubError as exc:
+            raise problem_for(exc) from None
+
+    async def lookup_budget(self) -> tuple[int, int]:
+        """GitHub requests an account's cold lookups may cost per GitHub window, and GitHub's limit:
+        a fraction of the limit GitHub last reported (before any answer, its documented limit: 60
+        requests an hour without a token, 5,000 with one), never less than one request."""
+        limit, _ = await self.governor.window()
+        return max(1, math.floor(limit * self.settings.github_user_quota_fraction)), limit
+
+    async def _check_lookup_budget(self, user_id: int) -> None:
+        """Refuses (429) an account whose cold lookups have cost its share of this GitHub window.
+
+        Checked before a lookup, charged after it (its cost is known only then): a lookup admitted
+        just below the share may end above it, by at most what the account has in flight."""
+        budget, limit = await self.lookup_budget()
+        key = _spent_key(user_id)
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            spent_raw, ttl_ms = await pipe.execute()
+        spent = int(spent_raw or 0)
+        if spent < budget:
+            return
+        retry_after = math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 60
+        raise LookupBudgetError(
+            f"Looking up GitHub users that are not stored yet may cost each account {budget} GitHub "
+            f"requests per hour ({self.settings.github_user_quota_fraction:.0%} of GitHub's limit of "
+            f"{limit}, shared by every account); yours have cost {spent} in this hour. Users already "
+            "stored are still answered.",
+            headers={"Retry-After": str(max(1, retry_after))},
+        )
+
+    async def _charged(self, user_id: int, work: Coroutine[Any, Any, StoredProfile]) -> StoredProfile:
+        """Run a fetch chain (a flight's task), charging what GitHub charged for it to ``user_id``."""
+        with metered() as meter:
+            try:
+                return await work
+            finally:
+                if meter.charged:
+                    try:
+                        _, window_end = await self.governor.window()
+                        await self._spend(
+                            keys=[_spent_key(user_id)], args=[meter.charged, int(window_end * 1000)]
+                        )
+                    except Exception:  # the answer stands; the account is charged less this once
+                        log.warning("github_lookup_not_charged", user_id=user_id, cost=meter.charged)
+
+    def _hold_lookup(self, user_id: int, login: str) -> None:
+        """Counts the caller among the account's lookups in flight; a new login past the cap is a 429.
+        Joining a lookup of a login the account already has in flight adds no work and is free."""
+        held = self._lookups.setdefault(user_id, Counter())
+        cap = self.settings.github_user_lookups_in_flight
+        if login not in held and len(held) >= cap:
+            raise TooManyLookupsError(
+                f"An account may have {cap} lookups of GitHub users that are not stored yet under way "
+                "at once; wait for one of yours to finish.",
+                headers={"Retry-After": str(LOOKUPS_IN_FLIGHT_RETRY_S)},
+            )
+        held[login] += 1
+
+    def _release_lookup(self, user_id: int, login: str) -> None:
+        held = self._lookups.get(user_id)
+        if held is None:
+            return
+        held[login] -= 1
+        if held[login] <= 0:
+            del held[login]
+        if not held:
+            del self._lookups[user_id]
+
     async def _fetch_shared(
-        self, login: str, priority: Priority, *, newer_than: datetime | None
+        self, login: str, priority: Priority, *, newer_than: datetime | None, user_id: int | None = None
     ) -> StoredProfile:
         """One fetch chain per login: this process's callers share a flight, processes a lock.
 
         ``newer_than`` is what the caller already knows: a profile fetched after it (any profile, if
-        ``None``) that another process stores meanwhile is the answer, not a reason to fetch again."""
+        ``None``) that another process stores meanwhile is the answer, not a reason to fetch again.
+        ``user_id``: the account asking (a cold lookup): it holds one of its lookups in flight until
+        the flight ends (not merely until it stops waiting), and a flight it starts is charged to it."""
+        if user_id is not None:
+            self._hold_lookup(user_id, login)
         flight = self._flights.get(login)
         if flight is None:
-            flight = asyncio.ensure_future(self._fetch_across_processes(login, priority, newer_than))
+            work = self._fetch_across_processes(login, priority, newer_than)
+            flight = asyncio.ensure_future(work if user_id is None else self._charged(user_id, work))
             self._flights[login] = flight
             flight.add_done_callback(lambda done: self._end_flight(login, done))
+        if user_id is not None:
+            flight.add_done_callback(lambda _: self._release_lookup(user_id, login))
         if priority is Priority.BACKGROUND:
             return await asyncio.shield(flight)
         try:  # a request never waits longer than GITHUB_COLD_WAIT_S, even behind a background flight
@@ -386,6 +545,8 @@ class GithubService:
             repos, truncated = await self.client.list_repos(
                 login, priority, max_repos=self.settings.github_max_repos
             )
+        except GitHubBusyError:
+            raise  # our queue, not GitHub: nothing to remember about the login
         except GitHubError as exc:
             await self._record_failure(login, exc)
             raise
@@ -460,14 +621,47 @@ class GithubService:
 
     # -- refreshes ---------------------------------------------------------------------------
 
-    async def request_refresh(self, username: str) -> RefreshOut:
-        """A refresh job for the login (or the one already pending)."""
+    async def request_refresh(self, username: str, *, user_id: int) -> RefreshOut:
+        """A refresh job for a stored login (or the one already pending), for account ``user_id``.
+
+        A login with nothing stored is a 404: its first fetch is a lookup (``profile``), which spends
+        the account's share of the quota; a refresh would spend it unaccounted."""
         login = self.login_of(username)
         if await self.valkey.exists(f"github:missing:{login}"):
             raise UnknownGithubUserError("GitHub has no user with this name.")
-        return await self._request_refresh(login)
+        async with self.db.read() as uow:
+            stored = await queries.get_github_profile_fetched_at(uow.conn, login=login)
+        if stored is None:
+            raise NotStoredError(
+                f"Nothing is stored for this GitHub user to refresh: GET /api/github/users/{login} "
+                "looks it up first."
+            )
+        refresh = await self._request_refresh(login, user_id)
+        if refresh is None:
+            cap = self.settings.github_user_pending_refreshes
+            raise RefreshLimitError(
+                f"An account may have {cap} refreshes queued or running at once; follow yours "
+                "(their events_url) and ask again when one has finished.",
+                headers={"Retry-After": str(REFRESH_LIMIT_RETRY_S)},
+            )
+        return refresh
 
-    async def _request_refresh(self, login: str) -> RefreshOut:
+    async def _admit(self, user_id: int, refresh_id: uuid.UUID, deadline: float) -> bool:
+        """Counts a new refresh among the account's pending ones, unless they are at the cap. Those
+        that have ended (or whose job is gone: ``_refresh_state`` judges them) leave the count first."""
+        key = f"github:user-refreshes:{user_id}"
+        for member in await self.valkey.zrange(key, 0, -1):
+            state = await self._refresh_state(uuid.UUID(member.decode()))
+            if state is None or state.is_final:
+                await self.valkey.zrem(key, member)
+        cap = self.settings.github_user_pending_refreshes
+        admitted = await self._admit_refresh(
+            keys=[key], args=[int(time.time()), cap, str(refresh_id), int(deadline)]
+        )
+        return bool(admitted)
+
+    async def _request_refresh(self, login: str, user_id: int) -> RefreshOut | None:
+        """The login's pending refresh, or a new one counted for ``user_id`` (None: at its cap)."""
         assert self._queue is not None, "GithubService.start() was not called"
         refresh_id = uuid.uuid4()
         pending_key = f"github:refresh-pending:{login}"
@@ -478,6 +672,9 @@ class GithubService:
             if state is not None and not state.is_final:
                 return state
             await self.valkey.set(pending_key, str(refresh_id), ex=pending_ttl_s)
+        if not await self._admit(user_id, refresh_id, time.time() + pending_ttl_s):
+            await self._release(keys=[pending_key], args=[str(refresh_id)])
+            return None
         state = RefreshOut(
             id=refresh_id,
             username=login,
@@ -499,6 +696,7 @@ class GithubService:
             )
         )
         if job is None:  # a job for this login is still queued or running: report that one
+            await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(refresh_id))
             existing = await self._queue.job(job_key)
             other = existing.kwargs.get("refresh_id") if existing is not None and existing.kwargs else None
             other_state = await self._refresh_state(uuid.UUID(other)) if other else None
@@ -656,9 +854,11 @@ class GithubService:
         return paginate(rows, limit, lambda row: IdCursor(id=row.id), _tracked_out)
 
     async def track(self, user_id: int, username: str) -> tuple[TrackedOut, bool]:
-        """Start tracking (idempotent: True when newly tracked). The login must exist on GitHub."""
+        """Start tracking (idempotent: True when newly tracked). The login must exist on GitHub: one
+        with nothing stored is looked up, on the account's share of the quota."""
         login = self.login_of(username)
-        await self._ensure_exists(login)
+        if await self._load(login) is None:
+            await self._cold_lookup(user_id, login)
         async with self.db.transaction() as uow:
             await queries.lock_github_tracking(uow.conn, user_id=user_id)
             existing = await queries.get_github_tracked(uow.conn, user_id=user_id, login=login)
@@ -678,14 +878,6 @@ class GithubService:
             removed = await queries.untrack_github_login(uow.conn, user_id=user_id, login=login)
         if not removed:
             raise NotTrackedError("You do not track this GitHub user.")
-
-    async def _ensure_exists(self, login: str) -> None:
-        if await self._load(login) is not None:
-            return
-        try:
-            await self._fetch_shared(login, Priority.INTERACTIVE, newer_than=None)
-        except GitHubError as exc:
-            raise problem_for(exc) from None
 
     # -- snapshots and history ---------------------------------------------------------------
 
@@ -717,8 +909,9 @@ class GithubService:
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
                     newer_than = stored.fetched_at if stored else None
                     stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=newer_than)
-            except GitHubRateLimitError as exc:
-                log.warning("github_snapshots_paused", reason="rate-limit", retry_after=exc.retry_after)
+            except (GitHubRateLimitError, GitHubBusyError) as exc:
+                reason = "busy" if isinstance(exc, GitHubBusyError) else "rate-limit"
+                log.warning("github_snapshots_paused", reason=reason, retry_after=exc.retry_after)
                 break
             except GitHubError as exc:
                 log.warning("github_snapshot_skipped", login=login, kind=exc.kind)
@@ -792,6 +985,11 @@ def _default_first_day(last: date) -> date:
             f"query.to: the default range is the {DEFAULT_HISTORY_DAYS} days ending query.to, "
             "which starts before the first representable day; give query.from too."
         ) from None
+
+
+def _spent_key(user_id: int) -> str:
+    """GitHub requests the account's cold lookups have cost in the current GitHub window."""
+    return f"github:lookup-spent:{user_id}"
 
 
 def refresh_channel(refresh_id: uuid.UUID) -> str:
