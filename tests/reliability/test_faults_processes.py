@@ -9,7 +9,7 @@ event's feed write). Asserted, "exactly once in effect":
 - every event (the order's placement and reservation, the task's creation) is in the feed once, and
   the feed's groups are consistent: each group's ``event_count`` is the number of its events, and the
   groups of one stream never overlap (no duplicate group built by two writers at once).
-- the rate limiter never admits over quota across processes: 90 refresh attempts from one address,
+- the rate limiter never admits over quota across processes: 90 sign-in attempts from one address,
   split over both servers at once, against an ``auth`` quota of 24 per hour: at most 24 are let
   through (401), the rest are 429.
 Lost: nothing: every acknowledged page view, order and task is stored.
@@ -97,16 +97,17 @@ async def test_two_servers_and_two_workers_process_every_event_exactly_once(
         await server.wait_ready(http)
 
     # The rate limit across processes: one address, both servers at once.
-    async def refresh(n: int) -> int:
+    async def sign_in(n: int) -> int:
         response = await http.post(
-            f"{servers[n % 2].base}/api/auth/refresh", json={"refresh_token": secrets.token_urlsafe(32)}
+            f"{servers[n % 2].base}/api/auth/login",
+            json={"email": f"nobody-{secrets.token_hex(8)}@example.com", "password": "not the password"},
         )
         return response.status_code
 
     into_hour = time.time() % 3600  # the burst stays inside one hour window (the quota is per hour)
     if into_hour >= 3600 - 10:
         await asyncio.sleep(3600 - into_hour + 0.05)
-    statuses = await asyncio.gather(*(refresh(n) for n in range(90)))
+    statuses = await asyncio.gather(*(sign_in(n) for n in range(90)))
     assert set(statuses) <= {401, 429}, statuses
     admitted = statuses.count(401)
     assert 0 < admitted <= AUTH_PER_HOUR, f"{admitted} admitted over a quota of {AUTH_PER_HOUR}"
