@@ -154,8 +154,11 @@ from (
 ) a
 where a.group_id = g.id;
 
-insert into activity_group_actors (group_id, actor_id, event_count, first_seq, last_seq)
-select group_id, actor_id, count(*), min(id), max(id) from activity_events group by group_id, actor_id;
+insert into activity_group_actors
+    (group_id, actor_id, event_count, first_seq, last_seq, project_id, audience_user_id)
+select e.group_id, e.actor_id, count(*), min(e.id), max(e.id), g.project_id, g.audience_user_id
+from activity_events e join activity_groups g on g.id = e.group_id
+group by e.group_id, e.actor_id, g.project_id, g.audience_user_id;
 
 insert into activity_group_objects (group_id, object_id, event_count, last_seq)
 select group_id, object_id, count(*), max(id) from activity_events group by group_id, object_id;

@@ -9,7 +9,6 @@ from app.core.modules import QueueName
 from app.db import outbox as outbox_queries
 
 
-
 async def enqueue(uow: UnitOfWork, queue: QueueName, task: str, payload: dict[str, Any]) -> int:
     """Add a job to the outbox in ``uow``'s transaction; the relay publishes it after commit.
 

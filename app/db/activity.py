@@ -317,10 +317,16 @@ with ev as (
     )
     group by p.group_id
 ), actors as (
-    insert into activity_group_actors as a (group_id, actor_id, event_count, first_seq, last_seq)
-    select ev.group_id, ev.actor_id, count(*), min(ev.id), max(ev.id)
-    from ev
-    group by ev.group_id, ev.actor_id
+    insert into activity_group_actors as a (
+        group_id, actor_id, project_id, audience_user_id, event_count, first_seq, last_seq
+    )
+    select x.group_id, x.actor_id, g.project_id, g.audience_user_id, x.n, x.first_seq, x.last_seq
+    from (
+        select ev.group_id, ev.actor_id, count(*) as n, min(ev.id) as first_seq, max(ev.id) as last_seq
+        from ev
+        group by ev.group_id, ev.actor_id
+    ) x
+    join activity_groups g on g.id = x.group_id
     on conflict (group_id, actor_id) do update
     set event_count = a.event_count + excluded.event_count,
         last_seq = greatest(a.last_seq, excluded.last_seq)
@@ -445,16 +451,48 @@ with reader as (
 ), grown as (
     select x.id, x.position
     from (
-        select g.id,
+        select c.id,
                (select max(e.id) from activity_events e
-                where e.group_id = g.id and e.id <= (select s from snap)) as position
-        from activity_groups g
-        where g.last_seq > (select s from snap)
-          and g.first_seq <= (select s from snap)
-          and activity_may_see($2, coalesce((select r.is_admin from reader r), false), g.project_id, g.audience_user_id)
-          and ($5::bigint is null or g.project_id = $5::bigint)
-          and ($6::text is null or g.verb = $6::text)
-          and ($7::text is null or g.object_type = $7::text)
+                where e.group_id = c.id and e.id <= (select s from snap)) as position
+        from (
+            select s.id
+            from projects p
+            cross join lateral (
+                select g.id
+                from activity_groups g
+                where g.project_id = p.project_id
+                  and g.audience_user_id is null
+                  and g.last_seq > $3::bigint
+                  and g.first_seq <= $3::bigint
+                  and ($6::text is null or g.verb = $6::text)
+                  and ($7::text is null or g.object_type = $7::text)
+                offset 0
+            ) s
+            union all
+            select g.id
+            from activity_groups g
+            where g.audience_user_id = $2
+              and not coalesce((select r.is_admin from reader r), false)
+              and g.last_seq > $3::bigint
+              and g.first_seq <= $3::bigint
+              and ((g.project_id is null and $5::bigint is null)
+                   or g.project_id in (select p.project_id from projects p))
+              and ($6::text is null or g.verb = $6::text)
+              and ($7::text is null or g.object_type = $7::text)
+            union all
+            select s.id
+            from reader r
+            cross join lateral (
+                select g.id
+                from activity_groups g
+                where r.is_admin
+                  and g.last_seq > $3::bigint
+                  and g.first_seq <= $3::bigint
+                  and ($5::bigint is null or g.project_id = $5::bigint)
+                  and ($6::text is null or g.verb = $6::text)
+                  and ($7::text is null or g.object_type = $7::text)
+            ) s
+        ) c
     ) x
     where x.position < (select b from bound)
 )
@@ -488,7 +526,11 @@ async def feed_page(
     comes exactly once. Positions are event ids, hence unique. Filters select groups before the
     limit; verb, object type and project are constant within a group (actor filters: FeedPageByActor).
     Branches: each of the reader's projects (an index range read from the index alone), their
-    private groups, everything for administrators; then the groups that grew after the snapshot."""
+    private groups, everything for administrators; then the groups that grew after the snapshot,
+    from the same ranges: an old or forged cursor costs what the reader may see, no more. Those
+    compare with @snapshot itself, so the planner knows it; a first page (none) has no such group.
+    `offset 0` keeps a project's range one index scan per project; the administrators' range hangs
+    off the reader's row, so another reader's request never starts it (nor parallel workers for it)."""
     async with AsyncRawCursor(conn, row_factory=args_row(FeedPageRow)) as cur:
         await cur.execute(FEED_PAGE, (row_limit, reader_id, snapshot, before, project_id, verb, object_type))
         return await cur.fetchall()
@@ -501,34 +543,110 @@ with reader as (
     select coalesce($3::bigint, (select max(e.id) from activity_events e), 0)::bigint as s
 ), bound as (
     select least(coalesce($4::bigint, snap.s + 1), snap.s + 1)::bigint as b from snap
+), projects as (
+    select m.project_id
+    from project_members m
+    where m.user_id = $2
+      and not coalesce((select r.is_admin from reader r), false)
+      and ($5::bigint is null or m.project_id = $5::bigint)
 ), settled as (
-    select a.group_id as id, a.last_seq as position
-    from activity_group_actors a
-    join activity_groups g on g.id = a.group_id
-    where a.actor_id = $5
-      and a.last_seq < (select b from bound)
-      and activity_may_see($2, coalesce((select r.is_admin from reader r), false), g.project_id, g.audience_user_id)
-      and ($6::bigint is null or g.project_id = $6::bigint)
-      and ($7::text is null or g.verb = $7::text)
-      and ($8::text is null or g.object_type = $8::text)
-    order by a.last_seq desc
-    limit $1
+    select s.group_id as id, s.last_seq as position
+    from projects p
+    cross join lateral (
+        select a.group_id, a.last_seq
+        from activity_group_actors a
+        join activity_groups g on g.id = a.group_id
+        where a.actor_id = $6
+          and a.project_id = p.project_id
+          and a.audience_user_id is null
+          and a.last_seq < (select b from bound)
+          and ($7::text is null or g.verb = $7::text)
+          and ($8::text is null or g.object_type = $8::text)
+        order by a.last_seq desc
+        limit $1
+    ) s
+    union all
+    (
+        select a.group_id, a.last_seq
+        from activity_group_actors a
+        join activity_groups g on g.id = a.group_id
+        where a.actor_id = $6
+          and a.audience_user_id = $2
+          and not coalesce((select r.is_admin from reader r), false)
+          and a.last_seq < (select b from bound)
+          and ((a.project_id is null and $5::bigint is null)
+               or a.project_id in (select p.project_id from projects p))
+          and ($7::text is null or g.verb = $7::text)
+          and ($8::text is null or g.object_type = $8::text)
+        order by a.last_seq desc
+        limit $1
+    )
+    union all
+    (
+        select a.group_id, a.last_seq
+        from activity_group_actors a
+        join activity_groups g on g.id = a.group_id
+        where coalesce((select r.is_admin from reader r), false)
+          and a.actor_id = $6
+          and a.last_seq < (select b from bound)
+          and ($5::bigint is null or g.project_id = $5::bigint)
+          and ($7::text is null or g.verb = $7::text)
+          and ($8::text is null or g.object_type = $8::text)
+        order by a.last_seq desc
+        limit $1
+    )
 ), grown as (
     select x.id, x.position
     from (
-        select a.group_id as id,
+        select c.group_id as id,
                (select max(e.id) from activity_events e
-                where e.group_id = a.group_id and e.actor_id = $5
+                where e.group_id = c.group_id and e.actor_id = $6
                   and e.id <= (select s from snap)) as position
-        from activity_group_actors a
-        join activity_groups g on g.id = a.group_id
-        where a.actor_id = $5
-          and a.last_seq > (select s from snap)
-          and a.first_seq <= (select s from snap)
-          and activity_may_see($2, coalesce((select r.is_admin from reader r), false), g.project_id, g.audience_user_id)
-          and ($6::bigint is null or g.project_id = $6::bigint)
-          and ($7::text is null or g.verb = $7::text)
-          and ($8::text is null or g.object_type = $8::text)
+        from (
+            select s.group_id
+            from projects p
+            cross join lateral (
+                select a.group_id
+                from activity_group_actors a
+                join activity_groups g on g.id = a.group_id
+                where a.actor_id = $6
+                  and a.project_id = p.project_id
+                  and a.audience_user_id is null
+                  and a.last_seq > $3::bigint
+                  and a.first_seq <= $3::bigint
+                  and ($7::text is null or g.verb = $7::text)
+                  and ($8::text is null or g.object_type = $8::text)
+                offset 0
+            ) s
+            union all
+            select a.group_id
+            from activity_group_actors a
+            join activity_groups g on g.id = a.group_id
+            where a.actor_id = $6
+              and a.audience_user_id = $2
+              and not coalesce((select r.is_admin from reader r), false)
+              and a.last_seq > $3::bigint
+              and a.first_seq <= $3::bigint
+              and ((a.project_id is null and $5::bigint is null)
+                   or a.project_id in (select p.project_id from projects p))
+              and ($7::text is null or g.verb = $7::text)
+              and ($8::text is null or g.object_type = $8::text)
+            union all
+            select s.group_id
+            from reader r
+            cross join lateral (
+                select a.group_id
+                from activity_group_actors a
+                join activity_groups g on g.id = a.group_id
+                where r.is_admin
+                  and a.actor_id = $6
+                  and a.last_seq > $3::bigint
+                  and a.first_seq <= $3::bigint
+                  and ($5::bigint is null or g.project_id = $5::bigint)
+                  and ($7::text is null or g.verb = $7::text)
+                  and ($8::text is null or g.object_type = $8::text)
+            ) s
+        ) c
     ) x
     where x.position < (select b from bound)
 )
@@ -551,17 +669,19 @@ async def feed_page_by_actor(
     reader_id: int,
     snapshot: int | None,
     before: int | None,
-    actor_id: int,
     project_id: int | None,
+    actor_id: int,
     verb: str | None,
     object_type: str | None,
 ) -> list[FeedPageByActorRow]:
     """FeedPage filtered by actor: a group is in when the actor acted in it, and its position is the
-    actor's last event in it up to the snapshot (a group grouped by target has several actors)."""
+    actor's last event in it up to the snapshot (a group grouped by target has several actors).
+    The same branches as FeedPage, over the actor's rows of the groups (activity_group_actors, which
+    carry their group's project and audience): the actor's groups elsewhere are never read."""
     async with AsyncRawCursor(conn, row_factory=args_row(FeedPageByActorRow)) as cur:
         await cur.execute(
             FEED_PAGE_BY_ACTOR,
-            (row_limit, reader_id, snapshot, before, actor_id, project_id, verb, object_type),
+            (row_limit, reader_id, snapshot, before, project_id, actor_id, verb, object_type),
         )
         return await cur.fetchall()
 

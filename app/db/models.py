@@ -342,6 +342,8 @@ class ActivityGroupActor(msgspec.Struct, frozen=True, gc=False):
     event_count: int
     first_seq: int
     last_seq: int
+    project_id: int | None
+    audience_user_id: int | None
 
 
 class ActivityGroupObject(msgspec.Struct, frozen=True, gc=False):

@@ -36,6 +36,7 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import load_settings
+from app.core.modules import QUEUE_NAMES
 from app.core.security import AccessTokens
 from app.domains.activity.live import slots_key
 from app.domains.activity.services import CHANNEL
@@ -434,4 +435,4 @@ async def test_sigterm_ends_open_streams_and_the_server_shuts_down_gracefully(
     log = server.log_path.read_text(errors="replace")
     assert "refused to gracefully stop" not in log
     shut_down = [line for line in log.splitlines() if '"Working shutting down"' in line]
-    assert len(shut_down) == 3, "the lifespan shutdown stopped every in-process SAQ worker"
+    assert len(shut_down) == len(QUEUE_NAMES), "the lifespan shutdown stopped every in-process SAQ worker"
