@@ -103,6 +103,40 @@ async def test_a_signed_event_pays_once_and_replays_change_nothing(
     assert history[-1]["to_status"] == "paid" and history[-1]["actor_id"] is None
 
 
+async def test_a_payment_before_the_reservation_is_redelivered_and_pays(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """The buyer pays (the total is in the 202) before the worker reserved the order (Valkey down,
+    a backlog): the delivery is refused with a retryable 409 and not recorded, so the provider's
+    redelivery of the same event pays the order once it is reserved."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    pid = await make_product(db, stock=5, price="10.00")
+    placed = await client.post(
+        "/api/orders",
+        json={"lines": [{"product_id": pid, "quantity": 1}]},
+        headers=buyer.headers | {"Idempotency-Key": f"k-{time.time_ns()}"},
+    )
+    assert placed.status_code == 202 and placed.json()["status"] == "pending", placed.text
+    order_id = int(placed.json()["id"])
+    body = payments.event_body(order_id, "10.00", event_id="evt-early")
+    early = payments.delivery(body)
+    refused = await send(client, early.body, early.headers)
+    assert_problem(refused, 409, "order-not-ready")
+    assert int(refused.headers["retry-after"]) > 0
+    recorded = await (
+        await db.execute("select count(*) from payment_events where event_id = 'evt-early'")
+    ).fetchone()
+    assert recorded == (0,), "a refused delivery is not recorded (its redelivery is no duplicate)"
+    assert await state(db, order_id) == ("pending", 1)
+    assert await app.state.services[OrderService].reserve(order_id) == OrderStatus.RESERVED
+    again = payments.delivery(body)  # the provider's redelivery
+    paid = await send(client, again.body, again.headers)
+    assert paid.status_code == 200, paid.text
+    assert paid.json() == {"event_id": "evt-early", "outcome": "paid", "order_id": order_id}
+    assert await state(db, order_id) == ("paid", 3)
+
+
 @pytest.mark.parametrize(
     "forge",
     [

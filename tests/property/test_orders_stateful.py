@@ -38,7 +38,7 @@ from app.db import orders as order_queries
 from app.db import products as product_queries
 from app.db.models import OrderStatus, UserRole, register_types
 from app.domains.orders.schemas import OrderCreate, OrderLine
-from app.domains.orders.services import ALLOWED, IllegalTransitionError, OrderService
+from app.domains.orders.services import ALLOWED, IllegalTransitionError, OrderNotReadyError, OrderService
 from app.domains.products.schemas import StockAdjustmentIn
 from app.domains.products.services import ProductService
 from tests.factories import COMMERCE, create_user, make_product, scaled_examples
@@ -199,6 +199,16 @@ class Shop(RuleBasedStateMachine):
         receipt = self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
         return receipt.outcome, sent
 
+    def not_ready(self, order_id: int, amount: Decimal) -> None:
+        """A payment for a pending order is refused and not recorded: its redelivery is too."""
+        before = self.snapshot(order_id)
+        sent = payments.delivery(payments.event_body(order_id, amount))
+        for _ in range(2):
+            with pytest.raises(OrderNotReadyError):
+                self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
+        assert self.snapshot(order_id) == before
+        event("payment not ready")
+
     def replayed_changes_nothing(self, order_id: int, sent: Any) -> None:
         before = self.snapshot(order_id)
         receipt = self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
@@ -211,9 +221,13 @@ class Shop(RuleBasedStateMachine):
     def pay(self, order_id: int) -> None:
         """Payment arrives only through the provider's webhook: it pays a reserved order, expires a
         lapsed one (its stock comes back), answers ``expired`` for an expired one (the payment needs a
-        refund, whoever expired it) and changes nothing for any other; a replay is a no-op."""
+        refund, whoever expired it) and changes nothing for any other; a replay is a no-op. One for a
+        pending order is refused unrecorded (409), so that the provider's redelivery is processed."""
         order = self.orders[order_id]
         before = self.snapshot(order_id)
+        if order.status == OrderStatus.PENDING:
+            self.not_ready(order_id, self.total(order))
+            return
         outcome, sent = self.deliver(order_id, self.total(order))
         if order.status == OrderStatus.RESERVED and order.lapsed:
             assert outcome == "expired"
@@ -236,6 +250,9 @@ class Shop(RuleBasedStateMachine):
         order_id = self.pick(index)
         order = self.orders[order_id]
         before = self.snapshot(order_id)
+        if order.status == OrderStatus.PENDING:
+            self.not_ready(order_id, self.total(order) + Decimal(off))
+            return
         outcome, _ = self.deliver(order_id, self.total(order) + Decimal(off))
         expected = {OrderStatus.RESERVED: "mismatch", OrderStatus.EXPIRED: "expired"}
         assert outcome == expected.get(order.status, "ignored")

@@ -129,10 +129,13 @@ class PaymentWebhookController(Controller):
         "is processed once (a redelivery answers `duplicate`). Only `payment.succeeded` for a reserved "
         "order whose amount and currency match makes it paid. One that comes too late answers `expired` "
         "(the payment needs a refund): the exact amount for a reservation past its window expires the "
-        "order; any amount for an order expired already. The handler reads the raw body itself: the "
-        "signature covers its exact bytes. 404 while no PAYMENT_WEBHOOK_SECRET is configured.",
+        "order; any amount for an order expired already. A `payment.succeeded` for an order still "
+        "`pending` (its reservation not done yet) is 409 `order-not-ready` with `Retry-After` and is "
+        "not recorded: redeliver it, it is processed once the order is reserved. The handler reads "
+        "the raw body itself: the signature covers its exact bytes. 404 while no "
+        "PAYMENT_WEBHOOK_SECRET is configured.",
         operation_class=documents_json_body(PaymentEventIn),
-        responses=problems(400, 404, 422, 429),
+        responses=problems(400, 404, 409, 422, 429),
     )
     async def webhook(
         self,

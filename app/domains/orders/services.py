@@ -50,6 +50,11 @@ class IllegalTransitionError(ConflictError):
     title = "Illegal order transition"
 
 
+class OrderNotReadyError(ConflictError):
+    slug = "order-not-ready"
+    title = "The order is not reserved yet"
+
+
 class IdempotencyKeyReusedError(UnprocessableError):
     slug = "idempotency-key-reused"
     title = "Idempotency key reused with a different request"
@@ -362,7 +367,9 @@ class OrderService:
 
     async def confirm_payment(self, body: bytes, signature: str | None) -> PaymentEventOut:
         """A payment provider's signed webhook delivery (``payments.py``): the only way an order
-        becomes paid. Idempotent: each event id is processed once, whatever its outcome."""
+        becomes paid. Idempotent: each event id is processed once, whatever its outcome. A payment
+        for an order still ``pending`` is not processed (409 ``order-not-ready``, nothing recorded):
+        the provider redelivers it, and it applies once the order is reserved."""
         secret = self.settings.payment_webhook_secret
         if not secret:  # no provider is connected: the webhook does not exist (not a server fault)
             log.warning("payment_webhook_not_configured")
@@ -382,6 +389,14 @@ class OrderService:
             )
             if recorded is None:
                 return PaymentEventOut(event_id=event.id, outcome="duplicate", order_id=event.data.order_id)
+            if order is not None and order.status == OrderStatus.PENDING:
+                # not reserved yet (the job is late): refuse it unrecorded (the raise rolls the event
+                # back), so the provider's redelivery is processed once the order is reserved
+                log.warning("payment_event_before_reservation", event_id=event.id, order_id=order.id)
+                raise OrderNotReadyError(
+                    "The order is not reserved yet; redeliver the event later.",
+                    headers={"Retry-After": str(self.settings.job_timeout_s)},
+                )
             outcome = await self._apply_payment(uow, order, event) if order is not None else "ignored"
             await queries.set_payment_event_outcome(uow.conn, outcome=outcome, event_id=event.id)
         log_event = log.info if outcome == "paid" else log.warning
