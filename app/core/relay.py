@@ -8,15 +8,21 @@ ignores a job whose key it already holds and consumers are idempotent, so delive
 without duplicates in practice.
 
 A module may take an outbox task in batches (``Job(batches=...)``): that task's rows claimed in one
-round go out as jobs of up to ``batch_size`` rows, keyed ``<function>:<first id>-<last id>``, so a
-batch waits at most ``OUTBOX_POLL_INTERVAL_S``. A re-sent round may cut its batches differently; the
+round go out as jobs of up to ``batch_size`` rows, keyed ``<function>:<first id>-<last id>:<hash of
+the ids>``, so a batch waits at most ``OUTBOX_POLL_INTERVAL_S``. The key names the exact set of rows:
+a re-sent round may cut its batches differently, or take a row that committed meanwhile between the
+first and last ids, and such a batch must not be dropped as a duplicate of the still-queued one; the
 batch function stores each row once by outbox id.
+
+A round is bounded by a client-side deadline (``answered_within``): a connection that goes silent
+mid-round (a failover, a partition) is severed and discarded, and the next round borrows a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +38,8 @@ from saq import Queue
 from saq.types import Context
 
 from app.config import Settings
-from app.core.db import transaction
+from app.core.db import Database
+from app.core.deadline import answered_within
 from app.core.modules import Cron, Job, Module
 from app.core.services import services_of
 from app.db import outbox as outbox_queries
@@ -50,7 +57,9 @@ def job_key(outbox_id: int) -> str:
 
 
 def batch_key(function: str, outbox_ids: Sequence[int]) -> str:
-    return f"{function}:{outbox_ids[0]}-{outbox_ids[-1]}"
+    """Short, the same for the same rows, different for any other set (not only other bounds)."""
+    digest = hashlib.blake2b(",".join(map(str, outbox_ids)).encode(), digest_size=8).hexdigest()
+    return f"{function}:{outbox_ids[0]}-{outbox_ids[-1]}:{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +125,41 @@ async def relay_once(
     settings: Settings,
     batching: Mapping[tuple[str, str], Batching] | None = None,
 ) -> int:
-    """Publish one batch; returns how many rows were published. Raises if enqueueing fails."""
-    async with transaction(pool) as uow:
-        rows = await outbox_queries.claim_unpublished_outbox(uow.conn, batch_size=settings.outbox_batch_size)
-        if not rows:
-            return 0
-        jobs = jobs_of(rows, settings, batching or {})
-        await asyncio.gather(*(queues[queue].enqueue(job) for queue, job in jobs))
-        await outbox_queries.mark_outbox_published(uow.conn, ids=[row.id for row in rows])
+    """Publish one batch; returns how many rows were published. Raises if enqueueing fails, or
+    (``psycopg.OperationalError``) if the round does not end within ``round_timeout_s(settings)``:
+    its connection is then severed, and the pool discards it."""
+    async with pool.connection() as conn:
+        rows = await answered_within(
+            conn,
+            _publish(conn, queues, settings, batching or {}),
+            round_timeout_s(settings),
+            "the relay's connection",
+        )
     for row in rows:
         PUBLISHED.labels(queue=row.queue).inc()
     return len(rows)
+
+
+def round_timeout_s(settings: Settings) -> float:
+    """A relay round's deadline: its statements are short and never wait on a lock (``SKIP LOCKED``,
+    then its own rows), so a round past the statement timeout plus a margin talks to a silent server."""
+    return settings.statement_timeout_ms / 1000 + settings.database_timeout_s
+
+
+async def _publish(
+    conn: AsyncConnection[Any],
+    queues: Mapping[str, Queue],
+    settings: Settings,
+    batching: Mapping[tuple[str, str], Batching],
+) -> list[Row]:
+    async with conn.transaction():
+        rows = await outbox_queries.claim_unpublished_outbox(conn, batch_size=settings.outbox_batch_size)
+        if not rows:
+            return []
+        jobs = jobs_of(rows, settings, batching)
+        await asyncio.gather(*(queues[queue].enqueue(job) for queue, job in jobs))
+        await outbox_queries.mark_outbox_published(conn, ids=[row.id for row in rows])
+    return rows
 
 
 class OutboxRelay:
@@ -173,12 +206,30 @@ class OutboxRelay:
         log.info("outbox_relay_stopped")
 
 
+PURGE_CHUNK = 10_000
+"""Rows deleted per statement (and transaction) by the purge: each stays far below the statement
+timeout, however many rows a backlog holds."""
+
+
 async def purge_outbox(ctx: Context, outbox_id: int | None = None) -> int:
     """Delete outbox rows published longer ago than ``OUTBOX_RETENTION_DAYS``."""
     services = services_of(ctx)
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.outbox_retention_days)
-    async with services.db.transaction() as uow:
-        return await outbox_queries.purge_published_outbox(uow.conn, published_before=cutoff)
+    return await purge_published(services.db, cutoff)
+
+
+async def purge_published(db: Database, published_before: datetime, chunk_size: int = PURGE_CHUNK) -> int:
+    """Delete the rows published before ``published_before``, ``chunk_size`` rows per transaction,
+    until a chunk comes back short; returns how many were deleted."""
+    purged = 0
+    while True:
+        async with db.transaction() as uow:
+            deleted = await outbox_queries.purge_published_outbox(
+                uow.conn, published_before=published_before, chunk_size=chunk_size
+            )
+        purged += deleted
+        if deleted < chunk_size:
+            return purged
 
 
 outbox = Module(

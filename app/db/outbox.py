@@ -79,10 +79,21 @@ async def count_unpublished_outbox(conn: AsyncConnection[Any]) -> CountUnpublish
 
 PURGE_PUBLISHED_OUTBOX = """\
 delete from outbox
-where published_at is not null and published_at < $1::timestamptz"""
+where id in (
+    select id
+    from outbox
+    where published_at is not null and published_at < $1::timestamptz
+    limit $2::integer
+)"""
 
 
-async def purge_published_outbox(conn: AsyncConnection[Any], *, published_before: datetime) -> int:
+async def purge_published_outbox(
+    conn: AsyncConnection[Any],
+    *,
+    published_before: datetime,
+    chunk_size: int,
+) -> int:
+    """One bounded chunk: the caller repeats it, one transaction each, until fewer rows are deleted."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_PUBLISHED_OUTBOX, (published_before,))
+        await cur.execute(PURGE_PUBLISHED_OUTBOX, (published_before, chunk_size))
         return cur.rowcount

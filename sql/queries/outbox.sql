@@ -24,5 +24,11 @@ from outbox
 where published_at is null;
 
 -- name: PurgePublishedOutbox :execrows
+-- One bounded chunk: the caller repeats it, one transaction each, until fewer rows are deleted.
 delete from outbox
-where published_at is not null and published_at < @published_before::timestamptz;
+where id in (
+    select id
+    from outbox
+    where published_at is not null and published_at < @published_before::timestamptz
+    limit @chunk_size::integer
+);

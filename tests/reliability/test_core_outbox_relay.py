@@ -1,10 +1,11 @@
-"""The outbox relay: committed rows become SAQ jobs once, and a Valkey outage loses nothing."""
+"""The outbox relay: committed rows become SAQ jobs once, and a Valkey outage loses nothing, nor does
+a database connection that goes silent mid-round (a failover, a partition)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -19,12 +20,14 @@ from saq.job import Job, Status
 
 from app.config import Settings
 from app.core.db import create_pool
+from app.core.migrate import dbmate
 from app.core.queues import build_queues, build_saq_config
 from app.core.relay import OutboxRelay, job_key, relay_once
 from app.core.services import Services
 from app.db import outbox as outbox_queries
 from app.modules import MODULES
 from tests.factories import wait_until
+from tests.faults import PrivatePostgres, scalar
 from tests.valkey_control import ControlledValkey
 
 
@@ -158,3 +161,111 @@ async def test_worker_runs_the_job_end_to_end(
     finally:
         await worker.stop()
         await asyncio.wait_for(running, 10)
+
+
+class Partition:
+    """TCP in front of PostgreSQL's unix socket; ``cut()`` makes every open connection silent (its
+    bytes go nowhere, nothing is closed) while new connections get through (the new primary)."""
+
+    def __init__(self, unix_socket: str) -> None:
+        self.target = unix_socket
+        self.port = 0
+        self.generation = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def serve(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        self.generation += 1
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        born = self.generation
+        up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if self.generation != born:
+                    await asyncio.Event().wait()  # silent for ever, nothing closed
+                dst.write(data)
+                await dst.drain()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.close()
+
+
+async def test_the_relay_publishes_again_once_a_partition_heals(
+    private_postgres: PrivatePostgres, controlled_valkey: ControlledValkey, relay_settings: Settings
+) -> None:
+    """A round whose connection goes silent ends at its deadline; the next round uses a new one."""
+    dbmate(private_postgres.url("faults"), "up")
+    partition = Partition(str(private_postgres.directory / ".s.PGSQL.5432"))
+    await partition.serve()
+    url = f"postgresql://postgres:@127.0.0.1:{partition.port}/faults"
+    direct = private_postgres.url("faults")
+    cfg = msgspec.structs.replace(
+        relay_settings,
+        database_url=url,
+        database_timeout_s=2.0,
+        statement_timeout_ms=2000,
+        idle_in_transaction_timeout_ms=5000,  # the old primary's half of the cut round ends too
+    )
+    pool = create_pool(cfg, url)
+    await pool.open()
+    queues = build_queues(controlled_valkey.url)
+    relay = OutboxRelay(pool, queues, cfg)
+    running = asyncio.create_task(relay.run())
+
+    def unpublished_is(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return bool(await scalar(direct, "select count(*) from outbox where published_at is null") == n)
+
+        return check
+
+    async def relay_holds_its_rows() -> bool:
+        return bool(
+            await scalar(
+                direct,
+                "select count(*) from pg_stat_activity where state = 'idle in transaction'"
+                " and query like '%%from outbox%%'",
+            )
+        )
+
+    try:
+        async with await AsyncConnection.connect(direct, autocommit=True) as db:
+            await add_outbox(db, 1)
+            await wait_until(unpublished_is(0), 30, "the relay runs")
+            controlled_valkey.pause()  # the next round claims its row and waits on Valkey
+            await add_outbox(db, 1)
+            await wait_until(relay_holds_its_rows, 30, "the relay holds its claimed row")
+            partition.cut()  # the relay's connection goes silent
+            controlled_valkey.resume()  # the enqueue completes; the commit goes nowhere
+            await add_outbox(db, 1)
+            await wait_until(unpublished_is(0), 120, "the relay publishes again")
+    finally:
+        relay.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(running, 10)
+        running.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(pool.close(timeout=1), 3)
+        with contextlib.suppress(Exception):
+            await queues["default"].redis.aclose()  # type: ignore[attr-defined]
+        await partition.close()
