@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import psycopg
 import pytest
 from psycopg import AsyncConnection
 from saq.job import Job, Status
@@ -20,6 +21,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import transaction
+from app.db import monitoring as queries
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring import alerts
 from app.domains.monitoring.capture import RawEvent
@@ -444,6 +446,39 @@ async def test_job_hooks_record_runs_retries_and_final_failures(
     assert context["arguments"] == ["order_id"], "argument names only, never their values"
     runs = dict(await (await db.execute("select outcome, runs from monitoring_job_runs")).fetchall())
     assert runs == {"retried": 2, "failed": 1, "complete": 1}
+
+
+async def test_job_runs_and_latency_survive_a_failed_ship(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_job_runs = queries.add_job_runs
+    blips = [psycopg.OperationalError("server closed the connection unexpectedly")]
+
+    async def blip_once(*args: Any, **kwargs: Any) -> None:
+        if blips:
+            raise blips.pop()
+        await add_job_runs(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "add_job_runs", blip_once)
+    scope = {"path_template": "/api/things", "method": "GET", "state": {"request_id": "r-1"}}
+    async with open_monitoring(settings) as service:
+        for n in range(3):
+            job = Job(function="reserve_order", key=f"outbox:{n}", attempts=5, retries=5)
+            job.status = Status.FAILED
+            ctx: dict[str, Any] = {"job": job}
+            service.job_started(ctx)
+            ctx["exception"] = RuntimeError("boom")
+            service.job_finished(ctx)
+        service.latency.observe(scope, 200, 0.01)  # type: ignore[arg-type]
+        with pytest.raises(psycopg.OperationalError):
+            await service.ship()  # the latency rows of this transaction are rolled back too
+        service.latency.observe(scope, 200, 0.01)  # type: ignore[arg-type]  # between the ships
+        await service.ship()
+        await service.flush(force=True)
+    runs = await scalar(db, "select coalesce(sum(runs), 0) from monitoring_job_runs where outcome = 'failed'")
+    assert runs == 3, "the failed ship's job runs are written by the next one"
+    requests = await scalar(db, "select coalesce(sum(requests), 0) from monitoring_route_latency")
+    assert requests == 2, "the failed ship's latency counts are written once by the next one"
 
 
 async def test_a_slow_route_opens_a_group_with_exemplar_request_ids(

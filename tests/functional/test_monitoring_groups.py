@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,15 +12,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
 from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.db import UnitOfWork
 from app.core.services import open_services
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring.capture import DEGRADED, RawEvent
 from app.domains.monitoring.fingerprint import RawException, capture_chain
+from app.domains.monitoring.groups import MAX_WRITE_FAILURES, Aggregate, WriteResult
 from app.domains.monitoring.module import module as monitoring_module
 from app.domains.monitoring.services import MonitoringService
 from tests.unit.test_monitoring_fingerprint import raise_bug
@@ -423,3 +428,30 @@ async def test_a_write_that_keeps_failing_is_dropped_and_does_not_block_the_othe
             assert [row[3] for row in await groups(db)] == [1], "the healthy aggregate was written anyway"
     assert await service.flush(force=True) == 0, "dropped after five failures"
     assert len(service._pending) == 0
+
+
+async def test_an_unavailable_database_never_drops_an_aggregate(
+    service: MonitoringService, db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = service.writer.write
+    outage = [
+        PoolTimeout("no connection"),
+        psycopg.OperationalError("server closed the connection"),
+        OSError(),
+    ]
+    failures = itertools.islice(itertools.cycle(outage), 3 * MAX_WRITE_FAILURES)
+
+    async def down_then_back(uow: UnitOfWork, aggregate: Aggregate, now: datetime) -> WriteResult:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await write(uow, aggregate, now)
+
+    monkeypatch.setattr(service.writer, "write", down_then_back)
+    for _ in range(10):
+        service.buffer.add(message_event("Database unavailable"))
+    for _ in range(3 * MAX_WRITE_FAILURES):  # a long outage: many more failed flushes than the limit
+        with pytest.raises((PoolTimeout, psycopg.OperationalError, OSError)):
+            await service.flush(force=True)
+    assert await service.flush(force=True) == 1, "the outage's events wait for the database"
+    assert [row[3] for row in await groups(db)] == [10]

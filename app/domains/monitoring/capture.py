@@ -211,6 +211,18 @@ class JobStats:
         drained, self.outcomes = self.outcomes, {}
         return drained
 
+    def restore(self, drained: dict[tuple[str, str], JobOutcome]) -> None:
+        """Add back outcomes drained for a ship that failed (one entry per job and outcome)."""
+        for key, outcome in drained.items():
+            entry = self.outcomes.get(key)
+            if entry is None:
+                self.outcomes[key] = outcome
+                continue
+            entry.runs += outcome.runs
+            entry.total_ms += outcome.total_ms
+            entry.max_ms = max(entry.max_ms, outcome.max_ms)
+            entry.max_attempts = max(entry.max_attempts, outcome.max_attempts)
+
 
 @dataclass(frozen=True, slots=True)
 class CheckIn:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from app.core.db import UnitOfWork
 from app.db import monitoring as queries
 from app.db.models import MonitoringGroup, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
@@ -33,6 +35,22 @@ from app.domains.monitoring.lifecycle import ReleaseSeen, decide
 from app.domains.monitoring.scrub import scrub_mapping, scrub_text, storable
 
 MAX_WRITE_FAILURES = 5
+UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "58")
+"""SQLSTATE classes of a database that cannot take the write now (connection, serialization or
+deadlock, insufficient resources, operator intervention and timeouts, system errors)."""
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """Whether a write failed because of the aggregate's own content (it would fail again), not
+    because the database is unavailable: an error the server answered with a SQLSTATE outside
+    ``UNAVAILABLE_CLASSES`` (a data exception, class 22; an integrity violation, class 23 ...), the
+    driver's own refusal of a value, or a value that cannot be encoded. A pool timeout, a lost
+    connection or a timeout (no SQLSTATE) never is: the aggregate waits for the database."""
+    if isinstance(exc, psycopg.Error):
+        if exc.sqlstate is None:
+            return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError))
+        return not exc.sqlstate.startswith(UNAVAILABLE_CLASSES)
+    return not isinstance(exc, (OSError, TimeoutError))
 
 
 def utc(ts: float) -> datetime:
@@ -56,8 +74,10 @@ class Aggregate:
     culprit: str
     held_since: float
     failures: int = 0
-    """Writes that failed: past ``MAX_WRITE_FAILURES`` the aggregate is dropped (a poison batch must
-    not hold back the others forever)."""
+    """Writes refused for the aggregate's content (``refused_for_content``): past
+    ``MAX_WRITE_FAILURES`` the aggregate is dropped (a poison batch must not hold back the others
+    forever). An unavailable database is not counted: the aggregate waits for it, bounded by
+    ``MAX_PENDING`` and the buffer's ``MONITORING_BUFFER_MAX``."""
     count: int = 0
     first: float = float("inf")
     last: float = 0.0

@@ -58,6 +58,22 @@ class LatencyRecorder:
         drained, self._routes = self._routes, {}
         return drained
 
+    def restore(self, drained: dict[str, dict[str, RouteCounts]]) -> None:
+        """Add back counts drained for a ship that failed (bounded as ``observe`` is: one entry
+        per route template and method)."""
+        for template, methods in drained.items():
+            mine = self._routes.setdefault(template, {})
+            for method, counts in methods.items():
+                current = mine.get(method)
+                if current is None:
+                    mine[method] = counts
+                    continue
+                current.counts = [a + b for a, b in zip(current.counts, counts.counts, strict=True)]
+                if counts.slowest_s > current.slowest_s:
+                    current.slowest_s = counts.slowest_s
+                    current.slowest_request = counts.slowest_request
+                    current.slowest_status = counts.slowest_status
+
 
 def bucket_upper_ms(bucket: int) -> float:
     return (BOUNDS_S[bucket] if bucket < len(BOUNDS_S) else BOUNDS_S[-1] * 1.25) * 1000

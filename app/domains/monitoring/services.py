@@ -80,6 +80,7 @@ from app.domains.monitoring.groups import (
     GroupWriter,
     WriterConfig,
     WriteResult,
+    refused_for_content,
     set_state,
     utc,
 )
@@ -98,7 +99,7 @@ FLUSH_FAILURES = Counter(
 )
 DROPPED_AGGREGATES = Counter(
     "app_monitoring_aggregates_dropped",
-    "Aggregates dropped after failing to be written MAX_WRITE_FAILURES times",
+    "Aggregates dropped after being refused for their content MAX_WRITE_FAILURES times",
 )
 MAX_PENDING = 5000
 """Distinct fingerprints held in memory at most (past it, new ones are dropped and counted)."""
@@ -407,7 +408,8 @@ class MonitoringService:
                 except Exception as exc:
                     failure = exc
                     FLUSH_FAILURES.inc()
-                    aggregate.failures += 1
+                    if refused_for_content(exc):
+                        aggregate.failures += 1  # an unavailable database never drops it
                     if aggregate.failures >= MAX_WRITE_FAILURES:
                         DROPPED_AGGREGATES.inc()
                         log.error(
@@ -450,7 +452,13 @@ class MonitoringService:
 
     async def ship(self) -> None:
         """Add this process's latency histograms and job statistics to the shared minute rows."""
-        await self.performance.ship(self.latency.drain(), self.jobs.drain())
+        routes, jobs = self.latency.drain(), self.jobs.drain()
+        try:
+            await self.performance.ship(routes, jobs)
+        except BaseException:
+            self.latency.restore(routes)  # shipped with the next ship
+            self.jobs.restore(jobs)
+            raise
 
     async def route_latency(self, window: timedelta, now: float | None = None) -> list[RouteLatency]:
         """p50/p95/p99 per route over the last ``window``, slowest p95 first."""
