@@ -66,13 +66,37 @@ async def drop_page_view_partitions(
         return await cur.fetchone()
 
 
-PURGE_EVENT_IDS = "delete from page_view_event_ids where seen_at < $1"
+EVENT_ID_PAGES = """\
+select (pg_relation_size('page_view_event_ids')
+        / current_setting('block_size')::bigint)::bigint as pages"""
 
 
-async def purge_event_ids(conn: AsyncConnection[Any], *, before: datetime) -> int:
-    """Served by a BRIN index on seen_at (rows are appended in seen_at order)."""
+async def event_id_pages(conn: AsyncConnection[Any]) -> int | None:
+    """The pages of page_view_event_ids now: the purge sweeps them."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(EVENT_ID_PAGES)
+        return await cur.fetchone()
+
+
+PURGE_EVENT_IDS = """\
+delete from page_view_event_ids
+where ctid >= format('(%s,0)', $1::bigint)::tid
+  and ctid < format('(%s,0)', $2::bigint)::tid
+  and seen_at < $3"""
+
+
+async def purge_event_ids(
+    conn: AsyncConnection[Any],
+    *,
+    from_page: int,
+    to_page: int,
+    before: datetime,
+) -> int:
+    """One bounded chunk: the ids seen before @before on the pages
+    [@from_page, @to_page) only (a Tid Range Scan of those pages,
+    whatever order the rows were stored in)."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_EVENT_IDS, (before,))
+        await cur.execute(PURGE_EVENT_IDS, (from_page, to_page, before))
         return cur.rowcount
 
 

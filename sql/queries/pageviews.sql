@@ -16,9 +16,19 @@ select ensure_page_view_partitions(@from_day::date, @days::integer)::integer as 
 select d.dropped::integer as dropped, d.busy::integer as busy
 from drop_page_view_partitions(@before::date) d;
 
+-- name: EventIdPages :one
+-- The pages of page_view_event_ids now: the purge sweeps them.
+select (pg_relation_size('page_view_event_ids')
+        / current_setting('block_size')::bigint)::bigint as pages;
+
 -- name: PurgeEventIds :execrows
--- Served by a BRIN index on seen_at (rows are appended in seen_at order).
-delete from page_view_event_ids where seen_at < @before;
+-- One bounded chunk: the ids seen before @before on the pages
+-- [@from_page, @to_page) only (a Tid Range Scan of those pages,
+-- whatever order the rows were stored in).
+delete from page_view_event_ids
+where ctid >= format('(%s,0)', @from_page::bigint)::tid
+  and ctid < format('(%s,0)', @to_page::bigint)::tid
+  and seen_at < @before;
 
 -- name: InsertPageView :exec
 -- One row per statement: only the load-test harness's naive baseline uses it (the sink COPYs).

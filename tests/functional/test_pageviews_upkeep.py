@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
+from psycopg.errors import QueryCanceled
 
 from app.config import Settings
 from app.core.services import open_services
+from app.db import pageviews as queries
+from app.domains.pageviews.jobs import purge_ingest_state
 from app.domains.pageviews.services import (
     DELETED_SITE_GRACE,
     DELETED_SITE_RETENTION,
@@ -63,6 +66,65 @@ async def test_event_ids_live_two_days_and_salts_one(
     assert await rows(db, "select event_id from page_view_event_ids") == [(kept,)]
     salts = await rows(db, "select salt from analytics_salts order by day")
     assert salts == [(b"yesterday",), (b"today",)]
+
+
+async def test_event_ids_are_purged_in_bounded_chunks_until_none_is_left(
+    pageviews: PageViewService, db: AsyncConnection[Any]
+) -> None:
+    """A day of claims is too many rows for one DELETE under the statement timeout: the table is
+    swept a few pages per statement, until every expired claim is gone and no recent one."""
+    site = await make_site(db, await create_user(db))
+    now = datetime.now(UTC)
+    recent = now - EVENT_ID_RETENTION + timedelta(hours=1)
+    await db.execute(  # recent claims first too: the rows are not stored in seen_at order
+        "insert into page_view_event_ids (site_id, event_id, seen_at)"
+        " select %s, gen_random_uuid(), case when g %% 100 = 0 then %s else %s + g * interval '1 ms' end"
+        " from generate_series(1, 500) g",
+        (site.id, recent, now - EVENT_ID_RETENTION - timedelta(hours=1)),
+    )
+    statements: list[tuple[int, int]] = []
+    original = queries.purge_event_ids
+
+    async def counted(*args: Any, **kwargs: Any) -> int:
+        statements.append((kwargs["from_page"], kwargs["to_page"]))
+        return await original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(queries, "purge_event_ids", counted)
+        assert await pageviews.purge(now, chunk_pages=1) == (495, 0)
+    assert len(statements) >= 3, "500 claims fill several pages: one statement each"
+    assert statements == [(page, page + 1) for page in range(len(statements))]
+    left = await rows(db, "select seen_at = %s from page_view_event_ids", recent)
+    assert left == [(True,)] * 5, "the recent claims are kept"
+
+
+async def test_a_failing_event_id_purge_does_not_stop_the_deleted_sites_purge(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    owner = await create_user(db)
+    gone = await make_site(db, owner)
+    await db.execute("select ensure_page_view_partitions((now() at time zone 'UTC')::date - 1, 3)")
+    await db.execute(
+        "insert into page_views (site_id, ts, event_id, visitor_id, path, device, browser, os)"
+        " values (%s, now(), %s, 1, '/', 'desktop', 'x', 'y')",
+        (gone.id, uuid.uuid4()),
+    )
+    await db.execute(
+        "insert into page_view_event_ids (site_id, event_id, seen_at) values (%s, %s, now() - %s)",
+        (gone.id, uuid.uuid4(), EVENT_ID_RETENTION * 2),
+    )
+    await db.execute("delete from sites where id = %s", (gone.id,))
+    await db.execute("update deleted_sites set deleted_at = now() - %s", (DELETED_SITE_GRACE * 2,))
+
+    async def cancelled(*args: Any, **kwargs: Any) -> Any:
+        raise QueryCanceled("canceling statement due to statement timeout")
+
+    async with open_services(settings, MODULES) as services:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(queries, "purge_event_ids", cancelled)
+            with pytest.raises(QueryCanceled):
+                await purge_ingest_state({"services": services})
+    assert await rows(db, "select count(*) from page_views where site_id = %s", gone.id) == [(0,)]
 
 
 async def test_a_deleted_sites_data_is_purged_after_the_grace_and_its_tombstone_later(

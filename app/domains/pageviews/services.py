@@ -52,6 +52,8 @@ log = structlog.get_logger("app.pageviews")
 
 EVENT_ID_RETENTION = timedelta(days=2)
 SALT_RETENTION = timedelta(days=1)
+PURGE_CHUNK_PAGES = 64
+"""Pages of claimed event ids purged per statement (and transaction): ~8,700 claims at most."""
 DELETED_SITE_GRACE = timedelta(minutes=10)
 """A deleted site's raw data is purged once nothing of it can still be in flight."""
 DELETED_SITE_RETENTION = timedelta(days=2)
@@ -246,13 +248,28 @@ class PageViewService:
             log.warning("page_view_partitions_busy", busy=dropped.busy)
         return PartitionUpkeep(created=created or 0, dropped=dropped.dropped, busy=dropped.busy)
 
-    async def purge(self, now: datetime | None = None) -> tuple[int, int]:
+    async def purge(
+        self, now: datetime | None = None, chunk_pages: int = PURGE_CHUNK_PAGES
+    ) -> tuple[int, int]:
         """Delete claimed event ids older than ``EVENT_ID_RETENTION`` and salts older than a day;
-        returns (event ids, salts) deleted."""
+        returns (event ids, salts) deleted.
+
+        A day of claims is tens of millions of rows: one DELETE would outlast the statement
+        timeout, roll back and never complete. The table's pages are swept instead, ``chunk_pages``
+        pages per statement and per transaction (a Tid Range Scan of those pages only, whatever
+        order vacuum's reused space stored the rows in); rows stored after the sweep began are
+        recent."""
         now = now or datetime.now(UTC)
-        async with self.db.transaction() as uow:
-            event_ids = await queries.purge_event_ids(uow.conn, before=now - EVENT_ID_RETENTION)
+        async with self.db.transaction() as uow:  # one row a day: first, whatever follows
             salts = await queries.delete_old_salts(uow.conn, before=(now - SALT_RETENTION).date())
+        async with self.db.read() as uow:
+            pages = await queries.event_id_pages(uow.conn) or 0
+        event_ids = 0
+        for first in range(0, pages, chunk_pages):
+            async with self.db.transaction() as uow:
+                event_ids += await queries.purge_event_ids(
+                    uow.conn, from_page=first, to_page=first + chunk_pages, before=now - EVENT_ID_RETENTION
+                )
         return event_ids, salts
 
     async def purge_deleted_sites(self, now: datetime | None = None) -> int:
