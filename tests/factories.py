@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import os
 import time
@@ -29,10 +30,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg import AsyncConnection
+from saq import Queue
 
 from app.config import Settings
 from app.core.cache import Cache
 from app.core.modules import Module
+from app.core.queues import build_queues
 from app.db import accounts as account_queries
 from app.db import products as product_queries
 from app.db import projects as project_queries
@@ -430,3 +433,14 @@ def clocked_github(clock: Callable[[], datetime]) -> Module:
         name="github",
         service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster, clock=clock),
     )
+
+
+@asynccontextmanager
+async def saq_queues(valkey_url: str) -> AsyncIterator[dict[str, Queue]]:
+    """The app's SAQ queues on ``valkey_url``, their shared client closed afterwards."""
+    queues = build_queues(valkey_url)
+    try:
+        yield queues
+    finally:
+        with contextlib.suppress(Exception):
+            await queues["default"].redis.aclose()  # type: ignore[attr-defined]

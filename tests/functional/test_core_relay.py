@@ -8,7 +8,6 @@ must not be dropped by SAQ as a duplicate of the still-queued job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,6 @@ from saq.types import Context
 
 from app.config import Settings
 from app.core import relay
-from app.core.queues import build_queues
 from app.core.relay import batching_of, relay_once
 from app.core.services import Services, open_services
 from app.db import outbox as outbox_queries
@@ -30,7 +28,7 @@ from app.domains.activity.events import emit
 from app.domains.activity.jobs import record_activities
 from app.domains.activity.module import module as activity_module
 from app.modules import MODULES
-from tests.factories import Team, wait_until
+from tests.factories import Team, saq_queues, wait_until
 from tests.valkey_control import ControlledValkey
 
 
@@ -48,10 +46,8 @@ async def services(relay_settings: Settings, db: AsyncConnection[Any]) -> AsyncI
 @pytest.fixture
 async def queues(relay_settings: Settings) -> AsyncIterator[dict[str, Queue]]:
     assert relay_settings.valkey_url
-    opened = build_queues(relay_settings.valkey_url)
-    yield opened
-    with contextlib.suppress(Exception):
-        await opened["default"].redis.aclose()  # type: ignore[attr-defined]
+    async with saq_queues(relay_settings.valkey_url) as opened:
+        yield opened
 
 
 async def emit_task_created(services: Services, team: Team, task_id: int) -> None:

@@ -26,7 +26,7 @@ from app.core.relay import OutboxRelay, job_key, relay_once
 from app.core.services import Services
 from app.db import outbox as outbox_queries
 from app.modules import MODULES
-from tests.factories import wait_until
+from tests.factories import saq_queues, wait_until
 from tests.faults import PrivatePostgres, scalar
 from tests.valkey_control import ControlledValkey
 
@@ -54,10 +54,8 @@ async def pool(relay_settings: Settings, db: AsyncConnection[Any]) -> AsyncItera
 @pytest.fixture
 async def queues(relay_settings: Settings) -> AsyncIterator[dict[str, Queue]]:
     assert relay_settings.valkey_url
-    queues = build_queues(relay_settings.valkey_url)
-    yield queues
-    with contextlib.suppress(Exception):
-        await queues["default"].redis.aclose()  # type: ignore[attr-defined]
+    async with saq_queues(relay_settings.valkey_url) as opened:
+        yield opened
 
 
 async def add_outbox(db: AsyncConnection[Any], count: int, queue: str = "default") -> list[int]:
