@@ -29,6 +29,8 @@ class CurrentUser(msgspec.Struct, frozen=True):
     role: UserRole
     family_id: uuid.UUID
     token_id: str
+    expires_at: int
+    """The access token's ``exp`` (epoch seconds): what outlives the request (a live stream) ends then."""
 
     @property
     def is_admin(self) -> bool:

@@ -86,7 +86,7 @@ class AccountService:
         self.passwords = Passwords(settings)
         self.tokens = AccessTokens(settings)
         self.throttle = LoginThrottle(settings, valkey)
-        self._callers: LRUCache[str, tuple[CurrentUser, int]] = LRUCache(maxsize=VERIFIED_TOKENS_KEPT)
+        self._callers: LRUCache[str, CurrentUser] = LRUCache(maxsize=VERIFIED_TOKENS_KEPT)
         self._on_access_change: list[Callable[[int], Awaitable[None]]] = []
         self._on_rename: list[Callable[[int], Awaitable[None]]] = []
         conninfo, connect_kwargs = db.pool.conninfo, db.pool.kwargs
@@ -130,21 +130,27 @@ class AccountService:
         expiry and whether its session family has been revoked — in memory while the revocation
         listener is connected, else in PostgreSQL.
         """
-        known = self._callers.get(bearer_token)
-        if known is None:
-            caller, expires = self._verify(bearer_token)
-            self._callers[bearer_token] = (caller, expires)
-        else:
-            caller, expires = known
-            if expires <= time.time() - TOKEN_LEEWAY_S:
-                del self._callers[bearer_token]
-                log.info("access_token_rejected", reason="ExpiredSignatureError")
-                raise _bearer_failure("The access token is invalid or expired.")
+        caller = self._callers.get(bearer_token)
+        if caller is None:
+            caller = self._callers[bearer_token] = self._verify(bearer_token)
+        elif caller.expires_at <= time.time() - TOKEN_LEEWAY_S:
+            del self._callers[bearer_token]
+            log.info("access_token_rejected", reason="ExpiredSignatureError")
+            raise _bearer_failure("The access token is invalid or expired.")
         if await self._family_revoked(caller.family_id):
             raise _bearer_failure("The access token has been revoked.")
         return caller
 
-    def _verify(self, bearer_token: str) -> tuple[CurrentUser, int]:
+    async def still_authenticated(self, caller: CurrentUser) -> bool:
+        """Whether a request authenticated as ``caller`` earlier would be now: its token not expired,
+        its session not revoked (a logout, the account deactivated or demoted, its password
+        changed). What outlives its request (a live feed stream) asks this instead of keeping the
+        token to authenticate again."""
+        if caller.expires_at <= time.time() - TOKEN_LEEWAY_S:
+            return False
+        return not await self._family_revoked(caller.family_id)
+
+    def _verify(self, bearer_token: str) -> CurrentUser:
         try:
             claims = self.tokens.verify(bearer_token)
             family = uuid.UUID(claims.fam)
@@ -152,8 +158,9 @@ class AccountService:
         except (InvalidTokenError, ValueError) as exc:
             log.info("access_token_rejected", reason=str(exc))
             raise _bearer_failure("The access token is invalid or expired.") from exc
-        caller = CurrentUser(id=int(claims.sub), role=role, family_id=family, token_id=claims.jti)
-        return caller, claims.exp
+        return CurrentUser(
+            id=int(claims.sub), role=role, family_id=family, token_id=claims.jti, expires_at=claims.exp
+        )
 
     async def _family_revoked(self, family: uuid.UUID) -> bool:
         """The in-memory mirror of ``revoked_families`` while it is current, else PostgreSQL."""

@@ -27,11 +27,11 @@ import msgspec
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.auth import CurrentUser
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
-from app.core.errors import NotFoundError, UnauthorizedError
+from app.core.errors import NotFoundError
 from app.core.pagination import IdCursor, Page, decode_cursor, encode_cursor
-from app.core.security import AccessTokens, InvalidTokenError
 from app.core.types import MAX_ID
 from app.db import activity as queries
 from app.domains.activity.cache import FeedCache
@@ -98,7 +98,6 @@ class ActivityService:
         self.broadcaster = broadcaster
         self.cache = cache
         self.accounts = accounts
-        self.tokens = AccessTokens(settings)
         self.streams = LiveStreams(valkey, settings)
         self.writer = FeedWriter(grouping_rule(settings))
         self.combiner = Combiner(self._write_alone, max_events=max(settings.feed_batch_size, COMBINED_EVENTS))
@@ -236,24 +235,12 @@ class ActivityService:
             row = await queries.reader_scope(uow.conn, reader_id=reader_id)
         return (row.is_admin, frozenset(row.project_ids)) if row else (False, frozenset())
 
-    def token_expiry(self, token: str) -> float:
-        """When the access token a stream was opened with expires (epoch seconds); now if it just did."""
-        try:
-            return float(self.tokens.verify(token).exp)
-        except InvalidTokenError:  # expired since the request was authenticated (within the leeway)
-            return 0.0
-
-    async def session_valid(self, token: str) -> bool:
-        """The access token is still accepted: not expired, its session not revoked (a logout, the
-        account deactivated or demoted, its password changed): the check of every request
-        (``AccountService.authenticate``), in memory while its revocation listener is connected."""
+    async def session_valid(self, caller: CurrentUser) -> bool:
+        """``caller``'s session is still accepted (``AccountService.still_authenticated``: not
+        expired, not revoked), in memory while the revocation listener is connected."""
         if self.accounts is None:
             return True
-        try:
-            await self.accounts.authenticate(token)
-        except UnauthorizedError:
-            return False
-        return True
+        return await self.accounts.still_authenticated(caller)
 
     async def changes(self, reader_id: int, after: int, limit: int) -> tuple[list[FeedGroupOut], int]:
         """The visible groups with activity after ``after`` (oldest change first), as they are now,

@@ -17,7 +17,7 @@ sent". So:
 - the stream lives while the access token it was opened with does: it ends when the token expires
   (its ``exp``; the client reconnects with a fresh token and its Last-Event-ID), and, on the first
   wake-up or heartbeat after, when the request's own check (``ActivityService.session_valid``) would
-  refuse the token: a logout, the account deactivated or demoted, its password changed;
+  refuse its caller: a logout, the account deactivated or demoted, its password changed;
 - it ends at once when the client goes (Litestar cancels the generator on disconnect) and when the
   process stops (``live.py``); an account holds at most ``FEED_STREAM_MAX_PER_USER`` live streams
   (``live.py``: one more is a 429);
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import AsyncIterator
 
@@ -54,23 +53,21 @@ class FeedStream:
         self,
         service: ActivityService,
         channels: ChannelsPlugin,
-        reader_id: int,
+        caller: CurrentUser,
         last_event_id: int | None,
         *,
         live: bool = True,
-        token: str = "",
-        expires_at: float = math.inf,
     ) -> None:
-        """``token``: the access token of the request (checked again at every wake-up and heartbeat
-        while live); ``expires_at``: its ``exp``, when the stream ends."""
+        """``caller``: who opened the stream (its session checked again at every wake-up and
+        heartbeat while live; the stream ends at its token's ``exp``)."""
         settings = service.settings
         self.service = service
         self.channels = channels
-        self.reader_id = reader_id
+        self.caller = caller
+        self.reader_id = caller.id
         self.last_event_id = last_event_id
         self.live = live
-        self.token = token
-        self.expires_at = expires_at
+        self.expires_at = caller.expires_at
         self.heartbeat_s = settings.feed_stream_heartbeat_s
         self.replay_max = settings.feed_stream_replay_max
         self.slot: Slot | None = None
@@ -84,22 +81,13 @@ class FeedStream:
         service: ActivityService,
         channels: ChannelsPlugin,
         caller: CurrentUser,
-        token: str,
         last_event_id: int | None,
         *,
         live: bool,
     ) -> FeedStream:
         """The caller's stream; a live one first takes one of the account's slots (429 when the
         account's other streams hold them all)."""
-        stream = cls(
-            service,
-            channels,
-            caller.id,
-            last_event_id,
-            live=live,
-            token=token,
-            expires_at=service.token_expiry(token),
-        )
+        stream = cls(service, channels, caller, last_event_id, live=live)
         if live:
             stream.slot = await service.streams.claim(caller.id)
         return stream
@@ -144,7 +132,7 @@ class FeedStream:
             if timeout > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout)
-            if self._over() or not await self.service.session_valid(self.token):
+            if self._over() or not await self.service.session_valid(self.caller):
                 return
             if time.monotonic() >= beat:
                 beat = time.monotonic() + self.heartbeat_s
