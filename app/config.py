@@ -232,6 +232,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Per account: the share of GitHub's hourly limit its lookups of users not stored yet may spend."""
     github_user_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
     github_user_pending_refreshes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    github_profile_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 30
+    """A profile of a login nobody tracks is deleted this long after its last fetch (the next lookup
+    fetches it again); so are the snapshots of a login nobody tracks any more, after its last one."""
+    github_snapshot_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36600)] = 400
+    """Snapshots older than this are deleted, tracked or not (keep it above GITHUB_HISTORY_MAX_DAYS)."""
 
     serve_ready_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 

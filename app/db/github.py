@@ -80,6 +80,30 @@ async def get_github_tracked(conn: AsyncConnection[Any], *, user_id: int, login:
         return await cur.fetchone()
 
 
+LOCK_GITHUB_PROFILE_KEPT = "select login from github_profiles where login = $1 for key share"
+
+
+async def lock_github_profile_kept(conn: AsyncConnection[Any], *, login: str) -> str | None:
+    """Taken by tracking before it writes the tracked row: the retention's purge locks a profile before
+    deleting it and checks again under the lock whether the login is tracked, so either the purge waits
+    for the tracking and sees it, or the tracking waits for the purge and finds the profile gone (and
+    looks the login up again)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_GITHUB_PROFILE_KEPT, (login,))
+        return await cur.fetchone()
+
+
+LOCK_GITHUB_SNAPSHOT_ATTEMPT_KEPT = (
+    "select login from github_snapshot_attempts where login = $1 for key share"
+)
+
+
+async def lock_github_snapshot_attempt_kept(conn: AsyncConnection[Any], *, login: str) -> None:
+    """The same for the login's snapshot history (its attempt's row, if it was ever snapshotted)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_GITHUB_SNAPSHOT_ATTEMPT_KEPT, (login,))
+
+
 TRACK_GITHUB_LOGIN = """\
 insert into github_tracked (user_id, login) values ($1, $2)
 on conflict (user_id, login) do nothing
@@ -157,17 +181,6 @@ async def record_github_snapshot_attempt(
         await cur.execute(RECORD_GITHUB_SNAPSHOT_ATTEMPT, (login, attempted_at))
 
 
-PRUNE_GITHUB_SNAPSHOT_ATTEMPTS = """\
-delete from github_snapshot_attempts a
-where not exists (select 1 from github_tracked t where t.login = a.login)"""
-
-
-async def prune_github_snapshot_attempts(conn: AsyncConnection[Any]) -> None:
-    """Forgets logins nobody tracks any more (untracked, or their trackers' accounts deleted)."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PRUNE_GITHUB_SNAPSHOT_ATTEMPTS)
-
-
 INSERT_GITHUB_SNAPSHOT = """\
 insert into github_snapshots (
     login, taken_on, taken_at, followers, following, public_repos, repos_counted,
@@ -231,3 +244,140 @@ async def list_github_snapshots(
     async with AsyncRawCursor(conn, row_factory=args_row(GithubSnapshot)) as cur:
         await cur.execute(LIST_GITHUB_SNAPSHOTS, (login, first_day, last_day))
         return await cur.fetchall()
+
+
+LOCK_EXPIRED_GITHUB_PROFILES = """\
+select p.login
+from github_profiles p
+where p.fetched_at < $1::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = p.login)
+order by p.fetched_at, p.login
+limit $2::integer
+for update of p"""
+
+
+async def lock_expired_github_profiles(
+    conn: AsyncConnection[Any],
+    *,
+    fetched_before: datetime,
+    chunk_size: int,
+) -> list[str]:
+    """Retention (GithubService.purge_expired), one chunk: profiles of logins nobody tracks, not fetched
+    since @fetched_before, locked oldest first (a fetch committed while this waits for a row changed
+    its fetched_at: the lock re-checks it and leaves the row out)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_EXPIRED_GITHUB_PROFILES, (fetched_before, chunk_size))
+        return await cur.fetchall()
+
+
+DELETE_EXPIRED_GITHUB_PROFILES = """\
+delete from github_profiles p
+where p.login = any($1::text[])
+  and p.fetched_at < $2::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = p.login)"""
+
+
+async def delete_expired_github_profiles(
+    conn: AsyncConnection[Any],
+    *,
+    logins: list[str],
+    fetched_before: datetime,
+) -> int:
+    """The locked chunk, its condition checked again: this statement's snapshot is taken after the locks,
+    so a login tracked before a lock was granted (tracking holds LockGithubProfileKept) keeps its profile."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(DELETE_EXPIRED_GITHUB_PROFILES, (logins, fetched_before))
+        return cur.rowcount
+
+
+LOCK_FORGOTTEN_GITHUB_LOGINS = """\
+select a.login
+from github_snapshot_attempts a
+where a.attempted_at < $1::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = a.login)
+order by a.attempted_at, a.login
+limit $2::integer
+for update of a"""
+
+
+async def lock_forgotten_github_logins(
+    conn: AsyncConnection[Any],
+    *,
+    attempted_before: datetime,
+    chunk_size: int,
+) -> list[str]:
+    """Retention, one chunk: logins nobody tracks any more whose last snapshot attempt is older than
+    @attempted_before, locked oldest first (tracking holds LockGithubSnapshotAttemptKept)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_FORGOTTEN_GITHUB_LOGINS, (attempted_before, chunk_size))
+        return await cur.fetchall()
+
+
+DELETE_FORGOTTEN_GITHUB_SNAPSHOTS = """\
+delete from github_snapshots s
+where (s.login, s.taken_on) in (
+    select f.login, f.taken_on
+    from github_snapshots f
+    join github_snapshot_attempts a on a.login = f.login
+    where f.login = any($1::text[])
+      and a.attempted_at < $2::timestamptz
+      and not exists (select 1 from github_tracked t where t.login = f.login)
+    limit $3::integer
+)"""
+
+
+async def delete_forgotten_github_snapshots(
+    conn: AsyncConnection[Any],
+    *,
+    logins: list[str],
+    attempted_before: datetime,
+    chunk_size: int,
+) -> int:
+    """Up to @chunk_size snapshots of the locked logins still forgotten; the caller repeats it until a
+    chunk comes back short, then forgets their attempts (DeleteForgottenGithubAttempts)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(DELETE_FORGOTTEN_GITHUB_SNAPSHOTS, (logins, attempted_before, chunk_size))
+        return cur.rowcount
+
+
+DELETE_FORGOTTEN_GITHUB_ATTEMPTS = """\
+delete from github_snapshot_attempts a
+where a.login = any($1::text[])
+  and a.attempted_at < $2::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = a.login)
+  and not exists (select 1 from github_snapshots s where s.login = a.login)"""
+
+
+async def delete_forgotten_github_attempts(
+    conn: AsyncConnection[Any],
+    *,
+    logins: list[str],
+    attempted_before: datetime,
+) -> int:
+    """The locked logins still forgotten whose snapshots are all deleted."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(DELETE_FORGOTTEN_GITHUB_ATTEMPTS, (logins, attempted_before))
+        return cur.rowcount
+
+
+DELETE_OLD_GITHUB_SNAPSHOTS = """\
+delete from github_snapshots
+where (login, taken_on) in (
+    select login, taken_on
+    from github_snapshots
+    where taken_on < $1::date
+    order by taken_on
+    limit $2::integer
+)"""
+
+
+async def delete_old_github_snapshots(
+    conn: AsyncConnection[Any],
+    *,
+    taken_before: date,
+    chunk_size: int,
+) -> int:
+    """Retention, one chunk: snapshots taken before @taken_before, tracked or not (rows never change)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(DELETE_OLD_GITHUB_SNAPSHOTS, (taken_before, chunk_size))
+        return cur.rowcount

@@ -22,6 +22,17 @@ select count(*) as tracked from github_tracked where user_id = @user_id;
 -- name: GetGithubTracked :one
 select * from github_tracked where user_id = @user_id and login = @login;
 
+-- name: LockGithubProfileKept :one
+-- Taken by tracking before it writes the tracked row: the retention's purge locks a profile before
+-- deleting it and checks again under the lock whether the login is tracked, so either the purge waits
+-- for the tracking and sees it, or the tracking waits for the purge and finds the profile gone (and
+-- looks the login up again).
+select login from github_profiles where login = @login for key share;
+
+-- name: LockGithubSnapshotAttemptKept :exec
+-- The same for the login's snapshot history (its attempt's row, if it was ever snapshotted).
+select login from github_snapshot_attempts where login = @login for key share;
+
 -- name: TrackGithubLogin :one
 insert into github_tracked (user_id, login) values (@user_id, @login)
 on conflict (user_id, login) do nothing
@@ -55,11 +66,6 @@ limit @batch_size;
 insert into github_snapshot_attempts (login, attempted_at) values (@login, @attempted_at)
 on conflict (login) do update set attempted_at = excluded.attempted_at;
 
--- name: PruneGithubSnapshotAttempts :exec
--- Forgets logins nobody tracks any more (untracked, or their trackers' accounts deleted).
-delete from github_snapshot_attempts a
-where not exists (select 1 from github_tracked t where t.login = a.login);
-
 -- name: InsertGithubSnapshot :execrows
 -- At most one snapshot per login and day: a re-delivered cron run changes nothing.
 insert into github_snapshots (
@@ -77,3 +83,67 @@ on conflict (login, taken_on) do nothing;
 select * from github_snapshots
 where login = @login and taken_on between @first_day::date and @last_day::date
 order by taken_on;
+
+-- name: LockExpiredGithubProfiles :many
+-- Retention (GithubService.purge_expired), one chunk: profiles of logins nobody tracks, not fetched
+-- since @fetched_before, locked oldest first (a fetch committed while this waits for a row changed
+-- its fetched_at: the lock re-checks it and leaves the row out).
+select p.login
+from github_profiles p
+where p.fetched_at < @fetched_before::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = p.login)
+order by p.fetched_at, p.login
+limit @chunk_size::integer
+for update of p;
+
+-- name: DeleteExpiredGithubProfiles :execrows
+-- The locked chunk, its condition checked again: this statement's snapshot is taken after the locks,
+-- so a login tracked before a lock was granted (tracking holds LockGithubProfileKept) keeps its profile.
+delete from github_profiles p
+where p.login = any(@logins::text[])
+  and p.fetched_at < @fetched_before::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = p.login);
+
+-- name: LockForgottenGithubLogins :many
+-- Retention, one chunk: logins nobody tracks any more whose last snapshot attempt is older than
+-- @attempted_before, locked oldest first (tracking holds LockGithubSnapshotAttemptKept).
+select a.login
+from github_snapshot_attempts a
+where a.attempted_at < @attempted_before::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = a.login)
+order by a.attempted_at, a.login
+limit @chunk_size::integer
+for update of a;
+
+-- name: DeleteForgottenGithubSnapshots :execrows
+-- Up to @chunk_size snapshots of the locked logins still forgotten; the caller repeats it until a
+-- chunk comes back short, then forgets their attempts (DeleteForgottenGithubAttempts).
+delete from github_snapshots s
+where (s.login, s.taken_on) in (
+    select f.login, f.taken_on
+    from github_snapshots f
+    join github_snapshot_attempts a on a.login = f.login
+    where f.login = any(@logins::text[])
+      and a.attempted_at < @attempted_before::timestamptz
+      and not exists (select 1 from github_tracked t where t.login = f.login)
+    limit @chunk_size::integer
+);
+
+-- name: DeleteForgottenGithubAttempts :execrows
+-- The locked logins still forgotten whose snapshots are all deleted.
+delete from github_snapshot_attempts a
+where a.login = any(@logins::text[])
+  and a.attempted_at < @attempted_before::timestamptz
+  and not exists (select 1 from github_tracked t where t.login = a.login)
+  and not exists (select 1 from github_snapshots s where s.login = a.login);
+
+-- name: DeleteOldGithubSnapshots :execrows
+-- Retention, one chunk: snapshots taken before @taken_before, tracked or not (rows never change).
+delete from github_snapshots
+where (login, taken_on) in (
+    select login, taken_on
+    from github_snapshots
+    where taken_on < @taken_before::date
+    order by taken_on
+    limit @chunk_size::integer
+);

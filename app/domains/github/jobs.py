@@ -18,3 +18,9 @@ async def refresh_github_profile(ctx: Context, *, login: str, refresh_id: str) -
 async def snapshot_github_profiles(ctx: Context) -> int:
     """Hourly: the day's snapshot of every tracked login that has none yet (after the snapshot hour)."""
     return await services_of(ctx)[GithubService].snapshot_due()
+
+
+async def purge_github_retention(ctx: Context) -> int:
+    """Daily: profiles and snapshots past their retention deleted in bounded chunks (idempotent)."""
+    purged = await services_of(ctx)[GithubService].purge_expired()
+    return purged.profiles + purged.snapshots

@@ -8,7 +8,7 @@ from app.domains.github.controllers import (
     GithubTrackingController,
     GithubUsersController,
 )
-from app.domains.github.jobs import refresh_github_profile, snapshot_github_profiles
+from app.domains.github.jobs import purge_github_retention, refresh_github_profile, snapshot_github_profiles
 from app.domains.github.services import QUEUE, GithubService
 
 module = Module(
@@ -19,5 +19,9 @@ module = Module(
     jobs=[Job(function=refresh_github_profile, queue=QUEUE)],
     # Hourly; the job itself waits for GITHUB_SNAPSHOT_HOUR_UTC and skips logins done today, so the
     # snapshot hour is a setting and a missed run is caught up an hour later.
-    cron=[Cron(function=snapshot_github_profiles, schedule="23 * * * *", queue=QUEUE, timeout_s=1800)],
+    # The retention runs daily, away from the snapshot hour's minute (GITHUB_*_RETENTION_DAYS).
+    cron=[
+        Cron(function=snapshot_github_profiles, schedule="23 * * * *", queue=QUEUE, timeout_s=1800),
+        Cron(function=purge_github_retention, schedule="41 2 * * *", queue=QUEUE, timeout_s=1800),
+    ],
 )

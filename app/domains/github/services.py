@@ -32,6 +32,11 @@ most ``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429,
 without a refresh). Each has an id; its state is kept in Valkey for a day and every change is
 published on ``github:refresh:<id>`` for the SSE stream, which also re-reads the stored state so a
 late subscriber gets the final state.
+
+Retention (``purge_expired``, daily): profiles of logins nobody tracks go
+``GITHUB_PROFILE_RETENTION_DAYS`` after their last fetch (the next lookup is a cold one again),
+snapshots ``GITHUB_SNAPSHOT_RETENTION_DAYS`` after their day, and a login nobody tracks any more
+loses its snapshots ``GITHUB_PROFILE_RETENTION_DAYS`` after its last one.
 """
 
 from __future__ import annotations
@@ -118,6 +123,9 @@ REFRESH_JOB_GRACE_S = 30.0
 """A refresh still queued or running this long after it was saved (or started) has its job looked up
 when its state is read: a job that is gone means the refresh never finishes (see ``_abandoned``)."""
 _GONE = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
+PURGE_CHUNK = 10_000
+"""Rows deleted per transaction by the retention (``purge_expired``): each statement stays far below
+the statement timeout, however many rows have piled up."""
 DEFAULT_HISTORY_DAYS = 30
 """The history's range when ``from`` is not given: this many days ending ``to``."""
 
@@ -215,6 +223,18 @@ class InvalidRangeError(AppError):
 class InvalidUsernameError(AppError):
     slug = "invalid-github-username"
     title = "Not a GitHub username"
+
+
+class _ProfileGoneError(Exception):
+    """The profile read before tracking was purged before the tracking locked it."""
+
+
+class RetentionPurge(msgspec.Struct, frozen=True):
+    """What one run of the retention deleted (``GithubService.purge_expired``)."""
+
+    profiles: int
+    snapshots: int
+    forgotten_logins: int
 
 
 class StoredProfile(msgspec.Struct, frozen=True):
@@ -855,11 +875,29 @@ class GithubService:
 
     async def track(self, user_id: int, username: str) -> tuple[TrackedOut, bool]:
         """Start tracking (idempotent: True when newly tracked). The login must exist on GitHub: one
-        with nothing stored is looked up, on the account's share of the quota."""
+        with nothing stored is looked up, on the account's share of the quota.
+
+        The transaction locks the stored profile (and snapshot attempt) before it writes the tracked
+        row, as the retention's purge locks them before deleting them: a purge that has the profile
+        locked first deletes it, and the tracking then finds it gone and looks the login up again
+        (a profile just fetched is far from its retention)."""
         login = self.login_of(username)
-        if await self._load(login) is None:
-            await self._cold_lookup(user_id, login)
+        stored = await self._load(login) is not None
+        for _ in range(2):
+            if not stored:
+                await self._cold_lookup(user_id, login)
+            try:
+                return await self._track_stored(user_id, login, last_try=not stored)
+            except _ProfileGoneError:
+                stored = False
+        raise AssertionError("unreachable: the second try tracks even without a profile")
+
+    async def _track_stored(self, user_id: int, login: str, *, last_try: bool) -> tuple[TrackedOut, bool]:
         async with self.db.transaction() as uow:
+            kept = await queries.lock_github_profile_kept(uow.conn, login=login)
+            if kept is None and not last_try:
+                raise _ProfileGoneError  # purged since it was read: rolled back, looked up again
+            await queries.lock_github_snapshot_attempt_kept(uow.conn, login=login)
             await queries.lock_github_tracking(uow.conn, user_id=user_id)
             existing = await queries.get_github_tracked(uow.conn, user_id=user_id, login=login)
             if existing is not None:
@@ -895,8 +933,7 @@ class GithubService:
         if now.hour < self.settings.github_snapshot_hour_utc:
             return 0
         day = now.date()
-        async with self.db.transaction() as uow:
-            await queries.prune_github_snapshot_attempts(uow.conn)
+        async with self.db.read() as uow:
             due = await queries.list_github_logins_due(
                 uow.conn, taken_on=day, batch_size=self.settings.github_snapshots_per_run
             )
@@ -938,6 +975,102 @@ class GithubService:
                     language_bytes=analysis.language_bytes,
                 )
         return taken
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def purge_expired(self, *, chunk_size: int = PURGE_CHUNK) -> RetentionPurge:
+        """The retention (a daily cron; idempotent: a re-run finds nothing more to delete).
+
+        - A profile of a login nobody tracks that was not fetched for ``GITHUB_PROFILE_RETENTION_DAYS``
+          is deleted. Nothing depends on it being there: a lookup with nothing stored is a cold
+          lookup (fetched again, on the asking account's share of the quota); only the stale
+          fallback while GitHub is down is lost for such a login (a 503 instead of data that old).
+          Tracked logins keep theirs: the snapshot cron and a tracker's reads use it every day.
+        - Snapshots older than ``GITHUB_SNAPSHOT_RETENTION_DAYS`` are deleted, tracked or not
+          (by default 400, above ``GITHUB_HISTORY_MAX_DAYS``' 366: no full-range answer shrinks).
+        - The snapshots and the snapshot attempt of a login nobody tracks any more are deleted
+          ``GITHUB_PROFILE_RETENTION_DAYS`` after its last attempt (the cron attempts every tracked
+          login daily, so: after it was untracked). Not at once: an untrack by mistake, or a user
+          who tracks the login again soon (or another user who starts tracking it), keeps its
+          history, which cannot be fetched again from GitHub. The attempt's row is what says when
+          the login was last snapshotted, so it is kept exactly as long.
+
+        Each kind is deleted in chunks of at most ``chunk_size`` rows, one transaction each, so no
+        statement nears the statement timeout however much has piled up. A chunk locks its rows
+        first (its own statement, oldest first), then deletes them with the condition checked again
+        in a statement whose snapshot follows the locks: a login fetched while the chunk waits for
+        its row gets out by its new ``fetched_at``; one tracked before the chunk got the lock is seen
+        as tracked (tracking holds the profile's and attempt's rows ``FOR KEY SHARE`` while it writes
+        the tracked row, so it either commits before the chunk's lock or waits for the chunk to end,
+        then finds the profile gone and looks it up again: ``track``)."""
+        assert chunk_size >= 2, "a chunk holds a login and at least one of its snapshots"
+        now = self.clock()
+        unused_before = now - timedelta(days=self.settings.github_profile_retention_days)
+        taken_before = now.date() - timedelta(days=self.settings.github_snapshot_retention_days)
+        forgotten, forgotten_snapshots = await self._purge_forgotten_logins(unused_before, chunk_size)
+        old_snapshots = await self._purge_old_snapshots(taken_before, chunk_size)
+        profiles = await self._purge_profiles(unused_before, chunk_size)
+        purged = RetentionPurge(
+            profiles=profiles, snapshots=forgotten_snapshots + old_snapshots, forgotten_logins=forgotten
+        )
+        log.info(
+            "github_retention_purged",
+            profiles=profiles,
+            snapshots_untracked=forgotten_snapshots,
+            snapshots_old=old_snapshots,
+            forgotten_logins=forgotten,
+        )
+        return purged
+
+    async def _purge_profiles(self, fetched_before: datetime, chunk_size: int) -> int:
+        purged = 0
+        while True:
+            async with self.db.transaction() as uow:
+                logins = await queries.lock_expired_github_profiles(
+                    uow.conn, fetched_before=fetched_before, chunk_size=chunk_size
+                )
+                if logins:
+                    purged += await queries.delete_expired_github_profiles(
+                        uow.conn, logins=logins, fetched_before=fetched_before
+                    )
+            if len(logins) < chunk_size:
+                return purged
+
+    async def _purge_old_snapshots(self, taken_before: date, chunk_size: int) -> int:
+        purged = 0
+        while True:
+            async with self.db.transaction() as uow:
+                deleted = await queries.delete_old_github_snapshots(
+                    uow.conn, taken_before=taken_before, chunk_size=chunk_size
+                )
+            purged += deleted
+            if deleted < chunk_size:
+                return purged
+
+    async def _purge_forgotten_logins(self, attempted_before: datetime, chunk_size: int) -> tuple[int, int]:
+        """(logins, snapshots) deleted. A chunk locks up to half its rows' worth of logins and deletes
+        their snapshots in the rest; their attempts go (with the chunk's last snapshots) once a
+        chunk's snapshots come back short, so a login's row outlives its snapshots, never the reverse."""
+        logins_per_chunk = chunk_size // 2
+        forgotten = snapshots = 0
+        while True:
+            async with self.db.transaction() as uow:
+                logins = await queries.lock_forgotten_github_logins(
+                    uow.conn, attempted_before=attempted_before, chunk_size=logins_per_chunk
+                )
+                if not logins:
+                    return forgotten, snapshots
+                room = chunk_size - len(logins)
+                deleted = await queries.delete_forgotten_github_snapshots(
+                    uow.conn, logins=logins, attempted_before=attempted_before, chunk_size=room
+                )
+                snapshots += deleted
+                if deleted < room:
+                    forgotten += await queries.delete_forgotten_github_attempts(
+                        uow.conn, logins=logins, attempted_before=attempted_before
+                    )
+            if deleted < room and len(logins) < logins_per_chunk:
+                return forgotten, snapshots
 
     async def history(self, username: str, first_day: date | None, last_day: date | None) -> HistoryOut:
         login = self.login_of(username)
