@@ -1,0 +1,8 @@
+-- migrate:up
+-- The daily purge of event-id claims walks the table a page window at a time (a TID range scan,
+-- sql/queries/pageviews.sql PurgeEventIds) and reads no index: the BRIN index on seen_at that served
+-- the earlier purge is only a cost on every claim the ingest inserts.
+drop index page_view_event_ids_seen_brin;
+
+-- migrate:down
+create index page_view_event_ids_seen_brin on page_view_event_ids using brin (seen_at);
