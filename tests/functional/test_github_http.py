@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as redis
+import structlog
 from psycopg import AsyncConnection
 from saq.job import Status
 from saq.queue.redis import RedisQueue
@@ -283,6 +284,23 @@ async def test_github_down_with_nothing_stored_is_a_503_with_retry_after(
     assert response.status_code == 503
     assert response.json()["type"] == "/problems/github-unavailable"
     assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_a_failed_fetch_is_logged_with_what_github_answered(
+    api: Client, fake: FakeGitHub, headers: dict[str, str]
+) -> None:
+    fake.add_user("flaky")
+
+    with structlog.testing.capture_logs() as logs:
+        missing = await api.get("/api/github/users/nobody-here", headers=headers)
+        fake.fail(502, times=1000)
+        down = await api.get("/api/github/users/flaky", headers=headers)
+
+    assert (down.status_code, missing.status_code) == (503, 404)
+    failures = {entry["login"]: entry for entry in logs if entry["event"] == "github_fetch_failed"}
+    assert failures["flaky"]["log_level"] == "warning"
+    assert "502" in failures["flaky"]["reason"], failures["flaky"]
+    assert failures["nobody-here"]["log_level"] == "info", "a mistyped login is not an incident"
 
 
 async def test_a_primary_rate_limit_with_nothing_stored_is_a_503_saying_when(

@@ -623,7 +623,10 @@ class GithubService:
             if isinstance(exc, GitHubNotFoundError):
                 pipe.set(f"github:missing:{login}", b"1", ex=self.settings.github_not_found_ttl_s)
             await pipe.execute()
-        log.warning("github_fetch_failed", login=login, kind=exc.kind, retry_after=exc.retry_after)
+        log_failure = log.info if isinstance(exc, GitHubNotFoundError) else log.warning  # a mistyped login
+        log_failure(
+            "github_fetch_failed", login=login, kind=exc.kind, reason=str(exc), retry_after=exc.retry_after
+        )
 
     async def _recent_failure(self, login: str, *, since: float) -> GitHubError | None:
         raw = await self.valkey.get(f"github:failed:{login}")
