@@ -616,6 +616,12 @@ class PaymentEvent(msgspec.Struct, frozen=True, gc=False):
     order_id: int | None
     outcome: str
     received_at: datetime
+    id: int
+    payment_id: str | None
+    amount: Decimal | None
+    currency: str | None
+    refunded_at: datetime | None
+    refunded_by: int | None
 
 
 class ProjectInvitation(msgspec.Struct, frozen=True, gc=False):

@@ -361,9 +361,20 @@ async def units_held_by_user(conn: AsyncConnection[Any], *, user_id: int) -> lis
         return await cur.fetchall()
 
 
+LOCK_PAYMENT_ID = "select pg_advisory_xact_lock(hashtextextended(concat('payment-id:', $1::text), 0))"
+
+
+async def lock_payment_id(conn: AsyncConnection[Any], *, payment_id: str) -> None:
+    """Serialises the events of one provider payment id (a redelivery under a new event id racing the
+    first): the second sees the first's row and is not taken for a second payment. Taken before the
+    order's row lock."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_PAYMENT_ID, (payment_id,))
+
+
 RECORD_PAYMENT_EVENT = """\
-insert into payment_events (event_id, order_id, outcome)
-values ($1, $2, 'received')
+insert into payment_events (event_id, order_id, outcome, payment_id, amount, currency)
+values ($1, $2, 'received', $3, $4, $5)
 on conflict (event_id) do nothing
 returning event_id"""
 
@@ -373,10 +384,32 @@ async def record_payment_event(
     *,
     event_id: str,
     order_id: int | None,
+    payment_id: str | None,
+    amount: Decimal | None,
+    currency: str | None,
 ) -> str | None:
-    """A provider event is processed once: a replayed or redelivered id returns nothing."""
+    """A provider event is processed once: a replayed or redelivered id returns nothing. A
+    payment.succeeded stores what it took (payment id, amount, currency); other types store nulls."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(RECORD_PAYMENT_EVENT, (event_id, order_id))
+        await cur.execute(RECORD_PAYMENT_EVENT, (event_id, order_id, payment_id, amount, currency))
+        return await cur.fetchone()
+
+
+PAYMENT_ID_RECORDED_BEFORE = """\
+select exists (
+    select 1 from payment_events where payment_id = $1::text and event_id <> $2
+) as recorded"""
+
+
+async def payment_id_recorded_before(
+    conn: AsyncConnection[Any],
+    *,
+    payment_id: str,
+    event_id: str,
+) -> bool | None:
+    """Whether another event already brought this payment id: the same money, not a second payment."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PAYMENT_ID_RECORDED_BEFORE, (payment_id, event_id))
         return await cur.fetchone()
 
 
@@ -388,10 +421,71 @@ async def set_payment_event_outcome(conn: AsyncConnection[Any], *, outcome: str,
         await cur.execute(SET_PAYMENT_EVENT_OUTCOME, (outcome, event_id))
 
 
-GET_PAYMENT_EVENT = "select event_id, order_id, outcome, received_at from payment_events where event_id = $1"
+GET_PAYMENT_EVENT = "select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events where event_id = $1"
 
 
 async def get_payment_event(conn: AsyncConnection[Any], *, event_id: str) -> PaymentEvent | None:
     async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
         await cur.execute(GET_PAYMENT_EVENT, (event_id,))
+        return await cur.fetchone()
+
+
+LIST_REFUNDS_DUE = """\
+select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events
+where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and id < $1::bigint
+order by id desc
+limit $2"""
+
+
+async def list_refunds_due(
+    conn: AsyncConnection[Any],
+    *,
+    before_id: int,
+    row_limit: int,
+) -> list[PaymentEvent]:
+    """Payments whose money must go back and that nobody has marked refunded, newest first: keyset by
+    id (before_id = max bigint for the first page), served by payment_events_refunds_due_idx (the
+    outcome list is the index's predicate)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
+        await cur.execute(LIST_REFUNDS_DUE, (before_id, row_limit))
+        return await cur.fetchall()
+
+
+LOCK_ACTOR = "select id from users where id = $1 for key share"
+
+
+async def lock_actor(conn: AsyncConnection[Any], *, id: int) -> int | None:
+    """The acting administrator's row, kept until the commit (what a foreign-key check would take)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_ACTOR, (id,))
+        return await cur.fetchone()
+
+
+MARK_PAYMENT_REFUNDED = """\
+update payment_events
+set refunded_at = now(), refunded_by = $1
+where event_id = $2 and outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null
+returning event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by"""
+
+
+async def mark_payment_refunded(
+    conn: AsyncConnection[Any],
+    *,
+    refunded_by: int | None,
+    event_id: str,
+) -> PaymentEvent | None:
+    """Nothing when the event is unknown, not a refund due, or marked already (GetRefund then tells)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
+        await cur.execute(MARK_PAYMENT_REFUNDED, (refunded_by, event_id))
+        return await cur.fetchone()
+
+
+GET_REFUND = """\
+select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events
+where event_id = $1 and outcome in ('refund-due', 'expired', 'mismatch')"""
+
+
+async def get_refund(conn: AsyncConnection[Any], *, event_id: str) -> PaymentEvent | None:
+    async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
+        await cur.execute(GET_REFUND, (event_id,))
         return await cur.fetchone()

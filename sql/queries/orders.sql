@@ -119,15 +119,52 @@ where o.user_id = @user_id and o.status in ('pending', 'reserved')
 group by oi.product_id
 order by oi.product_id;
 
+-- name: LockPaymentId :exec
+-- Serialises the events of one provider payment id (a redelivery under a new event id racing the
+-- first): the second sees the first's row and is not taken for a second payment. Taken before the
+-- order's row lock.
+select pg_advisory_xact_lock(hashtextextended(concat('payment-id:', @payment_id::text), 0));
+
 -- name: RecordPaymentEvent :one
--- A provider event is processed once: a replayed or redelivered id returns nothing.
-insert into payment_events (event_id, order_id, outcome)
-values (@event_id, sqlc.narg(order_id), 'received')
+-- A provider event is processed once: a replayed or redelivered id returns nothing. A
+-- payment.succeeded stores what it took (payment id, amount, currency); other types store nulls.
+insert into payment_events (event_id, order_id, outcome, payment_id, amount, currency)
+values (@event_id, sqlc.narg(order_id), 'received', sqlc.narg(payment_id), sqlc.narg(amount), sqlc.narg(currency))
 on conflict (event_id) do nothing
 returning event_id;
+
+-- name: PaymentIdRecordedBefore :one
+-- Whether another event already brought this payment id: the same money, not a second payment.
+select exists (
+    select 1 from payment_events where payment_id = @payment_id::text and event_id <> @event_id
+) as recorded;
 
 -- name: SetPaymentEventOutcome :exec
 update payment_events set outcome = @outcome where event_id = @event_id;
 
 -- name: GetPaymentEvent :one
 select * from payment_events where event_id = @event_id;
+
+-- name: ListRefundsDue :many
+-- Payments whose money must go back and that nobody has marked refunded, newest first: keyset by
+-- id (before_id = max bigint for the first page), served by payment_events_refunds_due_idx (the
+-- outcome list is the index's predicate).
+select * from payment_events
+where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and id < @before_id::bigint
+order by id desc
+limit @row_limit;
+
+-- name: LockActor :one
+-- The acting administrator's row, kept until the commit (what a foreign-key check would take).
+select id from users where id = @id for key share;
+
+-- name: MarkPaymentRefunded :one
+-- Nothing when the event is unknown, not a refund due, or marked already (GetRefund then tells).
+update payment_events
+set refunded_at = now(), refunded_by = @refunded_by
+where event_id = @event_id and outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null
+returning *;
+
+-- name: GetRefund :one
+select * from payment_events
+where event_id = @event_id and outcome in ('refund-due', 'expired', 'mismatch');

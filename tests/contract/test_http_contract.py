@@ -31,7 +31,7 @@ from app.db.models import UserRole
 from app.domains.accounts.schemas import UserCursor
 from app.domains.accounts.services import AccountService
 from app.domains.files.schemas import FileCursor
-from app.domains.orders.schemas import OrderCursor
+from app.domains.orders.schemas import OrderCursor, RefundCursor
 from app.domains.products.schemas import ProductCursor
 from app.domains.projects.schemas import MemberCursor, ProjectCursor
 from app.domains.sites.schemas import SiteCursor
@@ -48,6 +48,7 @@ CURSORS = [
     ProjectCursor,
     MemberCursor,
     OrderCursor,
+    RefundCursor,
     FileCursor,
     ProductCursor,
     SiteCursor,

@@ -27,8 +27,10 @@ def event_body(
     *,
     event_id: str | None = None,
     type: str = "payment.succeeded",
+    payment_id: str | None = None,
 ) -> bytes:
-    """The JSON body of one provider event (amounts as exact decimal strings)."""
+    """The JSON body of one provider event (amounts as exact decimal strings); a new payment id
+    unless ``payment_id`` is given (the provider's redelivery of a payment under a new event id)."""
     event = {
         "id": event_id or f"evt_{uuid.uuid4().hex}",
         "type": type,
@@ -37,7 +39,7 @@ def event_body(
             "order_id": order_id,
             "amount": f"{Decimal(amount):.2f}",
             "currency": currency,
-            "payment_id": f"pay_{uuid.uuid4().hex[:16]}",
+            "payment_id": payment_id or f"pay_{uuid.uuid4().hex[:16]}",
         },
     }
     return json.dumps(event, separators=(",", ":")).encode()

@@ -1,5 +1,6 @@
 """The payment provider's webhook (review M6): only a signed, fresh, first delivery of an event makes a
-reserved order paid, and only for its exact amount; buyers have no way to mark an order paid."""
+reserved order paid, and only for its exact amount; buyers have no way to mark an order paid. Money
+that no order keeps is recorded as a refund due, listed for administrators, who mark it refunded."""
 
 from __future__ import annotations
 
@@ -194,7 +195,7 @@ async def test_only_the_exact_amount_for_a_reserved_order_pays(
     other = payments.delivery(payments.event_body(order_id, "3.00", type="payment.failed"))
     assert (await send(client, other.body, other.headers)).json()["outcome"] == "ignored"
     unknown = payments.delivery(payments.event_body(2**52, "3.00"))
-    assert (await send(client, unknown.body, unknown.headers)).json()["outcome"] == "ignored"
+    assert (await send(client, unknown.body, unknown.headers)).json()["outcome"] == "refund-due"
     assert await state(db, order_id) == ("reserved", 2)
 
 
@@ -242,3 +243,237 @@ async def test_without_a_configured_secret_the_webhook_does_not_exist(settings: 
         sent = payments.delivery(payments.event_body(1, "1.00"))
         response = await served.client.post(WEBHOOK, content=sent.body, headers=sent.headers)
         assert_problem(response, 404, "not-found")
+
+
+# -- refunds due ---------------------------------------------------------------------------------------
+
+REFUNDS_DUE = "/api/admin/payments/refunds-due"
+
+
+async def deliver(client: Client, order_id: int, amount: str, **event: Any) -> Any:
+    """A signed ``payment.succeeded`` (or ``type=...``) for ``order_id``; its 200 answer."""
+    sent = payments.delivery(payments.event_body(order_id, amount, **event))
+    answer = await send(client, sent.body, sent.headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def refunds_due(client: Client, admin: Actor, **params: Any) -> Any:
+    response = await client.get(REFUNDS_DUE, params=params, headers=admin.headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def due(event_id: str, order_id: int | None, payment_id: str, amount: str, outcome: str) -> dict[str, Any]:
+    """A refund due as listed (``received_at`` aside), not marked refunded."""
+    return {
+        "event_id": event_id,
+        "order_id": order_id,
+        "payment_id": payment_id,
+        "amount": amount,
+        "currency": "EUR",
+        "outcome": outcome,
+        "refunded_at": None,
+        "refunded_by": None,
+    }
+
+
+def without_received_at(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    assert all(item["received_at"] for item in items), items
+    return [{k: v for k, v in item.items() if k != "received_at"} for item in items]
+
+
+@pytest.mark.parametrize("case", ["cancelled", "rejected", "fulfilled", "paid by another payment", "unknown"])
+async def test_money_taken_for_an_order_that_cannot_keep_it_is_a_refund_due(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], case: str
+) -> None:
+    """A payment.succeeded for an order that is cancelled, rejected, fulfilled, paid by another
+    payment, or does not exist took money: ``refund-due`` (not ``ignored``), stored with its payment
+    id, amount and currency, and listed for administrators; the order is left as it was."""
+    app, client = shop
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=2, price="5.00")
+    if case == "unknown":
+        order_id = 2**52 - 7
+    elif case == "rejected":
+        placed = await client.post(
+            "/api/orders",
+            json={"lines": [{"product_id": pid, "quantity": 3}]},
+            headers=buyer.headers | {"Idempotency-Key": f"k-{time.time_ns()}"},
+        )
+        assert placed.status_code == 202, placed.text
+        order_id = int(placed.json()["id"])
+        assert await app.state.services[OrderService].reserve(order_id) == OrderStatus.REJECTED
+    else:
+        order_id = await reserved(app, client, buyer, pid, 1)
+        if case == "cancelled":
+            cancelled = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
+            assert cancelled.status_code == 200, cancelled.text
+        else:
+            paid = await deliver(client, order_id, "5.00", event_id="evt-pays", payment_id="pay-pays")
+            assert paid["outcome"] == "paid"
+            if case == "fulfilled":
+                done = await client.post(f"/api/orders/{order_id}/fulfil", headers=admin.headers)
+                assert done.status_code == 200, done.text
+    before = None if case == "unknown" else await state(db, order_id)
+    answer = await deliver(client, order_id, "5.00", event_id="evt-refund", payment_id="pay-refund")
+    assert answer == {"event_id": "evt-refund", "outcome": "refund-due", "order_id": order_id}
+    if before is not None:
+        assert await state(db, order_id) == before
+    listed = await refunds_due(client, admin)
+    assert without_received_at(listed["items"]) == [
+        due("evt-refund", None if case == "unknown" else order_id, "pay-refund", "5.00", "refund-due")
+    ]
+    assert listed["next_cursor"] is None
+
+
+async def test_a_payment_redelivered_under_a_new_event_id_is_not_a_second_payment(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """The provider may send a payment again under a new event id: the payment that paid an order
+    stays ``ignored`` (paid or fulfilled since, nothing is due), and a refund due is listed once."""
+    app, client = shop
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=5, price="2.00")
+    paid_id = await reserved(app, client, buyer, pid, 1)
+    assert (await deliver(client, paid_id, "2.00", event_id="evt-1", payment_id="pay-1"))["outcome"] == "paid"
+    assert (await deliver(client, paid_id, "2.00", event_id="evt-2", payment_id="pay-1"))[
+        "outcome"
+    ] == "ignored"
+    assert await state(db, paid_id) == ("paid", 3)
+    assert (await client.post(f"/api/orders/{paid_id}/fulfil", headers=admin.headers)).status_code == 200
+    assert (await deliver(client, paid_id, "2.00", event_id="evt-3", payment_id="pay-1"))[
+        "outcome"
+    ] == "ignored"
+    assert await state(db, paid_id) == ("fulfilled", 4)
+
+    cancelled_id = await reserved(app, client, buyer, pid, 1)
+    assert (await client.post(f"/api/orders/{cancelled_id}/cancel", headers=buyer.headers)).status_code == 200
+    first = await deliver(client, cancelled_id, "2.00", event_id="evt-4", payment_id="pay-2")
+    again = await deliver(client, cancelled_id, "2.00", event_id="evt-5", payment_id="pay-2")
+    assert (first["outcome"], again["outcome"]) == ("refund-due", "ignored")
+
+    stored = await (
+        await db.execute(
+            "select event_id, payment_id, amount::text, currency, outcome"
+            " from payment_events order by event_id"
+        )
+    ).fetchall()
+    assert stored == [
+        ("evt-1", "pay-1", "2.00", "EUR", "paid"),
+        ("evt-2", "pay-1", "2.00", "EUR", "ignored"),
+        ("evt-3", "pay-1", "2.00", "EUR", "ignored"),
+        ("evt-4", "pay-2", "2.00", "EUR", "refund-due"),
+        ("evt-5", "pay-2", "2.00", "EUR", "ignored"),
+    ]
+    listed = await refunds_due(client, admin)
+    assert without_received_at(listed["items"]) == [due("evt-4", cancelled_id, "pay-2", "2.00", "refund-due")]
+
+
+async def test_expired_and_mismatched_payments_are_listed_with_what_was_paid(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=5, price="3.00")
+    short = await reserved(app, client, buyer, pid, 1)
+    answer = await deliver(client, short, "2.99", event_id="evt-short", payment_id="pay-short")
+    assert answer["outcome"] == "mismatch"
+    dollars = await deliver(client, short, "3.00", currency="USD", event_id="evt-usd", payment_id="pay-usd")
+    assert dollars["outcome"] == "mismatch"
+    late = await reserved(app, client, buyer, pid, 1)
+    await db.execute("update orders set reserved_until = now() - interval '1 second' where id = %s", (late,))
+    answer = await deliver(client, late, "3.00", event_id="evt-late", payment_id="pay-late")
+    assert answer["outcome"] == "expired"
+    listed = await refunds_due(client, admin)
+    assert without_received_at(listed["items"]) == [  # newest first
+        due("evt-late", late, "pay-late", "3.00", "expired"),
+        due("evt-usd", short, "pay-usd", "3.00", "mismatch") | {"currency": "USD"},
+        due("evt-short", short, "pay-short", "2.99", "mismatch"),
+    ]
+    received = [item["received_at"] for item in listed["items"]]
+    assert received == sorted(received, reverse=True)
+
+
+async def test_the_refunds_due_are_paginated_newest_first(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    admin = await make_user(db, app, "admin")
+    for i in range(5):
+        assert (await deliver(client, 2**52 - i, "1.00", event_id=f"evt-{i}"))["outcome"] == "refund-due"
+    await deliver(client, 2**52, "1.00", type="payment.failed")  # not money taken: never listed
+    seen: list[list[str]] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = await refunds_due(client, admin, **params)
+        seen.append([item["event_id"] for item in page["items"]])
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert seen == [["evt-4", "evt-3"], ["evt-2", "evt-1"], ["evt-0"]]
+    assert [i["event_id"] for i in (await refunds_due(client, admin, limit=100))["items"]] == [
+        "evt-4",
+        "evt-3",
+        "evt-2",
+        "evt-1",
+        "evt-0",
+    ]
+    for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "x"}, {"cursor": "1.2"}):
+        response = await client.get(REFUNDS_DUE, params=bad, headers=admin.headers)
+        assert response.status_code == 400, (bad, response.text)
+
+
+async def test_marking_a_refund_done_is_recorded_once_and_removes_it_from_the_list(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    admin, other_admin = await make_user(db, app, "admin"), await make_user(db, app, "admin")
+    buyer = await make_user(db, app)
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=5, price="4.00"), 1)
+    assert (await deliver(client, order_id, "4.00", event_id="evt-paid"))["outcome"] == "paid"
+    assert (await deliver(client, order_id, "4.00", event_id="evt-twice"))["outcome"] == "refund-due"
+    assert (await deliver(client, 2**52, "4.00", event_id="evt-kept"))["outcome"] == "refund-due"
+    assert (await deliver(client, 2**52, "4.00", event_id="evt-other", type="payment.failed"))[
+        "outcome"
+    ] == "ignored"
+    listed = (await refunds_due(client, admin))["items"]
+    assert [item["event_id"] for item in listed] == ["evt-kept", "evt-twice"]
+
+    marked = await client.post("/api/admin/payments/evt-twice/refunded", headers=admin.headers)
+    assert marked.status_code == 200, marked.text
+    record = marked.json()
+    assert record["refunded_by"] == admin.id and record["refunded_at"] is not None
+    assert {k: v for k, v in record.items() if k not in ("refunded_at", "refunded_by")} == {
+        k: v for k, v in listed[1].items() if k not in ("refunded_at", "refunded_by")
+    }
+    assert [item["event_id"] for item in (await refunds_due(client, admin))["items"]] == ["evt-kept"]
+
+    again = await client.post("/api/admin/payments/evt-twice/refunded", headers=other_admin.headers)
+    assert again.status_code == 200, again.text
+    assert again.json() == record, "marking again answers the first marking"
+    stored = await (
+        await db.execute("select refunded_by from payment_events where event_id = 'evt-twice'")
+    ).fetchone()
+    assert stored == (admin.id,)
+
+    for event_id in ("evt-paid", "evt-other", "evt-unknown"):
+        response = await client.post(f"/api/admin/payments/{event_id}/refunded", headers=admin.headers)
+        assert_problem(response, 404, "not-found")
+    unmarked = await (
+        await db.execute("select count(*) from payment_events where refunded_at is not null")
+    ).fetchone()
+    assert unmarked == (1,)
+
+
+async def test_only_administrators_see_and_mark_refunds(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    assert (await deliver(client, 2**52, "1.00", event_id="evt-due"))["outcome"] == "refund-due"
+    for headers, status, slug in ((buyer.headers, 403, "forbidden"), ({}, 401, "unauthorized")):
+        assert_problem(await client.get(REFUNDS_DUE, headers=headers), status, slug)
+        marked = await client.post("/api/admin/payments/evt-due/refunded", headers=headers)
+        assert_problem(marked, status, slug)
+    assert [item["event_id"] for item in (await refunds_due(client, admin))["items"]] == ["evt-due"]

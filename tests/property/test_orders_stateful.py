@@ -214,6 +214,15 @@ class Shop(RuleBasedStateMachine):
         receipt = self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
         assert receipt.outcome == "duplicate"
         assert self.snapshot(order_id) == before
+        # the provider's redelivery of the same payment under a new event id: the same money
+        event_in = msgspec.json.decode(sent.body)
+        data = event_in["data"]
+        again = payments.delivery(
+            payments.event_body(order_id, data["amount"], data["currency"], payment_id=data["payment_id"])
+        )
+        receipt = self.b.run(self.b.orders.confirm_payment(again.body, again.headers[payments.HEADER]))
+        assert receipt.outcome == "ignored"
+        assert self.snapshot(order_id) == before
 
     def total(self, order: OrderModel) -> Decimal:
         return Decimal(sum(order.lines.values()))  # every modelled product costs 1.00
@@ -221,8 +230,10 @@ class Shop(RuleBasedStateMachine):
     def pay(self, order_id: int) -> None:
         """Payment arrives only through the provider's webhook: it pays a reserved order, expires a
         lapsed one (its stock comes back), answers ``expired`` for an expired one (the payment needs a
-        refund, whoever expired it) and changes nothing for any other; a replay is a no-op. One for a
-        pending order is refused unrecorded (409), so that the provider's redelivery is processed."""
+        refund, whoever expired it) and ``refund-due`` for any other (cancelled, rejected, paid,
+        fulfilled), changing nothing; a replay is a no-op, and so is the same payment redelivered
+        under a new event id (``ignored``). One for a pending order is refused unrecorded (409), so
+        that the provider's redelivery is processed."""
         order = self.orders[order_id]
         before = self.snapshot(order_id)
         if order.status == OrderStatus.PENDING:
@@ -237,7 +248,7 @@ class Shop(RuleBasedStateMachine):
             assert outcome == "paid"
             self.moved(order, OrderStatus.PAID)
         else:
-            assert outcome == ("expired" if order.status == OrderStatus.EXPIRED else "ignored")
+            assert outcome == ("expired" if order.status == OrderStatus.EXPIRED else "refund-due")
             assert self.snapshot(order_id) == before
             event(f"payment {outcome}")
         self.replayed_changes_nothing(order_id, sent)
@@ -245,8 +256,9 @@ class Shop(RuleBasedStateMachine):
     @precondition(lambda self: self.orders)
     @rule(index=st.integers(0, 1000), off=st.sampled_from(["-0.01", "0.01", "1.00"]))
     def pay_the_wrong_amount(self, index: int, off: str) -> None:
-        """A payment that does not match the order's total never pays it (an expired order's answers
-        ``expired``: whatever the amount, it needs a refund)."""
+        """A payment that does not match the order's total never pays it and is a refund due:
+        ``mismatch`` for a reserved order, ``expired`` for an expired one (whatever the amount),
+        ``refund-due`` for any other."""
         order_id = self.pick(index)
         order = self.orders[order_id]
         before = self.snapshot(order_id)
@@ -255,7 +267,7 @@ class Shop(RuleBasedStateMachine):
             return
         outcome, _ = self.deliver(order_id, self.total(order) + Decimal(off))
         expected = {OrderStatus.RESERVED: "mismatch", OrderStatus.EXPIRED: "expired"}
-        assert outcome == expected.get(order.status, "ignored")
+        assert outcome == expected.get(order.status, "refund-due")
         assert self.snapshot(order_id) == before
 
     def cancel(self, order_id: int) -> None:

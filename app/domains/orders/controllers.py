@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from app.core.auth import Caller, requires_admin, requires_user
@@ -17,12 +17,18 @@ from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath
 from app.db.models import OrderStatus
 from app.domains.orders.payments import SIGNATURE_HEADER, PaymentEventIn, PaymentEventOut
-from app.domains.orders.schemas import OrderCreate, OrderCursor, OrderOut
+from app.domains.orders.schemas import OrderCreate, OrderCursor, OrderOut, PaymentRefundOut, RefundCursor
 from app.domains.orders.services import OrderService
 
 Orders = NamedDependency[OrderService]
 FIRST_PAGE = 2**63 - 1
 """``before_id`` of the first page: past every id."""
+EventIdPath = Annotated[
+    str,
+    PathParameter(
+        min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$", description="The provider's event id"
+    ),
+]
 
 
 class OrdersController(Controller):
@@ -127,9 +133,14 @@ class PaymentWebhookController(Controller):
         "HMAC-SHA256 of `<t>.<raw body>` with PAYMENT_WEBHOOK_SECRET; refused (400) when no signature "
         "matches or `t` is more than PAYMENT_WEBHOOK_TOLERANCE_S from the server's clock. Each event id "
         "is processed once (a redelivery answers `duplicate`). Only `payment.succeeded` for a reserved "
-        "order whose amount and currency match makes it paid. One that comes too late answers `expired` "
-        "(the payment needs a refund): the exact amount for a reservation past its window expires the "
-        "order; any amount for an order expired already. A `payment.succeeded` for an order still "
+        "order whose amount and currency match makes it paid (`paid`); each is stored with its payment "
+        "id, amount and currency. Money no order keeps is a refund due (listed at "
+        "`/api/admin/payments/refunds-due`): `mismatch` (amount or currency differ; not paid), "
+        "`expired` (too late: the exact amount for a reservation past its window expires the order; "
+        "any amount for an order expired already), `refund-due` (an order that does not exist, or is "
+        "cancelled, rejected, fulfilled or paid by another payment). A payment id an earlier event "
+        "brought (a redelivery under a new event id) answers `ignored`, as does any other event "
+        "type. A `payment.succeeded` for an order still "
         "`pending` (its reservation not done yet) is 409 `order-not-ready` with `Retry-After` and is "
         "not recorded: redeliver it, it is processed once the order is reserved. The handler reads "
         "the raw body itself: the signature covers its exact bytes. 404 while no "
@@ -147,3 +158,40 @@ class PaymentWebhookController(Controller):
         ] = None,
     ) -> PaymentEventOut:
         return await orders.confirm_payment(await request.body(), signature)
+
+
+class PaymentRefundsController(Controller):
+    """The refunds due: payments the webhook recorded whose money no order keeps (administrators)."""
+
+    path = "/api/admin/payments"
+    tags = ["commerce"]
+    guards = [requires_admin]
+    security = BEARER
+
+    @get(
+        "/refunds-due",
+        summary="Payments to return, not marked refunded yet (admins)",
+        description="Payment events whose money must go back (outcomes `refund-due`, `expired`, "
+        "`mismatch`) and that nobody marked refunded, newest first. `payment_id`, `amount` and "
+        "`currency` are what the provider reported (null for events recorded before they were stored).",
+        responses=problems(400, 401, 403, 429),
+    )
+    async def list_refunds_due(
+        self, orders: Orders, cursor: CursorParam = None, limit: PageSize = 50
+    ) -> Page[PaymentRefundOut]:
+        before_id = decode_cursor(cursor, RefundCursor).before_id if cursor else FIRST_PAGE
+        rows = await orders.list_refunds_due(before_id=before_id, limit=limit + 1)
+        return paginate(rows, limit, lambda row: RefundCursor(row.id), PaymentRefundOut.from_row)
+
+    @post(
+        "/{event_id:str}/refunded",
+        status_code=HTTP_200_OK,
+        summary="Mark a refund due as returned (admins)",
+        description="Records who marked it and when. Idempotent: marking it again answers the same "
+        "record. 404 for an unknown event id or an event whose money is not to be returned.",
+        responses=problems(400, 401, 403, 404, 429),
+    )
+    async def mark_refunded(
+        self, event_id: EventIdPath, orders: Orders, current_user: Caller
+    ) -> PaymentRefundOut:
+        return await orders.mark_refunded(event_id, current_user.id)

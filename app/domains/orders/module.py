@@ -1,7 +1,12 @@
-"""The orders domain: orders placed over HTTP, reserved and expired by jobs."""
+"""The orders domain: orders placed over HTTP, reserved and expired by jobs, paid by the payment
+provider's webhook; the refunds due listed for administrators."""
 
 from app.core.modules import Cron, Job, Module
-from app.domains.orders.controllers import OrdersController, PaymentWebhookController
+from app.domains.orders.controllers import (
+    OrdersController,
+    PaymentRefundsController,
+    PaymentWebhookController,
+)
 from app.domains.orders.jobs import (
     expire_reservations,
     purge_idempotency_keys,
@@ -13,7 +18,7 @@ from app.domains.products.services import ProductService
 
 module = Module(
     name="orders",
-    controllers=[OrdersController, PaymentWebhookController],
+    controllers=[OrdersController, PaymentWebhookController, PaymentRefundsController],
     service=lambda s: OrderService(s.db, s.settings, s[ProductService]),
     jobs=[Job(function=reserve_order, queue="orders")],
     cron=[

@@ -6,6 +6,11 @@ entries are accepted while a secret is rotated). A delivery is refused (400) unl
 matches and ``t`` is within ``PAYMENT_WEBHOOK_TOLERANCE_S`` of the server's clock; an event id is
 processed once (``payment_events``), so a captured delivery replayed inside the window changes
 nothing either.
+
+Money a ``payment.succeeded`` took for an order that cannot take it is a refund due (outcomes
+``refund-due``, ``expired``, ``mismatch``): the event keeps its payment id, amount and currency, and
+administrators list the refunds due and mark each one refunded once they have returned the money
+(``/api/admin/payments``).
 """
 
 from __future__ import annotations
@@ -47,15 +52,23 @@ class PaymentEventIn(msgspec.Struct, forbid_unknown_fields=True):
     data: PaymentData
 
 
-Outcome = Literal["paid", "duplicate", "ignored", "expired", "mismatch"]
+RefundOutcome = Literal["refund-due", "expired", "mismatch"]
+"""The outcomes of a payment that took money no order keeps: it must be returned."""
+REFUND_OUTCOMES: frozenset[str] = frozenset(("refund-due", "expired", "mismatch"))
+"""The same, at run time (and in ``sql/queries/orders.sql``, the refunds-due index's predicate)."""
+
+Outcome = Literal["paid", "duplicate", "ignored", "refund-due", "expired", "mismatch"]
 
 
 class PaymentEventOut(msgspec.Struct, frozen=True):
     """What the delivery did: ``paid``; ``duplicate`` (an event id seen before: nothing done);
-    ``ignored`` (another event type, an unknown order, or an order not awaiting payment);
+    ``ignored`` (another event type, or a payment id an earlier event brought already: the same
+    money, which paid its order or is a refund due once already);
+    ``refund-due`` (money taken for an order that does not exist, or is cancelled, rejected,
+    fulfilled or already paid by another payment: it must be returned);
     ``expired`` (the reservation had lapsed: the order expires now, or the expiry cron expired it
-    already, whatever the amount; the payment needs a refund);
-    ``mismatch`` (amount or currency differ from the order: not paid)."""
+    already, whatever the amount; a refund is due);
+    ``mismatch`` (amount or currency differ from the order: not paid; a refund is due)."""
 
     event_id: str
     outcome: Outcome

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 
 from app.core.types import Id
-from app.db.models import Order, OrderEvent, OrderItem, OrderStatus
+from app.db.models import Order, OrderEvent, OrderItem, OrderStatus, PaymentEvent
+from app.domains.orders.payments import RefundOutcome
 
 MAX_LINES = 50
 MAX_TOTAL = Decimal("999999999999.99")
@@ -81,4 +82,39 @@ class OrderOut(msgspec.Struct, frozen=True):
 
 
 class OrderCursor(msgspec.Struct, frozen=True):
+    before_id: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class PaymentRefundOut(msgspec.Struct, frozen=True):
+    """A payment whose money must go back: what the provider's event reported it took (null for an
+    event recorded before payments were stored) and, once an administrator returned it, who and when."""
+
+    event_id: Annotated[str, msgspec.Meta(description="The provider's event id")]
+    order_id: Annotated[int | None, msgspec.Meta(description="Null: the order does not exist")]
+    payment_id: str | None
+    amount: Decimal | None
+    currency: str | None
+    outcome: RefundOutcome
+    received_at: datetime
+    refunded_at: datetime | None
+    refunded_by: int | None
+
+    @classmethod
+    def from_row(cls, row: PaymentEvent) -> PaymentRefundOut:
+        return cls(
+            event_id=row.event_id,
+            order_id=row.order_id,
+            payment_id=row.payment_id,
+            amount=row.amount,
+            currency=row.currency,
+            outcome=cast("RefundOutcome", row.outcome),
+            received_at=row.received_at,
+            refunded_at=row.refunded_at,
+            refunded_by=row.refunded_by,
+        )
+
+
+class RefundCursor(msgspec.Struct, frozen=True):
+    """The position in the refunds due: the last row's (internal) sequence number."""
+
     before_id: Annotated[int, msgspec.Meta(ge=0)]

@@ -18,6 +18,7 @@ import msgspec
 import structlog
 
 from app.config import Settings
+from app.core.auth import login_required
 from app.core.db import Database, UnitOfWork
 from app.core.errors import (
     AppError,
@@ -28,10 +29,16 @@ from app.core.errors import (
 )
 from app.core.outbox import enqueue
 from app.db import orders as queries
-from app.db.models import Order, OrderStatus
+from app.db.models import Order, OrderStatus, PaymentEvent
 from app.domains.activity.events import emit
-from app.domains.orders.payments import Outcome, PaymentEventIn, PaymentEventOut, verify_signature
-from app.domains.orders.schemas import MAX_TOTAL, OrderCreate, OrderOut, ShortLine
+from app.domains.orders.payments import (
+    REFUND_OUTCOMES,
+    Outcome,
+    PaymentEventIn,
+    PaymentEventOut,
+    verify_signature,
+)
+from app.domains.orders.schemas import MAX_TOTAL, OrderCreate, OrderOut, PaymentRefundOut, ShortLine
 from app.domains.products.services import ProductService
 
 log = structlog.get_logger("app.orders")
@@ -367,9 +374,12 @@ class OrderService:
 
     async def confirm_payment(self, body: bytes, signature: str | None) -> PaymentEventOut:
         """A payment provider's signed webhook delivery (``payments.py``): the only way an order
-        becomes paid. Idempotent: each event id is processed once, whatever its outcome. A payment
-        for an order still ``pending`` is not processed (409 ``order-not-ready``, nothing recorded):
-        the provider redelivers it, and it applies once the order is reserved."""
+        becomes paid. Idempotent: each event id is processed once, whatever its outcome, and a
+        ``payment.succeeded`` is stored with its payment id, amount and currency, so that money no
+        order keeps (``refund-due``, ``expired``, ``mismatch``) can be returned from our data
+        (``list_refunds_due``). A payment for an order still ``pending`` is not processed (409
+        ``order-not-ready``, nothing recorded): the provider redelivers it, and it applies once the
+        order is reserved."""
         secret = self.settings.payment_webhook_secret
         if not secret:  # no provider is connected: the webhook does not exist (not a server fault)
             log.warning("payment_webhook_not_configured")
@@ -382,13 +392,21 @@ class OrderService:
         except msgspec.DecodeError:
             raise UnprocessableError("The body is not JSON.") from None
         paying = event.type == PAYMENT_SUCCEEDED
+        payment = event.data
         async with self.db.transaction() as uow:
-            order = await queries.get_order_for_update(uow.conn, id=event.data.order_id) if paying else None
+            if paying:  # every delivery takes the payment id's lock first, then the order's
+                await queries.lock_payment_id(uow.conn, payment_id=payment.payment_id)
+            order = await queries.get_order_for_update(uow.conn, id=payment.order_id) if paying else None
             recorded = await queries.record_payment_event(
-                uow.conn, event_id=event.id, order_id=order.id if order else None
+                uow.conn,
+                event_id=event.id,
+                order_id=order.id if order else None,
+                payment_id=payment.payment_id if paying else None,
+                amount=Decimal(payment.amount) if paying else None,
+                currency=payment.currency if paying else None,
             )
             if recorded is None:
-                return PaymentEventOut(event_id=event.id, outcome="duplicate", order_id=event.data.order_id)
+                return PaymentEventOut(event_id=event.id, outcome="duplicate", order_id=payment.order_id)
             if order is not None and order.status == OrderStatus.PENDING:
                 # not reserved yet (the job is late): refuse it unrecorded (the raise rolls the event
                 # back), so the provider's redelivery is processed once the order is reserved
@@ -397,22 +415,42 @@ class OrderService:
                     "The order is not reserved yet; redeliver the event later.",
                     headers={"Retry-After": str(self.settings.job_timeout_s)},
                 )
-            outcome = await self._apply_payment(uow, order, event) if order is not None else "ignored"
+            outcome = await self._apply_payment(uow, order, event) if paying else "ignored"
             await queries.set_payment_event_outcome(uow.conn, outcome=outcome, event_id=event.id)
-        log_event = log.info if outcome == "paid" else log.warning
-        log_event(
-            "payment_event", event_id=event.id, type=event.type, order_id=event.data.order_id, outcome=outcome
-        )
-        return PaymentEventOut(event_id=event.id, outcome=outcome, order_id=event.data.order_id)
+        fields = {"event_id": event.id, "type": event.type, "order_id": payment.order_id, "outcome": outcome}
+        if paying:
+            fields |= {
+                "payment_id": payment.payment_id,
+                "amount": payment.amount,
+                "currency": payment.currency,
+            }
+        if outcome == "paid":
+            log.info("payment_event", **fields)
+        elif outcome in REFUND_OUTCOMES:
+            log.warning("payment_event", refund_due=True, **fields)
+        else:
+            log.warning("payment_event", **fields)
+        return PaymentEventOut(event_id=event.id, outcome=outcome, order_id=payment.order_id)
 
-    async def _apply_payment(self, uow: UnitOfWork, order: Order, event: PaymentEventIn) -> Outcome:
-        """A payment that comes after the reservation lapsed answers ``expired`` (a refund is due)
-        whether it expires the order now or the expiry cron came first; in that case whatever the
-        amount, since no amount can make an expired order paid."""
+    async def _apply_payment(self, uow: UnitOfWork, order: Order | None, event: PaymentEventIn) -> Outcome:
+        """The outcome of a ``payment.succeeded`` (recorded already, with its payment id, amount and
+        currency). A payment id that an earlier event brought is the same money (a redelivery under a
+        new event id): ``ignored``, whether it paid the order or is a refund due once already. Money
+        that no order keeps is a refund due: ``refund-due`` for an order that does not exist, or is
+        cancelled, rejected, fulfilled or paid (by another payment: this one is new); ``mismatch``
+        for a reserved order whose amount or currency differ; and ``expired`` for a payment after the
+        reservation lapsed, whether it expires the order now or the expiry cron came first, in that
+        case whatever the amount, since no amount can make an expired order paid."""
+        if await queries.payment_id_recorded_before(
+            uow.conn, payment_id=event.data.payment_id, event_id=event.id
+        ):
+            return "ignored"
+        if order is None:
+            return "refund-due"
         if order.status == OrderStatus.EXPIRED:
             return "expired"
         if order.status != OrderStatus.RESERVED:
-            return "ignored"
+            return "refund-due"
         if Decimal(event.data.amount) != order.total or event.data.currency != order.currency:
             return "mismatch"
         if order.reserved_until and order.reserved_until <= datetime.now(UTC):
@@ -423,6 +461,30 @@ class OrderService:
             uow, order, OrderStatus.PAID, reason=f"payment {event.data.payment_id} received", actor=None
         )
         return "paid"
+
+    # -- refunds (administrators) ------------------------------------------------------------------
+
+    async def list_refunds_due(self, *, before_id: int, limit: int) -> list[PaymentEvent]:
+        """Payment events whose money must be returned and that nobody marked refunded, newest first
+        (``limit`` rows from before ``before_id``: the caller asks for one more than a page)."""
+        async with self.db.read() as uow:
+            return await queries.list_refunds_due(uow.conn, before_id=before_id, row_limit=limit)
+
+    async def mark_refunded(self, event_id: str, actor: int) -> PaymentRefundOut:
+        """Record that ``actor`` returned the money of a refund due, and when. Idempotent: an event
+        marked already answers its record as it stands (who marked it first, and when). An unknown
+        event id, or one whose money was kept, is 404."""
+        async with self.db.transaction() as uow:
+            if await queries.lock_actor(uow.conn, id=actor) is None:  # the admin's account is gone
+                raise login_required()
+            row = await queries.mark_payment_refunded(uow.conn, refunded_by=actor, event_id=event_id)
+            if row is not None:
+                log.info("payment_refunded", event_id=event_id, payment_id=row.payment_id, actor=actor)
+            else:  # marked already (a concurrent mark committed first: this statement sees it), or none
+                row = await queries.get_refund(uow.conn, event_id=event_id)
+            if row is None:
+                raise NotFoundError("No refund is due for this payment event.")
+            return PaymentRefundOut.from_row(row)
 
     async def fulfil(self, order_id: int, actor: int) -> OrderOut:
         async with self.db.transaction() as uow:
