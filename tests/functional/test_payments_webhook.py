@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
@@ -174,8 +175,12 @@ async def test_forged_or_stale_deliveries_are_refused(
     }[forge]
     sent_body = body.replace(b'"amount":"1.00"', b'"amount":"0.01"') if forge == "tampered body" else body
     assert sent_body != body or forge != "tampered body"
-    assert_problem(await send(client, sent_body, headers), 400, "invalid-signature")
+    with structlog.testing.capture_logs() as logs:
+        assert_problem(await send(client, sent_body, headers), 400, "invalid-signature")
     assert await state(db, order_id) == ("reserved", 2)
+    (refused,) = [entry for entry in logs if entry["event"] == "payment_webhook_refused"]
+    assert refused["log_level"] == "warning" and refused["reason"], refused
+    assert payments.TEST_SECRET not in repr(logs) and str(headers) not in repr(logs)
     # none of them used up the event id: the genuine delivery still pays
     genuine = payments.delivery(body)
     assert (await send(client, genuine.body, genuine.headers)).json()["outcome"] == "paid"

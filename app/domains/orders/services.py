@@ -33,6 +33,7 @@ from app.db.models import Order, OrderStatus, PaymentEvent
 from app.domains.activity.events import emit
 from app.domains.orders.payments import (
     REFUND_OUTCOMES,
+    InvalidSignatureError,
     Outcome,
     PaymentEventIn,
     PaymentEventOut,
@@ -384,7 +385,11 @@ class OrderService:
         if not secret:  # no provider is connected: the webhook does not exist (not a server fault)
             log.warning("payment_webhook_not_configured")
             raise NotFoundError("No payment provider is configured (PAYMENT_WEBHOOK_SECRET).")
-        verify_signature(secret, signature, body, tolerance_s=self.settings.payment_webhook_tolerance_s)
+        try:
+            verify_signature(secret, signature, body, tolerance_s=self.settings.payment_webhook_tolerance_s)
+        except InvalidSignatureError as exc:  # a rotated secret or a drifting clock stops every payment
+            log.warning("payment_webhook_refused", reason=exc.detail, body_bytes=len(body))
+            raise
         try:
             event = msgspec.json.decode(body, type=PaymentEventIn)
         except msgspec.ValidationError as exc:
