@@ -67,6 +67,7 @@ async def test_a_second_read_is_served_from_the_cache(cache: FeedCache) -> None:
         pytest.param(lambda c: c.events_stored(51, [], [READER]), id="event addressed to the reader"),
         pytest.param(lambda c: c.scope_changed(READER), id="membership or role of the reader"),
         pytest.param(lambda c: c.project_gone(PROJECTS[0]), id="a visible project deleted"),
+        pytest.param(lambda c: c.project_renamed(PROJECTS[0]), id="a visible project renamed"),
         pytest.param(lambda c: c.read_state_changed(READER), id="read state of the reader"),
         pytest.param(lambda c: c.names_changed(), id="any user renamed"),
     ],
@@ -88,6 +89,7 @@ async def test_changes_elsewhere_keep_the_answer(cache: FeedCache) -> None:
     await cache.scope_changed(READER + 1)
     await cache.read_state_changed(READER + 1)
     await cache.project_gone(999)
+    await cache.project_renamed(999)
     assert await read(cache, load) == b"answer 1"
     assert load.calls == 1
 
@@ -126,6 +128,14 @@ async def test_an_administrator_answer_is_stale_once_any_project_is_deleted(cach
     load = Loads()
     await read(cache, load, admin=True, projects=())
     await cache.project_gone(999)
+    assert await read(cache, load, admin=True, projects=()) == b"answer 2"
+
+
+async def test_an_administrator_answer_is_stale_once_any_project_is_renamed(cache: FeedCache) -> None:
+    """Before the rename's own event is stored: the sentences join the project's name live."""
+    load = Loads()
+    await read(cache, load, admin=True, projects=())
+    await cache.project_renamed(999)
     assert await read(cache, load, admin=True, projects=()) == b"answer 2"
 
 

@@ -8,13 +8,16 @@ The scope loader and the page loader stand for PostgreSQL here: the tests count 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from prometheus_client import REGISTRY
 from valkey.asyncio import Valkey
 
-from app.domains.tasks.cache import TaskListCache
-from tests.factories import MakeCache
+from app.core.errors import NotFoundError
+from app.domains.tasks.cache import PAGES_PER_PROJECT, TaskListCache
+from tests.factories import MakeCache, wait_until
 from tests.valkey_control import ControlledValkey
 
 READER, OTHER = 7, 8
@@ -77,6 +80,70 @@ async def test_each_query_is_its_own_page(cache: TaskListCache) -> None:
     assert await read(cache, load, query="a") == b"page 1"
     assert await read(cache, load, query="b") == b"page 2"
     assert await read(cache, load, query="a") == b"page 1"
+
+
+async def stored_pages(valkey: Valkey, project: int) -> list[bytes]:
+    return [key async for key in valkey.scan_iter(f"tasks:entry:{project}:*")]
+
+
+async def test_a_project_keeps_at_most_its_cap_of_pages_the_newest(
+    cache: TaskListCache, valkey: Valkey
+) -> None:
+    """Review: every made-up query (a date, a limit) was a page of its own in Valkey, 120 requests
+    left 120 entries (30 MB). The oldest pages of the project go; other projects keep theirs."""
+    elsewhere = Loads()
+    assert await cache.read(READER, ELSEWHERE, "q", elsewhere) == b"page 1"
+    load = Loads()
+    queries = [f"made-up {n}" for n in range(3 * PAGES_PER_PROJECT)]
+    for query in queries:
+        await read(cache, load, query=query)
+    assert len(await stored_pages(valkey, PROJECT)) == PAGES_PER_PROJECT
+    assert await valkey.llen(f"tasks:pages:{PROJECT}") == PAGES_PER_PROJECT
+    assert 0 < await valkey.pttl(f"tasks:pages:{PROJECT}") <= cache.ttl_ms
+
+    calls = load.calls
+    for query in queries[-PAGES_PER_PROJECT:]:
+        await read(cache, load, query=query)
+    assert load.calls == calls, "the newest pages were kept and served"
+    await read(cache, load, query=queries[0])
+    assert load.calls == calls + 1, "the oldest was deleted"
+    assert await cache.read(READER, ELSEWHERE, "q", elsewhere) == b"page 1"
+    assert elsewhere.calls == 1
+
+
+def misses() -> float:
+    sample = REGISTRY.get_sample_value("app_cache_requests_total", {"namespace": "tasks", "result": "miss"})
+    return sample or 0.0
+
+
+async def test_a_reader_refused_by_the_database_does_not_refuse_the_readers_who_joined_their_load(
+    cache: TaskListCache,
+) -> None:
+    """Review: concurrent readers of a missing page share one load, which checks its starter's
+    membership in PostgreSQL. A member whose read joined the load of a member just removed (their
+    scope not yet replaced) was answered that member's 404; they load for themselves instead."""
+    release = asyncio.Event()
+
+    async def removed_member() -> bytes:
+        await release.wait()
+        raise NotFoundError("No such project.")
+
+    member = Loads()
+    before = misses()
+    refused = asyncio.create_task(cache.read(OTHER, PROJECT, "q", removed_member))
+
+    async def missed(count: int) -> bool:
+        return misses() >= before + count
+
+    await wait_until(lambda: missed(1), 5, "the removed member started the load")
+    served = asyncio.create_task(read(cache, member))
+    await wait_until(lambda: missed(2), 5, "the member joined it")
+    release.set()
+    with pytest.raises(NotFoundError):
+        await refused
+    assert await served == b"page 1"
+    assert await read(cache, member) == b"page 1", "the member's own load was stored"
+    assert member.calls == 1
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ the task lists' page cache). A reader's stamp is made of these versions:
 - ``feed:mv:{reader}``: the reader's scope — a membership added or removed, the role changed;
 - ``feed:rv:{reader}``: the reader's read state (seen, read marks);
 - ``feed:uv:{reader}``: events addressed to the reader (their orders);
-- ``feed:pv:{project}``: events stored in the project, or the project deleted;
-- ``feed:seq``: any event stored, or any project deleted (administrators see everything);
+- ``feed:pv:{project}``: events stored in the project, the project renamed (its name is joined live
+  from ``projects``) or deleted;
+- ``feed:seq``: any event stored, any project renamed or deleted (administrators see everything);
 - ``feed:names``: any user renamed. Actor names are joined live from ``users``, and an actor may
   appear in any reader's answers (in a project they have since left, in a group addressed to
   someone else), so a rename makes every reader's answers stale; renames are rare.
@@ -25,8 +26,8 @@ from app.core.cache import Cache
 from app.core.stamped import Load, StampedCache, fresh_version
 
 # KEYS: scope, mv, rv, uv, entry, seq, names. ARGV: the project version key prefix, a fresh version
-# (``VERSION_LUA``), the header of the entry held (``ANSWER_LUA``). Returns {0, mv} when the scope
-# must be loaded, else ``answer``'s.
+# (``VERSION_LUA``), the header of the entry held (``ANSWER_LUA``), the versions' TTL in ms
+# (``VERSION_LUA``). Returns {0, mv} when the scope must be loaded, else ``answer``'s.
 _LOOKUP = """
 local got = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
 local mv = version(KEYS[2], got[2])
@@ -93,6 +94,12 @@ class FeedCache(StampedCache):
         and their stamp has ``feed:seq`` instead of project versions), are stale at once."""
         versions = {f"feed:pv:{project_id}": fresh_version(), "feed:seq": fresh_version()}
         await self._replace(versions, "project")
+
+    async def project_renamed(self, project_id: int) -> None:
+        """A project renamed: the answers that show its name (its members', every administrator's)
+        are stale at once, not only once the rename's event is recorded."""
+        versions = {f"feed:pv:{project_id}": fresh_version(), "feed:seq": fresh_version()}
+        await self._replace(versions, "project name")
 
     async def names_changed(self) -> None:
         """A user's display name changed: every reader's answers may show the old one."""

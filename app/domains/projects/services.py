@@ -42,6 +42,9 @@ ProjectDeleted = Callable[[int], Awaitable[None]]
 MembershipChanged = Callable[[int, int], Awaitable[None]]
 """Called with (user id, project id) once that membership was added or removed (committed)."""
 
+ProjectRenamed = Callable[[int], Awaitable[None]]
+"""Called with a project's id once a change of its name has committed."""
+
 
 class ProjectLimitError(ConflictError):
     slug = "project-limit"
@@ -61,6 +64,7 @@ class ProjectService:
         self.project_invitations_max = settings.project_invitations_max
         self._on_deleted: list[ProjectDeleted] = []
         self._on_membership: list[MembershipChanged] = []
+        self._on_renamed: list[ProjectRenamed] = []
 
     def after_delete(self, callback: ProjectDeleted) -> None:
         """Run ``callback(project_id)`` after each project deletion commits (e.g. the files domain
@@ -72,6 +76,11 @@ class ProjectService:
         the projects the user may see changed (cached answers built for their old scope must not be
         served), and a removed member's tasks in the project are unassigned by the database."""
         self._on_membership.append(callback)
+
+    def after_rename(self, callback: ProjectRenamed) -> None:
+        """Run ``callback(project_id)`` after the project's name is changed (commits): answers that
+        show the name (the feed's sentences join it live) must not be served with the old one."""
+        self._on_renamed.append(callback)
 
     def _membership_changed(self, uow: UnitOfWork, user_id: int, project_id: int) -> None:
         for callback in self._on_membership:
@@ -182,6 +191,9 @@ class ProjectService:
             )
             if project is None:
                 raise NotFoundError("No such project.")
+            if data.name is not None:
+                for callback in self._on_renamed:
+                    uow.after_commit(partial(callback, project_id))
             changed = [f for f in ("name", "description", "archived") if getattr(data, f) is not None]
             if changed:
                 # The new name renames the project in the feed's sentences.

@@ -7,7 +7,14 @@ them (``app/core/stamped.py``: the protocol, shared with the feed's cache).
 - ``tasks:mv:{user}``: the user's membership version, replaced when they join or leave a project;
 - ``tasks:scope:{user}``: ``{mv}|{project ids}``, the projects the user was a member of under ``mv``;
 - ``tasks:entry:{project}:{query}``: ``{pv}\\n{token}\\n{page}``, one page, shared by every member
-  (``app/core/stamped.py``: the token lets a process that holds the page skip its transfer).
+  (``app/core/stamped.py``: the token lets a process that holds the page skip its transfer);
+- ``tasks:pages:{project}``: the project's page keys, newest first: at most ``PAGES_PER_PROJECT``
+  pages of a project are stored, the oldest deleted by the store that goes past the cap.
+
+The query is the reader's to choose (filters, dates, a limit): the cap keeps what one member can
+park in Valkey at ``PAGES_PER_PROJECT`` pages per project, however many queries they make up (a
+per-query key alone let one reader leave an entry per request: 120 requests, 30 MB). Which queries
+are worth storing at all is the service's call (``TaskService.page_in_project``: first pages only).
 
 One Lua script reads the reader's scope, checks the project is in it, reads the project's version
 and the page in one round trip. A reader whose scope does not hold the project goes to PostgreSQL,
@@ -22,8 +29,8 @@ from app.core.cache import Cache
 from app.core.stamped import Load, StampedCache, fresh_version
 
 # KEYS: scope, mv, pv, page. ARGV: the project id, a fresh version (``VERSION_LUA``), the header of
-# the page held (``ANSWER_LUA``). Returns {0, mv} when the scope must be loaded, {3} when the project
-# is not in it, else ``answer``'s.
+# the page held (``ANSWER_LUA``), the versions' TTL in ms (``VERSION_LUA``). Returns {0, mv} when the
+# scope must be loaded, {3} when the project is not in it, else ``answer``'s.
 _LOOKUP = """
 local got = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
 local mv = version(KEYS[2], got[2])
@@ -41,8 +48,13 @@ MemberProjects = Callable[[int], Awaitable[list[int]]]
 """Loads the projects a user is a member of from PostgreSQL."""
 
 
+PAGES_PER_PROJECT = 16
+"""A project's stored pages at most: its members' usual first pages (a few sorts and filters) fit."""
+
+
 class TaskListCache(StampedCache):
     namespace = "tasks"
+    entries_per_group = PAGES_PER_PROJECT
 
     def __init__(self, cache: Cache, ttl_s: float, member_projects: MemberProjects) -> None:
         """``member_projects``: the reader scope's source of truth."""
@@ -58,7 +70,9 @@ class TaskListCache(StampedCache):
         async def scope() -> str:
             return ",".join(map(str, await self.member_projects(reader_id)))
 
-        return await self._read(reader_id, page, keys, project_id, scope, load)
+        return await self._read(
+            reader_id, page, keys, project_id, scope, load, group=f"tasks:pages:{project_id}"
+        )
 
     # -- versions ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import msgspec
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ForbiddenError, NotFoundError, UnprocessableError
-from app.core.pagination import Page, encode_cursor, paginate
+from app.core.pagination import Page, paginate
 from app.core.wire import from_row
 from app.db import comments as comment_queries
 from app.db import tasks as queries
@@ -175,7 +175,13 @@ class TaskService:
         limit: int,
     ) -> bytes:
         """A page of the project's tasks as JSON (a ``Page[TaskOut]``), from the cache when the actor
-        is a member and the page has not changed since it was stored (searches are never cached)."""
+        is a member and the page has not changed since it was stored.
+
+        Only first pages are cached: they are what many readers share (the list as it opens, per sort
+        and filter), a page after a cursor is one reader's walk through the list. Searches are never
+        cached. A project keeps at most ``PAGES_PER_PROJECT`` pages (``app/domains/tasks/cache.py``),
+        which bounds what made-up queries (dates, limits) can leave in Valkey; leaving cursors out
+        keeps one reader's paging from pushing the shared first pages out of that cap."""
 
         async def load() -> bytes:
             rows = await self.list_in_project(
@@ -186,16 +192,10 @@ class TaskService:
             )
             return _PAGE.encode(page)
 
-        if filters.search is not None:
+        if filters.search is not None or cursor is not None:
             return await load()
         query = ":".join(
-            "" if value is None else str(value)
-            for value in (
-                *msgspec.structs.astuple(filters),
-                sort,
-                encode_cursor(cursor) if cursor else None,
-                limit,
-            )
+            "" if value is None else str(value) for value in (*msgspec.structs.astuple(filters), sort, limit)
         )
         return await self.cache.read(actor, project_id, query, load)
 
