@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, scrub_secrets
 from app.core.migrate import migrate
 from app.core.runtime import release_services, resolve_services
 
@@ -193,8 +193,9 @@ def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
         try:
             with psycopg.connect(url, connect_timeout=2):
                 return
-        except psycopg.Error as exc:
-            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except psycopg.Error as exc:  # its text may quote the URL (or the part it could not parse)
+            text = str(exc).strip()
+            error = scrub_secrets(text.splitlines()[0], url) if text else type(exc).__name__
         if time.monotonic() >= deadline:
             raise LaunchError(
                 f"PostgreSQL did not answer within {timeout:g}s (DATABASE_URL={redact_url(url)}): {error}"
@@ -325,6 +326,7 @@ def _stop_granian(child: subprocess.Popen[bytes] | None) -> None:
 def serve(settings: Settings) -> int:
     """Run the application until a stop signal; returns the exit code."""
     started = time.monotonic()
+    configured = settings
     signals = _StopSignals()
     child: subprocess.Popen[bytes] | None = None
     claim: int | None = None
@@ -351,9 +353,10 @@ def serve(settings: Settings) -> int:
     except Exception as exc:
         if signals.received is not None:  # Ctrl-C also reached a step's subprocess
             return 0
+        secrets = (configured.database_url, configured.valkey_url, settings.database_url, settings.valkey_url)
         if not isinstance(exc, LaunchError | SettingsError | RuntimeError | OSError):
-            traceback.print_exc()
-        print(f"serve: failed: {exc}", file=sys.stderr, flush=True)
+            print(scrub_secrets(traceback.format_exc(), *secrets), end="", file=sys.stderr)
+        print(f"serve: failed: {scrub_secrets(str(exc), *secrets)}", file=sys.stderr, flush=True)
         return 1
     finally:
         for signum in _StopSignals.SIGNALS:  # the clean-up is bounded: let nothing interrupt it
@@ -407,6 +410,20 @@ def serve_child(host: str, port: int, workers: int, parent: int) -> None:
     ).serve()
 
 
+@contextlib.contextmanager
+def exit_scrubbed(*urls: str | None) -> Iterator[None]:
+    """Let no credential reach the terminal when a command dies: a driver's error (in its message
+    or a traceback's) may quote the connection URL. The traceback is printed with credentials masked
+    and the process exits 1."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        print(scrub_secrets(traceback.format_exc(), *urls), end="", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -438,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
         from app.core.services import Services
         from app.modules import MODULES
 
-        asyncio.run(run_workers(Services(_prepare(settings), MODULES)))
+        with exit_scrubbed(settings.database_url, settings.valkey_url):
+            asyncio.run(run_workers(Services(_prepare(settings), MODULES)))
     elif args.command == "migrate":
         settings = resolve_services(settings)
         assert settings.database_url

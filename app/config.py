@@ -278,16 +278,61 @@ _PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
 
 def redact_url(url: str | None) -> str | None:
-    """Mask the password of a URL (``user:pw@``, ``?password=``) or a key=value DSN."""
+    """Mask the password of a URL (``user:pw@``, ``?password=``) or a key=value DSN; anything it
+    cannot parse as one of those is masked whole (a malformed URL may hold a password anywhere)."""
     if url is None:
         return None
     url = _PASSWORD_PARAM.sub(r"\1***", url)
-    if "@" not in url or "://" not in url:
-        return url
+    if "://" not in url:
+        return url if _is_key_value_dsn(url) else "***"
     scheme, rest = url.split("://", 1)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return "***"
+    if "@" not in rest:
+        return url
     credentials, host = rest.rsplit("@", 1)
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+def _is_key_value_dsn(text: str) -> bool:
+    """``host=... dbname=...``: libpq's key=value connection string (the password already masked)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "=" not in text:
+        return False
+    try:
+        conninfo_to_dict(text)
+    except Exception:
+        return False
+    return True
+
+
+def _refuse_malformed_urls(settings: Settings) -> None:
+    """A URL the driver cannot parse is refused here, naming the setting but never its value: the
+    drivers' errors quote the offending part (``invalid percent-encoded token: "<password>"``)."""
+    from psycopg.conninfo import conninfo_to_dict
+    from redis.connection import parse_url as parse_redis_url
+    from valkey.connection import parse_url
+
+    if settings.database_url is not None:
+        try:
+            conninfo_to_dict(settings.database_url)
+        except Exception:
+            raise SettingsError(
+                "DATABASE_URL is malformed: expected postgresql://user:password@host:port/database "
+                "(percent-encode reserved characters of the user and password, e.g. % as %25, @ as %40) "
+                "or a key=value connection string"
+            ) from None
+    if settings.valkey_url is not None:
+        try:
+            parse_url(settings.valkey_url)  # the application's client
+            parse_redis_url(settings.valkey_url)  # type: ignore[no-untyped-call]  # SAQ's (redis-py)
+        except Exception:
+            raise SettingsError(
+                "VALKEY_URL is malformed: expected redis://[:password@]host:port/db (or rediss://, "
+                "unix://; percent-encode reserved characters of the password)"
+            ) from None
 
 
 _LIST_FIELDS = {name for name, typ in Settings.__annotations__.items() if "list[" in str(typ)}
@@ -325,6 +370,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid configuration: {exc}") from exc
     explicit_key = "secret_key" in raw
+    _refuse_malformed_urls(settings)
     if settings.is_production:
         if not explicit_key or is_weak_secret_key(settings.secret_key):
             raise SettingsError(

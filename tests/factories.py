@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import itertools
+import json
+import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date, datetime
@@ -31,9 +34,11 @@ from litestar.testing import AsyncTestClient
 from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg import AsyncConnection
 from saq import Queue
+from structlog.stdlib import ProcessorFormatter
 
 from app.config import Settings
 from app.core.cache import Cache
+from app.core.logging import configure_logging
 from app.core.modules import Module
 from app.core.queues import build_queues
 from app.db import accounts as account_queries
@@ -444,3 +449,43 @@ async def saq_queues(valkey_url: str) -> AsyncIterator[dict[str, Queue]]:
     finally:
         with contextlib.suppress(Exception):
             await queues["default"].redis.aclose()  # type: ignore[attr-defined]
+
+
+class LogCapture:
+    """The lines logged meanwhile, rendered by the app's own formatter (JSON: the suite's settings
+    keep ``LOG_JSON``) and decoded; ``captured_logs`` installs it."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        self.stream = stream
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+
+@contextlib.contextmanager
+def captured_logs(level: int = logging.INFO) -> Iterator[LogCapture]:
+    """Capture what the process logs at ``level`` and above; enter it after the app configured
+    logging (``create_app`` replaces the root handler, whose formatter is reused here)."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, ProcessorFormatter) for h in root.handlers):
+        configure_logging("WARNING")  # no app of this session configured it yet
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    formatters = [h.formatter for h in root.handlers if isinstance(h.formatter, ProcessorFormatter)]
+    handler.setFormatter(formatters[0])
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield LogCapture(stream)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)

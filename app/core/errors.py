@@ -22,10 +22,46 @@ from litestar.params import CookieParameter, HeaderParameter
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
+from prometheus_client import Counter
 
+from app.core.logging import OncePerInterval, error_message
 from app.core.validation import decode_any, pattern_meaning, struct_field_errors
 
 log = structlog.get_logger("app.errors")
+
+DEPENDENCY_UNAVAILABLE = Counter(
+    "app_dependency_unavailable",
+    "Failures to reach a backing service (answered 503, or a login throttle passed over), by dependency",
+    ["dependency", "source"],
+)
+DEPENDENCY_WARN_INTERVAL_S = 60.0
+dependency_warnings = OncePerInterval(DEPENDENCY_WARN_INTERVAL_S)
+"""An outage is logged once per interval per dependency (and counted every time), not per request."""
+
+
+def dependency_of(exc: BaseException) -> str:
+    """``postgresql`` or ``valkey``: which backing service ``exc`` says is unreachable."""
+    module = type(exc).__module__
+    return "postgresql" if module.startswith(("psycopg", "psycopg_pool")) else "valkey"
+
+
+def report_dependency_down(
+    exc: BaseException, source: str, event: str = "dependency_unavailable", **fields: Any
+) -> None:
+    """Count a failure to reach a backing service; log it (cause included, credentials masked) at
+    most once per interval per dependency and source."""
+    dependency = dependency_of(exc)
+    DEPENDENCY_UNAVAILABLE.labels(dependency, source).inc()
+    if dependency_warnings.due(f"{dependency}:{source}"):
+        log.warning(
+            event,
+            dependency=dependency,
+            source=source,
+            error=type(exc).__name__,
+            message=error_message(exc),
+            **fields,
+        )
+
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -324,9 +360,20 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
     return problem_response(request, exc.status_code, detail=detail, headers=exc.headers)
 
 
+def _route(request: Request[Any, Any, Any]) -> str | None:
+    """The matched route's template (``/api/projects/{project_id:int}``), None when nothing matched."""
+    return request.scope.get("path_template")
+
+
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    user_id = getattr(request.scope.get("user"), "id", None)
     log.exception(
-        "unhandled_error", path=request.scope["path"], method=request.method, error=type(exc).__name__
+        "unhandled_error",
+        path=request.scope["path"],
+        route=_route(request),
+        method=request.method,
+        error=type(exc).__name__,
+        **({"user_id": user_id} if user_id is not None else {}),
     )
     return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR)
 
@@ -354,7 +401,7 @@ def _handle_unstorable(request: Request[Any, Any, Any], exc: psycopg.DataError) 
 
 
 def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
-    log.warning("dependency_unavailable", path=request.scope["path"], error=type(exc).__name__)
+    report_dependency_down(exc, "request", method=request.method, route=_route(request))
     return problem_response(
         request,
         503,
@@ -393,4 +440,5 @@ __all__ = [
     "UnprocessableError",
     "exception_handlers",
     "problem_response",
+    "report_dependency_down",
 ]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import re
 import sys
+import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar, Token
 from typing import Any
@@ -51,6 +53,179 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+_MASK = "***"
+_SECRET_VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # credentials in URLs: scheme://user:password@host (also a scheme missing its colon)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:?//[^/\s:@\"']*):[^\s@\"']*@"), rf"\1:{_MASK}@"),
+    # password=..., "password": "...", token: ... (a DSN, a repr, a header)
+    (
+        re.compile(
+            r"""(?i)(\b(?:password|passwd|pwd|secret|token|api[_-]?key|authorization)\b"""
+            r"""["']?[ \t]*[=:][ \t]*)"""
+            r"""("[^"]*"|'[^']*'|[^\s"',;&}\]]+)"""
+        ),
+        rf"\1{_MASK}",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)[ \t]+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {_MASK}"),
+)
+ERROR_MESSAGE_MAX_LENGTH = 300
+
+
+def _url_password(url: str) -> str | None:
+    """The password part of a URL-shaped string, even a malformed one (``user:pw@`` before the host)."""
+    rest = url.split("//", 1)[1] if "//" in url else url
+    if "@" not in rest:
+        return None
+    credentials = rest.rsplit("@", 1)[0]
+    return credentials.split(":", 1)[1] if ":" in credentials else None
+
+
+def scrub_secrets(text: str, *urls: str | None) -> str:
+    """``text`` with credentials masked: the passwords of the URLs given (raw or percent-decoded,
+    wherever they appear: a driver quotes a bad token alone), any ``user:pw@`` in a URL, and
+    ``password=``-like values."""
+    from urllib.parse import unquote
+
+    for url in urls:
+        password = _url_password(url) if url else None
+        if not password:
+            continue
+        for secret in sorted({password, unquote(password)}, key=len, reverse=True):
+            if len(secret) >= 3:  # shorter is not told from other text (the patterns below still apply)
+                text = text.replace(secret, _MASK)
+    for pattern, replacement in _SECRET_VALUE_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def error_message(exc: BaseException) -> str:
+    """What a log line may say about ``exc``: its message's first line, credentials masked, bounded
+    (the type when it has no message)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return scrub_secrets(first)[:ERROR_MESSAGE_MAX_LENGTH]
+
+
+class OncePerInterval:
+    """Says when a recurring condition is due to be logged again: at most once per ``interval_s``
+    for each key (an outage logs one line per interval, not one per request)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str = "") -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, float("-inf")) >= self.interval_s:
+            self._last[key] = now
+            return True
+        return False
+
+
+def _scrub_exception(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A traceback may quote a connection string (a driver's error): its credentials are masked."""
+    exception = event.get("exception")
+    if isinstance(exception, str):
+        event["exception"] = scrub_secrets(exception)
+    return event
+
+
+# --- SAQ's own log lines ------------------------------------------------------------------------
+
+_SAQ_PER_JOB = ("Enqueuing ", "Processing ", "Retrying ", "Finished ", "Scheduled ")
+_SAQ_JOB_FIELDS = ("job_function", "job_key", "job_attempt", "error")
+
+
+def _saq_job(value: Any) -> Any:
+    from saq.job import Job
+
+    return value if isinstance(value, Job) else None
+
+
+def _describe_job(job: Any) -> str:
+    """A job without its kwargs (display names, titles, file names) or its last error."""
+    status = getattr(job.status, "name", str(job.status)).lower()
+    return f"Job<function: {job.function}, key: {job.key}, attempt: {job.attempts}, status: {status}>"
+
+
+class SaqLogFilter(logging.Filter):
+    """Rewrites what SAQ logs (``saq.worker``, ``saq.queue``: all on the ``saq`` logger) so that:
+
+    - no line carries a job's kwargs or its previous error. SAQ formats jobs with
+      ``Job.info(logger.isEnabledFor(DEBUG))``, which lists the kwargs, result and error when DEBUG is
+      on: ``configure_logging`` keeps the ``saq`` logger at INFO, so SAQ always builds the short form
+      (function, queue, key, attempts, times). ``Job.__repr__`` (``Error processing job %s``) always
+      lists them: each job argument becomes ``Job<function, key, attempt, status>``;
+    - per-job chatter (``Enqueuing``, ``Processing``, ``Retrying``, ``Finished``, ``Scheduled``, all
+      INFO in SAQ) is DEBUG;
+    - ``Error processing job`` (``logger.exception`` on every failed attempt) becomes ``job_retrying``
+      at WARNING without a traceback when the job will be tried again, and ``job_failed`` at ERROR
+      with the exception's one traceback on the last attempt; both carry the function, key, attempt
+      and error type;
+    - what is then below the root logger's level is dropped (the ``saq`` logger's own level is
+      pinned at INFO, so the root's decides, as for every other logger).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        jobs = [job for job in map(_saq_job, args) if job is not None]
+        message = str(record.msg)
+        if jobs and message.startswith("Error processing job"):
+            self._failure(record, jobs[0])
+        else:
+            if message.startswith(_SAQ_PER_JOB):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            if jobs:
+                record.args = tuple(_describe_job(arg) if _saq_job(arg) is not None else arg for arg in args)
+        return record.levelno >= logging.getLogger().getEffectiveLevel()
+
+    @staticmethod
+    def _failure(record: logging.LogRecord, job: Any) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        record.job_function = job.function
+        record.job_key = job.key
+        record.job_attempt = job.attempts
+        record.error = type(error).__name__ if error is not None else None
+        record.args = ()
+        if job.retryable:
+            record.msg = "job_retrying"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        else:
+            record.msg = "job_failed"
+            record.levelno, record.levelname = logging.ERROR, "ERROR"
+
+
+_SAQ_FILTER = SaqLogFilter()
+
+
+_SHARED: list[structlog.typing.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    _add_request_id,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    _drop_secrets,
+]
+
+
+def build_formatter(json: bool = True) -> logging.Formatter:
+    """How every record is rendered: structlog's events and the standard library's (litestar,
+    granian, saq: with the job fields ``SaqLogFilter`` sets), tracebacks with credentials masked."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(allow=_SAQ_JOB_FIELDS)],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _scrub_exception,
+            renderer,
+        ],
+    )
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     """Route structlog and the standard library (litestar, granian, saq) through one renderer.
 
@@ -59,39 +234,24 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     """
     if not faulthandler.is_enabled():
         faulthandler.enable()
-    shared: list[structlog.typing.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        _add_request_id,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _drop_secrets,
-    ]
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    )
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,  # first: a filtered-out event costs nothing more
-            *shared,
+            *_SHARED,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-    )
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(formatter)
+    handler.setFormatter(build_formatter(json))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    saq = logging.getLogger("saq")
+    saq.setLevel(logging.INFO)  # never DEBUG: SAQ would format jobs with their kwargs (SaqLogFilter)
+    if _SAQ_FILTER not in saq.filters:
+        saq.addFilter(_SAQ_FILTER)

@@ -29,6 +29,32 @@ log = structlog.get_logger("app.workers")
 
 Hook = Callable[[Context], Awaitable[None]]
 
+JOB_LOG_FIELDS = ("job_function", "job_key", "job_attempt")
+
+
+async def bind_job_context(ctx: Context) -> None:
+    """Every line logged while a job runs (its own, its services', SAQ's) names the job: its function,
+    key and attempt are bound in structlog's contextvars (never its kwargs: they may be personal data)."""
+    job = ctx.get("job")
+    if job is not None:
+        structlog.contextvars.bind_contextvars(
+            job_function=job.function, job_key=job.key, job_attempt=job.attempts
+        )
+
+
+def _after_job(hooks: Sequence[Hook]) -> Hook:
+    """The modules' ``after_job`` hooks, then the job's log context is cleared, even when a hook
+    fails (SAQ runs ``after_process`` in a ``finally``: after a failed job too)."""
+
+    async def after_job(ctx: Context) -> None:
+        try:
+            for hook in hooks:
+                await hook(ctx)
+        finally:
+            structlog.contextvars.unbind_contextvars(*JOB_LOG_FIELDS)
+
+    return after_job
+
 
 def build_queues(valkey_url: str) -> dict[str, Queue]:
     """One Valkey client shared by the queues (SAQ speaks to Valkey through redis-py)."""
@@ -112,8 +138,8 @@ def build_saq_config(
             startup=[startup, start_relay] if name == "default" else [startup],
             shutdown=[stop_relay, shutdown] if name == "default" else [shutdown],
             separate_process=not run_workers_in_process,
-            before_process=[hook for module in modules for hook in module.before_job],
-            after_process=[hook for module in modules for hook in module.after_job],
+            before_process=[bind_job_context, *(hook for module in modules for hook in module.before_job)],
+            after_process=[_after_job([hook for module in modules for hook in module.after_job])],
             shutdown_grace_period_s=settings.worker_shutdown_grace_s,
             timers=TIMERS,
         )

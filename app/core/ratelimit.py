@@ -65,6 +65,7 @@ from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.logging import OncePerInterval
 from app.core.middleware import client_network
 from app.core.valkey import VALKEY_DOWN as CORE_VALKEY_DOWN
 
@@ -371,17 +372,11 @@ def is_exempt_path(path: str) -> bool:
     return any(path == exempt or path.startswith(f"{exempt}/") for exempt in EXEMPT_PATHS)
 
 
-class FailOpenWarnings:
+class FailOpenWarnings(OncePerInterval):
     """Logs that Valkey cannot be reached at most once per interval."""
 
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self.last = float("-inf")
-
     def warn(self, policy: Policy, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.interval_s:
-            self.last = now
+        if self.due():
             _log.warning(
                 "rate_limit_unavailable",
                 policy=policy.name,

@@ -28,11 +28,10 @@ import structlog
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.errors import ServiceUnavailableError, TooManyRequestsError
+from app.core.errors import ServiceUnavailableError, TooManyRequestsError, report_dependency_down
 from app.core.middleware import client_network
 from app.core.valkey import VALKEY_DOWN
 
-log = structlog.get_logger("app.accounts.throttle")
 security_log = structlog.get_logger("security")
 
 VALKEY_ERRORS = (*VALKEY_DOWN, OSError)
@@ -106,8 +105,15 @@ class LoginThrottle:
                     settings.login_failure_window_s,
                 ],
             )
-        except VALKEY_ERRORS:
-            log.warning("login_throttle_unavailable")
+        except VALKEY_ERRORS as exc:
+            report_dependency_down(
+                exc,
+                "login_throttle",
+                "login_throttle_unavailable",
+                operation="attempt",
+                purpose=purpose,
+                fail_closed=settings.rate_limit_auth_fail_closed,
+            )
             if settings.rate_limit_auth_fail_closed:
                 raise ServiceUnavailableError(
                     "Sign-in is briefly unavailable; try again shortly.", headers={"Retry-After": "5"}
@@ -145,8 +151,8 @@ class LoginThrottle:
             return
         try:
             await self._succeeded(keys=list(attempt.keys))
-        except VALKEY_ERRORS:
-            log.warning("login_throttle_unavailable")
+        except VALKEY_ERRORS as exc:
+            report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
 
 
 def _key(kind: str, value: str) -> str:

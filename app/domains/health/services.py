@@ -8,12 +8,19 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import redis.asyncio as redis
+import structlog
 from saq import Queue
 from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.core.db import Database
 from app.core.deadline import finish_within, sever
+from app.core.logging import OncePerInterval, error_message
+
+log = structlog.get_logger("app.health")
+
+WARN_INTERVAL_S = 60.0
+"""A failing check is logged at most once per interval (a probe polls every few seconds)."""
 
 
 class DependencyStatus(msgspec.Struct, frozen=True):
@@ -39,13 +46,20 @@ def _forget(task: asyncio.Task[str | None]) -> None:
 
 
 async def _timed(
-    name: str, check: Callable[[], Awaitable[str | None]], *, timeout: float, required: bool = True
+    name: str,
+    check: Callable[[], Awaitable[str | None]],
+    *,
+    timeout: float,
+    required: bool = True,
+    warnings: OncePerInterval | None = None,
 ) -> DependencyStatus:
     """Run ``check`` and report it down unless it succeeds within ``timeout``.
 
     A check still running at the deadline is cancelled but not awaited: the answer does not wait
     for a client's clean-up (``asyncio.wait_for`` would). The PostgreSQL check ends at once when
     cancelled (it severs its connection: ``app.core.deadline``); the Valkey clients' may take longer.
+    A failure is logged (once per ``warnings``' interval per check) with its cause: the answer only
+    names the error's type.
     """
     started = time.perf_counter()
     task: asyncio.Task[str | None] = asyncio.ensure_future(check())
@@ -56,12 +70,24 @@ async def _timed(
         _abandoned.add(task)
         task.add_done_callback(_forget)
         ok, detail = False, f"no answer within {timeout:g}s"
+        if warnings is not None and warnings.due(name):
+            log.warning(
+                "readiness_check_failed", check=name, required=required, error="Timeout", message=detail
+            )
     else:
         try:
             detail = task.result()
             ok = True
         except Exception as exc:
             ok, detail = False, type(exc).__name__
+            if warnings is not None and warnings.due(name):
+                log.warning(
+                    "readiness_check_failed",
+                    check=name,
+                    required=required,
+                    error=type(exc).__name__,
+                    message=error_message(exc),
+                )
     latency = round((time.perf_counter() - started) * 1000, 2)
     return DependencyStatus(name=name, ok=ok, required=required, latency_ms=latency, detail=detail)
 
@@ -73,8 +99,17 @@ class HealthService:
     probe never depends on the web app's SAQ plugin or on a worker being in this process.
     """
 
-    def __init__(self, db: Database, valkey: Valkey, valkey_url: str, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        valkey: Valkey,
+        valkey_url: str,
+        *,
+        timeout_s: float,
+        warn_interval_s: float = WARN_INTERVAL_S,
+    ) -> None:
         self.db = db
+        self.warnings = OncePerInterval(warn_interval_s)
         self.valkey = valkey
         self._client = redis.from_url(valkey_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.queue: Queue = RedisQueue(self._client, name="default")
@@ -104,9 +139,9 @@ class HealthService:
             return f"{len(info['workers'])} worker(s), {info['queued']} queued"
 
         checks = await asyncio.gather(
-            _timed("postgres", postgres, timeout=timeout),
-            _timed("valkey", cache, timeout=timeout),
-            _timed("queue", jobs, timeout=timeout),
+            _timed("postgres", postgres, timeout=timeout, warnings=self.warnings),
+            _timed("valkey", cache, timeout=timeout, warnings=self.warnings),
+            _timed("queue", jobs, timeout=timeout, warnings=self.warnings),
         )
         healthy = all(check.ok for check in checks if check.required)
         return Readiness(status="ok" if healthy else "unavailable", checks=list(checks))

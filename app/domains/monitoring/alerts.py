@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 import msgspec
+from prometheus_client import Counter
 
 from app.config import Settings
 from app.core.db import UnitOfWork
@@ -229,6 +230,12 @@ def _span(seconds: int) -> str:
 # ------------------------------------------------------------------------------------------ recording
 
 
+UNDELIVERABLE = Counter(
+    "app_monitoring_alerts_undeliverable",
+    "Alerts recorded with no delivery because TELEGRAM_BOT_TOKEN or TELEGRAM_CHAT_ID is unset",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Channel:
     """Where alerts go: the chats, whether they can be sent (a token), and the noise budget."""
@@ -237,6 +244,11 @@ class Channel:
     sendable: bool
     budget: int
     budget_window: timedelta
+
+    def missing_settings(self) -> list[str]:
+        """The settings without which no alert is sent (empty when alerts can be delivered)."""
+        needed = (("TELEGRAM_BOT_TOKEN", self.sendable), ("TELEGRAM_CHAT_ID", bool(self.chats)))
+        return [name for name, present in needed if not present]
 
 
 async def record_alert(
@@ -253,10 +265,11 @@ async def record_alert(
 ) -> MonitoringAlert | None:
     """Record an alert in ``uow``'s transaction and queue its delivery (or its place in a digest).
 
-    Without a token or chats the alert is only recorded. ``key`` makes recording idempotent.
+    Without a token or chats the alert is only recorded (and counted in
+    ``app_monitoring_alerts_undeliverable``). ``key`` makes recording idempotent.
     """
     if not channel.sendable or not channel.chats:
-        return await queries.insert_alert(
+        recorded = await queries.insert_alert(
             uow.conn,
             key=key,
             kind=kind,
@@ -268,6 +281,9 @@ async def record_alert(
             digest_id=None,
             created_at=now,
         )
+        if recorded is not None:
+            UNDELIVERABLE.inc()  # counted at the insert: a rolled-back one may be counted too
+        return recorded
     digest_id: int | None = None
     if kind == "alert":
         digest_id = await _over_budget_digest(uow, channel, now)

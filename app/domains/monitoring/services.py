@@ -198,7 +198,19 @@ class MonitoringService:
 
     # ------------------------------------------------------------------------------ lifecycle
 
+    def warn_if_alerts_undeliverable(self) -> None:
+        """In production, say at start-up that alerts will only be recorded, and which setting is
+        missing (never the token itself)."""
+        missing = self.channel.missing_settings()
+        if self.settings.is_production and missing:
+            log.warning(
+                "alerts_undeliverable",
+                missing=missing,
+                detail=f"alerts are recorded but never sent: set {' and '.join(missing)}",
+            )
+
     async def start(self) -> None:
+        self.warn_if_alerts_undeliverable()
         self._stop = asyncio.Event()
         with contextlib.suppress(Exception):
             await self.register_monitors()

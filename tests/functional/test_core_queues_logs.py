@@ -1,0 +1,120 @@
+"""What a real SAQ worker (the project's, with its hooks and logging) logs about its jobs.
+
+SAQ logs every failed attempt with ``logger.exception("Error processing job %s", job)`` (the job's
+repr lists its kwargs and its previous traceback), and ``Enqueuing``/``Processing``/``Retrying``/
+``Finished`` at INFO for every job. The project keeps kwargs out of every line, logs a retry as one
+WARNING without a traceback, the final failure as one ERROR, the chatter at DEBUG, and names the job
+on every line logged while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis.asyncio as redis
+import structlog
+from litestar_saq import SAQPlugin
+from saq import Worker
+from saq.queue.redis import RedisQueue
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.queues import build_saq_config
+from app.core.services import Services
+from app.modules import MODULES
+from tests.factories import captured_logs
+
+PERSONAL = {"display_name": "Alice Example", "title": "Quarterly-layoffs-plan.pdf"}
+
+
+async def always_fails(ctx: Any, **kwargs: Any) -> None:
+    structlog.get_logger("tests.jobs").warning("inside_failing_job")
+    raise psycopg.OperationalError("connection failed: server closed the connection unexpectedly")
+
+
+async def logs_and_succeeds(ctx: Any, **kwargs: Any) -> None:
+    structlog.get_logger("tests.jobs").warning("inside_job")
+
+
+@pytest.fixture
+async def worker(settings: Settings, valkey: Valkey) -> AsyncIterator[Worker]:
+    """The default queue's worker as the project builds it (hooks included), on a private queue."""
+    assert settings.valkey_url
+    config = build_saq_config(Services(settings, MODULES), settings.valkey_url, run_workers_in_process=True)
+    built = SAQPlugin(config).get_workers()["default"]
+    client = redis.from_url(settings.valkey_url)
+    built.queue = RedisQueue(client, name=f"logs-{uuid.uuid4().hex[:8]}")
+    built.dequeue_timeout = 1
+    built.functions["always_fails"] = always_fails
+    built.functions["logs_and_succeeds"] = logs_and_succeeds
+    try:
+        yield built
+    finally:
+        await client.aclose()
+        await config.queue_instances["default"].redis.aclose()  # type: ignore[index,union-attr]
+
+
+async def test_a_job_failing_every_attempt_logs_one_error_and_never_its_kwargs(worker: Worker) -> None:
+    with captured_logs(logging.DEBUG) as logs:
+        await worker.queue.enqueue("always_fails", key="outbox:42", retries=3, **PERSONAL)
+        for _ in range(3):
+            assert await worker.process()
+    job = await worker.queue.job("outbox:42")
+    assert job is not None and job.status.name == "FAILED" and job.attempts == 3
+    for value in PERSONAL.values():
+        assert value not in logs.text
+    lines = logs.lines
+    errors = [line for line in lines if line["level"] in ("error", "critical")]
+    assert len(errors) == 1, errors
+    [failed] = errors
+    assert failed["event"] == "job_failed"
+    assert (failed["job_function"], failed["job_key"], failed["job_attempt"]) == (
+        "always_fails",
+        "outbox:42",
+        3,
+    )
+    assert failed["error"] == "OperationalError"
+    assert failed["exception"].count("Traceback (most recent call last)") == 1
+    retries = [line for line in lines if line["event"] == "job_retrying"]
+    assert [(line["level"], line["job_attempt"]) for line in retries] == [("warning", 1), ("warning", 2)]
+    assert all(line["error"] == "OperationalError" and "exception" not in line for line in retries)
+    chatter = [
+        line
+        for line in lines
+        if line["logger"] == "saq"
+        and line["event"].startswith(("Enqueuing", "Processing", "Retrying", "Finished"))
+    ]
+    assert chatter, "SAQ's per-job lines are still there at DEBUG"
+    assert {line["level"] for line in chatter} == {"debug"}
+
+
+async def test_per_job_chatter_is_not_logged_at_info(worker: Worker) -> None:
+    with captured_logs(logging.INFO) as logs:
+        await worker.queue.enqueue("logs_and_succeeds", key="outbox:43", **PERSONAL)
+        assert await worker.process()
+    assert [line for line in logs.lines if line["logger"] == "saq"] == []
+
+
+async def test_lines_logged_inside_a_job_name_the_job_and_the_context_is_cleared_after(
+    worker: Worker,
+) -> None:
+    with captured_logs() as logs:
+        await worker.queue.enqueue("logs_and_succeeds", key="outbox:44")
+        await worker.queue.enqueue("always_fails", key="outbox:45", retries=1)
+        assert await worker.process()
+        assert "job_key" not in structlog.contextvars.get_contextvars()
+        assert await worker.process()
+        assert "job_key" not in structlog.contextvars.get_contextvars(), "cleared after a failure too"
+    [inside] = logs.events("inside_job")
+    assert (inside["job_function"], inside["job_key"], inside["job_attempt"]) == (
+        "logs_and_succeeds",
+        "outbox:44",
+        1,
+    )
+    [failing] = logs.events("inside_failing_job")
+    assert (failing["job_function"], failing["job_key"]) == ("always_fails", "outbox:45")
