@@ -1303,16 +1303,22 @@ async def insert_checkin(
 
 
 CLAIM_TICK = """\
-insert into monitoring_ticks (name, slot) values ($1, $2)
+insert into monitoring_ticks (name, slot)
+values ($1, floor(extract(epoch from now()) / $2::float8)::bigint)
 on conflict (name) do update set slot = excluded.slot
-where monitoring_ticks.slot < excluded.slot
+where monitoring_ticks.slot < excluded.slot or monitoring_ticks.slot > excluded.slot + 1
 returning slot"""
 
 
-async def claim_tick(conn: AsyncConnection[Any], *, name: str, slot: int) -> int | None:
-    """The first process to move a periodic check to a new slot runs it; the others get no row."""
+async def claim_tick(conn: AsyncConnection[Any], *, name: str, interval_s: float) -> int | None:
+    """The first process to move a periodic check to a new slot (of @interval_s seconds) runs it; the
+    others get no row. The slot is read from PostgreSQL's clock, the one clock every process shares: a
+    process whose own clock is off (stepped ahead, then corrected) neither runs the check early nor
+    silences everyone else's until its slot comes. A stored slot more than one ahead of the current
+    one (written under another interval, by an older release from a process's clock, or before
+    PostgreSQL's clock was set back) is taken over rather than waited for."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(CLAIM_TICK, (name, slot))
+        await cur.execute(CLAIM_TICK, (name, interval_s))
         return await cur.fetchone()
 
 

@@ -416,10 +416,16 @@ values (@name, sqlc.narg(slot), @status, @at, sqlc.narg(duration_ms));
 
 
 -- name: ClaimTick :one
--- The first process to move a periodic check to a new slot runs it; the others get no row.
-insert into monitoring_ticks (name, slot) values (@name, @slot)
+-- The first process to move a periodic check to a new slot (of @interval_s seconds) runs it; the
+-- others get no row. The slot is read from PostgreSQL's clock, the one clock every process shares: a
+-- process whose own clock is off (stepped ahead, then corrected) neither runs the check early nor
+-- silences everyone else's until its slot comes. A stored slot more than one ahead of the current
+-- one (written under another interval, by an older release from a process's clock, or before
+-- PostgreSQL's clock was set back) is taken over rather than waited for.
+insert into monitoring_ticks (name, slot)
+values (@name, floor(extract(epoch from now()) / @interval_s::float8)::bigint)
 on conflict (name) do update set slot = excluded.slot
-where monitoring_ticks.slot < excluded.slot
+where monitoring_ticks.slot < excluded.slot or monitoring_ticks.slot > excluded.slot + 1
 returning slot;
 
 -- name: ClaimReport :one

@@ -49,7 +49,6 @@ async def test_thirty_days_of_the_daily_cron_give_thirty_snapshots_and_correct_d
         await github.track(owner.id, "tracked-one")
         await github.track(owner.id, "Tracked-Two")
 
-        assert await snapshot_github_profiles(ctx) == 0  # 02:00: before the snapshot hour
         clock.now = clock.now.replace(hour=5)
         first_day = clock.now.date()
         for day in range(30):
@@ -59,7 +58,9 @@ async def test_thirty_days_of_the_daily_cron_give_thirty_snapshots_and_correct_d
             assert await snapshot_github_profiles(ctx) == 2
             clock.now += timedelta(hours=6)
             assert await snapshot_github_profiles(ctx) == 0  # the same day again: nothing new
-            clock.now += timedelta(hours=18)
+            clock.now += timedelta(hours=15)
+            assert await snapshot_github_profiles(ctx) == 0  # 02:00 the next day: still the same one
+            clock.now += timedelta(hours=3)
         last_day = first_day + timedelta(days=29)
 
         history = await github.history("tracked-one", first_day, last_day)
@@ -131,3 +132,53 @@ async def test_a_login_gone_from_github_does_not_keep_the_others_from_their_dail
     assert [t.username for t in still_tracked.items] == ["aaa-gone", "zzz-live"]
     profile_requests = [r.status for r in fake.recorded("/users/aaa-gone") if r.path == "/users/aaa-gone"]
     assert profile_requests == [200, 404]  # then remembered as missing: not asked again every run
+
+
+async def test_a_snapshot_day_missed_in_its_last_hours_before_midnight_is_finished_after_midnight(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """Snapshot day D runs from GITHUB_SNAPSHOT_HOUR_UTC on D to the same hour on D + 1: with the
+    hour at 23, the runs after midnight still finish D (they used to wait for D + 1's 23:00, and D's
+    missing logins were never caught up)."""
+    configured = msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_token="snapshot-test-token",
+        github_snapshot_hour_utc=23,
+        github_snapshots_per_run=1,
+        github_retry_wait_s=0.01,
+    )
+    fake.add_user("one", [FakeRepo(name="a", stars=1, language="Go", languages={"Go": 1})])
+    fake.add_user("two", [FakeRepo(name="b", stars=2, language="Go", languages={"Go": 2})])
+    owner = await create_user(db)
+    day = date(2026, 3, 1)
+
+    async with open_services(configured, [clocked_github(clock)]) as services:
+        ctx: dict[str, Any] = {"services": services}
+        clock.now = datetime.combine(day, time(22, 30), tzinfo=UTC)
+        await services[GithubService].track(owner.id, "one")
+        await services[GithubService].track(owner.id, "two")
+        taken = []
+        for _ in range(4):  # 22:30 (the day before's), 23:30, 00:30 and 01:30
+            taken.append(await snapshot_github_profiles(ctx))
+            clock.now += timedelta(hours=1)
+        clock.now = datetime.combine(day + timedelta(days=1), time(23, 30), tzinfo=UTC)
+        for _ in range(2):  # the next snapshot day, from its 23:00
+            taken.append(await snapshot_github_profiles(ctx))
+            clock.now += timedelta(hours=1)
+
+    assert taken == [1, 1, 1, 0, 1, 1]
+    rows = await (await db.execute("select login, taken_on from github_snapshots order by 2, 1")).fetchall()
+    previous = day - timedelta(days=1)
+    assert [(r[0], r[1]) for r in rows if r[1] != previous] == [
+        ("one", day),
+        ("two", day),
+        ("one", day + timedelta(days=1)),
+        ("two", day + timedelta(days=1)),
+    ]
+    assert len([r for r in rows if r[1] == previous]) == 1

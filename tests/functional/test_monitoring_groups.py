@@ -27,6 +27,7 @@ from app.domains.monitoring.fingerprint import RawException, capture_chain
 from app.domains.monitoring.groups import MAX_WRITE_FAILURES, Aggregate, WriteResult
 from app.domains.monitoring.module import module as monitoring_module
 from app.domains.monitoring.services import MonitoringService
+from tests.factories import wait_until
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 
@@ -455,3 +456,18 @@ async def test_an_unavailable_database_never_drops_an_aggregate(
             await service.flush(force=True)
     assert await service.flush(force=True) == 1, "the outage's events wait for the database"
     assert [row[3] for row in await groups(db)] == [10]
+
+
+async def test_a_process_whose_clock_is_an_hour_ahead_does_not_silence_the_periodic_checks(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The check slots are PostgreSQL's, the clock every process shares: a host whose clock was
+    stepped an hour ahead (then corrected) runs one round of checks, and the next slot is the others'
+    as usual (a slot taken from its clock kept every process's checks from running for that hour)."""
+    async with (
+        open_monitoring(settings, monitoring_check_interval_s=1.0) as ahead,
+        open_monitoring(settings, monitoring_check_interval_s=1.0) as on_time,
+    ):
+        ahead.clock = lambda: time.time() + 3600
+        assert await ahead.run_periodic()
+        await wait_until(on_time.run_periodic, 30, "a process on the right clock runs the next round")

@@ -31,17 +31,22 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.modules import Module
+from app.core.services import open_services
 from app.db import accounts as account_queries
+from app.db import pageviews as pageview_queries
 from app.db import sites as queries
 from app.db.models import UserRole
 from app.domains.pageviews.keys import SiteKeys
 from app.domains.pageviews.rows import Row
-from app.domains.pageviews.schemas import MAX_BATCH
+from app.domains.pageviews.schemas import MAX_BATCH, PageView, PageViewBatch
 from app.domains.pageviews.services import PageViewService
 from app.domains.pageviews.writers import Writer
 from app.domains.sites.services import SiteService
 from app.main import create_app
-from tests.factories import with_test_peer
+from app.modules import MODULES
+from tests.factories import create_user, make_site, with_test_peer
+from tests.fakes.clock import FakeClock
 
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 SINGLE = "/api/page-views"
@@ -656,3 +661,47 @@ async def test_no_ingest_body_is_answered_with_a_5xx(tracker: Tracker, data: st.
         assert problem_fields(response), "a 400 names at least one field"
     else:
         assert response.status_code in (202, 422), response.text
+
+
+# --- visitors by the UTC day of the view ------------------------------------------------------------
+
+
+async def test_a_late_view_is_hashed_with_the_salt_of_its_own_utc_day(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """Visitors are counted per UTC day of the view's (clamped) ``ts``, not of its arrival: a view
+    held since 23:55 and sent at 00:05 is the same visitor as the one seen at 23:50, and a batch that
+    spans midnight gets each day's visitor."""
+    today = datetime.now(UTC).date()
+    yesterday = today - timedelta(days=1)
+    midnight = datetime.combine(today, datetime.min.time(), UTC)
+    await pageview_queries.ensure_partitions(db, from_day=yesterday, days=2)
+    clock = FakeClock(midnight - timedelta(minutes=10))
+    clocked = Module(
+        name="pageviews",
+        service=lambda s: PageViewService(s.db, s.settings, s[SiteService], s.valkey, clock=clock),
+    )
+    modules = [clocked if module.name == "pageviews" else module for module in MODULES]
+    site = await make_site(db, await create_user(db))
+
+    def view(path: str, ts: datetime | None = None) -> PageView:
+        return PageView(site_key=site.ingest_key, url=f"https://example.com/{path}", ts=ts)
+
+    async with open_services(settings, modules) as services:
+        pageviews = services[PageViewService]
+        await pageviews.record(PageViewBatch(views=[view("a")]), "203.0.113.9", FIREFOX)  # 23:50, live
+        clock.now = midnight + timedelta(minutes=5)
+        late = view("b", ts=(midnight - timedelta(minutes=5)).astimezone(timezone(timedelta(hours=2))))
+        await pageviews.record(PageViewBatch(views=[late, view("c")]), "203.0.113.9", FIREFOX)
+        await pageviews.record_one(view("d", ts=midnight - timedelta(minutes=1)), "203.0.113.9", FIREFOX)
+        await pageviews.record_one(view("e"), "203.0.113.9", FIREFOX)
+
+    cursor = await db.execute(
+        "select path, (ts at time zone 'UTC')::date = %s, visitor_id from page_views"
+        " where site_id = %s order by path",
+        (yesterday, site.id),
+    )
+    (a, b, c, d, e) = await cursor.fetchall()
+    assert [row[1] for row in (a, b, c, d, e)] == [True, True, False, True, False]
+    assert a[2] == b[2] == d[2], "one visitor on the UTC day of the views' ts"
+    assert c[2] == e[2] != a[2], "a new day, a new salt: ids are not linkable across days"

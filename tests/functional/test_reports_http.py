@@ -29,7 +29,9 @@ from app.db import sites as site_queries
 from app.db.models import UserRole
 from app.domains.accounts.services import AccountService
 from app.domains.pageviews.jobs import maintain_partitions
+from app.domains.pageviews.services import PageViewService
 from app.domains.reports.jobs import purge_rollups, rollup_page_views
+from app.domains.reports.services import ReportService
 from app.modules import MODULES
 from tests.factories import generous_client
 
@@ -428,3 +430,43 @@ async def test_partitions_past_retention_are_dropped_and_rollups_purged(
     assert purged["rollups"] == 1
     cursor = await db.execute("select hour from page_view_hourly where site_id = %s", (world.site_id,))
     assert await cursor.fetchall() == [(now_hour,)]
+
+
+async def test_the_oldest_kept_day_keeps_its_partition_and_all_its_rollups(
+    job_ctx: dict[str, Any], world: World, db: AsyncConnection[Any]
+) -> None:
+    """Partitions are dropped and rollups purged on one boundary, the retention's first kept UTC day:
+    the daily purge (03:37) keeps that day's early hours, whose raw rows are kept too."""
+    services = job_ctx["services"]
+    retention = services.settings.analytics_retention_days
+    today = datetime.now(UTC).date()
+    first_kept = today - timedelta(days=retention)
+    gone = first_kept - timedelta(days=1)
+    await pageview_queries.ensure_partitions(db, from_day=gone, days=2)
+    hours = [
+        datetime(gone.year, gone.month, gone.day, 23, tzinfo=UTC),
+        *(datetime(first_kept.year, first_kept.month, first_kept.day, h, tzinfo=UTC) for h in (0, 3, 5, 23)),
+    ]
+    for hour in hours:
+        await db.execute(
+            "insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews) values (%s, %s, 1, 0)",
+            (world.site_id, hour),
+        )
+    upkeep = await services[PageViewService].maintain_partitions(today)
+    purged = await services[ReportService].purge_rollups(
+        now=datetime(today.year, today.month, today.day, 3, 37, tzinfo=UTC)
+    )
+
+    assert upkeep.dropped >= 1
+    names = await (
+        await db.execute(
+            "select to_regclass(%s), to_regclass(%s)",
+            (f"page_views_{gone:%Y%m%d}", f"page_views_{first_kept:%Y%m%d}"),
+        )
+    ).fetchone()
+    assert names is not None and names[0] is None and names[1] is not None
+    assert purged == 1, "the day before the first kept day, and nothing of the kept day"
+    cursor = await db.execute(
+        "select hour from page_view_hourly where site_id = %s order by hour", (world.site_id,)
+    )
+    assert await cursor.fetchall() == [(hour,) for hour in hours[1:]]

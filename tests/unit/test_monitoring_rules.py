@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -243,3 +244,37 @@ def test_the_report_is_due_at_local_time_across_dst() -> None:
     assert str(day) == "2026-10-25"
     assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(hours=25)  # that local day had 25 h
     assert end.astimezone(UTC) == datetime(2026, 10, 25, 7, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("zone", "report_time", "first", "days"),
+    [
+        ("Europe/Berlin", "02:30", datetime(2027, 3, 26, tzinfo=UTC), 4),  # in the spring-forward gap
+        ("Europe/Berlin", "02:30", datetime(2027, 10, 29, tzinfo=UTC), 4),  # twice on the fall-back day
+        ("Europe/Berlin", "08:00", datetime(2027, 3, 26, tzinfo=UTC), 4),
+        ("America/Havana", "00:30", datetime(2027, 3, 12, tzinfo=UTC), 4),  # its gap is 00:00-01:00
+        ("Pacific/Apia", "08:00", datetime(2011, 12, 28, tzinfo=UTC), 5),  # 2011-12-30 never happened
+    ],
+)
+def test_the_reports_cover_every_instant_once_and_never_the_future(
+    zone: str, report_time: str, first: datetime, days: int
+) -> None:
+    """Checked every minute, as the cron does: each report ends no later than the moment it is
+    computed and starts where the previous one ended, whatever the DST change in between."""
+    tz = ZoneInfo(zone)
+    reports: list[tuple[datetime, datetime, datetime]] = []
+    claimed: set[object] = set()
+    now = first
+    while now < first + timedelta(days=days):
+        period = report_period(now, report_time, tz)
+        if period is not None and period[0] not in claimed:
+            claimed.add(period[0])
+            reports.append((now, period[1].astimezone(UTC), period[2].astimezone(UTC)))
+        now += timedelta(minutes=1)
+    assert len(reports) >= days - 2
+    for sent, start, end in reports:
+        assert start < end <= sent, (sent, start, end)
+    for sent, _, end in reports[1:]:  # (the first was due before the loop began)
+        assert sent - end < timedelta(minutes=1), "sent as soon as it is due"
+    for (_, _, end), (_, start, _) in itertools.pairwise(reports):
+        assert start == end, "each report starts where the previous one ended"

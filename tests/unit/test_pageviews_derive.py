@@ -15,6 +15,7 @@ from app.domains.pageviews.derive import (
     device_class,
     parse_page,
     referrer_source,
+    utc_day,
     visitor_id,
 )
 
@@ -137,6 +138,22 @@ def test_timestamps_are_clamped_to_the_last_24_hours(client_ts: datetime) -> Non
 def test_no_client_time_means_now() -> None:
     assert clamp_timestamp(None, NOW) == NOW
     assert clamp_timestamp(NOW + timedelta(seconds=1), NOW) == NOW
+
+
+@given(
+    client_ts=st.datetimes(
+        min_value=datetime(2026, 11, 20),
+        max_value=datetime(2026, 11, 24),
+        timezones=st.just(UTC) | st.timedeltas(-timedelta(hours=23), timedelta(hours=23)).map(timezone),
+    )
+)
+@settings(deadline=None)
+def test_the_salt_day_of_a_view_is_the_utc_day_of_its_clamped_ts(client_ts: datetime) -> None:
+    """Whatever offset the client wrote its ``ts`` with: the UTC day of the instant (a view held
+    since 23:55 UTC and sent at 00:05 belongs to the day before)."""
+    ts = clamp_timestamp(client_ts, NOW)
+    assert utc_day(ts, NOW) == ts.astimezone(UTC).date()
+    assert utc_day(clamp_timestamp(None, NOW), NOW) == NOW.date()
 
 
 @settings(deadline=None)

@@ -16,7 +16,8 @@ async def refresh_github_profile(ctx: Context, *, login: str, refresh_id: str) -
 
 
 async def snapshot_github_profiles(ctx: Context) -> int:
-    """Hourly: the day's snapshot of every tracked login that has none yet (after the snapshot hour)."""
+    """Hourly: the snapshot day's snapshot of every tracked login that has none yet (a snapshot day
+    runs from the snapshot hour to the same hour the next day)."""
     return await services_of(ctx)[GithubService].snapshot_due()
 
 

@@ -17,8 +17,9 @@ module = Module(
     service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster),
     # Its own queue: a burst of refreshes (or a long snapshot run) never delays the platform's jobs.
     jobs=[Job(function=refresh_github_profile, queue=QUEUE)],
-    # Hourly; the job itself waits for GITHUB_SNAPSHOT_HOUR_UTC and skips logins done today, so the
-    # snapshot hour is a setting and a missed run is caught up an hour later.
+    # Hourly; a snapshot day runs from GITHUB_SNAPSHOT_HOUR_UTC to the same hour the next day and the
+    # job skips logins done that day, so the snapshot hour is a setting and a missed run is caught up
+    # an hour later (after midnight too).
     # The retention runs daily, away from the snapshot hour's minute (GITHUB_*_RETENTION_DAYS).
     cron=[
         Cron(function=snapshot_github_profiles, schedule="23 * * * *", queue=QUEUE, timeout_s=1800),

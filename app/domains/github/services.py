@@ -923,19 +923,19 @@ class GithubService:
     # -- snapshots and history ---------------------------------------------------------------
 
     async def snapshot_due(self) -> int:
-        """The snapshot cron (hourly): once the day's ``GITHUB_SNAPSHOT_HOUR_UTC`` has come, snapshot
-        every tracked login that has none for the day yet, up to ``GITHUB_SNAPSHOTS_PER_RUN`` per run.
-        Running hourly, a missed or failed run is caught up by the next one; a re-run changes nothing.
+        """The snapshot cron (hourly): snapshot every tracked login that has none for the current
+        snapshot day yet, up to ``GITHUB_SNAPSHOTS_PER_RUN`` per run. Snapshot day D runs from
+        ``GITHUB_SNAPSHOT_HOUR_UTC`` on D to the same hour on D + 1 (``snapshot_day``), so every
+        hourly run of those 24 hours works on D: a missed or failed run is caught up by the next one,
+        after midnight too (a snapshot hour of 23 would otherwise leave one run a day, and never
+        catch it up); a re-run changes nothing.
 
         Each login's attempt is recorded before it is fetched and the batch is the longest untried
         first, so logins that fail every time (gone from GitHub, blocked) go behind the others instead
         of filling every batch. They stay tracked: a 404 may be a suspension or a rename taken back,
         and untracking would silently undo the user's choice. A retry costs one request at most (none
         while the "no such user" memory, ``GITHUB_NOT_FOUND_TTL_S``, lasts)."""
-        now = self.clock()
-        if now.hour < self.settings.github_snapshot_hour_utc:
-            return 0
-        day = now.date()
+        day = snapshot_day(self.clock(), self.settings.github_snapshot_hour_utc)
         async with self.db.read() as uow:
             due = await queries.list_github_logins_due(
                 uow.conn, taken_on=day, batch_size=self.settings.github_snapshots_per_run
@@ -1109,6 +1109,12 @@ class GithubService:
             previous = row
         deltas = _change(rows[0], rows[-1]) if len(rows) >= 2 else None
         return HistoryOut(username=login, from_=first, to=last, points=points, deltas=deltas)
+
+
+def snapshot_day(now: datetime, snapshot_hour_utc: int) -> date:
+    """The snapshot day ``now`` belongs to: day D runs from ``snapshot_hour_utc`` (UTC) on D to the
+    same hour on D + 1, so the hours after midnight still belong to the day before."""
+    return (now.astimezone(UTC) - timedelta(hours=snapshot_hour_utc)).date()
 
 
 def _default_first_day(last: date) -> date:

@@ -1,4 +1,4 @@
-"""The daily report: the last 24 hours up to the report time, in the report's time zone.
+"""The daily report: the time since the previous report time, in the report's time zone (a local day).
 
 It lists new and regressed groups, the top errors, slow routes, job failures, cron problems and the
 day's business figures (sign-ups, orders, page views, read straight from their tables by count).
@@ -6,7 +6,7 @@ day's business figures (sign-ups, orders, page views, read straight from their t
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from psycopg import AsyncConnection
@@ -22,16 +22,34 @@ TOP = 5
 def report_period(now: datetime, report_time: str, zone: ZoneInfo) -> tuple[date, datetime, datetime] | None:
     """(local day, start, end) of the report due at ``now``, or None before today's report time.
 
-    Built from local wall-clock times, so a DST change moves nothing: the report is always sent at
-    the configured local time and covers the local day's 24 (or 23, 25) hours before it.
+    The report of local day D is due at ``report_time`` on D in ``zone`` (``due_at``) and covers
+    from the previous report's due instant to its own. Every comparison is between instants, never
+    between wall-clock times, so across a DST change a report never covers time after the moment it
+    is computed (``end <= now``) and each starts where the previous one ended (the local day's 23 or
+    25 hours). A report time that falls in a gap (the spring-forward hour) is due when the same
+    time on the other side of the gap would be (02:30 becomes 03:30); in an overlap, at its first
+    occurrence.
     """
-    local = now.astimezone(zone)
     hour, minute = (int(part) for part in report_time.split(":"))
-    due = datetime.combine(local.date(), time(hour, minute), tzinfo=zone)
-    if local < due:
-        return None
-    start = datetime.combine(local.date() - timedelta(days=1), time(hour, minute), tzinfo=zone)
-    return local.date(), start, due
+    today = now.astimezone(zone).date()
+    for day in (today, today - timedelta(days=1)):
+        end = due_at(day, hour, minute, zone)
+        # The day before's report counts here only when a gap pushed its time past midnight, into
+        # today: otherwise it was due yesterday (and before today's time nothing is due).
+        if end <= now and (day == today or end.astimezone(zone).date() == today):
+            start = due_at(day - timedelta(days=1), hour, minute, zone)
+            back = day - timedelta(days=1)
+            while start >= end:  # a skipped local day (Pacific/Apia, 2011-12-30): no report of its own
+                back -= timedelta(days=1)
+                start = due_at(back, hour, minute, zone)
+            return day, start.astimezone(zone), end.astimezone(zone)
+    return None
+
+
+def due_at(day: date, hour: int, minute: int, zone: ZoneInfo) -> datetime:
+    """The instant (UTC) the report of local ``day`` is due: its wall time resolved with ``fold=0``
+    (in a gap, the offset before it: as much later as the gap is long; in an overlap, the first)."""
+    return datetime.combine(day, time(hour, minute), tzinfo=zone).astimezone(UTC)
 
 
 async def build_report(

@@ -482,11 +482,13 @@ class MonitoringService:
     # ------------------------------------------------------------------------------ periodic checks
 
     async def run_periodic(self, now: float | None = None) -> bool:
-        """The periodic checks, when this process is the first to reach the current slot."""
+        """The periodic checks, when this process is the first to reach the current slot. The slot is
+        PostgreSQL's (``ClaimTick``), the clock every process shares: one host's clock stepped ahead
+        cannot silence the others'. ``now`` is only the moment the checks consider."""
         moment = self.clock() if now is None else now
-        slot = int(moment // self.settings.monitoring_check_interval_s)
+        interval = self.settings.monitoring_check_interval_s
         async with self.db.transaction() as uow:
-            claimed = await queries.claim_tick(uow.conn, name="checks", slot=slot)
+            claimed = await queries.claim_tick(uow.conn, name="checks", interval_s=interval)
         if claimed is None:
             return False
         await self.register_monitors()
@@ -496,7 +498,7 @@ class MonitoringService:
         await self.evaluate_slow_routes(moment)
         await self.send_report_if_due(moment)
         async with self.db.transaction() as uow:
-            purge = await queries.claim_tick(uow.conn, name="purge", slot=int(moment // 3600))
+            purge = await queries.claim_tick(uow.conn, name="purge", interval_s=3600.0)
         if purge is not None:
             await self.purge(moment)
         return True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -132,8 +132,17 @@ def clamp_timestamp(client_ts: datetime | None, now: datetime) -> datetime:
     return max(client_ts, now - MAX_AGE)
 
 
+def utc_day(ts: datetime, now: datetime) -> date:
+    """The UTC day of a view's clamped ``ts``, whose salt hashes its visitor. ``now`` is UTC: a view
+    without a client time (``ts is now``, the common case) costs no conversion."""
+    if ts is now:
+        return now.date()
+    return ts.astimezone(UTC).date()
+
+
 def visitor_id(salt: bytes, site_id: int, client_ip: str, user_agent: str) -> int:
-    """A signed 64-bit keyed hash; the salt changes daily so ids cannot be linked across days."""
+    """A signed 64-bit keyed hash; the salt changes daily (at UTC midnight, by the UTC day of the
+    view's ``ts``) so ids cannot be linked across days."""
     digest = hashlib.blake2b(
         f"{site_id}\x00{client_ip}\x00{user_agent}".encode(), digest_size=8, key=salt
     ).digest()

@@ -14,11 +14,19 @@ partitions and the retention of event ids, salts and deleted sites' data.
 
 A retried send (same site, same ``event_id``) is stored once if it arrives within
 ``EVENT_ID_RETENTION`` (two days) of the first: the claims are purged daily once older than that.
+
+Visitors are counted per UTC day: a view's visitor id is a keyed hash of the site, the client's
+address and user agent under the salt of the UTC day of the view's own (clamped) ``ts``, not of the
+day it arrives (a late beacon sent after midnight counts for the visitor of its day). Salts rotate
+at UTC midnight by design, so ids cannot be linked across days (as Plausible does); a visitor seen
+on both sides of UTC midnight is two visitors, also in a report on a site's local days. A salt is
+deleted once no accepted ``ts`` can fall on its day (``ts`` is at most 24 hours old).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -32,11 +40,13 @@ from app.core.errors import TooManyRequestsError
 from app.db import pageviews as queries
 from app.domains.pageviews.decoding import decode_batch, decode_view, parse_views
 from app.domains.pageviews.derive import (
+    MAX_AGE,
     Agent,
     Page,
     clamp_timestamp,
     classify_agent,
     device_class,
+    utc_day,
     visitor_id,
 )
 from app.domains.pageviews.keys import SiteKeys, UnknownKeyError
@@ -51,7 +61,9 @@ from app.domains.sites.services import SiteService
 log = structlog.get_logger("app.pageviews")
 
 EVENT_ID_RETENTION = timedelta(days=2)
-SALT_RETENTION = timedelta(days=1)
+SALT_RETENTION = MAX_AGE
+"""A day's salt is deleted once no accepted ``ts`` can fall on that day (``ts`` is clamped to
+``MAX_AGE``): the purge keeps the salts of the day of ``now - MAX_AGE`` and later."""
 PURGE_CHUNK_PAGES = 64
 """Pages of claimed event ids purged per statement (and transaction): ~8,700 claims at most."""
 DELETED_SITE_GRACE = timedelta(minutes=10)
@@ -60,6 +72,14 @@ DELETED_SITE_RETENTION = timedelta(days=2)
 """Its tombstone is kept longer than any process remembers a deletion (``sites.DELETIONS_KEPT_S``)."""
 PARTITION_DAYS_AHEAD = 3
 """``maintain_partitions`` keeps a partition for every day up to this many days after today."""
+
+
+def retention_first_day(today: date, retention_days: int) -> date:
+    """The first UTC day of analytics data kept on ``today`` (UTC): ``ANALYTICS_RETENTION_DAYS``
+    whole days before it. The one boundary of the retention: the raw partitions of earlier days are
+    dropped (``maintain_partitions``) and the rollups of earlier hours purged
+    (``ReportService.purge_rollups``), so a day is either wholly kept in both or gone from both."""
+    return today - timedelta(days=retention_days)
 
 
 class IngestSettings(msgspec.Struct, frozen=True):
@@ -82,30 +102,48 @@ class PartitionUpkeep(msgspec.Struct, frozen=True):
     """Partitions past retention left for a later run: a reader was using them."""
 
 
+SALT_DAYS_CACHED = 3
+"""Salts a process keeps: the accepted ``ts`` span two UTC days (at most 24 hours old), plus one
+while the day changes."""
+
+
 class DailySalt:
-    """The visitor-hash salt of the current UTC day: created once (first writer wins), then cached."""
+    """The visitor-hash salt of each UTC day: created once (first writer wins) by whichever process
+    needs it first, then cached in the process; a round trip only for a day not seen yet (once a day,
+    and once for yesterday's if a late view needs it)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._day: date | None = None
-        self._salt = b""
+        self._salts: dict[date, bytes] = {}
 
     async def for_day(self, day: date) -> bytes:
-        if day != self._day:
+        salt = self._salts.get(day)
+        if salt is None:
             async with self._db.transaction() as uow:
                 await queries.insert_salt(uow.conn, day=day, salt=secrets.token_bytes(32))
                 salt = await queries.get_salt(uow.conn, day=day)
             assert salt is not None
-            self._day, self._salt = day, salt
-        return self._salt
+            self._salts[day] = salt
+            while len(self._salts) > SALT_DAYS_CACHED:
+                del self._salts[min(self._salts)]
+        return salt
 
 
 class PageViewService:
     """Built once per process; ``start``/``close`` run the sink (the service registry calls them)."""
 
-    def __init__(self, db: Database, settings: Settings, sites: SiteService, valkey: Valkey) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        sites: SiteService,
+        valkey: Valkey,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         assert settings.database_url is not None, "resolve the service URLs first"
         self.db = db
+        self.clock = clock or _utc_now
+        """The ingest's ``now`` (UTC): ``received_at``, the clamp of ``ts``; tests move it."""
         self.retention_days = settings.analytics_retention_days
         limits = IngestSettings.of(settings)
         self.keys = SiteKeys(sites)
@@ -151,11 +189,12 @@ class PageViewService:
         self.admit(client_ip, 1)
         ((page, referrer_host, source),) = parse_views([view], batched=False)
         site_id = await self._site_id(view.site_key)
-        now = datetime.now(UTC)
-        salt = await self.salt.for_day(now.date())
+        now = self.clock()
+        ts = clamp_timestamp(view.ts, now)
+        salt = await self.salt.for_day(utc_day(ts, now))
         agent = classify_agent(user_agent)
         visitor = visitor_id(salt, site_id, client_ip, user_agent)
-        row = _row(view, site_id, visitor, page, referrer_host, source, agent, now)
+        row = _row(view, site_id, visitor, page, referrer_host, source, agent, ts, now)
         lease = await self.quota.take(site_id, 1)
         try:
             await self.sink.submit((row,))
@@ -190,23 +229,28 @@ class PageViewService:
     ) -> tuple[list[Row], dict[int, int]]:
         """The stored rows, and how many views each site got. Every view is checked before any I/O
         (a batch is all or nothing; ``batched`` names its fields ``views[i].url``). Everything that
-        depends only on the request (agent, salt, the visitor of a site) is computed once per
-        request, not once per view."""
+        depends only on the request (the agent, a site's id, the visitor of a site on a UTC day) is
+        computed once per request, not once per view. A view's salt is that of the UTC day of its
+        clamped ``ts``: a batch's views may span two days (a tracker flushing after midnight)."""
         pages = parse_views(views, batched=batched)
-        now = datetime.now(UTC)
-        salt = await self.salt.for_day(now.date())
+        now = self.clock()
         agent = classify_agent(user_agent)
-        sites: dict[str, tuple[int, int]] = {}
+        sites: dict[str, int] = {}
+        visitors: dict[tuple[int, date], int] = {}
         per_site: dict[int, int] = {}
         rows: list[Row] = []
         for view, (page, referrer_host, source) in zip(views, pages, strict=True):
-            known = sites.get(view.site_key)
-            if known is None:
-                site_id = await self._site_id(view.site_key)
-                known = sites[view.site_key] = (site_id, visitor_id(salt, site_id, client_ip, user_agent))
-            site_id, visitor = known
+            site_id = sites.get(view.site_key)
+            if site_id is None:
+                site_id = sites[view.site_key] = await self._site_id(view.site_key)
+            ts = clamp_timestamp(view.ts, now)
+            day = utc_day(ts, now)
+            visitor = visitors.get((site_id, day))
+            if visitor is None:
+                salt = await self.salt.for_day(day)
+                visitor = visitors[site_id, day] = visitor_id(salt, site_id, client_ip, user_agent)
             per_site[site_id] = per_site.get(site_id, 0) + 1
-            rows.append(_row(view, site_id, visitor, page, referrer_host, source, agent, now))
+            rows.append(_row(view, site_id, visitor, page, referrer_host, source, agent, ts, now))
         return rows, per_site
 
     async def _site_id(self, key: str) -> int:
@@ -227,7 +271,7 @@ class PageViewService:
 
     async def maintain_partitions(self, today: date | None = None) -> PartitionUpkeep:
         """Create the daily partitions from yesterday to ``PARTITION_DAYS_AHEAD`` days ahead; drop
-        those that ended more than the retention ago.
+        those of the days before the retention's first kept day (``retention_first_day``).
 
         Neither step may hold up the ingest (the migration ``pageview_partitions_without_blocking``
         says how): a partition is attached without a lock that inserts wait for, and a drop waits for
@@ -241,7 +285,7 @@ class PageViewService:
             )
         async with self.db.transaction() as uow:
             dropped = await queries.drop_page_view_partitions(
-                uow.conn, before=today - timedelta(days=self.retention_days)
+                uow.conn, before=retention_first_day(today, self.retention_days)
             )
         assert dropped is not None
         if dropped.busy:
@@ -251,7 +295,8 @@ class PageViewService:
     async def purge(
         self, now: datetime | None = None, chunk_pages: int = PURGE_CHUNK_PAGES
     ) -> tuple[int, int]:
-        """Delete claimed event ids older than ``EVENT_ID_RETENTION`` and salts older than a day;
+        """Delete claimed event ids older than ``EVENT_ID_RETENTION`` and the salts of the days no
+        accepted ``ts`` can fall on any more (``SALT_RETENTION``);
         returns (event ids, salts) deleted.
 
         A day of claims is tens of millions of rows: one DELETE would outlast the statement
@@ -299,6 +344,10 @@ class PageViewService:
         return deleted
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _row(
     view: PageView,
     site_id: int,
@@ -307,11 +356,12 @@ def _row(
     referrer_host: str,
     source: str,
     agent: Agent,
+    ts: datetime,
     now: datetime,
 ) -> Row:
     return (
         site_id,
-        clamp_timestamp(view.ts, now),
+        ts,
         now,
         view.event_id,
         visitor,

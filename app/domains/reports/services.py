@@ -33,6 +33,7 @@ from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
 from app.core.db import Database
 from app.db import reports as queries
+from app.domains.pageviews.services import retention_first_day
 from app.domains.reports.schemas import (
     BreakdownItem,
     BreakdownOut,
@@ -189,8 +190,11 @@ class ReportService:
             )
 
     async def purge_rollups(self, now: datetime | None = None) -> int:
-        """Delete rollups (visitor-level ones included) older than the raw data's retention."""
-        before = _floor_hour(now or datetime.now(UTC)) - timedelta(days=self.retention_days)
+        """Delete rollups (visitor-level ones included) of the hours before the retention's first
+        kept UTC day: the boundary the raw partitions are dropped on (``retention_first_day``), so the
+        oldest day kept is reported whole, never its last hours only."""
+        today = (now or datetime.now(UTC)).astimezone(UTC).date()
+        before = datetime.combine(retention_first_day(today, self.retention_days), time(), UTC)
         async with self.db.transaction() as uow:
             deleted = await queries.purge_hourly_rollups(uow.conn, before=before)
             deleted += await queries.purge_dimension_rollups(uow.conn, before=before)
