@@ -81,6 +81,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     health_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    health_ready_shared_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
+    """One readiness check answers every probe of a process for this long (0: none is reused; probes
+    that arrive while a check runs still share it)."""
 
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     jwt_issuer: str = "monolith"

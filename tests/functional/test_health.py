@@ -12,6 +12,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.config import Settings
+from app.domains.health.services import HealthService
 from app.main import create_app
 from tests.factories import assert_problem, serve_in_loop, wait_until
 from tests.valkey_control import ControlledValkey
@@ -48,6 +49,19 @@ async def become_ready(client: Any) -> None:
     await wait_until(ready, 10, "/health/ready answers 200")
 
 
+async def become_unready(client: Any) -> Any:
+    """The first ``/health/ready`` answer that is not 200 (polled: a readiness answer is shared by
+    the probes of ``HEALTH_READY_SHARED_S``, so a stop shows within that long)."""
+    answers: list[Any] = []
+
+    async def unready() -> bool:
+        answers.append(await client.get("/health/ready"))
+        return bool(answers[-1].status_code != 200)
+
+    await wait_until(unready, 20, "/health/ready stops answering 200")
+    return answers[-1]
+
+
 @pytest.fixture(scope="module")
 async def own_valkey_client(
     settings: Settings, module_controlled_valkey: ControlledValkey
@@ -65,7 +79,7 @@ async def test_ready_is_503_naming_valkey_when_it_stops(
     await become_ready(own_valkey_client)
     module_controlled_valkey.stop()
     try:
-        response = await own_valkey_client.get("/health/ready")
+        response = await become_unready(own_valkey_client)
         assert response.status_code == 503
         checks = {check["name"]: check for check in response.json()["checks"]}
         assert checks["valkey"]["ok"] is False
@@ -87,7 +101,7 @@ async def test_ready_answers_within_its_deadline_naming_a_hung_valkey(
     ) as served:
         await become_ready(served.client)
         with controlled_valkey.paused():
-            response = await asyncio.wait_for(served.client.get("/health/ready"), 20)
+            response = await asyncio.wait_for(become_unready(served.client), 30)
             assert (await asyncio.wait_for(served.client.get("/health/live"), 20)).status_code == 200
         assert response.status_code == 503
         body = response.json()
@@ -99,6 +113,20 @@ async def test_ready_answers_within_its_deadline_naming_a_hung_valkey(
         assert checks["queue"]["ok"] is False
         assert checks["postgres"]["ok"] is True
         await become_ready(served.client)  # recovered once it answers
+
+
+async def test_a_flood_of_readiness_probes_shares_one_check(settings: Settings) -> None:
+    """``/health/ready`` is public and not rate-limited, and each check borrows a pooled connection:
+    a hundred probes at once must not queue a hundred borrows in front of everyone's requests."""
+    async with serve_in_loop(settings) as served:
+        await become_ready(served.client)
+        pool = served.app.state.services[HealthService].db.pool
+        before = pool.get_stats()["requests_num"]
+        answers = await asyncio.gather(*(served.client.get("/health/ready") for _ in range(100)))
+        borrowed = pool.get_stats()["requests_num"] - before
+
+    assert {answer.status_code for answer in answers} == {200}
+    assert borrowed <= 5, f"{borrowed} pool borrows for 100 probes"
 
 
 async def test_metrics_count_requests(client: AsyncTestClient[Litestar]) -> None:

@@ -11,7 +11,9 @@ from tests.valkey_control import ControlledValkey
 async def test_a_failing_check_is_logged_with_its_cause_once_per_interval(
     settings: Settings, controlled_valkey: ControlledValkey
 ) -> None:
-    async with serve_in_loop(settings, valkey_url=controlled_valkey.url, health_timeout_s=2.0) as served:
+    async with serve_in_loop(
+        settings, valkey_url=controlled_valkey.url, health_timeout_s=2.0, health_ready_shared_s=0.0
+    ) as served:
         await become_ready(served.client)
         controlled_valkey.stop()
         try:

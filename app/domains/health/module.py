@@ -8,6 +8,10 @@ module = Module(
     name="health",
     controllers=[HealthController],
     service=lambda s: HealthService(
-        s.db, s.valkey, s.settings.valkey_url or "", timeout_s=s.settings.health_timeout_s
+        s.db,
+        s.valkey,
+        s.settings.valkey_url or "",
+        timeout_s=s.settings.health_timeout_s,
+        shared_s=s.settings.health_ready_shared_s,
     ),
 )

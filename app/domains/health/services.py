@@ -13,6 +13,7 @@ from saq import Queue
 from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
+from app.core.cache import Flights, single_flight
 from app.core.db import Database
 from app.core.deadline import finish_within, sever
 from app.core.logging import OncePerInterval, error_message
@@ -21,6 +22,8 @@ log = structlog.get_logger("app.health")
 
 WARN_INTERVAL_S = 60.0
 """A failing check is logged at most once per interval (a probe polls every few seconds)."""
+READINESS_SHARED_S = 1.0
+"""How long one readiness answer serves every probe (``HEALTH_READY_SHARED_S``)."""
 
 
 class DependencyStatus(msgspec.Struct, frozen=True):
@@ -107,8 +110,12 @@ class HealthService:
         *,
         timeout_s: float,
         warn_interval_s: float = WARN_INTERVAL_S,
+        shared_s: float = READINESS_SHARED_S,
     ) -> None:
         self.db = db
+        self.shared_s = shared_s
+        self._answer: tuple[float, Readiness] | None = None
+        self._flights: Flights = {}
         self.warnings = OncePerInterval(warn_interval_s)
         self.valkey = valkey
         self._client = redis.from_url(valkey_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -121,6 +128,24 @@ class HealthService:
         await self._client.aclose()
 
     async def readiness(self) -> Readiness:
+        """The dependencies' state, checked at most once per ``READINESS_SHARED_S`` in this process:
+        concurrent probes share the check under way, later ones its answer while it is that fresh.
+
+        The route is public and not rate-limited (orchestrators and load balancers poll it), and a
+        check borrows a pooled connection: checked per request, one client's flood of probes queued
+        for the pool in front of every other request (503s for other users, and a readiness that
+        failed under its own load)."""
+        now = time.monotonic()
+        if self._answer is not None and now - self._answer[0] < self.shared_s:
+            return self._answer[1]
+        return await single_flight(self._flights, "readiness", self._check)
+
+    async def _check(self) -> Readiness:
+        answer = await self._check_now()
+        self._answer = (time.monotonic(), answer)
+        return answer
+
+    async def _check_now(self) -> Readiness:
         """Check the three concurrently, each within the deadline."""
         timeout = self.timeout_s
 
