@@ -1,52 +1,54 @@
 -- migrate:up
-
 -- What a payment.succeeded took (so that it can be returned from our data alone), and whether an
--- administrator has returned it. Every processed payment.succeeded stores its payment id, amount
--- and currency; other event types leave them null.
+-- administrator has returned it (GET /api/admin/payments/refunds-due). Every payment.succeeded the
+-- app processes from now on stores its payment id, amount and currency; other event types leave
+-- them null.
+--
+-- Safe while the previous release still answers webhooks: each step takes its strong lock for an
+-- instant. This file only changes the catalogue (new nullable columns, no rewrite; constraints NOT
+-- VALID, so nothing is scanned under the lock, and the foreign key's lock on users is as short).
+-- Rows keep coming meanwhile: new ones take their id from the sequence. The next migrations number
+-- the older rows and recognise their payments (20261202013100, row locks only), validate the
+-- constraints (20261202013200, no lock that stops reads or writes but for an instant at the end)
+-- and build the indexes concurrently (20261202013300, 20261202013400).
+set local lock_timeout = '3s';
+
+create sequence payment_events_id_seq as bigint;
 alter table payment_events
-    add column id bigint not null generated always as identity,
-    add column payment_id text check (length(payment_id) between 1 and 255),
-    add column amount numeric check (amount >= 0),
-    add column currency text check (currency ~ '^[A-Z]{3}$'),
+    add column id bigint,
+    add column payment_id text,
+    add column amount numeric,
+    add column currency text,
     add column refunded_at timestamptz,
-    add column refunded_by bigint references users (id) on delete set null,
+    add column refunded_by bigint;
+alter table payment_events alter column id set default nextval('payment_events_id_seq');
+alter sequence payment_events_id_seq owned by payment_events.id;
+alter table payment_events
+    add constraint payment_events_id_present check (id is not null) not valid,
+    add constraint payment_events_payment_id_length check (length(payment_id) between 1 and 255) not valid,
+    add constraint payment_events_amount_not_negative check (amount >= 0) not valid,
+    add constraint payment_events_currency_code check (currency ~ '^[A-Z]{3}$') not valid,
     add constraint payment_events_payment_complete
-        check ((payment_id is null) = (amount is null) and (amount is null) = (currency is null));
-
--- The payments that paid an order before this migration: their payment id is in the order's
--- history ("payment <id> received"), their amount and currency are the order's (only an exact
--- amount pays). A redelivery of that payment id under a new event id is then recognised.
-update payment_events pe
-set payment_id = substring(oe.reason from '^payment (.+) received$'),
-    amount = o.total,
-    currency = o.currency
-from order_events oe
-join orders o on o.id = oe.order_id
-where pe.outcome = 'paid'
-  and oe.order_id = pe.order_id
-  and oe.to_status = 'paid'
-  and oe.reason ~ '^payment .+ received$';
-
--- Only a payment.succeeded looked its order up, and a cancelled or rejected order was never paid:
--- an event recorded against one of them took money that must go back (it was answered "ignored").
-update payment_events pe
-set outcome = 'refund-due'
-from orders o
-where pe.outcome = 'ignored' and o.id = pe.order_id and o.status in ('cancelled', 'rejected');
-
--- A payment id recorded before (a redelivery under a new event id) is not a second payment.
-create index payment_events_payment_idx on payment_events (payment_id) where payment_id is not null;
-
--- The refunds due, newest first (GET /api/admin/payments/refunds-due, keyset by id).
-create index payment_events_refunds_due_idx on payment_events (id)
-where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null;
+        check ((payment_id is null) = (amount is null) and (amount is null) = (currency is null)) not valid,
+    add constraint payment_events_refunded_by_fkey
+        foreign key (refunded_by) references users (id) on delete set null not valid;
 
 -- migrate:down
-drop index payment_events_refunds_due_idx;
-drop index payment_events_payment_idx;
-update payment_events set outcome = 'ignored' where outcome = 'refund-due';
+-- Refuses while refunds are recorded: they exist nowhere else (an up after a down would list them
+-- as owed again).
+do $$
+begin
+    if exists (select 1 from payment_events where refunded_at is not null) then
+        raise exception 'payment_events records refunds made; roll back by hand if they may be lost';
+    end if;
+end $$;
 alter table payment_events
+    drop constraint payment_events_refunded_by_fkey,
     drop constraint payment_events_payment_complete,
+    drop constraint payment_events_currency_code,
+    drop constraint payment_events_amount_not_negative,
+    drop constraint payment_events_payment_id_length,
+    drop constraint payment_events_id_present,
     drop column refunded_by,
     drop column refunded_at,
     drop column currency,

@@ -5,6 +5,13 @@ together, two test sessions): ``migrate`` serialises them with a PostgreSQL sess
 held on a connection of its own around ``dbmate up``. dbmate takes no lock itself, and two ``up``
 at once fail on the second's ``create type`` (``pg_type_typname_nsp_index``) or ``create
 database``; the process that waited finds the migrations applied and does nothing.
+
+Migrations run beside live traffic (a rolling deploy): one that needs a strong lock on a busy table
+sets ``lock_timeout`` (``set local lock_timeout = '3s'`` at its top; CONVENTIONS.md), so that while
+a long reader holds the table it fails instead of queueing every later query of that table behind
+its lock request. ``migrate`` then tries ``dbmate up`` again after a pause (``LOCK_RETRY_DELAYS_S``):
+dbmate runs each migration in its own transaction, so what was applied stays applied and the run
+resumes at the migration that timed out.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,15 @@ MAINTENANCE_DATABASE = "postgres"
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = ROOT / "migrations"
+LOCK_POLL_S = 0.2
+"""How often a process waiting for another's migrations tries their lock again."""
+LOCK_TIMEOUT_SQLSTATE = "55P03"
+LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+"""Pauses before each new try of a run that hit a migration's lock timeout (about a minute in all)."""
+
+
+class MigrationLockTimeoutError(RuntimeError):
+    """A migration gave up waiting for a lock (its ``lock_timeout``): tried again later."""
 
 
 def dbmate_binary() -> str:
@@ -45,7 +62,7 @@ def dbmate_binary() -> str:
     return found
 
 
-def dbmate(database_url: str, *args: str) -> str:
+def dbmate(database_url: str, *args: str, migrations_dir: Path = MIGRATIONS_DIR) -> str:
     """Run ``dbmate <args>`` against ``database_url``; raise with dbmate's output on failure.
 
     ``--no-dump-schema``: the system pg_dump may not match the server's major version, and dbmate
@@ -54,7 +71,7 @@ def dbmate(database_url: str, *args: str) -> str:
     command = [
         dbmate_binary(),
         "--migrations-dir",
-        str(MIGRATIONS_DIR),
+        str(migrations_dir),
         "--no-dump-schema",
         "--wait",
         *args,
@@ -63,15 +80,39 @@ def dbmate(database_url: str, *args: str) -> str:
     env = {**os.environ, "DATABASE_URL": database_url}
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)  # noqa: S603
     if result.returncode != 0:
-        raise RuntimeError(f"dbmate {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        output = f"dbmate {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+        if f"({LOCK_TIMEOUT_SQLSTATE})" in result.stderr:
+            raise MigrationLockTimeoutError(output)
+        raise RuntimeError(output)
     return result.stdout
 
 
-def migrate(database_url: str) -> str:
-    """Create the database if needed and apply every pending migration, one process at a time."""
-    dbmate(database_url, "wait")  # a configured server may still be starting (compose)
+def migrate(
+    database_url: str,
+    *,
+    migrations_dir: Path = MIGRATIONS_DIR,
+    retry_delays_s: tuple[float, ...] = LOCK_RETRY_DELAYS_S,
+) -> str:
+    """Create the database if needed and apply every pending migration, one process at a time; a
+    run that hit a migration's lock timeout is tried again after each of ``retry_delays_s``."""
+    dbmate(database_url, "wait", migrations_dir=migrations_dir)  # a configured server may be starting
     with migration_lock(database_url):
-        return dbmate(database_url, "up")
+        applied: list[str] = []
+        for delay in (*retry_delays_s, None):
+            try:
+                return "".join(applied) + dbmate(database_url, "up", migrations_dir=migrations_dir)
+            except MigrationLockTimeoutError as exc:
+                if delay is None:
+                    raise
+                done, _, failure = str(exc).partition("\n")[2].rpartition("Applying: ")
+                applied.append(done)
+                log.warning(
+                    "migration_lock_timeout_retrying",
+                    migration=failure.split("\n", 1)[0].strip(),
+                    retry_in_s=delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last try raises or returns")
 
 
 @contextlib.contextmanager
@@ -80,7 +121,10 @@ def migration_lock(database_url: str) -> Iterator[None]:
 
     A session lock on a connection of ours, in autocommit: no transaction stays open while dbmate
     runs (a ``create index concurrently`` would wait for it), and the lock ends with the connection
-    if this process dies.
+    if this process dies. A process that finds it taken tries again every ``LOCK_POLL_S`` rather
+    than wait in ``pg_advisory_lock``: a statement waiting there holds a snapshot, and the holder's
+    ``create index concurrently`` waits for every older snapshot to end, so the two would wait for
+    each other for ever (through this process: no deadlock PostgreSQL can see).
     """
     with _connect_creating(database_url) as conn:
         # A server's or role's default timeouts must not end the wait, or the lock with the session.
@@ -88,10 +132,14 @@ def migration_lock(database_url: str) -> Iterator[None]:
         conn.execute("set lock_timeout = 0")
         if conn.info.server_version >= 140000:
             conn.execute("set idle_session_timeout = 0")
-        taken = conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (MIGRATION_LOCK,))
-        if taken.fetchone() != (True,):
-            log.info("migrations_waiting_for_another_process")
-            conn.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (MIGRATION_LOCK,))
+        waiting = False
+        while conn.execute(
+            "select pg_try_advisory_lock(hashtextextended(%s, 0))", (MIGRATION_LOCK,)
+        ).fetchone() != (True,):
+            if not waiting:
+                log.info("migrations_waiting_for_another_process")
+                waiting = True
+            time.sleep(LOCK_POLL_S)
         try:
             yield
         finally:

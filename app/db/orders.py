@@ -432,7 +432,8 @@ async def get_payment_event(conn: AsyncConnection[Any], *, event_id: str) -> Pay
 
 LIST_REFUNDS_DUE = """\
 select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events
-where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and id < $1::bigint
+where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and payment_id is not null
+  and id < $1::bigint
 order by id desc
 limit $2"""
 
@@ -444,8 +445,9 @@ async def list_refunds_due(
     row_limit: int,
 ) -> list[PaymentEvent]:
     """Payments whose money must go back and that nobody has marked refunded, newest first: keyset by
-    id (before_id = max bigint for the first page), served by payment_events_refunds_due_idx (the
-    outcome list is the index's predicate)."""
+    id (before_id = max bigint for the first page), served by payment_events_refunds_due_idx (whose
+    predicate this is). Only payments recorded with what they took: rows from before the payment id
+    was stored name nothing to return."""
     async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
         await cur.execute(LIST_REFUNDS_DUE, (before_id, row_limit))
         return await cur.fetchall()
@@ -465,6 +467,7 @@ MARK_PAYMENT_REFUNDED = """\
 update payment_events
 set refunded_at = now(), refunded_by = $1
 where event_id = $2 and outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null
+  and payment_id is not null
 returning event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by"""
 
 
@@ -482,10 +485,26 @@ async def mark_payment_refunded(
 
 GET_REFUND = """\
 select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events
-where event_id = $1 and outcome in ('refund-due', 'expired', 'mismatch')"""
+where event_id = $1 and outcome in ('refund-due', 'expired', 'mismatch') and payment_id is not null"""
 
 
 async def get_refund(conn: AsyncConnection[Any], *, event_id: str) -> PaymentEvent | None:
     async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
         await cur.execute(GET_REFUND, (event_id,))
+        return await cur.fetchone()
+
+
+PAYING_PAYMENT_KNOWN = """\
+select exists (
+    select 1 from payment_events
+    where order_id = $1 and outcome = 'paid' and payment_id is not null
+) as known"""
+
+
+async def paying_payment_known(conn: AsyncConnection[Any], *, order_id: int | None) -> bool | None:
+    """Whether the payment that paid the order is recorded with its payment id (false only for an order
+    paid through the previous release during a deploy: then another payment id cannot be told from
+    the same money, and is not called a second payment)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PAYING_PAYMENT_KNOWN, (order_id,))
         return await cur.fetchone()

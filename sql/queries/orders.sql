@@ -147,10 +147,12 @@ select * from payment_events where event_id = @event_id;
 
 -- name: ListRefundsDue :many
 -- Payments whose money must go back and that nobody has marked refunded, newest first: keyset by
--- id (before_id = max bigint for the first page), served by payment_events_refunds_due_idx (the
--- outcome list is the index's predicate).
+-- id (before_id = max bigint for the first page), served by payment_events_refunds_due_idx (whose
+-- predicate this is). Only payments recorded with what they took: rows from before the payment id
+-- was stored name nothing to return.
 select * from payment_events
-where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and id < @before_id::bigint
+where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and payment_id is not null
+  and id < @before_id::bigint
 order by id desc
 limit @row_limit;
 
@@ -163,8 +165,18 @@ select id from users where id = @id for key share;
 update payment_events
 set refunded_at = now(), refunded_by = @refunded_by
 where event_id = @event_id and outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null
+  and payment_id is not null
 returning *;
 
 -- name: GetRefund :one
 select * from payment_events
-where event_id = @event_id and outcome in ('refund-due', 'expired', 'mismatch');
+where event_id = @event_id and outcome in ('refund-due', 'expired', 'mismatch') and payment_id is not null;
+
+-- name: PayingPaymentKnown :one
+-- Whether the payment that paid the order is recorded with its payment id (false only for an order
+-- paid through the previous release during a deploy: then another payment id cannot be told from
+-- the same money, and is not called a second payment).
+select exists (
+    select 1 from payment_events
+    where order_id = @order_id and outcome = 'paid' and payment_id is not null
+) as known;

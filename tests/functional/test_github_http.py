@@ -10,7 +10,6 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as redis
-import structlog
 from psycopg import AsyncConnection
 from saq.job import Status
 from saq.queue.redis import RedisQueue
@@ -20,7 +19,7 @@ from app.core.services import open_services
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from app.domains.github.services import QUEUE
-from tests.factories import Client, generous_client, make_user
+from tests.factories import Client, captured_logs, generous_client, make_user
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 
 MAX_TRACKED = 3
@@ -291,16 +290,16 @@ async def test_a_failed_fetch_is_logged_with_what_github_answered(
 ) -> None:
     fake.add_user("flaky")
 
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         missing = await api.get("/api/github/users/nobody-here", headers=headers)
         fake.fail(502, times=1000)
         down = await api.get("/api/github/users/flaky", headers=headers)
 
     assert (down.status_code, missing.status_code) == (503, 404)
-    failures = {entry["login"]: entry for entry in logs if entry["event"] == "github_fetch_failed"}
-    assert failures["flaky"]["log_level"] == "warning"
+    failures = {entry["login"]: entry for entry in logs.events("github_fetch_failed")}
+    assert failures["flaky"]["level"] == "warning"
     assert "502" in failures["flaky"]["reason"], failures["flaky"]
-    assert failures["nobody-here"]["log_level"] == "info", "a mistyped login is not an incident"
+    assert failures["nobody-here"]["level"] == "info", "a mistyped login is not an incident"
 
 
 async def test_a_primary_rate_limit_with_nothing_stored_is_a_503_saying_when(

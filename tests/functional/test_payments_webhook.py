@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
@@ -18,7 +17,7 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.db.models import OrderStatus
 from app.domains.orders.services import OrderService
-from tests.factories import Actor, assert_problem, make_product, make_user, serve_in_loop
+from tests.factories import Actor, assert_problem, captured_logs, make_product, make_user, serve_in_loop
 from tests.fakes import payments
 
 Client = httpx.AsyncClient
@@ -175,12 +174,12 @@ async def test_forged_or_stale_deliveries_are_refused(
     }[forge]
     sent_body = body.replace(b'"amount":"1.00"', b'"amount":"0.01"') if forge == "tampered body" else body
     assert sent_body != body or forge != "tampered body"
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         assert_problem(await send(client, sent_body, headers), 400, "invalid-signature")
     assert await state(db, order_id) == ("reserved", 2)
-    (refused,) = [entry for entry in logs if entry["event"] == "payment_webhook_refused"]
-    assert refused["log_level"] == "warning" and refused["reason"], refused
-    assert payments.TEST_SECRET not in repr(logs) and str(headers) not in repr(logs)
+    (refused,) = logs.events("payment_webhook_refused")
+    assert refused["level"] == "warning" and refused["reason"], refused
+    assert payments.TEST_SECRET not in logs.text and str(headers) not in logs.text
     # none of them used up the event id: the genuine delivery still pays
     genuine = payments.delivery(body)
     assert (await send(client, genuine.body, genuine.headers)).json()["outcome"] == "paid"
@@ -373,6 +372,38 @@ async def test_a_payment_redelivered_under_a_new_event_id_is_not_a_second_paymen
     ]
     listed = await refunds_due(client, admin)
     assert without_received_at(listed["items"]) == [due("evt-4", cancelled_id, "pay-2", "2.00", "refund-due")]
+
+
+async def test_rows_from_the_release_before_payment_ids_are_not_taken_for_refunds(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """During a rolling deploy the previous release records payments without their payment id. An
+    order it marked paid cannot tell a redelivery of its payment from another: a new payment id for
+    it is ``ignored``, not a refund due; and its old refund outcomes (nothing recorded to return,
+    maybe refunded by hand) are not listed as owed."""
+    app, client = shop
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=5, price="4.00")
+    paid_id = await reserved(app, client, buyer, pid, 1)
+    assert (await deliver(client, paid_id, "4.00", event_id="evt-old", payment_id="pay-old"))[
+        "outcome"
+    ] == "paid"
+    late = await reserved(app, client, buyer, pid, 1)
+    await db.execute(
+        "insert into payment_events (event_id, order_id, outcome) values ('evt-old-expired', %s, 'expired')",
+        (late,),
+    )
+    await db.execute(  # as the previous release wrote them: no payment id, amount or currency
+        "update payment_events set payment_id = null, amount = null, currency = null"
+        " where event_id in ('evt-old', 'evt-old-expired')"
+    )
+
+    answer = await deliver(client, paid_id, "4.00", event_id="evt-new", payment_id="pay-resent")
+
+    assert answer["outcome"] == "ignored"
+    assert (await refunds_due(client, admin))["items"] == []
+    marked = await client.post("/api/admin/payments/evt-old-expired/refunded", headers=admin.headers)
+    assert_problem(marked, 404, "not-found")
 
 
 async def test_expired_and_mismatched_payments_are_listed_with_what_was_paid(

@@ -7,16 +7,20 @@ failed with ``duplicate key value violates unique constraint "pg_type_typname_ns
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from app.core.migrate import MIGRATIONS_DIR, migrate
+from app.core.migrate import MIGRATIONS_DIR, MigrationLockTimeoutError, migrate
+from tests.factories import captured_logs
 
 MIGRATIONS = sorted(path.name.split("_", 1)[0] for path in MIGRATIONS_DIR.glob("*.sql"))
 
@@ -73,3 +77,100 @@ def test_migrating_an_up_to_date_database_applies_nothing(fresh_database: tuple[
     assert "Applying" in migrate(url)
 
     assert "Applying" not in migrate(url)
+
+
+LOCKING_MIGRATIONS = {
+    "20260101000000_table.sql": "-- migrate:up\ncreate table t (id int);\n\n-- migrate:down\ndrop table t;\n",
+    "20260101000100_alter.sql": (
+        "-- migrate:up\nset local lock_timeout = '100ms';\nalter table t add column x int;\n\n"
+        "-- migrate:down\nalter table t drop column x;\n"
+    ),
+}
+
+
+def _locking_migrations(directory: Path) -> Path:
+    directory.mkdir()
+    for name, text in LOCKING_MIGRATIONS.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def _unapply_alter(conn: psycopg.Connection[Any]) -> None:
+    """As before the second migration (its column gone, its version forgotten)."""
+    conn.execute("alter table t drop column x")
+    conn.execute("delete from schema_migrations where version = '20260101000100'")
+
+
+def test_a_migration_that_times_out_on_a_lock_fails_instead_of_queueing_traffic(
+    fresh_database: tuple[str, str], tmp_path: Path
+) -> None:
+    """A reader holds the table: the migration's lock request gives up (its lock_timeout) rather than
+    wait in front of every later query of the table; with no retries left, migrate says so."""
+    url, _ = fresh_database
+    migrations = _locking_migrations(tmp_path / "migrations")
+    migrate(url, migrations_dir=migrations, retry_delays_s=())
+    with psycopg.connect(url) as reader:
+        _unapply_alter(reader)
+        reader.commit()
+        reader.execute("select * from t")  # ACCESS SHARE until this transaction ends
+        with pytest.raises(MigrationLockTimeoutError, match="55P03"):
+            migrate(url, migrations_dir=migrations, retry_delays_s=())
+
+
+def test_a_run_that_timed_out_on_a_lock_is_tried_again_and_completes(
+    fresh_database: tuple[str, str], tmp_path: Path
+) -> None:
+    url, _ = fresh_database
+    migrations = _locking_migrations(tmp_path / "migrations")
+    migrate(url, migrations_dir=migrations, retry_delays_s=())
+    with psycopg.connect(url, autocommit=True) as conn:
+        _unapply_alter(conn)
+
+    with captured_logs() as logs, psycopg.connect(url) as reader:
+        reader.execute("select * from t")
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(migrate, url, migrations_dir=migrations, retry_delays_s=(0.05,) * 1000)
+            deadline = time.monotonic() + 60
+            while not logs.events("migration_lock_timeout_retrying"):
+                assert time.monotonic() < deadline and not run.done(), "no retry after a lock timeout"
+                time.sleep(0.05)
+            reader.rollback()  # the reader is done: the next try gets the lock
+            output = run.result(timeout=60)
+
+    assert "Applied: 20260101000100_alter.sql" in output
+    retry = logs.events("migration_lock_timeout_retrying")[0]
+    assert retry["migration"] == "20260101000100_alter.sql"
+    with psycopg.connect(url, autocommit=True) as conn:
+        columns = conn.execute("select column_name from information_schema.columns where table_name = 't'")
+        assert {name for (name,) in columns.fetchall()} == {"id", "x"}
+
+
+def _up_section(text: str) -> tuple[str, str]:
+    """(the ``-- migrate:up`` line, the up section's SQL without comments)."""
+    up = text.split("-- migrate:down", 1)[0]
+    header, _, body = up.partition("\n")
+    statements = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
+    return header, statements.strip()
+
+
+STRONG_LOCKS_FROM = "20261202013000"
+"""Migrations from this one on follow the rule below (the earlier ones are applied everywhere)."""
+
+
+def test_every_migration_that_alters_a_table_in_a_transaction_sets_a_lock_timeout() -> None:
+    """CONVENTIONS.md: a migration taking a strong lock on an existing table starts with
+    ``set local lock_timeout``, so a long reader makes it fail and retry instead of stalling traffic;
+    an index is built or dropped ``concurrently`` in a ``transaction:false`` file of its own."""
+    offenders = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name < STRONG_LOCKS_FROM:
+            continue
+        header, statements = _up_section(path.read_text())
+        lowered = statements.lower()
+        if "transaction:false" in header:
+            continue
+        if "alter table" in lowered and not lowered.startswith("set local lock_timeout"):
+            offenders.append(f"{path.name}: alters a table without `set local lock_timeout` first")
+        if ("create index" in lowered or "drop index" in lowered) and "create table" not in lowered:
+            offenders.append(f"{path.name}: builds or drops an index inside a transaction")
+    assert offenders == []

@@ -442,7 +442,9 @@ class OrderService:
         currency). A payment id that an earlier event brought is the same money (a redelivery under a
         new event id): ``ignored``, whether it paid the order or is a refund due once already. Money
         that no order keeps is a refund due: ``refund-due`` for an order that does not exist, or is
-        cancelled, rejected, fulfilled or paid (by another payment: this one is new); ``mismatch``
+        cancelled, rejected, fulfilled or paid (by another payment: this one is new; ``ignored`` when
+        the paying payment's id is unknown, as for an order paid through the release before
+        payment ids were stored); ``mismatch``
         for a reserved order whose amount or currency differ; and ``expired`` for a payment after the
         reservation lapsed, whether it expires the order now or the expiry cron came first, in that
         case whatever the amount, since no amount can make an expired order paid."""
@@ -454,6 +456,9 @@ class OrderService:
             return "refund-due"
         if order.status == OrderStatus.EXPIRED:
             return "expired"
+        settled = order.status in (OrderStatus.PAID, OrderStatus.FULFILLED)
+        if settled and not await queries.paying_payment_known(uow.conn, order_id=order.id):
+            return "ignored"  # paid through the previous release: this may be the same money
         if order.status != OrderStatus.RESERVED:
             return "refund-due"
         if Decimal(event.data.amount) != order.total or event.data.currency != order.currency:
