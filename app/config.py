@@ -215,6 +215,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_profile_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
     github_not_found_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 600
     github_etag_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600
+    github_etag_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1024 * 1024)] = 16 * 1024
     github_max_repos: Annotated[int, msgspec.Meta(ge=100, le=10_000)] = 1000
     github_language_repos: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
     github_blend_bytes_weight: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
@@ -235,6 +236,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Per account: the share of GitHub's hourly limit its lookups of users not stored yet may spend."""
     github_user_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
     github_user_pending_refreshes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    github_stream_max_per_user: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     github_profile_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 30
     """A profile of a login nobody tracks is deleted this long after its last fetch (the next lookup
     fetches it again); so are the snapshots of a login nobody tracks any more, after its last one."""

@@ -4,8 +4,11 @@ A batch of unpublished rows is locked (``FOR UPDATE SKIP LOCKED``, so several re
 same row), each row is enqueued with the job key ``outbox:<id>`` and the batch is marked published,
 all in one transaction. If Valkey is down the transaction rolls back and the rows wait for the next
 round: work is delayed, never lost. A crash between enqueue and commit re-sends the batch; SAQ
-ignores a job whose key it already holds and consumers are idempotent, so delivery is at least once
-without duplicates in practice.
+ignores a job whose key it holds *incomplete* (queued, active or waiting to retry) and consumers are
+idempotent, so delivery is at least once without duplicates in practice.
+
+A finished job is kept only ``FINISHED_JOB_TTL_S`` (see there): its key deduplicates nothing once the
+job is finished, and it holds the job's whole payload, which a client's requests chose.
 
 A module may take an outbox task in batches (``Job(batches=...)``): that task's rows claimed in one
 round go out as jobs of up to ``batch_size`` rows, keyed ``<function>:<first id>-<last id>:<hash of
@@ -81,6 +84,19 @@ def batching_of(modules: Sequence[Module], settings: Settings) -> dict[tuple[str
     return batching
 
 
+FINISHED_JOB_TTL_S = 300
+"""How long SAQ keeps a relayed job once it has finished (completed, or failed for good), with its
+payload. Five minutes are enough because deduplication never needs a finished job: SAQ's enqueue
+skips a key only while it is in the queue's incomplete set (queued, active, waiting to retry), and
+a job leaves that set when it finishes. A re-sent round (the next round after a rollback: within the
+poll interval, a backoff of at most 30 s and a round's deadline) finds the job still incomplete and
+is dropped; if the job has finished meanwhile, it is enqueued again however long the finished job is
+kept, and the idempotent consumer stores its rows once. A finished job is kept only to be inspected
+(the SAQ dashboard's recent results and failures; the rows stay in the outbox, in PostgreSQL, for
+``OUTBOX_RETENTION_DAYS``). A day, as before, let one account keep ~1.8 GB of payloads in Valkey,
+which runs with ``noeviction`` and holds the rate limits, the login throttle and the queues."""
+
+
 def _job(function: str, kwargs: dict[str, Any], key: str, settings: Settings) -> SaqJob:
     return SaqJob(
         function=function,
@@ -90,7 +106,7 @@ def _job(function: str, kwargs: dict[str, Any], key: str, settings: Settings) ->
         retries=settings.job_retries,
         retry_delay=1.0,
         retry_backoff=60.0,
-        ttl=24 * 3600,
+        ttl=FINISHED_JOB_TTL_S,
     )
 
 

@@ -1,4 +1,5 @@
-"""The relay's batch keys name the exact rows of a batch, and the outbox purge deletes in chunks.
+"""The relay's batch keys name the exact rows of a batch, its finished jobs leave Valkey within
+minutes, and the outbox purge deletes in chunks.
 
 A round rolled back after its enqueue (its connection lost between enqueue and commit) is re-sent;
 if a row committed meanwhile between its first and last ids, the re-sent batch holds that row too and
@@ -16,7 +17,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 from psycopg import AsyncConnection
-from saq import Queue
+from saq import Queue, Status
 from saq.types import Context
 
 from app.config import Settings
@@ -134,6 +135,36 @@ async def test_a_row_committed_between_a_resent_rounds_ids_is_in_a_job(
         assert job is not None
         await record_activities(ctx, **(job.kwargs or {}))
     assert await scalar(db, "select count(*) from activity_events") == 3
+
+
+async def test_finished_jobs_leave_valkey_within_minutes(
+    db: AsyncConnection[Any],
+    team: Team,
+    services: Services,
+    queues: dict[str, Queue],
+    relay_settings: Settings,
+) -> None:
+    """A finished job holds its whole payload (what a client's requests chose) in a Valkey that runs
+    with ``noeviction``: it is kept minutes (for the dashboard), never a day."""
+    bound_ms = 10 * 60 * 1000
+    await emit_task_created(services, team, 101)  # a batched task (the feed's record_activity)
+    await outbox_queries.insert_outbox(
+        db, queue="default", task="purge_outbox", payload={}
+    )  # one job per row
+    assert (
+        await relay_once(services.db.pool, queues, relay_settings, batching_of(MODULES, relay_settings)) == 2
+    )
+    finished = 0
+    for name in ("feed", "default"):
+        queue = queues[name]
+        redis = queue.redis  # type: ignore[attr-defined]
+        for job_id in await redis.lrange(f"saq:{name}:queued", 0, -1):
+            job = await queue._get_job_by_id(job_id.decode())  # type: ignore[attr-defined]
+            assert job is not None
+            await queue.finish(job, Status.COMPLETE if name == "feed" else Status.FAILED)
+            assert 0 < await redis.pttl(job.id) <= bound_ms, (name, await redis.pttl(job.id))
+            finished += 1
+    assert finished == 2
 
 
 async def test_the_purge_deletes_in_chunks_each_its_own_transaction(

@@ -138,6 +138,77 @@ async def test_a_changed_resource_is_fetched_again(fake: FakeGitHub, client: Git
     assert [r.status for r in fake.recorded()] == [200, 200]
 
 
+ETAG_BYTES_PER_COLD_LOOKUP = 64 * 1024
+"""What a cold lookup of a 1,000-repository user may leave in Valkey for ``GITHUB_ETAG_TTL_S``: its
+profile, ten pages of repositories and twenty repositories' languages, compressed (it was ~244 KiB)."""
+
+
+def varied_repos(count: int) -> list[FakeRepo]:
+    """Repositories whose names, counts and languages differ, as a real user's do."""
+    words = ["kube", "rust", "tool", "lib", "web", "cli", "data", "ml", "parser", "notes", "dotfiles"]
+    languages = ["Python", "Go", "Rust", None, "TypeScript", "C++"]
+    return [
+        FakeRepo(
+            name=f"{words[index % 11]}-{words[index * 7 % 11]}-{index * 7919 % 100_003}",
+            stars=index * 37 % 5000,
+            forks=index * 13 % 400,
+            size=index * 7331 % 250_000,
+            language=languages[index % 6],
+            fork=index % 5 == 0,
+            languages={"Python": index * 11, "Shell": index},
+        )
+        for index in range(count)
+    ]
+
+
+async def etag_entries(valkey: Valkey) -> dict[bytes, int]:
+    """Every stored ETag entry and the bytes Valkey spends on it."""
+    return {key: await valkey.memory_usage(key) or 0 async for key in valkey.scan_iter("github:etag:*")}
+
+
+async def test_a_cold_lookup_of_a_thousand_repositories_keeps_little_in_valkey(
+    fake: FakeGitHub, client: GitHubClient, valkey: Valkey, settings: Settings
+) -> None:
+    """Anyone may look up any login, and Valkey runs with ``noeviction``: what a lookup leaves there
+    for a week is compressed and capped per entry, yet still answers the next lookup with 304s."""
+    fake.add_user("thousand", varied_repos(1000))
+    await client.get_user("thousand", Priority.INTERACTIVE)
+    repos, _ = await client.list_repos("thousand", Priority.INTERACTIVE, max_repos=1000)
+    for repo in repos[:20]:
+        await client.get_languages(repo, Priority.INTERACTIVE)
+    spent = fake.charged()
+
+    entries = await etag_entries(valkey)
+    assert len(entries) == 1 + 10 + 20
+    assert sum(entries.values()) <= ETAG_BYTES_PER_COLD_LOOKUP, sum(entries.values())
+    stored = [len(await valkey.get(key) or b"") for key in entries]
+    assert max(stored) <= settings.github_etag_max_bytes
+
+    again, _ = await client.list_repos("thousand", Priority.INTERACTIVE, max_repos=1000)
+    assert again == repos  # ten 304s answered from the entries; the full last page is asked again
+    assert [r.status for r in fake.recorded("/repos")[-11:]] == [304] * 10 + [200]
+    assert fake.charged() == spent + 1
+
+
+async def test_an_answer_larger_than_the_cap_is_not_kept(
+    settings: Settings, fake: FakeGitHub, fake_server: FakeGitHubServer, valkey: Valkey
+) -> None:
+    configured = github_settings(settings, fake_server, github_etag_max_bytes=1024)
+    client = GitHubClient(configured, valkey, governor_for(configured, valkey, "anonymous"))
+    await client.start()
+    try:
+        fake.add_user("capped", varied_repos(100))
+        await client.get_user("capped", Priority.INTERACTIVE)
+        first, _ = await client.list_repos("capped", Priority.INTERACTIVE, max_repos=1000)
+        assert len(await etag_entries(valkey)) == 1  # the profile; the page of 100 is over the cap
+        again, _ = await client.list_repos("capped", Priority.INTERACTIVE, max_repos=1000)
+        await client.get_user("capped", Priority.INTERACTIVE)
+    finally:
+        await client.close()
+    assert again == first
+    assert [r.status for r in fake.recorded()] == [200, 200, 200, 304]
+
+
 async def test_a_429_with_retry_after_delays_the_next_request_by_at_least_that(
     fake: FakeGitHub, client: GitHubClient
 ) -> None:

@@ -5,9 +5,14 @@
   a redirect's ``location``) must start with the base URL, or it is refused. The token is sent only
   there, and only through ``_BearerAuth``, whose ``repr`` is masked.
 - Conditional requests: a 200's ``etag`` is kept verbatim (quotes, ``W/``) in Valkey with the decoded
-  body and the next-page link, keyed by the token's fingerprint and the URL (GitHub's ETags differ
-  per token: github/docs #34689). The next request sends ``if-none-match``; a 304 does not count
-  against the primary limit and is answered from that entry.
+  body (only the fields we use) and the next-page link, keyed by the token's fingerprint and the URL
+  (GitHub's ETags differ per token: github/docs #34689). The next request sends ``if-none-match``; a
+  304 does not count against the primary limit and is answered from that entry. Anyone may look up
+  any login, so what one lookup leaves in Valkey (``noeviction``) is bounded: an entry is stored
+  compressed (zlib: a page of 100 repositories, ~28 KB of msgpack, becomes ~4 KB) and only if it is
+  at most ``GITHUB_ETAG_MAX_BYTES``; a larger answer is not kept and is fetched in full next time.
+  A lookup reads at most ``1 + GITHUB_MAX_REPOS / 100 + GITHUB_LANGUAGE_REPOS`` URLs, so it keeps at
+  most that many entries of at most ``GITHUB_ETAG_MAX_BYTES``, each for ``GITHUB_ETAG_TTL_S``.
 - Every request passes the ``RateLimitGovernor`` (one in flight per token, waits for resets and
   retry-after). Transient failures (timeouts, connection errors, 5xx) are retried by ``stamina``
   with exponential backoff and jitter (``GITHUB_RETRY_ATTEMPTS``, ``GITHUB_RETRY_WAIT_S``).
@@ -25,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import zlib
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -63,6 +69,10 @@ API_VERSION = "2022-11-28"
 REQUESTS = Counter("github_requests", "Requests sent to GitHub, by answer status", ["status"])
 CONDITIONAL_HITS = Counter(
     "github_conditional_hits", "Conditional requests answered 304 Not Modified (free of rate limit)"
+)
+ETAG_ENTRIES_TOO_LARGE = Counter(
+    "github_etag_entries_too_large",
+    "Answers not kept for conditional requests: larger than GITHUB_ETAG_MAX_BYTES once compressed",
 )
 RETRIES = Counter("github_retries", "Requests to GitHub sent again, by reason", ["reason"])
 
@@ -211,6 +221,7 @@ class GitHubClient:
         self._token = settings.github_token
         self._timeout_s = settings.github_timeout_s
         self._etag_ttl_s = settings.github_etag_ttl_s
+        self._etag_max_bytes = settings.github_etag_max_bytes
         self._attempts = settings.github_retry_attempts
         self._retry_wait_s = settings.github_retry_wait_s
         self._http: httpx.AsyncClient | None = None
@@ -340,8 +351,7 @@ class GitHubClient:
             next_url = self._next_link(response)
             etag = response.headers.get("etag")
             if etag:
-                entry = _CacheEntry(etag=etag, next_url=next_url, payload=msgspec.msgpack.encode(value))
-                await self.valkey.set(cache_key, msgspec.msgpack.encode(entry), ex=self._etag_ttl_s)
+                await self._store(cache_key, _CacheEntry(etag, next_url, msgspec.msgpack.encode(value)))
             return Fetched(value=value, next_url=next_url, not_modified=False)
         if status == 404:
             raise GitHubNotFoundError("no such GitHub resource")
@@ -428,11 +438,21 @@ class GitHubClient:
         digest = hashlib.sha256(url.encode()).hexdigest()[:32]
         return f"github:etag:{self.token_id}:{digest}"
 
+    async def _store(self, key: str, entry: _CacheEntry) -> None:
+        """Keep ``entry`` compressed if it fits ``GITHUB_ETAG_MAX_BYTES``; otherwise drop any older
+        entry of the URL (its ETag names a body that is gone, so it would never be answered 304)."""
+        stored = zlib.compress(msgspec.msgpack.encode(entry), 6)
+        if len(stored) <= self._etag_max_bytes:
+            await self.valkey.set(key, stored, ex=self._etag_ttl_s)
+        else:
+            ETAG_ENTRIES_TOO_LARGE.inc()
+            await self.valkey.delete(key)
+
     async def _cached(self, key: str) -> _CacheEntry | None:
         raw = await self.valkey.get(key)
         if raw is None:
             return None
         try:
-            return msgspec.msgpack.decode(raw, type=_CacheEntry)
-        except msgspec.DecodeError:
+            return msgspec.msgpack.decode(zlib.decompress(raw), type=_CacheEntry)
+        except (zlib.error, msgspec.DecodeError):  # stored by an older version: fetched in full again
             return None

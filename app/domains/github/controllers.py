@@ -147,13 +147,15 @@ class GithubRefreshesController(Controller):
         "/{refresh_id:str}/events",
         summary="A refresh's states as Server-Sent Events, until it succeeds or fails",
         media_type="text/event-stream",
+        description="An account holds at most `GITHUB_STREAM_MAX_PER_USER` of these streams at once: "
+        "one more is a 429 (`github-refresh-streams`, with `Retry-After`).",
         responses={**problems(401, 404, 429), HTTP_200_OK: _EVENTS},
     )
     async def refresh_events(
-        self, refresh_id: RefreshId, github: Github, channels: Channels
+        self, refresh_id: RefreshId, github: Github, channels: Channels, current_user: Caller
     ) -> ServerSentEvent:
-        await github.refresh_state(refresh_id)  # 404 before the stream starts
-        return ServerSentEvent(github.refresh_events(refresh_id, channels))
+        # 404 and 429 before the stream starts
+        return ServerSentEvent(await github.open_refresh_events(refresh_id, channels, current_user.id))
 
 
 class GithubTrackingController(Controller):

@@ -31,7 +31,9 @@ per login at a time (the job key ``github-refresh:<login>`` and a pending marker
 most ``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429, or a stale answer
 without a refresh). Each has an id; its state is kept in Valkey for a day and every change is
 published on ``github:refresh:<id>`` for the SSE stream, which also re-reads the stored state so a
-late subscriber gets the final state.
+late subscriber gets the final state. Such a stream polls Valkey every second for up to two minutes,
+so an account holds at most ``GITHUB_STREAM_MAX_PER_USER`` of them at once, across every process
+(leased slots, ``app/core/slots.py``; one more is a 429).
 
 Retention (``purge_expired``, daily): profiles of logins nobody tracks go
 ``GITHUB_PROFILE_RETENTION_DAYS`` after their last fetch (the next lookup is a cold one again),
@@ -74,6 +76,7 @@ from app.core.errors import (
 )
 from app.core.modules import QueueName
 from app.core.pagination import IdCursor, Page, paginate
+from app.core.slots import Slot, StreamSlots
 from app.db import github as queries
 from app.db.models import GithubSnapshot, GithubTracked
 from app.domains.github.analysis import DEFAULT_FILTERS, analyze, repos_to_measure
@@ -119,6 +122,9 @@ POLL_S = 0.05
 SSE_POLL_S = 1.0
 SSE_KEEPALIVE_S = 15.0
 SSE_MAX_S = 120.0
+SSE_LEASE_S = 2 * SSE_KEEPALIVE_S
+"""A refresh stream's slot lease (``app/core/slots.py``), renewed every ``SSE_KEEPALIVE_S``: the
+slots of a process that died are free again within ``SSE_LEASE_S``."""
 REFRESH_JOB_GRACE_S = 30.0
 """A refresh still queued or running this long after it was saved (or started) has its job looked up
 when its state is read: a job that is gone means the refresh never finishes (see ``_abandoned``)."""
@@ -193,6 +199,11 @@ class TooManyLookupsError(TooManyRequestsError):
 class RefreshLimitError(TooManyRequestsError):
     slug = "github-refresh-limit"
     title = "Too many refreshes pending"
+
+
+class TooManyRefreshStreamsError(TooManyRequestsError):
+    slug = "github-refresh-streams"
+    title = "Too many live refresh streams"
 
 
 class NotStoredError(NotFoundError):
@@ -298,6 +309,17 @@ class GithubService:
         self.valkey = valkey
         self.broadcaster = broadcaster
         self.clock = clock
+        self.refresh_streams = StreamSlots(
+            valkey,
+            prefix="github:streams",
+            cap=settings.github_stream_max_per_user,
+            lease_ms=int(SSE_LEASE_S * 1000),
+            too_many=lambda: TooManyRefreshStreamsError(
+                f"At most {settings.github_stream_max_per_user} live refresh streams per account are"
+                " open at once: close one first.",
+                headers={"Retry-After": str(math.ceil(SSE_KEEPALIVE_S))},
+            ),
+        )
         self.governor = governor_for(settings, valkey, token_fingerprint(settings.github_token))
         self.client = GitHubClient(settings, valkey, self.governor)
         self._queue: RedisQueue | None = None
@@ -830,14 +852,35 @@ class GithubService:
         error = UpstreamError(kind=exc.kind, at=self.clock(), retry_after_s=retry_after)  # type: ignore[arg-type]
         return msgspec.structs.replace(state, status="failed", finished_at=self.clock(), error=error)
 
+    async def open_refresh_events(
+        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, user_id: int
+    ) -> AsyncIterator[ServerSentEventMessage]:
+        """The refresh's live stream, after its checks: 404 when there is no such refresh, 429
+        (``TooManyRefreshStreamsError``) when the account's other refresh streams hold every one of
+        its ``GITHUB_STREAM_MAX_PER_USER`` slots (each stream polls Valkey every second for up to
+        ``SSE_MAX_S``). The slot is given back when the stream ends."""
+        await self.refresh_state(refresh_id)
+        slot = await self.refresh_streams.claim(user_id)
+        return self.refresh_events(refresh_id, channels, slot)
+
     async def refresh_events(
-        self, refresh_id: uuid.UUID, channels: ChannelsPlugin
+        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, slot: Slot
     ) -> AsyncIterator[ServerSentEventMessage]:
         """The refresh's states as Server-Sent Events until it is final (then the stream ends).
 
         Subscribed before the stored state is read, and the stored state is re-read every second while
-        waiting: a completion published before the subscription was live is still delivered.
+        waiting: a completion published before the subscription was live is still delivered. ``slot``
+        is renewed every ``SSE_KEEPALIVE_S`` (the stream ends if it was lost) and released at the end.
         """
+        try:
+            async for message in self._refresh_events(refresh_id, channels, slot):
+                yield message
+        finally:
+            await slot.release()
+
+    async def _refresh_events(
+        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, slot: Slot
+    ) -> AsyncIterator[ServerSentEventMessage]:
         async with channels.start_subscription([refresh_channel(refresh_id)]) as subscriber:
             state = await self.refresh_state(refresh_id)
             yield _event(state)
@@ -846,9 +889,13 @@ class GithubService:
             events = subscriber.iter_events()
             pending: asyncio.Future[bytes] = asyncio.ensure_future(anext(events))
             deadline = time.monotonic() + SSE_MAX_S  # clients reconnect and get the current state
-            quiet_since = time.monotonic()
+            quiet_since = renewed_at = time.monotonic()
             try:
                 while time.monotonic() < deadline:
+                    if time.monotonic() - renewed_at >= SSE_KEEPALIVE_S:
+                        renewed_at = time.monotonic()
+                        if not await slot.renew():  # its lease lapsed and was taken: end it
+                            return
                     done, _ = await asyncio.wait({pending}, timeout=SSE_POLL_S)
                     if done:
                         latest: RefreshOut | None = msgspec.json.decode(pending.result(), type=RefreshOut)

@@ -1,0 +1,83 @@
+"""Per-account slots for long-lived responses (live streams), across every process: Valkey leases.
+
+An account holds at most ``cap`` such responses at once: each costs a connection and whatever it
+polls or subscribes to while open. The slots are a sorted set per account in Valkey,
+``<prefix>:<user id>``: response ids scored by the time (Valkey's clock, in ms) their lease ends. A
+response takes its slot before it starts (one more is the caller's 429), renews it while it lasts
+longer than its lease and gives it back when it ends. Every claim first drops the lapsed leases, so
+the slots of a process that died free themselves once their leases end. Valkey unreachable: the
+claim fails (503).
+
+Used by the feed's live streams (``app/domains/activity/live.py``) and GitHub's refresh streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+
+import anyio
+from valkey.asyncio import Valkey
+
+from app.core.errors import AppError
+from app.core.valkey import VALKEY_DOWN
+
+# KEYS: the account's slots. ARGV: the slot id, the lease (ms), the cap. 1: the slot is held (taken
+# or renewed); 0: every slot is taken by others.
+_CLAIM = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class Slot:
+    """One response's place among its account's."""
+
+    def __init__(self, slots: StreamSlots, user_id: int) -> None:
+        self.slots = slots
+        self.key = slots.key(user_id)
+        self.id = uuid.uuid4().hex
+
+    async def renew(self) -> bool:
+        """Take or renew the lease; False when the account's other responses hold every slot."""
+        slots = self.slots
+        held = await slots.claim_script(keys=[self.key], args=[self.id, slots.lease_ms, slots.cap])
+        return bool(held)
+
+    async def release(self) -> None:
+        """Give the slot back (shielded: it runs as the response is cancelled by its client leaving)."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(*VALKEY_DOWN):
+            await self.slots.valkey.zrem(self.key, self.id)
+
+
+class StreamSlots:
+    """At most ``cap`` slots per account under ``prefix``, each a lease of ``lease_ms``;
+    ``too_many()`` is the error a claim past the cap raises (a ``TooManyRequestsError``)."""
+
+    def __init__(
+        self, valkey: Valkey, *, prefix: str, cap: int, lease_ms: int, too_many: Callable[[], AppError]
+    ) -> None:
+        self.valkey = valkey
+        self.prefix = prefix
+        self.cap = cap
+        self.lease_ms = lease_ms
+        self.too_many = too_many
+        self.claim_script = valkey.register_script(_CLAIM)
+
+    def key(self, user_id: int) -> str:
+        return f"{self.prefix}:{user_id}"
+
+    async def claim(self, user_id: int) -> Slot:
+        """A slot for a new response of the user; ``too_many()`` when all are taken."""
+        slot = Slot(self, user_id)
+        if not await slot.renew():
+            raise self.too_many()
+        return slot

@@ -1,0 +1,119 @@
+"""Live refresh streams (``GET /api/github/refreshes/{id}/events``) are capped per account.
+
+Each one polls Valkey every second for up to two minutes, so an account holds at most
+``GITHUB_STREAM_MAX_PER_USER`` of them at once (leased slots in Valkey, ``app/core/slots.py``);
+one more is a 429, another account is unaffected, and a stream that ends gives its slot back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.domains.github.schemas import RefreshOut
+from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
+
+CAP = 3
+
+
+class OpenStream:
+    """A refresh stream held open over raw ASGI (httpx's ASGI transport buffers a whole answer)."""
+
+    def __init__(self, app: Litestar, path: str, token: str) -> None:
+        self.status: int | None = None
+        self._leave = asyncio.Event()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"testserver"),
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"accept", b"text/event-stream"),
+            ],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+            "state": {},
+        }
+        self.task = asyncio.create_task(app(scope, self._receive, self._send))  # type: ignore[arg-type]
+
+    async def _receive(self) -> dict[str, Any]:
+        await self._leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+
+    async def started(self) -> bool:
+        return self.status is not None
+
+    async def leave(self) -> None:
+        self._leave.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+async def test_an_account_holds_at_most_its_cap_of_refresh_streams(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    async with serve_in_loop(settings, github_stream_max_per_user=CAP) as served:
+        app, client = served.app, served.client
+        owner = await make_user(db, app, name="Streamer")
+        other = await make_user(db, app, name="Other")
+        refresh_id = uuid.uuid4()
+        now = dt.datetime.now(dt.UTC)
+        running = RefreshOut(
+            id=refresh_id,
+            username="octocat",
+            status="running",
+            requested_at=now,
+            started_at=now,
+            events_url=f"/api/github/refreshes/{refresh_id}/events",
+            state_url=f"/api/github/refreshes/{refresh_id}",
+        )
+        await valkey.set(f"github:refresh:{refresh_id}", msgspec.json.encode(running), ex=600)
+        path = running.events_url
+
+        streams = [OpenStream(app, path, owner.token) for _ in range(CAP)]
+        for stream in streams:
+            await wait_until(stream.started, 30, "the stream has started")
+        assert [stream.status for stream in streams] == [200] * CAP
+
+        refused = await client.get(path, headers=owner.headers)
+        assert_problem(refused, 429, "github-refresh-streams")
+        assert int(refused.headers["retry-after"]) >= 1
+
+        elsewhere = OpenStream(app, path, other.token)  # another account's slots are its own
+        await wait_until(elsewhere.started, 30, "the other account's stream has started")
+        assert elsewhere.status == 200
+
+        await streams[0].leave()  # a stream that ends gives its slot back
+        again = OpenStream(app, path, owner.token)
+        await wait_until(again.started, 30, "the stream has started")
+        assert again.status == 200
+
+        for stream in [*streams[1:], elsewhere, again]:
+            await stream.leave()
+        assert await valkey.zcard(f"github:streams:{owner.id}") == 0
+
+
+async def test_the_cap_is_documented_as_a_429(settings: Settings) -> None:
+    async with serve_in_loop(settings) as served:
+        schema = (await served.client.get("/schema/openapi.json")).json()
+    route = schema["paths"]["/api/github/refreshes/{refresh_id}/events"]["get"]
+    assert "429" in route["responses"]
+    assert "github-refresh-streams" in route["description"]
