@@ -254,6 +254,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     file_user_max_count: Annotated[int, msgspec.Meta(ge=1)] = 5000
     file_user_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
     file_temp_max_age_s: Annotated[int, msgspec.Meta(ge=60)] = 24 * 3600
+    file_uploads_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    """Uploads one account may have in flight at once (more: 429 ``too-many-uploads``)."""
+    file_upload_lease_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 120
+    """How long an upload's quota reservation outlives its last received chunk (or a crash)."""
     order_max_units_per_product: Annotated[int, msgspec.Meta(ge=1)] = 10
     order_max_units_held: Annotated[int, msgspec.Meta(ge=1)] = 100
     payment_webhook_secret: str = ""

@@ -108,7 +108,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             backend="brotli",
             brotli_gzip_fallback=True,
             minimum_size=1024,
-            exclude=["/api/page-views", "/bench", "/health"],  # tiny bodies: skip the wrapper
+            exclude=[
+                # Tiny bodies: skip the wrapper.
+                "/api/page-views",
+                "/bench",
+                "/health",
+                # File downloads: stored bytes (often already compressed: images, zip, pdf) up to
+                # FILE_MAX_BYTES, which brotli/gzip would encode chunk by chunk in the event loop.
+                "/api/projects/{project_id}/files/{file_id}",
+            ],
         ),
         metrics=metrics,
     )

@@ -49,6 +49,7 @@ from tests.factories import (
     make_user,
     serve_in_loop,
 )
+from tests.valkey_control import ControlledValkey
 
 MIB = 1024 * 1024
 MAX_BYTES = 6 * MIB
@@ -972,7 +973,12 @@ async def test_concurrent_uploads_cannot_overshoot_a_quota(
     """The quota is checked under the uploader's and the project's locks in the recording
     transaction: eight uploads at once into a project with room for three store exactly three."""
     async with serve_in_loop(
-        settings, files_dir=files_root, file_max_bytes=MAX_BYTES, file_project_max_count=3, **GENEROUS_AUTH
+        settings,
+        files_dir=files_root,
+        file_max_bytes=MAX_BYTES,
+        file_project_max_count=3,
+        file_uploads_per_user=8,  # all eight in flight at once: the quota refuses, not the cap
+        **GENEROUS_AUTH,
     ) as served:
         responses = await asyncio.gather(
             *(
@@ -986,3 +992,314 @@ async def test_concurrent_uploads_cannot_overshoot_a_quota(
         )
     assert sorted(r.status_code for r in responses) == [201] * 3 + [409] * 5, [r.text for r in responses]
     assert await file_rows(db) == len(stored(files_root)) == 3
+
+
+# -- uploads in flight (review: staging past every quota) ---------------------------------------
+
+
+@dataclass
+class HeldUpload:
+    """An upload sent from the test's loop whose last body chunk waits for ``release``."""
+
+    status: int = 0
+    body: bytes = b""
+    chunks_read_before_answer: int = -1
+    holding: bool = False  # every chunk but the last has been read (also drained after an answer)
+
+    @property
+    def in_flight(self) -> bool:
+        return self.holding and self.status == 0
+
+    @property
+    def settled(self) -> bool:
+        return self.holding or self.status != 0
+
+
+async def held_upload(
+    app: Litestar,
+    member: Actor,
+    project_id: int,
+    content: bytes,
+    release: asyncio.Event,
+    *,
+    into: HeldUpload | None = None,
+    declare_length: bool = True,
+    chunk_size: int = 256 * 1024,
+) -> HeldUpload:
+    """POST ``content`` into ``app`` (served in this loop) in ``chunk_size`` messages, the last one
+    only once ``release`` is set: a slow client whose upload stays in flight meanwhile. Its progress
+    is kept in ``into`` (returned)."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+            "Content-Type: text/plain\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
+    length = [(b"content-length", str(len(body)).encode())] if declare_length else []
+    scope = http_scope(
+        "POST",
+        files_url(project_id),
+        member,
+        (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        *length,
+    )
+    result = into if into is not None else HeldUpload()
+    read = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if read == len(chunks) - 1:
+            result.holding = True
+            await release.wait()
+        if read >= len(chunks):
+            await asyncio.Event().wait()  # nothing more to send: wait to be cancelled
+        read += 1
+        return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            result.status = message["status"]
+            result.chunks_read_before_answer = read
+        elif message["type"] == "http.response.body":
+            result.body += message.get("body", b"")
+
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return result
+
+
+async def settle(uploads: list[HeldUpload]) -> None:
+    """Wait (generously) until every upload is answered or holding back its last chunk."""
+    for _ in range(1200):
+        if all(upload.settled for upload in uploads):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the uploads did not settle")
+
+
+def temp_bytes(root: Path) -> int:
+    return sum(path.stat().st_size for path in (root / "tmp").glob("*") if path.is_file())
+
+
+async def test_uploads_in_flight_count_against_the_quota_before_their_body_is_read(
+    settings: Settings, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    """Only committed rows were counted: eight 5 MiB uploads at once into a 6 MiB quota each
+    streamed, fsynced and staged their whole body (40 MiB in tmp/) before seven got 409. Each upload
+    now reserves its announced size first: while the first is in flight the other seven are refused
+    before a byte of theirs is read, and no more than the quota and one file is ever staged."""
+    quota = 6 * MIB
+    content = b"x" * (5 * MIB)
+    async with serve_in_loop(
+        settings,
+        files_dir=files_root,
+        file_max_bytes=MAX_BYTES,
+        file_project_max_bytes=quota,
+        file_user_max_bytes=quota,
+        file_uploads_per_user=20,  # the quota, not the cap on uploads in flight, is what refuses here
+        **GENEROUS_AUTH,
+    ) as served:
+        release = asyncio.Event()
+        results = [HeldUpload() for _ in range(8)]
+        tasks = [
+            asyncio.create_task(
+                held_upload(served.app, world.editor, world.project, content, release, into=result)
+            )
+            for result in results
+        ]
+        try:
+            await settle(results)
+            staged = temp_bytes(files_root)
+            assert staged <= quota + MAX_BYTES, f"{staged / MIB:.1f} MiB staged in tmp/"
+            assert sum(result.in_flight for result in results) == 1, "one in flight, the others refused"
+        finally:
+            release.set()
+            await asyncio.gather(*tasks)
+    statuses = sorted(result.status for result in results)
+    assert statuses == [201] + [409] * 7, [result.body for result in results]
+    for result in results:
+        if result.status == 409:
+            assert msgspec.json.decode(result.body)["type"] == "/problems/quota-exceeded"
+            assert result.chunks_read_before_answer == 0
+    assert await file_rows(db) == len(stored(files_root)) == 1
+
+
+async def test_an_account_has_at_most_file_uploads_per_user_in_flight(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, world: World, files_root: Path
+) -> None:
+    """Beyond FILE_UPLOADS_PER_USER uploads in flight, the next is a 429 ``too-many-uploads`` before
+    its body is read; another account is not held back, and the room is given back as they end."""
+    async with serve_in_loop(
+        settings, files_dir=files_root, file_max_bytes=MAX_BYTES, file_uploads_per_user=2, **GENEROUS_AUTH
+    ) as served:
+        release = asyncio.Event()
+        in_flight = [HeldUpload() for _ in range(2)]
+        held = [
+            asyncio.create_task(
+                held_upload(
+                    served.app,
+                    world.editor,
+                    world.project,
+                    b"y" * MIB,
+                    release,
+                    into=result,
+                    declare_length=n == 0,  # unannounced: reserves FILE_MAX_BYTES
+                )
+            )
+            for n, result in enumerate(in_flight)
+        ]
+        try:
+            await settle(in_flight)
+            assert all(result.in_flight for result in in_flight), [r.body for r in in_flight]
+            third = HeldUpload()
+            held.append(
+                asyncio.create_task(
+                    held_upload(
+                        served.app, world.editor, world.other_project, b"z" * MIB, release, into=third
+                    )
+                )
+            )
+            await settle([third])
+            assert third.status == 429, f"in flight: {third.in_flight}"
+            assert msgspec.json.decode(third.body)["type"] == "/problems/too-many-uploads"
+            assert third.chunks_read_before_answer == 0
+            other = await served.client.post(
+                files_url(world.other_project),
+                files={"file": ("o.txt", b"other account", "text/plain")},
+                headers=world.outsider.headers,
+            )
+            assert other.status_code == 201, other.text
+        finally:
+            release.set()
+            await asyncio.gather(*held)
+        assert [result.status for result in in_flight] == [201, 201], [r.body for r in in_flight]
+        again = await served.client.post(
+            files_url(world.project),
+            files={"file": ("again.txt", b"again", "text/plain")},
+            headers=world.editor.headers,
+        )
+        assert again.status_code == 201, again.text
+    assert [key async for key in valkey.scan_iter("files:uploading:*")] == [], "reservations released"
+
+
+async def test_a_reservation_left_by_a_crashed_upload_lapses(
+    settings: Settings, valkey: Valkey, world: World, files_root: Path
+) -> None:
+    """A process killed with an upload in flight never releases its reservation: it lapses with its
+    lease (a second here, FILE_UPLOAD_LEASE_S), and then no longer counts."""
+    from app.domains.files.reservations import UploadReservations
+
+    async with serve_in_loop(
+        settings,
+        files_dir=files_root,
+        file_max_bytes=MAX_BYTES,
+        file_user_max_bytes=2 * MIB,
+        file_upload_lease_s=1,
+        **GENEROUS_AUTH,
+    ) as served:
+        files = served.app.state.services[FileService]
+        crashed = UploadReservations(valkey, per_user=2, lease_s=1)
+        await crashed.add(world.editor.id, world.project, 2 * MIB)  # and never released
+
+        async def post() -> httpx.Response:
+            return await served.client.post(
+                files_url(world.project),
+                files={"file": ("a.txt", b"a" * 1000, "text/plain")},
+                headers=world.editor.headers,
+            )
+
+        assert_problem(await post(), 409, "quota-exceeded")
+        for _ in range(600):
+            if (await files.uploads.in_flight(world.editor.id, world.project)).uploader_files == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await post()).status_code == 201
+
+
+async def test_an_upload_whose_reservation_lapsed_midway_is_refused(
+    settings: Settings, db: AsyncConnection[Any], world: World, files_root: Path
+) -> None:
+    """A client that sends nothing for a whole lease has its room given back; when its body
+    resumes, the upload is a 408 ``upload-stalled`` and leaves nothing behind."""
+    async with serve_in_loop(
+        settings, files_dir=files_root, file_max_bytes=MAX_BYTES, file_upload_lease_s=1, **GENEROUS_AUTH
+    ) as served:
+        files = served.app.state.services[FileService]
+        release = asyncio.Event()
+        stalled = HeldUpload()
+        task = asyncio.create_task(
+            held_upload(
+                served.app,
+                world.editor,
+                world.project,
+                b"s" * MIB,
+                release,
+                into=stalled,
+                chunk_size=MIB // 2,
+            )
+        )
+        await settle([stalled])
+        assert stalled.in_flight
+        for _ in range(600):  # the client sends nothing more until the lease has lapsed
+            if (await files.uploads.in_flight(world.editor.id, world.project)).uploader_files == 0:
+                break
+            await asyncio.sleep(0.05)
+        release.set()
+        result = await task
+    assert result.status == 408, result.body
+    assert msgspec.json.decode(result.body)["type"] == "/problems/upload-stalled"
+    assert stored(files_root) == []
+    assert await file_rows(db) == 0
+
+
+# -- downloads are not compressed (review: brotli/gzip in the event loop) ------------------------
+
+
+async def test_downloads_are_sent_uncompressed_while_json_answers_still_are(
+    api: Client, world: World
+) -> None:
+    """A download was brotli/gzip-encoded chunk by chunk in the event loop (0.9 s of CPU for 25 MiB
+    of CSV, stalling every other request): file downloads are excluded from compression, by route;
+    the JSON API still compresses."""
+    content = b"date,amount,comment\n" + b"2026-12-01,12.50,quite compressible\n" * 20_000
+    for n in range(8):
+        uploaded = await upload(
+            api, world.editor, world.project, content, filename=f"ledger-{n}.csv", content_type="text/csv"
+        )
+        assert uploaded.status_code == 201, uploaded.text
+    url = files_url(world.project, uploaded.json()["id"])
+    for encoding in ("gzip", "br", "gzip, deflate, br"):
+        download = await api.get(url, headers={**world.editor.headers, "Accept-Encoding": encoding})
+        assert download.status_code == 200
+        assert "content-encoding" not in download.headers, (encoding, download.headers)
+        assert download.content == content
+    listing = await api.get(
+        files_url(world.project), headers={**world.editor.headers, "Accept-Encoding": "gzip"}
+    )
+    assert listing.status_code == 200
+    assert listing.headers.get("content-encoding") == "gzip"
+    assert len(listing.json()["items"]) == 8
+
+
+async def test_uploads_go_on_while_valkey_is_down(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    world: World,
+    files_root: Path,
+    controlled_valkey: ControlledValkey,
+) -> None:
+    """Reservations live in Valkey; without it an upload is not refused (as the rate limits fail
+    open): the recording transaction's exact check still holds the quotas."""
+    async with serve_in_loop(
+        settings, files_dir=files_root, valkey_url=controlled_valkey.url, **GENEROUS_AUTH
+    ) as served:
+        controlled_valkey.stop()
+        try:
+            response = await upload(served.client, world.editor, world.project, b"kept without Valkey")
+        finally:
+            controlled_valkey.start()
+    assert response.status_code == 201, response.text
+    assert await file_rows(db) == 1

@@ -122,13 +122,16 @@ class ProjectFilesController(Controller):
         "a content type from the allowed list (415 otherwise). Larger than FILE_MAX_BYTES: 413. 409 "
         "`quota-exceeded` when the project (FILE_PROJECT_MAX_COUNT / _BYTES) or the uploader "
         "(FILE_USER_MAX_COUNT / _BYTES) has no room left for it, refused before the body is read when its "
-        "Content-Length already cannot fit. 400 `client-disconnected` when the client goes away before "
-        "the body is complete.",
+        "Content-Length already cannot fit; uploads in flight count against the quotas (each reserves "
+        "its Content-Length, or FILE_MAX_BYTES when not announced). 429 `too-many-uploads` when the "
+        "caller already has FILE_UPLOADS_PER_USER uploads in flight, refused before the body is read. "
+        "408 `upload-stalled` when no part of the body arrived for FILE_UPLOAD_LEASE_S. 400 "
+        "`client-disconnected` when the client goes away before the body is complete.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
         request_max_body_size=None,
         operation_class=_MultipartUploadOperation,
-        responses=problems(400, 401, 403, 404, 409, 413, 415, 429),
+        responses=problems(400, 401, 403, 404, 408, 409, 413, 415, 429),
     )
     async def upload(
         self,

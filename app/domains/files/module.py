@@ -6,6 +6,7 @@ The worker that runs the sweep must see the same ``FILES_DIR`` as the API proces
 from app.core.modules import Cron, Module
 from app.domains.files.controllers import ProjectFilesController
 from app.domains.files.jobs import sweep_files
+from app.domains.files.reservations import UploadReservations
 from app.domains.files.services import FileService, Quotas
 from app.domains.files.storage import FileStorage
 from app.domains.projects.services import ProjectService
@@ -24,6 +25,9 @@ module = Module(
             project_bytes=s.settings.file_project_max_bytes,
             user_files=s.settings.file_user_max_count,
             user_bytes=s.settings.file_user_max_bytes,
+        ),
+        uploads=UploadReservations(
+            s.valkey, per_user=s.settings.file_uploads_per_user, lease_s=s.settings.file_upload_lease_s
         ),
         temp_max_age_s=s.settings.file_temp_max_age_s,
     ),

@@ -3,11 +3,16 @@
 The file must be renamed into place before the upload's commit and unlinked only after the
 delete's, and a slow upload holds no pooled connection while its body streams in: access is checked
 in one short transaction before the first byte is read and again in the one that records the row.
+
+Uploads in flight count against the quotas too (``reservations``): the first transaction reserves
+the upload's largest possible size before a byte is read, the lease is renewed while the body
+streams, and the reservation is released once the row is recorded or the upload failed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,12 @@ from app.core.errors import ConflictError, NotFoundError
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
 from app.domains.activity.events import emit
+from app.domains.files.reservations import (
+    InFlight,
+    Reservation,
+    TooManyUploadsError,
+    UploadReservations,
+)
 from app.domains.files.storage import MULTIPART_OVERHEAD, FileStorage, OpenedFile, StagedFile
 from app.domains.projects.services import ProjectService
 
@@ -54,6 +65,12 @@ def _least_file_size(content_length: int | None, max_bytes: int) -> int:
     return least if least <= max_bytes else 0
 
 
+def _most_file_size(content_length: int | None, max_bytes: int) -> int:
+    """The largest file a body of ``content_length`` bytes can carry and be kept (what its upload
+    reserves while in flight): the length itself, at most ``max_bytes``, ``max_bytes`` if unknown."""
+    return min(content_length, max_bytes) if content_length is not None else max_bytes
+
+
 def _may_have_committed(exc: BaseException) -> bool:
     """Whether a transaction whose COMMIT was sent may have committed although ``exc`` was raised.
 
@@ -73,6 +90,7 @@ class FileService:
         max_bytes: int,
         allowed_types: Collection[str],
         quotas: Quotas,
+        uploads: UploadReservations,
         temp_max_age_s: float = 24 * 3600,
     ) -> None:
         self.db = db
@@ -81,6 +99,7 @@ class FileService:
         self.max_bytes = max_bytes
         self.allowed_types = allowed_types
         self.quotas = quotas
+        self.uploads = uploads
         self.temp_max_age_s = temp_max_age_s
         projects.after_delete(self.storage.remove_project)
 
@@ -98,26 +117,53 @@ class FileService:
         Checked before reading a byte of the body: a non-member gets 404, a viewer 403, a full
         project or uploader 409, also when the announced length already cannot fit (the least the
         file can be: the body's length less the multipart overhead allowed), so a body that cannot
-        be kept is refused before it is streamed, hashed and written.
+        be kept is refused before it is streamed, hashed and written. Uploads in flight count too:
+        an uploader with ``FILE_UPLOADS_PER_USER`` of them gets 429 ``too-many-uploads``, and the
+        room this one may need (``_most_file_size``) is reserved until it is recorded or has failed,
+        so that concurrent uploads never stage more than the quotas and one file.
         """
-        async with self.db.transaction() as uow:
-            await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
-            await self._check_quotas(
-                uow, user_id, project_id, _least_file_size(content_length, self.max_bytes)
-            )
-        staged = await self.storage.receive(
-            body,
-            content_type=content_type,
-            content_length=content_length,
-            max_bytes=self.max_bytes,
-            allowed_types=self.allowed_types,
-        )
+        reservation: Reservation | None = None
         try:
-            return await self._record(user_id, project_id, staged)
+            async with self.db.transaction() as uow:
+                await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
+                # Held until this transaction ends: no other upload of this uploader or project
+                # reserves or records between these counts and this upload's reservation.
+                await queries.lock_upload_quotas(uow.conn, user_id=user_id, project_id=project_id)
+                in_flight = await self.uploads.in_flight(user_id, project_id)
+                if in_flight.uploader_files >= self.uploads.per_user:
+                    raise TooManyUploadsError(
+                        f"{in_flight.uploader_files} uploads of yours are in flight (at most "
+                        f"{self.uploads.per_user}): wait for one to finish.",
+                        headers={"Retry-After": "5"},
+                    )
+                await self._check_quotas(
+                    uow,
+                    user_id,
+                    project_id,
+                    _least_file_size(content_length, self.max_bytes),
+                    in_flight=in_flight,
+                )
+                reservation = await self.uploads.add(
+                    user_id, project_id, _most_file_size(content_length, self.max_bytes)
+                )
+            staged = await self.storage.receive(
+                _renewing(body, reservation),
+                content_type=content_type,
+                content_length=content_length,
+                max_bytes=self.max_bytes,
+                allowed_types=self.allowed_types,
+            )
+            try:
+                return await self._record(user_id, project_id, staged, reservation)
+            finally:
+                self.storage.discard(staged.path)  # already renamed on success; otherwise the temp file
         finally:
-            self.storage.discard(staged.path)  # already renamed on success; otherwise the temp file
+            if reservation is not None:
+                await reservation.release()
 
-    async def _record(self, user_id: int, project_id: int, staged: StagedFile) -> ProjectFile:
+    async def _record(
+        self, user_id: int, project_id: int, staged: StagedFile, reservation: Reservation
+    ) -> ProjectFile:
         """Insert the row and move the file into place in one transaction.
 
         The placed file is removed when the transaction certainly did not commit; once COMMIT has
@@ -135,7 +181,8 @@ class FileService:
                     uow, user_id, project_id, ProjectRole.EDITOR, keep_project=True
                 )
                 await queries.lock_upload_quotas(uow.conn, user_id=user_id, project_id=project_id)
-                await self._check_quotas(uow, user_id, project_id, staged.size_bytes)
+                in_flight = await self.uploads.in_flight(user_id, project_id, leaving_out=reservation.member)
+                await self._check_quotas(uow, user_id, project_id, staged.size_bytes, in_flight=in_flight)
                 row = await queries.create_project_file(
                     uow.conn,
                     project_id=project_id,
@@ -157,6 +204,9 @@ class FileService:
                 )
                 final = self.storage.path_for(storage_key)
                 await self.storage.place(staged.path, storage_key)
+                # Released before the commit, while the quota locks are held (no check can count
+                # the row and the reservation both, refusing an upload that fits).
+                await reservation.release()
                 committing = True
         except BaseException as exc:
             if final is not None and not (committing and _may_have_committed(exc)):
@@ -164,21 +214,35 @@ class FileService:
             raise
         return row
 
-    async def _check_quotas(self, uow: UnitOfWork, user_id: int, project_id: int, size_bytes: int) -> None:
-        """409 unless one more file of ``size_bytes`` fits the project's and the uploader's quotas
-        (exact in the recording transaction, which holds both quota locks)."""
+    async def _check_quotas(
+        self, uow: UnitOfWork, user_id: int, project_id: int, size_bytes: int, *, in_flight: InFlight
+    ) -> None:
+        """409 unless one more file of ``size_bytes`` fits the project's and the uploader's quotas,
+        counting the files stored and the other uploads in flight (call holding both quota locks)."""
         q = self.quotas
         project = await queries.project_file_usage(uow.conn, project_id=project_id)
         uploader = await queries.uploader_file_usage(uow.conn, user_id=user_id)
         assert project is not None and uploader is not None
-        for scope, usage, max_files, max_bytes in (
-            ("project", project, q.project_files, q.project_bytes),
-            ("uploader", uploader, q.user_files, q.user_bytes),
+        for scope, files, used, max_files, max_bytes in (
+            (
+                "project",
+                project.files + in_flight.project_files,
+                project.bytes + in_flight.project_bytes,
+                q.project_files,
+                q.project_bytes,
+            ),
+            (
+                "uploader",
+                uploader.files + in_flight.uploader_files,
+                uploader.bytes + in_flight.uploader_bytes,
+                q.user_files,
+                q.user_bytes,
+            ),
         ):
-            if usage.files + 1 > max_files or usage.bytes + size_bytes > max_bytes:
+            if files + 1 > max_files or used + size_bytes > max_bytes:
                 raise QuotaExceededError(
-                    f"The {scope}'s storage quota is full ({usage.files} of {max_files} files, "
-                    f"{usage.bytes} of {max_bytes} bytes): delete files first."
+                    f"The {scope}'s storage quota is full ({files} of {max_files} files, {used} of "
+                    f"{max_bytes} bytes, uploads in flight included): delete files first."
                 )
 
     async def sweep(self) -> dict[str, int]:
@@ -251,3 +315,13 @@ class FileService:
             log.error("file_missing_on_disk", file_id=row.id, storage_key=row.storage_key)
             raise NotFoundError("The file's content is no longer available.")
         return row, opened
+
+
+async def _renewing(
+    body: AsyncGenerator[bytes, None], reservation: Reservation
+) -> AsyncGenerator[bytes, None]:
+    """``body``'s chunks, renewing ``reservation``'s lease as they arrive."""
+    async with aclosing(body):
+        async for chunk in body:
+            await reservation.keep()
+            yield chunk

@@ -1,0 +1,178 @@
+"""Uploads in flight, reserved in Valkey against the quotas before their body is read.
+
+Each upload streaming in holds a reservation — its largest possible size (the announced
+Content-Length, at most ``FILE_MAX_BYTES``; ``FILE_MAX_BYTES`` when unannounced) and one file — in
+two sorted sets, its uploader's and its project's, scored by the deadline of its lease
+(``FILE_UPLOAD_LEASE_S``). The quota checks count committed rows plus these reservations, so
+concurrent uploads never stage more than the quota and one file, and an uploader has at most
+``FILE_UPLOADS_PER_USER`` uploads in flight.
+
+A reservation is released when its upload has failed, or by the recording transaction just before
+its commit (still holding the quota locks, so no check counts both the row and the reservation, and
+whatever happens to the commit's answer, the row decides); the lease is renewed while
+the body keeps arriving, so a reservation of a process killed midway lapses after at most one lease
+(expired members are pruned before every count) and never leaks. An upload whose lease lapsed (its
+client sent nothing for a whole lease) is refused, since its room may have been given to another.
+
+Reservations are added only while the ``LockUploadQuotas`` advisory locks of their uploader and
+project are held (``FileService.upload``), so a count read under those locks stays true until the
+reservation is added; releases and expiries only ever make room.
+
+Without Valkey, uploads go on as they did before reservations existed (as the rate limits fail open):
+nothing is counted in flight, nothing reserved, and the recording transaction's exact check of the
+stored files still holds the quotas; only the bound on what concurrent uploads stage is lost meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import anyio
+import structlog
+from valkey.asyncio import Valkey
+
+from app.core.errors import AppError, TooManyRequestsError, report_dependency_down
+from app.core.valkey import VALKEY_DOWN
+
+log = structlog.get_logger("app.files")
+
+# KEYS: the uploader's set, the project's set. ARGV: a member to leave out of the counts ('' for none).
+# Prunes lapsed reservations; returns {uploader count, uploader bytes, project count, project bytes}.
+_IN_FLIGHT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local out = {}
+for i = 1, 2 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now_ms)
+  local n, bytes = 0, 0
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+    if member ~= ARGV[1] then
+      n = n + 1
+      bytes = bytes + tonumber(string.match(member, ':(%d+)$'))
+    end
+  end
+  out[#out + 1] = n
+  out[#out + 1] = bytes
+end
+return out
+"""
+
+# KEYS: the uploader's set, the project's set. ARGV: member, lease (ms), 1 to add, 0 to renew only.
+# Returns 1, or 0 when renewing a reservation that has lapsed (it is then not renewed).
+_HOLD = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if ARGV[3] == '0' then
+  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not deadline or tonumber(deadline) <= now_ms then
+    return 0
+  end
+end
+local lease = tonumber(ARGV[2])
+for i = 1, 2 do
+  redis.call('ZADD', KEYS[i], now_ms + lease, ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], lease)
+end
+return 1
+"""
+
+
+class TooManyUploadsError(TooManyRequestsError):
+    slug = "too-many-uploads"
+    title = "Too many uploads in flight"
+
+
+class UploadStalledError(AppError):
+    status = 408
+    slug = "upload-stalled"
+    title = "Upload stalled"
+
+
+class InFlight:
+    """Counts and bytes reserved by uploads in flight, per uploader and per project."""
+
+    __slots__ = ("project_bytes", "project_files", "uploader_bytes", "uploader_files")
+
+    def __init__(self, counts: list[Any]) -> None:
+        self.uploader_files, self.uploader_bytes, self.project_files, self.project_bytes = (
+            int(value) for value in counts
+        )
+
+
+NOTHING_IN_FLIGHT = InFlight([0, 0, 0, 0])
+"""What is counted while Valkey cannot be reached (see the module's docstring)."""
+
+
+class Reservation:
+    """One upload's hold on quota; renewed while its body streams, released when it ends."""
+
+    def __init__(self, uploads: UploadReservations, keys: list[str], member: str) -> None:
+        """``member`` is '' for an upload that reserved nothing (Valkey was unreachable)."""
+        self._uploads = uploads
+        self.keys = keys
+        self.member = member
+        self._renewed_at = time.monotonic()
+
+    async def keep(self) -> None:
+        """Renew the lease when a quarter of it has passed; 408 if it has lapsed meanwhile."""
+        if not self.member or time.monotonic() - self._renewed_at < self._uploads.lease_s / 4:
+            return
+        try:
+            held = await self._uploads.hold(keys=self.keys, args=[self.member, self._uploads.lease_ms, 0])
+        except VALKEY_DOWN as exc:  # renewed at the next chunk, if Valkey is back by then
+            report_dependency_down(exc, "file-uploads")
+            return
+        if not held:
+            raise UploadStalledError(
+                f"No part of the body arrived for {self._uploads.lease_s:g} s: the upload's room "
+                "was given back. Send it again."
+            )
+        self._renewed_at = time.monotonic()
+
+    async def release(self) -> None:
+        """Give the room back (also while being cancelled); a failure leaves it to the lease."""
+        if not self.member:
+            return
+        with anyio.move_on_after(5, shield=True):
+            try:
+                async with self._uploads.valkey.pipeline(transaction=False) as pipe:
+                    for key in self.keys:
+                        pipe.zrem(key, self.member)
+                    await pipe.execute()
+            except Exception:
+                log.warning("upload_reservation_not_released", member=self.member, exc_info=True)
+
+
+class UploadReservations:
+    def __init__(self, valkey: Valkey, *, per_user: int, lease_s: float) -> None:
+        self.valkey = valkey
+        self.per_user = per_user
+        self.lease_s = lease_s
+        self.lease_ms = int(lease_s * 1000)
+        self.in_flight_script = valkey.register_script(_IN_FLIGHT)
+        self.hold = valkey.register_script(_HOLD)
+
+    @staticmethod
+    def keys(user_id: int, project_id: int) -> list[str]:
+        return [f"files:uploading:user:{user_id}", f"files:uploading:project:{project_id}"]
+
+    async def in_flight(self, user_id: int, project_id: int, *, leaving_out: str = "") -> InFlight:
+        try:
+            counts = await self.in_flight_script(keys=self.keys(user_id, project_id), args=[leaving_out])
+        except VALKEY_DOWN as exc:
+            report_dependency_down(exc, "file-uploads")
+            return NOTHING_IN_FLIGHT
+        return InFlight(counts)
+
+    async def add(self, user_id: int, project_id: int, size_bytes: int) -> Reservation:
+        """Reserve ``size_bytes`` and one file (call holding the quota locks, after the checks)."""
+        keys = self.keys(user_id, project_id)
+        member = f"{uuid.uuid4().hex}:{size_bytes}"
+        try:
+            await self.hold(keys=keys, args=[member, self.lease_ms, 1])
+        except VALKEY_DOWN as exc:
+            report_dependency_down(exc, "file-uploads")
+            return Reservation(self, keys, "")
+        return Reservation(self, keys, member)
