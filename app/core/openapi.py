@@ -17,6 +17,7 @@ _DESCRIPTIONS = {
     401: "Missing, invalid or expired credentials",
     403: "Authenticated, but not allowed",
     404: "No such resource (or not visible to the caller)",
+    408: "The request's body stopped arriving for too long; send it again",
     409: "Conflicts with the current state",
     413: "Request body over the route's limit (MAX_BODY_BYTES unless the route says otherwise)",
     422: "Well-formed but cannot be processed",
