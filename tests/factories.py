@@ -489,3 +489,23 @@ def captured_logs(level: int = logging.INFO) -> Iterator[LogCapture]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+
+
+def http_scope(method: str, path: str, token: str, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The ASGI scope of a request with ``token``, for driving the app without the test client
+    (whose ASGI transport buffers a whole answer: no view of a stream, or of a body half sent)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode()), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }

@@ -45,6 +45,7 @@ from tests.factories import (
     answer_racing,
     assert_problem,
     generous_client,
+    http_scope,
     make_project,
     make_user,
     serve_in_loop,
@@ -656,7 +657,7 @@ async def test_a_delete_landing_after_the_headers_of_a_download_does_not_cut_its
     app: Litestar = api.app  # type: ignore[assignment]
     files = app.state.services[FileService]
     path = files_url(world.project, file_id)
-    scope = http_scope("GET", path, world.editor)
+    scope = http_scope("GET", path, world.editor.token)
     status = 0
     body = bytearray()
     requested = False
@@ -713,29 +714,6 @@ async def test_deleting_a_project_leaves_none_of_its_files_on_disk(
 # -- streaming (the ASGI app driven directly, so the body arrives in many messages) --------------
 
 
-def http_scope(method: str, path: str, member: Actor, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
-    """The ASGI scope of ``member``'s request, for driving the app without the test client."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {member.token}".encode()),
-            *headers,
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
-
-
 @dataclass
 class AsgiResult:
     status: int
@@ -776,7 +754,7 @@ async def stream_upload(
     scope = http_scope(
         "POST",
         path,
-        member,
+        member.token,
         (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
         *length,
     )
@@ -1043,7 +1021,7 @@ async def held_upload(
     scope = http_scope(
         "POST",
         files_url(project_id),
-        member,
+        member.token,
         (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
         *length,
     )

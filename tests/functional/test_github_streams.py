@@ -19,7 +19,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.domains.github.schemas import RefreshOut
-from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
+from tests.factories import assert_problem, http_scope, make_user, serve_in_loop, wait_until
 
 CAP = 3
 
@@ -30,25 +30,7 @@ class OpenStream:
     def __init__(self, app: Litestar, path: str, token: str) -> None:
         self.status: int | None = None
         self._leave = asyncio.Event()
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [
-                (b"host", b"testserver"),
-                (b"authorization", f"Bearer {token}".encode()),
-                (b"accept", b"text/event-stream"),
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-            "state": {},
-        }
+        scope = http_scope("GET", path, token, (b"accept", b"text/event-stream"))
         self.task = asyncio.create_task(app(scope, self._receive, self._send))  # type: ignore[arg-type]
 
     async def _receive(self) -> dict[str, Any]:
