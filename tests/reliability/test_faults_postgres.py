@@ -55,6 +55,7 @@ FAULT_ENV = {
     **GENEROUS,
     "DATABASE_TIMEOUT_S": str(DATABASE_TIMEOUT_S),
     "HEALTH_TIMEOUT_S": str(HEALTH_TIMEOUT_S),
+    "HEALTH_READY_SHARED_S": "0",  # the probe right after the fault checks (sharing: test_health.py)
     "STATEMENT_TIMEOUT_MS": "5000",
 }
 

@@ -43,7 +43,12 @@ from tests.valkey_control import ControlledValkey
 
 VALKEY_TIMEOUT_S = 0.5
 HEALTH_TIMEOUT_S = 1.0
-FAULT_ENV = {**GENEROUS, "VALKEY_TIMEOUT_S": str(VALKEY_TIMEOUT_S), "HEALTH_TIMEOUT_S": str(HEALTH_TIMEOUT_S)}
+FAULT_ENV = {
+    **GENEROUS,
+    "VALKEY_TIMEOUT_S": str(VALKEY_TIMEOUT_S),
+    "HEALTH_TIMEOUT_S": str(HEALTH_TIMEOUT_S),
+    "HEALTH_READY_SHARED_S": "0",  # the probe right after the fault checks (sharing: test_health.py)
+}
 
 
 async def metric(base: str, name: str) -> float:
