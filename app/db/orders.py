@@ -508,3 +508,14 @@ async def paying_payment_known(conn: AsyncConnection[Any], *, order_id: int | No
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(PAYING_PAYMENT_KNOWN, (order_id,))
         return await cur.fetchone()
+
+
+DATABASE_NOW = "select clock_timestamp()::timestamptz as now"
+
+
+async def database_now(conn: AsyncConnection[Any]) -> datetime | None:
+    """The database's clock, now: order deadlines are set and judged by it, as the expiry cron's now()
+    judges them (a web or worker host's clock may differ from the database's)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(DATABASE_NOW)
+        return await cur.fetchone()

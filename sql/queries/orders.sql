@@ -180,3 +180,8 @@ select exists (
     select 1 from payment_events
     where order_id = @order_id and outcome = 'paid' and payment_id is not null
 ) as known;
+
+-- name: DatabaseNow :one
+-- The database's clock, now: order deadlines are set and judged by it, as the expiry cron's now()
+-- judges them (a web or worker host's clock may differ from the database's).
+select clock_timestamp()::timestamptz as now;

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db.models import OrderStatus
+from app.domains.orders import services as orders_services
 from app.domains.orders.services import OrderService
 from tests.factories import Actor, assert_problem, captured_logs, make_product, make_user, serve_in_loop
 from tests.fakes import payments
@@ -513,3 +515,49 @@ async def test_only_administrators_see_and_mark_refunds(
         marked = await client.post("/api/admin/payments/evt-due/refunded", headers=headers)
         assert_problem(marked, status, slug)
     assert [item["event_id"] for item in (await refunds_due(client, admin))["items"]] == ["evt-due"]
+
+
+def skew_app_clock(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
+    """The orders module's host clock off by ``by`` from the database's (NTP off on one host)."""
+
+    class Skewed(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Skewed:
+            return cast("Skewed", datetime.now(tz) + by)
+
+    monkeypatch.setattr(orders_services, "datetime", Skewed)
+
+
+async def test_a_reservation_window_is_the_databases_whatever_the_hosts_clock(
+    shop: tuple[Litestar, Client],
+    db: AsyncConnection[Any],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The expiry cron ends reservations by PostgreSQL's clock: a window set by a host 10 minutes
+    behind was 10 minutes short of RESERVATION_WINDOW_S."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    skew_app_clock(monkeypatch, -timedelta(minutes=10))
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=5, price="1.00"), 1)
+    left = "select extract(epoch from reserved_until - now()) from orders where id = %s"
+    row = await (await db.execute(left, (order_id,))).fetchone()
+    assert row is not None
+    assert abs(float(row[0]) - settings.reservation_window_s) < 60, row
+
+
+async def test_a_payment_in_time_by_the_databases_clock_pays_whatever_the_hosts_clock(
+    shop: tuple[Litestar, Client],
+    db: AsyncConnection[Any],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A web host whose clock runs past the window judged a payment made in time as late (expired,
+    a refund due) while the order was still reserved for the expiry cron."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=5, price="1.00"), 1)
+    skew_app_clock(monkeypatch, timedelta(seconds=settings.reservation_window_s + 60))
+    answer = await deliver(client, order_id, "1.00", event_id="evt-in-time", payment_id="pay-in-time")
+    assert answer["outcome"] == "paid"
+    assert (await state(db, order_id))[0] == "paid"

@@ -10,7 +10,7 @@ cancelled; reserved → expired. Only the payment provider's signed webhook make
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -78,6 +78,15 @@ class PlacedOrder(msgspec.Struct, frozen=True):
     body: bytes
     order_id: int
     replayed: bool
+
+
+async def _database_now(uow: UnitOfWork) -> datetime:
+    """The clock every order deadline is set and judged by: the database's (the expiry cron compares
+    ``reserved_until`` with ``now()``; an app host's clock off by minutes set windows that the cron
+    ended early, or judged payments made in time as late)."""
+    now = await queries.database_now(uow.conn)
+    assert now is not None
+    return now
 
 
 async def _transition(
@@ -292,7 +301,7 @@ class OrderService:
                     shortfall=shortfall,
                 )
                 return OrderStatus.REJECTED
-            until = datetime.now(UTC) + timedelta(seconds=self.settings.reservation_window_s)
+            until = await _database_now(uow) + timedelta(seconds=self.settings.reservation_window_s)
             await _transition(
                 uow, order, OrderStatus.RESERVED, reason="stock reserved", actor=None, reserved_until=until
             )
@@ -305,8 +314,8 @@ class OrderService:
         sweeper, and a job that ran out of retries is gone; this makes progress independent of both.
         ``reserve`` is idempotent, so racing a late job is harmless.
         """
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
         async with self.db.transaction() as uow:
+            cutoff = await _database_now(uow) - timedelta(seconds=older_than_s)
             stale = await queries.list_stale_pending_orders(
                 uow.conn, created_before=cutoff, batch_size=batch_size
             )
@@ -463,7 +472,7 @@ class OrderService:
             return "refund-due"
         if Decimal(event.data.amount) != order.total or event.data.currency != order.currency:
             return "mismatch"
-        if order.reserved_until and order.reserved_until <= datetime.now(UTC):
+        if order.reserved_until and order.reserved_until <= await _database_now(uow):
             await self._release_stock(uow, order.id)
             await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
             return "expired"
