@@ -33,6 +33,7 @@ import structlog
 from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
+from app.core.logging import OncePerInterval
 from app.core.multiplexed import MultiplexedValkey
 from app.core.valkey import VALKEY_DOWN
 
@@ -98,8 +99,7 @@ class Cache:
         self.prefix = prefix
         self.lock_ttl_s = lock_ttl_s
         self.poll_interval_s = poll_interval_s
-        self._warn_interval_s = warn_interval_s
-        self._last_warning = float("-inf")
+        self._warnings = OncePerInterval(warn_interval_s)
         self._fetch = self.lookups.register_script(_FETCH)
         self._release = valkey.register_script(_RELEASE)
         self._invalidate = valkey.register_script(_INVALIDATE)
@@ -115,9 +115,7 @@ class Cache:
     def degraded(self, namespace: str, operation: str, error: Exception) -> None:
         """Count every fallback, but warn at most once per ``warn_interval_s`` (an outage is loud)."""
         CACHE_DEGRADED.labels(namespace=namespace).inc()
-        now = time.monotonic()
-        if now - self._last_warning >= self._warn_interval_s:
-            self._last_warning = now
+        if self._warnings.due():
             _log.warning("cache degraded", namespace=namespace, operation=operation, error=repr(error))
 
 

@@ -48,7 +48,13 @@ LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class MigrationLockTimeoutError(RuntimeError):
-    """A migration gave up waiting for a lock (its ``lock_timeout``): tried again later."""
+    """A migration gave up waiting for a lock (its ``lock_timeout``): tried again later.
+    ``applied``: dbmate's lines for the migrations it applied before it; ``migration``: its file."""
+
+    def __init__(self, output: str, stdout: str) -> None:
+        super().__init__(output)
+        self.applied, _, failing = stdout.rpartition("Applying: ")
+        self.migration = failing.strip()
 
 
 def dbmate_binary() -> str:
@@ -82,7 +88,7 @@ def dbmate(database_url: str, *args: str, migrations_dir: Path = MIGRATIONS_DIR)
     if result.returncode != 0:
         output = f"dbmate {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
         if f"({LOCK_TIMEOUT_SQLSTATE})" in result.stderr:
-            raise MigrationLockTimeoutError(output)
+            raise MigrationLockTimeoutError(output, result.stdout)
         raise RuntimeError(output)
     return result.stdout
 
@@ -104,13 +110,8 @@ def migrate(
             except MigrationLockTimeoutError as exc:
                 if delay is None:
                     raise
-                done, _, failure = str(exc).partition("\n")[2].rpartition("Applying: ")
-                applied.append(done)
-                log.warning(
-                    "migration_lock_timeout_retrying",
-                    migration=failure.split("\n", 1)[0].strip(),
-                    retry_in_s=delay,
-                )
+                applied.append(exc.applied)
+                log.warning("migration_lock_timeout_retrying", migration=exc.migration, retry_in_s=delay)
                 time.sleep(delay)
         raise AssertionError("unreachable: the last try raises or returns")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from saq.types import Context
 from app.config import Settings
 from app.core.db import Database
 from app.core.deadline import answered_within
+from app.core.logging import OncePerInterval
 from app.core.modules import Cron, Job, Module
 from app.core.services import services_of
 from app.db import outbox as outbox_queries
@@ -194,7 +194,7 @@ class OutboxRelay:
         self.settings = settings
         self.batching = batching or {}
         self._stop = asyncio.Event()
-        self._last_warning = 0.0
+        self._warnings = OncePerInterval(30.0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -210,9 +210,7 @@ class OutboxRelay:
             except Exception as exc:
                 FAILURES.inc()
                 delay = min(max(delay, interval) * 2, 30.0)
-                now = time.monotonic()
-                if now - self._last_warning >= 30.0:
-                    self._last_warning = now
+                if self._warnings.due():
                     log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
             if delay:
                 with contextlib.suppress(TimeoutError):

@@ -42,6 +42,7 @@ from valkey.exceptions import ValkeyError
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
+from app.core.logging import OncePerInterval
 from app.db import monitoring as queries
 from app.db.models import (
     MonitoringCronMonitor,
@@ -194,7 +195,7 @@ class MonitoringService:
         self._task: asyncio.Task[None] | None = None
         self._fallback: asyncio.Task[int] | None = None
         self._stop: asyncio.Event | None = None
-        self._last_warning = 0.0
+        self._task_warnings = OncePerInterval(30.0)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -253,9 +254,7 @@ class MonitoringService:
         try:
             await work
         except Exception as exc:
-            now = time.monotonic()
-            if now - self._last_warning >= 30:
-                self._last_warning = now
+            if self._task_warnings.due():
                 log.warning(
                     "monitoring_task_failed",
                     task=what,

@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
 from app.core.errors import TooManyRequestsError
+from app.core.logging import OncePerInterval
 
 log = structlog.get_logger("app.pageviews.quota")
 
@@ -138,8 +139,7 @@ class SiteQuota:
         self._script = valkey.register_script(_LEASE)
         self._leases: LRUCache[int, _Lease] = LRUCache(maxsize=max_sites)
         self._clock = clock
-        self._warn_interval_s = warn_interval_s
-        self._warned_at = float("-inf")
+        self._warnings = OncePerInterval(warn_interval_s)
 
     async def take(self, site_id: int, count: int) -> int:
         """Spend ``count`` views of the site's quota, or raise ``SiteQuotaExceededError`` having
@@ -221,7 +221,5 @@ class SiteQuota:
             lease.denied_until = min(sent + DENIAL_CACHE_S, lease.retry_at)
 
     def _warn(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= self._warn_interval_s:
-            self._warned_at = now
+        if self._warnings.due():
             log.warning("page_view_quota_unavailable", error=type(exc).__name__)
