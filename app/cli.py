@@ -45,9 +45,10 @@ from typing import Any
 import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
-from app.core.logging import configure_logging, scrub_secrets
+from app.core.logging import configure_logging
 from app.core.migrate import migrate
 from app.core.runtime import release_services, resolve_services
+from app.core.scrub import scrub_text
 
 GRANIAN_BACKLOG = 2048
 GRANIAN_WORKERS_KILL_TIMEOUT_S = 2  # granian's own bound on a worker's graceful stop
@@ -195,7 +196,7 @@ def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
                 return
         except psycopg.Error as exc:  # its text may quote the URL (or the part it could not parse)
             text = str(exc).strip()
-            error = scrub_secrets(text.splitlines()[0], url) if text else type(exc).__name__
+            error = scrub_text(text.splitlines()[0], url) if text else type(exc).__name__
         if time.monotonic() >= deadline:
             raise LaunchError(
                 f"PostgreSQL did not answer within {timeout:g}s (DATABASE_URL={redact_url(url)}): {error}"
@@ -355,8 +356,8 @@ def serve(settings: Settings) -> int:
             return 0
         secrets = (configured.database_url, configured.valkey_url, settings.database_url, settings.valkey_url)
         if not isinstance(exc, LaunchError | SettingsError | RuntimeError | OSError):
-            print(scrub_secrets(traceback.format_exc(), *secrets), end="", file=sys.stderr)
-        print(f"serve: failed: {scrub_secrets(str(exc), *secrets)}", file=sys.stderr, flush=True)
+            print(scrub_text(traceback.format_exc(), *secrets), end="", file=sys.stderr)
+        print(f"serve: failed: {scrub_text(str(exc), *secrets)}", file=sys.stderr, flush=True)
         return 1
     finally:
         for signum in _StopSignals.SIGNALS:  # the clean-up is bounded: let nothing interrupt it
@@ -420,7 +421,7 @@ def exit_scrubbed(*urls: str | None) -> Iterator[None]:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException:
-        print(scrub_secrets(traceback.format_exc(), *urls), end="", file=sys.stderr, flush=True)
+        print(scrub_text(traceback.format_exc(), *urls), end="", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import faulthandler
 import logging
-import re
 import sys
 import time
 from collections.abc import MutableMapping
@@ -22,6 +21,8 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 import structlog
+
+from app.core.scrub import MASK, scrub_text
 
 _SECRET_KEYS = frozenset(
     {"password", "secret_key", "token", "access_token", "refresh_token", "authorization"}
@@ -49,53 +50,11 @@ def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: a secret passed to a log call by mistake is masked, never written."""
     for key in _SECRET_KEYS.intersection(event):
-        event[key] = "***"
+        event[key] = MASK
     return event
 
 
-_MASK = "***"
-_SECRET_VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # credentials in URLs: scheme://user:password@host (also a scheme missing its colon)
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:?//[^/\s:@\"']*):[^\s@\"']*@"), rf"\1:{_MASK}@"),
-    # password=..., "password": "...", token: ... (a DSN, a repr, a header)
-    (
-        re.compile(
-            r"""(?i)(\b(?:password|passwd|pwd|secret|token|api[_-]?key|authorization)\b"""
-            r"""["']?[ \t]*[=:][ \t]*)"""
-            r"""("[^"]*"|'[^']*'|[^\s"',;&}\]]+)"""
-        ),
-        rf"\1{_MASK}",
-    ),
-    (re.compile(r"(?i)\b(bearer|basic)[ \t]+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {_MASK}"),
-)
 ERROR_MESSAGE_MAX_LENGTH = 300
-
-
-def _url_password(url: str) -> str | None:
-    """The password part of a URL-shaped string, even a malformed one (``user:pw@`` before the host)."""
-    rest = url.split("//", 1)[1] if "//" in url else url
-    if "@" not in rest:
-        return None
-    credentials = rest.rsplit("@", 1)[0]
-    return credentials.split(":", 1)[1] if ":" in credentials else None
-
-
-def scrub_secrets(text: str, *urls: str | None) -> str:
-    """``text`` with credentials masked: the passwords of the URLs given (raw or percent-decoded,
-    wherever they appear: a driver quotes a bad token alone), any ``user:pw@`` in a URL, and
-    ``password=``-like values."""
-    from urllib.parse import unquote
-
-    for url in urls:
-        password = _url_password(url) if url else None
-        if not password:
-            continue
-        for secret in sorted({password, unquote(password)}, key=len, reverse=True):
-            if len(secret) >= 3:  # shorter is not told from other text (the patterns below still apply)
-                text = text.replace(secret, _MASK)
-    for pattern, replacement in _SECRET_VALUE_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def error_message(exc: BaseException) -> str:
@@ -103,7 +62,7 @@ def error_message(exc: BaseException) -> str:
     (the type when it has no message)."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    return scrub_secrets(first)[:ERROR_MESSAGE_MAX_LENGTH]
+    return scrub_text(first)[:ERROR_MESSAGE_MAX_LENGTH]
 
 
 class OncePerInterval:
@@ -122,12 +81,17 @@ class OncePerInterval:
         return False
 
 
-def _scrub_exception(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A traceback may quote a connection string (a driver's error): its credentials are masked."""
-    exception = event.get("exception")
-    if isinstance(exception, str):
-        event["exception"] = scrub_secrets(exception)
+def _scrub_strings(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every string field of an event (its message, a driver's error quoting a connection string, a
+    URL, the traceback) with secrets masked (``app.core.scrub``); nested values are not walked."""
+    for key, value in event.items():
+        if isinstance(value, str) and key not in _OURS:
+            event[key] = scrub_text(value)
     return event
+
+
+_OURS = frozenset({"timestamp", "level", "logger", "request_id"})
+"""Fields the pipeline itself writes: nothing to scrub."""
 
 
 # --- SAQ's own log lines ------------------------------------------------------------------------
@@ -211,7 +175,7 @@ _SHARED: list[structlog.typing.Processor] = [
 
 def build_formatter(json: bool = True) -> logging.Formatter:
     """How every record is rendered: structlog's events and the standard library's (litestar,
-    granian, saq: with the job fields ``SaqLogFilter`` sets), tracebacks with credentials masked."""
+    granian, saq: with the job fields ``SaqLogFilter`` sets), every string field with secrets masked."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -220,7 +184,7 @@ def build_formatter(json: bool = True) -> logging.Formatter:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            _scrub_exception,
+            _scrub_strings,
             renderer,
         ],
     )

@@ -358,7 +358,7 @@ class GitHubClient:
         if status >= 500:
             raise _TransientError(f"status-{status}")
         if status == 401:
-            log.warning("github_bad_credentials", token=self.token_id)
+            log.warning("github_bad_credentials", token_fingerprint=self.token_id)
             raise GitHubDownError("GitHub refused the configured token (401)")
         if status in (403, 451):
             raise GitHubRefusedError(f"GitHub refused this resource ({status})")

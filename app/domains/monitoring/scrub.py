@@ -2,6 +2,8 @@
 
 Bodies, headers and cookies are never captured at all; what is captured (exception messages, source
 lines, context values) passes through ``scrub_text`` / ``scrub_mapping`` before it is stored or sent.
+The patterns are the ones every log line passes through (``app.core.scrub``); this module adds what
+storing needs (text PostgreSQL accepts) and the walk of a captured context by its keys.
 """
 
 from __future__ import annotations
@@ -10,45 +12,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-FILTERED = "[Filtered]"
+from app.core.scrub import MASK
+from app.core.scrub import scrub_text as scrub_secrets
+
+FILTERED = MASK
 
 SENSITIVE_KEY = re.compile(
     r"pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|auth|cookie|session|credential|private[-_]?key"
     r"|signature|csrf|jwt|bearer|dsn",
     re.IGNORECASE,
 )
-"""Key names whose values are never stored (``password``, ``X-Api-Key``, ``sessionid``, ...)."""
-
-_KEYS = (
-    r"password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?token|refresh[_-]?token"
-    r"|client[_-]?secret|authorization|cookie|session(?:[_-]?id)?|jwt|private[_-]?key"
-)
-_VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Authorization header values (before key=value, which would stop at the scheme)
-    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {FILTERED}"),
-    # key=value, key: value, "key": "value" (JSON or repr of a dict), ?key=value in URLs
-    (
-        re.compile(rf"""(?i)(["']?\b(?:{_KEYS})\b["']?\s*[=:]\s*["']?)([^\s"',;&}}\]]+)"""),
-        rf"\g<1>{FILTERED}",
-    ),
-    # JSON Web Tokens
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), FILTERED),
-    # credentials in URLs: scheme://user:password@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@"), rf"\1:{FILTERED}@"),
-    # Telegram bot tokens, and whatever stands in a Bot API path (/bot<token>/method)
-    (re.compile(r"/bot[^/\s]+/"), f"/bot{FILTERED}/"),
-    (re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}"), FILTERED),
-    # GitHub, Slack, AWS and Stripe style keys
-    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"), FILTERED),
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), FILTERED),
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), FILTERED),
-    (re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"), FILTERED),
-    # PEM private keys
-    (
-        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL),
-        FILTERED,
-    ),
-)
+"""Names of fields whose values are never kept, whatever they look like (``password``, ``X-Api-Key``,
+``sessionid``) in a captured error's context."""
 
 
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
@@ -61,10 +36,7 @@ def storable(text: str) -> str:
 
 def scrub_text(text: str) -> str:
     """``text`` with every value that looks like a secret replaced by ``[Filtered]`` (and storable)."""
-    text = storable(text)
-    for pattern, replacement in _VALUE_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    return scrub_secrets(storable(text))
 
 
 def scrub_value(key: str, value: Any, depth: int = 0) -> Any:

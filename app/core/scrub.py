@@ -1,0 +1,92 @@
+"""Secrets out of text: one set of patterns for everything that leaves the process as text.
+
+Log lines (every string field of an event, tracebacks), a command's dying message, and captured
+errors (monitoring's events and Telegram alerts) all pass through ``scrub_text``. Two sets used to
+exist, and each missed what the other caught: a log line kept a GitHub or Telegram token and a
+quoted ``password="..."``; a captured error kept the password of a URL missing its scheme's colon.
+
+A secret is recognised by its shape (a URL's ``user:password@``, a JWT, a bearer value, a provider's
+key format, a PEM private key) or by the name written before it (``password=``, ``"token": "..."``).
+Text holding none of the substrings every match needs is returned unchanged, so scrubbing every field
+of a log event costs about a microsecond per field.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+MASK = "[Filtered]"
+
+_KEYS = (
+    r"password|passwd|passphrase|pwd|secret|secret[_-]?key|token|api[_-]?key|access[_-]?token"
+    r"|refresh[_-]?token|client[_-]?secret|authorization|cookie|session(?:[_-]?id)?|jwt|private[_-]?key"
+)
+_PATTERNS: tuple[tuple[str, str], ...] = (
+    # PEM private keys, whole (first: a key's body would otherwise be cut by the patterns below)
+    (r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", MASK),
+    # credentials in URLs: scheme://user:password@host (also a scheme missing its colon)
+    (r"(?i)\b([a-z][a-z0-9+.-]*:?//[^/\s:@\"']*):[^\s@\"']*@", rf"\1:{MASK}@"),
+    # Authorization header values (before key=value, which would stop at the scheme)
+    (r"(?i)\b(bearer|basic)[ \t]+[A-Za-z0-9._~+/=-]{8,}", rf"\1 {MASK}"),
+    (r"(?i)\b(token)[ \t]+[A-Za-z0-9._~+/=-]{16,}", rf"\1 {MASK}"),  # not "token provided" in prose
+    # key=value, key: value, "key": "value" (JSON, a dict's repr, a DSN), ?key=value in URLs
+    (
+        rf"""(?i)(["']?\b(?:{_KEYS})\b["']?[ \t]*[=:][ \t]*)("[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
+        rf"\g<1>{MASK}",
+    ),
+    # JSON Web Tokens
+    (r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", MASK),
+    # Telegram bot tokens, and whatever stands in a Bot API path (/bot<token>/method)
+    (r"/bot[^/\s]+/", f"/bot{MASK}/"),
+    (r"\d{5,}:[A-Za-z0-9_-]{30,}", MASK),
+    # GitHub, Slack, AWS and Stripe style keys
+    (r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})", MASK),
+    (r"\bxox[abposr]-[A-Za-z0-9-]{10,}", MASK),
+    (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", MASK),
+    (r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}", MASK),
+)
+_SUBSTITUTIONS = tuple((re.compile(pattern, re.DOTALL), replacement) for pattern, replacement in _PATTERNS)
+_TRIGGERS = (
+    *("private", "@", "bearer", "basic", "token", "pass", "pwd", "secret", "apikey", "api_key", "api-key"),
+    *("authorization", "cookie", "session", "jwt", "eyj", "/bot", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    *("github_pat_", "xox", "akia", "asia", "_live_", "_test_"),
+)
+"""A substring of every match of the patterns (lower case): text holding none of them is left as it is.
+Substring tests run in C; one search of the patterns joined cost 3-10 µs per short field, 60 per
+300 characters."""
+_TELEGRAM_TOKEN_START = re.compile(r"\d{5}:")
+
+
+def _may_hold_secret(text: str) -> bool:
+    lowered = text.lower()
+    for trigger in _TRIGGERS:  # a loop, not any(): no generator per field
+        if trigger in lowered:
+            return True
+    return ":" in text and _TELEGRAM_TOKEN_START.search(text) is not None
+
+
+def scrub_text(text: str, *urls: str | None) -> str:
+    """``text`` with every value that looks like a secret replaced by ``MASK``; also the passwords of
+    ``urls`` wherever they appear, raw or percent-decoded (a driver quotes a bad token alone)."""
+    for url in urls:
+        password = _url_password(url) if url else None
+        if not password:
+            continue
+        for secret in sorted({password, unquote(password)}, key=len, reverse=True):
+            if len(secret) >= 3:  # shorter is not told from other text (the patterns still apply)
+                text = text.replace(secret, MASK)
+    if not _may_hold_secret(text):
+        return text
+    for pattern, replacement in _SUBSTITUTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _url_password(url: str) -> str | None:
+    """The password part of a URL-shaped string, even a malformed one (``user:pw@`` before the host)."""
+    rest = url.split("//", 1)[1] if "//" in url else url
+    if "@" not in rest:
+        return None
+    credentials = rest.rsplit("@", 1)[0]
+    return credentials.split(":", 1)[1] if ":" in credentials else None

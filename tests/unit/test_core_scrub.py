@@ -1,0 +1,86 @@
+"""One set of secret patterns for log lines and captured errors (``app.core.scrub``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.core.scrub import _SUBSTITUTIONS, MASK, scrub_text
+from app.domains.monitoring.scrub import scrub_mapping
+from app.domains.monitoring.scrub import scrub_text as scrub_captured
+from tests.factories import captured_logs
+
+TELEGRAM_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawq"
+GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+SECRETS = {
+    "a Bot API URL": (
+        f"POST https://api.telegram.org/bot{TELEGRAM_TOKEN}/sendMessage failed",
+        TELEGRAM_TOKEN,
+    ),
+    "a GitHub token": (f"Authorization: token {GITHUB_TOKEN} refused", GITHUB_TOKEN),
+    "a quoted password with a space": ('dsn host=db password="two words" refused', "two words"),
+    "a URL missing its scheme's colon": ("connect to postgresql//app:S3cretPw@db:5432/app", "S3cretPw"),
+    "a JWT": ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl expired", "eyJzdWIiOiIxIn0"),
+    "a PEM key": ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----", "MIIEvQIBADANBg"),
+    "a secret_key setting": ("SECRET_KEY=abcdef0123456789 in the environment", "abcdef0123456789"),
+    "a Stripe key": ("charge failed for sk_live_abcdefghijklmnop", "sk_live_abcdefghijklmnop"),
+}
+
+
+@pytest.mark.parametrize("case", list(SECRETS))
+def test_a_secret_in_any_field_of_a_log_line_is_masked(case: str) -> None:
+    text, secret = SECRETS[case]
+    with captured_logs(logging.WARNING) as logs:
+        structlog.get_logger("tests.scrub").warning("dependency_failed", reason=text)
+        logging.getLogger("tests.scrub.stdlib").warning("a library says: %s", text)
+    assert secret not in logs.text
+    assert MASK in logs.text
+    assert len(logs.events("dependency_failed")) == 1
+
+
+@pytest.mark.parametrize("case", list(SECRETS))
+def test_a_captured_error_masks_what_a_log_line_masks(case: str) -> None:
+    text, secret = SECRETS[case]
+    assert secret not in scrub_captured(text)
+    assert scrub_captured(text) == scrub_text(text)
+    assert secret not in str(scrub_mapping({"detail": text, "nested": {"why": [text]}}))
+
+
+def test_ordinary_text_is_left_as_it_is() -> None:
+    for text in (
+        "GET /api/projects/12/tasks?cursor=eyJp&limit=50 200 in 3.1 ms",
+        "invalid token provided by the client",
+        "basic plan chosen",
+        "order 42 reserved until 2026-12-02T05:00:00+00:00",
+        "login=octocat kind=not-found retry_after=None",
+    ):
+        assert scrub_text(text) == text
+
+
+FRAGMENTS = [text for text, _ in SECRETS.values()] + [
+    "Bearer abcdefgh1234",
+    "x@y",
+    "://u:p@h",
+    "api_key: 'k'",
+    "Cookie=",
+    "1234567:",
+    "GHP_",
+    " ",
+    "\n",
+    ":",
+    "=",
+    '"',
+]
+
+
+@given(st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=12)), max_size=8).map("".join))
+@settings(max_examples=300, deadline=None)
+def test_the_quick_check_never_skips_text_a_pattern_would_change(text: str) -> None:
+    everything = text
+    for pattern, replacement in _SUBSTITUTIONS:
+        everything = pattern.sub(replacement, everything)
+    assert scrub_text(text) == everything
