@@ -90,6 +90,9 @@ class AppError(Exception):
     slug: ClassVar[str] = "bad-request"
     title: ClassVar[str] = "Bad request"
 
+    errors: list[FieldError] | None = None
+    """The fields at fault, when the failure is about named input (the problem's ``errors``)."""
+
     def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail or self.title)
         self.detail = detail
@@ -339,7 +342,13 @@ def _all_body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
 
 def _handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Response[Problem]:
     return problem_response(
-        request, exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, headers=exc.headers
+        request,
+        exc.status,
+        slug=exc.slug,
+        title=exc.title,
+        detail=exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Generic, TypeVar
 import msgspec
 from litestar.params import QueryParameter
 
-from app.core.errors import AppError
+from app.core.errors import AppError, FieldError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +36,7 @@ PageSize = Annotated[
 class InvalidCursorError(AppError):
     slug = "invalid-cursor"
     title = "Invalid cursor"
+    errors = [FieldError(field="query.cursor", message="Not a position of this list")]
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):
@@ -111,8 +112,9 @@ def encode_cursor(position: msgspec.Struct) -> str:
 
 def decode_cursor(cursor: str, kind: type[C]) -> C:
     """The position a cursor encodes. The query parameter's pattern has already admitted it; the
-    check is repeated for callers that bypass Litestar's validation."""
-    match = re.search(cursor_pattern(kind), cursor)
+    check is repeated for callers that bypass Litestar's validation, and as a whole-string match:
+    Litestar's check is a search, where ``$`` also matches before a final newline."""
+    match = re.fullmatch(cursor_pattern(kind), cursor)
     if match is None:
         raise InvalidCursorError("The cursor is not a position of this list.")
     fields = msgspec.structs.fields(kind)
