@@ -39,6 +39,34 @@ dependency_warnings = OncePerInterval(DEPENDENCY_WARN_INTERVAL_S)
 """An outage is logged once per interval per dependency (and counted every time), not per request."""
 
 
+STATEMENT_FAILURES = Counter(
+    "app_database_statement_failures",
+    "Statements PostgreSQL refused for a transient reason of their own (deadlock, serialization "
+    "failure, lock or statement timeout), answered 503, by SQLSTATE",
+    ["sqlstate"],
+)
+statement_warnings = OncePerInterval(DEPENDENCY_WARN_INTERVAL_S)
+
+DOWN_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
+"""SQLSTATEs of a PostgreSQL that cannot serve us: connection exceptions (class 08), insufficient
+resources (class 53: too many connections, disk full, out of memory) and the server shutting down or
+starting (admin shutdown, crash shutdown, cannot connect now)."""
+
+
+def dependency_down(exc: BaseException) -> bool:
+    """Whether ``exc`` (one the dependency-down handler answers) says a backing service is gone.
+
+    True for the pool's errors (no connection within its timeout, a closed pool), a PostgreSQL error
+    without a SQLSTATE (no server answered: refused, lost, our deadline on an unanswering server), a
+    SQLSTATE of ``DOWN_SQLSTATES`` and Valkey's errors. False for an error the server answered about
+    our statement (deadlock, serialization failure, statement timeout, lock not available): the
+    statement failed, the database is up — a fault of the code that ran it, not an outage.
+    """
+    if isinstance(exc, psycopg.Error):
+        return exc.sqlstate is None or exc.sqlstate.startswith(DOWN_SQLSTATES)
+    return True
+
+
 def dependency_of(exc: BaseException) -> str:
     """``postgresql`` or ``valkey``: which backing service ``exc`` says is unreachable."""
     module = type(exc).__module__
@@ -410,12 +438,39 @@ def _handle_unstorable(request: Request[Any, Any, Any], exc: psycopg.DataError) 
 
 
 def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    if not dependency_down(exc):
+        return _handle_statement_failed(request, exc)
     report_dependency_down(exc, "request", method=request.method, route=_route(request))
     return problem_response(
         request,
         503,
         detail="A backing service is unavailable; retry shortly.",
         headers={"Retry-After": "5"},
+    )
+
+
+def _handle_statement_failed(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """A deadlock victim, a serialization failure, a lock or statement timeout: nothing of the request
+    was applied, and retrying is right for the client (503). Logged as what it is (once per interval
+    per SQLSTATE and route), never as the database being unavailable: a deadlock is a bug of the code
+    that ran into it, and the outage's metric and warning must not fire for it."""
+    sqlstate = getattr(exc, "sqlstate", None) or "unknown"
+    route = _route(request)
+    STATEMENT_FAILURES.labels(sqlstate).inc()
+    if statement_warnings.due(f"{sqlstate}:{route}"):
+        log.warning(
+            "database_statement_failed",
+            sqlstate=sqlstate,
+            error=type(exc).__name__,
+            message=error_message(exc),
+            method=request.method,
+            route=route,
+        )
+    return problem_response(
+        request,
+        503,
+        detail="The request ran into a concurrent one and was not applied; retry.",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -447,6 +502,7 @@ __all__ = [
     "TooManyRequestsError",
     "UnauthorizedError",
     "UnprocessableError",
+    "dependency_down",
     "exception_handlers",
     "problem_response",
     "report_dependency_down",

@@ -93,3 +93,42 @@ async def test_an_unhandled_error_is_logged_with_the_user_and_the_route(settings
     assert line["route"] == "/api/admin/monitoring/test-error"
     assert line["method"] == "POST"
     assert "MonitoringTestError" in line["exception"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        psycopg.errors.DeadlockDetected("deadlock detected"),
+        psycopg.errors.SerializationFailure("could not serialize access due to concurrent update"),
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+        psycopg.errors.LockNotAvailable('could not obtain lock on row in relation "tasks"'),
+    ],
+    ids=lambda failure: failure.sqlstate,
+)
+async def test_a_statement_the_database_refused_is_not_an_outage(
+    settings: Settings, db: Any, monkeypatch: pytest.MonkeyPatch, fresh_warnings: None, failure: Exception
+) -> None:
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(errors, "statement_warnings", OncePerInterval(60.0), raising=False)
+    monkeypatch.setattr(ProductService, "catalogue", refused)
+    sqlstate = getattr(failure, "sqlstate", None)
+    failures_before = (
+        REGISTRY.get_sample_value("app_database_statement_failures_total", {"sqlstate": sqlstate}) or 0.0
+    )
+    before = unavailable("postgresql", "request")
+    async with serve_in_loop(settings, rate_limit_enabled=False) as served:
+        user = await make_user(db, served.app)
+        with captured_logs() as logs:
+            for _ in range(3):
+                response = await served.client.get("/api/products", headers=user.headers)
+                assert response.status_code == 503
+                assert response.headers["retry-after"] == "1"
+                assert "concurrent" in response.json()["detail"]
+    assert logs.events("dependency_unavailable") == []
+    [warning] = logs.events("database_statement_failed")
+    assert (warning["sqlstate"], warning["route"], warning["method"]) == (sqlstate, "/api/products", "GET")
+    assert unavailable("postgresql", "request") == before
+    after = REGISTRY.get_sample_value("app_database_statement_failures_total", {"sqlstate": sqlstate})
+    assert after == failures_before + 3
