@@ -190,6 +190,19 @@ async def test_the_same_key_and_body_replay_the_first_answer(
     assert await scalar(db, "select count(*) from outbox where task = 'reserve_order'") == 1
 
 
+async def test_a_retry_listing_the_same_lines_in_another_order_replays(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    buyer = await make_user(db, app)
+    first_product, second_product = await make_product(db), await make_product(db)
+    first = await place(client, buyer, (first_product, 2), (second_product, 1), key="k-1")
+    again = await place(client, buyer, (second_product, 1), (first_product, 2), key="k-1")
+    assert again.status_code == first.status_code == 202
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await scalar(db, "select count(*) from orders") == 1
+
+
 async def test_the_same_key_with_another_body_is_422(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:

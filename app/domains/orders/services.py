@@ -128,6 +128,13 @@ IDEMPOTENCY_CLAIM_LEASE_S = 60.0
 """How long an unfinished placement holds its Idempotency-Key: far longer than a placement takes."""
 
 
+def request_fingerprint(data: OrderCreate) -> bytes:
+    """What a retry under the same idempotency key must repeat: the cart, whatever the order of its
+    lines (a client rebuilding the same cart from a set retries it in another order)."""
+    lines = sorted(data.lines, key=lambda line: (line.product_id, line.quantity))
+    return hashlib.sha256(msgspec.json.encode(msgspec.structs.replace(data, lines=lines))).digest()
+
+
 class OrderService:
     def __init__(self, db: Database, settings: Settings, products: ProductService) -> None:
         self.db = db
@@ -146,7 +153,7 @@ class OrderService:
         database) holds its key that long, not a day; the placement commits only while its own
         claim still holds, so a retry after the lease can never place the order a second time.
         """
-        request_hash = hashlib.sha256(msgspec.json.encode(data)).digest()
+        request_hash = request_fingerprint(data)
         async with self.db.transaction() as uow:
             await queries.delete_expired_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
             claimed_until = await queries.claim_idempotency_key(
