@@ -34,10 +34,12 @@ order by id
 limit @row_limit;
 
 -- name: AdjustStock :one
--- An adjustment that would take the stock below zero or above max_stock changes nothing (no row).
+-- An adjustment that would take the stock below zero or above max_stock changes nothing (no row),
+-- nor one whose expected_stock (when given) is not the stock now.
 -- The sum is computed in bigint: integer overflow must be a refusal, not an error.
 update products set stock = stock + @delta::integer, updated_at = now()
 where id = @id and stock::bigint + @delta::integer between 0 and @max_stock::integer
+  and (sqlc.narg(expected_stock)::integer is null or stock = sqlc.narg(expected_stock)::integer)
 returning stock;
 
 -- name: RecordStockAdjustment :exec

@@ -293,6 +293,30 @@ async def test_changes_are_visible_on_the_next_read(
 # -- stock adjustments --------------------------------------------------------------------------------
 
 
+async def test_an_adjustment_with_the_expected_stock_is_applied_once_when_retried(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    admin = (await make_user(db, app, "admin")).headers
+    product = await create(client, admin, stock=10)
+    path = f"/api/products/{product['id']}/stock-adjustments"
+    adjustment = {"delta": 5, "reason": "delivery", "expected_stock": 10}
+    first = await client.post(path, json=adjustment, headers=admin)
+    assert first.json() == {"product_id": product["id"], "stock": 15}
+    retried = await client.post(path, json=adjustment, headers=admin)  # the first answer was lost
+    assert_problem(retried, 409, "stock-changed")
+    assert "15" in retried.json()["detail"]
+    stock, adjustments = await (
+        await db.execute(
+            "select stock, (select count(*) from stock_adjustments a where a.product_id = p.id)"
+            " from products p where id = %s",
+            (product["id"],),
+        )
+    ).fetchone() or (None, None)
+    assert (stock, adjustments) == (15, 1)
+    unconditional = await client.post(path, json={"delta": 5, "reason": "delivery"}, headers=admin)
+    assert unconditional.json()["stock"] == 20
+
+
 async def test_stock_adjustments_are_recorded_with_their_reason(
     client: Client, app: Litestar, db: AsyncConnection[Any]
 ) -> None:

@@ -57,6 +57,18 @@ class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
         ),
     ]
     reason: Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=500)]
+    expected_stock: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=MAX_STOCK,
+                description="Apply only if the stock is this now, else 409 `stock-changed` and nothing "
+                "applied: an adjustment retried after a lost answer is then applied once",
+            ),
+        ]
+        | None
+    ) = None
 
     post_init_field: ClassVar[str] = "delta"
     """The field ``__post_init__`` checks (so a refusal names it, not the whole body)."""

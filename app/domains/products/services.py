@@ -31,6 +31,11 @@ class ProductFilters(msgspec.Struct, frozen=True):
     in_stock_only: bool = False
 
 
+class StockChangedError(ConflictError):
+    slug = "stock-changed"
+    title = "Stock changed"
+
+
 class ProductService:
     """Reads for everyone go through a short-lived cache (stock shown may lag by the TTL; the
     reservation itself is always checked against the database).
@@ -84,12 +89,25 @@ class ProductService:
             return product
 
     async def adjust_stock(self, actor: int, product_id: int, data: StockAdjustmentIn) -> int:
-        """Add or remove stock with a recorded reason; never below zero nor above MAX_STOCK (409)."""
+        """Add or remove stock with a recorded reason; never below zero nor above MAX_STOCK (409).
+        With ``expected_stock``, only from that stock (409 ``stock-changed`` otherwise): a delta is
+        relative, so a blind retry of one whose answer was lost would apply it twice."""
         async with self.db.transaction() as uow:
-            stock = await queries.adjust_stock(uow.conn, delta=data.delta, id=product_id, max_stock=MAX_STOCK)
+            stock = await queries.adjust_stock(
+                uow.conn,
+                delta=data.delta,
+                id=product_id,
+                max_stock=MAX_STOCK,
+                expected_stock=data.expected_stock,
+            )
             if stock is None:
-                if await queries.get_product(uow.conn, id=product_id) is None:
+                product = await queries.get_product(uow.conn, id=product_id)
+                if product is None:
                     raise NotFoundError("No such product.")
+                if data.expected_stock is not None and product.stock != data.expected_stock:
+                    raise StockChangedError(
+                        f"The stock is {product.stock}, not {data.expected_stock}: nothing was applied."
+                    )
                 if data.delta < 0:
                     raise ConflictError("Not enough stock to remove that many units.")
                 raise ConflictError(f"The stock of a product is at most {MAX_STOCK} units.")
