@@ -1,11 +1,13 @@
 """Keyset pagination: cursors with a documented grammar and capped page sizes for every list endpoint.
 
 A cursor is the position of the last row of a page, its fields joined by dots: ``42`` (an id),
-``due.19723.42`` (a sort, its key and an id). Each list documents its cursor's exact pattern, and
-every string matching that pattern decodes to a position, so the schema says precisely what the API
-accepts: a value the pattern refuses is a 400 naming ``query.cursor``; a value it admits is a valid
-place to resume. Forging one is harmless: a position only says where to continue, every row is still
-filtered by the caller's rights, and the integers are bounded (16 digits) far inside ``bigint``.
+``due.19723.42.1796169600000000`` (a sort, its key, an id and the moment the walk reads the list as
+of). Each list documents its cursor's exact pattern, and every string matching that pattern decodes
+to a position, so the schema says precisely what the API accepts: a value the pattern refuses, or a
+position the request cannot continue from (a task cursor of another ``sort``), is a 400
+``invalid-cursor`` naming ``query.cursor``. Forging one is harmless: a position only says where to
+continue, every row is still filtered by the caller's rights, and the integers are bounded (16
+digits) far inside ``bigint``.
 """
 
 from __future__ import annotations

@@ -96,23 +96,38 @@ async def lock_task(conn: AsyncConnection[Any], *, id: int) -> int | None:
 
 
 UPDATE_TASK = """\
-update tasks
-set title = coalesce($1, title),
-    description = coalesce($2, description),
-    status = coalesce($3::task_status, status),
-    priority = coalesce($4::task_priority, priority),
-    assignee_id = case when $5::boolean then $6::bigint else assignee_id end,
-    due_date = case when $7::boolean then $8::date else due_date end,
-    position = coalesce($9::bigint, position),
-    updated_by = $10,
+update tasks t
+set title = n.title,
+    description = n.description,
+    status = n.status,
+    priority = n.priority,
+    assignee_id = n.assignee_id,
+    due_date = n.due_date,
+    position = n.position,
+    updated_by = $1,
     updated_at = now()
-where id = $11
-returning id, project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by, created_at, updated_at"""
+from (
+    select o.id,
+           coalesce($2, o.title) as title,
+           coalesce($3, o.description) as description,
+           coalesce($4::task_status, o.status) as status,
+           coalesce($5::task_priority, o.priority) as priority,
+           case when $6::boolean then $7::bigint else o.assignee_id end as assignee_id,
+           case when $8::boolean then $9::date else o.due_date end as due_date,
+           coalesce($10::bigint, o.position) as position
+    from tasks o
+    where o.id = $11
+) n
+where t.id = n.id
+  and (t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position)
+      is distinct from (n.title, n.description, n.status, n.priority, n.assignee_id, n.due_date, n.position)
+returning t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at"""
 
 
 async def update_task(
     conn: AsyncConnection[Any],
     *,
+    updated_by: int,
     title: str | None,
     description: str | None,
     status: TaskStatus | None,
@@ -122,13 +137,15 @@ async def update_task(
     set_due_date: bool,
     due_date: date | None,
     position: int | None,
-    updated_by: int,
     id: int,
 ) -> Task | None:
+    """The given fields set (null: kept), only when that changes the task: no row when it changes nothing,
+    so a PATCH that changes nothing leaves updated_at, the lists' order and their walks as they were."""
     async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(
             UPDATE_TASK,
             (
+                updated_by,
                 title,
                 description,
                 status,
@@ -138,10 +155,20 @@ async def update_task(
                 set_due_date,
                 due_date,
                 position,
-                updated_by,
                 id,
             ),
         )
+        return await cur.fetchone()
+
+
+DATABASE_CLOCK = "select now()::timestamptz as now"
+
+
+async def database_clock(conn: AsyncConnection[Any]) -> datetime | None:
+    """The database's clock at the start of this statement (its transaction, in autocommit): a list read
+    by a later statement sees every change committed before it."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(DATABASE_CLOCK)
         return await cur.fetchone()
 
 
@@ -156,7 +183,7 @@ async def delete_task(conn: AsyncConnection[Any], *, id: int) -> int:
 
 LIST_PROJECT_TASKS = """\
 select id, project_id, title, description, status, priority, assignee_id, due_date, position,
-       created_by, updated_by, created_at, updated_at, sort_key
+       created_by, updated_by, created_at, updated_at, sort_key, now()::timestamptz as read_at
 from (
     select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at,
            (case $1::text
@@ -175,11 +202,13 @@ from (
       and ($6::bigint is null or t.assignee_id = $6::bigint)
       and ($7::date is null or t.due_date <= $7::date)
       and ($8::date is null or t.due_date >= $8::date)
-      and ($9::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', $9::text))
+      and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
+      and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
+      and ($11::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', $11::text))
 ) s
-where (s.sort_key, s.id) > ($10::bigint, $11::bigint)
+where (s.sort_key, s.id) > ($12::bigint, $13::bigint)
 order by s.sort_key, s.id
-limit $12"""
+limit $14"""
 
 
 class ListProjectTasksRow(msgspec.Struct, frozen=True, gc=False):
@@ -197,6 +226,7 @@ class ListProjectTasksRow(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
     updated_at: datetime
     sort_key: int
+    read_at: datetime
 
 
 async def list_project_tasks(
@@ -210,6 +240,8 @@ async def list_project_tasks(
     assignee_id: int | None,
     due_before: date | None,
     due_after: date | None,
+    updated_after: datetime | None,
+    as_of: datetime | None,
     search: str | None,
     after_key: int,
     after_id: int,
@@ -218,7 +250,10 @@ async def list_project_tasks(
     """Filters are optional (null = any). The sort key is one bigint per mode so that one keyset
     condition, (sort_key, id) > (after_key, after_id), pages every mode:
       created: 0 (id order) · due: days since epoch, no date last · priority: urgent first ·
-      updated: most recent first."""
+      updated: most recent first.
+    updated_after: only tasks changed after it (exclusive). as_of: only tasks last changed at or before
+    it (a walk's later pages: a task changed since has left the place the walk gave it). read_at: the
+    clock when this statement started, before its snapshot was taken (its transaction's now())."""
     async with AsyncRawCursor(conn, row_factory=args_row(ListProjectTasksRow)) as cur:
         await cur.execute(
             LIST_PROJECT_TASKS,
@@ -231,6 +266,8 @@ async def list_project_tasks(
                 assignee_id,
                 due_before,
                 due_after,
+                updated_after,
+                as_of,
                 search,
                 after_key,
                 after_id,

@@ -22,18 +22,39 @@ select project_id from tasks where id = @id;
 select id from tasks where id = @id for no key update;
 
 -- name: UpdateTask :one
-update tasks
-set title = coalesce(sqlc.narg(title), title),
-    description = coalesce(sqlc.narg(description), description),
-    status = coalesce(sqlc.narg(status)::task_status, status),
-    priority = coalesce(sqlc.narg(priority)::task_priority, priority),
-    assignee_id = case when @set_assignee::boolean then sqlc.narg(assignee_id)::bigint else assignee_id end,
-    due_date = case when @set_due_date::boolean then sqlc.narg(due_date)::date else due_date end,
-    position = coalesce(sqlc.narg(position)::bigint, position),
+-- The given fields set (null: kept), only when that changes the task: no row when it changes nothing,
+-- so a PATCH that changes nothing leaves updated_at, the lists' order and their walks as they were.
+update tasks t
+set title = n.title,
+    description = n.description,
+    status = n.status,
+    priority = n.priority,
+    assignee_id = n.assignee_id,
+    due_date = n.due_date,
+    position = n.position,
     updated_by = @updated_by,
     updated_at = now()
-where id = @id
-returning *;
+from (
+    select o.id,
+           coalesce(sqlc.narg(title), o.title) as title,
+           coalesce(sqlc.narg(description), o.description) as description,
+           coalesce(sqlc.narg(status)::task_status, o.status) as status,
+           coalesce(sqlc.narg(priority)::task_priority, o.priority) as priority,
+           case when @set_assignee::boolean then sqlc.narg(assignee_id)::bigint else o.assignee_id end as assignee_id,
+           case when @set_due_date::boolean then sqlc.narg(due_date)::date else o.due_date end as due_date,
+           coalesce(sqlc.narg(position)::bigint, o.position) as position
+    from tasks o
+    where o.id = @id
+) n
+where t.id = n.id
+  and (t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position)
+      is distinct from (n.title, n.description, n.status, n.priority, n.assignee_id, n.due_date, n.position)
+returning t.*;
+
+-- name: DatabaseClock :one
+-- The database's clock at the start of this statement (its transaction, in autocommit): a list read
+-- by a later statement sees every change committed before it.
+select now()::timestamptz as now;
 
 -- name: DeleteTask :execrows
 delete from tasks where id = @id;
@@ -43,9 +64,12 @@ delete from tasks where id = @id;
 -- condition, (sort_key, id) > (after_key, after_id), pages every mode:
 --   created: 0 (id order) · due: days since epoch, no date last · priority: urgent first ·
 --   updated: most recent first.
+-- updated_after: only tasks changed after it (exclusive). as_of: only tasks last changed at or before
+-- it (a walk's later pages: a task changed since has left the place the walk gave it). read_at: the
+-- clock when this statement started, before its snapshot was taken (its transaction's now()).
 -- nullable: assignee_id, due_date
 select id, project_id, title, description, status, priority, assignee_id, due_date, position,
-       created_by, updated_by, created_at, updated_at, sort_key
+       created_by, updated_by, created_at, updated_at, sort_key, now()::timestamptz as read_at
 from (
     select t.*,
            (case @sort::text
@@ -64,6 +88,8 @@ from (
       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+      and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+      and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
       and (sqlc.narg(search)::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', sqlc.narg(search)::text))
 ) s
 where (s.sort_key, s.id) > (@after_key::bigint, @after_id::bigint)

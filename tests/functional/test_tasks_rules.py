@@ -306,10 +306,10 @@ async def test_a_cursor_only_continues_its_own_sort(
         response = await client.get(
             tasks, params={"sort": other, "cursor": cursor}, headers=team.viewer.headers
         )
-        assert_problem(response, 422, "unprocessable")
+        assert_problem(response, 400, "invalid-cursor")
     # the default sort is "created": a "due" cursor without a sort is foreign too
     assert_problem(
-        await client.get(tasks, params={"cursor": cursor}, headers=team.viewer.headers), 422, "unprocessable"
+        await client.get(tasks, params={"cursor": cursor}, headers=team.viewer.headers), 400, "invalid-cursor"
     )
 
 

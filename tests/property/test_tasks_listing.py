@@ -11,7 +11,15 @@ a sort and a page size, and pages through ``GET /api/projects/{id}/tasks`` follo
 
 Keyset pagination then guarantees exactly this: the pages are the tasks that matched before paging
 started plus the matching tasks inserted *after the cursor's position* at the time of insertion,
-in model order, each once; a task inserted before the cursor's position never appears.
+in model order, each once; a task inserted before the cursor's position never appears. (The tasks
+are inserted with an ``updated_at`` in the past, before the walk's ``as_of``: to the list they are
+tasks that were there all along, committed late.)
+
+The second property edits, creates and deletes tasks through the API between two page reads: a walk
+of a sort whose keys change (due, priority, updated) lists every task it did not see changed exactly
+once, in order, and leaves out the tasks changed after its ``as_of``, which the catch-up
+(``updated_after=<as_of>``) lists; a ``created`` walk keeps the edited tasks in place. No task is
+listed twice by a walk, and the walk and its catch-up together hold every task that matches at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from tests.factories import generous_client, make_project, make_task, make_user,
 
 VOCABULARY = ("alpha", "beta", "gamma", "delta", "omega")
 FIRST_DAY = date(2030, 1, 1)
-UPDATED_BASE = datetime(2029, 6, 1, 12, tzinfo=UTC)
+UPDATED_BASE = datetime(2020, 6, 1, 12, tzinfo=UTC)  # before every walk's as_of
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PRIORITY_RANK = {TaskPriority.LOW: 1, TaskPriority.MEDIUM: 2, TaskPriority.HIGH: 3, TaskPriority.URGENT: 4}
 SORTS = ("created", "due", "priority", "updated")
@@ -117,7 +125,7 @@ def matches(row: Row, filters: dict[str, Any], members: list[int]) -> bool:
 
 
 def query_params(filters: dict[str, Any], members: list[int]) -> dict[str, str]:
-    params = {key: str(filters[key]) for key in ("status", "priority", "q") if key in filters}
+    params: dict[str, str] = {key: str(filters[key]) for key in ("status", "priority", "q") if key in filters}
     if "assignee" in filters:
         params["assignee_id"] = str(members[filters["assignee"]])
     for key in ("due_before", "due_after"):
@@ -151,13 +159,21 @@ async def insert(db: AsyncConnection[Any], project_id: int, members: list[int], 
 async def arrange(app: Litestar, db: AsyncConnection[Any]) -> tuple[int, list[int], dict[str, str]]:
     """A project with an owner and two members, a viewer (who lists) and an editor; the project's id,
     the two members, the lister's headers."""
+    project, members, headers, _ = await arrange_with_editor(app, db)
+    return project, members, headers
+
+
+async def arrange_with_editor(
+    app: Litestar, db: AsyncConnection[Any]
+) -> tuple[int, list[int], dict[str, str], dict[str, str]]:
+    """``arrange``'s, and the editor's headers."""
     owner = await make_user(db, app, name="Owner")
     lister = await make_user(db, app, name="Lister")
     editor = await make_user(db, app, name="Editor")
     project = await make_project(
         db, owner, {lister.id: ProjectRole.VIEWER, editor.id: ProjectRole.EDITOR}, name="Listing"
     )
-    return project, [lister.id, editor.id], lister.headers
+    return project, [lister.id, editor.id], lister.headers, editor.headers
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +336,182 @@ async def test_each_sort_follows_the_documented_order(
         for limit in (2, 5):
             listed, _, _ = await listing.page_through({}, sort, limit)
             assert listed == order, (sort, limit)
+
+
+# -- walks while tasks are edited ---------------------------------------------------------------------
+
+MUTABLE_SORTS = ("due", "priority", "updated")
+
+
+class Edit(msgspec.Struct, frozen=True):
+    """A change made between two page reads: ``kind`` edit, create or delete; ``pick`` chooses the task
+    among those alive (edit, delete); ``fields``: the PATCH's or POST's body, with ``assignee`` an
+    index of the project's two members."""
+
+    kind: str
+    pick: int
+    fields: dict[str, Any]
+
+
+field_values: dict[str, st.SearchStrategy[Any]] = {
+    "status": st.sampled_from(TaskStatus).map(lambda status: status.value),
+    "priority": st.sampled_from(TaskPriority).map(lambda priority: priority.value),
+    "due_date": st.none() | st.integers(0, 4).map(lambda day: (FIRST_DAY + timedelta(days=day)).isoformat()),
+    "assignee": st.sampled_from((0, 1, None)),
+    "title": st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=3).map(" ".join),
+}
+edits = st.builds(
+    Edit,
+    kind=st.sampled_from(("edit", "edit", "edit", "create", "delete")),
+    pick=st.integers(0, 50),
+    fields=st.fixed_dictionaries({}, optional=field_values),
+)
+
+
+def row_of(item: dict[str, Any]) -> Row:
+    return Row(
+        id=item["id"],
+        status=TaskStatus(item["status"]),
+        priority=TaskPriority(item["priority"]),
+        assignee_id=item["assignee_id"],
+        due_date=date.fromisoformat(item["due_date"]) if item["due_date"] else None,
+        title=item["title"],
+        updated_at=datetime.fromisoformat(item["updated_at"]),
+    )
+
+
+class EditedWalk(msgspec.Struct):
+    """One example's project while it is walked and edited, as the model knows it."""
+
+    client: AsyncTestClient[Litestar]
+    project_id: int
+    members: list[int]
+    headers: dict[str, str]
+    editor: dict[str, str]
+    known: dict[int, Row]
+    alive: list[int]
+    changed: set[int] = msgspec.field(default_factory=set)
+
+    async def apply(self, edit: Edit) -> None:
+        """One change through the API; ``changed`` gets the tasks whose ``updated_at`` it moved."""
+        body = dict(edit.fields)
+        if "assignee" in body:
+            index = body.pop("assignee")
+            body["assignee_id"] = self.members[index] if index is not None else None
+        if edit.kind == "create" or not self.alive:
+            body.setdefault("title", "alpha")
+            response = await self.client.post(
+                f"/api/projects/{self.project_id}/tasks", json=body, headers=self.editor
+            )
+            assert response.status_code == 201, response.text
+            row = row_of(response.json())
+            self.known[row.id] = row
+            self.alive.append(row.id)
+            self.changed.add(row.id)
+            return
+        task_id = self.alive[edit.pick % len(self.alive)]
+        if edit.kind == "delete":
+            response = await self.client.delete(f"/api/tasks/{task_id}", headers=self.editor)
+            assert response.status_code == 204, response.text
+            self.alive.remove(task_id)
+            return
+        response = await self.client.patch(f"/api/tasks/{task_id}", json=body, headers=self.editor)
+        assert response.status_code == 200, response.text
+        row = row_of(response.json())
+        if row != self.known[task_id]:
+            assert row.updated_at > self.known[task_id].updated_at, "a change moves updated_at"
+            self.changed.add(task_id)
+        else:
+            assert row.updated_at == self.known[task_id].updated_at, "no change, no new updated_at"
+        self.known[task_id] = row
+
+    async def walk(
+        self, params: dict[str, str], limit: int, between: list[list[Edit]] | None = None
+    ) -> tuple[list[int], str]:
+        """The ids a walk listed and its ``as_of``; ``between[n]`` is applied after the n-th page. A
+        walk of a sort whose keys change never lists a task after it changed."""
+        excludes_changed = between is not None and params["sort"] in MUTABLE_SORTS
+        listed: list[int] = []
+        as_of: set[str] = set()
+        cursor: str | None = None
+        for n in range(MAX_PAGES):
+            response = await self.client.get(
+                f"/api/projects/{self.project_id}/tasks",
+                params=params | {"limit": str(limit)} | ({"cursor": cursor} if cursor else {}),
+                headers=self.headers,
+            )
+            assert response.status_code == 200, response.text
+            page = response.json()
+            listed += [item["id"] for item in page["items"]]
+            for item in page["items"]:
+                assert item["id"] in self.known, f"{item['id']} is no task of this project"
+                check_item(item, self.known[item["id"]])  # as it is now: it was listed after its change
+                if excludes_changed:
+                    assert item["id"] not in self.changed, f"{params['sort']}: listed after its change"
+            as_of.add(page.get("as_of"))
+            cursor = page["next_cursor"]
+            if cursor is None:
+                assert len(as_of) == 1, f"the pages of one walk carry different as_of: {as_of}"
+                return listed, as_of.pop()
+            for edit in between[n] if between is not None and n < len(between) else []:
+                await self.apply(edit)
+        raise AssertionError(f"more than {MAX_PAGES} pages")
+
+
+@settings(max_examples=scaled_examples(40), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    initial=st.lists(specs, min_size=2, max_size=12),
+    filters=filter_choices,
+    sort=st.sampled_from(SORTS),
+    catch_up_sort=st.sampled_from(SORTS),
+    limit=st.integers(1, 4),
+    between=st.lists(st.lists(edits, max_size=3), max_size=6),
+)
+async def test_a_walk_with_edits_lists_each_task_once_and_the_catch_up_the_rest(
+    api: AsyncTestClient[Litestar],
+    app: Litestar,
+    db: AsyncConnection[Any],
+    initial: list[Spec],
+    filters: dict[str, Any],
+    sort: str,
+    catch_up_sort: str,
+    limit: int,
+    between: list[list[Edit]],
+) -> None:
+    """Review: edited between two page reads, a task moved across the cursor of a due, priority or
+    updated walk: it was listed twice, or never although it existed throughout."""
+    project_id, members, headers, editor = await arrange_with_editor(app, db)
+    known: dict[int, Row] = {}
+    try:
+        for spec in initial:
+            row = await insert(db, project_id, members, spec)
+            known[row.id] = row
+        model = EditedWalk(api, project_id, members, headers, editor, known, list(known))
+        before = set(known)
+        params = {"sort": sort, **query_params(filters, members)}
+        listed, as_of = await model.walk(params, limit, between)
+
+        def key(task_id: int) -> tuple[int | float, int]:
+            return sort_key(known[task_id], sort)
+
+        assert len(listed) == len(set(listed)), f"{sort}: listed twice in {listed}"
+        alive = set(model.alive)
+        untouched = [i for i in before if i in alive and i not in model.changed]
+        matching_untouched = sorted((i for i in untouched if matches(known[i], filters, members)), key=key)
+        assert [i for i in listed if i in untouched] == matching_untouched, f"{sort}: gaps or disorder"
+        if sort in MUTABLE_SORTS:
+            shown_late = [i for i in listed if i not in before]
+            assert not shown_late, f"{sort}: created after as_of, listed by the walk: {shown_late}"
+        else:
+            assert listed == sorted(listed), f"created: not in id order: {listed}"
+
+        caught_up, _ = await model.walk(
+            {"sort": catch_up_sort, "updated_after": as_of, **query_params(filters, members)}, 5
+        )
+        assert len(caught_up) == len(set(caught_up)), f"catch-up: listed twice in {caught_up}"
+        final = {i for i in alive if matches(known[i], filters, members)}
+        assert set(caught_up) == final & model.changed, f"{sort}: the catch-up is not what changed"
+        lost = final - set(listed) - set(caught_up)
+        assert not lost, f"{sort}: tasks neither walked nor caught up: {lost}"
+    finally:
+        await db.execute("delete from projects where id = %s", (project_id,))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated
 
 from litestar import MediaType, delete, get, patch, post
@@ -25,6 +25,7 @@ from app.domains.tasks.schemas import (
     TaskCreate,
     TaskCursor,
     TaskOut,
+    TaskPage,
     TaskSort,
     TaskUpdate,
 )
@@ -42,10 +43,33 @@ class ProjectTasksController(Controller):
     @get(
         "/",
         summary="Tasks of a project: filter, search, sort, page",
-        description="Keyset pagination: pass `next_cursor` back as `cursor` with the same `sort`.",
+        description=(
+            "Keyset pagination: pass `next_cursor` back as `cursor` with the same `sort` (a cursor of "
+            "another sort is a 400 `invalid-cursor`).\n\n"
+            "A walk through the pages reads the list as of one moment: `as_of`, the database's clock "
+            "when the first page was read, which every page of the walk carries (a first page served "
+            "from the cache carries the moment it was read, not the moment it was served). With "
+            "`sort=due`, `priority` or `updated`, a task edited during the walk would move across the "
+            "cursor, so the later pages leave out every task whose `updated_at` is after `as_of` "
+            "(edited or created meanwhile): the walk lists every other task exactly once, in order. "
+            "With `sort=created` (keys never change) a walk keeps tasks edited meanwhile in place.\n\n"
+            "Nothing is lost silently. To get what changed during a walk: walk to the end "
+            "(`next_cursor` null), then list `?updated_after=<as_of>`, the walk's `as_of` as it came "
+            "(e.g. `2026-12-02T04:44:35.942248Z`), with the walk's other filters and any `sort`, and "
+            "walk that list too: it holds every task whose `updated_at` is after `as_of`, so every "
+            "task a `due`, `priority` or `updated` walk left out (a task deleted meanwhile is in "
+            "neither). Its own `as_of` continues from there. "
+            "Known limit: `updated_at` is the start of the edit's transaction, so an edit whose "
+            "transaction started before `as_of` and committed after the first page's read can still "
+            "move a task during a walk (a window of one transaction's duration)."
+        ),
         responses={
-            **problems(400, 401, 404, 422, 429),
-            200: ResponseSpec(Page[TaskOut], description="A page of tasks", generate_examples=False),
+            **problems(400, 401, 404, 429),
+            200: ResponseSpec(
+                TaskPage,
+                description="A page of tasks, and the moment its walk reads the list as of",
+                generate_examples=False,
+            ),
         },
     )
     async def list_tasks(
@@ -58,6 +82,13 @@ class ProjectTasksController(Controller):
         assignee_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
         due_before: FromQuery[date | None] = None,
         due_after: FromQuery[date | None] = None,
+        updated_after: Annotated[
+            datetime | None,
+            QueryParameter(
+                description="Only tasks changed after this moment (exclusive: `updated_at` > it), "
+                "RFC 3339 (without an offset: UTC). Pass a walk's `as_of` to list what changed during it.",
+            ),
+        ] = None,
         q: Annotated[
             str | None,
             QueryParameter(
@@ -85,6 +116,7 @@ class ProjectTasksController(Controller):
             due_before=due_before,
             due_after=due_after,
             search=q,
+            updated_after=updated_after,
         )
         position = decode_cursor(cursor, TaskCursor) if cursor else None
         page = await tasks.page_in_project(

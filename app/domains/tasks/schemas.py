@@ -63,11 +63,23 @@ class TaskOut(msgspec.Struct, frozen=True):
 
 
 class TaskCursor(msgspec.Struct, frozen=True):
-    """``<sort>.<sort key>.<id>``: the sort it continues, then the last row's key and id."""
+    """``<sort>.<sort key>.<id>.<as_of>``: the sort it continues, the last row's key and id, and the
+    moment the walk reads the list as of (the first page's ``as_of``, in microseconds since the epoch)."""
 
     sort: TaskSort
     key: int
     id: Annotated[int, msgspec.Meta(ge=0)]
+    as_of: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a project's tasks. ``as_of``: the database's clock when the walk's first page was
+    read (every page of a walk carries its first page's): the later pages of a ``due``, ``priority`` or
+    ``updated`` walk leave out the tasks changed after it; ``?updated_after=<as_of>`` lists them."""
+
+    items: list[TaskOut]
+    next_cursor: str | None = None
+    as_of: datetime
 
 
 class CommentCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -6,14 +6,15 @@ comment, comment authors edit their own comments, owners may delete any comment.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
+from typing import NamedTuple
 
 import msgspec
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ForbiddenError, NotFoundError, UnprocessableError
-from app.core.pagination import Page, paginate
+from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.wire import from_row
 from app.db import comments as comment_queries
 from app.db import tasks as queries
@@ -21,15 +22,44 @@ from app.db.models import Comment, ProjectRole, Task, TaskPriority, TaskStatus
 from app.domains.activity.events import emit
 from app.domains.projects.services import ProjectService
 from app.domains.tasks.cache import TaskListCache
-from app.domains.tasks.schemas import CommentOut, TaskCreate, TaskCursor, TaskOut, TaskSort, TaskUpdate
+from app.domains.tasks.schemas import (
+    CommentOut,
+    TaskCreate,
+    TaskCursor,
+    TaskOut,
+    TaskPage,
+    TaskSort,
+    TaskUpdate,
+)
 from app.domains.tasks.search import search_text
 
 FIRST_KEY = -(2**62)
 """The keyset position before every task, whatever the sort (sort keys are far above it)."""
 
+MUTABLE_SORTS: frozenset[TaskSort] = frozenset({"due", "priority", "updated"})
+"""Sorts whose keys change when a task is edited (``created``'s, the id order, never do)."""
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (PostgreSQL's and Python's resolution)."""
+    return (aware(moment) - EPOCH) // MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + micros * MICROSECOND
+
+
+def aware(moment: datetime) -> datetime:
+    """An offset-less timestamp is read as UTC (not converted: year 1 at +01:00 has no UTC datetime)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
 
 class TaskFilters(msgspec.Struct, frozen=True):
-    """``search``: web-search syntax, as a client sent it (``search_text`` shapes it for PostgreSQL)."""
+    """``search``: web-search syntax, as a client sent it (``search_text`` shapes it for PostgreSQL).
+    ``updated_after``: tasks changed after it (exclusive), e.g. during a walk that read as of it."""
 
     status: TaskStatus | None = None
     priority: TaskPriority | None = None
@@ -37,6 +67,14 @@ class TaskFilters(msgspec.Struct, frozen=True):
     due_before: date | None = None
     due_after: date | None = None
     search: str | None = None
+    updated_after: datetime | None = None
+
+
+class TaskListing(NamedTuple):
+    """Rows of a project's task list and the moment the walk they belong to reads the list as of."""
+
+    rows: list[queries.ListProjectTasksRow]
+    as_of: datetime
 
 
 _PAGE = msgspec.json.Encoder()
@@ -92,6 +130,9 @@ class TaskService:
             return await self._get(uow, actor, task_id, ProjectRole.VIEWER)
 
     async def update(self, actor: int, task_id: int, data: TaskUpdate) -> Task:
+        """The task changed as ``data`` says. A change that changes nothing (every field given as it
+        is) is no change: the task as it is, its ``updated_at`` and ``updated_by`` kept (a walk of the
+        lists would take it for moved), no event, the lists' stored pages still current."""
         set_assignee = data.assignee_id is not msgspec.UNSET
         set_due = data.due_date is not msgspec.UNSET
         new_assignee = data.assignee_id if isinstance(data.assignee_id, int) else None
@@ -120,7 +161,8 @@ class TaskService:
                 updated_by=actor,
                 id=task_id,
             )
-            assert task is not None
+            if task is None:  # nothing to change
+                return from_row(Task, before)
             uow.after_commit(partial(self.cache.tasks_changed, task.project_id))
             await self._emit_changes(uow, actor, before, task)
             return task
@@ -174,30 +216,60 @@ class TaskService:
         cursor: TaskCursor | None,
         limit: int,
     ) -> bytes:
-        """A page of the project's tasks as JSON (a ``Page[TaskOut]``), from the cache when the actor
-        is a member and the page has not changed since it was stored.
+        """A page of the project's tasks as JSON (a ``TaskPage``), from the cache when the actor is a
+        member and the page has not changed since it was stored.
+
+        A walk reads the list as of one moment, ``as_of``: the database's clock when the first page
+        was read (taken at the start of the statement that read it, so before its snapshot), carried
+        by every cursor of the walk. A ``due``, ``priority`` or ``updated`` key changes when a task is
+        edited, so a task edited between two page reads would move across the cursor (seen twice, or
+        never): the later pages of those sorts leave out the tasks whose ``updated_at`` is after
+        ``as_of``. Every other task is where the first page's snapshot put it, so the walk lists each
+        of them once, in order; the ones left out (edited or created meanwhile) are exactly what
+        ``updated_after=<as_of>`` lists once the walk ends. ``created`` keys never change: its walks
+        keep the tasks edited meanwhile, in place (and list the tasks created meanwhile, at the end).
+
+        Known race, not closed: ``updated_at`` is the editing transaction's start time (``now()``), not
+        its commit's. A transaction that started before ``as_of`` and commits after the first page's
+        snapshot was taken changes a task that page did not see changed, with an ``updated_at`` not
+        after ``as_of``: the later pages take the task for unchanged and keep it at its new place (it
+        may be listed twice or not at all, and the catch-up does not list it). The window is one such
+        transaction's duration: milliseconds for a task's update, longer if it waited on a lock.
 
         Only first pages are cached: they are what many readers share (the list as it opens, per sort
         and filter), a page after a cursor is one reader's walk through the list. Searches are never
-        cached. A project keeps at most ``PAGES_PER_PROJECT`` pages (``app/domains/tasks/cache.py``),
+        cached, nor catch-ups (``updated_after``: one walk's own moment, nothing shared). A project
+        keeps at most ``PAGES_PER_PROJECT`` pages (``app/domains/tasks/cache.py``),
         which bounds what made-up queries (dates, limits) can leave in Valkey; leaving cursors out
-        keeps one reader's paging from pushing the shared first pages out of that cap."""
+        keeps one reader's paging from pushing the shared first pages out of that cap.
+
+        A cached first page keeps the ``as_of`` of the read that loaded it, which is still an exact
+        moment for a walk however late it is served: the page is the list as the database held it at
+        that read (the stamp decides when a stored page stops being served, not what it holds), and
+        the cursor makes the later pages leave out whatever changed after that moment, whether before
+        or after the page was served; the catch-up lists those changes, so an older page only means
+        a longer catch-up. The serving moment would not do: a change that committed after the load,
+        its version not yet replaced (``uow.after_commit``), is in neither the page served nor a
+        later page's exclusions, as ``updated_at`` is before the serving moment."""
 
         async def load() -> bytes:
-            rows = await self.list_in_project(
+            listing = await self._listing(
                 actor, project_id, filters=filters, sort=sort, cursor=cursor, limit=limit + 1
             )
+            as_of = to_micros(listing.as_of)
             page: Page[TaskOut] = paginate(
-                rows, limit, lambda row: TaskCursor(sort=sort, key=row.sort_key, id=row.id), TaskOut.from_row
+                listing.rows,
+                limit,
+                lambda row: TaskCursor(sort=sort, key=row.sort_key, id=row.id, as_of=as_of),
+                TaskOut.from_row,
             )
-            return _PAGE.encode(page)
+            return _PAGE.encode(
+                TaskPage(items=page.items, next_cursor=page.next_cursor, as_of=from_micros(as_of))
+            )
 
-        if filters.search is not None or cursor is not None:
+        if filters.search is not None or filters.updated_after is not None or cursor is not None:
             return await load()
-        query = ":".join(
-            "" if value is None else str(value) for value in (*msgspec.structs.astuple(filters), sort, limit)
-        )
-        return await self.cache.read(actor, project_id, query, load)
+        return await self.cache.read(actor, project_id, _cache_query(filters, sort, limit), load)
 
     async def list_in_project(
         self,
@@ -209,27 +281,59 @@ class TaskService:
         cursor: TaskCursor | None,
         limit: int,
     ) -> list[queries.ListProjectTasksRow]:
+        listing = await self._listing(
+            actor, project_id, filters=filters, sort=sort, cursor=cursor, limit=limit
+        )
+        return listing.rows
+
+    async def _listing(
+        self,
+        actor: int,
+        project_id: int,
+        *,
+        filters: TaskFilters,
+        sort: TaskSort,
+        cursor: TaskCursor | None,
+        limit: int,
+    ) -> TaskListing:
+        """Up to ``limit`` rows after ``cursor`` and the walk's ``as_of`` (``page_in_project``): the
+        cursor's, else the clock of the statement that read the rows, which precedes its snapshot."""
         if cursor is not None and cursor.sort != sort:
-            raise UnprocessableError("The cursor belongs to a different sort order.")
+            raise InvalidCursorError("The cursor continues another sort order: pass the sort it came with.")
+        walk_as_of = from_micros(cursor.as_of) if cursor else None
         async with self.db.read() as uow:
-            rows = await queries.list_project_tasks(
-                uow.conn,
-                sort=sort,
-                project_id=project_id,
-                member_id=actor,
-                status=filters.status,
-                priority=filters.priority,
-                assignee_id=filters.assignee_id,
-                due_before=filters.due_before,
-                due_after=filters.due_after,
-                search=search_text(filters.search),
-                after_key=cursor.key if cursor else FIRST_KEY,
-                after_id=cursor.id if cursor else 0,
-                row_limit=limit,
-            )
-            if not rows:  # an empty page, or not a member (404): only then ask
-                await self.projects.require_role(uow, actor, project_id, ProjectRole.VIEWER)
-            return rows
+
+            async def read() -> list[queries.ListProjectTasksRow]:
+                return await queries.list_project_tasks(
+                    uow.conn,
+                    sort=sort,
+                    project_id=project_id,
+                    member_id=actor,
+                    status=filters.status,
+                    priority=filters.priority,
+                    assignee_id=filters.assignee_id,
+                    due_before=filters.due_before,
+                    due_after=filters.due_after,
+                    updated_after=aware(filters.updated_after) if filters.updated_after else None,
+                    as_of=walk_as_of if sort in MUTABLE_SORTS else None,
+                    search=search_text(filters.search),
+                    after_key=cursor.key if cursor else FIRST_KEY,
+                    after_id=cursor.id if cursor else 0,
+                    row_limit=limit,
+                )
+
+            rows = await read()
+            if rows:
+                return TaskListing(rows, rows[0].read_at if walk_as_of is None else walk_as_of)
+            # an empty page, or not a member (404): only then ask
+            await self.projects.require_role(uow, actor, project_id, ProjectRole.VIEWER)
+            if walk_as_of is not None:
+                return TaskListing(rows, walk_as_of)
+            # An empty first page has no row to carry its statement's clock: read the clock, then the
+            # list again (its snapshot follows the clock, so nothing changed since is missed).
+            clock = await queries.database_clock(uow.conn)
+            assert clock is not None
+            return TaskListing(await read(), clock)
 
     async def list_assigned(
         self, actor: int, *, status: TaskStatus | None, after_id: int, limit: int
@@ -331,3 +435,9 @@ class TaskService:
             project_id=task.project_id,
             data={"task_id": task.id, "title": task.title},
         )
+
+
+def _cache_query(filters: TaskFilters, sort: TaskSort, limit: int) -> str:
+    """The cache's name of a first page: its filters, sort and limit."""
+    values = (*msgspec.structs.astuple(filters), sort, limit)
+    return ":".join("" if value is None else str(value) for value in values)
