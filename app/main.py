@@ -20,6 +20,7 @@ from litestar_saq import SAQPlugin
 
 from app.config import Settings, get_settings
 from app.core.channels import channels_plugin
+from app.core.dashboard import dashboard_router
 from app.core.docs import SwaggerUI, docs_router
 from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             MetricsController,
+            dashboard_router(saq_config),
             *(controller for module in services.modules for controller in module.controllers),
         ],
         state=State(

@@ -9,7 +9,8 @@ every asset comes from this origin:
   package, cached for a year (the path changes with the package's version);
 - ``/schema/assets/swagger-init-<hash>.js``: the initialiser (the path changes with its content).
 
-Every response under the docs router carries ``DOCS_CSP``; the browser tests hold the page to it.
+Every response under the docs router carries ``DOCS_CSP``; the browser tests hold the page to it. Any
+other path under it is the app's problem+json 404 (``unknown_docs_path``), as everywhere else.
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ async def _gzipped(name: str) -> bytes:
     return _GZIPPED[name]
 
 
+@get("/{path:str}", include_in_schema=False, sync_to_thread=False)
+def unknown_docs_path(path: FromPath[str]) -> None:
+    """Any other path under the docs: the app's problem+json 404 (with its ``request_id``).
+
+    Litestar's OpenAPI plugin adds a catch-all of its own here that answers an HTML page; a handler
+    already on the router for the same path and method is the one that serves it (pinned by
+    ``tests/functional/test_core_docs_assets.py``).
+    """
+    raise NotFoundException(f"No such documentation page: {path}")
+
+
 def docs_router(path: str = "/schema") -> Router:
     """The router for ``OpenAPIConfig(openapi_router=...)``: the docs' paths, all under ``DOCS_CSP``.
 
@@ -96,7 +108,7 @@ def docs_router(path: str = "/schema") -> Router:
     """
     return Router(
         path,
-        route_handlers=[],
+        route_handlers=[unknown_docs_path],
         include_in_schema=False,
         response_headers=[
             ResponseHeader(name="Content-Security-Policy", value=DOCS_CSP),

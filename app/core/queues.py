@@ -108,6 +108,7 @@ def build_saq_config(
 
     The workers run the jobs of ``services``' modules and obtain services from it; the web app
     passes its own registry (in-process workers share it), the worker process a registry of its own.
+    ``web_guards`` protect the dashboard (``app.core.dashboard.dashboard_router(config)``).
     """
     settings = services.settings
     modules = services.modules
@@ -148,7 +149,9 @@ def build_saq_config(
     return SAQConfig(
         queue_configs=configs,
         queue_instances=queues,
-        web_enabled=True,
+        # litestar-saq's own dashboard answers every job's arguments, result and traceback: the app
+        # serves the dashboard at web_path, behind web_guards, with app.core.dashboard instead.
+        web_enabled=False,
         web_path="/saq",
         web_guards=web_guards,
         use_server_lifespan=False,

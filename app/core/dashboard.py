@@ -1,0 +1,399 @@
+"""The SAQ dashboard at ``/saq``: SAQ's own page and script, served with our JSON API.
+
+litestar-saq's controller answers the page's requests with whole jobs: every argument's value
+(``queue.info(jobs=True)``, a ``repr`` of the kwargs), the job's result and its traceback. Feed jobs
+carry activity payloads, so an administrator who is no member of a project read a private task's
+title there, which the API answers them with a 404. Here, as in the monitoring view and the job logs,
+a job is described by its function, key, queue, status, times, attempts, progress and the *names* of
+its arguments; its error is scrubbed of secrets (``app.core.scrub``) and bounded; its result is not
+sent. litestar-saq's web UI stays off (``web_enabled=False``); this router serves:
+
+- ``/saq/``, ``/saq/queues/<queue>``, ``/saq/queues/<queue>/jobs/<key>``: the page (SAQ's markup)
+  under a strict Content-Security-Policy that allows its one inline script by its hash; ``/saq``
+  redirects to ``/saq/`` (SAQ's script routes only the latter: it rendered its own "404 not found");
+- ``/saq/api/...``: the JSON the page polls, in the shapes SAQ's ``app.js`` reads, and the retry and
+  abort actions (same-origin only: ``app.core.gate``);
+- ``/saq/static/<name>``: SAQ's three files, public (as litestar-saq serves them). ``app.js`` is
+  SAQ's with one fix (``APP_JS_FIXES``: a job's queue link left ``/saq``).
+
+Every answer but the static files is ``Cache-Control: no-store``, and every route but the static files
+is behind the guards of ``SAQConfig.web_guards`` (the accounts domain's ``requires_dashboard_admin``,
+passed in by ``create_app``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Request, Router, get, post
+from litestar.datastructures import CacheControlHeader
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from litestar.response import Redirect, Response
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_308_PERMANENT_REDIRECT
+from litestar_saq import SAQConfig
+from saq import Job, Queue
+
+from app.core.errors import NotFoundError
+from app.core.routing import Controller
+from app.core.scrub import scrub_text
+
+__all__ = (
+    "APP_JS_FIXES",
+    "ERROR_MAX_CHARS",
+    "JobOut",
+    "QueueOut",
+    "dashboard_router",
+    "fixed_app_js",
+    "job_out",
+)
+
+ERROR_MAX_CHARS = 2000
+"""A job's error (a traceback) is cut to its last this many characters: the exception is at the end."""
+_SCRUBBED_AT_MOST = 16 * ERROR_MAX_CHARS
+"""Scrubbed before the final cut, so no secret is cut from the name that marks it (``password=``)."""
+
+NO_STORE = CacheControlHeader(no_store=True)
+_NO_STORE = {"Cache-Control": "no-store"}
+
+APP_JS_FIXES: tuple[tuple[str, str], ...] = (
+    # A job's page linked its queue at "/queues/<name>", outside the dashboard (saq 0.26.4, app.js ~217).
+    (
+        'link({ props: { href: "/queues/" + job.queue } }, job.queue)',
+        'link({ props: { href: root_path + "/queues/" + job.queue } }, job.queue)',
+    ),
+)
+"""What the served ``app.js`` changes in SAQ's, each applied once (a test pins that it is all)."""
+
+
+def fixed_app_js(upstream: str) -> str:
+    """SAQ's ``app.js`` with ``APP_JS_FIXES`` (a fix SAQ has made itself, or moved, is left out)."""
+    for wrong, right in APP_JS_FIXES:
+        upstream = upstream.replace(wrong, right, 1)
+    return upstream
+
+
+def _csp(inline_script: str) -> str:
+    digest = base64.b64encode(hashlib.sha256(inline_script.encode()).digest()).decode()
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self' 'sha256-{digest}'",
+            "style-src 'self'",
+            "img-src 'self' data:",  # Pico's icons are data: URIs
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def _root_script(root: str) -> str:
+    """The page's one inline script: where the dashboard is (``app.js`` reads ``root_path``)."""
+    return f"const root_path = {msgspec.json.encode(root).decode()};"
+
+
+def _page(root: str) -> str:
+    """litestar-saq's page, with our ``app.js``."""
+    static = html.escape(f"{root}/static")
+    return f"""<!DOCTYPE html>
+<html>
+    <head>
+        <meta charset="utf-8">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <link rel="stylesheet" type="text/css" href="{static}/pico.min.css.gz">
+        <title>SAQ</title>
+    </head>
+    <body>
+        <div id="app"></div>
+        <script>{_root_script(root)}</script>
+        <script src="{static}/snabbdom.js.gz"></script>
+        <script src="{static}/app.js"></script>
+    </body>
+</html>
+"""
+
+
+# -- wire shapes (those SAQ's app.js reads) --------------------------------------------------------
+
+
+class JobOut(msgspec.Struct, frozen=True):
+    """A job as the dashboard shows it: never its arguments' values nor its result."""
+
+    function: str
+    key: str
+    queue: str | None
+    status: str
+    kwargs: str
+    """The names of its arguments, comma-separated (SAQ's page shows this field as the "Args" column)."""
+    attempts: int
+    retries: int
+    progress: float
+    queued: int
+    started: int
+    completed: int
+    scheduled: int
+    touched: int
+    error: str | None
+    """Its error (a traceback), secrets masked, the last ``ERROR_MAX_CHARS`` characters."""
+
+
+class WorkerStatsOut(msgspec.Struct, frozen=True):
+    complete: int = 0
+    failed: int = 0
+    retried: int = 0
+    aborted: int = 0
+    uptime: int = 0
+
+
+class WorkerOut(msgspec.Struct, frozen=True):
+    """A worker's counters (not the free-form metadata it registers)."""
+
+    queue_key: str | None
+    stats: WorkerStatsOut | None
+
+
+class QueueOut(msgspec.Struct, frozen=True):
+    name: str
+    queued: int
+    active: int
+    scheduled: int
+    workers: dict[str, WorkerOut]
+    jobs: list[JobOut]
+    """The first jobs of the queue's detail (SAQ's selection); empty in the list of queues."""
+
+
+class QueueList(msgspec.Struct, frozen=True):
+    queues: list[QueueOut]
+
+
+class QueueDetail(msgspec.Struct, frozen=True):
+    queue: QueueOut
+
+
+class JobDetail(msgspec.Struct, frozen=True):
+    job: JobOut
+
+
+def _error(text: Any) -> str | None:
+    if not text:
+        return None
+    scrubbed = scrub_text(str(text)[-_SCRUBBED_AT_MOST:])
+    return scrubbed if len(scrubbed) <= ERROR_MAX_CHARS else "…" + scrubbed[-(ERROR_MAX_CHARS - 1) :]
+
+
+def job_out(job: Mapping[str, Any]) -> JobOut:
+    """A job's dashboard view from its ``to_dict()`` (which omits fields at their defaults)."""
+    status = job.get("status", "new")
+    queue = job.get("queue")
+    return JobOut(
+        function=str(job.get("function", "")),
+        key=str(job.get("key", "")),
+        queue=queue if isinstance(queue, str) or queue is None else getattr(queue, "name", None),
+        status=str(getattr(status, "value", status)),
+        kwargs=", ".join(sorted(str(name) for name in job.get("kwargs") or {})),
+        attempts=int(job.get("attempts", 0)),
+        retries=int(job.get("retries", 1)),
+        progress=float(job.get("progress", 0.0)),
+        queued=int(job.get("queued", 0)),
+        started=int(job.get("started", 0)),
+        completed=int(job.get("completed", 0)),
+        scheduled=int(job.get("scheduled", 0)),
+        touched=int(job.get("touched", 0)),
+        error=_error(job.get("error")),
+    )
+
+
+def _worker_out(info: Mapping[str, Any]) -> WorkerOut:
+    stats = info.get("stats")
+    return WorkerOut(
+        queue_key=info.get("queue_key"),
+        stats=msgspec.convert(stats, WorkerStatsOut) if isinstance(stats, Mapping) else None,
+    )
+
+
+async def _queue_out(queue: Queue, *, jobs: bool) -> QueueOut:
+    info = await queue.info(jobs=jobs)
+    return QueueOut(
+        name=info["name"],
+        queued=info["queued"],
+        active=info["active"],
+        scheduled=info["scheduled"],
+        workers={worker: _worker_out(details) for worker, details in info["workers"].items()},
+        jobs=[job_out(job) for job in info["jobs"]],
+    )
+
+
+# -- routes -----------------------------------------------------------------------------------------
+
+Queues = Mapping[str, Queue]
+DashboardQueues = NamedDependency[Queues]
+
+
+def _queue(queues: Queues, queue_id: str) -> Queue:
+    queue = queues.get(queue_id)
+    if queue is None:
+        raise NotFoundError(f"No queue named {queue_id!r}.", headers=_NO_STORE)
+    return queue
+
+
+async def _job(queues: Queues, queue_id: str, job_id: str) -> Job:
+    job = await _queue(queues, queue_id).job(job_id)
+    if job is None:
+        raise NotFoundError(f"No job {job_id!r} in the {queue_id} queue.", headers=_NO_STORE)
+    return job
+
+
+class DashboardPage(msgspec.Struct, frozen=True):
+    """The page and its policy, for one root path."""
+
+    root: str
+    html: str
+    csp: str
+
+
+class DashboardController(Controller):
+    """What the page loads and polls; every answer ``no-store`` (it is job data)."""
+
+    path = "/"
+    include_in_schema = False
+    cache_control = NO_STORE
+
+    @get(
+        ["/", "/queues/{queue_id:str}", "/queues/{queue_id:str}/jobs/{job_id:str}"],
+        media_type="text/html",
+        summary="The dashboard's page",
+        description="One page for every view (SAQ's script renders the view of the address). "
+        "`/saq` redirects to `/saq/`, the address the script knows.",
+    )
+    async def page(
+        self,
+        request: Request[Any, Any, Any],
+        dashboard_page: NamedDependency[DashboardPage],
+        queue_id: FromPath[str | None] = None,
+        job_id: FromPath[str | None] = None,
+    ) -> Response[str] | Redirect:
+        raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+        home = f"{dashboard_page.root}/"
+        if queue_id is None and raw_path.split(b"?", 1)[0] != home.encode():
+            return Redirect(home, status_code=HTTP_308_PERMANENT_REDIRECT)
+        return Response(
+            dashboard_page.html,
+            media_type="text/html",
+            headers={"Content-Security-Policy": dashboard_page.csp},
+        )
+
+    @get("/api/queues", summary="The queues", description="Counts and workers of every queue.")
+    async def queue_list(self, dashboard_queues: DashboardQueues) -> QueueList:
+        return QueueList(queues=[await _queue_out(queue, jobs=False) for queue in dashboard_queues.values()])
+
+    @get(
+        "/api/queues/{queue_id:str}",
+        summary="A queue",
+        description="Its counts, workers and first jobs (argument names only).",
+    )
+    async def queue_detail(self, dashboard_queues: DashboardQueues, queue_id: FromPath[str]) -> QueueDetail:
+        return QueueDetail(queue=await _queue_out(_queue(dashboard_queues, queue_id), jobs=True))
+
+    @get(
+        "/api/queues/{queue_id:str}/jobs/{job_id:str}",
+        summary="A job",
+        description="Its function, status, times, attempts, argument names and scrubbed error.",
+    )
+    async def job_detail(
+        self, dashboard_queues: DashboardQueues, queue_id: FromPath[str], job_id: FromPath[str]
+    ) -> JobDetail:
+        job = await _job(dashboard_queues, queue_id, job_id)
+        return JobDetail(job=job_out(job.to_dict()))
+
+    @post(
+        "/api/queues/{queue_id:str}/jobs/{job_id:str}/retry",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Retry a job",
+        description="Queues the job again (same-origin requests only).",
+    )
+    async def job_retry(
+        self, dashboard_queues: DashboardQueues, queue_id: FromPath[str], job_id: FromPath[str]
+    ) -> dict[str, str]:
+        job = await _job(dashboard_queues, queue_id, job_id)
+        await job.retry("retried from ui")
+        return {}
+
+    @post(
+        "/api/queues/{queue_id:str}/jobs/{job_id:str}/abort",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Abort a job",
+        description="Aborts the job (same-origin requests only).",
+    )
+    async def job_abort(
+        self, dashboard_queues: DashboardQueues, queue_id: FromPath[str], job_id: FromPath[str]
+    ) -> dict[str, str]:
+        job = await _job(dashboard_queues, queue_id, job_id)
+        await job.abort("aborted from ui")
+        return {}
+
+
+class StaticFile(msgspec.Struct, frozen=True):
+    body: bytes
+    media_type: str
+    gzipped: bool
+
+
+def _static_files(directory: Path) -> dict[str, StaticFile]:
+    """SAQ's files, read once: the page's stylesheet and scripts (two of them stored gzipped)."""
+    return {
+        "app.js": StaticFile(
+            fixed_app_js((directory / "app.js").read_text()).encode(), "text/javascript", gzipped=False
+        ),
+        "snabbdom.js.gz": StaticFile(
+            (directory / "snabbdom.js.gz").read_bytes(), "text/javascript", gzipped=True
+        ),
+        "pico.min.css.gz": StaticFile((directory / "pico.min.css.gz").read_bytes(), "text/css", gzipped=True),
+    }
+
+
+def _static_router(files: Mapping[str, StaticFile]) -> Router:
+    @get("/{name:str}", include_in_schema=False, sync_to_thread=False)
+    def dashboard_static(name: FromPath[str]) -> Response[bytes]:
+        file = files.get(name)
+        if file is None:
+            raise NotFoundError(f"No dashboard file {name!r}.")
+        # Sent as stored: the compression layer passes an encoded answer through.
+        headers = {"Content-Encoding": "gzip"} if file.gzipped else None
+        return Response(file.body, media_type=file.media_type, headers=headers)
+
+    return Router("/static", route_handlers=[dashboard_static], include_in_schema=False)
+
+
+def dashboard_router(config: SAQConfig) -> Router:
+    """The dashboard at ``config.web_path`` for ``config``'s queues, behind ``config.web_guards``.
+
+    ``config.web_enabled`` must be off: litestar-saq would serve its own routes there.
+    """
+    if config.web_enabled:
+        raise ValueError("litestar-saq's own dashboard is on (web_enabled): it would answer job arguments")
+    root = config.web_path.rstrip("/") or "/saq"
+    page = DashboardPage(root=root, html=_page(root), csp=_csp(_root_script(root)))
+    queues: Queues = dict(config.get_queues().queues)
+    guarded = Router(
+        "/",
+        route_handlers=[DashboardController],
+        guards=list(config.web_guards or ()),
+        dependencies={
+            "dashboard_queues": Provide(lambda: queues, use_cache=True, sync_to_thread=False),
+            "dashboard_page": Provide(lambda: page, use_cache=True, sync_to_thread=False),
+        },
+        include_in_schema=False,
+    )
+    return Router(
+        root,
+        route_handlers=[_static_router(_static_files(config.static_files)), guarded],
+        include_in_schema=False,
+    )
