@@ -496,6 +496,7 @@ class MonitoringTelegramChat(msgspec.Struct, frozen=True):
     chat_id: str
     blocked_until: datetime | None
     recent_sends: list[datetime]
+    migrated_to: str | None
 
 
 class MonitoringBudgetPeriod(msgspec.Struct, frozen=True, gc=False):

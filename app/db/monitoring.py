@@ -208,6 +208,18 @@ async def upsert_release(conn: AsyncConnection[Any], *, name: str) -> Monitoring
         return await cur.fetchone()
 
 
+REGISTER_RELEASE = """\
+insert into monitoring_releases (name) values ($1)
+on conflict (name) do nothing"""
+
+
+async def register_release(conn: AsyncConnection[Any], *, name: str) -> None:
+    """A process of this release has started. The first registration gives the release its id, which is
+    its place in the release order ("older" = first ran before); later ones change nothing."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(REGISTER_RELEASE, (name,))
+
+
 GET_RELEASE_BY_NAME = "select id, name, first_seen_at from monitoring_releases where name = $1"
 
 
@@ -445,6 +457,44 @@ async def fire_rule(
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(FIRE_RULE, (rule, group_id, now, cutoff))
         return await cur.fetchone()
+
+
+GROUP_ALERTED_AFTER = """\
+select exists (
+    select 1 from monitoring_rule_fires
+    where rule = $1 and group_id = $2 and last_fired_at > $3
+) as alerted"""
+
+
+async def group_alerted_after(
+    conn: AsyncConnection[Any],
+    *,
+    gap_rule: str,
+    group_id: int,
+    cutoff: datetime,
+) -> bool | None:
+    """Whether the group had an alert after @cutoff (any rule): its last-alerted time is kept as the
+    firing of the pseudo-rule @gap_rule, which no configured rule can be named."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(GROUP_ALERTED_AFTER, (gap_rule, group_id, cutoff))
+        return await cur.fetchone()
+
+
+MARK_GROUP_ALERTED = """\
+insert into monitoring_rule_fires (rule, group_id, last_fired_at)
+values ($1, $2, $3)
+on conflict (rule, group_id) do update set last_fired_at = greatest(monitoring_rule_fires.last_fired_at, excluded.last_fired_at)"""
+
+
+async def mark_group_alerted(
+    conn: AsyncConnection[Any],
+    *,
+    gap_rule: str,
+    group_id: int,
+    now: datetime,
+) -> None:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(MARK_GROUP_ALERTED, (gap_rule, group_id, now))
 
 
 LIST_GROUPS = """\
@@ -959,13 +1009,26 @@ async def mark_delivery_final(
         await cur.execute(MARK_DELIVERY_FINAL, (status, last_error, id))
 
 
-LOAD_CHATS = "select chat_id, blocked_until, recent_sends from monitoring_telegram_chats"
+LOAD_CHATS = "select chat_id, blocked_until, recent_sends, migrated_to from monitoring_telegram_chats"
 
 
 async def load_chats(conn: AsyncConnection[Any]) -> list[MonitoringTelegramChat]:
     async with AsyncRawCursor(conn, row_factory=args_row(MonitoringTelegramChat)) as cur:
         await cur.execute(LOAD_CHATS)
         return await cur.fetchall()
+
+
+SAVE_CHAT_MIGRATION = """\
+insert into monitoring_telegram_chats (chat_id, migrated_to)
+values ($1, $2)
+on conflict (chat_id) do update set migrated_to = excluded.migrated_to"""
+
+
+async def save_chat_migration(conn: AsyncConnection[Any], *, chat_id: str, migrated_to: str | None) -> None:
+    """Telegram moved the configured chat @chat_id (a group upgraded to a supergroup) to @migrated_to:
+    deliveries to @chat_id go there from now on."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(SAVE_CHAT_MIGRATION, (chat_id, migrated_to))
 
 
 SAVE_CHAT = """\

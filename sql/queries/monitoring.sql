@@ -57,6 +57,12 @@ insert into monitoring_releases (name) values (@name)
 on conflict (name) do update set name = excluded.name
 returning *;
 
+-- name: RegisterRelease :exec
+-- A process of this release has started. The first registration gives the release its id, which is
+-- its place in the release order ("older" = first ran before); later ones change nothing.
+insert into monitoring_releases (name) values (@name)
+on conflict (name) do nothing;
+
 -- name: GetReleaseByName :one
 select * from monitoring_releases where name = @name;
 
@@ -131,6 +137,19 @@ values (@rule, @group_id, @now)
 on conflict (rule, group_id) do update set last_fired_at = excluded.last_fired_at
 where f.last_fired_at <= @cutoff::timestamptz
 returning f.last_fired_at;
+
+-- name: GroupAlertedAfter :one
+-- Whether the group had an alert after @cutoff (any rule): its last-alerted time is kept as the
+-- firing of the pseudo-rule @gap_rule, which no configured rule can be named.
+select exists (
+    select 1 from monitoring_rule_fires
+    where rule = @gap_rule and group_id = @group_id and last_fired_at > @cutoff
+) as alerted;
+
+-- name: MarkGroupAlerted :exec
+insert into monitoring_rule_fires (rule, group_id, last_fired_at)
+values (@gap_rule, @group_id, @now)
+on conflict (rule, group_id) do update set last_fired_at = greatest(monitoring_rule_fires.last_fired_at, excluded.last_fired_at);
 
 -- name: ListGroups :many
 select g.id, g.kind, g.title, g.culprit, g.status, g.status_changed_at, g.last_release, g.resolved_at,
@@ -317,6 +336,13 @@ update monitoring_deliveries set status = @status, last_error = @last_error wher
 
 -- name: LoadChats :many
 select * from monitoring_telegram_chats;
+
+-- name: SaveChatMigration :exec
+-- Telegram moved the configured chat @chat_id (a group upgraded to a supergroup) to @migrated_to:
+-- deliveries to @chat_id go there from now on.
+insert into monitoring_telegram_chats (chat_id, migrated_to)
+values (@chat_id, @migrated_to)
+on conflict (chat_id) do update set migrated_to = excluded.migrated_to;
 
 -- name: SaveChat :exec
 insert into monitoring_telegram_chats (chat_id, blocked_until, recent_sends)

@@ -13,6 +13,9 @@ it). It behaves like the Bot API where our sender depends on it:
   code units: an emoji outside the BMP counts twice), else 400.
 - Flood control: at most one message per second per chat and 20 per minute per group chat (a chat id
   starting with ``-``); a message over either limit gets ``429`` with ``parameters.retry_after``.
+- A group upgraded to a supergroup (``migrate(old, new)``): a message to the old chat id is refused as
+  the Bot API refuses it, ``400 Bad Request: group chat was upgraded to a supergroup chat`` with
+  ``parameters.migrate_to_chat_id`` (an integer, ResponseParameters), and is not delivered.
 - Scripted faults (``script``): the next requests answer a given status (e.g. 429 with
   ``retry_after=3``); ``hold``: a request whose text contains a marker is recorded (Telegram has it)
   and then answered only after a delay (a client killed meanwhile never learns it was sent); with
@@ -155,6 +158,7 @@ class FakeTelegram:
     scripted: deque[Scripted] = field(default_factory=deque)
     holds: list[Hold] = field(default_factory=list)
     accepted_at: dict[str, list[float]] = field(default_factory=dict)
+    migrated: dict[str, str] = field(default_factory=dict)
     next_message_id: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: bool = False
@@ -167,6 +171,11 @@ class FakeTelegram:
         with self.lock:
             self.holds.append(Hold(contains, seconds, drip))
 
+    def migrate(self, old_chat_id: str, new_chat_id: str) -> None:
+        """The group ``old_chat_id`` becomes the supergroup ``new_chat_id`` (an id like -100...)."""
+        with self.lock:
+            self.migrated[old_chat_id] = new_chat_id
+
     def messages(self, *, accepted_only: bool = False) -> list[Received]:
         with self.lock:
             return [r for r in self.received if r.accepted or not accepted_only]
@@ -177,6 +186,7 @@ class FakeTelegram:
             self.scripted.clear()
             self.holds.clear()
             self.accepted_at.clear()
+            self.migrated.clear()
 
     def _answer(
         self, chat_id: str, text: str, parse_mode: str | None
@@ -191,6 +201,11 @@ class FakeTelegram:
                 )
             if not chat_id:
                 return self._refuse(now, chat_id, text, parse_mode, 400, "Bad Request: chat_id is empty")
+            if chat_id in self.migrated:
+                description = "Bad Request: group chat was upgraded to a supergroup chat"
+                status, body, hold = self._refuse(now, chat_id, text, parse_mode, 400, description)
+                body["parameters"] = {"migrate_to_chat_id": int(self.migrated[chat_id])}
+                return status, body, hold
             visible = text
             if parse_mode is not None:
                 if parse_mode.upper() != "HTML":

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 from valkey.asyncio import Valkey
@@ -22,12 +23,13 @@ from app.config import Settings
 from app.core.db import UnitOfWork
 from app.core.services import open_services
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
+from app.domains.monitoring import services as monitoring_services
 from app.domains.monitoring.capture import DEGRADED, RawEvent
 from app.domains.monitoring.fingerprint import RawException, capture_chain
 from app.domains.monitoring.groups import MAX_WRITE_FAILURES, Aggregate, WriteResult
 from app.domains.monitoring.module import module as monitoring_module
 from app.domains.monitoring.services import MonitoringService
-from tests.factories import wait_until
+from tests.factories import captured_logs, wait_until
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 
@@ -273,11 +275,11 @@ async def test_resolved_in_a_named_release(
     exc = raise_bug(0)
     async with open_monitoring(settings, monitoring_release="2.0.0") as old:
         [created] = await old.write_now([error_event(exc)])
-        detail = await old.resolve(created.root_id, None, in_release="2.1.0")
-        assert detail.resolved_in_release == "2.1.0"
-        assert (await old.write_now([error_event(exc)]))[0].transition is None
-    async with open_monitoring(settings, monitoring_release="2.1.0") as new:
-        assert (await new.write_now([error_event(exc)]))[0].transition == "regressed"
+        async with open_monitoring(settings, monitoring_release="2.1.0") as new:  # deployed, rolling
+            detail = await old.resolve(created.root_id, None, in_release="2.1.0")
+            assert detail.resolved_in_release == "2.1.0"
+            assert (await old.write_now([error_event(exc)]))[0].transition is None
+            assert (await new.write_now([error_event(exc)]))[0].transition == "regressed"
 
 
 async def test_ignore_until_n_more_events_reopens_and_alerts(
@@ -471,3 +473,29 @@ async def test_a_process_whose_clock_is_an_hour_ahead_does_not_silence_the_perio
         ahead.clock = lambda: time.time() + 3600
         assert await ahead.run_periodic()
         await wait_until(on_time.run_periodic, 30, "a process on the right clock runs the next round")
+
+
+async def test_new_fingerprints_past_max_pending_are_counted_and_logged_once(
+    service: MonitoringService, db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_PENDING`` distinct fingerprints waiting (the database is behind), a new one's events
+    are dropped: counted, and said once per interval rather than once per fingerprint."""
+    monkeypatch.setattr(monitoring_services, "MAX_PENDING", 2)
+    dropped = "app_monitoring_pending_events_dropped_total"
+    before = REGISTRY.get_sample_value(dropped) or 0.0
+    tag = uuid.uuid4().hex[:6]
+    with captured_logs() as logs:
+        for n in range(5):
+            for _ in range(n + 1):  # fingerprint n has n + 1 events
+                service.buffer.add(
+                    RawEvent(
+                        kind=MonitoringGroupKind.ERROR,
+                        occurred_at=time.time(),
+                        chain=(RawException(f"Overflow{tag}Error{n}", "too many", ()),),
+                        context={"source": "request"},
+                    )
+                )
+        assert await service.flush(force=True) == 2
+    assert (REGISTRY.get_sample_value(dropped) or 0.0) - before == 3 + 4 + 5
+    [warning] = logs.events("monitoring_fingerprints_dropped")
+    assert (warning["level"], warning["held"]) == ("warning", 2)

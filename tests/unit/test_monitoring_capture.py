@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import psycopg
+import psycopg.errors
 import psycopg_pool
 import pytest
 import valkey.exceptions
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from app.core.errors import ConflictError, ServiceUnavailableError
+from app.core.errors import ConflictError, ServiceUnavailableError, dependency_down, exception_handlers
 from app.db.models import MonitoringGroupKind
-from app.domains.monitoring.capture import EventBuffer, RawEvent, classify, request_event
+from app.domains.monitoring.capture import (
+    EventBuffer,
+    RawEvent,
+    _handler_for,
+    classify,
+    request_event,
+)
 from app.domains.monitoring.fingerprint import RawException
 
 ERROR = MonitoringGroupKind.ERROR
@@ -32,10 +39,38 @@ UNAVAILABLE = MonitoringGroupKind.UNAVAILABLE
         (psycopg.OperationalError("connection refused"), UNAVAILABLE),
         (psycopg_pool.PoolTimeout("no connection"), UNAVAILABLE),
         (valkey.exceptions.ConnectionError("down"), UNAVAILABLE),
+        (valkey.exceptions.TimeoutError("no answer"), UNAVAILABLE),
     ],
 )
 def test_what_is_captured(exc: Exception, kind: MonitoringGroupKind | None) -> None:
     assert classify(exc) == kind
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        # The server answered about our statement: a bug of the site, grouped by its stack.
+        (psycopg.errors.DeadlockDetected("deadlock detected"), ERROR),
+        (psycopg.errors.SerializationFailure("could not serialize access"), ERROR),
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), ERROR),
+        (psycopg.errors.LockNotAvailable("could not obtain lock"), ERROR),
+        (psycopg.errors.ProgramLimitExceeded("statement too complex"), ERROR),
+        # The server (or the way to it) is gone: an outage.
+        (psycopg.errors.ConnectionFailure("connection failure"), UNAVAILABLE),
+        (psycopg.errors.ConnectionTimeout("connection timeout expired"), UNAVAILABLE),
+        (psycopg.errors.TooManyConnections("too many clients already"), UNAVAILABLE),
+        (psycopg.errors.DiskFull("could not extend file"), UNAVAILABLE),
+        (psycopg.errors.AdminShutdown("terminating connection"), UNAVAILABLE),
+        (psycopg.errors.CrashShutdown("terminating connection"), UNAVAILABLE),
+        (psycopg.errors.CannotConnectNow("the database system is starting up"), UNAVAILABLE),
+        (psycopg_pool.PoolClosed("the pool is closed"), UNAVAILABLE),
+    ],
+)
+def test_only_a_database_going_away_is_an_outage(exc: Exception, kind: MonitoringGroupKind) -> None:
+    """Every one of these is answered 503 by the dependency-down handler; only some are outages."""
+    assert exception_handlers[psycopg.OperationalError] is _handler_for(exception_handlers, exc)
+    assert classify(exc) == kind
+    assert dependency_down(exc) == (kind == UNAVAILABLE)
 
 
 def test_a_request_event_carries_the_context_and_no_body() -> None:

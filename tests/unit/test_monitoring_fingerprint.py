@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import linecache
 import textwrap
 import uuid
 
 import pytest
 
+from app.domains.monitoring import fingerprint
 from app.domains.monitoring.fingerprint import (
     GROUPING_VERSION,
     RawException,
@@ -138,6 +140,81 @@ def test_recursion_depth_does_not_split_groups() -> None:
     shallow = fingerprint_of(raise_bug(0, source=source.replace("DEPTH", "3")))
     deep = fingerprint_of(raise_bug(0, source=source.replace("DEPTH", "30")))
     assert shallow[0] == deep[0]
+
+
+TREE = """
+def walk(depth):
+    if depth == 0:
+        raise KeyError("missing child")
+    return walk(depth - 1)
+
+
+def handler(depth):
+    return walk(depth)
+"""
+
+EVEN_ODD = """
+def even(depth):
+    if depth <= 0:
+        raise KeyError("missing child")
+    return odd(depth - 1)
+
+
+def odd(depth):
+    return even(depth - 1)
+
+
+def handler(depth):
+    return even(depth)
+"""
+
+
+@pytest.mark.parametrize("source", [TREE, EVEN_ODD], ids=["recursion", "mutual-recursion"])
+def test_a_recursive_bug_is_one_group_at_any_depth_past_the_frame_limit_too(source: str) -> None:
+    def print_at(depth: int) -> tuple[str, ...]:
+        return fingerprint_of(raise_bug(0, module="app.domains.tasks.tree", source=source, argument=depth))
+
+    assert print_at(2) == print_at(3) == print_at(10) == print_at(11) == print_at(80) == print_at(501)
+    deep = capture_chain(raise_bug(0, module="app.domains.tasks.tree", source=source, argument=501))
+    functions = [function for _, function, _, _ in deep[-1].frames]
+    assert "raise_bug" in functions and "handler" in functions, "the outermost frames are kept"
+
+
+def test_a_stack_too_deep_without_cycles_keeps_its_outermost_and_innermost_frames() -> None:
+    chain = "\n".join(f"def step{n}(value):\n    return step{n + 1}(value)\n" for n in range(100))
+    last = "def step100(value):\n    raise KeyError(value)\n"
+    source = f"{chain}\n{last}\ndef handler(value):\n    return step0(value)\n"
+    frames = capture_chain(raise_bug(0, source=source))[-1].frames
+    functions = [function for _, function, _, _ in frames]
+    assert len(frames) == fingerprint.MAX_FRAMES
+    assert functions[-1] == "step100" and "raise_bug" in functions[: fingerprint.OUTER_FRAMES]
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ("", ""),
+        ("hAAAAz", "hAz"),
+        ("hABABABz", "hABz"),
+        ("hABABAz", "hABAz"),
+        ("hABCABCABCz", "hABCz"),
+        ("hABCDEFGHIJABCDEFGHIJz", "hABCDEFGHIJz"),
+        ("hABCDEFGHIJKABCDEFGHIJKz", "hABCDEFGHIJKABCDEFGHIJKz"),  # past MAX_CYCLE: kept
+        ("hABCz", "hABCz"),
+    ],
+)
+def test_repeated_cycles_are_collapsed(items: str, expected: str) -> None:
+    assert "".join(fingerprint.collapse_cycles(list(items))) == expected
+
+
+def test_collapsing_does_not_depend_on_how_often_a_cycle_ran() -> None:
+    for prefix, cycle, suffix in itertools.product(
+        ["", "h", "hA", "AB"], ["A", "AB", "ABA", "ABC"], ["", "A", "z"]
+    ):
+        collapsed = {
+            tuple(fingerprint.collapse_cycles(list(prefix + cycle * n + suffix))) for n in range(2, 9)
+        }
+        assert len(collapsed) == 1, (prefix, cycle, suffix, collapsed)
 
 
 def test_stackless_events_group_by_normalised_message() -> None:

@@ -12,9 +12,16 @@ import pytest
 
 from app.config import load_settings
 from app.db.models import MonitoringGroup, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
-from app.domains.monitoring.alerts import Frequency, UsersAffected, load_rules
+from app.domains.monitoring.alerts import (
+    GROUP_GAP_RULE,
+    AlertRule,
+    Frequency,
+    UsersAffected,
+    always_alerts,
+    load_rules,
+)
 from app.domains.monitoring.crons import MonitorState, Thresholds, check_in, latest_slot, sweep
-from app.domains.monitoring.delivery import GROUP_MAX, MIN_INTERVAL_S, Pacer
+from app.domains.monitoring.delivery import GROUP_MAX, MIN_INTERVAL_S, Pacer, current_chat
 from app.domains.monitoring.latency import BOUNDS_S, BUCKETS, LatencyRecorder, percentiles, quantile_ms
 from app.domains.monitoring.lifecycle import ReleaseSeen, decide
 from app.domains.monitoring.report import report_period
@@ -212,6 +219,12 @@ def test_pacing_per_chat_and_per_group() -> None:
     assert pacer.ready_at("42") == 500.0
 
 
+def test_a_migrated_chat_is_followed_to_its_current_id() -> None:
+    routes = {"-42": "-10042"}
+    assert (current_chat(routes, "-42"), current_chat(routes, "-43")) == ("-10042", "-43")
+    assert current_chat({"a": "b", "b": "a"}, "a") in ("a", "b"), "a loop in the mapping ends"
+
+
 SPREADING = (
     '[{"name": "spreading", "conditions": [{"type": "frequency", "events": 50, "window_s": 600},'
     ' {"type": "users", "users": 10, "window_s": 600}], "action_interval_s": 1800}]'
@@ -230,6 +243,29 @@ def test_rules_from_json_combine_conditions() -> None:
     bad = load_settings({"APP_ENV": "test", "MONITORING_ALERT_RULES": '[{"name": "x", "conditions": []}]'})
     with pytest.raises(ValueError, match="MONITORING_ALERT_RULES"):
         load_rules(bad)
+
+
+def test_only_rules_on_volume_wait_for_the_group_gap() -> None:
+    defaults = load_rules(load_settings({"APP_ENV": "test"}))
+    assert {rule.name: always_alerts(rule) for rule in defaults} == {
+        "new-group": True,
+        "regression": True,
+        "reopened": True,
+        "escalation": False,
+        "frequency": False,
+        "users": False,
+    }
+    new_and_busy = (
+        '[{"name": "busy-new", "conditions": [{"type": "new"},'
+        ' {"type": "frequency", "events": 5, "window_s": 60}]}]'
+    )
+    [custom] = msgspec.json.decode(new_and_busy, type=list[AlertRule])
+    assert always_alerts(custom)
+    assert msgspec.json.decode(SPREADING, type=list[AlertRule])[0].name != GROUP_GAP_RULE
+    with pytest.raises(msgspec.ValidationError):  # no configured rule can share the gap's name
+        msgspec.json.decode(
+            f'[{{"name": "{GROUP_GAP_RULE}", "conditions": [{{"type": "new"}}]}}]', type=list[AlertRule]
+        )
 
 
 def test_the_report_is_due_at_local_time_across_dst() -> None:

@@ -8,6 +8,12 @@ re-notifies an issue already notified for a rule). Conditions: ``new`` (the grou
 (events over a window above k times the group's own baseline rate), ``frequency`` (N events in T) and
 ``users`` (N distinct users in T) — the last three also alert on the growth of a known problem.
 
+On top of each rule's own interval, a group has one gap (``MONITORING_ACTION_INTERVAL_S``): a rule on
+the group's volume (escalation, frequency, users) does not alert a group that had any alert within
+it, so one new error turning into a storm sends one alert, not new-group then frequency then users
+seconds apart. A rule on a change of the group's state (new, regression, reopened) always alerts:
+each is news (``always_alerts``).
+
 ``MONITORING_ALERT_RULES`` (JSON, a list of rules) replaces the defaults built from the settings, e.g.
 ``[{"name": "spreading", "conditions": [{"type": "frequency", "events": 50, "window_s": 600},
 {"type": "users", "users": 10, "window_s": 600}], "action_interval_s": 1800}]``.
@@ -82,6 +88,17 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     action_interval_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)] = 3600
     kinds: list[MonitoringGroupKind] | None = None
     """Group kinds the rule watches (all when omitted)."""
+
+
+GROUP_GAP_RULE = "*group*"
+"""The pseudo-rule whose firing (``monitoring_rule_fires``) is a group's last alert, of any rule: no
+configured rule can have this name."""
+
+
+def always_alerts(rule: AlertRule) -> bool:
+    """Whether ``rule`` alerts even within its group's gap: a rule on a change of the group's state
+    (new, regressed, reopened). Rules on volume alone wait for the gap."""
+    return any(isinstance(condition, (NewGroup, Regression, Reopened)) for condition in rule.conditions)
 
 
 EVENT_KINDS = [MonitoringGroupKind.ERROR, MonitoringGroupKind.JOB, MonitoringGroupKind.UNAVAILABLE]

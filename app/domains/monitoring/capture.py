@@ -10,6 +10,13 @@ unexpected-error problem, and an ``HTTPException`` of status 500 or more). Clien
 dependency is down (PostgreSQL, Valkey) is captured as an ``unavailable`` group per exception type
 (``MONITORING_CAPTURE_UNAVAILABLE``): one group per outage kind, not one per stack, so an outage is
 one alert; such events wait in the buffer until the database is back.
+
+The dependency-down handler answers every ``psycopg.OperationalError`` with a 503 and ``Retry-After``
+(right for the client in every case), but only a connection or server going away is an outage
+(``app.core.errors.dependency_down``). A deadlock (40P01), a serialization failure (40001), our
+statement timeout (57014) or a lock not available (55P03) is the server answering a statement of
+ours: a bug of the site that raised it, captured as an ``error`` fingerprinted by its stack (one
+group per site, each alerting as new), never as an outage.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from litestar.types import Scope
 from litestar.utils.scope.state import ScopeState
 from prometheus_client import Counter
 
-from app.core.errors import AppError, exception_handlers
+from app.core.errors import AppError, dependency_down, exception_handlers
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.fingerprint import RawException, capture_chain, type_name
 
@@ -154,7 +161,7 @@ def classify(exc: Exception, scope: Scope | None = None) -> MonitoringGroupKind 
     if handler is None or handler is _UNEXPECTED:
         return MonitoringGroupKind.ERROR
     if handler is _DEPENDENCY_DOWN:
-        return MonitoringGroupKind.UNAVAILABLE
+        return MonitoringGroupKind.UNAVAILABLE if dependency_down(exc) else MonitoringGroupKind.ERROR
     return None
 
 

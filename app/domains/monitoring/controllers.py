@@ -260,11 +260,20 @@ class MonitoringController(Controller):
         "/errors/{group_id:int}/resolve",
         status_code=200,
         summary="Resolve: now, in a release, or in the next release",
-        description='`{"mode": "now"}`; `{"mode": "in_release", "release": "1.4.0"}`: events of '
-        'older releases never regress it; `{"mode": "in_next_release"}`: events of the running release '
-        "never regress it. An event that occurred before the resolve never regresses it either (a slow "
-        "route's event occurs at the first minute of the latency window that made it slow).",
-        responses=problems(401, 403, 404, 409, 429),
+        description='`{"mode": "now"}`: any later event regresses it. `{"mode": "in_release", "release": '
+        '"1.4.0"}`: events of 1.4.0, or of a release newer than 1.4.0, regress it; events of older '
+        'releases never do. `{"mode": "in_next_release"}`: events of the release this server runs, or '
+        "of an older one, never regress it; events of any newer release do.\n\n"
+        "Older and newer are the order in which releases first ran (a release takes its place the first "
+        "time one of its processes starts, with `MONITORING_RELEASE` as its name), never a comparison of "
+        "version strings: a hotfix 1.3.1 deployed after 1.4.0 is newer than 1.4.0.\n\n"
+        "An event that occurred before the resolve never regresses it either (a slow route's event "
+        "occurs at the first minute of the latency window that made it slow).\n\n"
+        "Refused: 422 `unknown-release` when the named release has never run (it has no place in the "
+        "order yet: use `in_next_release`, or wait until it has run); 409 `release-not-configured` for "
+        "`in_next_release` when the server runs without `MONITORING_RELEASE` (every deploy would report "
+        "the same package version); 409 `conflict` when the group is merged into another.",
+        responses=problems(401, 403, 404, 409, 422, 429),
     )
     async def resolve(
         self, monitoring: Monitoring, current_user: Caller, group_id: IdPath, data: JSONBody[ResolveIn]

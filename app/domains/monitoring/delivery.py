@@ -21,6 +21,12 @@ only when its worst case still fits: both requests of an HTML text refused and r
 cuts a request in flight, which would strand its delivery as ``uncertain`` even when Telegram would
 have answered that it was not delivered.
 
+A group upgraded to a supergroup gets a new chat id: Telegram answers a message to the old one with
+400 and ``parameters.migrate_to_chat_id``. Nothing was delivered, so the message is sent to the new
+chat at once; the configured chat's row keeps where it moved (``migrated_to``), every later delivery
+to it goes there, and one warning asks the operator to put the new id in ``TELEGRAM_CHAT_ID``.
+Deliveries keep the configured id (it is what ``TELEGRAM_CHAT_ID`` says); pacing is the current chat's.
+
 Pacing follows the Bot API FAQ: one message per second per chat, 20 per minute to a group (a chat id
 starting with ``-``), and after a 429 at least ``parameters.retry_after`` seconds. The pacing state is
 stored per chat, so a restarted sender keeps it.
@@ -56,6 +62,8 @@ MIN_INTERVAL_S = 1.1
 GROUP_WINDOW_S = 60.5
 GROUP_MAX = 20
 MAX_ATTEMPTS = 12
+MAX_MIGRATIONS = 3
+"""Chat moves followed within one delivery (a group upgrades once; this only bounds a loop)."""
 
 OUTCOMES = Counter(
     "app_monitoring_telegram_requests", "Telegram sendMessage requests by outcome", ["outcome"]
@@ -96,6 +104,15 @@ class Pacer:
 
     def block(self, chat_id: str, until: float) -> None:
         self.blocked[chat_id] = max(self.blocked.get(chat_id, 0.0), until)
+
+
+def current_chat(routes: dict[str, str], chat_id: str) -> str:
+    """Where a message to ``chat_id`` goes now: the chat it migrated to, if Telegram said so."""
+    for _ in range(MAX_MIGRATIONS):
+        if chat_id not in routes:
+            break
+        chat_id = routes[chat_id]
+    return chat_id
 
 
 async def _save_pacing(conn: AsyncConnection[Any], chat_id: str, pacer: Pacer) -> None:
@@ -148,9 +165,12 @@ class Sender:
         deadline = time.monotonic() + budget_s
         async with self.db.transaction() as uow:
             orphaned_chats = await queries.mark_orphans_uncertain(uow.conn)
-            pacer = Pacer.load(await queries.load_chats(uow.conn))
+            chats = await queries.load_chats(uow.conn)
+            pacer = Pacer.load(chats)
+            routes = {row.chat_id: row.migrated_to for row in chats if row.migrated_to}
             now = self.clock()
-            for chat_id in set(orphaned_chats):  # a dead sender's request reached Telegram by now, if ever
+            # a dead sender's request reached Telegram by now, if ever
+            for chat_id in {current_chat(routes, chat) for chat in orphaned_chats}:
                 pacer.requested(chat_id, now)
                 await _save_pacing(uow.conn, chat_id, pacer)
         if orphaned_chats:
@@ -170,7 +190,7 @@ class Sender:
                 break
 
             def ready(row: queries.PendingDeliveriesRow) -> float:
-                return max(row.not_before.timestamp(), pacer.ready_at(row.chat_id))
+                return max(row.not_before.timestamp(), pacer.ready_at(current_chat(routes, row.chat_id)))
 
             row = min(rows, key=lambda r: (round(ready(r), 3), r.id))  # in order when equally ready
             wait = ready(row) - self.clock()
@@ -181,11 +201,13 @@ class Sender:
                     await asyncio.wait_for(self._stopping.wait(), wait)
                 if self._stopping.is_set():
                     break
-            if await self._deliver_one(row, pacer, deadline):
+            if await self._deliver_one(row, pacer, routes, deadline):
                 delivered += 1
         return delivered
 
-    async def _deliver_one(self, row: queries.PendingDeliveriesRow, pacer: Pacer, deadline: float) -> bool:
+    async def _deliver_one(
+        self, row: queries.PendingDeliveriesRow, pacer: Pacer, routes: dict[str, str], deadline: float
+    ) -> bool:
         async with self.db.transaction() as uow:
             claimed = await queries.claim_delivery(uow.conn, now=_utc(self.clock()), id=row.id)
             if claimed is None:
@@ -202,34 +224,67 @@ class Sender:
                 html_text, plain = rendered.html, rendered.plain
                 await queries.set_alert_text(uow.conn, text_html=html_text, text_plain=plain, id=alert.id)
         # The claim is committed: from here on, a crash leaves the row 'sending' (never resent).
-        result = await self.client.send(row.chat_id, html_text, html_mode=True)
+        chat = current_chat(routes, row.chat_id)
+        result = await self.client.send(chat, html_text, html_mode=True)
         # Paced from the answer, not the request: the request surely arrived before its answer, so
         # our spacing can never be shorter than the spacing Telegram measures.
-        pacer.requested(row.chat_id, self.clock())
+        pacer.requested(chat, self.clock())
         note = None
+        for _ in range(MAX_MIGRATIONS):
+            if result.outcome != "migrated" or result.migrate_to_chat_id is None:
+                break
+            OUTCOMES.labels(outcome=result.outcome).inc()
+            chat = await self._follow_migration(row.chat_id, chat, result.migrate_to_chat_id, routes)
+            note = f"chat {row.chat_id} migrated to {chat}; set TELEGRAM_CHAT_ID to it"
+            result = await self._send_when_ready(chat, html_text, pacer, deadline, html_mode=True)
         if result.outcome == "bad_entities":
             note = f"HTML refused ({result.description}); sent as plain text"
-            result = await self._send_plain(row.chat_id, plain, pacer, deadline)
+            result = await self._send_when_ready(chat, plain, pacer, deadline, html_mode=False)
         OUTCOMES.labels(outcome=result.outcome).inc()
-        await self._record(row, claimed.attempts, result, pacer, note)
+        await self._record(row, chat, claimed.attempts, result, pacer, note)
         return result.outcome == "sent"
 
-    async def _send_plain(self, chat_id: str, plain: str, pacer: Pacer, deadline: float) -> SendResult:
-        """The plain text after Telegram refused the HTML, once the chat may receive it. A group chat
-        at its per-minute limit may need a longer pause than ``worst_case_s`` allows for: the delivery
-        then goes back to ``pending`` (nothing reached Telegram) rather than outlive the deadline."""
+    async def _follow_migration(
+        self, configured: str, old_chat: str, new_chat: str, routes: dict[str, str]
+    ) -> str:
+        """Record that ``configured`` (the chat of ``TELEGRAM_CHAT_ID``) now lives at ``new_chat``
+        (committed at once: later deliveries go there whatever becomes of this one) and tell the
+        operator, once: the next sender reads the mapping and never sees the old chat's answer again."""
+        async with self.db.transaction() as uow:
+            await queries.save_chat_migration(uow.conn, chat_id=configured, migrated_to=new_chat)
+        routes[configured] = new_chat
+        log.warning(
+            "monitoring_telegram_chat_migrated",
+            chat_id=configured,
+            previous_chat_id=old_chat,
+            migrated_to=new_chat,
+            detail=f"the Telegram group {old_chat} was upgraded to a supergroup with id {new_chat}: "
+            f"alerts for {configured} are sent to {new_chat} from now on; replace {configured} by "
+            f"{new_chat} in TELEGRAM_CHAT_ID",
+        )
+        return new_chat
+
+    async def _send_when_ready(
+        self, chat_id: str, text: str, pacer: Pacer, deadline: float, *, html_mode: bool
+    ) -> SendResult:
+        """A second request of one delivery (the plain text after Telegram refused the HTML, or the
+        message to the chat a group migrated to), once the chat may receive it. A group chat at its
+        per-minute limit may need a longer pause than ``worst_case_s`` allows for: the delivery then
+        goes back to ``pending`` (nothing reached Telegram) rather than outlive the deadline."""
         wait = max(0.0, pacer.ready_at(chat_id) - self.clock())
         if wait + self.client.timeout_s > deadline - time.monotonic():
-            return SendResult(outcome="retry", description="plain text not sent in time", retry_after_s=wait)
+            what = "the message to the migrated chat" if html_mode else "plain text"
+            return SendResult(outcome="retry", description=f"{what} not sent in time", retry_after_s=wait)
         if wait > 0:
             await asyncio.sleep(wait)
-        result = await self.client.send(chat_id, plain, html_mode=False)
+        result = await self.client.send(chat_id, text, html_mode=html_mode)
         pacer.requested(chat_id, self.clock())
         return result
 
     async def _record(
         self,
         row: queries.PendingDeliveriesRow,
+        chat: str,
         attempts: int,
         result: SendResult,
         pacer: Pacer,
@@ -244,7 +299,7 @@ class Sender:
                 )
             elif result.outcome == "retry" and attempts < MAX_ATTEMPTS:
                 if result.retry_after_s is not None:
-                    pacer.block(row.chat_id, now + result.retry_after_s)
+                    pacer.block(chat, now + result.retry_after_s)
                     not_before = now + result.retry_after_s
                 else:
                     not_before = now + min(300.0, 2.0**attempts)
@@ -260,7 +315,7 @@ class Sender:
                 await queries.mark_delivery_final(
                     uow.conn, status=status, last_error=error or result.outcome, id=row.id
                 )
-            await _save_pacing(uow.conn, row.chat_id, pacer)
+            await _save_pacing(uow.conn, chat, pacer)
         if result.outcome != "sent":
             log.warning(
                 "monitoring_telegram_not_sent",

@@ -5,7 +5,9 @@ ships as a new version; stored groups keep the hashes they were found by):
 
 - ``in_app``: the exception type chain plus the frames of our own code (modules under the configured
   packages, ``app`` and ``workers``, never a file under site-packages) as module + function + the
-  normalised source line. Line numbers never count, so moving code does not split a group.
+  normalised source line. Line numbers never count, so moving code does not split a group, and a
+  repeated cycle of frames (recursion: ``A A A``, ``A B A B``) counts once, so the depth of a
+  recursion does not either.
 - ``all_frames``: the type chain plus every frame. A group holds both hashes, so when the in-app rules
   change (a module moves in or out of our packages) the event still finds its group by this one, and
   the new in-app hash joins the group.
@@ -24,12 +26,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TypeVar
 
 import msgspec
 
 GROUPING_VERSION = "2026-11-30"
 MAX_CHAIN = 5
 MAX_FRAMES = 60
+OUTER_FRAMES = 20
+"""Of a stack still longer than ``MAX_FRAMES`` once its cycles are collapsed: the outermost frames kept
+(where the request or job entered our code), the rest being the innermost (where it failed)."""
+MAX_CYCLE = 10
+"""The longest cycle of frames collapsed (``A B ... A B ...``: mutual recursion through up to 10 frames)."""
 MAX_CONTEXT_LINE = 120
 """Longer source lines do not contribute (minified or generated code, huge literals)."""
 MAX_MESSAGE = 2000
@@ -116,6 +124,9 @@ def _message(exc: BaseException) -> str:
 
 
 def _frames(tb: TracebackType | None) -> tuple[RawFrame, ...]:
+    """The traceback's frames, outermost first. A stack over ``MAX_FRAMES`` (deep recursion) has its
+    cycles collapsed, then keeps its ``OUTER_FRAMES`` outermost and its innermost frames: cutting only
+    one end would make the same bug at two depths two different stacks."""
     frames: list[RawFrame] = []
     append = frames.append
     while tb is not None:
@@ -123,7 +134,35 @@ def _frames(tb: TracebackType | None) -> tuple[RawFrame, ...]:
         code = frame.f_code
         append((frame.f_globals.get("__name__") or "?", code.co_qualname, code.co_filename, tb.tb_lineno))
         tb = tb.tb_next
-    return tuple(frames[-MAX_FRAMES:])
+    if len(frames) > MAX_FRAMES:
+        frames = collapse_cycles(frames)
+        if len(frames) > MAX_FRAMES:
+            frames = frames[:OUTER_FRAMES] + frames[OUTER_FRAMES - MAX_FRAMES :]
+    return tuple(frames)
+
+
+T = TypeVar("T")
+
+
+def collapse_cycles(items: Sequence[T]) -> list[T]:
+    """``items`` with every run repeated back to back kept once (``A A A`` → ``A``; ``A B A B A`` →
+    ``A B A``), for runs of up to ``MAX_CYCLE`` items: a recursion gives the same sequence at any depth.
+
+    Online (each item is appended, then a repetition ending there is removed), so the result does not
+    depend on how many times a cycle ran.
+    """
+    out: list[T] = []
+    for item in items:
+        out.append(item)
+        reduced = True
+        while reduced:
+            reduced = False
+            for size in range(1, min(MAX_CYCLE, len(out) // 2) + 1):
+                if out[-size:] == out[-2 * size : -size]:
+                    del out[-size:]
+                    reduced = True
+                    break
+    return out
 
 
 def is_in_app(module: str, filename: str, packages: Sequence[str]) -> bool:
@@ -200,10 +239,8 @@ def _frame_components(frames: Sequence[Frame]) -> list[str]:
     components: list[str] = []
     for frame in frames:
         line = normalise_line(frame.context_line)
-        component = f"{frame.module} {frame.function}" + (f" | {line}" if line else "")
-        if not components or components[-1] != component:  # recursion depth must not split groups
-            components.append(component)
-    return components
+        components.append(f"{frame.module} {frame.function}" + (f" | {line}" if line else ""))
+    return collapse_cycles(components)  # recursion depth must not split groups
 
 
 def fingerprint_chain(kind: str, chain: Sequence[ExceptionPart], scope: Sequence[str] = ()) -> Fingerprint:

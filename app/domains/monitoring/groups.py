@@ -201,6 +201,9 @@ class WriterConfig:
     environment: str
     in_app_packages: Sequence[str]
     escalation: alerts.Escalation
+    group_gap_s: int = 0
+    """``MONITORING_ACTION_INTERVAL_S``: a group alerted within it gets no alert from a rule on its
+    volume (``alerts.always_alerts`` tells which rules send anyway)."""
 
 
 class GroupWriter:
@@ -399,8 +402,22 @@ class GroupWriter:
         release: str,
     ) -> int | None:
         matching = await alerts.matching(self.config.rules, context)
+        # Read under the root's row lock, as the mark below is written: writers of one group take
+        # turns, so two of them never both see the group unalerted.
+        recently_alerted = bool(
+            matching
+            and self.config.group_gap_s > 0
+            and await queries.group_alerted_after(
+                uow.conn,
+                gap_rule=alerts.GROUP_GAP_RULE,
+                group_id=root.id,
+                cutoff=context.now - timedelta(seconds=self.config.group_gap_s),
+            )
+        )
         fired = []
         for candidate in matching:
+            if recently_alerted and not alerts.always_alerts(candidate.rule):
+                continue
             cutoff = context.now - timedelta(seconds=candidate.rule.action_interval_s)
             if await queries.fire_rule(
                 uow.conn, rule=candidate.rule.name, group_id=root.id, now=context.now, cutoff=cutoff
@@ -408,6 +425,9 @@ class GroupWriter:
                 fired.append(candidate)
         if not fired:
             return None
+        await queries.mark_group_alerted(
+            uow.conn, gap_rule=alerts.GROUP_GAP_RULE, group_id=root.id, now=context.now
+        )
         users = await queries.tree_users(uow.conn, root_id=root.id) or 0
         if sample is None:
             latest = await queries.latest_tree_event(uow.conn, root_id=root.id)

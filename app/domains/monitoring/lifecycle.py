@@ -6,6 +6,11 @@ from the old release still running) cannot happen here by construction: the writ
 group's root row and decides with the *occurrence* time and release of each event, so an event that
 happened before the resolve, or comes from a release older than the fixing one, is counted and
 nothing else.
+
+Release order is the order in which releases first *ran*: every process registers its release when it
+starts (``MonitoringService.register_release``), and a release's id is given by its first
+registration. "Older than X" means "first ran before X"; a release cannot be named in a resolve before
+it has run (it would have no place in that order), and version strings are never compared.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ Transition = Literal["regressed", "unignored"]
 
 @dataclass(frozen=True, slots=True)
 class ReleaseSeen:
-    """Events of one release in a batch: its order (first-seen rank) and its latest occurrence."""
+    """Events of one release in a batch: its order (the release's id: the rank of the first time it
+    ran) and its latest occurrence."""
 
     order: int
     last_occurred_at: datetime
@@ -34,9 +40,9 @@ def regresses(group: MonitoringGroup, releases: list[ReleaseSeen]) -> bool:
         if seen.last_occurred_at <= group.resolved_at:
             continue  # happened before the resolve: counted, never a regression
         if group.resolved_in_release_id is not None and seen.order < group.resolved_in_release_id:
-            continue  # a release older than the one that fixes it
+            continue  # a release that first ran before the one that fixes it
         if group.resolved_after_release_id is not None and seen.order <= group.resolved_after_release_id:
-            continue  # resolved "in the next release": still the old one
+            continue  # resolved "in the next release": the running one, or one that ran before it
         return True
     return False
 

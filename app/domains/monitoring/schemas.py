@@ -86,7 +86,8 @@ class GroupDetailOut(msgspec.Struct, frozen=True):
     resolved_at: datetime | None
     resolved_in_release: str | None
     resolved_after_release: str | None
-    """Resolved "in the next release": events of this release or older do not regress it."""
+    """Resolved "in the next release": events of this release, or of a release that first ran before
+    it, do not regress it."""
     ignore_mode: MonitoringIgnoreMode | None
     ignore_until_events: int | None
     ignore_until: datetime | None
@@ -106,7 +107,10 @@ class ResolveNow(msgspec.Struct, tag="now", tag_field="mode", forbid_unknown_fie
 class ResolveInRelease(
     msgspec.Struct, tag="in_release", tag_field="mode", forbid_unknown_fields=True, frozen=True
 ):
-    """Fixed in ``release``: events of older releases (first seen before it) never regress it."""
+    """Fixed in ``release``, which must have run already (a process of it started; else 422
+    ``unknown-release``): events of releases that first ran before it never regress it, events of
+    ``release`` itself or of one that first ran after it do. Releases are ordered by the first time
+    they ran, never by comparing version strings."""
 
     release: ReleaseName
 
@@ -114,7 +118,9 @@ class ResolveInRelease(
 class ResolveInNextRelease(
     msgspec.Struct, tag="in_next_release", tag_field="mode", forbid_unknown_fields=True, frozen=True
 ):
-    """Fixed in the next release: events of the running release (or older) never regress it."""
+    """Fixed in the next release: events of the release this server runs, or of one that first ran
+    before it, never regress it; events of any release that first runs later do. Needs
+    ``MONITORING_RELEASE`` set per deploy (else 409 ``release-not-configured``)."""
 
 
 ResolveIn = ResolveNow | ResolveInRelease | ResolveInNextRelease

@@ -41,7 +41,7 @@ from valkey.exceptions import ValkeyError
 
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
-from app.core.errors import ConflictError, NotFoundError
+from app.core.errors import ConflictError, NotFoundError, UnprocessableError
 from app.core.logging import OncePerInterval
 from app.db import monitoring as queries
 from app.db.models import (
@@ -87,6 +87,7 @@ from app.domains.monitoring.groups import (
 )
 from app.domains.monitoring.latency import LatencyRecorder
 from app.domains.monitoring.monitors import CheckInsNotAppliedError, CronMonitors
+from app.domains.monitoring.outage import OutageNotifier
 from app.domains.monitoring.performance import Performance, RouteLatency
 from app.domains.monitoring.report import build_report, report_period
 from app.domains.monitoring.scrub import scrub_text
@@ -101,6 +102,10 @@ FLUSH_FAILURES = Counter(
 DROPPED_AGGREGATES = Counter(
     "app_monitoring_aggregates_dropped",
     "Aggregates dropped after being refused for their content MAX_WRITE_FAILURES times",
+)
+DROPPED_OVER_PENDING = Counter(
+    "app_monitoring_pending_events_dropped",
+    "Events of a new fingerprint dropped because MAX_PENDING fingerprints were already waiting to be written",
 )
 MAX_PENDING = 5000
 """Distinct fingerprints held in memory at most (past it, new ones are dropped and counted)."""
@@ -122,6 +127,22 @@ def package_version() -> str:
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "0.0.0"
     return str(version)
+
+
+class ReleaseNotConfiguredError(ConflictError):
+    """The next release cannot be told apart from this one: the process runs with the package
+    version only (no ``MONITORING_RELEASE``), which every deploy shares."""
+
+    slug = "release-not-configured"
+    title = "Release not configured"
+
+
+class UnknownReleaseError(UnprocessableError):
+    """A release named in a resolve that has never run here: it has no place in the release order
+    yet (a release's place is the first time one of its processes started)."""
+
+    slug = "unknown-release"
+    title = "Unknown release"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +175,10 @@ class MonitoringService:
         self.valkey = valkey
         self.clock = clock
         self.release = settings.monitoring_release or package_version()
+        self.release_configured = bool(settings.monitoring_release)
+        """False when the release is only the package version: every deploy then reports the same
+        release, so "resolve in the next release" is refused (``ReleaseNotConfiguredError``)."""
+        self._release_registered = False
         self.environment = settings.app_env
         self.zone = ZoneInfo(settings.monitoring_report_timezone)
         self.buffer = EventBuffer(settings.monitoring_buffer_max)
@@ -179,12 +204,21 @@ class MonitoringService:
                     window_s=settings.monitoring_escalation_window_s,
                     min_events=settings.monitoring_escalation_min_events,
                 ),
+                group_gap_s=settings.monitoring_action_interval_s,
             )
         )
         self.telegram = TelegramClient(
             settings.telegram_bot_token, settings.telegram_api_url, settings.telegram_timeout_s
         )
         self.sender = Sender(db, settings.database_url, self.telegram, lambda: self.clock())
+        self.outage = OutageNotifier(
+            self.telegram,
+            settings.telegram_chat_id,
+            valkey,
+            environment=self.environment,
+            release=self.release,
+            clock=lambda: self.clock(),
+        )
         self.monitors = CronMonitors(db, settings, self.writer, self.release, crons, lambda: self.clock())
         self.performance = Performance(db, settings, lambda: self.clock())
         self._pending: dict[str, Aggregate] = {}
@@ -196,6 +230,7 @@ class MonitoringService:
         self._fallback: asyncio.Task[int] | None = None
         self._stop: asyncio.Event | None = None
         self._task_warnings = OncePerInterval(30.0)
+        self._drop_warnings = OncePerInterval(60.0)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -210,9 +245,35 @@ class MonitoringService:
                 detail=f"alerts are recorded but never sent: set {' and '.join(missing)}",
             )
 
+    def warn_if_release_unset(self) -> None:
+        """In production, say at start-up that no release is configured: every deploy then reports
+        the package version, so nothing tells one deploy from the next."""
+        if self.settings.is_production and not self.release_configured:
+            log.warning(
+                "monitoring_release_unset",
+                release=self.release,
+                detail=(
+                    f"MONITORING_RELEASE is not set: every deploy reports the package version "
+                    f"{self.release}, so a group resolved 'in the next release' would never regress "
+                    "and that mode is refused; build the image with "
+                    "--build-arg MONITORING_RELEASE=$(git rev-parse --short HEAD) (deploy/README.md)"
+                ),
+            )
+
+    async def register_release(self) -> None:
+        """Record that this process's release runs (once per process). A release's place in the
+        release order is the first time any of its processes did this: "older" and "newer" in
+        resolve mean "first ran before" and "first ran after"."""
+        async with self.db.transaction() as uow:
+            await queries.register_release(uow.conn, name=self.release)
+        self._release_registered = True
+
     async def start(self) -> None:
         self.warn_if_alerts_undeliverable()
+        self.warn_if_release_unset()
         self._stop = asyncio.Event()
+        with contextlib.suppress(Exception):
+            await self.register_release()  # else retried by the background task
         with contextlib.suppress(Exception):
             await self.register_monitors()
         self._task = asyncio.create_task(self._background(), name="monitoring")
@@ -241,6 +302,8 @@ class MonitoringService:
                 await asyncio.wait_for(self._stop.wait(), settings.monitoring_flush_interval_s)
             if self._stop.is_set():
                 return
+            if not self._release_registered:
+                await self._guarded("release", self.register_release())
             await self._guarded("flush", self.flush())
             if time.monotonic() >= next_ship:
                 next_ship = time.monotonic() + settings.monitoring_ship_interval_s
@@ -368,6 +431,7 @@ class MonitoringService:
             aggregate = pending.get(key)
             if aggregate is None:
                 if len(pending) >= MAX_PENDING:
+                    self._drop(raw)
                     continue
                 aggregate = pending[key] = Aggregate(
                     kind=sample.kind,
@@ -377,6 +441,19 @@ class MonitoringService:
                     held_since=now,
                 )
             aggregate.absorb(raw, self.release)
+
+    def _drop(self, raw: RawAggregate) -> None:
+        """A new fingerprint while ``MAX_PENDING`` are held (the database is behind): its events are
+        lost, counted in ``app_monitoring_pending_events_dropped`` and logged once a minute."""
+        DROPPED_OVER_PENDING.inc(raw.count)
+        if self._drop_warnings.due():
+            log.warning(
+                "monitoring_fingerprints_dropped",
+                held=MAX_PENDING,
+                events=raw.count,
+                detail="too many distinct errors waiting to be written: new ones are dropped "
+                "(app_monitoring_pending_events_dropped_total counts their events)",
+            )
 
     async def _gates(self, keys: list[str]) -> set[str]:
         """The fingerprints this process may write now (see the module docstring)."""
@@ -399,7 +476,18 @@ class MonitoringService:
         return allowed
 
     async def flush(self, *, force: bool = False) -> int:
-        """Write what may be written now (everything with ``force``); returns the group writes."""
+        """Write what may be written now (everything with ``force``); returns the group writes. While
+        PostgreSQL is down, the outage is told to Telegram around it (``outage.py``)."""
+        try:
+            writes = await self._flush(force=force)
+        except Exception as exc:
+            await self.outage.flush_failed(exc, list(self._pending.values()))
+            raise
+        if writes:
+            await self.outage.flush_succeeded()
+        return writes
+
+    async def _flush(self, *, force: bool) -> int:
         async with self._flush_lock:
             self._aggregate(self.buffer.drain(), self._pending)
             await self._apply_checkins()
@@ -548,14 +636,17 @@ class MonitoringService:
     async def purge(self, now: float | None = None) -> None:
         """Delete what is older than ``MONITORING_RETENTION_DAYS`` (each delete by an indexed time).
 
-        Alert-rule firings are kept for the longest action interval too, so a purge never lets a rule
-        fire early. Groups stay: a resolved group's fingerprints are what turns its next event into a
-        regression (and an ignored one's into silence) rather than a new group.
+        Alert-rule firings (and each group's last alert) are kept for the longest action interval
+        too, so a purge never lets a rule fire early. Groups stay: a resolved group's fingerprints
+        are what turns its next event into a regression (and an ignored one's into silence) rather
+        than a new group.
         """
         moment = self.clock() if now is None else now
         retained = moment - self.settings.monitoring_retention_days * 86_400
         before = utc(retained)
-        longest_interval = max((rule.action_interval_s for rule in self.rules), default=0)
+        group_gap = self.settings.monitoring_action_interval_s
+        longest_interval = max((rule.action_interval_s for rule in self.rules), default=group_gap)
+        longest_interval = max(longest_interval, group_gap)
         async with self.db.transaction() as uow:
             for purge in (
                 queries.purge_events_before,
@@ -609,15 +700,36 @@ class MonitoringService:
         in_release: str | None = None,
         in_next_release: bool = False,
     ) -> GroupDetail:
-        """Resolve now; ``in_release``: only events of that release or newer regress it;
-        ``in_next_release``: only events of a release newer than the running one do."""
+        """Resolve now; ``in_release``: only events of that release or a newer one regress it;
+        ``in_next_release``: only events of a release newer than the running one do.
+
+        Releases are ordered by the first time one of their processes started (``register_release``):
+        "newer" is "first ran later". So ``in_release`` must name a release that has run
+        (``UnknownReleaseError`` otherwise: a future release has no place in that order yet), and
+        ``in_next_release`` needs a configured release (``ReleaseNotConfiguredError`` when the running
+        one is only the package version, shared by every deploy)."""
+        if in_next_release and not self.release_configured:
+            raise ReleaseNotConfiguredError(
+                f"This deployment reports only the package version ({self.release}) as its release: "
+                "MONITORING_RELEASE is not set, so the next deploy would report the same release and "
+                "the group would never regress. Set MONITORING_RELEASE per build (the image's "
+                "MONITORING_RELEASE build argument, e.g. the git commit), or resolve now or in a "
+                "named release."
+            )
         now = utc(self.clock())
         async with self.db.transaction() as uow:
             group = await self._root_for_change(uow, group_id)
             in_release_id = after_release_id = None
             if in_release is not None:
-                release = await queries.upsert_release(uow.conn, name=in_release)
-                assert release is not None
+                if in_release == self.release:  # running here: registered, or registered now
+                    await queries.register_release(uow.conn, name=in_release)
+                release = await queries.get_release_by_name(uow.conn, name=in_release)
+                if release is None:
+                    raise UnknownReleaseError(
+                        f"Release {in_release!r} has never run here, so it has no place in the release "
+                        "order yet (a release is ordered by the first time it ran). Resolve in the next "
+                        f"release (mode in_next_release), or resolve in {in_release!r} once it has run."
+                    )
                 in_release_id = release.id
             if in_next_release:
                 current = await queries.upsert_release(uow.conn, name=self.release)

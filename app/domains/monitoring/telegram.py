@@ -108,15 +108,17 @@ class SendResult(msgspec.Struct, frozen=True):
     """What became of one request.
 
     ``outcome``: ``sent``; ``retry`` (not delivered, safe to send again after ``retry_after_s``);
-    ``bad_entities`` (HTML refused: send as plain text); ``failed`` (permanently refused);
-    ``uncertain`` (the request may have reached Telegram: never resent).
+    ``bad_entities`` (HTML refused: send as plain text); ``migrated`` (not delivered: the group was
+    upgraded to a supergroup, whose id is ``migrate_to_chat_id``: send there); ``failed``
+    (permanently refused); ``uncertain`` (the request may have reached Telegram: never resent).
     """
 
-    outcome: Literal["sent", "retry", "bad_entities", "failed", "uncertain"]
+    outcome: Literal["sent", "retry", "bad_entities", "migrated", "failed", "uncertain"]
     status: int | None = None
     description: str = ""
     retry_after_s: float | None = None
     message_id: int | None = None
+    migrate_to_chat_id: str | None = None
 
 
 class _Answer(msgspec.Struct):
@@ -219,8 +221,10 @@ class TelegramClient:
 
 def _result(response: httpx.Response) -> SendResult:
     """The outcome of Telegram's answer. A 4xx is the Bot API refusing the message (a 401, a token
-    being rotated, is worth another try); a 5xx may come from Telegram's front after the bot sent the
-    message (a 502 or 504 on a slow answer), so it is ``uncertain``, never resent."""
+    being rotated, is worth another try; a 400 with ``parameters.migrate_to_chat_id``, a group
+    upgraded to a supergroup, is worth sending to that chat); a 5xx may come from Telegram's front
+    after the bot sent the message (a 502 or 504 on a slow answer), so it is ``uncertain``, never
+    resent."""
     try:
         answer = msgspec.json.decode(response.content, type=_Answer)
     except msgspec.DecodeError:
@@ -237,6 +241,13 @@ def _result(response: httpx.Response) -> SendResult:
         seconds = float(retry_after) if isinstance(retry_after, int | float) else 5.0
         return SendResult(
             outcome="retry", status=status, description=description, retry_after_s=math.ceil(seconds)
+        )
+    migrate_to = (answer.parameters or {}).get("migrate_to_chat_id")
+    if 400 <= status < 500 and isinstance(migrate_to, int) and not isinstance(migrate_to, bool):
+        # ResponseParameters.migrate_to_chat_id: "The group has been migrated to a supergroup with
+        # the specified identifier" (an integer of up to 52 bits; chat ids travel as text here).
+        return SendResult(
+            outcome="migrated", status=status, description=description, migrate_to_chat_id=str(migrate_to)
         )
     if status == 400 and "can't parse entities" in description.lower():
         return SendResult(outcome="bad_entities", status=status, description=description)

@@ -1,0 +1,239 @@
+"""A PostgreSQL outage told to Telegram while it lasts, around the database.
+
+Alerts are recorded in PostgreSQL and delivered from it, so while PostgreSQL is down the ``unavailable``
+aggregates of the 503s wait in memory and Telegram hears nothing until it is back: the one outage an
+operator most needs to hear about. So when a flush fails because PostgreSQL is unreachable (the pool
+timed out, the connection was refused or lost, the server is shutting down: ``database_down``) while
+requests' ``unavailable`` aggregates are held, the process sends one plain message straight to the
+configured chats (``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``) through ``TelegramClient``.
+
+Once per outage per deployment: the notice is claimed in Valkey (``SET NX`` with a TTL of
+``NOTICE_INTERVAL_S``: a longer outage is told again once per interval); with Valkey down too, once per
+process per interval. When a flush writes again, the process that removes the claim sends an "over"
+message. A claim whose message did not leave (a 429, a refused connection) is released, and after a
+429 this process tries again only past ``retry_after``: nothing here sleeps. Nothing here raises
+either: a failure is logged (rate-limited) and the flush's own outcome stands.
+
+Only the ``unavailable`` kind: the other aggregates, and an outage's group itself, are written and
+alerted the usual way once the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+
+import psycopg
+import structlog
+from valkey.asyncio import Valkey
+from valkey.exceptions import ValkeyError
+
+from app.core.errors import dependency_down
+from app.core.logging import OncePerInterval
+from app.db.models import MonitoringGroupKind
+from app.domains.monitoring.groups import Aggregate
+from app.domains.monitoring.scrub import scrub_text
+from app.domains.monitoring.telegram import Part, SendResult, TelegramClient, render
+
+log = structlog.get_logger("app.monitoring")
+
+CLAIM_KEY = "monitoring:outage:postgresql"
+NOTICE_INTERVAL_S = 900.0
+"""At most one notice per outage per deployment in this time (the claim's TTL)."""
+VALKEY_TIMEOUT_S = 2.0
+"""A frozen Valkey must not hold the notice back longer than this: then it is decided per process."""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def database_down(exc: BaseException) -> bool:
+    """Whether a failed flush says PostgreSQL is unreachable (``exc`` or one of its causes)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error) and dependency_down(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "", f"{secs} s" if secs else ""]
+    return " ".join(part for part in parts if part) or "0 s"
+
+
+class OutageNotifier:
+    """Tells Telegram, without PostgreSQL, that PostgreSQL is down (and when it is back)."""
+
+    def __init__(
+        self,
+        telegram: TelegramClient,
+        chats: Sequence[str],
+        valkey: Valkey,
+        *,
+        environment: str,
+        release: str,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        interval_s: float = NOTICE_INTERVAL_S,
+    ) -> None:
+        self.telegram = telegram
+        self.chats = tuple(chats)
+        self.valkey = valkey
+        self.environment = environment
+        self.release = release
+        self.clock = clock
+        self.monotonic = monotonic
+        self.interval_s = interval_s
+        self.host = socket.gethostname()
+        self._token = f"{self.host}:{id(self):x}:{time.time_ns()}"
+        self._release_script = valkey.register_script(_RELEASE)
+        self._down_since: float | None = None
+        """When this process first saw the flush fail for the database (None: no outage seen)."""
+        self._told = False
+        """This process sent a notice of the current outage."""
+        self._local_next = float("-inf")
+        """Without Valkey: no notice from this process before this (monotonic) time."""
+        self._not_before = float("-inf")
+        """After a 429: no request before this (monotonic) time."""
+        self._busy = asyncio.Lock()
+        self._warnings = OncePerInterval(60.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.telegram.configured and bool(self.chats)
+
+    async def flush_failed(self, exc: BaseException, held: Iterable[Aggregate]) -> bool:
+        """After a failed flush: send the notice when due. True when a message left. Never raises."""
+        return await _quietly(self._flush_failed(exc, held))
+
+    async def flush_succeeded(self) -> bool:
+        """After a flush that wrote: the outage this process saw is over. True when "over" was sent.
+        Never raises."""
+        return await _quietly(self._flush_succeeded())
+
+    async def _flush_failed(self, exc: BaseException, held: Iterable[Aggregate]) -> bool:
+        if not self.enabled or not database_down(exc) or self._busy.locked():
+            return False
+        outage = [aggregate for aggregate in held if aggregate.kind == MonitoringGroupKind.UNAVAILABLE]
+        if not outage:
+            return False
+        async with self._busy:
+            if self._down_since is None:
+                self._down_since = self.clock()
+            if self.monotonic() < self._not_before:
+                return False
+            claim = await self._claim()
+            if claim is None:
+                return False
+            sent = await self._send(self._notice(exc, outage))
+            if sent:
+                self._told = True
+                self._local_next = self.monotonic() + self.interval_s
+            elif claim:
+                await self._release()
+            return sent
+
+    async def _flush_succeeded(self) -> bool:
+        if self._down_since is None or self._busy.locked():
+            return False
+        async with self._busy:
+            since, self._down_since = self._down_since, None
+            told, self._told = self._told, False
+            self._local_next = float("-inf")
+            if not self.enabled:
+                return False
+            try:
+                async with asyncio.timeout(VALKEY_TIMEOUT_S):
+                    removed = await self.valkey.delete(CLAIM_KEY)
+                ours = removed == 1  # the process that removes the claim tells it is over
+            except (ValkeyError, OSError, TimeoutError):
+                ours = told
+            if not ours or self.monotonic() < self._not_before:
+                return False
+            return await self._send(self._over(since))
+
+    async def _claim(self) -> bool | None:
+        """True: claimed in Valkey; False: claimed for this process only (Valkey down); None: not ours."""
+        try:
+            async with asyncio.timeout(VALKEY_TIMEOUT_S):
+                won = await self.valkey.set(CLAIM_KEY, self._token, nx=True, ex=round(self.interval_s))
+        except (ValkeyError, OSError, TimeoutError):
+            return False if self.monotonic() >= self._local_next else None
+        return True if won else None
+
+    async def _release(self) -> None:
+        try:
+            async with asyncio.timeout(VALKEY_TIMEOUT_S):
+                await self._release_script(keys=[CLAIM_KEY], args=[self._token])
+        except (ValkeyError, OSError, TimeoutError):
+            pass
+
+    async def _send(self, parts: list[Part]) -> bool:
+        """Send to every chat as plain text; True when at least one message may have arrived."""
+        text = render(parts).plain
+        delivered = False
+        for chat in self.chats:
+            result: SendResult = await self.telegram.send(chat, text, html_mode=False)
+            if result.outcome in ("sent", "uncertain"):
+                delivered = True
+                continue
+            if result.retry_after_s is not None:
+                self._not_before = max(self._not_before, self.monotonic() + result.retry_after_s)
+            if self._warnings.due(result.outcome):
+                log.warning(
+                    "outage_notice_not_sent",
+                    outcome=result.outcome,
+                    status=result.status,
+                    detail=result.description,
+                )
+        return delivered
+
+    def _notice(self, exc: BaseException, outage: list[Aggregate]) -> list[Part]:
+        events = sum(aggregate.count for aggregate in outage)
+        first = min(aggregate.first for aggregate in outage)
+        since = self._down_since if self._down_since is not None else self.clock()
+        lines = "".join(f"• {aggregate.title}: {aggregate.count}\n" for aggregate in outage[:5])
+        return [
+            Part(f"🚨 Outage · {self.environment} · {self.release}\n"),
+            Part("PostgreSQL is unreachable"),
+            Part(f" ({type(exc).__name__}, seen from {self.host} since {_when(since)})\n"),
+            Part(f"{events} requests answered 503 since {_when(first)}:\n{lines}"),
+            Part(
+                "Alerts are held until the database is back. Sent around the database, at most once "
+                f"per {_duration(self.interval_s)}.\n"
+            ),
+        ]
+
+    def _over(self, since: float) -> list[Part]:
+        return [
+            Part(f"✅ Outage over · {self.environment} · {self.release}\n"),
+            Part(f"PostgreSQL is reachable again (unreachable from {_when(since)}, "),
+            Part(f"{_duration(self.clock() - since)}). The held events are being written and alerted.\n"),
+        ]
+
+
+_failures = OncePerInterval(60.0)
+
+
+async def _quietly(work: Awaitable[bool]) -> bool:
+    """``work``'s answer, or False when it failed (logged at most once a minute): a notice's own
+    failure never replaces the flush's outcome."""
+    try:
+        return await work
+    except Exception as exc:
+        if _failures.due():
+            log.warning("outage_notice_failed", error=type(exc).__name__, detail=scrub_text(str(exc))[:200])
+        return False

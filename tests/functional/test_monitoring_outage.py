@@ -1,0 +1,244 @@
+"""A PostgreSQL outage reaches Telegram while it lasts, around the database (``outage.py``).
+
+PostgreSQL is made unreachable for the monitoring service only (its ``db`` raises the pool's timeout,
+as the real pool does after ``DATABASE_POOL_TIMEOUT``); Valkey and the fake Telegram stay real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import pytest
+from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.db.models import MonitoringGroupKind
+from app.domains.monitoring.fingerprint import fixed_fingerprint
+from app.domains.monitoring.groups import Aggregate
+from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, OutageNotifier
+from app.domains.monitoring.services import MonitoringService
+from app.domains.monitoring.telegram import TelegramClient
+from tests.fakes.telegram import FakeTelegramServer, Scripted, serve_fake_telegram
+from tests.functional.test_monitoring_alerts import PRIVATE_CHAT, TOKEN, with_telegram
+from tests.functional.test_monitoring_groups import open_monitoring, scalar, tuned
+from tests.served import free_port
+
+ROUTE = {"type": "http", "path_template": "/api/projects", "method": "GET"}
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegramServer]:
+    with serve_fake_telegram(TOKEN) as server:
+        yield server
+
+
+class DownDatabase:
+    """What the pool answers while PostgreSQL is unreachable."""
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        raise PoolTimeout("couldn't get a connection after 5.00 sec")
+        yield
+
+    read = transaction
+
+
+@contextlib.contextmanager
+def database_down(service: MonitoringService) -> Iterator[None]:
+    pool = service.db
+    service.db = DownDatabase()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        service.db = pool
+
+
+def requests_answered_503(service: MonitoringService, count: int) -> None:
+    for _ in range(count):
+        try:
+            raise psycopg.OperationalError("connection refused")
+        except psycopg.OperationalError as exc:
+            service.capture_exception(exc, {**ROUTE, "state": {"request_id": uuid.uuid4().hex}})  # type: ignore[arg-type]
+
+
+async def failing_flushes(service: MonitoringService, rounds: int) -> None:
+    for _ in range(rounds):
+        with pytest.raises(PoolTimeout):
+            await service.flush(force=True)
+
+
+def texts(telegram: FakeTelegramServer) -> list[str]:
+    return [message.text for message in telegram.fake.messages(accepted_only=True)]
+
+
+async def test_an_outage_is_told_once_while_it_lasts_and_once_when_it_is_over(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        with database_down(service):
+            requests_answered_503(service, 50)
+            await failing_flushes(service, 3)
+            requests_answered_503(service, 5)
+            await failing_flushes(service, 2)
+        [notice] = texts(telegram)
+        assert notice.startswith(
+            f"🚨 Outage · test · {service.release}\nPostgreSQL is unreachable (PoolTimeout"
+        )
+        assert "50 requests answered 503 since" in notice
+        assert "• Dependency unavailable: OperationalError: 50\n" in notice
+        assert 0 < await valkey.ttl(CLAIM_KEY) <= NOTICE_INTERVAL_S
+        assert [message.parse_mode for message in telegram.fake.messages()] == [None], "plain text"
+
+        telegram.fake.reset()  # the fake's one-message-a-second pacing of the chat starts again
+        assert await service.flush(force=True) == 1
+        [over] = texts(telegram)
+        assert over.startswith(f"✅ Outage over · test · {service.release}\nPostgreSQL is reachable again")
+        assert await valkey.exists(CLAIM_KEY) == 0
+        assert await service.flush(force=True) == 0
+    held = await scalar(db, "select sum(events) from monitoring_groups where kind = 'unavailable'")
+    assert held == 55, "the held events are written once the database is back"
+    assert len(texts(telegram)) == 1
+
+
+async def test_processes_of_one_deployment_send_one_notice_between_them(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    changes = with_telegram(telegram, [PRIVATE_CHAT])
+    async with open_monitoring(settings, **changes) as web, open_monitoring(settings, **changes) as other:
+        with database_down(web), database_down(other):
+            for service in (web, other, web, other):
+                requests_answered_503(service, 3)
+                await failing_flushes(service, 1)
+        assert len(texts(telegram)) == 1
+        telegram.fake.reset()
+        assert await web.flush(force=True) == 1
+        assert await other.flush(force=True) == 1
+        [over] = texts(telegram)
+        assert over.startswith("✅ Outage over")
+
+
+async def test_no_notice_without_outage_events_held_or_for_an_error_of_a_statement(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        with database_down(service):
+            try:
+                raise RuntimeError("a bug")
+            except RuntimeError as exc:
+                service.capture_exception(exc, {**ROUTE, "state": {}})  # type: ignore[arg-type]
+            await failing_flushes(service, 2)
+        assert texts(telegram) == [], "an error's event held: no outage seen by the requests"
+        notifier = notifier_for(settings, telegram, valkey)
+        deadlock = psycopg.errors.DeadlockDetected("deadlock detected")
+        assert not await notifier.flush_failed(deadlock, [outage_aggregate()])
+        assert texts(telegram) == [], "the database answered: it is up"
+        await notifier.telegram.close()
+
+
+def outage_aggregate(count: int = 3) -> Aggregate:
+    return Aggregate(
+        kind=MonitoringGroupKind.UNAVAILABLE,
+        fingerprint=fixed_fingerprint("unavailable", "psycopg_pool.PoolTimeout"),
+        title="Dependency unavailable: PoolTimeout",
+        culprit="/api/projects",
+        held_since=0.0,
+        count=count,
+        first=1_764_633_600.0,
+        last=1_764_633_660.0,
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def notifier_for(
+    settings: Settings, telegram: FakeTelegramServer, valkey: Valkey, clock: Clock | None = None
+) -> OutageNotifier:
+    return OutageNotifier(
+        TelegramClient(TOKEN, telegram.url, 2.0),
+        [PRIVATE_CHAT],
+        valkey,
+        environment="test",
+        release="1.2.3",
+        monotonic=clock or Clock(),
+    )
+
+
+async def test_without_valkey_each_process_tells_once_per_interval(
+    settings: Settings, telegram: FakeTelegramServer
+) -> None:
+    clock = Clock()
+    unreachable = Valkey.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1.0)
+    notifier = notifier_for(settings, telegram, unreachable, clock)
+    down = PoolTimeout("couldn't get a connection after 5.00 sec")
+    try:
+        assert await notifier.flush_failed(down, [outage_aggregate()])
+        clock.now += NOTICE_INTERVAL_S - 1
+        assert not await notifier.flush_failed(down, [outage_aggregate()])
+        assert len(telegram.fake.messages()) == 1
+        telegram.fake.reset()
+        clock.now += 1
+        assert await notifier.flush_failed(down, [outage_aggregate()])
+        telegram.fake.reset()
+        assert await notifier.flush_succeeded(), "the process that told it tells it is over"
+        assert texts(telegram)[0].startswith("✅ Outage over")
+    finally:
+        await notifier.telegram.close()
+        await unreachable.aclose()
+
+
+async def test_a_429_is_skipped_until_retry_after_and_the_claim_released(
+    settings: Settings, valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    clock = Clock()
+    notifier = notifier_for(settings, telegram, valkey, clock)
+    down = PoolTimeout("couldn't get a connection after 5.00 sec")
+    telegram.fake.script(Scripted(429, "Too Many Requests: retry after 30", retry_after=30))
+    try:
+        assert not await notifier.flush_failed(down, [outage_aggregate()])
+        assert await valkey.exists(CLAIM_KEY) == 0, "released: another process may tell it"
+        clock.now += 29
+        assert not await notifier.flush_failed(down, [outage_aggregate()])
+        assert [message.status for message in telegram.fake.messages()] == [429], "no request before 30 s"
+        clock.now += 1
+        assert await notifier.flush_failed(down, [outage_aggregate()])
+        assert [message.status for message in telegram.fake.messages()] == [429, 200]
+        assert await valkey.exists(CLAIM_KEY) == 1
+    finally:
+        await notifier.telegram.close()
+
+
+class BrokenValkey:
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("not a Valkey error")
+
+
+async def test_a_failing_notice_never_replaces_the_flush_failure(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    unreachable_telegram = f"http://127.0.0.1:{free_port()}"
+    with serve_fake_telegram(TOKEN) as telegram:
+        changes = with_telegram(telegram, [PRIVATE_CHAT], telegram_api_url=unreachable_telegram)
+    service = MonitoringService(db=None, settings=tuned(settings, **changes), valkey=valkey)  # type: ignore[arg-type]
+    notifier = service.outage
+    try:
+        with database_down(service):
+            requests_answered_503(service, 3)
+            await failing_flushes(service, 1)  # Telegram refuses the connection: the flush's error stands
+            assert await valkey.exists(CLAIM_KEY) == 0
+            notifier.valkey = BrokenValkey()  # type: ignore[assignment]
+            await failing_flushes(service, 1)  # the notifier raises: logged, the flush's error stands
+    finally:
+        await service.telegram.close()
