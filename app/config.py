@@ -90,6 +90,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     jwt_audience: str = "monolith-api"
     access_token_ttl_s: Annotated[int, msgspec.Meta(ge=30, le=900)] = 900
     refresh_token_ttl_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    refresh_reuse_grace_s: Annotated[int, msgspec.Meta(ge=0, le=60)] = 10
+    """A spent refresh token presented again less than this after its rotation, while the token that
+    rotation issued is unused, is a client racing itself (two tabs): 409, the session kept. Any other
+    reuse revokes the session (0: every reuse does)."""
     password_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 2
     password_memory_kib: Annotated[int, msgspec.Meta(ge=8192)] = 19456
     password_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 1

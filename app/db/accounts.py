@@ -193,6 +193,35 @@ async def get_refresh_token_owner_for_share(conn: AsyncConnection[Any], *, token
         return await cur.fetchone()
 
 
+GET_REFRESH_TOKEN_FAMILY = "select family_id from refresh_tokens where token_hash = $1"
+
+
+async def get_refresh_token_family(conn: AsyncConnection[Any], *, token_hash: bytes) -> UUID | None:
+    """Which session a token belongs to, read without a lock: LockRefreshFamilies comes first."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(GET_REFRESH_TOKEN_FAMILY, (token_hash,))
+        return await cur.fetchone()
+
+
+LOCK_REFRESH_FAMILIES = """\
+select pg_advisory_xact_lock(family_key) from (
+    select distinct hashtextextended(concat('accounts-family:', family_id), 0) as family_key
+    from unnest($1::uuid[]) as family_id
+    order by family_key
+) as family_keys"""
+
+
+async def lock_refresh_families(conn: AsyncConnection[Any], *, family_ids: list[UUID]) -> None:
+    """The lock that stands for a session (a refresh-token family) until the transaction ends. Whatever
+    changes a family's tokens (a rotation, a reuse's revocation, a logout, revoking a user's sessions)
+    takes it before any of their rows, several in ascending key order, so that no two transactions
+    ever hold a token row each that the other needs (a rotation locked the presented token and then
+    the family's others, a logout the family's tokens in scan order: a deadlock). The key space
+    `accounts-family:` is this query's alone; two families sharing a key only wait for each other."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_REFRESH_FAMILIES, (family_ids,))
+
+
 GET_REFRESH_TOKEN_FOR_UPDATE = "select id, user_id, family_id, token_hash, issued_at, expires_at, used_at, revoked_at from refresh_tokens where token_hash = $1 for update"
 
 
@@ -201,8 +230,37 @@ async def get_refresh_token_for_update(
     *,
     token_hash: bytes,
 ) -> RefreshToken | None:
+    """After LockRefreshFamilies, in a statement of its own (its snapshot then follows the wait)."""
     async with AsyncRawCursor(conn, row_factory=args_row(RefreshToken)) as cur:
         await cur.execute(GET_REFRESH_TOKEN_FOR_UPDATE, (token_hash,))
+        return await cur.fetchone()
+
+
+IS_REFRESH_TOKEN_RECENTLY_SUPERSEDED = """\
+select coalesce((
+    select successor.used_at is null and successor.revoked_at is null
+        and successor.issued_at > now() - make_interval(secs => $1::float8)
+    from refresh_tokens successor
+    where successor.family_id = $2 and successor.id > $3
+    order by successor.id
+    limit 1
+), false)::boolean as superseded"""
+
+
+async def is_refresh_token_recently_superseded(
+    conn: AsyncConnection[Any],
+    *,
+    grace_s: float,
+    family_id: UUID,
+    id: int,
+) -> bool | None:
+    """Whether the spent token @id is its family's immediate predecessor, rotated less than @grace_s
+    seconds ago: the next token of the family (tokens form one chain: only a family's one unspent
+    token rotates, under the family's lock) is neither spent nor revoked and was issued within the
+    grace: two tabs refreshing with the same token at once. An older token, or one whose successor
+    was used already, is a leak."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(IS_REFRESH_TOKEN_RECENTLY_SUPERSEDED, (grace_s, family_id, id))
         return await cur.fetchone()
 
 
@@ -214,33 +272,30 @@ async def mark_refresh_token_used(conn: AsyncConnection[Any], *, id: int) -> Non
         await cur.execute(MARK_REFRESH_TOKEN_USED, (id,))
 
 
-REVOKE_REFRESH_FAMILY = (
-    "update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null"
-)
+LIST_LIVE_USER_FAMILIES = """\
+select distinct family_id from refresh_tokens
+where user_id = $1 and revoked_at is null
+order by family_id"""
 
 
-async def revoke_refresh_family(conn: AsyncConnection[Any], *, family_id: UUID) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(REVOKE_REFRESH_FAMILY, (family_id,))
-        return cur.rowcount
-
-
-REVOKE_USER_REFRESH_FAMILIES = """\
-update refresh_tokens set revoked_at = now()
-where user_id = $1 and revoked_at is null and family_id <> $2
-returning family_id"""
-
-
-async def revoke_user_refresh_families(
-    conn: AsyncConnection[Any],
-    *,
-    user_id: int,
-    keep_family_id: UUID,
-) -> list[UUID]:
-    """Revokes every live refresh token of a user except one family (nil uuid: none); returns the families."""
+async def list_live_user_families(conn: AsyncConnection[Any], *, user_id: int) -> list[UUID]:
+    """The sessions of a user that still have a live refresh token (the caller holds the user's row
+    FOR UPDATE: no session of the user begins or rotates meanwhile)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(REVOKE_USER_REFRESH_FAMILIES, (user_id, keep_family_id))
+        await cur.execute(LIST_LIVE_USER_FAMILIES, (user_id,))
         return await cur.fetchall()
+
+
+REVOKE_REFRESH_FAMILIES = """\
+update refresh_tokens set revoked_at = now()
+where family_id = any($1::uuid[]) and revoked_at is null"""
+
+
+async def revoke_refresh_families(conn: AsyncConnection[Any], *, family_ids: list[UUID]) -> int:
+    """Under LockRefreshFamilies of these families."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(REVOKE_REFRESH_FAMILIES, (family_ids,))
+        return cur.rowcount
 
 
 IS_FAMILY_REVOKED = "select exists (select 1 from revoked_families where family_id = $1) as revoked"
@@ -282,10 +337,16 @@ async def recently_revoked_families(conn: AsyncConnection[Any], *, within_s: flo
 
 PURGE_REVOKED_FAMILIES = """\
 delete from revoked_families
-where revoked_at < now() - make_interval(secs => $1::float8)"""
+where family_id in (
+    select family_id from revoked_families
+    where revoked_at < now() - make_interval(secs => $1::float8)
+    for update skip locked
+)"""
 
 
 async def purge_revoked_families(conn: AsyncConnection[Any], *, older_than_s: float) -> int:
+    """On the way of every revocation: rows another purge holds are left to it (no revocation waits for
+    another's housekeeping)."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_REVOKED_FAMILIES, (older_than_s,))
         return cur.rowcount
@@ -319,18 +380,24 @@ async def get_family_state(conn: AsyncConnection[Any], *, family_id: UUID) -> Ge
 
 
 PURGE_EXPIRED_REFRESH_TOKENS = """\
-delete from refresh_tokens r
-where r.expires_at < now() - make_interval(secs => $1::float8)
-  and not exists (
-    select 1 from refresh_tokens l
-    where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => $1::float8)
-  )"""
+delete from refresh_tokens
+where id in (
+    select r.id from refresh_tokens r
+    where r.expires_at < now() - make_interval(secs => $1::float8)
+      and not exists (
+        select 1 from refresh_tokens l
+        where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => $1::float8)
+      )
+    for update of r skip locked
+)"""
 
 
 async def purge_expired_refresh_tokens(conn: AsyncConnection[Any], *, grace_s: float) -> int:
     """Tokens of families that are over (every token expired more than @grace_s ago: an access token
     issued with the last one may still be live, and revoking the user's sessions must find its
-    family); a live family keeps its spent tokens, which reuse detection needs."""
+    family); a live family keeps its spent tokens, which reuse detection needs. Rows a revocation
+    holds are skipped (a later run deletes them): the purge takes no family's lock, so it must never
+    wait for a token row while holding other families' rows."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_EXPIRED_REFRESH_TOKENS, (grace_s,))
         return cur.rowcount

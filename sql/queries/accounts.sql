@@ -63,20 +63,56 @@ select u.* from refresh_tokens t join users u on u.id = t.user_id
 where t.token_hash = @token_hash
 for share of u;
 
+-- name: GetRefreshTokenFamily :one
+-- Which session a token belongs to, read without a lock: LockRefreshFamilies comes first.
+select family_id from refresh_tokens where token_hash = @token_hash;
+
+-- name: LockRefreshFamilies :exec
+-- The lock that stands for a session (a refresh-token family) until the transaction ends. Whatever
+-- changes a family's tokens (a rotation, a reuse's revocation, a logout, revoking a user's sessions)
+-- takes it before any of their rows, several in ascending key order, so that no two transactions
+-- ever hold a token row each that the other needs (a rotation locked the presented token and then
+-- the family's others, a logout the family's tokens in scan order: a deadlock). The key space
+-- `accounts-family:` is this query's alone; two families sharing a key only wait for each other.
+select pg_advisory_xact_lock(family_key) from (
+    select distinct hashtextextended(concat('accounts-family:', family_id), 0) as family_key
+    from unnest(@family_ids::uuid[]) as family_id
+    order by family_key
+) as family_keys;
+
 -- name: GetRefreshTokenForUpdate :one
+-- After LockRefreshFamilies, in a statement of its own (its snapshot then follows the wait).
 select * from refresh_tokens where token_hash = @token_hash for update;
+
+-- name: IsRefreshTokenRecentlySuperseded :one
+-- Whether the spent token @id is its family's immediate predecessor, rotated less than @grace_s
+-- seconds ago: the next token of the family (tokens form one chain: only a family's one unspent
+-- token rotates, under the family's lock) is neither spent nor revoked and was issued within the
+-- grace: two tabs refreshing with the same token at once. An older token, or one whose successor
+-- was used already, is a leak.
+select coalesce((
+    select successor.used_at is null and successor.revoked_at is null
+        and successor.issued_at > now() - make_interval(secs => @grace_s::float8)
+    from refresh_tokens successor
+    where successor.family_id = @family_id and successor.id > @id
+    order by successor.id
+    limit 1
+), false)::boolean as superseded;
 
 -- name: MarkRefreshTokenUsed :exec
 update refresh_tokens set used_at = now() where id = @id;
 
--- name: RevokeRefreshFamily :execrows
-update refresh_tokens set revoked_at = now() where family_id = @family_id and revoked_at is null;
+-- name: ListLiveUserFamilies :many
+-- The sessions of a user that still have a live refresh token (the caller holds the user's row
+-- FOR UPDATE: no session of the user begins or rotates meanwhile).
+select distinct family_id from refresh_tokens
+where user_id = @user_id and revoked_at is null
+order by family_id;
 
--- name: RevokeUserRefreshFamilies :many
--- Revokes every live refresh token of a user except one family (nil uuid: none); returns the families.
+-- name: RevokeRefreshFamilies :execrows
+-- Under LockRefreshFamilies of these families.
 update refresh_tokens set revoked_at = now()
-where user_id = @user_id and revoked_at is null and family_id <> @keep_family_id
-returning family_id;
+where family_id = any(@family_ids::uuid[]) and revoked_at is null;
 
 -- name: IsFamilyRevoked :one
 -- The database answer while a process's in-memory copy of revoked_families may be stale (its
@@ -97,8 +133,14 @@ select family_id from revoked_families
 where revoked_at > now() - make_interval(secs => @within_s::float8);
 
 -- name: PurgeRevokedFamilies :execrows
+-- On the way of every revocation: rows another purge holds are left to it (no revocation waits for
+-- another's housekeeping).
 delete from revoked_families
-where revoked_at < now() - make_interval(secs => @older_than_s::float8);
+where family_id in (
+    select family_id from revoked_families
+    where revoked_at < now() - make_interval(secs => @older_than_s::float8)
+    for update skip locked
+);
 
 -- name: ListenForRevokedFamilies :exec
 listen revoked_families;
@@ -113,10 +155,16 @@ from refresh_tokens where family_id = @family_id;
 -- name: PurgeExpiredRefreshTokens :execrows
 -- Tokens of families that are over (every token expired more than @grace_s ago: an access token
 -- issued with the last one may still be live, and revoking the user's sessions must find its
--- family); a live family keeps its spent tokens, which reuse detection needs.
-delete from refresh_tokens r
-where r.expires_at < now() - make_interval(secs => @grace_s::float8)
-  and not exists (
-    select 1 from refresh_tokens l
-    where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => @grace_s::float8)
-  );
+-- family); a live family keeps its spent tokens, which reuse detection needs. Rows a revocation
+-- holds are skipped (a later run deletes them): the purge takes no family's lock, so it must never
+-- wait for a token row while holding other families' rows.
+delete from refresh_tokens
+where id in (
+    select r.id from refresh_tokens r
+    where r.expires_at < now() - make_interval(secs => @grace_s::float8)
+      and not exists (
+        select 1 from refresh_tokens l
+        where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => @grace_s::float8)
+      )
+    for update of r skip locked
+);

@@ -92,3 +92,30 @@ async def test_a_rehash_at_login_never_undoes_a_password_change_it_raced(
     await login(api, user.email, NEW_PASSWORD)
     old = await api.post("/api/auth/login", json={"email": user.email, "password": PASSWORD})
     assert_problem(old, 401, "unauthorized")
+
+
+async def test_a_password_change_verified_against_a_password_changed_meanwhile_is_refused(
+    api: Client, database_url: str, member: User, settings: Settings
+) -> None:
+    """Another change (another tab, or someone else who knows the password) commits while this one,
+    verified against the old password, waits for the user's row: this one is refused (409), the other
+    password stays (before, this one overwrote it)."""
+    session = await login(api, member.email)
+    other_hash = await Passwords(settings).hash(NEW_PASSWORD)
+    change = f"update users set password_hash = '{other_hash}' where id = %s"
+
+    async def change_password() -> Any:
+        return await api.patch(
+            "/api/auth/me",
+            json={"current_password": PASSWORD, "new_password": "this tab's new passphrase"},
+            headers=bearer(session["access_token"]),
+        )
+
+    assert_problem(
+        await answer_racing(database_url, change, member.id, change_password), 409, "password-changed"
+    )
+    await login(api, member.email, NEW_PASSWORD)
+    refused = await api.post(
+        "/api/auth/login", json={"email": member.email, "password": "this tab's new passphrase"}
+    )
+    assert_problem(refused, 401, "unauthorized")

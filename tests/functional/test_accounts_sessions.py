@@ -287,6 +287,14 @@ async def test_a_session_ended_less_than_an_access_token_ago_is_kept_so_revocati
     assert await me_status(api, session["access_token"]) == 401
 
 
+async def issued_longer_ago_than_the_reuse_grace(db: AsyncConnection[Any], refresh_token: str) -> None:
+    """Backdate a token's issue past REFRESH_REUSE_GRACE_S (the session's start moves by as much)."""
+    await db.execute(
+        "update refresh_tokens set issued_at = issued_at - interval '61 seconds' where token_hash = %s",
+        (refresh_token_digest(refresh_token),),
+    )
+
+
 async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(
     api: Client, db: AsyncConnection[Any], member: User
 ) -> None:
@@ -295,6 +303,7 @@ async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(
     rotated = (await refresh(api, first["refresh_token"])).json()
     assert await me_status(api, first["access_token"]) == 200
     assert await me_status(api, rotated["access_token"]) == 200
+    await issued_longer_ago_than_the_reuse_grace(db, rotated["refresh_token"])
 
     reuse = await refresh(api, first["refresh_token"])
     assert_problem(reuse, 401, "unauthorized")
@@ -312,6 +321,38 @@ async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(
     # another session of the same user is untouched
     assert await me_status(api, other_session["access_token"]) == 200
     assert (await refresh(api, other_session["refresh_token"])).status_code == 200
+
+
+async def test_a_token_presented_again_within_the_grace_is_superseded_until_its_successor_is_used(
+    api: Client, member: User
+) -> None:
+    """Two tabs refreshing with one token: the later one is told 409 and the session lives on; once
+    the successor has been used, the same token's reuse is a leak and revokes the session."""
+    first = await login(api, member.email)
+    second = (await refresh(api, first["refresh_token"])).json()
+
+    superseded = assert_problem(await refresh(api, first["refresh_token"]), 409, "refresh-superseded")
+    assert "other request" in superseded["detail"]
+    assert await me_status(api, first["access_token"]) == 200
+    assert await me_status(api, second["access_token"]) == 200
+    third = await refresh(api, second["refresh_token"])
+    assert third.status_code == 200, third.text
+
+    assert_problem(await refresh(api, first["refresh_token"]), 401, "unauthorized")
+    assert_problem(await refresh(api, third.json()["refresh_token"]), 401, "unauthorized")
+    assert await me_status(api, third.json()["access_token"]) == 401
+
+
+async def test_a_token_presented_again_after_the_grace_revokes_the_session(
+    api: Client, db: AsyncConnection[Any], member: User
+) -> None:
+    first = await login(api, member.email)
+    second = (await refresh(api, first["refresh_token"])).json()
+    await issued_longer_ago_than_the_reuse_grace(db, second["refresh_token"])
+
+    assert_problem(await refresh(api, first["refresh_token"]), 401, "unauthorized")
+    assert_problem(await refresh(api, second["refresh_token"]), 401, "unauthorized")
+    assert await me_status(api, second["access_token"]) == 401
 
 
 async def test_unknown_refresh_token_is_401(api: Client) -> None:

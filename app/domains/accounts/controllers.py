@@ -12,6 +12,7 @@ from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from app.core.auth import CurrentUser, requires_admin, requires_user
+from app.core.errors import Problem
 from app.core.gate import AUTHENTICATE_OPT
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
@@ -93,10 +94,22 @@ class AuthController(Controller):
         cache_control=TOKENS_NOT_STORED,
         summary="Rotate a refresh token",
         description="Spends the refresh token and returns a new pair. Re-using a spent token revokes "
-        "the whole session (its family and every access token issued from it), as does any revocation "
-        "of the session (logout, a password change, a change of role or activity) that the rotation "
-        "raced.",
-        responses=problems(400, 401, 429, 503),
+        "the whole session (its family and every access token issued from it): 401, as does any "
+        "revocation of the session (logout, a password change, a change of role or activity) that the "
+        "rotation raced. One exception, for a client racing itself (two tabs refreshing with one token): "
+        "the token rotated less than REFRESH_REUSE_GRACE_S seconds ago, whose successor has not been "
+        "used yet, is answered 409 `refresh-superseded` and the session is kept; the client should use "
+        "the tokens its other request received (or sign in again if it has none). Reusing an older token, "
+        "or one whose successor was used, revokes the session.",
+        responses={
+            **problems(400, 401, 429, 503),
+            409: ResponseSpec(
+                Problem,
+                description="`refresh-superseded`: rotated a moment ago by another request of this client; "
+                "use the tokens that request received (nothing was revoked)",
+                media_type="application/problem+json",
+            ),
+        },
         opt=ROTATION,
     )
     async def refresh(
@@ -135,9 +148,19 @@ class AuthController(Controller):
         summary="Change the caller's name or password",
         description="A new password needs `current_password`; it revokes the caller's other sessions. "
         "A wrong `current_password` counts as a failed sign-in (same throttle as login: 429 when "
-        "this address failed too often for the account).",
+        "this address failed too often for the account). A change whose `current_password` was right "
+        "when checked but was replaced by another change before this one could commit (two tabs, or "
+        "someone else who knows it) is refused with 409 `password-changed` and changes nothing; a "
+        "change by a session revoked meanwhile is refused with 401.",
         security=BEARER,
-        responses=problems(400, 401, 403, 429),
+        responses={
+            **problems(400, 401, 403, 429),
+            409: ResponseSpec(
+                Problem,
+                description="`password-changed`: the password was changed meanwhile; nothing was changed",
+                media_type="application/problem+json",
+            ),
+        },
     )
     async def update_me(
         self,

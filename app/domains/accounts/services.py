@@ -74,6 +74,21 @@ def check_new_password(password: str, *, production: bool) -> None:
         raise WeakPasswordError("The password is too easy to guess (a public default or too little variety).")
 
 
+class RefreshSupersededError(ConflictError):
+    """The token was rotated moments ago by another request of the same client (two tabs): its answer
+    holds the session's tokens. Nothing is revoked (``AccountService.refresh``)."""
+
+    slug = "refresh-superseded"
+    title = "Refresh token already rotated"
+
+
+class PasswordChangedError(ConflictError):
+    """The password verified for a change is no longer the account's: another change committed first."""
+
+    slug = "password-changed"
+    title = "Password changed meanwhile"
+
+
 def _bearer_failure(detail: str) -> UnauthorizedError:
     return UnauthorizedError(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
@@ -185,7 +200,7 @@ class AccountService:
         """
         if not families:
             return
-        await queries.record_revoked_families(uow.conn, family_ids=families)
+        await queries.record_revoked_families(uow.conn, family_ids=sorted(families))
         await queries.purge_revoked_families(uow.conn, older_than_s=REVOKED_FAMILY_RETENTION_S)
         revocations = self.revocations
 
@@ -287,19 +302,39 @@ class AccountService:
         )
 
     # -- refresh rotation, logout, revocation --------------------------------------------------
+    #
+    # One lock order for everything that touches a session (a refresh-token family): the user's row,
+    # then the family's lock (``LockRefreshFamilies``: a transaction-scoped advisory lock; several in
+    # ascending order), then the family's token rows. A rotation, a reuse's revocation and a logout
+    # therefore run one after the other per family, and revoking a user's sessions waits for each of
+    # them. The advisory lock was chosen over a ``refresh_families`` table whose row would stand for
+    # the family: it needs no migration, no backfill and no row for sessions that a release without
+    # the table begins during a rolling deploy, and it does the same job.
+
+    async def _lock_families(self, uow: UnitOfWork, families: list[uuid.UUID]) -> None:
+        """Hold these sessions until ``uow`` ends: before any of their token rows (see above)."""
+        if families:
+            await queries.lock_refresh_families(uow.conn, family_ids=families)
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Rotate: the presented token is spent and a new one of the same family is issued.
 
-        Presenting a spent token means it leaked (or a client raced itself): the whole family and
-        every access token issued from it are revoked, and the caller must log in again.
+        Presenting a spent token means it leaked: the whole family and every access token issued from
+        it are revoked, and the caller must log in again. One exception, for a client racing itself
+        (two tabs refreshing with one token): the family's immediate predecessor presented less than
+        REFRESH_REUSE_GRACE_S after its rotation, while the token that rotation issued is unused, is
+        answered 409 ``refresh-superseded`` and revokes nothing; the other request's answer holds
+        the session's tokens. An older token, or one whose successor was used, still revokes.
         """
         reused: uuid.UUID | None = None
         digest = refresh_token_digest(refresh_token)
         async with self.db.transaction() as uow:
-            # The user's row before the token's, the order of every change of a user (the row, then
-            # its tokens): a demotion or deactivation waits for this rotation, or is seen by it.
+            # The user's row before the family's lock before the token's (see above): a demotion or
+            # deactivation waits for this rotation, or is seen by it.
             user = await queries.get_refresh_token_owner_for_share(uow.conn, token_hash=digest)
+            family_id = await queries.get_refresh_token_family(uow.conn, token_hash=digest)
+            if family_id is not None:
+                await self._lock_families(uow, [family_id])
             stored = await queries.get_refresh_token_for_update(uow.conn, token_hash=digest)
             if stored is None or stored.revoked_at is not None or stored.expires_at <= datetime.now(UTC):
                 raise UnauthorizedError("The refresh token is invalid or expired.")
@@ -307,7 +342,20 @@ class AccountService:
             if family is None or family.revoked:
                 raise UnauthorizedError("The refresh token is invalid or expired.")
             if stored.used_at is not None:
-                await queries.revoke_refresh_family(uow.conn, family_id=stored.family_id)
+                if await queries.is_refresh_token_recently_superseded(
+                    uow.conn,
+                    grace_s=self.settings.refresh_reuse_grace_s,
+                    family_id=stored.family_id,
+                    id=stored.id,
+                ):
+                    log.info(
+                        "refresh_token_superseded", user_id=stored.user_id, family_id=str(stored.family_id)
+                    )
+                    raise RefreshSupersededError(
+                        "This refresh token was rotated a moment ago by another request; use the tokens "
+                        "that request received."
+                    )
+                await queries.revoke_refresh_families(uow.conn, family_ids=[stored.family_id])
                 await self._revoke(uow, [stored.family_id])
                 reused = stored.family_id
             else:
@@ -333,15 +381,22 @@ class AccountService:
 
     async def logout(self, user: CurrentUser) -> None:
         async with self.db.transaction() as uow:
-            await queries.revoke_refresh_family(uow.conn, family_id=user.family_id)
+            await self._lock_families(uow, [user.family_id])
+            await queries.revoke_refresh_families(uow.conn, family_ids=[user.family_id])
             await self._revoke(uow, [user.family_id])
 
     async def revoke_all(self, uow: UnitOfWork, user_id: int, keep: uuid.UUID = NO_FAMILY) -> int:
         """Revoke every session of a user (except ``keep``) in the caller's transaction: their refresh
-        tokens at once, their access tokens in every process from the commit on."""
-        families = list(
-            set(await queries.revoke_user_refresh_families(uow.conn, user_id=user_id, keep_family_id=keep))
-        )
+        tokens at once, their access tokens in every process from the commit on.
+
+        The caller holds the user's row ``FOR UPDATE`` (no session of the user begins or rotates
+        meanwhile). Every family of the user is locked, ``keep``'s too (so that the caller may rely
+        on its state until the commit), in ascending order, before any token row."""
+        live = await queries.list_live_user_families(uow.conn, user_id=user_id)
+        await self._lock_families(uow, live if keep == NO_FAMILY else [*live, keep])
+        families = [family for family in live if family != keep]
+        if families:
+            await queries.revoke_refresh_families(uow.conn, family_ids=families)
         await self._revoke(uow, families)
         return len(families)
 
@@ -363,20 +418,42 @@ class AccountService:
 
     async def update_me(self, caller: CurrentUser, data: UpdateMeIn, client_ip: str | None = None) -> User:
         """A new password needs the current one, checked under the login throttle: a stolen access
-        token does not buy unthrottled password guesses."""
-        new_hash, revoked = None, 0
+        token does not buy unthrottled password guesses.
+
+        The check holds until the commit: the change locks the user's row, then every session of the
+        user (``revoke_all``), and is refused if the password it verified is no longer the account's
+        (409 ``password-changed``: another change committed first, and this one would overwrite it)
+        or the caller's own session was revoked meanwhile (401: a logout, a deactivation, or that other
+        change)."""
+        new_hash, verified_hash, revoked = None, None, 0
         if data.new_password is not None:
             current = await self.get_user(caller.id)
             if data.current_password is None:
                 raise ForbiddenError("The current password is required and must be correct.")
             try:
-                await self.check_credentials(
+                verified = await self.check_credentials(
                     current.email, data.current_password, client_ip, purpose="password_change"
                 )
+                verified_hash = verified.password_hash
             except UnauthorizedError:
                 raise ForbiddenError("The current password is required and must be correct.") from None
             new_hash = await self.passwords.hash(data.new_password)
         async with self.db.transaction() as uow:
+            if new_hash is not None:
+                locked = await queries.get_users_for_update(uow.conn, ids=[caller.id])
+                if not locked:
+                    raise NotFoundError("No such user.")
+                if locked[0].password_hash != verified_hash:
+                    log.info("password_change_refused", user_id=caller.id, reason="changed_meanwhile")
+                    raise PasswordChangedError(
+                        "The password was changed meanwhile; the current password given is no longer current."
+                    )
+                revoked = await self.revoke_all(uow, caller.id, keep=caller.family_id)
+                if not locked[0].is_active or await queries.is_family_revoked(
+                    uow.conn, family_id=caller.family_id
+                ):
+                    log.info("password_change_refused", user_id=caller.id, reason="session_revoked")
+                    raise _bearer_failure("The access token has been revoked.")
             user = await queries.update_user_profile(
                 uow.conn,
                 display_name=data.display_name.strip() if data.display_name else None,
@@ -388,8 +465,6 @@ class AccountService:
             if data.display_name is not None:
                 for callback in self._on_rename:
                     uow.after_commit(partial(callback, caller.id))
-            if new_hash is not None:
-                revoked = await self.revoke_all(uow, caller.id, keep=caller.family_id)
         if new_hash is not None:
             log.info("password_changed", user_id=caller.id, sessions_revoked=revoked)
         return user
