@@ -165,7 +165,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 }
             ),
         ),
-        cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
+        cors_config=(
+            # ETag: a browser client on another origin reads it to send If-Match back
+            CORSConfig(allow_origins=settings.cors_origins, expose_headers=["ETag"])
+            if settings.cors_origins
+            else None
+        ),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         debug=False,

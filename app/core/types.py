@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import zoneinfo
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import msgspec
@@ -66,3 +67,26 @@ __all__ = [
     "Text",
     "TimeZone",
 ]
+
+
+RFC3339_MOMENT = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})?$"
+)
+"""A moment as RFC 3339 writes it (an offset optional: none is UTC), for a query parameter taken as a
+string and decoded by ``moment_of``: a ``datetime`` parameter also took ``0.5`` (a Unix time)."""
+
+
+def moment_of(name: str, value: str | None) -> datetime | None:
+    """The moment a ``RFC3339_MOMENT`` query parameter names (UTC when it has no offset); a value the
+    pattern admits but the calendar has not (``02-30``, a leap second) is a 400 naming ``query.<name>``."""
+    from app.core.errors import FieldError, InvalidFieldsError
+
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.upper().replace(" ", "T").replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidFieldsError(
+            [FieldError(field=f"query.{name}", message="Not a moment of the calendar (RFC 3339)")]
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -115,6 +115,7 @@ class Project(msgspec.Struct, frozen=True, gc=False):
     archived: bool
     created_at: datetime
     updated_at: datetime
+    version: int
 
 
 class ProjectMember(msgspec.Struct, frozen=True, gc=False):
@@ -138,6 +139,7 @@ class Task(msgspec.Struct, frozen=True, gc=False):
     updated_by: int
     created_at: datetime
     updated_at: datetime
+    version: int
 
 
 class Comment(msgspec.Struct, frozen=True, gc=False):

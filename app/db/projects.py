@@ -35,7 +35,7 @@ async def count_created_projects(conn: AsyncConnection[Any], *, owner_id: int) -
 CREATE_PROJECT = """\
 insert into projects (name, description, owner_id)
 values ($1, $2, $3)
-returning id, name, description, owner_id, archived, created_at, updated_at"""
+returning id, name, description, owner_id, archived, created_at, updated_at, version"""
 
 
 async def create_project(
@@ -50,14 +50,35 @@ async def create_project(
         return await cur.fetchone()
 
 
-GET_PROJECT = (
-    "select id, name, description, owner_id, archived, created_at, updated_at from projects where id = $1"
-)
+GET_PROJECT = "select id, name, description, owner_id, archived, created_at, updated_at, version from projects where id = $1"
 
 
 async def get_project(conn: AsyncConnection[Any], *, id: int) -> Project | None:
     async with AsyncRawCursor(conn, row_factory=args_row(Project)) as cur:
         await cur.execute(GET_PROJECT, (id,))
+        return await cur.fetchone()
+
+
+LOCK_PROJECT_FOR_CHANGE = "select id, name, description, owner_id, archived, created_at, updated_at, version from projects where id = $1 for no key update"
+
+
+async def lock_project_for_change(conn: AsyncConnection[Any], *, id: int) -> Project | None:
+    """Before a change of the project's own fields: the row as it is, kept from other changes (and from
+    deletion) until the transaction ends, so a version compared with it is the one the change replaces.
+    NO KEY UPDATE, the lock the change takes anyway: rows referring to the project may still be inserted."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Project)) as cur:
+        await cur.execute(LOCK_PROJECT_FOR_CHANGE, (id,))
+        return await cur.fetchone()
+
+
+LOCK_PROJECT_FOR_DELETION = "select id, name, description, owner_id, archived, created_at, updated_at, version from projects where id = $1 for update"
+
+
+async def lock_project_for_deletion(conn: AsyncConnection[Any], *, id: int) -> Project | None:
+    """Before a deletion: the row as it is, locked as the deletion locks it (the project first, then its
+    members and everything in it), so a version compared with it is the one deleted."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Project)) as cur:
+        await cur.execute(LOCK_PROJECT_FOR_DELETION, (id,))
         return await cur.fetchone()
 
 
@@ -68,7 +89,10 @@ set name = coalesce($1, name),
     archived = coalesce($3::boolean, archived),
     updated_at = now()
 where id = $4
-returning id, name, description, owner_id, archived, created_at, updated_at"""
+  and (name, description, archived) is distinct from
+      (coalesce($1, name), coalesce($2, description),
+       coalesce($3::boolean, archived))
+returning id, name, description, owner_id, archived, created_at, updated_at, version"""
 
 
 async def update_project(
@@ -79,6 +103,8 @@ async def update_project(
     archived: bool | None,
     id: int,
 ) -> Project | None:
+    """The given fields set (null: kept), only when that changes the project: no row when it changes
+    nothing (updated_at and version stay). The version is the trigger's (projects_next_version)."""
     async with AsyncRawCursor(conn, row_factory=args_row(Project)) as cur:
         await cur.execute(UPDATE_PROJECT, (name, description, archived, id))
         return await cur.fetchone()
@@ -94,7 +120,7 @@ async def delete_project(conn: AsyncConnection[Any], *, id: int) -> int:
 
 
 LIST_MEMBER_PROJECTS = """\
-select p.id, p.name, p.description, p.owner_id, p.archived, p.created_at, p.updated_at, m.role as my_role
+select p.id, p.name, p.description, p.owner_id, p.archived, p.created_at, p.updated_at, p.version, m.role as my_role
 from projects p
 join project_members m on m.project_id = p.id and m.user_id = $1
 where p.id > $2
@@ -111,6 +137,7 @@ class ListMemberProjectsRow(msgspec.Struct, frozen=True, gc=False):
     archived: bool
     created_at: datetime
     updated_at: datetime
+    version: int
     my_role: ProjectRole
 
 

@@ -10,11 +10,24 @@ from psycopg.rows import args_row, scalar_row
 from .models import ProjectRole, Task, TaskPriority, TaskStatus
 
 
+LOCK_TASK_POSITIONS = (
+    "select pg_advisory_xact_lock(hashtextextended(concat('task-positions:', $1::bigint), 0))"
+)
+
+
+async def lock_task_positions(conn: AsyncConnection[Any], *, project_id: int) -> None:
+    """Serialises the creations of tasks in one project, until the transaction ends: each takes the next
+    position (CreateTask), which it must read once the previous creation has committed. A statement of
+    its own, before CreateTask: a statement's snapshot is taken before its lock is granted."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_TASK_POSITIONS, (project_id,))
+
+
 CREATE_TASK = """\
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
 values ($1, $2, $3, $4, $5, $6, $7,
         coalesce((select max(position) + 1 from tasks where project_id = $1), 0), $8, $8)
-returning id, project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by, created_at, updated_at"""
+returning id, project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by, created_at, updated_at, version"""
 
 
 async def create_task(
@@ -29,6 +42,7 @@ async def create_task(
     due_date: date | None,
     created_by: int,
 ) -> Task | None:
+    """Under LockTaskPositions: the next position of the project is this task's alone."""
     async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(
             CREATE_TASK,
@@ -38,7 +52,7 @@ async def create_task(
 
 
 GET_TASK_WITH_ROLE = """\
-select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, m.role as my_role
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version, m.role as my_role
 from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = $1
 where t.id = $2"""
@@ -58,6 +72,7 @@ class GetTaskWithRoleRow(msgspec.Struct, frozen=True, gc=False):
     updated_by: int
     created_at: datetime
     updated_at: datetime
+    version: int
     my_role: ProjectRole
 
 
@@ -121,7 +136,7 @@ from (
 where t.id = n.id
   and (t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position)
       is distinct from (n.title, n.description, n.status, n.priority, n.assignee_id, n.due_date, n.position)
-returning t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at"""
+returning t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version"""
 
 
 async def update_task(
@@ -140,7 +155,8 @@ async def update_task(
     id: int,
 ) -> Task | None:
     """The given fields set (null: kept), only when that changes the task: no row when it changes nothing,
-    so a PATCH that changes nothing leaves updated_at, the lists' order and their walks as they were."""
+    so a PATCH that changes nothing leaves updated_at, version, the lists' order and their walks as
+    they were. The version is the trigger's (tasks_next_version: every change of the row takes the next)."""
     async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(
             UPDATE_TASK,
@@ -183,9 +199,9 @@ async def delete_task(conn: AsyncConnection[Any], *, id: int) -> int:
 
 LIST_PROJECT_TASKS = """\
 select id, project_id, title, description, status, priority, assignee_id, due_date, position,
-       created_by, updated_by, created_at, updated_at, sort_key, now()::timestamptz as read_at
+       created_by, updated_by, created_at, updated_at, version, sort_key, now()::timestamptz as read_at
 from (
-    select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at,
+    select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version,
            (case $1::text
                 when 'due' then coalesce(t.due_date - date '1970-01-01', 2147483647)::bigint
                 when 'priority' then -array_position(enum_range(null::task_priority), t.priority)::bigint
@@ -225,6 +241,7 @@ class ListProjectTasksRow(msgspec.Struct, frozen=True, gc=False):
     updated_by: int
     created_at: datetime
     updated_at: datetime
+    version: int
     sort_key: int
     read_at: datetime
 
@@ -278,7 +295,7 @@ async def list_project_tasks(
 
 
 LIST_ASSIGNED_TASKS = """\
-select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version
 from tasks t
 join project_members m on m.project_id = t.project_id and m.user_id = $1
 where t.assignee_id = $1

@@ -15,13 +15,29 @@ returning *;
 -- name: GetProject :one
 select * from projects where id = @id;
 
+-- name: LockProjectForChange :one
+-- Before a change of the project's own fields: the row as it is, kept from other changes (and from
+-- deletion) until the transaction ends, so a version compared with it is the one the change replaces.
+-- NO KEY UPDATE, the lock the change takes anyway: rows referring to the project may still be inserted.
+select * from projects where id = @id for no key update;
+
+-- name: LockProjectForDeletion :one
+-- Before a deletion: the row as it is, locked as the deletion locks it (the project first, then its
+-- members and everything in it), so a version compared with it is the one deleted.
+select * from projects where id = @id for update;
+
 -- name: UpdateProject :one
+-- The given fields set (null: kept), only when that changes the project: no row when it changes
+-- nothing (updated_at and version stay). The version is the trigger's (projects_next_version).
 update projects
 set name = coalesce(sqlc.narg(name), name),
     description = coalesce(sqlc.narg(description), description),
     archived = coalesce(sqlc.narg(archived)::boolean, archived),
     updated_at = now()
 where id = @id
+  and (name, description, archived) is distinct from
+      (coalesce(sqlc.narg(name), name), coalesce(sqlc.narg(description), description),
+       coalesce(sqlc.narg(archived)::boolean, archived))
 returning *;
 
 -- name: DeleteProject :execrows

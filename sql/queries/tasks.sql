@@ -1,4 +1,11 @@
+-- name: LockTaskPositions :exec
+-- Serialises the creations of tasks in one project, until the transaction ends: each takes the next
+-- position (CreateTask), which it must read once the previous creation has committed. A statement of
+-- its own, before CreateTask: a statement's snapshot is taken before its lock is granted.
+select pg_advisory_xact_lock(hashtextextended(concat('task-positions:', @project_id::bigint), 0));
+
 -- name: CreateTask :one
+-- Under LockTaskPositions: the next position of the project is this task's alone.
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
 values (@project_id, @title, @description, @status, @priority, sqlc.narg(assignee_id), sqlc.narg(due_date),
         coalesce((select max(position) + 1 from tasks where project_id = @project_id), 0), @created_by, @created_by)
@@ -23,7 +30,8 @@ select id from tasks where id = @id for no key update;
 
 -- name: UpdateTask :one
 -- The given fields set (null: kept), only when that changes the task: no row when it changes nothing,
--- so a PATCH that changes nothing leaves updated_at, the lists' order and their walks as they were.
+-- so a PATCH that changes nothing leaves updated_at, version, the lists' order and their walks as
+-- they were. The version is the trigger's (tasks_next_version: every change of the row takes the next).
 update tasks t
 set title = n.title,
     description = n.description,
@@ -69,7 +77,7 @@ delete from tasks where id = @id;
 -- clock when this statement started, before its snapshot was taken (its transaction's now()).
 -- nullable: assignee_id, due_date
 select id, project_id, title, description, status, priority, assignee_id, due_date, position,
-       created_by, updated_by, created_at, updated_at, sort_key, now()::timestamptz as read_at
+       created_by, updated_by, created_at, updated_at, version, sort_key, now()::timestamptz as read_at
 from (
     select t.*,
            (case @sort::text

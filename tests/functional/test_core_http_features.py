@@ -62,6 +62,8 @@ async def test_cors_answers_configured_origins_only(settings: Settings) -> None:
         assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
         other = await client.get("/health/live", headers={"Origin": "https://evil.example.net"})
         assert "access-control-allow-origin" not in other.headers
+        actual = await client.get("/health/live", headers={"Origin": "https://app.example.com"})
+        assert "etag" in actual.headers["access-control-expose-headers"].lower()  # If-Match needs it
 
 
 async def test_without_configured_origins_there_are_no_cors_headers(

@@ -217,6 +217,22 @@ async def test_updated_after_at_the_ends_of_the_calendar_answers(client: Client,
         assert response.status_code == 200, (moment, response.text)
 
 
+async def test_updated_after_is_a_moment_of_the_calendar_or_a_400(client: Client, team: Team) -> None:
+    for moment in (
+        "0.5",
+        "1733112000",
+        "2026-02-30T00:00:00Z",
+        "2026-12-31T23:59:60Z",
+        "0000-01-01T00:00:00Z",
+    ):
+        response = await client.get(
+            f"/api/projects/{team.project}/tasks",
+            params={"updated_after": moment},
+            headers=team.viewer.headers,
+        )
+        assert_problem(response, 400, "validation", {"query.updated_after"})
+
+
 async def test_a_patch_that_changes_nothing_is_no_change(
     client: Client, db: AsyncConnection[Any], team: Team, valkey: Valkey
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import delete, get, patch, post
+from litestar import Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -12,6 +12,14 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.preconditions import (
+    ETAG_HEADER,
+    DocumentsIfMatch,
+    IfMatchHeader,
+    etag,
+    parse_if_match,
+    precondition_failed,
+)
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.core.wire import from_row
@@ -72,15 +80,30 @@ class ProjectsController(Controller):
         project = await projects.create(current_user.id, data)
         return ProjectOut.from_row(project, ProjectRole.OWNER)
 
-    @get("/{project_id:int}", summary="A project", responses=problems(401, 404, 429))
-    async def get_project(self, project_id: IdPath, projects: Projects, current_user: Caller) -> ProjectOut:
+    @get(
+        "/{project_id:int}",
+        summary="A project",
+        description='Answers the project\'s `ETag` (`"<version>"`): send it as `If-Match` with a change. '
+        "It versions the project's own fields, not the caller's `my_role`.",
+        response_headers=[ETAG_HEADER],
+        responses=problems(401, 404, 429),
+    )
+    async def get_project(
+        self, project_id: IdPath, projects: Projects, current_user: Caller
+    ) -> Response[ProjectOut]:
         project, role = await projects.get(current_user.id, project_id)
-        return ProjectOut.from_row(project, role)
+        return Response(ProjectOut.from_row(project, role), headers={"ETag": etag(project.version)})
 
     @patch(
         "/{project_id:int}",
         summary="Rename, describe (editors) or archive (owners) a project",
-        responses=problems(400, 401, 403, 404, 429),
+        description="With `If-Match` (the `ETag` of the project as the client last read it), the change "
+        "is applied only if nobody has changed the project since: otherwise 412 `precondition-failed` "
+        "and nothing changes (of two changes sent with the same `ETag`, one is applied). A change that "
+        "changes nothing keeps the version. Answers the project and its new `ETag`.",
+        response_headers=[ETAG_HEADER],
+        responses={**problems(400, 401, 403, 404, 429), **precondition_failed()},
+        operation_class=DocumentsIfMatch,
     )
     async def update_project(
         self,
@@ -88,18 +111,26 @@ class ProjectsController(Controller):
         data: JSONBody[ProjectUpdate],
         projects: Projects,
         current_user: Caller,
-    ) -> ProjectOut:
-        project, role = await projects.update(current_user.id, project_id, data)
-        return ProjectOut.from_row(project, role)
+        if_match: IfMatchHeader = None,
+    ) -> Response[ProjectOut]:
+        project, role = await projects.update(
+            current_user.id, project_id, data, if_match=parse_if_match(if_match)
+        )
+        return Response(ProjectOut.from_row(project, role), headers={"ETag": etag(project.version)})
 
     @delete(
         "/{project_id:int}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a project (owners)",
-        responses=problems(401, 403, 404, 429),
+        description="With `If-Match`, only if the project is still at a version it names (else 412 "
+        "`precondition-failed`, nothing deleted).",
+        responses={**problems(400, 401, 403, 404, 429), **precondition_failed()},
+        operation_class=DocumentsIfMatch,
     )
-    async def delete_project(self, project_id: IdPath, projects: Projects, current_user: Caller) -> None:
-        await projects.delete(current_user.id, project_id)
+    async def delete_project(
+        self, project_id: IdPath, projects: Projects, current_user: Caller, if_match: IfMatchHeader = None
+    ) -> None:
+        await projects.delete(current_user.id, project_id, if_match=parse_if_match(if_match))
 
 
 class MembersController(Controller):

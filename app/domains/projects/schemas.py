@@ -35,6 +35,16 @@ CreatorId = Annotated[
 ]
 
 
+ProjectVersion = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        description="Taken by every change of the project's name, description or archived flag (none by "
+        'a change that changes nothing): its `ETag` is `"<version>"`, for `If-Match`.',
+    ),
+]
+
+
 class ProjectOut(msgspec.Struct, frozen=True):
     id: int
     name: str
@@ -44,6 +54,7 @@ class ProjectOut(msgspec.Struct, frozen=True):
     my_role: ProjectRole
     created_at: datetime
     updated_at: datetime
+    version: ProjectVersion
 
     @classmethod
     def from_row(cls, project: Project, my_role: ProjectRole) -> ProjectOut:

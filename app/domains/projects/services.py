@@ -15,7 +15,10 @@ and invitations), so none of these waits can close a cycle with a deletion:
   removed) holds the project ``FOR NO KEY UPDATE`` before it reads any role or count: two changes
   that each saw another owner cannot remove the last one together, two invitations cannot both
   pass the cap, and a member's removal (which withdraws their waiting invitations) and their
-  acceptance of one come one after the other.
+  acceptance of one come one after the other;
+- a change of the project's own fields holds it ``FOR NO KEY UPDATE``, and a deletion ``FOR UPDATE``
+  (the lock the deletion takes anyway), before the role is read: the version an ``If-Match`` is
+  compared with is the one the change replaces (``app/core/preconditions.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from functools import partial
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError
+from app.core.preconditions import IfMatch, require_match
 from app.core.wire import from_row
 from app.db import projects as queries
 from app.db.models import Project, ProjectInvitation, ProjectRole
@@ -177,11 +181,24 @@ class ProjectService:
             raise NotFoundError("No such project.")
         return project, role
 
-    async def update(self, actor: int, project_id: int, data: ProjectUpdate) -> tuple[Project, ProjectRole]:
-        """Editors rename and describe; archiving is the owners' call."""
+    async def update(
+        self, actor: int, project_id: int, data: ProjectUpdate, *, if_match: IfMatch | None = None
+    ) -> tuple[Project, ProjectRole]:
+        """Editors rename and describe; archiving is the owners' call. A change that changes nothing
+        (every field given as it is) is no change: the project as it is, its ``updated_at`` and
+        ``version`` kept, no event.
+
+        ``if_match``: only if the project is still at a version it names (else 412, nothing changed),
+        compared with the row read under the lock this change holds until it commits (taken before
+        the role is read, the project before its members), so of two changes based on one version
+        the second is refused."""
         needed = ProjectRole.OWNER if data.archived is not None else ProjectRole.EDITOR
         async with self.db.transaction() as uow:
+            before = await queries.lock_project_for_change(uow.conn, id=project_id)
             role = await self.require_role(uow, actor, project_id, needed)
+            if before is None:  # no such project (then no role either: kept for the type)
+                raise NotFoundError("No such project.")
+            require_match(if_match, before.version)
             project = await queries.update_project(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
@@ -189,30 +206,38 @@ class ProjectService:
                 archived=data.archived,
                 id=project_id,
             )
-            if project is None:
-                raise NotFoundError("No such project.")
-            if data.name is not None:
+            if project is None:  # nothing to change
+                return before, role
+            changed = [
+                f for f in ("name", "description", "archived") if getattr(project, f) != getattr(before, f)
+            ]
+            if "name" in changed:
                 for callback in self._on_renamed:
                     uow.after_commit(partial(callback, project_id))
-            changed = [f for f in ("name", "description", "archived") if getattr(data, f) is not None]
-            if changed:
-                # The new name renames the project in the feed's sentences.
-                named = {"name": project.name} if data.name is not None else {}
-                await emit(
-                    uow,
-                    actor=actor,
-                    verb="project.updated",
-                    obj=("project", project_id),
-                    project_id=project_id,
-                    data={"fields": changed, **named},
-                )
+            # The new name renames the project in the feed's sentences.
+            named = {"name": project.name} if "name" in changed else {}
+            await emit(
+                uow,
+                actor=actor,
+                verb="project.updated",
+                obj=("project", project_id),
+                project_id=project_id,
+                data={"fields": changed, **named},
+            )
             return project, role
 
-    async def delete(self, actor: int, project_id: int) -> None:
-        """Owners only. The event names no project: the project (and its feed) is gone with it."""
+    async def delete(self, actor: int, project_id: int, *, if_match: IfMatch | None = None) -> None:
+        """Owners only. The event names no project: the project (and its feed) is gone with it.
+
+        ``if_match``: only if the project is still at a version it names (else 412), compared with
+        the row read under the deletion's own lock, taken first."""
         async with self.db.transaction() as uow:
-            project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER)
-            if not await queries.delete_project(uow.conn, id=project_id):  # a concurrent deletion came first
+            project = await queries.lock_project_for_deletion(uow.conn, id=project_id)
+            await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
+            if project is None:
+                raise NotFoundError("No such project.")
+            require_match(if_match, project.version)
+            if not await queries.delete_project(uow.conn, id=project_id):
                 raise NotFoundError("No such project.")
             for callback in self._on_deleted:
                 uow.after_commit(partial(callback, project_id))

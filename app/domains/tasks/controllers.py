@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated
 
-from litestar import MediaType, delete, get, patch, post
+from litestar import MediaType, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
@@ -15,8 +15,16 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decode_cursor, paginate
+from app.core.preconditions import (
+    ETAG_HEADER,
+    DocumentsIfMatch,
+    IfMatchHeader,
+    etag,
+    parse_if_match,
+    precondition_failed,
+)
 from app.core.routing import Controller
-from app.core.types import MAX_ID, NO_NUL, IdPath
+from app.core.types import MAX_ID, NO_NUL, RFC3339_MOMENT, IdPath, moment_of
 from app.db.models import TaskPriority, TaskStatus
 from app.domains.tasks.schemas import (
     CommentCreate,
@@ -83,10 +91,12 @@ class ProjectTasksController(Controller):
         due_before: FromQuery[date | None] = None,
         due_after: FromQuery[date | None] = None,
         updated_after: Annotated[
-            datetime | None,
+            str | None,
             QueryParameter(
                 description="Only tasks changed after this moment (exclusive: `updated_at` > it), "
                 "RFC 3339 (without an offset: UTC). Pass a walk's `as_of` to list what changed during it.",
+                pattern=RFC3339_MOMENT,
+                max_length=40,
             ),
         ] = None,
         q: Annotated[
@@ -116,7 +126,7 @@ class ProjectTasksController(Controller):
             due_before=due_before,
             due_after=due_after,
             search=q,
-            updated_after=updated_after,
+            updated_after=moment_of("updated_after", updated_after),
         )
         position = decode_cursor(cursor, TaskCursor) if cursor else None
         page = await tasks.page_in_project(
@@ -142,28 +152,52 @@ class TasksController(Controller):
     guards = [requires_user]
     security = BEARER
 
-    @get("/", summary="A task", responses=problems(401, 404, 429))
-    async def get_task(self, task_id: IdPath, tasks: Tasks, current_user: Caller) -> TaskOut:
-        return TaskOut.from_row(await tasks.get(current_user.id, task_id))
+    @get(
+        "/",
+        summary="A task",
+        description='Answers the task\'s `ETag` (`"<version>"`): send it as `If-Match` with a change.',
+        response_headers=[ETAG_HEADER],
+        responses=problems(401, 404, 429),
+    )
+    async def get_task(self, task_id: IdPath, tasks: Tasks, current_user: Caller) -> Response[TaskOut]:
+        task = await tasks.get(current_user.id, task_id)
+        return Response(TaskOut.from_row(task), headers={"ETag": etag(task.version)})
 
     @patch(
         "/",
         summary="Change a task (editors); null clears assignee or due date",
-        responses=problems(400, 401, 403, 404, 422, 429),
+        description="With `If-Match` (the `ETag` of the task as the client last read it), the change is "
+        "applied only if nobody has changed the task since: otherwise 412 `precondition-failed` and "
+        "nothing changes (of two changes sent with the same `ETag`, one is applied). A change that "
+        "changes nothing keeps the version. Answers the task and its new `ETag`.",
+        response_headers=[ETAG_HEADER],
+        responses={**problems(400, 401, 403, 404, 422, 429), **precondition_failed()},
+        operation_class=DocumentsIfMatch,
     )
     async def update_task(
-        self, task_id: IdPath, data: JSONBody[TaskUpdate], tasks: Tasks, current_user: Caller
-    ) -> TaskOut:
-        return TaskOut.from_row(await tasks.update(current_user.id, task_id, data))
+        self,
+        task_id: IdPath,
+        data: JSONBody[TaskUpdate],
+        tasks: Tasks,
+        current_user: Caller,
+        if_match: IfMatchHeader = None,
+    ) -> Response[TaskOut]:
+        task = await tasks.update(current_user.id, task_id, data, if_match=parse_if_match(if_match))
+        return Response(TaskOut.from_row(task), headers={"ETag": etag(task.version)})
 
     @delete(
         "/",
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a task (editors)",
-        responses=problems(401, 403, 404, 429),
+        description="With `If-Match`, only if the task is still at a version it names (else 412 "
+        "`precondition-failed`, nothing deleted).",
+        responses={**problems(400, 401, 403, 404, 429), **precondition_failed()},
+        operation_class=DocumentsIfMatch,
     )
-    async def delete_task(self, task_id: IdPath, tasks: Tasks, current_user: Caller) -> None:
-        await tasks.delete(current_user.id, task_id)
+    async def delete_task(
+        self, task_id: IdPath, tasks: Tasks, current_user: Caller, if_match: IfMatchHeader = None
+    ) -> None:
+        await tasks.delete(current_user.id, task_id, if_match=parse_if_match(if_match))
 
     @get("/comments", summary="Comments on a task", responses=problems(400, 401, 404, 429))
     async def list_comments(

@@ -41,6 +41,16 @@ class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True):
     position: Position | None = None
 
 
+TaskVersion = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        description="Taken by every change of the task (none by a change that changes nothing): its `ETag` "
+        'is `"<version>"`, for `If-Match`.',
+    ),
+]
+
+
 class TaskOut(msgspec.Struct, frozen=True):
     id: int
     project_id: int
@@ -55,6 +65,7 @@ class TaskOut(msgspec.Struct, frozen=True):
     updated_by: int
     created_at: datetime
     updated_at: datetime
+    version: TaskVersion
 
     @classmethod
     def from_row(cls, row: Any) -> TaskOut:

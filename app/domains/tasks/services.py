@@ -15,6 +15,7 @@ import msgspec
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ForbiddenError, NotFoundError, UnprocessableError
 from app.core.pagination import InvalidCursorError, Page, paginate
+from app.core.preconditions import IfMatch, require_match
 from app.core.wire import from_row
 from app.db import comments as comment_queries
 from app.db import tasks as queries
@@ -89,10 +90,15 @@ class TaskService:
     # -- tasks ----------------------------------------------------------------------------------
 
     async def create(self, actor: int, project_id: int, data: TaskCreate) -> Task:
+        """The new task goes last: its position is the project's next. Creations in one project take
+        turns for it (``lock_task_positions``, after the project and the assignee's membership, in
+        a deletion's order), so tasks created at the same time get distinct positions; creations in
+        other projects, and every other change, do not wait."""
         async with self.db.transaction() as uow:
             await self.projects.require_role(uow, actor, project_id, ProjectRole.EDITOR, keep_project=True)
             if data.assignee_id is not None:
                 self._require_assignable(await self.projects.keep_member(uow, data.assignee_id, project_id))
+            await queries.lock_task_positions(uow.conn, project_id=project_id)
             task = await queries.create_task(
                 uow.conn,
                 project_id=project_id,
@@ -129,10 +135,17 @@ class TaskService:
         async with self.db.transaction() as uow:
             return await self._get(uow, actor, task_id, ProjectRole.VIEWER)
 
-    async def update(self, actor: int, task_id: int, data: TaskUpdate) -> Task:
+    async def update(
+        self, actor: int, task_id: int, data: TaskUpdate, *, if_match: IfMatch | None = None
+    ) -> Task:
         """The task changed as ``data`` says. A change that changes nothing (every field given as it
-        is) is no change: the task as it is, its ``updated_at`` and ``updated_by`` kept (a walk of the
-        lists would take it for moved), no event, the lists' stored pages still current."""
+        is) is no change: the task as it is, its ``updated_at``, ``updated_by`` and ``version`` kept (a
+        walk of the lists would take it for moved), no event, the lists' stored pages still current.
+
+        ``if_match``: only if the task is still at a version it names (else 412, nothing changed),
+        compared with the version read under the task's lock, which this change holds until it
+        commits: of two changes based on one version, the second is refused. Checked after access
+        (404, 403) and before the content (the assignee's 422), as RFC 9110 13.2.1 orders them."""
         set_assignee = data.assignee_id is not msgspec.UNSET
         set_due = data.due_date is not msgspec.UNSET
         new_assignee = data.assignee_id if isinstance(data.assignee_id, int) else None
@@ -146,6 +159,7 @@ class TaskService:
                     uow, new_assignee, project_id
                 )
             before = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
+            require_match(if_match, before.version)
             self._require_assignable(assignable)
             task = await queries.update_task(
                 uow.conn,
@@ -192,9 +206,12 @@ class TaskService:
                 uow, actor=actor, verb=verb, obj=("task", task.id), project_id=task.project_id, data=data
             )
 
-    async def delete(self, actor: int, task_id: int) -> None:
+    async def delete(self, actor: int, task_id: int, *, if_match: IfMatch | None = None) -> None:
+        """``if_match``: only if the task is still at a version it names (else 412), compared under
+        the task's lock."""
         async with self.db.transaction() as uow:
             task = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
+            require_match(if_match, task.version)
             await queries.delete_task(uow.conn, id=task_id)
             uow.after_commit(partial(self.cache.tasks_changed, task.project_id))
             await emit(
@@ -437,7 +454,12 @@ class TaskService:
         )
 
 
+PAGE_SHAPE = "2"
+"""The shape of the stored pages' items, part of every page's name: a page stored by a release whose
+``TaskOut`` differs (before ``version``) is never served by this one, nor this one's by it."""
+
+
 def _cache_query(filters: TaskFilters, sort: TaskSort, limit: int) -> str:
-    """The cache's name of a first page: its filters, sort and limit."""
-    values = (*msgspec.structs.astuple(filters), sort, limit)
+    """The cache's name of a first page: the items' shape, its filters, sort and limit."""
+    values = (PAGE_SHAPE, *msgspec.structs.astuple(filters), sort, limit)
     return ":".join("" if value is None else str(value) for value in values)
