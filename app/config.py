@@ -216,6 +216,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     )
     github_token: str | None = None
     github_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    """One request to GitHub, whole: connecting, sending, and reading every byte of the body."""
+    github_chain_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 300.0
+    """One lookup's fetch chain (profile, pages, ``/languages``), waits for GitHub's limits included;
+    past it the chain fails (``GitHubDownError``) instead of running on in the background."""
+    github_max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    """Largest answer read from GitHub, once decoded (gzip inflated); larger ones are refused. A page
+    of 100 repositories is ~0.6 MB (GitHub's pretty-printed JSON, ~6 KB per repository)."""
     github_profile_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
     github_not_found_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 600
     github_etag_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600

@@ -12,7 +12,12 @@ It behaves like GitHub where our client depends on it, and enforces GitHub's lim
   charged; every answer carries ``x-ratelimit-*``; a request while the quota is 0 gets GitHub's 403
   (remaining 0, reset) and is counted in ``violations``.
 - Scripted faults: the next matching requests answer a given status with given headers (429 with
-  ``retry-after``, 403 secondary limits, 502) or stall past the client's timeout.
+  ``retry-after``, 403 secondary limits, 502, 204 with no body, 410) or stall past the client's
+  timeout, or drip their body (``drip_s``: one byte at a time, then whitespace without end: a body
+  that never ends, whatever the client's per-read timeout).
+- Garbage GitHub might send: a user's listing whose ``link: rel="next"`` never ends
+  (``FakeUser.endless_pages``: every page links to the next, empty past the last repository), and
+  whatever body and headers a fault is given (a broken gzip, a gzip bomb, a huge document).
 - Records every request (arrival time, path, token, ``if-none-match``, status) and the most requests
   ever in flight at once per token.
 """
@@ -24,7 +29,7 @@ import hashlib
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +37,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.params import FromPath
+from litestar.response import Stream
 
 from tests.fakes.serving import ThreadedServer
 
@@ -59,6 +65,10 @@ class FakeUser:
     name: str | None = None
     bio: str | None = None
     repos: list[FakeRepo] = field(default_factory=list)
+    endless_pages: bool = False
+    """Every page of the listing links to a next one, past the last repository too (empty pages)."""
+    page_size: int | None = None
+    """Pages of at most this many repositories, whatever ``per_page`` asks (short pages)."""
 
 
 @dataclass
@@ -69,6 +79,8 @@ class Fault:
     body: bytes
     delay_s: float
     path_contains: str | None
+    drip_s: float = 0.0
+    """Above 0: the body is sent one byte every ``drip_s``, then whitespace without end."""
 
 
 @dataclass
@@ -137,11 +149,17 @@ class FakeGitHub:
         body: bytes | None = None,
         delay_s: float = 0.0,
         path_contains: str | None = None,
+        drip_s: float = 0.0,
     ) -> None:
-        """The next ``times`` matching requests answer ``status`` (after ``delay_s``)."""
+        """The next ``times`` matching requests answer ``status`` (after ``delay_s``); a 204 or 304
+        has no body."""
         default = b'{"message": "Server Error"}' if status >= 500 else b'{"message": "refused"}'
+        if status in (204, 304):
+            body, default = b"", b""
         with self._lock:
-            self.faults.append(Fault(status, times, headers or {}, body or default, delay_s, path_contains))
+            self.faults.append(
+                Fault(status, times, headers or {}, body or default, delay_s, path_contains, drip_s)
+            )
 
     def set_quota(
         self, *, remaining: int, reset: int, token: str | None = None, limit: int | None = None
@@ -199,7 +217,7 @@ class FakeGitHub:
             "x-ratelimit-resource": "core",
         }
 
-    async def _serve(self, request: Request[Any, Any, Any], resource: Any) -> Response[bytes]:
+    async def _serve(self, request: Request[Any, Any, Any], resource: Any) -> Response[bytes] | Stream:
         authorization = request.headers.get("authorization", "")
         token = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ANONYMOUS
         if_none_match = request.headers.get("if-none-match")
@@ -234,6 +252,8 @@ class FakeGitHub:
                         quota.remaining -= 1
                     headers = {**headers, **self._rate_headers(quota)}
                 record.status = status
+            if fault is not None and fault.drip_s > 0:
+                return Stream(_drip(body, fault.drip_s), status_code=status, headers=headers)
             return Response(body, status_code=status, headers=headers, media_type="application/json")
         finally:
             with self._lock:
@@ -277,10 +297,10 @@ class FakeGitHub:
                 user = self._user(user_key)
             if user is None:
                 return 404, b'{"message": "Not Found"}', {}
-            per_page = min(100, max(1, int(query.get("per_page", "30"))))
+            per_page = min(100, max(1, int(query.get("per_page", "30"))), user.page_size or 100)
             page = max(1, int(query.get("page", "1")))
             repos = sorted(user.repos, key=lambda r: r.name.lower())
-            last = max(1, -(-len(repos) // per_page))
+            last = page + 1 if user.endless_pages else max(1, -(-len(repos) // per_page))
             chunk = repos[(page - 1) * per_page : page * per_page]
             body = msgspec.json.encode([self._repo_json(base, user, repo) for repo in chunk])
             links = []
@@ -333,24 +353,40 @@ class FakeGitHub:
         fake = self
 
         @get("/users/{login:str}")
-        async def user(request: Request[Any, Any, Any], login: FromPath[str]) -> Response[bytes]:
+        async def user(request: Request[Any, Any, Any], login: FromPath[str]) -> Response[bytes] | Stream:
             return await fake._serve(request, fake._user_resource(login))
 
         @get("/users/{login:str}/repos")
-        async def repos(request: Request[Any, Any, Any], login: FromPath[str]) -> Response[bytes]:
+        async def repos(request: Request[Any, Any, Any], login: FromPath[str]) -> Response[bytes] | Stream:
             return await fake._serve(request, fake._repos_resource(login, dict(request.query_params)))
 
         @get("/user/{user_id:int}/repos")
-        async def repos_by_id(request: Request[Any, Any, Any], user_id: FromPath[int]) -> Response[bytes]:
+        async def repos_by_id(
+            request: Request[Any, Any, Any], user_id: FromPath[int]
+        ) -> Response[bytes] | Stream:
             return await fake._serve(request, fake._repos_resource(user_id, dict(request.query_params)))
 
         @get("/repos/{owner:str}/{name:str}/languages")
         async def languages(
             request: Request[Any, Any, Any], owner: FromPath[str], name: FromPath[str]
-        ) -> Response[bytes]:
+        ) -> Response[bytes] | Stream:
             return await fake._serve(request, fake._languages_resource(owner, name))
 
         return Litestar(route_handlers=[user, repos, repos_by_id, languages], openapi_config=None)
+
+
+DRIP_MAX_S = 30.0
+"""A dripping body stops after this long, whoever still reads it (a test must never hang on it)."""
+
+
+async def _drip(body: bytes, every_s: float) -> AsyncIterator[bytes]:
+    started = time.monotonic()
+    for index in range(len(body)):
+        yield body[index : index + 1]
+        await asyncio.sleep(every_s)
+    while time.monotonic() - started < DRIP_MAX_S:
+        yield b" "
+        await asyncio.sleep(every_s)
 
 
 class FakeGitHubServer(ThreadedServer):

@@ -7,14 +7,18 @@ import time
 from datetime import UTC, datetime
 
 import httpx
+import msgspec
 import pytest
 
-from app.domains.github.analysis import analyze, repos_to_measure
+from app.domains.github.analysis import analyze, is_measurable, repos_to_measure
 from app.domains.github.client import (
+    LONGEST_BIO,
+    LONGEST_PROFILE_TEXT,
     GithubRepo,
     GithubUser,
     _BearerAuth,
     is_valid_username,
+    max_pages,
     token_fingerprint,
 )
 from app.domains.github.governor import parse_retry_after, secondary_backoff
@@ -190,7 +194,68 @@ def test_the_largest_own_repositories_are_measured_unarchived_first() -> None:
         _repo("archived-big", archived=True, size=5_000),
         _repo("small", size=10),
         _repo("big", size=1_000),
-        _repo("empty", size=0),
+        _repo("empty", size=0, language=None),
     ]
     assert [r.name for r in repos_to_measure(repos, 3)] == ["big", "small", "archived-big"]
     assert repos_to_measure(repos, 0) == []
+
+
+def test_a_repository_is_measurable_when_it_is_no_fork_and_has_code() -> None:
+    assert is_measurable(_repo("tiny", size=0))  # a few hundred bytes of Go: 0 KB, a language
+    assert is_measurable(_repo("unknown", language=None))
+    assert not is_measurable(_repo("empty", size=0, language=None))
+    assert not is_measurable(_repo("fork", fork=True, size=10_000))
+    assert [r.name for r in repos_to_measure([_repo("tiny", size=0), _repo("fork", fork=True)], 5)] == [
+        "tiny"
+    ]
+
+
+def test_forks_in_view_are_reported_apart_and_never_truncate_the_coverage() -> None:
+    repos = [
+        _repo("own"),
+        _repo("tiny", size=0),
+        _repo("fork", fork=True),
+        _repo("bare-fork", fork=True, language=None),
+    ]
+    data = _data(repos, {"u/own": {"Go": 10}, "u/tiny": {"Go": 3}})
+
+    view = analyze(data, Filters(True, False), top_repos=0, top_languages=5, bytes_weight=0.5)
+
+    coverage = view.languages.coverage
+    assert (coverage.repos_measured, coverage.repos_unmeasured, coverage.forks_unmeasured) == (2, 0, 1)
+    assert not coverage.truncated and not view.truncated
+    assert not is_measurable(repos[2]) and is_measurable(repos[1])
+
+
+def test_a_listing_reads_one_page_more_than_the_cap_needs() -> None:
+    assert (max_pages(100), max_pages(150), max_pages(1000)) == (2, 3, 11)
+
+
+def test_free_text_past_githubs_limits_is_truncated_and_identifiers_are_bounded() -> None:
+    user = {
+        "login": "u",
+        "id": 1,
+        "html_url": "https://github.example/u",
+        "avatar_url": "https://avatars.example/u",
+        "public_repos": 0,
+        "followers": 0,
+        "following": 0,
+        "created_at": "2020-01-01T00:00:00Z",
+    }
+    wordy = msgspec.json.decode(
+        msgspec.json.encode({**user, "bio": "b" * 10_000, "name": "n" * 300, "blog": "x" * 3}),
+        type=GithubUser,
+    )
+    assert (len(wordy.bio or ""), len(wordy.name or ""), wordy.blog) == (
+        LONGEST_BIO,
+        LONGEST_PROFILE_TEXT,
+        "xxx",
+    )
+    stored = msgspec.convert(
+        {**user, "bio": "b" * 10_000, "created_at": datetime(2020, 1, 1, tzinfo=UTC)}, GithubUser
+    )
+    assert stored.bio == "b" * LONGEST_BIO  # a profile stored before the limit is clipped when read
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(msgspec.json.encode({**user, "login": "l" * 1000}), type=GithubUser)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({**msgspec.to_builtins(_repo("r")), "name": "r" * 101}, GithubRepo)

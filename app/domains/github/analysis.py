@@ -3,6 +3,10 @@
 A view is the set of repositories counted: every owned repository the listing returned, minus
 forks and archived ones unless the caller includes them. Totals (stars, forks) are exact over the
 whole view, not over a first page (github-readme-stats sums the first 100).
+
+Language coverage follows one rule, ``is_measurable``: what the fetch measures is what the answer
+misses when it was not measured. Forks are never measured and are reported apart from the
+unmeasured (``forks_unmeasured``): including forks in a view never makes it "truncated".
 """
 
 from __future__ import annotations
@@ -41,10 +45,17 @@ class Analysis(msgspec.Struct, frozen=True):
         return self.repositories.truncated or self.languages.coverage.truncated
 
 
+def is_measurable(repo: GithubRepo) -> bool:
+    """Whether a repository's ``/languages`` is worth a request: not a fork (its bytes are upstream's
+    work) and with code: a size above 0 or a primary language (GitHub reports the size in kilobytes,
+    rounded: a repository of a few hundred bytes of code reads 0 and still has a language)."""
+    return not repo.fork and (repo.size > 0 or repo.language is not None)
+
+
 def repos_to_measure(repos: Sequence[GithubRepo], limit: int) -> list[GithubRepo]:
-    """Which repositories get a ``/languages`` request: the ``limit`` largest that are not forks
-    (a fork's bytes are upstream's work), unarchived ones first so the default view is covered best."""
-    candidates = [repo for repo in repos if not repo.fork and repo.size > 0]
+    """Which repositories get a ``/languages`` request: the ``limit`` largest measurable ones
+    (``is_measurable``), unarchived ones first so the default view is covered best."""
+    candidates = [repo for repo in repos if is_measurable(repo)]
     candidates.sort(key=lambda repo: (repo.archived, -repo.size, repo.full_name))
     return candidates[:limit]
 
@@ -58,7 +69,8 @@ def analyze(
 ) -> Analysis:
     view = [repo for repo in data.repos if in_view(repo, filters)]
     measured = [repo for repo in view if repo.full_name in data.languages]
-    unmeasured = [repo for repo in view if repo.full_name not in data.languages and repo.language]
+    with_code = [repo for repo in view if repo.full_name not in data.languages and repo.language]
+    unmeasured = [repo for repo in with_code if is_measurable(repo)]
     repo_counts = count_primary_languages(repo.language for repo in view)
     byte_counts = sum_language_bytes(data.languages[repo.full_name] for repo in measured)
     ranking = rank_languages(repo_counts, byte_counts, bytes_weight=bytes_weight, limit=top_languages)
@@ -113,6 +125,7 @@ def analyze(
                 repos_in_view=len(view),
                 repos_measured=len(measured),
                 repos_unmeasured=len(unmeasured),
+                forks_unmeasured=sum(repo.fork for repo in with_code),
                 measured_limit=data.measured_limit,
                 truncated=bool(unmeasured),
             ),

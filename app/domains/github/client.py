@@ -11,14 +11,29 @@
   any login, so what one lookup leaves in Valkey (``noeviction``) is bounded: an entry is stored
   compressed (zlib: a page of 100 repositories, ~28 KB of msgpack, becomes ~4 KB) and only if it is
   at most ``GITHUB_ETAG_MAX_BYTES``; a larger answer is not kept and is fetched in full next time.
-  A lookup reads at most ``1 + GITHUB_MAX_REPOS / 100 + GITHUB_LANGUAGE_REPOS`` URLs, so it keeps at
-  most that many entries of at most ``GITHUB_ETAG_MAX_BYTES``, each for ``GITHUB_ETAG_TTL_S``.
+  A lookup reads at most ``1 + GITHUB_MAX_REPOS / 100 + GITHUB_LANGUAGE_REPOS`` URLs, give or take
+  a page (``chain_budget``, below), so it keeps at most that many entries of at most
+  ``GITHUB_ETAG_MAX_BYTES``, each for ``GITHUB_ETAG_TTL_S``.
+- Bounded work, whatever GitHub sends. A fetch chain (``FetchChain``: one lookup's profile, pages of
+  repositories and ``/languages``) asks for at most ``chain_budget()`` resources and gives up at
+  ``GITHUB_CHAIN_TIMEOUT_S``, both as ``GitHubDownError``. The listing stops at an empty page, reads at
+  most ``ceil(max_repos / 100) + 1`` pages and refuses a next link it has already followed. Each
+  request has a total deadline, ``GITHUB_TIMEOUT_S``, for sending it and reading its whole body (a
+  body trickling in byte by byte would otherwise hold the token's one lane, ``governor.turn``, for
+  as long as it trickles), and a body larger than ``GITHUB_MAX_BODY_BYTES`` once decoded (gzip is
+  inflated here, in bounded steps: a gzip bomb never inflates past the limit) is refused.
+- Only ``GitHubError`` leaves the client: a transport failure or timeout (httpx counts an unparsable
+  redirect among them) is retried and then a ``GitHubDownError``; an answer that cannot be decoded
+  (a broken gzip, a 204 or a body of another shape where a document is due) is a
+  ``GitHubDownError`` at once, so the service records the failure like any other.
 - Every request passes the ``RateLimitGovernor`` (one in flight per token, waits for resets and
   retry-after). Transient failures (timeouts, connection errors, 5xx) are retried by ``stamina``
   with exponential backoff and jitter (``GITHUB_RETRY_ATTEMPTS``, ``GITHUB_RETRY_WAIT_S``).
 - Redirects are followed by hand (301/302/307/308, at most 3, same base only), per GitHub's advice.
-- A 451 or a 403 that is not a rate limit refuses one resource (a blocked repository), not the
-  token: ``GitHubRefusedError``, and ``get_languages`` skips that repository as if it were gone.
+- A 404 or a 410 (gone: a deleted or suspended account, a removed repository) is
+  ``GitHubNotFoundError``. A 451 or a 403 that is not a rate limit refuses one resource (a blocked
+  repository), not the token: ``GitHubRefusedError``, and ``get_languages`` skips that repository as
+  if it were gone.
 - A caller that waits its budget out behind this token's other requests gets ``GitHubBusyError``,
   not a rate-limit error: GitHub refused nothing.
 - ``metered()`` counts the requests GitHub charges (all but 304s) made in the current context (a
@@ -27,15 +42,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import re
 import time
 import zlib
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import httpx
 import msgspec
@@ -63,6 +81,7 @@ _REPO_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 PER_PAGE = 100
 MAX_REDIRECTS = 3
+RETRY_AFTER_UNKNOWN_S = 30.0
 RATE_LIMIT_ATTEMPTS = 3
 API_VERSION = "2022-11-28"
 
@@ -75,6 +94,17 @@ ETAG_ENTRIES_TOO_LARGE = Counter(
     "Answers not kept for conditional requests: larger than GITHUB_ETAG_MAX_BYTES once compressed",
 )
 RETRIES = Counter("github_retries", "Requests to GitHub sent again, by reason", ["reason"])
+REFUSED_ANSWERS = Counter(
+    "github_refused_answers",
+    "Answers from GitHub refused as malformed or unbounded, by reason",
+    ["reason"],
+)
+
+
+def max_pages(max_repos: int) -> int:
+    """Pages of repositories one listing may read: enough for ``max_repos`` at ``PER_PAGE``, plus one
+    for a short page GitHub may answer before the last."""
+    return math.ceil(max_repos / PER_PAGE) + 1
 
 
 def is_valid_username(name: str) -> bool:
@@ -145,44 +175,106 @@ def metered() -> Iterator[RequestMeter]:
         _METER.reset(token)
 
 
+class FetchChain:
+    """One lookup's requests: the profile, the pages of repositories, ``/languages`` of the largest.
+
+    It may ask GitHub for at most ``urls_left`` resources (a retry or a redirect of one is the same
+    resource; every try of one is bounded by ``GITHUB_RETRY_ATTEMPTS``, ``RATE_LIMIT_ATTEMPTS`` and
+    ``MAX_REDIRECTS``) and nothing after ``deadline`` (the event loop's clock): past either, the
+    chain fails with ``GitHubDownError``. A chain runs in one task (the service runs each lookup in
+    a flight of its own): ``GitHubClient.fetch_chain`` starts one explicitly; otherwise ``get_user``
+    starts one and the ``list_repos`` (one listing per lookup) and ``get_languages`` that follow in
+    the task join it."""
+
+    __slots__ = ("deadline", "explicit", "listed", "login", "urls_left")
+
+    def __init__(self, login: str, *, urls: int, deadline: float, explicit: bool) -> None:
+        self.login = login.lower()
+        self.urls_left = urls
+        self.deadline = deadline
+        self.explicit = explicit
+        self.listed = False
+
+    def take_url(self) -> None:
+        if self.urls_left <= 0:
+            REFUSED_ANSWERS.labels(reason="chain-budget").inc()
+            raise GitHubDownError("the lookup asked GitHub for more resources than a lookup may")
+        self.urls_left -= 1
+
+
+_CHAIN: ContextVar[FetchChain | None] = ContextVar("github_fetch_chain", default=None)
+
+
 class _TransientError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-class GithubUser(msgspec.Struct, frozen=True):
-    """The fields of ``GET /users/{username}`` we use."""
+LONGEST_BIO = 160
+"""GitHub's own limit for a profile's bio (the profile form refuses more)."""
+LONGEST_PROFILE_TEXT = 255
+"""The other free-text profile fields (name, company, location, blog): GitHub documents no limit for
+them; 255 characters is what its profile form accepts and bounds what one profile stores."""
+LONGEST_URL = 2048
+LONGEST_NAME = 100
+"""Logins (GitHub: 39), repository names (GitHub: 100), language and account-type names."""
 
-    login: str
+Url = Annotated[str, msgspec.Meta(max_length=LONGEST_URL)]
+Name = Annotated[str, msgspec.Meta(max_length=LONGEST_NAME)]
+
+
+class GithubUser(msgspec.Struct, frozen=True):
+    """The fields of ``GET /users/{username}`` we use (stored in ``github_profiles`` and served).
+
+    Identifiers and URLs carry a hard ``max_length`` (far above anything GitHub produces: longer is
+    not GitHub's answer, and the answer is refused). Free text longer than GitHub's own limits
+    (``LONGEST_BIO``, ``LONGEST_PROFILE_TEXT``) is truncated on decode instead: one odd field must
+    not cost the whole profile. Stored profiles are clipped the same way when read."""
+
+    login: Name
     id: int
-    html_url: str
-    avatar_url: str
+    html_url: Url
+    avatar_url: Url
     public_repos: int
     followers: int
     following: int
     created_at: datetime
-    type: str = "User"
+    type: Name = "User"
     name: str | None = None
     bio: str | None = None
     company: str | None = None
     location: str | None = None
     blog: str | None = None
 
+    def __post_init__(self) -> None:
+        for field, limit in (
+            ("name", LONGEST_PROFILE_TEXT),
+            ("bio", LONGEST_BIO),
+            ("company", LONGEST_PROFILE_TEXT),
+            ("location", LONGEST_PROFILE_TEXT),
+            ("blog", LONGEST_PROFILE_TEXT),
+        ):
+            value = getattr(self, field)
+            if value is not None and len(value) > limit:
+                msgspec.structs.force_setattr(self, field, value[:limit])
+
 
 class GithubRepo(msgspec.Struct, frozen=True):
-    """The fields of a repository in ``GET /users/{username}/repos`` we use."""
+    """The fields of a repository in ``GET /users/{username}/repos`` we use: no free text, every
+    string bounded (``max_length``; a longer one is not GitHub's answer and the page is refused)."""
 
-    name: str
-    full_name: str
-    html_url: str
+    name: Name
+    full_name: Annotated[str, msgspec.Meta(max_length=2 * LONGEST_NAME + 1)]
+    html_url: Url
     fork: bool
     stargazers_count: int
     forks_count: int
     size: int
-    languages_url: str
+    """In kilobytes, rounded: a repository of a few hundred bytes of code reports 0."""
+    languages_url: Url
     archived: bool = False
-    language: str | None = None
+    language: Name | None = None
     pushed_at: datetime | None = None
 
 
@@ -212,6 +304,31 @@ class _BearerAuth(httpx.Auth):
         return "_BearerAuth(***)"
 
 
+class _AnswerRefusedError(Exception):
+    """An answer that arrived but cannot be used: too large, or its encoding cannot be decoded."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A response read whole (its stream closed): status and headers, and the decoded body."""
+
+    response: httpx.Response
+    body: bytes
+    refused: _AnswerRefusedError | None = None
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self.response.headers
+
+
 class GitHubClient:
     def __init__(self, settings: Settings, valkey: Valkey, governor: RateLimitGovernor) -> None:
         self.base_url = settings.github_api_url.rstrip("/")
@@ -220,6 +337,10 @@ class GitHubClient:
         self.valkey = valkey
         self._token = settings.github_token
         self._timeout_s = settings.github_timeout_s
+        self._chain_timeout_s = settings.github_chain_timeout_s
+        self._max_body_bytes = settings.github_max_body_bytes
+        self._max_repos = settings.github_max_repos
+        self._language_repos = settings.github_language_repos
         self._etag_ttl_s = settings.github_etag_ttl_s
         self._etag_max_bytes = settings.github_etag_max_bytes
         self._attempts = settings.github_retry_attempts
@@ -237,6 +358,7 @@ class GitHubClient:
             auth=_BearerAuth(self._token) if self._token else None,
             headers={
                 "Accept": "application/vnd.github+json",
+                "Accept-Encoding": "gzip",  # inflated by ``_read_body``, within GITHUB_MAX_BODY_BYTES
                 "X-GitHub-Api-Version": API_VERSION,
                 "User-Agent": "monolith-github-analytics",
             },
@@ -247,11 +369,49 @@ class GitHubClient:
             await self._http.aclose()
             self._http = None
 
+    # -- fetch chains ------------------------------------------------------------------------
+
+    def chain_budget(self) -> int:
+        """Resources one lookup may ask for: its profile, ``max_pages(GITHUB_MAX_REPOS)`` pages and
+        one more ask of the last (a full page answered 304, see ``list_repos``), and
+        ``GITHUB_LANGUAGE_REPOS`` ``/languages``."""
+        return 1 + max_pages(self._max_repos) + 1 + self._language_repos
+
+    @contextmanager
+    def fetch_chain(self, login: str) -> Iterator[FetchChain]:
+        """Run the requests of the block as one lookup of ``login`` (``FetchChain``)."""
+        token = _CHAIN.set(self._new_chain(login, explicit=True))
+        try:
+            chain = _CHAIN.get()
+            assert chain is not None
+            yield chain
+        finally:
+            _CHAIN.reset(token)
+
+    def _new_chain(self, login: str, *, explicit: bool = False) -> FetchChain:
+        deadline = asyncio.get_running_loop().time() + self._chain_timeout_s
+        return FetchChain(login, urls=self.chain_budget(), deadline=deadline, explicit=explicit)
+
+    def _chain_of(self, login: str | None, *, starts: bool, lists: bool = False) -> FetchChain:
+        """The current task's chain; a new one when there is none, when it is of another login, or,
+        unless it was started explicitly, for a profile (``starts``: it begins a lookup) or for a
+        second listing (``lists``)."""
+        chain = _CHAIN.get()
+        same_login = chain is not None and (login is None or chain.login == login.lower())
+        if chain is not None and same_login and (chain.explicit or not (starts or (lists and chain.listed))):
+            chain.listed = chain.listed or lists
+            return chain
+        chain = self._new_chain(login or "")
+        chain.listed = lists
+        _CHAIN.set(chain)
+        return chain
+
     # -- endpoints ---------------------------------------------------------------------------
 
     async def get_user(self, username: str, priority: Priority) -> GithubUser:
         if not is_valid_username(username):
             raise ValueError("not a GitHub username")
+        self._chain_of(username, starts=True)
         fetched = await self.get(f"{self.base_url}/users/{username}", GithubUser, priority)
         return fetched.value
 
@@ -261,19 +421,35 @@ class GitHubClient:
         """Every repository the user owns (``type=owner``), following ``link: rel="next"`` until it is
         absent or ``max_repos`` are in; returns them and whether the cap cut the list.
 
+        Whatever the links say, the listing ends: at an empty page (GitHub's answer past the last
+        page; a next link beside it is not followed), after ``max_pages(max_repos)`` pages (then
+        reported as cut), and a next link already followed is refused (``GitHubDownError``).
+
         A page's ETag covers its body, not its ``link`` header: a full page answered 304 may have
         gained a next page since its "no next page" was stored (repositories added after it), so
         such a page is asked for again unconditionally (one request, only for a full last page)."""
         if not is_valid_username(username):
             raise ValueError("not a GitHub username")
+        self._chain_of(username, starts=False, lists=True)
         url: str | None = (
             f"{self.base_url}/users/{username}/repos?type=owner&sort=full_name&per_page={PER_PAGE}"
         )
         repos: list[GithubRepo] = []
+        visited: set[str] = set()
         while url is not None:
+            if url in visited:
+                REFUSED_ANSWERS.labels(reason="next-link-loop").inc()
+                raise GitHubDownError("GitHub's next-page links lead back to a page already read")
+            if len(visited) >= max_pages(max_repos):
+                REFUSED_ANSWERS.labels(reason="too-many-pages").inc()
+                log.warning("github_listing_cut", login=username, pages=len(visited), repos=len(repos))
+                return repos[:max_repos], True
+            visited.add(url)
             page = await self.get(url, list[GithubRepo], priority)
             if page.not_modified and page.next_url is None and len(page.value) >= PER_PAGE:
                 page = await self.get(url, list[GithubRepo], priority, conditional=False)
+            if not page.value:
+                return repos, False
             repos.extend(page.value)
             url = page.next_url
             if len(repos) >= max_repos:
@@ -282,10 +458,12 @@ class GitHubClient:
 
     async def get_languages(self, repo: GithubRepo, priority: Priority) -> dict[str, int] | None:
         """Bytes per language of one repository (None: the repository is gone, hidden or blocked, so
-        it is left unmeasured like a deleted one and the other repositories are still measured)."""
+        it is left unmeasured like a deleted one and the other repositories are still measured).
+        A 204 (no content) is a repository without code: no languages."""
+        self._chain_of(None, starts=False)
         url = repo.languages_url if self._is_ours(repo.languages_url) else self._languages_url(repo)
         try:
-            return (await self.get(url, dict[str, int], priority)).value
+            return (await self.get(url, dict[str, int], priority, empty={})).value
         except GitHubNotFoundError:
             return None
         except GitHubRefusedError as exc:
@@ -295,13 +473,38 @@ class GitHubClient:
     # -- the request path --------------------------------------------------------------------
 
     async def get(
-        self, url: str, kind: type[T], priority: Priority, *, conditional: bool = True
+        self,
+        url: str,
+        kind: type[T],
+        priority: Priority,
+        *,
+        conditional: bool = True,
+        empty: T | None = None,
     ) -> Fetched[T]:
         """One resource, governed, retried; ``kind`` is its decoded type. ``conditional``: sent with
         the stored ETag (a 304 is answered from the stored entry); otherwise fetched in full and the
-        entry replaced."""
+        entry replaced. ``empty``: the value of a 204 (None: a 204 is not a valid answer here).
+
+        Counted against the current ``FetchChain`` (one more resource; its deadline bounds every
+        try, wait and retry of this one)."""
         if not self._is_ours(url):
             raise GitHubDownError("refused a URL outside GITHUB_API_URL")
+        chain = _CHAIN.get()
+        if chain is None:
+            return await self._get_retried(url, kind, priority, conditional, empty)
+        chain.take_url()
+        try:
+            async with asyncio.timeout_at(chain.deadline):
+                return await self._get_retried(url, kind, priority, conditional, empty)
+        except TimeoutError:
+            REFUSED_ANSWERS.labels(reason="chain-deadline").inc()
+            raise GitHubDownError(
+                "the lookup took longer than GITHUB_CHAIN_TIMEOUT_S", retry_after=RETRY_AFTER_UNKNOWN_S
+            ) from None
+
+    async def _get_retried(
+        self, url: str, kind: type[T], priority: Priority, conditional: bool, empty: T | None
+    ) -> Fetched[T]:
         cache_key = self._cache_key(url)
         cached = await self._cached(cache_key) if conditional else None
         last_reason = ""
@@ -318,7 +521,7 @@ class GitHubClient:
                     if attempt.num > 1:
                         RETRIES.labels(reason=last_reason).inc()
                     try:
-                        return await self._get_once(url, kind, priority, cached, cache_key)
+                        return await self._get_once(url, kind, priority, cached, cache_key, empty)
                     except _TransientError as exc:
                         last_reason = exc.reason
                         raise
@@ -327,10 +530,16 @@ class GitHubClient:
         raise AssertionError("unreachable")  # pragma: no cover - stamina re-raises the last error
 
     async def _get_once(
-        self, url: str, kind: type[T], priority: Priority, cached: _CacheEntry | None, cache_key: str
+        self,
+        url: str,
+        kind: type[T],
+        priority: Priority,
+        cached: _CacheEntry | None,
+        cache_key: str,
+        empty: T | None,
     ) -> Fetched[T]:
-        response = await self._send(url, cached, priority)
-        status = response.status_code
+        answer = await self._send(url, cached, priority)
+        status = answer.status
         if status == 304:
             if cached is None:
                 raise GitHubDownError("GitHub answered 304 to an unconditional request")
@@ -338,23 +547,27 @@ class GitHubClient:
                 value = msgspec.msgpack.decode(cached.payload, type=kind)
             except msgspec.DecodeError:  # stored by a version with another shape: fetch it afresh
                 await self.valkey.delete(cache_key)
-                return await self._get_once(url, kind, priority, None, cache_key)
+                return await self._get_once(url, kind, priority, None, cache_key, empty)
             CONDITIONAL_HITS.inc()
             return Fetched(value=value, next_url=cached.next_url, not_modified=True)
         if status == 204:
-            return Fetched(value=msgspec.convert({}, kind), next_url=None, not_modified=False)
+            if empty is None:
+                REFUSED_ANSWERS.labels(reason="no-content").inc()
+                raise GitHubDownError("GitHub answered 204 (no content) where a document was due")
+            return Fetched(value=empty, next_url=None, not_modified=False)
         if status == 200:
             try:
-                value = msgspec.json.decode(response.content, type=kind)
+                value = msgspec.json.decode(answer.body, type=kind)
             except msgspec.DecodeError as exc:
+                REFUSED_ANSWERS.labels(reason="shape").inc()
                 raise GitHubDownError("GitHub answered a body of an unexpected shape") from exc
-            next_url = self._next_link(response)
-            etag = response.headers.get("etag")
+            next_url = self._next_link(answer.response)
+            etag = answer.headers.get("etag")
             if etag:
                 await self._store(cache_key, _CacheEntry(etag, next_url, msgspec.msgpack.encode(value)))
             return Fetched(value=value, next_url=next_url, not_modified=False)
-        if status == 404:
-            raise GitHubNotFoundError("no such GitHub resource")
+        if status in (404, 410):
+            raise GitHubNotFoundError("no such GitHub resource" if status == 404 else "gone from GitHub")
         if status >= 500:
             raise _TransientError(f"status-{status}")
         if status == 401:
@@ -364,7 +577,7 @@ class GitHubClient:
             raise GitHubRefusedError(f"GitHub refused this resource ({status})")
         raise GitHubDownError(f"GitHub answered {status}")
 
-    async def _send(self, url: str, cached: _CacheEntry | None, priority: Priority) -> httpx.Response:
+    async def _send(self, url: str, cached: _CacheEntry | None, priority: Priority) -> _Answer:
         """Send under the governor, following same-base redirects; rate-limit refusals wait and retry
         (within the caller's budget) up to ``RATE_LIMIT_ATTEMPTS`` times."""
         assert self._http is not None, "GitHubClient.start() was not called"
@@ -372,17 +585,20 @@ class GitHubClient:
         for _ in range(RATE_LIMIT_ATTEMPTS):
             target = url
             for _ in range(MAX_REDIRECTS + 1):
-                response, limited = await self._send_governed(target, headers, priority)
-                if response.status_code not in (301, 302, 307, 308):
+                answer, limited = await self._send_governed(target, headers, priority)
+                if answer.status not in (301, 302, 307, 308):
                     break
-                location = response.headers.get("location", "")
-                target = str(httpx.URL(target).join(location))
+                try:
+                    target = str(httpx.URL(target).join(answer.headers.get("location", "")))
+                except httpx.InvalidURL:
+                    REFUSED_ANSWERS.labels(reason="redirect").inc()
+                    raise GitHubDownError("GitHub redirected to an unparsable location") from None
                 if not self._is_ours(target):
                     raise GitHubDownError("GitHub redirected outside GITHUB_API_URL")
             else:
                 raise GitHubDownError("too many redirects")
             if not limited:
-                return response
+                return answer
             RETRIES.labels(reason="rate-limit").inc()
         until = await self.governor.blocked_until()
         retry_after = max(1.0, until - time.time()) if until is not None else 60.0
@@ -390,30 +606,84 @@ class GitHubClient:
 
     async def _send_governed(
         self, url: str, headers: dict[str, str], priority: Priority
-    ) -> tuple[httpx.Response, bool]:
+    ) -> tuple[_Answer, bool]:
         """One request in the token's turn; True when GitHub refused it for a rate limit."""
-        assert self._http is not None
         try:
             async with self.governor.turn(priority):
-                try:
-                    response = await self._http.get(url, headers=headers)
-                except httpx.TimeoutException as exc:
-                    REQUESTS.labels(status="timeout").inc()
-                    raise _TransientError("timeout") from exc
-                except httpx.TransportError as exc:
-                    REQUESTS.labels(status="transport-error").inc()
-                    raise _TransientError("transport-error") from exc
-                REQUESTS.labels(status=str(response.status_code)).inc()
-                if response.status_code != 304 and (meter := _METER.get()) is not None:
+                answer = await self._exchange(url, headers)
+                REQUESTS.labels(status=str(answer.status)).inc()
+                if answer.status != 304 and (meter := _METER.get()) is not None:
                     meter.charged += 1
-                limited_until = await self.governor.observe(
-                    response.status_code, response.headers, response.content
-                )
+                limited_until = await self.governor.observe(answer.status, answer.headers, answer.body)
         except WaitBudgetExceededError as exc:
             if exc.reason == "busy":
                 raise GitHubBusyError(str(exc), retry_after=exc.retry_after) from None
             raise GitHubRateLimitError(str(exc), retry_after=exc.retry_after) from None
-        return response, limited_until is not None
+        if answer.refused is not None:
+            REFUSED_ANSWERS.labels(reason=answer.refused.reason).inc()
+            raise GitHubDownError(str(answer.refused))
+        return answer, limited_until is not None
+
+    async def _exchange(self, url: str, headers: dict[str, str]) -> _Answer:
+        """Send one request and read its whole body, all within ``GITHUB_TIMEOUT_S``."""
+        assert self._http is not None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._http.stream("GET", url, headers=headers) as response:
+                    try:
+                        body = await self._read_body(response)
+                    except _AnswerRefusedError as refused:
+                        return _Answer(response, b"", refused)
+                    return _Answer(response, body)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            REQUESTS.labels(status="timeout").inc()
+            raise _TransientError("timeout") from exc
+        except httpx.TransportError as exc:
+            REQUESTS.labels(status="transport-error").inc()
+            raise _TransientError("transport-error") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # e.g. a decoding error: not worth a retry
+            REQUESTS.labels(status="undecodable").inc()
+            REFUSED_ANSWERS.labels(reason="undecodable").inc()
+            raise GitHubDownError(f"GitHub's answer could not be read ({type(exc).__name__})") from None
+
+    async def _read_body(self, response: httpx.Response) -> bytes:
+        """The body, decoded (identity or gzip, the encodings we accept), at most
+        ``GITHUB_MAX_BODY_BYTES`` of it, raw and inflated alike: gzip is inflated in steps that never
+        produce more than what is left of the limit."""
+        limit = self._max_body_bytes
+        too_large = _AnswerRefusedError("too-large", "GitHub's answer was too large (GITHUB_MAX_BODY_BYTES)")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            inflater: zlib._Decompress | None = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding in ("", "identity"):
+            inflater = None
+        else:
+            raise _AnswerRefusedError(
+                "undecodable", f"GitHub answered in an encoding not asked for: {encoding}"
+            )
+        body = bytearray()
+        raw_size = 0
+        try:
+            async for raw in response.aiter_raw():
+                raw_size += len(raw)
+                if raw_size > limit:
+                    raise too_large
+                if inflater is None:
+                    body += raw
+                else:
+                    body += inflater.decompress(raw, limit + 1 - len(body))
+                    if inflater.unconsumed_tail:
+                        raise too_large
+                if len(body) > limit:
+                    raise too_large
+            if inflater is not None and (not inflater.eof or inflater.unused_data):
+                raise _AnswerRefusedError("undecodable", "GitHub's gzip answer was cut short or padded")
+        except zlib.error:
+            raise _AnswerRefusedError("undecodable", "GitHub's answer was not valid gzip") from None
+        return bytes(body)
 
     # -- helpers -----------------------------------------------------------------------------
 

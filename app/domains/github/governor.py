@@ -18,9 +18,17 @@ What the governor keeps in Valkey, per token identity (a fingerprint, never the 
   last requests of a window are left for interactive ones.
 - ``…:blocked``: epoch seconds before which nothing is sent (set by primary and secondary limits;
   only ever moved later).
+
+What GitHub says is bounded before it is obeyed (one absurd header would otherwise stop every
+request of the token for years): a ``retry-after`` counts for at most ``GITHUB_SECONDARY_BACKOFF_MAX_S``,
+an ``x-ratelimit-reset`` for at most a window (an hour) and ``RESET_SLACK_S`` ahead; a value out of
+range is logged (``github_rate_limit_header_out_of_range``, once a minute per header). A block or a
+reset read back is bounded the same way (``max_block_s``), so a value stored before this rule is too.
 - ``…:strikes``: consecutive secondary-limit hits (the exponent of the backoff; reset by a success).
 - ``…:lock``: the token's mutex. One request at a time per token across all processes; in a process
-  an ``asyncio.Lock`` queues the coroutines so only one of them polls Valkey for it.
+  an ``asyncio.Lock`` queues the coroutines so only one of them polls Valkey for it. Its lifetime
+  (``GITHUB_TIMEOUT_S``, a whole request, plus ``LOCK_MARGIN_S``) is renewed while the turn lasts,
+  so a holder that is alive never loses it to another process; a crashed one frees it in that time.
 
 A caller that would have to wait longer than its budget (``GITHUB_INTERACTIVE_WAIT_S`` or
 ``GITHUB_BACKGROUND_WAIT_S``) gets ``WaitBudgetExceededError`` with the time to wait instead: a request
@@ -33,6 +41,7 @@ nothing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import enum
 import math
@@ -47,6 +56,7 @@ from prometheus_client import Counter, Gauge
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.logging import OncePerInterval
 
 log = structlog.get_logger("app.github.governor")
 
@@ -73,6 +83,10 @@ TOKEN_LIMIT = 5000
 WINDOW_S = 3600
 PRIMARY_MARGIN_S = 1.0
 """Sent after ``x-ratelimit-reset`` plus this: the reset has a one-second resolution and clocks differ."""
+RESET_SLACK_S = 300.0
+"""How far past a full window an ``x-ratelimit-reset`` may lie (clocks differ); beyond, it is bounded."""
+LOCK_MARGIN_S = 10.0
+"""The token lock's lifetime beyond one request's deadline (``GITHUB_TIMEOUT_S``)."""
 WAKE_MARGIN_S = 0.05
 LOCK_POLL_S = (0.005, 0.02)
 
@@ -89,6 +103,10 @@ return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -171,7 +189,27 @@ class RateLimitGovernor:
         self.quota_prefix = f"{base}:quota:"
         self._block_until = valkey.register_script(_BLOCK_UNTIL)
         self._release = valkey.register_script(_RELEASE)
+        self._renew = valkey.register_script(_RENEW)
         self._local = asyncio.Lock()
+        self._out_of_range = OncePerInterval(60.0)
+
+    @property
+    def max_block_s(self) -> float:
+        """The longest GitHub may stop this token: a window plus slack, or the longest backoff."""
+        return max(WINDOW_S + RESET_SLACK_S, self.secondary_backoff_max_s)
+
+    def _bounded(self, header: str, value: float, most: float) -> float:
+        if value <= most:
+            return value
+        if self._out_of_range.due(header):
+            log.warning(
+                "github_rate_limit_header_out_of_range",
+                token=self.token_id,
+                header=header,
+                value=value,
+                bounded_to=most,
+            )
+        return most
 
     def reserve(self, limit: int) -> int:
         return math.ceil(limit * self.reserve_fraction)
@@ -185,7 +223,7 @@ class RateLimitGovernor:
             ((limit_raw, reset_raw),) = await pipe.execute()
         now = self.clock()
         limit = int(limit_raw) if limit_raw is not None else self.default_limit
-        reset = int(reset_raw) if reset_raw is not None else 0
+        reset = min(int(reset_raw), now + WINDOW_S + RESET_SLACK_S) if reset_raw is not None else 0
         return limit, (reset + PRIMARY_MARGIN_S if reset > now else now + WINDOW_S)
 
     @asynccontextmanager
@@ -201,15 +239,27 @@ class RateLimitGovernor:
                 raise WaitBudgetExceededError("busy", 1.0) from None
             try:
                 lock = await self._acquire_shared(deadline)
+                renewer: asyncio.Task[None] | None = None
                 try:
                     if await self._wait_needed(priority) > 0:
                         continue  # another process was limited while we queued: wait again
+                    renewer = asyncio.create_task(self._keep(lock))
                     yield
                     return
                 finally:
+                    if renewer is not None:
+                        renewer.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await renewer
                     await self._release(keys=[self.lock_key], args=[lock])
             finally:
                 self._local.release()
+
+    async def _keep(self, lock: str) -> None:
+        """Renew the token's lock while a turn lasts (cancelled when it ends)."""
+        while True:
+            await asyncio.sleep(self.lock_ttl_ms / 3000)
+            await self._renew(keys=[self.lock_key], args=[lock, self.lock_ttl_ms])
 
     async def _wait_until_allowed(self, priority: Priority, deadline: float) -> None:
         while (wait := await self._wait_needed(priority)) > 0:
@@ -224,10 +274,11 @@ class RateLimitGovernor:
             pipe.hmget(f"{self.quota_prefix}core", ["limit", "remaining", "reset"])
             blocked_raw, (limit_raw, remaining_raw, reset_raw) = await pipe.execute()
         now = self.clock()
-        wait = max(0.0, float(blocked_raw) - now) if blocked_raw else 0.0
+        wait = min(max(0.0, float(blocked_raw) - now), self.max_block_s) if blocked_raw else 0.0
         if limit_raw is None or remaining_raw is None or reset_raw is None:
             return wait
-        limit, remaining, reset = int(limit_raw), int(remaining_raw), int(reset_raw)
+        limit, remaining = int(limit_raw), int(remaining_raw)
+        reset = min(int(reset_raw), now + WINDOW_S + RESET_SLACK_S)
         if reset <= now:
             return wait  # the window has renewed since
         if remaining <= 0:
@@ -252,6 +303,8 @@ class RateLimitGovernor:
         limit = _int_header(headers, "x-ratelimit-limit")
         remaining = _int_header(headers, "x-ratelimit-remaining")
         reset = _int_header(headers, "x-ratelimit-reset")
+        if reset is not None:
+            reset = int(self._bounded("x-ratelimit-reset", reset, now + WINDOW_S + RESET_SLACK_S))
         async with self.valkey.pipeline(transaction=False) as pipe:
             if limit is not None and remaining is not None and reset is not None:
                 key = f"{self.quota_prefix}{resource}"
@@ -265,6 +318,8 @@ class RateLimitGovernor:
         if status not in (403, 429):
             return None
         retry_after = parse_retry_after(headers.get("retry-after"), now)
+        if retry_after is not None:
+            retry_after = self._bounded("retry-after", retry_after, self.secondary_backoff_max_s)
         until: float | None = None
         if remaining == 0:
             PRIMARY_LIMIT_HITS.inc()
@@ -298,7 +353,7 @@ class RateLimitGovernor:
 
     async def blocked_until(self) -> float | None:
         raw = await self.valkey.get(self.blocked_key)
-        return float(raw) if raw else None
+        return min(float(raw), self.clock() + self.max_block_s) if raw else None
 
 
 def _mentions_rate_limit(body: bytes) -> bool:
@@ -314,8 +369,8 @@ def governor_for(settings: Settings, valkey: Valkey, token_id: str, **overrides:
         "background_wait_s": settings.github_background_wait_s,
         "secondary_backoff_s": settings.github_secondary_backoff_s,
         "secondary_backoff_max_s": settings.github_secondary_backoff_max_s,
-        # Held for one request: its timeouts (connect, read, write, pool) plus a margin.
-        "lock_ttl_s": settings.github_timeout_s * 4 + 5,
+        # Held for one request, whose whole time GITHUB_TIMEOUT_S bounds, and renewed while held.
+        "lock_ttl_s": settings.github_timeout_s + LOCK_MARGIN_S,
         "default_limit": TOKEN_LIMIT if settings.github_token else ANONYMOUS_LIMIT,
         **overrides,
     }

@@ -92,10 +92,15 @@ class LanguageCoverage(msgspec.Struct, frozen=True):
     repos_measured: int
     """Repositories of the view whose ``/languages`` was fetched (the bytes view covers these)."""
     repos_unmeasured: int
-    """Repositories of the view with code whose bytes were not fetched: beyond the measured limit, or
-    gone or blocked when measured (GitHub answered 404, 451, or a 403 that was not a rate limit)."""
+    """Repositories of the view with code whose bytes were not fetched though they are measured
+    (``analysis.is_measurable``: not forks): beyond the measured limit, or gone or blocked when
+    measured (GitHub answered 404, 410, 451, or a 403 that was not a rate limit)."""
     measured_limit: int
     truncated: bool
+    """True when ``repos_unmeasured`` is not 0: the bytes view misses code it would count."""
+    forks_unmeasured: int = 0
+    """Forks of the view with code (``include_forks``): never measured, their bytes are upstream's
+    work; the bytes view leaves them out by design, so they do not make the coverage truncated."""
 
 
 class LanguagesOut(msgspec.Struct, frozen=True):

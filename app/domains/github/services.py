@@ -582,17 +582,18 @@ class GithubService:
             await self._release(keys=[key], args=[token])
 
     async def _fetch_and_store(self, login: str, priority: Priority) -> StoredProfile:
-        try:
-            user = await self.client.get_user(login, priority)
-            repos, truncated = await self.client.list_repos(
-                login, priority, max_repos=self.settings.github_max_repos
-            )
-        except GitHubBusyError:
-            raise  # our queue, not GitHub: nothing to remember about the login
-        except GitHubError as exc:
-            await self._record_failure(login, exc)
-            raise
-        languages = await self._measure(login, repos, priority)
+        with self.client.fetch_chain(login):  # one lookup: its requests and its deadline bounded
+            try:
+                user = await self.client.get_user(login, priority)
+                repos, truncated = await self.client.list_repos(
+                    login, priority, max_repos=self.settings.github_max_repos
+                )
+            except GitHubBusyError:
+                raise  # our queue, not GitHub: nothing to remember about the login
+            except GitHubError as exc:
+                await self._record_failure(login, exc)
+                raise
+            languages = await self._measure(login, repos, priority)
         data = ProfileData(
             user=user,
             repos=repos,
