@@ -167,5 +167,8 @@ async def test_the_database_refuses_negative_stock(db: AsyncConnection[Any]) -> 
     with pytest.raises(psycopg.errors.CheckViolation):
         await db.execute("update products set stock = stock - 3 where id = %s", (row.id,))
     assert await product_queries.reserve_stock(db, quantity=3, id=row.id) is None
-    assert await product_queries.adjust_stock(db, delta=-3, id=row.id, max_stock=MAX_STOCK, expected_stock=None) is None
+    assert (
+        await product_queries.adjust_stock(db, delta=-3, id=row.id, max_stock=MAX_STOCK, expected_stock=None)
+        is None
+    )
     assert await (await db.execute("select stock from products where id = %s", (row.id,))).fetchone() == (2,)
