@@ -300,7 +300,9 @@ def _banner(settings: Settings, started: float, hints: list[str]) -> str:
         f"ready in {time.monotonic() - started:.1f}s",
         f"  API            {base}/api",
         f"  OpenAPI UI     {base}/schema  (Swagger UI: {base}/schema/swagger)",
-        f"  SAQ dashboard  {base}/saq/  (administrators: sign in with the admin's email and password)",
+        f"  SAQ dashboard  {base}/saq/  (administrators: sign in with the admin's email and password; "
+        f"sessions last {settings.dashboard_session_s / 3600:.3g} h (DASHBOARD_SESSION_S) or until sign-out, "
+        "a password change, deactivation or demotion)",
         f"  health         {base}/health/ready",
         f"  metrics        {base}/metrics",
         *[f"  {hint}" for hint in hints],

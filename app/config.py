@@ -260,6 +260,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     login_address_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 50
     login_max_delay_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
     session_max_age_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    dashboard_session_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86_400)] = 8 * 3600
+    """A SAQ dashboard sign-in lasts this long (absolute: never extended); signing out, a password
+    change, a deactivation or a demotion ends it sooner. Revoked sessions are remembered this long."""
     file_project_max_count: Annotated[int, msgspec.Meta(ge=1)] = 1000
     file_project_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024**3
     file_user_max_count: Annotated[int, msgspec.Meta(ge=1)] = 5000

@@ -47,6 +47,7 @@ from app.db import projects as project_queries
 from app.db import sites as site_queries
 from app.db import tasks as task_queries
 from app.db.models import ProjectRole, Site, TaskPriority, TaskStatus, User, UserRole
+from app.domains.accounts.dashboard_tokens import SESSION_COOKIE
 from app.domains.accounts.services import AccountService
 from app.domains.github.services import GithubService
 from app.domains.orders.module import module as orders_module
@@ -156,6 +157,45 @@ def bearer(token: str) -> dict[str, str]:
 def basic(email: str, password: str) -> dict[str, str]:
     credentials = base64.b64encode(f"{email}:{password}".encode()).decode()
     return {"Authorization": f"Basic {credentials}"}
+
+
+# -- the SAQ dashboard's sign-in ---------------------------------------------------------------------
+
+SAME_ORIGIN = {"Origin": "http://testserver.local", "Sec-Fetch-Site": "same-origin"}
+
+
+async def sign_in(
+    api: Client, email: str, password: str = PASSWORD, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """The browser's form post, from the dashboard's own page."""
+    response = await api.post(
+        "/saq/login",
+        data={"email": email, "password": password},
+        headers={**SAME_ORIGIN, **(headers or {})},
+        follow_redirects=False,
+    )
+    api.cookies.clear()  # each request carries the cookie it means
+    return response
+
+
+def session_of(response: httpx.Response) -> str:
+    """The session cookie's value set by ``response``."""
+    for header in response.headers.get_list("set-cookie"):
+        name, _, rest = header.partition("=")
+        if name.strip() == SESSION_COOKIE:
+            return rest.split(";", 1)[0]
+    raise AssertionError(f"no {SESSION_COOKIE} cookie set: {response.headers}")
+
+
+def with_session(token: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+    return {"Cookie": f"{SESSION_COOKIE}={token}", **(headers or {})}
+
+
+async def sign_in_to_dashboard(api: Client, email: str, password: str = PASSWORD) -> dict[str, str]:
+    """Headers carrying a fresh dashboard session of ``email`` (an administrator)."""
+    response = await sign_in(api, email, password)
+    assert response.status_code == 303, response.text
+    return with_session(session_of(response))
 
 
 # -- work: projects and tasks -----------------------------------------------------------------------

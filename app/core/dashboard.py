@@ -18,7 +18,9 @@ sent. litestar-saq's web UI stays off (``web_enabled=False``); this router serve
 
 Every answer but the static files is ``Cache-Control: no-store``, and every route but the static files
 is behind the guards of ``SAQConfig.web_guards`` (the accounts domain's ``requires_dashboard_admin``,
-passed in by ``create_app``).
+passed in by ``create_app``). A page request they refuse with 401 is redirected (303) to
+``<root>/login``, the sign-in page of whoever provides them; the page carries a sign-out form that
+posts to ``<root>/logout``.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Redirect, Response
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_308_PERMANENT_REDIRECT
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_303_SEE_OTHER, HTTP_308_PERMANENT_REDIRECT
+from litestar.types import ExceptionHandler
 from litestar_saq import SAQConfig
 from saq import Job, Queue
 
-from app.core.errors import NotFoundError
+from app.core.errors import AppError, NotFoundError, UnauthorizedError, exception_handlers
 from app.core.routing import Controller
 from app.core.scrub import scrub_text
 
@@ -101,8 +104,9 @@ def _root_script(root: str) -> str:
 
 
 def _page(root: str) -> str:
-    """litestar-saq's page, with our ``app.js``."""
+    """litestar-saq's page, with our ``app.js`` and a sign-out form (outside the script's ``#app``)."""
     static = html.escape(f"{root}/static")
+    logout = html.escape(f"{root}/logout")
     return f"""<!DOCTYPE html>
 <html>
     <head>
@@ -112,6 +116,12 @@ def _page(root: str) -> str:
         <title>SAQ</title>
     </head>
     <body>
+        <nav class="container">
+            <ul></ul>
+            <ul><li><form method="post" action="{logout}">
+                <button type="submit" class="secondary outline">Sign out</button>
+            </form></li></ul>
+        </nav>
         <div id="app"></div>
         <script>{_root_script(root)}</script>
         <script src="{static}/snabbdom.js.gz"></script>
@@ -372,6 +382,21 @@ def _static_router(files: Mapping[str, StaticFile]) -> Router:
     return Router("/static", route_handlers=[dashboard_static], include_in_schema=False)
 
 
+def _sign_in_first(root: str) -> ExceptionHandler[UnauthorizedError]:
+    """A page request refused 401 (anonymous, or a session that is over) is sent to the sign-in page
+    at ``<root>/login`` (served by whoever provides the guards: the accounts domain); the JSON API
+    keeps its 401 problem."""
+    problem = exception_handlers[AppError]
+    sign_in = f"{root}/login"
+
+    def sign_in_first(request: Request[Any, Any, Any], exc: UnauthorizedError) -> Response[Any]:
+        if request.route_handler.media_type == "text/html":
+            return Redirect(sign_in, status_code=HTTP_303_SEE_OTHER, headers=_NO_STORE)
+        return problem(request, exc)
+
+    return sign_in_first
+
+
 def dashboard_router(config: SAQConfig) -> Router:
     """The dashboard at ``config.web_path`` for ``config``'s queues, behind ``config.web_guards``.
 
@@ -390,6 +415,7 @@ def dashboard_router(config: SAQConfig) -> Router:
             "dashboard_queues": Provide(lambda: queues, use_cache=True, sync_to_thread=False),
             "dashboard_page": Provide(lambda: page, use_cache=True, sync_to_thread=False),
         },
+        exception_handlers={UnauthorizedError: _sign_in_first(root)},
         include_in_schema=False,
     )
     return Router(

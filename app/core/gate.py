@@ -16,9 +16,10 @@ costs one attribute test per request.
   ``opt={"authenticate": True}`` forces it.
 - Rate limits (``app.core.ratelimit``): by the route's ``opt["rate_limit"]`` policy (``default``
   when absent, none for ``None`` and for ``EXEMPT_PATHS``), per caller (or per client address).
-- Same origin: unsafe requests to the SAQ dashboard (``/saq``), which accepts HTTP Basic that
-  browsers re-send on their own, must come from the dashboard's own origin (``Sec-Fetch-Site``, else
-  ``Origin`` against ``Host``); a cross-site one is a 403 problem (CSRF).
+- Same origin: unsafe requests to the SAQ dashboard (``/saq``: its actions, its sign-in and
+  sign-out), which accepts a session cookie that browsers send on their own (also ``SameSite=Strict``),
+  must come from the dashboard's own origin (``Sec-Fetch-Site``, else ``Origin`` against ``Host``); a
+  cross-site one is a 403 problem (CSRF).
 - Compression (``app.core.compression.ResponseCompression``) except under the ``compression.exclude``
   prefixes; always through ``EncodedResponsePassThrough`` (never re-encoding an encoded answer, e.g.
   the dashboard's ``*.js.gz``), whatever ``compression.middleware_class`` says.

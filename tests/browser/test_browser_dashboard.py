@@ -1,7 +1,9 @@
-"""The SAQ dashboard in a real browser: the queues for an admin, 403 for a member, 401 for anyone else.
+"""The SAQ dashboard in a real browser: an admin signs in through the dashboard's form and sees the
+queues, signs out and is sent back to the sign-in page; a member gets 403, anyone else the sign-in
+page (never the browser's password prompt: no more HTTP Basic).
 
 Every page is watched (``watched_page``): a script or style the dashboard's Content-Security-Policy
-blocks is a console error, and fails ``assert_clean``.
+(or the sign-in page's) blocks is a console error, and fails ``assert_clean``.
 """
 
 from __future__ import annotations
@@ -9,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from playwright.async_api import Error as PlaywrightError
-from playwright.async_api import expect
+from playwright.async_api import Page, expect
 from psycopg import AsyncConnection
 from saq import Job as SaqJob
 
 from app.db.models import User, UserRole
-from tests.browser.conftest import WatchedPage
+from tests.browser.conftest import Watch, WatchedPage
 from tests.factories import PASSWORD, create_user, saq_queues
 from tests.served import ServerProcess
 
@@ -33,8 +34,43 @@ async def member(db: AsyncConnection[Any], password_hash: str) -> User:
     return await create_user(db, password_hash)
 
 
-def signed_in(user: User) -> dict[str, Any]:
-    return {"http_credentials": {"username": user.email, "password": PASSWORD}}
+async def sign_in(page: Page, base: str, email: str, password: str = PASSWORD) -> int:
+    """Fill in and send the dashboard's sign-in form, as a person would; the final answer's status."""
+    opened = await page.goto(f"{base}/saq/login")
+    assert opened is not None and opened.status == 200
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(password)
+    async with page.expect_navigation() as navigated:
+        await page.get_by_role("button", name="Sign in").click()
+    response = await navigated.value
+    assert response is not None
+    return response.status
+
+
+def assert_clean_but_the_pages_status(watch: Watch, status: int) -> None:
+    """``assert_clean``, but for the console's report of the document's own refusal (a 401 or 403
+    page is the expected answer there)."""
+    expected = f"the server responded with a status of {status} "
+    watch.problems = [p for p in watch.problems if not (p.startswith("console error:") and expected in p)]
+    watch.assert_clean()
+
+
+async def signed_in_page(watched_page: WatchedPage, base: str, user: User) -> Watch:
+    """A watched page of a browser that signed ``user`` in, in another tab (closed since: its page's
+    polling, cut short by the tab's closing, is not what the test watches)."""
+    watch = await watched_page()
+    tab = await watch.page.context.new_page()
+    assert await sign_in(tab, base, user.email) == 200
+    assert tab.url == f"{base}/saq/"
+    await tab.close()
+    return watch
+
+
+def forget_polls_cut_by_navigation(watch: Watch) -> None:
+    """The page polls ``/saq/api/queues`` every 2 s: leaving it (signing out) may abort a poll."""
+    watch.problems = [
+        p for p in watch.problems if not ("/saq/api/queues" in p and p.endswith("net::ERR_ABORTED"))
+    ]
 
 
 @pytest.mark.parametrize("path", ["/saq", "/saq/"])
@@ -43,7 +79,7 @@ async def test_admin_sees_the_queues(
 ) -> None:
     """At both addresses: the dashboard's script routes "/saq/" only, so "/saq" redirects there (the
     script rendered its own "404 not found" at "/saq")."""
-    watch = await watched_page(**signed_in(admin))
+    watch = await signed_in_page(watched_page, served.base, admin)
     page = watch.page
     response = await page.goto(f"{served.base}{path}")
     assert response is not None and response.status == 200
@@ -72,7 +108,7 @@ async def test_a_jobs_page_links_its_queue_inside_the_dashboard(
 ) -> None:
     """SAQ's script linked a job's queue at "/queues/<name>", outside the dashboard."""
     await enqueue_job(valkey_url, "browser-queue-link", {"outbox_id": 1})
-    watch = await watched_page(**signed_in(admin))
+    watch = await signed_in_page(watched_page, served.base, admin)
     page = watch.page
     response = await page.goto(f"{served.base}/saq/queues/default/jobs/browser-queue-link")
     assert response is not None and response.status == 200
@@ -92,7 +128,7 @@ async def test_a_jobs_arguments_are_shown_by_name_only(
     served: ServerProcess, watched_page: WatchedPage, admin: User, valkey_url: str
 ) -> None:
     await enqueue_job(valkey_url, "browser-arguments", {"note": "a private value", "outbox_id": 2})
-    watch = await watched_page(**signed_in(admin))
+    watch = await signed_in_page(watched_page, served.base, admin)
     page = watch.page
     await page.goto(f"{served.base}/saq/queues/default")
     await page.get_by_role("link", name="browser-arguments").click(timeout=RENDER_TIMEOUT_MS)
@@ -102,29 +138,70 @@ async def test_a_jobs_arguments_are_shown_by_name_only(
     watch.assert_clean()
 
 
-async def test_member_is_forbidden(served: ServerProcess, watched_page: WatchedPage, member: User) -> None:
-    watch = await watched_page(**signed_in(member))
-    response = await watch.page.goto(f"{served.base}/saq")
-    assert response is not None and response.status == 403
-    assert "administrators" in await watch.page.content()
-    assert not watch.outside
-
-
-async def test_anonymous_is_asked_to_sign_in(served: ServerProcess, watched_page: WatchedPage) -> None:
-    """A browser with no credentials gets a Basic challenge (headless Chromium cannot answer it)."""
+async def test_signing_out_ends_the_session(
+    served: ServerProcess, watched_page: WatchedPage, admin: User
+) -> None:
+    """The review's finding: the browser kept the password and the dashboard open until it quit. Now
+    the sign-out button ends the session, and the dashboard sends the browser to the sign-in page."""
     watch = await watched_page()
-    async with watch.page.expect_response(f"{served.base}/saq") as challenged:
-        with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
-            await watch.page.goto(f"{served.base}/saq")
-    response = await challenged.value
-    assert response.status == 401
-    assert (await response.header_value("www-authenticate") or "").startswith("Basic ")
-    assert not watch.outside
+    page = watch.page
+    assert await sign_in(page, served.base, admin.email) == 200
+    assert page.url == f"{served.base}/saq/"
+    await expect(page.locator("tbody[role=grid] td a", has_text="default")).to_be_visible(
+        timeout=RENDER_TIMEOUT_MS
+    )
+    cookies = await page.context.cookies()
+    assert [(c["name"], c["httpOnly"], c["sameSite"], c["path"]) for c in cookies] == [
+        ("saq_session", True, "Strict", "/saq")
+    ]
+    async with page.expect_navigation():
+        await page.get_by_role("button", name="Sign out").click()
+    assert page.url == f"{served.base}/saq/login"
+    assert await page.context.cookies() == []
+    await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    again = await page.goto(f"{served.base}/saq/queues/default")
+    assert again is not None and again.status == 200
+    assert page.url == f"{served.base}/saq/login"
+    # Even the old cookie, put back by hand (a stolen copy), opens nothing any more.
+    await page.context.add_cookies(
+        [{"name": c["name"], "value": c["value"], "domain": c["domain"], "path": c["path"]} for c in cookies]
+    )
+    replayed = await page.goto(f"{served.base}/saq/")
+    assert replayed is not None and page.url == f"{served.base}/saq/login"
+    sent = replayed.request.redirected_from
+    assert sent is not None and sent.url == f"{served.base}/saq/"
+    assert f"saq_session={cookies[0]['value']}" in (await sent.all_headers()).get("cookie", "")
+    forget_polls_cut_by_navigation(watch)
+    watch.assert_clean()
+
+
+async def test_member_is_forbidden(served: ServerProcess, watched_page: WatchedPage, member: User) -> None:
+    watch = await watched_page()
+    assert await sign_in(watch.page, served.base, member.email) == 403
+    assert "for administrators" in await watch.page.content()
+    assert await watch.page.context.cookies() == []
+    assert_clean_but_the_pages_status(watch, 403)
+
+
+async def test_anonymous_is_sent_to_the_sign_in_page(
+    served: ServerProcess, watched_page: WatchedPage
+) -> None:
+    """No password prompt (no Basic challenge any more): the dashboard's own sign-in page."""
+    watch = await watched_page()
+    response = await watch.page.goto(f"{served.base}/saq")
+    assert response is not None and response.status == 200
+    assert watch.page.url == f"{served.base}/saq/login"
+    await expect(watch.page.get_by_label("Email")).to_be_visible()
+    await expect(watch.page.get_by_label("Password")).to_be_visible()
+    watch.assert_clean()
 
 
 async def test_wrong_password_is_refused(
     served: ServerProcess, watched_page: WatchedPage, admin: User
 ) -> None:
-    watch = await watched_page(http_credentials={"username": admin.email, "password": "not the password"})
-    response = await watch.page.goto(f"{served.base}/saq")
-    assert response is not None and response.status == 401
+    watch = await watched_page()
+    assert await sign_in(watch.page, served.base, admin.email, "not the password") == 401
+    assert watch.page.url == f"{served.base}/saq/login"
+    await expect(watch.page.get_by_role("alert")).to_have_text("Invalid email or password.")
+    assert await watch.page.context.cookies() == []
+    assert_clean_but_the_pages_status(watch, 401)

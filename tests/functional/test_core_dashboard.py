@@ -36,10 +36,10 @@ from tests.factories import (
     Client,
     Team,
     assert_problem,
-    basic,
     create_user,
     mint_headers,
     saq_queues,
+    sign_in_to_dashboard,
 )
 
 SAQ_STATIC = Path(saq.__path__[0]) / "web" / "static"
@@ -59,8 +59,13 @@ async def admin(db: AsyncConnection[Any], password_hash: str) -> User:
 
 
 @pytest.fixture
-def credentials(admin: User) -> dict[str, str]:
-    return basic(admin.email, PASSWORD)
+async def credentials(api: Client, admin: User) -> dict[str, str]:
+    """A signed-in dashboard session of the admin: its cookie, for each request, and in the client's
+    jar as well (httpx drops a request's own ``Cookie`` header on the redirects it follows)."""
+    headers = await sign_in_to_dashboard(api, admin.email, PASSWORD)
+    name, _, token = headers["Cookie"].partition("=")
+    api.cookies.set(name, token, domain="testserver.local", path="/saq")
+    return headers
 
 
 @pytest.fixture
@@ -239,7 +244,9 @@ async def test_the_dashboard_without_its_trailing_slash_redirects_to_it(
     assert followed.status_code == 200
     assert str(followed.url).endswith("/saq/")
     assert 'const root_path = "/saq";' in followed.text
-    assert_problem(await api.get("/saq", follow_redirects=False), 401, "unauthorized")  # the guard first
+    api.cookies.clear()
+    anonymous = await api.get("/saq", follow_redirects=False)  # the guard first: to the sign-in page
+    assert (anonymous.status_code, anonymous.headers["location"]) == (303, "/saq/login")
 
 
 def test_saqs_script_still_needs_the_fix() -> None:

@@ -20,7 +20,16 @@ from app.core.gate import GateConfig
 from app.core.middleware import next_request_id
 from app.core.ratelimit import Policy, RateLimiter
 from app.db.models import UserRole
-from tests.factories import PASSWORD, Client, assert_problem, basic, bearer, create_user, login, make_user
+from tests.factories import (
+    PASSWORD,
+    Client,
+    assert_problem,
+    bearer,
+    create_user,
+    login,
+    make_user,
+    sign_in_to_dashboard,
+)
 
 SECURITY = {
     "x-content-type-options": "nosniff",
@@ -87,7 +96,7 @@ async def test_the_dashboard_cannot_be_framed(
     api: Client, db: AsyncConnection[Any], password_hash: str
 ) -> None:
     admin = await create_user(db, password_hash, role=UserRole.ADMIN)
-    response = await api.get("/saq", headers=basic(admin.email, PASSWORD))
+    response = await api.get("/saq/", headers=await sign_in_to_dashboard(api, admin.email))
     assert response.status_code == 200, response.text
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
 
@@ -194,9 +203,10 @@ RETRY = "/saq/api/queues/default/jobs/outbox:999999/retry"
 
 
 @pytest.fixture
-async def admin_basic(db: AsyncConnection[Any], password_hash: str) -> dict[str, str]:
+async def admin_session(api: Client, db: AsyncConnection[Any], password_hash: str) -> dict[str, str]:
+    """An admin signed in to the dashboard: the session cookie a browser sends by itself."""
     admin = await create_user(db, password_hash, role=UserRole.ADMIN)
-    return basic(admin.email, PASSWORD)
+    return await sign_in_to_dashboard(api, admin.email)
 
 
 @pytest.mark.parametrize(
@@ -211,10 +221,10 @@ async def admin_basic(db: AsyncConnection[Any], password_hash: str) -> dict[str,
     ids=["cross-site", "fetch-metadata-only", "sibling-site", "foreign-origin", "opaque-origin"],
 )
 async def test_a_cross_site_dashboard_action_is_refused(
-    api: Client, admin_basic: dict[str, str], headers: dict[str, str]
+    api: Client, admin_session: dict[str, str], headers: dict[str, str]
 ) -> None:
     for action in ("retry", "abort"):
-        response = await api.post(RETRY.replace("retry", action), headers={**admin_basic, **headers})
+        response = await api.post(RETRY.replace("retry", action), headers={**admin_session, **headers})
         assert_problem(response, 403, "forbidden")
 
 
@@ -228,16 +238,16 @@ async def test_a_cross_site_dashboard_action_is_refused(
     ids=["same-origin", "origin-only", "not-a-browser"],
 )
 async def test_a_same_origin_dashboard_action_reaches_the_dashboard(
-    api: Client, admin_basic: dict[str, str], headers: dict[str, str]
+    api: Client, admin_session: dict[str, str], headers: dict[str, str]
 ) -> None:
-    response = await api.post(RETRY, headers={**admin_basic, **headers})
+    response = await api.post(RETRY, headers={**admin_session, **headers})
     assert_problem(response, 404, "not-found")  # the dashboard's own answer: no such job
 
 
-async def test_reading_the_dashboard_needs_no_origin(api: Client, admin_basic: dict[str, str]) -> None:
+async def test_reading_the_dashboard_needs_no_origin(api: Client, admin_session: dict[str, str]) -> None:
     response = await api.get(
         "/saq/api/queues",
-        headers={**admin_basic, "origin": "https://evil.example", "sec-fetch-site": "cross-site"},
+        headers={**admin_session, "origin": "https://evil.example", "sec-fetch-site": "cross-site"},
     )
     assert response.status_code == 200, response.text
 

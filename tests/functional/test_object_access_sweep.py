@@ -437,6 +437,9 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("POST", "/api/page-views/batch"): "public: the ingest, authenticated by the site's ingest key",
     ("GET", "/api/products"): "public: the catalogue (inactive products hidden from non-admins)",
     ("GET", "/api/products/{product_id:int}"): "public: a catalogue entry, owned by nobody",
+    ("GET", "/saq/login"): "public: the SAQ dashboard's sign-in page",
+    ("POST", "/saq/login"): "public: the credentials are the proof (same-origin only)",
+    ("POST", "/saq/logout"): "public: ends the session of the cookie sent along, if any (same-origin only)",
 }
 EXEMPT_PREFIXES: dict[str, str] = {
     "/schema": "public: the OpenAPI document and Swagger UI's pinned assets",
@@ -601,9 +604,19 @@ async def test_admin_routes_refuse_members_and_anonymous_callers(world: World) -
         swept += 1
         path = admin_path(world, template)
         body = ADMIN_BODIES.get((method, template))
-        for who, expected in ((world.a, 403), (None, 401)):
-            response = await world.client.request(method, path, headers=who.headers if who else {}, json=body)
-            if response.status_code != expected:
+        # An anonymous browser asking for the dashboard's page is sent to its sign-in page instead.
+        anonymous = (
+            303
+            if requires_dashboard_admin in guards_of(handler) and handler.media_type == "text/html"
+            else 401
+        )
+        for who, expected in ((world.a, 403), (None, anonymous)):
+            response = await world.client.request(
+                method, path, headers=who.headers if who else {}, json=body, follow_redirects=False
+            )
+            if response.status_code != expected or (
+                expected == 303 and response.headers["location"] != "/saq/login"
+            ):
                 caller = "a member" if who else "anonymous"
                 refused.append(f"{method} {path} as {caller}: {response.status_code} {response.text[:200]}")
     assert not refused, "\n".join(refused)

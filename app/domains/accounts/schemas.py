@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from app.core.types import NonBlank
+from app.core.types import NonBlank, Text
 from app.core.wire import from_row
 from app.db.models import User, UserRole
 
@@ -45,6 +45,14 @@ class RegistrationAccepted(msgspec.Struct, frozen=True):
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: AnyPassword
+
+
+class DashboardSignInForm(msgspec.Struct, forbid_unknown_fields=True):
+    """The dashboard's sign-in form (``application/x-www-form-urlencoded``). Any email and password
+    within the limits are checked (a malformed one is refused like a wrong one: 401 and the page)."""
+
+    email: Annotated[str, Text, msgspec.Meta(max_length=320)] = ""
+    password: Annotated[str, Text, msgspec.Meta(max_length=256)] = ""
 
 
 class RefreshIn(msgspec.Struct, forbid_unknown_fields=True):

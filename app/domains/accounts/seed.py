@@ -24,6 +24,6 @@ async def seed_accounts(services: Services) -> list[str]:
     )
     return [
         f"log in: POST /api/auth/login with admin {settings.admin_email} / {admin_hint}",
-        f"        or a member, {DEMO_MEMBERS[0][0]} / {member_hint}; the dashboard takes the admin's",
-        "        credentials (HTTP Basic) or an admin's bearer token",
+        f"        or a member, {DEMO_MEMBERS[0][0]} / {member_hint}; the dashboard: sign in at /saq/login",
+        "        with the admin's email and password (or send an admin's bearer token)",
     ]

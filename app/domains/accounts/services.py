@@ -39,6 +39,12 @@ from app.core.security import (
 )
 from app.db import accounts as queries
 from app.db.models import User, UserRole
+from app.domains.accounts.dashboard_tokens import (
+    ADMINS_ONLY,
+    DashboardSession,
+    DashboardTokens,
+    sign_in_required,
+)
 from app.domains.accounts.schemas import AdminUserPatch, RegisterIn, TokenPair, UpdateMeIn, UserOut
 from app.domains.accounts.throttle import LoginThrottle
 
@@ -48,7 +54,8 @@ NO_FAMILY = uuid.UUID(int=0)
 VERIFIED_TOKENS_KEPT = 4096
 """Verified access tokens remembered per process (least recently used forgotten first)."""
 REVOKED_FAMILY_RETENTION_S = 24 * 3600
-"""``revoked_families`` rows older than this are purged (far beyond any access token's lifetime)."""
+"""``revoked_families`` rows older than this are purged (far beyond any access token's lifetime), or
+older than the revocation horizon when that is longer (a dashboard session may last up to a week)."""
 BAD_CREDENTIALS = "Invalid email or password."
 
 
@@ -100,6 +107,7 @@ class AccountService:
         self.valkey = valkey
         self.passwords = Passwords(settings)
         self.tokens = AccessTokens(settings)
+        self.dashboard_tokens = DashboardTokens(settings)
         self.throttle = LoginThrottle(settings, valkey)
         self._callers: LRUCache[str, CurrentUser] = LRUCache(maxsize=VERIFIED_TOKENS_KEPT)
         self._on_access_change: list[Callable[[int], Awaitable[None]]] = []
@@ -186,8 +194,10 @@ class AccountService:
 
     @property
     def _revocation_horizon_s(self) -> float:
-        """How long a revoked family must be remembered: the longest an access token of it can live."""
-        return self.settings.access_token_ttl_s + TOKEN_LEEWAY_S + 60
+        """How long a revoked family must be remembered: the longest a token of it can live (an access
+        token, or a dashboard session's, ``DASHBOARD_SESSION_S``)."""
+        longest = max(self.settings.access_token_ttl_s, self.settings.dashboard_session_s)
+        return longest + TOKEN_LEEWAY_S + 60
 
     async def _recently_revoked(self, conn: AsyncConnection[Any]) -> list[uuid.UUID]:
         return await queries.recently_revoked_families(conn, within_s=self._revocation_horizon_s)
@@ -201,7 +211,9 @@ class AccountService:
         if not families:
             return
         await queries.record_revoked_families(uow.conn, family_ids=sorted(families))
-        await queries.purge_revoked_families(uow.conn, older_than_s=REVOKED_FAMILY_RETENTION_S)
+        await queries.purge_revoked_families(
+            uow.conn, older_than_s=max(REVOKED_FAMILY_RETENTION_S, self._revocation_horizon_s)
+        )
         revocations = self.revocations
 
         async def remember() -> None:
@@ -380,10 +392,13 @@ class AccountService:
         return purged
 
     async def logout(self, user: CurrentUser) -> None:
+        await self._end_session(user.family_id)
+
+    async def _end_session(self, family: uuid.UUID) -> None:
         async with self.db.transaction() as uow:
-            await self._lock_families(uow, [user.family_id])
-            await queries.revoke_refresh_families(uow.conn, family_ids=[user.family_id])
-            await self._revoke(uow, [user.family_id])
+            await self._lock_families(uow, [family])
+            await queries.revoke_refresh_families(uow.conn, family_ids=[family])
+            await self._revoke(uow, [family])
 
     async def revoke_all(self, uow: UnitOfWork, user_id: int, keep: uuid.UUID = NO_FAMILY) -> int:
         """Revoke every session of a user (except ``keep``) in the caller's transaction: their refresh
@@ -399,6 +414,77 @@ class AccountService:
             await queries.revoke_refresh_families(uow.conn, family_ids=families)
         await self._revoke(uow, families)
         return len(families)
+
+    # -- the SAQ dashboard's sign-in (``dashboard_tokens``) -----------------------------------------
+    #
+    # A dashboard session is a session family of its own, recorded as one refresh-token row whose
+    # secret is never handed out (so it can never be rotated) and which expires with the session: the
+    # user's sessions are then found and revoked with the others (``revoke_all``: a password change, a
+    # deactivation, a demotion), signing out revokes it like a logout, and the revocation check is
+    # the one bearer tokens get (``_family_revoked``). No table, no migration; the expired-sessions
+    # purge deletes the row after it expired.
+
+    async def start_dashboard_session(
+        self, email: str, password: str, client_ip: str | None
+    ) -> DashboardSession:
+        """A dashboard session for an active administrator with these credentials: 401 (the login's
+        message, throttled like it) for wrong credentials, 403 for a member. Issued like ``login``'s
+        tokens, under the user's row: a change that committed since the check is seen."""
+        checked = await self.check_credentials(email, password, client_ip, purpose="dashboard")
+        family = uuid.uuid4()
+        async with self.db.transaction() as uow:
+            user = await queries.get_user_for_share(uow.conn, id=checked.id)
+            if user is None or not user.is_active or user.password_hash != checked.password_hash:
+                log.info("login_failed", known_account=True, user_id=checked.id, changed_meanwhile=True)
+                raise UnauthorizedError(BAD_CREDENTIALS)
+            if user.role != UserRole.ADMIN:
+                log.info("dashboard_sign_in_refused", user_id=user.id, reason="not_an_administrator")
+                raise ForbiddenError(ADMINS_ONLY)
+            token, claims = self.dashboard_tokens.issue(user.id, family, user.password_hash)
+            _, unusable_digest = new_refresh_token()
+            await queries.insert_refresh_token(
+                uow.conn,
+                user_id=user.id,
+                family_id=family,
+                token_hash=unusable_digest,
+                expires_at=datetime.fromtimestamp(claims.exp, UTC),
+            )
+        log.info("dashboard_session_started", user_id=user.id, family_id=str(family))
+        return DashboardSession(token=token, max_age_s=claims.exp - claims.iat)
+
+    async def dashboard_admin(self, token: str) -> User:
+        """The administrator of a live dashboard session: its signature, audience and expiry, its
+        session not revoked, the account active and its password the one signed in with (401
+        otherwise), its role read now (a member: 403)."""
+        try:
+            claims = self.dashboard_tokens.verify(token)
+            family = uuid.UUID(claims.fam)
+        except (InvalidTokenError, ValueError) as exc:
+            log.info("dashboard_session_rejected", reason=str(exc))
+            raise sign_in_required() from exc
+        if await self._family_revoked(family):
+            raise sign_in_required("The dashboard session has ended; sign in again.")
+        async with self.db.read() as uow:
+            user = await queries.get_user_by_id(uow.conn, id=int(claims.sub))
+        if (
+            user is None
+            or not user.is_active
+            or not self.dashboard_tokens.password_unchanged(claims, user.password_hash)
+        ):
+            raise sign_in_required("The dashboard session has ended; sign in again.")
+        if user.role != UserRole.ADMIN:
+            raise ForbiddenError(ADMINS_ONLY)
+        return user
+
+    async def end_dashboard_session(self, token: str) -> None:
+        """Sign out: the session is revoked (a copy of the cookie is refused too). A token that is
+        not a live one of ours ends nothing."""
+        try:
+            family = uuid.UUID(self.dashboard_tokens.verify(token).fam)
+        except (InvalidTokenError, ValueError):
+            return
+        await self._end_session(family)
+        log.info("dashboard_session_ended", family_id=str(family))
 
     # -- for other domains, inside their transaction -----------------------------------------------
 
