@@ -165,5 +165,6 @@ async def test_openapi_ui_is_served(client: AsyncTestClient[Litestar]) -> None:
 
 
 async def test_dashboard_is_closed_to_anonymous_callers(client: AsyncTestClient[Litestar]) -> None:
-    assert_problem(await client.get("/saq"), 401, "unauthorized")
+    page = await client.get("/saq", follow_redirects=False)
+    assert (page.status_code, page.headers["location"]) == (303, "/saq/login")  # the sign-in page
     assert_problem(await client.get("/saq/api/queues"), 401, "unauthorized")
