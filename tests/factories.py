@@ -356,6 +356,35 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float,
         await asyncio.sleep(0.05)
 
 
+async def all_waiting_behind(
+    database_url: str, hold: str, row_id: int, requests: list[Awaitable[httpx.Response]]
+) -> list[httpx.Response]:
+    """The requests' answers, each started while another transaction holds ``hold`` (SQL locking a
+    row, ``row_id`` its parameter) and let go only once every request waits for a lock: they all
+    reach the contended step together, whatever the scheduling."""
+    async with (
+        await AsyncConnection.connect(database_url) as holder,
+        await AsyncConnection.connect(database_url, autocommit=True) as probe,
+    ):
+        await holder.execute(hold, (row_id,))
+        started = [asyncio.ensure_future(request) for request in requests]
+
+        async def all_waiting() -> bool:
+            # From its own connection: inside a transaction pg_stat_activity keeps its first snapshot.
+            cursor = await probe.execute(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                "and datname = current_database()"
+            )
+            row = await cursor.fetchone()
+            return row is not None and row[0] >= len(started)
+
+        try:
+            await wait_until(all_waiting, 10, "every request waits behind the held row")
+        finally:
+            await holder.rollback()
+        return list(await asyncio.gather(*started))
+
+
 async def answer_racing(
     database_url: str, change: str, row_id: int, request: Callable[[], Awaitable[T]]
 ) -> T:

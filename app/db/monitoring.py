@@ -203,21 +203,11 @@ returning id, name, first_seen_at"""
 
 
 async def upsert_release(conn: AsyncConnection[Any], *, name: str) -> MonitoringRelease | None:
+    """A release that runs (a process of it started, or an event of it arrived). The first one gives the
+    release its id, which is its place in the release order ("older" = first ran before)."""
     async with AsyncRawCursor(conn, row_factory=args_row(MonitoringRelease)) as cur:
         await cur.execute(UPSERT_RELEASE, (name,))
         return await cur.fetchone()
-
-
-REGISTER_RELEASE = """\
-insert into monitoring_releases (name) values ($1)
-on conflict (name) do nothing"""
-
-
-async def register_release(conn: AsyncConnection[Any], *, name: str) -> None:
-    """A process of this release has started. The first registration gives the release its id, which is
-    its place in the release order ("older" = first ran before); later ones change nothing."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(REGISTER_RELEASE, (name,))
 
 
 GET_RELEASE_BY_NAME = "select id, name, first_seen_at from monitoring_releases where name = $1"

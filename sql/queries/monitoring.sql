@@ -53,15 +53,11 @@ select @group_id::bigint, unnest(@minutes::timestamptz[]), unnest(@counts::bigin
 on conflict (group_id, minute) do update set events = monitoring_group_counts.events + excluded.events;
 
 -- name: UpsertRelease :one
+-- A release that runs (a process of it started, or an event of it arrived). The first one gives the
+-- release its id, which is its place in the release order ("older" = first ran before).
 insert into monitoring_releases (name) values (@name)
 on conflict (name) do update set name = excluded.name
 returning *;
-
--- name: RegisterRelease :exec
--- A process of this release has started. The first registration gives the release its id, which is
--- its place in the release order ("older" = first ran before); later ones change nothing.
-insert into monitoring_releases (name) values (@name)
-on conflict (name) do nothing;
 
 -- name: GetReleaseByName :one
 select * from monitoring_releases where name = @name;

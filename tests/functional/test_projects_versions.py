@@ -3,7 +3,6 @@ DELETE (RFC 9110 13.1.1)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +10,15 @@ import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from tests.factories import Client, Served, Team, assert_problem, make_team, serve_in_loop, wait_until
+from tests.factories import (
+    Client,
+    Served,
+    Team,
+    all_waiting_behind,
+    assert_problem,
+    make_team,
+    serve_in_loop,
+)
 
 
 async def stored(db: AsyncConnection[Any], project_id: int) -> tuple[str, str, bool, int] | None:
@@ -203,29 +210,12 @@ async def test_of_concurrent_changes_from_one_version_exactly_one_is_applied(
     team = await make_team(db, served.app)
     url = f"/api/projects/{team.project}"
     names = [f"tab {i}" for i in range(6)]
-    async with (
-        await AsyncConnection.connect(database_url) as holder,
-        await AsyncConnection.connect(database_url, autocommit=True) as probe,
-    ):
-        await holder.execute("select id from projects where id = %s for update", (team.project,))
-        started = [
-            asyncio.ensure_future(served.client.patch(url, json={"name": n}, headers=if_match(team, '"1"')))
-            for n in names
-        ]
-
-        async def all_waiting() -> bool:
-            cursor = await probe.execute(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                "and datname = current_database()"
-            )
-            row = await cursor.fetchone()
-            return row is not None and row[0] >= len(started)
-
-        try:
-            await wait_until(all_waiting, 10, "every change waits behind the held project")
-        finally:
-            await holder.rollback()
-        answers = await asyncio.gather(*started)
+    answers = await all_waiting_behind(
+        database_url,
+        "select id from projects where id = %s for update",
+        team.project,
+        [served.client.patch(url, json={"name": n}, headers=if_match(team, '"1"')) for n in names],
+    )
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [200] + [412] * (len(names) - 1), [a.text for a in answers]
     applied = next(answer for answer in answers if answer.status_code == 200)

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 from psycopg import AsyncConnection
 
@@ -16,11 +14,11 @@ from tests.factories import (
     Client,
     Served,
     Team,
+    all_waiting_behind,
     assert_problem,
     make_task,
     make_team,
     serve_in_loop,
-    wait_until,
 )
 
 
@@ -245,35 +243,6 @@ async def test_the_schema_documents_if_match_the_412_and_the_etag(client: Client
 async def served(settings: Settings) -> AsyncIterator[Served]:
     async with serve_in_loop(settings, rate_limit_default_per_minute=1_000_000) as s:
         yield s
-
-
-async def all_waiting_behind(
-    database_url: str, hold: str, row_id: int, requests: list[Awaitable[httpx.Response]]
-) -> list[httpx.Response]:
-    """The requests' answers, each started while another transaction holds ``hold`` (SQL locking a
-    row, ``row_id`` its parameter) and let go only once every request waits for a lock: they all
-    reach the contended step together, whatever the scheduling."""
-    async with (
-        await AsyncConnection.connect(database_url) as holder,
-        await AsyncConnection.connect(database_url, autocommit=True) as probe,
-    ):
-        await holder.execute(hold, (row_id,))
-        started = [asyncio.ensure_future(request) for request in requests]
-
-        async def all_waiting() -> bool:
-            # From its own connection: inside a transaction pg_stat_activity keeps its first snapshot.
-            cursor = await probe.execute(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                "and datname = current_database()"
-            )
-            row = await cursor.fetchone()
-            return row is not None and row[0] >= len(started)
-
-        try:
-            await wait_until(all_waiting, 10, "every request waits behind the held row")
-        finally:
-            await holder.rollback()
-        return list(await asyncio.gather(*started))
 
 
 async def test_of_concurrent_changes_from_one_version_exactly_one_is_applied(

@@ -265,7 +265,7 @@ class MonitoringService:
         release order is the first time any of its processes did this: "older" and "newer" in
         resolve mean "first ran before" and "first ran after"."""
         async with self.db.transaction() as uow:
-            await queries.register_release(uow.conn, name=self.release)
+            await queries.upsert_release(uow.conn, name=self.release)
         self._release_registered = True
 
     async def start(self) -> None:
@@ -721,9 +721,11 @@ class MonitoringService:
             group = await self._root_for_change(uow, group_id)
             in_release_id = after_release_id = None
             if in_release is not None:
-                if in_release == self.release:  # running here: registered, or registered now
-                    await queries.register_release(uow.conn, name=in_release)
-                release = await queries.get_release_by_name(uow.conn, name=in_release)
+                release = (  # the running release has run, even if its start-up registration failed
+                    await queries.upsert_release(uow.conn, name=in_release)
+                    if in_release == self.release
+                    else await queries.get_release_by_name(uow.conn, name=in_release)
+                )
                 if release is None:
                     raise UnknownReleaseError(
                         f"Release {in_release!r} has never run here, so it has no place in the release "

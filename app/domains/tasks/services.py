@@ -46,16 +46,11 @@ MICROSECOND = timedelta(microseconds=1)
 
 def to_micros(moment: datetime) -> int:
     """Microseconds since the epoch, exactly (PostgreSQL's and Python's resolution)."""
-    return (aware(moment) - EPOCH) // MICROSECOND
+    return (moment - EPOCH) // MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:
     return EPOCH + micros * MICROSECOND
-
-
-def aware(moment: datetime) -> datetime:
-    """An offset-less timestamp is read as UTC (not converted: year 1 at +01:00 has no UTC datetime)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 class TaskFilters(msgspec.Struct, frozen=True):
@@ -331,7 +326,7 @@ class TaskService:
                     assignee_id=filters.assignee_id,
                     due_before=filters.due_before,
                     due_after=filters.due_after,
-                    updated_after=aware(filters.updated_after) if filters.updated_after else None,
+                    updated_after=filters.updated_after,
                     as_of=walk_as_of if sort in MUTABLE_SORTS else None,
                     search=search_text(filters.search),
                     after_key=cursor.key if cursor else FIRST_KEY,
