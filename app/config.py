@@ -31,6 +31,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from app.core.types import whole
+
 # The key earlier versions shipped as a default: public, so refused wherever it could be reached.
 PUBLIC_DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - refused, never used
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name under DATA_DIR
@@ -135,7 +137,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         ]
     )
 
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] = "EUR"
+    currency: Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"))] = "EUR"
     reservation_window_s: Annotated[int, msgspec.Meta(ge=10)] = 900
     max_open_orders: Annotated[int, msgspec.Meta(ge=1)] = 5
     product_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
@@ -172,7 +174,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     feed_stream_max_per_user: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     # monitoring
     monitoring_enabled: bool = True
-    monitoring_release: Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00-\x1f]*$")] = ""
+    monitoring_release: Annotated[str, msgspec.Meta(max_length=200, pattern=whole(r"[^\x00-\x1f]*"))] = ""
     monitoring_capture_unavailable: bool = True
     monitoring_in_app_modules: list[str] = msgspec.field(default_factory=lambda: ["app", "workers"])
     monitoring_flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
@@ -200,18 +202,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     monitoring_cron_margin_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 120
     monitoring_cron_failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     monitoring_cron_recovery_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
-    monitoring_report_time: Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "08:00"
+    monitoring_report_time: Annotated[str, msgspec.Meta(pattern=whole(r"([01][0-9]|2[0-3]):[0-5][0-9]"))] = (
+        "08:00"
+    )
     monitoring_report_timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
     monitoring_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
     monitoring_delivery_fallback_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
-    telegram_bot_token: Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\s/]*$")] = ""
+    telegram_bot_token: Annotated[str, msgspec.Meta(max_length=200, pattern=whole(r"[^\s/]*"))] = ""
     telegram_chat_id: list[str] = msgspec.field(default_factory=list)
-    telegram_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$")] = "https://api.telegram.org"
+    telegram_api_url: Annotated[str, msgspec.Meta(pattern=whole(r"https?://[^\s]+"))] = (
+        "https://api.telegram.org"
+    )
     telegram_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=25)] = 10.0
     """At most 25 s: a delivery's worst case (two requests and a pause) must fit the sending cron's 55 s."""
 
     # github
-    github_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] = (
+    github_api_url: Annotated[str, msgspec.Meta(pattern=whole(r"https?://[^/?#\s]+(/[^?#\s]*)?"))] = (
         "https://api.github.com"
     )
     github_token: str | None = None

@@ -212,7 +212,7 @@ class RequestContextMiddleware:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
-                request_id = candidate if _REQUEST_ID.match(candidate) else None
+                request_id = candidate if _REQUEST_ID.fullmatch(candidate) else None
             elif name == b"x-forwarded-for":
                 forwarded_for = value.decode("latin-1")
             elif name == b"content-length":

@@ -21,6 +21,7 @@ import msgspec
 from litestar.params import QueryParameter
 
 from app.core.errors import AppError, FieldError
+from app.core.types import whole
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -77,7 +78,7 @@ def _grammar(kind: type[msgspec.Struct]) -> tuple[str, int]:
     info = msgspec.inspect.type_info(kind)
     assert isinstance(info, msgspec.inspect.StructType)
     fields = [_field_grammar(field) for field in info.fields]
-    pattern = "^" + r"\.".join(regex for regex, _ in fields) + "$"
+    pattern = whole(r"\.".join(regex for regex, _ in fields))
     return pattern, sum(length for _, length in fields) + len(fields) - 1
 
 

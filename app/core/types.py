@@ -23,12 +23,26 @@ from litestar.params import PathParameter
 MAX_ID = 2**53 - 1
 MAX_INT4 = 2**31 - 1
 
-NO_NUL = r"^[^\x00]*$"
+END = r"(?![\s\S])"
+"""The end of the text (nothing follows), in Python's regex dialect and the ECMA one alike."""
+
+
+def whole(body: str) -> str:
+    r"""The pattern of a text that ``body`` must match whole: ``^``, ``body``, then ``END``.
+
+    msgspec and Litestar check a pattern with Python's ``re.search``, where ``$`` also matches before
+    a final newline: ``^[A-Z]{3}$`` took ``"EUR\n"``, a release ``"v1\n"`` was a release of its own.
+    ``(?![\s\S])`` means the end of the text there and in the ECMA dialect of the published schema
+    (``\Z`` is Python's only). Every pattern of a field or parameter is built here."""
+    return f"^(?:{body}){END}" if "|" in body else f"^{body}{END}"
+
+
+NO_NUL = whole(r"[^\x00]*")
 """Any text without NUL (empty allowed)."""
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Exactly what Python's str.strip() removes, spelled out: `\s` means different sets in Python and in
 # the ECMA regexes of JSON Schema, and services strip these before a length check in SQL.
-NON_BLANK = rf"^[{_SPACE}]*[^\x00{_SPACE}][^\x00]*$"
+NON_BLANK = whole(rf"[{_SPACE}]*[^\x00{_SPACE}][^\x00]*")
 """Text without NUL holding a character that ``str.strip()`` keeps. The classes are disjoint, so
 matching is linear (no catastrophic backtracking) in both regex dialects."""
 
@@ -57,6 +71,7 @@ else:
 (``America`` or ``../etc/passwd`` are a 400 naming the field, and the schema lists every value)."""
 
 __all__ = [
+    "END",
     "MAX_ID",
     "MAX_INT4",
     "NON_BLANK",
@@ -66,11 +81,12 @@ __all__ = [
     "NonBlank",
     "Text",
     "TimeZone",
+    "whole",
 ]
 
 
-RFC3339_MOMENT = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})?$"
+RFC3339_MOMENT = whole(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
 )
 """A moment as RFC 3339 writes it (an offset optional: none is UTC), for a query parameter taken as a
 string and decoded by ``moment_of``: a ``datetime`` parameter also took ``0.5`` (a Unix time)."""

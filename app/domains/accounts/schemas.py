@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from app.core.types import NonBlank, Text
+from app.core.types import NonBlank, Text, whole
 from app.core.wire import from_row
 from app.db.models import User, UserRole
 
@@ -16,7 +16,7 @@ Email = Annotated[
     msgspec.Meta(
         min_length=3,
         max_length=320,
-        pattern=r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
+        pattern=whole(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
         examples=["ana@example.com"],
         description="ASCII address (lower-casing never changes its length)",
     ),

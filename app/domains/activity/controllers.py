@@ -17,7 +17,7 @@ from app.core.errors import Problem
 from app.core.openapi import BEARER, problems
 from app.core.pagination import MAX_PAGE_SIZE, CursorParam, PageSize, cursor_query
 from app.core.routing import Controller
-from app.core.types import MAX_ID, IdPath
+from app.core.types import MAX_ID, IdPath, whole
 from app.domains.activity.schemas import (
     EventPage,
     FeedCursor,
@@ -49,7 +49,7 @@ FeedPageSize = Annotated[
 GroupKeyPath = Annotated[
     str,
     PathParameter(
-        pattern=r"^[1-9][0-9]{0,3}-[0-9]{1,19}$",
+        pattern=whole(r"[1-9][0-9]{0,3}-[0-9]{1,19}"),
         min_length=3,
         max_length=24,
         description="A group's `key`",
@@ -59,7 +59,7 @@ LastEventId = Annotated[
     str,
     HeaderParameter(
         name="Last-Event-ID",
-        pattern=r"^[0-9]{0,16}$",
+        pattern=whole(r"[0-9]{0,16}"),
         max_length=16,
         description="The last event id received: the stream first replays what came after it (empty: none)",
     ),

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.core.pagination import Page
-from app.core.types import MAX_ID, Id
+from app.core.types import MAX_ID, Id, whole
 from app.domains.activity.verbs import ObjectType, Verb
 
-GroupKey = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,3}-[0-9]{1,19}$", max_length=24)]
+GroupKey = Annotated[str, msgspec.Meta(pattern=whole(r"[1-9][0-9]{0,3}-[0-9]{1,19}"), max_length=24)]
 """A group's key: ``<rule version>-<outbox id of its first event>``."""
 
 Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
@@ -126,7 +126,9 @@ class StreamEventDoc(msgspec.Struct, frozen=True):
     """One Server-Sent Event of ``GET /api/feed/stream`` (its fields; heartbeats are comment lines)."""
 
     event: Literal["ready", "group", "reset"]
-    id: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,16}$", description="The newest event id it covers")]
+    id: Annotated[
+        str, msgspec.Meta(pattern=whole(r"[0-9]{1,16}"), description="The newest event id it covers")
+    ]
     data: Annotated[
         str,
         msgspec.Meta(

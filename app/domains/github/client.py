@@ -63,18 +63,17 @@ from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.types import whole
 from app.domains.github.governor import Priority, RateLimitGovernor, WaitBudgetExceededError
 
 log = structlog.get_logger("app.github.client")
 
 T = TypeVar("T")
 
-USERNAME_PATTERN = r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?![\s\S])"
-r"""GitHub's rule: alphanumerics or single hyphens, no hyphen first or last (the sign-up form's
-messages; the length is checked separately: at most ``MAX_USERNAME`` characters). It ends with
-``(?![\s\S])``, not ``$``: in Python's ``re.search`` (msgspec, Litestar) ``$`` also matches before
-a trailing newline, so ``"octocat\n"`` would pass; the lookahead means "end of text" in Python and
-in the ECMA dialect of the published schema alike."""
+USERNAME_PATTERN = whole(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
+"""GitHub's rule: alphanumerics or single hyphens, no hyphen first or last (the sign-up form's
+messages; the length is checked separately: at most ``MAX_USERNAME`` characters); ``whole``: not
+``"octocat\\n"``."""
 MAX_USERNAME = 39
 _USERNAME = re.compile(USERNAME_PATTERN)
 _REPO_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -692,7 +691,7 @@ class GitHubClient:
 
     def _languages_url(self, repo: GithubRepo) -> str:
         owner, _, name = repo.full_name.partition("/")
-        if not (is_valid_username(owner) and _REPO_NAME.match(name) and name not in (".", "..")):
+        if not (is_valid_username(owner) and _REPO_NAME.fullmatch(name) and name not in (".", "..")):
             raise GitHubDownError("GitHub listed a repository with an unexpected name")
         return f"{self.base_url}/repos/{owner}/{name}/languages"
 

@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from app.config import Settings
 from app.core.db import UnitOfWork
 from app.core.outbox import enqueue
+from app.core.types import whole
 from app.db import monitoring as queries
 from app.db.models import MonitoringAlert, MonitoringGroupKind
 from app.domains.monitoring.telegram import Rendered
@@ -83,7 +84,7 @@ Condition = NewGroup | Regression | Reopened | Escalation | Frequency | UsersAff
 
 
 class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,49}$")]
+    name: Annotated[str, msgspec.Meta(pattern=whole(r"[a-z0-9][a-z0-9_-]{0,49}"))]
     conditions: Annotated[list[Condition], msgspec.Meta(min_length=1)]
     action_interval_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)] = 3600
     kinds: list[MonitoringGroupKind] | None = None

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.core.pagination import Page
-from app.core.types import MAX_ID, Id
+from app.core.types import MAX_ID, Id, whole
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 
-ReleaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ReleaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=whole(r"[^\x00-\x1f\x7f]+"))]
 
 
 class GroupOut(msgspec.Struct, frozen=True):

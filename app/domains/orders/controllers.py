@@ -14,7 +14,7 @@ from app.core.auth import Caller, requires_admin, requires_user
 from app.core.openapi import BEARER, documents_json_body, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
-from app.core.types import MAX_ID, IdPath
+from app.core.types import MAX_ID, IdPath, whole
 from app.db.models import OrderStatus
 from app.domains.orders.payments import SIGNATURE_HEADER, PaymentEventIn, PaymentEventOut
 from app.domains.orders.schemas import OrderCreate, OrderCursor, OrderOut, PaymentRefundOut, RefundCursor
@@ -26,7 +26,7 @@ FIRST_PAGE = 2**63 - 1
 EventIdPath = Annotated[
     str,
     PathParameter(
-        min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$", description="The provider's event id"
+        min_length=1, max_length=255, pattern=whole(r"[\x21-\x7e]+"), description="The provider's event id"
     ),
 ]
 
@@ -58,7 +58,7 @@ class OrdersController(Controller):
                 name="Idempotency-Key",
                 min_length=1,
                 max_length=255,
-                pattern=r"^[\x20-\x7e]+$",
+                pattern=whole(r"[\x20-\x7e]+"),
                 description="Printable ASCII, unique per intended order (a UUID, say)",
             ),
         ],

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from app.core.errors import AppError
-from app.core.types import Id
+from app.core.types import Id, whole
 
 SIGNATURE_HEADER = "Payment-Signature"
 MAX_SIGNATURES = 8
@@ -37,16 +37,16 @@ class InvalidSignatureError(AppError):
 
 class PaymentData(msgspec.Struct, forbid_unknown_fields=True):
     order_id: Id
-    amount: Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$")]
+    amount: Annotated[str, msgspec.Meta(pattern=whole(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?"))]
     """A decimal string (e.g. ``"12.50"``): exact, unlike a JSON number."""
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+    currency: Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"))]
     payment_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
 class PaymentEventIn(msgspec.Struct, forbid_unknown_fields=True):
     """One provider event; only ``payment.succeeded`` changes anything."""
 
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=whole(r"[\x21-\x7e]+"))]
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     created: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
     data: PaymentData

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import msgspec
 
-from app.core.types import Text
+from app.core.types import Text, whole
 
 MAX_BATCH = 1000
 MAX_URL_BYTES = 2000
-SITE_KEY = r"^[A-Za-z0-9_-]+$"  # issued keys are secrets.token_urlsafe(24): 32 of these characters
+SITE_KEY = whole(r"[A-Za-z0-9_-]+")  # issued keys are secrets.token_urlsafe(24): 32 of these characters
 
 
 class PageViewIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

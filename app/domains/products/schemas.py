@@ -8,11 +8,11 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from app.core.types import NonBlank, Text
+from app.core.types import NonBlank, Text, whole
 from app.core.wire import from_row
 from app.db.models import Product
 
-Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9._-]+"))]
 Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200)]
 Description = Annotated[str, Text, msgspec.Meta(max_length=10_000)]
 MAX_PRICE = Decimal("9999999999.99")
@@ -20,7 +20,7 @@ MAX_PRICE = Decimal("9999999999.99")
 Price = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$",
+        pattern=whole(r"(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?"),
         description=f"A decimal string, 0 to {MAX_PRICE}, at most two decimals (a JSON number is refused: "
         "it could not carry the exact value)",
         examples=["12.50"],

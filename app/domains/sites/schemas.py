@@ -7,13 +7,13 @@ from typing import Annotated
 
 import msgspec
 
-from app.core.types import TimeZone
+from app.core.types import TimeZone, whole
 from app.core.wire import from_row
 from app.db.models import Site
 
 
 class SiteCreate(msgspec.Struct, forbid_unknown_fields=True):
-    domain: Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
+    domain: Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=whole(r"[A-Za-z0-9.-]+"))]
     timezone: TimeZone = TimeZone("UTC")
 
 
