@@ -294,3 +294,31 @@ def test_the_list_documents_no_422(app: Litestar) -> None:
     operation = app.openapi_schema.to_schema()["paths"]["/api/projects/{project_id}/tasks"]["get"]
     assert "422" not in operation["responses"]
     assert "updated_after=<as_of>" in operation["description"]
+
+
+async def test_a_removed_members_unassigned_tasks_are_in_the_catch_up(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    """The foreign key unassigns a removed member's tasks (no SQL of ours runs): they kept their
+    ``updated_at``, so the walk's catch-up and the ``updated`` sort never showed the change."""
+    ids = {
+        title: await make_task(
+            db, team.project, team.owner, title=title, assignee=team.editor if title == "B" else None
+        )
+        for title in ("A", "B", "C")
+    }
+    before = await patch(client, team, ids["C"], description="edited last")
+    walked = await walk(client, team, {"sort": "created"}, limit=100)
+    (as_of,) = walked.as_of
+
+    removed = await client.delete(
+        f"/api/projects/{team.project}/members/{team.editor.id}", headers=team.owner.headers
+    )
+    assert removed.status_code == 204, removed.text
+
+    assert await catch_up(client, team, as_of) == ["B"]
+    newest_first = await walk(client, team, {"sort": "updated"}, limit=100)
+    assert newest_first.titles[0] == "B", "the unassignment is the latest change"
+    task = (await client.get(f"/api/tasks/{ids['B']}", headers=team.viewer.headers)).json()
+    assert task["assignee_id"] is None
+    assert task["updated_at"] > before["updated_at"]
