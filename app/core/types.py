@@ -95,13 +95,13 @@ string and decoded by ``moment_of``: a ``datetime`` parameter also took ``0.5`` 
 def moment_of(name: str, value: str | None) -> datetime | None:
     """The moment a ``RFC3339_MOMENT`` query parameter names (UTC when it has no offset); a value the
     pattern admits but the calendar has not (``02-30``, a leap second) is a 400 naming ``query.<name>``."""
-    from app.core.errors import FieldError, InvalidFieldsError
-
     if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value.upper().replace(" ", "T").replace("Z", "+00:00"))
     except ValueError:
+        from app.core.errors import FieldError, InvalidFieldsError  # errors imports this module
+
         raise InvalidFieldsError(
             [FieldError(field=f"query.{name}", message="Not a moment of the calendar (RFC 3339)")]
         ) from None
