@@ -472,3 +472,16 @@ async def api(module_api: Client, db: AsyncConnection[Any], valkey: Valkey) -> C
 @pytest.fixture
 async def headers(api: Client, db: AsyncConnection[Any]) -> dict[str, str]:
     return (await make_user(db, api.app)).headers
+
+
+async def test_a_languages_answer_keeps_its_largest_plausible_entries(
+    fake: FakeGitHub, make_client: MakeClient
+) -> None:
+    """An answer's entries were bounded only by its body size: 5,000 of them were stored and served."""
+    many = {f"Lang{i}": i for i in range(5_000)} | {"x" * 101: 10**9, "Negative": -5}
+    fake.add_user("polyglot", [FakeRepo("r", language="Go", languages=many)])
+    async with make_client() as client:
+        (repo,), _ = await client.list_repos("polyglot", INTERACTIVE, max_repos=100)
+        kept = await client.get_languages(repo, INTERACTIVE)
+    assert kept == {f"Lang{i}": i for i in range(4_999, 4_899, -1)}
+    assert list(kept) == [f"Lang{i}" for i in range(4_999, 4_899, -1)], "largest first"

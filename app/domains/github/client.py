@@ -75,6 +75,11 @@ USERNAME_PATTERN = whole(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
 messages; the length is checked separately: at most ``MAX_USERNAME`` characters); ``whole``: not
 ``"octocat\\n"``."""
 MAX_USERNAME = 39
+MAX_LANGUAGES = 100
+"""Languages kept per repository, the largest: Linguist knows about 700 and a repository has a
+handful, but an answer's number of entries is bounded only by its body size (``GITHUB_MAX_BODY_BYTES``)."""
+MAX_LANGUAGE_NAME = 100
+"""Characters of a language name (Linguist's longest is under 40)."""
 _USERNAME = re.compile(USERNAME_PATTERN)
 _REPO_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -108,6 +113,18 @@ def max_pages(max_repos: int) -> int:
 
 def is_valid_username(name: str) -> bool:
     return 0 < len(name) <= MAX_USERNAME and _USERNAME.fullmatch(name) is not None
+
+
+def largest_languages(languages: dict[str, int]) -> dict[str, int]:
+    """A ``/languages`` answer as stored: the ``MAX_LANGUAGES`` largest entries with a plausible name
+    and a byte count (an entry with a negative count or an overlong name is dropped)."""
+    plausible = [
+        (name, size) for name, size in languages.items() if size >= 0 and 0 < len(name) <= MAX_LANGUAGE_NAME
+    ]
+    if len(plausible) == len(languages) and len(plausible) <= MAX_LANGUAGES:
+        return languages
+    plausible.sort(key=lambda entry: (-entry[1], entry[0]))
+    return dict(plausible[:MAX_LANGUAGES])
 
 
 def token_fingerprint(token: str | None) -> str:
@@ -462,12 +479,13 @@ class GitHubClient:
         self._chain_of(None, starts=False)
         url = repo.languages_url if self._is_ours(repo.languages_url) else self._languages_url(repo)
         try:
-            return (await self.get(url, dict[str, int], priority, empty={})).value
+            languages = (await self.get(url, dict[str, int], priority, empty={})).value
         except GitHubNotFoundError:
             return None
         except GitHubRefusedError as exc:
             log.info("github_repository_refused", repository=repo.full_name, reason=str(exc))
             return None
+        return largest_languages(languages)
 
     # -- the request path --------------------------------------------------------------------
 
