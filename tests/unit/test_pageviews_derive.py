@@ -32,6 +32,11 @@ WINDOWS_EDGE = (
 MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/20100101 Firefox/121.0"
 LINUX_CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+CUBOT_PHONE = (  # a phone brand holding "bot": counted as a bot, so its views left every report
+    "Mozilla/5.0 (Linux; Android 10; CUBOT_X30) AppleWebKit/537.36 Chrome/88.0 Mobile Safari/537.36"
+)
+SLACK = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"
+QWANT = "Mozilla/5.0 (compatible; Qwantify/2.4w; +https://www.qwant.com/)"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +52,9 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
         (GOOGLEBOT, "Other", "Other", "desktop", True),
         ("", "Other", "Other", "desktop", True),
         ("curl/8.4.0", "Other", "Other", "desktop", True),
+        (CUBOT_PHONE, "Chrome", "Android", "mobile", False),
+        (SLACK, "Other", "Other", "desktop", True),
+        (QWANT, "Other", "Other", "desktop", True),
     ],
 )
 def test_agents_are_classified_into_families(
@@ -71,6 +79,31 @@ def test_page_path_and_utm() -> None:
     )
     assert page == ("shop.example.com", "/sale/shoes", "newsletter", "email", "bf")
     assert parse_page("https://example.com").path == "/"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "path"),
+    [
+        ("/caf%C3%A9", "/café"),
+        ("/caf%c3%a9", "/café"),
+        ("/café", "/café"),
+        ("/%7Euser/a%2db", "/~user/a-b"),
+        ("/a%2fb%3F", "/a%2Fb%3F"),  # reserved: decoding would change the URL
+        ("/100%25", "/100%25"),
+        ("/%ff%FE", "/%FF%FE"),  # not UTF-8: kept, in one case
+        ("/a%00b%0a", "/a%00b%0A"),
+        ("/About/", "/About/"),  # case and the final slash are the server's to decide
+    ],
+)
+def test_a_path_is_stored_in_one_spelling_per_resource(spelling: str, path: str) -> None:
+    """RFC 3986 section 6.2.2: the three spellings of one page were three rows of the pages report."""
+    assert parse_page(f"https://example.com{spelling}?q=1").path == path
+
+
+@given(st.text(alphabet="%aAfF0129/é~-", max_size=30))
+def test_a_canonical_path_is_its_own_canonical_form(spelling: str) -> None:
+    path = parse_page(f"https://example.com/{spelling}").path
+    assert parse_page(f"https://example.com{path}").path == path
 
 
 def test_utm_values_are_decoded_and_a_nul_is_replaced() -> None:
