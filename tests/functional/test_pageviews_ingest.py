@@ -33,13 +33,14 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.modules import Module
 from app.core.services import open_services
+from app.core.types import NO_NUL
 from app.db import accounts as account_queries
 from app.db import pageviews as pageview_queries
 from app.db import sites as queries
 from app.db.models import UserRole
 from app.domains.pageviews.keys import SiteKeys
 from app.domains.pageviews.rows import Row
-from app.domains.pageviews.schemas import MAX_BATCH, PageView, PageViewBatch
+from app.domains.pageviews.schemas import MAX_BATCH, SITE_KEY, PageView, PageViewBatch
 from app.domains.pageviews.services import PageViewService
 from app.domains.pageviews.writers import Writer
 from app.domains.sites.services import SiteService
@@ -554,8 +555,8 @@ async def test_both_bodies_are_documented_as_required(tracker: Tracker) -> None:
     assert single["required"] is True and batch["required"] is True
     view = single["content"]["application/json"]["schema"]
     assert set(view["required"]) == {"site_key", "url"} and view["additionalProperties"] is False
-    assert view["properties"]["title"]["pattern"] == "^[^\\x00]*$"
-    assert view["properties"]["site_key"]["pattern"] == "^[A-Za-z0-9_-]+$"
+    assert view["properties"]["title"]["pattern"] == NO_NUL
+    assert view["properties"]["site_key"]["pattern"] == SITE_KEY
     items = batch["content"]["application/json"]["schema"]["properties"]["views"]
     assert items["maxItems"] == MAX_BATCH and items["items"] == view
 
