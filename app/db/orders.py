@@ -9,7 +9,7 @@ from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import args_row, scalar_row
 from psycopg.types.json import Jsonb
 
-from .models import IdempotencyKey, Order, OrderEvent, OrderItem, OrderStatus, PaymentEvent
+from .models import Order, OrderEvent, OrderItem, OrderStatus, PaymentEvent
 
 
 LOCK_USER = "select id from users where id = $1 for no key update"
@@ -204,99 +204,6 @@ async def lock_lapsed_reservation(conn: AsyncConnection[Any], *, id: int) -> Ord
     async with AsyncRawCursor(conn, row_factory=args_row(Order)) as cur:
         await cur.execute(LOCK_LAPSED_RESERVATION, (id,))
         return await cur.fetchone()
-
-
-CLAIM_IDEMPOTENCY_KEY = """\
-insert into idempotency_keys (user_id, key, request_hash, expires_at)
-values ($1, $2, $3, now() + make_interval(secs => $4::float8))
-on conflict (user_id, key) do nothing
-returning expires_at"""
-
-
-async def claim_idempotency_key(
-    conn: AsyncConnection[Any],
-    *,
-    user_id: int,
-    key: str,
-    request_hash: bytes,
-    lease_s: float,
-) -> datetime | None:
-    """A new key is claimed for a lease (returns its end, which identifies this claim); an existing key
-    returns nothing. A claim whose request died is freed when its lease ends, not after a day."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(CLAIM_IDEMPOTENCY_KEY, (user_id, key, request_hash, lease_s))
-        return await cur.fetchone()
-
-
-GET_IDEMPOTENCY_KEY = "select user_id, key, request_hash, response_status, response_body, resource_id, created_at, expires_at from idempotency_keys where user_id = $1 and key = $2"
-
-
-async def get_idempotency_key(conn: AsyncConnection[Any], *, user_id: int, key: str) -> IdempotencyKey | None:
-    async with AsyncRawCursor(conn, row_factory=args_row(IdempotencyKey)) as cur:
-        await cur.execute(GET_IDEMPOTENCY_KEY, (user_id, key))
-        return await cur.fetchone()
-
-
-DELETE_EXPIRED_IDEMPOTENCY_KEY = (
-    "delete from idempotency_keys where user_id = $1 and key = $2 and expires_at <= now()"
-)
-
-
-async def delete_expired_idempotency_key(conn: AsyncConnection[Any], *, user_id: int, key: str) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(DELETE_EXPIRED_IDEMPOTENCY_KEY, (user_id, key))
-        return cur.rowcount
-
-
-COMPLETE_IDEMPOTENCY_KEY = """\
-update idempotency_keys
-set response_status = $1, response_body = $2, resource_id = $3,
-    expires_at = now() + interval '24 hours'
-where user_id = $4 and key = $5 and response_status is null and expires_at = $6"""
-
-
-async def complete_idempotency_key(
-    conn: AsyncConnection[Any],
-    *,
-    response_status: int | None,
-    response_body: bytes | None,
-    resource_id: int | None,
-    user_id: int,
-    key: str,
-    claimed_until: datetime,
-) -> int:
-    """Only while this request's claim still holds (0 rows: its lease ended and a retry claimed the key)."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(
-            COMPLETE_IDEMPOTENCY_KEY,
-            (response_status, response_body, resource_id, user_id, key, claimed_until),
-        )
-        return cur.rowcount
-
-
-RELEASE_IDEMPOTENCY_KEY = """\
-delete from idempotency_keys
-where user_id = $1 and key = $2 and response_status is null and expires_at = $3"""
-
-
-async def release_idempotency_key(
-    conn: AsyncConnection[Any],
-    *,
-    user_id: int,
-    key: str,
-    claimed_until: datetime,
-) -> None:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(RELEASE_IDEMPOTENCY_KEY, (user_id, key, claimed_until))
-
-
-PURGE_EXPIRED_IDEMPOTENCY_KEYS = "delete from idempotency_keys where expires_at <= now()"
-
-
-async def purge_expired_idempotency_keys(conn: AsyncConnection[Any]) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_EXPIRED_IDEMPOTENCY_KEYS)
-        return cur.rowcount
 
 
 STOCK_LEDGER = """\

@@ -66,34 +66,6 @@ select * from orders
 where id = @id and status = 'reserved' and reserved_until < now()
 for update;
 
--- name: ClaimIdempotencyKey :one
--- A new key is claimed for a lease (returns its end, which identifies this claim); an existing key
--- returns nothing. A claim whose request died is freed when its lease ends, not after a day.
-insert into idempotency_keys (user_id, key, request_hash, expires_at)
-values (@user_id, @key, @request_hash, now() + make_interval(secs => @lease_s::float8))
-on conflict (user_id, key) do nothing
-returning expires_at;
-
--- name: GetIdempotencyKey :one
-select * from idempotency_keys where user_id = @user_id and key = @key;
-
--- name: DeleteExpiredIdempotencyKey :execrows
-delete from idempotency_keys where user_id = @user_id and key = @key and expires_at <= now();
-
--- name: CompleteIdempotencyKey :execrows
--- Only while this request's claim still holds (0 rows: its lease ended and a retry claimed the key).
-update idempotency_keys
-set response_status = @response_status, response_body = @response_body, resource_id = sqlc.narg(resource_id),
-    expires_at = now() + interval '24 hours'
-where user_id = @user_id and key = @key and response_status is null and expires_at = @claimed_until;
-
--- name: ReleaseIdempotencyKey :exec
-delete from idempotency_keys
-where user_id = @user_id and key = @key and response_status is null and expires_at = @claimed_until;
-
--- name: PurgeExpiredIdempotencyKeys :execrows
-delete from idempotency_keys where expires_at <= now();
-
 -- name: StockLedger :many
 -- Units held by live orders per product (for the stock invariant: stock + held = initial + adjustments).
 select oi.product_id, sum(oi.quantity)::bigint as held

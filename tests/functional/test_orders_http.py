@@ -16,10 +16,11 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.idempotency import CLAIM_LEASE_S, Idempotency
 from app.core.services import open_services
 from app.db.models import OrderStatus
 from app.domains.orders.schemas import OrderCreate, OrderLine
-from app.domains.orders.services import IDEMPOTENCY_CLAIM_LEASE_S, OrderService
+from app.domains.orders.services import OrderService
 from tests.factories import (
     COMMERCE,
     Actor,
@@ -280,7 +281,7 @@ async def test_a_claim_is_a_short_lease_until_the_order_is_placed(
     """A request that dies after its claim (a killed worker) blocks retries for the lease, not a day."""
     lease = "select extract(epoch from expires_at - now()) from idempotency_keys where key = 'lease'"
     async with placement_held_after_its_claim(shop, db, database_url, "lease") as (request, _):
-        assert 0 < await scalar(db, lease) <= IDEMPOTENCY_CLAIM_LEASE_S
+        assert 0 < await scalar(db, lease) <= CLAIM_LEASE_S
     assert (await asyncio.wait_for(request, 30)).status_code == 202
     assert await scalar(db, lease) > 23 * 3600, "a placed order's key is kept for a day"
 
@@ -716,7 +717,7 @@ async def test_expired_idempotency_keys_are_purged(
     await db.execute(
         "update idempotency_keys set expires_at = now() - interval '1 second' where key = 'old-key'"
     )
-    assert await app.state.services[OrderService].purge_expired_idempotency_keys() == 1
+    assert await app.state.services[Idempotency].purge_expired() == 1
     keys = await (
         await db.execute("select key from idempotency_keys where user_id = %s", (buyer.id,))
     ).fetchall()

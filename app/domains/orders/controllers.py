@@ -11,6 +11,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from app.core.auth import Caller, requires_admin, requires_user
+from app.core.idempotency import REPLAYED_HEADER, DocumentsIdempotency, idempotency_key_header
 from app.core.openapi import BEARER, documents_json_body, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
@@ -46,6 +47,7 @@ class OrdersController(Controller):
         "duplicate is 409 (a request that never finished holds its key for at most a minute). Answers "
         "202 with the pending order and its `Location`; poll it for `reserved` or `rejected`.",
         responses={**problems(400, 401, 409, 422, 429), 202: ResponseSpec(OrderOut, description="Accepted")},
+        operation_class=DocumentsIdempotency,
     )
     async def place_order(
         self,
@@ -53,14 +55,7 @@ class OrdersController(Controller):
         orders: Orders,
         current_user: Caller,
         idempotency_key: Annotated[
-            str,
-            HeaderParameter(
-                name="Idempotency-Key",
-                min_length=1,
-                max_length=255,
-                pattern=whole(r"[\x20-\x7e]+"),
-                description="Printable ASCII, unique per intended order (a UUID, say)",
-            ),
+            str, idempotency_key_header("Printable ASCII, unique per intended order (a UUID, say)")
         ],
     ) -> Response[bytes]:
         placed = await orders.place(current_user.id, data, idempotency_key)
@@ -70,7 +65,7 @@ class OrdersController(Controller):
             media_type=MediaType.JSON,
             headers={
                 "Location": f"/api/orders/{placed.order_id}",
-                "Idempotent-Replayed": "true" if placed.replayed else "false",
+                REPLAYED_HEADER: "true" if placed.replayed else "false",
             },
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from saq.types import Context
 
+from app.core.idempotency import Idempotency
 from app.core.services import services_of
 from app.domains.orders.services import OrderService
 
@@ -26,5 +27,6 @@ async def expire_reservations(ctx: Context) -> int:
 
 
 async def purge_idempotency_keys(ctx: Context) -> int:
-    """Daily: idempotency keys past their 24 hours are deleted."""
-    return await services_of(ctx)[OrderService].purge_expired_idempotency_keys()
+    """Daily: idempotency keys past their 24 hours are deleted, those of every route (the platform's
+    ``Idempotency``: scheduled by this module, see ``module.py``)."""
+    return await services_of(ctx)[Idempotency].purge_expired()

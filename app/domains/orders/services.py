@@ -27,6 +27,7 @@ from app.core.errors import (
     TooManyRequestsError,
     UnprocessableError,
 )
+from app.core.idempotency import Idempotency, StoredAnswer
 from app.core.outbox import enqueue
 from app.db import orders as queries
 from app.db.models import Order, OrderStatus, PaymentEvent
@@ -63,21 +64,15 @@ class OrderNotReadyError(ConflictError):
     title = "The order is not reserved yet"
 
 
-class IdempotencyKeyReusedError(UnprocessableError):
-    slug = "idempotency-key-reused"
-    title = "Idempotency key reused with a different request"
-
-
-class IdempotencyKeyInFlightError(ConflictError):
-    slug = "idempotency-key-in-flight"
-    title = "A request with this idempotency key is still being processed"
-
-
 class PlacedOrder(msgspec.Struct, frozen=True):
     status_code: int
     body: bytes
     order_id: int
     replayed: bool
+
+
+def _body_of(placed: PlacedOrder) -> bytes:
+    return placed.body
 
 
 async def _database_now(uow: UnitOfWork) -> datetime:
@@ -124,8 +119,8 @@ async def _transition(
     return updated
 
 
-IDEMPOTENCY_CLAIM_LEASE_S = 60.0
-"""How long an unfinished placement holds its Idempotency-Key: far longer than a placement takes."""
+PLACED_STATUS = 202
+"""The status of a placement's answer (the order is pending: the worker reserves its stock)."""
 
 
 def request_fingerprint(data: OrderCreate) -> bytes:
@@ -136,67 +131,39 @@ def request_fingerprint(data: OrderCreate) -> bytes:
 
 
 class OrderService:
-    def __init__(self, db: Database, settings: Settings, products: ProductService) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, products: ProductService, idempotency: Idempotency
+    ) -> None:
         self.db = db
         self.settings = settings
         self.products = products
+        self.idempotency = idempotency
 
     # -- placement (HTTP) ------------------------------------------------------------------
 
     async def place(self, user_id: int, data: OrderCreate, idempotency_key: str) -> PlacedOrder:
         """Store the order as pending and its reservation request in one transaction.
 
-        The idempotency key is claimed first in its own committed transaction: a concurrent
-        duplicate then sees the claim (409), a later one the stored response (replayed), and a
-        different body under the same key is refused (422). A failure releases the claim. The claim
-        is a lease of ``IDEMPOTENCY_CLAIM_LEASE_S``: a request that died (a killed worker, a lost
-        database) holds its key that long, not a day; the placement commits only while its own
-        claim still holds, so a retry after the lease can never place the order a second time.
+        The idempotency key (``app.core.idempotency``) is claimed first in its own committed
+        transaction: a concurrent duplicate then sees the claim (409), a later one the stored response
+        (replayed), and a different cart under the same key is refused (422). The placement completes
+        the claim in its own transaction, so the order and the stored answer commit together; a
+        failure releases the claim. The claim is a short lease: a request that died holds its key
+        that long, not a day, and a placement that outlived it is rolled back.
         """
-        request_hash = request_fingerprint(data)
-        async with self.db.transaction() as uow:
-            await queries.delete_expired_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
-            claimed_until = await queries.claim_idempotency_key(
-                uow.conn,
-                user_id=user_id,
-                key=idempotency_key,
-                request_hash=request_hash,
-                lease_s=IDEMPOTENCY_CLAIM_LEASE_S,
+        claimed = await self.idempotency.claim(
+            user_id, idempotency_key, request_fingerprint(data), status_code=PLACED_STATUS, encode=_body_of
+        )
+        if isinstance(claimed, StoredAnswer):
+            return PlacedOrder(
+                status_code=claimed.status_code,
+                body=claimed.body,
+                order_id=claimed.resource_id or 0,
+                replayed=True,
             )
-            if claimed_until is None:
-                existing = await queries.get_idempotency_key(uow.conn, user_id=user_id, key=idempotency_key)
-                if existing is None:  # the claim we met was released meanwhile
-                    raise IdempotencyKeyInFlightError("Retry when the first request has finished.")
-                if existing.request_hash != request_hash:
-                    raise IdempotencyKeyReusedError("This Idempotency-Key was used with a different body.")
-                if existing.response_status is None or existing.response_body is None:
-                    raise IdempotencyKeyInFlightError("Retry when the first request has finished.")
-                return PlacedOrder(
-                    status_code=existing.response_status,
-                    body=existing.response_body,
-                    order_id=existing.resource_id or 0,
-                    replayed=True,
-                )
-        try:
-            async with self.db.transaction() as uow:
-                placed = await self._place(uow, user_id, data)
-                completed = await queries.complete_idempotency_key(
-                    uow.conn,
-                    response_status=placed.status_code,
-                    response_body=placed.body,
-                    resource_id=placed.order_id,
-                    user_id=user_id,
-                    key=idempotency_key,
-                    claimed_until=claimed_until,
-                )
-                if not completed:  # rolls the placement back
-                    raise IdempotencyKeyInFlightError("This request outlived its claim on the key; retry.")
-        except BaseException:
-            async with self.db.transaction() as uow:
-                await queries.release_idempotency_key(
-                    uow.conn, user_id=user_id, key=idempotency_key, claimed_until=claimed_until
-                )
-            raise
+        async with self.idempotency.releasing(claimed), self.db.transaction() as uow:
+            placed = await self._place(uow, user_id, data)
+            await claimed.complete(uow, placed, resource_id=placed.order_id)
         return placed
 
     async def _place(self, uow: UnitOfWork, user_id: int, data: OrderCreate) -> PlacedOrder:
@@ -249,7 +216,7 @@ class OrderService:
         )
         items = await queries.get_order_items(uow.conn, order_id=order.id)
         body = msgspec.json.encode(OrderOut.build(order, items))
-        return PlacedOrder(status_code=202, body=body, order_id=order.id, replayed=False)
+        return PlacedOrder(status_code=PLACED_STATUS, body=body, order_id=order.id, replayed=False)
 
     async def _refuse_hoarding(self, uow: UnitOfWork, user_id: int, wanted: dict[int, int]) -> None:
         """Free accounts must not hold a product's stock hostage (review M6): a user's open orders
@@ -360,14 +327,6 @@ class OrderService:
             await self._release_stock(uow, order_id)
             await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
             return True
-
-    async def purge_expired_idempotency_keys(self) -> int:
-        """Delete idempotency keys past their 24 hours (cron); returns how many."""
-        async with self.db.transaction() as uow:
-            purged = await queries.purge_expired_idempotency_keys(uow.conn)
-        if purged:
-            log.info("idempotency_keys_purged", count=purged)
-        return purged
 
     # -- the buyer's and the admin's actions ------------------------------------------------------
 

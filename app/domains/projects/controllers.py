@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Response, delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.auth import Caller, requires_user
+from app.core.idempotency import (
+    IDEMPOTENCY_DESCRIPTION,
+    DocumentsIdempotency,
+    Idempotent,
+    OptionalIdempotencyKey,
+)
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.preconditions import (
@@ -71,14 +78,28 @@ class ProjectsController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a project (the caller becomes its owner)",
         description="A user may have created at most `PROJECTS_PER_USER_MAX` projects (100 by default) "
-        "that still exist; one more is a 409 (`project-limit`) until one of them is deleted.",
-        responses=problems(400, 401, 409, 429),
+        "that still exist; one more is a 409 (`project-limit`) until one of them is deleted. "
+        + IDEMPOTENCY_DESCRIPTION,
+        operation_class=DocumentsIdempotency,
+        responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(ProjectOut, description="Created")},
     )
     async def create_project(
-        self, data: JSONBody[ProjectCreate], projects: Projects, current_user: Caller
-    ) -> ProjectOut:
-        project = await projects.create(current_user.id, data)
-        return ProjectOut.from_row(project, ProjectRole.OWNER)
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ProjectCreate],
+        projects: Projects,
+        idempotency: Idempotent,
+        current_user: Caller,
+        idempotency_key: OptionalIdempotencyKey = None,
+    ) -> Response[bytes]:
+        return await idempotency.respond(
+            request,
+            current_user.id,
+            idempotency_key,
+            data,
+            lambda claim: projects.create(current_user.id, data, claim=claim),
+            lambda project: ProjectOut.from_row(project, ProjectRole.OWNER),
+        )
 
     @get(
         "/{project_id:int}",

@@ -29,6 +29,7 @@ from functools import partial
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError
+from app.core.idempotency import IdempotencyClaim
 from app.core.preconditions import IfMatch, require_match
 from app.core.wire import from_row
 from app.db import projects as queries
@@ -136,9 +137,12 @@ class ProjectService:
 
     # -- projects -------------------------------------------------------------------------------
 
-    async def create(self, actor: int, data: ProjectCreate) -> Project:
+    async def create(
+        self, actor: int, data: ProjectCreate, *, claim: IdempotencyClaim[Project] | None = None
+    ) -> Project:
         """The creator becomes the project's first owner. A user has created at most
-        ``PROJECTS_PER_USER_MAX`` projects that still exist (each may invite people: no flood)."""
+        ``PROJECTS_PER_USER_MAX`` projects that still exist (each may invite people: no flood).
+        ``claim``: the request's idempotency key, completed in this transaction."""
         async with self.db.transaction() as uow:
             await queries.lock_project_creator(uow.conn, owner_id=actor)
             created = await queries.count_created_projects(uow.conn, owner_id=actor)
@@ -160,6 +164,8 @@ class ProjectService:
                 project_id=project.id,
                 data={"name": project.name},
             )
+            if claim is not None:
+                await claim.complete(uow, project, resource_id=project.id)
             return project
 
     async def get(self, actor: int, project_id: int) -> tuple[Project, ProjectRole]:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from litestar import delete, get, post
+from typing import Any
+
+from litestar import Request, Response, delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.auth import Caller, requires_user
+from app.core.idempotency import (
+    IDEMPOTENCY_DESCRIPTION,
+    DocumentsIdempotency,
+    Idempotent,
+    OptionalIdempotencyKey,
+)
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
@@ -28,10 +37,27 @@ class SitesController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Track a site (returns its public ingest key)",
-        responses=problems(400, 401, 409, 429),
+        description=IDEMPOTENCY_DESCRIPTION,
+        operation_class=DocumentsIdempotency,
+        responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(SiteOut, description="Created")},
     )
-    async def create_site(self, data: JSONBody[SiteCreate], sites: Sites, current_user: Caller) -> SiteOut:
-        return SiteOut.from_row(await sites.create(current_user.id, data))
+    async def create_site(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[SiteCreate],
+        sites: Sites,
+        idempotency: Idempotent,
+        current_user: Caller,
+        idempotency_key: OptionalIdempotencyKey = None,
+    ) -> Response[bytes]:
+        return await idempotency.respond(
+            request,
+            current_user.id,
+            idempotency_key,
+            data,
+            lambda claim: sites.create(current_user.id, data, claim=claim),
+            SiteOut.from_row,
+        )
 
     @get("/", summary="Your sites (admins: all)", responses=problems(400, 401, 429))
     async def list_sites(

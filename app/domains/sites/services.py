@@ -23,6 +23,7 @@ from app.config import Settings
 from app.core.auth import CurrentUser
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
+from app.core.idempotency import IdempotencyClaim
 from app.core.revocations import Revocations
 from app.db import sites as queries
 from app.db.models import Site
@@ -71,9 +72,13 @@ class SiteService:
 
     # -- sites ----------------------------------------------------------------------------------
 
-    async def create(self, owner_id: int, data: SiteCreate) -> Site:
+    async def create(
+        self, owner_id: int, data: SiteCreate, *, claim: IdempotencyClaim[Site] | None = None
+    ) -> Site:
         """A new site with a fresh public ingest key (what its tracker sends); at most
-        ``SITES_PER_USER_MAX`` per owner (free accounts cannot mint unlimited ingest keys)."""
+        ``SITES_PER_USER_MAX`` per owner (free accounts cannot mint unlimited ingest keys).
+        ``claim``: the request's idempotency key, completed in this transaction (a replay answers
+        the same ingest key)."""
         async with self.db.transaction() as uow:
             await queries.lock_site_owner(uow.conn, owner_id=owner_id)
             owned = await queries.count_owned_sites(uow.conn, owner_id=owner_id)
@@ -87,6 +92,8 @@ class SiteService:
                 timezone=str(data.timezone),
             )
             assert site is not None
+            if claim is not None:
+                await claim.complete(uow, site, resource_id=site.id)
             return site
 
     async def list_sites(self, caller: CurrentUser, *, after_id: int, limit: int) -> list[Site]:

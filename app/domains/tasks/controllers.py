@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import MediaType, Response, delete, get, patch, post
+from litestar import MediaType, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
@@ -13,6 +13,12 @@ from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.auth import Caller, requires_user
+from app.core.idempotency import (
+    IDEMPOTENCY_DESCRIPTION,
+    DocumentsIdempotency,
+    Idempotent,
+    OptionalIdempotencyKey,
+)
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decode_cursor, paginate
 from app.core.preconditions import (
@@ -138,12 +144,31 @@ class ProjectTasksController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Create a task (editors)",
-        responses=problems(400, 401, 403, 404, 422, 429),
+        description=IDEMPOTENCY_DESCRIPTION,
+        operation_class=DocumentsIdempotency,
+        responses={
+            **problems(400, 401, 403, 404, 409, 422, 429),
+            201: ResponseSpec(TaskOut, description="Created"),
+        },
     )
     async def create_task(
-        self, project_id: IdPath, data: JSONBody[TaskCreate], tasks: Tasks, current_user: Caller
-    ) -> TaskOut:
-        return TaskOut.from_row(await tasks.create(current_user.id, project_id, data))
+        self,
+        request: Request[Any, Any, Any],
+        project_id: IdPath,
+        data: JSONBody[TaskCreate],
+        tasks: Tasks,
+        idempotency: Idempotent,
+        current_user: Caller,
+        idempotency_key: OptionalIdempotencyKey = None,
+    ) -> Response[bytes]:
+        return await idempotency.respond(
+            request,
+            current_user.id,
+            idempotency_key,
+            data,
+            lambda claim: tasks.create(current_user.id, project_id, data, claim=claim),
+            TaskOut.from_row,
+        )
 
 
 class TasksController(Controller):
@@ -216,12 +241,31 @@ class TasksController(Controller):
         "/comments",
         status_code=HTTP_201_CREATED,
         summary="Comment on a task (editors)",
-        responses=problems(400, 401, 403, 404, 429),
+        description=IDEMPOTENCY_DESCRIPTION,
+        operation_class=DocumentsIdempotency,
+        responses={
+            **problems(400, 401, 403, 404, 409, 422, 429),
+            201: ResponseSpec(CommentOut, description="Created"),
+        },
     )
     async def add_comment(
-        self, task_id: IdPath, data: JSONBody[CommentCreate], tasks: Tasks, current_user: Caller
-    ) -> CommentOut:
-        return CommentOut.from_row(await tasks.add_comment(current_user.id, task_id, data.body))
+        self,
+        request: Request[Any, Any, Any],
+        task_id: IdPath,
+        data: JSONBody[CommentCreate],
+        tasks: Tasks,
+        idempotency: Idempotent,
+        current_user: Caller,
+        idempotency_key: OptionalIdempotencyKey = None,
+    ) -> Response[bytes]:
+        return await idempotency.respond(
+            request,
+            current_user.id,
+            idempotency_key,
+            data,
+            lambda claim: tasks.add_comment(current_user.id, task_id, data.body, claim=claim),
+            CommentOut.from_row,
+        )
 
     @patch(
         "/comments/{comment_id:int}", summary="Edit your comment", responses=problems(400, 401, 403, 404, 429)

@@ -14,6 +14,7 @@ import msgspec
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ForbiddenError, NotFoundError, UnprocessableError
+from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.preconditions import IfMatch, require_match
 from app.core.wire import from_row
@@ -84,11 +85,14 @@ class TaskService:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    async def create(self, actor: int, project_id: int, data: TaskCreate) -> Task:
+    async def create(
+        self, actor: int, project_id: int, data: TaskCreate, *, claim: IdempotencyClaim[Task] | None = None
+    ) -> Task:
         """The new task goes last: its position is the project's next. Creations in one project take
         turns for it (``lock_task_positions``, after the project and the assignee's membership, in
         a deletion's order), so tasks created at the same time get distinct positions; creations in
-        other projects, and every other change, do not wait."""
+        other projects, and every other change, do not wait. ``claim``: the request's idempotency
+        key, completed in this transaction."""
         async with self.db.transaction() as uow:
             await self.projects.require_role(uow, actor, project_id, ProjectRole.EDITOR, keep_project=True)
             if data.assignee_id is not None:
@@ -124,6 +128,8 @@ class TaskService:
                     project_id=project_id,
                     data={"assignee_id": task.assignee_id, "title": task.title},
                 )
+            if claim is not None:
+                await claim.complete(uow, task, resource_id=task.id)
             return task
 
     async def get(self, actor: int, task_id: int) -> queries.GetTaskWithRoleRow:
@@ -383,7 +389,10 @@ class TaskService:
             )
             return [from_row(CommentOut, row) for row in rows]
 
-    async def add_comment(self, actor: int, task_id: int, body: str) -> Comment:
+    async def add_comment(
+        self, actor: int, task_id: int, body: str, *, claim: IdempotencyClaim[Comment] | None = None
+    ) -> Comment:
+        """``claim``: the request's idempotency key, completed in this transaction."""
         async with self.db.transaction() as uow:
             task = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
             comment = await comment_queries.create_comment(
@@ -398,6 +407,8 @@ class TaskService:
                 project_id=task.project_id,
                 data={"task_id": task_id, "title": task.title},
             )
+            if claim is not None:
+                await claim.complete(uow, comment, resource_id=comment.id)
             return comment
 
     async def edit_comment(self, actor: int, task_id: int, comment_id: int, body: str) -> Comment:
