@@ -47,6 +47,16 @@ LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 """Pauses before each new try of a run that hit a migration's lock timeout (about a minute in all)."""
 
 
+APPLIED_VERSION = "select max(version) from schema_migrations"
+"""The newest migration applied to a database (dbmate's table; an error when none ever ran)."""
+
+
+def newest_migration(migrations_dir: Path = MIGRATIONS_DIR) -> str:
+    """The version of the newest migration file (its timestamp prefix): the schema this code needs.
+    A database at this version or newer serves it (a newer one during a rolling deploy)."""
+    return max(path.name.split("_", 1)[0] for path in migrations_dir.glob("*.sql"))
+
+
 class MigrationLockTimeoutError(RuntimeError):
     """A migration gave up waiting for a lock (its ``lock_timeout``): tried again later.
     ``applied``: dbmate's lines for the migrations it applied before it; ``migration``: its file."""
