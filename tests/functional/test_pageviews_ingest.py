@@ -259,6 +259,8 @@ BAD_VIEWS: list[tuple[str, Callable[[Tracker], bytes], set[str]]] = [
     ("ts not a time", lambda t: json.dumps(t.view(ts="yesterday")).encode(), {"ts"}),
     ("unclosed IPv6 host", lambda t: json.dumps(t.view(url="http://[::1/x")).encode(), {"url"}),
     ("NFKC-invalid host", lambda t: json.dumps(t.view(url="http://a\uff03b/")).encode(), {"url"}),
+    ("relative url", lambda t: json.dumps(t.view(url="/relative/path")).encode(), {"url"}),
+    ("url without a host", lambda t: json.dumps(t.view(url="mailto:a@example.com")).encode(), {"url"}),
     ("bad referrer", lambda t: json.dumps(t.view(referrer="http://a]b/")).encode(), {"referrer"}),
     ("NUL in url", lambda t: json.dumps(t.view(url="https://a/\u0000")).encode(), {"url"}),
     ("NUL in title", lambda t: json.dumps(t.view(title="a\u0000b")).encode(), {"title"}),
@@ -309,6 +311,7 @@ async def test_a_bad_view_is_a_400_naming_the_field(
         ({"referrer": "\u0000"}, {"views[3].referrer"}),
         ({"ts": "2026-11-30T10:00:00"}, {"views[3].ts"}),
         ({"url": "http://[::1/x"}, {"views[3].url"}),
+        ({"url": "/relative/path"}, {"views[3].url"}),
         ({"referrer": "http://a]b/"}, {"views[3].referrer"}),
     ],
 )

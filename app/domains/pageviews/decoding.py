@@ -85,9 +85,13 @@ def _decode_slowly(contract: Any, fast: type[T], body: bytes, refused: Exception
     raise InvalidFieldsError(errors or [FieldError(field="body", message=str(refused))]) from refused
 
 
+NO_HOST = "Not the page's absolute address (https://host/path): a page without its host has no site"
+
+
 def parse_views(views: list[PageView], *, batched: bool) -> list[tuple[Page, str, str]]:
     """(page, referrer host, referrer source) of every view, or one ``InvalidFieldsError`` naming
-    every field the Struct cannot check: a URL or referrer that cannot be split, a URL longer than
+    every field the Struct cannot check: a URL or referrer that cannot be split, a URL without a host
+    (a relative one: its internal referrers would count as other sites), a URL longer than
     ``MAX_URL_BYTES`` in UTF-8."""
     parsed: list[tuple[Page, str, str]] = []
     errors: list[FieldError] = []
@@ -103,6 +107,9 @@ def parse_views(views: list[PageView], *, batched: bool) -> list[tuple[Page, str
                 errors.append(
                     FieldError(field=_named("url", index, batched), message=f"Not a valid URL: {exc}")
                 )
+            else:
+                if not page.host:
+                    errors.append(FieldError(field=_named("url", index, batched), message=NO_HOST))
         try:
             parsed.append((page, *referrer_source(referrer, page.host)))
         except ValueError as exc:
