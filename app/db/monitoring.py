@@ -1546,16 +1546,6 @@ async def orders_between(
         return await cur.fetchone()
 
 
-PAGE_VIEWS_BETWEEN = "select coalesce(sum(pageviews), 0)::bigint as pageviews from page_view_hourly where hour >= $1 and hour < $2"
-
-
-async def page_views_between(conn: AsyncConnection[Any], *, since: datetime, until: datetime) -> int | None:
-    """From the hourly rollups (the last minute or so may not be rolled up yet)."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(PAGE_VIEWS_BETWEEN, (since, until))
-        return await cur.fetchone()
-
-
 PURGE_EVENTS_BEFORE = "delete from monitoring_events where occurred_at < $1"
 
 

@@ -498,10 +498,6 @@ select count(*)::bigint as signups from users where created_at >= @since and cre
 select count(*)::bigint as orders, coalesce(sum(total) filter (where status in ('reserved', 'paid', 'fulfilled')), 0)::numeric as revenue
 from orders where created_at >= @since and created_at < @until;
 
--- name: PageViewsBetween :one
--- From the hourly rollups (the last minute or so may not be rolled up yet).
-select coalesce(sum(pageviews), 0)::bigint as pageviews from page_view_hourly where hour >= @since and hour < @until;
-
 -- name: PurgeEventsBefore :execrows
 delete from monitoring_events where occurred_at < @before;
 

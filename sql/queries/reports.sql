@@ -130,7 +130,8 @@ select
 from rolled, visitors, visits;
 
 -- name: ReportTimeseries :many
--- Every bucket of the range (local hours or days of @tz, empty ones included), oldest first.
+-- Every bucket of the range (local hours or days of @tz, empty ones included), oldest first, with its
+-- label (the local day, or the local hour and its UTC offset) from the date_trunc that made the bucket.
 with raw as materialized (
     select date_trunc(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
@@ -167,6 +168,14 @@ visits as (
     group by 1
 )
 select b.bucket::timestamptz as bucket,
+    case @unit::text
+        when 'day' then to_char(b.bucket at time zone @tz::text, 'YYYY-MM-DD')
+        else to_char(b.bucket at time zone @tz::text, 'YYYY-MM-DD"T"HH24:MI') || (
+            select case when o.offset_ < interval '0' then '-' || to_char(-o.offset_, 'HH24:MI')
+                else '+' || to_char(o.offset_, 'HH24:MI') end
+            from (select (b.bucket at time zone @tz::text) - (b.bucket at time zone 'UTC') as offset_) o
+        )
+    end::text as label,
     coalesce(views.views, 0)::bigint as pageviews,
     coalesce(visitors.visitors, 0)::bigint as visitors,
     coalesce(visits.visits, 0)::bigint as visits
@@ -177,7 +186,8 @@ left join visits on visits.bucket = b.bucket
 order by b.bucket;
 
 -- name: ReportBreakdown :many
--- Views (bots excluded) per value of @dimension, most viewed first, then by value.
+-- Views (bots excluded) per value of @dimension, most viewed first, then by value; after the position
+-- (@after_views, @after_value) when given (keyset: the next page starts after the last row shown).
 with raw as materialized (
     select case @dimension::text
             when 'path' then r.path
@@ -198,17 +208,48 @@ select x.value::text as value, sum(x.views)::bigint as views from (
 ) x
 where not (@skip_empty::boolean and x.value = '')
 group by x.value
+having sqlc.narg(after_views)::bigint is null
+    or sum(x.views) < sqlc.narg(after_views)::bigint
+    or (sum(x.views) = sqlc.narg(after_views)::bigint and x.value > sqlc.narg(after_value)::text)
 order by views desc, x.value
 limit @row_limit;
 
 -- name: ReportEntryPages :many
--- Visits per entry path (the first page of the visit), with how many of them bounced.
+-- Visits per entry path (the first page of the visit), with how many of them bounced; most visits
+-- first, then by path, after the position (@after_visits, @after_path) when given.
 select v.entry_path::text as path, count(*)::bigint as visits,
     count(*) filter (where v.pageviews = 1)::bigint as bounces
 from analytics_visits(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz) v
 group by v.entry_path
+having sqlc.narg(after_visits)::bigint is null
+    or count(*) < sqlc.narg(after_visits)::bigint
+    or (count(*) = sqlc.narg(after_visits)::bigint and v.entry_path > sqlc.narg(after_path)::text)
 order by visits desc, path
 limit @row_limit;
+
+-- name: LocalToday :one
+-- The local date in @tz at @now. PostgreSQL's time-zone data is the one the reports' zone arithmetic
+-- uses (today, the range's instants, the buckets and their labels): two databases could disagree.
+select ((@now::timestamptz) at time zone (@tz::text))::date as today;
+
+-- name: ReportBounds :one
+-- The instants of the local days @first_day .. @last_day of @tz, and the first local day of @tz that
+-- starts at or after @kept_from (the retention's boundary: earlier days are partly or wholly purged).
+with kept as (
+    select ((@kept_from::timestamptz) at time zone (@tz::text))::date as local_day
+)
+select ((@first_day::date)::timestamp at time zone (@tz::text))::timestamptz as range_from,
+    (((@last_day::date) + 1)::timestamp at time zone (@tz::text))::timestamptz as range_to,
+    (case when ((kept.local_day)::timestamp at time zone (@tz::text)) >= (@kept_from::timestamptz)
+        then kept.local_day else kept.local_day + 1 end)::date as first_day_kept
+from kept;
+
+-- name: PageViewsReceived :one
+-- The views (bots excluded) of every site received in [received_from, received_to): raw rows, kept for
+-- the retention (at least two days) and found through the BRIN index on received_at.
+select count(*)::bigint as pageviews
+from page_views
+where received_at >= @received_from and received_at < @received_to and not is_bot;
 
 -- name: CurrentVisitors :one
 select count(distinct visitor_id)::bigint as visitors

@@ -9,11 +9,16 @@ from app.domains.monitoring.crons import specs_from_modules
 from app.domains.monitoring.hooks import after_job, before_job, capture_request_exception, observe_request
 from app.domains.monitoring.jobs import deliver_alerts, run_monitoring_checks
 from app.domains.monitoring.services import MonitoringService
+from app.domains.reports.services import ReportService
 
 
 def _service(services: Services) -> MonitoringService:
     return MonitoringService(
-        services.db, services.settings, services.valkey, crons=specs_from_modules(services.modules)
+        services.db,
+        services.settings,
+        services.valkey,
+        crons=specs_from_modules(services.modules),
+        reports=services.get(ReportService),  # absent in an assembly of monitoring alone (tests)
     )
 
 

@@ -92,6 +92,7 @@ from app.domains.monitoring.performance import Performance, RouteLatency
 from app.domains.monitoring.report import build_report, report_period
 from app.domains.monitoring.scrub import scrub_text
 from app.domains.monitoring.telegram import TelegramClient
+from app.domains.reports.services import ReportService
 
 log = structlog.get_logger("app.monitoring")
 
@@ -168,9 +169,12 @@ class MonitoringService:
         *,
         crons: Sequence[CronSpec] = (),
         clock: Callable[[], float] = time.time,
+        reports: ReportService | None = None,
     ) -> None:
         assert settings.database_url is not None
         self.db = db
+        self.reports = reports
+        """The daily report's page views, counted by the reports domain (None: the report says n/a)."""
         self.settings = settings
         self.valkey = valkey
         self.clock = clock
@@ -617,7 +621,8 @@ class MonitoringService:
         async with self.db.transaction() as uow:
             if await queries.claim_report(uow.conn, day=day) is None:
                 return None
-            rendered = await build_report(uow.conn, day, since, until, self.environment)
+            pageviews = await self.reports.total_pageviews(uow, since, until) if self.reports else None
+            rendered = await build_report(uow.conn, day, since, until, self.environment, pageviews=pageviews)
             alert = await alerts.record_alert(
                 uow,
                 self.channel,

@@ -23,7 +23,7 @@ from app.domains.reports.schemas import (
     SummaryOut,
     TimeseriesOut,
 )
-from app.domains.reports.services import ReportService
+from app.domains.reports.services import RANK_CURSOR_MAX_LENGTH, RANK_CURSOR_PATTERN, ReportService
 
 Reports = NamedDependency[ReportService]
 Window = NamedDependency[ReportRange]
@@ -38,7 +38,10 @@ PeriodParam = Annotated[
 FromParam = Annotated[
     str | None,
     QueryParameter(
-        name="from", format=OpenAPIFormat.DATE, description="First local day (period=custom only)"
+        name="from",
+        format=OpenAPIFormat.DATE,
+        description="First local day (period=custom only). Not before the first local day still kept "
+        "whole (`ANALYTICS_RETENTION_DAYS` UTC days back): an earlier one is a 400 giving that day.",
     ),
 ]
 ToParam = Annotated[
@@ -52,10 +55,27 @@ TzParam = Annotated[
     QueryParameter(description="IANA time zone of the day boundaries (default: the site's)"),
 ]
 LimitParam = Annotated[int, QueryParameter(ge=1, le=100, description="At most this many rows (max 100)")]
+RankCursorParam = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=RANK_CURSOR_PATTERN,
+        min_length=1,
+        max_length=RANK_CURSOR_MAX_LENGTH,
+        description="Resume after this position: the previous page's `next_cursor` (`<count>.<value "
+        "as unpadded base64url>`; anything else is a 400 `invalid-cursor`).",
+    ),
+]
+PAGED_DOC = (
+    " Paged by `limit` and `cursor`: `next_cursor` continues after the last row shown (null on the last"
+    " page), on the order shown."
+)
 
 RANGE_DOC = (
-    " Bots are excluded. The period is made of local days of `tz`; the answer may lag the data by a "
-    "few seconds (cached)."
+    " Bots are excluded. The period is made of local days of `tz` (the database's time-zone data decides "
+    "where they start and how buckets are labelled); the answer may lag the data by a few seconds "
+    "(cached). A custom period starting before the first day still kept (`ANALYTICS_RETENTION_DAYS`) is "
+    "a 400 problem naming `query.from`, whose message gives the first day kept; 7d and 30d start at "
+    "that day when the retention is shorter (see `range.first_day`)."
 )
 
 
@@ -112,56 +132,101 @@ class SiteReportsController(Controller):
     ) -> TimeseriesOut:
         return await reports.timeseries(site_id, window, interval)
 
-    @get("/pages", summary="Top pages by views", description=RANGE_DOC, responses=problems(401, 404, 429))
+    @get(
+        "/pages",
+        summary="Top pages by views",
+        description="Most viewed first, then by path." + PAGED_DOC + RANGE_DOC,
+        responses=problems(401, 404, 429),
+    )
     async def pages(
-        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
+        self,
+        site_id: IdPath,
+        reports: Reports,
+        window: Window,
+        limit: LimitParam = 10,
+        cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "path", limit)
+        return await reports.breakdown(site_id, window, "path", limit, cursor)
 
     @get(
         "/referrers",
         summary="Top referrer sources by views",
-        description="An empty source is direct traffic." + RANGE_DOC,
+        description="An empty source is direct traffic." + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def referrers(
-        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
+        self,
+        site_id: IdPath,
+        reports: Reports,
+        window: Window,
+        limit: LimitParam = 10,
+        cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "referrer_source", limit)
+        return await reports.breakdown(site_id, window, "referrer_source", limit, cursor)
 
     @get(
         "/campaigns",
         summary="Top UTM campaigns by views",
-        description="Views without a campaign are not listed." + RANGE_DOC,
+        description="Views without a campaign are not listed." + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def campaigns(
-        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
+        self,
+        site_id: IdPath,
+        reports: Reports,
+        window: Window,
+        limit: LimitParam = 10,
+        cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "utm_campaign", limit)
+        return await reports.breakdown(site_id, window, "utm_campaign", limit, cursor)
 
-    @get("/devices", summary="Views by device type", description=RANGE_DOC, responses=problems(401, 404, 429))
+    @get(
+        "/devices",
+        summary="Views by device type",
+        description=PAGED_DOC + RANGE_DOC,
+        responses=problems(401, 404, 429),
+    )
     async def devices(
-        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
+        self,
+        site_id: IdPath,
+        reports: Reports,
+        window: Window,
+        limit: LimitParam = 10,
+        cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "device", limit)
+        return await reports.breakdown(site_id, window, "device", limit, cursor)
 
-    @get("/browsers", summary="Views by browser", description=RANGE_DOC, responses=problems(401, 404, 429))
+    @get(
+        "/browsers",
+        summary="Views by browser",
+        description=PAGED_DOC + RANGE_DOC,
+        responses=problems(401, 404, 429),
+    )
     async def browsers(
-        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
+        self,
+        site_id: IdPath,
+        reports: Reports,
+        window: Window,
+        limit: LimitParam = 10,
+        cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "browser", limit)
+        return await reports.breakdown(site_id, window, "browser", limit, cursor)
 
     @get(
         "/entry-pages",
         summary="Entry pages: the first page of the visits that start in the period",
-        description=RANGE_DOC,
+        description="Most visits first, then by path." + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def entry_pages(
-        self, site_id: IdPath, reports: Reports, window: Window, limit: LimitParam = 10
+        self,
+        site_id: IdPath,
+        reports: Reports,
+        window: Window,
+        limit: LimitParam = 10,
+        cursor: RankCursorParam = None,
     ) -> EntryPagesOut:
-        return await reports.entry_pages(site_id, window, limit)
+        return await reports.entry_pages(site_id, window, limit, cursor)
 
     @get(
         "/current-visitors",

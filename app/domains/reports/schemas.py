@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -57,6 +57,17 @@ class BreakdownOut(msgspec.Struct, frozen=True):
     range: ReportRange
     dimension: Dimension
     items: list[BreakdownItem]
+    next_cursor: str | None = None
+
+
+class RankCursor(msgspec.Struct, frozen=True):
+    """The position of a breakdown's (or the entry pages') last row shown: its count and its value,
+    as unpadded base64url of its UTF-8 (a value may hold any character, dots included), so that the
+    cursor reads ``<count>.<value>``. ``app.core.pagination``'s cursors hold integers and literals only.
+    """
+
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    value_b64: str
 
 
 class EntryPageItem(msgspec.Struct, frozen=True):
@@ -69,6 +80,7 @@ class EntryPageItem(msgspec.Struct, frozen=True):
 class EntryPagesOut(msgspec.Struct, frozen=True):
     range: ReportRange
     items: list[EntryPageItem]
+    next_cursor: str | None = None
 
 
 class CurrentVisitorsOut(msgspec.Struct, frozen=True):

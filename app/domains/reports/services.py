@@ -16,23 +16,44 @@ moves in the transaction that adds the hour, so a run that fails or repeats adds
 
 Periods are local days of a time zone (the site's by default). Rollup hours that do not lie inside
 one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata) are read raw.
+
+One time-zone database. The buckets are PostgreSQL's ``date_trunc(unit, ts, tz)``, so every other
+piece of zone arithmetic of a report is PostgreSQL's too: today's date (``LocalToday``), the instants
+of the period's first and last local day (``ReportBounds``) and the buckets' labels (in
+``ReportTimeseries``, from the same ``date_trunc``). Python's ``zoneinfo`` (its own tzdata, which may
+be newer or older than the database's: America/Asuncion since 2024b) only checks that a name is a
+zone. ``resolve_range``'s ``start``/``end`` are Python's estimate; every answer carries the database's.
+
+The retention. A custom period that starts before the first local day still wholly kept
+(``retention_first_day``, a UTC day, read in the report's zone) is refused (400 naming ``from``), not
+answered with zeros for the days already purged; 7d and 30d start at that day when the retention is
+shorter (the answer's ``first_day`` says so).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 
+import msgspec
 import psycopg
 import structlog
 from litestar.exceptions import ValidationException
 
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
-from app.core.db import Database
+from app.core.db import Database, UnitOfWork
+from app.core.pagination import InvalidCursorError, paginate
+from app.core.types import whole
 from app.db import reports as queries
+from app.domains.pageviews.schemas import MAX_URL_BYTES
 from app.domains.pageviews.services import retention_first_day
 from app.domains.reports.schemas import (
     BreakdownItem,
@@ -43,6 +64,7 @@ from app.domains.reports.schemas import (
     EntryPagesOut,
     Interval,
     Period,
+    RankCursor,
     ReportRange,
     SummaryOut,
     TimeseriesOut,
@@ -64,6 +86,10 @@ CURRENT_WINDOW = timedelta(minutes=5)
 BUCKET_STEP = {"hour": timedelta(minutes=15), "day": timedelta(hours=1)}
 # Empty values mean "none": direct traffic is a referrer source worth listing, "no campaign" is not.
 SKIP_EMPTY: dict[str, bool] = {"utm_campaign": True}
+# A value comes from a URL or a referrer: at most MAX_URL_BYTES characters, 4 bytes each in UTF-8.
+MAX_VALUE_BYTES = 4 * MAX_URL_BYTES
+RANK_CURSOR_MAX_LENGTH = 16 + 1 + math.ceil(MAX_VALUE_BYTES * 4 / 3)  # digits, dot, unpadded base64
+RANK_CURSOR_PATTERN = whole(r"(0|[1-9][0-9]{0,15})\.([A-Za-z0-9_-]*)")
 
 
 def invalid(field: str, message: str) -> ValidationException:
@@ -81,6 +107,7 @@ def time_zone(name: str) -> zoneinfo.ZoneInfo:
 
 
 def _local_midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
+    """Python's reading of a local midnight: only ``resolve_range``'s estimate (and its range checks)."""
     return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
 
 
@@ -100,12 +127,19 @@ def resolve_range(
     tz: str,
     *,
     now: datetime | None = None,
+    today: date | None = None,
 ) -> ReportRange:
     """The local days of a period in ``tz``: ``today``, the last 7 or 30 days (today included), or
-    ``custom`` from ``first`` to ``last`` inclusive (dates or ISO strings)."""
+    ``custom`` from ``first`` to ``last`` inclusive (dates or ISO strings).
+
+    ``today`` is the local date in ``tz`` (``ReportService.window`` asks PostgreSQL, whose zone data
+    the reports use); without it, Python's at ``now``. ``start``/``end`` are Python's estimate of the
+    period's instants: the reports compute theirs in PostgreSQL (``ReportBounds``) and answer with those.
+    """
     first, last = _day("from", first), _day("to", last)
     zone = time_zone(tz)
-    today = (now or datetime.now(UTC)).astimezone(zone).date()
+    if today is None:
+        today = (now or datetime.now(UTC)).astimezone(zone).date()
     if period == "custom":
         if first is None or last is None:
             raise invalid("from" if first is None else "to", "required with period=custom")
@@ -214,21 +248,24 @@ class ReportService:
         tz: str | None,
     ) -> ReportRange:
         """The report's period on the site's clock (unless ``tz``), once the caller may read the
-        site's reports (the owner or an admin; 404 for everyone else)."""
-        async with self.db.transaction() as uow:
-            site = await self.sites.get_for(uow, caller, site_id)
-        return resolve_range(period, first, last, tz or site.timezone)
+        site's reports (the owner or an admin; 404 for everyone else). Today's date in that zone is
+        PostgreSQL's, like every other piece of the reports' zone arithmetic."""
+        with _zone_errors():
+            async with self.db.transaction() as uow:
+                site = await self.sites.get_for(uow, caller, site_id)
+                zone = tz or site.timezone
+                time_zone(zone)  # a name that is no zone is a 400 before PostgreSQL reads it
+                today = await queries.local_today(uow.conn, tz=zone, now=datetime.now(UTC))
+        return resolve_range(period, first, last, zone, today=today)
 
     # -- reports ------------------------------------------------------------------------------
 
     async def summary(self, site_id: int, rng: ReportRange) -> SummaryOut:
         async def load() -> SummaryOut:
-            row = await self._run(
-                queries.report_summary, site_id=site_id, range_from=rng.start, range_to=rng.end
-            )
+            answered, row = await self._report(rng, queries.report_summary, site_id=site_id)
             assert row is not None
             return SummaryOut(
-                range=rng,
+                range=answered,
                 pageviews=row.pageviews,
                 bot_pageviews=row.bot_pageviews,
                 visitors=row.visitors,
@@ -243,72 +280,91 @@ class ReportService:
     async def timeseries(self, site_id: int, rng: ReportRange, interval: Interval) -> TimeseriesOut:
         if interval == "hour" and (rng.last_day - rng.first_day).days + 1 > MAX_HOURLY_DAYS:
             raise invalid("interval", f"hourly series cover at most {MAX_HOURLY_DAYS} days")
-        zone = zoneinfo.ZoneInfo(rng.tz)
 
         async def load() -> TimeseriesOut:
-            rows = await self._run(
+            answered, rows = await self._report(
+                rng,
                 queries.report_timeseries,
                 unit=interval,
                 tz=rng.tz,
                 site_id=site_id,
-                range_from=rng.start,
-                range_to=rng.end,
                 step=BUCKET_STEP[interval],
             )
             points = [
                 TimeseriesPoint(
                     start=row.bucket.astimezone(UTC),
-                    local=_local_label(row.bucket, zone, interval),
+                    local=row.label,
                     pageviews=row.pageviews,
                     visitors=row.visitors,
                     visits=row.visits,
                 )
                 for row in rows
             ]
-            return TimeseriesOut(range=rng, interval=interval, points=points)
+            return TimeseriesOut(range=answered, interval=interval, points=points)
 
         return await self._cached(f"timeseries:{site_id}:{interval}:{_range_key(rng)}", load, TimeseriesOut)
 
     async def breakdown(
-        self, site_id: int, rng: ReportRange, dimension: Dimension, limit: int
+        self, site_id: int, rng: ReportRange, dimension: Dimension, limit: int, cursor: str | None = None
     ) -> BreakdownOut:
+        """A page of the values of ``dimension`` by views (most first, then by value), after
+        ``cursor`` (the previous page's ``next_cursor``)."""
+        after = decode_rank_cursor(cursor) if cursor is not None else None
+
         async def load() -> BreakdownOut:
-            rows = await self._run(
+            answered, rows = await self._report(
+                rng,
                 queries.report_breakdown,
                 site_id=site_id,
                 dimension=dimension,
-                range_from=rng.start,
-                range_to=rng.end,
                 skip_empty=SKIP_EMPTY.get(dimension, False),
-                row_limit=limit,
+                after_views=after.count if after else None,
+                after_value=after.value if after else None,
+                row_limit=limit + 1,
             )
-            items = [BreakdownItem(value=row.value, views=row.views) for row in rows]
-            return BreakdownOut(range=rng, dimension=dimension, items=items)
+            page = paginate(
+                rows,
+                limit,
+                lambda row: _rank_position(row.views, row.value),
+                lambda row: BreakdownItem(value=row.value, views=row.views),
+            )
+            return BreakdownOut(
+                range=answered, dimension=dimension, items=page.items, next_cursor=page.next_cursor
+            )
 
-        key = f"breakdown:{site_id}:{dimension}:{limit}:{_range_key(rng)}"
+        key = f"breakdown:{site_id}:{dimension}:{limit}:{_range_key(rng)}:{cursor or ''}"
         return await self._cached(key, load, BreakdownOut)
 
-    async def entry_pages(self, site_id: int, rng: ReportRange, limit: int) -> EntryPagesOut:
+    async def entry_pages(
+        self, site_id: int, rng: ReportRange, limit: int, cursor: str | None = None
+    ) -> EntryPagesOut:
+        """A page of the entry paths by visits (most first, then by path), after ``cursor``."""
+        after = decode_rank_cursor(cursor) if cursor is not None else None
+
         async def load() -> EntryPagesOut:
-            rows = await self._run(
+            answered, rows = await self._report(
+                rng,
                 queries.report_entry_pages,
                 site_id=site_id,
-                range_from=rng.start,
-                range_to=rng.end,
-                row_limit=limit,
+                after_visits=after.count if after else None,
+                after_path=after.value if after else None,
+                row_limit=limit + 1,
             )
-            items = [
-                EntryPageItem(
+            page = paginate(
+                rows,
+                limit,
+                lambda row: _rank_position(row.visits, row.path),
+                lambda row: EntryPageItem(
                     path=row.path,
                     visits=row.visits,
                     bounces=row.bounces,
                     bounce_rate=_ratio(row.bounces, row.visits),
-                )
-                for row in rows
-            ]
-            return EntryPagesOut(range=rng, items=items)
+                ),
+            )
+            return EntryPagesOut(range=answered, items=page.items, next_cursor=page.next_cursor)
 
-        return await self._cached(f"entry:{site_id}:{limit}:{_range_key(rng)}", load, EntryPagesOut)
+        key = f"entry:{site_id}:{limit}:{_range_key(rng)}:{cursor or ''}"
+        return await self._cached(key, load, EntryPagesOut)
 
     async def current_visitors_for(self, caller: CurrentUser, site_id: int) -> CurrentVisitorsOut:
         """``current_visitors`` after the access check (the owner or an admin; 404 otherwise)."""
@@ -333,19 +389,99 @@ class ReportService:
         return await self.cache.get_or_load(key, load, ttl_s=self.ttl_s, type=kind)
 
     async def _run(self, query: Any, **params: Any) -> Any:
-        try:
+        with _zone_errors():
             async with self.db.transaction() as uow:
                 return await query(uow.conn, **params)
-        except psycopg.errors.InvalidParameterValue as exc:  # a zone Python knows and PostgreSQL not
-            raise invalid("tz", "time zone not supported by the database") from exc
+
+    async def _report(self, rng: ReportRange, query: Any, **params: Any) -> tuple[ReportRange, Any]:
+        """``query`` over the period's instants as PostgreSQL puts them (``ReportBounds``, on the same
+        connection), and the range with those instants; a period reaching past the retention is a 400."""
+        with _zone_errors():
+            async with self.db.transaction() as uow:
+                answered = await self._bounds(uow, rng)
+                rows = await query(uow.conn, range_from=answered.start, range_to=answered.end, **params)
+        return answered, rows
+
+    async def _bounds(self, uow: UnitOfWork, rng: ReportRange) -> ReportRange:
+        """``rng`` with its instants as PostgreSQL puts them. A custom period starting before the first
+        local day still kept whole is a 400 naming ``from``; a 7d or 30d period (longer than a short
+        retention) starts at that day instead, which the answer's ``first_day`` shows."""
+        first_kept = retention_first_day(datetime.now(UTC).date(), self.retention_days)
+        kept_from = datetime.combine(first_kept, time(), UTC)
+        bounds = await queries.report_bounds(
+            uow.conn, tz=rng.tz, first_day=rng.first_day, last_day=rng.last_day, kept_from=kept_from
+        )
+        assert bounds is not None
+        if rng.first_day < bounds.first_day_kept:
+            if rng.period == "custom":
+                raise invalid(
+                    "from",
+                    f"page views are kept from {bounds.first_day_kept.isoformat()} on (the first day in "
+                    f"{rng.tz} still kept whole: ANALYTICS_RETENTION_DAYS is {self.retention_days})",
+                )
+            return await self._bounds(uow, msgspec.structs.replace(rng, first_day=bounds.first_day_kept))
+        return msgspec.structs.replace(rng, start=bounds.range_from, end=bounds.range_to)
+
+    # -- for other domains ----------------------------------------------------------------------
+
+    async def total_pageviews(self, uow: UnitOfWork, since: datetime, until: datetime) -> int:
+        """The views (bots excluded) of every site received in [since, until), both shifted back by
+        ``ROLLUP_GRACE``; runs in the caller's transaction. For a daily total (monitoring's report),
+        whose consecutive periods each start where the previous ended; ``until`` is in the past.
+
+        Counted by ``received_at``, not ``ts``: a beacon may arrive up to 24 hours after its ``ts``
+        (clamped by the ingest), after the report of its ``ts`` was sent, and the next report's period
+        does not include its ``ts`` any more, so by ``ts`` it would never be counted. By
+        ``received_at`` each view falls in exactly one period: a late one in the report of the period
+        it arrived in. Shifted by ``ROLLUP_GRACE`` for the watermark's reason: a row is stamped before
+        its batch commits, within that grace; a report computed right at ``until`` might not yet see
+        a row stamped just before it, which the next period would not include either.
+
+        Raw rows, not the rollups: those are keyed by the hour of ``ts`` and cannot tell when a view
+        arrived. The raw rows of the last day are always there (``ANALYTICS_RETENTION_DAYS`` >= 2), and
+        the BRIN index on ``received_at`` reads only the blocks of the period."""
+        received_from, received_to = since - ROLLUP_GRACE, until - ROLLUP_GRACE
+        total = await queries.page_views_received(
+            uow.conn, received_from=received_from, received_to=received_to
+        )
+        return total or 0
+
+
+@contextmanager
+def _zone_errors() -> Iterator[None]:
+    """A zone Python knows and PostgreSQL (whose zone data the reports use) does not: a 400."""
+    try:
+        yield
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise invalid("tz", "time zone not supported by the database") from exc
+
+
+class DecodedRankCursor(msgspec.Struct, frozen=True):
+    count: int
+    value: str
+
+
+def _rank_position(count: int, value: str) -> RankCursor:
+    return RankCursor(count=count, value_b64=base64.urlsafe_b64encode(value.encode()).decode().rstrip("="))
+
+
+def decode_rank_cursor(cursor: str) -> DecodedRankCursor:
+    """The position a breakdown's cursor encodes (400 ``invalid-cursor`` for anything else). The
+    query parameter's pattern has admitted it already; repeated for callers that bypass Litestar."""
+    match = re.fullmatch(RANK_CURSOR_PATTERN, cursor)
+    if match is None or len(cursor) > RANK_CURSOR_MAX_LENGTH:
+        raise InvalidCursorError("The cursor is not a position of this list.")
+    encoded = match.group(2)
+    try:
+        value = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidCursorError("The cursor is not a position of this list.") from None
+    if "\x00" in value:  # no stored value holds one, and PostgreSQL's text refuses it (a 500)
+        raise InvalidCursorError("The cursor is not a position of this list.")
+    return DecodedRankCursor(count=int(match.group(1)), value=value)
 
 
 def _range_key(rng: ReportRange) -> str:
     """Everything of the range an answer shows: ``period`` too (7d and the same custom days are the
-    same numbers, not the same answer)."""
-    return f"{rng.period}:{rng.tz}:{rng.start.isoformat()}:{rng.end.isoformat()}"
-
-
-def _local_label(bucket: datetime, zone: zoneinfo.ZoneInfo, interval: Interval) -> str:
-    local = bucket.astimezone(zone)
-    return local.date().isoformat() if interval == "day" else local.isoformat(timespec="minutes")
+    same numbers, not the same answer). Days, not instants: those are PostgreSQL's, computed with it."""
+    return f"{rng.period}:{rng.tz}:{rng.first_day.isoformat()}:{rng.last_day.isoformat()}"
