@@ -401,3 +401,20 @@ async def purge_expired_refresh_tokens(conn: AsyncConnection[Any], *, grace_s: f
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_EXPIRED_REFRESH_TOKENS, (grace_s,))
         return cur.rowcount
+
+
+COUNT_SIGNUPS_BETWEEN = (
+    "select count(*)::bigint as signups from users where created_at >= $1 and created_at < $2"
+)
+
+
+async def count_signups_between(
+    conn: AsyncConnection[Any],
+    *,
+    since: datetime,
+    until: datetime,
+) -> int | None:
+    """Accounts created in [since, until) (the daily monitoring report)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_SIGNUPS_BETWEEN, (since, until))
+        return await cur.fetchone()

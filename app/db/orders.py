@@ -426,3 +426,27 @@ async def database_now(conn: AsyncConnection[Any]) -> datetime | None:
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(DATABASE_NOW)
         return await cur.fetchone()
+
+
+ORDER_TOTALS_BETWEEN = """\
+select count(*)::bigint as orders,
+       coalesce(sum(total) filter (where status in ('reserved', 'paid', 'fulfilled')), 0)::numeric as revenue
+from orders where created_at >= $1 and created_at < $2"""
+
+
+class OrderTotalsBetweenRow(msgspec.Struct, frozen=True, gc=False):
+    orders: int
+    revenue: Decimal
+
+
+async def order_totals_between(
+    conn: AsyncConnection[Any],
+    *,
+    since: datetime,
+    until: datetime,
+) -> OrderTotalsBetweenRow | None:
+    """Orders placed in [since, until), and the revenue of those that kept their money (the daily
+    monitoring report)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(OrderTotalsBetweenRow)) as cur:
+        await cur.execute(ORDER_TOTALS_BETWEEN, (since, until))
+        return await cur.fetchone()

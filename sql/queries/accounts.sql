@@ -168,3 +168,7 @@ where id in (
       )
     for update of r skip locked
 );
+
+-- name: CountSignupsBetween :one
+-- Accounts created in [since, until) (the daily monitoring report).
+select count(*)::bigint as signups from users where created_at >= @since and created_at < @until;

@@ -491,13 +491,6 @@ where status in ('missed', 'error', 'timeout') and at >= @since and at < @until
 group by name, status
 order by name, status;
 
--- name: SignupsBetween :one
-select count(*)::bigint as signups from users where created_at >= @since and created_at < @until;
-
--- name: OrdersBetween :one
-select count(*)::bigint as orders, coalesce(sum(total) filter (where status in ('reserved', 'paid', 'fulfilled')), 0)::numeric as revenue
-from orders where created_at >= @since and created_at < @until;
-
 -- name: PurgeEventsBefore :execrows
 delete from monitoring_events where occurred_at < @before;
 

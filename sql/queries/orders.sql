@@ -157,3 +157,10 @@ select exists (
 -- The database's clock, now: order deadlines are set and judged by it, as the expiry cron's now()
 -- judges them (a web or worker host's clock may differ from the database's).
 select clock_timestamp()::timestamptz as now;
+
+-- name: OrderTotalsBetween :one
+-- Orders placed in [since, until), and the revenue of those that kept their money (the daily
+-- monitoring report).
+select count(*)::bigint as orders,
+       coalesce(sum(total) filter (where status in ('reserved', 'paid', 'fulfilled')), 0)::numeric as revenue
+from orders where created_at >= @since and created_at < @until;

@@ -29,6 +29,7 @@ from app.domains.monitoring.crons import CronSpec
 from app.domains.monitoring.fingerprint import RawException
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import Rendered, TelegramClient
+from app.modules import MODULES
 from tests.fakes.telegram import FakeTelegramServer, Scripted, parse_html, serve_fake_telegram
 from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
 from tests.unit.test_monitoring_fingerprint import raise_bug
@@ -549,6 +550,7 @@ async def test_the_daily_report_is_sent_once_a_day(
     during = (until - timedelta(hours=1)).timestamp()
     async with open_monitoring(
         settings,
+        modules=MODULES,  # the business figures are counted by accounts, orders and reports
         monitoring_report_time="08:00",
         monitoring_report_timezone="Europe/Berlin",
         **with_telegram(telegram, [PRIVATE_CHAT]),

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import UnitOfWork
+from app.core.modules import Module
 from app.core.services import open_services
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring import services as monitoring_services
@@ -45,9 +46,12 @@ def tuned(settings: Settings, **changes: Any) -> Settings:
 
 
 @asynccontextmanager
-async def open_monitoring(settings: Settings, **changes: Any) -> AsyncIterator[MonitoringService]:
-    """The monitoring service of a process of its own (started: its background task stays idle)."""
-    async with open_services(tuned(settings, **changes), [monitoring_module]) as services:
+async def open_monitoring(
+    settings: Settings, *, modules: Sequence[Module] = (monitoring_module,), **changes: Any
+) -> AsyncIterator[MonitoringService]:
+    """The monitoring service of a process of its own (started: its background task stays idle);
+    ``modules``: the assembly (monitoring alone unless a test needs the other domains' services)."""
+    async with open_services(tuned(settings, **changes), modules) as services:
         yield services[MonitoringService]
 
 

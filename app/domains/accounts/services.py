@@ -493,6 +493,12 @@ class AccountService:
         user = await queries.get_user_by_id(uow.conn, id=user_id)
         return user if user is not None and user.is_active else None
 
+    # -- for other domains ----------------------------------------------------------------------
+
+    async def count_signups(self, uow: UnitOfWork, since: datetime, until: datetime) -> int:
+        """Accounts created in [since, until), in the caller's transaction (the daily report)."""
+        return await queries.count_signups_between(uow.conn, since=since, until=until) or 0
+
     # -- the caller's own account -------------------------------------------------------------
 
     async def get_user(self, user_id: int) -> User:

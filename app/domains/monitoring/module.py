@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from app.core.modules import Cron, Job, Module
 from app.core.services import Services
+from app.domains.accounts.services import AccountService
 from app.domains.monitoring.controllers import MonitoringController
 from app.domains.monitoring.crons import specs_from_modules
 from app.domains.monitoring.hooks import after_job, before_job, capture_request_exception, observe_request
 from app.domains.monitoring.jobs import deliver_alerts, run_monitoring_checks
 from app.domains.monitoring.services import MonitoringService
+from app.domains.orders.services import OrderService
 from app.domains.reports.services import ReportService
 
 
@@ -18,7 +20,10 @@ def _service(services: Services) -> MonitoringService:
         services.settings,
         services.valkey,
         crons=specs_from_modules(services.modules),
-        reports=services.get(ReportService),  # absent in an assembly of monitoring alone (tests)
+        # Each absent in an assembly without its domain (tests of monitoring alone): "n/a".
+        accounts=services.get(AccountService),
+        orders=services.get(OrderService),
+        reports=services.get(ReportService),
     )
 
 

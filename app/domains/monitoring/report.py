@@ -1,15 +1,17 @@
 """The daily report: the time since the previous report time, in the report's time zone (a local day).
 
 It lists new and regressed groups, the top errors, slow routes, job failures, cron problems and the
-day's business figures (sign-ups and orders counted in their tables; page views as the reports domain
-counts them, ``ReportService.total_pageviews``, passed in by the service).
+day's business figures (``BusinessFigures``: each counted by the domain that owns it, through its
+service, and passed in by ``MonitoringService``).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import msgspec
 from psycopg import AsyncConnection
 
 from app.db import monitoring as queries
@@ -53,17 +55,29 @@ def due_at(day: date, hour: int, minute: int, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(hour, minute), tzinfo=zone).astimezone(UTC)
 
 
+class BusinessFigures(msgspec.Struct, frozen=True):
+    """The period's sign-ups, orders and their revenue, and page views received; None where the
+    owning domain is not part of this assembly (the report then says "n/a")."""
+
+    signups: int | None = None
+    orders: int | None = None
+    revenue: Decimal | None = None
+    pageviews: int | None = None
+
+
+def _figure(value: object) -> str:
+    return "n/a" if value is None else str(value)
+
+
 async def build_report(
     conn: AsyncConnection[object],
     day: date,
     since: datetime,
     until: datetime,
     environment: str,
-    *,
-    pageviews: int | None,
+    figures: BusinessFigures,
 ) -> Rendered:
-    """The report of ``day``. ``pageviews``: the views received in the period (None when the reports
-    domain is not part of this assembly: the line then says so)."""
+    """The report of ``day``; ``figures`` are the other domains' counts of the period."""
     new_count = await queries.count_new_groups_between(conn, since=since, until=until) or 0
     new = await queries.new_groups_between(conn, since=since, until=until, row_limit=TOP)
     regressed = await queries.regressed_between(conn, since=since, until=until, row_limit=TOP)
@@ -71,17 +85,14 @@ async def build_report(
     jobs = await queries.job_runs_between(conn, since=since, until=until)
     crons = await queries.cron_problems_between(conn, since=since, until=until)
     latency = await queries.route_latency_between(conn, since=since, until=until)
-    signups = await queries.signups_between(conn, since=since, until=until) or 0
-    orders = await queries.orders_between(conn, since=since, until=until)
 
     parts = [Part(f"📊 Daily report {day.isoformat()} · {environment}", "b"), Part("\n")]
     parts.append(Part(f"{since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M %Z}\n\n"))
     parts.append(Part("Business", "b"))
-    revenue = orders.revenue if orders else 0
     parts.append(
         Part(
-            f"\nsign-ups {signups} · orders {orders.orders if orders else 0} (revenue {revenue}) · "
-            f"page views {'n/a' if pageviews is None else pageviews}\n\n"
+            f"\nsign-ups {_figure(figures.signups)} · orders {_figure(figures.orders)} (revenue "
+            f"{_figure(figures.revenue)}) · page views {_figure(figures.pageviews)}\n\n"
         )
     )
     parts.append(Part(f"New groups: {new_count}", "b"))

@@ -53,6 +53,7 @@ from app.db.models import (
     MonitoringGroupStatus,
     MonitoringIgnoreMode,
 )
+from app.domains.accounts.services import AccountService
 from app.domains.monitoring import alerts
 from app.domains.monitoring.capture import (
     DEGRADED,
@@ -89,9 +90,10 @@ from app.domains.monitoring.latency import LatencyRecorder
 from app.domains.monitoring.monitors import CheckInsNotAppliedError, CronMonitors
 from app.domains.monitoring.outage import OutageNotifier
 from app.domains.monitoring.performance import Performance, RouteLatency
-from app.domains.monitoring.report import build_report, report_period
+from app.domains.monitoring.report import BusinessFigures, build_report, report_period
 from app.domains.monitoring.scrub import scrub_text
 from app.domains.monitoring.telegram import TelegramClient
+from app.domains.orders.services import OrderService
 from app.domains.reports.services import ReportService
 
 log = structlog.get_logger("app.monitoring")
@@ -169,12 +171,14 @@ class MonitoringService:
         *,
         crons: Sequence[CronSpec] = (),
         clock: Callable[[], float] = time.time,
+        accounts: AccountService | None = None,
+        orders: OrderService | None = None,
         reports: ReportService | None = None,
     ) -> None:
         assert settings.database_url is not None
         self.db = db
-        self.reports = reports
-        """The daily report's page views, counted by the reports domain (None: the report says n/a)."""
+        self.accounts, self.orders, self.reports = accounts, orders, reports
+        """The daily report's business figures, each counted by its domain (None: "n/a")."""
         self.settings = settings
         self.valkey = valkey
         self.clock = clock
@@ -621,8 +625,8 @@ class MonitoringService:
         async with self.db.transaction() as uow:
             if await queries.claim_report(uow.conn, day=day) is None:
                 return None
-            pageviews = await self.reports.total_pageviews(uow, since, until) if self.reports else None
-            rendered = await build_report(uow.conn, day, since, until, self.environment, pageviews=pageviews)
+            figures = await self._business_figures(uow, since, until)
+            rendered = await build_report(uow.conn, day, since, until, self.environment, figures)
             alert = await alerts.record_alert(
                 uow,
                 self.channel,
@@ -637,6 +641,15 @@ class MonitoringService:
             if alert is not None:
                 await queries.set_report_alert(uow.conn, alert_id=alert.id, day=day)
         return alert.id if alert is not None else None
+
+    async def _business_figures(self, uow: UnitOfWork, since: datetime, until: datetime) -> BusinessFigures:
+        orders, revenue = await self.orders.totals_between(uow, since, until) if self.orders else (None, None)
+        return BusinessFigures(
+            signups=await self.accounts.count_signups(uow, since, until) if self.accounts else None,
+            orders=orders,
+            revenue=revenue,
+            pageviews=await self.reports.total_pageviews(uow, since, until) if self.reports else None,
+        )
 
     async def purge(self, now: float | None = None) -> None:
         """Delete what is older than ``MONITORING_RETENTION_DAYS`` (each delete by an indexed time).

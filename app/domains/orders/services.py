@@ -328,6 +328,12 @@ class OrderService:
             await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
             return True
 
+    async def totals_between(self, uow: UnitOfWork, since: datetime, until: datetime) -> tuple[int, Decimal]:
+        """Orders placed in [since, until) and the revenue of those that kept their money (reserved,
+        paid, fulfilled), in the caller's transaction (the daily report)."""
+        row = await queries.order_totals_between(uow.conn, since=since, until=until)
+        return (row.orders, row.revenue) if row is not None else (0, Decimal(0))
+
     # -- the buyer's and the admin's actions ------------------------------------------------------
 
     async def _release_stock(self, uow: UnitOfWork, order_id: int) -> None:
