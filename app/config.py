@@ -156,6 +156,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     job_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 30
     job_retries: Annotated[int, msgspec.Meta(ge=1)] = 5
     worker_shutdown_grace_s: Annotated[int, msgspec.Meta(ge=0)] = 10
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0  # the worker's /metrics (0: off)
     outbox_poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     outbox_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     outbox_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 7

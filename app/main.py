@@ -25,7 +25,7 @@ from app.core.docs import SwaggerUI, docs_router
 from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
 from app.core.logging import configure_logging
-from app.core.metrics import RequestMetrics
+from app.core.metrics import RequestMetrics, sweep_dead_processes
 from app.core.middleware import RequestContextMiddleware
 from app.core.queues import build_saq_config
 from app.core.ratelimit import RateLimiter, policies_from_settings
@@ -49,12 +49,19 @@ async def _exact_metrics_path_only(connection: Any, _: Any) -> None:
         raise NotFoundException()
 
 
+async def _forget_dead_workers(_: Any) -> None:
+    """Before a scrape: the in-flight gauges of granian workers that died are removed
+    (``sweep_dead_processes``), else they stayed in every scrape until another worker started."""
+    sweep_dead_processes()
+
+
 class MetricsController(PrometheusController):
     """Prometheus text at exactly ``/metrics`` (see ``_exact_metrics_path_only``)."""
 
     path = "/metrics"
     include_in_schema = False
     guards = [_exact_metrics_path_only]
+    before_request = _forget_dead_workers  # type: ignore[assignment]  # Litestar unbinds controller hooks
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

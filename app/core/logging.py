@@ -97,7 +97,18 @@ _OURS = frozenset({"timestamp", "level", "logger", "request_id"})
 # --- SAQ's own log lines ------------------------------------------------------------------------
 
 _SAQ_PER_JOB = ("Enqueuing ", "Processing ", "Retrying ", "Finished ", "Scheduled ")
-_SAQ_JOB_FIELDS = ("job_function", "job_key", "job_attempt", "error")
+_SAQ_UPKEEP_FAILED = "Upkeep task failed"
+_SAQ_JOB_FIELDS = ("job_function", "job_key", "job_attempt", "error", "dependency", "setting", "cause")
+UPKEEP_WARN_INTERVAL_S = 60.0
+"""A failing SAQ upkeep (its timers run every second or few, per queue) is logged once per interval."""
+
+
+def _valkey_error(error: BaseException) -> bool:
+    """An error of the Valkey connection: every SAQ upkeep task (schedule, sweep, abort, stats) only
+    talks to Valkey, through redis-py."""
+    from redis.exceptions import RedisError
+
+    return isinstance(error, RedisError | OSError | TimeoutError)
 
 
 def _saq_job(value: Any) -> Any:
@@ -126,14 +137,25 @@ class SaqLogFilter(logging.Filter):
       at WARNING without a traceback when the job will be tried again, and ``job_failed`` at ERROR
       with the exception's one traceback on the last attempt; both carry the function, key, attempt
       and error type;
+    - ``Upkeep task failed unexpectedly`` (``logger.exception`` from each worker's every timer tick:
+      hundreds of tracebacks a minute while Valkey is away) becomes ``worker_upkeep_failed``, once per
+      ``UPKEEP_WARN_INTERVAL_S`` per error type, the others dropped: a Valkey error at WARNING without
+      traceback, naming ``VALKEY_URL`` and the error's first line (``cause``, credentials masked);
+      anything else at ERROR with its traceback (a bug, not an outage);
     - what is then below the root logger's level is dropped (the ``saq`` logger's own level is
       pinned at INFO, so the root's decides, as for every other logger).
     """
+
+    def __init__(self, upkeep_interval_s: float = UPKEEP_WARN_INTERVAL_S) -> None:
+        super().__init__()
+        self.upkeep_warnings = OncePerInterval(upkeep_interval_s)
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         jobs = [job for job in map(_saq_job, args) if job is not None]
         message = str(record.msg)
+        if message.startswith(_SAQ_UPKEEP_FAILED):
+            return self._upkeep_failure(record)
         if jobs and message.startswith("Error processing job"):
             self._failure(record, jobs[0])
         else:
@@ -141,6 +163,22 @@ class SaqLogFilter(logging.Filter):
                 record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             if jobs:
                 record.args = tuple(_describe_job(arg) if _saq_job(arg) is not None else arg for arg in args)
+        return record.levelno >= logging.getLogger().getEffectiveLevel()
+
+    def _upkeep_failure(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        error_type = type(error).__name__ if error is not None else "unknown"
+        if not self.upkeep_warnings.due(error_type):
+            return False
+        record.msg, record.args = "worker_upkeep_failed", ()
+        record.error = error_type
+        if error is not None and _valkey_error(error):
+            record.dependency, record.setting = "valkey", "VALKEY_URL"
+            record.cause = error_message(error)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        else:
+            record.levelno, record.levelname = logging.ERROR, "ERROR"
         return record.levelno >= logging.getLogger().getEffectiveLevel()
 
     @staticmethod

@@ -12,15 +12,31 @@ Only routed requests are counted (a 404 for an unknown path has no template, and
 would let clients grow the label set without bound), and routes under ``unmeasured`` prefixes not at
 all. The labelled children are looked up once per (method, route, status) and kept: recording a
 request is a dict lookup and three increments, not three label resolutions.
+
+With several granian workers (``PROMETHEUS_MULTIPROC_DIR``) each worker writes its values to files
+of its pid, and ``/metrics`` adds them up. A live gauge (``livesum``: the in-flight count) of a
+worker that died mid-request would be added for ever: every worker, when it starts (a respawned
+one replaces a dead one), removes the live gauges of the processes that are gone
+(``sweep_dead_processes``; counters and histograms of the dead stay, they are totals).
+
+The worker process (``python -m workers``) records the SAQ job metrics (``app_jobs_total``,
+``app_job_duration_seconds``, ``app_queue_jobs``: ``app.core.queues``) and the relay's, and serves
+them on ``WORKER_METRICS_PORT`` (``serve_worker_metrics``): the API's ``/metrics`` never sees another
+process's registry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from litestar.types import Scope
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import start_http_server as _start_http_server
 
 _LABELS = ("method", "path", "status_code", "app_name")
 
@@ -31,7 +47,77 @@ IN_PROGRESS = Gauge(
     "app_requests_in_progress", "Total requests currently in progress", _LABELS, multiprocess_mode="livesum"
 )
 
+JOBS = Counter(
+    "app_jobs",
+    "SAQ jobs processed, by queue, function and outcome (complete, retried, failed, aborted)",
+    ["queue", "function", "status"],
+)
+JOB_DURATION = Histogram(
+    "app_job_duration_seconds",
+    "SAQ job run time from its start to its outcome, in seconds",
+    ["queue", "function"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+QUEUE_JOBS = Gauge(
+    "app_queue_jobs",
+    "Jobs of a SAQ queue by state (queued: waiting for a worker; active: being run), as last read",
+    ["queue", "state"],
+    multiprocess_mode="mostrecent",
+)
+
 _UNKNOWN = object()
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def multiprocess_directory() -> Path | None:
+    """``PROMETHEUS_MULTIPROC_DIR``, when this process writes its metrics to files there."""
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process holds the pid
+    return True
+
+
+def sweep_dead_processes(directory: Path | None = None) -> list[int]:
+    """Remove the live gauges (``livesum``, ``livemax``...) of processes that no longer exist from the
+    multiprocess directory (``prometheus_client.multiprocess.mark_process_dead``); the pids swept.
+
+    Nothing calls ``mark_process_dead`` when a granian worker dies (a crash, an OOM kill), so its
+    in-flight count stayed in every later scrape. A recycled pid that is alive again keeps its files
+    until that process is gone too."""
+    directory = directory or multiprocess_directory()
+    if directory is None:
+        return []
+    pids = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            match = _LIVE_GAUGE_FILE.fullmatch(entry.name)
+            if match is not None:
+                pids.add(int(match.group(1)))
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not _alive(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    return dead
+
+
+def serve_worker_metrics(port: int, host: str) -> None:
+    """Serve this process's metrics (Prometheus text on ``/metrics`` and ``/``) on ``host:port``, from
+    a thread: the worker process answers no HTTP otherwise. With ``PROMETHEUS_MULTIPROC_DIR`` set,
+    the files of every process writing there are added up, as the API's ``/metrics`` does."""
+    registry = REGISTRY
+    if multiprocess_directory() is not None:
+        sweep_dead_processes()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    _start_http_server(port, addr=host, registry=registry)
 
 
 class RequestMetrics:
@@ -40,6 +126,7 @@ class RequestMetrics:
     __slots__ = ("_app_name", "_completed", "_in_progress", "_unmeasured")
 
     def __init__(self, app_name: str, unmeasured: Iterable[str] = ()) -> None:
+        sweep_dead_processes()  # built once per granian worker, when it starts (see the module's doc)
         self._app_name = app_name
         self._unmeasured = tuple(unmeasured)
         self._completed: dict[tuple[str, str, int], Any] = {}

@@ -4,14 +4,23 @@ one place.
 Both the web app (dashboard, enqueueing, the in-process development worker) and the standalone
 worker process (``run_workers``, ``just worker``) are built from ``build_saq_config``. A worker's jobs
 obtain domain services from the process's ``Services`` registry: ``services_of(ctx)``.
+
+Wherever the workers run they count each job's outcome (``app_jobs_total``) and run time, and the
+process running the default queue's worker reads every queue's queued and active counts every
+``QUEUE_GAUGES_INTERVAL_S`` (``app_queue_jobs``). The worker process serves them, with the relay's,
+on ``WORKER_METRICS_PORT`` (``app.core.metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
+import psycopg
 import redis.asyncio as redis
 import structlog
 from litestar.types import Guard
@@ -20,9 +29,12 @@ from saq import Queue
 from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
-from app.config import Settings
+from app.config import Settings, redact_url
+from app.core.logging import error_message
+from app.core.metrics import JOB_DURATION, JOBS, QUEUE_JOBS, serve_worker_metrics
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
 from app.core.relay import OutboxRelay, batching_of
+from app.core.scrub import scrub_text
 from app.core.services import Services
 
 log = structlog.get_logger("app.workers")
@@ -30,6 +42,29 @@ log = structlog.get_logger("app.workers")
 Hook = Callable[[Context], Awaitable[None]]
 
 JOB_LOG_FIELDS = ("job_function", "job_key", "job_attempt")
+
+PREFLIGHT_TIMEOUT_S = 30.0
+"""How long the worker process waits at start for Valkey and PostgreSQL (a compose service may still
+be starting) before it exits 1 naming the setting that points at the one that did not answer."""
+PREFLIGHT_CONNECT_TIMEOUT_S = 2.0
+PREFLIGHT_RETRY_S = 0.5
+QUEUE_GAUGES_INTERVAL_S = 10.0
+"""How often ``app_queue_jobs`` is read from Valkey (SAQ's own ``worker_info`` timer)."""
+
+_OUTCOMES = {"complete": "complete", "failed": "failed", "aborted": "aborted", "queued": "retried"}
+"""A job's status after its attempt, as ``app_jobs_total`` names it (a retried job is queued again)."""
+
+
+def record_job_outcome(ctx: Context) -> None:
+    """Count the attempt's outcome and its run time (SAQ's ``after_process``, after every attempt)."""
+    job = ctx.get("job")
+    if job is None:
+        return
+    queue = job.queue.name if job.queue is not None else ""
+    status = str(getattr(job.status, "value", job.status)).lower()
+    JOBS.labels(queue, job.function, _OUTCOMES.get(status, status)).inc()
+    if job.started:  # SAQ's times are epoch milliseconds
+        JOB_DURATION.labels(queue, job.function).observe(max(time.time() - job.started / 1000, 0.0))
 
 
 async def bind_job_context(ctx: Context) -> None:
@@ -48,6 +83,7 @@ def _after_job(hooks: Sequence[Hook]) -> Hook:
 
     async def after_job(ctx: Context) -> None:
         try:
+            record_job_outcome(ctx)
             for hook in hooks:
                 await hook(ctx)
         finally:
@@ -94,6 +130,35 @@ def _relay_hooks(
     return start_relay, stop_relay
 
 
+async def read_queue_gauges(queues: dict[str, Queue]) -> None:
+    """Set ``app_queue_jobs`` from every queue's queued and active counts (two reads per queue)."""
+    for name, queue in queues.items():
+        for state in ("queued", "active"):
+            QUEUE_JOBS.labels(name, state).set(await queue.count(state))
+
+
+def _queue_gauge_hooks(queues: dict[str, Queue], interval_s: float) -> tuple[Hook, Hook]:
+    """Keep ``app_queue_jobs`` current while the default queue's worker runs. A failed read (Valkey
+    away) is skipped: the worker's upkeep already says that Valkey is unreachable."""
+
+    async def poll() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await read_queue_gauges(queues)
+            await asyncio.sleep(interval_s)
+
+    async def start_gauges(ctx: Context) -> None:
+        ctx["queue_gauges_task"] = asyncio.create_task(poll(), name="queue-gauges")  # type: ignore[typeddict-unknown-key]
+
+    async def stop_gauges(ctx: Context) -> None:
+        task: asyncio.Task[None] | None = ctx.get("queue_gauges_task")  # type: ignore[assignment]
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return start_gauges, stop_gauges
+
+
 TIMERS: PartialTimersDict = {"sweep": 10, "abort": 5, "worker_info": 10, "schedule": 1}
 
 
@@ -115,6 +180,7 @@ def build_saq_config(
     queues = build_queues(valkey_url)
     startup, shutdown = _hooks(services)
     start_relay, stop_relay = _relay_hooks(queues, modules, settings)
+    start_gauges, stop_gauges = _queue_gauge_hooks(queues, QUEUE_GAUGES_INTERVAL_S)
     tasks: dict[str, list[JobFunction]] = {name: [] for name in QUEUE_NAMES}
     cron: dict[str, list[CronJob]] = {name: [] for name in QUEUE_NAMES}
     for module in modules:
@@ -136,8 +202,8 @@ def build_saq_config(
             tasks=tasks[name],
             scheduled_tasks=cron[name],
             concurrency=settings.worker_concurrency,
-            startup=[startup, start_relay] if name == "default" else [startup],
-            shutdown=[stop_relay, shutdown] if name == "default" else [shutdown],
+            startup=[startup, start_relay, start_gauges] if name == "default" else [startup],
+            shutdown=[stop_gauges, stop_relay, shutdown] if name == "default" else [shutdown],
             separate_process=not run_workers_in_process,
             before_process=[bind_job_context, *(hook for module in modules for hook in module.before_job)],
             after_process=[_after_job([hook for module in modules for hook in module.after_job])],
@@ -158,11 +224,70 @@ def build_saq_config(
     )
 
 
-async def run_workers(services: Services) -> None:
+async def _first_answer(
+    what: str, setting: str, url: str, probe: Callable[[], Awaitable[None]], timeout_s: float
+) -> str | None:
+    """None once ``probe`` succeeds; after ``timeout_s`` of failures, why, naming ``setting`` (its URL
+    with the password masked, as ``serve`` says it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await asyncio.wait_for(probe(), PREFLIGHT_CONNECT_TIMEOUT_S)
+            return None
+        except Exception as exc:  # whatever the failure, it is reported the same way
+            error = scrub_text(error_message(exc), url)
+        if time.monotonic() >= deadline:
+            return f"{what} did not answer within {timeout_s:g}s ({setting}={redact_url(url)}): {error}"
+        await asyncio.sleep(PREFLIGHT_RETRY_S)
+
+
+async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> list[str]:
+    """Wait for Valkey and PostgreSQL to answer, at most ``timeout_s`` (together): what did not."""
+    assert settings.valkey_url and settings.database_url
+    valkey_url, database_url = settings.valkey_url, settings.database_url
+
+    async def valkey() -> None:
+        client = redis.from_url(
+            valkey_url,
+            socket_timeout=PREFLIGHT_CONNECT_TIMEOUT_S,
+            socket_connect_timeout=PREFLIGHT_CONNECT_TIMEOUT_S,
+        )
+        try:
+            await cast("Awaitable[bool]", client.ping())
+        finally:
+            await client.aclose()
+
+    async def postgres() -> None:
+        connect_timeout = max(int(PREFLIGHT_CONNECT_TIMEOUT_S), 1)
+        async with await psycopg.AsyncConnection.connect(database_url, connect_timeout=connect_timeout):
+            pass
+
+    answers = await asyncio.gather(
+        _first_answer("Valkey", "VALKEY_URL", valkey_url, valkey, timeout_s),
+        _first_answer("PostgreSQL", "DATABASE_URL", database_url, postgres, timeout_s),
+    )
+    return [failure for failure in answers if failure is not None]
+
+
+async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
     """The worker process: every queue's worker (the default queue's runs the outbox relay) until
-    SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``)."""
+    SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``).
+
+    It starts only once Valkey and PostgreSQL answer (``check_dependencies``): else it exits 1 with
+    one line naming the setting, instead of SAQ's upkeep tracebacks for ever. With
+    ``WORKER_METRICS_PORT`` set it serves its metrics there (the relay's, the jobs', the queues')."""
     settings = services.settings
     assert settings.valkey_url
+    failures = await check_dependencies(settings, preflight_timeout_s)
+    if failures:
+        raise SystemExit(f"worker: cannot start: {'; '.join(failures)}")
+    if settings.worker_metrics_port:
+        try:
+            serve_worker_metrics(settings.worker_metrics_port, settings.host)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            where = f"{settings.host}:{settings.worker_metrics_port}"
+            raise SystemExit(f"worker: cannot serve WORKER_METRICS_PORT on {where}: {exc}") from None
+        log.info("worker_metrics_serving", host=settings.host, port=settings.worker_metrics_port)
     plugin = SAQPlugin(build_saq_config(services, settings.valkey_url, run_workers_in_process=True))
     workers = list(plugin.get_workers().values())
     stop = asyncio.Event()

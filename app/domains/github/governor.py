@@ -64,11 +64,13 @@ RATELIMIT_REMAINING = Gauge(
     "github_ratelimit_remaining",
     "GitHub requests left in the current window (last x-ratelimit-remaining seen)",
     ["token", "resource"],
+    multiprocess_mode="mostrecent",  # the last answer seen by any process; no series per pid
 )
 RATELIMIT_LIMIT = Gauge(
     "github_ratelimit_limit",
     "GitHub requests per window (last x-ratelimit-limit seen)",
     ["token", "resource"],
+    multiprocess_mode="mostrecent",
 )
 PRIMARY_LIMIT_HITS = Counter(
     "github_primary_limit_hits", "GitHub answers refusing a request for the primary rate limit"

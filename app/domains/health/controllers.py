@@ -40,9 +40,18 @@ class HealthController(Controller):
 
     @get(
         "/ready",
-        summary="PostgreSQL, Valkey and the job queue answer",
-        description="503 names every dependency that is down, with per-dependency latency.",
-        responses={**problems(), 503: ResponseSpec(data_container=Readiness, description="Not ready")},
+        summary="PostgreSQL, its schema, Valkey and the job queue answer",
+        description=(
+            "One entry per check (`postgres`, `schema`, `valkey`, `queue`) with its latency; 503 when a "
+            "required one is down. `schema` is down while the database lacks migrations this release "
+            "needs (a newer schema is fine). A failed check's `detail` is only `timeout` or `error`: "
+            "the cause is in the server's log (`readiness_check_failed`, once a minute per check). "
+            "One answer serves every probe for `HEALTH_READY_SHARED_S`."
+        ),
+        responses={
+            **problems(),
+            503: ResponseSpec(data_container=Readiness, description="Not ready: a required check failed"),
+        },
     )
     async def ready(self, health: Health) -> Response[Readiness]:
         readiness = await health.readiness()

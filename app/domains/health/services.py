@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import msgspec
 import redis.asyncio as redis
 import structlog
+from psycopg import AsyncConnection
 from saq import Queue
 from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
@@ -17,6 +19,7 @@ from app.core.cache import Flights, single_flight
 from app.core.db import Database
 from app.core.deadline import finish_within, sever
 from app.core.logging import OncePerInterval, error_message
+from app.core.migrate import APPLIED_VERSION, newest_migration
 
 log = structlog.get_logger("app.health")
 
@@ -26,12 +29,18 @@ READINESS_SHARED_S = 1.0
 """How long one readiness answer serves every probe (``HEALTH_READY_SHARED_S``)."""
 
 
+CheckFailure = Literal["timeout", "error"]
+"""Why a check failed, as the public answer says it: no answer within the deadline, or an error.
+The cause (the error's type and message, a queue's counts, the schema's version) is only logged:
+the route is public."""
+
+
 class DependencyStatus(msgspec.Struct, frozen=True):
     name: str
     ok: bool
     required: bool
     latency_ms: float
-    detail: str | None = None
+    detail: CheckFailure | None = None
 
 
 class Readiness(msgspec.Struct, frozen=True):
@@ -39,10 +48,14 @@ class Readiness(msgspec.Struct, frozen=True):
     checks: list[DependencyStatus]
 
 
-_abandoned: set[asyncio.Task[str | None]] = set()
+class SchemaMissingMigrationsError(RuntimeError):
+    """The database lacks migrations this code needs (applied version older than the newest file)."""
 
 
-def _forget(task: asyncio.Task[str | None]) -> None:
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+def _forget(task: asyncio.Task[None]) -> None:
     _abandoned.discard(task)
     if not task.cancelled():
         task.exception()  # retrieved: a late failure of an abandoned probe is not an asyncio error
@@ -50,7 +63,7 @@ def _forget(task: asyncio.Task[str | None]) -> None:
 
 async def _timed(
     name: str,
-    check: Callable[[], Awaitable[str | None]],
+    check: Callable[[], Awaitable[None]],
     *,
     timeout: float,
     required: bool = True,
@@ -61,28 +74,32 @@ async def _timed(
     A check still running at the deadline is cancelled but not awaited: the answer does not wait
     for a client's clean-up (``asyncio.wait_for`` would). The PostgreSQL check ends at once when
     cancelled (it severs its connection: ``app.core.deadline``); the Valkey clients' may take longer.
-    A failure is logged (once per ``warnings``' interval per check) with its cause: the answer only
-    names the error's type.
+    A failure is logged (once per ``warnings``' interval per check) with its cause; the answer, public,
+    only says ``timeout`` or ``error`` (``CheckFailure``).
     """
     started = time.perf_counter()
-    task: asyncio.Task[str | None] = asyncio.ensure_future(check())
-    detail: str | None
+    task: asyncio.Task[None] = asyncio.ensure_future(check())
+    detail: CheckFailure | None = None
     done, _ = await asyncio.wait({task}, timeout=timeout)
     if not done:
         task.cancel()
         _abandoned.add(task)
         task.add_done_callback(_forget)
-        ok, detail = False, f"no answer within {timeout:g}s"
+        ok, detail = False, "timeout"
         if warnings is not None and warnings.due(name):
             log.warning(
-                "readiness_check_failed", check=name, required=required, error="Timeout", message=detail
+                "readiness_check_failed",
+                check=name,
+                required=required,
+                error="Timeout",
+                message=f"no answer within {timeout:g}s",
             )
     else:
         try:
-            detail = task.result()
+            task.result()
             ok = True
         except Exception as exc:
-            ok, detail = False, type(exc).__name__
+            ok, detail = False, "error"
             if warnings is not None and warnings.due(name):
                 log.warning(
                     "readiness_check_failed",
@@ -96,10 +113,15 @@ async def _timed(
 
 
 class HealthService:
-    """Readiness of the process's dependencies: PostgreSQL, Valkey and the job queue.
+    """Readiness of the process's dependencies: PostgreSQL, its schema, Valkey and the job queue.
 
     It watches the queue through a SAQ queue handle of its own (one small Valkey connection), so a
     probe never depends on the web app's SAQ plugin or on a worker being in this process.
+
+    The schema is ready when its newest applied migration is ``required_schema`` (the newest file
+    of ``migrations/``, read once per process) or newer: during a rolling deploy the previous
+    release keeps serving on the next one's schema, but a release whose migrations have not run
+    (the api image never migrates) must not take traffic its queries would fail.
     """
 
     def __init__(
@@ -111,8 +133,10 @@ class HealthService:
         timeout_s: float,
         warn_interval_s: float = WARN_INTERVAL_S,
         shared_s: float = READINESS_SHARED_S,
+        required_schema: str | None = None,
     ) -> None:
         self.db = db
+        self.required_schema = required_schema or newest_migration()
         self.shared_s = shared_s
         self._answer: tuple[float, Readiness] | None = None
         self._flights: Flights = {}
@@ -146,27 +170,41 @@ class HealthService:
         return answer
 
     async def _check_now(self) -> Readiness:
-        """Check the three concurrently, each within the deadline."""
+        """Check the four concurrently, each within the deadline."""
         timeout = self.timeout_s
 
-        async def postgres() -> str | None:
+        async def postgres() -> None:
             async with self.db.pool.connection(timeout=timeout) as conn:
                 query = asyncio.ensure_future(conn.execute("select 1"))
                 await finish_within(query, timeout, lambda: sever(conn))  # severed: no cancel request
-            return None
 
-        async def cache() -> str | None:
+        async def schema() -> None:
+            async with self.db.pool.connection(timeout=timeout) as conn:
+                query = asyncio.ensure_future(_applied_version(conn))
+                applied = await finish_within(query, timeout, lambda: sever(conn))
+            if applied is None or int(applied) < int(self.required_schema):
+                raise SchemaMissingMigrationsError(
+                    f"schema at migration {applied or 'none'}, this release needs {self.required_schema}: "
+                    "run the migrations"
+                )
+
+        async def cache() -> None:
             await self.valkey.ping()
-            return None
 
-        async def jobs() -> str | None:
-            info = await self.queue.info()
-            return f"{len(info['workers'])} worker(s), {info['queued']} queued"
+        async def jobs() -> None:
+            await self.queue.info()
 
         checks = await asyncio.gather(
             _timed("postgres", postgres, timeout=timeout, warnings=self.warnings),
+            _timed("schema", schema, timeout=timeout, warnings=self.warnings),
             _timed("valkey", cache, timeout=timeout, warnings=self.warnings),
             _timed("queue", jobs, timeout=timeout, warnings=self.warnings),
         )
         healthy = all(check.ok for check in checks if check.required)
         return Readiness(status="ok" if healthy else "unavailable", checks=list(checks))
+
+
+async def _applied_version(conn: AsyncConnection[Any]) -> str | None:
+    """The newest applied migration's version (dbmate's timestamp), None when none is recorded."""
+    row = await (await conn.execute(APPLIED_VERSION)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
