@@ -9,14 +9,17 @@ threads: granian runs as a child *process* (a fresh interpreter), which forks it
    instead, before it starts anything.
 1. Resolve the services (embedded PostgreSQL and Valkey under ``DATA_DIR`` when ``DATABASE_URL`` /
    ``VALKEY_URL`` are unset), wait for the database, apply migrations, seed demo data once.
+   (``serve`` and ``migrate`` are the only commands that migrate; ``worker``, ``create-admin`` and
+   ``seed`` refuse a schema behind the code.)
 2. Start granian (``serve-child``) in its own process group with the URLs and the signing key in
    its environment (and, with several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR``, so
    ``/metrics`` adds up every worker's). On Linux it dies with the launcher (``PR_SET_PDEATHSIG``),
    and its workers with it, so even a SIGKILLed launcher leaves nothing holding the port.
 3. Poll ``GET /health/ready`` until it answers 200, then print where everything is. If granian
    exits first, or ``SERVE_READY_TIMEOUT_S`` passes, say what failed, stop everything, exit 1.
-4. On SIGTERM, SIGINT (Ctrl-C) or SIGHUP: stop granian (SIGTERM, SIGKILL after a grace), release
-   the embedded services (each stops unless another process still holds it), exit 0.
+4. On SIGTERM, SIGINT (Ctrl-C) or SIGHUP: stop granian (SIGTERM: the requests in flight are
+   answered, within a grace derived from the settings, ``workers_kill_timeout_s``; then SIGKILL),
+   release the embedded services (each stops unless another process still holds it), exit 0.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import contextlib
 import ctypes
 import fcntl
 import getpass
+import math
 import os
 import shutil
 import signal
@@ -46,13 +50,14 @@ import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
 from app.core.logging import configure_logging
-from app.core.migrate import migrate
+from app.core.migrate import SchemaBehindError, migrate, require_schema
 from app.core.runtime import release_services, resolve_services
 from app.core.scrub import scrub_text
 
 GRANIAN_BACKLOG = 2048
-GRANIAN_WORKERS_KILL_TIMEOUT_S = 2  # granian's own bound on a worker's graceful stop
-GRANIAN_STOP_GRACE_S = 3.5  # then the launcher SIGKILLs granian's whole process group
+GRANIAN_EXIT_MARGIN_S = 5.0
+"""After granian's bound on its workers' graceful stop, how long the launcher still waits for granian
+to exit before it SIGKILLs granian's whole process group."""
 READY_POLL_INTERVAL_S = 0.1
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -90,13 +95,28 @@ class _StopSignals:
 
 
 def _prepare(settings: Settings) -> Settings:
-    """Resolve URLs (embedded when unset), export them to child processes, apply migrations."""
+    """Resolve URLs (embedded when unset), export them to child processes, and exit 1 with one line
+    if Valkey or PostgreSQL does not answer (``check_dependencies``: it waits a little for a service
+    still starting) or the database's schema is behind this release.
+
+    Never migrates: ``worker``, ``create-admin`` and ``seed`` connect as the app role in production,
+    which may not create anything (deploy/postgres/10-roles.sh); only ``migrate`` (as the owner) and
+    ``serve`` apply migrations.
+    """
     settings = resolve_services(settings)
     assert settings.database_url
     assert settings.valkey_url
     os.environ["DATABASE_URL"] = settings.database_url
     os.environ["VALKEY_URL"] = settings.valkey_url
-    migrate(settings.database_url)
+    from app.core.queues import check_dependencies  # SAQ and the drivers: only where they are used
+
+    failures = asyncio.run(check_dependencies(settings))
+    if failures:
+        raise SystemExit(f"cannot start: {'; '.join(failures)}")
+    try:
+        require_schema(settings.database_url)
+    except SchemaBehindError as exc:
+        raise SystemExit(str(exc)) from None
     return settings
 
 
@@ -246,6 +266,7 @@ def _granian_env(settings: Settings) -> dict[str, str]:
 def _start_granian(settings: Settings, keep_open: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "app.cli", "serve-child", "--parent", str(os.getpid())]
     command += ["--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]
+    command += ["--workers-kill-timeout", str(workers_kill_timeout_s(settings))]
     workers = f"{settings.workers} worker{'s' if settings.workers > 1 else ''}"
     _say(f"starting granian on {settings.host}:{settings.port} ({workers}); waiting for /health/ready")
     # Its own process group: the launcher signals granian and its workers together, and a Ctrl-C
@@ -313,14 +334,31 @@ def _banner(settings: Settings, started: float, hints: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _stop_granian(child: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM granian (it stops its workers); SIGKILL its whole group after the grace."""
+def workers_kill_timeout_s(settings: Settings) -> int:
+    """How long granian lets a worker stop gracefully after SIGTERM before it kills it.
+
+    A worker first finishes the requests it is answering, then runs the lifespan shutdown (which
+    stops the in-process SAQ worker, ``WORKER_SHUTDOWN_GRACE_S``: counted whether or not there is one,
+    as ``serve`` runs one by default outside production). The longest request the app makes
+    a client wait is bounded by its settings: a cold GitHub lookup (``GITHUB_COLD_WAIT_S``), a SQL
+    statement (``STATEMENT_TIMEOUT_MS``), a throttled login (``LOGIN_MAX_DELAY_S``); live streams end
+    at the signal (``app/domains/activity/live.py``). An idle server stops at once whatever this is.
+    """
+    longest_request_s = max(
+        settings.github_cold_wait_s, settings.statement_timeout_ms / 1000, float(settings.login_max_delay_s)
+    )
+    return max(1, math.ceil(longest_request_s + settings.worker_shutdown_grace_s + 1))
+
+
+def _stop_granian(child: subprocess.Popen[bytes] | None, settings: Settings) -> None:
+    """SIGTERM granian (it stops its workers, within ``workers_kill_timeout_s``); SIGKILL its whole
+    group if it has not exited ``GRANIAN_EXIT_MARGIN_S`` after that."""
     if child is None:
         return
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(GRANIAN_STOP_GRACE_S)
+            child.wait(workers_kill_timeout_s(settings) + GRANIAN_EXIT_MARGIN_S)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)  # a hung granian, or workers that outlived it
     child.wait()
@@ -365,7 +403,7 @@ def serve(settings: Settings) -> int:
         for signum in _StopSignals.SIGNALS:  # the clean-up is bounded: let nothing interrupt it
             signal.signal(signum, signal.SIG_IGN)
         _say("stopping")
-        _stop_granian(child)
+        _stop_granian(child, settings)
         release_services()
         if claim is not None:
             os.close(claim)
@@ -392,7 +430,7 @@ def _workers_die_with(main_pid: int) -> Callable[[], None]:
     return after_fork_in_child
 
 
-def serve_child(host: str, port: int, workers: int, parent: int) -> None:
+def serve_child(host: str, port: int, workers: int, parent: int, kill_timeout_s: int) -> None:
     """granian in this (thread-free) process; its forked workers die with it."""
     from granian import Granian
     from granian.constants import Interfaces, Loops
@@ -409,7 +447,7 @@ def serve_child(host: str, port: int, workers: int, parent: int) -> None:
         loop=Loops.auto,
         log_access=False,
         backlog=GRANIAN_BACKLOG,
-        workers_kill_timeout=GRANIAN_WORKERS_KILL_TIMEOUT_S,
+        workers_kill_timeout=kill_timeout_s,
     ).serve()
 
 
@@ -442,9 +480,10 @@ def main(argv: list[str] | None = None) -> None:
     child.add_argument("--port", type=int, required=True)
     child.add_argument("--workers", type=int, required=True)
     child.add_argument("--parent", type=int, required=True)
+    child.add_argument("--workers-kill-timeout", type=int, required=True)
     args = parser.parse_args(argv)
     if args.command == "serve-child":
-        serve_child(args.host, args.port, args.workers, args.parent)
+        serve_child(args.host, args.port, args.workers, args.parent, args.workers_kill_timeout)
         return
     try:
         settings = load_settings()
@@ -465,10 +504,13 @@ def main(argv: list[str] | None = None) -> None:
         assert settings.database_url
         sys.stdout.write(migrate(settings.database_url))
     elif args.command == "create-admin":
-        user = asyncio.run(_create_admin(_prepare(settings), args.email, args.name))
+        with exit_scrubbed(settings.database_url, settings.valkey_url):
+            user = asyncio.run(_create_admin(_prepare(settings), args.email, args.name))
         print(f"{user.email} is an administrator (id {user.id})")
     elif args.command == "seed":
-        for line in asyncio.run(_seed(_prepare(settings))) or ["nothing to seed"]:
+        # In production _seed refuses before it connects: nothing to prepare.
+        prepared = settings if settings.is_production else _prepare(settings)
+        for line in asyncio.run(_seed(prepared)) or ["nothing to seed"]:
             print(line)
 
 

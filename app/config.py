@@ -387,6 +387,21 @@ def _decode_path(kind: type, value: object) -> object:
     raise NotImplementedError(f"cannot decode {kind!r}")
 
 
+_VALIDATION_PATH = re.compile(r"^(?P<what>.*) - at `\$\.(?P<field>\w+)[^`]*`$", re.DOTALL)
+
+
+def _name_the_variable(message: str) -> str:
+    """msgspec's ``Expected `float` > 0.0 - at `$.health_timeout_s``` as the operator set it:
+    ``HEALTH_TIMEOUT_S: Expected `float` > 0.0``. A secret's (or a URL's) quoted value is masked."""
+    match = _VALIDATION_PATH.match(message)
+    if match is None:
+        return message
+    field, what = match["field"], match["what"]
+    if any(word in field for word in _SECRET_WORDS) or field.endswith("_url"):
+        what = re.sub(r"'[^']*'", "'***'", what)
+    return f"{field.upper()}: {what}"
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from ``environ`` (default: the process environment) and validate them.
 
@@ -398,7 +413,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     try:
         settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid configuration: {exc}") from exc
+        raise SettingsError(f"invalid configuration: {_name_the_variable(str(exc))}") from None
     explicit_key = "secret_key" in raw
     _refuse_malformed_urls(settings)
     if settings.is_production:

@@ -375,13 +375,15 @@ class Worker:
             "DATABASE_POOL_MAX": "6",
         }
         self.env = clean_env(**{**settings, **GENEROUS, **env})
+        self.command = [sys.executable, "-m", "workers"]
+        """What runs: ``python -m workers`` (or, set by a test, ``python -m app.cli worker``)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def start(self) -> None:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers"],
+            self.command,
             cwd=ROOT,
             env=self.env,
             stdout=self._log,

@@ -12,12 +12,23 @@ a long reader holds the table it fails instead of queueing every later query of 
 its lock request. ``migrate`` then tries ``dbmate up`` again after a pause (``LOCK_RETRY_DELAYS_S``):
 dbmate runs each migration in its own transaction, so what was applied stays applied and the run
 resumes at the migration that timed out.
+
+A ``create index concurrently`` (a ``transaction:false`` file) that fails part-way (cancelled, a
+deploy stopped, a deadlock) leaves its index behind, INVALID, and dbmate does not record the
+version: every later run would fail on ``relation ... already exists``. Before ``dbmate up``,
+``migrate`` drops the INVALID indexes that pending ``transaction:false`` files create
+(``drop_invalid_indexes``); a valid index is never dropped.
+
+Only ``migrate`` (and ``serve`` in development) applies migrations: they need the owner role. Every
+other process checks, read-only, that the database is at least at the code's newest migration
+(``require_schema``) and refuses to start otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +66,115 @@ def newest_migration(migrations_dir: Path = MIGRATIONS_DIR) -> str:
     """The version of the newest migration file (its timestamp prefix): the schema this code needs.
     A database at this version or newer serves it (a newer one during a rolling deploy)."""
     return max(path.name.split("_", 1)[0] for path in migrations_dir.glob("*.sql"))
+
+
+class SchemaBehindError(RuntimeError):
+    """The database's schema is older than this release's newest migration (or has none)."""
+
+    def __init__(self, applied: str | None, needed: str) -> None:
+        super().__init__(
+            f"database schema is at {applied or 'no migration'}, this release needs {needed}: "
+            "run `python -m app.cli migrate` (as the owner role)"
+        )
+        self.applied = applied
+        self.needed = needed
+
+
+def applied_version(conn: psycopg.Connection[Any]) -> str | None:
+    """``APPLIED_VERSION`` of ``conn``'s database; None where no migration ever ran."""
+    if conn.execute("select to_regclass('schema_migrations') is not null").fetchone() != (True,):
+        return None
+    row = conn.execute(APPLIED_VERSION).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def require_schema(database_url: str, *, migrations_dir: Path = MIGRATIONS_DIR) -> str:
+    """Return the database's applied version if it serves this code, else raise ``SchemaBehindError``.
+
+    Read-only (the app role may run it: it creates nothing). A migrate under way (``just serve``
+    started beside ``just worker``) holds the migrations' lock: while it does, a schema behind is
+    waited for rather than refused.
+    """
+    needed = newest_migration(migrations_dir)
+    dbmate(database_url, "wait", migrations_dir=migrations_dir)  # a configured server may be starting
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        waiting = False
+        while True:
+            applied = applied_version(conn)
+            if applied is not None and int(applied) >= int(needed):
+                return applied
+            if _migration_lock_free(conn):
+                applied = applied_version(conn)  # a migrate may have ended just before
+                if applied is not None and int(applied) >= int(needed):
+                    return applied
+                raise SchemaBehindError(applied, needed)
+            if not waiting:
+                log.info("schema_waiting_for_migrations", applied=applied, needed=needed)
+                waiting = True
+            time.sleep(LOCK_POLL_S)
+
+
+def _migration_lock_free(conn: psycopg.Connection[Any]) -> bool:
+    """Whether no process holds the migrations' lock now (taken and released at once if free)."""
+    row = conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (MIGRATION_LOCK,)).fetchone()
+    if row != (True,):
+        return False
+    conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (MIGRATION_LOCK,))
+    return True
+
+
+_CONCURRENT_INDEX = re.compile(
+    r"\bcreate\s+(?:unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?(?!on\b)"
+    r"((?:\"[^\"]+\"|\w+)(?:\.(?:\"[^\"]+\"|\w+))?)",
+    re.IGNORECASE,
+)
+
+
+_INVALID_INDEX = """
+select n.nspname, c.relname
+from pg_index i
+join pg_class c on c.oid = i.indexrelid
+join pg_namespace n on n.oid = c.relnamespace
+where i.indexrelid = to_regclass(%s)
+  and not i.indisvalid
+  and not exists (select 1 from pg_stat_progress_create_index p where p.index_relid = i.indexrelid)
+"""
+"""The schema and name of the index named ``%s`` if it is INVALID and no build of it is under way."""
+
+
+def concurrent_indexes(text: str) -> list[str]:
+    """The names of the indexes a ``transaction:false`` migration's up section builds concurrently
+    (as written: possibly schema-qualified or quoted); none for a transactional file."""
+    up = text.split("-- migrate:down", 1)[0]
+    header, _, body = up.partition("\n")
+    if "transaction:false" not in header:
+        return []
+    code = "\n".join(line.split("--", 1)[0] for line in body.splitlines())
+    return _CONCURRENT_INDEX.findall(code)
+
+
+def drop_invalid_indexes(conn: psycopg.Connection[Any], migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
+    """Drop the INVALID indexes that pending ``transaction:false`` migrations build (what a failed
+    ``create index concurrently`` leaves), so that the file runs again; returns their names.
+
+    A valid index is never dropped, nor one whose build is under way (``pg_stat_progress_create_index``).
+    ``conn`` is in autocommit (``drop index concurrently`` cannot run in a transaction).
+    """
+    applied: set[str] = set()
+    if conn.execute("select to_regclass('schema_migrations') is not null").fetchone() == (True,):
+        applied = {str(version) for (version,) in conn.execute("select version from schema_migrations")}
+    dropped = []
+    for path in sorted(migrations_dir.glob("*.sql")):
+        if path.name.split("_", 1)[0] in applied:
+            continue
+        for name in concurrent_indexes(path.read_text()):
+            row = conn.execute(_INVALID_INDEX, (name,)).fetchone()
+            if row is None:
+                continue
+            conn.execute(sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(*row)))
+            log.warning("migration_invalid_index_dropped", index=f"{row[0]}.{row[1]}", migration=path.name)
+            dropped.append(f"{row[0]}.{row[1]}")
+    return dropped
 
 
 class MigrationLockTimeoutError(RuntimeError):
@@ -112,9 +232,10 @@ def migrate(
     """Create the database if needed and apply every pending migration, one process at a time; a
     run that hit a migration's lock timeout is tried again after each of ``retry_delays_s``."""
     dbmate(database_url, "wait", migrations_dir=migrations_dir)  # a configured server may be starting
-    with migration_lock(database_url):
+    with migration_lock(database_url) as conn:
         applied: list[str] = []
         for delay in (*retry_delays_s, None):
+            drop_invalid_indexes(conn, migrations_dir)
             try:
                 return "".join(applied) + dbmate(database_url, "up", migrations_dir=migrations_dir)
             except MigrationLockTimeoutError as exc:
@@ -127,8 +248,9 @@ def migrate(
 
 
 @contextlib.contextmanager
-def migration_lock(database_url: str) -> Iterator[None]:
-    """Hold the migrations' advisory lock of ``database_url``'s database (created if missing).
+def migration_lock(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """Hold the migrations' advisory lock of ``database_url``'s database (created if missing); yields
+    the connection that holds it (autocommit).
 
     A session lock on a connection of ours, in autocommit: no transaction stays open while dbmate
     runs (a ``create index concurrently`` would wait for it), and the lock ends with the connection
@@ -152,7 +274,7 @@ def migration_lock(database_url: str) -> Iterator[None]:
                 waiting = True
             time.sleep(LOCK_POLL_S)
         try:
-            yield
+            yield conn
         finally:
             with contextlib.suppress(psycopg.Error):  # closing the connection releases it anyway
                 conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (MIGRATION_LOCK,))

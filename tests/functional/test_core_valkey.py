@@ -59,5 +59,5 @@ async def test_calls_that_get_no_connection_fail_like_an_unreachable_valkey(
 
 @pytest.mark.parametrize("pool_max", [0, 10_001])
 def test_the_pool_size_is_bounded_in_the_settings(pool_max: int) -> None:
-    with pytest.raises(SettingsError, match="valkey_pool_max"):
+    with pytest.raises(SettingsError, match="VALKEY_POOL_MAX"):
         load_settings({"APP_ENV": "test", "VALKEY_POOL_MAX": str(pool_max)})

@@ -388,7 +388,7 @@ def test_an_app_that_is_not_ready_in_time_fails_naming_the_dependency(
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"PORT": "not-a-port"}, "port"),
+        ({"PORT": "not-a-port"}, "PORT"),
         ({"HOST": ALL_INTERFACES}, "ADMIN_PASSWORD and DEMO_PASSWORD"),
         ({"HOST": ALL_INTERFACES, "SECRET_KEY": "x" * 40}, "SECRET_KEY is weak"),
     ],

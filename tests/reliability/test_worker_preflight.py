@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,14 +50,20 @@ def test_a_worker_exits_naming_the_setting_of_the_dependency_that_does_not_answe
     no_postgres = Worker(
         tmp_path, f"postgresql://app:{PASSWORD}@127.0.0.1:{postgres_port}/app?sslmode=disable", valkey_url
     )
-    processes += [no_valkey, no_postgres]
-    for worker in (no_valkey, no_postgres):
+    # What compose runs: the CLI's worker checks the schema first, and must not die on it in a traceback.
+    cli_no_postgres = Worker(
+        tmp_path, f"postgresql://app:{PASSWORD}@127.0.0.1:{postgres_port}/app?sslmode=disable", valkey_url
+    )
+    cli_no_postgres.command = [sys.executable, "-m", "app.cli", "worker"]
+    processes += [no_valkey, no_postgres, cli_no_postgres]
+    for worker in (no_valkey, no_postgres, cli_no_postgres):
         worker.env["LOG_LEVEL"] = "INFO"  # SAQ's and the workers' start-up lines would show
         worker.start()
 
     for worker, setting, port in (
         (no_valkey, "VALKEY_URL", valkey_port),
         (no_postgres, "DATABASE_URL", postgres_port),
+        (cli_no_postgres, "DATABASE_URL", postgres_port),
     ):
         code, output = finished(worker)
         assert code == 1, output
