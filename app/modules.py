@@ -6,6 +6,7 @@ says what a module holds). Adding a domain is one new folder under ``app/domains
 
 from __future__ import annotations
 
+from app.core.idempotency import idempotency
 from app.core.modules import Module
 from app.core.relay import outbox
 from app.domains.accounts.module import module as accounts
@@ -25,6 +26,7 @@ from app.domains.tasks.module import module as tasks
 
 MODULES: tuple[Module, ...] = (
     outbox,
+    idempotency,
     health,
     accounts,
     projects,

@@ -17,7 +17,8 @@ Stripe's API does) with a creation; the key is the user's (another user's same k
    corrected retry under the same key is processed. A request that died without releasing (a killed
    worker, a lost database) holds its key for the lease, not a day.
 
-The answers are kept 24 hours; a daily cron purges what expired (``Idempotency.purge_expired``).
+The answers are kept 24 hours; a daily cron of the platform's ``idempotency`` module purges what
+expired (``Idempotency.purge_expired``).
 Handlers use ``Idempotency.respond`` (one call); a service method that creates takes
 ``claim: IdempotencyClaim[Row] | None = None`` and calls ``await claim.complete(uow, row,
 resource_id=row.id)`` inside its transaction when given one.
@@ -38,9 +39,11 @@ from litestar import MediaType, Request, Response
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import HeaderParameter
+from saq.types import Context
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, UnprocessableError
+from app.core.modules import Cron, Job, Module
 from app.core.types import whole
 from app.db import idempotency as queries
 
@@ -54,6 +57,9 @@ CLAIM_LEASE_S = 60.0
 """How long an unfinished request holds its key: far longer than a creation takes."""
 PURGE_CHUNK = 10_000
 """Keys deleted per statement (and transaction) by the purge."""
+CLAIM_PURGE_GRACE_S = 3600.0
+"""How long past its lease an unfinished claim is kept by the purge: its request may still be running
+(held up by a lock) and may complete it if no retry claimed the key meanwhile."""
 
 
 class IdempotencyKeyReusedError(UnprocessableError):
@@ -258,12 +264,15 @@ class Idempotency:
         return replay(claimed.answer, replayed=False)
 
     async def purge_expired(self, chunk_size: int = PURGE_CHUNK) -> int:
-        """Delete the keys past their time (answers after 24 hours, claims after their lease), of
-        every route, ``chunk_size`` per transaction (the daily cron); returns how many."""
+        """Delete the keys past their time (answers after 24 hours, claims ``CLAIM_PURGE_GRACE_S``
+        after their lease), of every route, ``chunk_size`` per transaction (the daily cron); returns
+        how many. An answer completed while the purge ran is kept (``PurgeExpiredIdempotencyKeys``)."""
         purged = 0
         while True:
             async with self.db.transaction() as uow:
-                deleted = await queries.purge_expired_idempotency_keys(uow.conn, chunk_size=chunk_size)
+                deleted = await queries.purge_expired_idempotency_keys(
+                    uow.conn, chunk_size=chunk_size, claim_grace_s=CLAIM_PURGE_GRACE_S
+                )
             purged += deleted
             if deleted < chunk_size:
                 break
@@ -284,3 +293,18 @@ def replay(answer: StoredAnswer, *, replayed: bool, headers: dict[str, str] | No
         media_type=MediaType.JSON,
         headers={**(headers or {}), REPLAYED_HEADER: "true" if replayed else "false"},
     )
+
+
+async def purge_idempotency_keys(ctx: Context) -> int:
+    """Daily: the keys of every route past their time (``Idempotency.purge_expired``)."""
+    from app.core.services import services_of  # app.core.services builds Idempotency: imported late
+
+    return await services_of(ctx)[Idempotency].purge_expired()
+
+
+idempotency = Module(
+    name="idempotency",
+    jobs=[Job(function=purge_idempotency_keys)],
+    cron=[Cron(function=purge_idempotency_keys, schedule="47 3 * * *", timeout_s=300)],
+)
+"""The platform's module for its idempotency keys' housekeeping (as ``app.core.relay.outbox``)."""

@@ -406,6 +406,51 @@ async def test_the_daily_purge_deletes_every_routes_expired_keys(
     assert [key for (key,) in keys] == sorted(f"new-{route.name}" for route in ROUTES)
 
 
+async def test_the_purge_keeps_an_answer_completed_while_it_waits_and_a_claim_still_in_its_grace(
+    app_client: tuple[Litestar, Client], db: AsyncConnection[Any], database_url: str
+) -> None:
+    """Review: the purge deleted by key among rows it had selected as expired, never checking again
+    the row it had waited for: an answer completed meanwhile (now 24 hours ahead) was deleted, and
+    the retry created the resource a second time. A claim just past its lease (its request may still
+    complete it) is kept for ``CLAIM_PURGE_GRACE_S``."""
+    app, _ = app_client
+    user = await make_user(db, app)
+    for key, lapsed in (("completing", "2 hours"), ("in-grace", "1 minute"), ("gone", "2 hours")):
+        await db.execute(
+            "insert into idempotency_keys (user_id, key, request_hash, expires_at)"
+            " values (%s, %s, '\\x00', now() - %s::interval)",
+            (user.id, key, lapsed),
+        )
+    async with (
+        await AsyncConnection.connect(database_url) as creating,
+        await AsyncConnection.connect(database_url, autocommit=True) as probe,
+    ):
+        await creating.execute(  # what CompleteIdempotencyKey does in the creating transaction
+            "update idempotency_keys set response_status = 201, response_body = '{}', resource_id = 1,"
+            " expires_at = now() + interval '24 hours' where user_id = %s and key = 'completing'",
+            (user.id,),
+        )
+        purge = asyncio.ensure_future(app.state.services[Idempotency].purge_expired())
+
+        async def purge_waits() -> bool:
+            cursor = await probe.execute(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                " and datname = current_database()"
+            )
+            row = await cursor.fetchone()
+            return row is not None and row[0] >= 1
+
+        await wait_until(purge_waits, 10, "the purge waits for the row being completed")
+        await creating.commit()
+        assert await purge == 1
+    rows = await (
+        await db.execute(
+            "select key, response_status from idempotency_keys where user_id = %s order by key", (user.id,)
+        )
+    ).fetchall()
+    assert rows == [("completing", 201), ("in-grace", None)]
+
+
 async def test_the_schema_documents_the_key_and_its_answers(app_client: tuple[Litestar, Client]) -> None:
     _, client = app_client
     paths = (await client.get("/schema/openapi.json")).json()["paths"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from saq.types import Context
 
-from app.core.idempotency import Idempotency
 from app.core.services import services_of
 from app.domains.orders.services import OrderService
 
@@ -24,9 +23,3 @@ async def reserve_stale_orders(ctx: Context) -> int:
 async def expire_reservations(ctx: Context) -> int:
     """Every minute: reservations past their window give their stock back."""
     return await services_of(ctx)[OrderService].expire_reservations()
-
-
-async def purge_idempotency_keys(ctx: Context) -> int:
-    """Daily: idempotency keys past their 24 hours are deleted, those of every route (the platform's
-    ``Idempotency``: scheduled by this module, see ``module.py``)."""
-    return await services_of(ctx)[Idempotency].purge_expired()

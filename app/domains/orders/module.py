@@ -10,7 +10,6 @@ from app.domains.orders.controllers import (
 )
 from app.domains.orders.jobs import (
     expire_reservations,
-    purge_idempotency_keys,
     reserve_order,
     reserve_stale_orders,
 )
@@ -27,8 +26,5 @@ module = Module(
         Cron(
             function=reserve_stale_orders, schedule="* * * * * */10", queue="orders", timeout_s=60, retries=1
         ),
-        # Every route's keys (app.core.idempotency); scheduled here because a platform Module of its
-        # own would need a line in app.modules. The orders queue, as before: its history continues.
-        Cron(function=purge_idempotency_keys, schedule="47 3 * * *", queue="orders", timeout_s=300),
     ],
 )
