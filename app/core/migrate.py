@@ -20,7 +20,7 @@ version: every later run would fail on ``relation ... already exists``. Before `
 (``drop_invalid_indexes``); a valid index is never dropped.
 
 Only ``migrate`` (and ``serve`` in development) applies migrations: they need the owner role. Every
-other process checks, read-only, that the database is at least at the code's newest migration
+other process checks, read-only, that the database has applied every migration of its code
 (``require_schema``) and refuses to start otherwise.
 """
 
@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,58 +58,62 @@ LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 """Pauses before each new try of a run that hit a migration's lock timeout (about a minute in all)."""
 
 
-APPLIED_VERSION = "select max(version) from schema_migrations"
-"""The newest migration applied to a database (dbmate's table; an error when none ever ran)."""
+MISSING_MIGRATIONS = """
+select coalesce(array_agg(files.version order by files.version), '{}')
+from unnest(%s::text[]) as files (version)
+where not exists (select 1 from schema_migrations applied where applied.version = files.version)"""
+"""Which of the versions given (``%s``) the database has not applied (dbmate's ``schema_migrations``)."""
 
 
-def newest_migration(migrations_dir: Path = MIGRATIONS_DIR) -> str:
-    """The version of the newest migration file (its timestamp prefix): the schema this code needs.
-    A database at this version or newer serves it (a newer one during a rolling deploy)."""
-    return max(path.name.split("_", 1)[0] for path in migrations_dir.glob("*.sql"))
+def migration_versions(migrations_dir: Path = MIGRATIONS_DIR) -> tuple[str, ...]:
+    """The versions (timestamp prefixes) of every migration file: the schema this code needs.
+
+    A database serves the code when it has applied every one of them, whatever else it has applied (a
+    newer release's, during a rolling deploy). Not "the newest applied is at least the newest file":
+    a migration merged with an older timestamp than one already applied would pass that unapplied."""
+    return tuple(sorted(path.name.split("_", 1)[0] for path in migrations_dir.glob("*.sql")))
 
 
 class SchemaBehindError(RuntimeError):
-    """The database's schema is older than this release's newest migration (or has none)."""
+    """The database lacks migrations of this release (or has none at all)."""
 
-    def __init__(self, applied: str | None, needed: str) -> None:
+    def __init__(self, missing: Sequence[str]) -> None:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         super().__init__(
-            f"database schema is at {applied or 'no migration'}, this release needs {needed}: "
+            f"database schema lacks migration {missing[0]}{more} of this release: "
             "run `python -m app.cli migrate` (as the owner role)"
         )
-        self.applied = applied
-        self.needed = needed
+        self.missing = tuple(missing)
 
 
-def applied_version(conn: psycopg.Connection[Any]) -> str | None:
-    """``APPLIED_VERSION`` of ``conn``'s database; None where no migration ever ran."""
+def missing_migrations(conn: psycopg.Connection[Any], versions: Sequence[str]) -> list[str]:
+    """The ``versions`` ``conn``'s database has not applied (all of them where none ever ran)."""
     if conn.execute("select to_regclass('schema_migrations') is not null").fetchone() != (True,):
-        return None
-    row = conn.execute(APPLIED_VERSION).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+        return list(versions)
+    row = conn.execute(MISSING_MIGRATIONS, (list(versions),)).fetchone()
+    return list(row[0]) if row is not None else list(versions)
 
 
-def require_schema(database_url: str, *, migrations_dir: Path = MIGRATIONS_DIR) -> str:
-    """Return the database's applied version if it serves this code, else raise ``SchemaBehindError``.
+def require_schema(database_url: str, *, migrations_dir: Path = MIGRATIONS_DIR) -> None:
+    """Return if the database has applied every migration of this code, else raise
+    ``SchemaBehindError``.
 
     Read-only (the app role may run it: it creates nothing). A migrate under way (``just serve``
     started beside ``just worker``) holds the migrations' lock: while it does, a schema behind is
     waited for rather than refused.
     """
-    needed = newest_migration(migrations_dir)
+    versions = migration_versions(migrations_dir)
     dbmate(database_url, "wait", migrations_dir=migrations_dir)  # a configured server may be starting
     with psycopg.connect(database_url, autocommit=True) as conn:
         waiting = False
-        while True:
-            applied = applied_version(conn)
-            if applied is not None and int(applied) >= int(needed):
-                return applied
+        while missing := missing_migrations(conn, versions):
             if _migration_lock_free(conn):
-                applied = applied_version(conn)  # a migrate may have ended just before
-                if applied is not None and int(applied) >= int(needed):
-                    return applied
-                raise SchemaBehindError(applied, needed)
+                missing = missing_migrations(conn, versions)  # a migrate may have ended just before
+                if missing:
+                    raise SchemaBehindError(missing)
+                return
             if not waiting:
-                log.info("schema_waiting_for_migrations", applied=applied, needed=needed)
+                log.info("schema_waiting_for_migrations", missing=len(missing), first=missing[0])
                 waiting = True
             time.sleep(LOCK_POLL_S)
 

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from app.config import Settings
-from app.core.migrate import MIGRATIONS_DIR, migrate, newest_migration
+from app.core.migrate import MIGRATIONS_DIR, migrate, migration_versions
 from app.domains.health.services import HealthService
 from app.main import create_app
 from tests.factories import captured_logs, serve_in_loop
@@ -59,37 +59,51 @@ async def test_ready_is_503_while_the_schema_lacks_migrations(
     checks = {check["name"]: check for check in ready.json()["checks"]}
     assert checks["schema"] == {**checks["schema"], "ok": False, "required": True, "detail": "error"}
     assert checks["postgres"]["ok"] is True
-    assert newest_migration() not in ready.text, "the versions are for the log, not the public answer"
+    skipped = next(
+        p.name.split("_", 1)[0]
+        for p in sorted(MIGRATIONS_DIR.glob("*.sql"))
+        if FIRST_MIGRATION_SKIPPED in p.name
+    )
+    assert skipped not in ready.text, "the versions are for the log, not the public answer"
     failed = [line for line in logs.lines if line.get("event") == "readiness_check_failed"]
     schema = [line for line in failed if line["check"] == "schema"]
     assert len(schema) == 1, failed
     assert schema[0]["error"] == "SchemaMissingMigrationsError"
-    assert newest_migration() in schema[0]["message"], schema[0]
+    assert skipped in schema[0]["message"], schema[0]
 
 
-async def test_the_schema_must_be_at_least_the_newest_migration(settings: Settings) -> None:
-    """The same database (migrated to this release's newest) is ready for this release and for an
-    older one (required version below the applied one), and not for a newer one."""
+async def test_the_schema_must_hold_every_migration_of_the_release(settings: Settings) -> None:
+    """The same database (migrated to this release) is ready for this release and for an older one
+    (a subset of what is applied), and not for a release with one more migration — even one older
+    than the newest applied (a migration merged late: review of today's change)."""
     async with serve_in_loop(settings) as served:
         running = served.app.state.services[HealthService]
-        assert running.required_schema == newest_migration(), "read from migrations/ at start-up"
+        versions = list(migration_versions())
+        assert running.required_migrations == versions, "read from migrations/ at start-up"
 
-        def health(required: str) -> HealthService:
+        def health(required: list[str]) -> HealthService:
             return HealthService(
                 running.db,
                 running.valkey,
                 settings.valkey_url or "",
                 timeout_s=5.0,
                 shared_s=0.0,
-                required_schema=required,
+                required_migrations=required,
             )
 
-        older, newer = str(int(newest_migration()) - 1), str(int(newest_migration()) + 1)
-        for required, ready in ((newest_migration(), True), (older, True), (newer, False)):
+        merged_late = str(int(versions[-1]) - 1)
+        assert merged_late not in versions
+        newer = str(int(versions[-1]) + 1)
+        for required, ready in (
+            (versions, True),
+            (versions[:-1], True),
+            ([*versions, newer], False),
+            (sorted([*versions, merged_late]), False),
+        ):
             service = health(required)
             try:
                 answer = await service.readiness()
             finally:
                 await service.close()
             schema = next(check for check in answer.checks if check.name == "schema")
-            assert (schema.ok, answer.status == "ok") == (ready, ready), (required, answer)
+            assert (schema.ok, answer.status == "ok") == (ready, ready), (required[-2:], answer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -19,7 +19,7 @@ from app.core.cache import Flights, single_flight
 from app.core.db import Database
 from app.core.deadline import finish_within, sever
 from app.core.logging import OncePerInterval, error_message
-from app.core.migrate import APPLIED_VERSION, newest_migration
+from app.core.migrate import MISSING_MIGRATIONS, migration_versions
 
 log = structlog.get_logger("app.health")
 
@@ -118,10 +118,10 @@ class HealthService:
     It watches the queue through a SAQ queue handle of its own (one small Valkey connection), so a
     probe never depends on the web app's SAQ plugin or on a worker being in this process.
 
-    The schema is ready when its newest applied migration is ``required_schema`` (the newest file
-    of ``migrations/``, read once per process) or newer: during a rolling deploy the previous
-    release keeps serving on the next one's schema, but a release whose migrations have not run
-    (the api image never migrates) must not take traffic its queries would fail.
+    The schema is ready when every migration of ``required_migrations`` (the files of
+    ``migrations/``, read once per process) is applied, whatever else is: during a rolling deploy the
+    previous release keeps serving on the next one's schema, but a release whose migrations have not
+    run (the api image never migrates) must not take traffic its queries would fail.
     """
 
     def __init__(
@@ -133,10 +133,10 @@ class HealthService:
         timeout_s: float,
         warn_interval_s: float = WARN_INTERVAL_S,
         shared_s: float = READINESS_SHARED_S,
-        required_schema: str | None = None,
+        required_migrations: Sequence[str] | None = None,
     ) -> None:
         self.db = db
-        self.required_schema = required_schema or newest_migration()
+        self.required_migrations = list(required_migrations or migration_versions())
         self.shared_s = shared_s
         self._answer: tuple[float, Readiness] | None = None
         self._flights: Flights = {}
@@ -180,11 +180,11 @@ class HealthService:
 
         async def schema() -> None:
             async with self.db.pool.connection(timeout=timeout) as conn:
-                query = asyncio.ensure_future(_applied_version(conn))
-                applied = await finish_within(query, timeout, lambda: sever(conn))
-            if applied is None or int(applied) < int(self.required_schema):
+                query = asyncio.ensure_future(_missing_migrations(conn, self.required_migrations))
+                missing = await finish_within(query, timeout, lambda: sever(conn))
+            if missing:
                 raise SchemaMissingMigrationsError(
-                    f"schema at migration {applied or 'none'}, this release needs {self.required_schema}: "
+                    f"schema lacks {len(missing)} migration(s) of this release (first {missing[0]}): "
                     "run the migrations"
                 )
 
@@ -204,7 +204,7 @@ class HealthService:
         return Readiness(status="ok" if healthy else "unavailable", checks=list(checks))
 
 
-async def _applied_version(conn: AsyncConnection[Any]) -> str | None:
-    """The newest applied migration's version (dbmate's timestamp), None when none is recorded."""
-    row = await (await conn.execute(APPLIED_VERSION)).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+async def _missing_migrations(conn: AsyncConnection[Any], versions: list[str]) -> list[str]:
+    """The ``versions`` the database has not applied (``MISSING_MIGRATIONS``)."""
+    row = await (await conn.execute(MISSING_MIGRATIONS, (versions,))).fetchone()
+    return list(row[0]) if row is not None else versions
