@@ -25,7 +25,7 @@ import redis.asyncio as redis
 import structlog
 from litestar.types import Guard
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
-from saq import Queue
+from saq import Queue, Worker
 from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
@@ -269,6 +269,17 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
     return [failure for failure in answers if failure is not None]
 
 
+def _mark_started(worker: Worker[Context]) -> asyncio.Event:
+    """An event set once ``worker`` has run its startup hooks (a last hook of its own)."""
+    started = asyncio.Event()
+
+    async def mark(_: Context) -> None:
+        started.set()
+
+    worker.startup = [*(worker.startup or []), mark]
+    return started
+
+
 async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
     """The worker process: every queue's worker (the default queue's runs the outbox relay) until
     SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``).
@@ -294,12 +305,20 @@ async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLI
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    started = [_mark_started(worker) for worker in workers]
     for worker in workers:
         worker.SIGNALS = []  # signals are handled here, once for all queues
     tasks = [asyncio.create_task(worker.start(), name=f"worker-{worker.queue.name}") for worker in workers]
     log.info("workers_started", queues=[worker.queue.name for worker in workers])
     await stop.wait()
     log.info("workers_stopping", grace_s=settings.worker_shutdown_grace_s)
+    # SAQ's stop runs the shutdown hooks at once: a stop while a worker is still in its startup hooks
+    # closed nothing of what they then opened (the relay, the services' listeners), and the process
+    # never exited. Each worker's start-up is let finish first (bounded by the grace).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(event.wait() for event in started)), settings.worker_shutdown_grace_s
+        )
     await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
     await asyncio.gather(*tasks, return_exceptions=True)
     log.info("workers_stopped")
