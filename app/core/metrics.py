@@ -88,7 +88,8 @@ def _alive(pid: int) -> bool:
 
 def sweep_dead_processes(directory: Path | None = None) -> list[int]:
     """Remove the live gauges (``livesum``, ``livemax``...) of processes that no longer exist from the
-    multiprocess directory (``prometheus_client.multiprocess.mark_process_dead``); the pids swept.
+    multiprocess directory (as ``prometheus_client.multiprocess.mark_process_dead``, tolerating a
+    concurrent sweep); the pids swept.
 
     Nothing calls ``mark_process_dead`` when a granian worker dies (a crash, an OOM kill), so its
     in-flight count stayed in every later scrape. A recycled pid that is alive again keeps its files
@@ -96,15 +97,19 @@ def sweep_dead_processes(directory: Path | None = None) -> list[int]:
     directory = directory or multiprocess_directory()
     if directory is None:
         return []
-    pids = set()
+    files: dict[int, list[str]] = {}
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(directory):
             match = _LIVE_GAUGE_FILE.fullmatch(entry.name)
             if match is not None:
-                pids.add(int(match.group(1)))
-    dead = sorted(pid for pid in pids if pid != os.getpid() and not _alive(pid))
+                files.setdefault(int(match.group(1)), []).append(entry.path)
+    dead = sorted(pid for pid in files if pid != os.getpid() and not _alive(pid))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+        # What ``mark_process_dead`` does, minus its failure when another process (a worker starting,
+        # a scrape in another worker) removed the same file first.
+        for path in files[pid]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
     return dead
 
 

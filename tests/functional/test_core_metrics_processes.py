@@ -5,6 +5,7 @@ gauges are one series whatever the number of workers, and what the separate work
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from psycopg import AsyncConnection
 
+from app.core.metrics import sweep_dead_processes
 from app.db import outbox as outbox_queries
 from tests.factories import wait_until
 from tests.faults import Worker
@@ -132,3 +134,23 @@ async def test_the_worker_process_serves_its_relay_job_and_queue_metrics(
     finally:
         code = worker.stop(signal.SIGTERM)
     assert code == 0, worker.log_tail()
+
+
+def test_a_sweep_tolerates_another_process_removing_the_same_file_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a respawned worker and a scrape in another worker sweep the same dead pid at once;
+    ``mark_process_dead`` raised FileNotFoundError in the loser (a worker that failed to start, a 500
+    scrape: 62 of 12,000 sweeps of six processes)."""
+    dead = 4_000_000  # above pid_max: never alive
+    gauge = tmp_path / f"gauge_livesum_{dead}.db"
+    gauge.write_bytes(b"\0" * 16)
+    remove = os.remove
+
+    def another_process_first(path: str) -> None:
+        remove(path)  # the other sweep wins
+        remove(path)
+
+    monkeypatch.setattr(os, "remove", another_process_first)
+    assert sweep_dead_processes(tmp_path) == [dead]
+    assert not gauge.exists()
