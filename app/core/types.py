@@ -56,7 +56,16 @@ Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 IdPath = Annotated[int, PathParameter(ge=1, le=MAX_ID)]
 """An id in the path (Litestar ignores msgspec ``Meta`` on parameters: the bounds go on the marker)."""
 
-_NOT_ZONES = {"localtime"}  # the machine's own zone file: not a name with a meaning elsewhere
+_NOT_ZONES = {
+    "localtime",  # the machine's own zone file: not a name with a meaning elsewhere
+    # Zones whose name PostgreSQL reads first as a fixed-offset abbreviation (pg_timezone_abbrevs):
+    # a report's days (its `at time zone`, `date_trunc`) would ignore their summer time. The regions'
+    # names (Europe/Brussels, Europe/Athens, Europe/Lisbon...) mean what they say in both.
+    "CET",
+    "EET",
+    "MET",
+    "WET",
+}
 
 if TYPE_CHECKING:
     TimeZone = str

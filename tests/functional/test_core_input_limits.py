@@ -193,7 +193,11 @@ async def test_prices_filter_within_their_bounds(client: Client, admin: Actor) -
         assert (created.json()["id"] in [item["id"] for item in response.json()["items"]]) is found
 
 
-@pytest.mark.parametrize("timezone", ["America", "../../etc/passwd", "Mars/Olympus_Mons", "localtime"])
+# CET, EET, MET, WET: PostgreSQL reads them as fixed-offset abbreviations, not as the zones Python's
+# tzdata has (a report's summer days were an hour off): refused, their regions' names are not.
+@pytest.mark.parametrize(
+    "timezone", ["America", "../../etc/passwd", "Mars/Olympus_Mons", "localtime", "CET", "EET", "MET", "WET"]
+)
 async def test_an_unknown_site_timezone_is_refused(client: Client, member: Actor, timezone: str) -> None:
     response = await client.post(
         "/api/sites", json={"domain": "tz.example", "timezone": timezone}, headers=member.headers
@@ -206,10 +210,11 @@ async def test_an_unknown_report_timezone_is_refused(client: Client, member: Act
         "/api/sites", json={"domain": "tz.example", "timezone": "Europe/Berlin"}, headers=member.headers
     )
     assert site.status_code == 201, site.text
-    response = await client.get(
-        f"/api/sites/{site.json()['id']}/summary", params={"tz": "America"}, headers=member.headers
-    )
-    assert_names(response, 400, "query.tz")
+    for tz in ("America", "CET"):
+        response = await client.get(
+            f"/api/sites/{site.json()['id']}/summary", params={"tz": tz}, headers=member.headers
+        )
+        assert_names(response, 400, "query.tz")
 
 
 async def test_nul_characters_never_reach_a_text_column(
