@@ -67,7 +67,9 @@ RankCursorParam = Annotated[
 ]
 PAGED_DOC = (
     " Paged by `limit` and `cursor`: `next_cursor` continues after the last row shown (null on the last"
-    " page), on the order shown."
+    " page), on the order shown. Each page reads the counts of the moment: while views still arrive in"
+    " the period, a value whose count changes between two pages may be listed twice or not at all; the"
+    " pages of a period that ended more than a day ago (no late view can change it) list each value once."
 )
 
 RANGE_DOC = (
