@@ -54,7 +54,8 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
     summary="Record one page view",
     description="Answered 202 only after the view is committed. A repeated `event_id` (same site) is "
     "stored once when it arrives within two days of the first. `ts` is clamped: never in the future, "
-    "never older than 24 hours. `url` is the page's absolute address (a relative one is a 400). "
+    "never older than 24 hours. `url` is the page's absolute address (one without a host is a 422 "
+    "`page-url-without-host`). "
     "Its path is stored without its query and fragment, in one "
     "spelling (percent-encoding decoded where it is not needed: `/caf%C3%A9` is `/café`), case and "
     "final slash kept. Agents crawlerdetect knows are counted as bots. "

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from app.core.errors import FieldError, InvalidFieldsError
+from app.core.errors import FieldError, InvalidFieldsError, UnprocessableError
 from app.core.validation import decode_any, struct_field_errors, whole_numbers
 from app.domains.pageviews.derive import Page, parse_page, referrer_source
 from app.domains.pageviews.schemas import (
@@ -85,16 +85,30 @@ def _decode_slowly(contract: Any, fast: type[T], body: bytes, refused: Exception
     raise InvalidFieldsError(errors or [FieldError(field="body", message=str(refused))]) from refused
 
 
+class PageWithoutHostError(UnprocessableError):
+    """A page URL that is a valid URI reference but names no host (``/path``, ``mailto:...``): it
+    cannot be told apart from another site's page (its internal referrers would count as outside
+    traffic). A 422, not the validation 400: the published contract admits any text there."""
+
+    slug = "page-url-without-host"
+    title = "The page URL names no host"
+
+    def __init__(self, fields: list[str]) -> None:
+        super().__init__("Send the page's absolute address (https://host/path).")
+        self.errors = [FieldError(field=field, message=NO_HOST) for field in fields]
+
+
 NO_HOST = "Not the page's absolute address (https://host/path): a page without its host has no site"
 
 
 def parse_views(views: list[PageView], *, batched: bool) -> list[tuple[Page, str, str]]:
     """(page, referrer host, referrer source) of every view, or one ``InvalidFieldsError`` naming
-    every field the Struct cannot check: a URL or referrer that cannot be split, a URL without a host
-    (a relative one: its internal referrers would count as other sites), a URL longer than
-    ``MAX_URL_BYTES`` in UTF-8."""
+    every field the Struct cannot check: a URL or referrer that cannot be split, a URL longer than
+    ``MAX_URL_BYTES`` in UTF-8; failing none of these, ``PageWithoutHostError`` naming every URL
+    without a host."""
     parsed: list[tuple[Page, str, str]] = []
     errors: list[FieldError] = []
+    without_host: list[str] = []
     for index, view in enumerate(views):
         url, referrer = view.url, view.referrer
         page = NO_PAGE
@@ -109,7 +123,7 @@ def parse_views(views: list[PageView], *, batched: bool) -> list[tuple[Page, str
                 )
             else:
                 if not page.host:
-                    errors.append(FieldError(field=_named("url", index, batched), message=NO_HOST))
+                    without_host.append(_named("url", index, batched))
         try:
             parsed.append((page, *referrer_source(referrer, page.host)))
         except ValueError as exc:
@@ -118,6 +132,8 @@ def parse_views(views: list[PageView], *, batched: bool) -> list[tuple[Page, str
             )
     if errors:
         raise InvalidFieldsError(errors)
+    if without_host:
+        raise PageWithoutHostError(without_host)
     return parsed
 
 
