@@ -29,7 +29,12 @@ from app.core.metrics import RequestMetrics, sweep_dead_processes
 from app.core.middleware import RequestContextMiddleware
 from app.core.queues import build_saq_config
 from app.core.ratelimit import RateLimiter, policies_from_settings
-from app.core.routing import StrictJSONRequest, guard_without_handler_copies, resolve_dependencies_in_order
+from app.core.routing import (
+    StrictJSONRequest,
+    guard_without_handler_copies,
+    parse_int_paths_canonically,
+    resolve_dependencies_in_order,
+)
 from app.core.runtime import resolve_services
 from app.core.services import Services
 from app.core.strict_schema import StrictStructSchemaPlugin
@@ -67,6 +72,7 @@ class MetricsController(PrometheusController):
 def create_app(settings: Settings | None = None) -> Litestar:
     resolve_dependencies_in_order()
     guard_without_handler_copies()
+    parse_int_paths_canonically()
     settings = resolve_services(settings or get_settings())
     assert settings.database_url is not None
     assert settings.valkey_url is not None

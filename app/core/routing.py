@@ -23,6 +23,17 @@ Guards without copies. Litestar passes each guard a shallow ``copy()`` of the ro
 request and guard (about 5 % of an authenticated read's CPU, measured with py-spy under the task
 list). Our guards never touch the handler, so ``guard_without_handler_copies`` passes the handler
 itself.
+
+One spelling per id. Litestar parses a ``{x:int}`` path segment with ``int()``, which strips
+whitespace and reads a sign, ``_`` and any Unicode digit: ``/api/projects/20001%0A``, ``+20001``,
+``2_0001``, ``020001`` and ``٢٠٠٠١`` all named project 20001, so a gateway or cache rule written for one
+spelling missed the others. ``parse_path_int`` takes only the canonical decimal (ASCII digits, no sign,
+no leading zero; ``0`` itself stays ``0``, which ``IdPath`` refuses with its usual 400); anything else,
+``-1`` included (a 400 from ``IdPath``'s bounds before), is the 404 an unparsable segment
+(``/api/projects/abc``) already was. ``parse_int_paths_canonically`` replaces Litestar's ``int``
+parser; ``create_app`` calls it before the app builds its routes (a route keeps the parser it was
+built with). Cost: none on routes without an ``int`` parameter, none when Litestar's cache of
+parsed path values (``parse_path_params``, 1024 entries) hits, else about 0.15 µs over ``int()``.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from litestar.exceptions import SerializationException, ValidationException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.router import Router
 from litestar.routes import HTTPRoute
+from litestar.routes.base import parsers_map
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Empty
 
@@ -171,10 +183,28 @@ def guard_without_handler_copies() -> None:
     BaseRouteHandler.authorize_connection = _authorize_connection  # type: ignore[method-assign]
 
 
+def parse_path_int(segment: str) -> int:
+    """A ``{x:int}`` path segment written the one way: ``0`` or ASCII digits without a leading zero.
+
+    A ``ValueError`` (anything else) is Litestar's 404 for a path that names no resource.
+    """
+    if segment.isascii() and segment.isdigit() and (segment[0] != "0" or len(segment) == 1):
+        return int(segment)
+    raise ValueError(f"not a canonical decimal integer: {segment!r}")
+
+
+def parse_int_paths_canonically() -> None:
+    """Make ``parse_path_int`` the parser of every ``{x:int}`` path parameter of routes built from
+    now on (see the module's docstring; idempotent)."""
+    parsers_map[int] = parse_path_int
+
+
 __all__ = [
     "Controller",
     "StrictJSONRequest",
     "allowed_methods",
     "guard_without_handler_copies",
+    "parse_int_paths_canonically",
+    "parse_path_int",
     "resolve_dependencies_in_order",
 ]
