@@ -56,9 +56,11 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
     "stored once when it arrives within two days of the first. `ts` is clamped: never in the future, "
     "never older than 24 hours. `url` is the page's absolute address (one without a host is a 422 "
     "`page-url-without-host`). "
-    "Its path is stored without its query and fragment, in one "
-    "spelling (percent-encoding decoded where it is not needed: `/caf%C3%A9` is `/café`), case and "
-    "final slash kept. Agents crawlerdetect knows are counted as bots. "
+    "Its path is stored without its query and fragment, in one spelling: escapes of unreserved ASCII "
+    "and printable non-ASCII characters are decoded (`/caf%C3%A9` is `/café`), every other byte is "
+    "percent-encoded in upper-case hex whether it came raw or escaped (`/a b` is `/a%20b`, `%5C` stays), "
+    "case and final slash kept, at most 2000 characters. Agents crawlerdetect knows, load-testing tools, "
+    "and empty agents or agents over 512 characters are counted as bots. "
     "429: the address (an IPv6 /64 counts as one) or the site's quota.",
     opt={"rate_limit": None},
     operation_class=documents_json_body(PageViewIn),
