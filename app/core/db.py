@@ -165,3 +165,17 @@ class Database:
     def read(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """``async with db.read() as uow:`` — one connection for reads, no transaction around them."""
         return reading(self.pool)
+
+    async def delete_in_chunks(
+        self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]], chunk_size: int
+    ) -> int:
+        """Run ``delete_chunk`` (one statement deleting at most ``chunk_size`` rows), one transaction
+        each, until a chunk comes back short; how many rows in all. Each transaction stays short (its
+        locks, its WAL, the statement timeout) however large the backlog of a purge."""
+        deleted = 0
+        while True:
+            async with self.transaction() as uow:
+                chunk = await delete_chunk(uow)
+            deleted += chunk
+            if chunk < chunk_size:
+                return deleted

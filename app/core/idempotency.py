@@ -267,15 +267,13 @@ class Idempotency:
         """Delete the keys past their time (answers after 24 hours, claims ``CLAIM_PURGE_GRACE_S``
         after their lease), of every route, ``chunk_size`` per transaction (the daily cron); returns
         how many. An answer completed while the purge ran is kept (``PurgeExpiredIdempotencyKeys``)."""
-        purged = 0
-        while True:
-            async with self.db.transaction() as uow:
-                deleted = await queries.purge_expired_idempotency_keys(
-                    uow.conn, chunk_size=chunk_size, claim_grace_s=CLAIM_PURGE_GRACE_S
-                )
-            purged += deleted
-            if deleted < chunk_size:
-                break
+
+        async def chunk(uow: UnitOfWork) -> int:
+            return await queries.purge_expired_idempotency_keys(
+                uow.conn, chunk_size=chunk_size, claim_grace_s=CLAIM_PURGE_GRACE_S
+            )
+
+        purged = await self.db.delete_in_chunks(chunk, chunk_size)
         if purged:
             log.info("idempotency_keys_purged", count=purged)
         return purged

@@ -40,7 +40,7 @@ from saq import Queue
 from saq.types import Context
 
 from app.config import Settings
-from app.core.db import Database
+from app.core.db import Database, UnitOfWork
 from app.core.deadline import answered_within
 from app.core.logging import OncePerInterval
 from app.core.modules import Cron, Job, Module
@@ -235,15 +235,13 @@ async def purge_outbox(ctx: Context, outbox_id: int | None = None) -> int:
 async def purge_published(db: Database, published_before: datetime, chunk_size: int = PURGE_CHUNK) -> int:
     """Delete the rows published before ``published_before``, ``chunk_size`` rows per transaction,
     until a chunk comes back short; returns how many were deleted."""
-    purged = 0
-    while True:
-        async with db.transaction() as uow:
-            deleted = await outbox_queries.purge_published_outbox(
-                uow.conn, published_before=published_before, chunk_size=chunk_size
-            )
-        purged += deleted
-        if deleted < chunk_size:
-            return purged
+
+    async def chunk(uow: UnitOfWork) -> int:
+        return await outbox_queries.purge_published_outbox(
+            uow.conn, published_before=published_before, chunk_size=chunk_size
+        )
+
+    return await db.delete_in_chunks(chunk, chunk_size)
 
 
 outbox = Module(

@@ -66,7 +66,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.channels import Broadcaster
-from app.core.db import Database
+from app.core.db import Database, UnitOfWork
 from app.core.errors import (
     AppError,
     ConflictError,
@@ -1088,15 +1088,12 @@ class GithubService:
                 return purged
 
     async def _purge_old_snapshots(self, taken_before: date, chunk_size: int) -> int:
-        purged = 0
-        while True:
-            async with self.db.transaction() as uow:
-                deleted = await queries.delete_old_github_snapshots(
-                    uow.conn, taken_before=taken_before, chunk_size=chunk_size
-                )
-            purged += deleted
-            if deleted < chunk_size:
-                return purged
+        async def chunk(uow: UnitOfWork) -> int:
+            return await queries.delete_old_github_snapshots(
+                uow.conn, taken_before=taken_before, chunk_size=chunk_size
+            )
+
+        return await self.db.delete_in_chunks(chunk, chunk_size)
 
     async def _purge_forgotten_logins(self, attempted_before: datetime, chunk_size: int) -> tuple[int, int]:
         """(logins, snapshots) deleted. A chunk locks up to half its rows' worth of logins and deletes
