@@ -38,6 +38,7 @@ from structlog.stdlib import ProcessorFormatter
 
 from app.config import Settings
 from app.core.cache import Cache
+from app.core.idempotency import idempotency as idempotency_module
 from app.core.logging import configure_logging
 from app.core.modules import Module
 from app.core.queues import build_queues
@@ -55,7 +56,7 @@ from app.domains.products.module import module as products_module
 from app.main import create_app
 
 Client = AsyncTestClient[Litestar]
-COMMERCE: tuple[Module, ...] = (products_module, orders_module)
+COMMERCE: tuple[Module, ...] = (idempotency_module, products_module, orders_module)
 """The modules a test needs for products and orders services without an app."""
 PASSWORD = "correct horse battery staple"
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"

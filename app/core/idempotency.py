@@ -44,6 +44,7 @@ from saq.types import Context
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, UnprocessableError
 from app.core.modules import Cron, Job, Module
+from app.core.services import services_of
 from app.core.types import whole
 from app.db import idempotency as queries
 
@@ -178,8 +179,8 @@ class IdempotencyClaim(Generic[T]):
 
 
 class Idempotency:
-    """The platform's idempotency keys (one per process, in the ``Services`` registry; handlers
-    receive it as ``idempotency: Idempotent``)."""
+    """The platform's idempotency keys (one per process: the ``idempotency`` module's service;
+    handlers receive it as ``idempotency: Idempotent``)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -283,26 +284,27 @@ Idempotent = NamedDependency[Idempotency]
 """A handler's parameter ``idempotency: Idempotent`` (the registry provides it under that name)."""
 
 
-def replay(answer: StoredAnswer, *, replayed: bool, headers: dict[str, str] | None = None) -> Response[bytes]:
+def replay(answer: StoredAnswer, *, replayed: bool) -> Response[bytes]:
     """The answer as sent: its status and body, and whether it is a replay."""
     return Response(
         answer.body,
         status_code=answer.status_code,
         media_type=MediaType.JSON,
-        headers={**(headers or {}), REPLAYED_HEADER: "true" if replayed else "false"},
+        headers={REPLAYED_HEADER: "true" if replayed else "false"},
     )
 
 
 async def purge_idempotency_keys(ctx: Context) -> int:
     """Daily: the keys of every route past their time (``Idempotency.purge_expired``)."""
-    from app.core.services import services_of  # app.core.services builds Idempotency: imported late
-
     return await services_of(ctx)[Idempotency].purge_expired()
 
 
 idempotency = Module(
     name="idempotency",
+    service=lambda services: Idempotency(services.db),
     jobs=[Job(function=purge_idempotency_keys)],
     cron=[Cron(function=purge_idempotency_keys, schedule="47 3 * * *", timeout_s=300)],
 )
-"""The platform's module for its idempotency keys' housekeeping (as ``app.core.relay.outbox``)."""
+"""The platform's module for its idempotency keys (as ``app.core.relay.outbox`` is the outbox's): the
+``Idempotency`` service (handlers' ``idempotency``, ``services[Idempotency]``) and its daily purge.
+Listed before the domains whose creations take a key (``app.modules``)."""

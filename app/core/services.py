@@ -3,9 +3,8 @@
 A process builds one ``Services`` from the settings and the module list: the pool, the Valkey client
 and every domain's service, each built once (in module order, so a service can take the ones listed
 before it). Handlers receive a service by the module's name (``orders: OrderService``); everything
-else asks the registry by type (``services[OrderService]``). The platform's own ``Idempotency`` (the
-idempotency keys of every creating route, ``app/core/idempotency.py``) is registered first, under the
-name ``idempotency``, so handlers and services obtain it the same way.
+else asks the registry by type (``services[OrderService]``). The platform's own modules (the outbox's,
+``app.core.relay``; the idempotency keys', ``app.core.idempotency``) are modules like any other.
 
 ``start``/``close`` are reference counted: the web app's lifespan and its in-process SAQ workers share
 one registry, and whichever starts first opens the pool, whichever stops last closes it.
@@ -27,7 +26,6 @@ from app.config import Settings
 from app.core.cache import Cache
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork, create_pool
-from app.core.idempotency import Idempotency
 from app.core.modules import Module
 from app.core.valkey import create_valkey
 
@@ -44,9 +42,8 @@ class Services:
         self.valkey: Valkey = create_valkey(settings, settings.valkey_url)
         self.cache = Cache(self.valkey, warn_interval_s=settings.rate_limit_warn_interval_s)
         self.broadcaster = Broadcaster(settings.valkey_url)
-        self.idempotency = Idempotency(self.db)
-        self._by_type: dict[type[Any], object] = {Idempotency: self.idempotency}
-        self._by_name: dict[str, object] = {"idempotency": self.idempotency}
+        self._by_type: dict[type[Any], object] = {}
+        self._by_name: dict[str, object] = {}
         for module in self.modules:
             if module.service is not None:
                 service = module.service(self)
