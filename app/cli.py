@@ -94,20 +94,27 @@ class _StopSignals:
         self.check()
 
 
-def _prepare(settings: Settings) -> Settings:
-    """Resolve URLs (embedded when unset), export them to child processes, and exit 1 with one line
-    if Valkey or PostgreSQL does not answer (``check_dependencies``: it waits a little for a service
-    still starting) or the database's schema is behind this release.
-
-    Never migrates: ``worker``, ``create-admin`` and ``seed`` connect as the app role in production,
-    which may not create anything (deploy/postgres/10-roles.sh); only ``migrate`` (as the owner) and
-    ``serve`` apply migrations.
-    """
+def _resolve(settings: Settings) -> Settings:
+    """Resolve the service URLs (embedded when unset) and export them to child processes."""
     settings = resolve_services(settings)
     assert settings.database_url
     assert settings.valkey_url
     os.environ["DATABASE_URL"] = settings.database_url
     os.environ["VALKEY_URL"] = settings.valkey_url
+    return settings
+
+
+def _prepare(settings: Settings) -> Settings:
+    """``_resolve``, then exit 1 with one line if Valkey or PostgreSQL does not answer
+    (``check_dependencies``: it waits a little for a service still starting) or the database's
+    schema is behind this release (``run_workers`` makes the same two checks for ``worker``).
+
+    Never migrates: ``worker``, ``create-admin`` and ``seed`` connect as the app role in production,
+    which may not create anything (deploy/postgres/10-roles.sh); only ``migrate`` (as the owner) and
+    ``serve`` apply migrations.
+    """
+    settings = _resolve(settings)
+    assert settings.database_url
     from app.core.queues import check_dependencies  # SAQ and the drivers: only where they are used
 
     failures = asyncio.run(check_dependencies(settings))
@@ -498,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
         from app.modules import MODULES
 
         with exit_scrubbed(settings.database_url, settings.valkey_url):
-            asyncio.run(run_workers(Services(_prepare(settings), MODULES)))
+            asyncio.run(run_workers(Services(_resolve(settings), MODULES)))
     elif args.command == "migrate":
         settings = resolve_services(settings)
         assert settings.database_url

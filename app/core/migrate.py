@@ -100,10 +100,10 @@ def require_schema(database_url: str, *, migrations_dir: Path = MIGRATIONS_DIR) 
 
     Read-only (the app role may run it: it creates nothing). A migrate under way (``just serve``
     started beside ``just worker``) holds the migrations' lock: while it does, a schema behind is
-    waited for rather than refused.
+    waited for rather than refused. Its callers have waited for the database to answer
+    (``app.core.queues.check_dependencies``): it connects once.
     """
     versions = migration_versions(migrations_dir)
-    dbmate(database_url, "wait", migrations_dir=migrations_dir)  # a configured server may be starting
     with psycopg.connect(database_url, autocommit=True) as conn:
         waiting = False
         while missing := missing_migrations(conn, versions):

@@ -32,6 +32,7 @@ from saq.types import Context, PartialTimersDict
 from app.config import Settings, redact_url
 from app.core.logging import error_message
 from app.core.metrics import JOB_DURATION, JOBS, QUEUE_JOBS, serve_worker_metrics
+from app.core.migrate import SchemaBehindError, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
 from app.core.relay import OutboxRelay, batching_of
 from app.core.scrub import scrub_text
@@ -285,13 +286,20 @@ async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLI
     SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``).
 
     It starts only once Valkey and PostgreSQL answer (``check_dependencies``): else it exits 1 with
-    one line naming the setting, instead of SAQ's upkeep tracebacks for ever. With
-    ``WORKER_METRICS_PORT`` set it serves its metrics there (the relay's, the jobs', the queues')."""
+    one line naming the setting, instead of SAQ's upkeep tracebacks for ever. Then it checks that the
+    database has applied every migration of this release (``require_schema``, waiting while a
+    migrate holds the lock): else it exits 1 with one line, never migrating (production runs it as
+    the app role). With ``WORKER_METRICS_PORT`` set it serves its metrics there (the relay's, the
+    jobs', the queues')."""
     settings = services.settings
-    assert settings.valkey_url
+    assert settings.valkey_url and settings.database_url
     failures = await check_dependencies(settings, preflight_timeout_s)
     if failures:
         raise SystemExit(f"worker: cannot start: {'; '.join(failures)}")
+    try:
+        await asyncio.to_thread(require_schema, settings.database_url)
+    except SchemaBehindError as exc:
+        raise SystemExit(str(exc)) from None
     if settings.worker_metrics_port:
         try:
             serve_worker_metrics(settings.worker_metrics_port, settings.host)

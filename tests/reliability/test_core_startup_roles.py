@@ -108,9 +108,11 @@ def _env(roles: Roles, data_dir: Path) -> dict[str, str]:
     )
 
 
-def _cli(roles: Roles, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(
+    roles: Roles, data_dir: Path, *args: str, module: str = "app.cli"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=_env(roles, data_dir),
         capture_output=True,
@@ -213,6 +215,14 @@ def test_a_schema_behind_the_code_is_refused_in_one_line(
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip() == REFUSAL.format(NEEDED), result.stderr
     assert NEEDED not in _applied(roles), "it did not migrate"
+
+
+def test_just_worker_refuses_a_schema_behind_the_code_too(roles: Roles, behind: str, tmp_path: Path) -> None:
+    """``just worker`` (``python -m workers``) started without any schema check."""
+    result = _cli(roles, tmp_path, module="workers")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == REFUSAL.format(NEEDED), result.stderr
 
 
 async def test_the_worker_waits_for_a_migrate_under_way_then_starts(
