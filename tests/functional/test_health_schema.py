@@ -68,7 +68,7 @@ async def test_ready_is_503_while_the_schema_lacks_migrations(
     failed = [line for line in logs.lines if line.get("event") == "readiness_check_failed"]
     schema = [line for line in failed if line["check"] == "schema"]
     assert len(schema) == 1, failed
-    assert schema[0]["error"] == "SchemaMissingMigrationsError"
+    assert schema[0]["error"] == "SchemaBehindError"
     assert skipped in schema[0]["message"], schema[0]
 
 

@@ -19,7 +19,7 @@ from app.core.cache import Flights, single_flight
 from app.core.db import Database
 from app.core.deadline import finish_within, sever
 from app.core.logging import OncePerInterval, error_message
-from app.core.migrate import MISSING_MIGRATIONS, migration_versions
+from app.core.migrate import MISSING_MIGRATIONS, SchemaBehindError, migration_versions
 
 log = structlog.get_logger("app.health")
 
@@ -46,10 +46,6 @@ class DependencyStatus(msgspec.Struct, frozen=True):
 class Readiness(msgspec.Struct, frozen=True):
     status: str
     checks: list[DependencyStatus]
-
-
-class SchemaMissingMigrationsError(RuntimeError):
-    """The database lacks migrations this code needs (applied version older than the newest file)."""
 
 
 _abandoned: set[asyncio.Task[None]] = set()
@@ -183,10 +179,7 @@ class HealthService:
                 query = asyncio.ensure_future(_missing_migrations(conn, self.required_migrations))
                 missing = await finish_within(query, timeout, lambda: sever(conn))
             if missing:
-                raise SchemaMissingMigrationsError(
-                    f"schema lacks {len(missing)} migration(s) of this release (first {missing[0]}): "
-                    "run the migrations"
-                )
+                raise SchemaBehindError(missing)
 
         async def cache() -> None:
             await self.valkey.ping()
