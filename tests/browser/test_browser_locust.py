@@ -1,0 +1,150 @@
+"""The mixed load of ``benchmarks/locustfile.py`` driven from locust's web UI in a real browser, as
+benchmarks/README.md tells a person to: start a swarm from the form, watch every kind of simulated
+user's requests reach the statistics without a failure, stop it.
+
+The app is served with the limits the README gives for a load test, on the seeded demo data (what
+``just serve`` seeds); locust gets the same credentials through the variables the README names.
+The page is watched like every other (``watched_page``): locust's UI must not fetch anything from
+outside 127.0.0.1, nor log a script error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import expect
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.core.services import open_services
+from app.modules import MODULES
+from app.seed import run_seeders
+from tests.browser.conftest import WatchedPage
+from tests.factories import wait_until
+from tests.served import ROOT, ServerProcess, free_port
+
+LOAD_TEST_LIMITS = {  # benchmarks/README.md, "locust"
+    "RATE_LIMIT_AUTH_PER_MINUTE": "1000",
+    "RATE_LIMIT_DEFAULT_PER_MINUTE": "100000",
+    "RATE_LIMIT_DEFAULT_PER_HOUR": "1000000",
+}
+RENDER_TIMEOUT_MS = 60_000
+"""Generous: the simulated users wait 0.2-6 s between their requests, on a shared machine."""
+EVERY_KIND_OF_USER = (
+    "/api/auth/login",  # members and the analyst
+    "/api/projects/",  # members
+    "/api/sites/[id]/summary",  # the analyst
+    "/api/page-views",  # visitors
+)
+
+
+@pytest.fixture
+async def seeded(db: AsyncConnection[Any], settings: Settings) -> Settings:
+    async with open_services(settings, MODULES) as services:
+        await run_seeders(services)
+    return settings
+
+
+@pytest.fixture
+def load_test_server(
+    database_url: str, valkey_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        database_url, valkey_url, tmp_path_factory.mktemp("locust-server"), env=LOAD_TEST_LIMITS
+    )
+    server.start()
+    try:
+        server.wait_ready_sync()
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+async def locust_ui(
+    seeded: Settings, load_test_server: ServerProcess, tmp_path: Path
+) -> AsyncIterator[str]:
+    """``locust -f benchmarks/locustfile.py`` with its web UI against the load-test server: its URL."""
+    port = free_port()
+    log_path = tmp_path / "locust.log"
+    env = {
+        **os.environ,
+        "ADMIN_EMAIL": seeded.admin_email,
+        "ADMIN_PASSWORD": seeded.admin_password,
+        "DEMO_PASSWORD": seeded.demo_password,
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                "benchmarks/locustfile.py",
+                "--host",
+                load_test_server.base,
+                "--web-host",
+                "127.0.0.1",
+                "--web-port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    async def answers() -> bool:
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(url)).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        await wait_until(answers, 60, "locust's web UI answers")
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def test_a_swarm_started_from_the_web_ui_runs_every_user_without_a_failure(
+    locust_ui: str, watched_page: WatchedPage
+) -> None:
+    watch = await watched_page()
+    page = watch.page
+    opened = await page.goto(locust_ui)
+    assert opened is not None and opened.status == 200
+
+    await page.get_by_label("Number of users (peak concurrency)").fill("10")
+    await page.get_by_label("Ramp up (users started/second)").fill("10")
+    await page.get_by_role("button", name="Start").click()
+
+    statistics = page.get_by_role("table")
+    for name in EVERY_KIND_OF_USER:
+        row = statistics.get_by_role("row").filter(has=page.get_by_role("cell", name=name, exact=True))
+        await expect(row).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+    stats = await page.evaluate("fetch('/stats/requests').then((answer) => answer.json())")
+    await page.get_by_role("button", name="Stop").click()
+    await expect(page.get_by_text("stopped", exact=True)).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+
+    by_name = {row["name"]: row for row in stats["stats"]}
+    assert all(by_name[name]["num_requests"] > 0 for name in EVERY_KIND_OF_USER), by_name
+    failed = {name: row["num_failures"] for name, row in by_name.items() if row["num_failures"]}
+    assert not failed and not stats["errors"], (failed, stats["errors"])
+    watch.assert_clean()
