@@ -22,10 +22,15 @@ async def lock_user(conn: AsyncConnection[Any], *, id: int) -> None:
         await cur.execute(LOCK_USER, (id,))
 
 
-COUNT_OPEN_ORDERS = "select count(*) from orders where user_id = $1 and status in ('pending', 'reserved')"
+COUNT_OPEN_ORDERS = """\
+select count(*) from orders
+where user_id = $1
+  and (status = 'pending' or (status = 'reserved' and (reserved_until is null or reserved_until >= now())))"""
 
 
 async def count_open_orders(conn: AsyncConnection[Any], *, user_id: int) -> int | None:
+    """A user's open orders: pending, or reserved and still in their window (a lapsed reservation holds
+    nothing for the buyer any more, whether or not the expiry cron has released its stock yet)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(COUNT_OPEN_ORDERS, (user_id,))
         return await cur.fetchone()
@@ -251,7 +256,9 @@ UNITS_HELD_BY_USER = """\
 select oi.product_id, sum(oi.quantity)::bigint as held
 from order_items oi
 join orders o on o.id = oi.order_id
-where o.user_id = $1 and o.status in ('pending', 'reserved')
+where o.user_id = $1
+  and (o.status = 'pending'
+       or (o.status = 'reserved' and (o.reserved_until is null or o.reserved_until >= now())))
 group by oi.product_id
 order by oi.product_id"""
 
@@ -262,7 +269,8 @@ class UnitsHeldByUserRow(msgspec.Struct, frozen=True, gc=False):
 
 
 async def units_held_by_user(conn: AsyncConnection[Any], *, user_id: int) -> list[UnitsHeldByUserRow]:
-    """Units of each product in a user's open (pending or reserved) orders: the per-user hoarding caps."""
+    """Units of each product in a user's open orders (pending, or reserved and still in their window, as
+    CountOpenOrders): the per-user hoarding caps."""
     async with AsyncRawCursor(conn, row_factory=args_row(UnitsHeldByUserRow)) as cur:
         await cur.execute(UNITS_HELD_BY_USER, (user_id,))
         return await cur.fetchall()
@@ -428,25 +436,46 @@ async def database_now(conn: AsyncConnection[Any]) -> datetime | None:
         return await cur.fetchone()
 
 
-ORDER_TOTALS_BETWEEN = """\
-select count(*)::bigint as orders,
-       coalesce(sum(total) filter (where status in ('reserved', 'paid', 'fulfilled')), 0)::numeric as revenue
-from orders where created_at >= $1 and created_at < $2"""
+COUNT_ORDERS_PLACED_BETWEEN = (
+    "select count(*)::bigint as orders from orders where created_at >= $1 and created_at < $2"
+)
 
 
-class OrderTotalsBetweenRow(msgspec.Struct, frozen=True, gc=False):
-    orders: int
-    revenue: Decimal
-
-
-async def order_totals_between(
+async def count_orders_placed_between(
     conn: AsyncConnection[Any],
     *,
     since: datetime,
     until: datetime,
-) -> OrderTotalsBetweenRow | None:
-    """Orders placed in [since, until), and the revenue of those that kept their money (the daily
-    monitoring report)."""
-    async with AsyncRawCursor(conn, row_factory=args_row(OrderTotalsBetweenRow)) as cur:
-        await cur.execute(ORDER_TOTALS_BETWEEN, (since, until))
+) -> int | None:
+    """Orders placed in [since, until) (the daily monitoring report)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_ORDERS_PLACED_BETWEEN, (since, until))
         return await cur.fetchone()
+
+
+REVENUE_BETWEEN = """\
+select o.currency, sum(o.total)::numeric as revenue
+from order_events e
+join orders o on o.id = e.order_id
+where e.to_status = 'paid' and e.created_at >= $1 and e.created_at < $2
+group by o.currency
+order by o.currency"""
+
+
+class RevenueBetweenRow(msgspec.Struct, frozen=True, gc=False):
+    currency: str
+    revenue: Decimal
+
+
+async def revenue_between(
+    conn: AsyncConnection[Any],
+    *,
+    since: datetime,
+    until: datetime,
+) -> list[RevenueBetweenRow]:
+    """The money of the orders paid in [since, until), per currency (the daily monitoring report): each
+    paid order counts once, in the period of its payment (its transition to paid; a fulfilled order
+    was paid first), whenever it was placed. An order only reserved is no revenue: it may expire."""
+    async with AsyncRawCursor(conn, row_factory=args_row(RevenueBetweenRow)) as cur:
+        await cur.execute(REVENUE_BETWEEN, (since, until))
+        return await cur.fetchall()

@@ -4,7 +4,11 @@
 select id from users where id = @id for no key update;
 
 -- name: CountOpenOrders :one
-select count(*) from orders where user_id = @user_id and status in ('pending', 'reserved');
+-- A user's open orders: pending, or reserved and still in their window (a lapsed reservation holds
+-- nothing for the buyer any more, whether or not the expiry cron has released its stock yet).
+select count(*) from orders
+where user_id = @user_id
+  and (status = 'pending' or (status = 'reserved' and (reserved_until is null or reserved_until >= now())));
 
 -- name: CreateOrder :one
 insert into orders (user_id, total, currency) values (@user_id, @total, @currency)
@@ -83,11 +87,14 @@ order by id
 limit @batch_size;
 
 -- name: UnitsHeldByUser :many
--- Units of each product in a user's open (pending or reserved) orders: the per-user hoarding caps.
+-- Units of each product in a user's open orders (pending, or reserved and still in their window, as
+-- CountOpenOrders): the per-user hoarding caps.
 select oi.product_id, sum(oi.quantity)::bigint as held
 from order_items oi
 join orders o on o.id = oi.order_id
-where o.user_id = @user_id and o.status in ('pending', 'reserved')
+where o.user_id = @user_id
+  and (o.status = 'pending'
+       or (o.status = 'reserved' and (o.reserved_until is null or o.reserved_until >= now())))
 group by oi.product_id
 order by oi.product_id;
 
@@ -158,9 +165,17 @@ select exists (
 -- judges them (a web or worker host's clock may differ from the database's).
 select clock_timestamp()::timestamptz as now;
 
--- name: OrderTotalsBetween :one
--- Orders placed in [since, until), and the revenue of those that kept their money (the daily
--- monitoring report).
-select count(*)::bigint as orders,
-       coalesce(sum(total) filter (where status in ('reserved', 'paid', 'fulfilled')), 0)::numeric as revenue
-from orders where created_at >= @since and created_at < @until;
+-- name: CountOrdersPlacedBetween :one
+-- Orders placed in [since, until) (the daily monitoring report).
+select count(*)::bigint as orders from orders where created_at >= @since and created_at < @until;
+
+-- name: RevenueBetween :many
+-- The money of the orders paid in [since, until), per currency (the daily monitoring report): each
+-- paid order counts once, in the period of its payment (its transition to paid; a fulfilled order
+-- was paid first), whenever it was placed. An order only reserved is no revenue: it may expire.
+select o.currency, sum(o.total)::numeric as revenue
+from order_events e
+join orders o on o.id = e.order_id
+where e.to_status = 'paid' and e.created_at >= @since and e.created_at < @until
+group by o.currency
+order by o.currency;

@@ -18,13 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
+from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.gate import AUTHENTICATE_OPT
 from app.core.pagination import InvalidCursorError, cursor_pattern, decode_cursor, encode_cursor
-from app.core.ratelimit import EXEMPT_PATHS
+from app.core.ratelimit import DEFAULT_POLICY, EXEMPT_PATHS, OPT_KEY
 from app.db import accounts as account_queries
 from app.db import sites as site_queries
 from app.db.models import UserRole
@@ -88,20 +90,50 @@ def operations(app: Litestar) -> list[tuple[str, str, dict[str, Any]]]:
 # -- what every operation documents ----------------------------------------------------------------
 
 
+def handler_opts(app: Litestar) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each operation's route handler ``opt`` (what ``app.core.gate`` reads), by (path, method)."""
+    return {
+        (route.path_format, method.lower()): dict(handler.opt or {})
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        for method in handler.http_methods
+    }
+
+
 def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> None:
-    """401 anywhere (a bad bearer token is refused on every route), 404 where the path has an id
-    (an unknown or malformed one), 429 where the limiter applies, 400/500/503 everywhere."""
+    """401 wherever a bearer token is looked at (every route but the few with ``authenticate`` off:
+    registration, sign-in, rotation), 404 where the path has an id (an unknown or malformed one), 429
+    where a limiter applies (the gate's, unless the route is exempt: ``rate_limit`` None; the ingest
+    routes keep their own), 400/500/503 everywhere."""
+    opts = handler_opts(app)
     missing = []
     for path, method, operation in operations(app):
         documented = set(operation["responses"])
-        expected = {"400", "401", "500", "503"}
+        opt = opts[path, method]
+        expected = {"400", "500", "503"}
+        if opt.get(AUTHENTICATE_OPT) is not False:
+            expected.add("401")
         if "{" in path:
             expected.add("404")
-        if not any(path == exempt or path.startswith(f"{exempt}/") for exempt in EXEMPT_PATHS):
+        exempt = any(path == exempt or path.startswith(f"{exempt}/") for exempt in EXEMPT_PATHS)
+        if not exempt and opt.get(OPT_KEY, DEFAULT_POLICY) is not None:
             expected.add("429")
         if lacking := expected - documented:
             missing.append(f"{method.upper()} {path}: {sorted(lacking)}")
     assert not missing, "\n".join(missing)
+
+
+def test_routes_exempt_from_the_limiter_document_no_429_unless_they_keep_their_own(app: Litestar) -> None:
+    """Logout and the payment webhook are never rate-limited: a documented 429 would be a false
+    promise. The page-view ingest is exempt from the gate's limiter because it keeps its own."""
+    opts = handler_opts(app)
+    exempt = sorted(
+        f"{method.upper()} {path}"
+        for path, method, operation in operations(app)
+        if opts[path, method].get(OPT_KEY, DEFAULT_POLICY) is None and "429" in operation["responses"]
+    )
+    assert exempt == ["POST /api/page-views", "POST /api/page-views/batch"], exempt
 
 
 def test_every_input_struct_refuses_undeclared_properties_in_the_schema(app: Litestar) -> None:

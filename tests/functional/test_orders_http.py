@@ -560,6 +560,48 @@ async def test_only_admins_fulfil_paid_orders_and_every_step_is_recorded(
     assert all(e["reason"] for e in events)
 
 
+async def test_the_daily_revenue_is_the_money_paid_in_the_period_per_currency(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """The monitoring report's revenue (``totals_between``) counted every order placed in the period
+    that was reserved, paid or fulfilled: an unpaid reservation was revenue, and the report is sent
+    once, so one that expired later was never taken back. It is the total of the orders paid in the
+    period (a fulfilled order was paid first), whenever they were placed, one figure per currency."""
+    app, client = shop
+    buyer, admin = await make_user(db, app), await make_user(db, app, "admin")
+    pid = await make_product(db, stock=20, price="1.25")
+    unpaid = await reserved_order(app, client, buyer, (pid, 1))
+    paid = await reserved_order(app, client, buyer, (pid, 2))
+    fulfilled = await reserved_order(app, client, buyer, (pid, 4))
+    assert await pay(client, db, paid) == "paid"
+    assert await pay(client, db, fulfilled) == "paid"
+    assert (await client.post(f"/api/orders/{fulfilled}/fulfil", headers=admin.headers)).status_code == 200
+    in_dollars = await reserved_order(app, client, buyer, (pid, 8))  # placed under CURRENCY=USD
+    await db.execute("update orders set currency = 'USD' where id = %s", (in_dollars,))
+    sent = payments.delivery(payments.event_body(in_dollars, "10.00", currency="USD"))
+    answer = await client.post("/api/payments/webhook", content=sent.body, headers=sent.headers)
+    assert answer.json()["outcome"] == "paid", answer.text
+    since = await scalar(db, "select now() - interval '1 hour'")
+    until = await scalar(db, "select now() + interval '1 hour'")
+    orders = app.state.services[OrderService]
+
+    async with orders.db.read() as uow:
+        placed, revenue = await orders.totals_between(uow, since, until)
+    assert placed == 4
+    assert revenue == {"EUR": Decimal("7.50"), "USD": Decimal("10.00")}, f"{unpaid} is not paid"
+
+    await db.execute(  # placed two days ago, paid in the period: that period's money
+        "update orders set created_at = created_at - interval '2 days' where id = %s", (paid,)
+    )
+    await db.execute(  # paid before the period: that earlier report's money
+        "update order_events set created_at = created_at - interval '2 days'"
+        " where order_id = %s and to_status = 'paid'",
+        (in_dollars,),
+    )
+    async with orders.db.read() as uow:
+        assert await orders.totals_between(uow, since, until) == (3, {"EUR": Decimal("7.50")})
+
+
 async def test_cancel_and_expiry_are_recorded_in_the_history(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:

@@ -18,8 +18,17 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.db.models import OrderStatus
 from app.domains.orders import services as orders_services
+from app.domains.orders.schemas import OrderCreate, OrderLine
 from app.domains.orders.services import OrderService
-from tests.factories import Actor, assert_problem, captured_logs, make_product, make_user, serve_in_loop
+from tests.factories import (
+    Actor,
+    assert_problem,
+    captured_logs,
+    create_user,
+    make_product,
+    make_user,
+    serve_in_loop,
+)
 from tests.fakes import payments
 
 Client = httpx.AsyncClient
@@ -67,7 +76,8 @@ async def state(db: AsyncConnection[Any], order_id: int) -> tuple[str, int]:
     return row[0], row[1]
 
 
-async def send(client: Client, body: bytes, headers: dict[str, str] | dict[str, bytes]) -> Any:
+async def send(client: Client, body: bytes, headers: Any) -> Any:
+    """POST a delivery to the webhook; ``headers`` may carry forged (non-ASCII, bytes) values."""
     return await client.post(WEBHOOK, content=body, headers=headers)
 
 
@@ -254,6 +264,7 @@ async def test_without_a_configured_secret_the_webhook_does_not_exist(settings: 
 # -- refunds due ---------------------------------------------------------------------------------------
 
 REFUNDS_DUE = "/api/admin/payments/refunds-due"
+REFUNDED = "/api/admin/payments/refunded"
 
 
 async def deliver(client: Client, order_id: int, amount: str, **event: Any) -> Any:
@@ -268,6 +279,11 @@ async def refunds_due(client: Client, admin: Actor, **params: Any) -> Any:
     response = await client.get(REFUNDS_DUE, params=params, headers=admin.headers)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+async def mark_refunded(client: Client, admin: Actor, event_id: str) -> Any:
+    """The administrator marks the refund due of ``event_id`` returned (the id in the body)."""
+    return await client.post(REFUNDED, json={"event_id": event_id}, headers=admin.headers)
 
 
 def due(event_id: str, order_id: int | None, payment_id: str, amount: str, outcome: str) -> dict[str, Any]:
@@ -404,8 +420,7 @@ async def test_rows_from_the_release_before_payment_ids_are_not_taken_for_refund
 
     assert answer["outcome"] == "ignored"
     assert (await refunds_due(client, admin))["items"] == []
-    marked = await client.post("/api/admin/payments/evt-old-expired/refunded", headers=admin.headers)
-    assert_problem(marked, 404, "not-found")
+    assert_problem(await mark_refunded(client, admin, "evt-old-expired"), 404, "not-found")
 
 
 async def test_expired_and_mismatched_payments_are_listed_with_what_was_paid(
@@ -478,7 +493,7 @@ async def test_marking_a_refund_done_is_recorded_once_and_removes_it_from_the_li
     listed = (await refunds_due(client, admin))["items"]
     assert [item["event_id"] for item in listed] == ["evt-kept", "evt-twice"]
 
-    marked = await client.post("/api/admin/payments/evt-twice/refunded", headers=admin.headers)
+    marked = await mark_refunded(client, admin, "evt-twice")
     assert marked.status_code == 200, marked.text
     record = marked.json()
     assert record["refunded_by"] == admin.id and record["refunded_at"] is not None
@@ -487,7 +502,7 @@ async def test_marking_a_refund_done_is_recorded_once_and_removes_it_from_the_li
     }
     assert [item["event_id"] for item in (await refunds_due(client, admin))["items"]] == ["evt-kept"]
 
-    again = await client.post("/api/admin/payments/evt-twice/refunded", headers=other_admin.headers)
+    again = await mark_refunded(client, other_admin, "evt-twice")
     assert again.status_code == 200, again.text
     assert again.json() == record, "marking again answers the first marking"
     stored = await (
@@ -496,12 +511,48 @@ async def test_marking_a_refund_done_is_recorded_once_and_removes_it_from_the_li
     assert stored == (admin.id,)
 
     for event_id in ("evt-paid", "evt-other", "evt-unknown"):
-        response = await client.post(f"/api/admin/payments/{event_id}/refunded", headers=admin.headers)
-        assert_problem(response, 404, "not-found")
+        assert_problem(await mark_refunded(client, admin, event_id), 404, "not-found")
     unmarked = await (
         await db.execute("select count(*) from payment_events where refunded_at is not null")
     ).fetchone()
     assert unmarked == (1,)
+
+
+@pytest.mark.parametrize("event_id", ["evt/1", ".", ".."])
+async def test_an_event_id_no_path_could_carry_is_marked_refunded(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], event_id: str
+) -> None:
+    """The provider's event id is any printable ASCII: one with a ``/``, or ``.`` or ``..``, is a
+    genuine payment, recorded and listed like any other. It used to be marked through a path segment
+    that routing splits (``/``) or normalises away (``.``, ``..``): listed for ever, never markable.
+    The id travels in the body now."""
+    app, client = shop
+    admin = await make_user(db, app, "admin")
+    answer = await deliver(client, 2**52, "1.00", event_id=event_id, payment_id=f"pay-{event_id}")
+    assert answer["outcome"] == "refund-due"
+    assert [item["event_id"] for item in (await refunds_due(client, admin))["items"]] == [event_id]
+    marked = await mark_refunded(client, admin, event_id)
+    assert marked.status_code == 200, marked.text
+    assert marked.json()["event_id"] == event_id and marked.json()["refunded_by"] == admin.id
+    assert (await refunds_due(client, admin))["items"] == []
+    assert (await mark_refunded(client, admin, event_id)).json() == marked.json(), "idempotent"
+
+
+async def test_marking_a_refund_takes_a_well_formed_event_id_in_the_body(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    app, client = shop
+    admin = await make_user(db, app, "admin")
+    assert (await deliver(client, 2**52, "1.00", event_id="evt-body"))["outcome"] == "refund-due"
+    for bad in ({}, {"event_id": ""}, {"event_id": "evt 1"}, {"event_id": "x" * 256}, {"event_id": 1}):
+        response = await client.post(REFUNDED, json=bad, headers=admin.headers)
+        assert response.status_code == 400, (bad, response.text)
+    unknown_field = {"event_id": "evt-body", "note": "x"}
+    response = await client.post(REFUNDED, json=unknown_field, headers=admin.headers)
+    assert response.status_code == 400, response.text
+    old_route = await client.post("/api/admin/payments/evt-body/refunded", headers=admin.headers)
+    assert old_route.status_code in (404, 405), old_route.text
+    assert [item["event_id"] for item in (await refunds_due(client, admin))["items"]] == ["evt-body"]
 
 
 async def test_only_administrators_see_and_mark_refunds(
@@ -512,7 +563,7 @@ async def test_only_administrators_see_and_mark_refunds(
     assert (await deliver(client, 2**52, "1.00", event_id="evt-due"))["outcome"] == "refund-due"
     for headers, status, slug in ((buyer.headers, 403, "forbidden"), ({}, 401, "unauthorized")):
         assert_problem(await client.get(REFUNDS_DUE, headers=headers), status, slug)
-        marked = await client.post("/api/admin/payments/evt-due/refunded", headers=headers)
+        marked = await client.post(REFUNDED, json={"event_id": "evt-due"}, headers=headers)
         assert_problem(marked, status, slug)
     assert [item["event_id"] for item in (await refunds_due(client, admin))["items"]] == ["evt-due"]
 
@@ -561,3 +612,35 @@ async def test_a_payment_in_time_by_the_databases_clock_pays_whatever_the_hosts_
     answer = await deliver(client, order_id, "1.00", event_id="evt-in-time", payment_id="pay-in-time")
     assert answer["outcome"] == "paid"
     assert (await state(db, order_id))[0] == "paid"
+
+
+async def test_the_providers_deliveries_are_not_rate_limited_per_address(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The provider delivers every shop's events from a few addresses, at its own pace: under the
+    per-address ``default`` limit a sales peak got its deliveries 429, and a payment redelivered after
+    the reservation window turned into an expired order and a refund. The webhook is exempt (a
+    delivery without a valid signature is refused before any database work); the buyers' routes keep
+    their limit."""
+    allowed = 2
+    async with serve_in_loop(
+        settings, rate_limit_default_per_minute=allowed, payment_webhook_secret=payments.TEST_SECRET
+    ) as served:
+        app, client = served.app, served.client
+        buyer = await create_user(db)
+        product = await make_product(db, stock=5, price="5.00")
+        orders = app.state.services[OrderService]
+        placed = await orders.place(
+            buyer.id, OrderCreate(lines=[OrderLine(product_id=product, quantity=1)]), "k"
+        )
+        assert await orders.reserve(placed.order_id) == OrderStatus.RESERVED
+        for _ in range(3 * allowed):  # other shoppers' events, from the same address
+            answer = await deliver(client, placed.order_id, "5.00", type="charge.updated")
+            assert answer["outcome"] == "ignored"
+        for _ in range(allowed):
+            unsigned = await send(client, payments.event_body(placed.order_id, "5.00"), {})
+            assert_problem(unsigned, 400, "invalid-signature")
+        assert (await deliver(client, placed.order_id, "5.00"))["outcome"] == "paid"
+        assert (await state(db, placed.order_id))[0] == "paid"
+        limited = [(await client.get("/api/products")).status_code for _ in range(allowed + 1)]
+        assert limited[-1] == 429, f"other anonymous routes keep the default limit: {limited}"

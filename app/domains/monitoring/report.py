@@ -56,17 +56,26 @@ def due_at(day: date, hour: int, minute: int, zone: ZoneInfo) -> datetime:
 
 
 class BusinessFigures(msgspec.Struct, frozen=True):
-    """The period's sign-ups, orders and their revenue, and page views received; None where the
-    owning domain is not part of this assembly (the report then says "n/a")."""
+    """The period's sign-ups, orders placed, money paid per currency (``OrderService.totals_between``:
+    orders paid in the period, never a reservation that may still expire), and page views received;
+    None where the owning domain is not part of this assembly (the report then says "n/a")."""
 
     signups: int | None = None
     orders: int | None = None
-    revenue: Decimal | None = None
+    revenue: dict[str, Decimal] | None = None
     pageviews: int | None = None
 
 
 def _figure(value: object) -> str:
     return "n/a" if value is None else str(value)
+
+
+def _revenue(revenue: dict[str, Decimal] | None) -> str:
+    """Each currency's total on its own (``12.50 EUR, 3.00 USD``): amounts in different currencies
+    do not add up; ``0`` when nothing was paid."""
+    if revenue is None:
+        return "n/a"
+    return ", ".join(f"{total} {currency}" for currency, total in sorted(revenue.items())) or "0"
 
 
 async def build_report(
@@ -91,8 +100,8 @@ async def build_report(
     parts.append(Part("Business", "b"))
     parts.append(
         Part(
-            f"\nsign-ups {_figure(figures.signups)} · orders {_figure(figures.orders)} (revenue "
-            f"{_figure(figures.revenue)}) · page views {_figure(figures.pageviews)}\n\n"
+            f"\nsign-ups {_figure(figures.signups)} · orders {_figure(figures.orders)} · paid "
+            f"{_revenue(figures.revenue)} · page views {_figure(figures.pageviews)}\n\n"
         )
     )
     parts.append(Part(f"New groups: {new_count}", "b"))

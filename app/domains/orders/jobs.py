@@ -21,5 +21,6 @@ async def reserve_stale_orders(ctx: Context) -> int:
 
 
 async def expire_reservations(ctx: Context) -> int:
-    """Every minute: reservations past their window give their stock back."""
+    """Every minute: reservations past their window give their stock back (the whole backlog, for at
+    most ``EXPIRY_RUN_BUDGET_S``)."""
     return await services_of(ctx)[OrderService].expire_reservations()

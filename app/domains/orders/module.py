@@ -13,7 +13,7 @@ from app.domains.orders.jobs import (
     reserve_order,
     reserve_stale_orders,
 )
-from app.domains.orders.services import OrderService
+from app.domains.orders.services import EXPIRY_RUN_BUDGET_S, OrderService
 from app.domains.products.services import ProductService
 
 module = Module(
@@ -22,7 +22,12 @@ module = Module(
     service=lambda s: OrderService(s.db, s.settings, s[ProductService], s[Idempotency]),
     jobs=[Job(function=reserve_order, queue="orders")],
     cron=[
-        Cron(function=expire_reservations, schedule="* * * * *", queue="orders", timeout_s=60),
+        Cron(
+            function=expire_reservations,
+            schedule="* * * * *",
+            queue="orders",
+            timeout_s=2 * EXPIRY_RUN_BUDGET_S,
+        ),
         Cron(
             function=reserve_stale_orders, schedule="* * * * * */10", queue="orders", timeout_s=60, retries=1
         ),

@@ -43,10 +43,23 @@ class PaymentData(msgspec.Struct, forbid_unknown_fields=True):
     payment_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
+EventId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=255,
+        pattern=whole(r"[\x21-\x7e]+"),
+        description="The provider's event id: 1 to 255 printable ASCII characters, no space",
+    ),
+]
+"""A provider's event id as stored (``payment_events.event_id``): any printable ASCII, ``/``, ``.``
+and ``..`` included, so it travels in bodies, never in a path."""
+
+
 class PaymentEventIn(msgspec.Struct, forbid_unknown_fields=True):
     """One provider event; only ``payment.succeeded`` changes anything."""
 
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=whole(r"[\x21-\x7e]+"))]
+    id: EventId
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     created: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
     data: PaymentData

@@ -10,7 +10,7 @@ import msgspec
 
 from app.core.types import Id
 from app.db.models import Order, OrderEvent, OrderItem, OrderStatus, PaymentEvent
-from app.domains.orders.payments import RefundOutcome
+from app.domains.orders.payments import EventId, RefundOutcome
 
 MAX_LINES = 50
 MAX_TOTAL = Decimal("999999999999.99")
@@ -112,6 +112,12 @@ class PaymentRefundOut(msgspec.Struct, frozen=True):
             refunded_at=row.refunded_at,
             refunded_by=row.refunded_by,
         )
+
+
+class PaymentRefundCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """An administrator's record that the money of a refund due was returned."""
+
+    event_id: EventId
 
 
 class RefundCursor(msgspec.Struct, frozen=True):

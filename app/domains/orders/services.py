@@ -10,6 +10,7 @@ cancelled; reserved → expired. Only the payment provider's signed webhook make
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,9 @@ ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 RESERVE_TASK = "reserve_order"
 PAYMENT_SUCCEEDED = "payment.succeeded"
+EXPIRY_RUN_BUDGET_S = 30
+"""How long one run of the expiry cron starts new batches: half its job's timeout (``module.py``), so
+the batch started last finishes well within it."""
 
 
 class IllegalTransitionError(ConflictError):
@@ -299,8 +303,13 @@ class OrderService:
             log.warning("stale_pending_orders_reserved", count=len(stale))
         return len(stale)
 
-    async def expire_reservations(self, batch_size: int = 100) -> int:
+    async def expire_reservations(self, budget_s: float = EXPIRY_RUN_BUDGET_S, batch_size: int = 100) -> int:
         """Expire reservations past their window and give their stock back (cron); returns how many.
+
+        Batch after batch until one comes back short (the backlog is drained: past one batch a
+        minute, lapsed orders kept their stock for ever) or ``budget_s`` is spent (the caller gives
+        part of its job timeout, so a run is never cut off mid-way); what is left waits for the next
+        run, and meanwhile counts against nobody's limits (``CountOpenOrders``, ``UnitsHeldByUser``).
 
         Each order is expired in a transaction of its own, which locks the order and then its
         products in id order, as reserving, cancelling and paying do. One transaction for the batch
@@ -309,13 +318,21 @@ class OrderService:
         A concurrent run (or a cancel or payment meanwhile) is harmless: each order is re-checked
         under its lock.
         """
-        async with self.db.read() as uow:
-            lapsed = await queries.list_lapsed_reservations(uow.conn, batch_size=batch_size)
-        expired = 0
-        for order_id in lapsed:
-            expired += await self._expire(order_id)
+        deadline = time.monotonic() + budget_s
+        expired = batches = 0
+        while True:
+            async with self.db.read() as uow:
+                lapsed = await queries.list_lapsed_reservations(uow.conn, batch_size=batch_size)
+            batches += 1
+            for order_id in lapsed:
+                expired += await self._expire(order_id)
+            if len(lapsed) < batch_size:
+                break
+            if time.monotonic() >= deadline:
+                log.warning("reservations_expiry_backlog_left", expired=expired, batches=batches)
+                break
         if expired:
-            log.info("reservations_expired", count=expired)
+            log.info("reservations_expired", count=expired, batches=batches)
         return expired
 
     async def _expire(self, order_id: int) -> bool:
@@ -328,11 +345,21 @@ class OrderService:
             await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
             return True
 
-    async def totals_between(self, uow: UnitOfWork, since: datetime, until: datetime) -> tuple[int, Decimal]:
-        """Orders placed in [since, until) and the revenue of those that kept their money (reserved,
-        paid, fulfilled), in the caller's transaction (the daily report)."""
-        row = await queries.order_totals_between(uow.conn, since=since, until=until)
-        return (row.orders, row.revenue) if row is not None else (0, Decimal(0))
+    async def totals_between(
+        self, uow: UnitOfWork, since: datetime, until: datetime
+    ) -> tuple[int, dict[str, Decimal]]:
+        """Orders placed in [since, until), and the money paid in it per currency, in the caller's
+        transaction (the daily report, sent once per period).
+
+        Revenue is counted when it is paid (the order's transition to paid), whenever the order was
+        placed: a reservation may still expire, so it is no revenue, and a report sent once cannot
+        take it back later; and an order placed before a report and paid after it counts in the next
+        one, where counting by placement would have lost it. Orders carry the currency they were
+        placed in (``CURRENCY`` when placed, which a deployment may change), so the money is
+        reported per currency, never summed across them."""
+        placed = await queries.count_orders_placed_between(uow.conn, since=since, until=until) or 0
+        revenue = await queries.revenue_between(uow.conn, since=since, until=until)
+        return placed, {row.currency: row.revenue for row in revenue}
 
     # -- the buyer's and the admin's actions ------------------------------------------------------
 
