@@ -275,6 +275,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     file_user_max_count: Annotated[int, msgspec.Meta(ge=1)] = 5000
     file_user_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
     file_temp_max_age_s: Annotated[int, msgspec.Meta(ge=60)] = 24 * 3600
+    """The sweep removes temp files of uploads not written or renewed for this long: at least twice
+    ``file_upload_lease_s`` (checked by ``load_settings``), so no upload in flight loses its own."""
     file_uploads_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     """Uploads one account may have in flight at once (more: 429 ``too-many-uploads``)."""
     file_upload_lease_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 120
@@ -429,6 +431,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         _refuse_public_defaults(settings, explicit_key)
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
+    if settings.file_temp_max_age_s < 2 * settings.file_upload_lease_s:
+        raise SettingsError(
+            f"FILE_TEMP_MAX_AGE_S ({settings.file_temp_max_age_s}) must be at least twice "
+            f"FILE_UPLOAD_LEASE_S ({settings.file_upload_lease_s}): the sweep would remove the temp "
+            "files of uploads still within their lease"
+        )
     if not explicit_key and (settings.app_env == "development" or "data_dir" in raw):
         key = read_or_create_secret_key(settings.data_dir / SECRET_KEY_FILE)
         settings = msgspec.structs.replace(settings, secret_key=key)

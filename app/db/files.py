@@ -104,8 +104,10 @@ async def project_file_usage(conn: AsyncConnection[Any], *, project_id: int) -> 
 
 
 UPLOADER_FILE_USAGE = """\
-select count(*)::bigint as files, coalesce(sum(size_bytes), 0)::bigint as bytes
-from project_files where uploaded_by = $1"""
+select count(*)::bigint as files, coalesce(sum(f.size_bytes), 0)::bigint as bytes
+from project_files f
+where f.uploaded_by = $1
+  and exists (select 1 from project_members m where m.project_id = f.project_id and m.user_id = $1)"""
 
 
 class UploaderFileUsageRow(msgspec.Struct, frozen=True, gc=False):
@@ -114,6 +116,8 @@ class UploaderFileUsageRow(msgspec.Struct, frozen=True, gc=False):
 
 
 async def uploader_file_usage(conn: AsyncConnection[Any], *, user_id: int) -> UploaderFileUsageRow | None:
+    """Only the files of projects the uploader still belongs to: one removed from (or leaving) a project
+    can neither see nor delete the files left there, which count against that project's quota alone."""
     async with AsyncRawCursor(conn, row_factory=args_row(UploaderFileUsageRow)) as cur:
         await cur.execute(UPLOADER_FILE_USAGE, (user_id,))
         return await cur.fetchone()

@@ -29,8 +29,12 @@ select count(*)::bigint as files, coalesce(sum(size_bytes), 0)::bigint as bytes
 from project_files where project_id = @project_id;
 
 -- name: UploaderFileUsage :one
-select count(*)::bigint as files, coalesce(sum(size_bytes), 0)::bigint as bytes
-from project_files where uploaded_by = @user_id;
+-- Only the files of projects the uploader still belongs to: one removed from (or leaving) a project
+-- can neither see nor delete the files left there, which count against that project's quota alone.
+select count(*)::bigint as files, coalesce(sum(f.size_bytes), 0)::bigint as bytes
+from project_files f
+where f.uploaded_by = @user_id
+  and exists (select 1 from project_members m where m.project_id = f.project_id and m.user_id = @user_id);
 
 -- name: ExistingStorageKeys :many
 select storage_key from project_files where storage_key = any(@keys::text[]) order by storage_key;

@@ -1200,8 +1200,8 @@ async def test_a_reservation_left_by_a_crashed_upload_lapses(
 async def test_an_upload_whose_reservation_lapsed_midway_is_refused(
     settings: Settings, db: AsyncConnection[Any], world: World, files_root: Path
 ) -> None:
-    """A client that sends nothing for a whole lease has its room given back; when its body
-    resumes, the upload is a 408 ``upload-stalled`` and leaves nothing behind."""
+    """A client that sends nothing for a whole lease has its room given back and its upload ended:
+    a 408 ``upload-stalled`` (without waiting for the body to resume) that leaves nothing behind."""
     async with serve_in_loop(
         settings, files_dir=files_root, file_max_bytes=MAX_BYTES, file_upload_lease_s=1, **GENEROUS_AUTH
     ) as served:

@@ -125,8 +125,12 @@ class ProjectFilesController(Controller):
         "Content-Length already cannot fit; uploads in flight count against the quotas (each reserves "
         "its Content-Length, or FILE_MAX_BYTES when not announced). 429 `too-many-uploads` when the "
         "caller already has FILE_UPLOADS_PER_USER uploads in flight, refused before the body is read. "
-        "408 `upload-stalled` when no part of the body arrived for FILE_UPLOAD_LEASE_S. 400 "
-        "`client-disconnected` when the client goes away before the body is complete.",
+        "408 `upload-stalled` when the body stops arriving: the upload's lease of FILE_UPLOAD_LEASE_S is "
+        "renewed as the body arrives (at most every quarter of it) and the upload ends, its room given "
+        "back, once the lease runs out: a pause of up to three quarters of FILE_UPLOAD_LEASE_S is always "
+        "tolerated, one of FILE_UPLOAD_LEASE_S never. 408 `upload-expired` when the uploaded file was "
+        "removed as stale (FILE_TEMP_MAX_AGE_S) before it could be stored: nothing was kept, send it "
+        "again. 400 `client-disconnected` when the client goes away before the body is complete.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
         request_max_body_size=None,

@@ -11,8 +11,15 @@ A reservation is released when its upload has failed, or by the recording transa
 its commit (still holding the quota locks, so no check counts both the row and the reservation, and
 whatever happens to the commit's answer, the row decides); the lease is renewed while
 the body keeps arriving, so a reservation of a process killed midway lapses after at most one lease
-(expired members are pruned before every count) and never leaks. An upload whose lease lapsed (its
-client sent nothing for a whole lease) is refused, since its room may have been given to another.
+(expired members are pruned before every count) and never leaks.
+
+An upload ends with its lease: waiting for the next chunk of its body has the lease's deadline
+(:attr:`Reservation.deadline`, reckoned from before each renewal was sent, so it never outlasts the
+reservation in Valkey), after which the upload is answered 408 ``upload-stalled`` and its temp file
+removed. A stalled client therefore never keeps staged bytes once its room may have been given to
+another. A renewal that finds its reservation present but lapsed (clocks that disagree) is refused
+the same way; one that finds it missing (Valkey restarted without persistence, or failed over)
+adds it back: the upload's lease had not run out, Valkey forgot it.
 
 Reservations are added only while the ``LockUploadQuotas`` advisory locks of their uploader and
 project are held (``FileService.upload``), so a count read under those locks stays true until the
@@ -25,7 +32,6 @@ stored files still holds the quotas; only the bound on what concurrent uploads s
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -60,13 +66,14 @@ return out
 """
 
 # KEYS: the uploader's set, the project's set. ARGV: member, lease (ms), 1 to add, 0 to renew only.
-# Returns 1, or 0 when renewing a reservation that has lapsed (it is then not renewed).
+# Returns 1, or 0 when renewing a reservation whose lease has lapsed (it is then not renewed). A
+# reservation missing from the uploader's set is one Valkey lost (restart, failover): added back.
 _HOLD = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if ARGV[3] == '0' then
   local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if not deadline or tonumber(deadline) <= now_ms then
+  if deadline and tonumber(deadline) <= now_ms then
     return 0
   end
 end
@@ -108,28 +115,45 @@ NOTHING_IN_FLIGHT = InFlight([0, 0, 0, 0])
 class Reservation:
     """One upload's hold on quota; renewed while its body streams, released when it ends."""
 
-    def __init__(self, uploads: UploadReservations, keys: list[str], member: str) -> None:
-        """``member`` is '' for an upload that reserved nothing (Valkey was unreachable)."""
+    def __init__(self, uploads: UploadReservations, keys: list[str], member: str, *, held_at: float) -> None:
+        """``member`` is '' for an upload that reserved nothing (Valkey was unreachable); ``held_at``
+        is the event loop's time (``anyio.current_time``) just before the reservation was sent."""
         self._uploads = uploads
         self.keys = keys
         self.member = member
-        self._renewed_at = time.monotonic()
+        self._renewed_at = held_at
 
-    async def keep(self) -> None:
-        """Renew the lease when a quarter of it has passed; 408 if it has lapsed meanwhile."""
-        if not self.member or time.monotonic() - self._renewed_at < self._uploads.lease_s / 4:
-            return
-        try:
-            held = await self._uploads.hold(keys=self.keys, args=[self.member, self._uploads.lease_ms, 0])
-        except VALKEY_DOWN as exc:  # renewed at the next chunk, if Valkey is back by then
-            report_dependency_down(exc, "file-uploads")
-            return
-        if not held:
-            raise UploadStalledError(
-                f"No part of the body arrived for {self._uploads.lease_s:g} s: the upload's room "
-                "was given back. Send it again."
-            )
-        self._renewed_at = time.monotonic()
+    @property
+    def deadline(self) -> float:
+        """When the lease runs out unless renewed (event loop time): the upload ends then."""
+        return self._renewed_at + self._uploads.lease_s
+
+    def stalled(self) -> UploadStalledError:
+        return UploadStalledError(
+            "The body stopped arriving: the upload's lease (FILE_UPLOAD_LEASE_S, "
+            f"{self._uploads.lease_s:g} s since its last renewal) ran out and its room was given back. "
+            "Send it again."
+        )
+
+    async def keep(self) -> bool:
+        """Renew the lease when a quarter of it has passed (then True); 408 if it has lapsed meanwhile.
+
+        With Valkey unreachable, the lease is renewed here only (the client is still sending), and in
+        Valkey at the next renewal if it is back by then.
+        """
+        renewing_at = anyio.current_time()
+        if renewing_at - self._renewed_at < self._uploads.lease_s / 4:
+            return False
+        if self.member:
+            try:
+                held = await self._uploads.hold(keys=self.keys, args=[self.member, self._uploads.lease_ms, 0])
+            except VALKEY_DOWN as exc:
+                report_dependency_down(exc, "file-uploads")
+            else:
+                if not held:
+                    raise self.stalled()
+        self._renewed_at = renewing_at
+        return True
 
     async def release(self) -> None:
         """Give the room back (also while being cancelled); a failure leaves it to the lease."""
@@ -170,9 +194,10 @@ class UploadReservations:
         """Reserve ``size_bytes`` and one file (call holding the quota locks, after the checks)."""
         keys = self.keys(user_id, project_id)
         member = f"{uuid.uuid4().hex}:{size_bytes}"
+        held_at = anyio.current_time()
         try:
             await self.hold(keys=keys, args=[member, self.lease_ms, 1])
         except VALKEY_DOWN as exc:
             report_dependency_down(exc, "file-uploads")
-            return Reservation(self, keys, "")
-        return Reservation(self, keys, member)
+            return Reservation(self, keys, "", held_at=held_at)
+        return Reservation(self, keys, member, held_at=held_at)

@@ -6,16 +6,19 @@ in one short transaction before the first byte is read and again in the one that
 
 Uploads in flight count against the quotas too (``reservations``): the first transaction reserves
 the upload's largest possible size before a byte is read, the lease is renewed while the body
-streams, and the reservation is released once the row is recorded or the upload failed.
+streams (touching the temp file, so the sweep leaves it), the upload ends with a 408 when the next
+chunk has not arrived before the lease runs out, and the reservation is released once the row is
+recorded or the upload failed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import psycopg
 import structlog
 
@@ -120,7 +123,9 @@ class FileService:
         be kept is refused before it is streamed, hashed and written. Uploads in flight count too:
         an uploader with ``FILE_UPLOADS_PER_USER`` of them gets 429 ``too-many-uploads``, and the
         room this one may need (``_most_file_size``) is reserved until it is recorded or has failed,
-        so that concurrent uploads never stage more than the quotas and one file.
+        so that concurrent uploads never stage more than the quotas and one file: a body that stops
+        arriving ends the upload (408 ``upload-stalled``) when its lease runs out, before its room
+        can be given to another.
         """
         reservation: Reservation | None = None
         try:
@@ -146,12 +151,14 @@ class FileService:
                 reservation = await self.uploads.add(
                     user_id, project_id, _most_file_size(content_length, self.max_bytes)
                 )
+            temp_path = self.storage.new_temp_path()
             staged = await self.storage.receive(
-                _renewing(body, reservation),
+                _leased(body, reservation, on_renewal=lambda: self.storage.keep_fresh(temp_path)),
                 content_type=content_type,
                 content_length=content_length,
                 max_bytes=self.max_bytes,
                 allowed_types=self.allowed_types,
+                temp_path=temp_path,
             )
             try:
                 return await self._record(user_id, project_id, staged, reservation)
@@ -246,8 +253,9 @@ class FileService:
                 )
 
     async def sweep(self) -> dict[str, int]:
-        """Remove what no row refers to (cron): directories of deleted projects, files without a row,
-        temp files of uploads that never finished. Files younger than ``ORPHAN_GRACE_S`` are left."""
+        """Remove what no row refers to (cron): directories of deleted projects, files without a row
+        (older than ``ORPHAN_GRACE_S``), temp files neither written nor touched for ``temp_max_age_s``
+        (an upload in flight touches its own at every renewal of its lease, and ends with it)."""
         stored, stale_temp = await self.storage.inventory(
             files_older_than_s=ORPHAN_GRACE_S, temp_older_than_s=self.temp_max_age_s
         )
@@ -317,11 +325,24 @@ class FileService:
         return row, opened
 
 
-async def _renewing(
-    body: AsyncGenerator[bytes, None], reservation: Reservation
+async def _leased(
+    body: AsyncGenerator[bytes, None],
+    reservation: Reservation,
+    *,
+    on_renewal: Callable[[], Awaitable[None]],
 ) -> AsyncGenerator[bytes, None]:
-    """``body``'s chunks, renewing ``reservation``'s lease as they arrive."""
+    """``body``'s chunks within ``reservation``'s lease: each must arrive before the lease runs out,
+    else the upload is stalled (408, its temp file removed and its room given back by the caller,
+    whether the client resumes later or never does); the lease is renewed as they arrive, and
+    ``on_renewal`` called after each renewal."""
     async with aclosing(body):
-        async for chunk in body:
-            await reservation.keep()
+        while True:
+            with anyio.move_on_at(reservation.deadline) as waiting:
+                chunk = await anext(body, None)
+            if waiting.cancelled_caught:
+                raise reservation.stalled()
+            if chunk is None:
+                return
+            if await reservation.keep():
+                await on_renewal()
             yield chunk

@@ -21,7 +21,10 @@ orphan file under ``<project_id>/`` with no row (harmless, invisible to the API)
 ``tmp/*.part`` files from a killed process are equally inert. A deleted project's directory is
 removed once its deletion commits; the hourly sweep (``FileService.sweep``) removes what a crash
 left behind: directories of projects that no longer exist, files whose key has no row, and stale
-temp files.
+temp files. A temp file is stale once neither written nor touched for ``FILE_TEMP_MAX_AGE_S`` (at
+least twice ``FILE_UPLOAD_LEASE_S``): each renewal of its upload's lease touches it
+(:meth:`FileStorage.keep_fresh`), and an upload whose lease runs out ends. Should a staged file
+vanish anyway before it is placed, the upload is a 408 ``upload-expired`` and nothing is recorded.
 
 Once COMMIT has been sent, only an error answered by the server proves it failed: when the answer
 is lost (the connection drops, the task is cancelled) the file stays, since the row may exist; if it
@@ -34,6 +37,7 @@ while the task is being cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -51,6 +55,7 @@ from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
+import structlog
 from anyio import AsyncFile
 from litestar.file_system import BaseLocalFileSystem, FileSystemAdapter
 from litestar.types import PathType
@@ -63,6 +68,8 @@ from multipart import (
 )
 
 from app.core.errors import AppError
+
+log = structlog.get_logger("app.files")
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes a request body may carry beyond the file itself: boundaries and part headers."""
@@ -99,6 +106,15 @@ class ClientDisconnectedError(AppError):
     status = 400
     slug = "client-disconnected"
     title = "Client disconnected"
+
+
+class UploadExpiredError(AppError):
+    """The staged file was removed before it could be placed (the sweep judged it stale): the client
+    may send it again, nothing was kept."""
+
+    status = 408
+    slug = "upload-expired"
+    title = "Upload expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +214,15 @@ class FileStorage:
     def new_key(project_id: int) -> str:
         return f"{project_id}/{uuid.uuid4().hex}"
 
+    def new_temp_path(self) -> Path:
+        """Where an upload will be staged (created by :meth:`receive` once its file part begins)."""
+        return self.tmp_dir / f"{uuid.uuid4().hex}.part"
+
+    async def keep_fresh(self, temp_path: Path) -> None:
+        """Mark a staged file as still in use (its mtime, which the sweep judges staleness by): an
+        upload trickling in may not have written to it for a while (writes are buffered)."""
+        await anyio.to_thread.run_sync(_touch, temp_path)
+
     def path_for(self, storage_key: str) -> Path:
         """The file of a stored key; refuses anything but ``<project_id>/<uuid>`` (no traversal)."""
         if not _STORAGE_KEY.fullmatch(storage_key):
@@ -212,8 +237,9 @@ class FileStorage:
         content_length: int | None,
         max_bytes: int,
         allowed_types: Collection[str],
+        temp_path: Path,
     ) -> StagedFile:
-        """Stream the one ``file`` part of a multipart body into ``tmp/``.
+        """Stream the one ``file`` part of a multipart body into ``temp_path`` (:meth:`new_temp_path`).
 
         Raises 400 (malformed body, missing/extra parts), 413 (file over ``max_bytes`` or body over
         ``max_bytes`` + multipart overhead) or 415 (not multipart, or a type not in ``allowed_types``).
@@ -222,7 +248,7 @@ class FileStorage:
         body_limit = max_bytes + MULTIPART_OVERHEAD
         if content_length is not None and content_length > body_limit:
             raise PayloadTooLargeError(f"Files may be at most {max_bytes} bytes.")
-        upload = _Upload(self.tmp_dir, max_bytes, allowed_types)
+        upload = _Upload(temp_path, max_bytes, allowed_types)
         try:
             received = 0
             with PushMultipartParser(boundary, max_header_count=8, max_segment_count=8) as parser:
@@ -244,12 +270,24 @@ class FileStorage:
             raise
 
     async def place(self, temp_path: Path, storage_key: str) -> Path:
-        """Rename a staged file to its final key (same filesystem: atomic) and make that durable."""
+        """Rename a staged file to its final key (same filesystem: atomic) and make that durable.
+
+        408 ``upload-expired`` when the staged file is gone (the sweep removed it as stale).
+        """
         final = self.path_for(storage_key)
 
         def move() -> None:
             final.parent.mkdir(parents=True, exist_ok=True)
-            temp_path.rename(final)
+            try:
+                temp_path.rename(final)
+            except FileNotFoundError:
+                if temp_path.exists():
+                    raise
+                log.warning("staged_file_vanished", temp_path=str(temp_path), storage_key=storage_key)
+                raise UploadExpiredError(
+                    "The uploaded file was removed before it could be stored (staged files not written "
+                    "for FILE_TEMP_MAX_AGE_S are swept): send it again."
+                ) from None
             _fsync_dir(final.parent)
 
         await anyio.to_thread.run_sync(move)
@@ -319,6 +357,12 @@ class FileStorage:
         return projects, stale_temp
 
 
+def _touch(path: Path) -> None:
+    # Missing: not created yet (the file part has not begun), or already discarded.
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(path)
+
+
 def _older(path: Path, cutoff: float) -> bool:
     try:
         return path.lstat().st_mtime < cutoff
@@ -329,11 +373,11 @@ def _older(path: Path, cutoff: float) -> bool:
 class _Upload:
     """Parser events → one temp file, with the part rules and the size limit applied as data arrives."""
 
-    def __init__(self, tmp_dir: Path, max_bytes: int, allowed_types: Collection[str]) -> None:
-        self.tmp_dir = tmp_dir
+    def __init__(self, temp_path: Path, max_bytes: int, allowed_types: Collection[str]) -> None:
+        self.temp_path = temp_path
         self.max_bytes = max_bytes
         self.allowed_types = allowed_types
-        self.path: Path | None = None
+        self.path: Path | None = None  # once created
         self.handle: BinaryIO | None = None
         self.hasher = hashlib.sha256()
         self.size = 0
@@ -369,8 +413,7 @@ class _Upload:
                 + ", ".join(sorted(self.allowed_types))
             )
         self.filename = sanitize_filename(segment.filename)
-        self.path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
-        path = self.path
+        self.path = path = self.temp_path
 
         def create() -> BinaryIO:
             path.parent.mkdir(parents=True, exist_ok=True)
