@@ -634,6 +634,7 @@ class ProjectInvitation(msgspec.Struct, frozen=True, gc=False):
     role: ProjectRole
     invited_by: int | None
     created_at: datetime
+    token_sha256: bytes | None
 
 
 class ActivityRecovery(msgspec.Struct, frozen=True, gc=False):

@@ -336,11 +336,12 @@ async def count_other_invitations(conn: AsyncConnection[Any], *, project_id: int
 
 
 UPSERT_INVITATION = """\
-insert into project_invitations (project_id, email, role, invited_by)
-values ($1, $2, $3, $4)
+insert into project_invitations (project_id, email, role, invited_by, token_sha256)
+values ($1, $2, $3, $4, $5)
 on conflict (project_id, email) do update
-set role = excluded.role, invited_by = excluded.invited_by, created_at = now()
-returning id, project_id, email, role, invited_by, created_at"""
+set role = excluded.role, invited_by = excluded.invited_by, created_at = now(),
+    token_sha256 = excluded.token_sha256
+returning id, project_id, email, role, invited_by, created_at, token_sha256"""
 
 
 async def upsert_invitation(
@@ -350,15 +351,17 @@ async def upsert_invitation(
     email: str,
     role: ProjectRole,
     invited_by: int | None,
+    token_sha256: bytes | None,
 ) -> ProjectInvitation | None:
-    """One invitation per (project, email): inviting again updates the role."""
+    """One invitation per (project, email): inviting again updates the role and replaces the token's hash
+    (the token handed out before no longer accepts it)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
-        await cur.execute(UPSERT_INVITATION, (project_id, email, role, invited_by))
+        await cur.execute(UPSERT_INVITATION, (project_id, email, role, invited_by, token_sha256))
         return await cur.fetchone()
 
 
 LIST_PROJECT_INVITATIONS = """\
-select id, project_id, email, role, invited_by, created_at from project_invitations
+select id, project_id, email, role, invited_by, created_at, token_sha256 from project_invitations
 where project_id = $1 and id > $2
 order by id
 limit $3"""
@@ -378,7 +381,7 @@ async def list_project_invitations(
 
 DELETE_PROJECT_INVITATION = """\
 delete from project_invitations where id = $1 and project_id = $2
-returning id, project_id, email, role, invited_by, created_at"""
+returning id, project_id, email, role, invited_by, created_at, token_sha256"""
 
 
 async def delete_project_invitation(
@@ -422,23 +425,54 @@ async def list_invitations_for_email(
         return await cur.fetchall()
 
 
-INVITATION_PROJECT = "select project_id from project_invitations where id = $1 and email = $2"
+INVITATION_TO_ACCEPT = "select project_id, token_sha256 from project_invitations where id = $1 and email = $2"
 
 
-async def invitation_project(conn: AsyncConnection[Any], *, id: int, email: str) -> int | None:
-    """The project an invitation to this email is for (unlocked: the project is locked before the taking)."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(INVITATION_PROJECT, (id, email))
+class InvitationToAcceptRow(msgspec.Struct, frozen=True, gc=False):
+    project_id: int
+    token_sha256: bytes | None
+
+
+async def invitation_to_accept(
+    conn: AsyncConnection[Any],
+    *,
+    id: int,
+    email: str,
+) -> InvitationToAcceptRow | None:
+    """The project an invitation to this email is for and its token's hash (null: issued before tokens,
+    never accepted), to compare in constant time; unlocked: the project is locked before the taking."""
+    async with AsyncRawCursor(conn, row_factory=args_row(InvitationToAcceptRow)) as cur:
+        await cur.execute(INVITATION_TO_ACCEPT, (id, email))
+        return await cur.fetchone()
+
+
+TAKE_ACCEPTED_INVITATION = """\
+delete from project_invitations where id = $1 and email = $2 and token_sha256 = $3
+returning id, project_id, email, role, invited_by, created_at, token_sha256"""
+
+
+async def take_accepted_invitation(
+    conn: AsyncConnection[Any],
+    *,
+    id: int,
+    email: str,
+    token_sha256: bytes | None,
+) -> ProjectInvitation | None:
+    """An invitation addressed to this email, removed as accepted: only while it still has the hash the
+    token was checked against (inviting the email again meanwhile replaced it: no row)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
+        await cur.execute(TAKE_ACCEPTED_INVITATION, (id, email, token_sha256))
         return await cur.fetchone()
 
 
 TAKE_INVITATION = """\
 delete from project_invitations where id = $1 and email = $2
-returning id, project_id, email, role, invited_by, created_at"""
+returning id, project_id, email, role, invited_by, created_at, token_sha256"""
 
 
 async def take_invitation(conn: AsyncConnection[Any], *, id: int, email: str) -> ProjectInvitation | None:
-    """An invitation addressed to this email, removed (accepted or declined)."""
+    """An invitation addressed to this email, removed as declined (no token needed: it only removes the
+    caller's own invitation)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
         await cur.execute(TAKE_INVITATION, (id, email))
         return await cur.fetchone()

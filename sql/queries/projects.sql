@@ -122,11 +122,13 @@ select id from projects where id = @id for no key update;
 select count(*)::bigint from project_invitations where project_id = @project_id and email <> @email;
 
 -- name: UpsertInvitation :one
--- One invitation per (project, email): inviting again updates the role.
-insert into project_invitations (project_id, email, role, invited_by)
-values (@project_id, @email, @role, @invited_by)
+-- One invitation per (project, email): inviting again updates the role and replaces the token's hash
+-- (the token handed out before no longer accepts it).
+insert into project_invitations (project_id, email, role, invited_by, token_sha256)
+values (@project_id, @email, @role, @invited_by, @token_sha256)
 on conflict (project_id, email) do update
-set role = excluded.role, invited_by = excluded.invited_by, created_at = now()
+set role = excluded.role, invited_by = excluded.invited_by, created_at = now(),
+    token_sha256 = excluded.token_sha256
 returning *;
 
 -- name: ListProjectInvitations :many
@@ -148,12 +150,20 @@ where i.email = @email and i.id > @after_id
 order by i.id
 limit @row_limit;
 
--- name: InvitationProject :one
--- The project an invitation to this email is for (unlocked: the project is locked before the taking).
-select project_id from project_invitations where id = @id and email = @email;
+-- name: InvitationToAccept :one
+-- The project an invitation to this email is for and its token's hash (null: issued before tokens,
+-- never accepted), to compare in constant time; unlocked: the project is locked before the taking.
+select project_id, token_sha256 from project_invitations where id = @id and email = @email;
+
+-- name: TakeAcceptedInvitation :one
+-- An invitation addressed to this email, removed as accepted: only while it still has the hash the
+-- token was checked against (inviting the email again meanwhile replaced it: no row).
+delete from project_invitations where id = @id and email = @email and token_sha256 = @token_sha256
+returning *;
 
 -- name: TakeInvitation :one
--- An invitation addressed to this email, removed (accepted or declined).
+-- An invitation addressed to this email, removed as declined (no token needed: it only removes the
+-- caller's own invitation).
 delete from project_invitations where id = @id and email = @email
 returning *;
 

@@ -122,7 +122,9 @@ async def test_member_invited_and_joined(client: Client, db: AsyncConnection[Any
     )
     assert invited.status_code == 201, invited.text
     accepted = await client.post(
-        f"/api/me/invitations/{invited.json()['id']}/accept", headers=team.outsider.headers
+        f"/api/me/invitations/{invited.json()['id']}/accept",
+        json={"token": invited.json()["token"]},
+        headers=team.outsider.headers,
     )
     assert accepted.status_code == 200, accepted.text
     events = await outbox_events(db)
@@ -132,6 +134,7 @@ async def test_member_invited_and_joined(client: Client, db: AsyncConnection[Any
     ]
     assert events[0].data["role"] == "editor" and team.outsider.email not in str(events[0].data)
     assert events[1].data == {"role": "editor", "name": team.outsider.name}
+    assert invited.json()["token"] not in str(events), "the feed never carries the invitation's token"
 
 
 async def test_member_role_changed(client: Client, db: AsyncConnection[Any], team: Team) -> None:

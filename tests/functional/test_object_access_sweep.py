@@ -111,12 +111,13 @@ class World:
         file = await self.as_a("POST", f"/api/projects/{self.project}/files", 201, files=UPLOAD)
         return int(file["id"])
 
-    async def new_invitation(self, project: int, who: Actor, email: str) -> int:
+    async def new_invitation(self, project: int, who: Actor, email: str) -> tuple[int, str]:
+        """The invitation's id and the token that accepts it."""
         invitation = await self.client.post(
             f"/api/projects/{project}/invitations", json={"email": email}, headers=who.headers
         )
         assert invitation.status_code == 201, invitation.text
-        return int(invitation.json()["id"])
+        return int(invitation.json()["id"]), invitation.json()["token"]
 
     async def new_order(self) -> int:
         order = await self.as_a(
@@ -169,7 +170,7 @@ async def world(
             a, b, c, member = [await make_user(db, app, name=name) for name in ("Ann", "Bob", "Cyd", "Mel")]
             w = World(client, db, a, b, c, member=member.id)
             w.project = await make_project(db, a, {member.id: ProjectRole.EDITOR}, name="A's project")
-            w.invitation = await w.new_invitation(w.project, a, unique_email("invitee"))
+            w.invitation, _ = await w.new_invitation(w.project, a, unique_email("invitee"))
             w.task = await w.new_task()
             w.comment = await w.new_comment()
             w.file = await w.new_file()
@@ -208,6 +209,8 @@ class Target:
     path: str
     reads: tuple[str, ...] = ()
     """What A reads (GET) before and after B's call: the answers must be the same."""
+    body: Any = None
+    """A body only this object takes (an invitation's token), sent instead of the case's."""
 
 
 @dataclass(frozen=True)
@@ -244,15 +247,17 @@ async def fresh_membership(w: World) -> Target:
 
 
 async def fresh_invitation(w: World) -> Target:
-    invitation = await w.new_invitation(w.project, w.a, unique_email("invitee"))
+    invitation, _ = await w.new_invitation(w.project, w.a, unique_email("invitee"))
     path = f"/api/projects/{w.project}/invitations"
     return Target(f"{path}/{invitation}", (path,))
 
 
 async def invitation_to_a(action: str, w: World) -> Target:
     project = await make_project(w.db, w.c, name="C's project")
-    invitation = await w.new_invitation(project, w.c, w.a.email)
-    return Target(f"/api/me/invitations/{invitation}/{action}", ("/api/me/invitations",))
+    invitation, token = await w.new_invitation(project, w.c, w.a.email)
+    # B is given A's token too: the token without the invited email is still a 404
+    body = {"token": token} if action == "accept" else None
+    return Target(f"/api/me/invitations/{invitation}/{action}", ("/api/me/invitations",), body)
 
 
 async def accepting(w: World) -> Target:
@@ -463,12 +468,19 @@ def pattern_of(template: str) -> re.Pattern[str]:
 
 
 async def send(
-    w: World, who: Actor | None, method: str, path: str, case: Case | None = None
+    w: World,
+    who: Actor | None,
+    method: str,
+    path: str,
+    case: Case | None = None,
+    target: Target | None = None,
 ) -> httpx.Response:
     headers = who.headers if who else {}
     if case is not None and case.upload:
         return await w.client.request(method, path, headers=headers, files=UPLOAD)
     body = case.body if case is not None else None
+    if target is not None and target.body is not None:
+        body = target.body
     return await w.client.request(method, path, headers=headers, json=body)
 
 
@@ -488,10 +500,10 @@ async def test_another_users_ids_are_not_found(world: World, key: tuple[str, str
     assert pattern_of(template).fullmatch(target.path), (template, target.path)
     before = await read_as_a(world, target.reads)
 
-    anonymous = await send(world, None, method, target.path, case)
+    anonymous = await send(world, None, method, target.path, case, target)
     assert anonymous.status_code == 401, (target.path, anonymous.status_code, anonymous.text)
 
-    theirs = await send(world, world.b, method, target.path, case)
+    theirs = await send(world, world.b, method, target.path, case, target)
     assert theirs.status_code == case.b_status, (
         f"{method} {target.path} as another user: {theirs.status_code} {theirs.text[:300]}"
     )
@@ -501,7 +513,7 @@ async def test_another_users_ids_are_not_found(world: World, key: tuple[str, str
         f"{method} {target.path} by another user changed it"
     )
 
-    mine = await send(world, world.a, method, target.path, case)
+    mine = await send(world, world.a, method, target.path, case, target)
     assert mine.status_code == case.a_status, (method, target.path, mine.status_code, mine.text[:300])
 
 
@@ -514,7 +526,7 @@ async def test_another_users_child_under_their_own_parent_is_not_found(
     target = await case.target(world)
     assert pattern_of(template).fullmatch(target.path), (template, target.path)
     before = await read_as_a(world, target.reads)
-    theirs = await send(world, world.b, method, target.path, case)
+    theirs = await send(world, world.b, method, target.path, case, target)
     assert theirs.status_code == 404, f"{method} {target.path} as B: {theirs.status_code} {theirs.text[:300]}"
     assert await read_as_a(world, target.reads) == before, f"{method} {target.path} by B changed A's object"
 

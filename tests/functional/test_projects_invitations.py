@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
+import httpx
 import psycopg
 from psycopg import AsyncConnection
 
@@ -15,14 +16,25 @@ from app.db.models import ProjectRole
 from tests.factories import Actor, Client, Team, assert_problem, wait_until
 
 
-async def invite(client: Client, team: Team, who: Actor, role: str = "editor") -> int:
+class Sent(NamedTuple):
+    id: int
+    token: str
+
+
+async def invite(client: Client, team: Team, who: Actor, role: str = "editor") -> Sent:
     sent = await client.post(
         f"/api/projects/{team.project}/invitations",
         json={"email": who.email, "role": role},
         headers=team.owner.headers,
     )
     assert sent.status_code == 201, sent.text
-    return int(sent.json()["id"])
+    return Sent(int(sent.json()["id"]), sent.json()["token"])
+
+
+async def accept(client: Client, who: Actor, invitation: Sent) -> httpx.Response:
+    return await client.post(
+        f"/api/me/invitations/{invitation.id}/accept", json={"token": invitation.token}, headers=who.headers
+    )
 
 
 async def waiting_for(client: Client, who: Actor) -> list[int]:
@@ -44,11 +56,11 @@ async def test_a_removed_member_cannot_rejoin_through_an_invitation_sent_before(
     assert removed.status_code == 204, removed.text
 
     assert await waiting_for(client, team.viewer) == []
-    accepted = await client.post(f"/api/me/invitations/{invitation}/accept", headers=team.viewer.headers)
+    accepted = await accept(client, team.viewer, invitation)
     assert_problem(accepted, 404, "not-found")
     role = await project_queries.get_member_role(db, project_id=team.project, user_id=team.viewer.id)
     assert role is None
-    assert await waiting_for(client, team.outsider) == [other], "only the removed member's are withdrawn"
+    assert await waiting_for(client, team.outsider) == [other.id], "only the removed member's are withdrawn"
 
 
 async def test_a_member_who_leaves_cannot_rejoin_through_an_invitation_either(
@@ -60,12 +72,12 @@ async def test_a_member_who_leaves_cannot_rejoin_through_an_invitation_either(
     )
     assert left.status_code == 204, left.text
     assert await waiting_for(client, team.editor) == []
-    accepted = await client.post(f"/api/me/invitations/{invitation}/accept", headers=team.editor.headers)
+    accepted = await accept(client, team.editor, invitation)
     assert_problem(accepted, 404, "not-found")
 
     # invited again after leaving: a new decision of an owner, which the member may accept
     again = await invite(client, team, team.editor, role="viewer")
-    joined = await client.post(f"/api/me/invitations/{again}/accept", headers=team.editor.headers)
+    joined = await accept(client, team.editor, again)
     assert joined.status_code == 200, joined.text
     assert joined.json()["my_role"] == "viewer"
 
@@ -104,9 +116,7 @@ async def test_an_acceptance_racing_the_invitees_removal_waits_for_it_then_is_a_
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             removal = pool.submit(withdraw_once_the_acceptance_waits)
-            accepted = await client.post(
-                f"/api/me/invitations/{invitation}/accept", headers=team.viewer.headers
-            )
+            accepted = await accept(client, team.viewer, invitation)
             removal.result()
 
     assert_problem(accepted, 404, "not-found")
@@ -119,7 +129,7 @@ async def test_owners_may_still_invite_a_member_and_the_member_keeps_their_role(
 ) -> None:
     """Inviting a member answers as any invitation does; accepting keeps the role they have."""
     invitation = await invite(client, team, team.viewer, role="editor")
-    accepted = await client.post(f"/api/me/invitations/{invitation}/accept", headers=team.viewer.headers)
+    accepted = await accept(client, team.viewer, invitation)
     assert accepted.status_code == 200, accepted.text
     role = await project_queries.get_member_role(db, project_id=team.project, user_id=team.viewer.id)
     assert role == ProjectRole.VIEWER

@@ -26,6 +26,7 @@ from psycopg import AsyncConnection
 from app.db import comments as comment_queries
 from app.db import projects as project_queries
 from app.db.models import ProjectRole, TaskPriority, register_types
+from app.domains.projects.services import new_invitation_token
 from tests.factories import assert_problem, create_user, make_project, make_task, mint_headers
 
 ROLES = ("owner", "editor", "viewer", "non_member", "anonymous")
@@ -200,6 +201,7 @@ async def build_world(app: Litestar, db: AsyncConnection[Any]) -> World:
         email=f"invited-{project}@example.com",
         role=ProjectRole.EDITOR,
         invited_by=None,
+        token_sha256=new_invitation_token()[1],
     )
     assert invitation is not None
     headers = {name: mint_headers(app, ids[name]) for name in ("owner", "editor", "viewer", "non_member")}

@@ -216,9 +216,9 @@ async def test_a_change_racing_a_removal_is_a_404_and_records_nothing(
 
 
 def invitation_answer(response: Any) -> dict[str, Any]:
-    """An invitation's answer with what differs by nature (its id and time) left out."""
+    """An invitation's answer with what differs by nature (its id, time and token) left out."""
     assert response.status_code == 201, response.text
-    return {k: v for k, v in response.json().items() if k not in {"id", "created_at"}}
+    return {k: v for k, v in response.json().items() if k not in {"id", "created_at", "token"}}
 
 
 async def test_members_cannot_be_added_by_user_id(
@@ -267,7 +267,7 @@ async def test_the_invitee_accepts_or_declines_and_only_the_invitee(
     sent = await client.post(
         invitations, json={"email": team.outsider.email, "role": "editor"}, headers=team.owner.headers
     )
-    invitation = sent.json()["id"]
+    invitation, token = sent.json()["id"], {"token": sent.json()["token"]}
     mine = await client.get("/api/me/invitations", headers=team.outsider.headers)
     assert [(i["id"], i["project_id"], i["project_name"], i["role"]) for i in mine.json()["items"]] == [
         (invitation, team.project, "Apollo", "editor")
@@ -275,17 +275,23 @@ async def test_the_invitee_accepts_or_declines_and_only_the_invitee(
     # nobody else sees or uses it: not the owner who sent it, not another member
     for other in (team.owner, team.editor):
         assert (await client.get("/api/me/invitations", headers=other.headers)).json()["items"] == []
-        accepted = await client.post(f"/api/me/invitations/{invitation}/accept", headers=other.headers)
+        accepted = await client.post(
+            f"/api/me/invitations/{invitation}/accept", json=token, headers=other.headers
+        )
         assert_problem(accepted, 404, "not-found")
         declined = await client.post(f"/api/me/invitations/{invitation}/decline", headers=other.headers)
         assert_problem(declined, 404, "not-found")
     assert await role_of(db, team.project, team.owner.id) == ProjectRole.OWNER
 
-    joined = await client.post(f"/api/me/invitations/{invitation}/accept", headers=team.outsider.headers)
+    joined = await client.post(
+        f"/api/me/invitations/{invitation}/accept", json=token, headers=team.outsider.headers
+    )
     assert joined.status_code == 200, joined.text
     assert (joined.json()["id"], joined.json()["my_role"]) == (team.project, "editor")
     assert await role_of(db, team.project, team.outsider.id) == ProjectRole.EDITOR
-    again = await client.post(f"/api/me/invitations/{invitation}/accept", headers=team.outsider.headers)
+    again = await client.post(
+        f"/api/me/invitations/{invitation}/accept", json=token, headers=team.outsider.headers
+    )
     assert_problem(again, 404, "not-found")
     events = await (
         await db.execute(
@@ -324,7 +330,9 @@ async def test_owners_list_and_withdraw_invitations(
     withdrawn = await client.delete(f"{invitations}/{sent.json()['id']}", headers=team.owner.headers)
     assert withdrawn.status_code == 204
     accepted = await client.post(
-        f"/api/me/invitations/{sent.json()['id']}/accept", headers=team.outsider.headers
+        f"/api/me/invitations/{sent.json()['id']}/accept",
+        json={"token": sent.json()["token"]},
+        headers=team.outsider.headers,
     )
     assert_problem(accepted, 404, "not-found")
     assert await role_of(db, team.project, team.outsider.id) is None

@@ -126,7 +126,9 @@ async def test_a_member_who_joins_by_invitation_reads_the_list(
     )
     assert response.status_code == 201, response.text
     accepted = await client.post(
-        f"/api/me/invitations/{response.json()['id']}/accept", headers=newcomer.headers
+        f"/api/me/invitations/{response.json()['id']}/accept",
+        json={"token": response.json()["token"]},
+        headers=newcomer.headers,
     )
     assert accepted.status_code == 200, accepted.text
     assert [t["title"] for t in await listed(client, project, newcomer)] == ["One"]

@@ -190,7 +190,9 @@ async def member_of_a_project(
     invitation = await call(
         http, "POST", f"/api/projects/{apollo}/invitations", ana, {"email": ben["X-Email"]}
     )
-    await call(http, "POST", f"/api/me/invitations/{invitation['id']}/accept", ben)
+    await call(
+        http, "POST", f"/api/me/invitations/{invitation['id']}/accept", ben, {"token": invitation["token"]}
+    )
     await wait_until(lambda: settled(db), WAIT_S, "the set-up's events are in the feed")
     return ana, ben, int(apollo)
 
@@ -234,7 +236,13 @@ async def test_removal_stops_the_stream_and_a_reconnect_replays_exactly_what_was
         invitation = await call(
             http, "POST", f"/api/projects/{project}/invitations", ana, {"email": ben["X-Email"]}
         )
-        await call(http, "POST", f"/api/me/invitations/{invitation['id']}/accept", ben)
+        await call(
+            http,
+            "POST",
+            f"/api/me/invitations/{invitation['id']}/accept",
+            ben,
+            {"token": invitation["token"]},
+        )
     await wait_until(lambda: settled(db), WAIT_S, "the set-up's events are in the feed")
 
     async with open_stream(http, ben) as stream:

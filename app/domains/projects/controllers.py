@@ -32,6 +32,7 @@ from app.core.types import IdPath
 from app.core.wire import from_row
 from app.db.models import ProjectRole
 from app.domains.projects.schemas import (
+    InvitationAccept,
     InvitationCreate,
     InvitationCursor,
     InvitationOut,
@@ -43,6 +44,7 @@ from app.domains.projects.schemas import (
     ProjectCursor,
     ProjectOut,
     ProjectUpdate,
+    SentInvitationOut,
 )
 from app.domains.projects.services import ProjectService
 
@@ -209,7 +211,8 @@ class MembersController(Controller):
 
 
 class InvitationsController(Controller):
-    """Owners invite people by email; the invitee accepts under ``/api/me/invitations``."""
+    """Owners invite people by email and hand them the answer's token; the invitee accepts with it
+    under ``/api/me/invitations``."""
 
     path = "/api/projects/{project_id:int}/invitations"
     tags = ["projects"]
@@ -220,20 +223,31 @@ class InvitationsController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Invite someone by email (owners)",
-        description="The answer is the same whether or not the email belongs to an account (active or "
-        "not) or to a member already: it never tells who has an account. The invitee sees the invitation "
-        "under `/api/me/invitations` once signed in with that email, and joins by accepting it. Inviting "
-        "the same email again updates the role. A project has at most `PROJECT_INVITATIONS_MAX` waiting "
-        "invitations (50 by default): one more is a 409 (`invitation-limit`). Removing a member (or a "
-        "member leaving) withdraws their waiting invitations to the project.",
+        description="The answer carries the invitation's `token`, shown only here (the server keeps only "
+        "its hash): hand it to the invitee over a channel you trust. No mail is sent, and an account's "
+        "email is not proof that its holder controls the address, so the invitation is accepted only "
+        "with the token, by a user signed in with the invited email (`POST "
+        "/api/me/invitations/{id}/accept`). The answer is the same whether or not the email belongs to "
+        "an account (active or not) or to a member already: it never tells who has an account. Inviting "
+        "the same email again updates the role and issues a new token: the one handed out before no "
+        "longer works. A project has at most `PROJECT_INVITATIONS_MAX` waiting invitations (50 by "
+        "default): one more is a 409 (`invitation-limit`). Removing a member (or a member leaving) "
+        "withdraws their waiting invitations to the project.",
         responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def invite(
         self, project_id: IdPath, data: JSONBody[InvitationCreate], projects: Projects, current_user: Caller
-    ) -> InvitationOut:
-        return from_row(InvitationOut, await projects.invite(current_user.id, project_id, data))
+    ) -> SentInvitationOut:
+        invitation, token = await projects.invite(current_user.id, project_id, data)
+        return from_row(SentInvitationOut, invitation, token=token)
 
-    @get("/", summary="Open invitations of a project (owners)", responses=problems(400, 401, 403, 404, 429))
+    @get(
+        "/",
+        summary="Open invitations of a project (owners)",
+        description="Without their tokens (each was shown once, when the invitation was sent): to give "
+        "an invitee a token again, invite the email again (a new token; the old one stops working).",
+        responses=problems(400, 401, 403, 404, 429),
+    )
     async def list_invitations(
         self,
         project_id: IdPath,
@@ -261,14 +275,20 @@ class InvitationsController(Controller):
 
 
 class MyInvitationsController(Controller):
-    """Invitations addressed to the caller's email."""
+    """Invitations addressed to the caller's email, accepted with the token their sender handed over."""
 
     path = "/api/me/invitations"
     tags = ["projects"]
     guards = [requires_user]
     security = BEARER
 
-    @get("/", summary="Invitations to projects addressed to you", responses=problems(400, 401, 429))
+    @get(
+        "/",
+        summary="Invitations to projects addressed to you",
+        description="The invitations to your account's email. Seeing one does not let you accept it: "
+        "accepting takes the token its sender was given and handed to the invitee (never listed here).",
+        responses=problems(400, 401, 429),
+    )
     async def list_mine(
         self, projects: Projects, current_user: Caller, cursor: CursorParam = None, limit: PageSize = 50
     ) -> Page[MyInvitationOut]:
@@ -282,16 +302,27 @@ class MyInvitationsController(Controller):
         "/{invitation_id:int}/accept",
         status_code=HTTP_200_OK,
         summary="Accept an invitation: join the project",
-        responses=problems(401, 404, 429),
+        description='Send `{"token": ...}`, the token the inviter was given when sending the '
+        "invitation (the latest one, if they invited you again), while signed in with the invited "
+        "email. A wrong or missing token is a 404, exactly like an invitation that does not exist or is "
+        "addressed to someone else. Joining uses the invitation up; a member already keeps their role.",
+        responses=problems(400, 401, 404, 429),
     )
-    async def accept(self, invitation_id: IdPath, projects: Projects, current_user: Caller) -> ProjectOut:
-        project, role = await projects.accept_invitation(current_user.id, invitation_id)
+    async def accept(
+        self,
+        invitation_id: IdPath,
+        data: JSONBody[InvitationAccept],
+        projects: Projects,
+        current_user: Caller,
+    ) -> ProjectOut:
+        project, role = await projects.accept_invitation(current_user.id, invitation_id, data.token)
         return ProjectOut.from_row(project, role)
 
     @post(
         "/{invitation_id:int}/decline",
         status_code=HTTP_204_NO_CONTENT,
         summary="Decline an invitation",
+        description="Removes an invitation addressed to your email; no token needed.",
         responses=problems(401, 404, 429),
     )
     async def decline(self, invitation_id: IdPath, projects: Projects, current_user: Caller) -> None:

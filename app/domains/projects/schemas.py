@@ -82,13 +82,44 @@ class InvitationCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class InvitationOut(msgspec.Struct, frozen=True):
-    """An invitation as its project's owners see it."""
+    """An invitation as its project's owners see it (never its token)."""
 
     id: int
     project_id: int
     email: str
     role: ProjectRole
     created_at: datetime
+
+
+InvitationTokenOut = Annotated[
+    str,
+    msgspec.Meta(
+        description="The secret that accepts this invitation, shown only in this answer (only its hash is "
+        "stored): hand it to the invitee over a channel you trust. Inviting the email again issues a new "
+        "token, and the one handed out before no longer works.",
+        examples=["lPq3v0cO6yq1m8Zf2b9k4Q7sX5tYwR0aNn1JhGdEeUo"],
+    ),
+]
+
+
+class SentInvitationOut(InvitationOut, frozen=True):
+    """An invitation as its sender sees it once: with the token that accepts it."""
+
+    token: InvitationTokenOut
+
+
+InvitationToken = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=128,
+        description="The token the inviter was given when inviting you (`POST "
+        "/api/projects/{id}/invitations`). Missing or wrong: 404, as for an invitation that does not exist.",
+    ),
+]
+
+
+class InvitationAccept(msgspec.Struct, forbid_unknown_fields=True):
+    token: InvitationToken = ""
 
 
 class MyInvitationOut(msgspec.Struct, frozen=True):

@@ -23,6 +23,9 @@ and invitations), so none of these waits can close a cycle with a deletion:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -49,6 +52,26 @@ MembershipChanged = Callable[[int, int], Awaitable[None]]
 
 ProjectRenamed = Callable[[int], Awaitable[None]]
 """Called with a project's id once a change of its name has committed."""
+
+
+INVITATION_TOKEN_BYTES = 32
+"""Random bytes of an invitation's token (256 bits; 43 URL-safe characters)."""
+
+
+def new_invitation_token() -> tuple[str, bytes]:
+    """A fresh invitation token and the SHA-256 stored for it (the token itself is never stored)."""
+    token = secrets.token_urlsafe(INVITATION_TOKEN_BYTES)
+    return token, invitation_token_digest(token)
+
+
+def invitation_token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def token_matches(stored: bytes | None, presented: bytes) -> bool:
+    """Whether the presented token's digest is the stored one, compared in constant time. An
+    invitation issued before tokens (``stored`` null) matches nothing."""
+    return stored is not None and hmac.compare_digest(stored, presented)
 
 
 class ProjectLimitError(ConflictError):
@@ -283,10 +306,18 @@ class ProjectService:
 
     # -- invitations: members join by accepting, never by being added by id -------------------------
 
-    async def invite(self, actor: int, project_id: int, data: InvitationCreate) -> ProjectInvitation:
-        """Owners invite an email. The answer is the same whether the email has an account (active or
-        not) or is a member already: nothing here tells who has an account. Inviting again updates the
-        role. A project has at most ``PROJECT_INVITATIONS_MAX`` waiting invitations."""
+    async def invite(
+        self, actor: int, project_id: int, data: InvitationCreate
+    ) -> tuple[ProjectInvitation, str]:
+        """Owners invite an email: the invitation and the token that accepts it (returned only here,
+        stored only as its SHA-256). The answer is the same whether the email has an account (active
+        or not) or is a member already: nothing here tells who has an account. Inviting again updates
+        the role and issues a new token (the old one stops working). A project has at most
+        ``PROJECT_INVITATIONS_MAX`` waiting invitations.
+
+        Why a token: registration proves no control of an email (no mail is sent), so an invitation
+        matched on the address alone went to whoever registered it first. The owner hands the token
+        to the invitee over a channel they trust."""
         email = data.email.strip().lower()
         async with self.db.transaction() as uow:
             await self._lock_membership(uow, project_id)
@@ -297,8 +328,14 @@ class ProjectService:
                     f"A project has at most {self.project_invitations_max} waiting invitations; "
                     "withdraw one first."
                 )
+            token, digest = new_invitation_token()
             invitation = await queries.upsert_invitation(
-                uow.conn, project_id=project_id, email=email, role=ProjectRole(data.role), invited_by=actor
+                uow.conn,
+                project_id=project_id,
+                email=email,
+                role=ProjectRole(data.role),
+                invited_by=actor,
+                token_sha256=digest,
             )
             assert invitation is not None
             await emit(
@@ -309,7 +346,7 @@ class ProjectService:
                 project_id=project_id,
                 data={"name": project.name, "role": data.role},
             )
-            return invitation
+            return invitation, token
 
     async def list_invitations(
         self, actor: int, project_id: int, *, after_id: int, limit: int
@@ -341,14 +378,20 @@ class ProjectService:
                 uow.conn, email=user.email, after_id=after_id, row_limit=limit
             )
 
-    async def accept_invitation(self, user_id: int, invitation_id: int) -> tuple[Project, ProjectRole]:
+    async def accept_invitation(
+        self, user_id: int, invitation_id: int, token: str
+    ) -> tuple[Project, ProjectRole]:
         """The invitee joins with the invited role (a member already keeps their role); the invitation
-        is used up. 404 for an invitation addressed to someone else."""
+        is used up. It takes both the token issued with the invitation (the last one, if it was sent
+        again) and the caller's email: a wrong or missing token, or an invitation addressed to someone
+        else, is the 404 of an invitation that does not exist."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
                 raise NotFoundError("No such invitation.")
-            invitation = await self._take_invitation_locking_project(uow, user.email, invitation_id)
+            invitation = await self._take_invitation_locking_project(
+                uow, user.email, invitation_id, invitation_token_digest(token)
+            )
             member = await queries.add_member(
                 uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
             )
@@ -366,21 +409,28 @@ class ProjectService:
 
     @staticmethod
     async def _take_invitation_locking_project(
-        uow: UnitOfWork, email: str, invitation_id: int
+        uow: UnitOfWork, email: str, invitation_id: int, token_sha256: bytes
     ) -> ProjectInvitation:
-        """The invitation, used up, once its project is held as by any change of members (which also
-        keeps it from deletion: the member's insert refers to it). A removal of the invitee, which
-        withdraws this invitation, then comes wholly before or after; a deletion locks the project,
-        then its invitations, and so does this."""
-        project_id = await queries.invitation_project(uow.conn, id=invitation_id, email=email)
-        if project_id is None or await queries.lock_project_membership(uow.conn, id=project_id) is None:
+        """The invitation, used up, once its token matched and its project is held as by any change
+        of members (which also keeps it from deletion: the member's insert refers to it). A removal of
+        the invitee, which withdraws this invitation, then comes wholly before or after; a deletion
+        locks the project, then its invitations, and so does this. Taking it requires the hash that
+        was checked: an invitation sent again meanwhile (a new token) is not taken."""
+        found = await queries.invitation_to_accept(uow.conn, id=invitation_id, email=email)
+        if found is None or not token_matches(found.token_sha256, token_sha256):
             raise NotFoundError("No such invitation.")
-        invitation = await queries.take_invitation(uow.conn, id=invitation_id, email=email)
-        if invitation is None:  # taken meanwhile
+        if await queries.lock_project_membership(uow.conn, id=found.project_id) is None:
+            raise NotFoundError("No such invitation.")
+        invitation = await queries.take_accepted_invitation(
+            uow.conn, id=invitation_id, email=email, token_sha256=token_sha256
+        )
+        if invitation is None:  # taken, withdrawn or sent again meanwhile
             raise NotFoundError("No such invitation.")
         return invitation
 
     async def decline_invitation(self, user_id: int, invitation_id: int) -> None:
+        """The invitee removes an invitation addressed to their email; no token needed (it only removes
+        the caller's own invitation, and adds nobody)."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             taken = (
