@@ -68,39 +68,31 @@ def load_test_server(
         server.kill(signal.SIGTERM)
 
 
-@pytest.fixture
-async def locust_ui(
-    seeded: Settings, load_test_server: ServerProcess, tmp_path: Path
-) -> AsyncIterator[str]:
-    """``locust -f benchmarks/locustfile.py`` with its web UI against the load-test server: its URL."""
-    port = free_port()
-    log_path = tmp_path / "locust.log"
+def start_locust(host: str, port: int, settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """``locust -f benchmarks/locustfile.py`` with its web UI on ``port``, against ``host``."""
     env = {
         **os.environ,
-        "ADMIN_EMAIL": seeded.admin_email,
-        "ADMIN_PASSWORD": seeded.admin_password,
-        "DEMO_PASSWORD": seeded.demo_password,
+        "ADMIN_EMAIL": settings.admin_email,
+        "ADMIN_PASSWORD": settings.admin_password,
+        "DEMO_PASSWORD": settings.demo_password,
     }
+    command = ["-m", "locust", "-f", "benchmarks/locustfile.py", "--host", host]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                "benchmarks/locustfile.py",
-                "--host",
-                load_test_server.base,
-                "--web-host",
-                "127.0.0.1",
-                "--web-port",
-                str(port),
-            ],
+        return subprocess.Popen(
+            [sys.executable, *command, "--web-host", "127.0.0.1", "--web-port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+@pytest.fixture
+async def locust_ui(seeded: Settings, load_test_server: ServerProcess, tmp_path: Path) -> AsyncIterator[str]:
+    """locust's web UI against the load-test server, with the seed's credentials: its URL."""
+    port = free_port()
+    log_path = tmp_path / "locust.log"
+    process = start_locust(load_test_server.base, port, seeded, log_path)
     url = f"http://127.0.0.1:{port}"
 
     async def answers() -> bool:
