@@ -1,21 +1,40 @@
-"""Password-guess throttling that slows attackers without locking owners out (ASVS 2.2.1).
+"""Password-guess throttling (ASVS 2.2.1): refusals per client network, and one paced schedule per
+account that bounds how often its password is checked however many networks guess.
 
-Three counters per window (``LOGIN_FAILURE_WINDOW_S``), in Valkey, keyed by hashes (no email or
-address is stored):
+Three counters per window (``LOGIN_FAILURE_WINDOW_S``, from each counter's first attempt) and one
+schedule, in Valkey, keyed by hashes (no email or address is stored):
 
 - ``pair`` — one account from one client network (an IPv4 address, an IPv6 /64): a hard limit of
-  ``LOGIN_MAX_FAILURES``. Only the address that keeps failing is refused (429), never the owner
-  elsewhere.
+  ``LOGIN_MAX_FAILURES``. Only that network is refused (429) for that account; this limit never
+  refuses the owner elsewhere.
 - ``addr`` — one client network, whatever the account: a hard limit of ``LOGIN_ADDRESS_MAX_FAILURES``
   (higher, so one NAT's users are not refused for one another's typos).
-- ``acct`` — one account, from anywhere: never refused, only slowed. Past ``LOGIN_MAX_FAILURES``
-  each attempt waits ``2^(failures - LOGIN_MAX_FAILURES)`` seconds (at most ``LOGIN_MAX_DELAY_S``)
-  before its password is checked, so a guesser spread over many addresses gets slower and slower
-  while the owner still gets in.
+- ``acct`` and ``next`` — one account, from anywhere: its attempts in the window, and the time (Valkey's
+  clock, so every process agrees) of the last slot handed out. The first ``LOGIN_MAX_FAILURES``
+  attempts are not slowed. Each later one has the delay ``2^(attempts - LOGIN_MAX_FAILURES)`` seconds,
+  at most ``LOGIN_MAX_DELAY_S``, and reserves the slot ``max(now, next) + delay``, which becomes
+  ``next``; its request waits until that slot before its password is checked. Attempts sent at once,
+  from any number of networks and processes, thus get distinct slots, each at least its delay after
+  the one before: past the threshold the account's password is checked at most once per delay (one
+  per ``LOGIN_MAX_DELAY_S`` at the cap). An attempt whose slot would be more than
+  ``LOGIN_MAX_DELAY_S`` away is refused instead (429; ``Retry-After``: when a slot within that wait
+  would be free, if no one takes it first); it is not counted and checks no password. The owner's
+  attempts take slots like anyone's, except from a network the account signed in from before
+  (below): while a guesser keeps the schedule full (at the price of one checked guess per delay), an
+  owner on a new network is refused too; attempts one after another with no one else guessing are
+  never refused by the schedule, each waits its own delay.
+- ``known`` — one account from one client network that signed in with the right password in the last
+  ``KNOWN_NETWORK_S`` (30 days): its attempts skip the account's schedule (the pair and address limits
+  still apply), so a guesser filling the schedule from elsewhere does not lock the owner out of the
+  networks they use (lockout abuse, ASVS 2.2.1). A guesser gains nothing from it
+  without being on the owner's network, where the pair's limit holds them.
 
-An attempt is counted *before* its password is checked, in one Lua script that also checks the hard
-limits (so a burst of concurrent attempts cannot slip past a limit between a read and a write); a
-correct password takes its attempt back and clears the account's and the pair's counters.
+An attempt is counted, and its slot reserved, *before* its password is checked, in one Lua script that
+also checks the hard limits (so a burst of concurrent attempts cannot slip past a limit between a read
+and a write); a correct password takes its attempt back from ``addr`` and clears ``pair``, ``acct``
+and the account's schedule (slots already handed out keep their wait), and marks the network known.
+With Valkey unreachable, attempts are neither counted nor slowed (``RATE_LIMIT_AUTH_FAIL_CLOSED``
+unset) or refused with 503.
 """
 
 from __future__ import annotations
@@ -37,42 +56,63 @@ security_log = structlog.get_logger("security")
 VALKEY_ERRORS = (*VALKEY_DOWN, OSError)
 """Valkey unreachable or unable to serve now (``app.core.valkey``), or a socket error under it."""
 
-# KEYS: pair, addr, acct. ARGV: pair limit, address limit, window (s).
-# Returns {refused_by (0 none, 1 pair, 2 address), retry_after_s, account failures before this attempt}.
+# KEYS: pair, addr, acct, next, known. ARGV: LOGIN_MAX_FAILURES (the pair's limit and the account's
+# threshold), address limit, window (s), LOGIN_MAX_DELAY_S in ms. Returns {refused_by (0 none, 1 pair,
+# 2 address, 3 account's schedule), retry_after_s, account attempts before this one, delay_ms,
+# slot_ms (Valkey's clock), wait_ms}.
 _ATTEMPT = """
 local pair = tonumber(redis.call('GET', KEYS[1]) or '0')
 local addr = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pair >= tonumber(ARGV[1]) then
-  return {1, redis.call('TTL', KEYS[1]), 0}
+  return {1, redis.call('TTL', KEYS[1]), 0, 0, 0, 0}
 end
 if addr >= tonumber(ARGV[2]) then
-  return {2, redis.call('TTL', KEYS[2]), 0}
+  return {2, redis.call('TTL', KEYS[2]), 0, 0, 0, 0}
+end
+local acct = tonumber(redis.call('GET', KEYS[3]) or '0')
+local over = acct - tonumber(ARGV[1])
+local delay_ms, slot_ms, wait_ms = 0, 0, 0
+if over >= 0 and redis.call('EXISTS', KEYS[5]) == 0 then
+  local max_delay_ms = tonumber(ARGV[4])
+  delay_ms = math.min(2 ^ math.min(over, 16) * 1000, max_delay_ms)
+  local time = redis.call('TIME')
+  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local next_ms = tonumber(redis.call('GET', KEYS[4]) or '0')
+  slot_ms = math.max(now_ms, next_ms) + delay_ms
+  wait_ms = slot_ms - now_ms
+  if wait_ms > max_delay_ms then
+    return {3, math.ceil((wait_ms - max_delay_ms) / 1000), acct, delay_ms, slot_ms, wait_ms}
+  end
+  if wait_ms > 0 then redis.call('SET', KEYS[4], slot_ms, 'PX', wait_ms) end
 end
 local window = tonumber(ARGV[3])
-local acct = 0
 for i = 1, 3 do
-  local n = redis.call('INCR', KEYS[i])
-  if n == 1 then redis.call('EXPIRE', KEYS[i], window) end
-  if i == 3 then acct = n - 1 end
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], window) end
 end
-return {0, 0, acct}
+return {0, 0, acct, delay_ms, slot_ms, wait_ms}
 """
 
-# KEYS: pair, addr, acct. A correct password: the address's attempt is taken back, the pair's and the
-# account's counters end.
+# KEYS: pair, addr, acct, next, known. ARGV: KNOWN_NETWORK_S. A correct password: the address's attempt
+# is taken back, the pair's and the account's counters and the account's schedule end, and the network
+# is known to the account.
 _SUCCEEDED = """
 local addr = tonumber(redis.call('GET', KEYS[2]) or '0')
 if addr > 0 then redis.call('DECR', KEYS[2]) end
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+redis.call('SET', KEYS[5], 1, 'EX', ARGV[1])
 return 0
 """
+KNOWN_NETWORK_S = 30 * 86_400
+"""How long a network the account signed in from skips the account's schedule."""
+
+_REFUSED_BY = {1: "pair", 2: "address", 3: "account"}
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One counted password attempt; pass it back to ``succeeded`` when the password was right."""
 
-    keys: tuple[str, str, str]
+    keys: tuple[str, str, str, str, str]
     counted: bool
 
 
@@ -83,26 +123,27 @@ class LoginThrottle:
         self._attempt = valkey.register_script(_ATTEMPT)
         self._succeeded = valkey.register_script(_SUCCEEDED)
 
-    def delay_s(self, failures: int) -> float:
-        """How long an attempt waits when the account already has ``failures`` in the window."""
-        over = failures - self.settings.login_max_failures
-        if over < 0:
-            return 0.0
-        return float(min(2 ** min(over, 16), self.settings.login_max_delay_s))
-
     async def attempt(self, email: str, client_ip: str | None, *, purpose: str = "login") -> Attempt:
-        """Count a password attempt, or refuse it (429) when its pair or address is over its limit;
-        waits the account's progressive delay before returning."""
+        """Count a password attempt, or refuse it (429) when its pair or address is over its limit or
+        the account's schedule has no slot within ``LOGIN_MAX_DELAY_S``; past the account's threshold,
+        waits until the slot it reserved before returning."""
         network = client_network(client_ip) if client_ip else "unknown"
-        keys = (_key("pair", f"{email}\n{network}"), _key("addr", network), _key("acct", email))
+        keys = (
+            _key("pair", f"{email}\n{network}"),
+            _key("addr", network),
+            _key("acct", email),
+            _key("next", email),
+            _key("known", f"{email}\n{network}"),
+        )
         settings = self.settings
         try:
-            refused, retry_after, failures = await self._attempt(
+            refused, retry_after, failures, delay_ms, slot_ms, wait_ms = await self._attempt(
                 keys=list(keys),
                 args=[
                     settings.login_max_failures,
                     settings.login_address_max_failures,
                     settings.login_failure_window_s,
+                    settings.login_max_delay_s * 1000,
                 ],
             )
         except VALKEY_ERRORS as exc:
@@ -119,38 +160,42 @@ class LoginThrottle:
                     "Sign-in is briefly unavailable; try again shortly.", headers={"Retry-After": "5"}
                 ) from None
             return Attempt(keys, counted=False)
+        account = keys[2][-12:]  # a digest prefix: correlates events without naming the account
         if refused:
-            scope = "pair" if refused == 1 else "address"
+            scope = _REFUSED_BY[int(refused)]
             security_log.warning(
                 "login_locked_out",
                 scope=scope,
                 purpose=purpose,
                 client_network=network,
-                account=keys[2][-12:],  # a digest prefix: correlates events without naming the account
+                account=account,
                 retry_after_s=int(retry_after),
             )
-            raise TooManyRequestsError(
-                "Too many failed sign-in attempts from this address; try again later.",
-                headers={"Retry-After": str(max(int(retry_after), 1))},
+            detail = (
+                "Too many recent sign-in attempts for this account; try again shortly."
+                if scope == "account"
+                else "Too many failed sign-in attempts from this address; try again later."
             )
-        delay = self.delay_s(int(failures))
-        if delay > 0:
+            raise TooManyRequestsError(detail, headers={"Retry-After": str(max(int(retry_after), 1))})
+        if int(delay_ms) > 0:
             security_log.warning(
                 "login_slowed",
                 purpose=purpose,
                 client_network=network,
-                account=keys[2][-12:],
+                account=account,
                 failures=int(failures),
-                delay_s=delay,
+                delay_s=int(delay_ms) / 1000,
+                wait_s=int(wait_ms) / 1000,
+                slot_ms=int(slot_ms),
             )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(int(wait_ms) / 1000)
         return Attempt(keys, counted=True)
 
     async def succeeded(self, attempt: Attempt) -> None:
         if not attempt.counted:
             return
         try:
-            await self._succeeded(keys=list(attempt.keys))
+            await self._succeeded(keys=list(attempt.keys), args=[KNOWN_NETWORK_S])
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
 
