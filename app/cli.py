@@ -42,9 +42,10 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -53,6 +54,10 @@ from app.core.logging import configure_logging
 from app.core.migrate import SchemaBehindError, migrate, require_schema
 from app.core.runtime import release_services, resolve_services
 from app.core.scrub import scrub_text
+
+if TYPE_CHECKING:
+    from app.db.models import User
+    from app.domains.accounts.services import AdminAccount
 
 GRANIAN_BACKLOG = 2048
 GRANIAN_EXIT_MARGIN_S = 5.0
@@ -138,10 +143,19 @@ async def _seed(settings: Settings) -> list[str]:
         return await run_seeders(services)
 
 
-async def _create_admin(settings: Settings, email: str, name: str) -> Any:
-    """Promote ``email`` if it exists; else create it with ``ADMIN_PASSWORD`` or a prompted password."""
+async def _create_admin(
+    settings: Settings, email: str, name: str, *, promote_existing: bool = False
+) -> AdminAccount:
+    """Create the administrator ``email`` with ``ADMIN_PASSWORD`` (or a prompted password). An address
+    that has an account already is refused in one line (exit 1) unless ``promote_existing``: then that
+    account is promoted, keeping its own password. Returns the service's ``AdminAccount``."""
     from app.core.services import open_services
-    from app.domains.accounts.services import AccountService, WeakPasswordError
+    from app.domains.accounts.services import (
+        AccountExistsError,
+        AccountService,
+        UnusableEmailError,
+        WeakPasswordError,
+    )
     from app.modules import MODULES
 
     password = os.environ.get("ADMIN_PASSWORD") or None
@@ -149,12 +163,49 @@ async def _create_admin(settings: Settings, email: str, name: str) -> Any:
         accounts = services[AccountService]
         try:
             try:
-                return await accounts.ensure_admin(email, password, name)
+                return await accounts.create_admin(email, password, name, promote_existing=promote_existing)
             except ValueError:
                 password = getpass.getpass(f"password for the new administrator {email}: ")
-                return await accounts.ensure_admin(email, password, name)
-        except WeakPasswordError as exc:
+                return await accounts.create_admin(email, password, name, promote_existing=promote_existing)
+        except (WeakPasswordError, UnusableEmailError) as exc:
             raise SystemExit(f"create-admin: {exc.detail}") from None
+        except AccountExistsError as exc:
+            raise SystemExit(_account_exists(exc.existing)) from None
+
+
+def _created_on(user: User) -> str:
+    return f"{user.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _account_exists(existing: User) -> str:
+    """``create-admin``'s one-line refusal of an address that has an account already."""
+    from app.db.models import UserRole
+
+    state = "an administrator already" if existing.role == UserRole.ADMIN else f"a {existing.role.value}"
+    if not existing.is_active:
+        state += ", deactivated"
+    return (
+        f"create-admin: {existing.email} already has an account (id {existing.id}, created "
+        f"{_created_on(existing)}, {state}); nothing was changed. `--promote-existing` makes it an active "
+        "administrator that keeps its own password (ADMIN_PASSWORD is not used)"
+    )
+
+
+def _admin_granted(granted: AdminAccount) -> str:
+    """What ``create-admin`` did, in one line."""
+    from app.domains.accounts.services import AdminGrant
+
+    user = granted.user
+    done = f"{user.email} is an administrator (id {user.id})"
+    if granted.grant == AdminGrant.CREATED:
+        return f"{done}: created with the password given"
+    if granted.grant == AdminGrant.PROMOTED:
+        reactivated = ", reactivated" if granted.reactivated else ""
+        return (
+            f"{done}: the existing account (created {_created_on(user)}) was promoted{reactivated} and its "
+            "sessions signed out; its password is unchanged (ADMIN_PASSWORD was not used)"
+        )
+    return f"{done} already; nothing was changed, its password is unchanged (ADMIN_PASSWORD was not used)"
 
 
 # --- serve: the supervisor ---------------------------------------------------------------------
@@ -479,9 +530,17 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("worker", help="run the SAQ workers and the outbox relay")
     commands.add_parser("migrate", help="apply pending migrations")
     commands.add_parser("seed", help="create demo data (idempotent)")
-    create_admin = commands.add_parser("create-admin", help="create an administrator or promote an account")
+    create_admin = commands.add_parser(
+        "create-admin",
+        help="create an administrator (an address that has an account is refused unless --promote-existing)",
+    )
     create_admin.add_argument("email")
     create_admin.add_argument("--name", default="Administrator")
+    create_admin.add_argument(
+        "--promote-existing",
+        action="store_true",
+        help="if the address has an account, make it an active administrator keeping its own password",
+    )
     child = commands.add_parser("serve-child")  # internal: granian as started by `serve`
     child.add_argument("--host", required=True)
     child.add_argument("--port", type=int, required=True)
@@ -512,8 +571,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(migrate(settings.database_url))
     elif args.command == "create-admin":
         with exit_scrubbed(settings.database_url, settings.valkey_url):
-            user = asyncio.run(_create_admin(_prepare(settings), args.email, args.name))
-        print(f"{user.email} is an administrator (id {user.id})")
+            granted = asyncio.run(
+                _create_admin(
+                    _prepare(settings), args.email, args.name, promote_existing=args.promote_existing
+                )
+            )
+        print(_admin_granted(granted))
     elif args.command == "seed":
         # In production _seed refuses before it connects: nothing to prepare.
         prepared = settings if settings.is_production else _prepare(settings)

@@ -34,20 +34,23 @@ BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 """``security=`` of routes that need an access token (the scheme is declared in ``create_app``)."""
 
 
-def problems(*statuses: int) -> dict[int, ResponseSpec]:
+def problems(*statuses: int, authenticates: bool = True) -> dict[int, ResponseSpec]:
     """``responses=`` for a route: the given problem statuses plus ``ALWAYS``, as problem+json.
 
     400 is always listed because Litestar documents its own (plain JSON) 400 on any route with
     parameters unless the route declares one; 401 because a bad bearer token is refused on every
-    route, public ones included; 503 because checking a token needs Valkey or PostgreSQL; 500 anywhere.
+    route that authenticates, public ones included; 503 because checking a token needs Valkey or
+    PostgreSQL; 500 anywhere. ``authenticates=False`` for a route that never looks at a token
+    (``opt={"authenticate": False}``, e.g. registration): 401 only if given.
     """
+    always = ALWAYS if authenticates else tuple(status for status in ALWAYS if status != 401)
     return {
         status: ResponseSpec(
             data_container=Problem,
             description=_DESCRIPTIONS.get(status, "Problem"),
             media_type="application/problem+json",
         )
-        for status in sorted({*statuses, *ALWAYS})
+        for status in sorted({*statuses, *always})
     }
 
 

@@ -35,18 +35,26 @@ from app.domains.accounts.services import AccountService
 TOKENS_NOT_STORED = CacheControlHeader(no_store=True)
 """Answers carrying tokens must not be kept by any cache (RFC 6749 section 5.1)."""
 ANONYMOUS = {AUTHENTICATE_OPT: False}
-"""Signing up and in: a bearer token sent along is ignored, so the ``auth`` limit stays keyed by the
-client's address (keyed by the token's user, every new account bought another quota)."""
+SIGNING_IN = {**ANONYMOUS, "rate_limit": "auth"}
+"""Signing up and in, under the password-guessing limit: a bearer token sent along is ignored, so the
+``auth`` limit stays keyed by the client's address (keyed by the token's user, every new account
+bought another quota)."""
 ROTATION = {**ANONYMOUS, "rate_limit": "default"}
 """A rotation guesses nothing (a refresh token is 256 random bits): it needs no password-guessing
 limit, and under the ``auth`` one every session behind one address (an office's NAT) shared 20 a
 minute and 200 an hour."""
+OWN_ACCOUNT = {"rate_limit": "default"}
+"""The caller's own account (GET and PATCH /me) guesses nothing either: under the ``auth`` limit,
+keyed by the user and so shared by all their sessions, a thief's token spent it on GET /me and the
+owner's password change (which would sign the thief out) answered 429. PATCH /me's check of the
+current password stays under the login throttle (``AccountService.update_me``)."""
+SIGNING_OUT = {"rate_limit": None}
+"""Logging out is never refused for a quota: ending a session must always be possible."""
 
 
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["accounts"]
-    opt = {"rate_limit": "auth"}
 
     @post(
         "/register",
@@ -57,10 +65,10 @@ class AuthController(Controller):
         "is created only if the email was free: sign in with the chosen password to use it. Finding out "
         "by signing in is throttled like any login.",
         responses={
-            **problems(400, 429, 503),
+            **problems(400, 429, 503, authenticates=False),
             202: ResponseSpec(RegistrationAccepted, description="Accepted (the same either way)"),
         },
-        opt=ANONYMOUS,
+        opt=SIGNING_IN,
     )
     async def register(
         self, data: JSONBody[RegisterIn], accounts: NamedDependency[AccountService]
@@ -73,12 +81,15 @@ class AuthController(Controller):
         status_code=HTTP_200_OK,
         cache_control=TOKENS_NOT_STORED,
         summary="Exchange email and password for an access and a refresh token",
-        description="The same 401 whether or not the email exists. Repeated failures slow further "
-        "attempts for the account (up to LOGIN_MAX_DELAY_S seconds each) but never lock its owner out; "
-        "429 with Retry-After only for an address that failed too often for this account "
-        "(LOGIN_MAX_FAILURES) or for any account (LOGIN_ADDRESS_MAX_FAILURES).",
-        responses=problems(400, 401, 429, 503),
-        opt=ANONYMOUS,
+        description="The same 401 whether or not the email exists. Past LOGIN_MAX_FAILURES attempts "
+        "for the account, from anywhere, each attempt waits its own turn (at least 1, 2, 4... seconds "
+        "after the previous one, at most LOGIN_MAX_DELAY_S) before its password is checked, except from "
+        "a network the account signed in from in the last 30 days. 429 with Retry-After for an address "
+        "that failed too often for this account (LOGIN_MAX_FAILURES) or for any account "
+        "(LOGIN_ADDRESS_MAX_FAILURES), or when the account's next turn is further away than "
+        "LOGIN_MAX_DELAY_S (guesses arriving faster than the turns).",
+        responses=problems(400, 401, 429, 503, authenticates=False),
+        opt=SIGNING_IN,
     )
     async def login(
         self,
@@ -93,16 +104,16 @@ class AuthController(Controller):
         status_code=HTTP_200_OK,
         cache_control=TOKENS_NOT_STORED,
         summary="Rotate a refresh token",
-        description="Spends the refresh token and returns a new pair. Re-using a spent token revokes "
-        "the whole session (its family and every access token issued from it): 401, as does any "
-        "revocation of the session (logout, a password change, a change of role or activity) that the "
-        "rotation raced. One exception, for a client racing itself (two tabs refreshing with one token): "
-        "the token rotated less than REFRESH_REUSE_GRACE_S seconds ago, whose successor has not been "
-        "used yet, is answered 409 `refresh-superseded` and the session is kept; the client should use "
-        "the tokens its other request received (or sign in again if it has none). Reusing an older token, "
-        "or one whose successor was used, revokes the session.",
+        description="Spends the refresh token and returns a new pair. Re-using a spent token (even once "
+        "it has expired) revokes the whole session (its family and every access token issued from it): 401, "
+        "as does any revocation of the session (logout, a password change, a change of role or "
+        "activity) that the rotation raced. One exception, for a client racing itself (two tabs "
+        "refreshing with one token): the token rotated less than REFRESH_REUSE_GRACE_S seconds ago, "
+        "whose successor has not been used yet, is answered 409 `refresh-superseded` and the session "
+        "is kept; the client should use the tokens its other request received (or sign in again if "
+        "it has none). Reusing an older token, or one whose successor was used, revokes the session.",
         responses={
-            **problems(400, 401, 429, 503),
+            **problems(400, 401, 429, 503, authenticates=False),
             409: ResponseSpec(
                 Problem,
                 description="`refresh-superseded`: rotated a moment ago by another request of this client; "
@@ -122,8 +133,10 @@ class AuthController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         guards=[requires_user],
         summary="Revoke the current session",
+        description="Never refused for a rate limit.",
         security=BEARER,
-        responses=problems(401, 429, 503),
+        responses=problems(401, 503),
+        opt=SIGNING_OUT,
     )
     async def logout(
         self, current_user: NamedDependency[CurrentUser], accounts: NamedDependency[AccountService]
@@ -136,6 +149,7 @@ class AuthController(Controller):
         summary="The caller's account",
         security=BEARER,
         responses=problems(401, 429),
+        opt=OWN_ACCOUNT,
     )
     async def me(
         self, current_user: NamedDependency[CurrentUser], accounts: NamedDependency[AccountService]
@@ -161,6 +175,7 @@ class AuthController(Controller):
                 media_type="application/problem+json",
             ),
         },
+        opt=OWN_ACCOUNT,
     )
     async def update_me(
         self,

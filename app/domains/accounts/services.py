@@ -9,10 +9,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import partial
 from typing import Any
 
+import msgspec
 import structlog
 from cachetools import LRUCache
 from psycopg import AsyncConnection
@@ -45,7 +48,14 @@ from app.domains.accounts.dashboard_tokens import (
     DashboardTokens,
     sign_in_required,
 )
-from app.domains.accounts.schemas import AdminUserPatch, RegisterIn, TokenPair, UpdateMeIn, UserOut
+from app.domains.accounts.schemas import (
+    AdminUserPatch,
+    Email,
+    RegisterIn,
+    TokenPair,
+    UpdateMeIn,
+    UserOut,
+)
 from app.domains.accounts.throttle import LoginThrottle
 
 log = structlog.get_logger("app.accounts")
@@ -79,6 +89,54 @@ def check_new_password(password: str, *, production: bool) -> None:
     public = {DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD} if production else set()
     if len(set(password)) < MIN_PASSWORD_DISTINCT or password in public:
         raise WeakPasswordError("The password is too easy to guess (a public default or too little variety).")
+
+
+class UnusableEmailError(UnprocessableError):
+    """An address set outside the API (``create-admin``, the seed's ADMIN_EMAIL) that the login's
+    ``Email`` refuses: its account could never sign in."""
+
+    slug = "unusable-email"
+    title = "Unusable email address"
+
+
+def sign_in_address(email: str) -> str:
+    """``email`` as accounts store it (trimmed, lower-case), if the login would accept it: checked with
+    the login's own ``Email`` type, else ``UnusableEmailError``."""
+    address = email.strip()
+    try:
+        msgspec.convert(address, Email)
+    except msgspec.ValidationError:
+        raise UnusableEmailError(
+            f"{address} is not an address the login accepts (ASCII, a domain ending in a dot and two or "
+            "more letters, as ops@example.com): its account could never sign in"
+        ) from None
+    return address.lower()
+
+
+class AccountExistsError(ConflictError):
+    """``create-admin`` for an address that has an account already, without ``--promote-existing``."""
+
+    slug = "account-exists"
+    title = "Account exists"
+
+    def __init__(self, existing: User) -> None:
+        super().__init__(f"{existing.email} already has an account (id {existing.id}).")
+        self.existing = existing
+
+
+class AdminGrant(StrEnum):
+    """What ``create_admin`` did."""
+
+    CREATED = "created"
+    PROMOTED = "promoted"
+    ALREADY_ADMIN = "already_admin"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAccount:
+    user: User
+    grant: AdminGrant
+    reactivated: bool = False
 
 
 class RefreshSupersededError(ConflictError):
@@ -248,8 +306,8 @@ class AccountService:
     ) -> User:
         """The active user with these credentials, or 401 — with the same message, status and
         hashing cost whether the email exists or not. Every attempt goes through the login throttle
-        (``throttle.py``): refused (429) per address and per (account, address) pair, slowed per
-        account."""
+        (``throttle.py``): refused (429) per address and per (account, address) pair, paced per
+        account (refused when its schedule has no turn within ``LOGIN_MAX_DELAY_S``)."""
         email = email.strip().lower()
         attempt = await self.throttle.attempt(email, client_ip, purpose=purpose)
         async with self.db.transaction() as uow:
@@ -266,14 +324,36 @@ class AccountService:
             raise UnauthorizedError(BAD_CREDENTIALS)
         await self.throttle.succeeded(attempt)
         if self.passwords.needs_rehash(user.password_hash):
-            new_hash = await self.passwords.hash(password)
-            async with self.db.transaction() as uow:
-                rehashed = await queries.rehash_user_password(
-                    uow.conn, password_hash=new_hash, id=user.id, verified_hash=user.password_hash
-                )
-            if rehashed is not None:
-                log.info("password_rehashed", user_id=user.id)
-                return rehashed
+            return await self._rehash(user, password)
+        return user
+
+    async def _rehash(self, user: User, password: str) -> User:
+        """The account with ``password`` (verified against ``user``'s hash) hashed again with the
+        current argon2 parameters, stored only over the hash that was verified.
+
+        When that hash is gone, another request replaced it first: a login of the same account at the
+        same moment (two devices right after a parameter change), or a password change. The row is read
+        again and ``password`` verified against its hash: a match (the other login's rehash) is
+        returned as the checked account, so the callers' "still the password checked" comparison
+        (``login``, the dashboard's sign-in, ``update_me``) holds; a real change is left for that
+        comparison to refuse."""
+        new_hash = await self.passwords.hash(password)
+        async with self.db.transaction() as uow:
+            rehashed = await queries.rehash_user_password(
+                uow.conn, password_hash=new_hash, id=user.id, verified_hash=user.password_hash
+            )
+        if rehashed is not None:
+            log.info("password_rehashed", user_id=user.id)
+            return rehashed
+        async with self.db.read() as uow:
+            current = await queries.get_user_by_id(uow.conn, id=user.id)
+        if (
+            current is not None
+            and current.password_hash != user.password_hash
+            and await self.passwords.verify(current.password_hash, password)
+        ):
+            log.info("password_rehashed_meanwhile", user_id=user.id)
+            return current
         return user
 
     async def login(self, email: str, password: str, client_ip: str | None) -> TokenPair:
@@ -332,11 +412,12 @@ class AccountService:
         """Rotate: the presented token is spent and a new one of the same family is issued.
 
         Presenting a spent token means it leaked: the whole family and every access token issued from
-        it are revoked, and the caller must log in again. One exception, for a client racing itself
-        (two tabs refreshing with one token): the family's immediate predecessor presented less than
-        REFRESH_REUSE_GRACE_S after its rotation, while the token that rotation issued is unused, is
-        answered 409 ``refresh-superseded`` and revokes nothing; the other request's answer holds
-        the session's tokens. An older token, or one whose successor was used, still revokes.
+        it are revoked (whether or not the spent token has expired since), and the caller must log in
+        again. One exception, for a client racing itself (two tabs refreshing with one token): the
+        family's immediate predecessor presented less than REFRESH_REUSE_GRACE_S after its rotation,
+        while the token that rotation issued is unused, is answered 409 ``refresh-superseded`` and
+        revokes nothing; the other request's answer holds the session's tokens. An older token, or one
+        whose successor was used, still revokes.
         """
         reused: uuid.UUID | None = None
         digest = refresh_token_digest(refresh_token)
@@ -348,11 +429,13 @@ class AccountService:
             if family_id is not None:
                 await self._lock_families(uow, [family_id])
             stored = await queries.get_refresh_token_for_update(uow.conn, token_hash=digest)
-            if stored is None or stored.revoked_at is not None or stored.expires_at <= datetime.now(UTC):
+            if stored is None or stored.revoked_at is not None:
                 raise UnauthorizedError("The refresh token is invalid or expired.")
             family = await queries.get_family_state(uow.conn, family_id=stored.family_id)
             if family is None or family.revoked:
                 raise UnauthorizedError("The refresh token is invalid or expired.")
+            # Reuse before expiry: a spent token outlived by its successor (REFRESH_TOKEN_TTL_S shorter
+            # than SESSION_MAX_AGE_S) still revokes the session when presented after its own expiry.
             if stored.used_at is not None:
                 if await queries.is_refresh_token_recently_superseded(
                     uow.conn,
@@ -371,7 +454,7 @@ class AccountService:
                 await self._revoke(uow, [stored.family_id])
                 reused = stored.family_id
             else:
-                if user is None or not user.is_active:
+                if user is None or not user.is_active or stored.expires_at <= datetime.now(UTC):
                     raise UnauthorizedError("The refresh token is invalid or expired.")
                 max_age = timedelta(seconds=self.settings.session_max_age_s)
                 if family.started_at + max_age <= datetime.now(UTC):
@@ -605,40 +688,71 @@ class AccountService:
                 )
         return user
 
-    async def ensure_admin(
-        self, email: str, password: str | None, display_name: str = "Administrator"
-    ) -> User:
-        """Create an administrator, or promote an existing account (CLI and seed)."""
-        email = email.strip().lower()
-        async with self.db.transaction() as uow:
-            existing = await queries.get_user_by_email(uow.conn, email=email)
-            if existing is not None:
-                if existing.role == UserRole.ADMIN and existing.is_active:
-                    return existing
-                user = await queries.admin_update_user(
-                    uow.conn, role=UserRole.ADMIN, is_active=True, id=existing.id
+    async def create_admin(
+        self,
+        email: str,
+        password: str | None,
+        display_name: str = "Administrator",
+        *,
+        promote_existing: bool = False,
+    ) -> AdminAccount:
+        """``create-admin``: a new administrator with ``password`` (ValueError when it is None: the CLI
+        then prompts for one).
+
+        An address that already has an account is refused (``AccountExistsError``, nothing changed):
+        registration proves no control of an address, so whoever registered the address the operator
+        names would otherwise become the administrator with their own password, or a deactivated
+        account would come back. With ``promote_existing`` that account becomes an active
+        administrator instead, its own password unchanged (``password`` is not used), and its sessions
+        are revoked like any change of role (tokens carry the role). An address the login refuses is
+        refused (``UnusableEmailError``): that administrator could never sign in."""
+        email = sign_in_address(email)
+        if await self.find_by_email(email) is None:
+            if password is None:
+                raise ValueError("a password is required to create a new administrator")
+            check_new_password(password, production=self.settings.is_production)
+            password_hash = await self.passwords.hash(password)
+            async with self.db.transaction() as uow:
+                created = await queries.create_user(
+                    uow.conn,
+                    email=email,
+                    display_name=display_name,
+                    password_hash=password_hash,
+                    role=UserRole.ADMIN,
                 )
-                assert user is not None
-                self._access_changed(uow, user.id)
-                return user
-        if password is None:
-            raise ValueError("a password is required to create a new administrator")
-        check_new_password(password, production=self.settings.is_production)
-        password_hash = await self.passwords.hash(password)
+            if created is not None:
+                log.info("administrator_created", user_id=created.id)
+                return AdminAccount(created, AdminGrant.CREATED)
+            # registered meanwhile: an existing account like any other
+        return await self._promote(email, promote_existing=promote_existing)
+
+    async def _promote(self, email: str, *, promote_existing: bool) -> AdminAccount:
         async with self.db.transaction() as uow:
-            user = await queries.create_user(
-                uow.conn,
-                email=email,
-                display_name=display_name,
-                password_hash=password_hash,
-                role=UserRole.ADMIN,
+            found = await queries.get_user_by_email(uow.conn, email=email)
+            assert found is not None, "accounts are never deleted nor their address changed"
+            before = (await queries.get_users_for_update(uow.conn, ids=[found.id]))[0]
+            if before.role == UserRole.ADMIN and before.is_active:
+                return AdminAccount(before, AdminGrant.ALREADY_ADMIN)  # running it again changes nothing
+            if not promote_existing:
+                raise AccountExistsError(before)
+            user = await queries.admin_update_user(
+                uow.conn, role=UserRole.ADMIN, is_active=True, id=before.id
             )
-        if user is None:
-            raise ConflictError("An account with this email already exists.")
-        return user
+            assert user is not None
+            self._access_changed(uow, user.id)
+            revoked = await self.revoke_all(uow, user.id)
+        log.info(
+            "administrator_promoted",
+            user_id=user.id,
+            was_role=before.role.value,
+            was_active=before.is_active,
+            sessions_revoked=revoked,
+        )
+        return AdminAccount(user, AdminGrant.PROMOTED, reactivated=not before.is_active)
 
     async def ensure_user(self, email: str, password: str, display_name: str, role: UserRole) -> User:
-        """The account with this email, created with these details if it does not exist (seed)."""
+        """The account with this email, created with these details if it does not exist (seed); an
+        existing account is returned unchanged, whatever its role, activity or password."""
         email = email.strip().lower()
         async with self.db.transaction() as uow:
             existing = await queries.get_user_by_email(uow.conn, email=email)
