@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -491,6 +492,23 @@ def clean_env(**values: str) -> dict[str, str]:
     inherited, so a developer's ``SINK_DRIVER``, ``RATE_LIMIT_*`` or ``LOG_*`` never changes what a
     test measures. ``values`` are the settings (``APP_ENV="test"``, ``DATABASE_URL=...``)."""
     return {**{name: os.environ[name] for name in _INHERITED if name in os.environ}, **values}
+
+
+def cli_env(database_url: str, valkey_url: str, data_dir: Path, **values: str) -> dict[str, str]:
+    """``clean_env`` for ``python -m app.cli`` on the given services: a small pool, no monitoring
+    checks of the cron slots no worker runs, plain-text logs at WARNING unless ``values`` say else."""
+    defaults = {
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "VALKEY_URL": valkey_url,
+        "DATA_DIR": str(data_dir),
+        "LOG_LEVEL": "WARNING",
+        "LOG_JSON": "false",
+        "DATABASE_POOL_MIN": "1",
+        "DATABASE_POOL_MAX": "4",
+        "MONITORING_CHECK_INTERVAL_S": "3600",
+    }
+    return clean_env(**{**defaults, **values})
 
 
 # -- Hypothesis -------------------------------------------------------------------------------------

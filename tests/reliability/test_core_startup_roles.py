@@ -25,7 +25,7 @@ import pytest
 from psycopg import sql
 
 from app.core.migrate import MIGRATION_LOCK, migrate, migration_versions
-from tests.factories import clean_env, wait_until
+from tests.factories import cli_env, wait_until
 from tests.faults import holds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,18 +94,7 @@ def roles(database_url: str, valkey_url: str) -> Iterator[Roles]:
 
 
 def _env(roles: Roles, data_dir: Path) -> dict[str, str]:
-    return clean_env(
-        APP_ENV="test",
-        DATABASE_URL=roles.app_url,
-        VALKEY_URL=roles.valkey_url,
-        DATA_DIR=str(data_dir),
-        LOG_LEVEL="INFO",
-        LOG_JSON="false",
-        ADMIN_PASSWORD=ADMIN_PASSWORD,
-        DATABASE_POOL_MIN="1",
-        DATABASE_POOL_MAX="4",
-        MONITORING_CHECK_INTERVAL_S="3600",
-    )
+    return cli_env(roles.app_url, roles.valkey_url, data_dir, LOG_LEVEL="INFO", ADMIN_PASSWORD=ADMIN_PASSWORD)
 
 
 def _cli(
