@@ -51,7 +51,7 @@ import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
 from app.core.logging import configure_logging
-from app.core.migrate import SchemaBehindError, migrate, require_schema
+from app.core.migrate import migrate
 from app.core.runtime import release_services, resolve_services
 from app.core.scrub import scrub_text
 
@@ -110,25 +110,13 @@ def _resolve(settings: Settings) -> Settings:
 
 
 def _prepare(settings: Settings) -> Settings:
-    """``_resolve``, then exit 1 with one line if Valkey or PostgreSQL does not answer
-    (``check_dependencies``: it waits a little for a service still starting) or the database's
-    schema is behind this release (``run_workers`` makes the same two checks for ``worker``).
+    """``_resolve``, then the pre-flight of every process but ``serve`` and ``migrate``
+    (``app.core.queues.preflight``: the dependencies answer, the schema is this release's; else exit 1
+    with one line). ``worker`` makes it in ``run_workers``."""
+    from app.core.queues import preflight  # SAQ and the drivers: only where they are used
 
-    Never migrates: ``worker``, ``create-admin`` and ``seed`` connect as the app role in production,
-    which may not create anything (deploy/postgres/10-roles.sh); only ``migrate`` (as the owner) and
-    ``serve`` apply migrations.
-    """
     settings = _resolve(settings)
-    assert settings.database_url
-    from app.core.queues import check_dependencies  # SAQ and the drivers: only where they are used
-
-    failures = asyncio.run(check_dependencies(settings))
-    if failures:
-        raise SystemExit(f"cannot start: {'; '.join(failures)}")
-    try:
-        require_schema(settings.database_url)
-    except SchemaBehindError as exc:
-        raise SystemExit(str(exc)) from None
+    asyncio.run(preflight(settings))
     return settings
 
 

@@ -270,6 +270,22 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
     return [failure for failure in answers if failure is not None]
 
 
+async def preflight(settings: Settings, who: str = "", timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """What every process but ``serve`` and ``migrate`` checks before it starts: Valkey and PostgreSQL
+    answer (``check_dependencies``), then the database has applied every migration of this release
+    (``require_schema``, waiting while a migrate holds the lock). Else ``SystemExit`` with one line,
+    ``who`` its prefix for a dependency that does not answer. Never migrates: these processes connect
+    as the app role in production, which may not create anything (deploy/postgres/10-roles.sh)."""
+    assert settings.database_url
+    failures = await check_dependencies(settings, timeout_s)
+    if failures:
+        raise SystemExit(f"{who}cannot start: {'; '.join(failures)}")
+    try:
+        await asyncio.to_thread(require_schema, settings.database_url)
+    except SchemaBehindError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def _mark_started(worker: Worker[Context]) -> asyncio.Event:
     """An event set once ``worker`` has run its startup hooks (a last hook of its own)."""
     started = asyncio.Event()
@@ -292,14 +308,8 @@ async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLI
     the app role). With ``WORKER_METRICS_PORT`` set it serves its metrics there (the relay's, the
     jobs', the queues')."""
     settings = services.settings
-    assert settings.valkey_url and settings.database_url
-    failures = await check_dependencies(settings, preflight_timeout_s)
-    if failures:
-        raise SystemExit(f"worker: cannot start: {'; '.join(failures)}")
-    try:
-        await asyncio.to_thread(require_schema, settings.database_url)
-    except SchemaBehindError as exc:
-        raise SystemExit(str(exc)) from None
+    assert settings.valkey_url
+    await preflight(settings, "worker: ", preflight_timeout_s)
     if settings.worker_metrics_port:
         try:
             serve_worker_metrics(settings.worker_metrics_port, settings.host)

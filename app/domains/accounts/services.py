@@ -285,16 +285,9 @@ class AccountService:
         """Create the account if the email is free; the caller's answer must not say which happened
         (review L1): the new user, or None when the email already had an account (nothing changed).
         Both paths hash the password and try one insert, so they cost the same."""
-        password_hash = await self.passwords.hash(data.password)
-        email = data.email.strip().lower()
-        async with self.db.transaction() as uow:
-            user = await queries.create_user(
-                uow.conn,
-                email=email,
-                display_name=data.display_name.strip(),
-                password_hash=password_hash,
-                role=UserRole.MEMBER,
-            )
+        user = await self._insert_account(
+            data.email.strip().lower(), data.password, data.display_name.strip(), UserRole.MEMBER
+        )
         if user is None:
             log.info("registration_for_existing_email")
             return None
@@ -711,15 +704,7 @@ class AccountService:
             if password is None:
                 raise ValueError("a password is required to create a new administrator")
             check_new_password(password, production=self.settings.is_production)
-            password_hash = await self.passwords.hash(password)
-            async with self.db.transaction() as uow:
-                created = await queries.create_user(
-                    uow.conn,
-                    email=email,
-                    display_name=display_name,
-                    password_hash=password_hash,
-                    role=UserRole.ADMIN,
-                )
+            created = await self._insert_account(email, password, display_name, UserRole.ADMIN)
             if created is not None:
                 log.info("administrator_created", user_id=created.id)
                 return AdminAccount(created, AdminGrant.CREATED)
@@ -758,12 +743,22 @@ class AccountService:
             existing = await queries.get_user_by_email(uow.conn, email=email)
         if existing is not None:
             return existing
+        user = await self._insert_account(email, password, display_name, role)
+        if user is not None:
+            return user
+        async with self.db.read() as uow:  # created meanwhile
+            return await self._by_email(uow, email)
+
+    async def _insert_account(
+        self, email: str, password: str, display_name: str, role: UserRole
+    ) -> User | None:
+        """Hash ``password`` and insert the account (``email`` as stored: trimmed, lower-case); None
+        when the address has an account already (nothing changed)."""
         password_hash = await self.passwords.hash(password)
         async with self.db.transaction() as uow:
-            user = await queries.create_user(
+            return await queries.create_user(
                 uow.conn, email=email, display_name=display_name, password_hash=password_hash, role=role
             )
-            return user or await self._by_email(uow, email)
 
     async def find_by_email(self, email: str) -> User | None:
         async with self.db.transaction() as uow:
