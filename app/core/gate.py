@@ -44,6 +44,7 @@ from app.core.auth import CurrentUser
 from app.core.compression import ResponseCompression
 from app.core.errors import VALIDATION_FAILED, ForbiddenError, ServiceUnavailableError, TooManyRequestsError
 from app.core.metrics import RequestMetrics
+from app.core.openapi import undocument_token_refusal
 from app.core.ratelimit import (
     DEFAULT_POLICY,
     EXEMPT_PATHS,
@@ -107,6 +108,22 @@ def _uses_caller(handler: BaseRouteHandler) -> bool:
     return False
 
 
+def authenticates(handler: BaseRouteHandler, path: str) -> bool:
+    """Whether the gate verifies a bearer token for ``handler`` serving ``path`` (see the module's
+    docstring): the one decision behind both the requests' 401 and the documented one."""
+    opt: Mapping[str, Any] = handler.opt or {}
+    forced = opt.get(AUTHENTICATE_OPT)
+    if forced is not None:
+        return bool(forced)
+    if _under((path,), ANONYMOUS_PATHS):
+        return False
+    return not (
+        opt.get(OPT_KEY, DEFAULT_POLICY) is None
+        and not handler.resolve_guards()
+        and not _uses_caller(handler)
+    )
+
+
 @dataclass
 class GateConfig:
     """Everything the route layer needs, built once by ``create_app``."""
@@ -140,11 +157,13 @@ class GateConfig:
         return known[1]
 
     def prepare(self, app: Litestar) -> None:
-        """Decide every route's plan now (an unknown rate-limit policy fails the start-up)."""
+        """Decide every route's plan now (an unknown rate-limit policy fails the start-up), and take
+        the bad-token 401 out of the documentation of the routes that never read a token."""
         for route in app.routes:
             if isinstance(route, HTTPRoute):
                 for handler, _ in route.route_handler_map.values():
-                    self.plan(handler, route.path_format)
+                    if not self.plan(handler, route.path_format).authenticate:
+                        undocument_token_refusal(handler)
 
     def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
         paths = (path,)
@@ -155,14 +174,9 @@ class GateConfig:
             policy = self.policies.get(policy_name)
             if policy is None:
                 raise ValueError(f"unknown rate-limit policy {policy_name!r} in the opt of {handler}")
-        authenticate = opt.get(AUTHENTICATE_OPT)
-        if authenticate is None:
-            authenticate = not _under(paths, ANONYMOUS_PATHS) and not (
-                policy_name is None and not handler.resolve_guards() and not _uses_caller(handler)
-            )
         methods: set[str] = set(getattr(handler, "http_methods", ()))
         return RoutePlan(
-            authenticate=bool(authenticate),
+            authenticate=authenticates(handler, path),
             policy=policy,
             policy_header=(b"ratelimit-policy", policy_header(policy).encode()) if policy else None,
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
@@ -303,4 +317,4 @@ def _require_same_origin(scope: Scope) -> None:
         raise ForbiddenError("Changes from the job dashboard must come from the dashboard's own page.")
 
 
-__all__ = ["AUTHENTICATE_OPT", "GateConfig", "RouteGate", "RoutePlan"]
+__all__ = ["AUTHENTICATE_OPT", "GateConfig", "RouteGate", "RoutePlan", "authenticates"]

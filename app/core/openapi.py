@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import msgspec
 from litestar.enums import MediaType
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 
@@ -34,24 +35,44 @@ BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 """``security=`` of routes that need an access token (the scheme is declared in ``create_app``)."""
 
 
-def problems(*statuses: int, authenticates: bool = True) -> dict[int, ResponseSpec]:
+def _problem(status: int) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=Problem,
+        description=_DESCRIPTIONS.get(status, "Problem"),
+        media_type="application/problem+json",
+    )
+
+
+@dataclass
+class _BadToken(ResponseSpec):
+    """The 401 ``problems`` adds on its own: the route layer's answer to a bad bearer token (a class,
+    not an instance to compare with: Litestar deep-copies a controller's handlers)."""
+
+
+_BAD_TOKEN = _BadToken(
+    data_container=Problem, description=_DESCRIPTIONS[401], media_type="application/problem+json"
+)
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """``responses=`` for a route: the given problem statuses plus ``ALWAYS``, as problem+json.
 
     400 is always listed because Litestar documents its own (plain JSON) 400 on any route with
     parameters unless the route declares one; 401 because a bad bearer token is refused on every
-    route that authenticates, public ones included; 503 because checking a token needs Valkey or
-    PostgreSQL; 500 anywhere. ``authenticates=False`` for a route that never looks at a token
-    (``opt={"authenticate": False}``, e.g. registration): 401 only if given.
+    route that authenticates, public ones included (``app.core.gate.GateConfig.prepare`` takes it out
+    of the routes that never read a token, unless the route gives 401 itself: a wrong password); 503
+    because checking a token needs Valkey or PostgreSQL; 500 anywhere.
     """
-    always = ALWAYS if authenticates else tuple(status for status in ALWAYS if status != 401)
     return {
-        status: ResponseSpec(
-            data_container=Problem,
-            description=_DESCRIPTIONS.get(status, "Problem"),
-            media_type="application/problem+json",
-        )
-        for status in sorted({*statuses, *always})
+        status: _BAD_TOKEN if status == 401 and 401 not in statuses else _problem(status)
+        for status in sorted({*statuses, *ALWAYS})
     }
+
+
+def undocument_token_refusal(handler: HTTPRouteHandler) -> None:
+    """Remove the 401 that ``problems`` added on its own from ``handler``, which never reads a token."""
+    if handler.responses and isinstance(handler.responses.get(401), _BadToken):
+        handler.responses = {status: spec for status, spec in handler.responses.items() if status != 401}
 
 
 def _inline_json_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:

@@ -137,11 +137,7 @@ class Controller(litestar.Controller):
                 continue
             for index, handler in enumerate(route.route_handlers):
                 if reads_body(handler):
-                    authenticates = (handler.opt or {}).get("authenticate") is not False
-                    handler.responses = {
-                        **problems(413, authenticates=authenticates),
-                        **(handler.responses or {}),
-                    }
+                    handler.responses = {**problems(413), **(handler.responses or {})}
                 if (
                     handler.http_methods == {HttpMethod.OPTIONS}
                     and handler.handler_name == _AUTOMATIC_OPTIONS

@@ -18,13 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.gate import AUTHENTICATE_OPT
+from app.core.gate import authenticates
 from app.core.pagination import InvalidCursorError, cursor_pattern, decode_cursor, encode_cursor
 from app.core.ratelimit import DEFAULT_POLICY, EXEMPT_PATHS, OPT_KEY
 from app.db import accounts as account_queries
@@ -90,10 +91,10 @@ def operations(app: Litestar) -> list[tuple[str, str, dict[str, Any]]]:
 # -- what every operation documents ----------------------------------------------------------------
 
 
-def handler_opts(app: Litestar) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each operation's route handler ``opt`` (what ``app.core.gate`` reads), by (path, method)."""
+def route_handlers(app: Litestar) -> dict[tuple[str, str], HTTPRouteHandler]:
+    """Each operation's route handler (what ``app.core.gate`` decides from), by (path, method)."""
     return {
-        (route.path_format, method.lower()): dict(handler.opt or {})
+        (route.path_format, method.lower()): handler
         for route in app.routes
         if isinstance(route, HTTPRoute)
         for handler in route.route_handlers
@@ -102,17 +103,16 @@ def handler_opts(app: Litestar) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> None:
-    """401 wherever a bearer token is looked at (every route but the few with ``authenticate`` off:
-    registration, sign-in, rotation), 404 where the path has an id (an unknown or malformed one), 429
-    where a limiter applies (the gate's, unless the route is exempt: ``rate_limit`` None; the ingest
-    routes keep their own), 400/500/503 everywhere."""
-    opts = handler_opts(app)
+    """401 wherever the gate looks at a bearer token (``app.core.gate.authenticates``), 404 where the
+    path has an id (an unknown or malformed one), 429 where a limiter applies (the gate's, unless the
+    route is exempt: ``rate_limit`` None; the ingest routes keep their own), 400/500/503 everywhere."""
+    handlers = route_handlers(app)
     missing = []
     for path, method, operation in operations(app):
         documented = set(operation["responses"])
-        opt = opts[path, method]
+        opt = handlers[path, method].opt or {}
         expected = {"400", "500", "503"}
-        if opt.get(AUTHENTICATE_OPT) is not False:
+        if authenticates(handlers[path, method], path):
             expected.add("401")
         if "{" in path:
             expected.add("404")
@@ -127,13 +127,27 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
 def test_routes_exempt_from_the_limiter_document_no_429_unless_they_keep_their_own(app: Litestar) -> None:
     """Logout and the payment webhook are never rate-limited: a documented 429 would be a false
     promise. The page-view ingest is exempt from the gate's limiter because it keeps its own."""
-    opts = handler_opts(app)
+    handlers = route_handlers(app)
     exempt = sorted(
         f"{method.upper()} {path}"
         for path, method, operation in operations(app)
-        if opts[path, method].get(OPT_KEY, DEFAULT_POLICY) is None and "429" in operation["responses"]
+        if (handlers[path, method].opt or {}).get(OPT_KEY, DEFAULT_POLICY) is None
+        and "429" in operation["responses"]
     )
     assert exempt == ["POST /api/page-views", "POST /api/page-views/batch"], exempt
+
+
+def test_routes_the_gate_never_authenticates_document_no_401_unless_they_answer_one(app: Litestar) -> None:
+    """The payment webhook and the page-view ingest never look at a bearer token (no limit of the
+    gate's, no guard, no caller): a documented 401 would send a client looking for credentials it does
+    not need. Sign-in and rotation answer their own 401 (wrong password, spent refresh token)."""
+    handlers = route_handlers(app)
+    documented = sorted(
+        f"{method.upper()} {path}"
+        for path, method, operation in operations(app)
+        if not authenticates(handlers[path, method], path) and "401" in operation["responses"]
+    )
+    assert documented == ["POST /api/auth/login", "POST /api/auth/refresh"], documented
 
 
 def test_every_input_struct_refuses_undeclared_properties_in_the_schema(app: Litestar) -> None:

@@ -65,7 +65,7 @@ class AuthController(Controller):
         "is created only if the email was free: sign in with the chosen password to use it. Finding out "
         "by signing in is throttled like any login.",
         responses={
-            **problems(400, 429, 503, authenticates=False),
+            **problems(400, 429, 503),
             202: ResponseSpec(RegistrationAccepted, description="Accepted (the same either way)"),
         },
         opt=SIGNING_IN,
@@ -88,7 +88,7 @@ class AuthController(Controller):
         "that failed too often for this account (LOGIN_MAX_FAILURES) or for any account "
         "(LOGIN_ADDRESS_MAX_FAILURES), or when the account's next turn is further away than "
         "LOGIN_MAX_DELAY_S (guesses arriving faster than the turns).",
-        responses=problems(400, 401, 429, 503, authenticates=False),
+        responses=problems(400, 401, 429, 503),
         opt=SIGNING_IN,
     )
     async def login(
@@ -113,7 +113,7 @@ class AuthController(Controller):
         "is kept; the client should use the tokens its other request received (or sign in again if "
         "it has none). Reusing an older token, or one whose successor was used, revokes the session.",
         responses={
-            **problems(400, 401, 429, 503, authenticates=False),
+            **problems(400, 401, 429, 503),
             409: ResponseSpec(
                 Problem,
                 description="`refresh-superseded`: rotated a moment ago by another request of this client; "
