@@ -1037,15 +1037,6 @@ async def save_chat(
         await cur.execute(SAVE_CHAT, (chat_id, blocked_until, recent_sends))
 
 
-GET_DELIVERY = "select id, alert_id, chat_id, status, not_before, attempts, last_error, claimed_at, sent_at, message_id from monitoring_deliveries where id = $1"
-
-
-async def get_delivery(conn: AsyncConnection[Any], *, id: int) -> MonitoringDelivery | None:
-    async with AsyncRawCursor(conn, row_factory=args_row(MonitoringDelivery)) as cur:
-        await cur.execute(GET_DELIVERY, (id,))
-        return await cur.fetchone()
-
-
 ADD_ROUTE_LATENCY = """\
 insert into monitoring_route_latency (route, method, minute, bucket, requests)
 select unnest($1::text[]), unnest($2::text[]), unnest($3::timestamptz[]),

@@ -336,15 +336,6 @@ async def set_payment_event_outcome(conn: AsyncConnection[Any], *, outcome: str,
         await cur.execute(SET_PAYMENT_EVENT_OUTCOME, (outcome, event_id))
 
 
-GET_PAYMENT_EVENT = "select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events where event_id = $1"
-
-
-async def get_payment_event(conn: AsyncConnection[Any], *, event_id: str) -> PaymentEvent | None:
-    async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
-        await cur.execute(GET_PAYMENT_EVENT, (event_id,))
-        return await cur.fetchone()
-
-
 LIST_REFUNDS_DUE = """\
 select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events
 where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and payment_id is not null

@@ -345,9 +345,6 @@ insert into monitoring_telegram_chats (chat_id, blocked_until, recent_sends)
 values (@chat_id, sqlc.narg(blocked_until), @recent_sends)
 on conflict (chat_id) do update set blocked_until = excluded.blocked_until, recent_sends = excluded.recent_sends;
 
--- name: GetDelivery :one
-select * from monitoring_deliveries where id = @id;
-
 
 -- name: AddRouteLatency :exec
 insert into monitoring_route_latency (route, method, minute, bucket, requests)

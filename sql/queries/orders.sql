@@ -121,9 +121,6 @@ select exists (
 -- name: SetPaymentEventOutcome :exec
 update payment_events set outcome = @outcome where event_id = @event_id;
 
--- name: GetPaymentEvent :one
-select * from payment_events where event_id = @event_id;
-
 -- name: ListRefundsDue :many
 -- Payments whose money must go back and that nobody has marked refunded, newest first: keyset by
 -- id (before_id = max bigint for the first page), served by payment_events_refunds_due_idx (whose
