@@ -242,16 +242,18 @@ class ActivityService:
             return True
         return await self.accounts.still_authenticated(caller)
 
-    async def changes(self, reader_id: int, after: int, limit: int) -> tuple[list[FeedGroupOut], int]:
-        """The visible groups with activity after ``after`` (oldest change first), as they are now,
-        and the position reached (the newest event they count)."""
+    async def changes(self, reader_id: int, after: int, limit: int) -> tuple[list[FeedGroupOut], int, bool]:
+        """The first ``limit`` visible groups with activity after ``after`` (oldest change first), as
+        they are now, the position reached (the newest event they count), and whether more follow."""
         async with self.db.read() as uow:
-            rows = await queries.feed_changes(uow.conn, reader_id=reader_id, after=after, row_limit=limit)
+            rows = await queries.feed_changes(uow.conn, reader_id=reader_id, after=after, row_limit=limit + 1)
+            more = len(rows) > limit
+            rows = rows[:limit]
             if not rows:
-                return [], after
+                return [], after, more
             snapshot = max(row.last_seq for row in rows)
             groups = await self._groups(uow, reader_id, [row.id for row in rows], snapshot, None)
-        return groups, snapshot
+        return groups, snapshot, more
 
     # -- read state ------------------------------------------------------------------------------
 

@@ -177,17 +177,19 @@ class FeedStream:
         )
 
     async def _send_changes(self, limit: int | None = None) -> AsyncIterator[ServerSentEventMessage]:
-        """Everything visible after the cursor, page by page; past ``limit`` groups, a ``reset``."""
+        """Everything visible after the cursor, page by page; past ``limit`` groups, a ``reset``
+        (exactly ``limit`` missed groups need none)."""
         sent = 0
         while True:
-            groups, reached = await self.service.changes(self.reader_id, self.cursor, PAGE)
+            room = PAGE if limit is None else min(PAGE, limit - sent)
+            groups, reached, more = await self.service.changes(self.reader_id, self.cursor, room)
             for group in groups:
                 yield ServerSentEventMessage(
                     event="group", id=group.last_event_id, data=msgspec.json.encode(group).decode()
                 )
             self.cursor = max(self.cursor, reached)
-            sent += len(groups)
-            if len(groups) < PAGE:
+            sent += room
+            if not more:
                 return
             if limit is not None and sent >= limit:
                 self.cursor = await self.service.latest_seq()
