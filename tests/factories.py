@@ -50,6 +50,7 @@ from app.db import sites as site_queries
 from app.db import tasks as task_queries
 from app.db.models import ProjectRole, Site, TaskPriority, TaskStatus, User, UserRole
 from app.domains.accounts.dashboard_tokens import SESSION_COOKIE
+from app.domains.accounts.module import module as accounts_module
 from app.domains.accounts.services import AccountService
 from app.domains.github.services import GithubService
 from app.domains.orders.module import module as orders_module
@@ -57,8 +58,9 @@ from app.domains.products.module import module as products_module
 from app.main import create_app
 
 Client = AsyncTestClient[Litestar]
-COMMERCE: tuple[Module, ...] = (idempotency_module, products_module, orders_module)
-"""The modules a test needs for products and orders services without an app."""
+COMMERCE: tuple[Module, ...] = (idempotency_module, accounts_module, products_module, orders_module)
+"""The modules a test needs for products and orders services without an app (accounts: an
+administrator's write checks the actor's row)."""
 PASSWORD = "correct horse battery staple"
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 """A well-formed argon2id hash that no password matches: users who never log in (tokens are minted)."""

@@ -60,6 +60,17 @@ async def get_user_for_share(conn: AsyncConnection[Any], *, id: int) -> User | N
         return await cur.fetchone()
 
 
+LOCK_ACTIVE_ADMIN = "select id from users where id = $1 and role = 'admin' and is_active for share"
+
+
+async def lock_active_admin(conn: AsyncConnection[Any], *, id: int) -> int | None:
+    """An administrator's write holds the actor's row until its commit: a demotion or deactivation
+    (GetUsersForUpdate) waits for the write, or the write sees it and finds no row here."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_ACTIVE_ADMIN, (id,))
+        return await cur.fetchone()
+
+
 GET_USERS_FOR_UPDATE = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = any($1::bigint[]) order by id for update"
 
 

@@ -359,16 +359,6 @@ async def list_refunds_due(
         return await cur.fetchall()
 
 
-LOCK_ACTOR = "select id from users where id = $1 for key share"
-
-
-async def lock_actor(conn: AsyncConnection[Any], *, id: int) -> int | None:
-    """The acting administrator's row, kept until the commit (what a foreign-key check would take)."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(LOCK_ACTOR, (id,))
-        return await cur.fetchone()
-
-
 MARK_PAYMENT_REFUNDED = """\
 update payment_events
 set refunded_at = now(), refunded_by = $1

@@ -15,6 +15,11 @@ select * from users where id = @id;
 -- takes the row, then revokes the user's tokens) waits for the issue, or is seen by it.
 select * from users where id = @id for share;
 
+-- name: LockActiveAdmin :one
+-- An administrator's write holds the actor's row until its commit: a demotion or deactivation
+-- (GetUsersForUpdate) waits for the write, or the write sees it and finds no row here.
+select id from users where id = @id and role = 'admin' and is_active for share;
+
 -- name: GetUsersForUpdate :many
 -- An administrator's change locks the actor and the target, in id order.
 select * from users where id = any(@ids::bigint[]) order by id for update;

@@ -132,10 +132,6 @@ where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null a
 order by id desc
 limit @row_limit;
 
--- name: LockActor :one
--- The acting administrator's row, kept until the commit (what a foreign-key check would take).
-select id from users where id = @id for key share;
-
 -- name: MarkPaymentRefunded :one
 -- Nothing when the event is unknown, not a refund due, or marked already (GetRefund then tells).
 update payment_events

@@ -432,8 +432,8 @@ async def test_the_cache_is_invalidated_after_the_change_commits(
     The update runs through a second ProductService on the same database and Valkey (the test
     client serves the app on its own event loop), like another worker process would.
     """
-    admin = (await make_user(db, app, "admin")).headers
-    product = await create(client, admin, name="Before")
+    admin = await make_user(db, app, "admin")
+    product = await create(client, admin.headers, name="Before")
     path = f"/api/products/{product['id']}"
     assert (await client.get(path)).json()["name"] == "Before"
     other_process = Services(msgspec.structs.replace(settings, product_cache_ttl_s=60.0), COMMERCE)
@@ -442,7 +442,9 @@ async def test_the_cache_is_invalidated_after_the_change_commits(
     try:
         async with await AsyncConnection.connect(settings.database_url) as blocker:
             await blocker.execute("select id from products where id = %s for update", (product["id"],))
-            update = asyncio.create_task(products.update(product["id"], ProductUpdate(name="After")))
+            update = asyncio.create_task(
+                products.update(admin.id, product["id"], ProductUpdate(name="After"))
+            )
 
             async def update_waits_on_the_lock() -> bool:
                 assert not update.done(), update

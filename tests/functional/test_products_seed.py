@@ -12,11 +12,13 @@ from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.core.services import open_services
+from app.db.models import UserRole
 from app.domains.products.schemas import ProductUpdate
 from app.domains.products.seed import DEMO
 from app.domains.products.services import ProductService
 from app.modules import MODULES
 from app.seed import run_seeders
+from tests.factories import create_user
 
 
 async def seed(settings: Settings) -> list[str]:
@@ -60,8 +62,11 @@ async def test_seeding_again_keeps_what_an_administrator_changed(
     cursor = await db.execute("select id from products where sku = %s", (DEMO[0].sku,))
     row = await cursor.fetchone()
     assert row is not None
+    admin = await create_user(db, role=UserRole.ADMIN)
     async with open_services(settings, MODULES) as services:
-        await services[ProductService].update(row[0], ProductUpdate(name="Renamed mug", active=False))
+        await services[ProductService].update(
+            admin.id, row[0], ProductUpdate(name="Renamed mug", active=False)
+        )
 
     await seed(settings)
 

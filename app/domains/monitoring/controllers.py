@@ -444,7 +444,8 @@ class MonitoringController(Controller):
         "other.",
         responses=problems(401, 403, 429),
     )
-    async def test_error(self, current_user: Caller) -> None:
+    async def test_error(self, monitoring: Monitoring, current_user: Caller) -> None:
+        await monitoring.confirm_admin(current_user.id)
         raise MonitoringTestError(
             "Test error raised on purpose by POST /api/admin/monitoring/test-error: "
             "the monitoring pipeline works"

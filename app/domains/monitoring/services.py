@@ -41,7 +41,7 @@ from valkey.exceptions import ValkeyError
 
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
-from app.core.errors import ConflictError, NotFoundError, UnprocessableError
+from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
 from app.core.logging import OncePerInterval
 from app.db import monitoring as queries
 from app.db.models import (
@@ -687,6 +687,22 @@ class MonitoringService:
 
     # ------------------------------------------------------------------------------ admin
 
+    async def _lock_admin(self, uow: UnitOfWork, actor_id: int | None) -> None:
+        """An administrator's change takes the actor's row first: the token's role is a claim, the
+        row decides (``AccountService.lock_admin``). ``None``: a change made in-process, not for a
+        caller (nothing to check); without accounts in the assembly no caller's change is accepted."""
+        if actor_id is None:
+            return
+        if self.accounts is None:
+            raise ForbiddenError("Administrators only.")
+        await self.accounts.lock_admin(uow, actor_id)
+
+    async def confirm_admin(self, actor_id: int) -> None:
+        """``ForbiddenError`` unless ``actor_id`` is an active administrator's row now (the test
+        error's route: it writes nothing itself, but what it raises is captured and alerted)."""
+        async with self.db.transaction() as uow:
+            await self._lock_admin(uow, actor_id)
+
     async def _root_for_change(self, uow: UnitOfWork, group_id: int) -> MonitoringGroup:
         group = await queries.lock_group(uow.conn, id=group_id)
         if group is None:
@@ -736,6 +752,7 @@ class MonitoringService:
             )
         now = utc(self.clock())
         async with self.db.transaction() as uow:
+            await self._lock_admin(uow, actor_id)
             group = await self._root_for_change(uow, group_id)
             in_release_id = after_release_id = None
             if in_release is not None:
@@ -787,6 +804,7 @@ class MonitoringService:
     ) -> GroupDetail:
         now = utc(self.clock())
         async with self.db.transaction() as uow:
+            await self._lock_admin(uow, actor_id)
             group = await self._root_for_change(uow, group_id)
             until_events = None
             if mode == MonitoringIgnoreMode.UNTIL_COUNT:
@@ -821,6 +839,7 @@ class MonitoringService:
     async def reopen(self, group_id: int, actor_id: int | None) -> GroupDetail:
         now = utc(self.clock())
         async with self.db.transaction() as uow:
+            await self._lock_admin(uow, actor_id)
             group = await self._root_for_change(uow, group_id)
             await set_state(uow, group, MonitoringGroupStatus.UNRESOLVED, now)
             await queries.add_activity(
@@ -836,6 +855,7 @@ class MonitoringService:
             raise ConflictError("A group cannot be merged into itself.")
         now = utc(self.clock())
         async with self.db.transaction() as uow:
+            await self._lock_admin(uow, actor_id)
             locked = {}
             for group_id in sorted([target_id, *sources]):  # one lock order: no deadlock between merges
                 locked[group_id] = await self._root_for_change(uow, group_id)
@@ -865,6 +885,7 @@ class MonitoringService:
         its own counters, hashes and the state it had when it was merged."""
         now = utc(self.clock())
         async with self.db.transaction() as uow:
+            await self._lock_admin(uow, actor_id)
             group = await queries.get_group(uow.conn, id=group_id)
             if group is None:
                 raise NotFoundError("No such group.")

@@ -3,6 +3,7 @@ provider's webhook; the refunds due listed for administrators."""
 
 from app.core.idempotency import Idempotency
 from app.core.modules import Cron, Job, Module
+from app.domains.accounts.services import AccountService
 from app.domains.orders.controllers import (
     OrdersController,
     PaymentRefundsController,
@@ -19,7 +20,13 @@ from app.domains.products.services import ProductService
 module = Module(
     name="orders",
     controllers=[OrdersController, PaymentWebhookController, PaymentRefundsController],
-    service=lambda s: OrderService(s.db, s.settings, s[ProductService], s[Idempotency]),
+    service=lambda s: OrderService(
+        s.db,
+        s.settings,
+        s[ProductService],
+        s[Idempotency],
+        s[AccountService],
+    ),
     jobs=[Job(function=reserve_order, queue="orders")],
     cron=[
         Cron(

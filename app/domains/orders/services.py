@@ -19,11 +19,11 @@ import msgspec
 import structlog
 
 from app.config import Settings
-from app.core.auth import login_required
 from app.core.db import Database, UnitOfWork
 from app.core.errors import (
     AppError,
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     TooManyRequestsError,
     UnprocessableError,
@@ -32,6 +32,7 @@ from app.core.idempotency import Idempotency, StoredAnswer
 from app.core.outbox import enqueue
 from app.db import orders as queries
 from app.db.models import Order, OrderStatus, PaymentEvent
+from app.domains.accounts.services import AccountService
 from app.domains.activity.events import emit
 from app.domains.orders.payments import (
     REFUND_OUTCOMES,
@@ -136,12 +137,20 @@ def request_fingerprint(data: OrderCreate) -> bytes:
 
 class OrderService:
     def __init__(
-        self, db: Database, settings: Settings, products: ProductService, idempotency: Idempotency
+        self,
+        db: Database,
+        settings: Settings,
+        products: ProductService,
+        idempotency: Idempotency,
+        accounts: AccountService,
     ) -> None:
         self.db = db
         self.settings = settings
         self.products = products
         self.idempotency = idempotency
+        self.accounts = accounts
+        """An administrator's action takes the actor's row first (``lock_admin``): the token's role
+        is a claim, the row decides."""
 
     # -- placement (HTTP) ------------------------------------------------------------------
 
@@ -374,8 +383,15 @@ class OrderService:
         return order
 
     async def cancel(self, order_id: int, actor: int, is_admin: bool) -> OrderOut:
+        """The buyer's own order, or (``is_admin``: the token's claim) anyone's if the actor's row is
+        an active administrator's, checked under its lock (404 otherwise, as for any other caller)."""
         async with self.db.transaction() as uow:
             order = await self._locked(uow, order_id, actor, is_admin)
+            if order.user_id != actor:
+                try:
+                    await self.accounts.lock_admin(uow, actor)
+                except ForbiddenError:
+                    raise NotFoundError("No such order.") from None
             if order.status == OrderStatus.RESERVED:
                 await self._release_stock(uow, order_id)
             order = await _transition(uow, order, OrderStatus.CANCELLED, reason="cancelled", actor=actor)
@@ -491,10 +507,10 @@ class OrderService:
     async def mark_refunded(self, event_id: str, actor: int) -> PaymentRefundOut:
         """Record that ``actor`` returned the money of a refund due, and when. Idempotent: an event
         marked already answers its record as it stands (who marked it first, and when). An unknown
-        event id, or one whose money was kept, is 404."""
+        event id, or one whose money was kept, is 404; an actor whose row is not an active
+        administrator's (demoted, deactivated or gone meanwhile) is 403."""
         async with self.db.transaction() as uow:
-            if await queries.lock_actor(uow.conn, id=actor) is None:  # the admin's account is gone
-                raise login_required()
+            await self.accounts.lock_admin(uow, actor)
             row = await queries.mark_payment_refunded(uow.conn, refunded_by=actor, event_id=event_id)
             if row is not None:
                 log.info("payment_refunded", event_id=event_id, payment_id=row.payment_id, actor=actor)
@@ -506,6 +522,7 @@ class OrderService:
 
     async def fulfil(self, order_id: int, actor: int) -> OrderOut:
         async with self.db.transaction() as uow:
+            await self.accounts.lock_admin(uow, actor)
             order = await self._locked(uow, order_id, actor, is_admin=True)
             order = await _transition(uow, order, OrderStatus.FULFILLED, reason="fulfilled", actor=actor)
             return await self._out(uow, order)

@@ -99,8 +99,10 @@ class ProductsController(Controller):
         summary="Create a product (admins)",
         responses=problems(400, 401, 403, 409, 429),
     )
-    async def create_product(self, data: JSONBody[ProductCreate], products: Products) -> ProductOut:
-        return ProductOut.from_row(await products.create(data), products.currency)
+    async def create_product(
+        self, data: JSONBody[ProductCreate], products: Products, current_user: Caller
+    ) -> ProductOut:
+        return ProductOut.from_row(await products.create(data, current_user.id), products.currency)
 
     @patch(
         "/{product_id:int}",
@@ -110,9 +112,11 @@ class ProductsController(Controller):
         responses=problems(400, 401, 403, 404, 429),
     )
     async def update_product(
-        self, product_id: IdPath, data: JSONBody[ProductUpdate], products: Products
+        self, product_id: IdPath, data: JSONBody[ProductUpdate], products: Products, current_user: Caller
     ) -> ProductOut:
-        return ProductOut.from_row(await products.update(product_id, data), products.currency)
+        return ProductOut.from_row(
+            await products.update(current_user.id, product_id, data), products.currency
+        )
 
     @post(
         "/{product_id:int}/stock-adjustments",

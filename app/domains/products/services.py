@@ -13,6 +13,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.core.pagination import encode_cursor
 from app.db import products as queries
 from app.db.models import Product
+from app.domains.accounts.services import AccountService
 from app.domains.products.schemas import (
     MAX_STOCK,
     ProductCreate,
@@ -44,6 +45,9 @@ class ProductService:
     stock changes made inside an order's transaction included: the cache's generation moves on, so
     a reader that loaded the old row meanwhile stores it under the old generation, where nobody
     reads it again. A cached read needs no database connection at all.
+
+    An administrator's change takes the actor's row first (``AccountService.lock_admin``): the
+    token's role is a claim, the row decides.
     """
 
     def __init__(
@@ -52,14 +56,19 @@ class ProductService:
         cache: CacheNamespace,
         currency: str,
         ttl_s: float,
+        accounts: AccountService,
     ) -> None:
         self.db = db
         self.cache = cache
         self.currency = currency
         self.ttl_s = ttl_s
+        self.accounts = accounts
 
-    async def create(self, data: ProductCreate) -> Product:
+    async def create(self, data: ProductCreate, actor: int | None = None) -> Product:
+        """``actor``: the administrator creating it, or None for the demo seed (no caller)."""
         async with self.db.transaction() as uow:
+            if actor is not None:
+                await self.accounts.lock_admin(uow, actor)
             product = await queries.create_product(
                 uow.conn,
                 sku=data.sku,
@@ -73,8 +82,9 @@ class ProductService:
             uow.after_commit(self.cache.invalidate_all)
             return product
 
-    async def update(self, product_id: int, data: ProductUpdate) -> Product:
+    async def update(self, actor: int, product_id: int, data: ProductUpdate) -> Product:
         async with self.db.transaction() as uow:
+            await self.accounts.lock_admin(uow, actor)
             product = await queries.update_product(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
@@ -93,6 +103,7 @@ class ProductService:
         With ``expected_stock``, only from that stock (409 ``stock-changed`` otherwise): a delta is
         relative, so a blind retry of one whose answer was lost would apply it twice."""
         async with self.db.transaction() as uow:
+            await self.accounts.lock_admin(uow, actor)
             stock = await queries.adjust_stock(
                 uow.conn,
                 delta=data.delta,
