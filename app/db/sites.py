@@ -38,6 +38,19 @@ async def lock_site_owner(conn: AsyncConnection[Any], *, owner_id: int) -> None:
         await cur.execute(LOCK_SITE_OWNER, (owner_id,))
 
 
+DATABASE_KNOWS_TIME_ZONE = (
+    "select exists (select 1 from pg_catalog.pg_timezone_names where name = $1::text) as known"
+)
+
+
+async def database_knows_time_zone(conn: AsyncConnection[Any], *, name: str) -> bool | None:
+    """Whether PostgreSQL's own tz database (which every report's `at time zone` reads) has the zone: the
+    API's list of zones is Python's, whose tz data may be newer."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(DATABASE_KNOWS_TIME_ZONE, (name,))
+        return await cur.fetchone()
+
+
 COUNT_OWNED_SITES = "select count(*)::bigint from sites where owner_id = $1"
 
 

@@ -8,6 +8,11 @@ returning *;
 -- of its own, after this one: a statement's snapshot is taken before its lock is granted.
 select pg_advisory_xact_lock(hashtextextended(concat('sites-owner:', @owner_id::bigint), 0));
 
+-- name: DatabaseKnowsTimeZone :one
+-- Whether PostgreSQL's own tz database (which every report's `at time zone` reads) has the zone: the
+-- API's list of zones is Python's, whose tz data may be newer.
+select exists (select 1 from pg_catalog.pg_timezone_names where name = @name::text) as known;
+
 -- name: CountOwnedSites :one
 select count(*)::bigint from sites where owner_id = @owner_id;
 

@@ -26,6 +26,25 @@ from app.domains.sites.services import SiteService
 
 Sites = NamedDependency[SiteService]
 
+CREATE_DESCRIPTION = (
+    "The answer carries the site's public `ingest_key`, what its tracker sends with every page view. "
+    "The key cannot be rotated: to replace a leaked key, delete the site (its reports go with it) and "
+    "track it again. The key keeps working until the site is deleted, whatever becomes of its owner's "
+    "account: deactivating the account does not stop the site's ingest (an account may be "
+    "reactivated, and refusing views meanwhile would lose them for good). `timezone` (default `UTC`) "
+    "is the clock of the site's reports; a zone the API lists but the database's time zone data lacks "
+    "(the two are updated apart) is 422 `unsupported-time-zone` naming `timezone`, and nothing is "
+    "created. An account owns at most `SITES_PER_USER_MAX` sites; one more is 409 `site-limit` until "
+    "one of them is deleted. " + IDEMPOTENCY_DESCRIPTION
+)
+
+DELETE_DESCRIPTION = (
+    "Irreversible. The site's ingest key stops working at once, in every process. Its reports go at "
+    "once: the hourly rollups, visitors and visits they read are deleted with the site, in the same "
+    "transaction. Its raw page views are purged by the daily purge job once the deletion is "
+    "ten minutes old, so within a day and ten minutes. Nothing of it can be recovered."
+)
+
 
 class SitesController(Controller):
     path = "/api/sites"
@@ -37,7 +56,7 @@ class SitesController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Track a site (returns its public ingest key)",
-        description=IDEMPOTENCY_DESCRIPTION,
+        description=CREATE_DESCRIPTION,
         operation_class=DocumentsIdempotency,
         responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(SiteOut, description="Created")},
     )
@@ -74,7 +93,8 @@ class SitesController(Controller):
     @delete(
         "/{site_id:int}",
         status_code=HTTP_204_NO_CONTENT,
-        summary="Stop tracking a site",
+        summary="Delete a site (its key and reports at once, its raw page views within a day)",
+        description=DELETE_DESCRIPTION,
         responses=problems(401, 404, 429),
     )
     async def delete_site(self, site_id: IdPath, sites: Sites, current_user: Caller) -> None:
