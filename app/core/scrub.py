@@ -19,20 +19,37 @@ from urllib.parse import unquote
 MASK = "[Filtered]"
 
 _KEYS = (
-    r"password|passwd|passphrase|pwd|secret|secret[_-]?key|token|api[_-]?key|access[_-]?token"
-    r"|refresh[_-]?token|client[_-]?secret|authorization|cookie|session(?:[_-]?id)?|jwt|private[_-]?key"
+    r"password|passwd|passphrase|pass|pwd|pgpassword|secret|secret[_-]?key|token|api[_-]?key"
+    r"|secret[_-]?access[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret|authorization|cookie"
+    r"|session(?:[_-]?id)?|jwt"
+    r"|private[_-]?key"
 )
+_KEY_START = r"(?<![A-Za-z0-9])"
+"""Where a key's name may start: not inside a word (``bypass``, ``compass``), but after ``_`` or ``-``,
+so an environment variable's or a header's prefix (``DB_PASSWORD``, ``MYSQL_PWD``, ``X-Api-Key``) does
+not hide it (``\b`` did: ``_`` is a word character). A key ends at ``\b`` then ``=`` or ``:``, so a
+longer name (``passed=``, ``pass_fds=``, ``session_timeout=``) is no key."""
+_MASKED = re.escape(MASK)
+"""A value masked already (by the Authorization pattern) is masked whole again, not up to its ``]``."""
 _PATTERNS: tuple[tuple[str, str], ...] = (
     # PEM private keys, whole (first: a key's body would otherwise be cut by the patterns below)
     (r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", MASK),
     # credentials in URLs: scheme://user:password@host (also a scheme missing its colon)
     (r"(?i)\b([a-z][a-z0-9+.-]*:?//[^/\s:@\"']*):[^\s@\"']*@", rf"\1:{MASK}@"),
-    # Authorization header values (before key=value, which would stop at the scheme)
+    # An Authorization header's whole value, whatever its scheme and however short its credential
+    # (before key=value, which would mask the scheme alone: ``Authorization: Token abc`` kept ``abc``)
+    (
+        rf"""(?i)({_KEY_START}authorization["']?[ \t]*[=:][ \t]*)"""
+        r"""(?:"[^"]*"|'[^']*'|[A-Za-z][\w-]*[ \t]+[^\s"',;&}\]]+)""",
+        rf"\g<1>{MASK}",
+    ),
+    # Authorization header values elsewhere (before key=value, which would stop at the scheme)
     (r"(?i)\b(bearer|basic)[ \t]+[A-Za-z0-9._~+/=-]{8,}", rf"\1 {MASK}"),
     (r"(?i)\b(token)[ \t]+[A-Za-z0-9._~+/=-]{16,}", rf"\1 {MASK}"),  # not "token provided" in prose
     # key=value, key: value, "key": "value" (JSON, a dict's repr, a DSN), ?key=value in URLs
     (
-        rf"""(?i)(["']?\b(?:{_KEYS})\b["']?[ \t]*[=:][ \t]*)("[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
+        rf"""(?i)(["']?{_KEY_START}(?:{_KEYS})\b["']?[ \t]*[=:][ \t]*)"""
+        rf"""({_MASKED}|"[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
         rf"\g<1>{MASK}",
     ),
     # JSON Web Tokens

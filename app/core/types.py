@@ -115,3 +115,18 @@ def moment_of(name: str, value: str | None) -> datetime | None:
             [FieldError(field=f"query.{name}", message="Not a moment of the calendar (RFC 3339)")]
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+CALENDAR_START = datetime.min.replace(tzinfo=UTC)
+CALENDAR_END = datetime.max.replace(tzinfo=UTC)
+
+
+def require_in_calendar(moment: datetime) -> datetime:
+    """``moment`` when it falls in years 1 to 9999 once in UTC (the years a ``datetime`` holds), else
+    ``ValueError``: a Struct's ``__post_init__`` calls it, so a body's moment past either end is a 400
+    naming the field (its Struct's ``post_init_field``). An offset carries a moment the calendar
+    accepts past an end: ``9999-12-31T23:59:59-23:59`` is in year 10000 in UTC, which PostgreSQL
+    stores but psycopg cannot load back (the write failed on its own ``returning`` row)."""
+    if not CALENDAR_START <= moment <= CALENDAR_END:
+        raise ValueError("must fall between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z in UTC")
+    return moment

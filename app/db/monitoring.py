@@ -569,25 +569,28 @@ async def tree_hashes(conn: AsyncConnection[Any], *, root_id: int) -> list[Monit
         return await cur.fetchall()
 
 
-GROUP_RELEASES = """\
-select r.name, gr.first_seen_at, gr.last_seen_at, gr.events
+RELEASES_OF_GROUP = """\
+select r.name, min(gr.first_seen_at)::timestamptz as first_seen_at,
+       max(gr.last_seen_at)::timestamptz as last_seen_at, sum(gr.events)::bigint as events
 from monitoring_group_releases gr
 join monitoring_releases r on r.id = gr.release_id
-join monitoring_groups g on g.id = gr.group_id
-where g.root_id = $1
-order by gr.first_seen_at"""
+where gr.group_id in (select m.id from monitoring_groups m where m.id = $1 or m.root_id = $1)
+group by r.id, r.name
+order by min(gr.first_seen_at), r.id"""
 
 
-class GroupReleasesRow(msgspec.Struct, frozen=True, gc=False):
+class ReleasesOfGroupRow(msgspec.Struct, frozen=True, gc=False):
     name: str
     first_seen_at: datetime
     last_seen_at: datetime
     events: int
 
 
-async def group_releases(conn: AsyncConnection[Any], *, root_id: int) -> list[GroupReleasesRow]:
-    async with AsyncRawCursor(conn, row_factory=args_row(GroupReleasesRow)) as cur:
-        await cur.execute(GROUP_RELEASES, (root_id,))
+async def releases_of_group(conn: AsyncConnection[Any], *, group_id: int) -> list[ReleasesOfGroupRow]:
+    """The releases a group's events came in, one row per release: a root's are its whole tree's (what
+    its detail counts), a merged group's only its own (as its counters are)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ReleasesOfGroupRow)) as cur:
+        await cur.execute(RELEASES_OF_GROUP, (group_id,))
         return await cur.fetchall()
 
 
@@ -832,8 +835,10 @@ select a.id, a.kind, a.rule, a.group_id, a.summary, a.digest_id, a.created_at,
                  from monitoring_deliveries d where d.alert_id = a.id), '{}')::text[] as deliveries
 from monitoring_alerts a
 where a.id < $1
+  -- a group's own alerts and, for a root, its tree's (a merged group is no root: only its own)
   and ($2::bigint is null or a.group_id in (
-        select m.id from monitoring_groups m where m.root_id = $2::bigint))
+        select m.id from monitoring_groups m
+        where m.id = $2::bigint or m.root_id = $2::bigint))
 order by a.id desc
 limit $3"""
 
@@ -1449,6 +1454,23 @@ async def regressed_between(
     async with AsyncRawCursor(conn, row_factory=args_row(RegressedBetweenRow)) as cur:
         await cur.execute(REGRESSED_BETWEEN, (since, until, row_limit))
         return await cur.fetchall()
+
+
+COUNT_REGRESSED_BETWEEN = """\
+select count(distinct a.group_id)::bigint as groups
+from monitoring_group_activity a
+where a.action = 'regressed' and a.at >= $1 and a.at < $2"""
+
+
+async def count_regressed_between(
+    conn: AsyncConnection[Any],
+    *,
+    since: datetime,
+    until: datetime,
+) -> int | None:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_REGRESSED_BETWEEN, (since, until))
+        return await cur.fetchone()
 
 
 TOP_GROUPS_BETWEEN = """\

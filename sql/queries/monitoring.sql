@@ -183,13 +183,16 @@ join monitoring_groups g on g.id = h.group_id
 where g.root_id = @root_id
 order by h.group_id, h.created_at, h.hash;
 
--- name: GroupReleases :many
-select r.name, gr.first_seen_at, gr.last_seen_at, gr.events
+-- name: ReleasesOfGroup :many
+-- The releases a group's events came in, one row per release: a root's are its whole tree's (what
+-- its detail counts), a merged group's only its own (as its counters are).
+select r.name, min(gr.first_seen_at)::timestamptz as first_seen_at,
+       max(gr.last_seen_at)::timestamptz as last_seen_at, sum(gr.events)::bigint as events
 from monitoring_group_releases gr
 join monitoring_releases r on r.id = gr.release_id
-join monitoring_groups g on g.id = gr.group_id
-where g.root_id = @root_id
-order by gr.first_seen_at;
+where gr.group_id in (select m.id from monitoring_groups m where m.id = @group_id or m.root_id = @group_id)
+group by r.id, r.name
+order by min(gr.first_seen_at), r.id;
 
 -- name: ListGroupEvents :many
 select * from monitoring_events
@@ -282,8 +285,10 @@ select a.id, a.kind, a.rule, a.group_id, a.summary, a.digest_id, a.created_at,
                  from monitoring_deliveries d where d.alert_id = a.id), '{}')::text[] as deliveries
 from monitoring_alerts a
 where a.id < @before_id
+  -- a group's own alerts and, for a root, its tree's (a merged group is no root: only its own)
   and (sqlc.narg(group_id)::bigint is null or a.group_id in (
-        select m.id from monitoring_groups m where m.root_id = sqlc.narg(group_id)::bigint))
+        select m.id from monitoring_groups m
+        where m.id = sqlc.narg(group_id)::bigint or m.root_id = sqlc.narg(group_id)::bigint))
 order by a.id desc
 limit @row_limit;
 
@@ -470,6 +475,11 @@ join monitoring_groups g on g.id = a.group_id
 where a.action = 'regressed' and a.at >= @since and a.at < @until
 order by g.id
 limit @row_limit;
+
+-- name: CountRegressedBetween :one
+select count(distinct a.group_id)::bigint as groups
+from monitoring_group_activity a
+where a.action = 'regressed' and a.at >= @since and a.at < @until;
 
 -- name: TopGroupsBetween :many
 select g.root_id as id, r.kind, r.title, sum(c.events)::bigint as events

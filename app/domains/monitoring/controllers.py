@@ -20,6 +20,8 @@ from app.db.models import MonitoringEvent, MonitoringGroupKind, MonitoringGroupS
 from app.db.monitoring import JobRunsBetweenRow, ListAlertsRow, ListGroupsRow
 from app.domains.monitoring import fingerprint
 from app.domains.monitoring.schemas import (
+    MAX_RELEASE_NAME,
+    RELEASE_NAME,
     WINDOWS,
     AlertOut,
     AlertPage,
@@ -42,7 +44,6 @@ from app.domains.monitoring.schemas import (
     JobStatsOut,
     MatchOut,
     MergeIn,
-    ReleaseName,
     ReleaseOut,
     ResolveIn,
     ResolveInNextRelease,
@@ -176,7 +177,15 @@ class MonitoringController(Controller):
             MonitoringGroupStatus | None, QueryParameter(description="Only this status")
         ] = None,
         kind: Annotated[MonitoringGroupKind | None, QueryParameter(description="Only this kind")] = None,
-        release: Annotated[ReleaseName | None, QueryParameter(description="Seen in this release")] = None,
+        release: Annotated[
+            str | None,
+            QueryParameter(
+                description="Only groups with an event of this release (theirs or a merged group's)",
+                min_length=1,
+                max_length=MAX_RELEASE_NAME,
+                pattern=RELEASE_NAME,
+            ),
+        ] = None,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> GroupPage:

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TypeVar
 
 import msgspec
+import psycopg
 
 GROUPING_VERSION = "2026-11-30"
 MAX_CHAIN = 5
@@ -116,8 +117,16 @@ def capture_chain(exc: BaseException) -> tuple[RawException, ...]:
 
 
 def _message(exc: BaseException) -> str:
+    """What an event keeps of ``exc``'s message. Of a PostgreSQL error only its primary message: the
+    DETAIL line quotes whole rows and keys (``Failing row contains (e-mail, password hash, ...)``),
+    which the scrubber cannot tell from other text, and CONTEXT and HINT add nothing a group needs.
+    A log line keeps only the first line of any error (``app.core.logging.error_message``)."""
     try:
-        text = str(exc)
+        if isinstance(exc, psycopg.Error):
+            primary = exc.diag.message_primary
+            text = primary if primary else (str(exc).strip().splitlines() or [""])[0]
+        else:
+            text = str(exc)
     except Exception:
         text = "<unprintable>"
     return text[:MAX_MESSAGE]

@@ -89,6 +89,7 @@ async def build_report(
     """The report of ``day``; ``figures`` are the other domains' counts of the period."""
     new_count = await queries.count_new_groups_between(conn, since=since, until=until) or 0
     new = await queries.new_groups_between(conn, since=since, until=until, row_limit=TOP)
+    regressed_count = await queries.count_regressed_between(conn, since=since, until=until) or 0
     regressed = await queries.regressed_between(conn, since=since, until=until, row_limit=TOP)
     top = await queries.top_groups_between(conn, since=since, until=until, row_limit=TOP)
     jobs = await queries.job_runs_between(conn, since=since, until=until)
@@ -107,7 +108,7 @@ async def build_report(
     parts.append(Part(f"New groups: {new_count}", "b"))
     parts += [Part(f"\n• #{g.id} {KIND_LABELS[g.kind]}: {g.title[:120]} ({g.events})") for g in new]
     parts.append(Part("\n\n"))
-    parts.append(Part(f"Regressed: {len(regressed)}", "b"))
+    parts.append(Part(f"Regressed: {regressed_count}", "b"))
     parts += [Part(f"\n• #{g.id} {KIND_LABELS[g.kind]}: {g.title[:120]}") for g in regressed]
     parts.append(Part("\n\n"))
     parts.append(Part("Top problems", "b"))

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from app.core.pagination import Page
-from app.core.types import MAX_ID, Id, whole
+from app.core.types import MAX_ID, Id, require_in_calendar, whole
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 
-ReleaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=whole(r"[^\x00-\x1f\x7f]+"))]
+MAX_RELEASE_NAME = 200
+RELEASE_NAME = whole(r"[^\x00-\x1f\x7f]+")
+"""A release's name: no control characters (nor NUL, which PostgreSQL refuses)."""
+ReleaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RELEASE_NAME, pattern=RELEASE_NAME)]
+"""In a body. A query parameter carries the same bounds on its ``QueryParameter`` marker (Litestar
+ignores msgspec's ``Meta`` there): ``min_length=1, max_length=MAX_RELEASE_NAME, pattern=RELEASE_NAME``."""
 
 
 class GroupOut(msgspec.Struct, frozen=True):
@@ -143,7 +148,20 @@ class IgnoreUntilTime(
 ):
     """Reopened at ``until`` (a time already past reopens it with its next event)."""
 
-    until: Annotated[datetime, msgspec.Meta(tz=True)]
+    until: Annotated[
+        datetime,
+        msgspec.Meta(tz=True, description="With its offset; in years 1 to 9999 once converted to UTC"),
+    ]
+
+    post_init_field: ClassVar[str] = "until"
+    """The field ``__post_init__`` checks (so a refusal names it, not the whole body)."""
+
+    def __post_init__(self) -> None:
+        try:
+            require_in_calendar(self.until)
+        except ValueError as exc:
+            # Said where, as msgspec says it: an error inside a union body is reported as ``body``.
+            raise ValueError(f"{exc} - at `$.until`") from None
 
 
 class IgnoreUntilEscalating(

@@ -156,7 +156,7 @@ class GroupDetail:
     first_seen_at: datetime
     last_seen_at: datetime
     members: list[int]
-    releases: list[queries.GroupReleasesRow]
+    releases: list[queries.ReleasesOfGroupRow]
     latest: MonitoringEvent | None
     resolved_in_release: str | None
     resolved_after_release: str | None
@@ -932,7 +932,7 @@ class MonitoringService:
             first_seen_at=first,
             last_seen_at=last,
             members=members,
-            releases=await queries.group_releases(uow.conn, root_id=group.root_id),
+            releases=await queries.releases_of_group(uow.conn, group_id=group.id),
             latest=next(
                 iter(
                     await queries.list_group_events(
