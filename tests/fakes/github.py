@@ -7,10 +7,12 @@ It behaves like GitHub where our client depends on it, and enforces GitHub's lim
   use: a client that builds page URLs itself instead of following ``link`` gets them wrong), and
   ``GET /repos/{owner}/{repo}/languages``.
 - ETags (weak ``W/"…"`` for users and languages, strong ``"…"`` for repository pages), compared
-  verbatim with ``if-none-match``: a match is a 304 that costs no quota.
-- A primary rate limit per token (``Authorization`` header, or anonymous): only 200 answers are
-  charged; every answer carries ``x-ratelimit-*``; a request while the quota is 0 gets GitHub's 403
-  (remaining 0, reset) and is counted in ``violations``.
+  verbatim with ``if-none-match``: a match is a 304, which costs no quota only when the request was
+  authorized (GitHub: a 304 is free "if the request was made while correctly authorized with an
+  Authorization header"); an anonymous 304 is charged like a 200.
+- A primary rate limit per token (``Authorization`` header, or anonymous): 200s, 404s and anonymous
+  304s are charged; every answer carries ``x-ratelimit-*``; a request while the quota is 0 gets
+  GitHub's 403 (remaining 0, reset) and is counted in ``violations``.
 - Scripted faults: the next matching requests answer a given status with given headers (429 with
   ``retry-after``, 403 secondary limits, 502, 204 with no body, 410) or stall past the client's
   timeout, or drip their body (``drip_s``: one byte at a time, then whitespace without end: a body
@@ -248,7 +250,7 @@ class FakeGitHub:
                     status, body, headers = resource(str(request.base_url).rstrip("/"))
                     if status == 200 and if_none_match is not None and if_none_match == headers.get("etag"):
                         status, body = 304, b""
-                    elif status in (200, 404):
+                    if status in (200, 404) or (status == 304 and token == ANONYMOUS):
                         quota.remaining -= 1
                     headers = {**headers, **self._rate_headers(quota)}
                 record.status = status

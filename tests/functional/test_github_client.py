@@ -93,19 +93,21 @@ async def test_the_repository_cap_truncates_and_says_so(fake: FakeGitHub, client
 
 
 async def test_an_unchanged_resource_is_revalidated_for_free_with_the_etag_verbatim(
-    fake: FakeGitHub, client: GitHubClient
+    fake: FakeGitHub, token_client: GitHubClient
 ) -> None:
+    """Free with a token only: GitHub charges a 304 to an anonymous request (``test_github_review_fixes``)."""
+    client = token_client
     fake.add_user("octo", repos_named(150))
     await client.get_user("octo", Priority.INTERACTIVE)
     await client.list_repos("octo", Priority.INTERACTIVE, max_repos=1000)
-    spent = fake.charged()
+    spent = fake.charged(TOKEN)
     hits = metric("github_conditional_hits_total")
 
     user = await client.get_user("octo", Priority.INTERACTIVE)
     repos, _ = await client.list_repos("octo", Priority.INTERACTIVE, max_repos=1000)
 
     assert user.login == "octo" and len(repos) == 150
-    assert fake.charged() == spent == 3
+    assert fake.charged(TOKEN) == spent == 3
     second = fake.recorded()[3:]
     assert [r.status for r in second] == [304, 304, 304]
     # Sent exactly as served: the weak marker and the quotes included.
@@ -167,16 +169,18 @@ async def etag_entries(valkey: Valkey) -> dict[bytes, int]:
 
 
 async def test_a_cold_lookup_of_a_thousand_repositories_keeps_little_in_valkey(
-    fake: FakeGitHub, client: GitHubClient, valkey: Valkey, settings: Settings
+    fake: FakeGitHub, token_client: GitHubClient, valkey: Valkey, settings: Settings
 ) -> None:
     """Anyone may look up any login, and Valkey runs with ``noeviction``: what a lookup leaves there
-    for a week is compressed and capped per entry, yet still answers the next lookup with 304s."""
+    for a week is compressed and capped per entry, yet still answers the next lookup with 304s (free
+    with a token)."""
+    client = token_client
     fake.add_user("thousand", varied_repos(1000))
     await client.get_user("thousand", Priority.INTERACTIVE)
     repos, _ = await client.list_repos("thousand", Priority.INTERACTIVE, max_repos=1000)
     for repo in repos[:20]:
         await client.get_languages(repo, Priority.INTERACTIVE)
-    spent = fake.charged()
+    spent = fake.charged(TOKEN)
 
     entries = await etag_entries(valkey)
     assert len(entries) == 1 + 10 + 20
@@ -187,7 +191,7 @@ async def test_a_cold_lookup_of_a_thousand_repositories_keeps_little_in_valkey(
     again, _ = await client.list_repos("thousand", Priority.INTERACTIVE, max_repos=1000)
     assert again == repos  # ten 304s answered from the entries; the full last page is asked again
     assert [r.status for r in fake.recorded("/repos")[-11:]] == [304] * 10 + [200]
-    assert fake.charged() == spent + 1
+    assert fake.charged(TOKEN) == spent + 1
 
 
 async def test_an_answer_larger_than_the_cap_is_not_kept(

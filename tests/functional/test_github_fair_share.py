@@ -191,6 +191,10 @@ async def test_refreshes_wait_in_the_github_queue_not_where_alerts_are_delivered
                 assert (
                     await served.client.get(f"/api/github/users/big{index}", headers=account.headers)
                 ).status_code == 200
+            # Not fetched moments ago (a refresh of such a profile fetches nothing and queues no job).
+            await db.execute("update github_profiles set fetched_at = fetched_at - interval '10 minutes'")
+            for index in range(12):
+                account = accounts[index % 3]
                 posted = await served.client.post(
                     f"/api/github/users/big{index}/refresh", headers=account.headers
                 )
@@ -248,6 +252,8 @@ async def test_an_account_has_at_most_five_refreshes_pending(
                     await client.get(f"/api/github/users/dev{index}", headers=greedy.headers)
                 ).status_code == 200
             requests_before = len(fake.recorded())
+            # Not fetched moments ago (a refresh of such a profile fetches nothing and queues no job).
+            await db.execute("update github_profiles set fetched_at = fetched_at - interval '10 minutes'")
 
             posted = [
                 await client.post(f"/api/github/users/dev{index}/refresh", headers=greedy.headers)

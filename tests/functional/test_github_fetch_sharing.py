@@ -19,7 +19,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.governor import Priority
-from app.domains.github.services import GithubService
+from app.domains.github.services import REFRESH_MIN_AGE_S, GithubService
 from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, repos_named
@@ -86,7 +86,7 @@ async def test_a_refresh_requested_after_the_last_fetch_fetches_again(
 ) -> None:
     a, b = workers
     stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5, user_id=ACCOUNT)
-    clock.now += timedelta(seconds=1)
+    clock.now += timedelta(seconds=REFRESH_MIN_AGE_S)  # a refresh sooner fetches nothing
     refresh = await b.request_refresh(cold, user_id=ACCOUNT)
 
     assert await b.run_refresh(cold, refresh.id) == "succeeded"

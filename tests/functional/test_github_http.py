@@ -76,6 +76,12 @@ def octo_repos() -> list[FakeRepo]:
     return repos
 
 
+async def older_than_a_refresh_fetches(db: AsyncConnection[Any]) -> None:
+    """Every stored profile fetched 10 minutes earlier: a refresh of a profile fetched moments ago
+    (``refresh_min_age_s``, 5 minutes) answers the stored state and fetches nothing."""
+    await db.execute("update github_profiles set fetched_at = fetched_at - interval '10 minutes'")
+
+
 async def work_refresh(settings: Settings, refresh_id: str) -> str:
     """What a worker does with the queued refresh: take the job from the queue, run it (in this, the
     test's, event loop) and finish it. Returns the refresh's outcome."""
@@ -320,12 +326,10 @@ async def test_a_primary_rate_limit_with_nothing_stored_is_a_503_saying_when(
 
 
 async def test_a_stale_answer_enqueues_one_refresh_job(
-    api: Client,
-    fake: FakeGitHub,
-    headers: dict[str, str],
-    db: AsyncConnection[Any],
-    github_settings: Settings,
+    api: Client, fake: FakeGitHub, db: AsyncConnection[Any], github_settings: Settings
 ) -> None:
+    reader = await make_user(db, api.app)
+    headers = reader.headers
     fake.add_user("busy")
     await api.get("/api/github/users/busy", headers=headers)
     await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
@@ -341,16 +345,21 @@ async def test_a_stale_answer_enqueues_one_refresh_job(
     try:
         job = await queue.job("github-refresh:busy")
         assert job is not None and job.function == "refresh_github_profile"
-        assert job.kwargs == {"login": "busy", "refresh_id": first["id"]}
+        assert job.kwargs == {"login": "busy", "refresh_id": first["id"], "user_id": reader.id}
     finally:
         await queue.redis.aclose()
 
 
 async def test_a_refresh_answers_202_and_its_state_becomes_final(
-    api: Client, fake: FakeGitHub, headers: dict[str, str], github_settings: Settings
+    api: Client,
+    fake: FakeGitHub,
+    headers: dict[str, str],
+    db: AsyncConnection[Any],
+    github_settings: Settings,
 ) -> None:
     user = fake.add_user("fresh", followers=1)
     await api.get("/api/github/users/fresh", headers=headers)
+    await older_than_a_refresh_fetches(db)
     user.followers = 2
 
     posted = await api.post("/api/github/users/fresh/refresh", headers=headers)
@@ -370,23 +379,32 @@ async def test_a_refresh_answers_202_and_its_state_becomes_final(
     assert malformed.status_code == 400 and malformed.json()["errors"][0]["field"] == "path.refresh_id"
 
 
-async def test_a_second_refresh_of_an_unchanged_profile_costs_no_rate_limit(
-    api: Client, fake: FakeGitHub, headers: dict[str, str], github_settings: Settings
+async def test_a_refresh_of_an_unchanged_profile_revalidates_it_with_304s(
+    api: Client,
+    fake: FakeGitHub,
+    headers: dict[str, str],
+    db: AsyncConnection[Any],
+    github_settings: Settings,
 ) -> None:
+    """No body is sent again. Without a token (this app's) GitHub still charges each 304; with one
+    they are free (``test_github_review_fixes``). A refresh of this profile costs more than an
+    account's share without a token (12 of 60): the account's next refresh is refused."""
     fake.add_user("unchanged", octo_repos()[:150])
     assert (await api.get("/api/github/users/unchanged", headers=headers)).status_code == 200
     spent = fake.charged()
     assert spent == 1 + 2 + 20  # profile, two pages, the 20 largest repositories' languages
 
-    first = (await api.post("/api/github/users/unchanged/refresh", headers=headers)).json()
-    assert await work_refresh(github_settings, first["id"]) == "succeeded"
-    second = (await api.post("/api/github/users/unchanged/refresh", headers=headers)).json()
-    assert second["id"] != first["id"]
-    assert await work_refresh(github_settings, second["id"]) == "succeeded"
+    await older_than_a_refresh_fetches(db)
+    asker = (await make_user(db, api.app)).headers
+    refresh = (await api.post("/api/github/users/unchanged/refresh", headers=asker)).json()
+    assert await work_refresh(github_settings, refresh["id"]) == "succeeded"
+    await older_than_a_refresh_fetches(db)
+    again = await api.post("/api/github/users/unchanged/refresh", headers=asker)
 
-    assert fake.charged() == spent
+    assert fake.charged() == 2 * spent, "anonymous: a 304 costs a request"
     revalidations = fake.recorded()[spent:]
-    assert len(revalidations) == 2 * spent and {r.status for r in revalidations} == {304}
+    assert len(revalidations) == spent and {r.status for r in revalidations} == {304}
+    assert again.status_code == 429 and again.json()["type"] == "/problems/github-lookup-budget"
     profile = (await api.get("/api/github/users/unchanged", headers=headers)).json()
     assert profile["source"] == "cache" and profile["repositories"]["scanned"] == 150
 
@@ -456,10 +474,15 @@ async def test_history_ranges_are_validated(api: Client, headers: dict[str, str]
 
 
 async def test_metrics_report_quota_and_conditional_hits(
-    api: Client, fake: FakeGitHub, headers: dict[str, str], github_settings: Settings
+    api: Client,
+    fake: FakeGitHub,
+    headers: dict[str, str],
+    db: AsyncConnection[Any],
+    github_settings: Settings,
 ) -> None:
     fake.add_user("measured")
     await api.get("/api/github/users/measured", headers=headers)
+    await older_than_a_refresh_fetches(db)
     refresh = (await api.post("/api/github/users/measured/refresh", headers=headers)).json()
     await work_refresh(github_settings, refresh["id"])  # revalidates: two 304s
 

@@ -21,7 +21,7 @@ from saq.queue.redis import RedisQueue
 from app.config import Settings
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
-from app.domains.github.services import QUEUE, REFRESH_JOB_GRACE_S, GithubService
+from app.domains.github.services import QUEUE, REFRESH_JOB_GRACE_S, REFRESH_MIN_AGE_S, GithubService
 from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
@@ -45,6 +45,7 @@ async def github(
     async with open_services(configured, [module]) as services:
         github = services[GithubService]
         await github.profile("ghost", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=ACCOUNT)
+        clock.now += timedelta(seconds=REFRESH_MIN_AGE_S)  # a refresh sooner fetches nothing
         yield github
 
 

@@ -9,9 +9,11 @@ import json
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from psycopg import AsyncConnection
 
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, repos_named
 from tests.served import ServerProcess
@@ -98,10 +100,12 @@ async def read_events(http: httpx.AsyncClient, url: str) -> list[dict[str, objec
 
 
 async def test_a_refresh_completion_is_pushed_over_sse_and_replayed_to_a_late_subscriber(
-    fake: FakeGitHub, http: httpx.AsyncClient
+    fake: FakeGitHub, http: httpx.AsyncClient, db: AsyncConnection[Any]
 ) -> None:
     user = fake.add_user("pushed", [FakeRepo(name="r", stars=3, language="Go", languages={"Go": 1})])
     assert (await http.get("/api/github/users/pushed")).status_code == 200
+    # Not fetched moments ago (a refresh of such a profile fetches nothing and queues no job).
+    await db.execute("update github_profiles set fetched_at = fetched_at - interval '10 minutes'")
     user.followers = 99
     fake.latency_s = 0.3  # the refresh runs long enough for the stream to see it under way
 

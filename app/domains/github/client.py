@@ -7,8 +7,10 @@
 - Conditional requests: a 200's ``etag`` is kept verbatim (quotes, ``W/``) in Valkey with the decoded
   body (only the fields we use) and the next-page link, keyed by the token's fingerprint and the URL
   (GitHub's ETags differ per token: github/docs #34689). The next request sends ``if-none-match``; a
-  304 does not count against the primary limit and is answered from that entry. Anyone may look up
-  any login, so what one lookup leaves in Valkey (``noeviction``) is bounded: an entry is stored
+  304 is answered from that entry (the body is not sent again). It is free of the primary limit only
+  with a token: GitHub counts a 304 as free only "if the request was made while correctly authorized
+  with an Authorization header", so without ``GITHUB_TOKEN`` it costs a request like a 200. Anyone
+  may look up any login, so what one lookup leaves in Valkey (``noeviction``) is bounded: an entry is stored
   compressed (zlib: a page of 100 repositories, ~28 KB of msgpack, becomes ~4 KB) and only if it is
   at most ``GITHUB_ETAG_MAX_BYTES``; a larger answer is not kept and is fetched in full next time.
   A lookup reads at most ``1 + GITHUB_MAX_REPOS / 100 + GITHUB_LANGUAGE_REPOS`` URLs, give or take
@@ -36,8 +38,9 @@
   if it were gone.
 - A caller that waits its budget out behind this token's other requests gets ``GitHubBusyError``,
   not a rate-limit error: GitHub refused nothing.
-- ``metered()`` counts the requests GitHub charges (all but 304s) made in the current context (a
-  task and what it awaits): the cost of a fetch chain, charged to the account that asked for it.
+- ``metered()`` counts the requests GitHub charges (every answer, but a 304 to an authorized request)
+  made in the current context (a task and what it awaits): the cost of a fetch chain, charged to the
+  account that asked for it.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ API_VERSION = "2022-11-28"
 
 REQUESTS = Counter("github_requests", "Requests sent to GitHub, by answer status", ["status"])
 CONDITIONAL_HITS = Counter(
-    "github_conditional_hits", "Conditional requests answered 304 Not Modified (free of rate limit)"
+    "github_conditional_hits",
+    "Conditional requests answered 304 Not Modified (free of the primary rate limit with a token)",
 )
 ETAG_ENTRIES_TOO_LARGE = Counter(
     "github_etag_entries_too_large",
@@ -169,7 +173,8 @@ class GitHubRefusedError(GitHubDownError):
 
 
 class RequestMeter:
-    """Requests GitHub charged (every answer but a 304) while the meter was current."""
+    """Requests GitHub charged (every answer, but a 304 to an authorized request) while the meter
+    was current."""
 
     __slots__ = ("charged",)
 
@@ -629,7 +634,7 @@ class GitHubClient:
             async with self.governor.turn(priority):
                 answer = await self._exchange(url, headers)
                 REQUESTS.labels(status=str(answer.status)).inc()
-                if answer.status != 304 and (meter := _METER.get()) is not None:
+                if self._charged_for(answer.status) and (meter := _METER.get()) is not None:
                     meter.charged += 1
                 limited_until = await self.governor.observe(answer.status, answer.headers, answer.body)
         except WaitBudgetExceededError as exc:
@@ -640,6 +645,11 @@ class GitHubClient:
             REFUSED_ANSWERS.labels(reason=answer.refused.reason).inc()
             raise GitHubDownError(str(answer.refused))
         return answer, limited_until is not None
+
+    def _charged_for(self, status: int) -> bool:
+        """Whether GitHub counts an answer against the primary limit: all do, but a 304 to a request
+        sent with the token (an anonymous 304 costs a request like a 200)."""
+        return status != 304 or not self._token
 
     async def _exchange(self, url: str, headers: dict[str, str]) -> _Answer:
         """Send one request and read its whole body, all within ``GITHUB_TIMEOUT_S``."""

@@ -28,7 +28,7 @@ from app.domains.github.schemas import (
     TrackedOut,
     UsernamePath,
 )
-from app.domains.github.services import GithubService
+from app.domains.github.services import REFRESH_MIN_AGE_S, GithubService
 
 Github = NamedDependency[GithubService]
 Channels = NamedDependency[ChannelsPlugin]
@@ -46,6 +46,13 @@ _EVENTS = ResponseSpec(
     ),
 )
 _ALREADY_TRACKED = ResponseSpec(data_container=TrackedOut, description="Already tracked: nothing changed")
+_ALREADY_FRESH = ResponseSpec(
+    data_container=RefreshOut,
+    description=(
+        "Fetched moments ago: nothing is fetched, the refresh is `succeeded` at once and its "
+        "`fetched_at` is the stored data's"
+    ),
+)
 
 
 class GithubUsersController(Controller):
@@ -65,8 +72,9 @@ class GithubUsersController(Controller):
             "fetches spend the GitHub quota every account shares: each account may spend "
             "`GITHUB_USER_QUOTA_FRACTION` of it per hour (429 `github-lookup-budget`) and have "
             "`GITHUB_USER_LOOKUPS_IN_FLIGHT` under way at once (429 `github-lookups-in-flight`); "
-            "both answers carry `Retry-After`. A stale answer comes without a refresh while the "
-            "account has `GITHUB_USER_PENDING_REFRESHES` pending."
+            "both answers carry `Retry-After`. The refresh a stale answer starts is charged to the "
+            "reader's share the same way; a stale answer comes without a refresh while the account "
+            "has `GITHUB_USER_PENDING_REFRESHES` pending or its share is spent."
         ),
         responses=problems(400, 401, 404, 429, 503),
     )
@@ -92,9 +100,10 @@ class GithubUsersController(Controller):
             "Snapshots are taken daily for tracked users. `to` defaults to today, `from` to 29 days "
             "before `to` (30 days). A backwards range, one longer than `GITHUB_HISTORY_MAX_DAYS`, or a "
             "`to` too early in the calendar for the default `from` is a 400 `invalid-range` whose "
-            "detail names the parameter."
+            "detail names the parameter. A login without snapshots (never tracked, or unknown to "
+            "GitHub) answers 200 with no points, never 404."
         ),
-        responses=problems(400, 401, 404, 429),
+        responses=problems(400, 401, 429),
     )
     async def get_history(
         self,
@@ -114,16 +123,24 @@ class GithubUsersController(Controller):
         status_code=HTTP_202_ACCEPTED,
         summary="Refresh a GitHub user's data in the background",
         description=(
-            "Answers 202 with the refresh (one per user at a time: a pending one is returned). "
-            "Follow `events_url` (Server-Sent Events) or poll `state_url` for its completion. "
-            "A user with nothing stored yet is a 404 `github-not-stored` (GET the user first); an "
-            "account with `GITHUB_USER_PENDING_REFRESHES` refreshes queued or running gets 429 "
-            "`github-refresh-limit` with `Retry-After`."
+            "Answers 202 with the refresh (one per user at a time: a pending one is returned, at no "
+            "cost to the caller). Follow `events_url` (Server-Sent Events) or poll `state_url` for "
+            "its completion. What the refresh costs GitHub's quota is charged to the account's share "
+            "(`GITHUB_USER_QUOTA_FRACTION`, with its lookups of users not stored yet): once it is "
+            "spent, a new refresh is a 429 `github-lookup-budget`. Data fetched less than "
+            f"{REFRESH_MIN_AGE_S} s ago (or `GITHUB_PROFILE_TTL_S`, if shorter) is not fetched "
+            "again: 200 with the refresh already `succeeded`. A user with nothing stored yet is a "
+            "404 `github-not-stored` (GET the user first); an account with "
+            "`GITHUB_USER_PENDING_REFRESHES` refreshes queued or running gets 429 "
+            "`github-refresh-limit`. Both 429s carry `Retry-After`."
         ),
-        responses=problems(400, 401, 404, 429),
+        responses={**problems(400, 401, 404, 429), HTTP_200_OK: _ALREADY_FRESH},
     )
-    async def refresh(self, username: UsernamePath, github: Github, current_user: Caller) -> RefreshOut:
-        return await github.request_refresh(username, user_id=current_user.id)
+    async def refresh(
+        self, username: UsernamePath, github: Github, current_user: Caller
+    ) -> Response[RefreshOut]:
+        refresh = await github.request_refresh(username, user_id=current_user.id)
+        return Response(refresh, status_code=HTTP_200_OK if refresh.is_final else HTTP_202_ACCEPTED)
 
 
 class GithubRefreshesController(Controller):

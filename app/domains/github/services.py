@@ -12,13 +12,14 @@ How an answer is made (``GithubService.profile``):
   result (or its recorded failure) instead of asking GitHub again. Whoever gets the lock reads the
   stored profile first: a caller that looked just before another process's chain ended takes its
   result.
-- A cold lookup (``profile`` or ``track`` of a login with nothing stored) spends the quota every
-  account shares, so each account gets a share: its fetch chains may cost at most
-  ``GITHUB_USER_QUOTA_FRACTION`` of GitHub's limit per GitHub window (the cost of a chain, counted by
-  the client, is charged to the account that started it; past the share: 429
-  ``github-lookup-budget`` until the window ends), and at most ``GITHUB_USER_LOOKUPS_IN_FLIGHT``
-  logins at once per process (more: 429 ``github-lookups-in-flight``), so one account's burst cannot
-  queue everyone else's requests past their wait budget. Answers from storage cost nothing.
+- A cold lookup (``profile`` or ``track`` of a login with nothing stored) and a refresh spend the
+  quota every account shares, so each account gets a share: the fetch chains it asks for may cost at
+  most ``GITHUB_USER_QUOTA_FRACTION`` of GitHub's limit per GitHub window (the cost of a chain,
+  counted by the client, is charged to the account that started it; past the share: 429
+  ``github-lookup-budget`` until the window ends, and a stale answer comes without a refresh). An
+  account has at most ``GITHUB_USER_LOOKUPS_IN_FLIGHT`` cold lookups under way at once per process
+  (more: 429 ``github-lookups-in-flight``), so one account's burst cannot queue everyone else's
+  requests past their wait budget. Answers from storage cost nothing.
 - Failures: an unknown login is remembered for ``GITHUB_NOT_FOUND_TTL_S`` (404 without a request);
   GitHub down or rate-limited gives the last good data with ``stale: true`` and ``last_error``, or,
   with nothing stored, a 503 problem with ``Retry-After`` (``github-rate-limited`` when GitHub's
@@ -27,13 +28,20 @@ How an answer is made (``GithubService.profile``):
 
 Refreshes (``POST …/refresh`` of a stored login, or a stale read) are SAQ jobs on the ``github``
 queue, so a burst of them never delays the platform's jobs (alert delivery, monitoring crons); one
-per login at a time (the job key ``github-refresh:<login>`` and a pending marker in Valkey), and at
-most ``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429, or a stale answer
-without a refresh). Each has an id; its state is kept in Valkey for a day and every change is
-published on ``github:refresh:<id>`` for the SSE stream, which also re-reads the stored state so a
-late subscriber gets the final state. Such a stream polls Valkey every second for up to two minutes,
-so an account holds at most ``GITHUB_STREAM_MAX_PER_USER`` of them at once, across every process
-(leased slots, ``app/core/slots.py``; one more is a 429).
+per login at a time (the job key ``github-refresh:<login>`` and a pending marker in Valkey: asking
+for a refresh already pending joins it, whoever asked first, at no cost), and at most
+``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429, or a stale answer
+without a refresh). The job carries the account that asked (the reader of a stale answer, for one
+a read started) and its fetch chain is charged to that account's share, checked when it asks. A
+refresh of a profile fetched less than ``refresh_min_age_s`` ago fetches nothing: the answer is the
+stored state, as a refresh already ``succeeded``. The job keeps a SAQ heartbeat
+(``REFRESH_HEARTBEAT_S``), so one whose worker died is swept (aborted) within it, not after its
+timeout, and stops holding the account's pending count (``_job_gone``). Each has an id; its state
+is kept in Valkey for a day and every change is published on ``github:refresh:<id>`` for the SSE
+stream, which also re-reads the stored state so a late subscriber gets the final state. Such a
+stream polls Valkey every second for up to two minutes, so an account holds at most
+``GITHUB_STREAM_MAX_PER_USER`` of them at once, across every process (leased slots,
+``app/core/slots.py``; one more is a 429).
 
 Retention (``purge_expired``, daily): profiles of logins nobody tracks go
 ``GITHUB_PROFILE_RETENTION_DAYS`` after their last fetch (the next lookup is a cold one again),
@@ -101,6 +109,7 @@ from app.domains.github.schemas import (
     HistoryPoint,
     ProfileData,
     RefreshOut,
+    RefreshStatus,
     Source,
     TrackedOut,
     UpstreamError,
@@ -125,6 +134,16 @@ SSE_MAX_S = 120.0
 SSE_LEASE_S = 2 * SSE_KEEPALIVE_S
 """A refresh stream's slot lease (``app/core/slots.py``), renewed every ``SSE_KEEPALIVE_S``: the
 slots of a process that died are free again within ``SSE_LEASE_S``."""
+REFRESH_MIN_AGE_S = 300
+"""A refresh of a profile fetched less than this long ago (or ``GITHUB_PROFILE_TTL_S``, if shorter:
+``refresh_min_age_s``) fetches nothing and answers the stored state. A constant, not a setting: any
+value from a few seconds to the TTL serves its purpose (a loop of refreshes cannot ask GitHub more
+than once per this long per login), and a TTL shorter than it lowers it."""
+REFRESH_HEARTBEAT_S = 30
+"""The refresh job's SAQ heartbeat: a running job touches it every third of it (``jobs.py``), and the
+sweeper aborts a job whose worker stopped touching it this long (instead of after its timeout)."""
+_FRESH_REFRESHES = uuid.UUID("6f1d2c1e-9b1a-4f8e-a2c5-3d7b0e4f9a10")
+"""Namespace of the ids of refreshes answered from storage: one id per login and stored fetch."""
 REFRESH_JOB_GRACE_S = 30.0
 """A refresh still queued or running this long after it was saved (or started) has its job looked up
 when its state is read: a job that is gone means the refresh never finishes (see ``_abandoned``)."""
@@ -363,7 +382,8 @@ class GithubService:
         elif self._age_s(stored) > self.settings.github_profile_ttl_s:
             source = "stale"
             if not await self.valkey.exists(f"github:failed:{login}"):  # no refresh storm while down
-                refresh = await self._request_refresh(login, user_id)  # None: the account's cap
+                with contextlib.suppress(LookupBudgetError):  # past the reader's share: no refresh
+                    refresh = await self._request_refresh(login, user_id)  # None: the account's cap
         else:
             source = "cache"
         last_error = await self._last_error(login, after=stored.fetched_at)
@@ -433,17 +453,20 @@ class GithubService:
             raise problem_for(exc) from None
 
     async def lookup_budget(self) -> tuple[int, int]:
-        """GitHub requests an account's cold lookups may cost per GitHub window, and GitHub's limit:
-        a fraction of the limit GitHub last reported (before any answer, its documented limit: 60
-        requests an hour without a token, 5,000 with one), never less than one request."""
+        """GitHub requests an account's cold lookups and refreshes may cost per GitHub window, and
+        GitHub's limit: a fraction of the limit GitHub last reported (before any answer, its
+        documented limit: 60 requests an hour without a token, 5,000 with one), never less than one
+        request."""
         limit, _ = await self.governor.window()
         return max(1, math.floor(limit * self.settings.github_user_quota_fraction)), limit
 
     async def _check_lookup_budget(self, user_id: int) -> None:
-        """Refuses (429) an account whose cold lookups have cost its share of this GitHub window.
+        """Refuses (429) an account whose cold lookups and refreshes have cost its share of this
+        GitHub window.
 
-        Checked before a lookup, charged after it (its cost is known only then): a lookup admitted
-        just below the share may end above it, by at most what the account has in flight."""
+        Checked before a lookup or refresh, charged after its fetch chain (its cost is known only
+        then): one admitted just below the share may end above it, by at most what the account has
+        in flight (its lookups under way, its pending refreshes)."""
         budget, limit = await self.lookup_budget()
         key = _spent_key(user_id)
         async with self.valkey.pipeline(transaction=False) as pipe:
@@ -455,10 +478,10 @@ class GithubService:
             return
         retry_after = math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 60
         raise LookupBudgetError(
-            f"Looking up GitHub users that are not stored yet may cost each account {budget} GitHub "
-            f"requests per hour ({self.settings.github_user_quota_fraction:.0%} of GitHub's limit of "
-            f"{limit}, shared by every account); yours have cost {spent} in this hour. Users already "
-            "stored are still answered.",
+            f"Looking up GitHub users that are not stored yet and refreshing stored ones may cost each "
+            f"account {budget} GitHub requests per hour ({self.settings.github_user_quota_fraction:.0%} "
+            f"of GitHub's limit of {limit}, shared by every account); yours have cost {spent} in this "
+            "hour. Users already stored are still answered (once stale, without a refresh).",
             headers={"Retry-After": str(max(1, retry_after))},
         )
 
@@ -501,20 +524,29 @@ class GithubService:
             del self._lookups[user_id]
 
     async def _fetch_shared(
-        self, login: str, priority: Priority, *, newer_than: datetime | None, user_id: int | None = None
+        self,
+        login: str,
+        priority: Priority,
+        *,
+        newer_than: datetime | None,
+        user_id: int | None = None,
+        charged_to: int | None = None,
     ) -> StoredProfile:
         """One fetch chain per login: this process's callers share a flight, processes a lock.
 
         ``newer_than`` is what the caller already knows: a profile fetched after it (any profile, if
         ``None``) that another process stores meanwhile is the answer, not a reason to fetch again.
         ``user_id``: the account asking (a cold lookup): it holds one of its lookups in flight until
-        the flight ends (not merely until it stops waiting), and a flight it starts is charged to it."""
+        the flight ends (not merely until it stops waiting), and a flight it starts is charged to it.
+        ``charged_to``: the account a flight this call starts is charged to, holding nothing (a
+        refresh job's); a flight already under way was charged to whoever started it."""
         if user_id is not None:
             self._hold_lookup(user_id, login)
+        payer = user_id if user_id is not None else charged_to
         flight = self._flights.get(login)
         if flight is None:
             work = self._fetch_across_processes(login, priority, newer_than)
-            flight = asyncio.ensure_future(work if user_id is None else self._charged(user_id, work))
+            flight = asyncio.ensure_future(work if payer is None else self._charged(payer, work))
             self._flights[login] = flight
             flight.add_done_callback(lambda done: self._end_flight(login, done))
         if user_id is not None:
@@ -535,6 +567,10 @@ class GithubService:
     async def _fetch_across_processes(
         self, login: str, priority: Priority, newer_than: datetime | None
     ) -> StoredProfile:
+        """The login's profile fetched by this process (holding its fetch lock) or by the process
+        that holds the lock. Waiting for the holder, it polls every ``POLL_S`` the stored profile's
+        ``fetched_at`` only (not its ``data``: a large document read 20 times a second); the whole
+        profile is read once that has changed to something newer than ``newer_than``."""
         if await self.valkey.exists(f"github:missing:{login}"):
             raise GitHubNotFoundError("no such GitHub user (remembered)")
         recent = await self._recent_failure(login, since=0.0)
@@ -543,15 +579,21 @@ class GithubService:
         started = time.time()
         deadline = time.monotonic() + self.settings.github_cold_wait_s
         lock_key = f"github:fetch:{login}"
+        read_at: datetime | None = None  # the fetched_at of the profile last read whole
         while True:
             async with self._lock(lock_key) as held:
                 if held:  # the last holder may have finished after the caller looked: read again first
                     stored = await self._load_newer(login, newer_than)
                     return stored or await self._fetch_and_store(login, priority)
             await asyncio.sleep(POLL_S)
-            stored = await self._load_newer(login, newer_than)
-            if stored is not None:
-                return stored
+            async with self.db.read() as uow:
+                fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
+            is_newer = fetched_at is not None and (newer_than is None or fetched_at > newer_than)
+            if is_newer and fetched_at != read_at:
+                read_at = fetched_at
+                stored = await self._load_newer(login, newer_than)
+                if stored is not None:
+                    return stored
             failure = await self._recent_failure(login, since=started)
             if failure is not None:
                 raise failure
@@ -670,18 +712,22 @@ class GithubService:
     async def request_refresh(self, username: str, *, user_id: int) -> RefreshOut:
         """A refresh job for a stored login (or the one already pending), for account ``user_id``.
 
-        A login with nothing stored is a 404: its first fetch is a lookup (``profile``), which spends
-        the account's share of the quota; a refresh would spend it unaccounted."""
+        A login with nothing stored is a 404: its first fetch is a lookup (``profile``). A profile
+        fetched less than ``refresh_min_age_s`` ago is not fetched again: the answer is the stored
+        state, a refresh already ``succeeded`` (final, nothing enqueued). Otherwise the refresh is
+        charged to the account (``_request_refresh``: 429 past its share or its pending cap)."""
         login = self.login_of(username)
         if await self.valkey.exists(f"github:missing:{login}"):
             raise UnknownGithubUserError("GitHub has no user with this name.")
         async with self.db.read() as uow:
-            stored = await queries.get_github_profile_fetched_at(uow.conn, login=login)
-        if stored is None:
+            fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
+        if fetched_at is None:
             raise NotStoredError(
                 f"Nothing is stored for this GitHub user to refresh: GET /api/github/users/{login} "
                 "looks it up first."
             )
+        if (self.clock() - fetched_at).total_seconds() < refresh_min_age_s(self.settings):
+            return await self._answered_from_storage(login, fetched_at)
         refresh = await self._request_refresh(login, user_id)
         if refresh is None:
             cap = self.settings.github_user_pending_refreshes
@@ -691,6 +737,25 @@ class GithubService:
                 headers={"Retry-After": str(REFRESH_LIMIT_RETRY_S)},
             )
         return refresh
+
+    async def _answered_from_storage(self, login: str, fetched_at: datetime) -> RefreshOut:
+        """A refresh that fetched nothing, the stored profile being recent: final at once
+        (``succeeded``, with the stored ``fetched_at``), its state saved so that ``state_url`` and
+        ``events_url`` answer it. One id per login and stored fetch: asking again while the profile is
+        this recent answers the same refresh and keeps no more state."""
+        refresh_id = uuid.uuid5(_FRESH_REFRESHES, f"{login}@{fetched_at.isoformat()}")
+        now = self.clock()
+        state = _new_refresh(
+            refresh_id, login, now, status="succeeded", finished_at=now, fetched_at=fetched_at
+        )
+        earlier = await self.valkey.set(
+            f"github:refresh:{refresh_id}",
+            msgspec.json.encode(state),
+            nx=True,
+            ex=REFRESH_STATE_TTL_S,
+            get=True,
+        )
+        return msgspec.json.decode(earlier, type=RefreshOut) if earlier is not None else state
 
     async def _admit(self, user_id: int, refresh_id: uuid.UUID, deadline: float) -> bool:
         """Counts a new refresh among the account's pending ones, unless they are at the cap. Those
@@ -707,11 +772,19 @@ class GithubService:
         return bool(admitted)
 
     async def _request_refresh(self, login: str, user_id: int) -> RefreshOut | None:
-        """The login's pending refresh, or a new one counted for ``user_id`` (None: at its cap)."""
+        """The login's pending refresh, whoever asked for it (it costs ``user_id`` nothing), or a new
+        one counted among ``user_id``'s pending refreshes (None: at its cap) whose job's fetch chain
+        is charged to ``user_id``: ``LookupBudgetError`` (429) when the account's share is spent."""
         assert self._queue is not None, "GithubService.start() was not called"
         refresh_id = uuid.uuid4()
         pending_key = f"github:refresh-pending:{login}"
         pending_ttl_s = self.settings.github_refresh_timeout_s + 300
+        pending = await self.valkey.get(pending_key)
+        if pending is not None:
+            state = await self._refresh_state(uuid.UUID(pending.decode()))
+            if state is not None and not state.is_final:
+                return state
+        await self._check_lookup_budget(user_id)
         current = await self.valkey.set(pending_key, str(refresh_id), nx=True, ex=pending_ttl_s, get=True)
         if current is not None:
             state = await self._refresh_state(uuid.UUID(current.decode()))
@@ -721,22 +794,16 @@ class GithubService:
         if not await self._admit(user_id, refresh_id, time.time() + pending_ttl_s):
             await self._release(keys=[pending_key], args=[str(refresh_id)])
             return None
-        state = RefreshOut(
-            id=refresh_id,
-            username=login,
-            status="queued",
-            requested_at=self.clock(),
-            events_url=f"/api/github/refreshes/{refresh_id}/events",
-            state_url=f"/api/github/refreshes/{refresh_id}",
-        )
+        state = _new_refresh(refresh_id, login, self.clock())
         await self._save_refresh(state)
         job_key = f"github-refresh:{login}"
         job = await self._queue.enqueue(
             Job(
                 function=REFRESH_TASK,
-                kwargs={"login": login, "refresh_id": str(refresh_id)},
+                kwargs={"login": login, "refresh_id": str(refresh_id), "user_id": user_id},
                 key=job_key,
                 timeout=self.settings.github_refresh_timeout_s,
+                heartbeat=REFRESH_HEARTBEAT_S,
                 retries=1,
                 ttl=3600,
             )
@@ -801,24 +868,21 @@ class GithubService:
         await self.broadcaster.publish(body, [refresh_channel(state.id)])
         return True
 
-    async def run_refresh(self, login: str, refresh_id: uuid.UUID) -> str:
-        """The refresh job: fetch (sharing any fetch chain under way), record and publish the outcome."""
+    async def run_refresh(self, login: str, refresh_id: uuid.UUID, *, user_id: int | None = None) -> str:
+        """The refresh job: fetch (sharing any fetch chain under way), record and publish the outcome.
+        A fetch chain it starts is charged to ``user_id``, the account that asked (None: nobody's,
+        for a job enqueued by a release that did not name it)."""
         login = self.login_of(login)
-        state = await self._refresh_state(refresh_id) or RefreshOut(
-            id=refresh_id,
-            username=login,
-            status="queued",
-            requested_at=self.clock(),
-            events_url=f"/api/github/refreshes/{refresh_id}/events",
-            state_url=f"/api/github/refreshes/{refresh_id}",
-        )
+        state = await self._refresh_state(refresh_id) or _new_refresh(refresh_id, login, self.clock())
         if state.is_final:  # judged lost while it waited (``_abandoned``): clients were told
             return state.status
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
         running = msgspec.json.encode(state)
         try:
-            stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=state.requested_at)
+            stored = await self._fetch_shared(
+                login, Priority.BACKGROUND, newer_than=state.requested_at, charged_to=user_id
+            )
         except GitHubError as exc:
             await self._finish_refresh(state, exc, replacing=running)
             return "failed"
@@ -1174,8 +1238,36 @@ def _default_first_day(last: date) -> date:
         ) from None
 
 
+def refresh_min_age_s(settings: Settings) -> int:
+    """How recent a stored profile is not fetched again for a refresh: ``REFRESH_MIN_AGE_S``, or the
+    profile's TTL if shorter (a stale profile is always refreshed)."""
+    return min(settings.github_profile_ttl_s, REFRESH_MIN_AGE_S)
+
+
+def _new_refresh(
+    refresh_id: uuid.UUID,
+    login: str,
+    requested_at: datetime,
+    *,
+    status: RefreshStatus = "queued",
+    finished_at: datetime | None = None,
+    fetched_at: datetime | None = None,
+) -> RefreshOut:
+    return RefreshOut(
+        id=refresh_id,
+        username=login,
+        status=status,
+        requested_at=requested_at,
+        events_url=f"/api/github/refreshes/{refresh_id}/events",
+        state_url=f"/api/github/refreshes/{refresh_id}",
+        finished_at=finished_at,
+        fetched_at=fetched_at,
+    )
+
+
 def _spent_key(user_id: int) -> str:
-    """GitHub requests the account's cold lookups have cost in the current GitHub window."""
+    """GitHub requests the account's cold lookups and refreshes have cost in the current GitHub
+    window (the key keeps its name: a rolling deploy's two releases count in the same one)."""
     return f"github:lookup-spent:{user_id}"
 
 

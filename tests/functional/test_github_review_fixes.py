@@ -1,0 +1,381 @@
+"""Review fixes of the GitHub domain.
+
+- Refreshes spend the quota every account shares, so they are charged to the account that asked
+  (``POST …/refresh``, or the reader of a stale answer), like its cold lookups, and refused past its
+  share; a refresh of a profile fetched moments ago fetches nothing.
+- Without a token, a 304 costs GitHub's rate limit like any other answer (GitHub's docs: a 304 is
+  free only "if the request was made while correctly authorized with an Authorization header").
+- The history route says what it answers for a login without snapshots (200, no points; the 404
+  every route with a path parameter documents is the router's).
+- A refresh job has a SAQ heartbeat that its run keeps up: a job on a dead worker is swept within
+  the heartbeat, not after the 600 s timeout.
+- A fetch waiting for another process's polls only the profile's ``fetched_at``; the whole row is read
+  once it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import redis.asyncio as redis
+from psycopg import AsyncConnection
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+from saq.utils import now as saq_now
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.services import open_services
+from app.domains.github.analysis import DEFAULT_FILTERS
+from app.domains.github.client import GitHubDownError
+from app.domains.github.governor import Priority
+from app.domains.github.jobs import refresh_github_profile
+from app.domains.github.module import module as github_module
+from app.domains.github.services import QUEUE, GithubService
+from tests.factories import Actor, assert_problem, captured_logs, make_user, serve_in_loop, wait_until
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
+
+TOKEN = "review-fixes-token"
+TURN_LOCK = "github:gov:anonymous:lock"
+"""The governor's lock of the anonymous token: held by a test, no request to GitHub gets its turn."""
+
+
+@pytest.fixture
+def github_settings(
+    settings: Settings, fake_server: FakeGitHubServer, db: object, valkey: object
+) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_retry_wait_s=0.01,
+        github_timeout_s=2.0,
+        rate_limit_default_per_minute=100_000,
+        rate_limit_default_per_hour=1_000_000,
+    )
+
+
+@pytest.fixture
+def with_token(github_settings: Settings, fake: FakeGitHub) -> Settings:
+    """A token whose limit is 100 an hour: an account's share is 20 requests."""
+    fake.set_quota(token=TOKEN, limit=100, remaining=100, reset=int(time.time()) + 3600)
+    return msgspec.structs.replace(github_settings, github_token=TOKEN)
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
+    assert settings.valkey_url is not None
+    opened = RedisQueue(redis.from_url(settings.valkey_url), name=QUEUE)
+    yield opened
+    await opened.redis.aclose()
+
+
+def two_repos() -> list[FakeRepo]:
+    return [FakeRepo(name=f"r{j}", size=100 + j, languages={"Go": 10}) for j in range(2)]
+
+
+async def work_one(settings: Settings, queue: RedisQueue) -> tuple[str, dict[str, Any]]:
+    """What a worker does with the next refresh job: its outcome and the job's arguments."""
+    job = await queue.dequeue(timeout=5)
+    assert job is not None and job.kwargs is not None
+    async with open_services(settings, [github_module]) as services:
+        context: Any = {"services": services, "job": job}  # what the worker's hooks give a job
+        outcome = await refresh_github_profile(context, **job.kwargs)
+    await queue.finish(job, Status.COMPLETE, result=outcome)
+    return outcome, dict(job.kwargs)
+
+
+async def spent(valkey: Valkey, account: Actor) -> int:
+    """GitHub requests charged to the account's share in this window."""
+    return int(await valkey.get(f"github:lookup-spent:{account.id}") or 0)
+
+
+async def age(db: AsyncConnection[Any], login: str, by: timedelta = timedelta(hours=2)) -> None:
+    await db.execute("update github_profiles set fetched_at = fetched_at - %s where login = %s", (by, login))
+
+
+async def spend_share(client: httpx.AsyncClient, account: Actor, fake: FakeGitHub) -> None:
+    """Cold lookups until the account's share (20 of 100) is spent: each costs 3."""
+    for index in range(8):
+        fake.add_user(f"someone{index}", [FakeRepo(name="r", size=1, languages={"Go": 1})])
+    answers = [await client.get(f"/api/github/users/someone{i}", headers=account.headers) for i in range(8)]
+    assert [answer.status_code for answer in answers] == [200] * 7 + [429]
+
+
+# -- 1. refreshes are charged to the account that asked -------------------------------------------
+
+
+async def test_one_accounts_refreshes_spend_only_its_own_share(
+    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+) -> None:
+    active = fake.add_user("active", two_repos())
+    async with serve_in_loop(with_token) as served:
+        client = served.client
+        greedy = await make_user(db, served.app, name="Greedy")
+        other = await make_user(db, served.app, name="Other")
+        assert (await client.get("/api/github/users/active", headers=other.headers)).status_code == 200
+        before = fake.charged(TOKEN)
+
+        refused: httpx.Response | None = None
+        rounds = 0
+        charged_to: list[object] = []
+        while refused is None and rounds < 40:
+            rounds += 1
+            await age(db, "active")  # stale: far past the refresh's minimum age
+            active.followers = rounds  # an active account: its profile changes between refreshes
+            for repo in active.repos:
+                repo.stars = rounds
+            posted = await client.post("/api/github/users/active/refresh", headers=greedy.headers)
+            if posted.status_code == 429:
+                refused = posted
+                break
+            assert posted.status_code == 202, posted.text
+            outcome, kwargs = await work_one(with_token, queue)
+            assert outcome == "succeeded"
+            charged_to.append(kwargs.get("user_id"))
+        by_greedy = fake.charged(TOKEN) - before
+
+        assert refused is not None, f"{rounds} refreshes were accepted, spending {by_greedy} of 100"
+        body = assert_problem(refused, 429, "github-lookup-budget")
+        assert "20 GitHub requests per hour" in body["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 3602
+        # Checked before, charged after: at most one refresh's cost (2: the profile and the page of
+        # repositories changed, the /languages revalidated free with a token) past the share.
+        assert 20 <= by_greedy <= 22 and await spent(valkey, greedy) == by_greedy
+        assert charged_to == [greedy.id] * len(charged_to), "each refresh job names the account"
+
+        stale = await client.get("/api/github/users/active", headers=greedy.headers)
+        assert stale.status_code == 200 and stale.json()["stale"] is True
+        assert stale.json()["refresh"] is None, "past its share: the stale data, no refresh"
+        assert await queue.count("queued") == 0
+
+        theirs = await client.post("/api/github/users/active/refresh", headers=other.headers)
+        assert theirs.status_code == 202, "another account's share is untouched"
+
+
+async def test_a_stale_reads_refresh_is_charged_to_the_reader(
+    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+) -> None:
+    user = fake.add_user("watched", two_repos())
+    async with serve_in_loop(with_token) as served:
+        storer = await make_user(db, served.app, name="Storer")
+        reader = await make_user(db, served.app, name="Reader")
+        assert (
+            await served.client.get("/api/github/users/watched", headers=storer.headers)
+        ).status_code == 200
+        stored_cost = await spent(valkey, storer)
+        await age(db, "watched")
+        user.followers = 7
+
+        stale = await served.client.get("/api/github/users/watched", headers=reader.headers)
+        assert stale.json()["refresh"]["status"] == "queued"
+        outcome, kwargs = await work_one(with_token, queue)
+
+    assert outcome == "succeeded" and kwargs["user_id"] == reader.id
+    assert await spent(valkey, reader) == 1, "the changed profile; the rest answered 304 (free with a token)"
+    assert await spent(valkey, storer) == stored_cost
+
+
+async def test_a_refresh_another_account_asked_for_costs_the_second_account_nothing(
+    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+) -> None:
+    user = fake.add_user("shared", two_repos())
+    fake.add_user("elsewhere", two_repos())
+    async with serve_in_loop(with_token) as served:
+        client = served.client
+        asker = await make_user(db, served.app, name="Asker")
+        spender = await make_user(db, served.app, name="Spender")
+        for login in ("shared", "elsewhere"):
+            assert (await client.get(f"/api/github/users/{login}", headers=asker.headers)).status_code == 200
+        await spend_share(client, spender, fake)
+        spender_spent, asker_spent = await spent(valkey, spender), await spent(valkey, asker)
+        await age(db, "shared")
+        await age(db, "elsewhere")
+        user.followers = 3
+
+        asked = await client.post("/api/github/users/shared/refresh", headers=asker.headers)
+        joined = await client.post("/api/github/users/shared/refresh", headers=spender.headers)
+        own = await client.post("/api/github/users/elsewhere/refresh", headers=spender.headers)
+        outcome, kwargs = await work_one(with_token, queue)
+
+    assert asked.status_code == joined.status_code == 202
+    assert joined.json()["id"] == asked.json()["id"], "the pending refresh is shared, not a new one"
+    assert_problem(own, 429, "github-lookup-budget")
+    assert int(own.headers["retry-after"]) >= 1
+    assert outcome == "succeeded" and kwargs["user_id"] == asker.id
+    assert await spent(valkey, spender) == spender_spent
+    assert await spent(valkey, asker) == asker_spent + 1
+
+
+async def test_a_refresh_of_a_profile_fetched_moments_ago_answers_the_stored_state(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], queue: RedisQueue
+) -> None:
+    fake.add_user("recent", two_repos())
+    async with serve_in_loop(github_settings) as served:
+        client = served.client
+        account = await make_user(db, served.app)
+        profile = (await client.get("/api/github/users/recent", headers=account.headers)).json()
+        asked = len(fake.recorded())
+
+        posted = await client.post("/api/github/users/recent/refresh", headers=account.headers)
+        again = await client.post("/api/github/users/recent/refresh", headers=account.headers)
+        state = await client.get(posted.json()["state_url"], headers=account.headers)
+
+        assert posted.status_code == 200, posted.text
+        refresh = posted.json()
+        assert refresh["status"] == "succeeded" and refresh["fetched_at"] == profile["fetched_at"]
+        assert again.json()["id"] == refresh["id"]
+        assert state.status_code == 200 and state.json()["status"] == "succeeded"
+        assert await queue.count("queued") == 0 and len(fake.recorded()) == asked, "nothing fetched"
+
+        # Older than any minimum age (at most the TTL), yet not stale.
+        await age(db, "recent", timedelta(seconds=github_settings.github_profile_ttl_s - 5))
+        later = await client.post("/api/github/users/recent/refresh", headers=account.headers)
+        assert later.status_code == 202 and later.json()["status"] == "queued"
+        assert (await client.get("/api/github/users/recent", headers=account.headers)).json()[
+            "stale"
+        ] is False
+
+
+# -- 2. without a token, a 304 is charged ---------------------------------------------------------
+
+
+async def test_the_fake_charges_an_anonymous_304_and_not_an_authorized_one(
+    fake: FakeGitHub, fake_server: FakeGitHubServer
+) -> None:
+    fake.add_user("etagged")
+    async with httpx.AsyncClient(base_url=fake_server.url) as http:
+        for token in (None, TOKEN):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            first = await http.get("/users/etagged", headers=headers)
+            second = await http.get(
+                "/users/etagged", headers={**headers, "If-None-Match": first.headers["etag"]}
+            )
+            assert second.status_code == 304
+            assert fake.charged(token) == (2 if token is None else 1), token
+            assert second.headers["x-ratelimit-used"] == str(fake.charged(token))
+
+
+@pytest.mark.parametrize(("token", "revalidation_cost"), [(None, 4), (TOKEN, 0)])
+async def test_revalidating_costs_the_account_only_what_github_charges(
+    with_token: Settings,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    token: str | None,
+    revalidation_cost: int,
+) -> None:
+    fake.add_user("kept", two_repos())
+    async with serve_in_loop(msgspec.structs.replace(with_token, github_token=token)) as served:
+        account = await make_user(db, served.app)
+        assert (await served.client.get("/api/github/users/kept", headers=account.headers)).status_code == 200
+        first = await spent(valkey, account)
+        await db.execute("delete from github_profiles")  # purged; the ETags of its answers are kept
+        again = await served.client.get("/api/github/users/kept", headers=account.headers)
+
+    assert again.status_code == 200 and again.json()["source"] == "live"
+    assert first == 4, "the user, its repositories, two repositories' languages"
+    assert {r.status for r in fake.recorded()[4:]} == {304}
+    assert fake.charged(token) == first + revalidation_cost
+    assert await spent(valkey, account) == first + revalidation_cost
+
+
+# -- 3. the history route's documented answers ----------------------------------------------------
+
+
+async def test_the_history_route_says_and_documents_that_an_unknown_login_is_not_a_404(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    """A login without snapshots is a 200 with no points: the route documents no 404."""
+    async with serve_in_loop(github_settings) as served:
+        account = await make_user(db, served.app)
+        schema = (await served.client.get("/schema/openapi.json")).json()
+        unknown = await served.client.get("/api/github/users/nobody-at-all/history", headers=account.headers)
+    route = schema["paths"]["/api/github/users/{username}/history"]["get"]
+    assert "answers 200 with no points" in route["description"]
+    assert "404" not in route["responses"]
+    assert unknown.status_code == 200 and unknown.json()["points"] == []
+    assert fake.recorded() == [], "history never asks GitHub"
+
+
+# -- 4. the refresh job's heartbeat; the cross-process poll --------------------------------------
+
+
+async def test_a_running_refresh_keeps_its_heartbeat_and_is_not_swept(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+) -> None:
+    user = fake.add_user("beating", two_repos())
+    async with open_services(github_settings, [github_module]) as services:
+        github = services[GithubService]
+        await github.profile("beating", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=1)
+        await age(db, "beating")
+        user.followers = 5
+        requested = await github.request_refresh("beating", user_id=1)
+        stored = await queue.job("github-refresh:beating")
+        assert stored is not None and 0 < stored.heartbeat <= 60, (
+            "a dead worker's job is swept within a minute"
+        )
+
+        job = await queue.dequeue(timeout=5)
+        assert job is not None and job.kwargs is not None
+        job.heartbeat = 1  # a second, so the test waits for beats, not for 30 s
+        job.started = saq_now()
+        job.attempts += 1
+        await job.update(status=Status.ACTIVE)  # what a worker does before it runs the job
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)  # the run waits for GitHub's turn
+
+        async def beaten_twice() -> bool:  # two heartbeats past the start
+            current = await queue.job(job.key)
+            return current is not None and current.touched - job.started >= 2000
+
+        context: Any = {"services": services, "job": job}
+        running = asyncio.create_task(refresh_github_profile(context, **job.kwargs))
+        try:
+            await wait_until(beaten_twice, 30, "the running job touched its heartbeat twice past it")
+            swept = await queue.sweep()
+            current = await queue.job(job.key)
+            assert swept == [] and current is not None and current.status == Status.ACTIVE
+            assert not running.done()
+        finally:
+            await valkey.delete(TURN_LOCK)  # the run gets its turn and ends, whatever was asserted
+            outcome = await running
+        assert outcome == "succeeded"
+        assert (await github.refresh_state(requested.id)).status == "succeeded"
+
+
+async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_when_it_changed(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    fake.add_user("polled", two_repos())
+    configured = msgspec.structs.replace(github_settings, github_cold_wait_s=1.0)
+    async with open_services(configured, [github_module]) as services:
+        github = services[GithubService]
+        await github.profile("polled", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=1)
+        row = await (await db.execute("select data, fetched_at from github_profiles")).fetchone()
+        assert row is not None
+        data, known = row[0], row[1]
+        assert isinstance(known, datetime)
+        await valkey.set("github:fetch:polled", "another-process", px=60_000)  # its chain is under way
+
+        async def unreadable_reads() -> int:
+            """Polls until the wait's deadline; counts the reads of the whole (unreadable) row."""
+            with captured_logs() as logs, pytest.raises(GitHubDownError):
+                await github._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
+            return len(logs.events("github_stored_profile_unreadable"))
+
+        await db.execute("update github_profiles set data = '{}'::jsonb")
+        assert await unreadable_reads() == 0, "unchanged (fetched_at): the whole row is never read"
+        await db.execute("update github_profiles set fetched_at = fetched_at + interval '1 second'")
+        assert await unreadable_reads() == 1, "changed: read once"
+        await db.execute(
+            "update github_profiles set data = %s, fetched_at = %s",
+            (msgspec.json.encode(data).decode(), known + timedelta(seconds=2)),
+        )
+        answer = await github._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
+        assert answer.fetched_at == known + timedelta(seconds=2)
