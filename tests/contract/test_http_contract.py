@@ -104,9 +104,10 @@ def route_handlers(app: Litestar) -> dict[tuple[str, str], HTTPRouteHandler]:
 
 def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> None:
     """401 wherever the gate looks at a bearer token (``app.core.gate.authenticates``), 404 where the
-    path has an integer id (an unknown one, or a segment that is no canonical integer; a route
-    named by a string documents its own 404s where it answers them), 429 where a limiter applies (the gate's, unless the
-    route is exempt: ``rate_limit`` None; the ingest routes keep their own), 400/500/503 everywhere."""
+    path has an integer id (an unknown one, or a segment that is no canonical integer; a route named
+    by a string documents its own 404s where it answers them), 429 where a limiter applies (the
+    gate's, unless the route is exempt: ``rate_limit`` None; the ingest routes keep their own),
+    400/500/503 everywhere."""
     handlers = route_handlers(app)
     with_int_ids = {
         route.path_format
