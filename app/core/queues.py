@@ -299,7 +299,8 @@ def _mark_started(worker: Worker[Context]) -> asyncio.Event:
 
 async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
     """The worker process: every queue's worker (the default queue's runs the outbox relay) until
-    SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``).
+    SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``):
+    the services are told first (``Services.stopping``), so running jobs start no new work.
 
     It starts only once Valkey and PostgreSQL answer (``check_dependencies``): else it exits 1 with
     one line naming the setting, instead of SAQ's upkeep tracebacks for ever. Then it checks that the
@@ -330,6 +331,10 @@ async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLI
     log.info("workers_started", queues=[worker.queue.name for worker in workers])
     await stop.wait()
     log.info("workers_stopping", grace_s=settings.worker_shutdown_grace_s)
+    # SAQ runs the shutdown hooks (services.close) only after the grace, once running jobs are
+    # cancelled: the services hear of the stop now, so a job finishes what it has in hand within
+    # the grace instead of starting more (a delivery cut by the cancellation is 'uncertain').
+    services.stopping()
     # SAQ's stop runs the shutdown hooks at once: a stop while a worker is still in its startup hooks
     # closed nothing of what they then opened (the relay, the services' listeners), and the process
     # never exited. Each worker's start-up is let finish first (bounded by the grace).

@@ -90,6 +90,19 @@ class Services:
                 if start is not None:
                     await start()
 
+    def stopping(self) -> None:
+        """The process begins to stop, before it waits for running work (a worker's shutdown grace):
+        every service that has a ``stopping`` stops starting work it could not finish in the grace.
+        ``close`` still follows."""
+        for name, service in self._by_name.items():
+            stopping = getattr(service, "stopping", None)
+            if stopping is None:
+                continue
+            try:
+                stopping()
+            except Exception:  # one service failing here must not keep the others going
+                log.exception("service_stopping_failed", service=name)
+
     async def close(self) -> None:
         """Close what ``start`` opened, in reverse order (the last caller does)."""
         async with self._lock:

@@ -425,6 +425,28 @@ async def tree_users_since(conn: AsyncConnection[Any], *, root_id: int, since: d
         return await cur.fetchone()
 
 
+RESOLVED_BY_SYSTEM = """\
+select a.action = any($1::text[]) as by_system
+from monitoring_group_activity a
+where a.group_id = $2 and (a.action = 'resolved' or a.action = any($1::text[]))
+order by a.id desc
+limit 1"""
+
+
+async def resolved_by_system(
+    conn: AsyncConnection[Any],
+    *,
+    system_actions: list[str],
+    group_id: int,
+) -> bool | None:
+    """Whether the group's latest resolution was one the system made itself (@system_actions: a cron
+    monitor's recovery, its job no longer scheduled), not a person's ('resolved'). No row: none on
+    record (never resolved, or its activity purged)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(RESOLVED_BY_SYSTEM, (system_actions, group_id))
+        return await cur.fetchone()
+
+
 FIRE_RULE = """\
 insert into monitoring_rule_fires as f (rule, group_id, last_fired_at)
 values ($1, $2, $3)

@@ -125,6 +125,16 @@ from monitoring_group_users u
 join monitoring_groups g on g.id = u.group_id
 where g.root_id = @root_id and u.last_seen_at >= @since;
 
+-- name: ResolvedBySystem :one
+-- Whether the group's latest resolution was one the system made itself (@system_actions: a cron
+-- monitor's recovery, its job no longer scheduled), not a person's ('resolved'). No row: none on
+-- record (never resolved, or its activity purged).
+select a.action = any(@system_actions::text[]) as by_system
+from monitoring_group_activity a
+where a.group_id = @group_id and (a.action = 'resolved' or a.action = any(@system_actions::text[]))
+order by a.id desc
+limit 1;
+
 -- name: FireRule :one
 -- Records that the rule fires for the group unless it last fired after @cutoff (now minus the
 -- action interval); returns no row then, so concurrent writers fire it once.

@@ -1,4 +1,5 @@
-"""A worker killed (SIGKILL) while Telegram holds its request never leads to a second send.
+"""A worker killed (SIGKILL) while Telegram holds its request never leads to a second send; one stopped
+(SIGTERM) finishes that request and claims no other (the end of this file).
 
 The real worker (``python -m workers``) delivers alerts to the fake Telegram, which records the first
 message (for Telegram it is sent) and holds its answer; the worker is killed before it learns the
@@ -168,3 +169,60 @@ async def test_a_worker_killed_mid_send_never_sends_twice(
         await db.execute("select last_error from monitoring_deliveries where status = 'uncertain'")
     ).fetchone()
     assert note is not None and "not resent" in note[0]
+
+
+# -- a graceful stop (SIGTERM) ---------------------------------------------------------------------
+
+# A worker stopped gracefully (SIGTERM: any deploy) while it delivers alerts: its sender hears of the
+# stop when the signal arrives, not after the shutdown grace. It lets the request in flight finish and
+# records its answer, claims no new delivery, and leaves the others ``pending`` for the next worker:
+# none is started and then cut by the grace (which would leave it ``uncertain``, never resent).
+#
+# The real worker (``python -m workers``) against the fake Telegram, which holds the first message's
+# answer for a few seconds (less than the grace).
+
+HELD_S = 4
+"""How long the fake Telegram holds the first answer: well within ``WORKER_SHUTDOWN_GRACE_S`` (10 s)."""
+
+
+async def test_a_sigterm_lets_the_request_in_flight_finish_and_claims_no_other_delivery(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    telegram: FakeTelegramServer,
+    workers: Workers,
+) -> None:
+    telegram.fake.hold("crash marker one", seconds=HELD_S)
+    changes: dict[str, Any] = {
+        "telegram_bot_token": TOKEN,
+        "telegram_chat_id": [CHAT],
+        "telegram_api_url": telegram.url,
+    }
+    async with open_monitoring(settings, **changes) as service:  # records, never sends (fallback: a day)
+        for marker in ("one", "two", "three"):
+            await service.write_now([alert_event(marker)])
+    first = workers.start()
+
+    def received(marker: str) -> list[Any]:
+        return [m for m in telegram.fake.messages() if f"crash marker {marker}" in m.text]
+
+    async def in_flight() -> bool:
+        assert first.poll() is None, workers.logs()
+        return bool(received("one"))
+
+    await wait_until(in_flight, 60, "the first alert reached Telegram (its answer held)")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(40) == 0, workers.logs()
+    assert await deliveries(db) == {"one": "sent", "two": "pending", "three": "pending"}, (
+        "the request in flight finished and was recorded; no delivery was claimed after the SIGTERM"
+    )
+    assert not received("two") and not received("three")
+
+    second = workers.start()
+
+    async def settled() -> bool:
+        assert second.poll() is None, workers.logs()
+        return await deliveries(db) == {"one": "sent", "two": "sent", "three": "sent"}
+
+    await wait_until(settled, 90, "the next worker delivered the rest")
+    assert [len(received(marker)) for marker in ("one", "two", "three")] == [1, 1, 1]

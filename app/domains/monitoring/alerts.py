@@ -12,7 +12,11 @@ On top of each rule's own interval, a group has one gap (``MONITORING_ACTION_INT
 the group's volume (escalation, frequency, users) does not alert a group that had any alert within
 it, so one new error turning into a storm sends one alert, not new-group then frequency then users
 seconds apart. A rule on a change of the group's state (new, regression, reopened) always alerts:
-each is news (``always_alerts``).
+each is news (``always_alerts``). But not the regression of a group the system resolved itself (a cron
+monitor's recovery, or its job no longer scheduled: ``RuleContext.resolved_by_system``), which waits
+for the gap too: a cron job failing every other run is resolved and regressed every other minute,
+and would otherwise alert each failure and spend the noise budget that a new error needs. A
+regression after a person's resolve still alerts at once (they said it was fixed).
 
 ``MONITORING_ALERT_RULES`` (JSON, a list of rules) replaces the defaults built from the settings, e.g.
 ``[{"name": "spreading", "conditions": [{"type": "frequency", "events": 50, "window_s": 600},
@@ -91,15 +95,25 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Group kinds the rule watches (all when omitted)."""
 
 
+SYSTEM_RESOLUTIONS = ("recovered", "unscheduled")
+"""The group activities of a resolve the system makes itself (``monitors.CronMonitors``: the job
+recovered, or is no longer scheduled); a person's is ``resolved``."""
+
 GROUP_GAP_RULE = "*group*"
 """The pseudo-rule whose firing (``monitoring_rule_fires``) is a group's last alert, of any rule: no
 configured rule can have this name."""
 
 
-def always_alerts(rule: AlertRule) -> bool:
+def always_alerts(rule: AlertRule, context: RuleContext | None = None) -> bool:
     """Whether ``rule`` alerts even within its group's gap: a rule on a change of the group's state
-    (new, regressed, reopened). Rules on volume alone wait for the gap."""
-    return any(isinstance(condition, (NewGroup, Regression, Reopened)) for condition in rule.conditions)
+    (new, regressed, reopened). Rules on volume alone wait for the gap, and so does a regression
+    when ``context`` says the system resolved the group itself (``RuleContext.resolved_by_system``)."""
+    system_resolve = context is not None and context.resolved_by_system
+    return any(
+        isinstance(condition, (NewGroup, Reopened))
+        or (isinstance(condition, Regression) and not system_resolve)
+        for condition in rule.conditions
+    )
 
 
 EVENT_KINDS = [MonitoringGroupKind.ERROR, MonitoringGroupKind.JOB, MonitoringGroupKind.UNAVAILABLE]
@@ -173,6 +187,9 @@ class RuleContext:
     now: datetime
     events_between: Callable[[datetime, datetime], Awaitable[int]]
     users_since: Callable[[datetime], Awaitable[int]]
+    resolved_by_system: bool = False
+    """The group regressed from a resolve the system made itself (``SYSTEM_RESOLUTIONS``), not a
+    person's: its regression waits for the group's gap (``always_alerts``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,11 @@ sent at that moment (it may have arrived). A 5xx answer is ``uncertain`` too: it
 Telegram's front after the bot sent the message. Requests that certainly did not reach Telegram
 (connection refused, 429, the Bot API's 401) go back to ``pending``.
 
+A process that stops (the worker's SIGTERM: ``Sender.stop`` from ``MonitoringService.stopping``, before
+the shutdown grace begins) claims no new delivery: the request in flight finishes and its answer is
+recorded, and a delivery claimed but not yet requested goes back to ``pending``. Only a request still
+unanswered when the grace ends is cut, and left ``uncertain``.
+
 A sender given a budget (a SAQ job's timeout less a margin for the bookkeeping) starts a delivery
 only when its worst case still fits: both requests of an HTML text refused and resent as plain text
 (each bounded in all by ``TELEGRAM_TIMEOUT_S``) and the pause between them. So a job's timeout never
@@ -142,6 +147,10 @@ class Sender:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
+        """Claim no new delivery from now on (the process stops): the request in flight finishes and
+        its answer is recorded; a delivery claimed but not yet requested goes back to ``pending``.
+        Called when the stop begins (SIGTERM), so the one in flight ends within the shutdown grace
+        instead of being cancelled by it (a cancelled request is ``uncertain``, never resent)."""
         self._stopping.set()
 
     async def deliver(self, budget_s: float) -> int:
@@ -150,7 +159,7 @@ class Sender:
         Returns at once when another sender is active (it will see the new rows) or nothing is due. A
         delivery starts only while its worst case (``worst_case_s``) fits in what is left of the budget.
         """
-        if not self.client.configured:
+        if not self.client.configured or self._stopping.is_set():
             return 0
         async with await AsyncConnection.connect(self.database_url, autocommit=True) as lock_conn:
             if not await queries.try_advisory_lock(lock_conn, key=SENDER_LOCK):
@@ -223,6 +232,9 @@ class Sender:
                 )
                 html_text, plain = rendered.html, rendered.plain
                 await queries.set_alert_text(uow.conn, text_html=html_text, text_plain=plain, id=alert.id)
+        if self._stopping.is_set():  # the stop came while claiming: nothing left, the next sender sends it
+            await self._release(row.id)
+            return False
         # The claim is committed: from here on, a crash leaves the row 'sending' (never resent).
         chat = current_chat(routes, row.chat_id)
         result = await self.client.send(chat, html_text, html_mode=True)
@@ -271,15 +283,30 @@ class Sender:
         message to the chat a group migrated to), once the chat may receive it. A group chat at its
         per-minute limit may need a longer pause than ``worst_case_s`` allows for: the delivery then
         goes back to ``pending`` (nothing reached Telegram) rather than outlive the deadline."""
+        what = "the message to the migrated chat" if html_mode else "plain text"
         wait = max(0.0, pacer.ready_at(chat_id) - self.clock())
         if wait + self.client.timeout_s > deadline - time.monotonic():
-            what = "the message to the migrated chat" if html_mode else "plain text"
             return SendResult(outcome="retry", description=f"{what} not sent in time", retry_after_s=wait)
         if wait > 0:
-            await asyncio.sleep(wait)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+        if self._stopping.is_set():
+            return SendResult(
+                outcome="retry", description=f"{what} not sent: the sender stopped", retry_after_s=0.0
+            )
         result = await self.client.send(chat_id, text, html_mode=html_mode)
         pacer.requested(chat_id, self.clock())
         return result
+
+    async def _release(self, delivery_id: int) -> None:
+        """Put a delivery claimed by this sender, whose request never left, back to ``pending``."""
+        async with self.db.transaction() as uow:
+            await queries.mark_delivery_pending(
+                uow.conn,
+                not_before=_utc(self.clock()),
+                last_error="claimed while the sender stopped; not sent",
+                id=delivery_id,
+            )
 
     async def _record(
         self,

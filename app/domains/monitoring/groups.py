@@ -345,6 +345,12 @@ class GroupWriter:
         if root.status == MonitoringGroupStatus.IGNORED and root.ignore_mode == "until_escalating":
             escalating = await alerts.escalating(context, self.config.escalation) is not None
         transition = decide(root, seen, total_events=totals.events, now=now, escalating=escalating)
+        if transition == "regressed":
+            context.resolved_by_system = bool(
+                await queries.resolved_by_system(
+                    conn, system_actions=list(alerts.SYSTEM_RESOLUTIONS), group_id=root.id
+                )
+            )
         if transition is not None:
             root = await self._apply(uow, root, transition, now)
             context.regressed = transition == "regressed"
@@ -416,7 +422,7 @@ class GroupWriter:
         )
         fired = []
         for candidate in matching:
-            if recently_alerted and not alerts.always_alerts(candidate.rule):
+            if recently_alerted and not alerts.always_alerts(candidate.rule, context):
                 continue
             cutoff = context.now - timedelta(seconds=candidate.rule.action_interval_s)
             if await queries.fire_rule(

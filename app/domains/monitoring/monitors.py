@@ -167,7 +167,9 @@ class CronMonitors:
         )
 
     async def _close_problem(self, uow: UnitOfWork, group_id: int, at: datetime, action: str) -> None:
-        """Resolve the monitor's problem group if it is open (an admin may have acted on it already)."""
+        """Resolve the monitor's problem group if it is open (an admin may have acted on it already).
+        ``action`` is one of ``alerts.SYSTEM_RESOLUTIONS``: the group's next regression waits for its
+        gap instead of alerting at once (a flapping job would otherwise alert every failure)."""
         root = await self.writer.lock_root(uow, group_id)
         if root.status in (MonitoringGroupStatus.UNRESOLVED, MonitoringGroupStatus.REGRESSED):
             await set_state(uow, root, MonitoringGroupStatus.RESOLVED, at, resolved_at=at)

@@ -1,11 +1,13 @@
 """A PostgreSQL outage told to Telegram while it lasts, around the database.
 
-Alerts are recorded in PostgreSQL and delivered from it, so while PostgreSQL is down the ``unavailable``
-aggregates of the 503s wait in memory and Telegram hears nothing until it is back: the one outage an
-operator most needs to hear about. So when a flush fails because PostgreSQL is unreachable (the pool
-timed out, the connection was refused or lost, the server is shutting down: ``database_down``) while
-requests' ``unavailable`` aggregates are held, the process sends one plain message straight to the
-configured chats (``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``) through ``TelegramClient``.
+Alerts are recorded in PostgreSQL and delivered from it, so while PostgreSQL is down the events wait
+in memory and Telegram hears nothing until it is back: the one outage an operator most needs to hear
+about. So when a flush fails because PostgreSQL is unreachable (the pool timed out, the connection was
+refused or lost, the server is shutting down: ``database_down``), the process sends one plain message
+straight to the configured chats (``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``) through
+``TelegramClient``, whatever it holds: the ``unavailable`` aggregates of requests answered 503 and of
+jobs that failed for the outage, or only other events (a worker whose jobs are still retrying sees
+the outage first in its own flush).
 
 Once per outage per deployment: the notice is claimed in Valkey (``SET NX`` with a TTL of
 ``NOTICE_INTERVAL_S``: a longer outage is told again once per interval); with Valkey down too, once per
@@ -14,8 +16,9 @@ message. A claim whose message did not leave (a 429, a refused connection) is re
 429 this process tries again only past ``retry_after``: nothing here sleeps. Nothing here raises
 either: a failure is logged (rate-limited) and the flush's own outcome stands.
 
-Only the ``unavailable`` kind: the other aggregates, and an outage's group itself, are written and
-alerted the usual way once the database is back.
+The notice counts the ``unavailable`` events (requests answered 503, jobs failed), or else the events
+held; all of them, and an outage's group itself, are written and alerted the usual way once the
+database is back.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import psycopg
@@ -32,10 +35,9 @@ from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
 from app.core.errors import dependency_down
-from app.core.logging import OncePerInterval
+from app.core.logging import OncePerInterval, error_message
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.groups import Aggregate
-from app.domains.monitoring.scrub import scrub_text
 from app.domains.monitoring.telegram import Part, SendResult, TelegramClient, render
 
 log = structlog.get_logger("app.monitoring")
@@ -61,6 +63,32 @@ def database_down(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _held_summary(held: list[Aggregate], sources: dict[str, int]) -> str:
+    """What the process holds for the database: its ``unavailable`` events (requests answered 503,
+    jobs failed) when it has any, else every event held; the five first aggregates listed."""
+    outage = [aggregate for aggregate in held if aggregate.kind == MonitoringGroupKind.UNAVAILABLE]
+    listed = outage or held
+    if not listed:
+        return ""
+    events = sum(aggregate.count for aggregate in listed)
+    first = min(aggregate.first for aggregate in listed)
+    lines = "".join(f"• {aggregate.title}: {aggregate.count}\n" for aggregate in listed[:5])
+    requests, jobs = sources.get("request", 0), sources.get("job", 0)
+    if not outage:
+        what = f"{_count(events, 'event')} held"
+    elif requests and jobs:
+        what = f"{_count(requests, 'request')} answered 503 and {_count(jobs, 'job')} failed"
+    elif jobs:
+        what = f"{_count(events, 'job')} failed"
+    else:
+        what = f"{_count(events, 'request')} answered 503"
+    return f"{what} since {_when(first)}:\n{lines}"
 
 
 def _when(ts: float) -> str:
@@ -115,20 +143,21 @@ class OutageNotifier:
     def enabled(self) -> bool:
         return self.telegram.configured and bool(self.chats)
 
-    async def flush_failed(self, exc: BaseException, held: Iterable[Aggregate]) -> bool:
-        """After a failed flush: send the notice when due. True when a message left. Never raises."""
-        return await _quietly(self._flush_failed(exc, held))
+    async def flush_failed(
+        self, exc: BaseException, held: Iterable[Aggregate], sources: Mapping[str, int] | None = None
+    ) -> bool:
+        """After a failed flush: send the notice when due. True when a message left. Never raises.
+        ``sources``: the held ``unavailable`` events by where they were captured (``request``,
+        ``job``), for the notice's wording."""
+        return await _quietly(self._flush_failed(exc, list(held), dict(sources or {})))
 
     async def flush_succeeded(self) -> bool:
         """After a flush that wrote: the outage this process saw is over. True when "over" was sent.
         Never raises."""
         return await _quietly(self._flush_succeeded())
 
-    async def _flush_failed(self, exc: BaseException, held: Iterable[Aggregate]) -> bool:
+    async def _flush_failed(self, exc: BaseException, held: list[Aggregate], sources: dict[str, int]) -> bool:
         if not self.enabled or not database_down(exc) or self._busy.locked():
-            return False
-        outage = [aggregate for aggregate in held if aggregate.kind == MonitoringGroupKind.UNAVAILABLE]
-        if not outage:
             return False
         async with self._busy:
             if self._down_since is None:
@@ -138,7 +167,7 @@ class OutageNotifier:
             claim = await self._claim()
             if claim is None:
                 return False
-            sent = await self._send(self._notice(exc, outage))
+            sent = await self._send(self._notice(exc, held, sources))
             if sent:
                 self._told = True
                 self._local_next = self.monotonic() + self.interval_s
@@ -201,16 +230,13 @@ class OutageNotifier:
                 )
         return delivered
 
-    def _notice(self, exc: BaseException, outage: list[Aggregate]) -> list[Part]:
-        events = sum(aggregate.count for aggregate in outage)
-        first = min(aggregate.first for aggregate in outage)
+    def _notice(self, exc: BaseException, held: list[Aggregate], sources: dict[str, int]) -> list[Part]:
         since = self._down_since if self._down_since is not None else self.clock()
-        lines = "".join(f"• {aggregate.title}: {aggregate.count}\n" for aggregate in outage[:5])
         return [
             Part(f"🚨 Outage · {self.environment} · {self.release}\n"),
             Part("PostgreSQL is unreachable"),
             Part(f" ({type(exc).__name__}, seen from {self.host} since {_when(since)})\n"),
-            Part(f"{events} requests answered 503 since {_when(first)}:\n{lines}"),
+            Part(_held_summary(held, sources)),
             Part(
                 "Alerts are held until the database is back. Sent around the database, at most once "
                 f"per {_duration(self.interval_s)}.\n"
@@ -235,5 +261,5 @@ async def _quietly(work: Awaitable[bool]) -> bool:
         return await work
     except Exception as exc:
         if _failures.due():
-            log.warning("outage_notice_failed", error=type(exc).__name__, detail=scrub_text(str(exc))[:200])
+            log.warning("outage_notice_failed", error=type(exc).__name__, detail=error_message(exc))
         return False

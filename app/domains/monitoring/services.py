@@ -20,6 +20,7 @@ turns the buffers into database writes:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.metadata
 import time
@@ -42,7 +43,7 @@ from valkey.exceptions import ValkeyError
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
-from app.core.logging import OncePerInterval
+from app.core.logging import OncePerInterval, error_message
 from app.db import monitoring as queries
 from app.db.models import (
     MonitoringCronMonitor,
@@ -75,6 +76,7 @@ from app.domains.monitoring.fingerprint import (
     fixed_fingerprint,
     normalise_message,
     resolve_chain,
+    type_name,
 )
 from app.domains.monitoring.groups import (
     MAX_WRITE_FAILURES,
@@ -230,6 +232,9 @@ class MonitoringService:
         self.monitors = CronMonitors(db, settings, self.writer, self.release, crons, lambda: self.clock())
         self.performance = Performance(db, settings, lambda: self.clock())
         self._pending: dict[str, Aggregate] = {}
+        self._outage_events: collections.Counter[str] = collections.Counter()
+        """``unavailable`` events captured from requests and from jobs since they were last all
+        written: how the outage notice words what it holds."""
         self._local_writes: dict[str, float] = {}
         self._fingerprints: LRUCache[Any, tuple[Fingerprint, str]] = LRUCache(maxsize=2048)
         self._flush_lock = asyncio.Lock()
@@ -286,6 +291,12 @@ class MonitoringService:
             await self.register_monitors()
         self._task = asyncio.create_task(self._background(), name="monitoring")
 
+    def stopping(self) -> None:
+        """The process begins to stop (a worker's SIGTERM, before the shutdown grace): the sender
+        claims no new delivery, finishing the request in flight (``Sender.stop``). Flushing and the
+        rest go on until ``close``."""
+        self.sender.stop()
+
     async def close(self) -> None:
         if self._stop is not None:
             self._stop.set()
@@ -330,7 +341,7 @@ class MonitoringService:
                     "monitoring_task_failed",
                     task=what,
                     error=type(exc).__name__,
-                    detail=scrub_text(str(exc))[:200],
+                    detail=error_message(exc),
                 )
 
     async def _fallback_delivery(self) -> None:
@@ -352,7 +363,8 @@ class MonitoringService:
             return
         if kind == MonitoringGroupKind.UNAVAILABLE and not self.settings.monitoring_capture_unavailable:
             return
-        self.buffer.add(request_event(exc, scope, kind))
+        if self.buffer.add(request_event(exc, scope, kind)) and kind == MonitoringGroupKind.UNAVAILABLE:
+            self._outage_events["request"] += 1
 
     def job_started(self, ctx: Any) -> None:
         job = ctx.get("job")
@@ -375,28 +387,42 @@ class MonitoringService:
             outcome = "failed" if job.status == Status.FAILED else "retried"
         self.jobs.add(job.function, outcome, duration_ms, job.attempts)
         if outcome == "failed":
-            context = {
-                "source": "job",
-                "job": job.function,
-                "queue": getattr(job.queue, "name", None),
-                "attempts": job.attempts,
-                "retries": job.retries,
-                "job_key": job.key,
-                "arguments": sorted(job.kwargs or {}),
-            }
-            self.buffer.add(
-                RawEvent(
-                    kind=MonitoringGroupKind.JOB,
-                    occurred_at=self.clock(),
-                    chain=capture_chain(exc),
-                    context=context,
-                )
-            )
+            event = self._job_event(job, exc)
+            if self.buffer.add(event) and event.kind == MonitoringGroupKind.UNAVAILABLE:
+                self._outage_events["job"] += 1
         if job.key.startswith("cron:") and outcome in ("complete", "failed"):
             status = "ok" if outcome == "complete" else "error"
             self.checkins.append(
                 CheckIn(job.function, job.scheduled or None, status, self.clock(), duration_ms)
             )
+
+    def _job_event(self, job: Any, exc: Exception) -> RawEvent:
+        """A job's last failed attempt. Failed because a dependency is down (``classify``: a
+        connection refused or lost, the pool's timeout, Valkey unreachable), it is an event of the
+        outage's ``unavailable`` group, fingerprinted by exception type as a request's 503 is: held
+        while PostgreSQL is down, told by the outage notice, one alert when it is back (not one new
+        ``job`` group per job). Any other failure is the job's own bug, grouped by its stack."""
+        context: dict[str, Any] = {
+            "source": "job",
+            "job": job.function,
+            "queue": getattr(job.queue, "name", None),
+            "attempts": job.attempts,
+            "retries": job.retries,
+            "job_key": job.key,
+            "arguments": sorted(job.kwargs or {}),
+        }
+        if self.settings.monitoring_capture_unavailable and classify(exc) == MonitoringGroupKind.UNAVAILABLE:
+            return RawEvent(
+                kind=MonitoringGroupKind.UNAVAILABLE,
+                occurred_at=self.clock(),
+                chain=capture_chain(exc),
+                context=context,
+                fixed=(type_name(type(exc)),),
+                title=f"Dependency unavailable: {type(exc).__name__}",
+            )
+        return RawEvent(
+            kind=MonitoringGroupKind.JOB, occurred_at=self.clock(), chain=capture_chain(exc), context=context
+        )
 
     # ------------------------------------------------------------------------------ flush
 
@@ -489,8 +515,10 @@ class MonitoringService:
         try:
             writes = await self._flush(force=force)
         except Exception as exc:
-            await self.outage.flush_failed(exc, list(self._pending.values()))
+            await self.outage.flush_failed(exc, list(self._pending.values()), self._outage_events)
             raise
+        if not any(aggregate.kind == MonitoringGroupKind.UNAVAILABLE for aggregate in self._pending.values()):
+            self._outage_events.clear()
         if writes:
             await self.outage.flush_succeeded()
         return writes
