@@ -12,13 +12,16 @@ from typing import Any
 
 import argon2
 import pytest
+import redis.asyncio as redis
 from litestar import Litestar
 from psycopg import AsyncConnection
+from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.security import Passwords
 from app.db.models import User
+from app.domains.github.services import QUEUE as GITHUB_QUEUE
 from tests.factories import PASSWORD, Client, Team, create_user, generous_client, make_team
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, serve_fake_github
@@ -84,3 +87,12 @@ def fake(fake_server: FakeGitHubServer) -> FakeGitHub:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+async def github_queue(settings: Settings) -> AsyncIterator[RedisQueue]:
+    """The GitHub refreshes' SAQ queue, for a test that runs or inspects their jobs itself."""
+    assert settings.valkey_url is not None
+    opened = RedisQueue(redis.from_url(settings.valkey_url), name=GITHUB_QUEUE)
+    yield opened
+    await opened.redis.aclose()

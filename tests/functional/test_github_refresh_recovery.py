@@ -14,14 +14,13 @@ from datetime import timedelta
 
 import msgspec
 import pytest
-import redis.asyncio as redis
 from saq.job import Status
 from saq.queue.redis import RedisQueue
 
 from app.config import Settings
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
-from app.domains.github.services import QUEUE, REFRESH_JOB_GRACE_S, REFRESH_MIN_AGE_S, GithubService
+from app.domains.github.services import REFRESH_JOB_GRACE_S, REFRESH_MIN_AGE_S, GithubService
 from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
@@ -49,19 +48,11 @@ async def github(
         yield github
 
 
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
-    assert settings.valkey_url is not None
-    opened = RedisQueue(redis.from_url(settings.valkey_url), name=QUEUE)
-    yield opened
-    await opened.redis.aclose()
-
-
 async def test_a_refresh_whose_worker_died_fails_once_its_job_is_aborted(
-    github: GithubService, queue: RedisQueue, clock: FakeClock
+    github: GithubService, github_queue: RedisQueue, clock: FakeClock
 ) -> None:
     requested = await github.request_refresh("ghost", user_id=ACCOUNT)
-    job = await queue.dequeue(timeout=5)  # a worker took it, saved "running", and was killed
+    job = await github_queue.dequeue(timeout=5)  # a worker took it, saved "running", and was killed
     assert job is not None and job.kwargs is not None and job.kwargs["refresh_id"] == str(requested.id)
     await job.update(status=Status.ACTIVE)  # as saq's Worker.process does
     await github._save_refresh(msgspec.structs.replace(requested, status="running", started_at=clock()))
@@ -69,7 +60,7 @@ async def test_a_refresh_whose_worker_died_fails_once_its_job_is_aborted(
     clock.now += GRACE * 3
     assert (await github.refresh_state(requested.id)).status == "running", "its job is still active"
 
-    await queue.finish(job, Status.ABORTED)  # what the sweeper does to a job past its timeout
+    await github_queue.finish(job, Status.ABORTED)  # what the sweeper does to a job past its timeout
     state = await github.refresh_state(requested.id)
     assert state.status == "failed" and state.error is not None and state.error.kind == "unavailable"
     again = await github.request_refresh("ghost", user_id=ACCOUNT)
@@ -77,10 +68,10 @@ async def test_a_refresh_whose_worker_died_fails_once_its_job_is_aborted(
 
 
 async def test_a_refresh_whose_job_is_gone_fails_after_the_grace(
-    github: GithubService, queue: RedisQueue, clock: FakeClock
+    github: GithubService, github_queue: RedisQueue, clock: FakeClock
 ) -> None:
     requested = await github.request_refresh("ghost", user_id=ACCOUNT)
-    await queue.redis.delete(queue.job_id("github-refresh:ghost"))  # the enqueue never landed
+    await github_queue.redis.delete(github_queue.job_id("github-refresh:ghost"))  # the enqueue never landed
 
     clock.now += GRACE / 2
     assert (await github.refresh_state(requested.id)).status == "queued", "within the grace"
@@ -89,7 +80,7 @@ async def test_a_refresh_whose_job_is_gone_fails_after_the_grace(
 
 
 async def test_a_job_that_finished_while_its_state_was_judged_keeps_its_outcome(
-    github: GithubService, queue: RedisQueue, clock: FakeClock
+    github: GithubService, github_queue: RedisQueue, clock: FakeClock
 ) -> None:
     requested = await github.request_refresh("ghost", user_id=ACCOUNT)
     judged = msgspec.json.encode(requested)  # read as "queued" ...
@@ -101,12 +92,12 @@ async def test_a_job_that_finished_while_its_state_was_judged_keeps_its_outcome(
 
 
 async def test_a_job_that_runs_after_its_refresh_was_judged_lost_changes_nothing(
-    github: GithubService, queue: RedisQueue, clock: FakeClock, fake: FakeGitHub
+    github: GithubService, github_queue: RedisQueue, clock: FakeClock, fake: FakeGitHub
 ) -> None:
     """Clients were told ``failed`` (their streams ended): a job the queue still runs afterwards
     (taken by a worker that stalled) neither fetches nor changes the outcome."""
     requested = await github.request_refresh("ghost", user_id=ACCOUNT)
-    await queue.redis.delete(queue.job_id("github-refresh:ghost"))
+    await github_queue.redis.delete(github_queue.job_id("github-refresh:ghost"))
     clock.now += GRACE * 2
     assert (await github.refresh_state(requested.id)).status == "failed"
     fetches = len(fake.recorded())

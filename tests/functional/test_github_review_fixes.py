@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import redis.asyncio as redis
 from psycopg import AsyncConnection
 from saq.job import Status
 from saq.queue.redis import RedisQueue
@@ -38,13 +36,12 @@ from app.domains.github.client import GitHubDownError
 from app.domains.github.governor import Priority
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
-from app.domains.github.services import QUEUE, GithubService
+from app.domains.github.services import GithubService
 from tests.factories import Actor, assert_problem, captured_logs, make_user, serve_in_loop, wait_until
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
+from tests.functional.test_github_fair_share import TURN_LOCK, two_repos
 
 TOKEN = "review-fixes-token"
-TURN_LOCK = "github:gov:anonymous:lock"
-"""The governor's lock of the anonymous token: held by a test, no request to GitHub gets its turn."""
 
 
 @pytest.fixture
@@ -66,18 +63,6 @@ def with_token(github_settings: Settings, fake: FakeGitHub) -> Settings:
     """A token whose limit is 100 an hour: an account's share is 20 requests."""
     fake.set_quota(token=TOKEN, limit=100, remaining=100, reset=int(time.time()) + 3600)
     return msgspec.structs.replace(github_settings, github_token=TOKEN)
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
-    assert settings.valkey_url is not None
-    opened = RedisQueue(redis.from_url(settings.valkey_url), name=QUEUE)
-    yield opened
-    await opened.redis.aclose()
-
-
-def two_repos() -> list[FakeRepo]:
-    return [FakeRepo(name=f"r{j}", size=100 + j, languages={"Go": 10}) for j in range(2)]
 
 
 async def work_one(settings: Settings, queue: RedisQueue) -> tuple[str, dict[str, Any]]:
@@ -112,7 +97,7 @@ async def spend_share(client: httpx.AsyncClient, account: Actor, fake: FakeGitHu
 
 
 async def test_one_accounts_refreshes_spend_only_its_own_share(
-    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, github_queue: RedisQueue
 ) -> None:
     active = fake.add_user("active", two_repos())
     async with serve_in_loop(with_token) as served:
@@ -136,7 +121,7 @@ async def test_one_accounts_refreshes_spend_only_its_own_share(
                 refused = posted
                 break
             assert posted.status_code == 202, posted.text
-            outcome, kwargs = await work_one(with_token, queue)
+            outcome, kwargs = await work_one(with_token, github_queue)
             assert outcome == "succeeded"
             charged_to.append(kwargs.get("user_id"))
         by_greedy = fake.charged(TOKEN) - before
@@ -153,14 +138,14 @@ async def test_one_accounts_refreshes_spend_only_its_own_share(
         stale = await client.get("/api/github/users/active", headers=greedy.headers)
         assert stale.status_code == 200 and stale.json()["stale"] is True
         assert stale.json()["refresh"] is None, "past its share: the stale data, no refresh"
-        assert await queue.count("queued") == 0
+        assert await github_queue.count("queued") == 0
 
         theirs = await client.post("/api/github/users/active/refresh", headers=other.headers)
         assert theirs.status_code == 202, "another account's share is untouched"
 
 
 async def test_a_stale_reads_refresh_is_charged_to_the_reader(
-    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, github_queue: RedisQueue
 ) -> None:
     user = fake.add_user("watched", two_repos())
     async with serve_in_loop(with_token) as served:
@@ -175,7 +160,7 @@ async def test_a_stale_reads_refresh_is_charged_to_the_reader(
 
         stale = await served.client.get("/api/github/users/watched", headers=reader.headers)
         assert stale.json()["refresh"]["status"] == "queued"
-        outcome, kwargs = await work_one(with_token, queue)
+        outcome, kwargs = await work_one(with_token, github_queue)
 
     assert outcome == "succeeded" and kwargs["user_id"] == reader.id
     assert await spent(valkey, reader) == 1, "the changed profile; the rest answered 304 (free with a token)"
@@ -183,7 +168,7 @@ async def test_a_stale_reads_refresh_is_charged_to_the_reader(
 
 
 async def test_a_refresh_another_account_asked_for_costs_the_second_account_nothing(
-    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+    with_token: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, github_queue: RedisQueue
 ) -> None:
     user = fake.add_user("shared", two_repos())
     fake.add_user("elsewhere", two_repos())
@@ -202,7 +187,7 @@ async def test_a_refresh_another_account_asked_for_costs_the_second_account_noth
         asked = await client.post("/api/github/users/shared/refresh", headers=asker.headers)
         joined = await client.post("/api/github/users/shared/refresh", headers=spender.headers)
         own = await client.post("/api/github/users/elsewhere/refresh", headers=spender.headers)
-        outcome, kwargs = await work_one(with_token, queue)
+        outcome, kwargs = await work_one(with_token, github_queue)
 
     assert asked.status_code == joined.status_code == 202
     assert joined.json()["id"] == asked.json()["id"], "the pending refresh is shared, not a new one"
@@ -214,7 +199,7 @@ async def test_a_refresh_another_account_asked_for_costs_the_second_account_noth
 
 
 async def test_a_refresh_of_a_profile_fetched_moments_ago_answers_the_stored_state(
-    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], queue: RedisQueue
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], github_queue: RedisQueue
 ) -> None:
     fake.add_user("recent", two_repos())
     async with serve_in_loop(github_settings) as served:
@@ -232,7 +217,7 @@ async def test_a_refresh_of_a_profile_fetched_moments_ago_answers_the_stored_sta
         assert refresh["status"] == "succeeded" and refresh["fetched_at"] == profile["fetched_at"]
         assert again.json()["id"] == refresh["id"]
         assert state.status_code == 200 and state.json()["status"] == "succeeded"
-        assert await queue.count("queued") == 0 and len(fake.recorded()) == asked, "nothing fetched"
+        assert await github_queue.count("queued") == 0 and len(fake.recorded()) == asked, "nothing fetched"
 
         # Older than any minimum age (at most the TTL), yet not stale.
         await age(db, "recent", timedelta(seconds=github_settings.github_profile_ttl_s - 5))
@@ -308,7 +293,11 @@ async def test_the_history_route_says_and_documents_that_an_unknown_login_is_not
 
 
 async def test_a_running_refresh_keeps_its_heartbeat_and_is_not_swept(
-    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey, queue: RedisQueue
+    github_settings: Settings,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    github_queue: RedisQueue,
 ) -> None:
     user = fake.add_user("beating", two_repos())
     async with open_services(github_settings, [github_module]) as services:
@@ -317,12 +306,12 @@ async def test_a_running_refresh_keeps_its_heartbeat_and_is_not_swept(
         await age(db, "beating")
         user.followers = 5
         requested = await github.request_refresh("beating", user_id=1)
-        stored = await queue.job("github-refresh:beating")
+        stored = await github_queue.job("github-refresh:beating")
         assert stored is not None and 0 < stored.heartbeat <= 60, (
             "a dead worker's job is swept within a minute"
         )
 
-        job = await queue.dequeue(timeout=5)
+        job = await github_queue.dequeue(timeout=5)
         assert job is not None and job.kwargs is not None
         job.heartbeat = 1  # a second, so the test waits for beats, not for 30 s
         job.started = saq_now()
@@ -331,15 +320,15 @@ async def test_a_running_refresh_keeps_its_heartbeat_and_is_not_swept(
         await valkey.set(TURN_LOCK, "the-test", px=60_000)  # the run waits for GitHub's turn
 
         async def beaten_twice() -> bool:  # two heartbeats past the start
-            current = await queue.job(job.key)
+            current = await github_queue.job(job.key)
             return current is not None and current.touched - job.started >= 2000
 
         context: Any = {"services": services, "job": job}
         running = asyncio.create_task(refresh_github_profile(context, **job.kwargs))
         try:
             await wait_until(beaten_twice, 30, "the running job touched its heartbeat twice past it")
-            swept = await queue.sweep()
-            current = await queue.job(job.key)
+            swept = await github_queue.sweep()
+            current = await github_queue.job(job.key)
             assert swept == [] and current is not None and current.status == Status.ACTIVE
             assert not running.done()
         finally:
