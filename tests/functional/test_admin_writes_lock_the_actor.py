@@ -55,16 +55,18 @@ ROUTES: dict[str, Callable[[Scene], Request]] = {
     "test error": lambda s: ("POST", "/api/admin/monitoring/test-error", None),
 }
 
-# What the writes above change (the monitoring tables: only error groups, never the latency
-# groups the background task may record meanwhile).
+# What the writes above change. Of the monitoring groups only what an administrator's action sets
+# (status, tree, ignore): their counters and times are the capture's, which the app's background
+# flush may still bring up to date meanwhile; never the latency groups it records.
 STATE = (
     "select (select coalesce(jsonb_agg(to_jsonb(p) order by p.id), '[]') from products p),"
     " (select count(*) from stock_adjustments),"
     " (select coalesce(jsonb_agg(to_jsonb(o) order by o.id), '[]') from orders o),"
     " (select count(*) from order_events),"
     " (select coalesce(jsonb_agg(to_jsonb(e) order by e.event_id), '[]') from payment_events e),"
-    " (select coalesce(jsonb_agg(to_jsonb(g) order by g.id), '[]') from monitoring_groups g"
-    "   where g.kind = 'error'),"
+    " (select coalesce(jsonb_agg(jsonb_build_array(g.id, g.status, g.root_id, g.parent_id, g.resolved_at,"
+    "   g.ignore_mode, g.ignore_until, g.ignore_until_events) order by g.id), '[]')"
+    "   from monitoring_groups g where g.kind = 'error'),"
     " (select count(*) from monitoring_group_activity)"
 )
 
