@@ -368,3 +368,32 @@ async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_
         )
         answer = await github._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
         assert answer.fetched_at == known + timedelta(seconds=2)
+
+
+async def test_a_refresh_meeting_a_finished_refreshs_lingering_job_is_not_answered_with_that_refresh(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """A refresh's run ended (its state final, the login's pending marker freed) while SAQ still
+    holds its job under the login's key (the moment before ``job.finish``, a worker killed there until
+    the sweep, an abort's few seconds): a new refresh cannot be enqueued, and must not be answered
+    with the old, final one (a 200 means "fetched moments ago, succeeded")."""
+    fake.add_user("raced", two_repos())
+    async with serve_in_loop(github_settings) as served:
+        account = await make_user(db, served.app)
+        path = "/api/github/users/raced"
+        assert (await served.client.get(path, headers=account.headers)).status_code == 200
+        await age(db, "raced")
+        first = await served.client.post(f"{path}/refresh", headers=account.headers)
+        assert first.status_code == 202, first.text
+        old_id = first.json()["id"]
+        raw = await valkey.get(f"github:refresh:{old_id}")
+        assert raw is not None
+        ended = msgspec.json.decode(raw)
+        failed_at = ended["requested_at"]
+        ended.update(status="failed", finished_at=failed_at, error={"kind": "unavailable", "at": failed_at})
+        await valkey.set(f"github:refresh:{old_id}", msgspec.json.encode(ended))
+        await valkey.delete("github:refresh-pending:raced")
+
+        again = await served.client.post(f"{path}/refresh", headers=account.headers)
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] != old_id and again.json()["status"] == "queued"

@@ -808,14 +808,18 @@ class GithubService:
                 ttl=3600,
             )
         )
-        if job is None:  # a job for this login is still queued or running: report that one
-            await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(refresh_id))
+        if job is None:  # SAQ still holds a job under this login's key
             existing = await self._queue.job(job_key)
             other = existing.kwargs.get("refresh_id") if existing is not None and existing.kwargs else None
             other_state = await self._refresh_state(uuid.UUID(other)) if other else None
-            if other_state is not None:
+            if other_state is not None and not other_state.is_final:  # still to run: report that one
+                await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(refresh_id))
                 await self.valkey.set(pending_key, str(other_state.id), ex=pending_ttl_s)
                 return other_state
+            # Its refresh ended but SAQ has not let go of the job (the moment before it finishes, a
+            # killed worker until the sweep, an abort's few seconds): this refresh has no job, so it
+            # is reported failed once REFRESH_JOB_GRACE_S has passed (``_job_gone``); never the old,
+            # final one, which would read as this one's result.
         return state
 
     async def refresh_state(self, refresh_id: uuid.UUID) -> RefreshOut:
