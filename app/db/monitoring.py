@@ -1011,6 +1011,26 @@ async def mark_delivery_pending(
         await cur.execute(MARK_DELIVERY_PENDING, (not_before, last_error, id))
 
 
+RELEASE_DELIVERY = """\
+update monitoring_deliveries
+set status = 'pending', not_before = $1, last_error = $2,
+    attempts = greatest(attempts - 1, 0)
+where id = $3 and status = 'sending'"""
+
+
+async def release_delivery(
+    conn: AsyncConnection[Any],
+    *,
+    not_before: datetime,
+    last_error: str | None,
+    id: int,
+) -> None:
+    """A delivery this sender claimed and stopped before Telegram received it (the sender stopping): back
+    to pending with the attempt its claim counted given back, so a stop never spends an attempt."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(RELEASE_DELIVERY, (not_before, last_error, id))
+
+
 MARK_DELIVERY_FINAL = "update monitoring_deliveries set status = $1, last_error = $2 where id = $3"
 
 

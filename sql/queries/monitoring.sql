@@ -342,6 +342,14 @@ where id = @id;
 update monitoring_deliveries set status = 'pending', not_before = @not_before, last_error = @last_error
 where id = @id;
 
+-- name: ReleaseDelivery :exec
+-- A delivery this sender claimed and stopped before Telegram received it (the sender stopping): back
+-- to pending with the attempt its claim counted given back, so a stop never spends an attempt.
+update monitoring_deliveries
+set status = 'pending', not_before = @not_before, last_error = @last_error,
+    attempts = greatest(attempts - 1, 0)
+where id = @id and status = 'sending';
+
 -- name: MarkDeliveryFinal :exec
 update monitoring_deliveries set status = @status, last_error = @last_error where id = @id;
 

@@ -3,6 +3,8 @@ bounded inputs, PostgreSQL's DETAIL kept out of events and alerts, and the scrub
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,14 +12,24 @@ import psycopg
 import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.scrub import MASK, scrub_text
 from app.db.models import UserRole
+from app.domains.monitoring.delivery import MAX_ATTEMPTS
 from app.domains.monitoring.fingerprint import capture_chain
 from app.domains.monitoring.report import TOP, BusinessFigures, build_report
 from app.domains.monitoring.schemas import MAX_RELEASE_NAME, RELEASE_NAME
-from tests.factories import Client, assert_problem, make_user
+from tests.factories import Client, assert_problem, make_user, wait_until
+from tests.fakes.telegram import FakeTelegramServer, serve_fake_telegram
+from tests.functional.test_monitoring_alerts import (
+    PRIVATE_CHAT,
+    TOKEN,
+    delivery_state,
+    record_html_telegram_refuses,
+    with_telegram,
+)
 from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
 from tests.functional.test_monitoring_http import ADMIN, write
 from tests.unit.test_monitoring_fingerprint import raise_bug
@@ -280,3 +292,37 @@ def test_credentials_named_in_environment_and_header_style_are_masked(text: str)
 def test_words_that_only_contain_a_key_are_left_as_they_are(text: str) -> None:
     assert scrub_text(text) == text
     assert MASK not in scrub_text(text)
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegramServer]:
+    with serve_fake_telegram(TOKEN) as server:
+        yield server
+
+
+async def test_a_stop_between_the_html_refusal_and_the_plain_text_gives_the_attempt_back(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """A SIGTERM while the sender paces before resending a refused HTML text as plain text: nothing
+    reached the chat and the stop alone cut it, so the delivery is ``pending`` with the attempt it
+    claimed given back, even on its last attempt (it was ``failed`` before: an alert never sent)."""
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        await record_html_telegram_refuses(service)
+        await db.execute("update monitoring_deliveries set attempts = %s", (MAX_ATTEMPTS - 1,))
+        delivering = asyncio.create_task(service.deliver(budget_s=30))
+
+        async def html_refused() -> bool:
+            return [message.status for message in telegram.fake.messages()] == [400]
+
+        # the plain text waits for the chat's pace (MIN_INTERVAL_S) after the refusal's answer
+        await wait_until(html_refused, 10.0, "Telegram refused the HTML")
+        service.stopping()  # SIGTERM: run_workers -> Services.stopping -> Sender.stop
+        assert await delivering == 0
+        status, attempts, _ = await delivery_state(db)
+        assert (status, attempts) == ("pending", MAX_ATTEMPTS - 1)
+        assert [message.parse_mode for message in telegram.fake.messages()] == ["HTML"], "no plain text"
+
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        assert await service.deliver(budget_s=30) == 1, "the next sender delivers it"
+    status, _, _ = await delivery_state(db)
+    assert status == "sent"

@@ -14,15 +14,23 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
 from saq.job import Job, Status
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.domains.monitoring.outage import database_down as database_down_error
 from app.domains.monitoring.services import MonitoringService
 from tests.fakes.telegram import FakeTelegramServer, serve_fake_telegram
 from tests.functional.test_monitoring_alerts import PRIVATE_CHAT, TOKEN, with_telegram
 from tests.functional.test_monitoring_groups import open_monitoring
-from tests.functional.test_monitoring_outage import database_down, failing_flushes, texts
+from tests.functional.test_monitoring_outage import (
+    database_down,
+    failing_flushes,
+    notifier_for,
+    outage_aggregate,
+    texts,
+)
 
 
 @pytest.fixture
@@ -103,3 +111,86 @@ async def test_a_flush_failing_for_the_database_is_told_without_requests_or_jobs
         [notice] = texts(telegram)
         assert notice.startswith(f"🚨 Outage · test · {service.release}\nPostgreSQL is unreachable")
         assert "1 event held" in notice
+
+
+async def test_a_pool_blip_seen_by_one_flush_is_not_told_and_a_lasting_one_is(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    telegram: FakeTelegramServer,
+) -> None:
+    """A worker's pool exhausted for a moment (its flush times out once, PostgreSQL is fine) is no
+    outage: with nothing ``unavailable`` held, only a second failing flush in a row tells it. Before,
+    every blip sent a notice and an "over" (the 15-minute claim removed each time)."""
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        for blip in range(3):
+            finish_failed_job(service, "send_report", ValueError(f"bug {blip}"))
+            with database_down(service):
+                await failing_flushes(service, 1)
+            assert await service.flush(force=True) == 1, "a success: the count starts again"
+        assert texts(telegram) == [], "three blips of one flush each: no outage"
+
+        finish_failed_job(service, "send_report", ValueError("bug 3"))
+        with database_down(service):
+            await failing_flushes(service, 2)
+        [notice] = texts(telegram)
+        assert notice.startswith(f"🚨 Outage · test · {service.release}\nPostgreSQL is unreachable")
+
+
+async def test_an_error_the_driver_raises_for_a_value_is_no_outage(
+    settings: Settings, valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """psycopg's own refusal of a value (no SQLSTATE: a NUL in a text, a value it cannot adapt) is
+    one event's content (``refused_for_content``): PostgreSQL was not even asked, it is not down."""
+    notifier = notifier_for(settings, telegram, valkey)
+    try:
+        for refused in (
+            psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),
+            psycopg.ProgrammingError("cannot adapt type 'object'"),
+            psycopg.IntegrityError("integrity"),
+        ):
+            assert not database_down_error(refused)
+            assert not await notifier.flush_failed(refused, [outage_aggregate()])
+        assert texts(telegram) == [], "PostgreSQL answered or was not asked: no outage"
+        lost = psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+        assert database_down_error(lost)
+        assert database_down_error(PoolTimeout("couldn't get a connection after 5.00 sec"))
+        assert await notifier.flush_failed(lost, [outage_aggregate()])
+    finally:
+        await notifier.telegram.close()
+
+
+async def test_job_failures_captured_during_a_successful_flush_are_told_as_jobs(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """The notice words what it holds from the held events themselves: two jobs that failed on the
+    outage while a flush was writing (SAQ's hooks run during the flush's awaits) are jobs."""
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        finish_failed_job(service, "send_report", ValueError("no such template"))
+        real_write = service.writer.write
+
+        async def write_then_jobs_fail(uow: Any, aggregate: Any, now: Any) -> Any:
+            result = await real_write(uow, aggregate, now)
+            for name in ("reserve_order", "record_activities"):
+                finish_failed_job(service, name, psycopg.OperationalError("connection failed: refused"))
+            return result
+
+        service.writer.write = write_then_jobs_fail  # type: ignore[method-assign]
+        assert await service.flush(force=True) == 1
+        service.writer.write = real_write  # type: ignore[method-assign]
+        with database_down(service):
+            await failing_flushes(service, 1)
+        [notice] = texts(telegram)
+        assert "2 jobs failed since" in notice, notice
+
+
+async def test_a_notice_without_the_events_sources_counts_the_events_held(
+    settings: Settings, valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    notifier = notifier_for(settings, telegram, valkey)
+    try:
+        assert await notifier.flush_failed(PoolTimeout("no connection"), [outage_aggregate(3)])
+        [notice] = texts(telegram)
+        assert "\n3 events held since" in notice, notice
+    finally:
+        await notifier.telegram.close()

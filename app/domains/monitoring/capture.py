@@ -76,9 +76,12 @@ class RawAggregate:
     minutes: dict[int, int] = field(default_factory=dict)
     users: set[int] = field(default_factory=set)
     samples: list[RawEvent] = field(default_factory=list)
+    sources: dict[str, int] = field(default_factory=dict)
+    """Events by where they were captured (their context's ``source``: ``request``, ``job`` ...)."""
 
     def add(self, event: RawEvent) -> None:
         self.count += 1
+        count_source(self.sources, event)
         occurred = event.occurred_at
         if occurred < self.first:
             self.first = occurred
@@ -92,6 +95,18 @@ class RawAggregate:
             self.samples.append(event)
         else:
             self.samples[-1] = event  # the first ones and the latest
+
+
+def count_source(sources: dict[str, int], event: RawEvent) -> None:
+    """Count ``event`` under its context's ``source`` (an event without one is counted nowhere)."""
+    source = event.context.get("source")
+    if isinstance(source, str):
+        sources[source] = sources.get(source, 0) + 1
+
+
+def add_sources(sources: dict[str, int], more: dict[str, int]) -> None:
+    for source, count in more.items():
+        sources[source] = sources.get(source, 0) + count
 
 
 def raw_key(event: RawEvent) -> tuple[object, ...]:

@@ -17,8 +17,12 @@ Telegram's front after the bot sent the message. Requests that certainly did not
 
 A process that stops (the worker's SIGTERM: ``Sender.stop`` from ``MonitoringService.stopping``, before
 the shutdown grace begins) claims no new delivery: the request in flight finishes and its answer is
-recorded, and a delivery claimed but not yet requested goes back to ``pending``. Only a request still
-unanswered when the grace ends is cut, and left ``uncertain``.
+recorded, and a delivery claimed but not yet requested goes back to ``pending``, as does one whose
+first request Telegram refused without delivering it (the HTML it could not parse, the chat that
+migrated) when the stop comes before the second request. The stop is no failure of the delivery: the
+attempt its claim counted is given back (``ReleaseDelivery``), so a stop on its last attempt never
+makes it ``failed``. Only a request still unanswered when the grace ends is cut, and left
+``uncertain``.
 
 A sender given a budget (a SAQ job's timeout less a margin for the bookkeeping) starts a delivery
 only when its worst case still fits: both requests of an HTML text refused and resent as plain text
@@ -77,6 +81,10 @@ OUTCOMES = Counter(
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+class _SenderStoppedError(Exception):
+    """The sender stopped before the second request of a delivery left: nothing reached the chat."""
 
 
 @dataclass(slots=True)
@@ -233,7 +241,7 @@ class Sender:
                 html_text, plain = rendered.html, rendered.plain
                 await queries.set_alert_text(uow.conn, text_html=html_text, text_plain=plain, id=alert.id)
         if self._stopping.is_set():  # the stop came while claiming: nothing left, the next sender sends it
-            await self._release(row.id)
+            await self._release(row.id, "claimed while the sender stopped; not sent")
             return False
         # The claim is committed: from here on, a crash leaves the row 'sending' (never resent).
         chat = current_chat(routes, row.chat_id)
@@ -242,16 +250,21 @@ class Sender:
         # our spacing can never be shorter than the spacing Telegram measures.
         pacer.requested(chat, self.clock())
         note = None
-        for _ in range(MAX_MIGRATIONS):
-            if result.outcome != "migrated" or result.migrate_to_chat_id is None:
-                break
-            OUTCOMES.labels(outcome=result.outcome).inc()
-            chat = await self._follow_migration(row.chat_id, chat, result.migrate_to_chat_id, routes)
-            note = f"chat {row.chat_id} migrated to {chat}; set TELEGRAM_CHAT_ID to it"
-            result = await self._send_when_ready(chat, html_text, pacer, deadline, html_mode=True)
-        if result.outcome == "bad_entities":
-            note = f"HTML refused ({result.description}); sent as plain text"
-            result = await self._send_when_ready(chat, plain, pacer, deadline, html_mode=False)
+        try:
+            for _ in range(MAX_MIGRATIONS):
+                if result.outcome != "migrated" or result.migrate_to_chat_id is None:
+                    break
+                OUTCOMES.labels(outcome=result.outcome).inc()
+                chat = await self._follow_migration(row.chat_id, chat, result.migrate_to_chat_id, routes)
+                note = f"chat {row.chat_id} migrated to {chat}; set TELEGRAM_CHAT_ID to it"
+                result = await self._send_when_ready(chat, html_text, pacer, deadline, html_mode=True)
+            if result.outcome == "bad_entities":
+                note = f"HTML refused ({result.description}); sent as plain text"
+                result = await self._send_when_ready(chat, plain, pacer, deadline, html_mode=False)
+        except _SenderStoppedError as stopped:
+            OUTCOMES.labels(outcome=result.outcome).inc()  # the last request's: nothing delivered
+            await self._release(row.id, str(stopped), chat, pacer)
+            return False
         OUTCOMES.labels(outcome=result.outcome).inc()
         await self._record(row, chat, claimed.attempts, result, pacer, note)
         return result.outcome == "sent"
@@ -282,7 +295,8 @@ class Sender:
         """A second request of one delivery (the plain text after Telegram refused the HTML, or the
         message to the chat a group migrated to), once the chat may receive it. A group chat at its
         per-minute limit may need a longer pause than ``worst_case_s`` allows for: the delivery then
-        goes back to ``pending`` (nothing reached Telegram) rather than outlive the deadline."""
+        goes back to ``pending`` (nothing reached Telegram) rather than outlive the deadline. Raises
+        ``_SenderStoppedError`` when the sender stops before the request leaves."""
         what = "the message to the migrated chat" if html_mode else "plain text"
         wait = max(0.0, pacer.ready_at(chat_id) - self.clock())
         if wait + self.client.timeout_s > deadline - time.monotonic():
@@ -291,22 +305,24 @@ class Sender:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)
         if self._stopping.is_set():
-            return SendResult(
-                outcome="retry", description=f"{what} not sent: the sender stopped", retry_after_s=0.0
-            )
+            raise _SenderStoppedError(f"{what} not sent: the sender stopped")
         result = await self.client.send(chat_id, text, html_mode=html_mode)
         pacer.requested(chat_id, self.clock())
         return result
 
-    async def _release(self, delivery_id: int) -> None:
-        """Put a delivery claimed by this sender, whose request never left, back to ``pending``."""
+    async def _release(
+        self, delivery_id: int, why: str, chat: str | None = None, pacer: Pacer | None = None
+    ) -> None:
+        """Put a delivery claimed by this sender back to ``pending`` when the sender stopped before it
+        reached the chat, giving back the attempt its claim counted; ``chat`` and ``pacer``: a request
+        it made (refused) counts in that chat's pacing."""
         async with self.db.transaction() as uow:
-            await queries.mark_delivery_pending(
-                uow.conn,
-                not_before=_utc(self.clock()),
-                last_error="claimed while the sender stopped; not sent",
-                id=delivery_id,
+            await queries.release_delivery(
+                uow.conn, not_before=_utc(self.clock()), last_error=why, id=delivery_id
             )
+            if chat is not None and pacer is not None:
+                await _save_pacing(uow.conn, chat, pacer)
+        log.info("monitoring_delivery_released", delivery_id=delivery_id, reason=why)
 
     async def _record(
         self,

@@ -23,7 +23,14 @@ from app.core.db import UnitOfWork
 from app.db import monitoring as queries
 from app.db.models import MonitoringGroup, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring import alerts, messages
-from app.domains.monitoring.capture import MAX_SAMPLES, MAX_USERS, RawAggregate, RawEvent
+from app.domains.monitoring.capture import (
+    MAX_SAMPLES,
+    MAX_USERS,
+    RawAggregate,
+    RawEvent,
+    add_sources,
+    count_source,
+)
 from app.domains.monitoring.fingerprint import (
     GROUPING_VERSION,
     ExceptionPart,
@@ -86,6 +93,8 @@ class Aggregate:
     """release → [events, first occurrence, last occurrence]"""
     users: set[int] = field(default_factory=set)
     samples: list[RawEvent] = field(default_factory=list)
+    sources: dict[str, int] = field(default_factory=dict)
+    """Events by where they were captured (``request``, ``job`` ...): the outage notice's wording."""
 
     @property
     def key(self) -> str:
@@ -93,6 +102,7 @@ class Aggregate:
 
     def add(self, event: RawEvent, release: str) -> None:
         self.count += 1
+        count_source(self.sources, event)
         self.first = min(self.first, event.occurred_at)
         self.last = max(self.last, event.occurred_at)
         minute = minute_of(event.occurred_at)
@@ -114,6 +124,7 @@ class Aggregate:
     def absorb(self, raw: RawAggregate, release: str) -> None:
         """Add the events a capture buffer counted for one raw key (all of this process's release)."""
         self.count += raw.count
+        add_sources(self.sources, raw.sources)
         self.first = min(self.first, raw.first)
         self.last = max(self.last, raw.last)
         for minute, count in raw.minutes.items():
@@ -129,6 +140,7 @@ class Aggregate:
 
     def merge(self, other: Aggregate) -> None:
         self.count += other.count
+        add_sources(self.sources, other.sources)
         self.first = min(self.first, other.first)
         self.last = max(self.last, other.last)
         for minute, count in other.minutes.items():

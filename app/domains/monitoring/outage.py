@@ -5,9 +5,17 @@ in memory and Telegram hears nothing until it is back: the one outage an operato
 about. So when a flush fails because PostgreSQL is unreachable (the pool timed out, the connection was
 refused or lost, the server is shutting down: ``database_down``), the process sends one plain message
 straight to the configured chats (``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``) through
-``TelegramClient``, whatever it holds: the ``unavailable`` aggregates of requests answered 503 and of
-jobs that failed for the outage, or only other events (a worker whose jobs are still retrying sees
-the outage first in its own flush).
+``TelegramClient``:
+
+- at once when it holds ``unavailable`` aggregates (requests answered 503, jobs that failed for the
+  outage): the outage has already met the site's traffic;
+- otherwise (only other events held: a worker whose jobs are still retrying sees the outage first in
+  its own flush) once it lasts: ``LASTING_FLUSHES`` flushes in a row failing for the database. A pool
+  exhausted for a moment while PostgreSQL is fine (one flush times out, the next writes) is no outage;
+  telling it would send a notice and an "over" per blip.
+
+An error of one event's content is never an outage, even without a SQLSTATE (psycopg refusing a value
+it cannot send: ``groups.refused_for_content``): only connection and pool errors count.
 
 Once per outage per deployment: the notice is claimed in Valkey (``SET NX`` with a TTL of
 ``NOTICE_INTERVAL_S``: a longer outage is told again once per interval); with Valkey down too, once per
@@ -16,9 +24,10 @@ message. A claim whose message did not leave (a 429, a refused connection) is re
 429 this process tries again only past ``retry_after``: nothing here sleeps. Nothing here raises
 either: a failure is logged (rate-limited) and the flush's own outcome stands.
 
-The notice counts the ``unavailable`` events (requests answered 503, jobs failed), or else the events
-held; all of them, and an outage's group itself, are written and alerted the usual way once the
-database is back.
+The notice counts the ``unavailable`` events held by where they were captured (their aggregates'
+``sources``: requests answered 503, jobs failed), or else every event held ("N events held", also
+when some of them have no known source); all of them, and an outage's group itself, are written and
+alerted the usual way once the database is back.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 import psycopg
@@ -37,7 +46,7 @@ from valkey.exceptions import ValkeyError
 from app.core.errors import dependency_down
 from app.core.logging import OncePerInterval, error_message
 from app.db.models import MonitoringGroupKind
-from app.domains.monitoring.groups import Aggregate
+from app.domains.monitoring.groups import Aggregate, refused_for_content
 from app.domains.monitoring.telegram import Part, SendResult, TelegramClient, render
 
 log = structlog.get_logger("app.monitoring")
@@ -45,6 +54,9 @@ log = structlog.get_logger("app.monitoring")
 CLAIM_KEY = "monitoring:outage:postgresql"
 NOTICE_INTERVAL_S = 900.0
 """At most one notice per outage per deployment in this time (the claim's TTL)."""
+LASTING_FLUSHES = 2
+"""Flushes in a row failing for the database before an outage with nothing ``unavailable`` held is
+told (a flush that writes, or fails for another reason, starts the count again)."""
 VALKEY_TIMEOUT_S = 2.0
 """A frozen Valkey must not hold the notice back longer than this: then it is decided per process."""
 _RELEASE = """
@@ -54,12 +66,18 @@ return 0
 
 
 def database_down(exc: BaseException) -> bool:
-    """Whether a failed flush says PostgreSQL is unreachable (``exc`` or one of its causes)."""
+    """Whether a failed flush says PostgreSQL is unreachable (``exc`` or one of its causes): a
+    connection or pool error (``dependency_down``), never what ``refused_for_content`` takes for an
+    event's own content (psycopg's ``DataError`` on a NUL byte has no SQLSTATE either)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, psycopg.Error) and dependency_down(current):
+        if (
+            isinstance(current, psycopg.Error)
+            and dependency_down(current)
+            and not refused_for_content(current)
+        ):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -69,9 +87,10 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _held_summary(held: list[Aggregate], sources: dict[str, int]) -> str:
+def _held_summary(held: list[Aggregate]) -> str:
     """What the process holds for the database: its ``unavailable`` events (requests answered 503,
-    jobs failed) when it has any, else every event held; the five first aggregates listed."""
+    jobs failed, as the aggregates counted their sources) when it has any, else every event held; the
+    five first aggregates listed."""
     outage = [aggregate for aggregate in held if aggregate.kind == MonitoringGroupKind.UNAVAILABLE]
     listed = outage or held
     if not listed:
@@ -79,8 +98,9 @@ def _held_summary(held: list[Aggregate], sources: dict[str, int]) -> str:
     events = sum(aggregate.count for aggregate in listed)
     first = min(aggregate.first for aggregate in listed)
     lines = "".join(f"• {aggregate.title}: {aggregate.count}\n" for aggregate in listed[:5])
-    requests, jobs = sources.get("request", 0), sources.get("job", 0)
-    if not outage:
+    requests = sum(aggregate.sources.get("request", 0) for aggregate in outage)
+    jobs = sum(aggregate.sources.get("job", 0) for aggregate in outage)
+    if not outage or requests + jobs != events:
         what = f"{_count(events, 'event')} held"
     elif requests and jobs:
         what = f"{_count(requests, 'request')} answered 503 and {_count(jobs, 'job')} failed"
@@ -132,6 +152,8 @@ class OutageNotifier:
         """When this process first saw the flush fail for the database (None: no outage seen)."""
         self._told = False
         """This process sent a notice of the current outage."""
+        self._failing_flushes = 0
+        """Flushes in a row that failed because the database is down (``LASTING_FLUSHES``)."""
         self._local_next = float("-inf")
         """Without Valkey: no notice from this process before this (monotonic) time."""
         self._not_before = float("-inf")
@@ -143,31 +165,34 @@ class OutageNotifier:
     def enabled(self) -> bool:
         return self.telegram.configured and bool(self.chats)
 
-    async def flush_failed(
-        self, exc: BaseException, held: Iterable[Aggregate], sources: Mapping[str, int] | None = None
-    ) -> bool:
-        """After a failed flush: send the notice when due. True when a message left. Never raises.
-        ``sources``: the held ``unavailable`` events by where they were captured (``request``,
-        ``job``), for the notice's wording."""
-        return await _quietly(self._flush_failed(exc, list(held), dict(sources or {})))
+    async def flush_failed(self, exc: BaseException, held: Iterable[Aggregate]) -> bool:
+        """After a failed flush: send the notice when due. True when a message left. Never raises."""
+        return await _quietly(self._flush_failed(exc, list(held)))
 
     async def flush_succeeded(self) -> bool:
         """After a flush that wrote: the outage this process saw is over. True when "over" was sent.
         Never raises."""
         return await _quietly(self._flush_succeeded())
 
-    async def _flush_failed(self, exc: BaseException, held: list[Aggregate], sources: dict[str, int]) -> bool:
-        if not self.enabled or not database_down(exc) or self._busy.locked():
+    async def _flush_failed(self, exc: BaseException, held: list[Aggregate]) -> bool:
+        if not database_down(exc):
+            self._failing_flushes = 0  # the database answered
+            return False
+        self._failing_flushes += 1
+        if not self.enabled or self._busy.locked():
             return False
         async with self._busy:
             if self._down_since is None:
                 self._down_since = self.clock()
+            met_by_traffic = any(aggregate.kind == MonitoringGroupKind.UNAVAILABLE for aggregate in held)
+            if not met_by_traffic and self._failing_flushes < LASTING_FLUSHES:
+                return False
             if self.monotonic() < self._not_before:
                 return False
             claim = await self._claim()
             if claim is None:
                 return False
-            sent = await self._send(self._notice(exc, held, sources))
+            sent = await self._send(self._notice(exc, held))
             if sent:
                 self._told = True
                 self._local_next = self.monotonic() + self.interval_s
@@ -176,6 +201,7 @@ class OutageNotifier:
             return sent
 
     async def _flush_succeeded(self) -> bool:
+        self._failing_flushes = 0
         if self._down_since is None or self._busy.locked():
             return False
         async with self._busy:
@@ -230,13 +256,13 @@ class OutageNotifier:
                 )
         return delivered
 
-    def _notice(self, exc: BaseException, held: list[Aggregate], sources: dict[str, int]) -> list[Part]:
+    def _notice(self, exc: BaseException, held: list[Aggregate]) -> list[Part]:
         since = self._down_since if self._down_since is not None else self.clock()
         return [
             Part(f"🚨 Outage · {self.environment} · {self.release}\n"),
             Part("PostgreSQL is unreachable"),
             Part(f" ({type(exc).__name__}, seen from {self.host} since {_when(since)})\n"),
-            Part(_held_summary(held, sources)),
+            Part(_held_summary(held)),
             Part(
                 "Alerts are held until the database is back. Sent around the database, at most once "
                 f"per {_duration(self.interval_s)}.\n"

@@ -20,7 +20,6 @@ turns the buffers into database writes:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import importlib.metadata
 import time
@@ -232,9 +231,6 @@ class MonitoringService:
         self.monitors = CronMonitors(db, settings, self.writer, self.release, crons, lambda: self.clock())
         self.performance = Performance(db, settings, lambda: self.clock())
         self._pending: dict[str, Aggregate] = {}
-        self._outage_events: collections.Counter[str] = collections.Counter()
-        """``unavailable`` events captured from requests and from jobs since they were last all
-        written: how the outage notice words what it holds."""
         self._local_writes: dict[str, float] = {}
         self._fingerprints: LRUCache[Any, tuple[Fingerprint, str]] = LRUCache(maxsize=2048)
         self._flush_lock = asyncio.Lock()
@@ -363,8 +359,7 @@ class MonitoringService:
             return
         if kind == MonitoringGroupKind.UNAVAILABLE and not self.settings.monitoring_capture_unavailable:
             return
-        if self.buffer.add(request_event(exc, scope, kind)) and kind == MonitoringGroupKind.UNAVAILABLE:
-            self._outage_events["request"] += 1
+        self.buffer.add(request_event(exc, scope, kind))
 
     def job_started(self, ctx: Any) -> None:
         job = ctx.get("job")
@@ -387,9 +382,7 @@ class MonitoringService:
             outcome = "failed" if job.status == Status.FAILED else "retried"
         self.jobs.add(job.function, outcome, duration_ms, job.attempts)
         if outcome == "failed":
-            event = self._job_event(job, exc)
-            if self.buffer.add(event) and event.kind == MonitoringGroupKind.UNAVAILABLE:
-                self._outage_events["job"] += 1
+            self.buffer.add(self._job_event(job, exc))
         if job.key.startswith("cron:") and outcome in ("complete", "failed"):
             status = "ok" if outcome == "complete" else "error"
             self.checkins.append(
@@ -515,10 +508,8 @@ class MonitoringService:
         try:
             writes = await self._flush(force=force)
         except Exception as exc:
-            await self.outage.flush_failed(exc, list(self._pending.values()), self._outage_events)
+            await self.outage.flush_failed(exc, list(self._pending.values()))
             raise
-        if not any(aggregate.kind == MonitoringGroupKind.UNAVAILABLE for aggregate in self._pending.values()):
-            self._outage_events.clear()
         if writes:
             await self.outage.flush_succeeded()
         return writes
