@@ -51,19 +51,25 @@ DOWN_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
 """SQLSTATEs of a PostgreSQL that cannot serve us: connection exceptions (class 08), insufficient
 resources (class 53: too many connections, disk full, out of memory) and the server shutting down or
 starting (admin shutdown, crash shutdown, cannot connect now)."""
+DRIVER_REFUSALS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+"""psycopg errors without a SQLSTATE that psycopg raises itself for a value it cannot send (a NUL
+byte in text, a number out of range): PostgreSQL was not even asked, so it is not down."""
 
 
 def dependency_down(exc: BaseException) -> bool:
     """Whether ``exc`` (one the dependency-down handler answers) says a backing service is gone.
 
     True for the pool's errors (no connection within its timeout, a closed pool), a PostgreSQL error
-    without a SQLSTATE (no server answered: refused, lost, our deadline on an unanswering server), a
-    SQLSTATE of ``DOWN_SQLSTATES`` and Valkey's errors. False for an error the server answered about
-    our statement (deadlock, serialization failure, statement timeout, lock not available): the
-    statement failed, the database is up — a fault of the code that ran it, not an outage.
+    without a SQLSTATE (no server answered: refused, lost, our deadline on an unanswering server)
+    other than the driver's own refusal of a value (``DRIVER_REFUSALS``), a SQLSTATE of
+    ``DOWN_SQLSTATES`` and Valkey's errors. False for an error the server answered about our statement
+    (deadlock, serialization failure, statement timeout, lock not available): the statement failed,
+    the database is up — a fault of the code that ran it, not an outage.
     """
     if isinstance(exc, psycopg.Error):
-        return exc.sqlstate is None or exc.sqlstate.startswith(DOWN_SQLSTATES)
+        if exc.sqlstate is None:
+            return not isinstance(exc, DRIVER_REFUSALS)
+        return exc.sqlstate.startswith(DOWN_SQLSTATES)
     return True
 
 
@@ -489,6 +495,7 @@ exception_handlers: ExceptionHandlersMap = {
 }
 
 __all__ = [
+    "DRIVER_REFUSALS",
     "PROBLEM_MEDIA_TYPE",
     "VALIDATION_FAILED",
     "AppError",

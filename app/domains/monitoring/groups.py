@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from app.core.db import UnitOfWork
+from app.core.errors import DRIVER_REFUSALS
 from app.db import monitoring as queries
 from app.db.models import MonitoringGroup, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring import alerts, messages
@@ -55,7 +56,7 @@ def refused_for_content(exc: BaseException) -> bool:
     connection or a timeout (no SQLSTATE) never is: the aggregate waits for the database."""
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate is None:
-            return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError))
+            return isinstance(exc, DRIVER_REFUSALS)
         return not exc.sqlstate.startswith(UNAVAILABLE_CLASSES)
     return not isinstance(exc, (OSError, TimeoutError))
 

@@ -15,7 +15,7 @@ straight to the configured chats (``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``) 
   telling it would send a notice and an "over" per blip.
 
 An error of one event's content is never an outage, even without a SQLSTATE (psycopg refusing a value
-it cannot send: ``groups.refused_for_content``): only connection and pool errors count.
+it cannot send: ``app.core.errors.DRIVER_REFUSALS``): only connection and pool errors count.
 
 Once per outage per deployment: the notice is claimed in Valkey (``SET NX`` with a TTL of
 ``NOTICE_INTERVAL_S``: a longer outage is told again once per interval); with Valkey down too, once per
@@ -46,7 +46,7 @@ from valkey.exceptions import ValkeyError
 from app.core.errors import dependency_down
 from app.core.logging import OncePerInterval, error_message
 from app.db.models import MonitoringGroupKind
-from app.domains.monitoring.groups import Aggregate, refused_for_content
+from app.domains.monitoring.groups import Aggregate
 from app.domains.monitoring.telegram import Part, SendResult, TelegramClient, render
 
 log = structlog.get_logger("app.monitoring")
@@ -67,17 +67,13 @@ return 0
 
 def database_down(exc: BaseException) -> bool:
     """Whether a failed flush says PostgreSQL is unreachable (``exc`` or one of its causes): a
-    connection or pool error (``dependency_down``), never what ``refused_for_content`` takes for an
-    event's own content (psycopg's ``DataError`` on a NUL byte has no SQLSTATE either)."""
+    connection or pool error (``dependency_down``: psycopg's own refusal of a value, a ``DataError``
+    on a NUL byte without a SQLSTATE either, is not one)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if (
-            isinstance(current, psycopg.Error)
-            and dependency_down(current)
-            and not refused_for_content(current)
-        ):
+        if isinstance(current, psycopg.Error) and dependency_down(current):
             return True
         current = current.__cause__ or current.__context__
     return False
