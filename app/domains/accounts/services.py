@@ -569,12 +569,16 @@ class AccountService:
         user = await queries.get_user_by_id(uow.conn, id=user_id)
         return user if user is not None and user.is_active else None
 
+    async def holds_admin(self, uow: UnitOfWork, user_id: int) -> bool:
+        """Whether ``user_id``'s row is an active administrator's, held (``FOR SHARE``) until the
+        caller's commit if so. An administrator's write asks first: the token's role is a claim, the
+        row decides, and a demotion or deactivation (which locks the row ``FOR UPDATE``,
+        ``admin_update``) waits for the write to commit or is seen by it."""
+        return await queries.lock_active_admin(uow.conn, id=user_id) is not None
+
     async def lock_admin(self, uow: UnitOfWork, user_id: int) -> None:
-        """Hold ``user_id``'s row (``FOR SHARE``) until the caller's commit, or ``ForbiddenError``
-        when it is not an active administrator's. An administrator's write calls it first: the
-        token's role is a claim, the row decides, and a demotion or deactivation (which locks the
-        row ``FOR UPDATE``, ``admin_update``) waits for the write to commit or is seen by it."""
-        if await queries.lock_active_admin(uow.conn, id=user_id) is None:
+        """``holds_admin``, or ``ForbiddenError`` (a route for administrators only)."""
+        if not await self.holds_admin(uow, user_id):
             raise ForbiddenError("Administrators only.")
 
     # -- for other domains ----------------------------------------------------------------------

@@ -37,7 +37,9 @@ async def _heartbeat(job: Job | None) -> AsyncIterator[None]:
     """Touch ``job`` (``Job.update()``, SAQ's heartbeat: it rewrites the job with a new ``touched``,
     keeping its stored status) every ``heartbeat / BEATS_PER_HEARTBEAT`` seconds while the block
     runs. SAQ does not beat for a job by itself: the sweeper aborts an active job not touched for its
-    ``heartbeat``, which is what frees a job whose worker died well before its timeout."""
+    ``heartbeat``, which is what frees a job whose worker died well before its timeout. By hand:
+    litestar-saq's ``monitored_job`` needs its HeartbeatManager thread, which ``app/main.py`` turns
+    off (it crashed at shutdown), and it rewrites the job the same way."""
     if job is None or not job.heartbeat:
         yield
         return

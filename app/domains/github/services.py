@@ -779,17 +779,13 @@ class GithubService:
         refresh_id = uuid.uuid4()
         pending_key = f"github:refresh-pending:{login}"
         pending_ttl_s = self.settings.github_refresh_timeout_s + 300
-        pending = await self.valkey.get(pending_key)
-        if pending is not None:
-            state = await self._refresh_state(uuid.UUID(pending.decode()))
-            if state is not None and not state.is_final:
-                return state
+        if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
+            return live
         await self._check_lookup_budget(user_id)
         current = await self.valkey.set(pending_key, str(refresh_id), nx=True, ex=pending_ttl_s, get=True)
         if current is not None:
-            state = await self._refresh_state(uuid.UUID(current.decode()))
-            if state is not None and not state.is_final:
-                return state
+            if (live := await self._unfinished(current)) is not None:
+                return live
             await self.valkey.set(pending_key, str(refresh_id), ex=pending_ttl_s)
         if not await self._admit(user_id, refresh_id, time.time() + pending_ttl_s):
             await self._release(keys=[pending_key], args=[str(refresh_id)])
@@ -811,16 +807,25 @@ class GithubService:
         if job is None:  # SAQ still holds a job under this login's key
             existing = await self._queue.job(job_key)
             other = existing.kwargs.get("refresh_id") if existing is not None and existing.kwargs else None
-            other_state = await self._refresh_state(uuid.UUID(other)) if other else None
-            if other_state is not None and not other_state.is_final:  # still to run: report that one
+            if (live := await self._unfinished(other)) is not None:  # still to run: report that one
                 await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(refresh_id))
-                await self.valkey.set(pending_key, str(other_state.id), ex=pending_ttl_s)
-                return other_state
+                await self.valkey.set(pending_key, str(live.id), ex=pending_ttl_s)
+                return live
             # Its refresh ended but SAQ has not let go of the job (the moment before it finishes, a
             # killed worker until the sweep, an abort's few seconds): this refresh has no job, so it
             # is reported failed once REFRESH_JOB_GRACE_S has passed (``_job_gone``); never the old,
             # final one, which would read as this one's result.
         return state
+
+    async def _unfinished(self, refresh_id: bytes | str | None) -> RefreshOut | None:
+        """The refresh ``refresh_id`` names (a pending marker's value, a job's argument) if it is still
+        to finish."""
+        if refresh_id is None:
+            return None
+        state = await self._refresh_state(
+            uuid.UUID(refresh_id.decode() if isinstance(refresh_id, bytes) else refresh_id)
+        )
+        return state if state is not None and not state.is_final else None
 
     async def refresh_state(self, refresh_id: uuid.UUID) -> RefreshOut:
         state = await self._refresh_state(refresh_id)

@@ -21,6 +21,7 @@ group per site, each alerting as new), never as an outage.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,12 +77,12 @@ class RawAggregate:
     minutes: dict[int, int] = field(default_factory=dict)
     users: set[int] = field(default_factory=set)
     samples: list[RawEvent] = field(default_factory=list)
-    sources: dict[str, int] = field(default_factory=dict)
+    sources: collections.Counter[str] = field(default_factory=collections.Counter)
     """Events by where they were captured (their context's ``source``: ``request``, ``job`` ...)."""
 
     def add(self, event: RawEvent) -> None:
         self.count += 1
-        count_source(self.sources, event)
+        self.sources[source_of(event)] += 1
         occurred = event.occurred_at
         if occurred < self.first:
             self.first = occurred
@@ -97,16 +98,10 @@ class RawAggregate:
             self.samples[-1] = event  # the first ones and the latest
 
 
-def count_source(sources: dict[str, int], event: RawEvent) -> None:
-    """Count ``event`` under its context's ``source`` (an event without one is counted nowhere)."""
+def source_of(event: RawEvent) -> str:
+    """Where ``event`` was captured: its context's ``source`` (``request``, ``job`` ...), else ``""``."""
     source = event.context.get("source")
-    if isinstance(source, str):
-        sources[source] = sources.get(source, 0) + 1
-
-
-def add_sources(sources: dict[str, int], more: dict[str, int]) -> None:
-    for source, count in more.items():
-        sources[source] = sources.get(source, 0) + count
+    return source if isinstance(source, str) else ""
 
 
 def raw_key(event: RawEvent) -> tuple[object, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,14 +25,7 @@ from app.core.errors import DRIVER_REFUSALS
 from app.db import monitoring as queries
 from app.db.models import MonitoringGroup, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring import alerts, messages
-from app.domains.monitoring.capture import (
-    MAX_SAMPLES,
-    MAX_USERS,
-    RawAggregate,
-    RawEvent,
-    add_sources,
-    count_source,
-)
+from app.domains.monitoring.capture import MAX_SAMPLES, MAX_USERS, RawAggregate, RawEvent, source_of
 from app.domains.monitoring.fingerprint import (
     GROUPING_VERSION,
     ExceptionPart,
@@ -94,7 +88,7 @@ class Aggregate:
     """release → [events, first occurrence, last occurrence]"""
     users: set[int] = field(default_factory=set)
     samples: list[RawEvent] = field(default_factory=list)
-    sources: dict[str, int] = field(default_factory=dict)
+    sources: Counter[str] = field(default_factory=Counter)
     """Events by where they were captured (``request``, ``job`` ...): the outage notice's wording."""
 
     @property
@@ -103,7 +97,7 @@ class Aggregate:
 
     def add(self, event: RawEvent, release: str) -> None:
         self.count += 1
-        count_source(self.sources, event)
+        self.sources[source_of(event)] += 1
         self.first = min(self.first, event.occurred_at)
         self.last = max(self.last, event.occurred_at)
         minute = minute_of(event.occurred_at)
@@ -125,7 +119,7 @@ class Aggregate:
     def absorb(self, raw: RawAggregate, release: str) -> None:
         """Add the events a capture buffer counted for one raw key (all of this process's release)."""
         self.count += raw.count
-        add_sources(self.sources, raw.sources)
+        self.sources.update(raw.sources)
         self.first = min(self.first, raw.first)
         self.last = max(self.last, raw.last)
         for minute, count in raw.minutes.items():
@@ -141,7 +135,7 @@ class Aggregate:
 
     def merge(self, other: Aggregate) -> None:
         self.count += other.count
-        add_sources(self.sources, other.sources)
+        self.sources.update(other.sources)
         self.first = min(self.first, other.first)
         self.last = max(self.last, other.last)
         for minute, count in other.minutes.items():

@@ -23,7 +23,6 @@ from app.core.db import Database, UnitOfWork
 from app.core.errors import (
     AppError,
     ConflictError,
-    ForbiddenError,
     NotFoundError,
     TooManyRequestsError,
     UnprocessableError,
@@ -387,11 +386,8 @@ class OrderService:
         an active administrator's, checked under its lock (404 otherwise, as for any other caller)."""
         async with self.db.transaction() as uow:
             order = await self._locked(uow, order_id, actor, is_admin)
-            if order.user_id != actor:
-                try:
-                    await self.accounts.lock_admin(uow, actor)
-                except ForbiddenError:
-                    raise NotFoundError("No such order.") from None
+            if order.user_id != actor and not await self.accounts.holds_admin(uow, actor):
+                raise NotFoundError("No such order.")
             if order.status == OrderStatus.RESERVED:
                 await self._release_stock(uow, order_id)
             order = await _transition(uow, order, OrderStatus.CANCELLED, reason="cancelled", actor=actor)
