@@ -8,7 +8,7 @@
 - The history route says what it answers for a login without snapshots (200, no points; the 404
   every route with a path parameter documents is the router's).
 - A refresh job has a SAQ heartbeat that its run keeps up: a job on a dead worker is swept within
-  the heartbeat, not after the 600 s timeout.
+  the heartbeat, not after the 600 s timeout; a beat never undoes an abort or rewrites its error.
 - A fetch waiting for another process's polls only the profile's ``fetched_at``; the whole row is read
   once it changed.
 """
@@ -34,7 +34,7 @@ from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.client import GitHubDownError
 from app.domains.github.governor import Priority
-from app.domains.github.jobs import refresh_github_profile
+from app.domains.github.jobs import refresh_github_profile, touch_if_active
 from app.domains.github.module import module as github_module
 from app.domains.github.services import GithubService
 from tests.factories import Actor, assert_problem, captured_logs, make_user, serve_in_loop, wait_until
@@ -336,6 +336,39 @@ async def test_a_running_refresh_keeps_its_heartbeat_and_is_not_swept(
             outcome = await running
         assert outcome == "succeeded"
         assert (await github.refresh_state(requested.id)).status == "succeeded"
+
+
+async def test_a_heartbeat_leaves_an_aborted_job_as_the_abort_wrote_it(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], github_queue: RedisQueue
+) -> None:
+    """The dashboard aborts a running refresh: the worker reads the stored status (``aborting``) and
+    the error it shows. SAQ's ``Job.update()`` wrote the worker's in-memory job back (error: none) on
+    every beat after an abort, and back to ``active`` when the abort landed between its read and
+    write; a beat touches only an active job's ``touched``."""
+    fake.add_user("aborted", two_repos())
+    async with open_services(github_settings, [github_module]) as services:
+        github = services[GithubService]
+        await github.profile("aborted", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=1)
+        await age(db, "aborted")
+        await github.request_refresh("aborted", user_id=1)
+        job = await github_queue.dequeue(timeout=5)
+        assert job is not None
+        job.started = saq_now()
+        job.attempts += 1
+        await job.update(status=Status.ACTIVE)  # what a worker does before it runs the job
+
+        assert await touch_if_active(job), "an active job is touched"
+        touched = await github_queue.job(job.key)
+        assert touched is not None and touched.status == Status.ACTIVE and touched.touched == job.touched
+
+        await github_queue.abort(touched, "aborted from the dashboard")
+        aborting = await github_queue.redis.get(job.id)
+        kept_alive = await touch_if_active(job)
+        stored = await github_queue.job(job.key)
+        assert stored is not None and stored.status == Status.ABORTING
+        assert stored.error == "aborted from the dashboard"
+        assert await github_queue.redis.get(job.id) == aborting, "the abort's record is left as it was"
+        assert not kept_alive, "an aborting job is not kept alive"
 
 
 async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_when_it_changed(
