@@ -308,3 +308,26 @@ async def test_retry_and_abort_from_another_site_are_refused(
     assert_problem(response, 403, "forbidden")
     await job.refresh()
     assert job.status == Status.FAILED
+
+
+@pytest.mark.parametrize("who", ["member", "deactivated admin"])
+async def test_a_bearer_tokens_admin_claim_the_row_does_not_back_opens_nothing(
+    api: Client, db: AsyncConnection[Any], queues: dict[str, Queue], who: str
+) -> None:
+    """A token issued before a demotion or a deactivation still claims the role until it expires:
+    the dashboard reads the row, as its session cookie's check does."""
+    user = await (
+        create_user(db) if who == "member" else create_user(db, role=UserRole.ADMIN, is_active=False)
+    )
+    claim = mint_headers(api.app, user.id, UserRole.ADMIN)
+    assert_problem(await api.get("/saq/api/queues", headers=claim), 403, "forbidden")
+    job = await enqueued(queues["default"], f"dashboard-claim-{user.id}", {"outbox_id": 4})
+    await job.finish(Status.FAILED, error="RuntimeError: boom")
+    for action in ("retry", "abort"):
+        response = await api.post(
+            f"/saq/api/queues/default/jobs/dashboard-claim-{user.id}/{action}",
+            headers={**claim, **SAME_ORIGIN},
+        )
+        assert_problem(response, 403, "forbidden")
+    await job.refresh()
+    assert job.status == Status.FAILED

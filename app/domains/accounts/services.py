@@ -564,6 +564,15 @@ class AccountService:
 
     # -- for other domains, inside their transaction -----------------------------------------------
 
+    async def require_admin_now(self, user_id: int) -> None:
+        """``ForbiddenError`` unless ``user_id``'s row is an active administrator's now: a bearer
+        token's role is a claim made when it was issued (the SAQ dashboard's retry and abort write
+        no row an administrator's lock could guard, so they read it)."""
+        async with self.db.read() as uow:
+            user = await self.active_user(uow, user_id)
+        if user is None or user.role != UserRole.ADMIN:
+            raise ForbiddenError(ADMINS_ONLY)
+
     async def active_user(self, uow: UnitOfWork, user_id: int) -> User | None:
         """The account if it exists and is active (e.g. someone who may join a project)."""
         user = await queries.get_user_by_id(uow.conn, id=user_id)
