@@ -272,6 +272,19 @@ async def withdraw_invitations_of(conn: AsyncConnection[Any], *, project_id: int
         return cur.rowcount
 
 
+WITHDRAW_INVITATIONS_SENT_BY = (
+    "delete from project_invitations where project_id = $1 and invited_by = $2::bigint"
+)
+
+
+async def withdraw_invitations_sent_by(conn: AsyncConnection[Any], *, project_id: int, user_id: int) -> int:
+    """The invitations the user sent to the project, withdrawn when they stop being one of its owners (an
+    invitation carries its sender's authority: accepted later, it would let them back in alone)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(WITHDRAW_INVITATIONS_SENT_BY, (project_id, user_id))
+        return cur.rowcount
+
+
 COUNT_OWNERS = "select count(*) from project_members where project_id = $1 and role = 'owner'"
 
 
@@ -399,7 +412,10 @@ LIST_INVITATIONS_FOR_EMAIL = """\
 select i.id, i.project_id, p.name as project_name, i.role, i.created_at
 from project_invitations i
 join projects p on p.id = i.project_id
+join project_members sender on sender.project_id = i.project_id and sender.user_id = i.invited_by
+join users sender_account on sender_account.id = sender.user_id
 where i.email = $1 and i.id > $2
+  and sender.role = 'owner' and sender_account.is_active
 order by i.id
 limit $3"""
 
@@ -419,13 +435,24 @@ async def list_invitations_for_email(
     after_id: int,
     row_limit: int,
 ) -> list[ListInvitationsForEmailRow]:
-    """The invitations addressed to one email, with the project's name."""
+    """The invitations addressed to one email, with the project's name: only those whose sender is still an
+    active owner of the project (the others cannot be accepted)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ListInvitationsForEmailRow)) as cur:
         await cur.execute(LIST_INVITATIONS_FOR_EMAIL, (email, after_id, row_limit))
         return await cur.fetchall()
 
 
-INVITATION_TO_ACCEPT = "select project_id, token_sha256 from project_invitations where id = $1 and email = $2"
+INVITATION_TO_ACCEPT = """\
+select i.project_id, i.token_sha256
+from project_invitations i
+where i.id = $1 and i.email = $2
+  and exists (
+      select 1
+      from project_members sender
+      join users sender_account on sender_account.id = sender.user_id
+      where sender.project_id = i.project_id and sender.user_id = i.invited_by
+        and sender.role = 'owner' and sender_account.is_active
+  )"""
 
 
 class InvitationToAcceptRow(msgspec.Struct, frozen=True, gc=False):
@@ -440,14 +467,23 @@ async def invitation_to_accept(
     email: str,
 ) -> InvitationToAcceptRow | None:
     """The project an invitation to this email is for and its token's hash (null: issued before tokens,
-    never accepted), to compare in constant time; unlocked: the project is locked before the taking."""
+    never accepted), to compare in constant time; unlocked: the project is locked before the taking.
+    None while its sender is not an active owner of the project (as TakeAcceptedInvitation)."""
     async with AsyncRawCursor(conn, row_factory=args_row(InvitationToAcceptRow)) as cur:
         await cur.execute(INVITATION_TO_ACCEPT, (id, email))
         return await cur.fetchone()
 
 
 TAKE_ACCEPTED_INVITATION = """\
-delete from project_invitations where id = $1 and email = $2 and token_sha256 = $3
+delete from project_invitations i
+where i.id = $1 and i.email = $2 and i.token_sha256 = $3
+  and exists (
+      select 1
+      from project_members sender
+      join users sender_account on sender_account.id = sender.user_id
+      where sender.project_id = i.project_id and sender.user_id = i.invited_by
+        and sender.role = 'owner' and sender_account.is_active
+  )
 returning id, project_id, email, role, invited_by, created_at, token_sha256"""
 
 
@@ -459,7 +495,9 @@ async def take_accepted_invitation(
     token_sha256: bytes | None,
 ) -> ProjectInvitation | None:
     """An invitation addressed to this email, removed as accepted: only while it still has the hash the
-    token was checked against (inviting the email again meanwhile replaced it: no row)."""
+    token was checked against (inviting the email again meanwhile replaced it: no row), and while its
+    sender is still an active owner of the project (an invitation is worth its sender's authority; read
+    here, after the membership lock, so a demotion or removal committed meanwhile is seen)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
         await cur.execute(TAKE_ACCEPTED_INVITATION, (id, email, token_sha256))
         return await cur.fetchone()

@@ -100,6 +100,11 @@ delete from project_invitations i
 using users u
 where i.project_id = @project_id and u.id = @user_id and i.email = u.email;
 
+-- name: WithdrawInvitationsSentBy :execrows
+-- The invitations the user sent to the project, withdrawn when they stop being one of its owners (an
+-- invitation carries its sender's authority: accepted later, it would let them back in alone).
+delete from project_invitations where project_id = @project_id and invited_by = @user_id::bigint;
+
 -- name: CountOwners :one
 select count(*) from project_members where project_id = @project_id and role = 'owner';
 
@@ -142,23 +147,47 @@ delete from project_invitations where id = @id and project_id = @project_id
 returning *;
 
 -- name: ListInvitationsForEmail :many
--- The invitations addressed to one email, with the project's name.
+-- The invitations addressed to one email, with the project's name: only those whose sender is still an
+-- active owner of the project (the others cannot be accepted).
 select i.id, i.project_id, p.name as project_name, i.role, i.created_at
 from project_invitations i
 join projects p on p.id = i.project_id
+join project_members sender on sender.project_id = i.project_id and sender.user_id = i.invited_by
+join users sender_account on sender_account.id = sender.user_id
 where i.email = @email and i.id > @after_id
+  and sender.role = 'owner' and sender_account.is_active
 order by i.id
 limit @row_limit;
 
 -- name: InvitationToAccept :one
 -- The project an invitation to this email is for and its token's hash (null: issued before tokens,
 -- never accepted), to compare in constant time; unlocked: the project is locked before the taking.
-select project_id, token_sha256 from project_invitations where id = @id and email = @email;
+-- None while its sender is not an active owner of the project (as TakeAcceptedInvitation).
+select i.project_id, i.token_sha256
+from project_invitations i
+where i.id = @id and i.email = @email
+  and exists (
+      select 1
+      from project_members sender
+      join users sender_account on sender_account.id = sender.user_id
+      where sender.project_id = i.project_id and sender.user_id = i.invited_by
+        and sender.role = 'owner' and sender_account.is_active
+  );
 
 -- name: TakeAcceptedInvitation :one
 -- An invitation addressed to this email, removed as accepted: only while it still has the hash the
--- token was checked against (inviting the email again meanwhile replaced it: no row).
-delete from project_invitations where id = @id and email = @email and token_sha256 = @token_sha256
+-- token was checked against (inviting the email again meanwhile replaced it: no row), and while its
+-- sender is still an active owner of the project (an invitation is worth its sender's authority; read
+-- here, after the membership lock, so a demotion or removal committed meanwhile is seen).
+delete from project_invitations i
+where i.id = @id and i.email = @email and i.token_sha256 = @token_sha256
+  and exists (
+      select 1
+      from project_members sender
+      join users sender_account on sender_account.id = sender.user_id
+      where sender.project_id = i.project_id and sender.user_id = i.invited_by
+        and sender.role = 'owner' and sender_account.is_active
+  )
 returning *;
 
 -- name: TakeInvitation :one

@@ -184,6 +184,8 @@ class MembersController(Controller):
     @patch(
         "/{user_id:int}",
         summary="Change a member's role (owners)",
+        description="The last owner cannot be demoted (409). Demoting an owner withdraws the invitations "
+        "they sent to the project.",
         responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def change_role(
@@ -202,6 +204,8 @@ class MembersController(Controller):
         "/{user_id:int}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Remove a member (owners) or leave the project (yourself)",
+        description="The last owner cannot go (409). The member's waiting invitations to the project are "
+        "withdrawn, and so are the invitations they sent to it.",
         responses=problems(401, 403, 404, 409, 429),
     )
     async def remove_member(
@@ -232,7 +236,9 @@ class InvitationsController(Controller):
         "the same email again updates the role and issues a new token: the one handed out before no "
         "longer works. A project has at most `PROJECT_INVITATIONS_MAX` waiting invitations (50 by "
         "default): one more is a 409 (`invitation-limit`). Removing a member (or a member leaving) "
-        "withdraws their waiting invitations to the project.",
+        "withdraws their waiting invitations to the project. An invitation holds only while its sender "
+        "is an active owner of the project: removing the sender, the sender leaving or being demoted "
+        "withdraws it, and one from a deactivated account cannot be accepted.",
         responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def invite(
@@ -286,7 +292,8 @@ class MyInvitationsController(Controller):
         "/",
         summary="Invitations to projects addressed to you",
         description="The invitations to your account's email. Seeing one does not let you accept it: "
-        "accepting takes the token its sender was given and handed to the invitee (never listed here).",
+        "accepting takes the token its sender was given and handed to the invitee (never listed here). "
+        "Only invitations whose sender is still an active owner of the project are listed.",
         responses=problems(400, 401, 429),
     )
     async def list_mine(
@@ -305,7 +312,8 @@ class MyInvitationsController(Controller):
         description='Send `{"token": ...}`, the token the inviter was given when sending the '
         "invitation (the latest one, if they invited you again), while signed in with the invited "
         "email. A wrong or missing token is a 404, exactly like an invitation that does not exist or is "
-        "addressed to someone else. Joining uses the invitation up; a member already keeps their role.",
+        "addressed to someone else. Joining uses the invitation up; a member already keeps their role. "
+        "An invitation whose sender is no longer an active owner of the project is a 404 too.",
         responses=problems(400, 401, 404, 429),
     )
     async def accept(

@@ -14,8 +14,9 @@ and invitations), so none of these waits can close a cycle with a deletion:
 - a change of members or invitations (an invitation sent or accepted, a role changed, a member
   removed) holds the project ``FOR NO KEY UPDATE`` before it reads any role or count: two changes
   that each saw another owner cannot remove the last one together, two invitations cannot both
-  pass the cap, and a member's removal (which withdraws their waiting invitations) and their
-  acceptance of one come one after the other;
+  pass the cap, and a member's removal (which withdraws their waiting invitations, and those they
+  sent) or an owner's demotion (which withdraws those they sent) and an acceptance of one of them come
+  one after the other;
 - a change of the project's own fields holds it ``FOR NO KEY UPDATE``, and a deletion ``FOR UPDATE``
   (the lock the deletion takes anyway), before the role is read: the version an ``If-Match`` is
   compared with is the one the change replaces (``app/core/preconditions.py``).
@@ -317,7 +318,12 @@ class ProjectService:
 
         Why a token: registration proves no control of an email (no mail is sent), so an invitation
         matched on the address alone went to whoever registered it first. The owner hands the token
-        to the invitee over a channel they trust."""
+        to the invitee over a channel they trust.
+
+        An invitation is worth its sender's authority: it is accepted (and listed to its invitee) only
+        while whoever sent it last is still an active owner of the project. Removing an owner, an owner
+        leaving and an owner's demotion withdraw the invitations they sent; the acceptance checks the
+        sender again (an account deactivated by an administrator, rows written before that withdrawal)."""
         email = data.email.strip().lower()
         async with self.db.transaction() as uow:
             await self._lock_membership(uow, project_id)
@@ -369,7 +375,8 @@ class ProjectService:
     async def my_invitations(
         self, user_id: int, *, after_id: int, limit: int
     ) -> list[queries.ListInvitationsForEmailRow]:
-        """Invitations addressed to the caller's email."""
+        """Invitations addressed to the caller's email whose sender is still an active owner of the
+        project (the others cannot be accepted)."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
@@ -384,7 +391,8 @@ class ProjectService:
         """The invitee joins with the invited role (a member already keeps their role); the invitation
         is used up. It takes both the token issued with the invitation (the last one, if it was sent
         again) and the caller's email: a wrong or missing token, or an invitation addressed to someone
-        else, is the 404 of an invitation that does not exist."""
+        else, is the 404 of an invitation that does not exist. So is one whose sender is no longer an
+        active owner of the project (an invitation carries its sender's authority, and no more)."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
@@ -415,7 +423,9 @@ class ProjectService:
         of members (which also keeps it from deletion: the member's insert refers to it). A removal of
         the invitee, which withdraws this invitation, then comes wholly before or after; a deletion
         locks the project, then its invitations, and so does this. Taking it requires the hash that
-        was checked: an invitation sent again meanwhile (a new token) is not taken."""
+        was checked: an invitation sent again meanwhile (a new token) is not taken; and that its sender
+        is still an active owner, read after the lock: a demotion or removal that committed meanwhile
+        is seen (then the 404 of a withdrawn invitation)."""
         found = await queries.invitation_to_accept(uow.conn, id=invitation_id, email=email)
         if found is None or not token_matches(found.token_sha256, token_sha256):
             raise NotFoundError("No such invitation.")
@@ -442,6 +452,9 @@ class ProjectService:
     async def change_member_role(
         self, actor: int, project_id: int, user_id: int, role: ProjectRole
     ) -> ProjectRole:
+        """Owners change anyone's role; the last owner stays one. An owner demoted loses the invitations
+        they sent to the project (withdrawn, after the membership: a deletion's order): they carried
+        an owner's authority the sender no longer has."""
         async with self.db.transaction() as uow:
             await self._lock_membership(uow, project_id)
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
@@ -457,6 +470,8 @@ class ProjectService:
             )
             if changed is None:  # removed meanwhile
                 raise NotFoundError("No such member.")
+            if current == ProjectRole.OWNER:
+                await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
             await emit(
                 uow,
                 actor=actor,
@@ -473,7 +488,9 @@ class ProjectService:
         The member's task assignments in the project are cleared by the database (the assignee is a
         foreign key to the membership, ``on delete set null``), so no other domain is touched here.
         Their waiting invitations to the project are withdrawn (after the membership: a deletion's
-        order): one sent before the removal would let them rejoin alone, with its role.
+        order): one sent before the removal would let them rejoin alone, with its role. So are the
+        invitations they sent (as an owner): addressed to an email they control, one would let them
+        rejoin alone just as well.
         """
         async with self.db.transaction() as uow:
             await self._lock_membership(uow, project_id)
@@ -488,6 +505,7 @@ class ProjectService:
             if not await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id):
                 raise NotFoundError(missing)  # removed meanwhile
             await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
+            await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
             self._membership_changed(uow, user_id, project_id)
             await emit(
                 uow,
