@@ -7,4 +7,4 @@
 drop index concurrently if exists page_view_event_ids_seen_brin;
 
 -- migrate:down transaction:false
-create index concurrently page_view_event_ids_seen_brin on page_view_event_ids using brin (seen_at);
+create index concurrently if not exists page_view_event_ids_seen_brin on page_view_event_ids using brin (seen_at);

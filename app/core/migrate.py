@@ -19,6 +19,21 @@ version: every later run would fail on ``relation ... already exists``. Before `
 ``migrate`` drops the INVALID indexes that pending ``transaction:false`` files create
 (``drop_invalid_indexes``); a valid index is never dropped.
 
+A ``migrate`` killed during such a build (Ctrl-C of ``just serve`` while it starts, a deploy's migrate
+container stopped) used to leave the build running in the orphaned backend: PostgreSQL does not
+notice a gone client during a statement, so the index ended VALID, unrecorded, and every later run
+failed as above. Three things close that:
+
+- dbmate's sessions set ``client_connection_check_interval`` (``dbmate_url``): the orphan is cancelled
+  within about ``CONNECTION_CHECK_INTERVAL_MS`` and leaves an INVALID index, which the next run drops;
+- every concurrent build says ``if not exists`` (a test pins it): an index the orphan finished before
+  the check landed is VALID, and running the file again keeps it and records the version;
+- before ``dbmate up``, ``migrate`` waits (``wait_for_index_builds``, ``INDEX_BUILD_WAIT_S`` at most)
+  while another session holds or awaits the table's ``ShareUpdateExclusiveLock`` (what every
+  concurrent build holds from before its index exists until it ends). Without that wait ``if not
+  exists`` would be unsafe: dbmate's build queues behind the orphan's, then finds the index and skips
+  it, recording the version even when the orphan is then cancelled and leaves it INVALID, for good.
+
 Only ``migrate`` (and ``serve`` in development) applies migrations: they need the owner role. Every
 other process checks, read-only, that the database has applied every migration of its code
 (``require_schema``) and refuses to start otherwise.
@@ -36,6 +51,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import structlog
@@ -56,6 +72,13 @@ LOCK_POLL_S = 0.2
 LOCK_TIMEOUT_SQLSTATE = "55P03"
 LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 """Pauses before each new try of a run that hit a migration's lock timeout (about a minute in all)."""
+CONNECTION_CHECK_INTERVAL_MS = 1000
+"""``client_connection_check_interval`` of dbmate's sessions: how soon a statement whose client died
+(a killed migrate) is cancelled. One ``poll()`` of the socket per interval while a statement runs."""
+INDEX_BUILD_WAIT_S = 300.0
+"""How long ``migrate`` waits for a build under way on a table a pending concurrent index is built on
+(an orphan is cancelled within about a second; a longer one is someone's build or VACUUM) before it
+gives up with ``IndexBuildUnderWayError``. dbmate's own build would wait for it without bound."""
 
 
 MISSING_MIGRATIONS = """
@@ -127,9 +150,10 @@ def _migration_lock_free(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
+_NAME = r"(?:\"[^\"]+\"|\w+)(?:\.(?:\"[^\"]+\"|\w+))?"
 _CONCURRENT_INDEX = re.compile(
-    r"\bcreate\s+(?:unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?(?!on\b)"
-    r"((?:\"[^\"]+\"|\w+)(?:\.(?:\"[^\"]+\"|\w+))?)",
+    rf"\bcreate\s+(?:unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?(?!on\b)({_NAME})"
+    rf"\s+on\s+(?:only\s+)?({_NAME})",
     re.IGNORECASE,
 )
 
@@ -146,15 +170,110 @@ where i.indexrelid = to_regclass(%s)
 """The schema and name of the index named ``%s`` if it is INVALID and no build of it is under way."""
 
 
-def concurrent_indexes(text: str) -> list[str]:
-    """The names of the indexes a ``transaction:false`` migration's up section builds concurrently
-    (as written: possibly schema-qualified or quoted); none for a transactional file."""
+def concurrent_index_builds(text: str) -> list[tuple[str, str]]:
+    """(index, table) of each index a ``transaction:false`` migration's up section builds
+    concurrently (as written: possibly schema-qualified or quoted); none for a transactional file."""
     up = text.split("-- migrate:down", 1)[0]
     header, _, body = up.partition("\n")
     if "transaction:false" not in header:
         return []
     code = "\n".join(line.split("--", 1)[0] for line in body.splitlines())
-    return _CONCURRENT_INDEX.findall(code)
+    return [(index, table) for index, table in _CONCURRENT_INDEX.findall(code)]
+
+
+def _pending_builds(conn: psycopg.Connection[Any], migrations_dir: Path) -> list[tuple[str, str, str]]:
+    """(file, index, table) of each concurrent build of the migrations ``conn``'s database has not
+    applied, in the order dbmate runs them."""
+    applied: set[str] = set()
+    if conn.execute("select to_regclass('schema_migrations') is not null").fetchone() == (True,):
+        applied = {str(version) for (version,) in conn.execute("select version from schema_migrations")}
+    return [
+        (path.name, index, table)
+        for path in sorted(migrations_dir.glob("*.sql"))
+        if path.name.split("_", 1)[0] not in applied
+        for index, table in concurrent_index_builds(path.read_text())
+    ]
+
+
+_BUILD_ON_TABLE = """
+select a.pid, coalesce(a.state, ''), left(coalesce(a.query, ''), 200)
+from pg_locks l
+join pg_stat_activity a on a.pid = l.pid
+where l.locktype = 'relation'
+  and l.database = (select oid from pg_database where datname = current_database())
+  and l.relation = to_regclass(%s)
+  and l.mode = 'ShareUpdateExclusiveLock'
+  and a.backend_type = 'client backend'
+  and l.pid <> pg_backend_pid()
+order by l.granted desc, a.pid
+limit 1
+"""
+"""A session other than this one that holds or awaits the table ``%s``'s ``ShareUpdateExclusiveLock``:
+pid, state, the start of its statement. Every concurrent index build holds it, as a session lock,
+from before its index exists until it ends (and so does a VACUUM or ANALYZE, which dbmate's build
+would queue behind anyway). Autovacuum is not waited for: it yields to dbmate's lock request."""
+
+
+class IndexBuildUnderWayError(RuntimeError):
+    """Another session still builds on the table of a pending concurrent index after the wait's bound."""
+
+    def __init__(
+        self, migration: str, index: str, table: str, pid: int, activity: str, waited_s: float
+    ) -> None:
+        super().__init__(
+            f"migration {migration} builds index {index} on {table}, and backend {pid} ({activity}) still "
+            f"holds or awaits a lock on {table} that the build needs after {waited_s:.0f} s: a concurrent "
+            "index build left running by an interrupted migrate, or someone's build or VACUUM. Wait for "
+            f"it to end, or end it with `select pg_cancel_backend({pid})`, then migrate again"
+        )
+        self.pid = pid
+
+
+def wait_for_index_builds(
+    conn: psycopg.Connection[Any],
+    migrations_dir: Path = MIGRATIONS_DIR,
+    *,
+    timeout_s: float = INDEX_BUILD_WAIT_S,
+) -> None:
+    """Return once no other session builds on (holds or awaits ``ShareUpdateExclusiveLock`` of) the
+    table of a pending ``create index concurrently``; raise ``IndexBuildUnderWayError`` after
+    ``timeout_s`` in all.
+
+    Such a build is most likely an orphan of a killed migrate: ended within about
+    ``CONNECTION_CHECK_INTERVAL_MS`` once its client is gone (dbmate's sessions check), but a migrate
+    started right after the kill, a server older than PostgreSQL 14, an orphan of a release without the
+    check or a client whose loss the server cannot see (a host gone without closing its sockets) still
+    meet one. The next ``dbmate up`` must not: its build would queue behind the orphan's and then,
+    finding the index (``if not exists``), skip it and record the version, even if the orphan ends
+    cancelled and leaves it INVALID. After the wait the orphan has ended: its index is VALID (kept) or
+    INVALID (dropped by ``drop_invalid_indexes``), or was never created.
+
+    Polled from Python rather than waited for in ``lock table``: a backend waiting there holds a
+    catalog snapshot, which the build's last phase waits for (a deadlock PostgreSQL resolves by
+    cancelling one of them).
+    """
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    for migration, index, table in _pending_builds(conn, migrations_dir):
+        waiting_for = None
+        while (row := conn.execute(_BUILD_ON_TABLE, (table,)).fetchone()) is not None:
+            pid, state, query = int(row[0]), str(row[1]), str(row[2])
+            if time.monotonic() >= deadline:
+                waited_s = time.monotonic() - started
+                raise IndexBuildUnderWayError(migration, index, table, pid, f"{state}: {query}", waited_s)
+            if waiting_for != pid:
+                log.warning(
+                    "migration_waiting_for_index_build",
+                    migration=migration,
+                    index=index,
+                    table=table,
+                    pid=pid,
+                    state=state,
+                    query=query,
+                    timeout_s=timeout_s,
+                )
+                waiting_for = pid
+            time.sleep(LOCK_POLL_S)
 
 
 def drop_invalid_indexes(conn: psycopg.Connection[Any], migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
@@ -164,20 +283,14 @@ def drop_invalid_indexes(conn: psycopg.Connection[Any], migrations_dir: Path = M
     A valid index is never dropped, nor one whose build is under way (``pg_stat_progress_create_index``).
     ``conn`` is in autocommit (``drop index concurrently`` cannot run in a transaction).
     """
-    applied: set[str] = set()
-    if conn.execute("select to_regclass('schema_migrations') is not null").fetchone() == (True,):
-        applied = {str(version) for (version,) in conn.execute("select version from schema_migrations")}
     dropped = []
-    for path in sorted(migrations_dir.glob("*.sql")):
-        if path.name.split("_", 1)[0] in applied:
+    for migration, name, _ in _pending_builds(conn, migrations_dir):
+        row = conn.execute(_INVALID_INDEX, (name,)).fetchone()
+        if row is None:
             continue
-        for name in concurrent_indexes(path.read_text()):
-            row = conn.execute(_INVALID_INDEX, (name,)).fetchone()
-            if row is None:
-                continue
-            conn.execute(sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(*row)))
-            log.warning("migration_invalid_index_dropped", index=f"{row[0]}.{row[1]}", migration=path.name)
-            dropped.append(f"{row[0]}.{row[1]}")
+        conn.execute(sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(*row)))
+        log.warning("migration_invalid_index_dropped", index=f"{row[0]}.{row[1]}", migration=migration)
+        dropped.append(f"{row[0]}.{row[1]}")
     return dropped
 
 
@@ -227,21 +340,61 @@ def dbmate(database_url: str, *args: str, migrations_dir: Path = MIGRATIONS_DIR)
     return result.stdout
 
 
+def check_client_connection(conn: psycopg.Connection[Any]) -> bool:
+    """Make ``conn``'s statements end when their client is gone (``client_connection_check_interval``);
+    whether the server accepts the setting (PostgreSQL 14 and later, on Linux, macOS and the BSDs:
+    elsewhere it refuses any value but 0, and an unknown setting in a URL's ``options`` would refuse
+    the connection itself)."""
+    try:
+        conn.execute(
+            "select set_config('client_connection_check_interval', %s, false)",
+            (str(CONNECTION_CHECK_INTERVAL_MS),),
+        )
+    except (psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue):
+        return False
+    return True
+
+
+def dbmate_url(database_url: str) -> str:
+    """``database_url`` whose sessions check their client every ``CONNECTION_CHECK_INTERVAL_MS``.
+
+    dbmate (lib/pq) passes the URL's ``options`` to the server like libpq: ours go first, so the
+    URL's own ``options`` are kept and win. A ``create index concurrently`` whose migrate was killed
+    is then cancelled within about an interval (its index left INVALID, dropped by the next run)
+    instead of running to the end in an orphaned backend (PostgreSQL does not notice a gone client
+    during a statement: the default interval, 0, never checks).
+    """
+    parts = urlsplit(database_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = " ".join(
+        [f"-c client_connection_check_interval={CONNECTION_CHECK_INTERVAL_MS}"]
+        + [value for key, value in query if key == "options"]
+    )
+    query = [(key, value) for key, value in query if key != "options"] + [("options", options)]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
 def migrate(
     database_url: str,
     *,
     migrations_dir: Path = MIGRATIONS_DIR,
     retry_delays_s: tuple[float, ...] = LOCK_RETRY_DELAYS_S,
+    index_build_wait_s: float = INDEX_BUILD_WAIT_S,
 ) -> str:
     """Create the database if needed and apply every pending migration, one process at a time; a
-    run that hit a migration's lock timeout is tried again after each of ``retry_delays_s``."""
+    run that hit a migration's lock timeout is tried again after each of ``retry_delays_s``.
+
+    Each try first waits (``index_build_wait_s`` at most) for builds under way on the tables of
+    pending concurrent indexes, then drops their INVALID indexes (see the module's docstring)."""
     dbmate(database_url, "wait", migrations_dir=migrations_dir)  # a configured server may be starting
     with migration_lock(database_url) as conn:
+        up_url = dbmate_url(database_url) if check_client_connection(conn) else database_url
         applied: list[str] = []
         for delay in (*retry_delays_s, None):
+            wait_for_index_builds(conn, migrations_dir, timeout_s=index_build_wait_s)
             drop_invalid_indexes(conn, migrations_dir)
             try:
-                return "".join(applied) + dbmate(database_url, "up", migrations_dir=migrations_dir)
+                return "".join(applied) + dbmate(up_url, "up", migrations_dir=migrations_dir)
             except MigrationLockTimeoutError as exc:
                 if delay is None:
                     raise

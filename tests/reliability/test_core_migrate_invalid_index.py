@@ -72,7 +72,7 @@ def test_a_cancelled_concurrent_index_build_does_not_block_the_next_migrate(
             while time.monotonic() < deadline:
                 row = watch.execute(
                     "select pid from pg_stat_activity where wait_event_type = 'Lock'"
-                    " and query ilike '%%create index concurrently github_profiles_fetched_at_idx%%'"
+                    " and query ilike '%%create index concurrently%%github_profiles_fetched_at_idx%%'"
                 ).fetchone()
                 if row is not None:
                     watch.execute("select pg_cancel_backend(%s)", row)

@@ -6,6 +6,7 @@ failed with ``duplicate key value violates unique constraint "pg_type_typname_ns
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -174,3 +175,31 @@ def test_every_migration_that_alters_a_table_in_a_transaction_sets_a_lock_timeou
         if ("create index" in lowered or "drop index" in lowered) and "create table" not in lowered:
             offenders.append(f"{path.name}: builds or drops an index inside a transaction")
     assert offenders == []
+
+
+def _builds_without_if_not_exists(migrations_dir: Path) -> list[str]:
+    """The ``create index`` statements of ``transaction:false`` sections (up or down) of the files in
+    ``migrations_dir`` that do not say ``concurrently if not exists``, as "file: statement"."""
+    offenders = []
+    for path in sorted(migrations_dir.glob("*.sql")):
+        for section in re.split(r"^(?=-- migrate:(?:up|down)\b)", path.read_text(), flags=re.MULTILINE):
+            header, _, body = section.partition("\n")
+            if "transaction:false" not in header:
+                continue
+            code = "\n".join(line.split("--", 1)[0] for line in body.splitlines())
+            for statement in re.findall(r"\bcreate\s+(?:unique\s+)?index\b[^;]*", code, re.IGNORECASE):
+                if not re.match(
+                    r"create\s+(?:unique\s+)?index\s+concurrently\s+if\s+not\s+exists\s",
+                    statement,
+                    re.IGNORECASE,
+                ):
+                    offenders.append(f"{path.name}: {' '.join(statement.split())}")
+    return offenders
+
+
+def test_every_concurrent_index_build_says_if_not_exists() -> None:
+    """A ``migrate`` killed during a concurrent build may leave the index VALID (finished in the
+    orphaned backend before its client check cancelled it) and the version unrecorded: running the
+    file again must keep that index, not fail on ``relation ... already exists`` (42P07) at every
+    later start (``app/core/migrate.py``; dbmate records versions, never a file's text)."""
+    assert _builds_without_if_not_exists(MIGRATIONS_DIR) == []
