@@ -25,7 +25,7 @@ from litestar.utils.scope.state import ScopeState
 from prometheus_client import Counter
 
 from app.core.logging import OncePerInterval, error_message
-from app.core.validation import decode_any, pattern_meaning, struct_field_errors
+from app.core.validation import MAX_REPORTED_ERRORS, BodyErrors, body_errors, decode_any, pattern_meaning
 
 log = structlog.get_logger("app.errors")
 
@@ -286,7 +286,10 @@ def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException
         source = getattr(item.get("source"), "value", item.get("source"))
         key = str(item.get("key") or "")
         message = str(item.get("message") or exc.detail)
-        if source in (None, "body") or key in ("", "data"):
+        if key == "data" and not _body_of(request):
+            # Litestar looked the body up as its ``data`` parameter: the message is that KeyError's.
+            errors.append(FieldError(field="body", message=NO_BODY))
+        elif source in (None, "body") or key in ("", "data"):
             errors.append(FieldError(field="body", message=message))
         else:
             errors.append(
@@ -301,12 +304,26 @@ def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException
     return errors
 
 
+NO_BODY = "Required: a JSON body"
+
+
+def _body_of(request: Request[Any, Any, Any]) -> bytes:
+    """The body as Litestar read it (and size-checked it); empty when it read none."""
+    body = ScopeState.from_scope(request.scope).body
+    return body if isinstance(body, bytes) else b""
+
+
 VALIDATION_FAILED = "validation_failed"
-"""Scope-state flag set on a request refused by validation (the rate limiter does not count it)."""
+"""Scope-state flag set on a request refused by validation (the rate limiter refunds its token,
+unless ``BODY_REFUSED`` is set too)."""
+BODY_REFUSED = "body_refused"
+"""Scope-state flag set on a request refused for its body: the rate limiter charges it (a body costs
+its decoding and the naming of its faults, up to the route's size limit: not a free retry)."""
+FIRST_BODY_FAULT_ONLY = "first_body_fault_only"
+"""Scope-state flag the rate limiter sets on a request over quota: a bad body is refused with the
+fault msgspec found in its one pass, without the walk that names every bad field."""
 
 
-MAX_REPORTED_ERRORS = 20
-"""Bad fields listed in one validation problem; the rest are counted in ``detail``."""
 MAX_REPORTED_CHARS = 200
 """Longest field name or message echoed back (a client-chosen key is not repeated in full)."""
 
@@ -315,9 +332,13 @@ def _bounded(text: str) -> str:
     return text if len(text) <= MAX_REPORTED_CHARS else text[: MAX_REPORTED_CHARS - 1] + "…"
 
 
-def _validation_problem(request: Request[Any, Any, Any], errors: list[FieldError]) -> Response[Problem]:
+def _validation_problem(
+    request: Request[Any, Any, Any], errors: list[FieldError], *, unlisted: int = 0, counted: bool = True
+) -> Response[Problem]:
     """The 400 naming the bad fields: at most ``MAX_REPORTED_ERRORS`` of them, each bounded, so a
-    body of thousands of unknown keys is not echoed back (the answer stays small whatever was sent)."""
+    body of thousands of unknown keys is not echoed back (the answer stays small whatever was sent).
+    ``detail`` says how many more there are (``unlisted`` beyond ``errors``), or only that there are
+    more when they were not all counted (the walk stops at the first past those listed)."""
     request.scope.setdefault("state", {})[VALIDATION_FAILED] = True
     # A bad cursor alone keeps its own type: a client that sees it restarts from the first page.
     only_cursor = bool(errors) and all(error.field == "query.cursor" for error in errors)
@@ -325,8 +346,11 @@ def _validation_problem(request: Request[Any, Any, Any], errors: list[FieldError
         FieldError(field=_bounded(e.field), message=_bounded(e.message)) for e in errors[:MAX_REPORTED_ERRORS]
     ]
     detail = "; ".join(f"{e.field}: {e.message}" for e in shown)
-    if len(errors) > len(shown):
-        detail += f"; and {len(errors) - len(shown)} more errors (the first {len(shown)} are listed)"
+    more = len(errors) - len(shown) + unlisted
+    if more and counted:
+        detail += f"; and {more} more errors (the first {len(shown)} are listed)"
+    elif more:
+        detail += f"; and more errors, not counted (the first {len(shown)} are listed)"
     return problem_response(
         request,
         HTTP_400_BAD_REQUEST,
@@ -339,39 +363,62 @@ def _validation_problem(request: Request[Any, Any, Any], errors: list[FieldError
 
 class InvalidFieldsError(ValidationException):
     """Raised by code that validates a request itself (the ingest path decodes its own bodies): the
-    bad fields are already named (``url``, ``views[3].title``) and answered as the validation 400."""
+    bad fields are already named (``url``, ``views[3].title``) and answered as the validation 400.
+    ``unlisted`` and ``counted`` say what is known of the errors past ``errors`` (``of_body``);
+    ``about_body``, that the body is at fault (the rate limiter charges the request, ``BODY_REFUSED``)."""
 
-    def __init__(self, errors: list[FieldError]) -> None:
+    def __init__(
+        self,
+        errors: list[FieldError],
+        *,
+        unlisted: int = 0,
+        counted: bool = True,
+        about_body: bool = False,
+    ) -> None:
         super().__init__(detail="; ".join(f"{error.field}: {error.message}" for error in errors))
         self.errors = errors
+        self.unlisted = unlisted
+        self.counted = counted
+        self.about_body = about_body
+
+    @classmethod
+    def of_body(cls, found: BodyErrors, otherwise: FieldError) -> InvalidFieldsError:
+        """The 400 of a body's bad fields as ``body_errors`` found them (``otherwise`` if none)."""
+        errors = [FieldError(field=field, message=message) for field, message in found.listed]
+        if not errors:
+            return cls([otherwise], about_body=True)
+        return cls(errors, unlisted=found.unlisted, counted=found.counted, about_body=True)
 
 
 def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
     if isinstance(exc, InvalidFieldsError):
-        return _validation_problem(request, exc.errors)
+        if exc.about_body:
+            request.scope.setdefault("state", {})[BODY_REFUSED] = True
+        return _validation_problem(request, exc.errors, unlisted=exc.unlisted, counted=exc.counted)
     errors = _validation_errors(request, exc)
     if any(error.field == "body" for error in errors):
-        errors = _all_body_errors(request) or errors
+        state = request.scope.setdefault("state", {})
+        state[BODY_REFUSED] = True
+        found = None if state.get(FIRST_BODY_FAULT_ONLY) else _all_body_errors(request)
+        if found is not None and found.listed:
+            listed = [FieldError(field=field, message=message) for field, message in found.listed]
+            return _validation_problem(request, listed, unlisted=found.unlisted, counted=found.counted)
     return _validation_problem(request, errors)
 
 
-def _all_body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
-    """Every bad body field, when the handler takes a Struct body (msgspec reports only the first)."""
+def _all_body_errors(request: Request[Any, Any, Any]) -> BodyErrors | None:
+    """The bad body fields, when the handler takes a Struct body (msgspec reports only the first):
+    the first ``MAX_REPORTED_ERRORS`` and how many more (``body_errors``, whose work that bounds)."""
     handler = request.scope.get("route_handler")
     data_field = getattr(handler, "parsed_data_field", None)
     body_type = getattr(data_field, "annotation", None)
     if not (isinstance(body_type, type) and issubclass(body_type, msgspec.Struct)):
-        return []
-    body = ScopeState.from_scope(request.scope).body  # already read (and size-checked) by Litestar
-    if not isinstance(body, bytes):
-        return []
+        return None
     try:
-        decoded = decode_any(body)
+        decoded = decode_any(_body_of(request))
     except (msgspec.DecodeError, UnicodeDecodeError):
-        return []
-    return [
-        FieldError(field=field, message=message) for field, message in struct_field_errors(body_type, decoded)
-    ]
+        return None
+    return body_errors(body_type, decoded, limit=MAX_REPORTED_ERRORS)
 
 
 def _handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Response[Problem]:
@@ -391,6 +438,7 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
         return _handle_unexpected(request, exc)
     if isinstance(exc.__cause__, SerializationException):
         # The body could not be decoded at all (malformed JSON): no field to name but the body.
+        request.scope.setdefault("state", {})[BODY_REFUSED] = True
         return _validation_problem(
             request, [FieldError(field="body", message=f"Malformed JSON: {exc.detail}")]
         )
@@ -495,7 +543,11 @@ exception_handlers: ExceptionHandlersMap = {
 }
 
 __all__ = [
+    "BODY_REFUSED",
     "DRIVER_REFUSALS",
+    "FIRST_BODY_FAULT_ONLY",
+    "MAX_REPORTED_ERRORS",
+    "NO_BODY",
     "PROBLEM_MEDIA_TYPE",
     "VALIDATION_FAILED",
     "AppError",
