@@ -167,29 +167,78 @@ async def deleted_sites_before(conn: AsyncConnection[Any], *, before: datetime) 
         return await cur.fetchall()
 
 
-PURGE_SITE_PAGE_VIEWS = "delete from page_views where site_id = $1 and ts >= $2 and ts < $3"
+PURGE_SITE_PAGE_VIEWS = """\
+with purged as (
+    delete from page_views doomed
+    where doomed.site_id = $2 and doomed.ts >= $1 and doomed.ts < $3
+      and doomed.ctid = any(array(
+          select first.ctid
+          from page_views first
+          where first.site_id = $2 and first.ts >= $1 and first.ts < $3
+          order by first.ts
+          limit $4::integer
+      ))
+    returning doomed.ts
+)
+select count(*)::integer as deleted, coalesce(max(ts), $1)::timestamptz as last_ts from purged"""
+
+
+class PurgeSitePageViewsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    last_ts: datetime
 
 
 async def purge_site_page_views(
     conn: AsyncConnection[Any],
     *,
-    site_id: int,
     from_ts: datetime,
+    site_id: int,
     to_ts: datetime,
-) -> int:
-    """One day of a deleted site's raw page views (one partition: a bounded statement)."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_SITE_PAGE_VIEWS, (site_id, from_ts, to_ts))
-        return cur.rowcount
+    chunk_rows: int,
+) -> PurgeSitePageViewsRow | None:
+    """One chunk of a deleted site's raw page views of one day (one partition): its first @chunk_rows
+    from @from_ts on, in the order of page_views_site_ts_idx. The caller starts the next chunk at
+    last_ts (views of that instant may be left), one transaction each, until a chunk comes back short:
+    no chunk scans the index entries of the views its predecessors deleted."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSitePageViewsRow)) as cur:
+        await cur.execute(PURGE_SITE_PAGE_VIEWS, (from_ts, site_id, to_ts, chunk_rows))
+        return await cur.fetchone()
 
 
-PURGE_SITE_EVENT_IDS = "delete from page_view_event_ids where site_id = $1"
+PURGE_SITE_EVENT_IDS = """\
+with chosen as (
+    select first.event_id
+    from page_view_event_ids first
+    where first.site_id = $2 and first.event_id >= $1
+    order by first.event_id
+    limit $3::integer
+), purged as (
+    delete from page_view_event_ids doomed
+    where doomed.site_id = $2 and doomed.event_id = any(array(select event_id from chosen))
+    returning 1
+)
+select (select count(*) from purged)::integer as deleted,
+       coalesce((select event_id from chosen order by event_id desc limit 1), $1)::uuid as last_id"""
 
 
-async def purge_site_event_ids(conn: AsyncConnection[Any], *, site_id: int) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_SITE_EVENT_IDS, (site_id,))
-        return cur.rowcount
+class PurgeSiteEventIdsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    last_id: UUID
+
+
+async def purge_site_event_ids(
+    conn: AsyncConnection[Any],
+    *,
+    from_id: UUID,
+    site_id: int,
+    chunk_rows: int,
+) -> PurgeSiteEventIdsRow | None:
+    """One chunk of a deleted site's claimed event ids: its first @chunk_rows from @from_id on, in
+    primary-key order. The caller starts the next chunk at last_id, one transaction each, until a
+    chunk comes back short."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteEventIdsRow)) as cur:
+        await cur.execute(PURGE_SITE_EVENT_IDS, (from_id, site_id, chunk_rows))
+        return await cur.fetchone()
 
 
 FORGET_DELETED_SITES = "delete from deleted_sites where site_id = any($1::bigint[]) and deleted_at < $2"

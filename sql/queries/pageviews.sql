@@ -44,12 +44,42 @@ values (@site_id, @ts, @received_at, sqlc.narg(event_id), @visitor_id, @path, @t
 -- being written).
 select site_id from deleted_sites where deleted_at < @before order by site_id;
 
--- name: PurgeSitePageViews :execrows
--- One day of a deleted site's raw page views (one partition: a bounded statement).
-delete from page_views where site_id = @site_id and ts >= @from_ts and ts < @to_ts;
+-- name: PurgeSitePageViews :one
+-- One chunk of a deleted site's raw page views of one day (one partition): its first @chunk_rows
+-- from @from_ts on, in the order of page_views_site_ts_idx. The caller starts the next chunk at
+-- last_ts (views of that instant may be left), one transaction each, until a chunk comes back short:
+-- no chunk scans the index entries of the views its predecessors deleted.
+with purged as (
+    delete from page_views doomed
+    where doomed.site_id = @site_id and doomed.ts >= @from_ts and doomed.ts < @to_ts
+      and doomed.ctid = any(array(
+          select first.ctid
+          from page_views first
+          where first.site_id = @site_id and first.ts >= @from_ts and first.ts < @to_ts
+          order by first.ts
+          limit @chunk_rows::integer
+      ))
+    returning doomed.ts
+)
+select count(*)::integer as deleted, coalesce(max(ts), @from_ts)::timestamptz as last_ts from purged;
 
--- name: PurgeSiteEventIds :execrows
-delete from page_view_event_ids where site_id = @site_id;
+-- name: PurgeSiteEventIds :one
+-- One chunk of a deleted site's claimed event ids: its first @chunk_rows from @from_id on, in
+-- primary-key order. The caller starts the next chunk at last_id, one transaction each, until a
+-- chunk comes back short.
+with chosen as (
+    select first.event_id
+    from page_view_event_ids first
+    where first.site_id = @site_id and first.event_id >= @from_id
+    order by first.event_id
+    limit @chunk_rows::integer
+), purged as (
+    delete from page_view_event_ids doomed
+    where doomed.site_id = @site_id and doomed.event_id = any(array(select event_id from chosen))
+    returning 1
+)
+select (select count(*) from purged)::integer as deleted,
+       coalesce((select event_id from chosen order by event_id desc limit 1), @from_id)::uuid as last_id;
 
 -- name: ForgetDeletedSites :execrows
 -- Tombstones whose data is gone and which no process needs any more (older than @before).

@@ -4,8 +4,9 @@ The one documented exception to "handlers take services by name" (CONVENTIONS.md
 hot path, so they are plain function handlers without dependency injection (no ``data`` parameter,
 no injected service: Litestar's per-request dependency resolution costs measurable throughput at
 these rates). Each handler obtains ``PageViewService`` once per request from the app's registry
-(``request.app.state.services``) and reads its body itself (``decode_view``/``decode_batch``). The
-single view's answer is built once (an ``ASGIResponse`` holds no per-request state).
+(``request.app.state.services``) and reads its body itself through it (``read_view``/``read_batch``:
+the address's limit first, then ``decode_view``/``decode_batch``). The single view's answer is built
+once (an ``ASGIResponse`` holds no per-request state).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from app.domains.pageviews.schemas import (
     PageViewBatchIn,
     PageViewIn,
 )
-from app.domains.pageviews.services import PageViewService
+from app.domains.pageviews.services import REFUSED_BODY_BYTES_PER_TOKEN, PageViewService
 
 BATCH_MAX_BODY = 4 * 1024 * 1024
 """The batch's body limit in bytes. A batch valid under the schema can exceed it (1000 views near
@@ -35,6 +36,10 @@ their longest fields): the limit is documented instead of raised, because the lo
 batch (escaped non-ASCII text counts up to 12 bytes per character) is tens of megabytes held in
 memory per request."""
 BATCH_BODY_LIMIT = f"The body may hold at most {BATCH_MAX_BODY:,} bytes (4 MiB)"
+REFUSED_BODIES_LIMITED = (
+    f"A body refused with a 400 takes one token of the address's limit per {REFUSED_BODY_BYTES_PER_TOKEN:,} "
+    "bytes begun; an address without a token left is answered 429 before its body is looked at."
+)
 ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=MediaType.JSON)
 
 
@@ -61,15 +66,16 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
     "percent-encoded in upper-case hex whether it came raw or escaped (`/a b` is `/a%20b`, `%5C` stays), "
     "case and final slash kept, at most 2000 characters. Agents crawlerdetect knows, load-testing tools, "
     "and empty agents or agents over 512 characters are counted as bots. "
-    "429: the address (an IPv6 /64 counts as one) or the site's quota.",
+    "429: the address (an IPv6 /64 counts as one) or the site's quota. " + REFUSED_BODIES_LIMITED,
     opt={"rate_limit": None},
     operation_class=documents_json_body(PageViewIn),
     responses={**problems(400, 413, 422, 429, 503), 202: ResponseSpec(Accepted, description="Stored")},
 )
 async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     pageviews = _service(request)
-    view = pageviews.decode_view(await request.body())
-    await pageviews.record_one(view, *_client(request))
+    client_ip, user_agent = _client(request)
+    view = pageviews.read_view(await request.body(), client_ip)
+    await pageviews.record_one(view, client_ip, user_agent)
     return ACCEPTED_ONE
 
 
@@ -79,8 +85,9 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     tags=["analytics"],
     summary=f"Record up to {MAX_BATCH} page views",
     description="All or nothing: answered 202 once every view of the batch is committed. Each view "
-    f"takes one token of the address's limit and one of its site's quota. {BATCH_BODY_LIMIT}, "
-    "whatever the number of views: a batch of long views may have to be split to fit (413 otherwise).",
+    f"takes one token of the address's limit and one of its site's quota. {REFUSED_BODIES_LIMITED} "
+    f"{BATCH_BODY_LIMIT}, whatever the number of views: a batch of long views may have to be split to fit "
+    "(413 otherwise).",
     opt={"rate_limit": None},
     request_max_body_size=BATCH_MAX_BODY,
     operation_class=documents_json_body(PageViewBatchIn),
@@ -96,8 +103,9 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
 )
 async def ingest_page_view_batch(request: Request[Any, Any, Any]) -> ASGIResponse:
     pageviews = _service(request)
-    batch = pageviews.decode_batch(await request.body())
-    await pageviews.record(batch, *_client(request))
+    client_ip, user_agent = _client(request)
+    batch = pageviews.read_batch(await request.body(), client_ip)
+    await pageviews.record(batch, client_ip, user_agent)
     return ASGIResponse(
         body=msgspec.json.encode(Accepted(accepted=len(batch.views))),
         status_code=202,

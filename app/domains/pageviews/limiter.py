@@ -8,10 +8,12 @@ buckets are per process, so N workers admit up to N times the configured rates (
 Two buckets per client: ``per_minute`` tokens refilled over a minute and ``per_hour`` over an hour; a
 request takes one token per view from both, or none. A bucket holds its level and when it was last
 refilled, so an idle bucket is refilled on its next use, and a missing bucket is a full one:
-dropping a bucket never takes tokens from anyone. The buckets live in a bounded LRU cache: past
-``max_addresses`` clients the least recently used one is dropped (it starts full again), never every
-bucket at once. No TTL: a bucket left alone long enough is full anyway, and a TTL cache rewritten on
-every take cost 5 µs a take where this costs well under one.
+dropping a bucket never takes tokens from anyone. A refused body is charged after the fact
+(``charge``): the levels may go below zero, and the client waits until they are back above. The
+buckets live in a bounded LRU cache: past ``max_addresses`` clients the least recently used one is
+dropped (it starts full again), never every bucket at once. No TTL: a bucket left alone long enough
+is full anyway, and a TTL cache rewritten on every take cost 5 µs a take where this costs well under
+one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,26 @@ class LocalRateLimiter:
 
     def take(self, address: str, tokens: int = 1) -> float:
         """0 if admitted, else the seconds until ``tokens`` are available (nothing taken then)."""
+        bucket = self._refilled(address)
+        if bucket[0] >= tokens and bucket[1] >= tokens:
+            bucket[0] -= tokens
+            bucket[1] -= tokens
+            return 0.0
+        return self._wait(bucket, tokens)
+
+    def wait(self, address: str, tokens: int = 1) -> float:
+        """0 if ``tokens`` are available, else the seconds until they are; takes nothing."""
+        bucket = self._refilled(address)
+        return 0.0 if bucket[0] >= tokens and bucket[1] >= tokens else self._wait(bucket, tokens)
+
+    def charge(self, address: str, tokens: int) -> None:
+        """Take ``tokens`` for work already done (a refused body), into debt if fewer are left (down
+        to minus a full bucket): the client pays for it by waiting, as it would have for views."""
+        bucket = self._refilled(address)
+        bucket[0] = max(bucket[0] - tokens, -self.minute_capacity)
+        bucket[1] = max(bucket[1] - tokens, -self.hour_capacity)
+
+    def _refilled(self, address: str) -> list[float]:
         now = self._clock()
         key = client_network(address) if ":" in address else address
         try:
@@ -50,11 +72,10 @@ class LocalRateLimiter:
         except KeyError:
             bucket = self._buckets[key] = [self.minute_capacity, self.hour_capacity, now]
         elapsed = now - bucket[2]
-        minute = min(self.minute_capacity, bucket[0] + elapsed * self.minute_rate)
-        hour = min(self.hour_capacity, bucket[1] + elapsed * self.hour_rate)
+        bucket[0] = min(self.minute_capacity, bucket[0] + elapsed * self.minute_rate)
+        bucket[1] = min(self.hour_capacity, bucket[1] + elapsed * self.hour_rate)
         bucket[2] = now
-        if minute >= tokens and hour >= tokens:
-            bucket[0], bucket[1] = minute - tokens, hour - tokens
-            return 0.0
-        bucket[0], bucket[1] = minute, hour
-        return max((tokens - minute) / self.minute_rate, (tokens - hour) / self.hour_rate)
+        return bucket
+
+    def _wait(self, bucket: list[float], tokens: int) -> float:
+        return max((tokens - bucket[0]) / self.minute_rate, (tokens - bucket[1]) / self.hour_rate)

@@ -4,7 +4,8 @@ Kept off the generic stack on purpose (benchmarks/README.md has the measurements
 decode the body with a cached msgspec decoder (``decoding.py``) instead of a ``data`` parameter, and
 every limit is checked without a round trip per view:
 
-- per client address (an IPv4 address or an IPv6 /64): in-process token buckets (``limiter.py``);
+- per client address (an IPv4 address or an IPv6 /64): in-process token buckets (``limiter.py``),
+  checked before a body is decoded; a body refused for its content takes tokens too (``read_view``);
 - per site: a quota per minute and per UTC day, leased in blocks from Valkey (``quota.py``);
 - the site key: a bounded cache, lookups of unknown keys batched, deletions mirrored (``keys.py``).
 
@@ -26,6 +27,7 @@ deleted once no accepted ``ts`` can fall on its day (``ts`` is at most 24 hours 
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -35,8 +37,8 @@ import structlog
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.db import Database
-from app.core.errors import TooManyRequestsError
+from app.core.db import Database, UnitOfWork
+from app.core.errors import InvalidFieldsError, TooManyRequestsError
 from app.db import pageviews as queries
 from app.domains.pageviews.decoding import decode_batch, decode_view, parse_views
 from app.domains.pageviews.derive import (
@@ -66,6 +68,12 @@ SALT_RETENTION = MAX_AGE
 ``MAX_AGE``): the purge keeps the salts of the day of ``now - MAX_AGE`` and later."""
 PURGE_CHUNK_PAGES = 64
 """Pages of claimed event ids purged per statement (and transaction): ~8,700 claims at most."""
+PURGE_SITE_CHUNK_ROWS = 10_000
+"""A deleted site's page views (of one day) or claimed event ids deleted per statement and
+transaction: a few tens of milliseconds, whatever the site's traffic was."""
+REFUSED_BODY_BYTES_PER_TOKEN = 4096
+"""A body refused for its content (400) takes one token of its address's limit per 4 KiB begun: what
+a batch of that size takes when its views are as long as a full 4 MiB batch's (1,000 of them)."""
 DELETED_SITE_GRACE = timedelta(minutes=10)
 """A deleted site's raw data is purged once nothing of it can still be in flight."""
 DELETED_SITE_RETENTION = timedelta(days=2)
@@ -183,6 +191,32 @@ class PageViewService:
     decode_view = staticmethod(decode_view)
     decode_batch = staticmethod(decode_batch)
 
+    def read_view(self, body: bytes, client_ip: str) -> PageView:
+        """The view of an ingest request's body (``decode_view``), as the client's address may have
+        it: a 429 before anything of the body is looked at once the address has no token left, and
+        a body refused (400) takes its tokens (``refused_body_tokens``), so a client sending bad
+        bodies is limited as one sending views is."""
+        self._admit_reading(client_ip)
+        try:
+            return decode_view(body)
+        except InvalidFieldsError:
+            self.limiter.charge(client_ip, refused_body_tokens(body))
+            raise
+
+    def read_batch(self, body: bytes, client_ip: str) -> PageViewBatch:
+        """``read_view`` for a batch (``decode_batch``)."""
+        self._admit_reading(client_ip)
+        try:
+            return decode_batch(body)
+        except InvalidFieldsError:
+            self.limiter.charge(client_ip, refused_body_tokens(body))
+            raise
+
+    def _admit_reading(self, client_ip: str) -> None:
+        wait = self.limiter.wait(client_ip)
+        if wait:
+            raise _too_many(wait)
+
     async def record_one(self, view: PageView, client_ip: str, user_agent: str) -> None:
         """Store one view; return once it is committed. 429 once the client's address has used its
         tokens or the site its quota; 422 for an unknown (or deleted) site key."""
@@ -220,9 +254,7 @@ class PageViewService:
     def admit(self, client_ip: str, count: int) -> None:
         wait = self.limiter.take(client_ip, count)
         if wait:
-            raise TooManyRequestsError(
-                "Too many page views from this address.", headers={"Retry-After": str(max(1, round(wait)))}
-            )
+            raise _too_many(wait)
 
     async def rows(
         self, views: list[PageView], client_ip: str, user_agent: str, *, batched: bool = False
@@ -317,35 +349,100 @@ class PageViewService:
                 )
         return event_ids, salts
 
-    async def purge_deleted_sites(self, now: datetime | None = None) -> int:
+    async def purge_deleted_sites(
+        self, now: datetime | None = None, chunk_rows: int = PURGE_SITE_CHUNK_ROWS
+    ) -> int:
         """Delete the raw page views and claimed event ids of every site deleted more than
-        ``DELETED_SITE_GRACE`` ago, one site and one day (one partition) per transaction; forget
-        the deletions older than ``DELETED_SITE_RETENTION``. Returns the page views deleted."""
+        ``DELETED_SITE_GRACE`` ago, ``chunk_rows`` rows per statement and transaction (a day of a
+        busy site is millions: one DELETE outlasted the statement timeout); forget the deletions
+        older than ``DELETED_SITE_RETENTION`` of the sites whose data is gone. Returns the page views
+        deleted.
+
+        A site whose purge fails (a timeout, a lock) is logged and left for the next run with its
+        tombstone; the sites after it are purged all the same. The first such failure is raised once
+        every site has been tried (the job fails, and is seen failing)."""
         now = now or datetime.now(UTC)
         async with self.db.transaction() as uow:
             site_ids = await queries.deleted_sites_before(uow.conn, before=now - DELETED_SITE_GRACE)
-        first_day = now.date() - timedelta(days=self.retention_days + 1)
-        days = self.retention_days + 2 + PARTITION_DAYS_AHEAD
         deleted = 0
+        purged: list[int] = []
+        failures: list[Exception] = []
         for site_id in site_ids:
-            for offset in range(days):
-                day = datetime.combine(first_day + timedelta(days=offset), datetime.min.time(), UTC)
-                async with self.db.transaction() as uow:
-                    deleted += await queries.purge_site_page_views(
-                        uow.conn, site_id=site_id, from_ts=day, to_ts=day + timedelta(days=1)
-                    )
-            async with self.db.transaction() as uow:
-                await queries.purge_site_event_ids(uow.conn, site_id=site_id)
-        if site_ids:
+            try:
+                deleted += await self._purge_site(site_id, now, chunk_rows)
+            except Exception as exc:
+                log.exception("deleted_site_purge_failed", site_id=site_id)
+                failures.append(exc)
+            else:
+                purged.append(site_id)
+        if purged:
             async with self.db.transaction() as uow:
                 await queries.forget_deleted_sites(
-                    uow.conn, site_ids=site_ids, before=now - DELETED_SITE_RETENTION
+                    uow.conn, site_ids=purged, before=now - DELETED_SITE_RETENTION
                 )
+        if failures:
+            raise failures[0]
         return deleted
+
+    async def _purge_site(self, site_id: int, now: datetime, chunk_rows: int) -> int:
+        """One deleted site's page views, day (partition) by day, then its claimed event ids; returns
+        the page views deleted."""
+        first_day = now.date() - timedelta(days=self.retention_days + 1)
+        deleted = 0
+        for offset in range(self.retention_days + 2 + PARTITION_DAYS_AHEAD):
+            day = datetime.combine(first_day + timedelta(days=offset), datetime.min.time(), UTC)
+            deleted += await self._purge_site_views(site_id, day, day + timedelta(days=1), chunk_rows)
+        await self._purge_site_event_ids(site_id, chunk_rows)
+        return deleted
+
+    async def _purge_site_views(
+        self, site_id: int, from_ts: datetime, to_ts: datetime, chunk_rows: int
+    ) -> int:
+        """The site's views in [from_ts, to_ts), ``chunk_rows`` per transaction, each chunk starting
+        where the last one ended (it never scans the index entries its predecessors deleted)."""
+        start = from_ts
+
+        async def chunk(uow: UnitOfWork) -> int:
+            nonlocal start
+            purged = await queries.purge_site_page_views(
+                uow.conn, site_id=site_id, from_ts=start, to_ts=to_ts, chunk_rows=chunk_rows
+            )
+            assert purged is not None
+            start = purged.last_ts
+            return purged.deleted
+
+        return await self.db.delete_in_chunks(chunk, chunk_rows)
+
+    async def _purge_site_event_ids(self, site_id: int, chunk_rows: int) -> int:
+        """The site's claimed event ids, ``chunk_rows`` per transaction, in primary-key order."""
+        start = uuid.UUID(int=0)
+
+        async def chunk(uow: UnitOfWork) -> int:
+            nonlocal start
+            purged = await queries.purge_site_event_ids(
+                uow.conn, site_id=site_id, from_id=start, chunk_rows=chunk_rows
+            )
+            assert purged is not None
+            start = purged.last_id
+            return purged.deleted
+
+        return await self.db.delete_in_chunks(chunk, chunk_rows)
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def refused_body_tokens(body: bytes) -> int:
+    """What a refused body takes of its address's limit: one token per ``REFUSED_BODY_BYTES_PER_TOKEN``
+    begun (at least one)."""
+    return max(1, -(-len(body) // REFUSED_BODY_BYTES_PER_TOKEN))
+
+
+def _too_many(wait: float) -> TooManyRequestsError:
+    return TooManyRequestsError(
+        "Too many page views from this address.", headers={"Retry-After": str(max(1, round(wait)))}
+    )
 
 
 def _row(
