@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import fcntl
 import getpass
+import ipaddress
 import math
 import os
 import shutil
@@ -51,7 +52,7 @@ import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
 from app.core.logging import configure_logging
-from app.core.migrate import migrate
+from app.core.migrate import MAINTENANCE_DATABASE, migrate
 from app.core.runtime import release_services, resolve_services
 from app.core.scrub import scrub_text
 
@@ -212,6 +213,25 @@ def _local_host(host: str) -> str:
     return host
 
 
+def _bind_address(host: str) -> str:
+    """``HOST`` as granian binds it: an IP address. ``localhost`` (and ``*.localhost``, loopback by
+    definition) is 127.0.0.1 and brackets around an IPv6 address are dropped; any other name is
+    refused before anything starts (granian failed on it only after the migrations and the seeding,
+    with ``invalid IP address syntax``)."""
+    name = host.strip()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name.lower() == "localhost" or name.lower().endswith(".localhost"):
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        raise LaunchError(
+            f"HOST={host} is not an IP address: granian binds an address, not a name "
+            "(127.0.0.1 or localhost for this machine only, 0.0.0.0 or :: for every interface)"
+        ) from None
+
+
 def _base_url(settings: Settings) -> str:
     host = _local_host(settings.host)
     return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
@@ -250,8 +270,27 @@ def _claim_port(port: int) -> int:
     return descriptor
 
 
+def _database_missing(url: str) -> bool:
+    """The server answers but has no database of ``url``'s name: ``migrate`` creates it. libpq
+    reports a missing database with no SQLSTATE (no 3D000 to test), so the maintenance database is
+    asked, as ``migrate`` does."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = conninfo_to_dict(url).get("dbname")
+    if not name:
+        return False
+    try:
+        with psycopg.connect(make_conninfo(url, dbname=MAINTENANCE_DATABASE), connect_timeout=2) as admin:
+            found = admin.execute("select 1 from pg_database where datname = %s", (str(name),)).fetchone()
+    except psycopg.Error:
+        return False
+    return found is None
+
+
 def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
-    """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline."""
+    """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline. A
+    server that answers without the database counts as ready: ``migrate`` creates it."""
     import psycopg
 
     deadline = time.monotonic() + timeout
@@ -261,6 +300,8 @@ def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
             with psycopg.connect(url, connect_timeout=2):
                 return
         except psycopg.Error as exc:  # its text may quote the URL (or the part it could not parse)
+            if isinstance(exc, psycopg.OperationalError) and _database_missing(url):
+                return
             text = str(exc).strip()
             error = scrub_text(text.splitlines()[0], url) if text else type(exc).__name__
         if time.monotonic() >= deadline:
@@ -341,7 +382,9 @@ def _wait_ready(settings: Settings, child: subprocess.Popen[bytes], signals: _St
     url = f"{_base_url(settings)}/health/ready"
     deadline = time.monotonic() + timeout
     last = f"nothing listening on {settings.host}:{settings.port}"
-    with httpx.Client(timeout=max(settings.health_timeout_s * 2, 2.0)) as client:
+    # trust_env=False: the poll goes to this machine, never through HTTP_PROXY/ALL_PROXY (a proxy
+    # cannot reach the launcher's loopback, and the launcher waited SERVE_READY_TIMEOUT_S in vain).
+    with httpx.Client(timeout=max(settings.health_timeout_s * 2, 2.0), trust_env=False) as client:
         while True:
             signals.check()
             code = child.poll()
@@ -420,6 +463,7 @@ def serve(settings: Settings) -> int:
     try:
         if settings.port == 0:
             raise LaunchError("PORT=0 is not supported by serve: choose a port")
+        settings = msgspec.structs.replace(settings, host=_bind_address(settings.host))
         claim = _claim_port(settings.port)
         if _listening(settings.host, settings.port):
             raise LaunchError(
@@ -497,6 +541,29 @@ def serve_child(host: str, port: int, workers: int, parent: int, kill_timeout_s:
     ).serve()
 
 
+def _migrate(settings: Settings) -> str:
+    """``migrate``: apply the pending migrations to ``DATABASE_URL`` (the embedded PostgreSQL when
+    unset; Valkey is not needed, so not started). A database that cannot be reached or migrated is
+    one line naming ``DATABASE_URL`` (password masked) and exit 1, as the other commands fail."""
+    import psycopg
+
+    from app.core import embedded
+    from app.core.runtime import DEFAULT_DATABASE
+
+    url = settings.database_url
+    if url is None:
+        server = embedded.start_postgres(settings.data_dir)
+        embedded.ensure_database(server, DEFAULT_DATABASE)
+        url = embedded.postgres_url(server, DEFAULT_DATABASE)
+    try:
+        return migrate(url)
+    except (RuntimeError, psycopg.Error, OSError) as exc:  # dbmate's output, the driver's, the binary's
+        said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise SystemExit(
+            f"migrate: failed (DATABASE_URL={redact_url(url)}): {scrub_text(said, url)}"
+        ) from None
+
+
 @contextlib.contextmanager
 def exit_scrubbed(*urls: str | None) -> Iterator[None]:
     """Let no credential reach the terminal when a command dies: a driver's error (in its message
@@ -554,9 +621,8 @@ def main(argv: list[str] | None = None) -> None:
         with exit_scrubbed(settings.database_url, settings.valkey_url):
             asyncio.run(run_workers(Services(_resolve(settings), MODULES)))
     elif args.command == "migrate":
-        settings = resolve_services(settings)
-        assert settings.database_url
-        sys.stdout.write(migrate(settings.database_url))
+        with exit_scrubbed(settings.database_url):
+            sys.stdout.write(_migrate(settings))
     elif args.command == "create-admin":
         with exit_scrubbed(settings.database_url, settings.valkey_url):
             granted = asyncio.run(

@@ -27,7 +27,7 @@ from app.core.gate import GateConfig, RouteGate
 from app.core.logging import configure_logging
 from app.core.metrics import RequestMetrics, sweep_dead_processes
 from app.core.middleware import RequestContextMiddleware
-from app.core.queues import build_saq_config
+from app.core.queues import build_saq_config, workers_running
 from app.core.ratelimit import RateLimiter, policies_from_settings
 from app.core.routing import (
     StrictJSONRequest,
@@ -69,6 +69,11 @@ class MetricsController(PrometheusController):
     before_request = _forget_dead_workers  # type: ignore[assignment]  # Litestar unbinds controller hooks
 
 
+IN_PROCESS_DEQUEUE_TIMEOUT_S = 1.0
+"""How long an idle in-process worker's wait for a job lasts before it asks again: a stop waits for it,
+so an idle ``just serve`` stops within about this long."""
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     resolve_dependencies_in_order()
     guard_without_handler_copies()
@@ -89,18 +94,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
     queues = saq_config.get_queues().queues
     saq_plugin = SAQPlugin(saq_config)
     channels = channels_plugin(settings.valkey_url)
-    for worker in saq_plugin.get_workers().values():
-        # The batched heartbeat manager only serves litestar-saq's @monitored_job, which no task
-        # uses; in the web process its thread only crashes noisily at shutdown.
-        worker._enable_heartbeat_manager = False
+    workers = list(saq_plugin.get_workers().values())
+    in_process = workers if settings.worker_in_process else []
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await services.start()
-        gc.collect()
-        gc.freeze()  # start-up objects leave the collector's generations: p99 without GC pauses
         try:
-            yield
+            async with workers_running(services, in_process, dequeue_timeout_s=IN_PROCESS_DEQUEUE_TIMEOUT_S):
+                gc.collect()
+                gc.freeze()  # start-up objects leave the collector's generations: p99 without GC pauses
+                yield
         finally:
             await services.close()
             await queues["default"].redis.aclose()  # type: ignore[attr-defined]
@@ -188,6 +192,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    for worker in workers:
+        # The lifespan runs the in-process workers (workers_running), not litestar-saq's hooks: its
+        # shutdown hook only starts each worker's stop, after the lifespan closed the services and the
+        # queues' Valkey client, and granian ends the loop once the lifespan returned (a running job
+        # was cut off, the relay never stopped); nor their heartbeat manager, which only serves
+        # litestar-saq's @monitored_job.
+        app.on_startup.remove(worker.on_app_startup)
+        app.on_shutdown.remove(worker.on_app_shutdown)
     gate.prepare(app)
     # The outer layer wraps Litestar's own exception handling, so 404/405 answers (raised before any
     # route exists) get a request id, the security headers, metrics and an access-log line too.

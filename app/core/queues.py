@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import cast
 
 import psycopg
@@ -25,6 +26,7 @@ import redis.asyncio as redis
 import structlog
 from litestar.types import Guard
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
+from litestar_saq import Worker as LitestarWorker
 from saq import Queue, Worker
 from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
@@ -297,10 +299,55 @@ def _mark_started(worker: Worker[Context]) -> asyncio.Event:
     return started
 
 
+@contextlib.asynccontextmanager
+async def workers_running(
+    services: Services, workers: Sequence[Worker[Context]], *, dequeue_timeout_s: float | None = None
+) -> AsyncIterator[None]:
+    """``workers`` run while the block does (the worker process's, and ``just serve``'s in process);
+    at its end they stop, and all of it is awaited before the block ends:
+
+    - the services hear of the stop first (``Services.stopping``): SAQ runs the shutdown hooks only
+      after the grace, so a running job finishes what it has in hand instead of starting more (a
+      delivery cut by the cancellation is 'uncertain');
+    - each worker's start-up is let finish (bounded by ``WORKER_SHUTDOWN_GRACE_S``): SAQ's stop runs
+      the shutdown hooks at once, so a stop during the startup hooks closed nothing of what they then
+      opened (the relay, the services' listeners);
+    - every worker stops taking jobs, SAQ's upkeep loops (asleep for up to their 10 s timers) are
+      cancelled, running jobs finish within the grace, and the shutdown hooks run (the relay's stop).
+
+    The caller handles the signals (``Worker.SIGNALS`` emptied). ``dequeue_timeout_s``: how long an
+    idle slot's wait for a job lasts before it asks again, as a stop waits for it (SAQ's default
+    waits until a job comes)."""
+    grace_s = services.settings.worker_shutdown_grace_s
+    started = [_mark_started(worker) for worker in workers]
+    tasks = []
+    for worker in workers:
+        worker.SIGNALS = []
+        if dequeue_timeout_s is not None:
+            worker.dequeue_timeout = dequeue_timeout_s
+        context = contextvars.copy_context()
+        if isinstance(worker, LitestarWorker):  # its log lines name it, as litestar-saq's own start does
+            context.run(worker.configure_structlog_context)
+        tasks.append(asyncio.create_task(worker.start(), name=f"worker-{worker.queue.name}", context=context))
+    try:
+        yield
+    finally:
+        services.stopping()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), grace_s)
+        for worker in workers:
+            worker.event.set()  # no more jobs are taken
+            for task in list(worker.tasks):
+                if task.get_name() != "process":  # SAQ's upkeep loops
+                    task.cancel()
+        await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
     """The worker process: every queue's worker (the default queue's runs the outbox relay) until
-    SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``):
-    the services are told first (``Services.stopping``), so running jobs start no new work.
+    SIGINT/SIGTERM, then stop taking jobs and let running ones finish (``WORKER_SHUTDOWN_GRACE_S``;
+    ``workers_running``).
 
     It starts only once Valkey and PostgreSQL answer (``check_dependencies``): else it exits 1 with
     one line naming the setting, instead of SAQ's upkeep tracebacks for ever. Then it checks that the
@@ -324,24 +371,8 @@ async def run_workers(services: Services, *, preflight_timeout_s: float = PREFLI
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    started = [_mark_started(worker) for worker in workers]
-    for worker in workers:
-        worker.SIGNALS = []  # signals are handled here, once for all queues
-    tasks = [asyncio.create_task(worker.start(), name=f"worker-{worker.queue.name}") for worker in workers]
-    log.info("workers_started", queues=[worker.queue.name for worker in workers])
-    await stop.wait()
-    log.info("workers_stopping", grace_s=settings.worker_shutdown_grace_s)
-    # SAQ runs the shutdown hooks (services.close) only after the grace, once running jobs are
-    # cancelled: the services hear of the stop now, so a job finishes what it has in hand within
-    # the grace instead of starting more (a delivery cut by the cancellation is 'uncertain').
-    services.stopping()
-    # SAQ's stop runs the shutdown hooks at once: a stop while a worker is still in its startup hooks
-    # closed nothing of what they then opened (the relay, the services' listeners), and the process
-    # never exited. Each worker's start-up is let finish first (bounded by the grace).
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(
-            asyncio.gather(*(event.wait() for event in started)), settings.worker_shutdown_grace_s
-        )
-    await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    async with workers_running(services, workers):
+        log.info("workers_started", queues=[worker.queue.name for worker in workers])
+        await stop.wait()
+        log.info("workers_stopping", grace_s=settings.worker_shutdown_grace_s)
     log.info("workers_stopped")

@@ -1,0 +1,206 @@
+"""``python -m app.cli serve`` and ``migrate`` start-up, as an operator meets it (review of start-up):
+
+- a proxy in the environment (``HTTP_PROXY``/``ALL_PROXY``) does not stop ``serve`` from seeing its
+  own readiness (the poll went through the proxy and never reached the loopback);
+- ``HOST=localhost`` serves on 127.0.0.1, and a ``HOST`` that is a name is refused before anything
+  starts (granian failed on either only after the migrations and the seeding);
+- a ``DATABASE_URL`` whose database does not exist yet is created by the migrations, instead of
+  ``serve`` waiting ``SERVE_READY_TIMEOUT_S`` for it and failing;
+- ``migrate`` on an unreachable database fails in one line naming ``DATABASE_URL`` (password masked),
+  without a traceback and without starting an embedded Valkey it has no use for.
+
+``serve`` runs on the session's PostgreSQL (a database of its own per test, dropped after) and Valkey.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.reliability.test_serve import ROOT, Launcher
+from tests.served import free_port
+
+READY_TIMEOUT_S = "60"
+"""``SERVE_READY_TIMEOUT_S``: bounds the wait for the database and for readiness, so the old code's
+failures end (waiting for a missing database, polling through the dead proxy)."""
+EXIT_DEADLINE_S = 120.0
+
+
+def _url_of(database_url: str, name: str) -> str:
+    return urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+
+
+def _drop(database_url: str, name: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def _exists(database_url: str, name: str) -> bool:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="cli-startup-"))
+    yield directory / "data"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> Iterator[str]:
+    """A database name of this test's own on the session's server, not created (dropped after)."""
+    name = f"serve_{uuid.uuid4().hex[:12]}"
+    yield name
+    _drop(database_url, name)
+
+
+@pytest.fixture
+def empty_database(database_url: str, fresh_database: str) -> str:
+    """``fresh_database``, created empty: ``serve`` migrates and seeds it."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(fresh_database)))
+    return fresh_database
+
+
+@pytest.fixture
+def launchers() -> Iterator[list[Launcher]]:
+    started: list[Launcher] = []
+    yield started
+    for launcher in started:
+        launcher.kill_everything()
+
+
+def serve(
+    launchers: list[Launcher], data_dir: Path, database_url: str, valkey_url: str, **env: str
+) -> Launcher:
+    launcher = Launcher(
+        data_dir,
+        env={
+            "DATABASE_URL": database_url,
+            "VALKEY_URL": valkey_url,
+            "SERVE_READY_TIMEOUT_S": READY_TIMEOUT_S,
+            "MONITORING_CHECK_INTERVAL_S": "3600",
+            **env,
+        },
+    )
+    launchers.append(launcher)
+    return launcher
+
+
+def assert_ready_then_stops(launcher: Launcher) -> list[str]:
+    banner = launcher.read_banner()
+    assert httpx.get(f"{launcher.base}/health/ready", timeout=10, trust_env=False).status_code == 200
+    launcher.process.terminate()
+    assert launcher.read_to_exit(EXIT_DEADLINE_S) == 0, launcher.tail()
+    return banner
+
+
+def test_serve_becomes_ready_with_a_proxy_in_the_environment(
+    launchers: list[Launcher], data_dir: Path, database_url: str, valkey_url: str, empty_database: str
+) -> None:
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    launcher = serve(
+        launchers,
+        data_dir,
+        _url_of(database_url, empty_database),
+        valkey_url,
+        HTTP_PROXY=dead_proxy,
+        HTTPS_PROXY=dead_proxy,
+        ALL_PROXY=dead_proxy,
+        http_proxy=dead_proxy,
+        all_proxy=dead_proxy,
+    )
+
+    assert_ready_then_stops(launcher)
+
+
+def test_host_localhost_serves_on_the_loopback_address(
+    launchers: list[Launcher], data_dir: Path, database_url: str, valkey_url: str, empty_database: str
+) -> None:
+    launcher = serve(launchers, data_dir, _url_of(database_url, empty_database), valkey_url, HOST="localhost")
+
+    banner = assert_ready_then_stops(launcher)
+
+    assert f"http://127.0.0.1:{launcher.port}/api" in "\n".join(banner)
+
+
+def test_a_host_that_is_a_name_is_refused_before_anything_starts(
+    launchers: list[Launcher], data_dir: Path, database_url: str, valkey_url: str, empty_database: str
+) -> None:
+    launcher = serve(
+        launchers,
+        data_dir,
+        _url_of(database_url, empty_database),
+        valkey_url,
+        HOST="my-laptop",
+        # past the settings' own refusals of a non-loopback HOST
+        SECRET_KEY=uuid.uuid4().hex * 2,
+        ADMIN_PASSWORD=uuid.uuid4().hex,
+        DEMO_PASSWORD=uuid.uuid4().hex,
+    )
+
+    code = launcher.read_to_exit(EXIT_DEADLINE_S)
+
+    assert code == 1, launcher.tail()
+    [failure] = [line for line in launcher.output if line.startswith("serve: failed")]
+    assert "HOST=my-laptop is not an IP address" in failure, failure
+    with psycopg.connect(_url_of(database_url, empty_database)) as conn:
+        tables = conn.execute("select count(*) from pg_tables where schemaname = 'public'").fetchone()
+    assert tables == (0,), "nothing is migrated for a refused HOST"
+
+
+def test_serve_creates_a_configured_database_that_does_not_exist_yet(
+    launchers: list[Launcher], data_dir: Path, database_url: str, valkey_url: str, fresh_database: str
+) -> None:
+    assert not _exists(database_url, fresh_database)
+    launcher = serve(launchers, data_dir, _url_of(database_url, fresh_database), valkey_url)
+
+    assert_ready_then_stops(launcher)
+
+    assert _exists(database_url, fresh_database)
+    assert not any("PostgreSQL did not answer" in line for line in launcher.output), launcher.tail()
+
+
+def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path: Path) -> None:
+    port = free_port()
+    password = "migrate-secret-" + uuid.uuid4().hex[:8]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"postgresql://app:{password}@127.0.0.1:{port}/app",
+        "DBMATE_WAIT_TIMEOUT": "1s",  # dbmate's own wait for the server (60 s by default)
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_DEADLINE_S,
+        check=False,
+    )
+
+    assert result.returncode == 1, result
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    [error] = errors
+    assert error.startswith(f"migrate: failed (DATABASE_URL=postgresql://app:***@127.0.0.1:{port}/app): "), (
+        error
+    )
+    assert f"127.0.0.1:{port}" in error and "connection refused" in error, error
+    assert "Traceback" not in result.stderr
+    assert password not in result.stdout + result.stderr
+    assert not (tmp_path / "data" / "valkey").exists(), "migrate started an embedded Valkey"
