@@ -4,9 +4,10 @@ The one documented exception to "handlers take services by name" (CONVENTIONS.md
 hot path, so they are plain function handlers without dependency injection (no ``data`` parameter,
 no injected service: Litestar's per-request dependency resolution costs measurable throughput at
 these rates). Each handler obtains ``PageViewService`` once per request from the app's registry
-(``request.app.state.services``) and reads its body itself through it (``read_view``/``read_batch``:
-the address's limit first, then ``decode_view``/``decode_batch``). The single view's answer is built
-once (an ``ASGIResponse`` holds no per-request state).
+(``request.app.state.services``), checks the address's limit before the body is received
+(``admit_reading``), then reads the body itself through it (``read_view``/``read_batch``:
+``decode_view``/``decode_batch``, a refused body charged). The single view's answer is built once (an
+``ASGIResponse`` holds no per-request state).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ memory per request."""
 BATCH_BODY_LIMIT = f"The body may hold at most {BATCH_MAX_BODY:,} bytes (4 MiB)"
 REFUSED_BODIES_LIMITED = (
     f"A body refused with a 400 takes one token of the address's limit per {REFUSED_BODY_BYTES_PER_TOKEN:,} "
-    "bytes begun; an address without a token left is answered 429 before its body is looked at."
+    "bytes begun; an address without a token left is answered 429 before its body is read."
 )
 ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=MediaType.JSON)
 
@@ -74,6 +75,7 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
 async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     pageviews = _service(request)
     client_ip, user_agent = _client(request)
+    pageviews.admit_reading(client_ip)
     view = pageviews.read_view(await request.body(), client_ip)
     await pageviews.record_one(view, client_ip, user_agent)
     return ACCEPTED_ONE
@@ -104,6 +106,7 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
 async def ingest_page_view_batch(request: Request[Any, Any, Any]) -> ASGIResponse:
     pageviews = _service(request)
     client_ip, user_agent = _client(request)
+    pageviews.admit_reading(client_ip)
     batch = pageviews.read_batch(await request.body(), client_ip)
     await pageviews.record(batch, client_ip, user_agent)
     return ASGIResponse(

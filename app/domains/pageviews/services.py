@@ -5,7 +5,8 @@ decode the body with a cached msgspec decoder (``decoding.py``) instead of a ``d
 every limit is checked without a round trip per view:
 
 - per client address (an IPv4 address or an IPv6 /64): in-process token buckets (``limiter.py``),
-  checked before a body is decoded; a body refused for its content takes tokens too (``read_view``);
+  checked before a body is received (``admit_reading``); a body refused for its content takes tokens
+  too (``read_view``);
 - per site: a quota per minute and per UTC day, leased in blocks from Valkey (``quota.py``);
 - the site key: a bounded cache, lookups of unknown keys batched, deletions mirrored (``keys.py``).
 
@@ -191,12 +192,18 @@ class PageViewService:
     decode_view = staticmethod(decode_view)
     decode_batch = staticmethod(decode_batch)
 
+    def admit_reading(self, client_ip: str) -> None:
+        """A 429 for an address without a token left, called before its body is received (the
+        handlers then ``read_view``/``read_batch`` it): a limited client cannot make the server take
+        in up to 4 MiB per request only to be refused."""
+        wait = self.limiter.wait(client_ip)
+        if wait:
+            raise _too_many(wait)
+
     def read_view(self, body: bytes, client_ip: str) -> PageView:
-        """The view of an ingest request's body (``decode_view``), as the client's address may have
-        it: a 429 before anything of the body is looked at once the address has no token left, and
-        a body refused (400) takes its tokens (``refused_body_tokens``), so a client sending bad
-        bodies is limited as one sending views is."""
-        self._admit_reading(client_ip)
+        """The view of an ingest request's body (``decode_view``) of an address ``admit_reading``
+        admitted; a body refused (400) takes its tokens (``refused_body_tokens``), so a client
+        sending bad bodies is limited as one sending views is."""
         try:
             return decode_view(body)
         except InvalidFieldsError:
@@ -205,17 +212,11 @@ class PageViewService:
 
     def read_batch(self, body: bytes, client_ip: str) -> PageViewBatch:
         """``read_view`` for a batch (``decode_batch``)."""
-        self._admit_reading(client_ip)
         try:
             return decode_batch(body)
         except InvalidFieldsError:
             self.limiter.charge(client_ip, refused_body_tokens(body))
             raise
-
-    def _admit_reading(self, client_ip: str) -> None:
-        wait = self.limiter.wait(client_ip)
-        if wait:
-            raise _too_many(wait)
 
     async def record_one(self, view: PageView, client_ip: str, user_agent: str) -> None:
         """Store one view; return once it is committed. 429 once the client's address has used its
