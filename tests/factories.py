@@ -25,6 +25,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
@@ -33,7 +34,7 @@ from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from litestar.types import ASGIApp, Receive, Scope, Send
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from saq import Queue
 from structlog.stdlib import ProcessorFormatter
 
@@ -119,6 +120,18 @@ async def create_user(
         user = await account_queries.admin_update_user(db, role=None, is_active=False, id=user.id)
         assert user is not None
     return user
+
+
+@contextlib.contextmanager
+def database_to_come(database_url: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """(URL, name) of a database of the caller's own on ``database_url``'s server, not created yet
+    (``migrate`` creates it); dropped, with whatever is connected to it, at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}")), name
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 def mint_headers(app: Litestar, user_id: int, role: UserRole | str = UserRole.MEMBER) -> dict[str, str]:

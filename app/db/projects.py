@@ -442,17 +442,7 @@ async def list_invitations_for_email(
         return await cur.fetchall()
 
 
-INVITATION_TO_ACCEPT = """\
-select i.project_id, i.token_sha256
-from project_invitations i
-where i.id = $1 and i.email = $2
-  and exists (
-      select 1
-      from project_members sender
-      join users sender_account on sender_account.id = sender.user_id
-      where sender.project_id = i.project_id and sender.user_id = i.invited_by
-        and sender.role = 'owner' and sender_account.is_active
-  )"""
+INVITATION_TO_ACCEPT = "select project_id, token_sha256 from project_invitations where id = $1 and email = $2"
 
 
 class InvitationToAcceptRow(msgspec.Struct, frozen=True, gc=False):
@@ -468,7 +458,7 @@ async def invitation_to_accept(
 ) -> InvitationToAcceptRow | None:
     """The project an invitation to this email is for and its token's hash (null: issued before tokens,
     never accepted), to compare in constant time; unlocked: the project is locked before the taking.
-    None while its sender is not an active owner of the project (as TakeAcceptedInvitation)."""
+    Whether its sender may still invite is TakeAcceptedInvitation's to decide, under the lock."""
     async with AsyncRawCursor(conn, row_factory=args_row(InvitationToAcceptRow)) as cur:
         await cur.execute(INVITATION_TO_ACCEPT, (id, email))
         return await cur.fetchone()

@@ -162,17 +162,8 @@ limit @row_limit;
 -- name: InvitationToAccept :one
 -- The project an invitation to this email is for and its token's hash (null: issued before tokens,
 -- never accepted), to compare in constant time; unlocked: the project is locked before the taking.
--- None while its sender is not an active owner of the project (as TakeAcceptedInvitation).
-select i.project_id, i.token_sha256
-from project_invitations i
-where i.id = @id and i.email = @email
-  and exists (
-      select 1
-      from project_members sender
-      join users sender_account on sender_account.id = sender.user_id
-      where sender.project_id = i.project_id and sender.user_id = i.invited_by
-        and sender.role = 'owner' and sender_account.is_active
-  );
+-- Whether its sender may still invite is TakeAcceptedInvitation's to decide, under the lock.
+select project_id, token_sha256 from project_invitations where id = @id and email = @email;
 
 -- name: TakeAcceptedInvitation :one
 -- An invitation addressed to this email, removed as accepted: only while it still has the hash the

@@ -28,6 +28,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.factories import database_to_come
 from tests.reliability.test_serve import ROOT, Launcher
 from tests.served import free_port
 
@@ -39,11 +40,6 @@ EXIT_DEADLINE_S = 120.0
 
 def _url_of(database_url: str, name: str) -> str:
     return urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-
-
-def _drop(database_url: str, name: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 def _exists(database_url: str, name: str) -> bool:
@@ -61,9 +57,8 @@ def data_dir() -> Iterator[Path]:
 @pytest.fixture
 def fresh_database(database_url: str) -> Iterator[str]:
     """A database name of this test's own on the session's server, not created (dropped after)."""
-    name = f"serve_{uuid.uuid4().hex[:12]}"
-    yield name
-    _drop(database_url, name)
+    with database_to_come(database_url, "serve") as (_, name):
+        yield name
 
 
 @pytest.fixture

@@ -10,17 +10,15 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from app.core.migrate import MIGRATIONS_DIR, drop_invalid_indexes, migrate
-from tests.factories import captured_logs
+from tests.factories import captured_logs, database_to_come
 
 TARGET = "20261202010500_github_profiles_fetched_at_index.sql"
 BUILD_WAIT_S = 120.0
@@ -28,11 +26,8 @@ BUILD_WAIT_S = 120.0
 
 @pytest.fixture
 def fresh_database(database_url: str) -> Iterator[str]:
-    name = f"invalid_index_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    with database_to_come(database_url, "invalid_index") as (url, _):
+        yield url
 
 
 def _indexes(url: str, *names: str) -> dict[str, bool]:

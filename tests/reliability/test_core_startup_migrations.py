@@ -9,19 +9,17 @@ from __future__ import annotations
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from app.core.migrate import MIGRATIONS_DIR, MigrationLockTimeoutError, migrate
-from tests.factories import captured_logs
+from tests.factories import captured_logs, database_to_come
 
 MIGRATIONS = sorted(path.name.split("_", 1)[0] for path in MIGRATIONS_DIR.glob("*.sql"))
 
@@ -29,11 +27,8 @@ MIGRATIONS = sorted(path.name.split("_", 1)[0] for path in MIGRATIONS_DIR.glob("
 @pytest.fixture
 def fresh_database(database_url: str) -> Iterator[tuple[str, str]]:
     """(URL of a database that does not exist yet, its name) on the session's server; dropped after."""
-    name = f"migrate_race_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    yield url, name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    with database_to_come(database_url, "migrate_race") as created:
+        yield created
 
 
 def _migrate_together(url: str, processes: int) -> list[str | BaseException]:

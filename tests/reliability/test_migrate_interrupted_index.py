@@ -18,18 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from app.core.migrate import MIGRATIONS_DIR, ROOT, IndexBuildUnderWayError, migrate, migration_versions
-from tests.factories import captured_logs
+from tests.factories import captured_logs, database_to_come
 
 TARGET = "20261202010500_github_profiles_fetched_at_index.sql"
 VERSION = TARGET.split("_", 1)[0]
@@ -41,11 +38,8 @@ WAIT_S = 120.0
 
 @pytest.fixture
 def fresh_database(database_url: str) -> Iterator[str]:
-    name = f"interrupted_index_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    with database_to_come(database_url, "interrupted_index") as (url, _):
+        yield url
 
 
 @pytest.fixture
