@@ -251,7 +251,9 @@ class InvitationsController(Controller):
         "/",
         summary="Open invitations of a project (owners)",
         description="Without their tokens (each was shown once, when the invitation was sent): to give "
-        "an invitee a token again, invite the email again (a new token; the old one stops working).",
+        "an invitee a token again, invite the email again (a new token; the old one stops working). "
+        "An invitation whose sender's account was deactivated stays listed (and counts toward the limit) "
+        "but cannot be accepted until an owner sends it again (it is then theirs) or withdraws it.",
         responses=problems(400, 401, 403, 404, 429),
     )
     async def list_invitations(
