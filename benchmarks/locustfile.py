@@ -73,7 +73,7 @@ def login(user: HttpUser | FastHttpUser, email: str, password: str) -> dict[str,
             if response.status_code == 200:
                 return {"Authorization": f"Bearer {response.json()['access_token']}"}
             if response.status_code == 429:
-                response.failure("429 on log-in: raise RATE_LIMIT_AUTH_PER_MINUTE for load tests")
+                response.failure("429 on log-in: raise RATE_LIMIT_AUTH_PER_MINUTE/_PER_HOUR for load tests")
                 time.sleep(min(float(response.headers.get("Retry-After", "5")), 30.0))
                 continue
             response.failure(f"log-in failed: {response.status_code}")
@@ -250,5 +250,6 @@ class VisitorUser(FastHttpUser):
 def _document_limits(parser: Any) -> None:
     parser.epilog = (
         "Start the server with raised limits for a load test, e.g. RATE_LIMIT_AUTH_PER_MINUTE=1000 "
-        "RATE_LIMIT_DEFAULT_PER_MINUTE=100000 RATE_LIMIT_DEFAULT_PER_HOUR=1000000 just serve"
+        "RATE_LIMIT_AUTH_PER_HOUR=100000 RATE_LIMIT_DEFAULT_PER_MINUTE=100000 "
+        "RATE_LIMIT_DEFAULT_PER_HOUR=1000000 just serve"
     )

@@ -33,6 +33,7 @@ from tests.served import ROOT, ServerProcess, free_port
 
 LOAD_TEST_LIMITS = {  # benchmarks/README.md, "locust"
     "RATE_LIMIT_AUTH_PER_MINUTE": "1000",
+    "RATE_LIMIT_AUTH_PER_HOUR": "100000",
     "RATE_LIMIT_DEFAULT_PER_MINUTE": "100000",
     "RATE_LIMIT_DEFAULT_PER_HOUR": "1000000",
 }
