@@ -547,14 +547,8 @@ def _migrate(settings: Settings) -> str:
     one line naming ``DATABASE_URL`` (password masked) and exit 1, as the other commands fail."""
     import psycopg
 
-    from app.core import embedded
-    from app.core.runtime import DEFAULT_DATABASE
-
-    url = settings.database_url
-    if url is None:
-        server = embedded.start_postgres(settings.data_dir)
-        embedded.ensure_database(server, DEFAULT_DATABASE)
-        url = embedded.postgres_url(server, DEFAULT_DATABASE)
+    url = resolve_services(settings, valkey=False).database_url
+    assert url is not None
     try:
         return migrate(url)
     except (RuntimeError, psycopg.Error, OSError) as exc:  # dbmate's output, the driver's, the binary's

@@ -10,8 +10,11 @@ from app.core import embedded
 DEFAULT_DATABASE = "app"
 
 
-def resolve_services(settings: Settings, database: str = DEFAULT_DATABASE) -> Settings:
-    """Settings whose ``database_url`` and ``valkey_url`` are set, starting embedded servers if needed.
+def resolve_services(
+    settings: Settings, database: str = DEFAULT_DATABASE, *, valkey: bool = True
+) -> Settings:
+    """Settings whose ``database_url`` and (unless not ``valkey``) ``valkey_url`` are set, starting
+    embedded servers if needed.
 
     This process then holds the embedded servers it started or joined until ``release_services``
     (or its exit); see ``app.core.embedded``.
@@ -21,7 +24,7 @@ def resolve_services(settings: Settings, database: str = DEFAULT_DATABASE) -> Se
         server = embedded.start_postgres(settings.data_dir)
         embedded.ensure_database(server, database)
         changes["database_url"] = embedded.postgres_url(server, database)
-    if settings.valkey_url is None:
+    if valkey and settings.valkey_url is None:
         url, _ = embedded.start_valkey(settings.data_dir)
         changes["valkey_url"] = url
     return msgspec.structs.replace(settings, **changes) if changes else settings

@@ -139,8 +139,6 @@ MAX_MEMBERS_READ = max(len(VIEW_NAMES), len(BATCH_NAMES)) + MAX_REPORTED_ERRORS 
 of more members whose names do not repeat holds more unknown ones than a problem lists."""
 VIEW = _contract(VIEW_NAMES)
 BATCH_SHAPE = _contract(BATCH_NAMES)
-VIEW_FIELDS = VIEW.fields
-BATCH_FIELDS = BATCH_SHAPE.fields
 _CONTAINERS = (
     msgspec.inspect.ListType,
     msgspec.inspect.SetType,
@@ -176,7 +174,7 @@ def decode_view(body: bytes) -> PageView:
         view = SINGLE.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _examine_view(body, exc)
-    if "\x00" in view.url or "\x00" in view.referrer or "\x00" in view.title:
+    if _holds_nul(view):
         return _examine_view(body, ValueError("NUL in a text field"))
     if _key_format(view.site_key) is None:
         return _examine_view(body, ValueError("malformed site key"))
@@ -191,12 +189,18 @@ def decode_batch(body: bytes) -> PageViewBatch:
         return _examine_batch(body, exc)
     keys: set[str] = set()
     for view in batch.views:
+        # _holds_nul, inline: a call per view of a thousand-view batch costs the hot path
         if "\x00" in view.url or "\x00" in view.referrer or "\x00" in view.title:
             return _examine_batch(body, ValueError("NUL in a text field"))
         keys.add(view.site_key)
     if any(_key_format(key) is None for key in keys):
         return _examine_batch(body, ValueError("malformed site key"))
     return batch
+
+
+def _holds_nul(view: PageView) -> bool:
+    """Whether a text field holds NUL (the contract's pattern, checked with ``in``: faster)."""
+    return "\x00" in view.url or "\x00" in view.referrer or "\x00" in view.title
 
 
 def _examine_view(body: bytes, refused: Exception) -> PageView:
@@ -314,7 +318,7 @@ def _checked_batch(members: _Members) -> PageViewBatch | BodyErrors:
         if views is not None:
             shape["views"] = _views_stand_in(views, items)
         return _with_left_out(body_errors(PageViewBatchIn, shape), left_out, members.complete)
-    unknown = [name for name in shape if name not in BATCH_FIELDS]
+    unknown = [name for name in shape if name not in BATCH_SHAPE.fields]
     listed: list[tuple[str, str]] = [(name, UNKNOWN_FIELD) for name in unknown[:MAX_REPORTED_ERRORS]]
     unlisted = len(unknown) - len(listed) + left_out
     accepted: list[PageView] = []
@@ -327,9 +331,8 @@ def _checked_batch(members: _Members) -> PageViewBatch | BodyErrors:
         path = f"views[{index}]"
         item_members = _read_members(item, VIEW, room)
         if item_members is None:
-            found = BodyErrors([(path, _not_an_object(item))], 0, counted=True)
-            if room <= 0:
-                found = BodyErrors([], 1, counted=False)
+            listed_here = [(path, _not_an_object(item))] if room > 0 else []
+            found = BodyErrors(listed_here, 0 if room > 0 else 1, counted=room > 0)
         else:
             checked = _checked_view(item_members, path, room)
             if isinstance(checked, PageView):
@@ -351,7 +354,7 @@ def _fast_view(raw: msgspec.Raw) -> PageView | None:
         view = SINGLE.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
-    if "\x00" in view.url or "\x00" in view.referrer or "\x00" in view.title:
+    if _holds_nul(view):
         return None
     return view if _key_format(view.site_key) is not None else None
 
