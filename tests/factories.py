@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -42,6 +43,7 @@ from app.config import Settings
 from app.core.cache import Cache
 from app.core.idempotency import idempotency as idempotency_module
 from app.core.logging import configure_logging
+from app.core.migrate import MIGRATIONS_DIR
 from app.core.modules import Module
 from app.core.queues import build_queues
 from app.db import accounts as account_queries
@@ -120,6 +122,17 @@ async def create_user(
         user = await account_queries.admin_update_user(db, role=None, is_active=False, id=user.id)
         assert user is not None
     return user
+
+
+def migrations_before(first_left_out: str, directory: Path) -> Path:
+    """``directory`` holding copies of the migrations that come before the file whose name contains
+    ``first_left_out`` (for a database migrated up to, not including, it)."""
+    directory.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if first_left_out in path.name:
+            break
+        shutil.copy(path, directory / path.name)
+    return directory
 
 
 @contextlib.contextmanager

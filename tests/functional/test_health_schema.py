@@ -3,7 +3,6 @@ ready (the api image never migrates); one with newer migrations is (a rolling de
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from app.config import Settings
 from app.core.migrate import MIGRATIONS_DIR, migrate, migration_versions
 from app.domains.health.services import HealthService
 from app.main import create_app
-from tests.factories import captured_logs, serve_in_loop
+from tests.factories import captured_logs, migrations_before, serve_in_loop
 
 FIRST_MIGRATION_SKIPPED = "task_project_versions"
 """The behind database stops before this migration (its ``projects.version`` the code reads)."""
@@ -28,12 +27,7 @@ FIRST_MIGRATION_SKIPPED = "task_project_versions"
 @pytest.fixture
 def behind_database_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """A database migrated up to (not including) ``FIRST_MIGRATION_SKIPPED``; dropped afterwards."""
-    older = tmp_path / "migrations"
-    older.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if FIRST_MIGRATION_SKIPPED in path.name:
-            break
-        shutil.copy(path, older / path.name)
+    older = migrations_before(FIRST_MIGRATION_SKIPPED, tmp_path / "migrations")
     assert settings.database_url
     name = f"behind_{uuid.uuid4().hex[:8]}"
     base, _, query = settings.database_url.partition("?")  # a URL: dbmate takes no key=value DSN

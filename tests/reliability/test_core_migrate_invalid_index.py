@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.core.migrate import MIGRATIONS_DIR, drop_invalid_indexes, migrate
-from tests.factories import captured_logs, database_to_come
+from app.core.migrate import drop_invalid_indexes, migrate
+from tests.factories import captured_logs, database_to_come, migrations_before
 
 TARGET = "20261202010500_github_profiles_fetched_at_index.sql"
 BUILD_WAIT_S = 120.0
@@ -51,13 +51,7 @@ def test_a_cancelled_concurrent_index_build_does_not_block_the_next_migrate(
 ) -> None:
     """The real migration, cancelled while its build waits for a writer's open transaction."""
     url = fresh_database
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if path.name == TARGET:
-            break
-        shutil.copy(path, before / path.name)
-    migrate(url, migrations_dir=before)
+    migrate(url, migrations_dir=migrations_before(TARGET, tmp_path / "before"))
 
     cancelled = threading.Event()
 

@@ -12,7 +12,6 @@ is kept), and ``migrate`` waits, within a bound, for a build still under way on 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from app.core.migrate import MIGRATIONS_DIR, ROOT, IndexBuildUnderWayError, migrate, migration_versions
-from tests.factories import captured_logs, database_to_come
+from app.core.migrate import ROOT, IndexBuildUnderWayError, migrate, migration_versions
+from tests.factories import captured_logs, database_to_come, migrations_before
 
 TARGET = "20261202010500_github_profiles_fetched_at_index.sql"
 VERSION = TARGET.split("_", 1)[0]
@@ -45,13 +44,7 @@ def fresh_database(database_url: str) -> Iterator[str]:
 @pytest.fixture
 def before_target(fresh_database: str, tmp_path: Path) -> str:
     """A fresh database migrated up to (not including) the GitHub profiles' concurrent index."""
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if path.name == TARGET:
-            break
-        shutil.copy(path, before / path.name)
-    migrate(fresh_database, migrations_dir=before)
+    migrate(fresh_database, migrations_dir=migrations_before(TARGET, tmp_path / "before"))
     return fresh_database
 
 
