@@ -61,6 +61,14 @@ class Fixtures:
     product_ids: list[int] = []
 
 
+def problem_detail(response: Any) -> str:
+    """A problem answer's ``detail`` (which limit refused), else the start of its body."""
+    try:
+        return str(response.json().get("detail"))
+    except (ValueError, AttributeError):
+        return str(response.text)[:200]
+
+
 def login(user: HttpUser | FastHttpUser, email: str, password: str) -> dict[str, str]:
     """Log in (waiting out a 429's Retry-After a few times); returns the Authorization header."""
     for _ in range(4):
@@ -73,10 +81,13 @@ def login(user: HttpUser | FastHttpUser, email: str, password: str) -> dict[str,
             if response.status_code == 200:
                 return {"Authorization": f"Bearer {response.json()['access_token']}"}
             if response.status_code == 429:
-                response.failure("429 on log-in: raise RATE_LIMIT_AUTH_PER_MINUTE/_PER_HOUR for load tests")
+                response.failure(
+                    f"429 on log-in ({problem_detail(response)}): raise RATE_LIMIT_AUTH_PER_MINUTE/_PER_HOUR "
+                    "for load tests"
+                )
                 time.sleep(min(float(response.headers.get("Retry-After", "5")), 30.0))
                 continue
-            response.failure(f"log-in failed: {response.status_code}")
+            response.failure(f"log-in failed: {response.status_code} ({problem_detail(response)})")
             break
     raise StopUser
 

@@ -37,6 +37,8 @@ LOAD_TEST_LIMITS = {  # benchmarks/README.md, "locust"
     "RATE_LIMIT_DEFAULT_PER_MINUTE": "100000",
     "RATE_LIMIT_DEFAULT_PER_HOUR": "1000000",
 }
+STATS = "fetch('/stats/requests').then((answer) => answer.json())"
+"""locust's statistics and its failures' messages, as its page reads them."""
 RENDER_TIMEOUT_MS = 60_000
 """Generous: the simulated users wait 0.2-6 s between their requests, on a shared machine."""
 EVERY_KIND_OF_USER = (
@@ -131,8 +133,12 @@ async def test_a_swarm_started_from_the_web_ui_runs_every_user_without_a_failure
     statistics = page.get_by_role("table")
     for name in EVERY_KIND_OF_USER:
         row = statistics.get_by_role("row").filter(has=page.get_by_role("cell", name=name, exact=True))
-        await expect(row).to_be_visible(timeout=RENDER_TIMEOUT_MS)
-    stats = await page.evaluate("fetch('/stats/requests').then((answer) => answer.json())")
+        try:
+            await expect(row).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+        except AssertionError as missing:
+            stats = await page.evaluate(STATS)
+            raise AssertionError(f"no row {name!r}; locust's errors: {stats['errors']}") from missing
+    stats = await page.evaluate(STATS)
     await page.get_by_role("button", name="Stop").click()
     await expect(page.get_by_text("stopped", exact=True)).to_be_visible(timeout=RENDER_TIMEOUT_MS)
 
