@@ -126,15 +126,19 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[I
 
     Behind trusted proxies, ``X-Forwarded-For`` is read from the right and the first address that is
     not itself a trusted proxy is the client. From anyone else the header is ignored (a client could
-    otherwise choose its own rate-limit key, CVE-2025-59152).
+    otherwise choose its own rate-limit key, CVE-2025-59152). An IPv4-mapped IPv6 address (how a socket
+    bound to ``::`` reports an IPv4 peer) is its IPv4 address, for the trust check and in the answer: one
+    client has one spelling in the limiter's keys, the login throttle and the logs.
     """
-    if peer is None or not forwarded_for or not _is_trusted(peer, trusted):
-        return peer
+    if peer is None:
+        return None
+    if not forwarded_for or not _is_trusted(peer, trusted):
+        return _canonical(peer)
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _is_trusted(hop, trusted):
-            return hop if _is_ip(hop) else peer
-    return hops[0] if hops and _is_ip(hops[0]) else peer
+            return _canonical(hop if _is_ip(hop) else peer)
+    return _canonical(hops[0] if hops and _is_ip(hops[0]) else peer)
 
 
 _MAX_ADDRESS_LENGTH = 45  # the longest textual IPv6 address (with an embedded IPv4 part)
@@ -147,11 +151,28 @@ def _parsed(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 @lru_cache(maxsize=4096)
 def _parse(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """Parsed once per distinct spelling (bounded: the least recently used go first)."""
+    """Parsed once per distinct spelling (bounded: the least recently used go first); an IPv4-mapped
+    IPv6 address is its IPv4 address."""
     try:
-        return ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _canonical(address: str) -> str:
+    """An IPv6 address in its one normal spelling (a mapped IPv4 one as IPv4); anything else as is."""
+    if ":" not in address:
+        return address
+    ip = _parsed(address)
+    return address if ip is None else _spelled(ip)
+
+
+@lru_cache(maxsize=4096)
+def _spelled(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(ip)
 
 
 def _is_ip(value: str) -> bool:
@@ -171,13 +192,11 @@ def client_network(address: str) -> str:
     is not an address is returned unchanged.
     """
     ip = _parsed(address)
-    return _ipv6_network(ip) if isinstance(ip, ipaddress.IPv6Address) else address
+    return _ipv6_network(ip) if isinstance(ip, ipaddress.IPv6Address) else _canonical(address)
 
 
 @lru_cache(maxsize=4096)
 def _ipv6_network(ip: ipaddress.IPv6Address) -> str:
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
@@ -221,7 +240,7 @@ class RequestContextMiddleware:
             request_id = next_request_id()
         client = scope.get("client")
         peer = client[0] if client else None
-        client_ip = client_address(peer, forwarded_for, self.trusted) if forwarded_for else peer
+        client_ip = client_address(peer, forwarded_for, self.trusted)
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}

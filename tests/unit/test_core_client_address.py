@@ -145,7 +145,7 @@ _headers = st.one_of(
 
 @given(peer=st.ip_addresses().filter(_untrusted).map(str), header=st.none() | _headers)
 def test_an_untrusted_peer_is_always_the_client(peer: str, header: str | None) -> None:
-    assert client_address(peer, header, PROXIES) == peer
+    assert ipaddress.ip_address(client_address(peer, header, PROXIES) or "") == _unmapped(peer)
 
 
 @given(peer=st.sampled_from(["10.0.0.1", "127.0.0.1", "::1", "fd00::5"]), header=_headers)
@@ -154,5 +154,35 @@ def test_a_trusted_peer_yields_the_peer_or_an_ip_from_the_header(peer: str, head
 
     assert result is not None
     if result != peer:
-        ipaddress.ip_address(result)
-        assert result in [hop.strip() for hop in header.split(",")]
+        hops = [hop.strip() for hop in header.split(",")]
+        assert _unmapped(result) in [_unmapped(hop) for hop in hops if _is_address(hop)]
+
+
+def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(address)
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def test_a_proxy_reaching_a_dual_stack_socket_over_ipv4_is_trusted() -> None:
+    """Bound to ``::``, granian reports an IPv4 peer as ``::ffff:a.b.c.d``: still the trusted proxy."""
+    assert client_address("::ffff:10.0.0.5", "6.6.6.6, 1.2.3.4", PROXIES) == "1.2.3.4"
+    assert client_address("::ffff:127.0.0.1", "198.51.100.20", LOOPBACK) == "198.51.100.20"
+
+
+def test_a_trusted_hop_written_ipv4_mapped_is_skipped() -> None:
+    assert client_address("10.0.0.1", "1.2.3.4, ::ffff:10.0.0.5", PROXIES) == "1.2.3.4"
+
+
+@pytest.mark.parametrize("forwarded_for", [None, "1.2.3.4"])
+def test_an_ipv4_mapped_client_is_named_by_its_ipv4_address(forwarded_for: str | None) -> None:
+    """One client, one spelling: the limiter's keys, the login throttle and the logs agree."""
+    assert client_address("::ffff:203.0.113.7", forwarded_for, LOOPBACK) == "203.0.113.7"
+    assert client_address("127.0.0.1", "::FFFF:203.0.113.7", LOOPBACK) == "203.0.113.7"
