@@ -138,7 +138,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     )
 
     currency: Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"))] = "EUR"
-    reservation_window_s: Annotated[int, msgspec.Meta(ge=10)] = 900
+    reservation_window_s: Annotated[int, msgspec.Meta(ge=10, le=7 * 24 * 3600)] = 900
+    """At most a week: stock held longer is not a reservation (and an unbounded value overflowed
+    ``now + timedelta(seconds=...)`` in every reservation)."""
     max_open_orders: Annotated[int, msgspec.Meta(ge=1)] = 5
     product_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 

@@ -157,6 +157,10 @@ def test_routes_the_gate_never_authenticates_document_no_401_unless_they_answer_
     assert documented == ["POST /api/auth/login", "POST /api/auth/refresh"], documented
 
 
+THIRD_PARTY_BODIES = {"POST /api/payments/webhook"}
+"""Bodies a third party writes (the payment provider adds fields to its events): decoded leniently."""
+
+
 def test_every_input_struct_refuses_undeclared_properties_in_the_schema(app: Litestar) -> None:
     """Input Structs forbid unknown fields; the schema must say so (``additionalProperties: false``)."""
     schema = app.openapi_schema.to_schema()
@@ -167,7 +171,8 @@ def test_every_input_struct_refuses_undeclared_properties_in_the_schema(app: Lit
         for media_type, body in content.items():
             ref = body.get("schema", {}).get("$ref")
             target = components[ref.rsplit("/", 1)[-1]] if ref else body.get("schema", {})
-            if target.get("type") == "object" and target.get("additionalProperties") is not False:
+            strict = f"{method.upper()} {path}" not in THIRD_PARTY_BODIES
+            if strict and target.get("type") == "object" and target.get("additionalProperties") is not False:
                 loose.append(f"{method.upper()} {path} ({media_type})")
     assert not loose, "\n".join(loose)
 

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Schema
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from app.core.auth import Caller, requires_admin, requires_user
+from app.core.errors import Problem
 from app.core.idempotency import REPLAYED_HEADER, DocumentsIdempotency, idempotency_key_header
 from app.core.openapi import BEARER, documents_json_body, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath
 from app.db.models import OrderStatus
-from app.domains.orders.payments import SIGNATURE_HEADER, PaymentEventIn, PaymentEventOut
+from app.domains.orders.payments import (
+    SIGNATURE_HEADER,
+    WEBHOOK_MAX_BODY,
+    PaymentEventDocumented,
+    PaymentEventOut,
+)
 from app.domains.orders.schemas import (
     OrderCreate,
     OrderCursor,
@@ -31,6 +39,26 @@ from app.domains.orders.services import OrderService
 Orders = NamedDependency[OrderService]
 FIRST_PAGE = 2**63 - 1
 """``before_id`` of the first page: past every id."""
+WEBHOOK_BODY_LIMIT = f"The body may hold at most {WEBHOOK_MAX_BODY:,} bytes (64 KiB)"
+
+
+@dataclass
+class DocumentsPlacement(DocumentsIdempotency):
+    """``operation_class=`` of ``place_order``: its 202 carries ``Location`` besides
+    ``Idempotent-Replayed`` (documented here for the same reason: a ``ResponseSpec`` answer)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        accepted = (self.responses or {}).get(str(HTTP_202_ACCEPTED))
+        if isinstance(accepted, OpenAPIResponse):
+            accepted.headers = {
+                **(accepted.headers or {}),
+                "Location": OpenAPIHeader(
+                    schema=Schema(type=OpenAPIType.STRING),
+                    description="The order's path (`/api/orders/{id}`): poll it for `reserved` or "
+                    "`rejected`. Sent with the replay of a placement too.",
+                ),
+            }
 
 
 class OrdersController(Controller):
@@ -48,7 +76,7 @@ class OrdersController(Controller):
         "duplicate is 409 (a request that never finished holds its key for at most a minute). Answers "
         "202 with the pending order and its `Location`; poll it for `reserved` or `rejected`.",
         responses={**problems(400, 401, 409, 422, 429), 202: ResponseSpec(OrderOut, description="Accepted")},
-        operation_class=DocumentsIdempotency,
+        operation_class=DocumentsPlacement,
     )
     async def place_order(
         self,
@@ -121,8 +149,9 @@ class PaymentWebhookController(Controller):
     Not rate-limited (``opt={"rate_limit": None}``): the provider delivers every buyer's events from
     a few addresses at its own pace, and the per-address ``default`` limit answered them 429 in a
     sales peak, so a payment redelivered after the reservation window expired its order (a refund
-    instead of a sale). Flooding it costs little: a delivery without a valid signature is refused by
-    the constant-cost HMAC check before any database work."""
+    instead of a sale). Flooding it costs little: a body over ``WEBHOOK_MAX_BODY`` (64 KiB, not
+    MAX_BODY_BYTES) is 413 before it is read in full, and a delivery without a valid signature is
+    refused by the HMAC check, whose cost that limit bounds, before any database work."""
 
     path = "/api/payments/webhook"
     tags = ["commerce"]
@@ -148,11 +177,22 @@ class PaymentWebhookController(Controller):
         "the raw body itself: the signature covers its exact bytes. 404 while no "
         "PAYMENT_WEBHOOK_SECRET is configured. Not rate-limited: the provider sends every shop's "
         "events from a few addresses at its own pace (a per-address limit refused payments in a "
-        "sales peak, and their late redelivery found the reservation expired); a delivery without a "
-        "valid signature is refused by a constant-cost HMAC check before any database work.",
+        "sales peak, and their late redelivery found the reservation expired); a body over 64 KiB is "
+        "413 and a delivery without a valid signature is refused by the HMAC check (its cost bounded "
+        "by that limit), both before any database work. Fields the provider adds to its events are "
+        "accepted (and not read); a `payment.succeeded` whose `data` lacks a field above, or has "
+        "one of the wrong type, is 422.",
         opt={"rate_limit": None},
-        operation_class=documents_json_body(PaymentEventIn),
-        responses=problems(400, 404, 409, 422),
+        request_max_body_size=WEBHOOK_MAX_BODY,
+        operation_class=documents_json_body(PaymentEventDocumented),
+        responses={
+            **problems(400, 404, 409, 413, 422),
+            413: ResponseSpec(
+                Problem,
+                description=f"{WEBHOOK_BODY_LIMIT}; nothing was read past it, nor recorded",
+                media_type="application/problem+json",
+            ),
+        },
     )
     async def webhook(
         self,

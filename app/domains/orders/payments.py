@@ -35,7 +35,11 @@ class InvalidSignatureError(AppError):
     title = "Invalid webhook signature"
 
 
-class PaymentData(msgspec.Struct, forbid_unknown_fields=True):
+class PaymentData(msgspec.Struct):
+    """The ``data`` of a ``payment.succeeded``: strict about these fields, blind to any other (a third
+    party's payload: the provider adds fields to its events as it pleases, unlike our clients' bodies,
+    which forbid unknown fields)."""
+
     order_id: Id
     amount: Annotated[str, msgspec.Meta(pattern=whole(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?"))]
     """A decimal string (e.g. ``"12.50"``): exact, unlike a JSON number."""
@@ -56,13 +60,50 @@ EventId = Annotated[
 and ``..`` included, so it travels in bodies, never in a path."""
 
 
-class PaymentEventIn(msgspec.Struct, forbid_unknown_fields=True):
-    """One provider event; only ``payment.succeeded`` changes anything."""
+EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Created = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+PAYMENT_SUCCEEDED = "payment.succeeded"
+WEBHOOK_MAX_BODY = 64 * 1024
+"""The webhook's body limit (bytes): a provider's event is a few KiB, and the route is public (its
+body is read and HMAC'd before anything proves the sender), so it reads far less than MAX_BODY_BYTES."""
+
+
+class PaymentEventIn(msgspec.Struct):
+    """One provider event's envelope, decoded leniently (the provider adds fields: Stripe's carry
+    ``object``, ``api_version``, ``livemode``, ``pending_webhooks``). Its ``data`` is kept undecoded:
+    only a ``payment.succeeded``'s is read (``payment_data``); any other type is ``ignored`` whatever
+    its ``data`` holds, or without one."""
 
     id: EventId
-    type: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    created: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
-    data: PaymentData
+    type: EventType
+    created: Created
+    data: msgspec.Raw = msgspec.Raw()
+
+    def payment_data(self) -> PaymentData:
+        """The ``data`` of a ``payment.succeeded``; ``msgspec.ValidationError`` when it has none or a
+        known field is missing or malformed."""
+        if not self.data:
+            raise msgspec.ValidationError("Object missing required field `data`")
+        try:
+            return msgspec.json.decode(self.data, type=PaymentData)
+        except msgspec.ValidationError as exc:  # its path, as if decoded with the envelope
+            message = str(exc)
+            at = message.replace(" - at `$", " - at `$.data", 1)
+            raise msgspec.ValidationError(at if at != message else f"{message} - at `$.data`") from None
+
+
+class PaymentEventDocumented(msgspec.Struct):
+    """The webhook's body as documented (``PaymentEventIn`` decodes it): unknown fields are accepted."""
+
+    id: EventId
+    type: Annotated[
+        EventType, msgspec.Meta(description=f"Only `{PAYMENT_SUCCEEDED}` is read; any other is `ignored`")
+    ]
+    created: Annotated[Created, msgspec.Meta(description="Unix seconds")]
+    data: Annotated[
+        PaymentData | None,
+        msgspec.Meta(description=f"Required for `{PAYMENT_SUCCEEDED}`; any other type's is not read"),
+    ] = None
 
 
 RefundOutcome = Literal["refund-due", "expired", "mismatch"]

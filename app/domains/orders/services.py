@@ -34,9 +34,11 @@ from app.db.models import Order, OrderStatus, PaymentEvent
 from app.domains.accounts.services import AccountService
 from app.domains.activity.events import emit
 from app.domains.orders.payments import (
+    PAYMENT_SUCCEEDED,
     REFUND_OUTCOMES,
     InvalidSignatureError,
     Outcome,
+    PaymentData,
     PaymentEventIn,
     PaymentEventOut,
     verify_signature,
@@ -52,7 +54,6 @@ ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PAID: frozenset({OrderStatus.FULFILLED}),
 }
 RESERVE_TASK = "reserve_order"
-PAYMENT_SUCCEEDED = "payment.succeeded"
 EXPIRY_RUN_BUDGET_S = 30
 """How long one run of the expiry cron starts new batches: half its job's timeout (``module.py``), so
 the batch started last finishes well within it."""
@@ -410,28 +411,29 @@ class OrderService:
         except InvalidSignatureError as exc:  # a rotated secret or a drifting clock stops every payment
             log.warning("payment_webhook_refused", reason=exc.detail, body_bytes=len(body))
             raise
-        try:
+        try:  # a third party's event: lenient about fields it adds, strict about the ones we read
             event = msgspec.json.decode(body, type=PaymentEventIn)
+            payment = event.payment_data() if event.type == PAYMENT_SUCCEEDED else None
         except msgspec.ValidationError as exc:
             raise UnprocessableError(f"Not a payment event: {exc}") from None
         except msgspec.DecodeError:
             raise UnprocessableError("The body is not JSON.") from None
-        paying = event.type == PAYMENT_SUCCEEDED
-        payment = event.data
+        order_id = payment.order_id if payment is not None else None
         async with self.db.transaction() as uow:
-            if paying:  # every delivery takes the payment id's lock first, then the order's
+            order = None
+            if payment is not None:  # every delivery takes the payment id's lock first, then the order's
                 await queries.lock_payment_id(uow.conn, payment_id=payment.payment_id)
-            order = await queries.get_order_for_update(uow.conn, id=payment.order_id) if paying else None
+                order = await queries.get_order_for_update(uow.conn, id=payment.order_id)
             recorded = await queries.record_payment_event(
                 uow.conn,
                 event_id=event.id,
                 order_id=order.id if order else None,
-                payment_id=payment.payment_id if paying else None,
-                amount=Decimal(payment.amount) if paying else None,
-                currency=payment.currency if paying else None,
+                payment_id=payment.payment_id if payment is not None else None,
+                amount=Decimal(payment.amount) if payment is not None else None,
+                currency=payment.currency if payment is not None else None,
             )
             if recorded is None:
-                return PaymentEventOut(event_id=event.id, outcome="duplicate", order_id=payment.order_id)
+                return PaymentEventOut(event_id=event.id, outcome="duplicate", order_id=order_id)
             if order is not None and order.status == OrderStatus.PENDING:
                 # not reserved yet (the job is late): refuse it unrecorded (the raise rolls the event
                 # back), so the provider's redelivery is processed once the order is reserved
@@ -440,10 +442,12 @@ class OrderService:
                     "The order is not reserved yet; redeliver the event later.",
                     headers={"Retry-After": str(self.settings.job_timeout_s)},
                 )
-            outcome = await self._apply_payment(uow, order, event) if paying else "ignored"
+            outcome = (
+                await self._apply_payment(uow, order, event.id, payment) if payment is not None else "ignored"
+            )
             await queries.set_payment_event_outcome(uow.conn, outcome=outcome, event_id=event.id)
-        fields = {"event_id": event.id, "type": event.type, "order_id": payment.order_id, "outcome": outcome}
-        if paying:
+        fields = {"event_id": event.id, "type": event.type, "order_id": order_id, "outcome": outcome}
+        if payment is not None:
             fields |= {
                 "payment_id": payment.payment_id,
                 "amount": payment.amount,
@@ -455,9 +459,11 @@ class OrderService:
             log.warning("payment_event", refund_due=True, **fields)
         else:
             log.warning("payment_event", **fields)
-        return PaymentEventOut(event_id=event.id, outcome=outcome, order_id=payment.order_id)
+        return PaymentEventOut(event_id=event.id, outcome=outcome, order_id=order_id)
 
-    async def _apply_payment(self, uow: UnitOfWork, order: Order | None, event: PaymentEventIn) -> Outcome:
+    async def _apply_payment(
+        self, uow: UnitOfWork, order: Order | None, event_id: str, payment: PaymentData
+    ) -> Outcome:
         """The outcome of a ``payment.succeeded`` (recorded already, with its payment id, amount and
         currency). A payment id that an earlier event brought is the same money (a redelivery under a
         new event id): ``ignored``, whether it paid the order or is a refund due once already. Money
@@ -469,7 +475,7 @@ class OrderService:
         reservation lapsed, whether it expires the order now or the expiry cron came first, in that
         case whatever the amount, since no amount can make an expired order paid."""
         if await queries.payment_id_recorded_before(
-            uow.conn, payment_id=event.data.payment_id, event_id=event.id
+            uow.conn, payment_id=payment.payment_id, event_id=event_id
         ):
             return "ignored"
         if order is None:
@@ -481,14 +487,14 @@ class OrderService:
             return "ignored"  # paid through the previous release: this may be the same money
         if order.status != OrderStatus.RESERVED:
             return "refund-due"
-        if Decimal(event.data.amount) != order.total or event.data.currency != order.currency:
+        if Decimal(payment.amount) != order.total or payment.currency != order.currency:
             return "mismatch"
         if order.reserved_until and order.reserved_until <= await _database_now(uow):
             await self._release_stock(uow, order.id)
             await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
             return "expired"
         await _transition(
-            uow, order, OrderStatus.PAID, reason=f"payment {event.data.payment_id} received", actor=None
+            uow, order, OrderStatus.PAID, reason=f"payment {payment.payment_id} received", actor=None
         )
         return "paid"
 
