@@ -14,6 +14,7 @@ import pytest
 from playwright.async_api import Page, expect
 from psycopg import AsyncConnection
 from saq import Job as SaqJob
+from valkey.asyncio import Valkey
 
 from app.db.models import User, UserRole
 from tests.browser.conftest import Watch, WatchedPage
@@ -25,12 +26,14 @@ RENDER_TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
-async def admin(db: AsyncConnection[Any], password_hash: str) -> User:
+async def admin(db: AsyncConnection[Any], valkey: Valkey, password_hash: str) -> User:
+    """(Valkey emptied: the sign-ins below come from 127.0.0.1, whose login-throttle counters earlier
+    served tests leave behind.)"""
     return await create_user(db, password_hash, role=UserRole.ADMIN)
 
 
 @pytest.fixture
-async def member(db: AsyncConnection[Any], password_hash: str) -> User:
+async def member(db: AsyncConnection[Any], valkey: Valkey, password_hash: str) -> User:
     return await create_user(db, password_hash)
 
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from playwright.async_api import expect
 from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.services import open_services
@@ -50,7 +51,11 @@ EVERY_KIND_OF_USER = (
 
 
 @pytest.fixture
-async def seeded(db: AsyncConnection[Any], settings: Settings) -> Settings:
+async def seeded(db: AsyncConnection[Any], valkey: Valkey, settings: Settings) -> Settings:
+    """The demo data, on an empty database and an emptied Valkey: the swarm logs every simulated user
+    in from 127.0.0.1, and the Schemathesis run before it leaves the login throttle's counters there
+    (11 attempts for ana@example.com, the schema's example address, from 127.0.0.1: every member
+    log-in of the swarm that picked ana was a 429 for the next quarter of an hour)."""
     async with open_services(settings, MODULES) as services:
         await run_seeders(services)
     return settings
