@@ -26,7 +26,7 @@ from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
 from app.core.logging import configure_logging
 from app.core.metrics import RequestMetrics, sweep_dead_processes
-from app.core.middleware import RequestContextMiddleware
+from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
 from app.core.queues import build_saq_config, workers_running
 from app.core.ratelimit import RateLimiter, policies_from_settings
 from app.core.routing import (
@@ -208,5 +208,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         trusted_proxies=settings.trusted_proxies,
         observers=[observe for module in services.modules for observe in module.request_observers],
         metrics=metrics,
+        drain_at_most=largest_body(app, streamed=settings.file_max_bytes + MULTIPART_OVERHEAD),
     )
     return app

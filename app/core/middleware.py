@@ -10,10 +10,12 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
   observers, and one access-log line — only built when ``app.access`` logs at INFO.
 
 - a body it declared but the application left unread (an answer before the body was read: a 401
-  on an upload) is read to its end before the connection is given back, up to ``DRAIN_AT_MOST``
-  bytes: the server would otherwise close the connection under a proxy still sending it (nginx,
-  which sends a buffered body whole before reading the answer, then answers 502, not the 401).
-  Only bodies over ``DRAIN_FROM`` bytes, which socket buffers may not absorb, are watched.
+  on an upload) is read to its end before the connection is given back, up to ``drain_at_most``
+  bytes, the largest body a route accepts (built from the settings by ``app.main``: an upload's
+  limit is ``FILE_MAX_BYTES``, a runtime setting): the server would otherwise close the connection
+  under a proxy still sending it (nginx, which sends a buffered body whole before reading the
+  answer, then answers 502, not the 401). Only bodies over ``DRAIN_FROM`` bytes, which socket
+  buffers may not absorb, are watched.
 
 It wraps Litestar's own exception handling, so 404/405 answers (raised before any route exists)
 get all of this too. What depends on the route (authentication, rate limits, compression, the
@@ -34,7 +36,9 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 
 import structlog
+from litestar import Litestar
 from litestar.enums import ScopeType
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from app.core.logging import bind_request_id, unbind_request_id
@@ -56,9 +60,10 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 Content-Security-Policy of their own, which already forbids framing)."""
 _SECURITY_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
 DRAIN_FROM = 64 * 1024
-DRAIN_AT_MOST = 32 * 1024 * 1024
-"""Above the largest body a route accepts (an upload, 25 MiB): a larger one is not waited for."""
 DRAIN_TIMEOUT_S = 10.0
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes a multipart body may carry beyond its file (boundaries and part headers): an upload's body
+is accepted up to ``FILE_MAX_BYTES`` + this, and drained up to it when answered before it was read."""
 
 
 class _WatchedBody:
@@ -78,14 +83,28 @@ class _WatchedBody:
             self.ended = True
         return message
 
-    async def drain(self, declared: int) -> None:
-        """Read and drop what is left of a body the application did not read, if it is not too big."""
-        if self.ended or declared > DRAIN_AT_MOST:
+    async def drain(self) -> None:
+        """Read and drop what is left of a body the application did not read."""
+        if self.ended:
             return
         with contextlib.suppress(TimeoutError, OSError):
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 while not self.ended:
                     await self.receive()
+
+
+def largest_body(app: Litestar, streamed: int) -> int:
+    """The largest request body a route of ``app`` accepts, the layer's ``drain_at_most``: each HTTP
+    route's Litestar limit (``MAX_BODY_BYTES``, or its own: the page-view batch's), and ``streamed``
+    for the routes whose Litestar limit is lifted because they enforce their own while streaming
+    (the upload's ``FILE_MAX_BYTES`` + ``MULTIPART_OVERHEAD``, a runtime setting)."""
+    limits = [
+        streamed if (limit := handler.resolve_request_max_body_size()) is None else limit
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+    ]
+    return max(limits, default=streamed)
 
 
 # -- request ids -----------------------------------------------------------------------------------
@@ -204,9 +223,12 @@ def _ipv6_network(ip: ipaddress.IPv6Address) -> str:
 
 
 class RequestContextMiddleware:
-    """The outer layer (see the module docstring); non-HTTP scopes pass through untouched."""
+    """The outer layer (see the module docstring); non-HTTP scopes pass through untouched.
 
-    __slots__ = ("app", "metrics", "observers", "trusted")
+    ``drain_at_most``: the largest body a route accepts; a larger one left unread is not waited for.
+    """
+
+    __slots__ = ("app", "drain_at_most", "metrics", "observers", "trusted")
 
     def __init__(
         self,
@@ -214,8 +236,11 @@ class RequestContextMiddleware:
         trusted_proxies: Iterable[str] = (),
         observers: Sequence[RequestObserver] = (),
         metrics: RequestMetrics | None = None,
+        *,
+        drain_at_most: int,
     ) -> None:
         self.app = app
+        self.drain_at_most = drain_at_most
         self.trusted = parse_networks(trusted_proxies)
         self.observers = tuple(observers)
         self.metrics = metrics
@@ -266,12 +291,12 @@ class RequestContextMiddleware:
 
         length = int(declared) if len(declared) >= 5 and declared.isdigit() else 0
         try:
-            if length <= DRAIN_FROM:
+            if length <= DRAIN_FROM or length > self.drain_at_most:
                 await self.app(scope, receive, send_with_context)
             else:
                 body = _WatchedBody(receive)
                 await self.app(scope, body.receive, send_with_context)
-                await body.drain(length)
+                await body.drain()
         finally:
             duration = time.perf_counter() - started
             if self.metrics is not None:

@@ -33,9 +33,10 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.deadline import sever
+from app.core.middleware import MULTIPART_OVERHEAD
 from app.db.models import ProjectRole
 from app.domains.files.services import FileService
-from app.domains.files.storage import MULTIPART_OVERHEAD, sanitize_filename
+from app.domains.files.storage import sanitize_filename
 from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.services import MonitoringService
 from tests.factories import (

@@ -24,6 +24,7 @@ import structlog
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
+from app.core.middleware import MULTIPART_OVERHEAD
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
 from app.domains.activity.events import emit
@@ -33,7 +34,7 @@ from app.domains.files.reservations import (
     TooManyUploadsError,
     UploadReservations,
 )
-from app.domains.files.storage import MULTIPART_OVERHEAD, FileStorage, OpenedFile, StagedFile
+from app.domains.files.storage import FileStorage, OpenedFile, StagedFile
 from app.domains.projects.services import ProjectService
 
 log = structlog.get_logger("app.files")

@@ -68,11 +68,10 @@ from multipart import (
 )
 
 from app.core.errors import AppError
+from app.core.middleware import MULTIPART_OVERHEAD
 
 log = structlog.get_logger("app.files")
 
-MULTIPART_OVERHEAD = 64 * 1024
-"""Bytes a request body may carry beyond the file itself: boundaries and part headers."""
 
 FILE_FIELD = "file"
 MAX_FILENAME_CHARS = 255
