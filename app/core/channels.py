@@ -24,7 +24,9 @@ def _client(valkey_url: str) -> redis.Redis:
 
 
 def channels_plugin(valkey_url: str) -> ChannelsPlugin:
-    """The web process's subscriber side; a slow stream drops its oldest backlog, never blocks others."""
+    """The web process's subscriber side. A subscriber more than ``SUBSCRIBER_BACKLOG`` messages
+    behind loses its oldest, so one never blocks the others; a subscriber should take its messages
+    as they arrive (the feed's streams do, whatever their client does: ``stream.py``)."""
     return ChannelsPlugin(
         backend=RedisChannelsPubSubBackend(redis=_client(valkey_url)),
         arbitrary_channels_allowed=True,

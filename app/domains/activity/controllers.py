@@ -29,7 +29,7 @@ from app.domains.activity.schemas import (
     StreamEventDoc,
     UnreadCountsOut,
 )
-from app.domains.activity.services import ActivityService
+from app.domains.activity.services import DEFAULT_PAGE, ActivityService
 from app.domains.activity.stream import FeedStream
 from app.domains.activity.verbs import ObjectType, Verb
 
@@ -73,9 +73,6 @@ ProjectFilter = Annotated[
 ]
 
 EVENT_STREAM = "text/event-stream"
-
-DEFAULT_PAGE = 20
-"""Fewer groups than the usual 50 rows: each group carries its samples."""
 
 
 def provide_filters(

@@ -2,12 +2,14 @@
 
 Slots. An account holds at most ``FEED_STREAM_MAX_PER_USER`` live streams at once, across every
 process: each one costs a connection, a subscription and a PostgreSQL query per wake-up. They are
-``StreamSlots`` (``app/core/slots.py``: Valkey leases) under ``feed:streams:{user}``. A stream takes
-its slot before its response starts (one more is a 429), renews it at every heartbeat and gives it
-back when it ends, so the slots of a process that died free themselves after ``LEASE_HEARTBEATS``
-heartbeats; a stream whose own lease lapsed (a stalled process) and was taken meanwhile ends at its
-next heartbeat. Valkey unreachable: opening a stream fails (503), as its subscription would; an open
-stream keeps going and renews at the next heartbeat.
+``StreamSlots`` (``app/core/slots.py``: Valkey leases) under ``feed:streams:{user}``. The handler
+checks that a slot is free (one more is a 429); the stream's body takes it before its first message,
+its keeper task renews it at every heartbeat (even while a send waits on a client that stopped
+reading, which it cuts after ``STALL_HEARTBEATS``), and it is given back when the stream ends, so
+the slots of a process that died free themselves after ``LEASE_HEARTBEATS`` heartbeats; a stream
+whose own lease lapsed (a stalled process) and was taken meanwhile ends at its next heartbeat.
+Valkey unreachable: opening a stream fails (503), as its subscription would; an open stream keeps
+going and renews at the next heartbeat.
 
 Stopping. granian runs the application's lifespan shutdown only once every connection has ended,
 and a live stream does not end by itself: each SIGTERM or Ctrl-C with a stream open made granian

@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 COMBINED_EVENTS = 5000
 """At most this many events (or FEED_BATCH_SIZE, if larger) in one combined transaction."""
 
+DEFAULT_PAGE = 20
+"""The feed's page size when the client names none. Fewer groups than the usual 50 rows: each group
+carries its samples. Only this size's first page is cached (one entry per reader)."""
+
 CHANNEL = "activity:changes"
 """The pub/sub channel of change notices (``Notice``); streams subscribe to it."""
 
@@ -147,8 +151,10 @@ class ActivityService:
     async def feed(self, reader_id: int, filters: FeedFilters, cursor: str | None, limit: int) -> FeedPage:
         """The groups the reader may see, newest activity first; ``cursor`` continues a walk.
 
-        The unfiltered first page is answered from the cache (``cache.py``) while it is current."""
-        if cursor is None and filters == FeedFilters():
+        The unfiltered first page of the default size is answered from the cache (``cache.py``)
+        while it is current; other sizes read through, so a reader keeps one entry, not one per
+        ``limit``."""
+        if cursor is None and limit == DEFAULT_PAGE and filters == FeedFilters():
 
             async def load() -> bytes:
                 return msgspec.msgpack.encode(await self._feed(reader_id, filters, None, limit))

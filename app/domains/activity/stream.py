@@ -7,8 +7,9 @@ sent". So:
 - every message's ``id`` is the newest event it counts, and a reconnect with ``Last-Event-ID``
   replays exactly what the client missed and may see, each group once, in its current state (more
   than ``FEED_STREAM_REPLAY_MAX`` groups: a ``reset`` event, then the stream goes on from now);
-- a notice lost or dropped (pub/sub keeps nothing; a slow subscriber's backlog drops its oldest)
-  loses nothing: the next notice, or the heartbeat's check, sends it;
+- a notice lost (pub/sub keeps nothing) loses nothing: the next notice, or the heartbeat's check,
+  sends it. Notices are taken as they arrive and folded into two flags (``_listen``), so a stream
+  whose client stops reading holds constant memory however much the system publishes meanwhile;
 - membership is re-checked by every query: a member removed from a project gets nothing more from
   it, on this stream or after reconnecting. Notices are only pre-filtered against the reader's
   projects, refreshed at every heartbeat and whenever a notice concerns the reader's membership;
@@ -21,6 +22,12 @@ sent". So:
 - it ends at once when the client goes (Litestar cancels the generator on disconnect) and when the
   process stops (``live.py``); an account holds at most ``FEED_STREAM_MAX_PER_USER`` live streams
   (``live.py``: one more is a 429);
+- a client that stops reading without going (the server's ``send`` waits on it, the generator with
+  it) is cut by the stream's keeper task, which runs meanwhile: it renews the slot every heartbeat,
+  and once no message was sent for ``STALL_HEARTBEATS`` heartbeats, or the token expired or the
+  session ended during a send, cancels the response's task and closes the generator (the slot and
+  the subscription are given back; one ``feed_stream_stalled`` log line). So a stalled stream
+  outlives neither its token, nor a logout, nor its account's cap;
 - a client that does not ask for ``text/event-stream`` (EventSource always does) gets a poll: the
   ``ready`` event and the replay, then the response ends. So a plain HTTP client, or a contract
   fuzzer, never waits on an open stream.
@@ -31,9 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+import types
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import msgspec
+import structlog
 from litestar.channels import ChannelsPlugin
 from litestar.channels.subscriber import Subscriber
 from litestar.response import ServerSentEventMessage
@@ -45,7 +55,9 @@ from app.domains.activity.services import CHANNEL, ActivityService, Notice
 
 PAGE = 100
 RETRY_MS = 2000
+STALL_HEARTBEATS = 3
 _notice = msgspec.json.Decoder(Notice)
+log = structlog.get_logger("app.activity.stream")
 
 
 class FeedStream:
@@ -74,6 +86,12 @@ class FeedStream:
         self.is_admin = False
         self.projects: frozenset[int] = frozenset()
         self.cursor = 0
+        self._messages: AsyncGenerator[ServerSentEventMessage, None] | None = None
+        self._touched = False  # a notice since the last look named the reader's membership
+        self._concerned = False  # a notice since the last look may concern the reader
+        self._sending = False  # a message is out, its send not yet done
+        self._sent_at = time.monotonic()  # when the last send completed (or the stream started)
+        self._slot_lost = False
 
     @classmethod
     async def open(
@@ -85,35 +103,61 @@ class FeedStream:
         *,
         live: bool,
     ) -> FeedStream:
-        """The caller's stream; a live one first takes one of the account's slots (429 when the
-        account's other streams hold them all)."""
+        """The caller's stream; a live one needs one of the account's slots free (429 when the
+        account's other streams hold them all). The slot is taken for good by the stream's body,
+        before its first message, so a response that never starts (its client gone) holds none; one
+        taken meanwhile by another stream of the account ends the body at once (the client retries
+        and gets the 429)."""
         stream = cls(service, channels, caller, last_event_id, live=live)
         if live:
-            stream.slot = await service.streams.claim(caller.id)
+            slot = await service.streams.claim(caller.id)
+            await slot.release()
+            stream.slot = slot
         return stream
 
-    async def messages(self) -> AsyncIterator[ServerSentEventMessage]:
+    def messages(self) -> AsyncIterator[ServerSentEventMessage]:
+        self._messages = self._messages_of()
+        return self._messages
+
+    async def _messages_of(self) -> AsyncGenerator[ServerSentEventMessage, None]:
         if not self.live:  # a poll: nothing to wait for
-            async for message in self._run([], asyncio.Event()):
+            async for message in self._run(asyncio.Event()):
                 yield message
             return
+        if not await self._take_slot():
+            return
+        response = asyncio.current_task()  # the task sending this response: cut if it stalls
         wake = asyncio.Event()
         self.service.streams.watch(wake)
         try:
             async with self.channels.start_subscription([CHANNEL]) as subscriber:
-                notices: list[Notice] = []
-                listener = asyncio.create_task(self._listen(subscriber, notices, wake))
+                listener = asyncio.create_task(self._listen(subscriber, wake))
+                keeper = asyncio.create_task(self._keep(response, wake))
                 try:
-                    async for message in self._run(notices, wake):
+                    self._sent_at = time.monotonic()
+                    async for message in self._run(wake):
+                        self._sending = True
                         yield message
+                        self._sending = False
+                        self._sent_at = time.monotonic()
                 finally:
                     listener.cancel()
+                    if keeper is not asyncio.current_task():  # else the keeper is closing the stream
+                        keeper.cancel()
         finally:
             self.service.streams.unwatch(wake)
             if self.slot is not None:
                 await self.slot.release()
 
-    async def _run(self, notices: list[Notice], wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
+    async def _take_slot(self) -> bool:
+        if self.slot is None:
+            return True
+        try:
+            return await self.slot.renew()
+        except VALKEY_DOWN:
+            return False  # the client retries; the handler answers 503 while Valkey is unreachable
+
+    async def _run(self, wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
         await self._refresh_scope()
         latest = await self.service.latest_seq()
         replay = self.last_event_id is not None
@@ -127,7 +171,7 @@ class FeedStream:
         if not self.live:
             return
         beat = time.monotonic() + self.heartbeat_s
-        while not self.service.streams.stopping:
+        while not self._over():
             timeout = min(beat - time.monotonic(), self.expires_at - time.time())
             if timeout > 0:
                 with contextlib.suppress(TimeoutError):
@@ -136,26 +180,77 @@ class FeedStream:
                 return
             if time.monotonic() >= beat:
                 beat = time.monotonic() + self.heartbeat_s
-                if not await self._keep_slot():
-                    return
                 wake.clear()
-                notices.clear()  # what they announced, the check below sends
+                self._touched = self._concerned = False  # what they announced, the check below sends
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
                 await self._refresh_scope()
                 async for message in self._send_changes():
                     yield message
                 continue
             wake.clear()
-            pending, notices[:] = notices[:], []
-            if any(self.reader_id in notice.users for notice in pending):
+            touched, concerned = self._touched, self._concerned
+            self._touched = self._concerned = False
+            if touched:
+                # Notices folded during the refresh were checked against the old scope; the query
+                # below, made after it, covers them.
                 await self._refresh_scope()
-            if any(self._concerns(notice) for notice in pending):
+            if touched or concerned:
                 async for message in self._send_changes():
                     yield message
 
     def _over(self) -> bool:
-        """The process is stopping or the access token has expired."""
-        return self.service.streams.stopping or time.time() >= self.expires_at
+        """The process is stopping, the access token has expired or the slot was lost."""
+        return self.service.streams.stopping or time.time() >= self.expires_at or self._slot_lost
+
+    async def _keep(self, response: asyncio.Task[Any] | None, wake: asyncio.Event) -> None:
+        """Runs beside the stream, even while its generator waits on a ``send`` that does not return
+        (a client that stopped reading): renews the slot every heartbeat, and cuts the stream (its
+        response task cancelled, so the send ends and the generator's ``finally`` gives back the
+        slot and the subscription) once no message was sent for ``STALL_HEARTBEATS`` heartbeats, or,
+        while a send waits, its token expired or its session ended (``session_valid``)."""
+        while True:
+            until_expiry = self.expires_at - time.time()
+            await asyncio.sleep(
+                self.heartbeat_s if until_expiry <= 0 else min(self.heartbeat_s, until_expiry)
+            )
+            try:
+                reason = await self._verdict(wake)
+            except Exception:  # PostgreSQL unreachable for the session check: again at the next beat
+                log.warning("feed_stream_check_failed", user_id=self.reader_id, exc_info=True)
+                continue
+            if reason == "ended":
+                return
+            if reason is not None:
+                idle_s = round(time.monotonic() - self._sent_at, 1)
+                log.warning("feed_stream_stalled", user_id=self.reader_id, reason=reason, idle_s=idle_s)
+                await self._cut(response)
+                return
+
+    async def _verdict(self, wake: asyncio.Event) -> str | None:
+        """Why the stream must be cut now; ``"ended"`` when the loop ends it itself; None: it goes on
+        (its slot renewed)."""
+        if time.monotonic() - self._sent_at >= STALL_HEARTBEATS * self.heartbeat_s:
+            return "stalled"
+        if self._sending and time.time() >= self.expires_at:
+            return "expired"
+        if self._sending and not await self.service.session_valid(self.caller):
+            return "session ended"
+        if await self._keep_slot():
+            return None
+        if self._sending:
+            return "slot lost"
+        self._slot_lost = True  # taken by the account's other streams: the loop ends this one
+        wake.set()
+        return "ended"
+
+    async def _cut(self, response: asyncio.Task[Any] | None) -> None:
+        if response is not None:
+            response.cancel()
+        generator = self._messages
+        if isinstance(generator, types.AsyncGeneratorType) and not generator.ag_running:
+            # Suspended at a yield, in the cancelled task's send: cancelling that task does not reach
+            # it, so it is closed here (its ``finally`` runs in this task).
+            await generator.aclose()
 
     async def _keep_slot(self) -> bool:
         """Renew the stream's lease; False when it lapsed and the account's other streams took it."""
@@ -201,14 +296,22 @@ class FeedStream:
     async def _refresh_scope(self) -> None:
         self.is_admin, self.projects = await self.service.reader_scope(self.reader_id)
 
-    @staticmethod
-    async def _listen(subscriber: Subscriber, notices: list[Notice], wake: asyncio.Event) -> None:
+    async def _listen(self, subscriber: Subscriber, wake: asyncio.Event) -> None:
+        """Takes every notice as it arrives (so the subscriber's backlog never fills) and folds it
+        into two flags, whatever the generator is doing: the reader's membership was touched (their
+        scope is refreshed), something may concern the reader (the changes are queried). Constant
+        memory however long the stream waits on its client, and nothing lost: a query sends
+        everything after the cursor."""
         async for raw in subscriber.iter_events():
             try:
-                notices.append(_notice.decode(raw))
+                notice = _notice.decode(raw)
             except msgspec.DecodeError:
                 continue
-            wake.set()
+            touched = self.reader_id in notice.users
+            if touched or self._concerns(notice):
+                self._touched = self._touched or touched
+                self._concerned = True
+                wake.set()
 
 
 def _json(value: object) -> str:
