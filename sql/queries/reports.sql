@@ -32,6 +32,7 @@ select s.id from sites s
 where s.id in (
     select distinct p.site_id from page_views p
     where p.received_at >= @received_from and p.received_at < @received_to
+        and p.ts >= (@received_from::timestamptz) - interval '24 hours'
 )
 order by s.id
 for key share of s;
@@ -44,6 +45,7 @@ with counted as (
     from page_views p
     join sites s on s.id = p.site_id
     where p.received_at >= @received_from and p.received_at < @received_to
+        and p.ts >= (@received_from::timestamptz) - interval '24 hours'
     group by p.site_id, date_trunc('hour', p.ts, 'UTC')
 ),
 stored as (
@@ -56,16 +58,76 @@ stored as (
 select coalesce(sum(pageviews + bot_pageviews), 0)::bigint as rows from counted;
 
 -- name: RollupDimensions :exec
+-- Adds the views (bots excluded) received in the window to their (site, dimension, UTC hour of ts,
+-- value), keeping at most @keep values per (site, dimension, hour): the most viewed (then by value) of
+-- the stored and the new counts together; the others are folded into the row of value @other (their
+-- views summed, so every hour's total is kept). The empty value ("none": direct traffic, no campaign)
+-- and @other itself are never folded, so an hour holds at most @keep + 2 rows per dimension. A value
+-- folded in an earlier run and seen again (a late view) is ranked with its new views only.
+-- Without the bound a third party holding the public ingest key could store one row per distinct
+-- value it sends, and every breakdown over the period would re-aggregate them all.
+with viewed as materialized (
+    select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour, p.path, p.referrer_source, p.utm_campaign,
+        p.device, p.browser, count(*) as views
+    from page_views p
+    join sites s on s.id = p.site_id
+    where p.received_at >= @received_from and p.received_at < @received_to and not p.is_bot
+        and p.ts >= (@received_from::timestamptz) - interval '24 hours'
+    group by 1, 2, 3, 4, 5, 6, 7
+),
+counted as (
+    select v.site_id, 'path'::text as dimension, v.hour, v.path as value, sum(v.views) as views
+    from viewed v group by 1, 2, 3, 4
+    union all
+    select v.site_id, 'referrer_source', v.hour, v.referrer_source, sum(v.views)
+    from viewed v group by 1, 2, 3, 4
+    union all
+    select v.site_id, 'utm_campaign', v.hour, v.utm_campaign, sum(v.views)
+    from viewed v group by 1, 2, 3, 4
+    union all
+    select v.site_id, 'device', v.hour, v.device, sum(v.views)
+    from viewed v group by 1, 2, 3, 4
+    union all
+    select v.site_id, 'browser', v.hour, v.browser, sum(v.views)
+    from viewed v group by 1, 2, 3, 4
+),
+stored as (
+    select h.site_id, h.dimension, h.hour, h.value, h.views
+    from (select distinct c.site_id, c.dimension, c.hour from counted c) g
+    join page_view_dimension_hourly h
+        on h.site_id = g.site_id and h.dimension = g.dimension and h.hour = g.hour
+),
+merged as (
+    select coalesce(c.site_id, t.site_id) as site_id, coalesce(c.dimension, t.dimension) as dimension,
+        coalesce(c.hour, t.hour) as hour, coalesce(c.value, t.value) as value,
+        coalesce(c.views, 0) as added, coalesce(t.views, 0) as kept
+    from counted c
+    full join stored t
+        on t.site_id = c.site_id and t.dimension = c.dimension and t.hour = c.hour and t.value = c.value
+),
+ranked as (
+    select m.*, m.value in ('', @other::text) as exempt,
+        row_number() over (
+            partition by m.site_id, m.dimension, m.hour, m.value in ('', @other::text)
+            order by m.added + m.kept desc, m.value
+        ) as rank
+    from merged m
+),
+folded as (
+    delete from page_view_dimension_hourly h
+    using ranked r
+    where not r.exempt and r.rank > @keep::bigint and r.kept > 0
+        and h.site_id = r.site_id and h.dimension = r.dimension and h.hour = r.hour and h.value = r.value
+)
 insert into page_view_dimension_hourly (site_id, dimension, hour, value, views)
-select p.site_id, d.dimension, date_trunc('hour', p.ts, 'UTC'), d.value, count(*)
-from page_views p
-join sites s on s.id = p.site_id
-cross join lateral (
-    values ('path', p.path), ('referrer_source', p.referrer_source), ('utm_campaign', p.utm_campaign),
-        ('device', p.device), ('browser', p.browser)
-) as d (dimension, value)
-where p.received_at >= @received_from and p.received_at < @received_to and not p.is_bot
-group by p.site_id, d.dimension, date_trunc('hour', p.ts, 'UTC'), d.value
+select r.site_id, r.dimension, r.hour, r.value, r.views from (
+    select r.site_id, r.dimension, r.hour,
+        case when r.exempt or r.rank <= @keep::bigint then r.value else @other::text end as value,
+        sum(case when r.exempt or r.rank <= @keep::bigint then r.added else r.added + r.kept end) as views
+    from ranked r
+    group by 1, 2, 3, 4
+) r
+where r.views > 0
 on conflict (site_id, dimension, hour, value) do update
 set views = page_view_dimension_hourly.views + excluded.views;
 
@@ -75,6 +137,7 @@ select distinct p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id
 from page_views p
 join sites s on s.id = p.site_id
 where p.received_at >= @received_from and p.received_at < @received_to and not p.is_bot
+    and p.ts >= (@received_from::timestamptz) - interval '24 hours'
 on conflict do nothing;
 
 -- name: RollupVisits :exec

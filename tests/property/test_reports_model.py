@@ -34,6 +34,7 @@ from app.db import accounts as account_queries
 from app.db import pageviews as pageview_queries
 from app.db import sites as site_queries
 from app.db.models import UserRole
+from app.domains.pageviews.derive import MAX_AGE
 from app.domains.reports.schemas import Period
 from app.domains.reports.services import ReportService, resolve_range
 from app.modules import MODULES
@@ -134,6 +135,7 @@ def to_view(spec: Spec, now: datetime, not_received_before: datetime | None = No
     if not_received_before is not None and received_at < not_received_before:
         received_at = not_received_before  # arrives after the rollup: late for its (rolled-up) hour
     ts = min(ts, received_at)
+    ts = max(ts, received_at - MAX_AGE)  # the ingest's clamp, which the rollups rely on
     # The daily salt: one person has a different visitor id on each UTC day.
     visitor_id = spec.person * 100_000 + ts.date().toordinal() % 100_000
     return View(

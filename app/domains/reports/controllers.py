@@ -23,7 +23,12 @@ from app.domains.reports.schemas import (
     SummaryOut,
     TimeseriesOut,
 )
-from app.domains.reports.services import RANK_CURSOR_MAX_LENGTH, RANK_CURSOR_PATTERN, ReportService
+from app.domains.reports.services import (
+    DIMENSION_VALUES_PER_HOUR,
+    RANK_CURSOR_MAX_LENGTH,
+    RANK_CURSOR_PATTERN,
+    ReportService,
+)
 
 Reports = NamedDependency[ReportService]
 Window = NamedDependency[ReportRange]
@@ -70,6 +75,14 @@ PAGED_DOC = (
     " page), on the order shown. Each page reads the counts of the moment: while views still arrive in"
     " the period, a value whose count changes between two pages may be listed twice or not at all; the"
     " pages of a period that ended more than a day ago (no late view can change it) list each value once."
+)
+
+OTHER_DOC = (
+    f" Values are counted per UTC hour, keeping the {DIMENSION_VALUES_PER_HOUR} most viewed of each hour:"
+    " the views of that hour's other values are counted under the value `(other)`, listed like any value,"
+    " so no view is missing from the list; a value's count leaves out the hours it was not among the top"
+    f" {DIMENSION_VALUES_PER_HOUR} of."
+    " The views not rolled up yet (about the last hour) are counted under their own values."
 )
 
 RANGE_DOC = (
@@ -137,7 +150,7 @@ class SiteReportsController(Controller):
     @get(
         "/pages",
         summary="Top pages by views",
-        description="Most viewed first, then by path." + PAGED_DOC + RANGE_DOC,
+        description="Most viewed first, then by path." + OTHER_DOC + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def pages(
@@ -153,7 +166,10 @@ class SiteReportsController(Controller):
     @get(
         "/referrers",
         summary="Top referrer sources by views",
-        description="An empty source is direct traffic." + PAGED_DOC + RANGE_DOC,
+        description="An empty source is direct traffic (never counted in `(other)`)."
+        + OTHER_DOC
+        + PAGED_DOC
+        + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def referrers(
@@ -169,7 +185,7 @@ class SiteReportsController(Controller):
     @get(
         "/campaigns",
         summary="Top UTM campaigns by views",
-        description="Views without a campaign are not listed." + PAGED_DOC + RANGE_DOC,
+        description="Views without a campaign are not listed." + OTHER_DOC + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def campaigns(
@@ -185,7 +201,7 @@ class SiteReportsController(Controller):
     @get(
         "/devices",
         summary="Views by device type",
-        description=PAGED_DOC + RANGE_DOC,
+        description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def devices(
@@ -201,7 +217,7 @@ class SiteReportsController(Controller):
     @get(
         "/browsers",
         summary="Views by browser",
-        description=PAGED_DOC + RANGE_DOC,
+        description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
     async def browsers(

@@ -50,7 +50,7 @@ from litestar.exceptions import ValidationException
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
 from app.core.db import Database, UnitOfWork
-from app.core.pagination import InvalidCursorError, paginate
+from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.types import whole
 from app.db import reports as queries
 from app.domains.pageviews.schemas import MAX_URL_BYTES
@@ -82,6 +82,21 @@ PERIOD_DAYS = {"today": 1, "7d": 7, "30d": 30}
 MAX_CUSTOM_DAYS = 366
 MAX_HOURLY_DAYS = 31
 CURRENT_WINDOW = timedelta(minutes=5)
+# The rollup keeps the DIMENSION_VALUES_PER_HOUR most viewed values of each (site, dimension, UTC hour)
+# and folds the others into one OTHER_VALUE row (their views summed; the empty value, "none", is never
+# folded). The ingest key is public: without the bound a sender of unique paths, referrers or campaigns
+# could store a row per view (up to the site's daily quota, for the whole retention), and every
+# breakdown over the period would re-aggregate them. With it a breakdown reads at most
+# DIMENSION_VALUES_PER_HOUR + 2 rows per hour of its period. A breakdown's counts are then exact for a
+# value that stays among its hours' top values; a value in the long tail is counted in OTHER_VALUE for
+# the hours it was folded (a real value spelled "(other)" is counted with them).
+DIMENSION_VALUES_PER_HOUR = 100
+OTHER_VALUE = "(other)"
+# The first RANKED_ROWS rows of a breakdown or of the entry pages (and whether more follow) are
+# computed and cached once per (site, report, period, zone), and every page within them (any limit,
+# any cursor) is sliced from that list: limit and cursor no longer multiply the queries. A page past
+# them runs one query from its cursor on. RANKED_ROWS is the largest page (LimitParam's maximum).
+RANKED_ROWS = 100
 # Sampling steps that hit every local bucket (every zone's offset is a multiple of 15 minutes).
 BUCKET_STEP = {"hour": timedelta(minutes=15), "day": timedelta(hours=1)}
 # Empty values mean "none": direct traffic is a referrer source worth listing, "no campaign" is not.
@@ -214,7 +229,9 @@ class ReportService:
                 window = {"received_from": start, "received_to": end}
                 await queries.keep_sites_in_window(conn, **window)
                 rows = await queries.rollup_hourly(conn, **window) or 0
-                await queries.rollup_dimensions(conn, **window)
+                await queries.rollup_dimensions(
+                    conn, keep=DIMENSION_VALUES_PER_HOUR, other=OTHER_VALUE, **window
+                )
                 await queries.rollup_visitors(conn, **window)
                 await queries.rollup_visits(conn, **window)
                 await queries.set_watermark(conn, rolled_up_to=end)
@@ -308,11 +325,17 @@ class ReportService:
         self, site_id: int, rng: ReportRange, dimension: Dimension, limit: int, cursor: str | None = None
     ) -> BreakdownOut:
         """A page of the values of ``dimension`` by views (most first, then by value), after
-        ``cursor`` (the previous page's ``next_cursor``)."""
+        ``cursor`` (the previous page's ``next_cursor``): sliced from the cached first ``RANKED_ROWS``
+        rows when it lies within them, else one query from the cursor on."""
         after = decode_rank_cursor(cursor) if cursor is not None else None
 
-        async def load() -> BreakdownOut:
-            answered, rows = await self._report(
+        def position(item: BreakdownItem) -> tuple[int, str]:
+            return item.views, item.value
+
+        async def rows(
+            after: DecodedRankCursor | None, row_limit: int
+        ) -> tuple[ReportRange, list[BreakdownItem]]:
+            answered, found = await self._report(
                 rng,
                 queries.report_breakdown,
                 site_id=site_id,
@@ -320,14 +343,27 @@ class ReportService:
                 skip_empty=SKIP_EMPTY.get(dimension, False),
                 after_views=after.count if after else None,
                 after_value=after.value if after else None,
-                row_limit=limit + 1,
+                row_limit=row_limit,
             )
-            page = paginate(
-                rows,
-                limit,
-                lambda row: _rank_position(row.views, row.value),
-                lambda row: BreakdownItem(value=row.value, views=row.views),
+            return answered, [BreakdownItem(value=row.value, views=row.views) for row in found]
+
+        async def load_ranked() -> RankedBreakdown:
+            answered, items = await rows(None, RANKED_ROWS + 1)
+            return RankedBreakdown(range=answered, items=items)
+
+        ranked = await self._cached(
+            f"breakdown-ranked:{site_id}:{dimension}:{_range_key(rng)}", load_ranked, RankedBreakdown
+        )
+        shown = _slice_ranked(ranked.items, position, after, limit)
+        if shown is not None:
+            page: Page[BreakdownItem] = paginate(shown, limit, lambda item: _rank_position(*position(item)))
+            return BreakdownOut(
+                range=ranked.range, dimension=dimension, items=page.items, next_cursor=page.next_cursor
             )
+
+        async def load() -> BreakdownOut:
+            answered, items = await rows(after, limit + 1)
+            page: Page[BreakdownItem] = paginate(items, limit, lambda item: _rank_position(*position(item)))
             return BreakdownOut(
                 range=answered, dimension=dimension, items=page.items, next_cursor=page.next_cursor
             )
@@ -338,29 +374,49 @@ class ReportService:
     async def entry_pages(
         self, site_id: int, rng: ReportRange, limit: int, cursor: str | None = None
     ) -> EntryPagesOut:
-        """A page of the entry paths by visits (most first, then by path), after ``cursor``."""
+        """A page of the entry paths by visits (most first, then by path), after ``cursor``: sliced
+        from the cached first ``RANKED_ROWS`` rows when it lies within them, like ``breakdown``."""
         after = decode_rank_cursor(cursor) if cursor is not None else None
 
-        async def load() -> EntryPagesOut:
-            answered, rows = await self._report(
+        def position(item: EntryPageItem) -> tuple[int, str]:
+            return item.visits, item.path
+
+        async def rows(
+            after: DecodedRankCursor | None, row_limit: int
+        ) -> tuple[ReportRange, list[EntryPageItem]]:
+            answered, found = await self._report(
                 rng,
                 queries.report_entry_pages,
                 site_id=site_id,
                 after_visits=after.count if after else None,
                 after_path=after.value if after else None,
-                row_limit=limit + 1,
+                row_limit=row_limit,
             )
-            page = paginate(
-                rows,
-                limit,
-                lambda row: _rank_position(row.visits, row.path),
-                lambda row: EntryPageItem(
+            return answered, [
+                EntryPageItem(
                     path=row.path,
                     visits=row.visits,
                     bounces=row.bounces,
                     bounce_rate=_ratio(row.bounces, row.visits),
-                ),
-            )
+                )
+                for row in found
+            ]
+
+        async def load_ranked() -> RankedEntryPages:
+            answered, items = await rows(None, RANKED_ROWS + 1)
+            return RankedEntryPages(range=answered, items=items)
+
+        ranked = await self._cached(
+            f"entry-ranked:{site_id}:{_range_key(rng)}", load_ranked, RankedEntryPages
+        )
+        shown = _slice_ranked(ranked.items, position, after, limit)
+        if shown is not None:
+            page: Page[EntryPageItem] = paginate(shown, limit, lambda item: _rank_position(*position(item)))
+            return EntryPagesOut(range=ranked.range, items=page.items, next_cursor=page.next_cursor)
+
+        async def load() -> EntryPagesOut:
+            answered, items = await rows(after, limit + 1)
+            page: Page[EntryPageItem] = paginate(items, limit, lambda item: _rank_position(*position(item)))
             return EntryPagesOut(range=answered, items=page.items, next_cursor=page.next_cursor)
 
         key = f"entry:{site_id}:{limit}:{_range_key(rng)}:{cursor or ''}"
@@ -459,6 +515,45 @@ def _zone_errors() -> Iterator[None]:
 class DecodedRankCursor(msgspec.Struct, frozen=True):
     count: int
     value: str
+
+
+class RankedBreakdown(msgspec.Struct, frozen=True):
+    """A breakdown's first ``RANKED_ROWS`` rows, and one more when more follow (cached)."""
+
+    range: ReportRange
+    items: list[BreakdownItem]
+
+
+class RankedEntryPages(msgspec.Struct, frozen=True):
+    """The entry pages' first ``RANKED_ROWS`` rows, and one more when more follow (cached)."""
+
+    range: ReportRange
+    items: list[EntryPageItem]
+
+
+Item = TypeVar("Item")
+
+
+def _slice_ranked(
+    items: list[Item],
+    position: Callable[[Item], tuple[int, str]],
+    after: DecodedRankCursor | None,
+    limit: int,
+) -> list[Item] | None:
+    """The ``limit + 1`` rows (fewer on the last page) of the cached ranked ``items`` that follow
+    ``after``, or None when they are not all among them: past the cached rows, or a position that is
+    none of their rows (counts changed since, or a page past them): then the query answers. The
+    position is found by equality, never compared: the order is PostgreSQL's (its collation)."""
+    start = 0
+    if after is not None:
+        wanted = (after.count, after.value)
+        start = next((index + 1 for index, item in enumerate(items) if position(item) == wanted), -1)
+        if start < 0:
+            return None
+    shown = items[start : start + limit + 1]
+    if len(shown) < limit + 1 and len(items) > RANKED_ROWS:  # the list was cut: more may follow
+        return None
+    return shown
 
 
 def _rank_position(count: int, value: str) -> RankCursor:
