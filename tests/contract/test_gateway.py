@@ -176,3 +176,14 @@ async def test_route_limits_at_the_gateway_match_the_apps(gateway: int) -> None:
     # Over the upload's limit: refused by the gateway, as a problem.
     status, headers, _ = await post_raw(gateway, "/api/projects/1/files", 26 * 1024 * 1024, body=False)
     assert (status, headers["content-type"]) == (413, "application/problem+json")
+
+
+async def test_the_payment_webhooks_limit_is_kept_at_the_gateway(gateway: int) -> None:
+    """The webhook is public until its signature is checked: a body over its 64 KiB is refused by
+    nginx before it is read, never sent on to the app (which would read it to its end to answer)."""
+    assert await status_of(gateway, "/health/live") == 200
+    status, headers, content = await post_raw(gateway, "/api/payments/webhook", 64 * 1024 + 1, body=False)
+    assert (status, headers["content-type"]) == (413, "application/problem+json")
+    assert json.loads(content)["detail"] == "The request body is larger than this route accepts."  # nginx's
+    status, _, _ = await post_raw(gateway, "/api/payments/webhook", 64 * 1024, body=True)
+    assert status != 413
