@@ -136,8 +136,24 @@ next_request_id = _RequestIds()
 # -- client addresses ------------------------------------------------------------------------------
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+    """``TRUSTED_PROXIES``' entries as networks. Addresses are matched with an IPv4-mapped IPv6
+    address read as its IPv4 address (``_parse``), so an entry within ``::ffff:0:0/96`` is read as its
+    IPv4 network, and one holding all of it trusts every IPv4 address too."""
+    networks: list[IPNetwork] = []
+    for entry in entries:
+        network = ipaddress.ip_network(entry, strict=False)
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            mapped = network.network_address.ipv4_mapped
+            assert mapped is not None
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+        elif isinstance(network, ipaddress.IPv6Network) and network.supernet_of(_MAPPED):
+            networks.append(ipaddress.IPv4Network("0.0.0.0/0"))
+        networks.append(network)
+    return tuple(networks)
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str | None:

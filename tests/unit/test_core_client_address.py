@@ -186,3 +186,24 @@ def test_an_ipv4_mapped_client_is_named_by_its_ipv4_address(forwarded_for: str |
     """One client, one spelling: the limiter's keys, the login throttle and the logs agree."""
     assert client_address("::ffff:203.0.113.7", forwarded_for, LOOPBACK) == "203.0.113.7"
     assert client_address("127.0.0.1", "::FFFF:203.0.113.7", LOOPBACK) == "203.0.113.7"
+
+
+@pytest.mark.parametrize("entry", ["::ffff:10.0.0.5", "::ffff:10.0.0.0/104", "10.0.0.5"])
+def test_a_trusted_proxy_written_ipv4_mapped_still_trusts_it(entry: str) -> None:
+    """Behind a dual-stack socket an operator may have written the proxy as it was reported."""
+    trusted = parse_networks([entry])
+
+    assert client_address("::ffff:10.0.0.5", "203.0.113.7", trusted) == "203.0.113.7"
+    assert client_address("10.0.0.5", "203.0.113.7", trusted) == "203.0.113.7"
+
+
+@pytest.mark.parametrize("entry", ["::ffff:0:0/96", "::/0"])
+def test_an_ipv6_network_holding_every_mapped_address_trusts_every_ipv4_peer(entry: str) -> None:
+    assert client_address("10.0.0.5", "203.0.113.7", parse_networks([entry])) == "203.0.113.7"
+
+
+def test_mapped_entries_are_read_as_ipv4_networks() -> None:
+    assert parse_networks(["::ffff:10.0.0.0/104", "fd00::/8"]) == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("fd00::/8"),
+    )
