@@ -406,6 +406,28 @@ async def paying_payment_known(conn: AsyncConnection[Any], *, order_id: int | No
         return await cur.fetchone()
 
 
+QUEUE_REFUND_OF_PAYING_PAYMENT = """\
+update payment_events
+set outcome = 'refund-due'
+where order_id = $1 and outcome = 'paid'
+returning event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by"""
+
+
+async def queue_refund_of_paying_payment(
+    conn: AsyncConnection[Any],
+    *,
+    order_id: int | None,
+) -> PaymentEvent | None:
+    """A paid order an administrator cancels keeps no money: the event whose payment paid it (outcome
+    'paid'; one per order, as an order is paid once) becomes a refund due, listed and marked by the
+    queries above unchanged (and by payment_events_refunds_due_idx) when it carries its payment id.
+    Taken under the order's lock. Nothing when no event paid it; a row without a payment id (paid
+    through the release before payment ids were stored) is kept money no list can name."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
+        await cur.execute(QUEUE_REFUND_OF_PAYING_PAYMENT, (order_id,))
+        return await cur.fetchone()
+
+
 DATABASE_NOW = "select clock_timestamp()::timestamptz as now"
 
 

@@ -153,6 +153,17 @@ select exists (
     where order_id = @order_id and outcome = 'paid' and payment_id is not null
 ) as known;
 
+-- name: QueueRefundOfPayingPayment :one
+-- A paid order an administrator cancels keeps no money: the event whose payment paid it (outcome
+-- 'paid'; one per order, as an order is paid once) becomes a refund due, listed and marked by the
+-- queries above unchanged (and by payment_events_refunds_due_idx) when it carries its payment id.
+-- Taken under the order's lock. Nothing when no event paid it; a row without a payment id (paid
+-- through the release before payment ids were stored) is kept money no list can name.
+update payment_events
+set outcome = 'refund-due'
+where order_id = @order_id and outcome = 'paid'
+returning *;
+
 -- name: DatabaseNow :one
 -- The database's clock, now: order deadlines are set and judged by it, as the expiry cron's now()
 -- judges them (a web or worker host's clock may differ from the database's).

@@ -1,8 +1,9 @@
 """A stateful model of orders and stock: any sequence of place / reserve / pay (the payment
-provider's signed webhook, replayed too, and with wrong amounts) / cancel / fulfil / lapse + expire /
-adjust keeps, per product, ``stock + units held by reserved, paid and fulfilled
-orders == initial + recorded adjustments`` and ``stock >= 0``; each transition does what the ALLOWED
-table says, and an illegal one raises IllegalTransitionError and changes nothing.
+provider's signed webhook, replayed too, and with wrong amounts) / cancel (the buyer's, and an
+administrator's, who may cancel a paid order: its stock comes back and its payment becomes a refund
+due) / fulfil / lapse + expire / adjust keeps, per product, ``stock + units held by reserved, paid
+and fulfilled orders == initial + recorded adjustments`` and ``stock >= 0``; each transition does
+what the ALLOWED table says, and an illegal one raises IllegalTransitionError and changes nothing.
 
 The services are driven directly (HTTP per step would be slow) on an event loop of their own in a
 background thread: the state machine is synchronous and the session's loop is already running.
@@ -281,6 +282,42 @@ class Shop(RuleBasedStateMachine):
         else:
             self.refused(order_id, action)
 
+    def refunds_of(self, order_id: int) -> tuple[int, int]:
+        """The order's payment events that are ``paid`` and ``refund-due``."""
+
+        async def read() -> tuple[int, int]:
+            cur = await self.b.conn.execute(
+                "select count(*) filter (where outcome = 'paid'),"
+                " count(*) filter (where outcome = 'refund-due')"
+                " from payment_events where order_id = %s",
+                (order_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return row[0], row[1]
+
+        return self.b.run(read())
+
+    def cancel_as_admin(self, order_id: int) -> None:
+        """An administrator cancels any pending, reserved or paid order; a paid one's units come back
+        and the payment that paid it becomes a refund due, once."""
+        order = self.orders[order_id]
+        action = self.b.orders.cancel(order_id, self.user_id, True)
+        if order.status in (OrderStatus.PENDING, OrderStatus.RESERVED, OrderStatus.PAID):
+            paid, due = self.refunds_of(order_id)
+            assert self.b.run(action).status == OrderStatus.CANCELLED
+            if order.status in (OrderStatus.RESERVED, OrderStatus.PAID):
+                self.give_back(order)
+            if order.status == OrderStatus.PAID:
+                assert paid == 1
+                assert self.refunds_of(order_id) == (0, due + 1)
+                event("paid -> cancelled, refund due")
+            else:
+                assert self.refunds_of(order_id) == (paid, due)
+            self.moved(order, OrderStatus.CANCELLED)
+        else:
+            self.refused(order_id, action)
+
     def fulfil(self, order_id: int) -> None:
         order = self.orders[order_id]
         action = self.b.orders.fulfil(order_id, self.user_id)
@@ -291,7 +328,10 @@ class Shop(RuleBasedStateMachine):
             self.refused(order_id, action)
 
     @precondition(lambda self: self.orders)
-    @rule(index=st.integers(0, 1000), action=st.sampled_from(["reserve", "pay", "cancel", "fulfil"]))
+    @rule(
+        index=st.integers(0, 1000),
+        action=st.sampled_from(["reserve", "pay", "cancel", "cancel_as_admin", "fulfil"]),
+    )
     def act_on_any_order(self, index: int, action: str) -> None:
         """Any action on any order: the illegal ones are refused."""
         getattr(self, action)(self.pick(index))
@@ -317,6 +357,11 @@ class Shop(RuleBasedStateMachine):
     @rule(index=st.integers(0, 1000))
     def fulfil_paid(self, index: int) -> None:
         self.fulfil(self.pick(index, OrderStatus.PAID))
+
+    @precondition(lambda self: self.having(OrderStatus.PAID))
+    @rule(index=st.integers(0, 1000))
+    def cancel_paid(self, index: int) -> None:
+        self.cancel_as_admin(self.pick(index, OrderStatus.PAID))
 
     @precondition(lambda self: self.having(OrderStatus.RESERVED))
     @rule(index=st.integers(0, 1000))

@@ -126,8 +126,27 @@ class OrdersController(Controller):
     @post(
         "/{order_id:int}/cancel",
         status_code=HTTP_200_OK,
-        summary="Cancel a pending or reserved order",
-        responses=problems(401, 404, 409, 429),
+        summary="Cancel an order (yours while pending or reserved; admins: any, paid ones too)",
+        description="A buyer cancels their own order while it is `pending` or `reserved` (a reserved "
+        "order's stock comes back); a paid, fulfilled or settled order is 409 `illegal-transition`. An "
+        "administrator (the account's row decides, not the token's role: otherwise the caller is "
+        "answered as any other, 404 for another's order) cancels anyone's pending or reserved order, "
+        "and a `paid` one whose goods cannot ship: its units go back to stock, and the payment that "
+        "paid it becomes a refund due (outcome `refund-due`, listed at "
+        "`/api/admin/payments/refunds-due`, marked at `/api/admin/payments/refunded`); the order's "
+        "history records the administrator and the payment. An order paid before payment ids were "
+        "recorded is cancelled too, but no refund can be listed: its history says so (return it at "
+        "the provider by hand). A fulfilled order cannot be cancelled (409). Cancelled is final: a "
+        "second cancel is 409 and gives nothing back again.",
+        responses={
+            **problems(401, 404, 429),
+            409: ResponseSpec(
+                Problem,
+                description="`illegal-transition`: the order is past what the caller may cancel (a "
+                "buyer's paid order; anyone's fulfilled, rejected, expired or cancelled one)",
+                media_type="application/problem+json",
+            ),
+        },
     )
     async def cancel(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
         return await orders.cancel(order_id, current_user.id, current_user.is_admin)
@@ -150,7 +169,8 @@ class PaymentWebhookController(Controller):
     a few addresses at its own pace, and the per-address ``default`` limit answered them 429 in a
     sales peak, so a payment redelivered after the reservation window expired its order (a refund
     instead of a sale). Flooding it costs little: a body over ``WEBHOOK_MAX_BODY`` (64 KiB, not
-    MAX_BODY_BYTES) is 413 before it is read in full, and a delivery without a valid signature is
+    MAX_BODY_BYTES) is 413, not processed (read and dropped, so a proxy gets the answer; the gateway,
+    ``deploy/nginx.conf``, refuses it before), and a delivery without a valid signature is
     refused by the HMAC check, whose cost that limit bounds, before any database work."""
 
     path = "/api/payments/webhook"
@@ -189,7 +209,8 @@ class PaymentWebhookController(Controller):
             **problems(400, 404, 409, 413, 422),
             413: ResponseSpec(
                 Problem,
-                description=f"{WEBHOOK_BODY_LIMIT}; nothing was read past it, nor recorded",
+                description=f"{WEBHOOK_BODY_LIMIT}; a larger one is not processed nor recorded (its bytes "
+                "are read and dropped, so that a proxy gets this answer; the gateway refuses it before)",
                 media_type="application/problem+json",
             ),
         },
@@ -218,7 +239,9 @@ class PaymentRefundsController(Controller):
         "/refunds-due",
         summary="Payments to return, not marked refunded yet (admins)",
         description="Payment events whose money must go back (outcomes `refund-due`, `expired`, "
-        "`mismatch`) and that nobody marked refunded, newest first. `payment_id`, `amount` and "
+        "`mismatch`; `refund-due` too for the payment of a paid order an administrator cancelled, "
+        "`POST /api/orders/{id}/cancel`) and that nobody marked refunded, newest first. `payment_id`, "
+        "`amount` and "
         "`currency` are what the provider reported (null for events recorded before they were stored).",
         responses=problems(400, 401, 403, 429),
     )

@@ -8,7 +8,9 @@ processed once (``payment_events``), so a captured delivery replayed inside the 
 nothing either.
 
 Money a ``payment.succeeded`` took for an order that cannot take it is a refund due (outcomes
-``refund-due``, ``expired``, ``mismatch``): the event keeps its payment id, amount and currency, and
+``refund-due``, ``expired``, ``mismatch``), and so is the payment that paid an order an administrator
+cancelled afterwards (its event's ``paid`` becomes ``refund-due``; the order's history tells why): the
+event keeps its payment id, amount and currency, and
 administrators list the refunds due and mark each one refunded once they have returned the money
 (``/api/admin/payments``).
 """
@@ -107,7 +109,8 @@ class PaymentEventDocumented(msgspec.Struct):
 
 
 RefundOutcome = Literal["refund-due", "expired", "mismatch"]
-"""The outcomes of a payment that took money no order keeps: it must be returned."""
+"""The outcomes of a payment that took money no order keeps: it must be returned (``refund-due`` is
+also what the paying event of a paid order becomes when an administrator cancels the order)."""
 REFUND_OUTCOMES: frozenset[str] = frozenset(("refund-due", "expired", "mismatch"))
 """The same, at run time (and in ``sql/queries/orders.sql``, the refunds-due index's predicate)."""
 

@@ -86,7 +86,8 @@ class OrderCursor(msgspec.Struct, frozen=True):
 
 
 class PaymentRefundOut(msgspec.Struct, frozen=True):
-    """A payment whose money must go back: what the provider's event reported it took (null for an
+    """A payment whose money must go back (taken for an order that could not keep it, or paying an
+    order an administrator cancelled since): what the provider's event reported it took (null for an
     event recorded before payments were stored) and, once an administrator returned it, who and when."""
 
     event_id: Annotated[str, msgspec.Meta(description="The provider's event id")]

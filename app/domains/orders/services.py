@@ -1,10 +1,12 @@
 """Orders: placement with idempotency keys, reservation by the worker, and every later transition.
 
 pending → reserved → paid → fulfilled; pending → rejected (short stock); pending | reserved →
-cancelled; reserved → expired. Only the payment provider's signed webhook makes an order paid
-(``confirm_payment``); buyers cannot. Each transition happens under the order's row lock, is recorded in
-``order_events`` and emitted to the activity feed; reserved stock is given back exactly once
-(cancel or expiry), because only a transition out of ``reserved`` releases it.
+cancelled; reserved → expired; paid → cancelled by an administrator only (goods that cannot ship:
+the payment that paid it becomes a refund due). Only the payment provider's signed webhook makes an
+order paid (``confirm_payment``); buyers cannot. Each transition happens under the order's row lock,
+is recorded in ``order_events`` and emitted to the activity feed; held stock is given back exactly
+once (cancel or expiry), because only a transition out of ``reserved`` or ``paid`` releases it, and
+cancelled and expired are final.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ log = structlog.get_logger("app.orders")
 ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset({OrderStatus.RESERVED, OrderStatus.REJECTED, OrderStatus.CANCELLED}),
     OrderStatus.RESERVED: frozenset({OrderStatus.PAID, OrderStatus.CANCELLED, OrderStatus.EXPIRED}),
-    OrderStatus.PAID: frozenset({OrderStatus.FULFILLED}),
+    OrderStatus.PAID: frozenset({OrderStatus.FULFILLED, OrderStatus.CANCELLED}),  # cancelled: admins only
 }
 RESERVE_TASK = "reserve_order"
 EXPIRY_RUN_BUDGET_S = 30
@@ -383,16 +385,61 @@ class OrderService:
         return order
 
     async def cancel(self, order_id: int, actor: int, is_admin: bool) -> OrderOut:
-        """The buyer's own order, or (``is_admin``: the token's claim) anyone's if the actor's row is
-        an active administrator's, checked under its lock (404 otherwise, as for any other caller)."""
+        """The buyer's own pending or reserved order, or (``is_admin``: the token's claim) anyone's if
+        the actor's row is an active administrator's, checked first, under its lock (otherwise the
+        caller is answered as any other: 404 for another's order). A reserved order's stock comes back.
+
+        A paid order is cancelled by an administrator only (its goods cannot ship; the buyer gets 409
+        ``illegal-transition``, as for any order past its reservation): its units go back to stock
+        and the payment that paid it becomes a refund due (``_cancel_paid``)."""
         async with self.db.transaction() as uow:
-            order = await self._locked(uow, order_id, actor, is_admin)
-            if order.user_id != actor and not await self.accounts.holds_admin(uow, actor):
-                raise NotFoundError("No such order.")
+            admin = is_admin and await self.accounts.holds_admin(uow, actor)
+            order = await self._locked(uow, order_id, actor, admin)
+            if order.status == OrderStatus.PAID:
+                if not admin:
+                    raise IllegalTransitionError("A paid order can be cancelled by an administrator only.")
+                return await self._out(uow, await self._cancel_paid(uow, order, actor))
             if order.status == OrderStatus.RESERVED:
                 await self._release_stock(uow, order_id)
             order = await _transition(uow, order, OrderStatus.CANCELLED, reason="cancelled", actor=actor)
             return await self._out(uow, order)
+
+    async def _cancel_paid(self, uow: UnitOfWork, order: Order, actor: int) -> Order:
+        """An administrator's cancel of a paid order, under its lock: its units go back to stock (it
+        leaves ``paid`` once: cancelled is final), and the event whose payment paid it becomes a
+        ``refund-due`` (``QueueRefundOfPayingPayment``), so that the refunds-due list names it and
+        ``mark_refunded`` marks it, unchanged; the order's history says why it is due. An order paid
+        through the release before payment ids were stored (``PayingPaymentKnown`` false) is
+        cancelled all the same, since its goods cannot ship either way, but no list can name its
+        payment: its history and the log say that no refund was queued, to be made at the provider by
+        hand. Logged (a warning: money to return) once committed."""
+        await self._release_stock(uow, order.id)
+        paying = await queries.queue_refund_of_paying_payment(uow.conn, order_id=order.id)
+        refund_due = paying is not None and paying.payment_id is not None
+        if paying is not None and refund_due:
+            reason = f"cancelled by an administrator; payment {paying.payment_id} is a refund due"
+        else:
+            reason = (
+                "cancelled by an administrator; no refund queued: the payment that paid it is not "
+                "recorded with its payment id (return it at the provider by hand)"
+            )
+        cancelled = await _transition(uow, order, OrderStatus.CANCELLED, reason=reason, actor=actor)
+        fields: dict[str, Any] = {"order_id": order.id, "actor": actor, "refund_due": refund_due}
+        if paying is not None:
+            fields |= {
+                "event_id": paying.event_id,
+                "payment_id": paying.payment_id,
+                "amount": str(paying.amount) if paying.amount is not None else None,
+                "currency": paying.currency,
+            }
+        else:
+            fields |= {"total": str(order.total), "currency": order.currency}
+
+        async def logged() -> None:
+            log.warning("paid_order_cancelled", **fields)
+
+        uow.after_commit(logged)
+        return cancelled
 
     async def confirm_payment(self, body: bytes, signature: str | None) -> PaymentEventOut:
         """A payment provider's signed webhook delivery (``payments.py``): the only way an order
