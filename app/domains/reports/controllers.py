@@ -74,15 +74,18 @@ PAGED_DOC = (
     " Paged by `limit` and `cursor`: `next_cursor` continues after the last row shown (null on the last"
     " page), on the order shown. Each page reads the counts of the moment: while views still arrive in"
     " the period, a value whose count changes between two pages may be listed twice or not at all; the"
-    " pages of a period that ended more than a day ago (no late view can change it) list each value once."
+    " pages of a period that ended more than a day ago and was rolled up since (no late view can change"
+    " it: about an hour and a day after its end) list each value once."
 )
 
 OTHER_DOC = (
     f" Values are counted per UTC hour, keeping the {DIMENSION_VALUES_PER_HOUR} most viewed of each hour:"
     " the views of that hour's other values are counted under the value `(other)`, listed like any value,"
-    " so no view is missing from the list; a value's count leaves out the hours it was not among the top"
-    f" {DIMENSION_VALUES_PER_HOUR} of."
-    " The views not rolled up yet (about the last hour) are counted under their own values."
+    " so no view is missing from the list; a value's count leaves out the views of the hours it was not"
+    f" among the top {DIMENSION_VALUES_PER_HOUR} of when they were rolled up, and a real value spelled"
+    " `(other)` is counted with them. Views read raw are counted under their own values: those not rolled"
+    " up yet (about the last hour) and, for a zone whose offset is not a whole hour, those of the UTC hours"
+    " the period's ends cut."
 )
 
 RANGE_DOC = (

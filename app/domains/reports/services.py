@@ -87,9 +87,12 @@ CURRENT_WINDOW = timedelta(minutes=5)
 # folded). The ingest key is public: without the bound a sender of unique paths, referrers or campaigns
 # could store a row per view (up to the site's daily quota, for the whole retention), and every
 # breakdown over the period would re-aggregate them. With it a breakdown reads at most
-# DIMENSION_VALUES_PER_HOUR + 2 rows per hour of its period. A breakdown's counts are then exact for a
-# value that stays among its hours' top values; a value in the long tail is counted in OTHER_VALUE for
-# the hours it was folded (a real value spelled "(other)" is counted with them).
+# DIMENSION_VALUES_PER_HOUR + 2 rollup rows per whole UTC hour of its period; the views it reads raw are
+# not bounded so: those not rolled up yet (up to about an hour) and, in a zone whose offset is not a
+# whole hour, those of the two UTC hours the period's ends cut (a sender choosing ts can fill them).
+# A breakdown's counts are then exact for a value that stays among its hours' top values; a value in
+# the long tail is counted in OTHER_VALUE for the hours it was folded (a real value spelled "(other)" is
+# counted with them).
 DIMENSION_VALUES_PER_HOUR = 100
 OTHER_VALUE = "(other)"
 # The first RANKED_ROWS rows of a breakdown or of the entry pages (and whether more follow) are
