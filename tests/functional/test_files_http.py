@@ -188,6 +188,11 @@ async def test_upload_then_download_round_trip(
     assert download.headers["content-type"].startswith("text/plain")
     assert download.headers["content-disposition"] == "attachment; filename*=utf-8''Q3%20report.txt"
     assert download.headers["x-content-type-options"] == "nosniff"
+    # A project's private file: kept out of shared and disk caches, and never run as a page even if a
+    # browser were made to render it.
+    assert download.headers["cache-control"] == "private, no-store"
+    policy = download.headers["content-security-policy"]
+    assert policy == "sandbox; default-src 'none'; frame-ancestors 'none'"
 
 
 async def test_an_upload_racing_its_projects_deletion_is_a_404_and_leaves_nothing(

@@ -52,6 +52,15 @@ async def _body_of(request: Request[Any, Any, Any]) -> AsyncGenerator[bytes, Non
             return
 
 
+DOWNLOAD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, no-store",
+    "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'",
+}
+"""A project's file is private (kept out of shared and disk caches) and is data, never a page: even
+an allowed type a browser could be made to render runs nothing and loads nothing."""
+
+
 @dataclass
 class _MultipartUploadOperation(Operation):
     """Documents the body the upload handler parses itself (it takes no ``data`` parameter): one
@@ -176,7 +185,7 @@ class ProjectFilesController(Controller):
             content_disposition_type="attachment",
             file_system=opened,
             stat_result=opened.stat,
-            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private"},
+            headers=DOWNLOAD_HEADERS,
         )
 
     @delete(
