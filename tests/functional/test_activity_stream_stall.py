@@ -13,6 +13,12 @@ slots, the scope and the changes are the real service's, on PostgreSQL and Valke
   account never holds more live streams than ``FEED_STREAM_MAX_PER_USER``.
 - A stalled stream ends when its token expires.
 - A stream whose response never starts holds no slot.
+- A stalled stream ends as soon as the process stops (``LiveStreams.stop``), well before granian's
+  kill timeout, and without a stall warning.
+- A client that goes while a send is pending (its response task cancelled at the send, the generator
+  suspended at its yield) gives back the subscription and the slot at once, without a stall warning.
+- A stream whose slot was lost while it queried keeps its keeper: stalling on the changes it was
+  about to send, it is still cut.
 """
 
 from __future__ import annotations
@@ -296,6 +302,139 @@ async def test_only_the_default_first_page_is_cached(
         assert await valkey.keys(f"feed:entry:page*:{reader}") == []
         assert len((await feed.feed(reader, FeedFilters(), None, DEFAULT_PAGE)).items) == 3
         assert len(await valkey.keys(f"feed:entry:page*:{reader}")) == 1
+
+
+async def test_a_stalled_stream_ends_when_the_process_stops(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default heartbeat the stall verdict comes after 45 s, past granian's kill timeout:
+    the stop must end a stream stalled in its send without waiting for it."""
+    default = msgspec.structs.replace(settings, feed_stream_heartbeat_s=15.0)
+    async with open_services(default, (activity_module,)) as services:
+        feed = services[ActivityService]
+        channels = Channels()
+        with stalled_logs(monkeypatch) as logs:
+            stream = await FeedStream.open(feed, channels, caller_of(team.viewer.id), None, live=True)  # type: ignore[arg-type]
+            stalled = Client(stream.messages())
+            try:
+                await wait_until(lambda: _true(bool(stalled.received)), WAIT_S, "the stream is ready")
+                feed.streams.stop()  # SIGTERM
+                await wait_until(lambda: _true(stalled.task.done()), 5, "the stalled stream ends at the stop")
+                await wait_until(lambda: _true(channels.open == 0), 5, "its subscription is released")
+                assert await valkey.zcard(slots_key(team.viewer.id)) == 0
+            finally:
+                await stalled.close()
+        assert [entry for entry in logs if entry["event"] == "feed_stream_stalled"] == []
+
+
+async def test_a_client_gone_during_a_send_gives_back_its_slot_at_once(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The response task is cancelled at its send (the client went): the generator, suspended at its
+    yield, is closed at once, not at the stall verdict three heartbeats later (the account's slot
+    held meanwhile: a reconnect at the cap would get a 429, after which EventSource never retries)."""
+    hb = msgspec.structs.replace(settings, feed_stream_heartbeat_s=5.0, feed_stream_max_per_user=1)
+    async with open_services(hb, (activity_module,)) as services:
+        feed = services[ActivityService]
+        channels = Channels()
+        with stalled_logs(monkeypatch) as logs:
+            stream = await FeedStream.open(feed, channels, caller_of(team.viewer.id), None, live=True)  # type: ignore[arg-type]
+            client = Client(stream.messages())
+            await wait_until(lambda: _true(bool(client.received)), WAIT_S, "the stream is ready")
+            await client.close()  # the disconnect cancels the response task at its send
+            await wait_until(lambda: _true(channels.open == 0), 3, "the subscription is released")
+            await wait_until(
+                lambda: _valkey_zero(valkey, slots_key(team.viewer.id)), 3, "the slot is given back"
+            )
+            # The client reconnects at once (no 429); the gone stream is still referenced here, so its
+            # end owes nothing to the garbage collector.
+            await FeedStream.open(feed, channels, caller_of(team.viewer.id), None, live=True)  # type: ignore[arg-type]
+            assert stream.slot is not None
+        assert [entry for entry in logs if entry["event"] == "feed_stream_stalled"] == []
+
+
+async def test_a_stream_that_lost_its_slot_while_querying_is_still_cut_when_it_stalls(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper finds the slot lost while the loop waits on its query (not sending): the loop ends
+    the stream only at its next turn, after sending what the query found; a client that stalls on
+    that send is still cut by the keeper."""
+    monkeypatch.setattr(live, "MIN_LEASE_S", 0.0)
+    quick = msgspec.structs.replace(settings, feed_stream_heartbeat_s=0.3, feed_stream_max_per_user=1)
+    async with open_services(quick, (activity_module,)) as services:
+        feed = services[ActivityService]
+        channels = Channels()
+        reader = team.viewer.id
+        changes = feed.changes
+        gate, entered, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def held_changes(*args: Any) -> Any:
+            if gate.is_set():
+                entered.set()
+                await release.wait()
+            return await changes(*args)
+
+        monkeypatch.setattr(feed, "changes", held_changes)
+        with stalled_logs(monkeypatch) as logs:
+            stream = await FeedStream.open(feed, channels, caller_of(reader), None, live=True)  # type: ignore[arg-type]
+            client = Client(stream.messages(), stall=False)
+            try:
+                await wait_until(lambda: _true(bool(client.received)), WAIT_S, "the stream is ready")
+                await record(feed, [(team.editor.id, team.project)], 4_000_000)
+                gate.set()
+                await wait_until(lambda: _true(entered.is_set()), WAIT_S, "the loop queries the changes")
+                key = slots_key(reader)
+                await valkey.delete(key)  # its lease lapsed and another stream took the only slot
+                await valkey.zadd(key, {"another": 2**52})
+                await wait_until(lambda: _true(stream._slot_lost), WAIT_S, "the keeper finds the slot lost")
+                client.resume.clear()  # the client stops reading
+                release.set()  # the query answers: its group is sent, and the send stalls
+                await wait_until(lambda: _true(client.task.done()), WAIT_S, "the stalled stream is cut")
+                await wait_until(lambda: _true(channels.open == 0), WAIT_S, "its subscription is released")
+                assert any(m.event == "group" for m in client.received)
+            finally:
+                await client.close()
+                await valkey.delete(slots_key(reader))
+        cut = [entry["reason"] for entry in logs if entry["event"] == "feed_stream_stalled"]
+        assert cut == ["slot lost"]
+
+
+class FailingChannels(Channels):
+    """Channels whose unsubscribe fails (Valkey unreachable as the stream ends)."""
+
+    @contextlib.asynccontextmanager
+    async def start_subscription(self, channels: list[str]) -> AsyncIterator[Subscriber]:
+        self.open += 1
+        try:
+            yield self.subscriber
+        finally:
+            self.open -= 1
+            raise ConnectionError("unsubscribe: Valkey unreachable")
+
+
+async def test_a_cut_whose_close_fails_is_logged_and_gives_back_the_slot(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper closes the stalled stream and its ``finally`` fails: a warning, not a keeper task
+    dead with an exception nobody retrieves; the slot is given back all the same."""
+    monkeypatch.setattr(live, "MIN_LEASE_S", 0.0)
+    quick = msgspec.structs.replace(settings, feed_stream_heartbeat_s=0.3)
+    async with open_services(quick, (activity_module,)) as services:
+        feed = services[ActivityService]
+        channels = FailingChannels()
+        with stalled_logs(monkeypatch) as logs:
+            stream = await FeedStream.open(feed, channels, caller_of(team.viewer.id), None, live=True)  # type: ignore[arg-type]
+            stalled = Client(stream.messages())
+            try:
+                await wait_until(lambda: _true(stalled.task.done()), WAIT_S, "the stalled stream is cut")
+                await wait_until(
+                    lambda: _true(any(e["event"] == "feed_stream_close_failed" for e in logs)),
+                    WAIT_S,
+                    "the failed close is logged",
+                )
+                assert await valkey.zcard(slots_key(team.viewer.id)) == 0
+            finally:
+                await stalled.close()
 
 
 async def _true(value: bool) -> bool:

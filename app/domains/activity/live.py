@@ -17,7 +17,10 @@ kill the worker after its timeout, skipping the shutdown (the in-process SAQ wor
 registered in Valkey). So when a server in this process handles SIGTERM and SIGINT itself (it has
 installed a Python handler for them, as the event loops of granian and uvicorn do), ``start`` puts a
 handler in front of each that ends every live stream at once, then runs the server's. ``close`` ends
-them too (a server whose lifespan shutdown comes first).
+them too (a server whose lifespan shutdown comes first). A stream ends at its loop's next turn, or,
+when its ``send`` waits on a client that stopped reading, is cut by its keeper task at once (both
+watch the events ``stop`` sets), never after the stall verdict, which would outlast granian's kill
+timeout.
 """
 
 from __future__ import annotations
@@ -80,14 +83,17 @@ class LiveStreams:
         )
 
     def watch(self, wake: asyncio.Event) -> None:
-        """``wake`` is set when the streams must end (the stream then checks ``stopping``)."""
+        """``wake`` is set when the streams must end (the stream's loop and its keeper then check
+        ``stopping``)."""
         self._wakes.add(wake)
 
     def unwatch(self, wake: asyncio.Event) -> None:
         self._wakes.discard(wake)
 
     def stop(self) -> None:
-        """End every live stream of this process; streams opened from now on end after their replay."""
+        """End every live stream of this process (at its loop's next turn, or cut by its keeper at once
+        when a send waits on its client); streams opened from now on end after their replay (cut
+        in it as soon as their keeper finds one of its sends waiting)."""
         self.stopping = True
         for wake in self._wakes:
             wake.set()

@@ -19,15 +19,18 @@ sent". So:
   (its ``exp``; the client reconnects with a fresh token and its Last-Event-ID), and, on the first
   wake-up or heartbeat after, when the request's own check (``ActivityService.session_valid``) would
   refuse its caller: a logout, the account deactivated or demoted, its password changed;
-- it ends at once when the client goes (Litestar cancels the generator on disconnect) and when the
-  process stops (``live.py``); an account holds at most ``FEED_STREAM_MAX_PER_USER`` live streams
-  (``live.py``: one more is a 429);
+- it ends at once when the client goes (Litestar cancels the response's task on disconnect: the
+  generator is cancelled with it, or, suspended at a yield while that task waited on its ``send``,
+  closed by the stream's keeper task as soon as the response's task is done) and when the process
+  stops (``live.py``; a stream whose ``send`` waits then is cut by its keeper at once); an account
+  holds at most ``FEED_STREAM_MAX_PER_USER`` live streams (``live.py``: one more is a 429);
 - a client that stops reading without going (the server's ``send`` waits on it, the generator with
-  it) is cut by the stream's keeper task, which runs meanwhile: it renews the slot every heartbeat,
-  and once no message was sent for ``STALL_HEARTBEATS`` heartbeats, or the token expired or the
-  session ended during a send, cancels the response's task and closes the generator (the slot and
-  the subscription are given back; one ``feed_stream_stalled`` log line). So a stalled stream
-  outlives neither its token, nor a logout, nor its account's cap;
+  it) is cut by the stream's keeper task, which runs meanwhile, until the stream ends: it renews the
+  slot every heartbeat, and once no message was sent for ``STALL_HEARTBEATS`` heartbeats, or the
+  token expired, the session ended or the slot was lost during a send, cancels the response's task
+  and closes the generator (the slot and the subscription are given back; one
+  ``feed_stream_stalled`` log line). So a stalled stream outlives neither its token, nor a logout,
+  nor its account's cap, nor the process's stop;
 - a client that does not ask for ``text/event-stream`` (EventSource always does) gets a poll: the
   ``ready`` event and the replay, then the response ends. So a plain HTTP client, or a contract
   fuzzer, never waits on an open stream.
@@ -127,16 +130,26 @@ class FeedStream:
         if not await self._take_slot():
             return
         response = asyncio.current_task()  # the task sending this response: cut if it stalls
-        wake = asyncio.Event()
+        wake = asyncio.Event()  # the loop's: a notice, or the process stopping
+        alarm = asyncio.Event()  # the keeper's: the process stopping, the response done, a send then
+
+        def response_done(_: object) -> None:
+            alarm.set()
+
         self.service.streams.watch(wake)
+        self.service.streams.watch(alarm)
+        if response is not None:
+            response.add_done_callback(response_done)
         try:
             async with self.channels.start_subscription([CHANNEL]) as subscriber:
                 listener = asyncio.create_task(self._listen(subscriber, wake))
-                keeper = asyncio.create_task(self._keep(response, wake))
+                keeper = asyncio.create_task(self._keep(response, wake, alarm))
                 try:
                     self._sent_at = time.monotonic()
                     async for message in self._run(wake):
                         self._sending = True
+                        if self.service.streams.stopping:
+                            alarm.set()  # a replay sent after the stop: the keeper cuts it if it stalls
                         yield message
                         self._sending = False
                         self._sent_at = time.monotonic()
@@ -145,6 +158,9 @@ class FeedStream:
                     if keeper is not asyncio.current_task():  # else the keeper is closing the stream
                         keeper.cancel()
         finally:
+            if response is not None:
+                response.remove_done_callback(response_done)
+            self.service.streams.unwatch(alarm)
             self.service.streams.unwatch(wake)
             if self.slot is not None:
                 await self.slot.release()
@@ -202,33 +218,60 @@ class FeedStream:
         """The process is stopping, the access token has expired or the slot was lost."""
         return self.service.streams.stopping or time.time() >= self.expires_at or self._slot_lost
 
-    async def _keep(self, response: asyncio.Task[Any] | None, wake: asyncio.Event) -> None:
+    async def _keep(
+        self, response: asyncio.Task[Any] | None, wake: asyncio.Event, alarm: asyncio.Event
+    ) -> None:
         """Runs beside the stream, even while its generator waits on a ``send`` that does not return
-        (a client that stopped reading): renews the slot every heartbeat, and cuts the stream (its
-        response task cancelled, so the send ends and the generator's ``finally`` gives back the
-        slot and the subscription) once no message was sent for ``STALL_HEARTBEATS`` heartbeats, or,
-        while a send waits, its token expired or its session ended (``session_valid``)."""
+        (a client that stopped reading), until the generator's ``finally`` cancels it or it closes
+        the generator itself. Woken by ``alarm`` (the process stopping, the response's task done, a
+        message sent while stopping) and every heartbeat:
+
+        - the response's task is done while the generator is suspended at a yield (the client went
+          during a send, the task cancelled there): the generator is closed at once, so the slot and
+          the subscription are given back now (nothing logged: the client went, nothing stalled);
+        - the process is stopping while a send waits: the stream is cut at once (the loop ends the
+          others itself), so a client that stopped reading does not hold up the server's shutdown;
+        - every heartbeat: the slot is renewed, and the stream cut (its response task cancelled, so
+          the send ends, and the generator closed, so its ``finally`` gives back the slot and the
+          subscription; one ``feed_stream_stalled`` line) once no message was sent for
+          ``STALL_HEARTBEATS`` heartbeats or, while a send waits, its token expired, its session
+          ended (``session_valid``) or its slot was lost."""
+        beat = time.monotonic() + self._beat_s()
         while True:
-            until_expiry = self.expires_at - time.time()
-            await asyncio.sleep(
-                self.heartbeat_s if until_expiry <= 0 else min(self.heartbeat_s, until_expiry)
-            )
+            timeout = beat - time.monotonic()
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(alarm.wait(), timeout)
+            alarm.clear()
+            if response is not None and response.done():
+                await self._close()
+                return
+            if self.service.streams.stopping and self._sending:
+                log.info("feed_stream_cut", user_id=self.reader_id, reason="stopping")
+                await self._cut(response)
+                return
+            if time.monotonic() < beat:
+                continue
+            beat = time.monotonic() + self._beat_s()
             try:
                 reason = await self._verdict(wake)
             except Exception:  # PostgreSQL unreachable for the session check: again at the next beat
                 log.warning("feed_stream_check_failed", user_id=self.reader_id, exc_info=True)
                 continue
-            if reason == "ended":
-                return
             if reason is not None:
                 idle_s = round(time.monotonic() - self._sent_at, 1)
                 log.warning("feed_stream_stalled", user_id=self.reader_id, reason=reason, idle_s=idle_s)
                 await self._cut(response)
                 return
 
+    def _beat_s(self) -> float:
+        """Until the keeper's next look: a heartbeat, or less when the token expires sooner."""
+        until_expiry = self.expires_at - time.time()
+        return self.heartbeat_s if until_expiry <= 0 else min(self.heartbeat_s, until_expiry)
+
     async def _verdict(self, wake: asyncio.Event) -> str | None:
-        """Why the stream must be cut now; ``"ended"`` when the loop ends it itself; None: it goes on
-        (its slot renewed)."""
+        """Why the stream must be cut now; None: it goes on (its slot renewed, or, lost while no send
+        waits, the loop told to end it: the keeper stays, in case the loop's next send stalls)."""
         if time.monotonic() - self._sent_at >= STALL_HEARTBEATS * self.heartbeat_s:
             return "stalled"
         if self._sending and time.time() >= self.expires_at:
@@ -241,21 +284,31 @@ class FeedStream:
             return "slot lost"
         self._slot_lost = True  # taken by the account's other streams: the loop ends this one
         wake.set()
-        return "ended"
+        return None
 
     async def _cut(self, response: asyncio.Task[Any] | None) -> None:
         if response is not None:
             response.cancel()
+        await self._close()
+
+    async def _close(self) -> None:
+        """Close the generator if it is suspended at a yield, in a send that its (cancelled or
+        finished) response task no longer drives: cancelling that task does not reach it, so its
+        ``finally`` runs here, in the keeper's task."""
         generator = self._messages
-        if isinstance(generator, types.AsyncGeneratorType) and not generator.ag_running:
-            # Suspended at a yield, in the cancelled task's send: cancelling that task does not reach
-            # it, so it is closed here (its ``finally`` runs in this task).
+        if not isinstance(generator, types.AsyncGeneratorType) or generator.ag_running:
+            return
+        try:
             await generator.aclose()
+        except Exception:  # its ``finally`` failed (Valkey unreachable for the unsubscribe)
+            log.warning("feed_stream_close_failed", user_id=self.reader_id, exc_info=True)
 
     async def _keep_slot(self) -> bool:
         """Renew the stream's lease; False when it lapsed and the account's other streams took it."""
         if self.slot is None:
             return True
+        if self._slot_lost:
+            return False  # the stream is ending: its lease is not taken again
         try:
             return await self.slot.renew()
         except VALKEY_DOWN:
