@@ -17,6 +17,10 @@ too) and fails with ``TimeoutError``; an error reply is what valkey-py's client 
 the same ``reply_error`` (``app/core/valkey.py``: ``LOADING``, ``READONLY``... are ``VALKEY_DOWN``).
 The next call connects again. Nothing is opened before the first call, so the client may be
 built before the server forks.
+
+Built ``like`` the shared client, it shares that client's circuit breaker (``Breaker`` in
+``app/core/valkey.py``): a lookup fails at once while the breaker is open, and its own timeouts and
+lost connections open it for the client's calls too. Built alone, it has none and tries every call.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import NoScriptError, ResponseError, ValkeyError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
-from app.core.valkey import reply_error
+from app.core.valkey import Breaker, BreakerPool, never_open, reply_error
 
 Arg = str | bytes | int | float
 _running = asyncio.get_running_loop
@@ -146,7 +150,9 @@ class MultiplexedValkey:
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
         timeout_s: float = 1.0,
+        breaker: Breaker | None = None,
     ) -> None:
+        self.breaker = breaker or never_open()
         self._address = (host, port, path)
         self._handshake = [
             *([encode_command(["AUTH", *([username] if username else []), password])] if password else []),
@@ -161,7 +167,8 @@ class MultiplexedValkey:
 
     @classmethod
     def like(cls, client: Valkey) -> MultiplexedValkey:
-        """A client for the server, database and credentials ``client``'s pool connects to."""
+        """A client for the server, database and credentials ``client``'s pool connects to, behind
+        its pool's breaker."""
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
         timeout = kwargs.get("socket_timeout") or 1.0
@@ -181,16 +188,33 @@ class MultiplexedValkey:
             password=kwargs.get("password"),
             tls=tls,
             timeout_s=float(timeout),
+            breaker=pool.breaker if isinstance(pool, BreakerPool) else None,
         )
 
     def register_script(self, lua: str) -> Script:
         return Script(self, lua)
 
     async def execute(self, *args: Arg) -> Any:
-        connection = self._connection
-        if connection is None or connection.lost is not None or connection.loop is not _running():
-            connection = await self._connect()
-        return await connection.send(encode_command(args))
+        breaker = self.breaker
+        probe = breaker.admit() if breaker.opened_at is not None else 0
+        try:
+            connection = self._connection
+            if connection is None or connection.lost is not None or connection.loop is not _running():
+                connection = await self._connect()
+            reply = await connection.send(encode_command(args))
+        except (ValkeyConnectionError, ValkeyTimeoutError) as exc:
+            breaker.failed(exc)  # an error reply among them closes it: Valkey answered
+            raise
+        except ValkeyError:
+            if probe:
+                breaker.answered()
+            raise
+        except BaseException:
+            breaker.abandoned(probe)
+            raise
+        if probe:
+            breaker.answered()
+        return reply
 
     async def aclose(self) -> None:
         if self._watchdog is not None:

@@ -23,7 +23,7 @@ from app.core.errors import NotFoundError
 from app.core.security import AccessTokens, Passwords
 from app.db.models import UserRole
 from app.main import create_app
-from tests.factories import PASSWORD, assert_problem, create_user, unique_email, with_test_peer
+from tests.factories import PASSWORD, assert_problem, create_user, unique_email, wait_until, with_test_peer
 from tests.valkey_control import ControlledValkey
 
 Client = AsyncTestClient[Litestar]
@@ -336,8 +336,16 @@ async def test_valkey_outage_fails_open_or_closed_per_policy(
         controlled_valkey.start()
     async with Valkey.from_url(controlled_valkey.url) as direct:
         await direct.flushdb()
-    # Back (a restarted server, so an empty script cache): limiting resumes.
-    assert rate_limit(await outage_client.get("/probe/rl/default"))[:2] == ("default-minute", 2)
+    # Back (a restarted server, so an empty script cache): limiting resumes once the client's breaker
+    # lets a call try Valkey again (within min(FAIL_FAST_S, VALKEY_TIMEOUT_S); until then it fails open).
+    answers: list[Any] = []
+
+    async def limiting() -> bool:
+        answers.append(await outage_client.get("/probe/rl/default"))
+        return "ratelimit" in answers[-1].headers
+
+    await wait_until(limiting, 10, "the limiter counts in Valkey again")
+    assert rate_limit(answers[-1])[:2] == ("default-minute", 2)
     assert (await outage_client.get("/probe/rl/auth")).status_code == 200
 
 
@@ -356,7 +364,12 @@ async def test_a_hung_valkey_fails_open_or_closed_within_valkey_timeout(
         assert "ratelimit" not in admitted.headers
         assert fail_open_count("default") == before + 1
         assert_problem(refused, 503, "service-unavailable")
-        assert rate_limit(await client.get("/probe/rl/default"))[0] == "default-minute", "limiting resumes"
+
+        async def limiting(client: Client = client) -> bool:  # once the breaker lets a call try Valkey
+            response = await client.get("/probe/rl/default")
+            return "ratelimit" in response.headers and rate_limit(response)[0] == "default-minute"
+
+        await wait_until(limiting, 10, "limiting resumes")
 
 
 # -- leases: fewer round trips, same quotas ---------------------------------------------------------
