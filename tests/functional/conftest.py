@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import argon2
+import httpx
 import pytest
 import redis.asyncio as redis
 from litestar import Litestar
@@ -22,7 +23,8 @@ from app.config import Settings
 from app.core.security import Passwords
 from app.db.models import User
 from app.domains.github.services import QUEUE as GITHUB_QUEUE
-from tests.factories import PASSWORD, Client, Team, create_user, generous_client, make_team
+from tests.factories import PASSWORD, Client, Team, create_user, generous_client, make_team, serve_in_loop
+from tests.fakes import payments
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, serve_fake_github
 
@@ -96,3 +98,22 @@ async def github_queue(settings: Settings) -> AsyncIterator[RedisQueue]:
     opened = RedisQueue(redis.from_url(settings.valkey_url), name=GITHUB_QUEUE)
     yield opened
     await opened.redis.aclose()
+
+
+@pytest.fixture(scope="module")
+async def payments_app(settings: Settings) -> AsyncIterator[tuple[Litestar, httpx.AsyncClient]]:
+    """The app served with the fake payment provider's webhook secret (and generous limits), once
+    per module: the webhook's signature covers the exact bytes a real client sends."""
+    async with serve_in_loop(
+        settings, rate_limit_default_per_minute=100_000, payment_webhook_secret=payments.TEST_SECRET
+    ) as served:
+        yield served.app, served.client
+
+
+@pytest.fixture
+async def shop(
+    payments_app: tuple[Litestar, httpx.AsyncClient], db: AsyncConnection[Any], valkey: Valkey
+) -> tuple[Litestar, httpx.AsyncClient]:
+    """``payments_app`` on an empty database and Valkey, its client without a caller's headers."""
+    payments_app[1].headers.clear()
+    return payments_app

@@ -6,15 +6,11 @@ another's, and a fulfilled order stays fulfilled."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
-from valkey.asyncio import Valkey
 
-from app.config import Settings
 from app.db.models import UserRole
 from tests.factories import (
     Actor,
@@ -24,29 +20,12 @@ from tests.factories import (
     make_product,
     make_user,
     mint_headers,
-    serve_in_loop,
 )
 from tests.fakes import payments
 from tests.functional.test_orders_http import Client, pay, reserved_order, scalar, status_of, stock_of
 
 REFUNDS_DUE = "/api/admin/payments/refunds-due"
 REFUNDED = "/api/admin/payments/refunded"
-
-
-@pytest.fixture(scope="module")
-async def served(settings: Settings) -> AsyncIterator[tuple[Litestar, Client]]:
-    async with serve_in_loop(
-        settings, rate_limit_default_per_minute=100_000, payment_webhook_secret=payments.TEST_SECRET
-    ) as served:
-        yield served.app, served.client
-
-
-@pytest.fixture
-async def shop(
-    served: tuple[Litestar, Client], db: AsyncConnection[Any], valkey: Valkey
-) -> tuple[Litestar, Client]:
-    served[1].headers.clear()
-    return served
 
 
 async def paid_order(app: Litestar, client: Client, db: AsyncConnection[Any], buyer: Actor, pid: int) -> int:

@@ -22,33 +22,15 @@ import httpx
 import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
-from valkey.asyncio import Valkey
 
-from app.config import Settings
 from app.db.models import OrderStatus
 from app.domains.orders.services import OrderService
-from tests.factories import Actor, assert_problem, make_product, make_user, serve_in_loop
+from tests.factories import Actor, assert_problem, make_product, make_user
 from tests.fakes import payments
 
 Client = httpx.AsyncClient
 WEBHOOK = "/api/payments/webhook"
 WEBHOOK_LIMIT = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-async def served(settings: Settings) -> AsyncIterator[tuple[Litestar, Client]]:
-    async with serve_in_loop(
-        settings, rate_limit_default_per_minute=100_000, payment_webhook_secret=payments.TEST_SECRET
-    ) as served:
-        yield served.app, served.client
-
-
-@pytest.fixture
-async def shop(
-    served: tuple[Litestar, Client], db: AsyncConnection[Any], valkey: Valkey
-) -> tuple[Litestar, Client]:
-    served[1].headers.clear()
-    return served
 
 
 async def place(client: Client, buyer: Actor, product_id: int, key: str) -> httpx.Response:

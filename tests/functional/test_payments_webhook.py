@@ -5,7 +5,6 @@ that no order keeps is recorded as a refund due, listed for administrators, who 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, cast
 
@@ -33,22 +32,6 @@ from tests.fakes import payments
 
 Client = httpx.AsyncClient
 WEBHOOK = "/api/payments/webhook"
-
-
-@pytest.fixture(scope="module")
-async def served(settings: Settings) -> AsyncIterator[tuple[Litestar, Client]]:
-    async with serve_in_loop(
-        settings, rate_limit_default_per_minute=100_000, payment_webhook_secret=payments.TEST_SECRET
-    ) as served:
-        yield served.app, served.client
-
-
-@pytest.fixture
-async def shop(
-    served: tuple[Litestar, Client], db: AsyncConnection[Any], valkey: Valkey
-) -> tuple[Litestar, Client]:
-    served[1].headers.clear()
-    return served
 
 
 async def reserved(app: Litestar, client: Client, buyer: Actor, product_id: int, quantity: int) -> int:
