@@ -327,6 +327,43 @@ async def test_a_stalled_stream_ends_when_the_process_stops(
         assert [entry for entry in logs if entry["event"] == "feed_stream_stalled"] == []
 
 
+async def test_every_keeper_is_cancelled_with_its_stream_at_the_stop(
+    settings: Settings, db: AsyncConnection[Any], team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop wakes a stream's loop and its keeper at once; the loop's ``finally`` cancels the
+    keeper. Python 3.11's ``asyncio.wait_for`` swallowed a cancel arriving as its wait completed, so
+    the keeper lived on past its stream (and could renew the slot the stream had just given back)."""
+    streams = 12
+    quick = msgspec.structs.replace(settings, feed_stream_heartbeat_s=5.0, feed_stream_max_per_user=streams)
+    ends: list[str] = []
+    keep = FeedStream._keep
+
+    async def observed_keep(self: FeedStream, *args: Any) -> None:
+        try:
+            await keep(self, *args)
+        except asyncio.CancelledError:
+            ends.append("cancelled")
+            raise
+        ends.append("returned")
+
+    monkeypatch.setattr(FeedStream, "_keep", observed_keep)
+    async with open_services(quick, (activity_module,)) as services:
+        feed = services[ActivityService]
+        clients = []
+        for _ in range(streams):
+            stream = await FeedStream.open(feed, Channels(), caller_of(team.viewer.id), None, live=True)  # type: ignore[arg-type]
+            clients.append(Client(stream.messages(), stall=False))
+        for client in clients:
+            await wait_until(
+                lambda client=client: _true(bool(client.received)), WAIT_S, "the stream is ready"
+            )
+        feed.streams.stop()  # SIGTERM
+        for client in clients:
+            await wait_until(lambda client=client: _true(client.task.done()), WAIT_S, "the stream ends")
+        await wait_until(lambda: _true(len(ends) == streams), WAIT_S, "every keeper ends")
+    assert ends == ["cancelled"] * streams
+
+
 async def test_a_client_gone_during_a_send_gives_back_its_slot_at_once(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:

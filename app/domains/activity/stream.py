@@ -143,6 +143,7 @@ class FeedStream:
         try:
             async with self.channels.start_subscription([CHANNEL]) as subscriber:
                 listener = asyncio.create_task(self._listen(subscriber, wake))
+                listener.add_done_callback(self._listener_ended)
                 keeper = asyncio.create_task(self._keep(response, wake, alarm))
                 try:
                     self._sent_at = time.monotonic()
@@ -190,8 +191,7 @@ class FeedStream:
         while not self._over():
             timeout = min(beat - time.monotonic(), self.expires_at - time.time())
             if timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout)
+                await _wait(wake, timeout)
             if self._over() or not await self.service.session_valid(self.caller):
                 return
             if time.monotonic() >= beat:
@@ -240,8 +240,7 @@ class FeedStream:
         while True:
             timeout = beat - time.monotonic()
             if timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(alarm.wait(), timeout)
+                await _wait(alarm, timeout)
             alarm.clear()
             if response is not None and response.done():
                 await self._close()
@@ -349,6 +348,12 @@ class FeedStream:
     async def _refresh_scope(self) -> None:
         self.is_admin, self.projects = await self.service.reader_scope(self.reader_id)
 
+    def _listener_ended(self, listener: asyncio.Task[None]) -> None:
+        """A listener that died (its subscription failed) leaves the stream to its heartbeat's
+        checks: said once, in the log, rather than as an exception never retrieved."""
+        if not listener.cancelled() and (error := listener.exception()) is not None:
+            log.warning("feed_stream_listener_failed", user_id=self.reader_id, error=repr(error)[:200])
+
     async def _listen(self, subscriber: Subscriber, wake: asyncio.Event) -> None:
         """Takes every notice as it arrives (so the subscriber's backlog never fills) and folds it
         into two flags, whatever the generator is doing: the reader's membership was touched (their
@@ -365,6 +370,15 @@ class FeedStream:
                 self._touched = self._touched or touched
                 self._concerned = True
                 wake.set()
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    """Until ``event`` is set or ``timeout_s`` passed. Not ``asyncio.wait_for``: on Python 3.11 it
+    swallows a cancel that arrives as the wait completes (the stop wakes a stream's loop and its
+    keeper at once, and the loop's ``finally`` cancels the keeper, which then lived on)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 def _json(value: object) -> str:
