@@ -390,6 +390,23 @@ async def get_refund(conn: AsyncConnection[Any], *, event_id: str) -> PaymentEve
         return await cur.fetchone()
 
 
+PAID_WITHOUT_PAYMENT_ID = """\
+select exists (
+    select 1 from payment_events
+    where order_id = $1 and payment_id is null and outcome in ('paid', 'refund-due')
+) as paid"""
+
+
+async def paid_without_payment_id(conn: AsyncConnection[Any], *, order_id: int | None) -> bool | None:
+    """Whether the order was paid through the previous release (its paying event, 'paid', or 'refund-due'
+    once an administrator cancelled it, stored no payment id): another payment id for it cannot be told
+    from the same money (already refunded by hand after a cancel), and is not called a second payment.
+    Served by payment_events_order_idx."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PAID_WITHOUT_PAYMENT_ID, (order_id,))
+        return await cur.fetchone()
+
+
 PAYING_PAYMENT_KNOWN = """\
 select exists (
     select 1 from payment_events
@@ -421,8 +438,9 @@ async def queue_refund_of_paying_payment(
     """A paid order an administrator cancels keeps no money: the event whose payment paid it (outcome
     'paid'; one per order, as an order is paid once) becomes a refund due, listed and marked by the
     queries above unchanged (and by payment_events_refunds_due_idx) when it carries its payment id.
-    Taken under the order's lock. Nothing when no event paid it; a row without a payment id (paid
-    through the release before payment ids were stored) is kept money no list can name."""
+    Taken under the order's lock, before its products' (payment_events_order_idx serves it). Nothing
+    when no event paid it; a row without a payment id (paid through the release before payment ids
+    were stored) is kept money no list can name."""
     async with AsyncRawCursor(conn, row_factory=args_row(PaymentEvent)) as cur:
         await cur.execute(QUEUE_REFUND_OF_PAYING_PAYMENT, (order_id,))
         return await cur.fetchone()
@@ -481,4 +499,32 @@ async def revenue_between(
     was paid first), whenever it was placed. An order only reserved is no revenue: it may expire."""
     async with AsyncRawCursor(conn, row_factory=args_row(RevenueBetweenRow)) as cur:
         await cur.execute(REVENUE_BETWEEN, (since, until))
+        return await cur.fetchall()
+
+
+REFUNDED_AFTER_PAYMENT_BETWEEN = """\
+select o.currency, sum(o.total)::numeric as refunded
+from order_events e
+join orders o on o.id = e.order_id
+where e.from_status = 'paid' and e.to_status = 'cancelled' and e.created_at >= $1 and e.created_at < $2
+group by o.currency
+order by o.currency"""
+
+
+class RefundedAfterPaymentBetweenRow(msgspec.Struct, frozen=True, gc=False):
+    currency: str
+    refunded: Decimal
+
+
+async def refunded_after_payment_between(
+    conn: AsyncConnection[Any],
+    *,
+    since: datetime,
+    until: datetime,
+) -> list[RefundedAfterPaymentBetweenRow]:
+    """The money of the paid orders an administrator cancelled in [since, until) (their transition from
+    paid to cancelled), per currency (the daily monitoring report): revenue a report counted when it was
+    paid, given back in the period of the cancel (a report already sent never changes)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(RefundedAfterPaymentBetweenRow)) as cur:
+        await cur.execute(REFUNDED_AFTER_PAYMENT_BETWEEN, (since, until))
         return await cur.fetchall()

@@ -144,6 +144,16 @@ returning *;
 select * from payment_events
 where event_id = @event_id and outcome in ('refund-due', 'expired', 'mismatch') and payment_id is not null;
 
+-- name: PaidWithoutPaymentId :one
+-- Whether the order was paid through the previous release (its paying event, 'paid', or 'refund-due'
+-- once an administrator cancelled it, stored no payment id): another payment id for it cannot be told
+-- from the same money (already refunded by hand after a cancel), and is not called a second payment.
+-- Served by payment_events_order_idx.
+select exists (
+    select 1 from payment_events
+    where order_id = @order_id and payment_id is null and outcome in ('paid', 'refund-due')
+) as paid;
+
 -- name: PayingPaymentKnown :one
 -- Whether the payment that paid the order is recorded with its payment id (false only for an order
 -- paid through the previous release during a deploy: then another payment id cannot be told from
@@ -157,8 +167,9 @@ select exists (
 -- A paid order an administrator cancels keeps no money: the event whose payment paid it (outcome
 -- 'paid'; one per order, as an order is paid once) becomes a refund due, listed and marked by the
 -- queries above unchanged (and by payment_events_refunds_due_idx) when it carries its payment id.
--- Taken under the order's lock. Nothing when no event paid it; a row without a payment id (paid
--- through the release before payment ids were stored) is kept money no list can name.
+-- Taken under the order's lock, before its products' (payment_events_order_idx serves it). Nothing
+-- when no event paid it; a row without a payment id (paid through the release before payment ids
+-- were stored) is kept money no list can name.
 update payment_events
 set outcome = 'refund-due'
 where order_id = @order_id and outcome = 'paid'
@@ -181,5 +192,16 @@ select o.currency, sum(o.total)::numeric as revenue
 from order_events e
 join orders o on o.id = e.order_id
 where e.to_status = 'paid' and e.created_at >= @since and e.created_at < @until
+group by o.currency
+order by o.currency;
+
+-- name: RefundedAfterPaymentBetween :many
+-- The money of the paid orders an administrator cancelled in [since, until) (their transition from
+-- paid to cancelled), per currency (the daily monitoring report): revenue a report counted when it was
+-- paid, given back in the period of the cancel (a report already sent never changes).
+select o.currency, sum(o.total)::numeric as refunded
+from order_events e
+join orders o on o.id = e.order_id
+where e.from_status = 'paid' and e.to_status = 'cancelled' and e.created_at >= @since and e.created_at < @until
 group by o.currency
 order by o.currency;

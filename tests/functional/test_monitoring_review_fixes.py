@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -326,3 +327,14 @@ async def test_a_stop_between_the_html_refusal_and_the_plain_text_gives_the_atte
         assert await service.deliver(budget_s=30) == 1, "the next sender delivers it"
     status, _, _ = await delivery_state(db)
     assert status == "sent"
+
+
+async def test_the_report_labels_revenue_as_paid_net_of_refunds(settings: Settings) -> None:
+    """``totals_between`` subtracts, in the period of the cancel, the money of paid orders an
+    administrator cancelled: the report says so, a figure that may be negative."""
+    async with open_monitoring(settings) as service:
+        now = datetime.now(UTC)
+        figures = BusinessFigures(revenue={"EUR": Decimal("-5.00"), "USD": Decimal("3.00")})
+        async with service.db.transaction() as uow:
+            report = await build_report(uow.conn, now.date(), now - timedelta(days=1), now, "test", figures)
+    assert "paid net of refunds after payment -5.00 EUR, 3.00 USD" in report.plain, report.plain

@@ -56,9 +56,10 @@ def due_at(day: date, hour: int, minute: int, zone: ZoneInfo) -> datetime:
 
 
 class BusinessFigures(msgspec.Struct, frozen=True):
-    """The period's sign-ups, orders placed, money paid per currency (``OrderService.totals_between``:
-    orders paid in the period, never a reservation that may still expire), and page views received;
-    None where the owning domain is not part of this assembly (the report then says "n/a")."""
+    """The period's sign-ups, orders placed, money kept per currency (``OrderService.totals_between``:
+    paid in the period, never a reservation that may still expire, net of paid orders cancelled in
+    it, so possibly negative), and page views received; None where the owning domain is not part of
+    this assembly (the report then says "n/a")."""
 
     signups: int | None = None
     orders: int | None = None
@@ -72,7 +73,9 @@ def _figure(value: object) -> str:
 
 def _revenue(revenue: dict[str, Decimal] | None) -> str:
     """Each currency's total on its own (``12.50 EUR, 3.00 USD``): amounts in different currencies
-    do not add up; ``0`` when nothing was paid."""
+    do not add up; ``0`` when nothing was paid. The money paid in the period net of the money of paid
+    orders cancelled in it (``totals_between``), so a figure may be negative; labelled so in the report
+    ("paid net of refunds after payment")."""
     if revenue is None:
         return "n/a"
     return ", ".join(f"{total} {currency}" for currency, total in sorted(revenue.items())) or "0"
@@ -101,8 +104,8 @@ async def build_report(
     parts.append(Part("Business", "b"))
     parts.append(
         Part(
-            f"\nsign-ups {_figure(figures.signups)} · orders {_figure(figures.orders)} · paid "
-            f"{_revenue(figures.revenue)} · page views {_figure(figures.pageviews)}\n\n"
+            f"\nsign-ups {_figure(figures.signups)} · orders {_figure(figures.orders)} · paid net of "
+            f"refunds after payment {_revenue(figures.revenue)} · page views {_figure(figures.pageviews)}\n\n"
         )
     )
     parts.append(Part(f"New groups: {new_count}", "b"))

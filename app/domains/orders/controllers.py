@@ -37,6 +37,17 @@ from app.domains.orders.schemas import (
 from app.domains.orders.services import OrderService
 
 Orders = NamedDependency[OrderService]
+Restock = Annotated[
+    bool,
+    QueryParameter(
+        description="A paid order an administrator cancels: whether its units go back on sale (default "
+        "`true`); `false` when the goods are damaged or missing, so that units that do not exist are "
+        "not sold. A pending or reserved order's units always come back (they were held, not shipped).",
+    ),
+]
+"""A query parameter, not an optional JSON body: the route takes no body today (buyers and
+administrators post nothing), and our strict body decoding (``app.core.routing``) decodes a Struct,
+not ``Struct | None``, which falls back to Litestar's lax conversion (``{"restock": 0}`` accepted)."""
 FIRST_PAGE = 2**63 - 1
 """``before_id`` of the first page: past every id."""
 WEBHOOK_BODY_LIMIT = f"The body may hold at most {WEBHOOK_MAX_BODY:,} bytes (64 KiB)"
@@ -134,10 +145,12 @@ class OrdersController(Controller):
         "and a `paid` one whose goods cannot ship: its units go back to stock, and the payment that "
         "paid it becomes a refund due (outcome `refund-due`, listed at "
         "`/api/admin/payments/refunds-due`, marked at `/api/admin/payments/refunded`); the order's "
-        "history records the administrator and the payment. An order paid before payment ids were "
-        "recorded is cancelled too, but no refund can be listed: its history says so (return it at "
-        "the provider by hand). A fulfilled order cannot be cancelled (409). Cancelled is final: a "
-        "second cancel is 409 and gives nothing back again.",
+        "history records the administrator and the payment. `restock=false` (administrators, paid "
+        "orders) keeps the units off sale when the goods are damaged or missing; the history says "
+        "whether they were restocked. An order paid before payment ids were recorded is cancelled "
+        "too, but no refund can be listed (the operators' log says to return it at the provider by "
+        "hand). A fulfilled order cannot be cancelled (409). Cancelled is final: a second cancel is "
+        "409 and gives nothing back again. No request body.",
         responses={
             **problems(401, 404, 429),
             409: ResponseSpec(
@@ -148,8 +161,10 @@ class OrdersController(Controller):
             ),
         },
     )
-    async def cancel(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
-        return await orders.cancel(order_id, current_user.id, current_user.is_admin)
+    async def cancel(
+        self, order_id: IdPath, orders: Orders, current_user: Caller, restock: Restock = True
+    ) -> OrderOut:
+        return await orders.cancel(order_id, current_user.id, current_user.is_admin, restock=restock)
 
     @post(
         "/{order_id:int}/fulfil",

@@ -5,8 +5,9 @@ cancelled; reserved → expired; paid → cancelled by an administrator only (go
 the payment that paid it becomes a refund due). Only the payment provider's signed webhook makes an
 order paid (``confirm_payment``); buyers cannot. Each transition happens under the order's row lock,
 is recorded in ``order_events`` and emitted to the activity feed; held stock is given back exactly
-once (cancel or expiry), because only a transition out of ``reserved`` or ``paid`` releases it, and
-cancelled and expired are final.
+once (cancel or expiry), because only a transition out of ``reserved`` into cancelled or expired, or
+from ``paid`` to cancelled (unless the administrator says the goods are gone: ``restock=False``),
+releases it (paid → fulfilled does not), and cancelled and expired are final.
 """
 
 from __future__ import annotations
@@ -359,18 +360,29 @@ class OrderService:
     async def totals_between(
         self, uow: UnitOfWork, since: datetime, until: datetime
     ) -> tuple[int, dict[str, Decimal]]:
-        """Orders placed in [since, until), and the money paid in it per currency, in the caller's
-        transaction (the daily report, sent once per period).
+        """Orders placed in [since, until), and the money kept in it per currency: paid in the period
+        minus refunded after payment in it, in the caller's transaction (the daily report, sent once
+        per period).
 
         Revenue is counted when it is paid (the order's transition to paid), whenever the order was
         placed: a reservation may still expire, so it is no revenue, and a report sent once cannot
         take it back later; and an order placed before a report and paid after it counts in the next
         one, where counting by placement would have lost it. Orders carry the currency they were
         placed in (``CURRENCY`` when placed, which a deployment may change), so the money is
-        reported per currency, never summed across them."""
+        reported per currency, never summed across them.
+
+        Refunded after payment: a paid order an administrator cancels gives its total back, in the
+        period of the cancel (its transition from paid to cancelled), subtracted there, since the
+        report that counted its payment was sent already and never changes. A period may then keep
+        less than nothing in a currency (a negative figure: more given back than paid)."""
         placed = await queries.count_orders_placed_between(uow.conn, since=since, until=until) or 0
-        revenue = await queries.revenue_between(uow.conn, since=since, until=until)
-        return placed, {row.currency: row.revenue for row in revenue}
+        revenue = {
+            row.currency: row.revenue
+            for row in await queries.revenue_between(uow.conn, since=since, until=until)
+        }
+        for row in await queries.refunded_after_payment_between(uow.conn, since=since, until=until):
+            revenue[row.currency] = revenue.get(row.currency, Decimal("0.00")) - row.refunded
+        return placed, revenue
 
     # -- the buyer's and the admin's actions ------------------------------------------------------
 
@@ -384,47 +396,64 @@ class OrderService:
             raise NotFoundError("No such order.")
         return order
 
-    async def cancel(self, order_id: int, actor: int, is_admin: bool) -> OrderOut:
+    async def cancel(self, order_id: int, actor: int, is_admin: bool, *, restock: bool = True) -> OrderOut:
         """The buyer's own pending or reserved order, or (``is_admin``: the token's claim) anyone's if
         the actor's row is an active administrator's, checked first, under its lock (otherwise the
         caller is answered as any other: 404 for another's order). A reserved order's stock comes back.
 
         A paid order is cancelled by an administrator only (its goods cannot ship; the buyer gets 409
         ``illegal-transition``, as for any order past its reservation): its units go back to stock
-        and the payment that paid it becomes a refund due (``_cancel_paid``)."""
+        and the payment that paid it becomes a refund due (``_cancel_paid``). ``restock=False`` keeps a
+        paid order's units off sale (goods damaged or missing: they do not exist to sell again); it
+        applies to a paid order only (a reserved order's units are held, not shipped, and come back)."""
         async with self.db.transaction() as uow:
             admin = is_admin and await self.accounts.holds_admin(uow, actor)
             order = await self._locked(uow, order_id, actor, admin)
             if order.status == OrderStatus.PAID:
                 if not admin:
                     raise IllegalTransitionError("A paid order can be cancelled by an administrator only.")
-                return await self._out(uow, await self._cancel_paid(uow, order, actor))
+                return await self._out(uow, await self._cancel_paid(uow, order, actor, restock=restock))
             if order.status == OrderStatus.RESERVED:
                 await self._release_stock(uow, order_id)
             order = await _transition(uow, order, OrderStatus.CANCELLED, reason="cancelled", actor=actor)
             return await self._out(uow, order)
 
-    async def _cancel_paid(self, uow: UnitOfWork, order: Order, actor: int) -> Order:
-        """An administrator's cancel of a paid order, under its lock: its units go back to stock (it
-        leaves ``paid`` once: cancelled is final), and the event whose payment paid it becomes a
-        ``refund-due`` (``QueueRefundOfPayingPayment``), so that the refunds-due list names it and
-        ``mark_refunded`` marks it, unchanged; the order's history says why it is due. An order paid
+    async def _cancel_paid(self, uow: UnitOfWork, order: Order, actor: int, *, restock: bool) -> Order:
+        """An administrator's cancel of a paid order, under its lock: its units go back to stock unless
+        ``restock`` is false (it leaves ``paid`` once: cancelled is final), and the event whose payment
+        paid it becomes a ``refund-due`` (``QueueRefundOfPayingPayment``), so that the refunds-due list
+        names it and ``mark_refunded`` marks it, unchanged; the order's history says why it is due and
+        whether the units were restocked. An order paid
         through the release before payment ids were stored (``PayingPaymentKnown`` false) is
         cancelled all the same, since its goods cannot ship either way, but no list can name its
-        payment: its history and the log say that no refund was queued, to be made at the provider by
-        hand. Logged (a warning: money to return) once committed."""
-        await self._release_stock(uow, order.id)
+        payment: the log says that no refund was queued, to be made at the provider by hand (the
+        order's history, which its buyer reads, says only that an administrator cancelled it).
+        Logged (a warning: money to return) once committed.
+
+        The payment event is updated before the products are locked (``_release_stock``), so the
+        products' locks are held for the stock updates only."""
         paying = await queries.queue_refund_of_paying_payment(uow.conn, order_id=order.id)
+        if restock:
+            await self._release_stock(uow, order.id)
         refund_due = paying is not None and paying.payment_id is not None
+        stock = "units restocked" if restock else "units not restocked (goods damaged or missing)"
         if paying is not None and refund_due:
-            reason = f"cancelled by an administrator; payment {paying.payment_id} is a refund due"
+            reason = f"cancelled by an administrator; payment {paying.payment_id} is a refund due; {stock}"
+            action = "refund listed at /api/admin/payments/refunds-due"
         else:
-            reason = (
-                "cancelled by an administrator; no refund queued: the payment that paid it is not "
-                "recorded with its payment id (return it at the provider by hand)"
+            reason = f"cancelled by an administrator; {stock}"
+            action = (
+                "no refund queued: the payment that paid it is not recorded with its payment id "
+                "(return it at the provider by hand)"
             )
         cancelled = await _transition(uow, order, OrderStatus.CANCELLED, reason=reason, actor=actor)
-        fields: dict[str, Any] = {"order_id": order.id, "actor": actor, "refund_due": refund_due}
+        fields: dict[str, Any] = {
+            "order_id": order.id,
+            "actor": actor,
+            "refund_due": refund_due,
+            "restocked": restock,
+            "action": action,
+        }
         if paying is not None:
             fields |= {
                 "event_id": paying.event_id,
@@ -517,7 +546,8 @@ class OrderService:
         that no order keeps is a refund due: ``refund-due`` for an order that does not exist, or is
         cancelled, rejected, fulfilled or paid (by another payment: this one is new; ``ignored`` when
         the paying payment's id is unknown, as for an order paid through the release before
-        payment ids were stored); ``mismatch``
+        payment ids were stored, and still once an administrator cancelled such an order: its
+        payment was to be returned by hand, and this may be that same money); ``mismatch``
         for a reserved order whose amount or currency differ; and ``expired`` for a payment after the
         reservation lapsed, whether it expires the order now or the expiry cron came first, in that
         case whatever the amount, since no amount can make an expired order paid."""
@@ -532,6 +562,10 @@ class OrderService:
         settled = order.status in (OrderStatus.PAID, OrderStatus.FULFILLED)
         if settled and not await queries.paying_payment_known(uow.conn, order_id=order.id):
             return "ignored"  # paid through the previous release: this may be the same money
+        if order.status == OrderStatus.CANCELLED and await queries.paid_without_payment_id(
+            uow.conn, order_id=order.id
+        ):
+            return "ignored"  # as while it was paid: returned by hand after the cancel, not twice
         if order.status != OrderStatus.RESERVED:
             return "refund-due"
         if Decimal(payment.amount) != order.total or payment.currency != order.currency:
