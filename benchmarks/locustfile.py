@@ -92,11 +92,16 @@ def login(user: HttpUser | FastHttpUser, email: str, password: str) -> dict[str,
     raise StopUser
 
 
-def prepare_fixtures(user: HttpUser | FastHttpUser, headers: dict[str, str]) -> None:
-    """Find or create the load-test site and products (as the administrator)."""
+def prepare_fixtures(user: HttpUser | FastHttpUser, headers: dict[str, str] | None = None) -> None:
+    """Find or create the load-test site and products (as the administrator: logged in here, under
+    the lock, unless ``headers`` are the administrator's already). One user of the process does it
+    while the others wait: visitors starting together each logging in as the administrator made
+    more concurrent attempts on one account from one address than the login throttle admits
+    (``LOGIN_MAX_FAILURES`` counts attempts still being checked: 429 for the sixth)."""
     with Fixtures.lock:
         if Fixtures.ingest_key is not None:
             return
+        headers = headers or login(user, ADMIN_EMAIL, ADMIN_PASSWORD)
         sites = user.client.get("/api/sites/?limit=100", headers=headers, name="/api/sites/").json()
         site = next((s for s in sites.get("items", []) if s["domain"] == SITE_DOMAIN), None)
         if site is None:
@@ -233,8 +238,7 @@ class VisitorUser(FastHttpUser):
     wait_time = between(0.2, 1.5)
 
     def on_start(self) -> None:
-        if Fixtures.ingest_key is None:  # the first visitor of the process prepares the site
-            prepare_fixtures(self, login(self, ADMIN_EMAIL, ADMIN_PASSWORD))
+        prepare_fixtures(self)  # the first visitor of the process prepares the site
         self.agent = random.choice(AGENTS)
         self.width = random.choice((390, 768, 1280, 1440, 1920))
         self.referrer = random.choice(REFERRERS)
