@@ -115,20 +115,40 @@ def _hooks(services: Services) -> tuple[Hook, Hook]:
     return startup, shutdown
 
 
+def _stopped(ctx: Context) -> bool:
+    """Whether this run of the worker is stopping. SAQ's ``stop()`` runs the shutdown hooks even while
+    ``start()`` is still in its startup hooks (a slow start under load, or a shutdown grace shorter
+    than the start): the stop hooks then find nothing to stop, so a startup hook that runs after them
+    must start nothing (else its task ran for the rest of the process, on closed services). SAQ sets
+    the worker's event first thing in ``stop()`` and gives each ``start()`` a new one."""
+    return ctx["worker"].event.is_set()
+
+
 def _relay_hooks(
     queues: dict[str, Queue], modules: Sequence[Module], settings: Settings
 ) -> tuple[Hook, Hook]:
     async def start_relay(ctx: Context) -> None:
+        if _stopped(ctx):
+            return
         services: Services = ctx["services"]  # type: ignore[typeddict-item]
         relay = OutboxRelay(services.db.pool, queues, settings, batching_of(modules, settings))
         ctx["relay"] = relay  # type: ignore[typeddict-unknown-key]
         ctx["relay_task"] = asyncio.create_task(relay.run(), name="outbox-relay")  # type: ignore[typeddict-unknown-key]
 
     async def stop_relay(ctx: Context) -> None:
+        """Stops the relay after its round in progress, waiting for it at most the shutdown grace
+        (a round is bounded, ``relay_once``; cut, its transaction rolls back and its rows are
+        published again later); never raises, so SAQ's later shutdown hooks still run."""
         relay: OutboxRelay | None = ctx.get("relay")  # type: ignore[assignment]
-        if relay is not None:
-            relay.stop()
-            await ctx["relay_task"]  # type: ignore[typeddict-item]
+        if relay is None:
+            return
+        relay.stop()
+        task: asyncio.Task[None] = ctx["relay_task"]  # type: ignore[typeddict-item]
+        done, _ = await asyncio.wait({task}, timeout=settings.worker_shutdown_grace_s)
+        if not done:
+            log.warning("outbox_relay_cut", waited_s=settings.worker_shutdown_grace_s)
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     return start_relay, stop_relay
 
@@ -151,6 +171,8 @@ def _queue_gauge_hooks(queues: dict[str, Queue], interval_s: float) -> tuple[Hoo
             await asyncio.sleep(interval_s)
 
     async def start_gauges(ctx: Context) -> None:
+        if _stopped(ctx):
+            return
         ctx["queue_gauges_task"] = asyncio.create_task(poll(), name="queue-gauges")  # type: ignore[typeddict-unknown-key]
 
     async def stop_gauges(ctx: Context) -> None:

@@ -161,6 +161,43 @@ async def test_worker_runs_the_job_end_to_end(
         await asyncio.wait_for(running, 10)
 
 
+async def test_a_worker_stopped_while_it_starts_leaves_no_relay_running(
+    relay_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stop()`` while the startup hooks still open the services (a slow start under load, or a
+    shutdown grace shorter than the start): the stop hooks found no relay to stop, then the startup
+    hooks went on and started the relay and the queue gauges, which ran for the rest of the process
+    on a closed pool. A stop now bars the startup hooks that have not run yet."""
+    assert relay_settings.valkey_url
+    services = Services(relay_settings, MODULES)
+    starting, gate, closing = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    start, close = Services.start, Services.close
+
+    async def slow_start(self: Services) -> None:
+        starting.set()
+        await gate.wait()
+        await start(self)
+
+    async def observed_close(self: Services) -> None:
+        closing.set()
+        await close(self)
+
+    monkeypatch.setattr(Services, "start", slow_start)
+    monkeypatch.setattr(Services, "close", observed_close)
+    worker = SAQPlugin(build_saq_config(services, relay_settings.valkey_url, run_workers_in_process=True))
+    default = worker.get_workers()["default"]
+    default.SIGNALS = []
+    running = asyncio.create_task(default.start())
+    await starting.wait()  # start() is in its first hook, waiting at the gate
+    stopping = asyncio.create_task(default.stop())
+    await closing.wait()  # the stop's own hooks ran; its shutdown waits for the start to finish
+    gate.set()
+    await stopping
+    await running
+    left = [task.get_name() for task in asyncio.all_tasks() if not task.done()]
+    assert "outbox-relay" not in left and "queue-gauges" not in left, left
+
+
 class Partition:
     """TCP in front of PostgreSQL's unix socket; ``cut()`` makes every open connection silent (its
     bytes go nowhere, nothing is closed) while new connections get through (the new primary)."""
