@@ -37,6 +37,24 @@ async def paid_order(app: Litestar, client: Client, db: AsyncConnection[Any], bu
     return order_id
 
 
+async def a_paid_order(
+    app: Litestar, client: Client, db: AsyncConnection[Any]
+) -> tuple[Actor, Actor, int, int]:
+    """A buyer, an administrator, a product of 5 units and the buyer's paid order of two of them."""
+    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
+    pid = await make_product(db, stock=5)
+    return buyer, admin, pid, await paid_order(app, client, db, buyer, pid)
+
+
+async def as_the_previous_release_stored_it(db: AsyncConnection[Any], order_id: int) -> None:
+    """The order's payment recorded without its payment id, amount and currency (paid through the
+    release before they were stored)."""
+    await db.execute(
+        "update payment_events set payment_id = null, amount = null, currency = null where order_id = %s",
+        (order_id,),
+    )
+
+
 async def refunds_due(client: Client, admin: Actor) -> list[dict[str, Any]]:
     listed = await client.get(REFUNDS_DUE, headers=admin.headers)
     assert listed.status_code == 200, listed.text
@@ -55,9 +73,7 @@ async def test_an_administrator_cancels_a_paid_order_its_stock_returns_once_and_
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
+    buyer, admin, pid, order_id = await a_paid_order(app, client, db)
     assert await stock_of(db, pid) == 3
     assert await refunds_due(client, admin) == []
 
@@ -110,9 +126,7 @@ async def test_a_buyer_cannot_cancel_their_paid_order(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
+    buyer, admin, pid, order_id = await a_paid_order(app, client, db)
     answer = await client.post(f"/api/orders/{order_id}/cancel", headers=buyer.headers)
     assert_problem(answer, 409, "illegal-transition")
     assert (await status_of(db, order_id), await stock_of(db, pid)) == ("paid", 3)
@@ -125,9 +139,7 @@ async def test_a_member_claiming_admin_cancels_nothing_of_anothers(
     """A token issued before its user's demotion: the row decides, and for another's order the answer
     is the one any other caller gets (404)."""
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
+    _buyer, admin, pid, order_id = await a_paid_order(app, client, db)
     demoted = await create_user(db, role=UserRole.MEMBER)
     events = await scalar(db, "select count(*) from order_events where order_id = %s", order_id)
     answer = await client.post(
@@ -143,9 +155,7 @@ async def test_a_fulfilled_order_cannot_be_cancelled(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
+    _buyer, admin, pid, order_id = await a_paid_order(app, client, db)
     fulfilled = await client.post(f"/api/orders/{order_id}/fulfil", headers=admin.headers)
     assert fulfilled.status_code == 200, fulfilled.text
     answer = await client.post(f"/api/orders/{order_id}/cancel", headers=admin.headers)
@@ -161,13 +171,8 @@ async def test_a_paid_order_whose_payment_id_is_unknown_is_cancelled_without_a_r
     can be listed to return. The cancel still goes through (the goods cannot ship either way), and the
     order's history and the log say that the refund must be made by hand."""
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
-    await db.execute(
-        "update payment_events set payment_id = null, amount = null, currency = null where order_id = %s",
-        (order_id,),
-    )
+    _buyer, admin, pid, order_id = await a_paid_order(app, client, db)
+    await as_the_previous_release_stored_it(db, order_id)
     with captured_logs() as logs:
         answer = await client.post(f"/api/orders/{order_id}/cancel", headers=admin.headers)
     assert answer.status_code == 200, answer.text
@@ -228,14 +233,9 @@ async def test_old_release_payment_redelivered_after_the_cancel_is_ignored(
     while the order is paid (it may be the same money), and still after an administrator's cancel
     (returned by hand already: never listed as a second refund)."""
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
+    _buyer, admin, _pid, order_id = await a_paid_order(app, client, db)
     payment_id = await scalar(db, "select payment_id from payment_events where order_id = %s", order_id)
-    await db.execute(
-        "update payment_events set payment_id = null, amount = null, currency = null where order_id = %s",
-        (order_id,),
-    )
+    await as_the_previous_release_stored_it(db, order_id)
     total = await scalar(db, "select total from orders where id = %s", order_id)
     answer = await client.post(f"/api/orders/{order_id}/cancel", headers=admin.headers)
     assert answer.status_code == 200, answer.text
@@ -266,9 +266,7 @@ async def test_an_administrator_may_cancel_a_paid_order_without_restocking(
 ) -> None:
     """Goods damaged or missing: ``?restock=false`` keeps their units off sale; the history says so."""
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
+    buyer, admin, pid, order_id = await a_paid_order(app, client, db)
     answer = await client.post(f"/api/orders/{order_id}/cancel?restock=false", headers=admin.headers)
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "cancelled"
@@ -318,13 +316,8 @@ async def test_the_buyer_never_reads_the_operators_refund_by_hand_note(
     shop: tuple[Litestar, Client], db: AsyncConnection[Any]
 ) -> None:
     app, client = shop
-    buyer, admin = await make_user(db, app), await make_user(db, app, UserRole.ADMIN)
-    pid = await make_product(db, stock=5)
-    order_id = await paid_order(app, client, db, buyer, pid)
-    await db.execute(
-        "update payment_events set payment_id = null, amount = null, currency = null where order_id = %s",
-        (order_id,),
-    )
+    buyer, admin, _pid, order_id = await a_paid_order(app, client, db)
+    await as_the_previous_release_stored_it(db, order_id)
     with captured_logs() as logs:
         answer = await client.post(f"/api/orders/{order_id}/cancel", headers=admin.headers)
     assert answer.status_code == 200, answer.text
