@@ -40,7 +40,7 @@ import zoneinfo
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import psycopg
@@ -328,16 +328,9 @@ class ReportService:
         self, site_id: int, rng: ReportRange, dimension: Dimension, limit: int, cursor: str | None = None
     ) -> BreakdownOut:
         """A page of the values of ``dimension`` by views (most first, then by value), after
-        ``cursor`` (the previous page's ``next_cursor``): sliced from the cached first ``RANKED_ROWS``
-        rows when it lies within them, else one query from the cursor on."""
-        after = decode_rank_cursor(cursor) if cursor is not None else None
+        ``cursor`` (the previous page's ``next_cursor``), through ``_ranked_page``."""
 
-        def position(item: BreakdownItem) -> tuple[int, str]:
-            return item.views, item.value
-
-        async def rows(
-            after: DecodedRankCursor | None, row_limit: int
-        ) -> tuple[ReportRange, list[BreakdownItem]]:
+        async def rows(after: DecodedRankCursor | None, row_limit: int) -> Ranked[BreakdownItem]:
             answered, found = await self._report(
                 rng,
                 queries.report_breakdown,
@@ -348,45 +341,28 @@ class ReportService:
                 after_value=after.value if after else None,
                 row_limit=row_limit,
             )
-            return answered, [BreakdownItem(value=row.value, views=row.views) for row in found]
+            return Ranked(answered, [BreakdownItem(value=row.value, views=row.views) for row in found])
 
-        async def load_ranked() -> RankedBreakdown:
-            answered, items = await rows(None, RANKED_ROWS + 1)
-            return RankedBreakdown(range=answered, items=items)
-
-        ranked = await self._cached(
-            f"breakdown-ranked:{site_id}:{dimension}:{_range_key(rng)}", load_ranked, RankedBreakdown
+        answered, page = await self._ranked_page(
+            "breakdown",
+            f"{site_id}:{dimension}:{_range_key(rng)}",
+            rows,
+            lambda item: (item.views, item.value),
+            Ranked[BreakdownItem],
+            cursor,
+            limit,
         )
-        shown = _slice_ranked(ranked.items, position, after, limit)
-        if shown is not None:
-            page: Page[BreakdownItem] = paginate(shown, limit, lambda item: _rank_position(*position(item)))
-            return BreakdownOut(
-                range=ranked.range, dimension=dimension, items=page.items, next_cursor=page.next_cursor
-            )
-
-        async def load() -> BreakdownOut:
-            answered, items = await rows(after, limit + 1)
-            page: Page[BreakdownItem] = paginate(items, limit, lambda item: _rank_position(*position(item)))
-            return BreakdownOut(
-                range=answered, dimension=dimension, items=page.items, next_cursor=page.next_cursor
-            )
-
-        key = f"breakdown:{site_id}:{dimension}:{limit}:{_range_key(rng)}:{cursor or ''}"
-        return await self._cached(key, load, BreakdownOut)
+        return BreakdownOut(
+            range=answered, dimension=dimension, items=page.items, next_cursor=page.next_cursor
+        )
 
     async def entry_pages(
         self, site_id: int, rng: ReportRange, limit: int, cursor: str | None = None
     ) -> EntryPagesOut:
-        """A page of the entry paths by visits (most first, then by path), after ``cursor``: sliced
-        from the cached first ``RANKED_ROWS`` rows when it lies within them, like ``breakdown``."""
-        after = decode_rank_cursor(cursor) if cursor is not None else None
+        """A page of the entry paths by visits (most first, then by path), after ``cursor``, through
+        ``_ranked_page``."""
 
-        def position(item: EntryPageItem) -> tuple[int, str]:
-            return item.visits, item.path
-
-        async def rows(
-            after: DecodedRankCursor | None, row_limit: int
-        ) -> tuple[ReportRange, list[EntryPageItem]]:
+        async def rows(after: DecodedRankCursor | None, row_limit: int) -> Ranked[EntryPageItem]:
             answered, found = await self._report(
                 rng,
                 queries.report_entry_pages,
@@ -395,7 +371,7 @@ class ReportService:
                 after_path=after.value if after else None,
                 row_limit=row_limit,
             )
-            return answered, [
+            items = [
                 EntryPageItem(
                     path=row.path,
                     visits=row.visits,
@@ -404,26 +380,43 @@ class ReportService:
                 )
                 for row in found
             ]
+            return Ranked(answered, items)
 
-        async def load_ranked() -> RankedEntryPages:
-            answered, items = await rows(None, RANKED_ROWS + 1)
-            return RankedEntryPages(range=answered, items=items)
-
-        ranked = await self._cached(
-            f"entry-ranked:{site_id}:{_range_key(rng)}", load_ranked, RankedEntryPages
+        answered, page = await self._ranked_page(
+            "entry",
+            f"{site_id}:{_range_key(rng)}",
+            rows,
+            lambda item: (item.visits, item.path),
+            Ranked[EntryPageItem],
+            cursor,
+            limit,
         )
+        return EntryPagesOut(range=answered, items=page.items, next_cursor=page.next_cursor)
+
+    async def _ranked_page(
+        self,
+        report: str,
+        scope: str,
+        rows: Callable[[DecodedRankCursor | None, int], Awaitable[Ranked[Item]]],
+        position: Callable[[Item], tuple[int, str]],
+        kind: type[Ranked[Item]],
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[ReportRange, Page[Item]]:
+        """A page of a ranked report (``rows(after, row_limit)``: the rows after a position, most
+        first): sliced from the report's first ``RANKED_ROWS`` rows, computed and cached once per
+        report and ``scope``, when the page lies within them; else one query from the
+        cursor on, cached per limit and cursor. ``scope``: the site and what else changes the answer
+        (dimension, period, zone, days)."""
+        after = decode_rank_cursor(cursor) if cursor is not None else None
+        ranked = await self._cached(f"{report}-ranked:{scope}", lambda: rows(None, RANKED_ROWS + 1), kind)
         shown = _slice_ranked(ranked.items, position, after, limit)
-        if shown is not None:
-            page: Page[EntryPageItem] = paginate(shown, limit, lambda item: _rank_position(*position(item)))
-            return EntryPagesOut(range=ranked.range, items=page.items, next_cursor=page.next_cursor)
-
-        async def load() -> EntryPagesOut:
-            answered, items = await rows(after, limit + 1)
-            page: Page[EntryPageItem] = paginate(items, limit, lambda item: _rank_position(*position(item)))
-            return EntryPagesOut(range=answered, items=page.items, next_cursor=page.next_cursor)
-
-        key = f"entry:{site_id}:{limit}:{_range_key(rng)}:{cursor or ''}"
-        return await self._cached(key, load, EntryPagesOut)
+        if shown is None:
+            ranked = await self._cached(
+                f"{report}-page:{scope}:{limit}:{cursor or ''}", lambda: rows(after, limit + 1), kind
+            )
+            shown = ranked.items
+        return ranked.range, paginate(shown, limit, lambda item: _rank_position(*position(item)))
 
     async def current_visitors_for(self, caller: CurrentUser, site_id: int) -> CurrentVisitorsOut:
         """``current_visitors`` after the access check (the owner or an admin; 404 otherwise)."""
@@ -520,21 +513,15 @@ class DecodedRankCursor(msgspec.Struct, frozen=True):
     value: str
 
 
-class RankedBreakdown(msgspec.Struct, frozen=True):
-    """A breakdown's first ``RANKED_ROWS`` rows, and one more when more follow (cached)."""
-
-    range: ReportRange
-    items: list[BreakdownItem]
-
-
-class RankedEntryPages(msgspec.Struct, frozen=True):
-    """The entry pages' first ``RANKED_ROWS`` rows, and one more when more follow (cached)."""
-
-    range: ReportRange
-    items: list[EntryPageItem]
-
-
 Item = TypeVar("Item")
+
+
+class Ranked(msgspec.Struct, Generic[Item], frozen=True):
+    """Rows of a ranked report as cached: its first ``RANKED_ROWS`` rows and one more when more
+    follow, or one page's ``limit`` rows and one more; with the range they answer."""
+
+    range: ReportRange
+    items: list[Item]
 
 
 def _slice_ranked(
