@@ -131,7 +131,8 @@ def test_addresses_just_outside_the_trusted_ranges_are_not(peer: str) -> None:
 
 
 def _untrusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return not any(address in network for network in PROXIES)
+    """As the code judges it: an IPv4-mapped peer is its IPv4 address (``::ffff:10.0.0.1`` is trusted)."""
+    return not any(_unmapped(str(address)) in network for network in PROXIES)
 
 
 _headers = st.one_of(
@@ -143,7 +144,12 @@ _headers = st.one_of(
 )
 
 
-@given(peer=st.ip_addresses().filter(_untrusted).map(str), header=st.none() | _headers)
+_mapped_v4 = (
+    st.ip_addresses(v=4) | st.sampled_from(["10.0.0.0", "10.9.8.7", "127.0.0.1"]).map(ipaddress.IPv4Address)
+).map(lambda ip: ipaddress.IPv6Address(f"::ffff:{ip}"))
+
+
+@given(peer=(st.ip_addresses() | _mapped_v4).filter(_untrusted).map(str), header=st.none() | _headers)
 def test_an_untrusted_peer_is_always_the_client(peer: str, header: str | None) -> None:
     assert ipaddress.ip_address(client_address(peer, header, PROXIES) or "") == _unmapped(peer)
 
@@ -207,3 +213,8 @@ def test_mapped_entries_are_read_as_ipv4_networks() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("fd00::/8"),
     )
+
+
+def test_a_mapped_peer_inside_a_trusted_range_is_trusted() -> None:
+    """The case Hypothesis found in CI: ``::ffff:10.0.0.0`` is 10.0.0.0, inside 10.0.0.0/8."""
+    assert client_address("::ffff:a00:0", "198.51.100.20", PROXIES) == "198.51.100.20"
