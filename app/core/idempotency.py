@@ -56,6 +56,8 @@ KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 CLAIM_LEASE_S = 60.0
 """How long an unfinished request holds its key: far longer than a creation takes."""
+CLAIM_ATTEMPTS = 3
+"""Claims tried when the claim met is released before it is read (each a round trip)."""
 PURGE_CHUNK = 10_000
 """Keys deleted per statement (and transaction) by the purge."""
 CLAIM_PURGE_GRACE_S = 3600.0
@@ -197,16 +199,21 @@ class Idempotency:
         """A new claim on ``key``, or the stored answer of the request that completed it. Raises
         ``IdempotencyKeyReusedError`` for another fingerprint, ``IdempotencyKeyInFlightError`` while
         the key's first request is unfinished. Commits before returning (the claim must be seen by a
-        concurrent duplicate)."""
-        async with self.db.transaction() as uow:
-            await queries.delete_expired_idempotency_key(uow.conn, user_id=user_id, key=key)
-            claimed_until = await queries.claim_idempotency_key(
-                uow.conn, user_id=user_id, key=key, request_hash=fingerprint, lease_s=CLAIM_LEASE_S
-            )
-            if claimed_until is not None:
-                return IdempotencyClaim(user_id, key, claimed_until, status_code, encode)
-            existing = await queries.get_idempotency_key(uow.conn, user_id=user_id, key=key)
-        if existing is None:  # the claim we met was released meanwhile
+        concurrent duplicate). The claim met may be released (its request failed) between the
+        insert that met it and the read: then the key is free and is claimed again, up to
+        ``CLAIM_ATTEMPTS`` times (another request may take it in between), before answering 409."""
+        for _ in range(CLAIM_ATTEMPTS):
+            async with self.db.transaction() as uow:
+                await queries.delete_expired_idempotency_key(uow.conn, user_id=user_id, key=key)
+                claimed_until = await queries.claim_idempotency_key(
+                    uow.conn, user_id=user_id, key=key, request_hash=fingerprint, lease_s=CLAIM_LEASE_S
+                )
+                if claimed_until is not None:
+                    return IdempotencyClaim(user_id, key, claimed_until, status_code, encode)
+                existing = await queries.get_idempotency_key(uow.conn, user_id=user_id, key=key)
+            if existing is not None:
+                break
+        else:
             raise IdempotencyKeyInFlightError("Retry when the first request has finished.")
         if existing.request_hash != fingerprint:
             raise IdempotencyKeyReusedError(

@@ -20,8 +20,9 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.idempotency import Idempotency
+from app.core.idempotency import Idempotency, IdempotencyClaim, StoredAnswer
 from app.core.types import whole
+from app.db import idempotency as idempotency_queries
 from app.db.models import ProjectRole
 from tests.factories import (
     Actor,
@@ -467,3 +468,29 @@ async def test_the_schema_documents_the_key_and_its_answers(app_client: tuple[Li
         assert {"201", "409", "422"} <= set(operation["responses"]), path
         assert "Idempotent-Replayed" in operation["responses"]["201"]["headers"], path
         assert "`Idempotency-Key`" in operation["description"], path
+
+
+async def test_a_claim_released_between_the_insert_and_the_read_is_claimed_again(
+    app_client: tuple[Litestar, Client], db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request's claim is met, then released (its creation failed) before the duplicate
+    reads it: the key is free, so the duplicate claims it instead of answering 409 for nothing."""
+    app, _ = app_client
+    user = await make_user(db, app)
+    idempotency: Idempotency = app.state.services[Idempotency]
+    first = await idempotency.claim(user.id, "released", b"same", status_code=201, encode=bytes)
+    assert not isinstance(first, StoredAnswer)
+    read_claim = idempotency_queries.get_idempotency_key
+
+    async def released_before_read(conn: AsyncConnection[Any], *, user_id: int, key: str) -> Any:
+        async with db.transaction():
+            await idempotency_queries.release_idempotency_key(
+                db, user_id=user_id, key=key, claimed_until=first.claimed_until
+            )
+        return await read_claim(conn, user_id=user_id, key=key)
+
+    monkeypatch.setattr(idempotency_queries, "get_idempotency_key", released_before_read)
+    second = await idempotency.claim(user.id, "released", b"same", status_code=201, encode=bytes)
+
+    assert isinstance(second, IdempotencyClaim)
+    assert await scalar(db, "select count(*) from idempotency_keys where key = 'released'") == 1
