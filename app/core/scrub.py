@@ -19,7 +19,7 @@ from urllib.parse import unquote
 MASK = "[Filtered]"
 
 _KEYS = (
-    r"password|passwd|passphrase|pass|pwd|pgpassword|secret|secret[_-]?key|token|api[_-]?key"
+    r"password(?:[_-]?(?:hash|digest))?|passwd|passphrase|pass|pwd|pgpassword|secret|secret[_-]?key|token|api[_-]?key"
     r"|secret[_-]?access[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret|authorization|cookie"
     r"|session(?:[_-]?id)?|jwt"
     r"|private[_-]?key"

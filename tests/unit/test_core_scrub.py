@@ -28,6 +28,11 @@ SECRETS = {
     "a PEM key": ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----", "MIIEvQIBADANBg"),
     "a secret_key setting": ("SECRET_KEY=abcdef0123456789 in the environment", "abcdef0123456789"),
     "a Stripe key": ("charge failed for sk_live_abcdefghijklmnop", "sk_live_abcdefghijklmnop"),
+    "a stored password hash": (
+        "row users(id=7, password_hash='$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA')",
+        "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+    ),
+    "a password digest": ("PASSWORD-DIGEST: 5f4dcc3b5aa765d61d8327de", "5f4dcc3b5aa765d61d8327de"),
 }
 
 
