@@ -174,7 +174,7 @@ class LoginThrottle:
             detail = (
                 "Too many recent sign-in attempts for this account; try again shortly."
                 if scope == "account"
-                else "Too many failed sign-in attempts from this address; try again later."
+                else "Too many sign-in attempts from this address (failed or in progress); try again later."
             )
             raise TooManyRequestsError(detail, headers={"Retry-After": str(max(int(retry_after), 1))})
         if int(delay_ms) > 0:
