@@ -250,8 +250,16 @@ async def test_the_login_throttle_applies_to_the_dashboards_sign_in(
 
 @pytest.mark.parametrize(
     "headers",
-    [CROSS_SITE, {"Sec-Fetch-Site": "same-site"}, {"Origin": "https://evil.example"}, {"Origin": "null"}],
-    ids=["cross-site", "sibling-site", "foreign-origin", "opaque-origin"],
+    [
+        CROSS_SITE,
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://testserver.local:8080"},
+        {"Origin": "http://["},
+        {"Origin": "https://[::1"},
+    ],
+    ids=["cross-site", "sibling-site", "foreign-origin", "opaque-origin", "other-port", "bad-ipv6", "ipv6"],
 )
 async def test_a_cross_site_sign_in_is_refused(api: Client, admin: User, headers: dict[str, str]) -> None:
     """Login CSRF: another site must not sign the browser in (to an account of its choosing)."""
@@ -263,6 +271,18 @@ async def test_a_cross_site_sign_in_is_refused(api: Client, admin: User, headers
     )
     assert_problem(response, 403, "forbidden")
     assert "set-cookie" not in response.headers
+
+
+@pytest.mark.parametrize("origin", ["http://testserver.local", "HTTP://TestServer.Local"])
+async def test_a_browser_sending_only_its_origin_signs_in(api: Client, admin: User, origin: str) -> None:
+    """Without ``Sec-Fetch-Site`` (older browsers), an ``Origin`` naming this host is ours (any case)."""
+    response = await api.post(
+        "/saq/login",
+        data={"email": admin.email, "password": PASSWORD},
+        headers={"Origin": origin},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
 
 
 # -- the session ends ---------------------------------------------------------------------------------
