@@ -267,7 +267,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # hardening (abuse resistance, issue 15)
     login_address_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 50
-    login_max_delay_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
+    login_max_delay_s: Annotated[int, msgspec.Meta(ge=1, le=300)] = 10
+    """At 0 no attempt would ever wait or be refused past the account's threshold: the per-account
+    throttle would be off, leaving only the per-network limits (so 0 is refused at start-up)."""
     session_max_age_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
     dashboard_session_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86_400)] = 8 * 3600
     """A SAQ dashboard sign-in lasts this long (absolute: never extended); signing out, a password

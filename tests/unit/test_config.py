@@ -467,3 +467,12 @@ def test_repr_never_contains_the_secret_or_the_database_password(secret: str, pa
     assert settings.secret_key == secret
     assert secret not in text
     assert password not in text
+
+
+def test_a_zero_login_delay_is_refused_it_would_switch_the_account_throttle_off(tmp_path: Path) -> None:
+    """With ``LOGIN_MAX_DELAY_S=0`` no attempt waits for or is refused by the account's schedule: any
+    number of networks could guess one account's password unpaced (a review's finding)."""
+    env = {"LOGIN_MAX_DELAY_S": "0", "DATA_DIR": str(tmp_path), "SECRET_KEY": "k" * 16 + "0123456789ABCDEF"}
+    with pytest.raises(SettingsError, match=r"LOGIN_MAX_DELAY_S"):
+        load_settings(env)
+    assert load_settings({**env, "LOGIN_MAX_DELAY_S": "1"}).login_max_delay_s == 1
