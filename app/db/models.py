@@ -647,6 +647,12 @@ class GithubSnapshotAttempt(msgspec.Struct, frozen=True, gc=False):
     attempted_at: datetime
 
 
+class RetiredIngestKey(msgspec.Struct, frozen=True, gc=False):
+    ingest_key: str
+    site_id: int
+    retired_at: datetime
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)

@@ -89,6 +89,43 @@ async def list_sites(
         return await cur.fetchall()
 
 
+LOCK_SITE = (
+    "select id, owner_id, domain, ingest_key, timezone, created_at from sites where id = $1 for update"
+)
+
+
+async def lock_site(conn: AsyncConnection[Any], *, id: int) -> Site | None:
+    """The site, held until the commit as its key's rotation (an update of a unique column) or its
+    deletion holds it: the owner checked is the owner when the key is replaced."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Site)) as cur:
+        await cur.execute(LOCK_SITE, (id,))
+        return await cur.fetchone()
+
+
+REPLACE_INGEST_KEY = """\
+update sites set ingest_key = $1 where id = $2
+returning id, owner_id, domain, ingest_key, timezone, created_at"""
+
+
+async def replace_ingest_key(conn: AsyncConnection[Any], *, ingest_key: str, id: int) -> Site | None:
+    """A trigger on `sites` records the old key (`retired_ingest_keys`) and NOTIFYs it (`deleted_sites`)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Site)) as cur:
+        await cur.execute(REPLACE_INGEST_KEY, (ingest_key, id))
+        return await cur.fetchone()
+
+
+FORGET_RETIRED_KEYS = (
+    "delete from retired_ingest_keys where retired_at < now() - make_interval(secs => $1::float8)"
+)
+
+
+async def forget_retired_keys(conn: AsyncConnection[Any], *, kept_s: float) -> None:
+    """Retired keys older than any process remembers a refusal (`kept_s`): they are in no process's cache
+    any more, and the lookup of an unknown key finds no site for them."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(FORGET_RETIRED_KEYS, (kept_s,))
+
+
 DELETE_SITE = "delete from sites where id = $1"
 
 
@@ -116,12 +153,16 @@ async def site_ids_for_keys(conn: AsyncConnection[Any], *, ingest_keys: list[str
 
 RECENTLY_DELETED_KEYS = """\
 select ingest_key from deleted_sites
-where deleted_at > now() - make_interval(secs => $1::float8)"""
+where deleted_at > now() - make_interval(secs => $1::float8)
+union all
+select ingest_key from retired_ingest_keys
+where retired_at > now() - make_interval(secs => $1::float8)"""
 
 
 async def recently_deleted_keys(conn: AsyncConnection[Any], *, within_s: float) -> list[str]:
-    """What a process loads when it starts listening (again): the keys of the sites deleted within the
-    last `within_s` seconds (longer than any process keeps a site's key cached)."""
+    """What a process loads when it starts listening (again): the keys of the sites deleted, and the keys
+    retired by a rotation, within the last `within_s` seconds (longer than any process keeps a site's
+    key cached)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(RECENTLY_DELETED_KEYS, (within_s,))
         return await cur.fetchall()
@@ -132,6 +173,6 @@ LISTEN_FOR_DELETED_SITES = "listen deleted_sites"
 
 async def listen_for_deleted_sites(conn: AsyncConnection[Any]) -> None:
     """A site's deletion NOTIFYs `deleted_sites` with its key (trigger on `sites`) in the deleting
-    transaction."""
+    transaction; a key's rotation NOTIFYs the old key there too (another trigger)."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(LISTEN_FOR_DELETED_SITES)

@@ -26,6 +26,21 @@ where (sqlc.narg(owner_id)::bigint is null or owner_id = sqlc.narg(owner_id)::bi
 order by id
 limit @row_limit;
 
+-- name: LockSite :one
+-- The site, held until the commit as its key's rotation (an update of a unique column) or its
+-- deletion holds it: the owner checked is the owner when the key is replaced.
+select * from sites where id = @id for update;
+
+-- name: ReplaceIngestKey :one
+-- A trigger on `sites` records the old key (`retired_ingest_keys`) and NOTIFYs it (`deleted_sites`).
+update sites set ingest_key = @ingest_key where id = @id
+returning *;
+
+-- name: ForgetRetiredKeys :exec
+-- Retired keys older than any process remembers a refusal (`kept_s`): they are in no process's cache
+-- any more, and the lookup of an unknown key finds no site for them.
+delete from retired_ingest_keys where retired_at < now() - make_interval(secs => @kept_s::float8);
+
 -- name: DeleteSite :execrows
 delete from sites where id = @id;
 
@@ -35,12 +50,16 @@ delete from sites where id = @id;
 select id, ingest_key from sites where ingest_key = any(@ingest_keys::text[]);
 
 -- name: RecentlyDeletedKeys :many
--- What a process loads when it starts listening (again): the keys of the sites deleted within the
--- last `within_s` seconds (longer than any process keeps a site's key cached).
+-- What a process loads when it starts listening (again): the keys of the sites deleted, and the keys
+-- retired by a rotation, within the last `within_s` seconds (longer than any process keeps a site's
+-- key cached).
 select ingest_key from deleted_sites
-where deleted_at > now() - make_interval(secs => @within_s::float8);
+where deleted_at > now() - make_interval(secs => @within_s::float8)
+union all
+select ingest_key from retired_ingest_keys
+where retired_at > now() - make_interval(secs => @within_s::float8);
 
 -- name: ListenForDeletedSites :exec
 -- A site's deletion NOTIFYs `deleted_sites` with its key (trigger on `sites`) in the deleting
--- transaction.
+-- transaction; a key's rotation NOTIFYs the old key there too (another trigger).
 listen deleted_sites;

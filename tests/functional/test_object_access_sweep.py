@@ -380,6 +380,7 @@ CASES: dict[tuple[str, str], Case] = {
     # analytics
     ("GET", SITE): Case(fixed("/api/sites/{site}"), 200),
     ("DELETE", SITE): Case(fresh_site, 204),
+    ("POST", f"{SITE}/ingest-key"): Case(fixed("/api/sites/{site}/ingest-key", "/api/sites/{site}"), 200),
     ("GET", f"{SITE}/summary"): Case(fixed("/api/sites/{site}/summary"), 200),
     ("GET", f"{SITE}/timeseries"): Case(fixed("/api/sites/{site}/timeseries"), 200),
     **{("GET", f"{SITE}/{report}"): Case(fixed(f"/api/sites/{{site}}/{report}"), 200) for report in REPORTS},

@@ -8,7 +8,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.core.auth import Caller, requires_user
 from app.core.idempotency import (
@@ -28,9 +28,9 @@ Sites = NamedDependency[SiteService]
 
 CREATE_DESCRIPTION = (
     "The answer carries the site's public `ingest_key`, what its tracker sends with every page view. "
-    "The key cannot be rotated: to replace a leaked key, delete the site (its reports go with it) and "
-    "track it again. The key keeps working until the site is deleted, whatever becomes of its owner's "
-    "account: deactivating the account does not stop the site's ingest (an account may be "
+    "A leaked key is replaced by rotating it (`POST /api/sites/{site_id}/ingest-key`); the site and "
+    "its reports stay. The key keeps working until it is rotated or the site deleted, whatever becomes "
+    "of its owner's account: deactivating the account does not stop the site's ingest (an account may be "
     "reactivated, and refusing views meanwhile would lose them for good). `timezone` (default `UTC`) "
     "is the clock of the site's reports; a zone the API lists but the database's time zone data lacks "
     "(the two are updated apart) is 422 `unsupported-time-zone` naming `timezone`, and nothing is "
@@ -43,6 +43,16 @@ DELETE_DESCRIPTION = (
     "once: the hourly rollups, visitors and visits they read are deleted with the site, in the same "
     "transaction. Its raw page views are purged by the daily purge job once the deletion is "
     "ten minutes old, so within a day and ten minutes. Nothing of it can be recovered."
+)
+
+ROTATE_DESCRIPTION = (
+    "Replaces the site's public `ingest_key` with a fresh one and answers the site carrying it (as "
+    "`GET /api/sites/{site_id}` will from now on). The old key is refused from the rotation on, in "
+    "every process, as a deleted site's key: its page views are answered 422 `unknown-site-key`. "
+    "Views it sent before are kept, as are the site and its reports. Put the new key in the tracker's "
+    "snippet before rotating again: each rotation retires the key in use. The site's owner rotates; "
+    "an administrator may rotate any site; to anyone else the site does not exist (404). Not a "
+    "creation: no `Idempotency-Key` (a retried rotation rotates again, and answers the newest key)."
 )
 
 
@@ -99,3 +109,13 @@ class SitesController(Controller):
     )
     async def delete_site(self, site_id: IdPath, sites: Sites, current_user: Caller) -> None:
         await sites.delete(current_user, site_id)
+
+    @post(
+        "/{site_id:int}/ingest-key",
+        status_code=HTTP_200_OK,
+        summary="Rotate a site's ingest key (the old key is refused from now on)",
+        description=ROTATE_DESCRIPTION,
+        responses=problems(401, 404, 429),
+    )
+    async def rotate_ingest_key(self, site_id: IdPath, sites: Sites, current_user: Caller) -> SiteOut:
+        return SiteOut.from_row(await sites.rotate_key(current_user, site_id))

@@ -10,6 +10,12 @@ the cascade from its owner's account); each process mirrors the recent deletions
 (``app.core.revocations``). The mirror is current from the commit on, up to the notification's
 delivery; while its listener is disconnected it may be stale, and the ingest sink's own check at
 write time (``pageviews.writers``) still refuses the deleted site's views.
+
+A key's rotation (``rotate_key``) takes the same way: another trigger records the old key in
+``retired_ingest_keys`` (not ``deleted_sites``: the site and its data live on) and NOTIFYs it on the
+same channel, so the mirror refuses it as a deleted site's key. Only the mirror does: the sink's
+check at write time is by site, which lives, so a process whose listener is disconnected may accept
+the old key until it reconnects (and loads the recent rotations) or its cached entry expires.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from app.domains.accounts.services import AccountService
 from app.domains.sites.schemas import SiteCreate
 
 DELETIONS_KEPT_S = 3600.0
-"""How long a process remembers a deletion: far longer than any process caches a site's key."""
+"""How long a process remembers a deletion or a rotation: far longer than any process caches a site's
+key. Retired keys older than this are forgotten (``rotate_key``)."""
 
 
 class SiteLimitError(ConflictError):
@@ -83,10 +90,7 @@ class SiteService:
 
     async def get_for(self, uow: UnitOfWork, caller: CurrentUser, site_id: int) -> Site:
         """The site if the caller owns it or is an admin; 404 otherwise (existence is not revealed)."""
-        site = await queries.get_site(uow.conn, id=site_id)
-        if site is None or (site.owner_id != caller.id and not caller.is_admin):
-            raise NotFoundError("No such site.")
-        return site
+        return _visible(await queries.get_site(uow.conn, id=site_id), caller)
 
     # -- sites ----------------------------------------------------------------------------------
 
@@ -144,6 +148,27 @@ class SiteService:
 
             uow.after_commit(known_here)
 
+    async def rotate_key(self, caller: CurrentUser, site_id: int) -> Site:
+        """The site with a fresh ingest key, made as ``create`` makes one. The old key is refused by
+        the ingest from the commit on: at once in this process, in every other one from the trigger's
+        NOTIFY (module docstring). The owner's, or an administrator's write (the actor's row decides,
+        locked right after the site's, as for a deletion); 404 to anyone else."""
+        async with self.db.transaction() as uow:
+            site = _visible(await queries.lock_site(uow.conn, id=site_id), caller)
+            if site.owner_id != caller.id and not await self.accounts.holds_admin(uow, caller.id):
+                raise NotFoundError("No such site.")
+            rotated = await queries.replace_ingest_key(
+                uow.conn, id=site_id, ingest_key=secrets.token_urlsafe(24)
+            )
+            assert rotated is not None, "the site is locked"
+            await queries.forget_retired_keys(uow.conn, kept_s=DELETIONS_KEPT_S)
+
+            async def known_here() -> None:  # before this process's own notification arrives
+                self.deleted.add([site.ingest_key])
+
+            uow.after_commit(known_here)
+            return rotated
+
     # -- for the ingest path ----------------------------------------------------------------------
 
     async def ids_for_keys(self, ingest_keys: list[str]) -> dict[str, int]:
@@ -153,9 +178,17 @@ class SiteService:
         return {row.ingest_key: row.id for row in rows}
 
     def is_deleted(self, ingest_key: str) -> bool:
-        """Whether the key's site was deleted recently (per this process's mirror: see the module
-        docstring). Keys, not ids: a key is never issued twice."""
+        """Whether the key's site was deleted recently, or the key rotated out (per this process's
+        mirror: see the module docstring). Keys, not ids: a key is never issued twice."""
         return ingest_key in self.deleted
 
     async def _recently_deleted(self, conn: AsyncConnection[Any]) -> list[str]:
         return await queries.recently_deleted_keys(conn, within_s=DELETIONS_KEPT_S)
+
+
+def _visible(site: Site | None, caller: CurrentUser) -> Site:
+    """``site`` if the caller owns it or claims to be an admin; ``NotFoundError`` otherwise (existence
+    is not revealed)."""
+    if site is None or (site.owner_id != caller.id and not caller.is_admin):
+        raise NotFoundError("No such site.")
+    return site
