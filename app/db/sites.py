@@ -114,6 +114,24 @@ async def replace_ingest_key(conn: AsyncConnection[Any], *, ingest_key: str, id:
         return await cur.fetchone()
 
 
+ROTATION_WAIT = """\
+select coalesce(
+    (select extract(epoch from min(retired_at) + interval '1 hour' - now())::float8
+     from (select retired_at from retired_ingest_keys
+           where site_id = $1 and retired_at > now() - interval '1 hour'
+           order by retired_at desc limit $2) recent
+     having count(*) >= $2),
+    0)::float8 as wait_s"""
+
+
+async def rotation_wait(conn: AsyncConnection[Any], *, site_id: int, per_hour: int) -> float | None:
+    """Seconds until the site may rotate its key again: 0 while it rotated fewer than @per_hour times in
+    the last hour, else until the oldest of those rotations is an hour old."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(ROTATION_WAIT, (site_id, per_hour))
+        return await cur.fetchone()
+
+
 FORGET_RETIRED_KEYS = (
     "delete from retired_ingest_keys where retired_at < now() - make_interval(secs => $1::float8)"
 )

@@ -36,6 +36,17 @@ select * from sites where id = @id for update;
 update sites set ingest_key = @ingest_key where id = @id
 returning *;
 
+-- name: RotationWait :one
+-- Seconds until the site may rotate its key again: 0 while it rotated fewer than @per_hour times in
+-- the last hour, else until the oldest of those rotations is an hour old.
+select coalesce(
+    (select extract(epoch from min(retired_at) + interval '1 hour' - now())::float8
+     from (select retired_at from retired_ingest_keys
+           where site_id = @site_id and retired_at > now() - interval '1 hour'
+           order by retired_at desc limit @per_hour) recent
+     having count(*) >= @per_hour),
+    0)::float8 as wait_s;
+
 -- name: ForgetRetiredKeys :exec
 -- Retired keys older than any process remembers a refusal (`kept_s`): they are in no process's cache
 -- any more, and the lookup of an unknown key finds no site for them.

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.db.models import UserRole
 from app.domains.pageviews.services import DELETED_SITE_GRACE, PageViewService
-from app.domains.sites.services import SiteService
+from app.domains.sites.services import ROTATIONS_PER_HOUR, SiteService
 from app.modules import MODULES
 from tests.factories import (
     Client,
@@ -274,6 +274,31 @@ async def test_retired_keys_older_than_any_process_remembers_are_forgotten_at_th
     assert len(retired) == 1 and retired[0][0] != site.ingest_key, retired
 
 
+async def test_rotations_past_the_hourly_limit_are_429_and_leave_the_key(
+    api: Client, db: AsyncConnection[Any]
+) -> None:
+    """Each retired key is refused by every process for an hour, so a site's rotations are bounded."""
+    owner = await make_user(db, api.app)
+    site = await make_site(db, owner)
+    for _ in range(ROTATIONS_PER_HOUR):
+        assert (await api.post(rotation(site.id), headers=owner.headers)).status_code == 200
+    key = await key_of(db, site.id)
+
+    refused = await api.post(rotation(site.id), headers=owner.headers)
+
+    assert_problem(refused, 429, "rotation-limit")
+    assert 1 <= int(refused.headers["retry-after"]) <= 3600
+    assert await key_of(db, site.id) == key
+    other = await make_site(db, owner, domain="other.example")
+    assert (await api.post(rotation(other.id), headers=owner.headers)).status_code == 200, "per site"
+    await db.execute(  # the oldest rotation leaves the hour: one more is allowed
+        "update retired_ingest_keys set retired_at = now() - interval '61 minutes' where retired_at = "
+        "(select min(retired_at) from retired_ingest_keys where site_id = %s)",
+        (site.id,),
+    )
+    assert (await api.post(rotation(site.id), headers=owner.headers)).status_code == 200
+
+
 # -- the contract ------------------------------------------------------------------------------------
 
 
@@ -283,6 +308,7 @@ async def test_the_route_is_documented(api: Client) -> None:
     text = f"{operation['summary']} {operation['description']}".lower()
     assert "rotat" in text and "old key" in text and "422" in text, operation
     assert {"200", "401", "404", "429"} <= set(operation["responses"]), operation["responses"]
+    assert "rotation-limit" in operation["description"]
     assert "requestBody" not in operation
     assert "rotat" in paths["/api/sites"]["post"]["description"].lower()
     assert "cannot be rotated" not in paths["/api/sites"]["post"]["description"].lower()

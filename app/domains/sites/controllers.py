@@ -22,7 +22,7 @@ from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, pagi
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.domains.sites.schemas import SiteCreate, SiteCursor, SiteOut
-from app.domains.sites.services import SiteService
+from app.domains.sites.services import ROTATIONS_PER_HOUR, SiteService
 
 Sites = NamedDependency[SiteService]
 
@@ -52,7 +52,9 @@ ROTATE_DESCRIPTION = (
     "Views it sent before are kept, as are the site and its reports. Put the new key in the tracker's "
     "snippet before rotating again: each rotation retires the key in use. The site's owner rotates; "
     "an administrator may rotate any site; to anyone else the site does not exist (404). Not a "
-    "creation: no `Idempotency-Key` (a retried rotation rotates again, and answers the newest key)."
+    "creation: no `Idempotency-Key` (a retried rotation rotates again, and answers the newest key). "
+    f"At most {ROTATIONS_PER_HOUR} rotations of a site within an hour: past them 429 `rotation-limit` "
+    "with `Retry-After`, and the key stays."
 )
 
 

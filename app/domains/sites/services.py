@@ -20,6 +20,7 @@ the old key until it reconnects (and loads the recent rotations) or its cached e
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Any
 
@@ -28,7 +29,13 @@ from psycopg import AsyncConnection
 from app.config import Settings
 from app.core.auth import CurrentUser
 from app.core.db import Database, UnitOfWork
-from app.core.errors import ConflictError, FieldError, NotFoundError, UnprocessableError
+from app.core.errors import (
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    TooManyRequestsError,
+    UnprocessableError,
+)
 from app.core.idempotency import IdempotencyClaim
 from app.core.revocations import Revocations
 from app.db import sites as queries
@@ -39,6 +46,16 @@ from app.domains.sites.schemas import SiteCreate
 DELETIONS_KEPT_S = 3600.0
 """How long a process remembers a deletion or a rotation: far longer than any process caches a site's
 key. Retired keys older than this are forgotten (``rotate_key``)."""
+
+
+ROTATIONS_PER_HOUR = 10
+"""Key rotations a site may make within an hour (429 past it): each retired key is refused by every
+process for ``DELETIONS_KEPT_S``, so unbounded rotations would grow every process's mirror."""
+
+
+class RotationLimitError(TooManyRequestsError):
+    slug = "rotation-limit"
+    title = "Too many key rotations"
 
 
 class SiteLimitError(ConflictError):
@@ -157,6 +174,13 @@ class SiteService:
             site = _visible(await queries.lock_site(uow.conn, id=site_id), caller)
             if site.owner_id != caller.id and not await self.accounts.holds_admin(uow, caller.id):
                 raise NotFoundError("No such site.")
+            wait_s = await queries.rotation_wait(uow.conn, site_id=site_id, per_hour=ROTATIONS_PER_HOUR)
+            if wait_s:
+                raise RotationLimitError(
+                    f"This site's key was rotated {ROTATIONS_PER_HOUR} times within the hour; "
+                    "put the current key in the tracker's snippet, then rotate again if it leaked.",
+                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+                )
             rotated = await queries.replace_ingest_key(
                 uow.conn, id=site_id, ingest_key=secrets.token_urlsafe(24)
             )
