@@ -1,9 +1,10 @@
 """A stateful model of orders and stock: any sequence of place / reserve / pay (the payment
-provider's signed webhook, replayed too, and with wrong amounts) / cancel (the buyer's, and an
-administrator's, who may cancel a paid order: its stock comes back and its payment becomes a refund
-due) / fulfil / lapse + expire / adjust keeps, per product, ``stock + units held by reserved, paid
-and fulfilled orders == initial + recorded adjustments`` and ``stock >= 0``; each transition does
-what the ALLOWED table says, and an illegal one raises IllegalTransitionError and changes nothing.
+provider's signed webhook, replayed too, with wrong amounts, and before the reservation: it reserves
+the order first) / cancel (the buyer's, and an administrator's, who may cancel a paid order: its stock
+comes back and its payment becomes a refund due) / fulfil / lapse + expire / adjust keeps, per
+product, ``stock + units held by reserved, paid and fulfilled orders == initial + recorded
+adjustments`` and ``stock >= 0``; each transition does what the ALLOWED table says, and an illegal
+one raises IllegalTransitionError and changes nothing.
 
 The services are driven directly (HTTP per step would be slow) on an event loop of their own in a
 background thread: the state machine is synchronous and the session's loop is already running.
@@ -39,7 +40,7 @@ from app.db import orders as order_queries
 from app.db import products as product_queries
 from app.db.models import OrderStatus, UserRole, register_types
 from app.domains.orders.schemas import OrderCreate, OrderLine
-from app.domains.orders.services import ALLOWED, IllegalTransitionError, OrderNotReadyError, OrderService
+from app.domains.orders.services import ALLOWED, IllegalTransitionError, OrderService
 from app.domains.products.schemas import StockAdjustmentIn
 from app.domains.products.services import ProductService
 from tests.factories import COMMERCE, create_user, make_product, scaled_examples
@@ -175,23 +176,33 @@ class Shop(RuleBasedStateMachine):
             assert self.b.run(self.b.orders.reserve(order_id)) == order.status
             assert self.snapshot(order_id) == before
             return
-        fits = all(self.stock[pid] >= qty for pid, qty in order.lines.items())
+        expected = self.reservation_of(order)
         result = self.b.run(self.b.orders.reserve(order_id))
-        if fits:
-            assert result == OrderStatus.RESERVED
+        assert result == expected[0]
+        self.reserved(order_id, *expected)
+
+    def reservation_of(self, order: OrderModel) -> tuple[OrderStatus, list[dict[str, int]]]:
+        """What reserving a pending order must do (the worker's job, or a payment that came first):
+        its status after, and the shortfall it records when it is rejected."""
+        shortfall = [
+            {"product_id": pid, "requested": qty, "available": self.stock[pid]}
+            for pid, qty in sorted(order.lines.items())
+            if self.stock[pid] < qty
+        ]
+        return (OrderStatus.REJECTED if shortfall else OrderStatus.RESERVED), shortfall
+
+    def reserved(self, order_id: int, status: OrderStatus, shortfall: list[dict[str, int]]) -> None:
+        """The model follows a reservation that ended in ``status``: the stock taken, or the
+        shortfall recorded."""
+        order = self.orders[order_id]
+        if status == OrderStatus.RESERVED:
             for pid, qty in order.lines.items():
                 self.stock[pid] -= qty
         else:
-            assert result == OrderStatus.REJECTED
             row = self.b.run(order_queries.get_order(self.b.conn, id=order_id))
             assert row is not None
-            expected = [
-                {"product_id": pid, "requested": qty, "available": self.stock[pid]}
-                for pid, qty in sorted(order.lines.items())
-                if self.stock[pid] < qty
-            ]
-            assert row.shortfall == expected
-        self.moved(order, result)
+            assert row.shortfall == shortfall
+        self.moved(order, status)
 
     def deliver(self, order_id: int, amount: Decimal) -> tuple[str, Any]:
         """The payment provider's signed webhook for ``order_id``; returns its outcome and the body."""
@@ -200,15 +211,23 @@ class Shop(RuleBasedStateMachine):
         receipt = self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
         return receipt.outcome, sent
 
-    def not_ready(self, order_id: int, amount: Decimal) -> None:
-        """A payment for a pending order is refused and not recorded: its redelivery is too."""
-        before = self.snapshot(order_id)
-        sent = payments.delivery(payments.event_body(order_id, amount))
-        for _ in range(2):
-            with pytest.raises(OrderNotReadyError):
-                self.b.run(self.b.orders.confirm_payment(sent.body, sent.headers[payments.HEADER]))
-        assert self.snapshot(order_id) == before
-        event("payment not ready")
+    def paid_before_reservation(self, order_id: int, amount: Decimal) -> None:
+        """A payment for a pending order (the worker is behind) reserves it as the job would, then
+        is applied as to a reserved order: ``paid`` (the right amount) or ``mismatch`` (the order
+        stays reserved), or ``refund-due`` when the stock is short (the order is rejected)."""
+        order = self.orders[order_id]
+        status, shortfall = self.reservation_of(order)
+        outcome, sent = self.deliver(order_id, amount)
+        self.reserved(order_id, status, shortfall)
+        if status == OrderStatus.REJECTED:
+            assert outcome == "refund-due"
+        elif amount == self.total(order):
+            assert outcome == "paid"
+            self.moved(order, OrderStatus.PAID)
+        else:
+            assert outcome == "mismatch"
+        event(f"payment before reservation: {outcome}")
+        self.replayed_changes_nothing(order_id, sent)
 
     def replayed_changes_nothing(self, order_id: int, sent: Any) -> None:
         before = self.snapshot(order_id)
@@ -233,12 +252,12 @@ class Shop(RuleBasedStateMachine):
         lapsed one (its stock comes back), answers ``expired`` for an expired one (the payment needs a
         refund, whoever expired it) and ``refund-due`` for any other (cancelled, rejected, paid,
         fulfilled), changing nothing; a replay is a no-op, and so is the same payment redelivered
-        under a new event id (``ignored``). One for a pending order is refused unrecorded (409), so
-        that the provider's redelivery is processed."""
+        under a new event id (``ignored``). One for a pending order reserves it first
+        (``paid_before_reservation``)."""
         order = self.orders[order_id]
         before = self.snapshot(order_id)
         if order.status == OrderStatus.PENDING:
-            self.not_ready(order_id, self.total(order))
+            self.paid_before_reservation(order_id, self.total(order))
             return
         outcome, sent = self.deliver(order_id, self.total(order))
         if order.status == OrderStatus.RESERVED and order.lapsed:
@@ -258,13 +277,13 @@ class Shop(RuleBasedStateMachine):
     @rule(index=st.integers(0, 1000), off=st.sampled_from(["-0.01", "0.01", "1.00"]))
     def pay_the_wrong_amount(self, index: int, off: str) -> None:
         """A payment that does not match the order's total never pays it and is a refund due:
-        ``mismatch`` for a reserved order, ``expired`` for an expired one (whatever the amount),
-        ``refund-due`` for any other."""
+        ``mismatch`` for a reserved order (a pending one is reserved first, then the same),
+        ``expired`` for an expired one (whatever the amount), ``refund-due`` for any other."""
         order_id = self.pick(index)
         order = self.orders[order_id]
         before = self.snapshot(order_id)
         if order.status == OrderStatus.PENDING:
-            self.not_ready(order_id, self.total(order) + Decimal(off))
+            self.paid_before_reservation(order_id, self.total(order) + Decimal(off))
             return
         outcome, _ = self.deliver(order_id, self.total(order) + Decimal(off))
         expected = {OrderStatus.RESERVED: "mismatch", OrderStatus.EXPIRED: "expired"}

@@ -207,8 +207,10 @@ class PaymentWebhookController(Controller):
         "cancelled, rejected, fulfilled or paid by another payment). A payment id an earlier event "
         "brought (a redelivery under a new event id) answers `ignored`, as does any other event "
         "type. A `payment.succeeded` for an order still "
-        "`pending` (its reservation not done yet) is 409 `order-not-ready` with `Retry-After` and is "
-        "not recorded: redeliver it, it is processed once the order is reserved. The handler reads "
+        "`pending` (its stock not reserved yet: our worker is behind) reserves it first, as the worker "
+        "would, then is applied as to a reserved order: `paid` (the history shows pending, reserved, "
+        "paid), `mismatch` (the order stays reserved), or `refund-due` when the stock is short (the "
+        "order is rejected, with its shortfall). The handler reads "
         "the raw body itself: the signature covers its exact bytes. 404 while no "
         "PAYMENT_WEBHOOK_SECRET is configured. Not rate-limited: the provider sends every shop's "
         "events from a few addresses at its own pace (a per-address limit refused payments in a "
@@ -221,7 +223,7 @@ class PaymentWebhookController(Controller):
         request_max_body_size=WEBHOOK_MAX_BODY,
         operation_class=documents_json_body(PaymentEventDocumented),
         responses={
-            **problems(400, 404, 409, 413, 422),
+            **problems(400, 404, 413, 422),
             413: ResponseSpec(
                 Problem,
                 description=f"{WEBHOOK_BODY_LIMIT}; a larger one is not processed nor recorded (its bytes "

@@ -1,4 +1,5 @@
-"""Orders: placement with idempotency keys, reservation by the worker, and every later transition.
+"""Orders: placement with idempotency keys, reservation by the worker (or by a payment that came
+first: ``confirm_payment``), and every later transition.
 
 pending → reserved → paid → fulfilled; pending → rejected (short stock); pending | reserved →
 cancelled; reserved → expired; paid → cancelled by an administrator only (goods that cannot ship:
@@ -65,11 +66,6 @@ the batch started last finishes well within it."""
 class IllegalTransitionError(ConflictError):
     slug = "illegal-transition"
     title = "Illegal order transition"
-
-
-class OrderNotReadyError(ConflictError):
-    slug = "order-not-ready"
-    title = "The order is not reserved yet"
 
 
 class PlacedOrder(msgspec.Struct, frozen=True):
@@ -259,43 +255,41 @@ class OrderService:
 
     async def reserve(self, order_id: int) -> OrderStatus | None:
         """Reserve every line or none, in product-id order; idempotent (a non-pending order is left
-        alone, so a redelivered job changes stock once)."""
+        alone, so a redelivered job changes stock once: the webhook may have reserved it already,
+        ``confirm_payment``)."""
         async with self.db.transaction() as uow:
             order = await queries.get_order_for_update(uow.conn, id=order_id)
             if order is None or order.status != OrderStatus.PENDING:
                 return order.status if order else None
-            items = await queries.get_order_items(uow.conn, order_id=order_id)
-            try:
-                async with uow.conn.transaction():  # a savepoint: all lines or none
-                    for item in items:
-                        left = await self.products.reserve_stock(uow, item.product_id, item.quantity)
-                        if left is None:
-                            raise _ShortStockError
-            except _ShortStockError:
-                stock = {
-                    p.id: p.stock for p in await self.products.get_many(uow, [i.product_id for i in items])
-                }
-                shortfall = [
-                    ShortLine(
-                        product_id=i.product_id, requested=i.quantity, available=stock.get(i.product_id, 0)
-                    )
-                    for i in items
-                    if stock.get(i.product_id, 0) < i.quantity
-                ]
-                await _transition(
-                    uow,
-                    order,
-                    OrderStatus.REJECTED,
-                    reason="insufficient stock",
-                    actor=None,
-                    shortfall=shortfall,
-                )
-                return OrderStatus.REJECTED
-            until = await _database_now(uow) + timedelta(seconds=self.settings.reservation_window_s)
-            await _transition(
-                uow, order, OrderStatus.RESERVED, reason="stock reserved", actor=None, reserved_until=until
+            return (await self._reserve_pending(uow, order)).status
+
+    async def _reserve_pending(self, uow: UnitOfWork, order: Order) -> Order:
+        """Reserve a pending order whose row lock the caller holds: every line or none, locking its
+        products in id order (order, then products, as cancelling, expiring and paying do). Reserved
+        for ``RESERVATION_WINDOW_S`` from now, or rejected with its shortfall; the order as it is now.
+        The worker's job (``reserve``) and a payment that came first (``confirm_payment``) both use
+        it, so an order is reserved one way whoever gets to it."""
+        items = await queries.get_order_items(uow.conn, order_id=order.id)
+        try:
+            async with uow.conn.transaction():  # a savepoint: all lines or none
+                for item in items:
+                    left = await self.products.reserve_stock(uow, item.product_id, item.quantity)
+                    if left is None:
+                        raise _ShortStockError
+        except _ShortStockError:
+            stock = {p.id: p.stock for p in await self.products.get_many(uow, [i.product_id for i in items])}
+            shortfall = [
+                ShortLine(product_id=i.product_id, requested=i.quantity, available=stock.get(i.product_id, 0))
+                for i in items
+                if stock.get(i.product_id, 0) < i.quantity
+            ]
+            return await _transition(
+                uow, order, OrderStatus.REJECTED, reason="insufficient stock", actor=None, shortfall=shortfall
             )
-            return OrderStatus.RESERVED
+        until = await _database_now(uow) + timedelta(seconds=self.settings.reservation_window_s)
+        return await _transition(
+            uow, order, OrderStatus.RESERVED, reason="stock reserved", actor=None, reserved_until=until
+        )
 
     async def reserve_stale(self, older_than_s: float, batch_size: int = 200) -> int:
         """Reconciliation: reserve orders still pending long after placement.
@@ -475,9 +469,17 @@ class OrderService:
         becomes paid. Idempotent: each event id is processed once, whatever its outcome, and a
         ``payment.succeeded`` is stored with its payment id, amount and currency, so that money no
         order keeps (``refund-due``, ``expired``, ``mismatch``) can be returned from our data
-        (``list_refunds_due``). A payment for an order still ``pending`` is not processed (409
-        ``order-not-ready``, nothing recorded): the provider redelivers it, and it applies once the
-        order is reserved."""
+        (``list_refunds_due``).
+
+        A payment for an order still ``pending`` (its reservation job has not run: the worker is late
+        or down) reserves it here, as the job would (``_reserve_pending``), in this transaction, which
+        holds the payment id's lock and then the order's row lock (then its products', in id order),
+        and is then applied as to any reserved order: ``paid`` when the stock was there (the history
+        shows pending → reserved → paid), ``mismatch`` (the order stays reserved) when the amount or
+        currency differ, and ``refund-due`` when the stock was short (the order is rejected with its
+        shortfall). Refusing it instead let the provider's backoff carry the redelivery past the
+        reservation window: the order expired and a customer who paid lost the sale. The job that runs
+        later finds the order no longer pending and changes nothing."""
         secret = self.settings.payment_webhook_secret
         if not secret:  # no provider is connected: the webhook does not exist (not a server fault)
             log.warning("payment_webhook_not_configured")
@@ -510,18 +512,22 @@ class OrderService:
             )
             if recorded is None:
                 return PaymentEventOut(event_id=event.id, outcome="duplicate", order_id=order_id)
-            if order is not None and order.status == OrderStatus.PENDING:
-                # not reserved yet (the job is late): refuse it unrecorded (the raise rolls the event
-                # back), so the provider's redelivery is processed once the order is reserved
-                log.warning("payment_event_before_reservation", event_id=event.id, order_id=order.id)
-                raise OrderNotReadyError(
-                    "The order is not reserved yet; redeliver the event later.",
-                    headers={"Retry-After": str(self.settings.job_timeout_s)},
-                )
+            reserved_now: OrderStatus | None = None
+            if order is not None and order.status == OrderStatus.PENDING:  # the job is late: reserve it
+                order = await self._reserve_pending(uow, order)
+                reserved_now = order.status
             outcome = (
                 await self._apply_payment(uow, order, event.id, payment) if payment is not None else "ignored"
             )
             await queries.set_payment_event_outcome(uow.conn, outcome=outcome, event_id=event.id)
+        if reserved_now is not None:  # the worker is behind: the payment reserved its order
+            log.warning(
+                "payment_event_before_reservation",
+                event_id=event.id,
+                order_id=order_id,
+                reservation=reserved_now.value,
+                outcome=outcome,
+            )
         fields = {"event_id": event.id, "type": event.type, "order_id": order_id, "outcome": outcome}
         if payment is not None:
             fields |= {
