@@ -271,6 +271,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """At 0 no attempt would ever wait or be refused past the account's threshold: the per-account
     throttle would be off, leaving only the per-network limits (so 0 is refused at start-up)."""
     session_max_age_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    sessions_per_user_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    """Live sessions one account may have (each login and dashboard sign-in begins one): a sign-in past
+    it ends the account's least recently used sessions, as a logout would. Bounds what revoking all of
+    an account's sessions (a deactivation, a change of role or password) has to do."""
     dashboard_session_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86_400)] = 8 * 3600
     """A SAQ dashboard sign-in lasts this long (absolute: never extended); signing out, a password
     change, a deactivation or a demotion ends it sooner. Revoked sessions are remembered this long."""

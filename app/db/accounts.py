@@ -49,14 +49,20 @@ async def get_user_by_id(conn: AsyncConnection[Any], *, id: int) -> User | None:
         return await cur.fetchone()
 
 
-GET_USER_FOR_SHARE = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = $1 for share"
+GET_USER_FOR_NEW_SESSION = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = $1 for no key update"
 
 
-async def get_user_for_share(conn: AsyncConnection[Any], *, id: int) -> User | None:
-    """Tokens are issued under this lock: a change of the user's role, activity or password (which
-    takes the row, then revokes the user's tokens) waits for the issue, or is seen by it."""
+async def get_user_for_new_session(conn: AsyncConnection[Any], *, id: int) -> User | None:
+    """A session begins under this lock (a login, a dashboard sign-in): a change of the user's role,
+    activity or password (which takes the row FOR UPDATE, then revokes the user's sessions) waits for
+    it, or is seen by it. Stronger than the FOR SHARE a rotation or a logout takes
+    (GetRefreshTokenOwnerForShare, LockSessionOwner): while it is held none of the user's sessions
+    changes, so the sessions beyond SESSIONS_PER_USER_MAX (ListSessionsBeyond) end without a lock of
+    their own, and two sign-ins of one user run one after the other (each counts the other's session).
+    NO KEY UPDATE, not UPDATE: rows of other tables that reference the user (a foreign-key check's KEY
+    SHARE) never wait for it."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
-        await cur.execute(GET_USER_FOR_SHARE, (id,))
+        await cur.execute(GET_USER_FOR_NEW_SESSION, (id,))
         return await cur.fetchone()
 
 
@@ -198,7 +204,9 @@ for share of u"""
 
 
 async def get_refresh_token_owner_for_share(conn: AsyncConnection[Any], *, token_hash: bytes) -> User | None:
-    """The owner of a refresh token, locked like GetUserForShare (the user row before the token row)."""
+    """The owner of a refresh token, its row locked FOR SHARE before the session's lock and the token's
+    rows: a revocation of the user's sessions (FOR UPDATE) or a sign-in (GetUserForNewSession) waits
+    for the rotation, or the rotation for it."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
         await cur.execute(GET_REFRESH_TOKEN_OWNER_FOR_SHARE, (token_hash,))
         return await cur.fetchone()
@@ -214,6 +222,22 @@ async def get_refresh_token_family(conn: AsyncConnection[Any], *, token_hash: by
         return await cur.fetchone()
 
 
+LOCK_SESSION_OWNER = """\
+select u.id from users u
+where u.id = (select t.user_id from refresh_tokens t where t.family_id = $1 limit 1)
+for share"""
+
+
+async def lock_session_owner(conn: AsyncConnection[Any], *, family_id: UUID) -> int | None:
+    """The owner of a session (refresh-token family), its row locked FOR SHARE: a logout takes it before
+    the session's lock, as a rotation does, so that whatever holds the user's row exclusively (revoking
+    the user's sessions, a sign-in) changes the user's sessions without a lock per session. None when
+    the session has no token left (purged): there is nothing to lock."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_SESSION_OWNER, (family_id,))
+        return await cur.fetchone()
+
+
 LOCK_REFRESH_FAMILIES = """\
 select pg_advisory_xact_lock(family_key) from (
     select distinct hashtextextended(concat('accounts-family:', family_id), 0) as family_key
@@ -223,12 +247,15 @@ select pg_advisory_xact_lock(family_key) from (
 
 
 async def lock_refresh_families(conn: AsyncConnection[Any], *, family_ids: list[UUID]) -> None:
-    """The lock that stands for a session (a refresh-token family) until the transaction ends. Whatever
-    changes a family's tokens (a rotation, a reuse's revocation, a logout, revoking a user's sessions)
-    takes it before any of their rows, several in ascending key order, so that no two transactions
-    ever hold a token row each that the other needs (a rotation locked the presented token and then
-    the family's others, a logout the family's tokens in scan order: a deadlock). The key space
-    `accounts-family:` is this query's alone; two families sharing a key only wait for each other."""
+    """The lock that stands for a session (a refresh-token family) until the transaction ends, taken after
+    the user's row FOR SHARE (GetRefreshTokenOwnerForShare, LockSessionOwner). A rotation, a reuse's
+    revocation and a logout take it before any of the family's token rows, so that no two of them ever
+    hold a token row each that the other needs (a rotation locked the presented token and then the
+    family's others, a logout the family's tokens in scan order: a deadlock). What holds the user's row
+    exclusively (revoking the user's sessions FOR UPDATE, a sign-in's GetUserForNewSession) needs none:
+    nothing else changes the user's sessions meanwhile (one lock per session would also exhaust the
+    server's shared lock table for a user with thousands of them). The key space `accounts-family:` is
+    this query's alone; two families sharing a key only wait for each other."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(LOCK_REFRESH_FAMILIES, (family_ids,))
 
@@ -291,9 +318,26 @@ order by family_id"""
 
 async def list_live_user_families(conn: AsyncConnection[Any], *, user_id: int) -> list[UUID]:
     """The sessions of a user that still have a live refresh token (the caller holds the user's row
-    FOR UPDATE: no session of the user begins or rotates meanwhile)."""
+    FOR UPDATE: no session of the user begins, rotates or ends meanwhile)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LIST_LIVE_USER_FAMILIES, (user_id,))
+        return await cur.fetchall()
+
+
+LIST_SESSIONS_BEYOND = """\
+select family_id from refresh_tokens
+where user_id = $1 and revoked_at is null
+group by family_id
+order by max(issued_at) desc, family_id desc
+offset $2"""
+
+
+async def list_sessions_beyond(conn: AsyncConnection[Any], *, user_id: int, kept: int) -> list[UUID]:
+    """The user's sessions with a refresh token not revoked (as ListLiveUserFamilies: those a revocation
+    of the user's sessions must end, expired or not), but for the @kept used most recently (the
+    latest token issued: a login or a rotation); under GetUserForNewSession."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LIST_SESSIONS_BEYOND, (user_id, kept))
         return await cur.fetchall()
 
 
@@ -303,7 +347,8 @@ where family_id = any($1::uuid[]) and revoked_at is null"""
 
 
 async def revoke_refresh_families(conn: AsyncConnection[Any], *, family_ids: list[UUID]) -> int:
-    """Under LockRefreshFamilies of these families."""
+    """Under LockRefreshFamilies of these families, or the user's row held exclusively (FOR UPDATE, or
+    GetUserForNewSession)."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(REVOKE_REFRESH_FAMILIES, (family_ids,))
         return cur.rowcount

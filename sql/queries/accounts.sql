@@ -10,10 +10,16 @@ select * from users where email = @email;
 -- name: GetUserById :one
 select * from users where id = @id;
 
--- name: GetUserForShare :one
--- Tokens are issued under this lock: a change of the user's role, activity or password (which
--- takes the row, then revokes the user's tokens) waits for the issue, or is seen by it.
-select * from users where id = @id for share;
+-- name: GetUserForNewSession :one
+-- A session begins under this lock (a login, a dashboard sign-in): a change of the user's role,
+-- activity or password (which takes the row FOR UPDATE, then revokes the user's sessions) waits for
+-- it, or is seen by it. Stronger than the FOR SHARE a rotation or a logout takes
+-- (GetRefreshTokenOwnerForShare, LockSessionOwner): while it is held none of the user's sessions
+-- changes, so the sessions beyond SESSIONS_PER_USER_MAX (ListSessionsBeyond) end without a lock of
+-- their own, and two sign-ins of one user run one after the other (each counts the other's session).
+-- NO KEY UPDATE, not UPDATE: rows of other tables that reference the user (a foreign-key check's KEY
+-- SHARE) never wait for it.
+select * from users where id = @id for no key update;
 
 -- name: LockActiveAdmin :one
 -- An administrator's write holds the actor's row until its commit: a demotion or deactivation
@@ -63,7 +69,9 @@ insert into refresh_tokens (user_id, family_id, token_hash, expires_at)
 values (@user_id, @family_id, @token_hash, @expires_at);
 
 -- name: GetRefreshTokenOwnerForShare :one
--- The owner of a refresh token, locked like GetUserForShare (the user row before the token row).
+-- The owner of a refresh token, its row locked FOR SHARE before the session's lock and the token's
+-- rows: a revocation of the user's sessions (FOR UPDATE) or a sign-in (GetUserForNewSession) waits
+-- for the rotation, or the rotation for it.
 select u.* from refresh_tokens t join users u on u.id = t.user_id
 where t.token_hash = @token_hash
 for share of u;
@@ -72,13 +80,25 @@ for share of u;
 -- Which session a token belongs to, read without a lock: LockRefreshFamilies comes first.
 select family_id from refresh_tokens where token_hash = @token_hash;
 
+-- name: LockSessionOwner :one
+-- The owner of a session (refresh-token family), its row locked FOR SHARE: a logout takes it before
+-- the session's lock, as a rotation does, so that whatever holds the user's row exclusively (revoking
+-- the user's sessions, a sign-in) changes the user's sessions without a lock per session. None when
+-- the session has no token left (purged): there is nothing to lock.
+select u.id from users u
+where u.id = (select t.user_id from refresh_tokens t where t.family_id = @family_id limit 1)
+for share;
+
 -- name: LockRefreshFamilies :exec
--- The lock that stands for a session (a refresh-token family) until the transaction ends. Whatever
--- changes a family's tokens (a rotation, a reuse's revocation, a logout, revoking a user's sessions)
--- takes it before any of their rows, several in ascending key order, so that no two transactions
--- ever hold a token row each that the other needs (a rotation locked the presented token and then
--- the family's others, a logout the family's tokens in scan order: a deadlock). The key space
--- `accounts-family:` is this query's alone; two families sharing a key only wait for each other.
+-- The lock that stands for a session (a refresh-token family) until the transaction ends, taken after
+-- the user's row FOR SHARE (GetRefreshTokenOwnerForShare, LockSessionOwner). A rotation, a reuse's
+-- revocation and a logout take it before any of the family's token rows, so that no two of them ever
+-- hold a token row each that the other needs (a rotation locked the presented token and then the
+-- family's others, a logout the family's tokens in scan order: a deadlock). What holds the user's row
+-- exclusively (revoking the user's sessions FOR UPDATE, a sign-in's GetUserForNewSession) needs none:
+-- nothing else changes the user's sessions meanwhile (one lock per session would also exhaust the
+-- server's shared lock table for a user with thousands of them). The key space `accounts-family:` is
+-- this query's alone; two families sharing a key only wait for each other.
 select pg_advisory_xact_lock(family_key) from (
     select distinct hashtextextended(concat('accounts-family:', family_id), 0) as family_key
     from unnest(@family_ids::uuid[]) as family_id
@@ -109,13 +129,24 @@ update refresh_tokens set used_at = now() where id = @id;
 
 -- name: ListLiveUserFamilies :many
 -- The sessions of a user that still have a live refresh token (the caller holds the user's row
--- FOR UPDATE: no session of the user begins or rotates meanwhile).
+-- FOR UPDATE: no session of the user begins, rotates or ends meanwhile).
 select distinct family_id from refresh_tokens
 where user_id = @user_id and revoked_at is null
 order by family_id;
 
+-- name: ListSessionsBeyond :many
+-- The user's sessions with a refresh token not revoked (as ListLiveUserFamilies: those a revocation
+-- of the user's sessions must end, expired or not), but for the @kept used most recently (the
+-- latest token issued: a login or a rotation); under GetUserForNewSession.
+select family_id from refresh_tokens
+where user_id = @user_id and revoked_at is null
+group by family_id
+order by max(issued_at) desc, family_id desc
+offset @kept;
+
 -- name: RevokeRefreshFamilies :execrows
--- Under LockRefreshFamilies of these families.
+-- Under LockRefreshFamilies of these families, or the user's row held exclusively (FOR UPDATE, or
+-- GetUserForNewSession).
 update refresh_tokens set revoked_at = now()
 where family_id = any(@family_ids::uuid[]) and revoked_at is null;
 

@@ -351,15 +351,17 @@ class AccountService:
 
     async def login(self, email: str, password: str, client_ip: str | None) -> TokenPair:
         """Tokens for the account as it is when they are issued: the row is read again under
-        ``GetUserForShare``, so a demotion, deactivation or password change that committed since the
-        password was checked is seen (a changed password: 401), and one still to commit waits and
-        then revokes this session with the others."""
+        ``GetUserForNewSession``, so a demotion, deactivation or password change that committed since
+        the password was checked is seen (a changed password: 401), and one still to commit waits and
+        then revokes this session with the others. The new session may end the account's least
+        recently used ones (``_make_room``)."""
         checked = await self.check_credentials(email, password, client_ip)
         async with self.db.transaction() as uow:
-            user = await queries.get_user_for_share(uow.conn, id=checked.id)
+            user = await queries.get_user_for_new_session(uow.conn, id=checked.id)
             if user is None or not user.is_active or user.password_hash != checked.password_hash:
                 log.info("login_failed", known_account=True, user_id=checked.id, changed_meanwhile=True)
                 raise UnauthorizedError(BAD_CREDENTIALS)
+            await self._make_room(uow, user.id)
             pair = await self._issue(uow, user, uuid.uuid4())
         log.info("login_succeeded", user_id=user.id)
         return pair
@@ -386,20 +388,44 @@ class AccountService:
             user=UserOut.from_row(user),
         )
 
+    async def _make_room(self, uow: UnitOfWork, user_id: int) -> int:
+        """End the user's sessions beyond ``SESSIONS_PER_USER_MAX`` - 1, the least recently used first
+        (the latest token issued: a login or a rotation), as a logout would (their access tokens
+        refused from the commit on, in every process), so that the session about to begin is within
+        the limit; returns how many ended. The caller holds the user's row (``GetUserForNewSession``):
+        none of the user's sessions changes meanwhile, so they need no lock of their own (see below),
+        and two sign-ins of the user count each other's session. Usually one session ends, or none;
+        sessions begun before the limit existed (or was lowered) all end at the next sign-in."""
+        beyond = await queries.list_sessions_beyond(
+            uow.conn, user_id=user_id, kept=self.settings.sessions_per_user_max - 1
+        )
+        if beyond:
+            await queries.revoke_refresh_families(uow.conn, family_ids=beyond)
+            await self._revoke(uow, beyond)
+            log.info("sessions_ended_over_limit", user_id=user_id, sessions_ended=len(beyond))
+        return len(beyond)
+
     # -- refresh rotation, logout, revocation --------------------------------------------------
     #
     # One lock order for everything that touches a session (a refresh-token family): the user's row,
-    # then the family's lock (``LockRefreshFamilies``: a transaction-scoped advisory lock; several in
-    # ascending order), then the family's token rows. A rotation, a reuse's revocation and a logout
-    # therefore run one after the other per family, and revoking a user's sessions waits for each of
-    # them. The advisory lock was chosen over a ``refresh_families`` table whose row would stand for
-    # the family: it needs no migration, no backfill and no row for sessions that a release without
-    # the table begins during a rolling deploy, and it does the same job.
+    # then the family's lock (``LockRefreshFamilies``: a transaction-scoped advisory lock), then the
+    # family's token rows. A rotation, a reuse's revocation and a logout hold the user's row FOR SHARE
+    # (``GetRefreshTokenOwnerForShare``, ``LockSessionOwner``) and the family's lock: they run one after
+    # the other per family, and side by side for different sessions of one user. What changes many of
+    # a user's sessions holds the user's row exclusively instead: revoking them all (``revoke_all``:
+    # its callers hold it FOR UPDATE) and a sign-in ending the least recently used ones
+    # (``GetUserForNewSession``, FOR NO KEY UPDATE). Each waits for every rotation and logout of the
+    # user in progress, and none begins until it commits, so it takes no lock per session: one per
+    # session in one transaction exhausted the server's shared lock table (max_locks_per_transaction x
+    # max_connections) for a user with some ten thousand sessions, and the revocation failed. The
+    # advisory lock was chosen over a ``refresh_families`` table whose row would stand for the family:
+    # it needs no migration, no backfill and no row for sessions that a release without the table
+    # begins during a rolling deploy, and it does the same job.
 
-    async def _lock_families(self, uow: UnitOfWork, families: list[uuid.UUID]) -> None:
-        """Hold these sessions until ``uow`` ends: before any of their token rows (see above)."""
-        if families:
-            await queries.lock_refresh_families(uow.conn, family_ids=families)
+    async def _lock_session(self, uow: UnitOfWork, family: uuid.UUID) -> None:
+        """Hold this session until ``uow`` ends, before any of its token rows and after its user's row
+        (held ``FOR SHARE`` by the caller; see above)."""
+        await queries.lock_refresh_families(uow.conn, family_ids=[family])
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Rotate: the presented token is spent and a new one of the same family is issued.
@@ -420,7 +446,7 @@ class AccountService:
             user = await queries.get_refresh_token_owner_for_share(uow.conn, token_hash=digest)
             family_id = await queries.get_refresh_token_family(uow.conn, token_hash=digest)
             if family_id is not None:
-                await self._lock_families(uow, [family_id])
+                await self._lock_session(uow, family_id)
             stored = await queries.get_refresh_token_for_update(uow.conn, token_hash=digest)
             if stored is None or stored.revoked_at is not None:
                 raise UnauthorizedError("The refresh token is invalid or expired.")
@@ -471,8 +497,13 @@ class AccountService:
         await self._end_session(user.family_id)
 
     async def _end_session(self, family: uuid.UUID) -> None:
+        """Revoke one session (a logout, a dashboard sign-out): its user's row ``FOR SHARE`` first, then
+        the session's lock, then its tokens (see above), so that a revocation of all the user's
+        sessions or a sign-in ending some waits for it, or it for them. A session with no token left
+        (purged) has no row to lock; its access tokens are refused all the same."""
         async with self.db.transaction() as uow:
-            await self._lock_families(uow, [family])
+            await queries.lock_session_owner(uow.conn, family_id=family)
+            await self._lock_session(uow, family)
             await queries.revoke_refresh_families(uow.conn, family_ids=[family])
             await self._revoke(uow, [family])
 
@@ -480,11 +511,11 @@ class AccountService:
         """Revoke every session of a user (except ``keep``) in the caller's transaction: their refresh
         tokens at once, their access tokens in every process from the commit on.
 
-        The caller holds the user's row ``FOR UPDATE`` (no session of the user begins or rotates
-        meanwhile). Every family of the user is locked, ``keep``'s too (so that the caller may rely
-        on its state until the commit), in ascending order, before any token row."""
+        The caller holds the user's row ``FOR UPDATE``: every rotation, logout and sign-in of the user
+        holds it too (``FOR SHARE`` or ``FOR NO KEY UPDATE``), so this waited for those in progress and
+        no session of the user begins, rotates or ends until the commit (``keep``'s neither: the caller
+        may rely on its state). No session needs a lock of its own (see above)."""
         live = await queries.list_live_user_families(uow.conn, user_id=user_id)
-        await self._lock_families(uow, live if keep == NO_FAMILY else [*live, keep])
         families = [family for family in live if family != keep]
         if families:
             await queries.revoke_refresh_families(uow.conn, family_ids=families)
@@ -505,17 +536,19 @@ class AccountService:
     ) -> DashboardSession:
         """A dashboard session for an active administrator with these credentials: 401 (the login's
         message, throttled like it) for wrong credentials, 403 for a member. Issued like ``login``'s
-        tokens, under the user's row: a change that committed since the check is seen."""
+        tokens, under the user's row: a change that committed since the check is seen. The new session
+        may end the account's least recently used ones (``_make_room``)."""
         checked = await self.check_credentials(email, password, client_ip, purpose="dashboard")
         family = uuid.uuid4()
         async with self.db.transaction() as uow:
-            user = await queries.get_user_for_share(uow.conn, id=checked.id)
+            user = await queries.get_user_for_new_session(uow.conn, id=checked.id)
             if user is None or not user.is_active or user.password_hash != checked.password_hash:
                 log.info("login_failed", known_account=True, user_id=checked.id, changed_meanwhile=True)
                 raise UnauthorizedError(BAD_CREDENTIALS)
             if user.role != UserRole.ADMIN:
                 log.info("dashboard_sign_in_refused", user_id=user.id, reason="not_an_administrator")
                 raise ForbiddenError(ADMINS_ONLY)
+            await self._make_room(uow, user.id)
             token, claims = self.dashboard_tokens.issue(user.id, family, user.password_hash)
             _, unusable_digest = new_refresh_token()
             await queries.insert_refresh_token(
@@ -609,8 +642,9 @@ class AccountService:
         """A new password needs the current one, checked under the login throttle: a stolen access
         token does not buy unthrottled password guesses.
 
-        The check holds until the commit: the change locks the user's row, then every session of the
-        user (``revoke_all``), and is refused if the password it verified is no longer the account's
+        The check holds until the commit: the change locks the user's row ``FOR UPDATE`` (no session of
+        the user begins, rotates or ends until the commit) and revokes the other sessions
+        (``revoke_all``), and is refused if the password it verified is no longer the account's
         (409 ``password-changed``: another change committed first, and this one would overwrite it)
         or the caller's own session was revoked meanwhile (401: a logout, a deactivation, or that other
         change)."""
