@@ -11,10 +11,12 @@ them (``app/core/stamped.py``: the protocol, shared with the feed's cache).
 - ``tasks:pages:{project}``: the project's page keys, newest first: at most ``PAGES_PER_PROJECT``
   pages of a project are stored, the oldest deleted by the store that goes past the cap.
 
-The query is the reader's to choose (filters, dates, a limit): the cap keeps what one member can
-park in Valkey at ``PAGES_PER_PROJECT`` pages per project, however many queries they make up (a
-per-query key alone let one reader leave an entry per request: 120 requests, 30 MB). Which queries
-are worth storing at all is the service's call (``TaskService.page_in_project``: first pages only).
+Which pages are worth storing is the service's call (``TaskService.page_in_project``): only the
+project's opening page (default sort and size, no filter, no cursor), so one per project. The query
+is otherwise the reader's to choose (filters, dates, a limit, a sort), and a per-query key alone let
+one reader leave an entry per request (120 requests, 30 MB); even capped at 16 per project, every
+first page stored let one user park ~400 MiB across their projects. The cap is the backstop Valkey
+enforces itself: whatever a release asks to store, a project holds ``PAGES_PER_PROJECT`` pages.
 
 One Lua script reads the reader's scope, checks the project is in it, reads the project's version
 and the page in one round trip. A reader whose scope does not hold the project goes to PostgreSQL,
@@ -48,8 +50,11 @@ MemberProjects = Callable[[int], Awaitable[list[int]]]
 """Loads the projects a user is a member of from PostgreSQL."""
 
 
-PAGES_PER_PROJECT = 16
-"""A project's stored pages at most: its members' usual first pages (a few sorts and filters) fit."""
+PAGES_PER_PROJECT = 2
+"""A project's stored pages at most. The service stores one, the opening page; the second place is
+for the opening page as a release of another ``PAGE_SHAPE`` names it, while a rolling deploy runs
+both (with one place, each release's store would delete the other's page). Pages a release that
+stored more left behind are deleted by this one's next store in the project."""
 
 
 class TaskListCache(StampedCache):

@@ -43,7 +43,7 @@ from app.domains.tasks.schemas import (
     TaskSort,
     TaskUpdate,
 )
-from app.domains.tasks.services import TaskFilters, TaskService
+from app.domains.tasks.services import DEFAULT_PAGE, DEFAULT_SORT, TaskFilters, TaskService
 
 Tasks = NamedDependency[TaskService]
 
@@ -121,9 +121,9 @@ class ProjectTasksController(Controller):
                 description="created · due (soonest, undated last) · "
                 "priority (urgent first) · updated (newest)"
             ),
-        ] = "created",
+        ] = DEFAULT_SORT,
         cursor: Annotated[str | None, cursor_query(TaskCursor)] = None,
-        limit: PageSize = 50,
+        limit: PageSize = DEFAULT_PAGE,
     ) -> ASGIResponse:
         filters = TaskFilters(
             status=status,

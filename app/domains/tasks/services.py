@@ -41,6 +41,12 @@ FIRST_KEY = -(2**62)
 MUTABLE_SORTS: frozenset[TaskSort] = frozenset({"due", "priority", "updated"})
 """Sorts whose keys change when a task is edited (``created``'s, the id order, never do)."""
 
+DEFAULT_PAGE = 50
+"""The task list's page size when the client names none (the controller's ``limit`` default)."""
+
+DEFAULT_SORT: TaskSort = "created"
+"""The task list's order when the client names none (the controller's ``sort`` default)."""
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -65,6 +71,10 @@ class TaskFilters(msgspec.Struct, frozen=True):
     due_after: date | None = None
     search: str | None = None
     updated_after: datetime | None = None
+
+
+NO_FILTERS = TaskFilters()
+"""The task list's filters when the client names none."""
 
 
 class TaskListing(NamedTuple):
@@ -254,21 +264,35 @@ class TaskService:
         may be listed twice or not at all, and the catch-up does not list it). The window is one such
         transaction's duration: milliseconds for a task's update, longer if it waited on a lock.
 
-        Only first pages are cached: they are what many readers share (the list as it opens, per sort
-        and filter), a page after a cursor is one reader's walk through the list. Searches are never
-        cached, nor catch-ups (``updated_after``: one walk's own moment, nothing shared). A project
-        keeps at most ``PAGES_PER_PROJECT`` pages (``app/domains/tasks/cache.py``),
-        which bounds what made-up queries (dates, limits) can leave in Valkey; leaving cursors out
-        keeps one reader's paging from pushing the shared first pages out of that cap.
+        Only the project's opening page is cached (``is_opening_page``): the list as every member
+        opens it, the default sort and size, no filter and no cursor, one entry per project shared by
+        its members (the feed's rule: only the default-size first page is cached). Every other page
+        is read from PostgreSQL each time: another size or filter is one reader's choice, a page after
+        a cursor one reader's walk, a search or a catch-up (``updated_after``) one reader's query.
+        The sorts and statuses are few, but each is a page of its own (four sorts, sixteen with a
+        status or none): what one user can make their projects hold in Valkey, which has no eviction
+        and holds the queues, the rate limits and the revocations, is the bound that matters, and
+        nothing the project ships asks for them at the default size (the benchmark's ``tasks`` reads
+        the opening page; the locust members read 20-task pages of each sort).
 
-        A cached first page keeps the ``as_of`` of the read that loaded it, which is still an exact
+        The bound: a project holds one page of at most ``STORED_BYTES_MAX`` (256 KiB,
+        ``app/core/stamped.py``; a larger page is served, not stored). A user who owns
+        ``PROJECTS_PER_USER_MAX`` (100) projects makes them hold at most 1 x 256 KiB x 100 = 25 MiB,
+        however many queries, accounts or readers they use (it was 16 x 256 KiB x 100 = 400 MiB when
+        every first page was stored); a project they are invited to counts against its owner's. At
+        the usual page size (50 tasks, ~16 KB) it is ~1.6 MiB. Valkey itself keeps a project's pages
+        to ``PAGES_PER_PROJECT`` (2, ``app/domains/tasks/cache.py``: room for another release's name
+        of the opening page during a rolling deploy), so 50 MiB whatever releases run side by side.
+
+        A cached opening page keeps the ``as_of`` of the read that loaded it, which is still an exact
         moment for a walk however late it is served: the page is the list as the database held it at
         that read (the stamp decides when a stored page stops being served, not what it holds), and
-        the cursor makes the later pages leave out whatever changed after that moment, whether before
-        or after the page was served; the catch-up lists those changes, so an older page only means
-        a longer catch-up. The serving moment would not do: a change that committed after the load,
-        its version not yet replaced (``uow.after_commit``), is in neither the page served nor a
-        later page's exclusions, as ``updated_at`` is before the serving moment."""
+        the catch-up (``updated_after=<as_of>``) lists whatever changed after that moment, whether
+        before or after the page was served, so an older page only means a longer catch-up. (Were a
+        page of a ``due``, ``priority`` or ``updated`` walk cached, its cursor would make the later
+        pages leave those changes out by the same moment.) The serving moment would not do: a change
+        that committed after the load, its version not yet replaced (``uow.after_commit``), is in
+        neither the page served nor the catch-up, as ``updated_at`` is before the serving moment."""
 
         async def load() -> bytes:
             listing = await self._listing(
@@ -285,9 +309,9 @@ class TaskService:
                 TaskPage(items=page.items, next_cursor=page.next_cursor, as_of=from_micros(as_of))
             )
 
-        if filters.search is not None or filters.updated_after is not None or cursor is not None:
-            return await load()
-        return await self.cache.read(actor, project_id, _cache_query(filters, sort, limit), load)
+        if is_opening_page(filters, sort, cursor, limit):
+            return await self.cache.read(actor, project_id, _cache_query(filters, sort, limit), load)
+        return await load()
 
     async def list_in_project(
         self,
@@ -465,7 +489,15 @@ PAGE_SHAPE = "2"
 ``TaskOut`` differs (before ``version``) is never served by this one, nor this one's by it."""
 
 
+def is_opening_page(filters: TaskFilters, sort: TaskSort, cursor: TaskCursor | None, limit: int) -> bool:
+    """The page every member of a project reads as they open its list, the only one cached
+    (``TaskService.page_in_project``): the default sort and size, no filter, no cursor."""
+    return cursor is None and limit == DEFAULT_PAGE and sort == DEFAULT_SORT and filters == NO_FILTERS
+
+
 def _cache_query(filters: TaskFilters, sort: TaskSort, limit: int) -> str:
-    """The cache's name of a first page: the items' shape, its filters, sort and limit."""
+    """The cache's name of a page: the items' shape, its filters, sort and limit (the opening page
+    keeps the name the releases that stored every first page gave it, so they share it while a
+    rolling deploy runs both)."""
     values = (PAGE_SHAPE, *msgspec.structs.astuple(filters), sort, limit)
     return ":".join("" if value is None else str(value) for value in values)
