@@ -653,6 +653,12 @@ class RetiredIngestKey(msgspec.Struct, frozen=True, gc=False):
     retired_at: datetime
 
 
+class TaskSearchDocument(msgspec.Struct, frozen=True, gc=False):
+    task_id: int
+    project_id: int
+    document: str
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)

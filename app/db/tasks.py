@@ -220,7 +220,17 @@ from (
       and ($8::date is null or t.due_date >= $8::date)
       and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
       and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
-      and ($11::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', $11::text))
+      -- search: the task's stored document (task_search_documents), never one computed per task and
+      -- query. Every task has one (triggers; the older tasks' backfilled by migration 20261203040100).
+      -- The subquery is bounded to the project: the planner either probes each task of the walk by
+      -- task_id (it stops at row_limit) or collects the project's matches once (project_id, or the
+      -- GIN index for a rare word), never every project's documents.
+      and ($11::text is null or exists (
+          select 1
+          from task_search_documents d
+          where d.task_id = t.id
+            and d.project_id = $2
+            and d.document @@ websearch_to_tsquery('simple', $11::text)))
 ) s
 where (s.sort_key, s.id) > ($12::bigint, $13::bigint)
 order by s.sort_key, s.id

@@ -98,7 +98,17 @@ from (
       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
       and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
       and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
-      and (sqlc.narg(search)::text is null or task_search_document(t.title, t.description) @@ websearch_to_tsquery('simple', sqlc.narg(search)::text))
+      -- search: the task's stored document (task_search_documents), never one computed per task and
+      -- query. Every task has one (triggers; the older tasks' backfilled by migration 20261203040100).
+      -- The subquery is bounded to the project: the planner either probes each task of the walk by
+      -- task_id (it stops at row_limit) or collects the project's matches once (project_id, or the
+      -- GIN index for a rare word), never every project's documents.
+      and (sqlc.narg(search)::text is null or exists (
+          select 1
+          from task_search_documents d
+          where d.task_id = t.id
+            and d.project_id = @project_id
+            and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
 ) s
 where (s.sort_key, s.id) > (@after_key::bigint, @after_id::bigint)
 order by s.sort_key, s.id
