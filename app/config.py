@@ -167,6 +167,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     project_invitations_max: Annotated[int, msgspec.Meta(ge=1)] = 50
     # tasks
     tasks_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    tasks_per_project_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    """Tasks a project may hold (one more is a 409 ``task-limit``): a creation reads the project's
+    next position and the due, priority and updated sorts order the whole project, and a project's
+    deletion removes its tasks in one statement, so all grow with it."""
+    comments_per_task_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1_000
+    """Comments a task may hold (one more is a 409 ``comment-limit``)."""
     # activity
     feed_group_window_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 1800
     feed_group_max_span_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 6 * 3600

@@ -5,9 +5,19 @@ from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
-from psycopg.rows import args_row
+from psycopg.rows import args_row, scalar_row
 
 from .models import Comment
+
+
+COUNT_TASK_COMMENTS = "select count(*) from comments where task_id = $1"
+
+
+async def count_task_comments(conn: AsyncConnection[Any], *, task_id: int) -> int | None:
+    """Under LockTask: no comment of the task is added meanwhile (COMMENTS_PER_TASK_MAX)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_TASK_COMMENTS, (task_id,))
+        return await cur.fetchone()
 
 
 CREATE_COMMENT = """\

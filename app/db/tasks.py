@@ -23,6 +23,16 @@ async def lock_task_positions(conn: AsyncConnection[Any], *, project_id: int) ->
         await cur.execute(LOCK_TASK_POSITIONS, (project_id,))
 
 
+COUNT_PROJECT_TASKS = "select count(*) from tasks where project_id = $1"
+
+
+async def count_project_tasks(conn: AsyncConnection[Any], *, project_id: int) -> int | None:
+    """Under LockTaskPositions: no task of the project is created meanwhile (TASKS_PER_PROJECT_MAX)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_PROJECT_TASKS, (project_id,))
+        return await cur.fetchone()
+
+
 CREATE_TASK = """\
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
 values ($1, $2, $3, $4, $5, $6, $7,

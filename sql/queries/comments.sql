@@ -1,3 +1,7 @@
+-- name: CountTaskComments :one
+-- Under LockTask: no comment of the task is added meanwhile (COMMENTS_PER_TASK_MAX).
+select count(*) from comments where task_id = @task_id;
+
 -- name: CreateComment :one
 insert into comments (task_id, author_id, body) values (@task_id, @author_id, @body)
 returning *;

@@ -4,6 +4,10 @@
 -- its own, before CreateTask: a statement's snapshot is taken before its lock is granted.
 select pg_advisory_xact_lock(hashtextextended(concat('task-positions:', @project_id::bigint), 0));
 
+-- name: CountProjectTasks :one
+-- Under LockTaskPositions: no task of the project is created meanwhile (TASKS_PER_PROJECT_MAX).
+select count(*) from tasks where project_id = @project_id;
+
 -- name: CreateTask :one
 -- Under LockTaskPositions: the next position of the project is this task's alone.
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)

@@ -15,7 +15,13 @@ def build_service(s: Services) -> TaskService:
     cache = TaskListCache(s.cache, s.settings.tasks_cache_ttl_s, projects.member_project_ids)
     projects.after_membership_change(cache.membership_changed)
     projects.after_delete(cache.tasks_changed)
-    return TaskService(s.db, projects, cache)
+    return TaskService(
+        s.db,
+        projects,
+        cache,
+        tasks_per_project_max=s.settings.tasks_per_project_max,
+        comments_per_task_max=s.settings.comments_per_task_max,
+    )
 
 
 module = Module(

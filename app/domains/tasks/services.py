@@ -13,7 +13,7 @@ from typing import NamedTuple
 import msgspec
 
 from app.core.db import Database, UnitOfWork
-from app.core.errors import ForbiddenError, NotFoundError, UnprocessableError
+from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
 from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.preconditions import IfMatch, require_match
@@ -60,6 +60,16 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + micros * MICROSECOND
 
 
+class TaskLimitError(ConflictError):
+    slug = "task-limit"
+    title = "Too many tasks in the project"
+
+
+class CommentLimitError(ConflictError):
+    slug = "comment-limit"
+    title = "Too many comments on the task"
+
+
 class TaskFilters(msgspec.Struct, frozen=True):
     """``search``: web-search syntax, as a client sent it (``search_text`` shapes it for PostgreSQL).
     ``updated_after``: tasks changed after it (exclusive), e.g. during a walk that read as of it."""
@@ -88,10 +98,20 @@ _PAGE = msgspec.json.Encoder()
 
 
 class TaskService:
-    def __init__(self, db: Database, projects: ProjectService, cache: TaskListCache) -> None:
+    def __init__(
+        self,
+        db: Database,
+        projects: ProjectService,
+        cache: TaskListCache,
+        *,
+        tasks_per_project_max: int,
+        comments_per_task_max: int,
+    ) -> None:
         self.db = db
         self.projects = projects
         self.cache = cache
+        self.tasks_per_project_max = tasks_per_project_max
+        self.comments_per_task_max = comments_per_task_max
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -108,6 +128,11 @@ class TaskService:
             if data.assignee_id is not None:
                 self._require_assignable(await self.projects.keep_member(uow, data.assignee_id, project_id))
             await queries.lock_task_positions(uow.conn, project_id=project_id)
+            held = await queries.count_project_tasks(uow.conn, project_id=project_id) or 0
+            if held >= self.tasks_per_project_max:
+                raise TaskLimitError(
+                    f"This project holds {self.tasks_per_project_max:,} tasks, its most: delete some first."
+                )
             task = await queries.create_task(
                 uow.conn,
                 project_id=project_id,
@@ -419,6 +444,11 @@ class TaskService:
         """``claim``: the request's idempotency key, completed in this transaction."""
         async with self.db.transaction() as uow:
             task = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
+            held = await comment_queries.count_task_comments(uow.conn, task_id=task_id) or 0
+            if held >= self.comments_per_task_max:
+                raise CommentLimitError(
+                    f"This task holds {self.comments_per_task_max:,} comments, its most: delete some first."
+                )
             comment = await comment_queries.create_comment(
                 uow.conn, task_id=task_id, author_id=actor, body=body
             )
