@@ -113,8 +113,9 @@ LOCK_TASK = "select id from tasks where id = $1 for no key update"
 
 async def lock_task(conn: AsyncConnection[Any], *, id: int) -> int | None:
     """Before a change of the task or its comments: the row stays locked until the transaction ends, so
-    a concurrent deletion either came first (no row) or waits. NO KEY UPDATE: others may still insert
-    comments on the task meanwhile (their key-share lock does not conflict)."""
+    a concurrent deletion either came first (no row) or waits. Comments added through the service take
+    it too, so they are counted one at a time (COMMENTS_PER_TASK_MAX). NO KEY UPDATE: a bare insert's
+    foreign-key check (KEY SHARE) does not wait for it."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LOCK_TASK, (id,))
         return await cur.fetchone()
