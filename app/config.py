@@ -165,6 +165,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # projects
     projects_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 100
     project_invitations_max: Annotated[int, msgspec.Meta(ge=1)] = 50
+    invitation_ttl_s: Annotated[int, msgspec.Meta(ge=3600, le=90 * 86400)] = 7 * 86400
+    """How long an invitation (its token) holds after it was sent, or sent again: an older one cannot be
+    accepted, is listed nowhere and does not count toward ``project_invitations_max``; a daily job
+    deletes it. At least an hour, at most 90 days (a token handed over chat or e-mail must not live
+    for ever)."""
     # tasks
     tasks_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     tasks_per_project_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000

@@ -336,15 +336,23 @@ async def lock_project_membership(conn: AsyncConnection[Any], *, id: int) -> int
         return await cur.fetchone()
 
 
-COUNT_OTHER_INVITATIONS = (
-    "select count(*)::bigint from project_invitations where project_id = $1 and email <> $2"
-)
+COUNT_OTHER_INVITATIONS = """\
+select count(*)::bigint from project_invitations
+where project_id = $1 and email <> $2
+  and created_at > now() - make_interval(secs => $3::float8)"""
 
 
-async def count_other_invitations(conn: AsyncConnection[Any], *, project_id: int, email: str) -> int | None:
-    """The project's waiting invitations to other emails (inviting an email again replaces its own)."""
+async def count_other_invitations(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    email: str,
+    ttl_s: float,
+) -> int | None:
+    """The project's waiting invitations to other emails (inviting an email again replaces its own); an
+    expired one (sent @ttl_s or longer ago) no longer waits."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(COUNT_OTHER_INVITATIONS, (project_id, email))
+        await cur.execute(COUNT_OTHER_INVITATIONS, (project_id, email, ttl_s))
         return await cur.fetchone()
 
 
@@ -367,7 +375,7 @@ async def upsert_invitation(
     token_sha256: bytes | None,
 ) -> ProjectInvitation | None:
     """One invitation per (project, email): inviting again updates the role and replaces the token's hash
-    (the token handed out before no longer accepts it)."""
+    (the token handed out before no longer accepts it), and restarts its time (created_at) as well."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
         await cur.execute(UPSERT_INVITATION, (project_id, email, role, invited_by, token_sha256))
         return await cur.fetchone()
@@ -376,8 +384,9 @@ async def upsert_invitation(
 LIST_PROJECT_INVITATIONS = """\
 select id, project_id, email, role, invited_by, created_at, token_sha256 from project_invitations
 where project_id = $1 and id > $2
+  and created_at > now() - make_interval(secs => $3::float8)
 order by id
-limit $3"""
+limit $4"""
 
 
 async def list_project_invitations(
@@ -385,15 +394,19 @@ async def list_project_invitations(
     *,
     project_id: int,
     after_id: int,
+    ttl_s: float,
     row_limit: int,
 ) -> list[ProjectInvitation]:
+    """The project's waiting invitations: not those expired (sent @ttl_s or longer ago)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
-        await cur.execute(LIST_PROJECT_INVITATIONS, (project_id, after_id, row_limit))
+        await cur.execute(LIST_PROJECT_INVITATIONS, (project_id, after_id, ttl_s, row_limit))
         return await cur.fetchall()
 
 
 DELETE_PROJECT_INVITATION = """\
-delete from project_invitations where id = $1 and project_id = $2
+delete from project_invitations
+where id = $1 and project_id = $2
+  and created_at > now() - make_interval(secs => $3::float8)
 returning id, project_id, email, role, invited_by, created_at, token_sha256"""
 
 
@@ -402,9 +415,11 @@ async def delete_project_invitation(
     *,
     id: int,
     project_id: int,
+    ttl_s: float,
 ) -> ProjectInvitation | None:
+    """A waiting invitation withdrawn: an expired one is as if withdrawn already (no row; it is purged)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
-        await cur.execute(DELETE_PROJECT_INVITATION, (id, project_id))
+        await cur.execute(DELETE_PROJECT_INVITATION, (id, project_id, ttl_s))
         return await cur.fetchone()
 
 
@@ -415,9 +430,10 @@ join projects p on p.id = i.project_id
 join project_members sender on sender.project_id = i.project_id and sender.user_id = i.invited_by
 join users sender_account on sender_account.id = sender.user_id
 where i.email = $1 and i.id > $2
+  and i.created_at > now() - make_interval(secs => $3::float8)
   and sender.role = 'owner' and sender_account.is_active
 order by i.id
-limit $3"""
+limit $4"""
 
 
 class ListInvitationsForEmailRow(msgspec.Struct, frozen=True, gc=False):
@@ -433,16 +449,19 @@ async def list_invitations_for_email(
     *,
     email: str,
     after_id: int,
+    ttl_s: float,
     row_limit: int,
 ) -> list[ListInvitationsForEmailRow]:
     """The invitations addressed to one email, with the project's name: only those whose sender is still an
-    active owner of the project (the others cannot be accepted)."""
+    active owner of the project and that have not expired (the others cannot be accepted)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ListInvitationsForEmailRow)) as cur:
-        await cur.execute(LIST_INVITATIONS_FOR_EMAIL, (email, after_id, row_limit))
+        await cur.execute(LIST_INVITATIONS_FOR_EMAIL, (email, after_id, ttl_s, row_limit))
         return await cur.fetchall()
 
 
-INVITATION_TO_ACCEPT = "select project_id, token_sha256 from project_invitations where id = $1 and email = $2"
+INVITATION_TO_ACCEPT = """\
+select project_id, token_sha256 from project_invitations
+where id = $1 and email = $2 and created_at > now() - make_interval(secs => $3::float8)"""
 
 
 class InvitationToAcceptRow(msgspec.Struct, frozen=True, gc=False):
@@ -455,18 +474,21 @@ async def invitation_to_accept(
     *,
     id: int,
     email: str,
+    ttl_s: float,
 ) -> InvitationToAcceptRow | None:
     """The project an invitation to this email is for and its token's hash (null: issued before tokens,
     never accepted), to compare in constant time; unlocked: the project is locked before the taking.
-    Whether its sender may still invite is TakeAcceptedInvitation's to decide, under the lock."""
+    Whether its sender may still invite is TakeAcceptedInvitation's to decide, under the lock. An expired
+    invitation (sent @ttl_s or longer ago) is no row."""
     async with AsyncRawCursor(conn, row_factory=args_row(InvitationToAcceptRow)) as cur:
-        await cur.execute(INVITATION_TO_ACCEPT, (id, email))
+        await cur.execute(INVITATION_TO_ACCEPT, (id, email, ttl_s))
         return await cur.fetchone()
 
 
 TAKE_ACCEPTED_INVITATION = """\
 delete from project_invitations i
 where i.id = $1 and i.email = $2 and i.token_sha256 = $3
+  and i.created_at > now() - make_interval(secs => $4::float8)
   and exists (
       select 1
       from project_members sender
@@ -483,27 +505,61 @@ async def take_accepted_invitation(
     id: int,
     email: str,
     token_sha256: bytes | None,
+    ttl_s: float,
 ) -> ProjectInvitation | None:
     """An invitation addressed to this email, removed as accepted: only while it still has the hash the
     token was checked against (inviting the email again meanwhile replaced it: no row), and while its
     sender is still an active owner of the project (an invitation is worth its sender's authority; read
-    here, after the membership lock, so a demotion or removal committed meanwhile is seen)."""
+    here, after the membership lock, so a demotion or removal committed meanwhile is seen); and while it
+    has not expired."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
-        await cur.execute(TAKE_ACCEPTED_INVITATION, (id, email, token_sha256))
+        await cur.execute(TAKE_ACCEPTED_INVITATION, (id, email, token_sha256, ttl_s))
         return await cur.fetchone()
 
 
 TAKE_INVITATION = """\
-delete from project_invitations where id = $1 and email = $2
+delete from project_invitations
+where id = $1 and email = $2 and created_at > now() - make_interval(secs => $3::float8)
 returning id, project_id, email, role, invited_by, created_at, token_sha256"""
 
 
-async def take_invitation(conn: AsyncConnection[Any], *, id: int, email: str) -> ProjectInvitation | None:
+async def take_invitation(
+    conn: AsyncConnection[Any],
+    *,
+    id: int,
+    email: str,
+    ttl_s: float,
+) -> ProjectInvitation | None:
     """An invitation addressed to this email, removed as declined (no token needed: it only removes the
-    caller's own invitation)."""
+    caller's own invitation); an expired one is as if withdrawn already (no row; it is purged)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
-        await cur.execute(TAKE_INVITATION, (id, email))
+        await cur.execute(TAKE_INVITATION, (id, email, ttl_s))
         return await cur.fetchone()
+
+
+PURGE_EXPIRED_INVITATIONS = """\
+delete from project_invitations
+where id in (
+    select id
+    from project_invitations
+    where created_at <= now() - make_interval(secs => $1::float8)
+    limit $2::integer
+    for update skip locked
+)"""
+
+
+async def purge_expired_invitations(conn: AsyncConnection[Any], *, ttl_s: float, chunk_size: int) -> int:
+    """One bounded chunk of the invitations sent @ttl_s or longer ago (the daily purge repeats it, one
+    transaction each, until fewer rows are deleted). No index on created_at: the table holds only waiting
+    invitations (accepted, declined and withdrawn ones are deleted; at most PROJECT_INVITATIONS_MAX live
+    per project) and a day's worth of expired ones, so a scan once a day costs less than an index every
+    invitation write would maintain. SKIP LOCKED: the purge waits for no one (a project's deletion, an
+    acceptance, a withdrawal, an invitation sent again, each holding rows of the same table), so it takes
+    part in no deadlock; what it skips is purged the next day. The lock re-reads the row: one sent again
+    meanwhile (created_at now) is no longer expired and is kept."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_EXPIRED_INVITATIONS, (ttl_s, chunk_size))
+        return cur.rowcount
 
 
 EXISTING_PROJECTS = "select id from projects where id = any($1::bigint[]) order by id"

@@ -123,12 +123,15 @@ limit @row_limit;
 select id from projects where id = @id for no key update;
 
 -- name: CountOtherInvitations :one
--- The project's waiting invitations to other emails (inviting an email again replaces its own).
-select count(*)::bigint from project_invitations where project_id = @project_id and email <> @email;
+-- The project's waiting invitations to other emails (inviting an email again replaces its own); an
+-- expired one (sent @ttl_s or longer ago) no longer waits.
+select count(*)::bigint from project_invitations
+where project_id = @project_id and email <> @email
+  and created_at > now() - make_interval(secs => @ttl_s::float8);
 
 -- name: UpsertInvitation :one
 -- One invitation per (project, email): inviting again updates the role and replaces the token's hash
--- (the token handed out before no longer accepts it).
+-- (the token handed out before no longer accepts it), and restarts its time (created_at) as well.
 insert into project_invitations (project_id, email, role, invited_by, token_sha256)
 values (@project_id, @email, @role, @invited_by, @token_sha256)
 on conflict (project_id, email) do update
@@ -137,24 +140,30 @@ set role = excluded.role, invited_by = excluded.invited_by, created_at = now(),
 returning *;
 
 -- name: ListProjectInvitations :many
+-- The project's waiting invitations: not those expired (sent @ttl_s or longer ago).
 select * from project_invitations
 where project_id = @project_id and id > @after_id
+  and created_at > now() - make_interval(secs => @ttl_s::float8)
 order by id
 limit @row_limit;
 
 -- name: DeleteProjectInvitation :one
-delete from project_invitations where id = @id and project_id = @project_id
+-- A waiting invitation withdrawn: an expired one is as if withdrawn already (no row; it is purged).
+delete from project_invitations
+where id = @id and project_id = @project_id
+  and created_at > now() - make_interval(secs => @ttl_s::float8)
 returning *;
 
 -- name: ListInvitationsForEmail :many
 -- The invitations addressed to one email, with the project's name: only those whose sender is still an
--- active owner of the project (the others cannot be accepted).
+-- active owner of the project and that have not expired (the others cannot be accepted).
 select i.id, i.project_id, p.name as project_name, i.role, i.created_at
 from project_invitations i
 join projects p on p.id = i.project_id
 join project_members sender on sender.project_id = i.project_id and sender.user_id = i.invited_by
 join users sender_account on sender_account.id = sender.user_id
 where i.email = @email and i.id > @after_id
+  and i.created_at > now() - make_interval(secs => @ttl_s::float8)
   and sender.role = 'owner' and sender_account.is_active
 order by i.id
 limit @row_limit;
@@ -162,16 +171,20 @@ limit @row_limit;
 -- name: InvitationToAccept :one
 -- The project an invitation to this email is for and its token's hash (null: issued before tokens,
 -- never accepted), to compare in constant time; unlocked: the project is locked before the taking.
--- Whether its sender may still invite is TakeAcceptedInvitation's to decide, under the lock.
-select project_id, token_sha256 from project_invitations where id = @id and email = @email;
+-- Whether its sender may still invite is TakeAcceptedInvitation's to decide, under the lock. An expired
+-- invitation (sent @ttl_s or longer ago) is no row.
+select project_id, token_sha256 from project_invitations
+where id = @id and email = @email and created_at > now() - make_interval(secs => @ttl_s::float8);
 
 -- name: TakeAcceptedInvitation :one
 -- An invitation addressed to this email, removed as accepted: only while it still has the hash the
 -- token was checked against (inviting the email again meanwhile replaced it: no row), and while its
 -- sender is still an active owner of the project (an invitation is worth its sender's authority; read
--- here, after the membership lock, so a demotion or removal committed meanwhile is seen).
+-- here, after the membership lock, so a demotion or removal committed meanwhile is seen); and while it
+-- has not expired.
 delete from project_invitations i
 where i.id = @id and i.email = @email and i.token_sha256 = @token_sha256
+  and i.created_at > now() - make_interval(secs => @ttl_s::float8)
   and exists (
       select 1
       from project_members sender
@@ -183,9 +196,28 @@ returning *;
 
 -- name: TakeInvitation :one
 -- An invitation addressed to this email, removed as declined (no token needed: it only removes the
--- caller's own invitation).
-delete from project_invitations where id = @id and email = @email
+-- caller's own invitation); an expired one is as if withdrawn already (no row; it is purged).
+delete from project_invitations
+where id = @id and email = @email and created_at > now() - make_interval(secs => @ttl_s::float8)
 returning *;
+
+-- name: PurgeExpiredInvitations :execrows
+-- One bounded chunk of the invitations sent @ttl_s or longer ago (the daily purge repeats it, one
+-- transaction each, until fewer rows are deleted). No index on created_at: the table holds only waiting
+-- invitations (accepted, declined and withdrawn ones are deleted; at most PROJECT_INVITATIONS_MAX live
+-- per project) and a day's worth of expired ones, so a scan once a day costs less than an index every
+-- invitation write would maintain. SKIP LOCKED: the purge waits for no one (a project's deletion, an
+-- acceptance, a withdrawal, an invitation sent again, each holding rows of the same table), so it takes
+-- part in no deadlock; what it skips is purged the next day. The lock re-reads the row: one sent again
+-- meanwhile (created_at now) is no longer expired and is kept.
+delete from project_invitations
+where id in (
+    select id
+    from project_invitations
+    where created_at <= now() - make_interval(secs => @ttl_s::float8)
+    limit @chunk_size::integer
+    for update skip locked
+);
 
 -- name: ExistingProjects :many
 select id from projects where id = any(@ids::bigint[]) order by id;

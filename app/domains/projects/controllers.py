@@ -238,7 +238,10 @@ class InvitationsController(Controller):
         "default): one more is a 409 (`invitation-limit`). Removing a member (or a member leaving) "
         "withdraws their waiting invitations to the project. An invitation holds only while its sender "
         "is an active owner of the project: removing the sender, the sender leaving or being demoted "
-        "withdraws it, and one from a deactivated account cannot be accepted.",
+        "withdraws it, and one from a deactivated account cannot be accepted. An invitation expires "
+        "`INVITATION_TTL_S` after it was sent (7 days by default; inviting the email again sends a fresh "
+        "one): an expired invitation is as if withdrawn (404 to accept, decline or withdraw, listed "
+        "nowhere, not counted toward the limit) and is deleted by a daily job.",
         responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def invite(
@@ -253,7 +256,8 @@ class InvitationsController(Controller):
         description="Without their tokens (each was shown once, when the invitation was sent): to give "
         "an invitee a token again, invite the email again (a new token; the old one stops working). "
         "An invitation whose sender's account was deactivated stays listed (and counts toward the limit) "
-        "but cannot be accepted until an owner sends it again (it is then theirs) or withdraws it.",
+        "but cannot be accepted until an owner sends it again (it is then theirs) or withdraws it. "
+        "Expired invitations (older than `INVITATION_TTL_S`) are not listed.",
         responses=problems(400, 401, 403, 404, 429),
     )
     async def list_invitations(
@@ -274,6 +278,8 @@ class InvitationsController(Controller):
         "/{invitation_id:int}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Withdraw an invitation (owners)",
+        description="An expired invitation (older than `INVITATION_TTL_S`) is a 404: it is withdrawn "
+        "already, and a daily job deletes it.",
         responses=problems(401, 403, 404, 429),
     )
     async def revoke(
@@ -295,7 +301,8 @@ class MyInvitationsController(Controller):
         summary="Invitations to projects addressed to you",
         description="The invitations to your account's email. Seeing one does not let you accept it: "
         "accepting takes the token its sender was given and handed to the invitee (never listed here). "
-        "Only invitations whose sender is still an active owner of the project are listed.",
+        "Only invitations whose sender is still an active owner of the project, and that have not "
+        "expired (`INVITATION_TTL_S` after they were sent), are listed.",
         responses=problems(400, 401, 429),
     )
     async def list_mine(
@@ -315,7 +322,8 @@ class MyInvitationsController(Controller):
         "invitation (the latest one, if they invited you again), while signed in with the invited "
         "email. A wrong or missing token is a 404, exactly like an invitation that does not exist or is "
         "addressed to someone else. Joining uses the invitation up; a member already keeps their role. "
-        "An invitation whose sender is no longer an active owner of the project is a 404 too.",
+        "An invitation whose sender is no longer an active owner of the project, or that has expired "
+        "(`INVITATION_TTL_S` after it was sent), is a 404 too.",
         responses=problems(400, 401, 404, 429),
     )
     async def accept(

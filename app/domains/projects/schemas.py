@@ -96,7 +96,8 @@ InvitationTokenOut = Annotated[
     msgspec.Meta(
         description="The secret that accepts this invitation, shown only in this answer (only its hash is "
         "stored): hand it to the invitee over a channel you trust. Inviting the email again issues a new "
-        "token, and the one handed out before no longer works.",
+        "token, and the one handed out before no longer works. It expires with the invitation, "
+        "`INVITATION_TTL_S` after it was issued (7 days by default).",
         examples=["lPq3v0cO6yq1m8Zf2b9k4Q7sX5tYwR0aNn1JhGdEeUo"],
     ),
 ]

@@ -30,6 +30,8 @@ import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import structlog
+
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError
@@ -55,8 +57,14 @@ ProjectRenamed = Callable[[int], Awaitable[None]]
 """Called with a project's id once a change of its name has committed."""
 
 
+log = structlog.get_logger("app.projects")
+
 INVITATION_TOKEN_BYTES = 32
 """Random bytes of an invitation's token (256 bits; 43 URL-safe characters)."""
+
+
+INVITATION_PURGE_CHUNK = 10_000
+"""Expired invitations deleted per transaction by the daily purge."""
 
 
 def new_invitation_token() -> tuple[str, bytes]:
@@ -91,6 +99,7 @@ class ProjectService:
         self.accounts = accounts
         self.projects_per_user_max = settings.projects_per_user_max
         self.project_invitations_max = settings.project_invitations_max
+        self.invitation_ttl_s = float(settings.invitation_ttl_s)
         self._on_deleted: list[ProjectDeleted] = []
         self._on_membership: list[MembershipChanged] = []
         self._on_renamed: list[ProjectRenamed] = []
@@ -316,6 +325,11 @@ class ProjectService:
         the role and issues a new token (the old one stops working). A project has at most
         ``PROJECT_INVITATIONS_MAX`` waiting invitations.
 
+        An invitation expires ``INVITATION_TTL_S`` after it was sent (or sent again: a new token, and
+        its time starts again). An expired one is as if withdrawn: it cannot be accepted or declined
+        (the 404 of an invitation that does not exist), nor withdrawn (404), it is listed nowhere and
+        does not count toward the cap; ``purge_expired_invitations`` deletes it (daily).
+
         Why a token: registration proves no control of an email (no mail is sent), so an invitation
         matched on the address alone went to whoever registered it first. The owner hands the token
         to the invitee over a channel they trust.
@@ -328,7 +342,9 @@ class ProjectService:
         async with self.db.transaction() as uow:
             await self._lock_membership(uow, project_id)
             project, _ = await self._get(uow, actor, project_id, ProjectRole.OWNER)
-            waiting = await queries.count_other_invitations(uow.conn, project_id=project_id, email=email)
+            waiting = await queries.count_other_invitations(
+                uow.conn, project_id=project_id, email=email, ttl_s=self.invitation_ttl_s
+            )
             if waiting is not None and waiting >= self.project_invitations_max:
                 raise InvitationLimitError(
                     f"A project has at most {self.project_invitations_max} waiting invitations; "
@@ -360,29 +376,33 @@ class ProjectService:
         async with self.db.transaction() as uow:
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
             return await queries.list_project_invitations(
-                uow.conn, project_id=project_id, after_id=after_id, row_limit=limit
+                uow.conn,
+                project_id=project_id,
+                after_id=after_id,
+                ttl_s=self.invitation_ttl_s,
+                row_limit=limit,
             )
 
     async def revoke_invitation(self, actor: int, project_id: int, invitation_id: int) -> None:
         async with self.db.transaction() as uow:
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
-            if (
-                await queries.delete_project_invitation(uow.conn, id=invitation_id, project_id=project_id)
-                is None
-            ):
+            withdrawn = await queries.delete_project_invitation(
+                uow.conn, id=invitation_id, project_id=project_id, ttl_s=self.invitation_ttl_s
+            )
+            if withdrawn is None:
                 raise NotFoundError("No such invitation.")
 
     async def my_invitations(
         self, user_id: int, *, after_id: int, limit: int
     ) -> list[queries.ListInvitationsForEmailRow]:
         """Invitations addressed to the caller's email whose sender is still an active owner of the
-        project (the others cannot be accepted)."""
+        project and that have not expired (the others cannot be accepted)."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
                 return []
             return await queries.list_invitations_for_email(
-                uow.conn, email=user.email, after_id=after_id, row_limit=limit
+                uow.conn, email=user.email, after_id=after_id, ttl_s=self.invitation_ttl_s, row_limit=limit
             )
 
     async def accept_invitation(
@@ -392,7 +412,8 @@ class ProjectService:
         is used up. It takes both the token issued with the invitation (the last one, if it was sent
         again) and the caller's email: a wrong or missing token, or an invitation addressed to someone
         else, is the 404 of an invitation that does not exist. So is one whose sender is no longer an
-        active owner of the project (an invitation carries its sender's authority, and no more)."""
+        active owner of the project (an invitation carries its sender's authority, and no more), and one
+        that has expired (``INVITATION_TTL_S``)."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
@@ -415,9 +436,8 @@ class ProjectService:
                 )
             return await self._get(uow, user_id, invitation.project_id, ProjectRole.VIEWER)
 
-    @staticmethod
     async def _take_invitation_locking_project(
-        uow: UnitOfWork, email: str, invitation_id: int, token_sha256: bytes
+        self, uow: UnitOfWork, email: str, invitation_id: int, token_sha256: bytes
     ) -> ProjectInvitation:
         """The invitation, used up, once its token matched and its project is held as by any change
         of members (which also keeps it from deletion: the member's insert refers to it). A removal of
@@ -425,29 +445,50 @@ class ProjectService:
         locks the project, then its invitations, and so does this. Taking it requires the hash that
         was checked: an invitation sent again meanwhile (a new token) is not taken; and that its sender
         is still an active owner, read after the lock: a demotion or removal that committed meanwhile
-        is seen (then the 404 of a withdrawn invitation)."""
-        found = await queries.invitation_to_accept(uow.conn, id=invitation_id, email=email)
+        is seen (then the 404 of a withdrawn invitation). An expired invitation is no row (404)."""
+        found = await queries.invitation_to_accept(
+            uow.conn, id=invitation_id, email=email, ttl_s=self.invitation_ttl_s
+        )
         if found is None or not token_matches(found.token_sha256, token_sha256):
             raise NotFoundError("No such invitation.")
         if await queries.lock_project_membership(uow.conn, id=found.project_id) is None:
             raise NotFoundError("No such invitation.")
         invitation = await queries.take_accepted_invitation(
-            uow.conn, id=invitation_id, email=email, token_sha256=token_sha256
+            uow.conn, id=invitation_id, email=email, token_sha256=token_sha256, ttl_s=self.invitation_ttl_s
         )
-        if invitation is None:  # taken, withdrawn or sent again meanwhile
+        if invitation is None:  # taken, withdrawn, sent again or expired meanwhile
             raise NotFoundError("No such invitation.")
         return invitation
 
     async def decline_invitation(self, user_id: int, invitation_id: int) -> None:
         """The invitee removes an invitation addressed to their email; no token needed (it only removes
-        the caller's own invitation, and adds nobody)."""
+        the caller's own invitation, and adds nobody). An expired one is a 404, as if withdrawn."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             taken = (
-                await queries.take_invitation(uow.conn, id=invitation_id, email=user.email) if user else None
+                await queries.take_invitation(
+                    uow.conn, id=invitation_id, email=user.email, ttl_s=self.invitation_ttl_s
+                )
+                if user
+                else None
             )
             if taken is None:
                 raise NotFoundError("No such invitation.")
+
+    async def purge_expired_invitations(self, chunk_size: int = INVITATION_PURGE_CHUNK) -> int:
+        """Delete the invitations older than ``INVITATION_TTL_S`` (the daily cron), ``chunk_size`` per
+        transaction; returns how many. One sent again while the purge ran is kept
+        (``PurgeExpiredInvitations``)."""
+
+        async def chunk(uow: UnitOfWork) -> int:
+            return await queries.purge_expired_invitations(
+                uow.conn, ttl_s=self.invitation_ttl_s, chunk_size=chunk_size
+            )
+
+        purged = await self.db.delete_in_chunks(chunk, chunk_size)
+        if purged:
+            log.info("invitations_purged", count=purged)
+        return purged
 
     async def change_member_role(
         self, actor: int, project_id: int, user_id: int, role: ProjectRole
