@@ -22,8 +22,12 @@ WRITES = "query like '%json_populate_recordset%'"
 
 
 async def writer_backends(db: AsyncConnection[Any], where: str = "true") -> list[int]:
+    """The backends of the writer this test opened: writes' connections begun after the test's own
+    ``db`` connection (the session's app keeps a writer connection of its own once a test before
+    this one ingested a view through it)."""
     cursor = await db.execute(
         f"select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        f" and backend_start > (select backend_start from pg_stat_activity where pid = pg_backend_pid())"
         f" and {WRITES} and {where}"
     )
     return sorted(pid for (pid,) in await cursor.fetchall())
