@@ -135,13 +135,16 @@ where user_id = @user_id and revoked_at is null
 order by family_id;
 
 -- name: ListSessionsBeyond :many
--- The user's sessions with a refresh token not revoked (as ListLiveUserFamilies: those a revocation
--- of the user's sessions must end, expired or not), but for the @kept used most recently (the
--- latest token issued: a login or a rotation); under GetUserForNewSession.
+-- The user's sessions with a refresh token neither revoked nor spent (each live session has exactly
+-- one: a rotation spends its token and issues the next; the spent ones, thousands for a long session,
+-- need not be read), but for the @kept to keep: sessions still alive first (their token unexpired:
+-- an ended one not purged yet must not take a live one's place), then the most recently used (the
+-- latest token issued: a login or a rotation; a dashboard session ranks by its sign-in); under
+-- GetUserForNewSession.
 select family_id from refresh_tokens
-where user_id = @user_id and revoked_at is null
+where user_id = @user_id and revoked_at is null and used_at is null
 group by family_id
-order by max(issued_at) desc, family_id desc
+order by bool_or(expires_at > now()) desc, max(issued_at) desc, family_id desc
 offset @kept;
 
 -- name: RevokeRefreshFamilies :execrows

@@ -178,6 +178,33 @@ async def test_a_login_past_the_cap_ends_the_oldest_session_as_a_logout_would(
     assert await me_status(api, rotated.json()["access_token"]) == 200
 
 
+async def test_a_login_past_the_cap_ends_ended_sessions_before_a_live_one(
+    capped_api: Client, db: AsyncConnection[Any], member: User
+) -> None:
+    """Review: sessions that have ended (a dashboard sign-in past its hours, a session past
+    SESSION_MAX_AGE_S) but are not purged yet ranked by their last token, so a login kept them and
+    ended a live session rotated before them."""
+    live = await login(capped_api, member.email)
+    await db.execute(  # the live session was last rotated an hour ago
+        "update refresh_tokens set issued_at = now() - interval '1 hour' where user_id = %s", (member.id,)
+    )
+    await db.execute(  # CAP - 1 sessions issued two minutes ago that ended a minute ago
+        "insert into refresh_tokens (user_id, family_id, token_hash, issued_at, expires_at) "
+        "select %s, gen_random_uuid(), sha256(('ended-' || %s || '-' || i)::bytea), "
+        "now() - interval '2 minutes', now() - interval '1 minute' from generate_series(1, %s) as i",
+        (member.id, member.id, CAP - 1),
+    )
+    newest = await login(capped_api, member.email)
+    assert await me_status(capped_api, live["access_token"]) == 200, "the live session is kept"
+    assert await me_status(capped_api, newest["access_token"]) == 200
+    rows = await db.execute(
+        "select count(distinct family_id) from refresh_tokens where user_id = %s and revoked_at is null"
+        " and expires_at <= now()",
+        (member.id,),
+    )
+    assert await rows.fetchone() == (CAP - 2,), "an ended session made room"
+
+
 async def test_the_first_login_of_a_user_with_very_many_sessions_ends_all_but_the_newest(
     capped_api: Client, db: AsyncConnection[Any], member: User
 ) -> None:
