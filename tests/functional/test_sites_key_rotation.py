@@ -312,3 +312,26 @@ async def test_the_route_is_documented(api: Client) -> None:
     assert "requestBody" not in operation
     assert "rotat" in paths["/api/sites"]["post"]["description"].lower()
     assert "cannot be rotated" not in paths["/api/sites"]["post"]["description"].lower()
+
+
+async def test_a_process_whose_listener_is_down_looks_keys_up_and_refuses_a_rotated_one(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """Review: with its mirror's listener down (a failover, a partition) a process answered the old key
+    from its key cache for up to a minute, and the sink (which checks by site) stored the views."""
+    owner = await create_user(db)
+    site = await make_site(db, owner)
+    await with_partitions(db)
+    async with serve_in_loop(settings, **UNLIMITED) as served:
+        assert (await served.client.post(SINGLE, json=view(site.ingest_key))).status_code == 202
+        sites = served.app.state.services[SiteService]
+        await sites.deleted.close()  # the listener's connection is lost
+        assert not sites.refusals_live
+        await db.execute(  # another process rotates: this one hears nothing
+            "update sites set ingest_key = %s where id = %s", (secrets.token_urlsafe(24), site.id)
+        )
+        after = await served.client.post(SINGLE, json=view(site.ingest_key, url="https://shop.example.com/a"))
+        assert_problem(after, 422, "unknown-site-key")
+        assert await stored(db, site.id) == 1
+        fresh = await served.client.post(SINGLE, json=view(await key_of(db, site.id)))
+        assert fresh.status_code == 202, "the new key is looked up and accepted"

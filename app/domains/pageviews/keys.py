@@ -1,6 +1,9 @@
 """Ingest key → site id, for the hot path: no query per view, none per unknown key either.
 
-- A known key is answered from a bounded in-process cache and re-checked after ``known_ttl_s``.
+- A known key is answered from a bounded in-process cache and re-checked after ``known_ttl_s``, while
+  the sites domain's mirror of refused keys is current (``SiteService.refusals_live``); while its
+  listener is down every key is looked up (a rotated key's site lives on, so the sink's write-time
+  check by site would not refuse it).
 - A deleted site is refused from its deleting commit on: every request checks the key against the
   sites domain's mirror of recent deletions (``SiteService.is_deleted``, kept current by
   LISTEN/NOTIFY), and the sink's write checks the sites again in its own snapshot.
@@ -56,10 +59,12 @@ class SiteKeys:
         if self._sites.is_deleted(key):
             self._known.pop(key, None)
             raise UnknownKeyError(key)
-        try:
-            return self._known[key]  # indexing: a third of ``get``'s cost, on every ingest request
-        except KeyError:
-            return await self._look_up(key)
+        if self._sites.refusals_live:  # else a key rotated or deleted meanwhile may still be cached
+            try:
+                return self._known[key]  # indexing: a third of ``get``'s cost, on every ingest request
+            except KeyError:
+                pass
+        return await self._look_up(key)
 
     def forget_sites(self, site_ids: frozenset[int]) -> None:
         """Drop the cached keys of sites the sink found deleted (rare: a scan of the cache)."""

@@ -47,8 +47,9 @@ DELETE_DESCRIPTION = (
 
 ROTATE_DESCRIPTION = (
     "Replaces the site's public `ingest_key` with a fresh one and answers the site carrying it (as "
-    "`GET /api/sites/{site_id}` will from now on). The old key is refused from the rotation on, in "
-    "every process, as a deleted site's key: its page views are answered 422 `unknown-site-key`. "
+    "`GET /api/sites/{site_id}` will from now on). The old key is refused from the rotation on, as a "
+    "deleted site's key (its page views are answered 422 `unknown-site-key`): at once by the process "
+    "that rotated it, by every other one from the change's notification on (milliseconds later). "
     "Views it sent before are kept, as are the site and its reports. Put the new key in the tracker's "
     "snippet before rotating again: each rotation retires the key in use. The site's owner rotates; "
     "an administrator may rotate any site; to anyone else the site does not exist (404). Not a "

@@ -14,8 +14,10 @@ write time (``pageviews.writers``) still refuses the deleted site's views.
 A key's rotation (``rotate_key``) takes the same way: another trigger records the old key in
 ``retired_ingest_keys`` (not ``deleted_sites``: the site and its data live on) and NOTIFYs it on the
 same channel, so the mirror refuses it as a deleted site's key. Only the mirror does: the sink's
-check at write time is by site, which lives, so a process whose listener is disconnected may accept
-the old key until it reconnects (and loads the recent rotations) or its cached entry expires.
+check at write time is by site, which lives. So while a process's listener is disconnected its
+ingest looks every key up in PostgreSQL instead of its key cache (``refusals_live``); with the
+listener up, a view that reaches another process between the rotation's commit and the arrival of
+its notification (milliseconds) is still accepted.
 """
 
 from __future__ import annotations
@@ -200,6 +202,12 @@ class SiteService:
         async with self.db.transaction() as uow:
             rows = await queries.site_ids_for_keys(uow.conn, ingest_keys=ingest_keys)
         return {row.ingest_key: row.id for row in rows}
+
+    @property
+    def refusals_live(self) -> bool:
+        """Whether this process's mirror of refused keys is current (its listener connected and
+        loaded): while it is not, a cached key may have been rotated or its site deleted meanwhile."""
+        return self.deleted.live
 
     def is_deleted(self, ingest_key: str) -> bool:
         """Whether the key's site was deleted recently, or the key rotated out (per this process's
