@@ -2,11 +2,13 @@
 -- The stored documents of the tasks written before 20261203040000's triggers, 100 tasks per
 -- transaction (one statement, not in a transaction block: the block commits each batch), so that no
 -- lock is held on many tasks for long, and a backfill cut short keeps what it stored: running this
--- again stores the rest. Each batch reads its tasks FOR KEY SHARE, in id order (the order a deletion
--- of their project locks them in): a task deleted meanwhile is skipped, an edited one is read as
--- edited, and it cannot be deleted before the batch commits (the foreign key). A document the
--- triggers stored meanwhile is kept (theirs is of the task as edited). Until this has run, the
--- search of the release before 20261203040000 is still the one serving.
+-- again stores the rest. Each batch reads its tasks FOR KEY SHARE, in id order: a task deleted
+-- meanwhile is skipped, and none can be deleted before the batch commits (the foreign key). A task
+-- edited meanwhile may be read with its old text, but the edit's trigger stores its document too
+-- (an upsert), so the newer text wins in either order, as it does over a document the triggers
+-- stored first (kept). A project's deletion locks its tasks in its own scan order, so a batch may
+-- deadlock with one (rare): the migration then fails, and running it again resumes. Until this has
+-- run, the search of the release before 20261203040000 is still the one serving.
 do $$
 declare
     done_to bigint := 0;
