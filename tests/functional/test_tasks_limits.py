@@ -13,6 +13,7 @@ from psycopg import AsyncConnection
 from app.config import Settings
 from app.db.models import ProjectRole
 from tests.factories import Client, assert_problem, generous_client, make_project, make_task, make_user
+from tests.functional.test_projects_limits import count
 
 TASKS_CAP = 3
 COMMENTS_CAP = 2
@@ -24,12 +25,6 @@ async def api(settings: Settings) -> AsyncIterator[Client]:
         settings, tasks_per_project_max=TASKS_CAP, comments_per_task_max=COMMENTS_CAP
     ):
         yield client
-
-
-async def count(db: AsyncConnection[Any], sql: str, value: int) -> int:
-    row = await (await db.execute(sql, (value,))).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_a_burst_of_task_creations_stops_at_the_cap_and_other_projects_are_unaffected(

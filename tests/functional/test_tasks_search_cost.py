@@ -27,6 +27,7 @@ from app.core.migrate import MIGRATIONS_DIR
 from app.db import tasks as task_queries
 from app.db.models import TaskStatus
 from tests.factories import Client, Team, make_project, make_task
+from tests.functional.test_tasks_search import titles
 
 QUERIES = ['"b a"', "-a", "a", "zzz", "task -b", '"a b" or zzz']
 """A phrase, a pure exclusion, a word every task holds, one none holds, and mixes of them."""
@@ -99,14 +100,6 @@ async def test_no_plan_of_a_search_computes_a_document(db: AsyncConnection[Any],
                 assert row is not None
                 problems += check_plan(row[0][0]["Plan"], f"{sort} {q!r}")
     assert problems == []
-
-
-async def titles(client: Client, team: Team, q: str) -> list[str]:
-    response = await client.get(
-        f"/api/projects/{team.project}/tasks", params={"q": q}, headers=team.viewer.headers
-    )
-    assert response.status_code == 200, (q, response.text)
-    return sorted(item["title"] for item in response.json()["items"])
 
 
 async def test_a_search_finds_what_the_tasks_say_now(
