@@ -357,10 +357,7 @@ class AccountService:
         recently used ones (``_make_room``)."""
         checked = await self.check_credentials(email, password, client_ip)
         async with self.db.transaction() as uow:
-            user = await queries.get_user_for_new_session(uow.conn, id=checked.id)
-            if user is None or not user.is_active or user.password_hash != checked.password_hash:
-                log.info("login_failed", known_account=True, user_id=checked.id, changed_meanwhile=True)
-                raise UnauthorizedError(BAD_CREDENTIALS)
+            user = await self._user_for_new_session(uow, checked)
             await self._make_room(uow, user.id)
             pair = await self._issue(uow, user, uuid.uuid4())
         log.info("login_succeeded", user_id=user.id)
@@ -388,11 +385,20 @@ class AccountService:
             user=UserOut.from_row(user),
         )
 
-    async def _make_room(self, uow: UnitOfWork, user_id: int) -> int:
+    async def _user_for_new_session(self, uow: UnitOfWork, checked: User) -> User:
+        """The user whose credentials were checked, read again and held (``GetUserForNewSession``) for
+        a session to begin: 401 when a deactivation or a password change committed since the check."""
+        user = await queries.get_user_for_new_session(uow.conn, id=checked.id)
+        if user is None or not user.is_active or user.password_hash != checked.password_hash:
+            log.info("login_failed", known_account=True, user_id=checked.id, changed_meanwhile=True)
+            raise UnauthorizedError(BAD_CREDENTIALS)
+        return user
+
+    async def _make_room(self, uow: UnitOfWork, user_id: int) -> None:
         """End the user's sessions beyond ``SESSIONS_PER_USER_MAX`` - 1, the least recently used first
         (the latest token issued: a login or a rotation), as a logout would (their access tokens
         refused from the commit on, in every process), so that the session about to begin is within
-        the limit; returns how many ended. The caller holds the user's row (``GetUserForNewSession``):
+        the limit. The caller holds the user's row (``GetUserForNewSession``):
         none of the user's sessions changes meanwhile, so they need no lock of their own (see below),
         and two sign-ins of the user count each other's session. Usually one session ends, or none;
         sessions begun before the limit existed (or was lowered) all end at the next sign-in."""
@@ -403,7 +409,6 @@ class AccountService:
             await queries.revoke_refresh_families(uow.conn, family_ids=beyond)
             await self._revoke(uow, beyond)
             log.info("sessions_ended_over_limit", user_id=user_id, sessions_ended=len(beyond))
-        return len(beyond)
 
     # -- refresh rotation, logout, revocation --------------------------------------------------
     #
@@ -541,10 +546,7 @@ class AccountService:
         checked = await self.check_credentials(email, password, client_ip, purpose="dashboard")
         family = uuid.uuid4()
         async with self.db.transaction() as uow:
-            user = await queries.get_user_for_new_session(uow.conn, id=checked.id)
-            if user is None or not user.is_active or user.password_hash != checked.password_hash:
-                log.info("login_failed", known_account=True, user_id=checked.id, changed_meanwhile=True)
-                raise UnauthorizedError(BAD_CREDENTIALS)
+            user = await self._user_for_new_session(uow, checked)
             if user.role != UserRole.ADMIN:
                 log.info("dashboard_sign_in_refused", user_id=user.id, reason="not_an_administrator")
                 raise ForbiddenError(ADMINS_ONLY)

@@ -156,16 +156,10 @@ class SiteService:
         daily job of the pageviews domain deletes its raw page views."""
         async with self.db.transaction() as uow:
             site = await self.get_for(uow, caller, site_id)
-            # another's site: an administrator's write, which the row decides (not the token's claim)
-            if site.owner_id != caller.id and not await self.accounts.holds_admin(uow, caller.id):
-                raise NotFoundError("No such site.")
+            await self._require_writer(uow, caller, site)
             if not await queries.delete_site(uow.conn, id=site_id):  # a concurrent deletion came first
                 raise NotFoundError("No such site.")
-
-            async def known_here() -> None:  # before this process's own notification arrives
-                self.deleted.add([site.ingest_key])
-
-            uow.after_commit(known_here)
+            self._refuse_here_after_commit(uow, site.ingest_key)
 
     async def rotate_key(self, caller: CurrentUser, site_id: int) -> Site:
         """The site with a fresh ingest key, made as ``create`` makes one. The old key is refused by
@@ -174,8 +168,7 @@ class SiteService:
         locked right after the site's, as for a deletion); 404 to anyone else."""
         async with self.db.transaction() as uow:
             site = _visible(await queries.lock_site(uow.conn, id=site_id), caller)
-            if site.owner_id != caller.id and not await self.accounts.holds_admin(uow, caller.id):
-                raise NotFoundError("No such site.")
+            await self._require_writer(uow, caller, site)
             wait_s = await queries.rotation_wait(uow.conn, site_id=site_id, per_hour=ROTATIONS_PER_HOUR)
             if wait_s:
                 raise RotationLimitError(
@@ -188,12 +181,23 @@ class SiteService:
             )
             assert rotated is not None, "the site is locked"
             await queries.forget_retired_keys(uow.conn, kept_s=DELETIONS_KEPT_S)
-
-            async def known_here() -> None:  # before this process's own notification arrives
-                self.deleted.add([site.ingest_key])
-
-            uow.after_commit(known_here)
+            self._refuse_here_after_commit(uow, site.ingest_key)
             return rotated
+
+    async def _require_writer(self, uow: UnitOfWork, caller: CurrentUser, site: Site) -> None:
+        """Another's site is an administrator's write, which the actor's row decides (not the token's
+        claim): 404 to anyone else, as for a site they cannot see."""
+        if site.owner_id != caller.id and not await self.accounts.holds_admin(uow, caller.id):
+            raise NotFoundError("No such site.")
+
+    def _refuse_here_after_commit(self, uow: UnitOfWork, ingest_key: str) -> None:
+        """From ``uow``'s commit on, this process refuses ``ingest_key`` (a deletion's or a rotation's),
+        before its own notification arrives; the other processes refuse it from that notification."""
+
+        async def known_here() -> None:
+            self.deleted.add([ingest_key])
+
+        uow.after_commit(known_here)
 
     # -- for the ingest path ----------------------------------------------------------------------
 

@@ -335,7 +335,7 @@ class TaskService:
             )
 
         if is_opening_page(filters, sort, cursor, limit):
-            return await self.cache.read(actor, project_id, _cache_query(filters, sort, limit), load)
+            return await self.cache.read(actor, project_id, OPENING_PAGE_QUERY, load)
         return await load()
 
     async def list_in_project(
@@ -531,3 +531,7 @@ def _cache_query(filters: TaskFilters, sort: TaskSort, limit: int) -> str:
     rolling deploy runs both)."""
     values = (PAGE_SHAPE, *msgspec.structs.astuple(filters), sort, limit)
     return ":".join("" if value is None else str(value) for value in values)
+
+
+OPENING_PAGE_QUERY = _cache_query(NO_FILTERS, DEFAULT_SORT, DEFAULT_PAGE)
+"""The cache's name of the opening page, the only page cached: built once, not per request."""
