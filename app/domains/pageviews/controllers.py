@@ -21,6 +21,7 @@ from litestar.response.base import ASGIResponse
 
 from app.core.errors import Problem
 from app.core.openapi import documents_json_body, problems
+from app.core.responses import JSONBytesResponse
 from app.core.services import Services
 from app.domains.pageviews.schemas import (
     ACCEPTED_ONE_JSON,
@@ -109,8 +110,4 @@ async def ingest_page_view_batch(request: Request[Any, Any, Any]) -> ASGIRespons
     pageviews.admit_reading(client_ip)
     batch = pageviews.read_batch(await request.body(), client_ip)
     await pageviews.record(batch, client_ip, user_agent)
-    return ASGIResponse(
-        body=msgspec.json.encode(Accepted(accepted=len(batch.views))),
-        status_code=202,
-        media_type=MediaType.JSON,
-    )
+    return JSONBytesResponse(msgspec.json.encode(Accepted(accepted=len(batch.views))), status_code=202)

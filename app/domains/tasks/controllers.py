@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from litestar import MediaType, Request, Response, delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
@@ -29,6 +29,7 @@ from app.core.preconditions import (
     parse_if_match,
     precondition_failed,
 )
+from app.core.responses import JSONBytesResponse
 from app.core.routing import Controller
 from app.core.types import MAX_ID, NO_NUL, RFC3339_MOMENT, IdPath, moment_of
 from app.db.models import TaskPriority, TaskStatus
@@ -138,7 +139,7 @@ class ProjectTasksController(Controller):
         page = await tasks.page_in_project(
             current_user.id, project_id, filters=filters, sort=sort, cursor=position, limit=limit
         )
-        return ASGIResponse(body=page, media_type=MediaType.JSON)
+        return JSONBytesResponse(page)
 
     @post(
         "/",

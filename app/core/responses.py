@@ -1,0 +1,33 @@
+"""Answers whose JSON body is already bytes: cached pages, answers built once."""
+
+from __future__ import annotations
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.response.base import ASGIResponse
+
+__all__ = ("JSONBytesResponse",)
+
+_JSON = (b"content-type", b"application/json")
+
+
+class JSONBytesResponse(ASGIResponse):
+    """An ``ASGIResponse`` of a JSON body that is bytes already, its headers encoded directly.
+
+    ``ASGIResponse.__init__`` builds its two headers through ``MutableScopeHeaders`` lookups and
+    sets (~7 µs per answer, ~5 % of the cached task list's worker in a profile); here they are
+    encoded once (~1 µs). Every attribute the base class sets is set, to the value it would give
+    them (``tests/unit/test_core_responses.py`` compares the two), so the framework sees an
+    ordinary ``ASGIResponse``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, body: bytes, *, status_code: int = 200) -> None:
+        self.headers = MutableScopeHeaders({"headers": [_JSON, (b"content-length", b"%d" % len(body))]})
+        self.background = None
+        self.body = body
+        self.content_length = len(body)
+        self._encoded_cookies = ()
+        self.encoding = "utf-8"
+        self.is_head_response = False
+        self.status_code = status_code
