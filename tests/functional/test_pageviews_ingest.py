@@ -207,6 +207,26 @@ async def test_a_view_is_stored_with_what_the_server_derives(
     assert row["received_at"] - row["ts"] <= timedelta(hours=24)
 
 
+async def test_the_agent_is_the_requests_own_and_none_is_a_bot(
+    tracker: Tracker, db: AsyncConnection[Any]
+) -> None:
+    """The handlers read the agent from the raw headers (``_client``): a batch's agent is the
+    sender's, and a request without one is a bot's."""
+    assert (
+        await tracker.post(BATCH, {"views": [tracker.view()]}, **{"user-agent": FIREFOX})
+    ).status_code == 202
+    request = tracker.client.build_request(
+        "POST",
+        SINGLE,
+        content=json.dumps(tracker.view()).encode(),
+        headers={"content-type": "application/json", "x-test-peer": tracker.peer},
+    )
+    del request.headers["user-agent"]
+    assert (await tracker.client.send(request)).status_code == 202
+    rows = await stored(db)
+    assert sorted((row["browser"], row["is_bot"]) for row in rows) == [("Firefox", False), ("Other", True)]
+
+
 async def test_a_retried_event_is_stored_once(tracker: Tracker, db: AsyncConnection[Any]) -> None:
     view = tracker.view(event_id=str(uuid.uuid4()))
     for _ in range(3):
