@@ -99,6 +99,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     password_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 2
     password_memory_kib: Annotated[int, msgspec.Meta(ge=8192)] = 19456
     password_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 1
+    password_checks_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    """Password hashings and checks (sign-ins, registrations, password changes) one process runs or
+    queues at most; past it such a request answers 503 with ``Retry-After`` instead of queueing."""
     login_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
     login_failure_window_s: Annotated[int, msgspec.Meta(ge=1)] = 900
     admin_email: str = "admin@example.com"

@@ -1,16 +1,23 @@
 """Password hashing (argon2id) and access tokens (JWT, RFC 8725 practices).
 
-Hashing runs in a worker thread: argon2 is deliberately slow (tens of ms) and releases the GIL, so
-the event loop keeps serving other requests meanwhile.
+Hashing runs in worker threads of its own: argon2 is deliberately slow (tens of ms) and releases the
+GIL, so the event loop keeps serving other requests meanwhile. Not in the loop's default executor: a
+burst of sign-ins queued there delayed whatever else needs it (the loop's ``getaddrinfo``, so every
+new database or Valkey connection to a named host). The work waiting is bounded
+(``PASSWORD_CHECKS_MAX``): past it a request is refused at once (503) rather than waiting behind a
+queue that only grows while the burst lasts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, cast
 
 import jwt
@@ -19,8 +26,11 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from app.config import Settings
+from app.core.errors import ServiceUnavailableError
 
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
+R = TypeVar("R")
+
 TOKEN_LEEWAY_S = 5
 """Clock skew tolerated on ``exp`` (seconds): a token is valid while ``exp > now - leeway``."""
 
@@ -38,18 +48,44 @@ class Passwords:
         # Verifying against this costs the same as against a real hash, so a login for an unknown
         # email takes as long as one with a wrong password.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        # More threads than CPUs would only share them; threads start on first use (after the fork).
+        self._threads = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="argon2")
+        self._checks_max = settings.password_checks_max
+        self._checks = 0
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._run(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True when ``password`` matches; with ``password_hash=None`` spends the same time and fails."""
         target = password_hash if password_hash is not None else self._dummy_hash
         try:
-            matched = await asyncio.to_thread(self._hasher.verify, target, password)
+            matched = await self._run(self._hasher.verify, target, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
         return matched and password_hash is not None
+
+    async def _run(self, work: Callable[..., R], *args: str) -> R:
+        """``work(*args)`` in a password thread; 503 when ``PASSWORD_CHECKS_MAX`` are running or waiting
+        already. A request cancelled meanwhile frees its place only when its work ends: the thread's
+        work cannot be taken back, and the bound is on the work."""
+        if self._checks >= self._checks_max:
+            raise ServiceUnavailableError(
+                "Too many passwords are being checked; try again in a moment.", headers={"Retry-After": "1"}
+            )
+        self._checks += 1
+        future = asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
+        future.add_done_callback(self._check_done)
+        return await asyncio.shield(future)
+
+    def _check_done(self, _: object) -> None:
+        self._checks -= 1
+
+    async def close(self) -> None:
+        """Drop the work still waiting and join the threads (their running work done first): the
+        ``serve`` command seeds in its main process before the server forks, and no thread may be
+        alive at a fork."""
+        await asyncio.to_thread(self._threads.shutdown, wait=True, cancel_futures=True)
 
     def needs_rehash(self, password_hash: str) -> bool:
         return self._hasher.check_needs_rehash(password_hash)

@@ -200,6 +200,7 @@ class AccountService:
 
     async def close(self) -> None:
         await self.revocations.close()
+        await self.passwords.close()
 
     # -- authentication of requests ------------------------------------------------------------
 
