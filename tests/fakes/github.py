@@ -163,6 +163,11 @@ class FakeGitHub:
                 Fault(status, times, headers or {}, body or default, delay_s, path_contains, drip_s)
             )
 
+    def recover(self) -> None:
+        """GitHub answers again: the scripted faults not spent yet are dropped."""
+        with self._lock:
+            self.faults.clear()
+
     def set_quota(
         self, *, remaining: int, reset: int, token: str | None = None, limit: int | None = None
     ) -> None:

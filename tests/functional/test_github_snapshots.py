@@ -182,3 +182,46 @@ async def test_a_snapshot_day_missed_in_its_last_hours_before_midnight_is_finish
         ("two", day + timedelta(days=1)),
     ]
     assert len([r for r in rows if r[1] == previous]) == 1
+
+
+async def test_a_github_outage_stops_the_run_and_the_next_run_takes_every_snapshot(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """A GitHub that answers 5xx tells the run so with its first login's retries: the other due
+    logins are left to the next hourly run instead of each being asked into the outage."""
+    configured = msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_token="snapshot-outage-token",
+        github_snapshot_hour_utc=4,
+        github_retry_wait_s=0.01,
+    )
+    logins = [f"outage-{i}" for i in range(6)]
+    for login in logins:
+        fake.add_user(login, [FakeRepo(name="r", stars=1, languages={"Go": 1})])
+    owner = await create_user(db)
+
+    async with open_services(configured, [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        for login in logins:
+            await github.track(owner.id, login)
+        day = clock.now.date() + timedelta(days=1)
+        clock.now = datetime.combine(day, time(5), tzinfo=UTC)  # every profile stale, every login due
+        fake.clear_requests()
+        fake.fail(503, times=10_000)
+        assert await snapshot_github_profiles(ctx) == 0
+        asked_in_the_outage = len(fake.recorded())
+        assert 0 < asked_in_the_outage <= configured.github_retry_attempts  # one login's retries
+        fake.recover()
+        clock.now += timedelta(hours=1)
+        await valkey.delete(f"github:failed:{logins[0]}")  # the failure's memory (up to 60 s) is over by then
+        assert await snapshot_github_profiles(ctx) == len(logins)
+        points = [await github.history(login, day, day) for login in logins]
+
+    assert all(len(history.points) == 1 for history in points)

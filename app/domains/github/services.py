@@ -95,6 +95,7 @@ from app.domains.github.client import (
     GitHubError,
     GitHubNotFoundError,
     GitHubRateLimitError,
+    GitHubRefusedError,
     GithubRepo,
     is_valid_username,
     metered,
@@ -183,6 +184,10 @@ redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
 redis.call('EXPIREAT', KEYS[1], ARGV[4])
 return 1
 """
+
+
+_PAUSE_REASONS: dict[type[GitHubError], str] = {GitHubBusyError: "busy", GitHubRateLimitError: "rate-limit"}
+"""Why the snapshot cron stops early, as logged (``snapshot_due``); any other: ``unavailable``."""
 
 
 class UnknownGithubUserError(NotFoundError):
@@ -1070,9 +1075,16 @@ class GithubService:
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
                     newer_than = stored.fetched_at if stored else None
                     stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=newer_than)
-            except (GitHubRateLimitError, GitHubBusyError) as exc:
-                reason = "busy" if isinstance(exc, GitHubBusyError) else "rate-limit"
-                log.warning("github_snapshots_paused", reason=reason, retry_after=exc.retry_after)
+            except GitHubRefusedError as exc:  # this one profile (451, a blocked resource): not an outage
+                log.warning("github_snapshot_skipped", login=login, kind=exc.kind)
+                continue
+            except (GitHubRateLimitError, GitHubBusyError, GitHubDownError) as exc:
+                # The next hourly run goes on where this one stopped: asking an exhausted quota or a
+                # GitHub that is down for every due login (each with its retries) only adds to the load.
+                reason = _PAUSE_REASONS.get(type(exc), "unavailable")
+                log.warning(
+                    "github_snapshots_paused", reason=reason, login=login, retry_after=exc.retry_after
+                )
                 break
             except GitHubError as exc:
                 log.warning("github_snapshot_skipped", login=login, kind=exc.kind)
