@@ -44,6 +44,7 @@ from saq.types import Context
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, UnprocessableError
 from app.core.modules import Cron, Job, Module
+from app.core.preconditions import ETAG_HEADER, etag
 from app.core.services import services_of
 from app.core.types import whole
 from app.db import idempotency as queries
@@ -114,6 +115,32 @@ class DocumentsIdempotency(Operation):
                         description=_REPLAYED_DESCRIPTION,
                     ),
                 }
+
+
+@dataclass
+class DocumentsVersionedCreation(DocumentsIdempotency):
+    """``DocumentsIdempotency`` for the creation of a resource with a version: its 201 also documents
+    the ``ETag`` (as the resource's GET does), which ``with_etag`` sets."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        created = (self.responses or {}).get("201")
+        if isinstance(created, OpenAPIResponse):
+            header = OpenAPIHeader(
+                schema=Schema(type=OpenAPIType.STRING), description=ETAG_HEADER.description
+            )
+            created.headers = {**(created.headers or {}), ETAG_HEADER.name: header}
+
+
+class _Versioned(msgspec.Struct):
+    version: int
+
+
+def with_etag(created: Response[bytes]) -> Response[bytes]:
+    """A creation's answer (``Idempotency.respond``'s) with the ``ETag`` of the version its body shows,
+    as a GET answers it: a replay's is the version the resource was created at."""
+    created.set_header("ETag", etag(msgspec.json.decode(created.content, type=_Versioned).version))
+    return created
 
 
 IDEMPOTENCY_DESCRIPTION = (

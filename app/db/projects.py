@@ -382,24 +382,37 @@ async def upsert_invitation(
 
 
 LIST_PROJECT_INVITATIONS = """\
-select id, project_id, email, role, invited_by, created_at, token_sha256 from project_invitations
-where project_id = $1 and id > $2
-  and created_at > now() - make_interval(secs => $3::float8)
+select id, project_id, email, role, invited_by, created_at, token_sha256, (created_at + make_interval(secs => $1::float8))::timestamptz as expires_at
+from project_invitations
+where project_id = $2 and id > $3
+  and created_at > now() - make_interval(secs => $1::float8)
 order by id
 limit $4"""
+
+
+class ListProjectInvitationsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    project_id: int
+    email: str
+    role: ProjectRole
+    invited_by: int | None
+    created_at: datetime
+    token_sha256: bytes | None
+    expires_at: datetime
 
 
 async def list_project_invitations(
     conn: AsyncConnection[Any],
     *,
+    ttl_s: float,
     project_id: int,
     after_id: int,
-    ttl_s: float,
     row_limit: int,
-) -> list[ProjectInvitation]:
-    """The project's waiting invitations: not those expired (sent @ttl_s or longer ago)."""
-    async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
-        await cur.execute(LIST_PROJECT_INVITATIONS, (project_id, after_id, ttl_s, row_limit))
+) -> list[ListProjectInvitationsRow]:
+    """The project's waiting invitations: not those expired (sent @ttl_s or longer ago). expires_at: the
+    first instant at which the rule every query here applies (created_at > now() - @ttl_s) no longer holds."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListProjectInvitationsRow)) as cur:
+        await cur.execute(LIST_PROJECT_INVITATIONS, (ttl_s, project_id, after_id, row_limit))
         return await cur.fetchall()
 
 
@@ -424,13 +437,14 @@ async def delete_project_invitation(
 
 
 LIST_INVITATIONS_FOR_EMAIL = """\
-select i.id, i.project_id, p.name as project_name, i.role, i.created_at
+select i.id, i.project_id, p.name as project_name, i.role, i.created_at,
+       (i.created_at + make_interval(secs => $1::float8))::timestamptz as expires_at
 from project_invitations i
 join projects p on p.id = i.project_id
 join project_members sender on sender.project_id = i.project_id and sender.user_id = i.invited_by
 join users sender_account on sender_account.id = sender.user_id
-where i.email = $1 and i.id > $2
-  and i.created_at > now() - make_interval(secs => $3::float8)
+where i.email = $2 and i.id > $3
+  and i.created_at > now() - make_interval(secs => $1::float8)
   and sender.role = 'owner' and sender_account.is_active
 order by i.id
 limit $4"""
@@ -442,20 +456,22 @@ class ListInvitationsForEmailRow(msgspec.Struct, frozen=True, gc=False):
     project_name: str
     role: ProjectRole
     created_at: datetime
+    expires_at: datetime
 
 
 async def list_invitations_for_email(
     conn: AsyncConnection[Any],
     *,
+    ttl_s: float,
     email: str,
     after_id: int,
-    ttl_s: float,
     row_limit: int,
 ) -> list[ListInvitationsForEmailRow]:
     """The invitations addressed to one email, with the project's name: only those whose sender is still an
-    active owner of the project and that have not expired (the others cannot be accepted)."""
+    active owner of the project and that have not expired (the others cannot be accepted). expires_at: when
+    it stops being accepted (as in ListProjectInvitations)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ListInvitationsForEmailRow)) as cur:
-        await cur.execute(LIST_INVITATIONS_FOR_EMAIL, (email, after_id, ttl_s, row_limit))
+        await cur.execute(LIST_INVITATIONS_FOR_EMAIL, (ttl_s, email, after_id, row_limit))
         return await cur.fetchall()
 
 

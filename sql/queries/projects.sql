@@ -140,8 +140,10 @@ set role = excluded.role, invited_by = excluded.invited_by, created_at = now(),
 returning *;
 
 -- name: ListProjectInvitations :many
--- The project's waiting invitations: not those expired (sent @ttl_s or longer ago).
-select * from project_invitations
+-- The project's waiting invitations: not those expired (sent @ttl_s or longer ago). expires_at: the
+-- first instant at which the rule every query here applies (created_at > now() - @ttl_s) no longer holds.
+select *, (created_at + make_interval(secs => @ttl_s::float8))::timestamptz as expires_at
+from project_invitations
 where project_id = @project_id and id > @after_id
   and created_at > now() - make_interval(secs => @ttl_s::float8)
 order by id
@@ -156,8 +158,10 @@ returning *;
 
 -- name: ListInvitationsForEmail :many
 -- The invitations addressed to one email, with the project's name: only those whose sender is still an
--- active owner of the project and that have not expired (the others cannot be accepted).
-select i.id, i.project_id, p.name as project_name, i.role, i.created_at
+-- active owner of the project and that have not expired (the others cannot be accepted). expires_at: when
+-- it stops being accepted (as in ListProjectInvitations).
+select i.id, i.project_id, p.name as project_name, i.role, i.created_at,
+       (i.created_at + make_interval(secs => @ttl_s::float8))::timestamptz as expires_at
 from project_invitations i
 join projects p on p.id = i.project_id
 join project_members sender on sender.project_id = i.project_id and sender.user_id = i.invited_by

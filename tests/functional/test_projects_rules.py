@@ -218,7 +218,7 @@ async def test_a_change_racing_a_removal_is_a_404_and_records_nothing(
 def invitation_answer(response: Any) -> dict[str, Any]:
     """An invitation's answer with what differs by nature (its id, time and token) left out."""
     assert response.status_code == 201, response.text
-    return {k: v for k, v in response.json().items() if k not in {"id", "created_at", "token"}}
+    return {k: v for k, v in response.json().items() if k not in {"id", "created_at", "expires_at", "token"}}
 
 
 async def test_members_cannot_be_added_by_user_id(

@@ -13,9 +13,10 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.core.auth import Caller, requires_user
 from app.core.idempotency import (
     IDEMPOTENCY_DESCRIPTION,
-    DocumentsIdempotency,
+    DocumentsVersionedCreation,
     Idempotent,
     OptionalIdempotencyKey,
+    with_etag,
 )
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
@@ -80,9 +81,9 @@ class ProjectsController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a project (the caller becomes its owner)",
         description="A user may have created at most `PROJECTS_PER_USER_MAX` projects (100 by default) "
-        "that still exist; one more is a 409 (`project-limit`) until one of them is deleted. "
-        + IDEMPOTENCY_DESCRIPTION,
-        operation_class=DocumentsIdempotency,
+        "that still exist; one more is a 409 (`project-limit`) until one of them is deleted. Answers the "
+        'new project and its `ETag` (`"<version>"`), as its GET does. ' + IDEMPOTENCY_DESCRIPTION,
+        operation_class=DocumentsVersionedCreation,
         responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(ProjectOut, description="Created")},
     )
     async def create_project(
@@ -94,7 +95,7 @@ class ProjectsController(Controller):
         current_user: Caller,
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> Response[bytes]:
-        return await idempotency.respond(
+        created = await idempotency.respond(
             request,
             current_user.id,
             idempotency_key,
@@ -102,6 +103,7 @@ class ProjectsController(Controller):
             lambda claim: projects.create(current_user.id, data, claim=claim),
             lambda project: ProjectOut.from_row(project, ProjectRole.OWNER),
         )
+        return with_etag(created)
 
     @get(
         "/{project_id:int}",
@@ -247,8 +249,7 @@ class InvitationsController(Controller):
     async def invite(
         self, project_id: IdPath, data: JSONBody[InvitationCreate], projects: Projects, current_user: Caller
     ) -> SentInvitationOut:
-        invitation, token = await projects.invite(current_user.id, project_id, data)
-        return from_row(SentInvitationOut, invitation, token=token)
+        return await projects.invite(current_user.id, project_id, data)
 
     @get(
         "/",

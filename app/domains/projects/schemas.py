@@ -81,6 +81,16 @@ class InvitationCreate(msgspec.Struct, forbid_unknown_fields=True):
     role: InviteRole = "viewer"
 
 
+InvitationExpiresAt = Annotated[
+    datetime,
+    msgspec.Meta(
+        description="When the invitation expires: `INVITATION_TTL_S` after `created_at` (7 days by default). "
+        "From then on it cannot be accepted or declined, is listed nowhere and no longer counts toward the "
+        "project's limit; inviting the email again sends a fresh one (a new `created_at`)."
+    ),
+]
+
+
 class InvitationOut(msgspec.Struct, frozen=True):
     """An invitation as its project's owners see it (never its token)."""
 
@@ -89,6 +99,7 @@ class InvitationOut(msgspec.Struct, frozen=True):
     email: str
     role: ProjectRole
     created_at: datetime
+    expires_at: InvitationExpiresAt
 
 
 InvitationTokenOut = Annotated[
@@ -131,6 +142,7 @@ class MyInvitationOut(msgspec.Struct, frozen=True):
     project_name: str
     role: ProjectRole
     created_at: datetime
+    expires_at: InvitationExpiresAt
 
 
 class InvitationCursor(msgspec.Struct, frozen=True):

@@ -52,8 +52,8 @@ async def _seed_project(
     project = await projects.create(ana.id, ProjectCreate(name=name, description=DEMO[name]))
     invitations = (InvitationCreate(email=ben.email, role="editor"), InvitationCreate(email=admin.email))
     for invitee, invited in zip((ben, admin), invitations, strict=True):
-        invitation, token = await projects.invite(ana.id, project.id, invited)
-        await projects.accept_invitation(invitee.id, invitation.id, token)
+        sent = await projects.invite(ana.id, project.id, invited)
+        await projects.accept_invitation(invitee.id, sent.id, sent.token)
     for index, (title, status, priority, due_in) in enumerate(TASKS):
         task = await tasks.create(
             ana.id if index % 2 == 0 else ben.id,

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from functools import partial
 
 import structlog
@@ -42,7 +43,13 @@ from app.db import projects as queries
 from app.db.models import Project, ProjectInvitation, ProjectRole
 from app.domains.accounts.services import AccountService
 from app.domains.activity.events import emit
-from app.domains.projects.schemas import InvitationCreate, MemberOut, ProjectCreate, ProjectUpdate
+from app.domains.projects.schemas import (
+    InvitationCreate,
+    MemberOut,
+    ProjectCreate,
+    ProjectUpdate,
+    SentInvitationOut,
+)
 
 RANK = {ProjectRole.VIEWER: 0, ProjectRole.EDITOR: 1, ProjectRole.OWNER: 2}
 
@@ -316,13 +323,11 @@ class ProjectService:
 
     # -- invitations: members join by accepting, never by being added by id -------------------------
 
-    async def invite(
-        self, actor: int, project_id: int, data: InvitationCreate
-    ) -> tuple[ProjectInvitation, str]:
-        """Owners invite an email: the invitation and the token that accepts it (returned only here,
-        stored only as its SHA-256). The answer is the same whether the email has an account (active
-        or not) or is a member already: nothing here tells who has an account. Inviting again updates
-        the role and issues a new token (the old one stops working). A project has at most
+    async def invite(self, actor: int, project_id: int, data: InvitationCreate) -> SentInvitationOut:
+        """Owners invite an email: the invitation, with the token that accepts it (returned only here,
+        stored only as its SHA-256) and when it expires. The answer is the same whether the email has an
+        account (active or not) or is a member already: nothing here tells who has an account. Inviting
+        again updates the role and issues a new token (the old one stops working). A project has at most
         ``PROJECT_INVITATIONS_MAX`` waiting invitations.
 
         An invitation expires ``INVITATION_TTL_S`` after it was sent (or sent again: a new token, and
@@ -368,11 +373,14 @@ class ProjectService:
                 project_id=project_id,
                 data={"name": project.name, "role": data.role},
             )
-            return invitation, token
+            # The lists compute it in SQL (ListProjectInvitations): the same instant, the first at which
+            # the queries' rule (created_at > now() - ttl) no longer holds.
+            expires_at = invitation.created_at + timedelta(seconds=self.invitation_ttl_s)
+            return from_row(SentInvitationOut, invitation, token=token, expires_at=expires_at)
 
     async def list_invitations(
         self, actor: int, project_id: int, *, after_id: int, limit: int
-    ) -> list[ProjectInvitation]:
+    ) -> list[queries.ListProjectInvitationsRow]:
         async with self.db.transaction() as uow:
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
             return await queries.list_project_invitations(

@@ -16,8 +16,10 @@ from app.core.auth import Caller, requires_user
 from app.core.idempotency import (
     IDEMPOTENCY_DESCRIPTION,
     DocumentsIdempotency,
+    DocumentsVersionedCreation,
     Idempotent,
     OptionalIdempotencyKey,
+    with_etag,
 )
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decode_cursor, paginate
@@ -145,8 +147,9 @@ class ProjectTasksController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Create a task (editors)",
-        description=IDEMPOTENCY_DESCRIPTION,
-        operation_class=DocumentsIdempotency,
+        description='Answers the new task and its `ETag` (`"<version>"`), as its GET does: send it as '
+        "`If-Match` with a change. " + IDEMPOTENCY_DESCRIPTION,
+        operation_class=DocumentsVersionedCreation,
         responses={
             **problems(400, 401, 403, 404, 409, 422, 429),
             201: ResponseSpec(TaskOut, description="Created"),
@@ -162,7 +165,7 @@ class ProjectTasksController(Controller):
         current_user: Caller,
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> Response[bytes]:
-        return await idempotency.respond(
+        created = await idempotency.respond(
             request,
             current_user.id,
             idempotency_key,
@@ -170,6 +173,7 @@ class ProjectTasksController(Controller):
             lambda claim: tasks.create(current_user.id, project_id, data, claim=claim),
             TaskOut.from_row,
         )
+        return with_etag(created)
 
 
 class TasksController(Controller):
