@@ -28,7 +28,7 @@ from app.domains.github.schemas import (
     TrackedOut,
     UsernamePath,
 )
-from app.domains.github.services import REFRESH_MIN_AGE_S, GithubService
+from app.domains.github.services import REFRESH_MIN_AGE_S, SSE_MAX_S, GithubService
 
 Github = NamedDependency[GithubService]
 Channels = NamedDependency[ChannelsPlugin]
@@ -42,7 +42,9 @@ _EVENTS = ResponseSpec(
         "Server-Sent Events: `refresh` events whose `data` is the refresh as JSON (as from "
         "GET …/refreshes/{id}), the current state first, then each change; the stream ends after "
         "`succeeded` or `failed` (a client that connects later gets the final state at once). "
-        "Comment lines are heartbeats."
+        f"It also ends without a final event after {SSE_MAX_S:g} s, or when the server could not "
+        "keep the stream's place among the account's streams: reconnect to follow on (the current "
+        "state comes first). Comment lines are heartbeats."
     ),
 )
 _ALREADY_TRACKED = ResponseSpec(data_container=TrackedOut, description="Already tracked: nothing changed")
