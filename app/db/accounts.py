@@ -224,7 +224,15 @@ async def get_refresh_token_family(conn: AsyncConnection[Any], *, token_hash: by
 
 LOCK_SESSION_OWNER = """\
 select u.id from users u
-where u.id = (select t.user_id from refresh_tokens t where t.family_id = $1 limit 1)
+where u.id = (
+    select first_token.user_id from (
+        select family_id, user_id from refresh_tokens
+        where family_id >= $1
+        order by family_id, id
+        limit 1
+    ) as first_token
+    where first_token.family_id = $1
+)
 for share"""
 
 
@@ -232,7 +240,9 @@ async def lock_session_owner(conn: AsyncConnection[Any], *, family_id: UUID) -> 
     """The owner of a session (refresh-token family), its row locked FOR SHARE: a logout takes it before
     the session's lock, as a rotation does, so that whatever holds the user's row exclusively (revoking
     the user's sessions, a sign-in) changes the user's sessions without a lock per session. None when
-    the session has no token left (purged): there is nothing to lock."""
+    the session has no token left (purged): there is nothing to lock. The owner is read from the
+    session's first token, the first entry from the session on in refresh_tokens_family_order_idx
+    (family_id, id) (see GetFamilyState for why a range and an order)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LOCK_SESSION_OWNER, (family_id,))
         return await cur.fetchone()
@@ -276,11 +286,11 @@ async def get_refresh_token_for_update(
 
 IS_REFRESH_TOKEN_RECENTLY_SUPERSEDED = """\
 select coalesce((
-    select successor.used_at is null and successor.revoked_at is null
-        and successor.issued_at > now() - make_interval(secs => $1::float8)
+    select successor.family_id = $1 and successor.used_at is null and successor.revoked_at is null
+        and successor.issued_at > now() - make_interval(secs => $2::float8)
     from refresh_tokens successor
-    where successor.family_id = $2 and successor.id > $3
-    order by successor.id
+    where (successor.family_id, successor.id) > ($1::uuid, $3::bigint)
+    order by successor.family_id, successor.id
     limit 1
 ), false)::boolean as superseded"""
 
@@ -288,17 +298,20 @@ select coalesce((
 async def is_refresh_token_recently_superseded(
     conn: AsyncConnection[Any],
     *,
-    grace_s: float,
     family_id: UUID,
+    grace_s: float,
     id: int,
 ) -> bool | None:
     """Whether the spent token @id is its family's immediate predecessor, rotated less than @grace_s
     seconds ago: the next token of the family (tokens form one chain: only a family's one unspent
     token rotates, under the family's lock) is neither spent nor revoked and was issued within the
     grace: two tabs refreshing with the same token at once. An older token, or one whose successor
-    was used already, is a leak."""
+    was used already, is a leak. The successor is the entry after (@family_id, @id) in
+    refresh_tokens_family_order_idx (family_id, id), if it is the family's (none: no successor, not
+    superseded); the family's other tokens are not read (see GetFamilyState for why a row comparison
+    and not `family_id = @family_id and id > @id`)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(IS_REFRESH_TOKEN_RECENTLY_SUPERSEDED, (grace_s, family_id, id))
+        await cur.execute(IS_REFRESH_TOKEN_RECENTLY_SUPERSEDED, (family_id, grace_s, id))
         return await cur.fetchone()
 
 
@@ -312,13 +325,16 @@ async def mark_refresh_token_used(conn: AsyncConnection[Any], *, id: int) -> Non
 
 LIST_LIVE_USER_FAMILIES = """\
 select distinct family_id from refresh_tokens
-where user_id = $1 and revoked_at is null
+where user_id = $1 and revoked_at is null and used_at is null
 order by family_id"""
 
 
 async def list_live_user_families(conn: AsyncConnection[Any], *, user_id: int) -> list[UUID]:
     """The sessions of a user that still have a live refresh token (the caller holds the user's row
-    FOR UPDATE: no session of the user begins, rotates or ends meanwhile)."""
+    FOR UPDATE: no session of the user begins, rotates or ends meanwhile): found by their one token
+    neither revoked nor spent (as in ListSessionsBeyond), through refresh_tokens_unspent_user_idx, so
+    that the spent tokens of long sessions (hundreds of thousands) are not read. A session without one
+    is over: its unspent token was revoked, or purged with the ended family."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LIST_LIVE_USER_FAMILIES, (user_id,))
         return await cur.fetchall()
@@ -338,7 +354,7 @@ async def list_sessions_beyond(conn: AsyncConnection[Any], *, user_id: int, kept
     need not be read), but for the @kept to keep: sessions still alive first (their token unexpired:
     an ended one not purged yet must not take a live one's place), then the most recently used (the
     latest token issued: a login or a rotation; a dashboard session ranks by its sign-in); under
-    GetUserForNewSession."""
+    GetUserForNewSession. The partial index refresh_tokens_unspent_user_idx holds exactly these rows."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LIST_SESSIONS_BEYOND, (user_id, kept))
         return await cur.fetchall()
@@ -351,7 +367,8 @@ where family_id = any($1::uuid[]) and revoked_at is null"""
 
 async def revoke_refresh_families(conn: AsyncConnection[Any], *, family_ids: list[UUID]) -> int:
     """Under LockRefreshFamilies of these families, or the user's row held exclusively (FOR UPDATE, or
-    GetUserForNewSession)."""
+    GetUserForNewSession). Every token of the families is marked, the spent ones too: once per session,
+    at its end (a later revocation finds none left to mark)."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(REVOKE_REFRESH_FAMILIES, (family_ids,))
         return cur.rowcount
@@ -420,8 +437,18 @@ async def listen_for_revoked_families(conn: AsyncConnection[Any]) -> None:
 
 
 GET_FAMILY_STATE = """\
-select min(issued_at)::timestamptz as started_at, coalesce(bool_or(revoked_at is not null), false)::boolean as revoked
-from refresh_tokens where family_id = $1"""
+select first_token.issued_at as started_at,
+    exists (
+        select 1 from refresh_tokens revoked
+        where revoked.family_id = $1 and revoked.revoked_at is not null
+    ) as revoked
+from (
+    select family_id, issued_at from refresh_tokens
+    where family_id >= $1
+    order by family_id, id
+    limit 1
+) as first_token
+where first_token.family_id = $1"""
 
 
 class GetFamilyStateRow(msgspec.Struct, frozen=True, gc=False):
@@ -430,9 +457,18 @@ class GetFamilyStateRow(msgspec.Struct, frozen=True, gc=False):
 
 
 async def get_family_state(conn: AsyncConnection[Any], *, family_id: UUID) -> GetFamilyStateRow | None:
-    """When a session (refresh-token family) began (its absolute lifetime counts from here), and whether
-    any of its tokens was revoked: a token inserted by a rotation that a revocation of the family
-    waited for is not in that revocation's snapshot, and the family is over all the same."""
+    """When a session (refresh-token family) began (its absolute lifetime counts from here: the issue of its
+    first token, the login's), and whether any of its tokens was revoked: a token inserted by a rotation
+    that a revocation of the family waited for is not in that revocation's snapshot, and the family is
+    over all the same. None when the family has no token left. Each rotation asks, so neither part
+    reads the family's spent tokens (one per rotation, kept until the family is over): a revoked token
+    is any entry of the partial refresh_tokens_revoked_family_idx, and the first token the first entry
+    from the family on in refresh_tokens_family_order_idx (family_id, id), kept if it is the family's.
+    A range and that order, not `family_id = @family_id order by id`: for a family that fills most of
+    the table (one session rotated millions of times) the planner expects its rows everywhere and
+    walks the primary key (or the table) in id order from the start, reading every other session's
+    tokens issued before the family's first (measured: tests/functional/test_accounts_refresh_cost.py);
+    only the (family_id, id) index gives this order."""
     async with AsyncRawCursor(conn, row_factory=args_row(GetFamilyStateRow)) as cur:
         await cur.execute(GET_FAMILY_STATE, (family_id,))
         return await cur.fetchone()

@@ -84,9 +84,19 @@ select family_id from refresh_tokens where token_hash = @token_hash;
 -- The owner of a session (refresh-token family), its row locked FOR SHARE: a logout takes it before
 -- the session's lock, as a rotation does, so that whatever holds the user's row exclusively (revoking
 -- the user's sessions, a sign-in) changes the user's sessions without a lock per session. None when
--- the session has no token left (purged): there is nothing to lock.
+-- the session has no token left (purged): there is nothing to lock. The owner is read from the
+-- session's first token, the first entry from the session on in refresh_tokens_family_order_idx
+-- (family_id, id) (see GetFamilyState for why a range and an order).
 select u.id from users u
-where u.id = (select t.user_id from refresh_tokens t where t.family_id = @family_id limit 1)
+where u.id = (
+    select first_token.user_id from (
+        select family_id, user_id from refresh_tokens
+        where family_id >= @family_id
+        order by family_id, id
+        limit 1
+    ) as first_token
+    where first_token.family_id = @family_id
+)
 for share;
 
 -- name: LockRefreshFamilies :exec
@@ -114,13 +124,16 @@ select * from refresh_tokens where token_hash = @token_hash for update;
 -- seconds ago: the next token of the family (tokens form one chain: only a family's one unspent
 -- token rotates, under the family's lock) is neither spent nor revoked and was issued within the
 -- grace: two tabs refreshing with the same token at once. An older token, or one whose successor
--- was used already, is a leak.
+-- was used already, is a leak. The successor is the entry after (@family_id, @id) in
+-- refresh_tokens_family_order_idx (family_id, id), if it is the family's (none: no successor, not
+-- superseded); the family's other tokens are not read (see GetFamilyState for why a row comparison
+-- and not `family_id = @family_id and id > @id`).
 select coalesce((
-    select successor.used_at is null and successor.revoked_at is null
+    select successor.family_id = @family_id and successor.used_at is null and successor.revoked_at is null
         and successor.issued_at > now() - make_interval(secs => @grace_s::float8)
     from refresh_tokens successor
-    where successor.family_id = @family_id and successor.id > @id
-    order by successor.id
+    where (successor.family_id, successor.id) > (@family_id::uuid, @id::bigint)
+    order by successor.family_id, successor.id
     limit 1
 ), false)::boolean as superseded;
 
@@ -129,9 +142,12 @@ update refresh_tokens set used_at = now() where id = @id;
 
 -- name: ListLiveUserFamilies :many
 -- The sessions of a user that still have a live refresh token (the caller holds the user's row
--- FOR UPDATE: no session of the user begins, rotates or ends meanwhile).
+-- FOR UPDATE: no session of the user begins, rotates or ends meanwhile): found by their one token
+-- neither revoked nor spent (as in ListSessionsBeyond), through refresh_tokens_unspent_user_idx, so
+-- that the spent tokens of long sessions (hundreds of thousands) are not read. A session without one
+-- is over: its unspent token was revoked, or purged with the ended family.
 select distinct family_id from refresh_tokens
-where user_id = @user_id and revoked_at is null
+where user_id = @user_id and revoked_at is null and used_at is null
 order by family_id;
 
 -- name: ListSessionsBeyond :many
@@ -140,7 +156,7 @@ order by family_id;
 -- need not be read), but for the @kept to keep: sessions still alive first (their token unexpired:
 -- an ended one not purged yet must not take a live one's place), then the most recently used (the
 -- latest token issued: a login or a rotation; a dashboard session ranks by its sign-in); under
--- GetUserForNewSession.
+-- GetUserForNewSession. The partial index refresh_tokens_unspent_user_idx holds exactly these rows.
 select family_id from refresh_tokens
 where user_id = @user_id and revoked_at is null and used_at is null
 group by family_id
@@ -149,7 +165,8 @@ offset @kept;
 
 -- name: RevokeRefreshFamilies :execrows
 -- Under LockRefreshFamilies of these families, or the user's row held exclusively (FOR UPDATE, or
--- GetUserForNewSession).
+-- GetUserForNewSession). Every token of the families is marked, the spent ones too: once per session,
+-- at its end (a later revocation finds none left to mark).
 update refresh_tokens set revoked_at = now()
 where family_id = any(@family_ids::uuid[]) and revoked_at is null;
 
@@ -185,11 +202,30 @@ where family_id in (
 listen revoked_families;
 
 -- name: GetFamilyState :one
--- When a session (refresh-token family) began (its absolute lifetime counts from here), and whether
--- any of its tokens was revoked: a token inserted by a rotation that a revocation of the family
--- waited for is not in that revocation's snapshot, and the family is over all the same.
-select min(issued_at)::timestamptz as started_at, coalesce(bool_or(revoked_at is not null), false)::boolean as revoked
-from refresh_tokens where family_id = @family_id;
+-- When a session (refresh-token family) began (its absolute lifetime counts from here: the issue of its
+-- first token, the login's), and whether any of its tokens was revoked: a token inserted by a rotation
+-- that a revocation of the family waited for is not in that revocation's snapshot, and the family is
+-- over all the same. None when the family has no token left. Each rotation asks, so neither part
+-- reads the family's spent tokens (one per rotation, kept until the family is over): a revoked token
+-- is any entry of the partial refresh_tokens_revoked_family_idx, and the first token the first entry
+-- from the family on in refresh_tokens_family_order_idx (family_id, id), kept if it is the family's.
+-- A range and that order, not `family_id = @family_id order by id`: for a family that fills most of
+-- the table (one session rotated millions of times) the planner expects its rows everywhere and
+-- walks the primary key (or the table) in id order from the start, reading every other session's
+-- tokens issued before the family's first (measured: tests/functional/test_accounts_refresh_cost.py);
+-- only the (family_id, id) index gives this order.
+select first_token.issued_at as started_at,
+    exists (
+        select 1 from refresh_tokens revoked
+        where revoked.family_id = @family_id and revoked.revoked_at is not null
+    ) as revoked
+from (
+    select family_id, issued_at from refresh_tokens
+    where family_id >= @family_id
+    order by family_id, id
+    limit 1
+) as first_token
+where first_token.family_id = @family_id;
 
 -- name: PurgeExpiredRefreshTokens :execrows
 -- Tokens of families that are over (every token expired more than @grace_s ago: an access token

@@ -8,6 +8,12 @@ sign-out); the cookie is ``SameSite=Strict`` as well.
 
 The page is ours: SAQ's stylesheet, no script at all, under a strict Content-Security-Policy, never
 stored (``no-store``). Like the dashboard, these routes are not in the API's OpenAPI document.
+
+A sign-in whose body is not the form (another content type, such as JSON, or fields the form does not
+have, or values past its limits) is answered 400 and the page, like a wrong password's 401: never the
+API's validation problem, whose detail named what it could not read. Litestar reads any body as
+URL-encoded here, so a JSON body holding an ``=`` came back as an unknown field named after the body's
+text, the password with it.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from litestar import Request, get, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import ValidationException
 from litestar.params import Body
 from litestar.response import Redirect, Response
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_303_SEE_OTHER,
+    HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
     HTTP_403_FORBIDDEN,
     HTTP_429_TOO_MANY_REQUESTS,
@@ -59,6 +67,9 @@ SIGN_IN_CSP = "; ".join(
 )
 """The dashboard page's policy (``app.core.dashboard``) without any script."""
 _NO_STORE = CacheControlHeader(no_store=True)
+FORM_MEDIA_TYPE = RequestEncodingType.URL_ENCODED.value
+"""What the page's form sends (it declares no ``enctype``); any other body is not a sign-in."""
+UNREADABLE_FORM = "The sign-in could not be read; enter your email and password in this form."
 
 
 def sign_in_page(message: str | None = None, email: str = "") -> str:
@@ -103,6 +114,18 @@ def _page(
     )
 
 
+def _unreadable_form(request: Request[Any, Any, Any], exc: ValidationException) -> Response[str]:
+    """A body Litestar could not read as the form: 400 and the page, empty. Nothing of the body is
+    repeated (its fields, named after the body's text when it was not URL-encoded, may hold the
+    password), and the answer is never stored (an exception handler's answer does not get the
+    handler's ``Cache-Control``)."""
+    return _page(
+        HTTP_400_BAD_REQUEST,
+        UNREADABLE_FORM,
+        headers={_NO_STORE.HEADER_NAME: _NO_STORE.to_header()},
+    )
+
+
 class DashboardSignInController(Controller):
     """The sign-in page, the sign-in and the sign-out of the SAQ dashboard."""
 
@@ -133,11 +156,15 @@ class DashboardSignInController(Controller):
         "(`HttpOnly`, `SameSite=Strict`, `Path=/saq`, `Secure` but in development, for "
         "DASHBOARD_SESSION_S). Wrong credentials: 401 and the page (never saying which was wrong; "
         "throttled like `POST /api/auth/login`, 429 and the page with `Retry-After`); a member: 403 "
-        "and the page.",
+        "and the page. A body that is not the form (another content type, unknown fields, values past "
+        "the form's limits): 400 and the page, repeating nothing that was sent.",
+        exception_handlers={ValidationException: _unreadable_form},
     )
     async def sign_in(
         self, request: Request[Any, Any, Any], data: SignInForm, accounts: Accounts
     ) -> Response[str] | Redirect:
+        if request.content_type[0] != FORM_MEDIA_TYPE:
+            return _page(HTTP_400_BAD_REQUEST, UNREADABLE_FORM)
         client_ip = request.scope["state"].get("client_ip")
         try:
             session = await accounts.start_dashboard_session(data.email, data.password, client_ip)
