@@ -36,7 +36,7 @@ from app.domains.github.client import GitHubDownError
 from app.domains.github.governor import Priority
 from app.domains.github.jobs import refresh_github_profile, touch_if_active
 from app.domains.github.module import module as github_module
-from app.domains.github.services import GithubService
+from app.domains.github.services import POLL_S, GithubService
 from tests.factories import Actor, assert_problem, captured_logs, make_user, serve_in_loop, wait_until
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 from tests.functional.test_github_fair_share import TURN_LOCK, two_repos
@@ -375,7 +375,7 @@ async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_
     github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
     fake.add_user("polled", two_repos())
-    configured = msgspec.structs.replace(github_settings, github_cold_wait_s=1.0)
+    configured = msgspec.structs.replace(github_settings, github_cold_wait_s=1.0, github_chain_timeout_s=1.0)
     async with open_services(configured, [github_module]) as services:
         github = services[GithubService]
         await github.profile("polled", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=1)
@@ -430,3 +430,35 @@ async def test_a_refresh_meeting_a_finished_refreshs_lingering_job_is_not_answer
         again = await served.client.post(f"{path}/refresh", headers=account.headers)
     assert again.status_code == 202, again.text
     assert again.json()["id"] != old_id and again.json()["status"] == "queued"
+
+
+async def test_a_job_waits_for_another_process_s_fetch_longer_than_a_request_would(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """A refresh job whose login another process is fetching waits for that fetch as long as its chain
+    may take (GITHUB_CHAIN_TIMEOUT_S), not a request's GITHUB_COLD_WAIT_S: the job failed as
+    unavailable while the other process's fetch was about to succeed."""
+    fake.add_user("slow", two_repos())
+    configured = msgspec.structs.replace(
+        github_settings, github_cold_wait_s=1.0, github_chain_timeout_s=120.0
+    )
+    async with open_services(configured, [github_module]) as services:
+        github = services[GithubService]
+        await github.profile("slow", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=1)
+        row = await (await db.execute("select fetched_at from github_profiles")).fetchone()
+        assert row is not None
+        known = row[0]
+        await valkey.set("github:fetch:slow", "another-process", px=60_000)  # its chain is under way
+        job = asyncio.ensure_future(
+            github._fetch_across_processes("slow", Priority.BACKGROUND, newer_than=known)
+        )
+        request = asyncio.ensure_future(
+            github._fetch_across_processes("slow", Priority.INTERACTIVE, newer_than=known)
+        )
+        with pytest.raises(GitHubDownError):  # the request gives up after GITHUB_COLD_WAIT_S
+            await request
+        gave_up, _ = await asyncio.wait({job}, timeout=10 * POLL_S)  # a few of its polls: still waiting
+        assert not gave_up, "the job gave up with the request"
+        await db.execute("update github_profiles set fetched_at = fetched_at + interval '1 second'")
+        answer = await job  # the other process stored its fetch
+        assert answer.fetched_at == known + timedelta(seconds=1)

@@ -573,16 +573,22 @@ class GithubService:
         self, login: str, priority: Priority, newer_than: datetime | None
     ) -> StoredProfile:
         """The login's profile fetched by this process (holding its fetch lock) or by the process
-        that holds the lock. Waiting for the holder, it polls every ``POLL_S`` the stored profile's
-        ``fetched_at`` only (not its ``data``: a large document read 20 times a second); the whole
-        profile is read once that has changed to something newer than ``newer_than``."""
+        that holds the lock, waited for at most ``GITHUB_COLD_WAIT_S`` (a request) or
+        ``GITHUB_CHAIN_TIMEOUT_S`` (a job: the longest the holder's chain may take). Waiting, it
+        polls every ``POLL_S`` the stored profile's ``fetched_at`` only (not its ``data``: a large
+        document read 20 times a second); the whole profile is read once that has changed to
+        something newer than ``newer_than``."""
         if await self.valkey.exists(f"github:missing:{login}"):
             raise GitHubNotFoundError("no such GitHub user (remembered)")
         recent = await self._recent_failure(login, since=0.0)
         if recent is not None:  # failed moments ago: answer that instead of asking GitHub again
             raise recent
         started = time.time()
-        deadline = time.monotonic() + self.settings.github_cold_wait_s
+        # A request waits GITHUB_COLD_WAIT_S at most; a job as long as the holder's chain may last (a
+        # refresh failed as unavailable while the other process's fetch was about to succeed).
+        interactive = priority is Priority.INTERACTIVE
+        wait_s = self.settings.github_cold_wait_s if interactive else self.settings.github_chain_timeout_s
+        deadline = time.monotonic() + wait_s
         lock_key = f"github:fetch:{login}"
         read_at: datetime | None = None  # the fetched_at of the profile last read whole
         while True:
