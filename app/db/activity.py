@@ -49,7 +49,7 @@ from (
 ) t
 where not exists (select 1 from activity_events e where e.outbox_id = t.outbox_id)
   and exists (select 1 from users u where u.id = t.actor_id)
-  and (t.project_id is null or exists (select 1 from projects p where p.id = t.project_id))
+  and (t.project_id is null or exists (select 1 from projects p where p.id = t.project_id and p.deleting_since is null))
   and (t.audience_id is null or exists (select 1 from users u where u.id = t.audience_id))"""
 
 
@@ -1009,7 +1009,7 @@ async def group_events(
 CAN_READ_PROJECT_FEED = """\
 select exists (
     select 1 from projects p
-    where p.id = $1
+    where p.id = $1 and p.deleting_since is null
       and (coalesce((select u.role = 'admin' from users u where u.id = $2), false)
            or exists (select 1 from project_members m where m.project_id = p.id and m.user_id = $2))
 )::boolean as readable"""

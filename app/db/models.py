@@ -116,6 +116,7 @@ class Project(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
     updated_at: datetime
     version: int
+    deleting_since: datetime | None
 
 
 class ProjectMember(msgspec.Struct, frozen=True, gc=False):

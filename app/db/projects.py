@@ -22,11 +22,14 @@ async def lock_project_creator(conn: AsyncConnection[Any], *, owner_id: int) -> 
         await cur.execute(LOCK_PROJECT_CREATOR, (owner_id,))
 
 
-COUNT_CREATED_PROJECTS = "select count(*)::bigint from projects where owner_id = $1"
+COUNT_CREATED_PROJECTS = (
+    "select count(*)::bigint from projects where owner_id = $1 and deleting_since is null"
+)
 
 
 async def count_created_projects(conn: AsyncConnection[Any], *, owner_id: int) -> int | None:
-    """The projects the user created that still exist (owner_id names the creator)."""
+    """The projects the user created that still exist (owner_id names the creator); one being deleted
+    (deleting_since set, its purge under way) is gone already."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(COUNT_CREATED_PROJECTS, (owner_id,))
         return await cur.fetchone()
@@ -35,7 +38,7 @@ async def count_created_projects(conn: AsyncConnection[Any], *, owner_id: int) -
 CREATE_PROJECT = """\
 insert into projects (name, description, owner_id)
 values ($1, $2, $3)
-returning id, name, description, owner_id, archived, created_at, updated_at, version"""
+returning id, name, description, owner_id, archived, created_at, updated_at, version, deleting_since"""
 
 
 async def create_project(
@@ -50,16 +53,17 @@ async def create_project(
         return await cur.fetchone()
 
 
-GET_PROJECT = "select id, name, description, owner_id, archived, created_at, updated_at, version from projects where id = $1"
+GET_PROJECT = "select id, name, description, owner_id, archived, created_at, updated_at, version, deleting_since from projects where id = $1 and deleting_since is null"
 
 
 async def get_project(conn: AsyncConnection[Any], *, id: int) -> Project | None:
+    """A project being deleted is no project (so in every query here that reads one by id)."""
     async with AsyncRawCursor(conn, row_factory=args_row(Project)) as cur:
         await cur.execute(GET_PROJECT, (id,))
         return await cur.fetchone()
 
 
-LOCK_PROJECT_FOR_CHANGE = "select id, name, description, owner_id, archived, created_at, updated_at, version from projects where id = $1 for no key update"
+LOCK_PROJECT_FOR_CHANGE = "select id, name, description, owner_id, archived, created_at, updated_at, version, deleting_since from projects where id = $1 and deleting_since is null for no key update"
 
 
 async def lock_project_for_change(conn: AsyncConnection[Any], *, id: int) -> Project | None:
@@ -71,12 +75,13 @@ async def lock_project_for_change(conn: AsyncConnection[Any], *, id: int) -> Pro
         return await cur.fetchone()
 
 
-LOCK_PROJECT_FOR_DELETION = "select id, name, description, owner_id, archived, created_at, updated_at, version from projects where id = $1 for update"
+LOCK_PROJECT_FOR_DELETION = "select id, name, description, owner_id, archived, created_at, updated_at, version, deleting_since from projects where id = $1 and deleting_since is null for update"
 
 
 async def lock_project_for_deletion(conn: AsyncConnection[Any], *, id: int) -> Project | None:
     """Before a deletion: the row as it is, locked as the deletion locks it (the project first, then its
-    members and everything in it), so a version compared with it is the one deleted."""
+    members and everything in it), so a version compared with it is the one deleted. One being deleted
+    already is no row (a 404)."""
     async with AsyncRawCursor(conn, row_factory=args_row(Project)) as cur:
         await cur.execute(LOCK_PROJECT_FOR_DELETION, (id,))
         return await cur.fetchone()
@@ -92,7 +97,7 @@ where id = $4
   and (name, description, archived) is distinct from
       (coalesce($1, name), coalesce($2, description),
        coalesce($3::boolean, archived))
-returning id, name, description, owner_id, archived, created_at, updated_at, version"""
+returning id, name, description, owner_id, archived, created_at, updated_at, version, deleting_since"""
 
 
 async def update_project(
@@ -110,17 +115,222 @@ async def update_project(
         return await cur.fetchone()
 
 
-DELETE_PROJECT = "delete from projects where id = $1"
+MARK_PROJECT_DELETING = "update projects set deleting_since = now() where id = $1 and deleting_since is null"
+
+
+async def mark_project_deleting(conn: AsyncConnection[Any], *, id: int) -> int:
+    """The first step of a deletion, under LockProjectForDeletion: the project is being deleted from the
+    commit on (every query here reads it as gone); its purge deletes what is in it, then DeleteProject."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(MARK_PROJECT_DELETING, (id,))
+        return cur.rowcount
+
+
+REMOVE_ALL_MEMBERS = "delete from project_members where project_id = $1"
+
+
+async def remove_all_members(conn: AsyncConnection[Any], *, project_id: int) -> int:
+    """A deleted project's memberships, in the deletion's transaction: every access through membership
+    (tasks, comments, files, the feed, lists) is a 404 from its commit on. The assignee foreign key
+    (tasks_assignee_is_member, on delete set null) unassigns the project's tasks."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(REMOVE_ALL_MEMBERS, (project_id,))
+        return cur.rowcount
+
+
+REMOVE_ALL_INVITATIONS = "delete from project_invitations where project_id = $1"
+
+
+async def remove_all_invitations(conn: AsyncConnection[Any], *, project_id: int) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(REMOVE_ALL_INVITATIONS, (project_id,))
+        return cur.rowcount
+
+
+LOCK_PROJECT_PURGE = (
+    "select pg_try_advisory_xact_lock(hashtextextended(concat('projects-purge:', $1::bigint), 0))"
+)
+
+
+async def lock_project_purge(conn: AsyncConnection[Any], *, project_id: int) -> bool | None:
+    """One purge of a project at a time (a chunk's transaction holds it until it commits): a purge that
+    finds it taken stops, the one holding it goes on. False: taken."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LOCK_PROJECT_PURGE, (project_id,))
+        return await cur.fetchone()
+
+
+PROJECT_PURGE_DUE = "select deleting_since from projects where id = $1 and deleting_since is not null"
+
+
+async def project_purge_due(conn: AsyncConnection[Any], *, id: int) -> datetime | None:
+    """A project being deleted (a live project, or one purged already, is no row: nothing to purge)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PROJECT_PURGE_DUE, (id,))
+        return await cur.fetchone()
+
+
+PURGE_PROJECT_GROUP_IDS = """\
+select g.id from activity_groups g
+where g.project_id = $1
+  and exists (select 1 from projects p where p.id = g.project_id and p.deleting_since is not null)
+order by g.id
+limit $2::integer"""
+
+
+async def purge_project_group_ids(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int | None,
+    chunk_size: int,
+) -> list[int]:
+    """A chunk of a deleted project's feed groups (only while it is being deleted), emptied by the
+    statements below, each bounded by @row_limit rows (a group's events, reads and objects are not bounded
+    by any cap), and deleted once empty."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PURGE_PROJECT_GROUP_IDS, (project_id, chunk_size))
+        return await cur.fetchall()
+
+
+PURGE_GROUP_EVENT_READS = """\
+delete from activity_event_reads
+where (user_id, event_id) in (
+    select r.user_id, r.event_id from activity_event_reads r
+    where r.group_id = any($1::bigint[])
+    limit $2::integer
+)"""
+
+
+async def purge_group_event_reads(conn: AsyncConnection[Any], *, group_ids: list[int], row_limit: int) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_GROUP_EVENT_READS, (group_ids, row_limit))
+        return cur.rowcount
+
+
+PURGE_GROUP_EVENTS = """\
+delete from activity_events
+where id in (
+    select e.id from activity_events e
+    where e.group_id = any($1::bigint[])
+    limit $2::integer
+)"""
+
+
+async def purge_group_events(conn: AsyncConnection[Any], *, group_ids: list[int], row_limit: int) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_GROUP_EVENTS, (group_ids, row_limit))
+        return cur.rowcount
+
+
+PURGE_GROUP_OBJECTS = """\
+delete from activity_group_objects
+where (group_id, object_id) in (
+    select o.group_id, o.object_id from activity_group_objects o
+    where o.group_id = any($1::bigint[])
+    limit $2::integer
+)"""
+
+
+async def purge_group_objects(conn: AsyncConnection[Any], *, group_ids: list[int], row_limit: int) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_GROUP_OBJECTS, (group_ids, row_limit))
+        return cur.rowcount
+
+
+PURGE_GROUPS = "delete from activity_groups where id = any($1::bigint[]) and project_id = $2"
+
+
+async def purge_groups(conn: AsyncConnection[Any], *, group_ids: list[int], project_id: int | None) -> int:
+    """Emptied groups of a deleted project; what still cascades from them (their actors, their readers'
+    marks, rows a late writer added) is small."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_GROUPS, (group_ids, project_id))
+        return cur.rowcount
+
+
+PURGE_PROJECT_TASK_IDS = """\
+select t.id from tasks t
+where t.project_id = $1
+  and exists (select 1 from projects p where p.id = t.project_id and p.deleting_since is not null)
+order by t.id
+limit $2::integer"""
+
+
+async def purge_project_task_ids(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    chunk_size: int,
+) -> list[int]:
+    """One chunk of a deleted project's tasks (only while it is being deleted), removed by the three
+    statements below in one transaction."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PURGE_PROJECT_TASK_IDS, (project_id, chunk_size))
+        return await cur.fetchall()
+
+
+PURGE_TASK_COMMENTS = "delete from comments where task_id = any($1::bigint[])"
+
+
+async def purge_task_comments(conn: AsyncConnection[Any], *, task_ids: list[int]) -> int:
+    """The comments of a chunk of a deleted project's tasks, by task id (comments_task_idx), before
+    their tasks: the tasks' deletion then cascades to none."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_TASK_COMMENTS, (task_ids,))
+        return cur.rowcount
+
+
+PURGE_TASK_SEARCH_DOCUMENTS = "delete from task_search_documents where task_id = any($1::bigint[])"
+
+
+async def purge_task_search_documents(conn: AsyncConnection[Any], *, task_ids: list[int]) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_TASK_SEARCH_DOCUMENTS, (task_ids,))
+        return cur.rowcount
+
+
+PURGE_TASKS = "delete from tasks where id = any($1::bigint[]) and project_id = $2"
+
+
+async def purge_tasks(conn: AsyncConnection[Any], *, task_ids: list[int], project_id: int) -> int:
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_TASKS, (task_ids, project_id))
+        return cur.rowcount
+
+
+DELETE_PROJECT = "delete from projects where id = $1 and deleting_since is not null"
 
 
 async def delete_project(conn: AsyncConnection[Any], *, id: int) -> int:
+    """The last step of a deleted project's purge: the row, and what still cascades from it (its files'
+    rows, anything a late writer added meanwhile: few rows by now). Only a project being deleted."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(DELETE_PROJECT, (id,))
         return cur.rowcount
 
 
+LIST_PROJECTS_TO_PURGE = """\
+select id from projects
+where deleting_since is not null and deleting_since < now() - make_interval(secs => $1::float8)
+order by id
+limit $2"""
+
+
+async def list_projects_to_purge(
+    conn: AsyncConnection[Any],
+    *,
+    older_than_s: float,
+    row_limit: int,
+) -> list[int]:
+    """The projects marked for deletion before @older_than_s seconds ago that still exist: their purge job
+    was lost (Valkey lost the queue, retries ran out), the hourly cron enqueues it again."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LIST_PROJECTS_TO_PURGE, (older_than_s, row_limit))
+        return await cur.fetchall()
+
+
 LIST_MEMBER_PROJECTS = """\
-select p.id, p.name, p.description, p.owner_id, p.archived, p.created_at, p.updated_at, p.version, m.role as my_role
+select p.id, p.name, p.description, p.owner_id, p.archived, p.created_at, p.updated_at, p.version, p.deleting_since, m.role as my_role
 from projects p
 join project_members m on m.project_id = p.id and m.user_id = $1
 where p.id > $2
@@ -138,6 +348,7 @@ class ListMemberProjectsRow(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
     updated_at: datetime
     version: int
+    deleting_since: datetime | None
     my_role: ProjectRole
 
 
@@ -178,7 +389,7 @@ GET_MEMBER_ROLE_KEEPING_PROJECT = """\
 select m.role
 from projects p
 join project_members m on m.project_id = p.id and m.user_id = $1
-where p.id = $2
+where p.id = $2 and p.deleting_since is null
 for key share of p"""
 
 
@@ -193,7 +404,9 @@ async def get_member_role_keeping_project(
     checks take anyway; taken first, a deletion that commits meanwhile leaves no row here (a 404)
     instead of failing the insert's check. Only a deletion conflicts with it (membership changes lock
     the project FOR NO KEY UPDATE), so a statement that waited finds the row gone and never uses its
-    older view of the membership."""
+    older view of the membership. A deletion now marks the project (and deletes its memberships) rather
+    than deleting its row: a statement that waited sees the mark on the row it locked (the lock re-reads
+    it), so it is no row here either, never a role read from the older membership."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(GET_MEMBER_ROLE_KEEPING_PROJECT, (user_id, project_id))
         return await cur.fetchone()
@@ -324,13 +537,14 @@ async def list_members(
         return await cur.fetchall()
 
 
-LOCK_PROJECT_MEMBERSHIP = "select id from projects where id = $1 for no key update"
+LOCK_PROJECT_MEMBERSHIP = "select id from projects where id = $1 and deleting_since is null for no key update"
 
 
 async def lock_project_membership(conn: AsyncConnection[Any], *, id: int) -> int | None:
     """Serialises changes of a project's members and invitations: each reads the roles and counts it
     decides on (the last owner stays) only once it holds this lock. NO KEY UPDATE: foreign-key
-    checks (tasks, files being inserted meanwhile) do not wait for it. No row: no such project."""
+    checks (tasks, files being inserted meanwhile) do not wait for it. No row: no such project (or one
+    being deleted)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LOCK_PROJECT_MEMBERSHIP, (id,))
         return await cur.fetchone()
@@ -578,10 +792,13 @@ async def purge_expired_invitations(conn: AsyncConnection[Any], *, ttl_s: float,
         return cur.rowcount
 
 
-EXISTING_PROJECTS = "select id from projects where id = any($1::bigint[]) order by id"
+EXISTING_PROJECTS = (
+    "select id from projects where id = any($1::bigint[]) and deleting_since is null order by id"
+)
 
 
 async def existing_projects(conn: AsyncConnection[Any], *, ids: list[int]) -> list[int]:
+    """A project being deleted is gone (the files' sweep removes what it left on disk)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(EXISTING_PROJECTS, (ids,))
         return await cur.fetchall()

@@ -29,7 +29,7 @@ from (
 ) t
 where not exists (select 1 from activity_events e where e.outbox_id = t.outbox_id)
   and exists (select 1 from users u where u.id = t.actor_id)
-  and (t.project_id is null or exists (select 1 from projects p where p.id = t.project_id))
+  and (t.project_id is null or exists (select 1 from projects p where p.id = t.project_id and p.deleting_since is null))
   and (t.audience_id is null or exists (select 1 from users u where u.id = t.audience_id));
 
 -- name: ActivityRecoveryMark :one
@@ -655,7 +655,7 @@ limit @row_limit;
 -- The project exists and the reader is a member of it (any role) or an administrator.
 select exists (
     select 1 from projects p
-    where p.id = @project_id
+    where p.id = @project_id and p.deleting_since is null
       and (coalesce((select u.role = 'admin' from users u where u.id = @reader_id), false)
            or exists (select 1 from project_members m where m.project_id = p.id and m.user_id = @reader_id))
 )::boolean as readable;

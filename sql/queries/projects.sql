@@ -4,8 +4,9 @@
 select pg_advisory_xact_lock(hashtextextended(concat('projects-creator:', @owner_id::bigint), 0));
 
 -- name: CountCreatedProjects :one
--- The projects the user created that still exist (owner_id names the creator).
-select count(*)::bigint from projects where owner_id = @owner_id;
+-- The projects the user created that still exist (owner_id names the creator); one being deleted
+-- (deleting_since set, its purge under way) is gone already.
+select count(*)::bigint from projects where owner_id = @owner_id and deleting_since is null;
 
 -- name: CreateProject :one
 insert into projects (name, description, owner_id)
@@ -13,18 +14,20 @@ values (@name, @description, @owner_id)
 returning *;
 
 -- name: GetProject :one
-select * from projects where id = @id;
+-- A project being deleted is no project (so in every query here that reads one by id).
+select * from projects where id = @id and deleting_since is null;
 
 -- name: LockProjectForChange :one
 -- Before a change of the project's own fields: the row as it is, kept from other changes (and from
 -- deletion) until the transaction ends, so a version compared with it is the one the change replaces.
 -- NO KEY UPDATE, the lock the change takes anyway: rows referring to the project may still be inserted.
-select * from projects where id = @id for no key update;
+select * from projects where id = @id and deleting_since is null for no key update;
 
 -- name: LockProjectForDeletion :one
 -- Before a deletion: the row as it is, locked as the deletion locks it (the project first, then its
--- members and everything in it), so a version compared with it is the one deleted.
-select * from projects where id = @id for update;
+-- members and everything in it), so a version compared with it is the one deleted. One being deleted
+-- already is no row (a 404).
+select * from projects where id = @id and deleting_since is null for update;
 
 -- name: UpdateProject :one
 -- The given fields set (null: kept), only when that changes the project: no row when it changes
@@ -40,8 +43,100 @@ where id = @id
        coalesce(sqlc.narg(archived)::boolean, archived))
 returning *;
 
+-- name: MarkProjectDeleting :execrows
+-- The first step of a deletion, under LockProjectForDeletion: the project is being deleted from the
+-- commit on (every query here reads it as gone); its purge deletes what is in it, then DeleteProject.
+update projects set deleting_since = now() where id = @id and deleting_since is null;
+
+-- name: RemoveAllMembers :execrows
+-- A deleted project's memberships, in the deletion's transaction: every access through membership
+-- (tasks, comments, files, the feed, lists) is a 404 from its commit on. The assignee foreign key
+-- (tasks_assignee_is_member, on delete set null) unassigns the project's tasks.
+delete from project_members where project_id = @project_id;
+
+-- name: RemoveAllInvitations :execrows
+delete from project_invitations where project_id = @project_id;
+
+-- name: LockProjectPurge :one
+-- One purge of a project at a time (a chunk's transaction holds it until it commits): a purge that
+-- finds it taken stops, the one holding it goes on. False: taken.
+select pg_try_advisory_xact_lock(hashtextextended(concat('projects-purge:', @project_id::bigint), 0));
+
+-- name: ProjectPurgeDue :one
+-- A project being deleted (a live project, or one purged already, is no row: nothing to purge).
+select deleting_since from projects where id = @id and deleting_since is not null;
+
+-- name: PurgeProjectGroupIds :many
+-- A chunk of a deleted project's feed groups (only while it is being deleted), emptied by the
+-- statements below, each bounded by @row_limit rows (a group's events, reads and objects are not bounded
+-- by any cap), and deleted once empty.
+select g.id from activity_groups g
+where g.project_id = @project_id
+  and exists (select 1 from projects p where p.id = g.project_id and p.deleting_since is not null)
+order by g.id
+limit @chunk_size::integer;
+
+-- name: PurgeGroupEventReads :execrows
+delete from activity_event_reads
+where (user_id, event_id) in (
+    select r.user_id, r.event_id from activity_event_reads r
+    where r.group_id = any(@group_ids::bigint[])
+    limit @row_limit::integer
+);
+
+-- name: PurgeGroupEvents :execrows
+delete from activity_events
+where id in (
+    select e.id from activity_events e
+    where e.group_id = any(@group_ids::bigint[])
+    limit @row_limit::integer
+);
+
+-- name: PurgeGroupObjects :execrows
+delete from activity_group_objects
+where (group_id, object_id) in (
+    select o.group_id, o.object_id from activity_group_objects o
+    where o.group_id = any(@group_ids::bigint[])
+    limit @row_limit::integer
+);
+
+-- name: PurgeGroups :execrows
+-- Emptied groups of a deleted project; what still cascades from them (their actors, their readers'
+-- marks, rows a late writer added) is small.
+delete from activity_groups where id = any(@group_ids::bigint[]) and project_id = @project_id;
+
+-- name: PurgeProjectTaskIds :many
+-- One chunk of a deleted project's tasks (only while it is being deleted), removed by the three
+-- statements below in one transaction.
+select t.id from tasks t
+where t.project_id = @project_id
+  and exists (select 1 from projects p where p.id = t.project_id and p.deleting_since is not null)
+order by t.id
+limit @chunk_size::integer;
+
+-- name: PurgeTaskComments :execrows
+-- The comments of a chunk of a deleted project's tasks, by task id (comments_task_idx), before
+-- their tasks: the tasks' deletion then cascades to none.
+delete from comments where task_id = any(@task_ids::bigint[]);
+
+-- name: PurgeTaskSearchDocuments :execrows
+delete from task_search_documents where task_id = any(@task_ids::bigint[]);
+
+-- name: PurgeTasks :execrows
+delete from tasks where id = any(@task_ids::bigint[]) and project_id = @project_id;
+
 -- name: DeleteProject :execrows
-delete from projects where id = @id;
+-- The last step of a deleted project's purge: the row, and what still cascades from it (its files'
+-- rows, anything a late writer added meanwhile: few rows by now). Only a project being deleted.
+delete from projects where id = @id and deleting_since is not null;
+
+-- name: ListProjectsToPurge :many
+-- The projects marked for deletion before @older_than_s seconds ago that still exist: their purge job
+-- was lost (Valkey lost the queue, retries ran out), the hourly cron enqueues it again.
+select id from projects
+where deleting_since is not null and deleting_since < now() - make_interval(secs => @older_than_s::float8)
+order by id
+limit @row_limit;
 
 -- name: ListMemberProjects :many
 -- The caller's projects, keyset by id.
@@ -66,11 +161,13 @@ select role from project_members where project_id = @project_id and user_id = @u
 -- checks take anyway; taken first, a deletion that commits meanwhile leaves no row here (a 404)
 -- instead of failing the insert's check. Only a deletion conflicts with it (membership changes lock
 -- the project FOR NO KEY UPDATE), so a statement that waited finds the row gone and never uses its
--- older view of the membership.
+-- older view of the membership. A deletion now marks the project (and deletes its memberships) rather
+-- than deleting its row: a statement that waited sees the mark on the row it locked (the lock re-reads
+-- it), so it is no row here either, never a role read from the older membership.
 select m.role
 from projects p
 join project_members m on m.project_id = p.id and m.user_id = @user_id
-where p.id = @project_id
+where p.id = @project_id and p.deleting_since is null
 for key share of p;
 
 -- name: KeepMember :one
@@ -119,8 +216,9 @@ limit @row_limit;
 -- name: LockProjectMembership :one
 -- Serialises changes of a project's members and invitations: each reads the roles and counts it
 -- decides on (the last owner stays) only once it holds this lock. NO KEY UPDATE: foreign-key
--- checks (tasks, files being inserted meanwhile) do not wait for it. No row: no such project.
-select id from projects where id = @id for no key update;
+-- checks (tasks, files being inserted meanwhile) do not wait for it. No row: no such project (or one
+-- being deleted).
+select id from projects where id = @id and deleting_since is null for no key update;
 
 -- name: CountOtherInvitations :one
 -- The project's waiting invitations to other emails (inviting an email again replaces its own); an
@@ -224,4 +322,5 @@ where id in (
 );
 
 -- name: ExistingProjects :many
-select id from projects where id = any(@ids::bigint[]) order by id;
+-- A project being deleted is gone (the files' sweep removes what it left on disk).
+select id from projects where id = any(@ids::bigint[]) and deleting_since is null order by id;

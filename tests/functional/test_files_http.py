@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from app.domains.files.services import FileService
 from app.domains.files.storage import sanitize_filename
 from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.services import MonitoringService
+from app.domains.projects.jobs import purge_deleted_project
 from tests.factories import (
     GENEROUS_AUTH,
     Actor,
@@ -708,6 +710,11 @@ async def test_deleting_a_project_leaves_none_of_its_files_on_disk(
     deleted = await api.delete(f"/api/projects/{world.project}", headers=world.owner.headers)
     assert deleted.status_code == 204, deleted.text
 
+    on_disk = stored(files_root)  # removed once the deletion committed
+    assert len(on_disk) == 1, on_disk
+    app: Litestar = api.app
+    purge = partial(purge_deleted_project, {"services": app.state.services}, project_id=world.project)
+    assert api.blocking_portal.call(purge) is True  # the rows go with the project's purge
     assert await file_rows(db) == 1
     on_disk = stored(files_root)
     assert len(on_disk) == 1, on_disk

@@ -10,11 +10,14 @@ whole referencing table per deleted row. Speed is not asserted here (``benchmark
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+from litestar import Litestar
 from psycopg import AsyncConnection, AsyncRawCursor, sql
 
 from app.db.models import ProjectRole
+from app.domains.projects.jobs import purge_deleted_project
 from tests.factories import Client, Team, make_project
 
 PER_PROJECT = {
@@ -121,6 +124,9 @@ async def test_a_deletion_removes_everything_of_the_project_and_nothing_of_anoth
 
     deleted = await client.delete(f"/api/projects/{team.project}", headers=team.owner.headers)
     assert deleted.status_code == 204, deleted.text
+    app: Litestar = client.app
+    purge = partial(purge_deleted_project, {"services": app.state.services}, project_id=team.project)
+    assert client.blocking_portal.call(purge) is True  # the job the deletion enqueued
 
     assert await totals(db) == kept
     assert await holdings(db, other) == kept

@@ -168,7 +168,11 @@ async def test_a_delete_with_a_stale_if_match_deletes_nothing(
     assert await stored(db, team.project) == ("Apollo", "changed meanwhile", False, 2)
     current = await client.delete(url, headers=if_match(team, '"2"'))
     assert current.status_code == 204, current.text
-    assert await stored(db, team.project) is None
+    assert_problem(await client.get(url, headers=team.owner.headers), 404)
+    marked = await (
+        await db.execute("select deleting_since from projects where id = %s", (team.project,))
+    ).fetchone()
+    assert marked is not None and marked[0] is not None  # being deleted: the purge job removes the row
 
 
 async def test_access_is_judged_before_the_condition(client: Client, team: Team) -> None:

@@ -148,7 +148,9 @@ class ProjectsController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a project (owners)",
         description="With `If-Match`, only if the project is still at a version it names (else 412 "
-        "`precondition-failed`, nothing deleted).",
+        "`precondition-failed`, nothing deleted). From the answer on the project and everything in it "
+        "(its tasks, comments, files and feed) is a 404 to everyone and no longer counts toward its "
+        "creator's `PROJECTS_PER_USER_MAX`; what it held is deleted in the background.",
         responses={**problems(400, 401, 403, 404, 429), **precondition_failed()},
         operation_class=DocumentsIfMatch,
     )

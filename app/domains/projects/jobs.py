@@ -12,3 +12,16 @@ async def purge_expired_invitations(ctx: Context) -> int:
     """Daily: the invitations older than ``INVITATION_TTL_S`` are deleted
     (``ProjectService.purge_expired_invitations``)."""
     return await services_of(ctx)[ProjectService].purge_expired_invitations()
+
+
+async def purge_deleted_project(ctx: Context, *, project_id: int, outbox_id: int | None = None) -> bool:
+    """Enqueued (through the outbox) by a project's deletion, by itself when its run's budget is spent,
+    and by ``requeue_lost_project_purges``: what the project held is deleted in bounded chunks
+    (``ProjectService.purge_deleted_project``); True once nothing of it is left."""
+    return await services_of(ctx)[ProjectService].purge_deleted_project(project_id)
+
+
+async def requeue_lost_project_purges(ctx: Context) -> int:
+    """Hourly: a purge job for each project marked for deletion ``PURGE_LOST_AFTER_S`` ago or more that
+    still exists (``ProjectService.requeue_lost_purges``)."""
+    return await services_of(ctx)[ProjectService].requeue_lost_purges()

@@ -1,6 +1,6 @@
 """The projects domain: projects and their members (the permission model of the work area)."""
 
-from app.core.modules import Cron, Module
+from app.core.modules import Cron, Job, Module
 from app.domains.accounts.services import AccountService
 from app.domains.projects.controllers import (
     InvitationsController,
@@ -8,7 +8,11 @@ from app.domains.projects.controllers import (
     MyInvitationsController,
     ProjectsController,
 )
-from app.domains.projects.jobs import purge_expired_invitations
+from app.domains.projects.jobs import (
+    purge_deleted_project,
+    purge_expired_invitations,
+    requeue_lost_project_purges,
+)
 from app.domains.projects.seed import seed_projects
 from app.domains.projects.services import ProjectService
 
@@ -17,5 +21,9 @@ module = Module(
     controllers=[ProjectsController, MembersController, InvitationsController, MyInvitationsController],
     service=lambda s: ProjectService(s.db, s[AccountService], s.settings),
     seed=seed_projects,
-    cron=[Cron(function=purge_expired_invitations, schedule="53 3 * * *", timeout_s=300)],
+    jobs=[Job(function=purge_deleted_project)],
+    cron=[
+        Cron(function=purge_expired_invitations, schedule="53 3 * * *", timeout_s=300),
+        Cron(function=requeue_lost_project_purges, schedule="37 * * * *", timeout_s=60),
+    ],
 )

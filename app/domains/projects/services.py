@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
@@ -37,6 +38,7 @@ from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError
 from app.core.idempotency import IdempotencyClaim
+from app.core.outbox import enqueue
 from app.core.preconditions import IfMatch, require_match
 from app.core.wire import from_row
 from app.db import projects as queries
@@ -72,6 +74,30 @@ INVITATION_TOKEN_BYTES = 32
 
 INVITATION_PURGE_CHUNK = 10_000
 """Expired invitations deleted per transaction by the daily purge."""
+
+PURGE_TASK = "purge_deleted_project"
+"""The job that deletes what a deleted project held (``purge_deleted_project``), enqueued by the
+deletion through the outbox and again by the hourly cron for a purge that was lost."""
+
+PURGE_TASKS_CHUNK = 100
+"""A deleted project's tasks purged per transaction, with their comments and search documents (at
+the caps, 100 tasks of ``COMMENTS_PER_TASK_MAX`` 1,000 comments: 100,000 comments)."""
+
+PURGE_GROUPS_CHUNK = 100
+"""A deleted project's feed groups purged per transaction once empty (their actors and readers' marks
+go with them)."""
+
+PURGE_FEED_ROWS_CHUNK = 20_000
+"""A deleted project's feed rows (event reads, events, group objects) deleted per statement and
+transaction while its groups are emptied: a group's rows are bounded by no cap."""
+
+PURGE_RUN_BUDGET_S = 20.0
+"""How long one purge job goes on (below ``JOB_TIMEOUT_S``'s default 30 s); the rest is left to a
+follow-up job it enqueues."""
+
+PURGE_LOST_AFTER_S = 600.0
+"""A project marked for deletion this long ago that still exists lost its purge job: the hourly cron
+enqueues it again."""
 
 
 def new_invitation_token() -> tuple[str, bytes]:
@@ -276,15 +302,25 @@ class ProjectService:
         """Owners only. The event names no project: the project (and its feed) is gone with it.
 
         ``if_match``: only if the project is still at a version it names (else 412), compared with
-        the row read under the deletion's own lock, taken first."""
+        the row read under the deletion's own lock, taken first.
+
+        One short transaction whatever the project holds: the project is marked as being deleted
+        (``deleting_since``: every query of this domain reads it as gone, the creator's cap no longer
+        counts it), its memberships and invitations are deleted (every access through membership, to
+        its tasks, comments, files and feed, is a 404 from the commit on), and its purge is enqueued
+        (``purge_deleted_project``), which deletes the rest in bounded chunks. A single deletion
+        cascading to everything of a project at the caps ran far past the statement timeout."""
         async with self.db.transaction() as uow:
             project = await queries.lock_project_for_deletion(uow.conn, id=project_id)
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
             if project is None:
                 raise NotFoundError("No such project.")
             require_match(if_match, project.version)
-            if not await queries.delete_project(uow.conn, id=project_id):
+            if not await queries.mark_project_deleting(uow.conn, id=project_id):
                 raise NotFoundError("No such project.")
+            await queries.remove_all_members(uow.conn, project_id=project_id)
+            await queries.remove_all_invitations(uow.conn, project_id=project_id)
+            await enqueue(uow, "default", PURGE_TASK, {"project_id": project_id})
             for callback in self._on_deleted:
                 uow.after_commit(partial(callback, project_id))
             await emit(
@@ -497,6 +533,85 @@ class ProjectService:
         if purged:
             log.info("invitations_purged", count=purged)
         return purged
+
+    # -- a deleted project's purge ------------------------------------------------------------------
+
+    async def purge_deleted_project(self, project_id: int, budget_s: float = PURGE_RUN_BUDGET_S) -> bool:
+        """Delete what a deleted project held, one bounded chunk per transaction (its feed's groups,
+        then its tasks with their comments and search documents), then its row (whose cascade is then
+        small: its files' rows). True once nothing of it is left (or nothing was to purge: a live
+        project, or one purged already, is never touched).
+
+        Each chunk is consistent on its own: a purge stopped anywhere leaves a project being deleted
+        that holds less, and the next run goes on. After ``budget_s`` the run enqueues its follow-up
+        and stops (a job's timeout); a run that finds another purge of the project in a chunk stops,
+        leaving it to that one."""
+        deadline = time.monotonic() + budget_s
+        while True:
+            async with self.db.transaction() as uow:
+                if not await queries.lock_project_purge(uow.conn, project_id=project_id):
+                    return False  # another purge of it is running
+                if await queries.project_purge_due(uow.conn, id=project_id) is None:
+                    return True
+                if time.monotonic() >= deadline:
+                    await enqueue(uow, "default", PURGE_TASK, {"project_id": project_id})
+                    return False
+                if await self._purge_chunk(uow, project_id):
+                    continue
+                await queries.delete_project(uow.conn, id=project_id)
+            log.info("project_purged", project_id=project_id)
+            return True
+
+    async def purge_deleted_project_chunk(self, project_id: int) -> bool:
+        """One chunk of ``purge_deleted_project`` in its own transaction (the project's row left in
+        place): whether it deleted anything."""
+        async with self.db.transaction() as uow:
+            if not await queries.lock_project_purge(uow.conn, project_id=project_id):
+                return False
+            return await self._purge_chunk(uow, project_id)
+
+    @staticmethod
+    async def _purge_chunk(uow: UnitOfWork, project_id: int) -> bool:
+        """One bounded chunk of a project being deleted: of its first ``PURGE_GROUPS_CHUNK`` feed
+        groups, up to ``PURGE_FEED_ROWS_CHUNK`` rows in all of their event reads, then events, then
+        group objects (so the events' cascade finds no reads), and the groups themselves once empty;
+        once no group is left, up to ``PURGE_TASKS_CHUNK`` of its tasks, their comments first (by task
+        id), then their search documents. Whether anything was deleted."""
+        group_ids = await queries.purge_project_group_ids(
+            uow.conn, project_id=project_id, chunk_size=PURGE_GROUPS_CHUNK
+        )
+        if group_ids:
+            left = PURGE_FEED_ROWS_CHUNK  # rows this chunk may still delete
+            for purge_rows in (
+                queries.purge_group_event_reads,
+                queries.purge_group_events,
+                queries.purge_group_objects,
+            ):
+                left -= await purge_rows(uow.conn, group_ids=group_ids, row_limit=left)
+                if left == 0:
+                    return True  # the groups may hold more: the next chunk goes on
+            await queries.purge_groups(uow.conn, group_ids=group_ids, project_id=project_id)
+            return True
+        task_ids = await queries.purge_project_task_ids(
+            uow.conn, project_id=project_id, chunk_size=PURGE_TASKS_CHUNK
+        )
+        if not task_ids:
+            return False
+        await queries.purge_task_comments(uow.conn, task_ids=task_ids)
+        await queries.purge_task_search_documents(uow.conn, task_ids=task_ids)
+        await queries.purge_tasks(uow.conn, task_ids=task_ids, project_id=project_id)
+        return True
+
+    async def requeue_lost_purges(self, older_than_s: float = PURGE_LOST_AFTER_S, limit: int = 1_000) -> int:
+        """The hourly cron: a purge job for each project marked for deletion more than
+        ``older_than_s`` ago that still exists (its job was lost); how many."""
+        async with self.db.transaction() as uow:
+            ids = await queries.list_projects_to_purge(uow.conn, older_than_s=older_than_s, row_limit=limit)
+            for project_id in ids:
+                await enqueue(uow, "default", PURGE_TASK, {"project_id": project_id})
+        if ids:
+            log.warning("project_purges_requeued", count=len(ids))
+        return len(ids)
 
     async def change_member_role(
         self, actor: int, project_id: int, user_id: int, role: ProjectRole
