@@ -225,6 +225,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     monitoring_report_timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
     monitoring_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
     monitoring_delivery_fallback_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+    monitoring_delivery_max_age_s: Annotated[float, msgspec.Meta(ge=60, le=7 * 86_400)] = 86_400.0
+    """How long a delivery that certainly did not reach Telegram (connection refused, a connect
+    timeout, 429, 401) is tried again, at most every 300 s, counted from the alert (a digest: from the
+    end of its budget window); past it the delivery is ``failed``. An outage of Telegram or of the
+    network shorter than this loses no alert."""
     telegram_bot_token: Annotated[str, msgspec.Meta(max_length=200, pattern=whole(r"[^\s/]*"))] = ""
     telegram_chat_id: list[str] = msgspec.field(default_factory=list)
     telegram_api_url: Annotated[str, msgspec.Meta(pattern=whole(r"https?://[^\s]+"))] = (

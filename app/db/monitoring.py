@@ -922,11 +922,15 @@ async def mark_orphans_uncertain(conn: AsyncConnection[Any]) -> list[str]:
 
 
 PENDING_DELIVERIES = """\
-select d.id, d.alert_id, d.chat_id, d.not_before, d.attempts
-from monitoring_deliveries d
-where d.status = 'pending' and d.not_before <= $1
-order by d.not_before, d.id
-limit $2"""
+select r.id, r.alert_id, r.chat_id, r.not_before, r.attempts
+from (
+    select d.id, d.alert_id, d.chat_id, d.not_before, d.attempts,
+           row_number() over (partition by d.chat_id order by d.not_before, d.id) as place
+    from monitoring_deliveries d
+    where d.status = 'pending' and d.not_before <= $1
+) r
+where r.place <= $2::integer
+order by r.not_before, r.id"""
 
 
 class PendingDeliveriesRow(msgspec.Struct, frozen=True, gc=False):
@@ -941,10 +945,12 @@ async def pending_deliveries(
     conn: AsyncConnection[Any],
     *,
     horizon: datetime,
-    row_limit: int,
+    per_chat: int,
 ) -> list[PendingDeliveriesRow]:
+    """The first @per_chat deliveries due by @horizon of every chat: a chat that may not receive anything
+    for a while (a long 429 retry_after) and has many deliveries waiting never hides another chat's."""
     async with AsyncRawCursor(conn, row_factory=args_row(PendingDeliveriesRow)) as cur:
-        await cur.execute(PENDING_DELIVERIES, (horizon, row_limit))
+        await cur.execute(PENDING_DELIVERIES, (horizon, per_chat))
         return await cur.fetchall()
 
 
@@ -1570,96 +1576,216 @@ async def cron_problems_between(
         return await cur.fetchall()
 
 
-PURGE_EVENTS_BEFORE = "delete from monitoring_events where occurred_at < $1"
+PURGE_EVENTS_BEFORE = """\
+delete from monitoring_events
+where id in (
+    select id from monitoring_events
+    where occurred_at < $1::timestamptz
+    order by id
+    limit $2::integer
+)
+  and occurred_at < $1::timestamptz"""
 
 
-async def purge_events_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_events_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
+    """The retention's queries (MonitoringService.purge) each delete one chunk of at most @chunk_size rows,
+    picked oldest first by an index and deleted by primary key, the condition checked again on the row
+    deleted (one a writer changed meanwhile, a rule fired again, a user seen again, is kept); the purge
+    repeats a chunk, one transaction each, until one comes back short. Events have no index on
+    occurred_at (a group keeps MONITORING_SAMPLES_PER_GROUP): ids follow arrival, so the oldest come
+    first in the primary key's."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_EVENTS_BEFORE, (before,))
+        await cur.execute(PURGE_EVENTS_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_COUNTS_BEFORE = "delete from monitoring_group_counts where minute < $1"
+PURGE_COUNTS_BEFORE = """\
+delete from monitoring_group_counts
+where (group_id, minute) in (
+    select group_id, minute from monitoring_group_counts
+    where minute < $1::timestamptz
+    order by minute
+    limit $2::integer
+)
+  and minute < $1::timestamptz"""
 
 
-async def purge_counts_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_counts_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_COUNTS_BEFORE, (before,))
+        await cur.execute(PURGE_COUNTS_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_LATENCY_BEFORE = "delete from monitoring_route_latency where minute < $1"
+PURGE_LATENCY_BEFORE = """\
+delete from monitoring_route_latency
+where (route, method, minute, bucket) in (
+    select route, method, minute, bucket from monitoring_route_latency
+    where minute < $1::timestamptz
+    order by minute
+    limit $2::integer
+)
+  and minute < $1::timestamptz"""
 
 
-async def purge_latency_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_latency_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_LATENCY_BEFORE, (before,))
+        await cur.execute(PURGE_LATENCY_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_EXEMPLARS_BEFORE = "delete from monitoring_route_exemplars where minute < $1"
+PURGE_EXEMPLARS_BEFORE = """\
+delete from monitoring_route_exemplars
+where id in (
+    select id from monitoring_route_exemplars
+    where minute < $1::timestamptz
+    order by id
+    limit $2::integer
+)
+  and minute < $1::timestamptz"""
 
 
-async def purge_exemplars_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_exemplars_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
+    """No index on minute alone: ids follow the arrival order, as for events."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_EXEMPLARS_BEFORE, (before,))
+        await cur.execute(PURGE_EXEMPLARS_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_JOB_RUNS_BEFORE = "delete from monitoring_job_runs where minute < $1"
+PURGE_JOB_RUNS_BEFORE = """\
+delete from monitoring_job_runs
+where (job, minute, outcome) in (
+    select job, minute, outcome from monitoring_job_runs
+    where minute < $1::timestamptz
+    order by minute
+    limit $2::integer
+)
+  and minute < $1::timestamptz"""
 
 
-async def purge_job_runs_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_job_runs_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_JOB_RUNS_BEFORE, (before,))
+        await cur.execute(PURGE_JOB_RUNS_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_CHECKINS_BEFORE = "delete from monitoring_cron_checkins where at < $1"
+PURGE_CHECKINS_BEFORE = """\
+delete from monitoring_cron_checkins
+where id in (
+    select id from monitoring_cron_checkins
+    where at < $1::timestamptz
+    order by at
+    limit $2::integer
+)
+  and at < $1::timestamptz"""
 
 
-async def purge_checkins_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_checkins_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_CHECKINS_BEFORE, (before,))
+        await cur.execute(PURGE_CHECKINS_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
 PURGE_ALERTS_BEFORE = """\
-delete from monitoring_alerts a
-where a.created_at < $1
-  and not exists (select 1 from monitoring_deliveries d where d.alert_id = a.id and d.status in ('pending', 'sending'))"""
+delete from monitoring_alerts
+where id in (
+    select a.id from monitoring_alerts a
+    where a.created_at < $1::timestamptz
+      and not exists (select 1 from monitoring_deliveries d
+                      where d.alert_id = a.id and d.status in ('pending', 'sending'))
+    order by a.created_at
+    limit $2::integer
+)
+  and not exists (select 1 from monitoring_deliveries d
+                  where d.alert_id = monitoring_alerts.id and d.status in ('pending', 'sending'))"""
 
 
-async def purge_alerts_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_alerts_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
+    """An alert with a delivery still pending or being sent is kept (its deliveries go with it otherwise)."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_ALERTS_BEFORE, (before,))
+        await cur.execute(PURGE_ALERTS_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_ACTIVITY_BEFORE = "delete from monitoring_group_activity where at < $1"
+PURGE_ACTIVITY_BEFORE = """\
+delete from monitoring_group_activity
+where id in (
+    select id from monitoring_group_activity
+    where at < $1::timestamptz
+    order by at
+    limit $2::integer
+)
+  and at < $1::timestamptz"""
 
 
-async def purge_activity_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_activity_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_ACTIVITY_BEFORE, (before,))
+        await cur.execute(PURGE_ACTIVITY_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_BUDGET_PERIODS_BEFORE = "delete from monitoring_budget_periods where ends_at < $1"
+PURGE_BUDGET_PERIODS_BEFORE = """\
+delete from monitoring_budget_periods
+where (channel, started_at) in (
+    select channel, started_at from monitoring_budget_periods
+    where ends_at < $1::timestamptz
+    order by ends_at
+    limit $2::integer
+)
+  and ends_at < $1::timestamptz"""
 
 
-async def purge_budget_periods_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_budget_periods_before(
+    conn: AsyncConnection[Any],
+    *,
+    before: datetime,
+    chunk_size: int,
+) -> int:
     """Over periods only: the next period starts at the latest one's end or now, whichever is later."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_BUDGET_PERIODS_BEFORE, (before,))
+        await cur.execute(PURGE_BUDGET_PERIODS_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 
-PURGE_RULE_FIRES_BEFORE = "delete from monitoring_rule_fires where last_fired_at < $1"
+PURGE_GROUP_USERS_BEFORE = """\
+delete from monitoring_group_users u
+using (
+    select group_id, user_id from monitoring_group_users
+    where group_id >= $1::bigint and last_seen_at < $2::timestamptz
+    order by group_id, last_seen_at
+    limit $3::integer
+) c
+where u.group_id = c.group_id and u.user_id = c.user_id and u.last_seen_at < $2::timestamptz
+returning u.group_id"""
 
 
-async def purge_rule_fires_before(conn: AsyncConnection[Any], *, before: datetime) -> int:
+async def purge_group_users_before(
+    conn: AsyncConnection[Any],
+    *,
+    from_group_id: int,
+    before: datetime,
+    chunk_size: int,
+) -> list[int]:
+    """The users a group has not seen since @before, group by group from @from_group_id (the last group
+    of the chunk before, which may have more), so a chunk never reads again the index entries the ones
+    before it went through (monitoring_group_users_seen_idx). Returns the groups of the rows deleted."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PURGE_GROUP_USERS_BEFORE, (from_group_id, before, chunk_size))
+        return await cur.fetchall()
+
+
+PURGE_RULE_FIRES_BEFORE = """\
+delete from monitoring_rule_fires
+where (rule, group_id) in (
+    select rule, group_id from monitoring_rule_fires
+    where last_fired_at < $1::timestamptz
+    order by last_fired_at
+    limit $2::integer
+)
+  and last_fired_at < $1::timestamptz"""
+
+
+async def purge_rule_fires_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
     """Called with a time at least the longest action interval ago: a firing that old silences nothing."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_RULE_FIRES_BEFORE, (before,))
+        await cur.execute(PURGE_RULE_FIRES_BEFORE, (before, chunk_size))
         return cur.rowcount

@@ -318,11 +318,17 @@ where status = 'sending'
 returning chat_id;
 
 -- name: PendingDeliveries :many
-select d.id, d.alert_id, d.chat_id, d.not_before, d.attempts
-from monitoring_deliveries d
-where d.status = 'pending' and d.not_before <= @horizon
-order by d.not_before, d.id
-limit @row_limit;
+-- The first @per_chat deliveries due by @horizon of every chat: a chat that may not receive anything
+-- for a while (a long 429 retry_after) and has many deliveries waiting never hides another chat's.
+select r.id, r.alert_id, r.chat_id, r.not_before, r.attempts
+from (
+    select d.id, d.alert_id, d.chat_id, d.not_before, d.attempts,
+           row_number() over (partition by d.chat_id order by d.not_before, d.id) as place
+    from monitoring_deliveries d
+    where d.status = 'pending' and d.not_before <= @horizon
+) r
+where r.place <= @per_chat::integer
+order by r.not_before, r.id;
 
 -- name: CountDueDeliveries :one
 select count(*)::bigint as due from monitoring_deliveries where status = 'pending' and not_before <= @before;
@@ -517,35 +523,128 @@ group by name, status
 order by name, status;
 
 -- name: PurgeEventsBefore :execrows
-delete from monitoring_events where occurred_at < @before;
+-- The retention's queries (MonitoringService.purge) each delete one chunk of at most @chunk_size rows,
+-- picked oldest first by an index and deleted by primary key, the condition checked again on the row
+-- deleted (one a writer changed meanwhile, a rule fired again, a user seen again, is kept); the purge
+-- repeats a chunk, one transaction each, until one comes back short. Events have no index on
+-- occurred_at (a group keeps MONITORING_SAMPLES_PER_GROUP): ids follow arrival, so the oldest come
+-- first in the primary key's.
+delete from monitoring_events
+where id in (
+    select id from monitoring_events
+    where occurred_at < @before::timestamptz
+    order by id
+    limit @chunk_size::integer
+)
+  and occurred_at < @before::timestamptz;
 
 -- name: PurgeCountsBefore :execrows
-delete from monitoring_group_counts where minute < @before;
+delete from monitoring_group_counts
+where (group_id, minute) in (
+    select group_id, minute from monitoring_group_counts
+    where minute < @before::timestamptz
+    order by minute
+    limit @chunk_size::integer
+)
+  and minute < @before::timestamptz;
 
 -- name: PurgeLatencyBefore :execrows
-delete from monitoring_route_latency where minute < @before;
+delete from monitoring_route_latency
+where (route, method, minute, bucket) in (
+    select route, method, minute, bucket from monitoring_route_latency
+    where minute < @before::timestamptz
+    order by minute
+    limit @chunk_size::integer
+)
+  and minute < @before::timestamptz;
 
 -- name: PurgeExemplarsBefore :execrows
-delete from monitoring_route_exemplars where minute < @before;
+-- No index on minute alone: ids follow the arrival order, as for events.
+delete from monitoring_route_exemplars
+where id in (
+    select id from monitoring_route_exemplars
+    where minute < @before::timestamptz
+    order by id
+    limit @chunk_size::integer
+)
+  and minute < @before::timestamptz;
 
 -- name: PurgeJobRunsBefore :execrows
-delete from monitoring_job_runs where minute < @before;
+delete from monitoring_job_runs
+where (job, minute, outcome) in (
+    select job, minute, outcome from monitoring_job_runs
+    where minute < @before::timestamptz
+    order by minute
+    limit @chunk_size::integer
+)
+  and minute < @before::timestamptz;
 
 -- name: PurgeCheckinsBefore :execrows
-delete from monitoring_cron_checkins where at < @before;
+delete from monitoring_cron_checkins
+where id in (
+    select id from monitoring_cron_checkins
+    where at < @before::timestamptz
+    order by at
+    limit @chunk_size::integer
+)
+  and at < @before::timestamptz;
 
 -- name: PurgeAlertsBefore :execrows
-delete from monitoring_alerts a
-where a.created_at < @before
-  and not exists (select 1 from monitoring_deliveries d where d.alert_id = a.id and d.status in ('pending', 'sending'));
+-- An alert with a delivery still pending or being sent is kept (its deliveries go with it otherwise).
+delete from monitoring_alerts
+where id in (
+    select a.id from monitoring_alerts a
+    where a.created_at < @before::timestamptz
+      and not exists (select 1 from monitoring_deliveries d
+                      where d.alert_id = a.id and d.status in ('pending', 'sending'))
+    order by a.created_at
+    limit @chunk_size::integer
+)
+  and not exists (select 1 from monitoring_deliveries d
+                  where d.alert_id = monitoring_alerts.id and d.status in ('pending', 'sending'));
 
 -- name: PurgeActivityBefore :execrows
-delete from monitoring_group_activity where at < @before;
+delete from monitoring_group_activity
+where id in (
+    select id from monitoring_group_activity
+    where at < @before::timestamptz
+    order by at
+    limit @chunk_size::integer
+)
+  and at < @before::timestamptz;
 
 -- name: PurgeBudgetPeriodsBefore :execrows
 -- Over periods only: the next period starts at the latest one's end or now, whichever is later.
-delete from monitoring_budget_periods where ends_at < @before;
+delete from monitoring_budget_periods
+where (channel, started_at) in (
+    select channel, started_at from monitoring_budget_periods
+    where ends_at < @before::timestamptz
+    order by ends_at
+    limit @chunk_size::integer
+)
+  and ends_at < @before::timestamptz;
+
+-- name: PurgeGroupUsersBefore :many
+-- The users a group has not seen since @before, group by group from @from_group_id (the last group
+-- of the chunk before, which may have more), so a chunk never reads again the index entries the ones
+-- before it went through (monitoring_group_users_seen_idx). Returns the groups of the rows deleted.
+delete from monitoring_group_users u
+using (
+    select group_id, user_id from monitoring_group_users
+    where group_id >= @from_group_id::bigint and last_seen_at < @before::timestamptz
+    order by group_id, last_seen_at
+    limit @chunk_size::integer
+) c
+where u.group_id = c.group_id and u.user_id = c.user_id and u.last_seen_at < @before::timestamptz
+returning u.group_id;
 
 -- name: PurgeRuleFiresBefore :execrows
 -- Called with a time at least the longest action interval ago: a firing that old silences nothing.
-delete from monitoring_rule_fires where last_fired_at < @before;
+delete from monitoring_rule_fires
+where (rule, group_id) in (
+    select rule, group_id from monitoring_rule_fires
+    where last_fired_at < @before::timestamptz
+    order by last_fired_at
+    limit @chunk_size::integer
+)
+  and last_fired_at < @before::timestamptz;

@@ -13,7 +13,11 @@ record of Telegram's answer, the next sender finds the row still ``sending`` and
 ``uncertain``: listed by the admin API, never resent, and counted in its chat's pacing as a message
 sent at that moment (it may have arrived). A 5xx answer is ``uncertain`` too: it may come from
 Telegram's front after the bot sent the message. Requests that certainly did not reach Telegram
-(connection refused, 429, the Bot API's 401) go back to ``pending``.
+(connection refused, a connect timeout, 429, the Bot API's 401) go back to ``pending``, tried again
+after ``retry_after`` or a backoff of at most ``MAX_BACKOFF_S``, for as long as the alert is younger
+than ``MONITORING_DELIVERY_MAX_AGE_S`` (a day by default; a digest's age counts from the end of its
+budget window): an outage of Telegram or of the network shorter than that loses no alert, whatever
+the number of tries it takes. A permanent refusal (any other 4xx) is ``failed`` at once.
 
 A process that stops (the worker's SIGTERM: ``Sender.stop`` from ``MonitoringService.stopping``, before
 the shutdown grace begins) claims no new delivery: the request in flight finishes and its answer is
@@ -70,7 +74,12 @@ MIN_INTERVAL_S = 1.1
 """Per chat: one message a second (plus a margin for network jitter between our clock and theirs)."""
 GROUP_WINDOW_S = 60.5
 GROUP_MAX = 20
-MAX_ATTEMPTS = 12
+MAX_BACKOFF_S = 300.0
+"""The longest pause between two tries of a delivery that did not reach Telegram (no ``retry_after``)."""
+MAX_ATTEMPTS = 10_000
+"""Requests of one delivery at most, whatever its age: a bound on a loop, as ``MAX_MIGRATIONS``, that an
+outage never reaches (tries are ``MAX_BACKOFF_S`` apart from the ninth on: a day's outage takes some
+300). What bounds the tries of a delivery is its alert's age (``MONITORING_DELIVERY_MAX_AGE_S``)."""
 MAX_MIGRATIONS = 3
 """Chat moves followed within one delivery (a group upgrades once; this only bounds a loop)."""
 
@@ -145,11 +154,19 @@ class Sender:
         database_url: str,
         client: TelegramClient,
         clock: Callable[[], float] = time.time,
+        *,
+        max_age_s: float = 86_400.0,
+        digest_delay_s: float = 0.0,
     ) -> None:
         self.db = db
         self.database_url = database_url
         self.client = client
         self.clock = clock
+        self.max_age_s = max_age_s
+        """``MONITORING_DELIVERY_MAX_AGE_S``: a delivery that did not reach Telegram is tried again until
+        its alert is this old."""
+        self.digest_delay_s = digest_delay_s
+        """The noise budget's window: a digest is due at most this long after it was created."""
         self.worst_case_s = 2 * client.timeout_s + MIN_INTERVAL_S
         """The longest one delivery takes: HTML refused, the pause, then the plain text."""
         self._stopping = asyncio.Event()
@@ -201,7 +218,7 @@ class Sender:
                 break
             async with self.db.transaction() as uow:
                 rows = await queries.pending_deliveries(
-                    uow.conn, horizon=_utc(self.clock() + spare), row_limit=100
+                    uow.conn, horizon=_utc(self.clock() + spare), per_chat=100
                 )
             if not rows:
                 break
@@ -231,6 +248,8 @@ class Sender:
                 return False
             alert = await queries.get_alert(uow.conn, id=row.alert_id)
             assert alert is not None
+            due = alert.created_at.timestamp() + (self.digest_delay_s if alert.kind == "digest" else 0.0)
+            give_up_at = due + self.max_age_s
             html_text, plain = alert.text_html, alert.text_plain
             if alert.kind == "digest" and not html_text:
                 await queries.lock_key(uow.conn, key=BUDGET_LOCK)  # its list is final once rendered
@@ -266,7 +285,7 @@ class Sender:
             await self._release(row.id, str(stopped), chat, pacer)
             return False
         OUTCOMES.labels(outcome=result.outcome).inc()
-        await self._record(row, chat, claimed.attempts, result, pacer, note)
+        await self._record(row, chat, claimed.attempts, give_up_at, result, pacer, note)
         return result.outcome == "sent"
 
     async def _follow_migration(
@@ -329,23 +348,27 @@ class Sender:
         row: queries.PendingDeliveriesRow,
         chat: str,
         attempts: int,
+        give_up_at: float,
         result: SendResult,
         pacer: Pacer,
         note: str | None,
     ) -> None:
+        """Record Telegram's answer. Not delivered (``retry``): pending again while the alert is younger
+        than ``give_up_at`` (and ``MAX_ATTEMPTS`` is not reached), ``failed`` after."""
         now = self.clock()
         error = f"{result.status or ''} {result.description}".strip()[:500]
+        given_up = False
         async with self.db.transaction() as uow:
             if result.outcome == "sent":
                 await queries.mark_delivery_sent(
                     uow.conn, sent_at=_utc(now), message_id=result.message_id, last_error=note, id=row.id
                 )
-            elif result.outcome == "retry" and attempts < MAX_ATTEMPTS:
+            elif result.outcome == "retry" and now < give_up_at and attempts < MAX_ATTEMPTS:
                 if result.retry_after_s is not None:
                     pacer.block(chat, now + result.retry_after_s)
                     not_before = now + result.retry_after_s
                 else:
-                    not_before = now + min(300.0, 2.0**attempts)
+                    not_before = now + min(MAX_BACKOFF_S, 2.0 ** min(attempts, 16))
                 await queries.mark_delivery_pending(
                     uow.conn, not_before=_utc(not_before), last_error=error or "retry", id=row.id
                 )
@@ -355,11 +378,16 @@ class Sender:
                     if result.outcome == "uncertain"
                     else MonitoringDeliveryStatus.FAILED
                 )
+                if result.outcome == "retry":
+                    given_up = True
+                    error = f"{error or 'retry'}; given up after {attempts} tries"[:500]
                 await queries.mark_delivery_final(
                     uow.conn, status=status, last_error=error or result.outcome, id=row.id
                 )
             await _save_pacing(uow.conn, chat, pacer)
-        if result.outcome != "sent":
+        if given_up:
+            log.error("monitoring_delivery_given_up", delivery_id=row.id, attempts=attempts, last_error=error)
+        elif result.outcome != "sent":
             log.warning(
                 "monitoring_telegram_not_sent",
                 outcome=result.outcome,

@@ -24,7 +24,7 @@ import contextlib
 import importlib.metadata
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -114,6 +114,9 @@ DROPPED_OVER_PENDING = Counter(
 MAX_PENDING = 5000
 """Distinct fingerprints held in memory at most (past it, new ones are dropped and counted)."""
 GATE = "monitoring:gate:"
+PURGE_CHUNK = 10_000
+"""Rows deleted per transaction by the retention (``purge``): each statement stays far below the
+statement timeout, however many rows have piled up."""
 
 
 PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
@@ -219,7 +222,14 @@ class MonitoringService:
         self.telegram = TelegramClient(
             settings.telegram_bot_token, settings.telegram_api_url, settings.telegram_timeout_s
         )
-        self.sender = Sender(db, settings.database_url, self.telegram, lambda: self.clock())
+        self.sender = Sender(
+            db,
+            settings.database_url,
+            self.telegram,
+            lambda: self.clock(),
+            max_age_s=settings.monitoring_delivery_max_age_s,
+            digest_delay_s=settings.monitoring_alert_budget_window_s,
+        )
         self.outage = OutageNotifier(
             self.telegram,
             settings.telegram_chat_id,
@@ -670,36 +680,82 @@ class MonitoringService:
             pageviews=await self.reports.total_pageviews(uow, since, until) if self.reports else None,
         )
 
-    async def purge(self, now: float | None = None) -> None:
-        """Delete what is older than ``MONITORING_RETENTION_DAYS`` (each delete by an indexed time).
+    async def purge(self, now: float | None = None, *, chunk_size: int = PURGE_CHUNK) -> int:
+        """Delete what is older than ``MONITORING_RETENTION_DAYS`` (each delete by an indexed time);
+        returns how many rows.
 
         Alert-rule firings (and each group's last alert) are kept for the longest action interval
         too, so a purge never lets a rule fire early. Groups stay: a resolved group's fingerprints
         are what turns its next event into a regression (and an ignored one's into silence) rather
-        than a new group.
-        """
+        than a new group. The users a group has not seen for the retention go (a user seen again is
+        then counted again in the group's ``users``).
+
+        Each table is purged in chunks of at most ``chunk_size`` rows, one transaction each, until a
+        chunk comes back short: a backlog (a lowered retention, purges that could not run) drains
+        however large, where one DELETE of it outlasted the statement timeout and rolled back every
+        hour. A table whose purge fails (a timeout, a lock) is logged and left for the next hour, the
+        chunks it deleted kept; the tables after it are purged all the same, and the first failure is
+        raised once every table has been tried."""
         moment = self.clock() if now is None else now
         retained = moment - self.settings.monitoring_retention_days * 86_400
         before = utc(retained)
         group_gap = self.settings.monitoring_action_interval_s
         longest_interval = max((rule.action_interval_s for rule in self.rules), default=group_gap)
         longest_interval = max(longest_interval, group_gap)
-        async with self.db.transaction() as uow:
-            for purge in (
-                queries.purge_events_before,
-                queries.purge_counts_before,
-                queries.purge_latency_before,
-                queries.purge_exemplars_before,
-                queries.purge_job_runs_before,
-                queries.purge_checkins_before,
-                queries.purge_alerts_before,
-                queries.purge_activity_before,
-                queries.purge_budget_periods_before,
-            ):
-                await purge(uow.conn, before=before)
-            await queries.purge_rule_fires_before(
-                uow.conn, before=utc(min(retained, moment - longest_interval))
-            )
+        fires_before = utc(min(retained, moment - longest_interval))
+        chunked = self._table_purge
+        tables: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+            ("monitoring_events", chunked(queries.purge_events_before, before, chunk_size)),
+            ("monitoring_group_counts", chunked(queries.purge_counts_before, before, chunk_size)),
+            ("monitoring_route_latency", chunked(queries.purge_latency_before, before, chunk_size)),
+            ("monitoring_route_exemplars", chunked(queries.purge_exemplars_before, before, chunk_size)),
+            ("monitoring_job_runs", chunked(queries.purge_job_runs_before, before, chunk_size)),
+            ("monitoring_cron_checkins", chunked(queries.purge_checkins_before, before, chunk_size)),
+            ("monitoring_alerts", chunked(queries.purge_alerts_before, before, chunk_size)),
+            ("monitoring_group_activity", chunked(queries.purge_activity_before, before, chunk_size)),
+            ("monitoring_budget_periods", chunked(queries.purge_budget_periods_before, before, chunk_size)),
+            ("monitoring_group_users", lambda: self._purge_group_users(before, chunk_size)),
+            ("monitoring_rule_fires", chunked(queries.purge_rule_fires_before, fires_before, chunk_size)),
+        ]
+        deleted: dict[str, int] = {}
+        failures: list[Exception] = []
+        for table, purge in tables:
+            try:
+                deleted[table] = await purge()
+            except Exception as exc:
+                log.exception("monitoring_purge_failed", table=table)
+                failures.append(exc)
+        if any(deleted.values()):
+            log.info("monitoring_purged", **{table: count for table, count in deleted.items() if count})
+        if failures:
+            raise failures[0]
+        return sum(deleted.values())
+
+    def _table_purge(
+        self, delete: Callable[..., Awaitable[int]], before: datetime, chunk_size: int
+    ) -> Callable[[], Awaitable[int]]:
+        """One table's purge: ``delete`` (one chunk of the rows older than ``before``) repeated, one
+        transaction each, until a chunk comes back short."""
+
+        async def chunk(uow: UnitOfWork) -> int:
+            return await delete(uow.conn, before=before, chunk_size=chunk_size)
+
+        return lambda: self.db.delete_in_chunks(chunk, chunk_size)
+
+    async def _purge_group_users(self, before: datetime, chunk_size: int) -> int:
+        """The users a group has not seen since ``before``, group by group: each chunk starts at the
+        group where the last one ended, so none reads again what the ones before it went through."""
+        from_group_id = 0
+        purged = 0
+        while True:
+            async with self.db.transaction() as uow:
+                groups = await queries.purge_group_users_before(
+                    uow.conn, from_group_id=from_group_id, before=before, chunk_size=chunk_size
+                )
+            purged += len(groups)
+            if len(groups) < chunk_size:
+                return purged
+            from_group_id = max(groups)
 
     async def deliver(self, budget_s: float = 60.0) -> int:
         return await self.sender.deliver(budget_s)

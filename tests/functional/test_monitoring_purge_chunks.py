@@ -1,0 +1,110 @@
+"""The monitoring retention in chunks: a backlog drains under the statement timeout, a table that
+fails leaves the others purged, and the users a group has not seen for the retention go."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import AsyncConnection, sql
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from tests.functional.test_monitoring_groups import error_event, open_monitoring
+from tests.unit.test_monitoring_fingerprint import raise_bug
+
+OLD = "now() - interval '90 days'"
+"""Past the default retention (MONITORING_RETENTION_DAYS, 30)."""
+
+
+async def counts(db: AsyncConnection[Any], *tables: str) -> list[int]:
+    found = []
+    for table in tables:
+        row = await (
+            await db.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(table)))
+        ).fetchone()
+        assert row is not None
+        found.append(int(row[0]))
+    return found
+
+
+async def test_a_backlog_past_the_statement_timeout_drains(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """600,000 latency rows past the retention (a lowered MONITORING_RETENTION_DAYS, or purges that
+    could not run): one DELETE of them all outlasted the statement timeout and rolled back, every
+    hour again; chunk by chunk they go, and the rows within the retention stay."""
+    await db.execute(
+        "insert into monitoring_route_latency (route, method, minute, bucket, requests)"
+        f" select '/r' || (g % 20), 'GET', date_trunc('minute', {OLD}) + (g / 20) * interval '1 minute',"
+        " 1, 1 from generate_series(0, 599999) g"
+    )
+    await db.execute(
+        "insert into monitoring_route_latency (route, method, minute, bucket, requests)"
+        " values ('/recent', 'GET', date_trunc('minute', now()), 1, 1)"
+    )
+    await db.execute(
+        "insert into monitoring_alerts (key, kind, rule, summary, text_html, text_plain, created_at)"
+        f" values ('old', 'alert', 't', 's', 'h', 'p', {OLD}), ('new', 'alert', 't', 's', 'h', 'p', now())"
+    )
+    async with open_monitoring(settings, statement_timeout_ms=500) as service:
+        purged = await service.purge(time.time())
+    assert purged == 600_001
+    assert await counts(db, "monitoring_route_latency", "monitoring_alerts") == [1, 1]
+
+
+async def test_a_table_that_fails_leaves_the_others_purged(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, database_url: str
+) -> None:
+    """A job-run row locked by someone else past the statement timeout: that table's purge fails
+    (the purge says so), the tables before and after it are purged all the same; the next purge
+    finishes the job."""
+    await db.execute(
+        "insert into monitoring_job_runs (job, minute, outcome, runs, total_ms, max_ms, max_attempts)"
+        f" values ('j', {OLD}, 'complete', 1, 1, 1, 1)"
+    )
+    await db.execute(
+        "insert into monitoring_route_latency (route, method, minute, bucket, requests)"
+        f" values ('/old', 'GET', {OLD}, 1, 1)"
+    )
+    await db.execute(
+        "insert into monitoring_cron_checkins (name, status, at) values ('c', 'ok', " + OLD + ")"
+    )
+    async with await AsyncConnection.connect(database_url) as holder:
+        await holder.execute("select * from monitoring_job_runs for update")
+        async with open_monitoring(settings, statement_timeout_ms=1000) as service:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                await service.purge(time.time())
+        await holder.rollback()
+    tables = ("monitoring_route_latency", "monitoring_job_runs", "monitoring_cron_checkins")
+    assert await counts(db, *tables) == [0, 1, 0]
+    async with open_monitoring(settings) as service:
+        assert await service.purge(time.time()) == 1
+    assert await counts(db, *tables) == [0, 0, 0]
+
+
+async def test_users_a_group_has_not_seen_for_the_retention_are_purged(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Affected users are personal data kept with the group: the rows of users a group has not seen
+    for MONITORING_RETENTION_DAYS go with the hourly purge, chunk after chunk across the groups; the
+    users seen within it stay."""
+    async with open_monitoring(settings, monitoring_retention_days=30) as service:
+        groups = []
+        for number in range(3):
+            bug = raise_bug(0, module=f"app.h_mon.users{number}")
+            written = await service.write_now([error_event(bug, user_id=user) for user in range(1, 6)])
+            groups.append(written[0].group_id)
+        assert len(set(groups)) == 3
+        # users 1-3 of each group last seen 400 days ago, users 4 and 5 now
+        await db.execute(
+            "update monitoring_group_users set first_seen_at = now() - interval '400 days',"
+            " last_seen_at = now() - interval '400 days' where user_id <= 3"
+        )
+        assert await service.purge(time.time(), chunk_size=2) == 9
+    left = await (
+        await db.execute("select group_id, user_id from monitoring_group_users order by group_id, user_id")
+    ).fetchall()
+    assert left == [(group, user) for group in sorted(groups) for user in (4, 5)]
