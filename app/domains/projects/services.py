@@ -100,6 +100,11 @@ PURGE_LOST_AFTER_S = 600.0
 enqueues it again."""
 
 
+async def _enqueue_purge(uow: UnitOfWork, project_id: int) -> None:
+    """The project's purge job, sent by the outbox once ``uow`` commits (deletion, follow-up, cron)."""
+    await enqueue(uow, "default", PURGE_TASK, {"project_id": project_id})
+
+
 def new_invitation_token() -> tuple[str, bytes]:
     """A fresh invitation token and the SHA-256 stored for it (the token itself is never stored)."""
     token = secrets.token_urlsafe(INVITATION_TOKEN_BYTES)
@@ -320,7 +325,7 @@ class ProjectService:
                 raise NotFoundError("No such project.")
             await queries.remove_all_members(uow.conn, project_id=project_id)
             await queries.remove_all_invitations(uow.conn, project_id=project_id)
-            await enqueue(uow, "default", PURGE_TASK, {"project_id": project_id})
+            await _enqueue_purge(uow, project_id)
             for callback in self._on_deleted:
                 uow.after_commit(partial(callback, project_id))
             await emit(
@@ -554,7 +559,7 @@ class ProjectService:
                 if await queries.project_purge_due(uow.conn, id=project_id) is None:
                     return True
                 if time.monotonic() >= deadline:
-                    await enqueue(uow, "default", PURGE_TASK, {"project_id": project_id})
+                    await _enqueue_purge(uow, project_id)
                     return False
                 if await self._purge_chunk(uow, project_id):
                     continue
@@ -608,7 +613,7 @@ class ProjectService:
         async with self.db.transaction() as uow:
             ids = await queries.list_projects_to_purge(uow.conn, older_than_s=older_than_s, row_limit=limit)
             for project_id in ids:
-                await enqueue(uow, "default", PURGE_TASK, {"project_id": project_id})
+                await _enqueue_purge(uow, project_id)
         if ids:
             log.warning("project_purges_requeued", count=len(ids))
         return len(ids)
