@@ -541,7 +541,9 @@ class ProjectService:
 
     # -- a deleted project's purge ------------------------------------------------------------------
 
-    async def purge_deleted_project(self, project_id: int, budget_s: float = PURGE_RUN_BUDGET_S) -> bool:
+    async def purge_deleted_project(
+        self, project_id: int, budget_s: float = PURGE_RUN_BUDGET_S, max_chunks: int | None = None
+    ) -> bool:
         """Delete what a deleted project held, one bounded chunk per transaction (its feed's groups,
         then its tasks with their comments and search documents), then its row (whose cascade is then
         small: its files' rows). True once nothing of it is left (or nothing was to purge: a live
@@ -549,31 +551,25 @@ class ProjectService:
 
         Each chunk is consistent on its own: a purge stopped anywhere leaves a project being deleted
         that holds less, and the next run goes on. After ``budget_s`` the run enqueues its follow-up
-        and stops (a job's timeout); a run that finds another purge of the project in a chunk stops,
-        leaving it to that one."""
+        and stops (a job's timeout), as it does after ``max_chunks`` chunks when given; a run that finds
+        another purge of the project in a chunk stops, leaving it to that one."""
         deadline = time.monotonic() + budget_s
+        chunks = 0
         while True:
             async with self.db.transaction() as uow:
                 if not await queries.lock_project_purge(uow.conn, project_id=project_id):
                     return False  # another purge of it is running
                 if await queries.project_purge_due(uow.conn, id=project_id) is None:
                     return True
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or chunks == max_chunks:
                     await _enqueue_purge(uow, project_id)
                     return False
                 if await self._purge_chunk(uow, project_id):
+                    chunks += 1
                     continue
                 await queries.delete_project(uow.conn, id=project_id)
             log.info("project_purged", project_id=project_id)
             return True
-
-    async def purge_deleted_project_chunk(self, project_id: int) -> bool:
-        """One chunk of ``purge_deleted_project`` in its own transaction (the project's row left in
-        place): whether it deleted anything."""
-        async with self.db.transaction() as uow:
-            if not await queries.lock_project_purge(uow.conn, project_id=project_id):
-                return False
-            return await self._purge_chunk(uow, project_id)
 
     @staticmethod
     async def _purge_chunk(uow: UnitOfWork, project_id: int) -> bool:
