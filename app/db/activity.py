@@ -729,6 +729,7 @@ cross join lateral (
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
 ) ob
+where g.project_id is null or pr.deleting_since is null
 order by p.ord"""
 
 
@@ -873,6 +874,7 @@ cross join lateral (
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
 ) ob
+where g.project_id is null or pr.deleting_since is null
 order by p.ord"""
 
 
@@ -916,7 +918,9 @@ async def feed_groups(
     totals, actors and objects are recomputed from exactly the events that count. Samples: the 8
     most recent actors and objects. `unread`: an event of the group (as counted) the reader has not
     read; for stored groups that is "last event above both read marks" (the read-state queries keep
-    the marks compact so this holds)."""
+    the marks compact so this holds). A group of a project being deleted is left out: only an
+    administrator's page can still hold one (members lost their membership with the deletion), until
+    the purge deletes the feed's groups first."""
     async with AsyncRawCursor(conn, row_factory=args_row(FeedGroupsRow)) as cur:
         await cur.execute(FEED_GROUPS, (snapshot, actor_id, reader_id, group_ids))
         return await cur.fetchall()
@@ -926,6 +930,7 @@ VISIBLE_GROUP_BY_KEY = """\
 select g.id, g.last_seq, coalesce((select max(e.id) from activity_events e), 0)::bigint as snapshot
 from activity_groups g
 where g.key = $1
+  and not exists (select 1 from projects p where p.id = g.project_id and p.deleting_since is not null)
   and activity_may_see($2, coalesce((select u.role = 'admin' from users u where u.id = $2), false), g.project_id, g.audience_user_id)
   and ($3::bigint is null or g.project_id = $3::bigint)
   and ($4::text is null or g.verb = $4::text)
@@ -952,7 +957,7 @@ async def visible_group_by_key(
     actor_id: int | None,
 ) -> VisibleGroupByKeyRow | None:
     """A group by its key when the reader may see it and it matches the filters, with the newest event
-    id (the snapshot its detail is read at)."""
+    id (the snapshot its detail is read at). A project being deleted is gone (FeedGroups)."""
     async with AsyncRawCursor(conn, row_factory=args_row(VisibleGroupByKeyRow)) as cur:
         await cur.execute(VISIBLE_GROUP_BY_KEY, (key, reader_id, project_id, verb, object_type, actor_id))
         return await cur.fetchone()

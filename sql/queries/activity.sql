@@ -509,6 +509,7 @@ cross join lateral (
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
 ) ob
+where g.project_id is null or pr.deleting_since is null
 order by p.ord;
 
 -- name: FeedGroups :many
@@ -517,7 +518,9 @@ order by p.ord;
 -- totals, actors and objects are recomputed from exactly the events that count. Samples: the 8
 -- most recent actors and objects. `unread`: an event of the group (as counted) the reader has not
 -- read; for stored groups that is "last event above both read marks" (the read-state queries keep
--- the marks compact so this holds).
+-- the marks compact so this holds). A group of a project being deleted is left out: only an
+-- administrator's page can still hold one (members lost their membership with the deletion), until
+-- the purge deletes the feed's groups first.
 -- nullable: project_name, target_type, target_id, target_title, actor_ids, actor_names, object_ids, object_titles, object_deleted
 with reader as (
     select u.id, coalesce(s.read_through, 0)::bigint as read_through
@@ -615,14 +618,16 @@ cross join lateral (
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
 ) ob
+where g.project_id is null or pr.deleting_since is null
 order by p.ord;
 
 -- name: VisibleGroupByKey :one
 -- A group by its key when the reader may see it and it matches the filters, with the newest event
--- id (the snapshot its detail is read at).
+-- id (the snapshot its detail is read at). A project being deleted is gone (FeedGroups).
 select g.id, g.last_seq, coalesce((select max(e.id) from activity_events e), 0)::bigint as snapshot
 from activity_groups g
 where g.key = @key
+  and not exists (select 1 from projects p where p.id = g.project_id and p.deleting_since is not null)
   and activity_may_see(@reader_id, coalesce((select u.role = 'admin' from users u where u.id = @reader_id), false), g.project_id, g.audience_user_id)
   and (sqlc.narg(project_id)::bigint is null or g.project_id = sqlc.narg(project_id)::bigint)
   and (sqlc.narg(verb)::text is null or g.verb = sqlc.narg(verb)::text)

@@ -101,9 +101,22 @@ async def test_a_deleted_project_is_gone_at_once_for_its_members_and_administrat
         seen = await client.get(url, headers=team.owner.headers)
         assert seen.status_code == 200, (url, seen.text)
     assert (await client.get(f"{project}/feed", headers=admin.headers)).status_code == 200
+    await db.execute("update activity_groups set key = '1-' || id where project_id = %s", (team.project,))
+    global_feed = await client.get("/api/feed", headers=admin.headers)
+    keys = [g["key"] for g in global_feed.json()["items"] if (g["project"] or {}).get("id") == team.project]
+    assert len(keys) == 3, global_feed.text
+    assert (await client.get(f"/api/feed/groups/{keys[0]}", headers=admin.headers)).status_code == 200
 
     deleted = await client.delete(project, headers=team.owner.headers)
     assert deleted.status_code == 204, deleted.text
+
+    # The administrators' global feed shows every project's groups: not those of one being deleted,
+    # whose groups stay until its purge reaches them.
+    admin_feed = await client.get("/api/feed", headers=admin.headers)
+    assert admin_feed.status_code == 200, admin_feed.text
+    assert [g for g in admin_feed.json()["items"] if g["project"] is not None] == [], admin_feed.text
+    for key in keys:
+        assert_problem(await client.get(f"/api/feed/groups/{key}", headers=admin.headers), 404)
 
     for who in (team.owner, team.editor, team.viewer, admin):
         for url in readable:
