@@ -96,6 +96,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """A spent refresh token presented again less than this after its rotation, while the token that
     rotation issued is unused, is a client racing itself (two tabs): 409, the session kept. Any other
     reuse revokes the session (0: every reuse does)."""
+    refresh_rotations_per_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 120
+    """Rotations one session (refresh-token family) may make within an hour: past them 429
+    ``refresh-rate-limited`` with ``Retry-After``, the presented token kept unspent. Every rotation
+    adds a row the session keeps until it is over (reuse detection), and each one reads this many of
+    them (so at most 10,000, the route's hourly quota per address); a client rotates about once per
+    access token's lifetime (ACCESS_TOKEN_TTL_S)."""
     password_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 2
     password_memory_kib: Annotated[int, msgspec.Meta(ge=8192)] = 19456
     password_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 1

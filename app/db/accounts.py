@@ -315,6 +315,40 @@ async def is_refresh_token_recently_superseded(
         return await cur.fetchone()
 
 
+REFRESH_ROTATION_WAIT = """\
+select coalesce((
+    select extract(epoch from spent.used_at + interval '1 hour' - now())::float8
+    from (
+        select family_id, used_at from refresh_tokens
+        where family_id <= $1
+        order by family_id desc, id desc
+        offset $2::integer
+        limit 1
+    ) as spent
+    where spent.family_id = $1 and spent.used_at > now() - interval '1 hour'
+), 0)::float8 as wait_s"""
+
+
+async def refresh_rotation_wait(
+    conn: AsyncConnection[Any],
+    *,
+    family_id: UUID,
+    per_hour: int,
+) -> float | None:
+    """Seconds until the session (refresh-token family) may rotate again: 0 while it rotated fewer than
+    @per_hour times within the last hour, else until the oldest of those rotations is an hour old. Asked
+    by a rotation of the family's one unspent token (its newest), under the family's lock: the
+    @per_hour-th most recent rotation spent the family's (@per_hour + 1)-th newest token, whose used_at
+    is that rotation's time (none: fewer rotations than that, the family's first token being the
+    login's). Read walking refresh_tokens_family_order_idx (family_id, id) backwards from the family's
+    last entry, @per_hour + 1 of them (those of the sessions before it when the family has fewer), never
+    the family's older history: a range and that order, not `family_id = @family_id order by id desc`,
+    as in GetFamilyState (the planner may walk the primary key for a family that fills the table)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(REFRESH_ROTATION_WAIT, (family_id, per_hour))
+        return await cur.fetchone()
+
+
 MARK_REFRESH_TOKEN_USED = "update refresh_tokens set used_at = now() where id = $1"
 
 

@@ -137,6 +137,28 @@ select coalesce((
     limit 1
 ), false)::boolean as superseded;
 
+-- name: RefreshRotationWait :one
+-- Seconds until the session (refresh-token family) may rotate again: 0 while it rotated fewer than
+-- @per_hour times within the last hour, else until the oldest of those rotations is an hour old. Asked
+-- by a rotation of the family's one unspent token (its newest), under the family's lock: the
+-- @per_hour-th most recent rotation spent the family's (@per_hour + 1)-th newest token, whose used_at
+-- is that rotation's time (none: fewer rotations than that, the family's first token being the
+-- login's). Read walking refresh_tokens_family_order_idx (family_id, id) backwards from the family's
+-- last entry, @per_hour + 1 of them (those of the sessions before it when the family has fewer), never
+-- the family's older history: a range and that order, not `family_id = @family_id order by id desc`,
+-- as in GetFamilyState (the planner may walk the primary key for a family that fills the table).
+select coalesce((
+    select extract(epoch from spent.used_at + interval '1 hour' - now())::float8
+    from (
+        select family_id, used_at from refresh_tokens
+        where family_id <= @family_id
+        order by family_id desc, id desc
+        offset @per_hour::integer
+        limit 1
+    ) as spent
+    where spent.family_id = @family_id and spent.used_at > now() - interval '1 hour'
+), 0)::float8 as wait_s;
+
 -- name: MarkRefreshTokenUsed :exec
 update refresh_tokens set used_at = now() where id = @id;
 

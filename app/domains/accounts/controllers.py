@@ -113,13 +113,23 @@ class AuthController(Controller):
         "refreshing with one token): the token rotated less than REFRESH_REUSE_GRACE_S seconds ago, "
         "whose successor has not been used yet, is answered 409 `refresh-superseded` and the session "
         "is kept; the client should use the tokens its other request received (or sign in again if "
-        "it has none). Reusing an older token, or one whose successor was used, revokes the session.",
+        "it has none). Reusing an older token, or one whose successor was used, revokes the session. "
+        "A session rotates at most REFRESH_ROTATIONS_PER_HOUR times within an hour: past them 429 "
+        "`refresh-rate-limited` with Retry-After (until the oldest of those rotations is an hour old); the "
+        "token is neither spent nor revoked, so present the same one again after that wait.",
         responses={
             **problems(400, 401, 429, 503),
             409: ResponseSpec(
                 Problem,
                 description="`refresh-superseded`: rotated a moment ago by another request of this client; "
                 "use the tokens that request received (nothing was revoked)",
+                media_type="application/problem+json",
+            ),
+            429: ResponseSpec(
+                Problem,
+                description="Rate limit exceeded, or `refresh-rate-limited`: the session rotated "
+                "REFRESH_ROTATIONS_PER_HOUR times within the hour (the token is kept: present it again); "
+                "see Retry-After",
                 media_type="application/problem+json",
             ),
         },

@@ -6,6 +6,7 @@ must commit before they fail: a reused refresh token revokes its family *and the
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from app.core.errors import (
     ConflictError,
     ForbiddenError,
     NotFoundError,
+    TooManyRequestsError,
     UnauthorizedError,
     UnprocessableError,
 )
@@ -145,6 +147,14 @@ class RefreshSupersededError(ConflictError):
 
     slug = "refresh-superseded"
     title = "Refresh token already rotated"
+
+
+class RefreshRateLimitedError(TooManyRequestsError):
+    """The session rotated REFRESH_ROTATIONS_PER_HOUR times within the last hour; the presented token
+    is neither spent nor revoked and rotates after ``Retry-After`` (``AccountService.refresh``)."""
+
+    slug = "refresh-rate-limited"
+    title = "Too many refresh token rotations"
 
 
 class PasswordChangedError(ConflictError):
@@ -443,6 +453,11 @@ class AccountService:
         while the token that rotation issued is unused, is answered 409 ``refresh-superseded`` and
         revokes nothing; the other request's answer holds the session's tokens. An older token, or one
         whose successor was used, still revokes.
+
+        A session rotates at most REFRESH_ROTATIONS_PER_HOUR times within an hour (each rotation adds a
+        row it keeps until it is over): past them a valid token is answered 429 ``refresh-rate-limited``
+        with ``Retry-After`` (until the oldest of those rotations is an hour old) and is neither spent
+        nor revoked, so the client rotates it after that wait.
         """
         reused: uuid.UUID | None = None
         digest = refresh_token_digest(refresh_token)
@@ -484,12 +499,30 @@ class AccountService:
                 max_age = timedelta(seconds=self.settings.session_max_age_s)
                 if family.started_at + max_age <= datetime.now(UTC):
                     raise UnauthorizedError("The session has ended; sign in again.")
+                await self._limit_rotations(uow, stored.user_id, stored.family_id)
                 await queries.mark_refresh_token_used(uow.conn, id=stored.id)
                 pair = await self._issue(uow, user, stored.family_id, family.started_at)
         if reused is not None:
             log.warning("refresh_token_reuse", user_id=stored.user_id, family_id=str(reused))
             raise UnauthorizedError("The refresh token was already used; the session has been revoked.")
         return pair
+
+    async def _limit_rotations(self, uow: UnitOfWork, user_id: int, family: uuid.UUID) -> None:
+        """429 when ``family`` (locked) rotated REFRESH_ROTATIONS_PER_HOUR times within the last hour:
+        the session's rows would otherwise grow with every rotation the route's per-address limit lets
+        through. Reads that many of the family's newest tokens (``RefreshRotationWait``)."""
+        per_hour = self.settings.refresh_rotations_per_hour
+        wait_s = await queries.refresh_rotation_wait(uow.conn, family_id=family, per_hour=per_hour)
+        if wait_s:
+            retry_after = max(1, math.ceil(wait_s))
+            log.warning(
+                "refresh_rotation_limited", user_id=user_id, family_id=str(family), retry_after_s=retry_after
+            )
+            raise RefreshRateLimitedError(
+                f"This session rotated its refresh token {per_hour} times within the hour; use the "
+                f"same refresh token again in {retry_after} s.",
+                headers={"Retry-After": str(retry_after)},
+            )
 
     async def purge_expired_sessions(self) -> int:
         """Delete the refresh tokens of sessions that have ended (cron); returns how many."""
