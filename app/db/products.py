@@ -102,7 +102,8 @@ async def list_products(
 
 ADJUST_STOCK = """\
 update products set stock = stock + $1::integer, updated_at = now()
-where id = $2 and stock::bigint + $1::integer between 0 and $3::integer
+where id = $2 and stock::bigint + $1::integer >= 0
+  and ($1::integer <= 0 or stock::bigint + $1::integer <= $3::integer)
   and ($4::integer is null or stock = $4::integer)
 returning stock"""
 
@@ -115,9 +116,10 @@ async def adjust_stock(
     max_stock: int,
     expected_stock: int | None,
 ) -> int | None:
-    """An adjustment that would take the stock below zero or above max_stock changes nothing (no row),
-    nor one whose expected_stock (when given) is not the stock now.
-    The sum is computed in bigint: integer overflow must be a refusal, not an error."""
+    """An adjustment that would take the stock below zero, or add units past max_stock, changes nothing
+    (no row), nor one whose expected_stock (when given) is not the stock now. A removal is bounded by
+    zero only: reservations given back (ReleaseStock) can leave a product above max_stock, and it must
+    still be able to shed units. The sum is computed in bigint: overflow must be a refusal, not an error."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(ADJUST_STOCK, (delta, id, max_stock, expected_stock))
         return await cur.fetchone()

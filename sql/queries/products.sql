@@ -34,11 +34,13 @@ order by id
 limit @row_limit;
 
 -- name: AdjustStock :one
--- An adjustment that would take the stock below zero or above max_stock changes nothing (no row),
--- nor one whose expected_stock (when given) is not the stock now.
--- The sum is computed in bigint: integer overflow must be a refusal, not an error.
+-- An adjustment that would take the stock below zero, or add units past max_stock, changes nothing
+-- (no row), nor one whose expected_stock (when given) is not the stock now. A removal is bounded by
+-- zero only: reservations given back (ReleaseStock) can leave a product above max_stock, and it must
+-- still be able to shed units. The sum is computed in bigint: overflow must be a refusal, not an error.
 update products set stock = stock + @delta::integer, updated_at = now()
-where id = @id and stock::bigint + @delta::integer between 0 and @max_stock::integer
+where id = @id and stock::bigint + @delta::integer >= 0
+  and (@delta::integer <= 0 or stock::bigint + @delta::integer <= @max_stock::integer)
   and (sqlc.narg(expected_stock)::integer is null or stock = sqlc.narg(expected_stock)::integer)
 returning stock;
 

@@ -14,6 +14,7 @@ from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.core.types import MAX_ID
+from app.db import products as product_queries
 from app.db.models import UserRole
 from app.domains.products.schemas import MAX_STOCK
 from app.domains.tasks.schemas import MAX_POSITION
@@ -276,6 +277,27 @@ async def test_stock_cannot_be_pushed_past_its_bound(client: Client, admin: Acto
     assert_problem(refused, 409, "conflict")
     taken = await client.post(adjust, json={"delta": -MAX_STOCK, "reason": "all out"}, headers=admin.headers)
     assert (taken.status_code, taken.json()["stock"]) == (201, 0)
+
+
+async def test_a_product_above_its_bound_can_still_shed_units(
+    client: Client, db: AsyncConnection[Any], admin: Actor
+) -> None:
+    """Reservations given back (a cancel, an expiry) are not bounded by MAX_STOCK: a product filled to
+    it while units were reserved ends above it, and removing units must still work."""
+    product = await client.post(
+        "/api/products",
+        json={"sku": "OVER-1", "name": "Over", "price": "1.00", "stock": MAX_STOCK},
+        headers=admin.headers,
+    )
+    assert product.status_code == 201, product.text
+    product_id = product.json()["id"]
+    await product_queries.release_stock(db, quantity=5, id=product_id)
+    adjust = f"/api/products/{product_id}/stock-adjustments"
+    removed = await client.post(adjust, json={"delta": -1, "reason": "one broken"}, headers=admin.headers)
+    assert removed.status_code == 201, removed.text
+    assert removed.json()["stock"] == MAX_STOCK + 4
+    refused = await client.post(adjust, json={"delta": 1, "reason": "one more"}, headers=admin.headers)
+    assert_problem(refused, 409, "conflict")
 
 
 async def test_idempotency_keys_are_printable_ascii(client: Client, member: Actor) -> None:
