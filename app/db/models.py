@@ -500,6 +500,7 @@ class MonitoringTelegramChat(msgspec.Struct, frozen=True):
     blocked_until: datetime | None
     recent_sends: list[datetime]
     migrated_to: str | None
+    told_through: int
 
 
 class MonitoringBudgetPeriod(msgspec.Struct, frozen=True, gc=False):

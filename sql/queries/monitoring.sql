@@ -359,6 +359,41 @@ where id = @id and status = 'sending';
 -- name: MarkDeliveryFinal :exec
 update monitoring_deliveries set status = @status, last_error = @last_error where id = @id;
 
+-- name: LostDeliveries :one
+-- The deliveries of the configured chat @chat_id lost since its last notice: ended 'uncertain' or
+-- 'failed' with an id above the chat's told_through (none told yet: 0). Counted (with the span of
+-- their alerts' times) without the notices' own, which are never told again, but through_id (the
+-- highest id read, 0 for none) covers those too, so told_through moves past them. Only deliveries
+-- below the chat's first one still pending or being sent are read: a delivery still being tried
+-- (backing off, or a digest waiting for its period's end) may be lost later, and told_through never
+-- passes it. Run by the one sender, in the transaction that records a delivered message.
+with told as (
+    select coalesce(max(c.told_through), 0)::bigint as through
+    from monitoring_telegram_chats c where c.chat_id = @chat_id::text
+), unsettled as materialized (
+    -- materialized: read from the partial indexes of those statuses (a few rows), never min(id) by a
+    -- walk of the primary key, which reads the whole table when the chat has none
+    select u.id from monitoring_deliveries u where u.status = 'pending' and u.chat_id = @chat_id::text
+    union all
+    select u.id from monitoring_deliveries u where u.status = 'sending' and u.chat_id = @chat_id::text
+)
+select count(*) filter (where a.kind <> 'notice')::bigint as lost,
+       min(a.created_at) filter (where a.kind <> 'notice')::timestamptz as first_created_at,
+       max(a.created_at) filter (where a.kind <> 'notice')::timestamptz as last_created_at,
+       coalesce(max(d.id), 0)::bigint as through_id
+from monitoring_deliveries d
+join monitoring_alerts a on a.id = d.alert_id
+where d.chat_id = @chat_id::text and d.status in ('uncertain', 'failed')
+  and d.id > (select t.through from told t)
+  and d.id < coalesce((select min(s.id) from unsettled s), 9223372036854775807);
+
+-- name: SetToldThrough :exec
+-- The losses of the configured chat @chat_id up to delivery @told_through are told (never moves back).
+insert into monitoring_telegram_chats (chat_id, told_through)
+values (@chat_id, @told_through)
+on conflict (chat_id) do update
+set told_through = greatest(monitoring_telegram_chats.told_through, excluded.told_through);
+
 -- name: LoadChats :many
 select * from monitoring_telegram_chats;
 

@@ -40,6 +40,12 @@ chat at once; the configured chat's row keeps where it moved (``migrated_to``), 
 to it goes there, and one warning asks the operator to put the new id in ``TELEGRAM_CHAT_ID``.
 Deliveries keep the configured id (it is what ``TELEGRAM_CHAT_ID`` says); pacing is the current chat's.
 
+Nothing lost goes unsaid: the deliveries of a chat that ended ``uncertain`` or ``failed`` are told
+once, in one notice (an alert of kind ``notice``, paced like any other) queued in the transaction that
+records the chat's next delivered message, when Telegram answers again. The chat's ``told_through``
+(the highest delivery id told) moves past them, never past a delivery still being tried; a lost notice
+is not told again.
+
 Pacing follows the Bot API FAQ: one message per second per chat, 20 per minute to a group (a chat id
 starting with ``-``), and after a 429 at least ``parameters.retry_after`` seconds. The pacing state is
 stored per chat, so a restarted sender keeps it.
@@ -63,7 +69,7 @@ from app.core.db import Database
 from app.db import monitoring as queries
 from app.db.models import MonitoringDeliveryStatus, MonitoringTelegramChat
 from app.domains.monitoring.alerts import BUDGET_LOCK
-from app.domains.monitoring.messages import digest_message
+from app.domains.monitoring.messages import digest_message, loss_notice
 from app.domains.monitoring.telegram import SendResult, TelegramClient
 
 log = structlog.get_logger("app.monitoring")
@@ -145,6 +151,36 @@ async def _save_pacing(conn: AsyncConnection[Any], chat_id: str, pacer: Pacer) -
         blocked_until=_utc(blocked) if blocked else None,
         recent_sends=[_utc(moment) for moment in pacer.recent.get(chat_id, [])],
     )
+
+
+async def _tell_losses(conn: AsyncConnection[Any], chat_id: str, now: float) -> int:
+    """After a message delivered to the configured chat ``chat_id`` (in the transaction recording it):
+    queue one notice of the chat's deliveries lost since the last one (``uncertain`` or ``failed``),
+    due at once, and move the chat's ``told_through`` past them. Returns how many were told (0: none,
+    or only lost notices, which are never told again)."""
+    lost = await queries.lost_deliveries(conn, chat_id=chat_id)
+    if lost is None or lost.through_id == 0:
+        return 0
+    if lost.lost:
+        rendered = loss_notice(lost.lost, lost.first_created_at, lost.last_created_at)
+        notice = await queries.insert_alert(
+            conn,
+            key=f"notice:{chat_id}:{lost.through_id}",
+            kind="notice",
+            rule="loss-notice",
+            group_id=None,
+            summary=f"{lost.lost} alert(s) lost since the last notice (deliveries uncertain or failed)",
+            text_html=rendered.html,
+            text_plain=rendered.plain,
+            digest_id=None,
+            created_at=_utc(now),
+        )
+        if notice is not None:
+            await queries.insert_deliveries(
+                conn, alert_id=notice.id, chat_ids=[chat_id], not_before=_utc(now)
+            )
+    await queries.set_told_through(conn, chat_id=chat_id, told_through=lost.through_id)
+    return lost.lost
 
 
 class Sender:
@@ -358,11 +394,13 @@ class Sender:
         now = self.clock()
         error = f"{result.status or ''} {result.description}".strip()[:500]
         given_up = False
+        told = 0
         async with self.db.transaction() as uow:
             if result.outcome == "sent":
                 await queries.mark_delivery_sent(
                     uow.conn, sent_at=_utc(now), message_id=result.message_id, last_error=note, id=row.id
                 )
+                told = await _tell_losses(uow.conn, row.chat_id, now)
             elif result.outcome == "retry" and now < give_up_at and attempts < MAX_ATTEMPTS:
                 if result.retry_after_s is not None:
                     pacer.block(chat, now + result.retry_after_s)
@@ -385,6 +423,8 @@ class Sender:
                     uow.conn, status=status, last_error=error or result.outcome, id=row.id
                 )
             await _save_pacing(uow.conn, chat, pacer)
+        if told:
+            log.warning("monitoring_loss_told", chat_id=row.chat_id, alerts=told)
         if given_up:
             log.error("monitoring_delivery_given_up", delivery_id=row.id, attempts=attempts, last_error=error)
         elif result.outcome != "sent":

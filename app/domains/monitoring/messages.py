@@ -113,3 +113,21 @@ def digest_message(summaries: Sequence[str], started_at: datetime, ends_at: date
     ]
     parts += [Part(f"• {summary}\n") for summary in summaries]
     return render(parts, pointer=f"{ADMIN_PATH}/alerts")
+
+
+def loss_notice(lost: int, first_at: datetime, last_at: datetime) -> Rendered:
+    """The notice that ``lost`` alert messages of the chat, recorded between ``first_at`` and
+    ``last_at``, may not have arrived (their deliveries ended ``uncertain`` or ``failed``)."""
+    alerts = "1 alert" if lost == 1 else f"{lost} alerts"
+    span = (
+        f"at {_when(first_at)}" if first_at == last_at else f"between {_when(first_at)} and {_when(last_at)}"
+    )
+    parts = [
+        Part(f"⚠️ {alerts} may not have arrived", "b"),
+        Part(
+            f" (recorded {span}): Telegram answered with an error, refused them or could not be reached "
+            "in time, or the sender stopped mid-request. They are not sent again.\n"
+        ),
+        Part(f"They are listed at GET {ADMIN_PATH}/alerts, with a delivery uncertain or failed."),
+    ]
+    return render(parts, pointer=f"{ADMIN_PATH}/alerts")

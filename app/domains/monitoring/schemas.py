@@ -279,11 +279,15 @@ class JobStatsOut(msgspec.Struct, frozen=True):
 class DeliveryOut(msgspec.Struct, frozen=True):
     chat_id: str
     status: str
+    """``pending``, ``sending``, ``sent``, ``uncertain`` (may have arrived; never resent) or ``failed``."""
 
 
 class AlertOut(msgspec.Struct, frozen=True):
     id: int
     kind: str
+    """``alert`` (a rule fired), ``digest`` (the alerts over the noise budget), ``report`` (the daily
+    report) or ``notice`` (the chat's deliveries lost since its last notice: ``uncertain`` or ``failed``,
+    never resent)."""
     rule: str
     group_id: int | None
     summary: str
