@@ -818,7 +818,13 @@ async def set_alert_text(conn: AsyncConnection[Any], *, text_html: str, text_pla
         await cur.execute(SET_ALERT_TEXT, (text_html, text_plain, id))
 
 
-DIGEST_SUMMARIES = "select a.id, a.summary, a.group_id, a.created_at from monitoring_alerts a where a.digest_id = $1 order by a.id"
+DIGEST_SUMMARIES = """\
+select a.id, a.summary, a.group_id, a.created_at,
+       (select count(*) from monitoring_alerts c where c.digest_id = $1)::bigint as total
+from monitoring_alerts a
+where a.digest_id = $1
+order by a.id
+limit $2"""
 
 
 class DigestSummariesRow(msgspec.Struct, frozen=True, gc=False):
@@ -826,11 +832,19 @@ class DigestSummariesRow(msgspec.Struct, frozen=True, gc=False):
     summary: str
     group_id: int | None
     created_at: datetime
+    total: int
 
 
-async def digest_summaries(conn: AsyncConnection[Any], *, digest_id: int | None) -> list[DigestSummariesRow]:
+async def digest_summaries(
+    conn: AsyncConnection[Any],
+    *,
+    digest_id: int | None,
+    row_limit: int,
+) -> list[DigestSummariesRow]:
+    """The first @row_limit alerts of a digest (a message holds ~4,096 characters: far fewer lines than a
+    burst can hold alerts), each row with the digest's total."""
     async with AsyncRawCursor(conn, row_factory=args_row(DigestSummariesRow)) as cur:
-        await cur.execute(DIGEST_SUMMARIES, (digest_id,))
+        await cur.execute(DIGEST_SUMMARIES, (digest_id, row_limit))
         return await cur.fetchall()
 
 

@@ -282,7 +282,14 @@ select * from monitoring_alerts where id = @id;
 update monitoring_alerts set text_html = @text_html, text_plain = @text_plain where id = @id;
 
 -- name: DigestSummaries :many
-select a.id, a.summary, a.group_id, a.created_at from monitoring_alerts a where a.digest_id = @digest_id order by a.id;
+-- The first @row_limit alerts of a digest (a message holds ~4,096 characters: far fewer lines than a
+-- burst can hold alerts), each row with the digest's total.
+select a.id, a.summary, a.group_id, a.created_at,
+       (select count(*) from monitoring_alerts c where c.digest_id = @digest_id)::bigint as total
+from monitoring_alerts a
+where a.digest_id = @digest_id
+order by a.id
+limit @row_limit;
 
 -- name: InsertDeliveries :exec
 insert into monitoring_deliveries (alert_id, chat_id, not_before)

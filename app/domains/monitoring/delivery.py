@@ -54,6 +54,7 @@ stored per chat, so a restarted sender keeps it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -86,6 +87,8 @@ MAX_ATTEMPTS = 10_000
 """Requests of one delivery at most, whatever its age: a bound on a loop, as ``MAX_MIGRATIONS``, that an
 outage never reaches (tries are ``MAX_BACKOFF_S`` apart from the ninth on: a day's outage takes some
 300). What bounds the tries of a delivery is its alert's age (``MONITORING_DELIVERY_MAX_AGE_S``)."""
+DIGEST_LINES = 200
+"""Alerts of a digest read to write it: more than a message of 4,096 characters can list."""
 MAX_MIGRATIONS = 3
 """Chat moves followed within one delivery (a group upgrades once; this only bounds a loop)."""
 
@@ -193,9 +196,12 @@ class Sender:
         *,
         max_age_s: float = 86_400.0,
         digest_delay_s: float = 0.0,
+        connect_timeout_s: float = 5.0,
     ) -> None:
         self.db = db
         self.database_url = database_url
+        self.connect_timeout_s = connect_timeout_s
+        """``DATABASE_TIMEOUT_S``: the sender's lock connection gives up connecting after it."""
         self.client = client
         self.clock = clock
         self.max_age_s = max_age_s
@@ -222,7 +228,9 @@ class Sender:
         """
         if not self.client.configured or self._stopping.is_set():
             return 0
-        async with await AsyncConnection.connect(self.database_url, autocommit=True) as lock_conn:
+        async with await AsyncConnection.connect(
+            self.database_url, autocommit=True, connect_timeout=max(2, math.ceil(self.connect_timeout_s))
+        ) as lock_conn:
             if not await queries.try_advisory_lock(lock_conn, key=SENDER_LOCK):
                 return 0
             try:
@@ -289,9 +297,14 @@ class Sender:
             html_text, plain = alert.text_html, alert.text_plain
             if alert.kind == "digest" and not html_text:
                 await queries.lock_key(uow.conn, key=BUDGET_LOCK)  # its list is final once rendered
-                summaries = await queries.digest_summaries(uow.conn, digest_id=alert.id)
+                summaries = await queries.digest_summaries(
+                    uow.conn, digest_id=alert.id, row_limit=DIGEST_LINES
+                )
                 rendered = digest_message(
-                    [item.summary for item in summaries], alert.created_at, _utc(self.clock())
+                    [item.summary for item in summaries],
+                    alert.created_at,
+                    _utc(self.clock()),
+                    total=summaries[0].total if summaries else 0,
                 )
                 html_text, plain = rendered.html, rendered.plain
                 await queries.set_alert_text(uow.conn, text_html=html_text, text_plain=plain, id=alert.id)

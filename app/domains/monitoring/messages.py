@@ -106,9 +106,13 @@ def alert_message(
     return summary, render(parts, pointer=group_path(group_id))
 
 
-def digest_message(summaries: Sequence[str], started_at: datetime, ends_at: datetime) -> Rendered:
+def digest_message(
+    summaries: Sequence[str], started_at: datetime, ends_at: datetime, total: int | None = None
+) -> Rendered:
+    """The digest of the alerts over the noise budget: ``total`` of them (default: as many as
+    ``summaries``, the first of them; the message is cut to Telegram's length anyway)."""
     parts = [
-        Part(f"🧾 {len(summaries)} more alerts", "b"),
+        Part(f"🧾 {len(summaries) if total is None else total} more alerts", "b"),
         Part(f" between {_when(started_at)} and {_when(ends_at)} (over the noise budget)\n"),
     ]
     parts += [Part(f"• {summary}\n") for summary in summaries]

@@ -229,6 +229,7 @@ class MonitoringService:
             lambda: self.clock(),
             max_age_s=settings.monitoring_delivery_max_age_s,
             digest_delay_s=settings.monitoring_alert_budget_window_s,
+            connect_timeout_s=settings.database_timeout_s,
         )
         self.outage = OutageNotifier(
             self.telegram,
