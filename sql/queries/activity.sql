@@ -701,6 +701,10 @@ with reader as (
     from activity_groups g
     where coalesce((select r.is_admin from reader r), false)
       and g.last_seq > (select r.read_through from reader r)
+      -- not a project being deleted (FeedGroups): a hashed set of the few marked ones (`public.`:
+      -- `projects` here is the reader's projects above)
+      and (g.project_id is null
+           or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
 )
 select count(*)::bigint as unread,
        count(*) filter (where c.last_seq > r.seen_through)::bigint as unseen

@@ -106,6 +106,8 @@ async def test_a_deleted_project_is_gone_at_once_for_its_members_and_administrat
     keys = [g["key"] for g in global_feed.json()["items"] if (g["project"] or {}).get("id") == team.project]
     assert len(keys) == 3, global_feed.text
     assert (await client.get(f"/api/feed/groups/{keys[0]}", headers=admin.headers)).status_code == 200
+    unread = await client.get("/api/feed/unread-count", headers=admin.headers)
+    assert unread.json()["unread"] == 3, unread.text
 
     deleted = await client.delete(project, headers=team.owner.headers)
     assert deleted.status_code == 204, deleted.text
@@ -117,6 +119,8 @@ async def test_a_deleted_project_is_gone_at_once_for_its_members_and_administrat
     assert [g for g in admin_feed.json()["items"] if g["project"] is not None] == [], admin_feed.text
     for key in keys:
         assert_problem(await client.get(f"/api/feed/groups/{key}", headers=admin.headers), 404)
+    unread = await client.get("/api/feed/unread-count", headers=admin.headers)
+    assert unread.json()["unread"] == 0, unread.text
 
     for who in (team.owner, team.editor, team.viewer, admin):
         for url in readable:
