@@ -443,6 +443,7 @@ with reader as (
         where coalesce((select r.is_admin from reader r), false)
           and g.last_seq < (select b from bound)
           and ($5::bigint is null or g.project_id = $5::bigint)
+          and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
           and ($6::text is null or g.verb = $6::text)
           and ($7::text is null or g.object_type = $7::text)
         order by g.last_seq desc
@@ -489,6 +490,7 @@ with reader as (
                   and g.last_seq > $3::bigint
                   and g.first_seq <= $3::bigint
                   and ($5::bigint is null or g.project_id = $5::bigint)
+                  and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
                   and ($6::text is null or g.verb = $6::text)
                   and ($7::text is null or g.object_type = $7::text)
             ) s
@@ -530,7 +532,9 @@ async def feed_page(
     from the same ranges: an old or forged cursor costs what the reader may see, no more. Those
     compare with @snapshot itself, so the planner knows it; a first page (none) has no such group.
     `offset 0` keeps a project's range one index scan per project; the administrators' range hangs
-    off the reader's row, so another reader's request never starts it (nor parallel workers for it)."""
+    off the reader's row, so another reader's request never starts it (nor parallel workers for it),
+    and leaves out the groups of projects being deleted (members lost theirs with their membership)
+    before the limit: a hashed set of the few marked projects (`public.`: `projects` is the CTE)."""
     async with AsyncRawCursor(conn, row_factory=args_row(FeedPageRow)) as cur:
         await cur.execute(FEED_PAGE, (row_limit, reader_id, snapshot, before, project_id, verb, object_type))
         return await cur.fetchall()
@@ -590,6 +594,7 @@ with reader as (
           and a.actor_id = $6
           and a.last_seq < (select b from bound)
           and ($5::bigint is null or g.project_id = $5::bigint)
+          and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
           and ($7::text is null or g.verb = $7::text)
           and ($8::text is null or g.object_type = $8::text)
         order by a.last_seq desc
@@ -643,6 +648,7 @@ with reader as (
                   and a.last_seq > $3::bigint
                   and a.first_seq <= $3::bigint
                   and ($5::bigint is null or g.project_id = $5::bigint)
+                  and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
                   and ($7::text is null or g.verb = $7::text)
                   and ($8::text is null or g.object_type = $8::text)
             ) s
@@ -1127,6 +1133,7 @@ from (
         select g.id, g.last_seq
         from activity_groups g
         where coalesce((select r.is_admin from reader r), false) and g.last_seq > $1::bigint
+          and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
         order by g.last_seq
         limit $2
     )

@@ -233,7 +233,9 @@ where not o.deleted and (excluded.deleted or excluded.title is distinct from o.t
 -- from the same ranges: an old or forged cursor costs what the reader may see, no more. Those
 -- compare with @snapshot itself, so the planner knows it; a first page (none) has no such group.
 -- `offset 0` keeps a project's range one index scan per project; the administrators' range hangs
--- off the reader's row, so another reader's request never starts it (nor parallel workers for it).
+-- off the reader's row, so another reader's request never starts it (nor parallel workers for it),
+-- and leaves out the groups of projects being deleted (members lost theirs with their membership)
+-- before the limit: a hashed set of the few marked projects (`public.`: `projects` is the CTE).
 with reader as (
     select u.id, u.role = 'admin' as is_admin from users u where u.id = @reader_id
 ), snap as (
@@ -281,6 +283,7 @@ with reader as (
         where coalesce((select r.is_admin from reader r), false)
           and g.last_seq < (select b from bound)
           and (sqlc.narg(project_id)::bigint is null or g.project_id = sqlc.narg(project_id)::bigint)
+          and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
           and (sqlc.narg(verb)::text is null or g.verb = sqlc.narg(verb)::text)
           and (sqlc.narg(object_type)::text is null or g.object_type = sqlc.narg(object_type)::text)
         order by g.last_seq desc
@@ -327,6 +330,7 @@ with reader as (
                   and g.last_seq > sqlc.narg(snapshot)::bigint
                   and g.first_seq <= sqlc.narg(snapshot)::bigint
                   and (sqlc.narg(project_id)::bigint is null or g.project_id = sqlc.narg(project_id)::bigint)
+                  and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
                   and (sqlc.narg(verb)::text is null or g.verb = sqlc.narg(verb)::text)
                   and (sqlc.narg(object_type)::text is null or g.object_type = sqlc.narg(object_type)::text)
             ) s
@@ -397,6 +401,7 @@ with reader as (
           and a.actor_id = @actor_id
           and a.last_seq < (select b from bound)
           and (sqlc.narg(project_id)::bigint is null or g.project_id = sqlc.narg(project_id)::bigint)
+          and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
           and (sqlc.narg(verb)::text is null or g.verb = sqlc.narg(verb)::text)
           and (sqlc.narg(object_type)::text is null or g.object_type = sqlc.narg(object_type)::text)
         order by a.last_seq desc
@@ -450,6 +455,7 @@ with reader as (
                   and a.last_seq > sqlc.narg(snapshot)::bigint
                   and a.first_seq <= sqlc.narg(snapshot)::bigint
                   and (sqlc.narg(project_id)::bigint is null or g.project_id = sqlc.narg(project_id)::bigint)
+                  and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
                   and (sqlc.narg(verb)::text is null or g.verb = sqlc.narg(verb)::text)
                   and (sqlc.narg(object_type)::text is null or g.object_type = sqlc.narg(object_type)::text)
             ) s
@@ -750,6 +756,7 @@ from (
         select g.id, g.last_seq
         from activity_groups g
         where coalesce((select r.is_admin from reader r), false) and g.last_seq > @after::bigint
+          and (g.project_id is null or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
         order by g.last_seq
         limit @row_limit
     )
