@@ -257,9 +257,11 @@ class PaymentRefundsController(Controller):
         summary="Payments to return, not marked refunded yet (admins)",
         description="Payment events whose money must go back (outcomes `refund-due`, `expired`, "
         "`mismatch`; `refund-due` too for the payment of a paid order an administrator cancelled, "
-        "`POST /api/orders/{id}/cancel`) and that nobody marked refunded, newest first. `payment_id`, "
-        "`amount` and "
-        "`currency` are what the provider reported (null for events recorded before they were stored).",
+        "`POST /api/orders/{id}/cancel`) and that nobody marked refunded, newest payment first (by "
+        "when the payment arrived, not when its refund became due: a cancelled paid order's payment "
+        "takes its arrival's place, possibly on a page already read; walk the list to the end). "
+        "`payment_id`, `amount` and `currency` are what the provider reported (null for events "
+        "recorded before they were stored).",
         responses=problems(400, 401, 403, 429),
     )
     async def list_refunds_due(
