@@ -564,37 +564,153 @@ async def current_visitors(conn: AsyncConnection[Any], *, site_id: int, since: d
         return await cur.fetchone()
 
 
-PURGE_HOURLY_ROLLUPS = "delete from page_view_hourly where hour < $1"
+PURGE_HOURLY_ROLLUPS = """\
+with purged as (
+    delete from page_view_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_hourly first
+        where first.hour >= $1::timestamptz and first.hour < $2::timestamptz
+        order by first.hour
+        limit $3::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), $1::timestamptz)::timestamptz as resume_from
+from purged"""
 
 
-async def purge_hourly_rollups(conn: AsyncConnection[Any], *, before: datetime) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_HOURLY_ROLLUPS, (before,))
-        return cur.rowcount
+class PurgeHourlyRollupsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
 
 
-PURGE_DIMENSION_ROLLUPS = "delete from page_view_dimension_hourly where hour < $1"
+async def purge_hourly_rollups(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    before: datetime,
+    chunk_size: int,
+) -> PurgeHourlyRollupsRow | None:
+    """The rollups' retention (ReportService.purge_rollups) deletes each table in chunks: one chunk is the
+    first @chunk_size rows of the hours before @before from @resume_from on, in the order of an index on
+    hour (page_view_hourly_hour_idx and its siblings; the primary keys start with site_id, so without it
+    every chunk read the whole table). The caller starts the next chunk at resume_from (the last hour
+    deleted: rows of that hour may be left), one transaction each, until a chunk comes back short, so no
+    chunk reads again the index entries of the rows its predecessors deleted, however large the backlog.
+    The rows are deleted by ctid (a Tid Scan): a condition on hour here too made the planner read every
+    expired row through the index and filter them by ctid. The statement's one snapshot picks and deletes
+    the rows, so a ctid cannot name another row meanwhile; hour never changes."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeHourlyRollupsRow)) as cur:
+        await cur.execute(PURGE_HOURLY_ROLLUPS, (resume_from, before, chunk_size))
+        return await cur.fetchone()
 
 
-async def purge_dimension_rollups(conn: AsyncConnection[Any], *, before: datetime) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_DIMENSION_ROLLUPS, (before,))
-        return cur.rowcount
+PURGE_DIMENSION_ROLLUPS = """\
+with purged as (
+    delete from page_view_dimension_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_dimension_hourly first
+        where first.hour >= $1::timestamptz and first.hour < $2::timestamptz
+        order by first.hour
+        limit $3::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), $1::timestamptz)::timestamptz as resume_from
+from purged"""
 
 
-PURGE_HOURLY_VISITORS = "delete from page_view_hourly_visitors where hour < $1"
+class PurgeDimensionRollupsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
 
 
-async def purge_hourly_visitors(conn: AsyncConnection[Any], *, before: datetime) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_HOURLY_VISITORS, (before,))
-        return cur.rowcount
+async def purge_dimension_rollups(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    before: datetime,
+    chunk_size: int,
+) -> PurgeDimensionRollupsRow | None:
+    """One chunk, as PurgeHourlyRollups (page_view_dimension_hourly_hour_idx)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeDimensionRollupsRow)) as cur:
+        await cur.execute(PURGE_DIMENSION_ROLLUPS, (resume_from, before, chunk_size))
+        return await cur.fetchone()
 
 
-PURGE_VISITS = "delete from page_view_visits where last_seen_at < $1"
+PURGE_HOURLY_VISITORS = """\
+with purged as (
+    delete from page_view_hourly_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_hourly_visitors first
+        where first.hour >= $1::timestamptz and first.hour < $2::timestamptz
+        order by first.hour
+        limit $3::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), $1::timestamptz)::timestamptz as resume_from
+from purged"""
 
 
-async def purge_visits(conn: AsyncConnection[Any], *, before: datetime) -> int:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_VISITS, (before,))
-        return cur.rowcount
+class PurgeHourlyVisitorsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_hourly_visitors(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    before: datetime,
+    chunk_size: int,
+) -> PurgeHourlyVisitorsRow | None:
+    """One chunk, as PurgeHourlyRollups (page_view_hourly_visitors_hour_idx)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeHourlyVisitorsRow)) as cur:
+        await cur.execute(PURGE_HOURLY_VISITORS, (resume_from, before, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_VISITS = """\
+with purged as (
+    delete from page_view_visits doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_visits first
+        where first.started_at >= $1::timestamptz and first.started_at < $2::timestamptz
+          and first.last_seen_at < $2::timestamptz
+        order by first.started_at
+        limit $3::integer
+    ))
+    and doomed.last_seen_at < $2::timestamptz
+    returning doomed.started_at
+)
+select count(*)::integer as deleted,
+    coalesce(max(started_at), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeVisitsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_visits(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    before: datetime,
+    chunk_size: int,
+) -> PurgeVisitsRow | None:
+    """One chunk of the visits last seen before @before, as PurgeHourlyRollups but found by started_at
+    (page_view_visits_started_at_idx): a visit starts no later than it was last seen, and started_at,
+    unlike last_seen_at, never changes, so the index leaves the rollup's updates of a visit HOT. A visit
+    that started before @before and was seen since is kept, read by about one chunk of each purge (the
+    next starts after it). The condition on last_seen_at is checked again on the row deleted: a visit a
+    rollup extended meanwhile is kept."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeVisitsRow)) as cur:
+        await cur.execute(PURGE_VISITS, (resume_from, before, chunk_size))
+        return await cur.fetchone()

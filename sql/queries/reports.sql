@@ -319,14 +319,82 @@ select count(distinct visitor_id)::bigint as visitors
 from page_views
 where site_id = @site_id and ts >= @since and not is_bot;
 
--- name: PurgeHourlyRollups :execrows
-delete from page_view_hourly where hour < @before;
+-- name: PurgeHourlyRollups :one
+-- The rollups' retention (ReportService.purge_rollups) deletes each table in chunks: one chunk is the
+-- first @chunk_size rows of the hours before @before from @resume_from on, in the order of an index on
+-- hour (page_view_hourly_hour_idx and its siblings; the primary keys start with site_id, so without it
+-- every chunk read the whole table). The caller starts the next chunk at resume_from (the last hour
+-- deleted: rows of that hour may be left), one transaction each, until a chunk comes back short, so no
+-- chunk reads again the index entries of the rows its predecessors deleted, however large the backlog.
+-- The rows are deleted by ctid (a Tid Scan): a condition on hour here too made the planner read every
+-- expired row through the index and filter them by ctid. The statement's one snapshot picks and deletes
+-- the rows, so a ctid cannot name another row meanwhile; hour never changes.
+with purged as (
+    delete from page_view_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_hourly first
+        where first.hour >= @resume_from::timestamptz and first.hour < @before::timestamptz
+        order by first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
 
--- name: PurgeDimensionRollups :execrows
-delete from page_view_dimension_hourly where hour < @before;
+-- name: PurgeDimensionRollups :one
+-- One chunk, as PurgeHourlyRollups (page_view_dimension_hourly_hour_idx).
+with purged as (
+    delete from page_view_dimension_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_dimension_hourly first
+        where first.hour >= @resume_from::timestamptz and first.hour < @before::timestamptz
+        order by first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
 
--- name: PurgeHourlyVisitors :execrows
-delete from page_view_hourly_visitors where hour < @before;
+-- name: PurgeHourlyVisitors :one
+-- One chunk, as PurgeHourlyRollups (page_view_hourly_visitors_hour_idx).
+with purged as (
+    delete from page_view_hourly_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_hourly_visitors first
+        where first.hour >= @resume_from::timestamptz and first.hour < @before::timestamptz
+        order by first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
 
--- name: PurgeVisits :execrows
-delete from page_view_visits where last_seen_at < @before;
+-- name: PurgeVisits :one
+-- One chunk of the visits last seen before @before, as PurgeHourlyRollups but found by started_at
+-- (page_view_visits_started_at_idx): a visit starts no later than it was last seen, and started_at,
+-- unlike last_seen_at, never changes, so the index leaves the rollup's updates of a visit HOT. A visit
+-- that started before @before and was seen since is kept, read by about one chunk of each purge (the
+-- next starts after it). The condition on last_seen_at is checked again on the row deleted: a visit a
+-- rollup extended meanwhile is kept.
+with purged as (
+    delete from page_view_visits doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_visits first
+        where first.started_at >= @resume_from::timestamptz and first.started_at < @before::timestamptz
+          and first.last_seen_at < @before::timestamptz
+        order by first.started_at
+        limit @chunk_size::integer
+    ))
+    and doomed.last_seen_at < @before::timestamptz
+    returning doomed.started_at
+)
+select count(*)::integer as deleted,
+    coalesce(max(started_at), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;

@@ -40,12 +40,13 @@ import zoneinfo
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 import psycopg
 import structlog
 from litestar.exceptions import ValidationException
+from psycopg import AsyncConnection
 
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
@@ -78,6 +79,11 @@ T = TypeVar("T")
 ROLLUP_GRACE = timedelta(minutes=10)
 ROLLUP_CHUNK = timedelta(hours=1)
 ROLLUP_STATEMENT_TIMEOUT = "5min"
+PURGE_CHUNK = 10_000
+"""Rollup rows deleted per transaction by the retention (``purge_rollups``): each statement stays far
+below the statement timeout, however many rows have piled up."""
+PURGE_FROM = datetime(1, 1, 1, tzinfo=UTC)
+"""Where a table's first purge chunk starts (before every row's hour)."""
 PERIOD_DAYS = {"today": 1, "7d": 7, "30d": 30}
 MAX_CUSTOM_DAYS = 366
 MAX_HOURLY_DAYS = 31
@@ -188,6 +194,24 @@ def _ratio(part: int, whole: int) -> float:
     return round(part / whole, 4) if whole else 0.0
 
 
+class _PurgedChunk(Protocol):
+    """What one chunk of a rollup table's purge answers (``PurgeHourlyRollupsRow`` and its siblings)."""
+
+    @property
+    def deleted(self) -> int: ...
+
+    @property
+    def resume_from(self) -> datetime: ...
+
+
+class _PurgeChunk(Protocol):
+    """One chunk of a rollup table's purge (``queries.purge_hourly_rollups`` and its siblings)."""
+
+    def __call__(
+        self, conn: AsyncConnection[Any], *, resume_from: datetime, before: datetime, chunk_size: int
+    ) -> Awaitable[_PurgedChunk | None]: ...
+
+
 class ReportService:
     """Reports (cached for ``ttl_s``, keyed by site and resolved range), the rollup step and the
     retention of the rollups.
@@ -243,18 +267,53 @@ class ReportService:
                 "analytics rolled up", received_from=start.isoformat(), received_to=end.isoformat(), rows=rows
             )
 
-    async def purge_rollups(self, now: datetime | None = None) -> int:
+    async def purge_rollups(self, now: datetime | None = None, *, chunk_size: int = PURGE_CHUNK) -> int:
         """Delete rollups (visitor-level ones included) of the hours before the retention's first
         kept UTC day: the boundary the raw partitions are dropped on (``retention_first_day``), so the
-        oldest day kept is reported whole, never its last hours only."""
+        oldest day kept is reported whole, never its last hours only. Returns how many rows.
+
+        Each table is purged in chunks of at most ``chunk_size`` rows, oldest first through an index
+        on the hour (``PurgeHourlyRollups``), one transaction each, until a chunk comes back short: a
+        backlog (a lowered retention, purges that could not run) drains however large, where one
+        transaction of four DELETEs, each reading its whole table, outlasted the statement timeout,
+        rolled back, and left more for the next night. A table whose purge fails (a timeout, a lock)
+        is logged and left for the next day, the chunks it deleted kept; the tables after it are
+        purged all the same, and the first failure is raised once every table has been tried."""
         today = (now or datetime.now(UTC)).astimezone(UTC).date()
         before = datetime.combine(retention_first_day(today, self.retention_days), time(), UTC)
-        async with self.db.transaction() as uow:
-            deleted = await queries.purge_hourly_rollups(uow.conn, before=before)
-            deleted += await queries.purge_dimension_rollups(uow.conn, before=before)
-            deleted += await queries.purge_hourly_visitors(uow.conn, before=before)
-            deleted += await queries.purge_visits(uow.conn, before=before)
-        return deleted
+        tables: list[tuple[str, _PurgeChunk]] = [
+            ("page_view_hourly", queries.purge_hourly_rollups),
+            ("page_view_dimension_hourly", queries.purge_dimension_rollups),
+            ("page_view_hourly_visitors", queries.purge_hourly_visitors),
+            ("page_view_visits", queries.purge_visits),
+        ]
+        deleted: dict[str, int] = {}
+        failures: list[Exception] = []
+        for table, purge in tables:
+            try:
+                deleted[table] = await self._purge_table(purge, before, chunk_size)
+            except Exception as exc:
+                log.exception("rollups_purge_failed", table=table)
+                failures.append(exc)
+        if any(deleted.values()):
+            log.info("rollups_purged", **{table: count for table, count in deleted.items() if count})
+        if failures:
+            raise failures[0]
+        return sum(deleted.values())
+
+    async def _purge_table(self, purge: _PurgeChunk, before: datetime, chunk_size: int) -> int:
+        """One table's rows before ``before``, ``chunk_size`` per transaction, each chunk starting
+        where the last one ended (it never reads the index entries its predecessors deleted)."""
+        resume_from = PURGE_FROM
+
+        async def chunk(uow: UnitOfWork) -> int:
+            nonlocal resume_from
+            purged = await purge(uow.conn, resume_from=resume_from, before=before, chunk_size=chunk_size)
+            assert purged is not None
+            resume_from = purged.resume_from
+            return purged.deleted
+
+        return await self.db.delete_in_chunks(chunk, chunk_size)
 
     # -- access ---------------------------------------------------------------------------------
 
