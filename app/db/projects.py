@@ -208,15 +208,30 @@ async def purge_group_event_reads(conn: AsyncConnection[Any], *, group_ids: list
 
 
 PURGE_GROUP_EVENTS = """\
-delete from activity_events
-where id in (
-    select e.id from activity_events e
+with doomed as (
+    select e.id, e.object_type, e.object_id, e.target_type, e.target_id from activity_events e
     where e.group_id = any($1::bigint[])
     limit $2::integer
-)"""
+), named as (
+    select d.object_type, d.object_id from doomed d where d.object_type in ('task', 'file')
+    union
+    select d.target_type, d.target_id from doomed d where d.target_type in ('task', 'file')
+), tombstoned as (
+    update activity_objects o set title = null, deleted = true
+    from named n
+    where o.object_type = n.object_type and o.object_id = n.object_id and not o.deleted
+)
+delete from activity_events
+where id in (select d.id from doomed d)"""
 
 
 async def purge_group_events(conn: AsyncConnection[Any], *, group_ids: list[int], row_limit: int) -> int:
+    """The events deleted (how many: the DELETE's rows), and the feed's objects they name that the project
+    owned (its tasks and files, as object or target) made tombstones, as a `*.deleted` event makes one
+    (UpsertActivityObjects in activity.sql): the title erased, the row kept (ids are never reused). The
+    project's deletion emits no event per task or file, and the deletion events of those deleted just
+    before it may have been dropped (an event of a project being deleted is not stored): every title
+    the project's objects have came with one of its events, so none outlives the purge."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_GROUP_EVENTS, (group_ids, row_limit))
         return cur.rowcount
@@ -295,6 +310,54 @@ PURGE_TASKS = "delete from tasks where id = any($1::bigint[]) and project_id = $
 async def purge_tasks(conn: AsyncConnection[Any], *, task_ids: list[int], project_id: int) -> int:
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_TASKS, (task_ids, project_id))
+        return cur.rowcount
+
+
+TOMBSTONE_TASK_OBJECTS = """\
+update activity_objects set title = null, deleted = true
+where object_type = 'task' and object_id = any($1::bigint[]) and not deleted"""
+
+
+async def tombstone_task_objects(conn: AsyncConnection[Any], *, task_ids: list[int]) -> int:
+    """The feed's objects of a chunk of a deleted project's purged tasks made tombstones, as a task.deleted
+    event makes one (UpsertActivityObjects in activity.sql): the title erased, the row kept (ids are
+    never reused; no later event of the project is stored). The deletion emits no task.deleted per task."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(TOMBSTONE_TASK_OBJECTS, (task_ids,))
+        return cur.rowcount
+
+
+PURGE_PROJECT_FILE_IDS = """\
+select f.id from project_files f
+where f.project_id = $1 and f.id > $2
+  and exists (select 1 from projects p where p.id = f.project_id and p.deleting_since is not null)
+order by f.id
+limit $3::integer"""
+
+
+async def purge_project_file_ids(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    after_id: int,
+    chunk_size: int,
+) -> list[int]:
+    """One chunk of a deleted project's files (only while it is being deleted), after @after_id in id order
+    (project_files_project_idx): their rows go with the project's (DeleteProject), their objects first."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PURGE_PROJECT_FILE_IDS, (project_id, after_id, chunk_size))
+        return await cur.fetchall()
+
+
+TOMBSTONE_FILE_OBJECTS = """\
+update activity_objects set title = null, deleted = true
+where object_type = 'file' and object_id = any($1::bigint[]) and not deleted"""
+
+
+async def tombstone_file_objects(conn: AsyncConnection[Any], *, file_ids: list[int]) -> int:
+    """The feed's objects of a chunk of a deleted project's files made tombstones, as TombstoneTaskObjects."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(TOMBSTONE_FILE_OBJECTS, (file_ids,))
         return cur.rowcount
 
 
@@ -498,12 +561,23 @@ async def withdraw_invitations_sent_by(conn: AsyncConnection[Any], *, project_id
         return cur.rowcount
 
 
-COUNT_OWNERS = "select count(*) from project_members where project_id = $1 and role = 'owner'"
+COUNT_OTHER_ACTIVE_OWNERS = """\
+select count(*) from project_members m
+join users u on u.id = m.user_id and u.is_active
+where m.project_id = $1 and m.role = 'owner' and m.user_id <> $2"""
 
 
-async def count_owners(conn: AsyncConnection[Any], *, project_id: int) -> int | None:
+async def count_other_active_owners(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    user_id: int,
+) -> int | None:
+    """The project's owners besides @user_id who can act: an owner whose account is deactivated cannot
+    (no sign-in, no session), so "the last owner stays" counts only active accounts (and removing or
+    demoting a deactivated owner takes no owner who can act away). Read under LockProjectMembership."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(COUNT_OWNERS, (project_id,))
+        await cur.execute(COUNT_OTHER_ACTIVE_OWNERS, (project_id, user_id))
         return await cur.fetchone()
 
 

@@ -85,12 +85,27 @@ where (user_id, event_id) in (
 );
 
 -- name: PurgeGroupEvents :execrows
-delete from activity_events
-where id in (
-    select e.id from activity_events e
+-- The events deleted (how many: the DELETE's rows), and the feed's objects they name that the project
+-- owned (its tasks and files, as object or target) made tombstones, as a `*.deleted` event makes one
+-- (UpsertActivityObjects in activity.sql): the title erased, the row kept (ids are never reused). The
+-- project's deletion emits no event per task or file, and the deletion events of those deleted just
+-- before it may have been dropped (an event of a project being deleted is not stored): every title
+-- the project's objects have came with one of its events, so none outlives the purge.
+with doomed as (
+    select e.id, e.object_type, e.object_id, e.target_type, e.target_id from activity_events e
     where e.group_id = any(@group_ids::bigint[])
     limit @row_limit::integer
-);
+), named as (
+    select d.object_type, d.object_id from doomed d where d.object_type in ('task', 'file')
+    union
+    select d.target_type, d.target_id from doomed d where d.target_type in ('task', 'file')
+), tombstoned as (
+    update activity_objects o set title = null, deleted = true
+    from named n
+    where o.object_type = n.object_type and o.object_id = n.object_id and not o.deleted
+)
+delete from activity_events
+where id in (select d.id from doomed d);
 
 -- name: PurgeGroupObjects :execrows
 delete from activity_group_objects
@@ -124,6 +139,27 @@ delete from task_search_documents where task_id = any(@task_ids::bigint[]);
 
 -- name: PurgeTasks :execrows
 delete from tasks where id = any(@task_ids::bigint[]) and project_id = @project_id;
+
+-- name: TombstoneTaskObjects :execrows
+-- The feed's objects of a chunk of a deleted project's purged tasks made tombstones, as a task.deleted
+-- event makes one (UpsertActivityObjects in activity.sql): the title erased, the row kept (ids are
+-- never reused; no later event of the project is stored). The deletion emits no task.deleted per task.
+update activity_objects set title = null, deleted = true
+where object_type = 'task' and object_id = any(@task_ids::bigint[]) and not deleted;
+
+-- name: PurgeProjectFileIds :many
+-- One chunk of a deleted project's files (only while it is being deleted), after @after_id in id order
+-- (project_files_project_idx): their rows go with the project's (DeleteProject), their objects first.
+select f.id from project_files f
+where f.project_id = @project_id and f.id > @after_id
+  and exists (select 1 from projects p where p.id = f.project_id and p.deleting_since is not null)
+order by f.id
+limit @chunk_size::integer;
+
+-- name: TombstoneFileObjects :execrows
+-- The feed's objects of a chunk of a deleted project's files made tombstones, as TombstoneTaskObjects.
+update activity_objects set title = null, deleted = true
+where object_type = 'file' and object_id = any(@file_ids::bigint[]) and not deleted;
 
 -- name: DeleteProject :execrows
 -- The last step of a deleted project's purge: the row, and what still cascades from it (its files'
@@ -202,8 +238,13 @@ where i.project_id = @project_id and u.id = @user_id and i.email = u.email;
 -- invitation carries its sender's authority: accepted later, it would let them back in alone).
 delete from project_invitations where project_id = @project_id and invited_by = @user_id::bigint;
 
--- name: CountOwners :one
-select count(*) from project_members where project_id = @project_id and role = 'owner';
+-- name: CountOtherActiveOwners :one
+-- The project's owners besides @user_id who can act: an owner whose account is deactivated cannot
+-- (no sign-in, no session), so "the last owner stays" counts only active accounts (and removing or
+-- demoting a deactivated owner takes no owner who can act away). Read under LockProjectMembership.
+select count(*) from project_members m
+join users u on u.id = m.user_id and u.is_active
+where m.project_id = @project_id and m.role = 'owner' and m.user_id <> @user_id;
 
 -- name: ListMembers :many
 select m.project_id, m.user_id, m.role, m.added_at, u.display_name, u.email

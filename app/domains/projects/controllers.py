@@ -188,8 +188,9 @@ class MembersController(Controller):
     @patch(
         "/{user_id:int}",
         summary="Change a member's role (owners)",
-        description="The last owner cannot be demoted (409). Demoting an owner withdraws the invitations "
-        "they sent to the project.",
+        description="The last owner whose account is active cannot be demoted (409): an owner whose "
+        "account is deactivated does not count. Demoting an owner withdraws the invitations they sent to "
+        "the project.",
         responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def change_role(
@@ -208,8 +209,9 @@ class MembersController(Controller):
         "/{user_id:int}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Remove a member (owners) or leave the project (yourself)",
-        description="The last owner cannot go (409). The member's waiting invitations to the project are "
-        "withdrawn, and so are the invitations they sent to it.",
+        description="The last owner whose account is active cannot go (409): an owner whose account is "
+        "deactivated does not count. The member's waiting invitations to the project are withdrawn, and "
+        "so are the invitations they sent to it.",
         responses=problems(401, 403, 404, 409, 429),
     )
     async def remove_member(

@@ -13,8 +13,8 @@ and invitations), so none of these waits can close a cycle with a deletion:
   404 or 422, not the insert's foreign-key violation (a 500);
 - a change of members or invitations (an invitation sent or accepted, a role changed, a member
   removed) holds the project ``FOR NO KEY UPDATE`` before it reads any role or count: two changes
-  that each saw another owner cannot remove the last one together, two invitations cannot both
-  pass the cap, and a member's removal (which withdraws their waiting invitations, and those they
+  that each saw another active owner cannot remove the last one together, two invitations cannot
+  both pass the cap, and a member's removal (which withdraws their waiting invitations, and those they
   sent) or an owner's demotion (which withdraws those they sent) and an acceptance of one of them come
   one after the other;
 - a change of the project's own fields holds it ``FOR NO KEY UPDATE``, and a deletion ``FOR UPDATE``
@@ -86,6 +86,10 @@ the caps, 100 tasks of ``COMMENTS_PER_TASK_MAX`` 1,000 comments: 100,000 comment
 PURGE_GROUPS_CHUNK = 100
 """A deleted project's feed groups purged per transaction once empty (their actors and readers' marks
 go with them)."""
+
+PURGE_FILES_CHUNK = 1_000
+"""A deleted project's files whose feed objects are made tombstones per transaction, before its row goes
+(``FILE_PROJECT_MAX_COUNT`` is 1,000 by default, but a setting: no bound on its own)."""
 
 PURGE_FEED_ROWS_CHUNK = 20_000
 """A deleted project's feed rows (event reads, events, group objects) deleted per statement and
@@ -545,9 +549,15 @@ class ProjectService:
         self, project_id: int, budget_s: float = PURGE_RUN_BUDGET_S, max_chunks: int | None = None
     ) -> bool:
         """Delete what a deleted project held, one bounded chunk per transaction (its feed's groups,
-        then its tasks with their comments and search documents), then its row (whose cascade is then
-        small: its files' rows). True once nothing of it is left (or nothing was to purge: a live
-        project, or one purged already, is never touched).
+        then its tasks with their comments and search documents; then its files' feed objects made
+        tombstones), then its row (whose cascade is then small: its files' rows). True once nothing of
+        it is left (or nothing was to purge: a live project, or one purged already, is never touched).
+
+        Nothing the project held keeps a title in the feed's objects (``activity_objects``): a task's or
+        a file's is erased as its ``*.deleted`` event would (the object stays, a tombstone), since the
+        deletion emits no such event per task or file. The files' chunks walk the project's files in id
+        order from where this run's last one stopped (a follow-up run starts again from the first: the
+        objects tombstoned already are found again, and left as they are).
 
         Each chunk is consistent on its own: a purge stopped anywhere leaves a project being deleted
         that holds less, and the next run goes on. After ``budget_s`` the run enqueues its follow-up
@@ -555,6 +565,7 @@ class ProjectService:
         another purge of the project in a chunk stops, leaving it to that one."""
         deadline = time.monotonic() + budget_s
         chunks = 0
+        files_after: int | None = 0  # the files' objects are tombstoned up to this file id (None: all)
         while True:
             async with self.db.transaction() as uow:
                 if not await queries.lock_project_purge(uow.conn, project_id=project_id):
@@ -567,6 +578,11 @@ class ProjectService:
                 if await self._purge_chunk(uow, project_id):
                     chunks += 1
                     continue
+                if files_after is not None:
+                    files_after = await self._tombstone_files(uow, project_id, files_after)
+                    if files_after is not None:
+                        chunks += 1
+                        continue
                 await queries.delete_project(uow.conn, id=project_id)
             log.info("project_purged", project_id=project_id)
             return True
@@ -577,7 +593,12 @@ class ProjectService:
         groups, up to ``PURGE_FEED_ROWS_CHUNK`` rows in all of their event reads, then events, then
         group objects (so the events' cascade finds no reads), and the groups themselves once empty;
         once no group is left, up to ``PURGE_TASKS_CHUNK`` of its tasks, their comments first (by task
-        id), then their search documents. Whether anything was deleted."""
+        id), then their search documents, and their feed objects made tombstones. Whether anything was
+        deleted.
+
+        The events' deletion makes the objects they name tombstones too (``PurgeGroupEvents``): a task
+        or a file deleted just before the project, whose ``*.deleted`` event the feed then dropped (an
+        event of a project being deleted is not stored), has no row left for the chunks below to find."""
         group_ids = await queries.purge_project_group_ids(
             uow.conn, project_id=project_id, chunk_size=PURGE_GROUPS_CHUNK
         )
@@ -601,7 +622,20 @@ class ProjectService:
         await queries.purge_task_comments(uow.conn, task_ids=task_ids)
         await queries.purge_task_search_documents(uow.conn, task_ids=task_ids)
         await queries.purge_tasks(uow.conn, task_ids=task_ids, project_id=project_id)
+        await queries.tombstone_task_objects(uow.conn, task_ids=task_ids)
         return True
+
+    @staticmethod
+    async def _tombstone_files(uow: UnitOfWork, project_id: int, after_id: int) -> int | None:
+        """The feed objects of up to ``PURGE_FILES_CHUNK`` of a deleted project's files after file id
+        ``after_id`` made tombstones (the rows go with the project's own); the last file id done, or
+        None once there are no more."""
+        file_ids = await queries.purge_project_file_ids(
+            uow.conn, project_id=project_id, after_id=after_id, chunk_size=PURGE_FILES_CHUNK
+        )
+        if file_ids:
+            await queries.tombstone_file_objects(uow.conn, file_ids=file_ids)
+        return file_ids[-1] if len(file_ids) == PURGE_FILES_CHUNK else None
 
     async def requeue_lost_purges(self, older_than_s: float = PURGE_LOST_AFTER_S, limit: int = 1_000) -> int:
         """The hourly cron: a purge job for each project marked for deletion more than
@@ -617,9 +651,9 @@ class ProjectService:
     async def change_member_role(
         self, actor: int, project_id: int, user_id: int, role: ProjectRole
     ) -> ProjectRole:
-        """Owners change anyone's role; the last owner stays one. An owner demoted loses the invitations
-        they sent to the project (withdrawn, after the membership: a deletion's order): they carried
-        an owner's authority the sender no longer has."""
+        """Owners change anyone's role; the last active owner stays one (``_keep_an_owner``). An owner
+        demoted loses the invitations they sent to the project (withdrawn, after the membership: a
+        deletion's order): they carried an owner's authority the sender no longer has."""
         async with self.db.transaction() as uow:
             await self._lock_membership(uow, project_id)
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
@@ -629,7 +663,7 @@ class ProjectService:
             if current == role:
                 return role
             if current == ProjectRole.OWNER:
-                await self._keep_an_owner(uow, project_id)
+                await self._keep_an_owner(uow, project_id, user_id)
             changed = await queries.update_member_role(
                 uow.conn, role=role, project_id=project_id, user_id=user_id
             )
@@ -648,7 +682,8 @@ class ProjectService:
             return role
 
     async def remove_member(self, actor: int, project_id: int, user_id: int) -> None:
-        """Owners remove anyone; any member may leave. The last owner cannot go.
+        """Owners remove anyone; any member may leave. The last active owner cannot go
+        (``_keep_an_owner``).
 
         The member's task assignments in the project are cleared by the database (the assignee is a
         foreign key to the membership, ``on delete set null``), so no other domain is touched here.
@@ -666,7 +701,7 @@ class ProjectService:
             if current is None:
                 raise NotFoundError(missing)
             if current == ProjectRole.OWNER:
-                await self._keep_an_owner(uow, project_id)
+                await self._keep_an_owner(uow, project_id, user_id)
             if not await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id):
                 raise NotFoundError(missing)  # removed meanwhile
             await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
@@ -694,8 +729,13 @@ class ProjectService:
             raise NotFoundError("No such project.")
 
     @staticmethod
-    async def _keep_an_owner(uow: UnitOfWork, project_id: int) -> None:
-        """409 unless another owner stays (under ``_lock_membership``: the count is current)."""
-        owners = await queries.count_owners(uow.conn, project_id=project_id)
-        if (owners or 0) <= 1:
-            raise ConflictError("A project keeps at least one owner: promote another member first.")
+    async def _keep_an_owner(uow: UnitOfWork, project_id: int, user_id: int) -> None:
+        """409 unless an owner other than ``user_id`` (who stops being one) stays whose account is active
+        (under ``_lock_membership``: the count is current). An owner whose account an administrator
+        deactivated cannot act (no sign-in): counted, they would let the last owner who can leave or be
+        demoted, and nobody could manage the project. Removing or demoting a deactivated owner takes
+        away nobody who can act, so the active owner who does it is enough. An administrator's
+        deactivation of the last active owner is not refused here (accounts are not this domain's)."""
+        owners = await queries.count_other_active_owners(uow.conn, project_id=project_id, user_id=user_id)
+        if not owners:
+            raise ConflictError("A project keeps at least one active owner: promote another member first.")
