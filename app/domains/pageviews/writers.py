@@ -36,6 +36,19 @@ to a server that stopped answering (a frozen host) waits as long as the query. T
 ``WriteTimeoutError`` and the sink answers its requests 503: a timed-out write is never
 acknowledged (it may or may not have committed; a retried send with an event id is stored once).
 
+A severed backend must end on the server too: one waiting on a lock does not notice that its client
+left, and the next write opens a new connection. While something held a conflicting lock on
+``page_views`` or ``sites`` longer than the deadline, every deadline left one more backend waiting
+(until ``max_connections`` refused the whole app), and when the lock went they all committed views
+already answered 503, their uncommitted event-id claims blocking the retries meanwhile. So the
+sink's sessions (both drivers; ``session_options``) start with ``statement_timeout`` and
+``idle_in_transaction_session_timeout`` a little above the deadline (``session_timeout_ms``: a
+statement starts after its write's deadline did, so the server never cuts one the client would
+still wait for, a large COPY included), and check every ``CONNECTION_CHECK_INTERVAL_MS`` whether
+their client is still there (``client_connection_check_interval``: a write cut before its deadline,
+when the sink closes or its caller is cancelled, ends within about an interval). They are named
+``<APP_NAME>:pageview-sink`` in ``pg_stat_activity``.
+
 SQL lives here, not in ``sql/queries``, because half of it runs on asyncpg (which sqlc's generated
 psycopg code cannot use) and the COPY column lists follow ``rows.COLUMNS``.
 """
@@ -47,16 +60,29 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Json
 
 from app.core.db import check_within
-from app.core.deadline import DeadlineExceededError, finish_within, sever
+from app.core.deadline import DeadlineExceededError, answered_within, finish_within, sever
 from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
 
 T = TypeVar("T")
 
 COPY_FROM = 256  # rows; below it the one-statement write costs less CPU (client + server) per row
 UNIQUE_VIOLATION = "23505"
+SESSION_MARGIN_MS = 500
+"""How much longer than a write's deadline the server lets a sink statement, or transaction, run."""
+CONNECTION_CHECK_INTERVAL_MS = 1000
+"""How often a sink session running a statement checks that its client is still connected."""
+_MAX_TIMEOUT_MS = 2**31 - 1  # the largest value PostgreSQL's timeouts take
+APPLICATION_NAME = "pageview-sink"
+_CHECK_CLIENT = (
+    f"select set_config('client_connection_check_interval', '{CONNECTION_CHECK_INTERVAL_MS}', false)"
+)
+_SETTING_REFUSED = ("42704", "22023")
+"""``client_connection_check_interval`` unknown (PostgreSQL before 14) or refused (any value but 0 on a
+platform where the server cannot check its clients)."""
 _COLUMN_LIST = ", ".join(COLUMNS)
 
 _INCOMING_AND_GONE = f"""
@@ -101,6 +127,33 @@ from unnest($1::bigint[]) as batch (site_id)
 where not exists (select 1 from sites s where s.id = batch.site_id)"""
 COPY_EVENT_IDS = "copy page_view_event_ids (site_id, event_id) from stdin (format binary)"
 COPY_PAGE_VIEWS = f"copy page_views ({_COLUMN_LIST}) from stdin (format binary)"
+
+
+def session_timeout_ms(timeout_s: float) -> int:
+    """The sink sessions' ``statement_timeout`` and ``idle_in_transaction_session_timeout``.
+
+    ``timeout_s`` is the largest deadline a write is given (every write, a COPY of the largest batch
+    included, has the writer's one deadline, counted from before its connection is borrowed): a
+    statement or transaction that outlives it belongs to a write already severed and answered 503.
+    """
+    return min(math.ceil(timeout_s * 1000) + SESSION_MARGIN_MS, _MAX_TIMEOUT_MS)
+
+
+def session_options(timeout_s: float, dsn: str) -> str:
+    """The server settings of the sink's sessions (libpq ``options``), then those of ``dsn``, which
+    win (as in ``app.core.db.session_options``; either driver's own setting replaces the URL's)."""
+    timeout_ms = session_timeout_ms(timeout_s)
+    ours = f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}"
+    theirs = conninfo_to_dict(dsn).get("options")
+    return f"{ours} {theirs}" if theirs else ours
+
+
+def application_name(app_name: str | None) -> str:
+    return f"{app_name}:{APPLICATION_NAME}" if app_name else APPLICATION_NAME
+
+
+def _refused_setting(exc: Exception) -> bool:
+    return getattr(exc, "sqlstate", None) in _SETTING_REFUSED
 
 
 class SitesGoneError(Exception):
@@ -223,6 +276,15 @@ def _same(value: bytes) -> bytes:
     return value
 
 
+async def _check_client(conn: Any) -> None:
+    """Set ``client_connection_check_interval`` on ``conn`` (either driver), unless the server refuses it."""
+    try:
+        await conn.execute(_CHECK_CLIENT)
+    except Exception as exc:
+        if not _refused_setting(exc):
+            raise
+
+
 def _in_step(exc: Exception) -> bool:
     """Whether an asyncpg connection is still usable after ``exc``: the server answered with an error
     (a SQLSTATE; asyncpg gives its own refusal to encode a parameter one too), or the write refused
@@ -253,9 +315,13 @@ class AsyncpgWriter(_Writer):
 
     name = "asyncpg"
 
-    def __init__(self, dsn: str, connections: int, timeout_s: float) -> None:
+    def __init__(self, dsn: str, connections: int, timeout_s: float, *, app_name: str | None = None) -> None:
         self._dsn = dsn
         self._timeout_s = timeout_s
+        self._server_settings = {
+            "options": session_options(timeout_s, dsn),
+            "application_name": application_name(app_name),
+        }
         self._slots = asyncio.Semaphore(connections)
         self._idle: list[Any] = []
         self._closed = False
@@ -311,9 +377,14 @@ class AsyncpgWriter(_Writer):
     async def _connect(self) -> Any:
         import asyncpg
 
-        conn = await asyncpg.connect(self._dsn)  # no command_timeout: the deadline above bounds every use
+        # No command_timeout: the deadline above bounds every use. The settings travel in the startup
+        # packet (the URL's ``options`` among them); the client check, which an older server would
+        # refuse there, is one statement more per connection (not per write).
+        conn = await asyncpg.connect(self._dsn, server_settings=self._server_settings)
         try:
             await _json_as_text(conn)
+            if conn.get_server_version().major >= 14:
+                await _check_client(conn)
         except BaseException:
             conn.terminate()
             raise
@@ -341,16 +412,18 @@ class AsyncpgWriter(_Writer):
 class PsycopgWriter(_Writer):
     name = "psycopg"
 
-    def __init__(self, dsn: str, connections: int, timeout_s: float) -> None:
+    def __init__(self, dsn: str, connections: int, timeout_s: float, *, app_name: str | None = None) -> None:
         self._dsn = dsn
         self._connections = connections
         self._timeout_s = timeout_s
+        self._app_name = app_name
         self._pool: Any = None
 
     async def open(self) -> None:
         """Autocommit: a small batch is one statement (one round trip); large ones open a
         transaction. Borrowing waits ``timeout_s``, with ``connect_timeout`` and the deadline-bound
-        check of ``app.core.db`` (why: ``create_pool`` there)."""
+        check of ``app.core.db`` (why: ``create_pool`` there). The sessions' limits (the module's
+        docstring) are in ``options``; the client check is set once per new connection."""
         from psycopg_pool import AsyncConnectionPool
 
         self._pool = AsyncConnectionPool(
@@ -358,11 +431,22 @@ class PsycopgWriter(_Writer):
             min_size=0,
             max_size=self._connections,
             timeout=self._timeout_s,
-            kwargs={"autocommit": True, "connect_timeout": max(2, math.ceil(self._timeout_s))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(2, math.ceil(self._timeout_s)),
+                "options": session_options(self._timeout_s, self._dsn),
+                "application_name": application_name(self._app_name),
+            },
+            configure=self._configure,
             check=check_within(self._timeout_s),
             open=False,
+            name=APPLICATION_NAME,
         )
         await self._pool.open()
+
+    async def _configure(self, conn: Any) -> None:
+        if conn.info.server_version >= 140000:
+            await answered_within(conn, _check_client(conn), self._timeout_s)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -415,9 +499,9 @@ class HybridWriter(AsyncpgWriter):
 
     name = "hybrid"
 
-    def __init__(self, dsn: str, connections: int, timeout_s: float) -> None:
-        super().__init__(dsn, connections, timeout_s)
-        self._copier = PsycopgWriter(dsn, connections, timeout_s)
+    def __init__(self, dsn: str, connections: int, timeout_s: float, *, app_name: str | None = None) -> None:
+        super().__init__(dsn, connections, timeout_s, app_name=app_name)
+        self._copier = PsycopgWriter(dsn, connections, timeout_s, app_name=app_name)
 
     async def open(self) -> None:
         await super().open()
@@ -431,11 +515,14 @@ class HybridWriter(AsyncpgWriter):
         await self._copier._copy(rows)
 
 
-def make_writer(driver: str, dsn: str, connections: int, timeout_s: float) -> Writer:
-    """``timeout_s``: each write's deadline (the service passes ``DATABASE_TIMEOUT_S``)."""
-    writers: dict[str, Callable[[str, int, float], Writer]] = {
+def make_writer(
+    driver: str, dsn: str, connections: int, timeout_s: float, *, app_name: str | None = None
+) -> Writer:
+    """``timeout_s``: each write's deadline (the service passes ``DATABASE_TIMEOUT_S``); ``app_name``
+    (``APP_NAME``) names the sink's sessions ``<app_name>:pageview-sink``."""
+    writers: dict[str, type[AsyncpgWriter] | type[PsycopgWriter]] = {
         "asyncpg": AsyncpgWriter,
         "psycopg": PsycopgWriter,
         "hybrid": HybridWriter,
     }
-    return writers[driver](dsn, connections, timeout_s)
+    return writers[driver](dsn, connections, timeout_s, app_name=app_name)
