@@ -6,7 +6,9 @@ no injected service: Litestar's per-request dependency resolution costs measurab
 these rates). Each handler obtains ``PageViewService`` once per request from the app's registry
 (``request.app.state.services``), checks the address's limit before the body is received
 (``admit_reading``), then reads the body itself through it (``read_view``/``read_batch``:
-``decode_view``/``decode_batch``, a refused body charged). The single view's answer is built once (an
+``decode_view``/``decode_batch``). A body received and then refused is charged to the address: for
+its content (400), for its views (429, the body passed on to ``record_one``/``record``), for its size
+(413: ``refuse_oversized``, then the same 413). The single view's answer is built once (an
 ``ASGIResponse`` holds no per-request state).
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, post
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
 
@@ -39,8 +42,9 @@ batch (escaped non-ASCII text counts up to 12 bytes per character) is tens of me
 memory per request."""
 BATCH_BODY_LIMIT = f"The body may hold at most {BATCH_MAX_BODY:,} bytes (4 MiB)"
 REFUSED_BODIES_LIMITED = (
-    f"A body refused with a 400 takes one token of the address's limit per {REFUSED_BODY_BYTES_PER_TOKEN:,} "
-    "bytes begun; an address without a token left is answered 429 before its body is read."
+    "A body read and then refused (400, 413, or 429 for more views than the address has tokens left) "
+    f"takes one token of the address's limit per {REFUSED_BODY_BYTES_PER_TOKEN:,} bytes read, begun; "
+    "an address without a token left is answered 429 before its body is read."
 )
 ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=MediaType.JSON)
 
@@ -48,6 +52,11 @@ ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=
 def _service(request: Request[Any, Any, Any]) -> PageViewService:
     services: Services = request.app.state.services
     return services[PageViewService]
+
+
+def _body_limit(request: Request[Any, Any, Any]) -> int:
+    """The route's body limit (``MAX_BODY_BYTES`` for the single view), read on a 413 only."""
+    return request.route_handler.resolve_request_max_body_size() or BATCH_MAX_BODY
 
 
 def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
@@ -85,8 +94,13 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     pageviews = _service(request)
     client_ip, user_agent = _client(request)
     pageviews.admit_reading(client_ip)
-    view = pageviews.read_view(await request.body(), client_ip)
-    await pageviews.record_one(view, client_ip, user_agent)
+    try:
+        body = await request.body()
+    except RequestEntityTooLarge:
+        pageviews.refuse_oversized(client_ip, _body_limit(request))
+        raise
+    view = pageviews.read_view(body, client_ip)
+    await pageviews.record_one(view, client_ip, user_agent, body)
     return ACCEPTED_ONE
 
 
@@ -116,6 +130,11 @@ async def ingest_page_view_batch(request: Request[Any, Any, Any]) -> ASGIRespons
     pageviews = _service(request)
     client_ip, user_agent = _client(request)
     pageviews.admit_reading(client_ip)
-    batch = pageviews.read_batch(await request.body(), client_ip)
-    await pageviews.record(batch, client_ip, user_agent)
+    try:
+        body = await request.body()
+    except RequestEntityTooLarge:
+        pageviews.refuse_oversized(client_ip, BATCH_MAX_BODY)
+        raise
+    batch = pageviews.read_batch(body, client_ip)
+    await pageviews.record(batch, client_ip, user_agent, body)
     return JSONBytesResponse(msgspec.json.encode(Accepted(accepted=len(batch.views))), status_code=202)

@@ -5,8 +5,9 @@ decode the body with a cached msgspec decoder (``decoding.py``) instead of a ``d
 every limit is checked without a round trip per view:
 
 - per client address (an IPv4 address or an IPv6 /64): in-process token buckets (``limiter.py``),
-  checked before a body is received (``admit_reading``); a body refused for its content takes tokens
-  too (``read_view``);
+  checked before a body is received (``admit_reading``); a body received and then refused takes
+  tokens too, for its size (``refused_body_tokens``): refused for its content (400, ``read_view``),
+  for its views once decoded (429, ``admit``) or for its size (413, ``refuse_oversized``);
 - per site: a quota per minute and per UTC day, leased in blocks from Valkey (``quota.py``);
 - the site key: a bounded cache, lookups of unknown keys batched, deletions mirrored (``keys.py``).
 
@@ -57,7 +58,13 @@ from app.domains.pageviews.limiter import LocalRateLimiter
 from app.domains.pageviews.quota import SiteQuota
 from app.domains.pageviews.rows import COLUMNS, Row
 from app.domains.pageviews.schemas import PageView, PageViewBatch
-from app.domains.pageviews.sink import PageViewSink, UnknownSiteKeyError
+from app.domains.pageviews.sink import (
+    PageViewRefusedError,
+    PageViewSink,
+    SinkClosedError,
+    SinkFullError,
+    UnknownSiteKeyError,
+)
 from app.domains.pageviews.writers import make_writer
 from app.domains.sites.services import SiteService
 
@@ -73,8 +80,9 @@ PURGE_SITE_CHUNK_ROWS = 10_000
 """A deleted site's page views (of one day) or claimed event ids deleted per statement and
 transaction: a few tens of milliseconds, whatever the site's traffic was."""
 REFUSED_BODY_BYTES_PER_TOKEN = 4096
-"""A body refused for its content (400) takes one token of its address's limit per 4 KiB begun: what
-a batch of that size takes when its views are as long as a full 4 MiB batch's (1,000 of them)."""
+"""A body received and then refused (400 for its content, 429 for its views, 413 for its size) takes
+one token of its address's limit per 4 KiB begun: what a batch of that size takes when its views are
+as long as a full 4 MiB batch's (1,000 of them)."""
 DELETED_SITE_GRACE = timedelta(minutes=10)
 """A deleted site's raw data is purged once nothing of it can still be in flight."""
 DELETED_SITE_RETENTION = timedelta(days=2)
@@ -162,6 +170,7 @@ class PageViewService:
                 settings.database_url,
                 settings.sink_flushers + 1,
                 timeout_s=settings.database_timeout_s,
+                app_name=settings.app_name,
             ),
             batch_size=settings.sink_batch_size,
             max_pending=settings.sink_max_pending,
@@ -218,10 +227,19 @@ class PageViewService:
             self.limiter.charge(client_ip, refused_body_tokens(body))
             raise
 
-    async def record_one(self, view: PageView, client_ip: str, user_agent: str) -> None:
+    def refuse_oversized(self, client_ip: str, max_body_bytes: int) -> None:
+        """Charge an address whose body was over the route's limit (413): as a refused body of the
+        limit's size, which is what a body without Content-Length makes the server receive before it
+        is cut (the handlers call it, then answer 413)."""
+        self.limiter.charge(client_ip, refused_body_tokens_for(max_body_bytes + 1))
+
+    async def record_one(
+        self, view: PageView, client_ip: str, user_agent: str, body: bytes | None = None
+    ) -> None:
         """Store one view; return once it is committed. 429 once the client's address has used its
-        tokens or the site its quota; 422 for an unknown (or deleted) site key."""
-        self.admit(client_ip, 1)
+        tokens or the site its quota; 422 for an unknown (or deleted) site key. ``body``: the request's
+        body the view was read from, charged when the address's limit refuses it (``admit``)."""
+        self.admit(client_ip, 1, body)
         ((page, referrer_host, source),) = parse_views([view], batched=False)
         site_id = await self._site_id(view.site_key)
         now = self.clock()
@@ -233,28 +251,51 @@ class PageViewService:
         lease = await self.quota.take(site_id, 1)
         try:
             await self.sink.submit((row,))
-        except BaseException:
-            self.quota.refund(site_id, 1, lease)
+        except BaseException as exc:
+            if self._stored_nothing(exc):
+                self.quota.refund(site_id, 1, lease)
             raise
 
-    async def record(self, batch: PageViewBatch, client_ip: str, user_agent: str) -> None:
-        """Store a batch sent by one client; return once every view is committed (all or nothing)."""
+    async def record(
+        self, batch: PageViewBatch, client_ip: str, user_agent: str, body: bytes | None = None
+    ) -> None:
+        """Store a batch sent by one client; return once every view is committed (all or nothing).
+        ``body``: as for ``record_one``."""
         views = batch.views
-        self.admit(client_ip, len(views))
+        self.admit(client_ip, len(views), body)
         rows, per_site = await self.rows(views, client_ip, user_agent, batched=True)
         leases: list[tuple[int, int, int]] = []
         try:
             for site_id, count in per_site.items():
                 leases.append((site_id, count, await self.quota.take(site_id, count)))
-            await self.sink.submit(rows)
-        except BaseException:
+        except BaseException:  # a site over its quota, a cancellation: nothing was submitted
             for site_id, count, lease in leases:
                 self.quota.refund(site_id, count, lease)
             raise
+        try:
+            await self.sink.submit(rows)
+        except BaseException as exc:
+            if self._stored_nothing(exc):
+                for site_id, count, lease in leases:
+                    self.quota.refund(site_id, count, lease)
+            raise
 
-    def admit(self, client_ip: str, count: int) -> None:
+    def _stored_nothing(self, exc: BaseException) -> bool:
+        """Whether ``sink.submit`` failed knowing none of the rows was stored, so their quota is given
+        back: the sink full or shutting down (refused before taking them), or the write refused for
+        their data or for a deleted site (a transaction that stored nothing). Not for a cancellation
+        (the sink still writes the rows with their batch) nor any other failure answered 503 (a write
+        that timed out or lost its connection may have committed): their views stay counted."""
+        return isinstance(exc, (SinkFullError, SinkClosedError, PageViewRefusedError, UnknownSiteKeyError))
+
+    def admit(self, client_ip: str, count: int, body: bytes | None = None) -> None:
+        """Take ``count`` tokens of the address's limit, or answer 429 having taken none; a ``body``
+        already received (the views' request) is then charged as a refused body."""
         wait = self.limiter.take(client_ip, count)
         if wait:
+            if body is not None:
+                self.limiter.charge(client_ip, refused_body_tokens(body))
+                wait = self.limiter.wait(client_ip, count)
             raise _too_many(wait)
 
     async def rows(
@@ -437,7 +478,12 @@ def _utc_now() -> datetime:
 def refused_body_tokens(body: bytes) -> int:
     """What a refused body takes of its address's limit: one token per ``REFUSED_BODY_BYTES_PER_TOKEN``
     begun (at least one)."""
-    return max(1, -(-len(body) // REFUSED_BODY_BYTES_PER_TOKEN))
+    return refused_body_tokens_for(len(body))
+
+
+def refused_body_tokens_for(size: int) -> int:
+    """``refused_body_tokens`` of a body of ``size`` bytes."""
+    return max(1, -(-size // REFUSED_BODY_BYTES_PER_TOKEN))
 
 
 def _too_many(wait: float) -> TooManyRequestsError:

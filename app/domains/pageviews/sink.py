@@ -74,6 +74,10 @@ class SinkFullError(ServiceUnavailableError):
     title = "Ingest is overloaded"
 
 
+class SinkClosedError(ServiceUnavailableError):
+    """The sink is shutting down: the rows were refused before any was taken (a plain 503)."""
+
+
 class PageViewRefusedError(UnprocessableError):
     slug = "page-view-refused"
     title = "Page view refused"
@@ -145,7 +149,7 @@ class PageViewSink:
     async def submit(self, rows: Sequence[Row]) -> None:
         """Return once ``rows`` are committed; raise if they could not be (nothing half-written)."""
         if self._closed:
-            raise ServiceUnavailableError("The server is shutting down.", headers={"Retry-After": "1"})
+            raise SinkClosedError("The server is shutting down.", headers={"Retry-After": "1"})
         count = len(rows)
         if self._pending_rows + count > self.max_pending:
             REFUSED.inc(count)
