@@ -9,7 +9,7 @@ cache, publishing to a channel) is registered with ``uow.after_commit`` and runs
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -179,3 +179,24 @@ class Database:
             deleted += chunk
             if chunk < chunk_size:
                 return deleted
+
+
+async def purge_tables(
+    tables: Sequence[tuple[str, Callable[[], Awaitable[int]]]], *, name: str, logger: Any
+) -> int:
+    """Run each table's purge (``delete_in_chunks``, usually) in turn: one that fails is logged
+    (``{name}_purge_failed``, with the table) and the tables after it are purged all the same, their
+    counts logged (``{name}_purged``), then the first failure is raised. How many rows in all."""
+    deleted: dict[str, int] = {}
+    failures: list[Exception] = []
+    for table, purge in tables:
+        try:
+            deleted[table] = await purge()
+        except Exception as exc:
+            logger.exception(f"{name}_purge_failed", table=table)
+            failures.append(exc)
+    if any(deleted.values()):
+        logger.info(f"{name}_purged", **{table: count for table, count in deleted.items() if count})
+    if failures:
+        raise failures[0]
+    return sum(deleted.values())

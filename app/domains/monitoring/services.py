@@ -40,7 +40,7 @@ from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
 from app.config import Settings
-from app.core.db import Database, UnitOfWork
+from app.core.db import Database, UnitOfWork, purge_tables
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
 from app.core.logging import OncePerInterval, error_message
 from app.db import monitoring as queries
@@ -718,19 +718,7 @@ class MonitoringService:
             ("monitoring_group_users", lambda: self._purge_group_users(before, chunk_size)),
             ("monitoring_rule_fires", chunked(queries.purge_rule_fires_before, fires_before, chunk_size)),
         ]
-        deleted: dict[str, int] = {}
-        failures: list[Exception] = []
-        for table, purge in tables:
-            try:
-                deleted[table] = await purge()
-            except Exception as exc:
-                log.exception("monitoring_purge_failed", table=table)
-                failures.append(exc)
-        if any(deleted.values()):
-            log.info("monitoring_purged", **{table: count for table, count in deleted.items() if count})
-        if failures:
-            raise failures[0]
-        return sum(deleted.values())
+        return await purge_tables(tables, name="monitoring", logger=log)
 
     def _table_purge(
         self, delete: Callable[..., Awaitable[int]], before: datetime, chunk_size: int

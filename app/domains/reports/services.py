@@ -40,6 +40,7 @@ import zoneinfo
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
@@ -50,7 +51,7 @@ from psycopg import AsyncConnection
 
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
-from app.core.db import Database, UnitOfWork
+from app.core.db import Database, UnitOfWork, purge_tables
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.types import whole
 from app.db import reports as queries
@@ -287,19 +288,11 @@ class ReportService:
             ("page_view_hourly_visitors", queries.purge_hourly_visitors),
             ("page_view_visits", queries.purge_visits),
         ]
-        deleted: dict[str, int] = {}
-        failures: list[Exception] = []
-        for table, purge in tables:
-            try:
-                deleted[table] = await self._purge_table(purge, before, chunk_size)
-            except Exception as exc:
-                log.exception("rollups_purge_failed", table=table)
-                failures.append(exc)
-        if any(deleted.values()):
-            log.info("rollups_purged", **{table: count for table, count in deleted.items() if count})
-        if failures:
-            raise failures[0]
-        return sum(deleted.values())
+        return await purge_tables(
+            [(table, partial(self._purge_table, purge, before, chunk_size)) for table, purge in tables],
+            name="rollups",
+            logger=log,
+        )
 
     async def _purge_table(self, purge: _PurgeChunk, before: datetime, chunk_size: int) -> int:
         """One table's rows before ``before``, ``chunk_size`` per transaction, each chunk starting
