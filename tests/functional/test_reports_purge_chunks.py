@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import psycopg
 import pytest
-import structlog
 from psycopg import AsyncConnection, AsyncRawCursor
 
 from app.config import Settings
@@ -29,7 +28,7 @@ from app.db import reports as queries
 from app.domains.pageviews.services import retention_first_day
 from app.domains.reports.services import ReportService
 from app.modules import MODULES
-from tests.factories import create_user, make_site
+from tests.factories import captured_logs, create_user, make_site
 
 PER_HOUR = 7
 """Rows of each hour: chunks of 100 end inside an hour, and the next chunk resumes in it."""
@@ -202,7 +201,7 @@ async def test_a_table_that_fails_leaves_the_others_purged(
         await fill_all(db, rollups, table)
     dimensions = BY_NAME["page_view_dimension_hourly"]
     async with reports(settings) as service:
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             async with holding(database_url, dimensions, rollups) as holder:
                 purge = asyncio.ensure_future(service.purge_rollups(chunk_size=CHUNK))
                 try:
@@ -220,7 +219,7 @@ async def test_a_table_that_fails_leaves_the_others_purged(
             "page_view_visits": 0,
         }
         assert 1 <= left["page_view_dimension_hourly"] <= CHUNK
-        failed = [entry for entry in logs if entry["event"] == "rollups_purge_failed"]
+        failed = logs.events("rollups_purge_failed")
         assert [entry["table"] for entry in failed] == ["page_view_dimension_hourly"]
 
         assert await service.purge_rollups(chunk_size=CHUNK) == left["page_view_dimension_hourly"]
