@@ -3,6 +3,7 @@ fails leaves the others purged, and the users a group has not seen for the reten
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
+from tests.functional.test_reports_purge_chunks import blocked_by
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 OLD = "now() - interval '90 days'"
@@ -35,11 +37,12 @@ async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, database_url: str
 ) -> None:
     """60,000 latency rows past the retention (a lowered MONITORING_RETENTION_DAYS, or purges that
-    could not run), the newest of them locked by someone else past the statement timeout: one DELETE
-    of them all waited for that row, was cancelled and rolled back everything, every hour again (on a
-    large backlog the timeout alone does it). Chunk by chunk, every chunk before the locked row is
-    committed; once the lock is gone the next purge finishes, and the rows within the retention stay.
-    A lock, not a clock: nothing here depends on the machine's speed."""
+    could not run), the newest of them locked by someone else, and the purge's statement cancelled
+    once it waits for that row (what the statement timeout does): one DELETE of them all rolled back
+    everything, every hour again (on a large backlog the timeout alone does it). Chunk by chunk,
+    every chunk before the locked row is committed; once the lock is gone the next purge finishes,
+    and the rows within the retention stay. A lock and a cancel, not a clock: a short statement
+    timeout stood in for the cancel until the suite's load made a whole chunk outlast it."""
     await db.execute(
         "insert into monitoring_route_latency (route, method, minute, bucket, requests)"
         f" select '/r' || (g % 20), 'GET', date_trunc('minute', {OLD}) + (g / 20) * interval '1 minute',"
@@ -60,9 +63,15 @@ async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
             " and minute = (select max(minute) from monitoring_route_latency where route ~ '^/r[0-9]+$')"
             " for update"
         )
-        async with open_monitoring(settings, statement_timeout_ms=1000) as service:
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                await service.purge(time.time(), chunk_size=10_000)
+        async with open_monitoring(settings) as service:
+            purge = asyncio.ensure_future(service.purge(time.time(), chunk_size=10_000))
+            try:
+                waiting = await blocked_by(db, holder.info.backend_pid, purge)
+                await db.execute("select pg_cancel_backend(%s)", (waiting,))
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    await purge
+            finally:
+                purge.cancel()
         await holder.rollback()
     (left,) = await counts(db, old)
     assert 1 <= left <= 10_000, "every chunk before the locked row stays deleted"
@@ -76,9 +85,9 @@ async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
 async def test_a_table_that_fails_leaves_the_others_purged(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, database_url: str
 ) -> None:
-    """A job-run row locked by someone else past the statement timeout: that table's purge fails
-    (the purge says so), the tables before and after it are purged all the same; the next purge
-    finishes the job."""
+    """A job-run row locked by someone else, the purge's statement cancelled while it waits for it
+    (what the statement timeout does): that table's purge fails (the purge says so), the tables
+    before and after it are purged all the same; the next purge finishes the job."""
     await db.execute(
         "insert into monitoring_job_runs (job, minute, outcome, runs, total_ms, max_ms, max_attempts)"
         f" values ('j', {OLD}, 'complete', 1, 1, 1, 1)"
@@ -92,9 +101,15 @@ async def test_a_table_that_fails_leaves_the_others_purged(
     )
     async with await AsyncConnection.connect(database_url) as holder:
         await holder.execute("select * from monitoring_job_runs for update")
-        async with open_monitoring(settings, statement_timeout_ms=1000) as service:
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                await service.purge(time.time())
+        async with open_monitoring(settings) as service:
+            purge = asyncio.ensure_future(service.purge(time.time()))
+            try:
+                waiting = await blocked_by(db, holder.info.backend_pid, purge)
+                await db.execute("select pg_cancel_backend(%s)", (waiting,))
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    await purge
+            finally:
+                purge.cancel()
         await holder.rollback()
     tables = (
         ("monitoring_route_latency", "route = '/old'"),
