@@ -216,7 +216,7 @@ class PageViewService:
         try:
             return decode_view(body)
         except InvalidFieldsError:
-            self.limiter.charge(client_ip, refused_body_tokens(body))
+            self.limiter.charge(client_ip, refused_body_tokens(len(body)))
             raise
 
     def read_batch(self, body: bytes, client_ip: str) -> PageViewBatch:
@@ -224,14 +224,14 @@ class PageViewService:
         try:
             return decode_batch(body)
         except InvalidFieldsError:
-            self.limiter.charge(client_ip, refused_body_tokens(body))
+            self.limiter.charge(client_ip, refused_body_tokens(len(body)))
             raise
 
     def refuse_oversized(self, client_ip: str, max_body_bytes: int) -> None:
         """Charge an address whose body was over the route's limit (413): as a refused body of the
         limit's size, which is what a body without Content-Length makes the server receive before it
         is cut (the handlers call it, then answer 413)."""
-        self.limiter.charge(client_ip, refused_body_tokens_for(max_body_bytes + 1))
+        self.limiter.charge(client_ip, refused_body_tokens(max_body_bytes + 1))
 
     async def record_one(
         self, view: PageView, client_ip: str, user_agent: str, body: bytes | None = None
@@ -252,7 +252,7 @@ class PageViewService:
         try:
             await self.sink.submit((row,))
         except BaseException as exc:
-            if self._stored_nothing(exc):
+            if _stored_nothing(exc):
                 self.quota.refund(site_id, 1, lease)
             raise
 
@@ -265,28 +265,18 @@ class PageViewService:
         self.admit(client_ip, len(views), body)
         rows, per_site = await self.rows(views, client_ip, user_agent, batched=True)
         leases: list[tuple[int, int, int]] = []
+        submitted = False
         try:
             for site_id, count in per_site.items():
                 leases.append((site_id, count, await self.quota.take(site_id, count)))
-        except BaseException:  # a site over its quota, a cancellation: nothing was submitted
-            for site_id, count, lease in leases:
-                self.quota.refund(site_id, count, lease)
-            raise
-        try:
+            submitted = True
             await self.sink.submit(rows)
         except BaseException as exc:
-            if self._stored_nothing(exc):
+            # before the submit (a site over its quota, a cancellation) nothing can have been stored
+            if not submitted or _stored_nothing(exc):
                 for site_id, count, lease in leases:
                     self.quota.refund(site_id, count, lease)
             raise
-
-    def _stored_nothing(self, exc: BaseException) -> bool:
-        """Whether ``sink.submit`` failed knowing none of the rows was stored, so their quota is given
-        back: the sink full or shutting down (refused before taking them), or the write refused for
-        their data or for a deleted site (a transaction that stored nothing). Not for a cancellation
-        (the sink still writes the rows with their batch) nor any other failure answered 503 (a write
-        that timed out or lost its connection may have committed): their views stay counted."""
-        return isinstance(exc, (SinkFullError, SinkClosedError, PageViewRefusedError, UnknownSiteKeyError))
 
     def admit(self, client_ip: str, count: int, body: bytes | None = None) -> None:
         """Take ``count`` tokens of the address's limit, or answer 429 having taken none; a ``body``
@@ -294,7 +284,7 @@ class PageViewService:
         wait = self.limiter.take(client_ip, count)
         if wait:
             if body is not None:
-                self.limiter.charge(client_ip, refused_body_tokens(body))
+                self.limiter.charge(client_ip, refused_body_tokens(len(body)))
                 wait = self.limiter.wait(client_ip, count)
             raise _too_many(wait)
 
@@ -475,14 +465,18 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def refused_body_tokens(body: bytes) -> int:
-    """What a refused body takes of its address's limit: one token per ``REFUSED_BODY_BYTES_PER_TOKEN``
-    begun (at least one)."""
-    return refused_body_tokens_for(len(body))
+def _stored_nothing(exc: BaseException) -> bool:
+    """Whether ``sink.submit`` failed knowing none of the rows was stored, so their quota is given
+    back: the sink full or shutting down (refused before taking them), or the write refused for
+    their data or for a deleted site (a transaction that stored nothing). Not for a cancellation
+    (the sink still writes the rows with their batch) nor any other failure answered 503 (a write
+    that timed out or lost its connection may have committed): their views stay counted."""
+    return isinstance(exc, (SinkFullError, SinkClosedError, PageViewRefusedError, UnknownSiteKeyError))
 
 
-def refused_body_tokens_for(size: int) -> int:
-    """``refused_body_tokens`` of a body of ``size`` bytes."""
+def refused_body_tokens(size: int) -> int:
+    """What a refused body of ``size`` bytes takes of its address's limit: one token per
+    ``REFUSED_BODY_BYTES_PER_TOKEN`` begun (at least one)."""
     return max(1, -(-size // REFUSED_BODY_BYTES_PER_TOKEN))
 
 
