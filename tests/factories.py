@@ -586,6 +586,36 @@ class LogCapture:
         return [line for line in self.lines if line.get("event") == name]
 
 
+async def blocked_by(db: AsyncConnection[Any], holder: int, work: asyncio.Future[Any]) -> int:
+    """The pid of the backend waiting for a lock the backend ``holder`` holds, once one waits (polled
+    on ``db``); fails if ``work`` ends first, or after a minute of never waiting."""
+    deadline = time.monotonic() + 60
+    while True:
+        row = await (
+            await db.execute(
+                "select pid from pg_stat_activity where %s = any(pg_blocking_pids(pid))", (holder,)
+            )
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        assert not work.done(), work  # it ended (or failed) without ever waiting for the lock
+        assert time.monotonic() < deadline, "nothing ever waited for the held lock"
+        await asyncio.sleep(0.02)
+
+
+async def cancelled_once_blocked(db: AsyncConnection[Any], holder: int, work: Awaitable[T]) -> T:
+    """Run ``work`` until its statement waits for a lock ``holder`` holds, then cancel that statement
+    (what a statement timeout does, without a clock that a loaded machine outruns): ``work``'s own
+    outcome, usually ``QueryCanceled``."""
+    task = asyncio.ensure_future(work)
+    try:
+        waiting = await blocked_by(db, holder, task)
+        await db.execute("select pg_cancel_backend(%s)", (waiting,))
+        return await task
+    finally:
+        task.cancel()
+
+
 @contextlib.contextmanager
 def captured_logs(level: int = logging.INFO) -> Iterator[LogCapture]:
     """Capture what the process logs at ``level`` and above; enter it after the app configured

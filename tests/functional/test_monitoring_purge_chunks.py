@@ -3,7 +3,6 @@ fails leaves the others purged, and the users a group has not seen for the reten
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -13,8 +12,8 @@ from psycopg import AsyncConnection, sql
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from tests.factories import cancelled_once_blocked
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
-from tests.functional.test_reports_purge_chunks import blocked_by
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 OLD = "now() - interval '90 days'"
@@ -64,14 +63,10 @@ async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
             " for update"
         )
         async with open_monitoring(settings) as service:
-            purge = asyncio.ensure_future(service.purge(time.time(), chunk_size=10_000))
-            try:
-                waiting = await blocked_by(db, holder.info.backend_pid, purge)
-                await db.execute("select pg_cancel_backend(%s)", (waiting,))
-                with pytest.raises(psycopg.errors.QueryCanceled):
-                    await purge
-            finally:
-                purge.cancel()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                await cancelled_once_blocked(
+                    db, holder.info.backend_pid, service.purge(time.time(), chunk_size=10_000)
+                )
         await holder.rollback()
     (left,) = await counts(db, old)
     assert 1 <= left <= 10_000, "every chunk before the locked row stays deleted"
@@ -102,14 +97,8 @@ async def test_a_table_that_fails_leaves_the_others_purged(
     async with await AsyncConnection.connect(database_url) as holder:
         await holder.execute("select * from monitoring_job_runs for update")
         async with open_monitoring(settings) as service:
-            purge = asyncio.ensure_future(service.purge(time.time()))
-            try:
-                waiting = await blocked_by(db, holder.info.backend_pid, purge)
-                await db.execute("select pg_cancel_backend(%s)", (waiting,))
-                with pytest.raises(psycopg.errors.QueryCanceled):
-                    await purge
-            finally:
-                purge.cancel()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                await cancelled_once_blocked(db, holder.info.backend_pid, service.purge(time.time()))
         await holder.rollback()
     tables = (
         ("monitoring_route_latency", "route = '/old'"),

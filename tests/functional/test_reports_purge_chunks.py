@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from app.db import reports as queries
 from app.domains.pageviews.services import retention_first_day
 from app.domains.reports.services import ReportService
 from app.modules import MODULES
-from tests.factories import captured_logs, create_user, make_site
+from tests.factories import blocked_by, cancelled_once_blocked, captured_logs, create_user, make_site
 
 PER_HOUR = 7
 """Rows of each hour: chunks of 100 end inside an hour, and the next chunk resumes in it."""
@@ -147,22 +146,6 @@ async def holding(database_url: str, table: Table, rollups: Rollups) -> AsyncIte
             await holder.rollback()
 
 
-async def blocked_by(db: AsyncConnection[Any], holder: int, purge: asyncio.Task[Any]) -> int:
-    """The pid of the backend waiting for the holder's lock (the purge's), once it waits."""
-    deadline = time.monotonic() + 60
-    while True:
-        row = await (
-            await db.execute(
-                "select pid from pg_stat_activity where %s = any(pg_blocking_pids(pid))", (holder,)
-            )
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
-        assert not purge.done(), purge  # it ended (or failed) without ever waiting for the lock
-        assert time.monotonic() < deadline, "the purge never waited for the locked row"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("name", [table.name for table in TABLES])
 async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
     settings: Settings, db: AsyncConnection[Any], rollups: Rollups, database_url: str, name: str
@@ -203,14 +186,8 @@ async def test_a_table_that_fails_leaves_the_others_purged(
     async with reports(settings) as service:
         with captured_logs() as logs:
             async with holding(database_url, dimensions, rollups) as holder:
-                purge = asyncio.ensure_future(service.purge_rollups(chunk_size=CHUNK))
-                try:
-                    waiting = await blocked_by(db, holder, purge)
-                    await db.execute("select pg_cancel_backend(%s)", (waiting,))
-                    with pytest.raises(psycopg.errors.QueryCanceled):
-                        await purge
-                finally:
-                    purge.cancel()
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    await cancelled_once_blocked(db, holder, service.purge_rollups(chunk_size=CHUNK))
         left = {table.name: await count(db, table, rollups, expired=True) for table in TABLES}
         assert left == {
             "page_view_hourly": 0,
