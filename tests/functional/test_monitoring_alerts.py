@@ -26,6 +26,7 @@ from app.db.models import MonitoringGroupKind
 from app.domains.monitoring import alerts
 from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.crons import CronSpec
+from app.domains.monitoring.delivery import DIGEST_LINES
 from app.domains.monitoring.fingerprint import RawException
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import Rendered, TelegramClient
@@ -97,6 +98,11 @@ async def test_ten_thousand_events_in_a_minute_send_the_budget_and_one_digest(
     assert (
         await scalar(db, "select count(*) from monitoring_alerts where digest_id is not null") == 400 - budget
     )
+    # The digest is written from its first DIGEST_LINES alerts (a message lists far fewer), with the total.
+    digest_id = await scalar(db, "select max(digest_id) from monitoring_alerts")
+    listed = await queries.digest_summaries(db, digest_id=digest_id, row_limit=DIGEST_LINES)
+    assert 400 - budget > DIGEST_LINES == len(listed)
+    assert {row.total for row in listed} == {400 - budget}
 
 
 async def test_an_alert_recorded_late_after_its_periods_digest_was_sent_is_delivered(
