@@ -314,16 +314,17 @@ async def lock_forgotten_github_logins(
 
 
 DELETE_FORGOTTEN_GITHUB_SNAPSHOTS = """\
-delete from github_snapshots s
-where (s.login, s.taken_on) in (
-    select f.login, f.taken_on
+delete from github_snapshots doomed
+where doomed.ctid = any(array(
+    select f.ctid
     from github_snapshots f
     join github_snapshot_attempts a on a.login = f.login
     where f.login = any($1::text[])
       and a.attempted_at < $2::timestamptz
       and not exists (select 1 from github_tracked t where t.login = f.login)
     limit $3::integer
-)"""
+    for update of f
+))"""
 
 
 async def delete_forgotten_github_snapshots(
@@ -361,14 +362,14 @@ async def delete_forgotten_github_attempts(
 
 
 DELETE_OLD_GITHUB_SNAPSHOTS = """\
-delete from github_snapshots
-where (login, taken_on) in (
-    select login, taken_on
-    from github_snapshots
-    where taken_on < $1::date
-    order by taken_on
+delete from github_snapshots doomed
+where doomed.ctid = any(array(
+    select c.ctid from github_snapshots c
+    where c.taken_on < $1::date
+    order by c.taken_on
     limit $2::integer
-)"""
+    for update
+))"""
 
 
 async def delete_old_github_snapshots(

@@ -97,16 +97,14 @@ async def release_idempotency_key(
 
 
 PURGE_EXPIRED_IDEMPOTENCY_KEYS = """\
-delete from idempotency_keys k
-where (k.user_id, k.key) in (
-    select user_id, key
-    from idempotency_keys
-    where expires_at <= now()
-      and (response_status is not null or expires_at <= now() - make_interval(secs => $1::float8))
+delete from idempotency_keys doomed
+where doomed.ctid = any(array(
+    select c.ctid from idempotency_keys c
+    where c.expires_at <= now()
+      and (c.response_status is not null or c.expires_at <= now() - make_interval(secs => $1::float8))
     limit $2::integer
-)
-  and k.expires_at <= now()
-  and (k.response_status is not null or k.expires_at <= now() - make_interval(secs => $1::float8))"""
+    for update
+))"""
 
 
 async def purge_expired_idempotency_keys(
@@ -118,9 +116,8 @@ async def purge_expired_idempotency_keys(
     """One bounded chunk (served by idempotency_keys_expiry_idx): the caller repeats it, one transaction
     each, until fewer rows are deleted. Answers past their 24 hours, and claims whose request has been
     gone a while (@claim_grace_s past their lease: a slow request may still complete a claim whose
-    lease ended if no retry claimed the key). The outer condition is the one PostgreSQL checks again
-    on a row another transaction changed meanwhile: a claim completed while the purge waited for it
-    (now 24 hours ahead) is kept."""
+    lease ended if no retry claimed the key). The lock re-reads a row another transaction changed
+    meanwhile: a claim completed while the purge waited for it (now 24 hours ahead) is kept."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_EXPIRED_IDEMPOTENCY_KEYS, (claim_grace_s, chunk_size))
         return cur.rowcount

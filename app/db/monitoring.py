@@ -1648,21 +1648,21 @@ async def cron_problems_between(
 
 
 PURGE_EVENTS_BEFORE = """\
-delete from monitoring_events
-where id in (
-    select id from monitoring_events
-    where occurred_at < $1::timestamptz
-    order by id
+delete from monitoring_events doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_events c
+    where c.occurred_at < $1::timestamptz
+    order by c.id
     limit $2::integer
-)
-  and occurred_at < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_events_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
     """The retention's queries (MonitoringService.purge) each delete one chunk of at most @chunk_size rows,
-    picked oldest first by an index and deleted by primary key, the condition checked again on the row
-    deleted (one a writer changed meanwhile, a rule fired again, a user seen again, is kept); the purge
-    repeats a chunk, one transaction each, until one comes back short. Events have no index on
+    picked oldest first by an index, locked (the lock re-reads a row a writer changed meanwhile: a rule
+    fired again, a user seen again, no longer matches and is kept) and deleted by ctid (CONVENTIONS.md,
+    "A chunked delete"); the purge repeats a chunk, one transaction each, until one comes back short. Events have no index on
     occurred_at (a group keeps MONITORING_SAMPLES_PER_GROUP): ids follow arrival, so the oldest come
     first in the primary key's."""
     async with AsyncRawCursor(conn) as cur:
@@ -1671,14 +1671,14 @@ async def purge_events_before(conn: AsyncConnection[Any], *, before: datetime, c
 
 
 PURGE_COUNTS_BEFORE = """\
-delete from monitoring_group_counts
-where (group_id, minute) in (
-    select group_id, minute from monitoring_group_counts
-    where minute < $1::timestamptz
-    order by minute
+delete from monitoring_group_counts doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_counts c
+    where c.minute < $1::timestamptz
+    order by c.minute
     limit $2::integer
-)
-  and minute < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_counts_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
@@ -1688,14 +1688,14 @@ async def purge_counts_before(conn: AsyncConnection[Any], *, before: datetime, c
 
 
 PURGE_LATENCY_BEFORE = """\
-delete from monitoring_route_latency
-where (route, method, minute, bucket) in (
-    select route, method, minute, bucket from monitoring_route_latency
-    where minute < $1::timestamptz
-    order by minute
+delete from monitoring_route_latency doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_route_latency c
+    where c.minute < $1::timestamptz
+    order by c.minute
     limit $2::integer
-)
-  and minute < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_latency_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
@@ -1705,14 +1705,14 @@ async def purge_latency_before(conn: AsyncConnection[Any], *, before: datetime, 
 
 
 PURGE_EXEMPLARS_BEFORE = """\
-delete from monitoring_route_exemplars
-where id in (
-    select id from monitoring_route_exemplars
-    where minute < $1::timestamptz
-    order by id
+delete from monitoring_route_exemplars doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_route_exemplars c
+    where c.minute < $1::timestamptz
+    order by c.id
     limit $2::integer
-)
-  and minute < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_exemplars_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
@@ -1723,14 +1723,14 @@ async def purge_exemplars_before(conn: AsyncConnection[Any], *, before: datetime
 
 
 PURGE_JOB_RUNS_BEFORE = """\
-delete from monitoring_job_runs
-where (job, minute, outcome) in (
-    select job, minute, outcome from monitoring_job_runs
-    where minute < $1::timestamptz
-    order by minute
+delete from monitoring_job_runs doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_job_runs c
+    where c.minute < $1::timestamptz
+    order by c.minute
     limit $2::integer
-)
-  and minute < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_job_runs_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
@@ -1740,14 +1740,14 @@ async def purge_job_runs_before(conn: AsyncConnection[Any], *, before: datetime,
 
 
 PURGE_CHECKINS_BEFORE = """\
-delete from monitoring_cron_checkins
-where id in (
-    select id from monitoring_cron_checkins
-    where at < $1::timestamptz
-    order by at
+delete from monitoring_cron_checkins doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_cron_checkins c
+    where c.at < $1::timestamptz
+    order by c.at
     limit $2::integer
-)
-  and at < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_checkins_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
@@ -1757,17 +1757,16 @@ async def purge_checkins_before(conn: AsyncConnection[Any], *, before: datetime,
 
 
 PURGE_ALERTS_BEFORE = """\
-delete from monitoring_alerts
-where id in (
-    select a.id from monitoring_alerts a
-    where a.created_at < $1::timestamptz
+delete from monitoring_alerts doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_alerts c
+    where c.created_at < $1::timestamptz
       and not exists (select 1 from monitoring_deliveries d
-                      where d.alert_id = a.id and d.status in ('pending', 'sending'))
-    order by a.created_at
+                      where d.alert_id = c.id and d.status in ('pending', 'sending'))
+    order by c.created_at
     limit $2::integer
-)
-  and not exists (select 1 from monitoring_deliveries d
-                  where d.alert_id = monitoring_alerts.id and d.status in ('pending', 'sending'))"""
+    for update of c
+))"""
 
 
 async def purge_alerts_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
@@ -1778,14 +1777,14 @@ async def purge_alerts_before(conn: AsyncConnection[Any], *, before: datetime, c
 
 
 PURGE_ACTIVITY_BEFORE = """\
-delete from monitoring_group_activity
-where id in (
-    select id from monitoring_group_activity
-    where at < $1::timestamptz
-    order by at
+delete from monitoring_group_activity doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_activity c
+    where c.at < $1::timestamptz
+    order by c.at
     limit $2::integer
-)
-  and at < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_activity_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:
@@ -1795,14 +1794,14 @@ async def purge_activity_before(conn: AsyncConnection[Any], *, before: datetime,
 
 
 PURGE_BUDGET_PERIODS_BEFORE = """\
-delete from monitoring_budget_periods
-where (channel, started_at) in (
-    select channel, started_at from monitoring_budget_periods
-    where ends_at < $1::timestamptz
-    order by ends_at
+delete from monitoring_budget_periods doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_budget_periods c
+    where c.ends_at < $1::timestamptz
+    order by c.ends_at
     limit $2::integer
-)
-  and ends_at < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_budget_periods_before(
@@ -1818,15 +1817,15 @@ async def purge_budget_periods_before(
 
 
 PURGE_GROUP_USERS_BEFORE = """\
-delete from monitoring_group_users u
-using (
-    select group_id, user_id from monitoring_group_users
-    where group_id >= $1::bigint and last_seen_at < $2::timestamptz
-    order by group_id, last_seen_at
+delete from monitoring_group_users doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_users c
+    where c.group_id >= $1::bigint and c.last_seen_at < $2::timestamptz
+    order by c.group_id, c.last_seen_at
     limit $3::integer
-) c
-where u.group_id = c.group_id and u.user_id = c.user_id and u.last_seen_at < $2::timestamptz
-returning u.group_id"""
+    for update
+))
+returning doomed.group_id"""
 
 
 async def purge_group_users_before(
@@ -1845,14 +1844,14 @@ async def purge_group_users_before(
 
 
 PURGE_RULE_FIRES_BEFORE = """\
-delete from monitoring_rule_fires
-where (rule, group_id) in (
-    select rule, group_id from monitoring_rule_fires
-    where last_fired_at < $1::timestamptz
-    order by last_fired_at
+delete from monitoring_rule_fires doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_rule_fires c
+    where c.last_fired_at < $1::timestamptz
+    order by c.last_fired_at
     limit $2::integer
-)
-  and last_fired_at < $1::timestamptz"""
+    for update
+))"""
 
 
 async def purge_rule_fires_before(conn: AsyncConnection[Any], *, before: datetime, chunk_size: int) -> int:

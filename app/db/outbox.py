@@ -78,13 +78,13 @@ async def count_unpublished_outbox(conn: AsyncConnection[Any]) -> CountUnpublish
 
 
 PURGE_PUBLISHED_OUTBOX = """\
-delete from outbox
-where id in (
-    select id
-    from outbox
-    where published_at is not null and published_at < $1::timestamptz
+delete from outbox doomed
+where doomed.ctid = any(array(
+    select c.ctid from outbox c
+    where c.published_at is not null and c.published_at < $1::timestamptz
     limit $2::integer
-)"""
+    for update
+))"""
 
 
 async def purge_published_outbox(

@@ -170,11 +170,11 @@ async def deleted_sites_before(conn: AsyncConnection[Any], *, before: datetime) 
 PURGE_SITE_PAGE_VIEWS = """\
 with purged as (
     delete from page_views doomed
-    where doomed.site_id = $2 and doomed.ts >= $1 and doomed.ts < $3
+    where doomed.ts >= $1 and doomed.ts < $2
       and doomed.ctid = any(array(
           select first.ctid
           from page_views first
-          where first.site_id = $2 and first.ts >= $1 and first.ts < $3
+          where first.site_id = $3 and first.ts >= $1 and first.ts < $2
           order by first.ts
           limit $4::integer
       ))
@@ -192,16 +192,18 @@ async def purge_site_page_views(
     conn: AsyncConnection[Any],
     *,
     from_ts: datetime,
-    site_id: int,
     to_ts: datetime,
+    site_id: int,
     chunk_rows: int,
 ) -> PurgeSitePageViewsRow | None:
     """One chunk of a deleted site's raw page views of one day (one partition): its first @chunk_rows
     from @from_ts on, in the order of page_views_site_ts_idx. The caller starts the next chunk at
     last_ts (views of that instant may be left), one transaction each, until a chunk comes back short:
-    no chunk scans the index entries of the views its predecessors deleted."""
+    no chunk scans the index entries of the views its predecessors deleted. The DELETE finds the chunk
+    by ctid alone (CONVENTIONS.md, "A chunked delete"); its range only prunes the other partitions
+    (ctids repeat across partitions). Views never change: no lock needed."""
     async with AsyncRawCursor(conn, row_factory=args_row(PurgeSitePageViewsRow)) as cur:
-        await cur.execute(PURGE_SITE_PAGE_VIEWS, (from_ts, site_id, to_ts, chunk_rows))
+        await cur.execute(PURGE_SITE_PAGE_VIEWS, (from_ts, to_ts, site_id, chunk_rows))
         return await cur.fetchone()
 
 

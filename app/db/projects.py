@@ -193,12 +193,13 @@ async def purge_project_group_ids(
 
 
 PURGE_GROUP_EVENT_READS = """\
-delete from activity_event_reads
-where (user_id, event_id) in (
-    select r.user_id, r.event_id from activity_event_reads r
+delete from activity_event_reads doomed
+where doomed.ctid = any(array(
+    select r.ctid from activity_event_reads r
     where r.group_id = any($1::bigint[])
     limit $2::integer
-)"""
+    for update
+))"""
 
 
 async def purge_group_event_reads(conn: AsyncConnection[Any], *, group_ids: list[int], row_limit: int) -> int:
@@ -222,7 +223,7 @@ with doomed as (
     where o.object_type = n.object_type and o.object_id = n.object_id and not o.deleted
 )
 delete from activity_events
-where id in (select d.id from doomed d)"""
+where id = any(array(select d.id from doomed d))"""
 
 
 async def purge_group_events(conn: AsyncConnection[Any], *, group_ids: list[int], row_limit: int) -> int:
@@ -238,12 +239,13 @@ async def purge_group_events(conn: AsyncConnection[Any], *, group_ids: list[int]
 
 
 PURGE_GROUP_OBJECTS = """\
-delete from activity_group_objects
-where (group_id, object_id) in (
-    select o.group_id, o.object_id from activity_group_objects o
+delete from activity_group_objects doomed
+where doomed.ctid = any(array(
+    select o.ctid from activity_group_objects o
     where o.group_id = any($1::bigint[])
     limit $2::integer
-)"""
+    for update
+))"""
 
 
 async def purge_group_objects(conn: AsyncConnection[Any], *, group_ids: list[int], row_limit: int) -> int:
@@ -842,14 +844,14 @@ async def take_invitation(
 
 
 PURGE_EXPIRED_INVITATIONS = """\
-delete from project_invitations
-where id in (
-    select id
-    from project_invitations
-    where created_at <= now() - make_interval(secs => $1::float8)
+delete from project_invitations doomed
+where doomed.ctid = any(array(
+    select c.ctid
+    from project_invitations c
+    where c.created_at <= now() - make_interval(secs => $1::float8)
     limit $2::integer
     for update skip locked
-)"""
+))"""
 
 
 async def purge_expired_invitations(conn: AsyncConnection[Any], *, ttl_s: float, chunk_size: int) -> int:

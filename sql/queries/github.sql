@@ -118,16 +118,17 @@ for update of a;
 -- name: DeleteForgottenGithubSnapshots :execrows
 -- Up to @chunk_size snapshots of the locked logins still forgotten; the caller repeats it until a
 -- chunk comes back short, then forgets their attempts (DeleteForgottenGithubAttempts).
-delete from github_snapshots s
-where (s.login, s.taken_on) in (
-    select f.login, f.taken_on
+delete from github_snapshots doomed
+where doomed.ctid = any(array(
+    select f.ctid
     from github_snapshots f
     join github_snapshot_attempts a on a.login = f.login
     where f.login = any(@logins::text[])
       and a.attempted_at < @attempted_before::timestamptz
       and not exists (select 1 from github_tracked t where t.login = f.login)
     limit @chunk_size::integer
-);
+    for update of f
+));
 
 -- name: DeleteForgottenGithubAttempts :execrows
 -- The locked logins still forgotten whose snapshots are all deleted.
@@ -139,11 +140,11 @@ where a.login = any(@logins::text[])
 
 -- name: DeleteOldGithubSnapshots :execrows
 -- Retention, one chunk: snapshots taken before @taken_before, tracked or not (rows never change).
-delete from github_snapshots
-where (login, taken_on) in (
-    select login, taken_on
-    from github_snapshots
-    where taken_on < @taken_before::date
-    order by taken_on
+delete from github_snapshots doomed
+where doomed.ctid = any(array(
+    select c.ctid from github_snapshots c
+    where c.taken_on < @taken_before::date
+    order by c.taken_on
     limit @chunk_size::integer
-);
+    for update
+));

@@ -566,127 +566,126 @@ order by name, status;
 
 -- name: PurgeEventsBefore :execrows
 -- The retention's queries (MonitoringService.purge) each delete one chunk of at most @chunk_size rows,
--- picked oldest first by an index and deleted by primary key, the condition checked again on the row
--- deleted (one a writer changed meanwhile, a rule fired again, a user seen again, is kept); the purge
--- repeats a chunk, one transaction each, until one comes back short. Events have no index on
+-- picked oldest first by an index, locked (the lock re-reads a row a writer changed meanwhile: a rule
+-- fired again, a user seen again, no longer matches and is kept) and deleted by ctid (CONVENTIONS.md,
+-- "A chunked delete"); the purge repeats a chunk, one transaction each, until one comes back short. Events have no index on
 -- occurred_at (a group keeps MONITORING_SAMPLES_PER_GROUP): ids follow arrival, so the oldest come
 -- first in the primary key's.
-delete from monitoring_events
-where id in (
-    select id from monitoring_events
-    where occurred_at < @before::timestamptz
-    order by id
+delete from monitoring_events doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_events c
+    where c.occurred_at < @before::timestamptz
+    order by c.id
     limit @chunk_size::integer
-)
-  and occurred_at < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeCountsBefore :execrows
-delete from monitoring_group_counts
-where (group_id, minute) in (
-    select group_id, minute from monitoring_group_counts
-    where minute < @before::timestamptz
-    order by minute
+delete from monitoring_group_counts doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_counts c
+    where c.minute < @before::timestamptz
+    order by c.minute
     limit @chunk_size::integer
-)
-  and minute < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeLatencyBefore :execrows
-delete from monitoring_route_latency
-where (route, method, minute, bucket) in (
-    select route, method, minute, bucket from monitoring_route_latency
-    where minute < @before::timestamptz
-    order by minute
+delete from monitoring_route_latency doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_route_latency c
+    where c.minute < @before::timestamptz
+    order by c.minute
     limit @chunk_size::integer
-)
-  and minute < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeExemplarsBefore :execrows
 -- No index on minute alone: ids follow the arrival order, as for events.
-delete from monitoring_route_exemplars
-where id in (
-    select id from monitoring_route_exemplars
-    where minute < @before::timestamptz
-    order by id
+delete from monitoring_route_exemplars doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_route_exemplars c
+    where c.minute < @before::timestamptz
+    order by c.id
     limit @chunk_size::integer
-)
-  and minute < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeJobRunsBefore :execrows
-delete from monitoring_job_runs
-where (job, minute, outcome) in (
-    select job, minute, outcome from monitoring_job_runs
-    where minute < @before::timestamptz
-    order by minute
+delete from monitoring_job_runs doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_job_runs c
+    where c.minute < @before::timestamptz
+    order by c.minute
     limit @chunk_size::integer
-)
-  and minute < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeCheckinsBefore :execrows
-delete from monitoring_cron_checkins
-where id in (
-    select id from monitoring_cron_checkins
-    where at < @before::timestamptz
-    order by at
+delete from monitoring_cron_checkins doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_cron_checkins c
+    where c.at < @before::timestamptz
+    order by c.at
     limit @chunk_size::integer
-)
-  and at < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeAlertsBefore :execrows
 -- An alert with a delivery still pending or being sent is kept (its deliveries go with it otherwise).
-delete from monitoring_alerts
-where id in (
-    select a.id from monitoring_alerts a
-    where a.created_at < @before::timestamptz
+delete from monitoring_alerts doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_alerts c
+    where c.created_at < @before::timestamptz
       and not exists (select 1 from monitoring_deliveries d
-                      where d.alert_id = a.id and d.status in ('pending', 'sending'))
-    order by a.created_at
+                      where d.alert_id = c.id and d.status in ('pending', 'sending'))
+    order by c.created_at
     limit @chunk_size::integer
-)
-  and not exists (select 1 from monitoring_deliveries d
-                  where d.alert_id = monitoring_alerts.id and d.status in ('pending', 'sending'));
+    for update of c
+));
 
 -- name: PurgeActivityBefore :execrows
-delete from monitoring_group_activity
-where id in (
-    select id from monitoring_group_activity
-    where at < @before::timestamptz
-    order by at
+delete from monitoring_group_activity doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_activity c
+    where c.at < @before::timestamptz
+    order by c.at
     limit @chunk_size::integer
-)
-  and at < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeBudgetPeriodsBefore :execrows
 -- Over periods only: the next period starts at the latest one's end or now, whichever is later.
-delete from monitoring_budget_periods
-where (channel, started_at) in (
-    select channel, started_at from monitoring_budget_periods
-    where ends_at < @before::timestamptz
-    order by ends_at
+delete from monitoring_budget_periods doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_budget_periods c
+    where c.ends_at < @before::timestamptz
+    order by c.ends_at
     limit @chunk_size::integer
-)
-  and ends_at < @before::timestamptz;
+    for update
+));
 
 -- name: PurgeGroupUsersBefore :many
 -- The users a group has not seen since @before, group by group from @from_group_id (the last group
 -- of the chunk before, which may have more), so a chunk never reads again the index entries the ones
 -- before it went through (monitoring_group_users_seen_idx). Returns the groups of the rows deleted.
-delete from monitoring_group_users u
-using (
-    select group_id, user_id from monitoring_group_users
-    where group_id >= @from_group_id::bigint and last_seen_at < @before::timestamptz
-    order by group_id, last_seen_at
+delete from monitoring_group_users doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_users c
+    where c.group_id >= @from_group_id::bigint and c.last_seen_at < @before::timestamptz
+    order by c.group_id, c.last_seen_at
     limit @chunk_size::integer
-) c
-where u.group_id = c.group_id and u.user_id = c.user_id and u.last_seen_at < @before::timestamptz
-returning u.group_id;
+    for update
+))
+returning doomed.group_id;
 
 -- name: PurgeRuleFiresBefore :execrows
 -- Called with a time at least the longest action interval ago: a firing that old silences nothing.
-delete from monitoring_rule_fires
-where (rule, group_id) in (
-    select rule, group_id from monitoring_rule_fires
-    where last_fired_at < @before::timestamptz
-    order by last_fired_at
+delete from monitoring_rule_fires doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_rule_fires c
+    where c.last_fired_at < @before::timestamptz
+    order by c.last_fired_at
     limit @chunk_size::integer
-)
-  and last_fired_at < @before::timestamptz;
+    for update
+));

@@ -25,10 +25,10 @@ where published_at is null;
 
 -- name: PurgePublishedOutbox :execrows
 -- One bounded chunk: the caller repeats it, one transaction each, until fewer rows are deleted.
-delete from outbox
-where id in (
-    select id
-    from outbox
-    where published_at is not null and published_at < @published_before::timestamptz
+delete from outbox doomed
+where doomed.ctid = any(array(
+    select c.ctid from outbox c
+    where c.published_at is not null and c.published_at < @published_before::timestamptz
     limit @chunk_size::integer
-);
+    for update
+));

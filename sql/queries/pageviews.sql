@@ -48,10 +48,12 @@ select site_id from deleted_sites where deleted_at < @before order by site_id;
 -- One chunk of a deleted site's raw page views of one day (one partition): its first @chunk_rows
 -- from @from_ts on, in the order of page_views_site_ts_idx. The caller starts the next chunk at
 -- last_ts (views of that instant may be left), one transaction each, until a chunk comes back short:
--- no chunk scans the index entries of the views its predecessors deleted.
+-- no chunk scans the index entries of the views its predecessors deleted. The DELETE finds the chunk
+-- by ctid alone (CONVENTIONS.md, "A chunked delete"); its range only prunes the other partitions
+-- (ctids repeat across partitions). Views never change: no lock needed.
 with purged as (
     delete from page_views doomed
-    where doomed.site_id = @site_id and doomed.ts >= @from_ts and doomed.ts < @to_ts
+    where doomed.ts >= @from_ts and doomed.ts < @to_ts
       and doomed.ctid = any(array(
           select first.ctid
           from page_views first

@@ -77,12 +77,13 @@ order by g.id
 limit @chunk_size::integer;
 
 -- name: PurgeGroupEventReads :execrows
-delete from activity_event_reads
-where (user_id, event_id) in (
-    select r.user_id, r.event_id from activity_event_reads r
+delete from activity_event_reads doomed
+where doomed.ctid = any(array(
+    select r.ctid from activity_event_reads r
     where r.group_id = any(@group_ids::bigint[])
     limit @row_limit::integer
-);
+    for update
+));
 
 -- name: PurgeGroupEvents :execrows
 -- The events deleted (how many: the DELETE's rows), and the feed's objects they name that the project
@@ -105,15 +106,16 @@ with doomed as (
     where o.object_type = n.object_type and o.object_id = n.object_id and not o.deleted
 )
 delete from activity_events
-where id in (select d.id from doomed d);
+where id = any(array(select d.id from doomed d));
 
 -- name: PurgeGroupObjects :execrows
-delete from activity_group_objects
-where (group_id, object_id) in (
-    select o.group_id, o.object_id from activity_group_objects o
+delete from activity_group_objects doomed
+where doomed.ctid = any(array(
+    select o.ctid from activity_group_objects o
     where o.group_id = any(@group_ids::bigint[])
     limit @row_limit::integer
-);
+    for update
+));
 
 -- name: PurgeGroups :execrows
 -- Emptied groups of a deleted project; what still cascades from them (their actors, their readers'
@@ -353,14 +355,14 @@ returning *;
 -- acceptance, a withdrawal, an invitation sent again, each holding rows of the same table), so it takes
 -- part in no deadlock; what it skips is purged the next day. The lock re-reads the row: one sent again
 -- meanwhile (created_at now) is no longer expired and is kept.
-delete from project_invitations
-where id in (
-    select id
-    from project_invitations
-    where created_at <= now() - make_interval(secs => @ttl_s::float8)
+delete from project_invitations doomed
+where doomed.ctid = any(array(
+    select c.ctid
+    from project_invitations c
+    where c.created_at <= now() - make_interval(secs => @ttl_s::float8)
     limit @chunk_size::integer
     for update skip locked
-);
+));
 
 -- name: ExistingProjects :many
 -- A project being deleted is gone (the files' sweep removes what it left on disk).
