@@ -74,12 +74,12 @@ async def singles(sender: httpx.AsyncClient, key: str, count: int = LIMIT) -> li
 # -- D2: bodies read, then refused ------------------------------------------------------------------
 
 
-async def test_a_batch_refused_429_after_decoding_takes_the_address_tokens(
+async def test_a_batch_refused_after_decoding_takes_the_address_tokens(
     limited: Litestar, db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An address with fewer tokens than a 2 MB batch's 1,000 views gets one such batch decoded and
-    refused, charged for its size: the next ones are refused before being read, and so are its
-    single views."""
+    refused (413 ``batch-too-large`` here: its limit is below a full batch), charged for its size: the
+    next ones are refused before being read (429), and so are its single views."""
     key = await new_site_key(db)
     decoded: list[int] = []
     real = decode_batch
@@ -91,7 +91,8 @@ async def test_a_batch_refused_429_after_decoding_takes_the_address_tokens(
     monkeypatch.setattr(pageview_services, "decode_batch", counting)
     body = msgspec.json.encode({"views": [view(key, "/" + "a" * 1900) for _ in range(1000)]})
     async with from_address(limited, "192.0.2.61") as sender:
-        for _ in range(10):
+        assert_problem(await sender.post(BATCH, content=body, headers=JSON), 413, "batch-too-large")
+        for _ in range(9):
             assert_problem(await sender.post(BATCH, content=body, headers=JSON), 429, "rate-limited")
         assert len(decoded) == 1, f"{len(decoded)} refused batches decoded, not charged"
         assert await singles(sender, key) == [429] * LIMIT
@@ -100,13 +101,14 @@ async def test_a_batch_refused_429_after_decoding_takes_the_address_tokens(
 
 
 async def test_a_small_batch_refused_429_takes_one_token(limited: Litestar, db: AsyncConnection[Any]) -> None:
-    """A batch of one view more than the address's tokens is refused and takes a token for its body
-    (under 4 KiB): one single view fewer is accepted afterwards."""
+    """A batch of one view more than the address's tokens left is refused and takes a token for its
+    body (under 4 KiB): one single view fewer is accepted afterwards."""
     key = await new_site_key(db)
     async with from_address(limited, "192.0.2.63") as sender:
-        too_many = {"views": [view(key) for _ in range(LIMIT + 1)]}
+        assert await singles(sender, key, 2) == [202, 202]
+        too_many = {"views": [view(key) for _ in range(LIMIT - 1)]}
         assert_problem(await sender.post(BATCH, json=too_many), 429, "rate-limited")
-        assert await singles(sender, key) == [202] * (LIMIT - 1) + [429]
+        assert await singles(sender, key, LIMIT - 2) == [202] * (LIMIT - 3) + [429]
 
 
 @pytest.mark.parametrize("path", [BATCH, SINGLE], ids=["batch", "single"])

@@ -112,7 +112,9 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     description="All or nothing: answered 202 once every view of the batch is committed. Each view "
     f"takes one token of the address's limit and one of its site's quota. {REFUSED_BODIES_LIMITED} "
     f"{BATCH_BODY_LIMIT}, whatever the number of views: a batch of long views may have to be split to fit "
-    "(413 otherwise).",
+    "(413 otherwise). Where this server's limits are set below a full batch (RATE_LIMIT_INGEST_PER_MINUTE "
+    "or _PER_HOUR, SINK_MAX_PENDING, INGEST_SITE_VIEWS_PER_MINUTE or _PER_DAY), a batch larger than they "
+    "could ever admit is 413 `batch-too-large`, not a 429 whose wait would not help.",
     opt={"rate_limit": None},
     request_max_body_size=BATCH_MAX_BODY,
     operation_class=documents_json_body(PageViewBatchIn),
@@ -120,7 +122,8 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
         **problems(400, 413, 422, 429, 503),
         413: ResponseSpec(
             Problem,
-            description=f"{BATCH_BODY_LIMIT}; nothing was stored: send the views in smaller batches",
+            description=f"{BATCH_BODY_LIMIT}, or more views than this server's limits admit at once "
+            "(`batch-too-large`); nothing was stored: send the views in smaller batches",
             media_type="application/problem+json",
         ),
         202: ResponseSpec(Accepted, description="Stored"),

@@ -7,7 +7,9 @@ every limit is checked without a round trip per view:
 - per client address (an IPv4 address or an IPv6 /64): in-process token buckets (``limiter.py``),
   checked before a body is received (``admit_reading``); a body received and then refused takes
   tokens too, for its size (``refused_body_tokens``): refused for its content (400, ``read_view``),
-  for its views once decoded (429, ``admit``) or for its size (413, ``refuse_oversized``);
+  for its views once decoded (429, ``admit``) or for its size (413, ``refuse_oversized``); a batch
+  larger than the limits could ever admit is 413 (``BatchTooLargeError``), not a 429 whose wait
+  would never help;
 - per site: a quota per minute and per UTC day, leased in blocks from Valkey (``quota.py``);
 - the site key: a bounded cache, lookups of unknown keys batched, deletions mirrored (``keys.py``).
 
@@ -40,7 +42,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
-from app.core.errors import InvalidFieldsError, TooManyRequestsError
+from app.core.errors import AppError, InvalidFieldsError, TooManyRequestsError
 from app.db import pageviews as queries
 from app.domains.pageviews.decoding import decode_batch, decode_view, parse_views
 from app.domains.pageviews.derive import (
@@ -57,7 +59,7 @@ from app.domains.pageviews.keys import SiteKeys, UnknownKeyError
 from app.domains.pageviews.limiter import LocalRateLimiter
 from app.domains.pageviews.quota import SiteQuota
 from app.domains.pageviews.rows import COLUMNS, Row
-from app.domains.pageviews.schemas import PageView, PageViewBatch
+from app.domains.pageviews.schemas import MAX_BATCH, PageView, PageViewBatch
 from app.domains.pageviews.sink import (
     PageViewRefusedError,
     PageViewSink,
@@ -110,6 +112,15 @@ class IngestSettings(msgspec.Struct, frozen=True):
     @classmethod
     def of(cls, settings: Settings) -> IngestSettings:
         return cls(**{name: getattr(settings, name) for name in cls.__struct_fields__})
+
+
+class BatchTooLargeError(AppError):
+    """More views in one request than this server's limits could ever admit at once (limits set below
+    ``MAX_BATCH``): waiting would not help, a smaller batch does."""
+
+    status = 413
+    slug = "batch-too-large"
+    title = "Too many views in one batch"
 
 
 class PartitionUpkeep(msgspec.Struct, frozen=True):
@@ -188,6 +199,25 @@ class PageViewService:
             limits.ingest_site_views_per_day,
             warn_interval_s=settings.rate_limit_warn_interval_s,
         )
+        self.max_batch = min(
+            MAX_BATCH,
+            limits.rate_limit_ingest_per_minute,
+            limits.rate_limit_ingest_per_hour,
+            settings.sink_max_pending,
+        )
+        """The most views one request can ever be admitted with: an address's buckets hold no more,
+        nor does the sink take more at once."""
+        self.max_site_batch = min(limits.ingest_site_views_per_minute, limits.ingest_site_views_per_day)
+        """The most views of one site a request can ever be admitted with (its quota's bounds)."""
+        if min(self.max_batch, self.max_site_batch) < MAX_BATCH:
+            log.warning(
+                "ingest_batches_limited",
+                max_views=self.max_batch,
+                max_views_per_site=self.max_site_batch,
+                batch_max=MAX_BATCH,
+                hint="RATE_LIMIT_INGEST_PER_MINUTE/_PER_HOUR, SINK_MAX_PENDING or INGEST_SITE_VIEWS_PER_*"
+                " are below a full batch: larger batches are refused 413 batch-too-large",
+            )
 
     async def start(self) -> None:
         await self.sink.start()
@@ -264,6 +294,8 @@ class PageViewService:
         views = batch.views
         self.admit(client_ip, len(views), body)
         rows, per_site = await self.rows(views, client_ip, user_agent, batched=True)
+        if max(per_site.values()) > self.max_site_batch:
+            raise _batch_too_large(self.max_site_batch, "of one site ")
         leases: list[tuple[int, int, int]] = []
         submitted = False
         try:
@@ -279,8 +311,13 @@ class PageViewService:
             raise
 
     def admit(self, client_ip: str, count: int, body: bytes | None = None) -> None:
-        """Take ``count`` tokens of the address's limit, or answer 429 having taken none; a ``body``
-        already received (the views' request) is then charged as a refused body."""
+        """Take ``count`` tokens of the address's limit, or answer 429 having taken none (413 for more
+        than ``max_batch``, which no wait would admit); a ``body`` already received (the views'
+        request) is then charged as a refused body."""
+        if count > self.max_batch:
+            if body is not None:
+                self.limiter.charge(client_ip, refused_body_tokens(len(body)))
+            raise _batch_too_large(self.max_batch)
         wait = self.limiter.take(client_ip, count)
         if wait:
             if body is not None:
@@ -478,6 +515,13 @@ def refused_body_tokens(size: int) -> int:
     """What a refused body of ``size`` bytes takes of its address's limit: one token per
     ``REFUSED_BODY_BYTES_PER_TOKEN`` begun (at least one)."""
     return max(1, -(-size // REFUSED_BODY_BYTES_PER_TOKEN))
+
+
+def _batch_too_large(most: int, of: str = "") -> BatchTooLargeError:
+    return BatchTooLargeError(
+        f"This server takes at most {most:,} views {of}in one batch (its ingest limits): send them in"
+        " smaller batches."
+    )
 
 
 def _too_many(wait: float) -> TooManyRequestsError:
