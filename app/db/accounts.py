@@ -508,27 +508,56 @@ async def get_family_state(conn: AsyncConnection[Any], *, family_id: UUID) -> Ge
         return await cur.fetchone()
 
 
-PURGE_EXPIRED_REFRESH_TOKENS = """\
-delete from refresh_tokens
-where id in (
-    select r.id from refresh_tokens r
-    where r.expires_at < now() - make_interval(secs => $1::float8)
-      and not exists (
-        select 1 from refresh_tokens l
-        where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => $1::float8)
-      )
-    for update of r skip locked
-)"""
+ENDED_REFRESH_FAMILIES = """\
+select r.family_id
+from refresh_tokens r
+where r.family_id > $1::uuid
+group by r.family_id
+having max(r.expires_at) < now() - make_interval(secs => $2::float8)
+order by r.family_id
+limit $3::integer"""
 
 
-async def purge_expired_refresh_tokens(conn: AsyncConnection[Any], *, grace_s: float) -> int:
-    """Tokens of families that are over (every token expired more than @grace_s ago: an access token
-    issued with the last one may still be live, and revoking the user's sessions must find its
-    family); a live family keeps its spent tokens, which reuse detection needs. Rows a revocation
-    holds are skipped (a later run deletes them): the purge takes no family's lock, so it must never
-    wait for a token row while holding other families' rows."""
+async def ended_refresh_families(
+    conn: AsyncConnection[Any],
+    *,
+    after_family: UUID,
+    grace_s: float,
+    family_limit: int,
+) -> list[UUID]:
+    """Up to @family_limit sessions (families) after @after_family that are over: every token expired more
+    than @grace_s ago (an access token issued with the last one may still be live, and revoking the
+    user's sessions must find its family). A live family keeps its spent tokens, which reuse detection
+    needs. One pass over refresh_tokens_family_order_idx, each family's tokens read once: "no token of
+    the family is live" checked once per token read the whole family for each of its tokens (a session
+    of K tokens cost K^2; one of 20,000 took 72 s). An ended session can never rotate again, so its
+    tokens are purged by family afterwards (PurgeEndedFamilyTokens) without checking again."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(ENDED_REFRESH_FAMILIES, (after_family, grace_s, family_limit))
+        return await cur.fetchall()
+
+
+PURGE_ENDED_FAMILY_TOKENS = """\
+delete from refresh_tokens doomed
+where doomed.ctid = any(array(
+    select t.ctid from refresh_tokens t
+    where t.family_id = any($1::uuid[])
+    limit $2::integer
+    for update skip locked
+))"""
+
+
+async def purge_ended_family_tokens(
+    conn: AsyncConnection[Any],
+    *,
+    family_ids: list[UUID],
+    chunk_size: int,
+) -> int:
+    """One chunk of the tokens of ended sessions (EndedRefreshFamilies), by ctid (CONVENTIONS.md, "A
+    chunked delete"). Rows a revocation holds are skipped (a later run deletes them): the purge takes
+    no family's lock, so it must never wait for a token row while holding other families' rows."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(PURGE_EXPIRED_REFRESH_TOKENS, (grace_s,))
+        await cur.execute(PURGE_ENDED_FAMILY_TOKENS, (family_ids, chunk_size))
         return cur.rowcount
 
 

@@ -249,22 +249,33 @@ from (
 ) as first_token
 where first_token.family_id = @family_id;
 
--- name: PurgeExpiredRefreshTokens :execrows
--- Tokens of families that are over (every token expired more than @grace_s ago: an access token
--- issued with the last one may still be live, and revoking the user's sessions must find its
--- family); a live family keeps its spent tokens, which reuse detection needs. Rows a revocation
--- holds are skipped (a later run deletes them): the purge takes no family's lock, so it must never
--- wait for a token row while holding other families' rows.
-delete from refresh_tokens
-where id in (
-    select r.id from refresh_tokens r
-    where r.expires_at < now() - make_interval(secs => @grace_s::float8)
-      and not exists (
-        select 1 from refresh_tokens l
-        where l.family_id = r.family_id and l.expires_at >= now() - make_interval(secs => @grace_s::float8)
-      )
-    for update of r skip locked
-);
+-- name: EndedRefreshFamilies :many
+-- Up to @family_limit sessions (families) after @after_family that are over: every token expired more
+-- than @grace_s ago (an access token issued with the last one may still be live, and revoking the
+-- user's sessions must find its family). A live family keeps its spent tokens, which reuse detection
+-- needs. One pass over refresh_tokens_family_order_idx, each family's tokens read once: "no token of
+-- the family is live" checked once per token read the whole family for each of its tokens (a session
+-- of K tokens cost K^2; one of 20,000 took 72 s). An ended session can never rotate again, so its
+-- tokens are purged by family afterwards (PurgeEndedFamilyTokens) without checking again.
+select r.family_id
+from refresh_tokens r
+where r.family_id > @after_family::uuid
+group by r.family_id
+having max(r.expires_at) < now() - make_interval(secs => @grace_s::float8)
+order by r.family_id
+limit @family_limit::integer;
+
+-- name: PurgeEndedFamilyTokens :execrows
+-- One chunk of the tokens of ended sessions (EndedRefreshFamilies), by ctid (CONVENTIONS.md, "A
+-- chunked delete"). Rows a revocation holds are skipped (a later run deletes them): the purge takes
+-- no family's lock, so it must never wait for a token row while holding other families' rows.
+delete from refresh_tokens doomed
+where doomed.ctid = any(array(
+    select t.ctid from refresh_tokens t
+    where t.family_id = any(@family_ids::uuid[])
+    limit @chunk_size::integer
+    for update skip locked
+));
 
 -- name: CountSignupsBetween :one
 -- Accounts created in [since, until) (the daily monitoring report).

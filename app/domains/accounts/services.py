@@ -68,6 +68,10 @@ VERIFIED_TOKENS_KEPT = 4096
 REVOKED_FAMILY_RETENTION_S = 24 * 3600
 """``revoked_families`` rows older than this are purged (far beyond any access token's lifetime), or
 older than the revocation horizon when that is longer (a dashboard session may last up to a week)."""
+PURGE_FAMILIES = 1_000
+"""Ended sessions found per pass of the session purge (one read of the token index per pass)."""
+PURGE_CHUNK_TOKENS = 10_000
+"""Tokens of ended sessions deleted per transaction."""
 BAD_CREDENTIALS = "Invalid email or password."
 
 
@@ -524,10 +528,31 @@ class AccountService:
                 headers={"Retry-After": str(retry_after)},
             )
 
-    async def purge_expired_sessions(self) -> int:
-        """Delete the refresh tokens of sessions that have ended (cron); returns how many."""
-        async with self.db.transaction() as uow:
-            purged = await queries.purge_expired_refresh_tokens(uow.conn, grace_s=self.tokens.ttl_s)
+    async def purge_expired_sessions(
+        self, *, families_per_pass: int = PURGE_FAMILIES, chunk_size: int = PURGE_CHUNK_TOKENS
+    ) -> int:
+        """Delete the refresh tokens of sessions that have ended (cron); returns how many. Ended
+        sessions are found ``families_per_pass`` at a time in family order, each pass resuming after
+        the last, and their tokens deleted ``chunk_size`` per transaction."""
+        purged = 0
+        after = NO_FAMILY
+        while True:
+            async with self.db.transaction() as uow:
+                families = await queries.ended_refresh_families(
+                    uow.conn, after_family=after, grace_s=self.tokens.ttl_s, family_limit=families_per_pass
+                )
+            if not families:
+                break
+
+            async def chunk(uow: UnitOfWork, families: list[uuid.UUID] = families) -> int:
+                return await queries.purge_ended_family_tokens(
+                    uow.conn, family_ids=families, chunk_size=chunk_size
+                )
+
+            purged += await self.db.delete_in_chunks(chunk, chunk_size)
+            if len(families) < families_per_pass:
+                break
+            after = families[-1]
         if purged:
             log.info("refresh_tokens_purged", count=purged)
         return purged
