@@ -154,8 +154,11 @@ counted as (
 stored as (
     select h.site_id, h.dimension, h.hour, h.value, h.views
     from (select distinct c.site_id, c.dimension, c.hour from counted c) g
-    join page_view_dimension_hourly h
-        on h.site_id = g.site_id and h.dimension = g.dimension and h.hour = g.hour
+    cross join lateral (
+        select d.site_id, d.dimension, d.hour, d.value, d.views from page_view_dimension_hourly d
+        where d.site_id = g.site_id and d.dimension = g.dimension and d.hour = g.hour
+        offset 0  -- not flattened: one primary-key range per (site, dimension, hour), never the table
+    ) h
 ),
 merged as (
     select coalesce(c.site_id, t.site_id) as site_id, coalesce(c.dimension, t.dimension) as dimension,

@@ -1,19 +1,25 @@
-"""Merging the pending views into the stored visits (``analytics_merged_visits``: the visits rollup and
-every report through ``analytics_visits``) costs in proportion to its rows, whatever the statistics.
+"""The hourly rollup costs in proportion to the window's rows, whatever the statistics say (the
+window is always the newest received_at, past the statistics' histogram). Rows handled are counted
+with EXPLAIN ANALYZE, never timed.
 
-The visits a pending view touches were found per stored visit, each checked with ``exists`` over the
-pending views, a CTE without an index: with statistics that had not seen the newest views (the usual
-case: the rollup's window is always past the histogram) it was scanned whole once per visit. Rows
-handled are counted with EXPLAIN ANALYZE, never timed.
+- Merging the pending views into the stored visits (``analytics_merged_visits``: the visits rollup
+  and every report through ``analytics_visits``) found the visits a pending view touches per stored
+  visit, each checked with ``exists`` over the pending views, a CTE without an index, scanned whole
+  once per visit.
+- The dimensions' rollup read the stored counts of the window's (site, dimension, hour) groups by a
+  join the planner could make a scan of the whole table (every hour of the retention, every site).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncRawCursor
 
+from app.db import reports as queries
+from app.domains.reports.services import DIMENSION_VALUES_PER_HOUR, OTHER_VALUE
 from tests.factories import create_user, make_site
+from tests.functional.test_reports_purge_chunks import rows_read, scans
 
 VISITORS = 1_000
 """Returning visitors, each with 3 stored visits and 3 views pending in the window."""
@@ -83,3 +89,42 @@ async def test_merging_pending_views_into_stored_visits_is_linear_under_stale_st
     plan = row[0][0]["Plan"]
     handled = rows_handled(plan)
     assert handled <= 30 * 6 * VISITORS, f"{handled} rows handled: {plan}"
+
+
+async def test_the_dimensions_rollup_reads_the_stored_counts_of_its_window_only(
+    db: AsyncConnection[Any],
+) -> None:
+    """Statistics taken with a few stored counts, then 30 days of them (18,000 rows) and one hour of
+    pending views: the rollup reads the stored counts of that hour's (dimension) groups only. Was: the
+    whole table, on every rollup."""
+    site = await make_site(db, await create_user(db))
+    await db.execute("select ensure_page_view_partitions((now() at time zone 'UTC')::date - 1, 3)")
+    hour = "date_trunc('hour', now()) - interval '2 hours'"
+    stored = (
+        "insert into page_view_dimension_hourly (site_id, dimension, hour, value, views)"
+        f" select %s, d, {hour} - h * interval '1 hour', 'v' || v, 1"
+        " from unnest(array['path', 'referrer_source', 'utm_campaign', 'device', 'browser']) d,"
+        " generate_series(%s::integer, %s::integer) h, generate_series(1, 5) v"
+    )
+    await db.execute(stored, (site.id, 1000, 1001))
+    await db.execute("analyze page_view_dimension_hourly")
+    async with db.transaction(force_rollback=True):
+        await db.execute(stored, (site.id, 0, 30 * 24 - 1))
+        await db.execute(
+            "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
+            f" select %s, {hour} + g * interval '1 second', {hour} + g * interval '1 second', g,"
+            " '/p' || (g %% 7), 'desktop', 'x', 'y' from generate_series(1, 600) g",
+            (site.id,),
+        )
+        window = await (await db.execute(f"select {hour}, {hour} + interval '1 hour'")).fetchone()
+        assert window is not None
+        async with AsyncRawCursor(db) as cur:
+            await cur.execute(
+                "explain (analyze, format json) " + queries.ROLLUP_DIMENSIONS,
+                (DIMENSION_VALUES_PER_HOUR, OTHER_VALUE, *window),
+            )
+            row = await cur.fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    read = sum(rows_read(scan) for scan in scans(plan, "page_view_dimension_hourly"))
+    assert read <= 5 * 5 * 2, f"read {read} stored counts for one hour's 25: {plan}"
