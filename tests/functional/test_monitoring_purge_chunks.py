@@ -1,19 +1,23 @@
 """The monitoring retention in chunks: a backlog drains under the statement timeout, a table that
-fails leaves the others purged, and the users a group has not seen for the retention go."""
+fails leaves the others purged, and the users a group has not seen for the retention go; and the
+checks cron's end of timed ignores reads only the groups concerned."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncRawCursor, sql
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.db import monitoring
 from tests.factories import cancelled_once_blocked
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
+from tests.functional.test_reports_purge_chunks import rows_read, scans
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 OLD = "now() - interval '90 days'"
@@ -140,3 +144,31 @@ async def test_users_a_group_has_not_seen_for_the_retention_are_purged(
         )
     ).fetchall()
     assert left == [(group, user) for group in sorted(groups) for user in (4, 5)]
+
+
+async def test_ending_timed_ignores_reads_only_the_groups_ignored_until_a_time(
+    db: AsyncConnection[Any],
+) -> None:
+    """5,000 groups of which one is ignored until a time now passed: the checks cron's statement
+    (every minute) reads that one group. Was: every group, every minute (no index)."""
+    async with db.transaction(force_rollback=True):
+        await db.execute(
+            "insert into monitoring_groups (id, root_id, kind, title, status_changed_at, first_seen_at,"
+            " last_seen_at)"
+            " select 900000 + g, 900000 + g, 'error', 'g', now(), now(), now()"
+            " from generate_series(1, 5000) g"
+        )
+        await db.execute(
+            "update monitoring_groups set status = 'ignored', ignore_mode = 'until_time',"
+            " ignore_until = now() - interval '1 minute' where id = 900001"
+        )
+        await db.execute("analyze monitoring_groups")
+        async with AsyncRawCursor(db) as cur:
+            await cur.execute(
+                "explain (analyze, format json) " + monitoring.EXPIRE_TIMED_IGNORES, (datetime.now(UTC),)
+            )
+            row = await cur.fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    read = sum(rows_read(scan) for scan in scans(plan, "monitoring_groups"))
+    assert read <= 2, f"read {read} groups: {plan}"
