@@ -655,3 +655,20 @@ def http_scope(method: str, path: str, token: str, *headers: tuple[bytes, bytes]
         "server": ("testserver", 80),
         "state": {},
     }
+
+
+def plan_scans(node: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """The plan's nodes reading ``relation`` (its heap or one of its indexes; not the deletion itself,
+    which counts the rows the nodes below it found)."""
+    reads = node.get("Relation Name") == relation and node["Node Type"] != "ModifyTable"
+    found = [node] if reads else []
+    return found + [scan for child in node.get("Plans", ()) for scan in plan_scans(child, relation)]
+
+
+def plan_rows_read(node: dict[str, Any]) -> int:
+    """Rows an EXPLAIN ANALYZE node read: those it returned and those its filters threw away, over all
+    of its loops (what a plan test counts instead of timing)."""
+    per_loop: float = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+    per_loop += node.get("Rows Removed by Index Recheck", 0)
+    loops: float = node["Actual Loops"]
+    return round(per_loop * loops)

@@ -19,8 +19,7 @@ from app.core.services import open_services
 from app.db import accounts as queries
 from app.domains.accounts.services import AccountService
 from app.modules import MODULES
-from tests.factories import create_user
-from tests.functional.test_reports_purge_chunks import rows_read, scans
+from tests.factories import create_user, plan_rows_read, plan_scans
 
 LONG_SESSION = 3_000
 
@@ -88,5 +87,5 @@ async def test_finding_ended_sessions_reads_each_token_once_however_long_a_sessi
             row = await cur.fetchone()
     assert row is not None
     plan = row[0][0]["Plan"]
-    read = sum(rows_read(scan) for scan in scans(plan, "refresh_tokens"))
+    read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "refresh_tokens"))
     assert total <= read <= 2 * total, f"read {read} rows of {total}: {plan}"

@@ -18,7 +18,7 @@ import pytest
 from psycopg import AsyncConnection, AsyncRawCursor
 
 from app.db import monitoring, pageviews
-from tests.functional.test_reports_purge_chunks import rows_read
+from tests.factories import plan_rows_read
 
 CHUNK = 1_000
 BACKLOG = 20_000
@@ -124,9 +124,9 @@ def chooser_and_target_reads(node: dict[str, Any], table: str, under_limit: bool
         and node["Node Type"] != "ModifyTable"
     ):
         if under_limit:
-            chosen += rows_read(node)
+            chosen += plan_rows_read(node)
         else:
-            deleted += rows_read(node)
+            deleted += plan_rows_read(node)
     for child in node.get("Plans", ()):
         more_chosen, more_deleted = chooser_and_target_reads(child, table, under_limit)
         chosen, deleted = chosen + more_chosen, deleted + more_deleted

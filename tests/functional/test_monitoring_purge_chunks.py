@@ -15,9 +15,8 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db import monitoring
-from tests.factories import cancelled_once_blocked
+from tests.factories import cancelled_once_blocked, plan_rows_read, plan_scans
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
-from tests.functional.test_reports_purge_chunks import rows_read, scans
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 OLD = "now() - interval '90 days'"
@@ -170,5 +169,5 @@ async def test_ending_timed_ignores_reads_only_the_groups_ignored_until_a_time(
             row = await cur.fetchone()
     assert row is not None
     plan = row[0][0]["Plan"]
-    read = sum(rows_read(scan) for scan in scans(plan, "monitoring_groups"))
+    read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "monitoring_groups"))
     assert read <= 2, f"read {read} groups: {plan}"

@@ -27,7 +27,15 @@ from app.db import reports as queries
 from app.domains.pageviews.services import retention_first_day
 from app.domains.reports.services import ReportService
 from app.modules import MODULES
-from tests.factories import blocked_by, cancelled_once_blocked, captured_logs, create_user, make_site
+from tests.factories import (
+    blocked_by,
+    cancelled_once_blocked,
+    captured_logs,
+    create_user,
+    make_site,
+    plan_rows_read,
+    plan_scans,
+)
 
 PER_HOUR = 7
 """Rows of each hour: chunks of 100 end inside an hour, and the next chunk resumes in it."""
@@ -228,21 +236,6 @@ CHUNK_QUERIES: list[tuple[str, Callable[..., Awaitable[Any]], str, str]] = [
 ]
 
 
-def scans(node: dict[str, Any], relation: str) -> list[dict[str, Any]]:
-    """The plan's nodes reading ``relation`` (its heap or one of its indexes; not the deletion itself,
-    which counts the rows the nodes below it found)."""
-    reads = node.get("Relation Name") == relation and node["Node Type"] != "ModifyTable"
-    found = [node] if reads else []
-    return found + [scan for child in node.get("Plans", ()) for scan in scans(child, relation)]
-
-
-def rows_read(node: dict[str, Any]) -> int:
-    per_loop: float = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-    per_loop += node.get("Rows Removed by Index Recheck", 0)
-    loops: float = node["Actual Loops"]
-    return round(per_loop * loops)
-
-
 @pytest.mark.parametrize("name", [name for name, *_ in CHUNK_QUERIES])
 async def test_a_chunk_reads_its_rows_through_an_index_not_the_table(
     db: AsyncConnection[Any], rollups: Rollups, name: str
@@ -263,10 +256,10 @@ async def test_a_chunk_reads_its_rows_through_an_index_not_the_table(
         row = await cur.fetchone()
     assert row is not None
     plan = row[0][0]["Plan"]
-    read = scans(plan, name)
+    read = plan_scans(plan, name)
     assert all(scan["Node Type"] != "Seq Scan" for scan in read), read
     assert any(scan.get("Index Name") == index for scan in read), read
-    total = sum(rows_read(scan) for scan in read)  # the chunk's rows picked, then deleted by ctid
+    total = sum(plan_rows_read(scan) for scan in read)  # the chunk's rows picked, then deleted by ctid
     assert CHUNK <= total <= 2 * CHUNK + PER_HOUR, (
         f"{name}: one chunk read {total} rows of {days * 24 * PER_HOUR}"
     )

@@ -18,8 +18,7 @@ from psycopg import AsyncConnection, AsyncRawCursor
 
 from app.db import reports as queries
 from app.domains.reports.services import DIMENSION_VALUES_PER_HOUR, OTHER_VALUE
-from tests.factories import create_user, make_site
-from tests.functional.test_reports_purge_chunks import rows_read, scans
+from tests.factories import create_user, make_site, plan_rows_read, plan_scans
 
 VISITORS = 1_000
 """Returning visitors, each with 3 stored visits and 3 views pending in the window."""
@@ -126,5 +125,5 @@ async def test_the_dimensions_rollup_reads_the_stored_counts_of_its_window_only(
             row = await cur.fetchone()
     assert row is not None
     plan = row[0][0]["Plan"]
-    read = sum(rows_read(scan) for scan in scans(plan, "page_view_dimension_hourly"))
+    read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "page_view_dimension_hourly"))
     assert read <= 5 * 5 * 2, f"read {read} stored counts for one hour's 25: {plan}"
