@@ -170,14 +170,15 @@ async def deleted_sites_before(conn: AsyncConnection[Any], *, before: datetime) 
 PURGE_SITE_PAGE_VIEWS = """\
 with purged as (
     delete from page_views doomed
-    where doomed.ts >= $1 and doomed.ts < $2
-      and doomed.ctid = any(array(
-          select first.ctid
-          from page_views first
-          where first.site_id = $3 and first.ts >= $1 and first.ts < $2
-          order by first.ts
-          limit $4::integer
-      ))
+    where doomed.site_id = $2 and doomed.ts >= $1 and doomed.ts < $3
+      and doomed.ts <= coalesce((
+          select last.ts
+          from page_views last
+          where last.site_id = $2 and last.ts >= $1 and last.ts < $3
+          order by last.ts
+          offset $4::integer
+          limit 1
+      ), $3)
     returning doomed.ts
 )
 select count(*)::integer as deleted, coalesce(max(ts), $1)::timestamptz as last_ts from purged"""
@@ -192,18 +193,20 @@ async def purge_site_page_views(
     conn: AsyncConnection[Any],
     *,
     from_ts: datetime,
-    to_ts: datetime,
     site_id: int,
-    chunk_rows: int,
+    to_ts: datetime,
+    skip_rows: int,
 ) -> PurgeSitePageViewsRow | None:
-    """One chunk of a deleted site's raw page views of one day (one partition): its first @chunk_rows
-    from @from_ts on, in the order of page_views_site_ts_idx. The caller starts the next chunk at
-    last_ts (views of that instant may be left), one transaction each, until a chunk comes back short:
-    no chunk scans the index entries of the views its predecessors deleted. The DELETE finds the chunk
-    by ctid alone (CONVENTIONS.md, "A chunked delete"); its range only prunes the other partitions
-    (ctids repeat across partitions). Views never change: no lock needed."""
+    """One chunk of a deleted site's raw page views of one day (one partition): its views from @from_ts up
+    to the ts of the one after the first @skip_rows (the caller's chunk less one; every view of that
+    instant included: a chunk may be a little larger), a range of page_views_site_ts_idx whose two
+    bounds the index serves. The caller starts the next chunk at last_ts, one transaction each, until a
+    chunk comes back short: no chunk scans the index entries of the views its predecessors deleted.
+    Not by ctid (CONVENTIONS.md, "A chunked delete"): the range that prunes the other partitions is one
+    the index can serve too, and with statistics that had not seen the day's views the planner read the
+    whole day through it, comparing every row with the chunk's ctids. Views never change: no lock."""
     async with AsyncRawCursor(conn, row_factory=args_row(PurgeSitePageViewsRow)) as cur:
-        await cur.execute(PURGE_SITE_PAGE_VIEWS, (from_ts, to_ts, site_id, chunk_rows))
+        await cur.execute(PURGE_SITE_PAGE_VIEWS, (from_ts, site_id, to_ts, skip_rows))
         return await cur.fetchone()
 
 

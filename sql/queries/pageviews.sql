@@ -45,22 +45,25 @@ values (@site_id, @ts, @received_at, sqlc.narg(event_id), @visitor_id, @path, @t
 select site_id from deleted_sites where deleted_at < @before order by site_id;
 
 -- name: PurgeSitePageViews :one
--- One chunk of a deleted site's raw page views of one day (one partition): its first @chunk_rows
--- from @from_ts on, in the order of page_views_site_ts_idx. The caller starts the next chunk at
--- last_ts (views of that instant may be left), one transaction each, until a chunk comes back short:
--- no chunk scans the index entries of the views its predecessors deleted. The DELETE finds the chunk
--- by ctid alone (CONVENTIONS.md, "A chunked delete"); its range only prunes the other partitions
--- (ctids repeat across partitions). Views never change: no lock needed.
+-- One chunk of a deleted site's raw page views of one day (one partition): its views from @from_ts up
+-- to the ts of the one after the first @skip_rows (the caller's chunk less one; every view of that
+-- instant included: a chunk may be a little larger), a range of page_views_site_ts_idx whose two
+-- bounds the index serves. The caller starts the next chunk at last_ts, one transaction each, until a
+-- chunk comes back short: no chunk scans the index entries of the views its predecessors deleted.
+-- Not by ctid (CONVENTIONS.md, "A chunked delete"): the range that prunes the other partitions is one
+-- the index can serve too, and with statistics that had not seen the day's views the planner read the
+-- whole day through it, comparing every row with the chunk's ctids. Views never change: no lock.
 with purged as (
     delete from page_views doomed
-    where doomed.ts >= @from_ts and doomed.ts < @to_ts
-      and doomed.ctid = any(array(
-          select first.ctid
-          from page_views first
-          where first.site_id = @site_id and first.ts >= @from_ts and first.ts < @to_ts
-          order by first.ts
-          limit @chunk_rows::integer
-      ))
+    where doomed.site_id = @site_id and doomed.ts >= @from_ts and doomed.ts < @to_ts
+      and doomed.ts <= coalesce((
+          select last.ts
+          from page_views last
+          where last.site_id = @site_id and last.ts >= @from_ts and last.ts < @to_ts
+          order by last.ts
+          offset @skip_rows::integer
+          limit 1
+      ), @to_ts)
     returning doomed.ts
 )
 select count(*)::integer as deleted, coalesce(max(ts), @from_ts)::timestamptz as last_ts from purged;

@@ -474,7 +474,7 @@ class PageViewService:
         async def chunk(uow: UnitOfWork) -> int:
             nonlocal start
             purged = await queries.purge_site_page_views(
-                uow.conn, site_id=site_id, from_ts=start, to_ts=to_ts, chunk_rows=chunk_rows
+                uow.conn, site_id=site_id, from_ts=start, to_ts=to_ts, skip_rows=chunk_rows - 1
             )
             assert purged is not None
             start = purged.last_ts
