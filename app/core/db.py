@@ -169,15 +169,18 @@ class Database:
     async def delete_in_chunks(
         self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]], chunk_size: int
     ) -> int:
-        """Run ``delete_chunk`` (one statement deleting at most ``chunk_size`` rows), one transaction
-        each, until a chunk comes back short; how many rows in all. Each transaction stays short (its
-        locks, its WAL, the statement timeout) however large the backlog of a purge."""
+        """Run ``delete_chunk`` (one statement deleting about ``chunk_size`` rows), one transaction
+        each, until a chunk deletes nothing; how many rows in all. Each transaction stays short (its
+        locks, its WAL, the statement timeout) however large the backlog of a purge. Not until a chunk
+        comes back short: one can while rows are left (a row a writer changed while the chunk waited
+        for its lock, still due, is locked but not deleted; a key-range chunk stops before a crowded
+        instant), and the purge would then stop until its next run. One empty chunk more per purge."""
         deleted = 0
         while True:
             async with self.transaction() as uow:
                 chunk = await delete_chunk(uow)
             deleted += chunk
-            if chunk < chunk_size:
+            if not chunk:
                 return deleted
 
 

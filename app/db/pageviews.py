@@ -167,47 +167,60 @@ async def deleted_sites_before(conn: AsyncConnection[Any], *, before: datetime) 
         return await cur.fetchall()
 
 
+SITE_PAGE_VIEW_CHUNK = """\
+select
+    (select min(v.ts) from page_views v
+     where v.site_id = $1 and v.ts >= $2 and v.ts < $3)::timestamptz as first_ts,
+    (select v.ts from page_views v
+     where v.site_id = $1 and v.ts >= $2 and v.ts < $3
+     order by v.ts offset $4::integer limit 1)::timestamptz as end_ts"""
+
+
+class SitePageViewChunkRow(msgspec.Struct, frozen=True, gc=False):
+    first_ts: datetime | None
+    end_ts: datetime | None
+
+
+async def site_page_view_chunk(
+    conn: AsyncConnection[Any],
+    *,
+    site_id: int,
+    from_ts: datetime,
+    to_ts: datetime,
+    skip_rows: int,
+) -> SitePageViewChunkRow | None:
+    """The next chunk of a deleted site's raw page views of one day (one partition) from @from_ts on: the
+    ts of its first view, and of the view @skip_rows places after it (none: fewer are left). The caller
+    deletes [@from_ts, end) (PurgeSitePageViews), or the views of the first instant alone when at least
+    @skip_rows + 1 share it: at most @skip_rows views a chunk, or one instant's (a batch's views sent
+    without ts share the server's: up to 1,000). Both read page_views_site_ts_idx from @from_ts only."""
+    async with AsyncRawCursor(conn, row_factory=args_row(SitePageViewChunkRow)) as cur:
+        await cur.execute(SITE_PAGE_VIEW_CHUNK, (site_id, from_ts, to_ts, skip_rows))
+        return await cur.fetchone()
+
+
 PURGE_SITE_PAGE_VIEWS = """\
-with purged as (
-    delete from page_views doomed
-    where doomed.site_id = $2 and doomed.ts >= $1 and doomed.ts < $3
-      and doomed.ts <= coalesce((
-          select last.ts
-          from page_views last
-          where last.site_id = $2 and last.ts >= $1 and last.ts < $3
-          order by last.ts
-          offset $4::integer
-          limit 1
-      ), $3)
-    returning doomed.ts
-)
-select count(*)::integer as deleted, coalesce(max(ts), $1)::timestamptz as last_ts from purged"""
-
-
-class PurgeSitePageViewsRow(msgspec.Struct, frozen=True, gc=False):
-    deleted: int
-    last_ts: datetime
+delete from page_views
+where site_id = $1 and ts >= $2 and ts < $3"""
 
 
 async def purge_site_page_views(
     conn: AsyncConnection[Any],
     *,
-    from_ts: datetime,
     site_id: int,
+    from_ts: datetime,
     to_ts: datetime,
-    skip_rows: int,
-) -> PurgeSitePageViewsRow | None:
-    """One chunk of a deleted site's raw page views of one day (one partition): its views from @from_ts up
-    to the ts of the one after the first @skip_rows (the caller's chunk less one; every view of that
-    instant included: a chunk may be a little larger), a range of page_views_site_ts_idx whose two
-    bounds the index serves. The caller starts the next chunk at last_ts, one transaction each, until a
-    chunk comes back short: no chunk scans the index entries of the views its predecessors deleted.
-    Not by ctid (CONVENTIONS.md, "A chunked delete"): the range that prunes the other partitions is one
-    the index can serve too, and with statistics that had not seen the day's views the planner read the
-    whole day through it, comparing every row with the chunk's ctids. Views never change: no lock."""
-    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSitePageViewsRow)) as cur:
-        await cur.execute(PURGE_SITE_PAGE_VIEWS, (from_ts, site_id, to_ts, skip_rows))
-        return await cur.fetchone()
+) -> int:
+    """A chunk of a deleted site's raw page views: those of [@from_ts, @to_ts) (SitePageViewChunk), a range
+    of page_views_site_ts_idx whose two bounds the index serves; the caller starts the next chunk at
+    @to_ts, one transaction each: no chunk scans the index entries of the views its predecessors
+    deleted. Not by ctid (CONVENTIONS.md, "A chunked delete"): the range that prunes the other
+    partitions is one the index can serve too, and with statistics that had not seen the day's views
+    the planner read the whole day through it, comparing every row with the chunk's ctids. Views never
+    change: no lock."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_SITE_PAGE_VIEWS, (site_id, from_ts, to_ts))
+        return cur.rowcount
 
 
 PURGE_SITE_EVENT_IDS = """\

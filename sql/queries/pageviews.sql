@@ -44,29 +44,30 @@ values (@site_id, @ts, @received_at, sqlc.narg(event_id), @visitor_id, @path, @t
 -- being written).
 select site_id from deleted_sites where deleted_at < @before order by site_id;
 
--- name: PurgeSitePageViews :one
--- One chunk of a deleted site's raw page views of one day (one partition): its views from @from_ts up
--- to the ts of the one after the first @skip_rows (the caller's chunk less one; every view of that
--- instant included: a chunk may be a little larger), a range of page_views_site_ts_idx whose two
--- bounds the index serves. The caller starts the next chunk at last_ts, one transaction each, until a
--- chunk comes back short: no chunk scans the index entries of the views its predecessors deleted.
--- Not by ctid (CONVENTIONS.md, "A chunked delete"): the range that prunes the other partitions is one
--- the index can serve too, and with statistics that had not seen the day's views the planner read the
--- whole day through it, comparing every row with the chunk's ctids. Views never change: no lock.
-with purged as (
-    delete from page_views doomed
-    where doomed.site_id = @site_id and doomed.ts >= @from_ts and doomed.ts < @to_ts
-      and doomed.ts <= coalesce((
-          select last.ts
-          from page_views last
-          where last.site_id = @site_id and last.ts >= @from_ts and last.ts < @to_ts
-          order by last.ts
-          offset @skip_rows::integer
-          limit 1
-      ), @to_ts)
-    returning doomed.ts
-)
-select count(*)::integer as deleted, coalesce(max(ts), @from_ts)::timestamptz as last_ts from purged;
+-- name: SitePageViewChunk :one
+-- nullable: first_ts, end_ts
+-- The next chunk of a deleted site's raw page views of one day (one partition) from @from_ts on: the
+-- ts of its first view, and of the view @skip_rows places after it (none: fewer are left). The caller
+-- deletes [@from_ts, end) (PurgeSitePageViews), or the views of the first instant alone when at least
+-- @skip_rows + 1 share it: at most @skip_rows views a chunk, or one instant's (a batch's views sent
+-- without ts share the server's: up to 1,000). Both read page_views_site_ts_idx from @from_ts only.
+select
+    (select min(v.ts) from page_views v
+     where v.site_id = @site_id and v.ts >= @from_ts and v.ts < @to_ts)::timestamptz as first_ts,
+    (select v.ts from page_views v
+     where v.site_id = @site_id and v.ts >= @from_ts and v.ts < @to_ts
+     order by v.ts offset @skip_rows::integer limit 1)::timestamptz as end_ts;
+
+-- name: PurgeSitePageViews :execrows
+-- A chunk of a deleted site's raw page views: those of [@from_ts, @to_ts) (SitePageViewChunk), a range
+-- of page_views_site_ts_idx whose two bounds the index serves; the caller starts the next chunk at
+-- @to_ts, one transaction each: no chunk scans the index entries of the views its predecessors
+-- deleted. Not by ctid (CONVENTIONS.md, "A chunked delete"): the range that prunes the other
+-- partitions is one the index can serve too, and with statistics that had not seen the day's views
+-- the planner read the whole day through it, comparing every row with the chunk's ctids. Views never
+-- change: no lock.
+delete from page_views
+where site_id = @site_id and ts >= @from_ts and ts < @to_ts;
 
 -- name: PurgeSiteEventIds :one
 -- One chunk of a deleted site's claimed event ids: its first @chunk_rows from @from_id on, in

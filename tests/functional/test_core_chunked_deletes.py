@@ -52,9 +52,9 @@ BACKLOGS: dict[str, tuple[str, str, str]] = {
         "insert into page_views (site_id, ts, visitor_id, path, device, browser, os)"
         " select -1, date_trunc('day', now()) + g * interval '1 millisecond', 1, '/', 'desktop', 'x', 'y'"
         " from generate_series(1, $1) g",
-        # the generated function's parameters in their order: from_ts, site_id, to_ts, skip_rows
-        "select date_trunc('day', now()), -1::bigint, date_trunc('day', now()) + interval '1 day',"
-        " $1::integer - 1",
+        # site_id, from_ts, to_ts: the chunk's range (SitePageViewChunk), the views of CHUNK milliseconds
+        "select -1::bigint, date_trunc('day', now()),"
+        " date_trunc('day', now()) + ($1::integer + 1) * interval '1 millisecond'",
     ),
 }
 

@@ -22,6 +22,7 @@ from psycopg.errors import QueryCanceled
 
 from app.config import Settings
 from app.core.services import open_services
+from app.db import pageviews as pageview_queries
 from app.domains.pageviews.services import DELETED_SITE_RETENTION, PageViewService
 from app.modules import MODULES
 from tests.factories import captured_logs, create_user, make_site
@@ -132,3 +133,31 @@ async def test_a_deleted_sites_views_are_deleted_chunk_by_chunk_until_none_is_le
     assert await pageviews.purge_deleted_sites(due, chunk_rows=CHUNK) == ROWS + CHUNK * 2 + 1
     assert await count(db, "page_views", gone) == 0
     assert await count(db, "page_view_event_ids", gone) == 0
+
+
+async def test_a_chunk_holds_at_most_its_size_or_one_instants_views(
+    pageviews: PageViewService, settings: Settings, db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten views a second apart and seven sharing one instant (a batch sent without ts): every chunk
+    deletes at most CHUNK views, but the instant's seven, which go together; none is left. (Views of
+    one instant are told apart by nothing an index holds: they are one statement.)"""
+    (gone,), due = await deleted_sites(db, settings, 1)
+    await db.execute(
+        "insert into page_views (site_id, ts, visitor_id, path, device, browser, os)"
+        " select %s, now() - interval '1 hour', 1, '/same-instant', 'desktop', 'x', 'y'"
+        " from generate_series(1, 7)",
+        (gone,),
+    )
+    chunks: list[int] = []
+    purge = pageview_queries.purge_site_page_views
+
+    async def recorded(conn: AsyncConnection[Any], **kwargs: Any) -> int:
+        deleted = await purge(conn, **kwargs)
+        chunks.append(deleted)
+        return deleted
+
+    monkeypatch.setattr(pageview_queries, "purge_site_page_views", recorded)
+    assert await pageviews.purge_deleted_sites(due, chunk_rows=CHUNK) == ROWS + 7
+    assert await count(db, "page_views", gone) == 0
+    assert sorted(chunks, reverse=True)[:2] == [7, CHUNK], chunks
+    assert sum(chunks) == ROWS + 7

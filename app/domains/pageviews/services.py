@@ -467,18 +467,23 @@ class PageViewService:
     async def _purge_site_views(
         self, site_id: int, from_ts: datetime, to_ts: datetime, chunk_rows: int
     ) -> int:
-        """The site's views in [from_ts, to_ts), ``chunk_rows`` per transaction, each chunk starting
-        where the last one ended (it never scans the index entries its predecessors deleted)."""
+        """The site's views in [from_ts, to_ts), about ``chunk_rows`` per transaction (more only when
+        more share one instant), each chunk starting where the last one ended (it never scans the
+        index entries its predecessors deleted)."""
         start = from_ts
 
         async def chunk(uow: UnitOfWork) -> int:
             nonlocal start
-            purged = await queries.purge_site_page_views(
-                uow.conn, site_id=site_id, from_ts=start, to_ts=to_ts, skip_rows=chunk_rows - 1
+            bounds = await queries.site_page_view_chunk(
+                uow.conn, site_id=site_id, from_ts=start, to_ts=to_ts, skip_rows=chunk_rows
             )
-            assert purged is not None
-            start = purged.last_ts
-            return purged.deleted
+            if bounds is None or bounds.first_ts is None:
+                return 0
+            end = to_ts if bounds.end_ts is None else bounds.end_ts
+            end = max(end, bounds.first_ts + timedelta(microseconds=1))  # one instant's views at least
+            deleted = await queries.purge_site_page_views(uow.conn, site_id=site_id, from_ts=start, to_ts=end)
+            start = end
+            return deleted
 
         return await self.db.delete_in_chunks(chunk, chunk_rows)
 
