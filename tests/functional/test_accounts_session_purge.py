@@ -22,6 +22,8 @@ from app.modules import MODULES
 from tests.factories import create_user, plan_rows_read, plan_scans
 
 LONG_SESSION = 3_000
+LIVE = 10_000
+"""Live sessions of the keyset test: a table large enough that reading it whole is a choice."""
 
 
 async def add_session(
@@ -89,3 +91,52 @@ async def test_finding_ended_sessions_reads_each_token_once_however_long_a_sessi
     plan = row[0][0]["Plan"]
     read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "refresh_tokens"))
     assert total <= read <= 2 * total, f"read {read} rows of {total}: {plan}"
+
+
+async def test_a_later_pass_reads_the_tokens_after_where_the_last_one_ended(
+    db: AsyncConnection[Any],
+) -> None:
+    """10,000 live sessions and one ended session of 3,000 tokens, statistics taken before any of
+    them: from the first family the query reads about the table, from a family in the middle only the
+    tokens after it (the passes resume: the table is not read again per pass of 1,000 sessions)."""
+    user = await create_user(db)
+    await db.execute("analyze refresh_tokens")  # the suite's few tokens: none of the sessions below
+    await db.execute(  # LIVE sessions of two tokens, the first spent and expired, the second live
+        "insert into refresh_tokens (user_id, family_id, token_hash, expires_at)"
+        " select %s, f.id, sha256(gen_random_uuid()::text::bytea),"
+        " case when g = 1 then now() - interval '1 day' else now() + interval '1 day' end"
+        " from (select gen_random_uuid() as id from generate_series(1, %s)) f, generate_series(1, 2) g",
+        (user.id, LIVE),
+    )
+    async with db.transaction(force_rollback=True):
+        await add_session(db, user.id, LONG_SESSION, ended=True)
+        total = (await (await db.execute("select count(*) from refresh_tokens")).fetchone() or [0])[0]
+        middle = (
+            await (
+                await db.execute(
+                    "select family_id from refresh_tokens order by family_id offset %s limit 1", (total // 2,)
+                )
+            ).fetchone()
+            or [None]
+        )[0]
+        after = (
+            await (
+                await db.execute("select count(*) from refresh_tokens where family_id > %s", (middle,))
+            ).fetchone()
+            or [0]
+        )[0]
+        read_from_start = await rows_read_finding_ended(db, uuid.UUID(int=0))
+        read_from_middle = await rows_read_finding_ended(db, middle)
+    assert total <= read_from_start <= 2 * total, f"read {read_from_start} rows of {total}"
+    # a later pass reads the tokens after where the last one ended, not the table again
+    assert after <= read_from_middle <= 2 * after + 10, f"read {read_from_middle} rows for {after}"
+
+
+async def rows_read_finding_ended(db: AsyncConnection[Any], after_family: uuid.UUID) -> int:
+    async with AsyncRawCursor(db) as cur:
+        await cur.execute(
+            "explain (analyze, format json) " + queries.ENDED_REFRESH_FAMILIES, (after_family, 60.0, 1_000)
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return sum(plan_rows_read(scan) for scan in plan_scans(row[0][0]["Plan"], "refresh_tokens"))
