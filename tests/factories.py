@@ -665,10 +665,17 @@ def plan_scans(node: dict[str, Any], relation: str) -> list[dict[str, Any]]:
     return found + [scan for child in node.get("Plans", ()) for scan in plan_scans(child, relation)]
 
 
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, ``node`` first."""
+    yield node
+    for child in node.get("Plans", ()):
+        yield from plan_nodes(child)
+
+
 def plan_rows_read(node: dict[str, Any]) -> int:
-    """Rows an EXPLAIN ANALYZE node read: those it returned and those its filters threw away, over all
-    of its loops (what a plan test counts instead of timing)."""
+    """Rows an EXPLAIN ANALYZE node read: those it returned and those its filters (join filters
+    included) threw away, over all of its loops (what a plan test counts instead of timing)."""
     per_loop: float = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-    per_loop += node.get("Rows Removed by Index Recheck", 0)
+    per_loop += node.get("Rows Removed by Index Recheck", 0) + node.get("Rows Removed by Join Filter", 0)
     loops: float = node["Actual Loops"]
     return round(per_loop * loops)

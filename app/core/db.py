@@ -166,11 +166,9 @@ class Database:
         """``async with db.read() as uow:`` — one connection for reads, no transaction around them."""
         return reading(self.pool)
 
-    async def delete_in_chunks(
-        self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]], chunk_size: int
-    ) -> int:
-        """Run ``delete_chunk`` (one statement deleting about ``chunk_size`` rows), one transaction
-        each, until a chunk deletes nothing; how many rows in all. Each transaction stays short (its
+    async def delete_in_chunks(self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]]) -> int:
+        """Run ``delete_chunk`` (one bounded statement: a chunk of rows), one transaction each, until a
+        chunk deletes nothing; how many rows in all. Each transaction stays short (its
         locks, its WAL, the statement timeout) however large the backlog of a purge. Not until a chunk
         comes back short: one can while rows are left (a row a writer changed while the chunk waited
         for its lock, still due, is locked but not deleted; a key-range chunk stops before a crowded

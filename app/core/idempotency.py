@@ -308,7 +308,7 @@ class Idempotency:
                 uow.conn, chunk_size=chunk_size, claim_grace_s=CLAIM_PURGE_GRACE_S
             )
 
-        purged = await self.db.delete_in_chunks(chunk, chunk_size)
+        purged = await self.db.delete_in_chunks(chunk)
         if purged:
             log.info("idempotency_keys_purged", count=purged)
         return purged

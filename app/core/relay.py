@@ -241,7 +241,7 @@ async def purge_published(db: Database, published_before: datetime, chunk_size: 
             uow.conn, published_before=published_before, chunk_size=chunk_size
         )
 
-    return await db.delete_in_chunks(chunk, chunk_size)
+    return await db.delete_in_chunks(chunk)
 
 
 outbox = Module(

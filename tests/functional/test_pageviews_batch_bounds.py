@@ -11,17 +11,21 @@ the batch one view over it, then one at it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import msgspec
 from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from tests.factories import assert_problem, serve_in_loop
+from app.core.services import open_services
+from app.modules import MODULES
+from tests.factories import assert_problem, captured_logs, serve_in_loop
 from tests.functional.test_pageviews_refused_charged import (
     BATCH,
     from_address,
@@ -105,3 +109,15 @@ async def test_a_batch_over_a_sites_quota_is_413_and_another_sites_share_does_no
         both = await sender.post(BATCH, json=batch(*[first, second] * BOUND))
         assert both.status_code == 202, both.text
     assert [await stored(db, first), await stored(db, second)] == [BOUND, BOUND]
+
+
+async def test_limits_below_a_full_batch_are_told_at_start_up(settings: Settings) -> None:
+    """The service says at start-up that larger batches will be refused, and how large they may be;
+    with the defaults it says nothing."""
+    for limits, expected in (({"sink_max_pending": BOUND}, 1), ({}, 0)):
+        with captured_logs(logging.WARNING) as logs:
+            async with open_services(msgspec.structs.replace(settings, **limits), MODULES):
+                pass
+        told = logs.events("ingest_batches_limited")
+        assert len(told) == expected, logs.text
+        assert all(line["max_views"] == BOUND for line in told), told

@@ -549,7 +549,7 @@ class AccountService:
                     uow.conn, family_ids=families, chunk_size=chunk_size
                 )
 
-            purged += await self.db.delete_in_chunks(chunk, chunk_size)
+            purged += await self.db.delete_in_chunks(chunk)
             if len(families) < families_per_pass:
                 break
             after = families[-1]

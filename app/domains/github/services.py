@@ -1184,7 +1184,7 @@ class GithubService:
                 uow.conn, taken_before=taken_before, chunk_size=chunk_size
             )
 
-        return await self.db.delete_in_chunks(chunk, chunk_size)
+        return await self.db.delete_in_chunks(chunk)
 
     async def _purge_forgotten_logins(self, attempted_before: datetime, chunk_size: int) -> tuple[int, int]:
         """(logins, snapshots) deleted. A chunk locks up to half its rows' worth of logins and deletes

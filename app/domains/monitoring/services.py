@@ -724,27 +724,27 @@ class MonitoringService:
         self, delete: Callable[..., Awaitable[int]], before: datetime, chunk_size: int
     ) -> Callable[[], Awaitable[int]]:
         """One table's purge: ``delete`` (one chunk of the rows older than ``before``) repeated, one
-        transaction each, until a chunk comes back short."""
+        transaction each (``Database.delete_in_chunks``)."""
 
         async def chunk(uow: UnitOfWork) -> int:
             return await delete(uow.conn, before=before, chunk_size=chunk_size)
 
-        return lambda: self.db.delete_in_chunks(chunk, chunk_size)
+        return lambda: self.db.delete_in_chunks(chunk)
 
     async def _purge_group_users(self, before: datetime, chunk_size: int) -> int:
         """The users a group has not seen since ``before``, group by group: each chunk starts at the
         group where the last one ended, so none reads again what the ones before it went through."""
         from_group_id = 0
-        purged = 0
-        while True:
-            async with self.db.transaction() as uow:
-                groups = await queries.purge_group_users_before(
-                    uow.conn, from_group_id=from_group_id, before=before, chunk_size=chunk_size
-                )
-            purged += len(groups)
-            if not groups:  # not "short": a short chunk may leave rows (Database.delete_in_chunks)
-                return purged
-            from_group_id = max(groups)
+
+        async def chunk(uow: UnitOfWork) -> int:
+            nonlocal from_group_id
+            groups = await queries.purge_group_users_before(
+                uow.conn, from_group_id=from_group_id, before=before, chunk_size=chunk_size
+            )
+            from_group_id = max(groups, default=from_group_id)
+            return len(groups)
+
+        return await self.db.delete_in_chunks(chunk)
 
     async def deliver(self, budget_s: float = 60.0) -> int:
         return await self.sender.deliver(budget_s)

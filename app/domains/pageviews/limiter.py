@@ -43,6 +43,11 @@ class LocalRateLimiter:
         self._buckets: LRUCache[str, list[float]] = LRUCache(max_addresses)
         self._clock = clock
 
+    @property
+    def capacity(self) -> int:
+        """The most tokens one ``take`` can ever be granted (a full bucket of each kind)."""
+        return int(min(self.minute_capacity, self.hour_capacity))
+
     def take(self, address: str, tokens: int = 1) -> float:
         """0 if admitted, else the seconds until ``tokens`` are available (nothing taken then)."""
         bucket = self._refilled(address)

@@ -141,6 +141,11 @@ class SiteQuota:
         self._clock = clock
         self._warnings = OncePerInterval(warn_interval_s)
 
+    @property
+    def capacity(self) -> int:
+        """The most views of one site a ``take`` can ever be granted (a whole minute's quota, or day's)."""
+        return min(self.per_minute, self.per_day)
+
     async def take(self, site_id: int, count: int) -> int:
         """Spend ``count`` views of the site's quota, or raise ``SiteQuotaExceededError`` having
         spent nothing. Returns the lease the views came from (for ``refund``)."""

@@ -199,16 +199,11 @@ class PageViewService:
             limits.ingest_site_views_per_day,
             warn_interval_s=settings.rate_limit_warn_interval_s,
         )
-        self.max_batch = min(
-            MAX_BATCH,
-            limits.rate_limit_ingest_per_minute,
-            limits.rate_limit_ingest_per_hour,
-            settings.sink_max_pending,
-        )
+        self.max_batch = min(MAX_BATCH, self.limiter.capacity, self.sink.max_pending)
         """The most views one request can ever be admitted with: an address's buckets hold no more,
         nor does the sink take more at once."""
-        self.max_site_batch = min(limits.ingest_site_views_per_minute, limits.ingest_site_views_per_day)
-        """The most views of one site a request can ever be admitted with (its quota's bounds)."""
+        self.max_site_batch = self.quota.capacity
+        """The most views of one site a request can ever be admitted with."""
         if min(self.max_batch, self.max_site_batch) < MAX_BATCH:
             log.warning(
                 "ingest_batches_limited",
@@ -485,7 +480,7 @@ class PageViewService:
             start = end
             return deleted
 
-        return await self.db.delete_in_chunks(chunk, chunk_rows)
+        return await self.db.delete_in_chunks(chunk)
 
     async def _purge_site_event_ids(self, site_id: int, chunk_rows: int) -> int:
         """The site's claimed event ids, ``chunk_rows`` per transaction, in primary-key order."""
@@ -500,7 +495,7 @@ class PageViewService:
             start = purged.last_id
             return purged.deleted
 
-        return await self.db.delete_in_chunks(chunk, chunk_rows)
+        return await self.db.delete_in_chunks(chunk)
 
 
 def _utc_now() -> datetime:

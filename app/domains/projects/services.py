@@ -538,7 +538,7 @@ class ProjectService:
                 uow.conn, ttl_s=self.invitation_ttl_s, chunk_size=chunk_size
             )
 
-        purged = await self.db.delete_in_chunks(chunk, chunk_size)
+        purged = await self.db.delete_in_chunks(chunk)
         if purged:
             log.info("invitations_purged", count=purged)
         return purged

@@ -306,7 +306,7 @@ class ReportService:
             resume_from = purged.resume_from
             return purged.deleted
 
-        return await self.db.delete_in_chunks(chunk, chunk_size)
+        return await self.db.delete_in_chunks(chunk)
 
     # -- access ---------------------------------------------------------------------------------
 
