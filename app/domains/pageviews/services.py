@@ -41,6 +41,7 @@ import structlog
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.cache import Flights, single_flight
 from app.core.db import Database, UnitOfWork
 from app.core.errors import AppError, InvalidFieldsError, TooManyRequestsError
 from app.db import pageviews as queries
@@ -138,22 +139,31 @@ while the day changes."""
 class DailySalt:
     """The visitor-hash salt of each UTC day: created once (first writer wins) by whichever process
     needs it first, then cached in the process; a round trip only for a day not seen yet (once a day,
-    and once for yesterday's if a late view needs it)."""
+    and once for yesterday's if a late view needs it). The requests that need a new day's salt at
+    once (every request in flight at midnight UTC) share one load (``single_flight``), so the day's
+    first views cost one transaction per process rather than one per request."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._salts: dict[date, bytes] = {}
+        self._flights: Flights = {}
+        self.loads = 0  # transactions begun (a metric for tests and the curious)
 
     async def for_day(self, day: date) -> bytes:
         salt = self._salts.get(day)
         if salt is None:
-            async with self._db.transaction() as uow:
-                await queries.insert_salt(uow.conn, day=day, salt=secrets.token_bytes(32))
-                salt = await queries.get_salt(uow.conn, day=day)
-            assert salt is not None
-            self._salts[day] = salt
-            while len(self._salts) > SALT_DAYS_CACHED:
-                del self._salts[min(self._salts)]
+            salt = await single_flight(self._flights, day, lambda: self._load(day))
+        return salt
+
+    async def _load(self, day: date) -> bytes:
+        self.loads += 1
+        async with self._db.transaction() as uow:
+            await queries.insert_salt(uow.conn, day=day, salt=secrets.token_bytes(32))
+            salt = await queries.get_salt(uow.conn, day=day)
+        assert salt is not None
+        self._salts[day] = salt
+        while len(self._salts) > SALT_DAYS_CACHED:
+            del self._salts[min(self._salts)]
         return salt
 
 
