@@ -173,6 +173,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     outbox_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 7
     # projects
     projects_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 100
+    memberships_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 1_000
+    """Projects one user may be a member of, in any role (one more is a 409 ``membership-limit``):
+    the feed, its unread counts and its stream visit each of the reader's projects, and the project
+    and task lists check the reader against all of them, so every membership widens each of these.
+    Accepting an invitation and creating a project (its creator becomes its owner) both add one, so a
+    creation is bounded by both this and ``projects_per_user_max``: ten times that by default, room
+    for the projects one creates and many more one is invited to; below it, this is the bound a
+    creation meets first (allowed: one cap does not contradict the other)."""
     project_invitations_max: Annotated[int, msgspec.Meta(ge=1)] = 50
     invitation_ttl_s: Annotated[int, msgspec.Meta(ge=3600, le=90 * 86400)] = 7 * 86400
     """How long an invitation (its token) holds after it was sent, or sent again: an older one cannot be

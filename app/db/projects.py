@@ -10,16 +10,20 @@ from psycopg.rows import args_row, scalar_row
 from .models import Project, ProjectInvitation, ProjectMember, ProjectRole
 
 
-LOCK_PROJECT_CREATOR = (
+LOCK_USER_PROJECTS = (
     "select pg_advisory_xact_lock(hashtextextended(concat('projects-creator:', $1::bigint), 0))"
 )
 
 
-async def lock_project_creator(conn: AsyncConnection[Any], *, owner_id: int) -> None:
-    """Serialises one user's project creations (so a burst cannot pass the cap). Counting must be a
-    statement of its own, after this one: a statement's snapshot is taken before its lock is granted."""
+async def lock_user_projects(conn: AsyncConnection[Any], *, user_id: int) -> None:
+    """Serialises what adds to one user's projects: their creations (PROJECTS_PER_USER_MAX) and every
+    membership they gain (MEMBERSHIPS_PER_USER_MAX: a creation, an accepted invitation), so a burst
+    cannot pass either cap. Taken before any project's lock (LockProjectMembership): no cycle. Counting
+    must be a statement of its own, after this one: a statement's snapshot is taken before its lock is
+    granted. The key keeps the name it had when only creations took it: a release still serving during
+    a rolling deploy serialises its creations on the same key."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(LOCK_PROJECT_CREATOR, (owner_id,))
+        await cur.execute(LOCK_USER_PROJECTS, (user_id,))
 
 
 COUNT_CREATED_PROJECTS = (
@@ -32,6 +36,20 @@ async def count_created_projects(conn: AsyncConnection[Any], *, owner_id: int) -
     (deleting_since set, its purge under way) is gone already."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(COUNT_CREATED_PROJECTS, (owner_id,))
+        return await cur.fetchone()
+
+
+COUNT_MEMBERSHIPS = "select count(*)::bigint from project_members where user_id = $1"
+
+
+async def count_memberships(conn: AsyncConnection[Any], *, user_id: int) -> int | None:
+    """The projects the user is a member of, in any role (MEMBERSHIPS_PER_USER_MAX), read under
+    LockUserProjects: no membership of theirs is added meanwhile, and one being removed counts until its
+    removal commits (a refusal too many then, never a membership too many). A project being deleted has
+    none (its deletion removes them). An index-only scan of project_members_user_idx (user_id,
+    project_id): the user's own entries, never the table's."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_MEMBERSHIPS, (user_id,))
         return await cur.fetchone()
 
 

@@ -1,12 +1,24 @@
--- name: LockProjectCreator :exec
--- Serialises one user's project creations (so a burst cannot pass the cap). Counting must be a
--- statement of its own, after this one: a statement's snapshot is taken before its lock is granted.
-select pg_advisory_xact_lock(hashtextextended(concat('projects-creator:', @owner_id::bigint), 0));
+-- name: LockUserProjects :exec
+-- Serialises what adds to one user's projects: their creations (PROJECTS_PER_USER_MAX) and every
+-- membership they gain (MEMBERSHIPS_PER_USER_MAX: a creation, an accepted invitation), so a burst
+-- cannot pass either cap. Taken before any project's lock (LockProjectMembership): no cycle. Counting
+-- must be a statement of its own, after this one: a statement's snapshot is taken before its lock is
+-- granted. The key keeps the name it had when only creations took it: a release still serving during
+-- a rolling deploy serialises its creations on the same key.
+select pg_advisory_xact_lock(hashtextextended(concat('projects-creator:', @user_id::bigint), 0));
 
 -- name: CountCreatedProjects :one
 -- The projects the user created that still exist (owner_id names the creator); one being deleted
 -- (deleting_since set, its purge under way) is gone already.
 select count(*)::bigint from projects where owner_id = @owner_id and deleting_since is null;
+
+-- name: CountMemberships :one
+-- The projects the user is a member of, in any role (MEMBERSHIPS_PER_USER_MAX), read under
+-- LockUserProjects: no membership of theirs is added meanwhile, and one being removed counts until its
+-- removal commits (a refusal too many then, never a membership too many). A project being deleted has
+-- none (its deletion removes them). An index-only scan of project_members_user_idx (user_id,
+-- project_id): the user's own entries, never the table's.
+select count(*)::bigint from project_members where user_id = @user_id;
 
 -- name: CreateProject :one
 insert into projects (name, description, owner_id)

@@ -81,8 +81,10 @@ class ProjectsController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a project (the caller becomes its owner)",
         description="A user may have created at most `PROJECTS_PER_USER_MAX` projects (100 by default) "
-        "that still exist; one more is a 409 (`project-limit`) until one of them is deleted. Answers the "
-        'new project and its `ETag` (`"<version>"`), as its GET does. ' + IDEMPOTENCY_DESCRIPTION,
+        "that still exist; one more is a 409 (`project-limit`) until one of them is deleted. The creator "
+        "becomes a member, and one account may be a member of at most `MEMBERSHIPS_PER_USER_MAX` "
+        "projects (1,000 by default): one more is a 409 (`membership-limit`) until they leave one. "
+        'Answers the new project and its `ETag` (`"<version>"`), as its GET does. ' + IDEMPOTENCY_DESCRIPTION,
         operation_class=DocumentsVersionedCreation,
         responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(ProjectOut, description="Created")},
     )
@@ -328,8 +330,12 @@ class MyInvitationsController(Controller):
         "email. A wrong or missing token is a 404, exactly like an invitation that does not exist or is "
         "addressed to someone else. Joining uses the invitation up; a member already keeps their role. "
         "An invitation whose sender is no longer an active owner of the project, or that has expired "
-        "(`INVITATION_TTL_S` after it was sent), is a 404 too.",
-        responses=problems(400, 401, 404, 429),
+        "(`INVITATION_TTL_S` after it was sent), is a 404 too. One account may be a member of at most "
+        "`MEMBERSHIPS_PER_USER_MAX` projects (1,000 by default): joining one more is a 409 "
+        "(`membership-limit`, saying how many you are a member of) that leaves the invitation waiting; "
+        "leave a project, then accept it again. Accepting an invitation to a project you are a member "
+        "of is never refused (it adds nothing).",
+        responses=problems(400, 401, 404, 409, 429),
     )
     async def accept(
         self,

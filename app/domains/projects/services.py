@@ -7,6 +7,10 @@ transaction with ``require_role`` (or ``check_role`` on a role their query alrea
 
 Locks, always in a project deletion's order (the project row, then its members, then its tasks, files
 and invitations), so none of these waits can close a cycle with a deletion:
+- a change that adds to a user's projects (a creation, an acceptance) first holds that user's lock
+  (``LockUserProjects``, an advisory lock no deletion takes), before any project's: two of them for
+  one user run one after the other, and each counts what the other added (``PROJECTS_PER_USER_MAX``,
+  ``MEMBERSHIPS_PER_USER_MAX``);
 - a change that inserts rows referring to the project (a task, a file) holds the project row
   ``FOR KEY SHARE`` before it checks access (``keep_project=True``), and an assignee's membership
   before it is relied on (``keep_member``): a deletion or removal that commits meanwhile is then a
@@ -135,11 +139,17 @@ class InvitationLimitError(ConflictError):
     title = "Too many waiting invitations"
 
 
+class MembershipLimitError(ConflictError):
+    slug = "membership-limit"
+    title = "Member of too many projects"
+
+
 class ProjectService:
     def __init__(self, db: Database, accounts: AccountService, settings: Settings) -> None:
         self.db = db
         self.accounts = accounts
         self.projects_per_user_max = settings.projects_per_user_max
+        self.memberships_per_user_max = settings.memberships_per_user_max
         self.project_invitations_max = settings.project_invitations_max
         self.invitation_ttl_s = float(settings.invitation_ttl_s)
         self._on_deleted: list[ProjectDeleted] = []
@@ -216,15 +226,17 @@ class ProjectService:
         self, actor: int, data: ProjectCreate, *, claim: IdempotencyClaim[Project] | None = None
     ) -> Project:
         """The creator becomes the project's first owner. A user has created at most
-        ``PROJECTS_PER_USER_MAX`` projects that still exist (each may invite people: no flood).
+        ``PROJECTS_PER_USER_MAX`` projects that still exist (each may invite people: no flood), and
+        the membership this adds counts toward ``MEMBERSHIPS_PER_USER_MAX`` (``_require_room``).
         ``claim``: the request's idempotency key, completed in this transaction."""
         async with self.db.transaction() as uow:
-            await queries.lock_project_creator(uow.conn, owner_id=actor)
+            await queries.lock_user_projects(uow.conn, user_id=actor)
             created = await queries.count_created_projects(uow.conn, owner_id=actor)
             if created is not None and created >= self.projects_per_user_max:
                 raise ProjectLimitError(
                     f"A user creates at most {self.projects_per_user_max} projects; delete one first."
                 )
+            await self._require_room(uow, actor)
             project = await queries.create_project(
                 uow.conn, name=data.name.strip(), description=data.description, owner_id=actor
             )
@@ -466,14 +478,22 @@ class ProjectService:
         again) and the caller's email: a wrong or missing token, or an invitation addressed to someone
         else, is the 404 of an invitation that does not exist. So is one whose sender is no longer an
         active owner of the project (an invitation carries its sender's authority, and no more), and one
-        that has expired (``INVITATION_TTL_S``)."""
+        that has expired (``INVITATION_TTL_S``).
+
+        Joining one more project than ``MEMBERSHIPS_PER_USER_MAX`` is a 409 (``_require_room``) that
+        leaves the invitation waiting (the refusal rolls its taking back), to be accepted once the
+        user has left a project. A member already adds nothing and is never refused."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
                 raise NotFoundError("No such invitation.")
+            await queries.lock_user_projects(uow.conn, user_id=user_id)
             invitation = await self._take_invitation_locking_project(
                 uow, user.email, invitation_id, invitation_token_digest(token)
             )
+            project_id = invitation.project_id
+            if await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id) is None:
+                await self._require_room(uow, user_id)  # a member already adds nothing: never refused
             member = await queries.add_member(
                 uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
             )
@@ -488,6 +508,26 @@ class ProjectService:
                     data={"role": member.role.value, "name": user.display_name},
                 )
             return await self._get(uow, user_id, invitation.project_id, ProjectRole.VIEWER)
+
+    async def _require_room(self, uow: UnitOfWork, user_id: int) -> None:
+        """409 ``membership-limit`` unless the user may join one more project: they are a member of
+        fewer than ``MEMBERSHIPS_PER_USER_MAX`` (the feed, its counts and its stream visit each of a
+        reader's projects, the lists check the reader against all of them).
+
+        Exact under ``LockUserProjects``, which the caller holds: every change that adds a membership
+        for this user (a creation, an acceptance) takes it first and keeps it until its commit, and
+        this count is a statement of its own read after the lock was granted (a statement's snapshot
+        is taken before its wait), so it sees each membership those committed, and none is added
+        while it decides. A membership being removed meanwhile (leaving, a removal, a deletion) takes
+        no such lock: counted until its removal commits, it can only make a refusal of one too many,
+        never let one too many in. The count reads the user's own entries of
+        ``project_members_user_idx``, at most the cap's worth."""
+        held = await queries.count_memberships(uow.conn, user_id=user_id) or 0
+        if held >= self.memberships_per_user_max:
+            raise MembershipLimitError(
+                f"You are a member of {held} projects; one account may be a member of at most "
+                f"{self.memberships_per_user_max}. Leave a project (or delete one you own) first."
+            )
 
     async def _take_invitation_locking_project(
         self, uow: UnitOfWork, email: str, invitation_id: int, token_sha256: bytes
