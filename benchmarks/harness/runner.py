@@ -72,6 +72,7 @@ def project_env(options: Options, services: Settings) -> dict[str, str]:
         "INGEST_SITE_VIEWS_PER_DAY": UNLIMITED,
         "SITES_PER_USER_MAX": UNLIMITED,  # each run adds sites to the same bench account
         "PROJECTS_PER_USER_MAX": UNLIMITED,  # and a project
+        "MEMBERSHIPS_PER_USER_MAX": UNLIMITED,  # whose owner the bench account becomes
         "RATE_LIMIT_DEFAULT_PER_MINUTE": UNLIMITED,
         "RATE_LIMIT_DEFAULT_PER_HOUR": UNLIMITED,
         "SINK_DRIVER": options.sink_driver or os.environ.get("SINK_DRIVER", Settings().sink_driver),
