@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -187,19 +188,77 @@ class OpenedFile(BaseLocalFileSystem):
     """One stored file already open: Litestar's ``File`` response reads it as its file system.
 
     ``File`` opens its path only when it sends the body, after the status line; served through
-    this, it reads the handle opened before the answer began. The response closes the handle.
+    this, it reads the handle opened before the answer began. The response closes the handle (an
+    answer that sends no body closes it with :meth:`close`).
+
+    :meth:`part` is the same file seen as bytes ``offset`` … ``offset + length - 1`` only: ``File``
+    then streams that window in its chunks and reports its length as the ``Content-Length``.
     """
 
-    def __init__(self, path: Path, handle: BinaryIO, stat: os.stat_result) -> None:
+    def __init__(
+        self, path: Path, handle: BinaryIO, stat: os.stat_result, *, window: tuple[int, int] | None = None
+    ) -> None:
         self.path = path
         self.handle = handle
         self.stat = stat
+        self.window = window
+
+    def part(self, offset: int, length: int) -> OpenedFile:
+        """The same open file, read from ``offset`` for ``length`` bytes (within its size)."""
+        if offset < 0 or length < 0 or offset + length > self.stat.st_size:
+            raise ValueError(f"bytes {offset}+{length} are not within a file of {self.stat.st_size}")
+        return OpenedFile(self.path, self.handle, self.stat, window=(offset, length))
+
+    def close(self) -> None:
+        self.handle.close()
 
     async def info(self, path: PathType, **kwargs: Any) -> FileInfo:
-        return await FileSystemAdapter.parse_stat_result(path, self.stat)
+        info = await FileSystemAdapter.parse_stat_result(path, self.stat)
+        if self.window is not None:
+            info["size"] = self.window[1]
+        return info
 
     async def open(self, file: PathType, mode: str, buffering: int = -1) -> AsyncFile[Any]:
-        return anyio.wrap_file(self.handle)
+        if self.window is None:
+            return anyio.wrap_file(self.handle)
+        return anyio.wrap_file(io.BufferedReader(_Window(self.handle, *self.window)))
+
+
+class _Window(io.RawIOBase):
+    """Bytes ``offset`` … ``offset + length - 1`` of an open file, then end of file: Litestar's
+    ``File`` reads a file to its end and takes no offset, so a part is served as a file of its own.
+
+    Reads with ``os.pread`` (no shared file position); closing it closes the underlying handle.
+    """
+
+    def __init__(self, handle: BinaryIO, offset: int, length: int) -> None:
+        super().__init__()
+        self._handle = handle
+        self._position = offset
+        self._end = offset + length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._end - self._position)
+        if wanted <= 0:
+            return 0
+        data = os.pread(self._handle.fileno(), wanted, self._position)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        """The rest of the window in one read (``File`` reads a body under its chunk size at once)."""
+        data = os.pread(self._handle.fileno(), max(0, self._end - self._position), self._position)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+        super().close()
 
 
 class FileStorage:
