@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Request, delete, get, post
+from litestar import Request, Response, delete, get, post
+from litestar.datastructures import ETag
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
     Encoding,
     OpenAPIFormat,
@@ -16,18 +18,35 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
 )
+from litestar.params import HeaderParameter
 from litestar.response import File
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_204_NO_CONTENT,
+    HTTP_206_PARTIAL_CONTENT,
+    HTTP_304_NOT_MODIFIED,
+)
 
 from app.config import get_settings
 from app.core.auth import Caller, requires_user
+from app.core.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import IdPath
+from app.domains.files.downloads import (
+    MAX_IF_NONE_MATCH_CHARS,
+    MAX_RANGE_CHARS,
+    NotModified,
+    Part,
+    choose,
+    strong_etag,
+)
 from app.domains.files.schemas import FileCursor, FileOut
 from app.domains.files.services import FileService
 from app.domains.files.storage import FILE_FIELD, ClientDisconnectedError
@@ -84,24 +103,88 @@ class _MultipartUploadOperation(Operation):
         )
 
 
+IfNoneMatchHeader = Annotated[
+    str | None,
+    # Plain strings (absent is None), described by ``_FileDownloadOperation`` (as ``If-Match`` is, in
+    # ``app.core.preconditions``: Litestar would copy a description into the schema's ``oneOf``).
+    HeaderParameter(name="If-None-Match", schema_extra={"type": "string", "oneOf": None}),
+]
+RangeHeader = Annotated[
+    str | None, HeaderParameter(name="Range", schema_extra={"type": "string", "oneOf": None})
+]
+IfRangeHeader = Annotated[
+    str | None, HeaderParameter(name="If-Range", schema_extra={"type": "string", "oneOf": None})
+]
+
+_REQUEST_HEADERS = {
+    "If-None-Match": "`*` or a list of entity-tags (weak comparison): when one is the file's `ETag`, the "
+    "answer is 304 Not Modified without a body. Malformed or over "
+    f"{MAX_IF_NONE_MATCH_CHARS} characters: ignored.",
+    "Range": "One byte range: `bytes=a-b`, `bytes=a-` (to the end) or `bytes=-n` (the last n bytes); `b` "
+    "past the end means the end. Answered 206 with those bytes, or 416 when the range starts at or "
+    "past the end. Ignored (200, the whole file) when malformed, over "
+    f"{MAX_RANGE_CHARS} characters, of another unit or of several ranges (RFC 9110 allows a server "
+    "to ignore Range).",
+    "If-Range": "The file's `ETag` (strong comparison) or its `Last-Modified` date: the `Range` applies "
+    "only if it still matches, else the answer is the whole file (200).",
+}
+
+
+def _header(description: str, example: str) -> OpenAPIHeader:
+    return OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING, examples=[example]), description=description)
+
+
+_ETAG = _header(
+    'The file\'s SHA-256 as a strong entity-tag (`"<sha256>"`), for `If-None-Match` and `If-Range`',
+    '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
+)
+_LAST_MODIFIED = "Thu, 03 Dec 2026 16:30:00 GMT"
+
+
 @dataclass
 class _FileDownloadOperation(Operation):
-    """Documents what a download really answers: the stored file's own content type (one of
-    ``FILE_ALLOWED_TYPES``, not only octet-stream), and a ``Last-Modified`` that is an HTTP date
-    (RFC 9110), not the RFC 3339 date-time Litestar documents for it."""
+    """Documents what a download really answers (``app.domains.files.downloads``): the stored file's
+    own content type (one of ``FILE_ALLOWED_TYPES``, not only octet-stream), its headers (a
+    ``Last-Modified`` that is an HTTP date, RFC 9110, the strong ``ETag``), the conditional request
+    headers and the 206, 304 and 416 answers. The handler may answer a bodiless ``Response`` (304), so
+    Litestar no longer documents the 200 as a ``File``: every header is declared here."""
 
     def __post_init__(self) -> None:
-        ok = (self.responses or {}).get("200")
-        if not isinstance(ok, OpenAPIResponse):
-            return
+        for parameter in self.parameters or ():
+            if isinstance(parameter, Parameter) and parameter.name in _REQUEST_HEADERS:
+                parameter.description = _REQUEST_HEADERS[parameter.name]
+        responses = self.responses or {}
         # No schema: the bytes are the file (OpenAPI 3.1's way to say "any content of this type").
-        ok.content = {
-            media_type: OpenAPIMediaType() for media_type in sorted(get_settings().file_allowed_types)
+        content = {media_type: OpenAPIMediaType() for media_type in sorted(get_settings().file_allowed_types)}
+        common = {
+            "last-modified": _header("Last modification, as an HTTP date (RFC 9110)", _LAST_MODIFIED),
+            "etag": _ETAG,
+            "accept-ranges": _header("Byte ranges are served (`Range`)", "bytes"),
         }
-        last_modified = (ok.headers or {}).get("last-modified")
-        if isinstance(last_modified, OpenAPIHeader) and isinstance(last_modified.schema, Schema):
-            last_modified.schema.format = None
-            last_modified.description = "Last modification, as an HTTP date (RFC 9110)"
+        ok = responses.get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.description = "The whole file"
+            ok.content = content
+            ok.headers = {"content-length": _header("File size in bytes", "4096"), **common}
+        partial = responses.get("206")
+        if isinstance(partial, OpenAPIResponse):
+            partial.content = content
+            partial.headers = {
+                "content-length": _header("Bytes in the part", "1024"),
+                "content-range": _header(
+                    "The part and the file's size: `bytes a-b/size`", "bytes 0-1023/4096"
+                ),
+                **common,
+            }
+        not_modified = responses.get("304")
+        if isinstance(not_modified, OpenAPIResponse):
+            not_modified.content = None
+            not_modified.headers = {"etag": _ETAG}
+        unsatisfiable = responses.get("416")
+        if isinstance(unsatisfiable, OpenAPIResponse):
+            unsatisfiable.headers = {
+                "content-range": _header("The file's size: `bytes */size`", "bytes */4096")
+            }
 
 
 class ProjectFilesController(Controller):
@@ -165,10 +248,26 @@ class ProjectFilesController(Controller):
     @get(
         "/{file_id:int}",
         summary="Download a file",
-        description="The stored bytes with their content type, as an attachment.",
+        description="The stored bytes with their content type, as an attachment. Conditional and resumable "
+        '(RFC 9110): every answer carries a strong `ETag` (`"<sha256>"` of the bytes: a stored file never '
+        "changes) and `Accept-Ranges: bytes`. `If-None-Match` naming it: 304 without a body. One byte "
+        "`Range`: 206 with those bytes and `Content-Range`, 416 (`Content-Range: bytes */size`) when it "
+        "starts at or past the end; a malformed Range, several ranges or another unit are ignored (200, "
+        "the whole file). `If-Range` (the `ETag` or the `Last-Modified` date) makes the Range apply only "
+        "while it matches. Access is checked first: a file the caller may not see is a 404 whatever "
+        "the headers.",
         media_type="application/octet-stream",
         operation_class=_FileDownloadOperation,
-        responses=problems(401, 404, 429),
+        responses={
+            206: ResponseSpec(data_container=None, description="The requested byte range of the file"),
+            304: ResponseSpec(data_container=None, description="`If-None-Match` names the file: no body"),
+            **problems(401, 404, 429),
+            416: ResponseSpec(
+                data_container=Problem,
+                description="The range starts at or past the end of the file (`Content-Range`: its size)",
+                media_type=PROBLEM_MEDIA_TYPE,
+            ),
+        },
     )
     async def download(
         self,
@@ -176,16 +275,42 @@ class ProjectFilesController(Controller):
         file_id: IdPath,
         current_user: Caller,
         files: Files,
-    ) -> File:
+        if_none_match: IfNoneMatchHeader = None,
+        byte_range: RangeHeader = None,
+        if_range: IfRangeHeader = None,
+    ) -> Response[bytes] | File:
         row, opened = await files.locate(current_user.id, project_id, file_id)
+        try:
+            answer = choose(
+                sha256=row.sha256,
+                size=opened.stat.st_size,
+                last_modified=int(opened.stat.st_mtime),  # Last-Modified's whole seconds
+                if_none_match=if_none_match,
+                byte_range=byte_range,
+                if_range=if_range,
+            )
+        except BaseException:  # the 416, or anything else: no body will read the handle
+            opened.close()
+            raise
+        if isinstance(answer, NotModified):
+            opened.close()
+            return Response(
+                b"",
+                status_code=HTTP_304_NOT_MODIFIED,
+                headers={**DOWNLOAD_HEADERS, "ETag": strong_etag(row.sha256)},
+            )
+        headers = {**DOWNLOAD_HEADERS, "Accept-Ranges": "bytes"}
+        if isinstance(answer, Part):
+            headers["Content-Range"] = answer.content_range
         return File(
             opened.path,
             filename=row.filename,
             media_type=row.content_type,
             content_disposition_type="attachment",
-            file_system=opened,
-            stat_result=opened.stat,
-            headers=DOWNLOAD_HEADERS,
+            file_system=opened.part(answer.first, answer.length) if isinstance(answer, Part) else opened,
+            etag=ETag(value=row.sha256),
+            status_code=HTTP_206_PARTIAL_CONTENT if isinstance(answer, Part) else HTTP_200_OK,
+            headers=headers,
         )
 
     @delete(

@@ -1,0 +1,188 @@
+"""Conditional and partial downloads (RFC 9110 13 and 14): what a download answers, from its headers.
+
+A stored file never changes (a new upload is a new file), so its SHA-256 is an exact validator: the
+download's strong ``ETag`` is ``"<sha256>"``. Evaluated in RFC 9110 13.2.2's order, once the caller
+may see the file (a non-member, or a file of another project, is a 404 before any of this):
+
+1. ``If-None-Match`` (``*`` or a list of entity-tags, compared weakly, 13.1.2) naming the file:
+   304 Not Modified, no body.
+2. ``Range`` (one range of ``bytes``: ``a-b``, ``a-`` or ``-n``; ``b`` past the end means the end):
+   206 Partial Content with those bytes and ``Content-Range: bytes a-b/size``; a range that starts
+   at or past the end (or ``-0``) is 416 with ``Content-Range: bytes */size``.
+3. ``If-Range`` (the ``ETag``, compared strongly, or the ``Last-Modified`` date exactly) decides
+   whether the ``Range`` applies at all: when it does not match, the answer is the whole file, 200.
+
+Ignored, answering the whole file (RFC 9110 14.2: a server MAY ignore ``Range``, and MUST ignore a
+range unit it does not understand): a ``Range`` that is malformed, over ``MAX_RANGE_CHARS``, of
+another unit than ``bytes``, or of several ranges (a multipart/byteranges answer is not offered),
+and a satisfiable range of an empty file (no byte to send: ``-n`` of 0 bytes). A malformed or
+overlong ``If-None-Match`` is ignored as if absent (the whole file is always a correct answer); a
+malformed ``If-Range`` does not match.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+from app.core.errors import AppError
+from app.core.preconditions import IF_MATCH_MAX_LENGTH, IF_MATCH_SYNTAX
+
+MAX_RANGE_CHARS = 200
+"""Longest ``Range`` parsed (one range of two 20-digit positions is under 50): longer is ignored."""
+MAX_IF_NONE_MATCH_CHARS = IF_MATCH_MAX_LENGTH
+MAX_IF_RANGE_CHARS = 100
+"""An entity-tag of a SHA-256 is 66 characters, an HTTP date at most 30 (asctime, RFC 850 less)."""
+
+_OPAQUE_TAGS = re.compile(r'(?:W/)?"([^"]*)"')
+"""The opaque-tags of an ``If-None-Match`` that matched ``IF_MATCH_SYNTAX`` (its grammar is
+``If-Match``'s), without their quotes and weakness (the weak comparison ignores it)."""
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+"""One range-spec (RFC 9110 14.1.1): ASCII digits only (``\\d`` and ``int()`` take other scripts' too)."""
+_OWS = " \t"
+
+
+class RangeNotSatisfiableError(AppError):
+    """416: the one range asked for starts at or past the end of the file; ``Content-Range``
+    (``bytes */size``) tells the client the file's size."""
+
+    status = 416
+    slug = "range-not-satisfiable"
+    title = "Range not satisfiable"
+
+
+def strong_etag(sha256: str) -> str:
+    """The download's ``ETag``: a stored file's digest is an exact validator of its bytes."""
+    return f'"{sha256}"'
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """200 with the whole file."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """304: the client's copy is the file (``If-None-Match`` named it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """206 with bytes ``first`` … ``last`` (inclusive) of a file of ``size`` bytes."""
+
+    first: int
+    last: int
+    size: int
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+    @property
+    def content_range(self) -> str:
+        return f"bytes {self.first}-{self.last}/{self.size}"
+
+
+Answer = Whole | NotModified | Part
+
+
+@dataclass(frozen=True, slots=True)
+class _RangeSpec:
+    """A syntactically valid single range-spec, not yet resolved against a size: ``first`` None is a
+    suffix range of ``suffix`` bytes; ``last`` None is open-ended."""
+
+    first: int | None
+    last: int | None
+    suffix: int = 0
+
+
+def none_match(if_none_match: str | None, sha256: str) -> bool:
+    """Whether ``If-None-Match`` names the file (its condition is then false: 304). ``*`` names any
+    existing file; a tag names it when its opaque-tag is the digest, weak or not (13.1.2)."""
+    if if_none_match is None or len(if_none_match) > MAX_IF_NONE_MATCH_CHARS:
+        return False
+    if IF_MATCH_SYNTAX.fullmatch(if_none_match) is None:
+        return False
+    if if_none_match == "*":
+        return True
+    return sha256 in _OPAQUE_TAGS.findall(if_none_match)
+
+
+def _range_spec(value: str) -> _RangeSpec | None:
+    """``Range``'s one byte range, or None when it is to be ignored (see the module's docstring)."""
+    if len(value) > MAX_RANGE_CHARS:
+        return None
+    unit, equals, range_set = value.partition("=")
+    if not equals or unit.lower() != "bytes":
+        return None
+    # Empty list elements are allowed (RFC 9110 5.6.1): ``bytes=0-1,`` is one range.
+    specs = [element.strip(_OWS) for element in range_set.split(",")]
+    specs = [spec for spec in specs if spec]
+    if len(specs) != 1:
+        return None
+    match = _RANGE_SPEC.fullmatch(specs[0])
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if first:
+        if last and int(last) < int(first):
+            return None  # invalid (14.1.1), not unsatisfiable
+        return _RangeSpec(first=int(first), last=int(last) if last else None)
+    if not last:
+        return None  # a bare "-"
+    return _RangeSpec(first=None, last=None, suffix=int(last))
+
+
+def _if_range_holds(if_range: str, sha256: str, last_modified: int) -> bool:
+    """``If-Range``: the strong ``ETag`` exactly (a weak tag never matches), or an HTTP date equal to
+    ``Last-Modified`` (whole seconds since the epoch, as the header gives it)."""
+    if len(if_range) > MAX_IF_RANGE_CHARS:
+        return False
+    if if_range.startswith(('"', "W/")):  # 13.1.5: a DQUOTE within the first three characters
+        return if_range == strong_etag(sha256)
+    try:
+        date = parsedate_to_datetime(if_range)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    if date.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        date = date.replace(tzinfo=UTC)
+    return date.timestamp() == last_modified
+
+
+def choose(
+    *,
+    sha256: str,
+    size: int,
+    last_modified: int,
+    if_none_match: str | None,
+    byte_range: str | None,
+    if_range: str | None,
+) -> Answer:
+    """What a download of the file (``sha256``, ``size`` bytes, ``Last-Modified`` at ``last_modified``
+    seconds) answers to these request headers; raises ``RangeNotSatisfiableError`` for a 416."""
+    if none_match(if_none_match, sha256):
+        return NotModified()
+    spec = _range_spec(byte_range) if byte_range is not None else None
+    if spec is None:
+        return Whole()
+    if if_range is not None and not _if_range_holds(if_range, sha256, last_modified):
+        return Whole()
+    if spec.first is None:
+        if spec.suffix == 0:
+            raise _unsatisfiable(size)
+        if size == 0:
+            return Whole()
+        return Part(first=max(0, size - spec.suffix), last=size - 1, size=size)
+    if spec.first >= size:
+        raise _unsatisfiable(size)
+    last = size - 1 if spec.last is None else min(spec.last, size - 1)
+    return Part(first=spec.first, last=last, size=size)
+
+
+def _unsatisfiable(size: int) -> RangeNotSatisfiableError:
+    return RangeNotSatisfiableError(
+        f"The file has {size} bytes: a range must start before its end.",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
