@@ -61,6 +61,7 @@ def assert_whole(response: httpx.Response, content: bytes = CONTENT) -> None:
     assert "content-range" not in response.headers
     assert response.headers["etag"] == etag_of(content)
     assert response.headers["accept-ranges"] == "bytes"
+    assert "content-encoding" not in response.headers  # the ETag and ranges are of the stored bytes
 
 
 # -- validators ------------------------------------------------------------------------------------
@@ -153,6 +154,7 @@ async def test_one_byte_range_is_206_with_exactly_those_bytes(
     assert response.headers["accept-ranges"] == "bytes"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["cache-control"] == "private, no-store"
+    assert "content-encoding" not in response.headers  # the range is of the stored bytes
     whole = await get(api, world.viewer, path)
     assert response.headers["last-modified"] == whole.headers["last-modified"]
 
