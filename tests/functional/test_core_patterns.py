@@ -76,6 +76,24 @@ async def test_a_domain_with_a_final_newline_is_refused(
     assert created.status_code == 201, created.text
 
 
+@pytest.mark.parametrize("domain", ["...", "-", "a..b", "-a.example", "a-.example", "a_b.example", "x" * 64])
+async def test_a_domain_that_is_no_host_name_is_refused(
+    client: Client, app: Litestar, db: AsyncConnection[Any], domain: str
+) -> None:
+    owner = await make_user(db, app)
+    refused = await client.post("/api/sites", json={"domain": domain}, headers=owner.headers)
+    assert_problem(refused, 400, fields={"domain"})
+
+
+@pytest.mark.parametrize("domain", ["localhost", "xn--tnda-cra.cl", "a-b.c0.example", "10.0.0.1", "x" * 63])
+async def test_host_names_are_sites_domains(
+    client: Client, app: Litestar, db: AsyncConnection[Any], domain: str
+) -> None:
+    owner = await make_user(db, app)
+    created = await client.post("/api/sites", json={"domain": domain}, headers=owner.headers)
+    assert created.status_code == 201, created.text
+
+
 async def test_a_sku_with_a_final_newline_is_refused(
     client: Client, app: Litestar, db: AsyncConnection[Any]
 ) -> None:

@@ -11,9 +11,22 @@ from app.core.types import TimeZone, whole
 from app.core.wire import from_row
 from app.db.models import Site
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = whole(rf"{_LABEL}(?:\.{_LABEL})*")
+"""A host name (RFC 1123): dot-separated labels of letters, digits and inner hyphens, each at most 63
+characters (IDNs in their ``xn--`` form); ``...`` or ``-`` names no site."""
+
 
 class SiteCreate(msgspec.Struct, forbid_unknown_fields=True):
-    domain: Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=whole(r"[A-Za-z0-9.-]+"))]
+    domain: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=253,
+            pattern=HOSTNAME,
+            description="The site's host name, e.g. `shop.example.com` (letters, digits, inner hyphens)",
+        ),
+    ]
     timezone: TimeZone = TimeZone("UTC")
 
 
