@@ -10,9 +10,9 @@ from .models import ProjectFile
 
 
 CREATE_PROJECT_FILE = """\
-insert into project_files (project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key)
-values ($1, $2, $3, $4, $5, $6, $7)
-returning id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at"""
+insert into project_files (project_id, uploaded_by, filename, content_type, charset, size_bytes, sha256, storage_key)
+values ($1, $2, $3, $4, $5, $6, $7, $8)
+returning id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at, charset"""
 
 
 async def create_project_file(
@@ -22,19 +22,22 @@ async def create_project_file(
     uploaded_by: int,
     filename: str,
     content_type: str,
+    charset: str | None,
     size_bytes: int,
     sha256: str,
     storage_key: str,
 ) -> ProjectFile | None:
+    """charset: a text file's character encoding (declared at upload, or found to be UTF-8); null when
+    unknown or not text."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectFile)) as cur:
         await cur.execute(
             CREATE_PROJECT_FILE,
-            (project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key),
+            (project_id, uploaded_by, filename, content_type, charset, size_bytes, sha256, storage_key),
         )
         return await cur.fetchone()
 
 
-GET_PROJECT_FILE = "select id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at from project_files where id = $1 and project_id = $2"
+GET_PROJECT_FILE = "select id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at, charset from project_files where id = $1 and project_id = $2"
 
 
 async def get_project_file(conn: AsyncConnection[Any], *, id: int, project_id: int) -> ProjectFile | None:
@@ -45,7 +48,7 @@ async def get_project_file(conn: AsyncConnection[Any], *, id: int, project_id: i
 
 
 LIST_PROJECT_FILES = """\
-select id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at from project_files
+select id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at, charset from project_files
 where project_id = $1
   and ($2::bigint is null or id < $2::bigint)
 order by id desc
@@ -67,7 +70,7 @@ async def list_project_files(
 
 DELETE_PROJECT_FILE = """\
 delete from project_files where id = $1 and project_id = $2
-returning id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at"""
+returning id, project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key, created_at, charset"""
 
 
 async def delete_project_file(conn: AsyncConnection[Any], *, id: int, project_id: int) -> ProjectFile | None:

@@ -162,6 +162,7 @@ class ProjectFile(msgspec.Struct, frozen=True, gc=False):
     sha256: str
     storage_key: str
     created_at: datetime
+    charset: str | None
 
 
 class ActivityEvent(msgspec.Struct, frozen=True):

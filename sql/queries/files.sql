@@ -1,6 +1,8 @@
 -- name: CreateProjectFile :one
-insert into project_files (project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key)
-values (@project_id, @uploaded_by, @filename, @content_type, @size_bytes, @sha256, @storage_key)
+-- charset: a text file's character encoding (declared at upload, or found to be UTF-8); null when
+-- unknown or not text.
+insert into project_files (project_id, uploaded_by, filename, content_type, charset, size_bytes, sha256, storage_key)
+values (@project_id, @uploaded_by, @filename, @content_type, sqlc.narg(charset), @size_bytes, @sha256, @storage_key)
 returning *;
 
 -- name: GetProjectFile :one
