@@ -45,6 +45,7 @@ from app.domains.files.downloads import (
     NotModified,
     Part,
     choose,
+    content_type,
     strong_etag,
 )
 from app.domains.files.schemas import FileCursor, FileOut
@@ -222,7 +223,11 @@ class ProjectFilesController(Controller):
         "back, once the lease runs out: a pause of up to three quarters of FILE_UPLOAD_LEASE_S is always "
         "tolerated, one of FILE_UPLOAD_LEASE_S never. 408 `upload-expired` when the uploaded file was "
         "removed as stale (FILE_TEMP_MAX_AGE_S) before it could be stored: nothing was kept, send it "
-        "again. 400 `client-disconnected` when the client goes away before the body is complete.",
+        "again. 400 `client-disconnected` when the client goes away before the body is complete. A text "
+        "file's `charset` (kept, and labelling its downloads) is the one its part declares (`Content-Type: "
+        "text/csv; charset=windows-1252`) when it names a known character set (a token of at most 40 "
+        "characters), lower-cased; otherwise, or when the declared one is UTF-8, `utf-8` if the whole "
+        "file is valid UTF-8, else null (unknown). Other types: null.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
         request_max_body_size=None,
@@ -248,7 +253,10 @@ class ProjectFilesController(Controller):
     @get(
         "/{file_id:int}",
         summary="Download a file",
-        description="The stored bytes with their content type, as an attachment. Conditional and resumable "
+        description="The stored bytes with their content type, as an attachment. A text file is labelled "
+        "with its `charset` (`text/csv; charset=windows-1252`) and, when that is unknown (null: neither "
+        "declared nor valid UTF-8, and every text file uploaded before charsets were recorded), with its "
+        "bare type. Conditional and resumable "
         '(RFC 9110): every answer carries a strong `ETag` (`"<sha256>"` of the bytes: a stored file never '
         "changes) and `Accept-Ranges: bytes`. `If-None-Match` naming it: 304 without a body. One byte "
         "`Range`: 206 with those bytes and `Content-Range`, 416 (`Content-Range: bytes */size`) when it "
@@ -299,7 +307,12 @@ class ProjectFilesController(Controller):
                 status_code=HTTP_304_NOT_MODIFIED,
                 headers={**DOWNLOAD_HEADERS, "ETag": strong_etag(row.sha256)},
             )
-        headers = {**DOWNLOAD_HEADERS, "Accept-Ranges": "bytes"}
+        headers = {
+            **DOWNLOAD_HEADERS,
+            "Accept-Ranges": "bytes",
+            # Not left to ``media_type``: Litestar would label every text file ``charset=utf-8``.
+            "Content-Type": content_type(row.content_type, row.charset),
+        }
         if isinstance(answer, Part):
             headers["Content-Range"] = answer.content_range
         return File(

@@ -18,6 +18,9 @@ another unit than ``bytes``, or of several ranges (a multipart/byteranges answer
 and a satisfiable range of an empty file (no byte to send: ``-n`` of 0 bytes). A malformed or
 overlong ``If-None-Match`` is ignored as if absent (the whole file is always a correct answer); a
 malformed ``If-Range`` does not match.
+
+Every answer with the file's bytes (200, 206) carries the same ``Content-Type`` (:func:`content_type`):
+its media type, with the ``charset`` recorded at upload for a text file that has one.
 """
 
 from __future__ import annotations
@@ -51,6 +54,22 @@ class RangeNotSatisfiableError(AppError):
     status = 416
     slug = "range-not-satisfiable"
     title = "Range not satisfiable"
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+"""RFC 9110 5.6.2's token: a parameter value that needs no quotes."""
+
+
+def content_type(media_type: str, charset: str | None) -> str:
+    """A download's ``Content-Type``: a text type with the charset recorded at upload, else the bare
+    type. Passed as a header, since Litestar's ``File`` appends ``; charset=utf-8`` to every ``text/*``
+    type it is given as ``media_type``, whatever the bytes; a text file whose charset is unknown is
+    better left to the client (which sniffs, or asks) than labelled wrongly."""
+    if charset is None or not media_type.startswith("text/"):
+        return media_type
+    # A kept label is a token but may hold ":" (``iso_8859-1:1987``), which a token may not.
+    value = charset if _TOKEN.fullmatch(charset) else f'"{charset}"'
+    return f"{media_type}; charset={value}"
 
 
 def strong_etag(sha256: str) -> str:

@@ -16,6 +16,13 @@ class FileOut(msgspec.Struct, frozen=True):
     project_id: int
     filename: str
     content_type: str
+    charset: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="The text's character encoding, as declared at upload or found to be UTF-8; null "
+            "when unknown or not text (and for text files uploaded before it was recorded)"
+        ),
+    ]
     size_bytes: int
     sha256: str
     uploaded_by: int

@@ -197,6 +197,7 @@ class FileService:
                     uploaded_by=user_id,
                     filename=staged.filename,
                     content_type=staged.content_type,
+                    charset=staged.charset,
                     size_bytes=staged.size_bytes,
                     sha256=staged.sha256,
                     storage_key=storage_key,

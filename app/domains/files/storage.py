@@ -6,8 +6,9 @@ Layout under the root directory (``FILES_DIR``):
 - ``<project_id>/<uuid>`` once its row is being committed; ``project_files.storage_key`` holds the
   relative path. The client's filename is only metadata (Content-Disposition), never a path.
 
-The upload path never holds the body in memory: each chunk of the file part is hashed, counted and
-written to the temp file as it arrives, and the upload is refused (413) as soon as it grows past the
+The upload path never holds the body in memory: each chunk of the file part is hashed, counted,
+checked for UTF-8 (a text file without another declared charset) and written to the temp file as it
+arrives, and the upload is refused (413) as soon as it grows past the
 limit, without reading the rest of the body. Every failure — a bad body, a limit, a disconnected
 client, a cancelled task — deletes the temp file before the error leaves :meth:`FileStorage.receive`.
 
@@ -37,6 +38,7 @@ while the task is being cancelled.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import io
@@ -79,6 +81,13 @@ MAX_FILENAME_CHARS = 255
 _STORAGE_KEY = re.compile(r"^[1-9][0-9]*/[0-9a-f]{32}$")
 # Control, format (bidi overrides, zero-width), surrogate, unassigned and line/paragraph separators.
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
+_CHARSET_LABEL = re.compile(r"[A-Za-z0-9._:-]{1,40}")
+"""A declared charset kept as a label: a plain token (IANA names such as ``ISO_8859-1:1987`` included)."""
+_NOT_CHARSETS = frozenset(
+    {"undefined", "idna", "punycode", "unicode-escape", "raw-unicode-escape", "charmap"}
+)
+"""Codecs Python knows that are no character set a client knows (by their ``CodecInfo.name``)."""
+_UTF_8 = frozenset({"utf-8", "utf-8-sig"})
 
 
 class InvalidUploadError(AppError):
@@ -124,6 +133,9 @@ class StagedFile:
     path: Path
     filename: str
     content_type: str
+    charset: str | None
+    """A text file's character encoding (:func:`declared_charset`, or ``utf-8`` when the whole body is
+    valid UTF-8); None when unknown or not text."""
     size_bytes: int
     sha256: str
 
@@ -149,10 +161,45 @@ def sanitize_filename(raw: str) -> str:
 
 
 def media_type_of(value: str | None) -> str:
-    """``Text/Plain; charset=utf-8`` → ``text/plain``; a part without a type is octet-stream."""
+    """``Text/Plain; charset=utf-8`` → ``text/plain``; a part without a type is octet-stream. (Its
+    charset is the segment's own ``charset``, parsed from the same header: :func:`declared_charset`.)"""
     if not value:
         return "application/octet-stream"
     return value.split(";", 1)[0].strip().lower()
+
+
+def declared_charset(label: str | None) -> str | None:
+    """A part's declared ``charset`` parameter as it is kept (lower-cased), or None when there is none
+    to trust: not a plain token of at most 40 characters, a codec Python does not know or that is no
+    character set (``base64``, ``rot13``, ``idna`` …), or any name of UTF-8, which is checked against
+    the bytes instead (a label that lies about UTF-8 is not repeated)."""
+    if label is None or _CHARSET_LABEL.fullmatch(label) is None:
+        return None
+    try:
+        codec = codecs.lookup(label)
+    except LookupError:
+        return None
+    if not codec._is_text_encoding or codec.name in _NOT_CHARSETS or codec.name in _UTF_8:
+        return None
+    return label.lower()
+
+
+class _Utf8Check:
+    """Whether the chunks fed so far are valid UTF-8 (a BOM included), holding at most one incomplete
+    character between chunks: a character may straddle two of them."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self.valid = True
+
+    def feed(self, data: bytes | bytearray, *, final: bool = False) -> None:
+        if not self.valid:
+            return
+        try:
+            self._decoder.decode(data, final)
+        except UnicodeDecodeError:
+            self.valid = False
+            self._decoder.reset()
 
 
 def _boundary(content_type: str | None) -> str:
@@ -165,9 +212,11 @@ def _boundary(content_type: str | None) -> str:
     return str(boundary)
 
 
-def _write(handle: BinaryIO, hasher: hashlib._Hash, data: bytes | bytearray) -> None:
+def _write(handle: BinaryIO, hasher: hashlib._Hash, utf8: _Utf8Check | None, data: bytes | bytearray) -> None:
     handle.write(data)
     hasher.update(data)
+    if utf8 is not None:
+        utf8.feed(data)
 
 
 def _finish(handle: BinaryIO) -> None:
@@ -441,6 +490,8 @@ class _Upload:
         self.size = 0
         self.filename = ""
         self.content_type = ""
+        self.charset: str | None = None
+        self.utf8: _Utf8Check | None = None  # a text file whose charset the bytes decide
         self.seen_part = False
         self.complete = False
 
@@ -452,7 +503,7 @@ class _Upload:
             if self.size > self.max_bytes:
                 raise PayloadTooLargeError(f"Files may be at most {self.max_bytes} bytes.")
             assert self.handle is not None
-            await anyio.to_thread.run_sync(_write, self.handle, self.hasher, event)
+            await anyio.to_thread.run_sync(_write, self.handle, self.hasher, self.utf8, event)
         elif event is None:
             self.complete = True
 
@@ -470,6 +521,10 @@ class _Upload:
                 f"Files of type {self.content_type!r} are not accepted; allowed: "
                 + ", ".join(sorted(self.allowed_types))
             )
+        if self.content_type.startswith("text/"):
+            self.charset = declared_charset(segment.charset)
+            if self.charset is None:
+                self.utf8 = _Utf8Check()
         self.filename = sanitize_filename(segment.filename)
         self.path = path = self.temp_path
 
@@ -484,10 +539,14 @@ class _Upload:
             raise InvalidUploadError(f"The body has no complete part named `{FILE_FIELD}`.")
         await anyio.to_thread.run_sync(_finish, self.handle)
         self.handle = None
+        if self.utf8 is not None:
+            self.utf8.feed(b"", final=True)  # a character cut off at the end is invalid
+            self.charset = "utf-8" if self.utf8.valid else None
         return StagedFile(
             path=self.path,
             filename=self.filename,
             content_type=self.content_type,
+            charset=self.charset,
             size_bytes=self.size,
             sha256=self.hasher.hexdigest(),
         )
