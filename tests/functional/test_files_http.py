@@ -744,9 +744,10 @@ async def stream_upload(
     chunk_size: int = 64 * 1024,
     disconnect_after: int | None = None,
     declare_length: bool = False,
+    part_type: str = "application/zip",
 ) -> AsgiResult:
-    """POST ``content`` as the file part, delivered in ``chunk_size`` messages, without Content-Length
-    unless ``declare_length``.
+    """POST ``content`` as the file part (of content type ``part_type``), delivered in ``chunk_size``
+    messages, without Content-Length unless ``declare_length``.
 
     With ``disconnect_after``, the client goes away after that many body messages.
     ``chunks_read_before_answer`` counts those read when the answer started (the pipeline may drain
@@ -756,7 +757,7 @@ async def stream_upload(
     body = (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
-            "Content-Type: application/zip\r\n\r\n"
+            f"Content-Type: {part_type}\r\n\r\n"
         ).encode()
         + content
         + f"\r\n--{boundary}--\r\n".encode()
