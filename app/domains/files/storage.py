@@ -8,8 +8,8 @@ Layout under the root directory (``FILES_DIR``):
 
 The upload path never holds the body in memory: each chunk of the file part is hashed, counted,
 checked for UTF-8 (a text file without another declared charset) and written to the temp file as it
-arrives, and the upload is refused (413) as soon as it grows past the
-limit, without reading the rest of the body. Every failure — a bad body, a limit, a disconnected
+arrives, and the upload is refused (413) as soon as it grows past the limit, without reading the rest
+of the body. Every failure — a bad body, a limit, a disconnected
 client, a cancelled task — deletes the temp file before the error leaves :meth:`FileStorage.receive`.
 
 Atomicity with the database (driven by ``services.FileService``): temp file → fsync → one
