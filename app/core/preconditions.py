@@ -1,9 +1,10 @@
 """Conditional changes (RFC 9110 13.1.1): ``If-Match`` against a resource's version, ``ETag`` answers.
 
-A resource with a version (a task, a project) answers its GET and PATCH with the strong entity-tag
-``"<version>"``; a PATCH or DELETE that sends ``If-Match`` is applied only when the resource is
-still at one of the versions listed (or, for ``*``, exists), else it changes nothing and answers
-412 ``precondition-failed``. Without ``If-Match`` a change is unconditional.
+A resource with a version (a task, a project, a product) answers its GET and PATCH with the strong
+entity-tag ``"<version>"``; a change that sends ``If-Match`` (a PATCH, a DELETE, a product's stock
+adjustment) is applied only when the resource is still at one of the versions listed (or, for ``*``,
+exists), else it changes nothing and answers 412 ``precondition-failed``. Without ``If-Match`` a
+change is unconditional.
 
 The comparison belongs to the service, under the row lock its change holds until the commit (never
 a read before the write): ``IfMatch.require`` is called with the version read under that lock.

@@ -191,6 +191,7 @@ class Product(msgspec.Struct, frozen=True, gc=False):
     active: bool
     created_at: datetime
     updated_at: datetime
+    version: int
 
 
 class StockAdjustment(msgspec.Struct, frozen=True, gc=False):

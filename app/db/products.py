@@ -13,7 +13,7 @@ CREATE_PRODUCT = """\
 insert into products (sku, name, description, price, stock)
 values ($1, $2, $3, $4, $5)
 on conflict (sku) do nothing
-returning id, sku, name, description, price, stock, active, created_at, updated_at"""
+returning id, sku, name, description, price, stock, active, created_at, updated_at, version"""
 
 
 async def create_product(
@@ -30,12 +30,22 @@ async def create_product(
         return await cur.fetchone()
 
 
-GET_PRODUCT = "select id, sku, name, description, price, stock, active, created_at, updated_at from products where id = $1"
+GET_PRODUCT = "select id, sku, name, description, price, stock, active, created_at, updated_at, version from products where id = $1"
 
 
 async def get_product(conn: AsyncConnection[Any], *, id: int) -> Product | None:
     async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
         await cur.execute(GET_PRODUCT, (id,))
+        return await cur.fetchone()
+
+
+LOCK_PRODUCT = "select id, sku, name, description, price, stock, active, created_at, updated_at, version from products where id = $1 for update"
+
+
+async def lock_product(conn: AsyncConnection[Any], *, id: int) -> Product | None:
+    """Held until the commit by a change that compares If-Match with the version it reads here."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
+        await cur.execute(LOCK_PRODUCT, (id,))
         return await cur.fetchone()
 
 
@@ -47,7 +57,7 @@ set name = coalesce($1, name),
     active = coalesce($4::boolean, active),
     updated_at = now()
 where id = $5
-returning id, sku, name, description, price, stock, active, created_at, updated_at"""
+returning id, sku, name, description, price, stock, active, created_at, updated_at, version"""
 
 
 async def update_product(
@@ -65,7 +75,7 @@ async def update_product(
 
 
 LIST_PRODUCTS = """\
-select id, sku, name, description, price, stock, active, created_at, updated_at from products
+select id, sku, name, description, price, stock, active, created_at, updated_at, version from products
 where (active or $1::boolean)
   and ($2::text is null
        or strpos(lower(name), lower($2::text)) > 0
@@ -164,7 +174,7 @@ async def release_stock(conn: AsyncConnection[Any], *, quantity: int, id: int) -
         await cur.execute(RELEASE_STOCK, (quantity, id))
 
 
-GET_PRODUCTS_BY_IDS = "select id, sku, name, description, price, stock, active, created_at, updated_at from products where id = any($1::bigint[]) order by id"
+GET_PRODUCTS_BY_IDS = "select id, sku, name, description, price, stock, active, created_at, updated_at, version from products where id = any($1::bigint[]) order by id"
 
 
 async def get_products_by_ids(conn: AsyncConnection[Any], *, ids: list[int]) -> list[Product]:

@@ -7,6 +7,10 @@ returning *;
 -- name: GetProduct :one
 select * from products where id = @id;
 
+-- name: LockProduct :one
+-- Held until the commit by a change that compares If-Match with the version it reads here.
+select * from products where id = @id for update;
+
 -- name: UpdateProduct :one
 update products
 set name = coalesce(sqlc.narg(name), name),

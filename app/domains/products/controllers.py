@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from litestar import Request, get, patch, post
+from litestar import Request, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
@@ -13,6 +13,14 @@ from litestar.status_codes import HTTP_201_CREATED
 from app.core.auth import Caller, caller_of, requires_admin
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, PageSize, decode_cursor
+from app.core.preconditions import (
+    ETAG_HEADER,
+    DocumentsIfMatch,
+    IfMatchHeader,
+    etag,
+    parse_if_match,
+    precondition_failed,
+)
 from app.core.routing import Controller
 from app.core.types import NO_NUL, IdPath
 from app.domains.products.schemas import (
@@ -38,6 +46,11 @@ def _price_bound(description: str) -> QueryParameter:
 def _price(value: float | None) -> Decimal | None:
     """A price filter as the column's type (the float's shortest decimal spelling)."""
     return None if value is None else Decimal(repr(value))
+
+
+def _with_etag(product: ProductOut, status_code: int | None = None) -> Response[ProductOut]:
+    """The product and its ``ETag``, the version an administrator sends back in ``If-Match``."""
+    return Response(product, headers={"ETag": etag(product.version)}, status_code=status_code)
 
 
 def _is_admin(request: Request[Any, Any, Any]) -> bool:
@@ -85,11 +98,19 @@ class ProductsController(Controller):
             include_inactive=include_inactive and _is_admin(request),
         )
 
-    @get("/{product_id:int}", summary="A product", responses=problems(401, 404, 429))
+    @get(
+        "/{product_id:int}",
+        summary="A product",
+        description='Answers the product\'s `ETag` (`"<version>"`): an administrator sends it as `If-Match` '
+        "with a change. Read by an administrator it is always current; others may read the product as it "
+        "was up to the catalogue cache's lifetime ago.",
+        response_headers=[ETAG_HEADER],
+        responses=problems(401, 404, 429),
+    )
     async def get_product(
         self, request: Request[Any, Any, Any], product_id: IdPath, products: Products
-    ) -> ProductOut:
-        return await products.get(product_id, include_inactive=_is_admin(request))
+    ) -> Response[ProductOut]:
+        return _with_etag(await products.get(product_id, include_inactive=_is_admin(request)))
 
     @post(
         "/",
@@ -97,26 +118,41 @@ class ProductsController(Controller):
         guards=[requires_admin],
         security=BEARER,
         summary="Create a product (admins)",
+        description='Answers the new product and its `ETag` (`"<version>"`), as its GET does: send it as '
+        "`If-Match` with a change.",
+        response_headers=[ETAG_HEADER],
         responses=problems(400, 401, 403, 409, 429),
     )
     async def create_product(
         self, data: JSONBody[ProductCreate], products: Products, current_user: Caller
-    ) -> ProductOut:
-        return ProductOut.from_row(await products.create(data, current_user.id), products.currency)
+    ) -> Response[ProductOut]:
+        product = await products.create(data, current_user.id)
+        return _with_etag(ProductOut.from_row(product, products.currency), HTTP_201_CREATED)
 
     @patch(
         "/{product_id:int}",
         guards=[requires_admin],
         security=BEARER,
         summary="Update or (de)activate a product (admins)",
-        responses=problems(400, 401, 403, 404, 429),
+        description="With `If-Match` (the `ETag` of the product as the administrator last read it), the "
+        "change is applied only if nobody has changed the product's name, description, price or `active` "
+        "since: otherwise 412 `precondition-failed` and nothing changes (of two changes sent with the same "
+        "`ETag`, one is applied). Stock moving (orders, stock adjustments) does not change the `ETag`. A "
+        "change that changes nothing keeps the version. Answers the product and its new `ETag`.",
+        response_headers=[ETAG_HEADER],
+        responses={**problems(400, 401, 403, 404, 429), **precondition_failed()},
+        operation_class=DocumentsIfMatch,
     )
     async def update_product(
-        self, product_id: IdPath, data: JSONBody[ProductUpdate], products: Products, current_user: Caller
-    ) -> ProductOut:
-        return ProductOut.from_row(
-            await products.update(current_user.id, product_id, data), products.currency
-        )
+        self,
+        product_id: IdPath,
+        data: JSONBody[ProductUpdate],
+        products: Products,
+        current_user: Caller,
+        if_match: IfMatchHeader = None,
+    ) -> Response[ProductOut]:
+        product = await products.update(current_user.id, product_id, data, if_match=parse_if_match(if_match))
+        return _with_etag(ProductOut.from_row(product, products.currency))
 
     @post(
         "/{product_id:int}/stock-adjustments",
@@ -124,7 +160,12 @@ class ProductsController(Controller):
         guards=[requires_admin],
         security=BEARER,
         summary="Add or remove stock, with a reason (admins)",
-        responses=problems(400, 401, 403, 404, 409, 429),
+        description="With `If-Match` (the product's `ETag`), applied only if the product's name, "
+        "description, price and `active` are still at a version it names: otherwise 412 "
+        "`precondition-failed` and nothing applied. Stock does not move the `ETag`: to apply only from "
+        "a known stock, send `expected_stock`.",
+        responses={**problems(400, 401, 403, 404, 409, 429), **precondition_failed()},
+        operation_class=DocumentsIfMatch,
     )
     async def adjust_stock(
         self,
@@ -132,6 +173,9 @@ class ProductsController(Controller):
         data: JSONBody[StockAdjustmentIn],
         products: Products,
         current_user: Caller,
+        if_match: IfMatchHeader = None,
     ) -> StockOut:
-        stock = await products.adjust_stock(current_user.id, product_id, data)
+        stock = await products.adjust_stock(
+            current_user.id, product_id, data, if_match=parse_if_match(if_match)
+        )
         return StockOut(product_id=product_id, stock=stock)

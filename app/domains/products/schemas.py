@@ -28,6 +28,14 @@ Price = Annotated[
 ]
 MAX_STOCK = 1_000_000_000
 """Stock of one product at most (well inside ``integer``, reservations given back included)."""
+ProductVersion = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        description="Taken by every change of the name, description, price or `active` (none by a change "
+        'that changes nothing, nor by stock moving): its `ETag` is `"<version>"`, for `If-Match`.',
+    ),
+]
 
 
 class ProductCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,6 +97,7 @@ class ProductOut(msgspec.Struct, frozen=True):
     active: bool
     created_at: datetime
     updated_at: datetime
+    version: ProductVersion
 
     @classmethod
     def from_row(cls, product: Product, currency: str) -> ProductOut:

@@ -11,6 +11,7 @@ from app.core.cache import CacheNamespace
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
 from app.core.pagination import encode_cursor
+from app.core.preconditions import IfMatch, require_match
 from app.db import products as queries
 from app.db.models import Product
 from app.domains.accounts.services import AccountService
@@ -32,6 +33,11 @@ class ProductFilters(msgspec.Struct, frozen=True):
     in_stock_only: bool = False
 
 
+def _product_key(product_id: int) -> str:
+    """A product's own entry in the cache (``get``'s, for readers who do not see inactive ones)."""
+    return f"id:{product_id}"
+
+
 class StockChangedError(ConflictError):
     slug = "stock-changed"
     title = "Stock changed"
@@ -45,6 +51,10 @@ class ProductService:
     stock changes made inside an order's transaction included: the cache's generation moves on, so
     a reader that loaded the old row meanwhile stores it under the old generation, where nobody
     reads it again. A cached read needs no database connection at all.
+
+    A product's ``version`` (its ``ETag``) moves with its name, description, price or ``active``
+    only (a trigger, ``products_next_version``), never with its stock: a change with ``If-Match``
+    compares it under the row's lock (``LockProduct``) and changes nothing on a mismatch (412).
 
     An administrator's change takes the actor's row first (``AccountService.lock_admin``): the
     token's role is a claim, the row decides.
@@ -82,9 +92,20 @@ class ProductService:
             uow.after_commit(self.cache.invalidate_all)
             return product
 
-    async def update(self, actor: int, product_id: int, data: ProductUpdate) -> Product:
+    async def update(
+        self, actor: int, product_id: int, data: ProductUpdate, *, if_match: IfMatch | None = None
+    ) -> Product:
+        """``if_match``: only if the product is still at a version it names (else 412, nothing
+        changed), compared with the version read under the product's lock, which this change holds
+        until it commits: of two changes based on one version, the second is refused. A change that
+        changes nothing keeps the version."""
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
+            if if_match is not None:
+                before = await queries.lock_product(uow.conn, id=product_id)
+                if before is None:
+                    raise NotFoundError("No such product.")
+                require_match(if_match, before.version)
             product = await queries.update_product(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
@@ -98,12 +119,24 @@ class ProductService:
             uow.after_commit(self.cache.invalidate_all)
             return product
 
-    async def adjust_stock(self, actor: int, product_id: int, data: StockAdjustmentIn) -> int:
+    async def adjust_stock(
+        self, actor: int, product_id: int, data: StockAdjustmentIn, *, if_match: IfMatch | None = None
+    ) -> int:
         """Add or remove stock with a recorded reason; never below zero nor above MAX_STOCK (409).
         With ``expected_stock``, only from that stock (409 ``stock-changed`` otherwise): a delta is
-        relative, so a blind retry of one whose answer was lost would apply it twice."""
+        relative, so a blind retry of one whose answer was lost would apply it twice.
+
+        ``if_match``: only if the product is still at a version it names (else 412, nothing
+        applied), compared under the product's lock as ``update`` does. The version is the
+        product's details', which stock does not move: ``expected_stock`` is the condition on the
+        stock."""
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
+            if if_match is not None:
+                locked = await queries.lock_product(uow.conn, id=product_id)
+                if locked is None:
+                    raise NotFoundError("No such product.")
+                require_match(if_match, locked.version)
             stock = await queries.adjust_stock(
                 uow.conn,
                 delta=data.delta,
@@ -143,7 +176,7 @@ class ProductService:
             await load()
             if include_inactive
             else await self.cache.get_or_load(
-                f"id:{product_id}",
+                _product_key(product_id),
                 load,
                 ttl_s=self.ttl_s,
                 type=cast("type[ProductOut | None]", ProductOut | None),  # a union is a valid msgspec type
