@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 from typing import cast
 
 import msgspec
@@ -47,10 +48,15 @@ class ProductService:
     """Reads for everyone go through a short-lived cache (stock shown may lag by the TTL; the
     reservation itself is always checked against the database).
 
-    Every change invalidates the cache only after its transaction committed (``uow.after_commit``),
-    stock changes made inside an order's transaction included: the cache's generation moves on, so
+    An administrator's change (creation, details, a stock adjustment) invalidates the whole cache
+    only after its transaction committed (``uow.after_commit``): the cache's generation moves on, so
     a reader that loaded the old row meanwhile stores it under the old generation, where nobody
-    reads it again. A cached read needs no database connection at all.
+    reads it again. Stock taken or given back by orders (``reserve_stock``, ``release_stock``, all
+    the time under order traffic) drops only that product's own entry after the commit: the
+    catalogue's pages, and a reader racing the commit that stores the row it loaded before it, show
+    the old stock until their TTL, as promised above. Moving the generation there dropped every
+    product and page on each reservation of any product, and the catalogue's cache barely hit. A
+    cached read needs no database connection at all.
 
     A product's ``version`` (its ``ETag``) moves with its name, description, price or ``active``
     only (a trigger, ``products_next_version``), never with its stock: a change with ``If-Match``
@@ -222,10 +228,10 @@ class ProductService:
         """Take ``quantity`` units if that many are in stock; the stock left, or None (short)."""
         left = await queries.reserve_stock(uow.conn, quantity=quantity, id=product_id)
         if left is not None:
-            uow.after_commit(self.cache.invalidate_all)
+            uow.after_commit(partial(self.cache.invalidate, _product_key(product_id)))
         return left
 
     async def release_stock(self, uow: UnitOfWork, product_id: int, quantity: int) -> None:
         """Give back units a reservation held (cancel, expiry)."""
         await queries.release_stock(uow.conn, quantity=quantity, id=product_id)
-        uow.after_commit(self.cache.invalidate_all)
+        uow.after_commit(partial(self.cache.invalidate, _product_key(product_id)))
