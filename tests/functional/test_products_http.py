@@ -423,6 +423,33 @@ async def test_a_blank_name_is_a_validation_error(
     assert_problem(response, 400, "validation", {"name"})
 
 
+async def test_a_name_of_invisible_format_characters_is_a_validation_error(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """Zero-width space, joiners, word joiner, byte order mark (Unicode format characters, Cf): a
+    name of them alone shows nothing, as a name of spaces, and is refused as one."""
+    admin = (await make_user(db, app, "admin")).headers
+    product = await create(client, admin, name="Kept")
+    path = f"/api/products/{product['id']}"
+    for invisible in ("\u200b", "\ufeff", "\u200c\u200d\u2060", " \ufeff\t\u200b "):
+        response = await client.post(
+            "/api/products", json={"sku": "BLANK-2", "name": invisible, "price": "1.00"}, headers=admin
+        )
+        assert_problem(response, 400, "validation", {"name"})
+        assert_problem(
+            await client.patch(path, json={"name": invisible}, headers=admin), 400, "validation", {"name"}
+        )
+        adjusted = await client.post(
+            f"{path}/stock-adjustments", json={"delta": 1, "reason": invisible}, headers=admin
+        )
+        assert_problem(adjusted, 400, "validation", {"reason"})
+    assert await ids_of(client, admin, include_inactive=True) == [product["id"]]
+    assert (await client.get(path)).json()["name"] == "Kept"
+    # Beside a visible character they are kept, as written.
+    joined = await client.patch(path, json={"name": "Kept\u200d"}, headers=admin)
+    assert (joined.status_code, joined.json()["name"]) == (200, "Kept\u200d")
+
+
 async def test_the_cache_is_invalidated_after_the_change_commits(
     client: Client, app: Litestar, db: AsyncConnection[Any], settings: Settings
 ) -> None:

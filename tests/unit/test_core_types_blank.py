@@ -1,0 +1,56 @@
+"""``NON_BLANK``: a text of whitespace and Unicode format characters (category Cf: zero-width space,
+joiners, byte order mark, bidirectional controls, tags...) alone is blank, in Python's regexes (msgspec
+checks bodies with them) and in ECMA's (the published schema, as Schemathesis' validator reads it)."""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from typing import Annotated
+
+import jsonschema_rs
+import msgspec
+import pytest
+
+from app.core.types import FORMAT_CHARACTERS, NON_BLANK, NonBlank
+
+
+class Named(msgspec.Struct):
+    name: Annotated[str, NonBlank]
+
+
+SCHEMA = jsonschema_rs.validator_for({"type": "string", "pattern": NON_BLANK})
+FORMAT = [code for first, last in FORMAT_CHARACTERS for code in range(first, last + 1)]
+
+
+def accepted(text: str) -> tuple[bool, bool]:
+    """(msgspec accepts it, the schema's ECMA pattern accepts it)."""
+    try:
+        msgspec.json.decode(msgspec.json.encode({"name": text}), type=Named)
+        python = True
+    except msgspec.ValidationError:
+        python = False
+    return python, SCHEMA.is_valid(text)
+
+
+def test_the_format_characters_are_unicodes_category_cf() -> None:
+    cf = [code for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"]
+    assert cf == FORMAT, (
+        f"Unicode {unicodedata.unidata_version} changed category Cf: update FORMAT_CHARACTERS"
+    )
+
+
+@pytest.mark.parametrize("code", FORMAT, ids=lambda code: f"U+{code:04X}")
+def test_format_characters_alone_are_blank_and_beside_a_visible_one_kept(code: int) -> None:
+    char = chr(code)
+    for blank in (char, char * 3, f" {char}\t", f"\u200b{char}\ufeff"):
+        assert accepted(blank) == (False, False), ascii(blank)
+    for named in (f"{char}A", f"A{char}", f" {char}é{char} ", f"{char}\U0001f600"):
+        assert accepted(named) == (True, True), ascii(named)
+
+
+def test_visible_characters_past_the_bmp_and_whitespace_alone() -> None:
+    for named in ("\U0001f600", "\U0001d11e", "\U000e0100x", "\U00020000"):
+        assert accepted(named) == (True, True), ascii(named)
+    for blank in ("", " ", "\u3000\u2028", "\x00", "\u200bA\x00"):
+        assert accepted(blank) == (False, False), ascii(blank)
