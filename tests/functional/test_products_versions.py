@@ -220,3 +220,19 @@ async def test_a_stock_adjustment_honours_if_match(
         headers=admin | {"If-Match": '"1"'},
     )
     assert_problem(unknown, 404, "not-found")
+
+
+async def test_the_schema_documents_if_match_the_412_and_the_etag(client: Client) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    product = paths["/api/products/{product_id}"]
+    adjustments = paths["/api/products/{product_id}/stock-adjustments"]
+    for operation in (product["patch"], adjustments["post"]):
+        headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+        assert headers["If-Match"]["required"] is False
+        # A plain string, its grammar told in words: fuzzers then send valid If-Match values.
+        assert headers["If-Match"]["schema"] == {"type": "string"}
+        assert "`*`" in headers["If-Match"]["description"]
+        assert "412" in operation["responses"]
+    for method in ("get", "patch"):
+        assert "ETag" in product[method]["responses"]["200"]["headers"], method
+    assert "ETag" in paths["/api/products"]["post"]["responses"]["201"]["headers"]
