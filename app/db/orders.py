@@ -159,26 +159,69 @@ async def get_order_events(conn: AsyncConnection[Any], *, order_id: int) -> list
         return await cur.fetchall()
 
 
-LIST_ORDERS = """\
+LIST_USER_ORDERS = """\
 select id, user_id, status, total, currency, reserved_until, shortfall, created_at, updated_at from orders
-where ($1::bigint is null or user_id = $1::bigint)
+where user_id = $1
   and ($2::order_status is null or status = $2::order_status)
   and id < $3
 order by id desc
 limit $4"""
 
 
-async def list_orders(
+async def list_user_orders(
     conn: AsyncConnection[Any],
     *,
-    user_id: int | None,
+    user_id: int,
     status: OrderStatus | None,
     before_id: int,
     row_limit: int,
 ) -> list[Order]:
-    """Keyset by id, newest first (before_id = max bigint for the first page)."""
+    """One user's orders, keyset by id, newest first (before_id = max bigint for the first page): that
+    user's range of orders_user_idx, the optional status filtering within it. The lists are three
+    queries, chosen by the caller, not one with optional user and status: a prepared statement's
+    generic plan, serving every combination, walked all orders backwards on orders_pkey with the user
+    as a filter."""
     async with AsyncRawCursor(conn, row_factory=args_row(Order)) as cur:
-        await cur.execute(LIST_ORDERS, (user_id, status, before_id, row_limit))
+        await cur.execute(LIST_USER_ORDERS, (user_id, status, before_id, row_limit))
+        return await cur.fetchall()
+
+
+LIST_ORDERS_WITH_STATUS = """\
+select id, user_id, status, total, currency, reserved_until, shortfall, created_at, updated_at from orders
+where status >= $1 and status <= $1
+  and id < $2
+order by status desc, id desc
+limit $3"""
+
+
+async def list_orders_with_status(
+    conn: AsyncConnection[Any],
+    *,
+    status: OrderStatus,
+    before_id: int,
+    row_limit: int,
+) -> list[Order]:
+    """Every user's orders in one status (administrators), newest first: that status's range of
+    orders_status_idx, the one index that gives this order. The status is a range of one value, not
+    `status = @status`: with an equality the planner drops `status` from the order, and the generic
+    plan (which prices any status at a third of the orders) walked orders_pkey backwards with the
+    status as a filter, every order for a rare status."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Order)) as cur:
+        await cur.execute(LIST_ORDERS_WITH_STATUS, (status, before_id, row_limit))
+        return await cur.fetchall()
+
+
+LIST_ALL_ORDERS = """\
+select id, user_id, status, total, currency, reserved_until, shortfall, created_at, updated_at from orders
+where id < $1
+order by id desc
+limit $2"""
+
+
+async def list_all_orders(conn: AsyncConnection[Any], *, before_id: int, row_limit: int) -> list[Order]:
+    """Every order (administrators), newest first."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Order)) as cur:
+        await cur.execute(LIST_ALL_ORDERS, (before_id, row_limit))
         return await cur.fetchall()
 
 

@@ -69,23 +69,40 @@ async def get_site(conn: AsyncConnection[Any], *, id: int) -> Site | None:
         return await cur.fetchone()
 
 
-LIST_SITES = """\
+LIST_OWN_SITES = """\
 select id, owner_id, domain, ingest_key, timezone, created_at from sites
-where ($1::bigint is null or owner_id = $1::bigint)
+where owner_id = $1
   and id > $2
 order by id
 limit $3"""
 
 
-async def list_sites(
+async def list_own_sites(
     conn: AsyncConnection[Any],
     *,
-    owner_id: int | None,
+    owner_id: int,
     after_id: int,
     row_limit: int,
 ) -> list[Site]:
+    """One owner's sites by id (sites_owner_idx: that owner's range only). A query of its own, not an
+    optional owner in ListAllSites: a prepared statement's generic plan, serving both, walked every
+    site in id order with the owner as a filter."""
     async with AsyncRawCursor(conn, row_factory=args_row(Site)) as cur:
-        await cur.execute(LIST_SITES, (owner_id, after_id, row_limit))
+        await cur.execute(LIST_OWN_SITES, (owner_id, after_id, row_limit))
+        return await cur.fetchall()
+
+
+LIST_ALL_SITES = """\
+select id, owner_id, domain, ingest_key, timezone, created_at from sites
+where id > $1
+order by id
+limit $2"""
+
+
+async def list_all_sites(conn: AsyncConnection[Any], *, after_id: int, row_limit: int) -> list[Site]:
+    """Every site by id (administrators)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Site)) as cur:
+        await cur.execute(LIST_ALL_SITES, (after_id, row_limit))
         return await cur.fetchall()
 
 

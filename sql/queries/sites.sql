@@ -19,10 +19,20 @@ select count(*)::bigint from sites where owner_id = @owner_id;
 -- name: GetSite :one
 select * from sites where id = @id;
 
--- name: ListSites :many
+-- name: ListOwnSites :many
+-- One owner's sites by id (sites_owner_idx: that owner's range only). A query of its own, not an
+-- optional owner in ListAllSites: a prepared statement's generic plan, serving both, walked every
+-- site in id order with the owner as a filter.
 select * from sites
-where (sqlc.narg(owner_id)::bigint is null or owner_id = sqlc.narg(owner_id)::bigint)
+where owner_id = @owner_id
   and id > @after_id
+order by id
+limit @row_limit;
+
+-- name: ListAllSites :many
+-- Every site by id (administrators).
+select * from sites
+where id > @after_id
 order by id
 limit @row_limit;
 

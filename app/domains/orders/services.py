@@ -627,9 +627,18 @@ class OrderService:
         self, *, user_id: int | None, status: OrderStatus | None, before_id: int, limit: int
     ) -> list[OrderOut]:
         async with self.db.transaction() as uow:
-            orders = await queries.list_orders(
-                uow.conn, user_id=user_id, status=status, before_id=before_id, row_limit=limit
-            )
+            # one statement per shape, so that no prepared statement's generic plan serves a user's
+            # list and everyone's (it read every order for a user's few: orders.sql)
+            if user_id is not None:
+                orders = await queries.list_user_orders(
+                    uow.conn, user_id=user_id, status=status, before_id=before_id, row_limit=limit
+                )
+            elif status is not None:
+                orders = await queries.list_orders_with_status(
+                    uow.conn, status=status, before_id=before_id, row_limit=limit
+                )
+            else:
+                orders = await queries.list_all_orders(uow.conn, before_id=before_id, row_limit=limit)
             items = await queries.get_items_for_orders(uow.conn, order_ids=[o.id for o in orders])
         by_order: dict[int, list[Any]] = {}
         for item in items:

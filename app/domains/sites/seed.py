@@ -27,7 +27,7 @@ async def seed_sites(services: Services) -> list[str]:
 async def _owns(services: Services, owner_id: int, domain: str) -> bool:
     after_id = 0
     async with services.db.read() as uow:
-        while page := await queries.list_sites(
+        while page := await queries.list_own_sites(
             uow.conn, owner_id=owner_id, after_id=after_id, row_limit=PAGE
         ):
             if any(site.domain == domain for site in page):

@@ -143,8 +143,12 @@ class SiteService:
     async def list_sites(self, caller: CurrentUser, *, after_id: int, limit: int) -> list[Site]:
         """The caller's sites (an admin's: every site) by id, after ``after_id``."""
         async with self.db.transaction() as uow:
-            return await queries.list_sites(
-                uow.conn, owner_id=None if caller.is_admin else caller.id, after_id=after_id, row_limit=limit
+            # two statements, not an optional owner: one generic plan serving both read every site
+            # for a member's few (sites.sql)
+            if caller.is_admin:
+                return await queries.list_all_sites(uow.conn, after_id=after_id, row_limit=limit)
+            return await queries.list_own_sites(
+                uow.conn, owner_id=caller.id, after_id=after_id, row_limit=limit
             )
 
     async def get(self, caller: CurrentUser, site_id: int) -> Site:

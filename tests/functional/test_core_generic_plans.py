@@ -1,0 +1,154 @@
+"""No list serves a member and an administrator with one statement: its generic plan would serve both.
+
+Review: ``ListSites`` took an optional owner (``owner is null or owner_id = owner``: members their
+sites, administrators every site) and ``ListOrders`` an optional user. psycopg prepares a statement
+after a few executions on a connection, and after five custom plans PostgreSQL may keep the generic
+plan, made for any owner, null included: a walk of the primary key with the owner as a filter. A
+member with 2 sites then read every site (400 owners × 50 sites: 20,000 rows filtered out, 5 ms
+instead of 0.04 ms); a user with one order every order (40,000, 10 ms).
+
+Each list is now one statement per shape, chosen by the service (``ListOwnSites`` / ``ListAllSites``;
+``ListUserOrders`` / ``ListOrdersWithStatus`` / ``ListAllOrders``). What these tests check is the plan
+the statement gets for any parameters (``explain (generic_plan)``), and the rows it reads when forced
+to use it (``plan_cache_mode``), not a duration: a member's list reads that member's index range, no
+other owner's rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection, AsyncRawCursor, sql
+
+from app.db import orders as order_queries
+from app.db import sites as site_queries
+from tests.factories import plan_nodes, plan_rows_read, plan_scans
+
+OWNERS = 400
+SITES_EACH = 50
+ORDERS_EACH = 100
+
+
+async def make_crowd(db: AsyncConnection[Any], users: int) -> list[int]:
+    """``users`` members, inserted in one statement."""
+    rows = await (
+        await db.execute(
+            "insert into users (email, display_name, password_hash)"
+            " select 'crowd' || n || '@example.com', 'crowd ' || n, 'x' from generate_series(1, %s) n"
+            " returning id",
+            (users,),
+        )
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def generic_plan(db: AsyncConnection[Any], statement: str) -> dict[str, Any]:
+    """The plan PostgreSQL makes for ``statement`` whatever its parameters (a prepared statement's
+    generic plan)."""
+    async with AsyncRawCursor(db) as cur:
+        await cur.execute("explain (generic_plan, format json) " + statement)
+        row = await cur.fetchone()
+        assert row is not None
+        plan: dict[str, Any] = row[0][0]["Plan"]
+        return plan
+
+
+async def run_generic(db: AsyncConnection[Any], statement: str, arguments: tuple[Any, ...]) -> dict[str, Any]:
+    """``statement`` executed with ``arguments`` under its generic plan (EXPLAIN ANALYZE of a
+    prepared statement, ``plan_cache_mode = force_generic_plan``)."""
+    literals = sql.SQL(", ").join(sql.Literal(argument) for argument in arguments)
+    async with db.transaction(force_rollback=True):
+        await db.execute("prepare measured as " + statement, prepare=False)
+        await db.execute("set local plan_cache_mode = force_generic_plan", prepare=False)
+        explained = sql.SQL("explain (analyze, format json) execute measured ({})").format(literals)
+        row = await (await db.execute(explained, prepare=False)).fetchone()
+        await db.execute("deallocate measured", prepare=False)
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return plan
+
+
+def problems_of(plan: dict[str, Any], table: str, column: str, index: str, label: str) -> list[str]:
+    """What is wrong with a plan that must read ``table`` only through ``index``, bounded by
+    ``column``: a scan of it that is not an index range on ``column`` (the primary key walked with
+    ``column`` as a filter, or a sequential scan)."""
+    problems = []
+    scans = plan_scans(plan, table)
+    if not scans:
+        problems.append(f"{label}: does not read {table}")
+    for node in scans:
+        bounded = column in str(node.get("Index Cond", "")) and node.get("Index Name") == index
+        if not bounded:
+            problems.append(
+                f"{label}: {node['Node Type']} on {node.get('Index Name', table)},"
+                f" filter {node.get('Filter', '-')}"
+            )
+    return problems
+
+
+def rows_read(plan: dict[str, Any], table: str) -> int:
+    return sum(plan_rows_read(node) for node in plan_nodes(plan) if node.get("Relation Name") == table)
+
+
+async def test_a_members_sites_are_read_from_their_range_whatever_the_plan(db: AsyncConnection[Any]) -> None:
+    owners = await make_crowd(db, OWNERS + 1)
+    member, crowd = owners[0], owners[1:]
+    await db.execute(
+        "insert into sites (owner_id, domain, ingest_key)"
+        " select o, 'crowd.example.com', md5(o::text || '/' || n) || 'k'"
+        " from unnest(%s::bigint[]) o, generate_series(1, %s) n",
+        (crowd, SITES_EACH),
+    )
+    await db.execute(
+        "insert into sites (owner_id, domain, ingest_key)"
+        " select %s, 'mine.example.com', md5('mine' || n) from generate_series(1, 2) n",
+        (member,),
+    )
+    await db.execute("analyze users, sites")
+
+    statement = site_queries.LIST_OWN_SITES
+    plan = await generic_plan(db, statement)
+    assert problems_of(plan, "sites", "owner_id", "sites_owner_idx", "generic plan") == []
+
+    measured = await run_generic(db, statement, (member, 0, 51))
+    assert measured["Actual Rows"] == 2
+    assert rows_read(measured, "sites") == 2  # that member's two sites: none of the 20,000 others
+
+    # the administrators' list has no owner to bound it: every site in id order, one page of them
+    everyone = await run_generic(db, site_queries.LIST_ALL_SITES, (0, 51))
+    assert everyone["Actual Rows"] == 51
+
+
+async def test_a_users_orders_are_read_from_their_range_whatever_the_plan(db: AsyncConnection[Any]) -> None:
+    users = await make_crowd(db, OWNERS + 1)
+    buyer, crowd = users[0], users[1:]
+    await db.execute(
+        "insert into orders (user_id, status, total, currency)"
+        " select u, case when n = 1 then 'cancelled' else 'paid' end::order_status, 10, 'EUR'"
+        " from generate_series(1, %s) n, unnest(%s::bigint[]) u",
+        (ORDERS_EACH, crowd),
+    )
+    await db.execute(
+        "insert into orders (user_id, status, total, currency) values (%s, 'pending', 10, 'EUR')", (buyer,)
+    )
+    await db.execute("analyze users, orders")
+    first_page = 2**63 - 1
+
+    statement = order_queries.LIST_USER_ORDERS
+    plan = await generic_plan(db, statement)
+    assert problems_of(plan, "orders", "user_id", "orders_user_idx", "generic plan") == []
+    for status in (None, "pending", "paid"):
+        measured = await run_generic(db, statement, (buyer, status, first_page, 51))
+        assert measured["Actual Rows"] == (0 if status == "paid" else 1)
+        assert rows_read(measured, "orders") == 1, status  # the buyer's one order: no one else's
+
+    # an administrator's list of one status reads that status's range (400 of 40,000 are cancelled)
+    by_status = order_queries.LIST_ORDERS_WITH_STATUS
+    plan = await generic_plan(db, by_status)
+    assert problems_of(plan, "orders", "status", "orders_status_idx", "generic plan") == []
+    measured = await run_generic(db, by_status, ("cancelled", first_page, 500))
+    assert measured["Actual Rows"] == OWNERS
+    assert rows_read(measured, "orders") == OWNERS
+
+    everyone = await run_generic(db, order_queries.LIST_ALL_ORDERS, (first_page, 51))
+    assert everyone["Actual Rows"] == 51
