@@ -86,6 +86,8 @@ class SiteService:
         self.db = db
         self.accounts = accounts
         self.sites_per_user_max = settings.sites_per_user_max
+        self._zones_known: set[str] = set()
+        """Zones PostgreSQL's tz database has, as it answered this process (``create``)."""
         conninfo, connect_kwargs = db.pool.conninfo, db.pool.kwargs
         assert isinstance(conninfo, str) and isinstance(connect_kwargs, dict), "a static pool configuration"
         self.deleted: Revocations[str] = Revocations(
@@ -122,8 +124,7 @@ class SiteService:
         the same ingest key). A zone PostgreSQL does not know is ``UnsupportedTimeZoneError``."""
         zone = str(data.timezone)
         async with self.db.transaction() as uow:
-            if not await queries.database_knows_time_zone(uow.conn, name=zone):
-                raise UnsupportedTimeZoneError(zone)
+            await self._require_zone(uow, zone)
             await queries.lock_site_owner(uow.conn, owner_id=owner_id)
             owned = await queries.count_owned_sites(uow.conn, owner_id=owner_id)
             if owned is not None and owned >= self.sites_per_user_max:
@@ -187,6 +188,19 @@ class SiteService:
             await queries.forget_retired_keys(uow.conn, kept_s=DELETIONS_KEPT_S)
             self._refuse_here_after_commit(uow, site.ingest_key)
             return rotated
+
+    async def _require_zone(self, uow: UnitOfWork, zone: str) -> None:
+        """``UnsupportedTimeZoneError`` unless PostgreSQL's tz database has ``zone``. The API's
+        ``TimeZone`` admits Python's zones only (validated at decoding); PostgreSQL's check reads its
+        tz directory from disk (``pg_timezone_names``, ~45 ms), so a zone it knows is remembered for
+        the process: its zones do not change while it runs (only an upgrade of the server changes
+        them, and tz data keeps a retired name as a link). A zone it lacks is asked again each time:
+        an upgraded server may know it the next time. Bounded: only zones PostgreSQL has are kept."""
+        if zone in self._zones_known:
+            return
+        if not await queries.database_knows_time_zone(uow.conn, name=zone):
+            raise UnsupportedTimeZoneError(zone)
+        self._zones_known.add(zone)
 
     async def _require_writer(self, uow: UnitOfWork, caller: CurrentUser, site: Site) -> None:
         """Another's site is an administrator's write, which the actor's row decides (not the token's
