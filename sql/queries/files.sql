@@ -10,10 +10,13 @@ returning *;
 select * from project_files where id = @id and project_id = @project_id;
 
 -- name: ListProjectFiles :many
--- Newest first, keyset by id (index project_files_project_idx, scanned backwards).
+-- Newest first, keyset by id (index project_files_project_idx, scanned backwards; before_id = max
+-- bigint for the first page). Not an optional cursor (`before_id is null or id < before_id`): a
+-- prepared statement's generic plan could not bound the scan by it and read every newer file of the
+-- project to reach a page (the last page of 1,000 files: 1,000 rows for 51).
 select * from project_files
 where project_id = @project_id
-  and (sqlc.narg(before_id)::bigint is null or id < sqlc.narg(before_id)::bigint)
+  and id < @before_id
 order by id desc
 limit @row_limit;
 

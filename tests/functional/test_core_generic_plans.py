@@ -12,6 +12,9 @@ Each list is now one statement per shape, chosen by the service (``ListOwnSites`
 the statement gets for any parameters (``explain (generic_plan)``), and the rows it reads when forced
 to use it (``plan_cache_mode``), not a duration: a member's list reads that member's index range, no
 other owner's rows.
+
+The same shape on a cursor (``before_id is null or id < before_id``, a project's files): the generic
+plan could not bound the scan by it, and a page read every newer file of the project.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import Any
 
 from psycopg import AsyncConnection, AsyncRawCursor, sql
 
+from app.db import files as file_queries
 from app.db import orders as order_queries
 from app.db import sites as site_queries
-from tests.factories import plan_nodes, plan_rows_read, plan_scans
+from tests.factories import make_project, plan_nodes, plan_rows_read, plan_scans
 
 OWNERS = 400
 SITES_EACH = 50
@@ -152,3 +156,27 @@ async def test_a_users_orders_are_read_from_their_range_whatever_the_plan(db: As
 
     everyone = await run_generic(db, order_queries.LIST_ALL_ORDERS, (first_page, 51))
     assert everyone["Actual Rows"] == 51
+
+
+async def test_a_page_of_files_is_read_from_its_cursor_whatever_the_plan(db: AsyncConnection[Any]) -> None:
+    (owner,) = await make_crowd(db, 1)
+    projects = [await make_project(db, owner) for _ in range(100)]
+    await db.execute(
+        "insert into project_files"
+        " (project_id, uploaded_by, filename, content_type, size_bytes, sha256, storage_key)"
+        " select p, %s, 'f.txt', 'text/plain', 1, repeat('a', 64), md5(p || '/' || n)"
+        " from unnest(%s::bigint[]) p, generate_series(1, 100) n",
+        (owner, projects),
+    )
+    await db.execute("analyze project_files")
+    row = await (
+        await db.execute("select min(id) from project_files where project_id = %s", (projects[2],))
+    ).fetchone()
+    assert row is not None
+
+    statement = file_queries.LIST_PROJECT_FILES
+    plan = await generic_plan(db, statement)
+    assert problems_of(plan, "project_files", "id <", "project_files_project_idx", "generic plan") == []
+    last_page = await run_generic(db, statement, (projects[2], row[0] + 21, 21))
+    assert last_page["Actual Rows"] == 21
+    assert rows_read(last_page, "project_files") == 21  # not the 79 newer files of the project too

@@ -39,6 +39,9 @@ from app.domains.projects.services import ProjectService
 
 log = structlog.get_logger("app.files")
 
+FIRST_PAGE = 2**63 - 1
+"""``before_id`` of a list's first page: above every id."""
+
 UPLOADED = "file.uploaded"
 DELETED = "file.deleted"
 
@@ -310,7 +313,10 @@ class FileService:
         async with self.db.transaction() as uow:
             await self.projects.require_role(uow, user_id, project_id, ProjectRole.VIEWER)
             return await queries.list_project_files(
-                uow.conn, project_id=project_id, before_id=before_id, row_limit=limit
+                uow.conn,
+                project_id=project_id,
+                before_id=FIRST_PAGE if before_id is None else before_id,
+                row_limit=limit,
             )
 
     async def locate(self, user_id: int, project_id: int, file_id: int) -> tuple[ProjectFile, OpenedFile]:
