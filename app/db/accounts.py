@@ -150,24 +150,72 @@ async def admin_update_user(
 
 LIST_USERS = """\
 select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users
-where ($1::user_role is null or role = $1::user_role)
-  and ($2::boolean is null or is_active = $2::boolean)
-  and id > $3
+where ($1::boolean is null or is_active = $1::boolean)
+  and id > $2
 order by id
-limit $4"""
+limit $3"""
 
 
 async def list_users(
     conn: AsyncConnection[Any],
     *,
-    role: UserRole | None,
     is_active: bool | None,
     after_id: int,
     row_limit: int,
 ) -> list[User]:
-    """Keyset pagination by id; role and active are optional filters."""
+    """Keyset pagination by id; active is an optional filter (no index starts with it: every plan, custom
+    or generic, walks the ids). A role is another statement (ListUsersWithRole...), chosen by the
+    caller: a prepared statement's generic plan serving an optional role walked users_pkey with the
+    role as a filter, every user to list the few administrators."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
-        await cur.execute(LIST_USERS, (role, is_active, after_id, row_limit))
+        await cur.execute(LIST_USERS, (is_active, after_id, row_limit))
+        return await cur.fetchall()
+
+
+LIST_USERS_WITH_ROLE = """\
+select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users
+where role >= $1 and role <= $1
+  and id > $2
+order by role, id
+limit $3"""
+
+
+async def list_users_with_role(
+    conn: AsyncConnection[Any],
+    *,
+    role: UserRole,
+    after_id: int,
+    row_limit: int,
+) -> list[User]:
+    """One role's users by id: that role's range of users_role_id_idx. The role is a range of one value,
+    not `role = @role`: with an equality the planner drops `role` from the order, and the generic plan
+    (which prices either role at half the users) walks users_pkey with the role as a filter."""
+    async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
+        await cur.execute(LIST_USERS_WITH_ROLE, (role, after_id, row_limit))
+        return await cur.fetchall()
+
+
+LIST_USERS_WITH_ROLE_AND_STATE = """\
+select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users
+where role >= $1 and role <= $1
+  and is_active = $2
+  and id > $3
+order by role, id
+limit $4"""
+
+
+async def list_users_with_role_and_state(
+    conn: AsyncConnection[Any],
+    *,
+    role: UserRole,
+    is_active: bool,
+    after_id: int,
+    row_limit: int,
+) -> list[User]:
+    """One role's active (or inactive) users by id: that range of users_role_active_idx (a range of one
+    role, as in ListUsersWithRole)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
+        await cur.execute(LIST_USERS_WITH_ROLE_AND_STATE, (role, is_active, after_id, row_limit))
         return await cur.fetchall()
 
 

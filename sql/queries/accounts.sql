@@ -53,12 +53,34 @@ where id = @id
 returning *;
 
 -- name: ListUsers :many
--- Keyset pagination by id; role and active are optional filters.
+-- Keyset pagination by id; active is an optional filter (no index starts with it: every plan, custom
+-- or generic, walks the ids). A role is another statement (ListUsersWithRole...), chosen by the
+-- caller: a prepared statement's generic plan serving an optional role walked users_pkey with the
+-- role as a filter, every user to list the few administrators.
 select * from users
-where (sqlc.narg(role)::user_role is null or role = sqlc.narg(role)::user_role)
-  and (sqlc.narg(is_active)::boolean is null or is_active = sqlc.narg(is_active)::boolean)
+where (sqlc.narg(is_active)::boolean is null or is_active = sqlc.narg(is_active)::boolean)
   and id > @after_id
 order by id
+limit @row_limit;
+
+-- name: ListUsersWithRole :many
+-- One role's users by id: that role's range of users_role_id_idx. The role is a range of one value,
+-- not `role = @role`: with an equality the planner drops `role` from the order, and the generic plan
+-- (which prices either role at half the users) walks users_pkey with the role as a filter.
+select * from users
+where role >= @role and role <= @role
+  and id > @after_id
+order by role, id
+limit @row_limit;
+
+-- name: ListUsersWithRoleAndState :many
+-- One role's active (or inactive) users by id: that range of users_role_active_idx (a range of one
+-- role, as in ListUsersWithRole).
+select * from users
+where role >= @role and role <= @role
+  and is_active = @is_active
+  and id > @after_id
+order by role, id
 limit @row_limit;
 
 -- name: CountUsers :one

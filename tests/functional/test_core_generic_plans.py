@@ -13,6 +13,9 @@ the statement gets for any parameters (``explain (generic_plan)``), and the rows
 to use it (``plan_cache_mode``), not a duration: a member's list reads that member's index range, no
 other owner's rows.
 
+An administrator's list of users took an optional role the same way (``ListUsers``): listing the 3
+administrators among 20,000 users read all 20,000.
+
 The same shape on a cursor (``before_id is null or id < before_id``, a project's files): the generic
 plan could not bound the scan by it, and a page read every newer file of the project.
 """
@@ -23,6 +26,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, AsyncRawCursor, sql
 
+from app.db import accounts as account_queries
 from app.db import files as file_queries
 from app.db import orders as order_queries
 from app.db import sites as site_queries
@@ -180,3 +184,28 @@ async def test_a_page_of_files_is_read_from_its_cursor_whatever_the_plan(db: Asy
     last_page = await run_generic(db, statement, (projects[2], row[0] + 21, 21))
     assert last_page["Actual Rows"] == 21
     assert rows_read(last_page, "project_files") == 21  # not the 79 newer files of the project too
+
+
+async def test_an_administrators_list_of_one_role_reads_that_roles_range_whatever_the_plan(
+    db: AsyncConnection[Any],
+) -> None:
+    users = await make_crowd(db, 20_000)
+    await db.execute("update users set role = 'admin' where id = any(%s)", (users[:3],))
+    await db.execute("update users set is_active = false where id = any(%s)", (users[3:10],))
+    await db.execute("analyze users")
+
+    with_role = account_queries.LIST_USERS_WITH_ROLE
+    plan = await generic_plan(db, with_role)
+    assert problems_of(plan, "users", "role", "users_role_id_idx", "generic plan") == []
+    admins = await run_generic(db, with_role, ("admin", 0, 51))
+    assert admins["Actual Rows"] == 3
+    assert rows_read(admins, "users") == 3  # not the 20,000 users
+    members = await run_generic(db, with_role, ("member", 0, 51))
+    assert rows_read(members, "users") == 51
+
+    with_state = account_queries.LIST_USERS_WITH_ROLE_AND_STATE
+    plan = await generic_plan(db, with_state)
+    assert problems_of(plan, "users", "is_active", "users_role_active_idx", "generic plan") == []
+    inactive = await run_generic(db, with_state, ("member", False, 0, 51))
+    assert inactive["Actual Rows"] == 7
+    assert rows_read(inactive, "users") == 7
