@@ -29,6 +29,7 @@ from psycopg import AsyncConnection, AsyncRawCursor, sql
 from app.db import accounts as account_queries
 from app.db import files as file_queries
 from app.db import orders as order_queries
+from app.db import projects as project_queries
 from app.db import sites as site_queries
 from tests.factories import make_project, plan_nodes, plan_rows_read, plan_scans
 
@@ -209,3 +210,53 @@ async def test_an_administrators_list_of_one_role_reads_that_roles_range_whateve
     inactive = await run_generic(db, with_state, ("member", False, 0, 51))
     assert inactive["Actual Rows"] == 7
     assert rows_read(inactive, "users") == 7
+
+
+async def test_a_members_projects_are_read_from_their_memberships(db: AsyncConnection[Any]) -> None:
+    """A member of 30 of 30,000 projects: the page is read from the member's memberships, then each
+    project by its key; the join walked every project in id order and probed the member's
+    memberships for each (30,000 projects read for 30; review)."""
+    owner, member = await make_crowd(db, 2)
+    rows = await (
+        await db.execute(
+            "insert into projects (name, owner_id) select 'crowd ' || n, %s from generate_series(1, 30000) n"
+            " returning id",
+            (owner,),
+        )
+    ).fetchall()
+    projects = [row[0] for row in rows]
+    joined = projects[::1000]
+    await db.execute(
+        "insert into project_members (project_id, user_id, role)"
+        " select p, %s, 'owner' from unnest(%s::bigint[]) p",
+        (owner, projects),
+    )
+    await db.execute(
+        "insert into project_members (project_id, user_id, role)"
+        " select p, %s, 'viewer' from unnest(%s::bigint[]) p",
+        (member, joined),
+    )
+    await db.execute("analyze projects, project_members")
+
+    statement = project_queries.LIST_MEMBER_PROJECTS
+    for label, measured in (
+        ("custom", await run_custom(db, statement, (member, 0, None, 51))),
+        ("generic", await run_generic(db, statement, (member, 0, None, 51))),
+    ):
+        assert measured["Actual Rows"] == len(joined), label
+        assert rows_read(measured, "projects") == len(joined), label
+        assert rows_read(measured, "project_members") == len(joined), label
+
+
+async def run_custom(db: AsyncConnection[Any], statement: str, arguments: tuple[Any, ...]) -> dict[str, Any]:
+    """``statement`` executed with ``arguments`` under the plan made for them (a custom plan)."""
+    literals = sql.SQL(", ").join(sql.Literal(argument) for argument in arguments)
+    async with db.transaction(force_rollback=True):
+        await db.execute("prepare measured as " + statement, prepare=False)
+        await db.execute("set local plan_cache_mode = force_custom_plan", prepare=False)
+        explained = sql.SQL("explain (analyze, format json) execute measured ({})").format(literals)
+        row = await (await db.execute(explained, prepare=False)).fetchone()
+        await db.execute("deallocate measured", prepare=False)
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return plan
