@@ -1,6 +1,6 @@
 -- migrate:up
 -- A text file's character encoding (`charset`), recorded at upload: the one its part declared (a
--- codec Python knows, as a plain token, lower-cased), or `utf-8` when the whole body is valid UTF-8
+-- character set browsers decode, by its WHATWG name), or `utf-8` when the whole body is valid UTF-8
 -- (a declared UTF-8 is checked too); null when unknown or not text. Downloads label text with it,
 -- and text without it with its bare media type (Litestar otherwise appended `charset=utf-8` to every
 -- text type, whatever the bytes: a Windows-1252 CSV was shown as mojibake).

@@ -225,8 +225,8 @@ class ProjectFilesController(Controller):
         "removed as stale (FILE_TEMP_MAX_AGE_S) before it could be stored: nothing was kept, send it "
         "again. 400 `client-disconnected` when the client goes away before the body is complete. A text "
         "file's `charset` (kept, and labelling its downloads) is the one its part declares (`Content-Type: "
-        "text/csv; charset=windows-1252`) when it names a known character set (a label of at most 40 "
-        "letters, digits and `-_.:`), lower-cased; otherwise, or when the declared one is UTF-8, "
+        "text/csv; charset=cp1252`) when it names a character set browsers decode, stated by its WHATWG "
+        "name (`windows-1252`, `iso-8859-1`, `shift_jis`, …); otherwise, or when the declared one is UTF-8, "
         "`utf-8` if the whole file is valid UTF-8, else null (unknown). Other types: null.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.

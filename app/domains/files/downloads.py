@@ -56,10 +56,6 @@ class RangeNotSatisfiableError(AppError):
     title = "Range not satisfiable"
 
 
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-"""RFC 9110 5.6.2's token: a parameter value that needs no quotes."""
-
-
 def content_type(media_type: str, charset: str | None) -> str:
     """A download's ``Content-Type``: a text type with the charset recorded at upload, else the bare
     type. Passed as a header, since Litestar's ``File`` appends ``; charset=utf-8`` to every ``text/*``
@@ -67,9 +63,7 @@ def content_type(media_type: str, charset: str | None) -> str:
     better left to the client (which sniffs, or asks) than labelled wrongly."""
     if charset is None or not media_type.startswith("text/"):
         return media_type
-    # A kept label is a token but may hold ":" (``iso_8859-1:1987``), which a token may not.
-    value = charset if _TOKEN.fullmatch(charset) else f'"{charset}"'
-    return f"{media_type}; charset={value}"
+    return f"{media_type}; charset={charset}"  # a WHATWG name (``storage._CHARSETS``): a token
 
 
 def strong_etag(sha256: str) -> str:

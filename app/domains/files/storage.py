@@ -82,12 +82,39 @@ _STORAGE_KEY = re.compile(r"^[1-9][0-9]*/[0-9a-f]{32}$")
 # Control, format (bidi overrides, zero-width), surrogate, unassigned and line/paragraph separators.
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
 _CHARSET_LABEL = re.compile(r"[A-Za-z0-9._:-]{1,40}")
-"""A declared charset kept as a label: a plain token (IANA names such as ``ISO_8859-1:1987`` included)."""
-_NOT_CHARSETS = frozenset(
-    {"undefined", "idna", "punycode", "unicode-escape", "raw-unicode-escape", "charmap"}
-)
-"""Codecs Python knows that are no character set a client knows (by their ``CodecInfo.name``)."""
-_UTF_8 = frozenset({"utf-8", "utf-8-sig"})
+"""A declared charset worth looking up: a plain token (IANA names such as ``ISO_8859-1:1987`` included)."""
+_CHARSETS: dict[str, str] = {
+    **{f"iso8859-{n}": f"iso-8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15, 16)},
+    **{f"cp125{n}": f"windows-125{n}" for n in range(9)},
+    "ascii": "us-ascii",
+    "cp874": "windows-874",
+    "tis-620": "windows-874",
+    "cp866": "ibm866",
+    "koi8-r": "koi8-r",
+    "koi8-u": "koi8-u",
+    "mac-roman": "macintosh",
+    "mac-cyrillic": "x-mac-cyrillic",
+    "shift_jis": "shift_jis",
+    "cp932": "shift_jis",
+    "euc_jp": "euc-jp",
+    "iso2022_jp": "iso-2022-jp",
+    "euc_kr": "euc-kr",
+    "cp949": "euc-kr",
+    "gb2312": "gbk",
+    "gbk": "gbk",
+    "gb18030": "gb18030",
+    "big5": "big5",
+    "big5hkscs": "big5",
+    "utf-16-le": "utf-16le",
+    "utf-16-be": "utf-16be",
+    "utf-16": "utf-16",
+}
+"""Python's name of a codec (``codecs.lookup(label).name``) → the name a download states: the WHATWG
+Encoding Standard's name for it, the one every browser knows. A client's own spelling is not repeated:
+Python accepts many that browsers do not (``latin-1``, ``8859``, ``windows:1252``), and a label they do
+not know is the mojibake a charset is kept to prevent. A codec not listed (UTF-7, EBCDIC, ``hz``,
+Python's own ``base64`` or ``unicode_escape``) counts as undeclared, as does UTF-8 (checked against the
+bytes instead)."""
 
 
 class InvalidUploadError(AppError):
@@ -169,19 +196,17 @@ def media_type_of(value: str | None) -> str:
 
 
 def declared_charset(label: str | None) -> str | None:
-    """A part's declared ``charset`` parameter as it is kept (lower-cased), or None when there is none
-    to trust: not a plain token of at most 40 characters, a codec Python does not know or that is no
-    character set (``base64``, ``rot13``, ``idna`` …), or any name of UTF-8, which is checked against
-    the bytes instead (a label that lies about UTF-8 is not repeated)."""
+    """The charset a part declares, by the name a download states it (``_CHARSETS``), or None when
+    there is none to trust: not a plain token of at most 40 characters, a codec Python does not know
+    or that no browser decodes, or any name of UTF-8, which is checked against the bytes instead (a
+    label that lies about UTF-8 is not repeated)."""
     if label is None or _CHARSET_LABEL.fullmatch(label) is None:
         return None
     try:
         codec = codecs.lookup(label)
     except LookupError:
         return None
-    if not codec._is_text_encoding or codec.name in _NOT_CHARSETS or codec.name in _UTF_8:
-        return None
-    return label.lower()
+    return _CHARSETS.get(codec.name)
 
 
 class _Utf8Check:
