@@ -39,11 +39,13 @@ async def get_product(conn: AsyncConnection[Any], *, id: int) -> Product | None:
         return await cur.fetchone()
 
 
-LOCK_PRODUCT = "select id, sku, name, description, price, stock, active, created_at, updated_at, version from products where id = $1 for update"
+LOCK_PRODUCT = "select id, sku, name, description, price, stock, active, created_at, updated_at, version from products where id = $1 for no key update"
 
 
 async def lock_product(conn: AsyncConnection[Any], *, id: int) -> Product | None:
-    """Held until the commit by a change that compares If-Match with the version it reads here."""
+    """Held until the commit by a change that compares If-Match with the version it reads here. The lock
+    an update takes anyway (FOR NO KEY UPDATE): FOR UPDATE would also make every order placed meanwhile
+    wait, whose item's foreign-key check takes FOR KEY SHARE on the product."""
     async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
         await cur.execute(LOCK_PRODUCT, (id,))
         return await cur.fetchone()

@@ -8,8 +8,10 @@ returning *;
 select * from products where id = @id;
 
 -- name: LockProduct :one
--- Held until the commit by a change that compares If-Match with the version it reads here.
-select * from products where id = @id for update;
+-- Held until the commit by a change that compares If-Match with the version it reads here. The lock
+-- an update takes anyway (FOR NO KEY UPDATE): FOR UPDATE would also make every order placed meanwhile
+-- wait, whose item's foreign-key check takes FOR KEY SHARE on the product.
+select * from products where id = @id for no key update;
 
 -- name: UpdateProduct :one
 update products

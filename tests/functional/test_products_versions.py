@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.core.services import Services
+from app.db import products as product_queries
 from app.domains.products.services import ProductService
 from tests.factories import COMMERCE, Client, answer_racing, assert_problem, make_user
 
@@ -123,6 +124,21 @@ async def test_if_match_is_compared_under_the_row_lock(
     )
     assert_problem(answer, 412, "precondition-failed")
     assert await stored(db, product_id) == ("Widget", Decimal("99.00"), True, 5, 2)
+
+
+async def test_the_if_match_lock_lets_orders_refer_to_the_product(
+    client: Client, db: AsyncConnection[Any], admin: dict[str, str], database_url: str
+) -> None:
+    """The lock an If-Match change holds (``LockProduct``) is the one a plain update takes (``FOR NO KEY
+    UPDATE``): an order placed meanwhile takes ``FOR KEY SHARE`` on the product for its item's foreign
+    key, which ``FOR UPDATE`` would have made wait for the administrator's commit (review)."""
+    product_id = (await create(client, admin)).json()["id"]
+    async with await AsyncConnection.connect(database_url) as admin_tx:
+        assert await product_queries.lock_product(admin_tx, id=product_id) is not None
+        # as an order item's foreign-key check locks the product; NOWAIT: refused at once if it conflicts
+        cursor = await db.execute("select id from products where id = %s for key share nowait", (product_id,))
+        assert await cursor.fetchone() == (product_id,)
+        await admin_tx.rollback()
 
 
 async def test_if_match_lists_any_malformed_and_unknown(
