@@ -49,8 +49,15 @@ def _price(value: float | None) -> Decimal | None:
 
 
 def _with_etag(product: ProductOut, status_code: int | None = None) -> Response[ProductOut]:
-    """The product and its ``ETag``, the version an administrator sends back in ``If-Match``."""
-    return Response(product, headers={"ETag": etag(product.version)}, status_code=status_code)
+    """The product and its ``ETag``, the version an administrator sends back in ``If-Match``.
+
+    The version is that of the product's details (name, description, price, ``active``): its stock
+    and ``updated_at`` move under the same tag (else every sale would refuse an administrator's form,
+    412). So the answer is ``no-cache``: a cache holding it must ask again before reusing it, and is
+    answered the product as it is now (this route answers no 304), never an old stock under a tag
+    that still matches (review: RFC 9110 8.8.1 wants a strong tag to change with the body)."""
+    headers = {"ETag": etag(product.version), "Cache-Control": "no-cache"}
+    return Response(product, headers=headers, status_code=status_code)
 
 
 def _is_admin(request: Request[Any, Any, Any]) -> bool:
@@ -102,8 +109,10 @@ class ProductsController(Controller):
         "/{product_id:int}",
         summary="A product",
         description='Answers the product\'s `ETag` (`"<version>"`): an administrator sends it as `If-Match` '
-        "with a change. Read by an administrator it is always current; others may read the product as it "
-        "was up to the catalogue cache's lifetime ago.",
+        "with a change. It versions the product's name, description, price and `active`, not its stock: "
+        "stock moves under the same `ETag`, so the answer is `Cache-Control: no-cache`. Read by an "
+        "administrator it is always current; others may read the product as it was up to the catalogue "
+        "cache's lifetime ago.",
         response_headers=[ETAG_HEADER],
         responses=problems(401, 404, 429),
     )
