@@ -65,10 +65,21 @@ async def generic_plan(db: AsyncConnection[Any], statement: str) -> dict[str, An
 async def run_generic(db: AsyncConnection[Any], statement: str, arguments: tuple[Any, ...]) -> dict[str, Any]:
     """``statement`` executed with ``arguments`` under its generic plan (EXPLAIN ANALYZE of a
     prepared statement, ``plan_cache_mode = force_generic_plan``)."""
+    return await run_planned(db, statement, arguments, "force_generic_plan")
+
+
+async def run_custom(db: AsyncConnection[Any], statement: str, arguments: tuple[Any, ...]) -> dict[str, Any]:
+    """``statement`` executed with ``arguments`` under the plan made for them (a custom plan)."""
+    return await run_planned(db, statement, arguments, "force_custom_plan")
+
+
+async def run_planned(
+    db: AsyncConnection[Any], statement: str, arguments: tuple[Any, ...], plan_cache_mode: str
+) -> dict[str, Any]:
     literals = sql.SQL(", ").join(sql.Literal(argument) for argument in arguments)
     async with db.transaction(force_rollback=True):
         await db.execute("prepare measured as " + statement, prepare=False)
-        await db.execute("set local plan_cache_mode = force_generic_plan", prepare=False)
+        await db.execute(sql.SQL("set local plan_cache_mode = {}").format(sql.Literal(plan_cache_mode)))
         explained = sql.SQL("explain (analyze, format json) execute measured ({})").format(literals)
         row = await (await db.execute(explained, prepare=False)).fetchone()
         await db.execute("deallocate measured", prepare=False)
@@ -246,17 +257,3 @@ async def test_a_members_projects_are_read_from_their_memberships(db: AsyncConne
         assert measured["Actual Rows"] == len(joined), label
         assert rows_read(measured, "projects") == len(joined), label
         assert rows_read(measured, "project_members") == len(joined), label
-
-
-async def run_custom(db: AsyncConnection[Any], statement: str, arguments: tuple[Any, ...]) -> dict[str, Any]:
-    """``statement`` executed with ``arguments`` under the plan made for them (a custom plan)."""
-    literals = sql.SQL(", ").join(sql.Literal(argument) for argument in arguments)
-    async with db.transaction(force_rollback=True):
-        await db.execute("prepare measured as " + statement, prepare=False)
-        await db.execute("set local plan_cache_mode = force_custom_plan", prepare=False)
-        explained = sql.SQL("explain (analyze, format json) execute measured ({})").format(literals)
-        row = await (await db.execute(explained, prepare=False)).fetchone()
-        await db.execute("deallocate measured", prepare=False)
-    assert row is not None
-    plan: dict[str, Any] = row[0][0]["Plan"]
-    return plan
