@@ -28,6 +28,8 @@ R = TypeVar("R")
 C = TypeVar("C", bound=msgspec.Struct)
 
 MAX_PAGE_SIZE = 100
+BEFORE_EVERY_ID = 2**63 - 1
+"""``before_id`` of a newest-first list's first page: past every id (the largest ``bigint``)."""
 CURSOR_DIGITS = 16
 """Digits of a cursor's integers: below 10^16, inside every JSON client's exact range and bigint's."""
 
@@ -133,6 +135,7 @@ def _is_int(annotation: object) -> bool:
 
 
 __all__ = [
+    "BEFORE_EVERY_ID",
     "MAX_PAGE_SIZE",
     "CursorParam",
     "IdCursor",

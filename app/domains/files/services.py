@@ -25,6 +25,7 @@ import structlog
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
 from app.core.middleware import MULTIPART_OVERHEAD
+from app.core.pagination import BEFORE_EVERY_ID
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
 from app.domains.activity.events import emit
@@ -38,9 +39,6 @@ from app.domains.files.storage import FileStorage, OpenedFile, StagedFile
 from app.domains.projects.services import ProjectService
 
 log = structlog.get_logger("app.files")
-
-FIRST_PAGE = 2**63 - 1
-"""``before_id`` of a list's first page: above every id."""
 
 UPLOADED = "file.uploaded"
 DELETED = "file.deleted"
@@ -315,7 +313,7 @@ class FileService:
             return await queries.list_project_files(
                 uow.conn,
                 project_id=project_id,
-                before_id=FIRST_PAGE if before_id is None else before_id,
+                before_id=BEFORE_EVERY_ID if before_id is None else before_id,
                 row_limit=limit,
             )
 

@@ -43,6 +43,7 @@ from app.config import Settings
 from app.core.db import Database, UnitOfWork, purge_tables
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
 from app.core.logging import OncePerInterval, error_message
+from app.core.pagination import BEFORE_EVERY_ID
 from app.db import monitoring as queries
 from app.db.models import (
     MonitoringCronMonitor,
@@ -1000,7 +1001,7 @@ class MonitoringService:
             latest=next(
                 iter(
                     await queries.list_group_events(
-                        uow.conn, group_ids=members, before_id=2**63 - 1, row_limit=1
+                        uow.conn, group_ids=members, before_id=BEFORE_EVERY_ID, row_limit=1
                     )
                 ),
                 None,

@@ -16,7 +16,7 @@ from app.core.auth import Caller, requires_admin, requires_user
 from app.core.errors import Problem
 from app.core.idempotency import REPLAYED_HEADER, DocumentsIdempotency, idempotency_key_header
 from app.core.openapi import BEARER, documents_json_body, problems
-from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.pagination import BEFORE_EVERY_ID, CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath
 from app.db.models import OrderStatus
@@ -48,8 +48,6 @@ Restock = Annotated[
 """A query parameter, not an optional JSON body: the route takes no body today (buyers and
 administrators post nothing), and our strict body decoding (``app.core.routing``) decodes a Struct,
 not ``Struct | None``, which falls back to Litestar's lax conversion (``{"restock": 0}`` accepted)."""
-FIRST_PAGE = 2**63 - 1
-"""``before_id`` of the first page: past every id."""
 WEBHOOK_BODY_LIMIT = f"The body may hold at most {WEBHOOK_MAX_BODY:,} bytes (64 KiB)"
 
 
@@ -122,7 +120,7 @@ class OrdersController(Controller):
         limit: PageSize = 50,
     ) -> Page[OrderOut]:
         owner = user_id if current_user.is_admin else current_user.id
-        before_id = decode_cursor(cursor, OrderCursor).before_id if cursor else FIRST_PAGE
+        before_id = decode_cursor(cursor, OrderCursor).before_id if cursor else BEFORE_EVERY_ID
         rows = await orders.list_orders(user_id=owner, status=status, before_id=before_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: OrderCursor(row.id))
 
@@ -267,7 +265,7 @@ class PaymentRefundsController(Controller):
     async def list_refunds_due(
         self, orders: Orders, cursor: CursorParam = None, limit: PageSize = 50
     ) -> Page[PaymentRefundOut]:
-        before_id = decode_cursor(cursor, RefundCursor).before_id if cursor else FIRST_PAGE
+        before_id = decode_cursor(cursor, RefundCursor).before_id if cursor else BEFORE_EVERY_ID
         rows = await orders.list_refunds_due(before_id=before_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: RefundCursor(row.id), PaymentRefundOut.from_row)
 
