@@ -39,6 +39,16 @@ def _product_key(product_id: int) -> str:
     return f"id:{product_id}"
 
 
+async def _require_version(uow: UnitOfWork, product_id: int, if_match: IfMatch) -> None:
+    """412 unless ``if_match`` names the product's version, read under its lock (``LockProduct``),
+    which the change holds until it commits: of two changes based on one version, the second is
+    refused. 404 for no such product."""
+    locked = await queries.lock_product(uow.conn, id=product_id)
+    if locked is None:
+        raise NotFoundError("No such product.")
+    require_match(if_match, locked.version)
+
+
 class StockChangedError(ConflictError):
     slug = "stock-changed"
     title = "Stock changed"
@@ -108,10 +118,7 @@ class ProductService:
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
             if if_match is not None:
-                before = await queries.lock_product(uow.conn, id=product_id)
-                if before is None:
-                    raise NotFoundError("No such product.")
-                require_match(if_match, before.version)
+                await _require_version(uow, product_id, if_match)
             product = await queries.update_product(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
@@ -139,10 +146,7 @@ class ProductService:
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
             if if_match is not None:
-                locked = await queries.lock_product(uow.conn, id=product_id)
-                if locked is None:
-                    raise NotFoundError("No such product.")
-                require_match(if_match, locked.version)
+                await _require_version(uow, product_id, if_match)
             stock = await queries.adjust_stock(
                 uow.conn,
                 delta=data.delta,
