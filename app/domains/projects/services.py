@@ -495,19 +495,19 @@ class ProjectService:
             if await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id) is None:
                 await self._require_room(uow, user_id)  # a member already adds nothing: never refused
             member = await queries.add_member(
-                uow.conn, project_id=invitation.project_id, user_id=user_id, role=invitation.role
+                uow.conn, project_id=project_id, user_id=user_id, role=invitation.role
             )
             if member is not None:
-                self._membership_changed(uow, user_id, invitation.project_id)
+                self._membership_changed(uow, user_id, project_id)
                 await emit(
                     uow,
                     actor=user_id,
                     verb="member.joined",
                     obj=("user", user_id),
-                    project_id=invitation.project_id,
+                    project_id=project_id,
                     data={"role": member.role.value, "name": user.display_name},
                 )
-            return await self._get(uow, user_id, invitation.project_id, ProjectRole.VIEWER)
+            return await self._get(uow, user_id, project_id, ProjectRole.VIEWER)
 
     async def _require_room(self, uow: UnitOfWork, user_id: int) -> None:
         """409 ``membership-limit`` unless the user may join one more project: they are a member of
