@@ -313,16 +313,17 @@ class ProjectFilesController(Controller):
             # Not left to ``media_type``: Litestar would label every text file ``charset=utf-8``.
             "Content-Type": content_type(row.content_type, row.charset),
         }
-        if isinstance(answer, Part):
-            headers["Content-Range"] = answer.content_range
+        part = answer if isinstance(answer, Part) else None
+        if part is not None:
+            headers["Content-Range"] = part.content_range
         return File(
             opened.path,
             filename=row.filename,
             media_type=row.content_type,
             content_disposition_type="attachment",
-            file_system=opened.part(answer.first, answer.length) if isinstance(answer, Part) else opened,
+            file_system=opened if part is None else opened.part(part.first, part.length),
             etag=ETag(value=row.sha256),
-            status_code=HTTP_206_PARTIAL_CONTENT if isinstance(answer, Part) else HTTP_200_OK,
+            status_code=HTTP_200_OK if part is None else HTTP_206_PARTIAL_CONTENT,
             headers=headers,
         )
 
