@@ -135,6 +135,7 @@ else:
 
 __all__ = [
     "END",
+    "ISO_DATE",
     "MAX_ID",
     "MAX_INT4",
     "NON_BLANK",
@@ -147,6 +148,10 @@ __all__ = [
     "whole",
 ]
 
+
+ISO_DATE = whole(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+"""A calendar date as RFC 3339 writes it (``2030-01-31``), for a query parameter taken as a string:
+Python's ``date.fromisoformat`` also takes ``20300131`` and week dates (``2030-W05-4``)."""
 
 RFC3339_MOMENT = whole(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})?"

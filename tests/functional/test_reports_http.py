@@ -147,6 +147,11 @@ async def test_every_report_route_documents_its_problems(app: Litestar) -> None:
         ("summary", {"period": "custom", "from": "2020-01-01", "to": "2021-06-01"}, "to"),
         ("summary", {"period": "7d", "from": "2030-01-01"}, "from"),
         ("summary", {"period": "custom", "from": "yesterday", "to": "2030-01-01"}, "from"),
+        ("summary", {"period": "custom", "from": "20300101", "to": "2030-01-02"}, "from"),
+        ("summary", {"period": "custom", "from": "2030-01-01", "to": "2030-W01-3"}, "to"),
+        ("summary", {"period": "custom", "from": "2030-01-01", "to": "2030-001"}, "to"),
+        ("summary", {"period": "custom", "from": "2030-01-01\n", "to": "2030-01-02"}, "from"),
+        ("summary", {"period": "custom", "from": "2030-02-30", "to": "2030-03-01"}, "from"),
         ("summary", {"period": "custom", "from": "9999-12-31", "to": "9999-12-31"}, "to"),
         (
             "summary",

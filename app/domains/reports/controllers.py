@@ -12,7 +12,7 @@ from litestar.params import QueryParameter
 from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.routing import Controller
-from app.core.types import IdPath, TimeZone
+from app.core.types import ISO_DATE, IdPath, TimeZone
 from app.domains.reports.schemas import (
     BreakdownOut,
     CurrentVisitorsOut,
@@ -39,12 +39,14 @@ PeriodParam = Annotated[
         description="`today`, the last `7d` or `30d` (today included), or `custom` (`from`..`to`)"
     ),
 ]
-# Strings parsed by resolve_range, so that a bad value is reported as `from`/`to` (not the Python name).
+# Strings parsed by resolve_range, so that a bad value is reported as `from`/`to` (not the Python name):
+# the pattern is the schema's only, checked there.
 FromParam = Annotated[
     str | None,
     QueryParameter(
         name="from",
         format=OpenAPIFormat.DATE,
+        schema_extra={"pattern": ISO_DATE},
         description="First local day (period=custom only). Not before the first local day still kept "
         "whole (`ANALYTICS_RETENTION_DAYS` UTC days back): an earlier one is a 400 giving that day.",
     ),
@@ -52,7 +54,10 @@ FromParam = Annotated[
 ToParam = Annotated[
     str | None,
     QueryParameter(
-        name="to", format=OpenAPIFormat.DATE, description="Last local day, inclusive (custom only)"
+        name="to",
+        format=OpenAPIFormat.DATE,
+        schema_extra={"pattern": ISO_DATE},
+        description="Last local day, inclusive (custom only)",
     ),
 ]
 TzParam = Annotated[

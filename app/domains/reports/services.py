@@ -53,7 +53,7 @@ from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
 from app.core.db import Database, UnitOfWork, purge_tables
 from app.core.pagination import InvalidCursorError, Page, paginate
-from app.core.types import whole
+from app.core.types import ISO_DATE, whole
 from app.db import reports as queries
 from app.domains.pageviews.schemas import MAX_URL_BYTES
 from app.domains.pageviews.services import retention_first_day
@@ -140,6 +140,8 @@ def _day(field: str, value: date | str | None) -> date | None:
     if value is None or isinstance(value, date):
         return value
     try:
+        if not re.match(ISO_DATE, value):
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError as exc:
         raise invalid(field, "expected a date: YYYY-MM-DD") from exc
