@@ -871,12 +871,8 @@ select a.id, a.kind, a.rule, a.group_id, a.summary, a.digest_id, a.created_at,
                  from monitoring_deliveries d where d.alert_id = a.id), '{}')::text[] as deliveries
 from monitoring_alerts a
 where a.id < $1
-  -- a group's own alerts and, for a root, its tree's (a merged group is no root: only its own)
-  and ($2::bigint is null or a.group_id in (
-        select m.id from monitoring_groups m
-        where m.id = $2::bigint or m.root_id = $2::bigint))
 order by a.id desc
-limit $3"""
+limit $2"""
 
 
 class ListAlertsRow(msgspec.Struct, frozen=True):
@@ -890,15 +886,59 @@ class ListAlertsRow(msgspec.Struct, frozen=True):
     deliveries: list[str]
 
 
-async def list_alerts(
+async def list_alerts(conn: AsyncConnection[Any], *, before_id: int, row_limit: int) -> list[ListAlertsRow]:
+    """Every alert, newest first (the primary key). A group's are ListGroupAlerts: one statement per shape,
+    since the generic plan of an optional group filter walked every alert with the group as a filter."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListAlertsRow)) as cur:
+        await cur.execute(LIST_ALERTS, (before_id, row_limit))
+        return await cur.fetchall()
+
+
+LIST_GROUP_ALERTS = """\
+select a.id, a.kind, a.rule, a.group_id, a.summary, a.digest_id, a.created_at,
+       coalesce((select array_agg(d.status::text || ':' || d.chat_id order by d.id)
+                 from monitoring_deliveries d where d.alert_id = a.id), '{}')::text[] as deliveries
+from monitoring_alerts a
+where a.id = any(array(
+    select newest.id
+    from monitoring_groups m
+    cross join lateral (
+        select l.id from monitoring_alerts l
+        where l.group_id = m.id and l.id < $1
+        order by l.id desc
+        limit $2
+    ) newest
+    where m.id = $3 or m.root_id = $3
+    order by newest.id desc
+    limit $2))
+order by a.id desc"""
+
+
+class ListGroupAlertsRow(msgspec.Struct, frozen=True):
+    id: int
+    kind: str
+    rule: str
+    group_id: int | None
+    summary: str
+    digest_id: int | None
+    created_at: datetime
+    deliveries: list[str]
+
+
+async def list_group_alerts(
     conn: AsyncConnection[Any],
     *,
     before_id: int,
-    group_id: int | None,
     row_limit: int,
-) -> list[ListAlertsRow]:
-    async with AsyncRawCursor(conn, row_factory=args_row(ListAlertsRow)) as cur:
-        await cur.execute(LIST_ALERTS, (before_id, group_id, row_limit))
+    group_id: int,
+) -> list[ListGroupAlertsRow]:
+    """A group's own alerts and, for a root, its tree's (a merged group is no root: only its own), newest
+    first: each member's newest @row_limit ids from its range of monitoring_alerts_group_idx (read from
+    the index alone once autovacuum has seen the table: it stops at the page), the page of those, then
+    the page's rows by their key, a list no estimate can turn into a scan. Was an optional group in
+    ListAlerts: every alert read newest first with the group as a filter (4,204 for a group's 4)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListGroupAlertsRow)) as cur:
+        await cur.execute(LIST_GROUP_ALERTS, (before_id, row_limit, group_id))
         return await cur.fetchall()
 
 

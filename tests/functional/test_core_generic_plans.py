@@ -18,6 +18,10 @@ administrators among 20,000 users read all 20,000.
 
 The same shape on a cursor (``before_id is null or id < before_id``, a project's files): the generic
 plan could not bound the scan by it, and a page read every newer file of the project.
+
+Monitoring's alerts took an optional group (``ListAlerts``: a group's tree, or every alert) with no
+index on the alert's group: a group's page walked every alert newest first with the group as a
+filter, under either plan (4,000 alerts read for a group's 3). A group's list is ``ListGroupAlerts``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from psycopg import AsyncConnection, AsyncRawCursor, sql
 
 from app.db import accounts as account_queries
 from app.db import files as file_queries
+from app.db import monitoring as monitoring_queries
 from app.db import orders as order_queries
 from app.db import projects as project_queries
 from app.db import sites as site_queries
@@ -257,3 +262,64 @@ async def test_a_members_projects_are_read_from_their_memberships(db: AsyncConne
         assert measured["Actual Rows"] == len(joined), label
         assert rows_read(measured, "projects") == len(joined), label
         assert rows_read(measured, "project_members") == len(joined), label
+
+
+async def make_groups(db: AsyncConnection[Any], roots: int) -> list[int]:
+    """``roots`` monitoring groups, each the root of its own tree, inserted in one statement."""
+    rows = await (
+        await db.execute(
+            "insert into monitoring_groups"
+            " (id, root_id, kind, title, status_changed_at, first_seen_at, last_seen_at)"
+            " select n, n, 'error', 'crowd ' || n, now(), now(), now()"
+            " from (select nextval(pg_get_serial_sequence('monitoring_groups', 'id')) n"
+            "       from generate_series(1, %s)) s"
+            " returning id",
+            (roots,),
+        )
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def test_a_groups_alerts_are_read_from_its_trees_ranges_whatever_the_plan(
+    db: AsyncConnection[Any],
+) -> None:
+    """A root with a merged group (2 alerts each, the oldest) and a busy root (2 x 100 alerts over its
+    two members) among 200 groups of 20 alerts each: a page of a tree reads each member's newest ids
+    from monitoring_alerts_group_idx (at most a page of each), then the page's rows by their key. The
+    optional group walked every alert newest first with the group as a filter, under either plan
+    (4,404 read for a group's 4)."""
+    quiet, merged, busy, busy_merged, *crowd = await make_groups(db, 204)
+    await db.execute(
+        "update monitoring_groups g set root_id = m.parent, parent_id = m.parent"
+        " from (values (%s::bigint, %s::bigint), (%s, %s)) m(child, parent)"
+        " where g.id = m.child",
+        (merged, quiet, busy_merged, busy),
+    )
+    alerts = [(quiet, 2), (merged, 2), *((g, 100) for g in (busy, busy_merged)), *((g, 20) for g in crowd)]
+    await db.execute(
+        "insert into monitoring_alerts (key, kind, rule, group_id, summary, text_html, text_plain, created_at)"
+        " select 'plan-' || g || '-' || n, 'alert', 'new_group', g, 's', 'h', 'p', now()"
+        " from unnest(%s::bigint[], %s::int[]) a(g, c), generate_series(1, c) n"
+        " order by n, g",  # interleaved: each group's alerts spread over the ids and the pages
+        ([g for g, _ in alerts], [c for _, c in alerts]),
+    )
+    # statistics and the visibility map as autovacuum leaves a table that is only appended to: the
+    # members' ranges are read from the index alone
+    await db.execute("vacuum analyze monitoring_groups, monitoring_alerts")
+    first_page = 2**63 - 1
+
+    statement = monitoring_queries.LIST_GROUP_ALERTS
+    for label, run in (("custom", run_custom), ("generic", run_generic)):
+        tree = await run(db, statement, (first_page, 21, quiet))
+        assert tree["Actual Rows"] == 4, label  # the root's 2 and its merged group's 2
+        assert rows_read(tree, "monitoring_alerts") == 4 + 4, label  # their ids, then their rows
+        own = await run(db, statement, (first_page, 21, merged))
+        assert own["Actual Rows"] == 2, label  # a merged group: its own alerts only
+        assert rows_read(own, "monitoring_alerts") == 2 + 2, label
+        page = await run(db, statement, (first_page, 21, busy))
+        assert page["Actual Rows"] == 21, label
+        assert rows_read(page, "monitoring_alerts") <= 2 * 21 + 21, label  # a page of each member's ids
+
+    everyone = await run_generic(db, monitoring_queries.LIST_ALERTS, (first_page, 51))
+    assert everyone["Actual Rows"] == 51
+    assert rows_read(everyone, "monitoring_alerts") == 51

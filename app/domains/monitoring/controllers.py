@@ -17,7 +17,7 @@ from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cu
 from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath
 from app.db.models import MonitoringEvent, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
-from app.db.monitoring import JobRunsBetweenRow, ListAlertsRow, ListGroupsRow
+from app.db.monitoring import JobRunsBetweenRow, ListAlertsRow, ListGroupAlertsRow, ListGroupsRow
 from app.domains.monitoring import fingerprint
 from app.domains.monitoring.schemas import (
     MAX_RELEASE_NAME,
@@ -133,7 +133,7 @@ def detail_out(detail: GroupDetail) -> GroupDetailOut:
     )
 
 
-def _alert_out(row: ListAlertsRow) -> AlertOut:
+def _alert_out(row: ListAlertsRow | ListGroupAlertsRow) -> AlertOut:
     deliveries = [
         DeliveryOut(chat_id=item.split(":", 1)[1], status=item.split(":", 1)[0]) for item in row.deliveries
     ]

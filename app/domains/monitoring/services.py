@@ -1061,8 +1061,12 @@ class MonitoringService:
 
     async def list_alerts(
         self, *, group_id: int | None, before_id: int, limit: int
-    ) -> list[queries.ListAlertsRow]:
+    ) -> Sequence[queries.ListAlertsRow | queries.ListGroupAlertsRow]:
         async with self.db.transaction() as uow:
-            return await queries.list_alerts(
+            # one statement per shape: the generic plan of an optional group read every alert for a
+            # group's few (monitoring.sql)
+            if group_id is None:
+                return await queries.list_alerts(uow.conn, before_id=before_id, row_limit=limit + 1)
+            return await queries.list_group_alerts(
                 uow.conn, before_id=before_id, group_id=group_id, row_limit=limit + 1
             )
