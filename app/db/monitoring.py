@@ -524,15 +524,13 @@ cross join lateral (
 ) t
 where g.parent_id is null
   and g.id < $1
-  and ($2::monitoring_group_status is null or g.status = $2::monitoring_group_status)
-  and ($3::monitoring_group_kind is null or g.kind = $3::monitoring_group_kind)
-  and ($4::text is null or exists (
+  and ($2::text is null or exists (
         select 1 from monitoring_group_releases r
         join monitoring_groups m on m.id = r.group_id
         join monitoring_releases rel on rel.id = r.release_id
-        where m.root_id = g.id and rel.name = $4::text))
+        where m.root_id = g.id and rel.name = $2::text))
 order by g.id desc
-limit $5"""
+limit $3"""
 
 
 class ListGroupsRow(msgspec.Struct, frozen=True, gc=False):
@@ -558,13 +556,85 @@ async def list_groups(
     conn: AsyncConnection[Any],
     *,
     before_id: int,
-    status: MonitoringGroupStatus | None,
-    kind: MonitoringGroupKind | None,
     release: str | None,
     row_limit: int,
 ) -> list[ListGroupsRow]:
+    """Every root, newest first (monitoring_groups_roots_idx). A status or a kind is
+    ListGroupsWithStatusAndKind: optional ones here (`narg is null or status = narg`) had no index and,
+    under either plan, a page of a rare status read every root (20,030 rows for 30 ignored of 20,000)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ListGroupsRow)) as cur:
-        await cur.execute(LIST_GROUPS, (before_id, status, kind, release, row_limit))
+        await cur.execute(LIST_GROUPS, (before_id, release, row_limit))
+        return await cur.fetchall()
+
+
+LIST_GROUPS_WITH_STATUS_AND_KIND = """\
+select g.id, g.kind, g.title, g.culprit, g.status, g.status_changed_at, g.last_release, g.resolved_at,
+       g.ignore_mode, g.ignore_until_events, g.ignore_until, t.events, t.first_seen_at, t.last_seen_at,
+       t.members,
+       case when t.members = 1 then g.users
+            else (select count(distinct u.user_id) from monitoring_group_users u
+                  join monitoring_groups m on m.id = u.group_id where m.root_id = g.id)
+       end::bigint as users
+from monitoring_groups g
+cross join lateral (
+    select coalesce(sum(m.events), 0)::bigint as events, min(m.first_seen_at)::timestamptz as first_seen_at,
+           max(m.last_seen_at)::timestamptz as last_seen_at, count(*)::bigint as members
+    from monitoring_groups m where m.root_id = g.id
+) t
+where g.id = any(array(
+    select c.id
+    from unnest($1::monitoring_group_status[]) s(status)
+    cross join unnest($2::monitoring_group_kind[]) k(kind)
+    cross join lateral (
+        select r.id from monitoring_groups r
+        where r.parent_id is null and r.status = s.status and r.kind = k.kind and r.id < $3
+          and ($4::text is null or exists (
+                select 1 from monitoring_group_releases gr
+                join monitoring_groups m on m.id = gr.group_id
+                join monitoring_releases rel on rel.id = gr.release_id
+                where m.root_id = r.id and rel.name = $4::text))
+        order by r.id desc
+        limit $5
+    ) c
+    order by c.id desc
+    limit $5))
+order by g.id desc"""
+
+
+class ListGroupsWithStatusAndKindRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    kind: MonitoringGroupKind
+    title: str
+    culprit: str
+    status: MonitoringGroupStatus
+    status_changed_at: datetime
+    last_release: str | None
+    resolved_at: datetime | None
+    ignore_mode: MonitoringIgnoreMode | None
+    ignore_until_events: int | None
+    ignore_until: datetime | None
+    events: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    members: int
+    users: int
+
+
+async def list_groups_with_status_and_kind(
+    conn: AsyncConnection[Any],
+    *,
+    statuses: list[MonitoringGroupStatus],
+    kinds: list[MonitoringGroupKind],
+    before_id: int,
+    release: str | None,
+    row_limit: int,
+) -> list[ListGroupsWithStatusAndKindRow]:
+    """The roots of any of @statuses and of any of @kinds (the service passes every value of the one not
+    filtered), newest first: the newest @row_limit ids of each (status, kind) from its range of
+    monitoring_groups_listed_idx, the page of those, then the page's rows by their key. At most
+    (statuses x kinds) pages of ids are read, whatever the plan (the release remains a filter)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListGroupsWithStatusAndKindRow)) as cur:
+        await cur.execute(LIST_GROUPS_WITH_STATUS_AND_KIND, (statuses, kinds, before_id, release, row_limit))
         return await cur.fetchall()
 
 

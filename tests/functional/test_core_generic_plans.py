@@ -22,6 +22,8 @@ plan could not bound the scan by it, and a page read every newer file of the pro
 Monitoring's alerts took an optional group (``ListAlerts``: a group's tree, or every alert) with no
 index on the alert's group: a group's page walked every alert newest first with the group as a
 filter, under either plan (4,000 alerts read for a group's 3). A group's list is ``ListGroupAlerts``.
+Its error groups took an optional status and kind, neither indexed: a page of the 30 ignored among
+20,000 read every root (``ListGroupsWithStatusAndKind`` now).
 """
 
 from __future__ import annotations
@@ -324,3 +326,42 @@ async def test_a_groups_alerts_are_read_from_its_trees_ranges_whatever_the_plan(
     everyone = await run_generic(db, monitoring_queries.LIST_ALERTS, (first_page, 51))
     assert everyone["Actual Rows"] == 51
     assert rows_read(everyone, "monitoring_alerts") == 51
+
+
+async def test_a_status_or_kind_of_groups_is_read_from_its_ranges_whatever_the_plan(
+    db: AsyncConnection[Any],
+) -> None:
+    """30 ignored roots (the oldest) and 20 of kind cron among 20,000: a page of a status, of a kind or
+    of both reads the ids of each (status, kind) range of monitoring_groups_listed_idx, at most a
+    page of each, then the page's rows by their key. The optional filters read every root newest
+    first under either plan (20,030 rows for the 30)."""
+    await db.execute(
+        "insert into monitoring_groups"
+        " (id, root_id, kind, title, status, status_changed_at, first_seen_at, last_seen_at)"
+        " select n, n, case when g %% 1000 = 0 then 'cron' else 'error' end::monitoring_group_kind, 't',"
+        "  case when g <= 30 then 'ignored' else 'unresolved' end::monitoring_group_status,"
+        "  now(), now(), now()"
+        " from (select nextval(pg_get_serial_sequence('monitoring_groups', 'id')) n, g"
+        "       from generate_series(1, %s) g) s",
+        (20_000,),
+    )
+    await db.execute("vacuum analyze monitoring_groups")  # as autovacuum leaves it: see the alerts' test
+    first_page = 2**63 - 1
+    statuses, kinds = ["resolved", "unresolved", "ignored", "regressed"], ["error", "job", "cron"]
+
+    statement = monitoring_queries.LIST_GROUPS_WITH_STATUS_AND_KIND
+    for label, run in (("custom", run_custom), ("generic", run_generic)):
+        ignored = await run(db, statement, (["ignored"], kinds, first_page, None, 51))
+        assert ignored["Actual Rows"] == 30, label
+        # each id in its range, then each row by its key and its tree's counters (itself)
+        assert rows_read(ignored, "monitoring_groups") <= 4 * 30, label
+        cron = await run(db, statement, (statuses, ["cron"], first_page, None, 51))
+        assert cron["Actual Rows"] == 20, label
+        assert rows_read(cron, "monitoring_groups") <= 4 * 20, label
+        both = await run(db, statement, (["unresolved"], ["error"], first_page, None, 51))
+        assert both["Actual Rows"] == 51, label
+        assert rows_read(both, "monitoring_groups") <= 4 * 51, label
+
+    everyone = await run_generic(db, monitoring_queries.LIST_GROUPS, (first_page, None, 51))
+    assert everyone["Actual Rows"] == 51
+    assert rows_read(everyone, "monitoring_groups") <= 2 * 51  # each root and its tree's counters

@@ -17,7 +17,13 @@ from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cu
 from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath
 from app.db.models import MonitoringEvent, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
-from app.db.monitoring import JobRunsBetweenRow, ListAlertsRow, ListGroupAlertsRow, ListGroupsRow
+from app.db.monitoring import (
+    JobRunsBetweenRow,
+    ListAlertsRow,
+    ListGroupAlertsRow,
+    ListGroupsRow,
+    ListGroupsWithStatusAndKindRow,
+)
 from app.domains.monitoring import fingerprint
 from app.domains.monitoring.schemas import (
     MAX_RELEASE_NAME,
@@ -65,7 +71,7 @@ def _after(cursor: str | None) -> int:
     return decode_cursor(cursor, IdCursor).id if cursor else MAX_ID + 1
 
 
-def _group_out(row: ListGroupsRow) -> GroupOut:
+def _group_out(row: ListGroupsRow | ListGroupsWithStatusAndKindRow) -> GroupOut:
     return GroupOut(
         id=row.id,
         kind=row.kind,

@@ -1029,10 +1029,21 @@ class MonitoringService:
         release: str | None,
         before_id: int,
         limit: int,
-    ) -> list[queries.ListGroupsRow]:
+    ) -> Sequence[queries.ListGroupsRow | queries.ListGroupsWithStatusAndKindRow]:
         async with self.db.transaction() as uow:
-            return await queries.list_groups(
-                uow.conn, before_id=before_id, status=status, kind=kind, release=release, row_limit=limit + 1
+            # one statement per shape: optional status and kind read every root for a rare one's few
+            # (monitoring.sql)
+            if status is None and kind is None:
+                return await queries.list_groups(
+                    uow.conn, before_id=before_id, release=release, row_limit=limit + 1
+                )
+            return await queries.list_groups_with_status_and_kind(
+                uow.conn,
+                statuses=list(MonitoringGroupStatus) if status is None else [status],
+                kinds=list(MonitoringGroupKind) if kind is None else [kind],
+                before_id=before_id,
+                release=release,
+                row_limit=limit + 1,
             )
 
     async def list_events(self, group_id: int, *, before_id: int, limit: int) -> list[MonitoringEvent]:
