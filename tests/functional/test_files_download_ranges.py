@@ -1,5 +1,6 @@
 """Downloads are conditional and resumable (RFC 9110 13, 14): the strong ``ETag`` (the file's SHA-256),
-``If-None-Match`` (304), one byte ``Range`` (206, or 416), ``If-Range``, and ranges ignored (200).
+``If-None-Match`` (304), ``If-Modified-Since`` (304, only without ``If-None-Match``), one byte ``Range``
+(206, or 416), ``If-Range``, and ranges ignored (200).
 
 Runs on ``test_files_http``'s app and fixtures (its own storage directory, wiped before each test).
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -119,6 +122,106 @@ async def test_if_none_match_is_evaluated_before_range(api: Client, world: World
     path = await uploaded(api, world)
     response = await get(api, world.viewer, path, **{"If-None-Match": etag_of(CONTENT), "Range": "bytes=0-9"})
     assert response.status_code == 304 and response.content == b""
+
+
+# -- If-Modified-Since -----------------------------------------------------------------------------
+
+
+def modified_an_hour_ago(files_root: Path) -> int:
+    """Sets the stored file's modification an hour and a fraction of a second back (so that dates
+    after it are still in the past), and returns its whole seconds, those ``Last-Modified`` states."""
+    [relative] = stored(files_root)
+    mtime = time.time() - 3600 + 0.75
+    os.utime(files_root / relative, (mtime, mtime))
+    return int(mtime)
+
+
+def assert_not_modified(response: httpx.Response) -> None:
+    """The 304 ``If-None-Match`` answers (``test_if_none_match_naming_the_file_is_304_without_a_body``)."""
+    assert response.status_code == 304, response.text
+    assert response.content == b""
+    assert response.headers["etag"] == etag_of(CONTENT)
+    assert response.headers["cache-control"] == "private, no-store"
+    assert "content-length" not in response.headers or response.headers["content-length"] == "0"
+
+
+async def test_if_modified_since_at_or_after_last_modified_is_304(
+    api: Client, world: World, files_root: Path
+) -> None:
+    path = await uploaded(api, world)
+    modified = modified_an_hour_ago(files_root)
+    assert (await get(api, world.viewer, path)).headers["last-modified"] == formatdate(modified, usegmt=True)
+    for since in (
+        formatdate(
+            modified, usegmt=True
+        ),  # the file's own Last-Modified: whole seconds, the fraction dropped
+        formatdate(modified + 1, usegmt=True),
+        formatdate(modified + 1800, usegmt=True),
+        time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(modified)),  # RFC 850's form
+        time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(modified)),  # asctime's
+    ):
+        assert_not_modified(await get(api, world.viewer, path, **{"If-Modified-Since": since}))
+    # Evaluated before the Range, as If-None-Match is.
+    since = formatdate(modified, usegmt=True)
+    assert_not_modified(
+        await get(api, world.viewer, path, **{"If-Modified-Since": since, "Range": "bytes=0-9"})
+    )
+
+
+async def test_if_modified_since_before_last_modified_is_the_whole_file(
+    api: Client, world: World, files_root: Path
+) -> None:
+    path = await uploaded(api, world)
+    modified = modified_an_hour_ago(files_root)
+    for since in (formatdate(modified - 1, usegmt=True), formatdate(modified - 86400, usegmt=True)):
+        assert_whole(await get(api, world.viewer, path, **{"If-Modified-Since": since}))
+    response = await get(api, world.viewer, path, Range="bytes=0-9", **{"If-Modified-Since": since})
+    assert response.status_code == 206 and response.content == CONTENT[:10]
+    # The same file, asked since its Last-Modified: not modified (the dates above were compared).
+    assert_not_modified(
+        await get(api, world.viewer, path, **{"If-Modified-Since": formatdate(modified, usegmt=True)})
+    )
+
+
+async def test_an_invalid_or_future_if_modified_since_is_ignored(
+    api: Client, world: World, files_root: Path
+) -> None:
+    """RFC 9110 13.1.3: not a date, or a date later than the server's clock, is ignored: the whole
+    file, although each is (or reads as) a date after the file's Last-Modified."""
+    path = await uploaded(api, world)
+    modified = modified_an_hour_ago(files_root)
+    for since in (
+        "not a date",
+        "Sat, 31 Feb 2026 10:00:00 GMT",
+        formatdate(modified, usegmt=True).replace(" ", " " * 30),  # a date, over the characters parsed
+        "x" * 5000,
+        formatdate(time.time() + 3600, usegmt=True),  # in the future
+        formatdate(time.time() + 10 * 365 * 86400, usegmt=True),
+    ):
+        assert_whole(await get(api, world.viewer, path, **{"If-Modified-Since": since}))
+    assert_not_modified(
+        await get(api, world.viewer, path, **{"If-Modified-Since": formatdate(modified, usegmt=True)})
+    )
+
+
+async def test_if_none_match_present_decides_alone_over_if_modified_since(
+    api: Client, world: World, files_root: Path
+) -> None:
+    """RFC 9110 13.2.2: If-Modified-Since is evaluated only when the request has no If-None-Match;
+    when it has one, that one decides (even a malformed one, which names nothing)."""
+    path = await uploaded(api, world)
+    modified = modified_an_hour_ago(files_root)
+    current, stale = formatdate(modified, usegmt=True), formatdate(modified - 86400, usegmt=True)
+    assert_not_modified(await get(api, world.viewer, path, **{"If-Modified-Since": current}))
+    for if_none_match in ('"another version"', hashlib.sha256(CONTENT).hexdigest()):
+        response = await get(
+            api, world.viewer, path, **{"If-None-Match": if_none_match, "If-Modified-Since": current}
+        )
+        assert_whole(response)
+    response = await get(
+        api, world.viewer, path, **{"If-None-Match": etag_of(CONTENT), "If-Modified-Since": stale}
+    )
+    assert_not_modified(response)
 
 
 # -- ranges ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -40,6 +41,7 @@ from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, pagi
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.domains.files.downloads import (
+    MAX_IF_MODIFIED_SINCE_CHARS,
     MAX_IF_NONE_MATCH_CHARS,
     MAX_RANGE_CHARS,
     NotModified,
@@ -110,6 +112,9 @@ IfNoneMatchHeader = Annotated[
     # ``app.core.preconditions``: Litestar would copy a description into the schema's ``oneOf``).
     HeaderParameter(name="If-None-Match", schema_extra={"type": "string", "oneOf": None}),
 ]
+IfModifiedSinceHeader = Annotated[
+    str | None, HeaderParameter(name="If-Modified-Since", schema_extra={"type": "string", "oneOf": None})
+]
 RangeHeader = Annotated[
     str | None, HeaderParameter(name="Range", schema_extra={"type": "string", "oneOf": None})
 ]
@@ -121,6 +126,10 @@ _REQUEST_HEADERS = {
     "If-None-Match": "`*` or a list of entity-tags (weak comparison): when one is the file's `ETag`, the "
     "answer is 304 Not Modified without a body. Malformed or over "
     f"{MAX_IF_NONE_MATCH_CHARS} characters: ignored.",
+    "If-Modified-Since": "An HTTP date (`Thu, 03 Dec 2026 16:30:00 GMT`, the `Last-Modified` of a copy): "
+    "when the file's `Last-Modified` is not after it, the answer is 304 Not Modified without a body. "
+    "Evaluated only without `If-None-Match` (an entity-tag is the better validator). Not a date, over "
+    f"{MAX_IF_MODIFIED_SINCE_CHARS} characters or later than the server's clock: ignored.",
     "Range": "One byte range: `bytes=a-b`, `bytes=a-` (to the end) or `bytes=-n` (the last n bytes); `b` "
     "past the end means the end. Answered 206 with those bytes, or 416 when the range starts at or "
     "past the end. Ignored (200, the whole file) when malformed, over "
@@ -258,7 +267,8 @@ class ProjectFilesController(Controller):
         "declared nor valid UTF-8, and every text file uploaded before charsets were recorded), with its "
         "bare type. Conditional and resumable "
         '(RFC 9110): every answer carries a strong `ETag` (`"<sha256>"` of the bytes: a stored file never '
-        "changes) and `Accept-Ranges: bytes`. `If-None-Match` naming it: 304 without a body. One byte "
+        "changes) and `Accept-Ranges: bytes`. `If-None-Match` naming it, or (without `If-None-Match`) an "
+        "`If-Modified-Since` date not before its `Last-Modified`: 304 without a body. One byte "
         "`Range`: 206 with those bytes and `Content-Range`, 416 (`Content-Range: bytes */size`) when it "
         "starts at or past the end; a malformed Range, several ranges or another unit are ignored (200, "
         "the whole file). `If-Range` (the `ETag` or the `Last-Modified` date) makes the Range apply only "
@@ -268,7 +278,11 @@ class ProjectFilesController(Controller):
         operation_class=_FileDownloadOperation,
         responses={
             206: ResponseSpec(data_container=None, description="The requested byte range of the file"),
-            304: ResponseSpec(data_container=None, description="`If-None-Match` names the file: no body"),
+            304: ResponseSpec(
+                data_container=None,
+                description="`If-None-Match` names the file, or `If-Modified-Since` is not before its "
+                "`Last-Modified`: no body",
+            ),
             **problems(401, 404, 429),
             416: ResponseSpec(
                 data_container=Problem,
@@ -284,6 +298,7 @@ class ProjectFilesController(Controller):
         current_user: Caller,
         files: Files,
         if_none_match: IfNoneMatchHeader = None,
+        if_modified_since: IfModifiedSinceHeader = None,
         byte_range: RangeHeader = None,
         if_range: IfRangeHeader = None,
     ) -> Response[bytes] | File:
@@ -293,7 +308,9 @@ class ProjectFilesController(Controller):
                 sha256=row.sha256,
                 size=opened.stat.st_size,
                 last_modified=int(opened.stat.st_mtime),  # Last-Modified's whole seconds
+                now=time.time(),
                 if_none_match=if_none_match,
+                if_modified_since=if_modified_since,
                 byte_range=byte_range,
                 if_range=if_range,
             )

@@ -6,18 +6,22 @@ may see the file (a non-member, or a file of another project, is a 404 before an
 
 1. ``If-None-Match`` (``*`` or a list of entity-tags, compared weakly, 13.1.2) naming the file:
    304 Not Modified, no body.
-2. ``Range`` (one range of ``bytes``: ``a-b``, ``a-`` or ``-n``; ``b`` past the end means the end):
+2. Only when the request has no ``If-None-Match`` (13.1.3: an entity-tag is the better validator, so
+   a present one decides alone, even malformed), ``If-Modified-Since``: a valid HTTP date at or after
+   the file's ``Last-Modified`` (whole seconds, as the header gives it) is 304 too. A date that is
+   malformed, over ``MAX_IF_MODIFIED_SINCE_CHARS`` or later than the server's clock is ignored.
+3. ``Range`` (one range of ``bytes``: ``a-b``, ``a-`` or ``-n``; ``b`` past the end means the end):
    206 Partial Content with those bytes and ``Content-Range: bytes a-b/size``; a range that starts
    at or past the end (or ``-0``) is 416 with ``Content-Range: bytes */size``.
-3. ``If-Range`` (the ``ETag``, compared strongly, or the ``Last-Modified`` date exactly) decides
+4. ``If-Range`` (the ``ETag``, compared strongly, or the ``Last-Modified`` date exactly) decides
    whether the ``Range`` applies at all: when it does not match, the answer is the whole file, 200.
 
 Ignored, answering the whole file (RFC 9110 14.2: a server MAY ignore ``Range``, and MUST ignore a
 range unit it does not understand): a ``Range`` that is malformed, over ``MAX_RANGE_CHARS``, of
 another unit than ``bytes``, or of several ranges (a multipart/byteranges answer is not offered),
 and a satisfiable range of an empty file (no byte to send: ``-n`` of 0 bytes). A malformed or
-overlong ``If-None-Match`` is ignored as if absent (the whole file is always a correct answer); a
-malformed ``If-Range`` does not match.
+overlong ``If-None-Match`` names nothing (the whole file is always a correct answer); a malformed
+``If-Range`` does not match.
 
 Every answer with the file's bytes (200, 206) carries the same ``Content-Type`` (:func:`content_type`):
 its media type, with the ``charset`` recorded at upload for a text file that has one.
@@ -37,7 +41,9 @@ MAX_RANGE_CHARS = 200
 """Longest ``Range`` parsed (one range of two 20-digit positions is under 50): longer is ignored."""
 MAX_IF_NONE_MATCH_CHARS = IF_MATCH_MAX_LENGTH
 MAX_IF_RANGE_CHARS = 100
-"""An entity-tag of a SHA-256 is 66 characters, an HTTP date at most 30 (asctime, RFC 850 less)."""
+"""An entity-tag of a SHA-256 is 66 characters, an HTTP date at most 33 (RFC 850's ``Wednesday, …``)."""
+MAX_IF_MODIFIED_SINCE_CHARS = 100
+"""Longest ``If-Modified-Since`` parsed (an HTTP date is at most 33 characters): longer is ignored."""
 
 _OPAQUE_TAGS = re.compile(r'(?:W/)?"([^"]*)"')
 """The opaque-tags of an ``If-None-Match`` that matched ``IF_MATCH_SYNTAX`` (its grammar is
@@ -78,7 +84,8 @@ class Whole:
 
 @dataclass(frozen=True, slots=True)
 class NotModified:
-    """304: the client's copy is the file (``If-None-Match`` named it)."""
+    """304: the client's copy is the file (``If-None-Match`` named it, or ``If-Modified-Since`` is not
+    before its ``Last-Modified``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +162,28 @@ def _if_range_holds(if_range: str, sha256: str, last_modified: int) -> bool:
         return False
     if if_range.startswith(('"', "W/")):  # 13.1.5: a DQUOTE within the first three characters
         return if_range == strong_etag(sha256)
-    try:
-        date = parsedate_to_datetime(if_range)
-    except (TypeError, ValueError, IndexError, OverflowError):
+    return _http_date(if_range) == last_modified
+
+
+def _not_modified_since(if_modified_since: str, last_modified: int, now: float) -> bool:
+    """Whether ``If-Modified-Since``'s condition is false (304): a valid date, not later than ``now``
+    (13.1.3: a later one is invalid), at or after ``Last-Modified`` (whole seconds since the epoch)."""
+    if len(if_modified_since) > MAX_IF_MODIFIED_SINCE_CHARS:
         return False
-    if date.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+    date = _http_date(if_modified_since)
+    return date is not None and last_modified <= date <= now
+
+
+def _http_date(value: str) -> float | None:
+    """An HTTP date (RFC 9110 5.6.7's three forms, read by ``email.utils``) in seconds since the
+    epoch, or None when it is not one."""
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if date.tzinfo is None:  # "-0000", or asctime's form: UTC, as HTTP dates are
         date = date.replace(tzinfo=UTC)
-    return date.timestamp() == last_modified
+    return date.timestamp()
 
 
 def choose(
@@ -169,13 +191,20 @@ def choose(
     sha256: str,
     size: int,
     last_modified: int,
+    now: float,
     if_none_match: str | None,
+    if_modified_since: str | None,
     byte_range: str | None,
     if_range: str | None,
 ) -> Answer:
     """What a download of the file (``sha256``, ``size`` bytes, ``Last-Modified`` at ``last_modified``
-    seconds) answers to these request headers; raises ``RangeNotSatisfiableError`` for a 416."""
-    if none_match(if_none_match, sha256):
+    seconds) answers at ``now`` (seconds since the epoch) to these request headers,
+    in the module's order: ``If-None-Match``, else ``If-Modified-Since``, then ``Range`` under
+    ``If-Range``. Raises ``RangeNotSatisfiableError`` for a 416."""
+    if if_none_match is not None:
+        if none_match(if_none_match, sha256):
+            return NotModified()
+    elif if_modified_since is not None and _not_modified_since(if_modified_since, last_modified, now):
         return NotModified()
     spec = _range_spec(byte_range) if byte_range is not None else None
     if spec is None:
