@@ -44,7 +44,7 @@ from app.main import create_app
 Client = AsyncTestClient[Litestar]
 PROBLEM = "application/problem+json"
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
-METHODS = {"get", "post", "put", "patch", "delete"}
+METHODS = {"get", "head", "post", "put", "patch", "delete"}
 CURSORS = [
     TaskCursor,
     IdCursor,

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from litestar import Request, Response, delete, get, post
+from litestar import Request, Response, delete, get, head, post
 from litestar.datastructures import ETag
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
@@ -25,6 +25,7 @@ from litestar.openapi.spec import (
 )
 from litestar.params import HeaderParameter
 from litestar.response import File
+from litestar.response.file import ASGIFileResponse
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_201_CREATED,
@@ -197,6 +198,121 @@ class _FileDownloadOperation(Operation):
             }
 
 
+_HEAD_DESCRIPTIONS = {
+    "200": "The whole file's headers (its `Content-Type` and `Content-Length` among them), no body",
+    "206": "The byte range's headers (`Content-Range`, its `Content-Length`), no body",
+}
+
+
+@dataclass
+class _FileHeadOperation(_FileDownloadOperation):
+    """The ``HEAD`` of a download: the ``GET``'s answers with their headers (RFC 9110 9.3.2), none of
+    them with content (a 200's ``Content-Length`` is still the file's size)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for status, response in (self.responses or {}).items():
+            if isinstance(response, OpenAPIResponse):
+                response.content = None
+                if status in _HEAD_DESCRIPTIONS:
+                    response.description = _HEAD_DESCRIPTIONS[status]
+
+
+_DOWNLOAD_DESCRIPTION = (
+    "Conditional and resumable (RFC 9110): every answer carries a strong `ETag` "
+    '(`"<sha256>"` of the bytes: a stored file never changes) and `Accept-Ranges: bytes`. `If-None-Match` '
+    "naming it, or (without `If-None-Match`) an `If-Modified-Since` date not before its `Last-Modified`: "
+    "304 without a body. One byte `Range`: 206 with those bytes and `Content-Range`, 416 (`Content-Range: "
+    "bytes */size`) when it starts at or past the end; a malformed Range, several ranges or another unit "
+    "are ignored (200, the whole file). `If-Range` (the `ETag` or the `Last-Modified` date) makes the "
+    "Range apply only while it matches. Access is checked first: a file the caller may not see is a 404 "
+    "whatever the headers."
+)
+_DOWNLOAD_RESPONSES: dict[int, ResponseSpec] = {
+    206: ResponseSpec(data_container=None, description="The requested byte range of the file"),
+    304: ResponseSpec(
+        data_container=None,
+        description="`If-None-Match` names the file, or `If-Modified-Since` is not before its "
+        "`Last-Modified`: no body",
+    ),
+    **problems(401, 404, 429),
+    416: ResponseSpec(
+        data_container=Problem,
+        description="The range starts at or past the end of the file (`Content-Range`: its size)",
+        media_type=PROBLEM_MEDIA_TYPE,
+    ),
+}
+
+
+class _FileHead(File):
+    """``File``'s answer without its body, for ``HEAD``: the same status and headers (``Content-Length``
+    of the bytes a ``GET`` would send, ``Last-Modified``, ``Content-Disposition``...), the file never
+    read. Litestar 2.25 never tells a handler's response that it answers a ``HEAD``: ``@head`` accepts
+    a ``File``, but ``to_asgi_response`` is called without ``is_head_response``, and a ``File`` would
+    then read and send the whole file."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIFileResponse:
+        return super().to_asgi_response(*args, **{**kwargs, "is_head_response": True})
+
+
+async def _download(
+    files: FileService,
+    user_id: int,
+    project_id: int,
+    file_id: int,
+    *,
+    head: bool,
+    if_none_match: str | None,
+    if_modified_since: str | None,
+    byte_range: str | None,
+    if_range: str | None,
+) -> Response[Any]:
+    """The answer to a ``GET`` of a file or, with ``head``, to its ``HEAD``: one decision
+    (``downloads.choose``) for both, the ``HEAD`` without the body."""
+    row, opened = await files.locate(user_id, project_id, file_id)
+    try:
+        answer = choose(
+            sha256=row.sha256,
+            size=opened.stat.st_size,
+            last_modified=int(opened.stat.st_mtime),  # Last-Modified's whole seconds
+            now=time.time(),
+            if_none_match=if_none_match,
+            if_modified_since=if_modified_since,
+            byte_range=byte_range,
+            if_range=if_range,
+        )
+    except BaseException:  # the 416, or anything else: no body will read the handle
+        opened.close()
+        raise
+    if head or isinstance(answer, NotModified):
+        opened.close()  # no body will read it; a HEAD's headers come from the stat taken at the opening
+    if isinstance(answer, NotModified):
+        return Response(
+            b"",
+            status_code=HTTP_304_NOT_MODIFIED,
+            headers={**DOWNLOAD_HEADERS, "ETag": strong_etag(row.sha256)},
+        )
+    headers = {
+        **DOWNLOAD_HEADERS,
+        "Accept-Ranges": "bytes",
+        # Not left to ``media_type``: Litestar would label every text file ``charset=utf-8``.
+        "Content-Type": content_type(row.content_type, row.charset),
+    }
+    part = answer if isinstance(answer, Part) else None
+    if part is not None:
+        headers["Content-Range"] = part.content_range
+    return (_FileHead if head else File)(
+        opened.path,
+        filename=row.filename,
+        media_type=row.content_type,
+        content_disposition_type="attachment",
+        file_system=opened if part is None else opened.part(part.first, part.length),
+        etag=ETag(value=row.sha256),
+        status_code=HTTP_200_OK if part is None else HTTP_206_PARTIAL_CONTENT,
+        headers=headers,
+    )
+
+
 class ProjectFilesController(Controller):
     path = "/api/projects/{project_id:int}/files"
     tags = ["files"]
@@ -265,31 +381,10 @@ class ProjectFilesController(Controller):
         description="The stored bytes with their content type, as an attachment. A text file is labelled "
         "with its `charset` (`text/csv; charset=windows-1252`) and, when that is unknown (null: neither "
         "declared nor valid UTF-8, and every text file uploaded before charsets were recorded), with its "
-        "bare type. Conditional and resumable "
-        '(RFC 9110): every answer carries a strong `ETag` (`"<sha256>"` of the bytes: a stored file never '
-        "changes) and `Accept-Ranges: bytes`. `If-None-Match` naming it, or (without `If-None-Match`) an "
-        "`If-Modified-Since` date not before its `Last-Modified`: 304 without a body. One byte "
-        "`Range`: 206 with those bytes and `Content-Range`, 416 (`Content-Range: bytes */size`) when it "
-        "starts at or past the end; a malformed Range, several ranges or another unit are ignored (200, "
-        "the whole file). `If-Range` (the `ETag` or the `Last-Modified` date) makes the Range apply only "
-        "while it matches. Access is checked first: a file the caller may not see is a 404 whatever "
-        "the headers.",
+        f"bare type. {_DOWNLOAD_DESCRIPTION}",
         media_type="application/octet-stream",
         operation_class=_FileDownloadOperation,
-        responses={
-            206: ResponseSpec(data_container=None, description="The requested byte range of the file"),
-            304: ResponseSpec(
-                data_container=None,
-                description="`If-None-Match` names the file, or `If-Modified-Since` is not before its "
-                "`Last-Modified`: no body",
-            ),
-            **problems(401, 404, 429),
-            416: ResponseSpec(
-                data_container=Problem,
-                description="The range starts at or past the end of the file (`Content-Range`: its size)",
-                media_type=PROBLEM_MEDIA_TYPE,
-            ),
-        },
+        responses=_DOWNLOAD_RESPONSES,
     )
     async def download(
         self,
@@ -302,46 +397,50 @@ class ProjectFilesController(Controller):
         byte_range: RangeHeader = None,
         if_range: IfRangeHeader = None,
     ) -> Response[bytes] | File:
-        row, opened = await files.locate(current_user.id, project_id, file_id)
-        try:
-            answer = choose(
-                sha256=row.sha256,
-                size=opened.stat.st_size,
-                last_modified=int(opened.stat.st_mtime),  # Last-Modified's whole seconds
-                now=time.time(),
-                if_none_match=if_none_match,
-                if_modified_since=if_modified_since,
-                byte_range=byte_range,
-                if_range=if_range,
-            )
-        except BaseException:  # the 416, or anything else: no body will read the handle
-            opened.close()
-            raise
-        if isinstance(answer, NotModified):
-            opened.close()
-            return Response(
-                b"",
-                status_code=HTTP_304_NOT_MODIFIED,
-                headers={**DOWNLOAD_HEADERS, "ETag": strong_etag(row.sha256)},
-            )
-        headers = {
-            **DOWNLOAD_HEADERS,
-            "Accept-Ranges": "bytes",
-            # Not left to ``media_type``: Litestar would label every text file ``charset=utf-8``.
-            "Content-Type": content_type(row.content_type, row.charset),
-        }
-        part = answer if isinstance(answer, Part) else None
-        if part is not None:
-            headers["Content-Range"] = part.content_range
-        return File(
-            opened.path,
-            filename=row.filename,
-            media_type=row.content_type,
-            content_disposition_type="attachment",
-            file_system=opened if part is None else opened.part(part.first, part.length),
-            etag=ETag(value=row.sha256),
-            status_code=HTTP_200_OK if part is None else HTTP_206_PARTIAL_CONTENT,
-            headers=headers,
+        return await _download(
+            files,
+            current_user.id,
+            project_id,
+            file_id,
+            head=False,
+            if_none_match=if_none_match,
+            if_modified_since=if_modified_since,
+            byte_range=byte_range,
+            if_range=if_range,
+        )
+
+    @head(
+        "/{file_id:int}",
+        summary="A file's download headers, without its bytes",
+        description="What `GET` of the same URL with the same headers answers (RFC 9110 9.3.2): the same "
+        "status and headers (`Content-Type`, `Content-Length` of the body the GET would send, `ETag`, "
+        "`Last-Modified`, `Accept-Ranges`, `Content-Range` of a 206, `Content-Disposition`), no body; "
+        f"the file is not read. {_DOWNLOAD_DESCRIPTION}",
+        media_type="application/octet-stream",
+        operation_class=_FileHeadOperation,
+        responses=_DOWNLOAD_RESPONSES,
+    )
+    async def download_head(
+        self,
+        project_id: IdPath,
+        file_id: IdPath,
+        current_user: Caller,
+        files: Files,
+        if_none_match: IfNoneMatchHeader = None,
+        if_modified_since: IfModifiedSinceHeader = None,
+        byte_range: RangeHeader = None,
+        if_range: IfRangeHeader = None,
+    ) -> Response[None]:
+        return await _download(
+            files,
+            current_user.id,
+            project_id,
+            file_id,
+            head=True,
+            if_none_match=if_none_match,
+            if_modified_since=if_modified_since,
+            byte_range=byte_range,
+            if_range=if_range,
         )
 
     @delete(

@@ -23,6 +23,9 @@ and a satisfiable range of an empty file (no byte to send: ``-n`` of 0 bytes). A
 overlong ``If-None-Match`` names nothing (the whole file is always a correct answer); a malformed
 ``If-Range`` does not match.
 
+A ``HEAD`` is decided here too, by the same function: it answers what the ``GET`` would, without the
+body (RFC 9110 9.3.2).
+
 Every answer with the file's bytes (200, 206) carries the same ``Content-Type`` (:func:`content_type`):
 its media type, with the ``charset`` recorded at upload for a text file that has one.
 """
@@ -197,8 +200,8 @@ def choose(
     byte_range: str | None,
     if_range: str | None,
 ) -> Answer:
-    """What a download of the file (``sha256``, ``size`` bytes, ``Last-Modified`` at ``last_modified``
-    seconds) answers at ``now`` (seconds since the epoch) to these request headers,
+    """What a download (``GET`` or ``HEAD``) of the file (``sha256``, ``size`` bytes, ``Last-Modified``
+    at ``last_modified`` seconds) answers at ``now`` (seconds since the epoch) to these request headers,
     in the module's order: ``If-None-Match``, else ``If-Modified-Since``, then ``Range`` under
     ``If-Range``. Raises ``RangeNotSatisfiableError`` for a 416."""
     if if_none_match is not None:
