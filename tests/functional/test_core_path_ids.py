@@ -132,9 +132,13 @@ async def sweep_client(settings: Settings) -> AsyncIterator[Client]:
 
 def is_unrouted(response: httpx.Response) -> bool:
     """The answer to a path no route takes (``/api/projects/abc``): a 404 problem without a ``detail``,
-    which a handler's own 404 (``No such product.``, to an anonymous caller too) carries."""
+    which a handler's own 404 (``No such product.``, to an anonymous caller too) carries. A ``HEAD``
+    answer has no body: its status alone (the ``GET`` of the same path, swept too, tells the two 404s
+    apart)."""
     if response.status_code != 404:
         return False
+    if response.request.method == "HEAD":
+        return response.content == b""
     return "detail" not in assert_problem(response, 404, "not-found")
 
 
