@@ -322,18 +322,18 @@ async def report_summary(
 
 REPORT_TIMESERIES = """\
 with raw as materialized (
-    select date_trunc($1::text, r.ts, $2::text) as bucket, r.visitor_id
+    select analytics_bucket($1::text, r.ts, $2::text) as bucket, r.visitor_id
     from analytics_raw_views($3::bigint, $4::timestamptz, $5::timestamptz, $1, $2) r
     where not r.is_bot
 ),
 buckets as (
-    select distinct date_trunc($1, g, $2) as bucket
+    select distinct analytics_bucket($1, g, $2) as bucket
     from generate_series($4, $5, $6::interval) as g
     where g < $5
 ),
 views as (
     select x.bucket, sum(x.views) as views from (
-        select date_trunc($1, h.hour, $2) as bucket, h.pageviews as views from page_view_hourly h
+        select analytics_bucket($1, h.hour, $2) as bucket, h.pageviews as views from page_view_hourly h
         where h.site_id = $3 and h.hour >= $4 and h.hour < $5
             and analytics_hour_is_whole(h.hour, $4, $5, $1, $2)
         union all
@@ -343,7 +343,7 @@ views as (
 ),
 visitors as (
     select x.bucket, count(distinct x.visitor_id) as visitors from (
-        select date_trunc($1, v.hour, $2) as bucket, v.visitor_id from page_view_hourly_visitors v
+        select analytics_bucket($1, v.hour, $2) as bucket, v.visitor_id from page_view_hourly_visitors v
         where v.site_id = $3 and v.hour >= $4 and v.hour < $5
             and analytics_hour_is_whole(v.hour, $4, $5, $1, $2)
         union all
@@ -352,7 +352,7 @@ visitors as (
     group by x.bucket
 ),
 visits as (
-    select date_trunc($1, v.started_at, $2) as bucket, count(*) as visits
+    select analytics_bucket($1, v.started_at, $2) as bucket, count(*) as visits
     from analytics_visits($3, $4, $5) v
     group by 1
 )
@@ -394,7 +394,9 @@ async def report_timeseries(
     step: timedelta,
 ) -> list[ReportTimeseriesRow]:
     """Every bucket of the range (local hours or days of @tz, empty ones included), oldest first, with its
-    label (the local day, or the local hour and its UTC offset) from the date_trunc that made the bucket."""
+    label (the local day, or the local hour and its UTC offset) read at its start. A bucket is
+    analytics_bucket's: it starts at or before every instant in it (a day at its first instant,
+    local_day_start, where date_trunc read an ambiguous local midnight as its later instant)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportTimeseriesRow)) as cur:
         await cur.execute(REPORT_TIMESERIES, (unit, tz, site_id, range_from, range_to, step))
         return await cur.fetchall()
@@ -506,11 +508,11 @@ async def local_today(conn: AsyncConnection[Any], *, tz: str, now: datetime) -> 
 
 REPORT_BOUNDS = """\
 with kept as (
-    select (($4::timestamptz) at time zone ($1::text))::date as local_day
+    select (($4::timestamptz) at time zone ($2::text))::date as local_day
 )
-select (($2::date)::timestamp at time zone ($1::text))::timestamptz as range_from,
-    ((($3::date) + 1)::timestamp at time zone ($1::text))::timestamptz as range_to,
-    (case when ((kept.local_day)::timestamp at time zone ($1::text)) >= ($4::timestamptz)
+select local_day_start($1::date, $2::text)::timestamptz as range_from,
+    local_day_start(($3::date) + 1, $2::text)::timestamptz as range_to,
+    (case when local_day_start(kept.local_day, $2::text) >= ($4::timestamptz)
         then kept.local_day else kept.local_day + 1 end)::date as first_day_kept
 from kept"""
 
@@ -524,15 +526,17 @@ class ReportBoundsRow(msgspec.Struct, frozen=True, gc=False):
 async def report_bounds(
     conn: AsyncConnection[Any],
     *,
-    tz: str,
     first_day: date,
+    tz: str,
     last_day: date,
     kept_from: datetime,
 ) -> ReportBoundsRow | None:
     """The instants of the local days @first_day .. @last_day of @tz, and the first local day of @tz that
-    starts at or after @kept_from (the retention's boundary: earlier days are partly or wholly purged)."""
+    starts at or after @kept_from (the retention's boundary: earlier days are partly or wholly purged).
+    A day starts at its first instant (local_day_start): `day::timestamp at time zone tz` is the later
+    of an ambiguous midnight's two instants."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportBoundsRow)) as cur:
-        await cur.execute(REPORT_BOUNDS, (tz, first_day, last_day, kept_from))
+        await cur.execute(REPORT_BOUNDS, (first_day, tz, last_day, kept_from))
         return await cur.fetchone()
 
 

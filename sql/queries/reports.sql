@@ -197,20 +197,22 @@ from rolled, visitors, visits;
 
 -- name: ReportTimeseries :many
 -- Every bucket of the range (local hours or days of @tz, empty ones included), oldest first, with its
--- label (the local day, or the local hour and its UTC offset) from the date_trunc that made the bucket.
+-- label (the local day, or the local hour and its UTC offset) read at its start. A bucket is
+-- analytics_bucket's: it starts at or before every instant in it (a day at its first instant,
+-- local_day_start, where date_trunc read an ambiguous local midnight as its later instant).
 with raw as materialized (
-    select date_trunc(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
+    select analytics_bucket(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
     where not r.is_bot
 ),
 buckets as (
-    select distinct date_trunc(@unit, g, @tz) as bucket
+    select distinct analytics_bucket(@unit, g, @tz) as bucket
     from generate_series(@range_from, @range_to, @step::interval) as g
     where g < @range_to
 ),
 views as (
     select x.bucket, sum(x.views) as views from (
-        select date_trunc(@unit, h.hour, @tz) as bucket, h.pageviews as views from page_view_hourly h
+        select analytics_bucket(@unit, h.hour, @tz) as bucket, h.pageviews as views from page_view_hourly h
         where h.site_id = @site_id and h.hour >= @range_from and h.hour < @range_to
             and analytics_hour_is_whole(h.hour, @range_from, @range_to, @unit, @tz)
         union all
@@ -220,7 +222,7 @@ views as (
 ),
 visitors as (
     select x.bucket, count(distinct x.visitor_id) as visitors from (
-        select date_trunc(@unit, v.hour, @tz) as bucket, v.visitor_id from page_view_hourly_visitors v
+        select analytics_bucket(@unit, v.hour, @tz) as bucket, v.visitor_id from page_view_hourly_visitors v
         where v.site_id = @site_id and v.hour >= @range_from and v.hour < @range_to
             and analytics_hour_is_whole(v.hour, @range_from, @range_to, @unit, @tz)
         union all
@@ -229,7 +231,7 @@ visitors as (
     group by x.bucket
 ),
 visits as (
-    select date_trunc(@unit, v.started_at, @tz) as bucket, count(*) as visits
+    select analytics_bucket(@unit, v.started_at, @tz) as bucket, count(*) as visits
     from analytics_visits(@site_id, @range_from, @range_to) v
     group by 1
 )
@@ -301,12 +303,14 @@ select ((@now::timestamptz) at time zone (@tz::text))::date as today;
 -- name: ReportBounds :one
 -- The instants of the local days @first_day .. @last_day of @tz, and the first local day of @tz that
 -- starts at or after @kept_from (the retention's boundary: earlier days are partly or wholly purged).
+-- A day starts at its first instant (local_day_start): `day::timestamp at time zone tz` is the later
+-- of an ambiguous midnight's two instants.
 with kept as (
     select ((@kept_from::timestamptz) at time zone (@tz::text))::date as local_day
 )
-select ((@first_day::date)::timestamp at time zone (@tz::text))::timestamptz as range_from,
-    (((@last_day::date) + 1)::timestamp at time zone (@tz::text))::timestamptz as range_to,
-    (case when ((kept.local_day)::timestamp at time zone (@tz::text)) >= (@kept_from::timestamptz)
+select local_day_start(@first_day::date, @tz::text)::timestamptz as range_from,
+    local_day_start((@last_day::date) + 1, @tz::text)::timestamptz as range_to,
+    (case when local_day_start(kept.local_day, @tz::text) >= (@kept_from::timestamptz)
         then kept.local_day else kept.local_day + 1 end)::date as first_day_kept
 from kept;
 

@@ -6,6 +6,12 @@ permanent -03 since tzdata 2024b, -04 in winter in older data) a one-day period 
 first labelled with the day before. Now every piece of zone arithmetic is PostgreSQL's, so a report
 is consistent whatever tzdata either side has: one bucket per local day, labelled with that day,
 starting at the period's start, and the summary agrees with the series.
+
+A local day starts at its first instant (``local_day_start``). Where the clocks go back at 01:00 to
+00:00 (America/Havana, Atlantic/Azores) local midnight happens twice, and PostgreSQL's own reading
+(``day::timestamp at time zone tz``, ``date_trunc``) is the later instant: the day's first local hour
+was counted in the day before (a one-day period showed a bucket of the next date) and the series
+disagreed with the summary.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from app.modules import MODULES
 from tests.factories import create_user, make_site
 
 
-async def insert_view(db: AsyncConnection[Any], site_id: int, ts: datetime) -> None:
+async def insert_view(db: AsyncConnection[Any], site_id: int, ts: datetime, visitor_id: int = 1) -> None:
     await db.execute(
         "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
-        " values (%s, %s, %s, 1, '/', 'desktop', 'firefox', 'linux')",
-        (site_id, ts, ts),
+        " values (%s, %s, %s, %s, '/', 'desktop', 'firefox', 'linux')",
+        (site_id, ts, ts, visitor_id),
     )
 
 
@@ -88,3 +94,116 @@ async def test_hour_labels_are_local_times_with_their_offset(
         p.start.astimezone(zone).isoformat(timespec="minutes") for p in series.points
     ]
     assert series.points[0].local.startswith(f"{day.isoformat()}T00:00")
+
+
+def first_instant(day: date, zone: ZoneInfo) -> datetime:
+    """Python's first instant whose local date in ``zone`` is ``day``, found minute by minute (every
+    offset and transition of the tz database falls on a whole minute) from 15 hours before the UTC
+    midnight of ``day`` (no zone is ahead by more than 14)."""
+    moment = datetime.combine(day, datetime.min.time(), UTC) - timedelta(hours=15)
+    while moment.astimezone(zone).date() < day:
+        moment += timedelta(minutes=1)
+    return moment
+
+
+@pytest.mark.parametrize(
+    ("tz", "day"),
+    [
+        ("America/Havana", date(2026, 11, 1)),  # back 01:00 -> 00:00: midnight twice
+        ("America/Havana", date(2027, 11, 7)),
+        ("Atlantic/Azores", date(2027, 10, 31)),
+        ("America/Havana", date(2027, 3, 14)),  # forward 00:00 -> 01:00: no midnight
+        ("Africa/Cairo", date(2026, 4, 24)),
+        ("America/Santiago", date(2026, 9, 6)),
+        ("Asia/Beirut", date(2026, 3, 29)),
+        ("Australia/Lord_Howe", date(2026, 4, 5)),  # thirty-minute shifts, at 02:00
+        ("Australia/Lord_Howe", date(2026, 10, 4)),
+        ("Antarctica/Troll", date(2026, 10, 25)),  # two-hour shift, at 03:00 local
+        ("Europe/Berlin", date(2026, 10, 25)),
+        ("Asia/Kathmandu", date(2027, 7, 1)),
+        ("Pacific/Kiritimati", date(2027, 7, 1)),  # +14
+        ("Pacific/Pago_Pago", date(2027, 7, 1)),  # -11
+    ],
+)
+async def test_local_day_start_is_the_first_instant_of_the_local_date(
+    db: AsyncConnection[Any], tz: str, day: date
+) -> None:
+    row = await (
+        await db.execute(
+            "select local_day_start(%(day)s, %(tz)s), local_day_start(%(day)s + 1, %(tz)s),"
+            " (local_day_start(%(day)s, %(tz)s) at time zone %(tz)s)::date,"
+            " ((local_day_start(%(day)s, %(tz)s) - interval '1 microsecond') at time zone %(tz)s)::date",
+            {"day": day, "tz": tz},
+        )
+    ).fetchone()
+    assert row is not None
+    zone = ZoneInfo(tz)
+    assert (row[0], row[1]) == (first_instant(day, zone), first_instant(day + timedelta(days=1), zone))
+    assert (row[2], row[3]) == (day, day - timedelta(days=1))
+
+
+# (zone, the day whose local midnight happens twice: back from 01:00 to 00:00)
+AMBIGUOUS_MIDNIGHTS = [("America/Havana", date(2026, 11, 1)), ("Atlantic/Azores", date(2027, 10, 31))]
+
+
+@pytest.mark.parametrize("rolled_up", [False, True], ids=["raw", "rolled-up"])
+@pytest.mark.parametrize(("tz", "day"), AMBIGUOUS_MIDNIGHTS)
+async def test_a_day_whose_midnight_happens_twice_starts_at_the_first(
+    reports: ReportService, db: AsyncConnection[Any], tz: str, day: date, rolled_up: bool
+) -> None:
+    zone = ZoneInfo(tz)
+    eve, morrow = day - timedelta(days=1), day + timedelta(days=1)
+    first = datetime.combine(day, datetime.min.time(), zone).astimezone(UTC)  # fold=0: the earlier
+    second = datetime.combine(day, datetime.min.time(), zone).replace(fold=1).astimezone(UTC)
+    assert second - first == timedelta(hours=1)
+    eve_start = datetime.combine(eve, datetime.min.time(), zone).astimezone(UTC)
+    morrow_start = datetime.combine(morrow, datetime.min.time(), zone).astimezone(UTC)
+    owner = await create_user(db)
+    site_id = (await make_site(db, owner, timezone=tz)).id
+    await pageview_queries.ensure_partitions(db, from_day=eve - timedelta(days=1), days=4)
+    # the eve at noon; 00:30 of the day twice (the first one before PostgreSQL's reading of midnight)
+    for visitor, moment in enumerate(
+        (first - timedelta(hours=12), first + timedelta(minutes=30), second + timedelta(minutes=30))
+    ):
+        await insert_view(db, site_id, moment, visitor_id=visitor + 1)
+    if rolled_up:
+        assert await reports.rollup(now=morrow_start + timedelta(days=1)) == 3
+
+    eve_only = resolve_range("custom", eve, eve, tz)
+    summary = await reports.summary(site_id, eve_only)
+    series = await reports.timeseries(site_id, eve_only, "day")
+    assert (summary.range.start, summary.range.end) == (eve_start, first)
+    assert [(p.local, p.start, p.pageviews) for p in series.points] == [(eve.isoformat(), eve_start, 1)]
+    assert summary.pageviews == 1
+
+    day_only = resolve_range("custom", day, day, tz)
+    summary = await reports.summary(site_id, day_only)
+    series = await reports.timeseries(site_id, day_only, "day")
+    assert (summary.range.start, summary.range.end) == (first, morrow_start)
+    assert [(p.local, p.start, p.pageviews, p.visitors) for p in series.points] == [
+        (day.isoformat(), first, 2, 2)
+    ]
+    assert (summary.pageviews, summary.visitors) == (2, 2)
+    hours = await reports.timeseries(site_id, day_only, "hour")
+    starts = [first + timedelta(hours=n) for n in range(25)]  # a 25-hour day
+    assert [(p.start, p.local) for p in hours.points] == [
+        (start, start.astimezone(zone).isoformat(timespec="minutes")) for start in starts
+    ]
+    assert [p.local[11:] for p in hours.points[:2]] == [
+        "00:00" + first.astimezone(zone).isoformat()[-6:],
+        "00:00" + second.astimezone(zone).isoformat()[-6:],
+    ]
+    assert [p.pageviews for p in hours.points[:3]] == [1, 1, 0]
+    assert sum(p.pageviews for p in hours.points) == 2
+
+    both = resolve_range("custom", eve, day, tz)
+    summary = await reports.summary(site_id, both)
+    series = await reports.timeseries(site_id, both, "day")
+    assert [(p.local, p.start, p.pageviews) for p in series.points] == [
+        (eve.isoformat(), eve_start, 1),
+        (day.isoformat(), first, 2),
+    ]
+    assert summary.pageviews == 3
+    hours = await reports.timeseries(site_id, both, "hour")
+    assert (hours.points[0].start, hours.points[-1].start) == (eve_start, morrow_start - timedelta(hours=1))
+    assert len(hours.points) == 24 + 25
