@@ -17,6 +17,7 @@ disagreed with the summary.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +31,8 @@ from app.db import pageviews as pageview_queries
 from app.domains.reports.services import ReportService, resolve_range
 from app.modules import MODULES
 from tests.factories import create_user, make_site
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 async def insert_view(db: AsyncConnection[Any], site_id: int, ts: datetime, visitor_id: int = 1) -> None:
@@ -207,3 +210,36 @@ async def test_a_day_whose_midnight_happens_twice_starts_at_the_first(
     hours = await reports.timeseries(site_id, both, "hour")
     assert (hours.points[0].start, hours.points[-1].start) == (eve_start, morrow_start - timedelta(hours=1))
     assert len(hours.points) == 24 + 25
+
+
+async def test_sites_stored_with_cet_eet_met_or_wet_get_the_regions_those_names_mean(
+    reports: ReportService, db: AsyncConnection[Any]
+) -> None:
+    """Names refused since they were read as fixed offsets, still stored on older sites: the data
+    migration (run here as written in its file) gives those sites the regions, summer time included."""
+    owner = await create_user(db)
+    stored = ["CET", "EET", "MET", "WET", "Europe/Berlin", "UTC"]
+    sites = [(await make_site(db, owner, timezone=tz)).id for tz in stored]
+    day = date(2027, 7, 1)
+    before = await reports.summary(sites[0], resolve_range("custom", day, day, "CET"))
+    assert before.range.start == datetime(2027, 6, 30, 23, tzinfo=UTC)  # PostgreSQL's CET: +01:00 in July
+    [migration] = MIGRATIONS.glob("*_sites_timezone_regions.sql")
+    up = migration.read_text().split("-- migrate:up", 1)[1].split("-- migrate:down", 1)[0]
+    async with db.transaction():
+        await db.execute(up)
+    rows = await (await db.execute("select timezone from sites where id = any(%s) order by id", (sites,))).fetchall()
+    assert [row[0] for row in rows] == [
+        "Europe/Brussels",
+        "Europe/Athens",
+        "Europe/Brussels",
+        "Europe/Lisbon",
+        "Europe/Berlin",
+        "UTC",
+    ]
+    for (tz,), summer_midnight in zip(
+        rows[:4],
+        (datetime(2027, 6, 30, 22), datetime(2027, 6, 30, 21), datetime(2027, 6, 30, 22), datetime(2027, 6, 30, 23)),
+        strict=True,
+    ):
+        after = await reports.summary(sites[0], resolve_range("custom", day, day, tz))
+        assert after.range.start == summer_midnight.replace(tzinfo=UTC)
