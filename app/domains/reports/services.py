@@ -17,11 +17,14 @@ moves in the transaction that adds the hour, so a run that fails or repeats adds
 Periods are local days of a time zone (the site's by default). Rollup hours that do not lie inside
 one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata) are read raw.
 
-One time-zone database. The buckets are PostgreSQL's ``date_trunc(unit, ts, tz)``, so every other
-piece of zone arithmetic of a report is PostgreSQL's too: today's date (``LocalToday``), the instants
-of the period's first and last local day (``ReportBounds``) and the buckets' labels (in
-``ReportTimeseries``, from the same ``date_trunc``). Python's ``zoneinfo`` (its own tzdata, which may
-be newer or older than the database's: America/Asuncion since 2024b) only checks that a name is a
+One time-zone database. The buckets are PostgreSQL's (``analytics_bucket``: an hour is
+``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
+first instant: ``day::timestamp at time zone tz`` and ``date_trunc('day', ...)`` read an ambiguous
+midnight, America/Havana's on 2026-11-01, as its later instant), so every other piece of zone
+arithmetic of a report is PostgreSQL's too: today's date (``LocalToday``), the instants of the
+period's first and last local day (``ReportBounds``, by ``local_day_start``) and the buckets' labels
+(in ``ReportTimeseries``, read at each bucket's start). Python's ``zoneinfo`` (its own tzdata, which
+may be newer or older than the database's: America/Asuncion since 2024b) only checks that a name is a
 zone. ``resolve_range``'s ``start``/``end`` are Python's estimate; every answer carries the database's.
 
 The retention. A custom period that starts before the first local day still wholly kept
