@@ -322,18 +322,18 @@ async def report_summary(
 
 REPORT_TIMESERIES = """\
 with raw as materialized (
-    select analytics_bucket($1::text, r.ts, $2::text) as bucket, r.visitor_id
+    select analytics_bucket_key($1::text, r.ts, $2::text) as bucket, r.visitor_id
     from analytics_raw_views($3::bigint, $4::timestamptz, $5::timestamptz, $1, $2) r
     where not r.is_bot
 ),
 buckets as (
-    select distinct analytics_bucket($1, g, $2) as bucket
+    select distinct analytics_bucket_key($1, g, $2) as bucket
     from generate_series($4, $5, $6::interval) as g
     where g < $5
 ),
 views as (
     select x.bucket, sum(x.views) as views from (
-        select analytics_bucket($1, h.hour, $2) as bucket, h.pageviews as views from page_view_hourly h
+        select analytics_bucket_key($1, h.hour, $2) as bucket, h.pageviews as views from page_view_hourly h
         where h.site_id = $3 and h.hour >= $4 and h.hour < $5
             and analytics_hour_is_whole(h.hour, $4, $5, $1, $2)
         union all
@@ -343,7 +343,7 @@ views as (
 ),
 visitors as (
     select x.bucket, count(distinct x.visitor_id) as visitors from (
-        select analytics_bucket($1, v.hour, $2) as bucket, v.visitor_id from page_view_hourly_visitors v
+        select analytics_bucket_key($1, v.hour, $2) as bucket, v.visitor_id from page_view_hourly_visitors v
         where v.site_id = $3 and v.hour >= $4 and v.hour < $5
             and analytics_hour_is_whole(v.hour, $4, $5, $1, $2)
         union all
@@ -352,27 +352,27 @@ visitors as (
     group by x.bucket
 ),
 visits as (
-    select analytics_bucket($1, v.started_at, $2) as bucket, count(*) as visits
+    select analytics_bucket_key($1, v.started_at, $2) as bucket, count(*) as visits
     from analytics_visits($3, $4, $5) v
     group by 1
 )
-select b.bucket::timestamptz as bucket,
+select b.start::timestamptz as bucket,
     case $1::text
-        when 'day' then to_char(b.bucket at time zone $2::text, 'YYYY-MM-DD')
-        else to_char(b.bucket at time zone $2::text, 'YYYY-MM-DD"T"HH24:MI') || (
+        when 'day' then to_char(b.start at time zone $2::text, 'YYYY-MM-DD')
+        else to_char(b.start at time zone $2::text, 'YYYY-MM-DD"T"HH24:MI') || (
             select case when o.offset_ < interval '0' then '-' || to_char(-o.offset_, 'HH24:MI')
                 else '+' || to_char(o.offset_, 'HH24:MI') end
-            from (select (b.bucket at time zone $2::text) - (b.bucket at time zone 'UTC') as offset_) o
+            from (select (b.start at time zone $2::text) - (b.start at time zone 'UTC') as offset_) o
         )
     end::text as label,
     coalesce(views.views, 0)::bigint as pageviews,
     coalesce(visitors.visitors, 0)::bigint as visitors,
     coalesce(visits.visits, 0)::bigint as visits
-from buckets b
+from (select k.bucket, analytics_bucket_start($1, k.bucket, $2) as start from buckets k) b
 left join views on views.bucket = b.bucket
 left join visitors on visitors.bucket = b.bucket
 left join visits on visits.bucket = b.bucket
-order by b.bucket"""
+order by b.start"""
 
 
 class ReportTimeseriesRow(msgspec.Struct, frozen=True, gc=False):
@@ -394,9 +394,10 @@ async def report_timeseries(
     step: timedelta,
 ) -> list[ReportTimeseriesRow]:
     """Every bucket of the range (local hours or days of @tz, empty ones included), oldest first, with its
-    label (the local day, or the local hour and its UTC offset) read at its start. A bucket is
-    analytics_bucket's: it starts at or before every instant in it (a day at its first instant,
-    local_day_start, where date_trunc read an ambiguous local midnight as its later instant)."""
+    label (the local day, or the local hour and its UTC offset) read at its start. Rows are grouped by
+    their bucket's key (analytics_bucket_key: a day's is its local date) and each bucket's start is
+    computed once (analytics_bucket_start: a day starts at its first instant, local_day_start, where
+    date_trunc read an ambiguous local midnight as its later instant)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportTimeseriesRow)) as cur:
         await cur.execute(REPORT_TIMESERIES, (unit, tz, site_id, range_from, range_to, step))
         return await cur.fetchall()

@@ -197,22 +197,23 @@ from rolled, visitors, visits;
 
 -- name: ReportTimeseries :many
 -- Every bucket of the range (local hours or days of @tz, empty ones included), oldest first, with its
--- label (the local day, or the local hour and its UTC offset) read at its start. A bucket is
--- analytics_bucket's: it starts at or before every instant in it (a day at its first instant,
--- local_day_start, where date_trunc read an ambiguous local midnight as its later instant).
+-- label (the local day, or the local hour and its UTC offset) read at its start. Rows are grouped by
+-- their bucket's key (analytics_bucket_key: a day's is its local date) and each bucket's start is
+-- computed once (analytics_bucket_start: a day starts at its first instant, local_day_start, where
+-- date_trunc read an ambiguous local midnight as its later instant).
 with raw as materialized (
-    select analytics_bucket(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
+    select analytics_bucket_key(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
     where not r.is_bot
 ),
 buckets as (
-    select distinct analytics_bucket(@unit, g, @tz) as bucket
+    select distinct analytics_bucket_key(@unit, g, @tz) as bucket
     from generate_series(@range_from, @range_to, @step::interval) as g
     where g < @range_to
 ),
 views as (
     select x.bucket, sum(x.views) as views from (
-        select analytics_bucket(@unit, h.hour, @tz) as bucket, h.pageviews as views from page_view_hourly h
+        select analytics_bucket_key(@unit, h.hour, @tz) as bucket, h.pageviews as views from page_view_hourly h
         where h.site_id = @site_id and h.hour >= @range_from and h.hour < @range_to
             and analytics_hour_is_whole(h.hour, @range_from, @range_to, @unit, @tz)
         union all
@@ -222,7 +223,7 @@ views as (
 ),
 visitors as (
     select x.bucket, count(distinct x.visitor_id) as visitors from (
-        select analytics_bucket(@unit, v.hour, @tz) as bucket, v.visitor_id from page_view_hourly_visitors v
+        select analytics_bucket_key(@unit, v.hour, @tz) as bucket, v.visitor_id from page_view_hourly_visitors v
         where v.site_id = @site_id and v.hour >= @range_from and v.hour < @range_to
             and analytics_hour_is_whole(v.hour, @range_from, @range_to, @unit, @tz)
         union all
@@ -231,27 +232,27 @@ visitors as (
     group by x.bucket
 ),
 visits as (
-    select analytics_bucket(@unit, v.started_at, @tz) as bucket, count(*) as visits
+    select analytics_bucket_key(@unit, v.started_at, @tz) as bucket, count(*) as visits
     from analytics_visits(@site_id, @range_from, @range_to) v
     group by 1
 )
-select b.bucket::timestamptz as bucket,
+select b.start::timestamptz as bucket,
     case @unit::text
-        when 'day' then to_char(b.bucket at time zone @tz::text, 'YYYY-MM-DD')
-        else to_char(b.bucket at time zone @tz::text, 'YYYY-MM-DD"T"HH24:MI') || (
+        when 'day' then to_char(b.start at time zone @tz::text, 'YYYY-MM-DD')
+        else to_char(b.start at time zone @tz::text, 'YYYY-MM-DD"T"HH24:MI') || (
             select case when o.offset_ < interval '0' then '-' || to_char(-o.offset_, 'HH24:MI')
                 else '+' || to_char(o.offset_, 'HH24:MI') end
-            from (select (b.bucket at time zone @tz::text) - (b.bucket at time zone 'UTC') as offset_) o
+            from (select (b.start at time zone @tz::text) - (b.start at time zone 'UTC') as offset_) o
         )
     end::text as label,
     coalesce(views.views, 0)::bigint as pageviews,
     coalesce(visitors.visitors, 0)::bigint as visitors,
     coalesce(visits.visits, 0)::bigint as visits
-from buckets b
+from (select k.bucket, analytics_bucket_start(@unit, k.bucket, @tz) as start from buckets k) b
 left join views on views.bucket = b.bucket
 left join visitors on visitors.bucket = b.bucket
 left join visits on visits.bucket = b.bucket
-order by b.bucket;
+order by b.start;
 
 -- name: ReportBreakdown :many
 -- Views (bots excluded) per value of @dimension, most viewed first, then by value; after the position

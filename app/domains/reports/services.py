@@ -17,7 +17,7 @@ moves in the transaction that adds the hour, so a run that fails or repeats adds
 Periods are local days of a time zone (the site's by default). Rollup hours that do not lie inside
 one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata) are read raw.
 
-One time-zone database. The buckets are PostgreSQL's (``analytics_bucket``: an hour is
+One time-zone database. The buckets are PostgreSQL's (``analytics_bucket_key``: an hour is
 ``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
 first instant: ``day::timestamp at time zone tz`` and ``date_trunc('day', ...)`` read an ambiguous
 midnight, America/Havana's on 2026-11-01, as its later instant), so every other piece of zone
