@@ -58,6 +58,7 @@ from app.domains.accounts.services import AccountService
 from app.domains.github.services import GithubService
 from app.domains.orders.module import module as orders_module
 from app.domains.products.module import module as products_module
+from app.domains.tasks.schemas import MAX_POSITION
 from app.main import create_app
 
 Client = AsyncTestClient[Litestar]
@@ -275,6 +276,7 @@ async def make_task(
         priority=priority,
         assignee_id=_id_of(assignee) if assignee is not None else None,
         due_date=due,
+        max_position=MAX_POSITION,
         created_by=_id_of(creator),
     )
     assert task is not None

@@ -36,7 +36,8 @@ async def count_project_tasks(conn: AsyncConnection[Any], *, project_id: int) ->
 CREATE_TASK = """\
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
 values ($1, $2, $3, $4, $5, $6, $7,
-        coalesce((select max(position) + 1 from tasks where project_id = $1), 0), $8, $8)
+        least(coalesce((select max(position) + 1 from tasks where project_id = $1), 0), $8::bigint),
+        $9, $9)
 returning id, project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by, created_at, updated_at, version"""
 
 
@@ -50,13 +51,26 @@ async def create_task(
     priority: TaskPriority,
     assignee_id: int | None,
     due_date: date | None,
+    max_position: int,
     created_by: int,
 ) -> Task | None:
-    """Under LockTaskPositions: the next position of the project is this task's alone."""
+    """Under LockTaskPositions: the next position of the project is this task's alone, but never above
+    @max_position (the largest a client may set, schemas.MAX_POSITION): after a task was moved there,
+    the new tasks share it rather than take a position no client could send back."""
     async with AsyncRawCursor(conn, row_factory=args_row(Task)) as cur:
         await cur.execute(
             CREATE_TASK,
-            (project_id, title, description, status, priority, assignee_id, due_date, created_by),
+            (
+                project_id,
+                title,
+                description,
+                status,
+                priority,
+                assignee_id,
+                due_date,
+                max_position,
+                created_by,
+            ),
         )
         return await cur.fetchone()
 
@@ -208,47 +222,30 @@ async def delete_task(conn: AsyncConnection[Any], *, id: int) -> int:
         return cur.rowcount
 
 
-LIST_PROJECT_TASKS = """\
-select id, project_id, title, description, status, priority, assignee_id, due_date, position,
-       created_by, updated_by, created_at, updated_at, version, sort_key, now()::timestamptz as read_at
-from (
-    select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version,
-           (case $1::text
-                when 'due' then coalesce(t.due_date - date '1970-01-01', 2147483647)::bigint
-                when 'priority' then -array_position(enum_range(null::task_priority), t.priority)::bigint
-                when 'updated' then -(extract(epoch from t.updated_at) * 1000000)::bigint
-                else 0::bigint
-            end) as sort_key
-    from tasks t
-    where t.project_id = $2
-      -- Only for a member (any role): the membership check rides on the list, one round trip
-      -- instead of two; an empty page is told apart from "not a member" by the caller.
-      and exists (select 1 from project_members m where m.project_id = $2 and m.user_id = $3)
-      and ($4::task_status is null or t.status = $4::task_status)
-      and ($5::task_priority is null or t.priority = $5::task_priority)
-      and ($6::bigint is null or t.assignee_id = $6::bigint)
-      and ($7::date is null or t.due_date <= $7::date)
-      and ($8::date is null or t.due_date >= $8::date)
-      and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
-      and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
-      -- search: the task's stored document (task_search_documents), never one computed per task and
-      -- query. Every task has one (triggers; the older tasks' backfilled by migration 20261203040100).
-      -- The subquery is bounded to the project: the planner either probes each task of the walk by
-      -- task_id (it stops at row_limit) or collects the project's matches once (project_id, or the
-      -- GIN index for a rare word), never every project's documents.
-      and ($11::text is null or exists (
-          select 1
-          from task_search_documents d
-          where d.task_id = t.id
-            and d.project_id = $2
-            and d.document @@ websearch_to_tsquery('simple', $11::text)))
-) s
-where (s.sort_key, s.id) > ($12::bigint, $13::bigint)
-order by s.sort_key, s.id
-limit $14"""
+LIST_PROJECT_TASKS_BY_CREATED = """\
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version, now()::timestamptz as read_at
+from tasks t
+where t.project_id = $1
+  and t.id > $2
+  and ($3::task_status is null or t.status = $3::task_status)
+  and ($4::task_priority is null or t.priority = $4::task_priority)
+  and ($5::bigint is null or t.assignee_id = $5::bigint)
+  and ($6::date is null or t.due_date <= $6::date)
+  and ($7::date is null or t.due_date >= $7::date)
+  and ($8::timestamptz is null or t.updated_at > $8::timestamptz)
+  and ($9::timestamptz is null or t.updated_at <= $9::timestamptz)
+  and ($10::text is null or exists (
+      select 1
+      from task_search_documents d
+      where d.task_id = t.id
+        and d.project_id = $1
+        and d.document @@ websearch_to_tsquery('simple', $10::text)))
+  and exists (select 1 from project_members m where m.project_id = $1 and m.user_id = $11)
+order by t.id
+limit $12"""
 
 
-class ListProjectTasksRow(msgspec.Struct, frozen=True, gc=False):
+class ListProjectTasksByCreatedRow(msgspec.Struct, frozen=True, gc=False):
     id: int
     project_id: int
     title: str
@@ -263,16 +260,14 @@ class ListProjectTasksRow(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
     updated_at: datetime
     version: int
-    sort_key: int
     read_at: datetime
 
 
-async def list_project_tasks(
+async def list_project_tasks_by_created(
     conn: AsyncConnection[Any],
     *,
-    sort: str,
     project_id: int,
-    member_id: int,
+    after_id: int,
     status: TaskStatus | None,
     priority: TaskPriority | None,
     assignee_id: int | None,
@@ -281,24 +276,32 @@ async def list_project_tasks(
     updated_after: datetime | None,
     as_of: datetime | None,
     search: str | None,
-    after_key: int,
-    after_id: int,
+    member_id: int,
     row_limit: int,
-) -> list[ListProjectTasksRow]:
-    """Filters are optional (null = any). The sort key is one bigint per mode so that one keyset
-    condition, (sort_key, id) > (after_key, after_id), pages every mode:
-      created: 0 (id order) · due: days since epoch, no date last · priority: urgent first ·
-      updated: most recent first.
+) -> list[ListProjectTasksByCreatedRow]:
+    """sort=created: id order, tasks_project_id_idx (project_id, id) from the cursor's id.
+
+    The task list, one statement per sort (the service picks it): each reads its page from one index
+    range of the project, in the index's order, and stops after @row_limit rows, whatever the plan.
+    One statement for every sort (a CASE sort key, `(sort_key, id) > (after_key, after_id)`) could use
+    no index for its order: every page read and sorted the whole project (10,000 rows for 51), and its
+    generic plan did even for sort=created. The cursor's key (services.sort_key) is computed from the
+    row, not here.
+
+    Filters are optional (null = any), applied to the rows of the range as it is walked: a rare filter
+    walks further (a filter is no range; the search may instead collect the project's matches first).
     updated_after: only tasks changed after it (exclusive). as_of: only tasks last changed at or before
-    it (a walk's later pages: a task changed since has left the place the walk gave it). read_at: the
-    clock when this statement started, before its snapshot was taken (its transaction's now())."""
-    async with AsyncRawCursor(conn, row_factory=args_row(ListProjectTasksRow)) as cur:
+    it (a due/priority/updated walk's later pages: a task changed since has left the place the walk
+    gave it). read_at: the clock when this statement started, before its snapshot was taken (its
+    transaction's now()). The membership check rides on the list, one round trip instead of two; an
+    empty page is told apart from "not a member" by the caller. The search: the task's stored document
+    (task_search_documents, bounded to the project), never one computed per task and query."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListProjectTasksByCreatedRow)) as cur:
         await cur.execute(
-            LIST_PROJECT_TASKS,
+            LIST_PROJECT_TASKS_BY_CREATED,
             (
-                sort,
                 project_id,
-                member_id,
+                after_id,
                 status,
                 priority,
                 assignee_id,
@@ -307,9 +310,339 @@ async def list_project_tasks(
                 updated_after,
                 as_of,
                 search,
-                after_key,
-                after_id,
+                member_id,
                 row_limit,
+            ),
+        )
+        return await cur.fetchall()
+
+
+LIST_PROJECT_TASKS_BY_DUE = """\
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version, now()::timestamptz as read_at
+from (
+    (select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version
+     from tasks t
+     where t.project_id = $1
+       and (t.due_date, t.id) > ($2::date, $3::bigint)
+       and ($4::task_status is null or t.status = $4::task_status)
+       and ($5::task_priority is null or t.priority = $5::task_priority)
+       and ($6::bigint is null or t.assignee_id = $6::bigint)
+       and ($7::date is null or t.due_date <= $7::date)
+       and ($8::date is null or t.due_date >= $8::date)
+       and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
+       and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
+       and ($11::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = $1
+             and d.document @@ websearch_to_tsquery('simple', $11::text)))
+     order by t.due_date nulls last, t.id
+     limit $12)
+    union all
+    (select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version
+     from tasks t
+     where t.project_id = $1
+       and t.due_date is null and t.id > $13::bigint
+       and ($4::task_status is null or t.status = $4::task_status)
+       and ($5::task_priority is null or t.priority = $5::task_priority)
+       and ($6::bigint is null or t.assignee_id = $6::bigint)
+       and ($7::date is null or t.due_date <= $7::date)
+       and ($8::date is null or t.due_date >= $8::date)
+       and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
+       and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
+       and ($11::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = $1
+             and d.document @@ websearch_to_tsquery('simple', $11::text)))
+     order by t.due_date nulls last, t.id
+     limit $12)
+) t
+where exists (select 1 from project_members m where m.project_id = $1 and m.user_id = $14)
+order by t.due_date nulls last, t.id
+limit $12"""
+
+
+class ListProjectTasksByDueRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    project_id: int
+    title: str
+    description: str
+    status: TaskStatus
+    priority: TaskPriority
+    assignee_id: int | None
+    due_date: date | None
+    position: int
+    created_by: int
+    updated_by: int
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    read_at: datetime
+
+
+async def list_project_tasks_by_due(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    after_due: date | None,
+    after_id: int,
+    status: TaskStatus | None,
+    priority: TaskPriority | None,
+    assignee_id: int | None,
+    due_before: date | None,
+    due_after: date | None,
+    updated_after: datetime | None,
+    as_of: datetime | None,
+    search: str | None,
+    row_limit: int,
+    after_undated_id: int,
+    member_id: int,
+) -> list[ListProjectTasksByDueRow]:
+    """sort=due: soonest first, undated last, then id: tasks_project_due_idx (project_id, due_date, id)
+    in its own order (nulls last). Two ranges, not one: the dated tasks after (@after_due, @after_id)
+    (none when @after_due is null: the cursor is among the undated), then the undated after
+    @after_undated_id. Each stops at @row_limit; the page is the first @row_limit of both."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListProjectTasksByDueRow)) as cur:
+        await cur.execute(
+            LIST_PROJECT_TASKS_BY_DUE,
+            (
+                project_id,
+                after_due,
+                after_id,
+                status,
+                priority,
+                assignee_id,
+                due_before,
+                due_after,
+                updated_after,
+                as_of,
+                search,
+                row_limit,
+                after_undated_id,
+                member_id,
+            ),
+        )
+        return await cur.fetchall()
+
+
+LIST_PROJECT_TASKS_BY_PRIORITY = """\
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version, now()::timestamptz as read_at
+from (
+    (select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version
+     from tasks t
+     where t.project_id = $1
+       and t.priority >= $2::task_priority and t.priority <= $2::task_priority
+       and t.id > $3::bigint
+       and ($4::task_status is null or t.status = $4::task_status)
+       and ($5::task_priority is null or t.priority = $5::task_priority)
+       and ($6::bigint is null or t.assignee_id = $6::bigint)
+       and ($7::date is null or t.due_date <= $7::date)
+       and ($8::date is null or t.due_date >= $8::date)
+       and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
+       and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
+       and ($11::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = $1
+             and d.document @@ websearch_to_tsquery('simple', $11::text)))
+     order by t.priority desc, t.id
+     limit $12)
+    union all
+    (select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version
+     from tasks t
+     where t.project_id = $1
+       and t.priority < $2::task_priority
+       and ($4::task_status is null or t.status = $4::task_status)
+       and ($5::task_priority is null or t.priority = $5::task_priority)
+       and ($6::bigint is null or t.assignee_id = $6::bigint)
+       and ($7::date is null or t.due_date <= $7::date)
+       and ($8::date is null or t.due_date >= $8::date)
+       and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
+       and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
+       and ($11::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = $1
+             and d.document @@ websearch_to_tsquery('simple', $11::text)))
+     order by t.priority desc, t.id
+     limit $12)
+) t
+where exists (select 1 from project_members m where m.project_id = $1 and m.user_id = $13)
+order by t.priority desc, t.id
+limit $12"""
+
+
+class ListProjectTasksByPriorityRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    project_id: int
+    title: str
+    description: str
+    status: TaskStatus
+    priority: TaskPriority
+    assignee_id: int | None
+    due_date: date | None
+    position: int
+    created_by: int
+    updated_by: int
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    read_at: datetime
+
+
+async def list_project_tasks_by_priority(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    after_priority: TaskPriority,
+    after_id: int,
+    status: TaskStatus | None,
+    priority: TaskPriority | None,
+    assignee_id: int | None,
+    due_before: date | None,
+    due_after: date | None,
+    updated_after: datetime | None,
+    as_of: datetime | None,
+    search: str | None,
+    row_limit: int,
+    member_id: int,
+) -> list[ListProjectTasksByPriorityRow]:
+    """sort=priority: urgent first (the enum's order, descending), then id: tasks_project_priority_idx
+    (project_id, priority desc, id) in its own order. Two ranges: the rest of the cursor's priority
+    (a range of one value, not `priority = @after_priority`: an equality leaves priority out of the
+    order, and the plan may then read the project in id order with priority as a filter), then the
+    lower priorities."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListProjectTasksByPriorityRow)) as cur:
+        await cur.execute(
+            LIST_PROJECT_TASKS_BY_PRIORITY,
+            (
+                project_id,
+                after_priority,
+                after_id,
+                status,
+                priority,
+                assignee_id,
+                due_before,
+                due_after,
+                updated_after,
+                as_of,
+                search,
+                row_limit,
+                member_id,
+            ),
+        )
+        return await cur.fetchall()
+
+
+LIST_PROJECT_TASKS_BY_UPDATED = """\
+select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version, now()::timestamptz as read_at
+from (
+    (select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version
+     from tasks t
+     where t.project_id = $1
+       and t.updated_at >= $2::timestamptz and t.updated_at <= $2::timestamptz
+       and t.id > $3::bigint
+       and ($4::task_status is null or t.status = $4::task_status)
+       and ($5::task_priority is null or t.priority = $5::task_priority)
+       and ($6::bigint is null or t.assignee_id = $6::bigint)
+       and ($7::date is null or t.due_date <= $7::date)
+       and ($8::date is null or t.due_date >= $8::date)
+       and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
+       and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
+       and ($11::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = $1
+             and d.document @@ websearch_to_tsquery('simple', $11::text)))
+     order by t.updated_at desc, t.id
+     limit $12)
+    union all
+    (select t.id, t.project_id, t.title, t.description, t.status, t.priority, t.assignee_id, t.due_date, t.position, t.created_by, t.updated_by, t.created_at, t.updated_at, t.version
+     from tasks t
+     where t.project_id = $1
+       and t.updated_at < $2::timestamptz
+       and ($4::task_status is null or t.status = $4::task_status)
+       and ($5::task_priority is null or t.priority = $5::task_priority)
+       and ($6::bigint is null or t.assignee_id = $6::bigint)
+       and ($7::date is null or t.due_date <= $7::date)
+       and ($8::date is null or t.due_date >= $8::date)
+       and ($9::timestamptz is null or t.updated_at > $9::timestamptz)
+       and ($10::timestamptz is null or t.updated_at <= $10::timestamptz)
+       and ($11::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = $1
+             and d.document @@ websearch_to_tsquery('simple', $11::text)))
+     order by t.updated_at desc, t.id
+     limit $12)
+) t
+where exists (select 1 from project_members m where m.project_id = $1 and m.user_id = $13)
+order by t.updated_at desc, t.id
+limit $12"""
+
+
+class ListProjectTasksByUpdatedRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    project_id: int
+    title: str
+    description: str
+    status: TaskStatus
+    priority: TaskPriority
+    assignee_id: int | None
+    due_date: date | None
+    position: int
+    created_by: int
+    updated_by: int
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    read_at: datetime
+
+
+async def list_project_tasks_by_updated(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    after_updated: datetime,
+    after_id: int,
+    status: TaskStatus | None,
+    priority: TaskPriority | None,
+    assignee_id: int | None,
+    due_before: date | None,
+    due_after: date | None,
+    updated_after: datetime | None,
+    as_of: datetime | None,
+    search: str | None,
+    row_limit: int,
+    member_id: int,
+) -> list[ListProjectTasksByUpdatedRow]:
+    """sort=updated: most recently changed first, then id: tasks_project_updated_desc_idx
+    (project_id, updated_at desc, id) in its own order. Two ranges, as ListProjectTasksByPriority's:
+    the rest of the cursor's moment (a range of one value), then the earlier moments."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListProjectTasksByUpdatedRow)) as cur:
+        await cur.execute(
+            LIST_PROJECT_TASKS_BY_UPDATED,
+            (
+                project_id,
+                after_updated,
+                after_id,
+                status,
+                priority,
+                assignee_id,
+                due_before,
+                due_after,
+                updated_after,
+                as_of,
+                search,
+                row_limit,
+                member_id,
             ),
         )
         return await cur.fetchall()

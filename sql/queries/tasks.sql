@@ -9,10 +9,13 @@ select pg_advisory_xact_lock(hashtextextended(concat('task-positions:', @project
 select count(*) from tasks where project_id = @project_id;
 
 -- name: CreateTask :one
--- Under LockTaskPositions: the next position of the project is this task's alone.
+-- Under LockTaskPositions: the next position of the project is this task's alone, but never above
+-- @max_position (the largest a client may set, schemas.MAX_POSITION): after a task was moved there,
+-- the new tasks share it rather than take a position no client could send back.
 insert into tasks (project_id, title, description, status, priority, assignee_id, due_date, position, created_by, updated_by)
 values (@project_id, @title, @description, @status, @priority, sqlc.narg(assignee_id), sqlc.narg(due_date),
-        coalesce((select max(position) + 1 from tasks where project_id = @project_id), 0), @created_by, @created_by)
+        least(coalesce((select max(position) + 1 from tasks where project_id = @project_id), 0), @max_position::bigint),
+        @created_by, @created_by)
 returning *;
 
 -- name: GetTaskWithRole :one
@@ -72,51 +75,202 @@ select now()::timestamptz as now;
 -- name: DeleteTask :execrows
 delete from tasks where id = @id;
 
--- name: ListProjectTasks :many
--- Filters are optional (null = any). The sort key is one bigint per mode so that one keyset
--- condition, (sort_key, id) > (after_key, after_id), pages every mode:
---   created: 0 (id order) · due: days since epoch, no date last · priority: urgent first ·
---   updated: most recent first.
+-- name: ListProjectTasksByCreated :many
+-- sort=created: id order, tasks_project_id_idx (project_id, id) from the cursor's id.
+--
+-- The task list, one statement per sort (the service picks it): each reads its page from one index
+-- range of the project, in the index's order, and stops after @row_limit rows, whatever the plan.
+-- One statement for every sort (a CASE sort key, `(sort_key, id) > (after_key, after_id)`) could use
+-- no index for its order: every page read and sorted the whole project (10,000 rows for 51), and its
+-- generic plan did even for sort=created. The cursor's key (services.sort_key) is computed from the
+-- row, not here.
+--
+-- Filters are optional (null = any), applied to the rows of the range as it is walked: a rare filter
+-- walks further (a filter is no range; the search may instead collect the project's matches first).
 -- updated_after: only tasks changed after it (exclusive). as_of: only tasks last changed at or before
--- it (a walk's later pages: a task changed since has left the place the walk gave it). read_at: the
--- clock when this statement started, before its snapshot was taken (its transaction's now()).
+-- it (a due/priority/updated walk's later pages: a task changed since has left the place the walk
+-- gave it). read_at: the clock when this statement started, before its snapshot was taken (its
+-- transaction's now()). The membership check rides on the list, one round trip instead of two; an
+-- empty page is told apart from "not a member" by the caller. The search: the task's stored document
+-- (task_search_documents, bounded to the project), never one computed per task and query.
 -- nullable: assignee_id, due_date
-select id, project_id, title, description, status, priority, assignee_id, due_date, position,
-       created_by, updated_by, created_at, updated_at, version, sort_key, now()::timestamptz as read_at
+select t.*, now()::timestamptz as read_at
+from tasks t
+where t.project_id = @project_id
+  and t.id > @after_id
+  and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+  and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+  and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+  and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+  and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+  and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+  and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
+  and (sqlc.narg(search)::text is null or exists (
+      select 1
+      from task_search_documents d
+      where d.task_id = t.id
+        and d.project_id = @project_id
+        and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
+  and exists (select 1 from project_members m where m.project_id = @project_id and m.user_id = @member_id)
+order by t.id
+limit @row_limit;
+
+-- name: ListProjectTasksByDue :many
+-- sort=due: soonest first, undated last, then id: tasks_project_due_idx (project_id, due_date, id)
+-- in its own order (nulls last). Two ranges, not one: the dated tasks after (@after_due, @after_id)
+-- (none when @after_due is null: the cursor is among the undated), then the undated after
+-- @after_undated_id. Each stops at @row_limit; the page is the first @row_limit of both.
+-- nullable: assignee_id, due_date
+select t.*, now()::timestamptz as read_at
 from (
-    select t.*,
-           (case @sort::text
-                when 'due' then coalesce(t.due_date - date '1970-01-01', 2147483647)::bigint
-                when 'priority' then -array_position(enum_range(null::task_priority), t.priority)::bigint
-                when 'updated' then -(extract(epoch from t.updated_at) * 1000000)::bigint
-                else 0::bigint
-            end) as sort_key
-    from tasks t
-    where t.project_id = @project_id
-      -- Only for a member (any role): the membership check rides on the list, one round trip
-      -- instead of two; an empty page is told apart from "not a member" by the caller.
-      and exists (select 1 from project_members m where m.project_id = @project_id and m.user_id = @member_id)
-      and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
-      and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
-      and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
-      and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
-      and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
-      and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
-      and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
-      -- search: the task's stored document (task_search_documents), never one computed per task and
-      -- query. Every task has one (triggers; the older tasks' backfilled by migration 20261203040100).
-      -- The subquery is bounded to the project: the planner either probes each task of the walk by
-      -- task_id (it stops at row_limit) or collects the project's matches once (project_id, or the
-      -- GIN index for a rare word), never every project's documents.
-      and (sqlc.narg(search)::text is null or exists (
-          select 1
-          from task_search_documents d
-          where d.task_id = t.id
-            and d.project_id = @project_id
-            and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
-) s
-where (s.sort_key, s.id) > (@after_key::bigint, @after_id::bigint)
-order by s.sort_key, s.id
+    (select t.*
+     from tasks t
+     where t.project_id = @project_id
+       and (t.due_date, t.id) > (sqlc.narg(after_due)::date, @after_id::bigint)
+       and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+       and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+       and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+       and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
+       and (sqlc.narg(search)::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = @project_id
+             and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
+     order by t.due_date nulls last, t.id
+     limit @row_limit)
+    union all
+    (select t.*
+     from tasks t
+     where t.project_id = @project_id
+       and t.due_date is null and t.id > @after_undated_id::bigint
+       and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+       and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+       and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+       and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
+       and (sqlc.narg(search)::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = @project_id
+             and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
+     order by t.due_date nulls last, t.id
+     limit @row_limit)
+) t
+where exists (select 1 from project_members m where m.project_id = @project_id and m.user_id = @member_id)
+order by t.due_date nulls last, t.id
+limit @row_limit;
+
+-- name: ListProjectTasksByPriority :many
+-- sort=priority: urgent first (the enum's order, descending), then id: tasks_project_priority_idx
+-- (project_id, priority desc, id) in its own order. Two ranges: the rest of the cursor's priority
+-- (a range of one value, not `priority = @after_priority`: an equality leaves priority out of the
+-- order, and the plan may then read the project in id order with priority as a filter), then the
+-- lower priorities.
+-- nullable: assignee_id, due_date
+select t.*, now()::timestamptz as read_at
+from (
+    (select t.*
+     from tasks t
+     where t.project_id = @project_id
+       and t.priority >= @after_priority::task_priority and t.priority <= @after_priority::task_priority
+       and t.id > @after_id::bigint
+       and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+       and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+       and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+       and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
+       and (sqlc.narg(search)::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = @project_id
+             and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
+     order by t.priority desc, t.id
+     limit @row_limit)
+    union all
+    (select t.*
+     from tasks t
+     where t.project_id = @project_id
+       and t.priority < @after_priority::task_priority
+       and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+       and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+       and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+       and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
+       and (sqlc.narg(search)::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = @project_id
+             and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
+     order by t.priority desc, t.id
+     limit @row_limit)
+) t
+where exists (select 1 from project_members m where m.project_id = @project_id and m.user_id = @member_id)
+order by t.priority desc, t.id
+limit @row_limit;
+
+-- name: ListProjectTasksByUpdated :many
+-- sort=updated: most recently changed first, then id: tasks_project_updated_desc_idx
+-- (project_id, updated_at desc, id) in its own order. Two ranges, as ListProjectTasksByPriority's:
+-- the rest of the cursor's moment (a range of one value), then the earlier moments.
+-- nullable: assignee_id, due_date
+select t.*, now()::timestamptz as read_at
+from (
+    (select t.*
+     from tasks t
+     where t.project_id = @project_id
+       and t.updated_at >= @after_updated::timestamptz and t.updated_at <= @after_updated::timestamptz
+       and t.id > @after_id::bigint
+       and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+       and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+       and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+       and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
+       and (sqlc.narg(search)::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = @project_id
+             and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
+     order by t.updated_at desc, t.id
+     limit @row_limit)
+    union all
+    (select t.*
+     from tasks t
+     where t.project_id = @project_id
+       and t.updated_at < @after_updated::timestamptz
+       and (sqlc.narg(status)::task_status is null or t.status = sqlc.narg(status)::task_status)
+       and (sqlc.narg(priority)::task_priority is null or t.priority = sqlc.narg(priority)::task_priority)
+       and (sqlc.narg(assignee_id)::bigint is null or t.assignee_id = sqlc.narg(assignee_id)::bigint)
+       and (sqlc.narg(due_before)::date is null or t.due_date <= sqlc.narg(due_before)::date)
+       and (sqlc.narg(due_after)::date is null or t.due_date >= sqlc.narg(due_after)::date)
+       and (sqlc.narg(updated_after)::timestamptz is null or t.updated_at > sqlc.narg(updated_after)::timestamptz)
+       and (sqlc.narg(as_of)::timestamptz is null or t.updated_at <= sqlc.narg(as_of)::timestamptz)
+       and (sqlc.narg(search)::text is null or exists (
+           select 1
+           from task_search_documents d
+           where d.task_id = t.id
+             and d.project_id = @project_id
+             and d.document @@ websearch_to_tsquery('simple', sqlc.narg(search)::text)))
+     order by t.updated_at desc, t.id
+     limit @row_limit)
+) t
+where exists (select 1 from project_members m where m.project_id = @project_id and m.user_id = @member_id)
+order by t.updated_at desc, t.id
 limit @row_limit;
 
 -- name: ListAssignedTasks :many

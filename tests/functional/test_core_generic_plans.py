@@ -38,6 +38,9 @@ from app.db import monitoring as monitoring_queries
 from app.db import orders as order_queries
 from app.db import projects as project_queries
 from app.db import sites as site_queries
+from app.db import tasks as task_queries
+from app.domains.tasks import services as task_services
+from app.domains.tasks.schemas import TaskCursor, TaskSort
 from tests.factories import make_project, plan_nodes, plan_rows_read, plan_scans
 
 OWNERS = 400
@@ -365,3 +368,118 @@ async def test_a_status_or_kind_of_groups_is_read_from_its_ranges_whatever_the_p
     everyone = await run_generic(db, monitoring_queries.LIST_GROUPS, (first_page, None, 51))
     assert everyone["Actual Rows"] == 51
     assert rows_read(everyone, "monitoring_groups") <= 2 * 51  # each root and its tree's counters
+
+
+TASKS_IN_PROJECT = 10_000
+TASK_SORTS: tuple[TaskSort, ...] = ("created", "due", "priority", "updated")
+TASK_PAGE = 51
+"""A page of 50 and the row that tells a next page exists."""
+
+
+async def make_task_crowd(db: AsyncConnection[Any], project: int, owner: int, tasks: int) -> None:
+    """``tasks`` tasks in one statement: every priority, one in five undated, the others due on one of
+    400 days, changed at one of 3,000 moments (several tasks share each day and moment)."""
+    await db.execute(
+        "insert into tasks (project_id, title, priority, due_date, position, created_by, updated_by,"
+        " updated_at)"
+        " select %(project)s, 'task ' || n, (enum_range(null::task_priority))[1 + n %% 4],"
+        " case when n %% 5 = 0 then null else date '2027-01-01' + n * 7 %% 400 end, n, %(owner)s,"
+        " %(owner)s, timestamptz '2026-12-01' - (n * 13 %% 3000) * interval '1 second'"
+        " from generate_series(1, %(tasks)s) n",
+        {"project": project, "owner": owner, "tasks": tasks},
+    )
+
+
+def task_list_statement(
+    sort: TaskSort, project: int, member: int, cursor: TaskCursor | None, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement the service runs for a page of ``sort`` after ``cursor`` (no filter), and its
+    parameters in order, from the cursor as the service reads it."""
+    no_filters = (None, None, None, None, None, None, None, None)
+    if sort == "due":
+        after = task_services.due_after(cursor)
+        return task_queries.LIST_PROJECT_TASKS_BY_DUE, (
+            project,
+            after.due,
+            after.id,
+            *no_filters,
+            limit,
+            after.undated_id,
+            member,
+        )
+    if sort == "priority":
+        priority, after_id = task_services.priority_after(cursor)
+        return task_queries.LIST_PROJECT_TASKS_BY_PRIORITY, (
+            project,
+            priority,
+            after_id,
+            *no_filters,
+            limit,
+            member,
+        )
+    if sort == "updated":
+        updated, after_id = task_services.updated_after(cursor)
+        return task_queries.LIST_PROJECT_TASKS_BY_UPDATED, (
+            project,
+            updated,
+            after_id,
+            *no_filters,
+            limit,
+            member,
+        )
+    return task_queries.LIST_PROJECT_TASKS_BY_CREATED, (
+        project,
+        cursor.id if cursor else 0,
+        *no_filters,
+        member,
+        limit,
+    )
+
+
+async def test_a_page_of_tasks_reads_one_page_in_every_sort_whatever_the_plan(
+    db: AsyncConnection[Any],
+) -> None:
+    """10,000 tasks in one project, 2,000 in another: a page of 51 reads about 51 tasks, in every sort,
+    on the first page and after a cursor near the end, under a custom and a generic plan. Review: one
+    statement for every sort, with a CASE sort key no index held, read the whole project for every
+    page (10,000 rows; the generic plan for sort=created too), and for priority built the enum's
+    range for every task."""
+    owner, other = await make_crowd(db, 2)
+    project = await make_project(db, owner)
+    await make_task_crowd(db, project, owner, TASKS_IN_PROJECT)
+    await make_task_crowd(db, await make_project(db, other), other, 2_000)
+    await db.execute("analyze tasks, project_members")
+    tasks = await (
+        await db.execute(
+            "select id, project_id, title, description, status, priority, assignee_id, due_date, position,"
+            " created_by, updated_by, created_at, updated_at, version, now()"
+            " from tasks where project_id = %s",
+            (project,),
+        )
+    ).fetchall()
+    rows = [task_queries.ListProjectTasksByCreatedRow(*task) for task in tasks]
+
+    problems = []
+    for sort in TASK_SORTS:
+        walk = sorted(rows, key=lambda row: (task_services.sort_key(sort, row), row.id))
+        keys = [task_services.sort_key(sort, row) for row in walk]
+        positions = {"deep cursor": len(walk) - 100}
+        if sort in ("due", "priority"):  # 25 before the undated tasks, the lowest priority
+            positions["cursor 25 before the last range"] = keys.index(keys[-1]) - 25
+        if sort == "updated":  # a moment shared with the next tasks, half way
+            positions["cursor inside a moment"] = next(
+                n for n in range(5_000, len(walk)) if keys[n] == keys[n + 1]
+            )
+        cursors: dict[str, TaskCursor | None] = {"first page": None}
+        for where, position in positions.items():
+            cursors[where] = TaskCursor(sort=sort, key=keys[position], id=walk[position].id, as_of=0)
+        for where, cursor in cursors.items():
+            statement, arguments = task_list_statement(sort, project, owner, cursor, TASK_PAGE)
+            for plan, run in (("custom", run_custom), ("generic", run_generic)):
+                measured = await run(db, statement, arguments)
+                read = rows_read(measured, "tasks")
+                if measured["Actual Rows"] != TASK_PAGE or read > TASK_PAGE + 1:
+                    problems.append(
+                        f"{sort}, {where}, {plan} plan: {measured['Actual Rows']} rows, {read} read"
+                    )
+    assert problems == []

@@ -17,6 +17,7 @@ and every scan of the stored documents is bounded to the project; and the docume
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -42,9 +43,26 @@ where d.document is distinct from task_search_document(t.title, t.description)
 """Tasks whose stored document is missing or not their own, and documents of no task."""
 
 
-def list_arguments(team: Team, sort: str, q: str) -> tuple[Any, ...]:
-    """``ListProjectTasks``'s parameters, in order: the project's first page for its viewer."""
-    return (sort, team.project, team.viewer.id, None, None, None, None, None, None, None, q, -(2**62), 0, 51)
+def list_statements(team: Team, q: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """The list's statement of each sort and its parameters, in order: the project's first page for its
+    viewer, searching ``q``."""
+    filters = (None, None, None, None, None, None, None, q)
+    viewer, first_due, first_priority, first_updated = team.viewer.id, date.min, "urgent", datetime.max
+    return {
+        "created": (task_queries.LIST_PROJECT_TASKS_BY_CREATED, (team.project, 0, *filters, viewer, 51)),
+        "due": (
+            task_queries.LIST_PROJECT_TASKS_BY_DUE,
+            (team.project, first_due, 0, *filters, 51, 0, viewer),
+        ),
+        "priority": (
+            task_queries.LIST_PROJECT_TASKS_BY_PRIORITY,
+            (team.project, first_priority, 0, *filters, 51, viewer),
+        ),
+        "updated": (
+            task_queries.LIST_PROJECT_TASKS_BY_UPDATED,
+            (team.project, first_updated.replace(tzinfo=UTC), 0, *filters, 51, viewer),
+        ),
+    }
 
 
 def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -72,8 +90,8 @@ def check_plan(plan: dict[str, Any], label: str) -> list[str]:
 
 
 async def test_no_plan_of_a_search_computes_a_document(db: AsyncConnection[Any], team: Team) -> None:
-    """The statement the list runs, planned for its parameters (custom) and for any (generic: a
-    prepared statement's plan after a few executions), for every kind of query and two sorts."""
+    """The statements the list runs, planned for their parameters (custom) and for any (generic: a
+    prepared statement's plan after a few executions), for every kind of query and every sort."""
     for n in range(40):
         await db.execute(
             "insert into tasks (project_id, title, description, position, created_by, updated_by)"
@@ -87,15 +105,14 @@ async def test_no_plan_of_a_search_computes_a_document(db: AsyncConnection[Any],
 
     problems = []
     async with AsyncRawCursor(db) as cur:
-        await cur.execute("explain (generic_plan, format json) " + task_queries.LIST_PROJECT_TASKS)
-        row = await cur.fetchone()
-        assert row is not None
-        problems += check_plan(row[0][0]["Plan"], "generic plan")
-        for sort in ("created", "priority"):
-            for q in QUERIES:
-                await cur.execute(
-                    "explain (format json) " + task_queries.LIST_PROJECT_TASKS, list_arguments(team, sort, q)
-                )
+        for sort, (statement, _) in list_statements(team, "a").items():
+            await cur.execute("explain (generic_plan, format json) " + statement)
+            row = await cur.fetchone()
+            assert row is not None
+            problems += check_plan(row[0][0]["Plan"], f"{sort} generic plan")
+        for q in QUERIES:
+            for sort, (statement, arguments) in list_statements(team, q).items():
+                await cur.execute("explain (format json) " + statement, arguments)
                 row = await cur.fetchone()
                 assert row is not None
                 problems += check_plan(row[0][0]["Plan"], f"{sort} {q!r}")

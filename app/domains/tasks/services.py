@@ -6,11 +6,13 @@ comment, comment authors edit their own comments, owners may delete any comment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
+from psycopg import AsyncConnection
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
@@ -25,6 +27,7 @@ from app.domains.activity.events import emit
 from app.domains.projects.services import ProjectService
 from app.domains.tasks.cache import TaskListCache
 from app.domains.tasks.schemas import (
+    MAX_POSITION,
     CommentOut,
     TaskCreate,
     TaskCursor,
@@ -35,8 +38,23 @@ from app.domains.tasks.schemas import (
 )
 from app.domains.tasks.search import search_text
 
-FIRST_KEY = -(2**62)
-"""The keyset position before every task, whatever the sort (sort keys are far above it)."""
+UNDATED_KEY = 2**31 - 1
+"""The ``due`` key of a task without a due date: after every date's (days since the epoch)."""
+
+PRIORITIES: tuple[TaskPriority, ...] = tuple(TaskPriority)
+"""``task_priority``'s values in the enum's order (sqlc's, from the migrations): ``priority`` lists
+them backwards, urgent first."""
+
+LAST_ID = 2**63 - 1
+"""An id after every task's (the largest ``bigint``)."""
+
+TaskRow = (
+    queries.ListProjectTasksByCreatedRow
+    | queries.ListProjectTasksByDueRow
+    | queries.ListProjectTasksByPriorityRow
+    | queries.ListProjectTasksByUpdatedRow
+)
+"""A row of a project's task list, whatever its sort (the same columns)."""
 
 MUTABLE_SORTS: frozenset[TaskSort] = frozenset({"due", "priority", "updated"})
 """Sorts whose keys change when a task is edited (``created``'s, the id order, never do)."""
@@ -58,6 +76,60 @@ def to_micros(moment: datetime) -> int:
 
 def from_micros(micros: int) -> datetime:
     return EPOCH + micros * MICROSECOND
+
+
+EPOCH_DAY = EPOCH.date()
+DAYS = (date.min - EPOCH_DAY).days, (date.max - EPOCH_DAY).days
+"""The ``due`` keys of Python's first and last dates (every due date a task can have)."""
+
+
+def sort_key(sort: TaskSort, row: TaskRow) -> int:
+    """The cursor's key of ``row`` in ``sort``: an integer that grows along the list (the key the
+    list's statement computed per row before it had one statement per sort; cursors keep it)."""
+    if sort == "due":
+        return UNDATED_KEY if row.due_date is None else (row.due_date - EPOCH_DAY).days
+    if sort == "priority":
+        return -(PRIORITIES.index(row.priority) + 1)
+    if sort == "updated":
+        return -to_micros(row.updated_at)
+    return 0
+
+
+class DueAfter(NamedTuple):
+    """Where a ``due`` page starts: the dated tasks after (``due``, ``id``) (none when ``due`` is
+    None), then the undated tasks after ``undated_id``."""
+
+    due: date | None
+    id: int
+    undated_id: int
+
+
+def due_after(cursor: TaskCursor | None) -> DueAfter:
+    if cursor is None:
+        return DueAfter(date.min, 0, 0)
+    if cursor.key < DAYS[0]:  # before every date: every task after it
+        return DueAfter(date.min, 0, 0)
+    if cursor.key > DAYS[1]:  # after every date: only undated tasks (none after an undated key)
+        undated_id = cursor.id if cursor.key == UNDATED_KEY else 0 if cursor.key < UNDATED_KEY else LAST_ID
+        return DueAfter(None, 0, undated_id)
+    return DueAfter(EPOCH_DAY + timedelta(days=cursor.key), cursor.id, 0)
+
+
+def priority_after(cursor: TaskCursor | None) -> tuple[TaskPriority, int]:
+    """Where a ``priority`` page starts: after (priority, id), urgent first."""
+    if cursor is None or cursor.key < -len(PRIORITIES):  # before every priority: every task after it
+        return PRIORITIES[-1], 0
+    if cursor.key >= 0:  # after every priority: no task
+        return PRIORITIES[0], LAST_ID
+    return PRIORITIES[-cursor.key - 1], cursor.id
+
+
+def updated_after(cursor: TaskCursor | None) -> tuple[datetime, int]:
+    """Where an ``updated`` page starts: after (updated_at, id), most recent first (the first page:
+    after the last moment Python has, later than any task's)."""
+    if cursor is None:
+        return datetime.max.replace(tzinfo=UTC), 0
+    return from_micros(-cursor.key), cursor.id
 
 
 class TaskLimitError(ConflictError):
@@ -90,7 +162,7 @@ NO_FILTERS = TaskFilters()
 class TaskListing(NamedTuple):
     """Rows of a project's task list and the moment the walk they belong to reads the list as of."""
 
-    rows: list[queries.ListProjectTasksRow]
+    rows: Sequence[TaskRow]
     as_of: datetime
 
 
@@ -142,6 +214,7 @@ class TaskService:
                 priority=data.priority,
                 assignee_id=data.assignee_id,
                 due_date=data.due_date,
+                max_position=MAX_POSITION,
                 created_by=actor,
             )
             assert task is not None
@@ -327,7 +400,7 @@ class TaskService:
             page: Page[TaskOut] = paginate(
                 listing.rows,
                 limit,
-                lambda row: TaskCursor(sort=sort, key=row.sort_key, id=row.id, as_of=as_of),
+                lambda row: TaskCursor(sort=sort, key=sort_key(sort, row), id=row.id, as_of=as_of),
                 TaskOut.from_row,
             )
             return _PAGE.encode(
@@ -347,7 +420,7 @@ class TaskService:
         sort: TaskSort,
         cursor: TaskCursor | None,
         limit: int,
-    ) -> list[queries.ListProjectTasksRow]:
+    ) -> Sequence[TaskRow]:
         listing = await self._listing(
             actor, project_id, filters=filters, sort=sort, cursor=cursor, limit=limit
         )
@@ -370,23 +443,16 @@ class TaskService:
         walk_as_of = from_micros(cursor.as_of) if cursor else None
         async with self.db.read() as uow:
 
-            async def read() -> list[queries.ListProjectTasksRow]:
-                return await queries.list_project_tasks(
+            async def read() -> Sequence[TaskRow]:
+                return await read_list(
                     uow.conn,
+                    project_id,
+                    actor,
+                    filters,
                     sort=sort,
-                    project_id=project_id,
-                    member_id=actor,
-                    status=filters.status,
-                    priority=filters.priority,
-                    assignee_id=filters.assignee_id,
-                    due_before=filters.due_before,
-                    due_after=filters.due_after,
-                    updated_after=filters.updated_after,
+                    cursor=cursor,
                     as_of=walk_as_of if sort in MUTABLE_SORTS else None,
-                    search=search_text(filters.search),
-                    after_key=cursor.key if cursor else FIRST_KEY,
-                    after_id=cursor.id if cursor else 0,
-                    row_limit=limit,
+                    limit=limit,
                 )
 
             rows = await read()
@@ -517,6 +583,92 @@ class TaskService:
 PAGE_SHAPE = "2"
 """The shape of the stored pages' items, part of every page's name: a page stored by a release whose
 ``TaskOut`` differs (before ``version``) is never served by this one, nor this one's by it."""
+
+
+async def read_list(
+    conn: AsyncConnection[Any],
+    project_id: int,
+    member_id: int,
+    filters: TaskFilters,
+    *,
+    sort: TaskSort,
+    cursor: TaskCursor | None,
+    as_of: datetime | None,
+    limit: int,
+) -> Sequence[TaskRow]:
+    """Up to ``limit`` tasks of the project after ``cursor`` in ``sort``: the statement of that sort
+    (one per sort: each reads its page from one index range, ``sql/queries/tasks.sql``)."""
+    search = search_text(filters.search)
+    if sort == "due":
+        after = due_after(cursor)
+        return await queries.list_project_tasks_by_due(
+            conn,
+            after_due=after.due,
+            after_id=after.id,
+            after_undated_id=after.undated_id,
+            project_id=project_id,
+            member_id=member_id,
+            status=filters.status,
+            priority=filters.priority,
+            assignee_id=filters.assignee_id,
+            due_before=filters.due_before,
+            due_after=filters.due_after,
+            updated_after=filters.updated_after,
+            as_of=as_of,
+            search=search,
+            row_limit=limit,
+        )
+    if sort == "priority":
+        after_priority, after_id = priority_after(cursor)
+        return await queries.list_project_tasks_by_priority(
+            conn,
+            after_priority=after_priority,
+            after_id=after_id,
+            project_id=project_id,
+            member_id=member_id,
+            status=filters.status,
+            priority=filters.priority,
+            assignee_id=filters.assignee_id,
+            due_before=filters.due_before,
+            due_after=filters.due_after,
+            updated_after=filters.updated_after,
+            as_of=as_of,
+            search=search,
+            row_limit=limit,
+        )
+    if sort == "updated":
+        after_updated, after_id = updated_after(cursor)
+        return await queries.list_project_tasks_by_updated(
+            conn,
+            after_updated=after_updated,
+            after_id=after_id,
+            project_id=project_id,
+            member_id=member_id,
+            status=filters.status,
+            priority=filters.priority,
+            assignee_id=filters.assignee_id,
+            due_before=filters.due_before,
+            due_after=filters.due_after,
+            updated_after=filters.updated_after,
+            as_of=as_of,
+            search=search,
+            row_limit=limit,
+        )
+    return await queries.list_project_tasks_by_created(
+        conn,
+        after_id=cursor.id if cursor else 0,
+        project_id=project_id,
+        member_id=member_id,
+        status=filters.status,
+        priority=filters.priority,
+        assignee_id=filters.assignee_id,
+        due_before=filters.due_before,
+        due_after=filters.due_after,
+        updated_after=filters.updated_after,
+        as_of=as_of,
+        search=search,
+        row_limit=limit,
+    )
 
 
 def is_opening_page(filters: TaskFilters, sort: TaskSort, cursor: TaskCursor | None, limit: int) -> bool:
