@@ -115,6 +115,14 @@ def due_after(cursor: TaskCursor | None) -> DueAfter:
     return DueAfter(EPOCH_DAY + timedelta(days=cursor.key), cursor.id, 0)
 
 
+def created_after(cursor: TaskCursor | None) -> int:
+    """Where a ``created`` page starts: after this id (every ``created`` key is 0; a cursor with
+    another key is before or after every task, as it was when the key was compared)."""
+    if cursor is None or cursor.key < 0:
+        return 0
+    return LAST_ID if cursor.key > 0 else cursor.id
+
+
 def priority_after(cursor: TaskCursor | None) -> tuple[TaskPriority, int]:
     """Where a ``priority`` page starts: after (priority, id), urgent first."""
     if cursor is None or cursor.key < -len(PRIORITIES):  # before every priority: every task after it
@@ -656,7 +664,7 @@ async def read_list(
         )
     return await queries.list_project_tasks_by_created(
         conn,
-        after_id=cursor.id if cursor else 0,
+        after_id=created_after(cursor),
         project_id=project_id,
         member_id=member_id,
         status=filters.status,
