@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import msgspec
 from psycopg import AsyncConnection
@@ -19,6 +19,7 @@ from app.core.errors import ConflictError, ForbiddenError, NotFoundError, Unproc
 from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.preconditions import IfMatch, require_match
+from app.core.types import CALENDAR_END
 from app.core.wire import from_row
 from app.db import comments as comment_queries
 from app.db import tasks as queries
@@ -136,7 +137,7 @@ def updated_after(cursor: TaskCursor | None) -> tuple[datetime, int]:
     """Where an ``updated`` page starts: after (updated_at, id), most recent first (the first page:
     after the last moment Python has, later than any task's)."""
     if cursor is None:
-        return datetime.max.replace(tzinfo=UTC), 0
+        return CALENDAR_END, 0
     return from_micros(-cursor.key), cursor.id
 
 
@@ -606,65 +607,7 @@ async def read_list(
 ) -> Sequence[TaskRow]:
     """Up to ``limit`` tasks of the project after ``cursor`` in ``sort``: the statement of that sort
     (one per sort: each reads its page from one index range, ``sql/queries/tasks.sql``)."""
-    search = search_text(filters.search)
-    if sort == "due":
-        after = due_after(cursor)
-        return await queries.list_project_tasks_by_due(
-            conn,
-            after_due=after.due,
-            after_id=after.id,
-            after_undated_id=after.undated_id,
-            project_id=project_id,
-            member_id=member_id,
-            status=filters.status,
-            priority=filters.priority,
-            assignee_id=filters.assignee_id,
-            due_before=filters.due_before,
-            due_after=filters.due_after,
-            updated_after=filters.updated_after,
-            as_of=as_of,
-            search=search,
-            row_limit=limit,
-        )
-    if sort == "priority":
-        after_priority, after_id = priority_after(cursor)
-        return await queries.list_project_tasks_by_priority(
-            conn,
-            after_priority=after_priority,
-            after_id=after_id,
-            project_id=project_id,
-            member_id=member_id,
-            status=filters.status,
-            priority=filters.priority,
-            assignee_id=filters.assignee_id,
-            due_before=filters.due_before,
-            due_after=filters.due_after,
-            updated_after=filters.updated_after,
-            as_of=as_of,
-            search=search,
-            row_limit=limit,
-        )
-    if sort == "updated":
-        after_updated, after_id = updated_after(cursor)
-        return await queries.list_project_tasks_by_updated(
-            conn,
-            after_updated=after_updated,
-            after_id=after_id,
-            project_id=project_id,
-            member_id=member_id,
-            status=filters.status,
-            priority=filters.priority,
-            assignee_id=filters.assignee_id,
-            due_before=filters.due_before,
-            due_after=filters.due_after,
-            updated_after=filters.updated_after,
-            as_of=as_of,
-            search=search,
-            row_limit=limit,
-        )
-    return await queries.list_project_tasks_by_created(
-        conn,
-        after_id=created_after(cursor),
+    common = _ListArguments(
         project_id=project_id,
         member_id=member_id,
         status=filters.status,
@@ -674,9 +617,41 @@ async def read_list(
         due_after=filters.due_after,
         updated_after=filters.updated_after,
         as_of=as_of,
-        search=search,
+        search=search_text(filters.search),
         row_limit=limit,
     )
+    if sort == "due":
+        after = due_after(cursor)
+        return await queries.list_project_tasks_by_due(
+            conn, after_due=after.due, after_id=after.id, after_undated_id=after.undated_id, **common
+        )
+    if sort == "priority":
+        after_priority, after_id = priority_after(cursor)
+        return await queries.list_project_tasks_by_priority(
+            conn, after_priority=after_priority, after_id=after_id, **common
+        )
+    if sort == "updated":
+        after_updated, after_id = updated_after(cursor)
+        return await queries.list_project_tasks_by_updated(
+            conn, after_updated=after_updated, after_id=after_id, **common
+        )
+    return await queries.list_project_tasks_by_created(conn, after_id=created_after(cursor), **common)
+
+
+class _ListArguments(TypedDict):
+    """The arguments every sort's statement takes (the project, the reader, the filters, the page)."""
+
+    project_id: int
+    member_id: int
+    status: TaskStatus | None
+    priority: TaskPriority | None
+    assignee_id: int | None
+    due_before: date | None
+    due_after: date | None
+    updated_after: datetime | None
+    as_of: datetime | None
+    search: str | None
+    row_limit: int
 
 
 def is_opening_page(filters: TaskFilters, sort: TaskSort, cursor: TaskCursor | None, limit: int) -> bool:
