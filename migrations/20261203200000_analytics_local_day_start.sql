@@ -26,15 +26,11 @@ $$;
 -- thirty-minute and two-hour shifts).
 create or replace function local_day_start(day date, tz text) returns timestamptz
 language sql immutable parallel safe as $$
-    select least(
-        day::timestamp at time zone tz,
-        case
-            when ((day::timestamp - utc_offset((day::timestamp at time zone tz) - interval '1 day', tz))
-                at time zone 'UTC' at time zone tz) = day::timestamp
-            then (day::timestamp - utc_offset((day::timestamp at time zone tz) - interval '1 day', tz))
-                at time zone 'UTC'
-        end
-    )
+    select least(day::timestamp at time zone tz, case when earlier at time zone tz = day::timestamp then earlier end)
+    from (
+        select (day::timestamp - utc_offset((day::timestamp at time zone tz) - interval '1 day', tz))
+            at time zone 'UTC' as earlier
+    ) midnight
 $$;
 
 -- The key of the report bucket (`unit` 'day' or 'hour' in `tz`) holding the instant `at`: an hour's
