@@ -418,14 +418,21 @@ async def all_waiting_behind(
 
 
 async def answer_racing(
-    database_url: str, change: str, row_id: int, request: Callable[[], Awaitable[T]]
+    database_url: str,
+    change: str | Callable[[psycopg.Connection[Any]], object],
+    row_id: int,
+    request: Callable[[], Awaitable[T]],
 ) -> T:
     """``request()``'s answer while ``change`` (SQL, ``row_id`` its one parameter: a deletion, or what a
-    concurrent request would do) is committed by another transaction only once a session waits for
-    that transaction (the request: nothing else touches what it changed). The in-process client holds
-    the event loop while the app runs, so a thread watches and commits."""
+    concurrent request would do; or a function given the connection, for several statements) is
+    committed by another transaction only once a session waits for that transaction (the request:
+    nothing else touches what it changed). The in-process client holds the event loop while the app
+    runs, so a thread watches and commits."""
     with psycopg.connect(database_url) as changer, psycopg.connect(database_url, autocommit=True) as probe:
-        changer.execute(change, (row_id,))
+        if isinstance(change, str):
+            changer.execute(change, (row_id,))
+        else:
+            change(changer)
 
         def commit_once_the_request_waits() -> None:
             waiting = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"

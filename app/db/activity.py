@@ -1236,6 +1236,7 @@ VISIBLE_EVENTS = """\
 select e.id, e.group_id, e.project_id
 from activity_events e
 where e.id = any($1::bigint[])
+  and not exists (select 1 from projects p where p.id = e.project_id and p.deleting_since is not null)
   and activity_may_see($2, coalesce((select u.role = 'admin' from users u where u.id = $2), false), e.project_id, e.audience_user_id)"""
 
 
@@ -1251,7 +1252,8 @@ async def visible_events(
     event_ids: list[int],
     reader_id: int,
 ) -> list[VisibleEventsRow]:
-    """Of the given event ids, those the reader may see now, with their groups and projects."""
+    """Of the given event ids, those the reader may see now, with their groups and projects. A project
+    being deleted is gone (FeedGroups)."""
     async with AsyncRawCursor(conn, row_factory=args_row(VisibleEventsRow)) as cur:
         await cur.execute(VISIBLE_EVENTS, (event_ids, reader_id))
         return await cur.fetchall()

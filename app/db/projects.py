@@ -193,7 +193,8 @@ select g.id from activity_groups g
 where g.project_id = $1
   and exists (select 1 from projects p where p.id = g.project_id and p.deleting_since is not null)
 order by g.id
-limit $2::integer"""
+limit $2::integer
+for no key update of g"""
 
 
 async def purge_project_group_ids(
@@ -204,7 +205,9 @@ async def purge_project_group_ids(
 ) -> list[int]:
     """A chunk of a deleted project's feed groups (only while it is being deleted), emptied by the
     statements below, each bounded by @row_limit rows (a group's events, reads and objects are not bounded
-    by any cap), and deleted once empty."""
+    by any cap), and deleted once empty. Locked in id order, as the feed's writer and readers lock groups
+    (LockActivityGroups): a reader's mark that found an event visible before the deletion either refers
+    to it before this chunk deletes it, or waits for the chunk and reads again (mark_events_read)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(PURGE_PROJECT_GROUP_IDS, (project_id, chunk_size))
         return await cur.fetchall()

@@ -798,10 +798,12 @@ where g.id = @group_id
 on conflict (user_id, group_id) do update set read_through = greatest(r.read_through, excluded.read_through);
 
 -- name: VisibleEvents :many
--- Of the given event ids, those the reader may see now, with their groups and projects.
+-- Of the given event ids, those the reader may see now, with their groups and projects. A project
+-- being deleted is gone (FeedGroups).
 select e.id, e.group_id, e.project_id
 from activity_events e
 where e.id = any(@event_ids::bigint[])
+  and not exists (select 1 from projects p where p.id = e.project_id and p.deleting_since is not null)
   and activity_may_see(@reader_id, coalesce((select u.role = 'admin' from users u where u.id = @reader_id), false), e.project_id, e.audience_user_id);
 
 -- name: InsertEventReads :exec

@@ -81,12 +81,15 @@ select deleting_since from projects where id = @id and deleting_since is not nul
 -- name: PurgeProjectGroupIds :many
 -- A chunk of a deleted project's feed groups (only while it is being deleted), emptied by the
 -- statements below, each bounded by @row_limit rows (a group's events, reads and objects are not bounded
--- by any cap), and deleted once empty.
+-- by any cap), and deleted once empty. Locked in id order, as the feed's writer and readers lock groups
+-- (LockActivityGroups): a reader's mark that found an event visible before the deletion either refers
+-- to it before this chunk deletes it, or waits for the chunk and reads again (mark_events_read).
 select g.id from activity_groups g
 where g.project_id = @project_id
   and exists (select 1 from projects p where p.id = g.project_id and p.deleting_since is not null)
 order by g.id
-limit @chunk_size::integer;
+limit @chunk_size::integer
+for no key update of g;
 
 -- name: PurgeGroupEventReads :execrows
 delete from activity_event_reads doomed

@@ -15,15 +15,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.core.services import Services, open_services
+from app.db import projects as project_queries
 from app.db.models import ProjectRole, UserRole
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.services import ActivityService
+from app.domains.projects.services import PURGE_FEED_ROWS_CHUNK, PURGE_GROUPS_CHUNK
 from tests.factories import (
     Actor,
     Client,
@@ -456,6 +459,76 @@ async def test_marking_an_event_read_while_its_project_is_deleted_ignores_it(
     assert answer.status_code == 204, answer.text
     marks = await (await db.execute("select count(*) from activity_event_reads")).fetchone()
     assert marks == (0,)
+
+
+async def test_an_administrator_marking_an_event_read_while_a_purge_chunk_deletes_it_is_ignored(
+    client: Client,
+    db: AsyncConnection[Any],
+    database_url: str,
+    app: Litestar,
+    team: Team,
+    feed: ActivityService,
+) -> None:
+    """Review: an administrator's mark found the event visible, then the project was marked deleted
+    and a purge chunk deleted the event (neither waits for the project's FOR KEY SHARE), and the
+    mark's foreign-key check failed: a 500. A chunk now locks its groups as the marks do, and a mark
+    reads its events again once it holds them. Here the deletion's mark and the chunk's statements
+    share one transaction, committed once the request waits for it."""
+    admin = await make_user(db, app, UserRole.ADMIN, name="Root")
+    await new_task(client, team.editor, team.project, "A")
+    await deliver(db, feed)
+    row = await (
+        await db.execute("select id, group_id from activity_events where project_id = %s", (team.project,))
+    ).fetchone()
+    assert row is not None
+    event_id, group_id = row
+
+    def mark_deleted_and_purge_a_chunk(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("update projects set deleting_since = now() where id = %s", (team.project,))
+        with psycopg.RawCursor(conn) as cur:
+            cur.execute(project_queries.PURGE_PROJECT_GROUP_IDS, (team.project, PURGE_GROUPS_CHUNK))
+            assert [found for (found,) in cur.fetchall()] == [group_id]
+            cur.execute(project_queries.PURGE_GROUP_EVENT_READS, ([group_id], PURGE_FEED_ROWS_CHUNK))
+            cur.execute(project_queries.PURGE_GROUP_EVENTS, ([group_id], PURGE_FEED_ROWS_CHUNK))
+
+    answer = await answer_racing(
+        database_url,
+        mark_deleted_and_purge_a_chunk,
+        team.project,
+        lambda: client.post("/api/feed/events/read", json={"event_ids": [event_id]}, headers=admin.headers),
+    )
+    assert answer.status_code == 204, answer.text
+    assert await read_marks(db) == (0, 0)
+
+
+async def test_events_of_a_project_being_deleted_are_not_marked_read(
+    client: Client, db: AsyncConnection[Any], app: Litestar, team: Team, feed: ActivityService
+) -> None:
+    """A project being deleted (its purge not run yet) is gone from the feed (its groups 404), so
+    marking its events counts none, for an administrator too (who may see every project)."""
+    admin = await make_user(db, app, UserRole.ADMIN, name="Root")
+    await new_task(client, team.editor, team.project, "A")
+    await deliver(db, feed)
+    row = await (
+        await db.execute("select id from activity_events where project_id = %s", (team.project,))
+    ).fetchone()
+    assert row is not None
+    await db.execute("update projects set deleting_since = now() where id = %s", (team.project,))
+    await ok(
+        await client.post("/api/feed/events/read", json={"event_ids": [row[0]]}, headers=admin.headers), 204
+    )
+    assert await read_marks(db) == (0, 0)
+
+
+async def read_marks(db: AsyncConnection[Any]) -> tuple[int, int]:
+    """Marks of single events and of whole groups (a group's last event read becomes a group mark)."""
+    row = await (
+        await db.execute(
+            "select (select count(*) from activity_event_reads), (select count(*) from activity_group_reads)"
+        )
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
 
 
 async def test_pages_are_full_and_the_cursor_walks_everything(

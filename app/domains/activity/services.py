@@ -290,7 +290,11 @@ class ActivityService:
             await self._compact(uow, reader_id, [found.id], locked=True)
 
     async def mark_events_read(self, reader_id: int, event_ids: list[int]) -> int:
-        """Marks single events read; ids the reader may not see are ignored. Returns how many counted."""
+        """Marks single events read; ids the reader may not see are ignored. Returns how many counted.
+
+        The events are read again once their groups are locked, in a statement of its own: a project
+        deletion's purge chunk that deleted some meanwhile held those locks (PurgeProjectGroupIds), and
+        a mark referring to a deleted event would fail its foreign key."""
         async with self.db.transaction() as uow:
             uow.after_commit(partial(self.cache.read_state_changed, reader_id))
             visible = await queries.visible_events(
@@ -300,6 +304,9 @@ class ActivityService:
                 return 0
             group_ids = sorted({row.group_id for row in visible})
             kept = set(await self._lock_groups(uow, group_ids))
+            visible = await queries.visible_events(
+                uow.conn, event_ids=[row.id for row in visible], reader_id=reader_id
+            )
             visible = [row for row in visible if row.project_id is None or row.project_id in kept]
             if not visible:
                 return 0
