@@ -25,12 +25,15 @@ from app.domains.monitoring.groups import Aggregate
 from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, OutageNotifier
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import TelegramClient
+from tests.factories import captured_logs
 from tests.fakes.telegram import FakeTelegramServer, Scripted, serve_fake_telegram
 from tests.functional.test_monitoring_alerts import PRIVATE_CHAT, TOKEN, with_telegram
 from tests.functional.test_monitoring_groups import open_monitoring, scalar, tuned
 from tests.served import free_port
 
 ROUTE = {"type": "http", "path_template": "/api/projects", "method": "GET"}
+OLD_GROUP = "-4001"
+SUPERGROUP = "-1004001"
 
 
 @pytest.fixture
@@ -237,3 +240,84 @@ async def test_a_failing_notice_never_replaces_the_flush_failure(
             await failing_flushes(service, 1)  # the notifier raises: logged, the flush's error stands
     finally:
         await service.telegram.close()
+
+
+def requests_to(telegram: FakeTelegramServer) -> list[tuple[str, int]]:
+    return [(message.chat_id, message.status) for message in telegram.fake.messages()]
+
+
+async def stored_routes(db: AsyncConnection[Any]) -> list[tuple[str, str]]:
+    rows = await (
+        await db.execute(
+            "select chat_id, migrated_to from monitoring_telegram_chats where migrated_to is not null"
+        )
+    ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def test_the_notice_follows_a_group_upgraded_to_a_supergroup_at_once(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """Telegram's 400 with ``migrate_to_chat_id`` sends the notice to the supergroup in the same flush,
+    without the database; the outage's later messages go there straight away, and the move is stored
+    for the sender once the database is back."""
+    telegram.fake.migrate(OLD_GROUP, SUPERGROUP)
+    with captured_logs() as logs:
+        async with open_monitoring(settings, **with_telegram(telegram, [OLD_GROUP])) as service:
+            with database_down(service):
+                requests_answered_503(service, 5)
+                await failing_flushes(service, 6)
+            assert requests_to(telegram) == [(OLD_GROUP, 400), (SUPERGROUP, 200)], "one notice, delivered"
+            assert texts(telegram)[0].startswith("🚨 Outage")
+            assert await valkey.exists(CLAIM_KEY) == 1
+
+            telegram.fake.reset()  # pacing starts again; the old id would be accepted now
+            assert await service.flush(force=True) == 1
+            assert requests_to(telegram) == [(SUPERGROUP, 200)], "the outage is over where the group is"
+            assert texts(telegram)[0].startswith("✅ Outage over")
+    assert await stored_routes(db) == [(OLD_GROUP, SUPERGROUP)], "the sender will go there too"
+    [warning] = logs.events("monitoring_telegram_chat_migrated")
+    assert (warning["chat_id"], warning["migrated_to"]) == (OLD_GROUP, SUPERGROUP)
+    assert "TELEGRAM_CHAT_ID" in warning["detail"]
+
+
+async def test_a_move_the_sender_stored_is_followed_during_an_outage(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """The routes of ``monitoring_telegram_chats`` are read while the database is reachable (here at
+    start), so the notice goes to the supergroup first time."""
+    await db.execute(
+        "insert into monitoring_telegram_chats (chat_id, migrated_to) values (%s, %s)",
+        (OLD_GROUP, SUPERGROUP),
+    )
+    telegram.fake.migrate(OLD_GROUP, SUPERGROUP)
+    async with open_monitoring(settings, **with_telegram(telegram, [OLD_GROUP])) as service:
+        with database_down(service):
+            requests_answered_503(service, 5)
+            await failing_flushes(service, 3)
+        assert requests_to(telegram) == [(SUPERGROUP, 200)]
+
+
+async def test_a_chat_that_refuses_the_notice_for_good_is_not_asked_every_flush(
+    settings: Settings, valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """A 403 (the bot was blocked) is no passing failure: the claim is kept for its interval (no process
+    asks again meanwhile) and this process waits the interval too, even once the claim is gone."""
+    clock = Clock()
+    notifier = notifier_for(settings, telegram, valkey, clock)
+    down = PoolTimeout("couldn't get a connection after 5.00 sec")
+    telegram.fake.script(Scripted(403, "Forbidden: bot was blocked by the user"))
+    try:
+        for _ in range(5):
+            assert not await notifier.flush_failed(down, [outage_aggregate()])
+        assert [message.status for message in telegram.fake.messages()] == [403], "asked once"
+        assert await valkey.exists(CLAIM_KEY) == 1, "kept: no other process asks either"
+        await valkey.delete(CLAIM_KEY)  # as when its TTL ends
+        clock.now += NOTICE_INTERVAL_S - 1
+        assert not await notifier.flush_failed(down, [outage_aggregate()])
+        assert [message.status for message in telegram.fake.messages()] == [403]
+        clock.now += 1
+        assert await notifier.flush_failed(down, [outage_aggregate()]), "asked again once the interval ends"
+        assert [message.status for message in telegram.fake.messages()] == [403, 200]
+    finally:
+        await notifier.telegram.close()

@@ -146,6 +146,20 @@ def current_chat(routes: dict[str, str], chat_id: str) -> str:
     return chat_id
 
 
+def warn_chat_migrated(configured: str, old_chat: str, new_chat: str) -> None:
+    """Tell the operator that the chat of ``TELEGRAM_CHAT_ID`` ``configured`` moved (the sender's and
+    the outage notice's one warning)."""
+    log.warning(
+        "monitoring_telegram_chat_migrated",
+        chat_id=configured,
+        previous_chat_id=old_chat,
+        migrated_to=new_chat,
+        detail=f"the Telegram group {old_chat} was upgraded to a supergroup with id {new_chat}: "
+        f"alerts for {configured} are sent to {new_chat} from now on; replace {configured} by "
+        f"{new_chat} in TELEGRAM_CHAT_ID",
+    )
+
+
 async def _save_pacing(conn: AsyncConnection[Any], chat_id: str, pacer: Pacer) -> None:
     blocked = pacer.blocked.get(chat_id)
     await queries.save_chat(
@@ -346,15 +360,7 @@ class Sender:
         async with self.db.transaction() as uow:
             await queries.save_chat_migration(uow.conn, chat_id=configured, migrated_to=new_chat)
         routes[configured] = new_chat
-        log.warning(
-            "monitoring_telegram_chat_migrated",
-            chat_id=configured,
-            previous_chat_id=old_chat,
-            migrated_to=new_chat,
-            detail=f"the Telegram group {old_chat} was upgraded to a supergroup with id {new_chat}: "
-            f"alerts for {configured} are sent to {new_chat} from now on; replace {configured} by "
-            f"{new_chat} in TELEGRAM_CHAT_ID",
-        )
+        warn_chat_migrated(configured, old_chat, new_chat)
         return new_chat
 
     async def _send_when_ready(

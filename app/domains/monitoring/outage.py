@@ -20,9 +20,20 @@ it cannot send: ``app.core.errors.DRIVER_REFUSALS``): only connection and pool e
 Once per outage per deployment: the notice is claimed in Valkey (``SET NX`` with a TTL of
 ``NOTICE_INTERVAL_S``: a longer outage is told again once per interval); with Valkey down too, once per
 process per interval. When a flush writes again, the process that removes the claim sends an "over"
-message. A claim whose message did not leave (a 429, a refused connection) is released, and after a
-429 this process tries again only past ``retry_after``: nothing here sleeps. Nothing here raises
-either: a failure is logged (rate-limited) and the flush's own outcome stands.
+message. A claim whose message did not leave for a passing reason (a 429, a refused connection) is
+released, and after a 429 this process tries again only past ``retry_after``: nothing here sleeps. A
+chat that refuses it for good (``failed``: 403 bot blocked, 400 chat not found) is asked nothing more
+by this process for an interval, and a claim every chat refused so is kept for its TTL: no flush asks
+again in the meantime, in any process. Nothing here raises either: a failure is logged (rate-limited)
+and the flush's own outcome stands.
+
+A group upgraded to a supergroup is followed as the sender follows it (``delivery.py``), without the
+database: Telegram's 400 with ``migrate_to_chat_id`` (``SendResult.outcome == "migrated"``) sends the
+message to the new chat at once, and the route is kept in memory for the outage's later messages
+(and written to ``monitoring_telegram_chats.migrated_to`` once the database is back,
+``MonitoringService.load_chat_routes``). The routes the sender stored are loaded when the database is
+reachable (at start, at every check interval, and before the "over" message), so a chat that moved
+before the outage is sent to its new id straight away.
 
 The notice counts the ``unavailable`` events held by where they were captured (their aggregates'
 ``sources``: requests answered 503, jobs failed), or else every event held ("N events held", also
@@ -35,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import psycopg
@@ -46,6 +57,7 @@ from valkey.exceptions import ValkeyError
 from app.core.errors import dependency_down
 from app.core.logging import OncePerInterval, error_message
 from app.db.models import MonitoringGroupKind
+from app.domains.monitoring.delivery import MAX_MIGRATIONS, current_chat, warn_chat_migrated
 from app.domains.monitoring.groups import Aggregate
 from app.domains.monitoring.telegram import Part, SendResult, TelegramClient, render
 
@@ -154,12 +166,37 @@ class OutageNotifier:
         """Without Valkey: no notice from this process before this (monotonic) time."""
         self._not_before = float("-inf")
         """After a 429: no request before this (monotonic) time."""
+        self._routes: dict[str, str] = {}
+        """Configured chat -> the chat it migrated to (``monitoring_telegram_chats.migrated_to``)."""
+        self._unsaved_routes: dict[str, str] = {}
+        """Routes learned from Telegram that the database does not hold yet."""
+        self._refused_until: dict[str, float] = {}
+        """Configured chat -> no request to it before this (monotonic) time: it refused for good."""
         self._busy = asyncio.Lock()
         self._warnings = OncePerInterval(60.0)
 
     @property
     def enabled(self) -> bool:
         return self.telegram.configured and bool(self.chats)
+
+    @property
+    def outage_seen(self) -> bool:
+        """This process saw a flush fail for the database and has not told it over yet."""
+        return self._down_since is not None
+
+    def learned_routes(self) -> dict[str, str]:
+        """Routes Telegram gave this notifier that the database does not hold yet (configured chat ->
+        the chat it migrated to)."""
+        return dict(self._unsaved_routes)
+
+    def remember_routes(self, stored: Mapping[str, str], saved: Mapping[str, str] | None = None) -> None:
+        """The routes the database holds (``stored``), read once ``saved`` (from ``learned_routes``)
+        was written to it."""
+        for chat, target in (saved or {}).items():
+            if self._unsaved_routes.get(chat) == target:
+                del self._unsaved_routes[chat]
+        self._routes.update(stored)
+        self._routes.update(self._unsaved_routes)  # learned since the read began: newer
 
     async def flush_failed(self, exc: BaseException, held: Iterable[Aggregate]) -> bool:
         """After a failed flush: send the notice when due. True when a message left. Never raises."""
@@ -183,14 +220,16 @@ class OutageNotifier:
             met_by_traffic = any(aggregate.kind == MonitoringGroupKind.UNAVAILABLE for aggregate in held)
             if not met_by_traffic and self._failing_flushes < LASTING_FLUSHES:
                 return False
-            if self.monotonic() < self._not_before:
+            if self.monotonic() < self._not_before or not self._askable():
                 return False
             claim = await self._claim()
             if claim is None:
                 return False
-            sent = await self._send(self._notice(exc, held))
+            sent, passing = await self._send(self._notice(exc, held))
             if sent:
                 self._told = True
+            if sent or not passing:
+                # told, or refused for good by every chat: the claim stays for its TTL
                 self._local_next = self.monotonic() + self.interval_s
             elif claim:
                 await self._release()
@@ -214,7 +253,8 @@ class OutageNotifier:
                 ours = told
             if not ours or self.monotonic() < self._not_before:
                 return False
-            return await self._send(self._over(since))
+            sent, _ = await self._send(self._over(since))
+            return sent
 
     async def _claim(self) -> bool | None:
         """True: claimed in Valkey; False: claimed for this process only (Valkey down); None: not ours."""
@@ -232,25 +272,47 @@ class OutageNotifier:
         except (ValkeyError, OSError, TimeoutError):
             pass
 
-    async def _send(self, parts: list[Part]) -> bool:
-        """Send to every chat as plain text; True when at least one message may have arrived."""
+    def _askable(self) -> bool:
+        """Whether a chat may be asked now (not every one refused the notice for good lately)."""
+        now = self.monotonic()
+        return any(self._refused_until.get(chat, float("-inf")) <= now for chat in self.chats)
+
+    async def _send(self, parts: list[Part]) -> tuple[bool, bool]:
+        """Send to every chat as plain text, following a chat that migrated (``migrate_to_chat_id``)
+        at once. Returns (at least one message may have arrived, a chat failed for a passing reason:
+        worth another try soon). A chat that refused for good is not asked again for an interval."""
         text = render(parts).plain
-        delivered = False
-        for chat in self.chats:
+        delivered = passing = False
+        for configured in self.chats:
+            if self._refused_until.get(configured, float("-inf")) > self.monotonic():
+                continue
+            chat = current_chat(self._routes, configured)
             result: SendResult = await self.telegram.send(chat, text, html_mode=False)
+            for _ in range(MAX_MIGRATIONS):
+                if result.outcome != "migrated" or result.migrate_to_chat_id is None:
+                    break
+                previous, chat = chat, result.migrate_to_chat_id
+                self._routes[configured] = self._unsaved_routes[configured] = chat
+                warn_chat_migrated(configured, previous, chat)
+                result = await self.telegram.send(chat, text, html_mode=False)
             if result.outcome in ("sent", "uncertain"):
                 delivered = True
                 continue
-            if result.retry_after_s is not None:
-                self._not_before = max(self._not_before, self.monotonic() + result.retry_after_s)
+            if result.outcome == "retry":
+                passing = True
+                if result.retry_after_s is not None:
+                    self._not_before = max(self._not_before, self.monotonic() + result.retry_after_s)
+            else:  # failed (or a chat still moving after MAX_MIGRATIONS): Telegram will say it again
+                self._refused_until[configured] = self.monotonic() + self.interval_s
             if self._warnings.due(result.outcome):
                 log.warning(
                     "outage_notice_not_sent",
                     outcome=result.outcome,
                     status=result.status,
+                    chat_id=chat,
                     detail=result.description,
                 )
-        return delivered
+        return delivered, passing
 
     def _notice(self, exc: BaseException, held: list[Aggregate]) -> list[Part]:
         since = self._down_since if self._down_since is not None else self.clock()

@@ -297,6 +297,8 @@ class MonitoringService:
             await self.register_release()  # else retried by the background task
         with contextlib.suppress(Exception):
             await self.register_monitors()
+        with contextlib.suppress(Exception):
+            await self.load_chat_routes()  # else at the first check interval
         self._task = asyncio.create_task(self._background(), name="monitoring")
 
     def stopping(self) -> None:
@@ -337,6 +339,7 @@ class MonitoringService:
                 await self._guarded("ship", self.ship())
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + settings.monitoring_check_interval_s
+                await self._guarded("chat routes", self.load_chat_routes())
                 await self._guarded("checks", self.run_periodic())
                 await self._guarded("fallback", self._fallback_delivery())
 
@@ -523,8 +526,23 @@ class MonitoringService:
             await self.outage.flush_failed(exc, list(self._pending.values()))
             raise
         if writes:
+            if self.outage.outage_seen:  # the "over" message goes where the chats are now
+                with contextlib.suppress(Exception):
+                    await self.load_chat_routes()
             await self.outage.flush_succeeded()
         return writes
+
+    async def load_chat_routes(self) -> None:
+        """Give the outage notice, which is sent without the database, the chats Telegram moved
+        (``monitoring_telegram_chats.migrated_to``, the sender's record), after storing the moves the
+        notice itself learned during an outage."""
+        learned = self.outage.learned_routes()
+        async with self.db.transaction() as uow:
+            for chat_id, migrated_to in learned.items():
+                await queries.save_chat_migration(uow.conn, chat_id=chat_id, migrated_to=migrated_to)
+            chats = await queries.load_chats(uow.conn)
+        stored = {row.chat_id: row.migrated_to for row in chats if row.migrated_to}
+        self.outage.remember_routes(stored, learned)
 
     async def _flush(self, *, force: bool) -> int:
         async with self._flush_lock:
