@@ -43,6 +43,9 @@ class Job:
     per row. The function must be idempotent per ``outbox_id``: a re-sent round may cut its batches
     differently."""
     batch_size: Callable[[Settings], int] | None = None
+    timeout_s: Callable[[Settings], int] | None = None
+    """The timeout of the jobs the relay publishes for it (None: ``JOB_TIMEOUT_S``), for a job whose
+    least useful run outlasts that (monitoring's delivery: one Telegram message at its worst)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

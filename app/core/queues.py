@@ -36,7 +36,7 @@ from app.core.logging import error_message
 from app.core.metrics import JOB_DURATION, JOBS, QUEUE_JOBS, serve_worker_metrics
 from app.core.migrate import SchemaBehindError, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
-from app.core.relay import OutboxRelay, batching_of
+from app.core.relay import OutboxRelay, batching_of, timeouts_of
 from app.core.scrub import scrub_text
 from app.core.services import Services
 
@@ -131,7 +131,9 @@ def _relay_hooks(
         if _stopped(ctx):
             return
         services: Services = ctx["services"]  # type: ignore[typeddict-item]
-        relay = OutboxRelay(services.db.pool, queues, settings, batching_of(modules, settings))
+        relay = OutboxRelay(
+            services.db.pool, queues, settings, batching_of(modules, settings), timeouts_of(modules, settings)
+        )
         ctx["relay"] = relay  # type: ignore[typeddict-unknown-key]
         ctx["relay_task"] = asyncio.create_task(relay.run(), name="outbox-relay")  # type: ignore[typeddict-unknown-key]
 

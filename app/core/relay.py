@@ -73,6 +73,17 @@ class Batching:
     size: int
 
 
+def timeouts_of(modules: Sequence[Module], settings: Settings) -> dict[tuple[str, str], int]:
+    """The timeouts of the modules' jobs that set their own (``Job.timeout_s``), by the (queue, outbox
+    task) they take; the others get ``JOB_TIMEOUT_S``."""
+    return {
+        (job.queue, job.batches or job.function.__name__): job.timeout_s(settings)
+        for module in modules
+        for job in module.jobs
+        if job.timeout_s is not None
+    }
+
+
 def batching_of(modules: Sequence[Module], settings: Settings) -> dict[tuple[str, str], Batching]:
     """The modules' batched jobs, by the (queue, outbox task) they take."""
     batching: dict[tuple[str, str], Batching] = {}
@@ -97,12 +108,14 @@ kept, and the idempotent consumer stores its rows once. A finished job is kept o
 which runs with ``noeviction`` and holds the rate limits, the login throttle and the queues."""
 
 
-def _job(function: str, kwargs: dict[str, Any], key: str, settings: Settings) -> SaqJob:
+def _job(
+    function: str, kwargs: dict[str, Any], key: str, settings: Settings, timeout_s: int | None
+) -> SaqJob:
     return SaqJob(
         function=function,
         kwargs=kwargs,
         key=key,
-        timeout=settings.job_timeout_s,
+        timeout=settings.job_timeout_s if timeout_s is None else timeout_s,
         retries=settings.job_retries,
         retry_delay=1.0,
         retry_backoff=60.0,
@@ -115,23 +128,30 @@ def _payload(row: Row) -> dict[str, Any]:
 
 
 def jobs_of(
-    rows: Sequence[Row], settings: Settings, batching: Mapping[tuple[str, str], Batching]
+    rows: Sequence[Row],
+    settings: Settings,
+    batching: Mapping[tuple[str, str], Batching],
+    timeouts: Mapping[tuple[str, str], int] | None = None,
 ) -> list[tuple[str, SaqJob]]:
-    """(queue, job) for a claimed round: one job per row, batched tasks in batches."""
+    """(queue, job) for a claimed round: one job per row, batched tasks in batches; ``timeouts``: the
+    tasks whose jobs do not take ``JOB_TIMEOUT_S`` (``timeouts_of``)."""
+    timeouts = timeouts or {}
     jobs: list[tuple[str, SaqJob]] = []
     batched: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
         if (row.queue, row.task) in batching:
             batched.setdefault((row.queue, row.task), []).append(row)
         else:
-            jobs.append((row.queue, _job(row.task, _payload(row), job_key(row.id), settings)))
+            timeout = timeouts.get((row.queue, row.task))
+            jobs.append((row.queue, _job(row.task, _payload(row), job_key(row.id), settings, timeout)))
     for (queue, task), group in batched.items():
         plan = batching[(queue, task)]
         for start in range(0, len(group), plan.size):
             batch = group[start : start + plan.size]
             key = batch_key(plan.function, [row.id for row in batch])
             events = [_payload(row) for row in batch]
-            jobs.append((queue, _job(plan.function, {"events": events}, key, settings)))
+            timeout = timeouts.get((queue, task))
+            jobs.append((queue, _job(plan.function, {"events": events}, key, settings, timeout)))
     return jobs
 
 
@@ -140,6 +160,7 @@ async def relay_once(
     queues: Mapping[str, Queue],
     settings: Settings,
     batching: Mapping[tuple[str, str], Batching] | None = None,
+    timeouts: Mapping[tuple[str, str], int] | None = None,
 ) -> int:
     """Publish one batch; returns how many rows were published. Raises if enqueueing fails, or
     (``psycopg.OperationalError``) if the round does not end within ``round_timeout_s(settings)``:
@@ -147,7 +168,7 @@ async def relay_once(
     async with pool.connection() as conn:
         rows = await answered_within(
             conn,
-            _publish(conn, queues, settings, batching or {}),
+            _publish(conn, queues, settings, batching or {}, timeouts or {}),
             round_timeout_s(settings),
             "the relay's connection",
         )
@@ -167,12 +188,13 @@ async def _publish(
     queues: Mapping[str, Queue],
     settings: Settings,
     batching: Mapping[tuple[str, str], Batching],
+    timeouts: Mapping[tuple[str, str], int],
 ) -> list[Row]:
     async with conn.transaction():
         rows = await outbox_queries.claim_unpublished_outbox(conn, batch_size=settings.outbox_batch_size)
         if not rows:
             return []
-        jobs = jobs_of(rows, settings, batching)
+        jobs = jobs_of(rows, settings, batching, timeouts)
         await asyncio.gather(*(queues[queue].enqueue(job) for queue, job in jobs))
         await outbox_queries.mark_outbox_published(conn, ids=[row.id for row in rows])
     return rows
@@ -188,11 +210,13 @@ class OutboxRelay:
         queues: Mapping[str, Queue],
         settings: Settings,
         batching: Mapping[tuple[str, str], Batching] | None = None,
+        timeouts: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         self.pool = pool
         self.queues = queues
         self.settings = settings
         self.batching = batching or {}
+        self.timeouts = timeouts or {}
         self._stop = asyncio.Event()
         self._warnings = OncePerInterval(30.0)
 
@@ -205,7 +229,9 @@ class OutboxRelay:
         log.info("outbox_relay_started", poll_interval_s=interval)
         while not self._stop.is_set():
             try:
-                published = await relay_once(self.pool, self.queues, self.settings, self.batching)
+                published = await relay_once(
+                    self.pool, self.queues, self.settings, self.batching, self.timeouts
+                )
                 delay = 0.0 if published >= self.settings.outbox_batch_size else interval
             except Exception as exc:
                 FAILURES.inc()

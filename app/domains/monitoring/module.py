@@ -8,7 +8,7 @@ from app.domains.accounts.services import AccountService
 from app.domains.monitoring.controllers import MonitoringController
 from app.domains.monitoring.crons import specs_from_modules
 from app.domains.monitoring.hooks import after_job, before_job, capture_request_exception, observe_request
-from app.domains.monitoring.jobs import deliver_alerts, run_monitoring_checks
+from app.domains.monitoring.jobs import deliver_alerts, delivery_timeout_s, run_monitoring_checks
 from app.domains.monitoring.services import MonitoringService
 from app.domains.orders.services import OrderService
 from app.domains.reports.services import ReportService
@@ -31,7 +31,7 @@ module = Module(
     name="monitoring",
     controllers=[MonitoringController],
     service=_service,
-    jobs=[Job(function=deliver_alerts)],
+    jobs=[Job(function=deliver_alerts, timeout_s=delivery_timeout_s)],
     cron=[
         Cron(function=deliver_alerts, schedule="* * * * *", timeout_s=60),
         Cron(function=run_monitoring_checks, schedule="* * * * *", timeout_s=60),
