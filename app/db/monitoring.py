@@ -662,13 +662,18 @@ async def tree_hashes(conn: AsyncConnection[Any], *, root_id: int) -> list[Monit
 
 
 RELEASES_OF_GROUP = """\
-select r.name, min(gr.first_seen_at)::timestamptz as first_seen_at,
-       max(gr.last_seen_at)::timestamptz as last_seen_at, sum(gr.events)::bigint as events
-from monitoring_group_releases gr
-join monitoring_releases r on r.id = gr.release_id
-where gr.group_id in (select m.id from monitoring_groups m where m.id = $1 or m.root_id = $1)
-group by r.id, r.name
-order by min(gr.first_seen_at), r.id"""
+select name, first_seen_at, last_seen_at, events, release_id from (
+    select r.name, min(gr.first_seen_at)::timestamptz as first_seen_at,
+           max(gr.last_seen_at)::timestamptz as last_seen_at, sum(gr.events)::bigint as events,
+           r.id as release_id
+    from monitoring_group_releases gr
+    join monitoring_releases r on r.id = gr.release_id
+    where gr.group_id in (select m.id from monitoring_groups m where m.id = $1 or m.root_id = $1)
+    group by r.id, r.name
+    order by max(gr.last_seen_at) desc, r.id desc
+    limit $2::integer
+) newest
+order by newest.first_seen_at, newest.release_id"""
 
 
 class ReleasesOfGroupRow(msgspec.Struct, frozen=True, gc=False):
@@ -676,13 +681,21 @@ class ReleasesOfGroupRow(msgspec.Struct, frozen=True, gc=False):
     first_seen_at: datetime
     last_seen_at: datetime
     events: int
+    release_id: int
 
 
-async def releases_of_group(conn: AsyncConnection[Any], *, group_id: int) -> list[ReleasesOfGroupRow]:
+async def releases_of_group(
+    conn: AsyncConnection[Any],
+    *,
+    group_id: int,
+    row_limit: int,
+) -> list[ReleasesOfGroupRow]:
     """The releases a group's events came in, one row per release: a root's are its whole tree's (what
-    its detail counts), a merged group's only its own (as its counters are)."""
+    its detail counts), a merged group's only its own (as its counters are). The @row_limit releases
+    seen most recently, in the order they were first seen (the retention purges the releases not seen
+    for MONITORING_RETENTION_DAYS: PurgeGroupReleasesBefore)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReleasesOfGroupRow)) as cur:
-        await cur.execute(RELEASES_OF_GROUP, (group_id,))
+        await cur.execute(RELEASES_OF_GROUP, (group_id, row_limit))
         return await cur.fetchall()
 
 
@@ -1777,6 +1790,31 @@ async def purge_events_before(conn: AsyncConnection[Any], *, before: datetime, c
     first in the primary key's."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_EVENTS_BEFORE, (before, chunk_size))
+        return cur.rowcount
+
+
+PURGE_GROUP_RELEASES_BEFORE = """\
+delete from monitoring_group_releases doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_releases c
+    where c.last_seen_at < $1::timestamptz
+    order by c.last_seen_at
+    limit $2::integer
+    for update
+))"""
+
+
+async def purge_group_releases_before(
+    conn: AsyncConnection[Any],
+    *,
+    before: datetime,
+    chunk_size: int,
+) -> int:
+    """The releases a group has not seen since @before (monitoring_group_releases_last_seen_idx): a
+    long-lived group gains one row per release. A row seen again while the chunk waited for its lock
+    (UpsertGroupRelease) no longer matches and is kept."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_GROUP_RELEASES_BEFORE, (before, chunk_size))
         return cur.rowcount
 
 

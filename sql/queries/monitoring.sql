@@ -233,14 +233,21 @@ order by h.group_id, h.created_at, h.hash;
 
 -- name: ReleasesOfGroup :many
 -- The releases a group's events came in, one row per release: a root's are its whole tree's (what
--- its detail counts), a merged group's only its own (as its counters are).
-select r.name, min(gr.first_seen_at)::timestamptz as first_seen_at,
-       max(gr.last_seen_at)::timestamptz as last_seen_at, sum(gr.events)::bigint as events
-from monitoring_group_releases gr
-join monitoring_releases r on r.id = gr.release_id
-where gr.group_id in (select m.id from monitoring_groups m where m.id = @group_id or m.root_id = @group_id)
-group by r.id, r.name
-order by min(gr.first_seen_at), r.id;
+-- its detail counts), a merged group's only its own (as its counters are). The @row_limit releases
+-- seen most recently, in the order they were first seen (the retention purges the releases not seen
+-- for MONITORING_RETENTION_DAYS: PurgeGroupReleasesBefore).
+select * from (
+    select r.name, min(gr.first_seen_at)::timestamptz as first_seen_at,
+           max(gr.last_seen_at)::timestamptz as last_seen_at, sum(gr.events)::bigint as events,
+           r.id as release_id
+    from monitoring_group_releases gr
+    join monitoring_releases r on r.id = gr.release_id
+    where gr.group_id in (select m.id from monitoring_groups m where m.id = @group_id or m.root_id = @group_id)
+    group by r.id, r.name
+    order by max(gr.last_seen_at) desc, r.id desc
+    limit @row_limit::integer
+) newest
+order by newest.first_seen_at, newest.release_id;
 
 -- name: ListGroupEvents :many
 select * from monitoring_events
@@ -635,6 +642,19 @@ where doomed.ctid = any(array(
     select c.ctid from monitoring_events c
     where c.occurred_at < @before::timestamptz
     order by c.id
+    limit @chunk_size::integer
+    for update
+));
+
+-- name: PurgeGroupReleasesBefore :execrows
+-- The releases a group has not seen since @before (monitoring_group_releases_last_seen_idx): a
+-- long-lived group gains one row per release. A row seen again while the chunk waited for its lock
+-- (UpsertGroupRelease) no longer matches and is kept.
+delete from monitoring_group_releases doomed
+where doomed.ctid = any(array(
+    select c.ctid from monitoring_group_releases c
+    where c.last_seen_at < @before::timestamptz
+    order by c.last_seen_at
     limit @chunk_size::integer
     for update
 ));

@@ -47,6 +47,19 @@ BACKLOGS: dict[str, tuple[str, str, str]] = {
         " from generate_series(1, $1) g",
         MONITORING_ARGUMENTS,
     ),
+    "monitoring_group_releases": (  # one group seen in $1 releases, long ago
+        monitoring.PURGE_GROUP_RELEASES_BEFORE,
+        "with g as (select nextval(pg_get_serial_sequence('monitoring_groups', 'id')) as id),"
+        " groups as (insert into monitoring_groups"
+        "  (id, root_id, kind, title, status_changed_at, first_seen_at, last_seen_at)"
+        "  select id, id, 'error', 'chunked', now(), now(), now() from g returning id),"
+        " releases as (insert into monitoring_releases (name)"
+        "  select 'chunked-' || r from generate_series(1, $1) r returning id)"
+        " insert into monitoring_group_releases (group_id, release_id, first_seen_at, last_seen_at, events)"
+        " select groups.id, releases.id, now() - interval '90 days' + releases.id * interval '1 second',"
+        " now() - interval '90 days' + releases.id * interval '1 second', 1 from groups, releases",
+        MONITORING_ARGUMENTS,
+    ),
     "page_views": (  # a deleted site's views of today (ids of sites are positive: -1 is nobody's)
         pageviews.PURGE_SITE_PAGE_VIEWS,
         "insert into page_views (site_id, ts, visitor_id, path, device, browser, os)"

@@ -186,7 +186,8 @@ class MonitoringController(Controller):
         release: Annotated[
             str | None,
             QueryParameter(
-                description="Only groups with an event of this release (theirs or a merged group's)",
+                description="Only groups with an event of this release (theirs or a merged group's) "
+                "within MONITORING_RETENTION_DAYS",
                 min_length=1,
                 max_length=MAX_RELEASE_NAME,
                 pattern=RELEASE_NAME,

@@ -12,6 +12,8 @@ from app.core.types import MAX_ID, Id, require_in_calendar, whole
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 
 MAX_RELEASE_NAME = 200
+DETAIL_RELEASES = 50
+"""A group's detail lists at most this many of its releases: those seen most recently."""
 RELEASE_NAME = whole(r"[^\x00-\x1f\x7f]+")
 """A release's name: no control characters (nor NUL, which PostgreSQL refuses)."""
 ReleaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RELEASE_NAME, pattern=RELEASE_NAME)]
@@ -101,7 +103,14 @@ class GroupDetailOut(msgspec.Struct, frozen=True):
     root_id: int
     members: list[int]
     """This group and every group merged into it."""
-    releases: list[ReleaseOut]
+    releases: Annotated[
+        list[ReleaseOut],
+        msgspec.Meta(
+            description=f"The releases its events came in (its merged groups' too): the {DETAIL_RELEASES} "
+            "seen most recently, in the order they were first seen. A release not seen for "
+            "MONITORING_RETENTION_DAYS is no longer listed."
+        ),
+    ]
     latest_event: EventOut | None
 
 

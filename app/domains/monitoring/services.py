@@ -93,6 +93,7 @@ from app.domains.monitoring.monitors import CheckInsNotAppliedError, CronMonitor
 from app.domains.monitoring.outage import OutageNotifier
 from app.domains.monitoring.performance import Performance, RouteLatency
 from app.domains.monitoring.report import BusinessFigures, build_report, report_period
+from app.domains.monitoring.schemas import DETAIL_RELEASES
 from app.domains.monitoring.scrub import scrub_text
 from app.domains.monitoring.telegram import TelegramClient
 from app.domains.orders.services import OrderService
@@ -708,7 +709,8 @@ class MonitoringService:
         too, so a purge never lets a rule fire early. Groups stay: a resolved group's fingerprints
         are what turns its next event into a regression (and an ignored one's into silence) rather
         than a new group. The users a group has not seen for the retention go (a user seen again is
-        then counted again in the group's ``users``).
+        then counted again in the group's ``users``), and so do the releases it has not seen for it
+        (a long-lived group gained one row per release forever; its detail lists the newest ones).
 
         Each table is purged in chunks of at most ``chunk_size`` rows, one transaction each, until a
         chunk comes back short: a backlog (a lowered retention, purges that could not run) drains
@@ -735,6 +737,7 @@ class MonitoringService:
             ("monitoring_group_activity", chunked(queries.purge_activity_before, before, chunk_size)),
             ("monitoring_budget_periods", chunked(queries.purge_budget_periods_before, before, chunk_size)),
             ("monitoring_group_users", lambda: self._purge_group_users(before, chunk_size)),
+            ("monitoring_group_releases", chunked(queries.purge_group_releases_before, before, chunk_size)),
             ("monitoring_rule_fires", chunked(queries.purge_rule_fires_before, fires_before, chunk_size)),
         ]
         return await purge_tables(tables, name="monitoring", logger=log)
@@ -1015,7 +1018,7 @@ class MonitoringService:
             first_seen_at=first,
             last_seen_at=last,
             members=members,
-            releases=await queries.releases_of_group(uow.conn, group_id=group.id),
+            releases=await queries.releases_of_group(uow.conn, group_id=group.id, row_limit=DETAIL_RELEASES),
             latest=next(
                 iter(
                     await queries.list_group_events(
