@@ -13,6 +13,7 @@ generator, which writes numeric bounds as floats (``float(2**63 - 1)`` is 2^63, 
 from __future__ import annotations
 
 import enum
+import re
 import zoneinfo
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
@@ -39,6 +40,21 @@ def whole(body: str) -> str:
 
 NO_NUL = whole(r"[^\x00]*")
 """Any text without NUL (empty allowed)."""
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL stores (in ``text`` and ``jsonb``): NUL and lone surrogates become U+FFFD.
+
+    For text we do not refuse because another wrote it (a captured error, a third party's answer):
+    a client's own text is refused instead (``NO_NUL``). ``text`` itself when it holds neither (the
+    usual case, checked without the regex for ASCII text)."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 FORMAT_CHARACTERS = (
     (0x00AD, 0x00AD),
     (0x0600, 0x0605),
@@ -145,6 +161,7 @@ __all__ = [
     "NonBlank",
     "Text",
     "TimeZone",
+    "storable",
     "whole",
 ]
 

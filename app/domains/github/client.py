@@ -28,6 +28,10 @@
   redirect among them) is retried and then a ``GitHubDownError``; an answer that cannot be decoded
   (a broken gzip, a 204 or a body of another shape where a document is due) is a
   ``GitHubDownError`` at once, so the service records the failure like any other.
+- Whatever an answer holds, what is decoded from it can be stored: every string is made storable
+  where every answer is decoded (``decode_answer``: a NUL becomes U+FFFD; PostgreSQL's ``text`` and
+  ``jsonb`` refuse it) and every count is bounded (``MAX_COUNT``), so nothing of GitHub's fails the
+  write of a profile or a snapshot (one that failed was a 400 blaming the caller, remembered nowhere).
 - Every request passes the ``RateLimitGovernor`` (one in flight per token, waits for resets and
   retry-after). Transient failures (timeouts, connection errors, 5xx) are retried by ``stamina``
   with exponential backoff and jitter (``GITHUB_RETRY_ATTEMPTS``, ``GITHUB_RETRY_WAIT_S``).
@@ -66,7 +70,7 @@ from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.types import whole
+from app.core.types import MAX_INT4, storable, whole
 from app.domains.github.governor import Priority, RateLimitGovernor, WaitBudgetExceededError
 
 log = structlog.get_logger("app.github.client")
@@ -129,6 +133,39 @@ def largest_languages(languages: dict[str, int]) -> dict[str, int]:
         return languages
     plausible.sort(key=lambda entry: (-entry[1], entry[0]))
     return dict(plausible[:MAX_LANGUAGES])
+
+
+_NUL_ESCAPE = b"\\u0000"
+"""How JSON carries a NUL: escaped (a raw control character in a string is not JSON, and msgspec
+refuses a lone surrogate, the other text PostgreSQL refuses)."""
+
+
+def decode_answer(body: bytes, kind: type[T]) -> T:
+    """GitHub's JSON answer as ``kind``, every string in it (dictionary keys too) made storable
+    (``storable``: a NUL becomes U+FFFD). The one place GitHub's text enters: PostgreSQL's ``text``
+    and ``jsonb`` refuse a NUL, and a profile holding one could not be stored. An answer without the
+    escape (all of them, but for a NUL's) is decoded straight to ``kind``."""
+    if _NUL_ESCAPE not in body:
+        return msgspec.json.decode(body, type=kind)
+    return msgspec.convert(_storable_tree(msgspec.json.decode(body)), kind)
+
+
+def _decode_entry(payload: bytes, kind: type[T]) -> T:
+    """A stored answer (``_CacheEntry.payload``, msgpack) as ``kind``, made storable like an answer:
+    an entry stored by an earlier release may hold a NUL (msgpack keeps it as a raw byte)."""
+    if b"\x00" not in payload:
+        return msgspec.msgpack.decode(payload, type=kind)
+    return msgspec.convert(_storable_tree(msgspec.msgpack.decode(payload)), kind)
+
+
+def _storable_tree(value: object) -> object:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_storable_tree(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable_tree(key): _storable_tree(item) for key, item in value.items()}
+    return value
 
 
 def token_fingerprint(token: str | None) -> str:
@@ -241,25 +278,34 @@ LONGEST_URL = 2048
 LONGEST_NAME = 100
 """Logins (GitHub: 39), repository names (GitHub: 100), language and account-type names."""
 
+MAX_COUNT = MAX_INT4
+"""The largest count GitHub's answers may hold (followers, stars, forks, repositories, a size in
+kilobytes): GitHub's largest are below a million, and a repository's size far below 2^31 KB. A larger
+(or negative) count is not GitHub's answer and the answer is refused, like an overlong URL: counts
+past bigint crashed the snapshot cron, and ``GITHUB_MAX_REPOS`` (at most 10,000) repositories' sums
+of counts this large stay far below bigint's range and JSON's exact integers (2^53)."""
+
 Url = Annotated[str, msgspec.Meta(max_length=LONGEST_URL)]
 Name = Annotated[str, msgspec.Meta(max_length=LONGEST_NAME)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 
 
 class GithubUser(msgspec.Struct, frozen=True):
     """The fields of ``GET /users/{username}`` we use (stored in ``github_profiles`` and served).
 
-    Identifiers and URLs carry a hard ``max_length`` (far above anything GitHub produces: longer is
-    not GitHub's answer, and the answer is refused). Free text longer than GitHub's own limits
-    (``LONGEST_BIO``, ``LONGEST_PROFILE_TEXT``) is truncated on decode instead: one odd field must
-    not cost the whole profile. Stored profiles are clipped the same way when read."""
+    Identifiers and URLs carry a hard ``max_length`` and counts a bound (``MAX_COUNT``), far above
+    anything GitHub produces: past it is not GitHub's answer, and the answer is refused. Free text
+    longer than GitHub's own limits (``LONGEST_BIO``, ``LONGEST_PROFILE_TEXT``) is truncated on
+    decode instead: one odd field must not cost the whole profile. Stored profiles are clipped the
+    same way when read. Every string is made storable on decode (``decode_answer``)."""
 
     login: Name
     id: int
     html_url: Url
     avatar_url: Url
-    public_repos: int
-    followers: int
-    following: int
+    public_repos: Count
+    followers: Count
+    following: Count
     created_at: datetime
     type: Name = "User"
     name: str | None = None
@@ -283,15 +329,16 @@ class GithubUser(msgspec.Struct, frozen=True):
 
 class GithubRepo(msgspec.Struct, frozen=True):
     """The fields of a repository in ``GET /users/{username}/repos`` we use: no free text, every
-    string bounded (``max_length``; a longer one is not GitHub's answer and the page is refused)."""
+    string bounded (``max_length``) and every count (``MAX_COUNT``): past either is not GitHub's
+    answer and the page is refused. Every string is made storable on decode (``decode_answer``)."""
 
     name: Name
     full_name: Annotated[str, msgspec.Meta(max_length=2 * LONGEST_NAME + 1)]
     html_url: Url
     fork: bool
-    stargazers_count: int
-    forks_count: int
-    size: int
+    stargazers_count: Count
+    forks_count: Count
+    size: Count
     """In kilobytes, rounded: a repository of a few hundred bytes of code reports 0."""
     languages_url: Url
     archived: bool = False
@@ -566,7 +613,7 @@ class GitHubClient:
             if cached is None:
                 raise GitHubDownError("GitHub answered 304 to an unconditional request")
             try:
-                value = msgspec.msgpack.decode(cached.payload, type=kind)
+                value = _decode_entry(cached.payload, kind)
             except msgspec.DecodeError:  # stored by a version with another shape: fetch it afresh
                 await self.valkey.delete(cache_key)
                 return await self._get_once(url, kind, priority, None, cache_key, empty)
@@ -579,7 +626,7 @@ class GitHubClient:
             return Fetched(value=empty, next_url=None, not_modified=False)
         if status == 200:
             try:
-                value = msgspec.json.decode(answer.body, type=kind)
+                value = decode_answer(answer.body, kind)
             except msgspec.DecodeError as exc:
                 REFUSED_ANSWERS.labels(reason="shape").inc()
                 raise GitHubDownError("GitHub answered a body of an unexpected shape") from exc

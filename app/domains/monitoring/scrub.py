@@ -3,7 +3,8 @@
 Bodies, headers and cookies are never captured at all; what is captured (exception messages, source
 lines, context values) passes through ``scrub_text`` / ``scrub_mapping`` before it is stored or sent.
 The patterns are the ones every log line passes through (``app.core.scrub``); this module adds what
-storing needs (text PostgreSQL accepts) and the walk of a captured context by its keys.
+storing needs (text PostgreSQL accepts, ``app.core.types.storable``) and the walk of a captured
+context by its keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from app.core.scrub import MASK
 from app.core.scrub import scrub_text as scrub_secrets
+from app.core.types import storable as storable  # re-exported: monitoring imports it from here
 
 FILTERED = MASK
 
@@ -24,14 +26,6 @@ SENSITIVE_KEY = re.compile(
 )
 """Names of fields whose values are never kept, whatever they look like (``password``, ``X-Api-Key``,
 ``sessionid``) in a captured error's context."""
-
-
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """Text PostgreSQL stores (in ``text`` and ``jsonb``): NUL and lone surrogates become U+FFFD."""
-    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def scrub_text(text: str) -> str:
