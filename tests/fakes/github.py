@@ -31,7 +31,7 @@ import hashlib
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +71,9 @@ class FakeUser:
     """Every page of the listing links to a next one, past the last repository too (empty pages)."""
     page_size: int | None = None
     """Pages of at most this many repositories, whatever ``per_page`` asks (short pages)."""
+    after_page: Callable[[int], None] | None = None
+    """Called with the page's number once a page of the listing is answered (the owner creates or
+    deletes a repository while a client pages)."""
 
 
 @dataclass
@@ -321,6 +324,8 @@ class FakeGitHub:
             headers = {"etag": f'"{hashlib.sha256(body).hexdigest()[:40]}"'}
             if links:
                 headers["link"] = ", ".join(links)
+            if user.after_page is not None:
+                user.after_page(page)
             return 200, body, headers
 
         return resource

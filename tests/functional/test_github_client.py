@@ -83,6 +83,30 @@ async def test_250_repositories_take_3_list_requests_following_link_and_all_are_
     assert ["page=2" in pages[1].query, "page=3" in pages[2].query] == [True, True]
 
 
+async def test_a_repository_created_while_the_listing_is_paged_is_listed_once(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    """Pages are by number: a repository created after page 1, sorted before the rest, shifts every
+    later one a place, so page 2 began with page 1's last (``repo-0099`` listed twice, its stars and
+    forks counted twice). The listing keeps a repository once, by its id; the new one is missed
+    until the next fetch."""
+    user = fake.add_user("pager", repos_named(150, stars=1))
+
+    def create_one(page: int) -> None:
+        if page == 1:
+            user.repos.append(FakeRepo(name="aaa-new", stars=1))
+
+    user.after_page = create_one
+
+    repos, truncated = await client.list_repos("pager", Priority.INTERACTIVE, max_repos=1000)
+
+    names = [repo.full_name for repo in repos]
+    assert len(fake.recorded("/repos")) == 2 and not truncated
+    assert len(names) == len(set(names)) == 150, [name for name in names if names.count(name) > 1]
+    assert names == [f"pager/repo-{index:04d}" for index in range(150)]
+    assert sum(repo.stargazers_count for repo in repos) == 150
+
+
 async def test_the_repository_cap_truncates_and_says_so(fake: FakeGitHub, client: GitHubClient) -> None:
     fake.add_user("capped", repos_named(250))
 

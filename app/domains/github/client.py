@@ -344,6 +344,9 @@ class GithubRepo(msgspec.Struct, frozen=True):
     archived: bool = False
     language: Name | None = None
     pushed_at: datetime | None = None
+    id: int | None = None
+    """GitHub's id of the repository (which its answers always carry): what tells one listed twice
+    (``list_repos``). None only in profiles stored before it was kept, and those are listed afresh."""
 
 
 class Fetched(msgspec.Struct, Generic[T], frozen=True):
@@ -495,7 +498,13 @@ class GitHubClient:
 
         A page's ETag covers its body, not its ``link`` header: a full page answered 304 may have
         gained a next page since its "no next page" was stored (repositories added after it), so
-        such a page is asked for again unconditionally (one request, only for a full last page)."""
+        such a page is asked for again unconditionally (one request, only for a full last page).
+
+        Pages are numbered, not anchored: a repository created (or renamed) while the pages are read,
+        sorted before the page being read, shifts the rest a place, and the next page starts with the
+        previous page's last. Each repository is kept once, by its ``id`` (its ``full_name`` if GitHub
+        left the id out), so none is counted twice; one created meanwhile may be missed, as may one
+        shifted back by a deletion, until the next fetch (there is no cursor to ask GitHub for)."""
         if not is_valid_username(username):
             raise ValueError("not a GitHub username")
         self._chain_of(username, starts=False, lists=True)
@@ -503,6 +512,7 @@ class GitHubClient:
             f"{self.base_url}/users/{username}/repos?type=owner&sort=full_name&per_page={PER_PAGE}"
         )
         repos: list[GithubRepo] = []
+        seen: set[int | str] = set()
         visited: set[str] = set()
         while url is not None:
             if url in visited:
@@ -518,7 +528,11 @@ class GitHubClient:
                 page = await self.get(url, list[GithubRepo], priority, conditional=False)
             if not page.value:
                 return repos, False
-            repos.extend(page.value)
+            for repo in page.value:
+                key = repo.id if repo.id is not None else repo.full_name
+                if key not in seen:
+                    seen.add(key)
+                    repos.append(repo)
             url = page.next_url
             if len(repos) >= max_repos:
                 return repos[:max_repos], url is not None or len(repos) > max_repos
