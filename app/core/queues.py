@@ -164,22 +164,31 @@ async def read_queue_gauges(queues: dict[str, Queue]) -> None:
 
 def _queue_gauge_hooks(queues: dict[str, Queue], interval_s: float) -> tuple[Hook, Hook]:
     """Keep ``app_queue_jobs`` current while the default queue's worker runs. A failed read (Valkey
-    away) is skipped: the worker's upkeep already says that Valkey is unreachable."""
+    away) is skipped: the worker's upkeep already says that Valkey is unreachable.
 
-    async def poll() -> None:
-        while True:
+    The poller stops on an event, not on cancellation alone: a cancellation that arrives during a
+    read can come out of the Valkey client as an ordinary error (seen under load: the read's own
+    timeout fired with it), which the skip then swallowed, and the poller ran on while the worker's
+    stop waited for it forever."""
+
+    async def poll(stop: asyncio.Event) -> None:
+        while not stop.is_set():
             with contextlib.suppress(Exception):
                 await read_queue_gauges(queues)
-            await asyncio.sleep(interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
 
     async def start_gauges(ctx: Context) -> None:
         if _stopped(ctx):
             return
-        ctx["queue_gauges_task"] = asyncio.create_task(poll(), name="queue-gauges")  # type: ignore[typeddict-unknown-key]
+        stop = asyncio.Event()
+        ctx["queue_gauges_stop"] = stop  # type: ignore[typeddict-unknown-key]
+        ctx["queue_gauges_task"] = asyncio.create_task(poll(stop), name="queue-gauges")  # type: ignore[typeddict-unknown-key]
 
     async def stop_gauges(ctx: Context) -> None:
         task: asyncio.Task[None] | None = ctx.get("queue_gauges_task")  # type: ignore[assignment]
         if task is not None:
+            ctx["queue_gauges_stop"].set()  # type: ignore[typeddict-item]
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
