@@ -242,14 +242,16 @@ class RateLimitGovernor:
             try:
                 lock = await self._acquire_shared(deadline)
                 renewer: asyncio.Task[None] | None = None
+                kept = asyncio.Event()
                 try:
                     if await self._wait_needed(priority) > 0:
                         continue  # another process was limited while we queued: wait again
-                    renewer = asyncio.create_task(self._keep(lock))
+                    renewer = asyncio.create_task(self._keep(lock, kept))
                     yield
                     return
                 finally:
                     if renewer is not None:
+                        kept.set()
                         renewer.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await renewer
@@ -257,11 +259,15 @@ class RateLimitGovernor:
             finally:
                 self._local.release()
 
-    async def _keep(self, lock: str) -> None:
-        """Renew the token's lock while a turn lasts (cancelled when it ends)."""
-        while True:
-            await asyncio.sleep(self.lock_ttl_ms / 3000)
-            await self._renew(keys=[self.lock_key], args=[lock, self.lock_ttl_ms])
+    async def _keep(self, lock: str, ended: asyncio.Event) -> None:
+        """Renew the token's lock while a turn lasts, until ``ended`` is set (then it is cancelled
+        too). Not cancellation alone: a renewal can lose the cancel, and the turn's end waited on a
+        renewer that renewed on."""
+        while not ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), self.lock_ttl_ms / 3000)
+            if not ended.is_set():
+                await self._renew(keys=[self.lock_key], args=[lock, self.lock_ttl_ms])
 
     async def _wait_until_allowed(self, priority: Priority, deadline: float) -> None:
         while (wait := await self._wait_needed(priority)) > 0:

@@ -47,10 +47,15 @@ async def _heartbeat(job: Job | None) -> AsyncIterator[None]:
         yield
         return
     every_s = job.heartbeat / BEATS_PER_HEARTBEAT
+    stop = asyncio.Event()  # not cancellation alone: a beat's Valkey call can lose the cancel (its
+    # timeout firing with it, then taken for a missed beat), and the job would wait for it forever
 
     async def beat() -> None:
-        while True:
-            await asyncio.sleep(every_s)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set():
+                return
             try:
                 await touch_if_active(job)
             except Exception:  # a missed beat; the next may land (two may be missed)
@@ -60,6 +65,7 @@ async def _heartbeat(job: Job | None) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        stop.set()
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating

@@ -620,15 +620,20 @@ class GithubService:
             yield False
             return
 
+        stop = asyncio.Event()  # not cancellation alone: a renewal can lose the cancel and renew on
+
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(FETCH_LOCK_TTL_S / 3)
-                await self._renew(keys=[key], args=[token, ttl_ms])
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), FETCH_LOCK_TTL_S / 3)
+                if not stop.is_set():
+                    await self._renew(keys=[key], args=[token, ttl_ms])
 
         renewer = asyncio.create_task(renew())
         try:
             yield True
         finally:
+            stop.set()
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await renewer
