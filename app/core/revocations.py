@@ -92,6 +92,7 @@ class Revocations(Generic[K]):
         self._revoked: dict[K, float] = {}
         self._live = False
         self._became_live = asyncio.Event()
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
 
@@ -116,6 +117,7 @@ class Revocations(Generic[K]):
         """Start listening; wait up to ``wait_s`` for the first load (then keep trying in the background)."""
         if self._task is None:
             self._became_live = asyncio.Event()
+            self._stop = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name=f"{self._name}-listener")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._became_live.wait(), wait_s)
@@ -124,13 +126,16 @@ class Revocations(Generic[K]):
         task, self._task = self._task, None
         self._live = False
         if task is not None:
+            # Not cancellation alone: a cancel that arrives in a read can come out as an error (its
+            # deadline firing with it), taken for a lost connection, and the listener reconnected on.
+            self._stop.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     async def _run(self) -> None:
         delay = self._retry_s
-        while True:
+        while not self._stop.is_set():
             try:
                 async with await AsyncConnection.connect(self._conninfo, **self._connect_kwargs) as conn:
                     await self._answered(conn, self._catch_up(conn))
@@ -146,12 +151,15 @@ class Revocations(Generic[K]):
                     log.info("revocations_listener_unavailable", name=self._name, error=type(exc).__name__)
             finally:
                 self._live = False
+            if self._stop.is_set():
+                return
             self.reconnects += 1
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, self._max_retry_s)
 
     async def _follow(self, conn: Connection) -> None:
-        while True:
+        while not self._stop.is_set():
             async for notification in conn.notifies(timeout=self._check_interval_s):
                 self._notified(notification.payload)
             self._prune()
