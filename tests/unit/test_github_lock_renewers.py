@@ -10,7 +10,6 @@ beating for ever, and the request or job that held it never ended (the queue-gau
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import Any, cast
 
 from saq import Job
@@ -19,6 +18,7 @@ from valkey.asyncio import Valkey
 
 from app.domains.github.governor import Priority, RateLimitGovernor
 from app.domains.github.jobs import _heartbeat
+from tests.unit.test_core_revocations_stop import ends
 
 
 class LosesOneCancellation:
@@ -38,19 +38,6 @@ class LosesOneCancellation:
             except asyncio.CancelledError:
                 self.lost = True
         return answer
-
-
-async def ends(work: Coroutine[Any, Any, None]) -> bool:
-    """Whether ``work`` ends within the failure bound (not ``asyncio.wait_for``: the holders
-    suppress the cancellation it would send at the bound, and it would then return normally)."""
-    task = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait({task}, timeout=30)  # a failure bound, not a timing
-    if not done:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return False
-    await task  # its own failure, if any
-    return True
 
 
 class FakeValkey:
