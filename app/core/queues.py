@@ -37,6 +37,7 @@ from app.core.metrics import JOB_DURATION, JOBS, QUEUE_JOBS, serve_worker_metric
 from app.core.migrate import SchemaBehindError, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
 from app.core.relay import OutboxRelay, batching_of, timeouts_of
+from app.core.repeating import stopped_within
 from app.core.scrub import scrub_text
 from app.core.services import Services
 
@@ -166,17 +167,15 @@ def _queue_gauge_hooks(queues: dict[str, Queue], interval_s: float) -> tuple[Hoo
     """Keep ``app_queue_jobs`` current while the default queue's worker runs. A failed read (Valkey
     away) is skipped: the worker's upkeep already says that Valkey is unreachable.
 
-    The poller stops on an event, not on cancellation alone: a cancellation that arrives during a
-    read can come out of the Valkey client as an ordinary error (seen under load: the read's own
-    timeout fired with it), which the skip then swallowed, and the poller ran on while the worker's
-    stop waited for it forever."""
+    The poller stops on an event, not on cancellation alone (``app.core.repeating``): a cancellation
+    lost in a read, which the skip would swallow, left it running while the worker's stop waited."""
 
     async def poll(stop: asyncio.Event) -> None:
-        while not stop.is_set():
+        while True:
             with contextlib.suppress(Exception):
                 await read_queue_gauges(queues)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+            if await stopped_within(stop, interval_s):
+                return
 
     async def start_gauges(ctx: Context) -> None:
         if _stopped(ctx):

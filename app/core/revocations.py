@@ -39,6 +39,7 @@ import structlog
 from psycopg import AsyncConnection
 
 from app.core.deadline import answered_within
+from app.core.repeating import stopped_within
 
 K = TypeVar("K", bound=Hashable)
 Connection = AsyncConnection[Any]
@@ -154,8 +155,8 @@ class Revocations(Generic[K]):
             if self._stop.is_set():
                 return
             self.reconnects += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            if await stopped_within(self._stop, delay):
+                return
             delay = min(delay * 2, self._max_retry_s)
 
     async def _follow(self, conn: Connection) -> None:

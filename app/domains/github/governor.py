@@ -41,7 +41,6 @@ nothing).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import enum
 import math
@@ -50,6 +49,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -57,6 +57,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.logging import OncePerInterval
+from app.core.repeating import repeating
 
 log = structlog.get_logger("app.github.governor")
 
@@ -241,33 +242,17 @@ class RateLimitGovernor:
                 raise WaitBudgetExceededError("busy", 1.0) from None
             try:
                 lock = await self._acquire_shared(deadline)
-                renewer: asyncio.Task[None] | None = None
-                kept = asyncio.Event()
                 try:
                     if await self._wait_needed(priority) > 0:
                         continue  # another process was limited while we queued: wait again
-                    renewer = asyncio.create_task(self._keep(lock, kept))
-                    yield
+                    renew = partial(self._renew, keys=[self.lock_key], args=[lock, self.lock_ttl_ms])
+                    async with repeating(renew, self.lock_ttl_ms / 3000):  # the lock, while the turn lasts
+                        yield
                     return
                 finally:
-                    if renewer is not None:
-                        kept.set()
-                        renewer.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await renewer
                     await self._release(keys=[self.lock_key], args=[lock])
             finally:
                 self._local.release()
-
-    async def _keep(self, lock: str, ended: asyncio.Event) -> None:
-        """Renew the token's lock while a turn lasts, until ``ended`` is set (then it is cancelled
-        too). Not cancellation alone: a renewal can lose the cancel, and the turn's end waited on a
-        renewer that renewed on."""
-        while not ended.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), self.lock_ttl_ms / 3000)
-            if not ended.is_set():
-                await self._renew(keys=[self.lock_key], args=[lock, self.lock_ttl_ms])
 
     async def _wait_until_allowed(self, priority: Priority, deadline: float) -> None:
         while (wait := await self._wait_needed(priority)) > 0:

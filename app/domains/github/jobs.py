@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from saq.queue.redis import RedisQueue
 from saq.types import Context
 from saq.utils import now
 
+from app.core.repeating import repeating
 from app.core.services import services_of
 from app.domains.github.services import GithubService
 
@@ -46,29 +46,15 @@ async def _heartbeat(job: Job | None) -> AsyncIterator[None]:
     if job is None or not job.heartbeat:
         yield
         return
-    every_s = job.heartbeat / BEATS_PER_HEARTBEAT
-    stop = asyncio.Event()  # not cancellation alone: a beat's Valkey call can lose the cancel (its
-    # timeout firing with it, then taken for a missed beat), and the job would wait for it forever
 
     async def beat() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every_s)
-            if stop.is_set():
-                return
-            try:
-                await touch_if_active(job)
-            except Exception:  # a missed beat; the next may land (two may be missed)
-                log.warning("github_job_heartbeat_failed", job=job.key)
+        try:
+            await touch_if_active(job)
+        except Exception:  # a missed beat; the next may land (two may be missed)
+            log.warning("github_job_heartbeat_failed", job=job.key)
 
-    beating = asyncio.create_task(beat())
-    try:
+    async with repeating(beat, job.heartbeat / BEATS_PER_HEARTBEAT):
         yield
-    finally:
-        stop.set()
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
 
 
 async def touch_if_active(job: Job) -> bool:

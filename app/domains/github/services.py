@@ -60,6 +60,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -84,6 +85,7 @@ from app.core.errors import (
 )
 from app.core.modules import QueueName
 from app.core.pagination import IdCursor, Page, paginate
+from app.core.repeating import repeating
 from app.core.slots import Slot, StreamSlots
 from app.db import github as queries
 from app.db.models import GithubSnapshot, GithubTracked
@@ -620,23 +622,12 @@ class GithubService:
             yield False
             return
 
-        stop = asyncio.Event()  # not cancellation alone: a renewal can lose the cancel and renew on
-
-        async def renew() -> None:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), FETCH_LOCK_TTL_S / 3)
-                if not stop.is_set():
-                    await self._renew(keys=[key], args=[token, ttl_ms])
-
-        renewer = asyncio.create_task(renew())
         try:
-            yield True
+            async with repeating(
+                partial(self._renew, keys=[key], args=[token, ttl_ms]), FETCH_LOCK_TTL_S / 3
+            ):
+                yield True
         finally:
-            stop.set()
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await renewer
             await self._release(keys=[key], args=[token])
 
     async def _fetch_and_store(self, login: str, priority: Priority) -> StoredProfile:
