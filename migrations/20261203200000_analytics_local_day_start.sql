@@ -63,11 +63,8 @@ create or replace function analytics_hour_is_whole(
 ) returns boolean
 language sql stable as $$
     select hour >= range_from and hour + interval '1 hour' <= range_to
-        and case unit
-            when '' then true
-            when 'day' then (hour at time zone tz)::date = ((hour + interval '3599.999999 seconds') at time zone tz)::date
-            else date_trunc(unit, hour, tz) = date_trunc(unit, hour + interval '3599.999999 seconds', tz)
-        end
+        and (unit = '' or analytics_bucket_key(unit, hour, tz)
+                          = analytics_bucket_key(unit, hour + interval '3599.999999 seconds', tz))
 $$;
 
 -- migrate:down
