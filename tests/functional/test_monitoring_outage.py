@@ -218,6 +218,43 @@ async def test_a_429_is_skipped_until_retry_after_and_the_claim_released(
         await notifier.telegram.close()
 
 
+async def test_a_failure_without_retry_after_is_asked_again_after_a_doubling_pause(
+    settings: Settings, valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """A 401 (a token being rotated) is a passing failure with no ``retry_after``: the notice is asked
+    again after 2 s, then 4 s, ... (at most 60 s), not at every flush; a delivery starts again at 2 s."""
+    clock = Clock()
+    notifier = notifier_for(settings, telegram, valkey, clock)
+    down = PoolTimeout("couldn't get a connection after 5.00 sec")
+    telegram.fake.script(*[Scripted(401, "Unauthorized")] * 8)
+    asked: list[float] = []
+    try:
+        for second in range(250):  # a flush every second
+            before = len(telegram.fake.messages())
+            await notifier.flush_failed(down, [outage_aggregate()])
+            if len(telegram.fake.messages()) > before:
+                asked.append(second)
+            clock.now += 1
+        assert asked == [0, 2, 6, 14, 30, 62, 122, 182, 242], "pauses of 2, 4, 8, 16, 32, then 60 s"
+        assert [message.status for message in telegram.fake.messages()] == [401] * 8 + [200]
+        assert await valkey.exists(CLAIM_KEY) == 1, "told: the claim stays for its interval"
+
+        telegram.fake.reset()  # the fake's pacing starts again
+        assert await notifier.flush_succeeded()
+        telegram.fake.reset()
+        telegram.fake.script(Scripted(401, "Unauthorized"))
+        asked.clear()
+        for second in range(3):  # the next outage: the pause starts again at 2 s
+            before = len(telegram.fake.messages())
+            await notifier.flush_failed(down, [outage_aggregate()])
+            if len(telegram.fake.messages()) > before:
+                asked.append(second)
+            clock.now += 1
+        assert asked == [0, 2]
+    finally:
+        await notifier.telegram.close()
+
+
 class BrokenValkey:
     async def set(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("not a Valkey error")
@@ -234,10 +271,11 @@ async def test_a_failing_notice_never_replaces_the_flush_failure(
     try:
         with database_down(service):
             requests_answered_503(service, 3)
-            await failing_flushes(service, 1)  # Telegram refuses the connection: the flush's error stands
-            assert await valkey.exists(CLAIM_KEY) == 0
             notifier.valkey = BrokenValkey()  # type: ignore[assignment]
             await failing_flushes(service, 1)  # the notifier raises: logged, the flush's error stands
+            notifier.valkey = valkey
+            await failing_flushes(service, 1)  # Telegram refuses the connection: the flush's error stands
+            assert await valkey.exists(CLAIM_KEY) == 0
     finally:
         await service.telegram.close()
 

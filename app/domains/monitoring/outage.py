@@ -21,7 +21,8 @@ Once per outage per deployment: the notice is claimed in Valkey (``SET NX`` with
 ``NOTICE_INTERVAL_S``: a longer outage is told again once per interval); with Valkey down too, once per
 process per interval. When a flush writes again, the process that removes the claim sends an "over"
 message. A claim whose message did not leave for a passing reason (a 429, a refused connection) is
-released, and after a 429 this process tries again only past ``retry_after``: nothing here sleeps. A
+released, and this process tries again only past the 429's ``retry_after`` (or, with none given, a
+pause doubling from ``RETRY_FIRST_S`` to ``RETRY_MAX_S``): nothing here sleeps. A
 chat that refuses it for good (``failed``: 403 bot blocked, 400 chat not found) is asked nothing more
 by this process for an interval, and a claim every chat refused so is kept for its TTL: no flush asks
 again in the meantime, in any process. Nothing here raises either: a failure is logged (rate-limited)
@@ -71,6 +72,11 @@ LASTING_FLUSHES = 2
 told (a flush that writes, or fails for another reason, starts the count again)."""
 VALKEY_TIMEOUT_S = 2.0
 """A frozen Valkey must not hold the notice back longer than this: then it is decided per process."""
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 60.0
+"""After a passing failure Telegram gave no ``retry_after`` for (a 401 while a token is rotated, a
+refused connection), this process asks again only after a pause that doubles from ``RETRY_FIRST_S``
+up to ``RETRY_MAX_S``, not at every flush (every second, in every process)."""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -165,7 +171,9 @@ class OutageNotifier:
         self._local_next = float("-inf")
         """Without Valkey: no notice from this process before this (monotonic) time."""
         self._not_before = float("-inf")
-        """After a 429: no request before this (monotonic) time."""
+        """After a 429 or another passing failure: no request before this (monotonic) time."""
+        self._pause_s = RETRY_FIRST_S
+        """The next pause after a passing failure without ``retry_after`` (doubles up to the max)."""
         self._routes: dict[str, str] = {}
         """Configured chat -> the chat it migrated to (``monitoring_telegram_chats.migrated_to``)."""
         self._unsaved_routes: dict[str, str] = {}
@@ -297,11 +305,14 @@ class OutageNotifier:
                 result = await self.telegram.send(chat, text, html_mode=False)
             if result.outcome in ("sent", "uncertain"):
                 delivered = True
+                self._pause_s = RETRY_FIRST_S
                 continue
             if result.outcome == "retry":
                 passing = True
-                if result.retry_after_s is not None:
-                    self._not_before = max(self._not_before, self.monotonic() + result.retry_after_s)
+                wait = result.retry_after_s
+                if wait is None:
+                    wait, self._pause_s = self._pause_s, min(2 * self._pause_s, RETRY_MAX_S)
+                self._not_before = max(self._not_before, self.monotonic() + wait)
             else:  # failed (or a chat still moving after MAX_MIGRATIONS): Telegram will say it again
                 self._refused_until[configured] = self.monotonic() + self.interval_s
             if self._warnings.due(result.outcome):
