@@ -47,6 +47,7 @@ from tests.factories import (
     Client,
     answer_racing,
     assert_problem,
+    captured_logs,
     generous_client,
     http_scope,
     make_project,
@@ -652,6 +653,29 @@ async def test_download_of_a_file_missing_on_disk_is_404_not_500(
     assert_problem(
         await api.get(files_url(world.project, file_id), headers=world.editor.headers), 404, "not-found"
     )
+
+
+async def test_a_delete_landing_between_the_row_read_and_the_open_is_a_plain_404(
+    api: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download reads the row, then opens the content: a delete committed in between unlinks it.
+    That is a file deleted, not one lost from the disk: a plain 404 and no error logged."""
+    file_id = (await upload(api, world.editor, world.project, b"x")).json()["id"]
+    app: Litestar = api.app  # type: ignore[assignment]
+    files = app.state.services[FileService]
+    storage = files.storage
+    open_content = storage.open
+
+    async def open_after_a_delete(storage_key: str) -> Any:
+        await files.delete(world.editor.id, world.project, file_id)
+        return await open_content(storage_key)
+
+    monkeypatch.setattr(storage, "open", open_after_a_delete)
+    with captured_logs() as logs:
+        answer = await api.get(files_url(world.project, file_id), headers=world.viewer.headers)
+    assert_problem(answer, 404, "not-found")
+    assert answer.json()["detail"] == "No such file."
+    assert not logs.events("file_missing_on_disk")
 
 
 async def test_a_delete_landing_after_the_headers_of_a_download_does_not_cut_its_body(

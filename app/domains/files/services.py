@@ -326,6 +326,10 @@ class FileService:
             raise NotFoundError("No such file.")
         opened = await self.storage.open(row.storage_key)
         if opened is None:
+            async with self.db.read() as uow:
+                still_listed = await queries.get_project_file(uow.conn, id=file_id, project_id=project_id)
+            if still_listed is None:  # deleted since the read above: the delete unlinked it
+                raise NotFoundError("No such file.")
             log.error("file_missing_on_disk", file_id=row.id, storage_key=row.storage_key)
             raise NotFoundError("The file's content is no longer available.")
         return row, opened
