@@ -4,15 +4,26 @@ It behaves like GitHub where our client depends on it, and enforces GitHub's lim
 
 - ``GET /users/{login}``, ``GET /users/{login}/repos`` (``type``, ``sort=full_name``, ``per_page``
   ≤ 100, ``page``), its continuation ``GET /user/{id}/repos`` (the path GitHub's ``link`` headers
-  use: a client that builds page URLs itself instead of following ``link`` gets them wrong), and
-  ``GET /repos/{owner}/{repo}/languages``.
-- ETags (weak ``W/"…"`` for users and languages, strong ``"…"`` for repository pages), compared
-  verbatim with ``if-none-match``: a match is a 304, which costs no quota only when the request was
-  authorized (GitHub: a 304 is free "if the request was made while correctly authorized with an
-  Authorization header"); an anonymous 304 is charged like a 200.
-- A primary rate limit per token (``Authorization`` header, or anonymous): 200s, 404s and anonymous
-  304s are charged; every answer carries ``x-ratelimit-*``; a request while the quota is 0 gets
-  GitHub's 403 (remaining 0, reset) and is counted in ``violations``.
+  use: a client that builds page URLs itself instead of following ``link`` gets them wrong),
+  ``GET /repos/{owner}/{repo}`` and ``GET /repos/{owner}/{repo}/languages``, and the same two by
+  the repository's id: ``GET /repositories/{id}`` and ``GET /repositories/{id}/languages``.
+- Names as GitHub matches them: ``{login}``, ``{owner}`` and ``{repo}`` case-insensitively
+  (``/users/OCTOCAT`` is ``/users/octocat``); answers carry the canonical case (``login``, ``name``,
+  ``full_name``, ``languages_url``).
+- Repository ids (``FakeRepo.id``): unique and kept through renames and transfers, as GitHub's are.
+  A repository renamed (``rename_repo``), transferred (``transfer_repo``) or whose owner was renamed
+  (``rename_user``) answers its old ``/repos/{owner}/{repo}[/languages]`` with GitHub's ``301 Moved
+  Permanently``, ``location`` absolute on the fake's own base URL: ``…/repositories/{id}[/languages]``
+  (the query kept); a name in use again is its new repository's. A renamed user's old login is a 404
+  (GitHub redirects no user).
+- ETags (weak ``W/"…"`` for users, repositories and languages, strong ``"…"`` for repository
+  pages), compared verbatim with ``if-none-match``: a match is a 304, which costs no quota only when
+  the request was authorized (GitHub: a 304 is free "if the request was made while correctly
+  authorized with an Authorization header"); an anonymous 304 is charged like a 200.
+- A primary rate limit per token (``Authorization`` header, or anonymous): 200s, 301s, 404s and
+  anonymous 304s are charged (each request counts, a redirect too); every answer carries
+  ``x-ratelimit-*``; a request while the quota is 0 gets GitHub's 403 (remaining 0, reset) and is
+  counted in ``violations``.
 - Scripted faults: the next matching requests answer a given status with given headers (429 with
   ``retry-after``, 403 secondary limits, 502, 204 with no body, 410) or stall past the client's
   timeout, or drip their body (``drip_s``: one byte at a time, then whitespace without end: a body
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -44,6 +56,15 @@ from litestar.response import Stream
 from tests.fakes.serving import ThreadedServer
 
 ANONYMOUS = "anonymous"
+MOVED_DOCS = "https://docs.github.com/rest/guides/best-practices-for-using-the-rest-api#follow-redirects"
+
+_REPO_IDS = itertools.count(1_296_269)
+"""Repository ids, unique in the process (the first is octocat/Hello-World's on GitHub)."""
+
+
+def _key(name: str) -> str:
+    """How GitHub matches a login or a repository name: case-insensitively."""
+    return name.casefold()
 
 
 @dataclass
@@ -56,6 +77,9 @@ class FakeRepo:
     language: str | None = None
     size: int = 100
     languages: dict[str, int] = field(default_factory=dict)
+    id: int = field(default_factory=lambda: next(_REPO_IDS))
+    """GitHub's id of the repository: unique, kept through renames and transfers (the client tells
+    a repository listed twice by it)."""
 
 
 @dataclass
@@ -113,8 +137,12 @@ class FakeGitHub:
         self.token_limit = token_limit
         self.latency_s = 0.0
         """Every answer waits this long (to make overlapping requests observable)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """Re-entrant: ``FakeUser.after_page`` runs under it and may rename or transfer."""
         self.users: dict[str, FakeUser] = {}
+        """By login, casefolded (``_key``)."""
+        self.moved: dict[tuple[str, str], int] = {}
+        """Old ``(owner, repo)`` names, casefolded, of renamed or transferred repositories: their ids."""
         self.requests: list[Recorded] = []
         self.violations = 0
         self.faults: list[Fault] = []
@@ -130,6 +158,7 @@ class FakeGitHub:
         """Forget everything; answers still under way from an earlier test no longer count."""
         with self._lock:
             self.users.clear()
+            self.moved.clear()
             self.requests = []
             self.faults.clear()
             self.quotas.clear()
@@ -142,7 +171,42 @@ class FakeGitHub:
         with self._lock:
             self._next_id += 1
             user = FakeUser(login=login, id=self._next_id, repos=list(repos or []), **fields)
-            self.users[login.lower()] = user
+            self.users[_key(login)] = user
+            return user
+
+    def rename_repo(self, login: str, old: str, new: str) -> FakeRepo:
+        """The owner renames a repository: its old name answers 301 to ``/repositories/{id}``."""
+        with self._lock:
+            user, repo = self._existing_repo(login, old)
+            if _key(new) != _key(old) and self._find_repo(user, new) is not None:
+                raise ValueError(f"{user.login} already has a repository named {new}")
+            self.moved[(_key(user.login), _key(repo.name))] = repo.id
+            repo.name = new
+            return repo
+
+    def transfer_repo(self, login: str, name: str, new_owner: str) -> FakeRepo:
+        """The repository moves to ``new_owner`` (same name and id): its old path answers 301."""
+        with self._lock:
+            user, repo = self._existing_repo(login, name)
+            owner = self._user(new_owner)
+            if owner is None or self._find_repo(owner, name) is not None:
+                raise ValueError(f"cannot transfer {user.login}/{name} to {new_owner}")
+            user.repos.remove(repo)
+            owner.repos.append(repo)
+            self.moved[(_key(user.login), _key(repo.name))] = repo.id
+            return repo
+
+    def rename_user(self, old: str, new: str) -> FakeUser:
+        """The user changes login: the old one is a 404, its repositories' old paths answer 301."""
+        with self._lock:
+            user = self._user(old)
+            if user is None or (_key(new) != _key(old) and self._user(new) is not None):
+                raise ValueError(f"cannot rename {old} to {new}")
+            for repo in user.repos:
+                self.moved[(_key(user.login), _key(repo.name))] = repo.id
+            del self.users[_key(user.login)]
+            user.login = new
+            self.users[_key(new)] = user
             return user
 
     def fail(
@@ -258,7 +322,7 @@ class FakeGitHub:
                     status, body, headers = resource(str(request.base_url).rstrip("/"))
                     if status == 200 and if_none_match is not None and if_none_match == headers.get("etag"):
                         status, body = 304, b""
-                    if status in (200, 404) or (status == 304 and token == ANONYMOUS):
+                    if status in (200, 301, 404) or (status == 304 and token == ANONYMOUS):
                         quota.remaining -= 1
                     headers = {**headers, **self._rate_headers(quota)}
                 record.status = status
@@ -270,7 +334,25 @@ class FakeGitHub:
                 in_flight[token] -= 1
 
     def _user(self, login: str) -> FakeUser | None:
-        return self.users.get(login.lower())
+        return self.users.get(_key(login))
+
+    @staticmethod
+    def _find_repo(user: FakeUser, name: str) -> FakeRepo | None:
+        return next((repo for repo in user.repos if _key(repo.name) == _key(name)), None)
+
+    def _existing_repo(self, login: str, name: str) -> tuple[FakeUser, FakeRepo]:
+        user = self._user(login)
+        repo = self._find_repo(user, name) if user is not None else None
+        if user is None or repo is None:
+            raise KeyError(f"no repository {login}/{name}")
+        return user, repo
+
+    def _repo_by_id(self, repo_id: int) -> tuple[FakeUser, FakeRepo] | None:
+        for user in self.users.values():
+            for repo in user.repos:
+                if repo.id == repo_id:
+                    return user, repo
+        return None
 
     def _user_resource(self, login: str) -> Any:
         def resource(base: str) -> tuple[int, bytes, dict[str, str]]:
@@ -333,7 +415,7 @@ class FakeGitHub:
     @staticmethod
     def _repo_json(base: str, user: FakeUser, repo: FakeRepo) -> dict[str, Any]:
         return {
-            "id": abs(hash((user.login, repo.name))) % 10**9,
+            "id": repo.id,
             "name": repo.name,
             "full_name": f"{user.login}/{repo.name}",
             "html_url": f"https://github.example/{user.login}/{repo.name}",
@@ -350,13 +432,30 @@ class FakeGitHub:
             "owner": {"login": user.login, "id": user.id},
         }
 
-    def _languages_resource(self, owner: str, name: str) -> Any:
+    def _repo_resource(self, owner: str | None, name: str | int, suffix: str, query: str) -> Any:
+        """``/repos/{owner}/{name}{suffix}`` (``owner`` None: ``/repositories/{name}{suffix}``, by
+        id): the repository (``suffix`` empty) or its languages (``/languages``). An old name of a
+        moved repository answers 301 to its id's path, as GitHub does."""
+
         def resource(base: str) -> tuple[int, bytes, dict[str, str]]:
-            user = self._user(owner)
-            repo = next((r for r in user.repos if r.name == name), None) if user else None
-            if repo is None:
+            found: tuple[FakeUser, FakeRepo] | None = None
+            if owner is None:
+                found = self._repo_by_id(int(name))
+            elif (user := self._user(owner)) is not None and (repo := self._find_repo(user, str(name))):
+                found = user, repo
+            else:
+                moved_to = self.moved.get((_key(owner), _key(str(name))))
+                if moved_to is not None and self._repo_by_id(moved_to) is not None:
+                    location = f"{base}/repositories/{moved_to}{suffix}" + (f"?{query}" if query else "")
+                    body = msgspec.json.encode(
+                        {"message": "Moved Permanently", "url": location, "documentation_url": MOVED_DOCS}
+                    )
+                    return 301, body, {"location": location}
+            if found is None:
                 return 404, b'{"message": "Not Found"}', {}
-            body = msgspec.json.encode(repo.languages)
+            user, repo = found
+            document = repo.languages if suffix == "/languages" else self._repo_json(base, user, repo)
+            body = msgspec.json.encode(document)
             return 200, body, {"etag": f'W/"{hashlib.sha256(body).hexdigest()[:32]}"'}
 
         return resource
@@ -378,13 +477,38 @@ class FakeGitHub:
         ) -> Response[bytes] | Stream:
             return await fake._serve(request, fake._repos_resource(user_id, dict(request.query_params)))
 
+        @get("/repos/{owner:str}/{name:str}")
+        async def repo(
+            request: Request[Any, Any, Any], owner: FromPath[str], name: FromPath[str]
+        ) -> Response[bytes] | Stream:
+            return await fake._serve(request, fake._repo_resource(owner, name, "", request.url.query))
+
         @get("/repos/{owner:str}/{name:str}/languages")
         async def languages(
             request: Request[Any, Any, Any], owner: FromPath[str], name: FromPath[str]
         ) -> Response[bytes] | Stream:
-            return await fake._serve(request, fake._languages_resource(owner, name))
+            return await fake._serve(
+                request, fake._repo_resource(owner, name, "/languages", request.url.query)
+            )
 
-        return Litestar(route_handlers=[user, repos, repos_by_id, languages], openapi_config=None)
+        @get("/repositories/{repo_id:int}")
+        async def repo_by_id(
+            request: Request[Any, Any, Any], repo_id: FromPath[int]
+        ) -> Response[bytes] | Stream:
+            return await fake._serve(request, fake._repo_resource(None, repo_id, "", request.url.query))
+
+        @get("/repositories/{repo_id:int}/languages")
+        async def languages_by_id(
+            request: Request[Any, Any, Any], repo_id: FromPath[int]
+        ) -> Response[bytes] | Stream:
+            return await fake._serve(
+                request, fake._repo_resource(None, repo_id, "/languages", request.url.query)
+            )
+
+        return Litestar(
+            route_handlers=[user, repos, repos_by_id, repo, languages, repo_by_id, languages_by_id],
+            openapi_config=None,
+        )
 
 
 DRIP_MAX_S = 30.0
