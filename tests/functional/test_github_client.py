@@ -22,6 +22,7 @@ from app.domains.github.client import (
     GitHubDownError,
     GitHubNotFoundError,
     GitHubRateLimitError,
+    metered,
     token_fingerprint,
 )
 from app.domains.github.governor import Priority, WaitBudgetExceededError, governor_for
@@ -162,6 +163,78 @@ async def test_a_changed_resource_is_fetched_again(fake: FakeGitHub, client: Git
 
     assert (await client.get_user("changing", Priority.INTERACTIVE)).followers == 2
     assert [r.status for r in fake.recorded()] == [200, 200]
+
+
+async def test_a_repository_renamed_after_the_listing_is_measured_through_githubs_redirect(
+    fake: FakeGitHub, token_client: GitHubClient
+) -> None:
+    """GitHub answers a renamed repository's old ``/languages`` ``301 Moved Permanently`` with an
+    absolute ``location`` on its own base, ``/repositories/{id}/languages``: the client follows it and
+    measures the repository. Each request is charged, the redirect too: with a token, a revalidation's
+    304 is free and its 301 is not (the client's meter agrees with GitHub's count)."""
+    client = token_client
+    fake.add_user("mover", [FakeRepo("old-name", language="Go", languages={"Go": 1200, "Shell": 30})])
+    (listed,), _ = await client.list_repos("mover", Priority.INTERACTIVE, max_repos=100)
+    renamed = fake.rename_repo("mover", "old-name", "new-name")
+    spent = fake.charged(TOKEN)
+
+    with metered() as first:
+        languages = await client.get_languages(listed, Priority.INTERACTIVE)
+    with metered() as again:
+        revalidated = await client.get_languages(listed, Priority.INTERACTIVE)
+
+    assert languages == revalidated == {"Go": 1200, "Shell": 30}
+    old, by_id = "/repos/mover/old-name/languages", f"/repositories/{renamed.id}/languages"
+    assert [(r.path, r.status) for r in fake.recorded("/languages")] == [
+        (old, 301),
+        (by_id, 200),
+        (old, 301),
+        (by_id, 304),
+    ]
+    assert (first.charged, again.charged) == (2, 1)
+    assert fake.charged(TOKEN) - spent == first.charged + again.charged
+
+
+async def test_a_repository_renamed_while_the_listing_is_paged_is_listed_once(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    """A rename keeps GitHub's id: ``repo-0000``, renamed after page 1 to sort last, is on page 2 again
+    under its new name and kept once, by its id (``repo-0100``, shifted back onto page 1 by it, is
+    missed until the next fetch, like a repository shifted back by a deletion)."""
+    user = fake.add_user("renamer", repos_named(150, stars=1))
+
+    def rename_one(page: int) -> None:
+        if page == 1:
+            fake.rename_repo("renamer", "repo-0000", "zzz-renamed")
+
+    user.after_page = rename_one
+
+    repos, truncated = await client.list_repos("renamer", Priority.INTERACTIVE, max_repos=1000)
+
+    names = [repo.full_name for repo in repos]
+    assert len(fake.recorded("/repos")) == 2 and not truncated
+    assert len(names) == len({repo.id for repo in repos}) == 149
+    assert names[0] == "renamer/repo-0000" and "renamer/zzz-renamed" not in names
+    assert sum(repo.stargazers_count for repo in repos) == 149
+
+
+async def test_logins_and_repository_names_are_matched_case_insensitively(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    """GitHub matches ``{login}``, ``{owner}`` and ``{repo}`` case-insensitively and answers the
+    canonical case: ``OctoCat`` is octocat, and a repository whose name changed only in case is still
+    served at the path the listing gave (no redirect, no 404: its languages are measured)."""
+    fake.add_user("octocat", [FakeRepo("Hello-World", language="C", languages={"C": 10})])
+
+    user = await client.get_user("OctoCat", Priority.INTERACTIVE)
+    (listed,), _ = await client.list_repos("OCTOCAT", Priority.INTERACTIVE, max_repos=100)
+    fake.rename_repo("octocat", "Hello-World", "hello-world")
+    languages = await client.get_languages(listed, Priority.INTERACTIVE)
+
+    assert (user.login, listed.full_name) == ("octocat", "octocat/Hello-World")
+    assert listed.languages_url.endswith("/repos/octocat/Hello-World/languages")
+    assert languages == {"C": 10}
+    assert [r.status for r in fake.recorded()] == [200, 200, 200]
 
 
 ETAG_BYTES_PER_COLD_LOOKUP = 64 * 1024
