@@ -445,6 +445,65 @@ async def test_tracking_is_per_user_idempotent_and_bounded(
     ).status_code == 201
 
 
+async def test_a_login_asked_in_another_case_is_one_profile_and_one_tracked_row(
+    api: Client, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    """GitHub matches logins case-insensitively (``OctoCat`` is octocat) and so does the API: a login
+    is stored lower-case, so asking and tracking it in any case reach one profile and one tracked row,
+    fetched from GitHub once, and the answers carry GitHub's canonical case."""
+    alice = await make_user(db, api.app)
+    fake.add_user("octocat", [FakeRepo("Hello-World", language="C", languages={"C": 10})])
+
+    asked = await api.get("/api/github/users/OctoCat", headers=alice.headers)
+    again = await api.get("/api/github/users/OCTOCAT", headers=alice.headers)
+    tracked = await api.post("/api/github/tracked", json={"username": "OctoCat"}, headers=alice.headers)
+    tracked_again = await api.post("/api/github/tracked", json={"username": "octocat"}, headers=alice.headers)
+
+    assert (asked.status_code, again.status_code) == (200, 200), asked.text
+    assert (asked.json()["source"], again.json()["source"]) == ("live", "cache")
+    assert asked.json()["profile"]["login"] == "octocat"
+    assert asked.json()["top_repositories"][0]["full_name"] == "octocat/Hello-World"
+    assert (tracked.status_code, tracked_again.status_code) == (201, 200)
+    assert tracked.json()["username"] == tracked_again.json()["username"] == "octocat"
+    profiles = await (await db.execute("select login from github_profiles")).fetchall()
+    tracked_rows = await db.execute("select login from github_tracked where user_id = %s", (alice.id,))
+    rows = await tracked_rows.fetchall()
+    assert (profiles, rows) == ([("octocat",)], [("octocat",)])
+    assert [r.path for r in fake.recorded("/users/")] == ["/users/octocat", "/users/octocat/repos"]
+
+
+async def test_a_repository_renamed_between_the_listing_and_its_languages_is_measured(
+    api: Client, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Any
+) -> None:
+    """The owner renames a repository once the listing is read: its ``languages_url`` (the old name)
+    answers GitHub's 301 to ``/repositories/{id}/languages`` and the lookup follows it (same base), so
+    its languages are counted. Each request is charged, the 301 too: GitHub's quota and the account's
+    share agree."""
+    alice = await make_user(db, api.app)
+    big = FakeRepo("big", language="Rust", size=900, languages={"Rust": 9000})
+    user = fake.add_user("mover", [FakeRepo("small", language="Go", size=10, languages={"Go": 10}), big])
+
+    def rename(page: int) -> None:
+        if page == 1:
+            fake.rename_repo("mover", "big", "bigger")
+
+    user.after_page = rename
+
+    response = await api.get("/api/github/users/mover", headers=alice.headers)
+
+    assert response.status_code == 200, response.text
+    languages = response.json()["languages"]
+    assert {stat["name"]: stat["bytes"] for stat in languages["by_bytes"]} == {"Rust": 9000, "Go": 10}
+    assert languages["coverage"]["repos_measured"] == 2 and languages["coverage"]["truncated"] is False
+    assert [(r.path, r.status) for r in fake.recorded("/languages")] == [
+        ("/repos/mover/big/languages", 301),
+        (f"/repositories/{big.id}/languages", 200),
+        ("/repos/mover/small/languages", 200),
+    ]
+    assert fake.charged() == len(fake.recorded()) == 5
+    assert int(await valkey.get(f"github:lookup-spent:{alice.id}") or 0) == 5
+
+
 async def test_history_ranges_are_validated(api: Client, headers: dict[str, str]) -> None:
     empty = await api.get("/api/github/users/octo/history", headers=headers)
     backwards = await api.get(
