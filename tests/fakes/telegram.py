@@ -13,15 +13,23 @@ it). It behaves like the Bot API where our sender depends on it:
   code units: an emoji outside the BMP counts twice), else 400.
 - Flood control: at most one message per second per chat and 20 per minute per group chat (a chat id
   starting with ``-``); a message over either limit gets ``429`` with ``parameters.retry_after``.
+- A 429 announces a window, and the fake holds the chat to it as the Bot API does: once it answered
+  ``retry_after = N`` to a chat (flood control or a scripted 429), every ``sendMessage`` to that chat
+  before ``N`` seconds have passed is refused again with 429 and a fresh ``retry_after``, the whole
+  seconds still left (rounded up, at least 1), and recorded as refused with ``inside_window`` set (a
+  sender that honours ``retry_after`` never has one: ``refused_inside_window()``). The limits and the
+  windows are per chat (the fake has no bot-wide limit). Time is ``clock`` (``time.time`` unless a test
+  gives another: no test sleeps to move it).
 - A group upgraded to a supergroup (``migrate(old, new)``): a message to the old chat id is refused as
   the Bot API refuses it, ``400 Bad Request: group chat was upgraded to a supergroup chat`` with
   ``parameters.migrate_to_chat_id`` (an integer, ResponseParameters), and is not delivered.
 - Scripted faults (``script``): the next requests answer a given status (e.g. 429 with
-  ``retry_after=3``); ``hold``: a request whose text contains a marker is recorded (Telegram has it)
+  ``retry_after=3``, which opens its chat's window like any 429; a request refused inside a window
+  does not use one up); ``hold``: a request whose text contains a marker is recorded (Telegram has it)
   and then answered only after a delay (a client killed meanwhile never learns it was sent); with
   ``drip=True`` the answer's bytes trickle over that delay instead, as on a slow network, so no
   single read waits long (a per-read timeout never fires).
-- Every request is recorded with its arrival time (``time.time()``), chat, text, parse mode and the
+- Every request is recorded with its arrival time (``clock()``), chat, text, parse mode and the
   status answered; ``GET /_fake/messages`` shows them when run on its own.
 """
 
@@ -131,6 +139,8 @@ class Received:
     status: int
     description: str = ""
     retry_after: int | None = None
+    inside_window: bool = False
+    """Refused (429) because it came before the ``retry_after`` a previous 429 announced had passed."""
 
     @property
     def accepted(self) -> bool:
@@ -159,6 +169,9 @@ class FakeTelegram:
     holds: list[Hold] = field(default_factory=list)
     accepted_at: dict[str, list[float]] = field(default_factory=dict)
     migrated: dict[str, str] = field(default_factory=dict)
+    blocked_until: dict[str, float] = field(default_factory=dict)
+    """Chat -> the end of the window its last 429 announced (``retry_after`` after it)."""
+    clock: Callable[[], float] = time.time
     next_message_id: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: bool = False
@@ -180,6 +193,11 @@ class FakeTelegram:
         with self.lock:
             return [r for r in self.received if r.accepted or not accepted_only]
 
+    def refused_inside_window(self) -> list[Received]:
+        """The requests that came before the ``retry_after`` of a 429 to their chat had passed."""
+        with self.lock:
+            return [r for r in self.received if r.inside_window]
+
     def reset(self) -> None:
         with self.lock:
             self.received.clear()
@@ -187,13 +205,21 @@ class FakeTelegram:
             self.holds.clear()
             self.accepted_at.clear()
             self.migrated.clear()
+            self.blocked_until.clear()
 
     def _answer(
         self, chat_id: str, text: str, parse_mode: str | None
     ) -> tuple[int, dict[str, Any], Hold | None]:
         """(status, body, how it is held) of one sendMessage."""
-        now = time.time()
+        now = self.clock()
         with self.lock:
+            blocked_until = self.blocked_until.get(chat_id)
+            if blocked_until is not None and now < blocked_until:
+                wait = max(1, math.ceil(blocked_until - now))
+                description = f"Too Many Requests: retry after {wait}"
+                return self._refuse(
+                    now, chat_id, text, parse_mode, 429, description, wait, inside_window=True
+                )
             if self.scripted:
                 fault = self.scripted.popleft()
                 return self._refuse(
@@ -252,8 +278,14 @@ class FakeTelegram:
         status: int,
         description: str,
         retry_after: int | None = None,
+        *,
+        inside_window: bool = False,
     ) -> tuple[int, dict[str, Any], Hold | None]:
-        self.received.append(Received(now, chat_id, text, parse_mode, status, description, retry_after))
+        self.received.append(
+            Received(now, chat_id, text, parse_mode, status, description, retry_after, inside_window)
+        )
+        if status == 429 and retry_after is not None and not inside_window:
+            self.blocked_until[chat_id] = max(self.blocked_until.get(chat_id, now), now + retry_after)
         body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
         if retry_after is not None:
             body["parameters"] = {"retry_after": retry_after}
