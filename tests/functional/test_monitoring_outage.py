@@ -202,6 +202,7 @@ async def test_a_429_is_skipped_until_retry_after_and_the_claim_released(
 ) -> None:
     clock = Clock()
     notifier = notifier_for(settings, telegram, valkey, clock)
+    telegram.fake.clock = clock  # Telegram's time is the notifier's: its window ends when the test says
     down = PoolTimeout("couldn't get a connection after 5.00 sec")
     telegram.fake.script(Scripted(429, "Too Many Requests: retry after 30", retry_after=30))
     try:
@@ -213,6 +214,7 @@ async def test_a_429_is_skipped_until_retry_after_and_the_claim_released(
         clock.now += 1
         assert await notifier.flush_failed(down, [outage_aggregate()])
         assert [message.status for message in telegram.fake.messages()] == [429, 200]
+        assert telegram.fake.refused_inside_window() == []
         assert await valkey.exists(CLAIM_KEY) == 1
     finally:
         await notifier.telegram.close()
