@@ -79,15 +79,17 @@ async def test_flood_controls_429_opens_its_window_too(bot: Bot) -> None:
     assert len(bot.fake.refused_inside_window()) == 1
 
 
-async def test_a_groups_minute_limit_holds_it_for_the_rest_of_the_minute(bot: Bot) -> None:
+async def test_a_groups_minute_limit_holds_it_for_the_whole_seconds_announced(bot: Bot) -> None:
     for second in range(20):
-        bot.at(second)
+        bot.at(second + 0.5)
         assert await bot.send(GROUP_CHAT) == (200, None)
-    bot.at(20)
-    assert await bot.send(GROUP_CHAT) == (429, 40), "20 a minute: the first of them leaves it at 60 s"
+    bot.at(21)
+    assert await bot.send(GROUP_CHAT) == (429, 40), "20 a minute: the first of them leaves it at 60.5 s"
     bot.at(45.5)
-    assert await bot.send(GROUP_CHAT) == (429, 15)
-    bot.at(60)
+    assert await bot.send(GROUP_CHAT) == (429, 16)
+    bot.at(60.6)
+    assert await bot.send(GROUP_CHAT) == (429, 1), "under the limit again, but 40 s were announced"
+    bot.at(61)
     assert await bot.send(GROUP_CHAT) == (200, None)
 
 
