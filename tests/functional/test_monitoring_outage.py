@@ -22,7 +22,7 @@ from app.config import Settings
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.fingerprint import fixed_fingerprint
 from app.domains.monitoring.groups import Aggregate
-from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, OutageNotifier
+from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, WAIT_KEY, OutageNotifier
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import TelegramClient
 from tests.factories import captured_logs
@@ -197,20 +197,27 @@ async def test_without_valkey_each_process_tells_once_per_interval(
         await unreachable.aclose()
 
 
-async def test_a_429_is_skipped_until_retry_after_and_the_claim_released(
+async def test_a_429_is_skipped_until_retry_after_by_every_process_and_the_claim_released(
     settings: Settings, valkey: Valkey, telegram: FakeTelegramServer
 ) -> None:
+    """Telegram holds the chat, not one process, to a 429's ``retry_after``: the claim is released
+    (another process may tell the outage) but no process asks before the window ends."""
     clock = Clock()
     notifier = notifier_for(settings, telegram, valkey, clock)
+    other_process = notifier_for(settings, telegram, valkey, clock)
     telegram.fake.clock = clock  # Telegram's time is the notifier's: its window ends when the test says
     down = PoolTimeout("couldn't get a connection after 5.00 sec")
     telegram.fake.script(Scripted(429, "Too Many Requests: retry after 30", retry_after=30))
     try:
         assert not await notifier.flush_failed(down, [outage_aggregate()])
         assert await valkey.exists(CLAIM_KEY) == 0, "released: another process may tell it"
+        assert 29_000 < await valkey.pttl(WAIT_KEY) <= 30_000, "the wait is shared"
+        assert not await other_process.flush_failed(down, [outage_aggregate()])
         clock.now += 29
         assert not await notifier.flush_failed(down, [outage_aggregate()])
+        assert not await other_process.flush_failed(down, [outage_aggregate()])
         assert [message.status for message in telegram.fake.messages()] == [429], "no request before 30 s"
+        await valkey.delete(WAIT_KEY)  # as when its TTL ends: Valkey's time does not follow the test's
         clock.now += 1
         assert await notifier.flush_failed(down, [outage_aggregate()])
         assert [message.status for message in telegram.fake.messages()] == [429, 200]
@@ -218,6 +225,7 @@ async def test_a_429_is_skipped_until_retry_after_and_the_claim_released(
         assert await valkey.exists(CLAIM_KEY) == 1
     finally:
         await notifier.telegram.close()
+        await other_process.telegram.close()
 
 
 async def test_a_failure_without_retry_after_is_asked_again_after_a_doubling_pause(
@@ -232,6 +240,7 @@ async def test_a_failure_without_retry_after_is_asked_again_after_a_doubling_pau
     asked: list[float] = []
     try:
         for second in range(250):  # a flush every second
+            await valkey.delete(WAIT_KEY)  # the shared wait (Valkey's time) ends with this process's
             before = len(telegram.fake.messages())
             await notifier.flush_failed(down, [outage_aggregate()])
             if len(telegram.fake.messages()) > before:
@@ -247,6 +256,7 @@ async def test_a_failure_without_retry_after_is_asked_again_after_a_doubling_pau
         telegram.fake.script(Scripted(401, "Unauthorized"))
         asked.clear()
         for second in range(3):  # the next outage: the pause starts again at 2 s
+            await valkey.delete(WAIT_KEY)
             before = len(telegram.fake.messages())
             await notifier.flush_failed(down, [outage_aggregate()])
             if len(telegram.fake.messages()) > before:

@@ -21,8 +21,10 @@ Once per outage per deployment: the notice is claimed in Valkey (``SET NX`` with
 ``NOTICE_INTERVAL_S``: a longer outage is told again once per interval); with Valkey down too, once per
 process per interval. When a flush writes again, the process that removes the claim sends an "over"
 message. A claim whose message did not leave for a passing reason (a 429, a refused connection) is
-released, and this process tries again only past the 429's ``retry_after`` (or, with none given, a
-pause doubling from ``RETRY_FIRST_S`` to ``RETRY_MAX_S``): nothing here sleeps. A
+released, and no process tries again before the 429's ``retry_after`` has passed (or, with none given,
+a pause doubling from ``RETRY_FIRST_S`` to ``RETRY_MAX_S``): Telegram holds the chat, not one process,
+to it, so the wait is shared in Valkey (``WAIT_KEY``) as well as kept by this process. Nothing here
+sleeps. A
 chat that refuses it for good (``failed``: 403 bot blocked, 400 chat not found) is asked nothing more
 by this process for an interval, and a claim every chat refused so is kept for its TTL: no flush asks
 again in the meantime, in any process. Nothing here raises either: a failure is logged (rate-limited)
@@ -45,6 +47,7 @@ alerted the usual way once the database is back.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -65,6 +68,10 @@ from app.domains.monitoring.telegram import Part, SendResult, TelegramClient, re
 log = structlog.get_logger("app.monitoring")
 
 CLAIM_KEY = "monitoring:outage:postgresql"
+WAIT_KEY = "monitoring:outage:telegram-wait"
+"""Set (with the time left as its TTL) while Telegram's last answer to a notice asks every process to
+wait: a 429's ``retry_after`` (the Bot API holds the chat, not one process, to it) or the pause after
+another passing failure."""
 NOTICE_INTERVAL_S = 900.0
 """At most one notice per outage per deployment in this time (the claim's TTL)."""
 LASTING_FLUSHES = 2
@@ -77,9 +84,16 @@ RETRY_MAX_S = 60.0
 """After a passing failure Telegram gave no ``retry_after`` for (a 401 while a token is rotated, a
 refused connection), this process asks again only after a pause that doubles from ``RETRY_FIRST_S``
 up to ``RETRY_MAX_S``, not at every flush (every second, in every process)."""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+_CLAIM = """
+local wait = redis.call('pttl', KEYS[2])
+if wait > 0 then return -wait end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
 return 0
+"""
+_WAIT_AND_RELEASE = """
+if redis.call('pttl', KEYS[1]) < tonumber(ARGV[2]) then redis.call('set', KEYS[1], '1', 'PX', ARGV[2]) end
+if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
+return 1
 """
 
 
@@ -161,7 +175,8 @@ class OutageNotifier:
         self.interval_s = interval_s
         self.host = socket.gethostname()
         self._token = f"{self.host}:{id(self):x}:{time.time_ns()}"
-        self._release_script = valkey.register_script(_RELEASE)
+        self._claim_script = valkey.register_script(_CLAIM)
+        self._wait_script = valkey.register_script(_WAIT_AND_RELEASE)
         self._down_since: float | None = None
         """When this process first saw the flush fail for the database (None: no outage seen)."""
         self._told = False
@@ -240,7 +255,7 @@ class OutageNotifier:
                 # told, or refused for good by every chat: the claim stays for its TTL
                 self._local_next = self.monotonic() + self.interval_s
             elif claim:
-                await self._release()
+                await self._wait_and_release(self._not_before - self.monotonic())
             return sent
 
     async def _flush_succeeded(self) -> bool:
@@ -265,18 +280,26 @@ class OutageNotifier:
             return sent
 
     async def _claim(self) -> bool | None:
-        """True: claimed in Valkey; False: claimed for this process only (Valkey down); None: not ours."""
+        """True: claimed in Valkey; False: claimed for this process only (Valkey down); None: not ours
+        (another process holds the claim, or Telegram asked every process to wait: ``WAIT_KEY``)."""
         try:
             async with asyncio.timeout(VALKEY_TIMEOUT_S):
-                won = await self.valkey.set(CLAIM_KEY, self._token, nx=True, ex=round(self.interval_s))
+                won = await self._claim_script(
+                    keys=[CLAIM_KEY, WAIT_KEY], args=[self._token, round(self.interval_s)]
+                )
         except (ValkeyError, OSError, TimeoutError):
             return False if self.monotonic() >= self._local_next else None
-        return True if won else None
+        if won < 0:  # milliseconds left of the wait
+            self._not_before = max(self._not_before, self.monotonic() - won / 1000)
+        return True if won == 1 else None
 
-    async def _release(self) -> None:
+    async def _wait_and_release(self, wait_s: float) -> None:
+        """Release the claim, and hold every process (``WAIT_KEY``) to the wait Telegram asked for."""
         try:
             async with asyncio.timeout(VALKEY_TIMEOUT_S):
-                await self._release_script(keys=[CLAIM_KEY], args=[self._token])
+                await self._wait_script(
+                    keys=[WAIT_KEY, CLAIM_KEY], args=[self._token, max(1, math.ceil(wait_s * 1000))]
+                )
         except (ValkeyError, OSError, TimeoutError):
             pass
 
