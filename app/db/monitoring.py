@@ -1267,6 +1267,25 @@ async def save_chat_migration(conn: AsyncConnection[Any], *, chat_id: str, migra
         await cur.execute(SAVE_CHAT_MIGRATION, (chat_id, migrated_to))
 
 
+BLOCK_CHAT_UNTIL = """\
+insert into monitoring_telegram_chats (chat_id, blocked_until)
+values ($1, $2)
+on conflict (chat_id) do update
+set blocked_until = greatest(monitoring_telegram_chats.blocked_until, excluded.blocked_until)"""
+
+
+async def block_chat_until(
+    conn: AsyncConnection[Any],
+    *,
+    chat_id: str,
+    blocked_until: datetime | None,
+) -> None:
+    """The outage notice, sent without the database, was told by a 429 to leave @chat_id alone until
+    @blocked_until: the sender's pacing honours it too (the later of the two windows wins)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(BLOCK_CHAT_UNTIL, (chat_id, blocked_until))
+
+
 SAVE_CHAT = """\
 insert into monitoring_telegram_chats (chat_id, blocked_until, recent_sends)
 values ($1, $2, $3)

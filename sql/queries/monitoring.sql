@@ -477,6 +477,14 @@ insert into monitoring_telegram_chats (chat_id, migrated_to)
 values (@chat_id, @migrated_to)
 on conflict (chat_id) do update set migrated_to = excluded.migrated_to;
 
+-- name: BlockChatUntil :exec
+-- The outage notice, sent without the database, was told by a 429 to leave @chat_id alone until
+-- @blocked_until: the sender's pacing honours it too (the later of the two windows wins).
+insert into monitoring_telegram_chats (chat_id, blocked_until)
+values (@chat_id, @blocked_until)
+on conflict (chat_id) do update
+set blocked_until = greatest(monitoring_telegram_chats.blocked_until, excluded.blocked_until);
+
 -- name: SaveChat :exec
 insert into monitoring_telegram_chats (chat_id, blocked_until, recent_sends)
 values (@chat_id, sqlc.narg(blocked_until), @recent_sends)

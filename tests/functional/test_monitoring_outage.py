@@ -7,6 +7,7 @@ as the real pool does after ``DATABASE_POOL_TIMEOUT``); Valkey and the fake Tele
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -170,6 +171,7 @@ def notifier_for(
         valkey,
         environment="test",
         release="1.2.3",
+        clock=clock or time.time,
         monotonic=clock or Clock(),
     )
 
@@ -371,3 +373,50 @@ async def test_a_chat_that_refuses_the_notice_for_good_is_not_asked_every_flush(
         assert [message.status for message in telegram.fake.messages()] == [403, 200]
     finally:
         await notifier.telegram.close()
+
+
+async def blocked_until(db: AsyncConnection[Any], chat_id: str) -> float | None:
+    row = await (
+        await db.execute(
+            "select extract(epoch from blocked_until - now()) from monitoring_telegram_chats"
+            " where chat_id = %s",
+            (chat_id,),
+        )
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+async def test_the_window_a_429_gave_the_notice_holds_the_sender_once_the_database_is_back(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """The notice learns Telegram's window without the database; once it is back the window is
+    stored with the sender's pacing, so the held alerts do not go inside it."""
+    telegram.fake.script(Scripted(429, "Too Many Requests: retry after 30", retry_after=30))
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        with database_down(service):
+            requests_answered_503(service, 3)
+            await failing_flushes(service, 1)  # the notice: 429, retry after 30
+        assert await service.flush(force=True) >= 1  # the database is back: the held events are written
+        await service.deliver(budget_s=10)
+    assert [message.status for message in telegram.fake.messages()] == [429], "no alert inside the window"
+    assert telegram.fake.refused_inside_window() == []
+    left = await blocked_until(db, PRIVATE_CHAT)
+    assert left is not None and 20 < left <= 30
+
+
+async def test_the_notice_honours_the_window_the_sender_stored(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """A window the sender stored (``blocked_until``) is read while the database is reachable; the
+    notice does not ask Telegram inside it."""
+    await db.execute(
+        "insert into monitoring_telegram_chats (chat_id, blocked_until)"
+        " values (%s, now() + interval '1 hour')",
+        (PRIVATE_CHAT,),
+    )
+    async with open_monitoring(settings, **with_telegram(telegram, [PRIVATE_CHAT])) as service:
+        with database_down(service):
+            requests_answered_503(service, 5)
+            await failing_flushes(service, 3)
+    assert telegram.fake.messages() == []
+    assert await valkey.exists(CLAIM_KEY) == 0

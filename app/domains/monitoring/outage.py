@@ -23,7 +23,10 @@ process per interval. When a flush writes again, the process that removes the cl
 message. A claim whose message did not leave for a passing reason (a 429, a refused connection) is
 released, and no process tries again before the 429's ``retry_after`` has passed (or, with none given,
 a pause doubling from ``RETRY_FIRST_S`` to ``RETRY_MAX_S``): Telegram holds the chat, not one process,
-to it, so the wait is shared in Valkey (``WAIT_KEY``) as well as kept by this process. Nothing here
+to it, so the wait is shared in Valkey (``WAIT_KEY``) as well as kept by this process. A 429's
+window is also the sender's business (``delivery.py`` paces each chat by
+``monitoring_telegram_chats.blocked_until``): the notice stores the windows it learned once the
+database is back, and honours the ones the sender stored (read with the routes, below). Nothing here
 sleeps. A
 chat that refuses it for good (``failed``: 403 bot blocked, 400 chat not found) is asked nothing more
 by this process for an interval, and a claim every chat refused so is kept for its TTL: no flush asks
@@ -195,6 +198,11 @@ class OutageNotifier:
         """Routes learned from Telegram that the database does not hold yet."""
         self._refused_until: dict[str, float] = {}
         """Configured chat -> no request to it before this (monotonic) time: it refused for good."""
+        self._windows: dict[str, float] = {}
+        """Chat (where Telegram has it now) -> the end (``clock``) of the window a 429 announced for it:
+        the notice's own, or the sender's (``monitoring_telegram_chats.blocked_until``)."""
+        self._unsaved_windows: dict[str, float] = {}
+        """Windows Telegram gave this notifier that the database does not hold yet."""
         self._busy = asyncio.Lock()
         self._warnings = OncePerInterval(60.0)
 
@@ -211,6 +219,20 @@ class OutageNotifier:
         """Routes Telegram gave this notifier that the database does not hold yet (configured chat ->
         the chat it migrated to)."""
         return dict(self._unsaved_routes)
+
+    def learned_windows(self) -> dict[str, float]:
+        """Windows Telegram's 429s gave this notifier that the database does not hold yet (chat -> the
+        window's end, ``clock``): the sender's pacing must honour them too."""
+        return dict(self._unsaved_windows)
+
+    def remember_windows(self, stored: Mapping[str, float], saved: Mapping[str, float]) -> None:
+        """The windows the database holds (``stored``, the sender's), read once ``saved`` (from
+        ``learned_windows``) was written to it."""
+        for chat, until in saved.items():
+            if self._unsaved_windows.get(chat) == until:
+                del self._unsaved_windows[chat]
+        for chat, until in stored.items():
+            self._windows[chat] = max(self._windows.get(chat, until), until)
 
     def remember_routes(self, stored: Mapping[str, str], saved: Mapping[str, str] | None = None) -> None:
         """The routes the database holds (``stored``), read once ``saved`` (from ``learned_routes``)
@@ -318,6 +340,11 @@ class OutageNotifier:
             if self._refused_until.get(configured, float("-inf")) > self.monotonic():
                 continue
             chat = current_chat(self._routes, configured)
+            window_left = self._windows.get(chat, float("-inf")) - self.clock()
+            if window_left > 0:  # Telegram asked to be left alone (this notice's 429, or the sender's)
+                passing = True
+                self._not_before = max(self._not_before, self.monotonic() + window_left)
+                continue
             result: SendResult = await self.telegram.send(chat, text, html_mode=False)
             for _ in range(MAX_MIGRATIONS):
                 if result.outcome != "migrated" or result.migrate_to_chat_id is None:
@@ -335,6 +362,9 @@ class OutageNotifier:
                 wait = result.retry_after_s
                 if wait is None:
                     wait, self._pause_s = self._pause_s, min(2 * self._pause_s, RETRY_MAX_S)
+                else:
+                    until = max(self._windows.get(chat, float("-inf")), self.clock() + wait)
+                    self._windows[chat] = self._unsaved_windows[chat] = until
                 self._not_before = max(self._not_before, self.monotonic() + wait)
             else:  # failed (or a chat still moving after MAX_MIGRATIONS): Telegram will say it again
                 self._refused_until[configured] = self.monotonic() + self.interval_s

@@ -26,7 +26,7 @@ import time
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -538,12 +538,19 @@ class MonitoringService:
         (``monitoring_telegram_chats.migrated_to``, the sender's record), after storing the moves the
         notice itself learned during an outage."""
         learned = self.outage.learned_routes()
+        windows = self.outage.learned_windows()
         async with self.db.transaction() as uow:
             for chat_id, migrated_to in learned.items():
                 await queries.save_chat_migration(uow.conn, chat_id=chat_id, migrated_to=migrated_to)
+            for chat_id, until in windows.items():
+                await queries.block_chat_until(
+                    uow.conn, chat_id=chat_id, blocked_until=datetime.fromtimestamp(until, UTC)
+                )
             chats = await queries.load_chats(uow.conn)
         stored = {row.chat_id: row.migrated_to for row in chats if row.migrated_to}
         self.outage.remember_routes(stored, learned)
+        blocked = {row.chat_id: row.blocked_until.timestamp() for row in chats if row.blocked_until}
+        self.outage.remember_windows(blocked, windows)
 
     async def _flush(self, *, force: bool) -> int:
         async with self._flush_lock:
