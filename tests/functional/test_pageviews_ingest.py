@@ -253,6 +253,39 @@ async def test_a_batch_is_stored(tracker: Tracker, db: AsyncConnection[Any]) -> 
     assert [row["path"] for row in await stored(db)] == [f"/{i}" for i in range(5)]
 
 
+FAR_OFFSETS = [timedelta(hours=h, minutes=m) for h, m in ((20, 0), (-20, 0), (23, 59), (-16, 0))]
+"""UTC offsets the body accepts (up to ±23:59) that PostgreSQL's timestamptz input refuses (above
+15:59, SQLSTATE 22009)."""
+
+
+async def test_a_ts_with_any_accepted_offset_is_stored_at_its_instant(
+    tracker: Tracker, db: AsyncConnection[Any]
+) -> None:
+    """A single view and a small batch (both written by the one-statement JSON path) whose ``ts``
+    carries an offset PostgreSQL refuses as text: stored, at the instant the client meant. They were
+    refused 422 ``page-view-refused``, each splitting the whole shared write in halves to isolate it,
+    while a batch of 256 views or more (the binary COPY) stored them."""
+    base = datetime.now(UTC).replace(microsecond=123456) - timedelta(hours=2)
+    instants: dict[str, datetime] = {}
+
+    def view_at(path: str, minutes_ago: int, offset: timedelta) -> dict[str, Any]:
+        instants[path] = base - timedelta(minutes=minutes_ago)
+        local = instants[path].astimezone(timezone(offset))
+        return tracker.view(url=f"https://shop.example.com{path}", ts=local.isoformat())
+
+    for i, offset in enumerate(FAR_OFFSETS):
+        response = await tracker.post(SINGLE, view_at(f"/single/{i}", i, offset))
+        assert response.status_code == 202, response.text
+    batch = [view_at(f"/batch/{i}", 10 + i, offset) for i, offset in enumerate(FAR_OFFSETS)]
+    response = await tracker.post(BATCH, {"views": batch})
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": len(FAR_OFFSETS)}
+    cursor = await db.execute("select path, ts at time zone 'UTC' from page_views")
+    assert dict(await cursor.fetchall()) == {
+        path: instant.replace(tzinfo=None) for path, instant in instants.items()
+    }, "stored at another instant than the client's (UTC wall times compared)"
+
+
 async def test_a_decoded_nul_in_a_utm_value_is_replaced_not_stored(
     tracker: Tracker, db: AsyncConnection[Any]
 ) -> None:

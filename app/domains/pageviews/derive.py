@@ -293,19 +293,23 @@ def referrer_source(referrer: str, own_host: str) -> tuple[str, str]:
 
 
 def clamp_timestamp(client_ts: datetime | None, now: datetime) -> datetime:
-    """None in the future, none older than 24 hours; no client time means now. Both times are
-    timezone-aware (the ingest body refuses a ``ts`` without an offset)."""
+    """The view's ``ts``, in UTC: none in the future, none older than 24 hours; no client time means
+    now. ``now`` is UTC (the service's clock); ``client_ts`` any offset the ingest body accepts (it
+    refuses a ``ts`` without one).
+
+    The client's offset is not kept: RFC 3339 (so the body's decoder and schema) allows offsets up to
+    ±23:59, PostgreSQL's timestamptz text input only up to ±15:59 (SQLSTATE 22009). A row that kept
+    one was refused by the sink's one-statement write, which sends it as JSON text, and stored by its
+    binary COPY: whether a view was stored depended on how many others were written with it."""
     if client_ts is None or client_ts > now:
         return now
-    return max(client_ts, now - MAX_AGE)
+    return max(client_ts, now - MAX_AGE).astimezone(UTC)
 
 
-def utc_day(ts: datetime, now: datetime) -> date:
-    """The UTC day of a view's clamped ``ts``, whose salt hashes its visitor. ``now`` is UTC: a view
-    without a client time (``ts is now``, the common case) costs no conversion."""
-    if ts is now:
-        return now.date()
-    return ts.astimezone(UTC).date()
+def utc_day(ts: datetime) -> date:
+    """The UTC day of a view's clamped ``ts`` (``clamp_timestamp``'s, in UTC), whose salt hashes its
+    visitor."""
+    return ts.date()
 
 
 def visitor_id(salt: bytes, site_id: int, client_ip: str, user_agent: str) -> int:

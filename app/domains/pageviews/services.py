@@ -279,7 +279,7 @@ class PageViewService:
         site_id = await self._site_id(view.site_key)
         now = self.clock()
         ts = clamp_timestamp(view.ts, now)
-        salt = await self.salt.for_day(utc_day(ts, now))
+        salt = await self.salt.for_day(utc_day(ts))
         agent = classify_agent(user_agent)
         visitor = visitor_id(salt, site_id, client_ip, user_agent)
         row = _row(view, site_id, visitor, page, referrer_host, source, agent, ts, now)
@@ -350,7 +350,7 @@ class PageViewService:
             if site_id is None:
                 site_id = sites[view.site_key] = await self._site_id(view.site_key)
             ts = clamp_timestamp(view.ts, now)
-            day = utc_day(ts, now)
+            day = utc_day(ts)
             visitor = visitors.get((site_id, day))
             if visitor is None:
                 salt = await self.salt.for_day(day)
