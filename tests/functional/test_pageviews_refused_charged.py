@@ -30,7 +30,7 @@ from app.domains.pageviews.decoding import decode_batch
 from app.domains.pageviews.derive import MAX_AGENT_CHARS, Agent, classify_agent
 from app.domains.pageviews.rows import Row
 from app.domains.pageviews.schemas import PageView, PageViewBatch
-from app.domains.pageviews.services import PageViewService
+from app.domains.pageviews.services import BODY_BYTES_PER_TOKEN, PageViewService, body_tokens
 from app.domains.pageviews.sink import SinkFullError
 from app.domains.pageviews.writers import SitesGoneError, WriteTimeoutError
 from tests.factories import assert_problem, create_user, make_site, serve_in_loop, wait_until
@@ -144,6 +144,62 @@ async def test_accepted_batches_take_one_token_per_view_as_before(
             assert answer.status_code == 202, answer.text
             assert answer.json() == {"accepted": count}
         assert await singles(sender, key, 2) == [202, 429]
+
+
+def padded(body: dict[str, Any], size: int) -> bytes:
+    """``body`` as JSON, padded with whitespace (still valid JSON, the same views) to ``size`` bytes."""
+    encoded = msgspec.json.encode(body)
+    assert len(encoded) < size
+    return encoded[:-1] + b" " * (size - len(encoded)) + encoded[-1:]
+
+
+@pytest.mark.parametrize("path", [BATCH, SINGLE], ids=["batch", "single"])
+@pytest.mark.parametrize("blocks", [2, 3, LIMIT])
+async def test_an_accepted_body_takes_a_token_per_4_kib_when_that_is_more_than_its_views(
+    limited: Litestar, db: AsyncConnection[Any], path: str, blocks: int
+) -> None:
+    """A one-view body padded to ``blocks`` times 4 KiB is accepted and takes ``blocks`` tokens, as it
+    would if refused. It took one: a client could have the server receive and parse a 4 MiB batch
+    (1,024 times what a refused body may cost) per token."""
+    key = await new_site_key(db)
+    one = view(key, "/padded")
+    body = padded({"views": [one]} if path == BATCH else one, blocks * BODY_BYTES_PER_TOKEN)
+    async with from_address(limited, f"192.0.2.{80 + blocks}") as sender:
+        answer = await sender.post(path, content=body, headers=JSON)
+        assert answer.status_code == 202, answer.text
+        assert await singles(sender, key, LIMIT - blocks + 1) == [202] * (LIMIT - blocks) + [429]
+
+
+async def test_a_batch_of_long_views_still_takes_one_token_per_view(
+    limited: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """Four views of about 3 KB each: a body of three tokens' size takes the batch's four tokens."""
+    key = await new_site_key(db)
+    views = [
+        {**view(key, f"/{i}/" + "a" * 1900), "referrer": "https://ref.example/" + "r" * 1000}
+        for i in range(4)
+    ]
+    body = msgspec.json.encode({"views": views})
+    assert body_tokens(len(body)) == 3
+    async with from_address(limited, "192.0.2.89") as sender:
+        answer = await sender.post(BATCH, content=body, headers=JSON)
+        assert answer.status_code == 202, answer.text
+        assert await singles(sender, key, 2) == [202, 429]
+
+
+async def test_a_body_worth_more_tokens_than_the_bucket_holds_takes_the_whole_bucket(
+    limited: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """Where the limits are set below what the body limit can hold (here 5 tokens, 8 times 4 KiB), an
+    accepted body takes at most a full bucket: a view that large is admitted (with a full bucket),
+    never refused 429 for a wait that could not help."""
+    key = await new_site_key(db)
+    body = padded(view(key, "/large"), 8 * BODY_BYTES_PER_TOKEN)
+    async with from_address(limited, "192.0.2.90") as sender:
+        answer = await sender.post(SINGLE, content=body, headers=JSON)
+        assert answer.status_code == 202, answer.text
+        assert await singles(sender, key, 1) == [429]
+        assert_problem(await sender.post(SINGLE, content=body, headers=JSON), 429, "rate-limited")
 
 
 # -- M1: the quota is given back only for views certainly not stored --------------------------------

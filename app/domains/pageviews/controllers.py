@@ -6,9 +6,10 @@ no injected service: Litestar's per-request dependency resolution costs measurab
 these rates). Each handler obtains ``PageViewService`` once per request from the app's registry
 (``request.app.state.services``), checks the address's limit before the body is received
 (``admit_reading``), then reads the body itself through it (``read_view``/``read_batch``:
-``decode_view``/``decode_batch``). A body received and then refused is charged to the address: for
-its content (400), for its views (429, the body passed on to ``record_one``/``record``), for its size
-(413: ``refuse_oversized``, then the same 413). The single view's answer is built once (an
+``decode_view``/``decode_batch``). Every body received is charged to the address for its size: when
+accepted (a token per 4 KiB when that is more than a token per view: the body passed on to
+``record_one``/``record``), and when refused for its content (400), for its views (429, ``admit``),
+for its size (413: ``refuse_oversized``, then the same 413). The single view's answer is built once (an
 ``ASGIResponse`` holds no per-request state).
 """
 
@@ -33,7 +34,7 @@ from app.domains.pageviews.schemas import (
     PageViewBatchIn,
     PageViewIn,
 )
-from app.domains.pageviews.services import REFUSED_BODY_BYTES_PER_TOKEN, PageViewService
+from app.domains.pageviews.services import BODY_BYTES_PER_TOKEN, PageViewService
 
 BATCH_MAX_BODY = 4 * 1024 * 1024
 """The batch's body limit in bytes. A batch valid under the schema can exceed it (1000 views near
@@ -41,10 +42,12 @@ their longest fields): the limit is documented instead of raised, because the lo
 batch (escaped non-ASCII text counts up to 12 bytes per character) is tens of megabytes held in
 memory per request."""
 BATCH_BODY_LIMIT = f"The body may hold at most {BATCH_MAX_BODY:,} bytes (4 MiB)"
-REFUSED_BODIES_LIMITED = (
-    "A body read and then refused (400, 413, or 429 for more views than the address has tokens left) "
-    f"takes one token of the address's limit per {REFUSED_BODY_BYTES_PER_TOKEN:,} bytes read, begun; "
-    "an address without a token left is answered 429 before its body is read."
+BODIES_CHARGED = (
+    "A request takes one token of the address's limit per view, or per "
+    f"{BODY_BYTES_PER_TOKEN:,} bytes of its body, begun, when that is more (never more than the limit's "
+    "whole bucket). A body read and then refused (400, 413, or 429 for more tokens than the address has "
+    f"left) takes one token per {BODY_BYTES_PER_TOKEN:,} bytes read, begun; an address without a token "
+    "left is answered 429 before its body is read."
 )
 ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=MediaType.JSON)
 
@@ -85,7 +88,7 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
     "percent-encoded in upper-case hex whether it came raw or escaped (`/a b` is `/a%20b`, `%5C` stays), "
     "case and final slash kept, at most 2000 characters. Agents crawlerdetect knows, load-testing tools, "
     "and empty agents or agents over 512 characters are counted as bots. "
-    "429: the address (an IPv6 /64 counts as one) or the site's quota. " + REFUSED_BODIES_LIMITED,
+    "429: the address (an IPv6 /64 counts as one) or the site's quota. " + BODIES_CHARGED,
     opt={"rate_limit": None},
     operation_class=documents_json_body(PageViewIn),
     responses={**problems(400, 413, 422, 429, 503), 202: ResponseSpec(Accepted, description="Stored")},
@@ -110,7 +113,8 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     tags=["analytics"],
     summary=f"Record up to {MAX_BATCH} page views",
     description="All or nothing: answered 202 once every view of the batch is committed. Each view "
-    f"takes one token of the address's limit and one of its site's quota. {REFUSED_BODIES_LIMITED} "
+    f"takes one of its site's quota. {BODIES_CHARGED} A batch whose views average at most "
+    f"{BODY_BYTES_PER_TOKEN:,} bytes takes one token per view. "
     f"{BATCH_BODY_LIMIT}, whatever the number of views: a batch of long views may have to be split to fit "
     "(413 otherwise). Where this server's limits are set below a full batch (RATE_LIMIT_INGEST_PER_MINUTE "
     "or _PER_HOUR, SINK_MAX_PENDING, INGEST_SITE_VIEWS_PER_MINUTE or _PER_DAY), a batch larger than they "

@@ -6,7 +6,8 @@ buckets are per process, so N workers admit up to N times the configured rates (
 ``quota.py``, is the exact cross-process bound).
 
 Two buckets per client: ``per_minute`` tokens refilled over a minute and ``per_hour`` over an hour; a
-request takes one token per view from both, or none. A bucket holds its level and when it was last
+request takes its tokens (one per view, or per 4 KiB of its body when that is more:
+``PageViewService.request_tokens``) from both, or none. A bucket holds its level and when it was last
 refilled, so an idle bucket is refilled on its next use, and a missing bucket is a full one:
 dropping a bucket never takes tokens from anyone. A refused body is charged after the fact
 (``charge``): the levels may go below zero, and the client waits until they are back above. The

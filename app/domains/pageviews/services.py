@@ -5,11 +5,12 @@ decode the body with a cached msgspec decoder (``decoding.py``) instead of a ``d
 every limit is checked without a round trip per view:
 
 - per client address (an IPv4 address or an IPv6 /64): in-process token buckets (``limiter.py``),
-  checked before a body is received (``admit_reading``); a body received and then refused takes
-  tokens too, for its size (``refused_body_tokens``): refused for its content (400, ``read_view``),
-  for its views once decoded (429, ``admit``) or for its size (413, ``refuse_oversized``); a batch
-  larger than the limits could ever admit is 413 (``BatchTooLargeError``), not a 429 whose wait
-  would never help;
+  checked before a body is received (``admit_reading``); every body received is charged for its
+  size (``body_tokens``: one token per 4 KiB begun): an accepted one takes that or one token per
+  view, whichever is more (``admit``, ``request_tokens``), one refused takes it for its content
+  (400, ``read_view``), for its views once decoded (429, ``admit``) or for its size (413,
+  ``refuse_oversized``); a batch larger than the limits could ever admit is 413
+  (``BatchTooLargeError``), not a 429 whose wait would never help;
 - per site: a quota per minute and per UTC day, leased in blocks from Valkey (``quota.py``);
 - the site key: a bounded cache, lookups of unknown keys batched, deletions mirrored (``keys.py``).
 
@@ -82,10 +83,14 @@ PURGE_CHUNK_PAGES = 64
 PURGE_SITE_CHUNK_ROWS = 10_000
 """A deleted site's page views (of one day) or claimed event ids deleted per statement and
 transaction: a few tens of milliseconds, whatever the site's traffic was."""
-REFUSED_BODY_BYTES_PER_TOKEN = 4096
-"""A body received and then refused (400 for its content, 429 for its views, 413 for its size) takes
-one token of its address's limit per 4 KiB begun: what a batch of that size takes when its views are
-as long as a full 4 MiB batch's (1,000 of them)."""
+BODY_BYTES_PER_TOKEN = 4096
+"""A body received takes at least one token of its address's limit per 4 KiB begun (``body_tokens``),
+accepted (at least one per view: ``request_tokens``) or refused (400 for its content, 429 for its
+views, 413 for its size): what a batch of that size takes when its views are as long as a full 4 MiB
+batch's (1,000 of them, 4,194 bytes each). A batch whose views average 4 KiB or less (a tracker's
+are a few hundred bytes) takes one token per view; padding a body (JSON whitespace) buys no more than
+4 KiB received and parsed per token (where the limits are set below a full body's tokens, an accepted
+body takes a whole bucket at most: ``request_tokens``)."""
 DELETED_SITE_GRACE = timedelta(minutes=10)
 """A deleted site's raw data is purged once nothing of it can still be in flight."""
 DELETED_SITE_RETENTION = timedelta(days=2)
@@ -246,12 +251,12 @@ class PageViewService:
 
     def read_view(self, body: bytes, client_ip: str) -> PageView:
         """The view of an ingest request's body (``decode_view``) of an address ``admit_reading``
-        admitted; a body refused (400) takes its tokens (``refused_body_tokens``), so a client
+        admitted; a body refused (400) takes its tokens (``body_tokens``), so a client
         sending bad bodies is limited as one sending views is."""
         try:
             return decode_view(body)
         except InvalidFieldsError:
-            self.limiter.charge(client_ip, refused_body_tokens(len(body)))
+            self.limiter.charge(client_ip, body_tokens(len(body)))
             raise
 
     def read_batch(self, body: bytes, client_ip: str) -> PageViewBatch:
@@ -259,21 +264,21 @@ class PageViewService:
         try:
             return decode_batch(body)
         except InvalidFieldsError:
-            self.limiter.charge(client_ip, refused_body_tokens(len(body)))
+            self.limiter.charge(client_ip, body_tokens(len(body)))
             raise
 
     def refuse_oversized(self, client_ip: str, max_body_bytes: int) -> None:
         """Charge an address whose body was over the route's limit (413): as a refused body of the
         limit's size, which is what a body without Content-Length makes the server receive before it
         is cut (the handlers call it, then answer 413)."""
-        self.limiter.charge(client_ip, refused_body_tokens(max_body_bytes + 1))
+        self.limiter.charge(client_ip, body_tokens(max_body_bytes + 1))
 
     async def record_one(
         self, view: PageView, client_ip: str, user_agent: str, body: bytes | None = None
     ) -> None:
         """Store one view; return once it is committed. 429 once the client's address has used its
         tokens or the site its quota; 422 for an unknown (or deleted) site key. ``body``: the request's
-        body the view was read from, charged when the address's limit refuses it (``admit``)."""
+        body the view was read from, charged for its size (``admit``)."""
         self.admit(client_ip, 1, body)
         ((page, referrer_host, source),) = parse_views([view], batched=False)
         site_id = await self._site_id(view.site_key)
@@ -316,19 +321,33 @@ class PageViewService:
             raise
 
     def admit(self, client_ip: str, count: int, body: bytes | None = None) -> None:
-        """Take ``count`` tokens of the address's limit, or answer 429 having taken none (413 for more
-        than ``max_batch``, which no wait would admit); a ``body`` already received (the views'
-        request) is then charged as a refused body."""
+        """Take the tokens of ``count`` views received in ``body`` (``request_tokens``; without a
+        body, one per view) of the address's limit, or answer 429 having taken none (413 for more
+        than ``max_batch`` views, which no wait would admit); the ``body`` already received (the
+        views' request) is then charged as a refused body."""
         if count > self.max_batch:
             if body is not None:
-                self.limiter.charge(client_ip, refused_body_tokens(len(body)))
+                self.limiter.charge(client_ip, body_tokens(len(body)))
             raise _batch_too_large(self.max_batch)
-        wait = self.limiter.take(client_ip, count)
+        tokens = count if body is None else self.request_tokens(count, len(body))
+        wait = self.limiter.take(client_ip, tokens)
         if wait:
             if body is not None:
-                self.limiter.charge(client_ip, refused_body_tokens(len(body)))
-                wait = self.limiter.wait(client_ip, count)
+                self.limiter.charge(client_ip, body_tokens(len(body)))
+                wait = self.limiter.wait(client_ip, tokens)
             raise _too_many(wait)
+
+    def request_tokens(self, count: int, size: int) -> int:
+        """What ``count`` views received in a body of ``size`` bytes take of the address's limit: one
+        token per view, or per ``BODY_BYTES_PER_TOKEN`` of the body begun (``body_tokens``, the rule
+        of a refused body) when that is more, and never more than a full bucket (the limiter's
+        ``capacity``, at least ``count``: ``max_batch``), so that whatever the route's body limit
+        admits, a full bucket admits too.
+
+        The cap binds only where ``RATE_LIMIT_INGEST_PER_MINUTE`` or ``_PER_HOUR`` is set below the
+        tokens of the largest body: 1,024 for the batch's 4 MiB, 256 for a single view's default
+        ``MAX_BODY_BYTES`` (1 MiB); the defaults (6,000 a minute) hold either whole."""
+        return min(max(count, body_tokens(size)), self.limiter.capacity)
 
     async def rows(
         self, views: list[PageView], client_ip: str, user_agent: str, *, batched: bool = False
@@ -521,10 +540,10 @@ def _stored_nothing(exc: BaseException) -> bool:
     return isinstance(exc, (SinkFullError, SinkClosedError, PageViewRefusedError, UnknownSiteKeyError))
 
 
-def refused_body_tokens(size: int) -> int:
-    """What a refused body of ``size`` bytes takes of its address's limit: one token per
-    ``REFUSED_BODY_BYTES_PER_TOKEN`` begun (at least one)."""
-    return max(1, -(-size // REFUSED_BODY_BYTES_PER_TOKEN))
+def body_tokens(size: int) -> int:
+    """What a body of ``size`` bytes takes of its address's limit at least (refused: exactly; accepted:
+    ``request_tokens``): one token per ``BODY_BYTES_PER_TOKEN`` begun (at least one)."""
+    return max(1, -(-size // BODY_BYTES_PER_TOKEN))
 
 
 def _batch_too_large(most: int, of: str = "") -> BatchTooLargeError:
