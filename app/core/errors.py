@@ -73,6 +73,21 @@ def dependency_down(exc: BaseException) -> bool:
     return True
 
 
+def database_down(exc: BaseException) -> bool:
+    """Whether a failure says PostgreSQL is unreachable (``exc`` or one of its causes): a connection or
+    pool error (``dependency_down``: psycopg's own refusal of a value, a ``DataError`` on a NUL byte
+    without a SQLSTATE either, is not one). Work that goes on past a failed unit (a monitoring flush,
+    a cron's order) stops on this one: the next unit would fail alike."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error) and dependency_down(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def dependency_of(exc: BaseException) -> str:
     """``postgresql`` or ``valkey``: which backing service ``exc`` says is unreachable."""
     module = type(exc).__module__
@@ -561,6 +576,7 @@ __all__ = [
     "TooManyRequestsError",
     "UnauthorizedError",
     "UnprocessableError",
+    "database_down",
     "dependency_down",
     "exception_handlers",
     "problem_response",

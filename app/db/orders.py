@@ -226,18 +226,49 @@ async def list_all_orders(conn: AsyncConnection[Any], *, before_id: int, row_lim
 
 
 LIST_LAPSED_RESERVATIONS = """\
-select id from orders
+select id, reserved_until from orders
+where status = 'reserved' and reserved_until < now()
+  and (reserved_until, id) > ($1::timestamptz, $2::bigint)
+order by reserved_until, id
+limit $3"""
+
+
+class ListLapsedReservationsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    reserved_until: datetime | None
+
+
+async def list_lapsed_reservations(
+    conn: AsyncConnection[Any],
+    *,
+    after_until: datetime,
+    after_id: int,
+    batch_size: int,
+) -> list[ListLapsedReservationsRow]:
+    """Reservations past their window, oldest first, after (@after_until, @after_id) (the last order of
+    the run's previous batch; a time before any and 0 for the first): a run goes on past an order it
+    could not expire, which stays lapsed, instead of listing it first in every batch. Not locked: each
+    is expired in a transaction of its own (LockLapsedReservation), so a batch never holds one order's
+    stock while waiting for another's. orders_reservation_expiry_idx bounds the range (the row's first
+    column) and gives its order; ties on the instant are sorted by id."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ListLapsedReservationsRow)) as cur:
+        await cur.execute(LIST_LAPSED_RESERVATIONS, (after_until, after_id, batch_size))
+        return await cur.fetchall()
+
+
+OLDEST_LAPSED_RESERVATION = """\
+select extract(epoch from now() - reserved_until)::float8 as lapsed_s from orders
 where status = 'reserved' and reserved_until < now()
 order by reserved_until
-limit $1"""
+limit 1"""
 
 
-async def list_lapsed_reservations(conn: AsyncConnection[Any], *, batch_size: int) -> list[int]:
-    """Reservations past their window, oldest first; not locked: each is expired in a transaction of
-    its own (LockLapsedReservation), so a batch never holds one order's stock while waiting for another's."""
+async def oldest_lapsed_reservation(conn: AsyncConnection[Any]) -> float | None:
+    """How long the oldest reservation still past its window has been (seconds; nothing when none is): what
+    an expiry run leaves behind. The first of orders_reservation_expiry_idx."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(LIST_LAPSED_RESERVATIONS, (batch_size,))
-        return await cur.fetchall()
+        await cur.execute(OLDEST_LAPSED_RESERVATION)
+        return await cur.fetchone()
 
 
 LOCK_LAPSED_RESERVATION = """\
@@ -293,6 +324,21 @@ async def list_stale_pending_orders(
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LIST_STALE_PENDING_ORDERS, (created_before, batch_size))
         return await cur.fetchall()
+
+
+OLDEST_PENDING_ORDER = """\
+select extract(epoch from now() - created_at)::float8 as age_s from orders
+where status = 'pending'
+order by id
+limit 1"""
+
+
+async def oldest_pending_order(conn: AsyncConnection[Any]) -> float | None:
+    """How long ago the oldest order still pending was placed (seconds; nothing when none is): what a
+    reconciliation run leaves behind. The first of orders_status_idx's pending range."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(OLDEST_PENDING_ORDER)
+        return await cur.fetchone()
 
 
 UNITS_HELD_BY_USER = """\

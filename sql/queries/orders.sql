@@ -79,12 +79,25 @@ order by id desc
 limit @row_limit;
 
 -- name: ListLapsedReservations :many
--- Reservations past their window, oldest first; not locked: each is expired in a transaction of
--- its own (LockLapsedReservation), so a batch never holds one order's stock while waiting for another's.
-select id from orders
+-- Reservations past their window, oldest first, after (@after_until, @after_id) (the last order of
+-- the run's previous batch; a time before any and 0 for the first): a run goes on past an order it
+-- could not expire, which stays lapsed, instead of listing it first in every batch. Not locked: each
+-- is expired in a transaction of its own (LockLapsedReservation), so a batch never holds one order's
+-- stock while waiting for another's. orders_reservation_expiry_idx bounds the range (the row's first
+-- column) and gives its order; ties on the instant are sorted by id.
+select id, reserved_until from orders
+where status = 'reserved' and reserved_until < now()
+  and (reserved_until, id) > (@after_until::timestamptz, @after_id::bigint)
+order by reserved_until, id
+limit @batch_size;
+
+-- name: OldestLapsedReservation :one
+-- How long the oldest reservation still past its window has been (seconds; nothing when none is): what
+-- an expiry run leaves behind. The first of orders_reservation_expiry_idx.
+select extract(epoch from now() - reserved_until)::float8 as lapsed_s from orders
 where status = 'reserved' and reserved_until < now()
 order by reserved_until
-limit @batch_size;
+limit 1;
 
 -- name: LockLapsedReservation :one
 -- The order, locked, if it is still reserved past its window. After a wait for the lock the condition
@@ -108,6 +121,14 @@ select id from orders
 where status = 'pending' and created_at < @created_before
 order by id
 limit @batch_size;
+
+-- name: OldestPendingOrder :one
+-- How long ago the oldest order still pending was placed (seconds; nothing when none is): what a
+-- reconciliation run leaves behind. The first of orders_status_idx's pending range.
+select extract(epoch from now() - created_at)::float8 as age_s from orders
+where status = 'pending'
+order by id
+limit 1;
 
 -- name: UnitsHeldByUser :many
 -- Units of each product in a user's open orders (pending, or reserved and still in their window, as

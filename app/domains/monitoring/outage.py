@@ -56,12 +56,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-import psycopg
 import structlog
 from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
-from app.core.errors import dependency_down
+from app.core.errors import database_down
 from app.core.logging import OncePerInterval, error_message
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.delivery import MAX_MIGRATIONS, current_chat, warn_chat_migrated
@@ -98,20 +97,6 @@ if redis.call('pttl', KEYS[1]) < tonumber(ARGV[2]) then redis.call('set', KEYS[1
 if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
 return 1
 """
-
-
-def database_down(exc: BaseException) -> bool:
-    """Whether a failed flush says PostgreSQL is unreachable (``exc`` or one of its causes): a
-    connection or pool error (``dependency_down``: psycopg's own refusal of a value, a ``DataError``
-    on a NUL byte without a SQLSTATE either, is not one)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, psycopg.Error) and dependency_down(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _count(number: int, noun: str) -> str:

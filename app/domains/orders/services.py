@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +32,7 @@ from app.core.errors import (
     NotFoundError,
     TooManyRequestsError,
     UnprocessableError,
+    database_down,
 )
 from app.core.idempotency import Idempotency, StoredAnswer
 from app.core.outbox import enqueue
@@ -61,6 +64,8 @@ RESERVE_TASK = "reserve_order"
 EXPIRY_RUN_BUDGET_S = 30
 """How long one run of the expiry cron starts new batches: half its job's timeout (``module.py``), so
 the batch started last finishes well within it."""
+FAILED_IDS_LOGGED = 20
+"""The ids of failed orders a cron's end-of-run line names at most (each failure is logged on its own)."""
 
 
 class IllegalTransitionError(ConflictError):
@@ -292,22 +297,42 @@ class OrderService:
         )
 
     async def reserve_stale(self, older_than_s: float, batch_size: int = 200) -> int:
-        """Reconciliation: reserve orders still pending long after placement.
+        """Reconciliation: reserve orders still pending long after placement; returns how many were
+        handled (reserved, rejected for short stock, or found handled meanwhile).
 
         The outbox makes the reservation job durable, but a worker killed mid-job leaves it to SAQ's
         sweeper, and a job that ran out of retries is gone; this makes progress independent of both.
         ``reserve`` is idempotent, so racing a late job is harmless.
+
+        Each order is handled on its own (``_each_order``): one that fails is logged with its id and
+        the others are reserved all the same. The run stopped at the first failure, and the same order
+        led the next run (oldest first): a failure that repeats stopped every order behind it, and
+        the log named none. A failure that says the database is down stops the run and is raised.
         """
         async with self.db.transaction() as uow:
             cutoff = await _database_now(uow) - timedelta(seconds=older_than_s)
             stale = await queries.list_stale_pending_orders(
                 uow.conn, created_before=cutoff, batch_size=batch_size
             )
+        outcomes: dict[str, int] = {}
+        failed: list[int] = []
         for order_id in stale:
-            await self.reserve(order_id)
+            async with _each_order("stale_order_reservation_failed", order_id, failed):
+                status = await self.reserve(order_id)
+                outcome = status.value if status is not None else "gone"
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if stale:
-            log.warning("stale_pending_orders_reserved", count=len(stale))
-        return len(stale)
+            async with self.db.read() as uow:
+                oldest = await queries.oldest_pending_order(uow.conn)
+            log.warning(
+                "stale_pending_orders_reserved",
+                count=len(stale) - len(failed),
+                outcomes=outcomes,
+                failed=len(failed),
+                failed_ids=failed[:FAILED_IDS_LOGGED],
+                oldest_pending_s=round(oldest) if oldest is not None else None,
+            )
+        return len(stale) - len(failed)
 
     async def expire_reservations(self, budget_s: float = EXPIRY_RUN_BUDGET_S, batch_size: int = 100) -> int:
         """Expire reservations past their window and give their stock back (cron); returns how many.
@@ -323,22 +348,45 @@ class OrderService:
         cancel or payment holding that product and waiting for one of those would deadlock with it.
         A concurrent run (or a cancel or payment meanwhile) is harmless: each order is re-checked
         under its lock.
+
+        An order that fails is logged with its id and passed over (``_each_order``): each batch is
+        listed after the previous one's last order, so an order that stays lapsed because it failed
+        is not listed again in this run (the run stopped at the first failure, and a failure that
+        repeats kept every lapsed order behind it holding its stock). A failure that says the
+        database is down stops the run and is raised.
         """
         deadline = time.monotonic() + budget_s
         expired = batches = 0
+        failed: list[int] = []
+        after_until, after_id = datetime.min.replace(tzinfo=UTC), 0
         while True:
             async with self.db.read() as uow:
-                lapsed = await queries.list_lapsed_reservations(uow.conn, batch_size=batch_size)
+                lapsed = await queries.list_lapsed_reservations(
+                    uow.conn, after_until=after_until, after_id=after_id, batch_size=batch_size
+                )
             batches += 1
-            for order_id in lapsed:
-                expired += await self._expire(order_id)
+            for row in lapsed:
+                async with _each_order("reservation_expiry_failed", row.id, failed):
+                    expired += await self._expire(row.id)
             if len(lapsed) < batch_size:
                 break
+            last = lapsed[-1]
+            assert last.reserved_until is not None  # a lapsed reservation has its window's end
+            after_until, after_id = last.reserved_until, last.id
             if time.monotonic() >= deadline:
                 log.warning("reservations_expiry_backlog_left", expired=expired, batches=batches)
                 break
-        if expired:
-            log.info("reservations_expired", count=expired, batches=batches)
+        if expired or failed:
+            async with self.db.read() as uow:
+                oldest = await queries.oldest_lapsed_reservation(uow.conn)
+            (log.warning if failed else log.info)(
+                "reservations_expired",
+                count=expired,
+                batches=batches,
+                failed=len(failed),
+                failed_ids=failed[:FAILED_IDS_LOGGED],
+                oldest_lapsed_s=round(oldest) if oldest is not None else None,
+            )
         return expired
 
     async def _expire(self, order_id: int) -> bool:
@@ -654,6 +702,21 @@ class OrderService:
 class HoldingLimitError(UnprocessableError):
     slug = "holding-limit"
     title = "Too many units held by open orders"
+
+
+@asynccontextmanager
+async def _each_order(event: str, order_id: int, failed: list[int]) -> AsyncIterator[None]:
+    """One order of a cron's run: its failure is logged (``event``, with its id and the error) and
+    added to ``failed``, and the run goes on with the next order; unless it says the database is down
+    (``database_down``), which is raised: every order after it would fail alike, and the job fails,
+    and is seen failing, as before."""
+    try:
+        yield
+    except Exception as exc:
+        if database_down(exc):
+            raise
+        log.exception(event, order_id=order_id)
+        failed.append(order_id)
 
 
 class _ShortStockError(AppError):
