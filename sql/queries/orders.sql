@@ -5,7 +5,8 @@ select id from users where id = @id for no key update;
 
 -- name: CountOpenOrders :one
 -- A user's open orders: pending, or reserved and still in their window (a lapsed reservation holds
--- nothing for the buyer any more, whether or not the expiry cron has released its stock yet).
+-- nothing for the buyer any more, whether or not the expiry cron has released its stock yet). That
+-- user's range of orders_open_user_idx (this predicate implies the index's).
 select count(*) from orders
 where user_id = @user_id
   and (status = 'pending' or (status = 'reserved' and (reserved_until is null or reserved_until >= now())));
@@ -48,13 +49,22 @@ select * from order_events where order_id = @order_id order by id;
 
 -- name: ListUserOrders :many
 -- One user's orders, keyset by id, newest first (before_id = max bigint for the first page): that
--- user's range of orders_user_idx, the optional status filtering within it. The lists are three
--- queries, chosen by the caller, not one with optional user and status: a prepared statement's
--- generic plan, serving every combination, walked all orders backwards on orders_pkey with the user
--- as a filter.
+-- user's range of orders_user_idx. The lists are one statement per shape, chosen by the caller, not
+-- one with optional user and status: a prepared statement's generic plan, serving every
+-- combination, walked all orders backwards on orders_pkey with the user as a filter; and with the
+-- user given, an optional status was a filter over the user's whole history (100,000 rows read for
+-- an empty page of a busy account).
 select * from orders
 where user_id = @user_id
-  and (sqlc.narg(status)::order_status is null or status = sqlc.narg(status)::order_status)
+  and id < @before_id
+order by id desc
+limit @row_limit;
+
+-- name: ListUserOrdersWithStatus :many
+-- One user's orders in one status, newest first: that (user, status) range of orders_user_status_idx.
+select * from orders
+where user_id = @user_id
+  and status = @status
   and id < @before_id
 order by id desc
 limit @row_limit;
@@ -132,13 +142,18 @@ limit 1;
 
 -- name: UnitsHeldByUser :many
 -- Units of each product in a user's open orders (pending, or reserved and still in their window, as
--- CountOpenOrders): the per-user hoarding caps.
+-- CountOpenOrders): the per-user hoarding caps. The open orders from orders_open_user_idx, then their
+-- items by their key, a list no estimate can turn into a scan: joined, a busy account's estimate (the
+-- user's share of all orders, times the open share) had the custom plan hash every order item of the
+-- shop for the user's few.
 select oi.product_id, sum(oi.quantity)::bigint as held
 from order_items oi
-join orders o on o.id = oi.order_id
-where o.user_id = @user_id
-  and (o.status = 'pending'
-       or (o.status = 'reserved' and (o.reserved_until is null or o.reserved_until >= now())))
+where oi.order_id = any(array(
+    select o.id from orders o
+    where o.user_id = @user_id
+      and (o.status = 'pending'
+           or (o.status = 'reserved' and (o.reserved_until is null or o.reserved_until >= now())))
+))
 group by oi.product_id
 order by oi.product_id;
 

@@ -7,6 +7,12 @@ plan a prepared statement may keep. Rows read are counted with EXPLAIN ANALYZE, 
   ``order_events.created_at``, neither indexed: every run read every order and every order event
   ever recorded (review: 136, 322 and 186 ms at 600,000 orders and 2.4 million events, growing with
   the history, in one transaction under the statement timeout).
+- A buyer's list of one status (``ListUserOrders`` with an optional status) read the buyer's whole
+  history under the generic plan, the status a filter (100,000 rows for an empty page of a busy
+  account), and a custom plan could walk every order of the shop backwards on orders_pkey.
+- ``CountOpenOrders`` and ``UnitsHeldByUser`` (every placement, under the buyer's row lock) read all
+  of a busy buyer's orders, or every open order of the shop (12-20 ms at 60,000 open orders), and a
+  custom plan of ``UnitsHeldByUser`` could hash every order item of the shop.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from app.db import orders as queries
-from tests.factories import plan_scans
+from tests.factories import make_product, plan_scans
 from tests.functional.test_core_generic_plans import make_crowd, rows_read, run_custom, run_generic
 
 HISTORY_DAYS = 60
@@ -160,3 +166,72 @@ async def test_the_daily_reports_figures_read_the_periods_orders_and_events_what
     assert [(row.currency, row.refunded) for row in given_back] == [
         (c, r) for c, _, r in expected if r != Decimal(0)
     ]
+
+
+BUSY_ORDERS = 20_000
+"""A busy buyer's orders: paid, fulfilled, cancelled or expired (none rejected), and five open."""
+CROWD = 400
+CROWD_OPEN = 20
+"""The crowd's open orders each (8,000 in the shop), and as many closed."""
+
+
+async def test_a_buyers_status_page_and_open_orders_read_only_the_buyers_own_rows_whatever_the_plan(
+    db: AsyncConnection[Any],
+) -> None:
+    """A busy buyer (20,000 orders: 3 pending, 1 reserved, 1 reserved past its window) among 400
+    buyers with 20 open and 20 closed orders each: a page of one status reads that status's orders
+    of the buyer (none for a status the buyer has none of), and the open-order statements read the
+    buyer's 5 open orders and their items, under either plan. Was: the buyer's 20,000 orders (the
+    generic plan of the list and of both open-order statements), or the shop's 8,000 open orders."""
+    busy, *crowd = await make_crowd(db, CROWD + 1)
+    products = [await make_product(db) for _ in range(10)]
+    await db.execute(
+        "insert into orders (user_id, status, total, currency, reserved_until)"
+        " select %(busy)s, (array['paid', 'fulfilled', 'cancelled', 'expired'])[1 + n %% 4]::order_status,"
+        "  10, 'EUR', null::timestamptz"
+        " from generate_series(1, %(count)s) n"
+        " union all select %(busy)s, 'pending', 10, 'EUR', null from generate_series(1, 3)"
+        " union all values (%(busy)s, 'reserved'::order_status, 10, 'EUR', now() + interval '10 minutes'),"
+        "  (%(busy)s, 'reserved', 10, 'EUR', now() - interval '1 minute')",
+        {"busy": busy, "count": BUSY_ORDERS},
+    )
+    await db.execute(
+        "insert into orders (user_id, status, total, currency, reserved_until)"
+        " select u, case when n > %(open)s then 'paid' when n %% 2 = 0 then 'pending' else 'reserved' end"
+        "  ::order_status, 10, 'EUR',"
+        "  case when n <= %(open)s and n %% 2 = 1 then now() + interval '10 minutes' end"
+        " from unnest(%(crowd)s::bigint[]) u, generate_series(1, 2 * %(open)s) n",
+        {"crowd": crowd, "open": CROWD_OPEN},
+    )
+    await db.execute(
+        "insert into order_items (order_id, product_id, quantity, unit_price)"
+        " select id, (%s::bigint[])[1 + id %% 10], 1, 10 from orders",
+        (products,),
+    )
+    await db.execute("analyze orders, order_items")
+    first_page = 2**63 - 1
+
+    problems = []
+    for label, run in (("custom", run_custom), ("generic", run_generic)):
+        for status, found in (("pending", 3), ("reserved", 2), ("rejected", 0), ("paid", 51)):
+            measured = await run(db, queries.LIST_USER_ORDERS_WITH_STATUS, (busy, status, first_page, 51))
+            read = rows_read(measured, "orders")
+            if measured["Actual Rows"] != found or read > found:
+                problems.append(f"ListUserOrdersWithStatus {status}, {label}: {read} read for {found}")
+        for name, statement, who, held in (
+            ("CountOpenOrders", queries.COUNT_OPEN_ORDERS, busy, 5),
+            ("UnitsHeldByUser", queries.UNITS_HELD_BY_USER, busy, 5),
+            ("UnitsHeldByUser (crowd)", queries.UNITS_HELD_BY_USER, crowd[0], CROWD_OPEN),
+        ):
+            measured = await run(db, statement, (who,))
+            read = {table: rows_read(measured, table) for table in ("orders", "order_items")}
+            whole = scanned_whole(measured, "orders", "order_items")
+            if whole or read["orders"] > held or read["order_items"] > held:
+                problems.append(f"{name}, {label}: {read} read for {held} open orders; {whole}")
+    assert problems == []
+
+    # and the answers are the buyer's (the lapsed reservation holds nothing)
+    assert await queries.count_open_orders(db, user_id=busy) == 4
+    units = await queries.units_held_by_user(db, user_id=busy)
+    assert sum(row.held for row in units) == 4
+    assert await queries.count_open_orders(db, user_id=crowd[0]) == CROWD_OPEN

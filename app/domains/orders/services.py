@@ -676,10 +676,15 @@ class OrderService:
     ) -> list[OrderOut]:
         async with self.db.transaction() as uow:
             # one statement per shape, so that no prepared statement's generic plan serves a user's
-            # list and everyone's (it read every order for a user's few: orders.sql)
-            if user_id is not None:
-                orders = await queries.list_user_orders(
+            # list and everyone's (it read every order for a user's few), nor a user's status page
+            # and all of the user's orders (it read the user's whole history): orders.sql
+            if user_id is not None and status is not None:
+                orders = await queries.list_user_orders_with_status(
                     uow.conn, user_id=user_id, status=status, before_id=before_id, row_limit=limit
+                )
+            elif user_id is not None:
+                orders = await queries.list_user_orders(
+                    uow.conn, user_id=user_id, before_id=before_id, row_limit=limit
                 )
             elif status is not None:
                 orders = await queries.list_orders_with_status(
