@@ -19,7 +19,7 @@ from saq.job import Job, Status
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.domains.monitoring.outage import database_down as database_down_error
+from app.core.errors import database_down as database_down_error
 from app.domains.monitoring.services import MonitoringService
 from tests.fakes.telegram import FakeTelegramServer, serve_fake_telegram
 from tests.functional.test_monitoring_alerts import PRIVATE_CHAT, TOKEN, with_telegram
