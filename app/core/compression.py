@@ -10,16 +10,32 @@ Here the decision waits for the response's own headers, as other servers' compre
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import asyncio
+import gzip
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from litestar.enums import CompressionEncoding
 from litestar.middleware.compression import CompressionMiddleware
+from litestar.response import Response
 
 if TYPE_CHECKING:
+    from litestar import Request
     from litestar.config.compression import CompressionConfig
     from litestar.types import HTTPResponseStartEvent, Message, Receive, Scope, Send
 
-__all__ = ("EncodedResponsePassThrough", "ResponseCompression", "is_encoded")
+__all__ = (
+    "VARY_ACCEPT_ENCODING",
+    "EncodedResponsePassThrough",
+    "GzipAsset",
+    "ResponseCompression",
+    "accepts",
+    "is_encoded",
+)
+
+VARY_ACCEPT_ENCODING: Final = {"Vary": "Accept-Encoding"}
+"""On every answer whose coding depends on the request's ``Accept-Encoding`` (a shared cache must not
+hand one client's coding to another)."""
 
 
 def is_encoded(start: HTTPResponseStartEvent) -> bool:
@@ -106,6 +122,57 @@ def accepts(encoding: str, accept_encoding: str) -> bool:
                     quality = 0.0
         qualities[coding] = quality
     return qualities.get(encoding, qualities.get("*", 0.0)) > 0
+
+
+class GzipAsset:
+    """A static file answered in a coding the request accepts: its gzip form with ``Content-Encoding:
+    gzip`` when ``Accept-Encoding`` allows gzip (``accepts``), else its plain bytes without a content
+    coding (curl sends no ``Accept-Encoding``: it got gzip bytes it could not read); both with
+    ``Vary: Accept-Encoding``. The one negotiation of the Swagger UI assets (``app.core.docs``) and the
+    SAQ dashboard's pre-compressed files (``app.core.dashboard``).
+
+    Given one form (``plain`` or ``gzipped``: a function that reads it), the other is made from it on
+    its first use, once per process (two concurrent first requests may both make it), off the event
+    loop: compressing the 1.5 MB Swagger UI bundle for every request would cost ~150 ms of CPU each
+    time. The gzip answer passes through the compression layer untouched (``is_encoded``); the plain
+    one it may still encode in another coding the client accepts (brotli alone).
+    """
+
+    __slots__ = ("_forms", "_source", "_source_gzipped", "media_type")
+
+    def __init__(
+        self,
+        media_type: str,
+        *,
+        plain: Callable[[], bytes] | None = None,
+        gzipped: Callable[[], bytes] | None = None,
+    ) -> None:
+        source = plain or gzipped
+        if source is None or (plain is not None and gzipped is not None):
+            raise ValueError("a GzipAsset is given exactly one form, plain or gzipped")
+        self.media_type = media_type
+        self._source = source
+        self._source_gzipped = gzipped is not None
+        self._forms: dict[bool, bytes] = {}
+        """Each form made so far, by whether it is the gzip one."""
+
+    async def answer(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """The answer to ``request`` (its ``Accept-Encoding`` lines are one list, as in ``send_for``)."""
+        gzipped = accepts(CompressionEncoding.GZIP, ", ".join(request.headers.getall("accept-encoding", ())))
+        headers = {**VARY_ACCEPT_ENCODING, "Content-Encoding": "gzip"} if gzipped else VARY_ACCEPT_ENCODING
+        return Response(await self._form(gzipped=gzipped), media_type=self.media_type, headers=headers)
+
+    async def _form(self, *, gzipped: bool) -> bytes:
+        form = self._forms.get(gzipped)
+        if form is None:
+            form = self._forms[gzipped] = await asyncio.to_thread(self._make, gzipped)
+        return form
+
+    def _make(self, gzipped: bool) -> bytes:
+        source = self._source()
+        if gzipped == self._source_gzipped:
+            return source
+        return gzip.compress(source, 9, mtime=0) if gzipped else gzip.decompress(source)
 
 
 async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -14,7 +14,8 @@ sent. litestar-saq's web UI stays off (``web_enabled=False``); this router serve
 - ``/saq/api/...``: the JSON the page polls, in the shapes SAQ's ``app.js`` reads, and the retry and
   abort actions (same-origin only: ``app.core.gate``);
 - ``/saq/static/<name>``: SAQ's three files, public (as litestar-saq serves them). ``app.js`` is
-  SAQ's with one fix (``APP_JS_FIXES``: a job's queue link left ``/saq``).
+  SAQ's with one fix (``APP_JS_FIXES``: a job's queue link left ``/saq``); the two SAQ stores
+  gzipped (``*.gz``) are sent gzipped only to a client that accepts gzip, plain to any other.
 
 Every answer but the static files is ``Cache-Control: no-store``, and every route but the static files
 is behind the guards of ``SAQConfig.web_guards`` (the accounts domain's ``requires_dashboard_admin``,
@@ -43,6 +44,7 @@ from litestar.types import ExceptionHandler
 from litestar_saq import SAQConfig
 from saq import Job, Queue
 
+from app.core.compression import GzipAsset
 from app.core.errors import AppError, NotFoundError, UnauthorizedError, exception_handlers
 from app.core.routing import Controller
 from app.core.scrub import scrub_text
@@ -350,34 +352,27 @@ class DashboardController(Controller):
         return {}
 
 
-class StaticFile(msgspec.Struct, frozen=True):
-    body: bytes
-    media_type: str
-    gzipped: bool
-
-
-def _static_files(directory: Path) -> dict[str, StaticFile]:
-    """SAQ's files, read once: the page's stylesheet and scripts (two of them stored gzipped)."""
+def _static_files(directory: Path) -> dict[str, GzipAsset | bytes]:
+    """SAQ's files: the page's stylesheet and scripts. ``app.js`` (SAQ's, fixed, read once) is answered
+    as any answer (the compression layer encodes it as the request accepts); the two SAQ stores
+    gzipped are answered gzipped or plain as the request accepts (``GzipAsset``, the Swagger UI assets'
+    negotiation)."""
     return {
-        "app.js": StaticFile(
-            fixed_app_js((directory / "app.js").read_text()).encode(), "text/javascript", gzipped=False
-        ),
-        "snabbdom.js.gz": StaticFile(
-            (directory / "snabbdom.js.gz").read_bytes(), "text/javascript", gzipped=True
-        ),
-        "pico.min.css.gz": StaticFile((directory / "pico.min.css.gz").read_bytes(), "text/css", gzipped=True),
+        "app.js": fixed_app_js((directory / "app.js").read_text()).encode(),
+        "snabbdom.js.gz": GzipAsset("text/javascript", gzipped=(directory / "snabbdom.js.gz").read_bytes),
+        "pico.min.css.gz": GzipAsset("text/css", gzipped=(directory / "pico.min.css.gz").read_bytes),
     }
 
 
-def _static_router(files: Mapping[str, StaticFile]) -> Router:
-    @get("/{name:str}", include_in_schema=False, sync_to_thread=False)
-    def dashboard_static(name: FromPath[str]) -> Response[bytes]:
+def _static_router(files: Mapping[str, GzipAsset | bytes]) -> Router:
+    @get("/{name:str}", include_in_schema=False)
+    async def dashboard_static(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         file = files.get(name)
         if file is None:
             raise NotFoundError(f"No dashboard file {name!r}.")
-        # Sent as stored: the compression layer passes an encoded answer through.
-        headers = {"Content-Encoding": "gzip"} if file.gzipped else None
-        return Response(file.body, media_type=file.media_type, headers=headers)
+        if isinstance(file, GzipAsset):
+            return await file.answer(request)
+        return Response(file, media_type="text/javascript")
 
     return Router("/static", route_handlers=[dashboard_static], include_in_schema=False)
 

@@ -15,8 +15,6 @@ other path under it is the app's problem+json 404 (``unknown_docs_path``), as ev
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 import hashlib
 import html
 from pathlib import Path
@@ -27,10 +25,10 @@ from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.params import FromPath
-from litestar.response import File, Response
+from litestar.response import Response
 from swagger_ui_bundle import swagger_ui_path
 
-from app.core.compression import accepts
+from app.core.compression import GzipAsset
 
 __all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "SwaggerUI", "docs_router")
 
@@ -78,16 +76,11 @@ _INIT_JS = b"""\
 _INIT_NAME = f"swagger-init-{hashlib.sha256(_INIT_JS).hexdigest()[:12]}.js"
 
 
-_VARY = {"Vary": "Accept-Encoding"}
-_GZIPPED: dict[str, bytes] = {}
-
-
-async def _gzipped(name: str) -> bytes:
-    """The file gzipped, once per process (two concurrent first requests may both compress it)."""
-    if name not in _GZIPPED:
-        data = await asyncio.to_thread((SWAGGER_UI_DIR / name).read_bytes)
-        _GZIPPED[name] = await asyncio.to_thread(gzip.compress, data, 9, mtime=0)
-    return _GZIPPED[name]
+_SWAGGER_UI_ASSETS = {
+    name: GzipAsset(media_type, plain=(SWAGGER_UI_DIR / name).read_bytes)
+    for name, media_type in _SWAGGER_UI_FILES.items()
+}
+"""Each read (and gzipped) on its first request, once per process."""
 
 
 @get("/{path:str}", include_in_schema=False, sync_to_thread=False)
@@ -138,26 +131,13 @@ class SwaggerUI(OpenAPIRenderPlugin):
             return _INIT_JS
 
         @get(f"/assets/{SWAGGER_UI_DIR.name}/{{name:str}}", cache_control=_IMMUTABLE)
-        async def swagger_ui_asset(
-            name: FromPath[str], request: Request[Any, Any, Any]
-        ) -> File | Response[bytes]:
+        async def swagger_ui_asset(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
             # Only what the page uses: the package also holds Swagger UI's demo page, which loads
             # a spec from the internet.
-            if name not in _SWAGGER_UI_FILES:
+            asset = _SWAGGER_UI_ASSETS.get(name)
+            if asset is None:
                 raise NotFoundException(f"No such Swagger UI asset: {name}")
-            media_type = _SWAGGER_UI_FILES[name]
-            if not accepts("gzip", request.headers.get("accept-encoding", "")):
-                return File(
-                    SWAGGER_UI_DIR / name,
-                    filename=name,
-                    media_type=media_type,
-                    content_disposition_type="inline",
-                    headers=_VARY,
-                )
-            # Sent as is (the compression layer passes encoded responses through): compressing the
-            # 1.5 MB bundle for every request would cost ~150 ms of CPU each time.
-            body = await _gzipped(name)
-            return Response(body, media_type=media_type, headers={**_VARY, "Content-Encoding": "gzip"})
+            return await asset.answer(request)
 
         router.register(swagger_init)
         router.register(swagger_ui_asset)

@@ -32,23 +32,68 @@ YEAR = 365 * 24 * 3600
 Client = AsyncTestClient[Litestar]
 
 
-async def raw_get(client: Client, path: str, accept_encoding: str) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and the body exactly as sent (not decoded by the client)."""
-    async with client.stream("GET", path, headers={"Accept-Encoding": accept_encoding}) as response:
+async def raw_get(
+    client: Client, path: str, accept_encoding: str | None
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and the body exactly as sent (not decoded by the client); ``None`` sends no
+    ``Accept-Encoding`` at all, as curl does (the test client would send its own)."""
+    request = client.build_request("GET", path)
+    if accept_encoding is None:
+        request.headers.pop("accept-encoding", None)
+    else:
+        request.headers["accept-encoding"] = accept_encoding
+    response = await client.send(request, stream=True)
+    try:
         body = b"".join([chunk async for chunk in response.aiter_raw()])
-        return response.status_code, dict(response.headers), body
+    finally:
+        await response.aclose()
+    return response.status_code, dict(response.headers), body
 
 
-@pytest.mark.parametrize("name", ["snabbdom.js.gz", "pico.min.css.gz"])
-@pytest.mark.parametrize("accept_encoding", [BROWSER_ACCEPT_ENCODING, "gzip", "br"])
+DASHBOARD_GZIPPED = {"snabbdom.js.gz": "text/javascript", "pico.min.css.gz": "text/css"}
+
+
+@pytest.mark.parametrize("name", DASHBOARD_GZIPPED)
+@pytest.mark.parametrize("accept_encoding", [BROWSER_ACCEPT_ENCODING, "gzip", "br;q=1, gzip;q=0.5"])
 async def test_precompressed_dashboard_assets_keep_exactly_their_own_encoding(
     client: Client, name: str, accept_encoding: str
 ) -> None:
     status, headers, body = await raw_get(client, f"/saq/static/{name}", accept_encoding)
     assert status == 200
     assert headers["content-encoding"] == "gzip", "one coding, the file's own"
+    assert headers["vary"].lower() == "accept-encoding"
     assert body == (SAQ_STATIC / name).read_bytes(), "the file's bytes, not compressed again"
     assert gzip.decompress(body)
+
+
+@pytest.mark.parametrize("name", DASHBOARD_GZIPPED)
+@pytest.mark.parametrize("accept_encoding", [None, "identity", "gzip;q=0"])
+async def test_precompressed_dashboard_assets_are_plain_for_a_client_that_refuses_gzip(
+    client: Client, name: str, accept_encoding: str | None
+) -> None:
+    """curl without ``--compressed`` sends no Accept-Encoding: it was sent gzip bytes as the script."""
+    for _ in range(2):  # the first request decompresses the file, the second answers what it kept
+        status, headers, body = await raw_get(client, f"/saq/static/{name}", accept_encoding)
+        assert status == 200
+        assert "content-encoding" not in headers
+        assert headers["vary"].lower() == "accept-encoding"
+        assert headers["content-type"].startswith(DASHBOARD_GZIPPED[name])
+        assert body == gzip.decompress((SAQ_STATIC / name).read_bytes())
+        text = body.decode()  # JavaScript and CSS, as text: not gzip's binary
+        assert ("function" in text) if name.endswith(".js.gz") else ("{" in text and "}" in text)
+
+
+@pytest.mark.parametrize("name", DASHBOARD_GZIPPED)
+async def test_precompressed_dashboard_assets_are_brotli_for_a_brotli_only_client(
+    client: Client, name: str
+) -> None:
+    """Plain for the asset's own negotiation, then encoded by the compression layer as for any answer."""
+    status, headers, _ = await raw_get(client, f"/saq/static/{name}", "br")
+    assert status == 200
+    assert headers["content-encoding"] == "br"
+    assert "accept-encoding" in headers["vary"].lower()
+    decoded = await client.get(f"/saq/static/{name}", headers={"Accept-Encoding": "br"})
+    assert decoded.content == gzip.decompress((SAQ_STATIC / name).read_bytes())
 
 
 async def test_plain_dashboard_script_is_still_compressed_for_a_browser(client: Client) -> None:
@@ -150,10 +195,12 @@ async def test_swagger_ui_assets_are_the_package_files_gzipped_once(client: Clie
     assert "accept-encoding" in headers["vary"].lower()
     assert gzip.decompress(body) == original
     assert (await raw_get(client, path, BROWSER_ACCEPT_ENCODING))[2] == body, "the same bytes every time"
-    status, headers, body = await raw_get(client, path, "identity")
-    assert status == 200
-    assert "content-encoding" not in headers
-    assert body == original
+    for accept_encoding in ("identity", None):
+        status, headers, body = await raw_get(client, path, accept_encoding)
+        assert status == 200
+        assert "content-encoding" not in headers
+        assert headers["vary"].lower() == "accept-encoding"
+        assert body == original
 
 
 @pytest.mark.parametrize(
