@@ -6,6 +6,15 @@ whatever the handler sends, overwriting ``Content-Encoding``. A response that is
 time and labelled ``br``: a browser decoded the brotli layer and ran gzip bytes as JavaScript.
 Here the decision waits for the response's own headers, as other servers' compression layers do
 (nginx, Express' ``compression``, ASP.NET): already encoded means passed through untouched.
+
+A strong ``ETag`` of an answer it encodes is given the coding (``coded_etag``: ``"7"`` sent as brotli
+is ``"7-br"``): RFC 9110 8.8.3 wants a strong validator to differ between representations whose
+content codings differ (Apache's mod_deflate does the same, ``"…-gzip"``), since their bytes do.
+A precondition reads each form as the version it names (``app.core.preconditions.names_version``).
+Weak tags are left as they are (a weak validator may be shared by both). An answer this layer does
+not encode (under ``minimum_size``, already encoded, or a 304 Not Modified: no body to encode)
+keeps its tag, so a route that answered 304s would send the identity tag on them; none does (the
+only ones are file downloads, which are not compressed: ``compression.exclude`` in ``app.main``).
 """
 
 from __future__ import annotations
@@ -25,17 +34,47 @@ if TYPE_CHECKING:
     from litestar.types import HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 __all__ = (
+    "CODINGS",
     "VARY_ACCEPT_ENCODING",
     "EncodedResponsePassThrough",
     "GzipAsset",
     "ResponseCompression",
     "accepts",
+    "coded_etag",
     "is_encoded",
 )
 
 VARY_ACCEPT_ENCODING: Final = {"Vary": "Accept-Encoding"}
 """On every answer whose coding depends on the request's ``Accept-Encoding`` (a shared cache must not
 hand one client's coding to another)."""
+
+
+CODINGS: Final = tuple(encoding.value for encoding in CompressionEncoding)
+"""The content codings this layer applies (``br``, ``gzip``): the ones ``coded_etag`` may add."""
+
+
+def coded_etag(etag: str, coding: str) -> str:
+    """The strong entity-tag of the representation in ``coding`` of the one whose tag is ``etag``:
+    ``"7"`` → ``"7-br"``. The tags the app makes (versions, SHA-256 digests, Litestar's file tags)
+    never end in ``-<coding>`` themselves, so each coded tag names exactly one uncoded one."""
+    return f'{etag[:-1]}-{coding}"'
+
+
+def _code_etag(start: HTTPResponseStartEvent) -> None:
+    """Give the strong ``ETag`` of a response this layer encoded (its ``Content-Encoding``) the coding."""
+    headers = start.get("headers", ())
+    coding = b""
+    for name, value in headers:
+        if name.lower() == b"content-encoding":
+            coding = value
+    if coding.decode("latin-1") not in CODINGS:  # not encoded here (a handler's ``identity`` is kept)
+        return
+    start["headers"] = [
+        (name, coded_etag(value.decode("latin-1"), coding.decode("latin-1")).encode("latin-1"))
+        if name.lower() == b"etag" and value.startswith(b'"')
+        else (name, value)
+        for name, value in headers
+    ]
 
 
 def is_encoded(start: HTTPResponseStartEvent) -> bool:
@@ -47,7 +86,8 @@ def is_encoded(start: HTTPResponseStartEvent) -> bool:
 
 
 class EncodedResponsePassThrough(CompressionMiddleware):
-    """``CompressionMiddleware`` for every response except those that already have a Content-Encoding.
+    """``CompressionMiddleware`` for every response except those that already have a Content-Encoding;
+    the strong ``ETag`` of a response it encodes is given the coding (``coded_etag``).
 
     Use it as ``CompressionConfig(middleware_class=EncodedResponsePassThrough, ...)``.
     """
@@ -61,11 +101,18 @@ class EncodedResponsePassThrough(CompressionMiddleware):
         compress = super().create_compression_send_wrapper
         forward: Send | None = None
 
+        async def send_coded(message: Message) -> None:
+            # What the compressor sends: its start carries a Content-Encoding only when it encoded
+            # the body (it decides on the first body message), since the handler's carried none.
+            if message["type"] == "http.response.start":
+                _code_etag(message)
+            await send(message)
+
         async def send_wrapper(message: Message) -> None:
             nonlocal forward
             if message["type"] == "http.response.start":
                 # Decided per response: the compressor (and its buffers) exists only when it is used.
-                forward = send if is_encoded(message) else compress(send, compression_encoding, scope)
+                forward = send if is_encoded(message) else compress(send_coded, compression_encoding, scope)
             await (forward or send)(message)
 
         return send_wrapper

@@ -1,10 +1,12 @@
 """Conditional changes (RFC 9110 13.1.1): ``If-Match`` against a resource's version, ``ETag`` answers.
 
 A resource with a version (a task, a project, a product) answers its GET and PATCH with the strong
-entity-tag ``"<version>"``; a change that sends ``If-Match`` (a PATCH, a DELETE, a product's stock
-adjustment) is applied only when the resource is still at one of the versions listed (or, for ``*``,
-exists), else it changes nothing and answers 412 ``precondition-failed``. Without ``If-Match`` a
-change is unconditional.
+entity-tag ``"<version>"``, or ``"<version>-br"`` / ``"<version>-gzip"`` when the compression layer
+encoded the answer (``app.core.compression.coded_etag``: a strong tag differs between content
+codings, RFC 9110 8.8.3); every form names the version (``names_version``). A change that sends
+``If-Match`` (a PATCH, a DELETE, a product's stock adjustment) is applied only when the resource is
+still at one of the versions listed (or, for ``*``, exists), else it changes nothing and answers 412
+``precondition-failed``. Without ``If-Match`` a change is unconditional.
 
 The comparison belongs to the service, under the row lock its change holds until the commit (never
 a read before the write): ``IfMatch.require`` is called with the version read under that lock.
@@ -30,6 +32,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Operation, Parameter
 from litestar.params import HeaderParameter
 
+from app.core.compression import CODINGS, coded_etag
 from app.core.errors import PROBLEM_MEDIA_TYPE, AppError, FieldError, InvalidFieldsError, Problem
 
 _TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
@@ -48,7 +51,8 @@ IF_MATCH_MAX_LENGTH = 2048
 
 IF_MATCH_DESCRIPTION = (
     "Apply only if the resource is still at one of these versions: the `ETag` its GET or last change "
-    'answered (`"7"`), several separated by commas (`"6", "7"`), or `*` (any: it exists). Otherwise the '
+    'answered (`"7"`, or `"7-br"` / `"7-gzip"` from a compressed answer: the same version), several '
+    'separated by commas (`"6", "7"`), or `*` (any: it exists). Otherwise the '
     "answer is 412 `precondition-failed` and nothing changes. Strong comparison: a weak tag "
     '(`W/"7"`) never matches. Without it the change is unconditional. Anything but `*` or a list of '
     f"entity-tags (RFC 9110 8.8.3), or over {IF_MATCH_MAX_LENGTH} characters, is a 400."
@@ -75,12 +79,16 @@ class DocumentsIfMatch(Operation):
                 parameter.description = IF_MATCH_DESCRIPTION
 
 
+ETAG_FORMS = '`"<version>"` (`"<version>-br"` or `"<version>-gzip"` when the answer is compressed)'
+"""How a versioned resource's ``ETag`` is written, for the descriptions of its routes and fields."""
+
 ETAG_HEADER = ResponseHeader(
     name="ETag",
     value='"1"',  # documentation only: gives the header its schema (a string)
     documentation_only=True,
-    description='The resource\'s version as a strong entity-tag (`"7"`): send it back in `If-Match` to '
-    "change the resource only if nobody else has changed it since.",
+    description='The resource\'s version as a strong entity-tag (`"7"`; `"7-br"` or `"7-gzip"` when the '
+    "answer is compressed, since a strong tag differs between content codings): send it back in "
+    "`If-Match` to change the resource only if nobody else has changed it since.",
 )
 """``response_headers=[ETAG_HEADER]`` on a route whose answer carries ``{"ETag": etag(version)}``."""
 
@@ -108,6 +116,14 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
+def names_version(tags: frozenset[str], etag: str) -> bool:
+    """Whether ``tags`` (strong entity-tags as a request lists them) name the version whose ``ETag`` is
+    ``etag``: ``etag`` itself or a coded form of it, as the compression layer sends it (``"7-br"``).
+    The forms of the current tag are looked for, never a suffix cut from a sent tag: a tag whose own
+    text ended in ``-br`` would be misread that way (none the app makes does: ``coded_etag``)."""
+    return etag in tags or any(coded_etag(etag, coding) in tags for coding in CODINGS)
+
+
 class IfMatch(msgspec.Struct, frozen=True):
     """A parsed ``If-Match``: ``any`` for ``*``, else the strong entity-tags it lists (with their
     quotes, as ``etag`` writes them); weak ones are left out, since they never match."""
@@ -116,7 +132,7 @@ class IfMatch(msgspec.Struct, frozen=True):
     tags: frozenset[str] = frozenset()
 
     def matches(self, version: int) -> bool:
-        return self.any or etag(version) in self.tags
+        return self.any or names_version(self.tags, etag(version))
 
     def require(self, version: int) -> None:
         """412 unless the resource, at ``version`` (read under the lock its change holds), matches."""

@@ -14,6 +14,7 @@ from app.core.auth import Caller, caller_of, requires_admin
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, PageSize, decode_cursor
 from app.core.preconditions import (
+    ETAG_FORMS,
     ETAG_HEADER,
     DocumentsIfMatch,
     IfMatchHeader,
@@ -108,7 +109,7 @@ class ProductsController(Controller):
     @get(
         "/{product_id:int}",
         summary="A product",
-        description='Answers the product\'s `ETag` (`"<version>"`): an administrator sends it as `If-Match` '
+        description=f"Answers the product's `ETag`, {ETAG_FORMS}: an administrator sends it as `If-Match` "
         "with a change. It versions the product's name, description, price and `active`, not its stock: "
         "stock moves under the same `ETag`, so the answer is `Cache-Control: no-cache`. Read by an "
         "administrator it is always current; others may read the product as it was up to the catalogue "
@@ -127,7 +128,7 @@ class ProductsController(Controller):
         guards=[requires_admin],
         security=BEARER,
         summary="Create a product (admins)",
-        description='Answers the new product and its `ETag` (`"<version>"`), as its GET does: send it as '
+        description=f"Answers the new product and its `ETag`, {ETAG_FORMS}, as its GET does: send it as "
         "`If-Match` with a change.",
         response_headers=[ETAG_HEADER],
         responses=problems(400, 401, 403, 409, 429),

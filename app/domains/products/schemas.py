@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
+from app.core.preconditions import ETAG_FORMS
 from app.core.types import NonBlank, Text, whole
 from app.core.wire import from_row
 from app.db.models import Product
@@ -33,7 +34,7 @@ ProductVersion = Annotated[
     msgspec.Meta(
         ge=1,
         description="Taken by every change of the name, description, price or `active` (none by a change "
-        'that changes nothing, nor by stock moving): its `ETag` is `"<version>"`, for `If-Match`.',
+        f"that changes nothing, nor by stock moving): its `ETag` is {ETAG_FORMS}, for `If-Match`.",
     ),
 ]
 

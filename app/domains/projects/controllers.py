@@ -21,6 +21,7 @@ from app.core.idempotency import (
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.preconditions import (
+    ETAG_FORMS,
     ETAG_HEADER,
     DocumentsIfMatch,
     IfMatchHeader,
@@ -84,7 +85,7 @@ class ProjectsController(Controller):
         "that still exist; one more is a 409 (`project-limit`) until one of them is deleted. The creator "
         "becomes a member, and one account may be a member of at most `MEMBERSHIPS_PER_USER_MAX` "
         "projects (1,000 by default): one more is a 409 (`membership-limit`) until they leave one. "
-        'Answers the new project and its `ETag` (`"<version>"`), as its GET does. ' + IDEMPOTENCY_DESCRIPTION,
+        f"Answers the new project and its `ETag`, {ETAG_FORMS}, as its GET does. " + IDEMPOTENCY_DESCRIPTION,
         operation_class=DocumentsVersionedCreation,
         responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(ProjectOut, description="Created")},
     )
@@ -110,7 +111,7 @@ class ProjectsController(Controller):
     @get(
         "/{project_id:int}",
         summary="A project",
-        description='Answers the project\'s `ETag` (`"<version>"`): send it as `If-Match` with a change. '
+        description=f"Answers the project's `ETag`, {ETAG_FORMS}: send it as `If-Match` with a change. "
         "It versions the project's own fields, not the caller's `my_role`.",
         response_headers=[ETAG_HEADER],
         responses=problems(401, 404, 429),

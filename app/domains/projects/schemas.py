@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from app.core.preconditions import ETAG_FORMS
 from app.core.types import NonBlank, Text, whole
 from app.core.wire import from_row
 from app.db.models import Project, ProjectRole
@@ -40,7 +41,7 @@ ProjectVersion = Annotated[
     msgspec.Meta(
         ge=1,
         description="Taken by every change of the project's name, description or archived flag (none by "
-        'a change that changes nothing): its `ETag` is `"<version>"`, for `If-Match`.',
+        f"a change that changes nothing): its `ETag` is {ETAG_FORMS}, for `If-Match`.",
     ),
 ]
 

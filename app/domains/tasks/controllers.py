@@ -24,6 +24,7 @@ from app.core.idempotency import (
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decode_cursor, paginate
 from app.core.preconditions import (
+    ETAG_FORMS,
     ETAG_HEADER,
     DocumentsIfMatch,
     IfMatchHeader,
@@ -147,7 +148,7 @@ class ProjectTasksController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Create a task (editors)",
-        description='Answers the new task and its `ETag` (`"<version>"`), as its GET does: send it as '
+        description=f"Answers the new task and its `ETag`, {ETAG_FORMS}, as its GET does: send it as "
         "`If-Match` with a change. " + IDEMPOTENCY_DESCRIPTION,
         operation_class=DocumentsVersionedCreation,
         responses={
@@ -185,7 +186,7 @@ class TasksController(Controller):
     @get(
         "/",
         summary="A task",
-        description='Answers the task\'s `ETag` (`"<version>"`): send it as `If-Match` with a change.',
+        description=f"Answers the task's `ETag`, {ETAG_FORMS}: send it as `If-Match` with a change.",
         response_headers=[ETAG_HEADER],
         responses=problems(401, 404, 429),
     )

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.core.preconditions import ETAG_FORMS
 from app.core.types import MAX_INT4, Id, NonBlank, Text
 from app.core.wire import from_row
 from app.db.models import Comment, TaskPriority, TaskStatus
@@ -46,7 +47,7 @@ TaskVersion = Annotated[
     msgspec.Meta(
         ge=1,
         description="Taken by every change of the task (none by a change that changes nothing): its `ETag` "
-        'is `"<version>"`, for `If-Match`.',
+        f"is {ETAG_FORMS}, for `If-Match`.",
     ),
 ]
 
