@@ -207,7 +207,7 @@ class RateLimitGovernor:
         if self._out_of_range.due(header):
             log.warning(
                 "github_rate_limit_header_out_of_range",
-                token=self.token_id,
+                token_id=self.token_id,
                 header=header,
                 value=value,
                 bounded_to=most,
@@ -337,7 +337,7 @@ class RateLimitGovernor:
         await self._block_until(keys=[self.blocked_key], args=[repr(until), lifetime_ms])
         log.warning(
             "github_rate_limited",
-            token=self.token_id,
+            token_id=self.token_id,
             status=status,
             kind="primary" if remaining == 0 else "secondary",
             wait_s=round(until - now, 3),
