@@ -4,6 +4,14 @@ The unit of work is one pooled connection inside one transaction: every generate
 in ``app.db`` is called with ``uow.conn``; the transaction commits when the block ends normally and
 rolls back on any exception. Work that must only happen once the change is durable (invalidating a
 cache, publishing to a channel) is registered with ``uow.after_commit`` and runs after the commit.
+
+Whether a request did database work: the route layer (``app.core.gate``) hands the state of a
+rate-limited request (``scope["state"]``) to ``watch_database_use``, and every unit of work, a
+transaction or a read, sets ``DATABASE_USED`` in it when it borrows its connection (``_borrow``: one
+``ContextVar`` get). What the ``ContextVar`` holds is that mutable mapping, never a flag set in it from
+inside the work: a task started by the request (Litestar may resolve a level of dependencies in child
+tasks) runs in a copy of its context, where a ``set`` would not reach the request, while the copy
+still holds the same mapping.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar, Token
 from typing import Any
 
 import structlog
@@ -121,10 +130,35 @@ def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[As
     )
 
 
+DATABASE_USED = "database_used"
+"""Request-state flag: the request borrowed a pooled connection (``watch_database_use``)."""
+
+_WATCHED_STATE: ContextVar[dict[str, Any] | None] = ContextVar("watched_request_state", default=None)
+
+
+def watch_database_use(state: dict[str, Any]) -> Token[dict[str, Any] | None]:
+    """Every unit of work entered from now on in this context (and in the tasks it starts) sets
+    ``state[DATABASE_USED]``; give the token to ``unwatch_database_use`` when the request is done."""
+    return _WATCHED_STATE.set(state)
+
+
+def unwatch_database_use(token: Token[dict[str, Any] | None]) -> None:
+    _WATCHED_STATE.reset(token)
+
+
+def _borrow(pool: Pool) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+    """``pool.connection()``, noted in the watching request's state (``DATABASE_USED``): the one place
+    a unit of work borrows its connection."""
+    state = _WATCHED_STATE.get()
+    if state is not None:
+        state[DATABASE_USED] = True
+    return pool.connection()
+
+
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[UnitOfWork]:
     """Borrow a connection and run one transaction on it: commit on success, roll back on error."""
-    async with pool.connection() as conn, conn.transaction():
+    async with _borrow(pool) as conn, conn.transaction():
         uow = UnitOfWork(conn)
         yield uow
     await uow._committed()  # the connection is back in the pool: callbacks may take their own
@@ -138,7 +172,7 @@ async def reading(pool: Pool) -> AsyncIterator[UnitOfWork]:
     transaction, so reads lose nothing without one, and save the BEGIN and COMMIT round trips
     (two of the three a one-query read paid, besides the pool's check).
     """
-    async with pool.connection() as conn:
+    async with _borrow(pool) as conn:
         await conn.set_autocommit(True)
         try:
             uow = UnitOfWork(conn)

@@ -330,7 +330,7 @@ def _body_of(request: Request[Any, Any, Any]) -> bytes:
 
 VALIDATION_FAILED = "validation_failed"
 """Scope-state flag set on a request refused by validation (the rate limiter refunds its token,
-unless ``BODY_REFUSED`` is set too)."""
+unless ``BODY_REFUSED`` is set too or the request did database work first: ``app.core.gate``)."""
 BODY_REFUSED = "body_refused"
 """Scope-state flag set on a request refused for its body: the rate limiter charges it (a body costs
 its decoding and the naming of its faults, up to the route's size limit: not a free retry)."""

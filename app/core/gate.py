@@ -20,12 +20,19 @@ costs one attribute test per request.
   429 (the contract: a 429 never hides a 400, so a client is not sent to wait for a retry that must
   fail), but only as far as is cheap: its guards and parameters (bounded by the header limits), and
   its body by msgspec's one pass to its first fault (``FIRST_BODY_FAULT_ONLY``), never by the walk
-  that names every bad field. Under quota, a request refused for its parameters (or headers) is
-  refunded: a typo in a query string should not cost the quota, and such a refusal costs no more
-  than a 429. A request refused for its body is charged (``BODY_REFUSED``): a body is the client's
-  to make as large as the route admits, its decoding and the naming of its faults cost in
-  proportion, and the refund let a client be refused without end (each refusal walked in full:
-  12 s of CPU for a 460 KB batch of bad views).
+  that names every bad field. Under quota, a request refused for its parameters (or headers) before
+  any database work is refunded: a typo in a query string should not cost the quota, and such a
+  refusal costs no more than a 429. One refused after database work is charged: Litestar resolves a
+  route's dependencies before it validates the handler's own parameters (a site report's
+  ``provide_window`` looks the site up before a bad ``interval`` is refused), and services refuse
+  input they can only judge from the database (a report period's ``to`` before its ``from``, past the
+  retention); refunded, such refusals were free database work without end. The gate hands the state
+  of every request under a policy to ``app.core.db.watch_database_use`` (before the token is checked,
+  which may read the database too), and every unit of work sets ``DATABASE_USED`` in it when it
+  borrows its connection. A request refused for its body is charged too (``BODY_REFUSED``): a body
+  is the client's to make as large as the route admits, its decoding and the naming of its faults
+  cost in proportion, and the refund let a client be refused without end (each refusal walked in
+  full: 12 s of CPU for a 460 KB batch of bad views).
 - Same origin: unsafe requests to the SAQ dashboard (``/saq``: its actions, its sign-in and
   sign-out), which accepts a session cookie that browsers send on their own (also ``SameSite=Strict``),
   must come from the dashboard's own origin (``Sec-Fetch-Site``, else ``Origin`` against ``Host``); a
@@ -51,6 +58,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.auth import CurrentUser
 from app.core.compression import ResponseCompression
+from app.core.db import DATABASE_USED, unwatch_database_use, watch_database_use
 from app.core.errors import (
     BODY_REFUSED,
     FIRST_BODY_FAULT_ONLY,
@@ -228,6 +236,7 @@ class RouteGate:
         gauge = self._gauge(scope) if plan.measure else None
         if gauge is not None:
             gauge.inc()
+        watch = watch_database_use(scope["state"]) if plan.policy is not None else None
         try:
             if plan.authenticate:
                 scope["user"] = await self._caller(scope)
@@ -235,11 +244,13 @@ class RouteGate:
                 _require_same_origin(scope)
             if plan.compress and self.config.compressor is not None:
                 send = self.config.compressor.send_for(scope, send)
-            if plan.policy is not None:
+            if watch is not None:
                 await self._limited(plan, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
         finally:
+            if watch is not None:
+                unwatch_database_use(watch)
             if gauge is not None:
                 gauge.dec()
 
@@ -288,12 +299,15 @@ class RouteGate:
         policy_field = plan.policy_header
 
         def refunded() -> bool:
-            """Refused for its parameters, not its body (see the module's docstring)."""
-            return bool(state.get(VALIDATION_FAILED)) and not state.get(BODY_REFUSED)
+            """Refused for its parameters, not its body, before any database work (see the module's
+            docstring)."""
+            failed = state.get(VALIDATION_FAILED)
+            return bool(failed) and not state.get(BODY_REFUSED) and not state.get(DATABASE_USED)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                # A request refused by validation is refunded below: show the quota it leaves.
+                # A request refused by validation (no body, no database) is refunded below: show the
+                # quota it leaves.
                 remaining = decision.remaining + 1 if refunded() else decision.remaining
                 field = f'"{policy.name}-{decision.window}";r={remaining};t={decision.reset_s}'
                 message["headers"] = [

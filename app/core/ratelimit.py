@@ -18,7 +18,8 @@ left), and the process spends them locally, one per request, without talking to 
   early, never admitted late. Small quotas (under ``2 * LEASE_FRACTION``) lease one token at a time
   and count exactly.
 
-A request refused by validation gives its token back to the local lease (no round trip). Local
+A request refused by validation for its parameters before any database work gives its token back
+to the local lease (no round trip; ``app.core.gate`` decides which refusals are refunded). Local
 state is bounded: at most ``max_keys`` keys per process, least recently used evicted first (an
 evicted lease's tokens are simply lost).
 

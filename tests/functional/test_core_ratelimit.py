@@ -22,8 +22,18 @@ from app.config import Settings
 from app.core.errors import NotFoundError
 from app.core.security import AccessTokens, Passwords
 from app.db.models import UserRole
+from app.domains.accounts.services import AccountService
 from app.main import create_app
-from tests.factories import PASSWORD, assert_problem, create_user, unique_email, wait_until, with_test_peer
+from tests.factories import (
+    PASSWORD,
+    assert_problem,
+    create_user,
+    make_site,
+    make_user,
+    unique_email,
+    wait_until,
+    with_test_peer,
+)
 from tests.valkey_control import ControlledValkey
 
 Client = AsyncTestClient[Litestar]
@@ -290,6 +300,69 @@ async def test_disabled_rate_limiting_does_nothing(settings: Settings, fresh: Va
             assert response.status_code == 200
             assert "ratelimit" not in response.headers
     assert await fresh.keys("rl:*") == []
+
+
+# -- what a refusal costs ---------------------------------------------------------------------------
+
+
+async def revocations_live(client: Client) -> None:
+    """The app checks revocations in memory (else every authenticated request reads the database, and
+    a refusal after it is charged: the tests of refunds need the listener connected)."""
+    accounts: AccountService = client.app.state.services[AccountService]
+
+    async def live() -> bool:
+        return accounts.revocations.live
+
+    await wait_until(live, 30, "the revocation listener is live")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"interval": "bogus"}, "query.interval"),  # the handler's own parameter, after the window's
+        ({"period": "custom", "from": "2026-03-02", "to": "2026-03-01"}, "query.to"),  # by the service
+    ],
+    ids=["handler-parameter", "service-check"],
+)
+async def test_a_report_refused_after_its_site_was_read_is_charged(
+    rl_client: Client, fresh: Valkey, db: AsyncConnection[Any], params: dict[str, str], field: str
+) -> None:
+    """Litestar resolves ``provide_window`` (a transaction: the site, today's date) before it
+    validates the handler's own parameters, and the service refuses a period only once it has read the
+    site: refunded, 350 such refusals of one client cost 344 scans of ``sites`` and no quota."""
+    await revocations_live(rl_client)
+    owner = await make_user(db, rl_client.app)
+    site = await make_site(db, owner)
+    path = f"/api/sites/{site.id}/timeseries"
+    for remaining in (2, 1, 0):
+        refused = await rl_client.get(path, params=params, headers=owner.headers)
+        assert_problem(refused, 400, "validation", {field})
+        assert rate_limit(refused)[:2] == ("default-minute", remaining)
+    assert_rate_limited(await rl_client.get(path, headers=owner.headers), "default-minute")
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "field"),
+    [
+        ("orders", {"limit": "0"}, "query.limit"),
+        ("timeseries", {"tz": "Mars/Olympus"}, "query.tz"),  # the window's own parameter, before its query
+    ],
+    ids=["list", "report-dependency-parameter"],
+)
+async def test_a_request_refused_before_any_database_work_is_refunded(
+    rl_client: Client, fresh: Valkey, db: AsyncConnection[Any], route: str, params: dict[str, str], field: str
+) -> None:
+    await revocations_live(rl_client)
+    owner = await make_user(db, rl_client.app)
+    site = await make_site(db, owner)
+    path = "/api/orders" if route == "orders" else f"/api/sites/{site.id}/{route}"
+    for _ in range(5):
+        refused = await rl_client.get(path, params=params, headers=owner.headers)
+        assert_problem(refused, 400, "validation", {field})
+        assert rate_limit(refused)[:2] == ("default-minute", 3)
+    answered = await rl_client.get(path, headers=owner.headers)
+    assert answered.status_code == 200, answered.text
+    assert rate_limit(answered)[:2] == ("default-minute", 2)
 
 
 OUTAGE = {"valkey_timeout_s": 0.5, "rate_limit_auth_fail_closed": True, "rate_limit_warn_interval_s": 3600.0}
