@@ -15,7 +15,10 @@ costs one attribute test per request.
   neither declare guards nor take ``current_user`` (directly or through a dependency).
   ``opt={"authenticate": True}`` forces it.
 - Rate limits (``app.core.ratelimit``): by the route's ``opt["rate_limit"]`` policy (``default``
-  when absent, none for ``None`` and for ``EXEMPT_PATHS``), per caller (or per client address).
+  when absent, none for ``None``), per caller (or per client address). Under ``EXEMPT_PATHS`` only
+  the default is dropped: a route there that names its policy keeps it (the dashboard's sign-in,
+  ``POST /saq/login``, an argon2 check and a new session each, is ``auth`` like the API's), while the
+  dashboard's pages, assets and polling API, which name none, are never limited.
   The token is taken before the body is read. Over quota, a request is still validated before its
   429 (the contract: a 429 never hides a 400, so a client is not sent to wait for a retry that must
   fail), but only as far as is cheap: its guards and parameters (bounded by the header limits), and
@@ -148,6 +151,16 @@ def authenticates(handler: BaseRouteHandler, path: str) -> bool:
     )
 
 
+def rate_limit_policy(handler: BaseRouteHandler, path: str) -> str | None:
+    """The name of the rate-limit policy of ``handler`` serving ``path`` (see the module's docstring),
+    rate limits enabled: the one decision behind both the requests' 429 and the documented one."""
+    opt: Mapping[str, Any] = handler.opt or {}
+    if OPT_KEY in opt:  # the route's own choice, wherever it is
+        name: str | None = opt[OPT_KEY]
+        return name
+    return None if _under((path,), EXEMPT_PATHS) else DEFAULT_POLICY
+
+
 @dataclass
 class GateConfig:
     """Everything the route layer needs, built once by ``create_app``."""
@@ -191,10 +204,9 @@ class GateConfig:
 
     def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
         paths = (path,)
-        opt: Mapping[str, Any] = handler.opt or {}
-        policy_name = opt.get(OPT_KEY, DEFAULT_POLICY)
+        policy_name = rate_limit_policy(handler, path)
         policy = None
-        if policy_name is not None and self.rate_limits_enabled and not _under(paths, EXEMPT_PATHS):
+        if policy_name is not None and self.rate_limits_enabled:
             policy = self.policies.get(policy_name)
             if policy is None:
                 raise ValueError(f"unknown rate-limit policy {policy_name!r} in the opt of {handler}")
@@ -348,4 +360,4 @@ def _require_same_origin(scope: Scope) -> None:
         raise ForbiddenError("Changes from the job dashboard must come from the dashboard's own page.")
 
 
-__all__ = ["AUTHENTICATE_OPT", "GateConfig", "RouteGate", "RoutePlan", "authenticates"]
+__all__ = ["AUTHENTICATE_OPT", "GateConfig", "RouteGate", "RoutePlan", "authenticates", "rate_limit_policy"]

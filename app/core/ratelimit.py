@@ -43,8 +43,8 @@ a warning is logged at most once per ``RATE_LIMIT_WARN_INTERVAL_S``; a ``fail_cl
 (``auth`` with ``RATE_LIMIT_AUTH_FAIL_CLOSED``) answers 503 instead.
 
 Which route uses which policy is decided once per route by ``app.core.gate``: ``opt={"rate_limit":
-"auth"}`` picks a policy, ``None`` exempts the route, no opt means ``default``; routes under
-``EXEMPT_PATHS`` are never limited.
+"auth"}`` picks a policy, ``None`` exempts the route, no opt means ``default``, except under
+``EXEMPT_PATHS``, where no opt means no limit (a route there that names a policy keeps it).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 OPT_KEY = "rate_limit"
 DEFAULT_POLICY = "default"
 EXEMPT_PATHS = ("/health", "/metrics", "/schema", "/saq")
+"""Prefixes whose routes are not limited unless they name a policy (``opt={"rate_limit": ...}``)."""
 MINUTE_S = 60
 HOUR_S = 3600
 FAIL_CLOSED_RETRY_AFTER_S = 5
@@ -367,10 +368,6 @@ def rate_limit_key(scope: Scope) -> str:
         return f"u:{user_id}"
     client_ip = scope.get("state", {}).get("client_ip")
     return f"ip:{client_network(client_ip) if client_ip else 'unknown'}"
-
-
-def is_exempt_path(path: str) -> bool:
-    return any(path == exempt or path.startswith(f"{exempt}/") for exempt in EXEMPT_PATHS)
 
 
 class FailOpenWarnings(OncePerInterval):

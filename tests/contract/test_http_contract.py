@@ -25,9 +25,9 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.gate import authenticates
+from app.core.gate import authenticates, rate_limit_policy
 from app.core.pagination import InvalidCursorError, cursor_pattern, decode_cursor, encode_cursor
-from app.core.ratelimit import DEFAULT_POLICY, EXEMPT_PATHS, OPT_KEY
+from app.core.ratelimit import DEFAULT_POLICY, OPT_KEY
 from app.db import accounts as account_queries
 from app.db import sites as site_queries
 from app.db.models import UserRole
@@ -106,7 +106,7 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
     """401 wherever the gate looks at a bearer token (``app.core.gate.authenticates``), 404 where the
     path has an integer id (an unknown one, or a segment that is no canonical integer; a route named
     by a string documents its own 404s where it answers them), 429 where a limiter applies (the
-    gate's, unless the route is exempt: ``rate_limit`` None; the ingest routes keep their own),
+    gate's, where ``app.core.gate.rate_limit_policy`` names one; the ingest routes keep their own),
     400/500/503 everywhere."""
     handlers = route_handlers(app)
     with_int_ids = {
@@ -117,14 +117,12 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
     missing = []
     for path, method, operation in operations(app):
         documented = set(operation["responses"])
-        opt = handlers[path, method].opt or {}
         expected = {"400", "500", "503"}
         if authenticates(handlers[path, method], path):
             expected.add("401")
         if path in with_int_ids:
             expected.add("404")
-        exempt = any(path == exempt or path.startswith(f"{exempt}/") for exempt in EXEMPT_PATHS)
-        if not exempt and opt.get(OPT_KEY, DEFAULT_POLICY) is not None:
+        if rate_limit_policy(handlers[path, method], path) is not None:
             expected.add("429")
         if lacking := expected - documented:
             missing.append(f"{method.upper()} {path}: {sorted(lacking)}")

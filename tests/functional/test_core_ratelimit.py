@@ -30,6 +30,7 @@ from tests.factories import (
     create_user,
     make_site,
     make_user,
+    sign_in,
     unique_email,
     wait_until,
     with_test_peer,
@@ -363,6 +364,37 @@ async def test_a_request_refused_before_any_database_work_is_refunded(
     answered = await rl_client.get(path, headers=owner.headers)
     assert answered.status_code == 200, answered.text
     assert rate_limit(answered)[:2] == ("default-minute", 2)
+
+
+async def test_the_dashboards_sign_in_is_limited_like_the_apis(
+    rl_client: Client, fresh: Valkey, db: AsyncConnection[Any]
+) -> None:
+    """``POST /saq/login`` (an argon2 check and a session each) names the ``auth`` policy: ``/saq``
+    exempts only the routes that name none, the dashboard's pages and its polling API."""
+    admin = await make_user(db, rl_client.app, UserRole.ADMIN)
+    peer = {"x-test-peer": "198.51.100.79"}
+    for remaining in (1, 0):  # other accounts each time: the login throttle never applies
+        refused = await sign_in(rl_client, unique_email("saq"), "wrong", peer)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["ratelimit-policy"] == '"auth-minute";q=2;w=60, "auth-hour";q=100;w=3600'
+        assert rate_limit(refused)[:2] == ("auth-minute", remaining)
+    over = await sign_in(rl_client, admin.email, PASSWORD, peer)
+    assert over.status_code == 429, over.text
+    assert over.headers["content-type"].startswith("text/html")  # the page, as the throttle's 429
+    assert over.headers["cache-control"] == "no-store"
+    assert "set-cookie" not in over.headers
+    assert rate_limit(over)[:2] == ("auth-minute", 0)
+    assert int(over.headers["retry-after"]) == rate_limit(over)[2] > 0
+    # One quota with the API's sign-in (the address's ``auth``).
+    api = await rl_client.post("/api/auth/login", json={"email": admin.email, "password": "x"}, headers=peer)
+    assert_rate_limited(api, "auth-minute")
+    # The dashboard's page and API still answer, unlimited (more requests than the default quota).
+    for _ in range(5):
+        page = await rl_client.get("/saq/login", headers=peer)
+        queues = await rl_client.get("/saq/api/queues", headers={**peer, **admin.headers})
+        for response in (page, queues):
+            assert response.status_code == 200, response.text
+            assert "ratelimit" not in response.headers
 
 
 OUTAGE = {"valkey_timeout_s": 0.5, "rate_limit_auth_fail_closed": True, "rate_limit_warn_interval_s": 3600.0}

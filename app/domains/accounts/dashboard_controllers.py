@@ -126,6 +126,16 @@ def _unreadable_form(request: Request[Any, Any, Any], exc: ValidationException) 
     )
 
 
+def _rate_limited(request: Request[Any, Any, Any], exc: TooManyRequestsError) -> Response[str]:
+    """The route layer's ``auth`` rate limit, spent by the address: 429 and the page (as the login
+    throttle's 429), with its ``Retry-After`` and ``RateLimit`` headers, never stored."""
+    return _page(
+        HTTP_429_TOO_MANY_REQUESTS,
+        exc.detail,
+        headers={**exc.headers, _NO_STORE.HEADER_NAME: _NO_STORE.to_header()},
+    )
+
+
 class DashboardSignInController(Controller):
     """The sign-in page, the sign-in and the sign-out of the SAQ dashboard."""
 
@@ -155,10 +165,11 @@ class DashboardSignInController(Controller):
         "problem otherwise). An active administrator: 303 to the dashboard with the session cookie "
         "(`HttpOnly`, `SameSite=Strict`, `Path=/saq`, `Secure` but in development, for "
         "DASHBOARD_SESSION_S). Wrong credentials: 401 and the page (never saying which was wrong; "
-        "throttled like `POST /api/auth/login`, 429 and the page with `Retry-After`); a member: 403 "
+        "throttled and rate-limited (`auth`) like `POST /api/auth/login`, 429 and the page with "
+        "`Retry-After`); a member: 403 "
         "and the page. A body that is not the form (another content type, unknown fields, values past "
         "the form's limits): 400 and the page, repeating nothing that was sent.",
-        exception_handlers={ValidationException: _unreadable_form},
+        exception_handlers={ValidationException: _unreadable_form, TooManyRequestsError: _rate_limited},
     )
     async def sign_in(
         self, request: Request[Any, Any, Any], data: SignInForm, accounts: Accounts
