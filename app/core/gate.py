@@ -13,7 +13,17 @@ costs one attribute test per request.
   ``/schema``), routes with ``opt={"authenticate": False}``, and routes that opted out of rate limits
   (``opt={"rate_limit": None}``, e.g. the page-view ingest, which keys its own limits by site) and
   neither declare guards nor take ``current_user`` (directly or through a dependency).
-  ``opt={"authenticate": True}`` forces it.
+  ``opt={"authenticate": True}`` forces it. On a route with a rate-limit policy, a refused token is
+  charged before its 401, to the client address's key under that policy (the key of the address's
+  anonymous requests; a valid user's own key is untouched): each check costs a signature, and while
+  the revocation listener is disconnected a query for a validly signed token, and bad tokens were
+  checked without limit. Over that quota the answer is the 429, not the 401: a 429 can hide a 401
+  for a bad token. The token was checked all the same (the refusal is known only then), but the
+  address has spent its quota and is answered as its anonymous requests are, with a ``Retry-After``
+  to wait rather than a 401 to act on at once; the usual answer to a 401, a refresh, is limited
+  under that same address key. No 400 is hidden so: the token is checked before the request is
+  validated, so a bad token is a 401 whatever its parameters. With Valkey down the 401 is answered
+  (it lets nothing through: neither fail-open nor a 503 applies).
 - Rate limits (``app.core.ratelimit``): by the route's ``opt["rate_limit"]`` policy (``default``
   when absent, none for ``None``), per caller (or per client address). Under ``EXEMPT_PATHS`` only
   the default is dropped: a route there that names its policy keeps it (the dashboard's sign-in,
@@ -69,6 +79,7 @@ from app.core.errors import (
     ForbiddenError,
     ServiceUnavailableError,
     TooManyRequestsError,
+    UnauthorizedError,
 )
 from app.core.metrics import RequestMetrics
 from app.core.openapi import undocument_token_refusal
@@ -79,10 +90,12 @@ from app.core.ratelimit import (
     OPT_KEY,
     RATE_LIMIT_FAIL_OPEN,
     VALKEY_DOWN,
+    Decision,
     FailOpenWarnings,
     Policy,
     RateLimiter,
     RouteValidator,
+    address_key,
     policy_header,
     rate_limit_headers,
     rate_limit_key,
@@ -251,7 +264,12 @@ class RouteGate:
         watch = watch_database_use(scope["state"]) if plan.policy is not None else None
         try:
             if plan.authenticate:
-                scope["user"] = await self._caller(scope)
+                try:
+                    scope["user"] = await self._caller(scope)
+                except UnauthorizedError as refused:
+                    if plan.policy is not None:
+                        await self._charge_refused_token(plan.policy, scope, refused)
+                    raise
             if plan.same_origin and scope["method"] not in SAFE_METHODS:
                 _require_same_origin(scope)
             if plan.compress and self.config.compressor is not None:
@@ -283,6 +301,19 @@ class RouteGate:
                 return None
         return None
 
+    async def _charge_refused_token(self, policy: Policy, scope: Scope, refused: UnauthorizedError) -> None:
+        """Spend a token of the client address's quota for a request whose bearer token was refused:
+        its 401 then shows what is left, and over quota it is a 429 (see the module's docstring)."""
+        config = self.config
+        try:
+            decision = await config.limiter.hit(policy, address_key(scope))
+        except VALKEY_DOWN as exc:  # the 401 lets nothing through: neither passed open nor a 503
+            config.warnings.warn(policy, exc)
+            return
+        if not decision.allowed:
+            raise _over_quota(policy, decision)
+        refused.headers = {**refused.headers, **rate_limit_headers(policy, decision)}
+
     async def _limited(self, plan: RoutePlan, scope: Scope, receive: Receive, send: Send) -> None:
         config = self.config
         policy = plan.policy
@@ -303,10 +334,7 @@ class RouteGate:
         if not decision.allowed:
             scope["state"][FIRST_BODY_FAULT_ONLY] = True
             await config.validator.validate(scope, receive, send)
-            raise TooManyRequestsError(
-                f"Rate limit {policy.name}-{decision.window} exceeded; retry in {decision.retry_after_s} s.",
-                headers=rate_limit_headers(policy, decision),
-            )
+            raise _over_quota(policy, decision)
         state = scope["state"]
         policy_field = plan.policy_header
 
@@ -332,6 +360,13 @@ class RouteGate:
         await self.app(scope, receive, send_with_headers)
         if refunded():
             config.limiter.refund(policy, key, decision)
+
+
+def _over_quota(policy: Policy, decision: Decision) -> TooManyRequestsError:
+    return TooManyRequestsError(
+        f"Rate limit {policy.name}-{decision.window} exceeded; retry in {decision.retry_after_s} s.",
+        headers=rate_limit_headers(policy, decision),
+    )
 
 
 def _require_same_origin(scope: Scope) -> None:

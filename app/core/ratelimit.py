@@ -26,7 +26,8 @@ evicted lease's tokens are simply lost).
 Windows are aligned on the Valkey server's clock (``TIME`` inside the script), so processes with
 skewed clocks agree; the script builds its keys from the server time, so the limiter assumes a single
 (non-cluster) Valkey. Keys: ``{prefix}:{policy}:u:{user id}:m:{window start}`` (``...:h:...`` for the
-hour; ``ip:{address}`` for anonymous requests, an IPv6 client by its /64).
+hour; ``ip:{address}`` for anonymous requests and those whose token was refused, an IPv6 client by
+its /64).
 
 Responses carry the draft-ietf-httpapi-ratelimit-headers fields (structured-field form)::
 
@@ -361,11 +362,16 @@ def policy_header(policy: Policy) -> str:
 
 
 def rate_limit_key(scope: Scope) -> str:
-    """``u:{id}`` for an authenticated request (``scope["user"].id``), else ``ip:{client network}``
-    (an IPv4 address, or an IPv6 address's /64)."""
+    """``u:{id}`` for an authenticated request (``scope["user"].id``), else ``address_key``."""
     user_id = getattr(scope.get("user"), "id", None)
     if user_id is not None:
         return f"u:{user_id}"
+    return address_key(scope)
+
+
+def address_key(scope: Scope) -> str:
+    """``ip:{client network}`` (an IPv4 address, or an IPv6 address's /64): the key of an anonymous
+    request, and of one whose token was refused."""
     client_ip = scope.get("state", {}).get("client_ip")
     return f"ip:{client_network(client_ip) if client_ip else 'unknown'}"
 
@@ -436,6 +442,7 @@ __all__ = [
     "Policy",
     "RateLimiter",
     "RouteValidator",
+    "address_key",
     "decide",
     "policies_from_settings",
     "rate_limit_headers",

@@ -397,6 +397,33 @@ async def test_the_dashboards_sign_in_is_limited_like_the_apis(
             assert "ratelimit" not in response.headers
 
 
+@pytest.mark.parametrize("kind", ["garbage", "another-key"])
+async def test_requests_with_a_refused_token_spend_their_addresss_quota(
+    rl_client: Client, fresh: Valkey, settings: Settings, kind: str
+) -> None:
+    """Refused tokens were never counted: 320 requests with ``Bearer x.y.z`` were all checked and
+    answered 401. They spend the address's quota (as its anonymous requests do), then get the 429."""
+    peer = {"x-test-peer": "198.51.100.80"}
+    signer = settings if kind == "garbage" else msgspec.structs.replace(settings, secret_key="k" * 64)
+    token = "Bearer x.y.z" if kind == "garbage" else bearer(signer, 43)
+    user = {"authorization": bearer(settings, 43), **peer}
+    assert rate_limit(await rl_client.get("/probe/rl/default", headers=user))[:2] == ("default-minute", 2)
+    refused = {"authorization": token, **peer}
+    for remaining in (2, 1, 0):
+        response = await rl_client.get("/probe/rl/default", headers=refused)
+        assert_problem(response, 401, "unauthorized")
+        assert rate_limit(response)[:2] == ("default-minute", remaining)
+        assert "invalid_token" in response.headers["www-authenticate"]
+    assert_rate_limited(await rl_client.get("/probe/rl/default", headers=refused), "default-minute")
+    assert_rate_limited(await rl_client.get("/probe/rl/default", headers=peer), "default-minute")
+    # The valid user's own quota, from the same address, is untouched.
+    mine = await rl_client.get("/probe/rl/default", headers=user)
+    assert mine.status_code == 200, mine.text
+    assert rate_limit(mine)[:2] == ("default-minute", 1)
+    keys = {key.decode().split(":m:")[0] for key in await fresh.keys("rl:default:*:m:*")}
+    assert keys == {"rl:default:u:43", "rl:default:ip:198.51.100.80"}
+
+
 OUTAGE = {"valkey_timeout_s": 0.5, "rate_limit_auth_fail_closed": True, "rate_limit_warn_interval_s": 3600.0}
 """Settings of the apps whose Valkey fails: a short client timeout, auth limits failing closed."""
 
