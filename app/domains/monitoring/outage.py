@@ -27,11 +27,10 @@ to it, so the wait is shared in Valkey (``WAIT_KEY``) as well as kept by this pr
 window is also the sender's business (``delivery.py`` paces each chat by
 ``monitoring_telegram_chats.blocked_until``): the notice stores the windows it learned once the
 database is back, and honours the ones the sender stored (read with the routes, below). Nothing here
-sleeps. A
-chat that refuses it for good (``failed``: 403 bot blocked, 400 chat not found) is asked nothing more
-by this process for an interval, and a claim every chat refused so is kept for its TTL: no flush asks
-again in the meantime, in any process. Nothing here raises either: a failure is logged (rate-limited)
-and the flush's own outcome stands.
+sleeps. A chat that refuses it for good (``failed``: 403 bot blocked, 400 chat not found) is asked
+nothing more by this process for an interval, and a claim every chat refused so is kept for its
+TTL: no flush asks again in the meantime, in any process. Nothing here raises either: a failure is
+logged (rate-limited) and the flush's own outcome stands.
 
 A group upgraded to a supergroup is followed as the sender follows it (``delivery.py``), without the
 database: Telegram's 400 with ``migrate_to_chat_id`` (``SendResult.outcome == "migrated"``) sends the
@@ -55,6 +54,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from valkey.asyncio import Valkey
@@ -213,18 +213,14 @@ class OutageNotifier:
     def remember_windows(self, stored: Mapping[str, float], saved: Mapping[str, float]) -> None:
         """The windows the database holds (``stored``, the sender's), read once ``saved`` (from
         ``learned_windows``) was written to it."""
-        for chat, until in saved.items():
-            if self._unsaved_windows.get(chat) == until:
-                del self._unsaved_windows[chat]
+        _forget_saved(self._unsaved_windows, saved)
         for chat, until in stored.items():
             self._windows[chat] = max(self._windows.get(chat, until), until)
 
     def remember_routes(self, stored: Mapping[str, str], saved: Mapping[str, str] | None = None) -> None:
         """The routes the database holds (``stored``), read once ``saved`` (from ``learned_routes``)
         was written to it."""
-        for chat, target in (saved or {}).items():
-            if self._unsaved_routes.get(chat) == target:
-                del self._unsaved_routes[chat]
+        _forget_saved(self._unsaved_routes, saved or {})
         self._routes.update(stored)
         self._routes.update(self._unsaved_routes)  # learned since the read began: newer
 
@@ -382,6 +378,13 @@ class OutageNotifier:
             Part(f"PostgreSQL is reachable again (unreachable from {_when(since)}, "),
             Part(f"{_duration(self.clock() - since)}). The held events are being written and alerted.\n"),
         ]
+
+
+def _forget_saved(unsaved: dict[str, Any], saved: Mapping[str, Any]) -> None:
+    """Drop from ``unsaved`` what ``saved`` wrote to the database, unless it changed since."""
+    for chat, value in saved.items():
+        if unsaved.get(chat) == value:
+            del unsaved[chat]
 
 
 _failures = OncePerInterval(60.0)
