@@ -376,14 +376,14 @@ async def test_a_chat_that_refuses_the_notice_for_good_is_not_asked_every_flush(
 
 
 async def blocked_until(db: AsyncConnection[Any], chat_id: str) -> float | None:
-    row = await (
-        await db.execute(
-            "select extract(epoch from blocked_until - now()) from monitoring_telegram_chats"
-            " where chat_id = %s",
-            (chat_id,),
-        )
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    """Seconds left of the chat's stored window (None: no row, or no window)."""
+    left = await scalar(
+        db,
+        "select (select extract(epoch from blocked_until - now()) from monitoring_telegram_chats"
+        " where chat_id = %s)::float8",
+        chat_id,
+    )
+    return None if left is None else float(left)
 
 
 async def test_the_window_a_429_gave_the_notice_holds_the_sender_once_the_database_is_back(

@@ -27,6 +27,7 @@ from psycopg import AsyncConnection
 from app.db import orders as queries
 from tests.factories import make_product, plan_scans
 from tests.functional.test_core_generic_plans import make_crowd, rows_read, run_custom, run_generic
+from tests.functional.test_orders_expiry_backlog import scalar
 
 HISTORY_DAYS = 60
 PER_DAY = 400
@@ -69,12 +70,6 @@ async def place_orders(
         """,
         {"first": first, "step": step, "count": count, "buyers": buyers},
     )
-
-
-async def scalar(db: AsyncConnection[Any], statement: str, *params: Any) -> Any:
-    row = await (await db.execute(statement, params)).fetchone()
-    assert row is not None
-    return row[0]
 
 
 async def run_nested_loops_priced_out(
