@@ -274,7 +274,7 @@ class RouteGate:
                 _require_same_origin(scope)
             if plan.compress and self.config.compressor is not None:
                 send = self.config.compressor.send_for(scope, send)
-            if watch is not None:
+            if plan.policy is not None:
                 await self._limited(plan, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
