@@ -9,7 +9,7 @@ end-of-run line names the failed ids and the age of the oldest order left; a fai
 database is down stops the run and is raised, as before.
 
 An order is made to fail by the database itself: a trigger, created for the test and dropped after,
-refuses the update of that one order's row (or ends its session, for a database going away).
+refuses the update of those orders' rows (or ends its session, for a database going away).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ async def services(db: AsyncConnection[Any], settings: Settings) -> AsyncIterato
 
 
 @asynccontextmanager
-async def failing_update(db: AsyncConnection[Any], order_id: int, body: str) -> AsyncIterator[None]:
-    """While inside: an update of order ``order_id``'s row runs ``body`` (a trigger), any other
-    order's as usual."""
+async def failing_update(db: AsyncConnection[Any], order_ids: list[int], body: str) -> AsyncIterator[None]:
+    """While inside: an update of the row of an order in ``order_ids`` runs ``body`` (a trigger), any
+    other order's as usual."""
     await db.execute(
         sql.SQL(
             "create function fail_order_for_test() returns trigger language plpgsql as $$"
@@ -55,8 +55,8 @@ async def failing_update(db: AsyncConnection[Any], order_id: int, body: str) -> 
     await db.execute(
         sql.SQL(
             "create trigger fail_order_for_test before update on orders for each row"
-            " when (old.id = {}) execute function fail_order_for_test()"
-        ).format(sql.Literal(order_id))
+            " when (old.id in ({})) execute function fail_order_for_test()"
+        ).format(sql.SQL(", ").join(sql.Literal(order_id) for order_id in order_ids))
     )
     try:
         yield
@@ -99,7 +99,7 @@ async def test_a_stale_order_that_fails_is_logged_and_the_orders_behind_it_are_r
     product = await make_product(db, stock=10, price="1.00")
     first, *others = await stale_orders(db, orders, product, 3)
 
-    async with failing_update(db, first, REFUSE):
+    async with failing_update(db, [first], REFUSE):
         with captured_logs(logging.INFO) as logs:
             assert await orders.reserve_stale(older_than_s=3600) == 2
 
@@ -130,7 +130,7 @@ async def test_a_lapsed_reservation_that_fails_is_logged_and_passed_over(
     product = await make_product(db, stock=10, price="1.00")
     first, *others = await lapsed_orders(db, product, 3)
 
-    async with failing_update(db, first, REFUSE):
+    async with failing_update(db, [first], REFUSE):
         with captured_logs(logging.INFO) as logs:
             assert await orders.expire_reservations(batch_size=1) == 2
 
@@ -157,7 +157,7 @@ async def test_a_database_that_goes_away_stops_either_run_and_fails_it(
     product = await make_product(db, stock=10, price="1.00")
     first, *others = await stale_orders(db, orders, product, 3)
     with captured_logs(logging.INFO) as logs:
-        async with failing_update(db, first, GO_AWAY):
+        async with failing_update(db, [first], GO_AWAY):
             with pytest.raises(psycopg.OperationalError):
                 await orders.reserve_stale(older_than_s=3600)
     assert await statuses(db, [first, *others]) == ["pending", "pending", "pending"]
@@ -165,7 +165,7 @@ async def test_a_database_that_goes_away_stops_either_run_and_fails_it(
 
     lapsed_first, *lapsed_others = await lapsed_orders(db, product, 3)
     with captured_logs(logging.INFO) as logs:
-        async with failing_update(db, lapsed_first, GO_AWAY):
+        async with failing_update(db, [lapsed_first], GO_AWAY):
             with pytest.raises(psycopg.OperationalError):
                 await orders.expire_reservations()
     assert await statuses(db, [lapsed_first, *lapsed_others]) == ["reserved", "reserved", "reserved"]
