@@ -4,9 +4,14 @@ Review: ``reserve_stale`` and ``expire_reservations`` looped over their orders w
 order's failure: the first order that failed ended the run, the same order led the next run (oldest
 first), so a failure that repeated stopped every order behind it (stale orders never reserved, lapsed
 reservations keeping their stock), and the only log line was a count. Now each order is handled on
-its own: a failure is logged with the order's id, the run goes on (the expiry pages past it), and the
-end-of-run line names the failed ids and the age of the oldest order left; a failure that says the
-database is down stops the run and is raised, as before.
+its own: a failure is logged with the order's id, the run goes on, and the end-of-run line names the
+failed ids and the age of the oldest order left; a failure that says the database is down stops the
+run and is raised, as before.
+
+Then: the reconciliation's run was one batch of the oldest stale orders, so a batch's worth of orders
+that failed every time still led every run, and no order behind them was reserved. Both crons now page
+past each batch's last order, batch after batch, until one comes back short or the run's budget is
+spent.
 
 An order is made to fail by the database itself: a trigger, created for the test and dropped after,
 refuses the update of those orders' rows (or ends its session, for a database going away).
@@ -120,6 +125,58 @@ async def test_a_stale_order_that_fails_is_logged_and_the_orders_behind_it_are_r
     assert await orders.reserve_stale(older_than_s=3600) == 1
     assert await statuses(db, [first]) == ["reserved"]
     assert await scalar(db, "select stock from products where id = %s", product) == 7
+
+
+async def test_stale_orders_that_fail_past_a_batch_do_not_hold_back_the_orders_behind_them(
+    db: AsyncConnection[Any], services: Services
+) -> None:
+    """Batches of two, three orders that fail every time ahead of a good one: the run pages past
+    them. A run was one batch, oldest first: the failing orders filled it in every run, and the good
+    order behind them stayed pending however long the cron ran."""
+    orders = services[OrderService]
+    product = await make_product(db, stock=10, price="1.00")
+    *failing, good = await stale_orders(db, orders, product, 4)
+
+    async with failing_update(db, failing, REFUSE):
+        with captured_logs(logging.INFO) as logs:
+            assert await orders.reserve_stale(older_than_s=3600, batch_size=2) == 1
+
+    assert await statuses(db, [*failing, good]) == ["pending", "pending", "pending", "reserved"]
+    assert [failure["order_id"] for failure in logs.events("stale_order_reservation_failed")] == failing
+    (run,) = logs.events("stale_pending_orders_reserved")
+    assert (run["count"], run["outcomes"], run["failed"], run["failed_ids"], run["batches"]) == (
+        1,
+        {"reserved": 1},
+        3,
+        failing,
+        3,  # two full ones, then an empty one
+    )
+    assert run["oldest_pending_s"] >= 2 * 3600
+    assert logs.events("stale_pending_orders_backlog_left") == []
+
+
+async def test_a_stale_run_stops_at_its_budget_and_leaves_the_rest_to_the_next(
+    db: AsyncConnection[Any], services: Services
+) -> None:
+    """A budget of nothing: one batch, then the run ends and says what it left; the next runs take
+    the rest, oldest first."""
+    orders = services[OrderService]
+    product = await make_product(db, stock=10, price="1.00")
+    placed = await stale_orders(db, orders, product, 5)
+
+    with captured_logs(logging.INFO) as logs:
+        assert await orders.reserve_stale(older_than_s=3600, budget_s=0, batch_size=2) == 2
+
+    assert await statuses(db, placed) == ["reserved", "reserved", "pending", "pending", "pending"]
+    (left,) = logs.events("stale_pending_orders_backlog_left")
+    assert (left["count"], left["batches"]) == (2, 1)
+    (run,) = logs.events("stale_pending_orders_reserved")
+    assert (run["count"], run["batches"], run["failed"]) == (2, 1, 0)
+    assert run["oldest_pending_s"] >= 2 * 3600  # the orders left
+
+    assert await orders.reserve_stale(older_than_s=3600, budget_s=0, batch_size=2) == 2
+    assert await orders.reserve_stale(older_than_s=3600, budget_s=0, batch_size=2) == 1
+    assert await statuses(db, placed) == ["reserved"] * 5
 
 
 async def test_a_lapsed_reservation_that_fails_is_logged_and_passed_over(

@@ -15,7 +15,8 @@ async def reserve_order(ctx: Context, *, order_id: int, outbox_id: int | None = 
 
 
 async def reserve_stale_orders(ctx: Context) -> int:
-    """Every 10 s: orders pending for longer than twice the job timeout are reserved directly."""
+    """Every 10 s: orders pending for longer than twice the job timeout are reserved directly (the
+    whole backlog, for at most ``STALE_RUN_BUDGET_S``)."""
     services = services_of(ctx)
     return await services[OrderService].reserve_stale(older_than_s=2 * services.settings.job_timeout_s)
 

@@ -14,7 +14,7 @@ from app.domains.orders.jobs import (
     reserve_order,
     reserve_stale_orders,
 )
-from app.domains.orders.services import EXPIRY_RUN_BUDGET_S, OrderService
+from app.domains.orders.services import EXPIRY_RUN_BUDGET_S, STALE_RUN_BUDGET_S, OrderService
 from app.domains.products.services import ProductService
 
 module = Module(
@@ -36,7 +36,11 @@ module = Module(
             timeout_s=2 * EXPIRY_RUN_BUDGET_S,
         ),
         Cron(
-            function=reserve_stale_orders, schedule="* * * * * */10", queue="orders", timeout_s=60, retries=1
+            function=reserve_stale_orders,
+            schedule="* * * * * */10",
+            queue="orders",
+            timeout_s=2 * STALE_RUN_BUDGET_S,
+            retries=1,
         ),
     ],
 )

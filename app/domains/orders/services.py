@@ -64,6 +64,9 @@ RESERVE_TASK = "reserve_order"
 EXPIRY_RUN_BUDGET_S = 30
 """How long one run of the expiry cron starts new batches: half its job's timeout (``module.py``), so
 the batch started last finishes well within it."""
+STALE_RUN_BUDGET_S = 30
+"""How long one run of the reconciliation cron (``reserve_stale``) starts new batches: half its job's
+timeout (``module.py``), as the expiry's."""
 FAILED_IDS_LOGGED = 20
 """The ids of failed orders a cron's end-of-run line names at most (each failure is logged on its own)."""
 
@@ -296,7 +299,9 @@ class OrderService:
             uow, order, OrderStatus.RESERVED, reason="stock reserved", actor=None, reserved_until=until
         )
 
-    async def reserve_stale(self, older_than_s: float, batch_size: int = 200) -> int:
+    async def reserve_stale(
+        self, older_than_s: float, budget_s: float = STALE_RUN_BUDGET_S, batch_size: int = 200
+    ) -> int:
         """Reconciliation: reserve orders still pending long after placement; returns how many were
         handled (reserved, rejected for short stock, or found handled meanwhile).
 
@@ -304,35 +309,56 @@ class OrderService:
         sweeper, and a job that ran out of retries is gone; this makes progress independent of both.
         ``reserve`` is idempotent, so racing a late job is harmless.
 
+        Batch after batch until one comes back short or ``budget_s`` is spent (the caller gives part
+        of its job timeout, so a run is never cut off mid-way); what is left waits for the next run.
+        One cutoff, taken when the run starts, judges every batch.
+
         Each order is handled on its own (``_each_order``): one that fails is logged with its id and
-        the others are reserved all the same. The run stopped at the first failure, and the same order
-        led the next run (oldest first): a failure that repeats stopped every order behind it, and
-        the log named none. A failure that says the database is down stops the run and is raised.
+        passed over, and each batch is listed after the previous one's last order, so an order that
+        stays pending because it failed is not listed again in this run. A run was one batch, oldest
+        first: a batch's worth of orders that fail every time (a product row the database refuses)
+        led every run, and no stale order behind them was ever reserved (before that, the first
+        failure ended the run, and the log named none). A failure that says the database is down
+        stops the run and is raised.
         """
-        async with self.db.transaction() as uow:
+        deadline = time.monotonic() + budget_s
+        async with self.db.read() as uow:
             cutoff = await _database_now(uow) - timedelta(seconds=older_than_s)
-            stale = await queries.list_stale_pending_orders(
-                uow.conn, created_before=cutoff, batch_size=batch_size
-            )
+        listed = batches = 0
         outcomes: dict[str, int] = {}
         failed: list[int] = []
-        for order_id in stale:
-            async with _each_order("stale_order_reservation_failed", order_id, failed):
-                status = await self.reserve(order_id)
-                outcome = status.value if status is not None else "gone"
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if stale:
+        after_id = 0
+        while True:
+            async with self.db.read() as uow:
+                stale = await queries.list_stale_pending_orders(
+                    uow.conn, after_id=after_id, created_before=cutoff, batch_size=batch_size
+                )
+            batches += 1
+            listed += len(stale)
+            for order_id in stale:
+                async with _each_order("stale_order_reservation_failed", order_id, failed):
+                    status = await self.reserve(order_id)
+                    outcome = status.value if status is not None else "gone"
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if len(stale) < batch_size:
+                break
+            after_id = stale[-1]
+            if time.monotonic() >= deadline:
+                log.warning("stale_pending_orders_backlog_left", count=listed - len(failed), batches=batches)
+                break
+        if listed:
             async with self.db.read() as uow:
                 oldest = await queries.oldest_pending_order(uow.conn)
             log.warning(
                 "stale_pending_orders_reserved",
-                count=len(stale) - len(failed),
+                count=listed - len(failed),
                 outcomes=outcomes,
+                batches=batches,
                 failed=len(failed),
                 failed_ids=failed[:FAILED_IDS_LOGGED],
                 oldest_pending_s=round(oldest) if oldest is not None else None,
             )
-        return len(stale) - len(failed)
+        return listed - len(failed)
 
     async def expire_reservations(self, budget_s: float = EXPIRY_RUN_BUDGET_S, batch_size: int = 100) -> int:
         """Expire reservations past their window and give their stock back (cron); returns how many.
