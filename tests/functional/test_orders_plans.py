@@ -14,6 +14,10 @@ plan a prepared statement may keep. Rows read are counted with EXPLAIN ANALYZE, 
 - ``CountOpenOrders`` and ``UnitsHeldByUser`` (every placement, under the buyer's row lock) read all
   of a busy buyer's orders, or every open order of the shop (12-20 ms at 60,000 open orders), and a
   custom plan of ``UnitsHeldByUser`` could hash every order item of the shop.
+- The reconciliation cron (``OrderService.reserve_stale``, every 10 s) pages through the stale pending
+  orders (``ListStalePendingOrders`` after the previous batch's last order): with the cursor written
+  ``status = 'pending' and id > @after_id``, orders_pkey served it and the order, and a batch walked
+  every settled order after the cursor (4,000 rows for 200 under the generic plan).
 """
 
 from __future__ import annotations
@@ -237,3 +241,72 @@ async def test_a_buyers_status_page_and_open_orders_read_only_the_buyers_own_row
     units = await queries.units_held_by_user(db, user_id=busy)
     assert sum(row.held for row in units) == 4
     assert await queries.count_open_orders(db, user_id=crowd[0]) == CROWD_OPEN
+
+
+STALE_HISTORY = 20_000
+"""Orders placed from 3 hours back to 6 weeks back, one in 20 still pending (1,000 stale: the
+reconciliation is behind, or a batch of them fails every run); then the last half hour's 2,000, one in
+60 pending (33, too fresh to reconcile)."""
+
+
+async def test_the_stale_order_batches_read_their_batch_of_the_pending_range_whatever_the_plan(
+    db: AsyncConnection[Any],
+) -> None:
+    """Each batch of 200 (the first, one mid-way, the last but one of 100 and the empty last) reads
+    its stale orders on orders_status_idx, and the last ones the fresh pending orders after them,
+    under either plan. With ``status = 'pending' and id > @after_id ... order by id``: orders_pkey
+    from the cursor, the status a filter, 4,000 rows for a batch of 200 under the generic plan, and
+    every order after the cursor for the last batches under a custom plan too (4,000 and 2,000)."""
+    buyers = await make_crowd(db, 100)
+    await db.execute(
+        "insert into orders (user_id, status, total, currency, created_at, updated_at)"
+        " select (%(buyers)s::bigint[])[1 + n %% 100],"
+        "  (case when n %% 20 = 0 then 'pending' else 'paid' end)::order_status, 10, 'EUR', at, at"
+        " from generate_series(1, %(count)s) n,"
+        "  lateral (select now() - interval '3 hours' - (%(count)s - n) * interval '3 minutes' as at) t",
+        {"buyers": buyers, "count": STALE_HISTORY},
+    )
+    await db.execute(
+        "insert into orders (user_id, status, total, currency, created_at, updated_at)"
+        " select (%(buyers)s::bigint[])[1 + n %% 100],"
+        "  (case when n %% 60 = 0 then 'pending' else 'paid' end)::order_status, 10, 'EUR', at, at"
+        " from generate_series(1, 2000) n, lateral (select now() - (2000 - n) * interval '1 second' as at) t",
+        {"buyers": buyers},
+    )
+    await db.execute("analyze orders")
+    cutoff: datetime = await scalar(db, "select now() - interval '1 hour'")
+    rows = await (
+        await db.execute(
+            "select id from orders where status = 'pending' and created_at < %s order by id", (cutoff,)
+        )
+    ).fetchall()
+    stale = [row[0] for row in rows]
+    fresh = await scalar(
+        db, "select count(*) from orders where status = 'pending' and created_at >= %s", cutoff
+    )
+    assert (len(stale), fresh) == (STALE_HISTORY // 20, 33)
+
+    problems = []
+    for after_id, found, most in (
+        (0, 200, 200),
+        (stale[499], 200, 200),
+        (stale[-101], 100, 100 + fresh),
+        (stale[-1], 0, fresh),
+    ):
+        for label, run in (("custom", run_custom), ("generic", run_generic)):
+            measured = await run(db, queries.LIST_STALE_PENDING_ORDERS, (after_id, cutoff, 200))
+            read = rows_read(measured, "orders")
+            indexes = {node.get("Index Name") for node in plan_scans(measured, "orders")}
+            if measured["Actual Rows"] != found or read > most or indexes != {"orders_status_idx"}:
+                problems.append(
+                    f"after {after_id}, {label}: {read} read for {found} (at most {most}); {indexes}"
+                )
+    assert problems == []
+
+    # and the batches, each after the last one's last order, are the stale orders in id order
+    listed: list[int] = []
+    while batch := await queries.list_stale_pending_orders(
+        db, after_id=listed[-1] if listed else 0, created_before=cutoff, batch_size=200
+    ):
+        listed += batch
+    assert listed == stale
