@@ -504,6 +504,30 @@ async def test_a_hung_valkey_fails_open_or_closed_within_valkey_timeout(
         await wait_until(limiting, 10, "limiting resumes")
 
 
+@pytest.mark.parametrize("refused_by", ["rate-limit", "login-throttle"])
+async def test_the_dashboards_sign_in_answers_an_outage_503_as_its_page(
+    settings: Settings, controlled_valkey: ControlledValkey, refused_by: str
+) -> None:
+    """With Valkey down and ``auth`` failing closed, ``POST /saq/login`` is refused before it is tried:
+    by the route layer's ``auth`` limit, or, rate limits disabled, by the login throttle. A person in a
+    browser reads the sign-in page and when to retry (its 429 is the page too), not problem+json."""
+    limits = {"rate_limit_enabled": refused_by == "rate-limit"}
+    async for client in build_client(settings, valkey_url=controlled_valkey.url, **OUTAGE, **limits):
+        controlled_valkey.stop()
+        try:
+            refused = await sign_in(client, unique_email("saq-outage"), "wrong")
+        finally:
+            controlled_valkey.start()
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "Sign-in is briefly unavailable; try again shortly." in refused.text
+        assert '<form method="post" action="/saq/login">' in refused.text
+        assert int(refused.headers["retry-after"]) > 0
+        assert refused.headers["cache-control"] == "no-store"
+        assert "default-src 'none'" in refused.headers["content-security-policy"]
+        assert "set-cookie" not in refused.headers
+
+
 # -- leases: fewer round trips, same quotas ---------------------------------------------------------
 
 

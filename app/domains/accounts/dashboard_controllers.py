@@ -35,9 +35,10 @@ from litestar.status_codes import (
     HTTP_401_UNAUTHORIZED,
     HTTP_403_FORBIDDEN,
     HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_503_SERVICE_UNAVAILABLE,
 )
 
-from app.core.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
+from app.core.errors import ForbiddenError, ServiceUnavailableError, TooManyRequestsError, UnauthorizedError
 from app.core.gate import AUTHENTICATE_OPT
 from app.core.routing import Controller
 from app.domains.accounts.dashboard_tokens import (
@@ -70,6 +71,9 @@ _NO_STORE = CacheControlHeader(no_store=True)
 FORM_MEDIA_TYPE = RequestEncodingType.URL_ENCODED.value
 """What the page's form sends (it declares no ``enctype``); any other body is not a sign-in."""
 UNREADABLE_FORM = "The sign-in could not be read; enter your email and password in this form."
+UNAVAILABLE = "Sign-in is briefly unavailable; try again shortly."
+"""The page's word for any 503 of the sign-in (rate limits or the login throttle failing closed with
+Valkey down, the password checks all busy): a person needs when, not which service."""
 
 
 def sign_in_page(message: str | None = None, email: str = "") -> str:
@@ -136,6 +140,17 @@ def _rate_limited(request: Request[Any, Any, Any], exc: TooManyRequestsError) ->
     )
 
 
+def _unavailable(request: Request[Any, Any, Any], exc: ServiceUnavailableError) -> Response[str]:
+    """A 503 of the sign-in: the route layer's ``auth`` limit failing closed with Valkey down (before
+    the handler runs), or the login throttle's, or the password checks' bound. 503 and the page with
+    the answer's ``Retry-After``, never stored: the API's problem+json was no page for a browser."""
+    return _page(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        UNAVAILABLE,
+        headers={**exc.headers, _NO_STORE.HEADER_NAME: _NO_STORE.to_header()},
+    )
+
+
 class DashboardSignInController(Controller):
     """The sign-in page, the sign-in and the sign-out of the SAQ dashboard."""
 
@@ -168,8 +183,14 @@ class DashboardSignInController(Controller):
         "throttled and rate-limited (`auth`) like `POST /api/auth/login`, 429 and the page with "
         "`Retry-After`); a member: 403 "
         "and the page. A body that is not the form (another content type, unknown fields, values past "
-        "the form's limits): 400 and the page, repeating nothing that was sent.",
-        exception_handlers={ValidationException: _unreadable_form, TooManyRequestsError: _rate_limited},
+        "the form's limits): 400 and the page, repeating nothing that was sent. Sign-in unavailable "
+        "(Valkey down with `RATE_LIMIT_AUTH_FAIL_CLOSED`, or every password check busy): 503 and the "
+        "page with `Retry-After`.",
+        exception_handlers={
+            ValidationException: _unreadable_form,
+            TooManyRequestsError: _rate_limited,
+            ServiceUnavailableError: _unavailable,
+        },
     )
     async def sign_in(
         self, request: Request[Any, Any, Any], data: SignInForm, accounts: Accounts
