@@ -77,6 +77,24 @@ def _code_etag(start: HTTPResponseStartEvent) -> None:
     ]
 
 
+def _vary_once(start: HTTPResponseStartEvent) -> None:
+    """One ``Vary`` line naming each field once. Litestar's compressor appends ``Accept-Encoding`` to
+    whatever ``Vary`` the handler sent, so an answer that negotiates its coding itself (``GzipAsset``'s
+    plain form, encoded here as brotli) said ``Vary: Accept-Encoding,Accept-Encoding``."""
+    headers = start.get("headers", ())
+    lines = [value for name, value in headers if name.lower() == b"vary"]
+    if not lines:
+        return
+    fields: dict[bytes, bytes] = {}  # by the lowercase name (field names are case-insensitive), as written
+    for line in lines:
+        for token in line.split(b","):
+            if token := token.strip():
+                fields.setdefault(token.lower(), token)
+    start["headers"] = [(name, value) for name, value in headers if name.lower() != b"vary"] + [
+        (b"vary", b", ".join(fields.values()))
+    ]
+
+
 def is_encoded(start: HTTPResponseStartEvent) -> bool:
     """Whether the response started by ``start`` already carries a content coding (``identity`` is none)."""
     return any(
@@ -87,7 +105,8 @@ def is_encoded(start: HTTPResponseStartEvent) -> bool:
 
 class EncodedResponsePassThrough(CompressionMiddleware):
     """``CompressionMiddleware`` for every response except those that already have a Content-Encoding;
-    the strong ``ETag`` of a response it encodes is given the coding (``coded_etag``).
+    the strong ``ETag`` of a response it encodes is given the coding (``coded_etag``), and its ``Vary``
+    names ``Accept-Encoding`` once (``_vary_once``).
 
     Use it as ``CompressionConfig(middleware_class=EncodedResponsePassThrough, ...)``.
     """
@@ -106,6 +125,7 @@ class EncodedResponsePassThrough(CompressionMiddleware):
             # the body (it decides on the first body message), since the handler's carried none.
             if message["type"] == "http.response.start":
                 _code_etag(message)
+                _vary_once(message)
             await send(message)
 
         async def send_wrapper(message: Message) -> None:

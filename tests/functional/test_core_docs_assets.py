@@ -106,6 +106,36 @@ async def test_plain_dashboard_script_is_still_compressed_for_a_browser(client: 
     assert decoded.content == fixed_app_js((SAQ_STATIC / "app.js").read_text()).encode()
 
 
+NEGOTIATED_ASSETS = [
+    *(f"/saq/static/{name}" for name in DASHBOARD_GZIPPED),
+    *(f"/schema/assets/{SWAGGER_UI_DIR.name}/{name}" for name in ["swagger-ui-bundle.js", "swagger-ui.css"]),
+]
+"""Answers whose own handler negotiates the coding (``GzipAsset``) and says ``Vary: Accept-Encoding``."""
+
+
+@pytest.mark.parametrize("path", [*NEGOTIATED_ASSETS, "/saq/static/app.js", "/schema/openapi.json"])
+@pytest.mark.parametrize("accept_encoding", ["br", "gzip", None, BROWSER_ACCEPT_ENCODING])
+async def test_vary_names_accept_encoding_once(
+    client: Client, path: str, accept_encoding: str | None
+) -> None:
+    """A plain asset the compression layer encodes as brotli answered ``Vary: Accept-Encoding,
+    Accept-Encoding``: the asset said it and the layer added it again. Read as sent: every ``Vary``
+    line, each token."""
+    request = client.build_request("GET", path)
+    if accept_encoding is None:
+        request.headers.pop("accept-encoding", None)
+    else:
+        request.headers["accept-encoding"] = accept_encoding
+    response = await client.send(request)
+    assert response.status_code == 200, path
+    tokens = [
+        token.strip().lower() for line in response.headers.get_list("vary") for token in line.split(",")
+    ]
+    assert len(tokens) == len(set(tokens)), response.headers.get_list("vary")
+    if path in NEGOTIATED_ASSETS or "content-encoding" in response.headers:
+        assert tokens == ["accept-encoding"], response.headers.get_list("vary")
+
+
 BIG_TEXT = b"already encoded by the handler " * 200
 
 
