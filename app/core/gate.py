@@ -13,17 +13,18 @@ costs one attribute test per request.
   ``/schema``), routes with ``opt={"authenticate": False}``, and routes that opted out of rate limits
   (``opt={"rate_limit": None}``, e.g. the page-view ingest, which keys its own limits by site) and
   neither declare guards nor take ``current_user`` (directly or through a dependency).
-  ``opt={"authenticate": True}`` forces it. On a route with a rate-limit policy, a refused token is
-  charged before its 401, to the client address's key under that policy (the key of the address's
-  anonymous requests; a valid user's own key is untouched): each check costs a signature, and while
-  the revocation listener is disconnected a query for a validly signed token, and bad tokens were
-  checked without limit. Over that quota the answer is the 429, not the 401: a 429 can hide a 401
-  for a bad token. The token was checked all the same (the refusal is known only then), but the
-  address has spent its quota and is answered as its anonymous requests are, with a ``Retry-After``
-  to wait rather than a 401 to act on at once; the usual answer to a 401, a refresh, is limited
-  under that same address key. No 400 is hidden so: the token is checked before the request is
-  validated, so a bad token is a 401 whatever its parameters. With Valkey down the 401 is answered
-  (it lets nothing through: neither fail-open nor a 503 applies).
+  ``opt={"authenticate": True}`` forces it. A refused token is charged before its 401, to the client
+  address's key (the key of the address's anonymous requests; a valid user's own key is untouched)
+  under the route's policy, or ``default`` on a route that authenticates without one (logout, the
+  dashboard: a valid caller is never limited there, a refused token is; ``refused_token_policy``):
+  each check costs a signature, and while the revocation listener is disconnected a query for a
+  validly signed token, and bad tokens were checked without limit. Over that quota the answer is the
+  429, not the 401: a 429 can hide a 401 for a bad token. The token was checked all the same (the
+  refusal is known only then), but the address has spent its quota and is answered as its anonymous
+  requests are, with a ``Retry-After`` to wait rather than a 401 to act on at once; the usual answer
+  to a 401, a refresh, is limited under that same address key. No 400 is hidden so: the token is
+  checked before the request is validated, so a bad token is a 401 whatever its parameters. With
+  Valkey down the 401 is answered (it lets nothing through: neither fail-open nor a 503 applies).
 - Rate limits (``app.core.ratelimit``): by the route's ``opt["rate_limit"]`` policy (``default``
   when absent, none for ``None``), per caller (or per client address). Under ``EXEMPT_PATHS`` only
   the default is dropped: a route there that names its policy keeps it (the dashboard's sign-in,
@@ -115,6 +116,8 @@ Authenticate = Callable[[str], Awaitable[CurrentUser]]
 class RoutePlan:
     authenticate: bool = False
     policy: Policy | None = None
+    token_policy: Policy | None = None
+    """What a refused bearer token is charged under (``refused_token_policy``)."""
     policy_header: tuple[bytes, bytes] | None = None
     same_origin: bool = False
     compress: bool = False
@@ -174,6 +177,15 @@ def rate_limit_policy(handler: BaseRouteHandler, path: str) -> str | None:
     return None if _under((path,), EXEMPT_PATHS) else DEFAULT_POLICY
 
 
+def refused_token_policy(handler: BaseRouteHandler, path: str) -> str | None:
+    """The name of the policy a bearer token refused on ``handler`` serving ``path`` is charged under,
+    rate limits enabled (see the module's docstring): the route's own, else ``default``, since every
+    token checked costs the same wherever it is read; None where the gate reads no token."""
+    if not authenticates(handler, path):
+        return None
+    return rate_limit_policy(handler, path) or DEFAULT_POLICY
+
+
 @dataclass
 class GateConfig:
     """Everything the route layer needs, built once by ``create_app``."""
@@ -217,21 +229,25 @@ class GateConfig:
 
     def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
         paths = (path,)
-        policy_name = rate_limit_policy(handler, path)
-        policy = None
-        if policy_name is not None and self.rate_limits_enabled:
-            policy = self.policies.get(policy_name)
-            if policy is None:
-                raise ValueError(f"unknown rate-limit policy {policy_name!r} in the opt of {handler}")
+        policy = self._policy(rate_limit_policy(handler, path), handler)
         methods: set[str] = set(getattr(handler, "http_methods", ()))
         return RoutePlan(
             authenticate=authenticates(handler, path),
             policy=policy,
+            token_policy=self._policy(refused_token_policy(handler, path), handler),
             policy_header=(b"ratelimit-policy", policy_header(policy).encode()) if policy else None,
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
             compress=self.compression is not None and not _under(paths, self.compression_exclude),
             measure=self.metrics is not None and all(self.metrics.measures(path) for path in paths),
         )
+
+    def _policy(self, name: str | None, handler: BaseRouteHandler) -> Policy | None:
+        if name is None or not self.rate_limits_enabled:
+            return None
+        policy = self.policies.get(name)
+        if policy is None:
+            raise ValueError(f"unknown rate-limit policy {name!r} in the opt of {handler}")
+        return policy
 
 
 class RouteGate:
@@ -267,8 +283,8 @@ class RouteGate:
                 try:
                     scope["user"] = await self._caller(scope)
                 except UnauthorizedError as refused:
-                    if plan.policy is not None:
-                        await self._charge_refused_token(plan.policy, scope, refused)
+                    if plan.token_policy is not None:
+                        await self._charge_refused_token(plan.token_policy, scope, refused)
                     raise
             if plan.same_origin and scope["method"] not in SAFE_METHODS:
                 _require_same_origin(scope)
@@ -395,4 +411,12 @@ def _require_same_origin(scope: Scope) -> None:
         raise ForbiddenError("Changes from the job dashboard must come from the dashboard's own page.")
 
 
-__all__ = ["AUTHENTICATE_OPT", "GateConfig", "RouteGate", "RoutePlan", "authenticates", "rate_limit_policy"]
+__all__ = [
+    "AUTHENTICATE_OPT",
+    "GateConfig",
+    "RouteGate",
+    "RoutePlan",
+    "authenticates",
+    "rate_limit_policy",
+    "refused_token_policy",
+]

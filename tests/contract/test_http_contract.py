@@ -25,9 +25,8 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.gate import authenticates, rate_limit_policy
+from app.core.gate import authenticates, rate_limit_policy, refused_token_policy
 from app.core.pagination import InvalidCursorError, cursor_pattern, decode_cursor, encode_cursor
-from app.core.ratelimit import DEFAULT_POLICY, OPT_KEY
 from app.db import accounts as account_queries
 from app.db import sites as site_queries
 from app.db.models import UserRole
@@ -106,8 +105,8 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
     """401 wherever the gate looks at a bearer token (``app.core.gate.authenticates``), 404 where the
     path has an integer id (an unknown one, or a segment that is no canonical integer; a route named
     by a string documents its own 404s where it answers them), 429 where a limiter applies (the
-    gate's, where ``app.core.gate.rate_limit_policy`` names one; the ingest routes keep their own),
-    400/500/503 everywhere."""
+    gate's, where ``app.core.gate.rate_limit_policy`` names one, or where a refused token is charged,
+    ``refused_token_policy``: logout; the ingest routes keep their own), 400/500/503 everywhere."""
     handlers = route_handlers(app)
     with_int_ids = {
         route.path_format
@@ -122,7 +121,8 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
             expected.add("401")
         if path in with_int_ids:
             expected.add("404")
-        if rate_limit_policy(handlers[path, method], path) is not None:
+        handler = handlers[path, method]
+        if rate_limit_policy(handler, path) is not None or refused_token_policy(handler, path) is not None:
             expected.add("429")
         if lacking := expected - documented:
             missing.append(f"{method.upper()} {path}: {sorted(lacking)}")
@@ -130,13 +130,15 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
 
 
 def test_routes_exempt_from_the_limiter_document_no_429_unless_they_keep_their_own(app: Litestar) -> None:
-    """Logout and the payment webhook are never rate-limited: a documented 429 would be a false
-    promise. The page-view ingest is exempt from the gate's limiter because it keeps its own."""
+    """The payment webhook is never rate-limited (nor does it read a token): a documented 429 would be
+    a false promise. The page-view ingest is exempt from the gate's limiter because it keeps its own.
+    (Logout is never limited either, but a refused token is charged there, and its 429 documented.)"""
     handlers = route_handlers(app)
     exempt = sorted(
         f"{method.upper()} {path}"
         for path, method, operation in operations(app)
-        if (handlers[path, method].opt or {}).get(OPT_KEY, DEFAULT_POLICY) is None
+        if rate_limit_policy(handlers[path, method], path) is None
+        and refused_token_policy(handlers[path, method], path) is None
         and "429" in operation["responses"]
     )
     assert exempt == ["POST /api/page-views", "POST /api/page-views/batch"], exempt

@@ -424,6 +424,30 @@ async def test_requests_with_a_refused_token_spend_their_addresss_quota(
     assert keys == {"rl:default:u:43", "rl:default:ip:198.51.100.80"}
 
 
+@pytest.mark.parametrize(("method", "path"), [("POST", "/api/auth/logout"), ("GET", "/saq/api/queues")])
+async def test_a_refused_token_is_charged_on_routes_without_a_limit(
+    rl_client: Client, fresh: Valkey, db: AsyncConnection[Any], method: str, path: str
+) -> None:
+    """Logout is never limited (a thief spending the user's quota must not keep the owner signed in),
+    nor is the dashboard (its polling), but their bad tokens cost a signature check each, as anywhere,
+    and went uncharged: 401 without end. A refused token spends its address's ``default`` quota there
+    too, then gets the 429; a valid token from that address is still never limited."""
+    admin = await make_user(db, rl_client.app, UserRole.ADMIN)
+    peer = {"x-test-peer": "198.51.100.81"}
+    refused = {"authorization": "Bearer x.y.z", **peer}
+    for remaining in (2, 1, 0):
+        response = await rl_client.request(method, path, headers=refused)
+        assert_problem(response, 401, "unauthorized")
+        assert rate_limit(response)[:2] == ("default-minute", remaining)
+    assert_rate_limited(await rl_client.request(method, path, headers=refused), "default-minute")
+    # The address has no quota left; its valid caller is not limited here (nor charged).
+    valid = await rl_client.request(method, path, headers={**admin.headers, **peer})
+    assert valid.status_code in (200, 204), valid.text
+    assert "ratelimit" not in valid.headers
+    keys = {key.decode().split(":m:")[0] for key in await fresh.keys("rl:*:m:*")}
+    assert keys == {"rl:default:ip:198.51.100.81"}
+
+
 OUTAGE = {"valkey_timeout_s": 0.5, "rate_limit_auth_fail_closed": True, "rate_limit_warn_interval_s": 3600.0}
 """Settings of the apps whose Valkey fails: a short client timeout, auth limits failing closed."""
 

@@ -49,7 +49,8 @@ keyed by the user and so shared by all their sessions, a thief's token spent it 
 owner's password change (which would sign the thief out) answered 429. PATCH /me's check of the
 current password stays under the login throttle (``AccountService.update_me``)."""
 SIGNING_OUT = {"rate_limit": None}
-"""Logging out is never refused for a quota: ending a session must always be possible."""
+"""Logging out is never refused for a quota: ending a session must always be possible. A refused token
+is charged all the same (``app.core.gate.refused_token_policy``: ``default``, to the address)."""
 
 
 class AuthController(Controller):
@@ -145,9 +146,18 @@ class AuthController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         guards=[requires_user],
         summary="Revoke the current session",
-        description="Never refused for a rate limit.",
+        description="Never refused for a rate limit with a valid token. A refused token (401) spends "
+        "the client address's `default` quota, as on every route that reads one; past it, 429 instead.",
         security=BEARER,
-        responses=problems(401, 503),
+        responses={
+            **problems(401, 503),
+            429: ResponseSpec(
+                Problem,
+                description="Only for a refused token: its address spent its `default` quota on refused "
+                "tokens and anonymous requests; see Retry-After",
+                media_type="application/problem+json",
+            ),
+        },
         opt=SIGNING_OUT,
     )
     async def logout(
