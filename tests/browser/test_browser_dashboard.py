@@ -1,6 +1,7 @@
 """The SAQ dashboard in a real browser: an admin signs in through the dashboard's form and sees the
 queues, signs out and is sent back to the sign-in page; a member gets 403, anyone else the sign-in
-page (never the browser's password prompt: no more HTTP Basic).
+page (never the browser's password prompt: no more HTTP Basic); a sign-in refused while Valkey is
+down (503) is the sign-in page too.
 
 Every page is watched (``watched_page``): a script or style the dashboard's Content-Security-Policy
 (or the sign-in page's) blocks is a console error, and fails ``assert_clean``.
@@ -8,6 +9,9 @@ Every page is watched (``watched_page``): a script or style the dashboard's Cont
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from app.db.models import User, UserRole
 from tests.browser.conftest import Watch, WatchedPage
 from tests.factories import PASSWORD, create_user, saq_queues
 from tests.served import ServerProcess
+from tests.valkey_control import ControlledValkey
 
 QUEUES = ["orders", "feed", "default", "github"]
 RENDER_TIMEOUT_MS = 30_000
@@ -208,3 +213,35 @@ async def test_wrong_password_is_refused(
     await expect(watch.page.get_by_role("alert")).to_have_text("Invalid email or password.")
     assert await watch.page.context.cookies() == []
     assert_clean_but_the_pages_status(watch, 401)
+
+
+async def test_sign_in_while_valkey_is_down_shows_the_page(
+    database_url: str, controlled_valkey: ControlledValkey, tmp_path: Path, watched_page: WatchedPage
+) -> None:
+    """With ``RATE_LIMIT_AUTH_FAIL_CLOSED`` and Valkey down the sign-in is refused 503: the person sees
+    the sign-in page saying so, not a problem+json document."""
+    passed = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+    env = {"RATE_LIMIT_AUTH_FAIL_CLOSED": "true", "VALKEY_TIMEOUT_S": "0.5", **passed}
+    server = ServerProcess(database_url, controlled_valkey.url, tmp_path, workers=1, env=env)
+    server.start()
+    try:
+        server.wait_ready_sync()
+        watch = await watched_page()
+        opened = await watch.page.goto(f"{server.base}/saq/login")
+        assert opened is not None and opened.status == 200
+        controlled_valkey.stop()
+        await watch.page.get_by_label("Email").fill("someone@example.com")
+        await watch.page.get_by_label("Password").fill("whatever it is")
+        async with watch.page.expect_navigation() as navigated:
+            await watch.page.get_by_role("button", name="Sign in").click()
+        response = await navigated.value
+        assert response is not None and response.status == 503
+        assert watch.page.url == f"{server.base}/saq/login"
+        await expect(watch.page.get_by_role("alert")).to_have_text(
+            "Sign-in is briefly unavailable; try again shortly."
+        )
+        await expect(watch.page.get_by_role("button", name="Sign in")).to_be_visible()
+        assert await watch.page.context.cookies() == []
+        assert_clean_but_the_pages_status(watch, 503)
+    finally:
+        server.kill(signal.SIGTERM)
