@@ -8,11 +8,20 @@ keyed by the UTC hour of ``ts``: a late row (``ts`` up to 24 h old) is added to 
 ``received_at`` is rolled up.
 
 The job (``rollup``) moves W one hour of ``received_at`` per transaction, up to the last complete hour
-that ended at least ``ROLLUP_GRACE`` ago: the ingest stamps ``received_at`` before its batch is
-copied, so a row stamped before the new W must have committed by then (the sink answers within
-seconds; a request that waits longer fails and its retry is stamped anew). A row committed later than
-that would be missed by both halves. An advisory lock keeps concurrent runs apart, and the watermark
-moves in the transaction that adds the hour, so a run that fails or repeats adds nothing twice.
+that ended at least ``ROLLUP_GRACE`` (``ROLLUP_GRACE_S``, 10 minutes) ago: the ingest stamps
+``received_at`` when it handles the request, before the row waits in the sink's queue and write, so a
+row stamped before the new W must have committed by then. A row committed later than that would be
+missed by both halves (stored, yet in no report). The wait is bounded by the sink's settings, not by
+the request: a request cancelled or given up by its client is still written with its batch and its
+stamp. ``app.config.sink_commit_bound_s`` bounds it (with ``SINK_MAX_PENDING``, ``SINK_BATCH_SIZE``,
+``SINK_FLUSHERS``, ``SINK_MAX_WAIT_MS`` and ``DATABASE_TIMEOUT_S``: 500 s with the defaults), and
+``load_settings`` refuses settings whose bound reaches ``ROLLUP_GRACE_S`` less ``INGEST_MARGIN_S``
+(a minute for the steps between the stamp and the queue, and clock skew). The stamp stays the
+request's, not the write's: ``ts`` is clamped to at most 24 hours before the same clock reading, and
+the rollup and the raw half prune partitions by that (``ts >= received_from - 24 hours``); a stamp
+taken after the queue could be further from a late ``ts`` than that.
+An advisory lock keeps concurrent runs apart, and the watermark moves in the transaction that adds the
+hour, so a run that fails or repeats adds nothing twice.
 
 Periods are local days of a time zone (the site's by default). Rollup hours that do not lie inside
 one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata) are read raw.
@@ -52,6 +61,7 @@ import structlog
 from litestar.exceptions import ValidationException
 from psycopg import AsyncConnection
 
+from app.config import ROLLUP_GRACE_S
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
 from app.core.db import Database, UnitOfWork, purge_tables
@@ -80,7 +90,7 @@ from app.domains.sites.services import SiteService
 log = structlog.get_logger("app.reports")
 T = TypeVar("T")
 
-ROLLUP_GRACE = timedelta(minutes=10)
+ROLLUP_GRACE = timedelta(seconds=ROLLUP_GRACE_S)
 ROLLUP_CHUNK = timedelta(hours=1)
 ROLLUP_STATEMENT_TIMEOUT = "5min"
 PURGE_CHUNK = 10_000
@@ -543,8 +553,9 @@ class ReportService:
         does not include its ``ts`` any more, so by ``ts`` it would never be counted. By
         ``received_at`` each view falls in exactly one period: a late one in the report of the period
         it arrived in. Shifted by ``ROLLUP_GRACE`` for the watermark's reason: a row is stamped before
-        its batch commits, within that grace; a report computed right at ``until`` might not yet see
-        a row stamped just before it, which the next period would not include either.
+        its batch commits, within that grace (``app.config.sink_commit_bound_s``); a report computed
+        right at ``until`` might not yet see a row stamped just before it, which the next period would
+        not include either.
 
         Raw rows, not the rollups: those are keyed by the hour of ``ts`` and cannot tell when a view
         arrived. The raw rows of the last day are always there (``ANALYTICS_RETENTION_DAYS`` >= 2), and
