@@ -39,6 +39,15 @@ and no queue that drains one deadline per batch. Every write has a deadline (``D
 ``writers.py``), so a database that stops answering (a frozen host) answers 503 within about one
 deadline of a request's arrival, however deep the queue, instead of keeping its requests waiting; a
 write that timed out is never acknowledged. Requests that arrive after the failure are tried again.
+
+How long an accepted row waits. A database that is slow but answers every write within its deadline
+drains the queue one batch per write and flusher: a row waits for the batches in flight and queued
+before it (a request cancelled meanwhile included: its rows are written all the same, with the
+``received_at`` they were stamped with on arrival). ``app.config.sink_commit_bound_s`` bounds that
+wait from ``SINK_MAX_PENDING``, ``SINK_BATCH_SIZE``, ``SINK_FLUSHERS``, ``SINK_MAX_WAIT_MS`` and
+``DATABASE_TIMEOUT_S`` (500 s with the defaults), and the settings are refused when it could reach
+the analytics rollup's grace (``ROLLUP_GRACE_S`` less ``INGEST_MARGIN_S``): a row committed after the
+rollup passed the hour of its ``received_at`` would be stored and counted by no report.
 """
 
 from __future__ import annotations
@@ -161,7 +170,7 @@ class PageViewSink:
         self._pending_rows += count
         self._queued_rows += count
         self._wake.set()
-        await future  # cancelled with its request, the row is still written with its batch
+        await future  # cancelled with its request, the row is still written with its batch (and stamp)
 
     async def close(self) -> None:
         """Refuse new rows, write every accepted one, stop the flushers, close the writer."""
