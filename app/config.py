@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import math
 import os
 import re
 import secrets
@@ -46,8 +45,11 @@ AppEnv = Literal["development", "test", "production"]
 ROLLUP_GRACE_S = 600
 """How long after an hour of ``received_at`` ends the analytics rollup adds that hour and moves its
 watermark past it (``ROLLUP_GRACE``, ``app.domains.reports.services``). A page view stamped in the hour
-that commits later is counted by no report: the sink's settings are refused when a view may wait that
-long (``sink_commit_bound_s``)."""
+that commits later is counted by no report (``sink_commit_bound_s``)."""
+SINK_MAX_QUEUE_S = 60
+"""The longest a page-view request waits in the ingest sink's queue: one a flusher reaches later is
+answered 503 unwritten (``app.domains.pageviews.sink``), so no queue depth lets a view commit past the
+rollup's grace."""
 INGEST_MARGIN_S = 60
 """What the grace keeps beyond ``sink_commit_bound_s``: the steps between a view's stamp and its
 queueing (its batch's site keys, the day's salt, the site's quota lease), and the skew between the
@@ -484,15 +486,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
     if (bound := sink_commit_bound_s(settings)) + INGEST_MARGIN_S >= ROLLUP_GRACE_S:
-        s = settings
         raise SettingsError(
-            f"a page view may wait up to {bound:,.0f} s in the ingest sink before it is stored "
-            f"(SINK_MAX_PENDING {s.sink_max_pending} rows in batches of SINK_BATCH_SIZE {s.sink_batch_size}, "
-            f"SINK_FLUSHERS {s.sink_flushers} at a time, each after a linger of SINK_MAX_WAIT_MS "
-            f"{s.sink_max_wait_ms:g} ms and within 2 x DATABASE_TIMEOUT_S {s.database_timeout_s:g} s): it "
-            f"must stay below {ROLLUP_GRACE_S - INGEST_MARGIN_S} s, or the analytics rollup may pass the "
-            "view's hour before it commits and no report would count it. Lower SINK_MAX_PENDING, "
-            "DATABASE_TIMEOUT_S or SINK_MAX_WAIT_MS, or raise SINK_BATCH_SIZE or SINK_FLUSHERS"
+            f"DATABASE_TIMEOUT_S {settings.database_timeout_s:g} s is too long for the page-view ingest: a "
+            f"view may wait {SINK_MAX_QUEUE_S} s in its queue and then two such deadlines in its write "
+            f"({bound:,.0f} s in all), which must stay below {ROLLUP_GRACE_S - INGEST_MARGIN_S} s, or the "
+            "analytics rollup may pass the view's hour before it commits and no report would count it"
         )
     if settings.file_temp_max_age_s < 2 * settings.file_upload_lease_s:
         raise SettingsError(
@@ -507,27 +505,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
 
 def sink_commit_bound_s(settings: Settings) -> float:
-    """The longest a page view may wait in the ingest sink (``app.domains.pageviews.sink``), from its
-    queueing to its commit, under ``settings``; ``load_settings`` refuses a bound that leaves less than
-    ``INGEST_MARGIN_S`` of ``ROLLUP_GRACE_S``.
-
-    A view waits for the batches in flight when it is queued (one per flusher, written side by side),
-    then for the batches taken before its own, then for its own. Pending rows (queued or being
-    written) number at most ``SINK_MAX_PENDING``, its own included, and a batch takes at most
-    ``SINK_BATCH_SIZE`` rows; it stops short only when the next request's views do not fit, so two
-    consecutive batches taken while the view waits hold more than ``SINK_BATCH_SIZE`` rows: fewer than
-    ``2 * ceil(SINK_MAX_PENDING / SINK_BATCH_SIZE)`` of them (and never more than one per row), taken
-    ``SINK_FLUSHERS`` at a time. Each batch lingers ``SINK_MAX_WAIT_MS`` at most, and is written within
-    two deadlines of ``DATABASE_TIMEOUT_S``: its write, and the one statement more that writes it again
-    after a retried event id or without a deleted site's rows (or asyncpg's connect before its
-    statement). A write that fails, its deadline included, adds nothing: it answers every queued
-    request 503 at once. Not counted: a batch PostgreSQL refuses for its data (which the ingest's
-    checks leave to bugs) is split, and each part written within deadlines of its own.
-    """
-    pending, size = settings.sink_max_pending, settings.sink_batch_size
-    queued = min(pending, 2 * math.ceil(pending / size) - 1)  # the batches taken after it is queued
-    batches = 1 + math.ceil(queued / settings.sink_flushers)  # and those in flight then
-    return batches * (2 * settings.database_timeout_s + settings.sink_max_wait_ms / 1000)
+    """The longest a page view may take from its queueing in the ingest sink to its commit: at most
+    ``SINK_MAX_QUEUE_S`` in the queue (a request found older when a flusher takes its batch is answered
+    503 unwritten), then its batch's write within two deadlines of ``DATABASE_TIMEOUT_S`` (the write,
+    and the one statement more that writes it again after a retried event id or without a deleted
+    site's rows, or asyncpg's connect before its statement). A write that fails, its deadline included,
+    commits nothing. Not counted: a batch PostgreSQL refuses for its data (which the ingest's checks
+    leave to bugs) is split, and each part written within deadlines of its own."""
+    return SINK_MAX_QUEUE_S + 2 * settings.database_timeout_s
 
 
 def _refuse_public_defaults(settings: Settings, explicit_key: bool) -> None:

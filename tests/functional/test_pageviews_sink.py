@@ -464,3 +464,44 @@ async def test_an_outage_answers_every_queued_request_after_one_write(
     finally:
         writer.release.set()
         await sink.close()
+
+
+async def test_a_request_queued_past_the_limit_is_answered_503_unwritten(
+    writer: CountingWriter, db: AsyncConnection[Any]
+) -> None:
+    """A write holds the flusher (a slow database) while requests queue; when it commits, those that
+    waited longer than ``max_queue_s`` (by the sink's clock, moved by hand) are answered 503 and not
+    written, the younger ones behind them are written, and the pending count is back to zero. Such a
+    row, stamped on arrival, could otherwise commit after the rollup passed its hour."""
+    gated = GatedWriter(writer.inner)
+    now = [1000.0]
+    sink = PageViewSink(
+        gated, batch_size=100, max_pending=1000, flushers=1, max_queue_s=60, clock=lambda: now[0]
+    )
+    await sink.start()
+    try:
+        blocker = asyncio.create_task(sink.submit([row(path="/blocker")]))
+        await until(gated.entered.is_set, "the blocker's write has started")
+        old = [
+            asyncio.create_task(sink.submit([row(path=f"/old/{i}"), row(path=f"/old/{i}b")]))
+            for i in range(3)
+        ]
+        await until(lambda: sink.pending_rows == 7, "the old requests are queued")
+        now[0] += 45
+        young = asyncio.create_task(sink.submit([row(path="/young")]))
+        await until(lambda: sink.pending_rows == 8, "the young request is queued")
+        now[0] += 16  # the old ones have waited 61 s, the young one 16 s
+        gated.release.set()
+        await blocker
+        outcomes = await asyncio.gather(*old, return_exceptions=True)
+        await young
+        for outcome in outcomes:
+            assert isinstance(outcome, SinkFullError), outcome
+            assert outcome.status == 503 and outcome.headers == {"Retry-After": "1"}
+        paths = sorted(r[0] for r in await (await db.execute("select path from page_views")).fetchall())
+        assert paths == ["/blocker", "/young"]
+        assert sink.pending_rows == 0
+        await sink.submit([row(path="/after")])  # the sink keeps working
+        assert await stored(db) == 3
+    finally:
+        await sink.close()

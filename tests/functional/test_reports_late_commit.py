@@ -4,8 +4,9 @@ of its ``received_at`` stamp (``ROLLUP_GRACE``, ``app.reports.services``).
 The ingest stamps ``received_at`` when it handles the request (the same clock reading clamps ``ts``,
 which the rollup's partition pruning relies on), then the row waits in the sink's queue and in its
 write. A row that commits after the rollup moved the watermark past its hour is in neither half of a
-report: not rolled up, and older than the watermark. Such a wait is possible only under settings that
-let a queued view wait that long (``app.config.sink_commit_bound_s``); those are refused at start.
+report: not rolled up, and older than the watermark. The sink answers 503, unwritten, a request queued
+too long (``SINK_MAX_QUEUE_S``), so only a write deadline (``DATABASE_TIMEOUT_S``) could make the
+wait that long (``app.config.sink_commit_bound_s``); such a deadline is refused at start.
 
 The test holds the sink's write with a real lock on ``page_views`` and runs the rollup at the instant
 the held write could have reached under such settings (the rollup takes ``now``; the ingest's clock is

@@ -40,19 +40,23 @@ and no queue that drains one deadline per batch. Every write has a deadline (``D
 deadline of a request's arrival, however deep the queue, instead of keeping its requests waiting; a
 write that timed out is never acknowledged. Requests that arrive after the failure are tried again.
 
-How long an accepted row waits. A database that is slow but answers every write within its deadline
-drains the queue one batch per write and flusher: a row waits for the batches in flight and queued
-before it (a request cancelled meanwhile included: its rows are written all the same, with the
-``received_at`` they were stamped with on arrival). ``app.config.sink_commit_bound_s`` bounds that
-wait from ``SINK_MAX_PENDING``, ``SINK_BATCH_SIZE``, ``SINK_FLUSHERS``, ``SINK_MAX_WAIT_MS`` and
-``DATABASE_TIMEOUT_S`` (500 s with the defaults), and the settings are refused when it could reach
-the analytics rollup's grace (``ROLLUP_GRACE_S`` less ``INGEST_MARGIN_S``): a row committed after the
-rollup passed the hour of its ``received_at`` would be stored and counted by no report.
+How long an accepted row waits. Its ``received_at`` is stamped on arrival, and the analytics rollup
+passes an hour of ``received_at`` ``ROLLUP_GRACE_S`` after it ends: a row committed later is stored
+and counted by no report. A database that is slow but answers every write within its deadline drains
+the queue one batch per write and flusher, so the queue's depth alone would let a row wait as long as
+the settings allow (``SINK_MAX_PENDING`` / ``SINK_BATCH_SIZE`` writes of up to ``DATABASE_TIMEOUT_S``
+each, 500 s with the defaults). So a request queued for longer than ``SINK_MAX_QUEUE_S`` when a
+flusher reaches it is not written: it is answered 503 (``ingest-overloaded``, Retry-After), and its
+retry is stamped anew. From its stamp to its commit a row then waits at most that, plus its own
+write's two deadlines (``app.config.sink_commit_bound_s``), whatever the settings; ``load_settings``
+refuses a ``DATABASE_TIMEOUT_S`` that would reach the grace. A request cancelled meanwhile is written
+all the same, with its stamp, under the same bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -60,6 +64,7 @@ import psycopg
 import structlog
 from prometheus_client import Counter, Histogram
 
+from app.config import SINK_MAX_QUEUE_S
 from app.core.errors import ServiceUnavailableError, UnprocessableError
 from app.domains.pageviews.rows import Row
 from app.domains.pageviews.writers import SitesGoneError, Writer
@@ -74,6 +79,10 @@ BATCH_ROWS = Histogram(
 REFUSED = Counter("app_page_views_refused", "Page views refused because the sink was full")
 REFUSED_BY_DATABASE = Counter(
     "app_page_views_refused_by_database", "Page views PostgreSQL refused for their data (not stored)"
+)
+EXPIRED = Counter(
+    "app_page_views_expired_in_queue",
+    f"Page views answered 503 unwritten: queued for over {SINK_MAX_QUEUE_S} s (the database is slow)",
 )
 GONE = Counter("app_page_views_site_gone", "Page views refused at write time because their site was deleted")
 
@@ -113,11 +122,12 @@ def refused_for_data(exc: BaseException) -> bool:
 
 
 class _Group:
-    __slots__ = ("future", "rows")
+    __slots__ = ("future", "queued_at", "rows")
 
-    def __init__(self, rows: Sequence[Row], future: asyncio.Future[None]) -> None:
+    def __init__(self, rows: Sequence[Row], future: asyncio.Future[None], queued_at: float) -> None:
         self.rows = rows
         self.future = future
+        self.queued_at = queued_at
 
 
 class PageViewSink:
@@ -130,8 +140,12 @@ class PageViewSink:
         max_wait_s: float = 0.0,
         flushers: int = 1,
         on_sites_gone: Callable[[frozenset[int]], None] | None = None,
+        max_queue_s: float = SINK_MAX_QUEUE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.writer = writer
+        self.max_queue_s = max_queue_s
+        self._clock = clock
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.max_wait_s = max_wait_s
@@ -166,7 +180,7 @@ class PageViewSink:
                 "Too many page views are waiting to be written.", headers={"Retry-After": "1"}
             )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Group(rows, future))
+        self._queue.append(_Group(rows, future, self._clock()))
         self._pending_rows += count
         self._queued_rows += count
         self._wake.set()
@@ -183,6 +197,8 @@ class PageViewSink:
         groups: list[_Group] = []
         rows = 0
         queue = self._queue
+        if queue and queue[0].queued_at < (too_old := self._clock() - self.max_queue_s):
+            self._expire(too_old)
         while queue and (rows == 0 or rows + len(queue[0].rows) <= self.batch_size):
             group = queue.popleft()
             groups.append(group)
@@ -260,6 +276,21 @@ class PageViewSink:
         self._pending_rows -= rows
         return groups
 
+    def _expire(self, queued_before: float) -> None:
+        """Answer 503, unwritten, the requests queued before ``queued_before`` (the oldest lead the
+        queue): a flusher reached them too late for the rollup's grace (see the module's docstring)."""
+        queue, expired = self._queue, []
+        while queue and queue[0].queued_at < queued_before:
+            expired.append(queue.popleft())
+        rows = sum(len(group.rows) for group in expired)
+        self._queued_rows -= rows
+        self._pending_rows -= rows
+        EXPIRED.inc(rows)
+        log.warning(
+            "page_views_expired_in_queue", rows=rows, requests=len(expired), max_queue_s=self.max_queue_s
+        )
+        _settle(expired, _expired)
+
     def _drop_gone(self, part: list[_Group], site_ids: frozenset[int]) -> list[_Group]:
         """Answer the requests holding a row of a deleted site (422) and return the others."""
         if self._on_sites_gone is not None:
@@ -272,6 +303,13 @@ class PageViewSink:
 
 def _unavailable() -> Exception:
     return ServiceUnavailableError("The page views could not be stored; retry.", headers={"Retry-After": "1"})
+
+
+def _expired() -> Exception:
+    return SinkFullError(
+        "The page views waited too long to be written (the database is slow); nothing was stored.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _refused() -> Exception:

@@ -11,14 +11,14 @@ The job (``rollup``) moves W one hour of ``received_at`` per transaction, up to 
 that ended at least ``ROLLUP_GRACE`` (``ROLLUP_GRACE_S``, 10 minutes) ago: the ingest stamps
 ``received_at`` when it handles the request, before the row waits in the sink's queue and write, so a
 row stamped before the new W must have committed by then. A row committed later than that would be
-missed by both halves (stored, yet in no report). The wait is bounded by the sink's settings, not by
-the request: a request cancelled or given up by its client is still written with its batch and its
-stamp. ``app.config.sink_commit_bound_s`` bounds it (with ``SINK_MAX_PENDING``, ``SINK_BATCH_SIZE``,
-``SINK_FLUSHERS``, ``SINK_MAX_WAIT_MS`` and ``DATABASE_TIMEOUT_S``: 500 s with the defaults), and
-``load_settings`` refuses settings whose bound reaches ``ROLLUP_GRACE_S`` less ``INGEST_MARGIN_S``
-(a minute for the steps between the stamp and the queue, and clock skew). The stamp stays the
-request's, not the write's: ``ts`` is clamped to at most 24 hours before the same clock reading, and
-the rollup and the raw half prune partitions by that (``ts >= received_from - 24 hours``); a stamp
+missed by both halves (stored, yet in no report). A request cancelled or given up by its client is
+still written with its batch and its stamp, so the wait is bounded by the sink, not by the request:
+the sink answers 503, unwritten, a request that waited in its queue for over ``SINK_MAX_QUEUE_S``, so
+the wait stays within ``app.config.sink_commit_bound_s`` whatever the queue's depth, and
+``load_settings`` refuses a ``DATABASE_TIMEOUT_S`` that would take it within ``INGEST_MARGIN_S`` (the
+steps between the stamp and the queue, and clock skew) of the grace. The stamp stays the request's,
+not the write's: ``ts`` is clamped to at most 24 hours before the same clock reading, and the rollup
+and the raw half prune partitions by that (``ts >= received_from - 24 hours``); a stamp
 taken after the queue could be further from a late ``ts`` than that.
 An advisory lock keeps concurrent runs apart, and the watermark moves in the transaction that adds the
 hour, so a run that fails or repeats adds nothing twice.
