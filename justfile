@@ -7,8 +7,9 @@ set dotenv-load := false
 default:
     @just --list
 
-# start everything (embedded PostgreSQL and Valkey unless DATABASE_URL / VALKEY_URL are set)
 # (exec: a SIGTERM that just forwards must reach the launcher, not only the recipe's shell)
+
+# start everything (embedded PostgreSQL and Valkey unless DATABASE_URL / VALKEY_URL are set)
 serve:
     exec python -m app.cli serve
 
@@ -30,9 +31,11 @@ lint:
     sqlc diff
     just audit
 
-# known vulnerabilities in the locked dependencies (uv audit, OSV): fails on any finding; where the
-# OSV service cannot be reached (an offline CI runner) it says so and does not pretend to have audited.
-# An accepted finding is listed here with its reason: --ignore <ID>  # why
+# Where the OSV service cannot be reached (an offline CI runner) the audit says so and does not
+# pretend to have audited. An accepted finding is listed in the command with its reason:
+# --ignore <ID>  # why
+
+# known vulnerabilities in the locked dependencies (uv audit, OSV): fails on any finding
 audit:
     #!/usr/bin/env bash
     out=$(uv audit --frozen --preview-features audit-command 2>&1); rc=$?
@@ -67,6 +70,10 @@ sqlc:
 # create demo data (idempotent)
 seed:
     python -m app.cli seed
+
+# create an administrator (or promote one): just create-admin EMAIL [--name NAME] [--promote-existing]
+create-admin *ARGS:
+    python -m app.cli create-admin {{ARGS}}
 
 # load-test harness: prints a table, saves JSON/Markdown/PNG under benchmarks/results/
 bench *ARGS:

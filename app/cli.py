@@ -404,15 +404,23 @@ def _wait_ready(settings: Settings, child: subprocess.Popen[bytes], signals: _St
             signals.sleep(READY_POLL_INTERVAL_S)
 
 
+def spoken_duration(seconds: int) -> str:
+    """``8 h``, ``90 min``, ``45 s``: the largest unit that says ``seconds`` exactly."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def _banner(settings: Settings, started: float, hints: list[str]) -> str:
     base = _base_url(settings)
     lines = [
         f"ready in {time.monotonic() - started:.1f}s",
         f"  API            {base}/api",
-        f"  OpenAPI UI     {base}/schema  (Swagger UI: {base}/schema/swagger)",
+        f"  OpenAPI UI     {base}/schema  (Swagger UI; the document: {base}/schema/openapi.json)",
         f"  SAQ dashboard  {base}/saq/  (administrators: sign in with the admin's email and password; "
-        f"sessions last {settings.dashboard_session_s / 3600:.3g} h (DASHBOARD_SESSION_S) or until sign-out, "
-        "a password change, deactivation or demotion)",
+        f"sessions last {spoken_duration(settings.dashboard_session_s)} (DASHBOARD_SESSION_S) or until "
+        "sign-out, a password change, deactivation or demotion)",
         f"  health         {base}/health/ready",
         f"  metrics        {base}/metrics",
         *[f"  {hint}" for hint in hints],
@@ -543,19 +551,21 @@ def serve_child(host: str, port: int, workers: int, parent: int, kill_timeout_s:
 
 def _migrate(settings: Settings) -> str:
     """``migrate``: apply the pending migrations to ``DATABASE_URL`` (the embedded PostgreSQL when
-    unset; Valkey is not needed, so not started). A database that cannot be reached or migrated is
-    one line naming ``DATABASE_URL`` (password masked) and exit 1, as the other commands fail."""
+    unset; Valkey is not needed, so not started); what it prints (dbmate's lines, or that nothing was
+    pending, as ``serve`` says). A database that cannot be reached or migrated is one line naming
+    ``DATABASE_URL`` (password masked) and exit 1, as the other commands fail."""
     import psycopg
 
     url = resolve_services(settings, valkey=False).database_url
     assert url is not None
     try:
-        return migrate(url)
+        said = migrate(url)
     except (RuntimeError, psycopg.Error, OSError) as exc:  # dbmate's output, the driver's, the binary's
-        said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        failure = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise SystemExit(
-            f"migrate: failed (DATABASE_URL={redact_url(url)}): {scrub_text(said, url)}"
+            f"migrate: failed (DATABASE_URL={redact_url(url)}): {scrub_text(failure, url)}"
         ) from None
+    return said if said.strip() else "migrations: up to date\n"
 
 
 @contextlib.contextmanager

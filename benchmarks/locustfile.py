@@ -1,6 +1,9 @@
 """A realistic mixed load for locust's web UI (see benchmarks/README.md).
 
-    uv run locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000
+    uv run locust --host http://127.0.0.1:8000
+
+(``[tool.locust]`` in pyproject.toml names this file and keeps the web UI, which has no login and can
+aim the load at any host, on 127.0.0.1.)
 
 Three kinds of simulated users, all on the seeded demo data (``just serve`` seeds it):
 

@@ -77,17 +77,18 @@ def load_test_server(
 
 
 def start_locust(host: str, port: int, settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """``locust -f benchmarks/locustfile.py`` with its web UI on ``port``, against ``host``."""
+    """The README's ``locust --host …`` with its web UI on ``port``: the locustfile and the UI's
+    address come from pyproject.toml's ``[tool.locust]``, as they do for a person."""
     env = {
         **os.environ,
         "ADMIN_EMAIL": settings.admin_email,
         "ADMIN_PASSWORD": settings.admin_password,
         "DEMO_PASSWORD": settings.demo_password,
     }
-    command = ["-m", "locust", "-f", "benchmarks/locustfile.py", "--host", host]
+    command = ["-m", "locust", "--host", host]
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, *command, "--web-host", "127.0.0.1", "--web-port", str(port)],
+            [sys.executable, *command, "--web-port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -113,6 +114,8 @@ async def locust_ui(seeded: Settings, load_test_server: ServerProcess, tmp_path:
 
     try:
         await wait_until(answers, 60, "locust's web UI answers")
+        said = log_path.read_text(errors="replace")
+        assert f"Starting web interface at {url}" in said, f"the UI listens beyond this machine:\n{said}"
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

@@ -28,6 +28,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from app.cli import _migrate, spoken_duration
+from app.config import Settings
 from tests.factories import database_to_come
 from tests.reliability.test_serve import ROOT, Launcher
 from tests.served import free_port
@@ -199,3 +201,24 @@ def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path
     assert "Traceback" not in result.stderr
     assert password not in result.stdout + result.stderr
     assert not (tmp_path / "data" / "valkey").exists(), "migrate started an embedded Valkey"
+
+
+def test_migrate_says_so_when_nothing_was_pending(settings: Settings) -> None:
+    """``just migrate`` on a database already at the code's schema: one line, as ``serve`` prints,
+    not the nothing dbmate prints."""
+    assert _migrate(settings) == "migrations: up to date\n"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "spoken"),
+    [
+        (8 * 3600, "8 h"),
+        (60, "1 min"),
+        (5400, "90 min"),
+        (45, "45 s"),
+        (3601, "3601 s"),
+        (7 * 86_400, "168 h"),
+    ],
+)
+def test_the_banner_says_a_session_length_in_a_unit_that_says_it_exactly(seconds: int, spoken: str) -> None:
+    assert spoken_duration(seconds) == spoken

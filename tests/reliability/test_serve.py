@@ -244,7 +244,7 @@ def assert_banner_is_true(launcher: Launcher, banner: list[str], workers: int = 
     text = "\n".join(banner)
     response = httpx.get(f"{launcher.base}/health/ready", timeout=10)
     assert response.status_code == 200, f"banner printed but /health/ready says {response.text}"
-    for path in ("/api", "/schema", "/schema/swagger", "/saq", "/health/ready", "/metrics"):
+    for path in ("/api", "/schema", "/schema/openapi.json", "/saq", "/health/ready", "/metrics"):
         assert f"{launcher.base}{path}" in text, f"{path} missing from the banner:\n{text}"
     assert "admin@example.com" in text and DEFAULT_ADMIN_PASSWORD in text, text
     login = httpx.post(
