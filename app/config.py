@@ -108,7 +108,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     refresh_reuse_grace_s: Annotated[int, msgspec.Meta(ge=0, le=60)] = 10
     """A spent refresh token presented again less than this after its rotation, while the token that
     rotation issued is unused, is a client racing itself (two tabs): 409, the session kept. Any other
-    reuse revokes the session (0: every reuse does)."""
+    reuse revokes the session (0: every reuse does). Measured from the rotation to the check, after
+    the reuse waited for the session's lock."""
     refresh_rotations_per_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 120
     """Rotations one session (refresh-token family) may make within an hour: past them 429
     ``refresh-rate-limited`` with ``Retry-After``, the presented token kept unspent. Every rotation

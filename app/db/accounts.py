@@ -335,7 +335,7 @@ async def get_refresh_token_for_update(
 IS_REFRESH_TOKEN_RECENTLY_SUPERSEDED = """\
 select coalesce((
     select successor.family_id = $1 and successor.used_at is null and successor.revoked_at is null
-        and successor.issued_at > now() - make_interval(secs => $2::float8)
+        and successor.issued_at > clock_timestamp() - make_interval(secs => $2::float8)
     from refresh_tokens successor
     where (successor.family_id, successor.id) > ($1::uuid, $3::bigint)
     order by successor.family_id, successor.id
@@ -357,7 +357,11 @@ async def is_refresh_token_recently_superseded(
     was used already, is a leak. The successor is the entry after (@family_id, @id) in
     refresh_tokens_family_order_idx (family_id, id), if it is the family's (none: no successor, not
     superseded); the family's other tokens are not read (see GetFamilyState for why a row comparison
-    and not `family_id = @family_id and id > @id`)."""
+    and not `family_id = @family_id and id > @id`). The grace is measured from the rotation (the
+    successor's issued_at, the rotation's transaction time) to the clock now, at this check:
+    clock_timestamp(), not now(), the reusing transaction's start, taken before it waited for the
+    family's lock (behind the very rotation it duplicates: with now(), a rotation that began after it
+    was within any grace, 0 included, and a long wait stretched the grace by the wait)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(IS_REFRESH_TOKEN_RECENTLY_SUPERSEDED, (family_id, grace_s, id))
         return await cur.fetchone()

@@ -149,10 +149,14 @@ select * from refresh_tokens where token_hash = @token_hash for update;
 -- was used already, is a leak. The successor is the entry after (@family_id, @id) in
 -- refresh_tokens_family_order_idx (family_id, id), if it is the family's (none: no successor, not
 -- superseded); the family's other tokens are not read (see GetFamilyState for why a row comparison
--- and not `family_id = @family_id and id > @id`).
+-- and not `family_id = @family_id and id > @id`). The grace is measured from the rotation (the
+-- successor's issued_at, the rotation's transaction time) to the clock now, at this check:
+-- clock_timestamp(), not now(), the reusing transaction's start, taken before it waited for the
+-- family's lock (behind the very rotation it duplicates: with now(), a rotation that began after it
+-- was within any grace, 0 included, and a long wait stretched the grace by the wait).
 select coalesce((
     select successor.family_id = @family_id and successor.used_at is null and successor.revoked_at is null
-        and successor.issued_at > now() - make_interval(secs => @grace_s::float8)
+        and successor.issued_at > clock_timestamp() - make_interval(secs => @grace_s::float8)
     from refresh_tokens successor
     where (successor.family_id, successor.id) > (@family_id::uuid, @id::bigint)
     order by successor.family_id, successor.id

@@ -481,9 +481,12 @@ class AccountService:
             # Reuse before expiry: a spent token outlived by its successor (REFRESH_TOKEN_TTL_S shorter
             # than SESSION_MAX_AGE_S) still revokes the session when presented after its own expiry.
             if stored.used_at is not None:
-                if await queries.is_refresh_token_recently_superseded(
+                # REFRESH_REUSE_GRACE_S=0: no grace at all, every reuse revokes (not even a rotation
+                # committed while this request waited for the family's lock is forgiven).
+                grace = self.settings.refresh_reuse_grace_s
+                if grace > 0 and await queries.is_refresh_token_recently_superseded(
                     uow.conn,
-                    grace_s=self.settings.refresh_reuse_grace_s,
+                    grace_s=grace,
                     family_id=stored.family_id,
                     id=stored.id,
                 ):
