@@ -38,7 +38,16 @@ def test_production_needs_a_key_as_long_as_the_hash(algorithm: str, needed: int)
 
 @pytest.mark.parametrize(
     "password",
-    ["short-pw", "a" * 300, "aaaaabbbbb", "1212121212121212"],
+    [
+        "short-pw",
+        "a" * 300,
+        "aaaaabbbbb",
+        "1212121212121212",
+        " " * 10,
+        "\x00" * 10,
+        "a passphrase\x00",
+        "tab\tpassphrase",
+    ],
 )
 def test_create_admin_refuses_weak_passwords(password: str) -> None:
     with pytest.raises(WeakPasswordError):

@@ -53,6 +53,14 @@ SIGNING_OUT = {"rate_limit": None}
 is charged all the same (``app.core.gate.refused_token_policy``: ``default``, to the address)."""
 
 
+WEAK_PASSWORD = ResponseSpec(
+    Problem,
+    description="`weak-password`: the new password is refused (under 10 or over 256 characters, fewer "
+    "than 5 different characters, a control character, or in production a public default)",
+    media_type="application/problem+json",
+)
+
+
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["accounts"]
@@ -68,6 +76,7 @@ class AuthController(Controller):
         responses={
             **problems(400, 429, 503),
             202: ResponseSpec(RegistrationAccepted, description="Accepted (the same either way)"),
+            422: WEAK_PASSWORD,
         },
         opt=SIGNING_IN,
     )
@@ -196,6 +205,7 @@ class AuthController(Controller):
                 description="`password-changed`: the password was changed meanwhile; nothing was changed",
                 media_type="application/problem+json",
             ),
+            422: WEAK_PASSWORD,
         },
         opt=OWN_ACCOUNT,
     )

@@ -21,7 +21,15 @@ Email = Annotated[
         description="ASCII address (lower-casing never changes its length)",
     ),
 ]
-NewPassword = Annotated[str, msgspec.Meta(min_length=10, max_length=256, description="10-256 characters")]
+NewPassword = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=10,
+        max_length=256,
+        description="10-256 characters, at least 5 different ones, no control character (U+0000 to "
+        "U+001F, DEL), and in production not a public default (the demo seed's); else 422 `weak-password`",
+    ),
+]
 AnyPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 DisplayName = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=100)]
 

@@ -86,12 +86,18 @@ class WeakPasswordError(UnprocessableError):
 
 
 def check_new_password(password: str, *, production: bool) -> None:
-    """The policy for passwords set outside the API (``create-admin``'s ADMIN_PASSWORD): what the
-    API's ``NewPassword`` requires, some variety, and never a public default in production."""
+    """The one policy for every password set: by the API (registration, a password change) and by
+    ``create-admin`` (ADMIN_PASSWORD): 10 to 256 characters, no control character (C0, U+0000 to
+    U+001F, and DEL: a NUL or a newline is a client's bug, never a secret anyone can type again), some
+    variety (``MIN_PASSWORD_DISTINCT`` different characters: not ten spaces), and in production never a
+    public default (the demo seed's ADMIN_PASSWORD and DEMO_PASSWORD; outside production the seed
+    sets them, so they stay usable there)."""
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         raise WeakPasswordError(
             f"The password needs {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters."
         )
+    if any(ord(character) < 0x20 or character == "\x7f" for character in password):
+        raise WeakPasswordError("The password must not contain control characters (U+0000 to U+001F, DEL).")
     public = {DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD} if production else set()
     if len(set(password)) < MIN_PASSWORD_DISTINCT or password in public:
         raise WeakPasswordError("The password is too easy to guess (a public default or too little variety).")
@@ -299,7 +305,10 @@ class AccountService:
     async def register(self, data: RegisterIn) -> User | None:
         """Create the account if the email is free; the caller's answer must not say which happened
         (review L1): the new user, or None when the email already had an account (nothing changed).
-        Both paths hash the password and try one insert, so they cost the same."""
+        Both paths hash the password and try one insert, so they cost the same. A weak password is
+        refused (422 ``weak-password``) before the email is looked at, so that answer reveals nothing
+        either."""
+        check_new_password(data.password, production=self.settings.is_production)
         user = await self._insert_account(
             data.email.strip().lower(), data.password, data.display_name.strip(), UserRole.MEMBER
         )
@@ -714,6 +723,8 @@ class AccountService:
         change)."""
         new_hash, verified_hash, revoked = None, None, 0
         if data.new_password is not None:
+            # Before the current password is checked: a weak one costs no guess and tells nothing.
+            check_new_password(data.new_password, production=self.settings.is_production)
             current = await self.get_user(caller.id)
             if data.current_password is None:
                 raise ForbiddenError("The current password is required and must be correct.")

@@ -1,0 +1,109 @@
+"""One password policy for every password the API sets (registration, a password change), the one
+``create-admin`` applies (``check_new_password``): 10 to 256 characters, at least 5 different ones, no
+control character, and in production never a public default. Before, the API checked the length only:
+'aaaaaaaaaa', ten NULs, ten spaces and the demo seed's published password were all accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from psycopg import AsyncConnection
+
+from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings
+from tests.factories import (
+    GENEROUS_AUTH,
+    PASSWORD,
+    Client,
+    assert_problem,
+    bearer,
+    create_user,
+    login,
+    serve_in_loop,
+    unique_email,
+)
+
+WEAK = [
+    pytest.param("aaaaaaaaaa", id="one-character"),
+    pytest.param(" " * 10, id="spaces"),
+    pytest.param("\x00" * 10, id="nuls"),
+    pytest.param("abababababab", id="two-characters"),
+    pytest.param("a strong passphrase\x00", id="a-nul"),
+    pytest.param("a strong\npassphrase", id="a-newline"),
+    pytest.param("a strong\x7fpassphrase", id="a-del"),
+]
+
+
+async def register(client: Client | httpx.AsyncClient, email: str, password: str) -> httpx.Response:
+    return await client.post(
+        "/api/auth/register", json={"email": email, "password": password, "display_name": "New"}
+    )
+
+
+async def account_exists(db: AsyncConnection[Any], email: str) -> bool:
+    cursor = await db.execute("select count(*) from users where email = %s", (email,))
+    row = await cursor.fetchone()
+    return row is not None and row[0] == 1
+
+
+@pytest.mark.parametrize("password", WEAK)
+async def test_registration_refuses_a_weak_password(
+    api: Client, db: AsyncConnection[Any], password: str
+) -> None:
+    email = unique_email("weak")
+    assert_problem(await register(api, email, password), 422, "weak-password")
+    assert not await account_exists(db, email)
+
+
+@pytest.mark.parametrize("password", WEAK)
+async def test_a_password_change_to_a_weak_password_is_refused_and_changes_nothing(
+    api: Client, db: AsyncConnection[Any], password_hash: str, password: str
+) -> None:
+    user = await create_user(db, password_hash)
+    session = await login(api, user.email)
+    answer = await api.patch(
+        "/api/auth/me",
+        json={"current_password": PASSWORD, "new_password": password},
+        headers=bearer(session["access_token"]),
+    )
+    assert_problem(answer, 422, "weak-password")
+    await login(api, user.email)  # the password is unchanged, the session alive
+    me = await api.get("/api/auth/me", headers=bearer(session["access_token"]))
+    assert me.status_code == 200, me.text
+
+
+async def test_a_strong_password_is_still_accepted(api: Client, db: AsyncConnection[Any]) -> None:
+    email = unique_email("strong")
+    answer = await register(api, email, "a passphrase with some variety")
+    assert answer.status_code == 202, answer.text
+    await login(api, email, "a passphrase with some variety")
+
+
+async def test_outside_production_the_demo_password_stays_usable(
+    api: Client, db: AsyncConnection[Any]
+) -> None:
+    """The demo seed's members use it outside production: the policy refuses it in production only."""
+    email = unique_email("demo")
+    answer = await register(api, email, DEFAULT_DEMO_PASSWORD)
+    assert answer.status_code == 202, answer.text
+
+
+@pytest.mark.parametrize("password", [DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD])
+async def test_in_production_a_public_default_password_is_refused(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str, password: str
+) -> None:
+    user = await create_user(db, password_hash)
+    async with serve_in_loop(settings, app_env="production", **GENEROUS_AUTH) as served:
+        client = served.client
+        email = unique_email("default")
+        assert_problem(await register(client, email, password), 422, "weak-password")
+        assert not await account_exists(db, email)
+        session = await login(client, user.email)
+        answer = await client.patch(
+            "/api/auth/me",
+            json={"current_password": PASSWORD, "new_password": password},
+            headers=bearer(session["access_token"]),
+        )
+        assert_problem(answer, 422, "weak-password")
+        await login(client, user.email)
