@@ -19,7 +19,16 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.domains.github.schemas import RefreshOut
-from tests.factories import assert_problem, http_scope, make_user, serve_in_loop, wait_until
+from tests.factories import (
+    assert_problem,
+    bearer,
+    create_user,
+    http_scope,
+    login,
+    make_user,
+    serve_in_loop,
+    wait_until,
+)
 
 CAP = 3
 
@@ -29,6 +38,8 @@ class OpenStream:
 
     def __init__(self, app: Litestar, path: str, token: str) -> None:
         self.status: int | None = None
+        self.ended = False
+        """The response's last body message was sent (the server ended the stream)."""
         self._leave = asyncio.Event()
         scope = http_scope("GET", path, token, (b"accept", b"text/event-stream"))
         self.task = asyncio.create_task(app(scope, self._receive, self._send))  # type: ignore[arg-type]
@@ -40,6 +51,8 @@ class OpenStream:
     async def _send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.ended = True
 
     async def started(self) -> bool:
         return self.status is not None
@@ -47,6 +60,56 @@ class OpenStream:
     async def leave(self) -> None:
         self._leave.set()
         await asyncio.wait_for(self.task, 30)
+
+
+def running_refresh() -> RefreshOut:
+    refresh_id = uuid.uuid4()
+    now = dt.datetime.now(dt.UTC)
+    return RefreshOut(
+        id=refresh_id,
+        username="octocat",
+        status="running",
+        requested_at=now,
+        started_at=now,
+        events_url=f"/api/github/refreshes/{refresh_id}/events",
+        state_url=f"/api/github/refreshes/{refresh_id}",
+    )
+
+
+async def test_a_refresh_stream_ends_when_its_session_is_logged_out(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, password_hash: str
+) -> None:
+    """Like the activity stream, a refresh stream checks its caller at each keep-alive: a logout ends
+    it there (before, it went on for up to SSE_MAX_S, two minutes, for a revoked session), and its
+    slot is given back."""
+    async with serve_in_loop(settings) as served:
+        user = await create_user(db, password_hash)
+        session = await login(served.client, user.email)
+        # Started "an hour from now": the check for an abandoned job (30 s after the start) never
+        # fails the refresh during the test, so only the session's end can end its stream early.
+        running = msgspec.structs.replace(
+            running_refresh(), started_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        )
+        await valkey.set(f"github:refresh:{running.id}", msgspec.json.encode(running), ex=600)
+        stream = OpenStream(served.app, running.events_url, session["access_token"])
+        try:
+            await wait_until(stream.started, 30, "the stream has started")
+            assert stream.status == 200
+            logout = await served.client.post("/api/auth/logout", headers=bearer(session["access_token"]))
+            assert logout.status_code == 204, logout.text
+
+            async def ended() -> bool:
+                return stream.ended
+
+            # The first keep-alive comes 15 s (SSE_KEEPALIVE_S) after the stream began; its end, 120 s.
+            await wait_until(ended, 60, "the logged-out session's stream has ended")
+
+            async def slot_given_back() -> bool:
+                return await valkey.zcard(f"github:streams:{user.id}") == 0
+
+            await wait_until(slot_given_back, 30, "the stream's slot is given back")
+        finally:
+            await stream.leave()
 
 
 async def test_an_account_holds_at_most_its_cap_of_refresh_streams(

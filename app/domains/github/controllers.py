@@ -174,7 +174,7 @@ class GithubRefreshesController(Controller):
         self, refresh_id: RefreshId, github: Github, channels: Channels, current_user: Caller
     ) -> ServerSentEvent:
         # 404 and 429 before the stream starts
-        return ServerSentEvent(await github.open_refresh_events(refresh_id, channels, current_user.id))
+        return ServerSentEvent(await github.open_refresh_events(refresh_id, channels, current_user))
 
 
 class GithubTrackingController(Controller):

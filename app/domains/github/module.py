@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.core.modules import Cron, Job, Module
+from app.domains.accounts.services import AccountService
 from app.domains.github.controllers import (
     GithubRefreshesController,
     GithubTrackingController,
@@ -14,7 +15,10 @@ from app.domains.github.services import QUEUE, GithubService
 module = Module(
     name="github",
     controllers=[GithubUsersController, GithubTrackingController, GithubRefreshesController],
-    service=lambda s: GithubService(s.db, s.settings, s.valkey, s.broadcaster),
+    # Accounts: a refresh stream ends once its caller's session does (logout, deactivation, demotion).
+    service=lambda s: GithubService(
+        s.db, s.settings, s.valkey, s.broadcaster, accounts=s.get(AccountService)
+    ),
     # Its own queue: a burst of refreshes (or a long snapshot run) never delays the platform's jobs.
     jobs=[Job(function=refresh_github_profile, queue=QUEUE)],
     # Hourly; a snapshot day runs from GITHUB_SNAPSHOT_HOUR_UTC to the same hour the next day and the

@@ -61,7 +61,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.asyncio as redis
@@ -74,6 +74,7 @@ from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.auth import CurrentUser
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
 from app.core.errors import (
@@ -117,6 +118,9 @@ from app.domains.github.schemas import (
     TrackedOut,
     UpstreamError,
 )
+
+if TYPE_CHECKING:
+    from app.domains.accounts.services import AccountService
 
 log = structlog.get_logger("app.github")
 
@@ -329,12 +333,15 @@ class GithubService:
         broadcaster: Broadcaster,
         *,
         clock: Clock = _utcnow,
+        accounts: AccountService | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.valkey = valkey
         self.broadcaster = broadcaster
         self.clock = clock
+        self.accounts = accounts
+        """Asked at each keep-alive of a refresh stream whether its caller's session is still valid."""
         self.refresh_streams = StreamSlots(
             valkey,
             prefix="github:streams",
@@ -934,33 +941,39 @@ class GithubService:
         return msgspec.structs.replace(state, status="failed", finished_at=self.clock(), error=error)
 
     async def open_refresh_events(
-        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, user_id: int
+        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, caller: CurrentUser
     ) -> AsyncIterator[ServerSentEventMessage]:
         """The refresh's live stream, after its checks: 404 when there is no such refresh, 429
         (``TooManyRefreshStreamsError``) when the account's other refresh streams hold every one of
         its ``GITHUB_STREAM_MAX_PER_USER`` slots (each stream polls Valkey every second for up to
         ``SSE_MAX_S``). The slot is given back when the stream ends."""
         await self.refresh_state(refresh_id)
-        slot = await self.refresh_streams.claim(user_id)
-        return self.refresh_events(refresh_id, channels, slot)
+        slot = await self.refresh_streams.claim(caller.id)
+        return self.refresh_events(refresh_id, channels, slot, caller)
 
     async def refresh_events(
-        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, slot: Slot
+        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, slot: Slot, caller: CurrentUser
     ) -> AsyncIterator[ServerSentEventMessage]:
         """The refresh's states as Server-Sent Events until it is final (then the stream ends).
 
         Subscribed before the stored state is read, and the stored state is re-read every second while
-        waiting: a completion published before the subscription was live is still delivered. ``slot``
-        is renewed every ``SSE_KEEPALIVE_S`` (the stream ends if it was lost) and released at the end.
+        waiting: a completion published before the subscription was live is still delivered. Every
+        ``SSE_KEEPALIVE_S`` ``slot`` is renewed (the stream ends if it was lost) and the caller checked
+        as the activity stream checks its own (``AccountService.still_authenticated``): the stream ends
+        once the request's own check would refuse it (its token expired, a logout, the account
+        deactivated or demoted, its password changed). ``slot`` is released at the end.
         """
         try:
-            async for message in self._refresh_events(refresh_id, channels, slot):
+            async for message in self._refresh_events(refresh_id, channels, slot, caller):
                 yield message
         finally:
             await slot.release()
 
+    async def _session_valid(self, caller: CurrentUser) -> bool:
+        return self.accounts is None or await self.accounts.still_authenticated(caller)
+
     async def _refresh_events(
-        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, slot: Slot
+        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, slot: Slot, caller: CurrentUser
     ) -> AsyncIterator[ServerSentEventMessage]:
         async with channels.start_subscription([refresh_channel(refresh_id)]) as subscriber:
             state = await self.refresh_state(refresh_id)
@@ -976,6 +989,9 @@ class GithubService:
                     if time.monotonic() - renewed_at >= SSE_KEEPALIVE_S:
                         renewed_at = time.monotonic()
                         if not await slot.renew():  # its lease lapsed and was taken: end it
+                            return
+                        if not await self._session_valid(caller):
+                            log.info("github_refresh_stream_ended", user_id=caller.id, reason="session")
                             return
                     done, _ = await asyncio.wait({pending}, timeout=SSE_POLL_S)
                     if done:
