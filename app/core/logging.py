@@ -13,10 +13,12 @@ available for other context (it is merged too).
 from __future__ import annotations
 
 import faulthandler
+import functools
 import logging
+import re
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -24,9 +26,18 @@ import structlog
 
 from app.core.scrub import MASK, scrub_text
 
-_SECRET_KEYS = frozenset(
-    {"password", "secret_key", "token", "access_token", "refresh_token", "authorization"}
+_SECRET_PARTS = re.compile(r"passw|secret|token|authori[sz]ation|cookie|session|credential|api[_-]?key", re.I)
+"""A field whose name contains one of these (any case, anywhere: ``current_password``,
+``new_password``, ``refresh_token``, ``Set-Cookie``, ``saq_session``, ``X-Api-Key``) is masked, at any
+depth of the event (a mapping logged as a field is walked)."""
+_NOT_SECRETS = frozenset(
+    {"token_id", "token_fingerprint", "token_type", "sessions_ended", "sessions_revoked"}
 )
+"""Fields named like secrets that hold none, logged as they are: a token's fingerprint (the GitHub
+client's ``token_id``), a token's kind, counts of sessions. Exact names: a new field named like a
+secret is masked until it is listed here."""
+_NESTING_MAX = 8
+"""How deep a logged value is walked for secret keys; deeper, it is replaced by the mask whole."""
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -47,10 +58,39 @@ def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    return key not in _NOT_SECRETS and _SECRET_PARTS.search(key) is not None
+
+
+def _is_secret(key: object) -> bool:
+    return isinstance(key, str) and _secret_key(key)
+
+
+def _masked(value: Any, depth: int = 0) -> Any:
+    """``value`` with what its mappings hold under secret keys masked: a copy (the logged object is
+    the caller's, never changed), lists and tuples walked too."""
+    if isinstance(value, Mapping):
+        if depth >= _NESTING_MAX:
+            return MASK
+        return {key: MASK if _is_secret(key) else _masked(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        if depth >= _NESTING_MAX:
+            return MASK
+        return [_masked(item, depth + 1) for item in value]
+    return value
+
+
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Last line of defence: a secret passed to a log call by mistake is masked, never written."""
-    for key in _SECRET_KEYS.intersection(event):
-        event[key] = MASK
+    """Last line of defence: a secret passed to a log call by mistake is masked, never written: a
+    field named like one (``_SECRET_PARTS``), at the top of the event or in a mapping it holds."""
+    for key, value in event.items():
+        if key in _OURS:
+            continue
+        if _is_secret(key):
+            event[key] = MASK
+        elif isinstance(value, Mapping | list | tuple):
+            event[key] = _masked(value)
     return event
 
 
