@@ -31,7 +31,7 @@ NewPassword = Annotated[
     ),
 ]
 AnyPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-DisplayName = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=100)]
+DisplayName = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=100, examples=["Ana Lima"])]
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):

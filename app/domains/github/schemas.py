@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated, Literal
 
 import msgspec
+from litestar.openapi.spec import Example
 from litestar.params import PathParameter
 
 from app.domains.github.client import MAX_USERNAME, USERNAME_PATTERN, GithubRepo, GithubUser
@@ -19,12 +20,24 @@ _USERNAME_RULE = (
 
 Username = Annotated[
     str,
-    msgspec.Meta(pattern=USERNAME_PATTERN, min_length=1, max_length=MAX_USERNAME, description=_USERNAME_RULE),
+    msgspec.Meta(
+        pattern=USERNAME_PATTERN,
+        min_length=1,
+        max_length=MAX_USERNAME,
+        description=_USERNAME_RULE,
+        examples=["octocat"],
+    ),
 ]
 UsernamePath = Annotated[
     str,
     PathParameter(
-        pattern=USERNAME_PATTERN, min_length=1, max_length=MAX_USERNAME, description=_USERNAME_RULE
+        pattern=USERNAME_PATTERN,
+        min_length=1,
+        max_length=MAX_USERNAME,
+        description=_USERNAME_RULE,
+        # the parameter's example, so Swagger UI fills it in: a login GitHub (and the fake GitHub of
+        # `python -m tests.fakes.github`) answers
+        examples=[Example(id="octocat", summary="GitHub's mascot", value="octocat")],
     ),
 ]
 

@@ -16,7 +16,9 @@ DETAIL_RELEASES = 50
 """A group's detail lists at most this many of its releases: those seen most recently."""
 RELEASE_NAME = whole(r"[^\x00-\x1f\x7f]+")
 """A release's name: no control characters (nor NUL, which PostgreSQL refuses)."""
-ReleaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RELEASE_NAME, pattern=RELEASE_NAME)]
+ReleaseName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_RELEASE_NAME, pattern=RELEASE_NAME, examples=["v1.4.2"])
+]
 """In a body. A query parameter carries the same bounds on its ``QueryParameter`` marker (Litestar
 ignores msgspec's ``Meta`` there): ``min_length=1, max_length=MAX_RELEASE_NAME, pattern=RELEASE_NAME``."""
 

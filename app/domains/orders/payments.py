@@ -43,9 +43,11 @@ class PaymentData(msgspec.Struct):
     which forbid unknown fields)."""
 
     order_id: Id
-    amount: Annotated[str, msgspec.Meta(pattern=whole(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?"))]
+    amount: Annotated[
+        str, msgspec.Meta(pattern=whole(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?"), examples=["12.50"])
+    ]
     """A decimal string (e.g. ``"12.50"``): exact, unlike a JSON number."""
-    currency: Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"))]
+    currency: Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"), examples=["EUR"])]
     payment_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
@@ -56,6 +58,7 @@ EventId = Annotated[
         max_length=255,
         pattern=whole(r"[\x21-\x7e]+"),
         description="The provider's event id: 1 to 255 printable ASCII characters, no space",
+        examples=["evt_1QxY7bL2mN3pQ4rS"],
     ),
 ]
 """A provider's event id as stored (``payment_events.event_id``): any printable ASCII, ``/``, ``.``

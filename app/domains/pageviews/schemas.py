@@ -18,10 +18,19 @@ SITE_KEY = whole(r"[A-Za-z0-9_-]+")  # issued keys are secrets.token_urlsafe(24)
 class PageViewIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One page view, as a tracker script sends it. `ts` needs a UTC offset (`Z` or `+01:00`)."""
 
-    site_key: Annotated[str, msgspec.Meta(min_length=16, max_length=64, pattern=SITE_KEY)]
-    url: Annotated[str, Text, msgspec.Meta(min_length=1, max_length=MAX_URL_BYTES)]
-    referrer: Annotated[str, Text, msgspec.Meta(max_length=2000)] = ""
-    title: Annotated[str, Text, msgspec.Meta(max_length=500)] = ""
+    site_key: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=16, max_length=64, pattern=SITE_KEY, examples=["q3Jx8vN2kLmP0sT5wYz7Ab4Cd6Ef9GhI"]
+        ),
+    ]
+    url: Annotated[
+        str,
+        Text,
+        msgspec.Meta(min_length=1, max_length=MAX_URL_BYTES, examples=["https://shop.example.com/pricing"]),
+    ]
+    referrer: Annotated[str, Text, msgspec.Meta(max_length=2000, examples=["https://www.google.com/"])] = ""
+    title: Annotated[str, Text, msgspec.Meta(max_length=500, examples=["Pricing - Example Shop"])] = ""
     screen_width: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
     ts: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     event_id: uuid.UUID | None = None

@@ -13,9 +13,17 @@ from app.core.types import NonBlank, Text, whole
 from app.core.wire import from_row
 from app.db.models import Product
 
-Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9._-]+"))]
-Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200)]
-Description = Annotated[str, Text, msgspec.Meta(max_length=10_000)]
+Sku = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=whole(r"[A-Za-z0-9._-]+"),
+        examples=["MUG-BLUE-350"],
+    ),
+]
+Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200, examples=["Blue mug, 350 ml"])]
+Description = Annotated[str, Text, msgspec.Meta(max_length=10_000, examples=["Stoneware, dishwasher safe."])]
 MAX_PRICE = Decimal("9999999999.99")
 """What ``products.price numeric(12, 2)`` holds."""
 Price = Annotated[
@@ -65,7 +73,9 @@ class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
             extra_json_schema={"extra": {"not": {"const": 0}}},
         ),
     ]
-    reason: Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=500)]
+    reason: Annotated[
+        str, NonBlank, msgspec.Meta(min_length=1, max_length=500, examples=["Counted at the warehouse"])
+    ]
     expected_stock: (
         Annotated[
             int,

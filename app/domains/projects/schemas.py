@@ -12,8 +12,15 @@ from app.core.types import NonBlank, Text, whole
 from app.core.wire import from_row
 from app.db.models import Project, ProjectRole
 
-Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200)]
-Description = Annotated[str, Text, msgspec.Meta(max_length=10_000)]
+Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200, examples=["Website relaunch"])]
+Description = Annotated[
+    str,
+    Text,
+    msgspec.Meta(
+        max_length=10_000,
+        examples=["Move the marketing site to the new design by March."],
+    ),
+]
 
 
 class ProjectCreate(msgspec.Struct, forbid_unknown_fields=True):

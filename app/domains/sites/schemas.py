@@ -25,6 +25,7 @@ class SiteCreate(msgspec.Struct, forbid_unknown_fields=True):
             max_length=253,
             pattern=HOSTNAME,
             description="The site's host name, e.g. `shop.example.com` (letters, digits, inner hyphens)",
+            examples=["shop.example.com"],
         ),
     ]
     timezone: TimeZone = TimeZone("UTC")

@@ -12,9 +12,32 @@ from app.core.types import MAX_INT4, Id, NonBlank, Text
 from app.core.wire import from_row
 from app.db.models import Comment, TaskPriority, TaskStatus
 
-Title = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=300)]
-Description = Annotated[str, Text, msgspec.Meta(max_length=20_000)]
-Body = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=10_000)]
+Title = Annotated[
+    str,
+    NonBlank,
+    msgspec.Meta(
+        min_length=1,
+        max_length=300,
+        examples=["Write the release notes"],
+    ),
+]
+Description = Annotated[
+    str,
+    Text,
+    msgspec.Meta(
+        max_length=20_000,
+        examples=["List the new features and the fixed bugs of 2.4."],
+    ),
+]
+Body = Annotated[
+    str,
+    NonBlank,
+    msgspec.Meta(
+        min_length=1,
+        max_length=10_000,
+        examples=["Draft is ready, could you review it?"],
+    ),
+]
 TaskSort = Literal["created", "due", "priority", "updated"]
 MAX_POSITION = MAX_INT4
 """Positions a client may set: new tasks take max + 1, so no client value can overflow ``bigint``."""
