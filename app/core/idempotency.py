@@ -80,7 +80,13 @@ def idempotency_key_header(description: str) -> HeaderParameter:
     """The one declaration of the header's rules (printable ASCII, 1 to 255 characters), with the
     route's own description; ``Annotated[str, ...]`` where it is required, ``str | None`` where not."""
     return HeaderParameter(
-        name=KEY_HEADER, min_length=1, max_length=255, pattern=whole(r"[\x20-\x7e]+"), description=description
+        name=KEY_HEADER,
+        min_length=1,
+        max_length=255,
+        pattern=whole(r"[\x20-\x7e]+"),
+        description=description,
+        # the schema's example, not the parameter's: Swagger UI would send that one key every time
+        schema_extra={"examples": ["5f0c6d7e-3b1a-4c2e-9f4d-8a7b6c5d4e3f"]},
     )
 
 

@@ -89,15 +89,30 @@ def cursor_pattern(kind: type[msgspec.Struct]) -> str:
     return _grammar(kind)[0]
 
 
-def cursor_query(kind: type[msgspec.Struct]) -> QueryParameter:
+def _example_cursor(kind: type[msgspec.Struct]) -> str:
+    """A cursor of ``kind`` for the docs: each literal field's first value, each number 42."""
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return ".".join(
+        str(field.type.values[0]) if isinstance(field.type, msgspec.inspect.LiteralType) else "42"
+        for field in info.fields
+    )
+
+
+def cursor_query(kind: type[msgspec.Struct], example: str | None = None) -> QueryParameter:
     """The ``cursor`` query parameter of a list whose positions are ``kind``:
-    ``cursor: Annotated[str | None, cursor_query(TaskCursor)] = None``."""
+    ``cursor: Annotated[str | None, cursor_query(TaskCursor)] = None``.
+
+    Its ``example`` (one built from the grammar unless given) is the schema's only, not the
+    parameter's: Swagger UI fills a parameter in with the parameter's example, and a first page has
+    no cursor. Without one, a tool that fills a patterned text in makes one up from the pattern."""
     pattern, longest = _grammar(kind)
     return QueryParameter(
         pattern=pattern,
         min_length=1,
         max_length=longest,
         description="Resume after this position: the previous page's `next_cursor`.",
+        schema_extra={"examples": [example or _example_cursor(kind)]},
     )
 
 

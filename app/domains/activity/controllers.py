@@ -37,7 +37,7 @@ Activity = NamedDependency[ActivityService]
 Filters = NamedDependency[FeedFilters]
 Channels = NamedDependency[ChannelsPlugin]
 
-FeedCursorParam = Annotated[str | None, cursor_query(FeedCursor)]
+FeedCursorParam = Annotated[str | None, cursor_query(FeedCursor, example="1042.1017")]
 FeedPageSize = Annotated[
     int,
     QueryParameter(
@@ -53,6 +53,7 @@ GroupKeyPath = Annotated[
         min_length=3,
         max_length=24,
         description="A group's `key`",
+        schema_extra={"examples": ["3-1042"]},
     ),
 ]
 LastEventId = Annotated[
@@ -61,6 +62,7 @@ LastEventId = Annotated[
         name="Last-Event-ID",
         pattern=whole(r"[0-9]{0,16}"),
         max_length=16,
+        schema_extra={"examples": ["1042"]},
         description="The last event id received: the stream first replays what came after it (empty: none)",
     ),
 ]

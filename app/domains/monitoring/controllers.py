@@ -191,6 +191,7 @@ class MonitoringController(Controller):
                 min_length=1,
                 max_length=MAX_RELEASE_NAME,
                 pattern=RELEASE_NAME,
+                schema_extra={"examples": ["v1.4.2"]},
             ),
         ] = None,
         cursor: CursorParam = None,

@@ -85,6 +85,7 @@ class ProductsController(Controller):
                 min_length=1,
                 max_length=100,
                 pattern=NO_NUL,
+                schema_extra={"examples": ["mug"]},
                 description="Name contains it (ignoring case; `%` and `_` are plain characters), or the SKU",
             ),
         ] = None,

@@ -46,7 +46,7 @@ FromParam = Annotated[
     QueryParameter(
         name="from",
         format=OpenAPIFormat.DATE,
-        schema_extra={"pattern": ISO_DATE},
+        schema_extra={"pattern": ISO_DATE, "examples": ["2026-11-01"]},
         description="First local day (period=custom only). Not before the first local day still kept "
         "whole (`ANALYTICS_RETENTION_DAYS` UTC days back): an earlier one is a 400 giving that day.",
     ),
@@ -56,7 +56,7 @@ ToParam = Annotated[
     QueryParameter(
         name="to",
         format=OpenAPIFormat.DATE,
-        schema_extra={"pattern": ISO_DATE},
+        schema_extra={"pattern": ISO_DATE, "examples": ["2026-11-30"]},
         description="Last local day, inclusive (custom only)",
     ),
 ]
@@ -71,6 +71,7 @@ RankCursorParam = Annotated[
         pattern=RANK_CURSOR_PATTERN,
         min_length=1,
         max_length=RANK_CURSOR_MAX_LENGTH,
+        schema_extra={"examples": ["1042.L3ByaWNpbmc"]},
         description="Resume after this position: the previous page's `next_cursor` (`<count>.<value "
         "as unpadded base64url>`; anything else is a 400 `invalid-cursor`).",
     ),

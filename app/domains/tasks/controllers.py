@@ -107,6 +107,7 @@ class ProjectTasksController(Controller):
                 "RFC 3339 (without an offset: UTC). Pass a walk's `as_of` to list what changed during it.",
                 pattern=RFC3339_MOMENT,
                 max_length=40,
+                schema_extra={"examples": ["2026-12-01T09:30:00Z"]},
             ),
         ] = None,
         q: Annotated[
@@ -115,6 +116,7 @@ class ProjectTasksController(Controller):
                 min_length=1,
                 max_length=200,
                 pattern=NO_NUL,
+                schema_extra={"examples": ['"release notes" -draft']},
                 description="Full-text search in titles and descriptions, web-search syntax: "
                 '`"a phrase"`, `or`, `-excluded` (pairs of `-` cancel: `--a` is `a`).',
             ),
@@ -126,7 +128,9 @@ class ProjectTasksController(Controller):
                 "priority (urgent first) · updated (newest)"
             ),
         ] = DEFAULT_SORT,
-        cursor: Annotated[str | None, cursor_query(TaskCursor)] = None,
+        cursor: Annotated[
+            str | None, cursor_query(TaskCursor, example="created.1764806400000000.42.1764892800000000")
+        ] = None,
         limit: PageSize = DEFAULT_PAGE,
     ) -> ASGIResponse:
         filters = TaskFilters(
