@@ -1,5 +1,8 @@
 """A fake GitHub REST API for the tests: a Litestar app served by uvicorn on 127.0.0.1 in a thread.
 
+Or on its own, to try the GitHub analytics locally: ``python -m tests.fakes.github --port 18701``
+serves the users of ``seed_demo`` (``octocat``, ``monalisa``, ``hubot``); point ``GITHUB_API_URL`` at it.
+
 It behaves like GitHub where our client depends on it, and enforces GitHub's limits:
 
 - ``GET /users/{login}``, ``GET /users/{login}/repos`` (``type``, ``sort=full_name``, ``per_page``
@@ -37,6 +40,7 @@ It behaves like GitHub where our client depends on it, and enforces GitHub's lim
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import itertools
@@ -49,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import uvicorn
 from litestar import Litestar, Request, Response, get
 from litestar.params import FromPath
 from litestar.response import Stream
@@ -546,3 +551,65 @@ def serve_fake_github(fake: FakeGitHub | None = None) -> Iterator[FakeGitHubServ
 def repos_named(count: int, **fields: Any) -> list[FakeRepo]:
     """``count`` repositories ``repo-0000``, ``repo-0001``, … with the same ``fields``."""
     return [FakeRepo(name=f"repo-{index:04d}", **fields) for index in range(count)]
+
+
+def seed_demo(fake: FakeGitHub) -> None:
+    """A few users with repositories, for a person trying the API against the fake (``main``).
+    ``octocat`` answers the example of README's "GitHub profile analytics": three repositories, one a
+    fork; 120 stars and 16 forks on the other two; Python, Ruby and some Shell."""
+    fake.add_user(
+        "octocat",
+        [
+            FakeRepo("hello-world", stars=80, forks=12, language="Python", languages={"Python": 9000}),
+            FakeRepo("octo-gem", stars=40, forks=4, language="Ruby", languages={"Ruby": 5000, "Shell": 1000}),
+            FakeRepo("linguist", fork=True, stars=2, language="Ruby", languages={"Ruby": 70000}),
+        ],
+        name="The Octocat",
+        bio="GitHub's mascot",
+        followers=120,
+        following=3,
+    )
+    fake.add_user(
+        "monalisa",
+        [
+            FakeRepo("smile", stars=512, forks=64, language="TypeScript", languages={"TypeScript": 42000}),
+            FakeRepo("sketches", stars=31, forks=2, language="Go", languages={"Go": 12000, "Makefile": 400}),
+            FakeRepo("dotfiles", stars=7, language="Shell", languages={"Shell": 3000}),
+            FakeRepo("old-site", archived=True, stars=3, language="HTML", languages={"HTML": 8000}),
+        ],
+        name="Mona Lisa Octocat",
+        followers=2048,
+        following=12,
+    )
+    fake.add_user(
+        "hubot",
+        [
+            FakeRepo(
+                "hubot-scripts", stars=15, forks=9, language="CoffeeScript", languages={"CoffeeScript": 20000}
+            )
+        ],
+        name="Hubot",
+        followers=42,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="A fake GitHub REST API (users, their repositories and languages) with a few users "
+        "(seed_demo), enforcing GitHub's rate limits."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18701)
+    parser.add_argument("--anonymous-limit", type=int, default=60, help="requests per hour without a token")
+    parser.add_argument("--token-limit", type=int, default=5000, help="requests per hour per token")
+    options = parser.parse_args()
+    fake = FakeGitHub(anonymous_limit=options.anonymous_limit, token_limit=options.token_limit)
+    seed_demo(fake)
+    url = f"http://{options.host}:{options.port}"
+    users = ", ".join(user.login for user in fake.users.values())
+    print(f"fake GitHub on {url}: GITHUB_API_URL={url}; users {users}", flush=True)
+    uvicorn.run(fake.app, host=options.host, port=options.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
