@@ -26,6 +26,7 @@ NewPassword = Annotated[
     msgspec.Meta(
         min_length=10,
         max_length=256,
+        examples=["a-passphrase-only-you-know"],
         description="10-256 characters, at least 5 different ones, no control character (U+0000 to "
         "U+001F, DEL), and in production not a public default (the demo seed's); else 422 `weak-password`",
     ),

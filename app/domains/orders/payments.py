@@ -102,9 +102,13 @@ class PaymentEventDocumented(msgspec.Struct):
 
     id: EventId
     type: Annotated[
-        EventType, msgspec.Meta(description=f"Only `{PAYMENT_SUCCEEDED}` is read; any other is `ignored`")
+        EventType,
+        msgspec.Meta(
+            description=f"Only `{PAYMENT_SUCCEEDED}` is read; any other is `ignored`",
+            examples=[PAYMENT_SUCCEEDED],
+        ),
     ]
-    created: Annotated[Created, msgspec.Meta(description="Unix seconds")]
+    created: Annotated[Created, msgspec.Meta(description="Unix seconds", examples=[1764806400])]
     data: Annotated[
         PaymentData | None,
         msgspec.Meta(description=f"Required for `{PAYMENT_SUCCEEDED}`; any other type's is not read"),

@@ -31,7 +31,7 @@ class PageViewIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ]
     referrer: Annotated[str, Text, msgspec.Meta(max_length=2000, examples=["https://www.google.com/"])] = ""
     title: Annotated[str, Text, msgspec.Meta(max_length=500, examples=["Pricing - Example Shop"])] = ""
-    screen_width: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
+    screen_width: Annotated[int, msgspec.Meta(ge=0, le=100_000, examples=[1440])] | None = None
     ts: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     event_id: uuid.UUID | None = None
 

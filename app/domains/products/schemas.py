@@ -69,6 +69,7 @@ class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
             ge=-MAX_STOCK,
             le=MAX_STOCK,
             description="Not zero",
+            examples=[-3],
             # Litestar's spelling of an extra JSON Schema keyword: documents the rule checked below.
             extra_json_schema={"extra": {"not": {"const": 0}}},
         ),
@@ -82,6 +83,7 @@ class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
             msgspec.Meta(
                 ge=0,
                 le=MAX_STOCK,
+                examples=[12],
                 description="Apply only if the stock is this now, else 409 `stock-changed` and nothing "
                 "applied: an adjustment retried after a lost answer is then applied once",
             ),

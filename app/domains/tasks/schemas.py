@@ -41,7 +41,7 @@ Body = Annotated[
 TaskSort = Literal["created", "due", "priority", "updated"]
 MAX_POSITION = MAX_INT4
 """Positions a client may set: new tasks take max + 1, so no client value can overflow ``bigint``."""
-Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION)]
+Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION, examples=[3])]
 
 
 class TaskCreate(msgspec.Struct, forbid_unknown_fields=True):
