@@ -14,8 +14,10 @@ sent. litestar-saq's web UI stays off (``web_enabled=False``); this router serve
 - ``/saq/api/...``: the JSON the page polls, in the shapes SAQ's ``app.js`` reads, and the retry and
   abort actions (same-origin only: ``app.core.gate``);
 - ``/saq/static/<name>``: SAQ's three files, public (as litestar-saq serves them). ``app.js`` is
-  SAQ's with one fix (``APP_JS_FIXES``: a job's queue link left ``/saq``); the two SAQ stores
-  gzipped (``*.gz``) are sent gzipped only to a client that accepts gzip, plain to any other.
+  SAQ's with our fixes (``APP_JS_FIXES``: a job's queue link left ``/saq``; a refused request, read
+  as data, threw and left the page stale: a 401 now opens ``<root>/login``, any other refusal is
+  shown); the two SAQ stores gzipped (``*.gz``) are sent gzipped only to a client that accepts gzip,
+  plain to any other.
 
 Every answer but the static files is ``Cache-Control: no-store``, and every route but the static files
 is behind the guards of ``SAQConfig.web_guards`` (the accounts domain's ``requires_dashboard_admin``,
@@ -73,13 +75,71 @@ APP_JS_FIXES: tuple[tuple[str, str], ...] = (
         'link({ props: { href: "/queues/" + job.queue } }, job.queue)',
         'link({ props: { href: root_path + "/queues/" + job.queue } }, job.queue)',
     ),
+    # Every answer was read as data (app.js ~30): once the session was over (expired, signed out in
+    # another tab, password changed) each poll's 401 problem was rendered as a queue and threw, and the
+    # old numbers stayed on screen. A 401 now opens the sign-in page; any other refusal is shown.
+    (
+        """const get = async function(path) {
+  try {
+    const response = await fetch(apiPath(path))
+    return await response.json()""",
+        """// A refusal is not data: a session that is over (401) opens the sign-in page, any other refusal
+// is an error the page shows (a failed action's until the next action, on the page it was made on).
+let notice = null
+
+const answered = async function(response) {
+  if (response.status === 401) {
+    await response.text()  // read to its end: leaving the page would cut it short
+    window.location.assign(root_path + "/login")
+    return { error: "The session has ended: opening the sign-in page." }
+  }
+  if (!response.ok) {
+    let problem = {}
+    try { problem = await response.json() } catch (_) {}
+    const title = problem.title || response.statusText || "Error"
+    return { error: response.status + " " + title + (problem.detail ? ": " + problem.detail : "") }
+  }
+  return await response.json()
+}
+
+const get = async function(path) {
+  try {
+    return await answered(await fetch(apiPath(path)))""",
+    ),
+    (
+        """        body: JSON.stringify(data),
+      },
+    )
+    return await response.json()""",
+        """        body: JSON.stringify(data),
+      },
+    )
+    const answer = await answered(response)
+    const failed = answer.error && path.split("/").pop() + " failed: " + answer.error
+    notice = failed ? { path: window.location.pathname, text: failed } : null
+    return answer""",
+    ),
+    (
+        """    h("main.container", view),""",
+        """    h("main.container", notice && notice.path === path
+      ? [h("p", { attrs: { role: "alert" } }, h("strong", notice.text)), view]
+      : view),""",
+    ),
 )
-"""What the served ``app.js`` changes in SAQ's, each applied once (a test pins that it is all)."""
+"""What the served ``app.js`` changes in SAQ's, each text found exactly once (``fixed_app_js`` refuses
+to start otherwise: a SAQ upgrade that changes one fails the app's start, not the page)."""
 
 
 def fixed_app_js(upstream: str) -> str:
-    """SAQ's ``app.js`` with ``APP_JS_FIXES`` (a fix SAQ has made itself, or moved, is left out)."""
+    """SAQ's ``app.js`` with ``APP_JS_FIXES``; ``ValueError`` if a fix's text is not there exactly once
+    (SAQ changed it: drop or redo the fix)."""
     for wrong, right in APP_JS_FIXES:
+        found = upstream.count(wrong)
+        if found != 1:
+            raise ValueError(
+                f"SAQ's app.js holds {found} copies of the text a dashboard fix replaces (APP_JS_FIXES, "
+                f"app.core.dashboard); redo the fix for this SAQ: {wrong[:80]!r}"
+            )
         upstream = upstream.replace(wrong, right, 1)
     return upstream
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.valkey_control import ControlledValkey
 
 QUEUES = ["orders", "feed", "default", "github"]
 RENDER_TIMEOUT_MS = 30_000
+CLOCK_START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -72,6 +74,25 @@ async def signed_in_page(watched_page: WatchedPage, base: str, user: User) -> Wa
     assert tab.url == f"{base}/saq/"
     await tab.close()
     return watch
+
+
+async def hold_the_clock(page: Page) -> None:
+    """The page's timers run only when the test says (``page.clock.run_for``): its 2 s poll is never
+    waited for, and never comes on its own between two steps of a test."""
+    await page.clock.install(time=CLOCK_START)
+    await page.clock.pause_at(CLOCK_START + timedelta(seconds=1))
+
+
+def forget_the_polls_refused(watch: Watch, status: int) -> None:
+    """The refusals a test provokes (the browser logs each as a console error too)."""
+    watch.problems = [
+        p
+        for p in watch.problems
+        if not (
+            p.startswith(f"{status} for ")
+            or (p.startswith("console error:") and f"the server responded with a status of {status} " in p)
+        )
+    ]
 
 
 def forget_polls_cut_by_navigation(watch: Watch) -> None:
@@ -180,6 +201,71 @@ async def test_signing_out_ends_the_session(
     assert sent is not None and sent.url == f"{served.base}/saq/"
     assert f"saq_session={cookies[0]['value']}" in (await sent.all_headers()).get("cookie", "")
     forget_polls_cut_by_navigation(watch)
+    watch.assert_clean()
+
+
+async def test_a_page_whose_session_ends_elsewhere_goes_to_the_sign_in_page(
+    served: ServerProcess, watched_page: WatchedPage, admin: User
+) -> None:
+    """The review's finding: once the session was over (expired, signed out in another tab, password
+    changed) every poll got 401, the script threw on the problem it read as data, and the old numbers
+    stayed on screen until a reload. The page's clock is Playwright's: its next poll is run, not
+    waited for."""
+    watch = await signed_in_page(watched_page, served.base, admin)
+    page = watch.page
+    await hold_the_clock(page)
+    await page.goto(f"{served.base}/saq/queues/default")
+    await expect(page.locator("hgroup h2")).to_have_text("default", timeout=RENDER_TIMEOUT_MS)
+    other = await page.context.new_page()
+    await other.goto(f"{served.base}/saq/")
+    async with other.expect_navigation():
+        await other.get_by_role("button", name="Sign out").click()
+    assert other.url == f"{served.base}/saq/login"
+    await other.close()
+    async with page.expect_navigation(url=f"{served.base}/saq/login", timeout=RENDER_TIMEOUT_MS):
+        await page.clock.run_for(2_000)  # the page's next poll
+    await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    forget_the_polls_refused(watch, 401)
+    watch.assert_clean()
+
+
+async def test_a_refused_poll_is_shown_not_thrown(
+    served: ServerProcess, watched_page: WatchedPage, admin: User
+) -> None:
+    """Any other refusal of the page's request (here a job that is not there: 404) is shown on the page;
+    SAQ's script read the problem as the job and threw (``reading 'completed'``)."""
+    watch = await signed_in_page(watched_page, served.base, admin)
+    page = watch.page
+    response = await page.goto(f"{served.base}/saq/queues/default/jobs/no-such-job")
+    assert response is not None and response.status == 200
+    await expect(page.locator("main h1")).to_have_text("Error", timeout=RENDER_TIMEOUT_MS)
+    await expect(page.locator("main pre")).to_have_text(
+        "404 Not found: No job 'no-such-job' in the default queue."
+    )
+    forget_the_polls_refused(watch, 404)
+    watch.assert_clean()
+
+
+async def test_a_failed_retry_is_shown(
+    served: ServerProcess, watched_page: WatchedPage, admin: User, valkey_url: str
+) -> None:
+    """Retry and Abort failed silently; now their refusal is on the page. (The job is deleted under
+    the page, whose clock is held: no poll notices first.)"""
+    await enqueue_job(valkey_url, "browser-retry-gone", {"outbox_id": 3})
+    watch = await signed_in_page(watched_page, served.base, admin)
+    page = watch.page
+    await hold_the_clock(page)
+    await page.goto(f"{served.base}/saq/queues/default/jobs/browser-retry-gone")
+    retry = page.get_by_role("button", name="Retry")
+    await expect(retry).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+    async with saq_queues(valkey_url) as queues:
+        queue: Any = queues["default"]  # a RedisQueue: its job is a key of its own
+        assert await queue.redis.delete(queue.job_id("browser-retry-gone")) == 1
+    await retry.click()
+    await expect(page.get_by_role("alert")).to_contain_text(
+        "404 Not found: No job 'browser-retry-gone'", timeout=RENDER_TIMEOUT_MS
+    )
+    forget_the_polls_refused(watch, 404)
     watch.assert_clean()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -26,7 +25,7 @@ from saq import Queue
 from saq.job import Status
 
 from app.config import Settings
-from app.core.dashboard import APP_JS_FIXES, ERROR_MAX_CHARS
+from app.core.dashboard import APP_JS_FIXES, ERROR_MAX_CHARS, fixed_app_js
 from app.core.relay import batching_of, relay_once
 from app.core.scrub import MASK
 from app.db.models import User, UserRole
@@ -249,26 +248,35 @@ async def test_the_dashboard_without_its_trailing_slash_redirects_to_it(
     assert (anonymous.status_code, anonymous.headers["location"]) == (303, "/saq/login")
 
 
-def test_saqs_script_still_needs_the_fix() -> None:
-    """An upgrade of SAQ that changes the line (fixed upstream, or moved) fails here: drop or redo the fix."""
+def test_saqs_script_still_needs_the_fixes() -> None:
+    """An upgrade of SAQ that changes a fixed text (fixed upstream, or moved) fails here, and the app's
+    start with it (``fixed_app_js``): drop or redo the fix."""
     upstream = (SAQ_STATIC / "app.js").read_text()
     for wrong, right in APP_JS_FIXES:
         assert upstream.count(wrong) == 1, f"SAQ's app.js no longer holds {wrong!r}"
-        assert wrong not in right and "root_path" in right
-    assert len(APP_JS_FIXES) == 1
+        assert wrong not in right
+    assert len(APP_JS_FIXES) == 4
 
 
-async def test_the_served_script_differs_from_saqs_by_the_fix_alone(api: Client) -> None:
+def test_a_fix_that_no_longer_fits_stops_the_start() -> None:
+    upstream = (SAQ_STATIC / "app.js").read_text()
+    for wrong, _ in APP_JS_FIXES:
+        with pytest.raises(ValueError, match="redo the fix"):
+            fixed_app_js(upstream.replace(wrong, wrong.replace(" ", "  ")))
+    with pytest.raises(ValueError, match="2 copies"):
+        fixed_app_js(upstream + APP_JS_FIXES[0][0])
+
+
+async def test_the_served_script_differs_from_saqs_by_the_fixes_alone(api: Client) -> None:
     upstream = (SAQ_STATIC / "app.js").read_text()
     served = (await api.get("/saq/static/app.js")).text
-    assert served != upstream
-    (wrong, right), *_ = APP_JS_FIXES
-    assert served == upstream.replace(wrong, right)
-    changed = [
-        (old, new) for old, new in zip(upstream.splitlines(), served.splitlines(), strict=True) if old != new
-    ]
-    assert len(changed) == 1
-    assert re.search(r'href: root_path \+ "/queues/" \+ job\.queue', changed[0][1]), changed
+    expected = upstream
+    for wrong, right in APP_JS_FIXES:
+        expected = expected.replace(wrong, right)
+    assert served == expected != upstream
+    assert 'link({ props: { href: root_path + "/queues/" + job.queue } }, job.queue)' in served
+    assert 'window.location.assign(root_path + "/login")' in served
+    assert served.count("await answered(") == 2  # SAQ's get and post
 
 
 # -- actions ----------------------------------------------------------------------------------------
