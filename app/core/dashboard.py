@@ -16,14 +16,15 @@ sent. litestar-saq's web UI stays off (``web_enabled=False``); this router serve
 - ``/saq/static/<name>``: SAQ's three files, public (as litestar-saq serves them). ``app.js`` is
   SAQ's with our fixes (``APP_JS_FIXES``: a job's queue link left ``/saq``; a refused request, read
   as data, threw and left the page stale: a 401 now opens ``<root>/login``, any other refusal is
-  shown); the two SAQ stores gzipped (``*.gz``) are sent gzipped only to a client that accepts gzip,
+  shown; at a phone's width each table scrolls on its own and "Sign out" is in SAQ's bar); the two
+  SAQ stores gzipped (``*.gz``) are sent gzipped only to a client that accepts gzip,
   plain to any other.
 
 Every answer but the static files is ``Cache-Control: no-store``, and every route but the static files
 is behind the guards of ``SAQConfig.web_guards`` (the accounts domain's ``requires_dashboard_admin``,
 passed in by ``create_app``). A page request they refuse with 401 is redirected (303) to
-``<root>/login``, the sign-in page of whoever provides them; the page carries a sign-out form that
-posts to ``<root>/logout``.
+``<root>/login``, the sign-in page of whoever provides them; the page's bar carries a sign-out form
+that posts to ``<root>/logout``.
 """
 
 from __future__ import annotations
@@ -119,6 +120,87 @@ const get = async function(path) {
     notice = failed ? { path: window.location.pathname, text: failed } : null
     return answer""",
     ),
+    # At a phone's width (390 px) the page was 489 px wide, 877 px on a queue's: only the job's page
+    # put its table in a <figure> (Pico's element that scrolls on its own), a job's key was a link
+    # holding its cell (<a><td>, app.js ~178), and our sign-out form was a second bar above SAQ's. Each
+    # table is in a figure now, the link in the cell, and "Sign out" in SAQ's bar.
+    (
+        """    h("h1", "Queues"),
+    h("table", [""",
+        """    h("h1", "Queues"),
+    h("figure", h("table", [""",
+    ),
+    (
+        """      )),
+    ]),
+  ])
+}
+
+const job_headers""",
+        """      )),
+    ])),
+  ])
+}
+
+const job_headers""",
+    ),
+    (
+        """      h("h2", queue_name),
+    ]),
+    h("table", [""",
+        """      h("h2", queue_name),
+    ]),
+    h("figure", h("table", [""",
+    ),
+    (
+        """        h("td", queue.scheduled),
+      ])),
+    ]),
+    h("h2", "Workers"),
+    h("table", { attrs: { role: "grid" } }, [""",
+        """        h("td", queue.scheduled),
+      ])),
+    ])),
+    h("h2", "Workers"),
+    h("figure", h("table", { attrs: { role: "grid" } }, [""",
+    ),
+    (
+        """      )),
+    ]),
+    h("h2", "Jobs"),
+    h("table", { attrs: { role: "grid" } }, [""",
+        """      )),
+    ])),
+    h("h2", "Jobs"),
+    h("figure", h("table", { attrs: { role: "grid" } }, [""",
+    ),
+    (
+        """      )),
+    ]),
+  ])
+}
+
+const job_view""",
+        """      )),
+    ])),
+  ])
+}
+
+const job_view""",
+    ),
+    (
+        'link({ props: { href: root_path + "/queues/" + queue_name + "/jobs/" + job.key } }, '
+        'h("td", job.key)),',
+        'h("td", link({ props: { href: root_path + "/queues/" + queue_name + "/jobs/" + job.key } }, '
+        "job.key)),",
+    ),
+    (
+        """        h("li", h("a", { props: { href: "https://saq-py.readthedocs.io" } }, "Docs")),""",
+        """        h("li", h("a", { props: { href: "https://saq-py.readthedocs.io" } }, "Docs")),
+        h("li", h("form", { attrs: { method: "post", action: root_path + "/logout" }, style: { margin: 0 } },
+          h("button.secondary.outline", { attrs: { type: "submit" }, style: { margin: 0 } }, "Sign out")
+        )),""",
+    ),
     (
         """    h("main.container", view),""",
         """    h("main.container", notice && notice.path === path
@@ -166,9 +248,8 @@ def _root_script(root: str) -> str:
 
 
 def _page(root: str) -> str:
-    """litestar-saq's page, with our ``app.js`` and a sign-out form (outside the script's ``#app``)."""
+    """litestar-saq's page, with our ``app.js`` (whose bar holds the sign-out form)."""
     static = html.escape(f"{root}/static")
-    logout = html.escape(f"{root}/logout")
     return f"""<!DOCTYPE html>
 <html>
     <head>
@@ -178,12 +259,6 @@ def _page(root: str) -> str:
         <title>SAQ</title>
     </head>
     <body>
-        <nav class="container">
-            <ul></ul>
-            <ul><li><form method="post" action="{logout}">
-                <button type="submit" class="secondary outline">Sign out</button>
-            </form></li></ul>
-        </nav>
         <div id="app"></div>
         <script>{_root_script(root)}</script>
         <script src="{static}/snabbdom.js.gz"></script>

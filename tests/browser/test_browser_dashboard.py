@@ -65,10 +65,10 @@ def assert_clean_but_the_pages_status(watch: Watch, status: int) -> None:
     watch.assert_clean()
 
 
-async def signed_in_page(watched_page: WatchedPage, base: str, user: User) -> Watch:
+async def signed_in_page(watched_page: WatchedPage, base: str, user: User, **context_options: Any) -> Watch:
     """A watched page of a browser that signed ``user`` in, in another tab (closed since: its page's
     polling, cut short by the tab's closing, is not what the test watches)."""
-    watch = await watched_page()
+    watch = await watched_page(**context_options)
     tab = await watch.page.context.new_page()
     assert await sign_in(tab, base, user.email) == 200
     assert tab.url == f"{base}/saq/"
@@ -127,9 +127,9 @@ async def test_admin_sees_the_queues(
     watch.assert_clean()
 
 
-async def enqueue_job(valkey_url: str, key: str, kwargs: dict[str, Any]) -> None:
+async def enqueue_job(valkey_url: str, key: str, kwargs: dict[str, Any], queue: str = "default") -> None:
     async with saq_queues(valkey_url) as queues:
-        assert await queues["default"].enqueue(SaqJob(function="purge_outbox", kwargs=kwargs, key=key))
+        assert await queues[queue].enqueue(SaqJob(function="purge_outbox", kwargs=kwargs, key=key))
 
 
 async def test_a_jobs_page_links_its_queue_inside_the_dashboard(
@@ -266,6 +266,30 @@ async def test_a_failed_retry_is_shown(
         "404 Not found: No job 'browser-retry-gone'", timeout=RENDER_TIMEOUT_MS
     )
     forget_the_polls_refused(watch, 404)
+    watch.assert_clean()
+
+
+PHONE_WIDTH = 390
+PHONE = {"viewport": {"width": PHONE_WIDTH, "height": 844}, "is_mobile": True, "has_touch": True}
+
+
+@pytest.mark.parametrize(("path", "rendered"), [("/saq/", "Queues"), ("/saq/queues/orders", "Queue")])
+async def test_the_dashboard_fits_a_phones_width(
+    served: ServerProcess, watched_page: WatchedPage, admin: User, valkey_url: str, path: str, rendered: str
+) -> None:
+    """At 390 px the page was 489 px wide (877 px on a queue's page, its Status column off-screen): no
+    table scrolled on its own, a job's key was a link holding its cell, and the sign-out form was a
+    second bar. Now the page is as wide as the screen; each table scrolls within it."""
+    await enqueue_job(valkey_url, "browser-phone-width-with-a-long-key", {"order_id": 1}, queue="orders")
+    watch = await signed_in_page(watched_page, served.base, admin, **PHONE)
+    page = watch.page
+    response = await page.goto(f"{served.base}{path}")
+    assert response is not None and response.status == 200
+    await expect(page.locator("main h1")).to_have_text(rendered, timeout=RENDER_TIMEOUT_MS)
+    await expect(page.locator("main tbody tr").first).to_be_visible()
+    # (A phone's layout viewport widens to the content: the screen's width is the context's.)
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE_WIDTH, f"the page is {width} px wide on a {PHONE_WIDTH} px screen"
     watch.assert_clean()
 
 
