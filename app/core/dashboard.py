@@ -13,7 +13,8 @@ sent. litestar-saq's web UI stays off (``web_enabled=False``); this router serve
   redirects to ``/saq/`` (SAQ's script routes only the latter: it rendered its own "404 not found");
 - ``/saq/api/...``: the JSON the page polls, in the shapes SAQ's ``app.js`` reads, and the retry and
   abort actions (same-origin only: ``app.core.gate``);
-- ``/saq/static/<name>``: SAQ's three files, public (as litestar-saq serves them). ``app.js`` is
+- ``/saq/static/<name>``: SAQ's three files and our icon (``FAVICON``), public (as litestar-saq
+  serves SAQ's). ``app.js`` is
   SAQ's with our fixes (``APP_JS_FIXES``: a job's queue link left ``/saq``; a refused request, read
   as data, threw and left the page stale: a 401 now opens ``<root>/login``, any other refusal is
   shown; at a phone's width each table scrolls on its own and "Sign out" is in SAQ's bar); the two
@@ -55,6 +56,8 @@ from app.core.scrub import scrub_text
 __all__ = (
     "APP_JS_FIXES",
     "ERROR_MAX_CHARS",
+    "FAVICON",
+    "FAVICON_NAME",
     "JobOut",
     "QueueOut",
     "dashboard_router",
@@ -226,6 +229,17 @@ def fixed_app_js(upstream: str) -> str:
     return upstream
 
 
+FAVICON_NAME = "favicon.svg"
+"""The dashboard's icon, ``<root>/static/favicon.svg``: each page links it (the sign-in page too), so the
+browser no longer asks for ``/favicon.ico``, a 404 every page logged as a console error."""
+FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect width="16" height="16" rx="3" fill="#1095c1"/>'
+    b'<path d="M4 5h8M4 8h8M4 11h5" stroke="#fff" stroke-width="1.6" stroke-linecap="round"/></svg>'
+)
+"""Our own (no script, nothing fetched): a queue's three lines, in Pico's primary colour."""
+
+
 def _csp(inline_script: str) -> str:
     digest = base64.b64encode(hashlib.sha256(inline_script.encode()).digest()).decode()
     return "; ".join(
@@ -256,6 +270,7 @@ def _page(root: str) -> str:
         <meta charset="utf-8">
         <meta name="viewport" content="width=device-width, initial-scale=1">
         <link rel="stylesheet" type="text/css" href="{static}/pico.min.css.gz">
+        <link rel="icon" type="image/svg+xml" href="{static}/{FAVICON_NAME}">
         <title>SAQ</title>
     </head>
     <body>
@@ -487,19 +502,20 @@ class DashboardController(Controller):
         return {}
 
 
-def _static_files(directory: Path) -> dict[str, GzipAsset | bytes]:
-    """SAQ's files: the page's stylesheet and scripts. ``app.js`` (SAQ's, fixed, read once) is answered
-    as any answer (the compression layer encodes it as the request accepts); the two SAQ stores
-    gzipped are answered gzipped or plain as the request accepts (``GzipAsset``, the Swagger UI assets'
-    negotiation)."""
+def _static_files(directory: Path) -> dict[str, GzipAsset | tuple[str, bytes]]:
+    """SAQ's files: the page's stylesheet and scripts, and our icon. ``app.js`` (SAQ's, fixed, read
+    once) and the icon are answered as any answer (the compression layer encodes them as the request
+    accepts); the two SAQ stores gzipped are answered gzipped or plain as the request accepts
+    (``GzipAsset``, the Swagger UI assets' negotiation)."""
     return {
-        "app.js": fixed_app_js((directory / "app.js").read_text()).encode(),
+        "app.js": ("text/javascript", fixed_app_js((directory / "app.js").read_text()).encode()),
         "snabbdom.js.gz": GzipAsset("text/javascript", gzipped=(directory / "snabbdom.js.gz").read_bytes),
         "pico.min.css.gz": GzipAsset("text/css", gzipped=(directory / "pico.min.css.gz").read_bytes),
+        FAVICON_NAME: ("image/svg+xml", FAVICON),
     }
 
 
-def _static_router(files: Mapping[str, GzipAsset | bytes]) -> Router:
+def _static_router(files: Mapping[str, GzipAsset | tuple[str, bytes]]) -> Router:
     @get("/{name:str}", include_in_schema=False)
     async def dashboard_static(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         file = files.get(name)
@@ -507,7 +523,8 @@ def _static_router(files: Mapping[str, GzipAsset | bytes]) -> Router:
             raise NotFoundError(f"No dashboard file {name!r}.")
         if isinstance(file, GzipAsset):
             return await file.answer(request)
-        return Response(file, media_type="text/javascript")
+        media_type, content = file
+        return Response(content, media_type=media_type)
 
     return Router("/static", route_handlers=[dashboard_static], include_in_schema=False)
 

@@ -9,6 +9,7 @@ Every page is watched (``watched_page``): a script or style the dashboard's Cont
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from datetime import UTC, datetime, timedelta
@@ -16,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 from psycopg import AsyncConnection
 from saq import Job as SaqJob
 from valkey.asyncio import Valkey
 
 from app.db.models import User, UserRole
-from tests.browser.conftest import Watch, WatchedPage
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, Watch, WatchedPage
 from tests.factories import PASSWORD, create_user, saq_queues
 from tests.served import ServerProcess
 from tests.valkey_control import ControlledValkey
@@ -291,6 +292,45 @@ async def test_the_dashboard_fits_a_phones_width(
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE_WIDTH, f"the page is {width} px wide on a {PHONE_WIDTH} px screen"
     watch.assert_clean()
+
+
+async def test_the_dashboards_pages_show_its_own_icon(
+    served: ServerProcess, browser: Browser, admin: User
+) -> None:
+    """Every page of a browser's first visit asked for ``/favicon.ico``: a 404, logged as a console
+    error. Chromium asks for a page's icon only in a browser of its own whose requests are not
+    intercepted (``watched_page`` routes them all), so this test has both, and reads the icon's
+    answer from the browser's own network log (DevTools: Playwright never sees that request)."""
+    fresh = await browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        context = await fresh.new_context()
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(f"{m.text} ({m.location})") if m.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+        icons: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        devtools = await context.new_cdp_session(page)
+        await devtools.send("Network.enable")
+
+        def on_response(event: dict[str, Any]) -> None:
+            answer = event["response"]
+            if "favicon" in answer["url"]:
+                icons.put_nowait((answer["status"], answer["url"]))
+
+        devtools.on("Network.responseReceived", on_response)
+        assert await sign_in(page, served.base, admin.email) == 200  # the sign-in page, then the dashboard
+        await expect(page.locator("tbody[role=grid] td a", has_text="default")).to_be_visible(
+            timeout=RENDER_TIMEOUT_MS
+        )
+        await page.goto(f"{served.base}/saq/queues/default")
+        await expect(page.locator("hgroup h2")).to_have_text("default", timeout=RENDER_TIMEOUT_MS)
+        for shown_on in ("the sign-in page", "/saq/", "/saq/queues/default"):
+            async with asyncio.timeout(RENDER_TIMEOUT_MS / 1000):
+                icon = await icons.get()
+            assert icon == (200, f"{served.base}/saq/static/favicon.svg"), (shown_on, icon)
+        assert not errors, errors
+    finally:
+        await fresh.close()
 
 
 async def test_member_is_forbidden(served: ServerProcess, watched_page: WatchedPage, member: User) -> None:

@@ -143,12 +143,16 @@ async def test_the_sign_in_page_is_ours_strict_and_never_stored(api: Client) -> 
     parser.feed(response.text)
     tags = dict(parser.tags)
     assert "script" not in tags
-    assert tags["link"]["href"] == "/saq/static/pico.min.css.gz"
+    links = [(attrs["rel"], attrs["href"]) for tag, attrs in parser.tags if tag == "link"]
+    assert links == [("stylesheet", "/saq/static/pico.min.css.gz"), ("icon", "/saq/static/favicon.svg")]
     assert tags["form"] == {"method": "post", "action": "/saq/login"}
     inputs = {attrs["name"]: attrs["type"] for tag, attrs in parser.tags if tag == "input"}
     assert inputs == {"email": "email", "password": "password"}
-    stylesheet = await api.get("/saq/static/pico.min.css.gz")
-    assert stylesheet.status_code == 200
+    for _, href in links:
+        assert (await api.get(href)).status_code == 200, href
+    icon = await api.get("/saq/static/favicon.svg")
+    assert icon.headers["content-type"] == "image/svg+xml"
+    assert b"<script" not in icon.content and b"http" not in icon.content.replace(b"http://www.w3.org", b"")
 
 
 # -- anonymous ------------------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ async def test_every_dashboard_answer_is_no_store_but_its_static_files(
     assert len(answers) >= 7
     for path, answer in answers.items():
         assert answer.headers.get("cache-control") == "no-store", path
-    for name in ("app.js", "snabbdom.js.gz", "pico.min.css.gz"):
+    for name in ("app.js", "snabbdom.js.gz", "pico.min.css.gz", "favicon.svg"):
         static = await api.get(f"/saq/static/{name}")
         assert static.status_code == 200, name
         assert "no-store" not in static.headers.get("cache-control", ""), name
@@ -224,7 +224,7 @@ async def test_the_page_runs_under_a_strict_policy_that_allows_its_one_inline_sc
     assert directives["frame-ancestors"] == "'none'"
     assert directives["object-src"] == "'none'"
     assert directives["base-uri"] == "'none'"
-    assert len(page.urls) == 3  # the stylesheet and two scripts
+    assert len(page.urls) == 4  # the stylesheet, two scripts and the icon
     for url in page.urls:
         assert url.startswith("/saq/static/"), url
         assert (await api.get(url)).status_code == 200, url

@@ -6,8 +6,9 @@ sends an anonymous page request here. Both ``POST`` routes are under ``/saq``, s
 refuses them from another site (``app.core.gate``'s same-origin rule: no login CSRF, no forced
 sign-out); the cookie is ``SameSite=Strict`` as well.
 
-The page is ours: SAQ's stylesheet, no script at all, under a strict Content-Security-Policy, never
-stored (``no-store``). Like the dashboard, these routes are not in the API's OpenAPI document.
+The page is ours: SAQ's stylesheet and the dashboard's icon, no script at all, under a strict
+Content-Security-Policy, never stored (``no-store``). Like the dashboard, these routes are not in the
+API's OpenAPI document.
 
 A sign-in whose body is not the form (another content type, such as JSON, or fields the form does not
 have, or values past its limits) is answered 400 and the page, like a wrong password's 401: never the
@@ -38,6 +39,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from app.core.dashboard import FAVICON_NAME
 from app.core.errors import ForbiddenError, ServiceUnavailableError, TooManyRequestsError, UnauthorizedError
 from app.core.gate import AUTHENTICATE_OPT
 from app.core.routing import Controller
@@ -84,6 +86,7 @@ def sign_in_page(message: str | None = None, email: str = "") -> str:
         <meta charset="utf-8">
         <meta name="viewport" content="width=device-width, initial-scale=1">
         <link rel="stylesheet" type="text/css" href="{DASHBOARD_ROOT}/static/pico.min.css.gz">
+        <link rel="icon" type="image/svg+xml" href="{DASHBOARD_ROOT}/static/{FAVICON_NAME}">
         <title>Sign in · SAQ</title>
     </head>
     <body>
