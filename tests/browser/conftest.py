@@ -50,6 +50,8 @@ CHROMIUM_ARGS = [
 ]
 LOOPBACK = "127.0.0.1"
 UNROUTED_SCHEMES = {"data", "blob", "about"}
+ICONS = ("/favicon.svg",)
+"""A page's icon loads after the page (``<link rel="icon">``): a test that navigates on at once aborts it."""
 # Reports CSP violations even where Chromium would not log them (e.g. from a caught eval attempt).
 _CSP_LISTENER = """
 document.addEventListener("securitypolicyviolation", (event) => {
@@ -134,6 +136,8 @@ async def open_watched(browser: Browser, **context_options: Any) -> tuple[Browse
             watch.problems.append(f"console error: {message.text} ({message.location})")
 
     def on_failed(request: Request) -> None:
+        if request.failure == "net::ERR_ABORTED" and urlsplit(request.url).path.endswith(ICONS):
+            return  # a page's icon, cut short by leaving the page: nothing a person sees
         watch.problems.append(f"request failed: {request.method} {request.url}: {request.failure}")
 
     def on_response(response: Response) -> None:
