@@ -119,17 +119,8 @@ async def test_an_account_holds_at_most_its_cap_of_refresh_streams(
         app, client = served.app, served.client
         owner = await make_user(db, app, name="Streamer")
         other = await make_user(db, app, name="Other")
-        refresh_id = uuid.uuid4()
-        now = dt.datetime.now(dt.UTC)
-        running = RefreshOut(
-            id=refresh_id,
-            username="octocat",
-            status="running",
-            requested_at=now,
-            started_at=now,
-            events_url=f"/api/github/refreshes/{refresh_id}/events",
-            state_url=f"/api/github/refreshes/{refresh_id}",
-        )
+        running = running_refresh()
+        refresh_id = running.id
         await valkey.set(f"github:refresh:{refresh_id}", msgspec.json.encode(running), ex=600)
         path = running.events_url
 
