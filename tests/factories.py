@@ -379,6 +379,14 @@ async def assert_page_size_is_capped(
         assert_problem(response, 400, "validation", {"query.limit"})
 
 
+async def scalar(db: AsyncConnection[Any], query: str, *params: Any) -> Any:
+    """The first column of the one row ``query`` returns (a row it must return). Without ``params`` the
+    query is sent as written, so a literal ``%`` in it needs no escaping."""
+    row = await (await db.execute(query, params or None)).fetchone()
+    assert row is not None
+    return row[0]
+
+
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
     """Poll ``condition`` (every 50 ms) until it holds; fail after a generous ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -18,6 +18,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.security import refresh_token_digest
+from app.db import accounts as accounts_queries
 from app.db.models import User
 from tests.factories import (
     GENEROUS_AUTH,
@@ -25,13 +26,9 @@ from tests.factories import (
     bearer,
     create_user,
     login,
+    scalar,
     serve_in_loop,
     wait_until,
-)
-
-HOLD_FAMILY = (
-    "select pg_advisory_xact_lock(hashtextextended(concat('accounts-family:', family_id), 0))"
-    " from refresh_tokens where token_hash = %s"
 )
 
 
@@ -39,11 +36,12 @@ async def refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Respon
     return await client.post("/api/auth/refresh", json={"refresh_token": refresh_token})
 
 
-async def scalar(db: AsyncConnection[Any], sql: str, params: tuple[Any, ...] = ()) -> Any:
-    cursor = await db.execute(sql, params)
-    row = await cursor.fetchone()
-    assert row is not None
-    return row[0]
+async def rotated(client: httpx.AsyncClient, user: User) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``user`` logs in and refreshes once: the spent session tokens and their successors."""
+    spent = await login(client, user.email)
+    rotation = await refresh(client, spent["refresh_token"])
+    assert rotation.status_code == 200, rotation.text
+    return spent, rotation.json()
 
 
 async def test_a_reuse_that_waited_past_the_grace_for_the_sessions_lock_revokes_it(
@@ -55,14 +53,15 @@ async def test_a_reuse_that_waited_past_the_grace_for_the_sessions_lock_revokes_
     user: User = await create_user(db, password_hash)
     async with serve_in_loop(settings, refresh_reuse_grace_s=1, **GENEROUS_AUTH) as served:
         client = served.client
-        spent = await login(client, user.email)
-        rotation = await refresh(client, spent["refresh_token"])
-        assert rotation.status_code == 200, rotation.text
-        successor = rotation.json()
+        spent, successor = await rotated(client, user)
         reuse: asyncio.Task[httpx.Response] | None = None
         try:
             async with db.transaction():
-                await db.execute(HOLD_FAMILY, (refresh_token_digest(spent["refresh_token"]),))
+                family = await accounts_queries.get_refresh_token_family(
+                    db, token_hash=refresh_token_digest(spent["refresh_token"])
+                )
+                assert family is not None
+                await accounts_queries.lock_refresh_families(db, family_ids=[family])
                 reuse = asyncio.create_task(refresh(client, spent["refresh_token"]))
 
                 async def reuse_waits() -> bool:
@@ -76,7 +75,7 @@ async def test_a_reuse_that_waited_past_the_grace_for_the_sessions_lock_revokes_
                             db,
                             "select clock_timestamp() > used_at + interval '1.5 seconds'"
                             " from refresh_tokens where token_hash = %s",
-                            (refresh_token_digest(spent["refresh_token"]),),
+                            refresh_token_digest(spent["refresh_token"]),
                         )
                     )
 
@@ -99,11 +98,9 @@ async def test_at_grace_zero_a_duplicate_refresh_revokes_the_session(
     user: User = await create_user(db, password_hash)
     async with serve_in_loop(settings, refresh_reuse_grace_s=0, **GENEROUS_AUTH) as served:
         client = served.client
-        spent = await login(client, user.email)
-        rotation = await refresh(client, spent["refresh_token"])
-        assert rotation.status_code == 200, rotation.text
+        spent, successor = await rotated(client, user)
         assert_problem(await refresh(client, spent["refresh_token"]), 401, "unauthorized")
-        assert_problem(await refresh(client, rotation.json()["refresh_token"]), 401, "unauthorized")
+        assert_problem(await refresh(client, successor["refresh_token"]), 401, "unauthorized")
 
 
 async def test_at_the_default_grace_a_duplicate_right_after_the_rotation_is_a_409_that_keeps_it(
@@ -115,10 +112,8 @@ async def test_at_the_default_grace_a_duplicate_right_after_the_rotation_is_a_40
     user: User = await create_user(db, password_hash)
     async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
         client = served.client
-        spent = await login(client, user.email)
-        rotation = await refresh(client, spent["refresh_token"])
-        assert rotation.status_code == 200, rotation.text
+        spent, successor = await rotated(client, user)
         assert_problem(await refresh(client, spent["refresh_token"]), 409, "refresh-superseded")
-        me = await client.get("/api/auth/me", headers=bearer(rotation.json()["access_token"]))
+        me = await client.get("/api/auth/me", headers=bearer(successor["access_token"]))
         assert me.status_code == 200, me.text
-        assert (await refresh(client, rotation.json()["refresh_token"])).status_code == 200
+        assert (await refresh(client, successor["refresh_token"])).status_code == 200

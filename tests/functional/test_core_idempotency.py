@@ -31,6 +31,7 @@ from tests.factories import (
     make_site,
     make_task,
     make_user,
+    scalar,
     serve_in_loop,
     wait_until,
 )
@@ -58,12 +59,6 @@ async def app_client(
 ) -> tuple[Litestar, Client]:
     """The module's app on a clean database and Valkey."""
     return served
-
-
-async def scalar(db: AsyncConnection[Any], sql: str, *params: Any) -> Any:
-    row = await (await db.execute(sql, params)).fetchone()
-    assert row is not None
-    return row[0]
 
 
 @dataclass

@@ -29,7 +29,7 @@ from app.domains.activity.events import emit
 from app.domains.activity.jobs import record_activities
 from app.domains.activity.module import module as activity_module
 from app.modules import MODULES
-from tests.factories import Team, saq_queues, wait_until
+from tests.factories import Team, saq_queues, scalar, wait_until
 from tests.valkey_control import ControlledValkey
 
 
@@ -61,12 +61,6 @@ async def emit_task_created(services: Services, team: Team, task_id: int) -> Non
             project_id=team.project,
             data={"title": f"T{task_id}"},
         )
-
-
-async def scalar(db: AsyncConnection[Any], sql: str) -> Any:
-    row = await (await db.execute(sql)).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def test_batch_keys_name_the_exact_rows() -> None:

@@ -30,8 +30,9 @@ from app.domains.monitoring.fingerprint import RawException
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import Rendered, TelegramClient
 from app.modules import MODULES
+from tests.factories import scalar
 from tests.fakes.telegram import FakeTelegramServer, Scripted, parse_html, serve_fake_telegram
-from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
+from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 TOKEN = "123456:TEST-TOKEN-not-a-real-one"

@@ -11,8 +11,8 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from tests.factories import captured_logs
-from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
+from tests.factories import captured_logs, scalar
+from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 TOKEN = "123456:TEST-TOKEN-not-a-real-one-abcdefghij"

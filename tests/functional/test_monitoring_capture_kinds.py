@@ -21,7 +21,8 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.services import Services
 from app.main import create_app
-from tests.functional.test_monitoring_groups import open_monitoring, scalar
+from tests.factories import scalar
+from tests.functional.test_monitoring_groups import open_monitoring
 from tests.functional.test_monitoring_http import wait_for
 from tests.unit.test_monitoring_fingerprint import raise_bug
 

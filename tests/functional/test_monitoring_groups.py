@@ -30,7 +30,7 @@ from app.domains.monitoring.fingerprint import RawException, capture_chain
 from app.domains.monitoring.groups import MAX_WRITE_FAILURES, Aggregate, WriteResult
 from app.domains.monitoring.module import module as monitoring_module
 from app.domains.monitoring.services import MonitoringService
-from tests.factories import captured_logs, wait_until
+from tests.factories import captured_logs, scalar, wait_until
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 
@@ -95,12 +95,6 @@ async def groups(db: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
         " where kind <> 'cron' order by id"  # the session app's checks may add cron groups
     )
     return await cursor.fetchall()
-
-
-async def scalar(db: AsyncConnection[Any], sql: str, *params: Any) -> Any:
-    row = await (await db.execute(sql, params)).fetchone()
-    assert row is not None
-    return row[0]
 
 
 async def test_the_same_bug_raised_from_shifted_lines_is_one_group(

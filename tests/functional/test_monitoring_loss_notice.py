@@ -21,9 +21,10 @@ from app.core.db import transaction
 from app.domains.monitoring import alerts
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import Rendered
+from tests.factories import scalar
 from tests.fakes.telegram import FakeTelegramServer, Scripted, parse_html, serve_fake_telegram
 from tests.functional.test_monitoring_alerts import PRIVATE_CHAT, TOKEN, with_telegram
-from tests.functional.test_monitoring_groups import open_monitoring, scalar
+from tests.functional.test_monitoring_groups import open_monitoring
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -26,10 +26,10 @@ from app.domains.monitoring.groups import Aggregate
 from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, WAIT_KEY, OutageNotifier
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import TelegramClient
-from tests.factories import captured_logs
+from tests.factories import captured_logs, scalar
 from tests.fakes.telegram import FakeTelegramServer, Scripted, serve_fake_telegram
 from tests.functional.test_monitoring_alerts import PRIVATE_CHAT, TOKEN, with_telegram
-from tests.functional.test_monitoring_groups import open_monitoring, scalar, tuned
+from tests.functional.test_monitoring_groups import open_monitoring, tuned
 from tests.served import free_port
 
 ROUTE = {"type": "http", "path_template": "/api/projects", "method": "GET"}

@@ -15,8 +15,8 @@ from app.config import Settings
 from app.core.errors import ConflictError, UnprocessableError
 from app.db.models import UserRole
 from app.domains.monitoring.services import MonitoringService, package_version
-from tests.factories import Client, assert_problem, captured_logs, make_user
-from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
+from tests.factories import Client, assert_problem, captured_logs, make_user, scalar
+from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.functional.test_monitoring_http import ADMIN, write
 from tests.unit.test_monitoring_fingerprint import raise_bug
 

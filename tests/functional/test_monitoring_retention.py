@@ -12,7 +12,8 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.domains.monitoring.schemas import DETAIL_RELEASES
-from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
+from tests.factories import scalar
+from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
 DAY = 86_400

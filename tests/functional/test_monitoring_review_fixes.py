@@ -22,7 +22,7 @@ from app.domains.monitoring.delivery import MAX_ATTEMPTS
 from app.domains.monitoring.fingerprint import capture_chain
 from app.domains.monitoring.report import TOP, BusinessFigures, build_report
 from app.domains.monitoring.schemas import MAX_RELEASE_NAME, RELEASE_NAME
-from tests.factories import Client, assert_problem, make_user, wait_until
+from tests.factories import Client, assert_problem, make_user, scalar, wait_until
 from tests.fakes.telegram import FakeTelegramServer, serve_fake_telegram
 from tests.functional.test_monitoring_alerts import (
     PRIVATE_CHAT,
@@ -31,7 +31,7 @@ from tests.functional.test_monitoring_alerts import (
     record_html_telegram_refuses,
     with_telegram,
 )
-from tests.functional.test_monitoring_groups import error_event, open_monitoring, scalar
+from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.functional.test_monitoring_http import ADMIN, write
 from tests.unit.test_monitoring_fingerprint import raise_bug
 

@@ -22,9 +22,10 @@ from tests.factories import (
     make_product,
     make_user,
     mint_headers,
+    scalar,
 )
 from tests.fakes import payments
-from tests.functional.test_orders_http import Client, pay, reserved_order, scalar, status_of, stock_of
+from tests.functional.test_orders_http import Client, pay, reserved_order, status_of, stock_of
 
 REFUNDS_DUE = "/api/admin/payments/refunds-due"
 REFUNDED = "/api/admin/payments/refunded"

@@ -32,8 +32,8 @@ from app.config import Settings
 from app.core.services import Services, open_services
 from app.domains.orders.schemas import OrderCreate, OrderLine
 from app.domains.orders.services import OrderService
-from tests.factories import COMMERCE, captured_logs, create_user, make_product
-from tests.functional.test_orders_expiry_backlog import reserve_lapsed, scalar
+from tests.factories import COMMERCE, captured_logs, create_user, make_product, scalar
+from tests.functional.test_orders_expiry_backlog import reserve_lapsed
 
 REFUSE = "raise exception 'refused for the test: order %', old.id"
 """The trigger's body for an order that fails (a statement the database refuses)."""

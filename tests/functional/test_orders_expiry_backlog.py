@@ -22,19 +22,13 @@ from app.db.models import User
 from app.domains.orders import jobs
 from app.domains.orders.schemas import OrderCreate, OrderLine
 from app.domains.orders.services import HoldingLimitError, OrderService
-from tests.factories import COMMERCE, create_user, make_product
+from tests.factories import COMMERCE, create_user, make_product, scalar
 
 
 @pytest.fixture
 async def services(db: AsyncConnection[Any], settings: Settings) -> AsyncIterator[Services]:
     async with open_services(settings, COMMERCE) as opened:
         yield opened
-
-
-async def scalar(db: AsyncConnection[Any], sql: str, *params: Any) -> Any:
-    row = await (await db.execute(sql, params)).fetchone()
-    assert row is not None
-    return row[0]
 
 
 async def reserve_lapsed(

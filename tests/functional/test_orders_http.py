@@ -29,6 +29,7 @@ from tests.factories import (
     create_user,
     make_product,
     make_user,
+    scalar,
     serve_in_loop,
     wait_until,
 )
@@ -73,12 +74,6 @@ async def place(
     if expect is not None:
         assert response.status_code == expect, response.text
     return response
-
-
-async def scalar(db: AsyncConnection[Any], sql: str, *params: Any) -> Any:
-    row = await (await db.execute(sql, params)).fetchone()
-    assert row is not None
-    return row[0]
 
 
 async def stock_of(db: AsyncConnection[Any], product_id: int) -> int:

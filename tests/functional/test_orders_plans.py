@@ -29,9 +29,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from app.db import orders as queries
-from tests.factories import make_product, plan_scans
+from tests.factories import make_product, plan_scans, scalar
 from tests.functional.test_core_generic_plans import make_crowd, rows_read, run_custom, run_generic
-from tests.functional.test_orders_expiry_backlog import scalar
 
 HISTORY_DAYS = 60
 PER_DAY = 400
