@@ -110,7 +110,12 @@ UPDATE_USER_PROFILE = """\
 update users
 set display_name = coalesce($1, display_name),
     password_hash = coalesce($2, password_hash),
-    updated_at = now()
+    updated_at = case
+        when coalesce($1, display_name) is distinct from display_name
+            or coalesce($2, password_hash) is distinct from password_hash
+        then now()
+        else updated_at
+    end
 where id = $3
 returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
 
@@ -122,6 +127,7 @@ async def update_user_profile(
     password_hash: str | None,
     id: int,
 ) -> User | None:
+    """updated_at moves only with a change: a patch of nulls or of the values already there is no edit."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
         await cur.execute(UPDATE_USER_PROFILE, (display_name, password_hash, id))
         return await cur.fetchone()
@@ -131,7 +137,12 @@ ADMIN_UPDATE_USER = """\
 update users
 set role = coalesce($1::user_role, role),
     is_active = coalesce($2::boolean, is_active),
-    updated_at = now()
+    updated_at = case
+        when coalesce($1::user_role, role) is distinct from role
+            or coalesce($2::boolean, is_active) is distinct from is_active
+        then now()
+        else updated_at
+    end
 where id = $3
 returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
 
@@ -143,6 +154,7 @@ async def admin_update_user(
     is_active: bool | None,
     id: int,
 ) -> User | None:
+    """updated_at moves only with a change, as in UpdateUserProfile."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
         await cur.execute(ADMIN_UPDATE_USER, (role, is_active, id))
         return await cur.fetchone()

@@ -37,18 +37,30 @@ where id = @id and password_hash = @verified_hash
 returning *;
 
 -- name: UpdateUserProfile :one
+-- updated_at moves only with a change: a patch of nulls or of the values already there is no edit.
 update users
 set display_name = coalesce(sqlc.narg(display_name), display_name),
     password_hash = coalesce(sqlc.narg(password_hash), password_hash),
-    updated_at = now()
+    updated_at = case
+        when coalesce(sqlc.narg(display_name), display_name) is distinct from display_name
+            or coalesce(sqlc.narg(password_hash), password_hash) is distinct from password_hash
+        then now()
+        else updated_at
+    end
 where id = @id
 returning *;
 
 -- name: AdminUpdateUser :one
+-- updated_at moves only with a change, as in UpdateUserProfile.
 update users
 set role = coalesce(sqlc.narg(role)::user_role, role),
     is_active = coalesce(sqlc.narg(is_active)::boolean, is_active),
-    updated_at = now()
+    updated_at = case
+        when coalesce(sqlc.narg(role)::user_role, role) is distinct from role
+            or coalesce(sqlc.narg(is_active)::boolean, is_active) is distinct from is_active
+        then now()
+        else updated_at
+    end
 where id = @id
 returning *;
 

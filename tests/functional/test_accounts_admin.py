@@ -304,13 +304,15 @@ async def test_an_admin_demoted_meanwhile_can_change_no_one(
     assert await still.fetchone() == ("admin", True)
 
 
-async def test_a_no_op_patch_keeps_the_sessions(
+async def test_a_no_op_patch_keeps_the_sessions_and_updated_at(
     api: Client, db: AsyncConnection[Any], password_hash: str, admin_token: str
 ) -> None:
     member = await create_user(db, password_hash)
     token = (await login(api, member.email))["access_token"]
     assert (await set_user(api, admin_token, member.id, role="member", is_active=True)).status_code == 200
     assert (await api.get("/api/auth/me", headers=bearer(token))).status_code == 200
+    unchanged = await db.execute("select updated_at from users where id = %s", (member.id,))
+    assert await unchanged.fetchone() == (member.updated_at,)
 
 
 async def test_create_admin_refuses_a_weak_password_with_a_message_not_a_traceback(
