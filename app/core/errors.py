@@ -506,7 +506,9 @@ def _handle_unstorable(request: Request[Any, Any, Any], exc: psycopg.DataError) 
     )
 
 
-def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+def handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """A backing service's failure (``DEPENDENCY_FAILURES``): 503 with ``Retry-After``, logged and counted
+    as an outage of the service, or as a failed statement when the service answered (a deadlock)."""
     if not dependency_down(exc):
         return _handle_statement_failed(request, exc)
     report_dependency_down(exc, "request", method=request.method, route=_route(request))
@@ -543,13 +545,18 @@ def _handle_statement_failed(request: Request[Any, Any, Any], exc: Exception) ->
     )
 
 
+DEPENDENCY_FAILURES: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    valkey.exceptions.ConnectionError,
+    valkey.exceptions.TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+"""What ``handle_dependency_down`` answers: the database's or Valkey's failures."""
+
 exception_handlers: ExceptionHandlersMap = {
-    psycopg.OperationalError: _handle_dependency_down,
-    psycopg_pool.PoolTimeout: _handle_dependency_down,
-    valkey.exceptions.ConnectionError: _handle_dependency_down,
-    valkey.exceptions.TimeoutError: _handle_dependency_down,
-    redis.exceptions.ConnectionError: _handle_dependency_down,
-    redis.exceptions.TimeoutError: _handle_dependency_down,
+    **dict.fromkeys(DEPENDENCY_FAILURES, handle_dependency_down),
     psycopg.DataError: _handle_unstorable,
     ValidationException: _handle_validation,
     AppError: _handle_app_error,
@@ -559,6 +566,7 @@ exception_handlers: ExceptionHandlersMap = {
 
 __all__ = [
     "BODY_REFUSED",
+    "DEPENDENCY_FAILURES",
     "DRIVER_REFUSALS",
     "FIRST_BODY_FAULT_ONLY",
     "MAX_REPORTED_ERRORS",
@@ -579,6 +587,7 @@ __all__ = [
     "database_down",
     "dependency_down",
     "exception_handlers",
+    "handle_dependency_down",
     "problem_response",
     "report_dependency_down",
 ]

@@ -35,6 +35,7 @@ from app.domains.accounts.dashboard_tokens import (
 )
 from app.domains.accounts.services import AccountService
 from tests.factories import (
+    GENEROUS_AUTH,
     PASSWORD,
     SAME_ORIGIN,
     Client,
@@ -44,6 +45,7 @@ from tests.factories import (
     create_user,
     login,
     mint_headers,
+    serve_in_loop,
     session_of,
     sign_in,
     sign_in_to_dashboard,
@@ -413,3 +415,23 @@ async def test_a_tampered_or_foreign_cookie_is_refused(api: Client, admin: User,
     other_key = jwt.encode(claims, "another key of 32 characters or more!", algorithm=settings.jwt_algorithm)
     for bad in (token[:-2] + "xx", other_key, "not-a-token", forged(settings, claims, aud="monolith-api")):
         await assert_signed_out(api, with_session(bad))
+
+
+async def test_a_database_failing_during_the_sign_in_gets_the_page_with_503(
+    settings: Settings, db: AsyncConnection[Any], admin: User
+) -> None:
+    """The database does not finish the sign-in's work (the admin's row held meanwhile, past the
+    statement timeout): the browser gets the page and when to retry, not the API's problem+json."""
+    async with (
+        serve_in_loop(settings, statement_timeout_ms=300, **GENEROUS_AUTH) as served,
+        db.transaction(),
+    ):
+        await db.execute("select 1 from users where id = %s for update", (admin.id,))
+        response = await sign_in(served.client, admin.email)
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Sign-in is briefly unavailable; try again shortly." in response.text
+    assert int(response.headers["retry-after"]) > 0
+    assert response.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert SESSION_COOKIE not in response.headers.get("set-cookie", "")

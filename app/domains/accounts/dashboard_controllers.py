@@ -40,7 +40,14 @@ from litestar.status_codes import (
 )
 
 from app.core.dashboard import FAVICON_NAME
-from app.core.errors import ForbiddenError, ServiceUnavailableError, TooManyRequestsError, UnauthorizedError
+from app.core.errors import (
+    DEPENDENCY_FAILURES,
+    ForbiddenError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+    UnauthorizedError,
+    handle_dependency_down,
+)
 from app.core.gate import AUTHENTICATE_OPT
 from app.core.routing import Controller
 from app.domains.accounts.dashboard_tokens import (
@@ -75,7 +82,8 @@ FORM_MEDIA_TYPE = RequestEncodingType.URL_ENCODED.value
 UNREADABLE_FORM = "The sign-in could not be read; enter your email and password in this form."
 UNAVAILABLE = "Sign-in is briefly unavailable; try again shortly."
 """The page's word for any 503 of the sign-in (rate limits or the login throttle failing closed with
-Valkey down, the password checks all busy): a person needs when, not which service."""
+Valkey down, the password checks all busy, the database failing): a person needs when, not which
+service."""
 
 
 def sign_in_page(message: str | None = None, email: str = "") -> str:
@@ -154,6 +162,17 @@ def _unavailable(request: Request[Any, Any, Any], exc: ServiceUnavailableError) 
     )
 
 
+def _backing_service_failed(request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
+    """The database or Valkey failing during the sign-in: answered, logged and counted by the app's own
+    handler (503 and its ``Retry-After``), and shown to the browser as the page, never stored."""
+    answer = handle_dependency_down(request, exc)
+    return _page(
+        answer.status_code or HTTP_503_SERVICE_UNAVAILABLE,
+        UNAVAILABLE,
+        headers={**answer.headers, _NO_STORE.HEADER_NAME: _NO_STORE.to_header()},
+    )
+
+
 class DashboardSignInController(Controller):
     """The sign-in page, the sign-in and the sign-out of the SAQ dashboard."""
 
@@ -187,9 +206,10 @@ class DashboardSignInController(Controller):
         "`Retry-After`); a member: 403 "
         "and the page. A body that is not the form (another content type, unknown fields, values past "
         "the form's limits): 400 and the page, repeating nothing that was sent. Sign-in unavailable "
-        "(Valkey down with `RATE_LIMIT_AUTH_FAIL_CLOSED`, or every password check busy): 503 and the "
-        "page with `Retry-After`.",
+        "(Valkey down with `RATE_LIMIT_AUTH_FAIL_CLOSED`, every password check busy, the database "
+        "failing): 503 and the page with `Retry-After`.",
         exception_handlers={
+            **dict.fromkeys(DEPENDENCY_FAILURES, _backing_service_failed),
             ValidationException: _unreadable_form,
             TooManyRequestsError: _rate_limited,
             ServiceUnavailableError: _unavailable,
