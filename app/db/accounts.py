@@ -110,13 +110,10 @@ UPDATE_USER_PROFILE = """\
 update users
 set display_name = coalesce($1, display_name),
     password_hash = coalesce($2, password_hash),
-    updated_at = case
-        when coalesce($1, display_name) is distinct from display_name
-            or coalesce($2, password_hash) is distinct from password_hash
-        then now()
-        else updated_at
-    end
+    updated_at = now()
 where id = $3
+  and (display_name, password_hash) is distinct from
+      (coalesce($1, display_name), coalesce($2, password_hash))
 returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
 
 
@@ -127,7 +124,8 @@ async def update_user_profile(
     password_hash: str | None,
     id: int,
 ) -> User | None:
-    """updated_at moves only with a change: a patch of nulls or of the values already there is no edit."""
+    """The given fields set (null: kept), only when that changes the user: no row when it changes nothing
+    (updated_at stays), as UpdateProject."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
         await cur.execute(UPDATE_USER_PROFILE, (display_name, password_hash, id))
         return await cur.fetchone()
@@ -137,13 +135,10 @@ ADMIN_UPDATE_USER = """\
 update users
 set role = coalesce($1::user_role, role),
     is_active = coalesce($2::boolean, is_active),
-    updated_at = case
-        when coalesce($1::user_role, role) is distinct from role
-            or coalesce($2::boolean, is_active) is distinct from is_active
-        then now()
-        else updated_at
-    end
+    updated_at = now()
 where id = $3
+  and (role, is_active) is distinct from
+      (coalesce($1::user_role, role), coalesce($2::boolean, is_active))
 returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
 
 
@@ -154,7 +149,8 @@ async def admin_update_user(
     is_active: bool | None,
     id: int,
 ) -> User | None:
-    """updated_at moves only with a change, as in UpdateUserProfile."""
+    """The given fields set (null: kept), only when that changes the user: no row when it changes nothing
+    (updated_at stays), as UpdateUserProfile."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
         await cur.execute(ADMIN_UPDATE_USER, (role, is_active, id))
         return await cur.fetchone()

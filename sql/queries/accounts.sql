@@ -37,31 +37,27 @@ where id = @id and password_hash = @verified_hash
 returning *;
 
 -- name: UpdateUserProfile :one
--- updated_at moves only with a change: a patch of nulls or of the values already there is no edit.
+-- The given fields set (null: kept), only when that changes the user: no row when it changes nothing
+-- (updated_at stays), as UpdateProject.
 update users
 set display_name = coalesce(sqlc.narg(display_name), display_name),
     password_hash = coalesce(sqlc.narg(password_hash), password_hash),
-    updated_at = case
-        when coalesce(sqlc.narg(display_name), display_name) is distinct from display_name
-            or coalesce(sqlc.narg(password_hash), password_hash) is distinct from password_hash
-        then now()
-        else updated_at
-    end
+    updated_at = now()
 where id = @id
+  and (display_name, password_hash) is distinct from
+      (coalesce(sqlc.narg(display_name), display_name), coalesce(sqlc.narg(password_hash), password_hash))
 returning *;
 
 -- name: AdminUpdateUser :one
--- updated_at moves only with a change, as in UpdateUserProfile.
+-- The given fields set (null: kept), only when that changes the user: no row when it changes nothing
+-- (updated_at stays), as UpdateUserProfile.
 update users
 set role = coalesce(sqlc.narg(role)::user_role, role),
     is_active = coalesce(sqlc.narg(is_active)::boolean, is_active),
-    updated_at = case
-        when coalesce(sqlc.narg(role)::user_role, role) is distinct from role
-            or coalesce(sqlc.narg(is_active)::boolean, is_active) is distinct from is_active
-        then now()
-        else updated_at
-    end
+    updated_at = now()
 where id = @id
+  and (role, is_active) is distinct from
+      (coalesce(sqlc.narg(role)::user_role, role), coalesce(sqlc.narg(is_active)::boolean, is_active))
 returning *;
 
 -- name: ListUsers :many

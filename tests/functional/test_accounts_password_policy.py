@@ -20,6 +20,7 @@ from tests.factories import (
     bearer,
     create_user,
     login,
+    scalar,
     serve_in_loop,
     unique_email,
 )
@@ -42,9 +43,17 @@ async def register(client: Client | httpx.AsyncClient, email: str, password: str
 
 
 async def account_exists(db: AsyncConnection[Any], email: str) -> bool:
-    cursor = await db.execute("select count(*) from users where email = %s", (email,))
-    row = await cursor.fetchone()
-    return row is not None and row[0] == 1
+    return bool(await scalar(db, "select count(*) from users where email = %s", email))
+
+
+async def change_password(
+    client: Client | httpx.AsyncClient, session: dict[str, Any], password: str
+) -> httpx.Response:
+    return await client.patch(
+        "/api/auth/me",
+        json={"current_password": PASSWORD, "new_password": password},
+        headers=bearer(session["access_token"]),
+    )
 
 
 @pytest.mark.parametrize("password", WEAK)
@@ -62,11 +71,7 @@ async def test_a_password_change_to_a_weak_password_is_refused_and_changes_nothi
 ) -> None:
     user = await create_user(db, password_hash)
     session = await login(api, user.email)
-    answer = await api.patch(
-        "/api/auth/me",
-        json={"current_password": PASSWORD, "new_password": password},
-        headers=bearer(session["access_token"]),
-    )
+    answer = await change_password(api, session, password)
     assert_problem(answer, 422, "weak-password")
     await login(api, user.email)  # the password is unchanged, the session alive
     me = await api.get("/api/auth/me", headers=bearer(session["access_token"]))
@@ -100,10 +105,6 @@ async def test_in_production_a_public_default_password_is_refused(
         assert_problem(await register(client, email, password), 422, "weak-password")
         assert not await account_exists(db, email)
         session = await login(client, user.email)
-        answer = await client.patch(
-            "/api/auth/me",
-            json={"current_password": PASSWORD, "new_password": password},
-            headers=bearer(session["access_token"]),
-        )
+        answer = await change_password(client, session, password)
         assert_problem(answer, 422, "weak-password")
         await login(client, user.email)

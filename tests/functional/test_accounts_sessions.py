@@ -433,21 +433,25 @@ async def test_password_change_revokes_the_other_sessions_only(api: Client, memb
     assert (await attempt(api, member.email, NEW_PASSWORD, new_peer())).status_code == 200
 
 
-async def test_a_profile_patch_that_changes_nothing_keeps_updated_at(
-    api: Client, db: AsyncConnection[Any], member: User
+async def test_a_profile_patch_that_changes_nothing_keeps_updated_at_and_the_feeds_names(
+    api: Client, db: AsyncConnection[Any], valkey: Valkey, member: User
 ) -> None:
     headers = bearer((await login(api, member.email))["access_token"])
+    names_version = await valkey.get("feed:names")
     for body in ({}, {"display_name": None}, {"display_name": member.display_name}):
         response = await api.patch("/api/auth/me", json=body, headers=headers)
         assert response.status_code == 200, response.text
+        assert response.json()["display_name"] == member.display_name
         stored = await queries.get_user_by_id(db, id=member.id)
         assert stored is not None
         assert stored.updated_at == member.updated_at, body
+        assert await valkey.get("feed:names") == names_version, body
     renamed = await api.patch("/api/auth/me", json={"display_name": "Renamed"}, headers=headers)
     assert renamed.status_code == 200, renamed.text
     stored = await queries.get_user_by_id(db, id=member.id)
     assert stored is not None
     assert stored.updated_at > member.updated_at
+    assert await valkey.get("feed:names") != names_version
 
 
 async def test_bad_profile_changes_and_refreshes_are_400_naming_the_field(api: Client, member: User) -> None:

@@ -720,7 +720,10 @@ class AccountService:
         (``revoke_all``), and is refused if the password it verified is no longer the account's
         (409 ``password-changed``: another change committed first, and this one would overwrite it)
         or the caller's own session was revoked meanwhile (401: a logout, a deactivation, or that other
-        change)."""
+        change).
+
+        A patch that changes nothing (no field, or each as it is) is no change: the account as it is,
+        its ``updated_at`` kept, and no rename for the feed's names."""
         new_hash, verified_hash, revoked = None, None, 0
         if data.new_password is not None:
             # Before the current password is checked: a weak one costs no guess and tells nothing.
@@ -758,9 +761,11 @@ class AccountService:
                 password_hash=new_hash,
                 id=caller.id,
             )
-            if user is None:
-                raise NotFoundError("No such user.")
-            if data.display_name is not None:
+            if user is None:  # nothing to change (or no such user)
+                user = await queries.get_user_by_id(uow.conn, id=caller.id)
+                if user is None:
+                    raise NotFoundError("No such user.")
+            elif data.display_name is not None:
                 for callback in self._on_rename:
                     uow.after_commit(partial(callback, caller.id))
         if new_hash is not None:
@@ -803,10 +808,12 @@ class AccountService:
             before = locked.get(user_id)
             if before is None:
                 raise NotFoundError("No such user.")
-            user = await queries.admin_update_user(
-                uow.conn, role=patch.role, is_active=patch.is_active, id=user_id
+            user = (
+                await queries.admin_update_user(
+                    uow.conn, role=patch.role, is_active=patch.is_active, id=user_id
+                )
+                or before  # nothing to change
             )
-            assert user is not None
             if user.role != before.role or user.is_active != before.is_active:
                 self._access_changed(uow, user_id)
                 revoked = await self.revoke_all(uow, user_id)
