@@ -68,8 +68,11 @@ def _is_secret(key: object) -> bool:
 
 
 def _masked(value: Any, depth: int = 0) -> Any:
-    """``value`` with what its mappings hold under secret keys masked: a copy (the logged object is
-    the caller's, never changed), lists and tuples walked too."""
+    """``value`` with what its mappings hold under secret keys masked and its strings scrubbed
+    (``scrub_text``, as the event's own string fields are): a copy (the logged object is the
+    caller's, never changed), lists and tuples walked too."""
+    if isinstance(value, str):
+        return scrub_text(value)
     if isinstance(value, Mapping):
         if depth >= _NESTING_MAX:
             return MASK
@@ -83,7 +86,9 @@ def _masked(value: Any, depth: int = 0) -> Any:
 
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: a secret passed to a log call by mistake is masked, never written: a
-    field named like one (``_SECRET_PARTS``), at the top of the event or in a mapping it holds."""
+    field named like one (``_SECRET_PARTS``), at the top of the event or in a mapping it holds, and a
+    secret-shaped string inside a mapping, list or tuple (``_scrub_strings`` does the top level's).
+    """
     for key, value in event.items():
         if key in _OURS:
             continue
@@ -123,7 +128,7 @@ class OncePerInterval:
 
 def _scrub_strings(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Every string field of an event (its message, a driver's error quoting a connection string, a
-    URL, the traceback) with secrets masked (``app.core.scrub``); nested values are not walked."""
+    URL, the traceback) with secrets masked (``app.core.scrub``); ``_drop_secrets`` did the nested ones."""
     for key, value in event.items():
         if isinstance(value, str) and key not in _OURS:
             event[key] = scrub_text(value)

@@ -56,6 +56,24 @@ async def test_fields_named_like_secrets_are_masked_at_any_depth(api: Client) ->
     assert nested["refresh_token"] == SECRET, "the logged object itself is never changed"
 
 
+async def test_secret_shaped_strings_are_masked_inside_nested_values(api: Client) -> None:
+    """A secret recognised by its shape (a URL's password, a bearer value, a JWT) is masked in a
+    mapping, list or tuple as in a top-level field; before, only top-level strings were scrubbed."""
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2lnbmF0dXJl"
+    with captured_logs() as logs:
+        structlog.get_logger("app.core").warning(
+            "careless_nested_call",
+            target={"dsn": f"postgresql://app:{SECRET}@db.internal/app", "attempt": 2},
+            tried=[f"Bearer {SECRET}", "plain words"],
+            pair=("ok", jwt),
+        )
+    assert SECRET not in logs.text and jwt not in logs.text, logs.text
+    (line,) = logs.events("careless_nested_call")
+    assert line["target"] == {"dsn": f"postgresql://app:{MASK}@db.internal/app", "attempt": 2}
+    assert line["tried"] == [f"Bearer {MASK}", "plain words"]
+    assert line["pair"] == ["ok", MASK]
+
+
 async def test_fields_that_only_count_or_name_sessions_and_tokens_are_kept(
     api: Client, db: AsyncConnection[Any], password_hash: str
 ) -> None:
