@@ -59,6 +59,9 @@ set name = coalesce($1, name),
     active = coalesce($4::boolean, active),
     updated_at = now()
 where id = $5
+  and (name, description, price, active) is distinct from
+      (coalesce($1, name), coalesce($2, description),
+       coalesce($3::numeric, price), coalesce($4::boolean, active))
 returning id, sku, name, description, price, stock, active, created_at, updated_at, version"""
 
 
@@ -71,6 +74,8 @@ async def update_product(
     active: bool | None,
     id: int,
 ) -> Product | None:
+    """The given fields set (null: kept), only when that changes the product: no row when it changes
+    nothing (updated_at and version stay), as UpdateProject. The version is the trigger's."""
     async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
         await cur.execute(UPDATE_PRODUCT, (name, description, price, active, id))
         return await cur.fetchone()

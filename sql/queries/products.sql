@@ -14,6 +14,8 @@ select * from products where id = @id;
 select * from products where id = @id for no key update;
 
 -- name: UpdateProduct :one
+-- The given fields set (null: kept), only when that changes the product: no row when it changes
+-- nothing (updated_at and version stay), as UpdateProject. The version is the trigger's.
 update products
 set name = coalesce(sqlc.narg(name), name),
     description = coalesce(sqlc.narg(description), description),
@@ -21,6 +23,9 @@ set name = coalesce(sqlc.narg(name), name),
     active = coalesce(sqlc.narg(active)::boolean, active),
     updated_at = now()
 where id = @id
+  and (name, description, price, active) is distinct from
+      (coalesce(sqlc.narg(name), name), coalesce(sqlc.narg(description), description),
+       coalesce(sqlc.narg(price)::numeric, price), coalesce(sqlc.narg(active)::boolean, active))
 returning *;
 
 -- name: ListProducts :many

@@ -79,9 +79,13 @@ async def test_a_product_answers_its_version_as_a_strong_etag(
     assert (changed.status_code, changed.headers["etag"], changed.json()["version"]) == (200, '"2"', 2)
     assert (created.headers["cache-control"], changed.headers["cache-control"]) == ("no-cache", "no-cache")
     assert (await client.get(url, headers=admin)).headers["etag"] == '"2"'
-    # A change that changes nothing keeps the version.
-    same = await client.patch(url, json={"price": "11.00", "name": "Widget"}, headers=admin)
-    assert (same.status_code, same.headers["etag"]) == (200, '"2"')
+    # A change that changes nothing keeps the version and updated_at (an equal price in another scale
+    # included), and still answers the product; no such product is still a 404.
+    for body in ({"price": "11.00", "name": "Widget"}, {"price": "11.0"}, {}, {"active": True}):
+        same = await client.patch(url, json=body, headers=admin)
+        assert (same.status_code, same.headers["etag"]) == (200, '"2"'), (body, same.text)
+        assert same.json() == changed.json(), body
+    assert_problem(await client.patch("/api/products/999999999", json={}, headers=admin), 404)
 
 
 # -- If-Match on PATCH --------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ class ProductService:
         """``if_match``: only if the product is still at a version it names (else 412, nothing
         changed), compared with the version read under the product's lock, which this change holds
         until it commits: of two changes based on one version, the second is refused. A change that
-        changes nothing keeps the version."""
+        changes nothing keeps the version and ``updated_at``, and leaves the catalogue's cache."""
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
             if if_match is not None:
@@ -127,8 +127,11 @@ class ProductService:
                 active=data.active,
                 id=product_id,
             )
-            if product is None:
-                raise NotFoundError("No such product.")
+            if product is None:  # no such product, or nothing to change
+                product = await queries.get_product(uow.conn, id=product_id)
+                if product is None:
+                    raise NotFoundError("No such product.")
+                return product
             uow.after_commit(self.cache.invalidate_all)
             return product
 
