@@ -446,6 +446,13 @@ async def test_a_profile_patch_that_changes_nothing_keeps_updated_at_and_the_fee
         assert stored is not None
         assert stored.updated_at == member.updated_at, body
         assert await valkey.get("feed:names") == names_version, body
+    # a new password with the name as it was changes the account, not the name
+    new_password = {"current_password": PASSWORD, "new_password": "a brand new passphrase 7"}
+    changed = await api.patch(
+        "/api/auth/me", json=new_password | {"display_name": member.display_name}, headers=headers
+    )
+    assert changed.status_code == 200, changed.text
+    assert await valkey.get("feed:names") == names_version
     renamed = await api.patch("/api/auth/me", json={"display_name": "Renamed"}, headers=headers)
     assert renamed.status_code == 200, renamed.text
     stored = await queries.get_user_by_id(db, id=member.id)

@@ -723,8 +723,9 @@ class AccountService:
         change).
 
         A patch that changes nothing (no field, or each as it is) is no change: the account as it is,
-        its ``updated_at`` kept, and no rename for the feed's names."""
-        new_hash, verified_hash, revoked = None, None, 0
+        its ``updated_at`` kept, and no rename for the feed's names (nor with a new password and the
+        name as it was)."""
+        new_hash, verified_hash, revoked, name_before = None, None, 0, None
         if data.new_password is not None:
             # Before the current password is checked: a weak one costs no guess and tells nothing.
             check_new_password(data.new_password, production=self.settings.is_production)
@@ -749,6 +750,7 @@ class AccountService:
                     raise PasswordChangedError(
                         "The password was changed meanwhile; the current password given is no longer current."
                     )
+                name_before = locked[0].display_name
                 revoked = await self.revoke_all(uow, caller.id, keep=caller.family_id)
                 if not locked[0].is_active or await queries.is_family_revoked(
                     uow.conn, family_id=caller.family_id
@@ -765,7 +767,8 @@ class AccountService:
                 user = await queries.get_user_by_id(uow.conn, id=caller.id)
                 if user is None:
                     raise NotFoundError("No such user.")
-            elif data.display_name is not None:
+            elif data.display_name is not None and (new_hash is None or user.display_name != name_before):
+                # without a new password, a row means the name changed; with one, it is compared
                 for callback in self._on_rename:
                     uow.after_commit(partial(callback, caller.id))
         if new_hash is not None:
