@@ -82,3 +82,20 @@ async def test_a_regression_or_a_reopening_within_the_gap_still_alerts(
         None,
     )
     assert await alert_rules(db, first.root_id) == ["new-group", "regression", "reopened"]
+
+
+async def test_the_frequency_window_counts_the_minute_it_begins_in(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Events are counted per minute: three events 25-45 seconds old, in the minute the 60-second
+    window begins in, are three events in the window (that minute was left out: no alert)."""
+    exc = storm_bug()
+    t0 = (int(time.time()) // 60 - 10) * 60  # a minute boundary, in the past
+    tuned = {"monitoring_frequency_events": 3, "monitoring_frequency_window_s": 60}
+    async with open_monitoring(settings, monitoring_action_interval_s=0, **tuned) as service:
+        service.clock = lambda: t0 + 1
+        [first] = await service.write_now([error_event(exc, at=t0 + 1, user_id=1)])
+        service.clock = lambda: t0 + 65
+        burst = [error_event(exc, at=t0 + offset, user_id=1) for offset in (20, 30, 40)]
+        await service.write_now(burst)
+    assert await alert_rules(db, first.root_id) == ["new-group", "frequency"]

@@ -524,6 +524,22 @@ async def test_a_slow_route_opens_a_group_with_exemplar_request_ids(
     assert context["p95_ms"] >= 1200
 
 
+async def test_route_latency_counts_the_minute_its_window_begins_in(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Requests are counted per minute: 45 seconds after them, the last minute's latency holds them
+    (the minute the window begins in was left out: the route was not listed)."""
+    t0 = (int(time.time()) // 60 - 10) * 60  # a minute boundary, in the past
+    async with open_monitoring(settings) as service:
+        service.clock = lambda: t0 + 20
+        for n in range(5):
+            scope = {"path_template": "/api/seen", "method": "GET", "state": {"request_id": f"seen-{n}"}}
+            service.latency.observe(scope, 200, 0.05)  # type: ignore[arg-type]
+        await service.ship()
+        listed = await service.route_latency(timedelta(minutes=1), now=t0 + 65)
+    assert [(r.route, r.stats.requests) for r in listed] == [("/api/seen", 5)]
+
+
 async def test_a_slow_route_resolved_within_its_window_regresses_only_on_later_requests(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:

@@ -186,6 +186,7 @@ class RuleContext:
     first_seen_at: datetime
     now: datetime
     events_between: Callable[[datetime, datetime], Awaitable[int]]
+    """The group's events counted per minute: those of the minutes that begin in [since, until)."""
     users_since: Callable[[datetime], Awaitable[int]]
     resolved_by_system: bool = False
     """The group regressed from a resolve the system made itself (``SYSTEM_RESOLUTIONS``), not a
@@ -198,19 +199,32 @@ class Fired:
     reason: str
 
 
+def minute_start(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _window(context: RuleContext, window: timedelta) -> tuple[datetime, datetime]:
+    """The minutes of the last ``window``: from the one ``now - window`` falls in (events are counted
+    per minute, and leaving that one out counted up to 59 seconds less than the window: a burst over
+    the rule's count was missed) through the current one (and the next, written by a clock ahead)."""
+    return minute_start(context.now - window), context.now + timedelta(minutes=1)
+
+
 async def escalating(context: RuleContext, condition: Escalation) -> str | None:
-    """A reason when the rate over the window exceeds ``factor`` x the group's own baseline."""
+    """A reason when the rate over the window exceeds ``factor`` x the group's own baseline (the
+    minutes before the window's, from the one the group was first seen in)."""
     window = timedelta(seconds=condition.window_s)
     if context.first_seen_at > context.now - window:
         return None  # younger than one window: it has no baseline (the new-group rule covers it)
-    recent = await context.events_between(context.now - window, context.now + timedelta(minutes=1))
+    recent_start, end = _window(context, window)
+    recent = await context.events_between(recent_start, end)
     if recent < condition.min_events:
         return None
-    baseline_start = max(context.first_seen_at, context.now - BASELINE)
-    baseline_span = (context.now - window) - baseline_start
+    baseline_start = minute_start(max(context.first_seen_at, context.now - BASELINE))
+    baseline_span = recent_start - baseline_start
     if baseline_span <= timedelta(0):
         return None
-    before = await context.events_between(baseline_start, context.now - window)
+    before = await context.events_between(baseline_start, recent_start)
     per_window = before * (window / baseline_span)
     if recent > condition.factor * max(per_window, 1.0):
         ratio = recent / max(per_window, 1.0)
@@ -228,8 +242,7 @@ async def _holds(context: RuleContext, condition: Condition) -> str | None:
     if isinstance(condition, Escalation):
         return await escalating(context, condition)
     if isinstance(condition, Frequency):
-        since = context.now - timedelta(seconds=condition.window_s)
-        events = await context.events_between(since, context.now + timedelta(minutes=1))
+        events = await context.events_between(*_window(context, timedelta(seconds=condition.window_s)))
         return f"{events} events in {_span(condition.window_s)}" if events >= condition.events else None
     users = await context.users_since(context.now - timedelta(seconds=condition.window_s))
     return f"{users} users in {_span(condition.window_s)}" if users >= condition.users else None

@@ -12,9 +12,17 @@ from app.config import Settings
 from app.core.db import Database
 from app.db import monitoring as queries
 from app.db.models import MonitoringGroupKind
+from app.domains.monitoring.alerts import minute_start
 from app.domains.monitoring.capture import JobOutcome, RawEvent
 from app.domains.monitoring.groups import minute_of, utc
 from app.domains.monitoring.latency import BUCKETS, Percentiles, RouteCounts, percentiles
+
+
+def window_start(moment: float, window: timedelta) -> datetime:
+    """The first minute of the last ``window`` before ``moment``: the one ``moment - window`` falls in,
+    counted whole (requests and runs are counted per minute; leaving it out measured up to 59 seconds
+    less than the window)."""
+    return minute_start(utc(moment) - window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +101,10 @@ class Performance:
                 )
 
     async def route_latency(self, window: timedelta, now: float | None = None) -> list[RouteLatency]:
-        """p50/p95/p99 per route over the last ``window``, slowest p95 first."""
-        moment = utc(self.clock() if now is None else now)
-        since = moment - window
-        until = moment + timedelta(minutes=1)
+        """p50/p95/p99 per route over the last ``window`` (``window_start``), slowest p95 first."""
+        moment = self.clock() if now is None else now
+        since = window_start(moment, window)
+        until = utc(moment) + timedelta(minutes=1)
         async with self.db.transaction() as uow:
             rows = await queries.route_latency_between(uow.conn, since=since, until=until)
             merged: dict[tuple[str, str], list[int]] = {}
@@ -124,10 +132,10 @@ class Performance:
         return sorted(result, key=lambda item: (-item.stats.p95_ms, item.route, item.method))
 
     async def job_runs(self, window: timedelta) -> list[queries.JobRunsBetweenRow]:
-        now = utc(self.clock())
+        now = self.clock()
         async with self.db.transaction() as uow:
             return await queries.job_runs_between(
-                uow.conn, since=now - window, until=now + timedelta(minutes=1)
+                uow.conn, since=window_start(now, window), until=utc(now) + timedelta(minutes=1)
             )
 
     async def slow_route_events(self, now: float | None = None) -> list[RawEvent]:
@@ -141,7 +149,7 @@ class Performance:
         moment = self.clock() if now is None else now
         window = timedelta(seconds=settings.monitoring_slow_window_s)
         recent = {(r.method, r.route): r for r in await self.route_latency(window, moment)}
-        end = utc(moment) - window
+        end = window_start(moment, window)
         async with self.db.transaction() as uow:
             rows = await queries.route_latency_between(uow.conn, since=end - timedelta(days=1), until=end)
         baseline: dict[tuple[str, str], list[int]] = {}
