@@ -119,7 +119,7 @@ set events = events + $1,
     users = users + $2,
     first_seen_at = least(first_seen_at, $3),
     last_seen_at = greatest(last_seen_at, $4),
-    last_release = $5
+    last_release = case when $4 >= last_seen_at then $5 else last_release end
 where id = $6
 returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at"""
 
@@ -134,6 +134,9 @@ async def add_group_events(
     last_release: str | None,
     id: int,
 ) -> MonitoringGroup | None:
+    """last_release is the release of the group's latest event: a write of earlier events (an old release
+    still running in a rolling deploy, events held back by an outage) keeps the stored one. The set
+    list reads the row as it was."""
     async with AsyncRawCursor(conn, row_factory=args_row(MonitoringGroup)) as cur:
         await cur.execute(
             ADD_GROUP_EVENTS,

@@ -27,12 +27,15 @@ select * from monitoring_groups where id = @id;
 select * from monitoring_groups where id = @id for update;
 
 -- name: AddGroupEvents :one
+-- last_release is the release of the group's latest event: a write of earlier events (an old release
+-- still running in a rolling deploy, events held back by an outage) keeps the stored one. The set
+-- list reads the row as it was.
 update monitoring_groups
 set events = events + @events,
     users = users + @new_users,
     first_seen_at = least(first_seen_at, @first_seen_at),
     last_seen_at = greatest(last_seen_at, @last_seen_at),
-    last_release = @last_release
+    last_release = case when @last_seen_at >= last_seen_at then @last_release else last_release end
 where id = @id
 returning *;
 

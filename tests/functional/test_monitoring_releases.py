@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -196,3 +197,19 @@ async def test_resolve_problems_tell_the_admin_why(
     resolved = await client.post(resolve, json=running, headers=admin.headers)
     assert resolved.status_code == 200, resolved.text
     assert resolved.json()["resolved_in_release"] == service.release
+
+
+async def test_a_late_write_of_an_old_release_keeps_the_groups_last_release(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The group's last release is that of its latest event: events of an older release written after
+    (its process still running in a rolling deploy, or held back by an outage) do not take it back."""
+    exc = raise_bug(0, module=f"app.domains.shop.{unique('late').replace('-', '')}")
+    newer, older = unique("2.0.0"), unique("1.0.0")
+    now = time.time()
+    async with open_monitoring(settings, monitoring_release=newer) as service:
+        [written] = await service.write_now([error_event(exc, at=now)])
+    async with open_monitoring(settings, monitoring_release=older) as service:
+        await service.write_now([error_event(exc, at=now - 60)])
+    stored = await scalar(db, "select last_release from monitoring_groups where id = %s", written.root_id)
+    assert stored == newer
