@@ -1986,30 +1986,98 @@ async def purge_budget_periods_before(
         return cur.rowcount
 
 
-PURGE_GROUP_USERS_BEFORE = """\
-delete from monitoring_group_users doomed
-where doomed.ctid = any(array(
-    select c.ctid from monitoring_group_users c
+GROUPS_WITH_USERS_BEFORE = """\
+select g.id, g.root_id from monitoring_groups g
+where g.id in (
+    select c.group_id from monitoring_group_users c
     where c.group_id >= $1::bigint and c.last_seen_at < $2::timestamptz
     order by c.group_id, c.last_seen_at
     limit $3::integer
-    for update
-))
-returning doomed.group_id"""
+)
+order by g.id"""
 
 
-async def purge_group_users_before(
+class GroupsWithUsersBeforeRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    root_id: int
+
+
+async def groups_with_users_before(
     conn: AsyncConnection[Any],
     *,
     from_group_id: int,
     before: datetime,
     chunk_size: int,
+) -> list[GroupsWithUsersBeforeRow]:
+    """The groups of the next chunk of PurgeGroupUsersBefore, from @from_group_id (the last group of the
+    chunk before, which may have more): a chunk never reads again the index entries the ones before it
+    went through (monitoring_group_users_seen_idx). With their roots, which the purge locks first."""
+    async with AsyncRawCursor(conn, row_factory=args_row(GroupsWithUsersBeforeRow)) as cur:
+        await cur.execute(GROUPS_WITH_USERS_BEFORE, (from_group_id, before, chunk_size))
+        return await cur.fetchall()
+
+
+LOCK_GROUPS = "select id, root_id from monitoring_groups where id = any($1::bigint[]) order by id for update"
+
+
+class LockGroupsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    root_id: int
+
+
+async def lock_groups(conn: AsyncConnection[Any], *, ids: list[int]) -> list[LockGroupsRow]:
+    """In id order, as every statement locking several groups does."""
+    async with AsyncRawCursor(conn, row_factory=args_row(LockGroupsRow)) as cur:
+        await cur.execute(LOCK_GROUPS, (ids,))
+        return await cur.fetchall()
+
+
+GROUP_ROOTS = "select id, root_id from monitoring_groups where id = any($1::bigint[]) order by id"
+
+
+class GroupRootsRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    root_id: int
+
+
+async def group_roots(conn: AsyncConnection[Any], *, ids: list[int]) -> list[GroupRootsRow]:
+    async with AsyncRawCursor(conn, row_factory=args_row(GroupRootsRow)) as cur:
+        await cur.execute(GROUP_ROOTS, (ids,))
+        return await cur.fetchall()
+
+
+PURGE_GROUP_USERS_BEFORE = """\
+with doomed as (
+    delete from monitoring_group_users doomed
+    where doomed.ctid = any(array(
+        select c.ctid from monitoring_group_users c
+        where c.group_id = any($1::bigint[]) and c.last_seen_at < $2::timestamptz
+        order by c.group_id, c.last_seen_at
+        limit $3::integer
+        for update
+    ))
+    returning doomed.group_id
+), counted as (
+    update monitoring_groups g
+    set users = greatest(g.users - d.deleted, 0)
+    from (select group_id, count(*) as deleted from doomed group by group_id) d
+    where g.id = d.group_id
+)
+select group_id from doomed"""
+
+
+async def purge_group_users_before(
+    conn: AsyncConnection[Any],
+    *,
+    group_ids: list[int],
+    before: datetime,
+    chunk_size: int,
 ) -> list[int]:
-    """The users a group has not seen since @before, group by group from @from_group_id (the last group
-    of the chunk before, which may have more), so a chunk never reads again the index entries the ones
-    before it went through (monitoring_group_users_seen_idx). Returns the groups of the rows deleted."""
+    """The users of @group_ids not seen since @before (their roots locked: LockGroups), and each group's
+    users count lowered by its rows deleted, so the count stays the rows' (the list reads it; the
+    detail counts the rows). Returns the groups of the rows deleted."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(PURGE_GROUP_USERS_BEFORE, (from_group_id, before, chunk_size))
+        await cur.execute(PURGE_GROUP_USERS_BEFORE, (group_ids, before, chunk_size))
         return await cur.fetchall()
 
 

@@ -755,19 +755,47 @@ where doomed.ctid = any(array(
     for update
 ));
 
--- name: PurgeGroupUsersBefore :many
--- The users a group has not seen since @before, group by group from @from_group_id (the last group
--- of the chunk before, which may have more), so a chunk never reads again the index entries the ones
--- before it went through (monitoring_group_users_seen_idx). Returns the groups of the rows deleted.
-delete from monitoring_group_users doomed
-where doomed.ctid = any(array(
-    select c.ctid from monitoring_group_users c
+-- name: GroupsWithUsersBefore :many
+-- The groups of the next chunk of PurgeGroupUsersBefore, from @from_group_id (the last group of the
+-- chunk before, which may have more): a chunk never reads again the index entries the ones before it
+-- went through (monitoring_group_users_seen_idx). With their roots, which the purge locks first.
+select g.id, g.root_id from monitoring_groups g
+where g.id in (
+    select c.group_id from monitoring_group_users c
     where c.group_id >= @from_group_id::bigint and c.last_seen_at < @before::timestamptz
     order by c.group_id, c.last_seen_at
     limit @chunk_size::integer
-    for update
-))
-returning doomed.group_id;
+)
+order by g.id;
+
+-- name: LockGroups :many
+-- In id order, as every statement locking several groups does.
+select id, root_id from monitoring_groups where id = any(@ids::bigint[]) order by id for update;
+
+-- name: GroupRoots :many
+select id, root_id from monitoring_groups where id = any(@ids::bigint[]) order by id;
+
+-- name: PurgeGroupUsersBefore :many
+-- The users of @group_ids not seen since @before (their roots locked: LockGroups), and each group's
+-- users count lowered by its rows deleted, so the count stays the rows' (the list reads it; the
+-- detail counts the rows). Returns the groups of the rows deleted.
+with doomed as (
+    delete from monitoring_group_users doomed
+    where doomed.ctid = any(array(
+        select c.ctid from monitoring_group_users c
+        where c.group_id = any(@group_ids::bigint[]) and c.last_seen_at < @before::timestamptz
+        order by c.group_id, c.last_seen_at
+        limit @chunk_size::integer
+        for update
+    ))
+    returning doomed.group_id
+), counted as (
+    update monitoring_groups g
+    set users = greatest(g.users - d.deleted, 0)
+    from (select group_id, count(*) as deleted from doomed group by group_id) d
+    where g.id = d.group_id
+)
+select group_id from doomed;
 
 -- name: PurgeRuleFiresBefore :execrows
 -- Called with a time at least the longest action interval ago: a firing that old silences nothing.

@@ -135,6 +135,17 @@ async def test_users_a_group_has_not_seen_for_the_retention_are_purged(
             (groups,),
         )
         assert await service.purge(time.time(), chunk_size=2) >= 9
+        # the users counts follow the rows: user 1, seen again, counts once in the list and the detail
+        bug = raise_bug(0, module="app.h_mon.users0")
+        await service.write_now([error_event(bug, user_id=1)])
+        listed = {
+            row.id: row.users
+            for row in await service.list_groups(
+                status=None, kind=None, release=None, before_id=2**62, limit=50
+            )
+        }
+        assert [listed[group] for group in groups] == [3, 2, 2]
+        assert [(await service.detail(group)).users for group in groups] == [3, 2, 2]
     left = await (
         await db.execute(
             "select group_id, user_id from monitoring_group_users where group_id = any(%s)"
@@ -142,7 +153,9 @@ async def test_users_a_group_has_not_seen_for_the_retention_are_purged(
             (groups,),
         )
     ).fetchall()
-    assert left == [(group, user) for group in sorted(groups) for user in (4, 5)]
+    assert left == [
+        (group, user) for group in sorted(groups) for user in ((1, 4, 5) if group == groups[0] else (4, 5))
+    ]
 
 
 async def test_ending_timed_ignores_reads_only_the_groups_ignored_until_a_time(

@@ -762,16 +762,33 @@ class MonitoringService:
 
     async def _purge_group_users(self, before: datetime, chunk_size: int) -> int:
         """The users a group has not seen since ``before``, group by group: each chunk starts at the
-        group where the last one ended, so none reads again what the ones before it went through."""
+        group where the last one ended, so none reads again what the ones before it went through.
+
+        Each group's ``users`` is lowered by its rows deleted, under the locks of the groups' roots,
+        taken first as a group's write takes its root's (then its users, then the group): a write
+        re-seeing a user purged counted it again, and the list (``users``) said more than the detail
+        (the rows) ever after. A group a merge moved to another tree meanwhile waits for the next
+        chunk (the next run, were it the chunk's only one)."""
         from_group_id = 0
 
         async def chunk(uow: UnitOfWork) -> int:
             nonlocal from_group_id
-            groups = await queries.purge_group_users_before(
+            groups = await queries.groups_with_users_before(
                 uow.conn, from_group_id=from_group_id, before=before, chunk_size=chunk_size
             )
-            from_group_id = max(groups, default=from_group_id)
-            return len(groups)
+            if not groups:
+                return 0
+            roots = await queries.lock_groups(uow.conn, ids=[group.root_id for group in groups])
+            locked = {root.id for root in roots}
+            still = await queries.group_roots(uow.conn, ids=[group.id for group in groups])
+            deleted = await queries.purge_group_users_before(
+                uow.conn,
+                group_ids=[group.id for group in still if group.root_id in locked],
+                before=before,
+                chunk_size=chunk_size,
+            )
+            from_group_id = max(deleted, default=from_group_id)
+            return len(deleted)
 
         return await self.db.delete_in_chunks(chunk)
 
