@@ -135,15 +135,6 @@ class UnsupportedFileTypeError(AppError):
     title = "Unsupported media type"
 
 
-class ClientDisconnectedError(AppError):
-    """The client went away before its body was complete: its own doing, not a server fault, so a
-    4xx (not logged as unhandled, not captured by error monitoring); nobody reads the answer."""
-
-    status = 400
-    slug = "client-disconnected"
-    title = "Client disconnected"
-
-
 class UploadExpiredError(AppError):
     """The staged file was removed before it could be placed (the sweep judged it stale): the client
     may send it again, nothing was kept."""
