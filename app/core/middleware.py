@@ -17,6 +17,11 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
   answer, then answers 502, not the 401). Only bodies over ``DRAIN_FROM`` bytes, which socket
   buffers may not absorb, are watched.
 
+- a body in a content coding (``Content-Encoding`` other than ``identity``) is refused when a route
+  reads it: 415 with ``Accept-Encoding: identity`` (RFC 9110 15.5.16), raised by its ``receive``.
+  The app decodes no request coding: a gzip body was read as malformed JSON, and a plain one
+  labelled ``br`` was accepted as if the label meant nothing.
+
 It wraps Litestar's own exception handling, so 404/405 answers (raised before any route exists)
 get all of this too. What depends on the route (authentication, rate limits, compression, the
 dashboard's same-origin rule) is decided once per route by ``app.core.gate``.
@@ -38,6 +43,7 @@ from functools import lru_cache
 import structlog
 from litestar import Litestar
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
@@ -64,6 +70,25 @@ DRAIN_TIMEOUT_S = 10.0
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes a multipart body may carry beyond its file (boundaries and part headers): an upload's body
 is accepted up to ``FILE_MAX_BYTES`` + this, and drained up to it when answered before it was read."""
+
+
+_IDENTITY = (b"", b"identity")
+
+
+def _refusing_coded_body(coding: bytes) -> Receive:
+    """A ``receive`` for a body in ``coding``: raises the 415 (through the app's exception handling,
+    as a problem) when the route reads the body; a route that does not read one never sees it."""
+
+    named = coding.decode("latin-1")[:40]
+
+    async def receive() -> ReceiveMessage:
+        raise HTTPException(
+            status_code=415,
+            detail=f"Content-Encoding {named!r} is not accepted: send the body uncoded.",
+            headers={"Accept-Encoding": "identity"},
+        )
+
+    return receive
 
 
 class _WatchedBody:
@@ -269,6 +294,7 @@ class RequestContextMiddleware:
         request_id: str | None = None
         forwarded_for: str | None = None
         declared = b""
+        coding = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
@@ -277,6 +303,8 @@ class RequestContextMiddleware:
                 forwarded_for = value.decode("latin-1")
             elif name == b"content-length":
                 declared = value
+            elif name == b"content-encoding":
+                coding = value
         if request_id is None:
             request_id = next_request_id()
         client = scope.get("client")
@@ -306,12 +334,13 @@ class RequestContextMiddleware:
             await send(message)
 
         length = int(declared) if len(declared) >= 5 and declared.isdigit() else 0
+        read = receive if coding.strip().lower() in _IDENTITY else _refusing_coded_body(coding)
         try:
             if length <= DRAIN_FROM or length > self.drain_at_most:
-                await self.app(scope, receive, send_with_context)
+                await self.app(scope, read, send_with_context)
             else:
                 body = _WatchedBody(receive)
-                await self.app(scope, body.receive, send_with_context)
+                await self.app(scope, body.receive if read is receive else read, send_with_context)
                 await body.drain()
         finally:
             duration = time.perf_counter() - started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -158,3 +160,26 @@ async def test_the_access_log_records_the_final_status_of_each_request(
         ("GET", "/health/live", 200),
         ("POST", "/health/live", 405),
     ]
+
+
+async def test_a_body_in_a_content_coding_is_refused_with_415(client: Client) -> None:
+    """The app decodes no request coding (RFC 9110 15.5.16): a gzip body was read as malformed JSON
+    (a 400 naming the body), and a plain one labelled ``br`` was taken as plain. Uncoded (no header,
+    or ``identity``) is read as before; a route that reads no body does not mind the header."""
+    body = json.dumps({"email": "nobody@example.com", "password": "a long password 123"}).encode()
+    for coding, sent in (("gzip", gzip.compress(body)), ("br", body), ("GZIP, identity", body)):
+        answer = await client.post(
+            "/api/auth/login",
+            content=sent,
+            headers={"content-type": "application/json", "content-encoding": coding},
+        )
+        assert answer.status_code == 415, (coding, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["type"] == "/problems/unsupported-media-type"
+        assert answer.headers["accept-encoding"] == "identity"
+    for headers in ({}, {"content-encoding": "identity"}):
+        answer = await client.post(
+            "/api/auth/login", content=body, headers={"content-type": "application/json", **headers}
+        )
+        assert answer.status_code == 401, answer.text  # read: no such account
+    assert (await client.get("/health/live", headers={"content-encoding": "gzip"})).status_code == 200
