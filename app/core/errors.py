@@ -25,7 +25,14 @@ from litestar.utils.scope.state import ScopeState
 from prometheus_client import Counter
 
 from app.core.logging import OncePerInterval, error_message
-from app.core.validation import MAX_REPORTED_ERRORS, BodyErrors, body_errors, decode_any, pattern_meaning
+from app.core.validation import (
+    MAX_REPORTED_ERRORS,
+    BodyErrors,
+    body_errors,
+    decode_any,
+    pattern_meaning,
+    walks,
+)
 
 log = structlog.get_logger("app.errors")
 
@@ -447,12 +454,13 @@ def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException
 
 
 def _all_body_errors(request: Request[Any, Any, Any]) -> BodyErrors | None:
-    """The bad body fields, when the handler takes a Struct body (msgspec reports only the first):
+    """The bad body fields, when the handler takes a Struct body or a tagged union of them (msgspec
+    reports only the first):
     the first ``MAX_REPORTED_ERRORS`` and how many more (``body_errors``, whose work that bounds)."""
     handler = request.scope.get("route_handler")
     data_field = getattr(handler, "parsed_data_field", None)
     body_type = getattr(data_field, "annotation", None)
-    if not (isinstance(body_type, type) and issubclass(body_type, msgspec.Struct)):
+    if body_type is None or not walks(body_type):
         return None
     try:
         decoded = decode_any(_body_of(request))

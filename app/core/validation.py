@@ -128,16 +128,29 @@ def struct_field_errors(
 
 
 def body_errors(
-    struct_type: type[msgspec.Struct], value: Any, prefix: str = "", limit: int = MAX_REPORTED_ERRORS
+    struct_type: Any, value: Any, prefix: str = "", limit: int = MAX_REPORTED_ERRORS
 ) -> BodyErrors:
-    """The first ``limit`` bad fields of ``value`` against ``struct_type``, and how many more.
+    """The first ``limit`` bad fields of ``value`` against ``struct_type`` (a Struct, or a union of
+    Structs told apart by a tag: ``tagged_union``), and how many more.
 
     The walk is lazy and stops at the first error found once ``limit`` are listed, so its work is
     bounded by the errors listed, not by the body (a batch of 20,000 bad views cost 12 s of CPU when
     every error was named and all but 20 dropped). Unknown keys are the exception that costs nothing:
     they come from the object already in hand, all at once, and are counted in full.
     """
-    if not isinstance(value, dict) or not _is_struct(struct_type):
+    if not isinstance(value, dict):
+        return BodyErrors([], 0, counted=True)
+    union = tagged_union(struct_type)
+    if union is not None:  # the variant its tag names, walked without the tag
+        tag_field, variants = union
+        tag = value.get(tag_field)
+        chosen = variants.get(tag) if isinstance(tag, str) else None
+        if chosen is None:
+            expected = ", ".join(f"`{name}`" for name in variants)
+            message = "Field is required" if tag is None else f"Expected one of {expected}"
+            return BodyErrors([(_join(prefix.removesuffix("."), tag_field), message)], 0, counted=True)
+        struct_type, value = chosen, {key: item for key, item in value.items() if key != tag_field}
+    elif not _is_struct(struct_type):
         return BodyErrors([], 0, counted=True)
     listed: list[tuple[str, str]] = []
     unlisted = 0
@@ -357,3 +370,25 @@ def _only_struct(kind: Any) -> type[msgspec.Struct] | None:
 
 def _is_struct(kind: Any) -> bool:
     return isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+
+
+@functools.cache
+def tagged_union(kind: Any) -> tuple[str, dict[str, type[msgspec.Struct]]] | None:
+    """(tag field, variant by tag) of a union of Structs told apart by one string tag field (a body
+    such as monitoring's ``ResolveIn``), else None."""
+    if typing.get_origin(kind) not in (Union, UnionType):
+        return None
+    variants: dict[str, type[msgspec.Struct]] = {}
+    fields = set()
+    for option in typing.get_args(kind):
+        config = option.__struct_config__ if _is_struct(option) else None
+        if config is None or not isinstance(config.tag, str) or config.tag_field is None:
+            return None
+        fields.add(config.tag_field)
+        variants[config.tag] = option
+    return (fields.pop(), variants) if len(fields) == 1 else None
+
+
+def walks(kind: Any) -> bool:
+    """Whether ``body_errors`` names the bad fields of a body of this type."""
+    return _is_struct(kind) or tagged_union(kind) is not None

@@ -315,13 +315,25 @@ async def test_union_bodies_are_decoded_strictly(
 ) -> None:
     admin = await make_user(db, app, UserRole.ADMIN)
     group = await write(client, app, raise_bug(0))
-    for body in (
-        {"mode": "until_time", "until": 0},  # a number is not a date-time
-        {"mode": "until_count", "count": "5"},
-        {"mode": "forever", "extra": 1},
+    # each refusal names its field, as for a Struct body (they were all "body")
+    for body, field in (
+        ({"mode": "until_time", "until": 0}, "until"),  # a number is not a date-time
+        ({"mode": "until_count", "count": "5"}, "count"),
+        ({"mode": "until_count", "count": 0}, "count"),
+        ({"mode": "forever", "extra": 1}, "extra"),
+        ({"mode": "bogus"}, "mode"),
+        ({"mode": ["forever"]}, "mode"),
+        ({"count": 5}, "mode"),
     ):
         response = await client.post(f"{ADMIN}/errors/{group}/ignore", json=body, headers=admin.headers)
-        assert_problem(response, 400, "validation")
+        problem = assert_problem(response, 400, "validation", {field})
+        assert [error["field"] for error in problem["errors"]] == [field], (body, problem)
+    refused = await client.post(
+        f"{ADMIN}/errors/{group}/resolve",
+        json={"mode": "in_release", "release": "\u0000"},
+        headers=admin.headers,
+    )
+    assert [error["field"] for error in assert_problem(refused, 400, "validation")["errors"]] == ["release"]
     ok = await client.post(
         f"{ADMIN}/errors/{group}/ignore", json={"mode": "until_count", "count": 5.0}, headers=admin.headers
     )

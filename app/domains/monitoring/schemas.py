@@ -171,7 +171,7 @@ class IgnoreUntilTime(
         try:
             require_in_calendar(self.until)
         except ValueError as exc:
-            # Said where, as msgspec says it: an error inside a union body is reported as ``body``.
+            # Said where, as msgspec says it, for a problem that lists only msgspec's first error.
             raise ValueError(f"{exc} - at `$.until`") from None
 
 
