@@ -42,9 +42,10 @@ import asyncio
 import contextlib
 import time
 import types
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
+import anyio
 import msgspec
 import structlog
 from litestar.channels import ChannelsPlugin
@@ -61,6 +62,22 @@ RETRY_MS = 2000
 STALL_HEARTBEATS = 3
 _notice = msgspec.json.Decoder(Notice)
 log = structlog.get_logger("app.activity.stream")
+
+
+T = TypeVar("T")
+
+
+async def _finished(query: Awaitable[T]) -> T:
+    """``query``'s answer, even when the client leaves meanwhile (the stream ends right after).
+
+    The response's task group (anyio) cancels the stream, and again at every await until it ends.
+    psycopg answers a running query's first cancellation by cancelling it on the server and waiting
+    for that; the second one interrupted the wait, and psycopg closed the pooled connection: a new
+    backend for every client that left or reconnected mid-query. The stream's queries are short
+    and bounded by the statement timeout."""
+    with anyio.CancelScope(shield=True):
+        answer = await query
+    return answer
 
 
 class FeedStream:
@@ -176,7 +193,7 @@ class FeedStream:
 
     async def _run(self, wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
         await self._refresh_scope()
-        latest = await self.service.latest_seq()
+        latest = await _finished(self.service.latest_seq())
         replay = self.last_event_id is not None
         self.cursor = min(self.last_event_id, latest) if self.last_event_id is not None else latest
         yield ServerSentEventMessage(
@@ -192,7 +209,7 @@ class FeedStream:
             timeout = min(beat - time.monotonic(), self.expires_at - time.time())
             if timeout > 0:
                 await _wait(wake, timeout)
-            if self._over() or not await self.service.session_valid(self.caller):
+            if self._over() or not await _finished(self.service.session_valid(self.caller)):
                 return
             if time.monotonic() >= beat:
                 beat = time.monotonic() + self.heartbeat_s
@@ -329,7 +346,7 @@ class FeedStream:
         sent = 0
         while True:
             room = PAGE if limit is None else min(PAGE, limit - sent)
-            groups, reached, more = await self.service.changes(self.reader_id, self.cursor, room)
+            groups, reached, more = await _finished(self.service.changes(self.reader_id, self.cursor, room))
             for group in groups:
                 yield ServerSentEventMessage(
                     event="group", id=group.last_event_id, data=msgspec.json.encode(group).decode()
@@ -339,14 +356,14 @@ class FeedStream:
             if not more:
                 return
             if limit is not None and sent >= limit:
-                self.cursor = await self.service.latest_seq()
+                self.cursor = await _finished(self.service.latest_seq())
                 yield ServerSentEventMessage(
                     event="reset", id=self.cursor, data=_json({"last_event_id": self.cursor})
                 )
                 return
 
     async def _refresh_scope(self) -> None:
-        self.is_admin, self.projects = await self.service.reader_scope(self.reader_id)
+        self.is_admin, self.projects = await _finished(self.service.reader_scope(self.reader_id))
 
     def _listener_ended(self, listener: asyncio.Task[None]) -> None:
         """A listener that died (its subscription failed) leaves the stream to its heartbeat's
