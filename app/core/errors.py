@@ -220,7 +220,7 @@ def client_gone(exc: Exception) -> bool:
     return (
         isinstance(exc, HTTPException)
         and exc.status_code == HTTP_500_INTERNAL_SERVER_ERROR
-        and (exc.detail == _CLIENT_GONE)
+        and exc.detail == _CLIENT_GONE
     )
 
 
@@ -454,9 +454,9 @@ def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException
 
 
 def _all_body_errors(request: Request[Any, Any, Any]) -> BodyErrors | None:
-    """The bad body fields, when the handler takes a Struct body or a tagged union of them (msgspec
-    reports only the first):
-    the first ``MAX_REPORTED_ERRORS`` and how many more (``body_errors``, whose work that bounds)."""
+    """The bad body fields, when the handler takes a Struct body or a tagged union of Structs
+    (msgspec reports only the first): the first ``MAX_REPORTED_ERRORS`` and how many more
+    (``body_errors``, whose work that bounds)."""
     handler = request.scope.get("route_handler")
     data_field = getattr(handler, "parsed_data_field", None)
     body_type = getattr(data_field, "annotation", None)
