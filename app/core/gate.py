@@ -308,13 +308,22 @@ class RouteGate:
         return gauge
 
     async def _caller(self, scope: Scope) -> CurrentUser | None:
+        """The bearer token's caller; None without one. ``Authorization`` is a singleton field (RFC
+        9110 11.6.2): two are refused as a bad token is, as a proxy in front might have read the other
+        one (the first was taken, the rest ignored)."""
+        credentials: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                token = token.strip()
-                if scheme.lower() == "bearer" and token:
-                    return await self.config.authenticate(token)
-                return None
+                if credentials is not None:
+                    invalid = {"WWW-Authenticate": 'Bearer error="invalid_request"'}
+                    raise UnauthorizedError("Send one Authorization header.", headers=invalid)
+                credentials = value
+        if credentials is None:
+            return None
+        scheme, _, token = credentials.decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            return await self.config.authenticate(token)
         return None
 
     async def _charge_refused_token(self, policy: Policy, scope: Scope, refused: UnauthorizedError) -> None:

@@ -10,11 +10,21 @@ from typing import Any
 
 import jwt
 import pytest
+from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.core.security import AccessTokens
 from app.db.models import User
-from tests.factories import PASSWORD, Client, assert_problem, bearer, login, wait_until
+from tests.factories import (
+    PASSWORD,
+    Client,
+    assert_problem,
+    bearer,
+    create_user,
+    login,
+    serve_in_loop,
+    wait_until,
+)
 
 OTHER_SECRET = "a-completely-different-secret-of-enough-length"
 
@@ -189,3 +199,21 @@ async def test_basic_header_is_anonymous_and_refused_by_the_guard(api: Client, m
     response = await api.get("/api/auth/me", headers={"Authorization": f"Basic {credentials}"})
     assert_rejected(response, bearer_presented=False)
     assert_problem(await api.get("/api/auth/me"), 401, "unauthorized")
+
+
+async def test_two_authorization_headers_are_refused(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str, member: User
+) -> None:
+    """``Authorization`` is a singleton field: with two, the first was taken and the rest ignored,
+    while a proxy in front may have judged the request by another one. (httpx's own ASGI transport:
+    the test client's joins repeated headers into one.)"""
+    admin = await create_user(db, password_hash, role="admin")
+    async with serve_in_loop(settings) as served:
+        own = (await login(served.client, member.email))["access_token"]
+        other = (await login(served.client, admin.email))["access_token"]
+        for pair in ((own, other), (own, own)):
+            headers = [("Authorization", f"Bearer {token}") for token in pair]
+            response = await served.client.get("/api/auth/me", headers=headers)
+            assert_problem(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"] == 'Bearer error="invalid_request"'
+        assert (await served.client.get("/api/auth/me", headers=bearer(own))).status_code == 200
