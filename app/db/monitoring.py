@@ -2017,32 +2017,13 @@ async def groups_with_users_before(
         return await cur.fetchall()
 
 
-LOCK_GROUPS = "select id, root_id from monitoring_groups where id = any($1::bigint[]) order by id for update"
+LOCK_GROUPS = "select id from monitoring_groups where id = any($1::bigint[]) order by id for update"
 
 
-class LockGroupsRow(msgspec.Struct, frozen=True, gc=False):
-    id: int
-    root_id: int
-
-
-async def lock_groups(conn: AsyncConnection[Any], *, ids: list[int]) -> list[LockGroupsRow]:
+async def lock_groups(conn: AsyncConnection[Any], *, ids: list[int]) -> list[int]:
     """In id order, as every statement locking several groups does."""
-    async with AsyncRawCursor(conn, row_factory=args_row(LockGroupsRow)) as cur:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LOCK_GROUPS, (ids,))
-        return await cur.fetchall()
-
-
-GROUP_ROOTS = "select id, root_id from monitoring_groups where id = any($1::bigint[]) order by id"
-
-
-class GroupRootsRow(msgspec.Struct, frozen=True, gc=False):
-    id: int
-    root_id: int
-
-
-async def group_roots(conn: AsyncConnection[Any], *, ids: list[int]) -> list[GroupRootsRow]:
-    async with AsyncRawCursor(conn, row_factory=args_row(GroupRootsRow)) as cur:
-        await cur.execute(GROUP_ROOTS, (ids,))
         return await cur.fetchall()
 
 
@@ -2051,10 +2032,12 @@ with doomed as (
     delete from monitoring_group_users doomed
     where doomed.ctid = any(array(
         select c.ctid from monitoring_group_users c
-        where c.group_id = any($1::bigint[]) and c.last_seen_at < $2::timestamptz
+        join monitoring_groups g on g.id = c.group_id
+        where g.id = any($1::bigint[]) and g.root_id = any($2::bigint[])
+          and c.last_seen_at < $3::timestamptz
         order by c.group_id, c.last_seen_at
-        limit $3::integer
-        for update
+        limit $4::integer
+        for update of c
     ))
     returning doomed.group_id
 ), counted as (
@@ -2070,14 +2053,16 @@ async def purge_group_users_before(
     conn: AsyncConnection[Any],
     *,
     group_ids: list[int],
+    root_ids: list[int],
     before: datetime,
     chunk_size: int,
 ) -> list[int]:
-    """The users of @group_ids not seen since @before (their roots locked: LockGroups), and each group's
-    users count lowered by its rows deleted, so the count stays the rows' (the list reads it; the
-    detail counts the rows). Returns the groups of the rows deleted."""
+    """The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
+    by LockGroups; a group a merge moved meanwhile waits for the next chunk), and each group's users
+    count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
+    counts the rows). Returns the groups of the rows deleted."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(PURGE_GROUP_USERS_BEFORE, (group_ids, before, chunk_size))
+        await cur.execute(PURGE_GROUP_USERS_BEFORE, (group_ids, root_ids, before, chunk_size))
         return await cur.fetchall()
 
 

@@ -770,23 +770,23 @@ order by g.id;
 
 -- name: LockGroups :many
 -- In id order, as every statement locking several groups does.
-select id, root_id from monitoring_groups where id = any(@ids::bigint[]) order by id for update;
-
--- name: GroupRoots :many
-select id, root_id from monitoring_groups where id = any(@ids::bigint[]) order by id;
+select id from monitoring_groups where id = any(@ids::bigint[]) order by id for update;
 
 -- name: PurgeGroupUsersBefore :many
--- The users of @group_ids not seen since @before (their roots locked: LockGroups), and each group's
--- users count lowered by its rows deleted, so the count stays the rows' (the list reads it; the
--- detail counts the rows). Returns the groups of the rows deleted.
+-- The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
+-- by LockGroups; a group a merge moved meanwhile waits for the next chunk), and each group's users
+-- count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
+-- counts the rows). Returns the groups of the rows deleted.
 with doomed as (
     delete from monitoring_group_users doomed
     where doomed.ctid = any(array(
         select c.ctid from monitoring_group_users c
-        where c.group_id = any(@group_ids::bigint[]) and c.last_seen_at < @before::timestamptz
+        join monitoring_groups g on g.id = c.group_id
+        where g.id = any(@group_ids::bigint[]) and g.root_id = any(@root_ids::bigint[])
+          and c.last_seen_at < @before::timestamptz
         order by c.group_id, c.last_seen_at
         limit @chunk_size::integer
-        for update
+        for update of c
     ))
     returning doomed.group_id
 ), counted as (

@@ -778,12 +778,10 @@ class MonitoringService:
             )
             if not groups:
                 return 0
-            roots = await queries.lock_groups(uow.conn, ids=[group.root_id for group in groups])
-            locked = {root.id for root in roots}
-            still = await queries.group_roots(uow.conn, ids=[group.id for group in groups])
             deleted = await queries.purge_group_users_before(
                 uow.conn,
-                group_ids=[group.id for group in still if group.root_id in locked],
+                group_ids=[group.id for group in groups],
+                root_ids=await queries.lock_groups(uow.conn, ids=[group.root_id for group in groups]),
                 before=before,
                 chunk_size=chunk_size,
             )
