@@ -334,13 +334,14 @@ class RequestContextMiddleware:
             await send(message)
 
         length = int(declared) if len(declared) >= 5 and declared.isdigit() else 0
-        read = receive if coding.strip().lower() in _IDENTITY else _refusing_coded_body(coding)
+        coded = coding and coding.strip().lower() not in _IDENTITY  # no header: one test
+        read = _refusing_coded_body(coding) if coded else receive
         try:
             if length <= DRAIN_FROM or length > self.drain_at_most:
                 await self.app(scope, read, send_with_context)
             else:
                 body = _WatchedBody(receive)
-                await self.app(scope, body.receive if read is receive else read, send_with_context)
+                await self.app(scope, read if coded else body.receive, send_with_context)
                 await body.drain()
         finally:
             duration = time.perf_counter() - started
