@@ -56,6 +56,8 @@ from app.domains.accounts.dashboard_tokens import SESSION_COOKIE
 from app.domains.accounts.module import module as accounts_module
 from app.domains.accounts.services import AccountService
 from app.domains.github.services import GithubService
+from app.domains.monitoring.capture import RawEvent
+from app.domains.monitoring.services import MonitoringService
 from app.domains.orders.module import module as orders_module
 from app.domains.products.module import module as products_module
 from app.domains.tasks.schemas import MAX_POSITION
@@ -631,6 +633,20 @@ async def cancelled_once_blocked(db: AsyncConnection[Any], holder: int, work: Aw
         return await task
     finally:
         task.cancel()
+
+
+def monitoring_spy(app: Litestar, monkeypatch: Any) -> list[RawEvent]:
+    """What ``app``'s error monitoring buffers from now on (its own buffer's ``add``, spied on)."""
+    buffer = app.state.services[MonitoringService].buffer
+    events: list[RawEvent] = []
+    add = buffer.add
+
+    def spy(event: RawEvent) -> bool:
+        events.append(event)
+        return add(event)
+
+    monkeypatch.setattr(buffer, "add", spy)
+    return events
 
 
 @contextlib.contextmanager

@@ -19,9 +19,7 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.domains.monitoring.capture import RawEvent
-from app.domains.monitoring.services import MonitoringService
-from tests.factories import Served, http_scope, make_site, make_user, serve_in_loop
+from tests.factories import Served, http_scope, make_site, make_user, monitoring_spy, serve_in_loop
 
 
 @pytest.fixture
@@ -59,15 +57,7 @@ async def test_a_body_cut_short_is_the_clients_400_on_every_route(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    captured: list[RawEvent] = []
-    buffer = served.app.state.services[MonitoringService].buffer
-    add = buffer.add
-
-    def spy(event: RawEvent) -> bool:
-        captured.append(event)
-        return add(event)
-
-    monkeypatch.setattr(buffer, "add", spy)
+    captured = monitoring_spy(served.app, monkeypatch)
     member = await make_user(db, served.app)
     site = await make_site(db, member)
     cases = [

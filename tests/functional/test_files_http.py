@@ -39,7 +39,6 @@ from app.db.models import ProjectRole
 from app.domains.files.services import FileService
 from app.domains.files.storage import sanitize_filename
 from app.domains.monitoring.capture import RawEvent
-from app.domains.monitoring.services import MonitoringService
 from app.domains.projects.jobs import purge_deleted_project
 from tests.factories import (
     GENEROUS_AUTH,
@@ -52,6 +51,7 @@ from tests.factories import (
     http_scope,
     make_project,
     make_user,
+    monitoring_spy,
     serve_in_loop,
 )
 from tests.valkey_control import ControlledValkey
@@ -853,17 +853,7 @@ async def test_too_large_stream_is_refused_without_reading_the_rest(
 @pytest.fixture
 def captured_events(api: Client, monkeypatch: pytest.MonkeyPatch) -> list[RawEvent]:
     """What error monitoring buffers from now on (the app's own buffer, spied on)."""
-    app: Litestar = api.app  # type: ignore[assignment]
-    buffer = app.state.services[MonitoringService].buffer
-    events: list[RawEvent] = []
-    add = buffer.add
-
-    def spy(event: RawEvent) -> bool:
-        events.append(event)
-        return add(event)
-
-    monkeypatch.setattr(buffer, "add", spy)
-    return events
+    return monitoring_spy(api.app, monkeypatch)  # type: ignore[arg-type]
 
 
 def unhandled_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
