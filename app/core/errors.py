@@ -17,7 +17,12 @@ import redis.exceptions
 import structlog
 import valkey.exceptions
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    InternalServerException,
+    SerializationException,
+    ValidationException,
+)
 from litestar.params import CookieParameter, HeaderParameter
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
@@ -217,11 +222,7 @@ the text change."""
 
 def client_gone(exc: Exception) -> bool:
     """Whether ``exc`` is Litestar's way of saying that the client left before its body was read."""
-    return (
-        isinstance(exc, HTTPException)
-        and exc.status_code == HTTP_500_INTERNAL_SERVER_ERROR
-        and exc.detail == _CLIENT_GONE
-    )
+    return isinstance(exc, InternalServerException) and exc.detail == _CLIENT_GONE
 
 
 _HTTP_SLUGS = {
