@@ -16,6 +16,9 @@ Stripe's API does) with a creation; the key is the user's (another user's same k
 3. A failure (any exception, a 404 or 403 from the service included) releases the claim, so a
    corrected retry under the same key is processed. A request that died without releasing (a killed
    worker, a lost database) holds its key for the lease, not a day.
+4. A replay is the stored answer as it was, as Stripe's: access is not checked again. A member
+   removed from the project since (or the project deleted) gets the answer already given, nothing
+   it did not have, while the resource itself answers 404.
 
 The answers are kept 24 hours; a daily cron of the platform's ``idempotency`` module purges what
 expired (``Idempotency.purge_expired``).
