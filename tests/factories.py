@@ -690,6 +690,31 @@ def http_scope(method: str, path: str, token: str, *headers: tuple[bytes, bytes]
     }
 
 
+async def drive_asgi(
+    app: ASGIApp, scope: dict[str, Any], messages: list[dict[str, Any]]
+) -> tuple[int, Any, int]:
+    """Run ``app`` on ``scope``, its ``receive`` answering ``messages`` and then ``http.disconnect``:
+    the answer's status, its JSON body, and how many times the app called ``receive``."""
+    pending = list(messages)
+    calls = 0
+    status, answer = 0, bytearray()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            answer.extend(message.get("body", b""))
+
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return status, json.loads(answer), calls
+
+
 def plan_scans(node: dict[str, Any], relation: str) -> list[dict[str, Any]]:
     """The plan's nodes reading ``relation`` (its heap or one of its indexes; not the deletion itself,
     which counts the rows the nodes below it found)."""

@@ -19,7 +19,6 @@ import valkey.exceptions
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
-    InternalServerException,
     SerializationException,
     ValidationException,
 )
@@ -211,18 +210,6 @@ class ClientDisconnectedError(AppError):
     status = 400
     slug = "client-disconnected"
     title = "Client disconnected"
-
-
-_CLIENT_GONE = "client disconnected prematurely"
-"""The detail of the ``InternalServerException`` that Litestar's ``Request.stream`` (under
-``request.body()``, ``data``, forms) raises on ``http.disconnect`` before the body's end
-(litestar/connection/request.py); ``tests/functional/test_core_client_disconnect.py`` fails should
-the text change."""
-
-
-def client_gone(exc: Exception) -> bool:
-    """Whether ``exc`` is Litestar's way of saying that the client left before its body was read."""
-    return isinstance(exc, InternalServerException) and exc.detail == _CLIENT_GONE
 
 
 _HTTP_SLUGS = {
@@ -483,10 +470,6 @@ def _handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Respons
 
 
 def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
-    if client_gone(exc):  # Litestar's 500; the files route says the same from its own reading
-        return _handle_app_error(
-            request, ClientDisconnectedError("The client left before its body was complete.")
-        )
     if exc.status_code >= HTTP_500_INTERNAL_SERVER_ERROR:
         return _handle_unexpected(request, exc)
     if isinstance(exc.__cause__, SerializationException):

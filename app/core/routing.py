@@ -34,11 +34,19 @@ no leading zero; ``0`` itself stays ``0``, which ``IdPath`` refuses with its usu
 parser; ``create_app`` calls it before the app builds its routes (a route keeps the parser it was
 built with). Cost: none on routes without an ``int`` parameter, none when Litestar's cache of
 parsed path values (``parse_path_params``, 1024 entries) hits, else about 0.15 µs over ``int()``.
+
+Bodies read in one loop. ``StrictJSONRequest.body`` reads ASGI's ``receive`` itself: Litestar's
+parses every header into a multidict to read Content-Length and collects the chunks through an
+async generator (together ~10 % of the no-op POST's worker CPU under py-spy, benchmarks/README.md).
+Both ``body`` and ``stream`` name a client that leaves before its body's end
+(``ClientDisconnectedError``, 400) where Litestar's stream raised a 500.
 """
 
 from __future__ import annotations
 
+import math
 import typing
+from collections.abc import AsyncGenerator
 from types import UnionType
 from typing import Any, Union
 
@@ -49,7 +57,13 @@ from litestar import Request, Response
 from litestar._kwargs.dependencies import DependencyContainer, create_dependency_batches
 from litestar.connection import ASGIConnection
 from litestar.enums import HttpMethod, MediaType
-from litestar.exceptions import SerializationException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    InternalServerException,
+    SerializationException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.router import Router
 from litestar.routes import HTTPRoute
@@ -57,6 +71,7 @@ from litestar.routes.base import parsers_map
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Empty
 
+from app.core.errors import ClientDisconnectedError
 from app.core.openapi import DocumentsJsonBody, problems
 from app.core.validation import MAX_JSON_DEPTH, decode_any, whole_numbers
 
@@ -84,7 +99,70 @@ def _options_handler(path: str) -> HTTPRouteHandler:
 
 
 class StrictJSONRequest(Request[Any, Any, Any]):
-    """A request whose ``json()`` is the handler's body Struct, decoded strictly."""
+    """A request whose ``json()`` is the handler's body Struct, decoded strictly, and whose body is
+    read in one loop (module docstring); limits and caching as Litestar's."""
+
+    async def body(self) -> bytes:
+        if self._body is Empty:
+            if (body := self._connection_state.body) is Empty:
+                body = self._connection_state.body = await self._read_body()
+            self._body = body
+            return body
+        return self._body
+
+    async def _read_body(self) -> bytes:
+        limit = self._body_limit()
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":  # http.disconnect, the only other message
+                raise _client_left()
+            if chunk := message.get("body", b""):
+                received += len(chunk)
+                if received > limit:
+                    raise RequestEntityTooLarge
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.is_connected = False  # Litestar's flag for "the body has been read"
+        return b"".join(chunks)
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        if self._body is not Empty:
+            yield self._body
+            return
+        if not self.is_connected:
+            raise InternalServerException("stream consumed")
+        limit = self._body_limit()
+        received = 0
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                raise _client_left()
+            if chunk := message.get("body", b""):
+                received += len(chunk)
+                if received > limit:
+                    raise RequestEntityTooLarge
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        self.is_connected = False
+
+    def _body_limit(self) -> float:
+        """The route's body limit (none: infinite); a declared Content-Length over it is refused
+        before a byte is read, as Litestar does."""
+        limit = self.route_handler.resolve_request_max_body_size() or math.inf
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise ClientException(f"Invalid content-length: {value.decode('latin-1')!r}") from None
+                if declared > limit:
+                    raise RequestEntityTooLarge
+                break
+        return limit
 
     async def json(self) -> Any:
         field = self.route_handler.parsed_data_field
@@ -97,6 +175,10 @@ class StrictJSONRequest(Request[Any, Any, Any]):
         if self._json is Empty:
             self._json = _decode_strictly(await self.body() or b"null", kind)
         return self._json
+
+
+def _client_left() -> ClientDisconnectedError:
+    return ClientDisconnectedError("The client left before its body was complete.")
 
 
 def _is_struct_body(kind: Any) -> bool:

@@ -3,7 +3,8 @@ a body: a 400 ``client-disconnected`` (nobody reads it; the access log and metri
 ``unhandled_error`` line and no error-monitoring event. It was Litestar's 500 ("client disconnected
 prematurely"): logged at error level and captured as a new error group, which alerted on Telegram,
 for any anonymous client that sent half a login (found by fuzzing: login, register, page views,
-project creation, the webhook, the dashboard's sign-in). The file upload said so on its own already.
+project creation, the webhook, the dashboard's sign-in). ``app.core.routing.StrictJSONRequest`` now
+reads every body from ``receive`` itself and names the disconnection there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from tests.factories import Served, http_scope, make_site, make_user, monitoring_spy, serve_in_loop
+from tests.factories import (
+    Served,
+    drive_asgi,
+    http_scope,
+    make_site,
+    make_user,
+    monitoring_spy,
+    serve_in_loop,
+)
 
 
 @pytest.fixture
@@ -34,21 +43,9 @@ async def send_half(app: Litestar, path: str, body: bytes, token: str | None = N
     scope = http_scope("POST", path, token or "", *headers)
     if token is None:
         scope["headers"] = [pair for pair in scope["headers"] if pair[0] != b"authorization"]
-    messages = [{"type": "http.request", "body": body[: len(body) // 2], "more_body": True}]
-    status, answer = 0, bytearray()
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            answer.extend(message.get("body", b""))
-
-    await app(scope, receive, send)  # type: ignore[arg-type]
-    return status, json.loads(answer)
+    half = {"type": "http.request", "body": body[: len(body) // 2], "more_body": True}
+    status, answer, _ = await drive_asgi(app, scope, [half])
+    return status, answer
 
 
 async def test_a_body_cut_short_is_the_clients_400_on_every_route(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -36,7 +35,7 @@ from litestar.status_codes import (
 
 from app.config import get_settings
 from app.core.auth import Caller, requires_user
-from app.core.errors import PROBLEM_MEDIA_TYPE, ClientDisconnectedError, Problem
+from app.core.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
@@ -56,23 +55,6 @@ from app.domains.files.services import FileService
 from app.domains.files.storage import FILE_FIELD
 
 Files = NamedDependency[FileService]
-
-
-async def _body_of(request: Request[Any, Any, Any]) -> AsyncGenerator[bytes, None]:
-    """The request body's chunks as they arrive, read from ASGI's ``receive``.
-
-    A client that abandons its own upload is a ``ClientDisconnectedError`` (400), raised here by
-    name, not Litestar's 500 that ``request.stream()`` raises (which ``app.core.errors.client_gone``
-    answers as this same 400 on every other route).
-    """
-    while True:
-        message = await request.receive()
-        if message["type"] != "http.request":  # http.disconnect, the only other message
-            raise ClientDisconnectedError("The client disconnected before the body was complete.")
-        if chunk := message.get("body", b""):
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 DOWNLOAD_HEADERS = {
@@ -369,7 +351,7 @@ class ProjectFilesController(Controller):
         row = await files.upload(
             current_user.id,
             project_id,
-            _body_of(request),
+            request.stream(),  # a client leaving mid-body: ClientDisconnectedError (app.core.routing)
             content_type=request.headers.get("content-type"),
             content_length=request.content_length,
         )

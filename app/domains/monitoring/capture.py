@@ -33,7 +33,7 @@ from litestar.types import Scope
 from litestar.utils.scope.state import ScopeState
 from prometheus_client import Counter
 
-from app.core.errors import AppError, client_gone, dependency_down, exception_handlers
+from app.core.errors import AppError, dependency_down, exception_handlers
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.fingerprint import RawException, capture_chain, type_name
 
@@ -161,7 +161,7 @@ def classify(exc: Exception, scope: Scope | None = None) -> MonitoringGroupKind 
     if isinstance(exc, AppError):
         return None
     if isinstance(exc, HTTPException):
-        return MonitoringGroupKind.ERROR if exc.status_code >= 500 and not client_gone(exc) else None
+        return MonitoringGroupKind.ERROR if exc.status_code >= 500 else None
     handlers: Mapping[Any, Any] = exception_handlers
     if scope is not None:
         resolved = ScopeState.from_scope(scope).exception_handlers
