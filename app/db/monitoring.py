@@ -104,10 +104,14 @@ async def get_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup |
         return await cur.fetchone()
 
 
-LOCK_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where id = $1 for update"
+LOCK_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where id = $1 for no key update"
 
 
 async def lock_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup | None:
+    """FOR NO KEY UPDATE, not FOR UPDATE: writers and changes still exclude each other, while a foreign
+    key's check (a hash, a release, a user of the group: FOR KEY SHARE) does not wait for it. A write
+    adds a missing hash to its group before it locks the group's root; with FOR UPDATE, a merge
+    locking that group (to refuse it, 409) and the write locking its root deadlocked."""
     async with AsyncRawCursor(conn, row_factory=args_row(MonitoringGroup)) as cur:
         await cur.execute(LOCK_GROUP, (id,))
         return await cur.fetchone()
@@ -766,20 +770,36 @@ async def detach_subtree(conn: AsyncConnection[Any], *, id: int) -> None:
         await cur.execute(DETACH_SUBTREE, (id,))
 
 
-EXPIRE_TIMED_IGNORES = """\
+TIMED_IGNORES_DUE = """\
+select id from monitoring_groups
+where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= $1 and parent_id is null
+order by id"""
+
+
+async def timed_ignores_due(conn: AsyncConnection[Any], *, now: datetime | None) -> list[int]:
+    """The roots whose ignore time has passed, for ExpireTimedIgnore (nothing locked here)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(TIMED_IGNORES_DUE, (now,))
+        return await cur.fetchall()
+
+
+EXPIRE_TIMED_IGNORE = """\
 update monitoring_groups
 set status = 'unresolved', status_changed_at = $1, ignore_mode = null, ignore_until = null,
     ignore_until_events = null, ignore_ended_at = ignore_until
-where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= $1 and parent_id is null
+where id = $2
+  and status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= $1 and parent_id is null
 returning id"""
 
 
-async def expire_timed_ignores(conn: AsyncConnection[Any], *, now: datetime) -> list[int]:
-    """The groups whose ignore time has passed are unresolved again; ignore_ended_at keeps the end of the
-    ignore so that their next event still reopens them (transition and alert)."""
+async def expire_timed_ignore(conn: AsyncConnection[Any], *, now: datetime, id: int) -> int | None:
+    """The group is unresolved again if its ignore time has passed and it is still a root; ignore_ended_at
+    keeps the end of the ignore so that its next event still reopens it (transition and alert). One
+    group per transaction: one statement updating several roots locked them in its plan's order (by
+    ignore_until), against the id order the purge and merges lock roots in, and deadlocked with them."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(EXPIRE_TIMED_IGNORES, (now,))
-        return await cur.fetchall()
+        await cur.execute(EXPIRE_TIMED_IGNORE, (now, id))
+        return await cur.fetchone()
 
 
 CURRENT_BUDGET_PERIOD = """\
@@ -2017,16 +2037,6 @@ async def groups_with_users_before(
         return await cur.fetchall()
 
 
-LOCK_GROUPS = "select id from monitoring_groups where id = any($1::bigint[]) order by id for update"
-
-
-async def lock_groups(conn: AsyncConnection[Any], *, ids: list[int]) -> list[int]:
-    """In id order, as every statement locking several groups does."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(LOCK_GROUPS, (ids,))
-        return await cur.fetchall()
-
-
 PURGE_GROUP_USERS_BEFORE = """\
 with doomed as (
     delete from monitoring_group_users doomed
@@ -2058,7 +2068,7 @@ async def purge_group_users_before(
     chunk_size: int,
 ) -> list[int]:
     """The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
-    by LockGroups; a group a merge moved meanwhile waits for the next chunk), and each group's users
+    by GroupWriter.lock_roots; a group a merge moved meanwhile waits for the next run), and each group's users
     count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
     counts the rows). Returns the groups of the rows deleted."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:

@@ -24,7 +24,11 @@ on conflict (hash) do nothing;
 select * from monitoring_groups where id = @id;
 
 -- name: LockGroup :one
-select * from monitoring_groups where id = @id for update;
+-- FOR NO KEY UPDATE, not FOR UPDATE: writers and changes still exclude each other, while a foreign
+-- key's check (a hash, a release, a user of the group: FOR KEY SHARE) does not wait for it. A write
+-- adds a missing hash to its group before it locks the group's root; with FOR UPDATE, a merge
+-- locking that group (to refuse it, 409) and the write locking its root deadlocked.
+select * from monitoring_groups where id = @id for no key update;
 
 -- name: AddGroupEvents :one
 -- last_release is the release of the group's latest event: a write of earlier events (an old release
@@ -280,13 +284,22 @@ with recursive subtree as (
 )
 update monitoring_groups set root_id = @id where id in (select id from subtree);
 
--- name: ExpireTimedIgnores :many
--- The groups whose ignore time has passed are unresolved again; ignore_ended_at keeps the end of the
--- ignore so that their next event still reopens them (transition and alert).
+-- name: TimedIgnoresDue :many
+-- The roots whose ignore time has passed, for ExpireTimedIgnore (nothing locked here).
+select id from monitoring_groups
+where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null
+order by id;
+
+-- name: ExpireTimedIgnore :one
+-- The group is unresolved again if its ignore time has passed and it is still a root; ignore_ended_at
+-- keeps the end of the ignore so that its next event still reopens it (transition and alert). One
+-- group per transaction: one statement updating several roots locked them in its plan's order (by
+-- ignore_until), against the id order the purge and merges lock roots in, and deadlocked with them.
 update monitoring_groups
 set status = 'unresolved', status_changed_at = @now, ignore_mode = null, ignore_until = null,
     ignore_until_events = null, ignore_ended_at = ignore_until
-where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null
+where id = @id
+  and status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null
 returning id;
 
 
@@ -768,13 +781,9 @@ where g.id in (
 )
 order by g.id;
 
--- name: LockGroups :many
--- In id order, as every statement locking several groups does.
-select id from monitoring_groups where id = any(@ids::bigint[]) order by id for update;
-
 -- name: PurgeGroupUsersBefore :many
 -- The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
--- by LockGroups; a group a merge moved meanwhile waits for the next chunk), and each group's users
+-- by GroupWriter.lock_roots; a group a merge moved meanwhile waits for the next run), and each group's users
 -- count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
 -- counts the rows). Returns the groups of the rows deleted.
 with doomed as (

@@ -177,7 +177,7 @@ async def test_ending_timed_ignores_reads_only_the_groups_ignored_until_a_time(
         await db.execute("analyze monitoring_groups")
         async with AsyncRawCursor(db) as cur:
             await cur.execute(
-                "explain (analyze, format json) " + monitoring.EXPIRE_TIMED_IGNORES, (datetime.now(UTC),)
+                "explain (analyze, format json) " + monitoring.TIMED_IGNORES_DUE, (datetime.now(UTC),)
             )
             row = await cur.fetchone()
     assert row is not None

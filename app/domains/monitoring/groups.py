@@ -368,17 +368,26 @@ class GroupWriter:
         return WriteResult(group_id, root.id, created, transition, alert_id)
 
     async def lock_root(self, uow: UnitOfWork, group_id: int) -> MonitoringGroup:
-        """Lock the root of the group's tree (re-read after the lock: a merge may have moved it)."""
+        """Lock the root of the group's tree: the root it has once the lock is held (a merge may
+        have moved the group while this waited).
+
+        Lock order: whoever locks groups locks roots only, several of them in id order (merges, the
+        users purge: ``lock_roots``), and a write holds one root. A lock on a root that turned out
+        stale is given back (its savepoint rolled back) before the next is taken: kept, it was a
+        second root held out of id order, and the write deadlocked with the purge."""
         group = await queries.get_group(uow.conn, id=group_id)
         assert group is not None
+        root_id = group.root_id
         while True:
-            root = await queries.lock_group(uow.conn, id=group.root_id)
-            assert root is not None
-            current = await queries.get_group(uow.conn, id=group_id)
-            assert current is not None
-            if current.root_id == root.id:
-                return root
-            group = current
+            async with uow.conn.transaction():
+                root = await queries.lock_group(uow.conn, id=root_id)
+                assert root is not None
+                current = await queries.get_group(uow.conn, id=group_id)
+                assert current is not None
+                if current.root_id == root.id:
+                    return root
+                root_id = current.root_id
+                raise psycopg.Rollback()
 
     async def _apply(
         self, uow: UnitOfWork, root: MonitoringGroup, transition: str, now: datetime
@@ -514,3 +523,18 @@ async def set_state(
     )
     assert updated is not None
     return updated
+
+
+async def lock_roots(uow: UnitOfWork, group_ids: Sequence[int]) -> list[int]:
+    """Lock those of ``group_ids`` that are roots, in id order, one at a time: the ids locked, each
+    still a root once held. A group a merge moved meanwhile is given back (its savepoint rolled
+    back) before the next is locked: held, a non-root waited for its new root's writer, which waits
+    for that group (``GroupWriter.lock_root``'s lock order)."""
+    locked = []
+    for group_id in sorted(set(group_ids)):
+        async with uow.conn.transaction():
+            group = await queries.lock_group(uow.conn, id=group_id)
+            if group is None or group.root_id != group.id:
+                raise psycopg.Rollback()
+            locked.append(group_id)
+    return locked

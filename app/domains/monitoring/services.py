@@ -84,6 +84,7 @@ from app.domains.monitoring.groups import (
     GroupWriter,
     WriterConfig,
     WriteResult,
+    lock_roots,
     refused_for_content,
     set_state,
     utc,
@@ -644,8 +645,7 @@ class MonitoringService:
         if claimed is None:
             return False
         await self.register_monitors()
-        async with self.db.transaction() as uow:
-            await queries.expire_timed_ignores(uow.conn, now=utc(moment))
+        await self._expire_timed_ignores(utc(moment))
         await self.check_crons(moment)
         await self.evaluate_slow_routes(moment)
         await self.send_report_if_due(moment)
@@ -760,6 +760,15 @@ class MonitoringService:
 
         return lambda: self.db.delete_in_chunks(chunk)
 
+    async def _expire_timed_ignores(self, now: datetime) -> None:
+        """Unresolve the roots whose ignore time has passed, one transaction each (``ExpireTimedIgnore``
+        says why)."""
+        async with self.db.transaction() as uow:
+            due = await queries.timed_ignores_due(uow.conn, now=now)
+        for group_id in due:
+            async with self.db.transaction() as uow:
+                await queries.expire_timed_ignore(uow.conn, id=group_id, now=now)
+
     async def _purge_group_users(self, before: datetime, chunk_size: int) -> int:
         """The users a group has not seen since ``before``, group by group: each chunk starts at the
         group where the last one ended, so none reads again what the ones before it went through.
@@ -767,8 +776,8 @@ class MonitoringService:
         Each group's ``users`` is lowered by its rows deleted, under the locks of the groups' roots,
         taken first as a group's write takes its root's (then its users, then the group): a write
         re-seeing a user purged counted it again, and the list (``users``) said more than the detail
-        (the rows) ever after. A group a merge moved to another tree meanwhile waits for the next
-        chunk (the next run, were it the chunk's only one)."""
+        (the rows) ever after. A group a merge moved to another tree meanwhile waits for a later
+        chunk, or the next run when the chunk's cursor has passed it."""
         from_group_id = 0
 
         async def chunk(uow: UnitOfWork) -> int:
@@ -781,7 +790,7 @@ class MonitoringService:
             deleted = await queries.purge_group_users_before(
                 uow.conn,
                 group_ids=[group.id for group in groups],
-                root_ids=await queries.lock_groups(uow.conn, ids=[group.root_id for group in groups]),
+                root_ids=await lock_roots(uow, [group.root_id for group in groups]),
                 before=before,
                 chunk_size=chunk_size,
             )
