@@ -178,7 +178,12 @@ class StrictJSONRequest(Request[Any, Any, Any]):
 
 
 def _client_left() -> ClientDisconnectedError:
-    return ClientDisconnectedError("The client left before its body was complete.")
+    # The server says http.disconnect for a closed connection and for a body it could not frame (a
+    # bad chunk size): the app cannot tell which.
+    return ClientDisconnectedError(
+        "The request's body ended before it was complete: the connection closed, or the body's "
+        "framing (chunked encoding) was invalid."
+    )
 
 
 def _is_struct_body(kind: Any) -> bool:
