@@ -7,7 +7,14 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
 - the client address (``client_address``: ``X-Forwarded-For`` only from trusted proxies);
 - the security headers every answer carries unless the route set its own (``SECURITY_HEADERS``);
 - after the answer: the Prometheus request metrics (``app.core.metrics``), the modules' request
-  observers, and one access-log line — only built when ``app.access`` logs at INFO.
+  observers, and one access-log line — only built when ``app.access`` logs at INFO. They all take
+  the server's time: from the request's arrival to its answer's end, less the time spent waiting
+  for the client (for the chunks of its body, or to take the answer's), and never the drain below.
+  A client sending slowly, leaving mid-body, or reading slowly made its route look slow: twenty
+  anonymous requests holding their sockets opened a "slow route" group and its alert. The access
+  log adds that wait (``client_wait_ms``) when there was one. (A route awaiting ``receive`` while it
+  works, as a streamed answer watching for the disconnect does, would count that work as waiting;
+  only GETs stream here, and a GET's ``receive`` is not timed.)
 
 - a body it declared but the application left unread (an answer before the body was read: a 401
   on an upload) is read to its end before the connection is given back, up to ``drain_at_most``
@@ -73,6 +80,8 @@ is accepted up to ``FILE_MAX_BYTES`` + this, and drained up to it when answered 
 
 
 _IDENTITY = (b"", b"identity")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+"""The methods whose ``receive`` is timed (waiting for a body is the client's time, not the route's)."""
 
 
 def _refusing_coded_body(coding: bytes) -> Receive:
@@ -116,6 +125,21 @@ class _WatchedBody:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 while not self.ended:
                     await self.receive()
+
+
+def _log_access(
+    method: str, path: str, status: int, duration: float, waited: float, client_ip: str | None
+) -> None:
+    fields = {"client_wait_ms": round(waited * 1000, 2)} if waited >= 0.0005 else {}
+    access_log.info(
+        "request",
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=round(duration * 1000, 2),
+        client_ip=client_ip,
+        **fields,
+    )
 
 
 def largest_body(app: Litestar, streamed: int) -> int:
@@ -318,9 +342,10 @@ class RequestContextMiddleware:
         token = bind_request_id(request_id)
         status = 500
         added = ((b"x-request-id", request_id.encode()), *SECURITY_HEADERS)
+        waited = 0.0  # for the client: its body's chunks, or taking the answer's
 
         async def send_with_context(message: Message) -> None:
-            nonlocal status
+            nonlocal status, waited
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = message.get("headers", ())
@@ -331,31 +356,39 @@ class RequestContextMiddleware:
                         extra = tuple(pair for pair in added if pair[0] not in present)
                         break
                 message["headers"] = [*headers, *extra]
+                await send(message)
+                return
+            began = time.perf_counter()
             await send(message)
+            waited += time.perf_counter() - began
 
         length = int(declared) if len(declared) >= 5 and declared.isdigit() else 0
         coded = coding and coding.strip().lower() not in _IDENTITY  # no header: one test
-        read = _refusing_coded_body(coding) if coded else receive
+        body = _WatchedBody(receive) if DRAIN_FROM < length <= self.drain_at_most else None
+        read = _refusing_coded_body(coding) if coded else receive if body is None else body.receive
+        if scope["method"] in _BODY_METHODS:
+            untimed = read
+
+            async def read_timed() -> ReceiveMessage:
+                nonlocal waited
+                began = time.perf_counter()
+                message = await untimed()
+                waited += time.perf_counter() - began
+                return message
+
+            read = read_timed
+        answered = 0.0
         try:
-            if length <= DRAIN_FROM or length > self.drain_at_most:
-                await self.app(scope, read, send_with_context)
-            else:
-                body = _WatchedBody(receive)
-                await self.app(scope, read if coded else body.receive, send_with_context)
+            await self.app(scope, read, send_with_context)
+            answered = time.perf_counter()
+            if body is not None:
                 await body.drain()
         finally:
-            duration = time.perf_counter() - started
+            duration = max((answered or time.perf_counter()) - started - waited, 0.0)
             if self.metrics is not None:
                 self.metrics.observe(scope, status, duration)
             for observe in self.observers:
                 observe(scope, status, duration)
             if _access_logger.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round(duration * 1000, 2),
-                    client_ip=client_ip,
-                )
+                _log_access(scope["method"], scope["path"], status, duration, waited, client_ip)
             unbind_request_id(token)
