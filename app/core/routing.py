@@ -116,13 +116,9 @@ class StrictJSONRequest(Request[Any, Any, Any]):
         received = 0
         while True:
             message = await self.receive()
-            if message["type"] != "http.request":  # http.disconnect, the only other message
-                raise _client_left()
-            if chunk := message.get("body", b""):
-                received += len(chunk)
-                if received > limit:
-                    raise RequestEntityTooLarge
-                chunks.append(chunk)
+            chunk = _chunk_of(message, received, limit)
+            received += len(chunk)
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         self.is_connected = False  # Litestar's flag for "the body has been read"
@@ -138,12 +134,8 @@ class StrictJSONRequest(Request[Any, Any, Any]):
         received = 0
         while True:
             message = await self.receive()
-            if message["type"] != "http.request":
-                raise _client_left()
-            if chunk := message.get("body", b""):
+            if chunk := _chunk_of(message, received, limit):
                 received += len(chunk)
-                if received > limit:
-                    raise RequestEntityTooLarge
                 yield chunk
             if not message.get("more_body", False):
                 break
@@ -177,13 +169,19 @@ class StrictJSONRequest(Request[Any, Any, Any]):
         return self._json
 
 
-def _client_left() -> ClientDisconnectedError:
-    # The server says http.disconnect for a closed connection and for a body it could not frame (a
-    # bad chunk size): the app cannot tell which.
-    return ClientDisconnectedError(
-        "The request's body ended before it was complete: the connection closed, or the body's "
-        "framing (chunked encoding) was invalid."
-    )
+def _chunk_of(message: Any, received: int, limit: float) -> bytes:
+    """The body bytes of a ``receive`` message, ``received`` bytes having come before: 413 past the
+    route's ``limit``; ``ClientDisconnectedError`` for ``http.disconnect``, which the server sends for
+    a closed connection and for a body it could not frame (a bad chunk size) alike."""
+    if message["type"] != "http.request":
+        raise ClientDisconnectedError(
+            "The request's body ended before it was complete: the connection closed, or the body's "
+            "framing (chunked encoding) was invalid."
+        )
+    chunk: bytes = message.get("body", b"")
+    if received + len(chunk) > limit:
+        raise RequestEntityTooLarge
+    return chunk
 
 
 def _is_struct_body(kind: Any) -> bool:
