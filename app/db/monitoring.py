@@ -788,18 +788,16 @@ update monitoring_groups
 set status = 'unresolved', status_changed_at = $1, ignore_mode = null, ignore_until = null,
     ignore_until_events = null, ignore_ended_at = ignore_until
 where id = $2
-  and status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= $1 and parent_id is null
-returning id"""
+  and status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= $1 and parent_id is null"""
 
 
-async def expire_timed_ignore(conn: AsyncConnection[Any], *, now: datetime, id: int) -> int | None:
+async def expire_timed_ignore(conn: AsyncConnection[Any], *, now: datetime, id: int) -> None:
     """The group is unresolved again if its ignore time has passed and it is still a root; ignore_ended_at
     keeps the end of the ignore so that its next event still reopens it (transition and alert). One
     group per transaction: one statement updating several roots locked them in its plan's order (by
     ignore_until), against the id order the purge and merges lock roots in, and deadlocked with them."""
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+    async with AsyncRawCursor(conn) as cur:
         await cur.execute(EXPIRE_TIMED_IGNORE, (now, id))
-        return await cur.fetchone()
 
 
 CURRENT_BUDGET_PERIOD = """\
@@ -2068,7 +2066,7 @@ async def purge_group_users_before(
     chunk_size: int,
 ) -> list[int]:
     """The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
-    by GroupWriter.lock_roots; a group a merge moved meanwhile waits for the next run), and each group's users
+    by groups.lock_roots; a group a merge moved meanwhile waits for a later chunk or run), and each group's users
     count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
     counts the rows). Returns the groups of the rows deleted."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:

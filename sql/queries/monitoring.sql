@@ -290,7 +290,7 @@ select id from monitoring_groups
 where status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null
 order by id;
 
--- name: ExpireTimedIgnore :one
+-- name: ExpireTimedIgnore :exec
 -- The group is unresolved again if its ignore time has passed and it is still a root; ignore_ended_at
 -- keeps the end of the ignore so that its next event still reopens it (transition and alert). One
 -- group per transaction: one statement updating several roots locked them in its plan's order (by
@@ -299,8 +299,7 @@ update monitoring_groups
 set status = 'unresolved', status_changed_at = @now, ignore_mode = null, ignore_until = null,
     ignore_until_events = null, ignore_ended_at = ignore_until
 where id = @id
-  and status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null
-returning id;
+  and status = 'ignored' and ignore_mode = 'until_time' and ignore_until <= @now and parent_id is null;
 
 
 -- name: CurrentBudgetPeriod :one
@@ -783,7 +782,7 @@ order by g.id;
 
 -- name: PurgeGroupUsersBefore :many
 -- The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
--- by GroupWriter.lock_roots; a group a merge moved meanwhile waits for the next run), and each group's users
+-- by groups.lock_roots; a group a merge moved meanwhile waits for a later chunk or run), and each group's users
 -- count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
 -- counts the rows). Returns the groups of the rows deleted.
 with doomed as (
