@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -209,26 +210,31 @@ class Writer(Protocol):
 
 
 def first_of_each_event(rows: Sequence[Row]) -> Sequence[Row]:
-    """``rows`` without the repeats of a (site, event id) within them (the first one is kept)."""
-    seen: set[tuple[int, Any]] = set()
-    kept: list[Row] | None = None
-    for index, row in enumerate(rows):
-        event_id = row[3]
-        if event_id is not None:
-            key = (row[0], event_id)
+    """``rows`` without the repeats of a (site, event id) within them (the first one is kept).
+
+    Event ids are compared by their ``int``: a UUID's hash and ordering are Python methods, its
+    ``int`` a slot whose tuples hash and compare in C (a third of the cost per row of a batch)."""
+    keys = [(row[0], row[3].int) for row in rows if row[3] is not None]
+    if len(set(keys)) == len(keys):
+        return rows
+    seen: set[tuple[int, int]] = set()
+    kept: list[Row] = []
+    for row in rows:
+        if row[3] is not None:
+            key = (row[0], row[3].int)
             if key in seen:
-                if kept is None:
-                    kept = list(rows[:index])
                 continue
             seen.add(key)
-        if kept is not None:
-            kept.append(row)
-    return rows if kept is None else kept
+        kept.append(row)
+    return kept
 
 
-def event_claims(rows: Sequence[Row]) -> list[tuple[int, Any]]:
-    """The (site, event id) claims of ``rows`` in the one order every write takes them in."""
-    return sorted((row[0], row[3]) for row in rows if row[3] is not None)
+def event_claims(rows: Sequence[Row]) -> list[tuple[int, uuid.UUID]]:
+    """The (site, event id) claims of ``rows`` in the one order every write takes them in: a UUID's
+    ``int`` orders as PostgreSQL orders uuids (its 16 bytes, big-endian). ``rows`` hold no repeats
+    (``first_of_each_event``), so the sort never compares the UUIDs themselves."""
+    keyed = sorted([(row[0], row[3].int, row[3]) for row in rows if row[3] is not None])
+    return [(site_id, event_id) for site_id, _, event_id in keyed]
 
 
 def site_ids(rows: Sequence[Row]) -> list[int]:
