@@ -324,12 +324,17 @@ class AccountService:
         """The active user with these credentials, or 401 — with the same message, status and
         hashing cost whether the email exists or not. Every attempt goes through the login throttle
         (``throttle.py``): refused (429) per address and per (account, address) pair, paced per
-        account (refused when its schedule has no turn within ``LOGIN_MAX_DELAY_S``)."""
+        account (refused when its schedule has no turn within ``LOGIN_MAX_DELAY_S``). An attempt that
+        ends before its password is checked (503, the database down, cancelled) is taken back."""
         email = email.strip().lower()
         attempt = await self.throttle.attempt(email, client_ip, purpose=purpose)
-        async with self.db.transaction() as uow:
-            user = await queries.get_user_by_email(uow.conn, email=email)
-        matched = await self.passwords.verify(user.password_hash if user else None, password)
+        try:
+            async with self.db.transaction() as uow:
+                user = await queries.get_user_by_email(uow.conn, email=email)
+            matched = await self.passwords.verify(user.password_hash if user else None, password)
+        except BaseException:
+            await self.throttle.abandoned(attempt)
+            raise
         if user is None or not matched or not user.is_active:
             log.info(
                 "login_failed",

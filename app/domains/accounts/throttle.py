@@ -33,6 +33,10 @@ An attempt is counted, and its slot reserved, *before* its password is checked, 
 also checks the hard limits (so a burst of concurrent attempts cannot slip past a limit between a read
 and a write); a correct password takes its attempt back from ``addr`` and clears ``pair``, ``acct``
 and the account's schedule (slots already handed out keep their wait), and marks the network known.
+An attempt that checked no password is taken back from ``pair``, ``addr`` and ``acct`` (its slot stays
+spent): its check refused because ``PASSWORD_CHECKS_MAX`` were busy (503), the database unreachable, or
+the request cancelled before its answer. Otherwise an owner retrying through a busy spell with the
+right password was refused (429) for the rest of the window, as if they had guessed.
 With Valkey unreachable, attempts are neither counted nor slowed (``RATE_LIMIT_AUTH_FAIL_CLOSED``
 unset) or refused with 503.
 """
@@ -102,6 +106,13 @@ redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('SET', KEYS[5], 1, 'EX', ARGV[1])
 return 0
 """
+# KEYS: pair, addr, acct. An attempt that checked no password: each counter it added to is taken back.
+_ABANDONED = """
+for i = 1, 3 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+"""
 KNOWN_NETWORK_S = 30 * 86_400
 """How long a network the account signed in from skips the account's schedule."""
 
@@ -110,7 +121,8 @@ _REFUSED_BY = {1: "pair", 2: "address", 3: "account"}
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One counted password attempt; pass it back to ``succeeded`` when the password was right."""
+    """One counted password attempt; pass it back to ``succeeded`` when the password was right, to
+    ``abandoned`` when no password was checked."""
 
     keys: tuple[str, str, str, str, str]
     counted: bool
@@ -122,6 +134,7 @@ class LoginThrottle:
         self.valkey = valkey
         self._attempt = valkey.register_script(_ATTEMPT)
         self._succeeded = valkey.register_script(_SUCCEEDED)
+        self._abandoned = valkey.register_script(_ABANDONED)
 
     async def attempt(self, email: str, client_ip: str | None, *, purpose: str = "login") -> Attempt:
         """Count a password attempt, or refuse it (429) when its pair or address is over its limit or
@@ -188,7 +201,11 @@ class LoginThrottle:
                 wait_s=int(wait_ms) / 1000,
                 slot_ms=int(slot_ms),
             )
-            await asyncio.sleep(int(wait_ms) / 1000)
+            try:
+                await asyncio.sleep(int(wait_ms) / 1000)
+            except BaseException:
+                await self.abandoned(Attempt(keys, counted=True))
+                raise
         return Attempt(keys, counted=True)
 
     async def succeeded(self, attempt: Attempt) -> None:
@@ -198,6 +215,15 @@ class LoginThrottle:
             await self._succeeded(keys=list(attempt.keys), args=[KNOWN_NETWORK_S])
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
+
+    async def abandoned(self, attempt: Attempt) -> None:
+        """Take back an attempt that checked no password (the module's docstring)."""
+        if not attempt.counted:
+            return
+        try:
+            await self._abandoned(keys=list(attempt.keys[:3]))
+        except VALKEY_ERRORS as exc:
+            report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="abandoned")
 
 
 def _key(kind: str, value: str) -> str:

@@ -1,0 +1,100 @@
+"""A sign-in attempt that checks no password is taken back from the login throttle
+(``app/domains/accounts/throttle.py``): refused because every password check was busy (503), or
+cancelled while it waited for its turn in the account's schedule. It used to count as a failure, so an
+owner retrying through a busy spell with the right password was locked out (429) for the window."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import argon2
+import pytest
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.domains.accounts.throttle import LoginThrottle, _key
+from tests.factories import (
+    GENEROUS_AUTH,
+    PASSWORD,
+    create_user,
+    login,
+    serve_in_loop,
+    unique_email,
+    wait_until,
+)
+
+HELD_PASSWORD = "a password whose check is held"
+
+
+@pytest.fixture
+def held_check(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """(started, release): argon2-cffi's own ``verify`` (nothing of ours replaced) waits for
+    ``release`` when checking ``HELD_PASSWORD``, and sets ``started`` when it begins."""
+    started, release = threading.Event(), threading.Event()
+    verify = argon2.PasswordHasher.verify
+
+    def held(self: argon2.PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
+        if password == HELD_PASSWORD:
+            started.set()
+            release.wait(60)
+        return verify(self, hash, password)
+
+    monkeypatch.setattr(argon2.PasswordHasher, "verify", held)
+    return started, release
+
+
+async def test_sign_ins_refused_while_every_check_is_busy_do_not_lock_the_owner_out(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    password_hash: str,
+    held_check: tuple[threading.Event, threading.Event],
+) -> None:
+    started, release = held_check
+    owner = await create_user(db, password_hash)
+    async with serve_in_loop(settings, **GENEROUS_AUTH, password_checks_max=1) as served:
+        client = served.client
+        await login(client, owner.email)
+        held = asyncio.create_task(
+            client.post("/api/auth/login", json={"email": unique_email(), "password": HELD_PASSWORD})
+        )
+        try:
+            assert await asyncio.to_thread(started.wait, 60), "the held check began"
+            busy = [
+                await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
+                for _ in range(settings.login_max_failures + 1)
+            ]
+        finally:
+            release.set()
+        assert (await held).status_code == 401
+        assert [answer.status_code for answer in busy] == [503] * (settings.login_max_failures + 1)
+        after = await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
+    assert after.status_code == 200, after.text
+
+
+async def test_an_attempt_cancelled_while_it_waits_for_its_turn_is_taken_back(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """Past ``LOGIN_MAX_FAILURES`` an attempt waits for its slot in the account's schedule; cancelled
+    there (the request ended), its counts are given back. The slot stays spent."""
+    throttle = LoginThrottle(settings, valkey)
+    email, first, second = unique_email(), "198.51.100.7", "203.0.113.9"
+    for _ in range(settings.login_max_failures):  # not slowed; the pair's limit is now reached
+        await throttle.attempt(email, first)
+    counters = [_key("pair", f"{email}\n{second}"), _key("addr", second), _key("acct", email)]
+    before = [int(value or 0) for value in await valkey.mget(counters)]
+    assert before == [0, 0, settings.login_max_failures]
+
+    async def slot_taken() -> bool:
+        return bool(await valkey.exists(_key("next", email)))
+
+    slowed = asyncio.create_task(throttle.attempt(email, second))
+    await wait_until(slot_taken, 30, "the attempt holds a slot")
+    slowed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slowed
+
+    assert [int(value or 0) for value in await valkey.mget(counters)] == before
+    assert await valkey.exists(_key("next", email)), "the slot handed out stays spent"
