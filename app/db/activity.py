@@ -371,24 +371,28 @@ async def add_events_to_activity_groups(conn: AsyncConnection[Any], *, event_ids
 
 
 UPSERT_ACTIVITY_OBJECTS = """\
-insert into activity_objects as o (object_type, object_id, title, deleted, seq)
-select t.object_type, t.object_id, case when t.deleted then null else t.title end, t.deleted, t.seq
+insert into activity_objects as o (object_type, object_id, title, deleted, seq, outbox_id)
+select t.object_type, t.object_id, case when t.deleted then null else t.title end, t.deleted, t.seq, t.outbox_id
 from jsonb_to_recordset($1::jsonb) as t(
-    object_type text, object_id bigint, title text, deleted boolean, seq bigint
+    object_type text, object_id bigint, title text, deleted boolean, seq bigint, outbox_id bigint
 )
 on conflict (object_type, object_id) do update
 set title = case when o.deleted or excluded.deleted then null
-                 when excluded.seq > o.seq then coalesce(excluded.title, o.title)
+                 when excluded.outbox_id > coalesce(o.outbox_id, 0) then coalesce(excluded.title, o.title)
                  else coalesce(o.title, excluded.title) end,
     deleted = o.deleted or excluded.deleted,
-    seq = greatest(o.seq, excluded.seq)
+    seq = greatest(o.seq, excluded.seq),
+    outbox_id = greatest(o.outbox_id, excluded.outbox_id)
 where not o.deleted and (excluded.deleted or excluded.title is distinct from o.title)"""
 
 
 async def upsert_activity_objects(conn: AsyncConnection[Any], *, objects: Any) -> None:
-    """Titles from the events that carry one (the newest wins: batches are stored in commit order); a
-    deletion makes the object a tombstone for good (ids are never reused): its title is erased and no
-    later event brings it back.
+    """Titles from the events that carry one; a deletion makes the object a tombstone for good (ids are
+    never reused): its title is erased and no later event brings it back. The newest title wins by
+    outbox_id, the outbox id of the event that carried it: the order of the changes, whatever order
+    the events are recorded in (writer.object_updates); a row without one (its event purged before the
+    column existed) is older than any event. seq (the feed's event id of that event) is the previous
+    release's order, kept while it may still write.
     An event repeating the title the object has (most do) writes nothing."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(UPSERT_ACTIVITY_OBJECTS, (Jsonb(objects),))

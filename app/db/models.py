@@ -364,6 +364,7 @@ class ActivityObject(msgspec.Struct, frozen=True, gc=False):
     title: str | None
     deleted: bool
     seq: int
+    outbox_id: int | None
 
 
 class ActivityReaderState(msgspec.Struct, frozen=True, gc=False):

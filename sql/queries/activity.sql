@@ -203,20 +203,24 @@ from changes c
 where g.id = c.group_id;
 
 -- name: UpsertActivityObjects :exec
--- Titles from the events that carry one (the newest wins: batches are stored in commit order); a
--- deletion makes the object a tombstone for good (ids are never reused): its title is erased and no
--- later event brings it back.
-insert into activity_objects as o (object_type, object_id, title, deleted, seq)
-select t.object_type, t.object_id, case when t.deleted then null else t.title end, t.deleted, t.seq
+-- Titles from the events that carry one; a deletion makes the object a tombstone for good (ids are
+-- never reused): its title is erased and no later event brings it back. The newest title wins by
+-- outbox_id, the outbox id of the event that carried it: the order of the changes, whatever order
+-- the events are recorded in (writer.object_updates); a row without one (its event purged before the
+-- column existed) is older than any event. seq (the feed's event id of that event) is the previous
+-- release's order, kept while it may still write.
+insert into activity_objects as o (object_type, object_id, title, deleted, seq, outbox_id)
+select t.object_type, t.object_id, case when t.deleted then null else t.title end, t.deleted, t.seq, t.outbox_id
 from jsonb_to_recordset(@objects::jsonb) as t(
-    object_type text, object_id bigint, title text, deleted boolean, seq bigint
+    object_type text, object_id bigint, title text, deleted boolean, seq bigint, outbox_id bigint
 )
 on conflict (object_type, object_id) do update
 set title = case when o.deleted or excluded.deleted then null
-                 when excluded.seq > o.seq then coalesce(excluded.title, o.title)
+                 when excluded.outbox_id > coalesce(o.outbox_id, 0) then coalesce(excluded.title, o.title)
                  else coalesce(o.title, excluded.title) end,
     deleted = o.deleted or excluded.deleted,
-    seq = greatest(o.seq, excluded.seq)
+    seq = greatest(o.seq, excluded.seq),
+    outbox_id = greatest(o.outbox_id, excluded.outbox_id)
 -- An event repeating the title the object has (most do) writes nothing.
 where not o.deleted and (excluded.deleted or excluded.title is distinct from o.title);
 

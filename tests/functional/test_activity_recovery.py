@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from app.config import Settings
+from app.core.migrate import MIGRATIONS_DIR
 from app.core.services import Services, open_services
 from app.domains.activity.events import emit
 from app.domains.activity.module import module as activity_module
@@ -201,3 +203,72 @@ async def test_a_row_committed_late_is_not_passed_while_its_transaction_is_open(
         await db.execute("update outbox set published_at = now() where published_at is null")
     assert await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(0)) == 2
     assert sorted(await stored_titles(db)) == ["Fast", "Slow"]
+
+
+async def test_a_change_recorded_late_does_not_bring_an_old_title_back(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    """A task created, then renamed: the rename's event is recorded by its job, the creation's job was
+    lost and the cron records it later. The feed keeps the title of the later change."""
+    async with feed.db.transaction() as uow:
+        created, renamed = [
+            await emit(
+                uow, actor=team.editor.id, verb=verb, obj=("task", 7), project_id=team.project, data=data
+            )
+            for verb, data in (
+                ("task.created", {"title": "Fire Bob"}),
+                ("task.updated", {"title": "Team restructure", "fields": ["title"]}),
+            )
+        ]
+    rows = dict(
+        await (await db.execute("select id, payload from outbox where id = %s", (renamed,))).fetchall()
+    )
+    assert await feed.record_batch([{**rows[renamed], "outbox_id": renamed}]) == 1
+    await publish(db, [created, renamed], ago=LATER)
+
+    assert await feed.recover_lost_events() == 1
+    assert await stored_titles(db) == ["Fire Bob", "Team restructure"]
+    title = await (
+        await db.execute("select title from activity_objects where object_type = 'task' and object_id = 7")
+    ).fetchone()
+    assert title == ("Team restructure",)
+
+
+async def test_the_backfill_gives_older_objects_the_outbox_id_of_their_event(
+    database_url: str, db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    """Objects stored before ``activity_objects.outbox_id`` existed get the outbox id of the event
+    whose feed id their ``seq`` holds, in batches, and may be backfilled again; one whose event is gone
+    keeps none."""
+    ids = await emit_tasks(feed, team.editor.id, team.project, ["A", "B"])
+    rows = await (await db.execute("select id, payload from outbox where id = any(%s)", (ids,))).fetchall()
+    assert await feed.record_batch([{**payload, "outbox_id": id_} for id_, payload in rows]) == 2
+    await db.execute("update activity_objects set outbox_id = null")
+    ceiling = 10_000_000_000  # ids no event has
+    # Walked first (file < task): the tasks' rows are in the third batch of 1,000.
+    await db.execute(
+        "insert into activity_objects (object_type, object_id, title, deleted, seq)"
+        " select 'file', n, 'purged ' || n, false, %s + n from generate_series(1, 2100) n",
+        (ceiling,),
+    )
+    (path,) = MIGRATIONS_DIR.glob("*_activity_objects_outbox_order_backfill.sql")
+    up, _, _ = path.read_text().partition("-- migrate:down")
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(up)
+        conn.execute(up)
+
+    backfilled = await (
+        await db.execute(
+            "select o.object_id, o.outbox_id, e.outbox_id from activity_objects o"
+            " join activity_events e on e.id = o.seq where o.object_type = 'task' order by 1"
+        )
+    ).fetchall()
+    assert [(n, outbox, outbox) for n, outbox in enumerate(ids, start=1)] == backfilled
+    left = await (
+        await db.execute(
+            "select count(*), count(outbox_id), count(distinct xmin::text) from activity_objects"
+            " where object_type = 'file'"
+        )
+    ).fetchone()
+    assert left == (2_100, 0, 1), "no event, no outbox id (and the backfill wrote none of them)"

@@ -202,7 +202,7 @@ class World:
 
     def titles(self) -> dict[tuple[str, int], tuple[str | None, bool]]:
         known: dict[tuple[str, int], tuple[str | None, bool]] = {}
-        for e in sorted(self.events, key=lambda e: e.seq):
+        for e in sorted(self.events, key=lambda e: e.outbox_id):  # the order of the changes
             ident = (e.object_type, e.object_id)
             if known.get(ident, (None, False))[1]:
                 continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
@@ -90,37 +90,48 @@ def normalise(payload: Mapping[str, Any]) -> tuple[IncomingEvent, StreamEvent]:
     return event, stream_event
 
 
-ObjectState = tuple[str | None, bool, int]  # title, deleted, seq
+class ObjectState(NamedTuple):
+    """What a batch's events say of one object, from the newest of them that says anything."""
+
+    title: str | None
+    deleted: bool
+    outbox_id: int  # the order of the changes (``object_updates``)
+    seq: int  # the feed's id of that event (the previous release's order, still stored)
 
 
-def object_updates(
-    events: Iterable[tuple[int, IncomingEvent]],
-) -> dict[tuple[str, int], ObjectState]:
-    """The titles and tombstones a batch brings, one per object: a deletion wins, else the newest."""
+def object_updates(events: Iterable[tuple[int, IncomingEvent]]) -> dict[tuple[str, int], ObjectState]:
+    """The titles and tombstones a batch of (feed id, event) brings, one per object: a deletion wins,
+    else the newest.
+
+    Newest by outbox id, not by the feed's id: an event is emitted in the transaction that changed
+    its object (or its comment's task) after locking that row, so outbox ids follow the order of the
+    changes; the feed's ids follow the order the events were recorded in, which a job retried,
+    recovered (``recovery.py``) or committed by a concurrent feed job reverses (a rename recorded
+    before the creation brought the old title back, in every group that names the object)."""
     updates: dict[tuple[str, int], ObjectState] = {}
 
-    def note(key: tuple[str, int], title: str | None, deleted: bool, seq: int) -> None:
+    def note(key: tuple[str, int], title: str | None, deleted: bool, event: IncomingEvent, seq: int) -> None:
         known = updates.get(key)
-        if known is not None and known[1]:
+        if known is not None and known.deleted:
             return  # a tombstone stays one
         if deleted:
-            updates[key] = (None, True, seq)
-        elif known is None or seq > known[2]:
-            updates[key] = (title, False, seq)
+            updates[key] = ObjectState(None, True, event.outbox_id, seq)
+        elif known is None or event.outbox_id > known.outbox_id:
+            updates[key] = ObjectState(title, False, event.outbox_id, seq)
 
     for seq, event in events:
         spec = spec_of(event.verb)
         if spec is None:
             continue
         if spec.deletes:
-            note((event.object_type, event.object_id), None, True, seq)
+            note((event.object_type, event.object_id), None, True, event, seq)
         elif spec.title_key is not None and isinstance(event.data.get(spec.title_key), str):
-            note((event.object_type, event.object_id), event.data[spec.title_key], False, seq)
+            note((event.object_type, event.object_id), event.data[spec.title_key], False, event, seq)
         target = spec.target
         if target is not None and target.title_key is not None and event.target_id is not None:
             title = event.data.get(target.title_key)
             if isinstance(title, str) and event.target_type is not None:
-                note((event.target_type, event.target_id), title, False, seq)
+                note((event.target_type, event.target_id), title, False, event, seq)
     return updates
 
 
@@ -198,12 +209,11 @@ class FeedWriter:
 
         updates = object_updates((seq_of[e.outbox_id], e) for e, _ in batch)
         if updates:
-            items = sorted(updates.items())
             await queries.upsert_activity_objects(
                 conn,
                 objects=[
-                    {"object_type": t, "object_id": i, "title": title, "deleted": deleted, "seq": seq}
-                    for (t, i), (title, deleted, seq) in items
+                    {"object_type": t, "object_id": i, **state._asdict()}
+                    for (t, i), state in sorted(updates.items())
                 ],
             )
         events = [e for e, _ in batch]
