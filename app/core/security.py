@@ -57,13 +57,38 @@ class Passwords:
         return await self._run(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
-        """True when ``password`` matches; with ``password_hash=None`` spends the same time and fails."""
-        target = password_hash if password_hash is not None else self._dummy_hash
+        """True when ``password`` matches; with ``password_hash=None`` spends the same time and fails.
+
+        A hash made with other parameters than the current ones (they changed since; it is rehashed at
+        the next login) is checked together with the dummy hash, in two threads, when a check's place
+        is free for it: a wrong password then costs at least what it costs for an unknown email.
+        Checked alone, an account that had not signed in since the parameters were raised answered a
+        wrong password several times faster than an unknown email did: one request told that the
+        email had an account."""
+        if password_hash is None:
+            await self._check(self._dummy_hash, password)
+            return False
+        if not self._made_with_other_parameters(password_hash):
+            return await self._check(password_hash, password)
+        matched, _ = await asyncio.gather(self._check(password_hash, password), self._as_now(password))
+        return matched
+
+    async def _as_now(self, password: str) -> None:
+        """The cost of a check with the current parameters, when a place is free (never a 503)."""
+        if self._checks < self._checks_max:
+            await self._check(self._dummy_hash, password)
+
+    async def _check(self, password_hash: str, password: str) -> bool:
         try:
-            matched = await self._run(self._hasher.verify, target, password)
+            return await self._run(self._hasher.verify, password_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
-        return matched and password_hash is not None
+
+    def _made_with_other_parameters(self, password_hash: str) -> bool:
+        try:
+            return self._hasher.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return False
 
     async def _run(self, work: Callable[..., R], *args: str) -> R:
         """``work(*args)`` in a password thread; 503 when ``PASSWORD_CHECKS_MAX`` are running or waiting

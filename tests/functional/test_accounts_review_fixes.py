@@ -1,7 +1,8 @@
 """Accounts review fixes: ``create-admin`` never hands a pre-registered account administrator rights
 on its own, nor makes one that cannot sign in; the seed never promotes someone else's account; reading
 one's profile never costs the owner the password change or the logout; two logins at once after an
-argon2 parameter change both succeed; a spent refresh token presented after its own expiry still
+argon2 parameter change both succeed, and a wrong password for an account hashed before it costs
+what it costs for an unknown email; a spent refresh token presented after its own expiry still
 revokes its session; registration does not document a 401 it never answers."""
 
 from __future__ import annotations
@@ -259,6 +260,31 @@ async def test_two_logins_at_once_after_a_parameter_change_both_succeed(
     assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
     rehashed = await queries.get_user_by_id(db, id=user.id)
     assert rehashed is not None and rehashed.password_hash != weak_hash
+
+
+async def test_a_wrong_password_for_an_older_hash_costs_a_check_with_the_current_parameters(
+    settings: Settings, db: AsyncConnection[Any], argon2_verifications: list[str]
+) -> None:
+    """An unknown email is checked against a dummy hash made with the current parameters. An account
+    whose hash predates a parameter change was checked against that hash alone: a wrong password
+    answered faster than for an unknown email (one request told the email had an account). Its check
+    now also pays for one with the current parameters."""
+    older = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+    user = await create_user(db, older)
+    async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
+        answers = [
+            await served.client.post("/api/auth/login", json={"email": email, "password": "not the password"})
+            for email in (unique_email(), user.email)
+        ]
+
+    assert [answer.status_code for answer in answers] == [401, 401]
+    current = argon2.PasswordHasher(
+        time_cost=settings.password_time_cost,
+        memory_cost=settings.password_memory_kib,
+        parallelism=settings.password_parallelism,
+    )
+    made_with = sorted("older" if current.check_needs_rehash(h) else "current" for h in argon2_verifications)
+    assert made_with == ["current", "current", "older"], "the unknown email's check, then the account's two"
 
 
 async def test_an_expired_spent_refresh_token_presented_again_still_revokes_its_family(
