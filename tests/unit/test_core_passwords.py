@@ -48,6 +48,9 @@ class _HeldHasher:
         self.release.wait()
         return bool(self.hasher.verify(*args))
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.hasher, name)
+
 
 async def _refused_at_once(passwords: Passwords, stored: str) -> None:
     """A check asked now is refused before it waits for anything (one step of the loop)."""
