@@ -327,9 +327,10 @@ with raw as materialized (
     where not r.is_bot
 ),
 buckets as (
-    select distinct analytics_bucket_key($1, g, $2) as bucket
+    select analytics_bucket_key($1, g, $2) as bucket, min(g) as first_sample
     from generate_series($4, $5, $6::interval) as g
     where g < $5
+    group by 1
 ),
 views as (
     select x.bucket, sum(x.views) as views from (
@@ -368,7 +369,12 @@ select b.start::timestamptz as bucket,
     coalesce(views.views, 0)::bigint as pageviews,
     coalesce(visitors.visitors, 0)::bigint as visitors,
     coalesce(visits.visits, 0)::bigint as visits
-from (select k.bucket, analytics_bucket_start($1, k.bucket, $2) as start from buckets k) b
+from (
+    select k.bucket,
+        case $1::text when 'hour' then k.first_sample else analytics_bucket_start($1, k.bucket, $2) end
+            as start
+    from buckets k
+) b
 left join views on views.bucket = b.bucket
 left join visitors on visitors.bucket = b.bucket
 left join visits on visits.bucket = b.bucket
@@ -396,8 +402,12 @@ async def report_timeseries(
     """Every bucket of the range (local hours or days of @tz, empty ones included), oldest first, with its
     label (the local day, or the local hour and its UTC offset) read at its start. Rows are grouped by
     their bucket's key (analytics_bucket_key: a day's is its local date) and each bucket's start is
-    computed once (analytics_bucket_start: a day starts at its first instant, local_day_start, where
-    date_trunc read an ambiguous local midnight as its later instant)."""
+    computed once: a day's by analytics_bucket_start (its first instant, local_day_start, where
+    date_trunc read an ambiguous local midnight as its later instant); an hour's is the first of
+    @step's samples (every 15 minutes: every offset and change of offset falls on one) that carries
+    its key. An hour's key is not always an instant of it: date_trunc reads the local hour's start with
+    the offset of the instant truncated, so the half hour after Lord Howe's clocks go back (02:00 to
+    01:30) has the key 01:00 at the later offset, an instant of the hour before."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportTimeseriesRow)) as cur:
         await cur.execute(REPORT_TIMESERIES, (unit, tz, site_id, range_from, range_to, step))
         return await cur.fetchall()

@@ -199,17 +199,22 @@ from rolled, visitors, visits;
 -- Every bucket of the range (local hours or days of @tz, empty ones included), oldest first, with its
 -- label (the local day, or the local hour and its UTC offset) read at its start. Rows are grouped by
 -- their bucket's key (analytics_bucket_key: a day's is its local date) and each bucket's start is
--- computed once (analytics_bucket_start: a day starts at its first instant, local_day_start, where
--- date_trunc read an ambiguous local midnight as its later instant).
+-- computed once: a day's by analytics_bucket_start (its first instant, local_day_start, where
+-- date_trunc read an ambiguous local midnight as its later instant); an hour's is the first of
+-- @step's samples (every 15 minutes: every offset and change of offset falls on one) that carries
+-- its key. An hour's key is not always an instant of it: date_trunc reads the local hour's start with
+-- the offset of the instant truncated, so the half hour after Lord Howe's clocks go back (02:00 to
+-- 01:30) has the key 01:00 at the later offset, an instant of the hour before.
 with raw as materialized (
     select analytics_bucket_key(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
     where not r.is_bot
 ),
 buckets as (
-    select distinct analytics_bucket_key(@unit, g, @tz) as bucket
+    select analytics_bucket_key(@unit, g, @tz) as bucket, min(g) as first_sample
     from generate_series(@range_from, @range_to, @step::interval) as g
     where g < @range_to
+    group by 1
 ),
 views as (
     select x.bucket, sum(x.views) as views from (
@@ -248,7 +253,12 @@ select b.start::timestamptz as bucket,
     coalesce(views.views, 0)::bigint as pageviews,
     coalesce(visitors.visitors, 0)::bigint as visitors,
     coalesce(visits.visits, 0)::bigint as visits
-from (select k.bucket, analytics_bucket_start(@unit, k.bucket, @tz) as start from buckets k) b
+from (
+    select k.bucket,
+        case @unit::text when 'hour' then k.first_sample else analytics_bucket_start(@unit, k.bucket, @tz) end
+            as start
+    from buckets k
+) b
 left join views on views.bucket = b.bucket
 left join visitors on visitors.bucket = b.bucket
 left join visits on visits.bucket = b.bucket

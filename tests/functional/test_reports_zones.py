@@ -99,6 +99,39 @@ async def test_hour_labels_are_local_times_with_their_offset(
     assert series.points[0].local.startswith(f"{day.isoformat()}T00:00")
 
 
+# (zone, a local day on which the clocks go back, the UTC instant they do)
+REPEATED_HOURS = [
+    ("Australia/Lord_Howe", date(2027, 4, 4), datetime(2027, 4, 3, 15, tzinfo=UTC)),  # 02:00 -> 01:30
+    ("Europe/Berlin", date(2026, 10, 25), datetime(2026, 10, 25, 1, tzinfo=UTC)),  # 03:00 -> 02:00
+]
+
+
+@pytest.mark.parametrize(("tz", "day", "back"), REPEATED_HOURS)
+async def test_an_hour_bucket_starts_at_its_first_instant_where_the_clocks_go_back(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, tz: str, day: date, back: datetime
+) -> None:
+    """Views every ten minutes from 90 minutes before the clocks go back to 90 after: each bucket
+    counts exactly the views from its start to the next one's, and is labelled at its start. In
+    Lord Howe the half hour after the change is a bucket of its own; its start was reported half an
+    hour early (date_trunc's key, read with the offset before the change), an instant counted in the
+    bucket before."""
+    await pageview_queries.ensure_partitions(db, from_day=day - timedelta(days=2), days=4)
+    views = [back + timedelta(minutes=minutes) for minutes in range(-90, 90, 10)]
+    for n, moment in enumerate(views):
+        await insert_view(db, site_id, moment, visitor_id=n)
+    series = await reports.timeseries(site_id, resolve_range("custom", day, day, tz), "hour")
+
+    points = series.points
+    ends = [p.start for p in points[1:]] + [series.range.end]
+    assert [p.pageviews for p in points] == [
+        sum(1 for moment in views if p.start <= moment < end) for p, end in zip(points, ends, strict=True)
+    ]
+    zone = ZoneInfo(tz)
+    assert [p.local for p in points] == [
+        p.start.astimezone(zone).isoformat(timespec="minutes") for p in points
+    ]
+
+
 def first_instant(day: date, zone: ZoneInfo) -> datetime:
     """Python's first instant whose local date in ``zone`` is ``day``, found minute by minute (every
     offset and transition of the tz database falls on a whole minute) from 15 hours before the UTC
