@@ -383,7 +383,9 @@ set title = case when o.deleted or excluded.deleted then null
     deleted = o.deleted or excluded.deleted,
     seq = greatest(o.seq, excluded.seq),
     outbox_id = greatest(o.outbox_id, excluded.outbox_id)
-where not o.deleted and (excluded.deleted or excluded.title is distinct from o.title)"""
+where not o.deleted
+    and (excluded.deleted or excluded.title is distinct from o.title
+         or excluded.outbox_id > coalesce(o.outbox_id, 0))"""
 
 
 async def upsert_activity_objects(conn: AsyncConnection[Any], *, objects: Any) -> None:
@@ -393,7 +395,8 @@ async def upsert_activity_objects(conn: AsyncConnection[Any], *, objects: Any) -
     the events are recorded in (writer.object_updates); a row without one (its event purged before the
     column existed) is older than any event. seq (the feed's event id of that event) is the previous
     release's order, kept while it may still write.
-    An event repeating the title the object has (most do) writes nothing."""
+    An event repeating the title the object has still moves outbox_id on when it is newer (a rename
+    recorded after the rename back must stay older than it); an older one writes nothing."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(UPSERT_ACTIVITY_OBJECTS, (Jsonb(objects),))
 

@@ -221,8 +221,11 @@ set title = case when o.deleted or excluded.deleted then null
     deleted = o.deleted or excluded.deleted,
     seq = greatest(o.seq, excluded.seq),
     outbox_id = greatest(o.outbox_id, excluded.outbox_id)
--- An event repeating the title the object has (most do) writes nothing.
-where not o.deleted and (excluded.deleted or excluded.title is distinct from o.title);
+-- An event repeating the title the object has still moves outbox_id on when it is newer (a rename
+-- recorded after the rename back must stay older than it); an older one writes nothing.
+where not o.deleted
+    and (excluded.deleted or excluded.title is distinct from o.title
+         or excluded.outbox_id > coalesce(o.outbox_id, 0));
 
 -- ---------------------------------------------------------------------------------------- reading
 

@@ -234,6 +234,34 @@ async def test_a_change_recorded_late_does_not_bring_an_old_title_back(
     assert title == ("Team restructure",)
 
 
+async def test_a_rename_recorded_after_the_rename_back_stays_older(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    """Created "A", renamed "B", renamed back "A"; the first rename's job is lost. The rename back
+    repeats the title the feed has, yet it is newer than the lost rename: recorded later, "B" must
+    not replace it."""
+    async with feed.db.transaction() as uow:
+        ids = [
+            await emit(
+                uow, actor=team.editor.id, verb=verb, obj=("task", 8), project_id=team.project, data=data
+            )
+            for verb, data in (
+                ("task.created", {"title": "A"}),
+                ("task.updated", {"title": "B", "fields": ["title"]}),
+                ("task.updated", {"title": "A", "fields": ["title"]}),
+            )
+        ]
+    payloads = dict(
+        await (await db.execute("select id, payload from outbox where id = any(%s)", (ids,))).fetchall()
+    )
+    for outbox_id in (ids[0], ids[2], ids[1]):
+        assert await feed.record_batch([{**payloads[outbox_id], "outbox_id": outbox_id}]) == 1
+    title = await (
+        await db.execute("select title from activity_objects where object_type = 'task' and object_id = 8")
+    ).fetchone()
+    assert title == ("A",)
+
+
 async def test_the_backfill_gives_older_objects_the_outbox_id_of_their_event(
     database_url: str, db: AsyncConnection[Any], feed: ActivityService, team: Team
 ) -> None:
