@@ -512,7 +512,12 @@ def sink_commit_bound_s(settings: Settings) -> float:
     and the one statement more that writes it again after a retried event id or without a deleted
     site's rows, or asyncpg's connect before its statement). A write that fails, its deadline included,
     commits nothing. Not counted: a batch PostgreSQL refuses for its data (which the ingest's checks
-    leave to bugs) is split, and each part written within deadlines of its own."""
+    leave to bugs) is split, and each part written within deadlines of its own; a write that meets a
+    deleted site and then a retried event id takes four statements; and the steps before the queue,
+    which ``INGEST_MARGIN_S`` covers, each wait up to a deadline for the database. So the bound holds
+    with room at the defaults (70 s, and 60 s more, against 600) but not near the largest
+    ``DATABASE_TIMEOUT_S`` the check accepts. One deadline for all of a batch's writes, counted from
+    its rows' stamp, would make it exact."""
     return SINK_MAX_QUEUE_S + 2 * settings.database_timeout_s
 
 
