@@ -68,14 +68,14 @@ class Passwords:
         if password_hash is None:
             await self._check(self._dummy_hash, password)
             return False
-        if not self._made_with_other_parameters(password_hash):
+        if not self.needs_rehash(password_hash):
             return await self._check(password_hash, password)
         matched, _ = await asyncio.gather(self._check(password_hash, password), self._as_now(password))
         return matched
 
     async def _as_now(self, password: str) -> None:
         """The cost of a check with the current parameters, when a place is free (never a 503)."""
-        if self._checks < self._checks_max:
+        if self._has_room():
             await self._check(self._dummy_hash, password)
 
     async def _check(self, password_hash: str, password: str) -> bool:
@@ -84,17 +84,11 @@ class Passwords:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
-    def _made_with_other_parameters(self, password_hash: str) -> bool:
-        try:
-            return self._hasher.check_needs_rehash(password_hash)
-        except InvalidHashError:
-            return False
-
     async def _run(self, work: Callable[..., R], *args: str) -> R:
         """``work(*args)`` in a password thread; 503 when ``PASSWORD_CHECKS_MAX`` are running or waiting
         already. A request cancelled meanwhile frees its place only when its work ends: the thread's
         work cannot be taken back, and the bound is on the work."""
-        if self._checks >= self._checks_max:
+        if not self._has_room():
             raise ServiceUnavailableError(
                 "Too many passwords are being checked; try again in a moment.", headers={"Retry-After": "1"}
             )
@@ -102,6 +96,9 @@ class Passwords:
         future = asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
         future.add_done_callback(self._check_done)
         return await asyncio.shield(future)
+
+    def _has_room(self) -> bool:
+        return self._checks < self._checks_max
 
     def _check_done(self, _: object) -> None:
         self._checks -= 1
@@ -113,7 +110,12 @@ class Passwords:
         await asyncio.to_thread(self._threads.shutdown, wait=True, cancel_futures=True)
 
     def needs_rehash(self, password_hash: str) -> bool:
-        return self._hasher.check_needs_rehash(password_hash)
+        """Whether the hash was made with other parameters than the current ones (not for one argon2
+        cannot read: it never matches, so it is never rehashed)."""
+        try:
+            return self._hasher.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return False
 
 
 class AccessClaims(msgspec.Struct, frozen=True):

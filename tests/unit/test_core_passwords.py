@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import argon2
 import pytest
 
 from app.config import load_settings
@@ -137,3 +138,26 @@ async def test_closing_joins_the_threads(passwords: Passwords) -> None:
     assert threads and all(thread.is_alive() for thread in threads)
     await passwords.close()
     assert not any(thread.is_alive() for thread in threads)
+
+
+async def test_a_hash_with_older_parameters_is_checked_even_when_only_one_check_fits(tmp_path: Any) -> None:
+    """Such a hash is checked together with a current-parameter one (the cost of an unknown email),
+    but that second check only takes a free place: with ``PASSWORD_CHECKS_MAX=1`` the account still
+    signs in instead of being refused 503 every time."""
+    settings = load_settings(
+        {
+            "APP_ENV": "test",
+            "DATA_DIR": str(tmp_path),
+            "PASSWORD_TIME_COST": "2",
+            "PASSWORD_MEMORY_KIB": "8192",
+            "PASSWORD_CHECKS_MAX": "1",
+        }
+    )
+    passwords = Passwords(settings)
+    try:
+        older = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+        assert passwords.needs_rehash(older)
+        assert await passwords.verify(older, PASSWORD) is True
+        assert await passwords.verify(older, "not it") is False
+    finally:
+        await passwords.close()
