@@ -201,12 +201,14 @@ class LoginThrottle:
                 wait_s=int(wait_ms) / 1000,
                 slot_ms=int(slot_ms),
             )
+        attempt = Attempt(keys, counted=True)
+        if int(wait_ms) > 0:
             try:
                 await asyncio.sleep(int(wait_ms) / 1000)
             except BaseException:
-                await self.abandoned(Attempt(keys, counted=True))
+                await self.abandoned(attempt)
                 raise
-        return Attempt(keys, counted=True)
+        return attempt
 
     async def succeeded(self, attempt: Attempt) -> None:
         if not attempt.counted:
