@@ -138,6 +138,14 @@ def migrations_before(first_left_out: str, directory: Path) -> Path:
     return directory
 
 
+def migration_up(name: str) -> str:
+    """The up section of the one migration whose file name ends with ``_<name>.sql`` (a backfill a
+    test runs by hand, again and again)."""
+    (path,) = MIGRATIONS_DIR.glob(f"*_{name}.sql")
+    up, _, _ = path.read_text().partition("-- migrate:down")
+    return up
+
+
 @contextlib.contextmanager
 def database_to_come(database_url: str, prefix: str) -> Iterator[tuple[str, str]]:
     """(URL, name) of a database of the caller's own on ``database_url``'s server, not created yet

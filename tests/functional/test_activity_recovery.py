@@ -17,13 +17,12 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from app.config import Settings
-from app.core.migrate import MIGRATIONS_DIR
 from app.core.services import Services, open_services
 from app.domains.activity.events import emit
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.recovery import GRACE, recover_lost_events
 from app.domains.activity.services import ActivityService
-from tests.factories import Team, make_project
+from tests.factories import Team, make_project, migration_up
 
 LATER = GRACE + timedelta(minutes=1)
 
@@ -49,6 +48,45 @@ async def emit_tasks(feed: ActivityService, actor: int, project: int, titles: li
             )
             for n, title in enumerate(titles, start=1)
         ]
+
+
+async def emit_task_changes(
+    feed: ActivityService, actor: int, project: int, task: int, titles: list[str]
+) -> list[int]:
+    """Task ``task`` created with the first title, then renamed to each next one, in one transaction
+    (as its changes would, in order); their outbox ids."""
+    verbs = ["task.created"] + ["task.updated"] * (len(titles) - 1)
+    async with feed.db.transaction() as uow:
+        return [
+            await emit(
+                uow,
+                actor=actor,
+                verb=verb,
+                obj=("task", task),
+                project_id=project,
+                data={"title": title, **({"fields": ["title"]} if verb == "task.updated" else {})},
+            )
+            for verb, title in zip(verbs, titles, strict=True)
+        ]
+
+
+async def run_jobs(db: AsyncConnection[Any], feed: ActivityService, outbox_ids: list[int]) -> None:
+    """What the jobs of these outbox rows do, one after another in this order: record their event."""
+    cursor = await db.execute("select id, payload from outbox where id = any(%s)", (outbox_ids,))
+    payloads = dict(await cursor.fetchall())
+    for outbox_id in outbox_ids:
+        assert await feed.record_batch([{**payloads[outbox_id], "outbox_id": outbox_id}]) == 1
+
+
+async def task_title(db: AsyncConnection[Any], task: int) -> str | None:
+    row = await (
+        await db.execute(
+            "select title from activity_objects where object_type = 'task' and object_id = %s", (task,)
+        )
+    ).fetchone()
+    assert row is not None
+    title: str | None = row[0]
+    return title
 
 
 async def publish(db: AsyncConnection[Any], outbox_ids: list[int], ago: timedelta = timedelta()) -> None:
@@ -210,28 +248,15 @@ async def test_a_change_recorded_late_does_not_bring_an_old_title_back(
 ) -> None:
     """A task created, then renamed: the rename's event is recorded by its job, the creation's job was
     lost and the cron records it later. The feed keeps the title of the later change."""
-    async with feed.db.transaction() as uow:
-        created, renamed = [
-            await emit(
-                uow, actor=team.editor.id, verb=verb, obj=("task", 7), project_id=team.project, data=data
-            )
-            for verb, data in (
-                ("task.created", {"title": "Fire Bob"}),
-                ("task.updated", {"title": "Team restructure", "fields": ["title"]}),
-            )
-        ]
-    rows = dict(
-        await (await db.execute("select id, payload from outbox where id = %s", (renamed,))).fetchall()
+    created, renamed = await emit_task_changes(
+        feed, team.editor.id, team.project, 7, ["Fire Bob", "Team restructure"]
     )
-    assert await feed.record_batch([{**rows[renamed], "outbox_id": renamed}]) == 1
+    await run_jobs(db, feed, [renamed])
     await publish(db, [created, renamed], ago=LATER)
 
     assert await feed.recover_lost_events() == 1
     assert await stored_titles(db) == ["Fire Bob", "Team restructure"]
-    title = await (
-        await db.execute("select title from activity_objects where object_type = 'task' and object_id = 7")
-    ).fetchone()
-    assert title == ("Team restructure",)
+    assert await task_title(db, 7) == "Team restructure"
 
 
 async def test_a_rename_recorded_after_the_rename_back_stays_older(
@@ -240,26 +265,11 @@ async def test_a_rename_recorded_after_the_rename_back_stays_older(
     """Created "A", renamed "B", renamed back "A"; the first rename's job is lost. The rename back
     repeats the title the feed has, yet it is newer than the lost rename: recorded later, "B" must
     not replace it."""
-    async with feed.db.transaction() as uow:
-        ids = [
-            await emit(
-                uow, actor=team.editor.id, verb=verb, obj=("task", 8), project_id=team.project, data=data
-            )
-            for verb, data in (
-                ("task.created", {"title": "A"}),
-                ("task.updated", {"title": "B", "fields": ["title"]}),
-                ("task.updated", {"title": "A", "fields": ["title"]}),
-            )
-        ]
-    payloads = dict(
-        await (await db.execute("select id, payload from outbox where id = any(%s)", (ids,))).fetchall()
+    created, renamed, renamed_back = await emit_task_changes(
+        feed, team.editor.id, team.project, 8, ["A", "B", "A"]
     )
-    for outbox_id in (ids[0], ids[2], ids[1]):
-        assert await feed.record_batch([{**payloads[outbox_id], "outbox_id": outbox_id}]) == 1
-    title = await (
-        await db.execute("select title from activity_objects where object_type = 'task' and object_id = 8")
-    ).fetchone()
-    assert title == ("A",)
+    await run_jobs(db, feed, [created, renamed_back, renamed])
+    assert await task_title(db, 8) == "A"
 
 
 async def test_the_backfill_gives_older_objects_the_outbox_id_of_their_event(
@@ -269,8 +279,7 @@ async def test_the_backfill_gives_older_objects_the_outbox_id_of_their_event(
     whose feed id their ``seq`` holds, in batches, and may be backfilled again; one whose event is gone
     keeps none."""
     ids = await emit_tasks(feed, team.editor.id, team.project, ["A", "B"])
-    rows = await (await db.execute("select id, payload from outbox where id = any(%s)", (ids,))).fetchall()
-    assert await feed.record_batch([{**payload, "outbox_id": id_} for id_, payload in rows]) == 2
+    await run_jobs(db, feed, ids)
     await db.execute("update activity_objects set outbox_id = null")
     ceiling = 10_000_000_000  # ids no event has
     # Walked first (file < task): the tasks' rows are in the third batch of 1,000.
@@ -279,8 +288,7 @@ async def test_the_backfill_gives_older_objects_the_outbox_id_of_their_event(
         " select 'file', n, 'purged ' || n, false, %s + n from generate_series(1, 2100) n",
         (ceiling,),
     )
-    (path,) = MIGRATIONS_DIR.glob("*_activity_objects_outbox_order_backfill.sql")
-    up, _, _ = path.read_text().partition("-- migrate:down")
+    up = migration_up("activity_objects_outbox_order_backfill")
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(up)

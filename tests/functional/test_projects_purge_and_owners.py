@@ -20,13 +20,12 @@ import pytest
 from psycopg import AsyncConnection
 
 from app.core.db import UnitOfWork
-from app.core.migrate import MIGRATIONS_DIR
 from app.db.models import ProjectRole
 from app.domains.activity.events import emit
 from app.domains.activity.services import ActivityService
 from app.domains.projects import services as project_services
 from app.domains.projects.jobs import purge_deleted_project
-from tests.factories import Actor, Client, Team, make_project, make_task
+from tests.factories import Actor, Client, Team, make_project, make_task, migration_up
 from tests.functional.test_activity_feed import deliver, feed, new_task, services  # noqa: F401
 
 OBJECT = "select title, deleted from activity_objects where object_type = %s and object_id = %s"
@@ -161,13 +160,6 @@ async def test_the_purge_tombstones_objects_of_its_tasks_and_files_in_chunks(
     assert await object_row(db, "file", kept_file) == [("kept.pdf", False)]
 
 
-def backfill() -> str:
-    """The up section of the migration that tombstones the objects earlier purges left."""
-    (path,) = MIGRATIONS_DIR.glob("*_activity_objects_purged_tombstones.sql")
-    up, _, _ = path.read_text().partition("-- migrate:down")
-    return up
-
-
 async def test_the_backfill_tombstones_objects_whose_task_or_file_is_gone(
     database_url: str, db: AsyncConnection[Any], team: Team
 ) -> None:
@@ -211,8 +203,8 @@ async def test_the_backfill_tombstones_objects_whose_task_or_file_is_gone(
         )
 
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(backfill())
-        conn.execute(backfill())
+        conn.execute(migration_up("activity_objects_purged_tombstones"))
+        conn.execute(migration_up("activity_objects_purged_tombstones"))
 
     rows = await (
         await db.execute("select object_type, object_id, title, deleted from activity_objects order by 1, 2")

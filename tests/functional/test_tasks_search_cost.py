@@ -24,10 +24,9 @@ import psycopg
 import pytest
 from psycopg import AsyncConnection, AsyncRawCursor
 
-from app.core.migrate import MIGRATIONS_DIR
 from app.db import tasks as task_queries
 from app.db.models import TaskStatus
-from tests.factories import Client, Team, make_project, make_task
+from tests.factories import Client, Team, make_project, make_task, migration_up
 from tests.functional.test_tasks_search import titles
 
 QUERIES = ['"b a"', "-a", "a", "zzz", "task -b", '"a b" or zzz']
@@ -175,14 +174,6 @@ async def test_every_task_has_its_own_document(db: AsyncConnection[Any], team: T
     assert await (await db.execute("select count(*) from task_search_documents")).fetchone() == (0,)
 
 
-def backfill() -> str:
-    """The up section of the migration that stores the documents of the tasks written before the
-    triggers existed."""
-    (path,) = MIGRATIONS_DIR.glob("*_task_search_documents_backfill.sql")
-    up, _, _ = path.read_text().partition("-- migrate:down")
-    return up
-
-
 @pytest.mark.parametrize("missing", [0, 3, 250])
 async def test_the_backfill_stores_the_documents_that_are_missing(
     database_url: str, db: AsyncConnection[Any], team: Team, missing: int
@@ -199,8 +190,8 @@ async def test_the_backfill_stores_the_documents_that_are_missing(
     stored = "select count(distinct xmin::text) from task_search_documents where not task_id = any(%s)"
 
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(backfill())
-        conn.execute(backfill())
+        conn.execute(migration_up("task_search_documents_backfill"))
+        conn.execute(migration_up("task_search_documents_backfill"))
 
     assert await (await db.execute(DIFFERING_DOCUMENTS)).fetchone() == (0,)
     still = await (
