@@ -294,6 +294,10 @@ class PageViewHourly(msgspec.Struct, frozen=True, gc=False):
     hour: datetime
     pageviews: int
     bot_pageviews: int
+    pageviews_00: int | None
+    pageviews_15: int | None
+    pageviews_30: int | None
+    pageviews_45: int | None
 
 
 class PageViewDimensionHourly(msgspec.Struct, frozen=True, gc=False):
@@ -308,6 +312,7 @@ class PageViewHourlyVisitor(msgspec.Struct, frozen=True, gc=False):
     site_id: int
     hour: datetime
     visitor_id: int
+    seen_quarters: int | None
 
 
 class PageViewVisit(msgspec.Struct, frozen=True, gc=False):

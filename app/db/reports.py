@@ -96,7 +96,11 @@ async def keep_sites_in_window(
 ROLLUP_HOURLY = """\
 with counted as (
     select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
-        count(*) filter (where not p.is_bot) as pageviews, count(*) filter (where p.is_bot) as bot_pageviews
+        count(*) filter (where not p.is_bot) as pageviews, count(*) filter (where p.is_bot) as bot_pageviews,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 0) as pageviews_00,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 1) as pageviews_15,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 2) as pageviews_30,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 3) as pageviews_45
     from page_views p
     join sites s on s.id = p.site_id
     where p.received_at >= $1 and p.received_at < $2
@@ -104,11 +108,18 @@ with counted as (
     group by p.site_id, date_trunc('hour', p.ts, 'UTC')
 ),
 stored as (
-    insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews)
-    select site_id, hour, pageviews, bot_pageviews from counted
+    insert into page_view_hourly (
+        site_id, hour, pageviews, bot_pageviews, pageviews_00, pageviews_15, pageviews_30, pageviews_45
+    )
+    select site_id, hour, pageviews, bot_pageviews, pageviews_00, pageviews_15, pageviews_30, pageviews_45
+    from counted
     on conflict (site_id, hour) do update
     set pageviews = page_view_hourly.pageviews + excluded.pageviews,
-        bot_pageviews = page_view_hourly.bot_pageviews + excluded.bot_pageviews
+        bot_pageviews = page_view_hourly.bot_pageviews + excluded.bot_pageviews,
+        pageviews_00 = page_view_hourly.pageviews_00 + excluded.pageviews_00,
+        pageviews_15 = page_view_hourly.pageviews_15 + excluded.pageviews_15,
+        pageviews_30 = page_view_hourly.pageviews_30 + excluded.pageviews_30,
+        pageviews_45 = page_view_hourly.pageviews_45 + excluded.pageviews_45
 )
 select coalesce(sum(pageviews + bot_pageviews), 0)::bigint as rows from counted"""
 
@@ -216,13 +227,17 @@ async def rollup_dimensions(
 
 
 ROLLUP_VISITORS = """\
-insert into page_view_hourly_visitors (site_id, hour, visitor_id)
-select distinct p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id
+insert into page_view_hourly_visitors (site_id, hour, visitor_id, seen_quarters)
+select p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id,
+    bit_or(1 << analytics_quarter_of_hour(p.ts))::smallint
 from page_views p
 join sites s on s.id = p.site_id
 where p.received_at >= $1 and p.received_at < $2 and not p.is_bot
     and p.ts >= ($1::timestamptz) - interval '24 hours'
-on conflict do nothing"""
+group by p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id
+on conflict (site_id, hour, visitor_id) do update
+set seen_quarters = page_view_hourly_visitors.seen_quarters | excluded.seen_quarters
+where page_view_hourly_visitors.seen_quarters <> page_view_hourly_visitors.seen_quarters | excluded.seen_quarters"""
 
 
 async def rollup_visitors(
@@ -231,6 +246,9 @@ async def rollup_visitors(
     received_from: datetime,
     received_to: datetime,
 ) -> None:
+    """Adds the visitors (bots excluded) of the rows received in the window to their (site, UTC hour of ts),
+    with the quarters of the hour they were seen in (bit n: minutes 15n to 15n+14); a visitor already
+    stored gains the new quarters, and one stored without quarters (by an earlier release) keeps none."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(ROLLUP_VISITORS, (received_from, received_to))
 
@@ -323,7 +341,7 @@ async def report_summary(
 REPORT_TIMESERIES = """\
 with raw as materialized (
     select analytics_bucket_key($1::text, r.ts, $2::text) as bucket, r.visitor_id
-    from analytics_raw_views($3::bigint, $4::timestamptz, $5::timestamptz, $1, $2) r
+    from analytics_series_raw_views($3::bigint, $4::timestamptz, $5::timestamptz, $1, $2) r
     where not r.is_bot
 ),
 buckets as (
@@ -332,11 +350,26 @@ buckets as (
     where g < $5
     group by 1
 ),
+quartered as materialized (
+    select h.hour, q.n,
+        case q.n when 0 then h.pageviews_00 when 1 then h.pageviews_15 when 2 then h.pageviews_30
+            else h.pageviews_45 end as views,
+        analytics_bucket_key($1, h.hour + q.n * interval '15 minutes', $2) as bucket
+    from page_view_hourly h
+    cross join generate_series(0, 3) as q (n)
+    where h.site_id = $3 and h.hour > ($4::timestamptz) - interval '1 hour' and h.hour < $5
+        and h.pageviews_00 is not null and analytics_range_in_quarters($4, $5)
+        and not analytics_hour_is_whole(h.hour, $4, $5, $1, $2)
+        and h.hour + q.n * interval '15 minutes' >= $4
+        and h.hour + q.n * interval '15 minutes' < $5
+),
 views as (
     select x.bucket, sum(x.views) as views from (
         select analytics_bucket_key($1, h.hour, $2) as bucket, h.pageviews as views from page_view_hourly h
         where h.site_id = $3 and h.hour >= $4 and h.hour < $5
             and analytics_hour_is_whole(h.hour, $4, $5, $1, $2)
+        union all
+        select q.bucket, q.views from quartered q
         union all
         select r.bucket, count(*) from raw r group by r.bucket
     ) x
@@ -347,6 +380,10 @@ visitors as (
         select analytics_bucket_key($1, v.hour, $2) as bucket, v.visitor_id from page_view_hourly_visitors v
         where v.site_id = $3 and v.hour >= $4 and v.hour < $5
             and analytics_hour_is_whole(v.hour, $4, $5, $1, $2)
+        union all
+        select q.bucket, v.visitor_id from quartered q
+        join page_view_hourly_visitors v on v.site_id = $3 and v.hour = q.hour
+        where v.seen_quarters & (1 << q.n) <> 0
         union all
         select r.bucket, r.visitor_id from raw r
     ) x
@@ -407,7 +444,9 @@ async def report_timeseries(
     @step's samples (every 15 minutes: every offset and change of offset falls on one) that carries
     its key. An hour's key is not always an instant of it: date_trunc reads the local hour's start with
     the offset of the instant truncated, so the half hour after Lord Howe's clocks go back (02:00 to
-    01:30) has the key 01:00 at the later offset, an instant of the hour before."""
+    01:30) has the key 01:00 at the later offset, an instant of the hour before.
+    A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (every hour,
+    in hours of a zone with a half-hour offset) from its quarters when it has them (quartered), else raw."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportTimeseriesRow)) as cur:
         await cur.execute(REPORT_TIMESERIES, (unit, tz, site_id, range_from, range_to, step))
         return await cur.fetchall()

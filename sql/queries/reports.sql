@@ -41,7 +41,11 @@ for key share of s;
 -- Adds the rows received in the window to their (site, UTC hour of ts); returns how many rows it read.
 with counted as (
     select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
-        count(*) filter (where not p.is_bot) as pageviews, count(*) filter (where p.is_bot) as bot_pageviews
+        count(*) filter (where not p.is_bot) as pageviews, count(*) filter (where p.is_bot) as bot_pageviews,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 0) as pageviews_00,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 1) as pageviews_15,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 2) as pageviews_30,
+        count(*) filter (where not p.is_bot and analytics_quarter_of_hour(p.ts) = 3) as pageviews_45
     from page_views p
     join sites s on s.id = p.site_id
     where p.received_at >= @received_from and p.received_at < @received_to
@@ -49,11 +53,18 @@ with counted as (
     group by p.site_id, date_trunc('hour', p.ts, 'UTC')
 ),
 stored as (
-    insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews)
-    select site_id, hour, pageviews, bot_pageviews from counted
+    insert into page_view_hourly (
+        site_id, hour, pageviews, bot_pageviews, pageviews_00, pageviews_15, pageviews_30, pageviews_45
+    )
+    select site_id, hour, pageviews, bot_pageviews, pageviews_00, pageviews_15, pageviews_30, pageviews_45
+    from counted
     on conflict (site_id, hour) do update
     set pageviews = page_view_hourly.pageviews + excluded.pageviews,
-        bot_pageviews = page_view_hourly.bot_pageviews + excluded.bot_pageviews
+        bot_pageviews = page_view_hourly.bot_pageviews + excluded.bot_pageviews,
+        pageviews_00 = page_view_hourly.pageviews_00 + excluded.pageviews_00,
+        pageviews_15 = page_view_hourly.pageviews_15 + excluded.pageviews_15,
+        pageviews_30 = page_view_hourly.pageviews_30 + excluded.pageviews_30,
+        pageviews_45 = page_view_hourly.pageviews_45 + excluded.pageviews_45
 )
 select coalesce(sum(pageviews + bot_pageviews), 0)::bigint as rows from counted;
 
@@ -135,13 +146,20 @@ on conflict (site_id, dimension, hour, value) do update
 set views = page_view_dimension_hourly.views + excluded.views;
 
 -- name: RollupVisitors :exec
-insert into page_view_hourly_visitors (site_id, hour, visitor_id)
-select distinct p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id
+-- Adds the visitors (bots excluded) of the rows received in the window to their (site, UTC hour of ts),
+-- with the quarters of the hour they were seen in (bit n: minutes 15n to 15n+14); a visitor already
+-- stored gains the new quarters, and one stored without quarters (by an earlier release) keeps none.
+insert into page_view_hourly_visitors (site_id, hour, visitor_id, seen_quarters)
+select p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id,
+    bit_or(1 << analytics_quarter_of_hour(p.ts))::smallint
 from page_views p
 join sites s on s.id = p.site_id
 where p.received_at >= @received_from and p.received_at < @received_to and not p.is_bot
     and p.ts >= (@received_from::timestamptz) - interval '24 hours'
-on conflict do nothing;
+group by p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id
+on conflict (site_id, hour, visitor_id) do update
+set seen_quarters = page_view_hourly_visitors.seen_quarters | excluded.seen_quarters
+where page_view_hourly_visitors.seen_quarters <> page_view_hourly_visitors.seen_quarters | excluded.seen_quarters;
 
 -- name: RollupVisits :exec
 -- Stores the merged visits: a merged visit starts at its earliest member, so it replaces the stored
@@ -205,9 +223,11 @@ from rolled, visitors, visits;
 -- its key. An hour's key is not always an instant of it: date_trunc reads the local hour's start with
 -- the offset of the instant truncated, so the half hour after Lord Howe's clocks go back (02:00 to
 -- 01:30) has the key 01:00 at the later offset, an instant of the hour before.
+-- A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (every hour,
+-- in hours of a zone with a half-hour offset) from its quarters when it has them (quartered), else raw.
 with raw as materialized (
     select analytics_bucket_key(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
-    from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
+    from analytics_series_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
     where not r.is_bot
 ),
 buckets as (
@@ -216,11 +236,26 @@ buckets as (
     where g < @range_to
     group by 1
 ),
+quartered as materialized (
+    select h.hour, q.n,
+        case q.n when 0 then h.pageviews_00 when 1 then h.pageviews_15 when 2 then h.pageviews_30
+            else h.pageviews_45 end as views,
+        analytics_bucket_key(@unit, h.hour + q.n * interval '15 minutes', @tz) as bucket
+    from page_view_hourly h
+    cross join generate_series(0, 3) as q (n)
+    where h.site_id = @site_id and h.hour > (@range_from::timestamptz) - interval '1 hour' and h.hour < @range_to
+        and h.pageviews_00 is not null and analytics_range_in_quarters(@range_from, @range_to)
+        and not analytics_hour_is_whole(h.hour, @range_from, @range_to, @unit, @tz)
+        and h.hour + q.n * interval '15 minutes' >= @range_from
+        and h.hour + q.n * interval '15 minutes' < @range_to
+),
 views as (
     select x.bucket, sum(x.views) as views from (
         select analytics_bucket_key(@unit, h.hour, @tz) as bucket, h.pageviews as views from page_view_hourly h
         where h.site_id = @site_id and h.hour >= @range_from and h.hour < @range_to
             and analytics_hour_is_whole(h.hour, @range_from, @range_to, @unit, @tz)
+        union all
+        select q.bucket, q.views from quartered q
         union all
         select r.bucket, count(*) from raw r group by r.bucket
     ) x
@@ -231,6 +266,10 @@ visitors as (
         select analytics_bucket_key(@unit, v.hour, @tz) as bucket, v.visitor_id from page_view_hourly_visitors v
         where v.site_id = @site_id and v.hour >= @range_from and v.hour < @range_to
             and analytics_hour_is_whole(v.hour, @range_from, @range_to, @unit, @tz)
+        union all
+        select q.bucket, v.visitor_id from quartered q
+        join page_view_hourly_visitors v on v.site_id = @site_id and v.hour = q.hour
+        where v.seen_quarters & (1 << q.n) <> 0
         union all
         select r.bucket, r.visitor_id from raw r
     ) x

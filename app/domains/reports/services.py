@@ -23,8 +23,13 @@ taken after the queue could be further from a late ``ts`` than that.
 An advisory lock keeps concurrent runs apart, and the watermark moves in the transaction that adds the
 hour, so a run that fails or repeats adds nothing twice.
 
-Periods are local days of a time zone (the site's by default). Rollup hours that do not lie inside
-one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata) are read raw.
+Periods are local days of a time zone (the site's by default). A rollup hour that does not lie inside
+one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata: every hour of an
+hourly series, and the hours the period's ends cut) is read from its quarter hours in a time series
+(``page_view_hourly.pageviews_00`` .. ``_45`` and ``page_view_hourly_visitors.seen_quarters``: every
+zone's offset is a multiple of 15 minutes, so every bucket starts on a UTC quarter hour) and raw
+elsewhere (the dimensions keep no quarters; the summary and breakdowns read the two cut hours) and for
+an hour rolled up before the quarters existed.
 
 One time-zone database. The buckets are PostgreSQL's (``analytics_bucket_key``: an hour is
 ``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
