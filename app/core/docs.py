@@ -20,17 +20,20 @@ import html
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Router, get
+import msgspec
+from litestar import MediaType, Request, Router, get
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import NotFoundException
+from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.params import FromPath
 from litestar.response import Response
 from swagger_ui_bundle import swagger_ui_path
 
 from app.core.compression import GzipAsset
+from app.core.openapi import problems
 
-__all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "SwaggerUI", "docs_router")
+__all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "ApiIndex", "SwaggerUI", "api_index", "docs_router")
 
 SWAGGER_UI_DIR = Path(str(swagger_ui_path))
 """The installed Swagger UI files; the folder's name carries the version (``swagger-ui-5.31.0``)."""
@@ -92,6 +95,36 @@ def unknown_docs_path(path: FromPath[str]) -> None:
     ``tests/functional/test_core_docs_assets.py``).
     """
     raise NotFoundException(f"No such documentation page: {path}")
+
+
+class ApiIndex(msgspec.Struct, frozen=True):
+    """Where the API's routes are described and how to start using them."""
+
+    docs: str
+    openapi: str
+    login: str
+    health: str
+
+
+_API_INDEX = msgspec.json.encode(
+    ApiIndex(docs="/schema", openapi="/schema/openapi.json", login="/api/auth/login", health="/health/ready")
+)
+
+
+@get(
+    "/api",
+    tags=["docs"],
+    summary="Where to start",
+    description="The paths of the OpenAPI UI, its document, the sign-in and the readiness probe: the "
+    "API's routes are under `/api`, each described in the document.",
+    opt={"authenticate": False},
+    media_type=MediaType.JSON,
+    responses={**problems(429), 200: ResponseSpec(ApiIndex, description="The starting points")},
+    sync_to_thread=False,
+)
+def api_index() -> bytes:
+    """The URL ``just serve`` prints for the API: an answer, not a 404, for whoever opens it."""
+    return _API_INDEX
 
 
 def docs_router(path: str = "/schema") -> Router:

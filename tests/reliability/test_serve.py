@@ -244,8 +244,10 @@ def assert_banner_is_true(launcher: Launcher, banner: list[str], workers: int = 
     text = "\n".join(banner)
     response = httpx.get(f"{launcher.base}/health/ready", timeout=10)
     assert response.status_code == 200, f"banner printed but /health/ready says {response.text}"
-    for path in ("/api", "/schema", "/schema/openapi.json", "/saq", "/health/ready", "/metrics"):
+    for path in ("/api", "/schema", "/schema/openapi.json", "/saq/", "/health/ready", "/metrics"):
         assert f"{launcher.base}{path}" in text, f"{path} missing from the banner:\n{text}"
+        opened = httpx.get(f"{launcher.base}{path}", follow_redirects=True, timeout=10)  # as a browser would
+        assert opened.status_code == 200, f"{path}, printed in the banner, answers {opened.status_code}"
     assert "admin@example.com" in text and DEFAULT_ADMIN_PASSWORD in text, text
     login = httpx.post(
         f"{launcher.base}/api/auth/login",
