@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,7 +37,7 @@ from app.core.logging import error_message
 from app.core.metrics import JOB_DURATION, JOBS, QUEUE_JOBS, serve_worker_metrics
 from app.core.migrate import SchemaBehindError, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
-from app.core.relay import OutboxRelay, batching_of, timeouts_of
+from app.core.relay import RETRY_BACKOFF_MAX_S, RETRY_DELAY_S, OutboxRelay, batching_of, timeouts_of
 from app.core.repeating import stopped_within
 from app.core.scrub import scrub_text
 from app.core.services import Services
@@ -194,6 +195,20 @@ def _queue_gauge_hooks(queues: dict[str, Queue], interval_s: float) -> tuple[Hoo
     return start_gauges, stop_gauges
 
 
+@dataclasses.dataclass
+class RetriedCronJob(CronJob):
+    """A cron job whose retries wait as relayed jobs' do (``RETRY_DELAY_S``, ``RETRY_BACKOFF_MAX_S``).
+
+    SAQ's ``CronJob`` has neither field, so its runs were enqueued with SAQ's defaults (no delay, no
+    backoff): a failed run's retries all ran within milliseconds, inside the outage that failed it, and
+    a daily purge was lost until the next day; a run that hit its timeout started again at once, up to
+    its retries. ``Worker.schedule`` enqueues every field of the cron job (its ``__dict__``), these too.
+    """
+
+    retry_delay: float = RETRY_DELAY_S
+    retry_backoff: bool | float = RETRY_BACKOFF_MAX_S
+
+
 TIMERS: PartialTimersDict = {"sweep": 10, "abort": 5, "worker_info": 10, "schedule": 1}
 
 
@@ -223,7 +238,7 @@ def build_saq_config(
             tasks[job.queue].append(job.function)
         for scheduled in module.cron:
             cron[scheduled.queue].append(
-                CronJob(
+                RetriedCronJob(
                     function=scheduled.function,
                     cron=scheduled.schedule,
                     timeout=scheduled.timeout_s,

@@ -108,6 +108,12 @@ kept, and the idempotent consumer stores its rows once. A finished job is kept o
 which runs with ``noeviction`` and holds the rate limits, the login throttle and the queues."""
 
 
+RETRY_DELAY_S = 1.0
+"""A failed job's first retry waits about this long (SAQ's jitter), each next one twice as long..."""
+RETRY_BACKOFF_MAX_S = 60.0
+"""... up to this: the retries outlast a restart of PostgreSQL or Valkey instead of failing within it."""
+
+
 def _job(
     function: str, kwargs: dict[str, Any], key: str, settings: Settings, timeout_s: int | None
 ) -> SaqJob:
@@ -117,8 +123,8 @@ def _job(
         key=key,
         timeout=settings.job_timeout_s if timeout_s is None else timeout_s,
         retries=settings.job_retries,
-        retry_delay=1.0,
-        retry_backoff=60.0,
+        retry_delay=RETRY_DELAY_S,
+        retry_backoff=RETRY_BACKOFF_MAX_S,
         ttl=FINISHED_JOB_TTL_S,
     )
 
