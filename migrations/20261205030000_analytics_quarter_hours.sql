@@ -8,10 +8,11 @@
 --
 -- pageviews_00 .. pageviews_45: the views (bots excluded) whose ts lies in minutes 00-14, 15-29, 30-44
 -- and 45-59 of the hour; seen_quarters: a visitor's quarters of the hour, bit n for minutes 15n to
--- 15n+14. Null for the hours rolled up before this release, or by the previous release during the
--- deploy: such an hour is read raw when no bucket holds it whole, as before. The previous release's
--- rollup adds to pageviews alone, so the check refuses its write to an hour that already has quarters
--- (that run fails and the next one rolls the hour up again) instead of leaving stale quarters.
+-- 15n+14. Null for the hours rolled up before this release: such an hour is read raw when no bucket
+-- holds it whole, as before. The previous release's rollup (during the deploy, or after a rollback of
+-- the code alone) adds late views to pageviews only: the trigger below then forgets the hour's
+-- quarters, so it is read raw from then on, neither with stale quarters nor refused (a refused run
+-- would fail on the same window forever, and the watermark would stop).
 set local lock_timeout = '3s';
 alter table page_view_hourly
     add column pageviews_00 bigint,
@@ -30,6 +31,25 @@ alter table page_view_hourly_visitors
     add column seen_quarters smallint,
     add constraint page_view_hourly_visitors_seen_quarters check (seen_quarters between 1 and 15) not valid;
 
+create function page_view_hourly_forget_stale_quarters() returns trigger
+language plpgsql as $$
+begin
+    if new.pageviews <> old.pageviews
+        and (new.pageviews_00, new.pageviews_15, new.pageviews_30, new.pageviews_45)
+            is not distinct from (old.pageviews_00, old.pageviews_15, old.pageviews_30, old.pageviews_45)
+    then
+        new.pageviews_00 := null;
+        new.pageviews_15 := null;
+        new.pageviews_30 := null;
+        new.pageviews_45 := null;
+    end if;
+    return new;
+end
+$$;
+
+create trigger page_view_hourly_forget_stale_quarters before update on page_view_hourly
+for each row execute function page_view_hourly_forget_stale_quarters();
+
 -- The quarter of its UTC hour that `at` lies in: 0 for minutes 00-14 .. 3 for 45-59.
 create function analytics_quarter_of_hour(at timestamptz) returns integer
 language sql immutable parallel safe as $$
@@ -44,10 +64,11 @@ language sql immutable parallel safe as $$
         and date_bin('15 minutes', range_to, timestamptz '2000-01-01 00:00+00') = range_to
 $$;
 
--- The raw rows a time series reads (as analytics_raw_views): those not rolled up yet, and the rolled
--- ones of the UTC hours that lie inside no single bucket and whose rollup has no quarter hours.
-create function analytics_series_raw_views(
-    site bigint, range_from timestamptz, range_to timestamptz, unit text, tz text
+-- The raw rows a report reads: those not rolled up yet, and the rolled ones of the UTC hours that lie
+-- inside no single bucket of `unit` in `tz` (analytics_hour_is_whole) and, with `skip_quartered` (a
+-- time series, which counts such hours from their quarters), whose rollup has no quarter hours.
+create function analytics_raw_views(
+    site bigint, range_from timestamptz, range_to timestamptz, unit text, tz text, skip_quartered boolean
 ) returns setof page_views
 language sql stable as $$
     select p.* from page_views p
@@ -66,7 +87,8 @@ language sql stable as $$
     ) p
     where not analytics_hour_is_whole(h.hour, range_from, range_to, unit, tz)
         and not (
-            analytics_range_in_quarters(range_from, range_to)
+            skip_quartered
+            and analytics_range_in_quarters(range_from, range_to)
             and exists (
                 select from page_view_hourly d
                 where d.site_id = site and d.hour = h.hour and d.pageviews_00 is not null
@@ -74,11 +96,41 @@ language sql stable as $$
         )
 $$;
 
+-- The summary's and the breakdowns' raw rows, as before (the previous release calls it too).
+create or replace function analytics_raw_views(
+    site bigint, range_from timestamptz, range_to timestamptz, unit text, tz text
+) returns setof page_views
+language sql stable as $$
+    select * from analytics_raw_views(site, range_from, range_to, unit, tz, false)
+$$;
+
 -- migrate:down
 set local lock_timeout = '3s';
-drop function analytics_series_raw_views(bigint, timestamptz, timestamptz, text, text);
+create or replace function analytics_raw_views(
+    site bigint, range_from timestamptz, range_to timestamptz, unit text, tz text
+) returns setof page_views
+language sql stable as $$
+    select p.* from page_views p
+    where p.site_id = site and p.received_at >= analytics_watermark()
+        and p.ts >= analytics_watermark() - interval '24 hours'
+        and p.ts >= range_from and p.ts < range_to
+    union all
+    select p.*
+    from generate_series(date_trunc('hour', range_from, 'UTC'), range_to - interval '1 microsecond', interval '1 hour')
+        as h (hour)
+    cross join lateral (
+        select q.* from page_views q
+        where q.site_id = site and q.received_at < analytics_watermark()
+            and q.ts >= greatest(h.hour, range_from) and q.ts < least(h.hour + interval '1 hour', range_to)
+        offset 0
+    ) p
+    where not analytics_hour_is_whole(h.hour, range_from, range_to, unit, tz)
+$$;
+drop function analytics_raw_views(bigint, timestamptz, timestamptz, text, text, boolean);
 drop function analytics_range_in_quarters(timestamptz, timestamptz);
 drop function analytics_quarter_of_hour(timestamptz);
+drop trigger page_view_hourly_forget_stale_quarters on page_view_hourly;
+drop function page_view_hourly_forget_stale_quarters();
 alter table page_view_hourly_visitors drop column seen_quarters;
 alter table page_view_hourly
     drop column pageviews_00,

@@ -341,7 +341,7 @@ async def report_summary(
 REPORT_TIMESERIES = """\
 with raw as materialized (
     select analytics_bucket_key($1::text, r.ts, $2::text) as bucket, r.visitor_id
-    from analytics_series_raw_views($3::bigint, $4::timestamptz, $5::timestamptz, $1, $2) r
+    from analytics_raw_views($3::bigint, $4::timestamptz, $5::timestamptz, $1, $2, true) r
     where not r.is_bot
 ),
 buckets as (

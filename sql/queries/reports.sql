@@ -227,7 +227,7 @@ from rolled, visitors, visits;
 -- in hours of a zone with a half-hour offset) from its quarters when it has them (quartered), else raw.
 with raw as materialized (
     select analytics_bucket_key(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
-    from analytics_series_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz) r
+    from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz, true) r
     where not r.is_bot
 ),
 buckets as (

@@ -21,9 +21,21 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.security import Passwords
+from app.core.services import open_services
 from app.db.models import User
 from app.domains.github.services import QUEUE as GITHUB_QUEUE
-from tests.factories import PASSWORD, Client, Team, create_user, generous_client, make_team, serve_in_loop
+from app.domains.reports.services import ReportService
+from app.modules import MODULES
+from tests.factories import (
+    PASSWORD,
+    Client,
+    Team,
+    create_user,
+    generous_client,
+    make_site,
+    make_team,
+    serve_in_loop,
+)
 from tests.fakes import payments
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, serve_fake_github
@@ -117,3 +129,17 @@ async def shop(
     """``payments_app`` on an empty database and Valkey, its client without a caller's headers."""
     payments_app[1].headers.clear()
     return payments_app
+
+
+@pytest.fixture
+async def reports(settings: Settings) -> AsyncIterator[ReportService]:
+    """The report service as the app builds it, on this test's event loop."""
+    async with open_services(settings, MODULES) as services:
+        yield services[ReportService]
+
+
+@pytest.fixture
+async def site_id(db: AsyncConnection[Any]) -> int:
+    """A site of a new member's."""
+    owner = await create_user(db)
+    return (await make_site(db, owner)).id

@@ -8,45 +8,34 @@ and visitors per quarter hour, and every bucket starts on one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import psycopg
 import pytest
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncRawCursor
 
-from app.config import Settings
-from app.core.services import open_services
 from app.db import pageviews as pageview_queries
+from app.db import reports as report_queries
 from app.domains.reports.schemas import Interval, ReportRange
 from app.domains.reports.services import ReportService, resolve_range
-from app.modules import MODULES
-from tests.factories import create_user, make_site
 from tests.functional.test_reports_zones import insert_view
 
 ZONES = ["Asia/Kolkata", "Asia/Kathmandu"]
 Point = tuple[datetime, int, int, int]
 
 
-@pytest.fixture
-async def reports(settings: Settings) -> AsyncIterator[ReportService]:
-    async with open_services(settings, MODULES) as services:
-        yield services[ReportService]
-
-
-@pytest.fixture
-async def site_id(db: AsyncConnection[Any]) -> int:
-    owner = await create_user(db)
-    return (await make_site(db, owner)).id
-
-
 async def rolled_up_day(
-    reports: ReportService, db: AsyncConnection[Any], site_id: int, tz: str
+    reports: ReportService,
+    db: AsyncConnection[Any],
+    site_id: int,
+    tz: str,
+    *,
+    rolled_at: datetime | None = None,
 ) -> tuple[ReportRange, list[tuple[datetime, int]]]:
     """A local day two days back, with a view every seven minutes from 50 minutes before it to 50
-    after (visitor n for views 3n to 3n+2), all rolled up; the range and the views."""
+    after (visitor n for views 3n to 3n+2), all rolled up by a run three hours after the day; the range
+    and the views."""
     day: date = datetime.now(UTC).astimezone(ZoneInfo(tz)).date() - timedelta(days=2)
     await pageview_queries.ensure_partitions(db, from_day=day - timedelta(days=2), days=5)
     rng = resolve_range("custom", day, day, tz)
@@ -55,7 +44,7 @@ async def rolled_up_day(
     for n in range(((rng.end - rng.start) // timedelta(minutes=7)) + 15):
         views.append((first + timedelta(minutes=7 * n), n // 3))
         await insert_view(db, site_id, *views[-1])
-    assert await reports.rollup(now=datetime.now(UTC) + timedelta(hours=1)) == len(views)
+    assert await reports.rollup(now=rng.end + timedelta(hours=3)) == len(views)
     return rng, views
 
 
@@ -116,15 +105,62 @@ async def test_hours_rolled_up_without_quarters_are_read_raw(
     assert [(p[1], p[2]) for p in after] == counted(after, rng, views)
 
 
-async def test_a_rollup_that_adds_to_the_hour_alone_is_refused_where_it_has_quarters(
-    reports: ReportService, db: AsyncConnection[Any], site_id: int
+# The previous release's rollup of the views and visitors (a5a5360^), as it runs during the deploy or
+# after a rollback of the code alone: it adds late views to pageviews only.
+PREVIOUS_ROLLUP_HOURLY = """\
+with counted as (
+    select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
+        count(*) filter (where not p.is_bot) as pageviews, count(*) filter (where p.is_bot) as bot_pageviews
+    from page_views p
+    join sites s on s.id = p.site_id
+    where p.received_at >= $1 and p.received_at < $2
+        and p.ts >= ($1::timestamptz) - interval '24 hours'
+    group by p.site_id, date_trunc('hour', p.ts, 'UTC')
+),
+stored as (
+    insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews)
+    select site_id, hour, pageviews, bot_pageviews from counted
+    on conflict (site_id, hour) do update
+    set pageviews = page_view_hourly.pageviews + excluded.pageviews,
+        bot_pageviews = page_view_hourly.bot_pageviews + excluded.bot_pageviews
+)
+select coalesce(sum(pageviews + bot_pageviews), 0)::bigint as rows from counted"""
+PREVIOUS_ROLLUP_VISITORS = """\
+insert into page_view_hourly_visitors (site_id, hour, visitor_id)
+select distinct p.site_id, date_trunc('hour', p.ts, 'UTC'), p.visitor_id
+from page_views p
+join sites s on s.id = p.site_id
+where p.received_at >= $1 and p.received_at < $2 and not p.is_bot
+    and p.ts >= ($1::timestamptz) - interval '24 hours'
+on conflict do nothing"""
+
+
+@pytest.mark.parametrize("interval", ["hour", "day"])
+async def test_late_views_the_previous_release_rolls_up_leave_their_hour_read_raw(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, interval: Interval
 ) -> None:
-    """The previous release's rollup adds late views to ``pageviews`` only: on an hour with quarters
-    that would leave them stale, so the write fails (and the next run rolls the hour up again); on an
-    hour without quarters it goes through."""
-    await rolled_up_day(reports, db, site_id, "Asia/Kolkata")
-    add_one = "update page_view_hourly set pageviews = pageviews + 1 where site_id = %s"
-    with pytest.raises(psycopg.errors.CheckViolation):
-        await db.execute(add_one, (site_id,))
-    await forget_quarters(db, site_id)
-    await db.execute(add_one, (site_id,))
+    """Its write to an hour that has quarters makes the hour forget them (read raw from then on):
+    neither stale quarters nor a refusal, which would fail that window on every run and stop the
+    watermark."""
+    rng, views = await rolled_up_day(reports, db, site_id, "Asia/Kolkata")
+    watermark = await report_queries.get_watermark(db)
+    assert watermark is not None
+    late = [(rng.end - timedelta(hours=3, minutes=minutes), 1000 + minutes) for minutes in (1, 2)]
+    for ts, visitor in late:
+        await insert_view(db, site_id, ts, visitor, received_at=watermark + timedelta(minutes=1))
+    window = (watermark, watermark + timedelta(hours=1))
+    async with db.transaction(), AsyncRawCursor(db) as cursor:
+        await cursor.execute(PREVIOUS_ROLLUP_HOURLY, window)
+        await cursor.execute(PREVIOUS_ROLLUP_VISITORS, window)
+        await report_queries.set_watermark(db, rolled_up_to=window[1])
+
+    row = await (
+        await db.execute(
+            "select pageviews_00, pageviews_15, pageviews_30, pageviews_45 from page_view_hourly"
+            " where site_id = %s and hour = date_trunc('hour', %s::timestamptz, 'UTC')",
+            (site_id, late[0][0]),
+        )
+    ).fetchone()
+    assert row == (None, None, None, None)
+    points = await series(reports, site_id, rng, interval)
+    assert [(p[1], p[2]) for p in points] == counted(points, rng, views + late)

@@ -4,7 +4,6 @@ zone that starts at or after the retention's UTC boundary."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -24,12 +23,6 @@ from tests.factories import Client, assert_problem, create_user, make_site, make
 
 def first_kept(settings: Settings) -> date:
     return retention_first_day(datetime.now(UTC).date(), settings.analytics_retention_days)
-
-
-@pytest.fixture
-async def reports(settings: Settings) -> AsyncIterator[ReportService]:
-    async with open_services(settings, MODULES) as services:
-        yield services[ReportService]
 
 
 @pytest.mark.parametrize(

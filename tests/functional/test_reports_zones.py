@@ -16,7 +16,6 @@ disagreed with the summary.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,34 +24,27 @@ from zoneinfo import ZoneInfo
 import pytest
 from psycopg import AsyncConnection
 
-from app.config import Settings
-from app.core.services import open_services
 from app.db import pageviews as pageview_queries
 from app.domains.reports.services import ReportService, resolve_range
-from app.modules import MODULES
 from tests.factories import create_user, make_site
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
-async def insert_view(db: AsyncConnection[Any], site_id: int, ts: datetime, visitor_id: int = 1) -> None:
+async def insert_view(
+    db: AsyncConnection[Any],
+    site_id: int,
+    ts: datetime,
+    visitor_id: int = 1,
+    *,
+    received_at: datetime | None = None,
+) -> None:
+    """A view at ``ts``, received then (or at ``received_at``: a late one)."""
     await db.execute(
         "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
         " values (%s, %s, %s, %s, '/', 'desktop', 'firefox', 'linux')",
-        (site_id, ts, ts, visitor_id),
+        (site_id, ts, received_at or ts, visitor_id),
     )
-
-
-@pytest.fixture
-async def reports(settings: Settings) -> AsyncIterator[ReportService]:
-    async with open_services(settings, MODULES) as services:
-        yield services[ReportService]
-
-
-@pytest.fixture
-async def site_id(db: AsyncConnection[Any]) -> int:
-    owner = await create_user(db)
-    return (await make_site(db, owner)).id
 
 
 async def postgres_midnight(db: AsyncConnection[Any], day: date, tz: str) -> datetime:
