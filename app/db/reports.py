@@ -130,7 +130,9 @@ async def rollup_hourly(
     received_from: datetime,
     received_to: datetime,
 ) -> int | None:
-    """Adds the rows received in the window to their (site, UTC hour of ts); returns how many rows it read."""
+    """Adds the rows received in the window to their (site, UTC hour of ts), and the views (bots excluded)
+    to their quarter of the hour; returns how many rows it read. An hour rolled up without quarters
+    keeps none (null plus a count is null): it is read raw where no bucket holds it whole."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(ROLLUP_HOURLY, (received_from, received_to))
         return await cur.fetchone()
@@ -445,8 +447,9 @@ async def report_timeseries(
     its key. An hour's key is not always an instant of it: date_trunc reads the local hour's start with
     the offset of the instant truncated, so the half hour after Lord Howe's clocks go back (02:00 to
     01:30) has the key 01:00 at the later offset, an instant of the hour before.
-    A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (every hour,
-    in hours of a zone with a half-hour offset) from its quarters when it has them (quartered), else raw."""
+    A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (in a zone
+    whose offset is not a whole hour: every hour of an hourly series, the hour of each local midnight)
+    from its quarters when it has them (quartered), else raw."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportTimeseriesRow)) as cur:
         await cur.execute(REPORT_TIMESERIES, (unit, tz, site_id, range_from, range_to, step))
         return await cur.fetchall()

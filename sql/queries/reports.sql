@@ -38,7 +38,9 @@ order by s.id
 for key share of s;
 
 -- name: RollupHourly :one
--- Adds the rows received in the window to their (site, UTC hour of ts); returns how many rows it read.
+-- Adds the rows received in the window to their (site, UTC hour of ts), and the views (bots excluded)
+-- to their quarter of the hour; returns how many rows it read. An hour rolled up without quarters
+-- keeps none (null plus a count is null): it is read raw where no bucket holds it whole.
 with counted as (
     select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
         count(*) filter (where not p.is_bot) as pageviews, count(*) filter (where p.is_bot) as bot_pageviews,
@@ -223,8 +225,9 @@ from rolled, visitors, visits;
 -- its key. An hour's key is not always an instant of it: date_trunc reads the local hour's start with
 -- the offset of the instant truncated, so the half hour after Lord Howe's clocks go back (02:00 to
 -- 01:30) has the key 01:00 at the later offset, an instant of the hour before.
--- A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (every hour,
--- in hours of a zone with a half-hour offset) from its quarters when it has them (quartered), else raw.
+-- A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (in a zone
+-- whose offset is not a whole hour: every hour of an hourly series, the hour of each local midnight)
+-- from its quarters when it has them (quartered), else raw.
 with raw as materialized (
     select analytics_bucket_key(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz, true) r

@@ -29,7 +29,8 @@ hourly series, and the hours the period's ends cut) is read from its quarter hou
 (``page_view_hourly.pageviews_00`` .. ``_45`` and ``page_view_hourly_visitors.seen_quarters``: every
 zone's offset is a multiple of 15 minutes, so every bucket starts on a UTC quarter hour) and raw
 elsewhere (the dimensions keep no quarters; the summary and breakdowns read the two cut hours) and for
-an hour rolled up before the quarters existed.
+an hour without quarters: rolled up before they existed, or since added to by the previous release's
+rollup, which made it forget them (the trigger of migration 20261205030000).
 
 One time-zone database. The buckets are PostgreSQL's (``analytics_bucket_key``: an hour is
 ``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
