@@ -56,17 +56,23 @@ language sql immutable parallel safe as $$
     select extract(minute from at at time zone 'UTC')::integer / 15
 $$;
 
--- Whether the rollups' quarter hours can serve a report over [range_from, range_to): its ends fall on
--- UTC quarter hours (local midnights do, in every zone).
-create function analytics_range_in_quarters(range_from timestamptz, range_to timestamptz) returns boolean
-language sql immutable parallel safe as $$
-    select date_bin('15 minutes', range_from, timestamptz '2000-01-01 00:00+00') = range_from
+-- Whether a time series counts the rolled views of `hour` from its quarters (`pageviews_00` is null
+-- for an hour without them): the hour lies inside no single bucket of `unit` in `tz`, and the range's
+-- ends fall on UTC quarter hours (local midnights do, in every zone). The one rule for both halves of a
+-- series: ReportTimeseries reads these hours' quarters, analytics_raw_views(..., true) skips their rows.
+create function analytics_hour_from_quarters(
+    pageviews_00 bigint, hour timestamptz, range_from timestamptz, range_to timestamptz, unit text, tz text
+) returns boolean
+language sql stable as $$
+    select pageviews_00 is not null
+        and date_bin('15 minutes', range_from, timestamptz '2000-01-01 00:00+00') = range_from
         and date_bin('15 minutes', range_to, timestamptz '2000-01-01 00:00+00') = range_to
+        and not analytics_hour_is_whole(hour, range_from, range_to, unit, tz)
 $$;
 
 -- The raw rows a report reads: those not rolled up yet, and the rolled ones of the UTC hours that lie
--- inside no single bucket of `unit` in `tz` (analytics_hour_is_whole) and, with `skip_quartered` (a
--- time series, which counts such hours from their quarters), whose rollup has no quarter hours.
+-- inside no single bucket of `unit` in `tz` (analytics_hour_is_whole), except, with `skip_quartered`
+-- (a time series), those it counts from their quarters (analytics_hour_from_quarters).
 create function analytics_raw_views(
     site bigint, range_from timestamptz, range_to timestamptz, unit text, tz text, skip_quartered boolean
 ) returns setof page_views
@@ -88,10 +94,10 @@ language sql stable as $$
     where not analytics_hour_is_whole(h.hour, range_from, range_to, unit, tz)
         and not (
             skip_quartered
-            and analytics_range_in_quarters(range_from, range_to)
             and exists (
                 select from page_view_hourly d
-                where d.site_id = site and d.hour = h.hour and d.pageviews_00 is not null
+                where d.site_id = site and d.hour = h.hour
+                    and analytics_hour_from_quarters(d.pageviews_00, d.hour, range_from, range_to, unit, tz)
             )
         )
 $$;
@@ -127,7 +133,7 @@ language sql stable as $$
     where not analytics_hour_is_whole(h.hour, range_from, range_to, unit, tz)
 $$;
 drop function analytics_raw_views(bigint, timestamptz, timestamptz, text, text, boolean);
-drop function analytics_range_in_quarters(timestamptz, timestamptz);
+drop function analytics_hour_from_quarters(bigint, timestamptz, timestamptz, timestamptz, text, text);
 drop function analytics_quarter_of_hour(timestamptz);
 drop trigger page_view_hourly_forget_stale_quarters on page_view_hourly;
 drop function page_view_hourly_forget_stale_quarters();

@@ -360,8 +360,7 @@ quartered as materialized (
     from page_view_hourly h
     cross join generate_series(0, 3) as q (n)
     where h.site_id = $3 and h.hour > ($4::timestamptz) - interval '1 hour' and h.hour < $5
-        and h.pageviews_00 is not null and analytics_range_in_quarters($4, $5)
-        and not analytics_hour_is_whole(h.hour, $4, $5, $1, $2)
+        and analytics_hour_from_quarters(h.pageviews_00, h.hour, $4, $5, $1, $2)
         and h.hour + q.n * interval '15 minutes' >= $4
         and h.hour + q.n * interval '15 minutes' < $5
 ),

@@ -247,8 +247,7 @@ quartered as materialized (
     from page_view_hourly h
     cross join generate_series(0, 3) as q (n)
     where h.site_id = @site_id and h.hour > (@range_from::timestamptz) - interval '1 hour' and h.hour < @range_to
-        and h.pageviews_00 is not null and analytics_range_in_quarters(@range_from, @range_to)
-        and not analytics_hour_is_whole(h.hour, @range_from, @range_to, @unit, @tz)
+        and analytics_hour_from_quarters(h.pageviews_00, h.hour, @range_from, @range_to, @unit, @tz)
         and h.hour + q.n * interval '15 minutes' >= @range_from
         and h.hour + q.n * interval '15 minutes' < @range_to
 ),

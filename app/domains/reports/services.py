@@ -25,12 +25,13 @@ hour, so a run that fails or repeats adds nothing twice.
 
 Periods are local days of a time zone (the site's by default). A rollup hour that does not lie inside
 one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata: every hour of an
-hourly series, and the hours the period's ends cut) is read from its quarter hours in a time series
-(``page_view_hourly.pageviews_00`` .. ``_45`` and ``page_view_hourly_visitors.seen_quarters``: every
-zone's offset is a multiple of 15 minutes, so every bucket starts on a UTC quarter hour) and raw
-elsewhere (the dimensions keep no quarters; the summary and breakdowns read the two cut hours) and for
-an hour without quarters: rolled up before they existed, or since added to by the previous release's
-rollup, which made it forget them (the trigger of migration 20261205030000).
+hourly series, the hour of each local midnight) is read from its quarter hours in a time series
+(``page_view_hourly.pageviews_00`` .. ``_45`` and ``page_view_hourly_visitors.seen_quarters``; every
+zone's offset is a multiple of 15 minutes, so every bucket starts on a UTC quarter hour; the rule is
+``analytics_hour_from_quarters``). It is read raw in the other reports (the dimensions keep no
+quarters; the summary and breakdowns read the two hours the period's ends cut) and when it has no
+quarters: rolled up before they existed, or since added to by the previous release's rollup, which
+made it forget them (the trigger of migration 20261205030000).
 
 One time-zone database. The buckets are PostgreSQL's (``analytics_bucket_key``: an hour is
 ``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
