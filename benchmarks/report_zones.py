@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -57,12 +58,18 @@ def say(message: str) -> None:
 
 
 def ensure_data(settings: Settings, per_day: int, now: datetime) -> int:
-    """The site's id; its views and rollups are generated when the volume differs from the wanted one."""
+    """The site's id. Its views and rollups are generated again unless the day before ``now`` holds
+    exactly ``per_day`` of them (the generated set does, up to ``now``: same volume, same hour)."""
     assert settings.database_url
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        found = conn.execute("select id, ingest_key from sites where domain = %s", (DOMAIN,)).fetchone()
-        if found is not None and found[1] == f"{per_day:032x}":
-            say(f"data set present ({per_day:,} views a day): reused")
+        found = conn.execute(
+            "select s.id, (select count(*) from page_views p where p.site_id = s.id"
+            " and p.ts >= %(now)s - interval '1 day' and p.ts < %(now)s)"
+            " from sites s where s.domain = %(domain)s",
+            {"now": now, "domain": DOMAIN},
+        ).fetchone()
+        if found is not None and found[1] == per_day:
+            say(f"data set present ({per_day:,} views a day, up to {now:%H:%M} UTC): reused")
             return int(found[0])
         conn.execute("delete from sites where domain = %s", (DOMAIN,))
         conn.execute("truncate page_views, analytics_rollup_state")
@@ -75,7 +82,7 @@ def ensure_data(settings: Settings, per_day: int, now: datetime) -> int:
         site = conn.execute(
             "insert into sites (owner_id, domain, ingest_key, timezone)"
             " values (%s, %s, %s, 'UTC') returning id",
-            (owner[0], DOMAIN, f"{per_day:032x}"),
+            (owner[0], DOMAIN, secrets.token_urlsafe(24)),
         ).fetchone()
         assert site is not None
     start = now - timedelta(days=DAYS + 2)

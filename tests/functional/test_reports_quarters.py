@@ -26,12 +26,7 @@ Point = tuple[datetime, int, int, int]
 
 
 async def rolled_up_day(
-    reports: ReportService,
-    db: AsyncConnection[Any],
-    site_id: int,
-    tz: str,
-    *,
-    rolled_at: datetime | None = None,
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, tz: str
 ) -> tuple[ReportRange, list[tuple[datetime, int]]]:
     """A local day two days back, with a view every seven minutes from 50 minutes before it to 50
     after (visitor n for views 3n to 3n+2), all rolled up by a run three hours after the day; the range
@@ -55,11 +50,14 @@ async def series(reports: ReportService, site_id: int, rng: ReportRange, interva
 
 
 async def forget_quarters(db: AsyncConnection[Any], site_id: int) -> None:
-    """The site's hourly views as an earlier release rolled them up: without quarters."""
+    """The site's hourly views and visitors as an earlier release rolled them up: without quarters."""
     await db.execute(
         "update page_view_hourly set pageviews_00 = null, pageviews_15 = null, pageviews_30 = null,"
         " pageviews_45 = null where site_id = %s",
         (site_id,),
+    )
+    await db.execute(
+        "update page_view_hourly_visitors set seen_quarters = null where site_id = %s", (site_id,)
     )
 
 
@@ -97,9 +95,6 @@ async def test_hours_rolled_up_without_quarters_are_read_raw(
     rng, views = await rolled_up_day(reports, db, site_id, "Asia/Kolkata")
     before = await series(reports, site_id, rng, interval)
     await forget_quarters(db, site_id)
-    await db.execute(
-        "update page_view_hourly_visitors set seen_quarters = null where site_id = %s", (site_id,)
-    )
     after = await series(reports, site_id, rng, interval)
     assert after == before
     assert [(p[1], p[2]) for p in after] == counted(after, rng, views)
