@@ -21,7 +21,7 @@ from litestar_saq import SAQPlugin
 from app.config import Settings, get_settings
 from app.core.channels import channels_plugin
 from app.core.dashboard import dashboard_router
-from app.core.docs import SwaggerUI, api_index, docs_router
+from app.core.docs import SwaggerUI, api_index, docs_router, site_icon
 from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
 from app.core.logging import configure_logging
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             api_index,
+            site_icon,
             MetricsController,
             dashboard_router(saq_config),
             *(controller for module in services.modules for controller in module.controllers),

@@ -31,9 +31,10 @@ from litestar.response import Response
 from swagger_ui_bundle import swagger_ui_path
 
 from app.core.compression import GzipAsset
+from app.core.dashboard import FAVICON
 from app.core.openapi import problems
 
-__all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "ApiIndex", "SwaggerUI", "api_index", "docs_router")
+__all__ = ("DOCS_CSP", "SWAGGER_UI_DIR", "ApiIndex", "SwaggerUI", "api_index", "docs_router", "site_icon")
 
 SWAGGER_UI_DIR = Path(str(swagger_ui_path))
 """The installed Swagger UI files; the folder's name carries the version (``swagger-ui-5.31.0``)."""
@@ -125,6 +126,20 @@ _API_INDEX = msgspec.json.encode(
 def api_index() -> bytes:
     """The URL ``just serve`` prints for the API: an answer, not a 404, for whoever opens it."""
     return _API_INDEX
+
+
+@get(
+    "/favicon.ico",
+    opt={"authenticate": False},
+    media_type="image/svg+xml",
+    cache_control=CacheControlHeader(public=True, max_age=24 * 3600),
+    include_in_schema=False,
+    sync_to_thread=False,
+)
+def site_icon() -> bytes:
+    """The icon a browser asks for beside any page that links none (a JSON answer opened in a tab): the
+    dashboard's, rather than a 404 the browser logs as a console error. Browsers take an SVG here."""
+    return FAVICON
 
 
 def docs_router(path: str = "/schema") -> Router:

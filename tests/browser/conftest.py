@@ -12,6 +12,7 @@ No ``playwright install``: the browser is the system's. Without it these tests f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -25,6 +26,7 @@ import pytest
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    CDPSession,
     ConsoleMessage,
     Page,
     Request,
@@ -171,3 +173,47 @@ async def watched_page(browser: Browser) -> AsyncIterator[WatchedPage]:
     for context in contexts:
         with contextlib.suppress(PlaywrightError):  # the browser is already gone; the test has said why
             await context.close()
+
+
+@dataclass
+class IconWatch:
+    """A page in a browser of its own, whose requests are not intercepted, and the icons it loaded.
+
+    Chromium asks for a page's icon only when nothing routes its requests (``watched_page`` routes
+    them all), and even then Playwright never sees that request: the answers are read from the
+    browser's own network log (DevTools)."""
+
+    page: Page
+    devtools: CDPSession
+    icons: asyncio.Queue[tuple[int, str]] = field(default_factory=asyncio.Queue)
+    errors: list[str] = field(default_factory=list)
+
+    async def next_icon(self, timeout_s: float) -> tuple[int, str]:
+        """The status and URL of the next icon the browser loaded."""
+        async with asyncio.timeout(timeout_s):
+            return await self.icons.get()
+
+
+@contextlib.asynccontextmanager
+async def icon_watch(browser: Browser) -> AsyncIterator[IconWatch]:
+    fresh = await browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        context = await fresh.new_context()
+        page = await context.new_page()
+        watch = IconWatch(page, await context.new_cdp_session(page))
+        page.on(
+            "console",
+            lambda m: watch.errors.append(f"{m.text} ({m.location})") if m.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: watch.errors.append(f"uncaught: {error}"))
+        await watch.devtools.send("Network.enable")
+
+        def on_response(event: dict[str, Any]) -> None:
+            answer = event["response"]
+            if "favicon" in answer["url"]:
+                watch.icons.put_nowait((answer["status"], answer["url"]))
+
+        watch.devtools.on("Network.responseReceived", on_response)
+        yield watch
+    finally:
+        await fresh.close()

@@ -9,7 +9,6 @@ Every page is watched (``watched_page``): a script or style the dashboard's Cont
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from saq import Job as SaqJob
 from valkey.asyncio import Valkey
 
 from app.db.models import User, UserRole
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, Watch, WatchedPage
+from tests.browser.conftest import Watch, WatchedPage, icon_watch
 from tests.factories import PASSWORD, create_user, saq_queues
 from tests.served import ServerProcess
 from tests.valkey_control import ControlledValkey
@@ -298,26 +297,9 @@ async def test_the_dashboards_pages_show_its_own_icon(
     served: ServerProcess, browser: Browser, admin: User
 ) -> None:
     """Every page of a browser's first visit asked for ``/favicon.ico``: a 404, logged as a console
-    error. Chromium asks for a page's icon only in a browser of its own whose requests are not
-    intercepted (``watched_page`` routes them all), so this test has both, and reads the icon's
-    answer from the browser's own network log (DevTools: Playwright never sees that request)."""
-    fresh = await browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
-        context = await fresh.new_context()
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(f"{m.text} ({m.location})") if m.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-        icons: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-        devtools = await context.new_cdp_session(page)
-        await devtools.send("Network.enable")
-
-        def on_response(event: dict[str, Any]) -> None:
-            answer = event["response"]
-            if "favicon" in answer["url"]:
-                icons.put_nowait((answer["status"], answer["url"]))
-
-        devtools.on("Network.responseReceived", on_response)
+    error. The pages now link the dashboard's own icon."""
+    async with icon_watch(browser) as watch:
+        page = watch.page
         assert await sign_in(page, served.base, admin.email) == 200  # the sign-in page, then the dashboard
         await expect(page.locator("tbody[role=grid] td a", has_text="default")).to_be_visible(
             timeout=RENDER_TIMEOUT_MS
@@ -325,12 +307,9 @@ async def test_the_dashboards_pages_show_its_own_icon(
         await page.goto(f"{served.base}/saq/queues/default")
         await expect(page.locator("hgroup h2")).to_have_text("default", timeout=RENDER_TIMEOUT_MS)
         for shown_on in ("the sign-in page", "/saq/", "/saq/queues/default"):
-            async with asyncio.timeout(RENDER_TIMEOUT_MS / 1000):
-                icon = await icons.get()
+            icon = await watch.next_icon(RENDER_TIMEOUT_MS / 1000)
             assert icon == (200, f"{served.base}/saq/static/favicon.svg"), (shown_on, icon)
-        assert not errors, errors
-    finally:
-        await fresh.close()
+        assert not watch.errors, watch.errors
 
 
 async def test_member_is_forbidden(served: ServerProcess, watched_page: WatchedPage, member: User) -> None:

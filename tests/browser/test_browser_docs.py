@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Browser, expect
 
-from tests.browser.conftest import WatchedPage
+from tests.browser.conftest import WatchedPage, icon_watch
 from tests.served import ServerProcess
 
 RENDER_TIMEOUT_MS = 30_000
@@ -74,3 +74,15 @@ async def test_try_it_out_calls_the_api_from_the_page(
     await expect(operation.locator(".live-responses-table tbody .response-col_status")).to_have_text("200")
     await page.wait_for_load_state("networkidle")
     watch.assert_clean()
+
+
+async def test_a_json_answer_opened_in_a_tab_gets_the_sites_icon(
+    served: ServerProcess, browser: Browser
+) -> None:
+    """A JSON answer links no icon, so the browser asks for ``/favicon.ico``: a 404 (a console error)
+    until the app served one."""
+    async with icon_watch(browser) as watch:
+        answer = await watch.page.goto(f"{served.base}/api")
+        assert answer is not None and answer.status == 200
+        assert await watch.next_icon(RENDER_TIMEOUT_MS / 1000) == (200, f"{served.base}/favicon.ico")
+        assert not watch.errors, watch.errors

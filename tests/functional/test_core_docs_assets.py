@@ -20,7 +20,7 @@ from litestar.response import Response
 from litestar.testing import AsyncTestClient
 
 from app.core.compression import EncodedResponsePassThrough, accepts
-from app.core.dashboard import fixed_app_js
+from app.core.dashboard import FAVICON, fixed_app_js
 from app.core.docs import DOCS_CSP, SWAGGER_UI_DIR
 from tests.factories import assert_problem
 
@@ -297,3 +297,12 @@ async def test_served_swagger_ui_can_render_the_openapi_version_the_app_serves(c
     major = int(SWAGGER_UI_DIR.name.removeprefix("swagger-ui-").split(".")[0])
     if schema["openapi"].startswith("3.1"):
         assert major >= 5, f"{SWAGGER_UI_DIR.name} cannot render OpenAPI {schema['openapi']}"
+
+
+async def test_the_site_icon_is_the_dashboards_svg(client: Client) -> None:
+    """A browser asks for ``/favicon.ico`` beside any page that links no icon (a JSON answer)."""
+    response = await client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/svg+xml"
+    assert response.headers["cache-control"] == "max-age=86400, public"
+    assert response.content == FAVICON

@@ -440,6 +440,7 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/health/live"): "operational: liveness probe, no data",
     ("GET", "/health/ready"): "operational: readiness probe, no data",
     ("GET", "/api"): "public: the paths of the docs, the sign-in and the probe, no data",
+    ("GET", "/favicon.ico"): "public: the site's icon, no data",
     ("POST", "/api/auth/login"): "public: the credentials are the proof",
     ("POST", "/api/auth/refresh"): "public: the refresh token is the proof",
     ("POST", "/api/auth/register"): "public: creates an account",
