@@ -160,7 +160,12 @@ def test_forks_and_archived_repositories_count_only_when_asked() -> None:
 
 
 def test_unmeasured_code_and_a_capped_listing_are_reported_as_truncated() -> None:
-    repos = [_repo("a", size=300), _repo("b", size=200), _repo("c", size=100), _repo("empty", language=None)]
+    repos = [
+        _repo("a", size=300),
+        _repo("b", size=200),
+        _repo("c", size=100),
+        _repo("empty", size=0, language=None),
+    ]
     measured = {"u/a": {"Go": 300}, "u/b": {"Go": 150, "C": 50}}
 
     partial = analyze(
@@ -208,6 +213,19 @@ def test_a_repository_is_measurable_when_it_is_no_fork_and_has_code() -> None:
     assert [r.name for r in repos_to_measure([_repo("tiny", size=0), _repo("fork", fork=True)], 5)] == [
         "tiny"
     ]
+
+
+def test_coverage_counts_unmeasured_code_by_the_rule_that_chooses_what_to_measure() -> None:
+    """A repository with a size and no primary language is measured (``is_measurable``); left out of
+    the measured limit, it was counted nowhere and the coverage read complete."""
+    repos = [_repo("a", size=500, language="Python"), _repo("notebooks", size=400, language=None)]
+    data = _data(repos, {"u/a": {"Python": 500_000}})
+
+    view = analyze(data, Filters(False, False), top_repos=0, top_languages=5, bytes_weight=0.5)
+
+    coverage = view.languages.coverage
+    assert (coverage.repos_measured, coverage.repos_unmeasured) == (1, 1)
+    assert coverage.truncated and view.truncated
 
 
 def test_forks_in_view_are_reported_apart_and_never_truncate_the_coverage() -> None:

@@ -69,8 +69,8 @@ def analyze(
 ) -> Analysis:
     view = [repo for repo in data.repos if in_view(repo, filters)]
     measured = [repo for repo in view if repo.full_name in data.languages]
-    with_code = [repo for repo in view if repo.full_name not in data.languages and repo.language]
-    unmeasured = [repo for repo in with_code if is_measurable(repo)]
+    not_measured = [repo for repo in view if repo.full_name not in data.languages]
+    unmeasured = [repo for repo in not_measured if is_measurable(repo)]
     repo_counts = count_primary_languages(repo.language for repo in view)
     byte_counts = sum_language_bytes(data.languages[repo.full_name] for repo in measured)
     ranking = rank_languages(repo_counts, byte_counts, bytes_weight=bytes_weight, limit=top_languages)
@@ -125,7 +125,7 @@ def analyze(
                 repos_in_view=len(view),
                 repos_measured=len(measured),
                 repos_unmeasured=len(unmeasured),
-                forks_unmeasured=sum(repo.fork for repo in with_code),
+                forks_unmeasured=sum(repo.fork and repo.language is not None for repo in not_measured),
                 measured_limit=data.measured_limit,
                 truncated=bool(unmeasured),
             ),
