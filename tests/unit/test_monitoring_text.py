@@ -134,3 +134,16 @@ def test_secrets_are_scrubbed_by_key_name() -> None:
         "nested": {"X-Api-Key": FILTERED, "ok": 1},
         "user_id": 3,
     }
+
+
+def test_nesting_is_bounded_in_lists_as_in_mappings() -> None:
+    """Lists were walked to any depth (a deep one raised RecursionError) and scrubbed whole before
+    being cut to their first items."""
+    deep: list[object] = ["deep"]
+    for _ in range(5000):
+        deep = [deep]
+    assert scrub_mapping({"a": deep}) == {"a": [[[[[FILTERED]]]]]}  # five levels kept, as of mappings
+    assert scrub_mapping({"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}) == {
+        "a": {"b": {"c": {"d": {"e": {"f": {"...": FILTERED}}}}}}
+    }
+    assert scrub_mapping({"many": [str(n) for n in range(10_000)]}) == {"many": [str(n) for n in range(50)]}

@@ -27,6 +27,11 @@ SENSITIVE_KEY = re.compile(
 """Names of fields whose values are never kept, whatever they look like (``password``, ``X-Api-Key``,
 ``sessionid``) in a captured error's context."""
 
+MAX_DEPTH = 5
+"""Nesting kept in a captured context, lists and mappings alike; deeper is ``FILTERED``."""
+MAX_ITEMS = 50
+"""Items kept of a list (the first ones; the rest are never walked)."""
+
 
 def scrub_text(text: str) -> str:
     """``text`` with every value that looks like a secret replaced by ``[Filtered]`` (and storable)."""
@@ -41,7 +46,9 @@ def scrub_value(key: str, value: Any, depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         return scrub_mapping(value, depth + 1)
     if isinstance(value, list | tuple):
-        return [scrub_value(key, item, depth + 1) for item in value][:50]
+        if depth >= MAX_DEPTH:
+            return FILTERED
+        return [scrub_value(key, item, depth + 1) for item in value[:MAX_ITEMS]]
     if value is None or isinstance(value, bool | int | float):
         return value
     return scrub_text(repr(value))
@@ -49,6 +56,6 @@ def scrub_value(key: str, value: Any, depth: int = 0) -> Any:
 
 def scrub_mapping(values: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
     """A copy of ``values``: sensitive keys filtered, string values scrubbed, nesting bounded."""
-    if depth > 5:
+    if depth > MAX_DEPTH:
         return {"...": FILTERED}
     return {storable(str(key)): scrub_value(str(key), value, depth) for key, value in values.items()}
