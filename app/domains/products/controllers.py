@@ -54,10 +54,11 @@ def _with_etag(product: ProductOut, status_code: int | None = None) -> Response[
 
     The version is that of the product's details (name, description, price, ``active``): its stock
     and ``updated_at`` move under the same tag (else every sale would refuse an administrator's form,
-    412). So the answer is ``no-cache``: a cache holding it must ask again before reusing it, and is
-    answered the product as it is now (this route answers no 304), never an old stock under a tag
-    that still matches (review: RFC 9110 8.8.1 wants a strong tag to change with the body)."""
-    headers = {"ETag": etag(product.version), "Cache-Control": "no-cache"}
+    412). So the answer is ``no-store``: the tag is for ``If-Match`` only, never a cache's validator.
+    With ``no-cache`` a shared cache (nginx ``proxy_cache``, a CDN) kept the body, revalidated it
+    (this route answers no 304: a fresh body under the same tag), then answered a client's
+    ``If-None-Match`` with 304 for the body the client held, with its old stock (RFC 9110 8.8.3)."""
+    headers = {"ETag": etag(product.version), "Cache-Control": "no-store"}
     return Response(product, headers=headers, status_code=status_code)
 
 
@@ -112,7 +113,7 @@ class ProductsController(Controller):
         summary="A product",
         description=f"Answers the product's `ETag`, {ETAG_FORMS}: an administrator sends it as `If-Match` "
         "with a change. It versions the product's name, description, price and `active`, not its stock: "
-        "stock moves under the same `ETag`, so the answer is `Cache-Control: no-cache`. Read by an "
+        "stock moves under the same `ETag`, so the answer is `Cache-Control: no-store`. Read by an "
         "administrator it is always current; others may read the product as it was up to the catalogue "
         "cache's lifetime ago.",
         response_headers=[ETAG_HEADER],
