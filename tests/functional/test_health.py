@@ -30,6 +30,14 @@ async def test_live(client: AsyncTestClient[Litestar]) -> None:
     assert len(second.headers.raw) == len(first.headers.raw)
 
 
+async def test_probes_answer_head_as_get(client: AsyncTestClient[Litestar]) -> None:
+    """A load balancer's ``HEAD`` probe got 405 and read the service as down, whatever its state."""
+    for path in ("/health/live", "/health/ready"):
+        response = await client.head(path)
+        assert (response.status_code, response.content) == (200, b""), path
+        assert response.headers["content-type"] == "application/json"
+
+
 async def test_ready_reports_each_dependency(client: AsyncTestClient[Litestar]) -> None:
     response = await client.get("/health/ready")
     assert response.status_code == 200
@@ -87,7 +95,9 @@ async def test_ready_is_503_naming_valkey_when_it_stops(
         assert checks["valkey"]["ok"] is False
         assert checks["valkey"]["detail"] == "error", "a stopped server refuses at once (no type named)"
         assert checks["postgres"]["ok"] is True
+        assert (await own_valkey_client.head("/health/ready")).status_code == 503
         assert (await own_valkey_client.get("/health/live")).status_code == 200
+        assert (await own_valkey_client.head("/health/live")).status_code == 200
     finally:
         module_controlled_valkey.start()
     await become_ready(own_valkey_client)

@@ -1,9 +1,12 @@
-"""Liveness and readiness probes (exempt from rate limits, never cached)."""
+"""Liveness and readiness probes (exempt from rate limits, never cached).
+
+Each answers ``HEAD`` as well as ``GET`` (RFC 9110 9.1): load balancers' probes often send ``HEAD``
+(HAProxy's ``option httpchk HEAD``), and a 405 there reads as "down" whatever the service's state."""
 
 from __future__ import annotations
 
 import msgspec
-from litestar import MediaType, Response, get
+from litestar import MediaType, Response, get, head
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
@@ -23,6 +26,10 @@ LIVE = ASGIResponse(body=msgspec.json.encode(Liveness(status="ok")), media_type=
 """The one answer of ``/health/live``, built once (probes call it several times a second)."""
 
 
+def _status_of(readiness: Readiness) -> int:
+    return 200 if readiness.status == "ok" else 503
+
+
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
@@ -37,6 +44,10 @@ class HealthController(Controller):
     )
     async def live(self) -> ASGIResponse:
         return LIVE
+
+    @head("/live", summary="The process is up (the status alone)", responses={**problems()})
+    async def live_head(self) -> Response[None]:
+        return Response(None, media_type=MediaType.JSON)
 
     @get(
         "/ready",
@@ -55,4 +66,12 @@ class HealthController(Controller):
     )
     async def ready(self, health: Health) -> Response[Readiness]:
         readiness = await health.readiness()
-        return Response(readiness, status_code=200 if readiness.status == "ok" else 503)
+        return Response(readiness, status_code=_status_of(readiness))
+
+    @head(
+        "/ready",
+        summary="Ready or not (the status alone: 200, or 503 when a required check failed)",
+        responses={**problems(), 503: ResponseSpec(None, description="Not ready: a required check failed")},
+    )
+    async def ready_head(self, health: Health) -> Response[None]:
+        return Response(None, status_code=_status_of(await health.readiness()), media_type=MediaType.JSON)
