@@ -79,12 +79,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: str | None = None
     database_pool_min: Annotated[int, msgspec.Meta(ge=0)] = 2
     database_pool_max: Annotated[int, msgspec.Meta(ge=1)] = 20
-    database_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    statement_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 15_000
-    idle_in_transaction_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+    database_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    statement_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 15_000
+    idle_in_transaction_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 60_000
 
     valkey_url: str | None = None
-    valkey_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    valkey_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
     valkey_pool_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
 
     # Never a static default: a Settings built directly gets a random in-memory key.
@@ -95,7 +95,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cors_origins: list[str] = msgspec.field(default_factory=list)
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
-    health_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    health_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     health_ready_shared_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     """One readiness check answers every probe of a process for this long (0: none is reused; probes
     that arrive while a check runs still share it)."""
@@ -104,7 +104,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     jwt_issuer: str = "monolith"
     jwt_audience: str = "monolith-api"
     access_token_ttl_s: Annotated[int, msgspec.Meta(ge=30, le=900)] = 900
-    refresh_token_ttl_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    refresh_token_ttl_s: Annotated[int, msgspec.Meta(ge=300, le=366 * 24 * 3600)] = 30 * 24 * 3600
     refresh_reuse_grace_s: Annotated[int, msgspec.Meta(ge=0, le=60)] = 10
     """A spent refresh token presented again less than this after its rotation, while the token that
     rotation issued is unused, is a client racing itself (two tabs): 409, the session kept. Any other
@@ -123,7 +123,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Password hashings and checks (sign-ins, registrations, password changes) one process runs or
     queues at most; past it such a request answers 503 with ``Retry-After`` instead of queueing."""
     login_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
-    login_failure_window_s: Annotated[int, msgspec.Meta(ge=1)] = 900
+    login_failure_window_s: Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)] = 900
     admin_email: str = "admin@example.com"
     admin_password: str = DEFAULT_ADMIN_PASSWORD
     demo_password: str = DEFAULT_DEMO_PASSWORD
@@ -141,7 +141,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_site_views_per_day: Annotated[int, msgspec.Meta(ge=1)] = 10_000_000
     sites_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 50
     rate_limit_auth_fail_closed: bool = False
-    rate_limit_warn_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    rate_limit_warn_interval_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)] = 60.0
 
     files_dir: Path | None = None
     file_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 25 * 1024 * 1024
@@ -165,26 +165,26 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """At most a week: stock held longer is not a reservation (and an unbounded value overflowed
     ``now + timedelta(seconds=...)`` in every reservation)."""
     max_open_orders: Annotated[int, msgspec.Meta(ge=1)] = 5
-    product_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    product_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)] = 10.0
 
-    analytics_retention_days: Annotated[int, msgspec.Meta(ge=2)] = 90
+    analytics_retention_days: Annotated[int, msgspec.Meta(ge=2, le=3660)] = 90
     sink_driver: Literal["asyncpg", "psycopg", "hybrid"] = "hybrid"
     sink_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
     sink_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 50_000
-    sink_max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    sink_max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 0.0
     sink_flushers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
-    report_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    report_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)] = 10.0
     bench_routes: bool = False
 
     worker_in_process: bool = False
     worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 10
-    job_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 30
+    job_timeout_s: Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)] = 30
     job_retries: Annotated[int, msgspec.Meta(ge=1)] = 5
-    worker_shutdown_grace_s: Annotated[int, msgspec.Meta(ge=0)] = 10
+    worker_shutdown_grace_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 10
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0  # the worker's /metrics (0: off)
-    outbox_poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    outbox_poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     outbox_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
-    outbox_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 7
+    outbox_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 7
     # projects
     projects_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 100
     memberships_per_user_max: Annotated[int, msgspec.Meta(ge=1)] = 1_000
@@ -239,9 +239,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     monitoring_escalation_window_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
     monitoring_escalation_min_events: Annotated[int, msgspec.Meta(ge=1)] = 20
     monitoring_alert_rules: Annotated[str, msgspec.Meta(max_length=20_000)] = ""
-    monitoring_slow_p95_ms: Annotated[float, msgspec.Meta(gt=0)] = 1000.0
+    monitoring_slow_p95_ms: Annotated[float, msgspec.Meta(gt=0, le=3_600_000)] = 1000.0
     monitoring_slow_factor: Annotated[float, msgspec.Meta(gt=1, le=100)] = 3.0
-    monitoring_slow_min_ms: Annotated[float, msgspec.Meta(ge=0)] = 100.0
+    monitoring_slow_min_ms: Annotated[float, msgspec.Meta(ge=0, le=3_600_000)] = 100.0
     monitoring_slow_min_requests: Annotated[int, msgspec.Meta(ge=1)] = 20
     monitoring_slow_window_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 300
     monitoring_cron_margin_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 120
@@ -279,9 +279,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
     """Largest answer read from GitHub, once decoded (gzip inflated); larger ones are refused. A page
     of 100 repositories is ~0.6 MB (GitHub's pretty-printed JSON, ~6 KB per repository)."""
-    github_profile_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
-    github_not_found_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 600
-    github_etag_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600
+    github_profile_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=366 * 24 * 3600)] = 3600
+    github_not_found_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=366 * 24 * 3600)] = 600
+    github_etag_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=366 * 24 * 3600)] = 7 * 24 * 3600
     github_etag_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1024 * 1024)] = 16 * 1024
     github_max_repos: Annotated[int, msgspec.Meta(ge=100, le=10_000)] = 1000
     github_language_repos: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
@@ -290,11 +290,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_interactive_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 10.0
     github_background_wait_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 120.0
     github_cold_wait_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 30.0
-    github_secondary_backoff_s: Annotated[float, msgspec.Meta(ge=60)] = 60.0
-    github_secondary_backoff_max_s: Annotated[float, msgspec.Meta(ge=60)] = 900.0
+    github_secondary_backoff_s: Annotated[float, msgspec.Meta(ge=60, le=24 * 3600)] = 60.0
+    github_secondary_backoff_max_s: Annotated[float, msgspec.Meta(ge=60, le=24 * 3600)] = 900.0
     github_retry_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
     github_retry_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
-    github_refresh_timeout_s: Annotated[int, msgspec.Meta(ge=30)] = 600
+    github_refresh_timeout_s: Annotated[int, msgspec.Meta(ge=30, le=24 * 3600)] = 600
     github_max_tracked_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
     github_snapshot_hour_utc: Annotated[int, msgspec.Meta(ge=0, le=23)] = 4
     github_snapshots_per_run: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
@@ -308,16 +308,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """A profile of a login nobody tracks is deleted this long after its last fetch (the next lookup
     fetches it again); so are the snapshots of a login nobody tracks any more, after its last one."""
     github_snapshot_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36600)] = 400
-    """Snapshots older than this are deleted, tracked or not (keep it above GITHUB_HISTORY_MAX_DAYS)."""
+    """Snapshots older than this are deleted, tracked or not (above GITHUB_HISTORY_MAX_DAYS: checked)."""
 
-    serve_ready_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    serve_ready_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
 
     # hardening (abuse resistance, issue 15)
     login_address_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 50
     login_max_delay_s: Annotated[int, msgspec.Meta(ge=1, le=300)] = 10
     """At 0 no attempt would ever wait or be refused past the account's threshold: the per-account
     throttle would be off, leaving only the per-network limits (so 0 is refused at start-up)."""
-    session_max_age_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    session_max_age_s: Annotated[int, msgspec.Meta(ge=300, le=366 * 24 * 3600)] = 30 * 24 * 3600
     sessions_per_user_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     """Live sessions one account may have (each login and dashboard sign-in begins one): a sign-in past
     it ends the account's least recently used sessions, as a logout would. Bounds what revoking all of
@@ -329,7 +329,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     file_project_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024**3
     file_user_max_count: Annotated[int, msgspec.Meta(ge=1)] = 5000
     file_user_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
-    file_temp_max_age_s: Annotated[int, msgspec.Meta(ge=60)] = 24 * 3600
+    file_temp_max_age_s: Annotated[int, msgspec.Meta(ge=60, le=366 * 24 * 3600)] = 24 * 3600
     """The sweep removes temp files of uploads not written or renewed for this long: at least twice
     ``file_upload_lease_s`` (checked by ``load_settings``), so no upload in flight loses its own."""
     file_uploads_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
@@ -498,6 +498,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"FILE_TEMP_MAX_AGE_S ({settings.file_temp_max_age_s}) must be at least twice "
             f"FILE_UPLOAD_LEASE_S ({settings.file_upload_lease_s}): the sweep would remove the temp "
             "files of uploads still within their lease"
+        )
+    if settings.github_snapshot_retention_days <= settings.github_history_max_days:
+        raise SettingsError(
+            f"GITHUB_SNAPSHOT_RETENTION_DAYS ({settings.github_snapshot_retention_days}) must be above "
+            f"GITHUB_HISTORY_MAX_DAYS ({settings.github_history_max_days}): the purge would delete the "
+            "history users can still ask for, which GitHub cannot give back"
         )
     if not explicit_key and (settings.app_env == "development" or "data_dir" in raw):
         key = read_or_create_secret_key(settings.data_dir / SECRET_KEY_FILE)

@@ -7,11 +7,13 @@ development signing key would otherwise be written into the repository.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import string
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 
 import msgspec
@@ -31,6 +33,7 @@ from app.config import (
     load_settings,
     read_or_create_secret_key,
 )
+from app.domains.pageviews.services import retention_first_day
 
 STRONG_SECRET = "k" * 16 + "0123456789ABCDEF"  # 32 characters
 PUBLIC_HOSTS = ["0.0.0.0", "::", "192.168.1.10", "10.0.0.5", "example.com", "my-laptop"]  # noqa: S104
@@ -476,3 +479,44 @@ def test_a_zero_login_delay_is_refused_it_would_switch_the_account_throttle_off(
     with pytest.raises(SettingsError, match=r"LOGIN_MAX_DELAY_S"):
         load_settings(env)
     assert load_settings({**env, "LOGIN_MAX_DELAY_S": "1"}).login_max_delay_s == 1
+
+
+DURATION = re.compile(r"_(s|ms|days)$")
+
+
+def test_every_duration_setting_has_an_upper_bound() -> None:
+    """``ANALYTICS_RETENTION_DAYS=1000000`` loaded, then every partition run and rollup purge raised
+    ``OverflowError`` (``today - timedelta(days=...)``) and nothing expired again; an unbounded token
+    lifetime made every sign-in raise the same way. A setting read as a duration is bounded."""
+    unbounded = [
+        field.name
+        for field in msgspec.inspect.type_info(Settings).fields  # type: ignore[union-attr]
+        if DURATION.search(field.name)
+        and isinstance(field.type, msgspec.inspect.IntType | msgspec.inspect.FloatType)
+        and field.type.le is None
+        and field.type.lt is None
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("name", ["ANALYTICS_RETENTION_DAYS", "OUTBOX_RETENTION_DAYS", "REFRESH_TOKEN_TTL_S"])
+def test_a_duration_past_its_bound_is_refused_naming_the_variable(name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_settings({"SECRET_KEY": STRONG_SECRET, name: "1000000000"})
+
+
+def test_the_longest_retention_still_names_a_day() -> None:
+    longest = load_settings({"SECRET_KEY": STRONG_SECRET, "ANALYTICS_RETENTION_DAYS": "3660"})
+    assert retention_first_day(date(2026, 12, 5), longest.analytics_retention_days) == date(2016, 11, 27)
+
+
+def test_snapshots_must_outlive_the_history_users_can_ask_for() -> None:
+    """A snapshot retention of 30 days deleted the history up to GITHUB_HISTORY_MAX_DAYS serves."""
+    environ = {"SECRET_KEY": STRONG_SECRET, "GITHUB_HISTORY_MAX_DAYS": "366"}
+    for retention in ("30", "366"):
+        with pytest.raises(SettingsError, match="GITHUB_SNAPSHOT_RETENTION_DAYS"):
+            load_settings({**environ, "GITHUB_SNAPSHOT_RETENTION_DAYS": retention})
+    assert (
+        load_settings({**environ, "GITHUB_SNAPSHOT_RETENTION_DAYS": "367"}).github_snapshot_retention_days
+        == 367
+    )
