@@ -438,8 +438,9 @@ def workers_kill_timeout_s(settings: Settings) -> int:
     stops the in-process SAQ worker, ``WORKER_SHUTDOWN_GRACE_S``: counted whether or not there is one,
     as ``serve`` runs one by default outside production). The longest request the app makes
     a client wait is bounded by its settings: a cold GitHub lookup (``GITHUB_COLD_WAIT_S``), a SQL
-    statement (``STATEMENT_TIMEOUT_MS``), a throttled login (``LOGIN_MAX_DELAY_S``); live streams end
-    at the signal (``app/domains/activity/live.py``). An idle server stops at once whatever this is.
+    statement (``STATEMENT_TIMEOUT_MS``), a throttled login (``LOGIN_MAX_DELAY_S``); live streams (the
+    feed's, GitHub's refresh streams) end at the signal (``app/core/stops.py``). An idle server stops at
+    once whatever this is.
     """
     longest_request_s = max(
         settings.github_cold_wait_s, settings.statement_timeout_ms / 1000, float(settings.login_max_delay_s)

@@ -1,10 +1,11 @@
 """The service registry: the one way to obtain a domain service in handlers, jobs, the CLI and tests.
 
-A process builds one ``Services`` from the settings and the module list: the pool, the Valkey client
-and every domain's service, each built once (in module order, so a service can take the ones listed
-before it). Handlers receive a service by the module's name (``orders: OrderService``); everything
-else asks the registry by type (``services[OrderService]``). The platform's own modules (the outbox's,
-``app.core.relay``; the idempotency keys', ``app.core.idempotency``) are modules like any other.
+A process builds one ``Services`` from the settings and the module list: the pool, the Valkey
+client, the end of its live streams (``app.core.stops``) and every domain's service, each built once
+(in module order, so a service can take the ones listed before it). Handlers receive a service by the
+module's name (``orders: OrderService``); everything else asks the registry by type
+(``services[OrderService]``). The platform's own modules (the outbox's, ``app.core.relay``; the
+idempotency keys', ``app.core.idempotency``) are modules like any other.
 
 ``start``/``close`` are reference counted: the web app's lifespan and its in-process SAQ workers share
 one registry, and whichever starts first opens the pool, whichever stops last closes it.
@@ -27,6 +28,7 @@ from app.core.cache import Cache
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork, create_pool
 from app.core.modules import Module
+from app.core.stops import StreamStops
 from app.core.valkey import create_valkey
 
 T = TypeVar("T")
@@ -42,6 +44,7 @@ class Services:
         self.valkey: Valkey = create_valkey(settings, settings.valkey_url)
         self.cache = Cache(self.valkey, warn_interval_s=settings.rate_limit_warn_interval_s)
         self.broadcaster = Broadcaster(settings.valkey_url)
+        self.stream_stops = StreamStops()
         self._by_type: dict[type[Any], object] = {}
         self._by_name: dict[str, object] = {}
         for module in self.modules:
@@ -85,6 +88,7 @@ class Services:
             if self._users > 1:
                 return
             await self.db.pool.open(wait=False)
+            self.stream_stops.start()
             for service in self._by_name.values():
                 start = getattr(service, "start", None)
                 if start is not None:
@@ -109,6 +113,7 @@ class Services:
             self._users -= 1
             if self._users > 0:
                 return
+            self.stream_stops.close()
             for name, service in reversed(list(self._by_name.items())):
                 close = getattr(service, "close", None)
                 if close is None:

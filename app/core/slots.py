@@ -4,7 +4,8 @@ An account holds at most ``cap`` such responses at once: each costs a connection
 polls or subscribes to while open. The slots are a sorted set per account in Valkey,
 ``<prefix>:<user id>``: response ids scored by the time (Valkey's clock, in ms) their lease ends. A
 response takes its slot before it starts (one more is the caller's 429), renews it while it lasts
-longer than its lease and gives it back when it ends. Every claim first drops the lapsed leases, so
+longer than its lease and gives it back when it ends (``reserve`` then ``take``: a response whose
+body never starts holds none). Every claim first drops the lapsed leases, so
 the slots of a process that died free themselves once their leases end. Valkey unreachable: the
 claim fails (503).
 
@@ -52,6 +53,15 @@ class Slot:
         held = await slots.claim_script(keys=[self.key], args=[self.id, slots.lease_ms, slots.cap])
         return bool(held)
 
+    async def take(self) -> bool:
+        """Take the slot ``StreamSlots.reserve`` checked, as the response's body starts; False when the
+        account's other responses took the last one meanwhile, or Valkey is unreachable (the body
+        ends; the client retries and gets its 429 or 503)."""
+        try:
+            return await self.renew()
+        except VALKEY_DOWN:
+            return False
+
     async def release(self) -> None:
         """Give the slot back (shielded: it runs as the response is cancelled by its client leaving)."""
         with anyio.CancelScope(shield=True), contextlib.suppress(*VALKEY_DOWN):
@@ -80,4 +90,13 @@ class StreamSlots:
         slot = Slot(self, user_id)
         if not await slot.renew():
             raise self.too_many()
+        return slot
+
+    async def reserve(self, user_id: int) -> Slot:
+        """A slot for a response whose body has not started: ``too_many()`` now when all are taken,
+        but held only once the body ``take``s it. A slot claimed by the handler was held until its
+        lease ended when the client left before the body started (its ``finally`` never ran): the
+        account's next streams got 429s for that long."""
+        slot = await self.claim(user_id)
+        await slot.release()
         return slot

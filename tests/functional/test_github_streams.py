@@ -36,11 +36,14 @@ CAP = 3
 class OpenStream:
     """A refresh stream held open over raw ASGI (httpx's ASGI transport buffers a whole answer)."""
 
-    def __init__(self, app: Litestar, path: str, token: str) -> None:
+    def __init__(self, app: Litestar, path: str, token: str, *, gone: bool = False) -> None:
+        """``gone``: the client has left before the server reads anything (a disconnect at once)."""
         self.status: int | None = None
         self.ended = False
         """The response's last body message was sent (the server ended the stream)."""
         self._leave = asyncio.Event()
+        if gone:
+            self._leave.set()
         scope = http_scope("GET", path, token, (b"accept", b"text/event-stream"))
         self.task = asyncio.create_task(app(scope, self._receive, self._send))  # type: ignore[arg-type]
 
@@ -145,6 +148,51 @@ async def test_an_account_holds_at_most_its_cap_of_refresh_streams(
         for stream in [*streams[1:], elsewhere, again]:
             await stream.leave()
         assert await valkey.zcard(f"github:streams:{owner.id}") == 0
+
+
+async def test_streams_whose_client_left_before_they_started_hold_no_slot(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The handler took the slot and only the body's ``finally`` gave it back: a client gone before
+    the body started left it held for its whole lease (30 s of 429s for the account)."""
+    async with serve_in_loop(settings, github_stream_max_per_user=CAP) as served:
+        owner = await make_user(db, served.app, name="Streamer")
+        running = running_refresh()
+        await valkey.set(f"github:refresh:{running.id}", msgspec.json.encode(running), ex=600)
+        gone = [OpenStream(served.app, running.events_url, owner.token, gone=True) for _ in range(CAP)]
+        for stream in gone:
+            await stream.leave()
+        assert await valkey.zcard(f"github:streams:{owner.id}") == 0
+        again = OpenStream(served.app, running.events_url, owner.token)
+        await wait_until(again.started, 30, "the stream has started")
+        assert again.status == 200
+        await again.leave()
+
+
+async def test_a_refresh_stream_ends_when_the_process_stops(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """At SIGTERM (``Services.stream_stops``), not up to SSE_MAX_S later: until then granian would not
+    stop the worker (``tests/reliability/test_github_stream_sigterm.py`` sends the signal)."""
+    async with serve_in_loop(settings) as served:
+        owner = await make_user(db, served.app, name="Streamer")
+        running = msgspec.structs.replace(
+            running_refresh(), started_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        )
+        await valkey.set(f"github:refresh:{running.id}", msgspec.json.encode(running), ex=600)
+        stream = OpenStream(served.app, running.events_url, owner.token)
+        try:
+            await wait_until(stream.started, 30, "the stream has started")
+            served.app.state.services.stream_stops.stop()
+
+            async def ended() -> bool:
+                return stream.ended
+
+            # Its first keep-alive comes 15 s (SSE_KEEPALIVE_S) after it began; its own end, 120 s.
+            await wait_until(ended, 60, "the stream has ended at the stop")
+            assert await valkey.zcard(f"github:streams:{owner.id}") == 0
+        finally:
+            await stream.leave()
 
 
 async def test_the_cap_is_documented_as_a_429(settings: Settings) -> None:

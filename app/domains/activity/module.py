@@ -26,7 +26,7 @@ def build_service(s: Services) -> ActivityService:
     if (accounts := s.get(AccountService)) is not None:
         accounts.after_access_change(cache.scope_changed)
         accounts.after_rename(lambda _user_id: cache.names_changed())
-    return ActivityService(s.db, s.settings, s.broadcaster, cache, s.valkey, accounts)
+    return ActivityService(s.db, s.settings, s.broadcaster, cache, s.valkey, accounts, s.stream_stops)
 
 
 module = Module(

@@ -32,6 +32,7 @@ from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
 from app.core.errors import NotFoundError
 from app.core.pagination import IdCursor, Page, decode_cursor, encode_cursor
+from app.core.stops import StreamStops
 from app.core.types import MAX_ID
 from app.db import activity as queries
 from app.domains.activity.cache import FeedCache
@@ -94,23 +95,19 @@ class ActivityService:
         cache: FeedCache,
         valkey: Valkey,
         accounts: AccountService | None = None,
+        stops: StreamStops | None = None,
     ) -> None:
         """``accounts`` decides whether a live stream's access token is still good (absent only in
-        assemblies without accounts, where nobody can open a stream)."""
+        assemblies without accounts, where nobody can open a stream); ``stops`` ends the live streams
+        when the process stops (``Services.stream_stops``; a service of its own has its own)."""
         self.db = db
         self.settings = settings
         self.broadcaster = broadcaster
         self.cache = cache
         self.accounts = accounts
-        self.streams = LiveStreams(valkey, settings)
+        self.streams = LiveStreams(valkey, settings, stops or StreamStops())
         self.writer = FeedWriter(grouping_rule(settings))
         self.combiner = Combiner(self._write_alone, max_events=max(settings.feed_batch_size, COMBINED_EVENTS))
-
-    async def start(self) -> None:
-        self.streams.start()
-
-    async def close(self) -> None:
-        self.streams.close()
 
     # -- writing ---------------------------------------------------------------------------------
 

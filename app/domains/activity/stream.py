@@ -130,9 +130,7 @@ class FeedStream:
         and gets the 429)."""
         stream = cls(service, channels, caller, last_event_id, live=live)
         if live:
-            slot = await service.streams.claim(caller.id)
-            await slot.release()
-            stream.slot = slot
+            stream.slot = await service.streams.reserve(caller.id)
         return stream
 
     def messages(self) -> AsyncIterator[ServerSentEventMessage]:
@@ -184,12 +182,7 @@ class FeedStream:
                 await self.slot.release()
 
     async def _take_slot(self) -> bool:
-        if self.slot is None:
-            return True
-        try:
-            return await self.slot.renew()
-        except VALKEY_DOWN:
-            return False  # the client retries; the handler answers 503 while Valkey is unreachable
+        return self.slot is None or await self.slot.take()
 
     async def _run(self, wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
         await self._refresh_scope()

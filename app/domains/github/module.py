@@ -17,7 +17,7 @@ module = Module(
     controllers=[GithubUsersController, GithubTrackingController, GithubRefreshesController],
     # Accounts: a refresh stream ends once its caller's session does (logout, deactivation, demotion).
     service=lambda s: GithubService(
-        s.db, s.settings, s.valkey, s.broadcaster, accounts=s.get(AccountService)
+        s.db, s.settings, s.valkey, s.broadcaster, accounts=s.get(AccountService), stops=s.stream_stops
     ),
     # Its own queue: a burst of refreshes (or a long snapshot run) never delays the platform's jobs.
     jobs=[Job(function=refresh_github_profile, queue=QUEUE)],

@@ -88,6 +88,7 @@ from app.core.modules import QueueName
 from app.core.pagination import IdCursor, Page, paginate
 from app.core.repeating import repeating
 from app.core.slots import Slot, StreamSlots
+from app.core.stops import StreamStops
 from app.db import github as queries
 from app.db.models import GithubSnapshot, GithubTracked
 from app.domains.github.analysis import DEFAULT_FILTERS, analyze, repos_to_measure
@@ -334,6 +335,7 @@ class GithubService:
         *,
         clock: Clock = _utcnow,
         accounts: AccountService | None = None,
+        stops: StreamStops | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -342,6 +344,8 @@ class GithubService:
         self.clock = clock
         self.accounts = accounts
         """Asked at each keep-alive of a refresh stream whether its caller's session is still valid."""
+        self.stops = stops or StreamStops()
+        """Ends the refresh streams when the process stops (``Services.stream_stops``)."""
         self.refresh_streams = StreamSlots(
             valkey,
             prefix="github:streams",
@@ -946,9 +950,10 @@ class GithubService:
         """The refresh's live stream, after its checks: 404 when there is no such refresh, 429
         (``TooManyRefreshStreamsError``) when the account's other refresh streams hold every one of
         its ``GITHUB_STREAM_MAX_PER_USER`` slots (each stream polls Valkey every second for up to
-        ``SSE_MAX_S``). The slot is given back when the stream ends."""
+        ``SSE_MAX_S``). The slot is taken by the stream's body and given back when it ends
+        (``StreamSlots.reserve``)."""
         await self.refresh_state(refresh_id)
-        slot = await self.refresh_streams.claim(caller.id)
+        slot = await self.refresh_streams.reserve(caller.id)
         return self.refresh_events(refresh_id, channels, slot, caller)
 
     async def refresh_events(
@@ -961,19 +966,32 @@ class GithubService:
         ``SSE_KEEPALIVE_S`` ``slot`` is renewed (the stream ends if it was lost) and the caller checked
         as the activity stream checks its own (``AccountService.still_authenticated``): the stream ends
         once the request's own check would refuse it (its token expired, a logout, the account
-        deactivated or demoted, its password changed). ``slot`` is released at the end.
+        deactivated or demoted, its password changed). ``slot`` is taken first (the stream ends at once
+        if the account's other streams took the last one meanwhile) and released at the end. The
+        stream ends when the process stops (``app.core.stops``): open, it kept granian from stopping
+        the worker until its kill timeout, which then skipped the application's shutdown.
         """
+        if not await slot.take():
+            return
+        wake = asyncio.Event()
+        self.stops.watch(wake)
         try:
-            async for message in self._refresh_events(refresh_id, channels, slot, caller):
+            async for message in self._refresh_events(refresh_id, channels, slot, caller, wake):
                 yield message
         finally:
+            self.stops.unwatch(wake)
             await slot.release()
 
     async def _session_valid(self, caller: CurrentUser) -> bool:
         return self.accounts is None or await self.accounts.still_authenticated(caller)
 
     async def _refresh_events(
-        self, refresh_id: uuid.UUID, channels: ChannelsPlugin, slot: Slot, caller: CurrentUser
+        self,
+        refresh_id: uuid.UUID,
+        channels: ChannelsPlugin,
+        slot: Slot,
+        caller: CurrentUser,
+        stopping: asyncio.Event,
     ) -> AsyncIterator[ServerSentEventMessage]:
         async with channels.start_subscription([refresh_channel(refresh_id)]) as subscriber:
             state = await self.refresh_state(refresh_id)
@@ -982,10 +1000,11 @@ class GithubService:
                 return
             events = subscriber.iter_events()
             pending: asyncio.Future[bytes] = asyncio.ensure_future(anext(events))
+            stop = asyncio.ensure_future(stopping.wait())
             deadline = time.monotonic() + SSE_MAX_S  # clients reconnect and get the current state
             quiet_since = renewed_at = time.monotonic()
             try:
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not self.stops.stopping:
                     if time.monotonic() - renewed_at >= SSE_KEEPALIVE_S:
                         renewed_at = time.monotonic()
                         if not await slot.renew():  # its lease lapsed and was taken: end it
@@ -993,8 +1012,13 @@ class GithubService:
                         if not await self._session_valid(caller):
                             log.info("github_refresh_stream_ended", user_id=caller.id, reason="session")
                             return
-                    done, _ = await asyncio.wait({pending}, timeout=SSE_POLL_S)
-                    if done:
+                    waiting: set[asyncio.Future[Any]] = {pending, stop}
+                    done, _ = await asyncio.wait(
+                        waiting, timeout=SSE_POLL_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if stop in done:
+                        return
+                    if pending in done:
                         latest: RefreshOut | None = msgspec.json.decode(pending.result(), type=RefreshOut)
                         pending = asyncio.ensure_future(anext(events))
                     else:
@@ -1010,6 +1034,7 @@ class GithubService:
                         yield ServerSentEventMessage(comment="keep-alive")
             finally:
                 pending.cancel()
+                stop.cancel()
 
     # -- tracking ----------------------------------------------------------------------------
 
