@@ -120,7 +120,10 @@ _API_INDEX = msgspec.json.encode(
     "API's routes are under `/api`, each described in the document.",
     opt={"authenticate": False},
     media_type=MediaType.JSON,
-    responses={**problems(429), 200: ResponseSpec(ApiIndex, description="The starting points")},
+    responses={
+        **problems(429),
+        200: ResponseSpec(ApiIndex, description="The starting points", generate_examples=False),
+    },
     sync_to_thread=False,
 )
 def api_index() -> bytes:

@@ -9,7 +9,15 @@ import msgspec
 from litestar.enums import MediaType
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
 
 from app.core.errors import Problem
 
@@ -40,6 +48,7 @@ def _problem(status: int) -> ResponseSpec:
         data_container=Problem,
         description=_DESCRIPTIONS.get(status, "Problem"),
         media_type="application/problem+json",
+        generate_examples=False,
     )
 
 
@@ -50,7 +59,10 @@ class _BadToken(ResponseSpec):
 
 
 _BAD_TOKEN = _BadToken(
-    data_container=Problem, description=_DESCRIPTIONS[401], media_type="application/problem+json"
+    data_container=Problem,
+    description=_DESCRIPTIONS[401],
+    media_type="application/problem+json",
+    generate_examples=False,
 )
 
 
@@ -73,6 +85,49 @@ def undocument_token_refusal(handler: HTTPRouteHandler) -> None:
     """Remove the 401 that ``problems`` added on its own from ``handler``, which never reads a token."""
     if handler.responses and isinstance(handler.responses.get(401), _BadToken):
         handler.responses = {status: spec for status, spec in handler.responses.items() if status != 401}
+
+
+RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
+    description="Seconds to wait before trying again.",
+)
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING),
+        description='The route\'s quotas (IETF `RateLimit-Policy`): `"<name>";q=<requests>;w=<seconds>`, '
+        "comma-separated.",
+    ),
+    "RateLimit": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING),
+        description='What is left of the nearest quota (IETF `RateLimit`): `"<name>";r=<remaining>;'
+        "t=<seconds until it resets>`.",
+    ),
+}
+
+
+def documents_limit_headers(operation_class: type[Operation], *, rate_limited: bool) -> type[Operation]:
+    """``operation_class`` that also declares the headers the route layer adds (``app.core.gate``):
+    ``Retry-After`` on a 429 or 503, and on a rate-limited route ``RateLimit`` and ``RateLimit-Policy``
+    on its answers. Litestar's ``ResponseSpec`` (every problem status) takes no headers, so they were
+    sent and documented nowhere."""
+
+    @dataclass
+    class WithLimitHeaders(operation_class):  # type: ignore[valid-type,misc]
+        def __post_init__(self) -> None:
+            if (documented := getattr(super(), "__post_init__", None)) is not None:
+                documented()
+            for status, response in (self.responses or {}).items():
+                if not isinstance(response, OpenAPIResponse):
+                    continue
+                headers = dict(response.headers or {})
+                if status in ("429", "503"):
+                    headers["Retry-After"] = RETRY_AFTER
+                if rate_limited and (status.startswith("2") or status == "429"):
+                    headers.update(RATE_LIMIT_HEADERS)
+                response.headers = headers or None
+
+    WithLimitHeaders.__name__ = WithLimitHeaders.__qualname__ = f"{operation_class.__name__}WithLimitHeaders"
+    return WithLimitHeaders
 
 
 def _inline_json_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:

@@ -10,11 +10,12 @@ import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.domains.health.services import HealthService
 from app.main import create_app
-from tests.factories import assert_problem, serve_in_loop, wait_until
+from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
 from tests.valkey_control import ControlledValkey
 
 
@@ -169,6 +170,24 @@ async def test_every_operation_documents_its_problems(client: AsyncTestClient[Li
         if "requestBody" in operation:
             assert "400" in responses, f"{method.upper()} {path} takes a body but does not document 400"
             assert "413" in responses, f"{method.upper()} {path} takes a body but does not document 413"
+
+
+async def test_the_headers_of_limits_are_documented_where_they_are_sent(
+    client: AsyncTestClient[Litestar], app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """The route layer sends ``RateLimit``/``RateLimit-Policy`` on a rate-limited route's answers and
+    ``Retry-After`` with a 429 or 503, and the document declared none of them."""
+    schema = (await client.get("/schema/openapi.json")).json()
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for status in {"429", "503"} & operation.get("responses", {}).keys():
+                headers = operation["responses"][status].get("headers") or {}
+                assert "Retry-After" in headers, f"{method.upper()} {path} {status}"
+    caller = await make_user(db, app)
+    answer = await client.get("/api/projects", headers=caller.headers)
+    assert answer.status_code == 200 and {"ratelimit", "ratelimit-policy"} <= answer.headers.keys()
+    documented = schema["paths"]["/api/projects"]["get"]["responses"]["200"]["headers"]
+    assert {"RateLimit", "RateLimit-Policy"} <= documented.keys()
 
 
 async def test_openapi_ui_is_served(client: AsyncTestClient[Litestar]) -> None:

@@ -61,7 +61,11 @@ class HealthController(Controller):
         ),
         responses={
             **problems(),
-            503: ResponseSpec(data_container=Readiness, description="Not ready: a required check failed"),
+            503: ResponseSpec(
+                data_container=Readiness,
+                description="Not ready: a required check failed",
+                generate_examples=False,
+            ),
         },
     )
     async def ready(self, health: Health) -> Response[Readiness]:
@@ -71,7 +75,12 @@ class HealthController(Controller):
     @head(
         "/ready",
         summary="Ready or not (the status alone: 200, or 503 when a required check failed)",
-        responses={**problems(), 503: ResponseSpec(None, description="Not ready: a required check failed")},
+        responses={
+            **problems(),
+            503: ResponseSpec(
+                None, description="Not ready: a required check failed", generate_examples=False
+            ),
+        },
     )
     async def ready_head(self, health: Health) -> Response[None]:
         return Response(None, status_code=_status_of(await health.readiness()), media_type=MediaType.JSON)

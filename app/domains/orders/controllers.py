@@ -84,7 +84,10 @@ class OrdersController(Controller):
         "the first answer with `Idempotent-Replayed: true`; a different body is 422; a concurrent "
         "duplicate is 409 (a request that never finished holds its key for at most a minute). Answers "
         "202 with the pending order and its `Location`; poll it for `reserved` or `rejected`.",
-        responses={**problems(400, 401, 409, 422, 429), 202: ResponseSpec(OrderOut, description="Accepted")},
+        responses={
+            **problems(400, 401, 409, 422, 429),
+            202: ResponseSpec(OrderOut, description="Accepted", generate_examples=False),
+        },
         operation_class=DocumentsPlacement,
     )
     async def place_order(
@@ -156,6 +159,7 @@ class OrdersController(Controller):
                 description="`illegal-transition`: the order is past what the caller may cancel (a "
                 "buyer's paid order; anyone's fulfilled, rejected, expired or cancelled one)",
                 media_type="application/problem+json",
+                generate_examples=False,
             ),
         },
     )
@@ -227,6 +231,7 @@ class PaymentWebhookController(Controller):
                 description=f"{WEBHOOK_BODY_LIMIT}; a larger one is not processed nor recorded (its bytes "
                 "are read and dropped, so that a proxy gets this answer; the gateway refuses it before)",
                 media_type="application/problem+json",
+                generate_examples=False,
             ),
         },
     )

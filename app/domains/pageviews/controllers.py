@@ -91,7 +91,10 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
     "429: the address (an IPv6 /64 counts as one) or the site's quota. " + BODIES_CHARGED,
     opt={"rate_limit": None},
     operation_class=documents_json_body(PageViewIn),
-    responses={**problems(400, 413, 422, 429, 503), 202: ResponseSpec(Accepted, description="Stored")},
+    responses={
+        **problems(400, 413, 422, 429, 503),
+        202: ResponseSpec(Accepted, description="Stored", generate_examples=False),
+    },
 )
 async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     pageviews = _service(request)
@@ -129,8 +132,9 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
             description=f"{BATCH_BODY_LIMIT}, or more views than this server's limits admit at once "
             "(`batch-too-large`); nothing was stored: send the views in smaller batches",
             media_type="application/problem+json",
+            generate_examples=False,
         ),
-        202: ResponseSpec(Accepted, description="Stored"),
+        202: ResponseSpec(Accepted, description="Stored", generate_examples=False),
     },
 )
 async def ingest_page_view_batch(request: Request[Any, Any, Any]) -> ASGIResponse:

@@ -87,7 +87,10 @@ class ProjectsController(Controller):
         "projects (1,000 by default): one more is a 409 (`membership-limit`) until they leave one. "
         f"Answers the new project and its `ETag`, {ETAG_FORMS}, as its GET does. " + IDEMPOTENCY_DESCRIPTION,
         operation_class=DocumentsVersionedCreation,
-        responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(ProjectOut, description="Created")},
+        responses={
+            **problems(400, 401, 409, 422, 429),
+            201: ResponseSpec(ProjectOut, description="Created", generate_examples=False),
+        },
     )
     async def create_project(
         self,

@@ -71,7 +71,10 @@ class SitesController(Controller):
         summary="Track a site (returns its public ingest key)",
         description=CREATE_DESCRIPTION,
         operation_class=DocumentsIdempotency,
-        responses={**problems(400, 401, 409, 422, 429), 201: ResponseSpec(SiteOut, description="Created")},
+        responses={
+            **problems(400, 401, 409, 422, 429),
+            201: ResponseSpec(SiteOut, description="Created", generate_examples=False),
+        },
     )
     async def create_site(
         self,

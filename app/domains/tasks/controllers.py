@@ -157,7 +157,7 @@ class ProjectTasksController(Controller):
         operation_class=DocumentsVersionedCreation,
         responses={
             **problems(400, 401, 403, 404, 409, 422, 429),
-            201: ResponseSpec(TaskOut, description="Created"),
+            201: ResponseSpec(TaskOut, description="Created", generate_examples=False),
         },
     )
     async def create_task(
@@ -255,7 +255,7 @@ class TasksController(Controller):
         operation_class=DocumentsIdempotency,
         responses={
             **problems(400, 401, 403, 404, 409, 422, 429),
-            201: ResponseSpec(CommentOut, description="Created"),
+            201: ResponseSpec(CommentOut, description="Created", generate_examples=False),
         },
     )
     async def add_comment(
