@@ -52,7 +52,7 @@ import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
 from app.core.logging import configure_logging
-from app.core.migrate import MAINTENANCE_DATABASE, migrate
+from app.core.migrate import database_missing, migrate
 from app.core.runtime import release_services, resolve_services
 from app.core.scrub import scrub_text
 
@@ -100,9 +100,21 @@ class _StopSignals:
         self.check()
 
 
+def _resolved(settings: Settings, *, valkey: bool = True) -> Settings:
+    """``resolve_services``, a failure of the embedded servers one line (an unusable ``DATA_DIR``, a
+    server that would not start) instead of a traceback."""
+    try:
+        return resolve_services(settings, valkey=valkey)
+    except (OSError, RuntimeError) as exc:  # the file system's, or the embedded servers' own
+        raise SystemExit(
+            f"cannot start the embedded services in DATA_DIR={settings.data_dir}: {exc} "
+            "(or set DATABASE_URL and VALKEY_URL)"
+        ) from None
+
+
 def _resolve(settings: Settings) -> Settings:
     """Resolve the service URLs (embedded when unset) and export them to child processes."""
-    settings = resolve_services(settings)
+    settings = _resolved(settings)
     assert settings.database_url
     assert settings.valkey_url
     os.environ["DATABASE_URL"] = settings.database_url
@@ -270,24 +282,6 @@ def _claim_port(port: int) -> int:
     return descriptor
 
 
-def _database_missing(url: str) -> bool:
-    """The server answers but has no database of ``url``'s name: ``migrate`` creates it. libpq
-    reports a missing database with no SQLSTATE (no 3D000 to test), so the maintenance database is
-    asked, as ``migrate`` does."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    name = conninfo_to_dict(url).get("dbname")
-    if not name:
-        return False
-    try:
-        with psycopg.connect(make_conninfo(url, dbname=MAINTENANCE_DATABASE), connect_timeout=2) as admin:
-            found = admin.execute("select 1 from pg_database where datname = %s", (str(name),)).fetchone()
-    except psycopg.Error:
-        return False
-    return found is None
-
-
 def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
     """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline. A
     server that answers without the database counts as ready: ``migrate`` creates it."""
@@ -300,7 +294,7 @@ def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
             with psycopg.connect(url, connect_timeout=2):
                 return
         except psycopg.Error as exc:  # its text may quote the URL (or the part it could not parse)
-            if isinstance(exc, psycopg.OperationalError) and _database_missing(url):
+            if isinstance(exc, psycopg.OperationalError) and database_missing(url):
                 return
             text = str(exc).strip()
             error = scrub_text(text.splitlines()[0], url) if text else type(exc).__name__
@@ -557,7 +551,7 @@ def _migrate(settings: Settings) -> str:
     ``DATABASE_URL`` (password masked) and exit 1, as the other commands fail."""
     import psycopg
 
-    url = resolve_services(settings, valkey=False).database_url
+    url = _resolved(settings, valkey=False).database_url
     assert url is not None
     try:
         said = migrate(url)
@@ -615,6 +609,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings()
     except SettingsError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+    except OSError as exc:  # the signing key kept under DATA_DIR (development)
+        raise SystemExit(f"configuration error: DATA_DIR cannot hold the signing key: {exc}") from None
     configure_logging(settings.log_level, json=settings.log_json)
     if args.command == "serve":
         sys.exit(serve(settings))
@@ -637,9 +633,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         print(_admin_granted(granted))
     elif args.command == "seed":
-        # In production _seed refuses before it connects: nothing to prepare.
-        prepared = settings if settings.is_production else _prepare(settings)
-        for line in asyncio.run(_seed(prepared)) or ["nothing to seed"]:
+        with exit_scrubbed(settings.database_url, settings.valkey_url):
+            # In production _seed refuses before it connects: nothing to prepare.
+            prepared = settings if settings.is_production else _prepare(settings)
+            lines = asyncio.run(_seed(prepared))
+        for line in lines or ["nothing to seed"]:
             print(line)
 
 

@@ -355,6 +355,21 @@ def check_client_connection(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
+def database_missing(url: str) -> bool:
+    """The server answers but has no database of ``url``'s name (``migrate`` creates it). libpq
+    reports a missing database with no SQLSTATE (no 3D000 to test), so the maintenance database is
+    asked, as ``migrate`` does; False when that cannot be asked either."""
+    name = conninfo_to_dict(url).get("dbname")
+    if not name:
+        return False
+    try:
+        with psycopg.connect(make_conninfo(url, dbname=MAINTENANCE_DATABASE), connect_timeout=2) as admin:
+            found = admin.execute("select 1 from pg_database where datname = %s", (str(name),)).fetchone()
+    except psycopg.Error:
+        return False
+    return found is None
+
+
 def dbmate_url(database_url: str) -> str:
     """``database_url`` whose sessions check their client every ``CONNECTION_CHECK_INTERVAL_MS``.
 

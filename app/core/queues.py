@@ -35,7 +35,7 @@ from saq.types import Context, PartialTimersDict
 from app.config import Settings, redact_url
 from app.core.logging import error_message
 from app.core.metrics import JOB_DURATION, JOBS, QUEUE_JOBS, serve_worker_metrics
-from app.core.migrate import SchemaBehindError, require_schema
+from app.core.migrate import SchemaBehindError, database_missing, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
 from app.core.relay import RETRY_BACKOFF_MAX_S, RETRY_DELAY_S, OutboxRelay, batching_of, timeouts_of
 from app.core.repeating import stopped_within
@@ -274,16 +274,23 @@ def build_saq_config(
     )
 
 
+class _WaitingCannotHelpError(Exception):
+    """A dependency answered in a way that waiting cannot change (the database does not exist)."""
+
+
 async def _first_answer(
     what: str, setting: str, url: str, probe: Callable[[], Awaitable[None]], timeout_s: float
 ) -> str | None:
-    """None once ``probe`` succeeds; after ``timeout_s`` of failures, why, naming ``setting`` (its URL
-    with the password masked, as ``serve`` says it)."""
+    """None once ``probe`` succeeds; after ``timeout_s`` of failures (at once for
+    ``_WaitingCannotHelpError``), why, naming ``setting`` (its URL with the password masked, as
+    ``serve`` says it)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             await asyncio.wait_for(probe(), PREFLIGHT_CONNECT_TIMEOUT_S)
             return None
+        except _WaitingCannotHelpError as exc:
+            return f"{what} answered ({setting}={redact_url(url)}): {exc}"
         except Exception as exc:  # whatever the failure, it is reported the same way
             error = scrub_text(error_message(exc), url)
         if time.monotonic() >= deadline:
@@ -309,8 +316,13 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
 
     async def postgres() -> None:
         connect_timeout = max(int(PREFLIGHT_CONNECT_TIMEOUT_S), 1)
-        async with await psycopg.AsyncConnection.connect(database_url, connect_timeout=connect_timeout):
-            pass
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url, connect_timeout=connect_timeout):
+                pass
+        except psycopg.OperationalError:
+            if await asyncio.to_thread(database_missing, database_url):
+                raise _WaitingCannotHelpError("its database does not exist: run `migrate` first") from None
+            raise
 
     answers = await asyncio.gather(
         _first_answer("Valkey", "VALKEY_URL", valkey_url, valkey, timeout_s),

@@ -7,7 +7,9 @@
 - a ``DATABASE_URL`` whose database does not exist yet is created by the migrations, instead of
   ``serve`` waiting ``SERVE_READY_TIMEOUT_S`` for it and failing;
 - ``migrate`` on an unreachable database fails in one line naming ``DATABASE_URL`` (password masked),
-  without a traceback and without starting an embedded Valkey it has no use for.
+  without a traceback and without starting an embedded Valkey it has no use for;
+- an unusable ``DATA_DIR`` is one line naming it, for every command; a worker whose database does not
+  exist says so at once (review of the command line).
 
 ``serve`` runs on the session's PostgreSQL (a database of its own per test, dropped after) and Valkey.
 """
@@ -201,6 +203,52 @@ def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path
     assert "Traceback" not in result.stderr
     assert password not in result.stdout + result.stderr
     assert not (tmp_path / "data" / "valkey").exists(), "migrate started an embedded Valkey"
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=EXIT_DEADLINE_S,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["migrate", "seed", "worker"])
+@pytest.mark.parametrize("secret_key", [None, "k" * 16 + "0123456789ABCDEF"], ids=["key-file", "key-set"])
+def test_an_unusable_data_dir_is_one_line_naming_it(
+    tmp_path: Path, command: str, secret_key: str | None
+) -> None:
+    """A ``DATA_DIR`` under a regular file: the signing key's file (no ``SECRET_KEY``), then the
+    embedded servers (with one), ended every command in a Python traceback."""
+    (tmp_path / "a-file").touch()
+    data_dir = tmp_path / "a-file" / "data"
+    result = _cli(command, DATA_DIR=str(data_dir), **({"SECRET_KEY": secret_key} if secret_key else {}))
+
+    assert result.returncode == 1, result
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "DATA_DIR" in errors[0] and "Not a directory" in errors[0], errors[0]
+
+
+def test_a_worker_on_a_database_that_does_not_exist_says_so_at_once(
+    settings: Settings, fresh_database: str
+) -> None:
+    """The server answers: waiting PREFLIGHT_TIMEOUT_S (30 s) for it, then "did not answer", misled."""
+    assert settings.database_url and settings.valkey_url
+    result = _cli(
+        "worker",
+        DATABASE_URL=_url_of(settings.database_url, fresh_database),
+        VALKEY_URL=settings.valkey_url,
+        SECRET_KEY="k" * 16 + "0123456789ABCDEF",
+    )
+
+    assert result.returncode == 1, result
+    assert "its database does not exist: run `migrate` first" in result.stderr, result.stderr
+    assert "did not answer" not in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def test_migrate_says_so_when_nothing_was_pending(settings: Settings) -> None:

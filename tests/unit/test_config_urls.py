@@ -24,6 +24,8 @@ PASSWORD = "S3cretPw"
 MALFORMED_DATABASE_URLS = [
     pytest.param(f"postgresql://app:Xy%zz{PASSWORD}@127.0.0.1:1/app", id="percent-not-encoded"),
     pytest.param(f"postgresql//app:{PASSWORD}@127.0.0.1:1/app", id="scheme-without-colon"),
+    # libpq's key=value form: accepted here, it then failed every migrate (dbmate takes URLs only)
+    pytest.param(f"host=127.0.0.1 dbname=app user=app password={PASSWORD}", id="key-value-string"),
 ]
 MALFORMED_VALKEY_URLS = [
     pytest.param(f"redis//:{PASSWORD}@127.0.0.1:1/0", id="scheme-without-colon"),
@@ -51,7 +53,7 @@ def test_a_malformed_valkey_url_is_refused_naming_the_setting_only(url: str) -> 
     assert PASSWORD not in _everything_said(refused.value)
 
 
-def test_well_formed_urls_and_key_value_strings_load() -> None:
+def test_well_formed_urls_load() -> None:
     settings = load_settings(
         {
             "DATABASE_URL": "postgresql://app:pa%25ss@db.internal:5432/app?sslmode=require",
@@ -59,7 +61,7 @@ def test_well_formed_urls_and_key_value_strings_load() -> None:
         }
     )
     assert settings.database_url and settings.valkey_url
-    assert load_settings({"DATABASE_URL": "host=db dbname=app password=pw"}).database_url
+    assert load_settings({"DATABASE_URL": "postgres://app@db/app"}).database_url
 
 
 @pytest.mark.parametrize("url", [*MALFORMED_DATABASE_URLS, *MALFORMED_VALKEY_URLS])
