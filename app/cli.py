@@ -100,7 +100,7 @@ class _StopSignals:
         self.check()
 
 
-def _resolved(settings: Settings, *, valkey: bool = True) -> Settings:
+def _resolve_or_exit(settings: Settings, *, valkey: bool = True) -> Settings:
     """``resolve_services``, a failure of the embedded servers one line (an unusable ``DATA_DIR``, a
     server that would not start) instead of a traceback."""
     try:
@@ -114,7 +114,7 @@ def _resolved(settings: Settings, *, valkey: bool = True) -> Settings:
 
 def _resolve(settings: Settings) -> Settings:
     """Resolve the service URLs (embedded when unset) and export them to child processes."""
-    settings = _resolved(settings)
+    settings = _resolve_or_exit(settings)
     assert settings.database_url
     assert settings.valkey_url
     os.environ["DATABASE_URL"] = settings.database_url
@@ -551,7 +551,7 @@ def _migrate(settings: Settings) -> str:
     ``DATABASE_URL`` (password masked) and exit 1, as the other commands fail."""
     import psycopg
 
-    url = _resolved(settings, valkey=False).database_url
+    url = _resolve_or_exit(settings, valkey=False).database_url
     assert url is not None
     try:
         said = migrate(url)

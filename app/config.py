@@ -404,16 +404,17 @@ def _refuse_malformed_urls(settings: Settings) -> None:
 
     if settings.database_url is not None:
         try:
-            if not settings.database_url.startswith(("postgresql://", "postgres://")):
-                raise ValueError("not a URL")
             conninfo_to_dict(settings.database_url)
+            is_url = settings.database_url.startswith(("postgresql://", "postgres://"))
         except Exception:
+            is_url = False
+        if not is_url:
             raise SettingsError(
                 "DATABASE_URL is malformed: expected postgresql://user:password@host:port/database "
                 "(percent-encode reserved characters of the user and password, e.g. % as %25, @ as %40); "
                 "a key=value connection string is not taken: the migrations (dbmate) and the page-view "
                 "writer (asyncpg) read URLs only"
-            ) from None
+            )
     if settings.valkey_url is not None:
         try:
             parse_url(settings.valkey_url)  # the application's client
