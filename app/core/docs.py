@@ -122,7 +122,7 @@ _API_INDEX = msgspec.json.encode(
     media_type=MediaType.JSON,
     responses={
         **problems(429),
-        200: ResponseSpec(ApiIndex, description="The starting points", generate_examples=False),
+        200: ResponseSpec(ApiIndex, description="The starting points"),
     },
     sync_to_thread=False,
 )

@@ -83,7 +83,7 @@ from app.core.errors import (
     UnauthorizedError,
 )
 from app.core.metrics import RequestMetrics
-from app.core.openapi import documents_limit_headers, undocument_token_refusal
+from app.core.openapi import finish_documentation
 from app.core.ratelimit import (
     DEFAULT_POLICY,
     EXEMPT_PATHS,
@@ -219,17 +219,14 @@ class GateConfig:
         return known[1]
 
     def prepare(self, app: Litestar) -> None:
-        """Decide every route's plan now (an unknown rate-limit policy fails the start-up), take the
-        bad-token 401 out of the documentation of the routes that never read a token, and document
-        the headers this layer adds (``documents_limit_headers``)."""
+        """Decide every route's plan now (an unknown rate-limit policy fails the start-up) and finish
+        each route's documentation from it (``finish_documentation``)."""
         for route in app.routes:
             if isinstance(route, HTTPRoute):
                 for handler, _ in route.route_handler_map.values():
                     plan = self.plan(handler, route.path_format)
-                    if not plan.authenticate:
-                        undocument_token_refusal(handler)
-                    handler.operation_class = documents_limit_headers(
-                        handler.operation_class, rate_limited=plan.policy is not None
+                    finish_documentation(
+                        handler, reads_token=plan.authenticate, rate_limited=plan.policy is not None
                     )
 
     def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:

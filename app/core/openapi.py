@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import msgspec
@@ -48,7 +48,6 @@ def _problem(status: int) -> ResponseSpec:
         data_container=Problem,
         description=_DESCRIPTIONS.get(status, "Problem"),
         media_type="application/problem+json",
-        generate_examples=False,
     )
 
 
@@ -62,7 +61,6 @@ _BAD_TOKEN = _BadToken(
     data_container=Problem,
     description=_DESCRIPTIONS[401],
     media_type="application/problem+json",
-    generate_examples=False,
 )
 
 
@@ -81,10 +79,23 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-def undocument_token_refusal(handler: HTTPRouteHandler) -> None:
-    """Remove the 401 that ``problems`` added on its own from ``handler``, which never reads a token."""
-    if handler.responses and isinstance(handler.responses.get(401), _BadToken):
-        handler.responses = {status: spec for status, spec in handler.responses.items() if status != 401}
+def finish_documentation(handler: HTTPRouteHandler, *, reads_token: bool, rate_limited: bool) -> None:
+    """Finish ``handler``'s documentation once the route layer knows what it does for the route
+    (``app.core.gate.GateConfig.prepare``).
+
+    - No generated examples: Litestar's ``ResponseSpec`` fills a response schema with random values
+      unless told not to (a problem's status of 2562 shown as a sample answer), and another document
+      in every build, so in every granian worker.
+    - The 401 ``problems`` added on its own is taken out of a route that never reads a token.
+    - The headers the route layer adds are declared (``documents_limit_headers``).
+    """
+    if handler.responses:
+        handler.responses = {
+            status: replace(spec, generate_examples=False)
+            for status, spec in handler.responses.items()
+            if reads_token or not isinstance(spec, _BadToken)
+        }
+    handler.operation_class = documents_limit_headers(handler.operation_class, rate_limited=rate_limited)
 
 
 RETRY_AFTER = OpenAPIHeader(

@@ -107,7 +107,6 @@ def precondition_failed() -> dict[int, ResponseSpec]:
             description="`If-Match` names none of the resource's current versions: nothing was changed "
             "(read it again for its `ETag`)",
             media_type=PROBLEM_MEDIA_TYPE,
-            generate_examples=False,
         )
     }
 

@@ -58,7 +58,6 @@ WEAK_PASSWORD = ResponseSpec(
     description="`weak-password`: the new password is refused (under 10 or over 256 characters, fewer "
     "than 5 different characters, a control character, or in production a public default)",
     media_type="application/problem+json",
-    generate_examples=False,
 )
 
 
@@ -76,9 +75,7 @@ class AuthController(Controller):
         "by signing in is throttled like any login.",
         responses={
             **problems(400, 429, 503),
-            202: ResponseSpec(
-                RegistrationAccepted, description="Accepted (the same either way)", generate_examples=False
-            ),
+            202: ResponseSpec(RegistrationAccepted, description="Accepted (the same either way)"),
             422: WEAK_PASSWORD,
         },
         opt=SIGNING_IN,
@@ -137,7 +134,6 @@ class AuthController(Controller):
                 description="`refresh-superseded`: rotated a moment ago by another request of this client; "
                 "use the tokens that request received (nothing was revoked)",
                 media_type="application/problem+json",
-                generate_examples=False,
             ),
             429: ResponseSpec(
                 Problem,
@@ -145,7 +141,6 @@ class AuthController(Controller):
                 "REFRESH_ROTATIONS_PER_HOUR times within the hour (the token is kept: present it again); "
                 "see Retry-After",
                 media_type="application/problem+json",
-                generate_examples=False,
             ),
         },
         opt=ROTATION,
@@ -170,7 +165,6 @@ class AuthController(Controller):
                 description="Only for a refused token: its address spent its `default` quota on refused "
                 "tokens and anonymous requests; see Retry-After",
                 media_type="application/problem+json",
-                generate_examples=False,
             ),
         },
         opt=SIGNING_OUT,
@@ -210,7 +204,6 @@ class AuthController(Controller):
                 Problem,
                 description="`password-changed`: the password was changed meanwhile; nothing was changed",
                 media_type="application/problem+json",
-                generate_examples=False,
             ),
             422: WEAK_PASSWORD,
         },

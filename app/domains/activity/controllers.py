@@ -107,7 +107,6 @@ _STREAM_RESPONSE = {
             "access token expires (reconnect with a fresh one and `Last-Event-ID`), when its session "
             "ends (logout, account deactivated or demoted, password changed) and when the server stops."
         ),
-        generate_examples=False,
     ),
     HTTP_429_TOO_MANY_REQUESTS: ResponseSpec(
         data_container=Problem,
@@ -116,7 +115,6 @@ _STREAM_RESPONSE = {
             "Rate limit exceeded, or the account already holds FEED_STREAM_MAX_PER_USER live streams "
             "(type `.../too-many-streams`: close one); see Retry-After"
         ),
-        generate_examples=False,
     ),
 }
 

@@ -211,21 +211,17 @@ _DOWNLOAD_DESCRIPTION = (
     "whatever the headers."
 )
 _DOWNLOAD_RESPONSES: dict[int, ResponseSpec] = {
-    206: ResponseSpec(
-        data_container=None, description="The requested byte range of the file", generate_examples=False
-    ),
+    206: ResponseSpec(data_container=None, description="The requested byte range of the file"),
     304: ResponseSpec(
         data_container=None,
         description="`If-None-Match` names the file, or `If-Modified-Since` is not before its "
         "`Last-Modified`: no body",
-        generate_examples=False,
     ),
     **problems(401, 404, 429),
     416: ResponseSpec(
         data_container=Problem,
         description="The range starts at or past the end of the file (`Content-Range`: its size)",
         media_type=PROBLEM_MEDIA_TYPE,
-        generate_examples=False,
     ),
 }
 

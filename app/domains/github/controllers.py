@@ -46,18 +46,14 @@ _EVENTS = ResponseSpec(
         "keep the stream's place among the account's streams: reconnect to follow on (the current "
         "state comes first). Comment lines are heartbeats."
     ),
-    generate_examples=False,
 )
-_ALREADY_TRACKED = ResponseSpec(
-    data_container=TrackedOut, description="Already tracked: nothing changed", generate_examples=False
-)
+_ALREADY_TRACKED = ResponseSpec(data_container=TrackedOut, description="Already tracked: nothing changed")
 _ALREADY_FRESH = ResponseSpec(
     data_container=RefreshOut,
     description=(
         "Fetched moments ago: nothing is fetched, the refresh is `succeeded` at once and its "
         "`fetched_at` is the stored data's"
     ),
-    generate_examples=False,
 )
 
 

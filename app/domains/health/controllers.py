@@ -39,7 +39,7 @@ class HealthController(Controller):
         summary="The process is up",
         responses={
             **problems(),
-            200: ResponseSpec(Liveness, description="The process is up", generate_examples=False),
+            200: ResponseSpec(Liveness, description="The process is up"),
         },
     )
     async def live(self) -> ASGIResponse:
@@ -64,7 +64,6 @@ class HealthController(Controller):
             503: ResponseSpec(
                 data_container=Readiness,
                 description="Not ready: a required check failed",
-                generate_examples=False,
             ),
         },
     )
@@ -77,9 +76,7 @@ class HealthController(Controller):
         summary="Ready or not (the status alone: 200, or 503 when a required check failed)",
         responses={
             **problems(),
-            503: ResponseSpec(
-                None, description="Not ready: a required check failed", generate_examples=False
-            ),
+            503: ResponseSpec(None, description="Not ready: a required check failed"),
         },
     )
     async def ready_head(self, health: Health) -> Response[None]:

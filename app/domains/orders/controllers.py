@@ -86,7 +86,7 @@ class OrdersController(Controller):
         "202 with the pending order and its `Location`; poll it for `reserved` or `rejected`.",
         responses={
             **problems(400, 401, 409, 422, 429),
-            202: ResponseSpec(OrderOut, description="Accepted", generate_examples=False),
+            202: ResponseSpec(OrderOut, description="Accepted"),
         },
         operation_class=DocumentsPlacement,
     )
@@ -159,7 +159,6 @@ class OrdersController(Controller):
                 description="`illegal-transition`: the order is past what the caller may cancel (a "
                 "buyer's paid order; anyone's fulfilled, rejected, expired or cancelled one)",
                 media_type="application/problem+json",
-                generate_examples=False,
             ),
         },
     )
@@ -231,7 +230,6 @@ class PaymentWebhookController(Controller):
                 description=f"{WEBHOOK_BODY_LIMIT}; a larger one is not processed nor recorded (its bytes "
                 "are read and dropped, so that a proxy gets this answer; the gateway refuses it before)",
                 media_type="application/problem+json",
-                generate_examples=False,
             ),
         },
     )

@@ -93,7 +93,7 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
     operation_class=documents_json_body(PageViewIn),
     responses={
         **problems(400, 413, 422, 429, 503),
-        202: ResponseSpec(Accepted, description="Stored", generate_examples=False),
+        202: ResponseSpec(Accepted, description="Stored"),
     },
 )
 async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
@@ -132,9 +132,8 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
             description=f"{BATCH_BODY_LIMIT}, or more views than this server's limits admit at once "
             "(`batch-too-large`); nothing was stored: send the views in smaller batches",
             media_type="application/problem+json",
-            generate_examples=False,
         ),
-        202: ResponseSpec(Accepted, description="Stored", generate_examples=False),
+        202: ResponseSpec(Accepted, description="Stored"),
     },
 )
 async def ingest_page_view_batch(request: Request[Any, Any, Any]) -> ASGIResponse:

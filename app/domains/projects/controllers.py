@@ -89,7 +89,7 @@ class ProjectsController(Controller):
         operation_class=DocumentsVersionedCreation,
         responses={
             **problems(400, 401, 409, 422, 429),
-            201: ResponseSpec(ProjectOut, description="Created", generate_examples=False),
+            201: ResponseSpec(ProjectOut, description="Created"),
         },
     )
     async def create_project(

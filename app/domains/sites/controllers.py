@@ -73,7 +73,7 @@ class SitesController(Controller):
         operation_class=DocumentsIdempotency,
         responses={
             **problems(400, 401, 409, 422, 429),
-            201: ResponseSpec(SiteOut, description="Created", generate_examples=False),
+            201: ResponseSpec(SiteOut, description="Created"),
         },
     )
     async def create_site(

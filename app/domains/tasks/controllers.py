@@ -86,7 +86,6 @@ class ProjectTasksController(Controller):
             200: ResponseSpec(
                 TaskPage,
                 description="A page of tasks, and the moment its walk reads the list as of",
-                generate_examples=False,
             ),
         },
     )
@@ -157,7 +156,7 @@ class ProjectTasksController(Controller):
         operation_class=DocumentsVersionedCreation,
         responses={
             **problems(400, 401, 403, 404, 409, 422, 429),
-            201: ResponseSpec(TaskOut, description="Created", generate_examples=False),
+            201: ResponseSpec(TaskOut, description="Created"),
         },
     )
     async def create_task(
@@ -255,7 +254,7 @@ class TasksController(Controller):
         operation_class=DocumentsIdempotency,
         responses={
             **problems(400, 401, 403, 404, 409, 422, 429),
-            201: ResponseSpec(CommentOut, description="Created", generate_examples=False),
+            201: ResponseSpec(CommentOut, description="Created"),
         },
     )
     async def add_comment(
