@@ -9,8 +9,8 @@ front of each that calls ``stop``, then runs the server's. ``close`` stops too (
 lifespan shutdown comes first).
 
 One per process (``Services.stream_stops``), shared by every domain that streams: the activity
-feed's live streams and the GitHub refresh streams. A stream ``watch``es an event that ``stop`` sets,
-and checks ``stopping`` when it wakes.
+feed's live streams and the GitHub refresh streams. A stream runs ``watching`` an event that
+``stop`` sets, and checks ``stopping`` when it wakes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -33,12 +34,15 @@ class StreamStops:
         self._wakes: set[asyncio.Event] = set()
         self._handlers: dict[int, tuple[Any, Any]] = {}
 
-    def watch(self, wake: asyncio.Event) -> None:
-        """``wake`` is set when the streams must end (the stream then checks ``stopping``)."""
-        self._wakes.add(wake)
-
-    def unwatch(self, wake: asyncio.Event) -> None:
-        self._wakes.discard(wake)
+    @contextlib.contextmanager
+    def watching(self, *wakes: asyncio.Event) -> Iterator[None]:
+        """Inside, each of ``wakes`` is set when the streams must end (the stream then checks
+        ``stopping``)."""
+        self._wakes.update(wakes)
+        try:
+            yield
+        finally:
+            self._wakes.difference_update(wakes)
 
     def stop(self) -> None:
         """End every stream of this process: each watched event is set; streams opened from now on

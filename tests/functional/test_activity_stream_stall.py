@@ -317,7 +317,7 @@ async def test_a_stalled_stream_ends_when_the_process_stops(
             stalled = Client(stream.messages())
             try:
                 await wait_until(lambda: _true(bool(stalled.received)), WAIT_S, "the stream is ready")
-                feed.streams.stop()  # SIGTERM
+                feed.streams.stops.stop()  # SIGTERM
                 await wait_until(lambda: _true(stalled.task.done()), 5, "the stalled stream ends at the stop")
                 await wait_until(lambda: _true(channels.open == 0), 5, "its subscription is released")
                 assert await valkey.zcard(slots_key(team.viewer.id)) == 0
@@ -356,7 +356,7 @@ async def test_every_keeper_is_cancelled_with_its_stream_at_the_stop(
             await wait_until(
                 lambda client=client: _true(bool(client.received)), WAIT_S, "the stream is ready"
             )
-        feed.streams.stop()  # SIGTERM
+        feed.streams.stops.stop()  # SIGTERM
         for client in clients:
             await wait_until(lambda client=client: _true(client.task.done()), WAIT_S, "the stream ends")
         await wait_until(lambda: _true(len(ends) == streams), WAIT_S, "every keeper ends")

@@ -11,15 +11,14 @@ whose own lease lapsed (a stalled process) and was taken meanwhile ends at its n
 Valkey unreachable: opening a stream fails (503), as its subscription would; an open stream keeps
 going and renews at the next heartbeat.
 
-Stopping. Every live stream of the process ends when it stops (``app.core.stops``): a stream ends
-at its loop's next turn, or, when its ``send`` waits on a client that stopped reading, is cut by its
-keeper task at once (both watch the events ``stop`` sets), never after the stall verdict, which
-would outlast granian's kill timeout.
+Stopping. Every live stream of the process ends when it stops (``LiveStreams.stops``,
+``app.core.stops``): a stream ends at its loop's next turn, or, when its ``send`` waits on a client
+that stopped reading, is cut by its keeper task at once (both run ``watching`` the events ``stop``
+sets), never after the stall verdict, which would outlast granian's kill timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 from valkey.asyncio import Valkey
@@ -69,21 +68,3 @@ class LiveStreams:
             f"At most {self.cap} live feed streams per account are open at once: close one first.",
             headers={"Retry-After": str(self.retry_after_s)},
         )
-
-    @property
-    def stopping(self) -> bool:
-        return self.stops.stopping
-
-    def watch(self, wake: asyncio.Event) -> None:
-        """``wake`` is set when the streams must end (the stream's loop and its keeper then check
-        ``stopping``)."""
-        self.stops.watch(wake)
-
-    def unwatch(self, wake: asyncio.Event) -> None:
-        self.stops.unwatch(wake)
-
-    def stop(self) -> None:
-        """End every live stream of this process (at its loop's next turn, or cut by its keeper at once
-        when a send waits on its client); streams opened from now on end after their replay (cut
-        in it as soon as their keeper finds one of its sends waiting)."""
-        self.stops.stop()

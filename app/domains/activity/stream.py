@@ -151,33 +151,30 @@ class FeedStream:
         def response_done(_: object) -> None:
             alarm.set()
 
-        self.service.streams.watch(wake)
-        self.service.streams.watch(alarm)
         if response is not None:
             response.add_done_callback(response_done)
         try:
-            async with self.channels.start_subscription([CHANNEL]) as subscriber:
-                listener = asyncio.create_task(self._listen(subscriber, wake))
-                listener.add_done_callback(self._listener_ended)
-                keeper = asyncio.create_task(self._keep(response, wake, alarm))
-                try:
-                    self._sent_at = time.monotonic()
-                    async for message in self._run(wake):
-                        self._sending = True
-                        if self.service.streams.stopping:
-                            alarm.set()  # a replay sent after the stop: the keeper cuts it if it stalls
-                        yield message
-                        self._sending = False
+            with self.service.streams.stops.watching(wake, alarm):
+                async with self.channels.start_subscription([CHANNEL]) as subscriber:
+                    listener = asyncio.create_task(self._listen(subscriber, wake))
+                    listener.add_done_callback(self._listener_ended)
+                    keeper = asyncio.create_task(self._keep(response, wake, alarm))
+                    try:
                         self._sent_at = time.monotonic()
-                finally:
-                    listener.cancel()
-                    if keeper is not asyncio.current_task():  # else the keeper is closing the stream
-                        keeper.cancel()
+                        async for message in self._run(wake):
+                            self._sending = True
+                            if self.service.streams.stops.stopping:
+                                alarm.set()  # a replay sent after the stop: the keeper cuts it if it stalls
+                            yield message
+                            self._sending = False
+                            self._sent_at = time.monotonic()
+                    finally:
+                        listener.cancel()
+                        if keeper is not asyncio.current_task():  # else the keeper is closing the stream
+                            keeper.cancel()
         finally:
             if response is not None:
                 response.remove_done_callback(response_done)
-            self.service.streams.unwatch(alarm)
-            self.service.streams.unwatch(wake)
             if self.slot is not None:
                 await self.slot.release()
 
@@ -226,7 +223,7 @@ class FeedStream:
 
     def _over(self) -> bool:
         """The process is stopping, the access token has expired or the slot was lost."""
-        return self.service.streams.stopping or time.time() >= self.expires_at or self._slot_lost
+        return self.service.streams.stops.stopping or time.time() >= self.expires_at or self._slot_lost
 
     async def _keep(
         self, response: asyncio.Task[Any] | None, wake: asyncio.Event, alarm: asyncio.Event
@@ -255,7 +252,7 @@ class FeedStream:
             if response is not None and response.done():
                 await self._close()
                 return
-            if self.service.streams.stopping and self._sending:
+            if self.service.streams.stops.stopping and self._sending:
                 log.info("feed_stream_cut", user_id=self.reader_id, reason="stopping")
                 await self._cut(response)
                 return

@@ -974,12 +974,11 @@ class GithubService:
         if not await slot.take():
             return
         wake = asyncio.Event()
-        self.stops.watch(wake)
         try:
-            async for message in self._refresh_events(refresh_id, channels, slot, caller, wake):
-                yield message
+            with self.stops.watching(wake):
+                async for message in self._refresh_events(refresh_id, channels, slot, caller, wake):
+                    yield message
         finally:
-            self.stops.unwatch(wake)
             await slot.release()
 
     async def _session_valid(self, caller: CurrentUser) -> bool:
