@@ -1,7 +1,8 @@
 """A sign-in attempt that checks no password is taken back from the login throttle
 (``app/domains/accounts/throttle.py``): refused because every password check was busy (503), or
 cancelled while it waited for its turn in the account's schedule. It used to count as a failure, so an
-owner retrying through a busy spell with the right password was locked out (429) for the window."""
+owner retrying through a busy spell with the right password was locked out (429) for the window. One
+that took a slot in the account's schedule stays counted for its network: its slot stays spent."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.errors import TooManyRequestsError
 from app.domains.accounts.throttle import LoginThrottle, _key
 from tests.factories import (
     GENEROUS_AUTH,
@@ -74,27 +76,52 @@ async def test_sign_ins_refused_while_every_check_is_busy_do_not_lock_the_owner_
     assert after.status_code == 200, after.text
 
 
-async def test_an_attempt_cancelled_while_it_waits_for_its_turn_is_taken_back(
+async def test_an_attempt_cancelled_while_it_waits_for_its_turn_stays_counted_for_its_network(
     settings: Settings, valkey: Valkey
 ) -> None:
     """Past ``LOGIN_MAX_FAILURES`` an attempt waits for its slot in the account's schedule; cancelled
-    there (the request ended), its counts are given back. The slot stays spent."""
+    there (the request ended), it is given back to the account's count, but its slot stays spent, so
+    it stays counted for its network (pair and address)."""
     throttle = LoginThrottle(settings, valkey)
     email, first, second = unique_email(), "198.51.100.7", "203.0.113.9"
     for _ in range(settings.login_max_failures):  # not slowed; the pair's limit is now reached
         await throttle.attempt(email, first)
     counters = [_key("pair", f"{email}\n{second}"), _key("addr", second), _key("acct", email)]
-    before = [int(value or 0) for value in await valkey.mget(counters)]
-    assert before == [0, 0, settings.login_max_failures]
+    assert [int(value or 0) for value in await valkey.mget(counters)] == [0, 0, settings.login_max_failures]
+
+    await _cancel_while_waiting(throttle, valkey, email, second)
+
+    assert [int(value or 0) for value in await valkey.mget(counters)] == [1, 1, settings.login_max_failures]
+    assert await valkey.exists(_key("next", email)), "the slot handed out stays spent"
+
+
+async def test_attempts_cancelled_while_they_wait_cannot_fill_the_schedule_for_free(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """A client reserving turns and cancelling each before its password is checked is held by its
+    network's limit, as if each had been a guess: it used to be counted nowhere, so it could keep the
+    account's schedule full, and the owner was refused (429) on every new network."""
+    throttle = LoginThrottle(settings, valkey)
+    email, first, second = unique_email(), "198.51.100.7", "203.0.113.9"
+    for _ in range(settings.login_max_failures):
+        await throttle.attempt(email, first)
+    for _ in range(settings.login_max_failures):
+        await _cancel_while_waiting(throttle, valkey, email, second)
+
+    with pytest.raises(TooManyRequestsError) as refused:
+        await throttle.attempt(email, second)
+    assert "from this address" in refused.value.detail
+
+
+async def _cancel_while_waiting(throttle: LoginThrottle, valkey: Valkey, email: str, network: str) -> None:
+    """One attempt of ``network``'s, cancelled once it holds a slot in the account's schedule."""
+    before = await valkey.get(_key("next", email))
 
     async def slot_taken() -> bool:
-        return bool(await valkey.exists(_key("next", email)))
+        return await valkey.get(_key("next", email)) not in (None, before)
 
-    slowed = asyncio.create_task(throttle.attempt(email, second))
+    slowed = asyncio.create_task(throttle.attempt(email, network))
     await wait_until(slot_taken, 30, "the attempt holds a slot")
     slowed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await slowed
-
-    assert [int(value or 0) for value in await valkey.mget(counters)] == before
-    assert await valkey.exists(_key("next", email)), "the slot handed out stays spent"

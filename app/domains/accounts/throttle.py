@@ -33,10 +33,13 @@ An attempt is counted, and its slot reserved, *before* its password is checked, 
 also checks the hard limits (so a burst of concurrent attempts cannot slip past a limit between a read
 and a write); a correct password takes its attempt back from ``addr`` and clears ``pair``, ``acct``
 and the account's schedule (slots already handed out keep their wait), and marks the network known.
-An attempt that checked no password is taken back from ``pair``, ``addr`` and ``acct`` (its slot stays
-spent): its check refused because ``PASSWORD_CHECKS_MAX`` were busy (503), the database unreachable, or
-the request cancelled before its answer. Otherwise an owner retrying through a busy spell with the
-right password was refused (429) for the rest of the window, as if they had guessed.
+An attempt that checked no password is taken back: its check refused because ``PASSWORD_CHECKS_MAX``
+were busy (503), the database unreachable, or the request cancelled before its answer. Otherwise an
+owner retrying through a busy spell with the right password was refused (429) for the rest of the
+window, as if they had guessed. One that took no slot is taken back from ``pair``, ``addr`` and
+``acct``; one that took a slot only from ``acct``: its slot stays spent, so its network keeps it
+counted. Else a client could fill the account's schedule for free, each attempt cancelled while it
+waits, and refuse the owner on every new network without one checked guess or one counted attempt.
 With Valkey unreachable, attempts are neither counted nor slowed (``RATE_LIMIT_AUTH_FAIL_CLOSED``
 unset) or refused with 503.
 """
@@ -106,9 +109,9 @@ redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('SET', KEYS[5], 1, 'EX', ARGV[1])
 return 0
 """
-# KEYS: pair, addr, acct. An attempt that checked no password: each counter it added to is taken back.
+# KEYS: the counters an attempt that checked no password is taken back from (one each).
 _ABANDONED = """
-for i = 1, 3 do
+for i = 1, #KEYS do
   if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
 end
 return 0
@@ -126,6 +129,8 @@ class Attempt:
 
     keys: tuple[str, str, str, str, str]
     counted: bool
+    took_slot: bool = False
+    """It reserved a slot in the account's schedule (it waited for its turn)."""
 
 
 class LoginThrottle:
@@ -201,8 +206,8 @@ class LoginThrottle:
                 wait_s=int(wait_ms) / 1000,
                 slot_ms=int(slot_ms),
             )
-        attempt = Attempt(keys, counted=True)
-        if int(wait_ms) > 0:
+        attempt = Attempt(keys, counted=True, took_slot=int(wait_ms) > 0)
+        if attempt.took_slot:
             try:
                 await asyncio.sleep(int(wait_ms) / 1000)
             except BaseException:
@@ -219,11 +224,13 @@ class LoginThrottle:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
 
     async def abandoned(self, attempt: Attempt) -> None:
-        """Take back an attempt that checked no password (the module's docstring)."""
+        """Take back an attempt that checked no password: from its network's counters only if it took no
+        slot (the module's docstring)."""
         if not attempt.counted:
             return
+        pair, addr, acct, _, _ = attempt.keys
         try:
-            await self._abandoned(keys=list(attempt.keys[:3]))
+            await self._abandoned(keys=[acct] if attempt.took_slot else [pair, addr, acct])
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="abandoned")
 
