@@ -1,8 +1,9 @@
 """Test session: real PostgreSQL and Valkey (embedded unless DATABASE_URL / VALKEY_URL are set).
 
 - One database for the session, ``<name>_test``, dropped and re-created from ``migrations/``.
-- Per-test isolation: every table is truncated and Valkey flushed before each test (measured
-  cheaper than per-test transactions here, because HTTP tests run through the app's own pool).
+- Per-test isolation: every table is truncated and Valkey flushed before each test that takes ``db``
+  or ``valkey`` (measured cheaper than per-test transactions here, because HTTP tests run through the
+  app's own pool).
 - ``VALKEY_URL`` set: that server is FLUSHED before every test; point it at a disposable instance.
 - A private Valkey a test may stop, start or freeze: ``controlled_valkey`` (``module_controlled_valkey``
   for a module-scoped app on it).
@@ -122,13 +123,25 @@ def tables(database_url: str) -> list[str]:
 
 
 @pytest.fixture
-async def db(database_url: str, tables: list[str]) -> AsyncIterator[AsyncConnection[Any]]:
-    """A clean database and an autocommit connection to it for arranging and asserting."""
+async def db(database_url: str, tables: list[str], valkey_url: str) -> AsyncIterator[AsyncConnection[Any]]:
+    """A clean database and Valkey, and an autocommit connection to the database for arranging and
+    asserting. Valkey is flushed here too, not only by ``valkey``: the truncation restarts every
+    sequence, so ids repeat from test to test, and a cache entry an earlier test left under
+    ``summary:22001:…`` answered the next test's site 22001 with the other test's numbers."""
+    await _flush(valkey_url)
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
         if tables:
             await _truncate(conn, tables)
         await register_types(conn)
         yield conn
+
+
+async def _flush(valkey_url: str) -> None:
+    client = Valkey.from_url(valkey_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
 
 
 async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
@@ -177,8 +190,9 @@ async def _non_empty(conn: AsyncConnection[Any], tables: list[str]) -> list[str]
 
 @pytest.fixture
 async def valkey(valkey_url: str) -> AsyncIterator[Valkey]:
+    """A client of the session's Valkey, flushed."""
+    await _flush(valkey_url)
     client = Valkey.from_url(valkey_url)
-    await client.flushdb()
     yield client
     await client.aclose()
 
