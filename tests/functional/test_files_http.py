@@ -768,10 +768,12 @@ async def stream_upload(
     chunk_size: int = 64 * 1024,
     disconnect_after: int | None = None,
     declare_length: bool = False,
+    declared_length: bytes | None = None,
     part_type: str = "application/zip",
 ) -> AsgiResult:
     """POST ``content`` as the file part (of content type ``part_type``), delivered in ``chunk_size``
-    messages, without Content-Length unless ``declare_length``.
+    messages, without Content-Length unless ``declare_length`` (its true value) or ``declared_length``
+    (that one).
 
     With ``disconnect_after``, the client goes away after that many body messages.
     ``chunks_read_before_answer`` counts those read when the answer started (the pipeline may drain
@@ -789,6 +791,8 @@ async def stream_upload(
     chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
     path = files_url(project_id)
     length = [(b"content-length", str(len(body)).encode())] if declare_length else []
+    if declared_length is not None:
+        length = [(b"content-length", declared_length)]
     scope = http_scope(
         "POST",
         path,
@@ -819,6 +823,22 @@ async def stream_upload(
     # The app (and its pools) live on the test client's portal loop, as for the client's own requests.
     client.blocking_portal.call(client.app, scope, receive, send)
     return AsgiResult(status, bytes(response), read, read_before_answer)
+
+
+@pytest.mark.parametrize("declared", [b"-5", b"+5", b"1_0", b" 5", b"\xd9\xa5"])
+async def test_a_content_length_that_is_not_digits_is_a_400_and_reserves_nothing(
+    api: Client, db: AsyncConnection[Any], world: World, files_root: Path, declared: bytes
+) -> None:
+    """RFC 9110's Content-Length is ``1*DIGIT``; Python's ``int()`` also took ``-5``, ``+5``, ``1_0`` and
+    `` 5``, and the upload went on, sizing its quota reservation by that number (``-5``: a negative
+    size). Refused before anything is reserved, the uploader's next upload is not held up."""
+    refused = await stream_upload(api, world.editor, world.project, b"data", declared_length=declared)
+    assert refused.status == 400, refused.body
+    assert b"content-length" in refused.body.lower()
+
+    after = await stream_upload(api, world.editor, world.project, b"data", declare_length=True)
+    assert after.status == 201, after.body
+    assert await file_rows(db) == 1
 
 
 async def test_multi_chunk_upload_of_5_mib_streams_to_disk(
