@@ -669,6 +669,11 @@ class TaskSearchDocument(msgspec.Struct, frozen=True, gc=False):
     document: str
 
 
+class ProjectAssignee(msgspec.Struct, frozen=True, gc=False):
+    project_id: int
+    user_id: int
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)

@@ -149,8 +149,8 @@ REMOVE_ALL_MEMBERS = "delete from project_members where project_id = $1"
 
 async def remove_all_members(conn: AsyncConnection[Any], *, project_id: int) -> int:
     """A deleted project's memberships, in the deletion's transaction: every access through membership
-    (tasks, comments, files, the feed, lists) is a 404 from its commit on. The assignee foreign key
-    (tasks_assignee_is_member, on delete set null) unassigns the project's tasks."""
+    (tasks, comments, files, the feed, lists) is a 404 from its commit on. Its tasks keep their
+    assignees (project_assignees: the deletion touches no task) until its purge deletes them."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(REMOVE_ALL_MEMBERS, (project_id,))
         return cur.rowcount

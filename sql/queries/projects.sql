@@ -62,8 +62,8 @@ update projects set deleting_since = now() where id = @id and deleting_since is 
 
 -- name: RemoveAllMembers :execrows
 -- A deleted project's memberships, in the deletion's transaction: every access through membership
--- (tasks, comments, files, the feed, lists) is a 404 from its commit on. The assignee foreign key
--- (tasks_assignee_is_member, on delete set null) unassigns the project's tasks.
+-- (tasks, comments, files, the feed, lists) is a 404 from its commit on. Its tasks keep their
+-- assignees (project_assignees: the deletion touches no task) until its purge deletes them.
 delete from project_members where project_id = @project_id;
 
 -- name: RemoveAllInvitations :execrows

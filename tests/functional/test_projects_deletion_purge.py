@@ -201,6 +201,45 @@ async def test_the_purge_removes_everything_of_the_project_and_nothing_of_anothe
     assert await holdings(db, other) == kept and await project_ids(db) == [other]
 
 
+async def test_the_deletion_touches_no_task_and_the_purge_takes_them_with_their_assignees(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    """The assignee was a foreign key to the membership, ``on delete set null``: the deletion's removal
+    of every membership unassigned every assigned task of the project in the request (10,000 tasks,
+    0.64 s; near ``TASKS_PER_PROJECT_MAX``'s bound, past the statement timeout, and the project could
+    not be deleted). Now the deletion updates no task; a member removed from a live project still has
+    their tasks there unassigned at once."""
+    other = await make_project(db, team.owner, {team.editor.id: ProjectRole.EDITOR}, name="Gemini")
+    await fill(db, team.project, team.owner.id, team.editor.id, tasks=40, comments=1)
+    await fill(db, other, team.owner.id, team.editor.id, tasks=10, comments=1)
+    assigned = "select count(*) from tasks where project_id = %s and assignee_id is not null"
+
+    async def count(query: str, project: int) -> int:
+        row = await (await db.execute(query, (project,))).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    versions = "select sum(version) from tasks where project_id = %s"
+    before = await count(versions, team.project)
+    assert await count(assigned, team.project) == 20
+    assert (
+        await client.delete(f"/api/projects/{team.project}", headers=team.owner.headers)
+    ).status_code == 204
+    assert await count(assigned, team.project) == 20, "the deletion unassigned the project's tasks"
+    assert await count(versions, team.project) == before, "the deletion updated the project's tasks"
+
+    assert run_purge(client, team.project) is True
+    assert await count("select count(*) from tasks where project_id = %s", team.project) == 0
+    assert await count("select count(*) from project_assignees where project_id = %s", team.project) == 0
+
+    removed = await client.delete(
+        f"/api/projects/{other}/members/{team.editor.id}", headers=team.owner.headers
+    )
+    assert removed.status_code == 204, removed.text
+    assert await count(assigned, other) == 0, "a removed member's tasks are unassigned at once"
+    assert await count("select count(*) from project_assignees where project_id = %s", other) == 1
+
+
 async def test_a_purge_stopped_after_a_chunk_leaves_a_consistent_project_and_the_next_run_finishes(
     client: Client, db: AsyncConnection[Any], team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,7 @@ PER_PROJECT = {
     "comments": "select count(*) from comments c join tasks t on t.id = c.task_id where t.project_id = $1",
     "task_search_documents": "select count(*) from task_search_documents where project_id = $1",
     "project_members": "select count(*) from project_members where project_id = $1",
+    "project_assignees": "select count(*) from project_assignees where project_id = $1",
     "project_invitations": "select count(*) from project_invitations where project_id = $1",
     "project_files": "select count(*) from project_files where project_id = $1",
     "activity_groups": "select count(*) from activity_groups where project_id = $1",
@@ -40,7 +41,7 @@ PER_PROJECT = {
 """Each table the deletion of a project reaches, and how many of its rows are the project's."""
 
 FILL = [
-    # Tasks, half of them assigned to a member (the set null of the members' deletion reaches them).
+    # Tasks, half of them assigned to a member (the set null of an assignee's deletion reaches them).
     """insert into tasks (project_id, title, description, position, created_by, updated_by, assignee_id)
     select %(project)s, 'task ' || n, repeat('lorem ipsum dolor ', 40), n, %(owner)s, %(owner)s,
            case when n %% 2 = 0 then %(member)s end

@@ -330,7 +330,8 @@ class ProjectService:
         counts it), its memberships and invitations are deleted (every access through membership, to
         its tasks, comments, files and feed, is a 404 from the commit on), and its purge is enqueued
         (``purge_deleted_project``), which deletes the rest in bounded chunks. A single deletion
-        cascading to everything of a project at the caps ran far past the statement timeout."""
+        cascading to everything of a project at the caps ran far past the statement timeout. No task
+        is touched: their assignees (``project_assignees``) stay until the purge deletes them."""
         async with self.db.transaction() as uow:
             project = await queries.lock_project_for_deletion(uow.conn, id=project_id)
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
@@ -726,7 +727,8 @@ class ProjectService:
         (``_keep_an_owner``).
 
         The member's task assignments in the project are cleared by the database (the assignee is a
-        foreign key to the membership, ``on delete set null``), so no other domain is touched here.
+        foreign key to ``project_assignees``, which a trigger keeps to the memberships, ``on delete set
+        null``), so no other domain is touched here.
         Their waiting invitations to the project are withdrawn (after the membership: a deletion's
         order): one sent before the removal would let them rejoin alone, with its role. So are the
         invitations they sent (as an owner): addressed to an email they control, one would let them
