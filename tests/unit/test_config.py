@@ -487,15 +487,21 @@ DURATION = re.compile(r"_(s|ms|days)$")
 def test_every_duration_setting_has_an_upper_bound() -> None:
     """``ANALYTICS_RETENTION_DAYS=1000000`` loaded, then every partition run and rollup purge raised
     ``OverflowError`` (``today - timedelta(days=...)``) and nothing expired again; an unbounded token
-    lifetime made every sign-in raise the same way. A setting read as a duration is bounded."""
-    unbounded = [
-        field.name
+    lifetime made every sign-in raise the same way. A setting read as a duration is a number (an
+    optional one, or any other type, would slip past the bound check below), and bounded."""
+    durations = [
+        field
         for field in msgspec.inspect.type_info(Settings).fields  # type: ignore[union-attr]
         if DURATION.search(field.name)
-        and isinstance(field.type, msgspec.inspect.IntType | msgspec.inspect.FloatType)
-        and field.type.le is None
-        and field.type.lt is None
     ]
+    assert durations, "the settings name their durations _s, _ms or _days"
+    not_numbers = [
+        field.name
+        for field in durations
+        if not isinstance(field.type, msgspec.inspect.IntType | msgspec.inspect.FloatType)
+    ]
+    assert not_numbers == []
+    unbounded = [field.name for field in durations if field.type.le is None and field.type.lt is None]  # type: ignore[attr-defined]
     assert unbounded == []
 
 
