@@ -167,6 +167,23 @@ async def deleted_sites_before(conn: AsyncConnection[Any], *, before: datetime) 
         return await cur.fetchall()
 
 
+PAGE_VIEW_PARTITION_DAYS = """\
+select to_date(substr(c.relname::text, 12), 'YYYYMMDD')::date as day
+from pg_catalog.pg_inherits i
+join pg_catalog.pg_class c on c.oid = i.inhrelid
+where i.inhparent = 'page_views'::regclass and c.relname::text ~ '^page_views_[0-9]{8}$'
+order by 1"""
+
+
+async def page_view_partition_days(conn: AsyncConnection[Any]) -> list[date]:
+    """The days page_views has a partition for, oldest first: a deleted site's purge walks these (what
+    maintain_partitions keeps, a few days ahead included), not every day a retention could hold
+    (ANALYTICS_RETENTION_DAYS, up to 3,660: one transaction each, nearly all with nothing to do)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PAGE_VIEW_PARTITION_DAYS)
+        return await cur.fetchall()
+
+
 SITE_PAGE_VIEW_CHUNK = """\
 select
     (select min(v.ts) from page_views v

@@ -44,6 +44,16 @@ values (@site_id, @ts, @received_at, sqlc.narg(event_id), @visitor_id, @path, @t
 -- being written).
 select site_id from deleted_sites where deleted_at < @before order by site_id;
 
+-- name: PageViewPartitionDays :many
+-- The days page_views has a partition for, oldest first: a deleted site's purge walks these (what
+-- maintain_partitions keeps, a few days ahead included), not every day a retention could hold
+-- (ANALYTICS_RETENTION_DAYS, up to 3,660: one transaction each, nearly all with nothing to do).
+select to_date(substr(c.relname::text, 12), 'YYYYMMDD')::date as day
+from pg_catalog.pg_inherits i
+join pg_catalog.pg_class c on c.oid = i.inhrelid
+where i.inhparent = 'page_views'::regclass and c.relname::text ~ '^page_views_[0-9]{8}$'
+order by 1;
+
 -- name: SitePageViewChunk :one
 -- nullable: first_ts, end_ts
 -- The next chunk of a deleted site's raw page views of one day (one partition) from @from_ts on: the

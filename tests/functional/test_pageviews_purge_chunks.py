@@ -161,3 +161,35 @@ async def test_a_chunk_holds_at_most_its_size_or_one_instants_views(
     assert await count(db, "page_views", gone) == 0
     assert sorted(chunks, reverse=True)[:2] == [7, CHUNK], chunks
     assert sum(chunks) == ROWS + 7
+
+
+async def test_the_purge_walks_the_partitions_that_exist_and_every_one_of_them(
+    pageviews: PageViewService, settings: Settings, db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted site's views were looked for on every day a retention could hold, one transaction
+    each (3,662 at ``ANALYTICS_RETENTION_DAYS``' bound, nearly all on days no partition holds), and
+    missed any in a partition outside that window. Now each partition that exists is walked once:
+    here one ten days ahead, beyond the days ``maintain_partitions`` keeps, holds a view too."""
+    (gone,), due = await deleted_sites(db, settings, 1)
+    await db.execute("select ensure_page_view_partitions((now() at time zone 'UTC')::date + 10, 1)")
+    await db.execute(
+        "insert into page_views (site_id, ts, visitor_id, path, device, browser, os)"
+        " values (%s, now() + interval '10 days', 1, '/ahead', 'desktop', 'x', 'y')",
+        (gone,),
+    )
+    partitions = await (
+        await db.execute("select count(*) from pg_inherits where inhparent = 'page_views'::regclass")
+    ).fetchone()
+    assert partitions is not None
+    walked: list[datetime] = []
+    chunk = pageview_queries.site_page_view_chunk
+
+    async def recorded(conn: AsyncConnection[Any], **kwargs: Any) -> Any:
+        walked.append(kwargs["to_ts"])  # the end of the day walked
+        return await chunk(conn, **kwargs)
+
+    monkeypatch.setattr(pageview_queries, "site_page_view_chunk", recorded)
+    assert await pageviews.purge_deleted_sites(due, chunk_rows=ROWS * 10) == ROWS + 1
+    assert await count(db, "page_views", gone) == 0
+    days = set(walked)
+    assert len(days) == partitions[0], "each partition walked, and nothing else"

@@ -462,7 +462,7 @@ class PageViewService:
         failures: list[Exception] = []
         for site_id in site_ids:
             try:
-                deleted += await self._purge_site(site_id, now, chunk_rows)
+                deleted += await self._purge_site(site_id, chunk_rows)
             except Exception as exc:
                 log.exception("deleted_site_purge_failed", site_id=site_id)
                 failures.append(exc)
@@ -477,13 +477,14 @@ class PageViewService:
             raise failures[0]
         return deleted
 
-    async def _purge_site(self, site_id: int, now: datetime, chunk_rows: int) -> int:
-        """One deleted site's page views, day (partition) by day, then its claimed event ids; returns
-        the page views deleted."""
-        first_day = now.date() - timedelta(days=self.retention_days + 1)
+    async def _purge_site(self, site_id: int, chunk_rows: int) -> int:
+        """One deleted site's page views, partition (day) by partition, then its claimed event ids;
+        returns the page views deleted."""
+        async with self.db.transaction() as uow:
+            days = await queries.page_view_partition_days(uow.conn)
         deleted = 0
-        for offset in range(self.retention_days + 2 + PARTITION_DAYS_AHEAD):
-            day = datetime.combine(first_day + timedelta(days=offset), datetime.min.time(), UTC)
+        for day_of in days:
+            day = datetime.combine(day_of, datetime.min.time(), UTC)
             deleted += await self._purge_site_views(site_id, day, day + timedelta(days=1), chunk_rows)
         await self._purge_site_event_ids(site_id, chunk_rows)
         return deleted
