@@ -650,7 +650,7 @@ class OrderService:
             return "refund-due"
         if Decimal(payment.amount) != order.total or payment.currency != order.currency:
             return "mismatch"
-        if order.reserved_until and order.reserved_until <= await _database_now(uow):
+        if order.reserved_until and order.reserved_until < await _database_now(uow):  # as the cron judges
             await self._release_stock(uow, order.id)
             await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
             return "expired"
