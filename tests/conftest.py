@@ -16,7 +16,9 @@ Test data and app harnesses live in ``tests/factories.py``.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -54,6 +56,18 @@ hypothesis_settings.register_profile(
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The app's log handler writes to the ``sys.stdout`` of the moment ``configure_logging`` ran: a
+    test's capture, closed by now. The embedded servers stop at exit and log it: without this, every
+    run ended on a "--- Logging error ---" traceback."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream not in (
+            sys.__stdout__,
+            sys.__stderr__,
+        ):
+            handler.setStream(sys.__stderr__)
 
 
 def _test_database_url(base: str) -> str:
