@@ -46,10 +46,11 @@ from litestar.response import Redirect, Response
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_303_SEE_OTHER, HTTP_308_PERMANENT_REDIRECT
 from litestar.types import ExceptionHandler
 from litestar_saq import SAQConfig
-from saq import Job, Queue
+from saq import Job, Queue, Status
+from saq.queue.redis import RedisQueue
 
 from app.core.compression import GzipAsset
-from app.core.errors import AppError, NotFoundError, UnauthorizedError, exception_handlers
+from app.core.errors import AppError, ConflictError, NotFoundError, UnauthorizedError, exception_handlers
 from app.core.routing import Controller
 from app.core.scrub import scrub_text
 
@@ -413,6 +414,36 @@ async def _job(queues: Queues, queue_id: str, job_id: str) -> Job:
     return job
 
 
+RETRYABLE = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
+"""A job the dashboard may queue again: finished. SAQ's ``Job.retry`` takes any job off the active
+list and queues it: a running one then ran twice at once (a second worker slot took it while the
+first still ran it, and each overwrote the other's outcome)."""
+RETRY_CLAIM_MS = 10_000
+
+
+async def retry_finished_job(queue: Queue, job_id: str) -> None:
+    """Queue ``job_id`` again if it has finished, else ``ConflictError``. One retry of a job at a time
+    (a claim in Valkey around the check and the retry): two at once, both reading it finished, queued
+    it twice, and the second took it off the active list while a worker ran the first."""
+    if not isinstance(queue, RedisQueue):
+        raise TypeError(f"a retry needs SAQ's Redis queue, not {type(queue).__name__}")
+    claim = f"dashboard:retrying:{queue.name}:{job_id}"
+    if not await queue.redis.set(claim, 1, nx=True, px=RETRY_CLAIM_MS):
+        raise ConflictError("The job is being retried already.", headers=_NO_STORE)
+    try:
+        job = await queue.job(job_id)
+        if job is None:
+            raise NotFoundError(f"No job {job_id!r} in the {queue.name} queue.", headers=_NO_STORE)
+        if job.status not in RETRYABLE:
+            raise ConflictError(
+                f"The job is {job.status.value}: only a finished job is retried (abort a running one first).",
+                headers=_NO_STORE,
+            )
+        await job.retry("retried from ui")
+    finally:
+        await queue.redis.delete(claim)
+
+
 class DashboardPage(msgspec.Struct, frozen=True):
     """The page and its policy, for one root path."""
 
@@ -479,13 +510,13 @@ class DashboardController(Controller):
         "/api/queues/{queue_id:str}/jobs/{job_id:str}/retry",
         status_code=HTTP_202_ACCEPTED,
         summary="Retry a job",
-        description="Queues the job again (same-origin requests only).",
+        description="Queues a finished job again (same-origin requests only); 409 for one queued or "
+        "running (abort a running one first).",
     )
     async def job_retry(
         self, dashboard_queues: DashboardQueues, queue_id: FromPath[str], job_id: FromPath[str]
     ) -> dict[str, str]:
-        job = await _job(dashboard_queues, queue_id, job_id)
-        await job.retry("retried from ui")
+        await retry_finished_job(_queue(dashboard_queues, queue_id), job_id)
         return {}
 
     @post(

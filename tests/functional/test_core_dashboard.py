@@ -9,6 +9,7 @@ under a strict Content-Security-Policy; retry and abort work from the dashboard'
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -304,6 +305,43 @@ async def test_retry_and_abort_work_from_the_dashboards_origin(
     assert aborted.status_code == 202, aborted.text
     await queued.refresh()
     assert queued.status in (Status.ABORTING, Status.ABORTED)
+
+
+async def test_a_running_or_queued_job_is_not_retried(
+    api: Client, credentials: dict[str, str], queues: dict[str, Queue]
+) -> None:
+    """SAQ's retry takes any job off the active list and queues it: retried while a worker ran it, the
+    job ran twice at once (a second slot took it). Only a finished job is queued again."""
+    queue = queues["default"]
+    await enqueued(queue, "dashboard-running", {"outbox_id": 3})
+    running = await queue.dequeue(timeout=5)  # as a worker takes it, then marks it running
+    assert running is not None and running.key == "dashboard-running"
+    await running.update(status=Status.ACTIVE, attempts=1)
+    await enqueued(queue, "dashboard-queued", {"outbox_id": 4})
+
+    for key, status in (("dashboard-running", Status.ACTIVE), ("dashboard-queued", Status.QUEUED)):
+        refused = await api.post(
+            f"/saq/api/queues/default/jobs/{key}/retry", headers={**credentials, **SAME_ORIGIN}
+        )
+        assert_problem(refused, 409)
+        job = await queue.job(key)
+        assert job is not None and job.status == status, key
+    info = await queue.info(jobs=True)
+    assert info["active"] == 1 and info["queued"] == 1, info
+
+
+async def test_two_retries_of_one_job_at_once_queue_it_once(
+    api: Client, credentials: dict[str, str], queues: dict[str, Queue]
+) -> None:
+    queue = queues["default"]
+    failed = await enqueued(queue, "dashboard-twice", {"outbox_id": 5})
+    assert await queue.dequeue(timeout=5) is not None
+    await failed.finish(Status.FAILED, error="RuntimeError: boom")
+    url = "/saq/api/queues/default/jobs/dashboard-twice/retry"
+    answers = await asyncio.gather(*(api.post(url, headers={**credentials, **SAME_ORIGIN}) for _ in range(2)))
+    assert sorted(answer.status_code for answer in answers) == [202, 409], [a.text for a in answers]
+    info = await queue.info()
+    assert (info["queued"], info["active"]) == (1, 0), info
 
 
 @pytest.mark.parametrize("action", ["retry", "abort"])
