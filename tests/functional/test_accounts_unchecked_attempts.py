@@ -76,6 +76,41 @@ async def test_sign_ins_refused_while_every_check_is_busy_do_not_lock_the_owner_
     assert after.status_code == 200, after.text
 
 
+async def test_an_owner_refused_while_every_check_is_busy_after_waiting_their_turn_is_not_locked_out(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    password_hash: str,
+    held_check: tuple[threading.Event, threading.Event],
+) -> None:
+    """As above, on an account someone elsewhere has slowed: each of the owner's sign-ins (from a
+    network they never signed in from) takes a turn in its schedule, waits for it, then finds every
+    check busy (503). A refusal of the server's is taken back in full, turn or not: it was kept on the
+    owner's network as if their client had left, and the owner was then refused (429) there."""
+    started, release = held_check
+    owner = await create_user(db, password_hash)
+    guesser = LoginThrottle(settings, valkey)
+    for _ in range(settings.login_max_failures):
+        await guesser.attempt(owner.email, "198.51.100.7")
+    async with serve_in_loop(settings, **GENEROUS_AUTH, password_checks_max=1) as served:
+        client = served.client
+        held = asyncio.create_task(
+            client.post("/api/auth/login", json={"email": unique_email(), "password": HELD_PASSWORD})
+        )
+        try:
+            assert await asyncio.to_thread(started.wait, 60), "the held check began"
+            busy = [
+                await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
+                for _ in range(settings.login_max_failures)
+            ]
+        finally:
+            release.set()
+        assert (await held).status_code == 401
+        assert [answer.status_code for answer in busy] == [503] * settings.login_max_failures
+        after = await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
+    assert after.status_code == 200, after.text
+
+
 async def test_an_attempt_cancelled_while_it_waits_for_its_turn_stays_counted_for_its_network(
     settings: Settings, valkey: Valkey
 ) -> None:

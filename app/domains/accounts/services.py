@@ -6,6 +6,7 @@ must commit before they fail: a reused refresh token revokes its family *and the
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -325,15 +326,16 @@ class AccountService:
         hashing cost whether the email exists or not. Every attempt goes through the login throttle
         (``throttle.py``): refused (429) per address and per (account, address) pair, paced per
         account (refused when its schedule has no turn within ``LOGIN_MAX_DELAY_S``). An attempt that
-        ends before its password is checked (503, the database down, cancelled) is taken back."""
+        ends before its password is checked (503, the database down, cancelled) is taken back; one
+        whose client went after it took a turn stays counted for its network (``throttle.py``)."""
         email = email.strip().lower()
         attempt = await self.throttle.attempt(email, client_ip, purpose=purpose)
         try:
             async with self.db.transaction() as uow:
                 user = await queries.get_user_by_email(uow.conn, email=email)
             matched = await self.passwords.verify(user.password_hash if user else None, password)
-        except BaseException:
-            await self.throttle.abandoned(attempt)
+        except BaseException as exc:
+            await self.throttle.abandoned(attempt, client_gone=isinstance(exc, asyncio.CancelledError))
             raise
         if user is None or not matched or not user.is_active:
             log.info(

@@ -36,10 +36,12 @@ and the account's schedule (slots already handed out keep their wait), and marks
 An attempt that checked no password is taken back: its check refused because ``PASSWORD_CHECKS_MAX``
 were busy (503), the database unreachable, or the request cancelled before its answer. Otherwise an
 owner retrying through a busy spell with the right password was refused (429) for the rest of the
-window, as if they had guessed. One that took no slot is taken back from ``pair``, ``addr`` and
-``acct``; one that took a slot only from ``acct``: its slot stays spent, so its network keeps it
-counted. Else a client could fill the account's schedule for free, each attempt cancelled while it
-waits, and refuse the owner on every new network without one checked guess or one counted attempt.
+window, as if they had guessed. It is taken back from ``pair``, ``addr`` and ``acct``, except one
+that took a slot and whose client went (cancelled while it waited or was checked): that one only
+from ``acct``; its slot stays spent, so its network keeps it counted. Else a client could fill the
+account's schedule for free, each attempt cancelled while it waits, and refuse the owner on every
+new network without one checked guess or one counted attempt. A refusal of the server's (503, the
+database down) is taken back in full, slot or not: the owner retrying through it is not refused.
 With Valkey unreachable, attempts are neither counted nor slowed (``RATE_LIMIT_AUTH_FAIL_CLOSED``
 unset) or refused with 503.
 """
@@ -210,8 +212,8 @@ class LoginThrottle:
         if attempt.took_slot:
             try:
                 await asyncio.sleep(int(wait_ms) / 1000)
-            except BaseException:
-                await self.abandoned(attempt)
+            except BaseException as exc:
+                await self.abandoned(attempt, client_gone=isinstance(exc, asyncio.CancelledError))
                 raise
         return attempt
 
@@ -223,14 +225,14 @@ class LoginThrottle:
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
 
-    async def abandoned(self, attempt: Attempt) -> None:
-        """Take back an attempt that checked no password: from its network's counters only if it took no
-        slot (the module's docstring)."""
+    async def abandoned(self, attempt: Attempt, *, client_gone: bool) -> None:
+        """Take back an attempt that checked no password; from its network's counters too unless it
+        took a slot and its client went (``client_gone``: the module's docstring)."""
         if not attempt.counted:
             return
         pair, addr, acct, _, _ = attempt.keys
         try:
-            await self._abandoned(keys=[acct] if attempt.took_slot else [pair, addr, acct])
+            await self._abandoned(keys=[acct] if attempt.took_slot and client_gone else [pair, addr, acct])
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="abandoned")
 
