@@ -24,10 +24,8 @@ from pathlib import Path
 
 import psycopg
 
-from app.config import load_settings
-from app.core.migrate import migrate
-from app.core.runtime import release_services, resolve_services
 from app.db import projects as queries
+from benchmarks.harness.provision import migrated_embedded
 
 FILL = """
 insert into tasks (project_id, title, position, created_by, updated_by, assignee_id)
@@ -92,10 +90,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    settings = resolve_services(load_settings({"APP_ENV": "test", "DATA_DIR": str(options.data_dir)}))
-    try:
+    with migrated_embedded(options.data_dir) as settings:
         assert settings.database_url
-        migrate(settings.database_url)
         lines = [
             "| assigned tasks | deletion's statements, ms (best) | tasks still assigned in it |",
             "|---:|---:|---:|",
@@ -108,8 +104,6 @@ def main() -> None:
                 lines.append(f"| {tasks:,} | {best * 1000:.1f} | {assigned:,} |")
             conn.execute("truncate users, projects cascade")
         print("\n".join(lines))
-    finally:
-        release_services()
 
 
 if __name__ == "__main__":

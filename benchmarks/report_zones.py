@@ -30,14 +30,13 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from app.config import Settings, load_settings
-from app.core.migrate import migrate
-from app.core.runtime import release_services, resolve_services
+from app.config import Settings
 from app.core.services import open_services
 from app.db import pageviews as pageview_queries
 from app.db import reports as queries
 from app.domains.reports.services import ReportService
 from app.modules import MODULES
+from benchmarks.harness.provision import migrated_embedded
 
 DOMAIN = "zones.bench.example"
 DAYS = 31
@@ -164,16 +163,12 @@ def main() -> None:
     parser.add_argument("--views-per-day", type=int, default=9_600)
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    settings = resolve_services(load_settings({"APP_ENV": "test", "DATA_DIR": str(options.data_dir)}))
-    try:
+    with migrated_embedded(options.data_dir) as settings:
         assert settings.database_url
-        migrate(settings.database_url)
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         site = ensure_data(settings, options.views_per_day, now)
         timings = asyncio.run(measure(settings.database_url, site, now, options.rounds))
         print(table(timings, options.views_per_day))
-    finally:
-        release_services()
 
 
 if __name__ == "__main__":

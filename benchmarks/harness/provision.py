@@ -4,11 +4,17 @@ tasks) and read from its database (row counts for the consistency check)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psycopg
 
+from app.config import Settings, load_settings
+from app.core.migrate import migrate
+from app.core.runtime import release_services, resolve_services
 from benchmarks.harness.servers import BenchError
 
 BENCH_EMAIL = "bench@example.com"
@@ -19,6 +25,19 @@ BENCH_PASSWORD = "bench-password-not-secret"  # noqa: S105 - a throwaway account
 class Site:
     id: int
     key: str
+
+
+@contextmanager
+def migrated_embedded(data_dir: Path) -> Iterator[Settings]:
+    """Test settings on the embedded PostgreSQL and Valkey under ``data_dir`` (started unless already
+    running), the migrations applied; the embedded services are released after."""
+    settings = resolve_services(load_settings({"APP_ENV": "test", "DATA_DIR": str(data_dir)}))
+    try:
+        assert settings.database_url
+        migrate(settings.database_url)
+        yield settings
+    finally:
+        release_services()
 
 
 def _expect(response: httpx.Response, status: int, what: str) -> httpx.Response:
