@@ -17,6 +17,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.errors import TooManyRequestsError
+from app.db.models import User
 from app.domains.accounts.throttle import LoginThrottle, _key
 from tests.factories import (
     GENEROUS_AUTH,
@@ -48,17 +49,22 @@ def held_check(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, thread
     return started, release
 
 
-async def test_sign_ins_refused_while_every_check_is_busy_do_not_lock_the_owner_out(
+async def sign_ins_while_every_check_is_busy(
     settings: Settings,
-    db: AsyncConnection[Any],
-    password_hash: str,
     held_check: tuple[threading.Event, threading.Event],
-) -> None:
+    owner: User,
+    *,
+    tries: int,
+    known: bool,
+) -> tuple[list[int], int]:
+    """The statuses of ``tries`` sign-ins of ``owner``'s with the right password while the one check
+    slot is held by another account's, then the status of one more once it is free. ``known``: the
+    owner signs in first, so the test's network is one they signed in from."""
     started, release = held_check
-    owner = await create_user(db, password_hash)
     async with serve_in_loop(settings, **GENEROUS_AUTH, password_checks_max=1) as served:
         client = served.client
-        await login(client, owner.email)
+        if known:
+            await login(client, owner.email)
         held = asyncio.create_task(
             client.post("/api/auth/login", json={"email": unique_email(), "password": HELD_PASSWORD})
         )
@@ -66,14 +72,28 @@ async def test_sign_ins_refused_while_every_check_is_busy_do_not_lock_the_owner_
             assert await asyncio.to_thread(started.wait, 60), "the held check began"
             busy = [
                 await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
-                for _ in range(settings.login_max_failures + 1)
+                for _ in range(tries)
             ]
         finally:
             release.set()
         assert (await held).status_code == 401
-        assert [answer.status_code for answer in busy] == [503] * (settings.login_max_failures + 1)
         after = await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
-    assert after.status_code == 200, after.text
+    return [answer.status_code for answer in busy], after.status_code
+
+
+async def test_sign_ins_refused_while_every_check_is_busy_do_not_lock_the_owner_out(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    password_hash: str,
+    held_check: tuple[threading.Event, threading.Event],
+) -> None:
+    owner = await create_user(db, password_hash)
+    tries = settings.login_max_failures + 1
+    busy, after = await sign_ins_while_every_check_is_busy(
+        settings, held_check, owner, tries=tries, known=True
+    )
+    assert busy == [503] * tries
+    assert after == 200
 
 
 async def test_an_owner_refused_while_every_check_is_busy_after_waiting_their_turn_is_not_locked_out(
@@ -87,28 +107,16 @@ async def test_an_owner_refused_while_every_check_is_busy_after_waiting_their_tu
     network they never signed in from) takes a turn in its schedule, waits for it, then finds every
     check busy (503). A refusal of the server's is taken back in full, turn or not: it was kept on the
     owner's network as if their client had left, and the owner was then refused (429) there."""
-    started, release = held_check
     owner = await create_user(db, password_hash)
     guesser = LoginThrottle(settings, valkey)
     for _ in range(settings.login_max_failures):
         await guesser.attempt(owner.email, "198.51.100.7")
-    async with serve_in_loop(settings, **GENEROUS_AUTH, password_checks_max=1) as served:
-        client = served.client
-        held = asyncio.create_task(
-            client.post("/api/auth/login", json={"email": unique_email(), "password": HELD_PASSWORD})
-        )
-        try:
-            assert await asyncio.to_thread(started.wait, 60), "the held check began"
-            busy = [
-                await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
-                for _ in range(settings.login_max_failures)
-            ]
-        finally:
-            release.set()
-        assert (await held).status_code == 401
-        assert [answer.status_code for answer in busy] == [503] * settings.login_max_failures
-        after = await client.post("/api/auth/login", json={"email": owner.email, "password": PASSWORD})
-    assert after.status_code == 200, after.text
+    tries = settings.login_max_failures
+    busy, after = await sign_ins_while_every_check_is_busy(
+        settings, held_check, owner, tries=tries, known=False
+    )
+    assert busy == [503] * tries
+    assert after == 200
 
 
 async def test_an_attempt_cancelled_while_it_waits_for_its_turn_stays_counted_for_its_network(
