@@ -15,6 +15,8 @@ create table project_assignees (
     user_id bigint not null references users (id) on delete cascade,
     primary key (project_id, user_id)
 );
+-- users' cascade (an account deleted) finds its rows by it, as project_members_user_idx does there.
+create index project_assignees_user_idx on project_assignees (user_id);
 
 create function project_assignees_add() returns trigger
 language plpgsql as $$
