@@ -6,7 +6,6 @@ must commit before they fail: a reused refresh token revokes its family *and the
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import uuid
@@ -335,7 +334,7 @@ class AccountService:
                 user = await queries.get_user_by_email(uow.conn, email=email)
             matched = await self.passwords.verify(user.password_hash if user else None, password)
         except BaseException as exc:
-            await self.throttle.abandoned(attempt, client_gone=isinstance(exc, asyncio.CancelledError))
+            await self.throttle.abandoned(attempt, exc)
             raise
         if user is None or not matched or not user.is_active:
             log.info(

@@ -213,7 +213,7 @@ class LoginThrottle:
             try:
                 await asyncio.sleep(int(wait_ms) / 1000)
             except BaseException as exc:
-                await self.abandoned(attempt, client_gone=isinstance(exc, asyncio.CancelledError))
+                await self.abandoned(attempt, exc)
                 raise
         return attempt
 
@@ -225,12 +225,14 @@ class LoginThrottle:
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
 
-    async def abandoned(self, attempt: Attempt, *, client_gone: bool) -> None:
-        """Take back an attempt that checked no password; from its network's counters too unless it
-        took a slot and its client went (``client_gone``: the module's docstring)."""
+    async def abandoned(self, attempt: Attempt, ended_by: BaseException) -> None:
+        """Take back an attempt that ``ended_by`` ended before its password was checked; from its
+        network's counters too unless it took a slot and its client went (a cancellation: the module's
+        docstring)."""
         if not attempt.counted:
             return
         pair, addr, acct, _, _ = attempt.keys
+        client_gone = isinstance(ended_by, asyncio.CancelledError)
         try:
             await self._abandoned(keys=[acct] if attempt.took_slot and client_gone else [pair, addr, acct])
         except VALKEY_ERRORS as exc:
