@@ -457,12 +457,13 @@ class PageViewService:
         now = now or datetime.now(UTC)
         async with self.db.transaction() as uow:
             site_ids = await queries.deleted_sites_before(uow.conn, before=now - DELETED_SITE_GRACE)
+            days = await queries.page_view_partition_days(uow.conn) if site_ids else []
         deleted = 0
         purged: list[int] = []
         failures: list[Exception] = []
         for site_id in site_ids:
             try:
-                deleted += await self._purge_site(site_id, chunk_rows)
+                deleted += await self._purge_site(site_id, days, chunk_rows)
             except Exception as exc:
                 log.exception("deleted_site_purge_failed", site_id=site_id)
                 failures.append(exc)
@@ -477,11 +478,9 @@ class PageViewService:
             raise failures[0]
         return deleted
 
-    async def _purge_site(self, site_id: int, chunk_rows: int) -> int:
-        """One deleted site's page views, partition (day) by partition, then its claimed event ids;
-        returns the page views deleted."""
-        async with self.db.transaction() as uow:
-            days = await queries.page_view_partition_days(uow.conn)
+    async def _purge_site(self, site_id: int, days: list[date], chunk_rows: int) -> int:
+        """One deleted site's page views, day by day of ``days`` (those ``page_views`` has a partition
+        for), then its claimed event ids; returns the page views deleted."""
         deleted = 0
         for day_of in days:
             day = datetime.combine(day_of, datetime.min.time(), UTC)
