@@ -408,9 +408,13 @@ def _queue(queues: Queues, queue_id: str) -> Queue:
 
 
 async def _job(queues: Queues, queue_id: str, job_id: str) -> Job:
-    job = await _queue(queues, queue_id).job(job_id)
+    return await _job_in(_queue(queues, queue_id), job_id)
+
+
+async def _job_in(queue: Queue, job_id: str) -> Job:
+    job = await queue.job(job_id)
     if job is None:
-        raise NotFoundError(f"No job {job_id!r} in the {queue_id} queue.", headers=_NO_STORE)
+        raise NotFoundError(f"No job {job_id!r} in the {queue.name} queue.", headers=_NO_STORE)
     return job
 
 
@@ -431,9 +435,7 @@ async def retry_finished_job(queue: Queue, job_id: str) -> None:
     if not await queue.redis.set(claim, 1, nx=True, px=RETRY_CLAIM_MS):
         raise ConflictError("The job is being retried already.", headers=_NO_STORE)
     try:
-        job = await queue.job(job_id)
-        if job is None:
-            raise NotFoundError(f"No job {job_id!r} in the {queue.name} queue.", headers=_NO_STORE)
+        job = await _job_in(queue, job_id)
         if job.status not in RETRYABLE:
             raise ConflictError(
                 f"The job is {job.status.value}: only a finished job is retried (abort a running one first).",
