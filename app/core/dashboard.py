@@ -17,7 +17,8 @@ sent. litestar-saq's web UI stays off (``web_enabled=False``); this router serve
   serves SAQ's). ``app.js`` is
   SAQ's with our fixes (``APP_JS_FIXES``: a job's queue link left ``/saq``; a refused request, read
   as data, threw and left the page stale: a 401 now opens ``<root>/login``, any other refusal is
-  shown; at a phone's width each table scrolls on its own and "Sign out" is in SAQ's bar); the two
+  shown; Retry is offered for a finished job only; at a phone's width each table scrolls on its own
+  and "Sign out" is in SAQ's bar); the two
   SAQ stores gzipped (``*.gz``) are sent gzipped only to a client that accepts gzip,
   plain to any other.
 
@@ -74,6 +75,12 @@ _SCRUBBED_AT_MOST = 16 * ERROR_MAX_CHARS
 NO_STORE = CacheControlHeader(no_store=True)
 _NO_STORE = {"Cache-Control": "no-store"}
 
+RETRYABLE = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
+"""A job the dashboard may queue again: finished. SAQ's ``Job.retry`` takes any job off the active
+list and queues it: a running one then ran twice at once (a second worker slot took it while the
+first still ran it, and each overwrote the other's outcome)."""
+_RETRYABLE_JS = msgspec.json.encode(sorted(status.value for status in RETRYABLE)).decode()
+
 APP_JS_FIXES: tuple[tuple[str, str], ...] = (
     # A job's page linked its queue at "/queues/<name>", outside the dashboard (saq 0.26.4, app.js ~217).
     (
@@ -123,6 +130,20 @@ const get = async function(path) {
     const failed = answer.error && path.split("/").pop() + " failed: " + answer.error
     notice = failed ? { path: window.location.pathname, text: failed } : null
     return answer""",
+    ),
+    # A job's page offered Retry whatever the job's state (app.js ~188), and the server refuses (409)
+    # any job that has not finished (``RETRYABLE``): the button is shown for a finished job only.
+    (
+        """  const buttons = [button(
+    "Retry",
+    event => post(root_path + "/queues/" + queue_name + "/jobs/" + job_key + "/retry"),
+    { style: { marginRight: "1rem" } },
+  )]""",
+        f"""  const buttons = {_RETRYABLE_JS}.includes(job.status) ? [button(
+    "Retry",
+    event => post(root_path + "/queues/" + queue_name + "/jobs/" + job_key + "/retry"),
+    {{ style: {{ marginRight: "1rem" }} }},
+  )] : []""",
     ),
     # At a phone's width (390 px) the page was 489 px wide, 877 px on a queue's: only the job's page
     # put its table in a <figure> (Pico's element that scrolls on its own), a job's key was a link
@@ -418,10 +439,6 @@ async def _job_in(queue: Queue, job_id: str) -> Job:
     return job
 
 
-RETRYABLE = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
-"""A job the dashboard may queue again: finished. SAQ's ``Job.retry`` takes any job off the active
-list and queues it: a running one then ran twice at once (a second worker slot took it while the
-first still ran it, and each overwrote the other's outcome)."""
 RETRY_CLAIM_MS = 10_000
 
 

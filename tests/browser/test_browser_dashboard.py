@@ -19,6 +19,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 from psycopg import AsyncConnection
 from saq import Job as SaqJob
+from saq import Status as SaqStatus
 from valkey.asyncio import Valkey
 
 from app.db.models import User, UserRole
@@ -246,12 +247,48 @@ async def test_a_refused_poll_is_shown_not_thrown(
     watch.assert_clean()
 
 
+async def finish_job(valkey_url: str, key: str, status: SaqStatus, queue: str = "default") -> None:
+    """End a queued job as a worker would have (no worker runs beside the served app)."""
+    async with saq_queues(valkey_url) as queues:
+        job = await queues[queue].job(key)
+        assert job is not None
+        await queues[queue].finish(job, status, error="RuntimeError: failed in the test")
+
+
+async def test_retry_is_offered_for_a_finished_job_only(
+    served: ServerProcess, watched_page: WatchedPage, admin: User, valkey_url: str
+) -> None:
+    """Retry was on every job's page, and the server refuses (409) a job that has not finished: a
+    queued job offers Abort only; once it has failed, Retry only, and the retry queues it again."""
+    await enqueue_job(valkey_url, "browser-retry-offered", {"outbox_id": 4})
+    watch = await signed_in_page(watched_page, served.base, admin)
+    page = watch.page
+    await hold_the_clock(page)
+    await page.goto(f"{served.base}/saq/queues/default/jobs/browser-retry-offered")
+    await expect(page.locator("figure tbody tr td").nth(5)).to_have_text("queued", timeout=RENDER_TIMEOUT_MS)
+    await expect(page.get_by_role("button", name="Abort")).to_be_visible()
+    await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
+
+    await finish_job(valkey_url, "browser-retry-offered", SaqStatus.FAILED)
+    await page.reload()
+    await expect(page.locator("figure tbody tr td").nth(5)).to_have_text("failed", timeout=RENDER_TIMEOUT_MS)
+    await expect(page.get_by_role("button", name="Abort")).to_have_count(0)
+    async with page.expect_response(lambda r: r.url.endswith("/retry")) as answered:
+        await page.get_by_role("button", name="Retry").click()
+    assert (await answered.value).status == 202
+    async with saq_queues(valkey_url) as queues:
+        job = await queues["default"].job("browser-retry-offered")
+        assert job is not None and job.status == SaqStatus.QUEUED
+    watch.assert_clean()
+
+
 async def test_a_failed_retry_is_shown(
     served: ServerProcess, watched_page: WatchedPage, admin: User, valkey_url: str
 ) -> None:
     """Retry and Abort failed silently; now their refusal is on the page. (The job is deleted under
     the page, whose clock is held: no poll notices first.)"""
     await enqueue_job(valkey_url, "browser-retry-gone", {"outbox_id": 3})
+    await finish_job(valkey_url, "browser-retry-gone", SaqStatus.FAILED)
     watch = await signed_in_page(watched_page, served.base, admin)
     page = watch.page
     await hold_the_clock(page)
