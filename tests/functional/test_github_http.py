@@ -445,6 +445,27 @@ async def test_tracking_is_per_user_idempotent_and_bounded(
     ).status_code == 201
 
 
+async def test_a_tracking_past_the_limit_is_refused_before_its_lookup_costs_the_share(
+    api: Client, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    """A full list refused a new login (409) only after looking it up: each refusal fetched the
+    profile, its repositories and their languages, on the account's share of the quota."""
+    alice = (await make_user(db, api.app)).headers
+    for index in range(MAX_TRACKED):
+        fake.add_user(f"full-{index}")
+        tracked = await api.post("/api/github/tracked", json={"username": f"full-{index}"}, headers=alice)
+        assert tracked.status_code == 201, tracked.text
+    fake.add_user("one-too-many", [FakeRepo("r", language="C", languages={"C": 1})])
+    charged = fake.charged()
+
+    over = await api.post("/api/github/tracked", json={"username": "one-too-many"}, headers=alice)
+    again = await api.post("/api/github/tracked", json={"username": "full-0"}, headers=alice)
+
+    assert over.status_code == 409 and over.json()["type"] == "/problems/github-tracking-limit"
+    assert fake.recorded("one-too-many") == [] and fake.charged() == charged
+    assert again.status_code == 200, "a login already tracked is still answered with a full list"
+
+
 async def test_a_login_asked_in_another_case_is_one_profile_and_one_tracked_row(
     api: Client, fake: FakeGitHub, db: AsyncConnection[Any]
 ) -> None:

@@ -1056,12 +1056,27 @@ class GithubService:
         stored = await self._load(login) is not None
         for _ in range(2):
             if not stored:
+                await self._check_tracking_room(user_id, login)
                 await self._cold_lookup(user_id, login)
             try:
                 return await self._track_stored(user_id, login, last_try=not stored)
             except _ProfileGoneError:
                 stored = False
         raise AssertionError("unreachable: the second try tracks even without a profile")
+
+    async def _check_tracking_room(self, user_id: int, login: str) -> None:
+        """Refuses (409) a new login past the account's tracking limit before its lookup costs the
+        account's share of the quota; ``_track_stored`` checks again under its lock (a race)."""
+        async with self.db.read() as uow:
+            if await queries.get_github_tracked(uow.conn, user_id=user_id, login=login) is not None:
+                return
+            count = await queries.count_github_tracked(uow.conn, user_id=user_id) or 0
+        self._refuse_past_tracking_limit(count)
+
+    def _refuse_past_tracking_limit(self, count: int) -> None:
+        limit = self.settings.github_max_tracked_per_user
+        if count >= limit:
+            raise TrackingLimitError(f"A user tracks at most {limit} GitHub users; untrack one first.")
 
     async def _track_stored(self, user_id: int, login: str, *, last_try: bool) -> tuple[TrackedOut, bool]:
         async with self.db.transaction() as uow:
@@ -1074,9 +1089,7 @@ class GithubService:
             if existing is not None:
                 return _tracked_out(existing), False
             count = await queries.count_github_tracked(uow.conn, user_id=user_id) or 0
-            limit = self.settings.github_max_tracked_per_user
-            if count >= limit:
-                raise TrackingLimitError(f"A user tracks at most {limit} GitHub users; untrack one first.")
+            self._refuse_past_tracking_limit(count)
             row = await queries.track_github_login(uow.conn, user_id=user_id, login=login)
         assert row is not None
         return _tracked_out(row), True
