@@ -8,6 +8,7 @@ was served by the entry that was kept, and the namespace's hit counter says so t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -17,8 +18,9 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.errors import NotFoundError
 from app.core.services import Services
-from app.domains.products.services import ProductService
+from app.domains.products.services import CATALOGUE_PAGE, ProductFilters, ProductService
 from tests.factories import COMMERCE, make_product
 
 
@@ -58,3 +60,37 @@ async def test_stock_taken_or_given_back_keeps_other_products_cached(
         await products.release_stock(uow, b, 2)
     assert (await products.get(a, include_inactive=False)).name == "A"
     assert (await products.get(b, include_inactive=False)).stock == 5
+
+
+async def test_what_readers_ask_stores_nothing_beyond_the_catalogue(
+    products: ProductService, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Every variation of a public query was an entry of its own (a page of descriptions each), and
+    every unknown id a cached "none": what the cache holds grew with what readers asked, in a Valkey
+    that does not evict. Only existing products and the opening page are stored now."""
+    a = await make_product(db, name="A mug", stock=5)
+    await make_product(db, name="B mug", stock=0)
+
+    for price in range(1, 21):
+        filters = ProductFilters(min_price=Decimal(price))
+        await products.catalogue(filters, after_id=0, limit=CATALOGUE_PAGE, include_inactive=False)
+        await products.catalogue(ProductFilters(), after_id=0, limit=price, include_inactive=False)
+        await products.catalogue(
+            ProductFilters(), after_id=price, limit=CATALOGUE_PAGE, include_inactive=False
+        )
+        with pytest.raises(NotFoundError):
+            await products.get(a + 1000 + price, include_inactive=False)
+    first = await products.catalogue(
+        ProductFilters(), after_id=0, limit=CATALOGUE_PAGE, include_inactive=False
+    )
+    mugs = ProductFilters(search="mug", in_stock_only=True)
+    found = await products.catalogue(mugs, after_id=0, limit=CATALOGUE_PAGE, include_inactive=False)
+    await products.get(a, include_inactive=False)
+
+    assert [p.name for p in first.items] == ["A mug", "B mug"] and [p.name for p in found.items] == ["A mug"]
+    stored = sorted(
+        key.decode().rsplit(":", 1)[-1]
+        for key in await valkey.keys("*products*")
+        if not key.endswith((b":gen", b":lock"))
+    )
+    assert stored == sorted(["first", str(a)]), stored

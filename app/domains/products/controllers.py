@@ -34,7 +34,7 @@ from app.domains.products.schemas import (
     StockAdjustmentIn,
     StockOut,
 )
-from app.domains.products.services import ProductFilters, ProductService
+from app.domains.products.services import CATALOGUE_PAGE, ProductFilters, ProductService
 
 Products = NamedDependency[ProductService]
 
@@ -95,7 +95,7 @@ class ProductsController(Controller):
         in_stock: Annotated[bool, QueryParameter(description="Only products with stock")] = False,
         include_inactive: Annotated[bool, QueryParameter(description="Admins only")] = False,
         cursor: CursorParam = None,
-        limit: PageSize = 50,
+        limit: PageSize = CATALOGUE_PAGE,
     ) -> ProductPage:
         after_id = decode_cursor(cursor, ProductCursor).after_id if cursor else 0
         filters = ProductFilters(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 from functools import partial
-from typing import cast
 
 import msgspec
 
@@ -32,6 +31,11 @@ class ProductFilters(msgspec.Struct, frozen=True):
     min_price: Decimal | None = None
     max_price: Decimal | None = None
     in_stock_only: bool = False
+
+
+CATALOGUE_PAGE = 50
+"""The catalogue's page length unless a reader asks for another: its first page at this length,
+unfiltered, is the one page the cache holds."""
 
 
 def _product_key(product_id: int) -> str:
@@ -67,6 +71,13 @@ class ProductService:
     the old stock until their TTL, as promised above. Moving the generation there dropped every
     product and page on each reservation of any product, and the catalogue's cache barely hit. A
     cached read needs no database connection at all.
+
+    What the cache holds is bounded by the catalogue, not by what readers ask: a product that exists
+    (an unknown id is not stored) and the catalogue's opening page (``CATALOGUE_PAGE``, unfiltered).
+    A filtered page, a later one or another length is read from PostgreSQL: keyed by its query, every
+    reader's variation was an entry of up to a page of descriptions (~1 MB at 100 products), and the
+    route is public, so one address at its rate limit kept hundreds of MB in a Valkey that does not
+    evict (the queues' and the rate limits' store).
 
     A product's ``version`` (its ``ETag``) moves with its name, description, price or ``active``
     only (a trigger, ``products_next_version``), never with its stock: a change with ``If-Match``
@@ -180,22 +191,18 @@ class ProductService:
             return stock
 
     async def get(self, product_id: int, *, include_inactive: bool) -> ProductOut:
-        async def load() -> ProductOut | None:
+        async def load() -> ProductOut:
             async with self.db.transaction() as uow:
                 product = await queries.get_product(uow.conn, id=product_id)
-            return ProductOut.from_row(product, self.currency) if product else None
+            if product is None:
+                raise NotFoundError("No such product.")  # raised through the cache: nothing stored
+            return ProductOut.from_row(product, self.currency)
 
-        product = (
-            await load()
-            if include_inactive
-            else await self.cache.get_or_load(
-                _product_key(product_id),
-                load,
-                ttl_s=self.ttl_s,
-                type=cast("type[ProductOut | None]", ProductOut | None),  # a union is a valid msgspec type
-            )
-        )
-        if product is None or not (product.active or include_inactive):
+        if include_inactive:
+            return await load()
+        key = _product_key(product_id)
+        product = await self.cache.get_or_load(key, load, ttl_s=self.ttl_s, type=ProductOut)
+        if not product.active:
             raise NotFoundError("No such product.")
         return product
 
@@ -220,10 +227,9 @@ class ProductService:
                 items=items, next_cursor=encode_cursor(ProductCursor(items[-1].id)) if more else None
             )
 
-        if include_inactive:
+        if include_inactive or after_id or limit != CATALOGUE_PAGE or filters != ProductFilters():
             return await load()
-        key = msgspec.json.encode([filters, after_id, limit]).decode()
-        return await self.cache.get_or_load(f"list:{key}", load, ttl_s=self.ttl_s, type=ProductPage)
+        return await self.cache.get_or_load("list:first", load, ttl_s=self.ttl_s, type=ProductPage)
 
     # -- for orders, inside their transaction ----------------------------------------------------
 
