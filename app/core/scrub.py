@@ -22,13 +22,17 @@ _KEYS = (
     r"password(?:[_-]?(?:hash|digest))?|passwd|passphrase|pass|pwd|pgpassword|secret|secret[_-]?key|token|api[_-]?key"
     r"|secret[_-]?access[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret|authorization|cookie"
     r"|session(?:[_-]?id)?|jwt"
-    r"|private[_-]?key"
+    r"|private[_-]?key|credentials?|auth|signature|csrf(?:[_-]?token)?|bearer|dsn"
 )
-_KEY_START = r"(?<![A-Za-z0-9])"
+"""The names a secret is written after: those of ``app.domains.monitoring.scrub.SENSITIVE_KEY`` (a
+captured context's keys) and more; a test holds the two vocabularies together."""
+_KEY_START = r"(?:(?<![A-Za-z0-9])|(?-i:(?<=[a-z0-9])(?=[A-Z])))"
 """Where a key's name may start: not inside a word (``bypass``, ``compass``), but after ``_`` or ``-``,
 so an environment variable's or a header's prefix (``DB_PASSWORD``, ``MYSQL_PWD``, ``X-Api-Key``) does
-not hide it (``\b`` did: ``_`` is a word character). A key ends at ``\b`` then ``=`` or ``:``, so a
-longer name (``passed=``, ``pass_fds=``, ``session_timeout=``) is no key."""
+not hide it (``\b`` did: ``_`` is a word character), and at a capital inside a camelCase name
+(``dbPassword``, ``authToken``), compared with its case even in the patterns that ignore it. A key
+ends at ``\b`` then ``=`` or ``:``, so a longer name (``passed=``, ``pass_fds=``, ``session_timeout=``,
+``authToken`` read as ``auth``) is no key."""
 _MASKED = re.escape(MASK)
 """A value masked already (by the Authorization pattern) is masked whole again, not up to its ``]``."""
 _PATTERNS: tuple[tuple[str, str], ...] = (
@@ -66,7 +70,8 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
 _SUBSTITUTIONS = tuple((re.compile(pattern, re.DOTALL), replacement) for pattern, replacement in _PATTERNS)
 _TRIGGERS = (
     *("private", "@", "bearer", "basic", "token", "pass", "pwd", "secret", "apikey", "api_key", "api-key"),
-    *("authorization", "cookie", "session", "jwt", "eyj", "/bot", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    *("auth", "cookie", "session", "jwt", "eyj", "/bot", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    *("credential", "signature", "csrf", "dsn"),
     *("github_pat_", "xox", "akia", "asia", "_live_", "_test_"),
 )
 """A substring of every match of the patterns (lower case): text holding none of them is left as it is.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import structlog
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core.scrub import _SUBSTITUTIONS, MASK, scrub_text
-from app.domains.monitoring.scrub import scrub_mapping
+from app.domains.monitoring.scrub import SENSITIVE_KEY, scrub_mapping
 from app.domains.monitoring.scrub import scrub_text as scrub_captured
 from tests.factories import captured_logs
 
@@ -33,6 +34,11 @@ SECRETS = {
         "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
     ),
     "a password digest": ("PASSWORD-DIGEST: 5f4dcc3b5aa765d61d8327de", "5f4dcc3b5aa765d61d8327de"),
+    "a camelCase password in a dict": ("login failed: {'dbPassword': 'hunter2-SECRET'}", "hunter2-SECRET"),
+    "a camelCase token": ("refresh failed authToken=tok-SECRET", "tok-SECRET"),
+    "credentials": ("credentials=cred-SECRET rejected", "cred-SECRET"),
+    "a signature in a query": ("GET /f?X-Amz-Signature=deadbeef01&x=1 403", "deadbeef01"),
+    "a DSN": ("dsn=https://abc@o1.ingest.example.io/1 unreachable", "abc@o1"),
 }
 
 
@@ -62,8 +68,32 @@ def test_ordinary_text_is_left_as_it_is() -> None:
         "basic plan chosen",
         "order 42 reserved until 2026-12-02T05:00:00+00:00",
         "login=octocat kind=not-found retry_after=None",
+        "bypass=1 compass=2 isTokenValid=true passed=3 author=me oauth=x",
     ):
         assert scrub_text(text) == text
+
+
+def _shortest_words(pattern: str) -> list[str]:
+    """The shortest name each top-level alternative of ``pattern`` matches: its optional parts
+    (``(...)?``, ``[-_]?``) left out."""
+    alternatives, depth, start = [], 0, 0
+    for index, char in enumerate(pattern + "|"):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "|" and depth == 0:
+            alternatives.append(pattern[start:index])
+            start = index + 1
+    return [re.sub(r"\([^()]*\)\?|\[[^]]*\]\?", "", alternative) for alternative in alternatives]
+
+
+@pytest.mark.parametrize("name", _shortest_words(SENSITIVE_KEY.pattern))
+def test_a_name_whose_context_value_is_dropped_masks_its_value_in_text(name: str) -> None:
+    """A captured context's sensitive keys (``SENSITIVE_KEY``) and the names the text patterns
+    know were two lists, and the text's lacked ``credentials``, ``auth``, ``signature`` and ``dsn``:
+    an error message holding ``credentials=...`` was stored and alerted as it was."""
+    assert SENSITIVE_KEY.search(name)
+    camel = name[0].upper() + name[1:]
+    for text in (f"{name}=s3cr3tV4lue", f"DB_{name.upper()}: s3cr3tV4lue", f"{{'my{camel}': 's3cr3tV4lue'}}"):
+        assert "s3cr3tV4lue" not in scrub_text(text), text
 
 
 FRAGMENTS = [text for text, _ in SECRETS.values()] + [
@@ -72,6 +102,8 @@ FRAGMENTS = [text for text, _ in SECRETS.values()] + [
     "://u:p@h",
     "api_key: 'k'",
     "Cookie=",
+    "dbPassword=",
+    "aAuth:",
     "1234567:",
     "GHP_",
     " ",
