@@ -488,6 +488,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         _refuse_unsafe_production(settings)
     if not is_loopback_host(settings.host):
         _refuse_public_defaults(settings, explicit_key)
+    _refuse_weak_webhook_secret(settings.payment_webhook_secret)
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
     if (bound := sink_commit_bound_s(settings)) + INGEST_MARGIN_S >= ROLLUP_GRACE_S:
@@ -529,6 +530,24 @@ def sink_commit_bound_s(settings: Settings) -> float:
     ``DATABASE_TIMEOUT_S`` the check accepts. One deadline for all of a batch's writes, counted from
     its rows' stamp, would make it exact."""
     return SINK_MAX_QUEUE_S + 2 * settings.database_timeout_s
+
+
+def _refuse_weak_webhook_secret(secret: str) -> None:
+    """The payment webhook's secret is all that proves a payment real: once set (the webhook is then
+    on, in every environment), a guessable one would let anyone sign ``payment.succeeded``."""
+    if not secret:
+        return
+    if secret != secret.strip():
+        raise SettingsError(
+            "PAYMENT_WEBHOOK_SECRET has leading or trailing whitespace: no provider's secret has any, "
+            "and every signature would be refused (a newline from the file it was read from?)"
+        )
+    if is_weak_secret_key(secret):
+        raise SettingsError(
+            f"PAYMENT_WEBHOOK_SECRET is weak (shorter than {MIN_SECRET_KEY_LENGTH} characters, or one "
+            "repeated character): set it to the signing secret the payment provider issued, or unset it "
+            "to turn the webhook off"
+        )
 
 
 def _refuse_public_defaults(settings: Settings, explicit_key: bool) -> None:

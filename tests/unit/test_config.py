@@ -526,3 +526,19 @@ def test_snapshots_must_outlive_the_history_users_can_ask_for() -> None:
         load_settings({**environ, "GITHUB_SNAPSHOT_RETENTION_DAYS": "367"}).github_snapshot_retention_days
         == 367
     )
+
+
+@pytest.mark.parametrize("secret", ["x", " ", "k" * 40, "short-but-not-empty", "whsec_" + "a1" * 16 + "\n"])
+def test_a_weak_payment_webhook_secret_is_refused_in_every_environment(secret: str) -> None:
+    """A one-character secret (or a space) turned the webhook on: anyone could sign a payment."""
+    for env in ("development", "production"):
+        production = {"SECRET_KEY": "s" * 20 + "0123456789abcdefghijklmnopqrstuvwxyz-_" * 2, "APP_ENV": env}
+        urls = {"DATABASE_URL": "postgresql://db/app", "VALKEY_URL": "redis://valkey:6379/0"}
+        with pytest.raises(SettingsError, match="PAYMENT_WEBHOOK_SECRET") as refused:
+            load_settings({**production, **urls, "PAYMENT_WEBHOOK_SECRET": secret})
+        assert secret.strip() not in str(refused.value) or not secret.strip()
+
+
+def test_a_providers_webhook_secret_is_accepted() -> None:
+    secret = "whsec_" + "Zx9" * 11
+    assert load_settings({"PAYMENT_WEBHOOK_SECRET": secret}).payment_webhook_secret == secret
