@@ -29,6 +29,7 @@ from app.config import Settings
 from app.core.queues import build_saq_config
 from app.core.services import Services, open_services
 from app.db.models import UserRole
+from app.domains.github.client import token_fingerprint
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from app.domains.github.services import GithubService
@@ -91,6 +92,50 @@ async def test_one_accounts_cold_lookups_leave_the_shared_quota_to_the_others(
     assert theirs.status_code == 200, theirs.text
 
 
+def many_repos(count: int = 25) -> list[FakeRepo]:
+    return [FakeRepo(name=f"r{j:02d}", size=100 + j, languages={"Go": 10}) for j in range(count)]
+
+
+async def test_lookups_under_way_at_once_stay_within_the_accounts_share(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The share was checked before a lookup and charged after it: an account's two lookups under
+    way at once were each admitted below the share and each cost a whole chain (22 requests of a
+    user with 25 repositories, against a share of 12), and the other accounts then met GitHub's
+    limit. Now a chain reserves what is left of the share when it starts, and measures languages
+    only within it."""
+    for login in ("big0", "big1", "victim"):
+        fake.add_user(login, many_repos())
+    async with serve_in_loop(github_settings, github_interactive_wait_s=30.0) as served:
+        greedy = await make_user(db, served.app, name="Greedy")
+        other = await make_user(db, served.app, name="Other")
+        client = served.client
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)  # both lookups start before either fetches
+        try:
+            both = [
+                asyncio.create_task(client.get(f"/api/github/users/big{i}", headers=greedy.headers))
+                for i in range(2)
+            ]
+
+            async def both_started() -> bool:
+                return await under_way(valkey, "big0", "big1") or any(task.done() for task in both)
+
+            await wait_until(both_started, 20, "both lookups have started (or one was refused)")
+        finally:
+            await valkey.delete(TURN_LOCK)
+        answers = [await task for task in both]
+        greedy_charged = fake.charged()
+        theirs = await client.get("/api/github/users/victim", headers=other.headers)
+
+    assert sorted(answer.status_code for answer in answers) == [200, 429], [a.text for a in answers]
+    assert_problem(next(a for a in answers if a.status_code == 429), 429, "github-lookup-budget")
+    measured = next(a for a in answers if a.status_code == 200).json()
+    assert greedy_charged == 12, "the user, one page of repositories and ten repositories' languages"
+    assert measured["source"] == "live"
+    assert theirs.status_code == 200, theirs.text
+    assert fake.charged() == 24 and {r.status for r in fake.recorded()} == {200}, "GitHub refused nothing"
+
+
 async def test_the_share_is_a_fraction_of_the_limit_github_reports(
     github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
 ) -> None:
@@ -121,11 +166,14 @@ async def test_an_account_has_at_most_two_cold_lookups_under_way(
 ) -> None:
     for login in ("held0", "held1", "third", "wanted"):
         fake.add_user(login)
-    async with serve_in_loop(github_settings, github_interactive_wait_s=30.0) as served:
+    # With a token (a share of 1,000 before GitHub answers): each lookup's start reserves a chain's
+    # most (33), far from the share, so only the lookups under way limit the account.
+    turn_lock = f"github:gov:{token_fingerprint(TOKEN)}:lock"
+    async with serve_in_loop(github_settings, github_interactive_wait_s=30.0, github_token=TOKEN) as served:
         greedy = await make_user(db, served.app, name="Greedy")
         other = await make_user(db, served.app, name="Other")
         client = served.client
-        await valkey.set(TURN_LOCK, "the-test", px=60_000)  # GitHub's turn is taken: lookups wait
+        await valkey.set(turn_lock, "the-test", px=60_000)  # GitHub's turn is taken: lookups wait
         try:
             held = [
                 asyncio.create_task(client.get(f"/api/github/users/held{i}", headers=greedy.headers))
@@ -139,7 +187,7 @@ async def test_an_account_has_at_most_two_cold_lookups_under_way(
                 lambda: under_way(valkey, "wanted"), 20, "the other account's lookup is under way"
             )
         finally:
-            await valkey.delete(TURN_LOCK)
+            await valkey.delete(turn_lock)
         refused = assert_problem(third, 429, "github-lookups-in-flight")
         assert "2 lookups" in refused["detail"] and int(third.headers["retry-after"]) >= 1
         assert [(await task).status_code for task in held] == [200, 200]

@@ -34,6 +34,7 @@ def github_settings(settings: Settings, fake_server: FakeGitHubServer) -> Settin
         github_timeout_s=2.0,
         github_interactive_wait_s=5.0,
         github_max_tracked_per_user=MAX_TRACKED,
+        github_user_quota_fraction=0.5,  # 30 of an anonymous hour's 60: whole chains of the large users below
         rate_limit_default_per_minute=100_000,
         rate_limit_default_per_hour=1_000_000,
     )
@@ -387,8 +388,9 @@ async def test_a_refresh_of_an_unchanged_profile_revalidates_it_with_304s(
     github_settings: Settings,
 ) -> None:
     """No body is sent again. Without a token (this app's) GitHub still charges each 304; with one
-    they are free (``test_github_review_fixes``). A refresh of this profile costs more than an
-    account's share without a token (12 of 60): the account's next refresh is refused."""
+    they are free (``test_github_review_fixes``). A second refresh of this profile by one account
+    costs what is left of its share without a token (7 of 30 here: fewer languages measured, the
+    others kept from the last fetch), and its next refresh is refused."""
     fake.add_user("unchanged", octo_repos()[:150])
     assert (await api.get("/api/github/users/unchanged", headers=headers)).status_code == 200
     spent = fake.charged()
@@ -399,14 +401,20 @@ async def test_a_refresh_of_an_unchanged_profile_revalidates_it_with_304s(
     refresh = (await api.post("/api/github/users/unchanged/refresh", headers=asker)).json()
     assert await work_refresh(github_settings, refresh["id"]) == "succeeded"
     await older_than_a_refresh_fetches(db)
-    again = await api.post("/api/github/users/unchanged/refresh", headers=asker)
-
     assert fake.charged() == 2 * spent, "anonymous: a 304 costs a request"
     revalidations = fake.recorded()[spent:]
     assert len(revalidations) == spent and {r.status for r in revalidations} == {304}
-    assert again.status_code == 429 and again.json()["type"] == "/problems/github-lookup-budget"
+
+    again = (await api.post("/api/github/users/unchanged/refresh", headers=asker)).json()
+    assert await work_refresh(github_settings, again["id"]) == "succeeded"
+    await older_than_a_refresh_fetches(db)
+    refused = await api.post("/api/github/users/unchanged/refresh", headers=asker)
+
+    assert fake.charged() == 2 * spent + 7, "the profile, two pages and four languages: the share's rest"
+    assert refused.status_code == 429 and refused.json()["type"] == "/problems/github-lookup-budget"
     profile = (await api.get("/api/github/users/unchanged", headers=headers)).json()
     assert profile["source"] == "cache" and profile["repositories"]["scanned"] == 150
+    assert profile["languages"]["coverage"]["repos_measured"] == 20, "the rest kept from the last fetch"
 
 
 async def test_tracking_is_per_user_idempotent_and_bounded(
