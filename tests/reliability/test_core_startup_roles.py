@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NEEDED = migration_versions()[-1]
 ADMIN_PASSWORD = "a-strong-administrator-passphrase-42"
 REFUSAL = (
-    "database schema lacks migration {} of this release: run `python -m app.cli migrate` (as the owner role)"
+    "database schema lacks migration {} of this release: run `uv run just migrate` "
+    "(`python -m app.cli migrate` in an installed release) as the owner role"
 )
 
 
