@@ -327,6 +327,8 @@ def _work_out_value_shape(kind: Any) -> ValueShape:
         info: Any = msgspec.inspect.type_info(_without_none(kind))
     except (TypeError, ValueError):  # a type msgspec converts through a hook: no constraint to read
         info = None
+    if isinstance(info, msgspec.inspect.Metadata):  # a Meta with examples or a description wraps it
+        info = info.type
     sized = SIZED.get(type(info))
     pattern = getattr(info, "pattern", None)
     return ValueShape(

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.core.types import NonBlank
 from app.core.validation import struct_field_errors
 
 
@@ -207,3 +208,17 @@ def test_an_optional_nested_struct_also_gets_dotted_paths() -> None:
     errors = struct_field_errors(Shipment, {"billing": {"city": 1}})
 
     assert sorted(fields_of(errors)) == ["billing.city", "billing.postcode"]
+
+
+class Described(msgspec.Struct):
+    name: Annotated[str, NonBlank, msgspec.Meta(max_length=20, examples=["Website relaunch"])]
+    tags: Annotated[list[int], msgspec.Meta(max_length=2, description="At most two")] = []
+
+
+def test_a_constraint_beside_examples_or_a_description_is_still_worded_and_bounded() -> None:
+    """A field whose Meta carried examples or a description (a project's name) answered its broken
+    pattern with msgspec's regex, some 4,000 characters of escapes, instead of the rule: msgspec's
+    ``type_info`` wraps such a type in ``Metadata``, where the walk read no constraint."""
+    errors = struct_field_errors(Described, {"name": "a\u0000b", "tags": [1, "x", "y"]})
+    assert errors == [("name", "must contain a visible character and no NUL"), ("tags", errors[1][1])]
+    assert "length <= 2" in errors[1][1], "an over-long list is one error, its items not looked at"
