@@ -755,6 +755,19 @@ async def move_tree(conn: AsyncConnection[Any], *, new_root_id: int, old_root_id
         await cur.execute(MOVE_TREE, (new_root_id, old_root_id))
 
 
+SHIFT_IGNORE_COUNT = """\
+update monitoring_groups
+set ignore_until_events = ignore_until_events + $1::bigint
+where id = $2 and status = 'ignored' and ignore_mode = 'until_count' and ignore_until_events is not null"""
+
+
+async def shift_ignore_count(conn: AsyncConnection[Any], *, events: int, id: int) -> None:
+    """A merge or an unmerge moves events into or out of a tree ignored until a count (its target is a
+    number of its events): the target moves with them, so as many events as before are still to come."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(SHIFT_IGNORE_COUNT, (events, id))
+
+
 DETACH_SUBTREE = """\
 with recursive subtree as (
     select g.id from monitoring_groups g where g.id = $1

@@ -275,6 +275,13 @@ update monitoring_groups set parent_id = sqlc.narg(parent_id) where id = @id;
 -- name: MoveTree :exec
 update monitoring_groups set root_id = @new_root_id where root_id = @old_root_id;
 
+-- name: ShiftIgnoreCount :exec
+-- A merge or an unmerge moves events into or out of a tree ignored until a count (its target is a
+-- number of its events): the target moves with them, so as many events as before are still to come.
+update monitoring_groups
+set ignore_until_events = ignore_until_events + @events::bigint
+where id = @id and status = 'ignored' and ignore_mode = 'until_count' and ignore_until_events is not null;
+
 -- name: DetachSubtree :exec
 -- Makes @id the root of itself and of every group merged (directly or not) into it.
 with recursive subtree as (

@@ -296,6 +296,31 @@ async def test_ignore_until_n_more_events_reopens_and_alerts(
     assert rules == ["new-group", "reopened"]
 
 
+async def test_a_merge_or_an_unmerge_leaves_an_ignore_until_n_events_waiting_for_n(
+    service: MonitoringService,
+) -> None:
+    """The target was a number of the tree's events: merging a busy group into one ignored until
+    3 more events counted the merged group's 150 past events, and the next event reopened it (and
+    alerted). A merge or an unmerge now leaves as many events to come as before it."""
+    ignored = raise_bug(0, source=BUG_RAISING.replace("ERROR", "KeyError"))
+    busy = raise_bug(0, source=BUG_RAISING.replace("ERROR", "LookupError"))
+    [a] = await service.write_now([error_event(ignored)])
+    [b] = await service.write_now([error_event(busy)] * 150)
+    await service.ignore(a.root_id, None, MonitoringIgnoreMode.UNTIL_COUNT, more_events=3)
+
+    await service.merge(a.root_id, [b.root_id], None)
+    [first] = await service.write_now([error_event(ignored)])
+    [second] = await service.write_now([error_event(busy)])  # the tree's: 1 more to come
+    await service.unmerge(b.root_id, None)
+    [own] = await service.write_now([error_event(busy)] * 5)
+    [third] = await service.write_now([error_event(ignored)])
+
+    assert (first.root_id, first.transition) == (a.root_id, None), "a merged group's past is not 'more'"
+    assert (second.root_id, second.transition) == (a.root_id, None)
+    assert (own.root_id, own.transition) == (b.root_id, None)
+    assert (third.root_id, third.transition) == (a.root_id, "unignored"), "the third event after the ignore"
+
+
 async def test_ignore_forever_stays_quiet(service: MonitoringService, db: AsyncConnection[Any]) -> None:
     exc = raise_bug(0)
     [created] = await service.write_now([error_event(exc)])

@@ -966,7 +966,8 @@ class MonitoringService:
 
     async def merge(self, target_id: int, source_ids: Sequence[int], actor_id: int | None) -> GroupDetail:
         """Merge the source groups (roots) into the target: reversible, every group keeps its own
-        counters and hashes; the target's state applies to all of them from now on."""
+        counters and hashes; the target's state applies to all of them from now on (a target ignored
+        until N more events still waits for N: the sources' past events do not count)."""
         sources = sorted(set(source_ids))
         if target_id in sources:
             raise ConflictError("A group cannot be merged into itself.")
@@ -976,7 +977,10 @@ class MonitoringService:
             locked = {}
             for group_id in sorted([target_id, *sources]):  # one lock order: no deadlock between merges
                 locked[group_id] = await self._root_for_change(uow, group_id)
+            moved = 0
             for source in sources:
+                totals = await queries.tree_totals(uow.conn, root_id=source)
+                moved += totals.events if totals is not None else 0
                 await queries.set_parent(uow.conn, parent_id=target_id, id=source)
                 await queries.move_tree(uow.conn, new_root_id=target_id, old_root_id=source)
                 await queries.add_activity(
@@ -987,6 +991,7 @@ class MonitoringService:
                     detail={"into": target_id},
                     at=now,
                 )
+            await queries.shift_ignore_count(uow.conn, events=moved, id=target_id)
             await queries.add_activity(
                 uow.conn,
                 group_id=target_id,
@@ -1011,6 +1016,9 @@ class MonitoringService:
                 raise ConflictError("This group is not merged into another one.")
             await queries.set_parent(uow.conn, parent_id=None, id=group_id)
             await queries.detach_subtree(uow.conn, id=group_id)
+            detached = await queries.tree_totals(uow.conn, root_id=group_id)
+            events = detached.events if detached is not None else 0
+            await queries.shift_ignore_count(uow.conn, events=-events, id=root.id)
             await queries.add_activity(
                 uow.conn,
                 group_id=group_id,
