@@ -139,6 +139,36 @@ async def test_an_alert_recorded_late_after_its_periods_digest_was_sent_is_deliv
     assert texts[2:] == ["third alert"]
 
 
+async def test_an_alert_recorded_as_the_sender_lets_go_is_sent_by_it(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    telegram: FakeTelegramServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender whose last look found nothing is about to let the lock go when an alert is recorded
+    and the alert's own delivery finds the lock still taken: nobody sent it until the next cron or
+    fallback (up to a minute). The sender now looks once more after letting go."""
+    chats = with_telegram(telegram, [PRIVATE_CHAT])
+    looks = queries.pending_deliveries
+    async with open_monitoring(settings, **chats) as sender, open_monitoring(settings, **chats) as other:
+        found_the_lock_taken: list[int] = []
+
+        async def last_look(*args: Any, **kwargs: Any) -> list[queries.PendingDeliveriesRow]:
+            rows = await looks(*args, **kwargs)
+            if not rows and not found_the_lock_taken:  # the alert comes between this look and the unlock
+                await other.write_now([storm_event(1, time.time())])
+                found_the_lock_taken.append(await other.deliver(budget_s=30))
+            return rows
+
+        monkeypatch.setattr(queries, "pending_deliveries", last_look)
+        delivered = await sender.deliver(budget_s=30)
+
+    assert found_the_lock_taken == [0], "the alert's own delivery found the sender active"
+    assert delivered == 1 and len(telegram.fake.messages(accepted_only=True)) == 1
+    assert await scalar(db, "select count(*) from monitoring_deliveries where status = 'pending'") == 0
+
+
 async def test_a_429_delays_the_next_send_by_retry_after(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
 ) -> None:

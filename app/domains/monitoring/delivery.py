@@ -239,19 +239,40 @@ class Sender:
 
         Returns at once when another sender is active (it will see the new rows) or nothing is due. A
         delivery starts only while its worst case (``worst_case_s``) fits in what is left of the budget.
-        """
+
+        The active sender does not see a row recorded after its last look (which found nothing)
+        and before it lets the lock go, while that row's own job found the lock taken and returned:
+        so a sender looks once more after letting the lock go, and sends again when a row is due
+        (else the row waited for the next cron or fallback, up to a minute)."""
         if not self.client.configured or self._stopping.is_set():
             return 0
+        deadline = time.monotonic() + budget_s
+        delivered = 0
+        for _ in range(2):
+            sent = await self._run_as_the_sender(deadline - time.monotonic())
+            if sent is None:
+                break
+            delivered += sent
+            if self._stopping.is_set() or not await self._due_now():
+                break
+        return delivered
+
+    async def _run_as_the_sender(self, budget_s: float) -> int | None:
+        """``_run`` holding the sender's lock; None when another sender holds it."""
         async with await AsyncConnection.connect(
             self.database_url, autocommit=True, connect_timeout=max(2, math.ceil(self.connect_timeout_s))
         ) as lock_conn:
             if not await queries.try_advisory_lock(lock_conn, key=SENDER_LOCK):
-                return 0
+                return None
             try:
                 return await self._run(budget_s)
             finally:
                 with suppress(Exception):
                     await queries.advisory_unlock(lock_conn, key=SENDER_LOCK)
+
+    async def _due_now(self) -> bool:
+        async with self.db.transaction() as uow:
+            return bool(await queries.count_due_deliveries(uow.conn, before=_utc(self.clock())))
 
     async def _run(self, budget_s: float) -> int:
         deadline = time.monotonic() + budget_s
