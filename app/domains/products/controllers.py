@@ -150,7 +150,9 @@ class ProductsController(Controller):
         "change is applied only if nobody has changed the product's name, description, price or `active` "
         "since: otherwise 412 `precondition-failed` and nothing changes (of two changes sent with the same "
         "`ETag`, one is applied). Stock moving (orders, stock adjustments) does not change the `ETag`. A "
-        "change that changes nothing keeps the version. Answers the product and its new `ETag`.",
+        "change that changes nothing keeps the version. Answers the product and its new `ETag`. A product "
+        "made inactive leaves the catalogue and can no longer be ordered; orders placed before keep their "
+        "course (reserved and paid as placed): cancel them (`POST /api/orders/{id}/cancel`) to stop them.",
         response_headers=[ETAG_HEADER],
         responses={**problems(400, 401, 403, 404, 429), **precondition_failed()},
         operation_class=DocumentsIfMatch,
