@@ -161,6 +161,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     )
 
     currency: Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"))] = "EUR"
+    """An ISO 4217 code of a currency with two decimal places (``NOT_TWO_DECIMALS`` are refused)."""
     reservation_window_s: Annotated[int, msgspec.Meta(ge=10, le=7 * 24 * 3600)] = 900
     """At most a week: stock held longer is not a reservation (and an unbounded value overflowed
     ``now + timedelta(seconds=...)`` in every reservation)."""
@@ -489,6 +490,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if not is_loopback_host(settings.host):
         _refuse_public_defaults(settings, explicit_key)
     _refuse_weak_webhook_secret(settings.payment_webhook_secret)
+    if settings.currency in NOT_TWO_DECIMALS:
+        raise SettingsError(
+            f"CURRENCY {settings.currency} does not have two decimal places: prices, order totals and "
+            "the payment webhook's amounts are kept with two (a provider's amount of 1.234 would be "
+            "refused on every delivery, and 10.50 is no amount in a currency without minor units)"
+        )
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
     if (bound := sink_commit_bound_s(settings)) + INGEST_MARGIN_S >= ROLLUP_GRACE_S:
@@ -530,6 +537,18 @@ def sink_commit_bound_s(settings: Settings) -> float:
     ``DATABASE_TIMEOUT_S`` the check accepts. One deadline for all of a batch's writes, counted from
     its rows' stamp, would make it exact."""
     return SINK_MAX_QUEUE_S + 2 * settings.database_timeout_s
+
+
+NOT_TWO_DECIMALS = frozenset(
+    {
+        *("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND"),
+        *("VUV", "XAF", "XOF", "XPF"),  # no minor unit (ISO 4217)
+        *("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"),  # three decimal places
+        *("CLF", "UYW"),  # four
+    }
+)
+"""ISO 4217 currencies whose minor unit is not a hundredth (the list 4217 publishes; every other
+code of three letters is taken for two decimal places)."""
 
 
 def _refuse_weak_webhook_secret(secret: str) -> None:

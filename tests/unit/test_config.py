@@ -542,3 +542,16 @@ def test_a_weak_payment_webhook_secret_is_refused_in_every_environment(secret: s
 def test_a_providers_webhook_secret_is_accepted() -> None:
     secret = "whsec_" + "Zx9" * 11
     assert load_settings({"PAYMENT_WEBHOOK_SECRET": secret}).payment_webhook_secret == secret
+
+
+@pytest.mark.parametrize(
+    ("currency", "accepted"), [("EUR", True), ("USD", True), ("JPY", False), ("KWD", False)]
+)
+def test_only_a_currency_with_two_decimal_places_is_accepted(currency: str, accepted: bool) -> None:
+    """Prices, totals and the webhook's amounts have two decimals: with KWD a provider's 1.234 was
+    refused (422) on every redelivery and the order expired unpaid."""
+    if accepted:
+        assert load_settings({"CURRENCY": currency}).currency == currency
+        return
+    with pytest.raises(SettingsError, match=f"CURRENCY {currency} does not have two decimal places"):
+        load_settings({"CURRENCY": currency})
