@@ -136,6 +136,24 @@ async def test_lookups_under_way_at_once_stay_within_the_accounts_share(
     assert fake.charged() == 24 and {r.status for r in fake.recorded()} == {200}, "GitHub refused nothing"
 
 
+async def test_a_login_known_to_be_missing_is_a_404_even_with_the_share_spent(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    for index in range(3):
+        fake.add_user(f"someone{index}", two_repos())
+    async with serve_in_loop(github_settings) as served:
+        asker = await make_user(db, served.app, name="Asker")
+        first = await served.client.get("/api/github/users/ghost", headers=asker.headers)
+        for index in range(3):  # 4 requests each: the share (12) is spent
+            answer = await served.client.get(f"/api/github/users/someone{index}", headers=asker.headers)
+            assert answer.status_code == 200, answer.text
+        again = await served.client.get("/api/github/users/ghost", headers=asker.headers)
+
+    assert_problem(first, 404, "github-user-not-found")
+    assert_problem(again, 404, "github-user-not-found"), "the truer answer: not 429 github-lookup-budget"
+    assert len(fake.recorded("/users/ghost")) == 1
+
+
 async def test_the_share_is_a_fraction_of_the_limit_github_reports(
     github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
 ) -> None:

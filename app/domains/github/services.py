@@ -501,7 +501,10 @@ class GithubService:
     # -- fetching ----------------------------------------------------------------------------
 
     async def _cold_lookup(self, user_id: int, login: str) -> StoredProfile:
-        """A login with nothing stored, fetched for account ``user_id`` within its share of the quota."""
+        """A login with nothing stored, fetched for account ``user_id`` within its share of the quota
+        (a login remembered as missing is a 404 first: no share is needed to say so)."""
+        if await self.valkey.exists(f"github:missing:{login}"):
+            raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)"))
         await self._check_lookup_budget(user_id)
         try:
             return await self._fetch_shared(login, Priority.INTERACTIVE, newer_than=None, user_id=user_id)
