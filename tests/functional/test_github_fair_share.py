@@ -29,7 +29,6 @@ from app.config import Settings
 from app.core.queues import build_saq_config
 from app.core.services import Services, open_services
 from app.db.models import UserRole
-from app.domains.github.client import token_fingerprint
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from app.domains.github.services import GithubService
@@ -101,9 +100,9 @@ async def test_lookups_under_way_at_once_stay_within_the_accounts_share(
 ) -> None:
     """The share was checked before a lookup and charged after it: an account's two lookups under
     way at once were each admitted below the share and each cost a whole chain (22 requests of a
-    user with 25 repositories, against a share of 12), and the other accounts then met GitHub's
-    limit. Now a chain reserves what is left of the share when it starts, and measures languages
-    only within it."""
+    user with 25 repositories, against a share of 12: 44 in all), and the other accounts then met
+    GitHub's limit. Now a chain is charged as it goes and measures languages only while the share
+    has room."""
     for login in ("big0", "big1", "victim"):
         fake.add_user(login, many_repos())
     async with serve_in_loop(github_settings, github_interactive_wait_s=30.0) as served:
@@ -116,24 +115,19 @@ async def test_lookups_under_way_at_once_stay_within_the_accounts_share(
                 asyncio.create_task(client.get(f"/api/github/users/big{i}", headers=greedy.headers))
                 for i in range(2)
             ]
-
-            async def both_started() -> bool:
-                return await under_way(valkey, "big0", "big1") or any(task.done() for task in both)
-
-            await wait_until(both_started, 20, "both lookups have started (or one was refused)")
+            await wait_until(lambda: under_way(valkey, "big0", "big1"), 20, "both lookups are under way")
         finally:
             await valkey.delete(TURN_LOCK)
         answers = [await task for task in both]
         greedy_charged = fake.charged()
         theirs = await client.get("/api/github/users/victim", headers=other.headers)
 
-    assert sorted(answer.status_code for answer in answers) == [200, 429], [a.text for a in answers]
-    assert_problem(next(a for a in answers if a.status_code == 429), 429, "github-lookup-budget")
-    measured = next(a for a in answers if a.status_code == 200).json()
-    assert greedy_charged == 12, "the user, one page of repositories and ten repositories' languages"
-    assert measured["source"] == "live"
+    assert [answer.status_code for answer in answers] == [200, 200], [a.text for a in answers]
+    measured = [a.json()["languages"]["coverage"]["repos_measured"] for a in answers]
+    assert 12 <= greedy_charged <= 12 + 2, f"the share, and at most one request more per chain: {measured}"
+    assert sum(measured) == greedy_charged - 4, "each chain: its profile, one page, then languages"
     assert theirs.status_code == 200, theirs.text
-    assert fake.charged() == 24 and {r.status for r in fake.recorded()} == {200}, "GitHub refused nothing"
+    assert {r.status for r in fake.recorded()} == {200}, "GitHub refused nothing"
 
 
 async def test_a_login_known_to_be_missing_is_a_404_even_with_the_share_spent(
@@ -184,14 +178,11 @@ async def test_an_account_has_at_most_two_cold_lookups_under_way(
 ) -> None:
     for login in ("held0", "held1", "third", "wanted"):
         fake.add_user(login)
-    # With a token (a share of 1,000 before GitHub answers): each lookup's start reserves a chain's
-    # most (33), far from the share, so only the lookups under way limit the account.
-    turn_lock = f"github:gov:{token_fingerprint(TOKEN)}:lock"
-    async with serve_in_loop(github_settings, github_interactive_wait_s=30.0, github_token=TOKEN) as served:
+    async with serve_in_loop(github_settings, github_interactive_wait_s=30.0) as served:
         greedy = await make_user(db, served.app, name="Greedy")
         other = await make_user(db, served.app, name="Other")
         client = served.client
-        await valkey.set(turn_lock, "the-test", px=60_000)  # GitHub's turn is taken: lookups wait
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)  # GitHub's turn is taken: lookups wait
         try:
             held = [
                 asyncio.create_task(client.get(f"/api/github/users/held{i}", headers=greedy.headers))
@@ -205,7 +196,7 @@ async def test_an_account_has_at_most_two_cold_lookups_under_way(
                 lambda: under_way(valkey, "wanted"), 20, "the other account's lookup is under way"
             )
         finally:
-            await valkey.delete(turn_lock)
+            await valkey.delete(TURN_LOCK)
         refused = assert_problem(third, 429, "github-lookups-in-flight")
         assert "2 lookups" in refused["detail"] and int(third.headers["retry-after"]) >= 1
         assert [(await task).status_code for task in held] == [200, 200]

@@ -211,38 +211,26 @@ class GitHubRefusedError(GitHubDownError):
 
 class RequestMeter:
     """Requests GitHub charged (every answer, but a 304 to an authorized request) while the meter
-    was current, and how many the work may cost (``allowance``, None: no bound) where it can choose
-    (``allowance_spent``)."""
+    was current."""
 
-    __slots__ = ("allowance", "charged")
+    __slots__ = ("charged",)
 
-    def __init__(self, allowance: int | None = None) -> None:
+    def __init__(self) -> None:
         self.charged = 0
-        self.allowance = allowance
 
 
 _METER: ContextVar[RequestMeter | None] = ContextVar("github_request_meter", default=None)
 
 
 @contextmanager
-def metered(allowance: int | None = None) -> Iterator[RequestMeter]:
+def metered() -> Iterator[RequestMeter]:
     """Count the requests of the current context (the task, and coroutines it awaits)."""
-    meter = RequestMeter(allowance)
+    meter = RequestMeter()
     token = _METER.set(meter)
     try:
         yield meter
     finally:
         _METER.reset(token)
-
-
-def current_meter() -> RequestMeter | None:
-    return _METER.get()
-
-
-def allowance_spent() -> bool:
-    """Whether the current meter's requests have cost its allowance (never, without one)."""
-    meter = _METER.get()
-    return meter is not None and meter.allowance is not None and meter.charged >= meter.allowance
 
 
 class FetchChain:

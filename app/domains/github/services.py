@@ -17,9 +17,9 @@ How an answer is made (``GithubService.profile``):
   most ``GITHUB_USER_QUOTA_FRACTION`` of GitHub's limit per GitHub window (the cost of a chain,
   counted by the client, is charged to the account that started it; past the share: 429
   ``github-lookup-budget`` until the window ends, and a stale answer comes without a refresh). A
-  chain holds what is left of the share, up to its most, when it starts asking GitHub, and measures
-  languages only within that: a chain that would start with nothing left is refused, so the
-  account's chains under way at once cannot spend more than its share between them. An
+  chain is charged as it goes and measures repositories' languages only while the share has room,
+  so the account's chains under way at once stay within it but for their profiles and pages of
+  repositories (``_within_share``). An
   account has at most ``GITHUB_USER_LOOKUPS_IN_FLIGHT`` cold lookups under way at once per process
   (more: 429 ``github-lookups-in-flight``), so one account's burst cannot queue everyone else's
   requests past their wait budget. Answers from storage cost nothing.
@@ -35,8 +35,7 @@ per login at a time (the job key ``github-refresh:<login>`` and a pending marker
 for a refresh already pending joins it, whoever asked first, at no cost), and at most
 ``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429, or a stale answer
 without a refresh). The job carries the account that asked (the reader of a stale answer, for one
-a read started) and its fetch chain is charged to that account's share, checked when it asks and
-held when the chain starts. A
+a read started) and its fetch chain is charged to that account's share, checked when it asks. A
 refresh of a profile fetched less than ``refresh_min_age_s`` ago fetches nothing: the answer is the
 stored state, as a refresh already ``succeeded``. The job keeps a SAQ heartbeat
 (``REFRESH_HEARTBEAT_S``), so one whose worker died is swept (aborted) within it, not after its
@@ -106,8 +105,7 @@ from app.domains.github.client import (
     GitHubRateLimitError,
     GitHubRefusedError,
     GithubRepo,
-    allowance_spent,
-    current_meter,
+    RequestMeter,
     is_valid_username,
     metered,
     token_fingerprint,
@@ -183,29 +181,11 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-# KEYS = an account's spent requests, its requests held by chains under way; ARGV = its share, a
-# chain's most, how long a hold may outlive its chain's end (ms: a crashed process's lapses). Holds
-# what is left of the share, up to the chain's most; 0: nothing is left.
-_RESERVE = """
-local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-local held = tonumber(redis.call('GET', KEYS[2]) or '0')
-local take = math.min(tonumber(ARGV[1]) - spent - held, tonumber(ARGV[2]))
-if take <= 0 then return 0 end
-redis.call('INCRBY', KEYS[2], take)
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return take
-"""
-# KEYS = as above; ARGV = what GitHub charged, what the chain held, the window's end (epoch ms) for a
-# new count. The hold is given back and the charge counted.
-_SETTLE = """
-if tonumber(ARGV[2]) > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  if redis.call('DECRBY', KEYS[2], ARGV[2]) <= 0 then redis.call('DEL', KEYS[2]) end
-end
-if tonumber(ARGV[1]) > 0 then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
-  if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
-end
-return 0
+# KEYS[1] = an account's spent requests; ARGV = cost, end of the window (epoch ms) for a new count.
+_SPEND = """
+local spent = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+return spent
 """
 # KEYS[1] = an account's pending refreshes (refresh id scored by the time it is given up on);
 # ARGV = now, cap, refresh id, its deadline (epoch seconds). 1: admitted, 0: at the cap.
@@ -245,16 +225,6 @@ class GithubBusyError(ServiceUnavailableError):
 class LookupBudgetError(TooManyRequestsError):
     slug = "github-lookup-budget"
     title = "Your share of GitHub lookups is used up"
-
-
-class ShareSpentError(GitHubRateLimitError):
-    """A chain refused at its start: the account's own chains under way hold what was left of its
-    share (``GithubService._charged``). Nothing was asked of GitHub: an answer's ``problem``, and a
-    refresh's "rate-limited"."""
-
-    def __init__(self, problem: LookupBudgetError) -> None:
-        super().__init__(problem.detail or problem.title, retry_after=float(problem.headers["Retry-After"]))
-        self.problem = problem
 
 
 class TooManyLookupsError(TooManyRequestsError):
@@ -342,8 +312,6 @@ def problem_for(exc: GitHubError) -> AppError:
     """The API's problem for a failed fetch with nothing stored to fall back to."""
     if isinstance(exc, GitHubNotFoundError):
         return UnknownGithubUserError("GitHub has no user with this name.")
-    if isinstance(exc, ShareSpentError):
-        return exc.problem
     retry_after = str(max(1, math.ceil(exc.retry_after or 30)))
     if isinstance(exc, GitHubBusyError):
         return GithubBusyError(
@@ -403,8 +371,7 @@ class GithubService:
         self._release = valkey.register_script(_RELEASE)
         self._renew = valkey.register_script(_RENEW)
         self._replace = valkey.register_script(_REPLACE)
-        self._reserve = valkey.register_script(_RESERVE)
-        self._settle = valkey.register_script(_SETTLE)
+        self._spend = valkey.register_script(_SPEND)
         self._admit_refresh = valkey.register_script(_ADMIT_REFRESH)
 
     async def start(self) -> None:
@@ -521,9 +488,8 @@ class GithubService:
 
     async def _check_lookup_budget(self, user_id: int) -> None:
         """Refuses (429) an account whose cold lookups and refreshes have cost its share of this
-        GitHub window, before anything else is done for a lookup or refresh. What its chains under
-        way hold is not counted here (joining one of them is free): ``_hold_share`` refuses a chain
-        that would start with nothing left."""
+        GitHub window, before anything else is done for a lookup or refresh (its chain then measures
+        languages only while the share has room: ``_within_share``)."""
         budget, _ = await self.lookup_budget()
         if int(await self.valkey.get(_spent_key(user_id)) or 0) >= budget:
             raise await self._budget_spent(user_id)
@@ -545,52 +511,49 @@ class GithubService:
         )
 
     async def _charged(self, user_id: int, work: Coroutine[Any, Any, StoredProfile]) -> StoredProfile:
-        """Run a fetch chain (a flight's task) on ``user_id``'s share of the quota: the chain holds
-        part of the share once it asks GitHub (``_hold_share``), and after it the account is charged
-        what GitHub charged, and the hold given back."""
-        share = _Share(user_id)
-        token = _SHARE.set(share)
+        """Run a fetch chain (a flight's task), charging what GitHub charged for it to ``user_id``:
+        as it goes (``_within_share``), and the rest when it ends."""
+        with metered() as meter:
+            share = _Share(user_id, meter)
+            token = _SHARE.set(share)
+            try:
+                return await work
+            finally:
+                _SHARE.reset(token)
+                if (cost := meter.charged - share.charged) > 0:
+                    try:
+                        await self._charge(share)
+                    except Exception:  # the answer stands; the account is charged less this once
+                        log.warning("github_lookup_not_charged", user_id=user_id, cost=cost)
+
+    async def _within_share(self) -> bool:
+        """Whether the chain under way may ask GitHub for one more resource it can do without (a
+        repository's languages): it charges its paying account what it has cost so far, and reads
+        what the account's chains have cost in all. A chain nobody pays for (the snapshot cron's) may.
+
+        Charged only once the chain ended, an account's chains under way at once each cost up to a
+        whole chain on top of its share (two of them: 44 requests of an anonymous hour's 60 against a
+        share of 12, and the other accounts' lookups then met GitHub's own limit). Charged as they go,
+        such chains stay within the share but for what each asks before its first look here (the
+        profile and the pages of repositories, without which there is no answer) and one request."""
+        share = _SHARE.get()
+        if share is None:
+            return True
         try:
-            with metered() as meter:
-                try:
-                    return await work
-                finally:
-                    await self._settle_share(share, meter.charged)
-        finally:
-            _SHARE.reset(token)
+            spent = await self._charge(share)
+            budget, _ = await self.lookup_budget()
+        except Exception:  # Valkey: measure no more than what has been measured (the answer stands)
+            log.warning("github_share_unknown", user_id=share.user_id)
+            return False
+        return spent < budget
 
-    async def _hold_share(self) -> None:
-        """Hold what is left of the paying account's share, up to the most a chain may cost, before
-        the current chain asks GitHub (a chain that only waits for another process's needs none), and
-        let the chain measure languages only within it (``allowance_spent``). Atomic across processes:
-        a chain that starts while the account's other chains hold the rest is refused
-        (``ShareSpentError``, and so are those who joined its flight). The profile and the pages of
-        repositories are fetched whatever they cost (no answer without them): a share is exceeded by
-        at most those of one chain.
-
-        A share checked before a lookup and charged only after it let each of an account's lookups
-        under way at once cost a whole chain: two of them took 44 requests of an anonymous hour's 60
-        against a share of 12, and the other accounts' lookups then met GitHub's own limit."""
-        share, meter = _SHARE.get(), current_meter()
-        if share is None or meter is None or share.held:
-            return
-        budget, _ = await self.lookup_budget()
-        keys = [_spent_key(share.user_id), _held_key(share.user_id)]
-        hold_ms = int((self.settings.github_chain_timeout_s + FETCH_LOCK_TTL_S) * 1000)
-        share.held = int(await self._reserve(keys=keys, args=[budget, self.client.chain_budget(), hold_ms]))
-        if share.held <= 0:
-            raise ShareSpentError(await self._budget_spent(share.user_id))
-        meter.allowance = share.held
-
-    async def _settle_share(self, share: _Share, charged: int) -> None:
-        if not charged and not share.held:
-            return
-        try:
-            _, window_end = await self.governor.window()
-            keys = [_spent_key(share.user_id), _held_key(share.user_id)]
-            await self._settle(keys=keys, args=[charged, share.held, int(window_end * 1000)])
-        except Exception:  # the answer stands; the account is charged less, its hold lapses later
-            log.warning("github_lookup_not_charged", user_id=share.user_id, cost=charged)
+    async def _charge(self, share: _Share) -> int:
+        """Charge the account what its chain cost since the last charge; what its chains cost in all."""
+        _, window_end = await self.governor.window()
+        cost = share.meter.charged - share.charged
+        spent = int(await self._spend(keys=[_spent_key(share.user_id)], args=[cost, int(window_end * 1000)]))
+        share.charged += cost
+        return spent
 
     def _hold_lookup(self, user_id: int, login: str) -> None:
         """Counts the caller among the account's lookups in flight; a new login past the cap is a 429.
@@ -682,10 +645,7 @@ class GithubService:
             async with self._lock(lock_key) as held:
                 if held:  # the last holder may have finished after the caller looked: read again first
                     stored = await self._load_newer(login, newer_than)
-                    if stored is not None:
-                        return stored
-                    await self._hold_share()
-                    return await self._fetch_and_store(login, priority)
+                    return stored or await self._fetch_and_store(login, priority)
             await asyncio.sleep(POLL_S)
             async with self.db.read() as uow:
                 fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
@@ -754,7 +714,7 @@ class GithubService:
         measured: dict[str, dict[str, int]] = {}
         chosen = repos_to_measure(repos, self.settings.github_language_repos)
         for index, repo in enumerate(chosen):
-            if allowance_spent():
+            if not await self._within_share():
                 log.info("github_languages_incomplete", login=login, kind="share-spent", measured=index)
                 _keep_previous(chosen[index:], measured, await self._load(login))
                 break
@@ -1419,13 +1379,15 @@ def _new_refresh(
 
 
 class _Share:
-    """The account a chain is charged to, and what of its share the chain holds."""
+    """The account a chain is charged to, its requests (``meter``) and how many of them it has been
+    charged so far."""
 
-    __slots__ = ("held", "user_id")
+    __slots__ = ("charged", "meter", "user_id")
 
-    def __init__(self, user_id: int) -> None:
+    def __init__(self, user_id: int, meter: RequestMeter) -> None:
         self.user_id = user_id
-        self.held = 0
+        self.meter = meter
+        self.charged = 0
 
 
 _SHARE: ContextVar[_Share | None] = ContextVar("github_share", default=None)
@@ -1446,11 +1408,6 @@ def _spent_key(user_id: int) -> str:
     """GitHub requests the account's cold lookups and refreshes have cost in the current GitHub
     window (the key keeps its name: a rolling deploy's two releases count in the same one)."""
     return f"github:lookup-spent:{user_id}"
-
-
-def _held_key(user_id: int) -> str:
-    """GitHub requests the account's chains under way may still cost (``_hold_share``)."""
-    return f"github:lookup-held:{user_id}"
 
 
 def refresh_channel(refresh_id: uuid.UUID) -> str:
