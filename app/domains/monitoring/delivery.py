@@ -54,6 +54,7 @@ stored per chat, so a restarted sender keeps it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -242,18 +243,20 @@ class Sender:
 
         The active sender does not see a row recorded after its last look (which found nothing)
         and before it lets the lock go, while that row's own job found the lock taken and returned:
-        so a sender looks once more after letting the lock go, and sends again when a row is due
-        (else the row waited for the next cron or fallback, up to a minute)."""
+        so a sender looks again after letting the lock go, and runs again while a row is due (else
+        the row waited for the next cron or fallback, up to a minute). It stops when a run after the
+        first sends nothing: what is due then waits for its chat's pace or its time, which a later
+        run (a cron's, a fallback's) sends."""
         if not self.client.configured or self._stopping.is_set():
             return 0
         deadline = time.monotonic() + budget_s
         delivered = 0
-        for _ in range(2):
+        for run in itertools.count():
             sent = await self._run_as_the_sender(deadline - time.monotonic())
             if sent is None:
                 break
             delivered += sent
-            if self._stopping.is_set() or not await self._due_now():
+            if self._stopping.is_set() or (run and not sent) or not await self._due_now():
                 break
         return delivered
 
