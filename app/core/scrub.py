@@ -22,10 +22,15 @@ _KEYS = (
     r"password(?:[_-]?(?:hash|digest))?|passwd|passphrase|pass|pwd|pgpassword|secret|secret[_-]?key|token|api[_-]?key"
     r"|secret[_-]?access[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret|authorization|cookie"
     r"|session(?:[_-]?id)?|jwt"
-    r"|private[_-]?key|credentials?|auth|signature|csrf(?:[_-]?token)?|bearer|dsn"
+    r"|private[_-]?key"
 )
-"""The names a secret is written after: those of ``app.domains.monitoring.scrub.SENSITIVE_KEY`` (a
-captured context's keys) and more; a test holds the two vocabularies together."""
+"""The names a secret is written after, in any form (``password=``, ``"token": "..."``, ``PWD: ...``)."""
+_WEAK_KEYS = r"credentials?|auth|signature|csrf|bearer|dsn"
+"""Names that are also words of prose and of code (``auth: token expired``, ``signature: str`` in a
+captured source line): their value is masked only as ``name=value`` or after a quoted name
+(``"auth": "..."``), and not when it is a literal (``hasSignature=true``). With ``_KEYS`` they cover
+``app.domains.monitoring.scrub.SENSITIVE_KEY`` (a captured context's keys): a test holds the two
+vocabularies together."""
 _KEY_START = r"(?:(?<![A-Za-z0-9])|(?-i:(?<=[a-z0-9])(?=[A-Z])))"
 """Where a key's name may start: not inside a word (``bypass``, ``compass``), but after ``_`` or ``-``,
 so an environment variable's or a header's prefix (``DB_PASSWORD``, ``MYSQL_PWD``, ``X-Api-Key``) does
@@ -56,6 +61,13 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
         rf"""({_MASKED}|"[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
         rf"\g<1>{MASK}",
     ),
+    # the weaker names: name=value, or "name": value (a name may end a longer one: X-Amz-Signature)
+    (
+        rf"""(?i)((?:{_KEY_START}(?:{_WEAK_KEYS})="""
+        rf"""|(["'])[\w-]*?{_KEY_START}(?:{_WEAK_KEYS})\2[ \t]*[=:])[ \t]*)"""
+        rf"""(?!(?:true|false|none|null)\b)({_MASKED}|"[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
+        rf"\g<1>{MASK}",
+    ),
     # JSON Web Tokens
     (r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", MASK),
     # Telegram bot tokens, and whatever stands in a Bot API path (/bot<token>/method)
@@ -70,8 +82,8 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
 _SUBSTITUTIONS = tuple((re.compile(pattern, re.DOTALL), replacement) for pattern, replacement in _PATTERNS)
 _TRIGGERS = (
     *("private", "@", "bearer", "basic", "token", "pass", "pwd", "secret", "apikey", "api_key", "api-key"),
-    *("auth", "cookie", "session", "jwt", "eyj", "/bot", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
-    *("credential", "signature", "csrf", "dsn"),
+    *("authorization", "cookie", "session", "jwt", "eyj", "/bot", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    *("auth=", 'auth"', "auth'", "credential", "signature=", 'signature"', "signature'", "csrf", "dsn"),
     *("github_pat_", "xox", "akia", "asia", "_live_", "_test_"),
 )
 """A substring of every match of the patterns (lower case): text holding none of them is left as it is.

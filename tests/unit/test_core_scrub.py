@@ -69,6 +69,14 @@ def test_ordinary_text_is_left_as_it_is() -> None:
         "order 42 reserved until 2026-12-02T05:00:00+00:00",
         "login=octocat kind=not-found retry_after=None",
         "bypass=1 compass=2 isTokenValid=true passed=3 author=me oauth=x",
+        # the weaker names in prose and code: auth, signature, credentials (values only as name=value)
+        "auth: token expired for user 42",
+        "signature: invalid (expected sha256)",
+        "credentials: none supplied",
+        "hasSignature=true isAuth=false",
+        "auth:login-attempts:ip:0123abcd",
+        "def verify_signature(header: str, body: bytes, signature: str) -> None:",
+        "def login(self, auth: AuthIn) -> Token:",
     ):
         assert scrub_text(text) == text
 
@@ -89,10 +97,11 @@ def _shortest_words(pattern: str) -> list[str]:
 def test_a_name_whose_context_value_is_dropped_masks_its_value_in_text(name: str) -> None:
     """A captured context's sensitive keys (``SENSITIVE_KEY``) and the names the text patterns
     know were two lists, and the text's lacked ``credentials``, ``auth``, ``signature`` and ``dsn``:
-    an error message holding ``credentials=...`` was stored and alerted as it was."""
+    an error message holding ``credentials=...`` was stored and alerted as it was. (Every name is
+    masked in these forms; the weaker ones only in these, the others after ``NAME:`` too.)"""
     assert SENSITIVE_KEY.search(name)
     camel = name[0].upper() + name[1:]
-    for text in (f"{name}=s3cr3tV4lue", f"DB_{name.upper()}: s3cr3tV4lue", f"{{'my{camel}': 's3cr3tV4lue'}}"):
+    for text in (f"{name}=s3cr3tV4lue", f"DB_{name.upper()}=s3cr3tV4lue", f"{{'my{camel}': 's3cr3tV4lue'}}"):
         assert "s3cr3tV4lue" not in scrub_text(text), text
 
 
@@ -103,7 +112,9 @@ FRAGMENTS = [text for text, _ in SECRETS.values()] + [
     "api_key: 'k'",
     "Cookie=",
     "dbPassword=",
-    "aAuth:",
+    "aAuth=",
+    "'auth': ",
+    "Signature=true",
     "1234567:",
     "GHP_",
     " ",
