@@ -169,10 +169,15 @@ class MemberUser(HttpUser):
 
     @task(3)
     def list_products(self) -> None:
-        page = self.get("/api/products/?in_stock=true&limit=20", "/api/products/")
+        """The catalogue's opening page, the one page the app caches; one browse in four filters
+        (read from PostgreSQL)."""
+        if random.random() < 0.25:
+            page = self.get("/api/products/?in_stock=true&limit=20", "/api/products/?filtered")
+        else:
+            page = self.get("/api/products/", "/api/products/")
         if page and page.get("items"):
             with Fixtures.lock:
-                Fixtures.product_ids = [p["id"] for p in page["items"]]
+                Fixtures.product_ids = [p["id"] for p in page["items"] if p["stock"] > 0]
 
     @task(1)
     def place_order(self) -> None:
