@@ -104,7 +104,8 @@ class SchemaBehindError(RuntimeError):
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         super().__init__(
             f"database schema lacks migration {missing[0]}{more} of this release: "
-            "run `uv run just migrate` (`python -m app.cli migrate` in an installed release) as the owner role"
+            "run `uv run just migrate` (`python -m app.cli migrate` in an installed release) "
+            "as the owner role"
         )
         self.missing = tuple(missing)
 
