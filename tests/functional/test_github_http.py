@@ -417,6 +417,31 @@ async def test_a_refresh_of_an_unchanged_profile_revalidates_it_with_304s(
     assert profile["languages"]["coverage"]["repos_measured"] == 20, "the rest kept from the last fetch"
 
 
+async def test_a_refresh_whose_account_spent_its_share_since_it_asked_fetches_nothing(
+    api: Client, fake: FakeGitHub, db: AsyncConnection[Any], github_settings: Settings
+) -> None:
+    """The share was checked when a refresh was asked for, not when its job ran: an account could
+    queue refreshes, spend its share on lookups, and its jobs then fetched profiles and pages of
+    repositories on nothing."""
+    fake.add_user("small", [FakeRepo("r", language="C", languages={"C": 1})])
+    for login in ("big0", "big1"):
+        fake.add_user(login, octo_repos()[:150])
+    asker = (await make_user(db, api.app)).headers
+    assert (await api.get("/api/github/users/small", headers=asker)).status_code == 200  # 3 requests
+    await older_than_a_refresh_fetches(db)
+    refresh = await api.post("/api/github/users/small/refresh", headers=asker)
+    assert refresh.status_code == 202, refresh.text
+    for login in ("big0", "big1"):  # the share's rest (30 - 3): 1 + 2 pages + 20 languages, then 3
+        assert (await api.get(f"/api/github/users/{login}", headers=asker)).status_code == 200
+    asked = len(fake.recorded("/users/small"))
+
+    outcome = await work_refresh(github_settings, refresh.json()["id"])
+
+    state = (await api.get(f"/api/github/refreshes/{refresh.json()['id']}", headers=asker)).json()
+    assert outcome == "failed" and state["error"]["kind"] == "rate-limited", state
+    assert len(fake.recorded("/users/small")) == asked, "nothing asked of GitHub"
+
+
 async def test_tracking_is_per_user_idempotent_and_bounded(
     api: Client, fake: FakeGitHub, db: AsyncConnection[Any]
 ) -> None:

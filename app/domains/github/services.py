@@ -35,7 +35,8 @@ per login at a time (the job key ``github-refresh:<login>`` and a pending marker
 for a refresh already pending joins it, whoever asked first, at no cost), and at most
 ``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429, or a stale answer
 without a refresh). The job carries the account that asked (the reader of a stale answer, for one
-a read started) and its fetch chain is charged to that account's share, checked when it asks. A
+a read started) and its fetch chain is charged to that account's share, checked when it asks and
+again when its job starts (a job of an account whose share is spent since fails, fetching nothing). A
 refresh of a profile fetched less than ``refresh_min_age_s`` ago fetches nothing: the answer is the
 stored state, as a refresh already ``succeeded``. The job keeps a SAQ heartbeat
 (``REFRESH_HEARTBEAT_S``), so one whose worker died is swept (aborted) within it, not after its
@@ -551,9 +552,8 @@ class GithubService:
         """Charge the account what its chain cost since the last charge; what its chains cost in all."""
         _, window_end = await self.governor.window()
         cost = share.meter.charged - share.charged
-        spent = int(await self._spend(keys=[_spent_key(share.user_id)], args=[cost, int(window_end * 1000)]))
-        share.charged += cost
-        return spent
+        share.charged += cost  # before the call: a reply lost after the count moved must not count twice
+        return int(await self._spend(keys=[_spent_key(share.user_id)], args=[cost, int(window_end * 1000)]))
 
     def _hold_lookup(self, user_id: int, login: str) -> None:
         """Counts the caller among the account's lookups in flight; a new login past the cap is a 429.
@@ -943,6 +943,15 @@ class GithubService:
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
         running = msgspec.json.encode(state)
+        if user_id is not None and login not in self._flights:  # joining a flight is free
+            try:
+                await self._check_lookup_budget(user_id)
+            except LookupBudgetError as spent:  # since it was asked for: no chain on a spent share
+                retry_after = float(spent.headers["Retry-After"])
+                await self._finish_refresh(
+                    state, GitHubRateLimitError(str(spent), retry_after=retry_after), replacing=running
+                )
+                return "failed"
         try:
             stored = await self._fetch_shared(
                 login, Priority.BACKGROUND, newer_than=state.requested_at, charged_to=user_id
