@@ -22,13 +22,15 @@ _KEYS = (
     r"password(?:[_-]?(?:hash|digest))?|passwd|passphrase|pass|pwd|pgpassword|secret|secret[_-]?key|token|api[_-]?key"
     r"|secret[_-]?access[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret|authorization|cookie"
     r"|session(?:[_-]?id)?|jwt"
-    r"|private[_-]?key"
+    r"|private[_-]?key|credentials?|dsn"
 )
 """The names a secret is written after, in any form (``password=``, ``"token": "..."``, ``PWD: ...``)."""
-_WEAK_KEYS = r"credentials?|auth|signature|csrf|bearer|dsn"
+_WEAK_KEYS = r"auth|signature|csrf|bearer"
 """Names that are also words of prose and of code (``auth: token expired``, ``signature: str`` in a
-captured source line): their value is masked only as ``name=value`` or after a quoted name
-(``"auth": "..."``), and not when it is a literal (``hasSignature=true``). With ``_KEYS`` they cover
+captured source line): their value is masked as ``name=value`` (a space on either side of ``=`` at
+most), after a quoted name (``"auth": "..."``), or after ``name:`` and a space when it looks like a
+credential (8 or more characters with a digit: ``X-Amz-Signature: 9f86d0...``), and never when it is
+a literal (``hasSignature=true``). With ``_KEYS`` they cover
 ``app.domains.monitoring.scrub.SENSITIVE_KEY`` (a captured context's keys): a test holds the two
 vocabularies together."""
 _KEY_START = r"(?:(?<![A-Za-z0-9])|(?-i:(?<=[a-z0-9])(?=[A-Z])))"
@@ -61,11 +63,16 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
         rf"""({_MASKED}|"[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
         rf"\g<1>{MASK}",
     ),
-    # the weaker names: name=value, or "name": value (a name may end a longer one: X-Amz-Signature)
+    # the weaker names (a name may end a longer one: X-Amz-Signature): name=value, "name": value
     (
-        rf"""(?i)((?:{_KEY_START}(?:{_WEAK_KEYS})="""
-        rf"""|(["'])[\w-]*?{_KEY_START}(?:{_WEAK_KEYS})\2[ \t]*[=:])[ \t]*)"""
-        rf"""(?!(?:true|false|none|null)\b)({_MASKED}|"[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
+        rf"""(?i)((?:{_KEY_START}(?:{_WEAK_KEYS}) ?= ?"""
+        rf"""|(["'])[\w-]*?{_KEY_START}(?:{_WEAK_KEYS})\2 ?[=:] ?))"""
+        rf"""(?!(?:true|false|none|null)(?:[\s"',;&}}\]]|$))({_MASKED}|"[^"]*"|'[^']*'|[^\s"',;&}}\]]+)""",
+        rf"\g<1>{MASK}",
+    ),
+    # ... and name: value where the value looks like a credential (not "auth: token expired")
+    (
+        rf"""(?i)({_KEY_START}(?:{_WEAK_KEYS}): +)(?=[^\s"',;&}}\]]*[0-9])[^\s"',;&}}\]]{{8,}}""",
         rf"\g<1>{MASK}",
     ),
     # JSON Web Tokens
@@ -79,11 +86,16 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
     (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", MASK),
     (r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}", MASK),
 )
-_SUBSTITUTIONS = tuple((re.compile(pattern, re.DOTALL), replacement) for pattern, replacement in _PATTERNS)
+_SUBSTITUTIONS = tuple(
+    (re.compile(pattern, re.DOTALL | re.ASCII), replacement) for pattern, replacement in _PATTERNS
+)
+"""ASCII: ignoring case, Python's patterns would read U+017F (long s) as ``s`` and U+0130 as ``i``,
+which ``str.lower`` does not, and the quick check (``_TRIGGERS``) would skip text a pattern changes."""
 _TRIGGERS = (
     *("private", "@", "bearer", "basic", "token", "pass", "pwd", "secret", "apikey", "api_key", "api-key"),
     *("authorization", "cookie", "session", "jwt", "eyj", "/bot", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
-    *("auth=", 'auth"', "auth'", "credential", "signature=", 'signature"', "signature'", "csrf", "dsn"),
+    *("auth=", "auth ", 'auth"', "auth'", "auth:", "signature=", "signature ", 'signature"', "signature'"),
+    *("signature:", "csrf", "credential", "dsn"),
     *("github_pat_", "xox", "akia", "asia", "_live_", "_test_"),
 )
 """A substring of every match of the patterns (lower case): text holding none of them is left as it is.

@@ -39,6 +39,12 @@ SECRETS = {
     "credentials": ("credentials=cred-SECRET rejected", "cred-SECRET"),
     "a signature in a query": ("GET /f?X-Amz-Signature=deadbeef01&x=1 403", "deadbeef01"),
     "a DSN": ("dsn=https://abc@o1.ingest.example.io/1 unreachable", "abc@o1"),
+    "a DSN setting": ("SENTRY_DSN: https://abc123def456@o1.ingest.example.io/42", "abc123def456"),
+    "a signature header": ("X-Amz-Signature: 9f86d081884c7d659a2feaa0c55ad015", "9f86d081884c7d65"),
+    "auth with spaces": ("auth = 'hunter2hunter2'", "hunter2hunter2"),
+    "a CSRF value": ("CSRF: s3cr3tV4lue", "s3cr3tV4lue"),
+    "auth before a colon": ("auth: s3cr3tV4lue", "s3cr3tV4lue"),
+    "a value beginning like a literal": ("auth=true-s3cr3tV4lue", "s3cr3tV4lue"),
 }
 
 
@@ -72,7 +78,6 @@ def test_ordinary_text_is_left_as_it_is() -> None:
         # the weaker names in prose and code: auth, signature, credentials (values only as name=value)
         "auth: token expired for user 42",
         "signature: invalid (expected sha256)",
-        "credentials: none supplied",
         "hasSignature=true isAuth=false",
         "auth:login-attempts:ip:0123abcd",
         "def verify_signature(header: str, body: bytes, signature: str) -> None:",
@@ -115,6 +120,9 @@ FRAGMENTS = [text for text, _ in SECRETS.values()] + [
     "aAuth=",
     "'auth': ",
     "Signature=true",
+    "auth: ",
+    "pa\u017f\u017fword=",
+    "\u0130",
     "1234567:",
     "GHP_",
     " ",
