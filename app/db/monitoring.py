@@ -1136,6 +1136,15 @@ async def count_due_deliveries(conn: AsyncConnection[Any], *, before: datetime) 
         return await cur.fetchone()
 
 
+NEWEST_DUE_DELIVERY = "select max(id)::bigint as newest from monitoring_deliveries where status = 'pending' and not_before <= $1"
+
+
+async def newest_due_delivery(conn: AsyncConnection[Any], *, before: datetime) -> int | None:
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(NEWEST_DUE_DELIVERY, (before,))
+        return await cur.fetchone()
+
+
 CLAIM_DELIVERY = """\
 update monitoring_deliveries
 set status = 'sending', claimed_at = $1, attempts = attempts + 1

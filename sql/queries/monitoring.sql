@@ -428,6 +428,9 @@ order by r.not_before, r.id;
 -- name: CountDueDeliveries :one
 select count(*)::bigint as due from monitoring_deliveries where status = 'pending' and not_before <= @before;
 
+-- name: NewestDueDelivery :one
+select max(id)::bigint as newest from monitoring_deliveries where status = 'pending' and not_before <= @before;
+
 -- name: ClaimDelivery :one
 update monitoring_deliveries
 set status = 'sending', claimed_at = @now, attempts = attempts + 1

@@ -54,7 +54,6 @@ stored per chat, so a restarted sender keeps it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
 from collections.abc import Callable
@@ -243,21 +242,25 @@ class Sender:
 
         The active sender does not see a row recorded after its last look (which found nothing)
         and before it lets the lock go, while that row's own job found the lock taken and returned:
-        so a sender looks again after letting the lock go, and runs again while a row is due (else
-        the row waited for the next cron or fallback, up to a minute). It stops when a run after the
-        first sends nothing: what is due then waits for its chat's pace or its time, which a later
-        run (a cron's, a fallback's) sends."""
+        so a sender looks again after letting the lock go, and runs again while the last run sent
+        something and a row is due, or while a row is due that was recorded during it (else the row
+        waited for the next cron or fallback, up to a minute). Each run then sends or meets a new
+        row, so it cannot spin; what is due and sent by no run waits for its chat's pace or its time.
+        """
         if not self.client.configured or self._stopping.is_set():
             return 0
         deadline = time.monotonic() + budget_s
         delivered = 0
-        for run in itertools.count():
+        newest = await self._newest_due()
+        while not self._stopping.is_set() and deadline - time.monotonic() >= self.worst_case_s:
             sent = await self._run_as_the_sender(deadline - time.monotonic())
             if sent is None:
                 break
             delivered += sent
-            if self._stopping.is_set() or (run and not sent) or not await self._due_now():
+            due = await self._newest_due()
+            if due is None or (not sent and due <= (newest or 0)):
                 break
+            newest = due
         return delivered
 
     async def _run_as_the_sender(self, budget_s: float) -> int | None:
@@ -273,9 +276,10 @@ class Sender:
                 with suppress(Exception):
                     await queries.advisory_unlock(lock_conn, key=SENDER_LOCK)
 
-    async def _due_now(self) -> bool:
+    async def _newest_due(self) -> int | None:
+        """The id of the row last recorded of those due now (ids grow with time), if any."""
         async with self.db.transaction() as uow:
-            return bool(await queries.count_due_deliveries(uow.conn, before=_utc(self.clock())))
+            return await queries.newest_due_delivery(uow.conn, before=_utc(self.clock()))
 
     async def _run(self, budget_s: float) -> int:
         deadline = time.monotonic() + budget_s
