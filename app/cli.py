@@ -133,7 +133,7 @@ def _prepare(settings: Settings) -> Settings:
     return settings
 
 
-async def _seed(settings: Settings) -> list[str]:
+async def _seed(settings: Settings, *, once: bool = False) -> list[str]:
     from app.core.services import open_services
     from app.modules import MODULES
     from app.seed import run_seeders
@@ -141,7 +141,7 @@ async def _seed(settings: Settings) -> list[str]:
     if settings.is_production:
         return ["demo data is never seeded in production: create an administrator with `create-admin`"]
     async with open_services(settings, MODULES) as services:
-        return await run_seeders(services)
+        return await run_seeders(services, once=once)
 
 
 async def _create_admin(
@@ -322,7 +322,7 @@ def _prepare_to_serve(settings: Settings, signals: _StopSignals) -> tuple[Settin
     applied = [line for line in migrate(settings.database_url).splitlines() if line.startswith("Applying")]
     _say(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
     signals.check()
-    return settings, asyncio.run(_seed(settings))
+    return settings, asyncio.run(_seed(settings, once=True))
 
 
 def _granian_env(settings: Settings) -> dict[str, str]:
@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run the API (granian) on embedded or configured services")
     commands.add_parser("worker", help="run the SAQ workers and the outbox relay")
     commands.add_parser("migrate", help="apply pending migrations")
-    commands.add_parser("seed", help="create demo data (idempotent)")
+    commands.add_parser("seed", help="create the demo data that is missing (idempotent)")
     create_admin = commands.add_parser(
         "create-admin",
         help="create an administrator (an address that has an account is refused unless --promote-existing)",

@@ -79,6 +79,9 @@ class Module:
     jobs: Sequence[Job] = ()
     cron: Sequence[Cron] = ()
     seed: Seeder | None = None
+    seed_once: bool = True
+    """``just serve`` runs the seed until it has run to its end once (``app.seed``): demo data a user
+    deleted or renamed is not created again. False: at every start (it only makes what must exist)."""
     enabled: Callable[[Settings], bool] = field(default=_always)
     after_exception: Sequence[AfterExceptionHookHandler[Exception]] = ()
     """Litestar ``after_exception`` hooks: see every unhandled exception of a request before the

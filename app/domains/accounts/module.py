@@ -13,5 +13,6 @@ module = Module(
     controllers=[AuthController, AdminUsersController, DashboardSignInController],
     service=lambda s: AccountService(s.db, s.settings, s.valkey),
     seed=seed_accounts,
+    seed_once=False,  # the configured administrator and demo members, whenever one is missing
     cron=[Cron(function=purge_expired_sessions, schedule="41 3 * * *", queue="default", timeout_s=300)],
 )
