@@ -674,6 +674,11 @@ class ProjectAssignee(msgspec.Struct, frozen=True, gc=False):
     user_id: int
 
 
+class DemoSeed(msgspec.Struct, frozen=True, gc=False):
+    module: str
+    seeded_at: datetime
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)
