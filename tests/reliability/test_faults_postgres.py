@@ -202,8 +202,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def assert_unavailable_in_time(http: httpx.AsyncClient, server: ServerProcess, shop: Shop) -> None:
     """Readiness names postgres within its deadline; 24 concurrent requests that need the database
-    (orders, tasks, page views) each get a 503 problem within the pool's deadline (none waits behind
-    another)."""
+    (orders, tasks, page views) and a feed stream each get a 503 problem within the pool's deadline
+    (none waits behind another)."""
     status, checks, elapsed = await readiness(http, server.base)
     assert (status, checks["postgres"]) == (503, False), checks
     assert checks["valkey"], checks
@@ -230,7 +230,23 @@ async def assert_unavailable_in_time(http: httpx.AsyncClient, server: ServerProc
         ok = response.status_code == 503 and response.headers["content-type"] == PROBLEM
         return path, response.status_code, "" if ok else response.text, time.monotonic() - started
 
-    answers = await asyncio.gather(*(timed(n) for n in range(24)))
+    async def stream() -> tuple[str, int | None, str, float]:
+        """The feed's stream read the database only once its answer had started: a 500, or a 200
+        cut off after its headers."""
+        started, path = time.monotonic(), "/api/feed/stream"
+        try:
+            async with http.stream(
+                "GET", f"{server.base}{path}", headers=shop.headers[0], timeout=5 * DATABASE_TIMEOUT_S
+            ) as response:
+                body = (await response.aread()).decode(errors="replace")
+        except httpx.TimeoutException:
+            return path, None, "", time.monotonic() - started
+        except httpx.HTTPError as exc:  # an answer cut off
+            return path, 0, repr(exc), time.monotonic() - started
+        ok = response.status_code == 503 and response.headers["content-type"] == PROBLEM
+        return path, response.status_code, "" if ok else body, time.monotonic() - started
+
+    answers = await asyncio.gather(*(timed(n) for n in range(24)), stream())
     late = [
         (path, status, round(took, 1)) for path, status, _, took in answers if took >= 3 * DATABASE_TIMEOUT_S
     ]

@@ -53,6 +53,7 @@ from litestar.channels.subscriber import Subscriber
 from litestar.response import ServerSentEventMessage
 
 from app.core.auth import CurrentUser
+from app.core.errors import DEPENDENCY_FAILURES, dependency_down, report_dependency_down
 from app.core.valkey import VALKEY_DOWN
 from app.domains.activity.live import Slot
 from app.domains.activity.services import CHANNEL, ActivityService, Notice
@@ -127,8 +128,14 @@ class FeedStream:
         account's other streams hold them all). The slot is taken for good by the stream's body,
         before its first message, so a response that never starts (its client gone) holds none; one
         taken meanwhile by another stream of the account ends the body at once (the client retries
-        and gets the 429)."""
+        and gets the 429).
+
+        The reader's scope and the feed's last event are read here, before the response starts, so
+        a PostgreSQL that cannot answer is the usual 503 problem: read in the body, it was a 500 or a
+        200 cut off after its headers."""
         stream = cls(service, channels, caller, last_event_id, live=live)
+        await stream._refresh_scope()
+        stream.cursor = await _finished(service.latest_seq())
         if live:
             stream.slot = await service.streams.reserve(caller.id)
         return stream
@@ -182,8 +189,19 @@ class FeedStream:
         return self.slot is None or await self.slot.take()
 
     async def _run(self, wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
-        await self._refresh_scope()
-        latest = await _finished(self.service.latest_seq())
+        """The stream's messages; it ends (one ``feed_stream_ended`` line) when PostgreSQL or Valkey
+        stops answering, and the client reconnects after ``RETRY_MS`` with its ``Last-Event-ID``: an
+        error after the response started could only cut it, and was logged as an unexplained one."""
+        try:
+            async for message in self._run_until_down(wake):
+                yield message
+        except DEPENDENCY_FAILURES as exc:
+            if not dependency_down(exc):  # the statement failed, not the database: a fault of ours
+                raise
+            report_dependency_down(exc, "feed-stream", event="feed_stream_ended", user_id=self.reader_id)
+
+    async def _run_until_down(self, wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
+        latest = self.cursor  # read by ``open``
         replay = self.last_event_id is not None
         self.cursor = min(self.last_event_id, latest) if self.last_event_id is not None else latest
         yield ServerSentEventMessage(
