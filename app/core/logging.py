@@ -143,9 +143,13 @@ _OURS = frozenset({"timestamp", "level", "logger", "request_id"})
 
 _SAQ_PER_JOB = ("Enqueuing ", "Processing ", "Retrying ", "Finished ", "Scheduled ")
 _SAQ_UPKEEP_FAILED = "Upkeep task failed"
-_SAQ_JOB_FIELDS = ("job_function", "job_key", "job_attempt", "error", "dependency", "setting", "cause")
+_SAQ_JOB_FIELDS = (
+    *("job_function", "job_key", "job_attempt", "error", "dependency", "setting", "cause", "repeated"),
+)
 UPKEEP_WARN_INTERVAL_S = 60.0
 """A failing SAQ upkeep (its timers run every second or few, per queue) is logged once per interval."""
+POOL_WARN_INTERVAL_S = 60.0
+"""psycopg's "error connecting" warnings: one per this many seconds (``PoolLogFilter``)."""
 
 
 def _valkey_error(error: BaseException) -> bool:
@@ -238,12 +242,49 @@ class SaqLogFilter(logging.Filter):
             record.msg = "job_retrying"
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info, record.exc_text = None, None
+        elif error is not None and _outage(error):  # not a bug: a warning without its traceback
+            record.msg = "job_failed"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+            record.cause = error_message(error)
         else:
             record.msg = "job_failed"
             record.levelno, record.levelname = logging.ERROR, "ERROR"
 
 
+def _outage(error: BaseException) -> bool:
+    """A failure that says PostgreSQL or Valkey is unreachable (``app.core.errors.database_down``,
+    or a Valkey connection's): a job failing on every run of an outage (a cron every 10 s) logged a
+    ~1.5 KB traceback each time, which says nothing the first line does not."""
+    from app.core.errors import database_down
+
+    return database_down(error) or _valkey_error(error)
+
+
 _SAQ_FILTER = SaqLogFilter()
+
+
+class PoolLogFilter(logging.Filter):
+    """psycopg's pool logs a warning at every failed attempt to connect (about one a second while
+    PostgreSQL is away: 75 lines in a 70 s outage). The first of each ``interval_s`` is kept, with
+    how many were dropped before it (``repeated``); every other line of the pool passes as it is."""
+
+    def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
+        super().__init__()
+        self.warnings = OncePerInterval(interval_s)
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("error connecting"):
+            return True
+        if not self.warnings.due():
+            self.dropped += 1
+            return False
+        record.repeated, self.dropped = self.dropped, 0
+        return True
+
+
+_POOL_FILTER = PoolLogFilter()
 
 
 _SHARED: list[structlog.typing.Processor] = [
@@ -298,6 +339,9 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    pool = logging.getLogger("psycopg.pool")
+    if _POOL_FILTER not in pool.filters:
+        pool.addFilter(_POOL_FILTER)
     saq = logging.getLogger("saq")
     saq.setLevel(logging.INFO)  # never DEBUG: SAQ would format jobs with their kwargs (SaqLogFilter)
     if _SAQ_FILTER not in saq.filters:

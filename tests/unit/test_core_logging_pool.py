@@ -1,0 +1,31 @@
+"""psycopg's pool warned at every failed attempt to connect, about once a second while PostgreSQL
+was away (75 lines in a 70 s outage): ``PoolLogFilter`` keeps one a minute, saying how many it
+dropped before it."""
+
+from __future__ import annotations
+
+import logging
+
+from app.core.logging import PoolLogFilter, configure_logging
+
+
+def record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("psycopg.pool", logging.WARNING, __file__, 1, message, (), None)
+
+
+def test_one_connect_failure_a_minute_is_kept_with_the_count_of_those_dropped() -> None:
+    pool = PoolLogFilter(interval_s=3600)
+    kept = [pool.filter(record("error connecting in 'app': connection refused")) for _ in range(5)]
+    other = pool.filter(record("discarding closed connection"))
+    pool.warnings.interval_s = 0  # the minute has passed
+    later = record("error connecting in 'app': connection refused")
+
+    assert kept == [True, False, False, False, False] and other
+    assert pool.filter(later) and later.repeated == 4  # type: ignore[attr-defined]
+
+
+def test_the_pools_logger_has_the_filter_once_configured() -> None:
+    configure_logging("WARNING")  # the tests' level (tests/factories.py)
+    configure_logging("WARNING")
+    filters = logging.getLogger("psycopg.pool").filters
+    assert len([f for f in filters if isinstance(f, PoolLogFilter)]) == 1
