@@ -96,7 +96,9 @@ async def test_ready_is_503_naming_valkey_when_it_stops(
         assert checks["valkey"]["ok"] is False
         assert checks["valkey"]["detail"] == "error", "a stopped server refuses at once (no type named)"
         assert checks["postgres"]["ok"] is True
-        assert (await own_valkey_client.head("/health/ready")).status_code == 503
+        assert response.headers["retry-after"] == "1", "as every other 503: when to ask again"
+        head = await own_valkey_client.head("/health/ready")
+        assert (head.status_code, head.headers["retry-after"]) == (503, "1")
         assert (await own_valkey_client.get("/health/live")).status_code == 200
         assert (await own_valkey_client.head("/health/live")).status_code == 200
     finally:

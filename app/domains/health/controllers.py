@@ -5,6 +5,8 @@ Each answers ``HEAD`` as well as ``GET`` (RFC 9110 9.1): load balancers' probes 
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 from litestar import MediaType, Response, get, head
 from litestar.di import NamedDependency
@@ -26,8 +28,12 @@ LIVE = ASGIResponse(body=msgspec.json.encode(Liveness(status="ok")), media_type=
 """The one answer of ``/health/live``, built once (probes call it several times a second)."""
 
 
-def _status_of(readiness: Readiness) -> int:
-    return 200 if readiness.status == "ok" else 503
+def _answer(readiness: Readiness, health: Health) -> tuple[int, dict[str, str]]:
+    """200, or 503 with ``Retry-After``: when the next probe may get a fresh answer (one answer
+    serves every probe for ``HEALTH_READY_SHARED_S``), as every other 503 of the API says."""
+    if readiness.status == "ok":
+        return 200, {}
+    return 503, {"Retry-After": str(max(1, math.ceil(health.shared_s)))}
 
 
 class HealthController(Controller):
@@ -57,7 +63,7 @@ class HealthController(Controller):
             "required one is down. `schema` is down while the database lacks migrations this release "
             "needs (a newer schema is fine). A failed check's `detail` is only `timeout` or `error`: "
             "the cause is in the server's log (`readiness_check_failed`, once a minute per check). "
-            "One answer serves every probe for `HEALTH_READY_SHARED_S`."
+            "One answer serves every probe for `HEALTH_READY_SHARED_S`; a 503 says so in `Retry-After`."
         ),
         responses={
             **problems(),
@@ -69,7 +75,8 @@ class HealthController(Controller):
     )
     async def ready(self, health: Health) -> Response[Readiness]:
         readiness = await health.readiness()
-        return Response(readiness, status_code=_status_of(readiness))
+        status, headers = _answer(readiness, health)
+        return Response(readiness, status_code=status, headers=headers)
 
     @head(
         "/ready",
@@ -80,4 +87,5 @@ class HealthController(Controller):
         },
     )
     async def ready_head(self, health: Health) -> Response[None]:
-        return Response(None, status_code=_status_of(await health.readiness()), media_type=MediaType.JSON)
+        status, headers = _answer(await health.readiness(), health)
+        return Response(None, status_code=status, headers=headers, media_type=MediaType.JSON)
