@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from app.domains.github.schemas import RefreshOut
 from tests.factories import (
     assert_problem,
     bearer,
+    captured_logs,
     create_user,
     http_scope,
     login,
@@ -29,6 +31,7 @@ from tests.factories import (
     serve_in_loop,
     wait_until,
 )
+from tests.valkey_control import ControlledValkey
 
 CAP = 3
 
@@ -201,3 +204,35 @@ async def test_the_cap_is_documented_as_a_429(settings: Settings) -> None:
     route = schema["paths"]["/api/github/refreshes/{refresh_id}/events"]["get"]
     assert "429" in route["responses"]
     assert "github-refresh-streams" in route["description"]
+
+
+async def test_a_refresh_stream_ends_cleanly_when_valkey_goes_away(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str, controlled_valkey: ControlledValkey
+) -> None:
+    """The stream re-reads the refresh's state in Valkey every second, after its answer started: a
+    Valkey gone then raised through the application, which granian could only cut with a plain-text
+    error and no request id. It now ends the stream, with one ``github_refresh_stream_ended`` line."""
+    async with serve_in_loop(settings, valkey_url=controlled_valkey.url) as served:
+        user = await create_user(db, password_hash)
+        session = await login(served.client, user.email)
+        running = running_refresh()
+        own = Valkey.from_url(controlled_valkey.url)
+        try:
+            await own.set(f"github:refresh:{running.id}", msgspec.json.encode(running), ex=600)
+        finally:
+            await own.aclose()
+        stream = OpenStream(served.app, running.events_url, session["access_token"])
+        with captured_logs(logging.WARNING) as logs:
+            try:
+                await wait_until(stream.started, 30, "the stream has started")
+                assert stream.status == 200
+                controlled_valkey.stop()
+
+                async def ended() -> bool:
+                    return stream.ended
+
+                await wait_until(ended, 30, "the stream has ended")
+            finally:
+                controlled_valkey.start()
+                await stream.leave()  # raises what the application raised
+        assert len(logs.events("github_refresh_stream_ended")) == 1
