@@ -7,6 +7,8 @@ every bad field in ``errors``. A 5xx never carries internals: the details go to 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -121,6 +123,20 @@ def report_dependency_down(
             message=error_message(exc),
             **fields,
         )
+
+
+@contextmanager
+def ending_on_outage(source: str, event: str, **fields: Any) -> Iterator[None]:
+    """Ends the block quietly when PostgreSQL or Valkey stops answering (one ``event`` line, rate
+    limited as every dependency report): for a streamed answer, which has started and can only end
+    (raised through, it was cut with granian's plain-text "exception caught after response started",
+    no request id, no cause). An error the database answered about a statement is raised as ever."""
+    try:
+        yield
+    except DEPENDENCY_FAILURES as exc:
+        if not dependency_down(exc):
+            raise
+        report_dependency_down(exc, source, event=event, **fields)
 
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"

@@ -143,9 +143,17 @@ _OURS = frozenset({"timestamp", "level", "logger", "request_id"})
 
 _SAQ_PER_JOB = ("Enqueuing ", "Processing ", "Retrying ", "Finished ", "Scheduled ")
 _SAQ_UPKEEP_FAILED = "Upkeep task failed"
-_SAQ_JOB_FIELDS = (
-    *("job_function", "job_key", "job_attempt", "error", "dependency", "setting", "cause", "repeated"),
+_RECORD_FIELDS = (
+    "job_function",
+    "job_key",
+    "job_attempt",
+    "error",
+    "dependency",
+    "setting",
+    "cause",
+    "repeated",
 )
+"""What the filters (``SaqLogFilter``, ``PoolLogFilter``) set on a standard-library record, rendered."""
 UPKEEP_WARN_INTERVAL_S = 60.0
 """A failing SAQ upkeep (its timers run every second or few, per queue) is logged once per interval."""
 POOL_WARN_INTERVAL_S = 60.0
@@ -304,7 +312,7 @@ def build_formatter(json: bool = True) -> logging.Formatter:
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(allow=_SAQ_JOB_FIELDS)],
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(allow=_RECORD_FIELDS)],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,

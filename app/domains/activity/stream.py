@@ -53,7 +53,7 @@ from litestar.channels.subscriber import Subscriber
 from litestar.response import ServerSentEventMessage
 
 from app.core.auth import CurrentUser
-from app.core.errors import DEPENDENCY_FAILURES, dependency_down, report_dependency_down
+from app.core.errors import ending_on_outage
 from app.core.valkey import VALKEY_DOWN
 from app.domains.activity.live import Slot
 from app.domains.activity.services import CHANNEL, ActivityService, Notice
@@ -192,13 +192,9 @@ class FeedStream:
         """The stream's messages; it ends (one ``feed_stream_ended`` line) when PostgreSQL or Valkey
         stops answering, and the client reconnects after ``RETRY_MS`` with its ``Last-Event-ID``: an
         error after the response started could only cut it, and was logged as an unexplained one."""
-        try:
+        with ending_on_outage("feed-stream", "feed_stream_ended", user_id=self.reader_id):
             async for message in self._run_until_down(wake):
                 yield message
-        except DEPENDENCY_FAILURES as exc:
-            if not dependency_down(exc):  # the statement failed, not the database: a fault of ours
-                raise
-            report_dependency_down(exc, "feed-stream", event="feed_stream_ended", user_id=self.reader_id)
 
     async def _run_until_down(self, wake: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
         latest = self.cursor  # read by ``open``

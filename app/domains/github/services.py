@@ -83,14 +83,12 @@ from app.core.auth import CurrentUser
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
 from app.core.errors import (
-    DEPENDENCY_FAILURES,
     AppError,
     ConflictError,
     NotFoundError,
     ServiceUnavailableError,
     TooManyRequestsError,
-    dependency_down,
-    report_dependency_down,
+    ending_on_outage,
 )
 from app.core.modules import QueueName
 from app.core.pagination import IdCursor, Page, paginate
@@ -1023,16 +1021,11 @@ class GithubService:
         if not await slot.take():
             return
         wake = asyncio.Event()
+        ended = ending_on_outage("github-stream", "github_refresh_stream_ended", user_id=caller.id)
         try:
-            with self.stops.watching(wake):
+            with ended, self.stops.watching(wake):
                 async for message in self._refresh_events(refresh_id, channels, slot, caller, wake):
                     yield message
-        except DEPENDENCY_FAILURES as exc:  # after the answer started: end it (the client reconnects)
-            if not dependency_down(exc):
-                raise
-            report_dependency_down(
-                exc, "github-stream", event="github_refresh_stream_ended", user_id=caller.id
-            )
         finally:
             await slot.release()
 
