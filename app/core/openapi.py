@@ -16,6 +16,7 @@ from litestar.openapi.spec import (
     OpenAPIType,
     Operation,
     RequestBody,
+    Responses,
     Schema,
 )
 
@@ -87,7 +88,8 @@ def finish_documentation(handler: HTTPRouteHandler, *, reads_token: bool, rate_l
       unless told not to (a problem's status of 2562 shown as a sample answer), and another document
       in every build, so in every granian worker.
     - The 401 ``problems`` added on its own is taken out of a route that never reads a token.
-    - The headers the route layer adds are declared (``documents_limit_headers``).
+    - What the layers around the route add is declared (``documents_what_surrounds_the_route``): the
+      route layer's headers, and the server's 414.
     """
     if handler.responses:
         handler.responses = {
@@ -95,7 +97,9 @@ def finish_documentation(handler: HTTPRouteHandler, *, reads_token: bool, rate_l
             for status, spec in handler.responses.items()
             if reads_token or not isinstance(spec, _BadToken)
         }
-    handler.operation_class = documents_limit_headers(handler.operation_class, rate_limited=rate_limited)
+    handler.operation_class = documents_what_surrounds_the_route(
+        handler.operation_class, rate_limited=rate_limited
+    )
 
 
 RETRY_AFTER = OpenAPIHeader(
@@ -116,19 +120,31 @@ RATE_LIMIT_HEADERS = {
 }
 
 
-def documents_limit_headers(operation_class: type[Operation], *, rate_limited: bool) -> type[Operation]:
-    """``operation_class`` that also declares the headers the route layer adds (``app.core.gate``):
-    ``Retry-After`` on a 429 or 503, and on a rate-limited route ``RateLimit`` and ``RateLimit-Policy``
-    on its answers. Litestar's ``ResponseSpec`` (every problem status) takes no headers, so they were
-    sent and documented nowhere."""
+URI_TOO_LONG = OpenAPIResponse(
+    description="Request line (path and query) too long, refused before any route: over 64 KiB by the "
+    "server (granian, no body), over 16 KiB by the gateway of `deploy/` (a problem). The longest line "
+    "the API issues is a report's next page, about 11 KiB.",
+)
+
+
+def documents_what_surrounds_the_route(
+    operation_class: type[Operation], *, rate_limited: bool
+) -> type[Operation]:
+    """``operation_class`` that also declares what the layers around the route add: the route layer's
+    headers (``app.core.gate``), ``Retry-After`` on a 429 or 503 and, on a rate-limited route,
+    ``RateLimit`` and ``RateLimit-Policy`` on its answers (Litestar's ``ResponseSpec`` takes no
+    headers); and the server's 414 (``URI_TOO_LONG``), which any operation can meet."""
 
     @dataclass
-    class WithLimitHeaders(operation_class):  # type: ignore[valid-type,misc]
+    class Surrounded(operation_class):  # type: ignore[valid-type,misc]
         def __post_init__(self) -> None:
             if (documented := getattr(super(), "__post_init__", None)) is not None:
                 documented()
-            for status, response in (self.responses or {}).items():
-                if not isinstance(response, OpenAPIResponse):
+            operation = cast("Operation", self)
+            responses: Responses = {**(operation.responses or {}), "414": URI_TOO_LONG}
+            operation.responses = dict(sorted(responses.items()))
+            for status, response in operation.responses.items():
+                if not isinstance(response, OpenAPIResponse) or response is URI_TOO_LONG:
                     continue
                 headers = dict(response.headers or {})
                 if status in ("429", "503"):
@@ -137,8 +153,8 @@ def documents_limit_headers(operation_class: type[Operation], *, rate_limited: b
                     headers.update(RATE_LIMIT_HEADERS)
                 response.headers = headers or None
 
-    WithLimitHeaders.__name__ = WithLimitHeaders.__qualname__ = f"{operation_class.__name__}WithLimitHeaders"
-    return WithLimitHeaders
+    Surrounded.__name__ = Surrounded.__qualname__ = f"{operation_class.__name__}Surrounded"
+    return Surrounded
 
 
 def _inline_json_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:

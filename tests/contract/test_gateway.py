@@ -21,8 +21,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from app.domains.reports.services import RANK_CURSOR_MAX_LENGTH
 from tests.served import ROOT, ServerProcess, free_port
 
 CONFIG = ROOT / "deploy" / "nginx.conf"
@@ -138,6 +140,14 @@ async def post_raw(port: int, path: str, length: int, *, body: bool) -> tuple[in
             writer.write(chunk[: min(len(chunk), length - start)])
             await writer.drain()
     await writer.drain()
+    return await read_answer(reader, writer)
+
+
+async def read_answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[int, dict[str, str], bytes]:
+    """The whole answer on a ``Connection: close`` exchange: its status, headers (lower-case names)
+    and body."""
     raw = await reader.read()
     writer.close()
     head, _, content = raw.partition(b"\r\n\r\n")
@@ -187,3 +197,50 @@ async def test_the_payment_webhooks_limit_is_kept_at_the_gateway(gateway: int) -
     assert json.loads(content)["detail"] == "The request body is larger than this route accepts."  # nginx's
     status, _, _ = await post_raw(gateway, "/api/payments/webhook", 64 * 1024, body=True)
     assert status != 413
+
+
+async def get_raw(port: int, target: str) -> tuple[int, dict[str, str], bytes]:
+    """``GET target`` sent byte for byte: the status, the headers (lower-case names) and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    return await read_answer(reader, writer)
+
+
+async def test_the_longest_cursor_a_report_issues_passes_the_gateway(gateway: int) -> None:
+    """A ranked report's ``next_cursor`` holds the value it stopped at (a page path of up to 2,000
+    characters, up to 4 bytes each): up to ``RANK_CURSOR_MAX_LENGTH`` (10,684) characters. nginx's
+    default request-line buffer (8 KiB) answered such a next page 414; the app must see it (401
+    without a token)."""
+    assert await status_of(gateway, "/health/live") == 200
+    cursor = "9" * 16 + "." + "A" * (RANK_CURSOR_MAX_LENGTH - 17)
+    query = f"period=custom&from=2026-11-01&to=2026-11-30&tz=America/Los_Angeles&limit=100&cursor={cursor}"
+    status, _, _ = await get_raw(gateway, f"/api/sites/1/pages?{query}")
+    assert status == 401
+
+
+async def test_a_request_line_over_the_gateways_limit_is_a_problem(gateway: int) -> None:
+    assert await status_of(gateway, "/health/live") == 200
+    status, headers, content = await get_raw(gateway, "/api/products?cursor=" + "A" * 17 * 1024)
+    assert (status, headers["content-type"]) == (414, "application/problem+json")
+    problem = json.loads(content)
+    assert (problem["type"], problem["status"]) == ("/problems/uri-too-long", 414)
+    assert len(problem["request_id"]) == 32
+
+
+async def test_the_app_alone_refuses_a_request_line_over_64_kib_as_documented(
+    app_server: ServerProcess,
+) -> None:
+    """granian (hyper) refuses a request target over 64 KiB with an empty 414 before any route; the
+    schema documents it on every operation (``app.core.openapi``)."""
+    status, _, _ = await get_raw(app_server.port, "/api/products?cursor=" + "A" * 64 * 1024)
+    assert status == 414
+    async with httpx.AsyncClient(base_url=app_server.base) as client:
+        schema = (await client.get("/schema/openapi.json")).json()
+    undocumented = [
+        f"{method.upper()} {path}"
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and "responses" in operation and "414" not in operation["responses"]
+    ]
+    assert not undocumented

@@ -106,7 +106,8 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
     path has an integer id (an unknown one, or a segment that is no canonical integer; a route named
     by a string documents its own 404s where it answers them), 429 where a limiter applies (the
     gate's, where ``app.core.gate.rate_limit_policy`` names one, or where a refused token is charged,
-    ``refused_token_policy``: logout; the ingest routes keep their own), 400/500/503 everywhere."""
+    ``refused_token_policy``: logout; the ingest routes keep their own), 400/500/503 everywhere, and
+    the server's 414 (a request line over its limit) everywhere."""
     handlers = route_handlers(app)
     with_int_ids = {
         route.path_format
@@ -116,7 +117,7 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
     missing = []
     for path, method, operation in operations(app):
         documented = set(operation["responses"])
-        expected = {"400", "500", "503"}
+        expected = {"400", "414", "500", "503"}
         if authenticates(handlers[path, method], path):
             expected.add("401")
         if path in with_int_ids:
