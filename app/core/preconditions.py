@@ -18,19 +18,25 @@ schema declares a plain string, not the grammar as a ``pattern``: contract fuzze
 values for a plain ``If-Match`` string (Schemathesis' If-Match format), while a pattern holding ``"``
 left Schemathesis with no value it could send and it sent ``0`` as if valid. If-Match compares
 strongly: a weak tag never matches.
+
+A read whose resource's version names its whole representation (a task: its version takes every
+change of its row) also honours ``If-None-Match`` (13.1.2, weak comparison): when it names the current
+version, the answer is 304 without a body (``answer_unless_held``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar, cast
 
 import msgspec
+from litestar import Response
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import Operation, Parameter
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Parameter, Schema
 from litestar.params import HeaderParameter
+from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
 from app.core.compression import CODINGS, coded_etag
 from app.core.errors import PROBLEM_MEDIA_TYPE, AppError, FieldError, InvalidFieldsError, Problem
@@ -167,3 +173,77 @@ def require_match(if_match: IfMatch | None, version: int) -> None:
     """``if_match.require(version)``; no condition (None) always holds."""
     if if_match is not None:
         if_match.require(version)
+
+
+IF_NONE_MATCH_DESCRIPTION = (
+    'The `ETag`s of copies the client holds, separated by commas (weak comparison: `W/"7"` names '
+    "version 7 too), or `*`: when one names the resource's current version, the answer is 304 Not "
+    "Modified without a body, its `ETag` the one named. Malformed or over "
+    f"{IF_MATCH_MAX_LENGTH} characters: ignored (the whole answer)."
+)
+
+IfNoneMatchHeader = Annotated[
+    str | None,
+    HeaderParameter(name="If-None-Match", schema_extra={"type": "string", "oneOf": None}),
+]
+"""The ``If-None-Match`` parameter of a read that answers with ``answer_unless_held`` (its route takes
+``operation_class=DocumentsConditionalRead`` and ``responses`` merged with ``not_modified()``)."""
+
+
+def not_modified() -> dict[int, ResponseSpec]:
+    """``responses=`` entry of a read that honours ``If-None-Match`` (merge with ``problems(...)``)."""
+    return {
+        HTTP_304_NOT_MODIFIED: ResponseSpec(
+            data_container=None,
+            description="`If-None-Match` names the current version: the client's copy is current (no body)",
+        )
+    }
+
+
+@dataclass
+class DocumentsConditionalRead(Operation):
+    """The operations of reads that take ``IfNoneMatchHeader``: the parameter's description (beside a
+    plain string schema, as for ``If-Match``) and the 304's ``ETag``."""
+
+    def __post_init__(self) -> None:
+        for parameter in self.parameters or ():
+            if isinstance(parameter, Parameter) and parameter.name == "If-None-Match":
+                parameter.description = IF_NONE_MATCH_DESCRIPTION
+        unchanged = (self.responses or {}).get(str(HTTP_304_NOT_MODIFIED))
+        if isinstance(unchanged, OpenAPIResponse):
+            unchanged.headers = {
+                ETAG_HEADER.name: OpenAPIHeader(
+                    schema=Schema(type=OpenAPIType.STRING),
+                    description="The entity-tag of `If-None-Match` that named the current version",
+                )
+            }
+
+
+def held_copy(if_none_match: str | None, version: int) -> str | None:
+    """The entity-tag of ``if_none_match`` that names the resource at ``version`` (weak comparison),
+    in its strong form: the ``ETag`` of the 304, so that a cache finds the copy it revalidated (``"7-br"``
+    for a copy it received compressed). None when it names none; also when it is malformed or overlong,
+    since the whole answer is always correct (RFC 9110 13.1.2 leaves both to the server)."""
+    if (
+        if_none_match is None
+        or len(if_none_match) > IF_MATCH_MAX_LENGTH
+        or IF_MATCH_SYNTAX.fullmatch(if_none_match) is None
+    ):
+        return None
+    current = etag(version)
+    if if_none_match == "*":
+        return current
+    return next(
+        (tag for _, tag in _TAGS.findall(if_none_match) if names_version(frozenset((tag,)), current)), None
+    )
+
+
+T = TypeVar("T")
+
+
+def answer_unless_held(content: T, version: int, if_none_match: str | None) -> Response[T]:
+    """A read's answer with the resource's ``ETag``; or 304 without a body when ``If-None-Match`` names
+    the current version (typed as the answer it replaces, so the route documents its 200's body)."""
+    if (held := held_copy(if_none_match, version)) is not None:
+        return cast("Response[T]", Response(None, status_code=HTTP_304_NOT_MODIFIED, headers={"ETag": held}))
+    return Response(content, headers={"ETag": etag(version)})

@@ -164,3 +164,15 @@ async def test_the_layer_codes_only_the_strong_tags_of_what_it_encodes(
         answer = await client.get(path, headers={"Accept-Encoding": accept_encoding})
         assert answer.status_code == 200
         assert answer.headers["etag"] == tag
+
+
+async def test_a_compressed_copy_revalidates_as_the_copy_it_is(client: Client, team: Team) -> None:
+    """A cache holding the brotli answer (``"1-br"``) sends that tag: the 304 names it back, so the
+    cache refreshes the copy it holds (RFC 9111 4.3.4 selects stored answers by their validator)."""
+    url = await long_task(client, team)
+    etag, _ = await read(client, team, url, "br")
+    held = await client.get(
+        url, headers=team.viewer.headers | {"Accept-Encoding": "br", "If-None-Match": etag}
+    )
+    assert (held.status_code, held.headers["etag"], held.content) == (304, '"1-br"', b"")
+    assert "content-encoding" not in held.headers

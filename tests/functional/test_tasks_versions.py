@@ -1,5 +1,6 @@
 """Tasks' optimistic concurrency: a version per task, its strong ETag, If-Match on PATCH and DELETE
-(RFC 9110 13.1.1), and distinct positions for tasks created at the same time."""
+(RFC 9110 13.1.1), If-None-Match on GET (13.1.2), and distinct positions for tasks created at the
+same time."""
 
 from __future__ import annotations
 
@@ -234,6 +235,61 @@ async def test_the_schema_documents_if_match_the_412_and_the_etag(client: Client
         assert "412" in task[method]["responses"], method
     for method in ("get", "patch"):
         assert "ETag" in task[method]["responses"]["200"]["headers"], method
+
+
+# -- reading only if changed (If-None-Match) ----------------------------------------------------------
+
+
+async def test_a_read_naming_the_current_version_is_a_304_without_a_body(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    url, _ = await new_task(db, team)
+    held = await client.get(url, headers=team.viewer.headers | {"If-None-Match": '"1"'})
+    assert (held.status_code, held.content, held.headers["etag"]) == (304, b"", '"1"')
+    changed = await client.patch(url, json={"title": "renamed"}, headers=team.editor.headers)
+    assert changed.headers["etag"] == '"2"'
+    fresh = await client.get(url, headers=team.viewer.headers | {"If-None-Match": '"1"'})
+    assert (fresh.status_code, fresh.headers["etag"], fresh.json()["title"]) == (200, '"2"', "renamed")
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "status", "tag"),
+    [
+        ('W/"1"', 304, '"1"'),  # weak comparison
+        ('"0", "1"', 304, '"1"'),
+        ('"0", W/"1-gzip"', 304, '"1-gzip"'),  # the copy a cache holds, as it holds it
+        ("*", 304, '"1"'),
+        ('"0"', 200, '"1"'),
+        ('"1', 200, '"1"'),  # malformed: ignored, the whole answer
+        ("1", 200, '"1"'),
+        ('"1"' + ", " * 1100, 200, '"1"'),  # overlong: ignored
+    ],
+)
+async def test_if_none_match_compares_weakly_and_ignores_what_it_cannot_read(
+    client: Client, db: AsyncConnection[Any], team: Team, if_none_match: str, status: int, tag: str
+) -> None:
+    url, _ = await new_task(db, team)
+    answer = await client.get(url, headers=team.viewer.headers | {"If-None-Match": if_none_match})
+    assert (answer.status_code, answer.headers["etag"]) == (status, tag)
+    assert (answer.content == b"") == (status == 304)
+
+
+async def test_access_is_judged_before_if_none_match(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    url, _ = await new_task(db, team)
+    assert_problem(await client.get(url, headers=team.outsider.headers | {"If-None-Match": "*"}), 404)
+    assert_problem(await client.get(url, headers={"If-None-Match": '"1"'}), 401)
+
+
+async def test_the_schema_documents_if_none_match_and_the_304(client: Client) -> None:
+    read = (await client.get("/schema/openapi.json")).json()["paths"]["/api/tasks/{task_id}"]["get"]
+    headers = {p["name"]: p for p in read["parameters"] if p["in"] == "header"}
+    assert headers["If-None-Match"]["schema"] == {"type": "string"}
+    assert "304" in headers["If-None-Match"]["description"]
+    assert "content" not in read["responses"]["304"]
+    assert "ETag" in read["responses"]["304"]["headers"]
+    assert "TaskOut" in read["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
 
 
 # -- at the same time ---------------------------------------------------------------------------------

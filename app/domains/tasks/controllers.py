@@ -26,9 +26,13 @@ from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decod
 from app.core.preconditions import (
     ETAG_FORMS,
     ETAG_HEADER,
+    DocumentsConditionalRead,
     DocumentsIfMatch,
     IfMatchHeader,
+    IfNoneMatchHeader,
+    answer_unless_held,
     etag,
+    not_modified,
     parse_if_match,
     precondition_failed,
 )
@@ -189,13 +193,18 @@ class TasksController(Controller):
     @get(
         "/",
         summary="A task",
-        description=f"Answers the task's `ETag`, {ETAG_FORMS}: send it as `If-Match` with a change.",
+        description=f"Answers the task's `ETag`, {ETAG_FORMS}: send it as `If-Match` with a change, or "
+        "as `If-None-Match` to read it only if it changed (304 otherwise: every change of the task, "
+        "whoever makes it, takes a new version).",
         response_headers=[ETAG_HEADER],
-        responses=problems(401, 404, 429),
+        responses=problems(401, 404, 429) | not_modified(),
+        operation_class=DocumentsConditionalRead,
     )
-    async def get_task(self, task_id: IdPath, tasks: Tasks, current_user: Caller) -> Response[TaskOut]:
+    async def get_task(
+        self, task_id: IdPath, tasks: Tasks, current_user: Caller, if_none_match: IfNoneMatchHeader = None
+    ) -> Response[TaskOut]:
         task = await tasks.get(current_user.id, task_id)
-        return Response(TaskOut.from_row(task), headers={"ETag": etag(task.version)})
+        return answer_unless_held(TaskOut.from_row(task), task.version, if_none_match)
 
     @patch(
         "/",
