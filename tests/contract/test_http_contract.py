@@ -130,6 +130,33 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
     assert not missing, "\n".join(missing)
 
 
+CREATIONS_WITHOUT_A_KEY = {
+    # Sending an invitation again updates it (an upsert): a retry changes nothing but the token, and
+    # its answer carries the token that works.
+    "/api/projects/{project_id}/invitations",
+    # Tracking a login is a set: a retry finds it tracked (200).
+    "/api/github/tracked",
+    # Not built: a retried upload stores the file again. Its key would be claimed once the body is
+    # streamed (the fingerprint needs its digest: a client's retry has another multipart boundary).
+    "/api/projects/{project_id}/files",
+}
+"""Creating routes (a POST that answers 201) whose retry creates nothing twice without a key."""
+
+
+def test_every_creating_route_takes_an_idempotency_key(app: Litestar) -> None:
+    """A client retrying a creation after a lost answer must be able to create once (CONVENTIONS.md);
+    the stock adjustment and the product creation ignored the key a client sent."""
+    lacking = [
+        path
+        for path, method, operation in operations(app)
+        if method == "post"
+        and "201" in operation["responses"]
+        and path not in CREATIONS_WITHOUT_A_KEY
+        and not any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))
+    ]
+    assert not lacking
+
+
 def test_routes_exempt_from_the_limiter_document_no_429_unless_they_keep_their_own(app: Litestar) -> None:
     """The payment webhook is never rate-limited (nor does it read a token): a documented 429 would be
     a false promise. The page-view ingest is exempt from the gate's limiter because it keeps its own.

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from app.core.auth import Caller, caller_of, requires_admin
+from app.core.idempotency import (
+    IDEMPOTENCY_DESCRIPTION,
+    DocumentsIdempotency,
+    DocumentsVersionedCreation,
+    Idempotent,
+    OptionalIdempotencyKey,
+    with_etag,
+)
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, PageSize, decode_cursor
 from app.core.preconditions import (
@@ -49,7 +59,7 @@ def _price(value: float | None) -> Decimal | None:
     return None if value is None else Decimal(repr(value))
 
 
-def _with_etag(product: ProductOut, status_code: int | None = None) -> Response[ProductOut]:
+def _with_etag(product: ProductOut) -> Response[ProductOut]:
     """The product and its ``ETag``, the version an administrator sends back in ``If-Match``.
 
     The version is that of the product's details (name, description, price, ``active``): its stock
@@ -59,7 +69,16 @@ def _with_etag(product: ProductOut, status_code: int | None = None) -> Response[
     (this route answers no 304: a fresh body under the same tag), then answered a client's
     ``If-None-Match`` with 304 for the body the client held, with its old stock (RFC 9110 8.8.3)."""
     headers = {"ETag": etag(product.version), "Cache-Control": "no-store"}
-    return Response(product, headers=headers, status_code=status_code)
+    return Response(product, headers=headers)
+
+
+@dataclass
+class _DocumentsConditionalIdempotentChange(DocumentsIfMatch, DocumentsIdempotency):
+    """A change that takes both ``If-Match`` and ``Idempotency-Key`` (a stock adjustment)."""
+
+    def __post_init__(self) -> None:
+        DocumentsIfMatch.__post_init__(self)
+        DocumentsIdempotency.__post_init__(self)
 
 
 def _is_admin(request: Request[Any, Any, Any]) -> bool:
@@ -131,15 +150,32 @@ class ProductsController(Controller):
         security=BEARER,
         summary="Create a product (admins)",
         description=f"Answers the new product and its `ETag`, {ETAG_FORMS}, as its GET does: send it as "
-        "`If-Match` with a change.",
-        response_headers=[ETAG_HEADER],
-        responses=problems(400, 401, 403, 409, 429),
+        "`If-Match` with a change. " + IDEMPOTENCY_DESCRIPTION,
+        operation_class=DocumentsVersionedCreation,
+        responses={
+            **problems(400, 401, 403, 409, 422, 429),
+            201: ResponseSpec(ProductOut, description="Created"),
+        },
     )
     async def create_product(
-        self, data: JSONBody[ProductCreate], products: Products, current_user: Caller
-    ) -> Response[ProductOut]:
-        product = await products.create(data, current_user.id)
-        return _with_etag(ProductOut.from_row(product, products.currency), HTTP_201_CREATED)
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ProductCreate],
+        products: Products,
+        idempotency: Idempotent,
+        current_user: Caller,
+        idempotency_key: OptionalIdempotencyKey = None,
+    ) -> Response[bytes]:
+        created = await idempotency.respond(
+            request,
+            current_user.id,
+            idempotency_key,
+            data,
+            lambda claim: products.create(data, current_user.id, claim=claim),
+            lambda product: ProductOut.from_row(product, products.currency),
+        )
+        created.set_header("Cache-Control", "no-store")  # as the product's GET (``_with_etag``)
+        return with_etag(created)
 
     @patch(
         "/{product_id:int}",
@@ -177,19 +213,33 @@ class ProductsController(Controller):
         description="With `If-Match` (the product's `ETag`), applied only if the product's name, "
         "description, price and `active` are still at a version it names: otherwise 412 "
         "`precondition-failed` and nothing applied. Stock does not move the `ETag`: to apply only from "
-        "a known stock, send `expected_stock`.",
-        responses={**problems(400, 401, 403, 404, 409, 429), **precondition_failed()},
-        operation_class=DocumentsIfMatch,
+        "a known stock, send `expected_stock`. " + IDEMPOTENCY_DESCRIPTION,
+        responses={
+            **problems(400, 401, 403, 404, 409, 422, 429),
+            **precondition_failed(),
+            201: ResponseSpec(StockOut, description="Applied: the stock it left"),
+        },
+        operation_class=_DocumentsConditionalIdempotentChange,
     )
     async def adjust_stock(
         self,
+        request: Request[Any, Any, Any],
         product_id: IdPath,
         data: JSONBody[StockAdjustmentIn],
         products: Products,
+        idempotency: Idempotent,
         current_user: Caller,
         if_match: IfMatchHeader = None,
-    ) -> StockOut:
-        stock = await products.adjust_stock(
-            current_user.id, product_id, data, if_match=parse_if_match(if_match)
+        idempotency_key: OptionalIdempotencyKey = None,
+    ) -> Response[bytes]:
+        condition = parse_if_match(if_match)
+        return await idempotency.respond(
+            request,
+            current_user.id,
+            idempotency_key,
+            data,
+            lambda claim: products.adjust_stock(
+                current_user.id, product_id, data, if_match=condition, claim=claim
+            ),
+            lambda stock: StockOut(product_id=product_id, stock=stock),
         )
-        return StockOut(product_id=product_id, stock=stock)

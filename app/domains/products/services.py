@@ -10,6 +10,7 @@ import msgspec
 from app.core.cache import CacheNamespace
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
+from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import encode_cursor
 from app.core.preconditions import IfMatch, require_match
 from app.db import products as queries
@@ -101,8 +102,11 @@ class ProductService:
         self.ttl_s = ttl_s
         self.accounts = accounts
 
-    async def create(self, data: ProductCreate, actor: int | None = None) -> Product:
-        """``actor``: the administrator creating it, or None for the demo seed (no caller)."""
+    async def create(
+        self, data: ProductCreate, actor: int | None = None, *, claim: IdempotencyClaim[Product] | None = None
+    ) -> Product:
+        """``actor``: the administrator creating it, or None for the demo seed (no caller). ``claim``:
+        the request's idempotency key, completed in this transaction."""
         async with self.db.transaction() as uow:
             if actor is not None:
                 await self.accounts.lock_admin(uow, actor)
@@ -116,6 +120,8 @@ class ProductService:
             )
             if product is None:
                 raise ConflictError("A product with this SKU exists.")
+            if claim is not None:
+                await claim.complete(uow, product, resource_id=product.id)
             uow.after_commit(self.cache.invalidate_all)
             return product
 
@@ -147,7 +153,13 @@ class ProductService:
             return product
 
     async def adjust_stock(
-        self, actor: int, product_id: int, data: StockAdjustmentIn, *, if_match: IfMatch | None = None
+        self,
+        actor: int,
+        product_id: int,
+        data: StockAdjustmentIn,
+        *,
+        if_match: IfMatch | None = None,
+        claim: IdempotencyClaim[int] | None = None,
     ) -> int:
         """Add or remove stock with a recorded reason; never below zero nor above MAX_STOCK (409).
         With ``expected_stock``, only from that stock (409 ``stock-changed`` otherwise): a delta is
@@ -156,7 +168,8 @@ class ProductService:
         ``if_match``: only if the product is still at a version it names (else 412, nothing
         applied), compared under the product's lock as ``update`` does. The version is the
         product's details', which stock does not move: ``expected_stock`` is the condition on the
-        stock."""
+        stock. ``claim``: the request's idempotency key, completed in this transaction (a retry then
+        replays the stock this adjustment left, and applies nothing again)."""
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
             if if_match is not None:
@@ -187,6 +200,8 @@ class ProductService:
                 actor_id=actor,
                 stock_after=stock,
             )
+            if claim is not None:
+                await claim.complete(uow, stock, resource_id=product_id)
             uow.after_commit(self.cache.invalidate_all)
             return stock
 
