@@ -78,6 +78,9 @@ class IdempotencyKeyInFlightError(ConflictError):
     slug = "idempotency-key-in-flight"
     title = "A request with this idempotency key is still being processed"
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})  # a creation takes milliseconds
+
 
 def idempotency_key_header(description: str) -> HeaderParameter:
     """The one declaration of the header's rules (printable ASCII, 1 to 255 characters), with the
@@ -157,7 +160,8 @@ IDEMPOTENCY_DESCRIPTION = (
     "body creates nothing and replays the first answer (its status and body) with "
     "`Idempotent-Replayed: true`; the same key with another body or on another route is 422 "
     "`idempotency-key-reused`; a duplicate sent while the first is still being processed is 409 "
-    "`idempotency-key-in-flight` (a request that never finished holds its key for at most a minute). "
+    "`idempotency-key-in-flight` with `Retry-After: 1` (a request that never finished holds its key for "
+    "at most a minute). "
     "A request that fails (any problem answer) leaves the key free for a corrected retry. Without the "
     "header, every request creates."
 )

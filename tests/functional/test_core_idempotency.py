@@ -321,7 +321,9 @@ async def test_a_concurrent_duplicate_is_409_and_the_first_completes(
         requests = [asyncio.create_task(post(client, setup, route.body, "race")) for _ in "ab"]
         done, waiting = await asyncio.wait(requests, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         assert len(done) == 1 and len(waiting) == 1, "one request must be held by the lock"
-        assert_problem(done.pop().result(), 409, "idempotency-key-in-flight")
+        refused = done.pop().result()
+        assert_problem(refused, 409, "idempotency-key-in-flight")
+        assert refused.headers["retry-after"] == "1"
         await locker.rollback()
     accepted = await asyncio.wait_for(waiting.pop(), 30)
     assert accepted.status_code == 201, accepted.text
