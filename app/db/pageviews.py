@@ -276,11 +276,19 @@ async def purge_site_event_ids(
         return await cur.fetchone()
 
 
-FORGET_DELETED_SITES = "delete from deleted_sites where site_id = any($1::bigint[]) and deleted_at < $2"
+FORGET_DELETED_SITES = """\
+delete from deleted_sites d
+where d.site_id = any($1::bigint[]) and d.deleted_at < $2
+    and not exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_dimension_hourly r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_visits r where r.site_id = d.site_id)"""
 
 
 async def forget_deleted_sites(conn: AsyncConnection[Any], *, site_ids: list[int], before: datetime) -> int:
-    """Tombstones whose data is gone and which no process needs any more (older than @before)."""
+    """Tombstones whose data is gone and which no process needs any more (older than @before). The
+    reports' purge finds a deleted site's rollups through its tombstone (DeletedSitesWithRollups): it is
+    kept while any are left."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(FORGET_DELETED_SITES, (site_ids, before))
         return cur.rowcount

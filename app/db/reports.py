@@ -773,3 +773,163 @@ async def purge_visits(
     async with AsyncRawCursor(conn, row_factory=args_row(PurgeVisitsRow)) as cur:
         await cur.execute(PURGE_VISITS, (resume_from, before, chunk_size))
         return await cur.fetchone()
+
+
+DELETED_SITES_WITH_ROLLUPS = """\
+select d.site_id from deleted_sites d
+where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_dimension_hourly r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_visits r where r.site_id = d.site_id)
+order by d.site_id"""
+
+
+async def deleted_sites_with_rollups(conn: AsyncConnection[Any]) -> list[int]:
+    """The deleted sites (their `deleted_sites` tombstone) that still have rollup rows. A site's deletion
+    leaves its rollups to the chunks below (migration 20261205170000): one statement of tens of millions
+    of rows outlasted the statement timeout. Four probes of each table's primary key per tombstone."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(DELETED_SITES_WITH_ROLLUPS)
+        return await cur.fetchall()
+
+
+PURGE_SITE_HOURLY_ROLLUPS = """\
+with purged as (
+    delete from page_view_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_hourly first
+        where first.site_id = $2 and first.hour >= $1::timestamptz
+        order by first.hour
+        limit $3::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeSiteHourlyRollupsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_site_hourly_rollups(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    site_id: int,
+    chunk_size: int,
+) -> PurgeSiteHourlyRollupsRow | None:
+    """One chunk of a deleted site's rows, through its primary key from @resume_from on (the last hour a
+    chunk deleted: rows of that hour may be left), one transaction each, so no chunk reads again the
+    index entries of the rows its predecessors deleted. By ctid (CONVENTIONS.md, "A chunked delete");
+    the rows of a deleted site never change: no lock."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteHourlyRollupsRow)) as cur:
+        await cur.execute(PURGE_SITE_HOURLY_ROLLUPS, (resume_from, site_id, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_SITE_HOURLY_VISITORS = """\
+with purged as (
+    delete from page_view_hourly_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_hourly_visitors first
+        where first.site_id = $2 and first.hour >= $1::timestamptz
+        order by first.hour
+        limit $3::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeSiteHourlyVisitorsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_site_hourly_visitors(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    site_id: int,
+    chunk_size: int,
+) -> PurgeSiteHourlyVisitorsRow | None:
+    """One chunk, as PurgeSiteHourlyRollups."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteHourlyVisitorsRow)) as cur:
+        await cur.execute(PURGE_SITE_HOURLY_VISITORS, (resume_from, site_id, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_SITE_DIMENSION_ROLLUPS = """\
+with purged as (
+    delete from page_view_dimension_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_dimension_hourly first
+        where first.site_id = $3
+            and (first.dimension, first.hour) >= ($1::text, $2::timestamptz)
+        order by first.dimension, first.hour
+        limit $4::integer
+    ))
+    returning doomed.dimension, doomed.hour
+), last as (
+    select dimension, hour from purged order by dimension desc, hour desc limit 1
+)
+select (select count(*) from purged)::integer as deleted,
+       coalesce((select dimension from last), $1::text)::text as resume_dimension,
+       coalesce((select hour from last), $2::timestamptz)::timestamptz as resume_from"""
+
+
+class PurgeSiteDimensionRollupsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_dimension: str
+    resume_from: datetime
+
+
+async def purge_site_dimension_rollups(
+    conn: AsyncConnection[Any],
+    *,
+    resume_dimension: str,
+    resume_from: datetime,
+    site_id: int,
+    chunk_size: int,
+) -> PurgeSiteDimensionRollupsRow | None:
+    """One chunk, as PurgeSiteHourlyRollups, resuming at the last (dimension, hour): the primary key's order.
+    """
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteDimensionRollupsRow)) as cur:
+        await cur.execute(PURGE_SITE_DIMENSION_ROLLUPS, (resume_dimension, resume_from, site_id, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_SITE_VISITS = """\
+with purged as (
+    delete from page_view_visits doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_visits first
+        where first.site_id = $2 and first.visitor_id >= $1::bigint
+        order by first.visitor_id
+        limit $3::integer
+    ))
+    returning doomed.visitor_id
+)
+select count(*)::integer as deleted, coalesce(max(visitor_id), $1::bigint)::bigint as resume_visitor
+from purged"""
+
+
+class PurgeSiteVisitsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_visitor: int
+
+
+async def purge_site_visits(
+    conn: AsyncConnection[Any],
+    *,
+    resume_visitor: int,
+    site_id: int,
+    chunk_size: int,
+) -> PurgeSiteVisitsRow | None:
+    """One chunk, as PurgeSiteHourlyRollups, resuming at the last visitor (the primary key's order)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteVisitsRow)) as cur:
+        await cur.execute(PURGE_SITE_VISITS, (resume_visitor, site_id, chunk_size))
+        return await cur.fetchone()

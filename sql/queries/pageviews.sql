@@ -98,5 +98,12 @@ select (select count(*) from purged)::integer as deleted,
        coalesce((select event_id from chosen order by event_id desc limit 1), @from_id)::uuid as last_id;
 
 -- name: ForgetDeletedSites :execrows
--- Tombstones whose data is gone and which no process needs any more (older than @before).
-delete from deleted_sites where site_id = any(@site_ids::bigint[]) and deleted_at < @before;
+-- Tombstones whose data is gone and which no process needs any more (older than @before). The
+-- reports' purge finds a deleted site's rollups through its tombstone (DeletedSitesWithRollups): it is
+-- kept while any are left.
+delete from deleted_sites d
+where d.site_id = any(@site_ids::bigint[]) and d.deleted_at < @before
+    and not exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_dimension_hourly r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_visits r where r.site_id = d.site_id);

@@ -457,3 +457,81 @@ with purged as (
 select count(*)::integer as deleted,
     coalesce(max(started_at), @resume_from::timestamptz)::timestamptz as resume_from
 from purged;
+
+-- name: DeletedSitesWithRollups :many
+-- The deleted sites (their `deleted_sites` tombstone) that still have rollup rows. A site's deletion
+-- leaves its rollups to the chunks below (migration 20261205170000): one statement of tens of millions
+-- of rows outlasted the statement timeout. Four probes of each table's primary key per tombstone.
+select d.site_id from deleted_sites d
+where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_dimension_hourly r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_visits r where r.site_id = d.site_id)
+order by d.site_id;
+
+-- name: PurgeSiteHourlyRollups :one
+-- One chunk of a deleted site's rows, through its primary key from @resume_from on (the last hour a
+-- chunk deleted: rows of that hour may be left), one transaction each, so no chunk reads again the
+-- index entries of the rows its predecessors deleted. By ctid (CONVENTIONS.md, "A chunked delete");
+-- the rows of a deleted site never change: no lock.
+with purged as (
+    delete from page_view_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_hourly first
+        where first.site_id = @site_id and first.hour >= @resume_from::timestamptz
+        order by first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
+
+-- name: PurgeSiteHourlyVisitors :one
+-- One chunk, as PurgeSiteHourlyRollups.
+with purged as (
+    delete from page_view_hourly_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_hourly_visitors first
+        where first.site_id = @site_id and first.hour >= @resume_from::timestamptz
+        order by first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
+
+-- name: PurgeSiteDimensionRollups :one
+-- One chunk, as PurgeSiteHourlyRollups, resuming at the last (dimension, hour): the primary key's order.
+with purged as (
+    delete from page_view_dimension_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_dimension_hourly first
+        where first.site_id = @site_id
+            and (first.dimension, first.hour) >= (@resume_dimension::text, @resume_from::timestamptz)
+        order by first.dimension, first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.dimension, doomed.hour
+), last as (
+    select dimension, hour from purged order by dimension desc, hour desc limit 1
+)
+select (select count(*) from purged)::integer as deleted,
+       coalesce((select dimension from last), @resume_dimension::text)::text as resume_dimension,
+       coalesce((select hour from last), @resume_from::timestamptz)::timestamptz as resume_from;
+
+-- name: PurgeSiteVisits :one
+-- One chunk, as PurgeSiteHourlyRollups, resuming at the last visitor (the primary key's order).
+with purged as (
+    delete from page_view_visits doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_visits first
+        where first.site_id = @site_id and first.visitor_id >= @resume_visitor::bigint
+        order by first.visitor_id
+        limit @chunk_size::integer
+    ))
+    returning doomed.visitor_id
+)
+select count(*)::integer as deleted, coalesce(max(visitor_id), @resume_visitor::bigint)::bigint as resume_visitor
+from purged;

@@ -330,6 +330,82 @@ class ReportService:
 
         return await self.db.delete_in_chunks(chunk)
 
+    async def purge_deleted_sites(self, *, chunk_size: int = PURGE_CHUNK) -> int:
+        """Delete the rollups of the deleted sites (their ``deleted_sites`` tombstone), ``chunk_size``
+        rows per transaction: a site's deletion leaves them here (one cascade of a busy site's 90 days
+        outlasted the statement timeout, and the site could never be deleted). Each site's tables are
+        purged as ``purge_tables`` does; a site whose purge fails is left for the next day (its
+        tombstone is kept while rows are left: ``ForgetDeletedSites``), the sites after it purged all
+        the same, and the first failure is raised at the end. Returns how many rows."""
+        async with self.db.transaction() as uow:
+            site_ids = await queries.deleted_sites_with_rollups(uow.conn)
+        purged = 0
+        failures: list[Exception] = []
+        for site_id in site_ids:
+            try:
+                purged += await self._purge_site_rollups(site_id, chunk_size)
+            except Exception as exc:  # logged by purge_tables, with the table
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+        return purged
+
+    async def _purge_site_rollups(self, site_id: int, chunk_size: int) -> int:
+        """One deleted site's rollups, table by table, each chunk resuming where the last one ended."""
+        hour, visitors_hour, dimension, visitor = PURGE_FROM, PURGE_FROM, ("", PURGE_FROM), -(2**63)
+
+        async def hourly(uow: UnitOfWork) -> int:
+            nonlocal hour
+            row = await queries.purge_site_hourly_rollups(
+                uow.conn, resume_from=hour, site_id=site_id, chunk_size=chunk_size
+            )
+            assert row is not None
+            hour = row.resume_from
+            return row.deleted
+
+        async def dimensions(uow: UnitOfWork) -> int:
+            nonlocal dimension
+            row = await queries.purge_site_dimension_rollups(
+                uow.conn,
+                resume_dimension=dimension[0],
+                resume_from=dimension[1],
+                site_id=site_id,
+                chunk_size=chunk_size,
+            )
+            assert row is not None
+            dimension = (row.resume_dimension, row.resume_from)
+            return row.deleted
+
+        async def visitors(uow: UnitOfWork) -> int:
+            nonlocal visitors_hour
+            row = await queries.purge_site_hourly_visitors(
+                uow.conn, resume_from=visitors_hour, site_id=site_id, chunk_size=chunk_size
+            )
+            assert row is not None
+            visitors_hour = row.resume_from
+            return row.deleted
+
+        async def visits(uow: UnitOfWork) -> int:
+            nonlocal visitor
+            row = await queries.purge_site_visits(
+                uow.conn, resume_visitor=visitor, site_id=site_id, chunk_size=chunk_size
+            )
+            assert row is not None
+            visitor = row.resume_visitor
+            return row.deleted
+
+        chunks = [
+            ("page_view_hourly", hourly),
+            ("page_view_dimension_hourly", dimensions),
+            ("page_view_hourly_visitors", visitors),
+            ("page_view_visits", visits),
+        ]
+        return await purge_tables(
+            [(table, partial(self.db.delete_in_chunks, chunk)) for table, chunk in chunks],
+            name="deleted_site_rollups",
+            logger=log.bind(site_id=site_id),
+        )
+
     # -- access ---------------------------------------------------------------------------------
 
     async def window(

@@ -158,7 +158,9 @@ class SiteService:
 
     async def delete(self, caller: CurrentUser, site_id: int) -> None:
         """Its ingest key stops working in every process from the commit on (module docstring); a
-        daily job of the pageviews domain deletes its raw page views."""
+        daily job of the pageviews domain deletes its raw page views, one of the reports domain its
+        rollups (``ReportService.purge_deleted_sites``), both in chunks: a busy site's rollups in this
+        statement outlasted the statement timeout."""
         async with self.db.transaction() as uow:
             site = await self.get_for(uow, caller, site_id)
             await self._require_writer(uow, caller, site)

@@ -1,0 +1,106 @@
+"""A deleted site's rollups are purged in chunks by the reports' daily purge, not by its deletion.
+
+``DELETE /api/sites/{id}`` cascaded to the four rollup tables in one statement: 1.6 M rows took
+1.25 s, so a busy site's 90 days (tens of millions of visitor-hours) outlasted the 15 s statement
+timeout, rolled back, and the site could never be deleted. Now the deletion leaves them, reports
+answer 404 at once, and ``ReportService.purge_deleted_sites`` deletes them chunk by chunk; the site's
+tombstone (``deleted_sites``) stays until none is left."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.core.services import open_services
+from app.db import pageviews as pageview_queries
+from app.domains.reports.services import ReportService
+from app.modules import MODULES
+from tests.factories import Client, assert_problem, create_user, make_site, make_user, scalar
+
+TABLES = ("page_view_hourly", "page_view_dimension_hourly", "page_view_hourly_visitors", "page_view_visits")
+HOURS = 30
+
+
+@pytest.fixture
+async def reports(settings: Settings, db: AsyncConnection[Any]) -> AsyncIterator[ReportService]:
+    async with open_services(settings, MODULES) as services:
+        yield services[ReportService]
+
+
+async def add_rollups(db: AsyncConnection[Any], site_id: int) -> None:
+    """HOURS hours of each rollup, several rows an hour (two dimensions, three visitors)."""
+    hours = (
+        "generate_series(date_trunc('hour', now()) - interval '29 hours',"
+        " date_trunc('hour', now()), '1 hour')"
+    )
+    await db.execute(
+        "insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews)"
+        f" select %s, h, 3, 0 from {hours} h",
+        (site_id,),
+    )
+    await db.execute(
+        "insert into page_view_dimension_hourly (site_id, dimension, hour, value, views)"
+        f" select %s, d, h, '/', 1 from {hours} h, unnest(array['path', 'device']) d",
+        (site_id,),
+    )
+    await db.execute(
+        "insert into page_view_hourly_visitors (site_id, hour, visitor_id)"
+        f" select %s, h, v from {hours} h, generate_series(-1, 1) v",
+        (site_id,),
+    )
+    await db.execute(
+        "insert into page_view_visits (site_id, visitor_id, started_at, last_seen_at, pageviews, entry_path)"
+        f" select %s, v, h, h, 1, '/' from {hours} h, generate_series(-1, 1) v",
+        (site_id,),
+    )
+
+
+async def counts(db: AsyncConnection[Any], site_id: int) -> dict[str, int]:
+    return {
+        table: await scalar(db, f"select count(*) from {table} where site_id = %s", site_id)
+        for table in TABLES
+    }
+
+
+async def test_a_deletion_leaves_the_rollups_to_the_purge_which_deletes_them_in_chunks(
+    client: Client, app: Litestar, db: AsyncConnection[Any], reports: ReportService
+) -> None:
+    owner = await make_user(db, app)
+    gone, kept = await make_site(db, owner), await make_site(db, owner)
+    for site in (gone, kept):
+        await add_rollups(db, site.id)
+    before = await counts(db, kept.id)
+    assert before == {
+        "page_view_hourly": HOURS,
+        "page_view_dimension_hourly": 2 * HOURS,
+        "page_view_hourly_visitors": 3 * HOURS,
+        "page_view_visits": 3 * HOURS,
+    }
+
+    assert (await client.delete(f"/api/sites/{gone.id}", headers=owner.headers)).status_code == 204
+    assert await counts(db, gone.id) == before, "left to the purge"
+    assert_problem(await client.get(f"/api/sites/{gone.id}/summary", headers=owner.headers), 404)
+
+    assert await reports.purge_deleted_sites(chunk_size=7) == sum(before.values())
+    assert await counts(db, gone.id) == dict.fromkeys(TABLES, 0)
+    assert await counts(db, kept.id) == before, "another site's rollups are kept"
+    assert await reports.purge_deleted_sites(chunk_size=7) == 0
+
+
+async def test_the_tombstone_stays_while_rollups_of_the_site_are_left(
+    db: AsyncConnection[Any], reports: ReportService
+) -> None:
+    site = await make_site(db, await create_user(db))
+    await add_rollups(db, site.id)
+    await db.execute("delete from sites where id = %s", (site.id,))
+    later = datetime.now(UTC) + timedelta(days=30)
+    forget = {"site_ids": [site.id], "before": later}
+    assert await pageview_queries.forget_deleted_sites(db, **forget) == 0, "rollups left"
+    await reports.purge_deleted_sites()
+    assert await pageview_queries.forget_deleted_sites(db, **forget) == 1
