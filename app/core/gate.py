@@ -89,6 +89,7 @@ from app.core.ratelimit import (
     EXEMPT_PATHS,
     FAIL_CLOSED_RETRY_AFTER_S,
     OPT_KEY,
+    PER_SESSION_OPT_KEY,
     RATE_LIMIT_FAIL_OPEN,
     VALKEY_DOWN,
     Decision,
@@ -119,6 +120,8 @@ class RoutePlan:
     token_policy: Policy | None = None
     """What a refused bearer token is charged under (``refused_token_policy``)."""
     policy_header: tuple[bytes, bytes] | None = None
+    per_session: bool = False
+    """The policy counts a signed-in caller per session (``PER_SESSION_OPT_KEY``), not per user."""
     same_origin: bool = False
     compress: bool = False
     measure: bool = False
@@ -238,6 +241,7 @@ class GateConfig:
             policy=policy,
             token_policy=self._policy(refused_token_policy(handler, path), handler),
             policy_header=(b"ratelimit-policy", policy_header(policy).encode()) if policy else None,
+            per_session=bool((handler.opt or {}).get(PER_SESSION_OPT_KEY)),
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
             compress=self.compression is not None and not _under(paths, self.compression_exclude),
             measure=self.metrics is not None and all(self.metrics.measures(path) for path in paths),
@@ -345,7 +349,7 @@ class RouteGate:
         config = self.config
         policy = plan.policy
         assert policy is not None and plan.policy_header is not None
-        key = rate_limit_key(scope)
+        key = rate_limit_key(scope, per_session=plan.per_session)
         try:
             decision = await config.limiter.hit(policy, key)
         except VALKEY_DOWN as exc:

@@ -75,6 +75,8 @@ if TYPE_CHECKING:
     from litestar._kwargs import KwargsModel
 
 OPT_KEY = "rate_limit"
+PER_SESSION_OPT_KEY = "rate_limit_per_session"
+"""A route whose ``opt`` sets this counts a signed-in caller's requests per session (``rate_limit_key``)."""
 DEFAULT_POLICY = "default"
 EXEMPT_PATHS = ("/health", "/metrics", "/schema", "/saq")
 """Prefixes whose routes are not limited unless they name a policy (``opt={"rate_limit": ...}``)."""
@@ -361,12 +363,19 @@ def policy_header(policy: Policy) -> str:
     )
 
 
-def rate_limit_key(scope: Scope) -> str:
-    """``u:{id}`` for an authenticated request (``scope["user"].id``), else ``address_key``."""
-    user_id = getattr(scope.get("user"), "id", None)
-    if user_id is not None:
-        return f"u:{user_id}"
-    return address_key(scope)
+def rate_limit_key(scope: Scope, *, per_session: bool = False) -> str:
+    """``u:{id}`` for an authenticated request (``scope["user"].id``), else ``address_key``.
+
+    ``per_session``: ``u:{id}:s:{session family}``, one quota per session, on a route where one of the
+    user's sessions must not spend another's (PATCH /me: a thief's session answered the owner's
+    password change, which would sign it out, with 429)."""
+    user = scope.get("user")
+    user_id = getattr(user, "id", None)
+    if user_id is None:
+        return address_key(scope)
+    if per_session:
+        return f"u:{user_id}:s:{user.family_id}"
+    return f"u:{user_id}"
 
 
 def address_key(scope: Scope) -> str:
@@ -436,6 +445,7 @@ class RouteValidator:
 
 __all__ = [
     "EXEMPT_PATHS",
+    "PER_SESSION_OPT_KEY",
     "VALKEY_DOWN",
     "Decision",
     "FailOpenWarnings",

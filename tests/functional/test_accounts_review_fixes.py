@@ -220,6 +220,32 @@ async def test_a_thief_cannot_stop_the_owner_from_changing_the_password(
         assert (await api.get("/api/projects", headers=thief)).status_code == 401
 
 
+async def test_a_thief_spending_the_default_quota_cannot_stop_the_password_change(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str
+) -> None:
+    """Moved to ``default``, the quota of /me was still keyed by the user: a thief's session spent it
+    with GET /me at the start of every minute, and the owner's password change answered 429 for the
+    rest of it (the sessions reviewer: 19 of 20 changes over two minutes). Each session now has its
+    own, and the thief's is still limited."""
+    user = await create_user(db, password_hash)
+    async for api in generous_client(
+        settings, rate_limit_default_per_minute=20, rate_limit_default_per_hour=200
+    ):
+        thief = bearer((await login(api, user.email))["access_token"])
+        spent = [(await api.get("/api/auth/me", headers=thief)).status_code for _ in range(21)]
+        assert spent == [200] * 20 + [429]
+        owner = bearer((await login(api, user.email))["access_token"])
+
+        change = await api.patch(
+            "/api/auth/me",
+            json={"current_password": PASSWORD, "new_password": "a brand new passphrase"},
+            headers=owner,
+        )
+
+        assert change.status_code == 200, change.text
+        assert (await api.get("/api/auth/me", headers=thief)).status_code == 401
+
+
 async def test_a_wrong_current_password_is_still_throttled_like_a_login(
     settings: Settings, db: AsyncConnection[Any], password_hash: str
 ) -> None:

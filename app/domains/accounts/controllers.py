@@ -16,6 +16,7 @@ from app.core.errors import Problem
 from app.core.gate import AUTHENTICATE_OPT
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.ratelimit import PER_SESSION_OPT_KEY
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.db.models import UserRole
@@ -43,11 +44,12 @@ ROTATION = {**ANONYMOUS, "rate_limit": "default"}
 """A rotation guesses nothing (a refresh token is 256 random bits): it needs no password-guessing
 limit, and under the ``auth`` one every session behind one address (an office's NAT) shared 20 a
 minute and 200 an hour."""
-OWN_ACCOUNT = {"rate_limit": "default"}
-"""The caller's own account (GET and PATCH /me) guesses nothing either: under the ``auth`` limit,
-keyed by the user and so shared by all their sessions, a thief's token spent it on GET /me and the
-owner's password change (which would sign the thief out) answered 429. PATCH /me's check of the
-current password stays under the login throttle (``AccountService.update_me``)."""
+OWN_ACCOUNT = {"rate_limit": "default", PER_SESSION_OPT_KEY: True}
+"""The caller's own account (GET and PATCH /me) guesses nothing either, and its quota is each
+session's own: under a quota keyed by the user, shared by all their sessions (``auth``, then
+``default``), a thief's token spent it on GET /me and the owner's password change, which would sign
+the thief out, answered 429 every minute. PATCH /me's check of the current password stays under the
+login throttle (``AccountService.update_me``)."""
 SIGNING_OUT = {"rate_limit": None}
 """Logging out is never refused for a quota: ending a session must always be possible. A refused token
 is charged all the same (``app.core.gate.refused_token_policy``: ``default``, to the address)."""
