@@ -160,6 +160,10 @@ where l.login is not null
   and not exists (
     select 1 from github_snapshots s where s.login = l.login and s.taken_on = $1::date
   )
+  and exists (
+    select 1 from github_tracked t join users u on u.id = t.user_id
+    where t.login = l.login and u.is_active
+  )
 order by a.attempted_at nulls first, l.login
 limit $2"""
 
@@ -170,7 +174,8 @@ async def list_github_logins_due(conn: AsyncConnection[Any], *, taken_on: date, 
     A login is tracked by many users (one row each): the distinct logins are found by a skip scan of
     github_tracked_login_idx (each step the next login after the last, one index entry), so the cron
     reads one tracked row per login, not every user's (a Seq Scan of 50,000 rows for 2,000 logins, 24
-    times a day, though none was due)."""
+    times a day, though none was due). Only logins an active account tracks: a deactivated account's
+    list is kept (it is back on reactivation, with its history) but costs no fetch meanwhile."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LIST_GITHUB_LOGINS_DUE, (taken_on, batch_size))
         return await cur.fetchall()

@@ -54,7 +54,8 @@ limit @row_limit;
 -- A login is tracked by many users (one row each): the distinct logins are found by a skip scan of
 -- github_tracked_login_idx (each step the next login after the last, one index entry), so the cron
 -- reads one tracked row per login, not every user's (a Seq Scan of 50,000 rows for 2,000 logins, 24
--- times a day, though none was due).
+-- times a day, though none was due). Only logins an active account tracks: a deactivated account's
+-- list is kept (it is back on reactivation, with its history) but costs no fetch meanwhile.
 with recursive logins (login) as (
     (select t.login from github_tracked t order by t.login limit 1)
     union all
@@ -68,6 +69,10 @@ left join github_snapshot_attempts a on a.login = l.login
 where l.login is not null
   and not exists (
     select 1 from github_snapshots s where s.login = l.login and s.taken_on = @taken_on::date
+  )
+  and exists (
+    select 1 from github_tracked t join users u on u.id = t.user_id
+    where t.login = l.login and u.is_active
   )
 order by a.attempted_at nulls first, l.login
 limit @batch_size;

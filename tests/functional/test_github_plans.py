@@ -91,5 +91,21 @@ async def test_the_due_logins_come_never_tried_first_then_longest_untried(db: As
     for label, run in (("custom", run_custom), ("generic", run_generic)):
         measured = await run(db, github_queries.LIST_GITHUB_LOGINS_DUE, (DAY, 3))
         assert measured["Actual Rows"] == 3, label
-        assert rows_read(measured, "github_tracked") <= LOGINS + 1, label
+        # and one per due login: whether an active account tracks it
+        assert rows_read(measured, "github_tracked") <= LOGINS + 1 + 4, label
         assert rows_read(measured, "github_snapshots") <= LOGINS, label
+
+
+async def test_a_login_only_deactivated_accounts_track_is_not_due(db: AsyncConnection[Any]) -> None:
+    """A deactivated account's tracked logins were fetched every day, forever (users are never
+    deleted): its list is kept for a reactivation, but costs no fetch meanwhile."""
+    users = await make_crowd(db, 2)
+    await db.execute(
+        "insert into github_tracked (user_id, login) values (%s, 'shared'), (%s, 'shared'), (%s, 'alone')",
+        (users[0], users[1], users[1]),
+    )
+    await db.execute("update users set is_active = false where id = %s", (users[1],))
+
+    assert await github_queries.list_github_logins_due(db, taken_on=DAY, batch_size=10) == ["shared"]
+    await db.execute("update users set is_active = true where id = %s", (users[1],))
+    assert await github_queries.list_github_logins_due(db, taken_on=DAY, batch_size=10) == ["alone", "shared"]
