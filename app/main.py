@@ -170,7 +170,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="Monolith API",
             version="0.1.0",
             description="Accounts, work, commerce, analytics and activity in one SQL-first service. "
-            "Every error is RFC 9457 problem+json with a `request_id`.",
+            "Every error is RFC 9457 problem+json with a `request_id` (except the readiness probe's "
+            "503, which answers its `Readiness` checks). A write that sends `If-Match` to a resource "
+            "without versions (no `ETag`: anything but tasks, projects and products) is 412 "
+            "`precondition-failed` unless it is `*`: no entity-tag can match.",
             openapi_router=docs_router("/schema"),
             render_plugins=[SwaggerUI(path="/swagger")],  # also served at /schema itself
             components=Components(

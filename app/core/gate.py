@@ -51,6 +51,12 @@ costs one attribute test per request.
   sign-out), which accepts a session cookie that browsers send on their own (also ``SameSite=Strict``),
   must come from the dashboard's own origin (``Sec-Fetch-Site``, else ``Origin`` against ``Host``); a
   cross-site one is a 403 problem (CSRF).
+- Conditions without versions: an unsafe request carrying ``If-Match`` to an authenticated route
+  that takes none (its resource has no entity-tag: a comment, a membership, a collection) is a 412
+  ``precondition-failed`` once authenticated, unless the value is ``*`` (RFC 9110 13.1.1: no tag can
+  match a resource without one). The condition was ignored and the change applied unconditionally.
+  The anonymous routes (the page-view ingest, the payment webhook) create nothing a client holds a
+  version of, and keep costing nothing here.
 - Compression (``app.core.compression.ResponseCompression``) except under the ``compression.exclude``
   prefixes; always through ``EncodedResponsePassThrough`` (never re-encoding an encoded answer, e.g.
   the dashboard's ``*.js.gz``), whatever ``compression.middleware_class`` says.
@@ -67,6 +73,7 @@ from litestar import Litestar
 from litestar.config.compression import CompressionConfig
 from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
+from litestar.params import ParameterKwarg
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -84,6 +91,7 @@ from app.core.errors import (
 )
 from app.core.metrics import RequestMetrics
 from app.core.openapi import finish_documentation
+from app.core.preconditions import PreconditionFailedError
 from app.core.ratelimit import (
     DEFAULT_POLICY,
     EXEMPT_PATHS,
@@ -123,13 +131,22 @@ class RoutePlan:
     per_session: bool = False
     """The policy counts a signed-in caller per session (``PER_SESSION_OPT_KEY``), not per user."""
     same_origin: bool = False
+    refuses_if_match: bool = False
+    """An unsafe method whose route takes no ``If-Match`` (``takes_if_match``)."""
     compress: bool = False
     measure: bool = False
 
     @property
     def passes(self) -> bool:
         """Nothing to do: the request goes straight to the handler."""
-        return not (self.authenticate or self.policy or self.same_origin or self.compress or self.measure)
+        return not (
+            self.authenticate
+            or self.policy
+            or self.same_origin
+            or self.refuses_if_match
+            or self.compress
+            or self.measure
+        )
 
 
 def _under(paths: Iterable[str], prefixes: Iterable[str]) -> bool:
@@ -168,6 +185,25 @@ def authenticates(handler: BaseRouteHandler, path: str) -> bool:
         and not handler.resolve_guards()
         and not _uses_caller(handler)
     )
+
+
+def takes_if_match(handler: BaseRouteHandler) -> bool:
+    """Whether ``handler`` reads an ``If-Match`` header (``app.core.preconditions.IfMatchHeader``)."""
+    return any(
+        isinstance(kwarg, ParameterKwarg)
+        and "if-match" in (str(kwarg.header).lower(), str(getattr(kwarg, "name", "")).lower())
+        for kwarg in (field.kwarg_definition for field in handler.parsed_fn_signature.parameters.values())
+    )
+
+
+def _refuse_if_match(scope: Scope) -> None:
+    """412 when the request's ``If-Match`` names entity-tags (anything but ``*``): the route's resource
+    has none, so no tag can match (RFC 9110 13.1.1)."""
+    for name, value in scope["headers"]:
+        if name == b"if-match" and value.strip() != b"*":
+            raise PreconditionFailedError(
+                "This resource has no versions (no ETag): If-Match can only be `*` here. Nothing was changed."
+            )
 
 
 def rate_limit_policy(handler: BaseRouteHandler, path: str) -> str | None:
@@ -243,6 +279,9 @@ class GateConfig:
             policy_header=(b"ratelimit-policy", policy_header(policy).encode()) if policy else None,
             per_session=bool((handler.opt or {}).get(PER_SESSION_OPT_KEY)),
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
+            refuses_if_match=bool(methods - SAFE_METHODS)
+            and authenticates(handler, path)
+            and not takes_if_match(handler),
             compress=self.compression is not None and not _under(paths, self.compression_exclude),
             measure=self.metrics is not None and all(self.metrics.measures(path) for path in paths),
         )
@@ -292,6 +331,8 @@ class RouteGate:
                     if plan.token_policy is not None:
                         await self._charge_refused_token(plan.token_policy, scope, refused)
                     raise
+            if plan.refuses_if_match and scope.get("user") is not None:  # anonymous: the guards' 401
+                _refuse_if_match(scope)
             if plan.same_origin and scope["method"] not in SAFE_METHODS:
                 _require_same_origin(scope)
             if plan.compress and self.config.compressor is not None:

@@ -1,0 +1,76 @@
+"""``If-Match`` on a write whose resource has no versions (RFC 9110 13.1.1): no entity-tag can match,
+so the condition is false and nothing changes (412), unless it is ``*``.
+
+A comment, a membership or a collection has no ``ETag``; the header was ignored there, and a client
+that sent it to avoid a lost update had its change applied unconditionally (the idempotency
+reviewer: a comment PATCH with ``If-Match: "999"`` answered 200). Routes that take ``If-Match``
+(tasks, projects, products) compare it with their version as before."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection
+
+from tests.factories import Client, Team, assert_problem, make_task, scalar
+
+
+@pytest.fixture
+async def comment_url(client: Client, db: AsyncConnection[Any], team: Team) -> str:
+    task_id = await make_task(db, team.project, team.owner, title="t")
+    created = await client.post(
+        f"/api/tasks/{task_id}/comments", json={"body": "first"}, headers=team.editor.headers
+    )
+    assert created.status_code == 201, created.text
+    return f"/api/tasks/{task_id}/comments/{created.json()['id']}"
+
+
+@pytest.mark.parametrize("if_match", ['"999"', '"1"', 'W/"1"', '"1", "2"'])
+async def test_a_tag_on_a_resource_without_versions_changes_nothing(
+    client: Client, db: AsyncConnection[Any], team: Team, comment_url: str, if_match: str
+) -> None:
+    edited = await client.patch(
+        comment_url, json={"body": "edited"}, headers=team.editor.headers | {"If-Match": if_match}
+    )
+    assert_problem(edited, 412, "precondition-failed")
+    member = await client.patch(
+        f"/api/projects/{team.project}/members/{team.viewer.id}",
+        json={"role": "editor"},
+        headers=team.owner.headers | {"If-Match": if_match},
+    )
+    assert_problem(member, 412, "precondition-failed")
+    created = await client.post(
+        "/api/projects", json={"name": "Conditional"}, headers=team.owner.headers | {"If-Match": if_match}
+    )
+    assert_problem(created, 412, "precondition-failed")
+    assert await scalar(db, "select body from comments order by id desc limit 1") == "first"
+    assert (
+        await scalar(
+            db,
+            "select role::text from project_members where project_id = %s and user_id = %s",
+            team.project,
+            team.viewer.id,
+        )
+        == "viewer"
+    )
+    assert await scalar(db, "select count(*) from projects where name = 'Conditional'") == 0
+
+
+async def test_any_version_is_the_resource_existing(client: Client, team: Team, comment_url: str) -> None:
+    edited = await client.patch(
+        comment_url, json={"body": "edited"}, headers=team.editor.headers | {"If-Match": "*"}
+    )
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["body"] == "edited"
+
+
+async def test_authentication_comes_first_and_versioned_routes_compare_as_before(
+    client: Client, db: AsyncConnection[Any], team: Team, comment_url: str
+) -> None:
+    assert_problem(await client.patch(comment_url, json={"body": "x"}, headers={"If-Match": '"1"'}), 401)
+    task_id = await make_task(db, team.project, team.owner, title="versioned")
+    renamed = await client.patch(
+        f"/api/tasks/{task_id}", json={"title": "renamed"}, headers=team.editor.headers | {"If-Match": '"1"'}
+    )
+    assert renamed.status_code == 200, renamed.text
