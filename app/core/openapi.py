@@ -43,6 +43,10 @@ ALWAYS = (400, 401, 500, 503)
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 """``security=`` of routes that need an access token (the scheme is declared in ``create_app``)."""
 
+OPTIONAL_BEARER: list[dict[str, list[str]]] = [{}, *BEARER]
+"""``security=`` of public routes that answer more to a token (an administrator's view of the
+catalogue): anonymous or bearer. Without it Swagger UI sent such a route no token, even authorized."""
+
 
 def _problem(status: int) -> ResponseSpec:
     return ResponseSpec(

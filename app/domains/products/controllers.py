@@ -21,7 +21,7 @@ from app.core.idempotency import (
     OptionalIdempotencyKey,
     with_etag,
 )
-from app.core.openapi import BEARER, problems
+from app.core.openapi import BEARER, OPTIONAL_BEARER, problems
 from app.core.pagination import CursorParam, PageSize, decode_cursor
 from app.core.preconditions import (
     ETAG_FORMS,
@@ -93,6 +93,7 @@ class ProductsController(Controller):
     @get(
         "/",
         summary="Active products (admins also see inactive ones with include_inactive)",
+        security=OPTIONAL_BEARER,
         responses=problems(400, 401, 429),
     )
     async def list_products(
@@ -136,6 +137,7 @@ class ProductsController(Controller):
         "administrator it is always current; others may read the product as it was up to the catalogue "
         "cache's lifetime ago.",
         response_headers=[ETAG_HEADER],
+        security=OPTIONAL_BEARER,
         responses=problems(401, 404, 429),
     )
     async def get_product(
