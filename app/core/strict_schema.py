@@ -7,6 +7,11 @@
   schema only when they are truthy, so ``position: int | None`` with ``ge=0`` was documented without
   its ``minimum``.
 - Bounds of list items: Litestar drops them, so ``ids: list[Id]`` was documented as any integers.
+- Defaults of enum-typed fields stay on the field: Litestar wrote the first such default it met into
+  the enum's shared component (``TaskStatus`` got ``default: todo``, ``TimeZone`` ``UTC``), so every
+  use of the type inherited it: Swagger UI filled the task list's ``status``/``priority`` filters and
+  every report's ``tz`` with them, and sent them. The component loses it, and the field documents it
+  as ``allOf: [$ref], default``.
 
 Register it in ``Litestar(plugins=[...])``: it takes precedence over the built-in Struct plugin (a
 subclass of it; Litestar 2 does not export that class publicly).
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
-from litestar.openapi.spec import Schema
+from litestar.openapi.spec import Reference, Schema
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
@@ -63,6 +68,7 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
         info = msgspec.inspect.type_info(struct_type)
         assert isinstance(info, msgspec.inspect.StructType)
         for field in info.fields:
+            self._keep_enum_default_on_the_field(schema, field, schema_creator)
             prop = (schema.properties or {}).get(field.encode_name)
             base = _without_none(field.type)
             if not isinstance(prop, Schema) or base is None:
@@ -77,6 +83,26 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
                     if item is not None and isinstance(items, Schema):
                         _copy_bounds(item, items, zero_only=False)
         return schema
+
+    @staticmethod
+    def _keep_enum_default_on_the_field(
+        schema: Schema, field: msgspec.inspect.Field, schema_creator: SchemaCreator
+    ) -> None:
+        """Take a default out of the shared component of an enum-typed ``field`` (a type has none), and
+        give it to ``field``'s property when the field has one (see the module's docstring)."""
+        properties = schema.properties or {}
+        prop = properties.get(field.encode_name)
+        references = [prop] if isinstance(prop, Reference) else []
+        if isinstance(prop, Schema):
+            references = [arm for arm in prop.one_of or [] if isinstance(arm, Reference)]
+        for reference in references:
+            shared = schema_creator.schema_registry.from_reference(reference).schema
+            if shared.enum is None or shared.default is None:
+                continue
+            shared.default = None
+            default = field.default
+            if default is not msgspec.NODEFAULT and default is not None and isinstance(prop, Reference):
+                properties[field.encode_name] = Schema(all_of=[prop], default=msgspec.to_builtins(default))
 
 
 __all__ = ["StrictStructSchemaPlugin"]

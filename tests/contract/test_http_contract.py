@@ -130,6 +130,21 @@ def test_every_operation_documents_the_problems_it_can_answer(app: Litestar) -> 
     assert not missing, "\n".join(missing)
 
 
+def test_no_shared_type_carries_a_default_that_its_uses_would_inherit(app: Litestar) -> None:
+    """A default belongs to a field, not to its type: ``TaskCreate.status``'s ``todo`` had landed on
+    the ``TaskStatus`` component, so Swagger UI filled the task list's ``status`` filter with it (and
+    ``priority`` with ``medium``, every report's ``tz`` with ``UTC``) and sent them."""
+    schema = app.openapi_schema.to_schema()
+    inherited = {
+        name: component["default"]
+        for name, component in schema["components"]["schemas"].items()
+        if "default" in component
+    }
+    assert inherited == {}
+    created = schema["components"]["schemas"]["TaskCreate"]["properties"]["status"]
+    assert created == {"allOf": [{"$ref": "#/components/schemas/TaskStatus"}], "default": "todo"}
+
+
 def test_every_route_that_reads_a_token_says_so_for_swagger_ui(app: Litestar) -> None:
     """Swagger UI sends the authorized token only to operations whose ``security`` names the scheme:
     the catalogue's GETs, public but answering an administrator more (inactive products), were called
