@@ -12,6 +12,9 @@
   use of the type inherited it: Swagger UI filled the task list's ``status``/``priority`` filters and
   every report's ``tz`` with them, and sent them. The component loses it, and the field documents it
   as ``allOf: [$ref], default``.
+- An input Struct may give its example body (``openapi_example: ClassVar[dict]``): Swagger UI then
+  fills "Try it out" with it instead of a value for every property. A PATCH body filled so (every
+  optional field, ``archived: true``, ``role: admin``) changed all of them when run unedited.
 
 Register it in ``Litestar(plugins=[...])``: it takes precedence over the built-in Struct plugin (a
 subclass of it; Litestar 2 does not export that class publicly).
@@ -65,6 +68,8 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
         struct_type = field_definition.type_
         if struct_type.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
+        if (example := getattr(struct_type, "openapi_example", None)) is not None:
+            schema.examples = [example]
         info = msgspec.inspect.type_info(struct_type)
         assert isinstance(info, msgspec.inspect.StructType)
         for field in info.fields:

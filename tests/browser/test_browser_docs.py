@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from playwright.async_api import Browser, expect
@@ -86,3 +88,31 @@ async def test_a_json_answer_opened_in_a_tab_gets_the_sites_icon(
         assert answer is not None and answer.status == 200
         assert await watch.next_icon(RENDER_TIMEOUT_MS / 1000) == (200, f"{served.base}/favicon.ico")
         assert not watch.errors, watch.errors
+
+
+async def test_try_it_out_fills_a_change_with_one_field_not_all(
+    served: ServerProcess, watched_page: WatchedPage
+) -> None:
+    """Swagger UI made a PATCH body of every optional property (``archived: true``, ``role: admin``,
+    a new password), so "Execute" run unedited changed all of them (the swagger reviewer archived a
+    project and promoted a member so). Each change's body now comes from its Struct's
+    ``openapi_example``: one field."""
+    watch = await watched_page()
+    page = watch.page
+    await page.goto(f"{served.base}/schema")
+    patches = [path for method, path in operations(served) if method == "PATCH"]
+    assert len(patches) >= 6
+    filled = {}
+    for path in patches:
+        operation = page.locator(
+            ".opblock-patch", has=page.locator(f".opblock-summary-path[data-path='{path}']")
+        )
+        await operation.locator(".opblock-summary").click(timeout=RENDER_TIMEOUT_MS)
+        await operation.locator(".try-out__btn").click()
+        body = operation.locator("textarea.body-param__text")
+        await expect(body).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+        filled[path] = json.loads(await body.input_value())
+        await operation.locator(".opblock-summary").click()
+    assert {path: len(body) for path, body in filled.items()} == dict.fromkeys(patches, 1), filled
+    assert filled["/api/admin/users/{user_id}"] == {"is_active": True}
+    watch.assert_clean()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -69,12 +69,16 @@ class RefreshIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class UpdateMeIn(msgspec.Struct, forbid_unknown_fields=True):
+    openapi_example: ClassVar[dict[str, object]] = {"display_name": "Ana Lima"}
+
     display_name: DisplayName | None = None
     new_password: NewPassword | None = None
     current_password: AnyPassword | None = msgspec.field(default=None)
 
 
 class AdminUserPatch(msgspec.Struct, forbid_unknown_fields=True):
+    openapi_example: ClassVar[dict[str, object]] = {"is_active": True}
+
     role: UserRole | None = None
     is_active: bool | None = None
 

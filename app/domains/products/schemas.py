@@ -56,6 +56,8 @@ class ProductCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProductUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    openapi_example: ClassVar[dict[str, object]] = {"price": "12.50"}
+
     name: Name | None = None
     description: Description | None = None
     price: Price | None = None

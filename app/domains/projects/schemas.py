@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -29,6 +29,8 @@ class ProjectCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProjectUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    openapi_example: ClassVar[dict[str, object]] = {"name": "Website relaunch"}
+
     name: Name | None = None
     description: Description | None = None
     archived: bool | None = None

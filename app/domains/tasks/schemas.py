@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -55,6 +55,8 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """Omitted fields stay; ``assignee_id``/``due_date`` set to null clear the value."""
+
+    openapi_example: ClassVar[dict[str, object]] = {"status": "doing"}
 
     title: Title | None = None
     description: Description | None = None
