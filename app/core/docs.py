@@ -74,6 +74,18 @@ _INIT_JS = b"""\
     validatorUrl: null,
     presets: [SwaggerUIBundle.presets.apis],
     layout: "BaseLayout",
+    // The page reads an answer whole, so a live event stream (the feed's) kept "Execute" spinning
+    // until the token expired. Asked without text/event-stream, the feed answers its poll: its ready
+    // event and the replay, then the answer ends.
+    requestInterceptor: function (request) {
+      var headers = request.headers || {};
+      Object.keys(headers).forEach(function (name) {
+        if (name.toLowerCase() === "accept" && headers[name] === "text/event-stream") {
+          headers[name] = "*/*";
+        }
+      });
+      return request;
+    },
   });
 })();
 """

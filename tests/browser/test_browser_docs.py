@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, expect
+from psycopg import AsyncConnection
 
 from tests.browser.conftest import WatchedPage, icon_watch
+from tests.factories import PASSWORD, create_user
 from tests.served import ServerProcess
 
 RENDER_TIMEOUT_MS = 30_000
@@ -115,4 +118,32 @@ async def test_try_it_out_fills_a_change_with_one_field_not_all(
         await operation.locator(".opblock-summary").click()
     assert {path: len(body) for path, body in filled.items()} == dict.fromkeys(patches, 1), filled
     assert filled["/api/admin/users/{user_id}"] == {"is_active": True}
+    watch.assert_clean()
+
+
+async def test_the_feed_stream_answers_its_poll_in_try_it_out(
+    served: ServerProcess, watched_page: WatchedPage, db: AsyncConnection[Any], password_hash: str
+) -> None:
+    """The page reads an answer whole: asked for ``text/event-stream``, the live feed never ended and
+    "Execute" spun until the token expired (the swagger reviewer). The page now asks without it, and
+    the feed answers its poll (``ready``, the replay, the end)."""
+    user = await create_user(db, password_hash)
+    async with httpx.AsyncClient(base_url=served.base, timeout=10) as api:
+        login = await api.post("/api/auth/login", json={"email": user.email, "password": PASSWORD})
+    token = login.json()["access_token"]
+    watch = await watched_page()
+    page = watch.page
+    await page.goto(f"{served.base}/schema")
+    await page.locator(".btn.authorize").first.click(timeout=RENDER_TIMEOUT_MS)
+    await page.locator(".auth-container input").first.fill(token)
+    await page.locator(".auth-btn-wrapper .authorize").first.click()
+    await page.locator(".auth-btn-wrapper .btn-done").first.click()
+    operation = page.locator(".opblock-get", has=page.locator("[data-path='/api/feed/stream']"))
+    await operation.locator(".opblock-summary").click(timeout=RENDER_TIMEOUT_MS)
+    await operation.locator(".try-out__btn").click()
+    async with page.expect_response(lambda answer: "/api/feed/stream" in answer.url) as called:
+        await operation.locator(".execute").click()
+    assert (await called.value).status == 200
+    shown = operation.locator(".live-responses-table tbody .response-col_description")
+    await expect(shown).to_contain_text("event: ready", timeout=RENDER_TIMEOUT_MS)
     watch.assert_clean()
