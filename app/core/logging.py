@@ -250,6 +250,8 @@ class SaqLogFilter(logging.Filter):
             record.msg = "job_retrying"
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info, record.exc_text = None, None
+            if error is not None:  # the traceback goes: what went wrong stays
+                record.cause = error_message(error)
         elif error is not None and _outage(error):  # not a bug: a warning without its traceback
             record.msg = "job_failed"
             record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -28,7 +28,7 @@ import structlog
 from litestar.types import Guard
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from litestar_saq import Worker as LitestarWorker
-from saq import Queue, Worker
+from saq import Job, Queue, Worker
 from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
@@ -46,7 +46,7 @@ log = structlog.get_logger("app.workers")
 
 Hook = Callable[[Context], Awaitable[None]]
 
-JOB_LOG_FIELDS = ("job_function", "job_key", "job_attempt")
+JOB_LOG_FIELDS = ("job_function", "job_key", "job_attempt", "request_id")
 
 PREFLIGHT_TIMEOUT_S = 30.0
 """How long the worker process waits at start for Valkey and PostgreSQL (a compose service may still
@@ -74,12 +74,28 @@ def record_job_outcome(ctx: Context) -> None:
 
 async def bind_job_context(ctx: Context) -> None:
     """Every line logged while a job runs (its own, its services', SAQ's) names the job: its function,
-    key and attempt are bound in structlog's contextvars (never its kwargs: they may be personal data)."""
+    key and attempt are bound in structlog's contextvars, with the ``request_id`` of the request that
+    wrote its outbox row (``app.core.relay``), and its arguments that are ids (``order_id=3``: an
+    integer named ``*_id``). Never its other arguments: they may be personal data."""
     job = ctx.get("job")
     if job is not None:
+        request_id = (job.meta or {}).get("request_id")
         structlog.contextvars.bind_contextvars(
-            job_function=job.function, job_key=job.key, job_attempt=job.attempts
+            job_function=job.function,
+            job_key=job.key,
+            job_attempt=job.attempts,
+            **({"request_id": request_id} if isinstance(request_id, str) else {}),
+            **_ids_of(job),
         )
+
+
+def _ids_of(job: Job) -> dict[str, int]:
+    """The job's arguments that are ids: integers named ``*_id``."""
+    return {
+        name: value
+        for name, value in (job.kwargs or {}).items()
+        if name.endswith("_id") and isinstance(value, int) and not isinstance(value, bool)
+    }
 
 
 def _after_job(hooks: Sequence[Hook]) -> Hook:
@@ -92,7 +108,8 @@ def _after_job(hooks: Sequence[Hook]) -> Hook:
             for hook in hooks:
                 await hook(ctx)
         finally:
-            structlog.contextvars.unbind_contextvars(*JOB_LOG_FIELDS)
+            job = ctx.get("job")
+            structlog.contextvars.unbind_contextvars(*JOB_LOG_FIELDS, *(_ids_of(job) if job else ()))
 
     return after_job
 

@@ -115,8 +115,15 @@ RETRY_BACKOFF_MAX_S = 60.0
 
 
 def _job(
-    function: str, kwargs: dict[str, Any], key: str, settings: Settings, timeout_s: int | None
+    function: str,
+    kwargs: dict[str, Any],
+    key: str,
+    settings: Settings,
+    timeout_s: int | None,
+    request_id: str | None = None,
 ) -> SaqJob:
+    """``request_id``: the request that wrote the row, in the job's ``meta`` (never its arguments: the
+    task does not take it), for its log lines."""
     return SaqJob(
         function=function,
         kwargs=kwargs,
@@ -126,6 +133,7 @@ def _job(
         retry_delay=RETRY_DELAY_S,
         retry_backoff=RETRY_BACKOFF_MAX_S,
         ttl=FINISHED_JOB_TTL_S,
+        meta={"request_id": request_id} if request_id else {},
     )
 
 
@@ -149,7 +157,8 @@ def jobs_of(
             batched.setdefault((row.queue, row.task), []).append(row)
         else:
             timeout = timeouts.get((row.queue, row.task))
-            jobs.append((row.queue, _job(row.task, _payload(row), job_key(row.id), settings, timeout)))
+            job = _job(row.task, _payload(row), job_key(row.id), settings, timeout, row.request_id)
+            jobs.append((row.queue, job))
     for (queue, task), group in batched.items():
         plan = batching[(queue, task)]
         for start in range(0, len(group), plan.size):

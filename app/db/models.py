@@ -83,6 +83,7 @@ class Outbox(msgspec.Struct, frozen=True):
     payload: Any
     created_at: datetime
     published_at: datetime | None
+    request_id: str | None
 
 
 class User(msgspec.Struct, frozen=True, gc=False):

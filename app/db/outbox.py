@@ -10,19 +10,26 @@ from psycopg.types.json import Jsonb
 
 
 INSERT_OUTBOX = """\
-insert into outbox (queue, task, payload)
-values ($1, $2, $3)
+insert into outbox (queue, task, payload, request_id)
+values ($1, $2, $3, $4)
 returning id"""
 
 
-async def insert_outbox(conn: AsyncConnection[Any], *, queue: str, task: str, payload: Any) -> int | None:
+async def insert_outbox(
+    conn: AsyncConnection[Any],
+    *,
+    queue: str,
+    task: str,
+    payload: Any,
+    request_id: str | None,
+) -> int | None:
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(INSERT_OUTBOX, (queue, task, Jsonb(payload)))
+        await cur.execute(INSERT_OUTBOX, (queue, task, Jsonb(payload), request_id))
         return await cur.fetchone()
 
 
 CLAIM_UNPUBLISHED_OUTBOX = """\
-select id, queue, task, payload
+select id, queue, task, payload, request_id
 from outbox
 where published_at is null
 order by id
@@ -35,6 +42,7 @@ class ClaimUnpublishedOutboxRow(msgspec.Struct, frozen=True):
     queue: str
     task: str
     payload: Any
+    request_id: str | None
 
 
 async def claim_unpublished_outbox(

@@ -1,11 +1,11 @@
 -- name: InsertOutbox :one
-insert into outbox (queue, task, payload)
-values (@queue, @task, @payload)
+insert into outbox (queue, task, payload, request_id)
+values (@queue, @task, @payload, sqlc.narg(request_id))
 returning id;
 
 -- name: ClaimUnpublishedOutbox :many
 -- Locks a batch of committed, unpublished rows; concurrent relays skip each other's rows.
-select id, queue, task, payload
+select id, queue, task, payload, request_id
 from outbox
 where published_at is null
 order by id

@@ -91,7 +91,9 @@ async def test_a_round_of_events_becomes_few_jobs_that_store_each_event_once(
     batch_settings: Settings,
 ) -> None:
     await emit_tasks(services, team, 7)
-    other = await outbox_queries.insert_outbox(db, queue="default", task="purge_outbox", payload={})
+    other = await outbox_queries.insert_outbox(
+        db, queue="default", task="purge_outbox", payload={}, request_id=None
+    )
     assert other is not None
     pool: AsyncConnectionPool[Any] = services.db.pool
     assert await relay_once(pool, queues, batch_settings, batching_of(MODULES, batch_settings)) == 8

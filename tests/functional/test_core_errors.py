@@ -49,7 +49,9 @@ async def page(limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10) -> dict
 async def write_outbox(fail: FromPath[int], request: Request[Any, Any, Any]) -> None:
     services: Services = request.app.state.services
     async with services.db.transaction() as uow:
-        await outbox_queries.insert_outbox(uow.conn, queue="default", task="purge_outbox", payload={})
+        await outbox_queries.insert_outbox(
+            uow.conn, queue="default", task="purge_outbox", payload={}, request_id=None
+        )
         if fail:
             raise RuntimeError("fails after the insert")
 

@@ -107,7 +107,9 @@ async def test_the_worker_process_serves_its_relay_job_and_queue_metrics(
     url = f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"
     try:
         ids = [
-            await outbox_queries.insert_outbox(db, queue="default", task="purge_outbox", payload={})
+            await outbox_queries.insert_outbox(
+                db, queue="default", task="purge_outbox", payload={}, request_id=None
+            )
             for _ in range(3)
         ]
         async with httpx.AsyncClient(timeout=5) as http:

@@ -88,6 +88,7 @@ async def test_a_job_failing_every_attempt_logs_one_error_and_never_its_kwargs(w
     retries = [line for line in lines if line["event"] == "job_retrying"]
     assert [(line["level"], line["job_attempt"]) for line in retries] == [("warning", 1), ("warning", 2)]
     assert all(line["error"] == "RuntimeError" and "exception" not in line for line in retries)
+    assert all(line["cause"] == "a bug in the job" for line in retries), "what went wrong, each time"
     chatter = [
         line
         for line in lines
@@ -134,3 +135,21 @@ async def test_lines_logged_inside_a_job_name_the_job_and_the_context_is_cleared
     )
     [failing] = logs.events("inside_failing_job")
     assert (failing["job_function"], failing["job_key"]) == ("always_fails", "outbox:45")
+
+
+async def test_a_jobs_lines_carry_its_requests_id_and_its_ids_never_its_other_arguments(
+    worker: Worker,
+) -> None:
+    """A reservation that failed in the background could not be traced to the order's request (the
+    operability reviewer): the relay gives a job the ``request_id`` of the request that wrote its
+    outbox row (in its ``meta``), and its integer ``*_id`` arguments are logged with it."""
+    with captured_logs() as logs:
+        await worker.queue.enqueue(
+            "logs_and_succeeds", key="outbox:47", meta={"request_id": "req-47"}, order_id=7, **PERSONAL
+        )
+        assert await worker.process()
+        assert not {"request_id", "order_id"} & set(structlog.contextvars.get_contextvars())
+    [inside] = logs.events("inside_job")
+    assert (inside["request_id"], inside["order_id"], inside["job_key"]) == ("req-47", 7, "outbox:47")
+    for value in PERSONAL.values():
+        assert value not in logs.text

@@ -143,7 +143,7 @@ async def test_finished_jobs_leave_valkey_within_minutes(
     bound_ms = 10 * 60 * 1000
     await emit_task_created(services, team, 101)  # a batched task (the feed's record_activity)
     await outbox_queries.insert_outbox(
-        db, queue="default", task="purge_outbox", payload={}
+        db, queue="default", task="purge_outbox", payload={}, request_id=None
     )  # one job per row
     assert (
         await relay_once(services.db.pool, queues, relay_settings, batching_of(MODULES, relay_settings)) == 2
@@ -169,7 +169,9 @@ async def test_the_purge_deletes_in_chunks_each_its_own_transaction(
         " select 'default', 'purge_outbox', '{}'::jsonb, now() - interval '9 days', now() - interval '8 days'"
         " from generate_series(1, 35)"
     )
-    kept = await outbox_queries.insert_outbox(db, queue="default", task="purge_outbox", payload={})
+    kept = await outbox_queries.insert_outbox(
+        db, queue="default", task="purge_outbox", payload={}, request_id=None
+    )
     await db.execute(  # published, but within retention
         "insert into outbox (queue, task, payload, published_at)"
         " values ('default', 'purge_outbox', '{}', now())"

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis.exceptions
+import structlog
 from litestar_saq import SAQPlugin
 from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
@@ -19,8 +20,9 @@ from saq import Queue
 from saq.job import Job, Status
 
 from app.config import Settings
-from app.core.db import create_pool
+from app.core.db import Database, create_pool
 from app.core.migrate import dbmate
+from app.core.outbox import enqueue
 from app.core.queues import build_queues, build_saq_config
 from app.core.relay import OutboxRelay, job_key, relay_once
 from app.core.services import Services
@@ -61,7 +63,7 @@ async def queues(relay_settings: Settings) -> AsyncIterator[dict[str, Queue]]:
 async def add_outbox(db: AsyncConnection[Any], count: int, queue: str = "default") -> list[int]:
     """``count`` runnable jobs (purge_outbox takes no arguments)."""
     ids = [
-        await outbox_queries.insert_outbox(db, queue=queue, task="purge_outbox", payload={})
+        await outbox_queries.insert_outbox(db, queue=queue, task="purge_outbox", payload={}, request_id=None)
         for _ in range(count)
     ]
     assert all(isinstance(i, int) for i in ids)
@@ -86,6 +88,24 @@ async def test_rows_become_jobs_keyed_by_outbox_id(
         assert job.retries == relay_settings.job_retries and job.timeout == relay_settings.job_timeout_s
     assert await queues["orders"].count("queued") == 2
     assert await relay_once(pool, queues, relay_settings) == 0
+
+
+async def test_a_job_carries_the_request_id_of_the_request_that_wrote_its_row(
+    db: AsyncConnection[Any], pool: Any, queues: dict[str, Queue], relay_settings: Settings
+) -> None:
+    """``enqueue`` stores the request being served (its bound ``request_id``) with the row, and the
+    relay puts it in the job's ``meta``, whose log lines then carry it (``bind_job_context``)."""
+    with structlog.contextvars.bound_contextvars(request_id="req-relay-1"):
+        async with Database(pool).transaction() as uow:
+            traced = await enqueue(uow, "default", "purge_outbox", {})
+    async with Database(pool).transaction() as uow:
+        untraced = await enqueue(uow, "default", "purge_outbox", {})  # a cron's: no request
+    assert await relay_once(pool, queues, relay_settings) == 2
+    job = await queues["default"].job(job_key(traced))
+    assert job is not None and job.meta == {"request_id": "req-relay-1"}
+    assert job.kwargs == {"outbox_id": traced}, "never an argument of the task"
+    other = await queues["default"].job(job_key(untraced))
+    assert other is not None and other.meta == {}
 
 
 async def test_a_resent_batch_is_not_enqueued_twice(
