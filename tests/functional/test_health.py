@@ -167,7 +167,8 @@ async def test_every_operation_documents_its_problems(client: AsyncTestClient[Li
         responses = operation["responses"]
         assert "500" in responses, f"{method.upper()} {path} does not document 500"
         for status, spec in responses.items():
-            if (int(status) >= 400 and status != "503") or status == "500":
+            # 414 is the server's, before any route: granian answers it without a body
+            if (int(status) >= 400 and status not in ("503", "414")) or status == "500":
                 assert "application/problem+json" in spec["content"], f"{method.upper()} {path} {status}"
         if "requestBody" in operation:
             assert "400" in responses, f"{method.upper()} {path} takes a body but does not document 400"
