@@ -12,10 +12,12 @@ from typing import Any, cast
 import httpx
 import pytest
 from litestar import Litestar
+from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.logging import OncePerInterval
 from app.db.models import OrderStatus
 from app.domains.orders import services as orders_services
 from app.domains.orders.schemas import OrderCreate, OrderLine
@@ -144,8 +146,9 @@ async def test_a_payment_before_the_reservation_reserves_and_pays_at_once(
     ],
 )
 async def test_forged_or_stale_deliveries_are_refused(
-    shop: tuple[Litestar, Client], db: AsyncConnection[Any], forge: str
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any], forge: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(orders_services, "WEBHOOK_WARNINGS", OncePerInterval(60.0))  # this test's warning
     app, client = shop
     buyer = await make_user(db, app)
     order_id = await reserved(app, client, buyer, await make_product(db, stock=5, price="1.00"), 1)
@@ -238,6 +241,28 @@ async def test_without_a_configured_secret_the_webhook_does_not_exist(settings: 
         sent = payments.delivery(payments.event_body(1, "1.00"))
         response = await served.client.post(WEBHOOK, content=sent.body, headers=sent.headers)
         assert_problem(response, 404, "not-found")
+
+
+async def test_refused_deliveries_are_counted_and_warned_of_once_a_minute(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook is public and not rate-limited: each refused call wrote a warning, so any client
+    could flood the log (the operability reviewer: 50 calls, 50 warnings). Each is counted
+    (``app_payment_webhook_refused_total``); one warning a minute per reason says so."""
+    monkeypatch.setattr(orders_services, "WEBHOOK_WARNINGS", OncePerInterval(60.0))
+
+    def refused(reason: str) -> float:
+        return REGISTRY.get_sample_value("app_payment_webhook_refused_total", {"reason": reason}) or 0.0
+
+    before = refused("not_configured")
+    async with serve_in_loop(settings, payment_webhook_secret="") as served:
+        sent = payments.delivery(payments.event_body(1, "1.00"))
+        with captured_logs() as logs:
+            for _ in range(20):
+                response = await served.client.post(WEBHOOK, content=sent.body, headers=sent.headers)
+                assert response.status_code == 404
+    assert refused("not_configured") - before == 20
+    assert len(logs.events("payment_webhook_not_configured")) == 1
 
 
 # -- refunds due ---------------------------------------------------------------------------------------

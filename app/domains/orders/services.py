@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from prometheus_client import Counter
 
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
@@ -35,6 +36,7 @@ from app.core.errors import (
     database_down,
 )
 from app.core.idempotency import Idempotency, StoredAnswer
+from app.core.logging import OncePerInterval
 from app.core.outbox import enqueue
 from app.db import orders as queries
 from app.db.models import Order, OrderStatus, PaymentEvent
@@ -54,6 +56,19 @@ from app.domains.orders.schemas import MAX_TOTAL, OrderCreate, OrderOut, Payment
 from app.domains.products.services import ProductService
 
 log = structlog.get_logger("app.orders")
+
+WEBHOOK_REFUSED = Counter(
+    "app_payment_webhook_refused", "Payment webhook deliveries refused before any effect", ["reason"]
+)
+WEBHOOK_WARNINGS = OncePerInterval(60.0)
+"""The webhook is public: one warning a minute per reason, every refusal counted in
+``app_payment_webhook_refused_total`` (a client's requests wrote one warning each)."""
+
+
+def _refused_webhook(event: str, **fields: object) -> None:
+    WEBHOOK_REFUSED.labels(event).inc()
+    if WEBHOOK_WARNINGS.due(event):
+        log.warning(f"payment_webhook_{event}", once_per_s=WEBHOOK_WARNINGS.interval_s, **fields)
 
 ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset({OrderStatus.RESERVED, OrderStatus.REJECTED, OrderStatus.CANCELLED}),
@@ -556,12 +571,12 @@ class OrderService:
         later finds the order no longer pending and changes nothing."""
         secret = self.settings.payment_webhook_secret
         if not secret:  # no provider is connected: the webhook does not exist (not a server fault)
-            log.warning("payment_webhook_not_configured")
+            _refused_webhook("not_configured")
             raise NotFoundError("No payment provider is configured (PAYMENT_WEBHOOK_SECRET).")
         try:
             verify_signature(secret, signature, body, tolerance_s=self.settings.payment_webhook_tolerance_s)
         except InvalidSignatureError as exc:  # a rotated secret or a drifting clock stops every payment
-            log.warning("payment_webhook_refused", reason=exc.detail, body_bytes=len(body))
+            _refused_webhook("refused", reason=exc.detail, body_bytes=len(body))
             raise
         try:  # a third party's event: lenient about fields it adds, strict about the ones we read
             event = msgspec.json.decode(body, type=PaymentEventIn)
