@@ -22,6 +22,7 @@ from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from typing import Any
 
+import stamina.instrumentation
 import structlog
 
 from app.core.scrub import MASK, scrub_text
@@ -352,6 +353,10 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     pool = logging.getLogger("psycopg.pool")
     if _POOL_FILTER not in pool.filters:
         pool.addFilter(_POOL_FILTER)
+    # stamina (the GitHub client's retries) logged each scheduled retry as a warning, two per failed
+    # request, without the host or the error: the client counts them (github_retries_total) and its
+    # caller logs the outcome once, with its cause.
+    stamina.instrumentation.set_on_retry_hooks([])
     saq = logging.getLogger("saq")
     saq.setLevel(logging.INFO)  # never DEBUG: SAQ would format jobs with their kwargs (SaqLogFilter)
     if _SAQ_FILTER not in saq.filters:

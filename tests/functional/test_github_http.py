@@ -21,6 +21,7 @@ from app.domains.github.module import module as github_module
 from app.domains.github.services import QUEUE
 from tests.factories import Client, captured_logs, generous_client, make_user
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
+from tests.served import free_port
 
 MAX_TRACKED = 3
 
@@ -307,6 +308,25 @@ async def test_a_failed_fetch_is_logged_with_what_github_answered(
     assert failures["flaky"]["level"] == "warning"
     assert "502" in failures["flaky"]["reason"], failures["flaky"]
     assert failures["nobody-here"]["level"] == "info", "a mistyped login is not an incident"
+
+
+async def test_an_unreachable_github_is_logged_once_with_what_was_met(
+    github_settings: Settings, db: AsyncConnection[Any], valkey: Any
+) -> None:
+    """Each failed request wrote two ``stamina.retry_scheduled`` warnings naming neither the host nor
+    the error, and ``github_fetch_failed`` only "transport-error" (the operability reviewer): an
+    operator could not tell DNS from a refused connection. One line now, with the cause."""
+    closed = msgspec.structs.replace(github_settings, github_api_url=f"http://127.0.0.1:{free_port()}")
+    async for api in generous_client(closed):
+        headers = (await make_user(db, api.app)).headers
+        with captured_logs() as logs:
+            response = await api.get("/api/github/users/somebody", headers=headers)
+        assert response.status_code == 503
+        assert [line["event"] for line in logs.lines if "stamina" in line["event"]] == []
+        [failed] = logs.events("github_fetch_failed")
+        assert failed["cause"].startswith("ConnectError"), failed
+        assert failed["setting"] == "GITHUB_API_URL"
+        assert "ConnectError" not in response.text, "the client's answer does not describe our network"
 
 
 async def test_a_primary_rate_limit_with_nothing_stored_is_a_503_saying_when(

@@ -70,6 +70,7 @@ from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.logging import error_message
 from app.core.types import MAX_INT4, storable, whole
 from app.domains.github.governor import Priority, RateLimitGovernor, WaitBudgetExceededError
 
@@ -178,9 +179,12 @@ def token_fingerprint(token: str | None) -> str:
 class GitHubError(Exception):
     kind = "unavailable"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, cause: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.cause = cause
+        """What the last attempt met (``ConnectError: [Errno -2] Name or service not known``), for the
+        log only: a client's answer does not describe our network."""
 
 
 class GitHubNotFoundError(GitHubError):
@@ -609,7 +613,11 @@ class GitHubClient:
                         last_reason = exc.reason
                         raise
         except _TransientError as exc:
-            raise GitHubDownError(f"GitHub failed {self._attempts} times ({exc.reason})") from None
+            met = exc.__cause__
+            raise GitHubDownError(
+                f"GitHub failed {self._attempts} times ({exc.reason})",
+                cause=f"{type(met).__name__}: {error_message(met)}" if met is not None else None,
+            ) from None
         raise AssertionError("unreachable")  # pragma: no cover - stamina re-raises the last error
 
     async def _get_once(

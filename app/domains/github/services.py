@@ -746,7 +746,12 @@ class GithubService:
             await pipe.execute()
         log_failure = log.info if isinstance(exc, GitHubNotFoundError) else log.warning  # a mistyped login
         log_failure(
-            "github_fetch_failed", login=login, kind=exc.kind, reason=str(exc), retry_after=exc.retry_after
+            "github_fetch_failed",
+            login=login,
+            kind=exc.kind,
+            reason=str(exc),
+            retry_after=exc.retry_after,
+            **({"cause": exc.cause, "setting": "GITHUB_API_URL"} if exc.cause else {}),
         )
 
     async def _recent_failure(self, login: str, *, since: float) -> GitHubError | None:
