@@ -20,10 +20,12 @@ import redis.asyncio as redis
 import structlog
 from litestar_saq import SAQPlugin
 from saq import Worker
+from saq.job import Job
 from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.logging import SaqLogFilter
 from app.core.queues import build_saq_config
 from app.core.services import Services
 from app.modules import MODULES
@@ -153,3 +155,46 @@ async def test_a_jobs_lines_carry_its_requests_id_and_its_ids_never_its_other_ar
     assert (inside["request_id"], inside["order_id"], inside["job_key"]) == ("req-47", 7, "outbox:47")
     for value in PERSONAL.values():
         assert value not in logs.text
+
+
+def _failed_attempt(logger: logging.Logger, job: Job, error: BaseException) -> None:
+    try:
+        raise error
+    except BaseException:
+        logger.exception("Error processing job %s", job)  # what saq.worker logs for each attempt
+
+
+def test_an_outage_failing_jobs_is_one_warning_per_interval_naming_the_dependency() -> None:
+    """A 50 s PostgreSQL pause wrote 18 job warnings a minute per worker, none saying which dependency
+    failed (the operability reviewer). One per function and error type per interval now, with the
+    dependency, its setting and how many were dropped since; a bug still logs every time."""
+    logger = logging.getLogger("test.saq.jobs")
+    saq_filter = SaqLogFilter()  # a minute's interval, far longer than this loop
+    logger.addFilter(saq_filter)
+    outage = psycopg.OperationalError("connection failed: server closed the connection unexpectedly")
+    cron = Job("reserve_stale_orders", key="cron:reserve_stale_orders", retries=3, attempts=1)
+    last = Job("reserve_order", key="outbox:9", retries=1, attempts=1)
+    try:
+        with captured_logs() as logs:
+            for _ in range(30):
+                _failed_attempt(logger, cron, outage)
+            _failed_attempt(logger, last, outage)
+            for _ in range(2):
+                _failed_attempt(logger, last, KeyError("a bug, not an outage"))
+    finally:
+        logger.removeFilter(saq_filter)
+    lines = [line for line in logs.lines if line.get("logger") == "test.saq.jobs"]
+    assert [(line["event"], line["job_function"]) for line in lines] == [
+        ("job_retrying", "reserve_stale_orders"),
+        ("job_failed", "reserve_order"),
+        ("job_failed", "reserve_order"),
+        ("job_failed", "reserve_order"),
+    ]
+    first = lines[0]
+    assert (first["level"], first["dependency"], first["setting"]) == (
+        "warning",
+        "postgresql",
+        "DATABASE_URL",
+    )
+    assert first["repeated"] == 0 and "server closed" in first["cause"] and "exception" not in first
+    assert [line["level"] for line in lines[2:]] == ["error", "error"]
