@@ -33,6 +33,7 @@ import getpass
 import ipaddress
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -282,12 +283,23 @@ def _claim_port(port: int) -> int:
     return descriptor
 
 
+REFUSED_CONNECTION = re.compile(
+    r"FATAL:\s+(?:password authentication failed|role \"[^\"]*\" does not exist|no pg_hba\.conf entry"
+    r"|permission denied for database|\w+ authentication failed)"
+)
+"""A server that answered and refused the connection (a wrong password or role, no right to connect):
+waiting does not change that, so ``serve`` says so at once. libpq gives no SQLSTATE for a failed
+connection, only the server's message."""
+
+
 def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
-    """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline. A
-    server that answers without the database counts as ready: ``migrate`` creates it."""
+    """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline, saying
+    once what the first attempt met. A server that answers without the database counts as ready:
+    ``migrate`` creates it. One that answers and refuses the credentials fails at once."""
     import psycopg
 
     deadline = time.monotonic() + timeout
+    waiting = False
     while True:
         signals.check()
         try:
@@ -298,10 +310,17 @@ def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
                 return
             text = str(exc).strip()
             error = scrub_text(text.splitlines()[0], url) if text else type(exc).__name__
+            if REFUSED_CONNECTION.search(text):
+                raise LaunchError(
+                    f"PostgreSQL refused the connection (DATABASE_URL={redact_url(url)}): {error}"
+                ) from None
         if time.monotonic() >= deadline:
             raise LaunchError(
                 f"PostgreSQL did not answer within {timeout:g}s (DATABASE_URL={redact_url(url)}): {error}"
             )
+        if not waiting:
+            _say(f"waiting up to {timeout:g}s for PostgreSQL (DATABASE_URL={redact_url(url)}): {error}")
+            waiting = True
         signals.sleep(0.25)
 
 

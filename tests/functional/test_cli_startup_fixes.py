@@ -172,6 +172,21 @@ def test_serve_creates_a_configured_database_that_does_not_exist_yet(
     assert not any("PostgreSQL did not answer" in line for line in launcher.output), launcher.tail()
 
 
+def test_serve_on_credentials_the_server_refuses_fails_at_once(
+    launchers: list[Launcher], data_dir: Path, database_url: str, valkey_url: str
+) -> None:
+    """A role that does not exist (or a wrong password) was retried in silence for the whole
+    ``SERVE_READY_TIMEOUT_S``, then reported as "did not answer" (the operability reviewer): the
+    server answered, and waiting cannot mend its refusal."""
+    parts = urlsplit(database_url)
+    refused = urlunsplit(parts._replace(netloc=f"no-such-role@{parts.netloc.rpartition('@')[2]}"))
+    launcher = serve(launchers, data_dir, refused, valkey_url, SERVE_READY_TIMEOUT_S="600")
+
+    assert launcher.read_to_exit(EXIT_DEADLINE_S) == 1, launcher.tail()
+    refusal = [line for line in launcher.output if "PostgreSQL refused the connection" in line]
+    assert refusal and 'role "no-such-role" does not exist' in refusal[0], launcher.tail()
+
+
 def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path: Path) -> None:
     port = free_port()
     password = "migrate-secret-" + uuid.uuid4().hex[:8]
