@@ -376,8 +376,19 @@ def _start_granian(settings: Settings, keep_open: tuple[int, ...] = ()) -> subpr
     )
 
 
+def _everything_answers(response: Any) -> bool:
+    """Ready with every check, Valkey's and the queue's too (a degraded instance is ready for a load
+    balancer, not a finished start: the worker needs the queue)."""
+    from app.domains.health.services import Readiness
+
+    try:
+        return msgspec.json.decode(response.content, type=Readiness).status == "ok"
+    except msgspec.DecodeError:
+        return False
+
+
 def _describe_not_ready(response: Any) -> str:
-    """What a non-200 readiness answer says: the failing dependencies, else the body."""
+    """What a readiness answer that is not ``ok`` says: the failing dependencies, else the body."""
     from app.domains.health.services import Readiness
 
     try:
@@ -405,7 +416,7 @@ def _wait_ready(settings: Settings, child: subprocess.Popen[bytes], signals: _St
                 raise LaunchError(f"granian exited with code {code} before it was ready (last check: {last})")
             try:
                 response = client.get(url)
-                if response.status_code == 200:
+                if response.status_code == 200 and _everything_answers(response):
                     return
                 last = f"/health/ready {_describe_not_ready(response)}"
             except httpx.ConnectError:

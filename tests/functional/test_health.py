@@ -51,25 +51,26 @@ async def test_ready_reports_each_dependency(client: AsyncTestClient[Litestar]) 
 
 
 async def become_ready(client: Any) -> None:
-    """``/health/ready`` answers 200 (polled: each probe has only HEALTH_TIMEOUT_S of 0.5 s, which a
-    loaded machine can miss just after a restart or resume)."""
+    """``/health/ready`` answers 200 with every check passed (polled: each probe has only
+    HEALTH_TIMEOUT_S of 0.5 s, which a loaded machine can miss just after a restart or resume)."""
 
     async def ready() -> bool:
-        return bool((await client.get("/health/ready")).status_code == 200)
+        answer = await client.get("/health/ready")
+        return bool(answer.status_code == 200 and answer.json()["status"] == "ok")
 
-    await wait_until(ready, 10, "/health/ready answers 200")
+    await wait_until(ready, 10, "/health/ready answers 200, ok")
 
 
 async def become_unready(client: Any) -> Any:
-    """The first ``/health/ready`` answer that is not 200 (polled: a readiness answer is shared by
+    """The first ``/health/ready`` answer that is not ``ok`` (polled: a readiness answer is shared by
     the probes of ``HEALTH_READY_SHARED_S``, so a stop shows within that long)."""
     answers: list[Any] = []
 
     async def unready() -> bool:
         answers.append(await client.get("/health/ready"))
-        return bool(answers[-1].status_code != 200)
+        return bool(answers[-1].json()["status"] != "ok")
 
-    await wait_until(unready, 20, "/health/ready stops answering 200")
+    await wait_until(unready, 20, "/health/ready stops answering ok")
     return answers[-1]
 
 
@@ -84,21 +85,24 @@ async def own_valkey_client(
         yield client
 
 
-async def test_ready_is_503_naming_valkey_when_it_stops(
+async def test_ready_stays_200_degraded_naming_valkey_when_it_stops(
     own_valkey_client: AsyncTestClient[Litestar], module_controlled_valkey: ControlledValkey
 ) -> None:
+    """Every replica shares one Valkey and keeps serving without it (limits fail open, caches read
+    through, jobs wait in the outbox): a 503 took every replica out of a load balancer for an outage
+    the app survives (the operability reviewer). Reported, not required."""
     await become_ready(own_valkey_client)
     module_controlled_valkey.stop()
     try:
         response = await become_unready(own_valkey_client)
-        assert response.status_code == 503
+        assert (response.status_code, response.json()["status"]) == (200, "degraded")
         checks = {check["name"]: check for check in response.json()["checks"]}
-        assert checks["valkey"]["ok"] is False
+        assert (checks["valkey"]["ok"], checks["valkey"]["required"]) == (False, False)
         assert checks["valkey"]["detail"] == "error", "a stopped server refuses at once (no type named)"
         assert checks["postgres"]["ok"] is True
-        assert response.headers["retry-after"] == "1", "as every other 503: when to ask again"
+        assert "retry-after" not in response.headers
         head = await own_valkey_client.head("/health/ready")
-        assert (head.status_code, head.headers["retry-after"]) == (503, "1")
+        assert head.status_code == 200
         assert (await own_valkey_client.get("/health/live")).status_code == 200
         assert (await own_valkey_client.head("/health/live")).status_code == 200
     finally:
@@ -118,9 +122,9 @@ async def test_ready_answers_within_its_deadline_naming_a_hung_valkey(
         with controlled_valkey.paused():
             response = await asyncio.wait_for(become_unready(served.client), 30)
             assert (await asyncio.wait_for(served.client.get("/health/live"), 20)).status_code == 200
-        assert response.status_code == 503
+        assert response.status_code == 200
         body = response.json()
-        assert body["status"] == "unavailable"
+        assert body["status"] == "degraded"
         checks = {check["name"]: check for check in body["checks"]}
         assert checks["valkey"]["ok"] is False
         assert checks["valkey"]["detail"] == "timeout"

@@ -5,15 +5,16 @@
    the same port and data. Asserted: during the outage requests keep being served: page views,
    orders and tasks are acknowledged (the rate limit fails open and counts it in
    ``app_rate_limit_fail_open_total``; the site quota spends its lease, then fails open; bearer
-   tokens are checked against PostgreSQL instead), ``/health/ready`` says 503 naming ``valkey`` within its
-   deadline; no answer is a 500, a dropped connection or a hang. The outbox holds the outage's
-   orders (none reserved, none lost) and once Valkey is back the same worker reserves them all.
+   tokens are checked against PostgreSQL instead), ``/health/ready`` says 200 ``degraded`` naming
+   ``valkey`` within its deadline (the instance serves: a load balancer keeps it); no answer is a
+   500, a dropped connection or a hang. The outbox holds the outage's orders (none reserved, none
+   lost) and once Valkey is back the same worker reserves them all.
    Lost: nothing: every acknowledged page view, order and task is stored, every order reserved once.
 2. A Valkey that hangs. Injected: SIGSTOP of the Valkey process (connections are accepted by the
    kernel and never answered). Asserted: ``/health/ready`` answers within 3 x ``HEALTH_TIMEOUT_S``
-   naming ``valkey`` and ``queue``; 24 concurrent requests (orders, tasks, page views) are each
-   answered within 3 x (the request's Valkey round trips x ``VALKEY_TIMEOUT_S``) with an
-   acknowledgement (fail open) or a 503 problem; after SIGCONT readiness is 200 again.
+   (200, ``degraded``) naming ``valkey`` and ``queue``; 24 concurrent requests (orders, tasks, page
+   views) are each answered within 3 x (the request's Valkey round trips x ``VALKEY_TIMEOUT_S``) with
+   an acknowledgement (fail open) or a 503 problem; after SIGCONT every check passes again.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ async def test_valkey_stopped_under_load_delays_background_work_and_loses_nothin
     assert load.failures == [], load.failures[:10]
     assert load.count("outage", 503) == 0, dict(load.answers)
     assert outage is not None
-    assert outage[0] == 503 and not outage[1]["valkey"], outage
+    assert outage[0] == 200 and not outage[1]["valkey"], outage
     assert outage[2] < 3 * HEALTH_TIMEOUT_S, f"readiness took {outage[2]:.1f}s"
     assert unreserved > 0, "orders placed during the outage wait in the outbox"
 
@@ -184,7 +185,7 @@ async def test_a_valkey_that_hangs_gives_timely_answers(
         status, checks, elapsed = await readiness(http, server.base)
         answers = await asyncio.gather(*(timed(n) for n in range(24)))
 
-    assert status == 503 and not checks["valkey"] and not checks["queue"], checks
+    assert status == 200 and not checks["valkey"] and not checks["queue"], checks
     assert checks["postgres"], checks
     assert elapsed < 3 * HEALTH_TIMEOUT_S, f"readiness took {elapsed:.1f}s"
     for response, took in answers:
@@ -194,6 +195,7 @@ async def test_a_valkey_that_hangs_gives_timely_answers(
         assert took < 3 * 4 * VALKEY_TIMEOUT_S, f"a request took {took:.1f}s: {response.request.url}"
 
     async def ready() -> bool:
-        return (await readiness(http, server.base))[0] == 200
+        status, checks, _ = await readiness(http, server.base)
+        return status == 200 and all(checks.values())
 
-    await wait_until(ready, 60, "readiness is 200 after SIGCONT")
+    await wait_until(ready, 60, "every check answers again after SIGCONT")

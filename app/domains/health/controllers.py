@@ -31,7 +31,7 @@ LIVE = ASGIResponse(body=msgspec.json.encode(Liveness(status="ok")), media_type=
 def _answer(readiness: Readiness, health: Health) -> tuple[int, dict[str, str]]:
     """200, or 503 with ``Retry-After``: when the next probe may get a fresh answer (one answer
     serves every probe for ``HEALTH_READY_SHARED_S``), as every other 503 of the API says."""
-    if readiness.status == "ok":
+    if readiness.status != "unavailable":
         return 200, {}
     return 503, {"Retry-After": str(max(1, math.ceil(health.shared_s)))}
 
@@ -59,9 +59,11 @@ class HealthController(Controller):
         "/ready",
         summary="PostgreSQL, its schema, Valkey and the job queue answer",
         description=(
-            "One entry per check (`postgres`, `schema`, `valkey`, `queue`) with its latency; 503 when a "
-            "required one is down. `schema` is down while the database lacks migrations this release "
-            "needs (a newer schema is fine). A failed check's `detail` is only `timeout` or `error`: "
+            "One entry per check (`postgres`, `schema`, `valkey`, `queue`) with its latency. 503 "
+            "(`unavailable`) when a required one is down: `postgres` or `schema`. Valkey and the queue "
+            "are reported but not required: without them the instance still serves (`degraded`, 200), "
+            "and every replica shares them. `schema` is down while the database lacks migrations this "
+            "release needs (a newer schema is fine). A failed check's `detail` is only `timeout` or `error`: "
             "the cause is in the server's log (`readiness_check_failed`, once a minute per check). "
             "One answer serves every probe for `HEALTH_READY_SHARED_S`; a 503 says so in `Retry-After`."
         ),

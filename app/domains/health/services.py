@@ -44,7 +44,12 @@ class DependencyStatus(msgspec.Struct, frozen=True):
 
 
 class Readiness(msgspec.Struct, frozen=True):
-    status: str
+    """``ok``: every check passed. ``degraded``: Valkey or the job queue does not answer, and the
+    instance still serves (limits fail open, caches are read through, jobs wait in the outbox): ready,
+    since every replica shares that Valkey and taking them all out of a load balancer for it turned a
+    degraded service into none. ``unavailable``: PostgreSQL or its schema is not there."""
+
+    status: Literal["ok", "degraded", "unavailable"]
     checks: list[DependencyStatus]
 
 
@@ -190,11 +195,16 @@ class HealthService:
         checks = await asyncio.gather(
             _timed("postgres", postgres, timeout=timeout, warnings=self.warnings),
             _timed("schema", schema, timeout=timeout, warnings=self.warnings),
-            _timed("valkey", cache, timeout=timeout, warnings=self.warnings),
-            _timed("queue", jobs, timeout=timeout, warnings=self.warnings),
+            _timed("valkey", cache, timeout=timeout, warnings=self.warnings, required=False),
+            _timed("queue", jobs, timeout=timeout, warnings=self.warnings, required=False),
         )
-        healthy = all(check.ok for check in checks if check.required)
-        return Readiness(status="ok" if healthy else "unavailable", checks=list(checks))
+        if all(check.ok for check in checks):
+            status = "ok"
+        elif all(check.ok for check in checks if check.required):
+            status = "degraded"
+        else:
+            status = "unavailable"
+        return Readiness(status=status, checks=list(checks))
 
 
 async def _missing_migrations(conn: AsyncConnection[Any], versions: list[str]) -> list[str]:
