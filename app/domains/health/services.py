@@ -198,6 +198,7 @@ class HealthService:
             _timed("valkey", cache, timeout=timeout, warnings=self.warnings, required=False),
             _timed("queue", jobs, timeout=timeout, warnings=self.warnings, required=False),
         )
+        status: Literal["ok", "degraded", "unavailable"]
         if all(check.ok for check in checks):
             status = "ok"
         elif all(check.ok for check in checks if check.required):
