@@ -25,10 +25,11 @@ from app.core.docs import SwaggerUI, api_index, docs_router, site_icon
 from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
 from app.core.logging import configure_logging
-from app.core.metrics import RequestMetrics, sweep_dead_processes
+from app.core.metrics import RequestMetrics, record_pool, sweep_dead_processes
 from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
 from app.core.queues import build_saq_config, workers_running
 from app.core.ratelimit import RateLimiter, policies_from_settings
+from app.core.repeating import repeating
 from app.core.routing import (
     StrictJSONRequest,
     guard_without_handler_copies,
@@ -72,6 +73,8 @@ class MetricsController(PrometheusController):
 IN_PROCESS_DEQUEUE_TIMEOUT_S = 1.0
 """How long an idle in-process worker's wait for a job lasts before it asks again: a stop waits for it,
 so an idle ``just serve`` stops within about this long."""
+PROCESS_GAUGES_INTERVAL_S = 5.0
+"""How often each granian worker sets its pool gauge (``app_db_pool_connections``)."""
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -97,11 +100,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
     workers = list(saq_plugin.get_workers().values())
     in_process = workers if settings.worker_in_process else []
 
+    async def record_process_gauges() -> None:
+        record_pool(services.db.pool)
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await services.start()
         try:
-            async with workers_running(services, in_process, dequeue_timeout_s=IN_PROCESS_DEQUEUE_TIMEOUT_S):
+            async with (
+                workers_running(services, in_process, dequeue_timeout_s=IN_PROCESS_DEQUEUE_TIMEOUT_S),
+                repeating(record_process_gauges, PROCESS_GAUGES_INTERVAL_S),
+            ):
                 gc.collect()
                 gc.freeze()  # start-up objects leave the collector's generations: p99 without GC pauses
                 yield

@@ -65,6 +65,39 @@ QUEUE_JOBS = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+POOL_CONNECTIONS = Gauge(
+    "app_db_pool_connections",
+    "This process's PostgreSQL pool: its connections (size), those idle in it (available), and the "
+    "requests waiting for one (waiting), as last read",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+OUTBOX_UNPUBLISHED = Gauge(
+    "app_outbox_unpublished",
+    "Outbox rows committed and not yet enqueued, as last read",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "app_outbox_oldest_unpublished_age_seconds",
+    "Age of the oldest outbox row not yet enqueued (0 when none), as last read: the relay's lag",
+    multiprocess_mode="mostrecent",
+)
+WORKER_HEARTBEAT = Gauge(
+    "app_worker_heartbeat_timestamp_seconds",
+    "When the worker's event loop last ran its gauge round (Unix time): an old value is a stalled worker, "
+    "which its metrics thread would otherwise keep answering for",
+    multiprocess_mode="mostrecent",
+)
+
+
+def record_pool(pool: Any) -> None:
+    """Set ``app_db_pool_connections`` from a psycopg pool's stats (in memory: no query)."""
+    stats = pool.get_stats()
+    POOL_CONNECTIONS.labels("size").set(stats.get("pool_size", 0))
+    POOL_CONNECTIONS.labels("available").set(stats.get("pool_available", 0))
+    POOL_CONNECTIONS.labels("waiting").set(stats.get("requests_waiting", 0))
+
+
 _UNKNOWN = object()
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")

@@ -34,13 +34,23 @@ from saq.types import Context, PartialTimersDict
 
 from app.config import Settings, redact_url
 from app.core.logging import error_message
-from app.core.metrics import JOB_DURATION, JOBS, QUEUE_JOBS, serve_worker_metrics
+from app.core.metrics import (
+    JOB_DURATION,
+    JOBS,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_UNPUBLISHED,
+    QUEUE_JOBS,
+    WORKER_HEARTBEAT,
+    record_pool,
+    serve_worker_metrics,
+)
 from app.core.migrate import SchemaBehindError, database_missing, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
 from app.core.relay import RETRY_BACKOFF_MAX_S, RETRY_DELAY_S, OutboxRelay, batching_of, timeouts_of
 from app.core.repeating import stopped_within
 from app.core.scrub import scrub_text
 from app.core.services import Services
+from app.db import outbox as outbox_queries
 
 log = structlog.get_logger("app.workers")
 
@@ -181,7 +191,20 @@ async def read_queue_gauges(queues: dict[str, Queue]) -> None:
             QUEUE_JOBS.labels(name, state).set(await queue.count(state))
 
 
-def _queue_gauge_hooks(queues: dict[str, Queue], interval_s: float) -> tuple[Hook, Hook]:
+async def read_worker_gauges(services: Services) -> None:
+    """The worker's heartbeat (first: a round that fails after it still says the loop runs), its pool,
+    and the outbox's backlog and lag (one query)."""
+    WORKER_HEARTBEAT.set(time.time())
+    record_pool(services.db.pool)
+    async with services.db.read() as uow:
+        backlog = await outbox_queries.count_unpublished_outbox(uow.conn)
+    if backlog is not None:
+        OUTBOX_UNPUBLISHED.set(backlog.pending)
+        oldest = backlog.oldest
+        OUTBOX_OLDEST_AGE.set(max(0.0, time.time() - oldest.timestamp()) if oldest is not None else 0.0)
+
+
+def _queue_gauge_hooks(services: Services, queues: dict[str, Queue], interval_s: float) -> tuple[Hook, Hook]:
     """Keep ``app_queue_jobs`` current while the default queue's worker runs. A failed read (Valkey
     away) is skipped: the worker's upkeep already says that Valkey is unreachable.
 
@@ -190,6 +213,8 @@ def _queue_gauge_hooks(queues: dict[str, Queue], interval_s: float) -> tuple[Hoo
 
     async def poll(stop: asyncio.Event) -> None:
         while True:
+            with contextlib.suppress(Exception):
+                await read_worker_gauges(services)
             with contextlib.suppress(Exception):
                 await read_queue_gauges(queues)
             if await stopped_within(stop, interval_s):
@@ -247,7 +272,7 @@ def build_saq_config(
     queues = build_queues(valkey_url)
     startup, shutdown = _hooks(services)
     start_relay, stop_relay = _relay_hooks(queues, modules, settings)
-    start_gauges, stop_gauges = _queue_gauge_hooks(queues, QUEUE_GAUGES_INTERVAL_S)
+    start_gauges, stop_gauges = _queue_gauge_hooks(services, queues, QUEUE_GAUGES_INTERVAL_S)
     tasks: dict[str, list[JobFunction]] = {name: [] for name in QUEUE_NAMES}
     cron: dict[str, list[CronJob]] = {name: [] for name in QUEUE_NAMES}
     for module in modules:

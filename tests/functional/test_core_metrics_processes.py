@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ import httpx
 import pytest
 from psycopg import AsyncConnection
 
+from app.config import Settings
 from app.core.metrics import sweep_dead_processes
 from app.db import outbox as outbox_queries
-from tests.factories import wait_until
+from tests.factories import create_user, make_site, serve_in_loop, wait_until
 from tests.faults import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,11 +130,20 @@ async def test_the_worker_process_serves_its_relay_job_and_queue_metrics(
                         for queue in ("default", "orders", "feed", "github")
                         for state in ("queued", "active")
                     )
+                    and total(text, "app_worker_heartbeat_timestamp_seconds") > 0
+                    and total(text, "app_db_pool_connections", state="size") > 0
+                    and "app_outbox_oldest_unpublished_age_seconds " in text
+                    and "app_outbox_unpublished " in text
                 )
 
-            await wait_until(measured, 60, "the worker's metrics show the relay, the jobs and the queues")
+            await wait_until(
+                measured,
+                60,
+                "the worker's metrics show the relay, the jobs, the queues, its pool and heartbeat",
+            )
             text = (await http.get(url)).text
         assert total(text, "app_job_duration_seconds_count", function="purge_outbox") >= len(ids)
+        assert abs(total(text, "app_worker_heartbeat_timestamp_seconds") - time.time()) < 300
     finally:
         code = worker.stop(signal.SIGTERM)
     assert code == 0, worker.log_tail()
@@ -156,3 +167,23 @@ def test_a_sweep_tolerates_another_process_removing_the_same_file_first(
     monkeypatch.setattr(os, "remove", another_process_first)
     assert sweep_dead_processes(tmp_path) == [dead]
     assert not gauge.exists()
+
+
+async def test_the_api_reports_its_pool_and_the_ingest_backlog(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """An operator saw the sink's backlog only once 503s began, and no pool usage at all (the
+    operability reviewer): each granian worker sets ``app_db_pool_connections`` every few seconds, and
+    the sink ``app_page_view_sink_pending_rows`` at each write."""
+    site = await make_site(db, await create_user(db), domain="gauges.example")
+    async with serve_in_loop(settings) as served:
+        view = {"site_key": site.ingest_key, "url": "https://gauges.example/"}
+        assert (await served.client.post("/api/page-views", json=view)).status_code == 202
+
+        async def measured() -> bool:
+            text = (await served.client.get("/metrics")).text
+            return total(text, "app_db_pool_connections", state="size") > 0 and (
+                "app_page_view_sink_pending_rows " in text
+            )
+
+        await wait_until(measured, 30, "the pool and sink gauges are on /metrics")

@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from app.config import SINK_MAX_QUEUE_S
 from app.core.errors import ServiceUnavailableError, UnprocessableError
@@ -77,6 +77,12 @@ BATCH_ROWS = Histogram(
     "app_page_view_batch_rows", "Rows per sink write", buckets=(1, 8, 32, 128, 512, 1024, 2048, 4096, 10000)
 )
 REFUSED = Counter("app_page_views_refused", "Page views refused because the sink was full")
+PENDING = Gauge(
+    "app_page_view_sink_pending_rows",
+    "Page views accepted and not yet committed, summed over the processes, as of each write's start and "
+    "end: near SINK_MAX_PENDING, new views are refused (503)",
+    multiprocess_mode="livesum",
+)
 REFUSED_BY_DATABASE = Counter(
     "app_page_views_refused_by_database", "Page views PostgreSQL refused for their data (not stored)"
 )
@@ -221,10 +227,12 @@ class PageViewSink:
                 await self._write(groups)
 
     async def _write(self, groups: list[_Group]) -> None:
+        PENDING.set(self._pending_rows)  # per write, not per view: the hot path stays as it was
         try:
             await self._write_isolating(groups)
         finally:
             self._pending_rows -= sum(len(group.rows) for group in groups)
+            PENDING.set(self._pending_rows)
 
     async def _write_isolating(self, groups: list[_Group]) -> None:
         """Commit ``groups`` in one write; split the write in halves while PostgreSQL refuses its
