@@ -171,6 +171,23 @@ TOOLS = [
     "Grafana k6/0.50.0",
     "hey/0.0.1",
     "oha/1.4.0",
+    # not a browser's shape, or automation crawlerdetect does not list (the files and reports
+    # reviewer: each counted as a visitor)
+    "-",
+    "x",
+    "aaaaaaaaaa",
+    "Mozilla/5.0",
+    "Mozilla/5.0 (compatible)",
+    "Mozilla/4.0",
+    "Deno/1.40.0",
+    "Bun/1.0.0",
+    "insomnia/2023.5.8",
+    "Dalvik/2.1.0 (Linux; U; Android 11; Pixel 5 Build/RQ3A.211001.001)",
+    f"{CHROME} Safari/537.36 Puppeteer",
+    f"{CHROME} Safari/537.36 Playwright/1.40",
+    f"{CHROME} Safari/537.36 Selenium",
+    f"{CHROME} Safari/537.36 Cypress/13.0",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0 PhantomJS",
 ]
 CRAWLER_SAMPLE = Path(__file__).parent / "fixtures" / "crawlerdetect" / "crawlers.txt"
 

@@ -7,8 +7,11 @@ and the reports only show families.
 
 An agent is a bot when it is empty or longer than ``MAX_AGENT_CHARS``, when it names a load-testing
 tool crawlerdetect does not list
-(``_LOAD_TOOLS``: wrk, k6, hey...), or when crawlerdetect (a maintained list of crawlers, with its
-exclusions) says so. Crawlerdetect is asked about every agent except a *plain mainstream browser*,
+(``_LOAD_TOOLS``: wrk, k6, hey...), browser automation or a JavaScript runtime (``_AUTOMATION``:
+Puppeteer, Playwright, Selenium, Deno...), when it is not shaped like a browser's (no parenthesised
+platform followed by an engine, ``_ENGINES``: ``-``, ``Mozilla/5.0``, an Android app's ``Dalvik/``),
+or when crawlerdetect (a maintained list of crawlers, with its exclusions) says so. Crawlerdetect is
+asked about every agent except a *plain mainstream browser*,
 the only shortcut: an agent that is, in full, ``Mozilla/5.0 (<platform>) <engine> <products>``
 (``_MAINSTREAM_BROWSER``) with a platform of Windows, macOS, X11 Linux, ChromeOS, iOS/iPadOS or
 Android, the engine ``AppleWebKit/<v> (KHTML, like Gecko)`` or ``Gecko/<v>``, and nothing after it
@@ -57,6 +60,13 @@ MAX_AGE = timedelta(hours=24)
 _LOAD_TOOLS = re.compile(r"(?:wrk|k6|Grafana k6|hey|oha|httperf|Artillery)(?:[/ ]|$)", re.IGNORECASE)
 """Load-testing tools crawlerdetect (0.4.2) does not list, by the first product of their agent:
 ``wrk/4.2.0``, ``k6/0.47.0 (https://k6.io/)``, ``Grafana k6/0.50.0``, ``hey/0.0.1``, ``oha/1.4.0``..."""
+_AUTOMATION = re.compile(r"PhantomJS|Puppeteer|Playwright|Selenium|Cypress|\bDeno/|\bBun/|\binsomnia/")
+"""Browser automation and JavaScript runtimes crawlerdetect (0.4.2) does not know, anywhere in the agent
+(automation appends its name to a real browser's agent: ``... Chrome/120.0 Safari/537.36 Puppeteer``)."""
+_ENGINES = ("AppleWebKit/", "Gecko/", "Trident/", "Presto/", "MSIE ")
+"""Every browser's agent names its engine (or, for Internet Explorer, ``MSIE``) after a parenthesised
+platform: an agent without both (``-``, ``Mozilla/5.0``, ``Dalvik/2.1.0 (Linux; U; Android 11)``) is
+a program, not a person's browser."""
 _MAINSTREAM_BROWSER = re.compile(
     r"Mozilla/5\.0 \((?:"
     r"Windows NT [\d.]+(?:; (?:Win64|WOW64|x64|rv:[\d.]+))*"
@@ -126,7 +136,17 @@ def is_bot_agent(user_agent: str) -> bool:
         return True
     if _MAINSTREAM_BROWSER.fullmatch(user_agent) and not _BOT_HINT.search(user_agent.lower()):
         return False
+    if _AUTOMATION.search(user_agent) or not _browser_shaped(user_agent):
+        return True
     return bool(_CRAWLERS.is_crawler(user_agent))
+
+
+def _browser_shaped(user_agent: str) -> bool:
+    """A parenthesised platform and an engine (``_ENGINES``) after its opening."""
+    platform = user_agent.find("(")
+    return (
+        platform >= 0 and ")" in user_agent[platform:] and any(e in user_agent[platform:] for e in _ENGINES)
+    )
 
 
 LONG_AGENT = Agent(browser="Other", os="Other", device="desktop", is_bot=True)
