@@ -37,7 +37,7 @@ from app.core.deadline import sever
 from app.core.middleware import MULTIPART_OVERHEAD
 from app.db.models import ProjectRole
 from app.domains.files.services import FileService
-from app.domains.files.storage import sanitize_filename
+from app.domains.files.storage import name_for_type, sanitize_filename
 from app.domains.monitoring.capture import RawEvent
 from app.domains.projects.jobs import purge_deleted_project
 from tests.factories import (
@@ -262,6 +262,38 @@ async def test_filename_is_sanitised_and_never_a_path(api: Client, world: World,
 def test_sanitize_filename(raw: str, expected: str) -> None:
     assert sanitize_filename(raw) == expected
     assert len(sanitize_filename(raw)) <= 255
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "stored"),
+    [
+        ("report.html", "text/plain", "report.html.txt"),
+        ("invoice.pdf.exe", "image/png", "invoice.pdf.exe.png"),
+        ("notes", "text/plain", "notes.txt"),
+        ("photo.JPG", "image/jpeg", "photo.JPG"),
+        ("photo.jpeg", "image/jpeg", "photo.jpeg"),
+        ("data.csv", "text/csv", "data.csv"),
+        ("x" * 255, "application/zip", "x" * 251 + ".zip"),
+        ("drawing.svg", "image/x-operator-added", "drawing.svg"),  # no known extension: as sent
+    ],
+)
+def test_a_stored_name_ends_in_an_extension_of_its_type(
+    filename: str, content_type: str, stored: str
+) -> None:
+    """The type is checked, the name was not: another member's browser saved ``report.html`` (declared
+    ``text/plain``) as a page that ran its script from ``file://`` (the files and reports reviewer)."""
+    assert name_for_type(filename, content_type) == stored
+    assert len(name_for_type(filename, content_type)) <= 255
+
+
+async def test_an_upload_named_as_another_type_is_saved_under_its_own(api: Client, world: World) -> None:
+    response = await upload(
+        api, world.editor, world.project, b"<script>alert(1)</script>", filename="report.html"
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["filename"] == "report.html.txt"
+    download = await api.get(files_url(world.project, response.json()["id"]), headers=world.editor.headers)
+    assert download.headers["content-disposition"] == 'attachment; filename="report.html.txt"'
 
 
 async def test_empty_file_is_accepted(api: Client, world: World) -> None:

@@ -319,7 +319,9 @@ class ProjectFilesController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Upload a file (editors)",
         description=f"multipart/form-data with exactly one part, `{FILE_FIELD}`, carrying a filename and "
-        "a content type from the allowed list (415 otherwise). Larger than FILE_MAX_BYTES: 413. 409 "
+        "a content type from the allowed list (415 otherwise). The name is kept (without any directory "
+        "part) ending in an extension of that type: `report.html` sent as `text/plain` is stored as "
+        "`report.html.txt`. Larger than FILE_MAX_BYTES: 413. 409 "
         "`quota-exceeded` when the project (FILE_PROJECT_MAX_COUNT / _BYTES) or the uploader "
         "(FILE_USER_MAX_COUNT / _BYTES) has no room left for it, refused before the body is read when its "
         "Content-Length already cannot fit; uploads in flight count against the quotas (each reserves "

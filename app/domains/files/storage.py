@@ -178,6 +178,35 @@ def sanitize_filename(raw: str) -> str:
     return name
 
 
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "image/png": (".png",),
+    "image/jpeg": (".jpg", ".jpeg"),
+    "image/gif": (".gif",),
+    "image/webp": (".webp",),
+    "application/pdf": (".pdf",),
+    "text/plain": (".txt", ".text", ".log"),
+    "text/csv": (".csv",),
+    "text/markdown": (".md", ".markdown"),
+    "application/json": (".json",),
+    "application/zip": (".zip",),
+}
+"""The extensions a file of each default ``FILE_ALLOWED_TYPES`` type may be saved under, the first
+one added when its name ends otherwise. Written out: the standard library's table differs between
+machines (it reads ``/etc/mime.types``), lacks ``image/webp`` on Python 3.11 and gives ``text/plain``
+``.bat``."""
+
+
+def name_for_type(filename: str, content_type: str) -> str:
+    """``filename`` ending in an extension of ``content_type``: ``report.html`` stored as ``text/plain``
+    becomes ``report.html.txt``, so that a member's browser saves it as what it was checked to be,
+    never as a page or a program (``invoice.pdf.exe``). A type without a known extension (one an
+    operator added to ``FILE_ALLOWED_TYPES``) keeps the name as sent."""
+    extensions = EXTENSIONS.get(content_type)
+    if not extensions or filename.lower().endswith(extensions):
+        return filename
+    return f"{filename[: MAX_FILENAME_CHARS - len(extensions[0])]}{extensions[0]}"
+
+
 def media_type_of(value: str | None) -> str:
     """``Text/Plain; charset=utf-8`` → ``text/plain``; a part without a type is octet-stream. (Its
     charset is the segment's own ``charset``, parsed from the same header: :func:`declared_charset`.)"""
@@ -541,7 +570,7 @@ class _Upload:
             self.charset = declared_charset(segment.charset)
             if self.charset is None:
                 self.utf8 = _Utf8Check()
-        self.filename = sanitize_filename(segment.filename)
+        self.filename = name_for_type(sanitize_filename(segment.filename), self.content_type)
         self.path = path = self.temp_path
 
         def create() -> BinaryIO:
