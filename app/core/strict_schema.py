@@ -69,6 +69,7 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
         if struct_type.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
         if (example := getattr(struct_type, "openapi_example", None)) is not None:
+            msgspec.convert(example, struct_type)  # an example the API would refuse fails the start
             schema.examples = [example]
         info = msgspec.inspect.type_info(struct_type)
         assert isinstance(info, msgspec.inspect.StructType)

@@ -11,14 +11,15 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
+from litestar import Litestar, patch
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
@@ -27,9 +28,10 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.gate import authenticates, rate_limit_policy, refused_token_policy
 from app.core.pagination import InvalidCursorError, cursor_pattern, decode_cursor, encode_cursor
+from app.core.strict_schema import StrictStructSchemaPlugin
 from app.db import accounts as account_queries
 from app.db import sites as site_queries
-from app.db.models import UserRole
+from app.db.models import TaskStatus, UserRole
 from app.domains.accounts.schemas import UserCursor
 from app.domains.accounts.services import AccountService
 from app.domains.files.schemas import FileCursor
@@ -143,6 +145,25 @@ def test_no_shared_type_carries_a_default_that_its_uses_would_inherit(app: Lites
     assert inherited == {}
     created = schema["components"]["schemas"]["TaskCreate"]["properties"]["status"]
     assert created == {"allOf": [{"$ref": "#/components/schemas/TaskStatus"}], "default": "todo"}
+
+
+class _Patch(msgspec.Struct, forbid_unknown_fields=True):
+    openapi_example: ClassVar[dict[str, object]] = {"status": "doing"}  # no such status
+
+    status: TaskStatus | None = None
+
+
+def test_an_example_body_the_api_would_refuse_fails_the_start() -> None:
+    """``TaskUpdate``'s first example named a status that does not exist, and Swagger UI filled it in:
+    an example is decoded as its Struct when the schema is built."""
+
+    @patch("/thing", sync_to_thread=False)
+    def change(data: JSONBody[_Patch]) -> None:
+        return None
+
+    broken = Litestar([change], plugins=[StrictStructSchemaPlugin()])
+    with pytest.raises(msgspec.ValidationError, match="Invalid enum value 'doing'"):
+        broken.openapi_schema.to_schema()
 
 
 def test_every_route_that_reads_a_token_says_so_for_swagger_ui(app: Litestar) -> None:
