@@ -98,11 +98,23 @@ class ProjectTasksController(Controller):
         project_id: IdPath,
         tasks: Tasks,
         current_user: Caller,
-        status: FromQuery[TaskStatus | None] = None,
-        priority: FromQuery[TaskPriority | None] = None,
-        assignee_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
-        due_before: FromQuery[date | None] = None,
-        due_after: FromQuery[date | None] = None,
+        status: Annotated[TaskStatus | None, QueryParameter(description="Only tasks in this status")] = None,
+        priority: Annotated[
+            TaskPriority | None, QueryParameter(description="Only tasks of this priority")
+        ] = None,
+        assignee_id: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="Only tasks assigned to this member")
+        ] = None,
+        due_before: Annotated[
+            date | None,
+            QueryParameter(
+                description="Only tasks due on or before this day (inclusive); undated ones never"
+            ),
+        ] = None,
+        due_after: Annotated[
+            date | None,
+            QueryParameter(description="Only tasks due on or after this day (inclusive); undated ones never"),
+        ] = None,
         updated_after: Annotated[
             str | None,
             QueryParameter(
