@@ -117,7 +117,9 @@ class OrdersController(Controller):
         self,
         orders: Orders,
         current_user: Caller,
-        status: Annotated[OrderStatus | None, QueryParameter()] = None,
+        status: Annotated[
+            OrderStatus | None, QueryParameter(description="Only orders in this status")
+        ] = None,
         user_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID, description="Admins only")] = None,
         cursor: CursorParam = None,
         limit: PageSize = 50,

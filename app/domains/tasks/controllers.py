@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromQuery, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
@@ -334,7 +334,7 @@ class MyTasksController(Controller):
         self,
         tasks: Tasks,
         current_user: Caller,
-        status: FromQuery[TaskStatus | None] = None,
+        status: Annotated[TaskStatus | None, QueryParameter(description="Only tasks in this status")] = None,
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[TaskOut]:
