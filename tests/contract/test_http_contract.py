@@ -166,6 +166,15 @@ def test_an_example_body_the_api_would_refuse_fails_the_start() -> None:
         broken.openapi_schema.to_schema()
 
 
+def test_every_tag_an_operation_uses_is_described(app: Litestar) -> None:
+    """The OpenAPI UI's sections had no description (no top-level ``tags``): a new tag must get one."""
+    schema = app.openapi_schema.to_schema()
+    used = {tag for _, _, operation in operations(app) for tag in operation.get("tags", [])}
+    described = {tag["name"]: tag.get("description") for tag in schema.get("tags", [])}
+    assert used == set(described)
+    assert all(described.values())
+
+
 def test_every_route_that_reads_a_token_says_so_for_swagger_ui(app: Litestar) -> None:
     """Swagger UI sends the authorized token only to operations whose ``security`` names the scheme:
     the catalogue's GETs, public but answering an administrator more (inactive products), were called
