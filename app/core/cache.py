@@ -116,7 +116,7 @@ class Cache:
         """Count every fallback, but warn at most once per ``warn_interval_s`` (an outage is loud)."""
         CACHE_DEGRADED.labels(namespace=namespace).inc()
         if self._warnings.due():
-            _log.warning("cache degraded", namespace=namespace, operation=operation, error=repr(error))
+            _log.warning("cache_degraded", namespace=namespace, operation=operation, error=repr(error))
 
 
 class CacheNamespace:

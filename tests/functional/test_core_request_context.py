@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from psycopg import AsyncConnection
 
 from app.core.middleware import DRAIN_FROM
+from tests.factories import make_user
 
 Client = AsyncTestClient[Litestar]
 
@@ -149,6 +152,20 @@ async def test_each_request_is_logged_once_with_its_outcome(
     assert entry["client_ip"] == "testclient"
     assert entry["log_level"] == "info"
     assert entry["request_id"] == "log-check-1"
+
+
+async def test_a_signed_in_request_is_logged_with_its_caller_and_every_one_with_the_pid(
+    client: Client, app: Litestar, db: AsyncConnection[Any], access_log: list[dict[str, Any]]
+) -> None:
+    """Which user, which granian worker: neither was in the access log (the operability reviewer)."""
+    user = await make_user(db, app)
+    await client.get("/api/projects", headers=user.headers)
+    await client.get("/health/live")
+
+    signed_in, anonymous = [entry for entry in access_log if entry["event"] == "request"]
+    assert (signed_in["path"], signed_in["user_id"]) == ("/api/projects", user.id)
+    assert "user_id" not in anonymous
+    assert signed_in["pid"] == anonymous["pid"] == os.getpid()
 
 
 async def test_the_access_log_records_the_final_status_of_each_request(
