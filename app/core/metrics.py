@@ -8,9 +8,10 @@ and ``group_path=True`` (the Grafana dashboards in ``deploy/grafana`` query them
   answers of 500 and above;
 - ``app_requests_in_progress`` (gauge; ``status_code`` is always 200, as Litestar labelled it).
 
-Only routed requests are counted (a 404 for an unknown path has no template, and counting raw paths
-would let clients grow the label set without bound), and routes under ``unmeasured`` prefixes not at
-all. The labelled children are looked up once per (method, route, status) and kept: recording a
+A request that matched no route (a 404 for an unknown path has no template, and counting raw paths
+would let clients grow the label set without bound) is counted under ``path="(unmatched)"`` with its
+method folded to the standard ones or ``OTHER``; routes under ``unmeasured`` prefixes not at all.
+The labelled children are looked up once per (method, route, status) and kept: recording a
 request is a dict lookup and three increments, not three label resolutions.
 
 With several granian workers (``PROMETHEUS_MULTIPROC_DIR``) each worker writes its values to files
@@ -99,6 +100,9 @@ def record_pool(pool: Any) -> None:
 
 
 _UNKNOWN = object()
+UNMATCHED = "(unmatched)"
+"""The ``path`` label of a request that matched no route."""
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
@@ -174,11 +178,16 @@ class RequestMetrics:
         return not any(template == prefix or template.startswith(prefix) for prefix in self._unmeasured)
 
     def observe(self, scope: Scope, status: int, duration_s: float) -> None:
-        """Count one answered request (called by the outer layer once the answer is sent)."""
+        """Count one answered request (called by the outer layer once the answer is sent). One that
+        matched no route (a 404 for an unknown path, a 405, a method of its own) is counted under
+        ``UNMATCHED`` and its method folded to ``KNOWN_METHODS`` or ``OTHER``: seen (a scan, a client
+        calling a removed route), with labels a client cannot multiply."""
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
         template = scope.get("path_template")
         if template is None:
-            return
-        key = (scope["method"], template, status)  # type: ignore[typeddict-item]  # an HTTP scope
+            template = UNMATCHED
+            method = method if method in KNOWN_METHODS else "OTHER"
+        key = (method, template, status)
         children = self._completed.get(key, _UNKNOWN)
         if children is _UNKNOWN:
             children = self._completed[key] = self._children(*key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -156,6 +157,28 @@ async def test_metrics_count_requests(client: AsyncTestClient[Litestar]) -> None
     assert response.status_code == 200
     assert "app_requests_total" in response.text
     assert 'path="/schema/openapi.json"' in response.text
+    assert "/no/such/path" not in response.text, "a raw path is never a label"
+
+
+async def test_requests_that_match_no_route_are_counted_under_bounded_labels(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    """A scan, or a client stuck on a removed route, was invisible: unmatched requests were not
+    counted at all (the operability reviewer)."""
+
+    def unmatched(text: str, method: str, status: str) -> float:
+        labels = rf'method="{method}",path="\(unmatched\)",status_code="{status}"'
+        found = re.search(rf"^app_requests_total{{[^}}]*{labels}[^}}]*}} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    before = (await client.get("/metrics")).text
+    for path in ("/no/such/path", "/another/one", "/api/products/abc"):
+        assert (await client.get(path)).status_code == 404
+    assert (await client.request("BREW", "/api/products")).status_code == 405
+    after = (await client.get("/metrics")).text
+    assert unmatched(after, "GET", "404") - unmatched(before, "GET", "404") == 3
+    assert unmatched(after, "OTHER", "405") - unmatched(before, "OTHER", "405") == 1
+    assert "BREW" not in after and "/another/one" not in after
 
 
 async def test_every_operation_documents_its_problems(client: AsyncTestClient[Litestar]) -> None:
