@@ -31,6 +31,7 @@ import ctypes
 import fcntl
 import getpass
 import ipaddress
+import json
 import math
 import os
 import re
@@ -558,6 +559,8 @@ def serve_child(host: str, port: int, workers: int, parent: int, kill_timeout_s:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
+    from app.core.logging import GRANIAN_LOG_CONFIG
+
     _die_with(parent)
     os.register_at_fork(after_in_child=_workers_die_with(os.getpid()))
     Granian(
@@ -569,6 +572,8 @@ def serve_child(host: str, port: int, workers: int, parent: int, kill_timeout_s:
         workers=workers,
         loop=Loops.auto,
         log_access=False,
+        log_dictconfig=json.loads(GRANIAN_LOG_CONFIG.read_text()),
+        respawn_failed_workers=True,  # as the image's granian: a worker's crash is not the server's
         backlog=GRANIAN_BACKLOG,
         workers_kill_timeout=kill_timeout_s,
     ).serve()

@@ -71,6 +71,7 @@ class ServerProcess:
         *,
         workers: int = 2,
         env: dict[str, str] | None = None,
+        granian_args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -88,6 +89,7 @@ class ServerProcess:
             "DATABASE_POOL_MAX": "4",
             **(env or {}),
         }
+        self.granian_args = granian_args
         self.log_path = data_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -113,6 +115,7 @@ class ServerProcess:
                 "--loop",
                 "auto",
                 "--no-access-log",
+                *self.granian_args,
             ],
             cwd=ROOT,
             env=self.env,

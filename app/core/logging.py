@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
+from pathlib import Path
 from typing import Any
 
 import stamina.instrumentation
@@ -329,6 +330,20 @@ _SHARED: list[structlog.typing.Processor] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     _drop_secrets,
 ]
+
+
+GRANIAN_LOG_CONFIG = Path(__file__).with_name("granian_logging.json")
+"""granian's own log lines (a worker's unexpected exit, its start and stop) through ``build_formatter``:
+``--log-config`` of the image's granian, and ``serve``'s. Its default was plain text
+(``[ERROR] Unexpected exit from worker-2``) in a JSON log."""
+
+
+def granian_formatter() -> logging.Formatter:
+    """The formatter ``GRANIAN_LOG_CONFIG`` names, as ``LOG_JSON`` asks (granian configures its
+    logging before the app, so from the settings' environment)."""
+    from app.config import get_settings
+
+    return build_formatter(get_settings().log_json)
 
 
 def build_formatter(json: bool = True) -> logging.Formatter:
