@@ -198,9 +198,6 @@ CREATIONS_WITHOUT_A_KEY = {
     "/api/projects/{project_id}/invitations",
     # Tracking a login is a set: a retry finds it tracked (200).
     "/api/github/tracked",
-    # Not built: a retried upload stores the file again. Its key would be claimed once the body is
-    # streamed (the fingerprint needs its digest: a client's retry has another multipart boundary).
-    "/api/projects/{project_id}/files",
 }
 """Creating routes (a POST that answers 201) whose retry creates nothing twice without a key."""
 

@@ -286,6 +286,30 @@ def test_a_stored_name_ends_in_an_extension_of_its_type(
     assert len(name_for_type(filename, content_type)) <= 255
 
 
+async def test_a_retried_upload_stores_one_file_and_replays_its_answer(
+    api: Client, world: World, db: AsyncConnection[Any]
+) -> None:
+    """The key was ignored: a retry after a lost answer stored the file twice and spent the quota
+    twice (the idempotency reviewer). It is claimed once the file is read, by its name, type and
+    digest (each retry's multipart boundary is new), and completed with the file's row."""
+    keyed = world.editor.headers | {"Idempotency-Key": str(uuid.uuid4())}
+
+    async def send(content: bytes) -> httpx.Response:
+        return await api.post(
+            files_url(world.project), files={"file": ("q3.txt", content, "text/plain")}, headers=keyed
+        )
+
+    first, again = await send(b"the report"), await send(b"the report")
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.content == first.content
+    assert (first.headers["idempotent-replayed"], again.headers["idempotent-replayed"]) == ("false", "true")
+    stored = await db.execute("select count(*) from project_files where project_id = %s", (world.project,))
+    assert (await stored.fetchone()) == (1,)
+    assert_problem(await send(b"another report"), 422, "idempotency-key-reused")
+    unkeyed = await upload(api, world.editor, world.project, b"the report", filename="q3.txt")
+    assert unkeyed.status_code == 201 and "idempotent-replayed" not in unkeyed.headers
+
+
 async def test_an_upload_named_as_another_type_is_saved_under_its_own(api: Client, world: World) -> None:
     response = await upload(
         api, world.editor, world.project, b"<script>alert(1)</script>", filename="report.html"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from litestar import Request, Response, delete, get, head, post
+import msgspec
+from litestar import MediaType, Request, Response, delete, get, head, post
 from litestar.datastructures import ETag
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
@@ -36,6 +38,16 @@ from litestar.status_codes import (
 from app.config import get_settings
 from app.core.auth import Caller, requires_user
 from app.core.errors import PROBLEM_MEDIA_TYPE, Problem
+from app.core.idempotency import (
+    IDEMPOTENCY_DESCRIPTION,
+    REPLAYED_HEADER,
+    DocumentsIdempotency,
+    IdempotencyClaim,
+    Idempotent,
+    OptionalIdempotencyKey,
+    StoredAnswer,
+    replay,
+)
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
@@ -52,7 +64,7 @@ from app.domains.files.downloads import (
 )
 from app.domains.files.schemas import FileCursor, FileOut
 from app.domains.files.services import FileService
-from app.domains.files.storage import FILE_FIELD
+from app.domains.files.storage import FILE_FIELD, StagedFile
 
 Files = NamedDependency[FileService]
 
@@ -67,11 +79,13 @@ an allowed type a browser could be made to render runs nothing and loads nothing
 
 
 @dataclass
-class _MultipartUploadOperation(Operation):
+class _MultipartUploadOperation(DocumentsIdempotency):
     """Documents the body the upload handler parses itself (it takes no ``data`` parameter): one
-    part, ``file``, whose content type is one of ``FILE_ALLOWED_TYPES`` (else 415)."""
+    part, ``file``, whose content type is one of ``FILE_ALLOWED_TYPES`` (else 415); and its
+    ``Idempotent-Replayed`` answers."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         file_schema = Schema(
             type=OpenAPIType.OBJECT,
             properties={FILE_FIELD: Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)},
@@ -336,12 +350,18 @@ class ProjectFilesController(Controller):
         "file's `charset` (kept, and labelling its downloads) is the one its part declares (`Content-Type: "
         "text/csv; charset=cp1252`) when it names a character set browsers decode, stated by its WHATWG "
         "name (`windows-1252`, `iso-8859-1`, `shift_jis`, …); otherwise, or when the declared one is UTF-8, "
-        "`utf-8` if the whole file is valid UTF-8, else null (unknown). Other types: null.",
+        "`utf-8` if the whole file is valid UTF-8, else null (unknown). Other types: null. "
+        + IDEMPOTENCY_DESCRIPTION
+        + " A retry is the same upload when its file (name, type and bytes) is: the body is read, "
+        "then the key claimed.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
         request_max_body_size=None,
         operation_class=_MultipartUploadOperation,
-        responses=problems(400, 401, 403, 404, 408, 409, 413, 415, 429),
+        responses={
+            **problems(400, 401, 403, 404, 408, 409, 413, 415, 422, 429),
+            HTTP_201_CREATED: ResponseSpec(FileOut, description="Stored"),
+        },
     )
     async def upload(
         self,
@@ -349,15 +369,38 @@ class ProjectFilesController(Controller):
         project_id: IdPath,
         current_user: Caller,
         files: Files,
-    ) -> FileOut:
-        row = await files.upload(
+        idempotency: Idempotent,
+        idempotency_key: OptionalIdempotencyKey = None,
+    ) -> Response[bytes]:
+        def claiming(staged: StagedFile) -> AbstractAsyncContextManager[IdempotencyClaim[Any] | StoredAnswer]:
+            assert idempotency_key is not None
+            what = {"filename": staged.filename, "content_type": staged.content_type, "sha256": staged.sha256}
+            return idempotency.claimed(
+                request,
+                current_user.id,
+                idempotency_key,
+                what,
+                lambda row: msgspec.json.encode(FileOut.from_row(row)),
+            )
+
+        stored = await files.upload(
             current_user.id,
             project_id,
             request.stream(),  # a client leaving mid-body: ClientDisconnectedError (app.core.routing)
             content_type=request.headers.get("content-type"),
             content_length=request.content_length,
+            claiming=claiming if idempotency_key is not None else None,
         )
-        return FileOut.from_row(row)
+        if isinstance(stored, StoredAnswer):
+            return replay(stored, replayed=True)
+        created = Response(
+            msgspec.json.encode(FileOut.from_row(stored)),
+            status_code=HTTP_201_CREATED,
+            media_type=MediaType.JSON,
+        )
+        if idempotency_key is not None:
+            created.set_header(REPLAYED_HEADER, "false")
+        return created
 
     @get(
         "/{file_id:int}",

@@ -14,7 +14,7 @@ recorded or the upload failed.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import structlog
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
+from app.core.idempotency import IdempotencyClaim, StoredAnswer
 from app.core.middleware import MULTIPART_OVERHEAD
 from app.core.pagination import BEFORE_EVERY_ID
 from app.db import files as queries
@@ -51,6 +52,10 @@ ORPHAN_GRACE_S = 3600
 class QuotaExceededError(ConflictError):
     slug = "quota-exceeded"
     title = "Storage quota exceeded"
+
+
+Claiming = Callable[[StagedFile], AbstractAsyncContextManager[IdempotencyClaim[ProjectFile] | StoredAnswer]]
+"""How an upload claims its idempotency key once its file is staged (``Idempotency.claimed``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +121,13 @@ class FileService:
         *,
         content_type: str | None,
         content_length: int | None,
-    ) -> ProjectFile:
+        claiming: Claiming | None = None,
+    ) -> ProjectFile | StoredAnswer:
         """Store the body's file and its row, or neither.
+
+        ``claiming``: the request's idempotency key, claimed once the file is staged (its digest is
+        the fingerprint: a retry's multipart boundary differs) and completed in the transaction that
+        records it; a key already completed answers its stored answer, storing nothing.
 
         Checked before reading a byte of the body: a non-member gets 404, a viewer 403, a full
         project or uploader 409, also when the announced length already cannot fit (the least the
@@ -163,7 +173,12 @@ class FileService:
                 temp_path=temp_path,
             )
             try:
-                return await self._record(user_id, project_id, staged, reservation)
+                if claiming is None:
+                    return await self._record(user_id, project_id, staged, reservation)
+                async with claiming(staged) as claimed:
+                    if isinstance(claimed, StoredAnswer):
+                        return claimed
+                    return await self._record(user_id, project_id, staged, reservation, claim=claimed)
             finally:
                 self.storage.discard(staged.path)  # already renamed on success; otherwise the temp file
         finally:
@@ -171,7 +186,13 @@ class FileService:
                 await reservation.release()
 
     async def _record(
-        self, user_id: int, project_id: int, staged: StagedFile, reservation: Reservation
+        self,
+        user_id: int,
+        project_id: int,
+        staged: StagedFile,
+        reservation: Reservation,
+        *,
+        claim: IdempotencyClaim[ProjectFile] | None = None,
     ) -> ProjectFile:
         """Insert the row and move the file into place in one transaction.
 
@@ -204,6 +225,8 @@ class FileService:
                     storage_key=storage_key,
                 )
                 assert row is not None
+                if claim is not None:
+                    await claim.complete(uow, row, resource_id=row.id)
                 await emit(
                     uow,
                     actor=user_id,
