@@ -15,7 +15,8 @@ threads: granian runs as a child *process* (a fresh interpreter), which forks it
    its environment (and, with several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR``, so
    ``/metrics`` adds up every worker's). On Linux it dies with the launcher (``PR_SET_PDEATHSIG``),
    and its workers with it, so even a SIGKILLed launcher leaves nothing holding the port.
-3. Poll ``GET /health/ready`` until it answers 200, then print where everything is. If granian
+3. Poll ``GET /health/ready`` until it answers ``ok`` (every check, Valkey's and the queue's too: a
+   ``degraded`` 200 is not a finished start), then print where everything is. If granian
    exits first, or ``SERVE_READY_TIMEOUT_S`` passes, say what failed, stop everything, exit 1.
 4. On SIGTERM, SIGINT (Ctrl-C) or SIGHUP: stop granian (SIGTERM: the requests in flight are
    answered, within a grace derived from the settings, ``workers_kill_timeout_s``; then SIGKILL),

@@ -53,6 +53,11 @@ def unbind_request_id(token: Token[str | None]) -> None:
     _REQUEST_ID.reset(token)
 
 
+def current_request_id() -> str | None:
+    """The id of the request being served in this context (``bind_request_id``), None outside one."""
+    return _REQUEST_ID.get()
+
+
 def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     request_id = _REQUEST_ID.get()
     if request_id is not None:

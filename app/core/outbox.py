@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from app.core.db import UnitOfWork
+from app.core.logging import current_request_id
 from app.core.modules import QueueName
 from app.db import outbox as outbox_queries
 
@@ -15,16 +14,11 @@ async def enqueue(uow: UnitOfWork, queue: QueueName, task: str, payload: dict[st
     """Add a job to the outbox in ``uow``'s transaction; the relay publishes it after commit.
 
     The task receives ``payload`` as keyword arguments plus ``outbox_id`` (for idempotency). The
-    request being served (its ``request_id``, bound in the log context) goes with the row: the job's
-    log lines carry it (``app.core.queues.bind_job_context``).
+    request being served (``current_request_id``) goes with the row: the lines its job logs carry it
+    (``app.core.queues.bind_job_context``), unless the task is taken in batches (one job, many rows).
     """
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
     outbox_id = await outbox_queries.insert_outbox(
-        uow.conn,
-        queue=queue,
-        task=task,
-        payload=payload,
-        request_id=request_id if isinstance(request_id, str) else None,
+        uow.conn, queue=queue, task=task, payload=payload, request_id=current_request_id()
     )
     assert outbox_id is not None
     return outbox_id

@@ -761,3 +761,23 @@ async def test_expired_idempotency_keys_are_purged(
         await db.execute("select key from idempotency_keys where user_id = %s", (buyer.id,))
     ).fetchall()
     assert keys == [("new-key",)]
+
+
+async def test_an_orders_reservation_job_carries_the_request_id_of_its_placement(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """The outbox row the placement writes keeps the request's id, so the reservation job's lines can
+    be found from the request that placed the order. The first version read it from a context the
+    request layer never binds: every row had none (the diff reviewer)."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    headers = buyer.headers | {"Idempotency-Key": uuid.uuid4().hex, "X-Request-ID": "order-trace-1"}
+    response = await client.post("/api/orders", json=body((await make_product(db), 1)), headers=headers)
+    assert response.status_code == 202, response.text
+    row = await (
+        await db.execute(
+            "select request_id from outbox where task = 'reserve_order' and payload->>'order_id' = %s",
+            (str(response.json()["id"]),),
+        )
+    ).fetchone()
+    assert row == ("order-trace-1",)

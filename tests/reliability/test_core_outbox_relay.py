@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 import pytest
 import redis.exceptions
-import structlog
 from litestar_saq import SAQPlugin
 from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
@@ -21,6 +20,7 @@ from saq.job import Job, Status
 
 from app.config import Settings
 from app.core.db import Database, create_pool
+from app.core.logging import bind_request_id, unbind_request_id
 from app.core.migrate import dbmate
 from app.core.outbox import enqueue
 from app.core.queues import build_queues, build_saq_config
@@ -93,11 +93,15 @@ async def test_rows_become_jobs_keyed_by_outbox_id(
 async def test_a_job_carries_the_request_id_of_the_request_that_wrote_its_row(
     db: AsyncConnection[Any], pool: Any, queues: dict[str, Queue], relay_settings: Settings
 ) -> None:
-    """``enqueue`` stores the request being served (its bound ``request_id``) with the row, and the
-    relay puts it in the job's ``meta``, whose log lines then carry it (``bind_job_context``)."""
-    with structlog.contextvars.bound_contextvars(request_id="req-relay-1"):
+    """``enqueue`` stores the request being served (``bind_request_id``, as the request layer binds
+    it) with the row, and the relay puts it in the job's ``meta``, whose log lines then carry it
+    (``bind_job_context``)."""
+    token = bind_request_id("req-relay-1")
+    try:
         async with Database(pool).transaction() as uow:
             traced = await enqueue(uow, "default", "purge_outbox", {})
+    finally:
+        unbind_request_id(token)
     async with Database(pool).transaction() as uow:
         untraced = await enqueue(uow, "default", "purge_outbox", {})  # a cron's: no request
     assert await relay_once(pool, queues, relay_settings) == 2
