@@ -257,7 +257,7 @@ class SaqLogFilter(logging.Filter):
         record.job_attempt = job.attempts
         record.error = type(error).__name__ if error is not None else None
         record.args = ()
-        if error is not None and _outage(error):
+        if error is not None and _job_outage(error):
             return self._outage_failure(record, job, error)
         if job.retryable:
             record.msg = "job_retrying"
@@ -272,13 +272,14 @@ class SaqLogFilter(logging.Filter):
 
     def _outage_failure(self, record: logging.LogRecord, job: Any, error: BaseException) -> bool:
         """A job failing because PostgreSQL or Valkey is away is not a bug: a warning without its
-        traceback, naming the dependency and its setting, once per interval for each function and
-        error type, with how many were dropped since (``repeated``). A 50 s PostgreSQL pause wrote
-        18 warnings a minute per worker, none saying which dependency failed."""
+        traceback, naming the dependency and its setting. A retry is said once per interval for each
+        function and error type, with how many were dropped since (``repeated``): a 50 s PostgreSQL
+        pause wrote 18 warnings a minute per worker, none saying which dependency failed. A job's last
+        failure is always said (it will not run again)."""
         from app.core.errors import database_down
 
         key = f"{job.function}:{type(error).__name__}"
-        if not self.outage_warnings.due(key):
+        if job.retryable and not self.outage_warnings.due(key):
             self.outage_dropped[key] = self.outage_dropped.get(key, 0) + 1
             return False
         record.repeated = self.outage_dropped.pop(key, 0)
@@ -292,13 +293,17 @@ class SaqLogFilter(logging.Filter):
         return True
 
 
-def _outage(error: BaseException) -> bool:
-    """A failure that says PostgreSQL or Valkey is unreachable (``app.core.errors.database_down``,
-    or a Valkey connection's): a job failing on every run of an outage (a cron every 10 s) logged a
-    ~1.5 KB traceback each time, which says nothing the first line does not."""
+def _job_outage(error: BaseException) -> bool:
+    """A job's failure that says PostgreSQL or Valkey is unreachable: a driver's, never a bare
+    ``OSError`` or ``TimeoutError`` (a job past its time limit, a full disk) which ``_valkey_error``
+    takes for Valkey's on the upkeep path, where every call is to Valkey."""
+    from redis.exceptions import RedisError
+    from valkey.exceptions import ConnectionError as ValkeyConnectionError
+    from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+
     from app.core.errors import database_down
 
-    return database_down(error) or _valkey_error(error)
+    return database_down(error) or isinstance(error, RedisError | ValkeyConnectionError | ValkeyTimeoutError)
 
 
 _SAQ_FILTER = SaqLogFilter()

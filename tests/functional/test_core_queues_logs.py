@@ -166,35 +166,37 @@ def _failed_attempt(logger: logging.Logger, job: Job, error: BaseException) -> N
 
 def test_an_outage_failing_jobs_is_one_warning_per_interval_naming_the_dependency() -> None:
     """A 50 s PostgreSQL pause wrote 18 job warnings a minute per worker, none saying which dependency
-    failed (the operability reviewer). One per function and error type per interval now, with the
-    dependency, its setting and how many were dropped since; a bug still logs every time."""
+    failed (the operability reviewer). A retry is said once per function and error type per interval,
+    with the dependency, its setting and how many were dropped since; a job's last failure always; a
+    bug, a job past its time limit or a full disk as an error with its traceback, never as Valkey's."""
     logger = logging.getLogger("test.saq.jobs")
     saq_filter = SaqLogFilter()  # a minute's interval, far longer than this loop
     logger.addFilter(saq_filter)
     outage = psycopg.OperationalError("connection failed: server closed the connection unexpectedly")
     cron = Job("reserve_stale_orders", key="cron:reserve_stale_orders", retries=3, attempts=1)
-    last = Job("reserve_order", key="outbox:9", retries=1, attempts=1)
+    retried = Job("reserve_order", key="outbox:9", retries=2, attempts=1)
+    last = Job("reserve_order", key="outbox:9", retries=2, attempts=2)
     try:
         with captured_logs() as logs:
             for _ in range(30):
                 _failed_attempt(logger, cron, outage)
-            _failed_attempt(logger, last, outage)
-            for _ in range(2):
-                _failed_attempt(logger, last, KeyError("a bug, not an outage"))
+            _failed_attempt(logger, retried, outage)
+            _failed_attempt(logger, last, outage)  # within the interval: a last failure is still said
+            _failed_attempt(logger, last, KeyError("a bug, not an outage"))
+            _failed_attempt(logger, last, TimeoutError())  # a job past its time limit: not Valkey's
+            _failed_attempt(logger, last, OSError(28, "No space left on device"))
     finally:
         logger.removeFilter(saq_filter)
     lines = [line for line in logs.lines if line.get("logger") == "test.saq.jobs"]
-    assert [(line["event"], line["job_function"]) for line in lines] == [
-        ("job_retrying", "reserve_stale_orders"),
-        ("job_failed", "reserve_order"),
-        ("job_failed", "reserve_order"),
-        ("job_failed", "reserve_order"),
+    assert [(line["event"], line["job_function"], line["level"]) for line in lines] == [
+        ("job_retrying", "reserve_stale_orders", "warning"),
+        ("job_retrying", "reserve_order", "warning"),
+        ("job_failed", "reserve_order", "warning"),
+        ("job_failed", "reserve_order", "error"),
+        ("job_failed", "reserve_order", "error"),
+        ("job_failed", "reserve_order", "error"),
     ]
     first = lines[0]
-    assert (first["level"], first["dependency"], first["setting"]) == (
-        "warning",
-        "postgresql",
-        "DATABASE_URL",
-    )
+    assert (first["dependency"], first["setting"]) == ("postgresql", "DATABASE_URL")
     assert first["repeated"] == 0 and "server closed" in first["cause"] and "exception" not in first
-    assert [line["level"] for line in lines[2:]] == ["error", "error"]
+    assert all("dependency" not in line and "Traceback" in line["exception"] for line in lines[3:])
