@@ -222,8 +222,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ),
         cors_config=(
-            # ETag: a browser client on another origin reads it to send If-Match back
-            CORSConfig(allow_origins=settings.cors_origins, expose_headers=["ETag"])
+            # What a browser client on another origin must read: ETag (to send If-Match back), when to
+            # retry (Retry-After, the rate-limit headers), whether an answer was replayed.
+            CORSConfig(
+                allow_origins=settings.cors_origins,
+                expose_headers=[
+                    "ETag",
+                    "Retry-After",
+                    "RateLimit",
+                    "RateLimit-Policy",
+                    "Idempotent-Replayed",
+                ],
+            )
             if settings.cors_origins
             else None
         ),

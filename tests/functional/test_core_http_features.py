@@ -63,7 +63,12 @@ async def test_cors_answers_configured_origins_only(settings: Settings) -> None:
         other = await client.get("/health/live", headers={"Origin": "https://evil.example.net"})
         assert "access-control-allow-origin" not in other.headers
         actual = await client.get("/health/live", headers={"Origin": "https://app.example.com"})
-        assert "etag" in actual.headers["access-control-expose-headers"].lower()  # If-Match needs it
+        exposed = {
+            name.strip().lower() for name in actual.headers["access-control-expose-headers"].split(",")
+        }
+        # If-Match needs the ETag; a client told to wait (429, the in-flight 409) needs Retry-After and the
+        # rate-limit headers; an idempotent retry needs to know it was replayed. None is CORS-safelisted.
+        assert {"etag", "retry-after", "ratelimit", "ratelimit-policy", "idempotent-replayed"} <= exposed
 
 
 async def test_without_configured_origins_there_are_no_cors_headers(

@@ -70,6 +70,7 @@ def _refused_webhook(event: str, **fields: object) -> None:
     if WEBHOOK_WARNINGS.due(event):
         log.warning(f"payment_webhook_{event}", once_per_s=WEBHOOK_WARNINGS.interval_s, **fields)
 
+
 ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset({OrderStatus.RESERVED, OrderStatus.REJECTED, OrderStatus.CANCELLED}),
     OrderStatus.RESERVED: frozenset({OrderStatus.PAID, OrderStatus.CANCELLED, OrderStatus.EXPIRED}),
