@@ -14,7 +14,8 @@
   as ``allOf: [$ref], default``.
 - An input Struct may give its example body (``openapi_example: ClassVar[dict]``): Swagger UI then
   fills "Try it out" with it instead of a value for every property. A PATCH body filled so (every
-  optional field, ``archived: true``, ``role: admin``) changed all of them when run unedited.
+  optional field, ``archived: true``, ``role: admin``) changed all of them when run unedited; the
+  changes give ``{}``, which changes nothing. Each is decoded as its Struct when the schema is built.
 
 Register it in ``Litestar(plugins=[...])``: it takes precedence over the built-in Struct plugin (a
 subclass of it; Litestar 2 does not export that class publicly).

@@ -69,7 +69,7 @@ class RefreshIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class UpdateMeIn(msgspec.Struct, forbid_unknown_fields=True):
-    openapi_example: ClassVar[dict[str, object]] = {"display_name": "Ana Lima"}
+    openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
     display_name: DisplayName | None = None
     new_password: NewPassword | None = None
@@ -77,7 +77,7 @@ class UpdateMeIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AdminUserPatch(msgspec.Struct, forbid_unknown_fields=True):
-    openapi_example: ClassVar[dict[str, object]] = {"is_active": True}
+    openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
     role: UserRole | None = None
     is_active: bool | None = None

@@ -29,7 +29,7 @@ class ProjectCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProjectUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    openapi_example: ClassVar[dict[str, object]] = {"name": "Website relaunch"}
+    openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
     name: Name | None = None
     description: Description | None = None
@@ -160,6 +160,9 @@ class InvitationCursor(msgspec.Struct, frozen=True):
 
 
 class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    # The least a role can give: Swagger UI filled the first, `owner`, which Execute then granted.
+    openapi_example: ClassVar[dict[str, object]] = {"role": "viewer"}
+
     role: ProjectRole
 
 
