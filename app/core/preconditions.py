@@ -140,6 +140,12 @@ class IfMatch(msgspec.Struct, frozen=True):
     def matches(self, version: int) -> bool:
         return self.any or names_version(self.tags, etag(version))
 
+    def require_tag(self, current: str) -> None:
+        """412 unless it is ``*`` or lists ``current``, a resource's strong entity-tag that is not a
+        version (a file's digest: its answers are never compressed, so it has one form)."""
+        if not (self.any or current in self.tags):
+            raise PreconditionFailedError(f"The resource's ETag is {current}, which If-Match does not name.")
+
     def require(self, version: int) -> None:
         """412 unless the resource, at ``version`` (read under the lock its change holds), matches."""
         if not self.matches(version):

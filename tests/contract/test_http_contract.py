@@ -166,6 +166,30 @@ def test_an_example_body_the_api_would_refuse_fails_the_start() -> None:
         broken.openapi_schema.to_schema()
 
 
+def test_every_change_of_a_resource_with_an_etag_takes_if_match(app: Litestar) -> None:
+    """The gate refuses ``If-Match`` on a route that takes none (its resource has no ETag): a resource
+    whose GET answers one must take it on its changes, or a true condition is refused (a file's
+    DELETE naming the file's own ETag was a 412)."""
+    paths = app.openapi_schema.to_schema()["paths"]
+    with_etag = {
+        path
+        for path, item in paths.items()
+        if any(
+            name.lower() == "etag"
+            for name in item.get("get", {}).get("responses", {}).get("200", {}).get("headers", {})
+        )
+    }
+    assert {"/api/tasks/{task_id}", "/api/projects/{project_id}/files/{file_id}"} <= with_etag
+    refusing = [
+        f"{method.upper()} {path}"
+        for path in with_etag
+        for method in ("patch", "put", "delete")
+        if method in paths[path]
+        and not any(p["name"] == "If-Match" for p in paths[path][method].get("parameters", []))
+    ]
+    assert not refusing
+
+
 def test_every_tag_an_operation_uses_is_described(app: Litestar) -> None:
     """The OpenAPI UI's sections had no description (no top-level ``tags``): a new tag must get one."""
     schema = app.openapi_schema.to_schema()

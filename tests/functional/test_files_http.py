@@ -1385,3 +1385,17 @@ async def test_uploads_go_on_while_valkey_is_down(
             controlled_valkey.start()
     assert response.status_code == 201, response.text
     assert await file_rows(db) == 1
+
+
+async def test_a_delete_with_if_match_compares_the_files_etag(api: Client, world: World) -> None:
+    """A file answers a strong ``ETag`` (its digest): ``If-Match`` naming it is a true condition. The
+    gate's 412 for routes without versions refused even that one (the diff reviewer)."""
+    created = (await upload(api, world.editor, world.project, b"to delete")).json()
+    url = files_url(world.project, created["id"])
+    tag = (await api.get(url, headers=world.editor.headers)).headers["etag"]
+    other = '"' + "0" * 64 + '"'
+    stale = await api.delete(url, headers=world.editor.headers | {"If-Match": other})
+    assert_problem(stale, 412, "precondition-failed")
+    assert (await api.get(url, headers=world.editor.headers)).status_code == 200, "nothing was deleted"
+    assert (await api.delete(url, headers=world.editor.headers | {"If-Match": tag})).status_code == 204
+    assert (await api.get(url, headers=world.editor.headers)).status_code == 404

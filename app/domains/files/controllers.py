@@ -50,6 +50,7 @@ from app.core.idempotency import (
 )
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
+from app.core.preconditions import DocumentsIfMatch, IfMatchHeader, parse_if_match, precondition_failed
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.domains.files.downloads import (
@@ -474,7 +475,10 @@ class ProjectFilesController(Controller):
         "/{file_id:int}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a file (editors)",
-        responses=problems(401, 403, 404, 429),
+        description="With `If-Match` (the `ETag` its download answers, or `*`), deleted only if it names "
+        "the file: otherwise 412 `precondition-failed` and nothing is deleted.",
+        responses={**problems(400, 401, 403, 404, 429), **precondition_failed()},
+        operation_class=DocumentsIfMatch,
     )
     async def delete_file(
         self,
@@ -482,5 +486,6 @@ class ProjectFilesController(Controller):
         file_id: IdPath,
         current_user: Caller,
         files: Files,
+        if_match: IfMatchHeader = None,
     ) -> None:
-        await files.delete(current_user.id, project_id, file_id)
+        await files.delete(current_user.id, project_id, file_id, if_match=parse_if_match(if_match))
