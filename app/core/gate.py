@@ -53,10 +53,14 @@ costs one attribute test per request.
   cross-site one is a 403 problem (CSRF).
 - Conditions without versions: an unsafe request carrying ``If-Match`` to an authenticated route
   that takes none (its resource has no entity-tag: a comment, a membership, a collection) is a 412
-  ``precondition-failed`` once authenticated, unless the value is ``*`` (RFC 9110 13.1.1: no tag can
-  match a resource without one). The condition was ignored and the change applied unconditionally.
-  The anonymous routes (the page-view ingest, the payment webhook) create nothing a client holds a
-  version of, and keep costing nothing here.
+  ``precondition-failed`` in place of the route, once authenticated and counted by the rate limit,
+  unless the value is ``*`` (RFC 9110 13.1.1: no tag can match a resource without one); a malformed
+  value is the 400 a versioned route answers. The condition was ignored and the change applied
+  unconditionally. The 412 comes before the route's own 403/404 (which RFC 9110 13.2.1 would put
+  first): it is the same for every target, so it tells nothing about one. Left out: the anonymous
+  routes (the page-view ingest, the payment webhook: nothing a client holds a version of, and the
+  ingest's plan stays empty) and the routes without a rate limit (logout: ending a session must
+  always be possible).
 - Compression (``app.core.compression.ResponseCompression``) except under the ``compression.exclude``
   prefixes; always through ``EncodedResponsePassThrough`` (never re-encoding an encoded answer, e.g.
   the dashboard's ``*.js.gz``), whatever ``compression.middleware_class`` says.
@@ -69,7 +73,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.compression import CompressionConfig
 from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
@@ -88,10 +92,11 @@ from app.core.errors import (
     ServiceUnavailableError,
     TooManyRequestsError,
     UnauthorizedError,
+    problem_response,
 )
 from app.core.metrics import RequestMetrics
 from app.core.openapi import finish_documentation
-from app.core.preconditions import PreconditionFailedError
+from app.core.preconditions import PreconditionFailedError, parse_if_match
 from app.core.ratelimit import (
     DEFAULT_POLICY,
     EXEMPT_PATHS,
@@ -196,14 +201,28 @@ def takes_if_match(handler: BaseRouteHandler) -> bool:
     )
 
 
-def _refuse_if_match(scope: Scope) -> None:
-    """412 when the request's ``If-Match`` names entity-tags (anything but ``*``): the route's resource
-    has none, so no tag can match (RFC 9110 13.1.1)."""
-    for name, value in scope["headers"]:
-        if name == b"if-match" and value.strip() != b"*":
-            raise PreconditionFailedError(
-                "This resource has no versions (no ETag): If-Match can only be `*` here. Nothing was changed."
-            )
+def _names_tags(scope: Scope) -> bool:
+    """Whether the request's ``If-Match`` lists entity-tags (``*`` names none: any current version);
+    a malformed one is the 400 a versioned route answers (``parse_if_match``)."""
+    values = [value.decode("latin-1") for name, value in scope["headers"] if name == b"if-match"]
+    if not values:
+        return False
+    condition = parse_if_match(", ".join(values))
+    return condition is not None and not condition.any
+
+
+async def _unmatchable(scope: Scope, receive: Receive, send: Send) -> None:
+    """In place of the route: no entity-tag can match a resource that has none (RFC 9110 13.1.1).
+    Answered here, not raised: its answer passes the rate limit's ``send`` (its ``RateLimit``
+    headers), as the route's own would."""
+    refusal = PreconditionFailedError(
+        "This resource has no versions (no ETag): If-Match can only be `*` here. Nothing was changed."
+    )
+    request: Request[Any, Any, Any] = Request(scope, receive, send)
+    answer = problem_response(
+        request, refusal.status, slug=refusal.slug, title=refusal.title, detail=refusal.detail
+    )
+    await answer.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
 def rate_limit_policy(handler: BaseRouteHandler, path: str) -> str | None:
@@ -265,7 +284,10 @@ class GateConfig:
                 for handler, _ in route.route_handler_map.values():
                     plan = self.plan(handler, route.path_format)
                     finish_documentation(
-                        handler, reads_token=plan.authenticate, rate_limited=plan.policy is not None
+                        handler,
+                        reads_token=plan.authenticate,
+                        rate_limited=plan.policy is not None,
+                        refuses_if_match=plan.refuses_if_match,
                     )
 
     def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
@@ -281,6 +303,7 @@ class GateConfig:
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
             refuses_if_match=bool(methods - SAFE_METHODS)
             and authenticates(handler, path)
+            and rate_limit_policy(handler, path) is not None  # logout: ending a session always works
             and not takes_if_match(handler),
             compress=self.compression is not None and not _under(paths, self.compression_exclude),
             measure=self.metrics is not None and all(self.metrics.measures(path) for path in paths),
@@ -331,16 +354,18 @@ class RouteGate:
                     if plan.token_policy is not None:
                         await self._charge_refused_token(plan.token_policy, scope, refused)
                     raise
-            if plan.refuses_if_match and scope.get("user") is not None:  # anonymous: the guards' 401
-                _refuse_if_match(scope)
+            app = self.app
+            # anonymous: the guards' 401; counted by the rate limit as the route would be
+            if plan.refuses_if_match and scope.get("user") is not None and _names_tags(scope):
+                app = _unmatchable
             if plan.same_origin and scope["method"] not in SAFE_METHODS:
                 _require_same_origin(scope)
             if plan.compress and self.config.compressor is not None:
                 send = self.config.compressor.send_for(scope, send)
             if plan.policy is not None:
-                await self._limited(plan, scope, receive, send)
+                await self._limited(plan, scope, receive, send, app)
             else:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
         finally:
             if watch is not None:
                 unwatch_database_use(watch)
@@ -386,7 +411,9 @@ class RouteGate:
             raise _over_quota(policy, decision)
         refused.headers = {**refused.headers, **rate_limit_headers(policy, decision)}
 
-    async def _limited(self, plan: RoutePlan, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _limited(
+        self, plan: RoutePlan, scope: Scope, receive: Receive, send: Send, app: ASGIApp
+    ) -> None:
         config = self.config
         policy = plan.policy
         assert policy is not None and plan.policy_header is not None
@@ -401,7 +428,7 @@ class RouteGate:
                     headers={"Retry-After": str(FAIL_CLOSED_RETRY_AFTER_S)},
                 ) from exc
             RATE_LIMIT_FAIL_OPEN.labels(policy=policy.name).inc()
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         if not decision.allowed:
             scope["state"][FIRST_BODY_FAULT_ONLY] = True
@@ -429,7 +456,7 @@ class RouteGate:
                 ]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        await app(scope, receive, send_with_headers)
         if refunded():
             config.limiter.refund(policy, key, decision)
 

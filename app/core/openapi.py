@@ -69,6 +69,14 @@ _BAD_TOKEN = _BadToken(
 )
 
 
+_UNMATCHABLE = ResponseSpec(
+    data_container=Problem,
+    description="`If-Match` named entity-tags, and this resource has none (only `*` can hold): nothing "
+    "was changed",
+    media_type="application/problem+json",
+)
+
+
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """``responses=`` for a route: the given problem statuses plus ``ALWAYS``, as problem+json.
 
@@ -84,7 +92,9 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-def finish_documentation(handler: HTTPRouteHandler, *, reads_token: bool, rate_limited: bool) -> None:
+def finish_documentation(
+    handler: HTTPRouteHandler, *, reads_token: bool, rate_limited: bool, refuses_if_match: bool = False
+) -> None:
     """Finish ``handler``'s documentation once the route layer knows what it does for the route
     (``app.core.gate.GateConfig.prepare``).
 
@@ -93,8 +103,11 @@ def finish_documentation(handler: HTTPRouteHandler, *, reads_token: bool, rate_l
       in every build, so in every granian worker.
     - The 401 ``problems`` added on its own is taken out of a route that never reads a token.
     - What the layers around the route add is declared (``documents_what_surrounds_the_route``): the
-      route layer's headers, and the server's 414.
+      route layer's headers, the server's 414, and the route layer's 412 for an ``If-Match`` on a
+      resource without versions (``refuses_if_match``).
     """
+    if refuses_if_match and 412 not in (handler.responses or {}):
+        handler.responses = {**(handler.responses or {}), 412: _UNMATCHABLE}
     if handler.responses:
         handler.responses = {
             status: replace(spec, generate_examples=False)

@@ -74,3 +74,26 @@ async def test_authentication_comes_first_and_versioned_routes_compare_as_before
         f"/api/tasks/{task_id}", json={"title": "renamed"}, headers=team.editor.headers | {"If-Match": '"1"'}
     )
     assert renamed.status_code == 200, renamed.text
+
+
+async def test_the_refusal_is_counted_malformed_is_a_400_and_logout_always_works(
+    client: Client, db: AsyncConnection[Any], team: Team, comment_url: str
+) -> None:
+    """The first version answered before the rate limit (400 conditions in 0.3 s, never a 429), a
+    malformed value 412 where a versioned route says 400, and a logout with ``If-Match`` 412 (the diff
+    reviewer)."""
+    refused = await client.delete(comment_url, headers=team.editor.headers | {"If-Match": '"1"'})
+    assert_problem(refused, 412, "precondition-failed")
+    assert "ratelimit" in {name.lower() for name in refused.headers} or refused.headers.get("ratelimit-policy")
+    malformed = await client.delete(comment_url, headers=team.editor.headers | {"If-Match": "garbage"})
+    assert_problem(malformed, 400, "validation", {"header.If-Match"})
+    logout = await client.post("/api/auth/logout", headers=team.viewer.headers | {"If-Match": '"1"'})
+    assert logout.status_code == 204, logout.text
+
+
+async def test_the_schema_documents_the_412_where_the_route_layer_answers_it(client: Client) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    comment = paths["/api/tasks/{task_id}/comments/{comment_id}"]
+    assert {"412"} <= set(comment["patch"]["responses"]) & set(comment["delete"]["responses"])
+    assert "412" not in paths["/api/auth/logout"]["post"]["responses"]
+    assert "412" not in paths["/api/page-views"]["post"]["responses"]
