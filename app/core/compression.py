@@ -13,8 +13,8 @@ content codings differ (Apache's mod_deflate does the same, ``"…-gzip"``), sin
 A precondition reads each form as the version it names (``app.core.preconditions.names_version``).
 Weak tags are left as they are (a weak validator may be shared by both). An answer this layer does
 not encode (under ``minimum_size``, already encoded, or a 304 Not Modified: no body to encode)
-keeps its tag, so a route that answered 304s would send the identity tag on them; none does (the
-only ones are file downloads, which are not compressed: ``compression.exclude`` in ``app.main``).
+keeps its tag: a route answering 304s names the tag itself (a task's GET names the one its request
+revalidated, ``app.core.preconditions.held_copy``; file downloads are not compressed).
 """
 
 from __future__ import annotations

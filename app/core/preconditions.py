@@ -12,7 +12,10 @@ The comparison belongs to the service, under the row lock its change holds until
 a read before the write): ``IfMatch.require`` is called with the version read under that lock.
 
 ``If-Match`` is ``*`` or a comma-separated list of entity-tags, ``"…"`` or weak ``W/"…"`` (empty
-list elements are allowed, RFC 9110 5.6.1; several header lines are one list). ``parse_if_match``
+list elements are allowed, RFC 9110 5.6.1). Several header lines are one list to RFC 9110, but a
+route's header parameter reads the first line only (Litestar): a client sends one line; a condition
+split over lines is judged by its first, which can only make it fail (412) or ignored (200, for
+``If-None-Match``), never apply a change it did not allow. ``parse_if_match``
 checks it before anything is read: a malformed value is a 400 naming ``header.If-Match``. The
 schema declares a plain string, not the grammar as a ``pattern``: contract fuzzers generate valid
 values for a plain ``If-Match`` string (Schemathesis' If-Match format), while a pattern holding ``"``
@@ -38,7 +41,7 @@ from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, O
 from litestar.params import HeaderParameter
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
-from app.core.compression import CODINGS, coded_etag
+from app.core.compression import CODINGS, accepts, coded_etag
 from app.core.errors import PROBLEM_MEDIA_TYPE, AppError, FieldError, InvalidFieldsError, Problem
 
 _TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
@@ -156,7 +159,7 @@ class IfMatch(msgspec.Struct, frozen=True):
 
 
 def parse_if_match(value: str | None) -> IfMatch | None:
-    """``If-Match`` as sent (several header lines arrive joined by commas), None when absent; a 400
+    """``If-Match`` as the route received it (its first header line), None when absent; a 400
     naming the header when it is not ``*`` or a list of entity-tags."""
     if value is None:
         return None
@@ -225,11 +228,17 @@ class DocumentsConditionalRead(Operation):
             }
 
 
-def held_copy(if_none_match: str | None, version: int) -> str | None:
+PREFERRED_CODINGS = ("br", "gzip")
+"""The compression layer's order: brotli, else gzip (``app.main``: ``brotli_gzip_fallback``)."""
+
+
+def held_copy(if_none_match: str | None, version: int, accept_encoding: str = "") -> str | None:
     """The entity-tag of ``if_none_match`` that names the resource at ``version`` (weak comparison),
     in its strong form: the ``ETag`` of the 304, so that a cache finds the copy it revalidated (``"7-br"``
-    for a copy it received compressed). None when it names none; also when it is malformed or overlong,
-    since the whole answer is always correct (RFC 9110 13.1.2 leaves both to the server)."""
+    for a copy it received compressed). Of several that name it (a cache revalidating its variants at
+    once), the one of the coding this request would get (``accept_encoding``: brotli, else gzip, else
+    none), else the first. None when it names none; also when it is malformed or overlong, since the
+    whole answer is always correct (RFC 9110 13.1.2 leaves both to the server)."""
     if (
         if_none_match is None
         or len(if_none_match) > IF_MATCH_MAX_LENGTH
@@ -239,17 +248,26 @@ def held_copy(if_none_match: str | None, version: int) -> str | None:
     current = etag(version)
     if if_none_match == "*":
         return current
-    return next(
-        (tag for _, tag in _TAGS.findall(if_none_match) if names_version(frozenset((tag,)), current)), None
+    named = [tag for _, tag in _TAGS.findall(if_none_match) if names_version(frozenset((tag,)), current)]
+    if not named:
+        return None
+    wanted = next(
+        (coded_etag(current, coding) for coding in PREFERRED_CODINGS if accepts(coding, accept_encoding)),
+        current,
     )
+    return wanted if wanted in named else named[0]
 
 
 T = TypeVar("T")
 
 
-def answer_unless_held(content: T, version: int, if_none_match: str | None) -> Response[T]:
+def answer_unless_held(
+    content: T, version: int, if_none_match: str | None, accept_encoding: str = ""
+) -> Response[T]:
     """A read's answer with the resource's ``ETag``; or 304 without a body when ``If-None-Match`` names
-    the current version (typed as the answer it replaces, so the route documents its 200's body)."""
-    if (held := held_copy(if_none_match, version)) is not None:
-        return cast("Response[T]", Response(None, status_code=HTTP_304_NOT_MODIFIED, headers={"ETag": held}))
+    the current version (typed as the answer it replaces, so the route documents its 200's body), with
+    the ``Vary`` its 200 carries when compressed (RFC 9110 15.4.5)."""
+    if (held := held_copy(if_none_match, version, accept_encoding)) is not None:
+        headers = {"ETag": held, "Vary": "Accept-Encoding"}
+        return cast("Response[T]", Response(None, status_code=HTTP_304_NOT_MODIFIED, headers=headers))
     return Response(content, headers={"ETag": etag(version)})

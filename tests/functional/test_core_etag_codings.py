@@ -176,3 +176,26 @@ async def test_a_compressed_copy_revalidates_as_the_copy_it_is(client: Client, t
     )
     assert (held.status_code, held.headers["etag"], held.content) == (304, '"1-br"', b"")
     assert "content-encoding" not in held.headers
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "listed", "named"),
+    [
+        ("identity", '"1-br", "1"', '"1"'),
+        ("br", '"1", "1-br"', '"1-br"'),
+        ("gzip", '"1-br", "1-gzip"', '"1-gzip"'),
+        ("br", '"1-gzip"', '"1-gzip"'),  # the only one named: that copy is current
+    ],
+)
+async def test_of_several_copies_the_304_names_the_one_this_request_would_get(
+    client: Client, team: Team, accept_encoding: str, listed: str, named: str
+) -> None:
+    """A cache revalidating its variants at once was told to reuse the first listed (a brotli copy
+    for a client that reads only identity), and the 304 lacked its 200's ``Vary`` (the diff
+    reviewer)."""
+    url = await long_task(client, team)
+    held = await client.get(
+        url, headers=team.viewer.headers | {"Accept-Encoding": accept_encoding, "If-None-Match": listed}
+    )
+    assert (held.status_code, held.headers["etag"]) == (304, named)
+    assert "accept-encoding" in held.headers["vary"].lower()

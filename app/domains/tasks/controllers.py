@@ -213,10 +213,16 @@ class TasksController(Controller):
         operation_class=DocumentsConditionalRead,
     )
     async def get_task(
-        self, task_id: IdPath, tasks: Tasks, current_user: Caller, if_none_match: IfNoneMatchHeader = None
+        self,
+        request: Request[Any, Any, Any],
+        task_id: IdPath,
+        tasks: Tasks,
+        current_user: Caller,
+        if_none_match: IfNoneMatchHeader = None,
     ) -> Response[TaskOut]:
         task = await tasks.get(current_user.id, task_id)
-        return answer_unless_held(TaskOut.from_row(task), task.version, if_none_match)
+        accept_encoding = request.headers.get("accept-encoding", "")
+        return answer_unless_held(TaskOut.from_row(task), task.version, if_none_match, accept_encoding)
 
     @patch(
         "/",
