@@ -58,7 +58,7 @@ async def test_a_run_with_nothing_due_reads_one_tracked_row_per_login(db: AsyncC
     statement = github_queries.LIST_GITHUB_LOGINS_DUE
 
     for label, run in (("custom", run_custom), ("generic", run_generic)):
-        measured = await run(db, statement, (DAY, 50))
+        measured = await run(db, statement, (50, DAY))  # (batch_size, taken_on)
         assert measured["Actual Rows"] == 0, label
         read = rows_read(measured, "github_tracked")
         assert read <= LOGINS + 1, f"{label} plan read {read} tracked rows for {LOGINS} logins"
@@ -89,7 +89,7 @@ async def test_the_due_logins_come_never_tried_first_then_longest_untried(db: As
     assert tomorrow[:3] == ["login-900", "login-17", "login-42"]
     assert len(tomorrow) == 10 and len(set(tomorrow)) == 10
     for label, run in (("custom", run_custom), ("generic", run_generic)):
-        measured = await run(db, github_queries.LIST_GITHUB_LOGINS_DUE, (DAY, 3))
+        measured = await run(db, github_queries.LIST_GITHUB_LOGINS_DUE, (3, DAY))
         assert measured["Actual Rows"] == 3, label
         # and one per due login: whether an active account tracks it
         assert rows_read(measured, "github_tracked") <= LOGINS + 1 + 4, label
