@@ -648,3 +648,28 @@ async def test_the_providers_deliveries_are_not_rate_limited_per_address(
         assert (await state(db, placed.order_id))[0] == "paid"
         limited = [(await client.get("/api/products")).status_code for _ in range(allowed + 1)]
         assert limited[-1] == 429, f"other anonymous routes keep the default limit: {limited}"
+
+
+async def test_junk_signatures_cannot_hide_the_warning_of_a_drifting_clock(
+    shop: tuple[Litestar, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bad signature was one reason, ``refused``, under one warning a minute: a flood of junk
+    to the public route hid the one saying that the clock drifts (the diff reviewer). Each reason
+    is counted and warned of on its own."""
+    monkeypatch.setattr(orders_services, "WEBHOOK_WARNINGS", OncePerInterval(60.0))
+    _, client = shop
+
+    def refused(reason: str) -> float:
+        return REGISTRY.get_sample_value("app_payment_webhook_refused_total", {"reason": reason}) or 0.0
+
+    body = payments.event_body(1, "1.00")
+    before = {reason: refused(f"refused_{reason}") for reason in ("malformed", "stale")}
+    with captured_logs() as logs:
+        for _ in range(20):
+            await send(client, body, {payments.HEADER: "v1=zz,t=abc"})
+        stale = {payments.HEADER: payments.signature(body, timestamp=int(time.time()) - 3600)}
+        assert_problem(await send(client, body, stale), 400, "invalid-signature")
+    assert refused("refused_malformed") - before["malformed"] == 20
+    assert refused("refused_stale") - before["stale"] == 1
+    warned = [line["reason"] for line in logs.events("payment_webhook_refused")]
+    assert warned == ["refused_malformed", "refused_stale"]

@@ -36,6 +36,13 @@ class InvalidSignatureError(AppError):
     slug = "invalid-signature"
     title = "Invalid webhook signature"
 
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        """``missing``, ``malformed``, ``stale`` (the timestamp outside the tolerance: a clock drifting)
+        or ``mismatch`` (no signature matches: a rotated secret, or a forgery): what the refusal is
+        counted and warned under."""
+
 
 class PaymentData(msgspec.Struct):
     """The ``data`` of a ``payment.succeeded``: strict about these fields, blind to any other (a third
@@ -144,7 +151,7 @@ def verify_signature(
 ) -> None:
     """Raise ``InvalidSignatureError`` unless ``header`` signs ``body`` with ``secret`` recently."""
     if not header or len(header) > 2048:
-        raise InvalidSignatureError(f"The {SIGNATURE_HEADER} header is missing.")
+        raise InvalidSignatureError(f"The {SIGNATURE_HEADER} header is missing.", reason="missing")
     timestamp: int | None = None
     signatures: list[str] = []
     for item in header.split(","):
@@ -156,10 +163,14 @@ def verify_signature(
         elif key == "v1" and len(signatures) < MAX_SIGNATURES:
             signatures.append(value)
     if timestamp is None or not signatures:
-        raise InvalidSignatureError(f"The {SIGNATURE_HEADER} header needs t=<unix time> and v1=<hex>.")
+        raise InvalidSignatureError(
+            f"The {SIGNATURE_HEADER} header needs t=<unix time> and v1=<hex>.", reason="malformed"
+        )
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_s:
-        raise InvalidSignatureError("The signature's timestamp is outside the tolerance window.")
+        raise InvalidSignatureError(
+            "The signature's timestamp is outside the tolerance window.", reason="stale"
+        )
     expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
-        raise InvalidSignatureError("No signature matches the body.")
+        raise InvalidSignatureError("No signature matches the body.", reason="mismatch")

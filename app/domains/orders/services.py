@@ -65,10 +65,14 @@ WEBHOOK_WARNINGS = OncePerInterval(60.0)
 ``app_payment_webhook_refused_total`` (a client's requests wrote one warning each)."""
 
 
-def _refused_webhook(event: str, **fields: object) -> None:
-    WEBHOOK_REFUSED.labels(event).inc()
-    if WEBHOOK_WARNINGS.due(event):
-        log.warning(f"payment_webhook_{event}", once_per_s=WEBHOOK_WARNINGS.interval_s, **fields)
+def _refused_webhook(reason: str, **fields: object) -> None:
+    """Count the refusal under ``reason`` (``not_configured``, ``refused_missing``, ``_malformed``,
+    ``_stale``, ``_mismatch``); warn of it once a minute per reason, so that junk sent to the public
+    route cannot hide the warning of a drifting clock or a rotated secret."""
+    WEBHOOK_REFUSED.labels(reason).inc()
+    if WEBHOOK_WARNINGS.due(reason):
+        event = "payment_webhook_not_configured" if reason == "not_configured" else "payment_webhook_refused"
+        log.warning(event, reason=reason, once_per_s=WEBHOOK_WARNINGS.interval_s, **fields)
 
 
 ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
@@ -577,7 +581,7 @@ class OrderService:
         try:
             verify_signature(secret, signature, body, tolerance_s=self.settings.payment_webhook_tolerance_s)
         except InvalidSignatureError as exc:  # a rotated secret or a drifting clock stops every payment
-            _refused_webhook("refused", reason=exc.detail, body_bytes=len(body))
+            _refused_webhook(f"refused_{exc.reason}", detail=exc.detail, body_bytes=len(body))
             raise
         try:  # a third party's event: lenient about fields it adds, strict about the ones we read
             event = msgspec.json.decode(body, type=PaymentEventIn)
