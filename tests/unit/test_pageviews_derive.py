@@ -115,6 +115,11 @@ PEOPLE = [
     f"{IOS} Mobile/15E148 Twitter for iPhone/10.20",
     "Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile "
     "Safari/537.36 Snapchat/12.60",
+    # older browsers whose agent names no mainstream engine (the diff reviewer)
+    "Mozilla/5.0 (X11; Linux) KHTML/4.9.1 (like Gecko) Konqueror/4.9",
+    "Mozilla/5.0 (Nintendo 3DS; U; ; en) Version/1.7412.EU",
+    "UCWEB/2.0 (Java; U; MIDP-2.0; en-US; Nokia5130c-2) U2/1.0.0 UCBrowser/9.5.0.449 U2/1.0.0 Mobile",
+    "Mozilla/4.0 (PSP (PlayStation Portable); 2.00)",
 ]
 BOTS = [
     GOOGLEBOT,

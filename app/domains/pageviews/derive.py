@@ -63,10 +63,22 @@ _LOAD_TOOLS = re.compile(r"(?:wrk|k6|Grafana k6|hey|oha|httperf|Artillery)(?:[/ 
 _AUTOMATION = re.compile(r"PhantomJS|Puppeteer|Playwright|Selenium|Cypress|\bDeno/|\bBun/|\binsomnia/")
 """Browser automation and JavaScript runtimes crawlerdetect (0.4.2) does not know, anywhere in the agent
 (automation appends its name to a real browser's agent: ``... Chrome/120.0 Safari/537.36 Puppeteer``)."""
-_ENGINES = ("AppleWebKit/", "Gecko/", "Trident/", "Presto/", "MSIE ")
-"""Every browser's agent names its engine (or, for Internet Explorer, ``MSIE``) after a parenthesised
-platform: an agent without both (``-``, ``Mozilla/5.0``, ``Dalvik/2.1.0 (Linux; U; Android 11)``) is
-a program, not a person's browser."""
+_ENGINES = (
+    "AppleWebKit/",
+    "Gecko/",
+    "Trident/",
+    "Presto/",
+    "MSIE ",
+    "KHTML/",  # Konqueror
+    "NetFront",  # older TVs and phones
+    "Nintendo",  # the 3DS's browser names only its platform
+    "UCBrowser/",  # UC Browser on feature phones (its engine is U2/ or U3/)
+    "PlayStation",  # PSP, PS Vita
+)
+"""What a browser's agent names after its parenthesised platform: its engine (Internet Explorer's
+``MSIE``, the few older browsers whose agent names no other: Konqueror's ``KHTML``, ``NetFront``, UC
+Browser, the Nintendo and PlayStation handhelds). An agent without a platform and one of these (``-``,
+``Mozilla/5.0``, ``Dalvik/2.1.0 (Linux; U; Android 11)``) is a program, not a person's browser."""
 _MAINSTREAM_BROWSER = re.compile(
     r"Mozilla/5\.0 \((?:"
     r"Windows NT [\d.]+(?:; (?:Win64|WOW64|x64|rv:[\d.]+))*"
