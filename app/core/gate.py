@@ -55,7 +55,9 @@ costs one attribute test per request.
   that takes none (its resource has no entity-tag: a comment, a membership, a collection) is a 412
   ``precondition-failed`` in place of the route, once authenticated and counted by the rate limit,
   unless the value is ``*`` (RFC 9110 13.1.1: no tag can match a resource without one); a malformed
-  value is the 400 a versioned route answers. The condition was ignored and the change applied
+  value is a 400 naming ``header.If-Match``, as on a versioned route, but answered before the rate
+  limit (uncharged, as the limiter refunds a refused header; without its headers). The condition was
+  ignored and the change applied
   unconditionally. The 412 comes before the route's own 403/404 (which RFC 9110 13.2.1 would put
   first): it is the same for every target, so it tells nothing about one. Left out: the anonymous
   routes (the page-view ingest, the payment webhook: nothing a client holds a version of, and the

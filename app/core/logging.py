@@ -54,8 +54,14 @@ def unbind_request_id(token: Token[str | None]) -> None:
 
 
 def current_request_id() -> str | None:
-    """The id of the request being served in this context (``bind_request_id``), None outside one."""
-    return _REQUEST_ID.get()
+    """The id of the request being served in this context (``bind_request_id``), or of the request
+    that caused the job being run (``app.core.queues.bind_job_context`` binds it in structlog's
+    context); None outside both."""
+    request_id = _REQUEST_ID.get()
+    if request_id is None:
+        bound = structlog.contextvars.get_contextvars().get("request_id")
+        request_id = bound if isinstance(bound, str) else None
+    return request_id
 
 
 def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

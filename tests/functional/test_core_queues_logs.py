@@ -25,8 +25,8 @@ from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.logging import SaqLogFilter
-from app.core.queues import build_saq_config
+from app.core.logging import SaqLogFilter, current_request_id
+from app.core.queues import bind_job_context, build_saq_config
 from app.core.services import Services
 from app.modules import MODULES
 from tests.factories import captured_logs
@@ -200,3 +200,18 @@ def test_an_outage_failing_jobs_is_one_warning_per_interval_naming_the_dependenc
     assert (first["dependency"], first["setting"]) == ("postgresql", "DATABASE_URL")
     assert first["repeated"] == 0 and "server closed" in first["cause"] and "exception" not in first
     assert all("dependency" not in line and "Traceback" in line["exception"] for line in lines[3:])
+
+
+async def test_what_a_job_enqueues_carries_the_request_that_caused_the_job() -> None:
+    """A reservation's feed event (an outbox row written inside the job) lost its request id when the
+    outbox read only the request layer's binding (the diff reviewer)."""
+    job = Job("reserve_order", key="outbox:48", meta={"request_id": "req-48"}, kwargs={"order_id": 3})
+    ctx: Any = {"job": job}
+    await bind_job_context(ctx)
+    try:
+        assert current_request_id() == "req-48"
+    finally:
+        structlog.contextvars.unbind_contextvars(
+            "job_function", "job_key", "job_attempt", "request_id", "order_id"
+        )
+    assert current_request_id() is None
