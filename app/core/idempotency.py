@@ -280,30 +280,6 @@ class Idempotency:
                 )
             raise
 
-    @asynccontextmanager
-    async def claimed(
-        self,
-        request: Request[Any, Any, Any],
-        user_id: int,
-        key: str,
-        body: object,
-        encode: Callable[[T], bytes],
-    ) -> AsyncIterator[IdempotencyClaim[T] | StoredAnswer]:
-        """``respond``'s claim for a route that can fingerprint its request only once it has read it
-        (an upload: its file's digest, not its multipart bytes, whose boundary a retry draws anew): the
-        stored answer to replay, or a claim to complete in the creating transaction, released if the
-        block raises."""
-        status_code = request.route_handler.status_code
-        assert status_code is not None
-        claimed = await self.claim(
-            user_id, key, route_fingerprint(request, body), status_code=status_code, encode=encode
-        )
-        if isinstance(claimed, StoredAnswer):
-            yield claimed
-            return
-        async with self.releasing(claimed):
-            yield claimed
-
     async def respond(
         self,
         request: Request[Any, Any, Any],

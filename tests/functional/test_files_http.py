@@ -290,8 +290,8 @@ async def test_a_retried_upload_stores_one_file_and_replays_its_answer(
     api: Client, world: World, db: AsyncConnection[Any]
 ) -> None:
     """The key was ignored: a retry after a lost answer stored the file twice and spent the quota
-    twice (the idempotency reviewer). It is claimed once the file is read, by its name, type and
-    digest (each retry's multipart boundary is new), and completed with the file's row."""
+    twice (the idempotency reviewer). The key alone stands for the upload (each retry's multipart
+    bytes are new): claimed before the body is read, completed with the file's row."""
     keyed = world.editor.headers | {"Idempotency-Key": str(uuid.uuid4())}
 
     async def send(content: bytes) -> httpx.Response:
@@ -305,9 +305,27 @@ async def test_a_retried_upload_stores_one_file_and_replays_its_answer(
     assert (first.headers["idempotent-replayed"], again.headers["idempotent-replayed"]) == ("false", "true")
     stored = await db.execute("select count(*) from project_files where project_id = %s", (world.project,))
     assert (await stored.fetchone()) == (1,)
-    assert_problem(await send(b"another report"), 422, "idempotency-key-reused")
+    other = await send(b"another report")  # a different file under the used key: the first answer
+    assert (other.status_code, other.content) == (201, first.content)
     unkeyed = await upload(api, world.editor, world.project, b"the report", filename="q3.txt")
     assert unkeyed.status_code == 201 and "idempotent-replayed" not in unkeyed.headers
+
+
+async def test_a_retry_of_the_upload_that_filled_the_quota_is_its_replay(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """Claimed after its body was read, a retry met the quota its first upload had filled: 409
+    ``quota-exceeded`` in place of the stored 201 (the diff reviewer)."""
+    async for api in generous_client(settings, file_project_max_count=1):
+        owner = await make_user(db, api.app)
+        project = await make_project(db, owner)
+        keyed = owner.headers | {"Idempotency-Key": str(uuid.uuid4())}
+        answers = [
+            await api.post(files_url(project), files={"file": ("a.txt", b"abc", "text/plain")}, headers=keyed)
+            for _ in range(2)
+        ]
+        assert [answer.status_code for answer in answers] == [201, 201], answers[1].text
+        assert answers[1].headers["idempotent-replayed"] == "true"
 
 
 async def test_an_upload_named_as_another_type_is_saved_under_its_own(api: Client, world: World) -> None:

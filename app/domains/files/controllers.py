@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import msgspec
-from litestar import MediaType, Request, Response, delete, get, head, post
+from litestar import Request, Response, delete, get, head, post
 from litestar.datastructures import ETag
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
@@ -40,13 +38,9 @@ from app.core.auth import Caller, requires_user
 from app.core.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.core.idempotency import (
     IDEMPOTENCY_DESCRIPTION,
-    REPLAYED_HEADER,
     DocumentsIdempotency,
-    IdempotencyClaim,
     Idempotent,
     OptionalIdempotencyKey,
-    StoredAnswer,
-    replay,
 )
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
@@ -65,7 +59,7 @@ from app.domains.files.downloads import (
 )
 from app.domains.files.schemas import FileCursor, FileOut
 from app.domains.files.services import FileService
-from app.domains.files.storage import FILE_FIELD, StagedFile
+from app.domains.files.storage import FILE_FIELD
 
 Files = NamedDependency[FileService]
 
@@ -353,8 +347,10 @@ class ProjectFilesController(Controller):
         "name (`windows-1252`, `iso-8859-1`, `shift_jis`, …); otherwise, or when the declared one is UTF-8, "
         "`utf-8` if the whole file is valid UTF-8, else null (unknown). Other types: null. "
         + IDEMPOTENCY_DESCRIPTION
-        + " A retry is the same upload when its file (name, type and bytes) is: the body is read, "
-        "then the key claimed.",
+        + " For an upload the key alone stands for the request (its multipart bytes differ at every "
+        "retry): it is claimed before the body is read, so a retry is answered its first answer without "
+        "its file being stored or counted again, even once the quota is full; a different file sent "
+        "under a used key gets the first file's answer.",
         # FILE_MAX_BYTES is a runtime setting, so Litestar's own (import-time) limit is lifted for this
         # route and FileStorage enforces FILE_MAX_BYTES + 64 KiB of multipart overhead while streaming.
         request_max_body_size=None,
@@ -373,35 +369,21 @@ class ProjectFilesController(Controller):
         idempotency: Idempotent,
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> Response[bytes]:
-        def claiming(staged: StagedFile) -> AbstractAsyncContextManager[IdempotencyClaim[Any] | StoredAnswer]:
-            assert idempotency_key is not None
-            what = {"filename": staged.filename, "content_type": staged.content_type, "sha256": staged.sha256}
-            return idempotency.claimed(
-                request,
-                current_user.id,
-                idempotency_key,
-                what,
-                lambda row: msgspec.json.encode(FileOut.from_row(row)),
-            )
-
-        stored = await files.upload(
+        return await idempotency.respond(
+            request,
             current_user.id,
-            project_id,
-            request.stream(),  # a client leaving mid-body: ClientDisconnectedError (app.core.routing)
-            content_type=request.headers.get("content-type"),
-            content_length=request.content_length,
-            claiming=claiming if idempotency_key is not None else None,
+            idempotency_key,
+            None,  # the key stands for the upload: claimed before its body is read (see the description)
+            lambda claim: files.upload(
+                current_user.id,
+                project_id,
+                request.stream(),  # a client leaving mid-body: ClientDisconnectedError (app.core.routing)
+                content_type=request.headers.get("content-type"),
+                content_length=request.content_length,
+                claim=claim,
+            ),
+            FileOut.from_row,
         )
-        if isinstance(stored, StoredAnswer):
-            return replay(stored, replayed=True)
-        created = Response(
-            msgspec.json.encode(FileOut.from_row(stored)),
-            status_code=HTTP_201_CREATED,
-            media_type=MediaType.JSON,
-        )
-        if idempotency_key is not None:
-            created.set_header(REPLAYED_HEADER, "false")
-        return created
 
     @get(
         "/{file_id:int}",

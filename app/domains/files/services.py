@@ -14,7 +14,7 @@ recorded or the upload failed.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
-from contextlib import AbstractAsyncContextManager, aclosing
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import structlog
 
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
-from app.core.idempotency import IdempotencyClaim, StoredAnswer
+from app.core.idempotency import IdempotencyClaim
 from app.core.middleware import MULTIPART_OVERHEAD
 from app.core.pagination import BEFORE_EVERY_ID
 from app.core.preconditions import IfMatch
@@ -54,10 +54,6 @@ ORPHAN_GRACE_S = 3600
 class QuotaExceededError(ConflictError):
     slug = "quota-exceeded"
     title = "Storage quota exceeded"
-
-
-Claiming = Callable[[StagedFile], AbstractAsyncContextManager[IdempotencyClaim[ProjectFile] | StoredAnswer]]
-"""How an upload claims its idempotency key once its file is staged (``Idempotency.claimed``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +119,11 @@ class FileService:
         *,
         content_type: str | None,
         content_length: int | None,
-        claiming: Claiming | None = None,
-    ) -> ProjectFile | StoredAnswer:
+        claim: IdempotencyClaim[ProjectFile] | None = None,
+    ) -> ProjectFile:
         """Store the body's file and its row, or neither.
 
-        ``claiming``: the request's idempotency key, claimed once the file is staged (its digest is
-        the fingerprint: a retry's multipart boundary differs) and completed in the transaction that
-        records it; a key already completed answers its stored answer, storing nothing.
+        ``claim``: the request's idempotency key, completed in the transaction that records the row.
 
         Checked before reading a byte of the body: a non-member gets 404, a viewer 403, a full
         project or uploader 409, also when the announced length already cannot fit (the least the
@@ -175,12 +169,7 @@ class FileService:
                 temp_path=temp_path,
             )
             try:
-                if claiming is None:
-                    return await self._record(user_id, project_id, staged, reservation)
-                async with claiming(staged) as claimed:
-                    if isinstance(claimed, StoredAnswer):
-                        return claimed
-                    return await self._record(user_id, project_id, staged, reservation, claim=claimed)
+                return await self._record(user_id, project_id, staged, reservation, claim=claim)
             finally:
                 self.storage.discard(staged.path)  # already renamed on success; otherwise the temp file
         finally:
