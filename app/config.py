@@ -197,6 +197,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     for the projects one creates and many more one is invited to; below it, this is the bound a
     creation meets first (allowed: one cap does not contradict the other)."""
     project_invitations_max: Annotated[int, msgspec.Meta(ge=1)] = 50
+    project_members_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1_000
+    """Members one project may have (one more acceptance is a 409 ``project-full`` that leaves the
+    invitation waiting): every event of the project is read by each member's feed, a deletion removes
+    them in one transaction, and an owner's checks count them."""
     invitation_ttl_s: Annotated[int, msgspec.Meta(ge=3600, le=90 * 86400)] = 7 * 86400
     """How long an invitation (its token) holds after it was sent, or sent again: an older one cannot be
     accepted, is listed nowhere and does not count toward ``project_invitations_max``; a daily job

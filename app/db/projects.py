@@ -39,6 +39,18 @@ async def count_created_projects(conn: AsyncConnection[Any], *, owner_id: int) -
         return await cur.fetchone()
 
 
+COUNT_PROJECT_MEMBERS = "select count(*)::bigint from project_members where project_id = $1"
+
+
+async def count_project_members(conn: AsyncConnection[Any], *, project_id: int) -> int | None:
+    """The project's members (PROJECT_MEMBERS_MAX), read under LockProjectMembership, which every change
+    that adds a member takes first: none is added while it decides. At most the cap's worth of the
+    primary key's entries."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(COUNT_PROJECT_MEMBERS, (project_id,))
+        return await cur.fetchone()
+
+
 COUNT_MEMBERSHIPS = "select count(*)::bigint from project_members where user_id = $1"
 
 

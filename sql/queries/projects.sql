@@ -12,6 +12,12 @@ select pg_advisory_xact_lock(hashtextextended(concat('projects-creator:', @user_
 -- (deleting_since set, its purge under way) is gone already.
 select count(*)::bigint from projects where owner_id = @owner_id and deleting_since is null;
 
+-- name: CountProjectMembers :one
+-- The project's members (PROJECT_MEMBERS_MAX), read under LockProjectMembership, which every change
+-- that adds a member takes first: none is added while it decides. At most the cap's worth of the
+-- primary key's entries.
+select count(*)::bigint from project_members where project_id = @project_id;
+
 -- name: CountMemberships :one
 -- The projects the user is a member of, in any role (MEMBERSHIPS_PER_USER_MAX), read under
 -- LockUserProjects: no membership of theirs is added meanwhile, and one being removed counts until its

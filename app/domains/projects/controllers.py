@@ -337,8 +337,10 @@ class MyInvitationsController(Controller):
         "(`INVITATION_TTL_S` after it was sent), is a 404 too. One account may be a member of at most "
         "`MEMBERSHIPS_PER_USER_MAX` projects (1,000 by default): joining one more is a 409 "
         "(`membership-limit`, saying how many you are a member of) that leaves the invitation waiting; "
-        "leave a project, then accept it again. Accepting an invitation to a project you are a member "
-        "of is never refused (it adds nothing).",
+        "leave a project, then accept it again. A project has at most `PROJECT_MEMBERS_MAX` members "
+        "(1,000 by default): joining one past it is a 409 (`project-full`) that leaves the invitation "
+        "waiting. Accepting an invitation to a project you are a member of is never refused (it adds "
+        "nothing).",
         responses=problems(400, 401, 404, 409, 429),
     )
     async def accept(

@@ -144,12 +144,18 @@ class MembershipLimitError(ConflictError):
     title = "Member of too many projects"
 
 
+class ProjectFullError(ConflictError):
+    slug = "project-full"
+    title = "The project has as many members as it may"
+
+
 class ProjectService:
     def __init__(self, db: Database, accounts: AccountService, settings: Settings) -> None:
         self.db = db
         self.accounts = accounts
         self.projects_per_user_max = settings.projects_per_user_max
         self.memberships_per_user_max = settings.memberships_per_user_max
+        self.project_members_max = settings.project_members_max
         self.project_invitations_max = settings.project_invitations_max
         self.invitation_ttl_s = float(settings.invitation_ttl_s)
         self._on_deleted: list[ProjectDeleted] = []
@@ -483,7 +489,9 @@ class ProjectService:
 
         Joining one more project than ``MEMBERSHIPS_PER_USER_MAX`` is a 409 (``_require_room``) that
         leaves the invitation waiting (the refusal rolls its taking back), to be accepted once the
-        user has left a project. A member already adds nothing and is never refused."""
+        user has left a project; so is joining a project that has ``PROJECT_MEMBERS_MAX`` members
+        (``project-full``, counted under the project's membership lock, which the taking holds). A
+        member already adds nothing and is never refused."""
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
             if user is None:
@@ -495,6 +503,12 @@ class ProjectService:
             project_id = invitation.project_id
             if await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id) is None:
                 await self._require_room(uow, user_id)  # a member already adds nothing: never refused
+                members = await queries.count_project_members(uow.conn, project_id=project_id) or 0
+                if members >= self.project_members_max:
+                    raise ProjectFullError(
+                        f"The project has {members} members, as many as one project may have; an owner "
+                        "must remove one before this invitation can be accepted."
+                    )
             member = await queries.add_member(
                 uow.conn, project_id=project_id, user_id=user_id, role=invitation.role
             )
