@@ -473,7 +473,9 @@ def _all_body_errors(request: Request[Any, Any, Any]) -> BodyErrors | None:
     return body_errors(body_type, decoded, limit=MAX_REPORTED_ERRORS)
 
 
-def _handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Response[Problem]:
+def app_error_response(request: Request[Any, Any, Any], exc: AppError) -> Response[Problem]:
+    """The problem answer of ``exc`` (the exception handler's, and the route layer's answers in a
+    route's place)."""
     return problem_response(
         request,
         exc.status,
@@ -596,7 +598,7 @@ exception_handlers: ExceptionHandlersMap = {
     **dict.fromkeys(DEPENDENCY_FAILURES, handle_dependency_down),
     psycopg.DataError: _handle_unstorable,
     ValidationException: _handle_validation,
-    AppError: _handle_app_error,
+    AppError: app_error_response,
     HTTPException: _handle_http,
     Exception: _handle_unexpected,
 }

@@ -94,7 +94,7 @@ from app.core.errors import (
     ServiceUnavailableError,
     TooManyRequestsError,
     UnauthorizedError,
-    problem_response,
+    app_error_response,
 )
 from app.core.metrics import RequestMetrics
 from app.core.openapi import finish_documentation
@@ -221,10 +221,9 @@ async def _unmatchable(scope: Scope, receive: Receive, send: Send) -> None:
         "This resource has no versions (no ETag): If-Match can only be `*` here. Nothing was changed."
     )
     request: Request[Any, Any, Any] = Request(scope, receive, send)
-    answer = problem_response(
-        request, refusal.status, slug=refusal.slug, title=refusal.title, detail=refusal.detail
+    await app_error_response(request, refusal).to_asgi_response(app=None, request=request)(
+        scope, receive, send
     )
-    await answer.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
 def rate_limit_policy(handler: BaseRouteHandler, path: str) -> str | None:
@@ -294,7 +293,8 @@ class GateConfig:
 
     def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:
         paths = (path,)
-        policy = self._policy(rate_limit_policy(handler, path), handler)
+        policy_name = rate_limit_policy(handler, path)
+        policy = self._policy(policy_name, handler)
         methods: set[str] = set(getattr(handler, "http_methods", ()))
         return RoutePlan(
             authenticate=authenticates(handler, path),
@@ -305,7 +305,7 @@ class GateConfig:
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
             refuses_if_match=bool(methods - SAFE_METHODS)
             and authenticates(handler, path)
-            and rate_limit_policy(handler, path) is not None  # logout: ending a session always works
+            and policy_name is not None  # logout: ending a session always works
             and not takes_if_match(handler),
             compress=self.compression is not None and not _under(paths, self.compression_exclude),
             measure=self.metrics is not None and all(self.metrics.measures(path) for path in paths),
