@@ -228,6 +228,25 @@ class DocumentsConditionalRead(Operation):
             }
 
 
+class IfNoneMatch(msgspec.Struct, frozen=True):
+    """A parsed ``If-None-Match``: ``any`` for ``*``, else the entity-tags it lists in their strong
+    form (quotes kept, ``W/`` dropped: its comparison is weak, RFC 9110 13.1.2), in order."""
+
+    any: bool = False
+    tags: tuple[str, ...] = ()
+
+
+def parse_if_none_match(value: str | None) -> IfNoneMatch | None:
+    """``If-None-Match`` as the route received it; None when absent, and also when malformed or over
+    ``IF_MATCH_MAX_LENGTH`` (it has ``If-Match``'s grammar): it is then ignored, since the whole
+    answer is always correct (RFC 9110 13.1.2 leaves both to the server)."""
+    if value is None or len(value) > IF_MATCH_MAX_LENGTH or IF_MATCH_SYNTAX.fullmatch(value) is None:
+        return None
+    if value == "*":
+        return IfNoneMatch(any=True)
+    return IfNoneMatch(tags=tuple(tag for _, tag in _TAGS.findall(value)))
+
+
 PREFERRED_CODINGS = ("br", "gzip")
 """The compression layer's order: brotli, else gzip (``app.main``: ``brotli_gzip_fallback``)."""
 
@@ -237,18 +256,15 @@ def held_copy(if_none_match: str | None, version: int, accept_encoding: str = ""
     in its strong form: the ``ETag`` of the 304, so that a cache finds the copy it revalidated (``"7-br"``
     for a copy it received compressed). Of several that name it (a cache revalidating its variants at
     once), the one of the coding this request would get (``accept_encoding``: brotli, else gzip, else
-    none), else the first. None when it names none; also when it is malformed or overlong, since the
-    whole answer is always correct (RFC 9110 13.1.2 leaves both to the server)."""
-    if (
-        if_none_match is None
-        or len(if_none_match) > IF_MATCH_MAX_LENGTH
-        or IF_MATCH_SYNTAX.fullmatch(if_none_match) is None
-    ):
+    none), else the first. None when it names none, or is to be ignored (``parse_if_none_match``)."""
+    condition = parse_if_none_match(if_none_match)
+    if condition is None:
         return None
     current = etag(version)
-    if if_none_match == "*":
+    if condition.any:
         return current
-    named = [tag for _, tag in _TAGS.findall(if_none_match) if names_version(frozenset((tag,)), current)]
+    forms = {current, *(coded_etag(current, coding) for coding in CODINGS)}
+    named = [tag for tag in condition.tags if tag in forms]
     if not named:
         return None
     wanted = next(

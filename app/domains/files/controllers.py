@@ -44,7 +44,13 @@ from app.core.idempotency import (
 )
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
-from app.core.preconditions import DocumentsIfMatch, IfMatchHeader, parse_if_match, precondition_failed
+from app.core.preconditions import (
+    DocumentsIfMatch,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    parse_if_match,
+    precondition_failed,
+)
 from app.core.routing import Controller
 from app.core.types import IdPath
 from app.domains.files.downloads import (
@@ -98,12 +104,9 @@ class _MultipartUploadOperation(DocumentsIdempotency):
         )
 
 
-IfNoneMatchHeader = Annotated[
-    str | None,
-    # Plain strings (absent is None), described by ``_FileDownloadOperation`` (as ``If-Match`` is, in
-    # ``app.core.preconditions``: Litestar would copy a description into the schema's ``oneOf``).
-    HeaderParameter(name="If-None-Match", schema_extra={"type": "string", "oneOf": None}),
-]
+# Plain strings (absent is None), described by ``_FileDownloadOperation`` (as ``If-Match`` is, in
+# ``app.core.preconditions``: Litestar would copy a description into the schema's ``oneOf``); the
+# ``If-None-Match`` parameter is ``app.core.preconditions.IfNoneMatchHeader``.
 IfModifiedSinceHeader = Annotated[
     str | None, HeaderParameter(name="If-Modified-Since", schema_extra={"type": "string", "oneOf": None})
 ]

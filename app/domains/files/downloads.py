@@ -38,7 +38,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from app.core.errors import AppError
-from app.core.preconditions import IF_MATCH_MAX_LENGTH, IF_MATCH_SYNTAX
+from app.core.preconditions import IF_MATCH_MAX_LENGTH, parse_if_none_match
 
 MAX_RANGE_CHARS = 200
 """Longest ``Range`` parsed (one range of two 20-digit positions is under 50): longer is ignored."""
@@ -48,9 +48,6 @@ MAX_IF_RANGE_CHARS = 100
 MAX_IF_MODIFIED_SINCE_CHARS = 100
 """Longest ``If-Modified-Since`` parsed (an HTTP date is at most 33 characters): longer is ignored."""
 
-_OPAQUE_TAGS = re.compile(r'(?:W/)?"([^"]*)"')
-"""The opaque-tags of an ``If-None-Match`` that matched ``IF_MATCH_SYNTAX`` (its grammar is
-``If-Match``'s), without their quotes and weakness (the weak comparison ignores it)."""
 _RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 """One range-spec (RFC 9110 14.1.1): ASCII digits only (``\\d`` and ``int()`` take other scripts' too)."""
 _OWS = " \t"
@@ -123,14 +120,9 @@ class _RangeSpec:
 
 def none_match(if_none_match: str | None, sha256: str) -> bool:
     """Whether ``If-None-Match`` names the file (its condition is then false: 304). ``*`` names any
-    existing file; a tag names it when its opaque-tag is the digest, weak or not (13.1.2)."""
-    if if_none_match is None or len(if_none_match) > MAX_IF_NONE_MATCH_CHARS:
-        return False
-    if IF_MATCH_SYNTAX.fullmatch(if_none_match) is None:
-        return False
-    if if_none_match == "*":
-        return True
-    return sha256 in _OPAQUE_TAGS.findall(if_none_match)
+    existing file; a tag names it when it is the file's, weak or not (13.1.2)."""
+    condition = parse_if_none_match(if_none_match)
+    return condition is not None and (condition.any or strong_etag(sha256) in condition.tags)
 
 
 def _range_spec(value: str) -> _RangeSpec | None:
