@@ -130,6 +130,7 @@ class OncePerInterval:
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
 
     def due(self, key: str = "") -> bool:
         now = time.monotonic()
@@ -137,6 +138,14 @@ class OncePerInterval:
             self._last[key] = now
             return True
         return False
+
+    def admit(self, key: str = "") -> int | None:
+        """``due``, counting what it holds back: None when not due (one more dropped), else how many
+        were dropped since the last admitted (a line's ``repeated``)."""
+        if not self.due(key):
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return None
+        return self._dropped.pop(key, 0)
 
 
 def _scrub_strings(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -221,7 +230,6 @@ class SaqLogFilter(logging.Filter):
         super().__init__()
         self.upkeep_warnings = OncePerInterval(upkeep_interval_s)
         self.outage_warnings = OncePerInterval(upkeep_interval_s)
-        self.outage_dropped: dict[str, int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
@@ -284,11 +292,13 @@ class SaqLogFilter(logging.Filter):
         failure is always said (it will not run again)."""
         from app.core.errors import database_down
 
-        key = f"{job.function}:{type(error).__name__}"
-        if job.retryable and not self.outage_warnings.due(key):
-            self.outage_dropped[key] = self.outage_dropped.get(key, 0) + 1
-            return False
-        record.repeated = self.outage_dropped.pop(key, 0)
+        if job.retryable:
+            repeated = self.outage_warnings.admit(f"{job.function}:{type(error).__name__}")
+            if repeated is None:
+                return False
+            record.repeated = repeated
+        else:
+            record.repeated = 0
         record.msg = "job_retrying" if job.retryable else "job_failed"
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
@@ -323,15 +333,14 @@ class PoolLogFilter(logging.Filter):
     def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
         super().__init__()
         self.warnings = OncePerInterval(interval_s)
-        self.dropped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("error connecting"):
             return True
-        if not self.warnings.due():
-            self.dropped += 1
+        repeated = self.warnings.admit()
+        if repeated is None:
             return False
-        record.repeated, self.dropped = self.dropped, 0
+        record.repeated = repeated
         return True
 
 
