@@ -235,6 +235,15 @@ class _PurgeChunk(Protocol):
     ) -> Awaitable[_PurgedChunk | None]: ...
 
 
+class _PurgeSiteChunk(Protocol):
+    """One chunk of a deleted site's rows of a table keyed by hour (``queries.purge_site_hourly_rollups``,
+    ``purge_site_hourly_visitors``)."""
+
+    def __call__(
+        self, conn: AsyncConnection[Any], *, resume_from: datetime, site_id: int, chunk_size: int
+    ) -> Awaitable[_PurgedChunk | None]: ...
+
+
 class ReportService:
     """Reports (cached for ``ttl_s``, keyed by site and resolved range), the rollup step and the
     retention of the rollups.
@@ -351,17 +360,22 @@ class ReportService:
         return purged
 
     async def _purge_site_rollups(self, site_id: int, chunk_size: int) -> int:
-        """One deleted site's rollups, table by table, each chunk resuming where the last one ended."""
-        hour, visitors_hour, dimension, visitor = PURGE_FROM, PURGE_FROM, ("", PURGE_FROM), -(2**63)
+        """One deleted site's rollups, table by table, each chunk resuming where the last one ended:
+        on the hour for the two tables keyed by it, on (dimension, hour) and on the visitor for the
+        others (each table's primary key after ``site_id``)."""
+        dimension, visitor = ("", PURGE_FROM), -(2**63)
 
-        async def hourly(uow: UnitOfWork) -> int:
-            nonlocal hour
-            row = await queries.purge_site_hourly_rollups(
-                uow.conn, resume_from=hour, site_id=site_id, chunk_size=chunk_size
-            )
-            assert row is not None
-            hour = row.resume_from
-            return row.deleted
+        def by_hour(purge: _PurgeSiteChunk) -> Callable[[UnitOfWork], Awaitable[int]]:
+            hour = PURGE_FROM
+
+            async def chunk(uow: UnitOfWork) -> int:
+                nonlocal hour
+                row = await purge(uow.conn, resume_from=hour, site_id=site_id, chunk_size=chunk_size)
+                assert row is not None
+                hour = row.resume_from
+                return row.deleted
+
+            return chunk
 
         async def dimensions(uow: UnitOfWork) -> int:
             nonlocal dimension
@@ -376,15 +390,6 @@ class ReportService:
             dimension = (row.resume_dimension, row.resume_from)
             return row.deleted
 
-        async def visitors(uow: UnitOfWork) -> int:
-            nonlocal visitors_hour
-            row = await queries.purge_site_hourly_visitors(
-                uow.conn, resume_from=visitors_hour, site_id=site_id, chunk_size=chunk_size
-            )
-            assert row is not None
-            visitors_hour = row.resume_from
-            return row.deleted
-
         async def visits(uow: UnitOfWork) -> int:
             nonlocal visitor
             row = await queries.purge_site_visits(
@@ -395,9 +400,9 @@ class ReportService:
             return row.deleted
 
         chunks = [
-            ("page_view_hourly", hourly),
+            ("page_view_hourly", by_hour(queries.purge_site_hourly_rollups)),
             ("page_view_dimension_hourly", dimensions),
-            ("page_view_hourly_visitors", visitors),
+            ("page_view_hourly_visitors", by_hour(queries.purge_site_hourly_visitors)),
             ("page_view_visits", visits),
         ]
         return await purge_tables(
