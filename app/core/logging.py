@@ -53,15 +53,16 @@ def unbind_request_id(token: Token[str | None]) -> None:
     _REQUEST_ID.reset(token)
 
 
+def forget_request_id() -> None:
+    """End a job's binding (``app.core.queues``: SAQ runs its hooks and jobs in one task, no token to
+    reset to)."""
+    _REQUEST_ID.set(None)
+
+
 def current_request_id() -> str | None:
-    """The id of the request being served in this context (``bind_request_id``), or of the request
-    that caused the job being run (``app.core.queues.bind_job_context`` binds it in structlog's
-    context); None outside both."""
-    request_id = _REQUEST_ID.get()
-    if request_id is None:
-        bound = structlog.contextvars.get_contextvars().get("request_id")
-        request_id = bound if isinstance(bound, str) else None
-    return request_id
+    """The id of the request being served in this context, or of the request that caused the job
+    being run (both ``bind_request_id``); None outside both."""
+    return _REQUEST_ID.get()
 
 
 def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -33,7 +33,7 @@ from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
 from app.config import Settings, redact_url
-from app.core.logging import error_message
+from app.core.logging import bind_request_id, error_message, forget_request_id
 from app.core.metrics import (
     JOB_DURATION,
     JOBS,
@@ -56,7 +56,7 @@ log = structlog.get_logger("app.workers")
 
 Hook = Callable[[Context], Awaitable[None]]
 
-JOB_LOG_FIELDS = ("job_function", "job_key", "job_attempt", "request_id")
+JOB_LOG_FIELDS = ("job_function", "job_key", "job_attempt")
 
 PREFLIGHT_TIMEOUT_S = 30.0
 """How long the worker process waits at start for Valkey and PostgreSQL (a compose service may still
@@ -90,12 +90,10 @@ async def bind_job_context(ctx: Context) -> None:
     job = ctx.get("job")
     if job is not None:
         request_id = (job.meta or {}).get("request_id")
+        if isinstance(request_id, str):  # the request's own binding: its lines and its outbox rows
+            bind_request_id(request_id)
         structlog.contextvars.bind_contextvars(
-            job_function=job.function,
-            job_key=job.key,
-            job_attempt=job.attempts,
-            **({"request_id": request_id} if isinstance(request_id, str) else {}),
-            **_ids_of(job),
+            job_function=job.function, job_key=job.key, job_attempt=job.attempts, **_ids_of(job)
         )
 
 
@@ -120,6 +118,7 @@ def _after_job(hooks: Sequence[Hook]) -> Hook:
         finally:
             job = ctx.get("job")
             structlog.contextvars.unbind_contextvars(*JOB_LOG_FIELDS, *(_ids_of(job) if job else ()))
+            forget_request_id()
 
     return after_job
 

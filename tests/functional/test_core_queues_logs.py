@@ -25,7 +25,7 @@ from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.logging import SaqLogFilter, current_request_id
+from app.core.logging import SaqLogFilter, current_request_id, forget_request_id
 from app.core.queues import bind_job_context, build_saq_config
 from app.core.services import Services
 from app.modules import MODULES
@@ -211,7 +211,6 @@ async def test_what_a_job_enqueues_carries_the_request_that_caused_the_job() -> 
     try:
         assert current_request_id() == "req-48"
     finally:
-        structlog.contextvars.unbind_contextvars(
-            "job_function", "job_key", "job_attempt", "request_id", "order_id"
-        )
+        structlog.contextvars.unbind_contextvars("job_function", "job_key", "job_attempt", "order_id")
+        forget_request_id()
     assert current_request_id() is None
