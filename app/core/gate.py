@@ -117,6 +117,7 @@ from app.core.ratelimit import (
     rate_limit_headers,
     rate_limit_key,
 )
+from app.core.routing import reads_body, reads_json_data
 
 AUTHENTICATE_OPT = "authenticate"
 ANONYMOUS_PATHS = ("/health", "/metrics", "/schema")
@@ -289,6 +290,8 @@ class GateConfig:
                         reads_token=plan.authenticate,
                         rate_limited=plan.policy is not None,
                         refuses_if_match=plan.refuses_if_match,
+                        reads_body=reads_body(handler),
+                        reads_json_data=reads_json_data(handler),
                     )
 
     def _decide(self, handler: BaseRouteHandler, path: str) -> RoutePlan:

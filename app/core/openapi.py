@@ -77,6 +77,19 @@ _UNMATCHABLE = ResponseSpec(
 )
 
 
+_NOT_JSON = ResponseSpec(
+    data_container=Problem,
+    description="The body's `Content-Type` is not JSON (send `application/json`; `Accept-Post` or "
+    "`Accept-Patch` says so), or its `Content-Encoding` is one the server does not decode (send it uncoded)",
+    media_type="application/problem+json",
+)
+_CODED = ResponseSpec(
+    data_container=Problem,
+    description="The body's `Content-Encoding` is one the server does not decode (send it uncoded)",
+    media_type="application/problem+json",
+)
+
+
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """``responses=`` for a route: the given problem statuses plus ``ALWAYS``, as problem+json.
 
@@ -93,7 +106,13 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
 
 
 def finish_documentation(
-    handler: HTTPRouteHandler, *, reads_token: bool, rate_limited: bool, refuses_if_match: bool = False
+    handler: HTTPRouteHandler,
+    *,
+    reads_token: bool,
+    rate_limited: bool,
+    refuses_if_match: bool = False,
+    reads_body: bool = False,
+    reads_json_data: bool = False,
 ) -> None:
     """Finish ``handler``'s documentation once the route layer knows what it does for the route
     (``app.core.gate.GateConfig.prepare``).
@@ -104,10 +123,14 @@ def finish_documentation(
     - The 401 ``problems`` added on its own is taken out of a route that never reads a token.
     - What the layers around the route add is declared (``documents_what_surrounds_the_route``): the
       route layer's headers, the server's 414, and the route layer's 412 for an ``If-Match`` on a
-      resource without versions (``refuses_if_match``).
+      resource without versions (``refuses_if_match``); on a route that reads a body, the 415 for a
+      body that is not JSON or is in a coding the server does not decode (``reads_body``), unless the
+      route documents its own.
     """
     if refuses_if_match and 412 not in (handler.responses or {}):
         handler.responses = {**(handler.responses or {}), 412: _UNMATCHABLE}
+    if reads_body and 415 not in (handler.responses or {}):
+        handler.responses = {**(handler.responses or {}), 415: _NOT_JSON if reads_json_data else _CODED}
     if handler.responses:
         handler.responses = {
             status: replace(spec, generate_examples=False)
