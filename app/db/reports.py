@@ -140,12 +140,17 @@ async def rollup_hourly(
 
 ROLLUP_DIMENSIONS = """\
 with viewed as materialized (
-    select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour, p.path, p.referrer_source, p.utm_campaign,
+    select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
+        case when octet_length(p.path) <= $3::int then p.path else $2::text end as path,
+        case when octet_length(p.referrer_source) <= $3::int then p.referrer_source
+            else $2::text end as referrer_source,
+        case when octet_length(p.utm_campaign) <= $3::int then p.utm_campaign
+            else $2::text end as utm_campaign,
         p.device, p.browser, count(*) as views
     from page_views p
     join sites s on s.id = p.site_id
-    where p.received_at >= $3 and p.received_at < $4 and not p.is_bot
-        and p.ts >= ($3::timestamptz) - interval '24 hours'
+    where p.received_at >= $4 and p.received_at < $5 and not p.is_bot
+        and p.ts >= ($4::timestamptz) - interval '24 hours'
     group by 1, 2, 3, 4, 5, 6, 7
 ),
 counted as (
@@ -213,6 +218,7 @@ async def rollup_dimensions(
     *,
     keep: int,
     other: str,
+    longest: int,
     received_from: datetime,
     received_to: datetime,
 ) -> None:
@@ -223,9 +229,11 @@ async def rollup_dimensions(
     and @other itself are never folded, so an hour holds at most @keep + 2 rows per dimension. A value
     folded in an earlier run and seen again (a late view) is ranked with its new views only.
     Without the bound a third party holding the public ingest key could store one row per distinct
-    value it sends, and every breakdown over the period would re-aggregate them all."""
+    value it sends, and every breakdown over the period would re-aggregate them all. A value longer
+    than @longest bytes (none the ingest stores now; a row stored before it bounded them) is counted
+    in @other: a btree entry holds at most 2704 bytes, and one such value failed every run."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(ROLLUP_DIMENSIONS, (keep, other, received_from, received_to))
+        await cur.execute(ROLLUP_DIMENSIONS, (keep, other, longest, received_from, received_to))
 
 
 ROLLUP_VISITORS = """\

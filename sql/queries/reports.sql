@@ -78,9 +78,16 @@ select coalesce(sum(pageviews + bot_pageviews), 0)::bigint as rows from counted;
 -- and @other itself are never folded, so an hour holds at most @keep + 2 rows per dimension. A value
 -- folded in an earlier run and seen again (a late view) is ranked with its new views only.
 -- Without the bound a third party holding the public ingest key could store one row per distinct
--- value it sends, and every breakdown over the period would re-aggregate them all.
+-- value it sends, and every breakdown over the period would re-aggregate them all. A value longer
+-- than @longest bytes (none the ingest stores now; a row stored before it bounded them) is counted
+-- in @other: a btree entry holds at most 2704 bytes, and one such value failed every run.
 with viewed as materialized (
-    select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour, p.path, p.referrer_source, p.utm_campaign,
+    select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
+        case when octet_length(p.path) <= @longest::int then p.path else @other::text end as path,
+        case when octet_length(p.referrer_source) <= @longest::int then p.referrer_source
+            else @other::text end as referrer_source,
+        case when octet_length(p.utm_campaign) <= @longest::int then p.utm_campaign
+            else @other::text end as utm_campaign,
         p.device, p.browser, count(*) as views
     from page_views p
     join sites s on s.id = p.site_id

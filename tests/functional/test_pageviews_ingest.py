@@ -318,6 +318,21 @@ BAD_VIEWS: list[tuple[str, Callable[[Tracker], bytes], set[str]]] = [
     ("NUL in referrer", lambda t: json.dumps(t.view(referrer="https://b/\u0000")).encode(), {"referrer"}),
     ("url over 2000 bytes", lambda t: json.dumps(t.view(url="https://a/" + "é" * 996)).encode(), {"url"}),
     ("url over 2000 chars", lambda t: json.dumps(t.view(url="https://a/" + "x" * 1991)).encode(), {"url"}),
+    (
+        "referrer over 2000 bytes",
+        lambda t: json.dumps(t.view(referrer="https://b/" + "é" * 996)).encode(),
+        {"referrer"},
+    ),
+    (
+        "referrer host longer than DNS allows",
+        lambda t: json.dumps(t.view(referrer="http://" + "中" * 254 + "/")).encode(),
+        {"referrer"},
+    ),
+    (
+        "url host longer than DNS allows",
+        lambda t: json.dumps(t.view(url="https://" + "a" * 254)).encode(),
+        {"url"},
+    ),
     ("title too long", lambda t: json.dumps(t.view(title="x" * 501)).encode(), {"title"}),
     ("negative screen", lambda t: json.dumps(t.view(screen_width=-1)).encode(), {"screen_width"}),
     ("huge screen", lambda t: json.dumps(t.view(screen_width=2**63)).encode(), {"screen_width"}),

@@ -11,6 +11,7 @@ cached and sliced for every ``limit`` and ``cursor`` within it, instead of one q
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from litestar import Litestar
 from psycopg import AsyncConnection
 
 from app.db import pageviews as pageview_queries
+from app.domains.pageviews.derive import MAX_DIMENSION_BYTES
 from app.domains.reports import services as report_services
 from app.domains.reports.services import DIMENSION_VALUES_PER_HOUR, OTHER_VALUE, ReportService
 from tests.factories import Actor, Client, make_site, make_user
@@ -186,3 +188,26 @@ def test_the_breakdown_routes_document_other(app: Litestar) -> None:
     for report in ("pages", "referrers", "campaigns", "devices", "browsers"):
         description = schema["paths"][f"/api/sites/{{site_id}}/{report}"]["get"]["description"]
         assert f"`{OTHER_VALUE}`" in description and f" {N} most viewed" in description, report
+
+
+async def test_a_value_too_long_for_a_rollup_key_is_counted_in_other_and_the_rollup_goes_on(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """A btree entry holds at most 2704 bytes. A view stored with a 6 KB referrer source (the ingest
+    took a referrer host of 2,000 CJK characters before it bounded hosts) failed every run of the
+    hourly rollup, for every site, and its watermark never moved; the ingest now refuses such a host
+    (``tests/unit/test_pageviews_derive.py``), and a row stored before is counted in ``(other)``."""
+    site_id, owner, hour = await setup(db, app)
+    at = hour + timedelta(minutes=5)
+    chance = random.Random(1988)
+    huge = "".join(chr(0x4E00 + chance.randrange(20_000)) for _ in range(1988))  # 5,964 bytes, random
+    longest = "/" + "é" * ((MAX_DIMENSION_BYTES - 1) // 2)
+    rows = [("/a", huge, ""), (huge, "", huge), (longest, "", ""), ("/a", "news.example", "")]
+    await insert_views(db, site_id, rows, ts=at, received_at=at)
+
+    await app.state.services[ReportService].rollup(now=hour + timedelta(hours=1, minutes=10))
+
+    assert await stored(db, site_id, "referrer_source", hour) == {OTHER_VALUE: 1, "": 2, "news.example": 1}
+    assert await stored(db, site_id, "path", hour) == {"/a": 2, OTHER_VALUE: 1, longest: 1}
+    assert await stored(db, site_id, "utm_campaign", hour) == {"": 3, OTHER_VALUE: 1}
+    assert (await get(client, owner, site_id, "summary"))["pageviews"] == 4

@@ -17,6 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncRawCursor
 
 from app.db import reports as queries
+from app.domains.pageviews.derive import MAX_DIMENSION_BYTES
 from app.domains.reports.services import DIMENSION_VALUES_PER_HOUR, OTHER_VALUE
 from tests.factories import create_user, make_site, plan_nodes, plan_rows_read, plan_scans
 
@@ -112,7 +113,7 @@ async def test_the_dimensions_rollup_reads_the_stored_counts_of_its_window_only(
         async with AsyncRawCursor(db) as cur:
             await cur.execute(
                 "explain (analyze, format json) " + queries.ROLLUP_DIMENSIONS,
-                (DIMENSION_VALUES_PER_HOUR, OTHER_VALUE, *window),
+                (DIMENSION_VALUES_PER_HOUR, OTHER_VALUE, MAX_DIMENSION_BYTES, *window),
             )
             row = await cur.fetchone()
     assert row is not None

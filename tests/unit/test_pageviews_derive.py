@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from app.domains.pageviews.derive import (
     MAX_AGE,
     MAX_AGENT_CHARS,
-    MAX_PATH_CHARS,
+    MAX_HOST_CHARS,
+    MAX_PATH_BYTES,
     canonical_path,
     clamp_timestamp,
     classify_agent,
@@ -292,12 +293,37 @@ def test_a_plain_path_takes_the_fast_path() -> None:
     assert canonical_path(path) is path
 
 
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_a_path_is_bounded_in_bytes_whatever_mix_of_characters_and_escapes_it_holds(width: int) -> None:
+    """The rollups key rows by the path, and a btree entry holds at most 2704 bytes: printable
+    non-ASCII characters kept raw (up to 4 bytes each) beside raw controls that grow to escapes
+    (U+202E: 3 bytes in, 9 characters out) came to 2,750 bytes under a bound in characters."""
+    wide = {2: "é", 3: "中", 4: "😀"}[width]
+    spelling = "/" + wide * (1000 // width) + "\u202e" * 333
+    path = parse_page(f"https://example.com{spelling}").path
+    assert len(path.encode()) <= MAX_PATH_BYTES
+    assert path.startswith("/" + wide * (1000 // width))
+    assert parse_page(f"https://example.com{path}").path == path
+
+
+def test_a_host_longer_than_dns_allows_is_not_a_url() -> None:
+    """A referrer's host is stored as its source (when no known source matches): 1,988 characters of
+    CJK were 6 KB in one rollup key, and the hourly rollup failed on it for every site."""
+    host = "中" * (MAX_HOST_CHARS + 1)
+    with pytest.raises(ValueError, match="longer than 253"):
+        referrer_source(f"http://{host}/", "shop.example.com")
+    with pytest.raises(ValueError, match="longer than 253"):
+        parse_page(f"https://{host}/a")
+    longest = "a" * MAX_HOST_CHARS
+    assert referrer_source(f"https://{longest}/", "shop.example.com") == (longest, longest)
+
+
 @pytest.mark.parametrize("extra", [0, 1, 2, 3])
 def test_a_long_path_is_cut_at_an_escapes_boundary(extra: int) -> None:
     """Never a dangling ``%`` or ``%X``, which would read as another path once stored."""
-    spelling = "/" + "a" * (MAX_PATH_CHARS - 4 + extra) + "%20" * 3
+    spelling = "/" + "a" * (MAX_PATH_BYTES - 4 + extra) + "%20" * 3
     path = parse_page(f"https://example.com{spelling}").path
-    assert len(path) <= MAX_PATH_CHARS
+    assert len(path.encode()) <= MAX_PATH_BYTES
     assert re.fullmatch(r"/a+(?:%20)*", path)
     assert parse_page(f"https://example.com{path}").path == path
 
@@ -359,7 +385,8 @@ def test_parsing_any_text_gives_a_page_or_a_value_error(url: str) -> None:
     except ValueError:
         return
     assert "\x00" not in page.utm_source + page.utm_medium + page.utm_campaign
-    assert len(page.path) <= MAX_PATH_CHARS
+    assert len(page.path.encode()) <= MAX_PATH_BYTES
+    assert len(page.host) <= MAX_HOST_CHARS
     assert re.fullmatch(r"(?:[^%\x00-\x20\x7f]|%[0-9A-F]{2})*", page.path), "a raw control or a bad escape"
 
 

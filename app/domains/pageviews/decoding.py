@@ -462,9 +462,9 @@ NO_HOST = "Not the page's absolute address (https://host/path): a page without i
 
 def parse_views(views: list[PageView], *, batched: bool) -> list[tuple[Page, str, str]]:
     """(page, referrer host, referrer source) of every view, or one ``InvalidFieldsError`` naming
-    every field the Struct cannot check: a URL or referrer that cannot be split, a URL longer than
-    ``MAX_URL_BYTES`` in UTF-8; failing none of these, ``PageWithoutHostError`` naming every URL
-    without a host."""
+    every field the Struct cannot check: a URL or referrer that cannot be split or names a host longer
+    than DNS allows, a URL or referrer longer than ``MAX_URL_BYTES`` in UTF-8; failing none of these,
+    ``PageWithoutHostError`` naming every URL without a host."""
     parsed: list[tuple[Page, str, str]] = []
     errors: list[FieldError] = []
     without_host: list[str] = []
@@ -483,6 +483,9 @@ def parse_views(views: list[PageView], *, batched: bool) -> list[tuple[Page, str
             else:
                 if not page.host:
                     without_host.append(_named("url", index, batched))
+        if len(referrer) > MAX_URL_BYTES // 4 and len(referrer.encode()) > MAX_URL_BYTES:
+            errors.append(FieldError(field=_named("referrer", index, batched), message=TOO_LONG))
+            continue
         try:
             parsed.append((page, *referrer_source(referrer, page.host)))
         except ValueError as exc:

@@ -52,7 +52,7 @@ import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from crawlerdetect import CrawlerDetect
 
@@ -211,8 +211,9 @@ def parse_page(url: str) -> Page:
     """Host, path and UTM tags of a page URL; ``ValueError`` when the URL cannot be split (an
     unbalanced ``[`` in the host, characters that NFKC-normalise into URL delimiters).
 
-    The path is canonical (``canonical_path``) and at most ``MAX_PATH_CHARS`` long, cut where no
-    escape is split (``truncated_path``).
+    The path is canonical (``canonical_path``) and at most ``MAX_PATH_BYTES`` long in UTF-8, cut
+    where no character or escape is split (``truncated_path``); a host longer than ``MAX_HOST_CHARS``
+    is a ``ValueError`` (``host_of``).
 
     UTM values are percent-decoded: bytes that are not UTF-8 become U+FFFD (``parse_qsl``'s
     ``errors="replace"``), and so does a decoded NUL, which PostgreSQL cannot store in ``text``.
@@ -224,7 +225,7 @@ def parse_page(url: str) -> Page:
         if key.startswith("utm_")
     }
     return Page(
-        host=(parts.hostname or "").lower(),
+        host=host_of(parts),
         path=truncated_path(canonical_path(parts.path or "/")),
         utm_source=utm.get("utm_source", ""),
         utm_medium=utm.get("utm_medium", ""),
@@ -232,7 +233,14 @@ def parse_page(url: str) -> Page:
     )
 
 
-MAX_PATH_CHARS = 2000
+MAX_PATH_BYTES = 2000
+MAX_HOST_CHARS = 253
+"""DNS's limit on a name (RFC 1035; 255 octets on the wire). Every value stored from a view is bounded
+so in bytes: the rollups key their rows by it, and a btree entry holds at most 2704 bytes (one view
+whose referrer's host was 6 KB of CJK made every run of the hourly rollup fail, for every site)."""
+MAX_DIMENSION_BYTES = MAX_PATH_BYTES
+"""The longest value of a report's dimension the ingest stores, in UTF-8: a path (a referrer's source
+is at most ``MAX_HOST_CHARS`` characters, a campaign 200)."""
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _NEEDS_WORK = re.compile(r"((?:%[0-9A-Fa-f]{2})+)|([^A-Za-z0-9\-._~!$&'()*+,;=:@/?#\[\]%]+|%)")
 """A run of escapes (group 1), or raw characters that are neither unreserved nor reserved ASCII, or
@@ -301,14 +309,26 @@ def canonical_path(path: str) -> str:
     return _NEEDS_WORK.sub(_canonical_run, path)
 
 
-def truncated_path(path: str, limit: int = MAX_PATH_CHARS) -> str:
-    """A canonical ``path`` cut to ``limit`` characters at an escape's boundary (never a dangling
-    ``%`` or ``%X``: every ``%`` of a canonical path starts an escape)."""
-    if len(path) <= limit:
+def truncated_path(path: str, limit: int = MAX_PATH_BYTES) -> str:
+    """A canonical ``path`` cut to ``limit`` bytes of UTF-8 at a character's and an escape's boundary
+    (never a dangling ``%`` or ``%X``: every ``%`` of a canonical path starts an escape)."""
+    if len(path) <= limit // 4:
         return path
-    cut = path[:limit]
-    dangling = cut.find("%", limit - 2)
+    encoded = path.encode()
+    if len(encoded) <= limit:
+        return path
+    cut = encoded[:limit].decode(errors="ignore")  # a character split at the limit is dropped
+    dangling = cut.find("%", len(cut) - 2)
     return cut[:dangling] if dangling != -1 else cut
+
+
+def host_of(parts: SplitResult) -> str:
+    """The URL's host, lower-case; ``ValueError`` past ``MAX_HOST_CHARS`` (no such host can serve a
+    page or send a visitor)."""
+    host = (parts.hostname or "").lower()
+    if len(host) > MAX_HOST_CHARS:
+        raise ValueError(f"host name longer than {MAX_HOST_CHARS} characters")
+    return host
 
 
 @lru_cache(maxsize=4096)
@@ -317,7 +337,7 @@ def referrer_source(referrer: str, own_host: str) -> tuple[str, str]:
     ``ValueError`` when the referrer cannot be split (see ``parse_page``)."""
     if not referrer:
         return "", ""
-    host = (urlsplit(referrer).hostname or "").lower()
+    host = host_of(urlsplit(referrer))
     if not host or host == own_host:
         return "", ""
     bare = host.removeprefix("www.")

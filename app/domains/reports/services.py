@@ -75,6 +75,7 @@ from app.core.db import Database, UnitOfWork, purge_tables
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.types import ISO_DATE, whole
 from app.db import reports as queries
+from app.domains.pageviews.derive import MAX_DIMENSION_BYTES
 from app.domains.pageviews.schemas import MAX_URL_BYTES
 from app.domains.pageviews.services import retention_first_day
 from app.domains.reports.schemas import (
@@ -289,7 +290,11 @@ class ReportService:
                 await queries.keep_sites_in_window(conn, **window)
                 rows = await queries.rollup_hourly(conn, **window) or 0
                 await queries.rollup_dimensions(
-                    conn, keep=DIMENSION_VALUES_PER_HOUR, other=OTHER_VALUE, **window
+                    conn,
+                    keep=DIMENSION_VALUES_PER_HOUR,
+                    other=OTHER_VALUE,
+                    longest=MAX_DIMENSION_BYTES,
+                    **window,
                 )
                 await queries.rollup_visitors(conn, **window)
                 await queries.rollup_visits(conn, **window)
