@@ -32,9 +32,10 @@ that posts to ``<root>/logout``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -439,28 +440,57 @@ async def _job_in(queue: Queue, job_id: str) -> Job:
     return job
 
 
-RETRY_CLAIM_MS = 10_000
+ACTION_CLAIM_MS = 10_000
+ABORTED_FROM_UI = "aborted from ui"
+
+
+@contextlib.asynccontextmanager
+async def _acting_on(queue: Queue, job_id: str) -> AsyncIterator[Job]:
+    """``job_id``, held for one action of the dashboard at a time (a claim in Valkey around the check
+    and the action): two retries at once, both reading the job finished, queued it twice, and the
+    second took it off the active list while a worker ran the first."""
+    if not isinstance(queue, RedisQueue):
+        raise TypeError(f"a dashboard action needs SAQ's Redis queue, not {type(queue).__name__}")
+    claim = f"dashboard:acting:{queue.name}:{job_id}"
+    if not await queue.redis.set(claim, 1, nx=True, px=ACTION_CLAIM_MS):
+        raise ConflictError("Another action on this job is under way.", headers=_NO_STORE)
+    try:
+        yield await _job_in(queue, job_id)
+    finally:
+        await queue.redis.delete(claim)
 
 
 async def retry_finished_job(queue: Queue, job_id: str) -> None:
-    """Queue ``job_id`` again if it has finished, else ``ConflictError``. One retry of a job at a time
-    (a claim in Valkey around the check and the retry): two at once, both reading it finished, queued
-    it twice, and the second took it off the active list while a worker ran the first."""
-    if not isinstance(queue, RedisQueue):
-        raise TypeError(f"a retry needs SAQ's Redis queue, not {type(queue).__name__}")
-    claim = f"dashboard:retrying:{queue.name}:{job_id}"
-    if not await queue.redis.set(claim, 1, nx=True, px=RETRY_CLAIM_MS):
-        raise ConflictError("The job is being retried already.", headers=_NO_STORE)
-    try:
-        job = await _job_in(queue, job_id)
+    """Queue ``job_id`` again if it has finished, else ``ConflictError`` (one action at a time:
+    ``_acting_on``)."""
+    async with _acting_on(queue, job_id) as job:
         if job.status not in RETRYABLE:
             raise ConflictError(
                 f"The job is {job.status.value}: only a finished job is retried (abort a running one first).",
                 headers=_NO_STORE,
             )
         await job.retry("retried from ui")
-    finally:
-        await queue.redis.delete(claim)
+
+
+async def abort_unfinished_job(queue: Queue, job_id: str) -> None:
+    """Abort ``job_id`` if it has not finished, else ``ConflictError`` (one action at a time).
+
+    SAQ's abort finishes a job waiting in the queue, and a worker one it runs; a job not yet due (a
+    schedule, a retry's delay) it only marks ``aborting`` and takes off the schedule, and nobody ever
+    finished it: it stayed ``aborting``, could not be retried, and its record never expired. Such a
+    job, and one left so, is finished here. A finished job is refused: SAQ overwrote its status and
+    error, and it could no longer be retried."""
+    async with _acting_on(queue, job_id) as job:
+        if job.status in RETRYABLE:
+            raise ConflictError(
+                f"The job is {job.status.value}: only a job that has not finished is aborted.",
+                headers=_NO_STORE,
+            )
+        running = job.status == Status.ACTIVE
+        await job.abort(ABORTED_FROM_UI)
+        await job.refresh()
+        if not running and job.status == Status.ABORTING:
+            await queue.finish(job, Status.ABORTED, error=ABORTED_FROM_UI)
 
 
 class DashboardPage(msgspec.Struct, frozen=True):
@@ -542,13 +572,13 @@ class DashboardController(Controller):
         "/api/queues/{queue_id:str}/jobs/{job_id:str}/abort",
         status_code=HTTP_202_ACCEPTED,
         summary="Abort a job",
-        description="Aborts the job (same-origin requests only).",
+        description="Aborts a job that has not finished: a queued or scheduled one at once, a running "
+        "one through its worker (same-origin requests only); 409 for a finished one.",
     )
     async def job_abort(
         self, dashboard_queues: DashboardQueues, queue_id: FromPath[str], job_id: FromPath[str]
     ) -> dict[str, str]:
-        job = await _job(dashboard_queues, queue_id, job_id)
-        await job.abort("aborted from ui")
+        await abort_unfinished_job(_queue(dashboard_queues, queue_id), job_id)
         return {}
 
 

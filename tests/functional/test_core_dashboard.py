@@ -304,7 +304,53 @@ async def test_retry_and_abort_work_from_the_dashboards_origin(
     )
     assert aborted.status_code == 202, aborted.text
     await queued.refresh()
-    assert queued.status in (Status.ABORTING, Status.ABORTED)
+    assert queued.status == Status.ABORTED
+
+
+async def test_a_scheduled_job_aborted_is_finished_and_a_finished_one_is_refused(
+    api: Client, credentials: dict[str, str], queues: dict[str, Queue]
+) -> None:
+    """SAQ's abort only marks a job not yet due ``aborting`` (the browser reviewer: it stayed so, Retry
+    refused it with 409, its record never expired), and it overwrote a finished job's status and
+    error, after which it could not be retried either."""
+    queue = queues["default"]
+    scheduled = await queue.enqueue(
+        SaqJob(
+            function="purge_outbox", kwargs={"outbox_id": 6}, key="dashboard-later", scheduled=2_000_000_000
+        )
+    )
+    assert scheduled is not None
+    url = "/saq/api/queues/default/jobs/{}/{}"
+    aborted = await api.post(url.format("dashboard-later", "abort"), headers={**credentials, **SAME_ORIGIN})
+    assert aborted.status_code == 202, aborted.text
+    await scheduled.refresh()
+    assert (scheduled.status, scheduled.error) == (Status.ABORTED, "aborted from ui")
+    retried = await api.post(url.format("dashboard-later", "retry"), headers={**credentials, **SAME_ORIGIN})
+    assert retried.status_code == 202, retried.text
+
+    failed = await enqueued(queue, "dashboard-failed", {"outbox_id": 7})
+    await failed.finish(Status.FAILED, error="RuntimeError: boom")
+    refused = await api.post(url.format("dashboard-failed", "abort"), headers={**credentials, **SAME_ORIGIN})
+    assert_problem(refused, 409)
+    await failed.refresh()
+    assert (failed.status, failed.error) == (Status.FAILED, "RuntimeError: boom")
+
+
+async def test_a_running_job_is_left_to_its_worker_to_abort(
+    api: Client, credentials: dict[str, str], queues: dict[str, Queue]
+) -> None:
+    """A worker cancels the job it runs once it reads ``aborting`` and finishes it itself."""
+    queue = queues["default"]
+    await enqueued(queue, "dashboard-abort-running", {"outbox_id": 8})
+    running = await queue.dequeue(timeout=5)
+    assert running is not None and running.key == "dashboard-abort-running"
+    await running.update(status=Status.ACTIVE, attempts=1)
+    aborted = await api.post(
+        "/saq/api/queues/default/jobs/dashboard-abort-running/abort", headers={**credentials, **SAME_ORIGIN}
+    )
+    assert aborted.status_code == 202, aborted.text
+    await running.refresh()
+    assert running.status == Status.ABORTING
 
 
 async def test_a_running_or_queued_job_is_not_retried(
