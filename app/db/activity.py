@@ -144,19 +144,19 @@ async def set_activity_recovery_mark(conn: AsyncConnection[Any], *, checked_thro
         await cur.execute(SET_ACTIVITY_RECOVERY_MARK, (checked_through,))
 
 
-LATEST_ACTIVITY_GROUPS = """\
+OPEN_ACTIVITY_GROUPS = """\
 select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at
-from unnest($1::text[]) as s(stream)
+from (select unnest($1::text[]) as stream, unnest($2::timestamptz[]) as earliest) s
 cross join lateral (
     select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at
     from activity_groups g
-    where g.stream = s.stream
-    order by g.id desc
-    limit 1
+    where g.stream = s.stream and g.last_at >= s.earliest - make_interval(secs => $3::integer)
+    order by g.last_at desc, g.id desc
+    limit $4::integer
 ) g"""
 
 
-class LatestActivityGroupsRow(msgspec.Struct, frozen=True, gc=False):
+class OpenActivityGroupsRow(msgspec.Struct, frozen=True, gc=False):
     id: int
     key: str
     stream: str
@@ -167,14 +167,20 @@ class LatestActivityGroupsRow(msgspec.Struct, frozen=True, gc=False):
     last_at: datetime
 
 
-async def latest_activity_groups(
+async def open_activity_groups(
     conn: AsyncConnection[Any],
     *,
     streams: list[str],
-) -> list[LatestActivityGroupsRow]:
-    """The newest group of each stream: the only one a new event of that stream may join."""
-    async with AsyncRawCursor(conn, row_factory=args_row(LatestActivityGroupsRow)) as cur:
-        await cur.execute(LATEST_ACTIVITY_GROUPS, (streams,))
+    earliest: list[datetime],
+    window_s: int,
+    most: int,
+) -> list[OpenActivityGroupsRow]:
+    """The groups of each stream an event of the batch may join (app.domains.activity.grouping): those
+    whose last event is at most @window_s seconds before the stream's @earliest event in the batch,
+    the @most with the latest last events. An on-time event finds its stream's newest group alone; a
+    late one (a recovered delivery) the older group its time falls in."""
+    async with AsyncRawCursor(conn, row_factory=args_row(OpenActivityGroupsRow)) as cur:
+        await cur.execute(OPEN_ACTIVITY_GROUPS, (streams, earliest, window_s, most))
         return await cur.fetchall()
 
 

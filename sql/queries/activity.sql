@@ -73,16 +73,19 @@ order by 3, 1;
 insert into activity_recovery as r (checked_through) values (@checked_through)
 on conflict (id) do update set checked_through = greatest(r.checked_through, excluded.checked_through);
 
--- name: LatestActivityGroups :many
--- The newest group of each stream: the only one a new event of that stream may join.
+-- name: OpenActivityGroups :many
+-- The groups of each stream an event of the batch may join (app.domains.activity.grouping): those
+-- whose last event is at most @window_s seconds before the stream's @earliest event in the batch,
+-- the @most with the latest last events. An on-time event finds its stream's newest group alone; a
+-- late one (a recovered delivery) the older group its time falls in.
 select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at
-from unnest(@streams::text[]) as s(stream)
+from (select unnest(@streams::text[]) as stream, unnest(@earliest::timestamptz[]) as earliest) s
 cross join lateral (
     select g.id, g.key, g.stream, g.rule_version, g.window_s, g.max_span_s, g.first_at, g.last_at
     from activity_groups g
-    where g.stream = s.stream
-    order by g.id desc
-    limit 1
+    where g.stream = s.stream and g.last_at >= s.earliest - make_interval(secs => @window_s::integer)
+    order by g.last_at desc, g.id desc
+    limit @most::integer
 ) g;
 
 -- name: InsertActivityGroups :many

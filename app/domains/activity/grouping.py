@@ -6,11 +6,15 @@ Rule version 1:
 
 - Events belong to a *stream*: same verb, object type, project and audience, and the same actor, or,
   for verbs grouped by target (``VerbSpec.target``: comments), the same target object whoever acts.
-- Within a stream, events are taken in delivery order (outbox id). An event joins the stream's newest
-  group when that group was built by this same rule (version, window and span), the event happened
-  within ``window`` of the group's time range (``first - window <= at <= last + window``, so a late
-  delivery does not reach back further than an on-time one would), and the group's span, event
-  included, stays within ``max_span``. Otherwise the event starts a new group.
+- Within a stream, events are taken in delivery order (outbox id). An event joins a group of its
+  stream that was built by this same rule (version, window and span), whose time range holds the
+  event within ``window`` (``first - window <= at <= last + window``) and whose span, event included,
+  stays within ``max_span``; of several, the one with the latest last event. Otherwise the event
+  starts a new group. Groups are chosen by time, not by when they were made: an event delivered late
+  (its job lost, then recovered) joins the burst it happened in, and the group it starts when there
+  is none does not take the place of the stream's newest, so the burst still going on goes on in its
+  own group. (Choosing "the newest group made" turned a burst, one late event and the burst after it
+  into four groups: the late event's, then a fresh one for the next on-time event.)
 - A group's key is ``<version>-<outbox id of its first event>``: deterministic (redelivering the
   same events yields the same keys), unique, and it names the rule that built the group.
 
@@ -26,6 +30,9 @@ from datetime import datetime, timedelta
 from app.domains.activity.verbs import spec_of
 
 RULE_VERSION = 1
+OPEN_GROUPS_PER_STREAM = 20
+"""A late event reaches back this many groups of its stream at most (a busy stream makes a group per
+``max_span``); past them it starts its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +67,7 @@ class StreamEvent:
 
 @dataclass(slots=True)
 class OpenGroup:
-    """The newest group of a stream, as the rule needs it."""
+    """A group an event may join, as the rule needs it."""
 
     key: str
     rule: GroupingRule
@@ -93,25 +100,30 @@ def joins(group: OpenGroup, event: StreamEvent, rule: GroupingRule) -> bool:
 
 
 def assign_groups(
-    events: list[StreamEvent], latest: dict[str, OpenGroup], rule: GroupingRule
+    events: list[StreamEvent], open_groups: dict[str, list[OpenGroup]], rule: GroupingRule
 ) -> tuple[list[str], list[OpenGroup]]:
     """The group key of each event (in the given order), and the groups to create.
 
-    ``latest`` holds the newest stored group of each stream the events belong to; it is updated in
-    place as events join or start groups.
+    ``open_groups`` holds, per stream, the stored groups the events may join (``OPEN_GROUPS_PER_STREAM``
+    with the latest last events, none that ended more than a window before the stream's earliest
+    event); it is updated in place as events join or start groups.
     """
     keys: list[str] = []
     created: list[OpenGroup] = []
     for event in events:
-        stream = stream_of(event)
-        group = latest.get(stream)
-        if group is not None and joins(group, event, rule):
+        groups = open_groups.setdefault(stream_of(event), [])
+        group = max(
+            (candidate for candidate in groups if joins(candidate, event, rule)),
+            key=lambda candidate: candidate.last_at,
+            default=None,
+        )
+        if group is not None:
             group.first_at = min(group.first_at, event.occurred_at)
             group.last_at = max(group.last_at, event.occurred_at)
         else:
             at = event.occurred_at
             group = OpenGroup(group_key(rule, event.outbox_id), rule, at, at, is_new=True, first=event)
-            latest[stream] = group
+            groups.append(group)
             created.append(group)
         keys.append(group.key)
     return keys, created

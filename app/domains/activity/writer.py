@@ -20,7 +20,14 @@ import msgspec
 
 from app.core.db import UnitOfWork
 from app.db import activity as queries
-from app.domains.activity.grouping import GroupingRule, OpenGroup, StreamEvent, assign_groups, stream_of
+from app.domains.activity.grouping import (
+    OPEN_GROUPS_PER_STREAM,
+    GroupingRule,
+    OpenGroup,
+    StreamEvent,
+    assign_groups,
+    stream_of,
+)
 from app.domains.activity.verbs import ObjectType, spec_of
 
 
@@ -166,19 +173,30 @@ class FeedWriter:
         if not batch:
             return NOTHING
 
-        streams = sorted({stream_of(s) for _, s in batch})
-        stored = await queries.latest_activity_groups(conn, streams=streams)
+        earliest: dict[str, datetime] = {}
+        for _, event in batch:
+            stream = stream_of(event)
+            earliest[stream] = min(earliest.get(stream, event.occurred_at), event.occurred_at)
+        streams = sorted(earliest)
+        stored = await queries.open_activity_groups(
+            conn,
+            streams=streams,
+            earliest=[earliest[stream] for stream in streams],
+            window_s=self.rule.window_s,
+            most=OPEN_GROUPS_PER_STREAM,
+        )
         group_ids = {row.key: row.id for row in stored}
-        latest = {
-            row.stream: OpenGroup(
-                key=row.key,
-                rule=GroupingRule(row.rule_version, row.window_s, row.max_span_s),
-                first_at=row.first_at,
-                last_at=row.last_at,
+        open_groups: dict[str, list[OpenGroup]] = {}
+        for row in stored:
+            open_groups.setdefault(row.stream, []).append(
+                OpenGroup(
+                    key=row.key,
+                    rule=GroupingRule(row.rule_version, row.window_s, row.max_span_s),
+                    first_at=row.first_at,
+                    last_at=row.last_at,
+                )
             )
-            for row in stored
-        }
-        keys, created = assign_groups([s for _, s in batch], latest, self.rule)
+        keys, created = assign_groups([s for _, s in batch], open_groups, self.rule)
         for row in await self._insert_groups(uow, created):
             group_ids[row.key] = row.id
 
