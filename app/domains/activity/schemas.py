@@ -105,7 +105,10 @@ class UnreadCountsOut(msgspec.Struct, frozen=True):
 
 
 class MarkThrough(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``through``: an event id (e.g. a group's ``last_event_id``); absent means everything so far."""
+    """``through``: the newest event id the client showed (a group's ``last_event_id``, a stream's
+    last ``id``). Absent means everything so far, events that arrived after the client last read the
+    feed included: they are marked without having been shown, so a client that shows the feed should
+    send it."""
 
     through: Position | None = None
 
