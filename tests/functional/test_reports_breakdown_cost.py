@@ -20,7 +20,7 @@ from litestar import Litestar
 from psycopg import AsyncConnection
 
 from app.db import pageviews as pageview_queries
-from app.domains.pageviews.derive import MAX_DIMENSION_BYTES
+from app.domains.pageviews.schemas import MAX_DIMENSION_BYTES
 from app.domains.reports import services as report_services
 from app.domains.reports.services import DIMENSION_VALUES_PER_HOUR, OTHER_VALUE, ReportService
 from tests.factories import Actor, Client, make_site, make_user

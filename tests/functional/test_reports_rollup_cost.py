@@ -17,7 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncRawCursor
 
 from app.db import reports as queries
-from app.domains.pageviews.derive import MAX_DIMENSION_BYTES
+from app.domains.pageviews.schemas import MAX_DIMENSION_BYTES
 from app.domains.reports.services import DIMENSION_VALUES_PER_HOUR, OTHER_VALUE
 from tests.factories import create_user, make_site, plan_nodes, plan_rows_read, plan_scans
 

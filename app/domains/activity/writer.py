@@ -174,9 +174,9 @@ class FeedWriter:
             return NOTHING
 
         earliest: dict[str, datetime] = {}
-        for _, event in batch:
-            stream = stream_of(event)
-            earliest[stream] = min(earliest.get(stream, event.occurred_at), event.occurred_at)
+        for _, streamed in batch:
+            stream = stream_of(streamed)
+            earliest[stream] = min(earliest.get(stream, streamed.occurred_at), streamed.occurred_at)
         streams = sorted(earliest)
         stored = await queries.open_activity_groups(
             conn,
@@ -185,15 +185,15 @@ class FeedWriter:
             window_s=self.rule.window_s,
             most=OPEN_GROUPS_PER_STREAM,
         )
-        group_ids = {row.key: row.id for row in stored}
+        group_ids = {found.key: found.id for found in stored}
         open_groups: dict[str, list[OpenGroup]] = {}
-        for row in stored:
-            open_groups.setdefault(row.stream, []).append(
+        for found in stored:
+            open_groups.setdefault(found.stream, []).append(
                 OpenGroup(
-                    key=row.key,
-                    rule=GroupingRule(row.rule_version, row.window_s, row.max_span_s),
-                    first_at=row.first_at,
-                    last_at=row.last_at,
+                    key=found.key,
+                    rule=GroupingRule(found.rule_version, found.window_s, found.max_span_s),
+                    first_at=found.first_at,
+                    last_at=found.last_at,
                 )
             )
         keys, created = assign_groups([s for _, s in batch], open_groups, self.rule)

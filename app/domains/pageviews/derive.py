@@ -56,6 +56,8 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from crawlerdetect import CrawlerDetect
 
+from app.domains.pageviews.schemas import MAX_DIMENSION_BYTES
+
 MAX_AGE = timedelta(hours=24)
 _LOAD_TOOLS = re.compile(r"(?:wrk|k6|Grafana k6|hey|oha|httperf|Artillery)(?:[/ ]|$)", re.IGNORECASE)
 """Load-testing tools crawlerdetect (0.4.2) does not list, by the first product of their agent:
@@ -233,14 +235,9 @@ def parse_page(url: str) -> Page:
     )
 
 
-MAX_PATH_BYTES = 2000
+MAX_PATH_BYTES = MAX_DIMENSION_BYTES
 MAX_HOST_CHARS = 253
-"""DNS's limit on a name (RFC 1035; 255 octets on the wire). Every value stored from a view is bounded
-so in bytes: the rollups key their rows by it, and a btree entry holds at most 2704 bytes (one view
-whose referrer's host was 6 KB of CJK made every run of the hourly rollup fail, for every site)."""
-MAX_DIMENSION_BYTES = MAX_PATH_BYTES
-"""The longest value of a report's dimension the ingest stores, in UTF-8: a path (a referrer's source
-is at most ``MAX_HOST_CHARS`` characters, a campaign 200)."""
+"""DNS's limit on a name (RFC 1035; 255 octets on the wire): a referrer's source is its host."""
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _NEEDS_WORK = re.compile(r"((?:%[0-9A-Fa-f]{2})+)|([^A-Za-z0-9\-._~!$&'()*+,;=:@/?#\[\]%]+|%)")
 """A run of escapes (group 1), or raw characters that are neither unreserved nor reserved ASCII, or

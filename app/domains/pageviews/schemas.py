@@ -12,6 +12,11 @@ from app.core.types import Text, whole
 
 MAX_BATCH = 1000
 MAX_URL_BYTES = 2000
+MAX_DIMENSION_BYTES = 2000
+"""The longest value of a report's dimension the ingest stores, in UTF-8 (a path; a referrer's source
+is at most 253 characters, a campaign 200). The rollups key their rows by these values, and a btree
+entry holds at most 2704 bytes: one view whose referrer's host was 6 KB of CJK made every run of the
+hourly rollup fail, for every site."""
 SITE_KEY = whole(r"[A-Za-z0-9_-]+")  # issued keys are secrets.token_urlsafe(24): 32 of these characters
 
 

@@ -75,8 +75,7 @@ from app.core.db import Database, UnitOfWork, purge_tables
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.types import ISO_DATE, whole
 from app.db import reports as queries
-from app.domains.pageviews.derive import MAX_DIMENSION_BYTES
-from app.domains.pageviews.schemas import MAX_URL_BYTES
+from app.domains.pageviews.schemas import MAX_DIMENSION_BYTES, MAX_URL_BYTES
 from app.domains.pageviews.services import retention_first_day
 from app.domains.reports.schemas import (
     BreakdownItem,
