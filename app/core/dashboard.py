@@ -472,25 +472,44 @@ async def retry_finished_job(queue: Queue, job_id: str) -> None:
         await job.retry("retried from ui")
 
 
+_TAKE_WAITING_JOB = """
+if redis.call('LPOS', KEYS[3], ARGV[1]) then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+"""Take a job no worker holds off SAQ's lists at once (1); 0 for one a worker holds (on the active
+list), -1 for one that has finished or whose abort is under way (no longer incomplete). SAQ keeps
+every unfinished job in ``incomplete`` (score 0 once due), a due one on ``queued``, a taken one on
+``active``; a job on none of them can be dequeued by no worker."""
+
+
 async def abort_unfinished_job(queue: Queue, job_id: str) -> None:
     """Abort ``job_id`` if it has not finished, else ``ConflictError`` (one action at a time).
 
-    SAQ's abort finishes a job waiting in the queue, and a worker one it runs; a job not yet due (a
-    schedule, a retry's delay) it only marks ``aborting`` and takes off the schedule, and nobody ever
-    finished it: it stayed ``aborting``, could not be retried, and its record never expired. Such a
-    job, and one left so, is finished here. A finished job is refused: SAQ overwrote its status and
-    error, and it could no longer be retried."""
+    A job no worker holds (queued, or not yet due: a schedule, a retry's delay) is taken off SAQ's
+    lists and finished ``aborted`` here, in one step a worker's dequeue cannot come between; one a
+    worker holds is left to SAQ's abort, which its worker carries out (it cancels the job and
+    finishes it). SAQ's abort alone only marked a job not yet due ``aborting``, and nobody finished
+    it (Retry refused it, its record never expired); deciding from a status read earlier finished a
+    job a worker had just taken (or was still cancelling, at a second click), and Retry then ran it
+    twice at once. A finished job, or one being aborted, is refused (409): SAQ overwrote a finished
+    job's status and error, and it could no longer be retried."""
+    if not isinstance(queue, RedisQueue):
+        raise TypeError(f"an abort needs SAQ's Redis queue, not {type(queue).__name__}")
     async with _acting_on(queue, job_id) as job:
-        if job.status in RETRYABLE:
-            raise ConflictError(
-                f"The job is {job.status.value}: only a job that has not finished is aborted.",
-                headers=_NO_STORE,
-            )
-        running = job.status == Status.ACTIVE
-        await job.abort(ABORTED_FROM_UI)
-        await job.refresh()
-        if not running and job.status == Status.ABORTING:
+        lists = [queue.namespace(name) for name in ("incomplete", "queued", "active")]
+        taken = await queue.redis.eval(_TAKE_WAITING_JOB, len(lists), *lists, job.id)  # type: ignore[misc]
+        if taken == 1:
             await queue.finish(job, Status.ABORTED, error=ABORTED_FROM_UI)
+        elif taken == 0:
+            await job.abort(ABORTED_FROM_UI)
+        else:
+            state = "being aborted" if job.status == Status.ABORTING else job.status.value
+            raise ConflictError(
+                f"The job is {state}: only a job that has not finished is aborted.", headers=_NO_STORE
+            )
 
 
 class DashboardPage(msgspec.Struct, frozen=True):

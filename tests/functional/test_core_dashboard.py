@@ -26,6 +26,7 @@ from saq import Queue
 from saq.job import Status
 
 from app.config import Settings
+from app.core import dashboard
 from app.core.dashboard import APP_JS_FIXES, ERROR_MAX_CHARS, fixed_app_js
 from app.core.relay import batching_of, relay_once
 from app.core.scrub import MASK
@@ -351,6 +352,42 @@ async def test_a_running_job_is_left_to_its_worker_to_abort(
     assert aborted.status_code == 202, aborted.text
     await running.refresh()
     assert running.status == Status.ABORTING
+
+    again = await api.post(
+        "/saq/api/queues/default/jobs/dashboard-abort-running/abort", headers={**credentials, **SAME_ORIGIN}
+    )
+    assert_problem(again, 409)
+    retried = await api.post(
+        "/saq/api/queues/default/jobs/dashboard-abort-running/retry", headers={**credentials, **SAME_ORIGIN}
+    )
+    assert_problem(retried, 409)
+    await running.refresh()
+    assert running.status == Status.ABORTING, "a second click finished a job its worker still runs"
+
+
+async def test_a_job_a_worker_takes_while_it_is_aborted_is_left_to_the_worker(
+    api: Client, credentials: dict[str, str], queues: dict[str, Queue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The diff reviewer: read queued, taken by a worker, then finished ``aborted`` by the dashboard
+    while the worker ran it (and Retry could queue it again beside that run)."""
+    queue = queues["default"]
+    await enqueued(queue, "dashboard-taken", {"outbox_id": 9})
+    read = dashboard._job_in
+
+    async def read_then_taken(queue: Queue, job_id: str) -> SaqJob:
+        job = await read(queue, job_id)
+        taken = await queue.dequeue(timeout=5)
+        assert taken is not None and taken.key == "dashboard-taken"
+        await taken.update(status=Status.ACTIVE, attempts=1)
+        return job
+
+    monkeypatch.setattr(dashboard, "_job_in", read_then_taken)
+    aborted = await api.post(
+        "/saq/api/queues/default/jobs/dashboard-taken/abort", headers={**credentials, **SAME_ORIGIN}
+    )
+    assert aborted.status_code == 202, aborted.text
+    job = await queue.job("dashboard-taken")
+    assert job is not None and job.status == Status.ABORTING
 
 
 async def test_a_running_or_queued_job_is_not_retried(
