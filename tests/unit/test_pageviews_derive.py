@@ -306,6 +306,15 @@ def test_a_path_is_bounded_in_bytes_whatever_mix_of_characters_and_escapes_it_ho
     assert parse_page(f"https://example.com{path}").path == path
 
 
+@pytest.mark.parametrize("before", range(1990, 1999))
+def test_a_character_kept_escaped_is_never_cut_between_its_escapes(before: int) -> None:
+    """U+200B stays ``%E2%80%8B``: a cut after ``%E2`` or ``%E2%80`` stored a path ending in a broken
+    UTF-8 sequence (the diff reviewer); the character is dropped whole or kept whole."""
+    path = parse_page("https://example.com/" + "a" * before + "%E2%80%8B" + "b" * 20).path
+    assert len(path.encode()) <= MAX_PATH_BYTES
+    assert re.fullmatch(r"/a+(?:%E2%80%8Bb*)?", path), path[-12:]
+
+
 def test_a_host_longer_than_dns_allows_is_not_a_url() -> None:
     """A referrer's host is stored as its source (when no known source matches): 1,988 characters of
     CJK were 6 KB in one rollup key, and the hourly rollup failed on it for every site."""

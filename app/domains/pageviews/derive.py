@@ -307,16 +307,31 @@ def canonical_path(path: str) -> str:
 
 
 def truncated_path(path: str, limit: int = MAX_PATH_BYTES) -> str:
-    """A canonical ``path`` cut to ``limit`` bytes of UTF-8 at a character's and an escape's boundary
-    (never a dangling ``%`` or ``%X``: every ``%`` of a canonical path starts an escape)."""
+    """A canonical ``path`` cut to ``limit`` bytes of UTF-8 where no character is split, raw or
+    escaped: never a dangling ``%`` or ``%X`` (every ``%`` of a canonical path starts an escape), nor
+    the first escapes of a character kept escaped (``%E2%80`` of U+200B's ``%E2%80%8B``)."""
     if len(path) <= limit // 4:
         return path
     encoded = path.encode()
     if len(encoded) <= limit:
         return path
-    cut = encoded[:limit].decode(errors="ignore")  # a character split at the limit is dropped
+    cut = encoded[:limit].decode(errors="ignore")  # a raw character split at the limit is dropped
     dangling = cut.find("%", len(cut) - 2)
-    return cut[:dangling] if dangling != -1 else cut
+    if dangling != -1:
+        cut = cut[:dangling]
+    escapes = _TRAILING_ESCAPES.search(cut)
+    if escapes is None:
+        return cut
+    data = bytes.fromhex(escapes.group().replace("%", ""))
+    lead = len(data) - 1
+    while lead >= 0 and 0x80 <= data[lead] < 0xC0:  # continuation bytes
+        lead -= 1
+    if lead >= 0 and len(data) - lead < _UTF8_LENGTH[data[lead]]:
+        return cut[: escapes.start() + 3 * lead]
+    return cut
+
+
+_TRAILING_ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+\Z")
 
 
 def host_of(parts: SplitResult) -> str:
