@@ -46,7 +46,8 @@ costs one attribute test per request.
   borrows its connection. A request refused for its body is charged too (``BODY_REFUSED``): a body
   is the client's to make as large as the route admits, its decoding and the naming of its faults
   cost in proportion, and the refund let a client be refused without end (each refusal walked in
-  full: 12 s of CPU for a 460 KB batch of bad views).
+  full: 12 s of CPU for a 460 KB batch of bad views). So is a body refused for its declared type or
+  coding (415, ``app.core.routing``); like a 400, it is answered before an over-quota 429.
 - Same origin: unsafe requests to the SAQ dashboard (``/saq``: its actions, its sign-in and
   sign-out), which accepts a session cookie that browsers send on their own (also ``SameSite=Strict``),
   must come from the dashboard's own origin (``Sec-Fetch-Site``, else ``Origin`` against ``Host``); a

@@ -38,7 +38,10 @@ parsed path values (``parse_path_params``, 1024 entries) hits, else about 0.15 Â
 JSON means JSON. A body sent with a ``Content-Type`` other than ``application/json`` (or a
 ``+json`` type, such as ``application/merge-patch+json``) is a 415 naming the type to send, not a 400
 about JSON syntax or a body read as JSON whatever it claims to be (``curl -d`` sends a form's type).
-A body without one is read as JSON: a client that names no type means the one the route documents.
+A body without one (or with an empty one) is read as JSON: a client that names no type means the one
+the route documents. The 415 comes where the body is decoded: after authentication and the guards'
+401/403, before the service's own refusals; it is charged to the rate limit like any body refused
+(a body was read), and over quota it comes before the 429 (a retry cannot mend it).
 The ingest's own decoder takes ``text/plain`` on purpose (``navigator.sendBeacon``).
 
 Bodies read in one loop. ``StrictJSONRequest.body`` reads ASGI's ``receive`` itself: Litestar's
@@ -196,8 +199,10 @@ def _require_json_media_type(scope: Any) -> None:
         if name != b"content-type":
             continue
         media_type = value.partition(b";")[0].strip().lower()
-        if media_type == b"application/json" or (
-            media_type.startswith(b"application/") and media_type.endswith(b"+json")
+        if (
+            not media_type
+            or media_type == b"application/json"
+            or (media_type.startswith(b"application/") and media_type.endswith(b"+json"))
         ):
             continue
         accepts = _ACCEPTS_JSON.get(scope["method"])
