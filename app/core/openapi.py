@@ -172,7 +172,7 @@ def documents_what_surrounds_the_route(
 ) -> type[Operation]:
     """``operation_class`` that also declares what the layers around the route add: the route layer's
     headers (``app.core.gate``), ``Retry-After`` on a 429 or 503 and, on a rate-limited route,
-    ``RateLimit`` and ``RateLimit-Policy`` on its answers (Litestar's ``ResponseSpec`` takes no
+    ``RateLimit`` and ``RateLimit-Policy`` on every answer (Litestar's ``ResponseSpec`` takes no
     headers); and the server's 414 (``URI_TOO_LONG``), which any operation can meet."""
 
     @dataclass
@@ -189,7 +189,7 @@ def documents_what_surrounds_the_route(
                 headers = dict(response.headers or {})
                 if status in ("429", "503"):
                     headers["Retry-After"] = RETRY_AFTER
-                if rate_limited and (status.startswith("2") or status == "429"):
+                if rate_limited:  # on every answer the limiter passes (not the server's 414)
                     headers.update(RATE_LIMIT_HEADERS)
                 response.headers = headers or None
 

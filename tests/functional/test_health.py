@@ -218,6 +218,12 @@ async def test_the_headers_of_limits_are_documented_where_they_are_sent(
     assert answer.status_code == 200 and {"ratelimit", "ratelimit-policy"} <= answer.headers.keys()
     documented = schema["paths"]["/api/projects"]["get"]["responses"]["200"]["headers"]
     assert {"RateLimit", "RateLimit-Policy"} <= documented.keys()
+    refused = await client.post("/api/projects", json={}, headers=caller.headers)
+    assert refused.status_code == 400 and {"ratelimit", "ratelimit-policy"} <= refused.headers.keys()
+    documented = schema["paths"]["/api/projects"]["post"]["responses"]["400"]["headers"]
+    assert {"RateLimit", "RateLimit-Policy"} <= documented.keys(), (
+        "sent on a refusal too (the OpenAPI reviewer)"
+    )
 
 
 async def test_openapi_ui_is_served(client: AsyncTestClient[Litestar]) -> None:

@@ -33,7 +33,7 @@ from app.domains.monitoring.schemas import (
     AlertPage,
     CronMonitorOut,
     DeliveryOut,
-    EventOut,
+    ErrorEventOut,
     EventPage,
     ExceptionOut,
     ExemplarOut,
@@ -92,8 +92,8 @@ def _group_out(row: ListGroupsRow | ListGroupsWithStatusAndKindRow) -> GroupOut:
     )
 
 
-def event_out(row: MonitoringEvent) -> EventOut:
-    return EventOut(
+def event_out(row: MonitoringEvent) -> ErrorEventOut:
+    return ErrorEventOut(
         id=row.id,
         group_id=row.group_id,
         occurred_at=row.occurred_at,

@@ -60,7 +60,7 @@ class ExceptionOut(msgspec.Struct, frozen=True):
     frames: list[FrameOut]
 
 
-class EventOut(msgspec.Struct, frozen=True):
+class ErrorEventOut(msgspec.Struct, frozen=True):
     id: int
     group_id: int
     occurred_at: datetime
@@ -113,7 +113,7 @@ class GroupDetailOut(msgspec.Struct, frozen=True):
             "MONITORING_RETENTION_DAYS is no longer listed."
         ),
     ]
-    latest_event: EventOut | None
+    latest_event: ErrorEventOut | None
 
 
 class ResolveNow(msgspec.Struct, tag="now", tag_field="mode", forbid_unknown_fields=True, frozen=True):
@@ -312,5 +312,5 @@ Window = Literal["5m", "1h", "24h", "7d"]
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
 
 GroupPage = Page[GroupOut]
-EventPage = Page[EventOut]
+EventPage = Page[ErrorEventOut]
 AlertPage = Page[AlertOut]
