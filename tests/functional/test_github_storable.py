@@ -210,7 +210,8 @@ async def test_a_count_no_github_answer_holds_is_refused_as_githubs_failure(
         response = await served.client.get("/api/github/users/counted", headers=account.headers)
 
     assert_problem(response, 503, "github-unavailable")
-    assert await valkey.exists("github:failed:counted", "github:last-error:counted") == 2
+    assert await valkey.exists("github:failed:counted") == 1
+    assert await valkey.exists("github:last-error:counted") == 0, "no stored profile: no week-long key"
 
 
 async def test_counts_that_would_overflow_a_snapshot_never_reach_it(

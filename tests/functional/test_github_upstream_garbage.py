@@ -353,7 +353,8 @@ async def test_a_malformed_answer_is_a_503_remembered_as_a_failure(
     response = await api.get("/api/github/users/garbage", headers=headers)
 
     assert_problem(response, 503, "github-unavailable")
-    assert await valkey.exists("github:failed:garbage", "github:last-error:garbage") == 2
+    assert await valkey.exists("github:failed:garbage") == 1
+    assert await valkey.exists("github:last-error:garbage") == 0, "no stored profile: no week-long key"
 
 
 # -- 5. sizes -----------------------------------------------------------------------------------

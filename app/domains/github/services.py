@@ -646,7 +646,9 @@ class GithubService:
             async with self._lock(lock_key) as held:
                 if held:  # the last holder may have finished after the caller looked: read again first
                     stored = await self._load_newer(login, newer_than)
-                    return stored or await self._fetch_and_store(login, priority)
+                    return stored or await self._fetch_and_store(
+                        login, priority, profile_stored=newer_than is not None
+                    )
             await asyncio.sleep(POLL_S)
             async with self.db.read() as uow:
                 fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
@@ -679,7 +681,9 @@ class GithubService:
         finally:
             await self._release(keys=[key], args=[token])
 
-    async def _fetch_and_store(self, login: str, priority: Priority) -> StoredProfile:
+    async def _fetch_and_store(
+        self, login: str, priority: Priority, *, profile_stored: bool
+    ) -> StoredProfile:
         with self.client.fetch_chain(login):  # one lookup: its requests and its deadline bounded
             try:
                 user = await self.client.get_user(login, priority)
@@ -689,7 +693,7 @@ class GithubService:
             except GitHubBusyError:
                 raise  # our queue, not GitHub: nothing to remember about the login
             except GitHubError as exc:
-                await self._record_failure(login, exc)
+                await self._record_failure(login, exc, profile_stored=profile_stored)
                 raise
             languages = await self._measure(login, repos, priority)
         data = ProfileData(
@@ -729,7 +733,13 @@ class GithubService:
                 measured[repo.full_name] = languages
         return measured
 
-    async def _record_failure(self, login: str, exc: GitHubError) -> None:
+    async def _record_failure(self, login: str, exc: GitHubError, *, profile_stored: bool) -> None:
+        """Remember a failed fetch: briefly, so that waiting callers and retries hear of it
+        (``github:failed``); and, for a login whose profile is stored, as the answer's
+        ``last_error`` (``github:last-error``, a week). A login without a stored profile keeps no
+        last error: nothing reads it, and any account could leave a week-long key per login it made
+        up (the Valkey reviewer: 30 lookups of unknown logins, 30 keys, while GitHub was
+        unreachable and nothing was charged to the account)."""
         now = time.time()
         failure = _Failure(kind=exc.kind, message=str(exc), retry_after=exc.retry_after, at=now)
         remember_s = min(60.0, max(FAILURE_MEMORY_S, exc.retry_after or 0.0))
@@ -740,7 +750,8 @@ class GithubService:
         )
         async with self.valkey.pipeline(transaction=False) as pipe:
             pipe.set(f"github:failed:{login}", msgspec.msgpack.encode(failure), px=int(remember_s * 1000))
-            pipe.set(f"github:last-error:{login}", msgspec.msgpack.encode(error), ex=LAST_ERROR_TTL_S)
+            if profile_stored:
+                pipe.set(f"github:last-error:{login}", msgspec.msgpack.encode(error), ex=LAST_ERROR_TTL_S)
             if isinstance(exc, GitHubNotFoundError):
                 pipe.set(f"github:missing:{login}", b"1", ex=self.settings.github_not_found_ttl_s)
             await pipe.execute()
