@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
 
-from app.config import Settings
+from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
+from app.core.security import Passwords
 from app.core.services import open_services
 from app.db import accounts as queries
 from app.db.models import UserRole
@@ -73,3 +75,35 @@ async def test_seed_hints_never_print_a_configured_password(
     assert "a-private-admin-secret" not in lines
     assert "a-private-demo-secret" not in lines
     assert custom.admin_email in lines
+
+
+STRONG = {"admin_password": "Another-Strong-Pass-42", "demo_password": "Members-Strong-Pass-42"}
+
+
+async def test_a_public_host_refuses_to_start_while_a_seeded_account_keeps_its_public_default(
+    db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """The front-door reviewer: a DATA_DIR first started in development keeps the public default
+    passwords (an existing account keeps its own); setting both variables and HOST=0.0.0.0 passed
+    the configuration's check, and the hint said ``$ADMIN_PASSWORD`` where the default still worked."""
+    defaults = msgspec.structs.replace(
+        settings, admin_password=DEFAULT_ADMIN_PASSWORD, demo_password=DEFAULT_DEMO_PASSWORD
+    )
+    await seed(defaults)
+    later = msgspec.structs.replace(settings, **STRONG)
+
+    hints = "\n".join(await seed(later))
+    assert DEFAULT_ADMIN_PASSWORD in hints and DEFAULT_DEMO_PASSWORD in hints, hints
+    assert "$ADMIN_PASSWORD" not in hints and "$DEMO_PASSWORD" not in hints
+
+    public = msgspec.structs.replace(later, host="192.0.2.10")  # not bound: only judged
+    with pytest.raises(SettingsError) as refused:
+        await seed(public)
+    for email in (settings.admin_email.lower(), "ana@example.com", "ben@example.com"):
+        assert email in str(refused.value)
+
+    changed = await Passwords(settings).hash(STRONG["admin_password"])
+    for email in (settings.admin_email.lower(), "ana@example.com", "ben@example.com"):
+        await db.execute("update users set password_hash = %s where email = %s", (changed, email))
+    hints = "\n".join(await seed(public))
+    assert "$ADMIN_PASSWORD" in hints and DEFAULT_ADMIN_PASSWORD not in hints, hints

@@ -4,11 +4,24 @@ The administrator is created only when ADMIN_EMAIL has no account: an account so
 with that address first is left as it is (never promoted: ``create-admin --promote-existing`` does
 that, deliberately), and an ADMIN_EMAIL the login refuses seeds no administrator. Either is said in
 one line among the seed's hints.
+
+An existing account keeps its password, so setting ``ADMIN_PASSWORD``/``DEMO_PASSWORD`` after a first
+start changes nothing stored: what a seeded account opens with is asked of the account itself (one
+password check each). The hints name the password that works, and a server bound to a non-loopback
+``HOST`` refuses to start while a seeded account still opens with its public default (the front-door
+reviewer: a ``DATA_DIR`` first started in development kept ``admin-password-change-me`` behind
+``HOST=0.0.0.0`` with both variables set, and the hint said ``$ADMIN_PASSWORD``).
 """
 
 from __future__ import annotations
 
-from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
+from app.config import (
+    DEFAULT_ADMIN_PASSWORD,
+    DEFAULT_DEMO_PASSWORD,
+    Settings,
+    SettingsError,
+    is_loopback_host,
+)
 from app.core.services import Services
 from app.db.models import UserRole
 from app.domains.accounts.services import AccountService, UnusableEmailError, sign_in_address
@@ -22,12 +35,18 @@ async def seed_accounts(services: Services) -> list[str]:
     admin_line = await _seed_admin(accounts, settings.admin_email, settings.admin_password)
     for email, name in DEMO_MEMBERS:
         await accounts.ensure_user(email, settings.demo_password, name, UserRole.MEMBER)
-    admin_hint = (
-        DEFAULT_ADMIN_PASSWORD if settings.admin_password == DEFAULT_ADMIN_PASSWORD else "$ADMIN_PASSWORD"
-    )
-    member_hint = (
-        DEFAULT_DEMO_PASSWORD if settings.demo_password == DEFAULT_DEMO_PASSWORD else "$DEMO_PASSWORD"
-    )
+    seeded = [(settings.admin_email, DEFAULT_ADMIN_PASSWORD)] if admin_line is None else []
+    seeded += [(email, DEFAULT_DEMO_PASSWORD) for email, _ in DEMO_MEMBERS]
+    public = {email for email, default in seeded if await accounts.opens_with(email, default)}
+    if public and not is_loopback_host(settings.host):
+        raise SettingsError(
+            f"HOST={settings.host} is not a loopback address, and {', '.join(sorted(public))} still "
+            "sign in with their public default passwords (seeded before ADMIN_PASSWORD/DEMO_PASSWORD "
+            "were set: an existing account keeps its password). Change them (PATCH /api/me with "
+            "current_password and password), or bind HOST=127.0.0.1"
+        )
+    admin_hint = _hint(settings.admin_email in public, DEFAULT_ADMIN_PASSWORD, "ADMIN_PASSWORD", settings)
+    member_hint = _hint(DEMO_MEMBERS[0][0] in public, DEFAULT_DEMO_PASSWORD, "DEMO_PASSWORD", settings)
     if admin_line is not None:
         return [
             admin_line,
@@ -38,6 +57,16 @@ async def seed_accounts(services: Services) -> list[str]:
         f"        or a member, {DEMO_MEMBERS[0][0]} / {member_hint}; the dashboard: sign in at /saq/login",
         "        with the admin's email and password (or send an admin's bearer token)",
     ]
+
+
+def _hint(opens_with_default: bool, default: str, variable: str, settings: Settings) -> str:
+    """The password to show for a seeded account: its public default while it still opens with it,
+    else the variable it was seeded from (or, with the variable at its default, its own)."""
+    if opens_with_default:
+        return default
+    if getattr(settings, variable.lower()) != default:
+        return f"${variable}"
+    return "(its own: changed since it was seeded)"
 
 
 async def _seed_admin(accounts: AccountService, email: str, password: str) -> str | None:

@@ -915,6 +915,14 @@ class AccountService:
                 uow.conn, email=email, display_name=display_name, password_hash=password_hash, role=role
             )
 
+    async def opens_with(self, email: str, password: str) -> bool:
+        """Whether the account ``email`` is active and ``password`` is its stored password: the seed's
+        question about its public defaults, never a sign-in (no throttle, no session)."""
+        user = await self.find_by_email(email)
+        return (
+            user is not None and user.is_active and await self.passwords.verify(user.password_hash, password)
+        )
+
     async def find_by_email(self, email: str) -> User | None:
         async with self.db.transaction() as uow:
             return await queries.get_user_by_email(uow.conn, email=email.strip().lower())
