@@ -35,7 +35,6 @@ import ipaddress
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -55,7 +54,7 @@ import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
 from app.core.logging import configure_logging
-from app.core.migrate import database_missing, migrate
+from app.core.migrate import REFUSED_CONNECTION, database_missing, migrate
 from app.core.runtime import release_services, resolve_services
 from app.core.scrub import scrub_text
 
@@ -285,19 +284,10 @@ def _claim_port(port: int) -> int:
     return descriptor
 
 
-REFUSED_CONNECTION = re.compile(
-    r"FATAL:\s+(?:password authentication failed|role \"[^\"]*\" does not exist|no pg_hba\.conf entry"
-    r"|permission denied for database|\w+ authentication failed)"
-)
-"""A server that answered and refused the connection (a wrong password or role, no right to connect):
-waiting does not change that, so ``serve`` says so at once. libpq gives no SQLSTATE for a failed
-connection, only the server's message."""
-
-
-def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
+def _wait_for_database(url: str, timeout: float, signals: _StopSignals, who: str = "serve") -> None:
     """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline, saying
-    once what the first attempt met. A server that answers without the database counts as ready:
-    ``migrate`` creates it. One that answers and refuses the credentials fails at once."""
+    once (as ``who``) what the first attempt met. A server that answers without the database counts as
+    ready: ``migrate`` creates it. One that answers and refuses the credentials fails at once."""
     import psycopg
 
     deadline = time.monotonic() + timeout
@@ -321,7 +311,11 @@ def _wait_for_database(url: str, timeout: float, signals: _StopSignals) -> None:
                 f"PostgreSQL did not answer within {timeout:g}s (DATABASE_URL={redact_url(url)}): {error}"
             )
         if not waiting:
-            _say(f"waiting up to {timeout:g}s for PostgreSQL (DATABASE_URL={redact_url(url)}): {error}")
+            print(
+                f"{who}: waiting up to {timeout:g}s for PostgreSQL (DATABASE_URL={redact_url(url)}): {error}",
+                file=sys.stderr if who != "serve" else sys.stdout,
+                flush=True,
+            )
             waiting = True
         signals.sleep(0.25)
 
@@ -587,10 +581,17 @@ def _migrate(settings: Settings) -> str:
     ``DATABASE_URL`` (password masked) and exit 1, as the other commands fail."""
     import psycopg
 
+    configured = settings.database_url
     url = _resolve_or_exit(settings, valkey=False).database_url
     assert url is not None
     try:
+        if configured:  # as serve waits: saying so, and a refusal at once (dbmate waited 60 s mute)
+            _wait_for_database(url, settings.serve_ready_timeout_s, _StopSignals(), who="migrate")
         said = migrate(url)
+    except _Stopped:
+        raise SystemExit(1) from None
+    except LaunchError as exc:
+        raise SystemExit(f"migrate: failed: {exc}") from None
     except (RuntimeError, psycopg.Error, OSError) as exc:  # dbmate's output, the driver's, the binary's
         failure = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise SystemExit(

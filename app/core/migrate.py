@@ -356,6 +356,15 @@ def check_client_connection(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
+REFUSED_CONNECTION = re.compile(
+    r"FATAL:\s+(?:password authentication failed|role \"[^\"]*\" does not exist|no pg_hba\.conf entry"
+    r"|permission denied for database|\w+ authentication failed)"
+)
+"""A server that answered and refused the connection (a wrong password or role, no right to connect):
+waiting does not change that, so every command says so at once. libpq gives no SQLSTATE for a
+failed connection, only the server's message."""
+
+
 def database_missing(url: str) -> bool:
     """The server answers but has no database of ``url``'s name (``migrate`` creates it). libpq
     reports a missing database with no SQLSTATE (no 3D000 to test), so the maintenance database is

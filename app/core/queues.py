@@ -44,7 +44,7 @@ from app.core.metrics import (
     record_pool,
     serve_worker_metrics,
 )
-from app.core.migrate import SchemaBehindError, database_missing, require_schema
+from app.core.migrate import REFUSED_CONNECTION, SchemaBehindError, database_missing, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
 from app.core.relay import RETRY_BACKOFF_MAX_S, RETRY_DELAY_S, OutboxRelay, batching_of, timeouts_of
 from app.core.repeating import stopped_within
@@ -316,7 +316,8 @@ def build_saq_config(
 
 
 class _WaitingCannotHelpError(Exception):
-    """A dependency answered in a way that waiting cannot change (the database does not exist)."""
+    """A dependency answered in a way that waiting cannot change (the database does not exist, the
+    credentials are refused)."""
 
 
 async def _first_answer(
@@ -360,7 +361,10 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
         try:
             async with await psycopg.AsyncConnection.connect(database_url, connect_timeout=connect_timeout):
                 pass
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
+            if REFUSED_CONNECTION.search(str(exc)):
+                refusal = scrub_text(error_message(exc), database_url)
+                raise _WaitingCannotHelpError(f"it refused the connection: {refusal}") from None
             if await asyncio.to_thread(database_missing, database_url):
                 raise _WaitingCannotHelpError("its database does not exist: run `migrate` first") from None
             raise

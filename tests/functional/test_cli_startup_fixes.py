@@ -194,7 +194,7 @@ def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path
         "PATH": "/usr/bin:/bin",
         "DATA_DIR": str(tmp_path / "data"),
         "DATABASE_URL": f"postgresql://app:{password}@127.0.0.1:{port}/app",
-        "DBMATE_WAIT_TIMEOUT": "1s",  # dbmate's own wait for the server (60 s by default)
+        "SERVE_READY_TIMEOUT_S": "1",  # how long a configured database is waited for, as serve waits
     }
 
     result = subprocess.run(
@@ -208,16 +208,37 @@ def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path
     )
 
     assert result.returncode == 1, result
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1, result.stderr
-    [error] = errors
-    assert error.startswith(f"migrate: failed (DATABASE_URL=postgresql://app:***@127.0.0.1:{port}/app): "), (
-        error
-    )
-    assert f"127.0.0.1:{port}" in error and "connection refused" in error, error
+    waiting, error = [line for line in result.stderr.splitlines() if line.strip()]
+    named = f"(DATABASE_URL=postgresql://app:***@127.0.0.1:{port}/app)"
+    assert waiting.startswith(f"migrate: waiting up to 1s for PostgreSQL {named}: "), waiting
+    assert error.startswith(f"migrate: failed: PostgreSQL did not answer within 1s {named}: "), error
+    assert f"127.0.0.1:{port}" in error and "connection refused" in error.lower(), error
     assert "Traceback" not in result.stderr
     assert password not in result.stdout + result.stderr
     assert not (tmp_path / "data" / "valkey").exists(), "migrate started an embedded Valkey"
+
+
+@pytest.mark.parametrize("command", ["migrate", "seed", "worker"])
+def test_every_command_on_credentials_the_server_refuses_fails_at_once(
+    settings: Settings, command: str
+) -> None:
+    """The front-door reviewer: a wrong password made ``migrate`` wait dbmate's 60 s in silence, and
+    ``seed``/``worker`` 30 s before "did not answer"; ``serve`` said at once that it was refused."""
+    assert settings.database_url and settings.valkey_url
+    parts = urlsplit(settings.database_url)
+    refused = urlunsplit(parts._replace(netloc=f"no-such-role@{parts.netloc.rpartition('@')[2]}"))
+    result = _cli(
+        command,
+        DATABASE_URL=refused,
+        VALKEY_URL=settings.valkey_url,
+        SECRET_KEY="k" * 16 + "0123456789ABCDEF",
+        SERVE_READY_TIMEOUT_S="600",
+    )
+
+    assert result.returncode == 1, result
+    assert "refused the connection" in result.stderr, result.stderr
+    assert 'role "no-such-role" does not exist' in result.stderr, result.stderr
+    assert "did not answer" not in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
