@@ -35,14 +35,16 @@ parser; ``create_app`` calls it before the app builds its routes (a route keeps 
 built with). Cost: none on routes without an ``int`` parameter, none when Litestar's cache of
 parsed path values (``parse_path_params``, 1024 entries) hits, else about 0.15 µs over ``int()``.
 
-JSON means JSON. A body sent with a ``Content-Type`` other than ``application/json`` (or a
-``+json`` type, such as ``application/merge-patch+json``) is a 415 naming the type to send, not a 400
-about JSON syntax or a body read as JSON whatever it claims to be (``curl -d`` sends a form's type).
-A body without one (or with an empty one) is read as JSON: a client that names no type means the one
-the route documents. The 415 comes where the body is decoded: after authentication and the guards'
-401/403, before the service's own refusals; it is charged to the rate limit like any body refused
-(a body was read), and over quota it comes before the 429 (a retry cannot mend it).
-The ingest's own decoder takes ``text/plain`` on purpose (``navigator.sendBeacon``).
+JSON means JSON. A body sent with a ``Content-Type`` other than ``application/json`` (or a ``+json``
+type, such as ``application/merge-patch+json``), or with a ``charset`` other than UTF-8 (RFC 8259:
+JSON is UTF-8; ``charset=utf-16`` was decoded as UTF-8 all the same), is a 415 naming the type to
+send, not a 400 about JSON syntax or a body read as JSON whatever it claims to be (``curl -d`` sends
+a form's type). A body without one (or with an empty one) is read as JSON: a client that names no
+type means the one the route documents. The 415 comes where the body is decoded: after
+authentication and the guards' 401/403, before the service's own refusals; it is charged to the rate
+limit like any body refused (a body was read), and over quota it comes before the 429 (a retry
+cannot mend it). The ingest's own decoder takes ``text/plain`` on purpose
+(``navigator.sendBeacon``).
 
 Bodies read in one loop. ``StrictJSONRequest.body`` reads ASGI's ``receive`` itself: Litestar's
 parses every header into a multidict to read Content-Length and collects the chunks through an
@@ -54,6 +56,7 @@ Both ``body`` and ``stream`` name a client that leaves before its body's end
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import AsyncGenerator
 from types import UnionType
@@ -193,17 +196,26 @@ _ACCEPTS_JSON = {"POST": "Accept-Post", "PATCH": "Accept-Patch"}
 """The header that names the media types a method accepts (W3C LDP's ``Accept-Post``, RFC 5789)."""
 
 
+_CHARSET = re.compile(rb'(?:^|;)\s*charset\s*=\s*"?([^";\s]*)')
+
+
+def _charset(parameters: bytes) -> bytes | None:
+    """The ``charset`` of a media type's (lower-case) parameters, unquoted; None without one."""
+    found = _CHARSET.search(parameters)
+    return found.group(1) if found else None
+
+
 def _require_json_media_type(scope: Any) -> None:
     """A declared media type must be JSON (see the module's docstring); 415 otherwise."""
     for name, value in scope["headers"]:
         if name != b"content-type":
             continue
-        media_type = value.partition(b";")[0].strip().lower()
-        if (
-            not media_type
-            or media_type == b"application/json"
-            or (media_type.startswith(b"application/") and media_type.endswith(b"+json"))
-        ):
+        media_type, _, parameters = value.lower().partition(b";")
+        media_type = media_type.strip()
+        json = media_type == b"application/json" or (
+            media_type.startswith(b"application/") and media_type.endswith(b"+json")
+        )
+        if not media_type or (json and _charset(parameters) in (None, b"utf-8", b"utf8")):
             continue
         accepts = _ACCEPTS_JSON.get(scope["method"])
         raise HTTPException(

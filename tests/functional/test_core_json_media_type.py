@@ -25,6 +25,8 @@ NOT_JSON = [
     "multipart/form-data; boundary=x",
     "application/jsonp",
     "json",
+    "application/json; charset=utf-16",
+    'application/json; charset="latin-1"',
 ]
 
 
@@ -58,11 +60,19 @@ async def test_a_body_declared_as_another_type_is_refused_and_changes_nothing(
     [
         {"Content-Type": "application/json"},
         {"Content-Type": "Application/JSON; charset=UTF-8"},
+        {"Content-Type": 'application/json; charset="utf8"'},
         {"Content-Type": "application/merge-patch+json"},
         {},
         {"Content-Type": ""},
     ],
-    ids=["json", "json with charset", "a +json type", "no content type", "an empty content type"],
+    ids=[
+        "json",
+        "json with charset",
+        "quoted utf8",
+        "a +json type",
+        "no content type",
+        "an empty content type",
+    ],
 )
 async def test_json_in_any_of_its_spellings_or_undeclared_is_read(
     client: Client, team: Team, headers: dict[str, str]
