@@ -35,9 +35,9 @@ import base64
 import contextlib
 import hashlib
 import html
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Request, Router, get, post
@@ -48,8 +48,10 @@ from litestar.response import Redirect, Response
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_303_SEE_OTHER, HTTP_308_PERMANENT_REDIRECT
 from litestar.types import ExceptionHandler
 from litestar_saq import SAQConfig
+from redis.exceptions import WatchError
 from saq import Job, Queue, Status
 from saq.queue.redis import RedisQueue
+from saq.utils import now as saq_now
 
 from app.core.compression import GzipAsset
 from app.core.errors import AppError, ConflictError, NotFoundError, UnauthorizedError, exception_handlers
@@ -472,44 +474,72 @@ async def retry_finished_job(queue: Queue, job_id: str) -> None:
         await job.retry("retried from ui")
 
 
-_TAKE_WAITING_JOB = """
-if redis.call('LPOS', KEYS[3], ARGV[1]) then return 0 end
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
-redis.call('LREM', KEYS[2], 0, ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
-"""
-"""Take a job no worker holds off SAQ's lists at once (1); 0 for one a worker holds (on the active
-list), -1 for one that has finished or whose abort is under way (no longer incomplete). SAQ keeps
-every unfinished job in ``incomplete`` (score 0 once due), a due one on ``queued``, a taken one on
-``active``; a job on none of them can be dequeued by no worker."""
+ABORT_ATTEMPTS = 5
+"""Optimistic tries of one abort (``abort_unfinished_job``) before a 409: each fails only when a
+worker or another process changed the job or SAQ's lists meanwhile."""
+ABORT_NOTICE_S = 5
+"""How long the abort notice waits for the worker that runs the job (SAQ's own default)."""
 
 
 async def abort_unfinished_job(queue: Queue, job_id: str) -> None:
     """Abort ``job_id`` if it has not finished, else ``ConflictError`` (one action at a time).
 
-    A job no worker holds (queued, or not yet due: a schedule, a retry's delay) is taken off SAQ's
-    lists and finished ``aborted`` here, in one step a worker's dequeue cannot come between; one a
-    worker holds is left to SAQ's abort, which its worker carries out (it cancels the job and
-    finishes it). SAQ's abort alone only marked a job not yet due ``aborting``, and nobody finished
-    it (Retry refused it, its record never expired); deciding from a status read earlier finished a
-    job a worker had just taken (or was still cancelling, at a second click), and Retry then ran it
-    twice at once. A finished job, or one being aborted, is refused (409): SAQ overwrote a finished
-    job's status and error, and it could no longer be retried."""
+    One optimistic transaction (``WATCH`` on the job's record and SAQ's lists, retried when a worker
+    or another process changes them first): a job no worker holds (queued, or not yet due: a
+    schedule, a retry's delay) is taken off SAQ's lists and written ``aborted`` (SAQ's ``finish``:
+    its completion time and its TTL) in one step; one on the active list is marked ``aborting`` as
+    SAQ's abort does, and its worker cancels and finishes it. SAQ's abort alone left a job not yet due
+    ``aborting`` for good (nobody finished it: Retry refused it, its record never expired); deciding
+    from a status read before the abort finished a job a worker had just taken (or was still
+    cancelling), and Retry then ran it twice; a finish after a separate step could fail and leave the
+    job on no list, never to run. Refused (409): a finished job (SAQ overwrote its status and error,
+    and it could no longer be retried), one being aborted, and a cron job's waiting run (SAQ's
+    scheduler enqueues the same run again within a second: abort it while it runs)."""
     if not isinstance(queue, RedisQueue):
         raise TypeError(f"an abort needs SAQ's Redis queue, not {type(queue).__name__}")
-    async with _acting_on(queue, job_id) as job:
-        lists = [queue.namespace(name) for name in ("incomplete", "queued", "active")]
-        taken = await queue.redis.eval(_TAKE_WAITING_JOB, len(lists), *lists, job.id)  # type: ignore[misc]
-        if taken == 1:
-            await queue.finish(job, Status.ABORTED, error=ABORTED_FROM_UI)
-        elif taken == 0:
-            await job.abort(ABORTED_FROM_UI)
-        else:
-            state = "being aborted" if job.status == Status.ABORTING else job.status.value
-            raise ConflictError(
-                f"The job is {state}: only a job that has not finished is aborted.", headers=_NO_STORE
-            )
+    incomplete, queued, active = (queue.namespace(name) for name in ("incomplete", "queued", "active"))
+    record = queue.job_id(job_id)
+    async with _acting_on(queue, job_id), queue.redis.pipeline(transaction=True) as pipe:
+        for _ in range(ABORT_ATTEMPTS):
+            try:
+                await pipe.watch(record, incomplete, queued, active)
+                job = queue.deserialize(await pipe.get(record))
+                if job is None:
+                    raise NotFoundError(f"No job {job_id!r} in the {queue.name} queue.", headers=_NO_STORE)
+                held = await cast("Awaitable[int | None]", pipe.lpos(active, record)) is not None
+                if not held and await pipe.zscore(incomplete, record) is None:
+                    state = "being aborted" if job.status == Status.ABORTING else job.status.value
+                    raise ConflictError(
+                        f"The job is {state}: only a job that has not finished is aborted.", headers=_NO_STORE
+                    )
+                if not held and job.key.startswith("cron:"):
+                    raise ConflictError(
+                        "A cron job's waiting run is enqueued again at once: abort it while it runs.",
+                        headers=_NO_STORE,
+                    )
+                pipe.multi()  # type: ignore[no-untyped-call]
+                if held:  # SAQ's abort of a job a worker runs: the worker cancels it, then finishes it
+                    job.status, job.error = Status.ABORTING, ABORTED_FROM_UI
+                    pipe.set(record, queue.serialize(job))
+                    pipe.setex(job.abort_id, ABORT_NOTICE_S, ABORTED_FROM_UI)
+                    pipe.lrem(active, 0, record)
+                else:  # SAQ's finish, and off the lists no worker can take it from now
+                    job.status, job.result, job.error = Status.ABORTED, None, ABORTED_FROM_UI
+                    job.completed = saq_now()
+                    pipe.lrem(queued, 0, record)
+                    if job.ttl > 0:
+                        pipe.setex(record, job.ttl, queue.serialize(job))
+                    elif job.ttl == 0:
+                        pipe.set(record, queue.serialize(job))
+                    else:
+                        pipe.delete(record)
+                pipe.zrem(incomplete, record)
+                pipe.publish(record, job.status)
+                await pipe.execute()
+                return
+            except WatchError:
+                continue
+    raise ConflictError("The job kept changing while it was aborted: try again.", headers=_NO_STORE)
 
 
 class DashboardPage(msgspec.Struct, frozen=True):

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import saq
 from psycopg import AsyncConnection
+from redis.asyncio.client import Pipeline
 from saq import Job as SaqJob
 from saq import Queue
 from saq.job import Status
@@ -363,6 +364,61 @@ async def test_a_running_job_is_left_to_its_worker_to_abort(
     assert_problem(retried, 409)
     await running.refresh()
     assert running.status == Status.ABORTING, "a second click finished a job its worker still runs"
+
+
+async def test_a_job_a_worker_finishes_while_it_is_aborted_stays_finished(
+    api: Client,
+    credentials: dict[str, str],
+    queues: dict[str, Queue],
+    valkey_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second diff reviewer: the worker finished the job between the dashboard's look and SAQ's
+    abort, and the abort wrote its stale copy over the finished record (``aborting``, no TTL, for
+    good). The abort is one transaction now: a change meanwhile makes it look again."""
+    queue = queues["default"]
+    await enqueued(queue, "dashboard-finishing", {"outbox_id": 10})
+    running = await queue.dequeue(timeout=5)
+    assert running is not None
+    await running.update(status=Status.ACTIVE, attempts=1)
+    look = Pipeline.lpos
+    finished: list[bool] = []
+
+    async def finished_meanwhile(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        if not finished:  # the worker's finish lands between the abort's look and its write
+            finished.append(True)
+            async with saq_queues(valkey_url) as workers:  # the app's loop: its own connections
+                job = await workers["default"].job("dashboard-finishing")
+                assert job is not None
+                await workers["default"].finish(job, Status.COMPLETE)
+        return await look(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "lpos", finished_meanwhile)
+    aborted = await api.post(
+        "/saq/api/queues/default/jobs/dashboard-finishing/abort", headers={**credentials, **SAME_ORIGIN}
+    )
+    assert finished
+    assert_problem(aborted, 409)
+    job = await queue.job("dashboard-finishing")
+    assert job is not None and job.status == Status.COMPLETE, job
+    assert await queue.redis.ttl(queue.job_id("dashboard-finishing")) > 0, "the record keeps its TTL"
+
+
+async def test_a_cron_jobs_waiting_run_is_not_aborted(
+    api: Client, credentials: dict[str, str], queues: dict[str, Queue]
+) -> None:
+    """SAQ's scheduler enqueues a cron job's run again within a second: an abort skipped nothing."""
+    queue = queues["default"]
+    waiting = await queue.enqueue(
+        SaqJob(function="purge_outbox", kwargs={}, key="cron:purge_outbox", scheduled=2_000_000_000)
+    )
+    assert waiting is not None
+    refused = await api.post(
+        "/saq/api/queues/default/jobs/cron:purge_outbox/abort", headers={**credentials, **SAME_ORIGIN}
+    )
+    assert_problem(refused, 409)
+    await waiting.refresh()
+    assert waiting.status == Status.QUEUED
 
 
 async def test_a_job_a_worker_takes_while_it_is_aborted_is_left_to_the_worker(
