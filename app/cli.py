@@ -85,8 +85,12 @@ class _StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._record)
+        self._previous = {signum: signal.signal(signum, self._record) for signum in self.SIGNALS}
+
+    def restore(self) -> None:
+        """Give the signals back to the handlers they had (a step past the launcher's checks)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _record(self, signum: int, _: FrameType | None) -> None:
         if self.received is None:
@@ -584,12 +588,15 @@ def _migrate(settings: Settings) -> str:
     configured = settings.database_url
     url = _resolve_or_exit(settings, valkey=False).database_url
     assert url is not None
+    signals = _StopSignals()
     try:
         if configured:  # as serve waits: saying so, and a refusal at once (dbmate waited 60 s mute)
-            _wait_for_database(url, settings.serve_ready_timeout_s, _StopSignals(), who="migrate")
+            _wait_for_database(url, settings.serve_ready_timeout_s, signals, who="migrate")
+        signals.restore()  # the migration itself stops on Ctrl-C or SIGTERM, as it always did
         said = migrate(url)
     except _Stopped:
-        raise SystemExit(1) from None
+        print("migrate: stopped before it began", file=sys.stderr, flush=True)
+        raise SystemExit(128 + (signals.received or signal.SIGINT)) from None
     except LaunchError as exc:
         raise SystemExit(f"migrate: failed: {exc}") from None
     except (RuntimeError, psycopg.Error, OSError) as exc:  # dbmate's output, the driver's, the binary's

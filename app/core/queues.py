@@ -20,7 +20,7 @@ import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 import psycopg
 import redis.asyncio as redis
@@ -320,28 +320,38 @@ class _WaitingCannotHelpError(Exception):
     credentials are refused)."""
 
 
+class _Answer(NamedTuple):
+    failure: str | None
+    """Why the dependency cannot be used, naming its setting; None once it answered."""
+    conclusive: bool = False
+    """Waiting cannot change it (``_WaitingCannotHelpError``): the start fails without the others."""
+
+
 async def _first_answer(
     what: str, setting: str, url: str, probe: Callable[[], Awaitable[None]], timeout_s: float
-) -> str | None:
-    """None once ``probe`` succeeds; after ``timeout_s`` of failures (at once for
+) -> _Answer:
+    """Once ``probe`` succeeds, no failure; after ``timeout_s`` of failures (at once for
     ``_WaitingCannotHelpError``), why, naming ``setting`` (its URL with the password masked, as
     ``serve`` says it)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             await asyncio.wait_for(probe(), PREFLIGHT_CONNECT_TIMEOUT_S)
-            return None
+            return _Answer(None)
         except _WaitingCannotHelpError as exc:
-            return f"{what} answered ({setting}={redact_url(url)}): {exc}"
+            return _Answer(f"{what} answered ({setting}={redact_url(url)}): {exc}", conclusive=True)
         except Exception as exc:  # whatever the failure, it is reported the same way
             error = scrub_text(error_message(exc), url)
         if time.monotonic() >= deadline:
-            return f"{what} did not answer within {timeout_s:g}s ({setting}={redact_url(url)}): {error}"
+            return _Answer(
+                f"{what} did not answer within {timeout_s:g}s ({setting}={redact_url(url)}): {error}"
+            )
         await asyncio.sleep(PREFLIGHT_RETRY_S)
 
 
 async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> list[str]:
-    """Wait for Valkey and PostgreSQL to answer, at most ``timeout_s`` (together): what did not."""
+    """Wait for Valkey and PostgreSQL to answer, at most ``timeout_s`` (together): what did not. An
+    answer waiting cannot change (PostgreSQL refused the credentials) ends the wait for the other."""
     assert settings.valkey_url and settings.database_url
     valkey_url, database_url = settings.valkey_url, settings.database_url
 
@@ -369,11 +379,23 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
                 raise _WaitingCannotHelpError("its database does not exist: run `migrate` first") from None
             raise
 
-    answers = await asyncio.gather(
-        _first_answer("Valkey", "VALKEY_URL", valkey_url, valkey, timeout_s),
-        _first_answer("PostgreSQL", "DATABASE_URL", database_url, postgres, timeout_s),
-    )
-    return [failure for failure in answers if failure is not None]
+    probes = [
+        asyncio.ensure_future(_first_answer("Valkey", "VALKEY_URL", valkey_url, valkey, timeout_s)),
+        asyncio.ensure_future(_first_answer("PostgreSQL", "DATABASE_URL", database_url, postgres, timeout_s)),
+    ]
+    failures: list[str] = []
+    try:
+        for answered in asyncio.as_completed(probes):
+            answer = await answered
+            if answer.failure is not None:
+                failures.append(answer.failure)
+            if answer.conclusive:  # a refused password: waiting for the other helps nothing
+                break
+    finally:
+        for probe in probes:
+            probe.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+    return failures
 
 
 async def preflight(settings: Settings, who: str = "", timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.cli import _migrate, spoken_duration
+from app.cli import _migrate, _StopSignals, spoken_duration
 from app.config import Settings
 from tests.factories import database_to_come
 from tests.reliability.test_serve import ROOT, Launcher
@@ -218,6 +219,36 @@ def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path
     assert not (tmp_path / "data" / "valkey").exists(), "migrate started an embedded Valkey"
 
 
+def test_migrate_waiting_for_its_database_stops_on_sigterm(tmp_path: Path) -> None:
+    """The wait says so and stops on a signal; the migration after it stops on one as it always did
+    (the second diff reviewer: the wait's handlers, kept, made a migration ignore Ctrl-C and SIGTERM
+    until it ended)."""
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"postgresql://app:secret@127.0.0.1:{port}/app",
+        "SERVE_READY_TIMEOUT_S": "600",
+    }
+    with subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stderr is not None
+        waiting = process.stderr.readline()
+        assert waiting.startswith("migrate: waiting up to 600s for PostgreSQL"), waiting
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=EXIT_DEADLINE_S) == 128 + signal.SIGTERM
+        assert process.stderr.read().strip() == "migrate: stopped before it began"
+
+
+def test_the_launchers_signal_handlers_are_given_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    signals = _StopSignals()
+    assert signal.getsignal(signal.SIGTERM) != before
+    signals.restore()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 @pytest.mark.parametrize("command", ["migrate", "seed", "worker"])
 def test_every_command_on_credentials_the_server_refuses_fails_at_once(
     settings: Settings, command: str
@@ -239,6 +270,23 @@ def test_every_command_on_credentials_the_server_refuses_fails_at_once(
     assert "refused the connection" in result.stderr, result.stderr
     assert 'role "no-such-role" does not exist' in result.stderr, result.stderr
     assert "did not answer" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_refused_connection_does_not_wait_for_an_unreachable_valkey(settings: Settings) -> None:
+    """The second diff reviewer: the refusal waited for Valkey's whole 30 s all the same."""
+    assert settings.database_url
+    parts = urlsplit(settings.database_url)
+    refused = urlunsplit(parts._replace(netloc=f"no-such-role@{parts.netloc.rpartition('@')[2]}"))
+    result = _cli(
+        "worker",
+        DATABASE_URL=refused,
+        VALKEY_URL=f"redis://127.0.0.1:{free_port()}/0",
+        SECRET_KEY="k" * 16 + "0123456789ABCDEF",
+    )
+
+    assert result.returncode == 1, result
+    assert "refused the connection" in result.stderr, result.stderr
+    assert "Valkey did not answer" not in result.stderr, result.stderr
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
