@@ -196,32 +196,51 @@ _ACCEPTS_JSON = {"POST": "Accept-Post", "PATCH": "Accept-Patch"}
 """The header that names the media types a method accepts (W3C LDP's ``Accept-Post``, RFC 5789)."""
 
 
-_CHARSET = re.compile(rb'(?:^|;)\s*charset\s*=\s*"?([^";\s]*)')
+_PARAMETER = re.compile(rb'\s*;\s*([!#$%&\'*+.^_`|~0-9a-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)\s*')
+"""One ``; name=value`` of a media type (RFC 9110 5.6.6; lower-case), the value a token or a quoted
+string (which may hold ``;``)."""
+UTF8 = (b"utf-8", b"utf8", b"us-ascii")
+"""Charsets whose bytes are UTF-8 (ASCII is a subset)."""
 
 
-def _charset(parameters: bytes) -> bytes | None:
-    """The ``charset`` of a media type's (lower-case) parameters, unquoted; None without one."""
-    found = _CHARSET.search(parameters)
-    return found.group(1) if found else None
+def _charsets(parameters: bytes) -> list[bytes] | None:
+    """Every ``charset`` among a media type's ``parameters`` (what follows the type, from its first
+    ``;``), unquoted; None when they cannot be read."""
+    found: list[bytes] = []
+    parameters = parameters.rstrip(b"; \t")  # a trailing ``;`` names nothing
+    at = 0
+    while at < len(parameters):
+        parameter = _PARAMETER.match(parameters, at)
+        if parameter is None:
+            return None
+        if parameter.group(1) == b"charset":
+            found.append(parameter.group(2).strip(b'"'))
+        at = parameter.end()
+    return found
 
 
 def _require_json_media_type(scope: Any) -> None:
-    """A declared media type must be JSON (see the module's docstring); 415 otherwise."""
+    """A declared media type must be JSON, in UTF-8 (see the module's docstring); 415 otherwise."""
     for name, value in scope["headers"]:
-        if name != b"content-type":
+        if name != b"content-type" or value in (b"application/json", b""):
             continue
-        media_type, _, parameters = value.lower().partition(b";")
+        media_type, semicolon, parameters = value.lower().partition(b";")
         media_type = media_type.strip()
-        json = media_type == b"application/json" or (
-            media_type.startswith(b"application/") and media_type.endswith(b"+json")
+        json = (
+            not media_type
+            or media_type == b"application/json"
+            or (media_type.startswith(b"application/") and media_type.endswith(b"+json"))
         )
-        if not media_type or (json and _charset(parameters) in (None, b"utf-8", b"utf8")):
+        charsets = _charsets(semicolon + parameters)
+        utf8 = charsets is not None and len(charsets) <= 1 and all(c in UTF8 for c in charsets)
+        if json and utf8:
             continue
         accepts = _ACCEPTS_JSON.get(scope["method"])
+        sent = value.decode("latin-1")[:80]
         raise HTTPException(
             status_code=415,
-            detail=f"This body must be JSON: send it with Content-Type: application/json "
-            f"(it came as {value.decode('latin-1')[:60]!r}).",
+            detail=f"This body must be JSON in UTF-8: send it with Content-Type: application/json "
+            f"(charset=utf-8 or none); it came as {sent!r}.",
             headers={accepts: "application/json"} if accepts else None,
         )
 

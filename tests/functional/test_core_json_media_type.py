@@ -27,6 +27,9 @@ NOT_JSON = [
     "json",
     "application/json; charset=utf-16",
     'application/json; charset="latin-1"',
+    "; charset=latin1",
+    "application/json; charset=utf-8; charset=latin1",
+    "application/json; charset",
 ]
 
 
@@ -61,6 +64,8 @@ async def test_a_body_declared_as_another_type_is_refused_and_changes_nothing(
         {"Content-Type": "application/json"},
         {"Content-Type": "Application/JSON; charset=UTF-8"},
         {"Content-Type": 'application/json; charset="utf8"'},
+        {"Content-Type": 'application/json; profile="x;charset=latin1"; charset=us-ascii'},
+        {"Content-Type": "application/json;"},
         {"Content-Type": "application/merge-patch+json"},
         {},
         {"Content-Type": ""},
@@ -69,6 +74,8 @@ async def test_a_body_declared_as_another_type_is_refused_and_changes_nothing(
         "json",
         "json with charset",
         "quoted utf8",
+        "ascii, a quoted semicolon",
+        "a trailing semicolon",
         "a +json type",
         "no content type",
         "an empty content type",
