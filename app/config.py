@@ -39,6 +39,7 @@ SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name under DATA_DIR
 MIN_SECRET_KEY_LENGTH = 32
 DEFAULT_ADMIN_PASSWORD = "admin-password-change-me"  # noqa: S105 - development seed only
 DEFAULT_DEMO_PASSWORD = "member-password-change-me"  # noqa: S105 - development seed only
+DEFAULT_ADMIN_EMAIL = "admin@example.com"
 
 AppEnv = Literal["development", "test", "production"]
 
@@ -124,7 +125,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     queues at most; past it such a request answers 503 with ``Retry-After`` instead of queueing."""
     login_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
     login_failure_window_s: Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)] = 900
-    admin_email: str = "admin@example.com"
+    admin_email: str = DEFAULT_ADMIN_EMAIL
     admin_password: str = DEFAULT_ADMIN_PASSWORD
     demo_password: str = DEFAULT_DEMO_PASSWORD
 

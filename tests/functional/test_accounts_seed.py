@@ -10,7 +10,13 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from psycopg import AsyncConnection
 
-from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
+from app.config import (
+    DEFAULT_ADMIN_EMAIL,
+    DEFAULT_ADMIN_PASSWORD,
+    DEFAULT_DEMO_PASSWORD,
+    Settings,
+    SettingsError,
+)
 from app.core.security import Passwords
 from app.core.services import open_services
 from app.db import accounts as queries
@@ -107,3 +113,35 @@ async def test_a_public_host_refuses_to_start_while_a_seeded_account_keeps_its_p
         await db.execute("update users set password_hash = %s where email = %s", (changed, email))
     hints = "\n".join(await seed(public))
     assert "$ADMIN_PASSWORD" in hints and DEFAULT_ADMIN_PASSWORD not in hints, hints
+
+
+async def test_an_admin_left_under_another_email_or_demoted_still_counts(
+    db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """The second diff reviewer: only the current ADMIN_EMAIL's active administrator was asked, so
+    the first administrator, left under the default address (or demoted), opened with the public
+    default behind a public HOST."""
+    defaults = msgspec.structs.replace(
+        settings, admin_password=DEFAULT_ADMIN_PASSWORD, demo_password=DEFAULT_DEMO_PASSWORD
+    )
+    await seed(defaults)
+    changed = await Passwords(settings).hash(STRONG["demo_password"])
+    await db.execute("update users set password_hash = %s where role = 'member'", (changed,))
+    await db.execute(
+        "update users set role = 'member', is_active = false where email = %s", (DEFAULT_ADMIN_EMAIL,)
+    )
+    moved = msgspec.structs.replace(
+        settings,
+        **STRONG,
+        admin_email="ops@corp.example.com",
+        host="192.0.2.10",  # not bound: only judged
+    )
+
+    with pytest.raises(SettingsError) as refused:
+        await seed(moved)
+    assert DEFAULT_ADMIN_EMAIL in str(refused.value)
+    assert "ana@example.com" not in str(refused.value)
+
+    hints = "\n".join(await seed(msgspec.structs.replace(moved, host="127.0.0.1")))
+    assert "ops@corp.example.com / $ADMIN_PASSWORD" in hints, hints
+    assert "ana@example.com / $DEMO_PASSWORD" in hints, hints

@@ -6,9 +6,10 @@ that, deliberately), and an ADMIN_EMAIL the login refuses seeds no administrator
 one line among the seed's hints.
 
 An existing account keeps its password, so setting ``ADMIN_PASSWORD``/``DEMO_PASSWORD`` after a first
-start changes nothing stored: what a seeded account opens with is asked of the account itself (one
+start changes nothing stored: what a seeded account opens with is asked of the account itself (a
 password check each). The hints name the password that works, and a server bound to a non-loopback
-``HOST`` refuses to start while a seeded account still opens with its public default (the front-door
+``HOST`` refuses to start while an account the seed makes (under the current or the default
+``ADMIN_EMAIL``), whatever its role or activity, still opens with its public default (the front-door
 reviewer: a ``DATA_DIR`` first started in development kept ``admin-password-change-me`` behind
 ``HOST=0.0.0.0`` with both variables set, and the hint said ``$ADMIN_PASSWORD``).
 """
@@ -16,6 +17,7 @@ reviewer: a ``DATA_DIR`` first started in development kept ``admin-password-chan
 from __future__ import annotations
 
 from app.config import (
+    DEFAULT_ADMIN_EMAIL,
     DEFAULT_ADMIN_PASSWORD,
     DEFAULT_DEMO_PASSWORD,
     Settings,
@@ -35,18 +37,26 @@ async def seed_accounts(services: Services) -> list[str]:
     admin_line = await _seed_admin(accounts, settings.admin_email, settings.admin_password)
     for email, name in DEMO_MEMBERS:
         await accounts.ensure_user(email, settings.demo_password, name, UserRole.MEMBER)
-    seeded = [(settings.admin_email, DEFAULT_ADMIN_PASSWORD)] if admin_line is None else []
-    seeded += [(email, DEFAULT_DEMO_PASSWORD) for email, _ in DEMO_MEMBERS]
-    public = {email for email, default in seeded if await accounts.opens_with(email, default)}
+    admin_email = settings.admin_email.strip().lower()
+    candidates = [
+        (email, DEFAULT_ADMIN_PASSWORD) for email in dict.fromkeys((admin_email, DEFAULT_ADMIN_EMAIL))
+    ]
+    candidates += [(email, DEFAULT_DEMO_PASSWORD) for email, _ in DEMO_MEMBERS]
+    public = {email for email, default in candidates if await accounts.opens_with(email, default)}
     if public and not is_loopback_host(settings.host):
         raise SettingsError(
             f"HOST={settings.host} is not a loopback address, and {', '.join(sorted(public))} still "
-            "sign in with their public default passwords (seeded before ADMIN_PASSWORD/DEMO_PASSWORD "
-            "were set: an existing account keeps its password). Change them (PATCH /api/me with "
-            "current_password and password), or bind HOST=127.0.0.1"
+            "open with the public default passwords (seeded before ADMIN_PASSWORD/DEMO_PASSWORD were "
+            "set, or under another ADMIN_EMAIL: an existing account keeps its password, whatever its "
+            "role). Change them (PATCH /api/me with current_password and password), or bind "
+            "HOST=127.0.0.1"
         )
-    admin_hint = _hint(settings.admin_email in public, DEFAULT_ADMIN_PASSWORD, "ADMIN_PASSWORD", settings)
-    member_hint = _hint(DEMO_MEMBERS[0][0] in public, DEFAULT_DEMO_PASSWORD, "DEMO_PASSWORD", settings)
+    admin_hint = await _hint(
+        accounts, admin_email, public, DEFAULT_ADMIN_PASSWORD, "ADMIN_PASSWORD", settings
+    )
+    member_hint = await _hint(
+        accounts, DEMO_MEMBERS[0][0], public, DEFAULT_DEMO_PASSWORD, "DEMO_PASSWORD", settings
+    )
     if admin_line is not None:
         return [
             admin_line,
@@ -59,12 +69,15 @@ async def seed_accounts(services: Services) -> list[str]:
     ]
 
 
-def _hint(opens_with_default: bool, default: str, variable: str, settings: Settings) -> str:
-    """The password to show for a seeded account: its public default while it still opens with it,
-    else the variable it was seeded from (or, with the variable at its default, its own)."""
-    if opens_with_default:
+async def _hint(
+    accounts: AccountService, email: str, public: set[str], default: str, variable: str, settings: Settings
+) -> str:
+    """The password to show for a seeded account: the one it opens with, of its public default and
+    the variable's value; else that it has its own."""
+    if email in public:
         return default
-    if getattr(settings, variable.lower()) != default:
+    configured: str = getattr(settings, variable.lower())
+    if configured != default and await accounts.opens_with(email, configured):
         return f"${variable}"
     return "(its own: changed since it was seeded)"
 

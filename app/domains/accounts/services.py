@@ -916,12 +916,11 @@ class AccountService:
             )
 
     async def opens_with(self, email: str, password: str) -> bool:
-        """Whether the account ``email`` is active and ``password`` is its stored password: the seed's
-        question about its public defaults, never a sign-in (no throttle, no session)."""
+        """Whether ``password`` is the stored password of the account ``email``, whatever its role or
+        activity (an administrator may give both back): the seed's question about its public
+        defaults, never a sign-in (no throttle, no session)."""
         user = await self.find_by_email(email)
-        return (
-            user is not None and user.is_active and await self.passwords.verify(user.password_hash, password)
-        )
+        return user is not None and await self.passwords.verify(user.password_hash, password)
 
     async def find_by_email(self, email: str) -> User | None:
         async with self.db.transaction() as uow:
