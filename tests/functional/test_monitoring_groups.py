@@ -26,8 +26,14 @@ from app.core.services import open_services
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring import services as monitoring_services
 from app.domains.monitoring.capture import DEGRADED, RawEvent
-from app.domains.monitoring.fingerprint import RawException, capture_chain
-from app.domains.monitoring.groups import MAX_WRITE_FAILURES, Aggregate, WriteResult
+from app.domains.monitoring.fingerprint import ExceptionPart, Frame, RawException, capture_chain
+from app.domains.monitoring.groups import (
+    MAX_STORED_NAME,
+    MAX_WRITE_FAILURES,
+    Aggregate,
+    WriteResult,
+    exception_payload,
+)
 from app.domains.monitoring.module import module as monitoring_module
 from app.domains.monitoring.services import MonitoringService
 from tests.factories import captured_logs, scalar, wait_until
@@ -522,3 +528,35 @@ async def test_new_fingerprints_past_max_pending_are_counted_and_logged_once(
     assert (REGISTRY.get_sample_value(dropped) or 0.0) - before == 3 + 4 + 5
     [warning] = logs.events("monitoring_fingerprints_dropped")
     assert (warning["level"], warning["held"]) == ("warning", 2)
+
+
+async def test_a_secret_a_long_message_is_cut_through_is_masked_whole(
+    service: MonitoringService, db: AsyncConnection[Any]
+) -> None:
+    """The monitoring reviewer: a message was cut to its 2,000 characters when captured and scrubbed
+    when stored, so a URL's password the cut went through (before its ``@``) was stored in part."""
+    url = "postgres://app:SuperSecretPassword@db.internal/app"
+    for padding in (2000 - 30, 2000 - 20, 2000 - 15):
+        try:
+            raise RuntimeError("x" * padding + " " + url)
+        except RuntimeError as exc:
+            await service.write_now([error_event(exc)])
+    stored = await scalar(
+        db,
+        "select string_agg(exception::text || title, ' ')"
+        " from monitoring_events e join monitoring_groups g on g.id = e.group_id",
+    )
+    assert "SuperSecret" not in stored and "SuperSec" not in stored, stored[-300:]
+
+
+def test_a_frames_names_and_source_line_are_stored_bounded() -> None:
+    """The monitoring reviewer: an in-app line holding a 200,000-character literal was stored whole
+    in every sample (4 MB a group)."""
+    huge = "x = '" + "a" * 200_000 + "'  # password=hunter22"
+    frame = Frame(
+        module="m" * 1000, function="f", filename="app/x.py", lineno=1, context_line=huge, in_app=True
+    )
+    [part] = exception_payload([ExceptionPart(type="T" * 1000, message="boom", frames=[frame])])
+    [stored] = part["frames"]
+    assert max(len(str(value)) for value in stored.values()) <= MAX_STORED_NAME
+    assert len(part["type"]) <= MAX_STORED_NAME

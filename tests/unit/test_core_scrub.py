@@ -10,7 +10,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.core.scrub import _SUBSTITUTIONS, MASK, scrub_text
+from app.core.scrub import _SUBSTITUTIONS, MASK, scrub_text, scrubbed_prefix
 from app.domains.monitoring.scrub import SENSITIVE_KEY, scrub_mapping
 from app.domains.monitoring.scrub import scrub_text as scrub_captured
 from tests.factories import captured_logs
@@ -45,6 +45,17 @@ SECRETS = {
     "a CSRF value": ("CSRF: s3cr3tV4lue", "s3cr3tV4lue"),
     "auth before a colon": ("auth: s3cr3tV4lue", "s3cr3tV4lue"),
     "a value beginning like a literal": ("auth=true-s3cr3tV4lue", "s3cr3tV4lue"),
+    # the second monitoring reviewer's
+    "a Cookie header's later cookies": (
+        "403 with Cookie: sessionid=abc123; csrftoken=Zx9fQ2kLmN8pR4tV",
+        "Zx9fQ2kLmN8",
+    ),
+    "a CSRF token header": ("headers={'X-CSRFToken': 'Zx9fQ2kLmN8pR4tV'}", "Zx9fQ2kLmN8"),
+    "an XSRF cookie": ("XSRF-TOKEN=Zx9fQ2kLmN8pR4tV", "Zx9fQ2kLmN8"),
+    "a passcode": ("{'passcode': '918273'}", "918273"),
+    "a one-time password": ("verify otp=918273 failed", "918273"),
+    "a signed URL": ("GET /file?sig=Abc123SECRETxyz&exp=1 403", "Abc123SECRETxyz"),
+    "a webhook signing secret": ("PAYMENT_WEBHOOK_SECRET is whsec_abcdefghijklmnop1234", "abcdefghijklmnop"),
 }
 
 
@@ -140,3 +151,12 @@ def test_the_quick_check_never_skips_text_a_pattern_would_change(text: str) -> N
     for pattern, replacement in _SUBSTITUTIONS:
         everything = pattern.sub(replacement, everything)
     assert scrub_text(text) == everything
+
+
+@pytest.mark.parametrize("before", [30, 20, 15, 5])
+def test_a_secret_the_limit_goes_through_is_masked_whole(before: int) -> None:
+    """Cut first and scrubbed after, a URL's password cut before its ``@`` was no longer one."""
+    text = "x" * (2000 - before) + " postgres://app:SuperSecretPassword@db.internal/app and more"
+    kept = scrubbed_prefix(text, 2000)
+    assert len(kept) <= 2000
+    assert "Super" not in kept, kept[-60:]

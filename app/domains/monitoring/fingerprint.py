@@ -31,6 +31,8 @@ from typing import TypeVar
 import msgspec
 import psycopg
 
+from app.core.scrub import SCRUB_MARGIN
+
 GROUPING_VERSION = "2026-11-30"
 MAX_CHAIN = 5
 MAX_FRAMES = 60
@@ -129,7 +131,7 @@ def _message(exc: BaseException) -> str:
             text = str(exc)
     except Exception:
         text = "<unprintable>"
-    return text[:MAX_MESSAGE]
+    return text[: MAX_MESSAGE + SCRUB_MARGIN]  # cut to MAX_MESSAGE once scrubbed (``scrubbed_prefix``)
 
 
 def _frames(tb: TracebackType | None) -> tuple[RawFrame, ...]:

@@ -28,13 +28,14 @@ from app.domains.monitoring import alerts, messages
 from app.domains.monitoring.capture import MAX_SAMPLES, MAX_USERS, RawAggregate, RawEvent, source_of
 from app.domains.monitoring.fingerprint import (
     GROUPING_VERSION,
+    MAX_MESSAGE,
     ExceptionPart,
     Fingerprint,
     Variant,
     resolve_chain,
 )
 from app.domains.monitoring.lifecycle import ReleaseSeen, decide
-from app.domains.monitoring.scrub import scrub_mapping, scrub_text, storable
+from app.domains.monitoring.scrub import scrub_mapping, scrub_text, scrubbed_prefix, storable
 
 MAX_WRITE_FAILURES = 5
 UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "58")
@@ -171,18 +172,25 @@ def _short_path(filename: str) -> str:
     return filename[len(prefix) :] if filename.startswith(prefix) else os.path.basename(filename)
 
 
+MAX_STORED_NAME = 300
+"""A frame's module, function, file name and source line, and an exception's type, as stored: an
+in-app line holding a 200,000-character literal was stored whole in every sample (4 MB a group)."""
+
+
 def exception_payload(chain: Sequence[ExceptionPart]) -> list[dict[str, Any]]:
     return [
         {
-            "type": storable(part.type),
-            "message": scrub_text(part.message),
+            "type": storable(part.type)[:MAX_STORED_NAME],
+            "message": scrubbed_prefix(part.message, MAX_MESSAGE),
             "frames": [
                 {
-                    "module": storable(frame.module),
-                    "function": storable(frame.function),
-                    "filename": storable(_short_path(frame.filename)),
+                    "module": storable(frame.module)[:MAX_STORED_NAME],
+                    "function": storable(frame.function)[:MAX_STORED_NAME],
+                    "filename": storable(_short_path(frame.filename))[:MAX_STORED_NAME],
                     "lineno": frame.lineno,
-                    "context_line": scrub_text(frame.context_line) if frame.context_line else None,
+                    "context_line": (
+                        scrubbed_prefix(frame.context_line, MAX_STORED_NAME) if frame.context_line else None
+                    ),
                     "in_app": frame.in_app,
                 }
                 for frame in part.frames

@@ -15,13 +15,14 @@ from typing import Any
 
 from app.core.scrub import MASK
 from app.core.scrub import scrub_text as scrub_secrets
+from app.core.scrub import scrubbed_prefix as core_scrubbed_prefix
 from app.core.types import storable as storable  # re-exported: monitoring imports it from here
 
 FILTERED = MASK
 
 SENSITIVE_KEY = re.compile(
     r"pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|auth|cookie|session|credential|private[-_]?key"
-    r"|signature|csrf|jwt|bearer|dsn",
+    r"|signature|csrf|xsrf|jwt|bearer|dsn",
     re.IGNORECASE,
 )
 """Names of fields whose values are never kept, whatever they look like (``password``, ``X-Api-Key``,
@@ -36,6 +37,12 @@ MAX_ITEMS = 50
 def scrub_text(text: str) -> str:
     """``text`` with every value that looks like a secret replaced by ``[Filtered]`` (and storable)."""
     return scrub_secrets(storable(text))
+
+
+def scrubbed_prefix(text: str, limit: int) -> str:
+    """``scrub_text``, then cut to ``limit`` characters (``app.core.scrub.scrubbed_prefix``: a cut
+    before the scrub kept the part of a URL's password before the cut)."""
+    return core_scrubbed_prefix(storable(text), limit)
 
 
 def scrub_value(key: str, value: Any, depth: int = 0) -> Any:
