@@ -76,6 +76,20 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         parser.error("--tasks must be between 1 and 100 (one page of the task list)")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.duration < 1 or args.warmup < 0 or args.copy_seconds <= 0:
+        parser.error(
+            "--duration must be at least 1 (wrk counts whole seconds), --warmup at least 0, "
+            "--copy-seconds above 0"
+        )
+    for name in ("connections", "threads", "workers", "batch_connections"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.connections < args.threads or args.batch_connections < args.threads:
+        parser.error("--connections and --batch-connections must be at least --threads (wrk's rule)")
+    try:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--data-dir {args.data_dir} cannot be used: {exc}")
     only = tuple(key.strip() for key in args.only.split(",") if key.strip())
     try:
         select(only)
@@ -117,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers (they run in sessions of their own)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop the servers (in sessions of their own)
+        signal.signal(signum, _interrupt)
     try:
         record = run(options)
     except BenchError as exc:
@@ -141,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in record.meta["logs"].items():
         print(f"{name} log: {path}")
     print(f"run took {time.monotonic() - started:.0f}s")
+    for r in (result for results in record.passes for result in results if result.errors):
+        print(f"WARNING {r.label}: {r.errors} errors (p50/p99 include their answers; see the JSON's detail)")
     for r in record.lost:
         print(f"ERROR {r.label}: {r.consistency} (acked {r.rows_acknowledged}, stored {r.rows_stored})")
     if record.lost:

@@ -33,7 +33,7 @@ def _ms(value: float | None) -> str:
 
 def _cpu(result: Result) -> str:
     if result.server_cpu_us is None or result.postgres_cpu_us is None:
-        return ""
+        return "—"  # no answer succeeded
     parts = (result.server_cpu_us, result.postgres_cpu_us, result.valkey_cpu_us or 0, result.wrk_cpu_us or 0)
     return " + ".join(f"{part:,.0f}" for part in parts)
 

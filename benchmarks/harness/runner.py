@@ -7,6 +7,7 @@ import contextlib
 import os
 import platform
 import secrets
+import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
@@ -115,6 +116,18 @@ class Servers:
             server.stop()
 
 
+@contextlib.contextmanager
+def ignoring_stop_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP ignored while the servers stop, then as they were."""
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stops}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def fixtures_for(client: httpx.Client, selected: list[Scenario], options: Options, tag: str) -> PassFixtures:
     token = bench_token(client)
     keys = ["warmup", "copy", *(s.key for s in selected if s.stores)]
@@ -176,6 +189,7 @@ def run_pass(
         meter = procfs.CpuMeter(server.pid, postmaster, valkey)
         profile = profiler.bind(server, f"pass{number}-{scenario.key}") if profiler else None
         result = run_wrk_scenario(scenario, options, server.base, fixtures, database_url, meter, profile)
+        server.check_alive()
         results.append(result)
     return results
 
@@ -203,9 +217,10 @@ def run(options: Options) -> Run:
                 record.passes.append(
                     run_pass(number, selected, options, running, postmaster, valkey, profiler)
                 )
+                project.check_alive()
                 record.memory.append(worker_memory(project))
     finally:
-        with step("stopping the servers"):
+        with ignoring_stop_signals(), step("stopping the servers"):  # a second Ctrl-C left them running
             running.stop()
     record.meta["logs"] = {name: str(server.log_path) for name, server in running.running.items()}
     return record

@@ -183,7 +183,8 @@ def run_wrk_scenario(
     cpu_after = meter.sample()
     requests: int = stats["requests"]
     ok = requests - stats["errors_status"]
-    units = max(1, ok * rows_per_request)
+    units = ok * rows_per_request
+    per_unit = 1e6 / units if units else None  # no answer succeeded: CPU per unit means nothing ("—")
     result = Result(
         key=scenario.key,
         label=scenario.title(options),
@@ -194,10 +195,10 @@ def run_wrk_scenario(
         p50_ms=stats["latency_p50_us"] / 1000,
         p99_ms=stats["latency_p99_us"] / 1000,
         errors=sum(stats[kind] for kind in ERROR_KINDS),
-        server_cpu_us=(cpu_after["server"] - cpu_before["server"]) / units * 1e6,
-        postgres_cpu_us=(cpu_after["postgres"] - cpu_before["postgres"]) / units * 1e6,
-        valkey_cpu_us=(cpu_after["valkey"] - cpu_before["valkey"]) / units * 1e6,
-        wrk_cpu_us=stats["wrk_cpu_s"] / units * 1e6,
+        server_cpu_us=(cpu_after["server"] - cpu_before["server"]) * per_unit if per_unit else None,
+        postgres_cpu_us=(cpu_after["postgres"] - cpu_before["postgres"]) * per_unit if per_unit else None,
+        valkey_cpu_us=(cpu_after["valkey"] - cpu_before["valkey"]) * per_unit if per_unit else None,
+        wrk_cpu_us=stats["wrk_cpu_s"] * per_unit if per_unit else None,
         detail={**stats, "connections": connections, "rows_per_request": rows_per_request},
     )
     if collect_profile is not None:

@@ -48,6 +48,7 @@ class ServerProcess:
         self.ready_path = ready_path
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.ready = False
         self._log: IO[bytes] | None = None
 
     @property
@@ -59,7 +60,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            self.command,
+            [*DIE_WITH_HARNESS, *self.command],
             cwd=ROOT,
             env=self.env,
             stdout=self._log,
@@ -77,6 +78,7 @@ class ServerProcess:
                     raise BenchError(f"{self.name} exited with {code}:\n{self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(self.ready_path).status_code == 200:
+                        self.ready = True
                         return
                 time.sleep(0.2)
         raise BenchError(f"{self.name} was not ready within {timeout_s:.0f}s:\n{self.log_tail()}")
@@ -92,9 +94,22 @@ class ServerProcess:
         except OSError:
             return "(no log)"
 
+    def check_alive(self) -> None:
+        """``BenchError`` naming the server and its log when it exited during the run: its rows would
+        be a dead server's connection errors, and the run exited 0."""
+        if self.process is not None and self.process.poll() is not None:
+            raise BenchError(
+                f"{self.name} exited with {self.process.returncode} during the run:\n{self.log_tail()}"
+            )
+
     def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM to its group, then SIGKILL after ``timeout_s``; at once for a server that never
+        became ready (granian starting its workers goes on starting them after a SIGTERM)."""
         if self.process is None:
             return
+        if not self.ready:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -109,6 +124,16 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+DIE_WITH_HARNESS = [
+    sys.executable,
+    "-c",
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
+"""A server's command's prefix: it gets SIGKILL when the harness dies however it dies (Linux's
+``PR_SET_PDEATHSIG``, kept across ``exec``), so a killed harness leaves no server holding a port."""
 
 
 def granian_command(factory: str, port: int, workers: int) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from benchmarks.harness.model import Result, Run
 from benchmarks.harness.profile import summarise
 from benchmarks.harness.report import chart, document, markdown
 from benchmarks.harness.scenarios import BY_KEY, SCENARIOS, select
+from benchmarks.harness.servers import BenchError, ServerProcess
 from benchmarks.harness.wrk import WRK_DIR
 from benchmarks.reference.bare_litestar import create_app
 
@@ -250,3 +252,33 @@ def test_bare_reference_decodes_the_ingest_body_and_nothing_else() -> None:
             assert client.post(path, json=VIEW).status_code == 202
             assert client.post(path, json={**VIEW, "extra": 1}).status_code == 400
             assert client.post(path, json={**VIEW, "site_key": "short"}).status_code == 400
+
+
+def test_a_server_that_exits_during_the_run_fails_it(tmp_path: Path) -> None:
+    """The harness reviewer killed the project mid-scenario: the row was printed and the run exited 0."""
+    server = ServerProcess("gone", [sys.executable, "-c", "print('bye')"], {}, 1, "/", tmp_path)
+    server.start()
+    assert server.process is not None
+    server.process.wait(timeout=30)
+    with pytest.raises(BenchError, match="gone exited with 0 during the run"):
+        server.check_alive()
+    server.stop()
+
+
+def test_a_server_that_never_became_ready_is_killed_at_once(tmp_path: Path) -> None:
+    """granian starting its workers went on after a SIGTERM: the stop waited 15 s, and a second
+    Ctrl-C then left it running (the harness reviewer). One that never answered gets SIGKILL alone."""
+    told = tmp_path / "told"
+    stubborn = (
+        "import pathlib, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: pathlib.Path({str(told)!r}).write_text('term'))\n"
+        "print('listening', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    server = ServerProcess("stubborn", [sys.executable, "-c", stubborn], {}, 1, "/", tmp_path)
+    server.start()
+    while "listening" not in server.log_tail():  # its handler is in place
+        time.sleep(0.05)
+    server.stop(timeout_s=5)
+    assert server.process is not None and server.process.returncode == -signal.SIGKILL
+    assert not told.exists(), "it was asked to stop and waited for"
