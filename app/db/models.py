@@ -636,6 +636,7 @@ class PaymentEvent(msgspec.Struct, frozen=True, gc=False):
     currency: str | None
     refunded_at: datetime | None
     refunded_by: int | None
+    claimed_order_id: int | None
 
 
 class ProjectInvitation(msgspec.Struct, frozen=True, gc=False):

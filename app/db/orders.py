@@ -421,8 +421,11 @@ async def lock_payment_id(conn: AsyncConnection[Any], *, payment_id: str) -> Non
 
 
 RECORD_PAYMENT_EVENT = """\
-insert into payment_events (event_id, order_id, outcome, payment_id, amount, currency)
-values ($1, $2, 'received', $3, $4, $5)
+insert into payment_events (event_id, order_id, claimed_order_id, outcome, payment_id, amount, currency)
+values (
+    $1, $2, $3, 'received', $4,
+    $5, $6
+)
 on conflict (event_id) do nothing
 returning event_id"""
 
@@ -432,14 +435,19 @@ async def record_payment_event(
     *,
     event_id: str,
     order_id: int | None,
+    claimed_order_id: int | None,
     payment_id: str | None,
     amount: Decimal | None,
     currency: str | None,
 ) -> str | None:
     """A provider event is processed once: a replayed or redelivered id returns nothing. A
-    payment.succeeded stores what it took (payment id, amount, currency); other types store nulls."""
+    payment.succeeded stores what it took (payment id, amount, currency) and the order it named (also
+    when no such order exists: claimed_order_id); other types store nulls."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(RECORD_PAYMENT_EVENT, (event_id, order_id, payment_id, amount, currency))
+        await cur.execute(
+            RECORD_PAYMENT_EVENT,
+            (event_id, order_id, claimed_order_id, payment_id, amount, currency),
+        )
         return await cur.fetchone()
 
 
@@ -470,7 +478,7 @@ async def set_payment_event_outcome(conn: AsyncConnection[Any], *, outcome: str,
 
 
 LIST_REFUNDS_DUE = """\
-select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events
+select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by, claimed_order_id from payment_events
 where outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null and payment_id is not null
   and id < $1::bigint
 order by id desc
@@ -497,7 +505,7 @@ update payment_events
 set refunded_at = now(), refunded_by = $1
 where event_id = $2 and outcome in ('refund-due', 'expired', 'mismatch') and refunded_at is null
   and payment_id is not null
-returning event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by"""
+returning event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by, claimed_order_id"""
 
 
 async def mark_payment_refunded(
@@ -513,7 +521,7 @@ async def mark_payment_refunded(
 
 
 GET_REFUND = """\
-select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by from payment_events
+select event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by, claimed_order_id from payment_events
 where event_id = $1 and outcome in ('refund-due', 'expired', 'mismatch') and payment_id is not null"""
 
 
@@ -560,7 +568,7 @@ QUEUE_REFUND_OF_PAYING_PAYMENT = """\
 update payment_events
 set outcome = 'refund-due'
 where order_id = $1 and outcome = 'paid'
-returning event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by"""
+returning event_id, order_id, outcome, received_at, id, payment_id, amount, currency, refunded_at, refunded_by, claimed_order_id"""
 
 
 async def queue_refund_of_paying_payment(

@@ -180,9 +180,13 @@ select pg_advisory_xact_lock(hashtextextended(concat('payment-id:', @payment_id:
 
 -- name: RecordPaymentEvent :one
 -- A provider event is processed once: a replayed or redelivered id returns nothing. A
--- payment.succeeded stores what it took (payment id, amount, currency); other types store nulls.
-insert into payment_events (event_id, order_id, outcome, payment_id, amount, currency)
-values (@event_id, sqlc.narg(order_id), 'received', sqlc.narg(payment_id), sqlc.narg(amount), sqlc.narg(currency))
+-- payment.succeeded stores what it took (payment id, amount, currency) and the order it named (also
+-- when no such order exists: claimed_order_id); other types store nulls.
+insert into payment_events (event_id, order_id, claimed_order_id, outcome, payment_id, amount, currency)
+values (
+    @event_id, sqlc.narg(order_id), sqlc.narg(claimed_order_id), 'received', sqlc.narg(payment_id),
+    sqlc.narg(amount), sqlc.narg(currency)
+)
 on conflict (event_id) do nothing
 returning event_id;
 

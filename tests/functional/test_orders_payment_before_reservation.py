@@ -136,8 +136,10 @@ async def test_a_payment_before_the_reservation_of_an_order_short_of_stock_is_a_
     assert [(e["from_status"], e["to_status"]) for e in order["events"]] == [
         (None, "pending"),
         ("pending", "rejected"),
+        ("rejected", "rejected"),  # the payment it did not keep, noted
     ]
     assert order["events"][1]["reason"] == "insufficient stock"
+    assert "not kept (the order is rejected): refund due" in order["events"][2]["reason"]
     (due,) = await refunds_due(client, admin)
     assert (due["event_id"], due["order_id"], due["outcome"]) == (
         f"evt-short-{order_id}",
@@ -173,6 +175,7 @@ async def test_a_mismatched_payment_before_the_reservation_leaves_the_order_rese
     assert [(f, t) for f, t, _ in await history(client, buyer, order_id)] == [
         (None, "pending"),
         ("pending", "reserved"),
+        ("reserved", "reserved"),  # the payment it did not keep, noted
     ]
     (due,) = await refunds_due(client, admin)
     assert (due["order_id"], due["outcome"]) == (order_id, "mismatch")

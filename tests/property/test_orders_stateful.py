@@ -125,7 +125,8 @@ class Shop(RuleBasedStateMachine):
             events = await order_queries.get_order_events(self.b.conn, order_id=order_id)
             stock = await product_queries.get_products_by_ids(self.b.conn, ids=sorted(self.stock))
             assert order is not None
-            return (order.status, order.reserved_until, len(events), [(p.id, p.stock) for p in stock])
+            transitions = [e for e in events if e.from_status != e.to_status]  # notes change nothing
+            return (order.status, order.reserved_until, len(transitions), [(p.id, p.stock) for p in stock])
 
         return self.b.run(read())
 
@@ -440,7 +441,8 @@ class Shop(RuleBasedStateMachine):
             )
             adjusted = dict(await cur.fetchall())
             cur = await self.b.conn.execute(
-                "select o.id, o.status, count(e.id),"
+                "select o.id, o.status,"
+                " count(e.id) filter (where e.from_status is distinct from e.to_status),"
                 " (array_agg(e.to_status order by e.id desc))[1]"
                 " from orders o join order_events e on e.order_id = o.id"
                 " where o.id = any(%s) group by o.id",

@@ -92,6 +92,13 @@ class PaymentRefundOut(msgspec.Struct, frozen=True):
 
     event_id: Annotated[str, msgspec.Meta(description="The provider's event id")]
     order_id: Annotated[int | None, msgspec.Meta(description="Null: the order does not exist")]
+    claimed_order_id: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="The order the payment named, as the provider sent it (also when no such order "
+            "exists; null for an event recorded before it was kept)"
+        ),
+    ]
     payment_id: str | None
     amount: Decimal | None
     currency: str | None
@@ -105,6 +112,7 @@ class PaymentRefundOut(msgspec.Struct, frozen=True):
         return cls(
             event_id=row.event_id,
             order_id=row.order_id,
+            claimed_order_id=row.claimed_order_id,
             payment_id=row.payment_id,
             amount=row.amount,
             currency=row.currency,

@@ -116,6 +116,21 @@ async def _database_now(uow: UnitOfWork) -> datetime:
     return now
 
 
+async def _note_payment_not_kept(uow: UnitOfWork, order: Order, payment: PaymentData, why: str) -> None:
+    """An event in the order's history that changes no status: a payment it did not keep, and why (a
+    buyer who paid the wrong amount, or after a cancel, saw nothing; an administrator could not
+    tell from the order that a refund was due)."""
+    await queries.record_order_event(
+        uow.conn,
+        order_id=order.id,
+        from_status=order.status,
+        to_status=order.status,
+        reason=f"payment {payment.payment_id} of {payment.amount} {payment.currency} not kept ({why}): "
+        "refund due",
+        actor_id=None,
+    )
+
+
 async def _transition(
     uow: UnitOfWork,
     order: Order,
@@ -600,6 +615,7 @@ class OrderService:
                 uow.conn,
                 event_id=event.id,
                 order_id=order.id if order else None,
+                claimed_order_id=order_id,
                 payment_id=payment.payment_id if payment is not None else None,
                 amount=Decimal(payment.amount) if payment is not None else None,
                 currency=payment.currency if payment is not None else None,
@@ -667,12 +683,17 @@ class OrderService:
         ):
             return "ignored"  # as while it was paid: returned by hand after the cancel, not twice
         if order.status != OrderStatus.RESERVED:
+            await _note_payment_not_kept(uow, order, payment, f"the order is {order.status.value}")
             return "refund-due"
         if Decimal(payment.amount) != order.total or payment.currency != order.currency:
+            await _note_payment_not_kept(
+                uow, order, payment, f"the order's total is {order.total} {order.currency}"
+            )
             return "mismatch"
         if order.reserved_until and order.reserved_until < await _database_now(uow):  # as the cron judges
             await self._release_stock(uow, order.id)
-            await _transition(uow, order, OrderStatus.EXPIRED, reason="reservation window passed", actor=None)
+            reason = f"payment {payment.payment_id} arrived after the reservation window: refund due"
+            await _transition(uow, order, OrderStatus.EXPIRED, reason=reason, actor=None)
             return "expired"
         await _transition(
             uow, order, OrderStatus.PAID, reason=f"payment {payment.payment_id} received", actor=None
