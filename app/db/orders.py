@@ -620,7 +620,8 @@ select o.currency, sum(o.total)::numeric as revenue
 from orders o
 where o.id = any(array(
     select e.order_id from order_events e
-    where e.to_status = 'paid' and e.created_at >= $1 and e.created_at < $2
+    where e.to_status = 'paid' and e.from_status is distinct from 'paid'
+        and e.created_at >= $1 and e.created_at < $2
 ))
 group by o.currency
 order by o.currency"""
@@ -640,7 +641,9 @@ async def revenue_between(
     """The money of the orders paid in [since, until), per currency (the daily monitoring report): each
     paid order counts once, in the period of its payment (its transition to paid; a fulfilled order
     was paid first; an order is paid once), whenever it was placed. An order only reserved is no
-    revenue: it may expire. The period's transitions from order_events_settled_created_idx, then
+    revenue: it may expire. A note of a payment the paid order did not keep (paid to paid, no
+    transition) is no payment: it counted the order again. The period's transitions from
+    order_events_settled_created_idx, then
     their orders by their key, a list no estimate can turn into a scan: a join let the planner hash
     every order ever placed (nothing deletes them) for a day's payments."""
     async with AsyncRawCursor(conn, row_factory=args_row(RevenueBetweenRow)) as cur:

@@ -6,7 +6,8 @@ listed for administrators, who mark it refunded."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
 from typing import Any, cast
 
 import httpx
@@ -18,6 +19,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.logging import OncePerInterval
+from app.db import orders as order_queries
 from app.db.models import OrderStatus
 from app.domains.orders import services as orders_services
 from app.domains.orders.schemas import OrderCreate, OrderLine
@@ -711,3 +713,50 @@ async def test_junk_signatures_cannot_hide_the_warning_of_a_drifting_clock(
     assert refused("refused_stale") - before["stale"] == 1
     warned = [line["reason"] for line in logs.events("payment_webhook_refused")]
     assert warned == ["refused_malformed", "refused_stale"]
+
+
+async def test_a_payment_a_paid_order_refuses_is_no_revenue_again(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """The third diff reviewer: the note of a second payment on a paid order (paid to paid) was read
+    as a payment by the daily report, which counted the order's total again in the note's period."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=2, price="5.00"), 1)
+    assert (await deliver(client, order_id, "5.00", event_id="evt-first", payment_id="pay-first"))[
+        "outcome"
+    ] == "paid"
+    await db.execute(
+        "update order_events set created_at = created_at - interval '3 days'"
+        " where order_id = %s and to_status = 'paid'",
+        (order_id,),
+    )
+    second = await deliver(client, order_id, "5.00", event_id="evt-second", payment_id="pay-second")
+    assert second["outcome"] == "refund-due"
+
+    now = datetime.now(UTC)
+    today = await order_queries.revenue_between(
+        db, since=now - timedelta(hours=1), until=now + timedelta(hours=1)
+    )
+    assert today == []
+    then = await order_queries.revenue_between(
+        db, since=now - timedelta(days=4), until=now - timedelta(days=2)
+    )
+    assert [(row.currency, row.revenue) for row in then] == [("EUR", Decimal("5.00"))]
+
+
+async def test_a_payment_after_the_crons_expiry_is_noted_in_the_history(
+    shop: tuple[Litestar, Client], db: AsyncConnection[Any]
+) -> None:
+    """The third diff reviewer: the commonest late payment, after the expiry cron, left no note."""
+    app, client = shop
+    buyer = await make_user(db, app)
+    order_id = await reserved(app, client, buyer, await make_product(db, stock=2, price="5.00"), 1)
+    await db.execute(
+        "update orders set reserved_until = now() - interval '1 second' where id = %s", (order_id,)
+    )
+    assert await app.state.services[OrderService].expire_reservations() == 1
+    late = await deliver(client, order_id, "5.00", event_id="evt-after-cron", payment_id="pay-after-cron")
+    assert late["outcome"] == "expired"
+    notes = [e for e in await order_events(db, order_id) if "pay-after-cron" in e[2]]
+    assert notes == [("expired", "expired", notes[0][2])] and "the order expired before it" in notes[0][2]

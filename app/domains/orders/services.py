@@ -117,9 +117,11 @@ async def _database_now(uow: UnitOfWork) -> datetime:
 
 
 async def _note_payment_not_kept(uow: UnitOfWork, order: Order, payment: PaymentData, why: str) -> None:
-    """An event in the order's history that changes no status: a payment it did not keep, and why (a
-    buyer who paid the wrong amount, or after a cancel, saw nothing; an administrator could not
-    tell from the order that a refund was due)."""
+    """An event in the order's history that changes no status (from and to are the order's status):
+    a payment it did not keep, and why (a buyer who paid the wrong amount, or after a cancel, saw
+    nothing; an administrator could not tell from the order that a refund was due). A statement that
+    counts transitions must require from to differ from to (``RevenueBetween``: a note on a paid
+    order counted its total again)."""
     await queries.record_order_event(
         uow.conn,
         order_id=order.id,
@@ -674,6 +676,7 @@ class OrderService:
         if order is None:
             return "refund-due"
         if order.status == OrderStatus.EXPIRED:
+            await _note_payment_not_kept(uow, order, payment, "the order expired before it")
             return "expired"
         settled = order.status in (OrderStatus.PAID, OrderStatus.FULFILLED)
         if settled and not await queries.paying_payment_known(uow.conn, order_id=order.id):
