@@ -28,10 +28,15 @@ import structlog
 
 from app.core.scrub import MASK, scrub_text
 
-_SECRET_PARTS = re.compile(r"passw|secret|token|authori[sz]ation|cookie|session|credential|api[_-]?key", re.I)
+_SECRET_PARTS = re.compile(
+    r"passw|passcode|secret|token|authori[sz]ation|cookie|session|credential|api[_-]?key"
+    r"|(?<![a-z])t?otp(?![a-z])|(?<![a-z])sig(?![a-z])",
+    re.I,
+)
 """A field whose name contains one of these (any case, anywhere: ``current_password``,
-``new_password``, ``refresh_token``, ``Set-Cookie``, ``saq_session``, ``X-Api-Key``) is masked, at any
-depth of the event (a mapping logged as a field is walked)."""
+``new_password``, ``refresh_token``, ``Set-Cookie``, ``saq_session``, ``X-Api-Key``; ``otp`` and
+``sig`` as words of the name only: ``otp_code``, ``url_sig``, not ``footprint`` or ``signal``) is
+masked, at any depth of the event (a mapping logged as a field is walked)."""
 _NOT_SECRETS = frozenset(
     {"token_id", "token_fingerprint", "token_type", "sessions_ended", "sessions_revoked"}
 )

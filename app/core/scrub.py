@@ -25,7 +25,7 @@ _KEYS = (
     r"|private[_-]?key|credentials?|dsn"
 )
 """The names a secret is written after, in any form (``password=``, ``"token": "..."``, ``PWD: ...``)."""
-_WEAK_KEYS = r"auth|signature|sig|csrf|xsrf|otp|bearer"
+_WEAK_KEYS = r"auth|signature|sig|csrf|xsrf|t?otp(?:[_-]?code)?|bearer"
 """Names that are also words of prose and of code (``auth: token expired``, ``signature: str`` in a
 captured source line): their value is masked as ``name=value`` (a space on either side of ``=`` at
 most), after a quoted name (``"auth": "..."``), or after ``name:`` and a space when it looks like a
@@ -54,8 +54,12 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
         r"""(?:"[^"]*"|'[^']*'|[A-Za-z][\w-]*[ \t]+[^\s"',;&}\]]+)""",
         rf"\g<1>{MASK}",
     ),
-    # A Cookie header's whole value: every cookie of it, not only the first (key=value stops at ``;``)
-    (rf"(?i)({_KEY_START}(?:set-)?cookie[ \t]*:[ \t]*)[^\r\n]+", rf"\g<1>{MASK}"),
+    # A Cookie header's cookies, every one (key=value stops at the first ``;``): ``name=value`` pairs
+    # joined by ``;`` (a Set-Cookie's attributes too), never the prose or code after ``cookie:``
+    (
+        rf"(?i)({_KEY_START}(?:set-)?cookie[ \t]*:[ \t]*)[^=;\s]+=[^;\s]*(?:;[ \t]*[^=;\s]+(?:=[^;\s]*)?)*",
+        rf"\g<1>{MASK}",
+    ),
     # Authorization header values elsewhere (before key=value, which would stop at the scheme)
     (r"(?i)\b(bearer|basic)[ \t]+[A-Za-z0-9._~+/=-]{8,}", rf"\1 {MASK}"),
     (r"(?i)\b(token)[ \t]+[A-Za-z0-9._~+/=-]{16,}", rf"\1 {MASK}"),  # not "token provided" in prose
@@ -77,6 +81,8 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
         rf"""(?i)({_KEY_START}(?:{_WEAK_KEYS}): +)(?=[^\s"',;&}}\]]*[0-9])[^\s"',;&}}\]]{{8,}}""",
         rf"\g<1>{MASK}",
     ),
+    # a one-time password after its name and a colon, however short (``OTP: 123456``)
+    (rf"(?i)({_KEY_START}t?otp(?:[_-]?code)?:[ \t]*)\d{{4,10}}\b", rf"\g<1>{MASK}"),
     # JSON Web Tokens
     (r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", MASK),
     # Telegram bot tokens, and whatever stands in a Bot API path (/bot<token>/method)
@@ -99,7 +105,7 @@ _TRIGGERS = (
     *("authorization", "cookie", "session", "jwt", "eyj", "/bot", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
     *("auth=", "auth ", 'auth"', "auth'", "auth:", "signature=", "signature ", 'signature"', "signature'"),
     *("signature:", "csrf", "xsrf", "credential", "dsn"),
-    *("sig=", "sig ", 'sig"', "sig'", "sig:", "otp=", "otp ", 'otp"', "otp'", "otp:"),
+    *("sig", "otp"),  # as parts of words too (``signal``): such a field is scrubbed in full
     *("github_pat_", "xox", "akia", "asia", "_live_", "_test_", "whsec_"),
 )
 """A substring of every match of the patterns (lower case): text holding none of them is left as it is.

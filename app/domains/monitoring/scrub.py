@@ -21,8 +21,8 @@ from app.core.types import storable as storable  # re-exported: monitoring impor
 FILTERED = MASK
 
 SENSITIVE_KEY = re.compile(
-    r"pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|auth|cookie|session|credential|private[-_]?key"
-    r"|signature|csrf|xsrf|jwt|bearer|dsn",
+    r"pass(word|wd|phrase|code)?|pwd|secret|token|api[-_]?key|auth|cookie|session|credential|private[-_]?key"
+    r"|signature|csrf|xsrf|jwt|bearer|dsn|(?<![a-z])t?otp(?![a-z])|(?<![a-z])sig(?![a-z])",
     re.IGNORECASE,
 )
 """Names of fields whose values are never kept, whatever they look like (``password``, ``X-Api-Key``,
