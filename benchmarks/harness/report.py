@@ -15,12 +15,14 @@ from benchmarks.harness.servers import ROOT
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 SERVER_NAMES = {"project": "project", "bare": "bare Litestar", "seed": "seed FastAPI"}
 NOTES = (
-    "Rates count 2xx answers only. Ratios divide rates of the same pass. In-process rows time whole "
+    "Rates count answers below 400 (no scenario is answered 1xx or 3xx). Ratios divide rates of the "
+    "same pass. In-process rows time whole "
     "`Writer.write` calls (transaction + COPY + commit, or the one statement) on one connection; their "
     "p50/p99 are per batch. "
     '"+N in flight": rows of requests wrk abandoned when it stopped, committed after its count (at most '
     "connections x rows/request). CPU µs/unit: CPU time of the server's processes (its process group), "
-    "PostgreSQL's, Valkey's and wrk's per 2xx request (per row for rows/s), read from /proc "
+    "PostgreSQL's, Valkey's and wrk's per successful request (per row for rows/s; `—` when none "
+    "succeeded), read from /proc "
     "(in-process rows: the harness's own CPU in the writes, and PostgreSQL's): comparable across runs "
     "even when other work shares the machine. Memory: RSS and USS (private) of each granian worker of the "
     "project server from /proc/<pid>/smaps_rollup, after each pass."

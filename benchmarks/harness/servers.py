@@ -132,8 +132,12 @@ DIE_WITH_HARNESS = [
     "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0); "
     "os.execvp(sys.argv[1], sys.argv[1:])",
 ]
-"""A server's command's prefix: it gets SIGKILL when the harness dies however it dies (Linux's
-``PR_SET_PDEATHSIG``, kept across ``exec``), so a killed harness leaves no server holding a port."""
+"""A server's command's prefix: its main process gets SIGKILL when the harness dies however it dies
+(Linux's ``PR_SET_PDEATHSIG``, kept across ``exec``). Not its workers: the setting is not inherited
+by a fork, and granian's workers outlive a SIGKILLed main process, so a harness killed with SIGKILL
+(only that: SIGINT, SIGTERM and SIGHUP stop every server) can leave a server's workers on its port.
+``app.cli serve`` closes that by a fork hook inside granian (``serve-child``); the harness runs
+granian's own command line, as the references do."""
 
 
 def granian_command(factory: str, port: int, workers: int) -> list[str]:
