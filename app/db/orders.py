@@ -12,14 +12,17 @@ from psycopg.types.json import Jsonb
 from .models import Order, OrderEvent, OrderItem, OrderStatus, PaymentEvent
 
 
-LOCK_USER = "select id from users where id = $1 for no key update"
+LOCK_USER = "select is_active from users where id = $1 for no key update"
 
 
-async def lock_user(conn: AsyncConnection[Any], *, id: int) -> None:
+async def lock_user(conn: AsyncConnection[Any], *, id: int) -> bool | None:
     """Serialises one user's order placements (the open-order limit is checked under this lock); NO KEY
-    so that inserts referencing the user (idempotency keys, orders) are not blocked by it."""
-    async with AsyncRawCursor(conn) as cur:
+    so that inserts referencing the user (idempotency keys, orders) are not blocked by it. Whether the
+    account is still active, read under the lock: a placement authenticated before a deactivation
+    committed waited for it here, then placed the order all the same."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LOCK_USER, (id,))
+        return await cur.fetchone()
 
 
 COUNT_OPEN_ORDERS = """\

@@ -1,7 +1,9 @@
--- name: LockUser :exec
+-- name: LockUser :one
 -- Serialises one user's order placements (the open-order limit is checked under this lock); NO KEY
--- so that inserts referencing the user (idempotency keys, orders) are not blocked by it.
-select id from users where id = @id for no key update;
+-- so that inserts referencing the user (idempotency keys, orders) are not blocked by it. Whether the
+-- account is still active, read under the lock: a placement authenticated before a deactivation
+-- committed waited for it here, then placed the order all the same.
+select is_active from users where id = @id for no key update;
 
 -- name: CountOpenOrders :one
 -- A user's open orders: pending, or reserved and still in their window (a lapsed reservation holds

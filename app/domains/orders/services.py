@@ -32,6 +32,7 @@ from app.core.errors import (
     ConflictError,
     NotFoundError,
     TooManyRequestsError,
+    UnauthorizedError,
     UnprocessableError,
     database_down,
 )
@@ -224,7 +225,10 @@ class OrderService:
         return placed
 
     async def _place(self, uow: UnitOfWork, user_id: int, data: OrderCreate) -> PlacedOrder:
-        await queries.lock_user(uow.conn, id=user_id)
+        if not await queries.lock_user(uow.conn, id=user_id):  # deactivated since it signed the request
+            raise UnauthorizedError(
+                "This account was deactivated.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
         open_orders = await queries.count_open_orders(uow.conn, user_id=user_id) or 0
         if open_orders >= self.settings.max_open_orders:
             raise TooManyRequestsError(
