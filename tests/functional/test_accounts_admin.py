@@ -21,6 +21,7 @@ from tests.factories import (
     Client,
     assert_problem,
     bearer,
+    captured_logs,
     create_user,
     generous_client,
     login,
@@ -259,9 +260,12 @@ async def test_demotion_takes_effect_at_once(
     deputy_token = (await login(api, deputy.email))["access_token"]
     assert (await api.get(USERS, headers=bearer(deputy_token))).status_code == 200
 
-    response = await set_user(api, admin_token, deputy.id, role="member")
+    with captured_logs() as logs:
+        response = await set_user(api, admin_token, deputy.id, role="member")
     assert response.status_code == 200, response.text
     assert response.json()["role"] == "member"
+    [changed] = logs.events("user_access_changed")  # says what it was (the admin reviewer)
+    assert (changed["was_role"], changed["role"], changed["was_active"]) == ("admin", "member", True)
 
     assert_problem(await api.get(USERS, headers=bearer(deputy_token)), 401, "unauthorized")
     fresh = (await login(api, deputy.email))["access_token"]

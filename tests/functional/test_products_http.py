@@ -15,7 +15,7 @@ from app.config import Settings
 from app.core.services import Services
 from app.domains.products.schemas import ProductUpdate
 from app.domains.products.services import ProductService
-from tests.factories import COMMERCE, Client, assert_problem, make_user, wait_until
+from tests.factories import COMMERCE, Client, assert_problem, captured_logs, make_user, wait_until
 
 
 async def create(client: Client, admin: dict[str, str], **fields: Any) -> dict[str, Any]:
@@ -478,7 +478,9 @@ async def test_the_cache_is_invalidated_after_the_change_commits(
                 row = await (
                     await db.execute(
                         "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
-                        " and datname = current_database() and query ilike 'update products%%'"
+                        " and datname = current_database()"
+                        " and (query ilike 'update products%%'"
+                        " or query ilike 'select%%from products%%for no key update%%')"
                     )
                 ).fetchone()
                 return row is not None and row[0] == 1
@@ -491,3 +493,28 @@ async def test_the_cache_is_invalidated_after_the_change_commits(
         assert (await client.get(path)).json()["name"] == "After"
     finally:
         await other_process.close()
+
+
+async def test_an_administrators_changes_to_the_catalogue_are_logged_with_what_changed(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """The admin reviewer: a price change or a deactivation left only the access log's PATCH line."""
+    admin = await make_user(db, app, "admin")
+    with captured_logs() as logs:
+        product = await create(client, admin.headers, price="5.00")
+        changed = await client.patch(
+            f"/api/products/{product['id']}",
+            json={"price": "0.01", "active": False, "description": "new text"},
+            headers=admin.headers,
+        )
+        assert changed.status_code == 200, changed.text
+    [created] = logs.events("product_created")
+    assert (created["product_id"], created["by"], created["price"]) == (product["id"], admin.id, "5.00")
+    [updated] = logs.events("product_updated")
+    assert updated["by"] == admin.id and updated["product_id"] == product["id"]
+    assert (updated["price"], updated["active"], updated["description_changed"]) == (
+        ["5.00", "0.01"],
+        [True, False],
+        True,
+    )
+    assert "name" not in updated and "new text" not in logs.text

@@ -832,6 +832,8 @@ class AccountService:
                     by=actor.id,
                     role=user.role.value,
                     is_active=user.is_active,
+                    was_role=before.role.value,
+                    was_active=before.is_active,
                     sessions_revoked=revoked,
                 )
         return user
