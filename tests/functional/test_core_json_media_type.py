@@ -15,7 +15,19 @@ import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
 
-from tests.factories import Client, Team, assert_problem, make_site, make_task, scalar
+from app.config import Settings
+from tests.factories import (
+    Client,
+    Team,
+    assert_problem,
+    bearer,
+    create_user,
+    generous_client,
+    login,
+    make_site,
+    make_task,
+    scalar,
+)
 
 NOT_JSON = [
     "text/plain",
@@ -127,3 +139,25 @@ def test_every_json_body_documents_the_415(app: Litestar) -> None:
     assert "Content-Type" in projects
     ingest = paths["/api/page-views"]["post"]["responses"]["415"]["description"]
     assert "Content-Type" not in ingest
+
+
+async def test_a_415_is_charged_and_comes_before_an_over_quota_429(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str
+) -> None:
+    """What the module docstrings of ``app.core.routing`` and ``app.core.gate`` say of the 415: a body
+    was read, so it spends the quota like any body refused; past the quota it is still the 415 (a
+    retry cannot mend it), while a request that would be served is the 429."""
+    user = await create_user(db, password_hash)
+    async for api in generous_client(
+        settings, rate_limit_default_per_minute=3, rate_limit_default_per_hour=100
+    ):
+        headers = bearer((await login(api, user.email))["access_token"]) | {"Content-Type": "text/plain"}
+        left = []
+        for _ in range(3):
+            refused = await api.post("/api/projects", content=b'{"name": "Typed"}', headers=headers)
+            assert_problem(refused, 415, "unsupported-media-type")
+            left.append(refused.headers["ratelimit"].rsplit(";r=", 1)[1].split(";")[0])
+        assert left == ["2", "1", "0"]
+        assert_problem(await api.post("/api/projects", content=b"{}", headers=headers), 415)
+        json_headers = headers | {"Content-Type": "application/json"}
+        assert_problem(await api.post("/api/projects", json={"name": "Typed"}, headers=json_headers), 429)
