@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -150,6 +151,17 @@ class ServerProcess:
                         return
                 time.sleep(0.1)
         pytest.fail(f"the server was not ready within {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[ServerProcess]:
+        """Started and ready for the ``with`` block (a fixture's ``yield``), stopped with SIGTERM (its
+        own way of stopping) when it ends, however it ends."""
+        self.start()
+        try:
+            self.wait_ready_sync()
+            yield self
+        finally:
+            self.kill(signal.SIGTERM)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

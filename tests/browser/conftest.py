@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,12 +69,8 @@ def served(
     # The served app imports what this process imports (e.g. a PYTHONPATH overlay when bisecting).
     passed = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
     server = ServerProcess(database_url, valkey_url, tmp_path_factory.mktemp("browser-server"), env=passed)
-    server.start()
-    try:
-        server.wait_ready_sync()
+    with server.running():
         yield server
-    finally:
-        server.kill(signal.SIGTERM)
 
 
 @pytest.fixture(scope="session")

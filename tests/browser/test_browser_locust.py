@@ -68,12 +68,8 @@ def load_test_server(
     server = ServerProcess(
         database_url, valkey_url, tmp_path_factory.mktemp("locust-server"), env=LOAD_TEST_LIMITS
     )
-    server.start()
-    try:
-        server.wait_ready_sync()
+    with server.running():
         yield server
-    finally:
-        server.kill(signal.SIGTERM)
 
 
 def start_locust(host: str, port: int, settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:

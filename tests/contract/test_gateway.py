@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,12 +67,8 @@ def gateway_config(listen_port: int, upstream_port: int, prefix: Path) -> str:
 @pytest.fixture
 def app_server(database_url: str, valkey_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     served = ServerProcess(database_url, valkey_url, tmp_path / "app", workers=1)
-    served.start()
-    try:
-        served.wait_ready_sync()
+    with served.running():
         yield served
-    finally:
-        served.kill(signal.SIGTERM)
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,12 +60,8 @@ def server(database_url: str, valkey_url: str, tmp_path: Path) -> Iterator[Serve
     with serve_fake_github() as github:
         env = {**UNLIMITED, "GITHUB_API_URL": github.url, "WORKER_IN_PROCESS": "true"}
         served = ServerProcess(database_url, valkey_url, tmp_path / "server", env=env)
-        served.start()
-        try:
-            served.wait_ready_sync()
+        with served.running():
             yield served
-        finally:
-            served.kill(signal.SIGTERM)
 
 
 async def admin_token(base: str, db: AsyncConnection[Any]) -> str:

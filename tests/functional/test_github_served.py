@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,12 +47,8 @@ def server(
             "RATE_LIMIT_DEFAULT_PER_MINUTE": "100000",
         },
     )
-    served.start()
-    try:
-        served.wait_ready_sync()
+    with served.running():
         yield served
-    finally:
-        served.kill(signal.SIGTERM)
 
 
 @pytest.fixture

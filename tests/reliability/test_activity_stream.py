@@ -133,12 +133,8 @@ def server(
     server_env: Mapping[str, str],
 ) -> Iterator[ServerProcess]:
     served = ServerProcess(database_url, valkey_url, tmp_path / "server", workers=1, env=dict(server_env))
-    served.start()
-    try:
-        served.wait_ready_sync()
+    with served.running():
         yield served
-    finally:
-        served.kill(signal.SIGTERM)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ uploads refused early (401, 403, 404, 409, 429) instead of a reset connection (n
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,12 +34,8 @@ def raised_server(database_url: str, valkey_url: str, tmp_path: Path) -> Iterato
         workers=1,
         env={"FILE_MAX_BYTES": str(RAISED_FILE_MAX_BYTES)},
     )
-    served.start()
-    try:
-        served.wait_ready_sync()
+    with served.running():
         yield served
-    finally:
-        served.kill(signal.SIGTERM)
 
 
 async def test_an_upload_within_a_raised_file_limit_refused_early_is_read_to_its_end(

@@ -36,12 +36,8 @@ def server(database_url: str, valkey_url: str, tmp_path: Path) -> Iterator[Serve
     served = ServerProcess(
         database_url, valkey_url, tmp_path / "server", workers=2, granian_args=image_granian_flags()
     )
-    served.start()
-    try:
-        served.wait_ready_sync()
+    with served.running():
         yield served
-    finally:
-        served.kill(signal.SIGTERM)
 
 
 async def test_a_killed_worker_is_respawned_and_granian_says_so_in_json(server: ServerProcess) -> None:
