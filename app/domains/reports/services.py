@@ -66,7 +66,6 @@ import msgspec
 import psycopg
 import structlog
 from litestar.exceptions import ValidationException
-from psycopg import AsyncConnection
 
 from app.config import ROLLUP_GRACE_S
 from app.core.auth import CurrentUser
@@ -227,21 +226,23 @@ class _PurgedChunk(Protocol):
     def resume_from(self) -> datetime: ...
 
 
-class _PurgeChunk(Protocol):
-    """One chunk of a rollup table's purge (``queries.purge_hourly_rollups`` and its siblings)."""
+def _by_hour(
+    purge: Callable[..., Awaitable[_PurgedChunk | None]], **fixed: object
+) -> Callable[[UnitOfWork], Awaitable[int]]:
+    """A chunk of ``Database.delete_in_chunks`` for a rollup table purged by hour
+    (``queries.purge_hourly_rollups`` and its siblings, a deleted site's ``purge_site_hourly_*``):
+    each call resumes where the last one ended, so it never reads the index entries its predecessors
+    deleted; ``fixed``, the purge's other arguments."""
+    hour = PURGE_FROM
 
-    def __call__(
-        self, conn: AsyncConnection[Any], *, resume_from: datetime, before: datetime, chunk_size: int
-    ) -> Awaitable[_PurgedChunk | None]: ...
+    async def chunk(uow: UnitOfWork) -> int:
+        nonlocal hour
+        row = await purge(uow.conn, resume_from=hour, **fixed)
+        assert row is not None
+        hour = row.resume_from
+        return row.deleted
 
-
-class _PurgeSiteChunk(Protocol):
-    """One chunk of a deleted site's rows of a table keyed by hour (``queries.purge_site_hourly_rollups``,
-    ``purge_site_hourly_visitors``)."""
-
-    def __call__(
-        self, conn: AsyncConnection[Any], *, resume_from: datetime, site_id: int, chunk_size: int
-    ) -> Awaitable[_PurgedChunk | None]: ...
+    return chunk
 
 
 class ReportService:
@@ -317,31 +318,23 @@ class ReportService:
         purged all the same, and the first failure is raised once every table has been tried."""
         today = (now or datetime.now(UTC)).astimezone(UTC).date()
         before = datetime.combine(retention_first_day(today, self.retention_days), time(), UTC)
-        tables: list[tuple[str, _PurgeChunk]] = [
+        tables = [
             ("page_view_hourly", queries.purge_hourly_rollups),
             ("page_view_dimension_hourly", queries.purge_dimension_rollups),
             ("page_view_hourly_visitors", queries.purge_hourly_visitors),
             ("page_view_visits", queries.purge_visits),
         ]
         return await purge_tables(
-            [(table, partial(self._purge_table, purge, before, chunk_size)) for table, purge in tables],
+            [
+                (
+                    table,
+                    partial(self.db.delete_in_chunks, _by_hour(purge, before=before, chunk_size=chunk_size)),
+                )
+                for table, purge in tables
+            ],
             name="rollups",
             logger=log,
         )
-
-    async def _purge_table(self, purge: _PurgeChunk, before: datetime, chunk_size: int) -> int:
-        """One table's rows before ``before``, ``chunk_size`` per transaction, each chunk starting
-        where the last one ended (it never reads the index entries its predecessors deleted)."""
-        resume_from = PURGE_FROM
-
-        async def chunk(uow: UnitOfWork) -> int:
-            nonlocal resume_from
-            purged = await purge(uow.conn, resume_from=resume_from, before=before, chunk_size=chunk_size)
-            assert purged is not None
-            resume_from = purged.resume_from
-            return purged.deleted
-
-        return await self.db.delete_in_chunks(chunk)
 
     async def purge_deleted_sites(self, *, chunk_size: int = PURGE_CHUNK) -> int:
         """Delete the rollups of the deleted sites (their ``deleted_sites`` tombstone), ``chunk_size``
@@ -368,18 +361,7 @@ class ReportService:
         on the hour for the two tables keyed by it, on (dimension, hour) and on the visitor for the
         others (each table's primary key after ``site_id``)."""
         dimension, visitor = ("", PURGE_FROM), -(2**63)
-
-        def by_hour(purge: _PurgeSiteChunk) -> Callable[[UnitOfWork], Awaitable[int]]:
-            hour = PURGE_FROM
-
-            async def chunk(uow: UnitOfWork) -> int:
-                nonlocal hour
-                row = await purge(uow.conn, resume_from=hour, site_id=site_id, chunk_size=chunk_size)
-                assert row is not None
-                hour = row.resume_from
-                return row.deleted
-
-            return chunk
+        by_site = {"site_id": site_id, "chunk_size": chunk_size}
 
         async def dimensions(uow: UnitOfWork) -> int:
             nonlocal dimension
@@ -404,9 +386,9 @@ class ReportService:
             return row.deleted
 
         chunks = [
-            ("page_view_hourly", by_hour(queries.purge_site_hourly_rollups)),
+            ("page_view_hourly", _by_hour(queries.purge_site_hourly_rollups, **by_site)),
             ("page_view_dimension_hourly", dimensions),
-            ("page_view_hourly_visitors", by_hour(queries.purge_site_hourly_visitors)),
+            ("page_view_hourly_visitors", _by_hour(queries.purge_site_hourly_visitors, **by_site)),
             ("page_view_visits", visits),
         ]
         return await purge_tables(
