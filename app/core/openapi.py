@@ -48,10 +48,10 @@ OPTIONAL_BEARER: list[dict[str, list[str]]] = [{}, *BEARER]
 catalogue): anonymous or bearer. Without it Swagger UI sent such a route no token, even authorized."""
 
 
-def _problem(status: int) -> ResponseSpec:
+def _problem(status: int, description: str | None = None) -> ResponseSpec:
     return ResponseSpec(
         data_container=Problem,
-        description=_DESCRIPTIONS.get(status, "Problem"),
+        description=description or _DESCRIPTIONS.get(status, "Problem"),
         media_type="application/problem+json",
     )
 
@@ -69,24 +69,14 @@ _BAD_TOKEN = _BadToken(
 )
 
 
-_UNMATCHABLE = ResponseSpec(
-    data_container=Problem,
-    description="`If-Match` named entity-tags, and this resource has none (only `*` can hold): nothing "
-    "was changed",
-    media_type="application/problem+json",
+_UNMATCHABLE = _problem(
+    412, "`If-Match` named entity-tags, and this resource has none (only `*` can hold): nothing was changed"
 )
-
-
-_NOT_JSON = ResponseSpec(
-    data_container=Problem,
-    description="The body's `Content-Type` is not JSON (send `application/json`; `Accept-Post` or "
-    "`Accept-Patch` says so), or its `Content-Encoding` is one the server does not decode (send it uncoded)",
-    media_type="application/problem+json",
-)
-_CODED = ResponseSpec(
-    data_container=Problem,
-    description="The body's `Content-Encoding` is one the server does not decode (send it uncoded)",
-    media_type="application/problem+json",
+_CODED = _problem(415, "The body's `Content-Encoding` is one the server does not decode (send it uncoded)")
+_NOT_JSON = _problem(
+    415,
+    "The body's `Content-Type` is not JSON (send `application/json`; `Accept-Post` or `Accept-Patch` "
+    "says so), or its `Content-Encoding` is one the server does not decode (send it uncoded)",
 )
 
 

@@ -130,7 +130,12 @@ def names_version(tags: frozenset[str], etag: str) -> bool:
     ``etag``: ``etag`` itself or a coded form of it, as the compression layer sends it (``"7-br"``).
     The forms of the current tag are looked for, never a suffix cut from a sent tag: a tag whose own
     text ended in ``-br`` would be misread that way (none the app makes does: ``coded_etag``)."""
-    return etag in tags or any(coded_etag(etag, coding) in tags for coding in CODINGS)
+    return not tags.isdisjoint(forms_of(etag))
+
+
+def forms_of(etag: str) -> frozenset[str]:
+    """``etag`` and its coded forms, as the compression layer may send it (``"7"``, ``"7-br"``, ...)."""
+    return frozenset((etag, *(coded_etag(etag, coding) for coding in CODINGS)))
 
 
 class IfMatch(msgspec.Struct, frozen=True):
@@ -263,7 +268,7 @@ def held_copy(if_none_match: str | None, version: int, accept_encoding: str = ""
     current = etag(version)
     if condition.any:
         return current
-    forms = {current, *(coded_etag(current, coding) for coding in CODINGS)}
+    forms = forms_of(current)
     named = [tag for tag in condition.tags if tag in forms]
     if not named:
         return None

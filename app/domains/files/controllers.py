@@ -45,6 +45,7 @@ from app.core.idempotency import (
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
 from app.core.preconditions import (
+    IF_MATCH_MAX_LENGTH,
     DocumentsIfMatch,
     IfMatchHeader,
     IfNoneMatchHeader,
@@ -55,7 +56,6 @@ from app.core.routing import Controller
 from app.core.types import IdPath
 from app.domains.files.downloads import (
     MAX_IF_MODIFIED_SINCE_CHARS,
-    MAX_IF_NONE_MATCH_CHARS,
     MAX_RANGE_CHARS,
     NotModified,
     Part,
@@ -120,7 +120,7 @@ IfRangeHeader = Annotated[
 _REQUEST_HEADERS = {
     "If-None-Match": "`*` or a list of entity-tags (weak comparison): when one is the file's `ETag`, the "
     "answer is 304 Not Modified without a body. Malformed or over "
-    f"{MAX_IF_NONE_MATCH_CHARS} characters: ignored.",
+    f"{IF_MATCH_MAX_LENGTH} characters: ignored.",
     "If-Modified-Since": "An HTTP date (`Thu, 03 Dec 2026 16:30:00 GMT`, the `Last-Modified` of a copy): "
     "when the file's `Last-Modified` is not after it, the answer is 304 Not Modified without a body. "
     "Evaluated only without `If-None-Match` (an entity-tag is the better validator). Not a date, over "

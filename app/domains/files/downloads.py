@@ -38,11 +38,10 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from app.core.errors import AppError
-from app.core.preconditions import IF_MATCH_MAX_LENGTH, parse_if_none_match
+from app.core.preconditions import parse_if_none_match
 
 MAX_RANGE_CHARS = 200
 """Longest ``Range`` parsed (one range of two 20-digit positions is under 50): longer is ignored."""
-MAX_IF_NONE_MATCH_CHARS = IF_MATCH_MAX_LENGTH
 MAX_IF_RANGE_CHARS = 100
 """An entity-tag of a SHA-256 is 66 characters, an HTTP date at most 33 (RFC 850's ``Wednesday, …``)."""
 MAX_IF_MODIFIED_SINCE_CHARS = 100
