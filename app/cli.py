@@ -222,6 +222,11 @@ def _say(message: str) -> None:
     print(f"serve: {message}", flush=True)
 
 
+def _say_to_stderr(command: str) -> Callable[[str], None]:
+    """What a command whose standard output is its result (``migrate``: dbmate's lines) says meanwhile."""
+    return lambda message: print(f"{command}: {message}", file=sys.stderr, flush=True)
+
+
 def _local_host(host: str) -> str:
     """The address to reach a server bound to ``host`` from this machine."""
     if host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
@@ -288,9 +293,11 @@ def _claim_port(port: int) -> int:
     return descriptor
 
 
-def _wait_for_database(url: str, timeout: float, signals: _StopSignals, who: str = "serve") -> None:
+def _wait_for_database(
+    url: str, timeout: float, signals: _StopSignals, say: Callable[[str], None] = _say
+) -> None:
     """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline, saying
-    once (as ``who``) what the first attempt met. A server that answers without the database counts as
+    once (``say``) what the first attempt met. A server that answers without the database counts as
     ready: ``migrate`` creates it. One that answers and refuses the credentials fails at once."""
     import psycopg
 
@@ -315,11 +322,7 @@ def _wait_for_database(url: str, timeout: float, signals: _StopSignals, who: str
                 f"PostgreSQL did not answer within {timeout:g}s (DATABASE_URL={redact_url(url)}): {error}"
             )
         if not waiting:
-            print(
-                f"{who}: waiting up to {timeout:g}s for PostgreSQL (DATABASE_URL={redact_url(url)}): {error}",
-                file=sys.stderr if who != "serve" else sys.stdout,
-                flush=True,
-            )
+            say(f"waiting up to {timeout:g}s for PostgreSQL (DATABASE_URL={redact_url(url)}): {error}")
             waiting = True
         signals.sleep(0.25)
 
@@ -591,7 +594,7 @@ def _migrate(settings: Settings) -> str:
     signals = _StopSignals()
     try:
         if configured:  # as serve waits: saying so, and a refusal at once (dbmate waited 60 s mute)
-            _wait_for_database(url, settings.serve_ready_timeout_s, signals, who="migrate")
+            _wait_for_database(url, settings.serve_ready_timeout_s, signals, say=_say_to_stderr("migrate"))
         signals.restore()  # the migration itself stops on Ctrl-C or SIGTERM, as it always did
         said = migrate(url)
     except _Stopped:
