@@ -447,25 +447,30 @@ ABORTED_FROM_UI = "aborted from ui"
 
 
 @contextlib.asynccontextmanager
-async def _acting_on(queue: Queue, job_id: str) -> AsyncIterator[Job]:
-    """``job_id``, held for one action of the dashboard at a time (a claim in Valkey around the check
-    and the action): two retries at once, both reading the job finished, queued it twice, and the
-    second took it off the active list while a worker ran the first."""
-    if not isinstance(queue, RedisQueue):
-        raise TypeError(f"a dashboard action needs SAQ's Redis queue, not {type(queue).__name__}")
+async def _acting_on(queue: RedisQueue, job_id: str) -> AsyncIterator[None]:
+    """One action of the dashboard on ``job_id`` at a time (a claim in Valkey around the check and
+    the action): two retries at once, both reading the job finished, queued it twice, and the second
+    took it off the active list while a worker ran the first."""
     claim = f"dashboard:acting:{queue.name}:{job_id}"
     if not await queue.redis.set(claim, 1, nx=True, px=ACTION_CLAIM_MS):
         raise ConflictError("Another action on this job is under way.", headers=_NO_STORE)
     try:
-        yield await _job_in(queue, job_id)
+        yield
     finally:
         await queue.redis.delete(claim)
+
+
+def _redis_queue(queue: Queue) -> RedisQueue:
+    if not isinstance(queue, RedisQueue):
+        raise TypeError(f"a dashboard action needs SAQ's Redis queue, not {type(queue).__name__}")
+    return queue
 
 
 async def retry_finished_job(queue: Queue, job_id: str) -> None:
     """Queue ``job_id`` again if it has finished, else ``ConflictError`` (one action at a time:
     ``_acting_on``)."""
-    async with _acting_on(queue, job_id) as job:
+    async with _acting_on(_redis_queue(queue), job_id):
+        job = await _job_in(queue, job_id)
         if job.status not in RETRYABLE:
             raise ConflictError(
                 f"The job is {job.status.value}: only a finished job is retried (abort a running one first).",
@@ -495,8 +500,7 @@ async def abort_unfinished_job(queue: Queue, job_id: str) -> None:
     job on no list, never to run. Refused (409): a finished job (SAQ overwrote its status and error,
     and it could no longer be retried), one being aborted, and a cron job's waiting run (SAQ's
     scheduler enqueues the same run again within a second: abort it while it runs)."""
-    if not isinstance(queue, RedisQueue):
-        raise TypeError(f"an abort needs SAQ's Redis queue, not {type(queue).__name__}")
+    queue = _redis_queue(queue)
     incomplete, queued, active = (queue.namespace(name) for name in ("incomplete", "queued", "active"))
     record = queue.job_id(job_id)
     async with _acting_on(queue, job_id), queue.redis.pipeline(transaction=True) as pipe:

@@ -27,7 +27,6 @@ from saq import Queue
 from saq.job import Status
 
 from app.config import Settings
-from app.core import dashboard
 from app.core.dashboard import APP_JS_FIXES, ERROR_MAX_CHARS, fixed_app_js
 from app.core.relay import batching_of, relay_once
 from app.core.scrub import MASK
@@ -422,22 +421,30 @@ async def test_a_cron_jobs_waiting_run_is_not_aborted(
 
 
 async def test_a_job_a_worker_takes_while_it_is_aborted_is_left_to_the_worker(
-    api: Client, credentials: dict[str, str], queues: dict[str, Queue], monkeypatch: pytest.MonkeyPatch
+    api: Client,
+    credentials: dict[str, str],
+    queues: dict[str, Queue],
+    valkey_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The diff reviewer: read queued, taken by a worker, then finished ``aborted`` by the dashboard
-    while the worker ran it (and Retry could queue it again beside that run)."""
+    while the worker ran it (and Retry could queue it again beside that run). The worker takes it
+    between the abort's look and its write."""
     queue = queues["default"]
     await enqueued(queue, "dashboard-taken", {"outbox_id": 9})
-    read = dashboard._job_in
+    look = Pipeline.lpos
+    taken: list[bool] = []
 
-    async def read_then_taken(queue: Queue, job_id: str) -> SaqJob:
-        job = await read(queue, job_id)
-        taken = await queue.dequeue(timeout=5)
-        assert taken is not None and taken.key == "dashboard-taken"
-        await taken.update(status=Status.ACTIVE, attempts=1)
-        return job
+    async def taken_meanwhile(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        if not taken:
+            taken.append(True)
+            async with saq_queues(valkey_url) as workers:  # the app's loop: its own connections
+                job = await workers["default"].dequeue(timeout=5)
+                assert job is not None and job.key == "dashboard-taken"
+                await job.update(status=Status.ACTIVE, attempts=1)
+        return await look(self, *args, **kwargs)
 
-    monkeypatch.setattr(dashboard, "_job_in", read_then_taken)
+    monkeypatch.setattr(Pipeline, "lpos", taken_meanwhile)
     aborted = await api.post(
         "/saq/api/queues/default/jobs/dashboard-taken/abort", headers={**credentials, **SAME_ORIGIN}
     )
