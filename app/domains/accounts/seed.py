@@ -20,7 +20,6 @@ from app.config import (
     DEFAULT_ADMIN_EMAIL,
     DEFAULT_ADMIN_PASSWORD,
     DEFAULT_DEMO_PASSWORD,
-    Settings,
     SettingsError,
     is_loopback_host,
 )
@@ -52,10 +51,10 @@ async def seed_accounts(services: Services) -> list[str]:
             "HOST=127.0.0.1"
         )
     admin_hint = await _hint(
-        accounts, admin_email, public, DEFAULT_ADMIN_PASSWORD, "ADMIN_PASSWORD", settings
+        accounts, admin_email, public, DEFAULT_ADMIN_PASSWORD, ("ADMIN_PASSWORD", settings.admin_password)
     )
     member_hint = await _hint(
-        accounts, DEMO_MEMBERS[0][0], public, DEFAULT_DEMO_PASSWORD, "DEMO_PASSWORD", settings
+        accounts, DEMO_MEMBERS[0][0], public, DEFAULT_DEMO_PASSWORD, ("DEMO_PASSWORD", settings.demo_password)
     )
     if admin_line is not None:
         return [
@@ -70,14 +69,14 @@ async def seed_accounts(services: Services) -> list[str]:
 
 
 async def _hint(
-    accounts: AccountService, email: str, public: set[str], default: str, variable: str, settings: Settings
+    accounts: AccountService, email: str, public: set[str], default: str, configured: tuple[str, str]
 ) -> str:
     """The password to show for a seeded account: the one it opens with, of its public default and
-    the variable's value; else that it has its own."""
+    the ``configured`` variable's value (its name, its value); else that it has its own."""
     if email in public:
         return default
-    configured: str = getattr(settings, variable.lower())
-    if configured != default and await accounts.opens_with(email, configured):
+    variable, value = configured
+    if value != default and await accounts.opens_with(email, value):
         return f"${variable}"
     return "(its own: changed since it was seeded)"
 
