@@ -198,6 +198,12 @@ class UnauthorizedError(AppError):
     slug = "unauthorized"
     title = "Authentication required"
 
+    @classmethod
+    def token_refused(cls, detail: str) -> UnauthorizedError:
+        """The 401 of a bearer token that no longer stands (its session revoked, its account
+        deactivated): RFC 6750's ``invalid_token``, so a client signs in again."""
+        return cls(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
 
 class ForbiddenError(AppError):
     status = 403

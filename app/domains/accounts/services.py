@@ -174,10 +174,6 @@ class PasswordChangedError(ConflictError):
     title = "Password changed meanwhile"
 
 
-def _bearer_failure(detail: str) -> UnauthorizedError:
-    return UnauthorizedError(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-
-
 class AccountService:
     def __init__(self, db: Database, settings: Settings, valkey: Valkey) -> None:
         self.settings = settings
@@ -238,9 +234,9 @@ class AccountService:
         elif caller.expires_at <= time.time() - TOKEN_LEEWAY_S:
             del self._callers[bearer_token]
             log.info("access_token_rejected", reason="ExpiredSignatureError")
-            raise _bearer_failure("The access token is invalid or expired.")
+            raise UnauthorizedError.token_refused("The access token is invalid or expired.")
         if await self._family_revoked(caller.family_id):
-            raise _bearer_failure("The access token has been revoked.")
+            raise UnauthorizedError.token_refused("The access token has been revoked.")
         return caller
 
     async def still_authenticated(self, caller: CurrentUser) -> bool:
@@ -259,7 +255,7 @@ class AccountService:
             role = UserRole(claims.role)
         except (InvalidTokenError, ValueError) as exc:
             log.info("access_token_rejected", reason=str(exc))
-            raise _bearer_failure("The access token is invalid or expired.") from exc
+            raise UnauthorizedError.token_refused("The access token is invalid or expired.") from exc
         return CurrentUser(
             id=int(claims.sub), role=role, family_id=family, token_id=claims.jti, expires_at=claims.exp
         )
@@ -762,7 +758,7 @@ class AccountService:
                     uow.conn, family_id=caller.family_id
                 ):
                     log.info("password_change_refused", user_id=caller.id, reason="session_revoked")
-                    raise _bearer_failure("The access token has been revoked.")
+                    raise UnauthorizedError.token_refused("The access token has been revoked.")
             user = await queries.update_user_profile(
                 uow.conn,
                 display_name=data.display_name.strip() if data.display_name else None,

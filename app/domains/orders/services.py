@@ -226,9 +226,7 @@ class OrderService:
 
     async def _place(self, uow: UnitOfWork, user_id: int, data: OrderCreate) -> PlacedOrder:
         if not await queries.lock_user(uow.conn, id=user_id):  # deactivated since it signed the request
-            raise UnauthorizedError(
-                "This account was deactivated.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
+            raise UnauthorizedError.token_refused("This account was deactivated.")
         open_orders = await queries.count_open_orders(uow.conn, user_id=user_id) or 0
         if open_orders >= self.settings.max_open_orders:
             raise TooManyRequestsError(
