@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -365,6 +365,26 @@ async def test_a_running_job_is_left_to_its_worker_to_abort(
     assert running.status == Status.ABORTING, "a second click finished a job its worker still runs"
 
 
+def worker_acts_during_the_abort(
+    monkeypatch: pytest.MonkeyPatch, valkey_url: str, act: Callable[[Queue], Awaitable[None]]
+) -> list[bool]:
+    """Run ``act`` (what a worker does, on the ``default`` queue) once, between the abort's look at
+    the job (its first ``LPOS`` under ``WATCH``) and its write: in the app's event loop, through
+    connections of its own. The list says whether it ran."""
+    look = Pipeline.lpos
+    acted: list[bool] = []
+
+    async def meanwhile(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        if not acted:
+            acted.append(True)
+            async with saq_queues(valkey_url) as workers:
+                await act(workers["default"])
+        return await look(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "lpos", meanwhile)
+    return acted
+
+
 async def test_a_job_a_worker_finishes_while_it_is_aborted_stays_finished(
     api: Client,
     credentials: dict[str, str],
@@ -380,19 +400,13 @@ async def test_a_job_a_worker_finishes_while_it_is_aborted_stays_finished(
     running = await queue.dequeue(timeout=5)
     assert running is not None
     await running.update(status=Status.ACTIVE, attempts=1)
-    look = Pipeline.lpos
-    finished: list[bool] = []
 
-    async def finished_meanwhile(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
-        if not finished:  # the worker's finish lands between the abort's look and its write
-            finished.append(True)
-            async with saq_queues(valkey_url) as workers:  # the app's loop: its own connections
-                job = await workers["default"].job("dashboard-finishing")
-                assert job is not None
-                await workers["default"].finish(job, Status.COMPLETE)
-        return await look(self, *args, **kwargs)
+    async def finish(worker: Queue) -> None:
+        job = await worker.job("dashboard-finishing")
+        assert job is not None
+        await worker.finish(job, Status.COMPLETE)
 
-    monkeypatch.setattr(Pipeline, "lpos", finished_meanwhile)
+    finished = worker_acts_during_the_abort(monkeypatch, valkey_url, finish)
     aborted = await api.post(
         "/saq/api/queues/default/jobs/dashboard-finishing/abort", headers={**credentials, **SAME_ORIGIN}
     )
@@ -432,22 +446,17 @@ async def test_a_job_a_worker_takes_while_it_is_aborted_is_left_to_the_worker(
     between the abort's look and its write."""
     queue = queues["default"]
     await enqueued(queue, "dashboard-taken", {"outbox_id": 9})
-    look = Pipeline.lpos
-    taken: list[bool] = []
 
-    async def taken_meanwhile(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
-        if not taken:
-            taken.append(True)
-            async with saq_queues(valkey_url) as workers:  # the app's loop: its own connections
-                job = await workers["default"].dequeue(timeout=5)
-                assert job is not None and job.key == "dashboard-taken"
-                await job.update(status=Status.ACTIVE, attempts=1)
-        return await look(self, *args, **kwargs)
+    async def take(worker: Queue) -> None:
+        job = await worker.dequeue(timeout=5)
+        assert job is not None and job.key == "dashboard-taken"
+        await job.update(status=Status.ACTIVE, attempts=1)
 
-    monkeypatch.setattr(Pipeline, "lpos", taken_meanwhile)
+    taken = worker_acts_during_the_abort(monkeypatch, valkey_url, take)
     aborted = await api.post(
         "/saq/api/queues/default/jobs/dashboard-taken/abort", headers={**credentials, **SAME_ORIGIN}
     )
+    assert taken
     assert aborted.status_code == 202, aborted.text
     job = await queue.job("dashboard-taken")
     assert job is not None and job.status == Status.ABORTING
