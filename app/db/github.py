@@ -160,6 +160,9 @@ with recursive logins (login) as (
       and not exists (
         select 1 from github_snapshots s where s.login = l.login and s.taken_on = $2::date
       )
+      and not exists (  -- its own failure (gone, blocked) already settled it for the day
+        select 1 from github_snapshot_attempts f where f.login = l.login and f.failed_on = $2::date
+      )
 )
 select d.login::text as login
 from due d
@@ -205,14 +208,23 @@ async def record_github_snapshot_attempt(
         await cur.execute(RECORD_GITHUB_SNAPSHOT_ATTEMPT, (login, attempted_at))
 
 
+RECORD_GITHUB_SNAPSHOT_FAILURE = "update github_snapshot_attempts set failed_on = $1::date where login = $2"
+
+
+async def record_github_snapshot_failure(conn: AsyncConnection[Any], *, failed_on: date, login: str) -> None:
+    """The login's own failure (not found, refused): not tried again until the next snapshot day."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(RECORD_GITHUB_SNAPSHOT_FAILURE, (failed_on, login))
+
+
 INSERT_GITHUB_SNAPSHOT = """\
 insert into github_snapshots (
-    login, taken_on, taken_at, followers, following, public_repos, repos_counted,
+    login, taken_on, taken_at, github_id, followers, following, public_repos, repos_counted,
     total_stars, total_forks, language_bytes
 )
 values (
-    $1, $2, $3, $4, $5, $6, $7,
-    $8, $9, $10
+    $1, $2, $3, $4, $5, $6, $7, $8,
+    $9, $10, $11
 )
 on conflict (login, taken_on) do nothing"""
 
@@ -223,6 +235,7 @@ async def insert_github_snapshot(
     login: str,
     taken_on: date,
     taken_at: datetime,
+    github_id: int | None,
     followers: int,
     following: int,
     public_repos: int,
@@ -239,6 +252,7 @@ async def insert_github_snapshot(
                 login,
                 taken_on,
                 taken_at,
+                github_id,
                 followers,
                 following,
                 public_repos,
@@ -252,7 +266,7 @@ async def insert_github_snapshot(
 
 
 LIST_GITHUB_SNAPSHOTS = """\
-select login, taken_on, taken_at, followers, following, public_repos, repos_counted, total_stars, total_forks, language_bytes from github_snapshots
+select login, taken_on, taken_at, followers, following, public_repos, repos_counted, total_stars, total_forks, language_bytes, github_id from github_snapshots
 where login = $1 and taken_on between $2::date and $3::date
 order by taken_on"""
 

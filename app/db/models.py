@@ -612,6 +612,7 @@ class GithubSnapshot(msgspec.Struct, frozen=True):
     total_stars: int
     total_forks: int
     language_bytes: Any
+    github_id: int | None
 
 
 class RevokedFamily(msgspec.Struct, frozen=True, gc=False):
@@ -657,6 +658,7 @@ class ActivityRecovery(msgspec.Struct, frozen=True, gc=False):
 class GithubSnapshotAttempt(msgspec.Struct, frozen=True, gc=False):
     login: str
     attempted_at: datetime
+    failed_on: date | None
 
 
 class RetiredIngestKey(msgspec.Struct, frozen=True, gc=False):

@@ -73,6 +73,9 @@ with recursive logins (login) as (
       and not exists (
         select 1 from github_snapshots s where s.login = l.login and s.taken_on = @taken_on::date
       )
+      and not exists (  -- its own failure (gone, blocked) already settled it for the day
+        select 1 from github_snapshot_attempts f where f.login = l.login and f.failed_on = @taken_on::date
+      )
 )
 select d.login::text as login
 from due d
@@ -90,14 +93,18 @@ limit @batch_size;
 insert into github_snapshot_attempts (login, attempted_at) values (@login, @attempted_at)
 on conflict (login) do update set attempted_at = excluded.attempted_at;
 
+-- name: RecordGithubSnapshotFailure :exec
+-- The login's own failure (not found, refused): not tried again until the next snapshot day.
+update github_snapshot_attempts set failed_on = @failed_on::date where login = @login;
+
 -- name: InsertGithubSnapshot :execrows
 -- At most one snapshot per login and day: a re-delivered cron run changes nothing.
 insert into github_snapshots (
-    login, taken_on, taken_at, followers, following, public_repos, repos_counted,
+    login, taken_on, taken_at, github_id, followers, following, public_repos, repos_counted,
     total_stars, total_forks, language_bytes
 )
 values (
-    @login, @taken_on, @taken_at, @followers, @following, @public_repos, @repos_counted,
+    @login, @taken_on, @taken_at, @github_id, @followers, @following, @public_repos, @repos_counted,
     @total_stars, @total_forks, @language_bytes
 )
 on conflict (login, taken_on) do nothing;

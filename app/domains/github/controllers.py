@@ -103,7 +103,10 @@ class GithubUsersController(Controller):
             "before `to` (30 days). A backwards range, one longer than `GITHUB_HISTORY_MAX_DAYS`, or a "
             "`to` too early in the calendar for the default `from` is a 400 `invalid-range` whose "
             "detail names the parameter. A login without snapshots (never tracked, or unknown to "
-            "GitHub) answers 200 with no points, never 404."
+            "GitHub) answers 200 with no points, never 404. Each point names the GitHub account that "
+            "held the login (`github_id`): where a login changed hands (renamed away and registered "
+            "again), `change` is null and `deltas` count from the new account's first point "
+            "(`deltas_from`)."
         ),
         responses=problems(400, 401, 429),
     )

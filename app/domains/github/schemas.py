@@ -208,6 +208,10 @@ class Change(msgspec.Struct, frozen=True):
 class HistoryPoint(msgspec.Struct, frozen=True):
     date: dt.date
     taken_at: dt.datetime
+    github_id: int | None
+    """GitHub's id of the account that held the login that day (a rename keeps it; a login renamed
+    away and registered again by someone else changes it). None for snapshots taken before ids were
+    recorded."""
     followers: int
     following: int
     public_repos: int
@@ -216,7 +220,9 @@ class HistoryPoint(msgspec.Struct, frozen=True):
     total_forks: int
     language_bytes: dict[str, int]
     change: Change | None
-    """Against the previous point (None for the first)."""
+    """Against the previous point: None for the first, and where the login changed hands (the
+    previous point's ``github_id`` is another account's): one account's numbers are never subtracted
+    from another's."""
     days_since_previous: int | None
 
 
@@ -226,4 +232,7 @@ class HistoryOut(msgspec.Struct, frozen=True):
     to: dt.date
     points: list[HistoryPoint]
     deltas: Change | None
-    """Last point minus first point (None with fewer than two points)."""
+    """Last point minus the first point of the same account (``deltas_from``): the whole range's
+    change unless the login changed hands in it. None with fewer than two such points."""
+    deltas_from: dt.date | None = None
+    """The day of the first point ``deltas`` counts from (None without points)."""

@@ -1178,8 +1178,14 @@ class GithubService:
         Each login's attempt is recorded before it is fetched and the batch is the longest untried
         first, so logins that fail every time (gone from GitHub, blocked) go behind the others instead
         of filling every batch. They stay tracked: a 404 may be a suspension or a rename taken back,
-        and untracking would silently undo the user's choice. A retry costs one request at most (none
-        while the "no such user" memory, ``GITHUB_NOT_FOUND_TTL_S``, lasts)."""
+        and untracking would silently undo the user's choice. Such a failure of the login's own (not
+        found, refused, an answer that is not GitHub's) settles it for the snapshot day: it is tried
+        again the next day, not in each of the day's hourly runs (24 requests a day for every login
+        gone from GitHub, which any account could track before it went). An outage or a spent quota
+        settles nothing: the next run takes the login again.
+
+        Each snapshot records which GitHub account held the login (its numeric id), so that the
+        history tells a login that changed hands from one account's changes (``history``)."""
         day = snapshot_day(self.clock(), self.settings.github_snapshot_hour_utc)
         async with self.db.read() as uow:
             due = await queries.list_github_logins_due(
@@ -1194,19 +1200,20 @@ class GithubService:
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
                     newer_than = stored.fetched_at if stored else None
                     stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=newer_than)
-            except GitHubRefusedError as exc:  # this one profile (451, a blocked resource): not an outage
-                log.warning("github_snapshot_skipped", login=login, kind=exc.kind)
-                continue
-            except (GitHubRateLimitError, GitHubBusyError, GitHubDownError) as exc:
-                # The next hourly run goes on where this one stopped: asking an exhausted quota or a
-                # GitHub that is down for every due login (each with its retries) only adds to the load.
-                reason = _PAUSE_REASONS.get(type(exc), "unavailable")
-                log.warning(
-                    "github_snapshots_paused", reason=reason, login=login, retry_after=exc.retry_after
-                )
-                break
             except GitHubError as exc:
-                log.warning("github_snapshot_skipped", login=login, kind=exc.kind)
+                if _is_outage(exc):
+                    # The next hourly run goes on where this one stopped: asking an exhausted quota or a
+                    # GitHub that is down for every due login (each with its retries) only adds to the load.
+                    reason = _PAUSE_REASONS.get(type(exc), "unavailable")
+                    log.warning(
+                        "github_snapshots_paused", reason=reason, login=login, retry_after=exc.retry_after
+                    )
+                    break
+                log.warning(
+                    "github_snapshot_skipped", login=login, kind=exc.kind, snapshot_day=day.isoformat()
+                )
+                async with self.db.transaction() as uow:
+                    await queries.record_github_snapshot_failure(uow.conn, login=login, failed_on=day)
                 continue
             analysis = analyze(
                 stored.data,
@@ -1221,6 +1228,7 @@ class GithubService:
                     login=login,
                     taken_on=day,
                     taken_at=self.clock(),
+                    github_id=stored.data.user.id,
                     followers=analysis.profile.followers,
                     following=analysis.profile.following,
                     public_repos=analysis.profile.public_repos,
@@ -1339,11 +1347,16 @@ class GithubService:
             rows = await queries.list_github_snapshots(uow.conn, login=login, first_day=first, last_day=last)
         points: list[HistoryPoint] = []
         previous: GithubSnapshot | None = None
-        for row in rows:
+        segment_start = 0
+        for index, row in enumerate(rows):
+            same_account = previous is not None and _same_account(previous, row)
+            if previous is not None and not same_account:
+                segment_start = index
             points.append(
                 HistoryPoint(
                     date=row.taken_on,
                     taken_at=row.taken_at,
+                    github_id=row.github_id,
                     followers=row.followers,
                     following=row.following,
                     public_repos=row.public_repos,
@@ -1351,13 +1364,21 @@ class GithubService:
                     total_stars=row.total_stars,
                     total_forks=row.total_forks,
                     language_bytes=dict(row.language_bytes),
-                    change=_change(previous, row) if previous is not None else None,
+                    change=_change(previous, row) if previous is not None and same_account else None,
                     days_since_previous=(row.taken_on - previous.taken_on).days if previous else None,
                 )
             )
             previous = row
-        deltas = _change(rows[0], rows[-1]) if len(rows) >= 2 else None
-        return HistoryOut(username=login, from_=first, to=last, points=points, deltas=deltas)
+        segment = rows[segment_start:]
+        deltas = _change(segment[0], segment[-1]) if len(segment) >= 2 else None
+        return HistoryOut(
+            username=login,
+            from_=first,
+            to=last,
+            points=points,
+            deltas=deltas,
+            deltas_from=segment[0].taken_on if segment else None,
+        )
 
 
 def snapshot_day(now: datetime, snapshot_hour_utc: int) -> date:
@@ -1449,6 +1470,20 @@ def _event(state: RefreshOut) -> ServerSentEventMessage:
 
 def _tracked_out(row: GithubTracked) -> TrackedOut:
     return TrackedOut(username=row.login, tracked_since=row.created_at)
+
+
+def _is_outage(exc: GitHubError) -> bool:
+    """A failure of GitHub or of its quota for every login (the snapshot cron pauses), not of one
+    login (a 404, a blocked profile, an answer that is not GitHub's: that login is skipped)."""
+    return isinstance(exc, GitHubRateLimitError | GitHubBusyError | GitHubDownError) and not isinstance(
+        exc, GitHubRefusedError
+    )
+
+
+def _same_account(before: GithubSnapshot, after: GithubSnapshot) -> bool:
+    """Whether two snapshots of a login are of one GitHub account (an unknown id, recorded before
+    ids were, is taken as the same: nothing says otherwise)."""
+    return before.github_id is None or after.github_id is None or before.github_id == after.github_id
 
 
 def _change(before: GithubSnapshot, after: GithubSnapshot) -> Change:

@@ -1,0 +1,163 @@
+"""The snapshot cron across a login's life on GitHub: a login that changes hands starts a new
+segment of its history, and a login gone from GitHub is asked once per snapshot day, not hourly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import msgspec
+from psycopg import AsyncConnection
+
+from app.config import Settings
+from app.core.services import open_services
+from app.domains.github.jobs import snapshot_github_profiles
+from app.domains.github.services import GithubService
+from tests.factories import clocked_github, create_user
+from tests.fakes.clock import FakeClock
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
+
+
+def _configured(settings: Settings, fake_server: FakeGitHubServer) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_token="identity-test-token",
+        github_snapshot_hour_utc=4,
+        github_profile_ttl_s=3600,
+        github_retry_wait_s=0.01,
+    )
+
+
+async def test_a_login_renamed_away_and_registered_again_starts_a_new_segment_of_its_history(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    first = fake.add_user("taken-over", [FakeRepo(name="a", stars=500, languages={"Go": 100})], followers=900)
+    owner = await create_user(db)
+    first_day = clock.now.date() + timedelta(days=1)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        await github.track(owner.id, "taken-over")
+        for day in range(4):
+            if day == 2:  # the first account takes another name; a newcomer registers the free login
+                fake.rename_user("taken-over", "moved-on")
+                fake.add_user("taken-over", [FakeRepo(name="b", stars=3, languages={"C": 7})], followers=1)
+            if day == 3:
+                fake.users["taken-over"].followers = 4
+            clock.now = datetime.combine(first_day + timedelta(days=day), time(5), tzinfo=UTC)
+            assert await snapshot_github_profiles(ctx) == 1
+        history = await github.history("taken-over", first_day, first_day + timedelta(days=3))
+
+    newcomer = fake.users["taken-over"]
+    assert [p.github_id for p in history.points] == [first.id, first.id, newcomer.id, newcomer.id]
+    assert [p.followers for p in history.points] == [900, 900, 1, 4]
+    changes = [p.change for p in history.points]
+    assert changes[0] is None and changes[2] is None  # never the newcomer's 1 minus the first's 900
+    assert changes[1] is not None and changes[1].followers == 0
+    assert changes[3] is not None and changes[3].followers == 3
+    assert history.points[2].days_since_previous == 1
+    assert history.deltas_from == first_day + timedelta(days=2)
+    assert history.deltas is not None
+    assert (history.deltas.followers, history.deltas.total_stars) == (3, 0)
+    assert history.deltas.language_bytes == {}
+
+
+async def test_snapshots_recorded_before_ids_were_keep_their_changes(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """A snapshot without an id (taken before they were recorded) is not a change of hands."""
+    fake.add_user("kept-one", [FakeRepo(name="a", stars=10, languages={"Go": 1})], followers=20)
+    owner = await create_user(db)
+    first_day = clock.now.date() + timedelta(days=1)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        await github.track(owner.id, "kept-one")
+        for day in range(2):
+            fake.users["kept-one"].followers = 20 + 5 * day
+            clock.now = datetime.combine(first_day + timedelta(days=day), time(5), tzinfo=UTC)
+            assert await snapshot_github_profiles(ctx) == 1
+        await db.execute(
+            "update github_snapshots set github_id = null where login = 'kept-one' and taken_on = %s",
+            (first_day,),
+        )
+        history = await github.history("kept-one", first_day, first_day + timedelta(days=1))
+
+    assert [p.github_id is None for p in history.points] == [True, False]
+    assert history.points[1].change is not None and history.points[1].change.followers == 5
+    assert history.deltas is not None and history.deltas.followers == 5
+    assert history.deltas_from == first_day
+
+
+async def test_a_login_gone_from_github_is_asked_once_per_snapshot_day_not_in_every_hourly_run(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    fake.add_user("soon-gone", [FakeRepo(name="a", stars=1, languages={"C": 1})])
+    fake.add_user("still-here", [FakeRepo(name="b", stars=2, languages={"Go": 2})])
+    owner = await create_user(db)
+    first_day = clock.now.date() + timedelta(days=1)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        await github.track(owner.id, "soon-gone")
+        await github.track(owner.id, "still-here")
+        del fake.users["soon-gone"]
+        taken = []
+        for day in range(2):
+            clock.now = datetime.combine(first_day + timedelta(days=day), time(5), tzinfo=UTC)
+            for _ in range(6):  # six hourly runs of the same snapshot day
+                taken.append(await snapshot_github_profiles(ctx))
+                # The "no such user" memory (GITHUB_NOT_FOUND_TTL_S, real seconds) lapses between
+                # hourly runs; here the clock is fake, so it is let go by hand.
+                await valkey.delete("github:missing:soon-gone", "github:failed:soon-gone")
+                clock.now += timedelta(hours=1)
+        still_tracked = await github.list_tracked(owner.id, after_id=0, limit=10)
+
+    assert taken == [1, 0, 0, 0, 0, 0] * 2
+    misses = [r.status for r in fake.recorded("/users/soon-gone") if r.path == "/users/soon-gone"]
+    assert misses == [200, 404, 404]  # the lookup that tracked it, then one try per snapshot day
+    assert [t.username for t in still_tracked.items] == ["soon-gone", "still-here"]
+
+
+async def test_an_outage_settles_nothing_the_next_run_takes_the_login_again(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    fake.add_user("waits-out", [FakeRepo(name="a", stars=1, languages={"C": 1})])
+    owner = await create_user(db)
+    clock.now = datetime.combine(clock.now.date() + timedelta(days=1), time(5), tzinfo=UTC)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        await github.track(owner.id, "waits-out")
+        clock.now += timedelta(hours=2)  # the stored profile is stale: the run fetches
+        fake.fail(502, times=100)
+        assert await snapshot_github_profiles(ctx) == 0
+        fake.recover()
+        await valkey.delete("github:failed:waits-out")
+        clock.now += timedelta(hours=1)
+        assert await snapshot_github_profiles(ctx) == 1
