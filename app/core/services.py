@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import structlog
+from litestar import Litestar
 from litestar.di import Provide
 from saq.types import Context
 from valkey.asyncio import Valkey
@@ -149,4 +150,11 @@ async def open_services(settings: Settings, modules: Sequence[Module]) -> AsyncI
 def services_of(ctx: Context) -> Services:
     """The registry of the process running a SAQ job: ``services_of(ctx)[OrderService]``."""
     services: Services = ctx["services"]  # type: ignore[typeddict-item]
+    return services
+
+
+def services_of_app(app: Litestar) -> Services:
+    """The registry of a web app, for code that gets no dependencies: guards, hooks and handlers
+    that read their body themselves (``services_of_app(request.app)[PageViewService]``)."""
+    services: Services = app.state.services
     return services

@@ -6,7 +6,7 @@ from litestar.handlers import BaseRouteHandler
 
 from app.core.auth import Caller, Connection, caller_of, provide_current_user, requires_admin, requires_user
 from app.core.errors import ForbiddenError
-from app.core.services import Services
+from app.core.services import services_of_app
 from app.domains.accounts.dashboard_tokens import ADMINS_ONLY, SESSION_COOKIE, sign_in_required
 from app.domains.accounts.services import AccountService
 
@@ -22,7 +22,7 @@ async def requires_dashboard_admin(connection: Connection, _: BaseRouteHandler) 
     Anonymous, or a session that is over → 401 without a Basic challenge (the dashboard's page
     answers it with a redirect to the sign-in page: ``app.core.dashboard``); a member → 403.
     """
-    services: Services = connection.app.state.services
+    services = services_of_app(connection.app)
     caller = caller_of(connection)
     if caller is not None:
         if not caller.is_admin:

@@ -15,7 +15,7 @@ from typing import Any
 from litestar import MediaType, Request, post
 from litestar.response.base import ASGIResponse
 
-from app.core.services import Services
+from app.core.services import services_of_app
 from app.domains.pageviews.schemas import ACCEPTED_ONE_JSON
 from app.domains.pageviews.services import PageViewService
 
@@ -23,8 +23,7 @@ ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=
 
 
 def _pageviews(request: Request[Any, Any, Any]) -> PageViewService:
-    services: Services = request.app.state.services
-    return services[PageViewService]
+    return services_of_app(request.app)[PageViewService]
 
 
 @post("/bench/noop", status_code=202, opt={"rate_limit": None}, include_in_schema=False)

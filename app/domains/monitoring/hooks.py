@@ -7,17 +7,13 @@ from typing import Any
 
 from litestar.types import Scope
 
+from app.core.services import Services
 from app.domains.monitoring.services import MonitoringService
 
 
-def _service(registry: Any) -> MonitoringService | None:
-    if registry is None:
-        return None
-    try:
-        service: MonitoringService = registry[MonitoringService]
-    except LookupError:
-        return None
-    return service
+def _service(registry: Services | None) -> MonitoringService | None:
+    """The process's monitoring, if it has a registry with the module enabled."""
+    return registry.get(MonitoringService) if registry is not None else None
 
 
 _last_app: tuple[object, MonitoringService | None] = (None, None)

@@ -4,7 +4,7 @@ The one documented exception to "handlers take services by name" (CONVENTIONS.md
 hot path, so they are plain function handlers without dependency injection (no ``data`` parameter,
 no injected service: Litestar's per-request dependency resolution costs measurable throughput at
 these rates). Each handler obtains ``PageViewService`` once per request from the app's registry
-(``request.app.state.services``), checks the address's limit before the body is received
+(``services_of_app``), checks the address's limit before the body is received
 (``admit_reading``), then reads the body itself through it (``read_view``/``read_batch``:
 ``decode_view``/``decode_batch``). Every body received is charged to the address for its size: when
 accepted (a token per 4 KiB when that is more than a token per view: the body passed on to
@@ -26,7 +26,7 @@ from litestar.response.base import ASGIResponse
 from app.core.errors import Problem
 from app.core.openapi import documents_json_body, problems
 from app.core.responses import JSONBytesResponse
-from app.core.services import Services
+from app.core.services import services_of_app
 from app.domains.pageviews.schemas import (
     ACCEPTED_ONE_JSON,
     MAX_BATCH,
@@ -53,8 +53,7 @@ ACCEPTED_ONE = ASGIResponse(body=ACCEPTED_ONE_JSON, status_code=202, media_type=
 
 
 def _service(request: Request[Any, Any, Any]) -> PageViewService:
-    services: Services = request.app.state.services
-    return services[PageViewService]
+    return services_of_app(request.app)[PageViewService]
 
 
 def _body_limit(request: Request[Any, Any, Any]) -> int:
