@@ -382,7 +382,7 @@ def _start_granian(settings: Settings, keep_open: tuple[int, ...] = ()) -> subpr
 def _everything_answers(response: Any) -> bool:
     """Ready with every check, Valkey's and the queue's too (a degraded instance is ready for a load
     balancer, not a finished start: the worker needs the queue)."""
-    from app.domains.health.services import Readiness
+    from app.domains.health.schemas import Readiness
 
     try:
         return msgspec.json.decode(response.content, type=Readiness).status == "ok"
@@ -392,7 +392,7 @@ def _everything_answers(response: Any) -> bool:
 
 def _describe_not_ready(response: Any) -> str:
     """What a readiness answer that is not ``ok`` says: the failing dependencies, else the body."""
-    from app.domains.health.services import Readiness
+    from app.domains.health.schemas import Readiness
 
     try:
         readiness = msgspec.json.decode(response.content, type=Readiness)

@@ -15,13 +15,10 @@ from litestar.response.base import ASGIResponse
 
 from app.core.openapi import problems
 from app.core.routing import Controller
-from app.domains.health.services import HealthService, Readiness
+from app.domains.health.schemas import Liveness, Readiness
+from app.domains.health.services import HealthService
 
 Health = NamedDependency[HealthService]
-
-
-class Liveness(msgspec.Struct, frozen=True):
-    status: str
 
 
 LIVE = ASGIResponse(body=msgspec.json.encode(Liveness(status="ok")), media_type=MediaType.JSON)

@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-import msgspec
 import redis.asyncio as redis
 import structlog
 from psycopg import AsyncConnection
@@ -20,6 +19,7 @@ from app.core.db import Database
 from app.core.deadline import finish_within, sever
 from app.core.logging import OncePerInterval, error_message
 from app.core.migrate import MISSING_MIGRATIONS, SchemaBehindError, migration_versions
+from app.domains.health.schemas import CheckFailure, DependencyStatus, Readiness
 
 log = structlog.get_logger("app.health")
 
@@ -27,30 +27,6 @@ WARN_INTERVAL_S = 60.0
 """A failing check is logged at most once per interval (a probe polls every few seconds)."""
 READINESS_SHARED_S = 1.0
 """How long one readiness answer serves every probe (``HEALTH_READY_SHARED_S``)."""
-
-
-CheckFailure = Literal["timeout", "error"]
-"""Why a check failed, as the public answer says it: no answer within the deadline, or an error.
-The cause (the error's type and message, a queue's counts, the schema's version) is only logged:
-the route is public."""
-
-
-class DependencyStatus(msgspec.Struct, frozen=True):
-    name: str
-    ok: bool
-    required: bool
-    latency_ms: float
-    detail: CheckFailure | None = None
-
-
-class Readiness(msgspec.Struct, frozen=True):
-    """``ok``: every check passed. ``degraded``: Valkey or the job queue does not answer, and the
-    instance still serves (limits fail open, caches are read through, jobs wait in the outbox): ready,
-    since every replica shares that Valkey and taking them all out of a load balancer for it turned a
-    degraded service into none. ``unavailable``: PostgreSQL or its schema is not there."""
-
-    status: Literal["ok", "degraded", "unavailable"]
-    checks: list[DependencyStatus]
 
 
 _abandoned: set[asyncio.Task[None]] = set()
