@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from app.core.scrub import _SUBSTITUTIONS, MASK, scrub_text, scrubbed_prefix
 from app.domains.monitoring.scrub import SENSITIVE_KEY, scrub_mapping
-from app.domains.monitoring.scrub import scrub_text as scrub_captured
+from app.domains.monitoring.scrub import storable_scrubbed as scrub_captured
 from tests.factories import captured_logs
 
 TELEGRAM_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawq"

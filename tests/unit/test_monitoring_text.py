@@ -8,7 +8,7 @@ import pytest
 
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.messages import alert_message, digest_message
-from app.domains.monitoring.scrub import FILTERED, scrub_mapping, scrub_text
+from app.domains.monitoring.scrub import FILTERED, scrub_mapping, storable_scrubbed
 from app.domains.monitoring.telegram import MAX_MESSAGE, Part, render, utf16_length
 from tests.fakes.telegram import parse_html
 
@@ -115,7 +115,7 @@ def test_a_digest_lists_every_summary_within_the_limit() -> None:
     ],
 )
 def test_secrets_are_scrubbed_from_text(secret: str) -> None:
-    scrubbed = scrub_text(f"failed with {secret} at login")
+    scrubbed = storable_scrubbed(f"failed with {secret} at login")
     assert "hunter2" not in scrubbed
     assert "abcdefghijklmnop" not in scrubbed
     assert "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0" not in scrubbed

@@ -131,7 +131,9 @@ def _message(exc: BaseException) -> str:
             text = str(exc)
     except Exception:
         text = "<unprintable>"
-    return text[: MAX_MESSAGE + SCRUB_MARGIN]  # cut to MAX_MESSAGE once scrubbed (``scrubbed_prefix``)
+    return text[
+        : MAX_MESSAGE + SCRUB_MARGIN
+    ]  # cut to MAX_MESSAGE once scrubbed (``storable_scrubbed_prefix``)
 
 
 def _frames(tb: TracebackType | None) -> tuple[RawFrame, ...]:

@@ -35,7 +35,7 @@ from app.domains.monitoring.fingerprint import (
     resolve_chain,
 )
 from app.domains.monitoring.lifecycle import ReleaseSeen, decide
-from app.domains.monitoring.scrub import scrub_mapping, scrub_text, scrubbed_prefix, storable
+from app.domains.monitoring.scrub import scrub_mapping, storable, storable_scrubbed, storable_scrubbed_prefix
 
 MAX_WRITE_FAILURES = 5
 UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "58")
@@ -181,7 +181,7 @@ def exception_payload(chain: Sequence[ExceptionPart]) -> list[dict[str, Any]]:
     return [
         {
             "type": storable(part.type)[:MAX_STORED_NAME],
-            "message": scrubbed_prefix(part.message, MAX_MESSAGE),
+            "message": storable_scrubbed_prefix(part.message, MAX_MESSAGE),
             "frames": [
                 {
                     "module": storable(frame.module)[:MAX_STORED_NAME],
@@ -189,7 +189,9 @@ def exception_payload(chain: Sequence[ExceptionPart]) -> list[dict[str, Any]]:
                     "filename": storable(_short_path(frame.filename))[:MAX_STORED_NAME],
                     "lineno": frame.lineno,
                     "context_line": (
-                        scrubbed_prefix(frame.context_line, MAX_STORED_NAME) if frame.context_line else None
+                        storable_scrubbed_prefix(frame.context_line, MAX_STORED_NAME)
+                        if frame.context_line
+                        else None
                     ),
                     "in_app": frame.in_app,
                 }
@@ -204,7 +206,7 @@ def _variant_payload(variant: Variant) -> dict[str, Any]:
     return {
         "name": variant.name,
         "hash": variant.hash,
-        "components": [scrub_text(component) for component in variant.components],
+        "components": [storable_scrubbed(component) for component in variant.components],
     }
 
 
@@ -316,7 +318,7 @@ class GroupWriter:
             chain = resolve_chain(sample.chain, self.config.in_app_packages)
             exception = exception_payload(chain)
             detail = sample.context.get("detail") or sample.title or ""
-            message = exception[-1]["message"] if exception else scrub_text(str(detail))
+            message = exception[-1]["message"] if exception else storable_scrubbed(str(detail))
             event_context = scrub_mapping({k: v for k, v in sample.context.items() if v is not None})
             await queries.insert_event(
                 conn,

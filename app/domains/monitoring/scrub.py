@@ -1,7 +1,7 @@
 """Scrubbing: no secret leaves the process into an event, by key name or by the shape of the value.
 
 Bodies, headers and cookies are never captured at all; what is captured (exception messages, source
-lines, context values) passes through ``scrub_text`` / ``scrub_mapping`` before it is stored or sent.
+lines, context values) passes through ``storable_scrubbed`` / ``scrub_mapping`` before it is stored or sent.
 The patterns are the ones every log line passes through (``app.core.scrub``); this module adds what
 storing needs (text PostgreSQL accepts, ``app.core.types.storable``) and the walk of a captured
 context by its keys.
@@ -13,9 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from app.core.scrub import MASK
-from app.core.scrub import scrub_text as scrub_secrets
-from app.core.scrub import scrubbed_prefix as core_scrubbed_prefix
+from app.core.scrub import MASK, scrub_text, scrubbed_prefix
 from app.core.types import storable as storable  # re-exported: monitoring imports it from here
 
 FILTERED = MASK
@@ -34,22 +32,22 @@ MAX_ITEMS = 50
 """Items kept of a list (the first ones; the rest are never walked)."""
 
 
-def scrub_text(text: str) -> str:
+def storable_scrubbed(text: str) -> str:
     """``text`` with every value that looks like a secret replaced by ``[Filtered]`` (and storable)."""
-    return scrub_secrets(storable(text))
+    return scrub_text(storable(text))
 
 
-def scrubbed_prefix(text: str, limit: int) -> str:
-    """``scrub_text``, then cut to ``limit`` characters (``app.core.scrub.scrubbed_prefix``: a cut
+def storable_scrubbed_prefix(text: str, limit: int) -> str:
+    """``storable_scrubbed``, then cut to ``limit`` characters (``app.core.scrub.scrubbed_prefix``: a cut
     before the scrub kept the part of a URL's password before the cut)."""
-    return core_scrubbed_prefix(storable(text), limit)
+    return scrubbed_prefix(storable(text), limit)
 
 
 def scrub_value(key: str, value: Any, depth: int = 0) -> Any:
     if SENSITIVE_KEY.search(key):
         return FILTERED
     if isinstance(value, str):
-        return scrub_text(value)
+        return storable_scrubbed(value)
     if isinstance(value, Mapping):
         return scrub_mapping(value, depth + 1)
     if isinstance(value, list | tuple):
@@ -58,7 +56,7 @@ def scrub_value(key: str, value: Any, depth: int = 0) -> Any:
         return [scrub_value(key, item, depth + 1) for item in value[:MAX_ITEMS]]
     if value is None or isinstance(value, bool | int | float):
         return value
-    return scrub_text(repr(value))
+    return storable_scrubbed(repr(value))
 
 
 def scrub_mapping(values: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:

@@ -95,7 +95,7 @@ from app.domains.monitoring.outage import OutageNotifier
 from app.domains.monitoring.performance import Performance, RouteLatency
 from app.domains.monitoring.report import BusinessFigures, build_report, report_period
 from app.domains.monitoring.schemas import DETAIL_RELEASES
-from app.domains.monitoring.scrub import scrubbed_prefix
+from app.domains.monitoring.scrub import storable_scrubbed_prefix
 from app.domains.monitoring.telegram import TelegramClient
 from app.domains.orders.services import OrderService
 from app.domains.reports.services import ReportService
@@ -458,13 +458,13 @@ class MonitoringService:
 
     def _title(self, event: RawEvent) -> str:
         if event.title:
-            return scrubbed_prefix(event.title, 300)
+            return storable_scrubbed_prefix(event.title, 300)
         if not event.chain:
             return event.kind.value
         last = event.chain[-1]
         short = last.type.rsplit(".", 1)[-1]
         first_line = last.message.strip().split("\n", 1)[0]
-        return scrubbed_prefix(f"{short}: {first_line}" if first_line else short, 300)
+        return storable_scrubbed_prefix(f"{short}: {first_line}" if first_line else short, 300)
 
     def _aggregate(self, raws: list[RawAggregate], pending: dict[str, Aggregate]) -> None:
         now = time.monotonic()
