@@ -27,7 +27,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.gate import authenticates, rate_limit_policy, refused_token_policy
-from app.core.pagination import InvalidCursorError, cursor_pattern, decode_cursor, encode_cursor
+from app.core.pagination import IdCursor, InvalidCursorError, cursor_pattern, decode_cursor, encode_cursor
 from app.core.strict_schema import StrictStructSchemaPlugin
 from app.db import accounts as account_queries
 from app.db import sites as site_queries
@@ -39,7 +39,7 @@ from app.domains.orders.schemas import OrderCursor, RefundCursor
 from app.domains.products.schemas import ProductCursor
 from app.domains.projects.schemas import MemberCursor, ProjectCursor
 from app.domains.sites.schemas import SiteCursor
-from app.domains.tasks.schemas import IdCursor, TaskCursor
+from app.domains.tasks.schemas import TaskCursor
 from app.main import create_app
 
 Client = AsyncTestClient[Litestar]

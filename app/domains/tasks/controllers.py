@@ -22,7 +22,7 @@ from app.core.idempotency import (
     with_etag,
 )
 from app.core.openapi import BEARER, problems
-from app.core.pagination import CursorParam, Page, PageSize, cursor_query, decode_cursor, paginate
+from app.core.pagination import CursorParam, IdCursor, Page, PageSize, cursor_query, decode_cursor, paginate
 from app.core.preconditions import (
     ETAG_FORMS,
     ETAG_HEADER,
@@ -43,7 +43,6 @@ from app.db.models import TaskPriority, TaskStatus
 from app.domains.tasks.schemas import (
     CommentCreate,
     CommentOut,
-    IdCursor,
     TaskCreate,
     TaskCursor,
     TaskOut,
@@ -269,7 +268,7 @@ class TasksController(Controller):
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[CommentOut]:
-        after_id = decode_cursor(cursor, IdCursor).after_id if cursor else 0
+        after_id = decode_cursor(cursor, IdCursor).id if cursor else 0
         rows = await tasks.list_comments(current_user.id, task_id, after_id=after_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: IdCursor(row.id))
 
@@ -344,6 +343,6 @@ class MyTasksController(Controller):
         cursor: CursorParam = None,
         limit: PageSize = 50,
     ) -> Page[TaskOut]:
-        after_id = decode_cursor(cursor, IdCursor).after_id if cursor else 0
+        after_id = decode_cursor(cursor, IdCursor).id if cursor else 0
         rows = await tasks.list_assigned(current_user.id, status=status, after_id=after_id, limit=limit + 1)
         return paginate(rows, limit, lambda row: IdCursor(row.id), TaskOut.from_row)

@@ -135,7 +135,3 @@ class CommentOut(msgspec.Struct, frozen=True):
     @classmethod
     def from_row(cls, row: Comment, author_name: str | None = None) -> CommentOut:
         return from_row(cls, row, author_name=author_name)
-
-
-class IdCursor(msgspec.Struct, frozen=True):
-    after_id: Annotated[int, msgspec.Meta(ge=0)]
