@@ -143,7 +143,7 @@ async def test_a_full_sink_refuses_instead_of_growing(database_url: str, db: Asy
     await sink.start()
     try:
         waiting = [asyncio.create_task(sink.submit([row()])) for _ in range(20)]
-        await asyncio.sleep(0.05)
+        await until(lambda: sink.pending_rows == 20, "the 20 submissions are pending")
         with pytest.raises(SinkFullError) as refused:
             await sink.submit([row()])
         assert refused.value.status == 503 and refused.value.headers["Retry-After"]

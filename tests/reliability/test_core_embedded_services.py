@@ -66,7 +66,6 @@ def _postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postgres" / "postmaster.pid").read_text().split("\n", 1)[0])
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 def test_a_stale_pid_file_naming_another_clusters_postmaster_is_ignored(
     data_dirs: Callable[[], Path],
 ) -> None:

@@ -80,7 +80,7 @@ def _free_port() -> int:
             except OSError:
                 continue
             return port
-    pytest.skip(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+    pytest.fail(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def test_sigterm_lets_a_request_waiting_for_github_finish(

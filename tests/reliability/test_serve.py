@@ -42,7 +42,6 @@ STOP_PROMISE_S = 10.0  # the documented bound for SIGTERM to stop everything
 GONE_DEADLINE_S = 15.0
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - refused before anything binds
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="scans /proc (Linux)")
 
 Identity = tuple[int, int]  # pid, start time: a pid alone may be reused
 
