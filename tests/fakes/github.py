@@ -36,6 +36,10 @@ It behaves like GitHub where our client depends on it, and enforces GitHub's lim
   whatever body and headers a fault is given (a broken gzip, a gzip bomb, a huge document).
 - Records every request (arrival time, path, token, ``if-none-match``, status) and the most requests
   ever in flight at once per token.
+- Refuses what GitHub refuses before it looks at the resource (none of it charged): an
+  ``Authorization`` that is not ``Bearer``/``token`` or names a revoked token (``revoke``: 401 "Bad
+  credentials"), a request without a ``User-Agent`` (403), an ``X-GitHub-Api-Version`` GitHub does
+  not serve (400) and an ``Accept`` that asks for no JSON (415).
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ from litestar.response import Stream
 from tests.fakes.serving import ThreadedServer
 
 ANONYMOUS = "anonymous"
+API_VERSIONS = frozenset({"2022-11-28"})
+"""The REST API versions GitHub serves (``X-GitHub-Api-Version``; absent means the default)."""
+JSON_ACCEPTS = ("application/vnd.github", "application/json", "*/*", "application/*")
 MOVED_DOCS = "https://docs.github.com/rest/guides/best-practices-for-using-the-rest-api#follow-redirects"
 
 _REPO_IDS = itertools.count(1_296_269)
@@ -155,6 +162,8 @@ class FakeGitHub:
         self.in_flight: dict[str, int] = defaultdict(int)
         self.max_in_flight: dict[str, int] = defaultdict(int)
         self._next_id = 1000
+        self.revoked: set[str] = set()
+        """Tokens GitHub no longer accepts (401 "Bad credentials")."""
         self.app = self._build_app()
 
     # -- arranging ---------------------------------------------------------------------------
@@ -171,6 +180,7 @@ class FakeGitHub:
             self.max_in_flight = defaultdict(int)
             self.violations = 0
             self.latency_s = 0.0
+            self.revoked.clear()
 
     def add_user(self, login: str, repos: list[FakeRepo] | None = None, **fields: Any) -> FakeUser:
         with self._lock:
@@ -235,6 +245,11 @@ class FakeGitHub:
                 Fault(status, times, headers or {}, body or default, delay_s, path_contains, drip_s)
             )
 
+    def revoke(self, token: str) -> None:
+        """The token is revoked (or was never valid): every request with it is a 401."""
+        with self._lock:
+            self.revoked.add(token)
+
     def recover(self) -> None:
         """GitHub answers again: the scripted faults not spent yet are dropped."""
         with self._lock:
@@ -296,11 +311,46 @@ class FakeGitHub:
             "x-ratelimit-resource": "core",
         }
 
+    def _refusal(self, request: Request[Any, Any, Any], token: str | None) -> tuple[int, bytes] | None:
+        """What GitHub answers before it looks at the resource, if anything."""
+        if token is None or token in self.revoked:
+            return 401, b'{"message": "Bad credentials", "status": "401"}'
+        if not request.headers.get("user-agent", "").strip():
+            return (
+                403,
+                b'{"message": "Request forbidden by administrative rules. '
+                b'Please make sure your request has a User-Agent header"}',
+            )
+        version = request.headers.get("x-github-api-version")
+        if version is not None and version not in API_VERSIONS:
+            return 400, b'{"message": "API version ' + version.encode() + b' is not supported."}'
+        accept = request.headers.get("accept")
+        if accept is not None and not any(kind in accept for kind in JSON_ACCEPTS):
+            return 415, b'{"message": "Unsupported \'Accept\' header"}'
+        return None
+
+    @staticmethod
+    def _token_of(authorization: str | None) -> str | None:
+        """The token an ``Authorization`` names, ``ANONYMOUS`` without one, ``None`` for a scheme
+        GitHub does not take."""
+        if authorization is None:
+            return ANONYMOUS
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() in ("bearer", "token") and credentials.strip():
+            return credentials.strip()
+        return None
+
     async def _serve(self, request: Request[Any, Any, Any], resource: Any) -> Response[bytes] | Stream:
-        authorization = request.headers.get("authorization", "")
-        token = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ANONYMOUS
+        token_or_none = self._token_of(request.headers.get("authorization"))
+        token = token_or_none or ANONYMOUS
         if_none_match = request.headers.get("if-none-match")
         record = Recorded(time.time(), request.url.path, request.url.query, token, if_none_match)
+        refused = self._refusal(request, token_or_none)
+        if refused is not None:
+            with self._lock:
+                self.requests.append(record)
+                record.status = refused[0]
+            return Response(refused[1], status_code=refused[0], media_type="application/json")
         with self._lock:
             self.requests.append(record)
             in_flight, max_in_flight = self.in_flight, self.max_in_flight

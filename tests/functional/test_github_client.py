@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import msgspec
 import pytest
 from prometheus_client import REGISTRY
@@ -482,3 +483,41 @@ async def test_the_governor_refuses_to_wait_past_the_budget(valkey: Valkey, sett
         async with governor.turn(Priority.INTERACTIVE):
             pytest.fail("must not be allowed to send")
     assert 25 <= caught.value.retry_after <= 30
+
+
+async def test_a_revoked_token_is_an_outage_named_in_the_log_never_the_token(
+    fake: FakeGitHub, token_client: GitHubClient
+) -> None:
+    fake.add_user("anyone", [FakeRepo(name="a", languages={"Go": 1})])
+    fake.revoke(TOKEN)
+
+    with captured_logs() as logs, pytest.raises(GitHubDownError, match="401"):
+        await token_client.get_user("anyone", Priority.INTERACTIVE)
+
+    assert [r.status for r in fake.recorded("/users/anyone")] == [401]  # not retried: it cannot heal
+    assert [e.get("token_fingerprint") for e in logs.events("github_bad_credentials")] == [
+        token_fingerprint(TOKEN)
+    ]
+    assert TOKEN not in logs.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+        ({"User-Agent": ""}, 403),
+        ({"X-GitHub-Api-Version": "1999-01-01"}, 400),
+        ({"Accept": "text/html"}, 415),
+        ({}, 200),
+    ],
+)
+async def test_the_fake_refuses_the_requests_github_refuses(
+    fake: FakeGitHub, fake_server: FakeGitHubServer, headers: dict[str, str], status: int
+) -> None:
+    """The fake is as strict as GitHub where the client's headers are concerned (a client that sent
+    a wrong one would pass against a lax fake)."""
+    fake.add_user("anyone")
+    sent = {"User-Agent": "test", "Accept": "application/vnd.github+json", **headers}
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{fake_server.url}/users/anyone", headers=sent)
+    assert response.status_code == status, response.text
