@@ -55,7 +55,7 @@ import msgspec
 from app.config import Settings, SettingsError, load_settings, redact_url
 from app.core.logging import configure_logging
 from app.core.migrate import REFUSED_CONNECTION, database_missing, migrate
-from app.core.runtime import release_services, resolve_services
+from app.core.runtime import release_services, resolve_services, revive_services
 from app.core.scrub import scrub_text
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ GRANIAN_EXIT_MARGIN_S = 5.0
 """After granian's bound on its workers' graceful stop, how long the launcher still waits for granian
 to exit before it SIGKILLs granian's whole process group."""
 READY_POLL_INTERVAL_S = 0.1
+EMBEDDED_CHECK_S = 2.0
+"""How often ``serve`` looks whether an embedded server it holds has died (``_revive_embedded``)."""
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -489,6 +491,17 @@ def _stop_granian(child: subprocess.Popen[bytes] | None, settings: Settings) -> 
     child.wait()
 
 
+def _revive_embedded() -> None:
+    """Start again an embedded server that died under ``serve`` (killed, out of memory), saying so;
+    one that cannot be started again ends ``serve`` naming it."""
+    try:
+        revived = revive_services()
+    except Exception as exc:
+        raise LaunchError(f"an embedded server died and could not be started again: {exc}") from exc
+    for service in revived:
+        _say(f"the embedded {'PostgreSQL' if service == 'postgres' else 'Valkey'} had stopped: started again")
+
+
 def serve(settings: Settings) -> int:
     """Run the application until a stop signal; returns the exit code."""
     started = time.monotonic()
@@ -510,11 +523,15 @@ def serve(settings: Settings) -> int:
         child = _start_granian(settings, keep_open=(claim,))
         _wait_ready(settings, child, signals)
         print(_banner(settings, started, hints), flush=True)
+        look_again = time.monotonic() + EMBEDDED_CHECK_S
         while True:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = child.wait(0.25)
                 raise LaunchError(f"granian exited with code {code}")
             signals.check()
+            if time.monotonic() >= look_again:
+                _revive_embedded()
+                look_again = time.monotonic() + EMBEDDED_CHECK_S
     except _Stopped:
         return 0
     except Exception as exc:

@@ -601,6 +601,39 @@ def _release(service: str, data_dir: Path, who: Identity, *, force: bool = False
             _stop_valkey(data_dir, record)
 
 
+# --- reviving ----------------------------------------------------------------------------------
+
+
+def revive_held() -> list[str]:
+    """Start again each embedded server this process holds that has died, on the same socket
+    (PostgreSQL: in its data directory) or port (Valkey), so every client's URL still holds; returns
+    the services started again.
+
+    ``just serve`` calls it while it runs: the app rides a dead server out (503s, limits failing
+    open) and recovers on its own once it answers again, but nothing else would start it again. A
+    server another holder is starting (or has started) meanwhile is joined, not started twice: each
+    start takes the service's file lock and looks again."""
+    revived: list[str] = []
+    for service, data_dir in sorted(_held):
+        if service == "postgres":
+            if _postmaster(_pgdata(data_dir)) is not None:
+                continue
+            log.warning("embedded_postgres_died", pgdata=str(_pgdata(data_dir)))
+            start_postgres(data_dir)
+        else:
+            with _file_lock(data_dir / "valkey.lock"):
+                record = _read_record(data_dir / "valkey" / "server.json")
+            port = record.get("port")
+            if _recorded_valkey(record) is not None or not isinstance(port, int):
+                continue
+            child = _valkey_children.pop(data_dir, None)
+            exit_code = child.poll() if child is not None else None  # reaped: no zombie left
+            log.warning("embedded_valkey_died", port=port, exit_code=exit_code, data_dir=str(data_dir))
+            start_valkey(data_dir, port)
+        revived.append(service)
+    return revived
+
+
 def release(service: str, data_dir: Path) -> None:
     """Release this process's hold of one service (``postgres`` or ``valkey``) of ``data_dir``."""
     data_dir = data_dir.resolve()

@@ -30,6 +30,11 @@ def resolve_services(
     return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
+def revive_services() -> list[str]:
+    """Start again the embedded servers this process holds that died (``embedded.revive_held``)."""
+    return embedded.revive_held()
+
+
 def release_services() -> None:
     """Let go of the embedded servers this process holds; each stops when nobody else holds it."""
     embedded.release_all()

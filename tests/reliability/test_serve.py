@@ -314,6 +314,37 @@ def test_after_a_sigkill_nothing_is_left_and_a_second_start_is_ready(
     stop_and_assert_clean(second)
 
 
+def test_an_embedded_server_killed_under_serve_is_started_again_and_the_app_recovers(
+    launchers: list[Launcher], data_dir: Path
+) -> None:
+    launcher = start(launchers, data_dir)
+    banner = launcher.read_banner()
+    assert_banner_is_true(launcher, banner)
+
+    for name, find in (("PostgreSQL", postmaster), ("Valkey", embedded_valkey)):
+        victim = find(data_dir)
+        os.kill(victim[0], signal.SIGKILL)
+        said = f"the embedded {name} had stopped: started again"
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while (line := launcher._next_line(deadline)) is not None and said not in line:
+            assert time.monotonic() < deadline, f"{name} was not started again:\n{launcher.tail()}"
+        assert line is not None, f"the launcher exited instead:\n{launcher.tail()}"
+        assert not alive(victim), f"{name}'s killed process is left (a zombie of the launcher?)"
+        assert find(data_dir) != victim
+
+        def ready() -> bool:
+            response = httpx.get(f"{launcher.base}/health/ready", timeout=10)
+            return response.status_code == 200 and response.json()["status"] == "ok"
+
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while not ready():  # the app reconnects on its own: no restart of granian or its workers
+            assert time.monotonic() < deadline, f"not ready again after {name} was started again"
+            time.sleep(0.2)
+        assert_banner_is_true(launcher, banner)  # logs in and reads the account from both again
+
+    stop_and_assert_clean(launcher)
+
+
 def test_servers_a_killed_launcher_left_are_adopted_and_a_stale_pid_file_is_ignored(
     launchers: list[Launcher], data_dir: Path
 ) -> None:
