@@ -33,6 +33,7 @@ from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
 from app.config import Settings, redact_url
+from app.core.heartbeat import with_heartbeat
 from app.core.logging import bind_request_id, error_message, forget_request_id
 from app.core.metrics import (
     JOB_DURATION,
@@ -236,6 +237,13 @@ def _queue_gauge_hooks(services: Services, queues: dict[str, Queue], interval_s:
     return start_gauges, stop_gauges
 
 
+CRON_HEARTBEAT_S = 60
+"""A cron run's SAQ heartbeat, kept by its function (``with_heartbeat``): a run whose worker died is
+swept (retried) within it, not after its timeout (up to half an hour), during which its cron key let
+no next run start (the crash reviewer: a rollup ``active`` on a killed worker for ten minutes, through
+three restarts, and nine "missed" runs in the cron monitor)."""
+
+
 @dataclasses.dataclass
 class RetriedCronJob(CronJob):
     """A cron job whose retries wait as relayed jobs' do (``RETRY_DELAY_S``, ``RETRY_BACKOFF_MAX_S``).
@@ -248,6 +256,7 @@ class RetriedCronJob(CronJob):
 
     retry_delay: float = RETRY_DELAY_S
     retry_backoff: bool | float = RETRY_BACKOFF_MAX_S
+    heartbeat: int | None = CRON_HEARTBEAT_S
 
 
 TIMERS: PartialTimersDict = {"sweep": 10, "abort": 5, "worker_info": 10, "schedule": 1}
@@ -280,7 +289,7 @@ def build_saq_config(
         for scheduled in module.cron:
             cron[scheduled.queue].append(
                 RetriedCronJob(
-                    function=scheduled.function,
+                    function=with_heartbeat(scheduled.function),
                     cron=scheduled.schedule,
                     timeout=scheduled.timeout_s,
                     retries=scheduled.retries if scheduled.retries is not None else settings.job_retries,

@@ -30,11 +30,12 @@ from saq.utils import now as saq_now
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.heartbeat import touch_if_active
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.client import GitHubDownError
 from app.domains.github.governor import Priority
-from app.domains.github.jobs import refresh_github_profile, touch_if_active
+from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from app.domains.github.services import POLL_S, GithubService
 from tests.factories import Actor, assert_problem, captured_logs, make_user, serve_in_loop, wait_until

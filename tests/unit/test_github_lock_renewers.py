@@ -16,8 +16,8 @@ from saq import Job
 from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
+from app.core.heartbeat import beating
 from app.domains.github.governor import Priority, RateLimitGovernor
-from app.domains.github.jobs import _heartbeat
 from tests.unit.test_core_revocations_stop import ends
 
 
@@ -141,7 +141,7 @@ async def test_a_job_ends_when_its_heartbeat_loses_the_cancellation() -> None:
     job = Job(function="refresh", queue=queue, heartbeat=1)  # a beat every third of a second
 
     async def run_the_job() -> None:
-        async with _heartbeat(job):
+        async with beating(job):
             await calls.waiting.wait()  # a beat is in flight when the job ends
 
     assert await ends(run_the_job()), "the job's end still waits for its heartbeat"
