@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-import msgspec
-from croniter import croniter
 from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
@@ -16,49 +14,41 @@ from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cursor, paginate
 from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath
-from app.db.models import MonitoringEvent, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
-from app.db.monitoring import (
-    JobRunsBetweenRow,
-    ListAlertsRow,
-    ListGroupAlertsRow,
-    ListGroupsRow,
-    ListGroupsWithStatusAndKindRow,
+from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
+from app.domains.monitoring.answers import (
+    alert_out,
+    cron_monitor_out,
+    detail_out,
+    event_out,
+    group_out,
+    grouping_out,
+    job_stats_out,
+    route_latency_out,
 )
-from app.domains.monitoring import fingerprint
 from app.domains.monitoring.schemas import (
     MAX_RELEASE_NAME,
     RELEASE_NAME,
     WINDOWS,
-    AlertOut,
     AlertPage,
     CronMonitorOut,
-    DeliveryOut,
-    ErrorEventOut,
     EventPage,
-    ExceptionOut,
-    ExemplarOut,
     GroupDetailOut,
     GroupingOut,
-    GroupOut,
     GroupPage,
-    HashOut,
     IgnoreForever,
     IgnoreIn,
     IgnoreUntilCount,
     IgnoreUntilEscalating,
     IgnoreUntilTime,
     JobStatsOut,
-    MatchOut,
     MergeIn,
-    ReleaseOut,
     ResolveIn,
     ResolveInNextRelease,
     ResolveInRelease,
     RouteLatencyOut,
-    VariantOut,
     Window,
 )
-from app.domains.monitoring.services import GroupDetail, MonitoringService
+from app.domains.monitoring.services import MonitoringService
 
 Monitoring = NamedDependency[MonitoringService]
 
@@ -69,90 +59,6 @@ class MonitoringTestError(RuntimeError):
 
 def _after(cursor: str | None) -> int:
     return decode_cursor(cursor, IdCursor).id if cursor else MAX_ID + 1
-
-
-def _group_out(row: ListGroupsRow | ListGroupsWithStatusAndKindRow) -> GroupOut:
-    return GroupOut(
-        id=row.id,
-        kind=row.kind,
-        title=row.title,
-        culprit=row.culprit,
-        status=row.status,
-        count=row.events,
-        users=row.users,
-        first_seen_at=row.first_seen_at,
-        last_seen_at=row.last_seen_at,
-        last_release=row.last_release,
-        status_changed_at=row.status_changed_at,
-        resolved_at=row.resolved_at,
-        ignore_mode=row.ignore_mode,
-        ignore_until_events=row.ignore_until_events,
-        ignore_until=row.ignore_until,
-        merged_groups=row.members - 1,
-    )
-
-
-def event_out(row: MonitoringEvent) -> ErrorEventOut:
-    return ErrorEventOut(
-        id=row.id,
-        group_id=row.group_id,
-        occurred_at=row.occurred_at,
-        hash=row.hash,
-        release=row.release,
-        environment=row.environment,
-        message=row.message,
-        exception=msgspec.convert(row.exception, list[ExceptionOut]),
-        context=row.context,
-    )
-
-
-def detail_out(detail: GroupDetail) -> GroupDetailOut:
-    group = detail.group
-    return GroupDetailOut(
-        id=group.id,
-        kind=group.kind,
-        title=group.title,
-        culprit=group.culprit,
-        status=group.status,
-        count=detail.events,
-        users=detail.users,
-        first_seen_at=detail.first_seen_at,
-        last_seen_at=detail.last_seen_at,
-        last_release=group.last_release,
-        status_changed_at=group.status_changed_at,
-        resolved_at=group.resolved_at,
-        resolved_in_release=detail.resolved_in_release,
-        resolved_after_release=detail.resolved_after_release,
-        ignore_mode=group.ignore_mode,
-        ignore_until_events=group.ignore_until_events,
-        ignore_until=group.ignore_until,
-        merged_into=group.parent_id,
-        root_id=group.root_id,
-        members=detail.members,
-        releases=[
-            ReleaseOut(
-                name=r.name, first_seen_at=r.first_seen_at, last_seen_at=r.last_seen_at, events=r.events
-            )
-            for r in detail.releases
-        ],
-        latest_event=event_out(detail.latest) if detail.latest else None,
-    )
-
-
-def _alert_out(row: ListAlertsRow | ListGroupAlertsRow) -> AlertOut:
-    deliveries = [
-        DeliveryOut(chat_id=item.split(":", 1)[1], status=item.split(":", 1)[0]) for item in row.deliveries
-    ]
-    return AlertOut(
-        id=row.id,
-        kind=row.kind,
-        rule=row.rule,
-        group_id=row.group_id,
-        summary=row.summary,
-        digest_id=row.digest_id,
-        created_at=row.created_at,
-        deliveries=deliveries,
-    )
 
 
 GroupIdQuery = Annotated[int | None, QueryParameter(ge=1, le=MAX_ID, description="Only alerts of this group")]
@@ -200,7 +106,7 @@ class MonitoringController(Controller):
         rows = await monitoring.list_groups(
             status=status, kind=kind, release=release, before_id=_after(cursor), limit=limit
         )
-        return paginate(rows, limit, lambda row: IdCursor(id=row.id), _group_out)
+        return paginate(rows, limit, lambda row: IdCursor(id=row.id), group_out)
 
     @get(
         "/errors/{group_id:int}",
@@ -227,51 +133,7 @@ class MonitoringController(Controller):
         responses=problems(401, 403, 404, 429),
     )
     async def get_grouping(self, monitoring: Monitoring, group_id: IdPath) -> GroupingOut:
-        group, hashes, latest = await monitoring.grouping(group_id)
-        held = {row.hash for row in hashes}
-        match = None
-        if latest is not None and isinstance(latest.grouping, dict):
-            grouping = latest.grouping
-            matched = grouping.get("matched") or {}
-            match = MatchOut(
-                event_id=latest.id,
-                hash=latest.hash,
-                matched_variant=matched.get("variant"),
-                reason=str(grouping.get("reason", "")),
-                grouping_version=str(grouping.get("version", "")),
-                variants=[
-                    VariantOut(
-                        name=str(v.get("name")),
-                        hash=str(v.get("hash")),
-                        held_by_group=v.get("hash") in held,
-                        components=[str(c) for c in v.get("components", [])],
-                    )
-                    for v in grouping.get("variants", [])
-                ],
-            )
-        return GroupingOut(
-            group_id=group.id,
-            root_id=group.root_id,
-            grouping_version=fingerprint.GROUPING_VERSION,
-            rules=(
-                "in_app: exception type chain + in-app frames (module, function, normalised source line; "
-                "no line numbers); all_frames: the same with every frame; message: type + message with "
-                "numbers, UUIDs, hex, timestamps, IPs and e-mails replaced (events without a stack); "
-                "fixed: outages by exception type, slow routes by method and route, crons by job. "
-                "An event joins the group holding its first matching hash, and its other hashes join it."
-            ),
-            hashes=[
-                HashOut(
-                    hash=row.hash,
-                    variant=row.variant,
-                    grouping_version=row.grouping_version,
-                    group_id=row.group_id,
-                    created_at=row.created_at,
-                )
-                for row in hashes
-            ],
-            latest_event=match,
-        )
+        return grouping_out(*await monitoring.grouping(group_id))
 
     @post(
         "/errors/{group_id:int}/resolve",
@@ -359,84 +221,16 @@ class MonitoringController(Controller):
     )
     async def slow_routes(self, monitoring: Monitoring, window: WindowParam = "1h") -> Page[RouteLatencyOut]:
         routes = await monitoring.route_latency(timedelta(seconds=WINDOWS[window]))
-        return Page(
-            items=[
-                RouteLatencyOut(
-                    method=r.method,
-                    route=r.route,
-                    requests=r.stats.requests,
-                    p50_ms=r.stats.p50_ms,
-                    p95_ms=r.stats.p95_ms,
-                    p99_ms=r.stats.p99_ms,
-                    slow=r.slow,
-                    exemplars=[
-                        ExemplarOut(
-                            request_id=e.request_id,
-                            duration_ms=e.duration_ms,
-                            status=e.status,
-                            minute=e.minute,
-                        )
-                        for e in r.exemplars
-                    ],
-                )
-                for r in routes
-            ]
-        )
+        return Page(items=[route_latency_out(route) for route in routes])
 
     @get("/crons", summary="Cron monitors: one per scheduled job", responses=problems(401, 403, 429))
     async def crons(self, monitoring: Monitoring) -> Page[CronMonitorOut]:
         now = datetime.now(UTC)
-        return Page(
-            items=[
-                CronMonitorOut(
-                    name=m.name,
-                    queue=m.queue,
-                    schedule=m.schedule,
-                    margin_s=m.margin_s,
-                    max_runtime_s=m.max_runtime_s,
-                    failure_threshold=m.failure_threshold,
-                    recovery_threshold=m.recovery_threshold,
-                    last_status=m.last_status,
-                    last_slot=m.last_slot,
-                    last_started_at=m.last_started_at,
-                    last_finished_at=m.last_finished_at,
-                    last_duration_ms=m.last_duration_ms,
-                    missed_slot=m.missed_slot,
-                    consecutive_failures=m.consecutive_failures,
-                    consecutive_ok=m.consecutive_ok,
-                    group_id=m.group_id,
-                    next_run_at=datetime.fromtimestamp(
-                        croniter(m.schedule, now.timestamp()).get_next(float), UTC
-                    ),
-                )
-                for m in await monitoring.cron_monitors()
-            ]
-        )
+        return Page(items=[cron_monitor_out(monitor, now) for monitor in await monitoring.cron_monitors()])
 
     @get("/jobs", summary="SAQ job runs per job over a window", responses=problems(401, 403, 429))
     async def jobs(self, monitoring: Monitoring, window: WindowParam = "24h") -> Page[JobStatsOut]:
-        rows = await monitoring.job_runs(timedelta(seconds=WINDOWS[window]))
-        by_job: dict[str, dict[str, JobRunsBetweenRow]] = {}
-        for row in rows:
-            by_job.setdefault(row.job, {})[row.outcome] = row
-        items = []
-        for job, outcomes in sorted(by_job.items()):
-            runs = sum(row.runs for row in outcomes.values())
-            items.append(
-                JobStatsOut(
-                    job=job,
-                    runs=runs,
-                    complete=outcomes["complete"].runs if "complete" in outcomes else 0,
-                    failed=outcomes["failed"].runs if "failed" in outcomes else 0,
-                    retried=outcomes["retried"].runs if "retried" in outcomes else 0,
-                    aborted=outcomes["aborted"].runs if "aborted" in outcomes else 0,
-                    avg_ms=sum(row.total_ms for row in outcomes.values()) / runs if runs else 0.0,
-                    max_ms=max(row.max_ms for row in outcomes.values()),
-                    max_attempts=max(row.max_attempts for row in outcomes.values()),
-                    last_minute=max(row.last_minute for row in outcomes.values()),
-                )
-            )
-        return Page(items=items)
+        return Page(items=job_stats_out(await monitoring.job_runs(timedelta(seconds=WINDOWS[window]))))
 
     @get(
         "/alerts",
@@ -451,7 +245,7 @@ class MonitoringController(Controller):
         limit: PageSize = 50,
     ) -> AlertPage:
         rows = await monitoring.list_alerts(group_id=group_id, before_id=_after(cursor), limit=limit)
-        return paginate(rows, limit, lambda row: IdCursor(id=row.id), _alert_out)
+        return paginate(rows, limit, lambda row: IdCursor(id=row.id), alert_out)
 
     @post(
         "/test-error",

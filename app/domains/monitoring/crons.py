@@ -83,6 +83,11 @@ def latest_slot(schedule: str, at: datetime) -> datetime:
     return _at(previous)
 
 
+def next_slot(schedule: str, at: datetime) -> datetime:
+    """The first scheduled time after ``at`` (UTC, as SAQ schedules)."""
+    return _at(croniter(schedule, at.timestamp()).get_next(float))
+
+
 def _failed(state: MonitorState, limits: Thresholds, status: str, **changes: object) -> Outcome:
     failures = state.consecutive_failures + 1
     new = replace(state, last_status=status, consecutive_failures=failures, consecutive_ok=0, **changes)  # type: ignore[arg-type]

@@ -34,6 +34,14 @@ import psycopg
 from app.core.scrub import SCRUB_MARGIN
 
 GROUPING_VERSION = "2026-11-30"
+GROUPING_RULES = (
+    "in_app: exception type chain + in-app frames (module, function, normalised source line; "
+    "no line numbers); all_frames: the same with every frame; message: type + message with "
+    "numbers, UUIDs, hex, timestamps, IPs and e-mails replaced (events without a stack); "
+    "fixed: outages by exception type, slow routes by method and route, crons by job. "
+    "An event joins the group holding its first matching hash, and its other hashes join it."
+)
+"""The rules in a sentence each, as ``GET …/grouping`` states them."""
 MAX_CHAIN = 5
 MAX_FRAMES = 60
 OUTER_FRAMES = 20

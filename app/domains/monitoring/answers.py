@@ -1,0 +1,230 @@
+"""The admin routes' answers built from rows and the service's results (``controllers.py`` stays
+HTTP only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from app.db.models import MonitoringCronMonitor, MonitoringEvent, MonitoringFingerprint, MonitoringGroup
+from app.db.monitoring import (
+    JobRunsBetweenRow,
+    ListAlertsRow,
+    ListGroupAlertsRow,
+    ListGroupsRow,
+    ListGroupsWithStatusAndKindRow,
+)
+from app.domains.monitoring import fingerprint
+from app.domains.monitoring.crons import next_slot
+from app.domains.monitoring.performance import RouteLatency
+from app.domains.monitoring.schemas import (
+    AlertOut,
+    CronMonitorOut,
+    DeliveryOut,
+    ErrorEventOut,
+    ExceptionOut,
+    ExemplarOut,
+    GroupDetailOut,
+    GroupingOut,
+    GroupOut,
+    HashOut,
+    JobStatsOut,
+    MatchOut,
+    ReleaseOut,
+    RouteLatencyOut,
+    VariantOut,
+)
+from app.domains.monitoring.services import GroupDetail
+
+
+def group_out(row: ListGroupsRow | ListGroupsWithStatusAndKindRow) -> GroupOut:
+    return GroupOut(
+        id=row.id,
+        kind=row.kind,
+        title=row.title,
+        culprit=row.culprit,
+        status=row.status,
+        count=row.events,
+        users=row.users,
+        first_seen_at=row.first_seen_at,
+        last_seen_at=row.last_seen_at,
+        last_release=row.last_release,
+        status_changed_at=row.status_changed_at,
+        resolved_at=row.resolved_at,
+        ignore_mode=row.ignore_mode,
+        ignore_until_events=row.ignore_until_events,
+        ignore_until=row.ignore_until,
+        merged_groups=row.members - 1,
+    )
+
+
+def event_out(row: MonitoringEvent) -> ErrorEventOut:
+    return ErrorEventOut(
+        id=row.id,
+        group_id=row.group_id,
+        occurred_at=row.occurred_at,
+        hash=row.hash,
+        release=row.release,
+        environment=row.environment,
+        message=row.message,
+        exception=msgspec.convert(row.exception, list[ExceptionOut]),
+        context=row.context,
+    )
+
+
+def detail_out(detail: GroupDetail) -> GroupDetailOut:
+    group = detail.group
+    return GroupDetailOut(
+        id=group.id,
+        kind=group.kind,
+        title=group.title,
+        culprit=group.culprit,
+        status=group.status,
+        count=detail.events,
+        users=detail.users,
+        first_seen_at=detail.first_seen_at,
+        last_seen_at=detail.last_seen_at,
+        last_release=group.last_release,
+        status_changed_at=group.status_changed_at,
+        resolved_at=group.resolved_at,
+        resolved_in_release=detail.resolved_in_release,
+        resolved_after_release=detail.resolved_after_release,
+        ignore_mode=group.ignore_mode,
+        ignore_until_events=group.ignore_until_events,
+        ignore_until=group.ignore_until,
+        merged_into=group.parent_id,
+        root_id=group.root_id,
+        members=detail.members,
+        releases=[
+            ReleaseOut(
+                name=r.name, first_seen_at=r.first_seen_at, last_seen_at=r.last_seen_at, events=r.events
+            )
+            for r in detail.releases
+        ],
+        latest_event=event_out(detail.latest) if detail.latest else None,
+    )
+
+
+def alert_out(row: ListAlertsRow | ListGroupAlertsRow) -> AlertOut:
+    deliveries = [
+        DeliveryOut(chat_id=item.split(":", 1)[1], status=item.split(":", 1)[0]) for item in row.deliveries
+    ]
+    return AlertOut(
+        id=row.id,
+        kind=row.kind,
+        rule=row.rule,
+        group_id=row.group_id,
+        summary=row.summary,
+        digest_id=row.digest_id,
+        created_at=row.created_at,
+        deliveries=deliveries,
+    )
+
+
+def grouping_out(
+    group: MonitoringGroup, hashes: list[MonitoringFingerprint], latest: MonitoringEvent | None
+) -> GroupingOut:
+    """The group's hashes, and which of the latest event's variants matched and why (as the event's
+    stored ``grouping`` record says; a record of an older shape leaves fields empty, never a 500)."""
+    held = {row.hash for row in hashes}
+    match = None
+    if latest is not None and isinstance(latest.grouping, dict):
+        grouping = latest.grouping
+        matched = grouping.get("matched") or {}
+        match = MatchOut(
+            event_id=latest.id,
+            hash=latest.hash,
+            matched_variant=matched.get("variant"),
+            reason=str(grouping.get("reason", "")),
+            grouping_version=str(grouping.get("version", "")),
+            variants=[
+                VariantOut(
+                    name=str(v.get("name")),
+                    hash=str(v.get("hash")),
+                    held_by_group=v.get("hash") in held,
+                    components=[str(c) for c in v.get("components", [])],
+                )
+                for v in grouping.get("variants", [])
+            ],
+        )
+    return GroupingOut(
+        group_id=group.id,
+        root_id=group.root_id,
+        grouping_version=fingerprint.GROUPING_VERSION,
+        rules=fingerprint.GROUPING_RULES,
+        hashes=[
+            HashOut(
+                hash=row.hash,
+                variant=row.variant,
+                grouping_version=row.grouping_version,
+                group_id=row.group_id,
+                created_at=row.created_at,
+            )
+            for row in hashes
+        ],
+        latest_event=match,
+    )
+
+
+def route_latency_out(route: RouteLatency) -> RouteLatencyOut:
+    return RouteLatencyOut(
+        method=route.method,
+        route=route.route,
+        requests=route.stats.requests,
+        p50_ms=route.stats.p50_ms,
+        p95_ms=route.stats.p95_ms,
+        p99_ms=route.stats.p99_ms,
+        slow=route.slow,
+        exemplars=[
+            ExemplarOut(request_id=e.request_id, duration_ms=e.duration_ms, status=e.status, minute=e.minute)
+            for e in route.exemplars
+        ],
+    )
+
+
+def cron_monitor_out(monitor: MonitoringCronMonitor, now: datetime) -> CronMonitorOut:
+    return CronMonitorOut(
+        name=monitor.name,
+        queue=monitor.queue,
+        schedule=monitor.schedule,
+        margin_s=monitor.margin_s,
+        max_runtime_s=monitor.max_runtime_s,
+        failure_threshold=monitor.failure_threshold,
+        recovery_threshold=monitor.recovery_threshold,
+        last_status=monitor.last_status,
+        last_slot=monitor.last_slot,
+        last_started_at=monitor.last_started_at,
+        last_finished_at=monitor.last_finished_at,
+        last_duration_ms=monitor.last_duration_ms,
+        missed_slot=monitor.missed_slot,
+        consecutive_failures=monitor.consecutive_failures,
+        consecutive_ok=monitor.consecutive_ok,
+        group_id=monitor.group_id,
+        next_run_at=next_slot(monitor.schedule, now),
+    )
+
+
+def job_stats_out(rows: list[JobRunsBetweenRow]) -> list[JobStatsOut]:
+    """One line per job from its rows per outcome (``complete``, ``failed``, ``retried``, ``aborted``)."""
+    by_job: dict[str, dict[str, JobRunsBetweenRow]] = {}
+    for row in rows:
+        by_job.setdefault(row.job, {})[row.outcome] = row
+    stats = []
+    for job, outcomes in sorted(by_job.items()):
+        runs = sum(row.runs for row in outcomes.values())
+        stats.append(
+            JobStatsOut(
+                job=job,
+                runs=runs,
+                complete=outcomes["complete"].runs if "complete" in outcomes else 0,
+                failed=outcomes["failed"].runs if "failed" in outcomes else 0,
+                retried=outcomes["retried"].runs if "retried" in outcomes else 0,
+                aborted=outcomes["aborted"].runs if "aborted" in outcomes else 0,
+                avg_ms=sum(row.total_ms for row in outcomes.values()) / runs if runs else 0.0,
+                max_ms=max(row.max_ms for row in outcomes.values()),
+                max_attempts=max(row.max_attempts for row in outcomes.values()),
+                last_minute=max(row.last_minute for row in outcomes.values()),
+            )
+        )
+    return stats
