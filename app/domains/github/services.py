@@ -83,11 +83,6 @@ from app.core.auth import CurrentUser
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
 from app.core.errors import (
-    AppError,
-    ConflictError,
-    NotFoundError,
-    ServiceUnavailableError,
-    TooManyRequestsError,
     ending_on_outage,
 )
 from app.core.modules import QueueName
@@ -111,6 +106,20 @@ from app.domains.github.client import (
     is_valid_username,
     metered,
     token_fingerprint,
+)
+from app.domains.github.errors import (
+    InvalidRangeError,
+    InvalidUsernameError,
+    LookupBudgetError,
+    NotStoredError,
+    NotTrackedError,
+    RefreshLimitError,
+    RefreshNotFoundError,
+    TooManyLookupsError,
+    TooManyRefreshStreamsError,
+    TrackingLimitError,
+    UnknownGithubUserError,
+    problem_for,
 )
 from app.domains.github.governor import Priority, governor_for
 from app.domains.github.schemas import (
@@ -204,76 +213,6 @@ _PAUSE_REASONS: dict[type[GitHubError], str] = {GitHubBusyError: "busy", GitHubR
 """Why the snapshot cron stops early, as logged (``snapshot_due``); any other: ``unavailable``."""
 
 
-class UnknownGithubUserError(NotFoundError):
-    slug = "github-user-not-found"
-    title = "No such GitHub user"
-
-
-class GithubUnavailableError(ServiceUnavailableError):
-    slug = "github-unavailable"
-    title = "GitHub is unavailable"
-
-
-class GithubQuotaExhaustedError(ServiceUnavailableError):
-    slug = "github-rate-limited"
-    title = "GitHub rate limit reached"
-
-
-class GithubBusyError(ServiceUnavailableError):
-    slug = "github-busy"
-    title = "Requests to GitHub are queued up"
-
-
-class LookupBudgetError(TooManyRequestsError):
-    slug = "github-lookup-budget"
-    title = "Your share of GitHub lookups is used up"
-
-
-class TooManyLookupsError(TooManyRequestsError):
-    slug = "github-lookups-in-flight"
-    title = "Too many GitHub lookups at once"
-
-
-class RefreshLimitError(TooManyRequestsError):
-    slug = "github-refresh-limit"
-    title = "Too many refreshes pending"
-
-
-class TooManyRefreshStreamsError(TooManyRequestsError):
-    slug = "github-refresh-streams"
-    title = "Too many live refresh streams"
-
-
-class NotStoredError(NotFoundError):
-    slug = "github-not-stored"
-    title = "Nothing stored for this GitHub user"
-
-
-class TrackingLimitError(ConflictError):
-    slug = "github-tracking-limit"
-    title = "Tracking limit reached"
-
-
-class NotTrackedError(NotFoundError):
-    slug = "github-not-tracked"
-    title = "Not tracked"
-
-
-class RefreshNotFoundError(NotFoundError):
-    slug = "github-refresh-not-found"
-    title = "No such refresh"
-
-
-class InvalidRangeError(AppError):
-    slug = "invalid-range"
-    title = "Invalid date range"
-
-
-class InvalidUsernameError(AppError):
-    slug = "invalid-github-username"
-    title = "Not a GitHub username"
-
-
 class _ProfileGoneError(Exception):
     """The profile read before tracking was purged before the tracking locked it."""
 
@@ -308,28 +247,6 @@ def _error_of(failure: _Failure) -> GitHubError:
         "rate-limited": GitHubRateLimitError,
     }
     return kinds.get(failure.kind, GitHubDownError)(failure.message, retry_after=failure.retry_after)
-
-
-def problem_for(exc: GitHubError) -> AppError:
-    """The API's problem for a failed fetch with nothing stored to fall back to."""
-    if isinstance(exc, GitHubNotFoundError):
-        return UnknownGithubUserError("GitHub has no user with this name.")
-    retry_after = str(max(1, math.ceil(exc.retry_after or 30)))
-    if isinstance(exc, GitHubBusyError):
-        return GithubBusyError(
-            "Requests to GitHub are sent one at a time, and this one waited longer than a request may "
-            "(GITHUB_INTERACTIVE_WAIT_S) behind others; GitHub's rate limit was not the cause. "
-            "Nothing is stored for this user yet.",
-            headers={"Retry-After": retry_after},
-        )
-    if isinstance(exc, GitHubRateLimitError):
-        return GithubQuotaExhaustedError(
-            "GitHub's rate limit is exhausted and nothing is stored for this user yet.",
-            headers={"Retry-After": retry_after},
-        )
-    return GithubUnavailableError(
-        "GitHub did not answer and nothing is stored for this user yet.", headers={"Retry-After": retry_after}
-    )
 
 
 class GithubService:
