@@ -56,6 +56,13 @@ INGEST_MARGIN_S = 60
 queueing (its batch's site keys, the day's salt, the site's quota lease), and the skew between the
 clock that stamps (the app's) and the one the rollup runs on (the worker's)."""
 
+MAX_TELEGRAM_CHATS = 20
+"""Chats an alert goes to at most (``TELEGRAM_CHAT_ID``). The sender paces each chat to a message a
+second (``app.domains.monitoring.delivery``), so 20 chats stay under the Bot API's 30 messages a second
+across all chats; an unbounded list would have taken one alert to all of them at once."""
+TelegramChat = Annotated[str, msgspec.Meta(pattern=whole(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}"))]
+"""A chat as the Bot API takes it: its numeric id (a group's is negative) or ``@channelusername``."""
+
 
 class SettingsError(RuntimeError):
     """The environment does not describe a valid configuration."""
@@ -265,7 +272,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     end of its budget window); past it the delivery is ``failed``. An outage of Telegram or of the
     network shorter than this loses no alert."""
     telegram_bot_token: Annotated[str, msgspec.Meta(max_length=200, pattern=whole(r"[^\s/]*"))] = ""
-    telegram_chat_id: list[str] = msgspec.field(default_factory=list)
+    telegram_chat_id: Annotated[list[TelegramChat], msgspec.Meta(max_length=MAX_TELEGRAM_CHATS)] = (
+        msgspec.field(default_factory=list)
+    )
     telegram_api_url: Annotated[str, msgspec.Meta(pattern=whole(r"https?://[^\s]+"))] = (
         "https://api.telegram.org"
     )

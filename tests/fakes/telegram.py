@@ -11,15 +11,16 @@ it). It behaves like the Bot API where our sender depends on it:
   and a malformed text is refused with ``400 Bad Request: can't parse entities: ...``.
 - The text after entity parsing must hold 1 to 4,096 characters, counted as Telegram counts them (UTF-16
   code units: an emoji outside the BMP counts twice), else 400.
-- Flood control: at most one message per second per chat and 20 per minute per group chat (a chat id
-  starting with ``-``); a message over either limit gets ``429`` with ``parameters.retry_after``.
+- Flood control: at most one message per second per chat, 20 per minute per group chat (a chat id
+  starting with ``-``) and 30 per second across all chats (the bot's bulk limit); a message over any
+  of them gets ``429`` with ``parameters.retry_after``.
+- A chat id that is neither a number nor ``@username`` is ``400 Bad Request: chat not found``.
 - A 429 announces a window, and the fake holds the chat to it as the Bot API does: once it answered
   ``retry_after = N`` to a chat (flood control or a scripted 429), every ``sendMessage`` to that chat
   before ``N`` seconds have passed is refused again with 429 and a fresh ``retry_after``, the whole
   seconds still left (rounded up, at least 1), and recorded as refused with ``inside_window`` set (a
-  sender that honours ``retry_after`` never has one: ``refused_inside_window()``). The limits and the
-  windows are per chat (the fake has no bot-wide limit). Time is ``clock`` (``time.time`` unless a test
-  gives another: no test sleeps to move it).
+  sender that honours ``retry_after`` never has one: ``refused_inside_window()``). The windows are per
+  chat. Time is ``clock`` (``time.time`` unless a test gives another: no test sleeps to move it).
 - A group upgraded to a supergroup (``migrate(old, new)``): a message to the old chat id is refused as
   the Bot API refuses it, ``400 Bad Request: group chat was upgraded to a supergroup chat`` with
   ``parameters.migrate_to_chat_id`` (an integer, ResponseParameters), and is not delivered.
@@ -57,6 +58,8 @@ from tests.fakes.serving import ThreadedServer
 MAX_TEXT = 4096
 PER_CHAT_INTERVAL_S = 1.0
 GROUP_PER_MINUTE = 20
+BOT_PER_SECOND = 30
+CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}")
 
 _TAGS = {
     "b",
@@ -227,6 +230,8 @@ class FakeTelegram:
                 )
             if not chat_id:
                 return self._refuse(now, chat_id, text, parse_mode, 400, "Bad Request: chat_id is empty")
+            if not CHAT_ID.fullmatch(chat_id):
+                return self._refuse(now, chat_id, text, parse_mode, 400, "Bad Request: chat not found")
             if chat_id in self.migrated:
                 description = "Bad Request: group chat was upgraded to a supergroup chat"
                 status, body, hold = self._refuse(now, chat_id, text, parse_mode, 400, description)
@@ -258,6 +263,10 @@ class FakeTelegram:
                     wait = max(1, math.ceil(last_minute[0] + 60.0 - now))
                     description = f"Too Many Requests: retry after {wait}"
                     return self._refuse(now, chat_id, text, parse_mode, 429, description, wait)
+            if self._accepted_in_the_last_second(now) >= BOT_PER_SECOND:
+                return self._refuse(
+                    now, chat_id, text, parse_mode, 429, "Too Many Requests: retry after 1", 1
+                )
             accepted.append(now)
             self.received.append(Received(now, chat_id, text, parse_mode, 200))
             message_id = self.next_message_id
@@ -268,6 +277,14 @@ class FakeTelegram:
             "result": {"message_id": message_id, "date": int(now), "chat": {"id": chat_id}, "text": visible},
         }
         return 200, body, hold
+
+    def _accepted_in_the_last_second(self, now: float) -> int:
+        accepted = 0
+        for request in reversed(self.received):  # in arrival order
+            if now - request.at >= 1.0:
+                break
+            accepted += request.accepted
+        return accepted
 
     def _refuse(
         self,

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from app.config import (
     DEFAULT_ADMIN_PASSWORD,
     DEFAULT_DEMO_PASSWORD,
+    MAX_TELEGRAM_CHATS,
     PUBLIC_DEFAULT_SECRET_KEY,
     SECRET_KEY_FILE,
     Settings,
@@ -176,6 +177,24 @@ def test_an_invalid_secret_is_named_and_its_value_never_shown() -> None:
 
     assert token not in str(refused.value)
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "chats",
+    [
+        "not-a-chat",  # Telegram: 400 chat not found, for every alert
+        "42,@x",  # a channel username has 5 to 32 characters
+        ",".join(str(n) for n in range(1, MAX_TELEGRAM_CHATS + 2)),  # past the cap
+    ],
+)
+def test_telegram_chats_are_ids_or_channel_names_and_bounded(chats: str) -> None:
+    with pytest.raises(SettingsError, match=r"^invalid configuration: TELEGRAM_CHAT_ID: "):
+        load_settings({"TELEGRAM_CHAT_ID": chats})
+
+
+def test_telegram_chats_take_ids_groups_and_channel_names() -> None:
+    chats = ",".join(["4242", "-1001234567890", "@alerts_channel"] + [str(n) for n in range(17)])
+    assert len(load_settings({"TELEGRAM_CHAT_ID": chats}).telegram_chat_id) == MAX_TELEGRAM_CHATS
 
 
 def test_port_bounds_are_inclusive() -> None:
