@@ -52,8 +52,9 @@ async def beating(job: Job | None) -> AsyncIterator[None]:
 
 
 def with_heartbeat(function: JobFunction) -> JobFunction:
-    """``function`` keeping its job's heartbeat while it runs. Same name: SAQ registers and finds a
-    job's function by its name, and the cron monitor and logs name it too."""
+    """``function`` keeping its job's heartbeat while it runs (a job without one runs as it is). Same
+    name: SAQ registers and finds a job's function by its name, and the cron monitor and logs name it
+    too. Every job the app registers is wrapped (``app.core.queues.build_saq_config``)."""
 
     @functools.wraps(function)
     async def run(ctx: Context, **kwargs: Any) -> Any:

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.core.modules import Cron, Module
 from app.core.queues import CRON_HEARTBEAT_S, build_saq_config
 from app.core.services import open_services
+from app.modules import MODULES
 from tests.factories import saq_queues, wait_until
 
 RELEASED = asyncio.Event()
@@ -77,3 +78,23 @@ async def test_a_cron_run_beats_while_alive_and_a_dead_workers_run_is_swept_with
         await queue.redis.delete(queue._sweep)  # type: ignore[attr-defined]  # the first sweep's lock (60 s)
         swept = await queue.sweep(abort=0.1)  # nobody runs it: no need to wait for the abort
         assert dead.id in swept, "swept within its heartbeat, not after its 30-minute timeout"
+
+
+async def test_every_job_keeps_its_heartbeat_and_each_name_is_one_function(
+    settings: Settings, valkey: Any
+) -> None:
+    """SAQ keeps one function per name: a function that is a job and a cron job (the outbox purge, the
+    alert delivery) registered as two objects, one without the beat, left which one ran to chance."""
+    assert settings.valkey_url is not None
+    async with open_services(settings, MODULES) as services:
+        config = build_saq_config(services, settings.valkey_url, run_workers_in_process=True)
+    shared = 0
+    for queue_config in config.queue_configs:
+        functions = [*queue_config.tasks, *(cron.function for cron in queue_config.scheduled_tasks)]
+        by_name: dict[str, set[int]] = {}
+        for function in functions:
+            assert callable(function) and hasattr(function, "__wrapped__"), function
+            by_name.setdefault(function.__qualname__, set()).add(id(function))
+        assert {name: len(ids) for name, ids in by_name.items() if len(ids) > 1} == {}
+        shared += len(functions) - len(by_name)
+    assert shared > 0, "some function is both a job and a cron job (else this test shows nothing)"

@@ -30,7 +30,7 @@ from saq.utils import now as saq_now
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.heartbeat import touch_if_active
+from app.core.heartbeat import touch_if_active, with_heartbeat
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.client import GitHubDownError
@@ -325,7 +325,7 @@ async def test_a_running_refresh_keeps_its_heartbeat_and_is_not_swept(
             return current is not None and current.touched - job.started >= 2000
 
         context: Any = {"services": services, "job": job}
-        running = asyncio.create_task(refresh_github_profile(context, **job.kwargs))
+        running = asyncio.create_task(with_heartbeat(refresh_github_profile)(context, **job.kwargs))
         try:
             await wait_until(beaten_twice, 30, "the running job touched its heartbeat twice past it")
             swept = await github_queue.sweep()

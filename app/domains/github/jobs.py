@@ -6,7 +6,6 @@ import uuid
 
 from saq.types import Context
 
-from app.core.heartbeat import beating
 from app.core.services import services_of
 from app.domains.github.services import GithubService
 
@@ -16,11 +15,9 @@ async def refresh_github_profile(
 ) -> str:
     """One refresh (``POST …/refresh`` or a stale read), charged to ``user_id``, the account that asked
     (absent from jobs enqueued by an earlier release); its outcome is stored and pushed over SSE.
-    It keeps its SAQ heartbeat while it runs (a refresh may wait minutes for GitHub's turn)."""
-    async with beating(ctx.get("job")):
-        return await services_of(ctx)[GithubService].run_refresh(
-            login, uuid.UUID(refresh_id), user_id=user_id
-        )
+    Its heartbeat (a refresh may wait minutes for GitHub's turn) is kept by ``with_heartbeat``, as
+    every job's."""
+    return await services_of(ctx)[GithubService].run_refresh(login, uuid.UUID(refresh_id), user_id=user_id)
 
 
 async def snapshot_github_profiles(ctx: Context) -> int:
