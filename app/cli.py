@@ -69,6 +69,8 @@ to exit before it SIGKILLs granian's whole process group."""
 READY_POLL_INTERVAL_S = 0.1
 EMBEDDED_CHECK_S = 2.0
 """How often ``serve`` looks whether an embedded server it holds has died (``_revive_embedded``)."""
+EMBEDDED_RETRY_MAX_S = 60.0
+"""The longest pause between two tries to start again an embedded server that would not start."""
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -491,15 +493,19 @@ def _stop_granian(child: subprocess.Popen[bytes] | None, settings: Settings) -> 
     child.wait()
 
 
-def _revive_embedded() -> None:
+def _revive_embedded() -> bool:
     """Start again an embedded server that died under ``serve`` (killed, out of memory), saying so;
-    one that cannot be started again ends ``serve`` naming it."""
-    try:
-        revived = revive_services()
-    except Exception as exc:
-        raise LaunchError(f"an embedded server died and could not be started again: {exc}") from exc
-    for service in revived:
-        _say(f"the embedded {'PostgreSQL' if service == 'postgres' else 'Valkey'} had stopped: started again")
+    False when one could not be started (said too; ``serve`` tries again later and keeps serving
+    its 503s meanwhile, as it would for a configured server that is down)."""
+    healthy = True
+    for service, error in revive_services():
+        name = "PostgreSQL" if service == "postgres" else "Valkey"
+        if error is None:
+            _say(f"the embedded {name} had stopped: started again")
+        else:
+            _say(f"the embedded {name} has stopped and did not start again ({error}): trying again")
+            healthy = False
+    return healthy
 
 
 def serve(settings: Settings) -> int:
@@ -523,15 +529,15 @@ def serve(settings: Settings) -> int:
         child = _start_granian(settings, keep_open=(claim,))
         _wait_ready(settings, child, signals)
         print(_banner(settings, started, hints), flush=True)
-        look_again = time.monotonic() + EMBEDDED_CHECK_S
+        look_again, pause = time.monotonic() + EMBEDDED_CHECK_S, EMBEDDED_CHECK_S
         while True:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = child.wait(0.25)
                 raise LaunchError(f"granian exited with code {code}")
             signals.check()
             if time.monotonic() >= look_again:
-                _revive_embedded()
-                look_again = time.monotonic() + EMBEDDED_CHECK_S
+                pause = EMBEDDED_CHECK_S if _revive_embedded() else min(pause * 2, EMBEDDED_RETRY_MAX_S)
+                look_again = time.monotonic() + pause
     except _Stopped:
         return 0
     except Exception as exc:

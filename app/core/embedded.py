@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import structlog
 
@@ -317,6 +318,15 @@ def _clear_stale_postmaster(pgdata: Path) -> None:
     log.warning("embedded_postgres_stale_pid_file_removed", pgdata=str(pgdata))
 
 
+def _end_orphaned_backends(pgdata: Path) -> None:
+    """End the backends a killed postmaster left (a backend busy in a long statement notices its
+    postmaster's death only at its next check): while one is attached to the cluster's shared memory,
+    a new postmaster refuses to start ("pre-existing shared memory block is still in use")."""
+    for backend in _processes_in(pgdata, "postgres"):
+        log.warning("embedded_postgres_orphan_ended", pid=backend[0], pgdata=str(pgdata))
+        _signal_until_gone(backend, ((signal.SIGQUIT, 2.0), (signal.SIGKILL, 2.0)))
+
+
 def _stop_postgres(pgdata: Path) -> None:
     postmaster = _postmaster(pgdata)
     if postmaster is None:
@@ -351,6 +361,7 @@ def start_postgres(data_dir: Path) -> Any:
         _track("postgres", data_dir)
         _clear_stale_postmaster(pgdata)
         if _postmaster(pgdata) is None:
+            _end_orphaned_backends(pgdata)
             _ensure_cluster(pgdata)
         # cleanup_mode=None: pgserver's own stop-at-exit does not know holders of other processes
         try:
@@ -542,7 +553,13 @@ def start_valkey(data_dir: Path, port: int | None = None) -> tuple[str, ValkeyPr
         directory.mkdir(parents=True, exist_ok=True)
         for stray in _processes_in(directory, "valkey"):  # running without a record: same files
             _signal_until_gone(stray, ((signal.SIGTERM, VALKEY_STOP_TIMEOUT_S), (signal.SIGKILL, 1.0)))
-        _write_record(record_path, {"holders": [list(me)]})
+        # A server that died under live holders is started again for them: on the port their clients
+        # have, and they still hold it (stopping it when this process lets go would pull it from them).
+        others = [holder for holder in _live_holders(record) if holder != me]
+        if port is None and others and isinstance(record.get("port"), int):
+            port = record["port"]
+        holders = [list(holder) for holder in [*others, me]]
+        _write_record(record_path, {"holders": holders})
         _track("valkey", data_dir)
         for attempt in range(3):  # a free port may be taken between the check and the bind
             try:
@@ -552,9 +569,7 @@ def start_valkey(data_dir: Path, port: int | None = None) -> tuple[str, ValkeyPr
                 if port is not None or attempt == 2:
                     raise
         server = _identity(process.pid) or (process.pid, 0)
-        _write_record(
-            record_path, {"port": chosen, "pid": server[0], "start": server[1], "holders": [list(me)]}
-        )
+        _write_record(record_path, {"port": chosen, "pid": server[0], "start": server[1], "holders": holders})
         _valkey_children[data_dir] = process
         log.info("embedded_valkey_started", port=chosen, data_dir=str(directory))
         return f"redis://127.0.0.1:{chosen}/0", ValkeyProcess(data_dir, process, chosen)
@@ -604,22 +619,33 @@ def _release(service: str, data_dir: Path, who: Identity, *, force: bool = False
 # --- reviving ----------------------------------------------------------------------------------
 
 
-def revive_held() -> list[str]:
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Revival(NamedTuple):
+    service: str
+    """``postgres`` or ``valkey``."""
+    error: str | None
+    """Why it could not be started again (it is tried again at the next look), or None."""
+
+
+def revive_held() -> list[Revival]:
     """Start again each embedded server this process holds that has died, on the same socket
     (PostgreSQL: in its data directory) or port (Valkey), so every client's URL still holds; returns
-    the services started again.
+    what was tried.
 
     ``just serve`` calls it while it runs: the app rides a dead server out (503s, limits failing
     open) and recovers on its own once it answers again, but nothing else would start it again. A
     server another holder is starting (or has started) meanwhile is joined, not started twice: each
     start takes the service's file lock and looks again."""
-    revived: list[str] = []
+    tried: list[Revival] = []
     for service, data_dir in sorted(_held):
         if service == "postgres":
             if _postmaster(_pgdata(data_dir)) is not None:
                 continue
             log.warning("embedded_postgres_died", pgdata=str(_pgdata(data_dir)))
-            start_postgres(data_dir)
+            start = functools.partial(start_postgres, data_dir)
         else:
             with _file_lock(data_dir / "valkey.lock"):
                 record = _read_record(data_dir / "valkey" / "server.json")
@@ -629,9 +655,15 @@ def revive_held() -> list[str]:
             child = _valkey_children.pop(data_dir, None)
             exit_code = child.poll() if child is not None else None  # reaped: no zombie left
             log.warning("embedded_valkey_died", port=port, exit_code=exit_code, data_dir=str(data_dir))
-            start_valkey(data_dir, port)
-        revived.append(service)
-    return revived
+            start = functools.partial(start_valkey, data_dir, port)
+        try:
+            start()
+        except Exception as exc:
+            log.warning("embedded_revival_failed", service=service, error=_error_text(exc))
+            tried.append(Revival(service, _error_text(exc)))
+        else:
+            tried.append(Revival(service, None))
+    return tried
 
 
 def release(service: str, data_dir: Path) -> None:

@@ -30,7 +30,7 @@ def resolve_services(
     return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
-def revive_services() -> list[str]:
+def revive_services() -> list[embedded.Revival]:
     """Start again the embedded servers this process holds that died (``embedded.revive_held``)."""
     return embedded.revive_held()
 

@@ -14,6 +14,7 @@ is tested.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shutil
@@ -28,11 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import cli
 from app.config import DEFAULT_ADMIN_PASSWORD, Settings, load_settings
+from app.core import embedded
 from tests.served import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,6 +317,46 @@ def test_after_a_sigkill_nothing_is_left_and_a_second_start_is_ready(
     stop_and_assert_clean(second)
 
 
+def _busy_backend(data_dir: Path) -> threading.Thread:
+    """A backend in a long statement, which notices its postmaster's death only when it ends: left
+    attached to the shared memory, it kept a new postmaster from starting."""
+    socket_dir = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[4].strip()
+    connection = psycopg.connect(host=socket_dir, user="postgres", dbname="app", autocommit=True)
+
+    def run() -> None:
+        with contextlib.suppress(psycopg.Error), connection:
+            connection.execute("select count(*) from generate_series(1, 10000000000)")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    with psycopg.connect(host=socket_dir, user="postgres", dbname="app", autocommit=True) as watcher:
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while watcher.execute(
+            "select count(*) from pg_stat_activity where state = 'active' and query like '%generate_series%'"
+            " and pid <> pg_backend_pid()"
+        ).fetchone() != (1,):
+            assert time.monotonic() < deadline, "the long statement did not start"
+            time.sleep(0.05)
+    return thread
+
+
+def _said(launcher: Launcher, said: str) -> None:
+    deadline = time.monotonic() + READY_DEADLINE_S
+    while (line := launcher._next_line(deadline)) is not None and said not in line:
+        assert time.monotonic() < deadline, f"not said: {said}\n{launcher.tail()}"
+    assert line is not None, f"the launcher exited instead:\n{launcher.tail()}"
+
+
+def _ready_again(launcher: Launcher, name: str) -> None:
+    deadline = time.monotonic() + READY_DEADLINE_S
+    while True:  # the app reconnects on its own: no restart of granian or its workers
+        response = httpx.get(f"{launcher.base}/health/ready", timeout=10)
+        if response.status_code == 200 and response.json()["status"] == "ok":
+            return
+        assert time.monotonic() < deadline, f"not ready again after {name} was started again"
+        time.sleep(0.2)
+
+
 def test_an_embedded_server_killed_under_serve_is_started_again_and_the_app_recovers(
     launchers: list[Launcher], data_dir: Path
 ) -> None:
@@ -321,26 +364,32 @@ def test_an_embedded_server_killed_under_serve_is_started_again_and_the_app_reco
     banner = launcher.read_banner()
     assert_banner_is_true(launcher, banner)
 
-    for name, find in (("PostgreSQL", postmaster), ("Valkey", embedded_valkey)):
-        victim = find(data_dir)
+    # PostgreSQL, killed while a backend is busy in a statement.
+    busy = _busy_backend(data_dir)
+    victim = postmaster(data_dir)
+    os.kill(victim[0], signal.SIGKILL)
+    _said(launcher, "the embedded PostgreSQL had stopped: started again")
+    assert not alive(victim) and postmaster(data_dir) != victim
+    _ready_again(launcher, "PostgreSQL")
+    assert_banner_is_true(launcher, banner)  # logs in and reads the account again
+    busy.join(READY_DEADLINE_S)
+
+    # Valkey, killed while another process holds it too (as `just worker` would): started again on
+    # the port that process's clients have, and it still holds it.
+    record_path = data_dir / "valkey" / "server.json"
+    url, _ = embedded.start_valkey(data_dir)
+    try:
+        victim = embedded_valkey(data_dir)
         os.kill(victim[0], signal.SIGKILL)
-        said = f"the embedded {name} had stopped: started again"
-        deadline = time.monotonic() + READY_DEADLINE_S
-        while (line := launcher._next_line(deadline)) is not None and said not in line:
-            assert time.monotonic() < deadline, f"{name} was not started again:\n{launcher.tail()}"
-        assert line is not None, f"the launcher exited instead:\n{launcher.tail()}"
-        assert not alive(victim), f"{name}'s killed process is left (a zombie of the launcher?)"
-        assert find(data_dir) != victim
-
-        def ready() -> bool:
-            response = httpx.get(f"{launcher.base}/health/ready", timeout=10)
-            return response.status_code == 200 and response.json()["status"] == "ok"
-
-        deadline = time.monotonic() + READY_DEADLINE_S
-        while not ready():  # the app reconnects on its own: no restart of granian or its workers
-            assert time.monotonic() < deadline, f"not ready again after {name} was started again"
-            time.sleep(0.2)
-        assert_banner_is_true(launcher, banner)  # logs in and reads the account from both again
+        _said(launcher, "the embedded Valkey had stopped: started again")
+        assert not alive(victim), "the killed Valkey is left (a zombie of the launcher?)"
+        record = json.loads(record_path.read_text())
+        assert url == f"redis://127.0.0.1:{record['port']}/0"
+        assert [os.getpid(), identity(os.getpid())[1]] in record["holders"], record
+        _ready_again(launcher, "Valkey")
+        assert_banner_is_true(launcher, banner)
+    finally:
+        embedded.release("valkey", data_dir)
 
     stop_and_assert_clean(launcher)
 
