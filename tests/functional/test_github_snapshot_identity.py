@@ -7,10 +7,13 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.core.services import open_services
+from app.domains.github.client import GitHubRefusedError
+from app.domains.github.governor import Priority
 from app.domains.github.jobs import snapshot_github_profiles
 from app.domains.github.services import GithubService
 from tests.factories import clocked_github, create_user
@@ -161,3 +164,70 @@ async def test_an_outage_settles_nothing_the_next_run_takes_the_login_again(
         await valkey.delete("github:failed:waits-out")
         clock.now += timedelta(hours=1)
         assert await snapshot_github_profiles(ctx) == 1
+
+
+async def test_an_answer_that_is_not_githubs_settles_the_login_for_the_day_and_the_run_goes_on(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """A profile whose answer the client refuses (a count no GitHub answer has) is the login's own
+    failure, not an outage: tried once a snapshot day, and the others are still snapshotted."""
+    absurd = fake.add_user("absurd", [FakeRepo(name="a", stars=1, languages={"C": 1})])
+    fake.add_user("normal", [FakeRepo(name="b", stars=2, languages={"Go": 2})])
+    owner = await create_user(db)
+    first_day = clock.now.date() + timedelta(days=1)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        await github.track(owner.id, "absurd")
+        await github.track(owner.id, "normal")
+        absurd.followers = 2**62  # far past GithubUser's bound: not an answer GitHub gives
+        taken = []
+        for day in range(2):
+            clock.now = datetime.combine(first_day + timedelta(days=day), time(5), tzinfo=UTC)
+            for _ in range(3):
+                taken.append(await snapshot_github_profiles(ctx))
+                await valkey.delete("github:failed:absurd")  # the 10-second memory, lapsed
+                clock.now += timedelta(hours=1)
+
+    assert taken == [1, 0, 0] * 2
+    asked = [r.status for r in fake.recorded("/users/absurd") if r.path == "/users/absurd"]
+    assert asked == [200, 200, 200]  # the lookup that tracked it, then one try per snapshot day
+
+
+async def test_a_refusal_remembered_from_a_lookup_settles_the_login_instead_of_pausing_the_run(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """A reader's lookup met GitHub's 451 for a login moments before the run: the run hears of it
+    from the failure memory, as the blocked login's own failure (both read ``unavailable``)."""
+    fake.add_user("a-blocked", [FakeRepo(name="a", stars=1, languages={"C": 1})])
+    fake.add_user("b-fine", [FakeRepo(name="b", stars=2, languages={"Go": 2})])
+    owner = await create_user(db)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        await github.track(owner.id, "a-blocked")
+        await github.track(owner.id, "b-fine")
+        clock.now = datetime.combine(clock.now.date() + timedelta(days=1), time(5), tzinfo=UTC)
+        fake.fail(451, path_contains="/users/a-blocked")
+        with pytest.raises(GitHubRefusedError):  # a refresh-like fetch of the profile meets the 451
+            await github._fetch_shared("a-blocked", Priority.BACKGROUND, newer_than=clock.now)
+        assert await snapshot_github_profiles({"services": services}) == 1
+
+    settled = await (
+        await db.execute("select login, failed_on from github_snapshot_attempts order by login")
+    ).fetchall()
+    assert [(login, failed_on is not None) for login, failed_on in settled] == [
+        ("a-blocked", True),
+        ("b-fine", False),
+    ]

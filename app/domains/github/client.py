@@ -206,6 +206,12 @@ class GitHubBusyError(GitHubError):
     kind = "unavailable"
 
 
+class GitHubAnswerRefusedError(GitHubDownError):
+    """Our client refuses GitHub's answer for one resource: a shape, size, count, link or redirect no
+    answer of GitHub's has (counted in ``app_github_refused_answers_total``). A fault of that answer,
+    not a sign that GitHub is down; where nothing else is known it still reads as unavailable."""
+
+
 class GitHubRefusedError(GitHubDownError):
     """GitHub refuses this one resource: 451 (blocked for legal reasons, a DMCA takedown) or a 403
     that is not a rate limit ("Repository access blocked"; rate-limit 403s are told apart by the
@@ -260,7 +266,7 @@ class FetchChain:
     def take_url(self) -> None:
         if self.urls_left <= 0:
             REFUSED_ANSWERS.labels(reason="chain-budget").inc()
-            raise GitHubDownError("the lookup asked GitHub for more resources than a lookup may")
+            raise GitHubAnswerRefusedError("the lookup asked GitHub for more resources than a lookup may")
         self.urls_left -= 1
 
 
@@ -521,7 +527,7 @@ class GitHubClient:
         while url is not None:
             if url in visited:
                 REFUSED_ANSWERS.labels(reason="next-link-loop").inc()
-                raise GitHubDownError("GitHub's next-page links lead back to a page already read")
+                raise GitHubAnswerRefusedError("GitHub's next-page links lead back to a page already read")
             if len(visited) >= max_pages(max_repos):
                 REFUSED_ANSWERS.labels(reason="too-many-pages").inc()
                 log.warning("github_listing_cut", login=username, pages=len(visited), repos=len(repos))
@@ -575,7 +581,7 @@ class GitHubClient:
         Counted against the current ``FetchChain`` (one more resource; its deadline bounds every
         try, wait and retry of this one)."""
         if not self._is_ours(url):
-            raise GitHubDownError("refused a URL outside GITHUB_API_URL")
+            raise GitHubAnswerRefusedError("refused a URL outside GITHUB_API_URL")
         chain = _CHAIN.get()
         if chain is None:
             return await self._get_retried(url, kind, priority, conditional, empty)
@@ -633,7 +639,7 @@ class GitHubClient:
         status = answer.status
         if status == 304:
             if cached is None:
-                raise GitHubDownError("GitHub answered 304 to an unconditional request")
+                raise GitHubAnswerRefusedError("GitHub answered 304 to an unconditional request")
             try:
                 value = _decode_entry(cached.payload, kind)
             except msgspec.DecodeError:  # stored by a version with another shape: fetch it afresh
@@ -644,14 +650,14 @@ class GitHubClient:
         if status == 204:
             if empty is None:
                 REFUSED_ANSWERS.labels(reason="no-content").inc()
-                raise GitHubDownError("GitHub answered 204 (no content) where a document was due")
+                raise GitHubAnswerRefusedError("GitHub answered 204 (no content) where a document was due")
             return Fetched(value=empty, next_url=None, not_modified=False)
         if status == 200:
             try:
                 value = decode_answer(answer.body, kind)
             except msgspec.DecodeError as exc:
                 REFUSED_ANSWERS.labels(reason="shape").inc()
-                raise GitHubDownError("GitHub answered a body of an unexpected shape") from exc
+                raise GitHubAnswerRefusedError("GitHub answered a body of an unexpected shape") from exc
             next_url = self._next_link(answer.response)
             etag = answer.headers.get("etag")
             if etag:
@@ -683,11 +689,11 @@ class GitHubClient:
                     target = str(httpx.URL(target).join(answer.headers.get("location", "")))
                 except httpx.InvalidURL:
                     REFUSED_ANSWERS.labels(reason="redirect").inc()
-                    raise GitHubDownError("GitHub redirected to an unparsable location") from None
+                    raise GitHubAnswerRefusedError("GitHub redirected to an unparsable location") from None
                 if not self._is_ours(target):
-                    raise GitHubDownError("GitHub redirected outside GITHUB_API_URL")
+                    raise GitHubAnswerRefusedError("GitHub redirected outside GITHUB_API_URL")
             else:
-                raise GitHubDownError("too many redirects")
+                raise GitHubAnswerRefusedError("too many redirects")
             if not limited:
                 return answer
             RETRIES.labels(reason="rate-limit").inc()
@@ -712,7 +718,7 @@ class GitHubClient:
             raise GitHubRateLimitError(str(exc), retry_after=exc.retry_after) from None
         if answer.refused is not None:
             REFUSED_ANSWERS.labels(reason=answer.refused.reason).inc()
-            raise GitHubDownError(str(answer.refused))
+            raise GitHubAnswerRefusedError(str(answer.refused))
         return answer, limited_until is not None
 
     def _charged_for(self, status: int) -> bool:
@@ -740,7 +746,9 @@ class GitHubClient:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # e.g. a decoding error: not worth a retry
             REQUESTS.labels(status="undecodable").inc()
             REFUSED_ANSWERS.labels(reason="undecodable").inc()
-            raise GitHubDownError(f"GitHub's answer could not be read ({type(exc).__name__})") from None
+            raise GitHubAnswerRefusedError(
+                f"GitHub's answer could not be read ({type(exc).__name__})"
+            ) from None
 
     async def _read_body(self, response: httpx.Response) -> bytes:
         """The body, decoded (identity or gzip, the encodings we accept), at most
@@ -789,7 +797,7 @@ class GitHubClient:
     def _languages_url(self, repo: GithubRepo) -> str:
         owner, _, name = repo.full_name.partition("/")
         if not (is_valid_username(owner) and _REPO_NAME.fullmatch(name) and name not in (".", "..")):
-            raise GitHubDownError("GitHub listed a repository with an unexpected name")
+            raise GitHubAnswerRefusedError("GitHub listed a repository with an unexpected name")
         return f"{self.base_url}/repos/{owner}/{name}/languages"
 
     def _next_link(self, response: httpx.Response) -> str | None:
@@ -797,7 +805,7 @@ class GitHubClient:
         if next_url is None:
             return None
         if not self._is_ours(next_url):
-            raise GitHubDownError("GitHub's next-page link points outside GITHUB_API_URL")
+            raise GitHubAnswerRefusedError("GitHub's next-page link points outside GITHUB_API_URL")
         return str(next_url)
 
     def _cache_key(self, url: str) -> str:

@@ -94,6 +94,7 @@ from app.db import github as queries
 from app.db.models import GithubSnapshot, GithubTracked
 from app.domains.github.analysis import DEFAULT_FILTERS, analyze, repos_to_measure
 from app.domains.github.client import (
+    GitHubAnswerRefusedError,
     GitHubBusyError,
     GitHubClient,
     GitHubDownError,
@@ -235,18 +236,36 @@ class _Failure(msgspec.Struct, frozen=True):
     message: str
     retry_after: float | None
     at: float
+    error: str = ""
+    """The failure's class (``_REMEMBERED``): ``kind`` is the answer's, which several share (a blocked
+    profile and an outage are both ``unavailable``). Empty in a record of the previous release."""
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_REMEMBERED: dict[str, type[GitHubError]] = {
+    kind.__name__: kind
+    for kind in (
+        GitHubNotFoundError,
+        GitHubRateLimitError,
+        GitHubDownError,
+        GitHubRefusedError,
+        GitHubAnswerRefusedError,
+    )
+}
+
+
 def _error_of(failure: _Failure) -> GitHubError:
+    """The failure remembered, as the error it was (a snapshot run skips a blocked login and pauses
+    for an outage: both are ``unavailable`` to a reader)."""
     kinds: dict[str, type[GitHubError]] = {
         "not-found": GitHubNotFoundError,
         "rate-limited": GitHubRateLimitError,
     }
-    return kinds.get(failure.kind, GitHubDownError)(failure.message, retry_after=failure.retry_after)
+    error = _REMEMBERED.get(failure.error) or kinds.get(failure.kind, GitHubDownError)
+    return error(failure.message, retry_after=failure.retry_after)
 
 
 class GithubService:
@@ -658,7 +677,9 @@ class GithubService:
         up (the Valkey reviewer: 30 lookups of unknown logins, 30 keys, while GitHub was
         unreachable and nothing was charged to the account)."""
         now = time.time()
-        failure = _Failure(kind=exc.kind, message=str(exc), retry_after=exc.retry_after, at=now)
+        failure = _Failure(
+            kind=exc.kind, message=str(exc), retry_after=exc.retry_after, at=now, error=type(exc).__name__
+        )
         remember_s = min(60.0, max(FAILURE_MEMORY_S, exc.retry_after or 0.0))
         error = UpstreamError(
             kind=exc.kind,  # type: ignore[arg-type]
@@ -1393,7 +1414,7 @@ def _is_outage(exc: GitHubError) -> bool:
     """A failure of GitHub or of its quota for every login (the snapshot cron pauses), not of one
     login (a 404, a blocked profile, an answer that is not GitHub's: that login is skipped)."""
     return isinstance(exc, GitHubRateLimitError | GitHubBusyError | GitHubDownError) and not isinstance(
-        exc, GitHubRefusedError
+        exc, GitHubRefusedError | GitHubAnswerRefusedError
     )
 
 
