@@ -316,6 +316,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_history_max_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 366
     github_user_quota_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
     """Per account: the share of GitHub's hourly limit its lookups of users not stored yet may spend."""
+    github_snapshot_quota_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """The daily snapshots' share of GitHub's hourly limit (the cron pauses past it until the next run),
+    so that the tracked logins of every account never leave the accounts' own lookups only the reserve."""
     github_user_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
     github_user_pending_refreshes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     github_stream_max_per_user: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5

@@ -176,6 +176,10 @@ _GONE = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
 PURGE_CHUNK = 10_000
 """Rows deleted per transaction by the retention (``purge_expired``): each statement stays far below
 the statement timeout, however many rows have piled up."""
+SNAPSHOTS_ACCOUNT = 0
+"""The account the snapshot cron's fetch chains are charged to (no user has id 0): its share is
+``GITHUB_SNAPSHOT_QUOTA_FRACTION`` of GitHub's limit, so tracked logins, which every account may add
+at no cost, cannot take the whole window from the accounts' own lookups."""
 DEFAULT_HISTORY_DAYS = 30
 """The history's range when ``from`` is not given: this many days ending ``to``."""
 
@@ -416,13 +420,18 @@ class GithubService:
         except GitHubError as exc:
             raise problem_for(exc) from None
 
-    async def lookup_budget(self) -> tuple[int, int]:
-        """GitHub requests an account's cold lookups and refreshes may cost per GitHub window, and
-        GitHub's limit: a fraction of the limit GitHub last reported (before any answer, its
-        documented limit: 60 requests an hour without a token, 5,000 with one), never less than one
-        request."""
+    async def lookup_budget(self, account: int | None = None) -> tuple[int, int]:
+        """GitHub requests an account's cold lookups and refreshes may cost per GitHub window (the
+        snapshot cron's, for ``SNAPSHOTS_ACCOUNT``), and GitHub's limit: a fraction of the limit GitHub
+        last reported (before any answer, its documented limit: 60 requests an hour without a token,
+        5,000 with one), never less than one request."""
         limit, _ = await self.governor.window()
-        return max(1, math.floor(limit * self.settings.github_user_quota_fraction)), limit
+        fraction = (
+            self.settings.github_snapshot_quota_fraction
+            if account == SNAPSHOTS_ACCOUNT
+            else self.settings.github_user_quota_fraction
+        )
+        return max(1, math.floor(limit * fraction)), limit
 
     async def _check_lookup_budget(self, user_id: int) -> None:
         """Refuses (429) an account whose cold lookups and refreshes have cost its share of this
@@ -467,7 +476,8 @@ class GithubService:
     async def _within_share(self) -> bool:
         """Whether the chain under way may ask GitHub for one more resource it can do without (a
         repository's languages): it charges its paying account what it has cost so far, and reads
-        what the account's chains have cost in all. A chain nobody pays for (the snapshot cron's) may.
+        what the account's chains have cost in all (the snapshot cron pays as an account of its own,
+        ``SNAPSHOTS_ACCOUNT``). A chain nobody pays for may.
 
         Charged only once the chain ended, an account's chains under way at once each cost up to a
         whole chain on top of its share (two of them: 44 requests of an anonymous hour's 60 against a
@@ -479,7 +489,7 @@ class GithubService:
             return True
         try:
             spent = await self._charge(share)
-            budget, _ = await self.lookup_budget()
+            budget, _ = await self.lookup_budget(share.user_id)
         except Exception:  # Valkey: measure no more than what has been measured (the answer stands)
             log.warning("github_share_unknown", user_id=share.user_id)
             return False
@@ -1122,6 +1132,12 @@ class GithubService:
         gone from GitHub, which any account could track before it went). An outage or a spent quota
         settles nothing: the next run takes the login again.
 
+        The runs spend a share of GitHub's limit of their own (``GITHUB_SNAPSHOT_QUOTA_FRACTION``,
+        charged as they go like an account's lookups, ``SNAPSHOTS_ACCOUNT``): past it a run stops and
+        the next hour's goes on. Without it, the tracked logins of every account (tracking a stored
+        login costs nothing) could spend each window down to the reserve, the accounts' own lookups
+        left with ``GITHUB_RESERVE_FRACTION`` of it.
+
         Each snapshot records which GitHub account held the login (its numeric id), so that the
         history tells a login that changed hands from one account's changes (``history``)."""
         day = snapshot_day(self.clock(), self.settings.github_snapshot_hour_utc)
@@ -1136,8 +1152,15 @@ class GithubService:
             try:
                 stored = await self._load(login)
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
-                    newer_than = stored.fetched_at if stored else None
-                    stored = await self._fetch_shared(login, Priority.BACKGROUND, newer_than=newer_than)
+                    if not await self._snapshot_share_left():
+                        log.warning("github_snapshots_paused", reason="share", login=login, retry_after=None)
+                        break
+                    stored = await self._fetch_shared(
+                        login,
+                        Priority.BACKGROUND,
+                        newer_than=stored.fetched_at if stored else None,
+                        charged_to=SNAPSHOTS_ACCOUNT,
+                    )
             except GitHubError as exc:
                 if _is_outage(exc):
                     # The next hourly run goes on where this one stopped: asking an exhausted quota or a
@@ -1176,6 +1199,12 @@ class GithubService:
                     language_bytes=analysis.language_bytes,
                 )
         return taken
+
+    async def _snapshot_share_left(self) -> bool:
+        """Whether the snapshots may still ask GitHub in this window (``GITHUB_SNAPSHOT_QUOTA_FRACTION``;
+        their chains are charged as they go, as an account's are)."""
+        budget, _ = await self.lookup_budget(SNAPSHOTS_ACCOUNT)
+        return int(await self.valkey.get(_spent_key(SNAPSHOTS_ACCOUNT)) or 0) < budget
 
     # -- retention ---------------------------------------------------------------------------
 
