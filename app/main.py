@@ -27,6 +27,7 @@ from app.core.gate import GateConfig, RouteGate
 from app.core.logging import configure_logging
 from app.core.metrics import RequestMetrics, record_pool, sweep_dead_processes
 from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
+from app.core.openapi import operation_id
 from app.core.queues import build_saq_config, workers_running
 from app.core.ratelimit import RateLimiter, policies_from_settings
 from app.core.repeating import repeating
@@ -208,6 +209,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "without versions (no `ETag`: anything but tasks, projects and products) is 412 "
             "`precondition-failed` unless it is `*`: no entity-tag can match.",
             tags=API_TAGS,
+            operation_id_creator=operation_id,
             openapi_router=docs_router("/schema"),
             render_plugins=[SwaggerUI(path="/swagger")],  # also served at /schema itself
             components=Components(

@@ -147,7 +147,7 @@ class AuthController(Controller):
         },
         opt=ROTATION,
     )
-    async def refresh(
+    async def refresh_tokens(
         self, data: JSONBody[RefreshIn], accounts: NamedDependency[AccountService]
     ) -> TokenPair:
         return await accounts.refresh(data.refresh_token)
@@ -184,7 +184,7 @@ class AuthController(Controller):
         responses=problems(401, 429),
         opt=OWN_ACCOUNT,
     )
-    async def me(
+    async def get_me(
         self, current_user: NamedDependency[CurrentUser], accounts: NamedDependency[AccountService]
     ) -> UserOut:
         return UserOut.from_row(await accounts.get_user(current_user.id))

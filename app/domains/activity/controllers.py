@@ -131,7 +131,7 @@ class FeedController(Controller):
         summary="The caller's feed: grouped activity they may see, newest first",
         responses=problems(400, 401, 429),
     )
-    async def feed(
+    async def get_feed(
         self,
         current_user: Caller,
         activity: Activity,
@@ -142,7 +142,7 @@ class FeedController(Controller):
         return await activity.feed(current_user.id, filters, cursor, limit)
 
     @get("/groups/{key:str}", summary="One group of the feed", responses=problems(400, 401, 404, 429))
-    async def group(
+    async def get_feed_group(
         self, key: GroupKeyPath, current_user: Caller, activity: Activity, filters: Filters
     ) -> FeedGroupOut:
         return await activity.group(current_user.id, key, filters)
@@ -152,7 +152,7 @@ class FeedController(Controller):
         summary="The events of a group, newest first",
         responses=problems(400, 401, 404, 429),
     )
-    async def group_events(
+    async def list_feed_group_events(
         self,
         key: GroupKeyPath,
         current_user: Caller,
@@ -218,7 +218,7 @@ class FeedController(Controller):
         summary="New and changed groups, live (Server-Sent Events)",
         responses={**problems(400, 401), **_STREAM_RESPONSE},
     )
-    async def stream(
+    async def feed_stream(
         self,
         request: Request[Any, Any, Any],
         current_user: Caller,

@@ -194,7 +194,7 @@ class ProjectFilesController(Controller):
             HTTP_201_CREATED: ResponseSpec(FileOut, description="Stored"),
         },
     )
-    async def upload(
+    async def upload_file(
         self,
         request: Request[Any, Any, Any],
         project_id: IdPath,
@@ -230,7 +230,7 @@ class ProjectFilesController(Controller):
         operation_class=FileDownloadOperation,
         responses=DOWNLOAD_RESPONSES,
     )
-    async def download(
+    async def download_file(
         self,
         project_id: IdPath,
         file_id: IdPath,
@@ -264,7 +264,7 @@ class ProjectFilesController(Controller):
         operation_class=FileHeadOperation,
         responses=DOWNLOAD_RESPONSES,
     )
-    async def download_head(
+    async def download_file_head(
         self,
         project_id: IdPath,
         file_id: IdPath,

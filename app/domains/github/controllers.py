@@ -141,7 +141,7 @@ class GithubUsersController(Controller):
         ),
         responses={**problems(400, 401, 404, 429), HTTP_200_OK: _ALREADY_FRESH},
     )
-    async def refresh(
+    async def request_refresh(
         self, username: UsernamePath, github: Github, current_user: Caller
     ) -> Response[RefreshOut]:
         refresh = await github.request_refresh(username, user_id=current_user.id)
@@ -199,7 +199,7 @@ class GithubTrackingController(Controller):
         summary="Track a GitHub user (daily snapshots); 200 when already tracked",
         responses={**problems(400, 401, 404, 409, 429, 503), HTTP_200_OK: _ALREADY_TRACKED},
     )
-    async def track(
+    async def track_github_user(
         self, data: JSONBody[TrackCreate], github: Github, current_user: Caller
     ) -> Response[TrackedOut]:
         tracked, created = await github.track(current_user.id, data.username)
@@ -211,5 +211,5 @@ class GithubTrackingController(Controller):
         summary="Stop tracking a GitHub user (its snapshots are kept)",
         responses=problems(400, 401, 404, 429),
     )
-    async def untrack(self, username: UsernamePath, github: Github, current_user: Caller) -> None:
+    async def untrack_github_user(self, username: UsernamePath, github: Github, current_user: Caller) -> None:
         await github.untrack(current_user.id, username)

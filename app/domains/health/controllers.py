@@ -45,11 +45,11 @@ class HealthController(Controller):
             200: ResponseSpec(Liveness, description="The process is up"),
         },
     )
-    async def live(self) -> ASGIResponse:
+    async def liveness(self) -> ASGIResponse:
         return LIVE
 
     @head("/live", summary="The process is up (the status alone)", responses={**problems()})
-    async def live_head(self) -> Response[None]:
+    async def liveness_head(self) -> Response[None]:
         return Response(None, media_type=MediaType.JSON)
 
     @get(
@@ -72,7 +72,7 @@ class HealthController(Controller):
             ),
         },
     )
-    async def ready(self, health: Health) -> Response[Readiness]:
+    async def readiness(self, health: Health) -> Response[Readiness]:
         readiness = await health.readiness()
         status, headers = _answer(readiness, health)
         return Response(readiness, status_code=status, headers=headers)
@@ -85,6 +85,6 @@ class HealthController(Controller):
             503: ResponseSpec(None, description="Not ready: a required check failed"),
         },
     )
-    async def ready_head(self, health: Health) -> Response[None]:
+    async def readiness_head(self, health: Health) -> Response[None]:
         status, headers = _answer(await health.readiness(), health)
         return Response(None, status_code=status, headers=headers, media_type=MediaType.JSON)

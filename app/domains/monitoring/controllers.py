@@ -154,7 +154,7 @@ class MonitoringController(Controller):
         "the same package version); 409 `conflict` when the group is merged into another.",
         responses=problems(401, 403, 404, 409, 422, 429),
     )
-    async def resolve(
+    async def resolve_error(
         self, monitoring: Monitoring, current_user: Caller, group_id: IdPath, data: JSONBody[ResolveIn]
     ) -> GroupDetailOut:
         detail = await monitoring.resolve(
@@ -171,7 +171,7 @@ class MonitoringController(Controller):
         summary="Ignore forever, until N more events, until a time, or until it escalates",
         responses=problems(401, 403, 404, 409, 429),
     )
-    async def ignore(
+    async def ignore_error(
         self, monitoring: Monitoring, current_user: Caller, group_id: IdPath, data: JSONBody[IgnoreIn]
     ) -> GroupDetailOut:
         detail = await monitoring.ignore(
@@ -189,7 +189,7 @@ class MonitoringController(Controller):
         summary="Reopen a resolved or ignored group",
         responses=problems(401, 403, 404, 409, 429),
     )
-    async def unresolve(
+    async def reopen_error(
         self, monitoring: Monitoring, current_user: Caller, group_id: IdPath
     ) -> GroupDetailOut:
         return detail_out(await monitoring.reopen(group_id, current_user.id))
@@ -200,7 +200,7 @@ class MonitoringController(Controller):
         summary="Merge other groups into this one (reversible: each keeps its own counts and hashes)",
         responses=problems(401, 403, 404, 409, 429),
     )
-    async def merge(
+    async def merge_errors(
         self, monitoring: Monitoring, current_user: Caller, group_id: IdPath, data: JSONBody[MergeIn]
     ) -> GroupDetailOut:
         return detail_out(await monitoring.merge(group_id, data.source_ids, current_user.id))
@@ -211,7 +211,9 @@ class MonitoringController(Controller):
         summary="Take a merged group out again, with its own counts, hashes and state",
         responses=problems(401, 403, 404, 409, 429),
     )
-    async def unmerge(self, monitoring: Monitoring, current_user: Caller, group_id: IdPath) -> GroupDetailOut:
+    async def unmerge_error(
+        self, monitoring: Monitoring, current_user: Caller, group_id: IdPath
+    ) -> GroupDetailOut:
         return detail_out(await monitoring.unmerge(group_id, current_user.id))
 
     @get(
@@ -219,17 +221,19 @@ class MonitoringController(Controller):
         summary="p50/p95/p99 per route over a sliding window, slowest p95 first, with exemplar request ids",
         responses=problems(401, 403, 429),
     )
-    async def slow_routes(self, monitoring: Monitoring, window: WindowParam = "1h") -> Page[RouteLatencyOut]:
+    async def list_slow_routes(
+        self, monitoring: Monitoring, window: WindowParam = "1h"
+    ) -> Page[RouteLatencyOut]:
         routes = await monitoring.route_latency(timedelta(seconds=WINDOWS[window]))
         return Page(items=[route_latency_out(route) for route in routes])
 
     @get("/crons", summary="Cron monitors: one per scheduled job", responses=problems(401, 403, 429))
-    async def crons(self, monitoring: Monitoring) -> Page[CronMonitorOut]:
+    async def list_cron_monitors(self, monitoring: Monitoring) -> Page[CronMonitorOut]:
         now = datetime.now(UTC)
         return Page(items=[cron_monitor_out(monitor, now) for monitor in await monitoring.cron_monitors()])
 
     @get("/jobs", summary="SAQ job runs per job over a window", responses=problems(401, 403, 429))
-    async def jobs(self, monitoring: Monitoring, window: WindowParam = "24h") -> Page[JobStatsOut]:
+    async def list_job_stats(self, monitoring: Monitoring, window: WindowParam = "24h") -> Page[JobStatsOut]:
         return Page(items=job_stats_out(await monitoring.job_runs(timedelta(seconds=WINDOWS[window]))))
 
     @get(
@@ -237,7 +241,7 @@ class MonitoringController(Controller):
         summary="Alerts recorded (newest first) and the state of their Telegram deliveries",
         responses=problems(401, 403, 429),
     )
-    async def alerts(
+    async def list_alerts(
         self,
         monitoring: Monitoring,
         group_id: GroupIdQuery = None,

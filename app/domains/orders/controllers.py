@@ -164,7 +164,7 @@ class OrdersController(Controller):
             ),
         },
     )
-    async def cancel(
+    async def cancel_order(
         self, order_id: IdPath, orders: Orders, current_user: Caller, restock: Restock = True
     ) -> OrderOut:
         return await orders.cancel(order_id, current_user.id, current_user.is_admin, restock=restock)
@@ -176,7 +176,7 @@ class OrdersController(Controller):
         summary="Mark a paid order fulfilled (admins)",
         responses=problems(401, 403, 404, 409, 429),
     )
-    async def fulfil(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
+    async def fulfil_order(self, order_id: IdPath, orders: Orders, current_user: Caller) -> OrderOut:
         return await orders.fulfil(order_id, current_user.id)
 
 
@@ -235,7 +235,7 @@ class PaymentWebhookController(Controller):
             ),
         },
     )
-    async def webhook(
+    async def payment_webhook(
         self,
         request: Request[Any, Any, Any],
         orders: Orders,

@@ -256,7 +256,7 @@ class InvitationsController(Controller):
         "nowhere, not counted toward the limit) and is deleted by a daily job.",
         responses=problems(400, 401, 403, 404, 409, 429),
     )
-    async def invite(
+    async def invite_member(
         self, project_id: IdPath, data: JSONBody[InvitationCreate], projects: Projects, current_user: Caller
     ) -> SentInvitationOut:
         return await projects.invite(current_user.id, project_id, data)
@@ -293,7 +293,7 @@ class InvitationsController(Controller):
         "already, and a daily job deletes it.",
         responses=problems(401, 403, 404, 429),
     )
-    async def revoke(
+    async def revoke_invitation(
         self, project_id: IdPath, invitation_id: IdPath, projects: Projects, current_user: Caller
     ) -> None:
         await projects.revoke_invitation(current_user.id, project_id, invitation_id)
@@ -316,7 +316,7 @@ class MyInvitationsController(Controller):
         "expired (`INVITATION_TTL_S` after they were sent), are listed.",
         responses=problems(400, 401, 429),
     )
-    async def list_mine(
+    async def list_my_invitations(
         self, projects: Projects, current_user: Caller, cursor: CursorParam = None, limit: PageSize = 50
     ) -> Page[MyInvitationOut]:
         after = decode_cursor(cursor, InvitationCursor).after_id if cursor else 0
@@ -343,7 +343,7 @@ class MyInvitationsController(Controller):
         "nothing).",
         responses=problems(400, 401, 404, 409, 429),
     )
-    async def accept(
+    async def accept_invitation(
         self,
         invitation_id: IdPath,
         data: JSONBody[InvitationAccept],
@@ -360,5 +360,7 @@ class MyInvitationsController(Controller):
         description="Removes an invitation addressed to your email; no token needed.",
         responses=problems(401, 404, 429),
     )
-    async def decline(self, invitation_id: IdPath, projects: Projects, current_user: Caller) -> None:
+    async def decline_invitation(
+        self, invitation_id: IdPath, projects: Projects, current_user: Caller
+    ) -> None:
         await projects.decline_invitation(current_user.id, invitation_id)

@@ -137,7 +137,7 @@ class SiteReportsController(Controller):
         "counts twice." + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def summary(self, site_id: IdPath, reports: Reports, window: Window) -> SummaryOut:
+    async def site_summary(self, site_id: IdPath, reports: Reports, window: Window) -> SummaryOut:
         return await reports.summary(site_id, window)
 
     @get(
@@ -147,7 +147,7 @@ class SiteReportsController(Controller):
         + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def timeseries(
+    async def site_timeseries(
         self,
         site_id: IdPath,
         reports: Reports,
@@ -162,7 +162,7 @@ class SiteReportsController(Controller):
         description="Most viewed first, then by path." + OTHER_DOC + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def pages(
+    async def site_pages(
         self,
         site_id: IdPath,
         reports: Reports,
@@ -181,7 +181,7 @@ class SiteReportsController(Controller):
         + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def referrers(
+    async def site_referrers(
         self,
         site_id: IdPath,
         reports: Reports,
@@ -197,7 +197,7 @@ class SiteReportsController(Controller):
         description="Views without a campaign are not listed." + OTHER_DOC + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def campaigns(
+    async def site_campaigns(
         self,
         site_id: IdPath,
         reports: Reports,
@@ -213,7 +213,7 @@ class SiteReportsController(Controller):
         description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def devices(
+    async def site_devices(
         self,
         site_id: IdPath,
         reports: Reports,
@@ -229,7 +229,7 @@ class SiteReportsController(Controller):
         description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def browsers(
+    async def site_browsers(
         self,
         site_id: IdPath,
         reports: Reports,
@@ -245,7 +245,7 @@ class SiteReportsController(Controller):
         description="Most visits first, then by path." + PAGED_DOC + RANGE_DOC,
         responses=problems(401, 404, 429),
     )
-    async def entry_pages(
+    async def site_entry_pages(
         self,
         site_id: IdPath,
         reports: Reports,
