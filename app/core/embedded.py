@@ -68,6 +68,7 @@ _PROC = Path("/proc/self/stat").exists()
 
 _held: set[tuple[str, Path]] = set()  # (service, DATA_DIR) this process holds
 _valkey_children: dict[Path, subprocess.Popen[bytes]] = {}  # Valkey servers this process spawned
+_valkey_ports: dict[Path, int] = {}  # the port of each embedded Valkey this process's clients were given
 _reaper: tuple[subprocess.Popen[bytes], int] | None = None  # the reaper and our end of its pipe
 _at_exit_registered = False
 
@@ -547,6 +548,7 @@ def start_valkey(data_dir: Path, port: int | None = None) -> tuple[str, ValkeyPr
             _add_holder(record, me)
             _write_record(record_path, record)
             _track("valkey", data_dir)
+            _valkey_ports[data_dir] = record["port"]
             return f"redis://127.0.0.1:{record['port']}/0", None
         if running is not None:  # alive but not answering: replace it
             _signal_until_gone(running, ((signal.SIGTERM, VALKEY_STOP_TIMEOUT_S), (signal.SIGKILL, 1.0)))
@@ -556,18 +558,23 @@ def start_valkey(data_dir: Path, port: int | None = None) -> tuple[str, ValkeyPr
         # A server that died under live holders is started again for them: on the port their clients
         # have, and they still hold it (stopping it when this process lets go would pull it from them).
         others = [holder for holder in _live_holders(record) if holder != me]
-        if port is None and others and isinstance(record.get("port"), int):
+        inherited = port is None and bool(others) and isinstance(record.get("port"), int)
+        if inherited:
             port = record["port"]
         holders = [list(holder) for holder in [*others, me]]
-        _write_record(record_path, {"holders": holders})
+        # The port stays in the record while the server is down: a failed start is tried again on it.
+        _write_record(record_path, {"holders": holders} | ({"port": port} if port is not None else {}))
         _track("valkey", data_dir)
         for attempt in range(3):  # a free port may be taken between the check and the bind
             try:
                 process, chosen = _spawn_valkey(directory, port)
                 break
-            except RuntimeError:
+            except RuntimeError as exc:
+                if inherited:
+                    raise RuntimeError(f"port {port}, which the other holders' clients use: {exc}") from None
                 if port is not None or attempt == 2:
                     raise
+        _valkey_ports[data_dir] = chosen
         server = _identity(process.pid) or (process.pid, 0)
         _write_record(record_path, {"port": chosen, "pid": server[0], "start": server[1], "holders": holders})
         _valkey_children[data_dir] = process
@@ -620,7 +627,10 @@ def _release(service: str, data_dir: Path, who: Identity, *, force: bool = False
 
 
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """One line: the error's first line and, of a longer one (a server's start log), its last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
+    return f"{type(exc).__name__}: {text}"
 
 
 class Revival(NamedTuple):
@@ -649,8 +659,8 @@ def revive_held() -> list[Revival]:
         else:
             with _file_lock(data_dir / "valkey.lock"):
                 record = _read_record(data_dir / "valkey" / "server.json")
-            port = record.get("port")
-            if _recorded_valkey(record) is not None or not isinstance(port, int):
+            port = _valkey_ports.get(data_dir)  # its clients' port, whatever the record says now
+            if _recorded_valkey(record) is not None or port is None:
                 continue
             child = _valkey_children.pop(data_dir, None)
             exit_code = child.poll() if child is not None else None  # reaped: no zombie left

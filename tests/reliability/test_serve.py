@@ -388,6 +388,20 @@ def test_an_embedded_server_killed_under_serve_is_started_again_and_the_app_reco
         assert [os.getpid(), identity(os.getpid())[1]] in record["holders"], record
         _ready_again(launcher, "Valkey")
         assert_banner_is_true(launcher, banner)
+
+        # Killed again, its port taken at once by another program: said, and tried again until the
+        # port is free (on that port: the other holder's clients have it).
+        victim = embedded_valkey(data_dir)
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            os.kill(victim[0], signal.SIGKILL)
+            wait_gone({victim})
+            squatter.bind(("127.0.0.1", record["port"]))
+            squatter.listen()
+            _said(launcher, "the embedded Valkey has stopped and did not start again")
+        _said(launcher, "the embedded Valkey had stopped: started again")
+        assert json.loads(record_path.read_text())["port"] == record["port"]
+        _ready_again(launcher, "Valkey")
     finally:
         embedded.release("valkey", data_dir)
 
