@@ -60,8 +60,9 @@ MAX_TELEGRAM_CHATS = 20
 """Chats an alert goes to at most (``TELEGRAM_CHAT_ID``). The sender paces each chat to a message a
 second (``app.domains.monitoring.delivery``), so 20 chats stay under the Bot API's 30 messages a second
 across all chats; an unbounded list would have taken one alert to all of them at once."""
-TelegramChat = Annotated[str, msgspec.Meta(pattern=whole(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}"))]
-"""A chat as the Bot API takes it: its numeric id (a group's is negative) or ``@channelusername``."""
+TELEGRAM_CHAT = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{4,31}")
+"""A chat as the Bot API takes it: its numeric id (a group's is negative, a supergroup's -100...) or
+``@channelusername`` (5 to 32 characters: letters, digits and underscores, a letter first)."""
 
 
 class SettingsError(RuntimeError):
@@ -272,9 +273,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     end of its budget window); past it the delivery is ``failed``. An outage of Telegram or of the
     network shorter than this loses no alert."""
     telegram_bot_token: Annotated[str, msgspec.Meta(max_length=200, pattern=whole(r"[^\s/]*"))] = ""
-    telegram_chat_id: Annotated[list[TelegramChat], msgspec.Meta(max_length=MAX_TELEGRAM_CHATS)] = (
-        msgspec.field(default_factory=list)
-    )
+    telegram_chat_id: list[str] = msgspec.field(default_factory=list)
+    """Checked by ``_refuse_unusable_chats`` (each item named, with what Telegram takes)."""
     telegram_api_url: Annotated[str, msgspec.Meta(pattern=whole(r"https?://[^\s]+"))] = (
         "https://api.telegram.org"
     )
@@ -528,6 +528,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"FILE_UPLOAD_LEASE_S ({settings.file_upload_lease_s}): the sweep would remove the temp "
             "files of uploads still within their lease"
         )
+    _refuse_unusable_chats(settings.telegram_chat_id)
     if settings.github_snapshot_retention_days <= settings.github_history_max_days:
         raise SettingsError(
             f"GITHUB_SNAPSHOT_RETENTION_DAYS ({settings.github_snapshot_retention_days}) must be above "
@@ -538,6 +539,21 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         key = read_or_create_secret_key(settings.data_dir / SECRET_KEY_FILE)
         settings = msgspec.structs.replace(settings, secret_key=key)
     return settings
+
+
+def _refuse_unusable_chats(chats: list[str]) -> None:
+    if len(chats) > MAX_TELEGRAM_CHATS:
+        raise SettingsError(
+            f"TELEGRAM_CHAT_ID names {len(chats)} chats; at most {MAX_TELEGRAM_CHATS}: each takes every "
+            "alert, one message a second per chat, and Telegram takes at most 30 a second from a bot"
+        )
+    for position, chat in enumerate(chats, start=1):
+        if not TELEGRAM_CHAT.fullmatch(chat):
+            raise SettingsError(
+                f"TELEGRAM_CHAT_ID item {position} ({chat[:40]!r}) is not a chat Telegram takes: a numeric "
+                "chat id (a group's is negative, a supergroup's starts with -100) or @channelusername "
+                "(5 to 32 letters, digits or underscores, a letter first)"
+            )
 
 
 def sink_commit_bound_s(settings: Settings) -> float:

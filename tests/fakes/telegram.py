@@ -59,7 +59,7 @@ MAX_TEXT = 4096
 PER_CHAT_INTERVAL_S = 1.0
 GROUP_PER_MINUTE = 20
 BOT_PER_SECOND = 30
-CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}")
+CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{4,31}")
 
 _TAGS = {
     "b",
