@@ -16,7 +16,7 @@ from app.domains.github.client import GitHubRefusedError
 from app.domains.github.governor import Priority
 from app.domains.github.jobs import snapshot_github_profiles
 from app.domains.github.services import GithubService
-from tests.factories import clocked_github, create_user
+from tests.factories import captured_logs, clocked_github, create_user
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 
@@ -231,3 +231,40 @@ async def test_a_refusal_remembered_from_a_lookup_settles_the_login_instead_of_p
         ("a-blocked", True),
         ("b-fine", False),
     ]
+
+
+async def test_answers_refused_three_in_a_row_pause_the_run_and_settle_nobody(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """Every answer not GitHub's (a proxy in GITHUB_API_URL's place answering a page): no login's own
+    fault, so none is settled for the day; the run pauses and the next one, GitHub back, takes them."""
+    logins = ["proxied-a", "proxied-b", "proxied-c", "proxied-d"]
+    for login in logins:
+        fake.add_user(login, [FakeRepo(name="r", stars=1, languages={"C": 1})])
+    owner = await create_user(db)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        for login in logins:
+            await github.track(owner.id, login)
+        clock.now = datetime.combine(clock.now.date() + timedelta(days=1), time(5), tzinfo=UTC)
+        fake.fail(200, body=b"<html>Sign in to the proxy</html>", times=100, path_contains="/users/")
+        with captured_logs() as logs:
+            assert await snapshot_github_profiles(ctx) == 0
+        fake.recover()
+        await valkey.delete(*(f"github:failed:{login}" for login in logins))
+        clock.now += timedelta(hours=1)
+        assert await snapshot_github_profiles(ctx) == len(logins)
+
+    [paused] = logs.events("github_snapshots_paused")
+    assert (paused["reason"], paused["login"]) == ("refused-answers", "proxied-c")
+    settled = await (
+        await db.execute("select count(*) from github_snapshot_attempts where failed_on is not null")
+    ).fetchone()
+    assert settled == (0,)

@@ -176,6 +176,11 @@ _GONE = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
 PURGE_CHUNK = 10_000
 """Rows deleted per transaction by the retention (``purge_expired``): each statement stays far below
 the statement timeout, however many rows have piled up."""
+REFUSED_ANSWERS_IN_A_ROW = 3
+"""Answers the client refused (``GitHubAnswerRefusedError``) that pause a snapshot run: one is that
+login's own fault, settled for the day once a later fetch is answered as GitHub answers; three in a
+row are more likely everyone's (a ``GITHUB_API_URL`` or proxy that answers something else), and
+settling every login for the day would lose the day's snapshots."""
 SNAPSHOTS_ACCOUNT = 0
 """The account the snapshot cron's fetch chains are charged to (no user has id 0): its share is
 ``GITHUB_SNAPSHOT_QUOTA_FRACTION`` of GitHub's limit, so tracked logins, which every account may add
@@ -1130,7 +1135,9 @@ class GithubService:
         found, refused, an answer that is not GitHub's) settles it for the snapshot day: it is tried
         again the next day, not in each of the day's hourly runs (24 requests a day for every login
         gone from GitHub, which any account could track before it went). An outage or a spent quota
-        settles nothing: the next run takes the login again.
+        settles nothing: the next run takes the login again. An answer the client refuses is settled
+        once a later fetch of the run is answered as GitHub answers; three in a row pause the run
+        (``REFUSED_ANSWERS_IN_A_ROW``: something answers in GitHub's place) and settle none.
 
         The runs spend a share of GitHub's limit of their own (``GITHUB_SNAPSHOT_QUOTA_FRACTION``,
         charged as they go like an account's lookups, ``SNAPSHOTS_ACCOUNT``): past it a run stops and
@@ -1146,12 +1153,15 @@ class GithubService:
                 uow.conn, taken_on=day, batch_size=self.settings.github_snapshots_per_run
             )
         taken = 0
+        refused: list[str] = []  # answers refused since the last fetch that GitHub answered as it should
         for login in due:
             async with self.db.transaction() as uow:
                 await queries.record_github_snapshot_attempt(uow.conn, login=login, attempted_at=self.clock())
             try:
                 stored = await self._load(login)
+                fetched = False
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
+                    fetched = True
                     if not await self._snapshot_share_left():
                         log.warning("github_snapshots_paused", reason="share", login=login, retry_after=None)
                         break
@@ -1162,20 +1172,26 @@ class GithubService:
                         charged_to=SNAPSHOTS_ACCOUNT,
                     )
             except GitHubError as exc:
-                if _is_outage(exc):
+                if isinstance(exc, GitHubAnswerRefusedError):
+                    refused.append(login)
+                if _is_outage(exc) or len(refused) >= REFUSED_ANSWERS_IN_A_ROW:
                     # The next hourly run goes on where this one stopped: asking an exhausted quota or a
                     # GitHub that is down for every due login (each with its retries) only adds to the load.
-                    reason = _PAUSE_REASONS.get(type(exc), "unavailable")
+                    reason = "refused-answers" if refused[-1:] == [login] else _PAUSE_REASONS.get(type(exc))
                     log.warning(
-                        "github_snapshots_paused", reason=reason, login=login, retry_after=exc.retry_after
+                        "github_snapshots_paused",
+                        reason=reason or "unavailable",
+                        login=login,
+                        retry_after=exc.retry_after,
                     )
                     break
-                log.warning(
-                    "github_snapshot_skipped", login=login, kind=exc.kind, snapshot_day=day.isoformat()
-                )
-                async with self.db.transaction() as uow:
-                    await queries.record_github_snapshot_failure(uow.conn, login=login, failed_on=day)
+                if refused[-1:] != [login]:
+                    await self._settle(login, day, exc.kind)
                 continue
+            if fetched:  # GitHub answers as it should: the answers refused before were those logins' own
+                for earlier in refused:
+                    await self._settle(earlier, day, "unavailable")
+                refused.clear()
             analysis = analyze(
                 stored.data,
                 DEFAULT_FILTERS,
@@ -1199,6 +1215,12 @@ class GithubService:
                     language_bytes=analysis.language_bytes,
                 )
         return taken
+
+    async def _settle(self, login: str, day: date, kind: str) -> None:
+        """The login's own failure: not tried again before the next snapshot day."""
+        log.warning("github_snapshot_skipped", login=login, kind=kind, snapshot_day=day.isoformat())
+        async with self.db.transaction() as uow:
+            await queries.record_github_snapshot_failure(uow.conn, login=login, failed_on=day)
 
     async def _snapshot_share_left(self) -> bool:
         """Whether the snapshots may still ask GitHub in this window (``GITHUB_SNAPSHOT_QUOTA_FRACTION``;
