@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 from collections.abc import Iterator
@@ -121,6 +122,16 @@ async def test_postgres_restart_under_mixed_load_loses_no_acknowledged_write(
     assert load.failures == [], load.failures[:10]
     assert load.count("outage", 500) == 0
     assert children_of(server.process.pid) == granian_workers, "the pool recovered without a restart"
+    # At 3 a.m.: the outage is in the log, with its cause, once per process (not once per request).
+    logged = [
+        json.loads(line)
+        for line in server.log_path.read_text(errors="replace").splitlines()
+        if '"dependency_unavailable"' in line
+    ]
+    assert logged, f"the outage left no warning:\n{server.log_tail()}"
+    assert {(entry["level"], entry["dependency"]) for entry in logged} == {("warning", "postgresql")}
+    assert all(entry["message"] for entry in logged), logged
+    assert len(logged) <= len(granian_workers), logged
 
     # Lost: nothing.
     in_database = await stored(url, load)
