@@ -238,7 +238,7 @@ class AdminUsersController(Controller):
         limit: PageSize = 50,
     ) -> Page[UserOut]:
         after_id = decode_cursor(cursor, UserCursor).after_id if cursor else 0
-        users = await accounts.list_users(role=role, is_active=active, after_id=after_id, limit=limit + 1)
+        users = await accounts.list_users(role=role, is_active=active, after_id=after_id, row_limit=limit + 1)
         return paginate(users, limit, lambda user: UserCursor(after_id=user.id), UserOut.from_row)
 
     @patch(

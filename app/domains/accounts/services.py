@@ -780,20 +780,20 @@ class AccountService:
     # -- administration ------------------------------------------------------------------------
 
     async def list_users(
-        self, *, role: UserRole | None, is_active: bool | None, after_id: int, limit: int
+        self, *, role: UserRole | None, is_active: bool | None, after_id: int, row_limit: int
     ) -> list[User]:
         async with self.db.transaction() as uow:
             # a statement per shape: a generic plan serving an optional role read every user (accounts.sql)
             if role is None:
                 return await queries.list_users(
-                    uow.conn, is_active=is_active, after_id=after_id, row_limit=limit
+                    uow.conn, is_active=is_active, after_id=after_id, row_limit=row_limit
                 )
             if is_active is None:
                 return await queries.list_users_with_role(
-                    uow.conn, role=role, after_id=after_id, row_limit=limit
+                    uow.conn, role=role, after_id=after_id, row_limit=row_limit
                 )
             return await queries.list_users_with_role_and_state(
-                uow.conn, role=role, is_active=is_active, after_id=after_id, row_limit=limit
+                uow.conn, role=role, is_active=is_active, after_id=after_id, row_limit=row_limit
             )
 
     async def admin_update(self, actor: CurrentUser, user_id: int, patch: AdminUserPatch) -> User:

@@ -25,7 +25,7 @@ async def seed_feed(services: Services) -> list[str]:
     ben = await accounts.find_by_email("ben@example.com")
     if ana is None or ben is None:
         return []
-    mine = await projects.list_for(ana.id, archived=None, after_id=0, limit=100)
+    mine = await projects.list_for(ana.id, archived=None, after_id=0, row_limit=100)
     project = next((p for p in mine if p.name == PROJECT), None)
     if project is None:
         return []
@@ -35,7 +35,7 @@ async def seed_feed(services: Services) -> list[str]:
     task = next((t for t in found if t.title == TASK), None)
     if task is None:
         return []
-    comments = await tasks.list_comments(ana.id, task.id, after_id=0, limit=100)
+    comments = await tasks.list_comments(ana.id, task.id, after_id=0, row_limit=100)
     if any(comment.author_id == ana.id for comment in comments):
         return []
     await tasks.add_comment(ana.id, task.id, "The numbers look good: ship it.")

@@ -154,7 +154,7 @@ class ProjectFilesController(Controller):
         limit: PageSize = 50,
     ) -> Page[FileOut]:
         before_id = decode_cursor(cursor, FileCursor).before_id if cursor else None
-        rows = await files.list_files(current_user.id, project_id, before_id=before_id, limit=limit + 1)
+        rows = await files.list_files(current_user.id, project_id, before_id=before_id, row_limit=limit + 1)
         return paginate(rows, limit, lambda row: FileCursor(before_id=row.id), FileOut.from_row)
 
     @post(

@@ -325,16 +325,16 @@ class FileService:
             log.exception("file_unlink_failed", file_id=row.id, storage_key=row.storage_key)
 
     async def list_files(
-        self, user_id: int, project_id: int, *, before_id: int | None, limit: int
+        self, user_id: int, project_id: int, *, before_id: int | None, row_limit: int
     ) -> list[ProjectFile]:
-        """Newest first; ``limit`` rows at most."""
+        """Newest first; ``row_limit`` rows at most."""
         async with self.db.transaction() as uow:
             await self.projects.require_role(uow, user_id, project_id, ProjectRole.VIEWER)
             return await queries.list_project_files(
                 uow.conn,
                 project_id=project_id,
                 before_id=BEFORE_EVERY_ID if before_id is None else before_id,
-                row_limit=limit,
+                row_limit=row_limit,
             )
 
     async def locate(self, user_id: int, project_id: int, file_id: int) -> tuple[ProjectFile, OpenedFile]:

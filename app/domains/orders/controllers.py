@@ -126,7 +126,9 @@ class OrdersController(Controller):
     ) -> Page[OrderOut]:
         owner = user_id if current_user.is_admin else current_user.id
         before_id = decode_cursor(cursor, OrderCursor).before_id if cursor else BEFORE_EVERY_ID
-        rows = await orders.list_orders(user_id=owner, status=status, before_id=before_id, limit=limit + 1)
+        rows = await orders.list_orders(
+            user_id=owner, status=status, before_id=before_id, row_limit=limit + 1
+        )
         return paginate(rows, limit, lambda row: OrderCursor(row.id))
 
     @get(
@@ -271,7 +273,7 @@ class PaymentRefundsController(Controller):
         self, orders: Orders, cursor: CursorParam = None, limit: PageSize = 50
     ) -> Page[PaymentRefundOut]:
         before_id = decode_cursor(cursor, RefundCursor).before_id if cursor else BEFORE_EVERY_ID
-        rows = await orders.list_refunds_due(before_id=before_id, limit=limit + 1)
+        rows = await orders.list_refunds_due(before_id=before_id, row_limit=limit + 1)
         return paginate(rows, limit, lambda row: RefundCursor(row.id), PaymentRefundOut.from_row)
 
     @post(

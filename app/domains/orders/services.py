@@ -707,11 +707,11 @@ class OrderService:
 
     # -- refunds (administrators) ------------------------------------------------------------------
 
-    async def list_refunds_due(self, *, before_id: int, limit: int) -> list[PaymentEvent]:
+    async def list_refunds_due(self, *, before_id: int, row_limit: int) -> list[PaymentEvent]:
         """Payment events whose money must be returned and that nobody marked refunded, newest first
-        (``limit`` rows from before ``before_id``: the caller asks for one more than a page)."""
+        (``row_limit`` rows from before ``before_id``: the caller asks for one more than a page)."""
         async with self.db.read() as uow:
-            return await queries.list_refunds_due(uow.conn, before_id=before_id, row_limit=limit)
+            return await queries.list_refunds_due(uow.conn, before_id=before_id, row_limit=row_limit)
 
     async def mark_refunded(self, event_id: str, actor: int) -> PaymentRefundOut:
         """Record that ``actor`` returned the money of a refund due, and when. Idempotent: an event
@@ -744,7 +744,7 @@ class OrderService:
             return await self._out(uow, order, with_events=True)
 
     async def list_orders(
-        self, *, user_id: int | None, status: OrderStatus | None, before_id: int, limit: int
+        self, *, user_id: int | None, status: OrderStatus | None, before_id: int, row_limit: int
     ) -> list[OrderOut]:
         async with self.db.transaction() as uow:
             # one statement per shape, so that no prepared statement's generic plan serves a user's
@@ -752,18 +752,18 @@ class OrderService:
             # and all of the user's orders (it read the user's whole history): orders.sql
             if user_id is not None and status is not None:
                 orders = await queries.list_user_orders_with_status(
-                    uow.conn, user_id=user_id, status=status, before_id=before_id, row_limit=limit
+                    uow.conn, user_id=user_id, status=status, before_id=before_id, row_limit=row_limit
                 )
             elif user_id is not None:
                 orders = await queries.list_user_orders(
-                    uow.conn, user_id=user_id, before_id=before_id, row_limit=limit
+                    uow.conn, user_id=user_id, before_id=before_id, row_limit=row_limit
                 )
             elif status is not None:
                 orders = await queries.list_orders_with_status(
-                    uow.conn, status=status, before_id=before_id, row_limit=limit
+                    uow.conn, status=status, before_id=before_id, row_limit=row_limit
                 )
             else:
-                orders = await queries.list_all_orders(uow.conn, before_id=before_id, row_limit=limit)
+                orders = await queries.list_all_orders(uow.conn, before_id=before_id, row_limit=row_limit)
             items = await queries.get_items_for_orders(uow.conn, order_ids=[o.id for o in orders])
         by_order: dict[int, list[Any]] = {}
         for item in items:

@@ -69,7 +69,9 @@ class ProjectsController(Controller):
         limit: PageSize = 50,
     ) -> Page[ProjectOut]:
         after_id = decode_cursor(cursor, ProjectCursor).after_id if cursor else 0
-        rows = await projects.list_for(current_user.id, archived=archived, after_id=after_id, limit=limit + 1)
+        rows = await projects.list_for(
+            current_user.id, archived=archived, after_id=after_id, row_limit=limit + 1
+        )
         return paginate(
             rows,
             limit,
@@ -188,7 +190,9 @@ class MembersController(Controller):
         limit: PageSize = 50,
     ) -> Page[MemberOut]:
         after = decode_cursor(cursor, MemberCursor).after_user_id if cursor else 0
-        rows = await projects.list_members(current_user.id, project_id, after_user_id=after, limit=limit + 1)
+        rows = await projects.list_members(
+            current_user.id, project_id, after_user_id=after, row_limit=limit + 1
+        )
         return paginate(rows, limit, lambda row: MemberCursor(row.user_id))
 
     @patch(
@@ -280,7 +284,9 @@ class InvitationsController(Controller):
         limit: PageSize = 50,
     ) -> Page[InvitationOut]:
         after = decode_cursor(cursor, InvitationCursor).after_id if cursor else 0
-        rows = await projects.list_invitations(current_user.id, project_id, after_id=after, limit=limit + 1)
+        rows = await projects.list_invitations(
+            current_user.id, project_id, after_id=after, row_limit=limit + 1
+        )
         return paginate(
             rows, limit, lambda row: InvitationCursor(row.id), lambda row: from_row(InvitationOut, row)
         )
@@ -320,7 +326,7 @@ class MyInvitationsController(Controller):
         self, projects: Projects, current_user: Caller, cursor: CursorParam = None, limit: PageSize = 50
     ) -> Page[MyInvitationOut]:
         after = decode_cursor(cursor, InvitationCursor).after_id if cursor else 0
-        rows = await projects.my_invitations(current_user.id, after_id=after, limit=limit + 1)
+        rows = await projects.my_invitations(current_user.id, after_id=after, row_limit=limit + 1)
         return paginate(
             rows, limit, lambda row: InvitationCursor(row.id), lambda row: from_row(MyInvitationOut, row)
         )

@@ -37,7 +37,7 @@ async def seed_projects(services: Services) -> list[str]:
     ben = await accounts.find_by_email("ben@example.com")
     if admin is None or ana is None or ben is None:
         return []
-    existing = {row.name for row in await projects.list_for(ana.id, archived=None, after_id=0, limit=100)}
+    existing = {row.name for row in await projects.list_for(ana.id, archived=None, after_id=0, row_limit=100)}
     created = [name for name in DEMO if name not in existing]
     for name in created:
         await _seed_project(projects, tasks, name, ana=ana, ben=ben, admin=admin)

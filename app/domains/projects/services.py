@@ -361,23 +361,23 @@ class ProjectService:
             )
 
     async def list_for(
-        self, actor: int, *, archived: bool | None, after_id: int, limit: int
+        self, actor: int, *, archived: bool | None, after_id: int, row_limit: int
     ) -> list[queries.ListMemberProjectsRow]:
         async with self.db.transaction() as uow:
             return await queries.list_member_projects(
-                uow.conn, user_id=actor, archived=archived, after_id=after_id, row_limit=limit
+                uow.conn, user_id=actor, archived=archived, after_id=after_id, row_limit=row_limit
             )
 
     # -- members --------------------------------------------------------------------------------
 
     async def list_members(
-        self, actor: int, project_id: int, *, after_user_id: int, limit: int
+        self, actor: int, project_id: int, *, after_user_id: int, row_limit: int
     ) -> list[MemberOut]:
         """Members' emails are shown to owners only (and each member sees their own)."""
         async with self.db.transaction() as uow:
             role = await self.require_role(uow, actor, project_id, ProjectRole.VIEWER)
             rows = await queries.list_members(
-                uow.conn, project_id=project_id, after_user_id=after_user_id, row_limit=limit
+                uow.conn, project_id=project_id, after_user_id=after_user_id, row_limit=row_limit
             )
         owner = role == ProjectRole.OWNER
         return [
@@ -443,7 +443,7 @@ class ProjectService:
             return from_row(SentInvitationOut, invitation, token=token, expires_at=expires_at)
 
     async def list_invitations(
-        self, actor: int, project_id: int, *, after_id: int, limit: int
+        self, actor: int, project_id: int, *, after_id: int, row_limit: int
     ) -> list[queries.ListProjectInvitationsRow]:
         async with self.db.transaction() as uow:
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
@@ -452,7 +452,7 @@ class ProjectService:
                 project_id=project_id,
                 after_id=after_id,
                 ttl_s=self.invitation_ttl_s,
-                row_limit=limit,
+                row_limit=row_limit,
             )
 
     async def revoke_invitation(self, actor: int, project_id: int, invitation_id: int) -> None:
@@ -465,7 +465,7 @@ class ProjectService:
                 raise NotFoundError("No such invitation.")
 
     async def my_invitations(
-        self, user_id: int, *, after_id: int, limit: int
+        self, user_id: int, *, after_id: int, row_limit: int
     ) -> list[queries.ListInvitationsForEmailRow]:
         """Invitations addressed to the caller's email whose sender is still an active owner of the
         project and that have not expired (the others cannot be accepted)."""
@@ -474,7 +474,11 @@ class ProjectService:
             if user is None:
                 return []
             return await queries.list_invitations_for_email(
-                uow.conn, email=user.email, after_id=after_id, ttl_s=self.invitation_ttl_s, row_limit=limit
+                uow.conn,
+                email=user.email,
+                after_id=after_id,
+                ttl_s=self.invitation_ttl_s,
+                row_limit=row_limit,
             )
 
     async def accept_invitation(

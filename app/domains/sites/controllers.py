@@ -99,7 +99,7 @@ class SitesController(Controller):
         self, sites: Sites, current_user: Caller, cursor: CursorParam = None, limit: PageSize = 50
     ) -> Page[SiteOut]:
         after_id = decode_cursor(cursor, SiteCursor).after_id if cursor else 0
-        rows = await sites.list_sites(current_user, after_id=after_id, limit=limit + 1)
+        rows = await sites.list_sites(current_user, after_id=after_id, row_limit=limit + 1)
         return paginate(rows, limit, lambda row: SiteCursor(row.id), SiteOut.from_row)
 
     @get("/{site_id:int}", summary="A site", responses=problems(401, 404, 429))

@@ -141,15 +141,15 @@ class SiteService:
                 await claim.complete(uow, site, resource_id=site.id)
             return site
 
-    async def list_sites(self, caller: CurrentUser, *, after_id: int, limit: int) -> list[Site]:
+    async def list_sites(self, caller: CurrentUser, *, after_id: int, row_limit: int) -> list[Site]:
         """The caller's sites (an admin's: every site) by id, after ``after_id``."""
         async with self.db.transaction() as uow:
             # two statements, not an optional owner: one generic plan serving both read every site
             # for a member's few (sites.sql)
             if caller.is_admin:
-                return await queries.list_all_sites(uow.conn, after_id=after_id, row_limit=limit)
+                return await queries.list_all_sites(uow.conn, after_id=after_id, row_limit=row_limit)
             return await queries.list_own_sites(
-                uow.conn, owner_id=caller.id, after_id=after_id, row_limit=limit
+                uow.conn, owner_id=caller.id, after_id=after_id, row_limit=row_limit
             )
 
     async def get(self, caller: CurrentUser, site_id: int) -> Site:

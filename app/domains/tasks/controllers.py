@@ -269,7 +269,7 @@ class TasksController(Controller):
         limit: PageSize = 50,
     ) -> Page[CommentOut]:
         after_id = decode_cursor(cursor, IdCursor).id if cursor else 0
-        rows = await tasks.list_comments(current_user.id, task_id, after_id=after_id, limit=limit + 1)
+        rows = await tasks.list_comments(current_user.id, task_id, after_id=after_id, row_limit=limit + 1)
         return paginate(rows, limit, lambda row: IdCursor(row.id))
 
     @post(
@@ -344,5 +344,7 @@ class MyTasksController(Controller):
         limit: PageSize = 50,
     ) -> Page[TaskOut]:
         after_id = decode_cursor(cursor, IdCursor).id if cursor else 0
-        rows = await tasks.list_assigned(current_user.id, status=status, after_id=after_id, limit=limit + 1)
+        rows = await tasks.list_assigned(
+            current_user.id, status=status, after_id=after_id, row_limit=limit + 1
+        )
         return paginate(rows, limit, lambda row: IdCursor(row.id), TaskOut.from_row)

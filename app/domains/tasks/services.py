@@ -478,11 +478,11 @@ class TaskService:
             return TaskListing(await read(), clock)
 
     async def list_assigned(
-        self, actor: int, *, status: TaskStatus | None, after_id: int, limit: int
+        self, actor: int, *, status: TaskStatus | None, after_id: int, row_limit: int
     ) -> list[Task]:
         async with self.db.read() as uow:
             return await queries.list_assigned_tasks(
-                uow.conn, user_id=actor, status=status, after_id=after_id, row_limit=limit
+                uow.conn, user_id=actor, status=status, after_id=after_id, row_limit=row_limit
             )
 
     async def _get(
@@ -505,11 +505,13 @@ class TaskService:
 
     # -- comments -------------------------------------------------------------------------------
 
-    async def list_comments(self, actor: int, task_id: int, *, after_id: int, limit: int) -> list[CommentOut]:
+    async def list_comments(
+        self, actor: int, task_id: int, *, after_id: int, row_limit: int
+    ) -> list[CommentOut]:
         async with self.db.read() as uow:
             await self._get(uow, actor, task_id, ProjectRole.VIEWER)
             rows = await comment_queries.list_comments(
-                uow.conn, task_id=task_id, after_id=after_id, row_limit=limit
+                uow.conn, task_id=task_id, after_id=after_id, row_limit=row_limit
             )
             return [from_row(CommentOut, row) for row in rows]
 
