@@ -268,3 +268,64 @@ async def test_answers_refused_three_in_a_row_pause_the_run_and_settle_nobody(
         await db.execute("select count(*) from github_snapshot_attempts where failed_on is not null")
     ).fetchone()
     assert settled == (0,)
+
+
+@pytest.mark.parametrize(
+    ("logins", "refused", "gone", "settled", "taken"),
+    [
+        # the refused login is the run's last: GitHub answered the one before, so it is settled and
+        # not asked again in the day's later runs (the third diff reviewer: 24 requests a day)
+        (["a-ok", "z-refused"], {"z-refused"}, set(), {"z-refused"}, 1),
+        # a 404 is GitHub's own answer: it ends the streak and settles the refused before it
+        (
+            ["a-refused", "b-gone", "c-refused", "d-refused", "e-ok"],
+            {"a-refused", "c-refused", "d-refused"},
+            {"b-gone"},
+            {"a-refused", "b-gone", "c-refused", "d-refused"},
+            1,
+        ),
+    ],
+    ids=["refused-last", "refused-around-a-404"],
+)
+async def test_refused_answers_are_settled_once_github_answers_as_it_does(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+    logins: list[str],
+    refused: set[str],
+    gone: set[str],
+    settled: set[str],
+    taken: int,
+) -> None:
+    for login in logins:
+        fake.add_user(login, [FakeRepo(name="r", stars=1, languages={"C": 1})])
+    owner = await create_user(db)
+
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        ctx: dict[str, Any] = {"services": services}
+        for login in logins:
+            await github.track(owner.id, login)
+        for login in gone:
+            del fake.users[login]
+        for login in refused:
+            fake.fail(200, body=b"<html>not json</html>", times=100, path_contains=f"/users/{login}")
+        clock.now = datetime.combine(clock.now.date() + timedelta(days=1), time(5), tzinfo=UTC)
+        runs = []
+        for _ in range(3):
+            runs.append(await snapshot_github_profiles(ctx))
+            await valkey.delete(
+                *(f"github:{memory}:{login}" for login in logins for memory in ("failed", "missing"))
+            )
+            clock.now += timedelta(hours=1)
+
+    rows = await (
+        await db.execute("select login from github_snapshot_attempts where failed_on is not null")
+    ).fetchall()
+    assert {login for (login,) in rows} == settled
+    assert runs == [taken, 0, 0]
+    for login in refused:  # the tracking lookup, then the one try of the day
+        assert len([r for r in fake.recorded(f"/users/{login}") if r.path == f"/users/{login}"]) == 2

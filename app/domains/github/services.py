@@ -177,10 +177,15 @@ PURGE_CHUNK = 10_000
 """Rows deleted per transaction by the retention (``purge_expired``): each statement stays far below
 the statement timeout, however many rows have piled up."""
 REFUSED_ANSWERS_IN_A_ROW = 3
-"""Answers the client refused (``GitHubAnswerRefusedError``) that pause a snapshot run: one is that
-login's own fault, settled for the day once a later fetch is answered as GitHub answers; three in a
-row are more likely everyone's (a ``GITHUB_API_URL`` or proxy that answers something else), and
-settling every login for the day would lose the day's snapshots."""
+"""Answers the client refused (``GitHubAnswerRefusedError``) in a row that pause a snapshot run and
+settle none of them: they are more likely everyone's (a ``GITHUB_API_URL`` or proxy that answers
+something else) than three logins' own faults. Fewer are settled once GitHub answers a later login as
+it does (a profile, a 404, a 451), or, at the run's end, if it did so lately (``ANSWERED_MEMORY_S``)."""
+ANSWERED_KEY = "github:answered"
+ANSWERED_MEMORY_S = 3600
+"""How long a fetch GitHub answered as it does, by any process, counts as GitHub being there for the
+refused answers that end a run (a login refused every hour, the last of the day's due logins, would
+otherwise never be settled)."""
 SNAPSHOTS_ACCOUNT = 0
 """The account the snapshot cron's fetch chains are charged to (no user has id 0): its share is
 ``GITHUB_SNAPSHOT_QUOTA_FRACTION`` of GitHub's limit, so tracked logins, which every account may add
@@ -659,7 +664,10 @@ class GithubService:
             await queries.upsert_github_profile(
                 uow.conn, login=login, data=msgspec.to_builtins(data), fetched_at=fetched_at
             )
-        await self.valkey.delete(f"github:failed:{login}", f"github:last-error:{login}")
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.delete(f"github:failed:{login}", f"github:last-error:{login}")
+            pipe.set(ANSWERED_KEY, b"1", ex=ANSWERED_MEMORY_S)
+            await pipe.execute()
         return StoredProfile(data=data, fetched_at=fetched_at)
 
     async def _measure(
@@ -707,6 +715,8 @@ class GithubService:
                 pipe.set(f"github:last-error:{login}", msgspec.msgpack.encode(error), ex=LAST_ERROR_TTL_S)
             if isinstance(exc, GitHubNotFoundError):
                 pipe.set(f"github:missing:{login}", b"1", ex=self.settings.github_not_found_ttl_s)
+            if isinstance(exc, GitHubNotFoundError | GitHubRefusedError):  # GitHub's own answer
+                pipe.set(ANSWERED_KEY, b"1", ex=ANSWERED_MEMORY_S)
             await pipe.execute()
         log_failure = log.info if isinstance(exc, GitHubNotFoundError) else log.warning  # a mistyped login
         log_failure(
@@ -1136,8 +1146,8 @@ class GithubService:
         again the next day, not in each of the day's hourly runs (24 requests a day for every login
         gone from GitHub, which any account could track before it went). An outage or a spent quota
         settles nothing: the next run takes the login again. An answer the client refuses is settled
-        once a later fetch of the run is answered as GitHub answers; three in a row pause the run
-        (``REFUSED_ANSWERS_IN_A_ROW``: something answers in GitHub's place) and settle none.
+        once GitHub answers a later login as it does; three in a row pause the run and settle none
+        (``REFUSED_ANSWERS_IN_A_ROW``: something may answer in GitHub's place).
 
         The runs spend a share of GitHub's limit of their own (``GITHUB_SNAPSHOT_QUOTA_FRACTION``,
         charged as they go like an account's lookups, ``SNAPSHOTS_ACCOUNT``): past it a run stops and
@@ -1153,7 +1163,7 @@ class GithubService:
                 uow.conn, taken_on=day, batch_size=self.settings.github_snapshots_per_run
             )
         taken = 0
-        refused: list[str] = []  # answers refused since the last fetch that GitHub answered as it should
+        refused: list[str] = []  # logins whose answers the client refused since GitHub's last own answer
         for login in due:
             async with self.db.transaction() as uow:
                 await queries.record_github_snapshot_attempt(uow.conn, login=login, attempted_at=self.clock())
@@ -1177,20 +1187,20 @@ class GithubService:
                 if _is_outage(exc) or len(refused) >= REFUSED_ANSWERS_IN_A_ROW:
                     # The next hourly run goes on where this one stopped: asking an exhausted quota or a
                     # GitHub that is down for every due login (each with its retries) only adds to the load.
-                    reason = "refused-answers" if refused[-1:] == [login] else _PAUSE_REASONS.get(type(exc))
+                    reason = _PAUSE_REASONS.get(type(exc), "unavailable")
                     log.warning(
                         "github_snapshots_paused",
-                        reason=reason or "unavailable",
+                        reason="refused-answers" if refused[-1:] == [login] else reason,
                         login=login,
                         retry_after=exc.retry_after,
                     )
                     break
-                if refused[-1:] != [login]:
-                    await self._settle(login, day, exc.kind)
+                if refused[-1:] != [login]:  # GitHub's own answer (a 404, a 451): the refused were theirs
+                    await self._settle_all([*refused, login], day, exc.kind)
+                    refused.clear()
                 continue
-            if fetched:  # GitHub answers as it should: the answers refused before were those logins' own
-                for earlier in refused:
-                    await self._settle(earlier, day, "unavailable")
+            if fetched:  # answered as GitHub answers: the answers refused before were their logins' own
+                await self._settle_all(refused, day, "unavailable")
                 refused.clear()
             analysis = analyze(
                 stored.data,
@@ -1214,13 +1224,17 @@ class GithubService:
                     total_forks=analysis.total_forks,
                     language_bytes=analysis.language_bytes,
                 )
+        else:  # the run's last answers were refused: theirs too if GitHub answered as it does lately
+            if refused and await self.valkey.exists(ANSWERED_KEY):
+                await self._settle_all(refused, day, "unavailable")
         return taken
 
-    async def _settle(self, login: str, day: date, kind: str) -> None:
-        """The login's own failure: not tried again before the next snapshot day."""
-        log.warning("github_snapshot_skipped", login=login, kind=kind, snapshot_day=day.isoformat())
-        async with self.db.transaction() as uow:
-            await queries.record_github_snapshot_failure(uow.conn, login=login, failed_on=day)
+    async def _settle_all(self, logins: list[str], day: date, kind: str) -> None:
+        """Failures of these logins' own: not tried again before the next snapshot day."""
+        for login in logins:
+            log.warning("github_snapshot_skipped", login=login, kind=kind, snapshot_day=day.isoformat())
+            async with self.db.transaction() as uow:
+                await queries.record_github_snapshot_failure(uow.conn, login=login, failed_on=day)
 
     async def _snapshot_share_left(self) -> bool:
         """Whether the snapshots may still ask GitHub in this window (``GITHUB_SNAPSHOT_QUOTA_FRACTION``;
