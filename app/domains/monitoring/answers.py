@@ -7,6 +7,7 @@ from datetime import datetime
 
 import msgspec
 
+from app.core.wire import from_row
 from app.db.models import MonitoringCronMonitor, MonitoringEvent, MonitoringFingerprint, MonitoringGroup
 from app.db.monitoring import (
     JobRunsBetweenRow,
@@ -39,24 +40,7 @@ from app.domains.monitoring.services import GroupDetail
 
 
 def group_out(row: ListGroupsRow | ListGroupsWithStatusAndKindRow) -> GroupOut:
-    return GroupOut(
-        id=row.id,
-        kind=row.kind,
-        title=row.title,
-        culprit=row.culprit,
-        status=row.status,
-        count=row.events,
-        users=row.users,
-        first_seen_at=row.first_seen_at,
-        last_seen_at=row.last_seen_at,
-        last_release=row.last_release,
-        status_changed_at=row.status_changed_at,
-        resolved_at=row.resolved_at,
-        ignore_mode=row.ignore_mode,
-        ignore_until_events=row.ignore_until_events,
-        ignore_until=row.ignore_until,
-        merged_groups=row.members - 1,
-    )
+    return from_row(GroupOut, row, count=row.events, merged_groups=row.members - 1)
 
 
 def event_out(row: MonitoringEvent) -> ErrorEventOut:
@@ -184,25 +168,7 @@ def route_latency_out(route: RouteLatency) -> RouteLatencyOut:
 
 
 def cron_monitor_out(monitor: MonitoringCronMonitor, now: datetime) -> CronMonitorOut:
-    return CronMonitorOut(
-        name=monitor.name,
-        queue=monitor.queue,
-        schedule=monitor.schedule,
-        margin_s=monitor.margin_s,
-        max_runtime_s=monitor.max_runtime_s,
-        failure_threshold=monitor.failure_threshold,
-        recovery_threshold=monitor.recovery_threshold,
-        last_status=monitor.last_status,
-        last_slot=monitor.last_slot,
-        last_started_at=monitor.last_started_at,
-        last_finished_at=monitor.last_finished_at,
-        last_duration_ms=monitor.last_duration_ms,
-        missed_slot=monitor.missed_slot,
-        consecutive_failures=monitor.consecutive_failures,
-        consecutive_ok=monitor.consecutive_ok,
-        group_id=monitor.group_id,
-        next_run_at=next_slot(monitor.schedule, now),
-    )
+    return from_row(CronMonitorOut, monitor, next_run_at=next_slot(monitor.schedule, now))
 
 
 def job_stats_out(rows: list[JobRunsBetweenRow]) -> list[JobStatsOut]:
