@@ -160,8 +160,10 @@ with recursive logins (login) as (
       and not exists (
         select 1 from github_snapshots s where s.login = l.login and s.taken_on = $2::date
       )
-      and not exists (  -- its own failure (gone, blocked) already settled it for the day
-        select 1 from github_snapshot_attempts f where f.login = l.login and f.failed_on = $2::date
+      and not exists (  -- its own failure (gone, blocked) settled it for the day, or a refused answer lately
+        select 1 from github_snapshot_attempts f
+        where f.login = l.login
+          and (f.failed_on = $2::date or f.refused_at > $3::timestamptz)
       )
 )
 select d.login::text as login
@@ -176,7 +178,13 @@ order by a.attempted_at nulls first, d.login
 limit $1"""
 
 
-async def list_github_logins_due(conn: AsyncConnection[Any], *, batch_size: int, taken_on: date) -> list[str]:
+async def list_github_logins_due(
+    conn: AsyncConnection[Any],
+    *,
+    batch_size: int,
+    taken_on: date,
+    refused_since: datetime,
+) -> list[str]:
     """Tracked logins without a snapshot for the day; the cron takes a batch per run. Never tried first,
     then the longest untried: a login that keeps failing goes behind every other due login.
     A login is tracked by many users (one row each): the distinct logins are found by a skip scan of
@@ -188,7 +196,7 @@ async def list_github_logins_due(conn: AsyncConnection[Any], *, batch_size: int,
     one more condition the planner was free to join all of github_tracked with users (52,001 rows read
     for 2,000 logins, none due)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(LIST_GITHUB_LOGINS_DUE, (batch_size, taken_on))
+        await cur.execute(LIST_GITHUB_LOGINS_DUE, (batch_size, taken_on, refused_since))
         return await cur.fetchall()
 
 
@@ -215,6 +223,20 @@ async def record_github_snapshot_failure(conn: AsyncConnection[Any], *, failed_o
     """The login's own failure (not found, refused): not tried again until the next snapshot day."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(RECORD_GITHUB_SNAPSHOT_FAILURE, (failed_on, login))
+
+
+RECORD_GITHUB_SNAPSHOT_REFUSAL = "update github_snapshot_attempts set refused_at = $1 where login = $2"
+
+
+async def record_github_snapshot_refusal(
+    conn: AsyncConnection[Any],
+    *,
+    refused_at: datetime | None,
+    login: str,
+) -> None:
+    """An answer the client refused: not tried again for a few hours (ListGithubLoginsDue's refused_since)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(RECORD_GITHUB_SNAPSHOT_REFUSAL, (refused_at, login))
 
 
 INSERT_GITHUB_SNAPSHOT = """\

@@ -659,6 +659,7 @@ class GithubSnapshotAttempt(msgspec.Struct, frozen=True, gc=False):
     login: str
     attempted_at: datetime
     failed_on: date | None
+    refused_at: datetime | None
 
 
 class RetiredIngestKey(msgspec.Struct, frozen=True, gc=False):

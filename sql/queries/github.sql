@@ -73,8 +73,10 @@ with recursive logins (login) as (
       and not exists (
         select 1 from github_snapshots s where s.login = l.login and s.taken_on = @taken_on::date
       )
-      and not exists (  -- its own failure (gone, blocked) already settled it for the day
-        select 1 from github_snapshot_attempts f where f.login = l.login and f.failed_on = @taken_on::date
+      and not exists (  -- its own failure (gone, blocked) settled it for the day, or a refused answer lately
+        select 1 from github_snapshot_attempts f
+        where f.login = l.login
+          and (f.failed_on = @taken_on::date or f.refused_at > @refused_since::timestamptz)
       )
 )
 select d.login::text as login
@@ -96,6 +98,10 @@ on conflict (login) do update set attempted_at = excluded.attempted_at;
 -- name: RecordGithubSnapshotFailure :exec
 -- The login's own failure (not found, refused): not tried again until the next snapshot day.
 update github_snapshot_attempts set failed_on = @failed_on::date where login = @login;
+
+-- name: RecordGithubSnapshotRefusal :exec
+-- An answer the client refused: not tried again for a few hours (ListGithubLoginsDue's refused_since).
+update github_snapshot_attempts set refused_at = @refused_at where login = @login;
 
 -- name: InsertGithubSnapshot :execrows
 -- At most one snapshot per login and day: a re-delivered cron run changes nothing.

@@ -22,6 +22,7 @@ LOGINS = 2_000
 TRACKERS = 25
 """Users tracking each login: 50,000 rows of ``github_tracked``."""
 DAY = date(2026, 3, 1)
+REFUSED_SINCE = datetime(2026, 3, 1, tzinfo=UTC)  # nothing refused lately
 HISTORY_DAYS = 10
 
 
@@ -58,7 +59,7 @@ async def test_a_run_with_nothing_due_reads_one_tracked_row_per_login(db: AsyncC
     statement = github_queries.LIST_GITHUB_LOGINS_DUE
 
     for label, run in (("custom", run_custom), ("generic", run_generic)):
-        measured = await run(db, statement, (50, DAY))  # (batch_size, taken_on)
+        measured = await run(db, statement, (50, DAY, REFUSED_SINCE))  # (batch_size, taken_on, refused_since)
         assert measured["Actual Rows"] == 0, label
         read = rows_read(measured, "github_tracked")
         assert read <= LOGINS + 1, f"{label} plan read {read} tracked rows for {LOGINS} logins"
@@ -80,16 +81,18 @@ async def test_the_due_logins_come_never_tried_first_then_longest_untried(db: As
             (tried - timedelta(hours=hours), login),
         )
 
-    due = await github_queries.list_github_logins_due(db, taken_on=DAY, batch_size=3)
+    due = await github_queries.list_github_logins_due(
+        db, taken_on=DAY, refused_since=REFUSED_SINCE, batch_size=3
+    )
     tomorrow = await github_queries.list_github_logins_due(
-        db, taken_on=DAY + timedelta(days=1), batch_size=10
+        db, taken_on=DAY + timedelta(days=1), refused_since=REFUSED_SINCE, batch_size=10
     )
 
     assert due == ["login-900", "login-17", "login-42"]
     assert tomorrow[:3] == ["login-900", "login-17", "login-42"]
     assert len(tomorrow) == 10 and len(set(tomorrow)) == 10
     for label, run in (("custom", run_custom), ("generic", run_generic)):
-        measured = await run(db, github_queries.LIST_GITHUB_LOGINS_DUE, (3, DAY))
+        measured = await run(db, github_queries.LIST_GITHUB_LOGINS_DUE, (3, DAY, REFUSED_SINCE))
         assert measured["Actual Rows"] == 3, label
         # and one per due login: whether an active account tracks it
         assert rows_read(measured, "github_tracked") <= LOGINS + 1 + 4, label
@@ -106,6 +109,10 @@ async def test_a_login_only_deactivated_accounts_track_is_not_due(db: AsyncConne
     )
     await db.execute("update users set is_active = false where id = %s", (users[1],))
 
-    assert await github_queries.list_github_logins_due(db, taken_on=DAY, batch_size=10) == ["shared"]
+    assert await github_queries.list_github_logins_due(
+        db, taken_on=DAY, refused_since=REFUSED_SINCE, batch_size=10
+    ) == ["shared"]
     await db.execute("update users set is_active = true where id = %s", (users[1],))
-    assert await github_queries.list_github_logins_due(db, taken_on=DAY, batch_size=10) == ["alone", "shared"]
+    assert await github_queries.list_github_logins_due(
+        db, taken_on=DAY, refused_since=REFUSED_SINCE, batch_size=10
+    ) == ["alone", "shared"]

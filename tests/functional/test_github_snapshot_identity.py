@@ -15,7 +15,7 @@ from app.core.services import open_services
 from app.domains.github.client import GitHubRefusedError
 from app.domains.github.governor import Priority
 from app.domains.github.jobs import snapshot_github_profiles
-from app.domains.github.services import GithubService
+from app.domains.github.services import REFUSED_RETRY_S, GithubService
 from tests.factories import captured_logs, clocked_github, create_user
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
@@ -166,7 +166,7 @@ async def test_an_outage_settles_nothing_the_next_run_takes_the_login_again(
         assert await snapshot_github_profiles(ctx) == 1
 
 
-async def test_an_answer_that_is_not_githubs_settles_the_login_for_the_day_and_the_run_goes_on(
+async def test_an_answer_that_is_not_githubs_holds_the_login_back_for_hours_and_the_run_goes_on(
     settings: Settings,
     fake_server: FakeGitHubServer,
     fake: FakeGitHub,
@@ -174,8 +174,9 @@ async def test_an_answer_that_is_not_githubs_settles_the_login_for_the_day_and_t
     valkey: Any,
     clock: FakeClock,
 ) -> None:
-    """A profile whose answer the client refuses (a count no GitHub answer has) is the login's own
-    failure, not an outage: tried once a snapshot day, and the others are still snapshotted."""
+    """A profile whose answer the client refuses (a count no GitHub answer has) is no outage: the
+    others are still snapshotted, and it is asked again hours later (REFUSED_RETRY_S), not in every
+    hourly run, nor never again that day (the refusal might have been a proxy's)."""
     absurd = fake.add_user("absurd", [FakeRepo(name="a", stars=1, languages={"C": 1})])
     fake.add_user("normal", [FakeRepo(name="b", stars=2, languages={"Go": 2})])
     owner = await create_user(db)
@@ -197,7 +198,7 @@ async def test_an_answer_that_is_not_githubs_settles_the_login_for_the_day_and_t
 
     assert taken == [1, 0, 0] * 2
     asked = [r.status for r in fake.recorded("/users/absurd") if r.path == "/users/absurd"]
-    assert asked == [200, 200, 200]  # the lookup that tracked it, then one try per snapshot day
+    assert asked == [200, 200, 200]  # the lookup that tracked it, then one try per three runs here
 
 
 async def test_a_refusal_remembered_from_a_lookup_settles_the_login_instead_of_pausing_the_run(
@@ -233,7 +234,7 @@ async def test_a_refusal_remembered_from_a_lookup_settles_the_login_instead_of_p
     ]
 
 
-async def test_answers_refused_three_in_a_row_pause_the_run_and_settle_nobody(
+async def test_answers_refused_three_in_a_row_pause_the_run_and_lose_nobody_the_day(
     settings: Settings,
     fake_server: FakeGitHubServer,
     fake: FakeGitHub,
@@ -260,7 +261,9 @@ async def test_answers_refused_three_in_a_row_pause_the_run_and_settle_nobody(
         fake.recover()
         await valkey.delete(*(f"github:failed:{login}" for login in logins))
         clock.now += timedelta(hours=1)
-        assert await snapshot_github_profiles(ctx) == len(logins)
+        assert await snapshot_github_profiles(ctx) == 1  # the three refused wait their hours
+        clock.now += timedelta(seconds=REFUSED_RETRY_S)
+        assert await snapshot_github_profiles(ctx) == 3  # the same snapshot day: none was lost
 
     [paused] = logs.events("github_snapshots_paused")
     assert (paused["reason"], paused["login"]) == ("refused-answers", "proxied-c")
@@ -270,36 +273,17 @@ async def test_answers_refused_three_in_a_row_pause_the_run_and_settle_nobody(
     assert settled == (0,)
 
 
-@pytest.mark.parametrize(
-    ("logins", "refused", "gone", "settled", "taken"),
-    [
-        # the refused login is the run's last: GitHub answered the one before, so it is settled and
-        # not asked again in the day's later runs (the third diff reviewer: 24 requests a day)
-        (["a-ok", "z-refused"], {"z-refused"}, set(), {"z-refused"}, 1),
-        # a 404 is GitHub's own answer: it ends the streak and settles the refused before it
-        (
-            ["a-refused", "b-gone", "c-refused", "d-refused", "e-ok"],
-            {"a-refused", "c-refused", "d-refused"},
-            {"b-gone"},
-            {"a-refused", "b-gone", "c-refused", "d-refused"},
-            1,
-        ),
-    ],
-    ids=["refused-last", "refused-around-a-404"],
-)
-async def test_refused_answers_are_settled_once_github_answers_as_it_does(
+async def test_refused_answers_around_a_404_are_held_back_for_hours_and_the_404_for_the_day(
     settings: Settings,
     fake_server: FakeGitHubServer,
     fake: FakeGitHub,
     db: AsyncConnection[Any],
     valkey: Any,
     clock: FakeClock,
-    logins: list[str],
-    refused: set[str],
-    gone: set[str],
-    settled: set[str],
-    taken: int,
 ) -> None:
+    """The diff reviewers' sequences: a 404 between refusals ends their streak (no pause), a refused
+    login that ends a run is not asked again in the day's next runs, and no refusal settles the day."""
+    logins = ["a-refused", "b-gone", "c-refused", "d-refused", "e-ok"]
     for login in logins:
         fake.add_user(login, [FakeRepo(name="r", stars=1, languages={"C": 1})])
     owner = await create_user(db)
@@ -309,23 +293,30 @@ async def test_refused_answers_are_settled_once_github_answers_as_it_does(
         ctx: dict[str, Any] = {"services": services}
         for login in logins:
             await github.track(owner.id, login)
-        for login in gone:
-            del fake.users[login]
-        for login in refused:
+        del fake.users["b-gone"]
+        for login in ("a-refused", "c-refused", "d-refused"):
             fake.fail(200, body=b"<html>not json</html>", times=100, path_contains=f"/users/{login}")
         clock.now = datetime.combine(clock.now.date() + timedelta(days=1), time(5), tzinfo=UTC)
         runs = []
         for _ in range(3):
             runs.append(await snapshot_github_profiles(ctx))
             await valkey.delete(
-                *(f"github:{memory}:{login}" for login in logins for memory in ("failed", "missing"))
+                *(f"github:{kind}:{login}" for login in logins for kind in ("failed", "missing"))
             )
             clock.now += timedelta(hours=1)
 
+    assert runs == [1, 0, 0]
     rows = await (
-        await db.execute("select login from github_snapshot_attempts where failed_on is not null")
+        await db.execute(
+            "select login, failed_on is not null, refused_at is not null from github_snapshot_attempts"
+        )
     ).fetchall()
-    assert {login for (login,) in rows} == settled
-    assert runs == [taken, 0, 0]
-    for login in refused:  # the tracking lookup, then the one try of the day
+    assert {login: (failed, refused) for login, failed, refused in rows} == {
+        "a-refused": (False, True),
+        "b-gone": (True, False),
+        "c-refused": (False, True),
+        "d-refused": (False, True),
+        "e-ok": (False, False),
+    }
+    for login in ("a-refused", "c-refused", "d-refused"):  # the tracking lookup, then one try
         assert len([r for r in fake.recorded(f"/users/{login}") if r.path == f"/users/{login}"]) == 2

@@ -177,15 +177,12 @@ PURGE_CHUNK = 10_000
 """Rows deleted per transaction by the retention (``purge_expired``): each statement stays far below
 the statement timeout, however many rows have piled up."""
 REFUSED_ANSWERS_IN_A_ROW = 3
-"""Answers the client refused (``GitHubAnswerRefusedError``) in a row that pause a snapshot run and
-settle none of them: they are more likely everyone's (a ``GITHUB_API_URL`` or proxy that answers
-something else) than three logins' own faults. Fewer are settled once GitHub answers a later login as
-it does (a profile, a 404, a 451), or, at the run's end, if it did so lately (``ANSWERED_MEMORY_S``)."""
-ANSWERED_KEY = "github:answered"
-ANSWERED_MEMORY_S = 3600
-"""How long a fetch GitHub answered as it does, by any process, counts as GitHub being there for the
-refused answers that end a run (a login refused every hour, the last of the day's due logins, would
-otherwise never be settled)."""
+"""Answers the client refused (``GitHubAnswerRefusedError``) in a row that pause a snapshot run: more
+likely everyone's (a ``GITHUB_API_URL`` or proxy that answers something else) than three logins' own."""
+REFUSED_RETRY_S = 6 * 3600
+"""How long a login whose answer the client refused waits before the snapshot cron asks again: a few
+tries a snapshot day, not one an hour, and never the whole day (the refusal may be a proxy's, for
+every login, mended an hour later)."""
 SNAPSHOTS_ACCOUNT = 0
 """The account the snapshot cron's fetch chains are charged to (no user has id 0): its share is
 ``GITHUB_SNAPSHOT_QUOTA_FRACTION`` of GitHub's limit, so tracked logins, which every account may add
@@ -664,10 +661,7 @@ class GithubService:
             await queries.upsert_github_profile(
                 uow.conn, login=login, data=msgspec.to_builtins(data), fetched_at=fetched_at
             )
-        async with self.valkey.pipeline(transaction=False) as pipe:
-            pipe.delete(f"github:failed:{login}", f"github:last-error:{login}")
-            pipe.set(ANSWERED_KEY, b"1", ex=ANSWERED_MEMORY_S)
-            await pipe.execute()
+        await self.valkey.delete(f"github:failed:{login}", f"github:last-error:{login}")
         return StoredProfile(data=data, fetched_at=fetched_at)
 
     async def _measure(
@@ -715,8 +709,6 @@ class GithubService:
                 pipe.set(f"github:last-error:{login}", msgspec.msgpack.encode(error), ex=LAST_ERROR_TTL_S)
             if isinstance(exc, GitHubNotFoundError):
                 pipe.set(f"github:missing:{login}", b"1", ex=self.settings.github_not_found_ttl_s)
-            if isinstance(exc, GitHubNotFoundError | GitHubRefusedError):  # GitHub's own answer
-                pipe.set(ANSWERED_KEY, b"1", ex=ANSWERED_MEMORY_S)
             await pipe.execute()
         log_failure = log.info if isinstance(exc, GitHubNotFoundError) else log.warning  # a mistyped login
         log_failure(
@@ -1145,9 +1137,9 @@ class GithubService:
         found, refused, an answer that is not GitHub's) settles it for the snapshot day: it is tried
         again the next day, not in each of the day's hourly runs (24 requests a day for every login
         gone from GitHub, which any account could track before it went). An outage or a spent quota
-        settles nothing: the next run takes the login again. An answer the client refuses is settled
-        once GitHub answers a later login as it does; three in a row pause the run and settle none
-        (``REFUSED_ANSWERS_IN_A_ROW``: something may answer in GitHub's place).
+        settles nothing: the next run takes the login again. An answer the client refuses (a shape,
+        size or link no GitHub answer has) holds the login back for ``REFUSED_RETRY_S``, not the day:
+        it may be a proxy's for every login; three in a row pause the run.
 
         The runs spend a share of GitHub's limit of their own (``GITHUB_SNAPSHOT_QUOTA_FRACTION``,
         charged as they go like an account's lookups, ``SNAPSHOTS_ACCOUNT``): past it a run stops and
@@ -1160,10 +1152,13 @@ class GithubService:
         day = snapshot_day(self.clock(), self.settings.github_snapshot_hour_utc)
         async with self.db.read() as uow:
             due = await queries.list_github_logins_due(
-                uow.conn, taken_on=day, batch_size=self.settings.github_snapshots_per_run
+                uow.conn,
+                taken_on=day,
+                refused_since=self.clock() - timedelta(seconds=REFUSED_RETRY_S),
+                batch_size=self.settings.github_snapshots_per_run,
             )
         taken = 0
-        refused: list[str] = []  # logins whose answers the client refused since GitHub's last own answer
+        refused_in_a_row = 0
         for login in due:
             async with self.db.transaction() as uow:
                 await queries.record_github_snapshot_attempt(uow.conn, login=login, attempted_at=self.clock())
@@ -1182,26 +1177,30 @@ class GithubService:
                         charged_to=SNAPSHOTS_ACCOUNT,
                     )
             except GitHubError as exc:
-                if isinstance(exc, GitHubAnswerRefusedError):
-                    refused.append(login)
-                if _is_outage(exc) or len(refused) >= REFUSED_ANSWERS_IN_A_ROW:
+                refused = isinstance(exc, GitHubAnswerRefusedError)
+                refused_in_a_row = refused_in_a_row + 1 if refused else 0
+                if refused:  # the login's fault, or a proxy's for every login: hours, not the day
+                    async with self.db.transaction() as uow:
+                        await queries.record_github_snapshot_refusal(
+                            uow.conn, login=login, refused_at=self.clock()
+                        )
+                if _is_outage(exc) or refused_in_a_row >= REFUSED_ANSWERS_IN_A_ROW:
                     # The next hourly run goes on where this one stopped: asking an exhausted quota or a
                     # GitHub that is down for every due login (each with its retries) only adds to the load.
-                    reason = _PAUSE_REASONS.get(type(exc), "unavailable")
+                    reason = "refused-answers" if refused else _PAUSE_REASONS.get(type(exc), "unavailable")
                     log.warning(
-                        "github_snapshots_paused",
-                        reason="refused-answers" if refused[-1:] == [login] else reason,
-                        login=login,
-                        retry_after=exc.retry_after,
+                        "github_snapshots_paused", reason=reason, login=login, retry_after=exc.retry_after
                     )
                     break
-                if refused[-1:] != [login]:  # GitHub's own answer (a 404, a 451): the refused were theirs
-                    await self._settle_all([*refused, login], day, exc.kind)
-                    refused.clear()
+                log.warning(
+                    "github_snapshot_skipped", login=login, kind=exc.kind, snapshot_day=day.isoformat()
+                )
+                if not refused:
+                    async with self.db.transaction() as uow:
+                        await queries.record_github_snapshot_failure(uow.conn, login=login, failed_on=day)
                 continue
-            if fetched:  # answered as GitHub answers: the answers refused before were their logins' own
-                await self._settle_all(refused, day, "unavailable")
-                refused.clear()
+            if fetched:
+                refused_in_a_row = 0
             analysis = analyze(
                 stored.data,
                 DEFAULT_FILTERS,
@@ -1224,17 +1223,7 @@ class GithubService:
                     total_forks=analysis.total_forks,
                     language_bytes=analysis.language_bytes,
                 )
-        else:  # the run's last answers were refused: theirs too if GitHub answered as it does lately
-            if refused and await self.valkey.exists(ANSWERED_KEY):
-                await self._settle_all(refused, day, "unavailable")
         return taken
-
-    async def _settle_all(self, logins: list[str], day: date, kind: str) -> None:
-        """Failures of these logins' own: not tried again before the next snapshot day."""
-        for login in logins:
-            log.warning("github_snapshot_skipped", login=login, kind=kind, snapshot_day=day.isoformat())
-            async with self.db.transaction() as uow:
-                await queries.record_github_snapshot_failure(uow.conn, login=login, failed_on=day)
 
     async def _snapshot_share_left(self) -> bool:
         """Whether the snapshots may still ask GitHub in this window (``GITHUB_SNAPSHOT_QUOTA_FRACTION``;
