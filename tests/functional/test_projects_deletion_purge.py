@@ -307,7 +307,9 @@ async def test_the_cron_enqueues_a_purge_that_was_lost(
 ) -> None:
     config = build_saq_config(Services(settings, MODULES), valkey_url, run_workers_in_process=False)
     default = next(queue for queue in config.queue_configs if queue.name == "default")
-    crons = [job.cron for job in default.scheduled_tasks if job.function.__wrapped__ is requeue_lost_project_purges]
+    crons = [
+        job.cron for job in default.scheduled_tasks if job.function.__wrapped__ is requeue_lost_project_purges
+    ]
     registered = [task.__wrapped__ for task in default.tasks]  # type: ignore[union-attr]
     await config.queue_instances["default"].redis.aclose()  # type: ignore[index,union-attr]
     assert len(crons) == 1, crons

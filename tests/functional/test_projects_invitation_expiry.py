@@ -180,7 +180,9 @@ async def test_the_purge_runs_daily_on_the_default_queue(
 ) -> None:
     config = build_saq_config(Services(settings, MODULES), valkey_url, run_workers_in_process=False)
     default = next(queue for queue in config.queue_configs if queue.name == "default")
-    crons = [job.cron for job in default.scheduled_tasks if job.function.__wrapped__ is purge_expired_invitations]
+    crons = [
+        job.cron for job in default.scheduled_tasks if job.function.__wrapped__ is purge_expired_invitations
+    ]
     await config.queue_instances["default"].redis.aclose()  # type: ignore[index,union-attr]
     assert len(crons) == 1, crons
     minute, hour, *days = str(crons[0]).split()
