@@ -220,7 +220,7 @@ RECORD_GITHUB_SNAPSHOT_FAILURE = "update github_snapshot_attempts set failed_on 
 
 
 async def record_github_snapshot_failure(conn: AsyncConnection[Any], *, failed_on: date, login: str) -> None:
-    """The login's own failure (not found, refused): not tried again until the next snapshot day."""
+    """The login's own failure (not found, blocked: 451/403): not tried again until the next snapshot day."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(RECORD_GITHUB_SNAPSHOT_FAILURE, (failed_on, login))
 

@@ -96,7 +96,7 @@ insert into github_snapshot_attempts (login, attempted_at) values (@login, @atte
 on conflict (login) do update set attempted_at = excluded.attempted_at;
 
 -- name: RecordGithubSnapshotFailure :exec
--- The login's own failure (not found, refused): not tried again until the next snapshot day.
+-- The login's own failure (not found, blocked: 451/403): not tried again until the next snapshot day.
 update github_snapshot_attempts set failed_on = @failed_on::date where login = @login;
 
 -- name: RecordGithubSnapshotRefusal :exec

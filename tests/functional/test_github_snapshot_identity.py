@@ -320,3 +320,60 @@ async def test_refused_answers_around_a_404_are_held_back_for_hours_and_the_404_
     }
     for login in ("a-refused", "c-refused", "d-refused"):  # the tracking lookup, then one try
         assert len([r for r in fake.recorded(f"/users/{login}") if r.path == f"/users/{login}"]) == 2
+
+
+async def test_a_refusal_late_in_the_snapshot_day_gets_a_last_try_in_its_last_hour(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """The fifth diff reviewer: a login first tried in a day's last six hours and refused by a brief
+    proxy fault waited past the day's end: that day had no snapshot."""
+    fake.add_user("late", [FakeRepo(name="r", stars=1, languages={"C": 1})])
+    owner = await create_user(db)
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        await github.track(owner.id, "late")
+        clock.now = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # hour 18 of snapshot day 03-02 (hour 4)
+        fake.fail(200, body=b"<html>proxy</html>", path_contains="/users/late")
+        runs = []
+        for _ in range(6):  # 22:30 ... 03:30, the day's last hour
+            runs.append(await snapshot_github_profiles({"services": services}))
+            await valkey.delete("github:failed:late")
+            clock.now += timedelta(hours=1)
+
+    assert runs == [0, 0, 0, 0, 0, 1]
+    taken = await (await db.execute("select taken_on from github_snapshots where login = 'late'")).fetchall()
+    assert taken == [(datetime(2026, 3, 2).date(),)]
+
+
+async def test_a_remembered_404_does_not_end_a_streak_of_refused_answers(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """A login remembered missing is answered from memory, no request made: it says nothing of what
+    answers in GitHub's place now, so the proxy's third refusal still pauses the run."""
+    logins = ["p1", "p2-missing", "p3", "p4", "p5"]
+    for login in logins:
+        fake.add_user(login, [FakeRepo(name="r", stars=1, languages={"C": 1})])
+    owner = await create_user(db)
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        for login in logins:
+            await github.track(owner.id, login)
+        await valkey.set("github:missing:p2-missing", b"1", ex=600)
+        clock.now = datetime.combine(clock.now.date() + timedelta(days=1), time(5), tzinfo=UTC)
+        fake.fail(200, body=b"<html>Sign in to the proxy</html>", times=100, path_contains="/users/")
+        with captured_logs() as logs:
+            assert await snapshot_github_profiles({"services": services}) == 0
+
+    [paused] = logs.events("github_snapshots_paused")
+    assert (paused["reason"], paused["login"]) == ("refused-answers", "p4")
+    assert [r for r in fake.recorded("/users/p5") if r.path == "/users/p5"][1:] == []  # only its tracking

@@ -179,9 +179,18 @@ def token_fingerprint(token: str | None) -> str:
 class GitHubError(Exception):
     kind = "unavailable"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, cause: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        cause: str | None = None,
+        remembered: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.remembered = remembered
+        """Answered from the service's memory of an earlier failure, not by a request just made."""
         self.cause = cause
         """What the last attempt met (``ConnectError: [Errno -2] Name or service not known``), for the
         log only: a client's answer does not describe our network."""

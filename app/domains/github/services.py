@@ -276,7 +276,7 @@ def _error_of(failure: _Failure) -> GitHubError:
         "rate-limited": GitHubRateLimitError,
     }
     error = _REMEMBERED.get(failure.error) or kinds.get(failure.kind, GitHubDownError)
-    return error(failure.message, retry_after=failure.retry_after)
+    return error(failure.message, retry_after=failure.retry_after, remembered=True)
 
 
 class GithubService:
@@ -420,7 +420,7 @@ class GithubService:
         """A login with nothing stored, fetched for account ``user_id`` within its share of the quota
         (a login remembered as missing is a 404 first: no share is needed to say so)."""
         if await self.valkey.exists(f"github:missing:{login}"):
-            raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)"))
+            raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)", remembered=True))
         await self._check_lookup_budget(user_id)
         try:
             return await self._fetch_shared(login, Priority.INTERACTIVE, newer_than=None, user_id=user_id)
@@ -583,7 +583,7 @@ class GithubService:
         document read 20 times a second); the whole profile is read once that has changed to
         something newer than ``newer_than``."""
         if await self.valkey.exists(f"github:missing:{login}"):
-            raise GitHubNotFoundError("no such GitHub user (remembered)")
+            raise GitHubNotFoundError("no such GitHub user (remembered)", remembered=True)
         recent = await self._recent_failure(login, since=0.0)
         if recent is not None:  # failed moments ago: answer that instead of asking GitHub again
             raise recent
@@ -1134,12 +1134,13 @@ class GithubService:
         first, so logins that fail every time (gone from GitHub, blocked) go behind the others instead
         of filling every batch. They stay tracked: a 404 may be a suspension or a rename taken back,
         and untracking would silently undo the user's choice. Such a failure of the login's own (not
-        found, refused, an answer that is not GitHub's) settles it for the snapshot day: it is tried
+        found, blocked: 451/403) settles it for the snapshot day: it is tried
         again the next day, not in each of the day's hourly runs (24 requests a day for every login
         gone from GitHub, which any account could track before it went). An outage or a spent quota
         settles nothing: the next run takes the login again. An answer the client refuses (a shape,
         size or link no GitHub answer has) holds the login back for ``REFUSED_RETRY_S``, not the day:
-        it may be a proxy's for every login; three in a row pause the run.
+        it may be a proxy's for every login, so the day's last hour asks every such login once more;
+        three in a row pause the run.
 
         The runs spend a share of GitHub's limit of their own (``GITHUB_SNAPSHOT_QUOTA_FRACTION``,
         charged as they go like an account's lookups, ``SNAPSHOTS_ACCOUNT``): past it a run stops and
@@ -1154,7 +1155,7 @@ class GithubService:
             due = await queries.list_github_logins_due(
                 uow.conn,
                 taken_on=day,
-                refused_since=self.clock() - timedelta(seconds=REFUSED_RETRY_S),
+                refused_since=self._refused_since(day),
                 batch_size=self.settings.github_snapshots_per_run,
             )
         taken = 0
@@ -1178,7 +1179,10 @@ class GithubService:
                     )
             except GitHubError as exc:
                 refused = isinstance(exc, GitHubAnswerRefusedError)
-                refused_in_a_row = refused_in_a_row + 1 if refused else 0
+                if refused:
+                    refused_in_a_row += 1
+                elif not exc.remembered:  # an answer of this run (a memory proves nothing of GitHub now)
+                    refused_in_a_row = 0
                 if refused:  # the login's fault, or a proxy's for every login: hours, not the day
                     async with self.db.transaction() as uow:
                         await queries.record_github_snapshot_refusal(
@@ -1224,6 +1228,14 @@ class GithubService:
                     language_bytes=analysis.language_bytes,
                 )
         return taken
+
+    def _refused_since(self, day: date) -> datetime:
+        """Refused answers after this hold their logins back: those of the last ``REFUSED_RETRY_S``,
+        none in the snapshot day's last hour (a refusal late in the day would otherwise lose it)."""
+        now = self.clock()
+        hour = self.settings.github_snapshot_hour_utc
+        day_ends = datetime(day.year, day.month, day.day, hour, tzinfo=UTC) + timedelta(days=1)
+        return now if now >= day_ends - timedelta(hours=1) else now - timedelta(seconds=REFUSED_RETRY_S)
 
     async def _snapshot_share_left(self) -> bool:
         """Whether the snapshots may still ask GitHub in this window (``GITHUB_SNAPSHOT_QUOTA_FRACTION``;
