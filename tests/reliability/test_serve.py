@@ -389,16 +389,21 @@ def test_an_embedded_server_killed_under_serve_is_started_again_and_the_app_reco
         _ready_again(launcher, "Valkey")
         assert_banner_is_true(launcher, banner)
 
-        # Killed again, its port taken at once by another program: said, and tried again until the
-        # port is free (on that port: the other holder's clients have it).
+        # Killed again, and its append-only file damaged before the launcher looks (held still
+        # meanwhile: it looks every 2 s): Valkey refuses to start, which is said, and tried again
+        # until the file is mended, on the same port (the other holder's clients have it).
         victim = embedded_valkey(data_dir)
-        with socket.socket() as squatter:
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        manifest = data_dir / "valkey" / "appendonlydir" / "appendonly.aof.manifest"
+        kept = manifest.read_bytes()
+        launcher.process.send_signal(signal.SIGSTOP)
+        try:
             os.kill(victim[0], signal.SIGKILL)
-            wait_gone({victim})
-            squatter.bind(("127.0.0.1", record["port"]))
-            squatter.listen()
-            _said(launcher, "the embedded Valkey has stopped and did not start again")
+            assert not wait_gone({victim}), "the killed Valkey did not go"
+            manifest.write_bytes(b"this is no manifest\n")
+        finally:
+            launcher.process.send_signal(signal.SIGCONT)
+        _said(launcher, "the embedded Valkey has stopped and did not start again")
+        manifest.write_bytes(kept)
         _said(launcher, "the embedded Valkey had stopped: started again")
         assert json.loads(record_path.read_text())["port"] == record["port"]
         _ready_again(launcher, "Valkey")
