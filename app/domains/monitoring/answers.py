@@ -44,65 +44,32 @@ def group_out(row: ListGroupsRow | ListGroupsWithStatusAndKindRow) -> GroupOut:
 
 
 def event_out(row: MonitoringEvent) -> ErrorEventOut:
-    return ErrorEventOut(
-        id=row.id,
-        group_id=row.group_id,
-        occurred_at=row.occurred_at,
-        hash=row.hash,
-        release=row.release,
-        environment=row.environment,
-        message=row.message,
-        exception=msgspec.convert(row.exception, list[ExceptionOut]),
-        context=row.context,
-    )
+    return from_row(ErrorEventOut, row, exception=msgspec.convert(row.exception, list[ExceptionOut]))
 
 
 def detail_out(detail: GroupDetail) -> GroupDetailOut:
-    group = detail.group
-    return GroupDetailOut(
-        id=group.id,
-        kind=group.kind,
-        title=group.title,
-        culprit=group.culprit,
-        status=group.status,
+    """The group's own columns, and what its tree adds up to (``GroupDetail``)."""
+    return from_row(
+        GroupDetailOut,
+        detail.group,
         count=detail.events,
         users=detail.users,
         first_seen_at=detail.first_seen_at,
         last_seen_at=detail.last_seen_at,
-        last_release=group.last_release,
-        status_changed_at=group.status_changed_at,
-        resolved_at=group.resolved_at,
         resolved_in_release=detail.resolved_in_release,
         resolved_after_release=detail.resolved_after_release,
-        ignore_mode=group.ignore_mode,
-        ignore_until_events=group.ignore_until_events,
-        ignore_until=group.ignore_until,
-        merged_into=group.parent_id,
-        root_id=group.root_id,
+        merged_into=detail.group.parent_id,
         members=detail.members,
-        releases=[
-            ReleaseOut(
-                name=r.name, first_seen_at=r.first_seen_at, last_seen_at=r.last_seen_at, events=r.events
-            )
-            for r in detail.releases
-        ],
+        releases=[from_row(ReleaseOut, release) for release in detail.releases],
         latest_event=event_out(detail.latest) if detail.latest else None,
     )
 
 
 def alert_out(row: ListAlertsRow | ListGroupAlertsRow) -> AlertOut:
-    deliveries = [
-        DeliveryOut(chat_id=item.split(":", 1)[1], status=item.split(":", 1)[0]) for item in row.deliveries
-    ]
-    return AlertOut(
-        id=row.id,
-        kind=row.kind,
-        rule=row.rule,
-        group_id=row.group_id,
-        summary=row.summary,
-        digest_id=row.digest_id,
-        created_at=row.created_at,
-        deliveries=deliveries,
+    """``row.deliveries`` holds ``status:chat_id`` per delivery (``sql/queries/monitoring.sql``)."""
+    parts = (item.partition(":") for item in row.deliveries)
+    return from_row(
+        AlertOut, row, deliveries=[DeliveryOut(chat_id=chat, status=status) for status, _, chat in parts]
     )
 
 
@@ -137,16 +104,7 @@ def grouping_out(
         root_id=group.root_id,
         grouping_version=fingerprint.GROUPING_VERSION,
         rules=fingerprint.GROUPING_RULES,
-        hashes=[
-            HashOut(
-                hash=row.hash,
-                variant=row.variant,
-                grouping_version=row.grouping_version,
-                group_id=row.group_id,
-                created_at=row.created_at,
-            )
-            for row in hashes
-        ],
+        hashes=[from_row(HashOut, row) for row in hashes],
         latest_event=match,
     )
 
@@ -160,10 +118,7 @@ def route_latency_out(route: RouteLatency) -> RouteLatencyOut:
         p95_ms=route.stats.p95_ms,
         p99_ms=route.stats.p99_ms,
         slow=route.slow,
-        exemplars=[
-            ExemplarOut(request_id=e.request_id, duration_ms=e.duration_ms, status=e.status, minute=e.minute)
-            for e in route.exemplars
-        ],
+        exemplars=[from_row(ExemplarOut, exemplar) for exemplar in route.exemplars],
     )
 
 
