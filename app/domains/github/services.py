@@ -444,9 +444,14 @@ class GithubService:
         """Refuses (429) an account whose cold lookups and refreshes have cost its share of this
         GitHub window, before anything else is done for a lookup or refresh (its chain then measures
         languages only while the share has room: ``_within_share``)."""
-        budget, _ = await self.lookup_budget()
-        if int(await self.valkey.get(_spent_key(user_id)) or 0) >= budget:
+        if not await self._share_left(user_id):
             raise await self._budget_spent(user_id)
+
+    async def _share_left(self, account: int) -> bool:
+        """Whether ``account``'s chains (the snapshot cron's, for ``SNAPSHOTS_ACCOUNT``) have cost less
+        than its share of this GitHub window."""
+        budget, _ = await self.lookup_budget(account)
+        return int(await self.valkey.get(_spent_key(account)) or 0) < budget
 
     async def _budget_spent(self, user_id: int) -> LookupBudgetError:
         budget, limit = await self.lookup_budget()
@@ -1168,7 +1173,7 @@ class GithubService:
                 fetched = False
                 if stored is None or self._age_s(stored) > self.settings.github_profile_ttl_s:
                     fetched = True
-                    if not await self._snapshot_share_left():
+                    if not await self._share_left(SNAPSHOTS_ACCOUNT):
                         log.warning("github_snapshots_paused", reason="share", login=login, retry_after=None)
                         break
                     stored = await self._fetch_shared(
@@ -1179,15 +1184,14 @@ class GithubService:
                     )
             except GitHubError as exc:
                 refused = isinstance(exc, GitHubAnswerRefusedError)
-                if refused:
-                    refused_in_a_row += 1
-                elif not exc.remembered:  # an answer of this run (a memory proves nothing of GitHub now)
-                    refused_in_a_row = 0
                 if refused:  # the login's fault, or a proxy's for every login: hours, not the day
+                    refused_in_a_row += 1
                     async with self.db.transaction() as uow:
                         await queries.record_github_snapshot_refusal(
                             uow.conn, login=login, refused_at=self.clock()
                         )
+                elif not exc.remembered:  # an answer of this run (a memory proves nothing of GitHub now)
+                    refused_in_a_row = 0
                 if _is_outage(exc) or refused_in_a_row >= REFUSED_ANSWERS_IN_A_ROW:
                     # The next hourly run goes on where this one stopped: asking an exhausted quota or a
                     # GitHub that is down for every due login (each with its retries) only adds to the load.
@@ -1236,12 +1240,6 @@ class GithubService:
         hour = self.settings.github_snapshot_hour_utc
         day_ends = datetime(day.year, day.month, day.day, hour, tzinfo=UTC) + timedelta(days=1)
         return now if now >= day_ends - timedelta(hours=1) else now - timedelta(seconds=REFUSED_RETRY_S)
-
-    async def _snapshot_share_left(self) -> bool:
-        """Whether the snapshots may still ask GitHub in this window (``GITHUB_SNAPSHOT_QUOTA_FRACTION``;
-        their chains are charged as they go, as an account's are)."""
-        budget, _ = await self.lookup_budget(SNAPSHOTS_ACCOUNT)
-        return int(await self.valkey.get(_spent_key(SNAPSHOTS_ACCOUNT)) or 0) < budget
 
     # -- retention ---------------------------------------------------------------------------
 
