@@ -205,7 +205,9 @@ UTF8 = (b"utf-8", b"utf8", b"us-ascii")
 
 def _charsets(parameters: bytes) -> list[bytes] | None:
     """Every ``charset`` among a media type's ``parameters`` (what follows the type, from its first
-    ``;``), unquoted; None when they cannot be read."""
+    ``;``), unquoted; None when they cannot be read. By hand: Litestar's parser is private
+    (``litestar._multipart``) and keeps only the last of two charsets; the standard library's
+    (``email.message``) builds a message object per header."""
     found: list[bytes] = []
     parameters = parameters.rstrip(b"; \t")  # a trailing ``;`` names nothing
     at = 0
