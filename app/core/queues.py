@@ -283,13 +283,13 @@ def build_saq_config(
     start_gauges, stop_gauges = _queue_gauge_hooks(services, queues, QUEUE_GAUGES_INTERVAL_S)
     tasks: dict[str, list[JobFunction]] = {name: [] for name in QUEUE_NAMES}
     cron: dict[str, list[CronJob]] = {name: [] for name in QUEUE_NAMES}
-    beating: dict[JobFunction, JobFunction] = {}
+    wrappers: dict[JobFunction, JobFunction] = {}
 
     def registered(function: JobFunction) -> JobFunction:
         """One wrapper per function: a function that is a job and a cron job too (the outbox purge,
         the alert delivery) must reach SAQ as one object, which registers functions by name; two
         of one name, one of them without the beat, left which ran to chance (the diff reviewer)."""
-        return beating.setdefault(function, with_heartbeat(function))
+        return wrappers.setdefault(function, with_heartbeat(function))
 
     for module in modules:
         for job in module.jobs:

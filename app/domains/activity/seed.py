@@ -30,7 +30,7 @@ async def seed_feed(services: Services) -> list[str]:
     if project is None:
         return []
     found = await tasks.list_in_project(
-        ana.id, project.id, filters=TaskFilters(search="checkout"), sort="created", cursor=None, limit=10
+        ana.id, project.id, filters=TaskFilters(search="checkout"), sort="created", cursor=None, row_limit=10
     )
     task = next((t for t in found if t.title == TASK), None)
     if task is None:

@@ -403,7 +403,7 @@ class TaskService:
 
         async def load() -> bytes:
             listing = await self._listing(
-                actor, project_id, filters=filters, sort=sort, cursor=cursor, limit=limit + 1
+                actor, project_id, filters=filters, sort=sort, cursor=cursor, row_limit=limit + 1
             )
             as_of = to_micros(listing.as_of)
             page: Page[TaskOut] = paginate(
@@ -428,10 +428,10 @@ class TaskService:
         filters: TaskFilters,
         sort: TaskSort,
         cursor: TaskCursor | None,
-        limit: int,
+        row_limit: int,
     ) -> Sequence[TaskRow]:
         listing = await self._listing(
-            actor, project_id, filters=filters, sort=sort, cursor=cursor, limit=limit
+            actor, project_id, filters=filters, sort=sort, cursor=cursor, row_limit=row_limit
         )
         return listing.rows
 
@@ -443,9 +443,9 @@ class TaskService:
         filters: TaskFilters,
         sort: TaskSort,
         cursor: TaskCursor | None,
-        limit: int,
+        row_limit: int,
     ) -> TaskListing:
-        """Up to ``limit`` rows after ``cursor`` and the walk's ``as_of`` (``page_in_project``): the
+        """Up to ``row_limit`` rows after ``cursor`` and the walk's ``as_of`` (``page_in_project``): the
         cursor's, else the clock of the statement that read the rows, which precedes its snapshot."""
         if cursor is not None and cursor.sort != sort:
             raise InvalidCursorError("The cursor continues another sort order: pass the sort it came with.")
@@ -461,7 +461,7 @@ class TaskService:
                     sort=sort,
                     cursor=cursor,
                     as_of=walk_as_of if sort in MUTABLE_SORTS else None,
-                    limit=limit,
+                    limit=row_limit,
                 )
 
             rows = await read()
