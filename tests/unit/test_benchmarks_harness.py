@@ -277,7 +277,9 @@ def test_a_server_that_never_became_ready_is_killed_at_once(tmp_path: Path) -> N
     )
     server = ServerProcess("stubborn", [sys.executable, "-c", stubborn], {}, 1, "/", tmp_path)
     server.start()
+    deadline = time.monotonic() + 60
     while "listening" not in server.log_tail():  # its handler is in place
+        assert time.monotonic() < deadline, f"the stub never started:\n{server.log_tail()}"
         time.sleep(0.05)
     server.stop(timeout_s=5)
     assert server.process is not None and server.process.returncode == -signal.SIGKILL
