@@ -29,7 +29,6 @@ from litestar.types import Guard
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from litestar_saq import Worker as LitestarWorker
 from saq import Job, Queue, Worker
-from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
 from app.config import Settings, redact_url
@@ -51,6 +50,7 @@ from app.core.relay import RETRY_BACKOFF_MAX_S, RETRY_DELAY_S, OutboxRelay, batc
 from app.core.repeating import stopped_within
 from app.core.scrub import scrub_text
 from app.core.services import Services
+from app.core.sweep import TwoSightingSweepQueue
 from app.db import outbox as outbox_queries
 
 log = structlog.get_logger("app.workers")
@@ -125,9 +125,10 @@ def _after_job(hooks: Sequence[Hook]) -> Hook:
 
 
 def build_queues(valkey_url: str) -> dict[str, Queue]:
-    """One Valkey client shared by the queues (SAQ speaks to Valkey through redis-py)."""
+    """One Valkey client shared by the queues (SAQ speaks to Valkey through redis-py); their sweep
+    spares a job a worker has just dequeued (``app.core.sweep``)."""
     client = redis.from_url(valkey_url, socket_timeout=5, socket_connect_timeout=2)
-    return {name: RedisQueue(client, name=name) for name in QUEUE_NAMES}
+    return {name: TwoSightingSweepQueue(client, name=name) for name in QUEUE_NAMES}
 
 
 def _hooks(services: Services) -> tuple[Hook, Hook]:

@@ -1,0 +1,85 @@
+"""The workers' queue: SAQ's Valkey queue whose sweep spares a job a worker has just dequeued.
+
+SAQ's dequeue moves a job's id onto the active list (``BLMOVE``), and only then does the worker mark
+the job active, a round trip later. Its sweep (every worker runs one at start-up, then every minute,
+one at a time under a lock) aborts and re-queues every job on the active list that is not marked
+active: a sweep that falls between the two, most likely at start-up when every worker dequeues at
+once, aborts a job that is starting, and its retry may run beside it (tobymao/saq#277, open; seen on
+outbox relay jobs and feed recordings). A job still ``queued`` on the active list is swept only when
+the previous sweep saw it there unchanged: the worker that took it died before marking it (a minute
+later than SAQ would), never one that is marking it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+
+logger = logging.getLogger("saq")
+
+_LIST_ACTIVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return -1
+end
+redis.call('SETEX', KEYS[1], ARGV[1], 1)
+local id_jobs = {}
+for i, v in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    id_jobs[i] = {v, redis.call('GET', v)}
+end
+return {id_jobs, redis.call('HGETALL', KEYS[3])}
+"""
+"""Under SAQ's sweep lock (one sweeper a ``lock`` period, as SAQ's own script): the active list's
+jobs and what the previous sweep left as suspects; -1 while another worker holds the lock."""
+
+
+class TwoSightingSweepQueue(RedisQueue):
+    """SAQ 0.26's ``RedisQueue.sweep`` (its abort, retry and finish calls, its log lines), except that
+    a ``queued`` job on the active list is a suspect the first time and swept the second, if its stored
+    bytes have not changed in between; suspects live in ``saq:<queue>:sweep-suspects``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._suspects = self.namespace("sweep-suspects")
+        self._list_active = self.redis.register_script(_LIST_ACTIVE)
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        listing = await self._list_active(keys=[self._sweep, self._active, self._suspects], args=[lock])
+        if listing == -1:
+            return []
+        id_jobs, flat_suspects = listing
+        previous = dict(zip(flat_suspects[::2], flat_suspects[1::2], strict=True))
+        suspects: dict[bytes, bytes] = {}
+        swept: list[bytes] = []
+        for job_id, job_bytes in id_jobs:
+            job = self.deserialize(job_bytes)
+            if job is None:
+                swept.append(job_id)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.lrem(self._active, 0, job_id)
+                    pipe.zrem(self._incomplete, job_id)
+                    await pipe.execute()
+                logger.info("Sweeping missing job %s", job_id)
+            elif job.status == Status.QUEUED and previous.get(job_id) != job_bytes:
+                suspects[job_id] = job_bytes
+            elif job.status != Status.ACTIVE or job.stuck:
+                logger.info("Sweeping job %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+                swept.append(job_id)
+                await self.abort(job, error=self.swept_error_message)
+                try:
+                    await job.refresh(abort)
+                except TimeoutError:
+                    logger.info("Could not abort job %s", job_id)
+                if job.retryable:
+                    await self.retry(job, error=self.swept_error_message)
+                else:
+                    await self.finish(job, Status.ABORTED, error=self.swept_error_message)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._suspects)
+            if suspects:
+                pipe.hset(self._suspects, mapping=suspects)
+                pipe.expire(self._suspects, 3 * lock)
+            await pipe.execute()
+        return [job_id.decode("utf-8") for job_id in swept]

@@ -1,0 +1,117 @@
+"""The workers' sweep spares a job a worker has just dequeued (``app.core.sweep``).
+
+SAQ's dequeue moves the job's id onto the active list, then the worker marks the job active; SAQ's
+own sweep, falling between the two (most likely at start-up, when every worker dequeues at once),
+aborted the starting job and queued it again beside the run (tobymao/saq#277). A worker's dequeue is
+cut in two here by doing its first half by hand; deleting the sweep's lock stands for the minute
+between two sweeps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from saq import Job, Status
+from saq.queue.redis import RedisQueue
+from saq.utils import now
+from valkey.asyncio import Valkey
+
+from app.core.queues import build_queues
+
+
+@pytest.fixture
+async def queue(valkey_url: str) -> AsyncIterator[RedisQueue]:
+    """The default queue as the workers build it, under a private name."""
+    built = build_queues(valkey_url)["default"]
+    assert isinstance(built, RedisQueue)
+    private = type(built)(built.redis, name=f"sweep-{uuid.uuid4().hex[:8]}")
+    try:
+        yield private
+    finally:
+        await built.redis.aclose()
+
+
+async def _dequeued_but_not_marked(queue: RedisQueue, valkey: Valkey) -> Job:
+    """A job enqueued, then taken as SAQ's dequeue takes it, not yet marked active by its worker."""
+    job = await queue.enqueue("relay_outbox", retries=3)
+    assert job is not None
+    assert await valkey.lmove(queue.namespace("queued"), queue.namespace("active"), "LEFT", "RIGHT")
+    return job
+
+
+async def _next_minute(queue: RedisQueue, valkey: Valkey) -> None:
+    await valkey.delete(queue.namespace("sweep"))
+
+
+async def _listed(queue: RedisQueue, valkey: Valkey, name: str) -> list[bytes]:
+    return list(await valkey.lrange(queue.namespace(name), 0, -1))  # type: ignore[misc]
+
+
+async def test_a_sweep_between_dequeue_and_start_leaves_the_job_to_its_worker(
+    queue: RedisQueue, valkey: Valkey
+) -> None:
+    job = await _dequeued_but_not_marked(queue, valkey)
+
+    assert await queue.sweep() == []
+
+    stored = await queue.job(job.key)
+    assert stored is not None
+    assert (stored.status, stored.error, stored.attempts) == (Status.QUEUED, None, 0)
+    assert await _listed(queue, valkey, "active") == [job.id.encode()]
+    assert await _listed(queue, valkey, "queued") == []  # not queued again beside its run
+
+    stored.started, stored.attempts = now(), 1  # the worker marks it, as SAQ's Worker.process does
+    await stored.update(status=Status.ACTIVE)
+    await _next_minute(queue, valkey)
+    assert await queue.sweep() == []
+    marked = await queue.job(job.key)
+    assert marked is not None and marked.status == Status.ACTIVE
+
+
+async def test_a_job_left_queued_on_the_active_list_is_swept_the_next_minute(
+    queue: RedisQueue, valkey: Valkey
+) -> None:
+    """Its worker died between the dequeue and the mark: the second sweep that sees it unchanged
+    queues it again, as SAQ's sweep would have at once."""
+    job = await _dequeued_but_not_marked(queue, valkey)
+    assert await queue.sweep() == []
+
+    await _next_minute(queue, valkey)
+    assert await queue.sweep() == [job.id]
+
+    assert await _listed(queue, valkey, "active") == []
+    retried = await queue.job(job.key)
+    assert retried is not None
+    assert (retried.status, retried.error) == (Status.QUEUED, queue.swept_error_message)
+    assert await _listed(queue, valkey, "queued") == [job.id.encode()]
+
+
+async def test_a_sweep_under_another_workers_lock_keeps_the_suspects(
+    queue: RedisQueue, valkey: Valkey
+) -> None:
+    """Only the sweep that holds the lock looks, so one that finds it held must not forget what the
+    previous sweep saw: the job is still swept on the next sweep that looks."""
+    job = await _dequeued_but_not_marked(queue, valkey)
+    assert await queue.sweep() == []
+    assert await queue.sweep() == []  # the lock is held: nothing looked at, nothing forgotten
+
+    await _next_minute(queue, valkey)
+    assert await queue.sweep() == [job.id]
+
+
+async def test_an_active_job_past_its_timeout_is_still_swept_at_once(
+    queue: RedisQueue, valkey: Valkey
+) -> None:
+    job = await queue.enqueue("relay_outbox", timeout=1, retries=1)
+    assert job is not None
+    taken = await queue.dequeue()
+    assert taken is not None
+    taken.started, taken.attempts = 1, 1  # started in 1970: long past its one-second timeout
+    await taken.update(status=Status.ACTIVE)
+
+    assert await queue.sweep(abort=0.01) == [job.id]
+
+    ended = await queue.job(job.key)
+    assert ended is not None and ended.status == Status.ABORTED
