@@ -188,3 +188,16 @@ async def get_products_by_ids(conn: AsyncConnection[Any], *, ids: list[int]) -> 
     async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
         await cur.execute(GET_PRODUCTS_BY_IDS, (ids,))
         return await cur.fetchall()
+
+
+SHARE_PRODUCTS_FOR_PLACEMENT = "select id, sku, name, description, price, stock, active, created_at, updated_at, version from products where id = any($1::bigint[]) order by id for share"
+
+
+async def share_products_for_placement(conn: AsyncConnection[Any], *, ids: list[int]) -> list[Product]:
+    """The products an order is placed with, share-locked (in id order) until the placement commits: a
+    change of price or `active` (LockProduct's FOR NO KEY UPDATE) waits for it, or it reads the change,
+    never a price or an `active` that a change committed meanwhile replaced. Placements do not wait
+    for one another (shared locks), nor for an item's foreign-key check."""
+    async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
+        await cur.execute(SHARE_PRODUCTS_FOR_PLACEMENT, (ids,))
+        return await cur.fetchall()

@@ -70,3 +70,10 @@ update products set stock = stock + @quantity, updated_at = now() where id = @id
 
 -- name: GetProductsByIds :many
 select * from products where id = any(@ids::bigint[]) order by id;
+
+-- name: ShareProductsForPlacement :many
+-- The products an order is placed with, share-locked (in id order) until the placement commits: a
+-- change of price or `active` (LockProduct's FOR NO KEY UPDATE) waits for it, or it reads the change,
+-- never a price or an `active` that a change committed meanwhile replaced. Placements do not wait
+-- for one another (shared locks), nor for an item's foreign-key check.
+select * from products where id = any(@ids::bigint[]) order by id for share;

@@ -260,6 +260,11 @@ class ProductService:
         """The products with these ids (any order; unknown ids are simply absent)."""
         return await queries.get_products_by_ids(uow.conn, ids=ids)
 
+    async def share_for_placement(self, uow: UnitOfWork, ids: list[int]) -> list[Product]:
+        """The products an order is placed with, locked until ``uow`` commits against a change of their
+        price or ``active`` (which waits for the placement), as ``get_many`` otherwise."""
+        return await queries.share_products_for_placement(uow.conn, ids=ids)
+
     async def reserve_stock(self, uow: UnitOfWork, product_id: int, quantity: int) -> int | None:
         """Take ``quantity`` units if that many are in stock; the stock left, or None (short)."""
         left = await queries.reserve_stock(uow.conn, quantity=quantity, id=product_id)
