@@ -23,7 +23,7 @@ from app.config import Settings
 from app.core.security import Passwords
 from app.core.services import open_services
 from app.db.models import User
-from app.domains.github.services import QUEUE as GITHUB_QUEUE
+from app.domains.github.refreshes import QUEUE as GITHUB_QUEUE
 from app.domains.reports.services import ReportService
 from app.modules import MODULES
 from tests.factories import (

@@ -19,7 +19,8 @@ from app.config import Settings
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.governor import Priority
-from app.domains.github.services import REFRESH_MIN_AGE_S, GithubService
+from app.domains.github.refreshes import REFRESH_MIN_AGE_S
+from app.domains.github.services import GithubService
 from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, repos_named
@@ -59,7 +60,7 @@ async def test_a_cold_caller_takes_the_profile_another_process_stored_after_it_l
     clock.now += timedelta(seconds=1)
 
     # B's request read no profile before A stored one; its fetch starts only now, with the lock free.
-    answer = await b._fetch_shared(cold, Priority.INTERACTIVE, newer_than=None)
+    answer = await b.lookups.fetch_shared(cold, Priority.INTERACTIVE, newer_than=None)
 
     assert answer.fetched_at == stored_by_a.fetched_at
     assert chains(fake) == 1
@@ -69,7 +70,7 @@ async def test_a_refresh_is_answered_by_a_fetch_that_ended_after_it_was_requeste
     workers: tuple[GithubService, GithubService], fake: FakeGitHub, clock: FakeClock, cold: str
 ) -> None:
     a, b = workers
-    refresh = await b._request_refresh(cold, ACCOUNT)  # nothing stored yet: only the service may
+    refresh = await b.refreshes.join_or_enqueue(cold, ACCOUNT)  # nothing stored yet: only the service may
     assert refresh is not None
     clock.now += timedelta(seconds=1)
     stored_by_a = await a.profile(cold, DEFAULT_FILTERS, top_repos=5, top_languages=5, user_id=ACCOUNT)

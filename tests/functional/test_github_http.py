@@ -18,7 +18,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
-from app.domains.github.services import QUEUE
+from app.domains.github.refreshes import QUEUE
 from tests.factories import Client, captured_logs, generous_client, make_user
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 from tests.served import free_port

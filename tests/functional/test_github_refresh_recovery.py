@@ -20,7 +20,8 @@ from saq.queue.redis import RedisQueue
 from app.config import Settings
 from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
-from app.domains.github.services import REFRESH_JOB_GRACE_S, REFRESH_MIN_AGE_S, GithubService
+from app.domains.github.refreshes import REFRESH_JOB_GRACE_S, REFRESH_MIN_AGE_S
+from app.domains.github.services import GithubService
 from tests.factories import clocked_github
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
@@ -55,7 +56,9 @@ async def test_a_refresh_whose_worker_died_fails_once_its_job_is_aborted(
     job = await github_queue.dequeue(timeout=5)  # a worker took it, saved "running", and was killed
     assert job is not None and job.kwargs is not None and job.kwargs["refresh_id"] == str(requested.id)
     await job.update(status=Status.ACTIVE)  # as saq's Worker.process does
-    await github._save_refresh(msgspec.structs.replace(requested, status="running", started_at=clock()))
+    await github.refreshes._save_refresh(
+        msgspec.structs.replace(requested, status="running", started_at=clock())
+    )
 
     clock.now += GRACE * 3
     assert (await github.refresh_state(requested.id)).status == "running", "its job is still active"
@@ -84,10 +87,10 @@ async def test_a_job_that_finished_while_its_state_was_judged_keeps_its_outcome(
 ) -> None:
     requested = await github.request_refresh("ghost", user_id=ACCOUNT)
     judged = msgspec.json.encode(requested)  # read as "queued" ...
-    await github._finish_refresh(requested, None, fetched_at=clock())  # ... then the job finished
+    await github.refreshes._finish_refresh(requested, None, fetched_at=clock())  # ... then the job finished
     clock.now += GRACE * 2
 
-    assert (await github._abandoned(requested, judged)).status == "succeeded"
+    assert (await github.refreshes._abandoned(requested, judged)).status == "succeeded"
     assert (await github.refresh_state(requested.id)).status == "succeeded"
 
 

@@ -36,8 +36,9 @@ from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.client import GitHubDownError
 from app.domains.github.governor import Priority
 from app.domains.github.jobs import refresh_github_profile
+from app.domains.github.lookups import POLL_S
 from app.domains.github.module import module as github_module
-from app.domains.github.services import POLL_S, GithubService
+from app.domains.github.services import GithubService
 from tests.factories import Actor, assert_problem, captured_logs, make_user, serve_in_loop, wait_until
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 from tests.functional.test_github_fair_share import TURN_LOCK, two_repos
@@ -389,7 +390,7 @@ async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_
         async def unreadable_reads() -> int:
             """Polls until the wait's deadline; counts the reads of the whole (unreadable) row."""
             with captured_logs() as logs, pytest.raises(GitHubDownError):
-                await github._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
+                await github.lookups._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
             return len(logs.events("github_stored_profile_unreadable"))
 
         await db.execute("update github_profiles set data = '{}'::jsonb")
@@ -400,7 +401,7 @@ async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_
             "update github_profiles set data = %s, fetched_at = %s",
             (msgspec.json.encode(data).decode(), known + timedelta(seconds=2)),
         )
-        answer = await github._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
+        answer = await github.lookups._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
         assert answer.fetched_at == known + timedelta(seconds=2)
 
 
@@ -451,10 +452,10 @@ async def test_a_job_waits_for_another_process_s_fetch_longer_than_a_request_wou
         known = row[0]
         await valkey.set("github:fetch:slow", "another-process", px=60_000)  # its chain is under way
         job = asyncio.ensure_future(
-            github._fetch_across_processes("slow", Priority.BACKGROUND, newer_than=known)
+            github.lookups._fetch_across_processes("slow", Priority.BACKGROUND, newer_than=known)
         )
         request = asyncio.ensure_future(
-            github._fetch_across_processes("slow", Priority.INTERACTIVE, newer_than=known)
+            github.lookups._fetch_across_processes("slow", Priority.INTERACTIVE, newer_than=known)
         )
         with pytest.raises(GitHubDownError):  # the request gives up after GITHUB_COLD_WAIT_S
             await request

@@ -15,7 +15,8 @@ from app.core.services import open_services
 from app.domains.github.client import GitHubRefusedError
 from app.domains.github.governor import Priority
 from app.domains.github.jobs import snapshot_github_profiles
-from app.domains.github.services import REFUSED_RETRY_S, GithubService
+from app.domains.github.services import GithubService
+from app.domains.github.snapshots import REFUSED_RETRY_S
 from tests.factories import captured_logs, clocked_github, create_user
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
@@ -222,7 +223,7 @@ async def test_a_refusal_remembered_from_a_lookup_settles_the_login_instead_of_p
         clock.now = datetime.combine(clock.now.date() + timedelta(days=1), time(5), tzinfo=UTC)
         fake.fail(451, path_contains="/users/a-blocked")
         with pytest.raises(GitHubRefusedError):  # a refresh-like fetch of the profile meets the 451
-            await github._fetch_shared("a-blocked", Priority.BACKGROUND, newer_than=clock.now)
+            await github.lookups.fetch_shared("a-blocked", Priority.BACKGROUND, newer_than=clock.now)
         assert await snapshot_github_profiles({"services": services}) == 1
 
     settled = await (

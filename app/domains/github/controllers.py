@@ -18,6 +18,7 @@ from app.core.auth import Caller, requires_user
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cursor
 from app.core.routing import Controller
+from app.domains.github.refreshes import REFRESH_MIN_AGE_S, SSE_MAX_S
 from app.domains.github.schemas import (
     Filters,
     GithubProfileOut,
@@ -28,7 +29,7 @@ from app.domains.github.schemas import (
     TrackedOut,
     UsernamePath,
 )
-from app.domains.github.services import REFRESH_MIN_AGE_S, SSE_MAX_S, GithubService
+from app.domains.github.services import GithubService
 
 Github = NamedDependency[GithubService]
 Channels = NamedDependency[ChannelsPlugin]

@@ -10,7 +10,8 @@ from app.domains.github.controllers import (
     GithubUsersController,
 )
 from app.domains.github.jobs import purge_github_retention, refresh_github_profile, snapshot_github_profiles
-from app.domains.github.services import QUEUE, GithubService
+from app.domains.github.refreshes import QUEUE
+from app.domains.github.services import GithubService
 
 module = Module(
     name="github",

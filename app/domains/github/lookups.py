@@ -1,0 +1,536 @@
+"""How a login's profile is looked up: stored answers, fetch chains, their cost and their failures.
+
+Private to the GitHub domain (``GithubService`` holds one ``ProfileLookups`` as ``lookups``; the
+refreshes, the tracking and the snapshot cron use it too). It holds the machinery the service's
+docstring describes under "How an answer is made":
+
+- the stored profile (``load``) and its age;
+- the account's share of GitHub's quota: the budget (``lookup_budget``), its check before a cold
+  lookup or a refresh, and the charging of a fetch chain to the account that started it, as it goes
+  (``_within_share``) and when it ends (``_charged``); the cap on an account's cold lookups in flight;
+- the fetch chain shared by this process's callers (one flight per login) and across processes (a
+  Valkey lock renewed while held; the others poll the stored profile): ``fetch_shared``;
+- the memory of failures: briefly for every caller (``github:failed``), a week as the answer's
+  ``last_error``, and ``GITHUB_NOT_FOUND_TTL_S`` for a login GitHub does not know.
+
+Kept apart from ``services.py`` so that a reader of the service's rules (``services.py``), of the
+refresh state machine (``refreshes.py``) or of the snapshots (``snapshots.py``) can take this part
+on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextvars import ContextVar
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import msgspec
+import structlog
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.db import Database
+from app.core.repeating import repeating
+from app.db import github as queries
+from app.domains.github.analysis import repos_to_measure
+from app.domains.github.client import (
+    GitHubAnswerRefusedError,
+    GitHubBusyError,
+    GitHubClient,
+    GitHubDownError,
+    GitHubError,
+    GitHubNotFoundError,
+    GitHubRateLimitError,
+    GitHubRefusedError,
+    GithubRepo,
+    RequestMeter,
+    metered,
+)
+from app.domains.github.errors import LookupBudgetError, TooManyLookupsError, problem_for
+from app.domains.github.governor import Priority, RateLimitGovernor
+from app.domains.github.schemas import ProfileData, UpstreamError
+
+log = structlog.get_logger("app.github")
+
+LOOKUPS_IN_FLIGHT_RETRY_S = 2
+LAST_ERROR_TTL_S = 7 * 24 * 3600
+FETCH_LOCK_TTL_S = 30.0
+FAILURE_MEMORY_S = 10.0
+POLL_S = 0.05
+SNAPSHOTS_ACCOUNT = 0
+"""The account the snapshot cron's fetch chains are charged to (no user has id 0): its share is
+``GITHUB_SNAPSHOT_QUOTA_FRACTION`` of GitHub's limit, so tracked logins, which every account may add
+at no cost, cannot take the whole window from the accounts' own lookups."""
+
+# KEYS[1] = a key held with a token (a fetch lock, a pending refresh); ARGV = the token.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+# KEYS[1] = an account's spent requests; ARGV = cost, end of the window (epoch ms) for a new count.
+_SPEND = """
+local spent = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+return spent
+"""
+
+Clock = Callable[[], datetime]
+
+
+class StoredProfile(msgspec.Struct, frozen=True):
+    data: ProfileData
+    fetched_at: datetime
+
+
+class _Failure(msgspec.Struct, frozen=True):
+    kind: str
+    message: str
+    retry_after: float | None
+    at: float
+    error: str = ""
+    """The failure's class (``_REMEMBERED``): ``kind`` is the answer's, which several share (a blocked
+    profile and an outage are both ``unavailable``). Empty in a record of the previous release."""
+
+
+_REMEMBERED: dict[str, type[GitHubError]] = {
+    kind.__name__: kind
+    for kind in (
+        GitHubNotFoundError,
+        GitHubRateLimitError,
+        GitHubDownError,
+        GitHubRefusedError,
+        GitHubAnswerRefusedError,
+    )
+}
+
+
+def _error_of(failure: _Failure) -> GitHubError:
+    """The failure remembered, as the error it was (a snapshot run skips a blocked login and pauses
+    for an outage: both are ``unavailable`` to a reader)."""
+    kinds: dict[str, type[GitHubError]] = {
+        "not-found": GitHubNotFoundError,
+        "rate-limited": GitHubRateLimitError,
+    }
+    error = _REMEMBERED.get(failure.error) or kinds.get(failure.kind, GitHubDownError)
+    return error(failure.message, retry_after=failure.retry_after, remembered=True)
+
+
+class ProfileLookups:
+    """A login's stored profile, and its fetch chain: shared, charged to an account, its failures
+    remembered (this module's docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        valkey: Valkey,
+        client: GitHubClient,
+        governor: RateLimitGovernor,
+        *,
+        clock: Clock,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.valkey = valkey
+        self.client = client
+        self.governor = governor
+        self.clock = clock
+        self._flights: dict[str, asyncio.Future[StoredProfile]] = {}
+        self._lookups: dict[int, Counter[str]] = {}
+        """Per account, the logins of its cold lookups in flight in this process (callers per login)."""
+        self._release = valkey.register_script(RELEASE)
+        self._renew = valkey.register_script(_RENEW)
+        self._spend = valkey.register_script(_SPEND)
+
+    def age_s(self, stored: StoredProfile) -> float:
+        return max(0.0, (self.clock() - stored.fetched_at).total_seconds())
+
+    async def load(self, login: str) -> StoredProfile | None:
+        async with self.db.transaction() as uow:
+            row = await queries.get_github_profile(uow.conn, login=login)
+        if row is None:
+            return None
+        try:
+            return StoredProfile(data=msgspec.convert(row.data, ProfileData), fetched_at=row.fetched_at)
+        except msgspec.ValidationError:
+            log.warning("github_stored_profile_unreadable", login=login)
+            return None
+
+    async def _load_newer(self, login: str, newer_than: datetime | None) -> StoredProfile | None:
+        stored = await self.load(login)
+        if stored is None or (newer_than is not None and stored.fetched_at <= newer_than):
+            return None
+        return stored
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def cold_lookup(self, user_id: int, login: str) -> StoredProfile:
+        """A login with nothing stored, fetched for account ``user_id`` within its share of the quota
+        (a login remembered as missing is a 404 first: no share is needed to say so)."""
+        if await self.valkey.exists(f"github:missing:{login}"):
+            raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)", remembered=True))
+        await self.check_lookup_budget(user_id)
+        try:
+            return await self.fetch_shared(login, Priority.INTERACTIVE, newer_than=None, user_id=user_id)
+        except GitHubError as exc:
+            raise problem_for(exc) from None
+
+    async def lookup_budget(self, account: int | None = None) -> tuple[int, int]:
+        """GitHub requests an account's cold lookups and refreshes may cost per GitHub window (the
+        snapshot cron's, for ``SNAPSHOTS_ACCOUNT``), and GitHub's limit: a fraction of the limit GitHub
+        last reported (before any answer, its documented limit: 60 requests an hour without a token,
+        5,000 with one), never less than one request."""
+        limit, _ = await self.governor.window()
+        fraction = (
+            self.settings.github_snapshot_quota_fraction
+            if account == SNAPSHOTS_ACCOUNT
+            else self.settings.github_user_quota_fraction
+        )
+        return max(1, math.floor(limit * fraction)), limit
+
+    async def check_lookup_budget(self, user_id: int) -> None:
+        """Refuses (429) an account whose cold lookups and refreshes have cost its share of this
+        GitHub window, before anything else is done for a lookup or refresh (its chain then measures
+        languages only while the share has room: ``_within_share``)."""
+        if not await self.share_left(user_id):
+            raise await self._budget_spent(user_id)
+
+    async def share_left(self, account: int) -> bool:
+        """Whether ``account``'s chains (the snapshot cron's, for ``SNAPSHOTS_ACCOUNT``) have cost less
+        than its share of this GitHub window."""
+        budget, _ = await self.lookup_budget(account)
+        return int(await self.valkey.get(_spent_key(account)) or 0) < budget
+
+    async def _budget_spent(self, user_id: int) -> LookupBudgetError:
+        budget, limit = await self.lookup_budget()
+        key = _spent_key(user_id)
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            spent_raw, ttl_ms = await pipe.execute()
+        retry_after = math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 60
+        return LookupBudgetError(
+            f"Looking up GitHub users that are not stored yet and refreshing stored ones may cost each "
+            f"account {budget} GitHub requests per hour ({self.settings.github_user_quota_fraction:.0%} "
+            f"of GitHub's limit of {limit}, shared by every account); yours have cost {int(spent_raw or 0)} "
+            "in this hour. Users already stored are still answered (once stale, without a refresh).",
+            headers={"Retry-After": str(max(1, retry_after))},
+        )
+
+    async def _charged(self, user_id: int, work: Coroutine[Any, Any, StoredProfile]) -> StoredProfile:
+        """Run a fetch chain (a flight's task), charging what GitHub charged for it to ``user_id``:
+        as it goes (``_within_share``), and the rest when it ends."""
+        with metered() as meter:
+            share = _Share(user_id, meter)
+            token = _SHARE.set(share)
+            try:
+                return await work
+            finally:
+                _SHARE.reset(token)
+                if (cost := meter.charged - share.charged) > 0:
+                    try:
+                        await self._charge(share)
+                    except Exception:  # the answer stands; the account is charged less this once
+                        log.warning("github_lookup_not_charged", user_id=user_id, cost=cost)
+
+    async def _within_share(self) -> bool:
+        """Whether the chain under way may ask GitHub for one more resource it can do without (a
+        repository's languages): it charges its paying account what it has cost so far, and reads
+        what the account's chains have cost in all (the snapshot cron pays as an account of its own,
+        ``SNAPSHOTS_ACCOUNT``). A chain nobody pays for may.
+
+        Charged only once the chain ended, an account's chains under way at once each cost up to a
+        whole chain on top of its share (two of them: 44 requests of an anonymous hour's 60 against a
+        share of 12, and the other accounts' lookups then met GitHub's own limit). Charged as they go,
+        such chains stay within the share but for what each asks before its first look here (the
+        profile and the pages of repositories, without which there is no answer) and one request."""
+        share = _SHARE.get()
+        if share is None:
+            return True
+        try:
+            spent = await self._charge(share)
+            budget, _ = await self.lookup_budget(share.user_id)
+        except Exception:  # Valkey: measure no more than what has been measured (the answer stands)
+            log.warning("github_share_unknown", user_id=share.user_id)
+            return False
+        return spent < budget
+
+    async def _charge(self, share: _Share) -> int:
+        """Charge the account what its chain cost since the last charge; what its chains cost in all."""
+        _, window_end = await self.governor.window()
+        cost = share.meter.charged - share.charged
+        share.charged += cost  # before the call: a reply lost after the count moved must not count twice
+        return int(await self._spend(keys=[_spent_key(share.user_id)], args=[cost, int(window_end * 1000)]))
+
+    def _hold_lookup(self, user_id: int, login: str) -> None:
+        """Counts the caller among the account's lookups in flight; a new login past the cap is a 429.
+        Joining a lookup of a login the account already has in flight adds no work and is free."""
+        held = self._lookups.setdefault(user_id, Counter())
+        cap = self.settings.github_user_lookups_in_flight
+        if login not in held and len(held) >= cap:
+            raise TooManyLookupsError(
+                f"An account may have {cap} lookups of GitHub users that are not stored yet under way "
+                "at once; wait for one of yours to finish.",
+                headers={"Retry-After": str(LOOKUPS_IN_FLIGHT_RETRY_S)},
+            )
+        held[login] += 1
+
+    def _release_lookup(self, user_id: int, login: str) -> None:
+        held = self._lookups.get(user_id)
+        if held is None:
+            return
+        held[login] -= 1
+        if held[login] <= 0:
+            del held[login]
+        if not held:
+            del self._lookups[user_id]
+
+    async def fetch_shared(
+        self,
+        login: str,
+        priority: Priority,
+        *,
+        newer_than: datetime | None,
+        user_id: int | None = None,
+        charged_to: int | None = None,
+    ) -> StoredProfile:
+        """One fetch chain per login: this process's callers share a flight, processes a lock.
+
+        ``newer_than`` is what the caller already knows: a profile fetched after it (any profile, if
+        ``None``) that another process stores meanwhile is the answer, not a reason to fetch again.
+        ``user_id``: the account asking (a cold lookup): it holds one of its lookups in flight until
+        the flight ends (not merely until it stops waiting), and a flight it starts is charged to it.
+        ``charged_to``: the account a flight this call starts is charged to, holding nothing (a
+        refresh job's); a flight already under way was charged to whoever started it."""
+        if user_id is not None:
+            self._hold_lookup(user_id, login)
+        payer = user_id if user_id is not None else charged_to
+        flight = self._flights.get(login)
+        if flight is None:
+            work = self._fetch_across_processes(login, priority, newer_than)
+            flight = asyncio.ensure_future(work if payer is None else self._charged(payer, work))
+            self._flights[login] = flight
+            flight.add_done_callback(lambda done: self._end_flight(login, done))
+        if user_id is not None:
+            flight.add_done_callback(lambda _: self._release_lookup(user_id, login))
+        if priority is Priority.BACKGROUND:
+            return await asyncio.shield(flight)
+        try:  # a request never waits longer than GITHUB_COLD_WAIT_S, even behind a background flight
+            return await asyncio.wait_for(asyncio.shield(flight), timeout=self.settings.github_cold_wait_s)
+        except TimeoutError:
+            raise GitHubDownError("the fetch under way is taking too long", retry_after=5) from None
+
+    def _end_flight(self, login: str, done: asyncio.Future[StoredProfile]) -> None:
+        if self._flights.get(login) is done:
+            del self._flights[login]
+        if not done.cancelled():
+            done.exception()  # retrieved: a flight whose callers all left logs no warning
+
+    def in_flight(self, login: str) -> bool:
+        """Whether this process has a fetch chain of the login under way (joining it is free)."""
+        return login in self._flights
+
+    async def _fetch_across_processes(
+        self, login: str, priority: Priority, newer_than: datetime | None
+    ) -> StoredProfile:
+        """The login's profile fetched by this process (holding its fetch lock) or by the process
+        that holds the lock, waited for at most ``GITHUB_COLD_WAIT_S`` (a request) or
+        ``GITHUB_CHAIN_TIMEOUT_S`` (a job: the longest the holder's chain may take). Waiting, it
+        polls every ``POLL_S`` the stored profile's ``fetched_at`` only (not its ``data``: a large
+        document read 20 times a second); the whole profile is read once that has changed to
+        something newer than ``newer_than``."""
+        if await self.valkey.exists(f"github:missing:{login}"):
+            raise GitHubNotFoundError("no such GitHub user (remembered)", remembered=True)
+        recent = await self._recent_failure(login, since=0.0)
+        if recent is not None:  # failed moments ago: answer that instead of asking GitHub again
+            raise recent
+        started = time.time()
+        # A request waits GITHUB_COLD_WAIT_S at most; a job as long as the holder's chain may last (a
+        # refresh failed as unavailable while the other process's fetch was about to succeed).
+        interactive = priority is Priority.INTERACTIVE
+        wait_s = self.settings.github_cold_wait_s if interactive else self.settings.github_chain_timeout_s
+        deadline = time.monotonic() + wait_s
+        lock_key = f"github:fetch:{login}"
+        read_at: datetime | None = None  # the fetched_at of the profile last read whole
+        while True:
+            async with self._lock(lock_key) as held:
+                if held:  # the last holder may have finished after the caller looked: read again first
+                    stored = await self._load_newer(login, newer_than)
+                    return stored or await self._fetch_and_store(
+                        login, priority, profile_stored=newer_than is not None
+                    )
+            await asyncio.sleep(POLL_S)
+            async with self.db.read() as uow:
+                fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
+            is_newer = fetched_at is not None and (newer_than is None or fetched_at > newer_than)
+            if is_newer and fetched_at != read_at:
+                read_at = fetched_at
+                stored = await self._load_newer(login, newer_than)
+                if stored is not None:
+                    return stored
+            failure = await self._recent_failure(login, since=started)
+            if failure is not None:
+                raise failure
+            if time.monotonic() > deadline:
+                raise GitHubDownError("another process's fetch is taking too long", retry_after=5)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[bool]:
+        """A Valkey lock renewed while held (a crashed holder frees it within ``FETCH_LOCK_TTL_S``)."""
+        token = secrets.token_hex(8)
+        ttl_ms = int(FETCH_LOCK_TTL_S * 1000)
+        if not await self.valkey.set(key, token, nx=True, px=ttl_ms):
+            yield False
+            return
+
+        try:
+            async with repeating(
+                partial(self._renew, keys=[key], args=[token, ttl_ms]), FETCH_LOCK_TTL_S / 3
+            ):
+                yield True
+        finally:
+            await self._release(keys=[key], args=[token])
+
+    async def _fetch_and_store(
+        self, login: str, priority: Priority, *, profile_stored: bool
+    ) -> StoredProfile:
+        with self.client.fetch_chain(login):  # one lookup: its requests and its deadline bounded
+            try:
+                user = await self.client.get_user(login, priority)
+                repos, truncated = await self.client.list_repos(
+                    login, priority, max_repos=self.settings.github_max_repos
+                )
+            except GitHubBusyError:
+                raise  # our queue, not GitHub: nothing to remember about the login
+            except GitHubError as exc:
+                await self._record_failure(login, exc, profile_stored=profile_stored)
+                raise
+            languages = await self._measure(login, repos, priority)
+        data = ProfileData(
+            user=user,
+            repos=repos,
+            repos_truncated=truncated,
+            languages=languages,
+            measured_limit=self.settings.github_language_repos,
+        )
+        fetched_at = self.clock()
+        async with self.db.transaction() as uow:
+            await queries.upsert_github_profile(
+                uow.conn, login=login, data=msgspec.to_builtins(data), fetched_at=fetched_at
+            )
+        await self.valkey.delete(f"github:failed:{login}", f"github:last-error:{login}")
+        return StoredProfile(data=data, fetched_at=fetched_at)
+
+    async def _measure(
+        self, login: str, repos: list[GithubRepo], priority: Priority
+    ) -> dict[str, dict[str, int]]:
+        """``/languages`` of the largest repositories. A failure part-way keeps what the previous
+        fetch measured for the rest (the answer's coverage says what is missing), never fails the chain."""
+        measured: dict[str, dict[str, int]] = {}
+        chosen = repos_to_measure(repos, self.settings.github_language_repos)
+        for index, repo in enumerate(chosen):
+            if not await self._within_share():
+                log.info("github_languages_incomplete", login=login, kind="share-spent", measured=index)
+                _keep_previous(chosen[index:], measured, await self.load(login))
+                break
+            try:
+                languages = await self.client.get_languages(repo, priority)
+            except GitHubError as exc:
+                log.warning("github_languages_incomplete", login=login, kind=exc.kind, measured=index)
+                _keep_previous(chosen[index:], measured, await self.load(login))
+                break
+            if languages is not None:
+                measured[repo.full_name] = languages
+        return measured
+
+    async def _record_failure(self, login: str, exc: GitHubError, *, profile_stored: bool) -> None:
+        """Remember a failed fetch: briefly, so that waiting callers and retries hear of it
+        (``github:failed``); and, for a login whose profile is stored, as the answer's
+        ``last_error`` (``github:last-error``, a week). A login without a stored profile keeps no
+        last error: nothing reads it, and any account could leave a week-long key per login it made
+        up (the Valkey reviewer: 30 lookups of unknown logins, 30 keys, while GitHub was
+        unreachable and nothing was charged to the account)."""
+        now = time.time()
+        failure = _Failure(
+            kind=exc.kind, message=str(exc), retry_after=exc.retry_after, at=now, error=type(exc).__name__
+        )
+        remember_s = min(60.0, max(FAILURE_MEMORY_S, exc.retry_after or 0.0))
+        error = UpstreamError(
+            kind=exc.kind,  # type: ignore[arg-type]
+            at=self.clock(),
+            retry_after_s=math.ceil(exc.retry_after) if exc.retry_after is not None else None,
+        )
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.set(f"github:failed:{login}", msgspec.msgpack.encode(failure), px=int(remember_s * 1000))
+            if profile_stored:
+                pipe.set(f"github:last-error:{login}", msgspec.msgpack.encode(error), ex=LAST_ERROR_TTL_S)
+            if isinstance(exc, GitHubNotFoundError):
+                pipe.set(f"github:missing:{login}", b"1", ex=self.settings.github_not_found_ttl_s)
+            await pipe.execute()
+        log_failure = log.info if isinstance(exc, GitHubNotFoundError) else log.warning  # a mistyped login
+        log_failure(
+            "github_fetch_failed",
+            login=login,
+            kind=exc.kind,
+            reason=str(exc),
+            retry_after=exc.retry_after,
+            **({"cause": exc.cause, "setting": "GITHUB_API_URL"} if exc.cause else {}),
+        )
+
+    async def _recent_failure(self, login: str, *, since: float) -> GitHubError | None:
+        raw = await self.valkey.get(f"github:failed:{login}")
+        if raw is None:
+            return None
+        failure = msgspec.msgpack.decode(raw, type=_Failure)
+        return _error_of(failure) if failure.at >= since else None
+
+    async def last_error(self, login: str, *, after: datetime) -> UpstreamError | None:
+        raw = await self.valkey.get(f"github:last-error:{login}")
+        if raw is None:
+            return None
+        error = msgspec.msgpack.decode(raw, type=UpstreamError)
+        return error if error.at >= after else None
+
+
+class _Share:
+    """The account a chain is charged to, its requests (``meter``) and how many of them it has been
+    charged so far."""
+
+    __slots__ = ("charged", "meter", "user_id")
+
+    def __init__(self, user_id: int, meter: RequestMeter) -> None:
+        self.user_id = user_id
+        self.meter = meter
+        self.charged = 0
+
+
+_SHARE: ContextVar[_Share | None] = ContextVar("github_share", default=None)
+
+
+def _keep_previous(
+    rest: list[GithubRepo], measured: dict[str, dict[str, int]], previous: StoredProfile | None
+) -> None:
+    """The languages the previous fetch measured for the repositories this one did not reach."""
+    if previous is None:
+        return
+    for repo in rest:
+        if repo.full_name in previous.data.languages:
+            measured[repo.full_name] = previous.data.languages[repo.full_name]
+
+
+def _spent_key(user_id: int) -> str:
+    """GitHub requests the account's cold lookups and refreshes have cost in the current GitHub
+    window (the key keeps its name: a rolling deploy's two releases count in the same one)."""
+    return f"github:lookup-spent:{user_id}"
