@@ -99,9 +99,10 @@ class AuthController(Controller):
         "a network the account signed in from in the last 30 days. 429 with Retry-After for an address "
         "that failed too often for this account (LOGIN_MAX_FAILURES) or for any account "
         "(LOGIN_ADDRESS_MAX_FAILURES), or when the account's next turn is further away than "
-        "LOGIN_MAX_DELAY_S (guesses arriving faster than the turns). Each login begins a session; an "
-        "account keeps at most SESSIONS_PER_USER_MAX live ones, so a login past it ends the least "
-        "recently used (its refresh and access tokens are refused from then on, as after a logout).",
+        "LOGIN_MAX_DELAY_S (guesses arriving faster than the turns); 429 with Retry-After: 1 when such a "
+        "limit is reached only with attempts still being checked (they may yet succeed). Each login "
+        "begins a session; an account keeps at most SESSIONS_PER_USER_MAX live ones, so a login past it "
+        "ends the least recently used (its refresh and access tokens are refused from then on, as after a logout).",
         responses=problems(400, 401, 429, 503),
         opt=SIGNING_IN,
     )

@@ -333,6 +333,7 @@ class AccountService:
             await self.throttle.abandoned(attempt, exc)
             raise
         if user is None or not matched or not user.is_active:
+            await self.throttle.failed(attempt)
             log.info(
                 "login_failed",
                 known_account=user is not None,

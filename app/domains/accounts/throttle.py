@@ -31,8 +31,15 @@ schedule, in Valkey, keyed by hashes (no email or address is stored):
 
 An attempt is counted, and its slot reserved, *before* its password is checked, in one Lua script that
 also checks the hard limits (so a burst of concurrent attempts cannot slip past a limit between a read
-and a write); a correct password takes its attempt back from ``addr`` and clears ``pair``, ``acct``
-and the account's schedule (slots already handed out keep their wait), and marks the network known.
+and a write). The pair and the address also count their attempts still in progress (``pair-busy``,
+``addr-busy``; each attempt takes itself back when it ends, and the counters expire
+``LOGIN_MAX_DELAY_S`` + ``BUSY_MARGIN_S`` after the last attempt, should a process die mid-check): a
+limit reached only with attempts in progress is refused with ``Retry-After: 1`` and is not a lockout
+(no ``login_locked_out``), since those attempts may yet succeed and clear it. Otherwise a browser and
+a phone signing in at once, six correct attempts from one network, were told to wait the whole
+window, and the security log recorded a lockout that never happened. A correct password takes its
+attempt back from ``addr`` and clears ``pair``, ``acct`` and the account's schedule (slots already
+handed out keep their wait), and marks the network known.
 An attempt that checked no password is taken back: its check refused because ``PASSWORD_CHECKS_MAX``
 were busy (503), the database unreachable, or the request cancelled before its answer. Otherwise an
 owner retrying through a busy spell with the right password was refused (429) for the rest of the
@@ -65,17 +72,24 @@ security_log = structlog.get_logger("security")
 VALKEY_ERRORS = (*VALKEY_DOWN, OSError)
 """Valkey unreachable or unable to serve now (``app.core.valkey``), or a socket error under it."""
 
-# KEYS: pair, addr, acct, next, known. ARGV: LOGIN_MAX_FAILURES (the pair's limit and the account's
-# threshold), address limit, window (s), LOGIN_MAX_DELAY_S in ms. Returns {refused_by (0 none, 1 pair,
-# 2 address, 3 account's schedule), retry_after_s, account attempts before this one, delay_ms,
-# slot_ms (Valkey's clock), wait_ms}.
+# KEYS: pair, addr, acct, next, known, pair-busy, addr-busy. ARGV: LOGIN_MAX_FAILURES (the pair's limit
+# and the account's threshold), address limit, window (s), LOGIN_MAX_DELAY_S in ms, the busy counters'
+# lifetime (s). Returns {refused_by (0 none, 1 pair, 2 address, 3 account's schedule, 4 a limit reached
+# only with attempts in progress), retry_after_s, account attempts before this one, delay_ms, slot_ms
+# (Valkey's clock), wait_ms}.
 _ATTEMPT = """
 local pair = tonumber(redis.call('GET', KEYS[1]) or '0')
 local addr = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pair >= tonumber(ARGV[1]) then
+  if pair - tonumber(redis.call('GET', KEYS[6]) or '0') < tonumber(ARGV[1]) then
+    return {4, 1, 0, 0, 0, 0}
+  end
   return {1, redis.call('TTL', KEYS[1]), 0, 0, 0, 0}
 end
 if addr >= tonumber(ARGV[2]) then
+  if addr - tonumber(redis.call('GET', KEYS[7]) or '0') < tonumber(ARGV[2]) then
+    return {4, 1, 0, 0, 0, 0}
+  end
   return {2, redis.call('TTL', KEYS[2]), 0, 0, 0, 0}
 end
 local acct = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -98,20 +112,26 @@ local window = tonumber(ARGV[3])
 for i = 1, 3 do
   if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], window) end
 end
+for i = 6, 7 do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[5])
+end
 return {0, 0, acct, delay_ms, slot_ms, wait_ms}
 """
 
-# KEYS: pair, addr, acct, next, known. ARGV: KNOWN_NETWORK_S. A correct password: the address's attempt
-# is taken back, the pair's and the account's counters and the account's schedule end, and the network
-# is known to the account.
+# KEYS: pair, addr, acct, next, known, pair-busy, addr-busy. ARGV: KNOWN_NETWORK_S. A correct password:
+# the attempt is no longer in progress, the address's attempt is taken back, the pair's and the
+# account's counters and the account's schedule end, and the network is known to the account.
 _SUCCEEDED = """
-local addr = tonumber(redis.call('GET', KEYS[2]) or '0')
-if addr > 0 then redis.call('DECR', KEYS[2]) end
+for _, i in ipairs({2, 6, 7}) do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
 redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('SET', KEYS[5], 1, 'EX', ARGV[1])
 return 0
 """
-# KEYS: the counters an attempt that checked no password is taken back from (one each).
+# KEYS: the counters an attempt is taken back from (one each): its busy counters when it ends, and
+# when it checked no password its counted attempts too.
 _ABANDONED = """
 for i = 1, #KEYS do
   if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
@@ -121,7 +141,13 @@ return 0
 KNOWN_NETWORK_S = 30 * 86_400
 """How long a network the account signed in from skips the account's schedule."""
 
+BUSY_MARGIN_S = 60
+"""How long past ``LOGIN_MAX_DELAY_S`` (the longest wait for a turn) an attempt's check may last before
+its busy count expires: the password check (``PASSWORD_CHECKS_MAX`` queued) and a database round
+trip take seconds at most."""
+
 _REFUSED_BY = {1: "pair", 2: "address", 3: "account"}
+_IN_PROGRESS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +155,7 @@ class Attempt:
     """One counted password attempt; pass it back to ``succeeded`` when the password was right, to
     ``abandoned`` when no password was checked."""
 
-    keys: tuple[str, str, str, str, str]
+    keys: tuple[str, str, str, str, str, str, str]
     counted: bool
     took_slot: bool = False
     """It reserved a slot in the account's schedule (it waited for its turn)."""
@@ -154,6 +180,8 @@ class LoginThrottle:
             _key("acct", email),
             _key("next", email),
             _key("known", f"{email}\n{network}"),
+            _key("pair-busy", f"{email}\n{network}"),
+            _key("addr-busy", network),
         )
         settings = self.settings
         try:
@@ -164,6 +192,7 @@ class LoginThrottle:
                     settings.login_address_max_failures,
                     settings.login_failure_window_s,
                     settings.login_max_delay_s * 1000,
+                    settings.login_max_delay_s + BUSY_MARGIN_S,
                 ],
             )
         except VALKEY_ERRORS as exc:
@@ -181,6 +210,15 @@ class LoginThrottle:
                 ) from None
             return Attempt(keys, counted=False)
         account = keys[2][-12:]  # a digest prefix: correlates events without naming the account
+        if int(refused) == _IN_PROGRESS:
+            security_log.info(
+                "login_attempts_in_progress", purpose=purpose, client_network=network, account=account
+            )
+            raise TooManyRequestsError(
+                "Other sign-in attempts for this account from this address are still being checked; "
+                "try again in a moment.",
+                headers={"Retry-After": "1"},
+            )
         if refused:
             scope = _REFUSED_BY[int(refused)]
             security_log.warning(
@@ -225,16 +263,27 @@ class LoginThrottle:
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
 
+    async def failed(self, attempt: Attempt) -> None:
+        """A wrong password: the attempt stays counted, and is no longer in progress."""
+        if not attempt.counted:
+            return
+        *_, pair_busy, addr_busy = attempt.keys
+        try:
+            await self._abandoned(keys=[pair_busy, addr_busy])
+        except VALKEY_ERRORS as exc:
+            report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="failed")
+
     async def abandoned(self, attempt: Attempt, ended_by: BaseException) -> None:
         """Take back an attempt that ``ended_by`` ended before its password was checked; from its
         network's counters too unless it took a slot and its client went (a cancellation: the module's
         docstring)."""
         if not attempt.counted:
             return
-        pair, addr, acct, _, _ = attempt.keys
+        pair, addr, acct, _, _, pair_busy, addr_busy = attempt.keys
         client_gone = isinstance(ended_by, asyncio.CancelledError)
+        counted = [acct] if attempt.took_slot and client_gone else [pair, addr, acct]
         try:
-            await self._abandoned(keys=[acct] if attempt.took_slot and client_gone else [pair, addr, acct])
+            await self._abandoned(keys=[*counted, pair_busy, addr_busy])
         except VALKEY_ERRORS as exc:
             report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="abandoned")
 

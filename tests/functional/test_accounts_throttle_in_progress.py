@@ -1,0 +1,111 @@
+"""A sign-in limit reached only with attempts still being checked is not a lockout.
+
+The throttle counts an attempt before its password is checked, so a burst cannot slip past a limit;
+six correct sign-ins at once from one network (a browser and a phone, several tabs) reached the
+pair's limit of five with attempts in progress, and the sixth was told ``Retry-After: 900`` and
+logged as ``login_locked_out``, though the next sign-in, a moment later, passed (the races reviewer).
+Such a refusal now says ``Retry-After: 1`` and is no lockout; a limit reached by failed checks still
+is (``app/domains/accounts/throttle.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.errors import TooManyRequestsError
+from app.domains.accounts.throttle import LoginThrottle
+from tests.factories import GENEROUS_AUTH, PASSWORD, captured_logs, create_user, serve_in_loop, unique_email
+
+NETWORK = "203.0.113.9"
+
+
+async def refusal(throttle: LoginThrottle, email: str, address: str = NETWORK) -> TooManyRequestsError:
+    with pytest.raises(TooManyRequestsError) as refused:
+        await throttle.attempt(email, address)
+    return refused.value
+
+
+async def test_attempts_in_progress_at_the_pairs_limit_refuse_for_a_moment_not_a_window(
+    settings: Settings, valkey: Valkey
+) -> None:
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    in_progress = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures)]
+
+    with captured_logs() as logs:
+        refused = await refusal(throttle, email)
+
+    assert refused.headers == {"Retry-After": "1"}
+    assert logs.events("login_locked_out") == []
+    assert len(logs.events("login_attempts_in_progress")) == 1
+    await throttle.succeeded(in_progress[0])  # one of them had the right password: the pair is cleared
+    assert (await throttle.attempt(email, NETWORK)).counted
+
+
+async def test_failed_checks_at_the_pairs_limit_are_still_a_lockout_for_the_window(
+    settings: Settings, valkey: Valkey
+) -> None:
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    for _ in range(settings.login_max_failures):
+        await throttle.failed(await throttle.attempt(email, NETWORK))
+
+    with captured_logs() as logs:
+        refused = await refusal(throttle, email)
+
+    assert int(refused.headers["Retry-After"]) > settings.login_failure_window_s - 60
+    assert [line["scope"] for line in logs.events("login_locked_out")] == ["pair"]
+
+
+async def test_at_the_address_limit_attempts_in_progress_refuse_for_a_moment_failures_for_the_window(
+    settings: Settings, valkey: Valkey
+) -> None:
+    throttle = LoginThrottle(msgspec.structs.replace(settings, login_address_max_failures=3), valkey)
+    in_progress = [await throttle.attempt(unique_email("user"), NETWORK) for _ in range(3)]
+    assert (await refusal(throttle, unique_email("user"))).headers == {"Retry-After": "1"}
+
+    for attempt in in_progress:
+        await throttle.failed(attempt)
+    with captured_logs() as logs:
+        refused = await refusal(throttle, unique_email("user"))
+    assert int(refused.headers["Retry-After"]) > 1
+    assert [line["scope"] for line in logs.events("login_locked_out")] == ["address"]
+
+
+async def test_an_attempt_that_checked_no_password_is_no_longer_in_progress(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """Taken back in full (the server refused it): its busy count goes with it, so the pair's next
+    attempts count from zero again and a later limit is judged on failures alone."""
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    for _ in range(settings.login_max_failures):
+        await throttle.abandoned(await throttle.attempt(email, NETWORK), ConnectionError("database down"))
+    for _ in range(settings.login_max_failures):
+        await throttle.failed(await throttle.attempt(email, NETWORK))
+    assert int((await refusal(throttle, email)).headers["Retry-After"]) > 1
+
+
+async def test_wrong_passwords_over_http_end_their_attempts_so_the_lockout_is_one(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str
+) -> None:
+    """The login route reports a wrong password to the throttle: past the limit the owner's network
+    is locked out for the window (had the failures stayed in progress, it would say a moment)."""
+    owner = await create_user(db, password_hash)
+    async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
+        for _ in range(settings.login_max_failures):
+            wrong = await served.client.post(
+                "/api/auth/login", json={"email": owner.email, "password": "wrong"}
+            )
+            assert wrong.status_code == 401, wrong.text
+        refused = await served.client.post(
+            "/api/auth/login", json={"email": owner.email, "password": PASSWORD}
+        )
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["retry-after"]) > 1
