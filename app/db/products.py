@@ -190,14 +190,33 @@ async def get_products_by_ids(conn: AsyncConnection[Any], *, ids: list[int]) -> 
         return await cur.fetchall()
 
 
-SHARE_PRODUCTS_FOR_PLACEMENT = "select id, sku, name, description, price, stock, active, created_at, updated_at, version from products where id = any($1::bigint[]) order by id for share"
+HOLD_PRODUCT_TERMS = """\
+select pg_advisory_xact_lock_shared(term_key) from (
+    select distinct hashtextextended(concat('product-terms:', product_id), 0) as term_key
+    from unnest($1::bigint[]) as product_id
+    order by term_key
+) as term_keys"""
 
 
-async def share_products_for_placement(conn: AsyncConnection[Any], *, ids: list[int]) -> list[Product]:
-    """The products an order is placed with, share-locked (in id order) until the placement commits: a
-    change of price or `active` (LockProduct's FOR NO KEY UPDATE) waits for it, or it reads the change,
-    never a price or an `active` that a change committed meanwhile replaced. Placements do not wait
-    for one another (shared locks), nor for an item's foreign-key check."""
-    async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
-        await cur.execute(SHARE_PRODUCTS_FOR_PLACEMENT, (ids,))
-        return await cur.fetchall()
+async def hold_product_terms(conn: AsyncConnection[Any], *, ids: list[int]) -> None:
+    """A placement's hold on the terms (price, active) of the products it is placed with, until it
+    commits: a change of them (HoldProductTermsForChange) waits for the placements under way, and a
+    placement that comes after the change waits for it, then reads it. Advisory locks, not row locks
+    (FOR SHARE on the rows did both, but made reservations, releases and stock adjustments wait for
+    placements too, and PostgreSQL grants a row's share lock past a waiting updater, so overlapping
+    placements of a popular product held its stock updates off for as long as they overlapped). An
+    advisory request queues behind a waiting one it conflicts with: placements cannot starve a change.
+    Shared locks in key order; a change holds one key and waits for no other."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(HOLD_PRODUCT_TERMS, (ids,))
+
+
+HOLD_PRODUCT_TERMS_FOR_CHANGE = (
+    "select pg_advisory_xact_lock(hashtextextended(concat('product-terms:', $1::bigint), 0))"
+)
+
+
+async def hold_product_terms_for_change(conn: AsyncConnection[Any], *, id: int) -> None:
+    """A change of a product's terms, until it commits (HoldProductTerms)."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(HOLD_PRODUCT_TERMS_FOR_CHANGE, (id,))

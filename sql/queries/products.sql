@@ -71,9 +71,21 @@ update products set stock = stock + @quantity, updated_at = now() where id = @id
 -- name: GetProductsByIds :many
 select * from products where id = any(@ids::bigint[]) order by id;
 
--- name: ShareProductsForPlacement :many
--- The products an order is placed with, share-locked (in id order) until the placement commits: a
--- change of price or `active` (LockProduct's FOR NO KEY UPDATE) waits for it, or it reads the change,
--- never a price or an `active` that a change committed meanwhile replaced. Placements do not wait
--- for one another (shared locks), nor for an item's foreign-key check.
-select * from products where id = any(@ids::bigint[]) order by id for share;
+-- name: HoldProductTerms :exec
+-- A placement's hold on the terms (price, active) of the products it is placed with, until it
+-- commits: a change of them (HoldProductTermsForChange) waits for the placements under way, and a
+-- placement that comes after the change waits for it, then reads it. Advisory locks, not row locks
+-- (FOR SHARE on the rows did both, but made reservations, releases and stock adjustments wait for
+-- placements too, and PostgreSQL grants a row's share lock past a waiting updater, so overlapping
+-- placements of a popular product held its stock updates off for as long as they overlapped). An
+-- advisory request queues behind a waiting one it conflicts with: placements cannot starve a change.
+-- Shared locks in key order; a change holds one key and waits for no other.
+select pg_advisory_xact_lock_shared(term_key) from (
+    select distinct hashtextextended(concat('product-terms:', product_id), 0) as term_key
+    from unnest(@ids::bigint[]) as product_id
+    order by term_key
+) as term_keys;
+
+-- name: HoldProductTermsForChange :exec
+-- A change of a product's terms, until it commits (HoldProductTerms).
+select pg_advisory_xact_lock(hashtextextended(concat('product-terms:', @id::bigint), 0));

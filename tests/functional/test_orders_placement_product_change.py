@@ -4,9 +4,13 @@ The placement read its products without a lock, and an administrator's change lo
 ``FOR NO KEY UPDATE``, which an order item's foreign-key check (``FOR KEY SHARE``) does not wait for:
 a change committed while a placement that had read the product was still open, and the order
 committed after it at the old price, on a product now inactive, and was reserved (the races
-reviewer). The placement now share-locks its products: the change waits for it.
+reviewer). The placement now holds its products' terms (an advisory lock shared with other
+placements): a change waits for the placements under way, and a placement that comes after a waiting
+change waits for it. Not a row lock: ``FOR SHARE`` (the first fix) made the stock's updates wait for
+placements too, and PostgreSQL grants a row's share lock past a waiting updater, so overlapping
+placements held a change off for as long as they overlapped (the diff reviewer).
 
-The placement is held open after its read by a lock on the outbox, which it writes later in the same
+A placement is held open after its read by a lock on the outbox, which it writes later in the same
 transaction: the window a placement's last milliseconds leave, made wide enough to act in.
 """
 
@@ -14,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from tests.factories import Served, make_product, make_user, serve_in_loop, wait_until
+from tests.factories import Actor, Served, make_product, make_user, serve_in_loop, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -30,40 +36,58 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
         yield s
 
 
-async def lock_waits(probe: AsyncConnection[Any]) -> int:
+async def lock_waits(probe: AsyncConnection[Any], kind: str | None = None) -> int:
+    """Sessions waiting for a lock (of ``kind``, pg_stat_activity's ``wait_event``: ``advisory``)."""
     cursor = await probe.execute(
-        "select count(*) from pg_stat_activity "
-        "where wait_event_type = 'Lock' and datname = current_database()"
+        "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+        " and datname = current_database() and (%(kind)s::text is null or wait_event = %(kind)s)",
+        {"kind": kind},
     )
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
 
 
-async def test_a_price_change_waits_for_a_placement_that_read_the_old_price(
-    served: Served, db: AsyncConnection[Any], settings: Settings
-) -> None:
+@asynccontextmanager
+async def outbox_held(settings: Settings) -> AsyncIterator[tuple[AsyncConnection[Any], AsyncConnection[Any]]]:
+    """(holder, probe): the holder keeps the outbox locked until it rolls back (or the block ends)."""
     assert settings.database_url
-    client = served.client
-    admin = await make_user(db, served.app, "admin")
-    buyer = await make_user(db, served.app)
-    product_id = await make_product(db, price="10.00", stock=5)
     async with (
         await AsyncConnection.connect(settings.database_url) as holder,
         await AsyncConnection.connect(settings.database_url, autocommit=True) as probe,
     ):
         await holder.execute("lock table outbox in share mode")
-        placing = asyncio.ensure_future(
-            client.post(
-                "/api/orders",
-                json={"lines": [{"product_id": product_id, "quantity": 1}]},
-                headers=buyer.headers | {"Idempotency-Key": uuid.uuid4().hex},
-            )
+        yield holder, probe
+
+
+def place(client: httpx.AsyncClient, buyer: Actor, product_id: int) -> asyncio.Future[httpx.Response]:
+    return asyncio.ensure_future(
+        client.post(
+            "/api/orders",
+            json={"lines": [{"product_id": product_id, "quantity": 1}]},
+            headers=buyer.headers | {"Idempotency-Key": uuid.uuid4().hex},
         )
+    )
 
-        async def placement_waits() -> bool:
-            return await lock_waits(probe) >= 1
 
-        await wait_until(placement_waits, 10, "the placement, past its read, waits for the outbox")
+def waits(
+    probe: AsyncConnection[Any], at_least: int, kind: str | None = None
+) -> Callable[[], Awaitable[bool]]:
+    async def condition() -> bool:
+        return await lock_waits(probe, kind) >= at_least
+
+    return condition
+
+
+async def test_a_price_change_waits_for_a_placement_that_read_the_old_price(
+    served: Served, db: AsyncConnection[Any], settings: Settings
+) -> None:
+    client = served.client
+    admin = await make_user(db, served.app, "admin")
+    buyer = await make_user(db, served.app)
+    product_id = await make_product(db, price="10.00", stock=5)
+    async with outbox_held(settings) as (holder, probe):
+        placing = place(client, buyer, product_id)
+        await wait_until(waits(probe, 1), 10, "the placement, past its read, waits for the outbox")
         changing = asyncio.ensure_future(
             client.patch(
                 f"/api/products/{product_id}", json={"price": "99.00", "active": False}, headers=admin.headers
@@ -83,3 +107,59 @@ async def test_a_price_change_waits_for_a_placement_that_read_the_old_price(
     assert changed.status_code == 200, changed.text
     assert (changed.json()["price"], changed.json()["active"]) == ("99.00", False)
     assert placed.json()["items"][0]["unit_price"] == "10.00"  # the price when the order committed
+
+
+async def test_a_placement_after_a_waiting_change_waits_for_it_and_takes_the_new_price(
+    served: Served, db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """Placements that keep arriving while a change waits do not hold it off: the second placement
+    queues behind the change, which goes as soon as the first placement commits."""
+    client = served.client
+    admin = await make_user(db, served.app, "admin")
+    first_buyer, second_buyer = await make_user(db, served.app), await make_user(db, served.app)
+    product_id = await make_product(db, price="10.00", stock=5)
+    async with outbox_held(settings) as (holder, probe):
+        first = place(client, first_buyer, product_id)
+        await wait_until(waits(probe, 1), 10, "the first placement waits for the outbox")
+        changing = asyncio.ensure_future(
+            client.patch(f"/api/products/{product_id}", json={"price": "99.00"}, headers=admin.headers)
+        )
+        await wait_until(waits(probe, 2), 10, "the change waits for the first placement")
+        second = place(client, second_buyer, product_id)
+        await wait_until(waits(probe, 3), 10, "the second placement waits too")
+        await holder.rollback()
+        answers = await asyncio.gather(first, changing, second)
+
+    assert [answer.status_code for answer in answers] == [202, 200, 202], [a.text for a in answers]
+    assert answers[0].json()["items"][0]["unit_price"] == "10.00"
+    assert answers[2].json()["items"][0]["unit_price"] == "99.00"  # it read the product after the change
+
+
+async def test_stock_moves_while_a_placement_is_under_way(
+    served: Served, db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """The placement holds its products' terms, not their rows: a stock adjustment (like a
+    reservation or a release) does not wait for it."""
+    client = served.client
+    admin = await make_user(db, served.app, "admin")
+    buyer = await make_user(db, served.app)
+    product_id = await make_product(db, price="10.00", stock=5)
+    async with outbox_held(settings) as (_, probe):
+        placing = place(client, buyer, product_id)
+        await wait_until(waits(probe, 1), 10, "the placement waits for the outbox")
+        adjusting = asyncio.ensure_future(
+            client.post(
+                f"/api/products/{product_id}/stock-adjustments",
+                json={"delta": 3, "reason": "restock"},
+                headers=admin.headers | {"Idempotency-Key": uuid.uuid4().hex},
+            )
+        )
+
+        async def adjusted_or_waiting() -> bool:
+            return adjusting.done() or await lock_waits(probe) >= 2
+
+        await wait_until(adjusted_or_waiting, 10, "the adjustment is answered or waits for a lock")
+        assert adjusting.done(), "the stock adjustment waited for a placement"
+    adjusted, placed = await adjusting, await placing
+    assert adjusted.status_code == 201, adjusted.text
+    assert placed.status_code == 202, placed.text

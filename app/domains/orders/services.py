@@ -237,7 +237,7 @@ class OrderService:
         if len(wanted) != len(data.lines):
             raise UnprocessableError("Each product may appear on one line only.")
         await self._refuse_hoarding(uow, user_id, wanted)
-        products = {p.id: p for p in await self.products.share_for_placement(uow, sorted(wanted))}
+        products = {p.id: p for p in await self.products.hold_for_placement(uow, sorted(wanted))}
         unavailable = sorted(pid for pid in wanted if pid not in products or not products[pid].active)
         if unavailable:
             raise UnprocessableError(f"Unknown or inactive products: {unavailable}.")

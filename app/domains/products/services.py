@@ -141,6 +141,7 @@ class ProductService:
         changes nothing keeps the version and ``updated_at``, and leaves the catalogue's cache."""
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
+            await queries.hold_product_terms_for_change(uow.conn, id=product_id)  # placements under way
             before = await queries.lock_product(uow.conn, id=product_id)  # the lock the update takes anyway
             if before is None:
                 raise NotFoundError("No such product.")
@@ -260,10 +261,13 @@ class ProductService:
         """The products with these ids (any order; unknown ids are simply absent)."""
         return await queries.get_products_by_ids(uow.conn, ids=ids)
 
-    async def share_for_placement(self, uow: UnitOfWork, ids: list[int]) -> list[Product]:
-        """The products an order is placed with, locked until ``uow`` commits against a change of their
-        price or ``active`` (which waits for the placement), as ``get_many`` otherwise."""
-        return await queries.share_products_for_placement(uow.conn, ids=ids)
+    async def hold_for_placement(self, uow: UnitOfWork, ids: list[int]) -> list[Product]:
+        """The products an order is placed with (as ``get_many``), their price and ``active`` held
+        until ``uow`` commits: a change of them (``update``) waits for the placement, or the
+        placement for the change, whose result it then reads (``HoldProductTerms``). Their stock is
+        not held: reservations and adjustments never wait for placements."""
+        await queries.hold_product_terms(uow.conn, ids=ids)
+        return await queries.get_products_by_ids(uow.conn, ids=ids)
 
     async def reserve_stock(self, uow: UnitOfWork, product_id: int, quantity: int) -> int | None:
         """Take ``quantity`` units if that many are in stock; the stock left, or None (short)."""
