@@ -5,11 +5,14 @@ six correct sign-ins at once from one network (a browser and a phone, several ta
 pair's limit of five with attempts in progress, and the sixth was told ``Retry-After: 900`` and
 logged as ``login_locked_out``, though the next sign-in, a moment later, passed (the races reviewer).
 Such a refusal now says ``Retry-After: 1`` and is no lockout; a limit reached by failed checks still
-is (``app/domains/accounts/throttle.py``).
+is (``app/domains/accounts/throttle.py``), and the failure that reaches it logs
+``login_lockout_began`` once, so a burst of guesses that stops leaves its lockout in the security log
+(the diff reviewer: the burst's refusals were all "in progress", and nothing said "locked out").
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -19,8 +22,17 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.errors import TooManyRequestsError
-from app.domains.accounts.throttle import LoginThrottle
-from tests.factories import GENEROUS_AUTH, PASSWORD, captured_logs, create_user, serve_in_loop, unique_email
+from app.domains.accounts.throttle import LoginThrottle, _key
+from tests.factories import (
+    GENEROUS_AUTH,
+    PASSWORD,
+    captured_logs,
+    create_user,
+    serve_in_loop,
+    unique_email,
+    wait_until,
+)
+from tests.valkey_control import ControlledValkey
 
 NETWORK = "203.0.113.9"
 
@@ -63,6 +75,60 @@ async def test_failed_checks_at_the_pairs_limit_are_still_a_lockout_for_the_wind
     assert [line["scope"] for line in logs.events("login_locked_out")] == ["pair"]
 
 
+async def test_the_failure_that_locks_a_pair_out_says_so_once_though_nothing_is_refused_after_it(
+    settings: Settings, valkey: Valkey
+) -> None:
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    with captured_logs() as logs:
+        burst = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures)]
+        assert (await refusal(throttle, email)).headers == {"Retry-After": "1"}  # the burst's last guess
+        for attempt in burst:
+            await throttle.failed(attempt)
+
+    began = logs.events("login_lockout_began")
+    assert [(line["scope"], line["level"]) for line in began] == [("pair", "warning")]
+    assert began[0]["retry_after_s"] > settings.login_failure_window_s - 60
+    assert [line["level"] for line in logs.events("login_attempts_in_progress")] == ["warning"]
+
+
+async def test_an_attempts_end_is_not_lost_when_its_request_is_cancelled(
+    settings: Settings, controlled_valkey: ControlledValkey
+) -> None:
+    """A shutdown cancels the request while it ends its attempt (Valkey is paused meanwhile, so the
+    end is surely under way): the end still runs once Valkey answers, so the attempt is not left in
+    progress, which turned the pair's real lockout into a moment's refusal."""
+    valkey = Valkey.from_url(controlled_valkey.url)
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    try:
+        for _ in range(settings.login_max_failures - 1):
+            await throttle.failed(await throttle.attempt(email, NETWORK))
+        last = await throttle.attempt(email, NETWORK)
+        controlled_valkey.pause()
+        try:
+            ending = asyncio.ensure_future(throttle.failed(last))
+
+            async def under_way() -> bool:
+                return bool(throttle._ending)
+
+            await wait_until(under_way, 10, "the end waits for Valkey")
+            ending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await ending
+        finally:
+            controlled_valkey.resume()
+        busy = _key("pair-busy", f"{email}\n{NETWORK}")
+
+        async def ended() -> bool:
+            return int(await valkey.get(busy) or 0) == 0
+
+        await wait_until(ended, 10, "the cancelled request's attempt ends")
+        assert int((await refusal(throttle, email)).headers["Retry-After"]) > 1
+    finally:
+        await valkey.aclose()
+
+
 async def test_at_the_address_limit_attempts_in_progress_refuse_for_a_moment_failures_for_the_window(
     settings: Settings, valkey: Valkey
 ) -> None:
@@ -70,11 +136,12 @@ async def test_at_the_address_limit_attempts_in_progress_refuse_for_a_moment_fai
     in_progress = [await throttle.attempt(unique_email("user"), NETWORK) for _ in range(3)]
     assert (await refusal(throttle, unique_email("user"))).headers == {"Retry-After": "1"}
 
-    for attempt in in_progress:
-        await throttle.failed(attempt)
     with captured_logs() as logs:
+        for attempt in in_progress:
+            await throttle.failed(attempt)
         refused = await refusal(throttle, unique_email("user"))
     assert int(refused.headers["Retry-After"]) > 1
+    assert [line["scope"] for line in logs.events("login_lockout_began")] == ["address"]
     assert [line["scope"] for line in logs.events("login_locked_out")] == ["address"]
 
 
@@ -90,6 +157,26 @@ async def test_an_attempt_that_checked_no_password_is_no_longer_in_progress(
     for _ in range(settings.login_max_failures):
         await throttle.failed(await throttle.attempt(email, NETWORK))
     assert int((await refusal(throttle, email)).headers["Retry-After"]) > 1
+
+
+async def test_a_burst_of_wrong_passwords_over_http_is_checked_five_times_and_logged_as_a_lockout(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str
+) -> None:
+    owner = await create_user(db, password_hash)
+    guesses = 4 * settings.login_max_failures
+    async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
+        with captured_logs() as logs:
+            answers = await asyncio.gather(
+                *(
+                    served.client.post(
+                        "/api/auth/login", json={"email": owner.email, "password": f"guess {n}"}
+                    )
+                    for n in range(guesses)
+                )
+            )
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [401] * settings.login_max_failures + [429] * (guesses - settings.login_max_failures)
+    assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
 
 
 async def test_wrong_passwords_over_http_end_their_attempts_so_the_lockout_is_one(

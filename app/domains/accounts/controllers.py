@@ -102,7 +102,8 @@ class AuthController(Controller):
         "LOGIN_MAX_DELAY_S (guesses arriving faster than the turns); 429 with Retry-After: 1 when such a "
         "limit is reached only with attempts still being checked (they may yet succeed). Each login "
         "begins a session; an account keeps at most SESSIONS_PER_USER_MAX live ones, so a login past it "
-        "ends the least recently used (its refresh and access tokens are refused from then on, as after a logout).",
+        "ends the least recently used (its refresh and access tokens are refused from then on, as after "
+        "a logout).",
         responses=problems(400, 401, 429, 503),
         opt=SIGNING_IN,
     )

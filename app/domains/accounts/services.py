@@ -333,7 +333,6 @@ class AccountService:
             await self.throttle.abandoned(attempt, exc)
             raise
         if user is None or not matched or not user.is_active:
-            await self.throttle.failed(attempt)
             log.info(
                 "login_failed",
                 known_account=user is not None,
@@ -341,6 +340,7 @@ class AccountService:
                 client_ip=client_ip,
                 purpose=purpose,
             )
+            await self.throttle.failed(attempt)
             raise UnauthorizedError(BAD_CREDENTIALS)
         await self.throttle.succeeded(attempt)
         if self.passwords.needs_rehash(user.password_hash):

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 import structlog
 from valkey.asyncio import Valkey
+from valkey.commands.core import AsyncScript
 
 from app.config import Settings
 from app.core.errors import ServiceUnavailableError, TooManyRequestsError, report_dependency_down
@@ -130,8 +131,24 @@ redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('SET', KEYS[5], 1, 'EX', ARGV[1])
 return 0
 """
-# KEYS: the counters an attempt is taken back from (one each): its busy counters when it ends, and
-# when it checked no password its counted attempts too.
+# KEYS: pair, addr, pair-busy, addr-busy. ARGV: LOGIN_MAX_FAILURES, address limit. A wrong password:
+# the attempt stays counted and is no longer in progress. Returns {pair's lockout begins now (0/1), its
+# TTL, the address's lockout begins now (0/1), its TTL}: the failure that leaves the limit's worth of
+# finished attempts (no attempt is admitted once the count reaches the limit, so that happens once a
+# window), whether or not another attempt is refused after it.
+_FAILED = """
+for i = 3, 4 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+local function done(counted, busy)
+  return tonumber(redis.call('GET', KEYS[counted]) or '0') - tonumber(redis.call('GET', KEYS[busy]) or '0')
+end
+local pair_locked = done(1, 3) == tonumber(ARGV[1]) and 1 or 0
+local addr_locked = done(2, 4) == tonumber(ARGV[2]) and 1 or 0
+return {pair_locked, redis.call('TTL', KEYS[1]), addr_locked, redis.call('TTL', KEYS[2])}
+"""
+# KEYS: the counters an attempt that checked no password is taken back from (one each), its busy
+# counters among them.
 _ABANDONED = """
 for i = 1, #KEYS do
   if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
@@ -159,6 +176,8 @@ class Attempt:
     counted: bool
     took_slot: bool = False
     """It reserved a slot in the account's schedule (it waited for its turn)."""
+    purpose: str = "login"
+    network: str = "unknown"
 
 
 class LoginThrottle:
@@ -167,7 +186,9 @@ class LoginThrottle:
         self.valkey = valkey
         self._attempt = valkey.register_script(_ATTEMPT)
         self._succeeded = valkey.register_script(_SUCCEEDED)
+        self._failed = valkey.register_script(_FAILED)
         self._abandoned = valkey.register_script(_ABANDONED)
+        self._ending: set[asyncio.Future[list[int] | None]] = set()
 
     async def attempt(self, email: str, client_ip: str | None, *, purpose: str = "login") -> Attempt:
         """Count a password attempt, or refuse it (429) when its pair or address is over its limit or
@@ -211,7 +232,7 @@ class LoginThrottle:
             return Attempt(keys, counted=False)
         account = keys[2][-12:]  # a digest prefix: correlates events without naming the account
         if int(refused) == _IN_PROGRESS:
-            security_log.info(
+            security_log.warning(
                 "login_attempts_in_progress", purpose=purpose, client_network=network, account=account
             )
             raise TooManyRequestsError(
@@ -246,7 +267,7 @@ class LoginThrottle:
                 wait_s=int(wait_ms) / 1000,
                 slot_ms=int(slot_ms),
             )
-        attempt = Attempt(keys, counted=True, took_slot=int(wait_ms) > 0)
+        attempt = Attempt(keys, counted=True, took_slot=int(wait_ms) > 0, purpose=purpose, network=network)
         if attempt.took_slot:
             try:
                 await asyncio.sleep(int(wait_ms) / 1000)
@@ -256,22 +277,37 @@ class LoginThrottle:
         return attempt
 
     async def succeeded(self, attempt: Attempt) -> None:
-        if not attempt.counted:
-            return
-        try:
-            await self._succeeded(keys=list(attempt.keys), args=[KNOWN_NETWORK_S])
-        except VALKEY_ERRORS as exc:
-            report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="succeeded")
+        if attempt.counted:
+            await self._end("succeeded", self._succeeded, list(attempt.keys), [KNOWN_NETWORK_S])
 
     async def failed(self, attempt: Attempt) -> None:
-        """A wrong password: the attempt stays counted, and is no longer in progress."""
+        """A wrong password: the attempt stays counted, and is no longer in progress. When it is the
+        one that locks its pair or its address out, ``login_lockout_began`` says so, once: a burst of
+        guesses refused while in progress (``login_attempts_in_progress``) that stops logs the lockout
+        it caused though no attempt is refused after it (the diff reviewer)."""
         if not attempt.counted:
             return
-        *_, pair_busy, addr_busy = attempt.keys
-        try:
-            await self._abandoned(keys=[pair_busy, addr_busy])
-        except VALKEY_ERRORS as exc:
-            report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="failed")
+        pair, addr, _, _, _, pair_busy, addr_busy = attempt.keys
+        settings = self.settings
+        ended = await self._end(
+            "failed",
+            self._failed,
+            [pair, addr, pair_busy, addr_busy],
+            [settings.login_max_failures, settings.login_address_max_failures],
+        )
+        if ended is None:
+            return
+        pair_locked, pair_ttl, address_locked, address_ttl = ended
+        for scope, locked, ttl in (("pair", pair_locked, pair_ttl), ("address", address_locked, address_ttl)):
+            if int(locked):
+                security_log.warning(
+                    "login_lockout_began",
+                    scope=scope,
+                    purpose=attempt.purpose,
+                    client_network=attempt.network,
+                    account=attempt.keys[2][-12:],
+                    retry_after_s=int(ttl),
+                )
 
     async def abandoned(self, attempt: Attempt, ended_by: BaseException) -> None:
         """Take back an attempt that ``ended_by`` ended before its password was checked; from its
@@ -282,10 +318,29 @@ class LoginThrottle:
         pair, addr, acct, _, _, pair_busy, addr_busy = attempt.keys
         client_gone = isinstance(ended_by, asyncio.CancelledError)
         counted = [acct] if attempt.took_slot and client_gone else [pair, addr, acct]
-        try:
-            await self._abandoned(keys=[*counted, pair_busy, addr_busy])
-        except VALKEY_ERRORS as exc:
-            report_dependency_down(exc, "login_throttle", "login_throttle_unavailable", operation="abandoned")
+        await self._end("abandoned", self._abandoned, [*counted, pair_busy, addr_busy], [])
+
+    async def _end(
+        self, operation: str, script: AsyncScript, keys: list[str], args: list[int]
+    ) -> list[int] | None:
+        """An attempt's end, run to completion even when the request is cancelled meanwhile (a
+        shutdown): a lost end would leave the attempt in progress until its busy count expires. Its
+        answer, or None with Valkey unreachable (reported)."""
+
+        async def run() -> list[int] | None:
+            try:
+                answer: list[int] = await script(keys=keys, args=args)
+                return answer
+            except VALKEY_ERRORS as exc:
+                report_dependency_down(
+                    exc, "login_throttle", "login_throttle_unavailable", operation=operation
+                )
+                return None
+
+        ending = asyncio.ensure_future(run())
+        self._ending.add(ending)  # a task only the loop refers to may be collected before it ends
+        ending.add_done_callback(self._ending.discard)
+        return await asyncio.shield(ending)
 
 
 def _key(kind: str, value: str) -> str:
