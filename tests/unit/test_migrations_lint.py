@@ -1,4 +1,4 @@
-"""Migrations build indexes on live tables without blocking their writers, and alter a live table
+"""Migrations build and drop indexes on live tables without blocking them, and alter a live table
 only with a bound on how long they wait for its lock.
 
 ``create index`` on a table that already holds rows takes a SHARE lock for the whole build: every
@@ -7,14 +7,20 @@ insert, update and delete of the table waits (an upgrade of 20261202001000 held 
 file of its own run outside a transaction (``-- migrate:up transaction:false``: dbmate sends a file
 as one query, and a concurrent build cannot run in a transaction block), one build per file (a build
 that failed leaves an INVALID index, which ``migrate`` drops before it runs the file again; see
-20261202010500). A table created in the same file is empty, so its indexes need none of that.
+20261202010500). A table created in the same file is empty, so its indexes need none of that, and
+``create index ... on only`` a partitioned parent builds nothing (each partition's index is built
+concurrently and attached). ``drop index`` takes ACCESS EXCLUSIVE on the table: ``concurrently``
+likewise (20261202011000).
 
 ``alter table`` queues for an ACCESS EXCLUSIVE lock behind the table's longest reader, and every
-query of the table queues behind it: a transactional migration that alters a table an earlier one
-created sets ``lock_timeout`` first (it fails, and ``migrate`` tries again, instead).
+query of the table queues behind it: a migration that alters a table an earlier one created sets a
+non-zero ``lock_timeout`` before it (it fails, and ``migrate`` tries again, instead): ``set local``
+in a transactional file, ``set`` in one run outside a transaction.
 
-Statements inside dollar-quoted bodies (functions, ``do`` blocks) are not checked: they run later,
-on the tables a function is given (the page-view partitions, created empty).
+Not checked: statements inside dollar-quoted bodies (functions, ``do`` blocks: they run later, on the
+tables a function is given, like the page-view partitions, created empty), and the rarer ways to
+block a table (``reindex``, ``lock table``, ``create trigger``, a whole-table ``update``), which
+review still catches.
 """
 
 from __future__ import annotations
@@ -41,23 +47,59 @@ APPLIED_BEFORE_THE_RULE = {
 """Migrations that broke a rule before it was checked, already applied to databases: a migration
 is never edited once released (dbmate would not run it again anyway)."""
 
-_DOLLAR_QUOTED = re.compile(r"\$([A-Za-z_]*)\$.*?\$\1\$", re.DOTALL)
-_COMMENT = re.compile(r"--[^\n]*")
-_CREATE_TABLE = re.compile(r"\bcreate\s+(?:unlogged\s+)?table\s+(?:if\s+not\s+exists\s+)?([\w.]+)", re.I)
-_ALTER_TABLE = re.compile(r"\balter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?([\w.]+)", re.I)
-_CREATE_INDEX = re.compile(
-    r"\bcreate\s+(?:unique\s+)?index\s+(concurrently\s+)?(?:if\s+not\s+exists\s+)?[\w.]*\s*"
-    r"on\s+(?:only\s+)?([\w.]+)",
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+_CREATED = re.compile(
+    r"\bcreate\s+(?:(?:temp|temporary|unlogged)\s+)?(?:table|materialized\s+view)\s+(?:if\s+not\s+exists\s+)?"
+    r"([\w.]+)",
     re.I,
 )
+_ALTER_TABLE = re.compile(r"\balter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?([\w.]+)", re.I)
+_SET_LOCK_TIMEOUT = re.compile(r"\bset\s+(?:local\s+)?lock_timeout\s*(?:=|to)\s*'?(\w+)", re.I)
+_CREATE_INDEX = re.compile(
+    r"\bcreate\s+(?:unique\s+)?index\s+(concurrently\s+)?(?:if\s+not\s+exists\s+)?[\w.]*\s*"
+    r"on\s+(only\s+)?([\w.]+)",
+    re.I,
+)
+_DROP_INDEX = re.compile(r"\bdrop\s+index\s+(concurrently\s+)?(?:if\s+exists\s+)?([\w.]+)", re.I)
+
+
+def code_of(sql: str) -> str:
+    """``sql`` as PostgreSQL reads it, for the rules' patterns: comments and dollar-quoted bodies
+    removed, quoted identifiers unquoted, string literals kept (a ``--`` or ``$$`` inside one is not
+    taken for a comment or a body). Hand-written: the rules need a statement's words, not a parse."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        two = sql[i : i + 2]
+        if two == "--":
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif two == "/*":
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        elif sql[i] in "'\"":
+            quote, j = sql[i], i + 1
+            while j < n and not (sql[j] == quote and sql[j + 1 : j + 2] != quote):
+                j += 2 if sql[j : j + 2] == quote * 2 else 1
+            body = sql[i + 1 : j]
+            out.append(f"'{body}'" if quote == "'" else body)
+            i = j + 1
+        elif (tag := _DOLLAR_TAG.match(sql, i)) is not None:
+            end = sql.find(tag.group(), tag.end())
+            i = n if end < 0 else end + len(tag.group())
+            out.append(" ")
+        else:
+            out.append(sql[i])
+            i += 1
+    return "".join(out)
 
 
 def up_section(text: str) -> tuple[str, bool]:
-    """The ``migrate:up`` part of a dbmate file without comments or dollar-quoted bodies, and whether
-    it runs outside a transaction."""
+    """The ``migrate:up`` part of a dbmate file as ``code_of`` reads it, and whether it runs outside
+    a transaction."""
     up, _, _ = text.partition("-- migrate:down")
     outside_transaction = bool(re.search(r"^-- migrate:up\b.*\btransaction:false\b", up, re.M))
-    return _COMMENT.sub("", _DOLLAR_QUOTED.sub("", up)), outside_transaction
+    return code_of(up), outside_transaction
 
 
 def _bare(name: str) -> str:
@@ -67,22 +109,30 @@ def _bare(name: str) -> str:
 def blocking_statements(text: str) -> list[str]:
     """What in one migration's ``up`` would block a live table's readers or writers, as sentences."""
     up, outside_transaction = up_section(text)
-    created_here = {_bare(name) for name in _CREATE_TABLE.findall(up)}
+    created_here = {_bare(name) for name in _CREATED.findall(up)}
     problems: list[str] = []
-    altered = sorted({_bare(name) for name in _ALTER_TABLE.findall(up)} - created_here)
-    if altered and not outside_transaction and "lock_timeout" not in up.lower():
-        problems.append(f"alters {', '.join(altered)} without `set local lock_timeout` first")
+    altered = [match for match in _ALTER_TABLE.finditer(up) if _bare(match.group(1)) not in created_here]
+    if altered:
+        timeouts = [m for m in _SET_LOCK_TIMEOUT.finditer(up) if m.start() < altered[0].start()]
+        if not timeouts or timeouts[-1].group(1) == "0":
+            names = ", ".join(sorted({_bare(match.group(1)) for match in altered}))
+            problems.append(f"alters {names} without `set local lock_timeout` first")
     concurrent_builds = 0
-    for concurrently, table in _CREATE_INDEX.findall(up):
+    for concurrently, only, table in _CREATE_INDEX.findall(up):
         name = _bare(table)
         if concurrently:
             concurrent_builds += 1
-        elif name not in created_here:
+        elif name not in created_here and not only:  # `on only` a partitioned parent builds nothing
             problems.append(f"an index on {name}, created before this file, is built without concurrently")
+    for concurrently, index in _DROP_INDEX.findall(up):
+        if concurrently:
+            concurrent_builds += 1
+        else:
+            problems.append(f"drops index {_bare(index)} without concurrently")
     if concurrent_builds and not outside_transaction:
-        problems.append("a concurrent build needs `-- migrate:up transaction:false`")
+        problems.append("a concurrent build or drop needs `-- migrate:up transaction:false`")
     if concurrent_builds > 1:
-        problems.append(f"{concurrent_builds} concurrent builds in one file (one per file)")
+        problems.append(f"{concurrent_builds} concurrent builds or drops in one file (one per file)")
     return problems
 
 
@@ -101,18 +151,30 @@ def test_a_migration_never_blocks_a_live_table(path: Path) -> None:
         ("create table t (id int);\ncreate index t_idx on t (id);", []),
         ("create index tasks_x_idx on tasks (x);", ["an index on tasks, created before this file"]),
         ("create unique index if not exists u on public.users (email);", ["an index on users"]),
-        ("create index concurrently t_idx on tasks (x);", ["a concurrent build needs"]),
+        ('create index i on "tasks" (x);', ["an index on tasks"]),
+        ("select '--'; create index i on tasks (x);", ["an index on tasks"]),
+        ("create index i on only page_views (x);", []),
+        ("create temp table t (x int);\ncreate index i on t (x);", []),
+        ("create materialized view v as select 1 as x;\ncreate index i on v (x);", []),
+        ("create index concurrently t_idx on tasks (x);", ["a concurrent build or drop needs"]),
         (
             "create index concurrently a on tasks (x);\ncreate index concurrently b on tasks (y);",
-            ["a concurrent build needs", "2 concurrent builds in one file"],
+            ["a concurrent build or drop needs", "2 concurrent builds or drops in one file"],
         ),
+        ("drop index tasks_x_idx;", ["drops index tasks_x_idx without concurrently"]),
+        ("drop index concurrently if exists tasks_x_idx;", ["a concurrent build or drop needs"]),
         (
             "create function f() returns void as $$ begin create index i on tasks (x); end $$ language sql;",
             [],
         ),
+        ("create function f() returns void as $body$ select 1; $body$ language sql;", []),
         ("-- create index i on tasks (x);\nselect 1;", []),
+        ("/* create index i on tasks (x); */ select 1;", []),
         ("alter table tasks add column x int;", ["alters tasks without `set local lock_timeout`"]),
         ("set local lock_timeout = '3s';\nalter table tasks add column x int;", []),
+        ("alter table tasks add column x int;\nset local lock_timeout = '3s';", ["alters tasks"]),
+        ("set local lock_timeout = 0;\nalter table tasks add column x int;", ["alters tasks"]),
+        ("comment on table tasks is 'lock_timeout';\nalter table tasks add column x int;", ["alters tasks"]),
         ("create table t (id int);\nalter table t add column x int;", []),
     ],
 )
@@ -126,3 +188,11 @@ def test_the_rule_reads_each_kind_of_statement(up: str, problems: list[str]) -> 
 def test_a_concurrent_build_outside_a_transaction_passes() -> None:
     text = "-- migrate:up transaction:false\ncreate index concurrently if not exists i on tasks (x);\n"
     assert blocking_statements(text) == []
+
+
+def test_an_alter_outside_a_transaction_needs_its_lock_timeout_too() -> None:
+    """Each statement of such a file is its own transaction: `set lock_timeout` (a session's) bounds
+    the alter's wait there."""
+    alter = "alter table tasks add column x int;\n"
+    assert blocking_statements(f"-- migrate:up transaction:false\n{alter}") != []
+    assert blocking_statements(f"-- migrate:up transaction:false\nset lock_timeout = '3s';\n{alter}") == []
