@@ -1,13 +1,14 @@
 """The workers' queue: SAQ's Valkey queue whose sweep spares a job a worker has just dequeued.
 
 SAQ's dequeue moves a job's id onto the active list (``BLMOVE``), and only then does the worker mark
-the job active, a round trip later. Its sweep (every worker runs one at start-up, then every minute,
-one at a time under a lock) aborts and re-queues every job on the active list that is not marked
-active: a sweep that falls between the two, most likely at start-up when every worker dequeues at
-once, aborts a job that is starting, and its retry may run beside it (tobymao/saq#277, open; seen on
-outbox relay jobs and feed recordings). A job still ``queued`` on the active list is swept only when
-the previous sweep saw it there unchanged: the worker that took it died before marking it (a minute
-later than SAQ would), never one that is marking it.
+the job active, a round trip later. Its sweep (every worker runs one at start-up, then every
+``TIMERS["sweep"]`` seconds, 10, one at a time under a lock as long) aborts and re-queues every job
+on the active list that is not marked active: a sweep that falls between the two, most likely at
+start-up when every worker dequeues at once, aborts a job that is starting, and its retry may run
+beside it (tobymao/saq#277, open; seen on outbox relay jobs and feed recordings). A job still
+``queued`` on the active list is swept only when the previous sweep saw it there unchanged: the
+worker that took it died before marking it (one sweep later than SAQ would, 10-20 s), never one that
+is marking it.
 """
 
 from __future__ import annotations

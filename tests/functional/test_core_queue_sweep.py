@@ -3,7 +3,7 @@
 SAQ's dequeue moves the job's id onto the active list, then the worker marks the job active; SAQ's
 own sweep, falling between the two (most likely at start-up, when every worker dequeues at once),
 aborted the starting job and queued it again beside the run (tobymao/saq#277). A worker's dequeue is
-cut in two here by doing its first half by hand; deleting the sweep's lock stands for the minute
+cut in two here by doing its first half by hand; deleting the sweep's lock stands for the time
 between two sweeps.
 """
 
@@ -41,7 +41,7 @@ async def _dequeued_but_not_marked(queue: RedisQueue, valkey: Valkey) -> Job:
     return job
 
 
-async def _next_minute(queue: RedisQueue, valkey: Valkey) -> None:
+async def _next_sweep(queue: RedisQueue, valkey: Valkey) -> None:
     await valkey.delete(queue.namespace("sweep"))
 
 
@@ -64,13 +64,13 @@ async def test_a_sweep_between_dequeue_and_start_leaves_the_job_to_its_worker(
 
     stored.started, stored.attempts = now(), 1  # the worker marks it, as SAQ's Worker.process does
     await stored.update(status=Status.ACTIVE)
-    await _next_minute(queue, valkey)
+    await _next_sweep(queue, valkey)
     assert await queue.sweep() == []
     marked = await queue.job(job.key)
     assert marked is not None and marked.status == Status.ACTIVE
 
 
-async def test_a_job_left_queued_on_the_active_list_is_swept_the_next_minute(
+async def test_a_job_left_queued_on_the_active_list_is_swept_the_next_sweep(
     queue: RedisQueue, valkey: Valkey
 ) -> None:
     """Its worker died between the dequeue and the mark: the second sweep that sees it unchanged
@@ -78,7 +78,7 @@ async def test_a_job_left_queued_on_the_active_list_is_swept_the_next_minute(
     job = await _dequeued_but_not_marked(queue, valkey)
     assert await queue.sweep() == []
 
-    await _next_minute(queue, valkey)
+    await _next_sweep(queue, valkey)
     assert await queue.sweep() == [job.id]
 
     assert await _listed(queue, valkey, "active") == []
@@ -97,7 +97,7 @@ async def test_a_sweep_under_another_workers_lock_keeps_the_suspects(
     assert await queue.sweep() == []
     assert await queue.sweep() == []  # the lock is held: nothing looked at, nothing forgotten
 
-    await _next_minute(queue, valkey)
+    await _next_sweep(queue, valkey)
     assert await queue.sweep() == [job.id]
 
 
