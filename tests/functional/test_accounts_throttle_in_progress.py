@@ -13,6 +13,7 @@ is (``app/domains/accounts/throttle.py``), and the failure that reaches it logs
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -92,12 +93,13 @@ async def test_the_failure_that_locks_a_pair_out_says_so_once_though_nothing_is_
     assert [line["level"] for line in logs.events("login_attempts_in_progress")] == ["warning"]
 
 
-async def test_an_attempts_end_is_not_lost_when_its_request_is_cancelled(
+async def test_an_attempts_end_is_not_lost_when_its_request_is_cancelled_nor_at_close(
     settings: Settings, controlled_valkey: ControlledValkey
 ) -> None:
     """A shutdown cancels the request while it ends its attempt (Valkey is paused meanwhile, so the
-    end is surely under way): the end still runs once Valkey answers, so the attempt is not left in
-    progress, which turned the pair's real lockout into a moment's refusal."""
+    end is surely under way), then closes the throttle and its Valkey client: the end still runs,
+    lockout line included, so the attempt is not left in progress (which turned the pair's real
+    lockout into a moment's refusal) and the lockout it began is logged."""
     valkey = Valkey.from_url(controlled_valkey.url)
     throttle = LoginThrottle(settings, valkey)
     email = unique_email("owner")
@@ -105,28 +107,77 @@ async def test_an_attempts_end_is_not_lost_when_its_request_is_cancelled(
         for _ in range(settings.login_max_failures - 1):
             await throttle.failed(await throttle.attempt(email, NETWORK))
         last = await throttle.attempt(email, NETWORK)
-        controlled_valkey.pause()
-        try:
-            ending = asyncio.ensure_future(throttle.failed(last))
+        with captured_logs() as logs:
+            controlled_valkey.pause()
+            try:
+                ending = asyncio.ensure_future(throttle.failed(last))
 
-            async def under_way() -> bool:
-                return bool(throttle._ending)
+                async def under_way() -> bool:
+                    return bool(throttle._ending)
 
-            await wait_until(under_way, 10, "the end waits for Valkey")
-            ending.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await ending
-        finally:
-            controlled_valkey.resume()
-        busy = _key("pair-busy", f"{email}\n{NETWORK}")
-
-        async def ended() -> bool:
-            return int(await valkey.get(busy) or 0) == 0
-
-        await wait_until(ended, 10, "the cancelled request's attempt ends")
-        assert int((await refusal(throttle, email)).headers["Retry-After"]) > 1
+                await wait_until(under_way, 10, "the end waits for Valkey")
+                ending.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await ending
+            finally:
+                controlled_valkey.resume()
+            await throttle.close()
+        assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
     finally:
         await valkey.aclose()
+    async with Valkey.from_url(controlled_valkey.url) as reader:
+        assert await reader.get(_key("pair-busy", f"{email}\n{NETWORK}")) in (None, b"0")
+        assert int((await refusal(LoginThrottle(settings, reader), email)).headers["Retry-After"]) > 1
+
+
+async def test_the_last_attempt_of_a_lockout_abandoned_after_its_turn_still_logs_it(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """An attempt that waited for its turn and whose client went stays counted for its network: when
+    it is the last of the limit's worth to end, the lockout it completes is logged (a guesser could
+    close a burst's last connection to silence the line)."""
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    burst = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures)]
+    with captured_logs() as logs:
+        for attempt in burst[:-1]:
+            await throttle.failed(attempt)
+        await throttle.abandoned(dataclasses.replace(burst[-1], took_slot=True), asyncio.CancelledError())
+    assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
+    assert int((await refusal(throttle, email)).headers["Retry-After"]) > 1
+
+
+async def test_a_lockout_is_logged_once_though_the_count_in_progress_was_lost(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """Valkey lost the busy count (it expired, or Valkey restarted) while the attempts ran: every
+    failure then sees the limit reached, and the lockout is still logged once."""
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    burst = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures)]
+    await valkey.delete(_key("pair-busy", f"{email}\n{NETWORK}"))
+    with captured_logs() as logs:
+        for attempt in burst:
+            await throttle.failed(attempt)
+    assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
+
+
+async def test_after_a_success_a_later_lockout_is_logged_again(settings: Settings, valkey: Valkey) -> None:
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    with captured_logs() as logs:
+        for _ in range(settings.login_max_failures):
+            await throttle.failed(await throttle.attempt(email, "198.51.100.1"))  # another network's lockout
+        first = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures - 1)]
+        await throttle.succeeded(first[0])
+        for attempt in first[1:]:
+            await throttle.failed(attempt)
+        for _ in range(settings.login_max_failures):
+            await throttle.failed(await throttle.attempt(email, NETWORK))
+    assert [line["client_network"] for line in logs.events("login_lockout_began")] == [
+        "198.51.100.1",
+        NETWORK,
+    ]
 
 
 async def test_at_the_address_limit_attempts_in_progress_refuse_for_a_moment_failures_for_the_window(

@@ -217,6 +217,7 @@ class AccountService:
     async def close(self) -> None:
         await self.revocations.close()
         await self.passwords.close()
+        await self.throttle.close()
 
     # -- authentication of requests ------------------------------------------------------------
 

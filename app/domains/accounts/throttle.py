@@ -37,9 +37,12 @@ and a write). The pair and the address also count their attempts still in progre
 limit reached only with attempts in progress is refused with ``Retry-After: 1`` and is not a lockout
 (no ``login_locked_out``), since those attempts may yet succeed and clear it. Otherwise a browser and
 a phone signing in at once, six correct attempts from one network, were told to wait the whole
-window, and the security log recorded a lockout that never happened. A correct password takes its
-attempt back from ``addr`` and clears ``pair``, ``acct`` and the account's schedule (slots already
-handed out keep their wait), and marks the network known.
+window, and the security log recorded a lockout that never happened. The end of an attempt that
+leaves its pair's or address's limit of finished attempts logs ``login_lockout_began`` (recorded in
+``pair-began`` / ``addr-began`` for the counter's lifetime: once a window, however the attempts ended);
+ends run shielded from the request's cancellation, and ``close`` waits for them. A correct password
+takes its attempt back from ``addr`` and clears ``pair``, ``acct`` and the account's schedule (slots
+already handed out keep their wait), and marks the network known.
 An attempt that checked no password is taken back: its check refused because ``PASSWORD_CHECKS_MAX``
 were busy (503), the database unreachable, or the request cancelled before its answer. Otherwise an
 owner retrying through a busy spell with the right password was refused (429) for the rest of the
@@ -57,11 +60,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from valkey.asyncio import Valkey
-from valkey.commands.core import AsyncScript
 
 from app.config import Settings
 from app.core.errors import ServiceUnavailableError, TooManyRequestsError, report_dependency_down
@@ -120,40 +124,45 @@ end
 return {0, 0, acct, delay_ms, slot_ms, wait_ms}
 """
 
-# KEYS: pair, addr, acct, next, known, pair-busy, addr-busy. ARGV: KNOWN_NETWORK_S. A correct password:
-# the attempt is no longer in progress, the address's attempt is taken back, the pair's and the
-# account's counters and the account's schedule end, and the network is known to the account.
+# KEYS: pair, addr, acct, next, known, pair-busy, addr-busy, pair-began, addr-began. ARGV:
+# KNOWN_NETWORK_S, address limit. A correct password: the attempt is no longer in progress, the
+# address's attempt is taken back, the pair's and the account's counters and the account's schedule
+# end (and the pair's lockout record with them), and the network is known to the account.
 _SUCCEEDED = """
 for _, i in ipairs({2, 6, 7}) do
   if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[8])
+local addr_done = tonumber(redis.call('GET', KEYS[2]) or '0') - tonumber(redis.call('GET', KEYS[7]) or '0')
+if addr_done < tonumber(ARGV[2]) then redis.call('DEL', KEYS[9]) end
 redis.call('SET', KEYS[5], 1, 'EX', ARGV[1])
 return 0
 """
-# KEYS: pair, addr, pair-busy, addr-busy. ARGV: LOGIN_MAX_FAILURES, address limit. A wrong password:
-# the attempt stays counted and is no longer in progress. Returns {pair's lockout begins now (0/1), its
-# TTL, the address's lockout begins now (0/1), its TTL}: the failure that leaves the limit's worth of
-# finished attempts (no attempt is admitted once the count reaches the limit, so that happens once a
-# window), whether or not another attempt is refused after it.
-_FAILED = """
+# KEYS: pair, addr, pair-busy, addr-busy, pair-began, addr-began, then the counters the attempt is
+# taken back from (none for a wrong password; an attempt that checked no password: its counted
+# attempts, as ``abandoned`` says). ARGV: LOGIN_MAX_FAILURES, address limit. The attempt is no longer
+# in progress. Returns {the pair's lockout begins now (0/1), its TTL, the address's (0/1), its TTL}:
+# its finished attempts (counted, not in progress) have reached the limit, recorded once a window in
+# the `began` key (as long as the counter), however the attempts ended and whatever a lost busy count.
+_ENDED = """
+for i = 7, #KEYS do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
 for i = 3, 4 do
   if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
 end
-local function done(counted, busy)
-  return tonumber(redis.call('GET', KEYS[counted]) or '0') - tonumber(redis.call('GET', KEYS[busy]) or '0')
+local answer = {}
+for i = 1, 2 do
+  local counted = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local ttl = redis.call('TTL', KEYS[i])
+  local began = 0
+  if counted - tonumber(redis.call('GET', KEYS[i + 2]) or '0') >= tonumber(ARGV[i]) and ttl > 0 then
+    if redis.call('SET', KEYS[i + 4], 1, 'NX', 'EX', ttl) then began = 1 end
+  end
+  answer[2 * i - 1] = began
+  answer[2 * i] = ttl
 end
-local pair_locked = done(1, 3) == tonumber(ARGV[1]) and 1 or 0
-local addr_locked = done(2, 4) == tonumber(ARGV[2]) and 1 or 0
-return {pair_locked, redis.call('TTL', KEYS[1]), addr_locked, redis.call('TTL', KEYS[2])}
-"""
-# KEYS: the counters an attempt that checked no password is taken back from (one each), its busy
-# counters among them.
-_ABANDONED = """
-for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
-end
-return 0
+return answer
 """
 KNOWN_NETWORK_S = 30 * 86_400
 """How long a network the account signed in from skips the account's schedule."""
@@ -162,6 +171,9 @@ BUSY_MARGIN_S = 60
 """How long past ``LOGIN_MAX_DELAY_S`` (the longest wait for a turn) an attempt's check may last before
 its busy count expires: the password check (``PASSWORD_CHECKS_MAX`` queued) and a database round
 trip take seconds at most."""
+
+ENDS_AT_CLOSE_S = 2.0
+"""How long closing waits for attempts' ends still under way (a Valkey script each: milliseconds)."""
 
 _REFUSED_BY = {1: "pair", 2: "address", 3: "account"}
 _IN_PROGRESS = 4
@@ -172,7 +184,7 @@ class Attempt:
     """One counted password attempt; pass it back to ``succeeded`` when the password was right, to
     ``abandoned`` when no password was checked."""
 
-    keys: tuple[str, str, str, str, str, str, str]
+    keys: tuple[str, str, str, str, str, str, str, str, str]
     counted: bool
     took_slot: bool = False
     """It reserved a slot in the account's schedule (it waited for its turn)."""
@@ -186,9 +198,8 @@ class LoginThrottle:
         self.valkey = valkey
         self._attempt = valkey.register_script(_ATTEMPT)
         self._succeeded = valkey.register_script(_SUCCEEDED)
-        self._failed = valkey.register_script(_FAILED)
-        self._abandoned = valkey.register_script(_ABANDONED)
-        self._ending: set[asyncio.Future[list[int] | None]] = set()
+        self._ended = valkey.register_script(_ENDED)
+        self._ending: set[asyncio.Future[None]] = set()
 
     async def attempt(self, email: str, client_ip: str | None, *, purpose: str = "login") -> Attempt:
         """Count a password attempt, or refuse it (429) when its pair or address is over its limit or
@@ -203,6 +214,8 @@ class LoginThrottle:
             _key("known", f"{email}\n{network}"),
             _key("pair-busy", f"{email}\n{network}"),
             _key("addr-busy", network),
+            _key("pair-began", f"{email}\n{network}"),
+            _key("addr-began", network),
         )
         settings = self.settings
         try:
@@ -278,36 +291,13 @@ class LoginThrottle:
 
     async def succeeded(self, attempt: Attempt) -> None:
         if attempt.counted:
-            await self._end("succeeded", self._succeeded, list(attempt.keys), [KNOWN_NETWORK_S])
+            args = [KNOWN_NETWORK_S, self.settings.login_address_max_failures]
+            await self._end("succeeded", attempt, self._succeeded(keys=list(attempt.keys), args=args))
 
     async def failed(self, attempt: Attempt) -> None:
-        """A wrong password: the attempt stays counted, and is no longer in progress. When it is the
-        one that locks its pair or its address out, ``login_lockout_began`` says so, once: a burst of
-        guesses refused while in progress (``login_attempts_in_progress``) that stops logs the lockout
-        it caused though no attempt is refused after it (the diff reviewer)."""
-        if not attempt.counted:
-            return
-        pair, addr, _, _, _, pair_busy, addr_busy = attempt.keys
-        settings = self.settings
-        ended = await self._end(
-            "failed",
-            self._failed,
-            [pair, addr, pair_busy, addr_busy],
-            [settings.login_max_failures, settings.login_address_max_failures],
-        )
-        if ended is None:
-            return
-        pair_locked, pair_ttl, address_locked, address_ttl = ended
-        for scope, locked, ttl in (("pair", pair_locked, pair_ttl), ("address", address_locked, address_ttl)):
-            if int(locked):
-                security_log.warning(
-                    "login_lockout_began",
-                    scope=scope,
-                    purpose=attempt.purpose,
-                    client_network=attempt.network,
-                    account=attempt.keys[2][-12:],
-                    retry_after_s=int(ttl),
-                )
+        """A wrong password: the attempt stays counted, and is no longer in progress."""
+        if attempt.counted:
+            await self._end("failed", attempt, self._ended_script(attempt, []))
 
     async def abandoned(self, attempt: Attempt, ended_by: BaseException) -> None:
         """Take back an attempt that ``ended_by`` ended before its password was checked; from its
@@ -315,32 +305,60 @@ class LoginThrottle:
         docstring)."""
         if not attempt.counted:
             return
-        pair, addr, acct, _, _, pair_busy, addr_busy = attempt.keys
+        pair, addr, acct, *_ = attempt.keys
         client_gone = isinstance(ended_by, asyncio.CancelledError)
         counted = [acct] if attempt.took_slot and client_gone else [pair, addr, acct]
-        await self._end("abandoned", self._abandoned, [*counted, pair_busy, addr_busy], [])
+        await self._end("abandoned", attempt, self._ended_script(attempt, counted))
 
-    async def _end(
-        self, operation: str, script: AsyncScript, keys: list[str], args: list[int]
-    ) -> list[int] | None:
+    def _ended_script(self, attempt: Attempt, taken_back: list[str]) -> Awaitable[list[int]]:
+        pair, addr, _, _, _, pair_busy, addr_busy, pair_began, addr_began = attempt.keys
+        return self._ended(
+            keys=[pair, addr, pair_busy, addr_busy, pair_began, addr_began, *taken_back],
+            args=[self.settings.login_max_failures, self.settings.login_address_max_failures],
+        )
+
+    async def _end(self, operation: str, attempt: Attempt, script: Awaitable[Any]) -> None:
         """An attempt's end, run to completion even when the request is cancelled meanwhile (a
-        shutdown): a lost end would leave the attempt in progress until its busy count expires. Its
-        answer, or None with Valkey unreachable (reported)."""
+        shutdown; ``close`` waits for it): a lost end would leave the attempt in progress until its
+        busy count expires. The end that leaves a pair's or an address's limit of finished attempts
+        logs ``login_lockout_began``, once a window: a burst of guesses refused while in progress
+        (``login_attempts_in_progress``) that stops has its lockout logged though no attempt is
+        refused after it (the diff reviewers)."""
 
-        async def run() -> list[int] | None:
+        async def run() -> None:
             try:
-                answer: list[int] = await script(keys=keys, args=args)
-                return answer
+                answer = await script
             except VALKEY_ERRORS as exc:
                 report_dependency_down(
                     exc, "login_throttle", "login_throttle_unavailable", operation=operation
                 )
-                return None
+                return
+            if not isinstance(answer, list):  # succeeded's: nothing to report
+                return
+            pair_began, pair_ttl, address_began, address_ttl = (int(value) for value in answer)
+            for scope, began, ttl in (
+                ("pair", pair_began, pair_ttl),
+                ("address", address_began, address_ttl),
+            ):
+                if began:
+                    security_log.warning(
+                        "login_lockout_began",
+                        scope=scope,
+                        purpose=attempt.purpose,
+                        client_network=attempt.network,
+                        account=attempt.keys[2][-12:],
+                        retry_after_s=ttl,
+                    )
 
         ending = asyncio.ensure_future(run())
         self._ending.add(ending)  # a task only the loop refers to may be collected before it ends
         ending.add_done_callback(self._ending.discard)
-        return await asyncio.shield(ending)
+        await asyncio.shield(ending)
+
+    async def close(self, timeout_s: float = ENDS_AT_CLOSE_S) -> None:
+        """Let the ends of cancelled requests reach Valkey before the process closes its client."""
+        if self._ending:
+            await asyncio.wait(set(self._ending), timeout=timeout_s)
 
 
 def _key(kind: str, value: str) -> str:
