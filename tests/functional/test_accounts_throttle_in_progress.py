@@ -162,6 +162,43 @@ async def test_a_lockout_is_logged_once_though_the_count_in_progress_was_lost(
     assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
 
 
+async def test_a_lockout_in_a_windows_last_half_second_is_logged_and_its_record_dies_with_it(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """The record of a logged lockout lives exactly as long as its counter, to the millisecond (a
+    counter's TTL in seconds rounds: under 500 ms left read 0 and nothing was recorded, and a record
+    could outlive its counter into the next window, whose lockout then went unlogged)."""
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    pair, began = _key("pair", f"{email}\n{NETWORK}"), _key("pair-began", f"{email}\n{NETWORK}")
+    for _ in range(settings.login_max_failures - 1):
+        await throttle.failed(await throttle.attempt(email, NETWORK))
+    last = await throttle.attempt(email, NETWORK)
+    await valkey.pexpire(pair, 450)
+    with captured_logs() as logs:
+        await throttle.failed(last)
+    assert [line["retry_after_s"] for line in logs.events("login_lockout_began")] == [1]
+    assert 0 < await valkey.pttl(began) <= await valkey.pttl(pair) + 1
+
+
+async def test_a_lockout_whose_last_attempt_never_ended_is_logged_when_the_next_is_refused(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """An attempt in progress never ended (its process died): once its busy count expires (deleted
+    here) the pair is locked out with no end left to say so; the first refusal does, once."""
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    burst = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures)]
+    for attempt in burst[:-1]:
+        await throttle.failed(attempt)
+    await valkey.delete(_key("pair-busy", f"{email}\n{NETWORK}"))
+    with captured_logs() as logs:
+        for _ in range(2):
+            assert int((await refusal(throttle, email)).headers["Retry-After"]) > 1
+    assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
+    assert len(logs.events("login_locked_out")) == 2
+
+
 async def test_after_a_success_a_later_lockout_is_logged_again(settings: Settings, valkey: Valkey) -> None:
     throttle = LoginThrottle(settings, valkey)
     email = unique_email("owner")

@@ -215,9 +215,13 @@ class AccountService:
         await self.revocations.start()
 
     async def close(self) -> None:
-        await self.revocations.close()
-        await self.passwords.close()
-        await self.throttle.close()
+        """The password checks' threads end first (requests waiting for one are cancelled, and end
+        their sign-in attempts), then the throttle waits for the attempts' ends."""
+        try:
+            await self.revocations.close()
+            await self.passwords.close()
+        finally:
+            await self.throttle.close()
 
     # -- authentication of requests ------------------------------------------------------------
 

@@ -77,25 +77,41 @@ security_log = structlog.get_logger("security")
 VALKEY_ERRORS = (*VALKEY_DOWN, OSError)
 """Valkey unreachable or unable to serve now (``app.core.valkey``), or a socket error under it."""
 
-# KEYS: pair, addr, acct, next, known, pair-busy, addr-busy. ARGV: LOGIN_MAX_FAILURES (the pair's limit
-# and the account's threshold), address limit, window (s), LOGIN_MAX_DELAY_S in ms, the busy counters'
-# lifetime (s). Returns {refused_by (0 none, 1 pair, 2 address, 3 account's schedule, 4 a limit reached
-# only with attempts in progress), retry_after_s, account attempts before this one, delay_ms, slot_ms
-# (Valkey's clock), wait_ms}.
-_ATTEMPT = """
+_LOCKOUT_BEGAN = """
+local function lockout_began(counter, began)
+  local pttl = redis.call('PTTL', counter)
+  local recorded = 0
+  if pttl > 0 and redis.call('SET', began, 1, 'NX', 'PX', pttl) then recorded = 1 end
+  return recorded, math.ceil(math.max(pttl, 0) / 1000)
+end
+"""
+"""Lua: record that a counter's lockout began (once for the counter's lifetime, to the millisecond,
+so the record never outlives it): whether this call recorded it, and the seconds the lockout lasts."""
+
+# KEYS: pair, addr, acct, next, known, pair-busy, addr-busy, pair-began, addr-began. ARGV:
+# LOGIN_MAX_FAILURES (the pair's limit and the account's threshold), address limit, window (s),
+# LOGIN_MAX_DELAY_S in ms, the busy counters' lifetime (s). Returns {refused_by (0 none, 1 pair,
+# 2 address, 3 account's schedule, 4 a limit reached only with attempts in progress), retry_after_s,
+# account attempts before this one, delay_ms, slot_ms (Valkey's clock), wait_ms, the lockout began
+# unrecorded till now (0/1: an attempt in progress never ended, and its busy count expired)}.
+_ATTEMPT = (
+    _LOCKOUT_BEGAN
+    + """
 local pair = tonumber(redis.call('GET', KEYS[1]) or '0')
 local addr = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pair >= tonumber(ARGV[1]) then
   if pair - tonumber(redis.call('GET', KEYS[6]) or '0') < tonumber(ARGV[1]) then
-    return {4, 1, 0, 0, 0, 0}
+    return {4, 1, 0, 0, 0, 0, 0}
   end
-  return {1, redis.call('TTL', KEYS[1]), 0, 0, 0, 0}
+  local began, seconds = lockout_began(KEYS[1], KEYS[8])
+  return {1, seconds, 0, 0, 0, 0, began}
 end
 if addr >= tonumber(ARGV[2]) then
   if addr - tonumber(redis.call('GET', KEYS[7]) or '0') < tonumber(ARGV[2]) then
-    return {4, 1, 0, 0, 0, 0}
+    return {4, 1, 0, 0, 0, 0, 0}
   end
-  return {2, redis.call('TTL', KEYS[2]), 0, 0, 0, 0}
+  local began, seconds = lockout_began(KEYS[2], KEYS[9])
+  return {2, seconds, 0, 0, 0, 0, began}
 end
 local acct = tonumber(redis.call('GET', KEYS[3]) or '0')
 local over = acct - tonumber(ARGV[1])
@@ -109,7 +125,7 @@ if over >= 0 and redis.call('EXISTS', KEYS[5]) == 0 then
   slot_ms = math.max(now_ms, next_ms) + delay_ms
   wait_ms = slot_ms - now_ms
   if wait_ms > max_delay_ms then
-    return {3, math.ceil((wait_ms - max_delay_ms) / 1000), acct, delay_ms, slot_ms, wait_ms}
+    return {3, math.ceil((wait_ms - max_delay_ms) / 1000), acct, delay_ms, slot_ms, wait_ms, 0}
   end
   if wait_ms > 0 then redis.call('SET', KEYS[4], slot_ms, 'PX', wait_ms) end
 end
@@ -121,8 +137,9 @@ for i = 6, 7 do
   redis.call('INCR', KEYS[i])
   redis.call('EXPIRE', KEYS[i], ARGV[5])
 end
-return {0, 0, acct, delay_ms, slot_ms, wait_ms}
+return {0, 0, acct, delay_ms, slot_ms, wait_ms, 0}
 """
+)
 
 # KEYS: pair, addr, acct, next, known, pair-busy, addr-busy, pair-began, addr-began. ARGV:
 # KNOWN_NETWORK_S, address limit. A correct password: the attempt is no longer in progress, the
@@ -144,26 +161,25 @@ return 0
 # in progress. Returns {the pair's lockout begins now (0/1), its TTL, the address's (0/1), its TTL}:
 # its finished attempts (counted, not in progress) have reached the limit, recorded once a window in
 # the `began` key (as long as the counter), however the attempts ended and whatever a lost busy count.
-_ENDED = """
+_ENDED = (
+    _LOCKOUT_BEGAN
+    + """
 for i = 7, #KEYS do
   if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
 end
 for i = 3, 4 do
   if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
 end
-local answer = {}
+local answer = {0, 0, 0, 0}
 for i = 1, 2 do
   local counted = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local ttl = redis.call('TTL', KEYS[i])
-  local began = 0
-  if counted - tonumber(redis.call('GET', KEYS[i + 2]) or '0') >= tonumber(ARGV[i]) and ttl > 0 then
-    if redis.call('SET', KEYS[i + 4], 1, 'NX', 'EX', ttl) then began = 1 end
+  if counted - tonumber(redis.call('GET', KEYS[i + 2]) or '0') >= tonumber(ARGV[i]) then
+    answer[2 * i - 1], answer[2 * i] = lockout_began(KEYS[i], KEYS[i + 4])
   end
-  answer[2 * i - 1] = began
-  answer[2 * i] = ttl
 end
 return answer
 """
+)
 KNOWN_NETWORK_S = 30 * 86_400
 """How long a network the account signed in from skips the account's schedule."""
 
@@ -219,7 +235,7 @@ class LoginThrottle:
         )
         settings = self.settings
         try:
-            refused, retry_after, failures, delay_ms, slot_ms, wait_ms = await self._attempt(
+            refused, retry_after, failures, delay_ms, slot_ms, wait_ms, began = await self._attempt(
                 keys=list(keys),
                 args=[
                     settings.login_max_failures,
@@ -255,6 +271,15 @@ class LoginThrottle:
             )
         if refused:
             scope = _REFUSED_BY[int(refused)]
+            if int(began):
+                security_log.warning(
+                    "login_lockout_began",
+                    scope=scope,
+                    purpose=purpose,
+                    client_network=network,
+                    account=account,
+                    retry_after_s=int(retry_after),
+                )
             security_log.warning(
                 "login_locked_out",
                 scope=scope,
@@ -356,9 +381,12 @@ class LoginThrottle:
         await asyncio.shield(ending)
 
     async def close(self, timeout_s: float = ENDS_AT_CLOSE_S) -> None:
-        """Let the ends of cancelled requests reach Valkey before the process closes its client."""
-        if self._ending:
-            await asyncio.wait(set(self._ending), timeout=timeout_s)
+        """Let the ends of cancelled requests reach Valkey before the process closes its client,
+        those that start meanwhile too (requests cancelled as the process stops), for ``timeout_s``
+        in all."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._ending and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._ending), timeout=left)
 
 
 def _key(kind: str, value: str) -> str:
