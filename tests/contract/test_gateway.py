@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -71,13 +72,13 @@ def app_server(database_url: str, valkey_url: str, tmp_path: Path) -> Iterator[S
         yield served
 
 
-@pytest.fixture
-def gateway(app_server: ServerProcess, tmp_path: Path) -> Iterator[int]:
+@contextmanager
+def nginx_running(upstream_port: int, prefix: Path) -> Iterator[int]:
+    """The project's gateway config, in a real nginx in front of ``upstream_port``: its port."""
     assert Path(NGINX).exists(), f"nginx is not installed ({NGINX}); `apt-get install nginx` (.ci/run does)"
-    prefix = tmp_path / "nginx"
     prefix.mkdir()
     port = free_port()
-    (prefix / "nginx.conf").write_text(gateway_config(port, app_server.port, prefix))
+    (prefix / "nginx.conf").write_text(gateway_config(port, upstream_port, prefix))
     log = (prefix / "out.log").open("wb")
     process = subprocess.Popen(
         [NGINX, "-p", str(prefix), "-e", "stderr", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
@@ -90,6 +91,12 @@ def gateway(app_server: ServerProcess, tmp_path: Path) -> Iterator[int]:
         process.terminate()
         process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def gateway(app_server: ServerProcess, tmp_path: Path) -> Iterator[int]:
+    with nginx_running(app_server.port, tmp_path / "nginx") as port:
+        yield port
 
 
 async def status_of(port: int, raw_path: str) -> int:
@@ -239,3 +246,130 @@ async def test_the_app_alone_refuses_a_request_line_over_64_kib_as_documented(
         if isinstance(operation, dict) and "responses" in operation and "414" not in operation["responses"]
     ]
     assert not undocumented
+
+
+# -- nginx's own answers, request ids, uploads, Host (the gateway reviewer) --------------------------
+
+
+async def exchange(port: int, head: str, body: bytes = b"") -> tuple[int, list[tuple[str, str]], bytes]:
+    """One ``Connection: close`` exchange sent byte for byte: the status, every header line (names
+    lower-case, repeats kept) and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    top, _, content = raw.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+    return int(lines[0].split()[1]), headers, content
+
+
+def only(headers: list[tuple[str, str]], name: str) -> str:
+    values = [value for key, value in headers if key == name]
+    assert len(values) == 1, (name, values)
+    return values[0]
+
+
+async def test_every_answer_carries_one_request_id_the_clients_when_the_app_keeps_it(gateway: int) -> None:
+    assert await status_of(gateway, "/health/live") == 200
+    status, headers, _ = await exchange(
+        gateway, "GET /health/live HTTP/1.1\r\nHost: gw\r\nX-Request-ID: mine-1\r\nConnection: close\r\n\r\n"
+    )
+    assert (status, only(headers, "x-request-id")) == (200, "mine-1")
+    status, headers, _ = await exchange(
+        gateway, "GET /health/live HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 200 and len(only(headers, "x-request-id")) == 32
+
+
+async def test_a_request_id_the_app_would_refuse_never_reaches_a_problems_json(gateway: int) -> None:
+    """It was pasted into nginx's own problems: a quote ended the string (broken JSON, or fields of
+    the sender's choosing) and the gateway logged another id than the app."""
+    assert await status_of(gateway, "/health/live") == 200
+    forged = 'x","type":"https://evil.example/","detail":"Call us'
+    status, headers, content = await exchange(
+        gateway,
+        f"POST /api/orders HTTP/1.1\r\nHost: gw\r\nX-Request-ID: {forged}\r\n"
+        f"Content-Length: {1024 * 1024 + 1}\r\nConnection: close\r\n\r\n",
+    )
+    problem = json.loads(content)
+    assert (status, problem["type"]) == (413, "/problems/payload-too-large")
+    assert len(problem["request_id"]) == 32 and problem["request_id"] == only(headers, "x-request-id")
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "kind"),
+    [
+        ("GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n", 403, "/problems/forbidden"),
+        (
+            "GET /api/products HTTP/1.1\r\nHost: gw\r\nX-Big: "
+            + "a" * 17 * 1024
+            + "\r\nConnection: close\r\n\r\n",
+            400,
+            "/problems/bad-request",
+        ),
+    ],
+    ids=["metrics", "header-too-large"],
+)
+async def test_the_gateways_own_refusals_are_problems(
+    gateway: int, head: str, status: int, kind: str
+) -> None:
+    assert await status_of(gateway, "/health/live") == 200
+    answered, headers, content = await exchange(gateway, head)
+    problem = json.loads(content)
+    assert (answered, only(headers, "content-type"), problem["type"]) == (
+        status,
+        "application/problem+json",
+        kind,
+    )
+    assert problem["request_id"] == only(headers, "x-request-id")
+    assert only(headers, "strict-transport-security").startswith("max-age=")
+
+
+async def test_an_app_that_does_not_answer_is_a_503_problem_with_retry_after(tmp_path: Path) -> None:
+    with nginx_running(free_port(), tmp_path / "nginx") as port:  # nothing listens upstream
+        assert await status_of(port, "/nginx-health") == 200
+        status, headers, content = await exchange(
+            port, "GET /api/products HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+    assert (status, only(headers, "content-type"), only(headers, "retry-after")) == (
+        503,
+        "application/problem+json",
+        "5",
+    )
+    assert json.loads(content)["request_id"] == only(headers, "x-request-id")
+
+
+async def test_an_upload_is_refused_before_its_body_is_whole(gateway: int) -> None:
+    """Uploads are streamed to the app, not buffered at the gateway: one without a token is answered
+    401 while most of its declared 20 MiB is still unsent. Buffered, nginx waited for the whole body
+    (a client trickling it held 25 MiB of the gateway's buffer space per connection, unauthenticated)."""
+    assert await status_of(gateway, "/health/live") == 200
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway)
+    writer.write(
+        "POST /api/projects/1/files HTTP/1.1\r\nHost: gw\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {20 * 1024 * 1024}\r\nConnection: close\r\n\r\n".encode()
+        + b"x" * 65536
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), timeout=20)  # buffered: never, until 30 s
+    writer.close()
+    assert status_line.split()[1] == b"401"
+
+
+async def test_the_app_sees_the_host_with_its_port_so_the_dashboards_own_origin_passes(gateway: int) -> None:
+    """The dashboard's same-origin check (no Sec-Fetch-Site: an older browser) compares Origin with
+    Host: with the port dropped by the gateway, its own page was refused 403 and another origin let
+    in."""
+    assert await status_of(gateway, "/health/live") == 200
+    own = f"127.0.0.1:{gateway}"
+    for origin, refused in ((f"http://{own}", False), ("http://127.0.0.1", True)):
+        status, _, _ = await exchange(
+            gateway,
+            f"POST /saq/login HTTP/1.1\r\nHost: {own}\r\nOrigin: {origin}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        assert (status == 403) is refused, (origin, status)
