@@ -272,22 +272,8 @@ class LoginThrottle:
         if refused:
             scope = _REFUSED_BY[int(refused)]
             if int(began):
-                security_log.warning(
-                    "login_lockout_began",
-                    scope=scope,
-                    purpose=purpose,
-                    client_network=network,
-                    account=account,
-                    retry_after_s=int(retry_after),
-                )
-            security_log.warning(
-                "login_locked_out",
-                scope=scope,
-                purpose=purpose,
-                client_network=network,
-                account=account,
-                retry_after_s=int(retry_after),
-            )
+                _log_lockout("login_lockout_began", scope, purpose, network, account, int(retry_after))
+            _log_lockout("login_locked_out", scope, purpose, network, account, int(retry_after))
             detail = (
                 "Too many recent sign-in attempts for this account; try again shortly."
                 if scope == "account"
@@ -366,14 +352,8 @@ class LoginThrottle:
                 ("address", address_began, address_ttl),
             ):
                 if began:
-                    security_log.warning(
-                        "login_lockout_began",
-                        scope=scope,
-                        purpose=attempt.purpose,
-                        client_network=attempt.network,
-                        account=attempt.keys[2][-12:],
-                        retry_after_s=ttl,
-                    )
+                    account = attempt.keys[2][-12:]
+                    _log_lockout("login_lockout_began", scope, attempt.purpose, attempt.network, account, ttl)
 
         ending = asyncio.ensure_future(run())
         self._ending.add(ending)  # a task only the loop refers to may be collected before it ends
@@ -387,6 +367,19 @@ class LoginThrottle:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while self._ending and (left := deadline - asyncio.get_running_loop().time()) > 0:
             await asyncio.wait(set(self._ending), timeout=left)
+
+
+def _log_lockout(
+    event: str, scope: str, purpose: str, network: str, account: str, retry_after_s: int
+) -> None:
+    security_log.warning(
+        event,
+        scope=scope,
+        purpose=purpose,
+        client_network=network,
+        account=account,
+        retry_after_s=retry_after_s,
+    )
 
 
 def _key(kind: str, value: str) -> str:
