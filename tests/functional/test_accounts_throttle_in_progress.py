@@ -130,6 +130,36 @@ async def test_an_attempts_end_is_not_lost_when_its_request_is_cancelled_nor_at_
         assert int((await refusal(LoginThrottle(settings, reader), email)).headers["Retry-After"]) > 1
 
 
+async def test_an_attempt_whose_request_is_cancelled_while_valkey_counts_it_is_taken_back(
+    settings: Settings, controlled_valkey: ControlledValkey
+) -> None:
+    """The count landed after the request was gone (a shutdown): nothing ended the attempt, so it
+    stayed counted as a failure and in progress until its busy count expired."""
+    valkey = Valkey.from_url(controlled_valkey.url)
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    pair, busy = _key("pair", f"{email}\n{NETWORK}"), _key("pair-busy", f"{email}\n{NETWORK}")
+    try:
+        await throttle.failed(await throttle.attempt(email, NETWORK))  # one failure stays counted
+        controlled_valkey.pause()
+        try:
+            attempting = asyncio.ensure_future(throttle.attempt(email, NETWORK))
+
+            async def counting() -> bool:
+                return bool(throttle._ending)
+
+            await wait_until(counting, 10, "the attempt waits for Valkey's count")
+            attempting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await attempting
+        finally:
+            controlled_valkey.resume()
+        await throttle.close()
+        assert (await valkey.get(pair), await valkey.get(busy)) == (b"1", b"0")
+    finally:
+        await valkey.aclose()
+
+
 async def test_the_last_attempt_of_a_lockout_abandoned_after_its_turn_still_logs_it(
     settings: Settings, valkey: Valkey
 ) -> None:

@@ -62,7 +62,8 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import structlog
 from valkey.asyncio import Valkey
@@ -195,12 +196,17 @@ _REFUSED_BY = {1: "pair", 2: "address", 3: "account"}
 _IN_PROGRESS = 4
 
 
+Keys = tuple[str, str, str, str, str, str, str, str, str]
+"""An attempt's keys: pair, addr, acct, next, known, pair-busy, addr-busy, pair-began, addr-began."""
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One counted password attempt; pass it back to ``succeeded`` when the password was right, to
     ``abandoned`` when no password was checked."""
 
-    keys: tuple[str, str, str, str, str, str, str, str, str]
+    keys: Keys
     counted: bool
     took_slot: bool = False
     """It reserved a slot in the account's schedule (it waited for its turn)."""
@@ -215,7 +221,7 @@ class LoginThrottle:
         self._attempt = valkey.register_script(_ATTEMPT)
         self._succeeded = valkey.register_script(_SUCCEEDED)
         self._ended = valkey.register_script(_ENDED)
-        self._ending: set[asyncio.Future[None]] = set()
+        self._ending: set[asyncio.Future[Any]] = set()
 
     async def attempt(self, email: str, client_ip: str | None, *, purpose: str = "login") -> Attempt:
         """Count a password attempt, or refuse it (429) when its pair or address is over its limit or
@@ -234,8 +240,8 @@ class LoginThrottle:
             _key("addr-began", network),
         )
         settings = self.settings
-        try:
-            refused, retry_after, failures, delay_ms, slot_ms, wait_ms, began = await self._attempt(
+        counting = self._kept(
+            self._attempt(
                 keys=list(keys),
                 args=[
                     settings.login_max_failures,
@@ -245,6 +251,12 @@ class LoginThrottle:
                     settings.login_max_delay_s + BUSY_MARGIN_S,
                 ],
             )
+        )
+        try:
+            refused, retry_after, failures, delay_ms, slot_ms, wait_ms, began = await asyncio.shield(counting)
+        except asyncio.CancelledError:
+            counting.add_done_callback(partial(self._end_if_counted, keys, purpose, network))
+            raise
         except VALKEY_ERRORS as exc:
             report_dependency_down(
                 exc,
@@ -355,15 +367,33 @@ class LoginThrottle:
                     account = attempt.keys[2][-12:]
                     _log_lockout("login_lockout_began", scope, attempt.purpose, attempt.network, account, ttl)
 
-        ending = asyncio.ensure_future(run())
-        self._ending.add(ending)  # a task only the loop refers to may be collected before it ends
-        ending.add_done_callback(self._ending.discard)
-        await asyncio.shield(ending)
+        await asyncio.shield(self._kept(run()))
+
+    def _kept(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """``work`` as a task ``close`` waits for (and that the loop's weak reference alone would
+        not keep alive until it ends)."""
+        task = asyncio.ensure_future(work)
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+        return task
+
+    def _end_if_counted(self, keys: Keys, purpose: str, network: str, counting: asyncio.Future[Any]) -> None:
+        """The request was cancelled (a shutdown) while Valkey counted its attempt: once the count
+        lands, an attempt it admitted checked no password and is ended as one whose client went
+        (else it stayed counted and in progress until its busy count expired)."""
+        if counting.cancelled() or counting.exception() is not None:
+            return
+        refused, *_, wait_ms, _ = counting.result()
+        if not int(refused):
+            attempt = Attempt(
+                keys, counted=True, took_slot=int(wait_ms) > 0, purpose=purpose, network=network
+            )
+            self._kept(self.abandoned(attempt, asyncio.CancelledError()))
 
     async def close(self, timeout_s: float = ENDS_AT_CLOSE_S) -> None:
-        """Let the ends of cancelled requests reach Valkey before the process closes its client,
-        those that start meanwhile too (requests cancelled as the process stops), for ``timeout_s``
-        in all."""
+        """Let the counts and ends of cancelled requests reach Valkey before the process closes its
+        client, those that start meanwhile too (requests cancelled as the process stops), for
+        ``timeout_s`` in all."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while self._ending and (left := deadline - asyncio.get_running_loop().time()) > 0:
             await asyncio.wait(set(self._ending), timeout=left)
