@@ -160,6 +160,54 @@ async def test_an_attempt_whose_request_is_cancelled_while_valkey_counts_it_is_t
         await valkey.aclose()
 
 
+async def test_an_end_valkey_refuses_is_logged_and_leaves_the_answer_alone(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """A key of the wrong type (a bug, or another program's key) makes the end's script fail: the
+    sign-in's answer stands (no 500 from the throttle's bookkeeping) and the failure is logged."""
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    attempt = await throttle.attempt(email, NETWORK)
+    pair = _key("pair", f"{email}\n{NETWORK}")
+    await valkey.delete(pair)
+    await valkey.hset(pair, "not", "a counter")
+    with captured_logs() as logs:
+        await throttle.failed(attempt)
+    assert [line["operation"] for line in logs.events("login_throttle_end_failed")] == ["failed"]
+
+
+async def test_a_lockout_recorded_by_a_count_whose_request_was_cancelled_is_logged(
+    settings: Settings, controlled_valkey: ControlledValkey
+) -> None:
+    """The count that finds the lockout unrecorded (its last attempt never ended) records it; its
+    request was cancelled meanwhile, so the line comes from the count's own end."""
+    valkey = Valkey.from_url(controlled_valkey.url)
+    throttle = LoginThrottle(settings, valkey)
+    email = unique_email("owner")
+    try:
+        for _ in range(settings.login_max_failures):
+            await throttle.failed(await throttle.attempt(email, NETWORK))
+        await valkey.delete(_key("pair-began", f"{email}\n{NETWORK}"))  # as if the last end was lost
+        with captured_logs() as logs:
+            controlled_valkey.pause()
+            try:
+                attempting = asyncio.ensure_future(throttle.attempt(email, NETWORK))
+
+                async def counting() -> bool:
+                    return bool(throttle._ending)
+
+                await wait_until(counting, 10, "the attempt waits for Valkey's count")
+                attempting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await attempting
+            finally:
+                controlled_valkey.resume()
+            await throttle.close()
+        assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
+    finally:
+        await valkey.aclose()
+
+
 async def test_the_last_attempt_of_a_lockout_abandoned_after_its_turn_still_logs_it(
     settings: Settings, valkey: Valkey
 ) -> None:

@@ -356,6 +356,9 @@ class LoginThrottle:
                     exc, "login_throttle", "login_throttle_unavailable", operation=operation
                 )
                 return
+            except Exception:  # Valkey refused the script (a key of the wrong type): the answer stands
+                security_log.exception("login_throttle_end_failed", operation=operation)
+                return
             if not isinstance(answer, list):  # succeeded's: nothing to report
                 return
             pair_began, pair_ttl, address_began, address_ttl = (int(value) for value in answer)
@@ -381,9 +384,16 @@ class LoginThrottle:
         """The request was cancelled (a shutdown) while Valkey counted its attempt: once the count
         lands, an attempt it admitted checked no password and is ended as one whose client went
         (else it stayed counted and in progress until its busy count expired)."""
-        if counting.cancelled() or counting.exception() is not None:
+        if counting.cancelled():
             return
-        refused, *_, wait_ms, _ = counting.result()
+        if (error := counting.exception()) is not None:
+            if not isinstance(error, VALKEY_ERRORS):
+                security_log.error("login_throttle_count_failed", exc_info=error)
+            return
+        refused, retry_after, *_, wait_ms, began = counting.result()
+        if int(refused) in _REFUSED_BY and int(began):  # the lockout it recorded: no one else says so
+            scope, account = _REFUSED_BY[int(refused)], keys[2][-12:]
+            _log_lockout("login_lockout_began", scope, purpose, network, account, int(retry_after))
         if not int(refused):
             attempt = Attempt(
                 keys, counted=True, took_slot=int(wait_ms) > 0, purpose=purpose, network=network
