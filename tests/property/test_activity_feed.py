@@ -153,19 +153,25 @@ class RefGroup:
 
 
 def reference_group(events: list[Ev]) -> None:
-    """Sets ``key`` on every event (delivery order = outbox order)."""
-    latest: dict[tuple[Any, ...], RefGroup] = {}
+    """Sets ``key`` on every event (delivery order = outbox order): an event joins, of its stream's
+    groups whose time range holds it within the window and whose span stays within the limit, the
+    one with the latest last event (of those, the newest); else it starts a group. (The streams here
+    never hold the OPEN_GROUPS_PER_STREAM groups the rule reaches back.)"""
+    streams: dict[tuple[Any, ...], list[RefGroup]] = {}
     for e in sorted(events, key=lambda e: e.outbox_id):
         who = ("target", e.target_id) if e.target_id is not None else ("actor", e.actor_id)
-        stream = (e.verb, e.object_type, e.project_id, e.audience_id, who)
-        group = latest.get(stream)
-        fits = (
-            group is not None
-            and group.first - WINDOW <= e.at <= group.last + WINDOW
+        groups = streams.setdefault((e.verb, e.object_type, e.project_id, e.audience_id, who), [])
+        fitting = [
+            group
+            for group in groups
+            if group.first - WINDOW <= e.at <= group.last + WINDOW
             and max(group.last, e.at) - min(group.first, e.at) <= SPAN
-        )
-        if group is None or not fits:
-            group = latest[stream] = RefGroup(f"1-{e.outbox_id}", e.at, e.at)
+        ]
+        if fitting:
+            group = max(fitting, key=lambda group: (group.last, groups.index(group)))
+        else:
+            group = RefGroup(f"1-{e.outbox_id}", e.at, e.at)
+            groups.append(group)
         group.first, group.last = min(group.first, e.at), max(group.last, e.at)
         group.events.append(e)
         e.key = group.key

@@ -9,7 +9,9 @@ Rule version 1:
 - Within a stream, events are taken in delivery order (outbox id). An event joins a group of its
   stream that was built by this same rule (version, window and span), whose time range holds the
   event within ``window`` (``first - window <= at <= last + window``) and whose span, event included,
-  stays within ``max_span``; of several, the one with the latest last event. Otherwise the event
+  stays within ``max_span``; of several, the one with the latest last event (of those, the newest: its
+  first event's outbox id is the highest, whether it was stored or made in this batch, so a tie is
+  decided alike however the events were batched). Otherwise the event
   starts a new group. Groups are chosen by time, not by when they were made: an event delivered late
   (its job lost, then recovered) joins the burst it happened in, and the group it starts when there
   is none does not take the place of the stream's newest, so the burst still going on goes on in its
@@ -90,6 +92,11 @@ def group_key(rule: GroupingRule, first_outbox_id: int) -> str:
     return f"{rule.version}-{first_outbox_id}"
 
 
+def first_outbox_id(key: str) -> int:
+    """The outbox id of a group's first event, from its key (``group_key``)."""
+    return int(key.rsplit("-", 1)[1])
+
+
 def joins(group: OpenGroup, event: StreamEvent, rule: GroupingRule) -> bool:
     if group.rule != rule:
         return False
@@ -114,7 +121,7 @@ def assign_groups(
         groups = open_groups.setdefault(stream_of(event), [])
         group = max(
             (candidate for candidate in groups if joins(candidate, event, rule)),
-            key=lambda candidate: candidate.last_at,
+            key=lambda candidate: (candidate.last_at, first_outbox_id(candidate.key)),
             default=None,
         )
         if group is not None:
