@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import msgspec
@@ -42,6 +43,34 @@ async def refusal(throttle: LoginThrottle, email: str, address: str = NETWORK) -
     with pytest.raises(TooManyRequestsError) as refused:
         await throttle.attempt(email, address)
     return refused.value
+
+
+@pytest.fixture
+async def pausable(settings: Settings, controlled_valkey: ControlledValkey) -> AsyncIterator[LoginThrottle]:
+    """A throttle on a Valkey of its own, which ``cancelled_under_way`` pauses."""
+    async with Valkey.from_url(controlled_valkey.url) as client:
+        yield LoginThrottle(settings, client)
+
+
+async def cancelled_under_way(
+    throttle: LoginThrottle, controlled_valkey: ControlledValkey, work: Coroutine[Any, Any, object]
+) -> None:
+    """``work`` cancelled while its Valkey call is surely under way (Valkey paused meanwhile), as a
+    shutdown cancels a request; then Valkey resumes and the throttle closes, waiting for what is left."""
+    controlled_valkey.pause()
+    try:
+        running = asyncio.ensure_future(work)
+
+        async def under_way() -> bool:
+            return throttle.in_flight > 0
+
+        await wait_until(under_way, 10, "the throttle's call waits for Valkey")
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    finally:
+        controlled_valkey.resume()
+    await throttle.close()
 
 
 async def test_attempts_in_progress_at_the_pairs_limit_refuse_for_a_moment_not_a_window(
@@ -94,70 +123,33 @@ async def test_the_failure_that_locks_a_pair_out_says_so_once_though_nothing_is_
 
 
 async def test_an_attempts_end_is_not_lost_when_its_request_is_cancelled_nor_at_close(
-    settings: Settings, controlled_valkey: ControlledValkey
+    settings: Settings, pausable: LoginThrottle, controlled_valkey: ControlledValkey
 ) -> None:
-    """A shutdown cancels the request while it ends its attempt (Valkey is paused meanwhile, so the
-    end is surely under way), then closes the throttle and its Valkey client: the end still runs,
-    lockout line included, so the attempt is not left in progress (which turned the pair's real
-    lockout into a moment's refusal) and the lockout it began is logged."""
-    valkey = Valkey.from_url(controlled_valkey.url)
-    throttle = LoginThrottle(settings, valkey)
+    """A shutdown cancels the request while it ends its attempt, then closes the throttle and its
+    Valkey client: the end still runs, lockout line included, so the attempt is not left in progress
+    (which turned the pair's real lockout into a moment's refusal) and the lockout it began is logged."""
     email = unique_email("owner")
-    try:
-        for _ in range(settings.login_max_failures - 1):
-            await throttle.failed(await throttle.attempt(email, NETWORK))
-        last = await throttle.attempt(email, NETWORK)
-        with captured_logs() as logs:
-            controlled_valkey.pause()
-            try:
-                ending = asyncio.ensure_future(throttle.failed(last))
-
-                async def under_way() -> bool:
-                    return bool(throttle._ending)
-
-                await wait_until(under_way, 10, "the end waits for Valkey")
-                ending.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await ending
-            finally:
-                controlled_valkey.resume()
-            await throttle.close()
-        assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
-    finally:
-        await valkey.aclose()
+    for _ in range(settings.login_max_failures - 1):
+        await pausable.failed(await pausable.attempt(email, NETWORK))
+    last = await pausable.attempt(email, NETWORK)
+    with captured_logs() as logs:
+        await cancelled_under_way(pausable, controlled_valkey, pausable.failed(last))
+    assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
     async with Valkey.from_url(controlled_valkey.url) as reader:
         assert await reader.get(_key("pair-busy", f"{email}\n{NETWORK}")) in (None, b"0")
         assert int((await refusal(LoginThrottle(settings, reader), email)).headers["Retry-After"]) > 1
 
 
 async def test_an_attempt_whose_request_is_cancelled_while_valkey_counts_it_is_taken_back(
-    settings: Settings, controlled_valkey: ControlledValkey
+    pausable: LoginThrottle, controlled_valkey: ControlledValkey
 ) -> None:
     """The count landed after the request was gone (a shutdown): nothing ended the attempt, so it
     stayed counted as a failure and in progress until its busy count expired."""
-    valkey = Valkey.from_url(controlled_valkey.url)
-    throttle = LoginThrottle(settings, valkey)
     email = unique_email("owner")
     pair, busy = _key("pair", f"{email}\n{NETWORK}"), _key("pair-busy", f"{email}\n{NETWORK}")
-    try:
-        await throttle.failed(await throttle.attempt(email, NETWORK))  # one failure stays counted
-        controlled_valkey.pause()
-        try:
-            attempting = asyncio.ensure_future(throttle.attempt(email, NETWORK))
-
-            async def counting() -> bool:
-                return bool(throttle._ending)
-
-            await wait_until(counting, 10, "the attempt waits for Valkey's count")
-            attempting.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await attempting
-        finally:
-            controlled_valkey.resume()
-        await throttle.close()
-        assert (await valkey.get(pair), await valkey.get(busy)) == (b"1", b"0")
-    finally:
-        await valkey.aclose()
+    await pausable.failed(await pausable.attempt(email, NETWORK))  # one failure stays counted
+    await cancelled_under_way(pausable, controlled_valkey, pausable.attempt(email, NETWORK))
+    assert (await pausable.valkey.get(pair), await pausable.valkey.get(busy)) == (b"1", b"0")
 
 
 async def test_an_end_valkey_refuses_is_logged_and_leaves_the_answer_alone(
@@ -177,35 +169,17 @@ async def test_an_end_valkey_refuses_is_logged_and_leaves_the_answer_alone(
 
 
 async def test_a_lockout_recorded_by_a_count_whose_request_was_cancelled_is_logged(
-    settings: Settings, controlled_valkey: ControlledValkey
+    settings: Settings, pausable: LoginThrottle, controlled_valkey: ControlledValkey
 ) -> None:
     """The count that finds the lockout unrecorded (its last attempt never ended) records it; its
     request was cancelled meanwhile, so the line comes from the count's own end."""
-    valkey = Valkey.from_url(controlled_valkey.url)
-    throttle = LoginThrottle(settings, valkey)
     email = unique_email("owner")
-    try:
-        for _ in range(settings.login_max_failures):
-            await throttle.failed(await throttle.attempt(email, NETWORK))
-        await valkey.delete(_key("pair-began", f"{email}\n{NETWORK}"))  # as if the last end was lost
-        with captured_logs() as logs:
-            controlled_valkey.pause()
-            try:
-                attempting = asyncio.ensure_future(throttle.attempt(email, NETWORK))
-
-                async def counting() -> bool:
-                    return bool(throttle._ending)
-
-                await wait_until(counting, 10, "the attempt waits for Valkey's count")
-                attempting.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await attempting
-            finally:
-                controlled_valkey.resume()
-            await throttle.close()
-        assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
-    finally:
-        await valkey.aclose()
+    for _ in range(settings.login_max_failures):
+        await pausable.failed(await pausable.attempt(email, NETWORK))
+    await pausable.valkey.delete(_key("pair-began", f"{email}\n{NETWORK}"))  # as if the last end was lost
+    with captured_logs() as logs:
+        await cancelled_under_way(pausable, controlled_valkey, pausable.attempt(email, NETWORK))
+    assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
 
 
 async def test_the_last_attempt_of_a_lockout_abandoned_after_its_turn_still_logs_it(

@@ -221,7 +221,7 @@ class LoginThrottle:
         self._attempt = valkey.register_script(_ATTEMPT)
         self._succeeded = valkey.register_script(_SUCCEEDED)
         self._ended = valkey.register_script(_ENDED)
-        self._ending: set[asyncio.Future[Any]] = set()
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     async def attempt(self, email: str, client_ip: str | None, *, purpose: str = "login") -> Attempt:
         """Count a password attempt, or refuse it (429) when its pair or address is over its limit or
@@ -271,7 +271,7 @@ class LoginThrottle:
                     "Sign-in is briefly unavailable; try again shortly.", headers={"Retry-After": "5"}
                 ) from None
             return Attempt(keys, counted=False)
-        account = keys[2][-12:]  # a digest prefix: correlates events without naming the account
+        account = _account_tag(keys)
         if int(refused) == _IN_PROGRESS:
             security_log.warning(
                 "login_attempts_in_progress", purpose=purpose, client_network=network, account=account
@@ -367,7 +367,7 @@ class LoginThrottle:
                 ("address", address_began, address_ttl),
             ):
                 if began:
-                    account = attempt.keys[2][-12:]
+                    account = _account_tag(attempt.keys)
                     _log_lockout("login_lockout_began", scope, attempt.purpose, attempt.network, account, ttl)
 
         await asyncio.shield(self._kept(run()))
@@ -376,8 +376,8 @@ class LoginThrottle:
         """``work`` as a task ``close`` waits for (and that the loop's weak reference alone would
         not keep alive until it ends)."""
         task = asyncio.ensure_future(work)
-        self._ending.add(task)
-        task.add_done_callback(self._ending.discard)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
         return task
 
     def _end_if_counted(self, keys: Keys, purpose: str, network: str, counting: asyncio.Future[Any]) -> None:
@@ -392,7 +392,7 @@ class LoginThrottle:
             return
         refused, retry_after, *_, wait_ms, began = counting.result()
         if int(refused) in _REFUSED_BY and int(began):  # the lockout it recorded: no one else says so
-            scope, account = _REFUSED_BY[int(refused)], keys[2][-12:]
+            scope, account = _REFUSED_BY[int(refused)], _account_tag(keys)
             _log_lockout("login_lockout_began", scope, purpose, network, account, int(retry_after))
         if not int(refused):
             attempt = Attempt(
@@ -400,13 +400,23 @@ class LoginThrottle:
             )
             self._kept(self.abandoned(attempt, asyncio.CancelledError()))
 
+    @property
+    def in_flight(self) -> int:
+        """Counts and ends of attempts under way in Valkey (``close`` waits for them)."""
+        return len(self._in_flight)
+
     async def close(self, timeout_s: float = ENDS_AT_CLOSE_S) -> None:
         """Let the counts and ends of cancelled requests reach Valkey before the process closes its
         client, those that start meanwhile too (requests cancelled as the process stops), for
         ``timeout_s`` in all."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._ending and (left := deadline - asyncio.get_running_loop().time()) > 0:
-            await asyncio.wait(set(self._ending), timeout=left)
+        while self._in_flight and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._in_flight), timeout=left)
+
+
+def _account_tag(keys: Keys) -> str:
+    """A digest prefix of the account's key: correlates security events without naming the account."""
+    return keys[2][-12:]
 
 
 def _log_lockout(
