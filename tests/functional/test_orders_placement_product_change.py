@@ -78,6 +78,28 @@ def waits(
     return condition
 
 
+async def placing_held(
+    client: httpx.AsyncClient, probe: AsyncConnection[Any], buyer: Actor, product_id: int
+) -> asyncio.Future[httpx.Response]:
+    """A placement of one unit, once it has read its product and waits for the held outbox (the
+    first session waiting for a lock)."""
+    placing = place(client, buyer, product_id)
+    await wait_until(waits(probe, 1), 10, "the placement, past its read, waits for the outbox")
+    return placing
+
+
+async def answered_before_waiting(
+    probe: AsyncConnection[Any], request: asyncio.Future[httpx.Response], waiting: int
+) -> bool:
+    """Whether ``request`` was answered before it, the ``waiting``-th session, waited for a lock."""
+
+    async def answered_or_waiting() -> bool:
+        return request.done() or await lock_waits(probe) >= waiting
+
+    await wait_until(answered_or_waiting, 10, "the request is answered or waits for a lock")
+    return request.done()
+
+
 async def test_a_price_change_waits_for_a_placement_that_read_the_old_price(
     served: Served, db: AsyncConnection[Any], settings: Settings
 ) -> None:
@@ -86,19 +108,13 @@ async def test_a_price_change_waits_for_a_placement_that_read_the_old_price(
     buyer = await make_user(db, served.app)
     product_id = await make_product(db, price="10.00", stock=5)
     async with outbox_held(settings) as (holder, probe):
-        placing = place(client, buyer, product_id)
-        await wait_until(waits(probe, 1), 10, "the placement, past its read, waits for the outbox")
+        placing = await placing_held(client, probe, buyer, product_id)
         changing = asyncio.ensure_future(
             client.patch(
                 f"/api/products/{product_id}", json={"price": "99.00", "active": False}, headers=admin.headers
             )
         )
-
-        async def change_answered_or_waiting() -> bool:
-            return changing.done() or await lock_waits(probe) >= 2
-
-        await wait_until(change_answered_or_waiting, 10, "the change is answered or waits for a lock")
-        answered_while_placing = changing.done()
+        answered_while_placing = await answered_before_waiting(probe, changing, 2)
         await holder.rollback()
         placed, changed = await placing, await changing
 
@@ -119,8 +135,7 @@ async def test_a_placement_after_a_waiting_change_waits_for_it_and_takes_the_new
     first_buyer, second_buyer = await make_user(db, served.app), await make_user(db, served.app)
     product_id = await make_product(db, price="10.00", stock=5)
     async with outbox_held(settings) as (holder, probe):
-        first = place(client, first_buyer, product_id)
-        await wait_until(waits(probe, 1), 10, "the first placement waits for the outbox")
+        first = await placing_held(client, probe, first_buyer, product_id)
         changing = asyncio.ensure_future(
             client.patch(f"/api/products/{product_id}", json={"price": "99.00"}, headers=admin.headers)
         )
@@ -145,8 +160,7 @@ async def test_stock_moves_while_a_placement_is_under_way(
     buyer = await make_user(db, served.app)
     product_id = await make_product(db, price="10.00", stock=5)
     async with outbox_held(settings) as (_, probe):
-        placing = place(client, buyer, product_id)
-        await wait_until(waits(probe, 1), 10, "the placement waits for the outbox")
+        placing = await placing_held(client, probe, buyer, product_id)
         adjusting = asyncio.ensure_future(
             client.post(
                 f"/api/products/{product_id}/stock-adjustments",
@@ -154,12 +168,9 @@ async def test_stock_moves_while_a_placement_is_under_way(
                 headers=admin.headers | {"Idempotency-Key": uuid.uuid4().hex},
             )
         )
-
-        async def adjusted_or_waiting() -> bool:
-            return adjusting.done() or await lock_waits(probe) >= 2
-
-        await wait_until(adjusted_or_waiting, 10, "the adjustment is answered or waits for a lock")
-        assert adjusting.done(), "the stock adjustment waited for a placement"
+        assert await answered_before_waiting(probe, adjusting, 2), (
+            "the stock adjustment waited for a placement"
+        )
     adjusted, placed = await adjusting, await placing
     assert adjusted.status_code == 201, adjusted.text
     assert placed.status_code == 202, placed.text
