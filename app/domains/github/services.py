@@ -119,11 +119,8 @@ class GithubService:
         accounts: AccountService | None = None,
         stops: StreamStops | None = None,
     ) -> None:
-        self.db = db
         self.settings = settings
         self.valkey = valkey
-        self.broadcaster = broadcaster
-        self.clock = clock
         self.governor = governor_for(settings, valkey, token_fingerprint(settings.github_token))
         self.client = GitHubClient(settings, valkey, self.governor)
         self.lookups = ProfileLookups(db, settings, valkey, self.client, self.governor, clock=clock)
