@@ -89,9 +89,9 @@ with horizon as (
 ), candidates as (
     select o.id, o.published_at
     from outbox o
-    where o.id > $2 and o.task = $3
+    where o.id > $2 and o.task = 'record_activity'  -- RECORD_ACTIVITY_TASK; outbox_feed_idx
     order by o.id
-    limit $4
+    limit $3
 ), settled as (
     select c.id from candidates c
     where c.id < coalesce(
@@ -120,17 +120,17 @@ async def settled_feed_outbox(
     *,
     grace_s: float,
     after_id: int,
-    task: str,
     row_limit: int,
 ) -> list[SettledFeedOutboxRow]:
-    """The feed's outbox rows after @after_id that are settled, in id order (at most @row_limit read): the
+    """The feed's outbox rows (its task named here, not a parameter: the partial index's predicate must
+    be the query's under a generic plan too) after @after_id that are settled, in id order (at most @row_limit read): the
     rows before the first one not published before the horizon. The horizon is @grace_s ago, or the
     start of the oldest transaction still writing if earlier: a row it has yet to commit has a higher
     id than every row published before it began, so none is passed before it is visible. One row per
     settled row whose event is not stored (its payload; settled = 0), then, if any row is settled, the
     last settled id with how many were settled (payload null)."""
     async with AsyncRawCursor(conn, row_factory=args_row(SettledFeedOutboxRow)) as cur:
-        await cur.execute(SETTLED_FEED_OUTBOX, (grace_s, after_id, task, row_limit))
+        await cur.execute(SETTLED_FEED_OUTBOX, (grace_s, after_id, row_limit))
         return await cur.fetchall()
 
 
@@ -1063,38 +1063,50 @@ with reader as (
     from project_members m
     where m.user_id = $1 and not coalesce((select r.is_admin from reader r), false)
 ), candidates as (
-    select c.id, c.last_seq
+    select c.last_seq
     from projects p
     cross join lateral (
-        select g.id, g.last_seq
+        select g.last_seq
         from activity_groups g
         where g.project_id = p.project_id
           and g.audience_user_id is null
           and g.last_seq > (select r.read_through from reader r)
+          and not exists (select 1 from activity_group_reads gr
+                          where gr.user_id = $1 and gr.group_id = g.id and gr.read_through >= g.last_seq)
+        order by g.last_seq desc
+        limit $2
     ) c
     union all
-    select g.id, g.last_seq
-    from activity_groups g
-    where g.audience_user_id = $1
-      and not coalesce((select r.is_admin from reader r), false)
-      and g.last_seq > (select r.read_through from reader r)
-      and (g.project_id is null or g.project_id in (select p.project_id from projects p))
+    (select g.last_seq
+     from activity_groups g
+     where g.audience_user_id = $1
+       and not coalesce((select r.is_admin from reader r), false)
+       and g.last_seq > (select r.read_through from reader r)
+       and (g.project_id is null or g.project_id in (select p.project_id from projects p))
+       and not exists (select 1 from activity_group_reads gr
+                       where gr.user_id = $1 and gr.group_id = g.id and gr.read_through >= g.last_seq)
+     order by g.last_seq desc
+     limit $2)
     union all
-    select g.id, g.last_seq
-    from activity_groups g
-    where coalesce((select r.is_admin from reader r), false)
-      and g.last_seq > (select r.read_through from reader r)
-      -- not a project being deleted (FeedGroups): a hashed set of the few marked ones (`public.`:
-      -- `projects` here is the reader's projects above)
-      and (g.project_id is null
-           or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
+    (select g.last_seq
+     from activity_groups g
+     where coalesce((select r.is_admin from reader r), false)
+       and g.last_seq > (select r.read_through from reader r)
+       -- not a project being deleted (FeedGroups): a hashed set of the few marked ones (`public.`:
+       -- `projects` here is the reader's projects above)
+       and (g.project_id is null
+            or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
+       and not exists (select 1 from activity_group_reads gr
+                       where gr.user_id = $1 and gr.group_id = g.id and gr.read_through >= g.last_seq)
+     order by g.last_seq desc
+     limit $2)
+), newest as (
+    select c.last_seq from candidates c order by c.last_seq desc limit $2
 )
 select count(*)::bigint as unread,
-       count(*) filter (where c.last_seq > r.seen_through)::bigint as unseen
-from candidates c
-cross join reader r
-left join activity_group_reads gr on gr.user_id = r.id and gr.group_id = c.id
-where c.last_seq > coalesce(gr.read_through, 0)"""
+       count(*) filter (where n.last_seq > r.seen_through)::bigint as unseen
+from newest n
+cross join reader r"""
 
 
 class UnreadCountsRow(msgspec.Struct, frozen=True, gc=False):
@@ -1102,12 +1114,20 @@ class UnreadCountsRow(msgspec.Struct, frozen=True, gc=False):
     unseen: int
 
 
-async def unread_counts(conn: AsyncConnection[Any], *, reader_id: int) -> UnreadCountsRow | None:
-    """Exact counts over the groups the reader may see now: unread (a group with an event above both
-    read marks; see FeedGroups) and unseen (unread, with activity after the bell was last opened).
-    Only groups with activity after the reader's read_through are visited."""
+async def unread_counts(
+    conn: AsyncConnection[Any],
+    *,
+    reader_id: int,
+    row_limit: int,
+) -> UnreadCountsRow | None:
+    """Counts over the newest @row_limit unread groups the reader may see now: unread (a group with an
+    event above both read marks; see FeedGroups) and unseen (unread, with activity after the bell was
+    last opened: the newest of them). The service asks for one more than it shows, so both are exact
+    up to its cap and the cap says "more". Each source is read newest first from its index and stops
+    at @row_limit: a reader who never marks anything read (a year of groups above read_through) costs
+    no more than one who does."""
     async with AsyncRawCursor(conn, row_factory=args_row(UnreadCountsRow)) as cur:
-        await cur.execute(UNREAD_COUNTS, (reader_id,))
+        await cur.execute(UNREAD_COUNTS, (reader_id, row_limit))
         return await cur.fetchone()
 
 

@@ -22,7 +22,7 @@ from app.config import Settings
 from app.core.services import Services, open_services
 from app.db import activity as queries
 from app.domains.activity.module import module as activity_module
-from app.domains.activity.schemas import FeedFilters
+from app.domains.activity.schemas import UNREAD_COUNT_CAP, FeedFilters
 from app.domains.activity.services import ActivityService
 from tests.factories import Client, Team, make_project, make_user
 
@@ -152,6 +152,24 @@ async def test_an_old_or_forged_cursor_reads_only_the_groups_the_reader_may_see(
     assert await cost(outsider.id) < BOUND
     assert await cost(outsider.id, actor_id=editor) < BOUND
     assert await cost(outsider.id, project_id=team.project) < BOUND
+
+
+async def test_the_unread_counts_stop_at_their_cap_and_read_no_further(
+    client: Client, db: AsyncConnection[Any], app: Litestar, team: Team, busy: int
+) -> None:
+    """A reader who never marked anything read, in a project of more unread groups than the counts
+    say exactly: they stop at the cap, say so, and read about as many groups as they count."""
+    admin = await make_user(db, app, "admin", name="Admin")
+    for reader in (team.viewer, admin):
+        response = await client.get("/api/feed/unread-count", headers=reader.headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"unread": UNREAD_COUNT_CAP, "unseen": UNREAD_COUNT_CAP, "capped": True}
+        # Was: every one of the BUSY_GROUPS groups above the reader's read_through, on every stale stamp.
+        query, sql, limit = queries.unread_counts, queries.UNREAD_COUNTS, UNREAD_COUNT_CAP + 1
+        read = await rows_read(db, query, sql, reader_id=reader.id, row_limit=limit)
+        assert read < UNREAD_COUNT_CAP + BOUND < BUSY_GROUPS, read
+    response = await client.get("/api/feed/unread-count", headers=team.outsider.headers)
+    assert response.json() == {"unread": 3, "unseen": 3, "capped": False}
 
 
 @pytest.mark.parametrize("as_admin", [False, True], ids=["member", "admin"])

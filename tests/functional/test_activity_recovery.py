@@ -18,13 +18,17 @@ from psycopg.types.json import Jsonb
 
 from app.config import Settings
 from app.core.services import Services, open_services
+from app.db import activity as queries
 from app.domains.activity.events import emit
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.recovery import GRACE, recover_lost_events
 from app.domains.activity.services import ActivityService
 from tests.factories import Team, make_project, migration_up
+from tests.functional.test_core_generic_plans import rows_read, run_custom, run_generic
 
 LATER = GRACE + timedelta(minutes=1)
+OTHER_ROWS = 2000
+"""Published rows of other tasks after the feed's last one."""
 
 
 @pytest.fixture
@@ -308,3 +312,21 @@ async def test_the_backfill_gives_older_objects_the_outbox_id_of_their_event(
         )
     ).fetchone()
     assert left == (2_100, 0, 1), "no event, no outbox id (and the backfill wrote none of them)"
+
+
+async def test_the_walk_reads_only_the_feeds_rows_after_its_mark_whatever_the_plan(
+    db: AsyncConnection[Any],
+) -> None:
+    """The other tasks' rows after the feed's last one are not read (was: every one of them, on the
+    primary key, once a minute: the whole retained outbox when the feed is quiet)."""
+    await db.execute(
+        "insert into outbox (queue, task, published_at)"
+        " select 'orders', 'reserve_order', now() - interval '1 hour' from generate_series(1, %s)",
+        (OTHER_ROWS,),
+    )
+    await db.execute("analyze outbox")
+    arguments = (GRACE.total_seconds(), 0, 500)
+    for run in (run_custom, run_generic):
+        plan = await run(db, queries.SETTLED_FEED_OUTBOX, arguments)
+        assert plan["Actual Rows"] == 0
+        assert rows_read(plan, "outbox") < OTHER_ROWS / 10, run.__name__

@@ -165,7 +165,7 @@ class FeedController(Controller):
 
     @get(
         "/unread-count",
-        summary="Exact counts of unread and unseen groups the caller may see",
+        summary="Counts of unread and unseen groups the caller may see, exact up to 1,000",
         responses=problems(401, 429),
     )
     async def unread_count(self, current_user: Caller, activity: Activity) -> UnreadCountsOut:

@@ -28,7 +28,6 @@ import structlog
 
 from app.core.db import Database
 from app.db import activity as queries
-from app.domains.activity.events import RECORD_ACTIVITY_TASK
 
 log = structlog.get_logger("app.activity.recovery")
 
@@ -58,7 +57,6 @@ async def recover_lost_events(
                 uow.conn,
                 grace_s=grace.total_seconds(),
                 after_id=after,
-                task=RECORD_ACTIVITY_TASK,
                 row_limit=batch,
             )
         if not rows:

@@ -97,11 +97,25 @@ class EventOut(msgspec.Struct, frozen=True):
 EventPage = Page[EventOut]
 
 
+UNREAD_COUNT_CAP = 1000
+"""The most the unread counts say exactly: past it they stop counting (a bell shows "1000+")."""
+
+
 class UnreadCountsOut(msgspec.Struct, frozen=True):
-    unread: Annotated[int, msgspec.Meta(description="Visible groups with an unread event")]
+    unread: Annotated[
+        int,
+        msgspec.Meta(description=f"Visible groups with an unread event (at most {UNREAD_COUNT_CAP})"),
+    ]
     unseen: Annotated[
         int, msgspec.Meta(description="Of those, groups with activity since the bell was opened")
     ]
+    capped: Annotated[
+        bool,
+        msgspec.Meta(
+            description=f"More than {UNREAD_COUNT_CAP} groups are unread: the counts stop at"
+            f" {UNREAD_COUNT_CAP} (show {UNREAD_COUNT_CAP}+)"
+        ),
+    ] = False
 
 
 class MarkThrough(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

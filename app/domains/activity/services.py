@@ -41,6 +41,7 @@ from app.domains.activity.grouping import RULE_VERSION, GroupingRule
 from app.domains.activity.live import LiveStreams
 from app.domains.activity.recovery import recover_lost_events
 from app.domains.activity.schemas import (
+    UNREAD_COUNT_CAP,
     ActorOut,
     EventOut,
     EventPage,
@@ -218,8 +219,18 @@ class ActivityService:
     async def unread_counts(self, reader_id: int) -> UnreadCountsOut:
         async def load() -> bytes:
             async with self.db.read() as uow:
-                row = await queries.unread_counts(uow.conn, reader_id=reader_id)
-            counts = UnreadCountsOut(unread=row.unread, unseen=row.unseen) if row else UnreadCountsOut(0, 0)
+                row = await queries.unread_counts(
+                    uow.conn, reader_id=reader_id, row_limit=UNREAD_COUNT_CAP + 1
+                )
+            counts = (
+                UnreadCountsOut(
+                    unread=min(row.unread, UNREAD_COUNT_CAP),
+                    unseen=min(row.unseen, UNREAD_COUNT_CAP),
+                    capped=row.unread > UNREAD_COUNT_CAP,
+                )
+                if row
+                else UnreadCountsOut(0, 0)
+            )
             return msgspec.msgpack.encode(counts)
 
         return _COUNTS.decode(await self.cache.read(reader_id, "unread", self._scope(reader_id), load))
