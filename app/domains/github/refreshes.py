@@ -223,7 +223,12 @@ class Refreshes:
     async def join_or_enqueue(self, login: str, user_id: int) -> RefreshOut | None:
         """The login's pending refresh, whoever asked for it (it costs ``user_id`` nothing), or a new
         one counted among ``user_id``'s pending refreshes (None: at its cap) whose job's fetch chain
-        is charged to ``user_id``: ``LookupBudgetError`` (429) when the account's share is spent."""
+        is charged to ``user_id``: ``LookupBudgetError`` (429) when the account's share is spent.
+
+        The login's pending marker only ever names a refresh whose state is saved: one claimed
+        before its state existed read as finished to a second request, which took the marker over
+        and, its own enqueue refused (the first one's job holds the login's key), handed its id,
+        which no job would finish, to the requests that came meanwhile."""
         assert self._queue is not None, "GithubService.start() was not called"
         refresh_id = uuid.uuid4()
         pending_key = f"github:refresh-pending:{login}"
@@ -231,16 +236,13 @@ class Refreshes:
         if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
             return live
         await self.lookups.check_lookup_budget(user_id)
-        current = await self.valkey.set(pending_key, str(refresh_id), nx=True, ex=pending_ttl_s, get=True)
-        if current is not None:
-            if (live := await self._unfinished(current)) is not None:
-                return live
-            await self.valkey.set(pending_key, str(refresh_id), ex=pending_ttl_s)
         if not await self._admit(user_id, refresh_id, time.time() + pending_ttl_s):
-            await self._release(keys=[pending_key], args=[str(refresh_id)])
-            return None
+            return await self._unfinished(await self.valkey.get(pending_key))  # one begun meanwhile
         state = _new_refresh(refresh_id, login, self.clock())
         await self._save_refresh(state)
+        if (live := await self._claim_pending(pending_key, refresh_id, pending_ttl_s)) is not None:
+            await self._withdraw(user_id, refresh_id)
+            return live
         job_key = f"github-refresh:{login}"
         job = await self._queue.enqueue(
             Job(
@@ -257,14 +259,31 @@ class Refreshes:
             existing = await self._queue.job(job_key)
             other = existing.kwargs.get("refresh_id") if existing is not None and existing.kwargs else None
             if (live := await self._unfinished(other)) is not None:  # still to run: report that one
-                await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(refresh_id))
                 await self.valkey.set(pending_key, str(live.id), ex=pending_ttl_s)
+                await self._withdraw(user_id, refresh_id)
                 return live
             # Its refresh ended but SAQ has not let go of the job (the moment before it finishes, a
             # killed worker until the sweep, an abort's few seconds): this refresh has no job, so it
             # is reported failed once REFRESH_JOB_GRACE_S has passed (``_job_gone``); never the old,
             # final one, which would read as this one's result.
         return state
+
+    async def _claim_pending(self, pending_key: str, refresh_id: uuid.UUID, ttl_s: int) -> RefreshOut | None:
+        """Make ``refresh_id`` the login's pending refresh, unless another one is unfinished: then that
+        one. A finished or lost one's marker is replaced only if it still names that one."""
+        while True:
+            current = await self.valkey.set(pending_key, str(refresh_id), nx=True, ex=ttl_s, get=True)
+            if current is None:
+                return None
+            if (live := await self._unfinished(current)) is not None:
+                return live
+            if await self._replace(keys=[pending_key], args=[current, str(refresh_id), ttl_s]):
+                return None
+
+    async def _withdraw(self, user_id: int, refresh_id: uuid.UUID) -> None:
+        """A refresh that joined another before anyone saw it: off the account's pending ones, and gone."""
+        await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(refresh_id))
+        await self.valkey.delete(f"github:refresh:{refresh_id}")
 
     async def _unfinished(self, refresh_id: bytes | str | None) -> RefreshOut | None:
         """The refresh ``refresh_id`` names (a pending marker's value, a job's argument) if it is still
