@@ -1,6 +1,9 @@
 """Test session: real PostgreSQL and Valkey (embedded unless DATABASE_URL / VALKEY_URL are set).
 
-- One database for the session, ``<name>_test``, dropped and re-created from ``migrations/``.
+- One database for the session, ``<name>_test``, dropped and re-created from ``migrations/``; under
+  pytest-xdist (``just test`` runs two workers) one per worker, ``<name>_test_gw0``, ... of the same
+  cluster: a test that counts sessions or locks counts those of its own database
+  (``tests.factories.sessions_waiting_for_a_lock``).
 - Per-test isolation: every table is truncated and Valkey flushed before each test that takes ``db``
   or ``valkey`` (measured cheaper than per-test transactions here, because HTTP tests run through the
   app's own pool).
@@ -71,9 +74,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _test_database_url(base: str) -> str:
+    """``<name>_test``; under pytest-xdist one per worker (``<name>_test_gw0``, ...) in the same cluster."""
     parts = urlsplit(base)
     name = parts.path.lstrip("/") or "app"
-    return urlunsplit(parts._replace(path=f"/{name}_test"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return urlunsplit(parts._replace(path=f"/{name}_test" + (f"_{worker}" if worker else "")))
 
 
 @pytest.fixture(scope="session")

@@ -406,6 +406,23 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float,
         await asyncio.sleep(0.05)
 
 
+async def sessions_waiting_for_a_lock(db: AsyncConnection[Any], *wait_events: str) -> int:
+    """How many sessions of this database wait for a lock now (of one of ``wait_events``, e.g.
+    ``advisory``, ``transactionid``, ``tuple``; any when none is named). Read live even inside a
+    transaction (the statistics snapshot it would keep is cleared first); another database of the
+    cluster (another pytest-xdist worker's) is not counted."""
+    await db.execute("select pg_stat_clear_snapshot()")
+    return int(
+        await scalar(
+            db,
+            "select count(*) from pg_stat_activity where datname = current_database()"
+            " and wait_event_type = 'Lock' and (cardinality(%s::text[]) = 0 or wait_event = any(%s))",
+            list(wait_events),
+            list(wait_events),
+        )
+    )
+
+
 async def all_waiting_behind(
     database_url: str, hold: str, row_id: int, requests: list[Awaitable[httpx.Response]]
 ) -> list[httpx.Response]:

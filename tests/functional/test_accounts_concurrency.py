@@ -32,6 +32,7 @@ from tests.factories import (
     create_user,
     mint_headers,
     serve_in_loop,
+    sessions_waiting_for_a_lock,
     wait_until,
 )
 
@@ -50,14 +51,6 @@ async def client(served: Served, db: AsyncConnection[Any], valkey: Valkey) -> ht
     return served.client
 
 
-async def sessions_waiting(db: AsyncConnection[Any]) -> int:
-    """How many sessions wait for a lock now (``pg_locks`` is read live, even in a transaction)."""
-    cursor = await db.execute("select count(distinct pid) from pg_locks where not granted")
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 async def answers_meeting(
     db: AsyncConnection[Any], hold: str, params: tuple[Any, ...], requests: list[Request]
 ) -> list[httpx.Response]:
@@ -72,7 +65,7 @@ async def answers_meeting(
                 count = len(started)
 
                 async def all_wait(count: int = count) -> bool:
-                    return await sessions_waiting(db) >= count
+                    return await sessions_waiting_for_a_lock(db) >= count
 
                 await wait_until(all_wait, WAIT_S, f"{count} requests wait")
         return list(await asyncio.gather(*started))
@@ -234,7 +227,7 @@ async def test_a_password_change_by_a_session_logged_out_meanwhile_is_refused(
             )
 
             async def change_waits() -> bool:
-                return await sessions_waiting(db) >= 1
+                return await sessions_waiting_for_a_lock(db) >= 1
 
             await wait_until(change_waits, WAIT_S, "the password change waits for the user's row")
             assert (await log_out(client, session["access_token"])()).status_code == 204

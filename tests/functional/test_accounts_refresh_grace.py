@@ -28,6 +28,7 @@ from tests.factories import (
     login,
     scalar,
     serve_in_loop,
+    sessions_waiting_for_a_lock,
     wait_until,
 )
 
@@ -65,7 +66,7 @@ async def test_a_reuse_that_waited_past_the_grace_for_the_sessions_lock_revokes_
                 reuse = asyncio.create_task(refresh(client, spent["refresh_token"]))
 
                 async def reuse_waits() -> bool:
-                    return bool(await scalar(db, "select count(*) from pg_locks where not granted"))
+                    return bool(await sessions_waiting_for_a_lock(db))
 
                 await wait_until(reuse_waits, 30, "the reuse waits for the session's lock")
 

@@ -3,8 +3,9 @@ will run: none is handed an id no job finishes (it read "failed: the refresh's j
 the grace had passed, while the real refresh of the same login succeeded).
 
 The interleaving is fixed by holding the service's calls into Valkey and SAQ (called through): the
-first request is held where it is admitted until a second one is admitted, the second until the
-first has answered, and a second enqueue, if one happens, until a third request has answered.
+first request is held where it is admitted until a second one, sent then, is admitted, the second
+there until the first has answered, and a second enqueue, if one happens, until a third request has
+answered.
 """
 
 from __future__ import annotations
@@ -31,44 +32,45 @@ async def test_requests_meeting_a_refresh_being_begun_are_given_the_one_with_the
         queue = refreshes._queue
         assert queue is not None
         admit, enqueue = refreshes._admit_refresh, queue.enqueue
-        second_admitted, first_answered = asyncio.Event(), asyncio.Event()
-        second_enqueue, third_answered = asyncio.Event(), asyncio.Event()
-        admissions = enqueues = 0
+        # Set when the request gets there, or ends before: a request that fails waits for nothing.
+        first_admitting, second_admitting = asyncio.Event(), asyncio.Event()
+        second_enqueuing, third_answered = asyncio.Event(), asyncio.Event()
+        enqueues = 0
 
-        async def held_admit(*args: Any, **kwargs: Any) -> Any:
-            nonlocal admissions
-            admissions += 1
-            if admissions == 1:
-                await second_admitted.wait()
-            elif admissions == 2:
-                second_admitted.set()
-                await first_answered.wait()
-            return await admit(*args, **kwargs)
+        async def held_admit(*, keys: list[str], args: list[Any]) -> Any:
+            if keys == ["github:user-refreshes:1"]:
+                first_admitting.set()
+                await second_admitting.wait()
+            elif keys == ["github:user-refreshes:2"]:
+                second_admitting.set()
+                await asyncio.wait([first])
+            return await admit(keys=keys, args=args)
 
         async def held_enqueue(*args: Any, **kwargs: Any) -> Any:
             nonlocal enqueues
             enqueues += 1
             if enqueues == 2:
-                second_enqueue.set()
+                second_enqueuing.set()
                 await third_answered.wait()
             return await enqueue(*args, **kwargs)
 
         monkeypatch.setattr(refreshes, "_admit_refresh", held_admit)
         monkeypatch.setattr(queue, "enqueue", held_enqueue)
 
-        async def ask(user_id: int) -> RefreshOut:
-            refresh = await refreshes.join_or_enqueue("octo", user_id)
+        async def ask(user_id: int, *ends: asyncio.Event) -> RefreshOut:
+            try:
+                refresh = await refreshes.join_or_enqueue("octo", user_id)
+            finally:
+                for event in ends:
+                    event.set()
             assert refresh is not None, "the account is not at its cap"
             return refresh
 
-        first = asyncio.ensure_future(ask(1))
-        first.add_done_callback(lambda _: first_answered.set())
-        second = asyncio.ensure_future(ask(2))
-        enqueued_again = asyncio.ensure_future(second_enqueue.wait())
-        await asyncio.wait([enqueued_again, second], return_when=asyncio.FIRST_COMPLETED)
-        enqueued_again.cancel()
-        third = await ask(3)
-        third_answered.set()
+        first = asyncio.ensure_future(ask(1, first_admitting))
+        await first_admitting.wait()
+        second = asyncio.ensure_future(ask(2, second_admitting, second_enqueuing))
+        await second_enqueuing.wait()
+        third = await ask(3, third_answered)
         answers = [await first, await second, third]
 
         job = await queue.job("github-refresh:octo")

@@ -18,7 +18,7 @@ from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.jobs import purge_github_retention, snapshot_github_profiles
 from app.domains.github.schemas import GithubProfileOut
 from app.domains.github.services import GithubService
-from tests.factories import clocked_github, create_user, wait_until
+from tests.factories import clocked_github, create_user, sessions_waiting_for_a_lock, wait_until
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 
@@ -57,13 +57,7 @@ def _profile_requests(fake: FakeGitHub, login: str) -> int:
 
 async def _waiting_on_row_locks(db: AsyncConnection[Any]) -> bool:
     """Whether a session waits for a row another transaction holds (not an advisory lock)."""
-    row = await (
-        await db.execute(
-            "select count(*) from pg_stat_activity"
-            " where wait_event_type = 'Lock' and wait_event in ('transactionid', 'tuple')"
-        )
-    ).fetchone()
-    return row is not None and row[0] > 0
+    return await sessions_waiting_for_a_lock(db, "transactionid", "tuple") > 0
 
 
 async def test_old_profiles_nobody_tracks_are_deleted_tracked_and_recent_ones_kept(
@@ -151,12 +145,7 @@ async def test_a_login_tracked_while_the_purge_runs_keeps_its_profile(
             try:
 
                 async def tracking_waits() -> bool:
-                    row = await (
-                        await db.execute(
-                            "select count(*) from pg_locks where locktype = 'advisory' and not granted"
-                        )
-                    ).fetchone()
-                    return tracking.done() or (row is not None and row[0] > 0)
+                    return tracking.done() or await sessions_waiting_for_a_lock(db, "advisory") > 0
 
                 await wait_until(tracking_waits, 20, "the tracking waits for the user's tracking lock")
                 purging = asyncio.ensure_future(github.purge_expired())
