@@ -17,9 +17,10 @@ serve:
 worker:
     exec python -m app.cli worker
 
-# the whole test suite against real PostgreSQL and Valkey (embedded by default)
+# the whole test suite against real PostgreSQL and Valkey (embedded by default), in two processes
+# (pytest-xdist, a test module's tests in one; `-n 0` runs them in this one)
 test *ARGS:
-    python -m pytest {{ARGS}}
+    python -m pytest -n 2 --dist loadfile {{ARGS}}
 
 # lint, format, types, module boundaries, declared dependencies, generated code (what CI runs)
 lint:
