@@ -1123,9 +1123,11 @@ async def unread_counts(
     """Counts over the newest @row_limit unread groups the reader may see now: unread (a group with an
     event above both read marks; see FeedGroups) and unseen (unread, with activity after the bell was
     last opened: the newest of them). The service asks for one more than it shows, so both are exact
-    up to its cap and the cap says "more". Each source is read newest first from its index and stops
-    at @row_limit: a reader who never marks anything read (a year of groups above read_through) costs
-    no more than one who does."""
+    up to its cap and the cap says "more". Each source (each of a member's projects, their private
+    groups, an administrator's everything) is read newest first from its index and stops at
+    @row_limit: the cost no longer grows with the history a reader never marks read (a year of groups
+    above read_through), only with their projects (at most @row_limit each; a member of 50 projects
+    of 300 unread groups each still reads 15,000)."""
     async with AsyncRawCursor(conn, row_factory=args_row(UnreadCountsRow)) as cur:
         await cur.execute(UNREAD_COUNTS, (reader_id, row_limit))
         return await cur.fetchone()
