@@ -93,13 +93,19 @@ _REPLACE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
 return false
 """
-# KEYS[1] = an account's pending refreshes (refresh id scored by the time it is given up on);
-# ARGV = now, cap, refresh id, its deadline (epoch seconds). 1: admitted, 0: at the cap.
-_ADMIT_REFRESH = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-redis.call('EXPIREAT', KEYS[1], ARGV[4])
+# KEYS[1] = a login's pending marker, KEYS[2] = an account's pending refreshes (refresh id scored by
+# the time it is given up on); ARGV = refresh id, the marker's TTL (s), now, cap, the refresh's
+# deadline (epoch seconds), a marker value judged ended ('' for none). A new refresh is counted and
+# becomes the login's pending one in one step, unless the marker names another (returned) or the
+# account is at its cap (0); 1: claimed.
+_CLAIM_REFRESH = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[6] then return current end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('EXPIREAT', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
@@ -144,7 +150,7 @@ class Refreshes:
         self._queue: RedisQueue | None = None
         self._release = valkey.register_script(RELEASE)
         self._replace = valkey.register_script(_REPLACE)
-        self._admit_refresh = valkey.register_script(_ADMIT_REFRESH)
+        self._claim_refresh = valkey.register_script(_CLAIM_REFRESH)
 
     async def start(self) -> None:
         """One queue client per process."""
@@ -206,48 +212,35 @@ class Refreshes:
         )
         return msgspec.json.decode(earlier, type=RefreshOut) if earlier is not None else state
 
-    async def _admit(self, user_id: int, refresh_id: uuid.UUID, deadline: float) -> bool:
-        """Counts a new refresh among the account's pending ones, unless they are at the cap. Those
-        that have ended (or whose job is gone: ``_refresh_state`` judges them) leave the count first."""
-        key = f"github:user-refreshes:{user_id}"
-        for member in await self.valkey.zrange(key, 0, -1):
-            state = await self._refresh_state(uuid.UUID(member.decode()))
-            if state is None or state.is_final:
-                await self.valkey.zrem(key, member)
-        cap = self.settings.github_user_pending_refreshes
-        admitted = await self._admit_refresh(
-            keys=[key], args=[int(time.time()), cap, str(refresh_id), int(deadline)]
-        )
-        return bool(admitted)
-
     async def join_or_enqueue(self, login: str, user_id: int) -> RefreshOut | None:
         """The login's pending refresh, whoever asked for it (it costs ``user_id`` nothing), or a new
         one counted among ``user_id``'s pending refreshes (None: at its cap) whose job's fetch chain
         is charged to ``user_id``: ``LookupBudgetError`` (429) when the account's share is spent.
 
-        The login's pending marker only ever names a refresh whose state is saved: one claimed
-        before its state existed read as finished to a second request, which took the marker over
-        and, its own enqueue refused (the first one's job holds the login's key), handed its id,
-        which no job would finish, to the requests that came meanwhile."""
+        An id is handed out only once it is the login's pending refresh (its marker): a new refresh's
+        state is saved first, then counted and made the pending one in one step (``_CLAIM_REFRESH``),
+        so a request that joins never takes a slot of its account, a joiner always finds a state,
+        and the refresh it finds is the one whose job is enqueued next. Before, the marker was
+        claimed before the state existed: a second request read it as ended, took it over, and,
+        its enqueue refused by the first one's job, handed out its own id, which no job finished."""
         assert self._queue is not None, "GithubService.start() was not called"
-        refresh_id = uuid.uuid4()
         pending_key = f"github:refresh-pending:{login}"
-        pending_ttl_s = self.settings.github_refresh_timeout_s + 300
         if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
             return live
         await self.lookups.check_lookup_budget(user_id)
-        if not await self._admit(user_id, refresh_id, time.time() + pending_ttl_s):
-            return await self._unfinished(await self.valkey.get(pending_key))  # one begun meanwhile
-        state = _new_refresh(refresh_id, login, self.clock())
-        await self._save_refresh(state)
-        if (live := await self._claim_pending(pending_key, refresh_id, pending_ttl_s)) is not None:
-            await self._withdraw(user_id, refresh_id)
-            return live
         job_key = f"github-refresh:{login}"
+        if (queued := await self._queued(job_key)) is not None:  # its marker expired while it waited
+            await self.valkey.set(pending_key, str(queued.id), nx=True, ex=self._pending_ttl_s)
+            return queued
+        state = _new_refresh(uuid.uuid4(), login, self.clock())
+        await self._save_refresh(state)
+        if (claimed := await self._claim(state.id, pending_key, user_id)) is not True:
+            await self.valkey.delete(f"github:refresh:{state.id}")  # handed to nobody
+            return claimed if isinstance(claimed, RefreshOut) else None
         job = await self._queue.enqueue(
             Job(
                 function=REFRESH_TASK,
-                kwargs={"login": login, "refresh_id": str(refresh_id), "user_id": user_id},
+                kwargs={"login": login, "refresh_id": str(state.id), "user_id": user_id},
                 key=job_key,
                 timeout=self.settings.github_refresh_timeout_s,
                 heartbeat=REFRESH_HEARTBEAT_S,
@@ -255,35 +248,50 @@ class Refreshes:
                 ttl=3600,
             )
         )
-        if job is None:  # SAQ still holds a job under this login's key
-            existing = await self._queue.job(job_key)
-            other = existing.kwargs.get("refresh_id") if existing is not None and existing.kwargs else None
-            if (live := await self._unfinished(other)) is not None:  # still to run: report that one
-                await self.valkey.set(pending_key, str(live.id), ex=pending_ttl_s)
-                await self._withdraw(user_id, refresh_id)
-                return live
-            # Its refresh ended but SAQ has not let go of the job (the moment before it finishes, a
-            # killed worker until the sweep, an abort's few seconds): this refresh has no job, so it
-            # is reported failed once REFRESH_JOB_GRACE_S has passed (``_job_gone``); never the old,
-            # final one, which would read as this one's result.
+        if job is None and (queued := await self._queued(job_key)) is not None:
+            # A job enqueued without the marker (before this release's claim): that one runs. This
+            # one, handed out from the marker meanwhile, has no job: judged lost after the grace.
+            await self.valkey.set(pending_key, str(queued.id), ex=self._pending_ttl_s)
+            await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(state.id))
+            return queued
+        # job None and no refresh of it to run: it ended but SAQ has not let go of the job (the moment
+        # before it finishes, a killed worker until the sweep, an abort's few seconds). This refresh
+        # has no job, so it is reported failed once REFRESH_JOB_GRACE_S has passed (``_job_gone``);
+        # never the old, final one, which would read as this one's result.
         return state
 
-    async def _claim_pending(self, pending_key: str, refresh_id: uuid.UUID, ttl_s: int) -> RefreshOut | None:
-        """Make ``refresh_id`` the login's pending refresh, unless another one is unfinished: then that
-        one. A finished or lost one's marker is replaced only if it still names that one."""
-        while True:
-            current = await self.valkey.set(pending_key, str(refresh_id), nx=True, ex=ttl_s, get=True)
-            if current is None:
-                return None
-            if (live := await self._unfinished(current)) is not None:
-                return live
-            if await self._replace(keys=[pending_key], args=[current, str(refresh_id), ttl_s]):
-                return None
+    @property
+    def _pending_ttl_s(self) -> int:
+        return self.settings.github_refresh_timeout_s + 300
 
-    async def _withdraw(self, user_id: int, refresh_id: uuid.UUID) -> None:
-        """A refresh that joined another before anyone saw it: off the account's pending ones, and gone."""
-        await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(refresh_id))
-        await self.valkey.delete(f"github:refresh:{refresh_id}")
+    async def _claim(self, refresh_id: uuid.UUID, pending_key: str, user_id: int) -> RefreshOut | bool:
+        """True: ``refresh_id`` is counted among the account's pending refreshes and is the login's
+        pending one. Else the login's unfinished pending refresh, or False: the account is at its cap.
+        A marker naming an ended (or lost) refresh is replaced only if it still names that one."""
+        account_key = f"github:user-refreshes:{user_id}"
+        for member in await self.valkey.zrange(account_key, 0, -1):  # the ended leave the count first
+            ended = await self._refresh_state(uuid.UUID(member.decode()))
+            if ended is None or ended.is_final:
+                await self.valkey.zrem(account_key, member)
+        cap = self.settings.github_user_pending_refreshes
+        judged_ended: bytes = b""
+        while True:
+            deadline = int(time.time()) + self._pending_ttl_s
+            claimed = await self._claim_refresh(
+                keys=[pending_key, account_key],
+                args=[str(refresh_id), self._pending_ttl_s, int(time.time()), cap, deadline, judged_ended],
+            )
+            if not isinstance(claimed, bytes):
+                return bool(claimed)
+            if (live := await self._unfinished(claimed)) is not None:
+                return live
+            judged_ended = claimed
+
+    async def _queued(self, job_key: str) -> RefreshOut | None:
+        """The unfinished refresh SAQ holds a job of under ``job_key``, if any."""
+        assert self._queue is not None, "GithubService.start() was not called"
+        job = await self._queue.job(job_key)
+        return await self._unfinished((job.kwargs or {}).get("refresh_id")) if job is not None else None
 
     async def _unfinished(self, refresh_id: bytes | str | None) -> RefreshOut | None:
         """The refresh ``refresh_id`` names (a pending marker's value, a job's argument) if it is still
