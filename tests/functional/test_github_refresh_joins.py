@@ -14,6 +14,7 @@ The interleavings are fixed by holding the service's calls into Valkey and SAQ (
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,10 +25,12 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.services import open_services
+from app.domains.github.errors import LookupBudgetError
 from app.domains.github.module import module as github_module
-from app.domains.github.refreshes import Refreshes
+from app.domains.github.refreshes import REFRESH_STATE_TTL_S, Refreshes
 from app.domains.github.schemas import RefreshOut
 from app.domains.github.services import GithubService
+from tests.factories import wait_until
 
 
 class HeldScript:
@@ -194,3 +197,84 @@ async def test_an_account_at_its_cap_is_refused_while_its_counted_refresh_is_bei
     running = await assert_run_by_the_job(refreshes, valkey, "octo", [await first])
     assert await pending_of(valkey, 1) == [running]
     assert refreshes._queue is not None and await refreshes._queue.job("github-refresh:other") is None
+
+
+async def test_a_refresh_waiting_in_a_backlog_keeps_its_accounts_slot_past_its_marker(
+    refreshes: Refreshes, valkey: Valkey
+) -> None:
+    """A job may wait longer than the login's marker lives: the account's slot lasts as long as the
+    refresh's state (it ends earlier with the refresh), so the account cannot begin another (was: the
+    slot lapsed with the marker, and every 15 minutes the account could queue up to its cap again)."""
+    waiting = await refreshes.join_or_enqueue("octo", 1)
+    assert waiting is not None
+    await valkey.delete("github:refresh-pending:octo")  # expired
+    slot_ends = await valkey.zscore("github:user-refreshes:1", str(waiting.id))
+    assert slot_ends is not None and slot_ends >= time.time() + REFRESH_STATE_TTL_S - 60
+    assert await refreshes.join_or_enqueue("other", 1) is None
+    assert (await refreshes.join_or_enqueue("octo", 2)) == waiting
+
+
+async def test_a_request_that_only_joins_is_not_refused_for_its_accounts_spent_share(
+    refreshes: Refreshes, valkey: Valkey
+) -> None:
+    waiting = await refreshes.join_or_enqueue("octo", 1)
+    assert waiting is not None
+    await valkey.set("github:lookup-spent:2", 1_000_000)
+    with pytest.raises(LookupBudgetError):
+        await refreshes.join_or_enqueue("other", 2)
+    await valkey.delete("github:refresh-pending:octo")  # expired while the job waits
+    assert await refreshes.join_or_enqueue("octo", 2) == waiting
+
+
+async def test_a_request_cancelled_once_its_refresh_is_counted_still_enqueues_it(
+    refreshes: Refreshes, valkey: Valkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted and made the login's pending one, a refresh is given to others: a request cancelled
+    then (a shutdown) does not leave it without a job, holding its account's slot."""
+    counted = HeldScript(monkeypatch, refreshes.valkey, "github:user-refreshes:1", after=True)
+    first = ask(refreshes, "octo", 1)
+    await until(counted.reached, first)
+    first.cancel()
+    joined = await refreshes.join_or_enqueue("octo", 2)
+    counted.release()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert refreshes._queue is not None
+    queue = refreshes._queue
+
+    async def enqueued() -> bool:
+        return await queue.job("github-refresh:octo") is not None
+
+    await wait_until(enqueued, 10, "the counted refresh is enqueued")
+    running = await assert_run_by_the_job(refreshes, valkey, "octo", [joined])
+    assert await pending_of(valkey, 1) == [running]
+
+
+async def test_a_refresh_that_cannot_be_enqueued_fails_at_once_for_whoever_joined_it(
+    refreshes: Refreshes, valkey: Valkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its state says failed, its marker and its account's slot are freed (was: queued for the
+    grace, given to everyone meanwhile, the slot held)."""
+    assert refreshes._queue is not None
+    enqueuing, joined_meanwhile = asyncio.Event(), asyncio.Event()
+
+    async def failing_enqueue(*args: Any, **kwargs: Any) -> Any:
+        enqueuing.set()
+        await joined_meanwhile.wait()
+        raise ConnectionError("Valkey went away")
+
+    monkeypatch.setattr(refreshes._queue, "enqueue", failing_enqueue)
+    first = ask(refreshes, "octo", 1)
+    await until(enqueuing, first)
+    try:
+        joined = await refreshes.join_or_enqueue("octo", 2)
+    finally:
+        joined_meanwhile.set()
+    with pytest.raises(ConnectionError):
+        await first
+
+    assert joined is not None
+    ended = await refreshes.refresh_state(joined.id)
+    assert ended.status == "failed" and ended.error is not None and ended.error.kind == "unavailable"
+    assert await valkey.get("github:refresh-pending:octo") is None
+    assert await pending_of(valkey, 1) == []

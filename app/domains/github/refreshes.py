@@ -16,6 +16,7 @@ look jobs up in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -151,6 +152,7 @@ class Refreshes:
         self._release = valkey.register_script(RELEASE)
         self._replace = valkey.register_script(_REPLACE)
         self._claim_refresh = valkey.register_script(_CLAIM_REFRESH)
+        self._beginning: set[asyncio.Future[RefreshOut | None]] = set()
 
     async def start(self) -> None:
         """One queue client per process."""
@@ -161,6 +163,8 @@ class Refreshes:
         )
 
     async def close(self) -> None:
+        if self._beginning:  # refreshes whose requests were cancelled: their jobs first
+            await asyncio.wait(self._beginning, timeout=5)
         if self._queue is not None:
             await self._queue.redis.aclose()
             self._queue = None
@@ -224,30 +228,56 @@ class Refreshes:
         claimed before the state existed: a second request read it as ended, took it over, and,
         its enqueue refused by the first one's job, handed out its own id, which no job finished."""
         assert self._queue is not None, "GithubService.start() was not called"
-        pending_key = f"github:refresh-pending:{login}"
+        pending_key, job_key = f"github:refresh-pending:{login}", f"github-refresh:{login}"
         if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
             return live
-        await self.lookups.check_lookup_budget(user_id)
-        job_key = f"github-refresh:{login}"
         if (queued := await self._queued(job_key)) is not None:  # its marker expired while it waited
             await self.valkey.set(pending_key, str(queued.id), nx=True, ex=self._pending_ttl_s)
             return queued
+        try:
+            await self.lookups.check_lookup_budget(user_id)
+        except LookupBudgetError:  # joining costs nothing: one begun meanwhile is still given
+            if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
+                return live
+            raise
+        # Not left half done by this request's cancellation (a shutdown): a refresh claimed but never
+        # enqueued would be given to others and hold its account's slot, and never run.
+        beginning = asyncio.ensure_future(self._begin(login, user_id))
+        self._beginning.add(beginning)
+        beginning.add_done_callback(self._beginning.discard)
+        return await asyncio.shield(beginning)
+
+    async def _begin(self, login: str, user_id: int) -> RefreshOut | None:
+        """A new refresh, saved, then claimed (``_claim``) and enqueued; or the one claimed meanwhile,
+        or None (the account's cap). One that cannot be enqueued fails at once (whoever was given it
+        reads that), its marker and its account's slot freed."""
+        assert self._queue is not None, "GithubService.start() was not called"
+        pending_key, job_key = f"github:refresh-pending:{login}", f"github-refresh:{login}"
         state = _new_refresh(uuid.uuid4(), login, self.clock())
         await self._save_refresh(state)
         if (claimed := await self._claim(state.id, pending_key, user_id)) is not True:
             await self.valkey.delete(f"github:refresh:{state.id}")  # handed to nobody
             return claimed if isinstance(claimed, RefreshOut) else None
-        job = await self._queue.enqueue(
-            Job(
-                function=REFRESH_TASK,
-                kwargs={"login": login, "refresh_id": str(state.id), "user_id": user_id},
-                key=job_key,
-                timeout=self.settings.github_refresh_timeout_s,
-                heartbeat=REFRESH_HEARTBEAT_S,
-                retries=1,
-                ttl=3600,
+        try:
+            job = await self._queue.enqueue(
+                Job(
+                    function=REFRESH_TASK,
+                    kwargs={"login": login, "refresh_id": str(state.id), "user_id": user_id},
+                    key=job_key,
+                    timeout=self.settings.github_refresh_timeout_s,
+                    heartbeat=REFRESH_HEARTBEAT_S,
+                    retries=1,
+                    ttl=3600,
+                )
             )
-        )
+        except Exception:
+            log.exception("github_refresh_enqueue_failed", refresh_id=str(state.id), login=state.username)
+            with contextlib.suppress(Exception):  # else judged lost after the grace (``_job_gone``)
+                failed = self._final(state, GitHubDownError("the refresh could not be queued"))
+                await self._save_refresh(failed, replacing=msgspec.json.encode(state))
+                await self._release(keys=[pending_key], args=[str(state.id)])
+                await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(state.id))
+            raise
         if job is None and (queued := await self._queued(job_key)) is not None:
             # A job enqueued without the marker (before this release's claim): that one runs. This
             # one, handed out from the marker meanwhile, has no job: judged lost after the grace.
@@ -276,10 +306,19 @@ class Refreshes:
         cap = self.settings.github_user_pending_refreshes
         judged_ended: bytes = b""
         while True:
-            deadline = int(time.time()) + self._pending_ttl_s
+            # A slot ends with its refresh (the loop above), its score is only a backstop: a job may
+            # wait in a backlog far longer than the marker lives.
+            now = int(self.clock().timestamp())
             claimed = await self._claim_refresh(
                 keys=[pending_key, account_key],
-                args=[str(refresh_id), self._pending_ttl_s, int(time.time()), cap, deadline, judged_ended],
+                args=[
+                    str(refresh_id),
+                    self._pending_ttl_s,
+                    now,
+                    cap,
+                    now + REFRESH_STATE_TTL_S,
+                    judged_ended,
+                ],
             )
             if not isinstance(claimed, bytes):
                 return bool(claimed)
