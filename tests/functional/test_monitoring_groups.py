@@ -24,7 +24,7 @@ from app.core.db import UnitOfWork
 from app.core.modules import Module
 from app.core.services import open_services
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
-from app.domains.monitoring import services as monitoring_services
+from app.domains.monitoring import ingest as monitoring_ingest
 from app.domains.monitoring.capture import DEGRADED, RawEvent
 from app.domains.monitoring.fingerprint import ExceptionPart, Frame, RawException, capture_chain
 from app.domains.monitoring.groups import (
@@ -199,7 +199,7 @@ async def test_without_valkey_capture_still_works_degraded(
     settings: Settings, db: AsyncConnection[Any]
 ) -> None:
     async with open_monitoring(settings, monitoring_dedup_window_s=3600.0) as service:
-        service.valkey = Valkey.from_url(
+        service.ingest.valkey = Valkey.from_url(
             "redis://127.0.0.1:9/0", socket_connect_timeout=0.5
         )  # nothing listens
         before = DEGRADED._value.get()
@@ -209,7 +209,7 @@ async def test_without_valkey_capture_still_works_degraded(
         service.buffer.add(error_event(exc))
         assert await service.flush() == 0, "still one write per window, per process"
         assert DEGRADED._value.get() > before
-        await service.valkey.aclose()
+        await service.ingest.valkey.aclose()
     [(_, _, _, events, _)] = await groups(db)
     assert events == 2
 
@@ -459,7 +459,7 @@ async def test_a_write_that_keeps_failing_is_dropped_and_does_not_block_the_othe
         if attempt == 0:
             assert [row[3] for row in await groups(db)] == [1], "the healthy aggregate was written anyway"
     assert await service.flush(force=True) == 0, "dropped after five failures"
-    assert len(service._pending) == 0
+    assert len(service.ingest._pending) == 0
 
 
 async def test_an_unavailable_database_never_drops_an_aggregate(
@@ -509,7 +509,7 @@ async def test_new_fingerprints_past_max_pending_are_counted_and_logged_once(
 ) -> None:
     """Past ``MAX_PENDING`` distinct fingerprints waiting (the database is behind), a new one's events
     are dropped: counted, and said once per interval rather than once per fingerprint."""
-    monkeypatch.setattr(monitoring_services, "MAX_PENDING", 2)
+    monkeypatch.setattr(monitoring_ingest, "MAX_PENDING", 2)
     dropped = "app_monitoring_pending_events_dropped_total"
     before = REGISTRY.get_sample_value(dropped) or 0.0
     tag = uuid.uuid4().hex[:6]

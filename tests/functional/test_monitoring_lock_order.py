@@ -195,7 +195,7 @@ async def test_ending_timed_ignores_locks_one_group_at_a_time(
                 service.purge(time.time()) if other == "purge" else service.merge(a, [b], None)
             )
             await until_waiting(db, 1)
-            expiry = asyncio.ensure_future(service._expire_timed_ignores(datetime.now(UTC)))
+            expiry = asyncio.ensure_future(service.triage.expire_timed_ignores(datetime.now(UTC)))
             await until_waiting(db, 2)
             await holder.rollback()
             await asyncio.gather(first, expiry)

@@ -56,12 +56,12 @@ class DownDatabase:
 
 @contextlib.contextmanager
 def database_down(service: MonitoringService) -> Iterator[None]:
-    pool = service.db
-    service.db = DownDatabase()  # type: ignore[assignment]
+    pool = service.ingest.db
+    service.ingest.db = DownDatabase()  # type: ignore[assignment]
     try:
         yield
     finally:
-        service.db = pool
+        service.ingest.db = pool
 
 
 def requests_answered_503(service: MonitoringService, count: int) -> None:

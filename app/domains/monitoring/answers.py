@@ -36,7 +36,7 @@ from app.domains.monitoring.schemas import (
     RouteLatencyOut,
     VariantOut,
 )
-from app.domains.monitoring.services import GroupDetail
+from app.domains.monitoring.triage import GroupDetail
 
 
 def group_out(row: ListGroupsRow | ListGroupsWithStatusAndKindRow) -> GroupOut:

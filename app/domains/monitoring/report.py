@@ -3,10 +3,16 @@
 It lists new and regressed groups, the top errors, slow routes, job failures, cron problems and the
 day's business figures (``BusinessFigures``: each counted by the domain that owns it, through its
 service, and passed in by ``MonitoringService``).
+
+``DailyReport`` (at the end) records it once its time has passed: it claims the day, renders the
+report and records it as an alert for Telegram. ``MonitoringService.send_report_if_due`` (called by
+the periodic checks) delegates to it; it moved here from ``services.py`` to keep the report in one
+module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -14,10 +20,17 @@ from zoneinfo import ZoneInfo
 import msgspec
 from psycopg import AsyncConnection
 
+from app.config import Settings
+from app.core.db import Database, UnitOfWork
 from app.db import monitoring as queries
+from app.domains.accounts.services import AccountService
+from app.domains.monitoring import alerts
+from app.domains.monitoring.groups import utc
 from app.domains.monitoring.latency import BUCKETS, percentiles
 from app.domains.monitoring.messages import ADMIN_PATH, KIND_LABELS
 from app.domains.monitoring.telegram import Part, Rendered, render
+from app.domains.orders.services import OrderService
+from app.domains.reports.services import ReportService
 
 TOP = 5
 
@@ -142,3 +155,63 @@ async def build_report(
     parts += [Part(f"\n• {row.name}: {row.times}x {row.status}") for row in crons] or [Part("\nnone")]
     parts.append(Part(f"\n\n{ADMIN_PATH}/errors"))
     return render(parts, pointer=f"{ADMIN_PATH}/errors")
+
+
+class DailyReport:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        channel: alerts.Channel,
+        *,
+        environment: str,
+        zone: ZoneInfo,
+        accounts: AccountService | None,
+        orders: OrderService | None,
+        reports: ReportService | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.channel = channel
+        self.environment = environment
+        self.zone = zone
+        self.accounts, self.orders, self.reports = accounts, orders, reports
+        """The business figures, each counted by its domain (None: "n/a")."""
+        self.clock = clock
+
+    async def send_if_due(self, now: float | None = None) -> int | None:
+        """Record (and queue for Telegram) today's report once its local time has passed."""
+        moment = utc(self.clock() if now is None else now)
+        period = report_period(moment, self.settings.monitoring_report_time, self.zone)
+        if period is None:
+            return None
+        day, since, until = period
+        async with self.db.transaction() as uow:
+            if await queries.claim_report(uow.conn, day=day) is None:
+                return None
+            figures = await self._business_figures(uow, since, until)
+            rendered = await build_report(uow.conn, day, since, until, self.environment, figures)
+            alert = await alerts.record_alert(
+                uow,
+                self.channel,
+                key=f"report:{day.isoformat()}",
+                kind="report",
+                rule="daily-report",
+                group_id=None,
+                summary=f"daily report {day.isoformat()}",
+                rendered=rendered,
+                now=moment,
+            )
+            if alert is not None:
+                await queries.set_report_alert(uow.conn, alert_id=alert.id, day=day)
+        return alert.id if alert is not None else None
+
+    async def _business_figures(self, uow: UnitOfWork, since: datetime, until: datetime) -> BusinessFigures:
+        orders, revenue = await self.orders.totals_between(uow, since, until) if self.orders else (None, None)
+        return BusinessFigures(
+            signups=await self.accounts.count_signups(uow, since, until) if self.accounts else None,
+            orders=orders,
+            revenue=revenue,
+            pageviews=await self.reports.total_pageviews(uow, since, until) if self.reports else None,
+        )
