@@ -244,8 +244,14 @@ class Refreshes:
         # enqueued would be given to others and hold its account's slot, and never run.
         beginning = asyncio.ensure_future(self._begin(login, user_id))
         self._beginning.add(beginning)
-        beginning.add_done_callback(self._beginning.discard)
+        beginning.add_done_callback(self._begun)
         return await asyncio.shield(beginning)
+
+    def _begun(self, beginning: asyncio.Future[RefreshOut | None]) -> None:
+        """Its error is its request's, or logged (``_begin``) once that request was cancelled."""
+        self._beginning.discard(beginning)
+        if not beginning.cancelled():
+            beginning.exception()  # retrieved: no "never retrieved" warning when no request awaits it
 
     async def _begin(self, login: str, user_id: int) -> RefreshOut | None:
         """A new refresh, saved, then claimed (``_claim``) and enqueued; or the one claimed meanwhile,
