@@ -378,7 +378,7 @@ async def test_revoked_sessions_are_remembered_as_long_as_a_session_lasts(
     token by far, so its revocation must be remembered (and kept in PostgreSQL) at least that long."""
     app: Litestar = api.app
     accounts = app.state.services[AccountService]
-    assert accounts._revocation_horizon_s > settings.dashboard_session_s
+    assert accounts.authentication.revocation_horizon_s > settings.dashboard_session_s
 
 
 # -- tokens are not interchangeable ------------------------------------------------------------------------

@@ -193,10 +193,10 @@ async def test_no_statement_of_a_rotation_sign_in_or_logout_reads_the_sessions_h
                 "expires_at": session.started_at,
             },
         ),
-        # a sign-in ending the sessions past the cap (_make_room), revoking all of them (revoke_all)
+        # a sign-in ending the sessions past the cap (Sessions.make_room), revoking all of them (revoke_all)
         ("sessions beyond", queries.list_sessions_beyond, {"user_id": member.id, "kept": 1}),
         ("live sessions", queries.list_live_user_families, {"user_id": member.id}),
-        # a logout (_end_session)
+        # a logout (Sessions.end_session)
         ("session owner", queries.lock_session_owner, {"family_id": family}),
     ]
     costs = {

@@ -21,7 +21,7 @@ from app.config import Settings, SettingsError, load_settings
 from app.core.security import refresh_token_digest
 from app.db import accounts as queries
 from app.db.models import User
-from app.domains.accounts import services as accounts_services
+from app.domains.accounts import sessions as accounts_sessions
 from tests.factories import Client, assert_problem, generous_client, login
 from tests.functional.test_accounts_refresh_cost import make_long_session, rows_read
 from tests.functional.test_accounts_sessions import family_of, me_status, refresh
@@ -79,7 +79,7 @@ async def test_past_the_limit_a_rotation_waits_and_keeps_the_token(
     family = await family_of(db, pair["refresh_token"])
 
     with structlog.testing.capture_logs() as logs:  # a logger of its own: the app's caches its processors
-        monkeypatch.setattr(accounts_services, "log", structlog.get_logger("app.accounts"))
+        monkeypatch.setattr(accounts_sessions, "log", structlog.get_logger("app.accounts"))
         refused = await refresh(api, pair["refresh_token"])
     assert_problem(refused, 429, "refresh-rate-limited")
     assert 0 < int(refused.headers["retry-after"]) <= 3600, refused.headers

@@ -76,7 +76,7 @@ def accounts_of(served: Served) -> AccountService:
 
 async def test_both_processes_listen(two_processes: tuple[Served, Served]) -> None:
     for served in two_processes:
-        assert accounts_of(served).revocations.live
+        assert accounts_of(served).authentication.revocations.live
 
 
 async def test_logout_in_one_process_is_refused_by_the_other(
@@ -190,7 +190,7 @@ async def test_a_process_that_starts_later_loads_recent_revocations(
         await first.client.post("/api/auth/logout", headers=bearer(session["access_token"]))
     ).status_code == 204
     async with serve_in_loop(settings, app_name=APP_NAME, **GENEROUS_AUTH) as late:
-        assert accounts_of(late).revocations.live
+        assert accounts_of(late).authentication.revocations.live
         assert await refused_by(late, session["access_token"])
 
 
@@ -204,7 +204,7 @@ async def test_revocations_made_while_a_listener_is_down_are_not_missed(
     while it is down (without the gate it reconnects after 0.5 s, and a stalled test would check a
     listener already back, before the logout's notification was read)."""
     first, second = two_processes
-    watched = accounts_of(second).revocations
+    watched = accounts_of(second).authentication.revocations
     reconnects = watched.reconnects
     may_load = asyncio.Event()
     load = watched._load
@@ -305,7 +305,7 @@ class SilenceableRelay:
 
 async def listen_through(conninfo: str, accounts: AccountService) -> Revocations[uuid.UUID]:
     """Replace the app's listener by one connected at ``conninfo``, checking its connection often."""
-    own = accounts.revocations
+    own = accounts.authentication.revocations
     await own.close()
     proxied: Revocations[uuid.UUID] = Revocations(
         conninfo,
@@ -320,7 +320,7 @@ async def listen_through(conninfo: str, accounts: AccountService) -> Revocations
         max_retry_s=0.5,
         name="revoked-families-relayed",
     )
-    accounts.revocations = proxied
+    accounts.authentication.revocations = proxied
     await proxied.start()
     assert proxied.live
     return proxied

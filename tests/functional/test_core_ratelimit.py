@@ -312,7 +312,7 @@ async def revocations_live(client: Client) -> None:
     accounts: AccountService = client.app.state.services[AccountService]
 
     async def live() -> bool:
-        return accounts.revocations.live
+        return accounts.authentication.revocations.live
 
     await wait_until(live, 30, "the revocation listener is live")
 

@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from app.config import DEFAULT_ADMIN_PASSWORD, SettingsError, load_settings
-from app.domains.accounts.services import WeakPasswordError, check_new_password
+from app.domains.accounts.passwords import WeakPasswordError, check_new_password
 
 
 def production(**overrides: str) -> dict[str, str]:

@@ -57,8 +57,9 @@ from app.domains.accounts.dashboard_tokens import (
     cleared_session_cookie,
     session_cookie,
 )
+from app.domains.accounts.passwords import BAD_CREDENTIALS
 from app.domains.accounts.schemas import DashboardSignInForm
-from app.domains.accounts.services import BAD_CREDENTIALS, AccountService
+from app.domains.accounts.services import AccountService
 
 Accounts = NamedDependency[AccountService]
 SignInForm = Annotated[DashboardSignInForm, Body(media_type=RequestEncodingType.URL_ENCODED)]

@@ -25,7 +25,8 @@ from app.config import (
 )
 from app.core.services import Services
 from app.db.models import UserRole
-from app.domains.accounts.services import AccountService, UnusableEmailError, sign_in_address
+from app.domains.accounts.registration import UnusableEmailError, sign_in_address
+from app.domains.accounts.services import AccountService
 
 DEMO_MEMBERS = (("ana@example.com", "Ana Lima"), ("ben@example.com", "Ben Okafor"))
 

@@ -1,0 +1,128 @@
+"""The caller's own account: reading it, and changing its display name or its password.
+
+A password change needs the current password (checked like a login: ``passwords.py``) and revokes
+the account's other sessions in its transaction (``Sessions.revoke_all``); a rename is announced to
+the listeners registered with ``after_rename`` (the feed's names).
+
+Held by ``AccountService`` (``get_user``, ``update_me``, ``after_rename`` delegate here); split out of
+``services.py`` as a topic of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import structlog
+
+from app.config import Settings
+from app.core.auth import CurrentUser
+from app.core.db import Database
+from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
+from app.core.security import Passwords
+from app.db import accounts as queries
+from app.db.models import User
+from app.domains.accounts.passwords import Credentials, check_new_password
+from app.domains.accounts.schemas import UpdateMeIn
+from app.domains.accounts.sessions import Sessions
+
+log = structlog.get_logger("app.accounts")
+
+
+class PasswordChangedError(ConflictError):
+    """The password verified for a change is no longer the account's: another change committed first."""
+
+    slug = "password-changed"
+    title = "Password changed meanwhile"
+
+
+class Profile:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        passwords: Passwords,
+        credentials: Credentials,
+        sessions: Sessions,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.passwords = passwords
+        self.credentials = credentials
+        self.sessions = sessions
+        self._on_rename: list[Callable[[int], Awaitable[None]]] = []
+
+    def after_rename(self, callback: Callable[[int], Awaitable[None]]) -> None:
+        """Run ``callback(user_id)`` after a user's display name changed (committed)."""
+        self._on_rename.append(callback)
+
+    async def get_user(self, user_id: int) -> User:
+        async with self.db.transaction() as uow:
+            user = await queries.get_user_by_id(uow.conn, id=user_id)
+        if user is None:
+            raise NotFoundError("No such user.")
+        return user
+
+    async def update_me(self, caller: CurrentUser, data: UpdateMeIn, client_ip: str | None = None) -> User:
+        """A new password needs the current one, checked under the login throttle: a stolen access
+        token does not buy unthrottled password guesses.
+
+        The check holds until the commit: the change locks the user's row ``FOR UPDATE`` (no session of
+        the user begins, rotates or ends until the commit) and revokes the other sessions
+        (``revoke_all``), and is refused if the password it verified is no longer the account's
+        (409 ``password-changed``: another change committed first, and this one would overwrite it)
+        or the caller's own session was revoked meanwhile (401: a logout, a deactivation, or that other
+        change).
+
+        A patch that changes nothing (no field, or each as it is) is no change: the account as it is,
+        its ``updated_at`` kept, and no rename for the feed's names (nor with a new password and the
+        name as it was)."""
+        new_hash, verified_hash, revoked, name_before = None, None, 0, None
+        if data.new_password is not None:
+            # Before the current password is checked: a weak one costs no guess and tells nothing.
+            check_new_password(data.new_password, production=self.settings.is_production)
+            current = await self.get_user(caller.id)
+            if data.current_password is None:
+                raise ForbiddenError("The current password is required and must be correct.")
+            try:
+                verified = await self.credentials.check_credentials(
+                    current.email, data.current_password, client_ip, purpose="password_change"
+                )
+                verified_hash = verified.password_hash
+            except UnauthorizedError:
+                raise ForbiddenError("The current password is required and must be correct.") from None
+            new_hash = await self.passwords.hash(data.new_password)
+        async with self.db.transaction() as uow:
+            if new_hash is not None:
+                locked = await queries.get_users_for_update(uow.conn, ids=[caller.id])
+                if not locked:
+                    raise NotFoundError("No such user.")
+                if locked[0].password_hash != verified_hash:
+                    log.info("password_change_refused", user_id=caller.id, reason="changed_meanwhile")
+                    raise PasswordChangedError(
+                        "The password was changed meanwhile; the current password given is no longer current."
+                    )
+                name_before = locked[0].display_name
+                revoked = await self.sessions.revoke_all(uow, caller.id, keep=caller.family_id)
+                if not locked[0].is_active or await queries.is_family_revoked(
+                    uow.conn, family_id=caller.family_id
+                ):
+                    log.info("password_change_refused", user_id=caller.id, reason="session_revoked")
+                    raise UnauthorizedError.token_refused("The access token has been revoked.")
+            user = await queries.update_user_profile(
+                uow.conn,
+                display_name=data.display_name.strip() if data.display_name else None,
+                password_hash=new_hash,
+                id=caller.id,
+            )
+            if user is None:  # nothing to change (or no such user)
+                user = await queries.get_user_by_id(uow.conn, id=caller.id)
+                if user is None:
+                    raise NotFoundError("No such user.")
+            elif data.display_name is not None and (new_hash is None or user.display_name != name_before):
+                # without a new password, a row means the name changed; with one, it is compared
+                for callback in self._on_rename:
+                    uow.after_commit(partial(callback, caller.id))
+        if new_hash is not None:
+            log.info("password_changed", user_id=caller.id, sessions_revoked=revoked)
+        return user
