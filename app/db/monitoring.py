@@ -1683,6 +1683,16 @@ async def claim_report(conn: AsyncConnection[Any], *, day: date) -> date | None:
         return await cur.fetchone()
 
 
+LAST_REPORT_BEFORE = "select max(day)::date as day from monitoring_reports where day < $1"
+
+
+async def last_report_before(conn: AsyncConnection[Any], *, day: date) -> date | None:
+    """The latest day before @day whose report was recorded: the next report starts where it ended."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(LAST_REPORT_BEFORE, (day,))
+        return await cur.fetchone()
+
+
 SET_REPORT_ALERT = "update monitoring_reports set alert_id = $1 where day = $2"
 
 

@@ -620,6 +620,10 @@ returning slot;
 -- name: ClaimReport :one
 insert into monitoring_reports (day) values (@day) on conflict (day) do nothing returning day;
 
+-- name: LastReportBefore :one
+-- The latest day before @day whose report was recorded: the next report starts where it ended.
+select max(day)::date as day from monitoring_reports where day < @day;
+
 -- name: SetReportAlert :exec
 update monitoring_reports set alert_id = @alert_id where day = @day;
 

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -618,6 +619,9 @@ async def test_the_daily_report_is_sent_once_a_day(
             " values ('r@example.com', 'r', 'x', 'member', %s)",
             (until - timedelta(hours=2),),
         )
+        await db.execute(  # the day before's was sent: before 08:00 nothing is due
+            "insert into monitoring_reports (day) values (%s)", (until.date() - timedelta(days=1),)
+        )
         assert await service.send_report_if_due(until.timestamp() - 60) is None, "not before 08:00 local"
         service.clock = lambda: until.timestamp() + 60
         first = await service.send_report_if_due()
@@ -633,3 +637,32 @@ async def test_the_daily_report_is_sent_once_a_day(
     assert "sign-ups 1 · orders 0" in text
     assert "New groups: 1" in text
     assert "ValueError: invalid literal for int()" in text
+
+
+async def test_a_missed_report_is_sent_late_and_the_next_covers_the_days_without_one(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The app was down at 08:00 on D (and at its next checks): the first check after that sends D's
+    report, even past midnight; once more reports were missed, the next one covers the time since the
+    last one sent, not only its own day (before: D's report was never sent, its period in none)."""
+    berlin = ZoneInfo("Europe/Berlin")
+    day = (datetime.now(berlin) - timedelta(days=5)).date()
+
+    def at(days: int, hour: int, minute: int = 0) -> float:
+        return datetime.combine(day + timedelta(days=days), dt_time(hour, minute), tzinfo=berlin).timestamp()
+
+    async with open_monitoring(
+        settings, monitoring_report_time="08:00", monitoring_report_timezone="Europe/Berlin"
+    ) as service:
+        await db.execute("insert into monitoring_reports (day) values (%s)", (day - timedelta(days=1),))
+        assert await service.send_report_if_due(at(0, 7, 59)) is None
+        assert await service.send_report_if_due(at(1, 0, 5)) is not None, "D's, after midnight"
+        assert await service.send_report_if_due(at(3, 9, 0)) is not None, "D+3's: D+1's and D+2's missed"
+    days = await (await db.execute("select day from monitoring_reports order by day")).fetchall()
+    assert [row[0] for row in days] == [day - timedelta(days=1), day, day + timedelta(days=3)]
+    texts = await (
+        await db.execute("select text_plain from monitoring_alerts where kind = 'report' order by id")
+    ).fetchall()
+    late, catching_up = (text for (text,) in texts)
+    assert f"{day - timedelta(days=1):%Y-%m-%d} 08:00 to {day:%Y-%m-%d} 08:00" in late
+    assert f"{day:%Y-%m-%d} 08:00 to {day + timedelta(days=3):%Y-%m-%d} 08:00" in catching_up

@@ -271,15 +271,32 @@ def test_only_rules_on_volume_wait_for_the_group_gap() -> None:
 def test_the_report_is_due_at_local_time_across_dst() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     before = datetime(2026, 10, 25, 6, 59, tzinfo=UTC)  # 07:59 CET (DST ended that night)
-    assert report_period(before, "08:00", berlin) is None
-    day, start, end = report_period(datetime(2026, 10, 25, 7, 0, tzinfo=UTC), "08:00", berlin) or (
-        None,
-        T0,
-        T0,
-    )
+    assert str(report_period(before, "08:00", berlin)[0]) == "2026-10-24", "the latest due: yesterday's"
+    day, start, end = report_period(datetime(2026, 10, 25, 7, 0, tzinfo=UTC), "08:00", berlin)
     assert str(day) == "2026-10-25"
     assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(hours=25)  # that local day had 25 h
     assert end.astimezone(UTC) == datetime(2026, 10, 25, 7, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("zone", "report_time", "checked_at"),
+    [
+        ("Europe/Berlin", "23:30", datetime(2026, 11, 30, 23, 0, 5, tzinfo=UTC)),  # 00:00:05 local
+        ("Europe/Berlin", "08:00", datetime(2026, 12, 1, 23, 5, tzinfo=UTC)),  # after a day's outage
+        ("America/New_York", "23:59", datetime(2027, 3, 14, 5, 0, tzinfo=UTC)),  # the spring-forward night
+    ],
+)
+def test_a_check_after_local_midnight_finds_the_report_it_missed(
+    zone: str, report_time: str, checked_at: datetime
+) -> None:
+    """No check ran between the report time and local midnight (an hourly check and a report time of
+    23:30; the app down from before the time to after midnight): the first check after it gets the
+    day's report (was: none, ever, for that day)."""
+    tz = ZoneInfo(zone)
+    day, start, end = report_period(checked_at, report_time, tz)
+    assert day == checked_at.astimezone(tz).date() - timedelta(days=1)
+    assert start < end <= checked_at
+    assert end.strftime("%H:%M") == report_time
 
 
 @pytest.mark.parametrize(
@@ -303,7 +320,7 @@ def test_the_reports_cover_every_instant_once_and_never_the_future(
     now = first
     while now < first + timedelta(days=days):
         period = report_period(now, report_time, tz)
-        if period is not None and period[0] not in claimed:
+        if period[0] not in claimed:
             claimed.add(period[0])
             reports.append((now, period[1].astimezone(UTC), period[2].astimezone(UTC)))
         now += timedelta(minutes=1)

@@ -35,8 +35,11 @@ from app.domains.reports.services import ReportService
 TOP = 5
 
 
-def report_period(now: datetime, report_time: str, zone: ZoneInfo) -> tuple[date, datetime, datetime] | None:
-    """(local day, start, end) of the report due at ``now``, or None before today's report time.
+def report_period(now: datetime, report_time: str, zone: ZoneInfo) -> tuple[date, datetime, datetime]:
+    """(local day, start, end) of the latest report due at ``now``: today's once its time has passed,
+    else yesterday's. A check that comes late (after midnight, after an outage, or an hourly check
+    with a report time of 23:30) still finds the report it missed; before, only a check between the
+    report time and local midnight did, and the day's report was never sent.
 
     The report of local day D is due at ``report_time`` on D in ``zone`` (``due_at``) and covers
     from the previous report's due instant to its own. Every comparison is between instants, never
@@ -46,20 +49,23 @@ def report_period(now: datetime, report_time: str, zone: ZoneInfo) -> tuple[date
     time on the other side of the gap would be (02:30 becomes 03:30); in an overlap, at its first
     occurrence.
     """
-    hour, minute = (int(part) for part in report_time.split(":"))
+    hour, minute = report_clock(report_time)
     today = now.astimezone(zone).date()
-    for day in (today, today - timedelta(days=1)):
-        end = due_at(day, hour, minute, zone)
-        # The day before's report counts here only when a gap pushed its time past midnight, into
-        # today: otherwise it was due yesterday (and before today's time nothing is due).
-        if end <= now and (day == today or end.astimezone(zone).date() == today):
-            start = due_at(day - timedelta(days=1), hour, minute, zone)
-            back = day - timedelta(days=1)
-            while start >= end:  # a skipped local day (Pacific/Apia, 2011-12-30): no report of its own
-                back -= timedelta(days=1)
-                start = due_at(back, hour, minute, zone)
-            return day, start.astimezone(zone), end.astimezone(zone)
-    return None
+    day = today
+    while (end := due_at(day, hour, minute, zone)) > now:  # a gap may push yesterday's past midnight
+        day -= timedelta(days=1)
+    start = due_at(day - timedelta(days=1), hour, minute, zone)
+    back = day - timedelta(days=1)
+    while start >= end:  # a skipped local day (Pacific/Apia, 2011-12-30): no report of its own
+        back -= timedelta(days=1)
+        start = due_at(back, hour, minute, zone)
+    return day, start.astimezone(zone), end.astimezone(zone)
+
+
+def report_clock(report_time: str) -> tuple[int, int]:
+    """``MONITORING_REPORT_TIME`` (``HH:MM``) as (hour, minute)."""
+    hour, minute = (int(part) for part in report_time.split(":"))
+    return hour, minute
 
 
 def due_at(day: date, hour: int, minute: int, zone: ZoneInfo) -> datetime:
@@ -181,15 +187,17 @@ class DailyReport:
         self.clock = clock
 
     async def send_if_due(self, now: float | None = None) -> int | None:
-        """Record (and queue for Telegram) today's report once its local time has passed."""
+        """Record (and queue for Telegram) the latest report due (``report_period``) unless it is
+        recorded. It covers the time since the previous recorded report's end: days whose reports
+        were never sent (the app was down at their time) are in the next one, not lost."""
         moment = utc(self.clock() if now is None else now)
-        period = report_period(moment, self.settings.monitoring_report_time, self.zone)
-        if period is None:
-            return None
-        day, since, until = period
+        day, since, until = report_period(moment, self.settings.monitoring_report_time, self.zone)
         async with self.db.transaction() as uow:
             if await queries.claim_report(uow.conn, day=day) is None:
                 return None
+            if (previous := await queries.last_report_before(uow.conn, day=day)) is not None:
+                ended = due_at(previous, *report_clock(self.settings.monitoring_report_time), self.zone)
+                since = min(since, ended.astimezone(self.zone))
             figures = await self._business_figures(uow, since, until)
             rendered = await build_report(uow.conn, day, since, until, self.environment, figures)
             alert = await alerts.record_alert(
