@@ -31,7 +31,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from app.core.types import whole
+from app.core.types import TimeZone, whole
 
 # The key earlier versions shipped as a default: public, so refused wherever it could be reached.
 PUBLIC_DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - refused, never used
@@ -264,7 +264,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     monitoring_report_time: Annotated[str, msgspec.Meta(pattern=whole(r"([01][0-9]|2[0-3]):[0-5][0-9]"))] = (
         "08:00"
     )
-    monitoring_report_timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
+    monitoring_report_timezone: TimeZone = "UTC"
+    """An IANA name the server's tz database knows (a typo was found only when the service was built,
+    a traceback after the embedded servers had started; ``localtime`` meant the host's zone file)."""
     monitoring_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
     monitoring_delivery_fallback_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
     monitoring_delivery_max_age_s: Annotated[float, msgspec.Meta(ge=60, le=7 * 86_400)] = 86_400.0

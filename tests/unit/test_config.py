@@ -159,6 +159,8 @@ def test_a_single_item_list_needs_no_comma() -> None:
         ("APP_ENV", "staging"),
         ("MAX_BODY_BYTES", "10"),
         ("TELEGRAM_TIMEOUT_S", "26"),  # a delivery would never fit a job
+        ("MONITORING_REPORT_TIMEZONE", "Europe/Berln"),  # was: a traceback once the service was built
+        ("MONITORING_REPORT_TIMEZONE", "localtime"),
     ],
 )
 def test_an_invalid_value_raises_naming_the_environment_variable(name: str, value: str) -> None:
