@@ -25,13 +25,14 @@ import ipaddress
 import os
 import re
 import secrets
+import zoneinfo
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
-from app.core.types import TimeZone, whole
+from app.core.types import whole
 
 # The key earlier versions shipped as a default: public, so refused wherever it could be reached.
 PUBLIC_DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - refused, never used
@@ -264,9 +265,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     monitoring_report_time: Annotated[str, msgspec.Meta(pattern=whole(r"([01][0-9]|2[0-3]):[0-5][0-9]"))] = (
         "08:00"
     )
-    monitoring_report_timezone: TimeZone = "UTC"
-    """An IANA name the server's tz database knows (a typo was found only when the service was built,
-    a traceback after the embedded servers had started; ``localtime`` meant the host's zone file)."""
+    monitoring_report_timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
+    """An IANA name the server's tz database knows (``_refuse_unknown_zone``)."""
     monitoring_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
     monitoring_delivery_fallback_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
     monitoring_delivery_max_age_s: Annotated[float, msgspec.Meta(ge=60, le=7 * 86_400)] = 86_400.0
@@ -483,6 +483,16 @@ def _name_the_variable(message: str) -> str:
     return f"{field.upper()}: {what}"
 
 
+def _refuse_unknown_zone(name: str, zone: str) -> None:
+    """A zone the server's tz database knows (a typo was found only when the service using it was
+    built: a traceback after the embedded servers had started); never ``localtime``, the host's own
+    zone file, whatever it is."""
+    if zone == "localtime" or zone not in zoneinfo.available_timezones():
+        raise SettingsError(
+            f"invalid configuration: {name}: unknown time zone {zone!r} (an IANA name, e.g. Europe/Berlin)"
+        )
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from ``environ`` (default: the process environment) and validate them.
 
@@ -531,6 +541,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             "files of uploads still within their lease"
         )
     _refuse_unusable_chats(settings.telegram_chat_id)
+    _refuse_unknown_zone("MONITORING_REPORT_TIMEZONE", settings.monitoring_report_timezone)
     if settings.github_snapshot_retention_days <= settings.github_history_max_days:
         raise SettingsError(
             f"GITHUB_SNAPSHOT_RETENTION_DAYS ({settings.github_snapshot_retention_days}) must be above "

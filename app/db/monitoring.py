@@ -1674,22 +1674,46 @@ async def claim_tick(conn: AsyncConnection[Any], *, name: str, interval_s: float
         return await cur.fetchone()
 
 
-CLAIM_REPORT = "insert into monitoring_reports (day) values ($1) on conflict (day) do nothing returning day"
+LOCK_REPORTS = "select pg_advisory_xact_lock(hashtextextended('monitoring_reports', 0))"
 
 
-async def claim_report(conn: AsyncConnection[Any], *, day: date) -> date | None:
-    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(CLAIM_REPORT, (day,))
+async def lock_reports(conn: AsyncConnection[Any]) -> None:
+    """Taken before a report is chosen and recorded: two processes (or one on a clock behind) never both
+    read the same last report and record two reports of one period."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(LOCK_REPORTS)
+
+
+LAST_REPORT = "select day, until from monitoring_reports order by day desc limit 1"
+
+
+class LastReportRow(msgspec.Struct, frozen=True, gc=False):
+    day: date
+    until: datetime | None
+
+
+async def last_report(conn: AsyncConnection[Any]) -> LastReportRow | None:
+    """The latest report recorded: its day and the end of its period (null: recorded before periods were)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(LastReportRow)) as cur:
+        await cur.execute(LAST_REPORT)
         return await cur.fetchone()
 
 
-LAST_REPORT_BEFORE = "select max(day)::date as day from monitoring_reports where day < $1"
+CLAIM_REPORT = """\
+insert into monitoring_reports (day, since, until) values ($1, $2, $3)
+on conflict (day) do nothing
+returning day"""
 
 
-async def last_report_before(conn: AsyncConnection[Any], *, day: date) -> date | None:
-    """The latest day before @day whose report was recorded: the next report starts where it ended."""
+async def claim_report(
+    conn: AsyncConnection[Any],
+    *,
+    day: date,
+    since: datetime | None,
+    until: datetime | None,
+) -> date | None:
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(LAST_REPORT_BEFORE, (day,))
+        await cur.execute(CLAIM_REPORT, (day, since, until))
         return await cur.fetchone()
 
 

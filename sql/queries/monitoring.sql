@@ -617,12 +617,19 @@ on conflict (name) do update set slot = excluded.slot
 where monitoring_ticks.slot < excluded.slot or monitoring_ticks.slot > excluded.slot + 1
 returning slot;
 
--- name: ClaimReport :one
-insert into monitoring_reports (day) values (@day) on conflict (day) do nothing returning day;
+-- name: LockReports :exec
+-- Taken before a report is chosen and recorded: two processes (or one on a clock behind) never both
+-- read the same last report and record two reports of one period.
+select pg_advisory_xact_lock(hashtextextended('monitoring_reports', 0));
 
--- name: LastReportBefore :one
--- The latest day before @day whose report was recorded: the next report starts where it ended.
-select max(day)::date as day from monitoring_reports where day < @day;
+-- name: LastReport :one
+-- The latest report recorded: its day and the end of its period (null: recorded before periods were).
+select day, until from monitoring_reports order by day desc limit 1;
+
+-- name: ClaimReport :one
+insert into monitoring_reports (day, since, until) values (@day, @since, @until)
+on conflict (day) do nothing
+returning day;
 
 -- name: SetReportAlert :exec
 update monitoring_reports set alert_id = @alert_id where day = @day;

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,6 +43,7 @@ ERROR_GROUPS = "group_id in (select id from monitoring_groups where kind = 'erro
 JOB_GROUPS = "group_id in (select id from monitoring_groups where kind = 'job')"
 GROUP_CHAT = "-1001234567890"
 PRIVATE_CHAT = "4242"
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 @pytest.fixture
@@ -639,30 +640,98 @@ async def test_the_daily_report_is_sent_once_a_day(
     assert "ValueError: invalid literal for int()" in text
 
 
+def local(day: date, hour: int, zone: ZoneInfo = BERLIN) -> datetime:
+    return datetime.combine(day, dt_time(hour), tzinfo=zone)
+
+
+def period_line(since: datetime, until: datetime) -> str:
+    return f"{since:%Y-%m-%d %H:%M %Z} to {until:%Y-%m-%d %H:%M %Z}"
+
+
+async def report_texts(db: AsyncConnection[Any]) -> list[str]:
+    rows = await (
+        await db.execute("select text_plain from monitoring_alerts where kind = 'report' order by id")
+    ).fetchall()
+    return [text for (text,) in rows]
+
+
 async def test_a_missed_report_is_sent_late_and_the_next_covers_the_days_without_one(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
     """The app was down at 08:00 on D (and at its next checks): the first check after that sends D's
     report, even past midnight; once more reports were missed, the next one covers the time since the
-    last one sent, not only its own day (before: D's report was never sent, its period in none)."""
-    berlin = ZoneInfo("Europe/Berlin")
-    day = (datetime.now(berlin) - timedelta(days=5)).date()
-
-    def at(days: int, hour: int, minute: int = 0) -> float:
-        return datetime.combine(day + timedelta(days=days), dt_time(hour, minute), tzinfo=berlin).timestamp()
-
+    last one sent, not only its own day, and says so (before: D's report was never sent, its period
+    in none)."""
+    day = (datetime.now(BERLIN) - timedelta(days=5)).date()
     async with open_monitoring(
         settings, monitoring_report_time="08:00", monitoring_report_timezone="Europe/Berlin"
     ) as service:
         await db.execute("insert into monitoring_reports (day) values (%s)", (day - timedelta(days=1),))
-        assert await service.send_report_if_due(at(0, 7, 59)) is None
-        assert await service.send_report_if_due(at(1, 0, 5)) is not None, "D's, after midnight"
-        assert await service.send_report_if_due(at(3, 9, 0)) is not None, "D+3's: D+1's and D+2's missed"
+        assert await service.send_report_if_due(local(day, 7).timestamp() + 59 * 60) is None
+        after_midnight = local(day + timedelta(days=1), 0).timestamp() + 300
+        assert await service.send_report_if_due(after_midnight) is not None, "D's, after midnight"
+        three_days_on = local(day + timedelta(days=3), 9).timestamp()
+        assert await service.send_report_if_due(three_days_on) is not None, "D+1's and D+2's were missed"
     days = await (await db.execute("select day from monitoring_reports order by day")).fetchall()
     assert [row[0] for row in days] == [day - timedelta(days=1), day, day + timedelta(days=3)]
-    texts = await (
-        await db.execute("select text_plain from monitoring_alerts where kind = 'report' order by id")
-    ).fetchall()
-    late, catching_up = (text for (text,) in texts)
-    assert f"{day - timedelta(days=1):%Y-%m-%d} 08:00 to {day:%Y-%m-%d} 08:00" in late
-    assert f"{day:%Y-%m-%d} 08:00 to {day + timedelta(days=3):%Y-%m-%d} 08:00" in catching_up
+    late, catching_up = await report_texts(db)
+    assert period_line(local(day - timedelta(days=1), 8), local(day, 8)) in late
+    assert "days: no report was sent" not in late
+    assert period_line(local(day, 8), local(day + timedelta(days=3), 8)) in catching_up
+    assert "(3.0 days: no report was sent at the times between)" in catching_up
+
+
+async def test_the_next_report_starts_where_the_last_ended_whatever_the_settings_say_now(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """MONITORING_REPORT_TIME moved from 08:00 to 20:00, then to 06:00: each report starts where the
+    one before ended, as it was sent (was: recomputed from the new time, 12 hours in no report, then
+    14 in two)."""
+    day = (datetime.now(BERLIN) - timedelta(days=6)).date()
+    for days, report_time in ((0, "08:00"), (1, "20:00"), (2, "06:00")):
+        async with open_monitoring(
+            settings, monitoring_report_time=report_time, monitoring_report_timezone="Europe/Berlin"
+        ) as service:
+            hour = int(report_time[:2])
+            assert await service.send_report_if_due(local(day + timedelta(days=days), hour).timestamp() + 60)
+    _, second, third = await report_texts(db)
+    assert period_line(local(day, 8), local(day + timedelta(days=1), 20)) in second
+    assert period_line(local(day + timedelta(days=1), 20), local(day + timedelta(days=2), 6)) in third
+    periods = await (await db.execute("select since, until from monitoring_reports order by day")).fetchall()
+    assert [since for since, _ in periods[1:]] == [until for _, until in periods[:-1]]
+
+
+async def test_a_clock_behind_never_reports_a_day_before_one_recorded(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """D's report (covering D-1's missed day too) is recorded; a process whose clock is 40 minutes
+    behind checks before D's 08:00: nothing (was: D-1's report, the same 24 hours again)."""
+    day = (datetime.now(BERLIN) - timedelta(days=4)).date()
+    async with open_monitoring(
+        settings, monitoring_report_time="08:00", monitoring_report_timezone="Europe/Berlin"
+    ) as service:
+        await db.execute("insert into monitoring_reports (day) values (%s)", (day - timedelta(days=2),))
+        assert await service.send_report_if_due(local(day, 8).timestamp() + 30 * 60) is not None
+        assert await service.send_report_if_due(local(day, 7).timestamp() + 55 * 60) is None
+    assert len(await report_texts(db)) == 1
+
+
+async def test_a_catch_up_starts_no_earlier_than_the_data_kept(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """After months without a report, the next one covers what is kept (the shorter of the raw page
+    views' and the monitoring events' retention), not a period whose older days were purged."""
+    day = (datetime.now(BERLIN) - timedelta(days=2)).date()
+    async with open_monitoring(
+        settings,
+        monitoring_report_time="08:00",
+        monitoring_report_timezone="Europe/Berlin",
+        analytics_retention_days=10,
+        monitoring_retention_days=30,
+    ) as service:
+        await db.execute("insert into monitoring_reports (day) values (%s)", (day - timedelta(days=100),))
+        assert await service.send_report_if_due(local(day, 9).timestamp()) is not None
+    [since] = await (
+        await db.execute("select since from monitoring_reports where day = %s", (day,))
+    ).fetchone()
+    assert since == local(day - timedelta(days=9), 8)

@@ -119,7 +119,10 @@ async def build_report(
     latency = await queries.route_latency_between(conn, since=since, until=until)
 
     parts = [Part(f"📊 Daily report {day.isoformat()} · {environment}", "b"), Part("\n")]
-    parts.append(Part(f"{since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M %Z}\n\n"))
+    parts.append(Part(f"{since:%Y-%m-%d %H:%M %Z} to {until:%Y-%m-%d %H:%M %Z}"))
+    if (days := (until - since) / timedelta(days=1)) > 1.1:  # a DST day has 25 hours, not 26
+        parts.append(Part(f" ({days:.1f} days: no report was sent at the times between)"))
+    parts.append(Part("\n\n"))
     parts.append(Part("Business", "b"))
     parts.append(
         Part(
@@ -193,11 +196,15 @@ class DailyReport:
         moment = utc(self.clock() if now is None else now)
         day, since, until = report_period(moment, self.settings.monitoring_report_time, self.zone)
         async with self.db.transaction() as uow:
-            if await queries.claim_report(uow.conn, day=day) is None:
+            await queries.lock_reports(uow.conn)
+            if (last := await queries.last_report(uow.conn)) is not None:
+                if last.day >= day:  # recorded (or a later day: by a process whose clock is ahead)
+                    return None
+                since = self._after(last, until)
+                if since >= until:  # the last report, under other settings, covered this one's time
+                    return None
+            if await queries.claim_report(uow.conn, day=day, since=since, until=until) is None:
                 return None
-            if (previous := await queries.last_report_before(uow.conn, day=day)) is not None:
-                ended = due_at(previous, *report_clock(self.settings.monitoring_report_time), self.zone)
-                since = min(since, ended.astimezone(self.zone))
             figures = await self._business_figures(uow, since, until)
             rendered = await build_report(uow.conn, day, since, until, self.environment, figures)
             alert = await alerts.record_alert(
@@ -214,6 +221,16 @@ class DailyReport:
             if alert is not None:
                 await queries.set_report_alert(uow.conn, alert_id=alert.id, day=day)
         return alert.id if alert is not None else None
+
+    def _after(self, last: queries.LastReportRow, until: datetime) -> datetime:
+        """Where the report ending at ``until`` starts: where the last one recorded ended (as it was
+        sent: MONITORING_REPORT_TIME or _TIMEZONE may have changed since), but no earlier than the
+        data kept (the raw page views and the monitoring events of older days are purged)."""
+        ended = last.until or due_at(last.day, *report_clock(self.settings.monitoring_report_time), self.zone)
+        kept = max(
+            min(self.settings.analytics_retention_days, self.settings.monitoring_retention_days) - 1, 1
+        )
+        return max(ended, until - timedelta(days=kept)).astimezone(self.zone)
 
     async def _business_figures(self, uow: UnitOfWork, since: datetime, until: datetime) -> BusinessFigures:
         orders, revenue = await self.orders.totals_between(uow, since, until) if self.orders else (None, None)
