@@ -15,6 +15,7 @@ import hashlib
 import os
 import secrets
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,12 @@ R = TypeVar("R")
 
 TOKEN_LEEWAY_S = 5
 """Clock skew tolerated on ``exp`` (seconds): a token is valid while ``exp > now - leeway``."""
+
+
+def normal_password(password: str) -> str:
+    """NFKC, as NIST SP 800-63B asks: the same password typed on another keyboard or input method
+    (composed é or e and a combining accent, a full-width digit) is the same password."""
+    return unicodedata.normalize("NFKC", password)
 
 
 class Passwords:
@@ -54,7 +61,8 @@ class Passwords:
         self._checks = 0
 
     async def hash(self, password: str) -> str:
-        return await self._run(self._hasher.hash, password)
+        """The hash of ``password`` in its normal form (``normal_password``)."""
+        return await self._run(self._hasher.hash, normal_password(password))
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True when ``password`` matches; with ``password_hash=None`` spends the same time and fails.
@@ -79,6 +87,15 @@ class Passwords:
             await self._check(self._dummy_hash, password)
 
     async def _check(self, password_hash: str, password: str) -> bool:
+        """Whether ``password`` matches, in its normal form or, for a hash made before passwords were
+        normalized, as typed (checked twice only for a password whose normal form differs, the
+        dummy hash's check too, so an unknown email costs what a wrong password costs)."""
+        normal = normal_password(password)
+        if await self._check_one(password_hash, normal):
+            return True
+        return normal != password and await self._check_one(password_hash, password)
+
+    async def _check_one(self, password_hash: str, password: str) -> bool:
         try:
             return await self._run(self._hasher.verify, password_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):

@@ -5,8 +5,10 @@ control character, and in production never a public default. Before, the API che
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
+import argon2
 import httpx
 import pytest
 from psycopg import AsyncConnection
@@ -108,3 +110,44 @@ async def test_in_production_a_public_default_password_is_refused(
         answer = await change_password(client, session, password)
         assert_problem(answer, 422, "weak-password")
         await login(client, user.email)
+
+
+COMPOSED = unicodedata.normalize("NFC", "Grüße aus Köln 2026")
+DECOMPOSED = unicodedata.normalize("NFD", COMPOSED)
+"""One password as two keyboards type it (macOS and some input methods send the decomposed form)."""
+
+
+async def signs_in(api: Client, email: str, password: str) -> bool:
+    answer = await api.post("/api/auth/login", json={"email": email, "password": password})
+    assert answer.status_code in (200, 401), answer.text
+    return answer.status_code == 200
+
+
+async def test_a_password_is_the_same_whichever_form_of_it_is_typed(
+    api: Client, db: AsyncConnection[Any]
+) -> None:
+    """Registered decomposed, signed in composed (was: 401, the account out of reach from another
+    device), and the other way round."""
+    assert DECOMPOSED != COMPOSED
+    for registered, typed in ((DECOMPOSED, COMPOSED), (COMPOSED, DECOMPOSED)):
+        email = unique_email("forms")
+        assert (await register(api, email, registered)).status_code == 202
+        assert await signs_in(api, email, typed)
+        assert await signs_in(api, email, registered)
+        assert not await signs_in(api, email, COMPOSED + "!")
+
+
+async def test_a_hash_of_a_password_as_typed_before_is_kept_usable_and_normalized_at_its_next_sign_in(
+    api: Client, db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """An account whose hash was made from the decomposed form as typed (before passwords were
+    normalized) still signs in with it, and from then on with either form."""
+    email = unique_email("typed")
+    hasher = argon2.PasswordHasher(
+        time_cost=settings.password_time_cost,
+        memory_cost=settings.password_memory_kib,
+        parallelism=settings.password_parallelism,
+    )
+    await create_user(db, hasher.hash(DECOMPOSED), email=email)
+    assert await signs_in(api, email, DECOMPOSED)
+    assert await signs_in(api, email, COMPOSED)

@@ -16,7 +16,7 @@ import structlog
 from app.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
 from app.core.db import Database
 from app.core.errors import UnauthorizedError, UnprocessableError
-from app.core.security import Passwords
+from app.core.security import Passwords, normal_password
 from app.db import accounts as queries
 from app.db.models import User
 from app.domains.accounts.throttle import LoginThrottle
@@ -89,8 +89,8 @@ class Credentials:
             await self.throttle.failed(attempt)
             raise UnauthorizedError(BAD_CREDENTIALS)
         await self.throttle.succeeded(attempt)
-        if self.passwords.needs_rehash(user.password_hash):
-            return await self._rehash(user, password)
+        if self.passwords.needs_rehash(user.password_hash) or normal_password(password) != password:
+            return await self._rehash(user, password)  # (a hash of a password as typed: normalized)
         return user
 
     async def _rehash(self, user: User, password: str) -> User:
