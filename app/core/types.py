@@ -116,9 +116,20 @@ NON_BLANK = whole(rf"[{_BLANK}]*[^\x00{_BLANK}][^\x00]*")
 character (``FORMAT_CHARACTERS``). The classes are disjoint, so matching is linear (no catastrophic
 backtracking) in both regex dialects."""
 
+_NOT_IN_A_LINE = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+"""Control characters (C0, DEL, C1: a newline, a carriage return, an escape, a bell) and the
+characters that change the direction of the text after them until their end (embeddings, overrides,
+isolates): in a name or a title, shown in other people's feed sentences, alerts and lists, they
+broke a sentence into lines or turned the rest of it around ('\u202efdp.exe' shows as 'exe.pdf')."""
+ONE_LINE = whole(rf"(?![\s\S]*[{_NOT_IN_A_LINE}])[{_BLANK}]*[^\x00{_BLANK}][^\x00]*")
+"""``NON_BLANK`` on one line: no character of ``_NOT_IN_A_LINE`` (the lookahead reads the text once;
+the classes after it are those of ``NON_BLANK``)."""
+
 Text = msgspec.Meta(pattern=NO_NUL)
 """Stack with length limits: ``Annotated[str, Text, msgspec.Meta(max_length=...)]``."""
 NonBlank = msgspec.Meta(pattern=NON_BLANK)
+OneLine = msgspec.Meta(pattern=ONE_LINE)
+"""A name or a title: ``NonBlank`` on one line, its direction its own (``_NOT_IN_A_LINE``)."""
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 """An id inside a body (msgspec Struct field)."""
@@ -156,9 +167,11 @@ __all__ = [
     "MAX_INT4",
     "NON_BLANK",
     "NO_NUL",
+    "ONE_LINE",
     "Id",
     "IdPath",
     "NonBlank",
+    "OneLine",
     "Text",
     "TimeZone",
     "storable",

@@ -24,11 +24,13 @@ from typing import Annotated, Any, NamedTuple, TypeVar, Union
 
 import msgspec
 
-from app.core.types import NO_NUL, NON_BLANK
+from app.core.types import NO_NUL, NON_BLANK, ONE_LINE
 
 PATTERN_MEANINGS = {
     NO_NUL: "must not contain NUL characters",
     NON_BLANK: "must contain a visible character and no NUL",
+    ONE_LINE: "must be one line with a visible character: no control character (a newline, an escape)"
+    " and no character that turns the direction of the text after it (U+202A-U+202E, U+2066-U+2069)",
 }
 """Declared patterns with a human meaning: the message names the rule instead of the regex."""
 

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from app.core.types import NonBlank, Text, whole
+from app.core.types import OneLine, Text, whole
 from app.core.wire import from_row
 from app.db.models import User, UserRole
 
@@ -32,7 +32,7 @@ NewPassword = Annotated[
     ),
 ]
 AnyPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-DisplayName = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=100, examples=["Ana Lima"])]
+DisplayName = Annotated[str, OneLine, msgspec.Meta(min_length=1, max_length=100, examples=["Ana Lima"])]
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):

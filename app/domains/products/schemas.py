@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from app.core.preconditions import ETAG_FORMS
-from app.core.types import NonBlank, Text, whole
+from app.core.types import NonBlank, OneLine, Text, whole
 from app.core.wire import from_row
 from app.db.models import Product
 
@@ -22,7 +22,7 @@ Sku = Annotated[
         examples=["MUG-BLUE-350"],
     ),
 ]
-Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200, examples=["Blue mug, 350 ml"])]
+Name = Annotated[str, OneLine, msgspec.Meta(min_length=1, max_length=200, examples=["Blue mug, 350 ml"])]
 Description = Annotated[str, Text, msgspec.Meta(max_length=10_000, examples=["Stoneware, dishwasher safe."])]
 MAX_PRICE = Decimal("9999999999.99")
 """What ``products.price numeric(12, 2)`` holds."""

@@ -8,11 +8,11 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 
 from app.core.preconditions import ETAG_FORMS
-from app.core.types import NonBlank, Text, whole
+from app.core.types import OneLine, Text, whole
 from app.core.wire import from_row
 from app.db.models import Project, ProjectRole
 
-Name = Annotated[str, NonBlank, msgspec.Meta(min_length=1, max_length=200, examples=["Website relaunch"])]
+Name = Annotated[str, OneLine, msgspec.Meta(min_length=1, max_length=200, examples=["Website relaunch"])]
 Description = Annotated[
     str,
     Text,

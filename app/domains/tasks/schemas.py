@@ -8,13 +8,13 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from app.core.preconditions import ETAG_FORMS
-from app.core.types import MAX_INT4, Id, NonBlank, Text
+from app.core.types import MAX_INT4, Id, NonBlank, OneLine, Text
 from app.core.wire import from_row
 from app.db.models import Comment, TaskPriority, TaskStatus
 
 Title = Annotated[
     str,
-    NonBlank,
+    OneLine,
     msgspec.Meta(
         min_length=1,
         max_length=300,
