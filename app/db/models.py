@@ -586,6 +586,8 @@ class MonitoringReport(msgspec.Struct, frozen=True, gc=False):
     day: date
     alert_id: int | None
     created_at: datetime
+    since: datetime | None
+    until: datetime | None
 
 
 class GithubProfile(msgspec.Struct, frozen=True):
