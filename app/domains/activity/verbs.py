@@ -335,4 +335,13 @@ def sentence(
         target=target or "a deleted item",
         verb=verb,
     )
+    return _capitalized(text, [*actor_names, project or "", target or "", *(t for _, t, _ in objects if t)])
+
+
+def _capitalized(text: str, written: list[str]) -> str:
+    """The sentence with a capital first letter when it begins with the feed's own words ("A deleted
+    task ...", "Someone ..."), never when with what a user wrote: a name is shown as its owner wrote it
+    ("de Vries", "ßara" was "SSara")."""
+    if any(value and text.startswith(value) for value in written):
+        return text
     return text[:1].upper() + text[1:]
