@@ -85,7 +85,7 @@ LIST_PRODUCTS = """\
 select id, sku, name, description, price, stock, active, created_at, updated_at, version from products
 where (active or $1::boolean)
   and ($2::text is null
-       or strpos(lower(name), lower($2::text)) > 0
+       or strpos(lower(normalize(name, nfkc)), lower($2::text)) > 0
        or sku = $2::text)
   and ($3::numeric is null or price >= $3::numeric)
   and ($4::numeric is null or price <= $4::numeric)
@@ -108,7 +108,8 @@ async def list_products(
 ) -> list[Product]:
     """Active products only unless include_inactive (admins); keyset by id. The search is a literal,
     case-insensitive substring of the name (strpos, not ilike: `%` and `_` are characters, not wildcards)
-    or the exact SKU."""
+    in NFKC form on both sides (the service normalizes the search: "Café" typed composed finds it
+    written decomposed), or the exact SKU."""
     async with AsyncRawCursor(conn, row_factory=args_row(Product)) as cur:
         await cur.execute(
             LIST_PRODUCTS,

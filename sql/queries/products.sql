@@ -31,11 +31,12 @@ returning *;
 -- name: ListProducts :many
 -- Active products only unless include_inactive (admins); keyset by id. The search is a literal,
 -- case-insensitive substring of the name (strpos, not ilike: `%` and `_` are characters, not wildcards)
--- or the exact SKU.
+-- in NFKC form on both sides (the service normalizes the search: "Café" typed composed finds it
+-- written decomposed), or the exact SKU.
 select * from products
 where (active or @include_inactive::boolean)
   and (sqlc.narg(search)::text is null
-       or strpos(lower(name), lower(sqlc.narg(search)::text)) > 0
+       or strpos(lower(normalize(name, nfkc)), lower(sqlc.narg(search)::text)) > 0
        or sku = sqlc.narg(search)::text)
   and (sqlc.narg(min_price)::numeric is null or price >= sqlc.narg(min_price)::numeric)
   and (sqlc.narg(max_price)::numeric is null or price <= sqlc.narg(max_price)::numeric)

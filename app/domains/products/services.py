@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from decimal import Decimal
 from functools import partial
 
@@ -238,7 +239,9 @@ class ProductService:
                 rows = await queries.list_products(
                     uow.conn,
                     include_inactive=include_inactive,
-                    search=filters.search,
+                    search=unicodedata.normalize("NFKC", filters.search)
+                    if filters.search
+                    else filters.search,
                     min_price=filters.min_price,
                     max_price=filters.max_price,
                     in_stock_only=filters.in_stock_only,

@@ -17,6 +17,7 @@ or inside quotes), and a long run of them reads as a shorter one does.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 MAX_DASHES_IN_A_ROW = 30
 _SKIPPED = r"\t\n\x0b\x0c\r !&|()<"
@@ -26,8 +27,9 @@ _QUOTE_OR_RUN = re.compile(rf'"|[-{_SKIPPED}]+')
 
 def search_text(q: str | None) -> str | None:
     """The query parameter ``q`` as the search gets it: the same meaning, in a shape PostgreSQL's
-    parser always takes."""
-    return None if q is None else _RUN.sub(_capped, shorten_negations(q))
+    parser always takes, in the NFKC form the stored documents are made of (``task_search_document``):
+    "José" typed composed finds it written decomposed, a full-width "fix" the ASCII one."""
+    return None if q is None else _RUN.sub(_capped, shorten_negations(unicodedata.normalize("NFKC", q)))
 
 
 def shorten_negations(text: str) -> str:
