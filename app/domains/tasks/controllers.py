@@ -132,7 +132,10 @@ class ProjectTasksController(Controller):
                 pattern=NO_NUL,
                 schema_extra={"examples": ['"release notes" -draft']},
                 description="Full-text search in titles and descriptions, web-search syntax: "
-                '`"a phrase"`, `or`, `-excluded` (pairs of `-` cancel: `--a` is `a`).',
+                '`"a phrase"`, `or`, `-excluded` (pairs of `-` cancel: `--a` is `a`). Whole words, '
+                "case and Unicode form ignored (a decomposed or full-width letter matches its plain "
+                "form); words are split at spaces and punctuation, so a run of Chinese or Japanese "
+                "text without spaces is one word, found only whole.",
             ),
         ] = None,
         sort: Annotated[
