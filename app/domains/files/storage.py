@@ -416,7 +416,10 @@ class FileStorage:
             return await upload.finish()
         except MultipartError as exc:
             upload.discard()
-            raise InvalidUploadError(f"Malformed multipart/form-data body: {exc}") from None
+            # The parser's sentence only: its further arguments may repeat the client's bytes (a part
+            # header that is not UTF-8 came back as a Python repr of a UnicodeDecodeError).
+            said = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "unreadable"
+            raise InvalidUploadError(f"Malformed multipart/form-data body: {said}.") from None
         except BaseException:
             upload.discard()
             raise
