@@ -108,13 +108,28 @@ def _class_of(ranges: tuple[tuple[int, int], ...]) -> str:
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Exactly what Python's str.strip() removes, spelled out: `\s` means different sets in Python and in
 # the ECMA regexes of JSON Schema, and services strip these before a length check in SQL.
-_BLANK = _SPACE + _class_of(FORMAT_CHARACTERS)
-"""What a text of nothing else looks like: empty. Beside a visible character a format character is
-kept, as written (a joiner in a name is meaningful)."""
+INVISIBLE_CHARACTERS = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180D),
+    (0x180F, 0x180F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+)
+"""Characters of the Basic Multilingual Plane that show nothing and are not format characters: Unicode's
+Default_Ignorable_Code_Point outside category Cf (the combining grapheme joiner, the Hangul fillers,
+Khmer's inherent vowels, Mongolian and standard variation selectors), and the blank Braille pattern
+U+2800. A title of them alone showed as a blank task, a display name as a blank actor."""
+_BLANK = _SPACE + _class_of(FORMAT_CHARACTERS) + _class_of(INVISIBLE_CHARACTERS)
+"""What a text of nothing else looks like: empty. Beside a visible character a format or invisible
+character is kept, as written (a joiner in a name is meaningful, a variation selector picks a glyph)."""
 NON_BLANK = whole(rf"[{_BLANK}]*[^\x00{_BLANK}][^\x00]*")
 """Text without NUL holding a character that is neither one ``str.strip()`` removes nor a format
-character (``FORMAT_CHARACTERS``). The classes are disjoint, so matching is linear (no catastrophic
-backtracking) in both regex dialects."""
+or invisible character (``FORMAT_CHARACTERS``, ``INVISIBLE_CHARACTERS``). The classes are disjoint, so
+matching is linear (no catastrophic backtracking) in both regex dialects."""
 
 _NOT_IN_A_LINE = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 """Control characters (C0, DEL, C1: a newline, a carriage return, an escape, a bell) and the
@@ -162,6 +177,7 @@ else:
 
 __all__ = [
     "END",
+    "INVISIBLE_CHARACTERS",
     "ISO_DATE",
     "MAX_ID",
     "MAX_INT4",

@@ -12,7 +12,7 @@ import jsonschema_rs
 import msgspec
 import pytest
 
-from app.core.types import FORMAT_CHARACTERS, NON_BLANK, NonBlank
+from app.core.types import FORMAT_CHARACTERS, INVISIBLE_CHARACTERS, NON_BLANK, NonBlank
 
 
 class Named(msgspec.Struct):
@@ -54,3 +54,17 @@ def test_visible_characters_past_the_bmp_and_whitespace_alone() -> None:
         assert accepted(named) == (True, True), ascii(named)
     for blank in ("", " ", "\u3000\u2028", "\x00", "\u200bA\x00"):
         assert accepted(blank) == (False, False), ascii(blank)
+
+
+INVISIBLE = [code for first, last in INVISIBLE_CHARACTERS for code in range(first, last + 1)]
+
+
+@pytest.mark.parametrize("code", INVISIBLE, ids=lambda code: f"U+{code:04X}")
+def test_invisible_characters_alone_are_blank_and_beside_a_visible_one_kept(code: int) -> None:
+    """(Was: a task titled U+3164, a Hangul filler, or U+2800 showed as a blank one.)"""
+    char = chr(code)
+    assert unicodedata.category(char) != "Cf"
+    for blank in (char, char * 3, f" {char}\u200b"):
+        assert accepted(blank) == (False, False), ascii(blank)
+    for named in (f"{char}A", f"A{char}", f"\u2764{char}"):
+        assert accepted(named) == (True, True), ascii(named)
