@@ -30,3 +30,37 @@ def test_an_actors_name_is_shown_as_written(name: str) -> None:
 
 def test_the_feeds_own_first_word_is_capitalized() -> None:
     assert said(None).startswith("Someone created")
+
+
+def test_a_members_name_opens_a_sentence_as_written_and_the_feeds_own_words_with_a_capital() -> None:
+    def joined(name: str | None, deleted: bool, project: str) -> str:
+        return sentence(
+            "member.joined",
+            actor_names=["Ana"],
+            actor_count=1,
+            object_type="user",
+            objects=[(7, name, deleted)],
+            object_count=1,
+            event_count=1,
+            project=project,
+            target=None,
+        )
+
+    assert joined("de Vries", False, "Apollo") == "de Vries joined Apollo"
+    # A project named "a" is not the start of the feed's "a deleted member" (a review found it was read so).
+    assert joined("a", True, "a") == "A deleted member joined a"
+
+
+def test_an_orders_number_opens_with_a_capital_whatever_its_title() -> None:
+    said = sentence(
+        "order.reserved",
+        actor_names=[],
+        actor_count=0,
+        object_type="order",
+        objects=[(12, "o", False)],
+        object_count=1,
+        event_count=1,
+        project=None,
+        target=None,
+    )
+    assert said == "Order #12 was reserved", said

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from string import Formatter
 
 
 class Verb(StrEnum):
@@ -335,13 +336,30 @@ def sentence(
         target=target or "a deleted item",
         verb=verb,
     )
-    return _capitalized(text, [*actor_names, project or "", target or "", *(t for _, t, _ in objects if t)])
+    return text if _begins_with_written_text(template, actor_names, object_type, objects) else _capital(text)
 
 
-def _capitalized(text: str, written: list[str]) -> str:
-    """The sentence with a capital first letter when it begins with the feed's own words ("A deleted
-    task ...", "Someone ..."), never when with what a user wrote: a name is shown as its owner wrote it
-    ("de Vries", "ßara" was "SSara")."""
-    if any(value and text.startswith(value) for value in written):
-        return text
+def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def _begins_with_written_text(
+    template: str, actor_names: list[str], object_type: str, objects: list[tuple[int, str | None, bool]]
+) -> bool:
+    """Whether the sentence begins with what a user wrote (a name, a title), which is shown as its owner
+    wrote it ("de Vries", "ßara" was "SSara"), not with the feed's own words, which begin with a capital
+    ("Someone ...", "A deleted task ...", "The reservation of ..."). Read from the template's first
+    field, never by comparing texts (a project named "a" is not the start of "a deleted member")."""
+    literal, field, _, _ = next(iter(Formatter().parse(template)), ("", None, None, None))
+    if literal or field is None:
+        return False
+    if field == "actors":
+        return bool(actor_names)
+    if field in ("project", "target"):
+        return True
+    if field in ("object", "objects") and objects:
+        _, title, deleted = objects[0]
+        noun = noun_of(object_type)
+        shown_bare = field == "objects" or not noun.named  # a title without its noun before it
+        return title is not None and not deleted and noun.titled and not noun.quoted and shown_bare
+    return False
