@@ -19,7 +19,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import jwt
 import msgspec
@@ -34,6 +34,9 @@ R = TypeVar("R")
 
 TOKEN_LEEWAY_S = 5
 """Clock skew tolerated on ``exp`` (seconds): a token is valid while ``exp > now - leeway``."""
+
+
+MatchedForm = Literal["normal", "typed"]
 
 
 def normal_password(password: str) -> str:
@@ -65,7 +68,12 @@ class Passwords:
         return await self._run(self._hasher.hash, normal_password(password))
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
-        """True when ``password`` matches; with ``password_hash=None`` spends the same time and fails.
+        """True when ``password`` matches; with ``password_hash=None`` spends the same time and fails."""
+        return await self.matched_form(password_hash, password) is not None
+
+    async def matched_form(self, password_hash: str | None, password: str) -> MatchedForm | None:
+        """Which form of ``password`` matches (``verify``): ``"normal"``, or ``"typed"`` for a hash
+        made of the password as typed, before passwords were normalized (to be hashed again).
 
         A hash made with other parameters than the current ones (they changed since; it is rehashed at
         the next login) is checked together with the dummy hash, in two threads, when a check's place
@@ -75,7 +83,7 @@ class Passwords:
         email had an account."""
         if password_hash is None:
             await self._check(self._dummy_hash, password)
-            return False
+            return None
         if not self.needs_rehash(password_hash):
             return await self._check(password_hash, password)
         matched, _ = await asyncio.gather(self._check(password_hash, password), self._as_now(password))
@@ -86,14 +94,16 @@ class Passwords:
         if self._has_room():
             await self._check(self._dummy_hash, password)
 
-    async def _check(self, password_hash: str, password: str) -> bool:
-        """Whether ``password`` matches, in its normal form or, for a hash made before passwords were
-        normalized, as typed (checked twice only for a password whose normal form differs, the
-        dummy hash's check too, so an unknown email costs what a wrong password costs)."""
+    async def _check(self, password_hash: str, password: str) -> MatchedForm | None:
+        """The form of ``password`` that matches: its normal form or, for a hash made before passwords
+        were normalized, the form as typed (checked twice only for a password whose normal form
+        differs, the dummy hash's check too, so an unknown email costs what a wrong password costs)."""
         normal = normal_password(password)
         if await self._check_one(password_hash, normal):
-            return True
-        return normal != password and await self._check_one(password_hash, password)
+            return "normal"
+        if normal != password and await self._check_one(password_hash, password):
+            return "typed"
+        return None
 
     async def _check_one(self, password_hash: str, password: str) -> bool:
         try:

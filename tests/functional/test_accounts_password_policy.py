@@ -29,6 +29,10 @@ from tests.factories import (
 
 WEAK = [
     pytest.param("aaaaaaaaaa", id="one-character"),
+    pytest.param(  # ten different characters whose NFKC form (what is hashed) is aaaaaaaaaa
+        "a\U0001d41a\U0001d44e\U0001d482\U0001d4b6\U0001d4ea\U0001d51e\U0001d552\U0001d586\U0001d5ba",
+        id="ten-a-forms",
+    ),
     pytest.param(" " * 10, id="spaces"),
     pytest.param("\x00" * 10, id="nuls"),
     pytest.param("abababababab", id="two-characters"),
@@ -96,7 +100,18 @@ async def test_outside_production_the_demo_password_stays_usable(
     assert answer.status_code == 202, answer.text
 
 
-@pytest.mark.parametrize("password", [DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD])
+def full_width(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        DEFAULT_ADMIN_PASSWORD,
+        DEFAULT_DEMO_PASSWORD,
+        pytest.param(full_width(DEFAULT_ADMIN_PASSWORD), id="full-width-default"),  # its NFKC form is it
+    ],
+)
 async def test_in_production_a_public_default_password_is_refused(
     settings: Settings, db: AsyncConnection[Any], password_hash: str, password: str
 ) -> None:
@@ -151,3 +166,17 @@ async def test_a_hash_of_a_password_as_typed_before_is_kept_usable_and_normalize
     await create_user(db, hasher.hash(DECOMPOSED), email=email)
     assert await signs_in(api, email, DECOMPOSED)
     assert await signs_in(api, email, COMPOSED)
+
+
+async def test_a_hash_of_the_normal_form_is_kept_whichever_form_signs_in(
+    api: Client, db: AsyncConnection[Any]
+) -> None:
+    """A sign-in typed in another form than the normal one changes nothing stored (a review found every
+    such sign-in hashed the password again: a write, and the end of the admin's dashboard sessions,
+    whose tokens carry the hash's fingerprint)."""
+    email = unique_email("kept")
+    assert (await register(api, email, COMPOSED)).status_code == 202
+    stored = await scalar(db, "select password_hash from users where email = %s", email)
+    for _ in range(2):
+        assert await signs_in(api, email, DECOMPOSED)
+    assert await scalar(db, "select password_hash from users where email = %s", email) == stored

@@ -42,12 +42,14 @@ def check_new_password(password: str, *, production: bool) -> None:
     U+001F, and DEL: a NUL or a newline is a client's bug, never a secret anyone can type again), some
     variety (``MIN_PASSWORD_DISTINCT`` different characters: not ten spaces), and in production never a
     public default (the demo seed's ADMIN_PASSWORD and DEMO_PASSWORD; outside production the seed
-    sets them, so they stay usable there)."""
+    sets them, so they stay usable there). Checked on the NFKC form that is hashed (``Passwords``):
+    ten mathematical-alphabet a's are 'aaaaaaaaaa', a full-width default is the default."""
+    typed, password = password, normal_password(password)  # what is hashed (NFKC may fold or grow it)
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         raise WeakPasswordError(
             f"The password needs {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters."
         )
-    if any(ord(character) < 0x20 or character == "\x7f" for character in password):
+    if any(ord(character) < 0x20 or character == "\x7f" for character in typed + password):
         raise WeakPasswordError("The password must not contain control characters (U+0000 to U+001F, DEL).")
     public = {DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD} if production else set()
     if len(set(password)) < MIN_PASSWORD_DISTINCT or password in public:
@@ -74,7 +76,7 @@ class Credentials:
         try:
             async with self.db.transaction() as uow:
                 user = await queries.get_user_by_email(uow.conn, email=email)
-            matched = await self.passwords.verify(user.password_hash if user else None, password)
+            matched = await self.passwords.matched_form(user.password_hash if user else None, password)
         except BaseException as exc:
             await self.throttle.abandoned(attempt, exc)
             raise
@@ -89,8 +91,8 @@ class Credentials:
             await self.throttle.failed(attempt)
             raise UnauthorizedError(BAD_CREDENTIALS)
         await self.throttle.succeeded(attempt)
-        if self.passwords.needs_rehash(user.password_hash) or normal_password(password) != password:
-            return await self._rehash(user, password)  # (a hash of a password as typed: normalized)
+        if self.passwords.needs_rehash(user.password_hash) or matched == "typed":
+            return await self._rehash(user, password)  # (a hash of the password as typed: normalized)
         return user
 
     async def _rehash(self, user: User, password: str) -> User:
