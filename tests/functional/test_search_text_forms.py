@@ -5,13 +5,22 @@ was found only by a query typed decomposed too, a full-width "fix login" never b
 
 from __future__ import annotations
 
+import asyncio
 import unicodedata
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
 
-from tests.factories import Client, Team, make_product, make_task, migration_up
+from tests.factories import (
+    Client,
+    Team,
+    make_product,
+    make_task,
+    migration_up,
+    sessions_waiting_for_a_lock,
+    wait_until,
+)
 from tests.functional.test_tasks_search import titles
 
 COMPOSED = unicodedata.normalize("NFC", "José Müller review")
@@ -81,3 +90,37 @@ async def test_the_documents_stored_before_are_made_again_in_nfkc_form_and_only_
         )
     ).fetchall()
     assert found == [(written,)]
+
+
+async def test_an_edit_under_way_keeps_its_document_whatever_the_backfill_does(
+    database_url: str, db: AsyncConnection[Any], team: Team
+) -> None:
+    """The backfill meets a task being edited: it waits for the edit, then makes the document of the new
+    text (a review found it made it of the text before the edit, written over the edit's own)."""
+    task = await make_task(db, team.project, team.owner, title=DECOMPOSED)
+    await db.execute(
+        f"update task_search_documents d set document = {OLD_DOCUMENT} from tasks t where t.id = d.task_id"
+    )
+
+    def backfill() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(migration_up("task_search_documents_nfkc"))
+
+    with psycopg.connect(database_url) as editor:
+        editor.execute("update tasks set title = 'brand new title' where id = %s", (task,))
+        running = asyncio.ensure_future(asyncio.to_thread(backfill))
+
+        async def waits_for_the_edit() -> bool:
+            return running.done() or await sessions_waiting_for_a_lock(db) > 0
+
+        await wait_until(waits_for_the_edit, 30, "the backfill waits for the edit")
+        editor.commit()
+    await running
+
+    found = await (
+        await db.execute(
+            "select task_id from task_search_documents"
+            " where document @@ websearch_to_tsquery('simple', 'brand')"
+        )
+    ).fetchall()
+    assert found == [(task,)]
