@@ -30,7 +30,8 @@ from app.domains.github.module import module as github_module
 from app.domains.github.refreshes import REFRESH_STATE_TTL_S, Refreshes
 from app.domains.github.schemas import RefreshOut
 from app.domains.github.services import GithubService
-from tests.factories import wait_until
+from tests.factories import clocked_github, wait_until
+from tests.fakes.clock import FakeClock
 
 
 class HeldScript:
@@ -278,3 +279,16 @@ async def test_a_refresh_that_cannot_be_enqueued_fails_at_once_for_whoever_joine
     assert ended.status == "failed" and ended.error is not None and ended.error.kind == "unavailable"
     assert await valkey.get("github:refresh-pending:octo") is None
     assert await pending_of(valkey, 1) == []
+
+
+async def test_the_accounts_cap_holds_for_a_service_on_another_clock(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, clock: FakeClock
+) -> None:
+    """The slots' scores and their key's expiry are Valkey's time, not the service's clock (on a
+    clock behind, a test's here, the key expired as it was written: the cap held nothing)."""
+    configured = msgspec.structs.replace(settings, github_user_pending_refreshes=1)
+    async with open_services(configured, [clocked_github(clock)]) as services:
+        refreshes = services[GithubService].refreshes
+        assert await refreshes.join_or_enqueue("octo", 1) is not None
+        assert await refreshes.join_or_enqueue("other", 1) is None
+        assert len(await pending_of(valkey, 1)) == 1

@@ -111,6 +111,21 @@ return 1
 """
 
 
+def _pending_key(login: str) -> str:
+    """The login's pending marker: the id of the refresh anyone asking now joins."""
+    return f"github:refresh-pending:{login}"
+
+
+def _job_key(login: str) -> str:
+    """The SAQ key of the login's refresh job (one at a time per login)."""
+    return f"github-refresh:{login}"
+
+
+def _account_key(user_id: int) -> str:
+    """An account's pending refreshes (``_CLAIM_REFRESH``)."""
+    return f"github:user-refreshes:{user_id}"
+
+
 class Refreshes:
     """The refreshes of stored profiles: asked for, run as jobs, their states stored and streamed
     (this module's docstring)."""
@@ -228,7 +243,7 @@ class Refreshes:
         claimed before the state existed: a second request read it as ended, took it over, and,
         its enqueue refused by the first one's job, handed out its own id, which no job finished."""
         assert self._queue is not None, "GithubService.start() was not called"
-        pending_key, job_key = f"github:refresh-pending:{login}", f"github-refresh:{login}"
+        pending_key, job_key = _pending_key(login), _job_key(login)
         if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
             return live
         if (queued := await self._queued(job_key)) is not None:  # its marker expired while it waited
@@ -258,7 +273,7 @@ class Refreshes:
         or None (the account's cap). One that cannot be enqueued fails at once (whoever was given it
         reads that), its marker and its account's slot freed."""
         assert self._queue is not None, "GithubService.start() was not called"
-        pending_key, job_key = f"github:refresh-pending:{login}", f"github-refresh:{login}"
+        pending_key, job_key = _pending_key(login), _job_key(login)
         state = _new_refresh(uuid.uuid4(), login, self.clock())
         await self._save_refresh(state)
         if (claimed := await self._claim(state.id, pending_key, user_id)) is not True:
@@ -282,13 +297,13 @@ class Refreshes:
                 failed = self._final(state, GitHubDownError("the refresh could not be queued"))
                 await self._save_refresh(failed, replacing=msgspec.json.encode(state))
                 await self._release(keys=[pending_key], args=[str(state.id)])
-                await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(state.id))
+                await self.valkey.zrem(_account_key(user_id), str(state.id))
             raise
         if job is None and (queued := await self._queued(job_key)) is not None:
             # A job enqueued without the marker (before this release's claim): that one runs. This
             # one, handed out from the marker meanwhile, has no job: judged lost after the grace.
             await self.valkey.set(pending_key, str(queued.id), ex=self._pending_ttl_s)
-            await self.valkey.zrem(f"github:user-refreshes:{user_id}", str(state.id))
+            await self.valkey.zrem(_account_key(user_id), str(state.id))
             return queued
         # job None and no refresh of it to run: it ended but SAQ has not let go of the job (the moment
         # before it finishes, a killed worker until the sweep, an abort's few seconds). This refresh
@@ -304,7 +319,7 @@ class Refreshes:
         """True: ``refresh_id`` is counted among the account's pending refreshes and is the login's
         pending one. Else the login's unfinished pending refresh, or False: the account is at its cap.
         A marker naming an ended (or lost) refresh is replaced only if it still names that one."""
-        account_key = f"github:user-refreshes:{user_id}"
+        account_key = _account_key(user_id)
         for member in await self.valkey.zrange(account_key, 0, -1):  # the ended leave the count first
             ended = await self._refresh_state(uuid.UUID(member.decode()))
             if ended is None or ended.is_final:
@@ -313,8 +328,9 @@ class Refreshes:
         judged_ended: bytes = b""
         while True:
             # A slot ends with its refresh (the loop above), its score is only a backstop: a job may
-            # wait in a backlog far longer than the marker lives.
-            now = int(self.clock().timestamp())
+            # wait in a backlog far longer than the marker lives. Valkey's time, as its EXPIREAT's (a
+            # service on another clock, a test's, had the key expire at once: no cap at all).
+            now = int(time.time())
             claimed = await self._claim_refresh(
                 keys=[pending_key, account_key],
                 args=[
@@ -371,7 +387,7 @@ class Refreshes:
         if (self.clock() - since).total_seconds() < REFRESH_JOB_GRACE_S:
             return False
         assert self._queue is not None, "GithubService.start() was not called"
-        job = await self._queue.job(f"github-refresh:{state.username}")
+        job = await self._queue.job(_job_key(state.username))
         if job is None or (job.kwargs or {}).get("refresh_id") != str(state.id):
             return True
         return job.status in _GONE
@@ -382,7 +398,7 @@ class Refreshes:
         failed = self._final(state, GitHubDownError("the refresh's job was lost"))
         if await self._save_refresh(failed, replacing=raw):
             log.warning("github_refresh_abandoned", refresh_id=str(state.id), login=state.username)
-            await self._release(keys=[f"github:refresh-pending:{state.username}"], args=[str(state.id)])
+            await self._release(keys=[_pending_key(state.username)], args=[str(state.id)])
             return failed
         now = await self.valkey.get(f"github:refresh:{state.id}")
         return msgspec.json.decode(now, type=RefreshOut) if now is not None else failed
@@ -442,7 +458,7 @@ class Refreshes:
         judged lost keeps the outcome its clients saw) and the login freed for the next refresh."""
         state = self._final(state, exc, fetched_at=fetched_at)
         await self._save_refresh(state, replacing=replacing)
-        await self._release(keys=[f"github:refresh-pending:{state.username}"], args=[str(state.id)])
+        await self._release(keys=[_pending_key(state.username)], args=[str(state.id)])
 
     def _final(
         self, state: RefreshOut, exc: GitHubError | None, *, fetched_at: datetime | None = None
