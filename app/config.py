@@ -25,14 +25,13 @@ import ipaddress
 import os
 import re
 import secrets
-import zoneinfo
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
-from app.core.types import whole
+from app.core.types import KNOWN_ZONES, whole
 
 # The key earlier versions shipped as a default: public, so refused wherever it could be reached.
 PUBLIC_DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - refused, never used
@@ -487,7 +486,7 @@ def _refuse_unknown_zone(name: str, zone: str) -> None:
     """A zone the server's tz database knows (a typo was found only when the service using it was
     built: a traceback after the embedded servers had started); never ``localtime``, the host's own
     zone file, whatever it is."""
-    if zone == "localtime" or zone not in zoneinfo.available_timezones():
+    if zone == "localtime" or zone not in KNOWN_ZONES:
         raise SettingsError(
             f"invalid configuration: {name}: unknown time zone {zone!r} (an IANA name, e.g. Europe/Berlin)"
         )

@@ -577,3 +577,10 @@ def test_only_a_currency_with_two_decimal_places_is_accepted(currency: str, acce
         return
     with pytest.raises(SettingsError, match=f"CURRENCY {currency} does not have two decimal places"):
         load_settings({"CURRENCY": currency})
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "UTC", "CET"])
+def test_a_report_zone_the_tz_database_knows_is_taken_as_written(zone: str) -> None:
+    """CET and its kind are refused for sites (PostgreSQL reads them as fixed offsets); the report
+    computes its times in Python only, so they stay usable there."""
+    assert load_settings({"MONITORING_REPORT_TIMEZONE": zone}).monitoring_report_timezone == zone
