@@ -1712,6 +1712,8 @@ async def claim_report(
     since: datetime | None,
     until: datetime | None,
 ) -> date | None:
+    """Under LockReports a day is claimed once; the conflict is still answered quietly for a process of
+    the release before, which claims without the lock during a rolling deploy."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(CLAIM_REPORT, (day, since, until))
         return await cur.fetchone()

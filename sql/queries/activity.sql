@@ -36,8 +36,7 @@ where not exists (select 1 from activity_events e where e.outbox_id = t.outbox_i
 select coalesce((select checked_through from activity_recovery), 0)::bigint as checked_through;
 
 -- name: SettledFeedOutbox :many
--- The feed's outbox rows (its task named here, not a parameter: the partial index's predicate must
--- be the query's under a generic plan too) after @after_id that are settled, in id order (at most @row_limit read): the
+-- The feed's outbox rows after @after_id that are settled, in id order (at most @row_limit read): the
 -- rows before the first one not published before the horizon. The horizon is @grace_s ago, or the
 -- start of the oldest transaction still writing if earlier: a row it has yet to commit has a higher
 -- id than every row published before it began, so none is passed before it is visible. One row per
@@ -51,7 +50,9 @@ with horizon as (
 ), candidates as (
     select o.id, o.published_at
     from outbox o
-    where o.id > @after_id and o.task = 'record_activity'  -- RECORD_ACTIVITY_TASK; outbox_feed_idx
+    -- RECORD_ACTIVITY_TASK written here, not a parameter: outbox_feed_idx's predicate must be the
+    -- query's under a generic plan too
+    where o.id > @after_id and o.task = 'record_activity'
     order by o.id
     limit @row_limit
 ), settled as (

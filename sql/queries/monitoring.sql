@@ -627,6 +627,8 @@ select pg_advisory_xact_lock(hashtextextended('monitoring_reports', 0));
 select day, until from monitoring_reports order by day desc limit 1;
 
 -- name: ClaimReport :one
+-- Under LockReports a day is claimed once; the conflict is still answered quietly for a process of
+-- the release before, which claims without the lock during a rolling deploy.
 insert into monitoring_reports (day, since, until) values (@day, @since, @until)
 on conflict (day) do nothing
 returning day;

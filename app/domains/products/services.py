@@ -239,9 +239,7 @@ class ProductService:
                 rows = await queries.list_products(
                     uow.conn,
                     include_inactive=include_inactive,
-                    search=unicodedata.normalize("NFKC", filters.search)
-                    if filters.search
-                    else filters.search,
+                    search=filters.search and unicodedata.normalize("NFKC", filters.search),
                     min_price=filters.min_price,
                     max_price=filters.max_price,
                     in_stock_only=filters.in_stock_only,
