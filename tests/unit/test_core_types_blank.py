@@ -6,31 +6,35 @@ from __future__ import annotations
 
 import sys
 import unicodedata
+from collections.abc import Callable
 from typing import Annotated
 
 import jsonschema_rs
 import msgspec
 import pytest
 
-from app.core.types import FORMAT_CHARACTERS, INVISIBLE_CHARACTERS, NON_BLANK, NonBlank
+from app.core.types import FORMAT_CHARACTERS, INVISIBLE_CHARACTERS, NonBlank
 
 
-class Named(msgspec.Struct):
-    name: Annotated[str, NonBlank]
+def acceptance(meta: msgspec.Meta) -> Callable[[str], tuple[bool, bool]]:
+    """For a text field of ``meta``'s pattern: (msgspec accepts the text, the published schema's ECMA
+    pattern accepts it)."""
+    named = msgspec.defstruct("Named", [("name", Annotated[str, meta])])
+    schema = jsonschema_rs.validator_for({"type": "string", "pattern": meta.pattern})
+
+    def accepted(text: str) -> tuple[bool, bool]:
+        try:
+            msgspec.json.decode(msgspec.json.encode({"name": text}), type=named)
+            python = True
+        except msgspec.ValidationError:
+            python = False
+        return python, schema.is_valid(text)
+
+    return accepted
 
 
-SCHEMA = jsonschema_rs.validator_for({"type": "string", "pattern": NON_BLANK})
+accepted = acceptance(NonBlank)
 FORMAT = [code for first, last in FORMAT_CHARACTERS for code in range(first, last + 1)]
-
-
-def accepted(text: str) -> tuple[bool, bool]:
-    """(msgspec accepts it, the schema's ECMA pattern accepts it)."""
-    try:
-        msgspec.json.decode(msgspec.json.encode({"name": text}), type=Named)
-        python = True
-    except msgspec.ValidationError:
-        python = False
-    return python, SCHEMA.is_valid(text)
 
 
 def test_the_format_characters_are_unicodes_category_cf() -> None:

@@ -6,30 +6,12 @@ ECMA's (the published schema)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import jsonschema_rs
-import msgspec
 import pytest
 
-from app.core.types import ONE_LINE, OneLine
+from app.core.types import OneLine
+from tests.unit.test_core_types_blank import acceptance
 
-
-class Titled(msgspec.Struct):
-    title: Annotated[str, OneLine]
-
-
-SCHEMA = jsonschema_rs.validator_for({"type": "string", "pattern": ONE_LINE})
-
-
-def accepted(text: str) -> tuple[bool, bool]:
-    """(msgspec accepts it, the schema's ECMA pattern accepts it)."""
-    try:
-        msgspec.json.decode(msgspec.json.encode({"title": text}), type=Titled)
-        python = True
-    except msgspec.ValidationError:
-        python = False
-    return python, SCHEMA.is_valid(text)
+accepted = acceptance(OneLine)
 
 
 @pytest.mark.parametrize(
