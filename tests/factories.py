@@ -437,13 +437,7 @@ async def all_waiting_behind(
         started = [asyncio.ensure_future(request) for request in requests]
 
         async def all_waiting() -> bool:
-            # From its own connection: inside a transaction pg_stat_activity keeps its first snapshot.
-            cursor = await probe.execute(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                "and datname = current_database()"
-            )
-            row = await cursor.fetchone()
-            return row is not None and row[0] >= len(started)
+            return await sessions_waiting_for_a_lock(probe) >= len(started)
 
         try:
             await wait_until(all_waiting, 10, "every request waits behind the held row")

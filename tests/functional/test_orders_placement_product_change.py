@@ -27,24 +27,21 @@ import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from tests.factories import Actor, Served, make_product, make_user, serve_in_loop, wait_until
+from tests.factories import (
+    Actor,
+    Served,
+    make_product,
+    make_user,
+    serve_in_loop,
+    sessions_waiting_for_a_lock,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
 async def served(settings: Settings) -> AsyncIterator[Served]:
     async with serve_in_loop(settings) as s:
         yield s
-
-
-async def lock_waits(probe: AsyncConnection[Any], kind: str | None = None) -> int:
-    """Sessions waiting for a lock (of ``kind``, pg_stat_activity's ``wait_event``: ``advisory``)."""
-    cursor = await probe.execute(
-        "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
-        " and datname = current_database() and (%(kind)s::text is null or wait_event = %(kind)s)",
-        {"kind": kind},
-    )
-    row = await cursor.fetchone()
-    return int(row[0]) if row else 0
 
 
 @asynccontextmanager
@@ -69,11 +66,9 @@ def place(client: httpx.AsyncClient, buyer: Actor, product_id: int) -> asyncio.F
     )
 
 
-def waits(
-    probe: AsyncConnection[Any], at_least: int, kind: str | None = None
-) -> Callable[[], Awaitable[bool]]:
+def waits(probe: AsyncConnection[Any], at_least: int) -> Callable[[], Awaitable[bool]]:
     async def condition() -> bool:
-        return await lock_waits(probe, kind) >= at_least
+        return await sessions_waiting_for_a_lock(probe) >= at_least
 
     return condition
 
@@ -94,7 +89,7 @@ async def answered_before_waiting(
     """Whether ``request`` was answered before it, the ``waiting``-th session, waited for a lock."""
 
     async def answered_or_waiting() -> bool:
-        return request.done() or await lock_waits(probe) >= waiting
+        return request.done() or await sessions_waiting_for_a_lock(probe) >= waiting
 
     await wait_until(answered_or_waiting, 10, "the request is answered or waits for a lock")
     return request.done()
