@@ -21,6 +21,7 @@ from psycopg import AsyncConnection, AsyncRawCursor
 from app.config import Settings
 from app.core.services import Services, open_services
 from app.db import activity as queries
+from app.domains.activity import services as activity_services
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.schemas import UNREAD_COUNT_CAP, FeedFilters
 from app.domains.activity.services import ActivityService
@@ -170,6 +171,20 @@ async def test_the_unread_counts_stop_at_their_cap_and_read_no_further(
         assert read < UNREAD_COUNT_CAP + BOUND < BUSY_GROUPS, read
     response = await client.get("/api/feed/unread-count", headers=team.outsider.headers)
     assert response.json() == {"unread": 3, "unseen": 3, "capped": False}
+
+
+async def test_the_unread_counts_are_exact_up_to_their_cap_and_capped_one_past_it(
+    client: Client, team: Team, feed: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the cap the counts are exact and not capped; one group more and they say capped (the cap
+    made 3 here, for groups a test can afford to make)."""
+    monkeypatch.setattr(activity_services, "UNREAD_COUNT_CAP", 3)
+    await record(feed, [(team.editor.id, team.project)] * 3, 4_000_000)
+    counts = await client.get("/api/feed/unread-count", headers=team.viewer.headers)
+    assert counts.json() == {"unread": 3, "unseen": 3, "capped": False}
+    await record(feed, [(team.editor.id, team.project)] * 4, 4_000_000)  # the first three again: stored once
+    counts = await client.get("/api/feed/unread-count", headers=team.viewer.headers)
+    assert counts.json() == {"unread": 3, "unseen": 3, "capped": True}
 
 
 @pytest.mark.parametrize("as_admin", [False, True], ids=["member", "admin"])
