@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import pytest
 from psycopg import AsyncConnection
+from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
@@ -292,3 +293,21 @@ async def test_the_accounts_cap_holds_for_a_service_on_another_clock(
         assert await refreshes.join_or_enqueue("octo", 1) is not None
         assert await refreshes.join_or_enqueue("other", 1) is None
         assert len(await pending_of(valkey, 1)) == 1
+
+
+async def test_closing_waits_for_a_refresh_a_cancelled_request_was_beginning(
+    refreshes: Refreshes, valkey: Valkey, monkeypatch: pytest.MonkeyPatch, github_queue: RedisQueue
+) -> None:
+    """A shutdown cancels the request while its refresh is counted but not enqueued: close() lets the
+    enqueue finish before it closes the queue's connection."""
+    counted = HeldScript(monkeypatch, refreshes.valkey, "github:user-refreshes:1", after=True)
+    first = ask(refreshes, "octo", 1)
+    await until(counted.reached, first)
+    first.cancel()
+    closing = asyncio.ensure_future(refreshes.close())
+    await asyncio.wait([closing], timeout=0)  # close() has begun waiting
+    counted.release()
+    await closing
+    job = await github_queue.job("github-refresh:octo")
+    assert job is not None and job.kwargs is not None
+    assert await valkey.get("github:refresh-pending:octo") == job.kwargs["refresh_id"].encode()
