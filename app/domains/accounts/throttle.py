@@ -63,13 +63,14 @@ import hashlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.errors import ServiceUnavailableError, TooManyRequestsError, report_dependency_down
+from app.core.kept import KeptTasks
 from app.core.middleware import client_network
 from app.core.valkey import VALKEY_DOWN
 
@@ -198,7 +199,6 @@ _IN_PROGRESS = 4
 
 Keys = tuple[str, str, str, str, str, str, str, str, str]
 """An attempt's keys: pair, addr, acct, next, known, pair-busy, addr-busy, pair-began, addr-began."""
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +221,7 @@ class LoginThrottle:
         self._attempt = valkey.register_script(_ATTEMPT)
         self._succeeded = valkey.register_script(_SUCCEEDED)
         self._ended = valkey.register_script(_ENDED)
-        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._in_flight = KeptTasks()
 
     async def attempt(self, email: str, client_ip: str | None, *, purpose: str = "login") -> Attempt:
         """Count a password attempt, or refuse it (429) when its pair or address is over its limit or
@@ -240,7 +240,7 @@ class LoginThrottle:
             _key("addr-began", network),
         )
         settings = self.settings
-        counting = self._kept(
+        counting = self._in_flight.keep(
             self._attempt(
                 keys=list(keys),
                 args=[
@@ -370,15 +370,7 @@ class LoginThrottle:
                     account = _account_tag(attempt.keys)
                     _log_lockout("login_lockout_began", scope, attempt.purpose, attempt.network, account, ttl)
 
-        await asyncio.shield(self._kept(run()))
-
-    def _kept(self, work: Awaitable[T]) -> asyncio.Future[T]:
-        """``work`` as a task ``close`` waits for (and that the loop's weak reference alone would
-        not keep alive until it ends)."""
-        task = asyncio.ensure_future(work)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return task
+        await self._in_flight.run(run())
 
     def _end_if_counted(self, keys: Keys, purpose: str, network: str, counting: asyncio.Future[Any]) -> None:
         """The request was cancelled (a shutdown) while Valkey counted its attempt: once the count
@@ -398,7 +390,7 @@ class LoginThrottle:
             attempt = Attempt(
                 keys, counted=True, took_slot=int(wait_ms) > 0, purpose=purpose, network=network
             )
-            self._kept(self.abandoned(attempt, asyncio.CancelledError()))
+            self._in_flight.keep(self.abandoned(attempt, asyncio.CancelledError()))
 
     @property
     def in_flight(self) -> int:
@@ -409,9 +401,7 @@ class LoginThrottle:
         """Let the counts and ends of cancelled requests reach Valkey before the process closes its
         client, those that start meanwhile too (requests cancelled as the process stops), for
         ``timeout_s`` in all."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._in_flight and (left := deadline - asyncio.get_running_loop().time()) > 0:
-            await asyncio.wait(set(self._in_flight), timeout=left)
+        await self._in_flight.close(timeout_s)
 
 
 def _account_tag(keys: Keys) -> str:

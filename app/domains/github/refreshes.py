@@ -41,6 +41,7 @@ from app.core.db import Database
 from app.core.errors import (
     ending_on_outage,
 )
+from app.core.kept import KeptTasks
 from app.core.modules import QueueName
 from app.core.slots import Slot, StreamSlots
 from app.core.stops import StreamStops
@@ -167,7 +168,7 @@ class Refreshes:
         self._release = valkey.register_script(RELEASE)
         self._replace = valkey.register_script(_REPLACE)
         self._claim_refresh = valkey.register_script(_CLAIM_REFRESH)
-        self._beginning: set[asyncio.Future[RefreshOut | None]] = set()
+        self._beginning = KeptTasks()
 
     async def start(self) -> None:
         """One queue client per process."""
@@ -178,8 +179,7 @@ class Refreshes:
         )
 
     async def close(self) -> None:
-        if self._beginning:  # refreshes whose requests were cancelled: their jobs first
-            await asyncio.wait(self._beginning, timeout=5)
+        await self._beginning.close(timeout_s=5)  # refreshes whose requests were cancelled: their jobs first
         if self._queue is not None:
             await self._queue.redis.aclose()
             self._queue = None
@@ -257,16 +257,7 @@ class Refreshes:
             raise
         # Not left half done by this request's cancellation (a shutdown): a refresh claimed but never
         # enqueued would be given to others and hold its account's slot, and never run.
-        beginning = asyncio.ensure_future(self._begin(login, user_id))
-        self._beginning.add(beginning)
-        beginning.add_done_callback(self._begun)
-        return await asyncio.shield(beginning)
-
-    def _begun(self, beginning: asyncio.Future[RefreshOut | None]) -> None:
-        """Its error is its request's, or logged (``_begin``) once that request was cancelled."""
-        self._beginning.discard(beginning)
-        if not beginning.cancelled():
-            beginning.exception()  # retrieved: no "never retrieved" warning when no request awaits it
+        return await self._beginning.run(self._begin(login, user_id))
 
     async def _begin(self, login: str, user_id: int) -> RefreshOut | None:
         """A new refresh, saved, then claimed (``_claim``) and enqueued; or the one claimed meanwhile,
