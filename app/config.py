@@ -184,6 +184,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     sink_max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 0.0
     sink_flushers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
     report_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)] = 10.0
+    report_loads_max: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    """Reports one process computes at once (those the cache does not hold), each on a pooled
+    connection; 0: a quarter of ``DATABASE_POOL_MAX`` (at least 1). Below the pool's size, so that
+    reports never take the connections every other request and job needs
+    (``app/domains/reports/turns.py``)."""
+    report_loads_per_account: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 2
+    """Of those, how many one account runs at once; its others wait for its own turns."""
     bench_routes: bool = False
 
     worker_in_process: bool = False
@@ -376,6 +383,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return self.files_dir if self.files_dir is not None else self.data_dir / "files"
 
     @property
+    def report_loads_at_once(self) -> int:
+        """``REPORT_LOADS_MAX``, or a quarter of ``DATABASE_POOL_MAX`` (at least 1) when it is 0."""
+        return self.report_loads_max or max(1, self.database_pool_max // 4)
+
+    @property
     def is_production(self) -> bool:
         return self.app_env == "production"
 
@@ -526,6 +538,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         )
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
+    if settings.report_loads_max >= settings.database_pool_max > 1:
+        raise SettingsError(
+            f"REPORT_LOADS_MAX ({settings.report_loads_max}) must be below DATABASE_POOL_MAX "
+            f"({settings.database_pool_max}): reports computed at once would take every connection the "
+            "other requests and the jobs need"
+        )
     if (bound := sink_commit_bound_s(settings)) + INGEST_MARGIN_S >= ROLLUP_GRACE_S:
         raise SettingsError(
             f"DATABASE_TIMEOUT_S {settings.database_timeout_s:g} s is too long for the page-view ingest: a "

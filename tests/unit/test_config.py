@@ -443,6 +443,14 @@ def test_pool_min_equal_to_max_is_allowed() -> None:
     assert (settings.database_pool_min, settings.database_pool_max) == (10, 10)
 
 
+def test_reports_computed_at_once_stay_below_the_pool() -> None:
+    assert load_settings({}).report_loads_at_once == 5
+    assert load_settings({"DATABASE_POOL_MAX": "3"}).report_loads_at_once == 1
+    assert load_settings({"REPORT_LOADS_MAX": "7", "DATABASE_POOL_MAX": "8"}).report_loads_at_once == 7
+    with pytest.raises(SettingsError, match=r"REPORT_LOADS_MAX \(8\) must be below DATABASE_POOL_MAX \(8\)"):
+        load_settings({"REPORT_LOADS_MAX": "8", "DATABASE_POOL_MAX": "8"})
+
+
 def test_repr_masks_secret_and_url_passwords_but_keeps_the_rest() -> None:
     text = repr(load_settings(production()))
 

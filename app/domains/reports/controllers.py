@@ -101,6 +101,12 @@ RANGE_DOC = (
     "a 400 problem naming `query.from`, whose message gives the first day kept; 7d and 30d start at "
     "that day when the retention is shorter (see `range.first_day`)."
 )
+TURNS_DOC = (
+    " A report the cache does not hold is computed in turns (`REPORT_LOADS_MAX` at once per server process,"
+    " `REPORT_LOADS_PER_ACCOUNT` of them per account): one that waits longer than `DATABASE_TIMEOUT_S` for"
+    " its turn is a 429 `report-loads-in-flight` (the caller's own reports fill its turns) or a 503"
+    " `reports-busy`, both with `Retry-After`."
+)
 
 
 async def provide_window(
@@ -134,17 +140,20 @@ class SiteReportsController(Controller):
         summary="Pageviews, unique visitors, visits, bounce rate and views per visit of a period",
         description="Visits end after 30 minutes without a view; a bounce is a visit of one view. A visit "
         "counts in the period it starts in. Visitor ids rotate daily (privacy): one person on two days "
-        "counts twice." + RANGE_DOC,
+        "counts twice." + RANGE_DOC + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
-    async def site_summary(self, site_id: IdPath, reports: Reports, window: Window) -> SummaryOut:
-        return await reports.summary(site_id, window)
+    async def site_summary(
+        self, site_id: IdPath, reports: Reports, window: Window, current_user: Caller
+    ) -> SummaryOut:
+        return await reports.summary(site_id, window, account=current_user.id)
 
     @get(
         "/timeseries",
         summary="Pageviews, visitors and visits per local hour or day",
         description="Every bucket of the period, empty ones included. Hourly series cover at most 31 days."
-        + RANGE_DOC,
+        + RANGE_DOC
+        + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_timeseries(
@@ -152,14 +161,15 @@ class SiteReportsController(Controller):
         site_id: IdPath,
         reports: Reports,
         window: Window,
+        current_user: Caller,
         interval: Annotated[Interval, QueryParameter(description="Bucket size")] = "day",
     ) -> TimeseriesOut:
-        return await reports.timeseries(site_id, window, interval)
+        return await reports.timeseries(site_id, window, interval, account=current_user.id)
 
     @get(
         "/pages",
         summary="Top pages by views",
-        description="Most viewed first, then by path." + OTHER_DOC + PAGED_DOC + RANGE_DOC,
+        description="Most viewed first, then by path." + OTHER_DOC + PAGED_DOC + RANGE_DOC + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_pages(
@@ -167,10 +177,11 @@ class SiteReportsController(Controller):
         site_id: IdPath,
         reports: Reports,
         window: Window,
+        current_user: Caller,
         limit: LimitParam = 10,
         cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "path", limit, cursor)
+        return await reports.breakdown(site_id, window, "path", limit, cursor, account=current_user.id)
 
     @get(
         "/referrers",
@@ -178,7 +189,8 @@ class SiteReportsController(Controller):
         description="An empty source is direct traffic (never counted in `(other)`)."
         + OTHER_DOC
         + PAGED_DOC
-        + RANGE_DOC,
+        + RANGE_DOC
+        + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_referrers(
@@ -186,15 +198,22 @@ class SiteReportsController(Controller):
         site_id: IdPath,
         reports: Reports,
         window: Window,
+        current_user: Caller,
         limit: LimitParam = 10,
         cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "referrer_source", limit, cursor)
+        return await reports.breakdown(
+            site_id, window, "referrer_source", limit, cursor, account=current_user.id
+        )
 
     @get(
         "/campaigns",
         summary="Top UTM campaigns by views",
-        description="Views without a campaign are not listed." + OTHER_DOC + PAGED_DOC + RANGE_DOC,
+        description="Views without a campaign are not listed."
+        + OTHER_DOC
+        + PAGED_DOC
+        + RANGE_DOC
+        + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_campaigns(
@@ -202,15 +221,18 @@ class SiteReportsController(Controller):
         site_id: IdPath,
         reports: Reports,
         window: Window,
+        current_user: Caller,
         limit: LimitParam = 10,
         cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "utm_campaign", limit, cursor)
+        return await reports.breakdown(
+            site_id, window, "utm_campaign", limit, cursor, account=current_user.id
+        )
 
     @get(
         "/devices",
         summary="Views by device type",
-        description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC,
+        description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_devices(
@@ -218,15 +240,16 @@ class SiteReportsController(Controller):
         site_id: IdPath,
         reports: Reports,
         window: Window,
+        current_user: Caller,
         limit: LimitParam = 10,
         cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "device", limit, cursor)
+        return await reports.breakdown(site_id, window, "device", limit, cursor, account=current_user.id)
 
     @get(
         "/browsers",
         summary="Views by browser",
-        description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC,
+        description=OTHER_DOC.lstrip() + PAGED_DOC + RANGE_DOC + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_browsers(
@@ -234,15 +257,16 @@ class SiteReportsController(Controller):
         site_id: IdPath,
         reports: Reports,
         window: Window,
+        current_user: Caller,
         limit: LimitParam = 10,
         cursor: RankCursorParam = None,
     ) -> BreakdownOut:
-        return await reports.breakdown(site_id, window, "browser", limit, cursor)
+        return await reports.breakdown(site_id, window, "browser", limit, cursor, account=current_user.id)
 
     @get(
         "/entry-pages",
         summary="Entry pages: the first page of the visits that start in the period",
-        description="Most visits first, then by path." + PAGED_DOC + RANGE_DOC,
+        description="Most visits first, then by path." + PAGED_DOC + RANGE_DOC + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_entry_pages(
@@ -250,14 +274,16 @@ class SiteReportsController(Controller):
         site_id: IdPath,
         reports: Reports,
         window: Window,
+        current_user: Caller,
         limit: LimitParam = 10,
         cursor: RankCursorParam = None,
     ) -> EntryPagesOut:
-        return await reports.entry_pages(site_id, window, limit, cursor)
+        return await reports.entry_pages(site_id, window, limit, cursor, account=current_user.id)
 
     @get(
         "/current-visitors",
         summary="Distinct visitors with a view in the last five minutes (bots excluded)",
+        description=TURNS_DOC.lstrip(),
         responses=problems(401, 404, 429),
     )
     async def current_visitors(

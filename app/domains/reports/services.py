@@ -91,6 +91,7 @@ from app.domains.reports.schemas import (
     TimeseriesOut,
     TimeseriesPoint,
 )
+from app.domains.reports.turns import ReportTurns
 from app.domains.sites.services import SiteService
 
 log = structlog.get_logger("app.reports")
@@ -253,16 +254,25 @@ class ReportService:
     and ``current_visitors`` check it in a short transaction of their own that ends before the
     report borrows a connection, so a report request never holds two pooled connections at once
     (a few concurrent reports could otherwise take every connection, each waiting for its second).
+    A report the cache does not hold is computed in turns (``ReportTurns``): a few at once per
+    process, a few per account, so reports never take the pool every other request needs.
     """
 
     def __init__(
-        self, db: Database, cache: CacheNamespace, ttl_s: float, sites: SiteService, retention_days: int
+        self,
+        db: Database,
+        cache: CacheNamespace,
+        ttl_s: float,
+        sites: SiteService,
+        retention_days: int,
+        turns: ReportTurns,
     ) -> None:
         self.db = db
         self.cache = cache
         self.ttl_s = ttl_s
         self.sites = sites
         self.retention_days = retention_days
+        self.turns = turns
 
     # -- the rollup job -----------------------------------------------------------------------
 
@@ -421,7 +431,7 @@ class ReportService:
 
     # -- reports ------------------------------------------------------------------------------
 
-    async def summary(self, site_id: int, rng: ReportRange) -> SummaryOut:
+    async def summary(self, site_id: int, rng: ReportRange, *, account: int | None = None) -> SummaryOut:
         async def load() -> SummaryOut:
             answered, row = await self._report(rng, queries.report_summary, site_id=site_id)
             assert row is not None
@@ -436,9 +446,11 @@ class ReportService:
                 views_per_visit=_ratio(row.visit_pageviews, row.visits),
             )
 
-        return await self._cached(f"summary:{site_id}:{_range_key(rng)}", load, SummaryOut)
+        return await self._cached(f"summary:{site_id}:{_range_key(rng)}", load, SummaryOut, account)
 
-    async def timeseries(self, site_id: int, rng: ReportRange, interval: Interval) -> TimeseriesOut:
+    async def timeseries(
+        self, site_id: int, rng: ReportRange, interval: Interval, *, account: int | None = None
+    ) -> TimeseriesOut:
         if interval == "hour" and (rng.last_day - rng.first_day).days + 1 > MAX_HOURLY_DAYS:
             raise invalid("interval", f"hourly series cover at most {MAX_HOURLY_DAYS} days")
 
@@ -463,10 +475,19 @@ class ReportService:
             ]
             return TimeseriesOut(range=answered, interval=interval, points=points)
 
-        return await self._cached(f"timeseries:{site_id}:{interval}:{_range_key(rng)}", load, TimeseriesOut)
+        return await self._cached(
+            f"timeseries:{site_id}:{interval}:{_range_key(rng)}", load, TimeseriesOut, account
+        )
 
     async def breakdown(
-        self, site_id: int, rng: ReportRange, dimension: Dimension, limit: int, cursor: str | None = None
+        self,
+        site_id: int,
+        rng: ReportRange,
+        dimension: Dimension,
+        limit: int,
+        cursor: str | None = None,
+        *,
+        account: int | None = None,
     ) -> BreakdownOut:
         """A page of the values of ``dimension`` by views (most first, then by value), after
         ``cursor`` (the previous page's ``next_cursor``), through ``_ranked_page``."""
@@ -492,13 +513,20 @@ class ReportService:
             Ranked[BreakdownItem],
             cursor,
             limit,
+            account,
         )
         return BreakdownOut(
             range=answered, dimension=dimension, items=page.items, next_cursor=page.next_cursor
         )
 
     async def entry_pages(
-        self, site_id: int, rng: ReportRange, limit: int, cursor: str | None = None
+        self,
+        site_id: int,
+        rng: ReportRange,
+        limit: int,
+        cursor: str | None = None,
+        *,
+        account: int | None = None,
     ) -> EntryPagesOut:
         """A page of the entry paths by visits (most first, then by path), after ``cursor``, through
         ``_ranked_page``."""
@@ -531,6 +559,7 @@ class ReportService:
             Ranked[EntryPageItem],
             cursor,
             limit,
+            account,
         )
         return EntryPagesOut(range=answered, items=page.items, next_cursor=page.next_cursor)
 
@@ -543,6 +572,7 @@ class ReportService:
         kind: type[Ranked[Item]],
         cursor: str | None,
         limit: int,
+        account: int | None,
     ) -> tuple[ReportRange, Page[Item]]:
         """A page of a ranked report (``rows(after, row_limit)``: the rows after a position, most
         first): sliced from the report's first ``RANKED_ROWS`` rows, computed and cached once per
@@ -550,11 +580,13 @@ class ReportService:
         cursor on, cached per limit and cursor. ``scope``: the site and what else changes the answer
         (dimension, period, zone, days)."""
         after = decode_rank_cursor(cursor) if cursor is not None else None
-        ranked = await self._cached(f"{report}-ranked:{scope}", lambda: rows(None, RANKED_ROWS + 1), kind)
+        ranked = await self._cached(
+            f"{report}-ranked:{scope}", lambda: rows(None, RANKED_ROWS + 1), kind, account
+        )
         shown = _slice_ranked(ranked.items, position, after, limit)
         if shown is None:
             ranked = await self._cached(
-                f"{report}-page:{scope}:{limit}:{cursor or ''}", lambda: rows(after, limit + 1), kind
+                f"{report}-page:{scope}:{limit}:{cursor or ''}", lambda: rows(after, limit + 1), kind, account
             )
             shown = ranked.items
         return ranked.range, paginate(shown, limit, lambda item: _rank_position(*position(item)))
@@ -563,9 +595,11 @@ class ReportService:
         """``current_visitors`` after the access check (the owner or an admin; 404 otherwise)."""
         async with self.db.transaction() as uow:  # released before the report borrows its own
             await self.sites.get_for(uow, caller, site_id)
-        return await self.current_visitors(site_id)
+        return await self.current_visitors(site_id, account=caller.id)
 
-    async def current_visitors(self, site_id: int, now: datetime | None = None) -> CurrentVisitorsOut:
+    async def current_visitors(
+        self, site_id: int, now: datetime | None = None, *, account: int | None = None
+    ) -> CurrentVisitorsOut:
         """Distinct visitors (bots excluded) with a view in the last five minutes (raw rows: always
         present for that long). Cached like every report: it may lag by the cache TTL."""
 
@@ -576,10 +610,16 @@ class ReportService:
                 visitors=visitors or 0, window_s=int(CURRENT_WINDOW.total_seconds()), since=since
             )
 
-        return await self._cached(f"current:{site_id}", load, CurrentVisitorsOut)
+        return await self._cached(f"current:{site_id}", load, CurrentVisitorsOut, account)
 
-    async def _cached(self, key: str, load: Callable[[], Awaitable[T]], kind: type[T]) -> T:
-        return await self.cache.get_or_load(key, load, ttl_s=self.ttl_s, type=kind)
+    async def _cached(
+        self, key: str, load: Callable[[], Awaitable[T]], kind: type[T], account: int | None
+    ) -> T:
+        """The cached report, else ``load()``'s once it has a turn (``ReportTurns``): computed for
+        ``account`` (``None``: the app itself)."""
+        return await self.cache.get_or_load(
+            key, lambda: self.turns.run(account, load), ttl_s=self.ttl_s, type=kind
+        )
 
     async def _run(self, query: Any, **params: Any) -> Any:
         with _zone_errors():
