@@ -27,8 +27,9 @@ NewPassword = Annotated[
         min_length=10,
         max_length=256,
         examples=["a-passphrase-only-you-know"],
-        description="10-256 characters, at least 5 different ones, no control character (U+0000 to "
-        "U+001F, DEL), and in production not a public default (the demo seed's); else 422 `weak-password`",
+        description="10-256 characters (else a 400 naming the field), at least 5 different ones, no "
+        "control character (U+0000 to U+001F, DEL), and in production not a public default (the demo "
+        "seed's); else 422 `weak-password` (also when its NFKC form, which is hashed, is outside 10-256)",
     ),
 ]
 AnyPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]

@@ -48,7 +48,7 @@ async def seed_accounts(services: Services) -> list[str]:
             f"HOST={settings.host} is not a loopback address, and {', '.join(sorted(public))} still "
             "open with the public default passwords (seeded before ADMIN_PASSWORD/DEMO_PASSWORD were "
             "set, or under another ADMIN_EMAIL: an existing account keeps its password, whatever its "
-            "role). Change them (PATCH /api/me with current_password and password), or bind "
+            "role). Change them (PATCH /api/auth/me with current_password and new_password), or bind "
             "HOST=127.0.0.1"
         )
     admin_hint = await _hint(

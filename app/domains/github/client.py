@@ -217,7 +217,7 @@ class GitHubBusyError(GitHubError):
 
 class GitHubAnswerRefusedError(GitHubDownError):
     """Our client refuses GitHub's answer for one resource: a shape, size, count, link or redirect no
-    answer of GitHub's has (counted in ``app_github_refused_answers_total``). A fault of that answer,
+    answer of GitHub's has (counted in ``github_refused_answers_total``). A fault of that answer,
     not a sign that GitHub is down; where nothing else is known it still reads as unavailable."""
 
 
