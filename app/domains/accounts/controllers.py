@@ -11,7 +11,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from app.core.auth import CurrentUser, requires_admin, requires_user
+from app.core.auth import Caller, requires_admin, requires_user
 from app.core.errors import Problem
 from app.core.gate import AUTHENTICATE_OPT
 from app.core.openapi import BEARER, problems
@@ -32,6 +32,8 @@ from app.domains.accounts.schemas import (
     UserOut,
 )
 from app.domains.accounts.services import AccountService
+
+Accounts = NamedDependency[AccountService]
 
 TOKENS_NOT_STORED = CacheControlHeader(no_store=True)
 """Answers carrying tokens must not be kept by any cache (RFC 6749 section 5.1)."""
@@ -57,8 +59,9 @@ is charged all the same (``app.core.gate.refused_token_policy``: ``default``, to
 
 WEAK_PASSWORD = ResponseSpec(
     Problem,
-    description="`weak-password`: the new password is refused (under 10 or over 256 characters, fewer "
-    "than 5 different characters, a control character, or in production a public default)",
+    description="`weak-password`: the new password is refused (its NFKC form under 10 or over 256 "
+    "characters, fewer than 5 different characters, a control character, or in production a public "
+    "default; a password sent outside 10-256 characters is a 400 naming the field)",
     media_type="application/problem+json",
 )
 
@@ -82,9 +85,7 @@ class AuthController(Controller):
         },
         opt=SIGNING_IN,
     )
-    async def register(
-        self, data: JSONBody[RegisterIn], accounts: NamedDependency[AccountService]
-    ) -> RegistrationAccepted:
+    async def register(self, data: JSONBody[RegisterIn], accounts: Accounts) -> RegistrationAccepted:
         await accounts.register(data)
         return RegistrationAccepted()
 
@@ -111,7 +112,7 @@ class AuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[LoginIn],
-        accounts: NamedDependency[AccountService],
+        accounts: Accounts,
     ) -> TokenPair:
         return await accounts.login(data.email, data.password, request.scope["state"].get("client_ip"))
 
@@ -149,9 +150,7 @@ class AuthController(Controller):
         },
         opt=ROTATION,
     )
-    async def refresh_tokens(
-        self, data: JSONBody[RefreshIn], accounts: NamedDependency[AccountService]
-    ) -> TokenPair:
+    async def refresh_tokens(self, data: JSONBody[RefreshIn], accounts: Accounts) -> TokenPair:
         return await accounts.refresh(data.refresh_token)
 
     @post(
@@ -173,9 +172,7 @@ class AuthController(Controller):
         },
         opt=SIGNING_OUT,
     )
-    async def logout(
-        self, current_user: NamedDependency[CurrentUser], accounts: NamedDependency[AccountService]
-    ) -> None:
+    async def logout(self, current_user: Caller, accounts: Accounts) -> None:
         await accounts.logout(current_user)
 
     @get(
@@ -186,9 +183,7 @@ class AuthController(Controller):
         responses=problems(401, 429),
         opt=OWN_ACCOUNT,
     )
-    async def get_me(
-        self, current_user: NamedDependency[CurrentUser], accounts: NamedDependency[AccountService]
-    ) -> UserOut:
+    async def get_me(self, current_user: Caller, accounts: Accounts) -> UserOut:
         return UserOut.from_row(await accounts.get_user(current_user.id))
 
     @patch(
@@ -217,8 +212,8 @@ class AuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[UpdateMeIn],
-        current_user: NamedDependency[CurrentUser],
-        accounts: NamedDependency[AccountService],
+        current_user: Caller,
+        accounts: Accounts,
     ) -> UserOut:
         client_ip = request.scope["state"].get("client_ip")
         return UserOut.from_row(await accounts.update_me(current_user, data, client_ip))
@@ -233,7 +228,7 @@ class AdminUsersController(Controller):
     @get("/", summary="List users", responses=problems(400, 401, 403, 429))
     async def list_users(
         self,
-        accounts: NamedDependency[AccountService],
+        accounts: Accounts,
         role: Annotated[UserRole | None, QueryParameter(description="Only this role")] = None,
         active: Annotated[bool | None, QueryParameter(description="Only active (true) or inactive")] = None,
         cursor: CursorParam = None,
@@ -253,7 +248,7 @@ class AdminUsersController(Controller):
         self,
         user_id: IdPath,
         data: JSONBody[AdminUserPatch],
-        current_user: NamedDependency[CurrentUser],
-        accounts: NamedDependency[AccountService],
+        current_user: Caller,
+        accounts: Accounts,
     ) -> UserOut:
         return UserOut.from_row(await accounts.admin_update(current_user, user_id, data))
