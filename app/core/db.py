@@ -20,7 +20,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from psycopg import AsyncConnection
@@ -32,6 +32,8 @@ from psycopg_pool import AsyncConnectionPool
 from app.config import Settings
 from app.core.deadline import answered_within
 from app.db import models
+
+T = TypeVar("T")
 
 log = structlog.get_logger("app.db")
 
@@ -214,6 +216,25 @@ class Database:
             deleted += chunk
             if not chunk:
                 return deleted
+
+
+async def every_step(
+    steps: Sequence[tuple[str, Callable[[], Awaitable[T]]]], *, failed: str, logger: Any
+) -> dict[str, T]:
+    """Run each of ``steps`` (independent parts of one upkeep, e.g. a daily purge's) in turn: one that
+    fails is logged (``failed``, with the step's name) and the steps after it run all the same, then
+    the first failure is raised. Their results by name."""
+    done: dict[str, T] = {}
+    failures: list[Exception] = []
+    for step, run in steps:
+        try:
+            done[step] = await run()
+        except Exception as exc:
+            logger.exception(failed, step=step)
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return done
 
 
 async def purge_tables(

@@ -43,7 +43,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.cache import Flights, single_flight
-from app.core.db import Database, UnitOfWork
+from app.core.db import Database, UnitOfWork, every_step
 from app.core.errors import AppError, InvalidFieldsError, TooManyRequestsError
 from app.db import pageviews as queries
 from app.domains.pageviews.decoding import decode_batch, decode_view, parse_views
@@ -416,6 +416,24 @@ class PageViewService:
         if dropped.busy:
             log.warning("page_view_partitions_busy", busy=dropped.busy)
         return PartitionUpkeep(created=created or 0, dropped=dropped.dropped, busy=dropped.busy)
+
+    async def purge_ingest_state(self) -> dict[str, int]:
+        """The daily purge (job ``purge_ingest_state``): ``purge`` and ``purge_deleted_sites``, each
+        whatever the other does; the first failure is raised once both have run. Rows by kind."""
+
+        async def claims_and_salts() -> dict[str, int]:
+            event_ids, salts = await self.purge()
+            return {"event_ids": event_ids, "salts": salts}
+
+        async def deleted_sites() -> dict[str, int]:
+            return {"deleted_sites_views": await self.purge_deleted_sites()}
+
+        done = await every_step(
+            [("purge", claims_and_salts), ("purge_deleted_sites", deleted_sites)],
+            failed="purge_ingest_state_failed",
+            logger=log,
+        )
+        return {**done["purge"], **done["purge_deleted_sites"]}
 
     async def purge(
         self, now: datetime | None = None, chunk_pages: int = PURGE_CHUNK_PAGES

@@ -15,16 +15,5 @@ async def rollup_page_views(ctx: Context) -> int:
 
 async def purge_rollups(ctx: Context) -> dict[str, int]:
     """Daily: rollups (visitor-level ones included) older than the raw data's retention, and those of
-    deleted sites. The two purges are independent: one failing does not skip the other; the job still
-    fails (with the first error) once both have run."""
-    reports = services_of(ctx)[ReportService]
-    done: dict[str, int] = {}
-    errors: list[Exception] = []
-    for name, purge in (("rollups", reports.purge_rollups), ("deleted_sites", reports.purge_deleted_sites)):
-        try:
-            done[name] = await purge()
-        except Exception as exc:  # logged by the purge, with its table
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-    return done
+    deleted sites."""
+    return await services_of(ctx)[ReportService].purge_all()

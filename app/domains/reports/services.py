@@ -70,7 +70,7 @@ from litestar.exceptions import ValidationException
 from app.config import ROLLUP_GRACE_S
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
-from app.core.db import Database, UnitOfWork, purge_tables
+from app.core.db import Database, UnitOfWork, every_step, purge_tables
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.types import ISO_DATE, whole
 from app.db import reports as queries
@@ -313,6 +313,15 @@ class ReportService:
             log.info(
                 "analytics rolled up", received_from=start.isoformat(), received_to=end.isoformat(), rows=rows
             )
+
+    async def purge_all(self) -> dict[str, int]:
+        """The daily purge (job ``purge_rollups``): ``purge_rollups`` and ``purge_deleted_sites``, each
+        whatever the other does; the first failure is raised once both have run. Rows by purge."""
+        return await every_step(
+            [("rollups", self.purge_rollups), ("deleted_sites", self.purge_deleted_sites)],
+            failed="purge_rollups_failed",
+            logger=log,
+        )
 
     async def purge_rollups(self, now: datetime | None = None, *, chunk_size: int = PURGE_CHUNK) -> int:
         """Delete rollups (visitor-level ones included) of the hours before the retention's first
