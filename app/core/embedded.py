@@ -459,9 +459,10 @@ def ensure_database(server: Any, database: str) -> None:
     """Create ``database`` on the embedded server unless it exists (processes starting together take
     turns: the second finds it, instead of failing its own ``create database``)."""
     with _file_lock(Path(server.pgdata).parent / "postgres.lock"):
-        exists = server.psql(f"select 1 from pg_database where datname = '{database}';")
+        literal, identifier = database.replace("'", "''"), database.replace('"', '""')
+        exists = server.psql(f"select 1 from pg_database where datname = '{literal}';")
         if "(1 row)" not in exists:
-            server.psql(f'create database "{database}";')
+            server.psql(f'create database "{identifier}";')
 
 
 # --- Valkey ------------------------------------------------------------------------------------
