@@ -7,14 +7,22 @@
 -- character alone (a one-character query), after the text so that phrases still match pair by pair.
 -- The class is `CJK` in search.py, the query's side. The documents stored before are made again by
 -- 20261206120100 (only those of tasks with CJK text: the others do not change).
+--
+-- The pairs are made in one pass over the run's characters: `substr(run, i, 2)` for each i read a
+-- multibyte string from its start each time, and a 20,000-character description of "㍿" (80,000 CJK
+-- characters in NFKC form) took a minute, past the statement timeout, so its task could not be saved
+-- (a review). A document's positions stop at 16,383 (PostgreSQL's limit): in a text longer than
+-- that, a run further on is still found by one or two characters, not by a phrase of three or more.
 create function search_words(body text) returns text
 language sql immutable parallel safe
 return coalesce((
     select string_agg(
         case when length(p.piece) > 1
                   and p.piece ~ '^[\u1100-\u11ff\u3005-\u3007\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]'
-             then (select string_agg(substr(p.piece, i, 2), ' ' order by i)
-                   from generate_series(1, length(p.piece) - 1) as i)
+             then (select string_agg(pair.first || pair.second, ' ' order by pair.i)
+                   from (select c as first, lead(c) over (order by i) as second, i
+                         from unnest(string_to_array(p.piece, null)) with ordinality as t(c, i)) pair
+                   where pair.second is not null)
              else p.piece
         end,
         ' ' order by m.n)
@@ -37,12 +45,21 @@ return coalesce((
     ) as m(parts)
 ), '');
 
+-- Expand, then contract: the previous release, still serving during a rolling deploy (and after a
+-- rollback of the code), queries a CJK run as one word. So a text with CJK characters keeps the words
+-- of the previous definition too, after the new ones (whose positions the pair phrases need); a text
+-- without keeps exactly its previous document. A later migration drops them once no release that
+-- queries whole runs can serve.
 create or replace function task_search_document(title text, description text) returns tsvector
 language sql immutable parallel safe
 return setweight(to_tsvector('simple', search_words(normalize(title, nfkc))), 'A')
     || setweight(to_tsvector('simple', search_characters(normalize(title, nfkc))), 'A')
     || setweight(to_tsvector('simple', search_words(normalize(description, nfkc))), 'B')
-    || setweight(to_tsvector('simple', search_characters(normalize(description, nfkc))), 'B');
+    || setweight(to_tsvector('simple', search_characters(normalize(description, nfkc))), 'B')
+    || case when search_characters(normalize(title || ' ' || description, nfkc)) = '' then ''::tsvector
+            else setweight(to_tsvector('simple', normalize(title, nfkc)), 'A')
+                 || setweight(to_tsvector('simple', normalize(description, nfkc)), 'B')
+       end;
 
 -- migrate:down
 create or replace function task_search_document(title text, description text) returns tsvector

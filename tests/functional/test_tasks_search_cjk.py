@@ -128,6 +128,19 @@ async def test_the_query_and_the_document_read_any_character_alike(
     assert [(point, document) for point, document, _ in read] == [(point, query) for point, _, query in read]
 
 
+async def test_the_previous_releases_whole_run_queries_still_find_cjk_tasks(db: AsyncConnection[Any]) -> None:
+    """Expand, then contract (the upgrade review): during a rolling deploy, or after a rollback of the
+    code, the previous release sends a CJK run as one word, in NFKC form."""
+    for title, q in ((MEETING, MEETING), ("Python東京 plan", "Python東京"), ("\u337f 会議", "株式会社")):
+        row = await (
+            await db.execute(
+                "select task_search_document(%s, '') @@ websearch_to_tsquery('simple', normalize(%s, nfkc))",
+                (title, q),
+            )
+        ).fetchone()
+        assert row == (True,), (title, q)
+
+
 async def test_the_documents_of_cjk_tasks_are_made_again_and_only_those(
     database_url: str, db: AsyncConnection[Any], team: Team
 ) -> None:
