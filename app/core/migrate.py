@@ -381,19 +381,26 @@ def database_missing(url: str) -> bool:
 
 
 def dbmate_url(database_url: str) -> str:
-    """``database_url`` whose sessions check their client every ``CONNECTION_CHECK_INTERVAL_MS``.
+    """``database_url`` whose sessions check their client every ``CONNECTION_CHECK_INTERVAL_MS`` and
+    have no statement timeout.
 
-    dbmate (lib/pq) passes the URL's ``options`` to the server like libpq: ours go first, so the
-    URL's own ``options`` are kept and win. A ``create index concurrently`` whose migrate was killed
-    is then cancelled within about an interval (its index left INVALID, dropped by the next run)
-    instead of running to the end in an orphaned backend (PostgreSQL does not notice a gone client
-    during a statement: the default interval, 0, never checks).
+    dbmate (lib/pq) passes the URL's ``options`` to the server like libpq, later settings winning.
+    The client check goes first, so a URL's own value wins; a ``create index concurrently`` whose
+    migrate was killed is then cancelled within about an interval (its index left INVALID, dropped
+    by the next run) instead of running to the end in an orphaned backend (PostgreSQL does not notice
+    a gone client during a statement: the default interval, 0, never checks).
+
+    ``statement_timeout=0`` goes last: a URL's timeout is the app's bound on a query, not on a schema
+    change. A batched backfill is one statement (a ``do`` block committing each batch) that walks a
+    whole table; under a URL's ``statement_timeout=20s`` it was cancelled at the same point on every
+    run (the upgrade review). Lock waits stay bounded by each migration's ``lock_timeout``.
     """
     parts = urlsplit(database_url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = " ".join(
         [f"-c client_connection_check_interval={CONNECTION_CHECK_INTERVAL_MS}"]
         + [value for key, value in query if key == "options"]
+        + ["-c statement_timeout=0"]
     )
     query = [(key, value) for key, value in query if key != "options"] + [("options", options)]
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
@@ -476,6 +483,7 @@ def _connect_creating(database_url: str) -> psycopg.Connection[Any]:
         with psycopg.connect(
             make_conninfo(database_url, dbname=MAINTENANCE_DATABASE), autocommit=True
         ) as admin:
+            admin.execute("set statement_timeout = 0")  # the URL's bounds the app's queries, not this
             if admin.execute("select 1 from pg_database where datname = %s", (str(name),)).fetchone():
                 raise  # it exists: the first error was something else
             with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -95,6 +96,24 @@ def _unapply_alter(conn: psycopg.Connection[Any]) -> None:
     """As before the second migration (its column gone, its version forgotten)."""
     conn.execute("alter table t drop column x")
     conn.execute("delete from schema_migrations where version = '20260101000100'")
+
+
+def test_a_long_migration_is_not_cut_by_the_urls_statement_timeout(
+    fresh_database: tuple[str, str], tmp_path: Path
+) -> None:
+    """A URL's ``statement_timeout`` bounds the app's queries, not a backfill that walks a table (the
+    upgrade review: cancelled at the same point on every run of ``migrate``)."""
+    url, _ = fresh_database
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "20260101000000_walk.sql").write_text(
+        "-- migrate:up transaction:false\nselect pg_sleep(0.5);\n\n-- migrate:down transaction:false\n"
+    )
+    timed = f"{url}{'&' if '?' in url else '?'}options={quote('-c statement_timeout=100')}"
+
+    assert "Applying" in migrate(timed, migrations_dir=migrations, retry_delays_s=())
+    with psycopg.connect(timed) as conn:  # the URL's own sessions do time out
+        assert conn.execute("show statement_timeout").fetchone() == ("100ms",)
 
 
 def test_a_migration_that_times_out_on_a_lock_fails_instead_of_queueing_traffic(
