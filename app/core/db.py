@@ -219,18 +219,19 @@ class Database:
 
 
 async def every_step(
-    steps: Sequence[tuple[str, Callable[[], Awaitable[T]]]], *, failed: str, logger: Any
+    steps: Sequence[tuple[str, Callable[[], Awaitable[T]]]], *, failed: str | None, logger: Any
 ) -> dict[str, T]:
     """Run each of ``steps`` (independent parts of one upkeep, e.g. a daily purge's) in turn: one that
-    fails is logged (``failed``, with the step's name) and the steps after it run all the same, then
-    the first failure is raised. Their results by name."""
+    fails is logged (``failed``, with the step's name; ``None`` when the steps log their own) and the
+    steps after it run all the same, then the first failure is raised. Their results by name."""
     done: dict[str, T] = {}
     failures: list[Exception] = []
     for step, run in steps:
         try:
             done[step] = await run()
         except Exception as exc:
-            logger.exception(failed, step=step)
+            if failed is not None:
+                logger.exception(failed, step=step)
             failures.append(exc)
     if failures:
         raise failures[0]

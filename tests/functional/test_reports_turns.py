@@ -19,8 +19,10 @@ from typing import Any
 import httpx
 import psycopg
 from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.db.models import UserRole
 from app.db.reports import REPORT_SUMMARY, REPORT_TIMESERIES
 from tests.factories import Actor, assert_problem, make_site, make_user, scalar, serve_in_loop, wait_until
 
@@ -111,6 +113,47 @@ async def test_one_accounts_reports_do_not_hold_back_anothers(
     assert [answer.status_code for answer in answers] == [200] * 4
 
 
+async def test_a_reader_who_joins_another_accounts_waiting_report_is_not_refused_for_it(
+    settings: Settings, database_url: str, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The owner's second report waits for the owner's one turn; an administrator asking for the same
+    report joins that computation (the cache's single flight). When the owner's wait runs out, the 429
+    is the owner's: the administrator's report is computed under the administrator's own turn (a
+    review found the owner's 429 answered to the administrator too)."""
+    async with serve_in_loop(
+        settings,
+        **GENEROUS,
+        database_pool_max=8,
+        database_timeout_s=3,
+        report_loads_max=3,
+        report_loads_per_account=1,
+    ) as served:
+        owner, admin = await make_user(db, served.app), await make_user(db, served.app, UserRole.ADMIN)
+        site = await make_site(db, owner)
+        async with page_views_locked(database_url):
+            first = ask(served.client, owner, site.id, "summary", "UTC")
+
+            async def first_computing() -> bool:
+                return await computing(db, REPORT_SUMMARY) == 1
+
+            await wait_until(first_computing, 30, "the owner's first report computes")
+            second = ask(served.client, owner, site.id, "summary", "Asia/Tokyo")
+
+            async def second_loading() -> bool:  # its computation began, and waits for a turn
+                return [key async for key in valkey.scan_iter(match="*summary*Asia/Tokyo*:lock")] != []
+
+            await wait_until(second_loading, 30, "the owner's second report waits for its turn")
+            joined = ask(served.client, admin, site.id, "summary", "Asia/Tokyo")
+            assert_problem(await second, 429, "report-loads-in-flight")
+
+            async def both_computing() -> bool:
+                return await computing(db, REPORT_SUMMARY) == 2
+
+            await wait_until(both_computing, 30, "the administrator's report computes")
+        answers = await asyncio.gather(first, joined)
+    assert [answer.status_code for answer in answers] == [200, 200]
+
+
 async def test_a_report_that_waits_too_long_for_its_turn_is_a_429_or_a_503(
     settings: Settings, database_url: str, db: AsyncConnection[Any]
 ) -> None:
@@ -145,3 +188,17 @@ async def test_a_report_that_waits_too_long_for_its_turn_is_a_429_or_a_503(
     assert_problem(every_turn_taken, 503, "reports-busy")
     assert own_turns_taken.headers["Retry-After"] == every_turn_taken.headers["Retry-After"] == "2"
     assert [answer.status_code for answer in answers] == [200, 200]
+
+
+async def test_a_report_cut_by_the_statement_timeout_says_so(
+    settings: Settings, database_url: str, db: AsyncConnection[Any]
+) -> None:
+    """A 503 of a statement timeout named no conflict with another request (it said so: a review)."""
+    async with serve_in_loop(settings, **GENEROUS, statement_timeout_ms=200) as served:
+        owner = await make_user(db, served.app)
+        site = await make_site(db, owner)
+        async with page_views_locked(database_url):
+            cut = await served.client.get(f"/api/sites/{site.id}/summary", headers=owner.headers)
+    assert_problem(cut, 503)
+    assert "longer than the database allows" in cut.json()["detail"]
+    assert cut.headers["Retry-After"] == "5"

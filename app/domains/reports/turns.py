@@ -36,6 +36,11 @@ class TooManyReportsError(TooManyRequestsError):
     slug = "report-loads-in-flight"
     title = "Too many of your reports are being computed"
 
+    def __init__(self, detail: str, *, account: int, headers: dict[str, str]) -> None:
+        super().__init__(detail, headers=headers)
+        self.account = account
+        """Whose turns were taken: a caller who joined that account's computation was not refused."""
+
 
 class ReportsBusyError(ServiceUnavailableError):
     slug = "reports-busy"
@@ -79,6 +84,7 @@ class ReportTurns:
                 raise TooManyReportsError(
                     f"Reports of yours are computed {self.per_account} at a time and yours waited "
                     f"{self.wait_s:g} s for a turn; retry once those under way are answered.",
+                    account=account,
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 ) from None
             try:
