@@ -565,6 +565,10 @@ def handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
+QUERY_CANCELED = "57014"
+"""A statement cut by ``statement_timeout`` (or cancelled): no conflict with another request."""
+
+
 def _handle_statement_failed(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """A deadlock victim, a serialization failure, a lock or statement timeout: nothing of the request
     was applied, and retrying is right for the client (503). Logged as what it is (once per interval
@@ -582,12 +586,15 @@ def _handle_statement_failed(request: Request[Any, Any, Any], exc: Exception) ->
             method=request.method,
             route=route,
         )
-    return problem_response(
-        request,
-        503,
-        detail="The request ran into a concurrent one and was not applied; retry.",
-        headers={"Retry-After": "1"},
-    )
+    if sqlstate == QUERY_CANCELED:
+        detail, retry_after = (
+            "The request took longer than the database allows a statement and was not applied; retry "
+            "later, or ask for less.",
+            "5",
+        )
+    else:
+        detail, retry_after = "The request ran into a concurrent one and was not applied; retry.", "1"
+    return problem_response(request, 503, detail=detail, headers={"Retry-After": retry_after})
 
 
 DEPENDENCY_FAILURES: tuple[type[Exception], ...] = (
