@@ -12,7 +12,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.modules import MODULES
 from app.seed import run_seeders
-from tests.factories import scalar
+from tests.factories import migration_up, scalar
 
 
 async def seed(settings: Settings, *, once: bool) -> list[str]:
@@ -52,4 +52,30 @@ async def test_a_seed_that_stopped_half_way_runs_again_at_the_next_start(
 
     await seed(settings, once=True)
 
+    assert await demo_rows(db) == (2, 1)
+
+
+async def test_an_upgrade_from_a_release_before_the_records_does_not_bring_back_deleted_demo_data(
+    db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """An earlier release seeded at every start and kept no record: the first start after the upgrade
+    ran every seed again (the upgrade review). Its migration records them where the demo members exist."""
+    await seed(settings, once=True)
+    await db.execute("delete from demo_seeds")  # as the release before demo_seeds left it
+    await db.execute("delete from projects where name = 'Apollo'")
+    await db.execute("delete from sites where domain = 'demo.example.com'")
+
+    await db.execute(migration_up("demo_seeds_of_earlier_releases"))
+    restarted = await seed(settings, once=True)
+
+    assert await demo_rows(db) == (1, 0), restarted
+    assert await scalar(db, "select count(*) from demo_seeds") == 4
+
+
+async def test_a_new_installation_is_seeded_whatever_the_records_migration_did(
+    db: AsyncConnection[Any], settings: Settings
+) -> None:
+    await db.execute(migration_up("demo_seeds_of_earlier_releases"))  # no users yet: records nothing
+    assert await scalar(db, "select count(*) from demo_seeds") == 0
+    await seed(settings, once=True)
     assert await demo_rows(db) == (2, 1)
