@@ -46,20 +46,21 @@ return coalesce((
 ), '');
 
 -- Expand, then contract: the previous release, still serving during a rolling deploy (and after a
--- rollback of the code), queries a CJK run as one word. So a text with CJK characters keeps the words
--- of the previous definition too, after the new ones (whose positions the pair phrases need); a text
--- without keeps exactly its previous document. A later migration drops them once no release that
--- queries whole runs can serve.
+-- rollback of the code), queries a CJK run as one word. So a title or description with CJK characters
+-- keeps the words of the previous definition too, right after its new ones (whose positions the pair
+-- phrases need; the title's before the description, so that a long description does not push them
+-- past the positions' limit); a text without keeps exactly its previous document. A later migration
+-- drops them once no release that queries whole runs can serve.
 create or replace function task_search_document(title text, description text) returns tsvector
 language sql immutable parallel safe
 return setweight(to_tsvector('simple', search_words(normalize(title, nfkc))), 'A')
     || setweight(to_tsvector('simple', search_characters(normalize(title, nfkc))), 'A')
+    || case when search_characters(normalize(title, nfkc)) = '' then ''::tsvector
+            else setweight(to_tsvector('simple', normalize(title, nfkc)), 'A') end
     || setweight(to_tsvector('simple', search_words(normalize(description, nfkc))), 'B')
     || setweight(to_tsvector('simple', search_characters(normalize(description, nfkc))), 'B')
-    || case when search_characters(normalize(title || ' ' || description, nfkc)) = '' then ''::tsvector
-            else setweight(to_tsvector('simple', normalize(title, nfkc)), 'A')
-                 || setweight(to_tsvector('simple', normalize(description, nfkc)), 'B')
-       end;
+    || case when search_characters(normalize(description, nfkc)) = '' then ''::tsvector
+            else setweight(to_tsvector('simple', normalize(description, nfkc)), 'B') end;
 
 -- migrate:down
 create or replace function task_search_document(title text, description text) returns tsvector

@@ -30,7 +30,7 @@ begin
         from (
             select t.id from tasks t
             where t.id > done_to and t.id <= batch_end
-              and (t.title || ' ' || t.description) ~ '[\u1100-\u11ff\u2e80-\u2fdf\u3005-\u3007\u3040-\u30ff\u3130-\u318f\u31f0-\u33ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uffdc\U0001f200-\U0001f2ff\U00020000-\U0003134f]'
+              and (t.title || ' ' || t.description) ~ '[\u1100-\u11ff\u2e80-\u2fdf\u3005-\u3007\u3038-\u303a\u3040-\u30ff\u3130-\u319f\u31f0-\u33ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff65-\uffdc\U0001f200-\U0001f2ff\U00020000-\U0003134f]'
             order by t.id
             for share
         ) t;

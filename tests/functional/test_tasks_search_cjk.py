@@ -130,12 +130,19 @@ async def test_the_query_and_the_document_read_any_character_alike(
 
 async def test_the_previous_releases_whole_run_queries_still_find_cjk_tasks(db: AsyncConnection[Any]) -> None:
     """Expand, then contract (the upgrade review): during a rolling deploy, or after a rollback of the
-    code, the previous release sends a CJK run as one word, in NFKC form."""
-    for title, q in ((MEETING, MEETING), ("Python東京 plan", "Python東京"), ("\u337f 会議", "株式会社")):
+    code, the previous release sends a CJK run as one word, in NFKC form. A title's phrase is found
+    beside a long CJK description too (a review: its old words were pushed past the positions' limit)."""
+    long_description = "".join(chr(0x4E00 + i) for i in range(9000))
+    for title, description, q in (
+        (MEETING, "", MEETING),
+        ("Python東京 plan", "", "Python東京"),
+        ("\u337f 会議", "", "株式会社"),
+        ("plan 東京都 review", long_description, '"plan 東京都"'),
+    ):
         row = await (
             await db.execute(
-                "select task_search_document(%s, '') @@ websearch_to_tsquery('simple', normalize(%s, nfkc))",
-                (title, q),
+                "select task_search_document(%s, %s) @@ websearch_to_tsquery('simple', normalize(%s, nfkc))",
+                (title, description, q),
             )
         ).fetchone()
         assert row == (True,), (title, q)
