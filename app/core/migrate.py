@@ -380,9 +380,10 @@ def database_missing(url: str) -> bool:
     return found is None
 
 
-def dbmate_url(database_url: str) -> str:
-    """``database_url`` whose sessions check their client every ``CONNECTION_CHECK_INTERVAL_MS`` and
-    have no statement timeout.
+def dbmate_url(database_url: str, *, check_client: bool) -> str:
+    """``database_url`` whose sessions have no statement timeout and, with ``check_client`` (where the
+    server accepts it: ``check_client_connection``), check their client every
+    ``CONNECTION_CHECK_INTERVAL_MS``.
 
     dbmate (lib/pq) passes the URL's ``options`` to the server like libpq, later settings winning.
     The client check goes first, so a URL's own value wins; a ``create index concurrently`` whose
@@ -398,7 +399,7 @@ def dbmate_url(database_url: str) -> str:
     parts = urlsplit(database_url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = " ".join(
-        [f"-c client_connection_check_interval={CONNECTION_CHECK_INTERVAL_MS}"]
+        ([f"-c client_connection_check_interval={CONNECTION_CHECK_INTERVAL_MS}"] if check_client else [])
         + [value for key, value in query if key == "options"]
         + ["-c statement_timeout=0"]
     )
@@ -420,7 +421,7 @@ def migrate(
     pending concurrent indexes, then drops their INVALID indexes (see the module's docstring)."""
     dbmate(database_url, "wait", migrations_dir=migrations_dir)  # a configured server may be starting
     with migration_lock(database_url) as conn:
-        up_url = dbmate_url(database_url) if check_client_connection(conn) else database_url
+        up_url = dbmate_url(database_url, check_client=check_client_connection(conn))
         applied: list[str] = []
         for delay in (*retry_delays_s, None):
             wait_for_index_builds(conn, migrations_dir, timeout_s=index_build_wait_s)
