@@ -154,6 +154,52 @@ async def test_a_reader_who_joins_another_accounts_waiting_report_is_not_refused
     assert [answer.status_code for answer in answers] == [200, 200]
 
 
+async def test_of_the_readers_who_joined_a_refused_report_each_meets_only_its_own_refusal(
+    settings: Settings, database_url: str, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Two administrators join the owner's report, which waits past the owner's turn. The first, whose
+    own turn is taken too, is refused for itself; the second, whose turn is free, computes it (a review
+    found the second joining the first's new computation and meeting the first's 429)."""
+    async with serve_in_loop(
+        settings,
+        **GENEROUS,
+        database_pool_max=10,
+        database_timeout_s=3,
+        report_loads_max=5,
+        report_loads_per_account=1,
+    ) as served:
+        owner = await make_user(db, served.app)
+        busy_admin, free_admin = [await make_user(db, served.app, UserRole.ADMIN) for _ in range(2)]
+        site = await make_site(db, owner)
+        async with page_views_locked(database_url):
+            holding = [
+                ask(served.client, owner, site.id, "summary", "UTC"),
+                ask(served.client, busy_admin, site.id, "summary", "Asia/Tokyo"),
+            ]
+
+            async def both_computing() -> bool:
+                return await computing(db, REPORT_SUMMARY) == 2
+
+            await wait_until(both_computing, 30, "the owner's and the first administrator's reports compute")
+            refused = ask(served.client, owner, site.id, "summary", "Europe/Paris")
+
+            async def refused_loading() -> bool:
+                return [key async for key in valkey.scan_iter(match="*summary*Europe/Paris*:lock")] != []
+
+            await wait_until(refused_loading, 30, "the owner's second report waits for its turn")
+            busy = ask(served.client, busy_admin, site.id, "summary", "Europe/Paris")
+            free = ask(served.client, free_admin, site.id, "summary", "Europe/Paris")
+            assert_problem(await refused, 429, "report-loads-in-flight")
+            assert_problem(await busy, 429, "report-loads-in-flight")
+
+            async def three_computing() -> bool:
+                return await computing(db, REPORT_SUMMARY) == 3
+
+            await wait_until(three_computing, 30, "the second administrator's report computes")
+        answers = await asyncio.gather(*holding, free)
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+
+
 async def test_a_report_that_waits_too_long_for_its_turn_is_a_429_or_a_503(
     settings: Settings, database_url: str, db: AsyncConnection[Any]
 ) -> None:

@@ -319,7 +319,7 @@ class ReportService:
         whatever the other does; the first failure is raised once both have run. Rows by purge."""
         return await every_step(
             [("rollups", self.purge_rollups), ("deleted_sites", self.purge_deleted_sites)],
-            failed=None,  # each logs its own, with the table (purge_tables)
+            failed="purge_rollups_failed",  # a table's failure is also logged with the table (purge_tables)
             logger=log,
         )
 
@@ -626,8 +626,10 @@ class ReportService:
     ) -> T:
         """The cached report, else ``load()``'s once it has a turn (``ReportTurns``): computed for
         ``account`` (``None``: the app itself). A caller who joined another account's computation
-        (the cache's single flight) that waited past that account's turns computes it under its own:
-        the refusal was the other account's, not the caller's (a review)."""
+        (the cache's single flight) that waited past that account's turns computes it under its own
+        turn: the refusal was the other account's, not the caller's (a review). Outside the flight,
+        so that no other joiner's refusal reaches it either; that answer is not stored (a rare path:
+        the next reader computes again)."""
 
         def computed() -> Awaitable[T]:
             return self.turns.run(account, load)
@@ -637,7 +639,7 @@ class ReportService:
         except TooManyReportsError as refused:
             if refused.account == account:
                 raise
-            return await self.cache.get_or_load(key, computed, ttl_s=self.ttl_s, type=kind)
+            return await computed()
 
     async def _run(self, query: Any, **params: Any) -> Any:
         with _zone_errors():
