@@ -72,6 +72,21 @@ async def test_an_upgrade_from_a_release_before_the_records_does_not_bring_back_
     assert await scalar(db, "select count(*) from demo_seeds") == 4
 
 
+async def test_an_upgrade_from_before_a_seed_existed_still_runs_that_seed_once(
+    db: AsyncConnection[Any], settings: Settings
+) -> None:
+    """An installation of the time before the sites' seed: its members and projects, no site ever."""
+    await seed(settings, once=True)
+    await db.execute("delete from demo_seeds")
+    await db.execute("delete from sites")
+    await db.execute("delete from deleted_sites")
+
+    await db.execute(migration_up("demo_seeds_of_earlier_releases"))
+    await seed(settings, once=True)
+
+    assert await demo_rows(db) == (2, 1)
+
+
 async def test_a_new_installation_is_seeded_whatever_the_records_migration_did(
     db: AsyncConnection[Any], settings: Settings
 ) -> None:
