@@ -408,8 +408,20 @@ async def upsert_activity_objects(conn: AsyncConnection[Any], *, objects: Any) -
         await cur.execute(UPSERT_ACTIVITY_OBJECTS, (Jsonb(objects),))
 
 
-FEED_PAGE = """\
+FEED_HEAD = """\
 
+select coalesce(max(id), 0)::bigint as head from activity_events"""
+
+
+async def feed_head(conn: AsyncConnection[Any]) -> int | None:
+    """---------------------------------------------------------------------------------------- reading
+    The newest event id: how far behind it a walk's snapshot is (FEED_WALK_MAX_EVENTS)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(FEED_HEAD)
+        return await cur.fetchone()
+
+
+FEED_PAGE = """\
 with reader as (
     select u.id, u.role = 'admin' as is_admin from users u where u.id = $2
 ), snap as (
@@ -535,8 +547,7 @@ async def feed_page(
     verb: str | None,
     object_type: str | None,
 ) -> list[FeedPageRow]:
-    """---------------------------------------------------------------------------------------- reading
-    One page of the groups the reader may see now, newest activity first, as of a snapshot (the
+    """One page of the groups the reader may see now, newest activity first, as of a snapshot (the
     newest event id when the walk began, returned as `snapshot`): a group's position is its last
     event up to the snapshot, so a group that grows during the walk keeps its place and every group
     comes exactly once. Positions are event ids, hence unique. Filters select groups before the

@@ -234,6 +234,10 @@ where not o.deleted
 
 -- ---------------------------------------------------------------------------------------- reading
 
+-- name: FeedHead :one
+-- The newest event id: how far behind it a walk's snapshot is (FEED_WALK_MAX_EVENTS).
+select coalesce(max(id), 0)::bigint as head from activity_events;
+
 -- name: FeedPage :many
 -- One page of the groups the reader may see now, newest activity first, as of a snapshot (the
 -- newest event id when the walk began, returned as `snapshot`): a group's position is its last

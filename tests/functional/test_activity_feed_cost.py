@@ -25,7 +25,7 @@ from app.domains.activity import services as activity_services
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.schemas import UNREAD_COUNT_CAP, FeedFilters
 from app.domains.activity.services import ActivityService
-from tests.factories import Client, Team, make_project, make_user
+from tests.factories import Client, Team, assert_problem, make_project, make_user
 
 BUSY_GROUPS = 5000
 """The busy actor's groups in a project the outsider is not a member of."""
@@ -153,6 +153,27 @@ async def test_an_old_or_forged_cursor_reads_only_the_groups_the_reader_may_see(
     assert await cost(outsider.id) < BOUND
     assert await cost(outsider.id, actor_id=editor) < BOUND
     assert await cost(outsider.id, project_id=team.project) < BOUND
+
+
+async def test_a_walk_begun_too_many_events_ago_is_refused_and_a_fresh_one_goes_on(
+    client: Client, team: Team, busy: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an old or forged cursor costs grows with the reader's projects and their history (0.7 s a
+    page for a member of 1,000 projects: the memberships review); a walk more than
+    FEED_WALK_MAX_EVENTS behind the newest event is refused, so a page reads at most that many."""
+    monkeypatch.setattr(activity_services, "FEED_WALK_MAX_EVENTS", 1000)  # of the ~5,200 recorded
+    for url in ("/api/feed", f"/api/projects/{team.project}/feed"):
+        first = await client.get(url, headers=team.viewer.headers)
+        assert first.status_code == 200, first.text
+        fresh = await client.get(
+            url, params={"cursor": first.json()["next_cursor"]}, headers=team.viewer.headers
+        )
+        assert fresh.status_code == 200, fresh.text
+        assert len(fresh.json()["items"]) == 20
+        for old in ("0.0", "4000.3999"):
+            refused = await client.get(url, params={"cursor": old}, headers=team.viewer.headers)
+            assert_problem(refused, 400, "invalid-cursor")
+            assert "start again from the first page" in refused.json()["detail"]
 
 
 async def test_the_unread_counts_stop_at_their_cap_and_read_no_further(

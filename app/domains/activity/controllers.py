@@ -29,7 +29,7 @@ from app.domains.activity.schemas import (
     StreamEventDoc,
     UnreadCountsOut,
 )
-from app.domains.activity.services import DEFAULT_PAGE, ActivityService
+from app.domains.activity.services import DEFAULT_PAGE, FEED_WALK_MAX_EVENTS, ActivityService
 from app.domains.activity.stream import FeedStream
 from app.domains.activity.verbs import ObjectType, Verb
 
@@ -38,6 +38,12 @@ Filters = NamedDependency[FeedFilters]
 Channels = NamedDependency[ChannelsPlugin]
 
 FeedCursorParam = Annotated[str | None, cursor_query(FeedCursor, example="1042.1017")]
+WALK_DOC = (
+    "A walk (`cursor`: the previous page's `next_cursor`) keeps each group in its place while events"
+    " arrive; one that began more than"
+    f" {FEED_WALK_MAX_EVENTS:,} events ago is refused with a 400 `invalid-cursor`: start again from"
+    " the first page."
+)
 FeedPageSize = Annotated[
     int,
     QueryParameter(
@@ -129,6 +135,7 @@ class FeedController(Controller):
     @get(
         "/",
         summary="The caller's feed: grouped activity they may see, newest first",
+        description=WALK_DOC,
         responses=problems(400, 401, 429),
     )
     async def get_feed(
@@ -242,6 +249,7 @@ class ProjectFeedController(Controller):
     @get(
         "/",
         summary="A project's feed (members and administrators)",
+        description=WALK_DOC,
         responses=problems(400, 401, 404, 429),
     )
     async def project_feed(

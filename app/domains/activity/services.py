@@ -31,7 +31,7 @@ from app.core.auth import CurrentUser
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
 from app.core.errors import NotFoundError
-from app.core.pagination import IdCursor, Page, decode_cursor, encode_cursor
+from app.core.pagination import IdCursor, InvalidCursorError, Page, decode_cursor, encode_cursor
 from app.core.stops import StreamStops
 from app.core.types import MAX_ID
 from app.db import activity as queries
@@ -65,6 +65,15 @@ COMBINED_EVENTS = 5000
 DEFAULT_PAGE = 20
 """The feed's page size when the client names none. Fewer groups than the usual 50 rows: each group
 carries its samples. Only this size's first page is cached (one entry per reader)."""
+
+FEED_WALK_MAX_EVENTS = 100_000
+"""A walk's cursor whose snapshot is more events than this behind the newest is refused (400
+``invalid-cursor``: start again from the first page). Each page of a walk reads the groups of the
+reader's projects that grew after its snapshot; a cursor from long ago, or a forged one
+(``cursor=0.0``), read every group the reader may see: 0.7 s a page for a member of 1,000 projects,
+and thirty such pages at once took the pool from every other request (the memberships review).
+Those groups are at most the events since the snapshot, so this bounds what a page reads (~70 ms at
+its worst); a walk a reader pages through keeps far inside it."""
 
 CHANNEL = "activity:changes"
 """The pub/sub channel of change notices (``Notice``); streams subscribe to it."""
@@ -164,6 +173,14 @@ class ActivityService:
     async def _feed(self, reader_id: int, filters: FeedFilters, cursor: str | None, limit: int) -> FeedPage:
         at = decode_cursor(cursor, FeedCursor) if cursor else None
         async with self.db.read() as uow:
+            if (
+                at is not None
+                and (await queries.feed_head(uow.conn) or 0) - at.snapshot > FEED_WALK_MAX_EVENTS
+            ):
+                raise InvalidCursorError(
+                    f"This walk through the feed began more than {FEED_WALK_MAX_EVENTS:,} events ago (or the "
+                    "cursor was not one of ours): start again from the first page."
+                )
             rows = await self._page(uow, reader_id, filters, at, limit + 1)
             if not rows:
                 return Page(items=[])
