@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,19 +22,15 @@ from app.config import Settings
 from app.core.cache import Cache
 from app.core.queues import build_saq_config
 from app.core.services import Services, open_services
-from app.db import accounts as account_queries
 from app.db import pageviews as pageview_queries
-from app.db import sites as site_queries
 from app.db.models import UserRole
-from app.domains.accounts.services import AccountService
 from app.domains.pageviews.jobs import maintain_partitions
 from app.domains.pageviews.services import PageViewService
 from app.domains.reports.jobs import purge_rollups, rollup_page_views
 from app.domains.reports.services import ReportService
 from app.modules import MODULES
-from tests.factories import generous_client
+from tests.factories import generous_client, make_site, make_user
 
-FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 REPORTS = (
     "summary",
     "timeseries",
@@ -48,27 +43,6 @@ REPORTS = (
     "current-visitors",
 )
 Client = AsyncTestClient[Litestar]
-
-
-async def make_user(db: AsyncConnection[Any], app: Litestar, role: UserRole) -> tuple[int, dict[str, str]]:
-    user = await account_queries.create_user(
-        db,
-        email=f"{role.value}-{uuid.uuid4().hex[:12]}@example.com",
-        display_name=role.value,
-        password_hash=FAKE_HASH,
-        role=role,
-    )
-    assert user is not None
-    token, _ = app.state.services[AccountService].tokens.issue(user.id, role.value, uuid.uuid4())
-    return user.id, {"Authorization": f"Bearer {token}"}
-
-
-async def make_site(db: AsyncConnection[Any], owner_id: int, timezone: str = "UTC") -> int:
-    site = await site_queries.create_site(
-        db, owner_id=owner_id, domain="example.com", ingest_key=uuid.uuid4().hex, timezone=timezone
-    )
-    assert site is not None
-    return site.id
 
 
 async def add_view(
@@ -102,10 +76,11 @@ class World:
 async def world(client: Client, app: Litestar, db: AsyncConnection[Any]) -> World:
     today = datetime.now(UTC).date()
     await pageview_queries.ensure_partitions(db, from_day=today - timedelta(days=2), days=6)
-    owner, owner_headers = await make_user(db, app, UserRole.MEMBER)
-    _, other_headers = await make_user(db, app, UserRole.MEMBER)
-    _, admin_headers = await make_user(db, app, UserRole.ADMIN)
-    site_id = await make_site(db, owner)
+    owner = await make_user(db, app)
+    owner_headers = owner.headers
+    other_headers = (await make_user(db, app)).headers
+    admin_headers = (await make_user(db, app, UserRole.ADMIN)).headers
+    site_id = (await make_site(db, owner)).id
     return World(site_id, {"owner": owner_headers, "other": other_headers, "admin": admin_headers})
 
 
@@ -188,8 +163,9 @@ async def test_invalid_parameters_are_400_problems_naming_the_field(
 async def test_parameters_resolve_to_local_days(
     client: Client, app: Litestar, db: AsyncConnection[Any]
 ) -> None:
-    owner, headers = await make_user(db, app, UserRole.MEMBER)
-    site_id = await make_site(db, owner, timezone="Asia/Kolkata")
+    owner = await make_user(db, app)
+    headers = owner.headers
+    site_id = (await make_site(db, owner, timezone="Asia/Kolkata")).id
     response = await client.get(f"/api/sites/{site_id}/summary", params={"period": "7d"}, headers=headers)
     assert response.status_code == 200, response.text
     rng = response.json()["range"]
