@@ -53,6 +53,8 @@ key. Retired keys older than this are forgotten (``rotate_key``)."""
 ROTATIONS_PER_HOUR = 10
 """Key rotations a site may make within an hour (429 past it): each retired key is refused by every
 process for ``DELETIONS_KEPT_S``, so unbounded rotations would grow every process's mirror."""
+OWNED_PAGE = 100
+"""Sites read per statement by ``owns_domain``."""
 
 
 class RotationLimitError(TooManyRequestsError):
@@ -151,6 +153,18 @@ class SiteService:
             return await queries.list_own_sites(
                 uow.conn, owner_id=caller.id, after_id=after_id, row_limit=row_limit
             )
+
+    async def owns_domain(self, owner_id: int, domain: str) -> bool:
+        """Whether the user owns a site of ``domain`` (the demo seed's idempotence), page by page."""
+        after_id = 0
+        async with self.db.read() as uow:
+            while page := await queries.list_own_sites(
+                uow.conn, owner_id=owner_id, after_id=after_id, row_limit=OWNED_PAGE
+            ):
+                if any(site.domain == domain for site in page):
+                    return True
+                after_id = page[-1].id
+        return False
 
     async def get(self, caller: CurrentUser, site_id: int) -> Site:
         async with self.db.transaction() as uow:
