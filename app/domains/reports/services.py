@@ -65,12 +65,12 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 import psycopg
 import structlog
-from litestar.exceptions import ValidationException
 
 from app.config import ROLLUP_GRACE_S
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
 from app.core.db import Database, UnitOfWork, every_step, purge_tables
+from app.core.errors import FieldError, InvalidFieldsError
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.types import ISO_DATE, whole
 from app.db import reports as queries
@@ -137,11 +137,10 @@ RANK_CURSOR_MAX_LENGTH = 16 + 1 + math.ceil(MAX_VALUE_BYTES * 4 / 3)  # digits, 
 RANK_CURSOR_PATTERN = whole(r"(0|[1-9][0-9]{0,15})\.([A-Za-z0-9_-]*)")
 
 
-def invalid(field: str, message: str) -> ValidationException:
-    """A 400 validation problem naming the query parameter."""
-    return ValidationException(
-        detail=f"{field}: {message}", extra=[{"source": "query", "key": field, "message": message}]
-    )
+def invalid(field: str, message: str) -> InvalidFieldsError:
+    """A 400 validation problem naming the query parameter (a rule of the period that needs another
+    parameter or the database, which no parameter's declaration can say)."""
+    return InvalidFieldsError([FieldError(field=f"query.{field}", message=message)])
 
 
 def time_zone(name: str) -> zoneinfo.ZoneInfo:
