@@ -140,6 +140,18 @@ ONE_LINE = whole(rf"(?![\s\S]*[{_NOT_IN_A_LINE}])[{_BLANK}]*[^\x00{_BLANK}][^\x0
 """``NON_BLANK`` on one line: no character of ``_NOT_IN_A_LINE`` (the lookahead reads the text once;
 the classes after it are those of ``NON_BLANK``)."""
 
+_CONTROL_RUNS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_DIRECTION = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """``text`` without what ``ONE_LINE`` refuses: each run of control characters one space, the
+    direction characters gone, the ends' spaces trimmed (as migration 20261206140000 made the rows
+    stored before the API refused them; for text that comes from before it, such as an event of the
+    previous release still on its way to the feed)."""
+    return _CONTROL_RUNS.sub(" ", _DIRECTION.sub("", text)).strip(" ")
+
+
 Text = msgspec.Meta(pattern=NO_NUL)
 """Stack with length limits: ``Annotated[str, Text, msgspec.Meta(max_length=...)]``."""
 NonBlank = msgspec.Meta(pattern=NON_BLANK)
@@ -194,6 +206,7 @@ __all__ = [
     "OneLine",
     "Text",
     "TimeZone",
+    "one_line",
     "storable",
     "whole",
 ]

@@ -64,6 +64,7 @@ async def test_an_upgrade_from_a_release_before_the_records_does_not_bring_back_
     await db.execute("delete from demo_seeds")  # as the release before demo_seeds left it
     await db.execute("delete from projects where name = 'Apollo'")
     await db.execute("delete from sites where domain = 'demo.example.com'")
+    await db.execute("delete from deleted_sites")  # its record forgotten two days later (a review)
 
     await db.execute(migration_up("demo_seeds_of_earlier_releases"))
     restarted = await seed(settings, once=True)
@@ -80,6 +81,7 @@ async def test_an_upgrade_from_before_a_seed_existed_still_runs_that_seed_once(
     await db.execute("delete from demo_seeds")
     await db.execute("delete from sites")
     await db.execute("delete from deleted_sites")
+    await db.execute("select setval(pg_get_serial_sequence('sites', 'id'), 1, false)")  # never drawn
 
     await db.execute(migration_up("demo_seeds_of_earlier_releases"))
     await seed(settings, once=True)

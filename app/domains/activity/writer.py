@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, cast
 import msgspec
 
 from app.core.db import UnitOfWork
+from app.core.types import one_line
 from app.db import activity as queries
 from app.domains.activity.grouping import (
     OPEN_GROUPS_PER_STREAM,
@@ -124,7 +125,9 @@ def object_updates(events: Iterable[tuple[int, IncomingEvent]]) -> dict[tuple[st
         if deleted:
             updates[key] = ObjectState(None, True, event.outbox_id, seq)
         elif known is None or event.outbox_id > known.outbox_id:
-            updates[key] = ObjectState(title, False, event.outbox_id, seq)
+            updates[key] = ObjectState(
+                None if title is None else one_line(title), False, event.outbox_id, seq
+            )
 
     for seq, event in events:
         spec = spec_of(event.verb)
