@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import AsyncConnection
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from app.config import Settings
@@ -245,6 +246,21 @@ async def test_a_row_committed_late_is_not_passed_while_its_transaction_is_open(
         await db.execute("update outbox set published_at = now() where published_at is null")
     assert await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(0)) == 2
     assert sorted(await stored_titles(db)) == ["Fast", "Slow"]
+
+
+async def test_a_transaction_open_in_another_database_does_not_hold_the_walk_back(
+    db: AsyncConnection[Any], database_url: str, feed: ActivityService, team: Team
+) -> None:
+    """Only this database's open transactions can hold an outbox row back: another application's on the
+    same server (here the maintenance database's) held the recovery back while it stayed open, and
+    made the test above flaky beside another test worker's database."""
+    elsewhere = make_conninfo(database_url, dbname="postgres")
+    async with await AsyncConnection.connect(elsewhere) as other, other.transaction():
+        await other.execute("select txid_current()")  # a writing transaction: it holds an xid
+        lost = await emit_tasks(feed, team.editor.id, team.project, ["Lost"])
+        await publish(db, lost)
+        assert await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(0)) == 1
+    assert await stored_titles(db) == ["Lost"]
 
 
 async def test_a_change_recorded_late_does_not_bring_an_old_title_back(
