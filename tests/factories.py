@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import msgspec
 import psycopg
+import pytest
 from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -46,6 +47,7 @@ from app.core.logging import configure_logging
 from app.core.migrate import MIGRATIONS_DIR
 from app.core.modules import Module
 from app.core.queues import build_queues
+from app.core.slots import Slot
 from app.db import accounts as account_queries
 from app.db import products as product_queries
 from app.db import projects as project_queries
@@ -756,3 +758,20 @@ def plan_rows_read(node: dict[str, Any]) -> int:
     per_loop += node.get("Rows Removed by Index Recheck", 0) + node.get("Rows Removed by Join Filter", 0)
     loops: float = node["Actual Loops"]
     return round(per_loop * loops)
+
+
+def hold_slot_takes(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Every ``Slot.take`` holds once Valkey has answered, for good: the moment a client that leaves
+    right after its request cancels a stream's body (the lease taken, the body not yet in its ``try``).
+    Returns the event set when a take got there."""
+    taken, hold = asyncio.Event(), asyncio.Event()
+    take = Slot.take
+
+    async def held_after_taking(slot: Slot) -> bool:
+        result = await take(slot)
+        taken.set()
+        await hold.wait()
+        return result
+
+    monkeypatch.setattr(Slot, "take", held_after_taking)
+    return taken

@@ -48,7 +48,7 @@ from app.domains.activity.live import TooManyStreamsError, slots_key
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.services import ActivityService, Notice
 from app.domains.activity.stream import FeedStream
-from tests.factories import Team, make_project, serve_in_loop, wait_until
+from tests.factories import Team, hold_slot_takes, make_project, serve_in_loop, wait_until
 from tests.functional.test_activity_feed_cost import record
 
 WAIT_S = 30.0
@@ -387,6 +387,30 @@ async def test_a_client_gone_during_a_send_gives_back_its_slot_at_once(
             await FeedStream.open(feed, channels, caller_of(team.viewer.id), None, live=True)  # type: ignore[arg-type]
             assert stream.slot is not None
         assert [entry for entry in logs if entry["event"] == "feed_stream_stalled"] == []
+
+
+async def test_a_client_gone_while_the_slot_is_taken_gives_it_back(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The response task is cancelled as the body takes its slot (the client left right after its
+    request): Valkey has the lease, and the body must give it back (the soak review: it stayed for its
+    whole lease, 45 s, and five such drops made every stream of the account a 429). The take is held
+    after Valkey answered, where the cancellation came in the review's runs."""
+    taken = hold_slot_takes(monkeypatch)
+    one = msgspec.structs.replace(settings, feed_stream_max_per_user=1)
+    async with open_services(one, (activity_module,)) as services:
+        stream = await FeedStream.open(
+            services[ActivityService],
+            Channels(),
+            caller_of(team.viewer.id),
+            None,
+            live=True,  # type: ignore[arg-type]
+        )
+        client = Client(stream.messages(), stall=False)
+        await wait_until(lambda: _true(taken.is_set()), WAIT_S, "the body took its slot")
+        assert await valkey.zcard(slots_key(team.viewer.id)) == 1
+        await client.close()  # the client left: the response task is cancelled inside the take
+        await wait_until(lambda: _valkey_zero(valkey, slots_key(team.viewer.id)), 3, "the slot is given back")
 
 
 async def test_a_stream_that_lost_its_slot_while_querying_is_still_cut_when_it_stalls(

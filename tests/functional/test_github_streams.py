@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import msgspec
+import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
@@ -25,6 +26,7 @@ from tests.factories import (
     bearer,
     captured_logs,
     create_user,
+    hold_slot_takes,
     http_scope,
     login,
     make_user,
@@ -170,6 +172,33 @@ async def test_streams_whose_client_left_before_they_started_hold_no_slot(
         await wait_until(again.started, 30, "the stream has started")
         assert again.status == 200
         await again.leave()
+
+
+async def test_a_client_gone_while_the_body_takes_its_slot_gives_it_back(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client leaves as the body takes its slot (Valkey has the lease): the body is cancelled there,
+    before the ``try`` that gave the slot back, and it stayed held for its whole lease (the soak
+    review found it in the feed's stream, the same code as this one). The take is held after Valkey
+    answered."""
+    taken = hold_slot_takes(monkeypatch)
+    async with serve_in_loop(settings, github_stream_max_per_user=CAP) as served:
+        owner = await make_user(db, served.app, name="Streamer")
+        running = running_refresh()
+        await valkey.set(f"github:refresh:{running.id}", msgspec.json.encode(running), ex=600)
+        stream = OpenStream(served.app, running.events_url, owner.token)
+
+        async def slot_taken() -> bool:
+            return taken.is_set()
+
+        await wait_until(slot_taken, 30, "the body took its slot")
+        assert await valkey.zcard(f"github:streams:{owner.id}") == 1
+        await stream.leave()
+
+        async def given_back() -> bool:
+            return int(await valkey.zcard(f"github:streams:{owner.id}")) == 0
+
+        await wait_until(given_back, 3, "the slot is given back")
 
 
 async def test_a_refresh_stream_ends_when_the_process_stops(

@@ -149,8 +149,6 @@ class FeedStream:
             async for message in self._run(asyncio.Event()):
                 yield message
             return
-        if not await self._take_slot():
-            return
         response = asyncio.current_task()  # the task sending this response: cut if it stalls
         wake = asyncio.Event()  # the loop's: a notice, or the process stopping
         alarm = asyncio.Event()  # the keeper's: the process stopping, the response done, a send then
@@ -158,9 +156,14 @@ class FeedStream:
         def response_done(_: object) -> None:
             alarm.set()
 
-        if response is not None:
-            response.add_done_callback(response_done)
         try:
+            # Inside the try: a client that leaves while the slot is being taken cancels this body
+            # after Valkey took it, and only the finally gives it back (it stayed taken for its whole
+            # lease, 45 s: five such drops and the account's every stream was a 429; the soak review).
+            if not await self._take_slot():
+                return
+            if response is not None:
+                response.add_done_callback(response_done)
             with self.service.streams.stops.watching(wake, alarm):
                 async with self.channels.start_subscription([CHANNEL]) as subscriber:
                     listener = asyncio.create_task(self._listen(subscriber, wake))

@@ -489,11 +489,11 @@ class Refreshes:
         stream ends when the process stops (``app.core.stops``): open, it kept granian from stopping
         the worker until its kill timeout, which then skipped the application's shutdown.
         """
-        if not await slot.take():
-            return
         wake = asyncio.Event()
         ended = ending_on_outage("github-stream", "github_refresh_stream_ended", user_id=caller.id)
         try:
+            if not await slot.take():  # inside the try: a client leaving during the take frees it too
+                return
             with ended, self.stops.watching(wake):
                 async for message in self._refresh_events(refresh_id, channels, slot, caller, wake):
                     yield message
