@@ -155,6 +155,16 @@ class Reservation:
         self._renewed_at = renewing_at
         return True
 
+    async def hold(self) -> None:
+        """Hold the room in Valkey (``UploadReservations.prepare``); unreachable, nothing is held (the
+        upload goes on, its member '')."""
+        self._renewed_at = anyio.current_time()
+        try:
+            await self._uploads.hold(keys=self.keys, args=[self.member, self._uploads.lease_ms, 1])
+        except VALKEY_DOWN as exc:
+            report_dependency_down(exc, "file-uploads")
+            self.member = ""
+
     async def release(self) -> None:
         """Give the room back (also while being cancelled); a failure leaves it to the lease."""
         if not self.member:
@@ -190,14 +200,19 @@ class UploadReservations:
             return NOTHING_IN_FLIGHT
         return InFlight(counts)
 
+    def prepare(self, user_id: int, project_id: int, size_bytes: int) -> Reservation:
+        """A reservation of ``size_bytes`` and one file, not held yet (``Reservation.hold``). Made first
+        and kept by the caller, so that one whose upload is cancelled while Valkey holds it (its client
+        gone) is released like any other, not left to its lease."""
+        return Reservation(
+            self,
+            self.keys(user_id, project_id),
+            f"{uuid.uuid4().hex}:{size_bytes}",
+            held_at=anyio.current_time(),
+        )
+
     async def add(self, user_id: int, project_id: int, size_bytes: int) -> Reservation:
         """Reserve ``size_bytes`` and one file (call holding the quota locks, after the checks)."""
-        keys = self.keys(user_id, project_id)
-        member = f"{uuid.uuid4().hex}:{size_bytes}"
-        held_at = anyio.current_time()
-        try:
-            await self.hold(keys=keys, args=[member, self.lease_ms, 1])
-        except VALKEY_DOWN as exc:
-            report_dependency_down(exc, "file-uploads")
-            return Reservation(self, keys, "", held_at=held_at)
-        return Reservation(self, keys, member, held_at=held_at)
+        reservation = self.prepare(user_id, project_id, size_bytes)
+        await reservation.hold()
+        return reservation

@@ -156,9 +156,10 @@ class FileService:
                     _least_file_size(content_length, self.max_bytes),
                     in_flight=in_flight,
                 )
-                reservation = await self.uploads.add(
+                reservation = self.uploads.prepare(
                     user_id, project_id, _most_file_size(content_length, self.max_bytes)
                 )
+                await reservation.hold()  # released by the finally even when cancelled in here
             temp_path = self.storage.new_temp_path()
             staged = await self.storage.receive(
                 _leased(body, reservation, on_renewal=lambda: self.storage.keep_fresh(temp_path)),
