@@ -263,6 +263,28 @@ async def test_a_transaction_open_in_another_database_does_not_hold_the_walk_bac
     assert await stored_titles(db) == ["Lost"]
 
 
+async def test_a_writing_session_the_app_role_cannot_see_into_holds_the_walk_back(
+    db: AsyncConnection[Any], database_url: str
+) -> None:
+    """A role without pg_read_all_stats (the deploy's app role) sees other roles' sessions without their
+    xact_start: min() skipped them, and a migration's or an operator's open transaction did not hold the
+    walk back (a review). Here a NOINHERIT role reads while the session's superuser writes."""
+    role = "recovery_reader_test"
+    await db.execute(f"drop role if exists {role}")
+    await db.execute(f"create role {role} login noinherit")
+    try:
+        reader = make_conninfo(database_url, user=role)
+        async with await AsyncConnection.connect(database_url) as writer, writer.transaction():
+            await writer.execute("select txid_current()")
+            async with await AsyncConnection.connect(reader, autocommit=True) as app:
+                row = await (
+                    await app.execute("select oldest_open_write_started_at() = '-infinity'")
+                ).fetchone()
+        assert row == (True,)
+    finally:
+        await db.execute(f"drop role if exists {role}")
+
+
 async def test_a_change_recorded_late_does_not_bring_an_old_title_back(
     db: AsyncConnection[Any], feed: ActivityService, team: Team
 ) -> None:

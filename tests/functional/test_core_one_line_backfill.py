@@ -104,10 +104,23 @@ async def test_the_feed_stores_an_old_events_title_one_line(
                     "project_id": team.project,
                     "data": {"title": "\u202eevil.exe\u202c\nreport"},
                     "occurred_at": "2030-01-01T00:00:00+00:00",
-                }
+                },
+                {
+                    "outbox_id": 2,
+                    "actor_id": team.owner.id,
+                    "verb": "task.created",
+                    "object_type": "task",
+                    "object_id": 8,
+                    "project_id": team.project,
+                    "data": {"title": "\u200b\n"},  # nothing visible left: no title, not a blank one
+                    "occurred_at": "2030-01-01T00:00:00+00:00",
+                },
             ]
         )
     assert await scalar(db, "select title from activity_objects where object_id = 7") == "evil.exe report"
+    assert (
+        await scalar(db, "select count(*) from activity_objects where object_id = 8 and title is null") == 1
+    )
 
 
 def test_the_migrations_blank_is_the_apis() -> None:

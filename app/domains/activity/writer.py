@@ -11,6 +11,7 @@ more than the insert itself did.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple, cast
 import msgspec
 
 from app.core.db import UnitOfWork
-from app.core.types import one_line
+from app.core.types import NON_BLANK, one_line
 from app.db import activity as queries
 from app.domains.activity.grouping import (
     OPEN_GROUPS_PER_STREAM,
@@ -125,9 +126,7 @@ def object_updates(events: Iterable[tuple[int, IncomingEvent]]) -> dict[tuple[st
         if deleted:
             updates[key] = ObjectState(None, True, event.outbox_id, seq)
         elif known is None or event.outbox_id > known.outbox_id:
-            updates[key] = ObjectState(
-                None if title is None else one_line(title), False, event.outbox_id, seq
-            )
+            updates[key] = ObjectState(shown_title(title), False, event.outbox_id, seq)
 
     for seq, event in events:
         spec = spec_of(event.verb)
@@ -278,3 +277,13 @@ def _ints(values: Iterable[int | None]) -> list[int]:
 
 def _texts(values: Iterable[str | None]) -> list[str]:
     return cast("list[str]", list(values))
+
+
+def shown_title(title: str | None) -> str | None:
+    """An event's title as the feed stores it: one line (``one_line``: an event of a release before
+    the API refused control and direction characters may still be on its way); ``None`` when nothing
+    visible is left (the object's title then stays what it was, or it reads as ``task #7``)."""
+    if title is None:
+        return None
+    cleaned = one_line(title)
+    return cleaned if re.fullmatch(NON_BLANK, cleaned) else None
