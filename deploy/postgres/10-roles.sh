@@ -33,4 +33,11 @@ alter default privileges for role :"owner" in schema public
   grant usage, select on sequences to :"app";
 alter default privileges for role :"owner" in schema public
   grant execute on functions to :"app";
+
+-- When every other session's transaction began (pg_stat_activity.xact_start): the feed's recovery
+-- passes no outbox row a transaction still open may yet commit below (oldest_open_write_started_at).
+-- Without it the app sees other roles' sessions without their start, and any of them writing (a
+-- migration, an operator's psql, an autoanalyze) holds the recovery back until it ends. Read-only
+-- statistics; `with inherit true` because the role is NOINHERIT (PostgreSQL 16).
+grant pg_read_all_stats to :"app" with inherit true;
 SQL

@@ -118,9 +118,45 @@ async def test_the_feed_stores_an_old_events_title_one_line(
             ]
         )
     assert await scalar(db, "select title from activity_objects where object_id = 7") == "evil.exe report"
-    assert (
-        await scalar(db, "select count(*) from activity_objects where object_id = 8 and title is null") == 1
-    )
+    # nothing visible left: the event names no title, and no object row is made of it
+    assert await scalar(db, "select count(*) from activity_objects where object_id = 8") == 0
+
+
+def renamed(outbox_id: int, object_id: int, title: str, actor: int, project: int) -> dict[str, Any]:
+    return {
+        "outbox_id": outbox_id,
+        "actor_id": actor,
+        "verb": "task.updated",
+        "object_type": "task",
+        "object_id": object_id,
+        "project_id": project,
+        "data": {"title": title},
+        "occurred_at": f"2030-01-01T00:00:{outbox_id % 60:02d}+00:00",
+    }
+
+
+async def test_a_blank_old_title_never_hides_a_real_one_whatever_the_order(
+    settings: Settings, db: AsyncConnection[Any], team: Team
+) -> None:
+    """A rename to B, then an old event whose title shows nothing: B, in whatever order and batches the
+    events are recorded (a review: the blank took B's place, so B recorded after it, or beside it in a
+    batch, was lost)."""
+    orders = {11: [[1], [2], [3]], 12: [[1], [3], [2]], 13: [[1], [2, 3]], 14: [[3], [1, 2]]}
+    async with open_services(settings, (activity_module,)) as services:
+        feed = services[ActivityService]
+        for object_id, batches in orders.items():
+            events = {
+                n: renamed(object_id * 10 + n, object_id, title, team.owner.id, team.project)
+                for n, title in ((1, "A"), (2, "B"), (3, "\u200b\n"))
+            }
+            for batch in batches:
+                await feed.record_batch([events[n] for n in batch])
+    rows = await (
+        await db.execute(
+            "select object_id, title from activity_objects where object_id = any(%s)", (list(orders),)
+        )
+    ).fetchall()
+    assert sorted(rows) == [(object_id, "B") for object_id in sorted(orders)]
 
 
 def test_the_migrations_blank_is_the_apis() -> None:

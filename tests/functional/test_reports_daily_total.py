@@ -41,10 +41,12 @@ async def insert_view(
 @pytest.fixture
 async def services(settings: Settings, db: AsyncConnection[Any]) -> AsyncIterator[Services]:
     """Every module, the monitoring report due at 08:00 UTC. Its background checks stay idle: the
-    current slot of the hourly checks is taken first (after ``db`` emptied the tables). They ran a
-    second after the start and sent the latest report due, yesterday's, and this test's reports of
-    earlier days then counted as sent (a flaky failure: ``alert_id is None``)."""
+    hourly checks' slot is taken first (after ``db`` emptied the tables), and the next one too, should
+    the hour turn during the test (``ClaimTick`` leaves a slot one ahead alone). They ran a second
+    after the start and sent the latest report due, yesterday's, and this test's reports of earlier
+    days then counted as sent (a flaky failure: ``alert_id is None``)."""
     await monitoring_queries.claim_tick(db, name="checks", interval_s=3600.0)
+    await db.execute("update monitoring_ticks set slot = slot + 1 where name = 'checks'")
     tuned = msgspec.structs.replace(
         settings,
         monitoring_enabled=True,

@@ -72,6 +72,7 @@ def roles(database_url: str, valkey_url: str) -> Iterator[Roles]:
             "revoke create on schema public from public",
             "grant connect, temporary on database {d} to {a}",
             "grant usage on schema public to {a}",
+            "grant pg_read_all_stats to {a} with inherit true",
             *(
                 f"alter default privileges for role {{o}} in schema public grant {grant} to {{a}}"
                 for grant in (
@@ -168,6 +169,18 @@ def behind(roles: Roles) -> Iterator[str]:
     yield str(previous[0])
     with psycopg.connect(roles.owner_url, autocommit=True) as conn:
         conn.execute("insert into schema_migrations (version) values (%s) on conflict do nothing", (NEEDED,))
+
+
+def test_the_app_role_sees_when_the_owners_open_write_began(roles: Roles) -> None:
+    """The feed's recovery passes no outbox row an open transaction may yet commit below; the app role
+    must see when another role's writing transaction began (pg_read_all_stats), or the horizon falls
+    back to -infinity and any such session holds the recovery back (a review)."""
+    with psycopg.connect(roles.owner_url) as owner, psycopg.connect(roles.app_url, autocommit=True) as app:
+        owner.execute("select txid_current()")  # a writing transaction of the owner role
+        began = owner.execute("select now()").fetchone()
+        seen = app.execute("select oldest_open_write_started_at() = %s", began).fetchone()
+        owner.rollback()
+    assert seen == (True,)
 
 
 async def test_the_worker_starts_as_the_app_role_without_migrating(

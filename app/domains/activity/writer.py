@@ -125,8 +125,12 @@ def object_updates(events: Iterable[tuple[int, IncomingEvent]]) -> dict[tuple[st
             return  # a tombstone stays one
         if deleted:
             updates[key] = ObjectState(None, True, event.outbox_id, seq)
-        elif known is None or event.outbox_id > known.outbox_id:
-            updates[key] = ObjectState(shown_title(title), False, event.outbox_id, seq)
+            return
+        shown = shown_title(title)
+        if shown is None:
+            return  # nothing visible: as if the event named no title, whatever its place (a review)
+        if known is None or event.outbox_id > known.outbox_id:
+            updates[key] = ObjectState(shown, False, event.outbox_id, seq)
 
     for seq, event in events:
         spec = spec_of(event.verb)
@@ -282,7 +286,9 @@ def _texts(values: Iterable[str | None]) -> list[str]:
 def shown_title(title: str | None) -> str | None:
     """An event's title as the feed stores it: one line (``one_line``: an event of a release before
     the API refused control and direction characters may still be on its way); ``None`` when nothing
-    visible is left (the object's title then stays what it was, or it reads as ``task #7``)."""
+    visible is left: the event then counts as naming no title (``object_updates`` records nothing for
+    it), so the newest visible title wins in every order and batch, and an object with none reads as
+    ``task #7``."""
     if title is None:
         return None
     cleaned = one_line(title)
