@@ -135,6 +135,33 @@ async def settled_feed_outbox(
         return await cur.fetchall()
 
 
+FIRST_FEED_OUTBOX_AFTER = """\
+select o.id, o.published_at, now()::timestamptz as checked_at
+from outbox o
+where o.id > $1 and o.task = 'record_activity'
+order by o.id
+limit 1"""
+
+
+class FirstFeedOutboxAfterRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    published_at: datetime | None
+    checked_at: datetime
+
+
+async def first_feed_outbox_after(
+    conn: AsyncConnection[Any],
+    *,
+    after_id: int,
+) -> FirstFeedOutboxAfterRow | None:
+    """The feed's first outbox row after @after_id (the recovery's mark): when it was published (null: not
+    yet), and PostgreSQL's now. A walk that settles nothing while this row was published long ago is
+    held back by an open transaction (oldest_open_write_started_at)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(FirstFeedOutboxAfterRow)) as cur:
+        await cur.execute(FIRST_FEED_OUTBOX_AFTER, (after_id,))
+        return await cur.fetchone()
+
+
 SET_ACTIVITY_RECOVERY_MARK = """\
 insert into activity_recovery as r (checked_through) values ($1)
 on conflict (id) do update set checked_through = greatest(r.checked_through, excluded.checked_through)"""

@@ -71,6 +71,16 @@ union all
 select max(s.id), null::jsonb, count(*)::integer from settled s having count(*) > 0
 order by 3, 1;
 
+-- name: FirstFeedOutboxAfter :one
+-- The feed's first outbox row after @after_id (the recovery's mark): when it was published (null: not
+-- yet), and PostgreSQL's now. A walk that settles nothing while this row was published long ago is
+-- held back by an open transaction (oldest_open_write_started_at).
+select o.id, o.published_at, now()::timestamptz as checked_at
+from outbox o
+where o.id > @after_id and o.task = 'record_activity'
+order by o.id
+limit 1;
+
 -- name: SetActivityRecoveryMark :exec
 insert into activity_recovery as r (checked_through) values (@checked_through)
 on conflict (id) do update set checked_through = greatest(r.checked_through, excluded.checked_through);

@@ -18,13 +18,15 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from app.config import Settings
+from app.core.logging import OncePerInterval
 from app.core.services import Services, open_services
 from app.db import activity as queries
+from app.domains.activity import recovery
 from app.domains.activity.events import emit
 from app.domains.activity.module import module as activity_module
 from app.domains.activity.recovery import GRACE, recover_lost_events
 from app.domains.activity.services import ActivityService
-from tests.factories import Team, make_project, migration_up
+from tests.factories import Team, captured_logs, make_project, migration_up
 from tests.functional.test_core_generic_plans import rows_read, run_custom, run_generic
 
 LATER = GRACE + timedelta(minutes=1)
@@ -283,6 +285,29 @@ async def test_a_writing_session_the_app_role_cannot_see_into_holds_the_walk_bac
         assert row == (True,)
     finally:
         await db.execute(f"drop role if exists {role}")
+
+
+async def test_a_walk_held_back_by_an_open_transaction_says_so(
+    db: AsyncConnection[Any],
+    database_url: str,
+    feed: ActivityService,
+    team: Team,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a transaction older than the next row stays open, the walk settles nothing and lost events
+    wait: nothing said so (a review). Here the grace is a microsecond, so the row published after the
+    transaction began has waited far longer than twice it."""
+    monkeypatch.setattr(recovery, "_held_back_warnings", OncePerInterval(600.0))
+    async with await AsyncConnection.connect(database_url) as open_writer, open_writer.transaction():
+        await open_writer.execute("select txid_current()")
+        lost = await emit_tasks(feed, team.editor.id, team.project, ["Held"])
+        await publish(db, lost)
+        with captured_logs() as logs:
+            held = await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(microseconds=1))
+        assert held == 0
+        [warning] = logs.events("feed_recovery_held_back")
+        assert warning["outbox_id"] == lost[0]
+    assert await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(microseconds=1)) == 1
 
 
 async def test_a_change_recorded_late_does_not_bring_an_old_title_back(

@@ -9,6 +9,8 @@ idempotent by outbox id; an event whose project or user is gone is dropped there
 the mark moves past it. The walk stops at the first row not published before its horizon
 (``SettledFeedOutbox``: ``GRACE`` ago, or earlier while an older transaction that may still commit a
 row is open): what is still on its way is never sent twice, and nothing behind the mark is skipped.
+A walk held back that way while the next row has waited more than twice ``GRACE`` says so
+(``feed_recovery_held_back``, once per ``HELD_BACK_LOG_S``): lost events wait for that transaction.
 
 An event the writer refuses for what it holds (``REFUSED``: a payload it cannot read, a value
 PostgreSQL refuses) is logged and passed over, so that it cannot hold the mark back for ever; any
@@ -27,6 +29,7 @@ import psycopg
 import structlog
 
 from app.core.db import Database
+from app.core.logging import OncePerInterval
 from app.db import activity as queries
 
 log = structlog.get_logger("app.activity.recovery")
@@ -37,6 +40,10 @@ GRACE = timedelta(minutes=15)
 
 BATCH = 1000
 """Outbox rows read per step; the mark moves after each step."""
+
+HELD_BACK_LOG_S = 600.0
+"""How often a walk held back by an open transaction is logged again."""
+_held_back_warnings = OncePerInterval(HELD_BACK_LOG_S)
 
 REFUSED = (msgspec.ValidationError, psycopg.DataError, psycopg.IntegrityError)
 """What an event's own content causes: it would fail every time."""
@@ -60,6 +67,7 @@ async def recover_lost_events(
                 row_limit=batch,
             )
         if not rows:
+            await _say_if_held_back(db, after, grace)
             return stored
         *lost_rows, through = rows
         lost = [{**_mapping(row.payload), "outbox_id": row.id} for row in lost_rows]
@@ -77,6 +85,25 @@ async def recover_lost_events(
             await queries.set_activity_recovery_mark(uow.conn, checked_through=through.id)
         if through.settled < batch:
             return stored
+
+
+async def _say_if_held_back(db: Database, after: int, grace: timedelta) -> None:
+    """Log (once per ``HELD_BACK_LOG_S``) a walk that settled nothing though the row after its mark was
+    published more than twice ``grace`` ago: a transaction open that long holds it back (an operator's
+    session, a migration; or, for an app role without pg_read_all_stats, any other role's session
+    writing: deploy/README.md), and events lost meanwhile are not recorded again until it ends."""
+    async with db.read() as uow:
+        first = await queries.first_feed_outbox_after(uow.conn, after_id=after)
+    if first is None or first.published_at is None:
+        return  # nothing after the mark, or its row is still on its way (the relay's to publish)
+    waited = first.checked_at - first.published_at
+    if waited > 2 * grace and _held_back_warnings.due():
+        log.warning(
+            "feed_recovery_held_back",
+            outbox_id=first.id,
+            published_s_ago=round(waited.total_seconds()),
+            hint="an open transaction holds the walk back: see pg_stat_activity (xact_start)",
+        )
 
 
 async def _record_isolating(record: Record, events: list[dict[str, Any]]) -> int:
