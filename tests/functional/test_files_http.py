@@ -1308,7 +1308,7 @@ async def test_a_reservation_left_by_a_crashed_upload_lapses(
     ) as served:
         files = served.app.state.services[FileService]
         crashed = UploadReservations(valkey, per_user=2, lease_s=1)
-        await crashed.add(world.editor.id, world.project, 2 * MIB)  # and never released
+        await crashed.prepare(world.editor.id, world.project, 2 * MIB).hold()  # and never released
 
         async def post() -> httpx.Response:
             return await served.client.post(

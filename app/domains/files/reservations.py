@@ -210,9 +210,3 @@ class UploadReservations:
             f"{uuid.uuid4().hex}:{size_bytes}",
             held_at=anyio.current_time(),
         )
-
-    async def add(self, user_id: int, project_id: int, size_bytes: int) -> Reservation:
-        """Reserve ``size_bytes`` and one file (call holding the quota locks, after the checks)."""
-        reservation = self.prepare(user_id, project_id, size_bytes)
-        await reservation.hold()
-        return reservation
