@@ -51,8 +51,17 @@ async def test_a_killed_worker_is_respawned_and_granian_says_so_in_json(server: 
         return len(now) == 2 and now != workers
 
     await wait_until(respawned, 60, "granian respawns the killed worker")
-    async with httpx.AsyncClient(timeout=10) as http:
-        assert (await http.get(f"{server.base}/health/live")).status_code == 200
+
+    async def serves() -> bool:
+        """A respawned worker's process exists before it listens: a connection made meanwhile was
+        refused once in a full run (``All connection attempts failed``)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            try:
+                return (await http.get(f"{server.base}/health/live")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+    await wait_until(serves, 60, "the server answers again")
     lines = [line for line in server.log_path.read_text(errors="replace").splitlines() if line.strip()]
     exits = [line for line in lines if "exit" in line.lower() and "worker" in line.lower()]
     assert exits, "\n".join(lines[-20:])
