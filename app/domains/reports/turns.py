@@ -77,16 +77,13 @@ class ReportTurns:
             mine = self._accounts[account] = _AccountTurns(self.per_account)
         mine.users += 1
         try:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await mine.turns.acquire()
-            except TimeoutError:
+            if not await _taken(mine.turns, deadline):
                 raise TooManyReportsError(
                     f"Reports of yours are computed {self.per_account} at a time and yours waited "
                     f"{self.wait_s:g} s for a turn; retry once those under way are answered.",
                     account=account,
                     headers={"Retry-After": str(RETRY_AFTER_S)},
-                ) from None
+                )
             try:
                 return await self._in_process_turn(deadline, load)
             finally:
@@ -97,16 +94,23 @@ class ReportTurns:
                 del self._accounts[account]
 
     async def _in_process_turn(self, deadline: float, load: Callable[[], Awaitable[T]]) -> T:
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._process.acquire()
-        except TimeoutError:
+        if not await _taken(self._process, deadline):
             raise ReportsBusyError(
                 f"Every one of the {self.at_once} reports this server computes at once is taken; "
                 "retry shortly.",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
+            )
         try:
             return await load()
         finally:
             self._process.release()
+
+
+async def _taken(turns: asyncio.Semaphore, deadline: float) -> bool:
+    """Whether a turn of ``turns`` came before ``deadline`` (event loop time); it is then held."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await turns.acquire()
+    except TimeoutError:
+        return False
+    return True
