@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
@@ -308,6 +309,22 @@ async def test_a_walk_held_back_by_an_open_transaction_says_so(
         [warning] = logs.events("feed_recovery_held_back")
         assert warning["outbox_id"] == lost[0]
     assert await recover_lost_events(feed.db, feed.record_batch, grace=timedelta(microseconds=1)) == 1
+
+
+async def test_the_worker_metrics_say_how_long_the_row_after_the_mark_has_waited(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    """A held-back walk was only a log line every ten minutes (a review): the gauge gives the walk's
+    lag at every run, and comes back to 0 once the walk has caught up."""
+    lost = await emit_tasks(feed, team.editor.id, team.project, ["Waiting"])
+    await publish(db, lost, ago=GRACE / 2)
+    assert await feed.recover_lost_events() == 0
+    waiting = REGISTRY.get_sample_value("app_feed_recovery_waiting_seconds")
+    assert waiting is not None and waiting >= (GRACE / 2).total_seconds()
+
+    await publish(db, lost, ago=LATER)
+    assert await feed.recover_lost_events() == 1
+    assert REGISTRY.get_sample_value("app_feed_recovery_waiting_seconds") == 0
 
 
 async def test_a_change_recorded_late_does_not_bring_an_old_title_back(

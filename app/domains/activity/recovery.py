@@ -11,6 +11,9 @@ the mark moves past it. The walk stops at the first row not published before its
 row is open): what is still on its way is never sent twice, and nothing behind the mark is skipped.
 A walk held back that way while the next row has waited more than twice ``GRACE`` says so
 (``feed_recovery_held_back``, once per ``HELD_BACK_LOG_S``): lost events wait for that transaction.
+Every run ends by setting ``app_feed_recovery_waiting_seconds`` (the worker's metrics): how long the
+row after the mark has been published, unchecked. It stays under ``GRACE`` plus the cron's minute
+while the walk keeps up; above that, lost events wait (the log says why).
 
 An event the writer refuses for what it holds (``REFUSED``: a payload it cannot read, a value
 PostgreSQL refuses) is logged and passed over, so that it cannot hold the mark back for ever; any
@@ -27,6 +30,7 @@ from typing import Any
 import msgspec
 import psycopg
 import structlog
+from prometheus_client import Gauge
 
 from app.core.db import Database
 from app.core.logging import OncePerInterval
@@ -44,6 +48,13 @@ BATCH = 1000
 HELD_BACK_LOG_S = 600.0
 """How often a walk held back by an open transaction is logged again."""
 _held_back_warnings = OncePerInterval(HELD_BACK_LOG_S)
+
+WAITING = Gauge(
+    "app_feed_recovery_waiting_seconds",
+    "How long the feed's first outbox row after the recovery's mark has been published without being "
+    "checked (0 when none is), as of the last run: past the grace (15 minutes), lost events wait",
+    multiprocess_mode="mostrecent",
+)
 
 REFUSED = (msgspec.ValidationError, psycopg.DataError, psycopg.IntegrityError)
 """What an event's own content causes: it would fail every time."""
@@ -67,7 +78,7 @@ async def recover_lost_events(
                 row_limit=batch,
             )
         if not rows:
-            await _say_if_held_back(db, after, grace)
+            await _report_waiting(db, after, grace, settled_nothing=True)
             return stored
         *lost_rows, through = rows
         lost = [{**_mapping(row.payload), "outbox_id": row.id} for row in lost_rows]
@@ -84,20 +95,24 @@ async def recover_lost_events(
         async with db.transaction() as uow:
             await queries.set_activity_recovery_mark(uow.conn, checked_through=through.id)
         if through.settled < batch:
+            await _report_waiting(db, through.id, grace, settled_nothing=False)
             return stored
 
 
-async def _say_if_held_back(db: Database, after: int, grace: timedelta) -> None:
-    """Log (once per ``HELD_BACK_LOG_S``) a walk that settled nothing though the row after its mark was
-    published more than twice ``grace`` ago: a transaction open that long holds it back (an operator's
-    session, a migration; or, for an app role without pg_read_all_stats, any other role's session
-    writing: deploy/README.md), and events lost meanwhile are not recorded again until it ends."""
+async def _report_waiting(db: Database, after: int, grace: timedelta, *, settled_nothing: bool) -> None:
+    """Set ``WAITING`` from the row after the mark, and log (once per ``HELD_BACK_LOG_S``) a walk that
+    settled nothing though that row was published more than twice ``grace`` ago: a transaction open
+    that long holds it back (an operator's session, a migration; or, for an app role without
+    pg_read_all_stats, any other role's session writing: deploy/README.md), and events lost meanwhile
+    are not recorded again until it ends."""
     async with db.read() as uow:
         first = await queries.first_feed_outbox_after(uow.conn, after_id=after)
     if first is None or first.published_at is None:
-        return  # nothing after the mark, or its row is still on its way (the relay's to publish)
+        WAITING.set(0)  # nothing after the mark, or its row is still on its way (the relay's to publish)
+        return
     waited = first.checked_at - first.published_at
-    if waited > 2 * grace and _held_back_warnings.due():
+    WAITING.set(max(0.0, waited.total_seconds()))
+    if settled_nothing and waited > 2 * grace and _held_back_warnings.due():
         log.warning(
             "feed_recovery_held_back",
             outbox_id=first.id,
