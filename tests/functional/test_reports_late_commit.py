@@ -3,7 +3,7 @@ of its ``received_at`` stamp (``ROLLUP_GRACE``, ``app.reports.services``).
 
 The ingest stamps ``received_at`` when it handles the request (the same clock reading clamps ``ts``,
 which the rollup's partition pruning relies on), then the row waits in the sink's queue and in its
-write. A row that commits after the rollup moved the watermark past its hour is in neither half of a
+write. A row that commits after the rollup moved the watermark past its stamp is in neither half of a
 report: not rolled up, and older than the watermark. The sink answers 503, unwritten, a request queued
 too long (``SINK_MAX_QUEUE_S``), so only a write deadline (``DATABASE_TIMEOUT_S``) could make the
 wait that long (``app.config.sink_commit_bound_s``); such a deadline is refused at start.
@@ -53,8 +53,8 @@ async def test_a_view_committed_past_the_grace_is_lost_from_reports_so_such_sett
     settings: Settings, database_url: str, db: AsyncConnection[Any]
 ) -> None:
     """One view stamped a second before an hour ends; its write waits (a lock on ``page_views``)
-    while the rollup, 11 minutes later (within the write's 15-minute deadline), moves the watermark
-    past that hour. The write then commits and is acknowledged: the view is stored, yet no report
+    while the rollup, the grace and a minute later (within the write's 15-minute deadline), moves the
+    watermark past that stamp. The write then commits and is acknowledged: the view is stored, yet no report
     counts it. A view stamped after the hour and committed at once is counted (the control)."""
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     await pageview_queries.ensure_partitions(db, from_day=hour.date() - timedelta(days=1), days=3)

@@ -41,7 +41,7 @@ deadline of a request's arrival, however deep the queue, instead of keeping its 
 write that timed out is never acknowledged. Requests that arrive after the failure are tried again.
 
 How long an accepted row waits. Its ``received_at`` is stamped on arrival, and the analytics rollup
-passes an hour of ``received_at`` ``ROLLUP_GRACE_S`` after it ends: a row committed later is stored
+passes a step of ``received_at`` ``ROLLUP_GRACE_S`` after it ends: a row committed later is stored
 and counted by no report. A database that is slow but answers every write within its deadline drains
 the queue one batch per write and flusher, so the queue's depth alone would let a row wait as long as
 the settings allow (``SINK_MAX_PENDING`` / ``SINK_BATCH_SIZE`` writes of up to ``DATABASE_TIMEOUT_S``

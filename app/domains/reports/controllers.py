@@ -81,17 +81,18 @@ PAGED_DOC = (
     " page), on the order shown. Each page reads the counts of the moment: while views still arrive in"
     " the period, a value whose count changes between two pages may be listed twice or not at all; the"
     " pages of a period that ended more than a day ago and was rolled up since (no late view can change"
-    " it: about an hour and a day after its end) list each value once."
+    " it: a day and about ten minutes after its end) list each value once."
 )
 
 OTHER_DOC = (
     f" Values are counted per UTC hour, keeping the {DIMENSION_VALUES_PER_HOUR} most viewed of each hour:"
     " the views of that hour's other values are counted under the value `(other)`, listed like any value,"
     " so no view is missing from the list; a value's count leaves out the views of the hours it was not"
-    f" among the top {DIMENSION_VALUES_PER_HOUR} of when they were rolled up, and a real value spelled"
+    f" among the top {DIMENSION_VALUES_PER_HOUR} of when they were rolled up (five minutes of arrivals at a"
+    " time, each ranked with the hour's counts so far), and a real value spelled"
     " `(other)` is counted with them. Views read raw are counted under their own values: those not rolled"
-    " up yet (about the last hour) and, for a zone whose offset is not a whole hour, those of the UTC hours"
-    " the period's ends cut."
+    " up yet (about the last five to ten minutes) and, for a zone whose offset is not a whole hour, those"
+    " of the UTC hours the period's ends cut."
 )
 
 RANGE_DOC = (

@@ -9,7 +9,7 @@ from app.domains.reports.services import ReportService
 
 
 async def rollup_page_views(ctx: Context) -> int:
-    """Every minute: roll up the complete hours not rolled up yet (a no-op within an hour)."""
+    """Every minute: roll up the complete steps of five minutes not rolled up yet (a no-op within one)."""
     return await services_of(ctx)[ReportService].rollup()
 
 

@@ -1,14 +1,18 @@
 """Analytics reports: rollups kept up to date by a cron job, plus the raw rows not rolled up yet.
 
-The watermark rule. ``analytics_rollup_state.rolled_up_to`` (W) is a UTC hour boundary: every raw row
+The watermark rule. ``analytics_rollup_state.rolled_up_to`` (W) is a multiple of ``ROLLUP_STEP`` (five
+minutes) in UTC: every raw row
 with ``received_at < W`` is in the rollup tables, exactly once, and no row with ``received_at >= W``
 is. A report is one SQL statement (one snapshot) that adds the rollups to the raw rows received at or
 after W, so the two halves neither overlap nor leave a gap, even while the job commits. Rollups are
 keyed by the UTC hour of ``ts``: a late row (``ts`` up to 24 h old) is added to its own hour when its
 ``received_at`` is rolled up.
 
-The job (``rollup``) moves W one hour of ``received_at`` per transaction, up to the last complete hour
-that ended at least ``ROLLUP_GRACE`` (``ROLLUP_GRACE_S``, 10 minutes) ago: the ingest stamps
+The job (``rollup``, every minute) moves W up to an hour of ``received_at`` per transaction, up to the
+last complete step that ended at least ``ROLLUP_GRACE`` (``ROLLUP_GRACE_S``, 4 minutes) ago. Every
+report reads the rows received since W raw, so the step and the grace bound its cost: 4 to 9 minutes of
+ingest (W on whole hours with a 10-minute grace left up to 70, over the statement timeout for a site at
+its quota, and seconds per report for a busy one). The ingest stamps
 ``received_at`` when it handles the request, before the row waits in the sink's queue and write, so a
 row stamped before the new W must have committed by then. A row committed later than that would be
 missed by both halves (stored, yet in no report). A request cancelled or given up by its client is
@@ -98,7 +102,10 @@ log = structlog.get_logger("app.reports")
 T = TypeVar("T")
 
 ROLLUP_GRACE = timedelta(seconds=ROLLUP_GRACE_S)
+ROLLUP_STEP = timedelta(minutes=5)
+"""W's unit: the rollup adds the rows received in complete steps only."""
 ROLLUP_CHUNK = timedelta(hours=1)
+"""The most ``received_at`` one transaction of the rollup adds (a backlog drains chunk by chunk)."""
 ROLLUP_STATEMENT_TIMEOUT = "5min"
 PURGE_CHUNK = 10_000
 """Rollup rows deleted per transaction by the retention (``purge_rollups``): each statement stays far
@@ -115,7 +122,7 @@ CURRENT_WINDOW = timedelta(minutes=5)
 # could store a row per view (up to the site's daily quota, for the whole retention), and every
 # breakdown over the period would re-aggregate them. With it a breakdown reads at most
 # DIMENSION_VALUES_PER_HOUR + 2 rollup rows per whole UTC hour of its period; the views it reads raw are
-# not bounded so: those not rolled up yet (up to about an hour) and, in a zone whose offset is not a
+# not bounded so: those not rolled up yet (up to about ten minutes) and, in a zone whose offset is not a
 # whole hour, those of the two UTC hours the period's ends cut (a sender choosing ts can fill them).
 # A breakdown's counts are then exact for a value that stays among its hours' top values; a value in
 # the long tail is counted in OTHER_VALUE for the hours it was folded (a real value spelled "(other)" is
@@ -208,8 +215,10 @@ def resolve_range(
     return ReportRange(period=period, tz=tz, first_day=first, last_day=last, start=start, end=end)
 
 
-def _floor_hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+def _floor_step(moment: datetime) -> datetime:
+    """The ``ROLLUP_STEP`` boundary at or before ``moment``, in UTC."""
+    moment = moment.astimezone(UTC)
+    return moment - (moment - datetime(2000, 1, 1, tzinfo=UTC)) % ROLLUP_STEP
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -276,9 +285,9 @@ class ReportService:
     # -- the rollup job -----------------------------------------------------------------------
 
     async def rollup(self, now: datetime | None = None) -> int:
-        """Roll up every complete hour of ``received_at`` not rolled up yet; the number of raw rows
+        """Roll up every complete step of ``received_at`` not rolled up yet; the number of raw rows
         added. Idempotent; returns 0 at once while another run holds the lock."""
-        target = _floor_hour((now or datetime.now(UTC)) - ROLLUP_GRACE)
+        target = _floor_step((now or datetime.now(UTC)) - ROLLUP_GRACE)
         total = 0
         while True:
             async with self.db.transaction() as uow:
