@@ -77,6 +77,8 @@ _SCRUBBED_AT_MOST = 16 * ERROR_MAX_CHARS
 
 NO_STORE = CacheControlHeader(no_store=True)
 _NO_STORE = {"Cache-Control": "no-store"}
+STATIC_CACHE = CacheControlHeader(public=True, max_age=3600)
+"""The static files': the same for everyone, and changed only by a release."""
 
 RETRYABLE = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
 """A job the dashboard may queue again: finished. SAQ's ``Job.retry`` takes any job off the active
@@ -649,7 +651,7 @@ def _static_files(directory: Path) -> dict[str, GzipAsset | tuple[str, bytes]]:
 
 
 def _static_router(files: Mapping[str, GzipAsset | tuple[str, bytes]]) -> Router:
-    @get("/{name:str}", include_in_schema=False)
+    @get("/{name:str}", include_in_schema=False, cache_control=STATIC_CACHE)
     async def dashboard_static(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         file = files.get(name)
         if file is None:

@@ -5,7 +5,8 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
 - the request id: a valid incoming ``X-Request-ID`` is kept, else one is made (``next_request_id``),
   put in ``scope["state"]``, in the logs (``app.core.logging.bind_request_id``) and in the answer;
 - the client address (``client_address``: ``X-Forwarded-For`` only from trusted proxies);
-- the security headers every answer carries unless the route set its own (``SECURITY_HEADERS``);
+- the security headers every answer carries unless the route set its own (``SECURITY_HEADERS``,
+  ``Cache-Control: no-store`` among them);
 - after the answer: the Prometheus request metrics (``app.core.metrics``), the modules' request
   observers, and one access-log line — only built when ``app.access`` logs at INFO. They all take
   the server's time: from the request's arrival to its answer's end, less the time spent waiting
@@ -68,9 +69,14 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"content-security-policy", b"frame-ancestors 'none'"),
     (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
 )
 """Sent with every answer unless the response already has the header (the docs pages send a full
-Content-Security-Policy of their own, which already forbids framing)."""
+Content-Security-Policy of their own, which already forbids framing). ``no-store``: the answers hold
+a user's data (emails, a site's ingest key, the admin's user list), which a browser's or a client's own
+cache would otherwise keep on disk (shared caches already skip answers to requests with
+``Authorization``); what may be kept says so (the docs' and dashboard's files, a task read with its
+``ETag``)."""
 _SECURITY_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
 DRAIN_FROM = 64 * 1024
 DRAIN_TIMEOUT_S = 10.0

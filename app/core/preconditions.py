@@ -282,13 +282,19 @@ def held_copy(if_none_match: str | None, version: int, accept_encoding: str = ""
 T = TypeVar("T")
 
 
+REVALIDATED = "private, no-cache"
+"""A versioned read's ``Cache-Control``: kept by the caller only, and checked with ``If-None-Match``."""
+
+
 def answer_unless_held(
     content: T, version: int, if_none_match: str | None, accept_encoding: str = ""
 ) -> Response[T]:
     """A read's answer with the resource's ``ETag``; or 304 without a body when ``If-None-Match`` names
     the current version (typed as the answer it replaces, so the route documents its 200's body), with
-    the ``Vary`` its 200 carries when compressed (RFC 9110 15.4.5)."""
+    the ``Vary`` its 200 carries when compressed (RFC 9110 15.4.5). Both are ``private, no-cache``: the
+    caller's own cache may keep the copy, to be asked about again each time (the pipeline's default,
+    ``no-store``, would leave nothing to ask about)."""
     if (held := held_copy(if_none_match, version, accept_encoding)) is not None:
-        headers = {"ETag": held, "Vary": "Accept-Encoding"}
+        headers = {"ETag": held, "Vary": "Accept-Encoding", "Cache-Control": REVALIDATED}
         return cast("Response[T]", Response(None, status_code=HTTP_304_NOT_MODIFIED, headers=headers))
-    return Response(content, headers={"ETag": etag(version)})
+    return Response(content, headers={"ETag": etag(version), "Cache-Control": REVALIDATED})

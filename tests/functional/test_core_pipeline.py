@@ -35,6 +35,7 @@ SECURITY = {
     "x-content-type-options": "nosniff",
     "content-security-policy": "frame-ancestors 'none'",
     "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
 }
 GARBAGE_TOKEN = bearer("not-a-token")
 

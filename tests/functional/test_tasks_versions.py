@@ -252,6 +252,24 @@ async def test_a_read_naming_the_current_version_is_a_304_without_a_body(
     assert (fresh.status_code, fresh.headers["etag"], fresh.json()["title"]) == (200, '"2"', "renamed")
 
 
+async def test_a_task_may_be_kept_by_its_reader_only_and_asked_about_again(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    """Every answer is ``no-store`` by default (a review: personal data kept by browsers' caches); a
+    versioned read says ``private, no-cache`` instead, on its 200 and its 304, or there would be no copy
+    to revalidate. The PATCH's answer is not one to keep."""
+    url, _ = await new_task(db, team)
+    read = await client.get(url, headers=team.viewer.headers)
+    held = await client.get(url, headers=team.viewer.headers | {"If-None-Match": '"1"'})
+    changed = await client.patch(url, json={"title": "renamed"}, headers=team.editor.headers)
+    assert [answer.status_code for answer in (read, held, changed)] == [200, 304, 200]
+    assert [answer.headers.get_list("cache-control") for answer in (read, held, changed)] == [
+        ["private, no-cache"],
+        ["private, no-cache"],
+        ["no-store"],
+    ]
+
+
 @pytest.mark.parametrize(
     ("if_none_match", "status", "tag"),
     [
