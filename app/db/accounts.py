@@ -468,6 +468,22 @@ async def revoke_refresh_families(conn: AsyncConnection[Any], *, family_ids: lis
         return cur.rowcount
 
 
+SESSION_STILL_STANDS = """\
+select u.is_active and not exists (select 1 from revoked_families r where r.family_id = $1) as stands
+from users u
+where u.id = $2
+for share of u"""
+
+
+async def session_still_stands(conn: AsyncConnection[Any], *, family_id: UUID, user_id: int) -> bool | None:
+    """Whether a session still stands, read in the caller's transaction under its user's row FOR SHARE: a
+    revocation of the user's sessions in progress (a deactivation, a demotion, a password change: FOR
+    UPDATE) is waited for and then seen. None when the user is gone."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(SESSION_STILL_STANDS, (family_id, user_id))
+        return await cur.fetchone()
+
+
 IS_FAMILY_REVOKED = "select exists (select 1 from revoked_families where family_id = $1) as revoked"
 
 

@@ -226,6 +226,15 @@ offset @kept;
 update refresh_tokens set revoked_at = now()
 where family_id = any(@family_ids::uuid[]) and revoked_at is null;
 
+-- name: SessionStillStands :one
+-- Whether a session still stands, read in the caller's transaction under its user's row FOR SHARE: a
+-- revocation of the user's sessions in progress (a deactivation, a demotion, a password change: FOR
+-- UPDATE) is waited for and then seen. None when the user is gone.
+select u.is_active and not exists (select 1 from revoked_families r where r.family_id = @family_id) as stands
+from users u
+where u.id = @user_id
+for share of u;
+
 -- name: IsFamilyRevoked :one
 -- The database answer while a process's in-memory copy of revoked_families may be stale (its
 -- listener is not connected).

@@ -225,6 +225,51 @@ async def test_an_upload_whose_body_stops_arriving_is_answered_408_and_gives_its
     assert await file_rows(db) == 1
 
 
+@pytest.mark.parametrize("ended_by", ["logout", "deactivation"])
+async def test_an_upload_whose_session_ended_while_its_body_streamed_in_keeps_nothing(
+    settings: Settings,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    world: World,
+    files_root: Path,
+    ended_by: str,
+) -> None:
+    """The session was checked when the request arrived only: an upload streaming in for as long as
+    its client kept sending was stored, and its feed event sent, after the uploader signed out or was
+    deactivated (a review). The file is recorded only if the session still stands then: a 401, and
+    nothing kept (row, file, event, reservation)."""
+    async with serve_in_loop(
+        settings, files_dir=files_root, file_max_bytes=MAX_BYTES, **GENEROUS_AUTH
+    ) as served:
+        body = ScriptedBody()
+        in_flight, session_ended = asyncio.Event(), asyncio.Event()
+
+        async def end_once_the_session_has(n: int) -> Message:
+            if n == 0:
+                return body.more(body.head + b"s" * MIB)
+            in_flight.set()
+            await session_ended.wait()
+            return body.end()
+
+        upload_task = asyncio.create_task(
+            post_scripted(served.app, world.editor, world.project, body, end_once_the_session_has)
+        )
+        await in_flight.wait()
+        if ended_by == "logout":
+            signed_out = await served.client.post("/api/auth/logout", headers=world.editor.headers)
+            assert signed_out.status_code == 204, signed_out.text
+        else:
+            await db.execute("update users set is_active = false where id = %s", (world.editor.id,))
+        session_ended.set()
+        answer = await upload_task
+
+    assert answer.status == 401, answer.body
+    assert answer.problem == "/problems/unauthorized"
+    assert (await file_rows(db), await file_events(db)) == (0, [])
+    assert temp_files(files_root) == []
+    assert await reservation_keys(valkey) == []
+
+
 # -- 3. reservations lost by Valkey ------------------------------------------------------------
 
 

@@ -85,6 +85,20 @@ class Authentication:
             return False
         return not await self.family_revoked(caller.family_id)
 
+    async def require_session(self, uow: UnitOfWork, caller: CurrentUser) -> None:
+        """401 unless ``caller``'s account is active and its session not revoked, as ``uow``'s
+        transaction reads them (``SessionStillStands``). For a request that outlives its check and then
+        writes (an upload streaming in for minutes): checked in the transaction that commits the write,
+        so nothing commits for a session ended before it (a review: a file stored after a sign-out, a
+        password change or a deactivation). The access token's own expiry is not checked again: the
+        request was authenticated when it began, and a session that stands may outlive a token (a
+        slow upload outlasts a 15-minute one)."""
+        if not await queries.session_still_stands(uow.conn, user_id=caller.id, family_id=caller.family_id):
+            raise UnauthorizedError.token_refused(
+                "Your session ended while the request was in progress (a sign-out, a password change or "
+                "a change to your account): nothing was kept. Sign in again."
+            )
+
     def _verify(self, bearer_token: str) -> CurrentUser:
         try:
             claims = self.tokens.verify(bearer_token)

@@ -104,6 +104,11 @@ class AccountService:
         (``Authentication.still_authenticated``)."""
         return await self.authentication.still_authenticated(caller)
 
+    async def require_session(self, uow: UnitOfWork, caller: CurrentUser) -> None:
+        """401 unless ``caller``'s session still stands in ``uow``'s transaction
+        (``Authentication.require_session``)."""
+        await self.authentication.require_session(uow, caller)
+
     # -- registration and login (``registration.py``, ``passwords.py``, ``sessions.py``) --------
 
     async def register(self, data: RegisterIn) -> User | None:

@@ -175,7 +175,9 @@ class ProjectFilesController(Controller):
         "back, once the lease runs out: a pause of up to three quarters of FILE_UPLOAD_LEASE_S is always "
         "tolerated, one of FILE_UPLOAD_LEASE_S never. 408 `upload-expired` when the uploaded file was "
         "removed as stale (FILE_TEMP_MAX_AGE_S) before it could be stored: nothing was kept, send it "
-        "again. 400 `client-disconnected` when the client goes away before the body is complete. A text "
+        "again. 400 `client-disconnected` when the client goes away before the body is complete. 401 when "
+        "the session ends (a sign-out, a password change, a change to the account) before the file is "
+        "recorded: nothing is kept (a token that merely expired meanwhile does not end it). A text "
         "file's `charset` (kept, and labelling its downloads) is the one its part declares (`Content-Type: "
         "text/csv; charset=cp1252`) when it names a character set browsers decode, stated by its WHATWG "
         "name (`windows-1252`, `iso-8859-1`, `shift_jis`, …); otherwise, or when the declared one is UTF-8, "
@@ -209,7 +211,7 @@ class ProjectFilesController(Controller):
             idempotency_key,
             None,  # the key stands for the upload: claimed before its body is read (see the description)
             lambda claim: files.upload(
-                current_user.id,
+                current_user,
                 project_id,
                 request.stream(),  # a client leaving mid-body: ClientDisconnectedError (app.core.routing)
                 content_type=request.headers.get("content-type"),

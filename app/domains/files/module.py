@@ -4,6 +4,7 @@ The worker that runs the sweep must see the same ``FILES_DIR`` as the API proces
 """
 
 from app.core.modules import Cron, Module
+from app.domains.accounts.services import AccountService
 from app.domains.files.controllers import ProjectFilesController
 from app.domains.files.jobs import sweep_files
 from app.domains.files.reservations import UploadReservations
@@ -30,6 +31,7 @@ module = Module(
             s.valkey, per_user=s.settings.file_uploads_per_user, lease_s=s.settings.file_upload_lease_s
         ),
         temp_max_age_s=s.settings.file_temp_max_age_s,
+        accounts=s.get(AccountService),
     ),
     cron=[Cron(function=sweep_files, schedule="23 * * * *", queue="default", timeout_s=600)],
 )

@@ -22,6 +22,7 @@ import anyio
 import psycopg
 import structlog
 
+from app.core.auth import CurrentUser
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
 from app.core.idempotency import IdempotencyClaim
@@ -30,6 +31,7 @@ from app.core.pagination import BEFORE_EVERY_ID
 from app.core.preconditions import IfMatch
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
+from app.domains.accounts.services import AccountService
 from app.domains.activity.events import emit
 from app.domains.files.downloads import strong_etag
 from app.domains.files.reservations import (
@@ -100,6 +102,7 @@ class FileService:
         quotas: Quotas,
         uploads: UploadReservations,
         temp_max_age_s: float = 24 * 3600,
+        accounts: AccountService | None = None,
     ) -> None:
         self.db = db
         self.projects = projects
@@ -109,11 +112,12 @@ class FileService:
         self.quotas = quotas
         self.uploads = uploads
         self.temp_max_age_s = temp_max_age_s
+        self.accounts = accounts
         projects.after_delete(self.storage.remove_project)
 
     async def upload(
         self,
-        user_id: int,
+        caller: CurrentUser,
         project_id: int,
         body: AsyncGenerator[bytes, None],
         *,
@@ -134,7 +138,11 @@ class FileService:
         so that concurrent uploads never stage more than the quotas and one file: a body that stops
         arriving ends the upload (408 ``upload-stalled``) when its lease runs out, before its room
         can be given to another.
+
+        Recorded only if ``caller``'s session still stands when the file is (``_record``): a body
+        takes as long as its client sends it.
         """
+        user_id = caller.id
         reservation: Reservation | None = None
         try:
             async with self.db.transaction() as uow:
@@ -170,7 +178,7 @@ class FileService:
                 temp_path=temp_path,
             )
             try:
-                return await self._record(user_id, project_id, staged, reservation, claim=claim)
+                return await self._record(caller, project_id, staged, reservation, claim=claim)
             finally:
                 self.storage.discard(staged.path)  # already renamed on success; otherwise the temp file
         finally:
@@ -179,7 +187,7 @@ class FileService:
 
     async def _record(
         self,
-        user_id: int,
+        caller: CurrentUser,
         project_id: int,
         staged: StagedFile,
         reservation: Reservation,
@@ -192,12 +200,19 @@ class FileService:
         been sent and its answer is lost, the row may exist, and a row without its file would be
         listed, counted against the quotas and never repaired, while a file without its row is an
         orphan the sweep removes.
+
+        The caller's session is checked first (``AccountService.require_session``, under the user's
+        row, which a revocation of the user's sessions takes before anything else): an upload outlives
+        its request's authentication, and a file sent by a session ended meanwhile is not kept.
         """
+        user_id = caller.id
         storage_key = self.storage.new_key(project_id)
         final: Path | None = None
         committing = False
         try:
             async with self.db.transaction() as uow:
+                if self.accounts is not None:
+                    await self.accounts.require_session(uow, caller)
                 # Again, inside the transaction: the role may have changed while the body streamed in.
                 await self.projects.require_role(
                     uow, user_id, project_id, ProjectRole.EDITOR, keep_project=True
