@@ -127,9 +127,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     adds a row the session keeps until it is over (reuse detection), and each one reads this many of
     them (so at most 10,000, the route's hourly quota per address); a client rotates about once per
     access token's lifetime (ACCESS_TOKEN_TTL_S)."""
-    password_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 2
-    password_memory_kib: Annotated[int, msgspec.Meta(ge=8192)] = 19456
-    password_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 1
+    password_time_cost: Annotated[int, msgspec.Meta(ge=1, le=20)] = 2
+    password_memory_kib: Annotated[int, msgspec.Meta(ge=8192, le=4 * 1024 * 1024)] = 19456
+    password_parallelism: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """argon2id's cost (RFC 9106; OWASP's minimum is the default). Bounded above: a hash costs every
+    sign-in this much (a time cost of 200 took 2.7 s), and argon2 itself refuses more than 4 GiB or a
+    memory below 8 KiB per lane, which failed only at start-up, naming no variable."""
     password_checks_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     """Password hashings and checks (sign-ins, registrations, password changes) one process runs or
     queues at most; past it such a request answers 503 with ``Retry-After`` instead of queueing."""
@@ -295,7 +298,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_api_url: Annotated[str, msgspec.Meta(pattern=whole(r"https?://[^/?#\s]+(/[^?#\s]*)?"))] = (
         "https://api.github.com"
     )
-    github_token: str | None = None
+    github_token: Annotated[str, msgspec.Meta(max_length=1000, pattern=whole(r"[^\s]+"))] | None = None
+    """No white space: a token read from a file with its newline failed every request to GitHub."""
     github_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     """One request to GitHub, whole: connecting, sending, and reading every byte of the body."""
     github_chain_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 300.0
@@ -506,6 +510,30 @@ def _refuse_unknown_zone(name: str, zone: str) -> None:
         )
 
 
+CORS_ORIGIN = re.compile(r"\*|https?://[^/?#\s]+")
+"""A ``CORS_ORIGINS`` item as browsers send ``Origin``: a scheme and host (and port), no path."""
+
+
+def _refuse_unusable_lists(settings: Settings) -> None:
+    """``TRUSTED_PROXIES`` and ``CORS_ORIGINS`` item by item: a proxy that is no address failed every
+    granian worker at start (a crash loop naming no variable), and an origin with a path or without a
+    scheme matched no browser's ``Origin`` (CORS silently off)."""
+    for number, entry in enumerate(settings.trusted_proxies, start=1):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"invalid configuration: TRUSTED_PROXIES item {number} ({entry!r}) is not an address or "
+                "a network (e.g. 10.0.0.5 or 10.0.0.0/8)"
+            ) from None
+    for number, origin in enumerate(settings.cors_origins, start=1):
+        if not CORS_ORIGIN.fullmatch(origin):
+            raise SettingsError(
+                f"invalid configuration: CORS_ORIGINS item {number} ({origin!r}) is not an origin: "
+                "scheme://host[:port] as browsers send it, without a path or a trailing slash (or *)"
+            )
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from ``environ`` (default: the process environment) and validate them.
 
@@ -520,6 +548,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise SettingsError(f"invalid configuration: {_name_the_variable(str(exc))}") from None
     explicit_key = "secret_key" in raw
     _refuse_malformed_urls(settings)
+    _refuse_unusable_lists(settings)
     if settings.is_production:
         if not explicit_key or is_weak_secret_key(settings.secret_key):
             raise SettingsError(

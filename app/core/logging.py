@@ -371,10 +371,16 @@ GRANIAN_LOG_CONFIG = Path(__file__).with_name("granian_logging.json")
 
 def granian_formatter() -> logging.Formatter:
     """The formatter ``GRANIAN_LOG_CONFIG`` names, as ``LOG_JSON`` asks (granian configures its
-    logging before the app, so from the settings' environment)."""
-    from app.config import get_settings
+    logging before the app, so from the settings' environment). Settings it refuses end the process
+    with their one line, as ``app.cli`` does: raised in here, they were the middle of a 50-line
+    traceback whose last line blamed the formatter (the image's first thing to run)."""
+    from app.config import SettingsError, get_settings
 
-    return build_formatter(get_settings().log_json)
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    return build_formatter(settings.log_json)
 
 
 def build_formatter(json: bool = True) -> logging.Formatter:

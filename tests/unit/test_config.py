@@ -161,6 +161,13 @@ def test_a_single_item_list_needs_no_comma() -> None:
         ("TELEGRAM_TIMEOUT_S", "26"),  # a delivery would never fit a job
         ("MONITORING_REPORT_TIMEZONE", "Europe/Berln"),  # was: a traceback once the service was built
         ("MONITORING_REPORT_TIMEZONE", "localtime"),
+        ("PASSWORD_TIME_COST", "200"),  # 2.7 s a sign-in
+        ("PASSWORD_MEMORY_KIB", "100000000000"),  # was: argon2's "does not fit '32-bit unsigned int'"
+        ("PASSWORD_PARALLELISM", "100000"),  # was: argon2's "Memory cost is too small"
+        ("TRUSTED_PROXIES", "10.0.0.5,10.0.0.1/"),  # was: a crash loop of every granian worker
+        ("TRUSTED_PROXIES", "garbage"),
+        ("CORS_ORIGINS", "https://app.example.com/"),  # was: CORS silently off (no Origin matches)
+        ("CORS_ORIGINS", "https://app.example.com,app2.example.com"),
     ],
 )
 def test_an_invalid_value_raises_naming_the_environment_variable(name: str, value: str) -> None:
@@ -168,8 +175,17 @@ def test_an_invalid_value_raises_naming_the_environment_variable(name: str, valu
     with pytest.raises(SettingsError) as refused:
         load_settings({name: value})
 
-    assert str(refused.value).startswith(f"invalid configuration: {name}: "), str(refused.value)
+    assert str(refused.value).startswith(f"invalid configuration: {name}"), str(refused.value)
     assert "$." not in str(refused.value)
+
+
+def test_a_github_token_with_its_files_newline_is_refused_and_never_shown() -> None:
+    """Accepted, it failed every request to GitHub with a log naming ``GITHUB_API_URL``."""
+    token = "ghp_" + "x" * 36
+    with pytest.raises(SettingsError, match=r"^invalid configuration: GITHUB_TOKEN: ") as refused:
+        load_settings({"GITHUB_TOKEN": token + "\n"})
+    assert token not in str(refused.value)
+    assert load_settings({"GITHUB_TOKEN": token}).github_token == token
 
 
 def test_an_invalid_secret_is_named_and_its_value_never_shown() -> None:
