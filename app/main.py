@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,13 +19,13 @@ from litestar.openapi.spec import Components, SecurityScheme, Tag
 from litestar.plugins.prometheus import PrometheusController
 from litestar_saq import SAQPlugin
 
-from app.config import Settings, get_settings
+from app.config import Settings, SettingsError, get_settings
 from app.core.channels import channels_plugin
 from app.core.dashboard import dashboard_router
 from app.core.docs import SwaggerUI, api_index, docs_router, site_icon
 from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
-from app.core.logging import configure_logging
+from app.core.logging import build_formatter, configure_logging
 from app.core.metrics import RequestMetrics, record_pool, sweep_dead_processes
 from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
 from app.core.openapi import operation_id
@@ -42,7 +43,7 @@ from app.core.services import Services
 from app.core.strict_schema import StrictStructSchemaPlugin
 from app.domains.accounts.guards import provide_current_user, requires_dashboard_admin
 from app.domains.accounts.services import AccountService
-from app.modules import MODULES
+from app.modules import MODULES, check_settings
 
 
 async def _exact_metrics_path_only(connection: Any, _: Any) -> None:
@@ -100,6 +101,20 @@ API_TAGS = [
 """The groups of the OpenAPI UI, in this order, each with what it holds."""
 PROCESS_GAUGES_INTERVAL_S = 5.0
 """How often each granian worker sets its pool gauge (``app_db_pool_connections``)."""
+
+
+def granian_formatter() -> logging.Formatter:
+    """The formatter ``GRANIAN_LOG_CONFIG`` names, as ``LOG_JSON`` asks. granian builds it in its main
+    process before any worker starts (the image's first step), so the settings are checked here,
+    the modules' too (``check_settings``): a refusal ends the process with its one line, as
+    ``app.cli`` does. Raised from here, it was the middle of a 50-line traceback whose last line
+    blamed the formatter, or (a module's check, found by the workers) a crash loop."""
+    try:
+        settings = get_settings()
+        check_settings(settings)
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    return build_formatter(settings.log_json)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

@@ -6,6 +6,7 @@ says what a module holds). Adding a domain is one new folder under ``app/domains
 
 from __future__ import annotations
 
+from app.config import Settings
 from app.core.idempotency import idempotency
 from app.core.modules import Module
 from app.core.relay import outbox
@@ -42,3 +43,11 @@ MODULES: tuple[Module, ...] = (
     monitoring,
     bench,
 )
+
+
+def check_settings(settings: Settings, modules: tuple[Module, ...] = MODULES) -> None:
+    """Every enabled module's ``check_settings``: the first refusal raises its ``SettingsError``. For
+    the API (``app.main.granian_formatter``, ``app.cli serve``) and the worker, before they start."""
+    for module in modules:
+        if module.enabled(settings):
+            module.check_settings(settings)

@@ -364,23 +364,9 @@ _SHARED: list[structlog.typing.Processor] = [
 
 
 GRANIAN_LOG_CONFIG = Path(__file__).with_name("granian_logging.json")
-"""granian's own log lines (a worker's unexpected exit, its start and stop) through ``build_formatter``:
-``--log-config`` of the image's granian, and ``serve``'s. Its default was plain text
-(``[ERROR] Unexpected exit from worker-2``) in a JSON log."""
-
-
-def granian_formatter() -> logging.Formatter:
-    """The formatter ``GRANIAN_LOG_CONFIG`` names, as ``LOG_JSON`` asks (granian configures its
-    logging before the app, so from the settings' environment). Settings it refuses end the process
-    with their one line, as ``app.cli`` does: raised in here, they were the middle of a 50-line
-    traceback whose last line blamed the formatter (the image's first thing to run)."""
-    from app.config import SettingsError, get_settings
-
-    try:
-        settings = get_settings()
-    except SettingsError as exc:
-        raise SystemExit(f"configuration error: {exc}") from None
-    return build_formatter(settings.log_json)
+"""granian's own log lines (a worker's unexpected exit, its start and stop) through ``build_formatter``
+(``app.main.granian_formatter``): ``--log-config`` of the image's granian, and ``serve``'s. Its
+default was plain text (``[ERROR] Unexpected exit from worker-2``) in a JSON log."""
 
 
 def build_formatter(json: bool = True) -> logging.Formatter:

@@ -64,6 +64,10 @@ def _always(_: Settings) -> bool:
     return True
 
 
+def _accept(_: Settings) -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Module:
     """A domain as the application sees it.
@@ -89,3 +93,7 @@ class Module:
     request_observers: Sequence[RequestObserver] = ()
     before_job: Sequence[JobHook] = ()
     after_job: Sequence[JobHook] = ()
+    check_settings: Callable[[Settings], None] = _accept
+    """Refuses (``SettingsError``) settings the module cannot run with, before anything starts: what
+    ``load_settings`` cannot judge alone (a domain's own format, a directory it writes to). Run by
+    ``app.modules.check_settings`` for the API and the worker."""

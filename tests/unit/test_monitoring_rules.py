@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 
-from app.config import load_settings
+from app.config import SettingsError, load_settings
 from app.db.models import MonitoringGroup, MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring.alerts import (
     GROUP_GAP_RULE,
@@ -241,7 +241,7 @@ def test_rules_from_json_combine_conditions() -> None:
     [rule] = load_rules(settings)
     assert rule.conditions == [Frequency(events=50, window_s=600), UsersAffected(users=10, window_s=600)]
     bad = load_settings({"APP_ENV": "test", "MONITORING_ALERT_RULES": '[{"name": "x", "conditions": []}]'})
-    with pytest.raises(ValueError, match="MONITORING_ALERT_RULES"):
+    with pytest.raises(SettingsError, match="MONITORING_ALERT_RULES"):
         load_rules(bad)
 
 

@@ -9,7 +9,7 @@ from app.domains.files.controllers import ProjectFilesController
 from app.domains.files.jobs import sweep_files
 from app.domains.files.reservations import UploadReservations
 from app.domains.files.services import FileService, Quotas
-from app.domains.files.storage import FileStorage
+from app.domains.files.storage import FileStorage, check_files_dir
 from app.domains.projects.services import ProjectService
 
 module = Module(
@@ -34,4 +34,5 @@ module = Module(
         accounts=s.get(AccountService),
     ),
     cron=[Cron(function=sweep_files, schedule="23 * * * *", queue="default", timeout_s=600)],
+    check_settings=check_files_dir,
 )

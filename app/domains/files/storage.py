@@ -70,6 +70,7 @@ from multipart import (
     parse_options_header,
 )
 
+from app.config import Settings, SettingsError
 from app.core.errors import AppError
 from app.core.middleware import MULTIPART_OVERHEAD
 
@@ -353,6 +354,23 @@ class _Window(io.RawIOBase):
         if not self.closed:
             self._handle.close()
         super().close()
+
+
+def check_files_dir(settings: Settings) -> None:
+    """The module's settings check: ``FILES_DIR`` (``uploads_dir``) can hold a staged file. An
+    unwritable one (a volume the app's user cannot write) started healthy and answered every upload
+    500."""
+    tmp_dir = settings.uploads_dir / "tmp"
+    probe = tmp_dir / f".probe-{uuid.uuid4().hex}"
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            f"FILES_DIR {str(settings.uploads_dir)!r} cannot hold uploads for user id {os.getuid()}: "
+            f"{exc.strerror or exc}"
+        ) from None
 
 
 class FileStorage:

@@ -38,7 +38,7 @@ from typing import Annotated
 import msgspec
 from prometheus_client import Counter
 
-from app.config import Settings
+from app.config import Settings, SettingsError
 from app.core.db import UnitOfWork
 from app.core.outbox import enqueue
 from app.core.types import whole
@@ -162,17 +162,24 @@ def default_rules(settings: Settings) -> list[AlertRule]:
 
 
 def load_rules(settings: Settings) -> list[AlertRule]:
-    """The rules of ``MONITORING_ALERT_RULES`` (JSON), or the defaults; invalid JSON stops start-up."""
+    """The rules of ``MONITORING_ALERT_RULES`` (JSON), or the defaults; invalid JSON stops start-up
+    (``check_rules``, before anything starts)."""
     if not settings.monitoring_alert_rules.strip():
         return default_rules(settings)
     try:
         rules = msgspec.json.decode(settings.monitoring_alert_rules, type=list[AlertRule])
     except msgspec.DecodeError as exc:
-        raise ValueError(f"MONITORING_ALERT_RULES is not a valid rule list: {exc}") from exc
+        raise SettingsError(f"MONITORING_ALERT_RULES is not a valid rule list: {exc}") from None
     names = [rule.name for rule in rules]
     if len(set(names)) != len(names):
-        raise ValueError("MONITORING_ALERT_RULES: rule names must be unique")
+        raise SettingsError("MONITORING_ALERT_RULES: rule names must be unique")
     return rules
+
+
+def check_rules(settings: Settings) -> None:
+    """The module's settings check: the rules load (found only once the service was built, after
+    the migrations, in a traceback; in the image, a crash loop of every worker)."""
+    load_rules(settings)
 
 
 @dataclass(slots=True)

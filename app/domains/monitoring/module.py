@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.core.modules import Cron, Job, Module
 from app.core.services import Services
 from app.domains.accounts.services import AccountService
+from app.domains.monitoring.alerts import check_rules
 from app.domains.monitoring.controllers import MonitoringController
 from app.domains.monitoring.crons import specs_from_modules
 from app.domains.monitoring.hooks import after_job, before_job, capture_request_exception, observe_request
@@ -37,6 +38,7 @@ module = Module(
         Cron(function=run_monitoring_checks, schedule="* * * * *", timeout_s=60),
     ],
     enabled=lambda settings: settings.monitoring_enabled,
+    check_settings=check_rules,
     after_exception=[capture_request_exception],
     request_observers=[observe_request],
     before_job=[before_job],
