@@ -472,7 +472,7 @@ with raw as materialized (
             when 'browser' then r.browser
         end as value
     from analytics_raw_views($1::bigint, $3::timestamptz, $4::timestamptz, '', 'UTC') r
-    where not r.is_bot
+    where not r.is_bot and r.received_at < coalesce($9::timestamptz, 'infinity')
 )
 select x.value::text as value, sum(x.views)::bigint as views from (
     select d.value, d.views from page_view_dimension_hourly d
@@ -506,13 +506,26 @@ async def report_breakdown(
     after_views: int | None,
     after_value: str | None,
     row_limit: int,
+    received_before: datetime | None,
 ) -> list[ReportBreakdownRow]:
     """Views (bots excluded) per value of @dimension, most viewed first, then by value; after the position
-    (@after_views, @after_value) when given (keyset: the next page starts after the last row shown)."""
+    (@after_views, @after_value) when given (keyset: the next page starts after the last row shown).
+    Only the views received before @received_before when given: a walk's pages read the counts of its
+    first page (the rollups hold only views received before it while the watermark is behind it)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportBreakdownRow)) as cur:
         await cur.execute(
             REPORT_BREAKDOWN,
-            (site_id, dimension, range_from, range_to, skip_empty, after_views, after_value, row_limit),
+            (
+                site_id,
+                dimension,
+                range_from,
+                range_to,
+                skip_empty,
+                after_views,
+                after_value,
+                row_limit,
+                received_before,
+            ),
         )
         return await cur.fetchall()
 
@@ -520,13 +533,16 @@ async def report_breakdown(
 REPORT_ENTRY_PAGES = """\
 select v.entry_path::text as path, count(*)::bigint as visits,
     count(*) filter (where v.pageviews = 1)::bigint as bounces
-from analytics_visits($1::bigint, $2::timestamptz, $3::timestamptz) v
+from analytics_visits_before(
+    $1::bigint, $2::timestamptz, $3::timestamptz,
+    coalesce($4::timestamptz, 'infinity')
+) v
 group by v.entry_path
-having $4::bigint is null
-    or count(*) < $4::bigint
-    or (count(*) = $4::bigint and v.entry_path > $5::text)
+having $5::bigint is null
+    or count(*) < $5::bigint
+    or (count(*) = $5::bigint and v.entry_path > $6::text)
 order by visits desc, path
-limit $6"""
+limit $7"""
 
 
 class ReportEntryPagesRow(msgspec.Struct, frozen=True, gc=False):
@@ -541,16 +557,18 @@ async def report_entry_pages(
     site_id: int,
     range_from: datetime,
     range_to: datetime,
+    received_before: datetime | None,
     after_visits: int | None,
     after_path: str | None,
     row_limit: int,
 ) -> list[ReportEntryPagesRow]:
     """Visits per entry path (the first page of the visit), with how many of them bounced; most visits
-    first, then by path, after the position (@after_visits, @after_path) when given."""
+    first, then by path, after the position (@after_visits, @after_path) when given; of the views
+    received before @received_before when given (as ReportBreakdown)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportEntryPagesRow)) as cur:
         await cur.execute(
             REPORT_ENTRY_PAGES,
-            (site_id, range_from, range_to, after_visits, after_path, row_limit),
+            (site_id, range_from, range_to, received_before, after_visits, after_path, row_limit),
         )
         return await cur.fetchall()
 

@@ -315,6 +315,8 @@ order by b.start;
 -- name: ReportBreakdown :many
 -- Views (bots excluded) per value of @dimension, most viewed first, then by value; after the position
 -- (@after_views, @after_value) when given (keyset: the next page starts after the last row shown).
+-- Only the views received before @received_before when given: a walk's pages read the counts of its
+-- first page (the rollups hold only views received before it while the watermark is behind it).
 with raw as materialized (
     select case @dimension::text
             when 'path' then r.path
@@ -324,7 +326,7 @@ with raw as materialized (
             when 'browser' then r.browser
         end as value
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, '', 'UTC') r
-    where not r.is_bot
+    where not r.is_bot and r.received_at < coalesce(sqlc.narg(received_before)::timestamptz, 'infinity')
 )
 select x.value::text as value, sum(x.views)::bigint as views from (
     select d.value, d.views from page_view_dimension_hourly d
@@ -343,10 +345,14 @@ limit @row_limit;
 
 -- name: ReportEntryPages :many
 -- Visits per entry path (the first page of the visit), with how many of them bounced; most visits
--- first, then by path, after the position (@after_visits, @after_path) when given.
+-- first, then by path, after the position (@after_visits, @after_path) when given; of the views
+-- received before @received_before when given (as ReportBreakdown).
 select v.entry_path::text as path, count(*)::bigint as visits,
     count(*) filter (where v.pageviews = 1)::bigint as bounces
-from analytics_visits(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz) v
+from analytics_visits_before(
+    @site_id::bigint, @range_from::timestamptz, @range_to::timestamptz,
+    coalesce(sqlc.narg(received_before)::timestamptz, 'infinity')
+) v
 group by v.entry_path
 having sqlc.narg(after_visits)::bigint is null
     or count(*) < sqlc.narg(after_visits)::bigint

@@ -71,17 +71,21 @@ RankCursorParam = Annotated[
         pattern=RANK_CURSOR_PATTERN,
         min_length=1,
         max_length=RANK_CURSOR_MAX_LENGTH,
-        schema_extra={"examples": ["1042.L3ByaWNpbmc"]},
-        description="Resume after this position: the previous page's `next_cursor` (`<count>.<value "
-        "as unpadded base64url>`; anything else is a 400 `invalid-cursor`).",
+        schema_extra={"examples": ["t1796550000000000.1042.L3ByaWNpbmc"]},
+        description="Resume after this position: the previous page's `next_cursor` (`t<the walk's first "
+        "page, in microseconds since 1970>.<count>.<value as unpadded base64url>`; anything else is a "
+        "400 `invalid-cursor`).",
     ),
 ]
 PAGED_DOC = (
     " Paged by `limit` and `cursor`: `next_cursor` continues after the last row shown (null on the last"
-    " page), on the order shown. Each page reads the counts of the moment: while views still arrive in"
-    " the period, a value whose count changes between two pages may be listed twice or not at all; the"
-    " pages of a period that ended more than a day ago and was rolled up since (no late view can change"
-    " it: a day and about ten minutes after its end) list each value once."
+    " page), on the order shown. The pages of a walk (a first page, then each page's `next_cursor`) read"
+    " the counts as of the first page, the views received since left out, so that no value is listed"
+    " twice or missed while views arrive; for three minutes from the first page. A page after that reads"
+    " the counts of the moment, where a value whose count changed since may be listed twice or not at"
+    " all (so may a value the rollup folds into `(other)` meanwhile); the pages of a period that ended"
+    " more than a day ago and was rolled up since (no late view can change it: a day and about ten"
+    " minutes after its end) list each value once whenever they are read."
 )
 
 OTHER_DOC = (

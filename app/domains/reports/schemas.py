@@ -62,9 +62,19 @@ class BreakdownOut(msgspec.Struct, frozen=True):
 
 class RankCursor(msgspec.Struct, frozen=True):
     """The position of a breakdown's (or the entry pages') last row shown: its count and its value,
-    as unpadded base64url of its UTF-8 (a value may hold any character, dots included), so that the
-    cursor reads ``<count>.<value>``. ``app.core.pagination``'s cursors hold integers and literals only.
-    """
+    as unpadded base64url of its UTF-8 (a value may hold any character, dots included), after the
+    walk's instant (``t`` and microseconds since the epoch, ``_ranked_page``), so that the cursor
+    reads ``t<instant>.<count>.<value>``; a walk without an instant (its cursor from an earlier
+    release) goes on with ``<count>.<value>``. ``app.core.pagination``'s cursors hold integers and
+    literals only."""
+
+    walk: str
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    value_b64: str
+
+
+class LiveRankCursor(msgspec.Struct, frozen=True):
+    """``RankCursor`` without the walk's instant."""
 
     count: Annotated[int, msgspec.Meta(ge=0)]
     value_b64: str

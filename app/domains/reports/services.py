@@ -70,7 +70,7 @@ import msgspec
 import psycopg
 import structlog
 
-from app.config import ROLLUP_GRACE_S
+from app.config import INGEST_MARGIN_S, ROLLUP_GRACE_S
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
 from app.core.db import Database, UnitOfWork, every_step, purge_tables
@@ -88,6 +88,7 @@ from app.domains.reports.schemas import (
     EntryPageItem,
     EntryPagesOut,
     Interval,
+    LiveRankCursor,
     Period,
     RankCursor,
     ReportRange,
@@ -140,8 +141,14 @@ BUCKET_STEP = {"hour": timedelta(minutes=15), "day": timedelta(hours=1)}
 SKIP_EMPTY: dict[str, bool] = {"utm_campaign": True}
 # A value comes from a URL or a referrer: at most MAX_URL_BYTES characters, 4 bytes each in UTF-8.
 MAX_VALUE_BYTES = 4 * MAX_URL_BYTES
-RANK_CURSOR_MAX_LENGTH = 16 + 1 + math.ceil(MAX_VALUE_BYTES * 4 / 3)  # digits, dot, unpadded base64
-RANK_CURSOR_PATTERN = whole(r"(0|[1-9][0-9]{0,15})\.([A-Za-z0-9_-]*)")
+# The walk's instant (t and microseconds since the epoch), the count, the value as unpadded base64.
+RANK_CURSOR_MAX_LENGTH = 1 + 17 + 1 + 16 + 1 + math.ceil(MAX_VALUE_BYTES * 4 / 3)
+RANK_CURSOR_PATTERN = whole(r"(?:t([0-9]{1,17})\.)?(0|[1-9][0-9]{0,15})\.([A-Za-z0-9_-]*)")
+WALK_PINNED_FOR = ROLLUP_GRACE - timedelta(seconds=INGEST_MARGIN_S)
+"""How long a ranked report's walk reads its pages as of its first: while the rollup's watermark is
+surely behind that instant (the grace, less the skew between the app's clock and the worker's), the
+rollups hold only views received before it and the raw half is cut at it. Later pages read the
+counts of the moment."""
 
 
 def invalid(field: str, message: str) -> InvalidFieldsError:
@@ -509,7 +516,9 @@ class ReportService:
         """A page of the values of ``dimension`` by views (most first, then by value), after
         ``cursor`` (the previous page's ``next_cursor``), through ``_ranked_page``."""
 
-        async def rows(after: DecodedRankCursor | None, row_limit: int) -> Ranked[BreakdownItem]:
+        async def rows(
+            after: DecodedRankCursor | None, row_limit: int, received_before: datetime | None
+        ) -> Ranked[BreakdownItem]:
             answered, found = await self._report(
                 rng,
                 queries.report_breakdown,
@@ -519,6 +528,7 @@ class ReportService:
                 after_views=after.count if after else None,
                 after_value=after.value if after else None,
                 row_limit=row_limit,
+                received_before=received_before,
             )
             return Ranked(answered, [BreakdownItem(value=row.value, views=row.views) for row in found])
 
@@ -548,7 +558,9 @@ class ReportService:
         """A page of the entry paths by visits (most first, then by path), after ``cursor``, through
         ``_ranked_page``."""
 
-        async def rows(after: DecodedRankCursor | None, row_limit: int) -> Ranked[EntryPageItem]:
+        async def rows(
+            after: DecodedRankCursor | None, row_limit: int, received_before: datetime | None
+        ) -> Ranked[EntryPageItem]:
             answered, found = await self._report(
                 rng,
                 queries.report_entry_pages,
@@ -556,6 +568,7 @@ class ReportService:
                 after_visits=after.count if after else None,
                 after_path=after.value if after else None,
                 row_limit=row_limit,
+                received_before=received_before,
             )
             items = [
                 EntryPageItem(
@@ -584,29 +597,53 @@ class ReportService:
         self,
         report: str,
         scope: str,
-        rows: Callable[[DecodedRankCursor | None, int], Awaitable[Ranked[Item]]],
+        rows: Callable[[DecodedRankCursor | None, int, datetime | None], Awaitable[Ranked[Item]]],
         position: Callable[[Item], tuple[int, str]],
         kind: type[Ranked[Item]],
         cursor: str | None,
         limit: int,
         account: int | None,
     ) -> tuple[ReportRange, Page[Item]]:
-        """A page of a ranked report (``rows(after, row_limit)``: the rows after a position, most
-        first): sliced from the report's first ``RANKED_ROWS`` rows, computed and cached once per
-        report and ``scope``, when the page lies within them; else one query from the
-        cursor on, cached per limit and cursor. ``scope``: the site and what else changes the answer
-        (dimension, period, zone, days)."""
+        """A page of a ranked report (``rows(after, row_limit, received_before)``: the rows after a
+        position, most first, of the views received before the instant when given): sliced from the
+        report's first
+        ``RANKED_ROWS`` rows, computed and cached once per report and ``scope``, when the page lies
+        within them; else one query from the cursor on, cached per limit and cursor. ``scope``: the
+        site and what else changes the answer (dimension, period, zone, days).
+
+        A walk (a first page and the pages of its cursors) reads its later pages as of its first: the
+        cursors carry the instant the first rows were read at (``as_of``), and a later page counts
+        the views received before it only, for ``WALK_PINNED_FOR``. Read live, a value whose count grew
+        between two pages moved before the cursor and was never listed (a review: 180 of 400 values
+        under steady ingest). The first page itself reads every view stored, so that it is the report
+        of the moment: a view stamped after the instant yet already stored (another host's clock
+        ahead, a batch committed as the page was read) is counted there and not after, and may list a
+        value twice, never miss one. A page past ``WALK_PINNED_FOR`` (or of a cursor of an earlier
+        release, without the instant) reads the counts of the moment."""
         after = decode_rank_cursor(cursor) if cursor is not None else None
-        ranked = await self._cached(
-            f"{report}-ranked:{scope}", lambda: rows(None, RANKED_ROWS + 1), kind, account
-        )
-        shown = _slice_ranked(ranked.items, position, after, limit)
+
+        async def first_rows() -> Ranked[Item]:
+            as_of = datetime.now(UTC)
+            return msgspec.structs.replace(await rows(None, RANKED_ROWS + 1, None), as_of=as_of)
+
+        ranked = await self._cached(f"{report}-ranked:{scope}", first_rows, kind, account)
+        same_walk = after is None or after.as_of == ranked.as_of
+        shown = _slice_ranked(ranked.items, position, after, limit) if same_walk else None
         if shown is None:
+            assert after is not None  # the first page is always within the first rows
+            as_of = after.as_of
+            if as_of is not None and datetime.now(UTC) - as_of > WALK_PINNED_FOR:
+                as_of = None
             ranked = await self._cached(
-                f"{report}-page:{scope}:{limit}:{cursor or ''}", lambda: rows(after, limit + 1), kind, account
+                f"{report}-page:{scope}:{limit}:{cursor}",
+                lambda: rows(after, limit + 1, as_of),
+                kind,
+                account,
             )
+            ranked = msgspec.structs.replace(ranked, as_of=after.as_of)
             shown = ranked.items
-        return ranked.range, paginate(shown, limit, lambda item: _rank_position(*position(item)))
+        walk = ranked.as_of
+        return ranked.range, paginate(shown, limit, lambda item: _rank_position(*position(item), walk))
 
     async def current_visitors_for(self, caller: CurrentUser, site_id: int) -> CurrentVisitorsOut:
         """``current_visitors`` after the access check (the owner or an admin; 404 otherwise)."""
@@ -721,6 +758,8 @@ def _zone_errors() -> Iterator[None]:
 class DecodedRankCursor(msgspec.Struct, frozen=True):
     count: int
     value: str
+    as_of: datetime | None = None
+    """The walk's first page's instant; None in a cursor of an earlier release."""
 
 
 Item = TypeVar("Item")
@@ -732,6 +771,8 @@ class Ranked(msgspec.Struct, Generic[Item], frozen=True):
 
     range: ReportRange
     items: list[Item]
+    as_of: datetime | None = None
+    """The instant whose counts they are (``_ranked_page``); None: the counts of the moment."""
 
 
 def _slice_ranked(
@@ -756,8 +797,19 @@ def _slice_ranked(
     return shown
 
 
-def _rank_position(count: int, value: str) -> RankCursor:
-    return RankCursor(count=count, value_b64=base64.urlsafe_b64encode(value.encode()).decode().rstrip("="))
+def _rank_position(count: int, value: str, as_of: datetime | None) -> RankCursor | LiveRankCursor:
+    value_b64 = base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+    if as_of is None:
+        return LiveRankCursor(count=count, value_b64=value_b64)
+    return RankCursor(walk=f"t{_micros(as_of)}", count=count, value_b64=value_b64)
+
+
+def _micros(moment: datetime) -> int:
+    """``moment`` in microseconds since the epoch (exact: a cursor's instant must equal the list's)."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def decode_rank_cursor(cursor: str) -> DecodedRankCursor:
@@ -766,14 +818,16 @@ def decode_rank_cursor(cursor: str) -> DecodedRankCursor:
     match = re.fullmatch(RANK_CURSOR_PATTERN, cursor)
     if match is None or len(cursor) > RANK_CURSOR_MAX_LENGTH:
         raise InvalidCursorError("The cursor is not a position of this list.")
-    encoded = match.group(2)
+    encoded = match.group(3)
     try:
         value = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):
         raise InvalidCursorError("The cursor is not a position of this list.") from None
     if "\x00" in value:  # no stored value holds one, and PostgreSQL's text refuses it (a 500)
         raise InvalidCursorError("The cursor is not a position of this list.")
-    return DecodedRankCursor(count=int(match.group(1)), value=value)
+    walk = match.group(1)  # at most 17 digits: before the year 5200
+    as_of = EPOCH + timedelta(microseconds=int(walk)) if walk is not None else None
+    return DecodedRankCursor(count=int(match.group(2)), value=value, as_of=as_of)
 
 
 def _range_key(rng: ReportRange) -> str:
