@@ -627,7 +627,7 @@ def sink_commit_bound_s(settings: Settings) -> float:
     leave to bugs) is split, and each part written within deadlines of its own; a write that meets a
     deleted site and then a retried event id takes four statements; and the steps before the queue,
     which ``INGEST_MARGIN_S`` covers, each wait up to a deadline for the database. So the bound holds
-    with room at the defaults (70 s, and 60 s more, against 600) but not near the largest
+    with room at the defaults (70 s, and 60 s more, against 240) but not near the largest
     ``DATABASE_TIMEOUT_S`` the check accepts. One deadline for all of a batch's writes, counted from
     its rows' stamp, would make it exact."""
     return SINK_MAX_QUEUE_S + 2 * settings.database_timeout_s

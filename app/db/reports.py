@@ -74,6 +74,10 @@ where s.id in (
     select distinct p.site_id from page_views p
     where p.received_at >= $1 and p.received_at < $2
         and p.ts >= ($1::timestamptz) - interval '24 hours'
+    union
+    select distinct d.site_id from page_view_dimension_hourly d
+    where d.hour > ($3::timestamptz) - interval '1 hour'
+        and d.hour <= ($2::timestamptz) - interval '1 hour'
 )
 order by s.id
 for key share of s"""
@@ -84,13 +88,15 @@ async def keep_sites_in_window(
     *,
     received_from: datetime,
     received_to: datetime,
+    closed_from: datetime,
 ) -> None:
-    """The sites with rows received in the window, locked against deletion until the rollup commits (FOR
-    KEY SHARE, in id order: what the rollup rows' foreign-key checks take anyway), before the rollup
-    statements read them: a site deleted meanwhile is left out by their join instead of failing their
-    inserts, and a deletion never holds a site's rollup rows while it waits for this run (a deadlock)."""
+    """The sites with rows received in the window, or with dimension rows of an hour that ends after
+    @closed_from (the previous watermark) and by the window's end (RollupDimensions folds them), locked against deletion until the rollup commits (FOR KEY SHARE, in
+    id order), before the rollup statements read them: a site deleted meanwhile is left out by their
+    join, no rollup row of a deleted site is written after its deletion commits, and a deletion never
+    holds a site's rollup rows while it waits for this run (a deadlock)."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(KEEP_SITES_IN_WINDOW, (received_from, received_to))
+        await cur.execute(KEEP_SITES_IN_WINDOW, (received_from, received_to, closed_from))
 
 
 ROLLUP_HOURLY = """\
@@ -141,16 +147,16 @@ async def rollup_hourly(
 ROLLUP_DIMENSIONS = """\
 with viewed as materialized (
     select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
-        case when octet_length(p.path) <= $3::int then p.path else $2::text end as path,
-        case when octet_length(p.referrer_source) <= $3::int then p.referrer_source
+        case when octet_length(p.path) <= $4::int then p.path else $2::text end as path,
+        case when octet_length(p.referrer_source) <= $4::int then p.referrer_source
             else $2::text end as referrer_source,
-        case when octet_length(p.utm_campaign) <= $3::int then p.utm_campaign
+        case when octet_length(p.utm_campaign) <= $4::int then p.utm_campaign
             else $2::text end as utm_campaign,
         p.device, p.browser, count(*) as views
     from page_views p
     join sites s on s.id = p.site_id
-    where p.received_at >= $4 and p.received_at < $5 and not p.is_bot
-        and p.ts >= ($4::timestamptz) - interval '24 hours'
+    where p.received_at >= $5 and p.received_at < $3 and not p.is_bot
+        and p.ts >= ($5::timestamptz) - interval '24 hours'
     group by 1, 2, 3, 4, 5, 6, 7
 ),
 counted as (
@@ -169,9 +175,23 @@ counted as (
     select v.site_id, 'browser', v.hour, v.browser, sum(v.views)
     from viewed v group by 1, 2, 3, 4
 ),
+closed as (  -- the counts of the hours that end by the window's end
+    select c.site_id, c.dimension, c.hour, c.value, c.views from counted c where c.hour <= ($3::timestamptz) - interval '1 hour'
+),
+closing as (  -- the hours that end since the previous watermark: stored unfolded while open
+    select distinct d.site_id, d.dimension, d.hour
+    from page_view_dimension_hourly d
+    join sites s on s.id = d.site_id
+    where d.hour > ($6::timestamptz) - interval '1 hour'
+        and d.hour <= ($3::timestamptz) - interval '1 hour'
+),
 stored as (
     select h.site_id, h.dimension, h.hour, h.value, h.views
-    from (select distinct c.site_id, c.dimension, c.hour from counted c) g
+    from (
+        select c.site_id, c.dimension, c.hour from closed c
+        union
+        select k.site_id, k.dimension, k.hour from closing k
+    ) g
     cross join lateral (
         select d.site_id, d.dimension, d.hour, d.value, d.views from page_view_dimension_hourly d
         where d.site_id = g.site_id and d.dimension = g.dimension and d.hour = g.hour
@@ -182,7 +202,7 @@ merged as (
     select coalesce(c.site_id, t.site_id) as site_id, coalesce(c.dimension, t.dimension) as dimension,
         coalesce(c.hour, t.hour) as hour, coalesce(c.value, t.value) as value,
         coalesce(c.views, 0) as added, coalesce(t.views, 0) as kept
-    from counted c
+    from closed c
     full join stored t
         on t.site_id = c.site_id and t.dimension = c.dimension and t.hour = c.hour and t.value = c.value
 ),
@@ -209,6 +229,9 @@ select r.site_id, r.dimension, r.hour, r.value, r.views from (
     group by 1, 2, 3, 4
 ) r
 where r.views > 0
+union all
+select c.site_id, c.dimension, c.hour, c.value, c.views from counted c  -- the open hours: unfolded
+where c.hour > ($3::timestamptz) - interval '1 hour'
 on conflict (site_id, dimension, hour, value) do update
 set views = page_view_dimension_hourly.views + excluded.views"""
 
@@ -218,9 +241,10 @@ async def rollup_dimensions(
     *,
     keep: int,
     other: str,
+    received_to: datetime,
     longest: int,
     received_from: datetime,
-    received_to: datetime,
+    closed_from: datetime,
 ) -> None:
     """Adds the views (bots excluded) received in the window to their (site, dimension, UTC hour of ts,
     value), keeping at most @keep values per (site, dimension, hour): the most viewed (then by value) of
@@ -228,12 +252,18 @@ async def rollup_dimensions(
     views summed, so every hour's total is kept). The empty value ("none": direct traffic, no campaign)
     and @other itself are never folded, so an hour holds at most @keep + 2 rows per dimension. A value
     folded in an earlier run and seen again (a late view) is ranked with its new views only.
+    An hour still open at the window's end (it ends after @received_to: views of it still arrive on
+    time) is stored unfolded; the run that closes it (the hour ends after @closed_from, the previous
+    watermark, and by @received_to: windows skip spans where nothing was received, so a window's start
+    may be later) ranks and folds it whole, its stored values with its new views, even with none. So each hour is ranked once on the
+    views that arrived on time, as when the rollup added whole hours: ranked at every five-minute step,
+    a page that missed the first step's top values could never enter them (a review).
     Without the bound a third party holding the public ingest key could store one row per distinct
     value it sends, and every breakdown over the period would re-aggregate them all. A value longer
     than @longest bytes (none the ingest stores now; a row stored before it bounded them) is counted
     in @other: a btree entry holds at most 2704 bytes, and one such value failed every run."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(ROLLUP_DIMENSIONS, (keep, other, longest, received_from, received_to))
+        await cur.execute(ROLLUP_DIMENSIONS, (keep, other, received_to, longest, received_from, closed_from))
 
 
 ROLLUP_VISITORS = """\

@@ -24,15 +24,20 @@ from page_views
 where received_at >= coalesce(sqlc.narg(received_from)::timestamptz, '-infinity') and received_at < @received_to;
 
 -- name: KeepSitesInWindow :exec
--- The sites with rows received in the window, locked against deletion until the rollup commits (FOR
--- KEY SHARE, in id order: what the rollup rows' foreign-key checks take anyway), before the rollup
--- statements read them: a site deleted meanwhile is left out by their join instead of failing their
--- inserts, and a deletion never holds a site's rollup rows while it waits for this run (a deadlock).
+-- The sites with rows received in the window, or with dimension rows of an hour that ends after
+-- @closed_from (the previous watermark) and by the window's end (RollupDimensions folds them), locked against deletion until the rollup commits (FOR KEY SHARE, in
+-- id order), before the rollup statements read them: a site deleted meanwhile is left out by their
+-- join, no rollup row of a deleted site is written after its deletion commits, and a deletion never
+-- holds a site's rollup rows while it waits for this run (a deadlock).
 select s.id from sites s
 where s.id in (
     select distinct p.site_id from page_views p
     where p.received_at >= @received_from and p.received_at < @received_to
         and p.ts >= (@received_from::timestamptz) - interval '24 hours'
+    union
+    select distinct d.site_id from page_view_dimension_hourly d
+    where d.hour > (@closed_from::timestamptz) - interval '1 hour'
+        and d.hour <= (@received_to::timestamptz) - interval '1 hour'
 )
 order by s.id
 for key share of s;
@@ -77,6 +82,12 @@ select coalesce(sum(pageviews + bot_pageviews), 0)::bigint as rows from counted;
 -- views summed, so every hour's total is kept). The empty value ("none": direct traffic, no campaign)
 -- and @other itself are never folded, so an hour holds at most @keep + 2 rows per dimension. A value
 -- folded in an earlier run and seen again (a late view) is ranked with its new views only.
+-- An hour still open at the window's end (it ends after @received_to: views of it still arrive on
+-- time) is stored unfolded; the run that closes it (the hour ends after @closed_from, the previous
+-- watermark, and by @received_to: windows skip spans where nothing was received, so a window's start
+-- may be later) ranks and folds it whole, its stored values with its new views, even with none. So each hour is ranked once on the
+-- views that arrived on time, as when the rollup added whole hours: ranked at every five-minute step,
+-- a page that missed the first step's top values could never enter them (a review).
 -- Without the bound a third party holding the public ingest key could store one row per distinct
 -- value it sends, and every breakdown over the period would re-aggregate them all. A value longer
 -- than @longest bytes (none the ingest stores now; a row stored before it bounded them) is counted
@@ -111,9 +122,23 @@ counted as (
     select v.site_id, 'browser', v.hour, v.browser, sum(v.views)
     from viewed v group by 1, 2, 3, 4
 ),
+closed as (  -- the counts of the hours that end by the window's end
+    select c.* from counted c where c.hour <= (@received_to::timestamptz) - interval '1 hour'
+),
+closing as (  -- the hours that end since the previous watermark: stored unfolded while open
+    select distinct d.site_id, d.dimension, d.hour
+    from page_view_dimension_hourly d
+    join sites s on s.id = d.site_id
+    where d.hour > (@closed_from::timestamptz) - interval '1 hour'
+        and d.hour <= (@received_to::timestamptz) - interval '1 hour'
+),
 stored as (
     select h.site_id, h.dimension, h.hour, h.value, h.views
-    from (select distinct c.site_id, c.dimension, c.hour from counted c) g
+    from (
+        select c.site_id, c.dimension, c.hour from closed c
+        union
+        select k.site_id, k.dimension, k.hour from closing k
+    ) g
     cross join lateral (
         select d.site_id, d.dimension, d.hour, d.value, d.views from page_view_dimension_hourly d
         where d.site_id = g.site_id and d.dimension = g.dimension and d.hour = g.hour
@@ -124,7 +149,7 @@ merged as (
     select coalesce(c.site_id, t.site_id) as site_id, coalesce(c.dimension, t.dimension) as dimension,
         coalesce(c.hour, t.hour) as hour, coalesce(c.value, t.value) as value,
         coalesce(c.views, 0) as added, coalesce(t.views, 0) as kept
-    from counted c
+    from closed c
     full join stored t
         on t.site_id = c.site_id and t.dimension = c.dimension and t.hour = c.hour and t.value = c.value
 ),
@@ -151,6 +176,9 @@ select r.site_id, r.dimension, r.hour, r.value, r.views from (
     group by 1, 2, 3, 4
 ) r
 where r.views > 0
+union all
+select c.site_id, c.dimension, c.hour, c.value, c.views from counted c  -- the open hours: unfolded
+where c.hour > (@received_to::timestamptz) - interval '1 hour'
 on conflict (site_id, dimension, hour, value) do update
 set views = page_view_dimension_hourly.views + excluded.views;
 

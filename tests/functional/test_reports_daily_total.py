@@ -23,7 +23,7 @@ from app.core.services import Services, open_services
 from app.db import monitoring as monitoring_queries
 from app.db import pageviews as pageview_queries
 from app.domains.monitoring.services import MonitoringService
-from app.domains.reports.services import ROLLUP_GRACE, ReportService
+from app.domains.reports.services import DAILY_TOTAL_LAG, ReportService
 from app.modules import MODULES
 from tests.factories import create_user, make_site
 
@@ -116,8 +116,8 @@ async def test_the_total_counts_views_received_in_the_period_shifted_by_the_grac
     await pageview_queries.ensure_partitions(db, from_day=today - timedelta(days=3), days=4)
     until = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=1)
     since = until - timedelta(days=1)
-    edges = (since - ROLLUP_GRACE, until - ROLLUP_GRACE - timedelta(microseconds=1))
-    for received_at in (*edges, until - ROLLUP_GRACE, since - ROLLUP_GRACE - timedelta(microseconds=1)):
+    edges = (since - DAILY_TOTAL_LAG, until - DAILY_TOTAL_LAG - timedelta(microseconds=1))
+    for received_at in (*edges, until - DAILY_TOTAL_LAG, since - DAILY_TOTAL_LAG - timedelta(microseconds=1)):
         await insert_view(db, site.id, received_at - timedelta(hours=20), received_at)
     await insert_view(db, other.id, since + timedelta(hours=1), since + timedelta(hours=1))
     async with services.db.transaction() as uow:

@@ -105,6 +105,9 @@ T = TypeVar("T")
 ROLLUP_GRACE = timedelta(seconds=ROLLUP_GRACE_S)
 ROLLUP_STEP = timedelta(minutes=5)
 """W's unit: the rollup adds the rows received in complete steps only."""
+DAILY_TOTAL_LAG = timedelta(minutes=10)
+"""How far back ``total_pageviews`` shifts its period: at least the sink's commit bound and margin,
+as the rollup's grace (which the settings keep above them) is."""
 ROLLUP_CHUNK = timedelta(hours=1)
 """The most ``received_at`` one transaction of the rollup adds (a backlog drains chunk by chunk)."""
 ROLLUP_STATEMENT_TIMEOUT = "5min"
@@ -293,7 +296,8 @@ class ReportService:
 
     async def rollup(self, now: datetime | None = None) -> int:
         """Roll up every complete step of ``received_at`` not rolled up yet; the number of raw rows
-        added. Idempotent; returns 0 at once while another run holds the lock."""
+        added. Idempotent; returns 0 at once while another run holds the lock. A span where nothing
+        was received is passed over in one transaction (its hours' dimensions folded: they ended)."""
         target = _floor_step((now or datetime.now(UTC)) - ROLLUP_GRACE)
         total = 0
         while True:
@@ -305,25 +309,33 @@ class ReportService:
                 if watermark is not None and watermark >= target:
                     return total
                 first = await queries.first_pending_hour(conn, received_from=watermark, received_to=target)
-                if first is None:  # nothing received in [watermark, target): just move on
-                    await queries.set_watermark(conn, rolled_up_to=target)
-                    return total
-                start = max(first, watermark) if watermark is not None else first
-                end = min(start + ROLLUP_CHUNK, target)
+                if first is None:  # nothing received in [watermark, target): close its hours, move on
+                    start = end = target
+                else:
+                    start = max(first, watermark) if watermark is not None else first
+                    end = min(start + ROLLUP_CHUNK, target)
                 await queries.set_rollup_statement_timeout(conn, timeout=ROLLUP_STATEMENT_TIMEOUT)
                 window = {"received_from": start, "received_to": end}
-                await queries.keep_sites_in_window(conn, **window)
-                rows = await queries.rollup_hourly(conn, **window) or 0
+                closed_from = watermark if watermark is not None else start
+                await queries.keep_sites_in_window(conn, closed_from=closed_from, **window)
+                rows = 0
+                if first is not None:
+                    rows = await queries.rollup_hourly(conn, **window) or 0
+                # Also with nothing received: the hours that ended meanwhile are folded now.
                 await queries.rollup_dimensions(
                     conn,
                     keep=DIMENSION_VALUES_PER_HOUR,
                     other=OTHER_VALUE,
                     longest=MAX_DIMENSION_BYTES,
+                    closed_from=closed_from,
                     **window,
                 )
-                await queries.rollup_visitors(conn, **window)
-                await queries.rollup_visits(conn, **window)
+                if first is not None:
+                    await queries.rollup_visitors(conn, **window)
+                    await queries.rollup_visits(conn, **window)
                 await queries.set_watermark(conn, rolled_up_to=end)
+                if first is None:
+                    return total
             total += rows
             log.info(
                 "analytics rolled up", received_from=start.isoformat(), received_to=end.isoformat(), rows=rows
@@ -724,22 +736,24 @@ class ReportService:
 
     async def total_pageviews(self, uow: UnitOfWork, since: datetime, until: datetime) -> int:
         """The views (bots excluded) of every site received in [since, until), both shifted back by
-        ``ROLLUP_GRACE``; runs in the caller's transaction. For a daily total (monitoring's report),
+        ``DAILY_TOTAL_LAG``; runs in the caller's transaction. For a daily total (monitoring's report),
         whose consecutive periods each start where the previous ended; ``until`` is in the past.
 
         Counted by ``received_at``, not ``ts``: a beacon may arrive up to 24 hours after its ``ts``
         (clamped by the ingest), after the report of its ``ts`` was sent, and the next report's period
         does not include its ``ts`` any more, so by ``ts`` it would never be counted. By
         ``received_at`` each view falls in exactly one period: a late one in the report of the period
-        it arrived in. Shifted by ``ROLLUP_GRACE`` for the watermark's reason: a row is stamped before
+        it arrived in. Shifted by ``DAILY_TOTAL_LAG`` for the watermark's reason: a row is stamped before
         its batch commits, within that grace (``app.config.sink_commit_bound_s``); a report computed
         right at ``until`` might not yet see a row stamped just before it, which the next period would
-        not include either.
+        not include either. Its own constant, not the rollup's grace: consecutive periods chain on
+        their unshifted ends, so a change of the shift loses (or counts twice) what lies between the
+        old and the new one, once (the grace went from 10 minutes to 4: a review).
 
         Raw rows, not the rollups: those are keyed by the hour of ``ts`` and cannot tell when a view
         arrived. The raw rows of the last day are always there (``ANALYTICS_RETENTION_DAYS`` >= 2), and
         the BRIN index on ``received_at`` reads only the blocks of the period."""
-        received_from, received_to = since - ROLLUP_GRACE, until - ROLLUP_GRACE
+        received_from, received_to = since - DAILY_TOTAL_LAG, until - DAILY_TOTAL_LAG
         total = await queries.page_views_received(
             uow.conn, received_from=received_from, received_to=received_to
         )
