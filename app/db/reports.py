@@ -147,16 +147,16 @@ async def rollup_hourly(
 ROLLUP_DIMENSIONS = """\
 with viewed as materialized (
     select p.site_id, date_trunc('hour', p.ts, 'UTC') as hour,
-        case when octet_length(p.path) <= $4::int then p.path else $2::text end as path,
-        case when octet_length(p.referrer_source) <= $4::int then p.referrer_source
-            else $2::text end as referrer_source,
-        case when octet_length(p.utm_campaign) <= $4::int then p.utm_campaign
-            else $2::text end as utm_campaign,
+        case when octet_length(p.path) <= $2::int then p.path else $1::text end as path,
+        case when octet_length(p.referrer_source) <= $2::int then p.referrer_source
+            else $1::text end as referrer_source,
+        case when octet_length(p.utm_campaign) <= $2::int then p.utm_campaign
+            else $1::text end as utm_campaign,
         p.device, p.browser, count(*) as views
     from page_views p
     join sites s on s.id = p.site_id
-    where p.received_at >= $5 and p.received_at < $3 and not p.is_bot
-        and p.ts >= ($5::timestamptz) - interval '24 hours'
+    where p.received_at >= $3 and p.received_at < $4 and not p.is_bot
+        and p.ts >= ($3::timestamptz) - interval '24 hours'
     group by 1, 2, 3, 4, 5, 6, 7
 ),
 counted as (
@@ -175,20 +175,17 @@ counted as (
     select v.site_id, 'browser', v.hour, v.browser, sum(v.views)
     from viewed v group by 1, 2, 3, 4
 ),
-closed as (  -- the counts of the hours that end by the window's end
-    select c.site_id, c.dimension, c.hour, c.value, c.views from counted c where c.hour <= ($3::timestamptz) - interval '1 hour'
-),
-closing as (  -- the hours that end since the previous watermark: stored unfolded while open
+closing as (  -- the hours that ended since the previous watermark: ranked again with @keep
     select distinct d.site_id, d.dimension, d.hour
     from page_view_dimension_hourly d
     join sites s on s.id = d.site_id
-    where d.hour > ($6::timestamptz) - interval '1 hour'
-        and d.hour <= ($3::timestamptz) - interval '1 hour'
+    where d.hour > ($5::timestamptz) - interval '1 hour'
+        and d.hour <= ($4::timestamptz) - interval '1 hour'
 ),
 stored as (
     select h.site_id, h.dimension, h.hour, h.value, h.views
     from (
-        select c.site_id, c.dimension, c.hour from closed c
+        select distinct c.site_id, c.dimension, c.hour from counted c
         union
         select k.site_id, k.dimension, k.hour from closing k
     ) g
@@ -202,14 +199,16 @@ merged as (
     select coalesce(c.site_id, t.site_id) as site_id, coalesce(c.dimension, t.dimension) as dimension,
         coalesce(c.hour, t.hour) as hour, coalesce(c.value, t.value) as value,
         coalesce(c.views, 0) as added, coalesce(t.views, 0) as kept
-    from closed c
+    from counted c
     full join stored t
         on t.site_id = c.site_id and t.dimension = c.dimension and t.hour = c.hour and t.value = c.value
 ),
 ranked as (
-    select m.site_id, m.dimension, m.hour, m.value, m.added, m.kept, m.value in ('', $2::text) as exempt,
+    select m.site_id, m.dimension, m.hour, m.value, m.added, m.kept, m.value in ('', $1::text) as exempt,
+        case when m.hour > ($4::timestamptz) - interval '1 hour' then $6::bigint
+            else $7::bigint end as bound,
         row_number() over (
-            partition by m.site_id, m.dimension, m.hour, m.value in ('', $2::text)
+            partition by m.site_id, m.dimension, m.hour, m.value in ('', $1::text)
             order by m.added + m.kept desc, m.value
         ) as rank
     from merged m
@@ -217,21 +216,18 @@ ranked as (
 folded as (
     delete from page_view_dimension_hourly h
     using ranked r
-    where not r.exempt and r.rank > $1::bigint and r.kept > 0
+    where not r.exempt and r.rank > r.bound and r.kept > 0
         and h.site_id = r.site_id and h.dimension = r.dimension and h.hour = r.hour and h.value = r.value
 )
 insert into page_view_dimension_hourly (site_id, dimension, hour, value, views)
 select r.site_id, r.dimension, r.hour, r.value, r.views from (
     select r.site_id, r.dimension, r.hour,
-        case when r.exempt or r.rank <= $1::bigint then r.value else $2::text end as value,
-        sum(case when r.exempt or r.rank <= $1::bigint then r.added else r.added + r.kept end) as views
+        case when r.exempt or r.rank <= r.bound then r.value else $1::text end as value,
+        sum(case when r.exempt or r.rank <= r.bound then r.added else r.added + r.kept end) as views
     from ranked r
     group by 1, 2, 3, 4
 ) r
 where r.views > 0
-union all
-select c.site_id, c.dimension, c.hour, c.value, c.views from counted c  -- the open hours: unfolded
-where c.hour > ($3::timestamptz) - interval '1 hour'
 on conflict (site_id, dimension, hour, value) do update
 set views = page_view_dimension_hourly.views + excluded.views"""
 
@@ -239,12 +235,13 @@ set views = page_view_dimension_hourly.views + excluded.views"""
 async def rollup_dimensions(
     conn: AsyncConnection[Any],
     *,
-    keep: int,
     other: str,
-    received_to: datetime,
     longest: int,
     received_from: datetime,
+    received_to: datetime,
     closed_from: datetime,
+    keep_open: int,
+    keep: int,
 ) -> None:
     """Adds the views (bots excluded) received in the window to their (site, dimension, UTC hour of ts,
     value), keeping at most @keep values per (site, dimension, hour): the most viewed (then by value) of
@@ -253,17 +250,21 @@ async def rollup_dimensions(
     and @other itself are never folded, so an hour holds at most @keep + 2 rows per dimension. A value
     folded in an earlier run and seen again (a late view) is ranked with its new views only.
     An hour still open at the window's end (it ends after @received_to: views of it still arrive on
-    time) is stored unfolded; the run that closes it (the hour ends after @closed_from, the previous
-    watermark, and by @received_to: windows skip spans where nothing was received, so a window's start
-    may be later) ranks and folds it whole, its stored values with its new views, even with none. So each hour is ranked once on the
-    views that arrived on time, as when the rollup added whole hours: ranked at every five-minute step,
-    a page that missed the first step's top values could never enter them (a review).
+    time) keeps up to @keep_open values; the run that closes it (the hour ends after @closed_from, the
+    previous watermark, and by @received_to: windows skip spans where nothing was received, so a
+    window's start may be later) ranks it again with @keep, its stored values with its new views, even
+    with none. Ranked to @keep at every five-minute step, a page that missed the first step's top values
+    could never enter them (a review: an hour's most viewed page all in @other); an hour with at most
+    @keep_open values a step is now ranked as when the rollup added whole hours.
     Without the bound a third party holding the public ingest key could store one row per distinct
     value it sends, and every breakdown over the period would re-aggregate them all. A value longer
     than @longest bytes (none the ingest stores now; a row stored before it bounded them) is counted
     in @other: a btree entry holds at most 2704 bytes, and one such value failed every run."""
     async with AsyncRawCursor(conn) as cur:
-        await cur.execute(ROLLUP_DIMENSIONS, (keep, other, received_to, longest, received_from, closed_from))
+        await cur.execute(
+            ROLLUP_DIMENSIONS,
+            (other, longest, received_from, received_to, closed_from, keep_open, keep),
+        )
 
 
 ROLLUP_VISITORS = """\

@@ -18,9 +18,10 @@ from psycopg import AsyncConnection, AsyncRawCursor
 
 from app.db import reports as queries
 from app.domains.pageviews.schemas import MAX_DIMENSION_BYTES
-from app.domains.reports.services import DIMENSION_VALUES_PER_HOUR, OTHER_VALUE
+from app.domains.reports.services import DIMENSION_VALUES_OPEN_HOUR, DIMENSION_VALUES_PER_HOUR, OTHER_VALUE
 from tests.factories import create_user, make_site, plan_nodes, plan_rows_read, plan_scans
 
+KEEP = (DIMENSION_VALUES_OPEN_HOUR, DIMENSION_VALUES_PER_HOUR)
 VISITORS = 1_000
 """Returning visitors, each with 3 stored visits and 3 views pending in the window."""
 
@@ -113,7 +114,8 @@ async def test_the_dimensions_rollup_reads_the_stored_counts_of_its_window_only(
         async with AsyncRawCursor(db) as cur:
             await cur.execute(
                 "explain (analyze, format json) " + queries.ROLLUP_DIMENSIONS,
-                (DIMENSION_VALUES_PER_HOUR, OTHER_VALUE, MAX_DIMENSION_BYTES, *window),
+                # other, longest, received_from, received_to, closed_from, keep_open, keep
+                (OTHER_VALUE, MAX_DIMENSION_BYTES, *window, window[0], *KEEP),
             )
             row = await cur.fetchone()
     assert row is not None

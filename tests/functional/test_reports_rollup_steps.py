@@ -89,8 +89,9 @@ async def test_an_hour_is_ranked_once_it_has_ended_not_at_every_step(
 ) -> None:
     """Ranked at every step, a page that missed the first step's top values could never enter them:
     each later step offered its few new views against the kept values' running totals (a review:
-    /home, the hour's most viewed page, was all in "(other)"). The hour is folded once it has ended,
-    on every view of it, even when nothing arrives after it."""
+    /home, the hour's most viewed page, was all in "(other)"). An open hour keeps more values
+    (DIMENSION_VALUES_OPEN_HOUR) and is ranked to DIMENSION_VALUES_PER_HOUR once it has ended, on
+    every view of it, even when nothing arrives after it."""
     await pageview_queries.ensure_partitions(db, from_day=HOUR.date() - timedelta(days=1), days=3)
     tails = [f"/tail-{n:03}" for n in range(DIMENSION_VALUES_PER_HOUR)]
     await insert_views(db, site_id, HOUR + timedelta(seconds=10), [*tails, *tails, "/home"])

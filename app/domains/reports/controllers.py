@@ -24,6 +24,7 @@ from app.domains.reports.schemas import (
     TimeseriesOut,
 )
 from app.domains.reports.services import (
+    DIMENSION_VALUES_OPEN_HOUR,
     DIMENSION_VALUES_PER_HOUR,
     RANK_CURSOR_MAX_LENGTH,
     RANK_CURSOR_PATTERN,
@@ -92,7 +93,8 @@ OTHER_DOC = (
     f" Values are counted per UTC hour, keeping the {DIMENSION_VALUES_PER_HOUR} most viewed of each hour:"
     " the views of that hour's other values are counted under the value `(other)`, listed like any value,"
     " so no view is missing from the list; a value's count leaves out the views of the hours it was not"
-    f" among the top {DIMENSION_VALUES_PER_HOUR} of (an hour is ranked once it has ended, on every view of it"
+    f" among the top {DIMENSION_VALUES_PER_HOUR} of (an hour keeps up to"
+    f" {DIMENSION_VALUES_OPEN_HOUR:,} values until it has ended, and is then ranked on every view of it"
     " received by then; a view arriving later is ranked with the views that arrive with it), and a real"
     " value spelled"
     " `(other)` is counted with them. Views read raw are counted under their own values: those not rolled"

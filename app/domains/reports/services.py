@@ -132,6 +132,10 @@ CURRENT_WINDOW = timedelta(minutes=5)
 # the long tail is counted in OTHER_VALUE for the hours it was folded (a real value spelled "(other)" is
 # counted with them).
 DIMENSION_VALUES_PER_HOUR = 100
+DIMENSION_VALUES_OPEN_HOUR = 1_000
+"""What an hour keeps until it has ended (``RollupDimensions``): ranked to 100 at each five-minute
+step, a value that missed the first step's top 100 could never enter them; ranked to 100 once the
+hour has ended, an hour with up to this many values a step is ranked on all its views."""
 OTHER_VALUE = "(other)"
 # The first RANKED_ROWS rows of a breakdown or of the entry pages (and whether more follow) are
 # computed and cached once per (site, report, period, zone), and every page within them (any limit,
@@ -325,6 +329,7 @@ class ReportService:
                 await queries.rollup_dimensions(
                     conn,
                     keep=DIMENSION_VALUES_PER_HOUR,
+                    keep_open=DIMENSION_VALUES_OPEN_HOUR,
                     other=OTHER_VALUE,
                     longest=MAX_DIMENSION_BYTES,
                     closed_from=closed_from,
