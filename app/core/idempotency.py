@@ -42,6 +42,7 @@ from litestar import MediaType, Request, Response
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import HeaderParameter
+from litestar.status_codes import HTTP_201_CREATED
 from saq.types import Context
 
 from app.core.db import Database, UnitOfWork
@@ -129,10 +130,26 @@ class DocumentsIdempotency(Operation):
                 }
 
 
+LOCATION_DESCRIPTION = "The created resource's path (where it is read), sent with a replay too"
+
+
 @dataclass
-class DocumentsVersionedCreation(DocumentsIdempotency):
-    """``DocumentsIdempotency`` for the creation of a resource with a version: its 201 also documents
-    the ``ETag`` (as the resource's GET does), which ``with_etag`` sets."""
+class DocumentsLocatedCreation(DocumentsIdempotency):
+    """``DocumentsIdempotency`` for the creation of a resource that has a path of its own: its 201
+    documents the ``Location`` that ``at_location`` sets."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        created = (self.responses or {}).get("201")
+        if isinstance(created, OpenAPIResponse):
+            header = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description=LOCATION_DESCRIPTION)
+            created.headers = {**(created.headers or {}), "Location": header}
+
+
+@dataclass
+class DocumentsVersionedCreation(DocumentsLocatedCreation):
+    """``DocumentsLocatedCreation`` for the creation of a resource with a version: its 201 also
+    documents the ``ETag`` (as the resource's GET does), which ``with_etag`` sets."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -146,6 +163,20 @@ class DocumentsVersionedCreation(DocumentsIdempotency):
 
 class _Versioned(msgspec.Struct):
     version: int
+
+
+class _Identified(msgspec.Struct):
+    id: int
+
+
+def at_location(created: Response[bytes], path: str) -> Response[bytes]:
+    """A creation's answer (``Idempotency.respond``'s) with the ``Location`` of what it created:
+    ``path`` with the ``{id}`` of its body. Without it the target (the collection) is taken for the
+    new resource (RFC 9110 15.3.2); a replay names the same one. Other answers are left alone."""
+    if created.status_code == HTTP_201_CREATED:
+        identified = msgspec.json.decode(created.content, type=_Identified)
+        created.set_header("Location", path.format(id=identified.id))
+    return created
 
 
 def with_etag(created: Response[bytes]) -> Response[bytes]:

@@ -361,6 +361,7 @@ async def test_a_stale_answer_enqueues_one_refresh_job(
 
     assert first["id"] == second["id"] == posted.json()["id"]
     assert posted.status_code == 202
+    assert posted.headers["location"] == posted.json()["state_url"] == f"/api/github/refreshes/{first['id']}"
     assert github_settings.valkey_url is not None
     queue = RedisQueue(redis.from_url(github_settings.valkey_url), name=QUEUE)
     try:

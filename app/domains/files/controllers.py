@@ -24,6 +24,7 @@ from app.core.idempotency import (
     IDEMPOTENCY_DESCRIPTION,
     Idempotent,
     OptionalIdempotencyKey,
+    at_location,
 )
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
@@ -205,7 +206,7 @@ class ProjectFilesController(Controller):
         idempotency: Idempotent,
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> Response[bytes]:
-        return await idempotency.respond(
+        created = await idempotency.respond(
             request,
             current_user.id,
             idempotency_key,
@@ -220,6 +221,7 @@ class ProjectFilesController(Controller):
             ),
             FileOut.from_row,
         )
+        return at_location(created, f"/api/projects/{project_id}/files/{{id}}")
 
     @get(
         "/{file_id:int}",

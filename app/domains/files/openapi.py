@@ -24,7 +24,7 @@ from litestar.params import HeaderParameter
 
 from app.config import get_settings
 from app.core.errors import PROBLEM_MEDIA_TYPE, Problem
-from app.core.idempotency import DocumentsIdempotency
+from app.core.idempotency import DocumentsLocatedCreation
 from app.core.openapi import problems
 from app.core.preconditions import IF_MATCH_MAX_LENGTH
 from app.domains.files.downloads import MAX_IF_MODIFIED_SINCE_CHARS, MAX_RANGE_CHARS
@@ -32,7 +32,7 @@ from app.domains.files.storage import FILE_FIELD
 
 
 @dataclass
-class MultipartUploadOperation(DocumentsIdempotency):
+class MultipartUploadOperation(DocumentsLocatedCreation):
     """Documents the body the upload handler parses itself (it takes no ``data`` parameter): one
     part, ``file``, whose content type is one of ``FILE_ALLOWED_TYPES`` (else 415); and its
     ``Idempotent-Replayed`` answers."""

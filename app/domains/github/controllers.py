@@ -8,6 +8,7 @@ from typing import Annotated
 
 from litestar import Response, delete, get, post
 from litestar.channels import ChannelsPlugin
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
@@ -141,12 +142,22 @@ class GithubUsersController(Controller):
             "`github-refresh-limit`. Both 429s carry `Retry-After`."
         ),
         responses={**problems(400, 401, 404, 429), HTTP_200_OK: _ALREADY_FRESH},
+        response_headers=[
+            ResponseHeader(
+                name="Location",
+                value="/api/github/refreshes/{id}",  # documentation only: gives the header its schema
+                documentation_only=True,
+                description="The refresh's state (its `state_url`)",
+            )
+        ],
     )
     async def request_refresh(
         self, username: UsernamePath, github: Github, current_user: Caller
     ) -> Response[RefreshOut]:
         refresh = await github.request_refresh(username, user_id=current_user.id)
-        return Response(refresh, status_code=HTTP_200_OK if refresh.is_final else HTTP_202_ACCEPTED)
+        if refresh.is_final:
+            return Response(refresh, status_code=HTTP_200_OK)
+        return Response(refresh, status_code=HTTP_202_ACCEPTED, headers={"Location": refresh.state_url})
 
 
 class GithubRefreshesController(Controller):

@@ -19,6 +19,7 @@ from app.core.idempotency import (
     DocumentsVersionedCreation,
     Idempotent,
     OptionalIdempotencyKey,
+    at_location,
     with_etag,
 )
 from app.core.openapi import BEARER, OPTIONAL_BEARER, problems
@@ -177,7 +178,7 @@ class ProductsController(Controller):
             lambda product: ProductOut.from_row(product, products.currency),
         )
         created.set_header("Cache-Control", "no-store")  # as the product's GET (``_with_etag``)
-        return with_etag(created)
+        return at_location(with_etag(created), "/api/products/{id}")
 
     @patch(
         "/{product_id:int}",

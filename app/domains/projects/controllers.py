@@ -16,6 +16,7 @@ from app.core.idempotency import (
     DocumentsVersionedCreation,
     Idempotent,
     OptionalIdempotencyKey,
+    at_location,
     with_etag,
 )
 from app.core.openapi import BEARER, problems
@@ -111,7 +112,7 @@ class ProjectsController(Controller):
             lambda claim: projects.create(current_user.id, data, claim=claim),
             lambda project: ProjectOut.from_row(project, ProjectRole.OWNER),
         )
-        return with_etag(created)
+        return at_location(with_etag(created), "/api/projects/{id}")
 
     @get(
         "/{project_id:int}",

@@ -13,9 +13,10 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.core.auth import Caller, requires_user
 from app.core.idempotency import (
     IDEMPOTENCY_DESCRIPTION,
-    DocumentsIdempotency,
+    DocumentsLocatedCreation,
     Idempotent,
     OptionalIdempotencyKey,
+    at_location,
 )
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, paginate
@@ -70,7 +71,7 @@ class SitesController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Track a site (returns its public ingest key)",
         description=CREATE_DESCRIPTION,
-        operation_class=DocumentsIdempotency,
+        operation_class=DocumentsLocatedCreation,
         responses={
             **problems(400, 401, 409, 422, 429),
             201: ResponseSpec(SiteOut, description="Created"),
@@ -85,7 +86,7 @@ class SitesController(Controller):
         current_user: Caller,
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> Response[bytes]:
-        return await idempotency.respond(
+        created = await idempotency.respond(
             request,
             current_user.id,
             idempotency_key,
@@ -93,6 +94,7 @@ class SitesController(Controller):
             lambda claim: sites.create(current_user.id, data, claim=claim),
             SiteOut.from_row,
         )
+        return at_location(created, "/api/sites/{id}")
 
     @get("/", summary="Your sites (admins: all)", responses=problems(400, 401, 429))
     async def list_sites(

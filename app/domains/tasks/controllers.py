@@ -19,6 +19,7 @@ from app.core.idempotency import (
     DocumentsVersionedCreation,
     Idempotent,
     OptionalIdempotencyKey,
+    at_location,
     with_etag,
 )
 from app.core.openapi import BEARER, problems
@@ -195,7 +196,7 @@ class ProjectTasksController(Controller):
             lambda claim: tasks.create(current_user.id, project_id, data, claim=claim),
             TaskOut.from_row,
         )
-        return with_etag(created)
+        return at_location(with_etag(created), "/api/tasks/{id}")
 
 
 class TasksController(Controller):
