@@ -25,6 +25,7 @@ from app.core.modules import Module
 from app.core.services import open_services
 from app.db.models import MonitoringGroupKind, MonitoringGroupStatus, MonitoringIgnoreMode
 from app.domains.monitoring import ingest as monitoring_ingest
+from app.domains.monitoring import triage
 from app.domains.monitoring.capture import DEGRADED, RawEvent
 from app.domains.monitoring.fingerprint import ExceptionPart, Frame, RawException, capture_chain
 from app.domains.monitoring.groups import (
@@ -395,6 +396,26 @@ async def test_merge_and_unmerge_restore_groups_and_counts(
     assert (target.events, target.users, target.members) == (3, 1, [a.root_id])
     [after] = await service.write_now([error_event(second)])
     assert after.root_id == b.root_id
+
+
+async def test_a_merge_past_the_largest_merged_group_is_refused_and_changes_nothing(
+    service: MonitoringService, db: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merged group's detail lists every group in it and its grouping every hash: merges of 100
+    sources at a time grew both without bound (a review: 3,001 members, 860 KB of hashes)."""
+    monkeypatch.setattr(triage, "MAX_MERGED_GROUPS", 2)
+    exceptions = [
+        raise_bug(0, source=BUG_RAISING.replace("ERROR", name))
+        for name in ("KeyError", "LookupError", "IndexError")
+    ]
+    a, b, c = [(await service.write_now([error_event(exc)]))[0] for exc in exceptions]
+    merged = await service.merge(a.root_id, [b.root_id], None)
+    assert sorted(merged.members) == sorted([a.root_id, b.root_id])
+
+    with pytest.raises(triage.MergeTooLargeError, match="would hold 3 groups"):
+        await service.merge(a.root_id, [c.root_id], None)
+    assert (await service.detail(c.root_id)).members == [c.root_id]
+    assert sorted((await service.detail(a.root_id)).members) == sorted([a.root_id, b.root_id])
 
 
 async def test_concurrent_first_events_create_one_group(

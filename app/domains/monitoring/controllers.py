@@ -49,6 +49,7 @@ from app.domains.monitoring.schemas import (
     Window,
 )
 from app.domains.monitoring.services import MonitoringService
+from app.domains.monitoring.triage import MAX_MERGED_GROUPS
 
 Monitoring = NamedDependency[MonitoringService]
 
@@ -198,6 +199,8 @@ class MonitoringController(Controller):
         "/errors/{group_id:int}/merge",
         status_code=200,
         summary="Merge other groups into this one (reversible: each keeps its own counts and hashes)",
+        description=f"409 `merge-too-large` when the group would hold more than {MAX_MERGED_GROUPS:,} "
+        "groups (itself and every group merged into it, at any depth): its detail lists them all.",
         responses=problems(401, 403, 404, 409, 429),
     )
     async def merge_errors(

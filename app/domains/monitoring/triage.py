@@ -52,6 +52,16 @@ class UnknownReleaseError(UnprocessableError):
     title = "Unknown release"
 
 
+MAX_MERGED_GROUPS = 1_000
+"""Groups one merged group holds at most (itself included): its detail lists them all, and its
+grouping every hash of every one; merges 100 sources at a time could grow both without bound."""
+
+
+class MergeTooLargeError(ConflictError):
+    slug = "merge-too-large"
+    title = "The merged group would hold too many groups"
+
+
 @dataclass(frozen=True, slots=True)
 class GroupDetail:
     group: MonitoringGroup
@@ -269,6 +279,15 @@ class Triage:
             locked = {}
             for group_id in sorted([target_id, *sources]):  # one lock order: no deadlock between merges
                 locked[group_id] = await self._root_for_change(uow, group_id)
+            merged = 0
+            for group_id in locked:
+                totals = await queries.tree_totals(uow.conn, root_id=group_id)
+                merged += totals.members if totals is not None else 0
+            if merged > MAX_MERGED_GROUPS:
+                raise MergeTooLargeError(
+                    f"The group would hold {merged:,} groups, merged ones included: at most "
+                    f"{MAX_MERGED_GROUPS:,}. Unmerge some first, or merge into another group."
+                )
             moved = 0
             for source in sources:
                 totals = await queries.tree_totals(uow.conn, root_id=source)
