@@ -81,10 +81,12 @@ RankCursorParam = Annotated[
 PAGED_DOC = (
     " Paged by `limit` and `cursor`: `next_cursor` continues after the last row shown (null on the last"
     " page), on the order shown. The pages of a walk (a first page, then each page's `next_cursor`) read"
-    " the counts as of the first page, the views received since left out, so that no value is listed"
-    " twice or missed while views arrive; for three minutes from the first page. A page after that reads"
-    " the counts of the moment, where a value whose count changed since may be listed twice or not at"
-    " all (so may a value the rollup folds into `(other)` meanwhile); the pages of a period that ended"
+    " the counts as of the first page, the views received since left out, so that views arriving"
+    " meanwhile move no value past the cursor; for three minutes from the first page. Not held so: the"
+    " rollup folding an hour's values past its top 100 into `(other)` (at the end of each hour, and in"
+    " an hour with more than 1,000 values), and a view received just before the first page but stored"
+    " just after it. A page after the three minutes reads the counts of the moment. Where counts change"
+    " under a walk, a value may be listed twice or not at all; the pages of a period that ended"
     " more than a day ago and was rolled up since (no late view can change it: a day and about ten"
     " minutes after its end) list each value once whenever they are read."
 )

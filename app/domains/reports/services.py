@@ -154,8 +154,8 @@ RANK_CURSOR_PATTERN = whole(r"(?:t([0-9]{1,17})\.)?(0|[1-9][0-9]{0,15})\.([A-Za-
 WALK_PINNED_FOR = ROLLUP_GRACE - timedelta(seconds=INGEST_MARGIN_S)
 """How long a ranked report's walk reads its pages as of its first: while the rollup's watermark is
 surely behind that instant (the grace, less the skew between the app's clock and the worker's), the
-rollups hold only views received before it and the raw half is cut at it. Later pages read the
-counts of the moment."""
+rollups hold only views received before it and the raw half is cut at it (``_ranked_page`` says what
+it does not hold). Later pages read the counts of the moment."""
 
 
 def invalid(field: str, message: str) -> InvalidFieldsError:
@@ -632,11 +632,13 @@ class ReportService:
         cursors carry the instant the first rows were read at (``as_of``), and a later page counts
         the views received before it only, for ``WALK_PINNED_FOR``. Read live, a value whose count grew
         between two pages moved before the cursor and was never listed (a review: 180 of 400 values
-        under steady ingest). The first page itself reads every view stored, so that it is the report
-        of the moment: a view stamped after the instant yet already stored (another host's clock
-        ahead, a batch committed as the page was read) is counted there and not after, and may list a
-        value twice, never miss one. A page past ``WALK_PINNED_FOR`` (or of a cursor of an earlier
-        release, without the instant) reads the counts of the moment."""
+        under steady ingest). The first page itself reads every view stored, the report of the
+        moment. What the pin does not hold (diffreview32): a view stamped before the instant and stored
+        after the first page (the ingest's batch in flight: normally milliseconds, at worst
+        ``sink_commit_bound_s``) counts on later pages only, and the rollup run that closes an hour
+        (once an hour) or holds an open hour to ``DIMENSION_VALUES_OPEN_HOUR`` values folds values into
+        ``(other)`` under the walk: either may move a value before the cursor. A page past
+        ``WALK_PINNED_FOR`` (or of a cursor without the instant) reads the counts of the moment."""
         after = decode_rank_cursor(cursor) if cursor is not None else None
 
         async def first_rows() -> Ranked[Item]:
