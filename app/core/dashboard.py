@@ -55,6 +55,7 @@ from saq.utils import now as saq_now
 
 from app.core.compression import GzipAsset
 from app.core.errors import AppError, ConflictError, NotFoundError, UnauthorizedError, exception_handlers
+from app.core.queues import TIMERS
 from app.core.routing import Controller
 from app.core.scrub import scrub_text
 
@@ -484,8 +485,12 @@ async def retry_finished_job(queue: Queue, job_id: str) -> None:
 ABORT_ATTEMPTS = 5
 """Optimistic tries of one abort (``abort_unfinished_job``) before a 409: each fails only when a
 worker or another process changed the job or SAQ's lists meanwhile."""
-ABORT_NOTICE_S = 5
-"""How long the abort notice waits for the worker that runs the job (SAQ's own default)."""
+ABORT_NOTICE_S = 2 * TIMERS["abort"] + TIMERS["schedule"] + 1
+"""How long the abort notice waits for the worker that runs the job. While it lives nothing enqueues
+the job's key again; the worker polls for aborts every ``TIMERS["abort"]`` seconds and passes over a
+job running for less than that, so it may act up to twice that after the abort. SAQ's default, 5 s,
+let a cron's scheduler enqueue the next run over a job aborted in its first seconds: its record said
+``queued``, its worker never cancelled it, and the next run overlapped it (a review)."""
 
 
 async def abort_unfinished_job(queue: Queue, job_id: str) -> None:

@@ -28,6 +28,7 @@ from saq.job import Status
 
 from app.config import Settings
 from app.core.dashboard import APP_JS_FIXES, ERROR_MAX_CHARS, fixed_app_js
+from app.core.queues import TIMERS
 from app.core.relay import batching_of, relay_once
 from app.core.scrub import MASK
 from app.db.models import User, UserRole
@@ -352,6 +353,10 @@ async def test_a_running_job_is_left_to_its_worker_to_abort(
     assert aborted.status_code == 202, aborted.text
     await running.refresh()
     assert running.status == Status.ABORTING
+    # The worker looks every TIMERS["abort"] s, past jobs younger than that: until it has, nothing may
+    # enqueue the key again (a cron's scheduler did, 5 s on, over a job aborted in its first seconds).
+    notice_s = await queue.redis.ttl(running.abort_id)
+    assert notice_s > 2 * TIMERS["abort"] + TIMERS["schedule"], notice_s
 
     again = await api.post(
         "/saq/api/queues/default/jobs/dashboard-abort-running/abort", headers={**credentials, **SAME_ORIGIN}
