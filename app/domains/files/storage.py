@@ -367,9 +367,13 @@ def check_files_dir(settings: Settings) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        named = (
+            f"FILES_DIR {str(settings.files_dir)!r}"
+            if settings.files_dir is not None
+            else f"DATA_DIR {str(settings.data_dir)!r} (FILES_DIR unset: DATA_DIR/files)"
+        )
         raise SettingsError(
-            f"FILES_DIR {str(settings.uploads_dir)!r} cannot hold uploads for user id {os.getuid()}: "
-            f"{exc.strerror or exc}"
+            f"{named} cannot hold uploads for user id {os.getuid()}: {exc.strerror or exc}"
         ) from None
 
 
