@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
 import redis.exceptions
 from litestar_saq import SAQPlugin
@@ -88,6 +89,22 @@ async def test_rows_become_jobs_keyed_by_outbox_id(
         assert job.retries == relay_settings.job_retries and job.timeout == relay_settings.job_timeout_s
     assert await queues["orders"].count("queued") == 2
     assert await relay_once(pool, queues, relay_settings) == 0
+
+
+@pytest.mark.parametrize("payload", ["[1]", '"text"', "1", "null"])
+async def test_a_payload_that_is_no_object_is_refused_and_cannot_stop_the_relay(
+    db: AsyncConnection[Any], pool: Any, queues: dict[str, Queue], relay_settings: Settings, payload: str
+) -> None:
+    """A payload is a job's keyword arguments. One that was not an object failed the relay's every
+    round (it claims the oldest rows first): nothing behind it was published, on any queue (a review).
+    The table refuses it."""
+    with pytest.raises(psycopg.errors.CheckViolation, match="outbox_payload_object"):
+        await db.execute(
+            "insert into outbox (queue, task, payload) values ('default', 'purge_outbox', %s::jsonb)",
+            (payload,),
+        )
+    ids = await add_outbox(db, 2)
+    assert await relay_once(pool, queues, relay_settings) == len(ids)
 
 
 async def test_a_job_carries_the_request_id_of_the_request_that_wrote_its_row(
