@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 from saq.types import Context
 
+from app.config import Settings
 from app.core.services import services_of
-from app.domains.projects.services import ProjectService
+from app.domains.projects.services import PURGE_RUN_BUDGET_S, ProjectService
+
+PURGE_TIMEOUT_MARGIN_S = 10
+"""What a purge run may need past its budget: the chunk it began before the budget ran out."""
+
+
+def purge_timeout_s(settings: Settings) -> int:
+    """The timeout of a purge job: ``JOB_TIMEOUT_S``, or more when that would cut a run before its
+    budget (``PURGE_RUN_BUDGET_S``) is spent and it enqueues its follow-up. Cut there, every run of a
+    large purge failed its last chunk and its retries, and waited for the hourly requeue (a review)."""
+    return max(settings.job_timeout_s, math.ceil(PURGE_RUN_BUDGET_S) + PURGE_TIMEOUT_MARGIN_S)
 
 
 async def purge_expired_invitations(ctx: Context) -> int:

@@ -11,6 +11,7 @@ from app.domains.projects.controllers import (
 from app.domains.projects.jobs import (
     purge_deleted_project,
     purge_expired_invitations,
+    purge_timeout_s,
     requeue_lost_project_purges,
 )
 from app.domains.projects.seed import seed_projects
@@ -21,7 +22,7 @@ module = Module(
     controllers=[ProjectsController, MembersController, InvitationsController, MyInvitationsController],
     service=lambda s: ProjectService(s.db, s[AccountService], s.settings),
     seed=seed_projects,
-    jobs=[Job(function=purge_deleted_project)],
+    jobs=[Job(function=purge_deleted_project, timeout_s=purge_timeout_s)],
     cron=[
         Cron(function=purge_expired_invitations, schedule="53 3 * * *", timeout_s=300),
         Cron(function=requeue_lost_project_purges, schedule="37 * * * *", timeout_s=60),
