@@ -47,6 +47,19 @@ PRODUCTION = {
 """Settings that load: nothing is connected to before the checks."""
 
 
+def start_in_production(argv: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` run to its end with ``PRODUCTION`` and ``environ`` over this process's environment."""
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, **PRODUCTION, **environ},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("refused", "refusal"),
     [
@@ -74,15 +87,9 @@ def test_settings_the_api_cannot_start_with_are_one_line_naming_the_variable(
     was the middle of a 50-line traceback whose last line blamed the formatter, and a module's
     (alert rules, the files directory) a crash loop of every worker, or a healthy start and a 500
     for every upload."""
-    environ = {**os.environ, **PRODUCTION, "DATA_DIR": str(tmp_path), **refused}
-    started = subprocess.run(
+    started = start_in_production(
         [*GRANIAN, "--log-config", str(GRANIAN_LOG_CONFIG), "--port", "0", "app.main:create_app"],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        {"DATA_DIR": str(tmp_path), **refused},
     )
 
     assert started.returncode == 1
@@ -91,15 +98,9 @@ def test_settings_the_api_cannot_start_with_are_one_line_naming_the_variable(
 
 
 def test_the_worker_refuses_a_modules_settings_in_one_line_before_it_connects(tmp_path: Path) -> None:
-    environ = {**os.environ, **PRODUCTION, "DATA_DIR": str(tmp_path), "MONITORING_ALERT_RULES": "[1]"}
-    started = subprocess.run(
+    started = start_in_production(
         [sys.executable, "-m", "app.cli", "worker"],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        {"DATA_DIR": str(tmp_path), "MONITORING_ALERT_RULES": "[1]"},
     )
 
     assert started.returncode == 1
