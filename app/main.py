@@ -240,7 +240,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         cors_config=(
             # What a browser client on another origin must read: ETag (to send If-Match back), when to
-            # retry (Retry-After, the rate-limit headers), whether an answer was replayed.
+            # retry (Retry-After, the rate-limit headers), whether an answer was replayed, where what
+            # it created is (Location).
             CORSConfig(
                 allow_origins=settings.cors_origins,
                 expose_headers=[
@@ -249,6 +250,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     "RateLimit",
                     "RateLimit-Policy",
                     "Idempotent-Replayed",
+                    "Location",
                 ],
             )
             if settings.cors_origins

@@ -68,7 +68,14 @@ async def test_cors_answers_configured_origins_only(settings: Settings) -> None:
         }
         # If-Match needs the ETag; a client told to wait (429, the in-flight 409) needs Retry-After and the
         # rate-limit headers; an idempotent retry needs to know it was replayed. None is CORS-safelisted.
-        assert {"etag", "retry-after", "ratelimit", "ratelimit-policy", "idempotent-replayed"} <= exposed
+        assert {
+            "etag",
+            "retry-after",
+            "ratelimit",
+            "ratelimit-policy",
+            "idempotent-replayed",
+            "location",
+        } <= exposed
 
 
 async def test_without_configured_origins_there_are_no_cors_headers(
