@@ -195,14 +195,13 @@ async def test_the_mark_moves_batch_by_batch(
     assert await mark(db) == ids[-1]
 
 
-@pytest.mark.parametrize("payload", ["no verb", "not an object"])
 async def test_an_event_that_cannot_be_recorded_does_not_hold_the_mark_back(
-    db: AsyncConnection[Any], feed: ActivityService, team: Team, payload: str
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
 ) -> None:
-    """A payload the writer refuses fails its batch every time; alone, it is logged and passed over,
-    and the events around it are recorded."""
+    """A payload the writer refuses (here: no verb; one that is no object the outbox refuses) fails
+    its batch every time; alone, it is logged and passed over, and the events around it are recorded."""
     first = await emit_tasks(feed, team.editor.id, team.project, ["A"])
-    content = {"actor_id": team.editor.id, "project_id": team.project} if payload == "no verb" else [1]
+    content = {"actor_id": team.editor.id, "project_id": team.project}
     bad = await (
         await db.execute(
             "insert into outbox (queue, task, payload) values ('feed', 'record_activity', %s) returning id",
