@@ -130,9 +130,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     password_time_cost: Annotated[int, msgspec.Meta(ge=1, le=20)] = 2
     password_memory_kib: Annotated[int, msgspec.Meta(ge=8192, le=4 * 1024 * 1024)] = 19456
     password_parallelism: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    """argon2id's cost (RFC 9106; OWASP's minimum is the default). Bounded above: a hash costs every
-    sign-in this much (a time cost of 200 took 2.7 s), and argon2 itself refuses more than 4 GiB or a
-    memory below 8 KiB per lane, which failed only at start-up, naming no variable."""
+    """argon2id's cost (RFC 9106; OWASP's minimum is the default). Bounded above, since every sign-in
+    pays it (a time cost of 200 took 2.7 s; 4 GiB of memory per hash is past any server's budget for
+    a sign-in): out of argon2's own range (a memory past 2^32 - 1 KiB, or below 8 KiB per lane) it
+    failed only at start-up, naming no variable."""
     password_checks_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     """Password hashings and checks (sign-ins, registrations, password changes) one process runs or
     queues at most; past it such a request answers 503 with ``Retry-After`` instead of queueing."""

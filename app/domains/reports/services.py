@@ -25,7 +25,7 @@ not the write's: ``ts`` is clamped to at most 24 hours before the same clock rea
 and the raw half prune partitions by that (``ts >= received_from - 24 hours``); a stamp
 taken after the queue could be further from a late ``ts`` than that.
 An advisory lock keeps concurrent runs apart, and the watermark moves in the transaction that adds the
-hour, so a run that fails or repeats adds nothing twice.
+window, so a run that fails or repeats adds nothing twice.
 
 Periods are local days of a time zone (the site's by default). A rollup hour that does not lie inside
 one bucket of a report (only in zones with a fractional offset, such as Asia/Kolkata: every hour of an
