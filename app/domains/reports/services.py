@@ -1,12 +1,11 @@
 """Analytics reports: rollups kept up to date by a cron job, plus the raw rows not rolled up yet.
 
 The watermark rule. ``analytics_rollup_state.rolled_up_to`` (W) is a multiple of ``ROLLUP_STEP`` (five
-minutes) in UTC: every raw row
-with ``received_at < W`` is in the rollup tables, exactly once, and no row with ``received_at >= W``
-is. A report is one SQL statement (one snapshot) that adds the rollups to the raw rows received at or
-after W, so the two halves neither overlap nor leave a gap, even while the job commits. Rollups are
-keyed by the UTC hour of ``ts``: a late row (``ts`` up to 24 h old) is added to its own hour when its
-``received_at`` is rolled up.
+minutes) in UTC: every raw row with ``received_at < W`` is in the rollup tables, exactly once, and no
+row with ``received_at >= W`` is. A report is one SQL statement (one snapshot) that adds the rollups
+to the raw rows received at or after W, so the two halves neither overlap nor leave a gap, even while
+the job commits. Rollups are keyed by the UTC hour of ``ts``: a late row (``ts`` up to 24 h old) is
+added to its own hour when its ``received_at`` is rolled up.
 
 The job (``rollup``, every minute) moves W up to an hour of ``received_at`` per transaction, up to the
 last complete step that ended at least ``ROLLUP_GRACE`` (``ROLLUP_GRACE_S``, 4 minutes) ago. Every
@@ -623,10 +622,9 @@ class ReportService:
     ) -> tuple[ReportRange, Page[Item]]:
         """A page of a ranked report (``rows(after, row_limit, received_before)``: the rows after a
         position, most first, of the views received before the instant when given): sliced from the
-        report's first
-        ``RANKED_ROWS`` rows, computed and cached once per report and ``scope``, when the page lies
-        within them; else one query from the cursor on, cached per limit and cursor. ``scope``: the
-        site and what else changes the answer (dimension, period, zone, days).
+        report's first ``RANKED_ROWS`` rows, computed and cached once per report and ``scope``, when
+        the page lies within them; else one query from the cursor on, cached per limit and cursor.
+        ``scope``: the site and what else changes the answer (dimension, period, zone, days).
 
         A walk (a first page and the pages of its cursors) reads its later pages as of its first: the
         cursors carry the instant the first rows were read at (``as_of``), and a later page counts
