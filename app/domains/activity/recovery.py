@@ -70,16 +70,15 @@ async def recover_lost_events(
     stored = 0
     while True:
         async with db.read() as uow:
-            after = await queries.activity_recovery_mark(uow.conn) or 0
+            mark = await queries.activity_recovery_mark(uow.conn) or 0
             rows = await queries.settled_feed_outbox(
                 uow.conn,
                 grace_s=grace.total_seconds(),
-                after_id=after,
+                after_id=mark,
                 row_limit=batch,
             )
         if not rows:
-            await _report_waiting(db, after, grace, settled_nothing=True)
-            return stored
+            break
         *lost_rows, through = rows
         lost = [{**row.payload, "outbox_id": row.id} for row in lost_rows]  # objects: the outbox checks
         if lost:
@@ -94,25 +93,27 @@ async def recover_lost_events(
                 )
         async with db.transaction() as uow:
             await queries.set_activity_recovery_mark(uow.conn, checked_through=through.id)
+        mark = through.id
         if through.settled < batch:
-            await _report_waiting(db, through.id, grace, settled_nothing=False)
-            return stored
+            break
+    await _report_waiting(db, mark, grace)
+    return stored
 
 
-async def _report_waiting(db: Database, after: int, grace: timedelta, *, settled_nothing: bool) -> None:
+async def _report_waiting(db: Database, mark: int, grace: timedelta) -> None:
     """Set ``WAITING`` from the row after the mark, and log (once per ``HELD_BACK_LOG_S``) a walk that
-    settled nothing though that row was published more than twice ``grace`` ago: a transaction open
+    stopped at that row though it was published more than twice ``grace`` ago: a transaction open
     that long holds it back (an operator's session, a migration; or, for an app role without
     pg_read_all_stats, any other role's session writing: deploy/README.md), and events lost meanwhile
     are not recorded again until it ends."""
     async with db.read() as uow:
-        first = await queries.first_feed_outbox_after(uow.conn, after_id=after)
+        first = await queries.first_feed_outbox_after(uow.conn, after_id=mark)
     if first is None or first.published_at is None:
         WAITING.set(0)  # nothing after the mark, or its row is still on its way (the relay's to publish)
         return
     waited = first.checked_at - first.published_at
     WAITING.set(max(0.0, waited.total_seconds()))
-    if settled_nothing and waited > 2 * grace and _held_back_warnings.due():
+    if waited > 2 * grace and _held_back_warnings.due():
         log.warning(
             "feed_recovery_held_back",
             outbox_id=first.id,
