@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any
 
 from litestar import Litestar
@@ -110,11 +111,19 @@ def granian_formatter() -> logging.Formatter:
     ``app.cli`` does. Raised from here, it was the middle of a 50-line traceback whose last line
     blamed the formatter, or (a module's check, found by the workers) a crash loop."""
     try:
-        settings = get_settings()
-        check_settings(settings)
+        settings = _checked_settings()
     except SettingsError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     return build_formatter(settings.log_json)
+
+
+@cache
+def _checked_settings() -> Settings:
+    """The process's settings once the modules' checks passed: once per process, though granian
+    builds a formatter for each of its two loggers (the checks write a probe file)."""
+    settings = get_settings()
+    check_settings(settings)
+    return settings
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
