@@ -102,6 +102,8 @@ log = structlog.get_logger("app.reports")
 T = TypeVar("T")
 
 ROLLUP_GRACE = timedelta(seconds=ROLLUP_GRACE_S)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""Where the rollup's steps and a walk's instant (in its cursor) are counted from."""
 ROLLUP_STEP = timedelta(minutes=5)
 """W's unit: the rollup adds the rows received in complete steps only."""
 DAILY_TOTAL_LAG = timedelta(minutes=10)
@@ -231,7 +233,7 @@ def resolve_range(
 def _floor_step(moment: datetime) -> datetime:
     """The ``ROLLUP_STEP`` boundary at or before ``moment``, in UTC."""
     moment = moment.astimezone(UTC)
-    return moment - (moment - datetime(2000, 1, 1, tzinfo=UTC)) % ROLLUP_STEP
+    return moment - (moment - EPOCH) % ROLLUP_STEP
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -826,9 +828,6 @@ def _rank_position(count: int, value: str, as_of: datetime | None) -> RankCursor
 def _micros(moment: datetime) -> int:
     """``moment`` in microseconds since the epoch (exact: a cursor's instant must equal the list's)."""
     return (moment - EPOCH) // timedelta(microseconds=1)
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def decode_rank_cursor(cursor: str) -> DecodedRankCursor:
