@@ -279,10 +279,8 @@ class Triage:
             locked = {}
             for group_id in sorted([target_id, *sources]):  # one lock order: no deadlock between merges
                 locked[group_id] = await self._root_for_change(uow, group_id)
-            merged = 0
-            for group_id in locked:
-                totals = await queries.tree_totals(uow.conn, root_id=group_id)
-                merged += totals.members if totals is not None else 0
+            trees = {group_id: await queries.tree_totals(uow.conn, root_id=group_id) for group_id in locked}
+            merged = sum(totals.members for totals in trees.values() if totals is not None)
             if merged > MAX_MERGED_GROUPS:
                 raise MergeTooLargeError(
                     f"The group would hold {merged:,} groups, merged ones included: at most "
@@ -290,7 +288,7 @@ class Triage:
                 )
             moved = 0
             for source in sources:
-                totals = await queries.tree_totals(uow.conn, root_id=source)
+                totals = trees[source]
                 moved += totals.events if totals is not None else 0
                 await queries.set_parent(uow.conn, parent_id=target_id, id=source)
                 await queries.move_tree(uow.conn, new_root_id=target_id, old_root_id=source)
