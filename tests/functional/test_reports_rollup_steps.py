@@ -22,6 +22,7 @@ from app.domains.reports.services import (
     ReportService,
     resolve_range,
 )
+from tests.factories import scalar
 from tests.functional.test_reports_zones import insert_view
 
 HOUR = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), time(14), UTC)
@@ -29,12 +30,10 @@ HOUR = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), time(14), 
 
 
 async def rolled_up_views(db: AsyncConnection[Any], site_id: int) -> int:
-    cursor = await db.execute(
-        "select coalesce(sum(pageviews), 0) from page_view_hourly where site_id = %s", (site_id,)
+    views: int = await scalar(
+        db, "select coalesce(sum(pageviews), 0) from page_view_hourly where site_id = %s", site_id
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
+    return views
 
 
 async def test_the_watermark_follows_the_clock_by_the_grace_and_a_step_at_most(
@@ -74,14 +73,9 @@ async def insert_views(db: AsyncConnection[Any], site_id: int, at: datetime, pat
 
 
 async def dimension_rows(db: AsyncConnection[Any], site_id: int, hour: datetime) -> int:
-    cursor = await db.execute(
-        "select count(*) from page_view_dimension_hourly"
-        " where site_id = %s and dimension = 'path' and hour = %s",
-        (site_id, hour),
-    )
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
+    query = "select count(*) from page_view_dimension_hourly where site_id = %s and dimension = 'path'"
+    rows: int = await scalar(db, query + " and hour = %s", site_id, hour)
+    return rows
 
 
 async def test_an_hour_is_ranked_once_it_has_ended_not_at_every_step(
@@ -112,8 +106,5 @@ async def test_an_hour_is_ranked_once_it_has_ended_not_at_every_step(
     assert await dimension_rows(db, site_id, HOUR) == DIMENSION_VALUES_PER_HOUR + 1, (
         "folded: the top and (other)"
     )
-    cursor = await db.execute(
-        "select sum(views) from page_view_dimension_hourly where site_id = %s and dimension = 'path'",
-        (site_id,),
-    )
-    assert await cursor.fetchone() == (2 * len(tails) + 11,), "every view is kept"
+    kept = "select sum(views) from page_view_dimension_hourly where site_id = %s and dimension = 'path'"
+    assert await scalar(db, kept, site_id) == 2 * len(tails) + 11, "every view is kept"
