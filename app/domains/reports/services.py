@@ -314,8 +314,8 @@ class ReportService:
                 if watermark is not None and watermark >= target:
                     return total
                 first = await queries.first_pending_hour(conn, received_from=watermark, received_to=target)
-                if first is None:  # nothing received in [watermark, target): close its hours, move on
-                    start = end = target
+                if first is None:  # nothing received in [watermark, target): an empty window, whose
+                    start = end = target  # run still folds the hours that ended meanwhile
                 else:
                     start = max(first, watermark) if watermark is not None else first
                     end = min(start + ROLLUP_CHUNK, target)
@@ -323,10 +323,7 @@ class ReportService:
                 window = {"received_from": start, "received_to": end}
                 closed_from = watermark if watermark is not None else start
                 await queries.keep_sites_in_window(conn, closed_from=closed_from, **window)
-                rows = 0
-                if first is not None:
-                    rows = await queries.rollup_hourly(conn, **window) or 0
-                # Also with nothing received: the hours that ended meanwhile are folded now.
+                rows = await queries.rollup_hourly(conn, **window) or 0
                 await queries.rollup_dimensions(
                     conn,
                     keep=DIMENSION_VALUES_PER_HOUR,
@@ -336,12 +333,11 @@ class ReportService:
                     closed_from=closed_from,
                     **window,
                 )
-                if first is not None:
-                    await queries.rollup_visitors(conn, **window)
-                    await queries.rollup_visits(conn, **window)
+                await queries.rollup_visitors(conn, **window)
+                await queries.rollup_visits(conn, **window)
                 await queries.set_watermark(conn, rolled_up_to=end)
-                if first is None:
-                    return total
+            if first is None:
+                return total
             total += rows
             log.info(
                 "analytics rolled up", received_from=start.isoformat(), received_to=end.isoformat(), rows=rows
