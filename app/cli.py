@@ -677,18 +677,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         settings = load_settings()
+        if args.command in ("serve", "worker"):  # what the API and the worker run needs more
+            from app.modules import check_settings
+
+            check_settings(settings)
     except SettingsError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     except OSError as exc:  # the signing key kept under DATA_DIR (development)
         raise SystemExit(f"configuration error: DATA_DIR cannot hold the signing key: {exc}") from None
     configure_logging(settings.log_level, json=settings.log_json)
-    if args.command in ("serve", "worker"):
-        from app.modules import check_settings
-
-        try:
-            check_settings(settings)
-        except SettingsError as exc:
-            raise SystemExit(f"configuration error: {exc}") from None
     if args.command == "serve":
         sys.exit(serve(settings))
     elif args.command == "worker":
