@@ -356,27 +356,6 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-def check_files_dir(settings: Settings) -> None:
-    """The module's settings check: ``FILES_DIR`` (``uploads_dir``) can hold a staged file. An
-    unwritable one (a volume the app's user cannot write) started healthy and answered every upload
-    500."""
-    tmp_dir = settings.uploads_dir / "tmp"
-    probe = tmp_dir / f".probe-{uuid.uuid4().hex}"
-    try:
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        named = (
-            f"FILES_DIR {str(settings.files_dir)!r}"
-            if settings.files_dir is not None
-            else f"DATA_DIR {str(settings.data_dir)!r} (FILES_DIR unset: DATA_DIR/files)"
-        )
-        raise SettingsError(
-            f"{named} cannot hold uploads for user id {os.getuid()}: {exc.strerror or exc}"
-        ) from None
-
-
 class FileStorage:
     """Stored objects under ``root``; see the module docstring for the layout and guarantees."""
 
@@ -627,3 +606,23 @@ class _Upload:
             self.handle = None
         if self.path is not None:
             FileStorage.discard(self.path)
+
+
+def check_files_dir(settings: Settings) -> None:
+    """The module's settings check: ``FILES_DIR`` (``uploads_dir``) can hold a staged file (one is
+    written where an upload's would be, and removed). An unwritable one (a volume the app's user cannot
+    write) started healthy and answered every upload 500."""
+    probe = FileStorage(settings.uploads_dir).new_temp_path()
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        named = (
+            f"FILES_DIR {str(settings.files_dir)!r}"
+            if settings.files_dir is not None
+            else f"DATA_DIR {str(settings.data_dir)!r} (FILES_DIR unset: DATA_DIR/files)"
+        )
+        raise SettingsError(
+            f"{named} cannot hold uploads for user id {os.getuid()}: {exc.strerror or exc}"
+        ) from None
