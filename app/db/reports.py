@@ -91,10 +91,11 @@ async def keep_sites_in_window(
     closed_from: datetime,
 ) -> None:
     """The sites with rows received in the window, or with dimension rows of an hour that ends after
-    @closed_from (the previous watermark) and by the window's end (RollupDimensions folds them), locked against deletion until the rollup commits (FOR KEY SHARE, in
-    id order), before the rollup statements read them: a site deleted meanwhile is left out by their
-    join, no rollup row of a deleted site is written after its deletion commits, and a deletion never
-    holds a site's rollup rows while it waits for this run (a deadlock)."""
+    @closed_from (the previous watermark) and by the window's end (RollupDimensions folds them),
+    locked against deletion until the rollup commits (FOR KEY SHARE, in id order), before the rollup
+    statements read them: a site deleted meanwhile is left out by their join, no rollup row of a
+    deleted site is written after its deletion commits, and a deletion never holds a site's rollup rows
+    while it waits for this run (a deadlock)."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(KEEP_SITES_IN_WINDOW, (received_from, received_to, closed_from))
 

@@ -25,10 +25,11 @@ where received_at >= coalesce(sqlc.narg(received_from)::timestamptz, '-infinity'
 
 -- name: KeepSitesInWindow :exec
 -- The sites with rows received in the window, or with dimension rows of an hour that ends after
--- @closed_from (the previous watermark) and by the window's end (RollupDimensions folds them), locked against deletion until the rollup commits (FOR KEY SHARE, in
--- id order), before the rollup statements read them: a site deleted meanwhile is left out by their
--- join, no rollup row of a deleted site is written after its deletion commits, and a deletion never
--- holds a site's rollup rows while it waits for this run (a deadlock).
+-- @closed_from (the previous watermark) and by the window's end (RollupDimensions folds them),
+-- locked against deletion until the rollup commits (FOR KEY SHARE, in id order), before the rollup
+-- statements read them: a site deleted meanwhile is left out by their join, no rollup row of a
+-- deleted site is written after its deletion commits, and a deletion never holds a site's rollup rows
+-- while it waits for this run (a deadlock).
 select s.id from sites s
 where s.id in (
     select distinct p.site_id from page_views p
