@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC
 from pathlib import Path
@@ -53,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, told_traceback
 from app.core.migrate import REFUSED_CONNECTION, database_missing, migrate
 from app.core.runtime import release_services, resolve_services, revive_services
 from app.core.scrub import scrub_text
@@ -545,7 +544,7 @@ def serve(settings: Settings) -> int:
             return 0
         secrets = (configured.database_url, configured.valkey_url, settings.database_url, settings.valkey_url)
         if not isinstance(exc, LaunchError | SettingsError | RuntimeError | OSError):
-            print(scrub_text(traceback.format_exc(), *secrets), end="", file=sys.stderr)
+            print(scrub_text(told_traceback(exc), *secrets), end="", file=sys.stderr)
         print(f"serve: failed: {scrub_text(str(exc), *secrets)}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -642,8 +641,8 @@ def exit_scrubbed(*urls: str | None) -> Iterator[None]:
         yield
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException:
-        print(scrub_text(traceback.format_exc(), *urls), end="", file=sys.stderr, flush=True)
+    except BaseException as exc:
+        print(scrub_text(told_traceback(exc), *urls), end="", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
 

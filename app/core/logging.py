@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 import time
+import traceback
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import stamina.instrumentation
 import structlog
 
-from app.core.scrub import MASK, scrub_text
+from app.core.scrub import MASK, exception_message, scrub_text
 
 _SECRET_PARTS = re.compile(
     r"passw|passcode|secret|token|authori[sz]ation|cookie|session|credential|api[_-]?key"
@@ -363,6 +364,31 @@ _SHARED: list[structlog.typing.Processor] = [
 ]
 
 
+def told_traceback(error: BaseException) -> str:
+    """``error``'s traceback as ``traceback`` prints it, each exception of the chain told by its
+    ``exception_message``: a database error's DETAIL line (a whole row: an e-mail, a password hash)
+    is masked by no pattern of ``scrub_text``, and was written with every unexpected error."""
+    text = "".join(traceback.format_exception(error)).rstrip("\n")
+    pending: list[BaseException | None] = [error]
+    seen: set[int] = set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        pending += [exc.__cause__, exc.__context__, *getattr(exc, "exceptions", ())]
+        try:
+            told, whole = exception_message(exc), str(exc)
+        except Exception:  # an unprintable exception: ``traceback`` already said so
+            told = whole = ""
+        if told != whole and whole:
+            text = text.replace(whole, told)
+    return text
+
+
+_format_exc_info = structlog.processors.ExceptionRenderer(lambda exc_info: told_traceback(exc_info[1]))
+
+
 GRANIAN_LOG_CONFIG = Path(__file__).with_name("granian_logging.json")
 """granian's own log lines (a worker's unexpected exit, its start and stop) through ``build_formatter``
 (``app.main.granian_formatter``): ``--log-config`` of the image's granian, and ``serve``'s. Its
@@ -379,7 +405,7 @@ def build_formatter(json: bool = True) -> logging.Formatter:
         foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(allow=_RECORD_FIELDS)],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
+            _format_exc_info,
             _scrub_strings,
             renderer,
         ],

@@ -159,3 +159,20 @@ def _url_password(url: str) -> str | None:
         return None
     credentials = rest.rsplit("@", 1)[0]
     return credentials.split(":", 1)[1] if ":" in credentials else None
+
+
+def exception_message(exc: BaseException) -> str:
+    """What may be told of ``exc``'s message anywhere it leaves the process (a logged traceback, a
+    monitoring event). Of a database error only its primary message: the DETAIL line quotes whole rows
+    and keys (``Failing row contains (e-mail, display name, password hash, ...)``), which no pattern can
+    tell from other text, and CONTEXT and HINT add nothing. psycopg's errors give the primary message
+    apart; asyncpg's, and psycopg's raised before a server answered, carry it on their first line.
+    """
+    import psycopg
+
+    if isinstance(exc, psycopg.Error) and (primary := exc.diag.message_primary):
+        return primary
+    text = str(exc)
+    if isinstance(exc, psycopg.Error) or getattr(exc, "sqlstate", None) is not None:
+        return (text.strip().splitlines() or [""])[0]
+    return text

@@ -95,3 +95,30 @@ async def test_fields_that_only_count_or_name_sessions_and_tokens_are_kept(
     assert changed["sessions_revoked"] == 1, changed
     (kept,) = logs.events("kept")
     assert (kept["token_id"], kept["sessions_ended"]) == ("fp-1234", 2)
+
+
+async def test_a_logged_database_error_keeps_its_message_not_the_row_it_quotes(
+    api: Client, db: AsyncConnection[Any]
+) -> None:
+    """A constraint's violation is logged with its traceback (the unexpected-error handler, a failed
+    job): PostgreSQL's DETAIL line quotes the whole row, e-mail and password hash included, which no
+    secret pattern masks. Only the primary message is written, as monitoring keeps it; the chain's
+    other exceptions and the frames stay."""
+    row_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+    with captured_logs() as logs:
+        try:
+            try:
+                await db.execute(
+                    "insert into users (email, display_name, password_hash) values (%s, %s, %s)",
+                    ("Victim@Example.com", "Victim Person", row_hash),
+                )
+            except Exception as exc:
+                raise RuntimeError("registration failed") from exc
+        except RuntimeError:
+            structlog.get_logger("app.errors").exception("unhandled_error", path="/api/auth/register")
+    assert "Victim" not in logs.text and row_hash not in logs.text and "DETAIL" not in logs.text, logs.text
+    (line,) = logs.events("unhandled_error")
+    told = line["exception"]
+    assert 'violates check constraint "users_email_check"' in told, told
+    assert "CheckViolation" in told and "RuntimeError: registration failed" in told, told
+    assert "test_a_logged_database_error_keeps_its_message_not_the_row_it_quotes" in told, "the frames stay"

@@ -29,9 +29,8 @@ from types import TracebackType
 from typing import TypeVar
 
 import msgspec
-import psycopg
 
-from app.core.scrub import SCRUB_MARGIN
+from app.core.scrub import SCRUB_MARGIN, exception_message
 
 GROUPING_VERSION = "2026-11-30"
 GROUPING_RULES = (
@@ -127,16 +126,11 @@ def capture_chain(exc: BaseException) -> tuple[RawException, ...]:
 
 
 def _message(exc: BaseException) -> str:
-    """What an event keeps of ``exc``'s message. Of a PostgreSQL error only its primary message: the
-    DETAIL line quotes whole rows and keys (``Failing row contains (e-mail, password hash, ...)``),
-    which the scrubber cannot tell from other text, and CONTEXT and HINT add nothing a group needs.
-    A log line keeps only the first line of any error (``app.core.logging.error_message``)."""
+    """What an event keeps of ``exc``'s message: of a database error only its primary message, as in
+    a logged traceback (``app.core.scrub.exception_message``). A log line's ``cause`` keeps only the
+    first line of any error (``app.core.logging.error_message``)."""
     try:
-        if isinstance(exc, psycopg.Error):
-            primary = exc.diag.message_primary
-            text = primary if primary else (str(exc).strip().splitlines() or [""])[0]
-        else:
-            text = str(exc)
+        text = exception_message(exc)
     except Exception:
         text = "<unprintable>"
     return text[
