@@ -8,7 +8,8 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
 - the security headers every answer carries unless the route set its own (``SECURITY_HEADERS``,
   ``Cache-Control: no-store`` among them);
 - after the answer: the Prometheus request metrics (``app.core.metrics``), the modules' request
-  observers, and one access-log line — only built when ``app.access`` logs at INFO. They all take
+  observers, and one access-log line — only built when ``app.access`` logs at INFO, without the
+  client's address where the route says so (``LOG_CLIENT_IP_OPT``). They all take
   the server's time: from the request's arrival to its answer's end, less the time spent waiting
   for the client (for the chunks of its body, or to take the answer's), and never the drain below.
   A client sending slowly, leaving mid-body, or reading slowly made its route look slow: twenty
@@ -131,6 +132,16 @@ class _WatchedBody:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 while not self.ended:
                     await self.receive()
+
+
+LOG_CLIENT_IP_OPT = "log_client_ip"
+"""A route's ``opt`` key: ``False`` leaves the client's address out of its access-log lines (the
+page-view ingest: its clients are a site's visitors, whose address the app promises not to keep)."""
+
+
+def _logs_client_ip(scope: Scope) -> bool:
+    handler = scope.get("route_handler")
+    return handler is None or bool((handler.opt or {}).get(LOG_CLIENT_IP_OPT, True))
 
 
 def _log_access(
@@ -408,5 +419,6 @@ class RequestContextMiddleware:
                 observe(scope, status, duration)
             if _access_logger.isEnabledFor(logging.INFO):
                 user_id = getattr(scope.get("user"), "id", None)
-                _log_access(scope["method"], scope["path"], status, duration, waited, client_ip, user_id)
+                logged_ip = client_ip if _logs_client_ip(scope) else None
+                _log_access(scope["method"], scope["path"], status, duration, waited, logged_ip, user_id)
             unbind_request_id(token)

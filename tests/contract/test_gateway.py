@@ -382,3 +382,50 @@ async def test_the_app_sees_the_host_with_its_port_so_the_dashboards_own_origin_
             "Content-Length: 0\r\nConnection: close\r\n\r\n",
         )
         assert (status == 403) is refused, (origin, status)
+
+
+def logged_lines(log: Path, request_ids: set[str]) -> dict[str, dict[str, object]]:
+    lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+    return {str(line["request_id"]): line for line in lines if line.get("request_id") in request_ids}
+
+
+async def gateway_log_lines(log: Path, request_ids: set[str]) -> dict[str, dict[str, object]]:
+    """The gateway's access-log lines of ``request_ids``, by id: nginx writes a line once its answer
+    is sent, so the file is read again (bounded) until all are there."""
+    found: dict[str, dict[str, object]] = {}
+    for _ in range(200):
+        found = logged_lines(log, request_ids)
+        if found.keys() == request_ids:
+            return found
+        await asyncio.sleep(0.02)
+    pytest.fail(f"the gateway logged {sorted(found)} of {sorted(request_ids)}")
+
+
+async def test_the_page_view_ingest_is_logged_without_the_visitors_address_or_agent(
+    gateway: int, tmp_path: Path
+) -> None:
+    """A site's visitors' address and agent are kept nowhere (the app's own log leaves them out of
+    these routes too); every other route's line names its client, and no line keeps a query."""
+    assert await status_of(gateway, "/health/live") == 200
+    body = b'{"site_key": "no-such-key-0000", "url": "https://example.com/a"}'
+    agent = "PrivacyProbe/1.0"
+    sent = {
+        "ingest-1": ("POST /api/page-views", body),
+        "ingest-2": ("POST /api/page-views/batch", b'{"views": [' + body + b"]}"),
+        "other-1": ("GET /api/products?q=secret-words", b""),
+    }
+    for request_id, (line, content) in sent.items():
+        status, _, _ = await exchange(
+            gateway,
+            f"{line} HTTP/1.1\r\nHost: gw\r\nUser-Agent: {agent}\r\nX-Request-ID: {request_id}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\nConnection: close\r\n\r\n",
+            content,
+        )
+        assert status == (200 if request_id == "other-1" else 422), request_id
+    logged = await gateway_log_lines(tmp_path / "nginx" / "out.log", set(sent))
+    assert logged["other-1"]["remote_addr"] == "127.0.0.1" and logged["other-1"]["user_agent"] == agent
+    assert logged["other-1"]["uri"] == "/api/products", "the query is not logged"
+    for request_id in ("ingest-1", "ingest-2"):
+        line = logged[request_id]
+        assert line["status"] == 422 and "remote_addr" not in line and "user_agent" not in line, line
+        assert "127.0.0.1" not in json.dumps(line) and agent not in json.dumps(line), line

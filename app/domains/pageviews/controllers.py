@@ -10,7 +10,8 @@ these rates). Each handler obtains ``PageViewService`` once per request from the
 accepted (a token per 4 KiB when that is more than a token per view: the body passed on to
 ``record_one``/``record``), and when refused for its content (400), for its views (429, ``admit``),
 for its size (413: ``refuse_oversized``, then the same 413). The single view's answer is built once (an
-``ASGIResponse`` holds no per-request state).
+``ASGIResponse`` holds no per-request state). Their access-log lines leave out the client's address
+(``LOG_CLIENT_IP_OPT``): the clients are a site's visitors.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
 
 from app.core.errors import Problem
+from app.core.middleware import LOG_CLIENT_IP_OPT
 from app.core.openapi import documents_json_body, problems
 from app.core.responses import JSONBytesResponse
 from app.core.services import services_of_app
@@ -88,7 +90,7 @@ def _client(request: Request[Any, Any, Any]) -> tuple[str, str]:
     "case and final slash kept, at most 2000 characters. Agents crawlerdetect knows, load-testing tools, "
     "and empty agents or agents over 512 characters are counted as bots. "
     "429: the address (an IPv6 /64 counts as one) or the site's quota. " + BODIES_CHARGED,
-    opt={"rate_limit": None},
+    opt={"rate_limit": None, LOG_CLIENT_IP_OPT: False},
     operation_class=documents_json_body(PageViewIn),
     responses={
         **problems(400, 413, 422, 429, 503),
@@ -121,7 +123,7 @@ async def ingest_page_view(request: Request[Any, Any, Any]) -> ASGIResponse:
     "(413 otherwise). Where this server's limits are set below a full batch (RATE_LIMIT_INGEST_PER_MINUTE "
     "or _PER_HOUR, SINK_MAX_PENDING, INGEST_SITE_VIEWS_PER_MINUTE or _PER_DAY), a batch larger than they "
     "could ever admit is 413 `batch-too-large`, not a 429 whose wait would not help.",
-    opt={"rate_limit": None},
+    opt={"rate_limit": None, LOG_CLIENT_IP_OPT: False},
     request_max_body_size=BATCH_MAX_BODY,
     operation_class=documents_json_body(PageViewBatchIn),
     responses={

@@ -1,5 +1,7 @@
 r"""What the server derives from a raw page view: path, UTM, referrer, device/browser/OS, bot flag,
-and the visitor id (a keyed hash: no raw IP or user agent is ever stored).
+and the visitor id (a keyed hash: no raw IP or user agent is ever stored, nor logged: the ingest
+routes' access-log lines leave the address out, ``app.core.middleware.LOG_CLIENT_IP_OPT``, and so do
+the gateway's, ``deploy/nginx.conf``).
 
 User agents are classified into coarse families with a few regular expressions and an LRU cache:
 the full uap-core regex set costs an order of magnitude more per uncached agent on the hot path,
