@@ -863,7 +863,8 @@ async def take_accepted_invitation(
 
 TAKE_INVITATION = """\
 delete from project_invitations
-where id = $1 and email = $2 and created_at > now() - make_interval(secs => $3::float8)
+where id = $1 and email = $2 and token_sha256 = $3
+  and created_at > now() - make_interval(secs => $4::float8)
 returning id, project_id, email, role, invited_by, created_at, token_sha256"""
 
 
@@ -872,12 +873,15 @@ async def take_invitation(
     *,
     id: int,
     email: str,
+    token_sha256: bytes | None,
     ttl_s: float,
 ) -> ProjectInvitation | None:
-    """An invitation addressed to this email, removed as declined (no token needed: it only removes the
-    caller's own invitation); an expired one is as if withdrawn already (no row; it is purged)."""
+    """An invitation addressed to this email, removed as declined: only while it still has the hash the
+    token was checked against (an address proves nothing, registration sends no mail: whoever registered
+    it could otherwise decline every invitation sent to it); an expired one is as if withdrawn already
+    (no row; it is purged)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ProjectInvitation)) as cur:
-        await cur.execute(TAKE_INVITATION, (id, email, ttl_s))
+        await cur.execute(TAKE_INVITATION, (id, email, token_sha256, ttl_s))
         return await cur.fetchone()
 
 

@@ -366,10 +366,13 @@ where i.id = @id and i.email = @email and i.token_sha256 = @token_sha256
 returning *;
 
 -- name: TakeInvitation :one
--- An invitation addressed to this email, removed as declined (no token needed: it only removes the
--- caller's own invitation); an expired one is as if withdrawn already (no row; it is purged).
+-- An invitation addressed to this email, removed as declined: only while it still has the hash the
+-- token was checked against (an address proves nothing, registration sends no mail: whoever registered
+-- it could otherwise decline every invitation sent to it); an expired one is as if withdrawn already
+-- (no row; it is purged).
 delete from project_invitations
-where id = @id and email = @email and created_at > now() - make_interval(secs => @ttl_s::float8)
+where id = @id and email = @email and token_sha256 = @token_sha256
+  and created_at > now() - make_interval(secs => @ttl_s::float8)
 returning *;
 
 -- name: PurgeExpiredInvitations :execrows

@@ -119,7 +119,12 @@ async def test_an_expired_invitation_is_a_404_and_listed_nowhere_and_a_fresh_one
         k: v for k, v in unknown.items() if k not in {"request_id", "instance"}
     }, "no existence leak"
     assert_problem(
-        await api.post(f"/api/me/invitations/{old['id']}/decline", headers=old_invitee.headers), 404
+        await api.post(
+            f"/api/me/invitations/{old['id']}/decline",
+            json={"token": old["token"]},
+            headers=old_invitee.headers,
+        ),
+        404,
     )
     assert_problem(await api.delete(f"{owners_url}/{old['id']}", headers=owner.headers), 404)
     assert await project_queries.get_member_role(db, project_id=project, user_id=old_invitee.id) is None

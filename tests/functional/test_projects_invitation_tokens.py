@@ -154,11 +154,11 @@ async def test_the_token_is_shown_once_and_stored_only_as_its_hash(
     assert stored is not None and bytes(stored[0]) == hashlib.sha256(token.encode()).digest()
 
 
-async def test_an_invitation_without_a_token_cannot_be_accepted_but_can_be_declined(
+async def test_an_invitation_without_a_token_cannot_be_accepted_nor_declined(
     client: Client, db: AsyncConnection[Any], team: Team
 ) -> None:
-    """Invitations waiting when tokens came have none (the migration keeps them, unacceptable): the
-    owner invites the email again to issue one; the invitee may still decline."""
+    """Invitations waiting when tokens came have none (the migration keeps them, unusable until they
+    expire): the owner invites the email again to issue one."""
     other = await make_project(db, team.owner, name="Gemini")
     legacy = []
     for project in (team.project, other):
@@ -174,8 +174,10 @@ async def test_an_invitation_without_a_token_cannot_be_accepted_but_can_be_decli
 
     for body in ({}, {"token": ""}):
         assert_problem(await accept(client, team.outsider, legacy[0], body), 404, "not-found")
-    declined = await client.post(f"/api/me/invitations/{legacy[1]}/decline", headers=team.outsider.headers)
-    assert declined.status_code == 204, declined.text
+        declined = await client.post(
+            f"/api/me/invitations/{legacy[1]}/decline", json=body, headers=team.outsider.headers
+        )
+        assert_problem(declined, 404, "not-found")
 
     again = await invite(client, team.owner, team.project, team.outsider.email)
     assert again["id"] == legacy[0]
@@ -183,13 +185,26 @@ async def test_an_invitation_without_a_token_cannot_be_accepted_but_can_be_decli
     assert joined.status_code == 200, joined.text
 
 
-async def test_declining_needs_no_token_and_only_the_invitee_may(
+async def test_declining_takes_the_token_and_only_the_invitee_may(
     client: Client, db: AsyncConnection[Any], team: Team
 ) -> None:
+    """Registration proves no control of an email: whoever registered the invited address first
+    declined every invitation sent to it, with no token (appsec review). Declining takes the proof
+    accepting takes; without it the invitation waits for the one holding the token."""
     sent = await invite(client, team.owner, team.project, team.outsider.email)
+    url = f"/api/me/invitations/{sent['id']}/decline"
     stranger = await make_user(db, client.app, name="Stranger")  # type: ignore[arg-type]
-    other = await client.post(f"/api/me/invitations/{sent['id']}/decline", headers=stranger.headers)
+    other = await client.post(url, json={"token": sent["token"]}, headers=stranger.headers)
     assert_problem(other, 404, "not-found")
-    declined = await client.post(f"/api/me/invitations/{sent['id']}/decline", headers=team.outsider.headers)
+    for body in (
+        {},
+        {"token": ""},
+        {"token": sent["token"][:-1] + ("y" if sent["token"].endswith("x") else "x")},
+    ):
+        squatted = await client.post(url, json=body, headers=team.outsider.headers)
+        assert_problem(squatted, 404, "not-found")
+    owners = await client.get(f"/api/projects/{team.project}/invitations", headers=team.owner.headers)
+    assert [item["id"] for item in owners.json()["items"]] == [sent["id"]], "still waiting"
+    declined = await client.post(url, json={"token": sent["token"]}, headers=team.outsider.headers)
     assert declined.status_code == 204, declined.text
     assert_problem(await accept(client, team.outsider, sent["id"], {"token": sent["token"]}), 404)

@@ -279,7 +279,9 @@ async def test_the_invitee_accepts_or_declines_and_only_the_invitee(
             f"/api/me/invitations/{invitation}/accept", json=token, headers=other.headers
         )
         assert_problem(accepted, 404, "not-found")
-        declined = await client.post(f"/api/me/invitations/{invitation}/decline", headers=other.headers)
+        declined = await client.post(
+            f"/api/me/invitations/{invitation}/decline", json=token, headers=other.headers
+        )
         assert_problem(declined, 404, "not-found")
     assert await role_of(db, team.project, team.owner.id) == ProjectRole.OWNER
 
@@ -308,7 +310,9 @@ async def test_the_invitee_accepts_or_declines_and_only_the_invitee(
         invitations, json={"email": team.outsider.email.upper()}, headers=team.owner.headers
     )
     declined = await client.post(
-        f"/api/me/invitations/{second.json()['id']}/decline", headers=team.outsider.headers
+        f"/api/me/invitations/{second.json()['id']}/decline",
+        json={"token": second.json()["token"]},
+        headers=team.outsider.headers,
     )
     assert declined.status_code == 204
     assert (await client.get(invitations, headers=team.owner.headers)).json()["items"] == []

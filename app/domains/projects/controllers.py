@@ -364,10 +364,17 @@ class MyInvitationsController(Controller):
         "/{invitation_id:int}/decline",
         status_code=HTTP_204_NO_CONTENT,
         summary="Decline an invitation",
-        description="Removes an invitation addressed to your email; no token needed.",
-        responses=problems(401, 404, 429),
+        description='Removes an invitation addressed to your email. Send `{"token": ...}`, the token '
+        "that accepts it: an email address proves nothing here (registration sends no mail), so declining "
+        "takes the same proof as accepting. A wrong or missing token is a 404, exactly like an invitation "
+        "that does not exist, is addressed to someone else or has expired.",
+        responses=problems(400, 401, 404, 429),
     )
     async def decline_invitation(
-        self, invitation_id: IdPath, projects: Projects, current_user: Caller
+        self,
+        invitation_id: IdPath,
+        data: JSONBody[InvitationAccept],
+        projects: Projects,
+        current_user: Caller,
     ) -> None:
-        await projects.decline_invitation(current_user.id, invitation_id)
+        await projects.decline_invitation(current_user.id, invitation_id, data.token)

@@ -141,6 +141,8 @@ InvitationToken = Annotated[
 
 
 class InvitationAccept(msgspec.Struct, forbid_unknown_fields=True):
+    """The token handed to the invitee: it accepts the invitation, or declines it."""
+
     token: InvitationToken = ""
 
 

@@ -572,19 +572,27 @@ class ProjectService:
             raise NotFoundError("No such invitation.")
         return invitation
 
-    async def decline_invitation(self, user_id: int, invitation_id: int) -> None:
-        """The invitee removes an invitation addressed to their email; no token needed (it only removes
-        the caller's own invitation, and adds nobody). An expired one is a 404, as if withdrawn."""
+    async def decline_invitation(self, user_id: int, invitation_id: int, token: str) -> None:
+        """The invitee removes an invitation addressed to their email, with its token as to accept it:
+        the address alone proves nothing (registration sends no mail), and whoever registered it first
+        could decline every invitation sent to it. A wrong token, or an expired invitation, is the 404 of
+        one that does not exist."""
+        digest = invitation_token_digest(token)
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
-            taken = (
-                await queries.take_invitation(
+            found = (
+                await queries.invitation_to_accept(
                     uow.conn, id=invitation_id, email=user.email, ttl_s=self.invitation_ttl_s
                 )
                 if user
                 else None
             )
-            if taken is None:
+            if user is None or found is None or not token_matches(found.token_sha256, digest):
+                raise NotFoundError("No such invitation.")
+            taken = await queries.take_invitation(
+                uow.conn, id=invitation_id, email=user.email, token_sha256=digest, ttl_s=self.invitation_ttl_s
+            )
+            if taken is None:  # sent again (a new token), withdrawn or expired meanwhile
                 raise NotFoundError("No such invitation.")
 
     async def purge_expired_invitations(self, chunk_size: int = INVITATION_PURGE_CHUNK) -> int:
