@@ -36,6 +36,7 @@ _DESCRIPTIONS = {
     429: "Rate limit exceeded; see Retry-After",
     500: "Unexpected error; quote the request_id",
     503: "A dependency is unavailable; retry later",
+    507: "No room left to store it; nothing was stored, retry later",
 }
 
 

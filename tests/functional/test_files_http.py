@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import resource
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -1423,3 +1425,36 @@ async def test_a_delete_with_if_match_compares_the_files_etag(api: Client, world
     assert (await api.get(url, headers=world.editor.headers)).status_code == 200, "nothing was deleted"
     assert (await api.delete(url, headers=world.editor.headers | {"If-Match": tag})).status_code == 204
     assert (await api.get(url, headers=world.editor.headers)).status_code == 404
+
+
+@contextlib.contextmanager
+def files_may_grow_to(max_bytes: int) -> Iterator[None]:
+    """This process's writes past ``max_bytes`` of a file fail with ``EFBIG``, as writes to a full
+    disk fail with ``ENOSPC`` (a full disk cannot be made here without privileges): both are an
+    ``OSError`` from the same write. ``SIGXFSZ`` is ignored meanwhile, or it would end the process."""
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, previous[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+async def test_a_storage_without_room_is_a_507_problem_that_stores_nothing(
+    api: Client, world: World, db: AsyncConnection[Any], files_root: Path
+) -> None:
+    """A full disk was a 500 (an unexpected ``OSError``, captured as a bug): it is a 507 naming the
+    cause, with an error line for the operator; the upload's staged bytes are removed and its
+    reservation released, so the next upload that fits is stored."""
+    with files_may_grow_to(MIB), captured_logs() as logs:
+        refused = await upload(api, world.editor, world.project, b"x" * (2 * MIB))
+    assert_problem(refused, 507, "storage-full")
+    assert stored(files_root) == []
+    (line,) = logs.events("file_storage_full")
+    assert line["level"] == "error" and line["files_dir"] == str(files_root), line
+    count = await (await db.execute("select count(*) from project_files")).fetchone()
+    assert count == (0,)
+    kept = await upload(api, world.editor, world.project, b"fits")
+    assert kept.status_code == 201, kept.text

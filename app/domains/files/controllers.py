@@ -193,7 +193,7 @@ class ProjectFilesController(Controller):
         request_max_body_size=None,
         operation_class=MultipartUploadOperation,
         responses={
-            **problems(400, 401, 403, 404, 408, 409, 413, 415, 422, 429),
+            **problems(400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 507),
             HTTP_201_CREATED: ResponseSpec(FileOut, description="Stored"),
         },
     )

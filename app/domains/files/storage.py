@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -143,6 +144,29 @@ class UploadExpiredError(AppError):
     status = 408
     slug = "upload-expired"
     title = "Upload expired"
+
+
+class StorageFullError(AppError):
+    """The file system under ``FILES_DIR`` refused the bytes for lack of room: the upload stored
+    nothing (its staged part is removed); retrying helps once an operator made room."""
+
+    status = 507
+    slug = "storage-full"
+    title = "Insufficient storage"
+
+
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""The write errors of a file system out of room: the disk or its inodes, a quota, a file too large."""
+
+
+def _refuse_if_full(exc: OSError, directory: Path) -> None:
+    """Raise ``StorageFullError`` (with an error-level line for the operator) for a write refused for
+    lack of room; return for any other ``OSError``, which stays an unexpected error."""
+    if exc.errno in NO_ROOM:
+        log.error("file_storage_full", files_dir=str(directory), error=os.strerror(exc.errno or 0))
+        raise StorageFullError(
+            "The server has no room left to store files; nothing was stored. Try again later."
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +445,10 @@ class FileStorage:
             # header that is not UTF-8 came back as a Python repr of a UnicodeDecodeError).
             said = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "unreadable"
             raise InvalidUploadError(f"Malformed multipart/form-data body: {said}.") from None
+        except OSError as exc:
+            upload.discard()
+            _refuse_if_full(exc, self.root)
+            raise
         except BaseException:
             upload.discard()
             raise
@@ -446,7 +474,11 @@ class FileStorage:
                 ) from None
             _fsync_dir(final.parent)
 
-        await anyio.to_thread.run_sync(move)
+        try:
+            await anyio.to_thread.run_sync(move)
+        except OSError as exc:
+            _refuse_if_full(exc, self.root)
+            raise
         return final
 
     async def open(self, storage_key: str) -> OpenedFile | None:
