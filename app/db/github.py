@@ -310,7 +310,10 @@ LOCK_EXPIRED_GITHUB_PROFILES = """\
 select p.login
 from github_profiles p
 where p.fetched_at < $1::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = p.login)
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = p.login and u.is_active
+  )
 order by p.fetched_at, p.login
 limit $2::integer
 for update of p"""
@@ -322,7 +325,9 @@ async def lock_expired_github_profiles(
     fetched_before: datetime,
     chunk_size: int,
 ) -> list[str]:
-    """Retention (GithubService.purge_expired), one chunk: profiles of logins nobody tracks, not fetched
+    """Retention (GithubService.purge_expired), one chunk: profiles of logins no active account tracks (a
+    deactivated account's logins are not fetched any more, nor kept: third parties' names, bios and public
+    e-mails; its tracking rows stay, and a reactivated account's logins are fetched again), not fetched
     since @fetched_before, locked oldest first (a fetch committed while this waits for a row changed
     its fetched_at: the lock re-checks it and leaves the row out)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
@@ -334,7 +339,10 @@ DELETE_EXPIRED_GITHUB_PROFILES = """\
 delete from github_profiles p
 where p.login = any($1::text[])
   and p.fetched_at < $2::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = p.login)"""
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = p.login and u.is_active
+  )"""
 
 
 async def delete_expired_github_profiles(
@@ -354,7 +362,10 @@ LOCK_FORGOTTEN_GITHUB_LOGINS = """\
 select a.login
 from github_snapshot_attempts a
 where a.attempted_at < $1::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = a.login)
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = a.login and u.is_active
+  )
 order by a.attempted_at, a.login
 limit $2::integer
 for update of a"""
@@ -366,8 +377,8 @@ async def lock_forgotten_github_logins(
     attempted_before: datetime,
     chunk_size: int,
 ) -> list[str]:
-    """Retention, one chunk: logins nobody tracks any more whose last snapshot attempt is older than
-    @attempted_before, locked oldest first (tracking holds LockGithubSnapshotAttemptKept)."""
+    """Retention, one chunk: logins no active account tracks any more whose last snapshot attempt is older
+    than @attempted_before, locked oldest first (tracking holds LockGithubSnapshotAttemptKept)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(LOCK_FORGOTTEN_GITHUB_LOGINS, (attempted_before, chunk_size))
         return await cur.fetchall()
@@ -381,7 +392,10 @@ where doomed.ctid = any(array(
     join github_snapshot_attempts a on a.login = f.login
     where f.login = any($1::text[])
       and a.attempted_at < $2::timestamptz
-      and not exists (select 1 from github_tracked t where t.login = f.login)
+      and not exists (
+          select 1 from github_tracked t join users u on u.id = t.user_id
+          where t.login = f.login and u.is_active
+      )
     limit $3::integer
     for update of f
 ))"""
@@ -405,7 +419,10 @@ DELETE_FORGOTTEN_GITHUB_ATTEMPTS = """\
 delete from github_snapshot_attempts a
 where a.login = any($1::text[])
   and a.attempted_at < $2::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = a.login)
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = a.login and u.is_active
+  )
   and not exists (select 1 from github_snapshots s where s.login = a.login)"""
 
 

@@ -122,13 +122,18 @@ where login = @login and taken_on between @first_day::date and @last_day::date
 order by taken_on;
 
 -- name: LockExpiredGithubProfiles :many
--- Retention (GithubService.purge_expired), one chunk: profiles of logins nobody tracks, not fetched
+-- Retention (GithubService.purge_expired), one chunk: profiles of logins no active account tracks (a
+-- deactivated account's logins are not fetched any more, nor kept: third parties' names, bios and public
+-- e-mails; its tracking rows stay, and a reactivated account's logins are fetched again), not fetched
 -- since @fetched_before, locked oldest first (a fetch committed while this waits for a row changed
 -- its fetched_at: the lock re-checks it and leaves the row out).
 select p.login
 from github_profiles p
 where p.fetched_at < @fetched_before::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = p.login)
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = p.login and u.is_active
+  )
 order by p.fetched_at, p.login
 limit @chunk_size::integer
 for update of p;
@@ -139,15 +144,21 @@ for update of p;
 delete from github_profiles p
 where p.login = any(@logins::text[])
   and p.fetched_at < @fetched_before::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = p.login);
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = p.login and u.is_active
+  );
 
 -- name: LockForgottenGithubLogins :many
--- Retention, one chunk: logins nobody tracks any more whose last snapshot attempt is older than
--- @attempted_before, locked oldest first (tracking holds LockGithubSnapshotAttemptKept).
+-- Retention, one chunk: logins no active account tracks any more whose last snapshot attempt is older
+-- than @attempted_before, locked oldest first (tracking holds LockGithubSnapshotAttemptKept).
 select a.login
 from github_snapshot_attempts a
 where a.attempted_at < @attempted_before::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = a.login)
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = a.login and u.is_active
+  )
 order by a.attempted_at, a.login
 limit @chunk_size::integer
 for update of a;
@@ -162,7 +173,10 @@ where doomed.ctid = any(array(
     join github_snapshot_attempts a on a.login = f.login
     where f.login = any(@logins::text[])
       and a.attempted_at < @attempted_before::timestamptz
-      and not exists (select 1 from github_tracked t where t.login = f.login)
+      and not exists (
+          select 1 from github_tracked t join users u on u.id = t.user_id
+          where t.login = f.login and u.is_active
+      )
     limit @chunk_size::integer
     for update of f
 ));
@@ -172,7 +186,10 @@ where doomed.ctid = any(array(
 delete from github_snapshot_attempts a
 where a.login = any(@logins::text[])
   and a.attempted_at < @attempted_before::timestamptz
-  and not exists (select 1 from github_tracked t where t.login = a.login)
+  and not exists (
+      select 1 from github_tracked t join users u on u.id = t.user_id
+      where t.login = a.login and u.is_active
+  )
   and not exists (select 1 from github_snapshots s where s.login = a.login);
 
 -- name: DeleteOldGithubSnapshots :execrows

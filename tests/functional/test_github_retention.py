@@ -442,3 +442,40 @@ async def test_an_untracked_login_keeps_its_history_for_the_retention_after_its_
     assert later.snapshots == 3 and later.forgotten_logins == 1 and gone.points == []
     assert later.profiles == 1 and await _stored_logins(db) == {"still-tracked"}
     assert len(tracked.points) == 6
+
+
+async def test_logins_only_deactivated_accounts_track_are_purged_as_untracked_ones(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Any,
+    clock: FakeClock,
+) -> None:
+    """A deactivated account's logins are no longer fetched; their profiles (third parties' names,
+    bios, public e-mails) and histories were kept for good all the same (privacy review). They go as
+    an untracked login's do; the tracking rows stay, for a reactivation."""
+    _add_users(fake, "kept-by-active", "tracked-by-deactivated")
+    active, deactivated = await create_user(db), await create_user(db)
+    today = clock.now.date()
+    async with open_services(_configured(settings, fake_server), [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        await github.track(active.id, "kept-by-active")
+        await github.track(deactivated.id, "tracked-by-deactivated")
+        await db.execute("update users set is_active = false where id = %s", (deactivated.id,))
+        for login in ("kept-by-active", "tracked-by-deactivated"):
+            await db.execute(
+                "insert into github_snapshot_attempts (login, attempted_at) values (%s, %s)"
+                " on conflict (login) do update set attempted_at = excluded.attempted_at",
+                (login, clock.now),
+            )
+            await _insert_snapshots(db, login, [today - timedelta(days=d) for d in range(1, 4)])
+        clock.now += timedelta(days=31)
+        purged = await github.purge_expired()
+
+    assert await _stored_logins(db) == {"kept-by-active"}
+    snapshots = await (await db.execute("select distinct login from github_snapshots")).fetchall()
+    assert snapshots == [("kept-by-active",)]
+    assert (purged.profiles, purged.snapshots, purged.forgotten_logins) == (1, 3, 1)
+    tracked = await (await db.execute("select login from github_tracked order by login")).fetchall()
+    assert tracked == [("kept-by-active",), ("tracked-by-deactivated",)]

@@ -47,9 +47,9 @@ stream polls Valkey every second for up to two minutes, so an account holds at m
 ``GITHUB_STREAM_MAX_PER_USER`` of them at once, across every process (leased slots,
 ``app/core/slots.py``; one more is a 429).
 
-Retention (``purge_expired``, daily): profiles of logins nobody tracks go
+Retention (``purge_expired``, daily): profiles of logins no active account tracks go
 ``GITHUB_PROFILE_RETENTION_DAYS`` after their last fetch (the next lookup is a cold one again),
-snapshots ``GITHUB_SNAPSHOT_RETENTION_DAYS`` after their day, and a login nobody tracks any more
+snapshots ``GITHUB_SNAPSHOT_RETENTION_DAYS`` after their day, and a login no active account tracks
 loses its snapshots ``GITHUB_PROFILE_RETENTION_DAYS`` after its last one.
 
 Where the code is: ``GithubService`` (here) is the domain's one service, its public methods the ones

@@ -188,7 +188,9 @@ class Snapshots:
     # -- retention ---------------------------------------------------------------------------
 
     async def purge_expired(self, *, chunk_size: int = PURGE_CHUNK) -> RetentionPurge:
-        """The retention (a daily cron; idempotent: a re-run finds nothing more to delete).
+        """The retention (a daily cron; idempotent: a re-run finds nothing more to delete). "Tracks"
+        means an active account tracks: a deactivated account's logins are not fetched any more, and
+        their profiles and histories (third parties' data) go as an untracked login's do.
 
         - A profile of a login nobody tracks that was not fetched for ``GITHUB_PROFILE_RETENTION_DAYS``
           is deleted. Nothing depends on it being there: a lookup with nothing stored is a cold
