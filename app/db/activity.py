@@ -779,13 +779,14 @@ cross join lateral (
 ) ac
 cross join lateral (
     select array_agg(x.object_id order by x.last_seq desc) as ids,
-           array_agg(o.title order by x.last_seq desc) as titles,
+           array_agg(coalesce(member.display_name, o.title) order by x.last_seq desc) as titles,
            array_agg(coalesce(o.deleted, false) order by x.last_seq desc) as deleted
     from (
         select go.object_id, go.last_seq from activity_group_objects go
         where go.group_id = g.id order by go.last_seq desc limit 8
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
+    left join users member on g.object_type = 'user' and member.id = x.object_id
 ) ob
 where g.project_id is null or pr.deleting_since is null
 order by p.ord"""
@@ -912,7 +913,7 @@ cross join lateral (
 ) ac
 cross join lateral (
     select array_agg(x.object_id order by x.seq desc) as ids,
-           array_agg(o.title order by x.seq desc) as titles,
+           array_agg(coalesce(member.display_name, o.title) order by x.seq desc) as titles,
            array_agg(coalesce(o.deleted, false) order by x.seq desc) as deleted
     from (
         (select go.object_id, go.last_seq as seq
@@ -931,6 +932,7 @@ cross join lateral (
          limit 8)
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
+    left join users member on g.object_type = 'user' and member.id = x.object_id
 ) ob
 where g.project_id is null or pr.deleting_since is null
 order by p.ord"""
@@ -978,7 +980,8 @@ async def feed_groups(
     read; for stored groups that is "last event above both read marks" (the read-state queries keep
     the marks compact so this holds). A group of a project being deleted is left out: only an
     administrator's page can still hold one (members lost their membership with the deletion), until
-    the purge deletes the feed's groups first."""
+    the purge deletes the feed's groups first. A member (a `user` object) is named from their account,
+    as actors are: the feed keeps no name of theirs, so a rename shows at once."""
     async with AsyncRawCursor(conn, row_factory=args_row(FeedGroupsRow)) as cur:
         await cur.execute(FEED_GROUPS, (snapshot, actor_id, reader_id, group_ids))
         return await cur.fetchall()
@@ -1023,7 +1026,8 @@ async def visible_group_by_key(
 
 GROUP_EVENTS = """\
 select e.id, e.actor_id, u.display_name as actor_name, e.verb, e.object_type, e.object_id,
-       o.title as object_title, coalesce(o.deleted, false)::boolean as object_deleted, e.data, e.occurred_at,
+       coalesce(member.display_name, o.title) as object_title, coalesce(o.deleted, false)::boolean as object_deleted,
+       e.data, e.occurred_at,
        (e.id <= greatest(
             coalesce((select s.read_through from activity_reader_state s where s.user_id = $1), 0),
             coalesce((select gr.read_through from activity_group_reads gr
@@ -1033,6 +1037,7 @@ select e.id, e.actor_id, u.display_name as actor_name, e.verb, e.object_type, e.
 from activity_events e
 join users u on u.id = e.actor_id
 left join activity_objects o on o.object_type = e.object_type and o.object_id = e.object_id
+left join users member on e.object_type = 'user' and member.id = e.object_id
 where e.group_id = $2
   and e.id < $3::bigint
   and ($4::bigint is null or e.actor_id = $4::bigint)

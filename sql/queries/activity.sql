@@ -533,13 +533,14 @@ cross join lateral (
 ) ac
 cross join lateral (
     select array_agg(x.object_id order by x.last_seq desc) as ids,
-           array_agg(o.title order by x.last_seq desc) as titles,
+           array_agg(coalesce(member.display_name, o.title) order by x.last_seq desc) as titles,
            array_agg(coalesce(o.deleted, false) order by x.last_seq desc) as deleted
     from (
         select go.object_id, go.last_seq from activity_group_objects go
         where go.group_id = g.id order by go.last_seq desc limit 8
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
+    left join users member on g.object_type = 'user' and member.id = x.object_id
 ) ob
 where g.project_id is null or pr.deleting_since is null
 order by p.ord;
@@ -552,7 +553,8 @@ order by p.ord;
 -- read; for stored groups that is "last event above both read marks" (the read-state queries keep
 -- the marks compact so this holds). A group of a project being deleted is left out: only an
 -- administrator's page can still hold one (members lost their membership with the deletion), until
--- the purge deletes the feed's groups first.
+-- the purge deletes the feed's groups first. A member (a `user` object) is named from their account,
+-- as actors are: the feed keeps no name of theirs, so a rename shows at once.
 -- nullable: project_name, target_type, target_id, target_title, actor_ids, actor_names, object_ids, object_titles, object_deleted
 with reader as (
     select u.id, coalesce(s.read_through, 0)::bigint as read_through
@@ -630,7 +632,7 @@ cross join lateral (
 ) ac
 cross join lateral (
     select array_agg(x.object_id order by x.seq desc) as ids,
-           array_agg(o.title order by x.seq desc) as titles,
+           array_agg(coalesce(member.display_name, o.title) order by x.seq desc) as titles,
            array_agg(coalesce(o.deleted, false) order by x.seq desc) as deleted
     from (
         (select go.object_id, go.last_seq as seq
@@ -649,6 +651,7 @@ cross join lateral (
          limit 8)
     ) x
     left join activity_objects o on o.object_type = g.object_type and o.object_id = x.object_id
+    left join users member on g.object_type = 'user' and member.id = x.object_id
 ) ob
 where g.project_id is null or pr.deleting_since is null
 order by p.ord;
@@ -672,7 +675,8 @@ where g.key = @key
 -- A group's events, newest first, keyset on the event id (the group's visibility is checked first).
 -- nullable: object_title
 select e.id, e.actor_id, u.display_name as actor_name, e.verb, e.object_type, e.object_id,
-       o.title as object_title, coalesce(o.deleted, false)::boolean as object_deleted, e.data, e.occurred_at,
+       coalesce(member.display_name, o.title) as object_title, coalesce(o.deleted, false)::boolean as object_deleted,
+       e.data, e.occurred_at,
        (e.id <= greatest(
             coalesce((select s.read_through from activity_reader_state s where s.user_id = @reader_id), 0),
             coalesce((select gr.read_through from activity_group_reads gr
@@ -682,6 +686,7 @@ select e.id, e.actor_id, u.display_name as actor_name, e.verb, e.object_type, e.
 from activity_events e
 join users u on u.id = e.actor_id
 left join activity_objects o on o.object_type = e.object_type and o.object_id = e.object_id
+left join users member on e.object_type = 'user' and member.id = e.object_id
 where e.group_id = @group_id
   and e.id < @before::bigint
   and (sqlc.narg(actor_id)::bigint is null or e.actor_id = sqlc.narg(actor_id)::bigint)

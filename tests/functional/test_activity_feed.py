@@ -633,3 +633,32 @@ async def test_a_client_not_asking_for_an_event_stream_gets_a_poll_that_ends(
     group = json.loads(messages[1]["data"])
     assert group["text"] == "Editor created 'Before' and 'After' in Apollo"
     assert int(messages[1]["id"]) == group["last_event_id"] > mark
+
+
+async def test_a_member_is_named_from_their_account_and_events_keep_no_names_or_titles(
+    client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService
+) -> None:
+    """A member's name was kept as their feed object's title, and every event kept the title or name
+    it was emitted with: a rename, or a deletion, left the old text in the feed for good (privacy
+    review). Members are named from their accounts at each read; events keep only their details."""
+    role = f"/api/projects/{team.project}/members/{team.viewer.id}"
+    await ok(await client.patch(role, json={"role": "editor"}, headers=team.owner.headers))
+    task = await new_task(client, team.editor, team.project, "Collect medical records")
+    await ok(await client.delete(f"/api/tasks/{task}", headers=team.editor.headers), 204)
+    await deliver(db, feed)
+    await ok(
+        await client.patch("/api/auth/me", json={"display_name": "V. Renamed"}, headers=team.viewer.headers)
+    )
+
+    page = await ok(await client.get("/api/feed", headers=team.owner.headers))
+    changed = next(g for g in page["items"] if g["verb"] == "member.role_changed")
+    assert [o["title"] for o in changed["objects"]] == ["V. Renamed"], changed
+    events_url = f"/api/feed/groups/{changed['key']}/events"
+    events = (await ok(await client.get(events_url, headers=team.owner.headers)))["items"]
+    assert [e["object"]["title"] for e in events] == ["V. Renamed"], events
+    assert events[0]["details"] == {"from": "viewer", "to": "editor"}
+
+    stored = await (await db.execute("select data::text from activity_events")).fetchall()
+    kept = await (await db.execute("select coalesce(title, '') from activity_objects")).fetchall()
+    text = repr([*stored, *kept])
+    assert "Viewer" not in text and "Collect medical records" not in text, text

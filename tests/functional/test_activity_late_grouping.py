@@ -48,8 +48,9 @@ async def test_a_recovered_event_joins_its_burst_and_the_next_burst_stays_whole(
 
     groups = await (
         await db.execute(
-            "select array_agg(e.data->>'title' order by e.data->>'title'), g.event_count"
+            "select array_agg(o.title order by o.title), g.event_count"
             " from activity_events e join activity_groups g on g.id = e.group_id"
+            " join (select id, payload->'data'->>'title' as title from outbox) o on o.id = e.outbox_id"
             " group by g.id, g.event_count order by min(e.occurred_at)"
         )
     ).fetchall()

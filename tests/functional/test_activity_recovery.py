@@ -103,8 +103,13 @@ async def publish(db: AsyncConnection[Any], outbox_ids: list[int], ago: timedelt
 
 
 async def stored_titles(db: AsyncConnection[Any]) -> list[str]:
+    """The titles the stored events were emitted with (their outbox rows': a stored event keeps only
+    its details)."""
     rows = await (
-        await db.execute("select data->>'title' from activity_events order by outbox_id")
+        await db.execute(
+            "select o.payload->'data'->>'title' from activity_events e join outbox o on o.id = e.outbox_id"
+            " order by e.outbox_id"
+        )
     ).fetchall()
     return [row[0] for row in rows]
 

@@ -108,6 +108,14 @@ class ObjectState(NamedTuple):
     seq: int  # the feed's id of that event (the previous release's order, still stored)
 
 
+def kept_data(event: IncomingEvent) -> dict[str, Any]:
+    """What an event keeps of its ``data``: the details its verb shows (``VerbSpec.details``), never
+    the titles and names it carried (``object_updates`` took them): kept with the event, a task's title
+    or a member's name outlived the task's deletion or the member's rename for good."""
+    spec = spec_of(event.verb)
+    return {key: event.data[key] for key in (spec.details if spec else ()) if key in event.data}
+
+
 def object_updates(events: Iterable[tuple[int, IncomingEvent]]) -> dict[tuple[str, int], ObjectState]:
     """The titles and tombstones a batch of (feed id, event) brings, one per object: a deletion wins,
     else the newest.
@@ -138,7 +146,11 @@ def object_updates(events: Iterable[tuple[int, IncomingEvent]]) -> dict[tuple[st
             continue
         if spec.deletes:
             note((event.object_type, event.object_id), None, True, event, seq)
-        elif spec.title_key is not None and isinstance(event.data.get(spec.title_key), str):
+        elif (
+            spec.title_key is not None
+            and spec.object_type != ObjectType.USER  # named from their account when read (FeedGroups)
+            and isinstance(event.data.get(spec.title_key), str)
+        ):
             note((event.object_type, event.object_id), event.data[spec.title_key], False, event, seq)
         target = spec.target
         if target is not None and target.title_key is not None and event.target_id is not None:
@@ -219,7 +231,7 @@ class FeedWriter:
                     "audience_user_id": e.audience_user_id,
                     "target_type": e.target_type,
                     "target_id": e.target_id,
-                    "data": e.data,
+                    "data": kept_data(e),
                     "occurred_at": e.occurred_at.isoformat(),
                     "group_id": group_ids[key],
                 }
