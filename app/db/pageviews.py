@@ -101,12 +101,12 @@ async def purge_event_ids(
 
 
 INSERT_PAGE_VIEW = """\
-insert into page_views (site_id, ts, received_at, event_id, visitor_id, path, title, referrer_host,
+insert into page_views (site_id, ts, received_at, event_id, visitor_id, path, referrer_host,
                         referrer_source, utm_source, utm_medium, utm_campaign, screen_width, device, browser,
                         os, is_bot)
-values ($1, $2, $3, $4, $5, $6, $7, $8,
-        $9, $10, $11, $12, $13, $14, $15,
-        $16, $17)"""
+values ($1, $2, $3, $4, $5, $6, $7,
+        $8, $9, $10, $11, $12, $13, $14,
+        $15, $16)"""
 
 
 async def insert_page_view(
@@ -118,7 +118,6 @@ async def insert_page_view(
     event_id: UUID | None,
     visitor_id: int,
     path: str,
-    title: str,
     referrer_host: str,
     referrer_source: str,
     utm_source: str,
@@ -141,7 +140,6 @@ async def insert_page_view(
                 event_id,
                 visitor_id,
                 path,
-                title,
                 referrer_host,
                 referrer_source,
                 utm_source,

@@ -40,7 +40,6 @@ def copy_rows(site_id: int, count: int, with_ids: bool) -> list[Row]:
             uuid.uuid4() if with_ids else None,
             1_000_000 + i,
             f"/p/{i % 100}",
-            "Bench page",
             "www.google.com",
             "Google",
             "bench",

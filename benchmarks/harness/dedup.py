@@ -52,8 +52,8 @@ def ordered_id() -> uuid.UUID:
 def make_rows(site_id: int, count: int, ids: Callable[[], uuid.UUID | None]) -> list[Row]:
     now = datetime.now(UTC)
     return [
-        (site_id, now, now, ids(), 1_000_000 + i, f"/p/{i % 100}", "Bench page", "www.google.com",
-         "Google", "bench", "", "", 1440, "desktop", "Chrome", "Linux", False)
+        (site_id, now, now, ids(), 1_000_000 + i, f"/p/{i % 100}", "www.google.com", "Google", "bench",
+         "", "", 1440, "desktop", "Chrome", "Linux", False)
         for i in range(count)
     ]  # fmt: skip
 

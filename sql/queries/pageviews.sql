@@ -32,10 +32,10 @@ where ctid >= format('(%s,0)', @from_page::bigint)::tid
 
 -- name: InsertPageView :exec
 -- One row per statement: only the load-test harness's naive baseline uses it (the sink COPYs).
-insert into page_views (site_id, ts, received_at, event_id, visitor_id, path, title, referrer_host,
+insert into page_views (site_id, ts, received_at, event_id, visitor_id, path, referrer_host,
                         referrer_source, utm_source, utm_medium, utm_campaign, screen_width, device, browser,
                         os, is_bot)
-values (@site_id, @ts, @received_at, sqlc.narg(event_id), @visitor_id, @path, @title, @referrer_host,
+values (@site_id, @ts, @received_at, sqlc.narg(event_id), @visitor_id, @path, @referrer_host,
         @referrer_source, @utm_source, @utm_medium, @utm_campaign, sqlc.narg(screen_width), @device, @browser,
         @os, @is_bot);
 

@@ -36,7 +36,6 @@ def row(site_id: int = 1, event_id: uuid.UUID | None = None, path: str = "/") ->
         "",
         "",
         "",
-        "",
         None,
         "desktop",
         "Firefox",
@@ -227,17 +226,17 @@ async def one_batch(
 def poisoned(kind: str, event_id: uuid.UUID | None = None) -> Row:
     """A row that only PostgreSQL (or the driver) refuses: validation is bypassed at this level."""
     good = row(event_id=event_id, path=f"/poison/{kind}")
-    if kind == "nul-title":
-        return (*good[:6], "bad\x00title", *good[7:])
+    if kind == "nul-referrer":
+        return (*good[:6], "bad\x00host", *good[7:])
     if kind == "nul-utm":
-        return (*good[:9], "news\x00letter", *good[10:])
+        return (*good[:8], "news\x00letter", *good[9:])
     assert kind == "surrogate-path"
     return (*good[:5], "/\ud800", *good[6:])
 
 
 # Not an out-of-range screen_width: psycopg's binary COPY wraps it silently instead of refusing it
 # (2**31 is stored as -2**31), so only validation (screen_width <= 100,000) keeps it out.
-POISONS = ["nul-title", "nul-utm", "surrogate-path"]
+POISONS = ["nul-referrer", "nul-utm", "surrogate-path"]
 
 
 @pytest.mark.parametrize("groups", [12, 100], ids=["small-batch", "copy-batch"])
@@ -290,7 +289,7 @@ async def test_a_failed_copy_fails_every_request_of_the_batch(
     sink = PageViewSink(writer, batch_size=100, max_pending=1000, flushers=1)
     await sink.start()
     long_ago = datetime(2001, 1, 1, tzinfo=UTC)  # no partition holds it: the COPY fails
-    bad = (1, long_ago, long_ago, None, 1, "/", "", "", "", "", "", "", None, "desktop", "x", "y", False)
+    bad = (1, long_ago, long_ago, None, 1, "/", "", "", "", "", "", None, "desktop", "x", "y", False)
     try:
         results = await one_batch(sink, writer, [[bad], [row()]])
         assert all(isinstance(result, ServiceUnavailableError) for result in results), results
@@ -340,7 +339,7 @@ async def test_an_outage_fails_the_batch_at_once_without_isolating(
     sink = PageViewSink(writer, batch_size=100, max_pending=1000, flushers=1)
     await sink.start()
     try:
-        results = await one_batch(sink, writer, [[row()], [poisoned("nul-title")], [row()], [row()]])
+        results = await one_batch(sink, writer, [[row()], [poisoned("nul-referrer")], [row()], [row()]])
         assert all(isinstance(result, ServiceUnavailableError) for result in results), results
         (_, first), (_, refused), (_, lost) = writer.outcomes
         assert first == "ok"

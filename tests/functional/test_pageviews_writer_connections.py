@@ -120,9 +120,9 @@ async def test_a_write_the_server_refuses_keeps_its_connection(
         assert await writer.write([row(path="/first")]) == 1
         (backend,) = await writer_backends(db)
         with pytest.raises(asyncpg.exceptions.DataError):
-            await writer.write([poisoned("nul-title")])
+            await writer.write([poisoned("nul-referrer")])
         with pytest.raises(asyncpg.exceptions.DataError):
-            await writer.write([row(path=f"/{i}") for i in range(COPY_FROM - 1)] + [poisoned("nul-title")])
+            await writer.write([row(path=f"/{i}") for i in range(COPY_FROM - 1)] + [poisoned("nul-referrer")])
         for size in (1, COPY_FROM):
             with pytest.raises(SitesGoneError):
                 await writer.write([row(site_id=404, path=f"/{i}") for i in range(size)])

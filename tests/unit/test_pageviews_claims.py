@@ -28,7 +28,7 @@ Spec = tuple[int, uuid.UUID | None, int]
 
 
 def row(site_id: int, event_id: uuid.UUID | None, visitor: int) -> Row:
-    return (site_id, NOW, NOW, event_id, visitor, "/", "", "", "", "", "", "", None, "desktop", "", "", False)
+    return (site_id, NOW, NOW, event_id, visitor, "/", "", "", "", "", "", None, "desktop", "", "", False)
 
 
 @given(ROWS)

@@ -1,4 +1,8 @@
-"""The stored page view: one ``page_views`` row, as the sink writes it (a tuple, in ``COLUMNS`` order)."""
+"""The stored page view: one ``page_views`` row, as the sink writes it (a tuple, in ``COLUMNS`` order).
+
+The page's title is not among them: accepted on ingest (``PageViewIn.title``), read by no report, it
+is not stored (a title often names a person, an address or an order); the column keeps its default
+``''`` for the release before, which still writes it."""
 
 from __future__ import annotations
 
@@ -9,13 +13,12 @@ from datetime import datetime
 import msgspec
 
 COLUMNS = (
-    "site_id", "ts", "received_at", "event_id", "visitor_id", "path", "title", "referrer_host",
-    "referrer_source", "utm_source", "utm_medium", "utm_campaign", "screen_width", "device", "browser",
-    "os", "is_bot",
+    "site_id", "ts", "received_at", "event_id", "visitor_id", "path", "referrer_host", "referrer_source",
+    "utm_source", "utm_medium", "utm_campaign", "screen_width", "device", "browser", "os", "is_bot",
 )  # fmt: skip
 COPY_TYPES = (
     "int8", "timestamptz", "timestamptz", "uuid", "int8", "text", "text", "text", "text", "text", "text",
-    "text", "int4", "text", "text", "text", "bool",
+    "int4", "text", "text", "text", "bool",
 )  # fmt: skip
 Row = tuple[
     int,
@@ -23,7 +26,6 @@ Row = tuple[
     datetime,
     uuid.UUID | None,
     int,
-    str,
     str,
     str,
     str,
@@ -47,7 +49,6 @@ class StoredView(msgspec.Struct, gc=False):
     event_id: uuid.UUID | None
     visitor_id: int
     path: str
-    title: str
     referrer_host: str
     referrer_source: str
     utm_source: str

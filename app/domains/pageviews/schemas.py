@@ -35,7 +35,15 @@ class PageViewIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         msgspec.Meta(min_length=1, max_length=MAX_URL_BYTES, examples=["https://shop.example.com/pricing"]),
     ]
     referrer: Annotated[str, Text, msgspec.Meta(max_length=2000, examples=["https://www.google.com/"])] = ""
-    title: Annotated[str, Text, msgspec.Meta(max_length=500, examples=["Pricing - Example Shop"])] = ""
+    title: Annotated[
+        str,
+        Text,
+        msgspec.Meta(
+            max_length=500,
+            examples=["Pricing - Example Shop"],
+            description="The page's title: accepted (trackers send it), never stored; no report reads it.",
+        ),
+    ] = ""
     screen_width: Annotated[int, msgspec.Meta(ge=0, le=100_000, examples=[1440])] | None = None
     ts: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     event_id: uuid.UUID | None = None

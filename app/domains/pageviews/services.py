@@ -595,7 +595,6 @@ def _row(
         view.event_id,
         visitor,
         page.path,
-        view.title,
         referrer_host,
         source,
         page.utm_source,

@@ -2,7 +2,7 @@
 for the measurements behind each choice).
 
 - Fewer than ``COPY_FROM`` rows: one statement, one round trip. The rows are one JSON parameter
-  (``json_populate_recordset``): msgspec encodes it in C, where the drivers' encoding of 17 arrays
+  (``json_populate_recordset``): msgspec encodes it in C, where the drivers' encoding of 16 arrays
   cost several times more client CPU per row. The statement checks that the batch's sites exist,
   claims the event ids and inserts the rows.
 - ``COPY_FROM`` rows or more: a transaction with the same check, then two binary COPYs (event ids,
