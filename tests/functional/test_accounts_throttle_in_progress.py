@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -24,7 +25,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.errors import TooManyRequestsError
-from app.domains.accounts.throttle import LoginThrottle, _key
+from app.domains.accounts.throttle import LoginThrottle, throttle_key
 from tests.factories import (
     GENEROUS_AUTH,
     PASSWORD,
@@ -136,7 +137,10 @@ async def test_an_attempts_end_is_not_lost_when_its_request_is_cancelled_nor_at_
         await cancelled_under_way(pausable, controlled_valkey, pausable.failed(last))
     assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
     async with Valkey.from_url(controlled_valkey.url) as reader:
-        assert await reader.get(_key("pair-busy", f"{email}\n{NETWORK}")) in (None, b"0")
+        assert await reader.get(throttle_key(settings.secret_key, "pair-busy", f"{email}\n{NETWORK}")) in (
+            None,
+            b"0",
+        )
         assert int((await refusal(LoginThrottle(settings, reader), email)).headers["Retry-After"]) > 1
 
 
@@ -146,7 +150,10 @@ async def test_an_attempt_whose_request_is_cancelled_while_valkey_counts_it_is_t
     """The count landed after the request was gone (a shutdown): nothing ended the attempt, so it
     stayed counted as a failure and in progress until its busy count expired."""
     email = unique_email("owner")
-    pair, busy = _key("pair", f"{email}\n{NETWORK}"), _key("pair-busy", f"{email}\n{NETWORK}")
+    pair, busy = (
+        throttle_key(pausable.settings.secret_key, "pair", f"{email}\n{NETWORK}"),
+        throttle_key(pausable.settings.secret_key, "pair-busy", f"{email}\n{NETWORK}"),
+    )
     await pausable.failed(await pausable.attempt(email, NETWORK))  # one failure stays counted
     await cancelled_under_way(pausable, controlled_valkey, pausable.attempt(email, NETWORK))
     assert (await pausable.valkey.get(pair), await pausable.valkey.get(busy)) == (b"1", b"0")
@@ -160,7 +167,7 @@ async def test_an_end_valkey_refuses_is_logged_and_leaves_the_answer_alone(
     throttle = LoginThrottle(settings, valkey)
     email = unique_email("owner")
     attempt = await throttle.attempt(email, NETWORK)
-    pair = _key("pair", f"{email}\n{NETWORK}")
+    pair = throttle_key(settings.secret_key, "pair", f"{email}\n{NETWORK}")
     await valkey.delete(pair)
     await valkey.hset(pair, "not", "a counter")
     with captured_logs() as logs:
@@ -176,7 +183,9 @@ async def test_a_lockout_recorded_by_a_count_whose_request_was_cancelled_is_logg
     email = unique_email("owner")
     for _ in range(settings.login_max_failures):
         await pausable.failed(await pausable.attempt(email, NETWORK))
-    await pausable.valkey.delete(_key("pair-began", f"{email}\n{NETWORK}"))  # as if the last end was lost
+    await pausable.valkey.delete(
+        throttle_key(settings.secret_key, "pair-began", f"{email}\n{NETWORK}")
+    )  # as if the last end was lost
     with captured_logs() as logs:
         await cancelled_under_way(pausable, controlled_valkey, pausable.attempt(email, NETWORK))
     assert [line["scope"] for line in logs.events("login_lockout_began")] == ["pair"]
@@ -207,7 +216,7 @@ async def test_a_lockout_is_logged_once_though_the_count_in_progress_was_lost(
     throttle = LoginThrottle(settings, valkey)
     email = unique_email("owner")
     burst = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures)]
-    await valkey.delete(_key("pair-busy", f"{email}\n{NETWORK}"))
+    await valkey.delete(throttle_key(settings.secret_key, "pair-busy", f"{email}\n{NETWORK}"))
     with captured_logs() as logs:
         for attempt in burst:
             await throttle.failed(attempt)
@@ -222,7 +231,10 @@ async def test_a_lockout_in_a_windows_last_half_second_is_logged_and_its_record_
     could outlive its counter into the next window, whose lockout then went unlogged)."""
     throttle = LoginThrottle(settings, valkey)
     email = unique_email("owner")
-    pair, began = _key("pair", f"{email}\n{NETWORK}"), _key("pair-began", f"{email}\n{NETWORK}")
+    pair, began = (
+        throttle_key(settings.secret_key, "pair", f"{email}\n{NETWORK}"),
+        throttle_key(settings.secret_key, "pair-began", f"{email}\n{NETWORK}"),
+    )
     for _ in range(settings.login_max_failures - 1):
         await throttle.failed(await throttle.attempt(email, NETWORK))
     last = await throttle.attempt(email, NETWORK)
@@ -246,7 +258,7 @@ async def test_a_lockout_whose_last_attempt_never_ended_is_logged_when_the_next_
     burst = [await throttle.attempt(email, NETWORK) for _ in range(settings.login_max_failures)]
     for attempt in burst[:-1]:
         await throttle.failed(attempt)
-    await valkey.delete(_key("pair-busy", f"{email}\n{NETWORK}"))
+    await valkey.delete(throttle_key(settings.secret_key, "pair-busy", f"{email}\n{NETWORK}"))
     with captured_logs() as logs:
         for _ in range(2):
             assert int((await refusal(throttle, email)).headers["Retry-After"]) > 1
@@ -339,3 +351,23 @@ async def test_wrong_passwords_over_http_end_their_attempts_so_the_lockout_is_on
         )
     assert refused.status_code == 429, refused.text
     assert int(refused.headers["retry-after"]) > 1
+
+
+async def test_the_counters_are_keyed_by_the_secret_key_not_a_plain_hash(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """The keys held a plain SHA-256 of the email and the address: a copy of Valkey (a dump, a
+    replica) gave both back by hashing candidates, every IPv4 address in hours (privacy review)."""
+    email = unique_email("owner")
+    throttle = LoginThrottle(settings, valkey)
+    await throttle.failed(await throttle.attempt(email, NETWORK))
+    stored = {key.decode() async for key in valkey.scan_iter("auth:login-attempts:*")}
+    pair = f"{email}\n{NETWORK}"
+    assert throttle_key(settings.secret_key, "pair", pair) in stored
+    plain = {
+        f"auth:login-attempts:{kind}:{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+        for kind, value in (("pair", pair), ("addr", NETWORK), ("acct", email), ("known", pair))
+    }
+    assert stored and not stored & plain, stored
+    other = throttle_key("another-secret-key-of-32-characters!", "pair", pair)
+    assert other != throttle_key(settings.secret_key, "pair", pair)

@@ -18,7 +18,7 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.errors import TooManyRequestsError
 from app.db.models import User
-from app.domains.accounts.throttle import LoginThrottle, _key
+from app.domains.accounts.throttle import LoginThrottle, throttle_key
 from tests.factories import (
     GENEROUS_AUTH,
     PASSWORD,
@@ -129,13 +129,19 @@ async def test_an_attempt_cancelled_while_it_waits_for_its_turn_stays_counted_fo
     email, first, second = unique_email(), "198.51.100.7", "203.0.113.9"
     for _ in range(settings.login_max_failures):  # not slowed; the pair's limit is now reached
         await throttle.attempt(email, first)
-    counters = [_key("pair", f"{email}\n{second}"), _key("addr", second), _key("acct", email)]
+    counters = [
+        throttle_key(settings.secret_key, "pair", f"{email}\n{second}"),
+        throttle_key(settings.secret_key, "addr", second),
+        throttle_key(settings.secret_key, "acct", email),
+    ]
     assert [int(value or 0) for value in await valkey.mget(counters)] == [0, 0, settings.login_max_failures]
 
     await _cancel_while_waiting(throttle, valkey, email, second)
 
     assert [int(value or 0) for value in await valkey.mget(counters)] == [1, 1, settings.login_max_failures]
-    assert await valkey.exists(_key("next", email)), "the slot handed out stays spent"
+    assert await valkey.exists(throttle_key(settings.secret_key, "next", email)), (
+        "the slot handed out stays spent"
+    )
 
 
 async def test_attempts_cancelled_while_they_wait_cannot_fill_the_schedule_for_free(
@@ -158,10 +164,13 @@ async def test_attempts_cancelled_while_they_wait_cannot_fill_the_schedule_for_f
 
 async def _cancel_while_waiting(throttle: LoginThrottle, valkey: Valkey, email: str, network: str) -> None:
     """One attempt of ``network``'s, cancelled once it holds a slot in the account's schedule."""
-    before = await valkey.get(_key("next", email))
+    before = await valkey.get(throttle_key(throttle.settings.secret_key, "next", email))
 
     async def slot_taken() -> bool:
-        return await valkey.get(_key("next", email)) not in (None, before)
+        return await valkey.get(throttle_key(throttle.settings.secret_key, "next", email)) not in (
+            None,
+            before,
+        )
 
     slowed = asyncio.create_task(throttle.attempt(email, network))
     await wait_until(slot_taken, 30, "the attempt holds a slot")

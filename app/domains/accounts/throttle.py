@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
@@ -228,6 +229,7 @@ class LoginThrottle:
         the account's schedule has no slot within ``LOGIN_MAX_DELAY_S``; past the account's threshold,
         waits until the slot it reserved before returning."""
         network = client_network(client_ip) if client_ip else "unknown"
+        _key = partial(throttle_key, self.settings.secret_key)
         keys = (
             _key("pair", f"{email}\n{network}"),
             _key("addr", network),
@@ -422,6 +424,10 @@ def _log_lockout(
     )
 
 
-def _key(kind: str, value: str) -> str:
-    """The email and address are hashed so the key space holds neither."""
-    return f"auth:login-attempts:{kind}:{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+def throttle_key(secret_key: str, kind: str, value: str) -> str:
+    """The Valkey key of a counter of ``value`` (an email, an address, or both): keyed by
+    ``SECRET_KEY``, so the key space holds neither, and a copy of it (a dump, a replica) cannot be
+    matched against candidate emails and addresses. An unkeyed hash could: every IPv4 address, with a
+    known email, is a few hours of hashing."""
+    digest = hmac.new(secret_key.encode(), f"{kind}\n{value}".encode(), hashlib.sha256).hexdigest()
+    return f"auth:login-attempts:{kind}:{digest[:32]}"
