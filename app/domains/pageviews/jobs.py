@@ -16,5 +16,7 @@ async def maintain_partitions(ctx: Context) -> dict[str, int]:
 
 
 async def purge_ingest_state(ctx: Context) -> dict[str, int]:
-    """Daily: claimed event ids (2 days), visitor-hash salts (1 day), deleted sites' raw data."""
+    """Daily: claimed event ids (2 days); visitor-hash salts once no view can use them (a view's ``ts``
+    is at most 24 hours old, so a day's salt serves until the next day ends and goes at the first run
+    after, about 52 hours after its day began); deleted sites' raw data."""
     return await services_of(ctx)[PageViewService].purge_ingest_state()
