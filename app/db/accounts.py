@@ -15,7 +15,7 @@ CREATE_USER = """\
 insert into users (email, display_name, password_hash, role)
 values ($1, $2, $3, $4)
 on conflict (email) do nothing
-returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
+returning id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at"""
 
 
 async def create_user(
@@ -31,7 +31,7 @@ async def create_user(
         return await cur.fetchone()
 
 
-GET_USER_BY_EMAIL = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where email = $1"
+GET_USER_BY_EMAIL = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at from users where email = $1"
 
 
 async def get_user_by_email(conn: AsyncConnection[Any], *, email: str) -> User | None:
@@ -40,7 +40,7 @@ async def get_user_by_email(conn: AsyncConnection[Any], *, email: str) -> User |
         return await cur.fetchone()
 
 
-GET_USER_BY_ID = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = $1"
+GET_USER_BY_ID = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at from users where id = $1"
 
 
 async def get_user_by_id(conn: AsyncConnection[Any], *, id: int) -> User | None:
@@ -49,7 +49,7 @@ async def get_user_by_id(conn: AsyncConnection[Any], *, id: int) -> User | None:
         return await cur.fetchone()
 
 
-GET_USER_FOR_NEW_SESSION = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = $1 for no key update"
+GET_USER_FOR_NEW_SESSION = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at from users where id = $1 for no key update"
 
 
 async def get_user_for_new_session(conn: AsyncConnection[Any], *, id: int) -> User | None:
@@ -77,7 +77,7 @@ async def lock_active_admin(conn: AsyncConnection[Any], *, id: int) -> int | Non
         return await cur.fetchone()
 
 
-GET_USERS_FOR_UPDATE = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users where id = any($1::bigint[]) order by id for update"
+GET_USERS_FOR_UPDATE = "select id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at from users where id = any($1::bigint[]) order by id for update"
 
 
 async def get_users_for_update(conn: AsyncConnection[Any], *, ids: list[int]) -> list[User]:
@@ -90,7 +90,7 @@ async def get_users_for_update(conn: AsyncConnection[Any], *, ids: list[int]) ->
 REHASH_USER_PASSWORD = """\
 update users set password_hash = $1, updated_at = now()
 where id = $2 and password_hash = $3
-returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
+returning id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at"""
 
 
 async def rehash_user_password(
@@ -114,7 +114,7 @@ set display_name = coalesce($1, display_name),
 where id = $3
   and (display_name, password_hash) is distinct from
       (coalesce($1, display_name), coalesce($2, password_hash))
-returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
+returning id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at"""
 
 
 async def update_user_profile(
@@ -139,7 +139,7 @@ set role = coalesce($1::user_role, role),
 where id = $3
   and (role, is_active) is distinct from
       (coalesce($1::user_role, role), coalesce($2::boolean, is_active))
-returning id, email, display_name, password_hash, role, is_active, created_at, updated_at"""
+returning id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at"""
 
 
 async def admin_update_user(
@@ -157,7 +157,7 @@ async def admin_update_user(
 
 
 LIST_USERS = """\
-select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users
+select id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at from users
 where ($1::boolean is null or is_active = $1::boolean)
   and id > $2
 order by id
@@ -181,7 +181,7 @@ async def list_users(
 
 
 LIST_USERS_WITH_ROLE = """\
-select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users
+select id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at from users
 where role >= $1 and role <= $1
   and id > $2
 order by role, id
@@ -204,7 +204,7 @@ async def list_users_with_role(
 
 
 LIST_USERS_WITH_ROLE_AND_STATE = """\
-select id, email, display_name, password_hash, role, is_active, created_at, updated_at from users
+select id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at from users
 where role >= $1 and role <= $1
   and is_active = $2
   and id > $3
@@ -254,7 +254,7 @@ async def insert_refresh_token(
 
 
 GET_REFRESH_TOKEN_OWNER_FOR_SHARE = """\
-select u.id, u.email, u.display_name, u.password_hash, u.role, u.is_active, u.created_at, u.updated_at from refresh_tokens t join users u on u.id = t.user_id
+select u.id, u.email, u.display_name, u.password_hash, u.role, u.is_active, u.created_at, u.updated_at, u.erased_at from refresh_tokens t join users u on u.id = t.user_id
 where t.token_hash = $1
 for share of u"""
 
@@ -651,4 +651,21 @@ async def count_signups_between(
     """Accounts created in [since, until) (the daily monitoring report)."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(COUNT_SIGNUPS_BETWEEN, (since, until))
+        return await cur.fetchone()
+
+
+ERASE_USER = """\
+update users
+set email = 'erased-' || id || '@erased.invalid', display_name = 'Deleted user',
+    password_hash = $1, is_active = false, erased_at = now(), updated_at = now()
+where id = $2 and erased_at is null
+returning id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at"""
+
+
+async def erase_user(conn: AsyncConnection[Any], *, password_hash: str, id: int) -> User | None:
+    """The account's personal data replaced, its address freed for a new registration: the address becomes
+    one nobody can hold (`.invalid` is reserved, RFC 2606), the name "Deleted user", the password a hash
+    of a secret nobody knows; inactive from now on. Once only: an erased account is no row."""
+    async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
+        await cur.execute(ERASE_USER, (password_hash, id))
         return await cur.fetchone()

@@ -459,3 +459,14 @@ async def delete_old_github_snapshots(
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(DELETE_OLD_GITHUB_SNAPSHOTS, (taken_before, chunk_size))
         return cur.rowcount
+
+
+FORGET_TRACKING_OF_USER = "delete from github_tracked where user_id = $1"
+
+
+async def forget_tracking_of_user(conn: AsyncConnection[Any], *, user_id: int) -> int:
+    """The account's erasure: the logins it tracked are its own data; their profiles and histories go with
+    the retention once no active account tracks them."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(FORGET_TRACKING_OF_USER, (user_id,))
+        return cur.rowcount

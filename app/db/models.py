@@ -95,6 +95,7 @@ class User(msgspec.Struct, frozen=True, gc=False):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    erased_at: datetime | None
 
 
 class RefreshToken(msgspec.Struct, frozen=True, gc=False):

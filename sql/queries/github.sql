@@ -202,3 +202,8 @@ where doomed.ctid = any(array(
     limit @chunk_size::integer
     for update
 ));
+
+-- name: ForgetTrackingOfUser :execrows
+-- The account's erasure: the logins it tracked are its own data; their profiles and histories go with
+-- the retention once no active account tracks them.
+delete from github_tracked where user_id = @user_id;

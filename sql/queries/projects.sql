@@ -396,3 +396,12 @@ where doomed.ctid = any(array(
 -- name: ExistingProjects :many
 -- A project being deleted is gone (the files' sweep removes what it left on disk).
 select id from projects where id = any(@ids::bigint[]) and deleting_since is null order by id;
+
+-- name: MembershipsOfUser :many
+-- The live projects a user is a member of, in id order (the order their locks are taken in), for the
+-- account's erasure. A project being deleted is left to its purge.
+select m.project_id, m.role
+from project_members m
+join projects p on p.id = m.project_id
+where m.user_id = @user_id and p.deleting_since is null
+order by m.project_id;

@@ -72,7 +72,8 @@ class Administration:
         """Run ``callback(user_id)`` after a user's role or active flag changed (committed)."""
         self._on_access_change.append(callback)
 
-    def _access_changed(self, uow: UnitOfWork, user_id: int) -> None:
+    def access_changed(self, uow: UnitOfWork, user_id: int) -> None:
+        """Tell the ``after_access_change`` listeners about ``user_id``, once ``uow`` commits."""
         for callback in self._on_access_change:
             uow.after_commit(partial(callback, user_id))
 
@@ -110,6 +111,8 @@ class Administration:
             before = locked.get(user_id)
             if before is None:
                 raise NotFoundError("No such user.")
+            if before.erased_at is not None:
+                raise ConflictError("An erased account cannot be changed.")
             user = (
                 await queries.admin_update_user(
                     uow.conn, role=patch.role, is_active=patch.is_active, id=user_id
@@ -117,7 +120,7 @@ class Administration:
                 or before  # nothing to change
             )
             if user.role != before.role or user.is_active != before.is_active:
-                self._access_changed(uow, user_id)
+                self.access_changed(uow, user_id)
                 revoked = await self.sessions.revoke_all(uow, user_id)
                 log.info(
                     "user_access_changed",
@@ -164,7 +167,9 @@ class Administration:
     async def _promote(self, email: str, *, promote_existing: bool) -> AdminAccount:
         async with self.db.transaction() as uow:
             found = await queries.get_user_by_email(uow.conn, email=email)
-            assert found is not None, "accounts are never deleted nor their address changed"
+            assert found is not None, (
+                "accounts are never deleted (an erasure changes the address of a row it keeps)"
+            )
             before = (await queries.get_users_for_update(uow.conn, ids=[found.id]))[0]
             if before.role == UserRole.ADMIN and before.is_active:
                 return AdminAccount(before, AdminGrant.ALREADY_ADMIN)  # running it again changes nothing
@@ -174,7 +179,7 @@ class Administration:
                 uow.conn, role=UserRole.ADMIN, is_active=True, id=before.id
             )
             assert user is not None
-            self._access_changed(uow, user.id)
+            self.access_changed(uow, user.id)
             revoked = await self.sessions.revoke_all(uow, user.id)
         log.info(
             "administrator_promoted",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get, patch, post
+from litestar import Request, delete, get, patch, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
@@ -22,6 +22,7 @@ from app.core.types import IdPath
 from app.db.models import UserRole
 from app.domains.accounts.schemas import (
     AdminUserPatch,
+    EraseMeIn,
     LoginIn,
     RefreshIn,
     RegisterIn,
@@ -63,6 +64,16 @@ WEAK_PASSWORD = ResponseSpec(
     "characters, fewer than 5 different characters, a control character, or in production a public "
     "default; a password sent outside 10-256 characters is a 400 naming the field)",
     media_type="application/problem+json",
+)
+
+
+ERASURE = (
+    "Erasing an account removes its personal data and frees its email address for a new registration: "
+    'the address, the name ("Deleted user") and the password are replaced, every session ends, the '
+    "account leaves its projects (its invitations withdrawn) and forgets the GitHub users it tracked. "
+    'Tasks, comments, files and orders stay, under "Deleted user". An account that is the last active '
+    "owner of a project, or owns a site, is a 409 `account-still-owns` that changes nothing: hand the "
+    "project over (or delete it) and delete the sites first. It cannot be undone."
 )
 
 
@@ -218,6 +229,28 @@ class AuthController(Controller):
         client_ip = request.scope["state"].get("client_ip")
         return UserOut.from_row(await accounts.update_me(current_user, data, client_ip))
 
+    @post(
+        "/me/erase",
+        status_code=HTTP_204_NO_CONTENT,
+        guards=[requires_user],
+        summary="Erase the caller's account",
+        description=ERASURE
+        + " Send `current_password`: a wrong one is a 403 and counts as a failed sign-in (same throttle as "
+        "login). An administrator's account is erased by another administrator (409).",
+        security=BEARER,
+        responses=problems(400, 401, 403, 409, 429),
+        opt=OWN_ACCOUNT,
+    )
+    async def erase_me(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[EraseMeIn],
+        current_user: Caller,
+        accounts: Accounts,
+    ) -> None:
+        client_ip = request.scope["state"].get("client_ip")
+        await accounts.erase_me(current_user, data.current_password, client_ip)
+
 
 class AdminUsersController(Controller):
     path = "/api/admin/users"
@@ -252,3 +285,13 @@ class AdminUsersController(Controller):
         accounts: Accounts,
     ) -> UserOut:
         return UserOut.from_row(await accounts.admin_update(current_user, user_id, data))
+
+    @delete(
+        "/{user_id:int}",
+        summary="Erase a user's account",
+        description=ERASURE + " Erasing an account erased already changes nothing (204); an erased account "
+        "cannot be changed (409 on PATCH). Administrators do not erase their own account (409).",
+        responses=problems(400, 401, 403, 404, 409, 429),
+    )
+    async def erase_user(self, user_id: IdPath, current_user: Caller, accounts: Accounts) -> None:
+        await accounts.erase_user(current_user, user_id)

@@ -17,7 +17,7 @@ import structlog
 
 from app.config import Settings
 from app.core.auth import CurrentUser
-from app.core.db import Database
+from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
 from app.core.security import Passwords
 from app.db import accounts as queries
@@ -55,6 +55,11 @@ class Profile:
     def after_rename(self, callback: Callable[[int], Awaitable[None]]) -> None:
         """Run ``callback(user_id)`` after a user's display name changed (committed)."""
         self._on_rename.append(callback)
+
+    def renamed(self, uow: UnitOfWork, user_id: int) -> None:
+        """Tell the ``after_rename`` listeners that the user's name changed, once ``uow`` commits."""
+        for callback in self._on_rename:
+            uow.after_commit(partial(callback, user_id))
 
     async def get_user(self, user_id: int) -> User:
         async with self.db.transaction() as uow:
@@ -121,8 +126,7 @@ class Profile:
                     raise NotFoundError("No such user.")
             elif data.display_name is not None and (new_hash is None or user.display_name != name_before):
                 # without a new password, a row means the name changed; with one, it is compared
-                for callback in self._on_rename:
-                    uow.after_commit(partial(callback, caller.id))
+                self.renamed(uow, caller.id)
         if new_hash is not None:
             log.info("password_changed", user_id=caller.id, sessions_revoked=revoked)
         return user

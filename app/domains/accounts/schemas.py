@@ -77,6 +77,12 @@ class UpdateMeIn(msgspec.Struct, forbid_unknown_fields=True):
     current_password: AnyPassword | None = msgspec.field(default=None)
 
 
+class EraseMeIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The caller's password, to erase their own account."""
+
+    current_password: AnyPassword
+
+
 class AdminUserPatch(msgspec.Struct, forbid_unknown_fields=True):
     openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 

@@ -18,6 +18,8 @@ domain:
 - ``registration.py`` (``Registration``): registration, the seed's accounts, lookups by address;
 - ``administration.py`` (``Administration``): the administrators' user management and
   ``create-admin``;
+- ``erasure.py`` (``Erasure``): an account's erasure, by itself or an administrator, with the
+  other domains' parts (``before_erasure``);
 - and, as before the split, ``throttle.py`` (``LoginThrottle``) and ``dashboard_tokens.py``.
 """
 
@@ -32,7 +34,7 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.auth import CurrentUser
 from app.core.db import Database, UnitOfWork
-from app.core.errors import ForbiddenError
+from app.core.errors import ConflictError, ForbiddenError, UnauthorizedError
 from app.core.security import AccessTokens, Passwords
 from app.db import accounts as queries
 from app.db.models import User, UserRole
@@ -42,6 +44,8 @@ from app.domains.accounts.administration import AdminGrant as AdminGrant
 from app.domains.accounts.administration import Administration
 from app.domains.accounts.authentication import Authentication
 from app.domains.accounts.dashboard_tokens import ADMINS_ONLY, DashboardSession, DashboardTokens
+from app.domains.accounts.erasure import AccountStillOwnsError as AccountStillOwnsError
+from app.domains.accounts.erasure import Erasure, ErasureHook
 from app.domains.accounts.passwords import Credentials
 from app.domains.accounts.passwords import WeakPasswordError as WeakPasswordError
 from app.domains.accounts.profile import Profile
@@ -72,6 +76,13 @@ class AccountService:
         self.registration = Registration(db, settings, self.passwords)
         self.profile = Profile(db, settings, self.passwords, self.credentials, self.sessions)
         self.administration = Administration(db, settings, self.registration, self.sessions)
+        self.erasure = Erasure(
+            db,
+            self.passwords,
+            self.sessions,
+            access_changed=self.administration.access_changed,
+            renamed=self.profile.renamed,
+        )
 
     def after_access_change(self, callback: Callable[[int], Awaitable[None]]) -> None:
         """Run ``callback(user_id)`` after a user's role or active flag changed (committed)."""
@@ -80,6 +91,11 @@ class AccountService:
     def after_rename(self, callback: Callable[[int], Awaitable[None]]) -> None:
         """Run ``callback(user_id)`` after a user's display name changed (committed)."""
         self.profile.after_rename(callback)
+
+    def before_erasure(self, hook: ErasureHook) -> None:
+        """Run ``hook(uow, user_id, actor_id)`` in every erasure's transaction, before the account is
+        tombstoned (``erasure.py``): a domain removes what it keeps of the account there, or refuses."""
+        self.erasure.before_erasure(hook)
 
     async def start(self) -> None:
         await self.authentication.revocations.start()
@@ -204,6 +220,23 @@ class AccountService:
         its check until the commit (``Profile.update_me``)."""
         return await self.profile.update_me(caller, data, client_ip)
 
+    async def erase_me(
+        self, caller: CurrentUser, current_password: str, client_ip: str | None = None
+    ) -> None:
+        """The caller's own account erased (``erasure.py``), its password checked first under the login
+        throttle (403 when wrong, as for a password change). An administrator's account is erased by
+        another administrator: one erasing their own could leave the service with none."""
+        if caller.role == UserRole.ADMIN:
+            raise ConflictError("An administrator's account is erased by another administrator.")
+        user = await self.profile.get_user(caller.id)
+        try:
+            verified = await self.credentials.check_credentials(
+                user.email, current_password, client_ip, purpose="erasure"
+            )
+        except UnauthorizedError:
+            raise ForbiddenError("The current password is required and must be correct.") from None
+        await self.erasure.erase(caller.id, actor=caller.id, verified_hash=verified.password_hash)
+
     # -- administration (``administration.py``) -------------------------------------------------
 
     async def list_users(
@@ -216,6 +249,12 @@ class AccountService:
     async def admin_update(self, actor: CurrentUser, user_id: int, patch: AdminUserPatch) -> User:
         """Deactivation and role changes revoke the user's sessions at once (tokens carry the role)."""
         return await self.administration.admin_update(actor, user_id, patch)
+
+    async def erase_user(self, actor: CurrentUser, user_id: int) -> None:
+        """An administrator erases another account (``erasure.py``); their own is not erased here."""
+        if user_id == actor.id:
+            raise ConflictError("Administrators cannot erase their own account.")
+        await self.erasure.erase(user_id, actor=actor.id)
 
     async def create_admin(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.core.modules import Cron, Job, Module
+from app.core.services import Services
 from app.domains.accounts.services import AccountService
 from app.domains.github.controllers import (
     GithubRefreshesController,
@@ -13,13 +14,20 @@ from app.domains.github.jobs import purge_github_retention, refresh_github_profi
 from app.domains.github.refreshes import QUEUE
 from app.domains.github.services import GithubService
 
+
+def build_service(s: Services) -> GithubService:
+    """The service, and its part of an account's erasure (``GithubService.forget_tracker``)."""
+    accounts = s.get(AccountService)
+    if accounts is not None:
+        accounts.before_erasure(GithubService.forget_tracker)
+    # Accounts: a refresh stream ends once its caller's session does (logout, deactivation, demotion).
+    return GithubService(s.db, s.settings, s.valkey, s.broadcaster, accounts=accounts, stops=s.stream_stops)
+
+
 module = Module(
     name="github",
     controllers=[GithubUsersController, GithubTrackingController, GithubRefreshesController],
-    # Accounts: a refresh stream ends once its caller's session does (logout, deactivation, demotion).
-    service=lambda s: GithubService(
-        s.db, s.settings, s.valkey, s.broadcaster, accounts=s.get(AccountService), stops=s.stream_stops
-    ),
+    service=build_service,
     # Its own queue: a burst of refreshes (or a long snapshot run) never delays the platform's jobs.
     jobs=[Job(function=refresh_github_profile, queue=QUEUE)],
     # Hourly; a snapshot day runs from GITHUB_SNAPSHOT_HOUR_UTC to the same hour the next day and the

@@ -238,6 +238,8 @@ class GithubService:
     async def untrack(self, user_id: int, username: str) -> None:
         await self.tracking.untrack(user_id, self.login_of(username))
 
+    forget_tracker = staticmethod(Tracking.forget_tracker)
+
     # -- snapshots, history and retention (snapshots.py) -------------------------------------
 
     async def snapshot_due(self) -> int:

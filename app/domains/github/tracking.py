@@ -10,7 +10,7 @@ and a tracking never leave a tracked login without its profile.
 from __future__ import annotations
 
 from app.config import Settings
-from app.core.db import Database
+from app.core.db import Database, UnitOfWork
 from app.core.pagination import IdCursor, Page, paginate
 from app.db import github as queries
 from app.db.models import GithubTracked
@@ -86,6 +86,14 @@ class Tracking:
             row = await queries.track_github_login(uow.conn, user_id=user_id, login=login)
         assert row is not None
         return _tracked_out(row), True
+
+    @staticmethod
+    async def forget_tracker(uow: UnitOfWork, user_id: int, _actor: int) -> None:
+        """An account's erasure (``AccountService.before_erasure``): the logins it tracked are its own
+        data and go; their profiles and histories follow with the retention, once no active account
+        tracks them. Under the user's tracking lock, so a tracking being added meanwhile goes too."""
+        await queries.lock_github_tracking(uow.conn, user_id=user_id)
+        await queries.forget_tracking_of_user(uow.conn, user_id=user_id)
 
     async def untrack(self, user_id: int, login: str) -> None:
         async with self.db.transaction() as uow:

@@ -1,6 +1,7 @@
 """The projects domain: projects and their members (the permission model of the work area)."""
 
 from app.core.modules import Cron, Job, Module
+from app.core.services import Services
 from app.domains.accounts.services import AccountService
 from app.domains.projects.controllers import (
     InvitationsController,
@@ -17,10 +18,18 @@ from app.domains.projects.jobs import (
 from app.domains.projects.seed import seed_projects
 from app.domains.projects.services import ProjectService
 
+
+def build_service(s: Services) -> ProjectService:
+    """The service, and its part of an account's erasure (``ProjectService.forget_member``)."""
+    projects = ProjectService(s.db, s[AccountService], s.settings)
+    s[AccountService].before_erasure(projects.forget_member)
+    return projects
+
+
 module = Module(
     name="projects",
     controllers=[ProjectsController, MembersController, InvitationsController, MyInvitationsController],
-    service=lambda s: ProjectService(s.db, s[AccountService], s.settings),
+    service=build_service,
     seed=seed_projects,
     jobs=[Job(function=purge_deleted_project, timeout_s=purge_timeout_s)],
     cron=[

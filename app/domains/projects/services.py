@@ -47,7 +47,7 @@ from app.core.preconditions import IfMatch, require_match
 from app.core.wire import from_row
 from app.db import projects as queries
 from app.db.models import Project, ProjectInvitation, ProjectRole
-from app.domains.accounts.services import AccountService
+from app.domains.accounts.services import AccountService, AccountStillOwnsError
 from app.domains.activity.events import emit
 from app.domains.projects.schemas import (
     InvitationCreate,
@@ -782,6 +782,42 @@ class ProjectService:
                 obj=("user", user_id),
                 project_id=project_id,
                 data={"name": await self._name(uow, user_id)},
+            )
+
+    async def forget_member(self, uow: UnitOfWork, user_id: int, actor: int) -> None:
+        """An account's erasure (``AccountService.before_erasure``): the account leaves every live
+        project it is a member of as ``remove_member`` has a member leave (its invitations, received
+        and sent, withdrawn), under the same locks, its user's project lock first (as an acceptance
+        takes them: ``app/domains/accounts/erasure.py``). The last active owner of a project is
+        refused (409 ``account-still-owns``): what becomes of the project is its members' decision.
+        ``actor`` (an administrator) is not a member: the event says the account left."""
+        await queries.lock_user_projects(uow.conn, user_id=user_id)
+        for membership in await queries.memberships_of_user(uow.conn, user_id=user_id):
+            project_id = membership.project_id
+            if await queries.lock_project_membership(uow.conn, id=project_id) is None:
+                continue  # being deleted meanwhile: its purge removes the membership
+            role = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
+            if role == ProjectRole.OWNER and not await queries.count_other_active_owners(
+                uow.conn, project_id=project_id, user_id=user_id
+            ):
+                raise AccountStillOwnsError(
+                    f"The account is the last active owner of project {project_id}: make another member "
+                    "an owner, or delete the project, first."
+                )
+            if role is None or not await queries.remove_member(
+                uow.conn, project_id=project_id, user_id=user_id
+            ):
+                continue
+            await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
+            await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
+            self._membership_changed(uow, user_id, project_id)
+            await emit(
+                uow,
+                actor=user_id,
+                verb="member.removed",
+                obj=("user", user_id),
+                project_id=project_id,
+                data={},
             )
 
     async def _name(self, uow: UnitOfWork, user_id: int) -> str | None:

@@ -42,7 +42,7 @@ from app.core.idempotency import IdempotencyClaim
 from app.core.revocations import Revocations
 from app.db import sites as queries
 from app.db.models import Site
-from app.domains.accounts.services import AccountService
+from app.domains.accounts.services import AccountService, AccountStillOwnsError
 from app.domains.sites.schemas import SiteCreate
 
 DELETIONS_KEPT_S = 3600.0
@@ -181,6 +181,17 @@ class SiteService:
             if not await queries.delete_site(uow.conn, id=site_id):  # a concurrent deletion came first
                 raise NotFoundError("No such site.")
             self._refuse_here_after_commit(uow, site.ingest_key)
+
+    @staticmethod
+    async def refuse_erasing_an_owner(uow: UnitOfWork, user_id: int, _actor: int) -> None:
+        """An account's erasure (``AccountService.before_erasure``) while it owns a site is a 409
+        (``account-still-owns``): deleting a site deletes its analytics, the owner's decision. Under the
+        owner's creation lock, so a site being created meanwhile is counted."""
+        await queries.lock_site_owner(uow.conn, owner_id=user_id)
+        if owned := await queries.count_owned_sites(uow.conn, owner_id=user_id) or 0:
+            raise AccountStillOwnsError(
+                f"The account owns {owned} site(s): delete them (DELETE /api/sites/{{id}}) first."
+            )
 
     async def rotate_key(self, caller: CurrentUser, site_id: int) -> Site:
         """The site with a fresh ingest key, made as ``create`` makes one. The old key is refused by

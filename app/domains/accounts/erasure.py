@@ -1,0 +1,107 @@
+"""An account's erasure: its personal data removed, its address freed, everything else kept.
+
+Asked by the account itself (``erase_me``, with its password) or by an administrator (``erase_user``:
+the request of someone who can no longer sign in, or an address registered by someone who does not
+hold it: registration sends no mail, so whoever registered an address first kept it for good).
+
+The row stays, as a tombstone (``EraseUser``): the tasks, comments, orders and feed events other
+people see point to it and read "Deleted user". In one transaction:
+
+- the hooks the other domains registered (``before_erasure``) remove what is theirs (the account's
+  memberships, the GitHub logins it tracked), or refuse: an account that still owns a project (as its
+  last active owner) or a site is a 409 naming what to do first, since handing them over or deleting
+  them is their owners' decision, not an erasure's;
+- then the user rows are locked (id order, as an administrator's change) and the account tombstoned:
+  its address becomes one nobody can hold, its name "Deleted user", its password the hash of a secret
+  nobody knows, and it is inactive; every session ends (``Sessions.revoke_all``).
+
+The hooks run before the user rows are locked: a project's hook takes the user's project lock
+(``LockUserProjects``) and then each project's, as an acceptance of an invitation does, and an
+acceptance locks the user row last (its membership's foreign key); locked first here, the row and a
+project's lock would be taken in opposite orders. An account erased already is left as it is (the
+hooks find nothing left to remove).
+
+What stays, by design: the tombstone row; tasks, comments, files and orders (other people's records,
+and accounting's); ids in logs and monitoring events (purged with them, 30 days). Idempotency records
+(a day) and outbox rows (a week) expire on their own.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from app.core.db import Database, UnitOfWork
+from app.core.errors import ConflictError, ForbiddenError, NotFoundError
+from app.core.security import Passwords
+from app.db import accounts as queries
+from app.db.models import User, UserRole
+from app.domains.accounts.sessions import Sessions
+
+log = structlog.get_logger("app.accounts")
+
+ErasureHook = Callable[[UnitOfWork, int, int], Awaitable[None]]
+"""``hook(uow, user_id, actor_id)``: remove what the domain keeps of the account, in the erasure's
+transaction, or refuse it (raise a 409 ``AccountStillOwnsError``)."""
+Notify = Callable[[UnitOfWork, int], None]
+
+
+class AccountStillOwnsError(ConflictError):
+    """The account still owns what an erasure cannot decide about (a project, a site)."""
+
+    slug = "account-still-owns"
+    title = "Account still owns data of its own"
+
+
+class Erasure:
+    def __init__(
+        self,
+        db: Database,
+        passwords: Passwords,
+        sessions: Sessions,
+        *,
+        access_changed: Notify,
+        renamed: Notify,
+    ) -> None:
+        self.db = db
+        self.passwords = passwords
+        self.sessions = sessions
+        self._access_changed = access_changed
+        self._renamed = renamed
+        self._hooks: list[ErasureHook] = []
+
+    def before_erasure(self, hook: ErasureHook) -> None:
+        self._hooks.append(hook)
+
+    async def erase(self, user_id: int, *, actor: int, verified_hash: str | None = None) -> None:
+        """Erase ``user_id`` on behalf of ``actor``: an active administrator (another account), or the
+        account itself with ``verified_hash``, the hash its password was just checked against (a
+        change of password, a deactivation or an erasure committed meanwhile refuses it)."""
+        unusable = await self.passwords.hash(secrets.token_urlsafe(32))
+        async with self.db.transaction() as uow:
+            for hook in self._hooks:
+                await hook(uow, user_id, actor)
+            locked = {
+                user.id: user for user in await queries.get_users_for_update(uow.conn, ids=[actor, user_id])
+            }
+            target = locked.get(user_id)
+            if verified_hash is None:
+                _require_admin(locked.get(actor))
+                if target is None:
+                    raise NotFoundError("No such user.")
+            elif target is None or not target.is_active or target.password_hash != verified_hash:
+                raise ConflictError("The account changed meanwhile (its password, or its state): try again.")
+            erased = await queries.erase_user(uow.conn, id=user_id, password_hash=unusable)
+            if erased is None:
+                return  # erased already
+            revoked = await self.sessions.revoke_all(uow, user_id)
+            self._access_changed(uow, user_id)
+            self._renamed(uow, user_id)
+        log.info("account_erased", user_id=user_id, by=actor, sessions_revoked=revoked)
+
+
+def _require_admin(acting: User | None) -> None:
+    if acting is None or acting.role != UserRole.ADMIN or not acting.is_active:
+        raise ForbiddenError("Administrators only.")
