@@ -190,7 +190,7 @@ class SiteService:
         await queries.lock_site_owner(uow.conn, owner_id=user_id)
         if owned := await queries.count_owned_sites(uow.conn, owner_id=user_id) or 0:
             raise AccountStillOwnsError(
-                f"The account owns {owned} site(s): delete them (DELETE /api/sites/{{id}}) first."
+                f"The account owns {owned} site(s): their owner deletes them first."
             )
 
     async def rotate_key(self, caller: CurrentUser, site_id: int) -> Site:
