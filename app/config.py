@@ -241,6 +241,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     feed_group_max_span_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 6 * 3600
     feed_batch_size: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500
     feed_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    feed_private_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 365
+    """A group of a reader's own events (an order's, a project's deletion: no project holds them) is
+    deleted, with its events and read marks, this long after its last event (daily). A project's groups
+    go with the project."""
     feed_stream_heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
     feed_stream_replay_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     feed_stream_max_per_user: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5

@@ -1410,3 +1410,30 @@ async def drop_covered_event_reads(conn: AsyncConnection[Any], *, reader_id: int
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(DROP_COVERED_EVENT_READS, (reader_id,))
         return cur.rowcount
+
+
+PURGE_OLD_PRIVATE_GROUPS = """\
+delete from activity_groups doomed
+where doomed.id = any(array(
+    select g.id from activity_groups g
+    where g.project_id is null and g.last_at < now() - make_interval(days => $1::integer)
+    order by g.last_at
+    limit $2::integer
+    for update skip locked
+))"""
+
+
+async def purge_old_private_groups(
+    conn: AsyncConnection[Any],
+    *,
+    retention_days: int,
+    chunk_size: int,
+) -> int:
+    """The retention of the groups no project holds (a reader's own: orders, a project's deletion), one
+    bounded chunk, oldest first: their events, actors, objects and read marks go with them (cascades). A
+    project's groups go with the project's purge. No index on last_at: a daily scan of the groups (tens
+    of events each) costs less than an index every grouping would update. SKIP LOCKED: a group a writer
+    holds (a late event) waits for the next run."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(PURGE_OLD_PRIVATE_GROUPS, (retention_days, chunk_size))
+        return cur.rowcount

@@ -894,3 +894,18 @@ where er.user_id = @reader_id
   and (er.event_id <= coalesce((select s.read_through from activity_reader_state s where s.user_id = @reader_id), 0)
        or er.event_id <= coalesce((select gr.read_through from activity_group_reads gr
                                    where gr.user_id = @reader_id and gr.group_id = er.group_id), 0));
+
+-- name: PurgeOldPrivateGroups :execrows
+-- The retention of the groups no project holds (a reader's own: orders, a project's deletion), one
+-- bounded chunk, oldest first: their events, actors, objects and read marks go with them (cascades). A
+-- project's groups go with the project's purge. No index on last_at: a daily scan of the groups (tens
+-- of events each) costs less than an index every grouping would update. SKIP LOCKED: a group a writer
+-- holds (a late event) waits for the next run.
+delete from activity_groups doomed
+where doomed.id = any(array(
+    select g.id from activity_groups g
+    where g.project_id is null and g.last_at < now() - make_interval(days => @retention_days::integer)
+    order by g.last_at
+    limit @chunk_size::integer
+    for update skip locked
+));

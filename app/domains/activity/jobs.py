@@ -28,6 +28,11 @@ async def record_activity(ctx: Context, *, outbox_id: int, **event: Any) -> int:
     return await services_of(ctx)[ActivityService].record_batch([{**event, "outbox_id": outbox_id}])
 
 
+async def purge_private_feed_groups(ctx: Context) -> int:
+    """Daily: a reader's own groups past ``FEED_PRIVATE_RETENTION_DAYS`` are deleted."""
+    return await services_of(ctx)[ActivityService].purge_private_groups()
+
+
 async def recover_feed_events(ctx: Context) -> int:
     """Every minute: events whose jobs were lost are recorded (``recovery.py``)."""
     return await services_of(ctx)[ActivityService].recover_lost_events()

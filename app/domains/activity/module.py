@@ -8,7 +8,12 @@ from app.domains.accounts.services import AccountService
 from app.domains.activity.cache import FeedCache
 from app.domains.activity.controllers import FeedController, ProjectFeedController
 from app.domains.activity.events import RECORD_ACTIVITY_TASK
-from app.domains.activity.jobs import record_activities, record_activity, recover_feed_events
+from app.domains.activity.jobs import (
+    purge_private_feed_groups,
+    record_activities,
+    record_activity,
+    recover_feed_events,
+)
 from app.domains.activity.seed import seed_feed
 from app.domains.activity.services import ActivityService
 from app.domains.projects.services import ProjectService
@@ -43,6 +48,9 @@ module = Module(
         Job(function=record_activity, queue="feed"),
         Job(function=recover_feed_events),
     ],
-    cron=[Cron(function=recover_feed_events, schedule="* * * * *", timeout_s=300)],
+    cron=[
+        Cron(function=recover_feed_events, schedule="* * * * *", timeout_s=300),
+        Cron(function=purge_private_feed_groups, schedule="17 4 * * *", timeout_s=600),
+    ],
     seed=seed_feed,
 )

@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 COMBINED_EVENTS = 5000
 """At most this many events (or FEED_BATCH_SIZE, if larger) in one combined transaction."""
 
+PRIVATE_PURGE_CHUNK = 500
+"""Groups per transaction of the private groups' retention (their events, tens each, cascade)."""
+
 DEFAULT_PAGE = 20
 """The feed's page size when the client names none. Fewer groups than the usual 50 rows: each group
 carries its samples. Only this size's first page is cached (one entry per reader)."""
@@ -130,6 +133,19 @@ class ActivityService:
     async def recover_lost_events(self) -> int:
         """Record the events whose jobs were lost (the cron; ``recovery.py``); returns how many."""
         return await recover_lost_events(self.db, self.record_batch)
+
+    async def purge_private_groups(self, *, chunk_size: int = PRIVATE_PURGE_CHUNK) -> int:
+        """Delete the groups no project holds whose last event is older than
+        ``FEED_PRIVATE_RETENTION_DAYS`` (the daily cron), with their events and read marks, in chunks;
+        returns how many groups. Without it a reader's own events (orders) were kept for good."""
+        days = self.settings.feed_private_retention_days
+
+        async def chunk(uow: UnitOfWork) -> int:
+            return await queries.purge_old_private_groups(
+                uow.conn, retention_days=days, chunk_size=chunk_size
+            )
+
+        return await self.db.delete_in_chunks(chunk)
 
     async def _write_alone(self, events: list[Mapping[str, Any]]) -> Recorded:
         async with self.db.transaction() as uow:
