@@ -656,7 +656,7 @@ async def count_signups_between(
 
 ERASE_USER = """\
 update users
-set email = 'erased-' || id || '@erased.invalid', display_name = 'Deleted user',
+set email = 'erased:' || id, display_name = 'Deleted user',
     password_hash = $1, is_active = false, erased_at = now(), updated_at = now()
 where id = $2 and erased_at is null
 returning id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at"""
@@ -664,8 +664,9 @@ returning id, email, display_name, password_hash, role, is_active, created_at, u
 
 async def erase_user(conn: AsyncConnection[Any], *, password_hash: str, id: int) -> User | None:
     """The account's personal data replaced, its address freed for a new registration: the address becomes
-    one nobody can hold (`.invalid` is reserved, RFC 2606), the name "Deleted user", the password a hash
-    of a secret nobody knows; inactive from now on. Once only: an erased account is no row."""
+    `erased:<id>`, which no address the API takes can be (no `@`: nobody can register it first and make
+    the erasure fail on the unique index), the name "Deleted user", the password a hash of a secret
+    nobody knows; inactive from now on. Once only: an erased account is no row."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
         await cur.execute(ERASE_USER, (password_hash, id))
         return await cur.fetchone()

@@ -941,3 +941,46 @@ async def memberships_of_user(conn: AsyncConnection[Any], *, user_id: int) -> li
     async with AsyncRawCursor(conn, row_factory=args_row(MembershipsOfUserRow)) as cur:
         await cur.execute(MEMBERSHIPS_OF_USER, (user_id,))
         return await cur.fetchall()
+
+
+PROJECTS_INVITING_USER = """\
+select distinct i.project_id
+from project_invitations i
+join users u on u.id = $1 and i.email = u.email
+join projects p on p.id = i.project_id and p.deleting_since is null
+order by i.project_id"""
+
+
+async def projects_inviting_user(conn: AsyncConnection[Any], *, user_id: int) -> list[int]:
+    """The live projects holding an invitation to the user's address, in id order, for the account's
+    erasure (the address is freed: an invitation to it must not pass to its next holder)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(PROJECTS_INVITING_USER, (user_id,))
+        return await cur.fetchall()
+
+
+SUCCESSOR_ON_ERASURE = """\
+select m.user_id, m.role
+from project_members m
+join users u on u.id = m.user_id and u.is_active
+where m.project_id = $1 and m.user_id <> $2
+order by (m.role = 'editor') desc, m.added_at, m.user_id
+limit 1"""
+
+
+class SuccessorOnErasureRow(msgspec.Struct, frozen=True, gc=False):
+    user_id: int
+    role: ProjectRole
+
+
+async def successor_on_erasure(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: int,
+    user_id: int,
+) -> SuccessorOnErasureRow | None:
+    """Who becomes the project's owner when an administrator erases its last active owner: an active
+    member, editors first, then the longest a member. No row: nobody active is left (the project goes)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(SuccessorOnErasureRow)) as cur:
+        await cur.execute(SUCCESSOR_ON_ERASURE, (project_id, user_id))
+        return await cur.fetchone()

@@ -326,10 +326,11 @@ select count(*)::bigint as signups from users where created_at >= @since and cre
 
 -- name: EraseUser :one
 -- The account's personal data replaced, its address freed for a new registration: the address becomes
--- one nobody can hold (`.invalid` is reserved, RFC 2606), the name "Deleted user", the password a hash
--- of a secret nobody knows; inactive from now on. Once only: an erased account is no row.
+-- `erased:<id>`, which no address the API takes can be (no `@`: nobody can register it first and make
+-- the erasure fail on the unique index), the name "Deleted user", the password a hash of a secret
+-- nobody knows; inactive from now on. Once only: an erased account is no row.
 update users
-set email = 'erased-' || id || '@erased.invalid', display_name = 'Deleted user',
+set email = 'erased:' || id, display_name = 'Deleted user',
     password_hash = @password_hash, is_active = false, erased_at = now(), updated_at = now()
 where id = @id and erased_at is null
 returning *;

@@ -405,3 +405,22 @@ from project_members m
 join projects p on p.id = m.project_id
 where m.user_id = @user_id and p.deleting_since is null
 order by m.project_id;
+
+-- name: ProjectsInvitingUser :many
+-- The live projects holding an invitation to the user's address, in id order, for the account's
+-- erasure (the address is freed: an invitation to it must not pass to its next holder).
+select distinct i.project_id
+from project_invitations i
+join users u on u.id = @user_id and i.email = u.email
+join projects p on p.id = i.project_id and p.deleting_since is null
+order by i.project_id;
+
+-- name: SuccessorOnErasure :one
+-- Who becomes the project's owner when an administrator erases its last active owner: an active
+-- member, editors first, then the longest a member. No row: nobody active is left (the project goes).
+select m.user_id, m.role
+from project_members m
+join users u on u.id = m.user_id and u.is_active
+where m.project_id = @project_id and m.user_id <> @user_id
+order by (m.role = 'editor') desc, m.added_at, m.user_id
+limit 1;

@@ -5,14 +5,23 @@ and appsec reviews)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import psycopg
+import pytest
 from litestar import Litestar
 from psycopg import AsyncConnection
 
+from app.config import Settings
+from app.core.errors import UnauthorizedError
+from app.core.services import services_of_app
 from app.db.models import ProjectRole, UserRole
+from app.domains.projects.schemas import ProjectCreate
+from app.domains.projects.services import ProjectService
 from tests.factories import (
+    GENEROUS_AUTH,
     PASSWORD,
     Actor,
     Client,
@@ -24,6 +33,9 @@ from tests.factories import (
     make_project,
     make_site,
     make_user,
+    serve_in_loop,
+    sessions_waiting_for_a_lock,
+    wait_until,
 )
 
 NEW_PASSWORD = "a brand new passphrase 7"
@@ -67,7 +79,7 @@ async def test_an_administrator_erases_an_account_whose_address_can_then_be_regi
     assert email not in logs.text and "Erin" not in logs.text
 
     assert await user_row(db, member_id) == (
-        f"erased-{member_id}@erased.invalid",
+        f"erased:{member_id}",
         "Deleted user",
         False,
         True,
@@ -101,22 +113,22 @@ async def test_an_administrator_erases_an_account_whose_address_can_then_be_regi
     )
     assert_problem(patched, 409)
     assert await user_row(db, member_id) == (
-        f"erased-{member_id}@erased.invalid",
+        f"erased:{member_id}",
         "Deleted user",
         False,
         True,
     )
 
 
-async def test_an_account_that_still_owns_a_project_or_a_site_is_refused_and_nothing_changes(
+async def test_an_account_erasing_itself_while_it_owns_a_project_or_a_site_is_refused_and_nothing_changes(
     client: Client, db: AsyncConnection[Any], app: Litestar, password_hash: str
 ) -> None:
-    admin = await make_user(db, app, UserRole.ADMIN, name="Root")
     other = await make_user(db, app, name="Other")
     owner_id, email, token = await signed_in(client, db, password_hash, "Olga Owner")
     shared = await make_project(db, owner_id, {other.id: ProjectRole.EDITOR}, name="Shared")
+    erase = {"current_password": PASSWORD}
     refused = assert_problem(
-        await client.delete(f"/api/admin/users/{owner_id}", headers=admin.headers), 409, "account-still-owns"
+        await client.post("/api/auth/me/erase", json=erase, headers=bearer(token)), 409, "account-still-owns"
     )
     assert str(shared) in refused["detail"]
     assert (await client.get("/api/auth/me", headers=bearer(token))).status_code == 200, "sessions stand"
@@ -128,7 +140,7 @@ async def test_an_account_that_still_owns_a_project_or_a_site_is_refused_and_not
     assert promoted.status_code == 200, promoted.text
     site = await make_site(db, owner_id)
     assert_problem(
-        await client.delete(f"/api/admin/users/{owner_id}", headers=admin.headers), 409, "account-still-owns"
+        await client.post("/api/auth/me/erase", json=erase, headers=bearer(token)), 409, "account-still-owns"
     )
     members = await (
         await db.execute("select count(*) from project_members where user_id = %s", (owner_id,))
@@ -136,11 +148,93 @@ async def test_an_account_that_still_owns_a_project_or_a_site_is_refused_and_not
     assert members == (1,), "the refusal rolled the project's part back"
 
     await db.execute("delete from sites where id = %s", (site.id,))
-    assert (await client.delete(f"/api/admin/users/{owner_id}", headers=admin.headers)).status_code == 204
+    assert (await client.post("/api/auth/me/erase", json=erase, headers=bearer(token))).status_code == 204
     roles = await (
         await db.execute("select user_id, role from project_members where project_id = %s", (shared,))
     ).fetchall()
     assert roles == [(other.id, ProjectRole.OWNER)], "another owner kept the project"
+
+
+async def test_an_administrators_erasure_hands_a_squatters_projects_over_or_deletes_them(
+    client: Client, db: AsyncConnection[Any], app: Litestar, password_hash: str
+) -> None:
+    """An address registered by someone who does not hold it is reclaimed by an administrator's
+    erasure: one project of its own (a request away) must not keep it (the diff review). A project
+    with another active member goes to that member (editors first); one with nobody else is deleted;
+    an invitation to the freed address, in a project the account never joined, is withdrawn."""
+    admin = await make_user(db, app, UserRole.ADMIN, name="Root")
+    viewer, editor = await make_user(db, app, name="Vic"), await make_user(db, app, name="Eddie")
+    squatter_id, email, _ = await signed_in(client, db, password_hash, "Squatter")
+    shared = await make_project(
+        db, squatter_id, {viewer.id: ProjectRole.VIEWER, editor.id: ProjectRole.EDITOR}
+    )
+    alone = await make_project(db, squatter_id, name="Alone")
+    elsewhere = await make_project(db, admin.id, name="Elsewhere")
+    invited = await client.post(
+        f"/api/projects/{elsewhere}/invitations",
+        json={"email": email, "role": "editor"},
+        headers=admin.headers,
+    )
+    assert invited.status_code == 201, invited.text
+
+    erased = await client.delete(f"/api/admin/users/{squatter_id}", headers=admin.headers)
+    assert erased.status_code == 204, erased.text
+
+    roles = await (
+        await db.execute(
+            "select user_id, role from project_members where project_id = %s order by user_id", (shared,)
+        )
+    ).fetchall()
+    assert roles == sorted([(viewer.id, ProjectRole.VIEWER), (editor.id, ProjectRole.OWNER)])
+    deleting = await (
+        await db.execute("select deleting_since is not null from projects where id = %s", (alone,))
+    ).fetchone()
+    assert deleting == (True,)
+    waiting = await (
+        await db.execute("select count(*) from project_invitations where email = %s", (email,))
+    ).fetchone()
+    assert waiting == (0,), "an invitation to the freed address does not pass to its next holder"
+    unregistrable = await client.post(
+        "/api/auth/register",
+        json={"email": f"erased:{squatter_id}", "password": NEW_PASSWORD, "display_name": "X"},
+    )
+    assert_problem(unregistrable, 400)
+
+
+async def test_an_addition_waiting_for_an_erasure_is_refused_once_it_commits(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str, database_url: str
+) -> None:
+    """A project created (or a site, a tracked login, an acceptance) by a request authenticated before
+    the erasure, waiting on the per-user lock the erasure holds, completed for the tombstone: an
+    orphan project nobody could manage (the diff review). It now finds the account gone (401)."""
+    async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
+        admin = await make_user(db, served.app, UserRole.ADMIN, name="Root")
+        member = await create_user(db, password_hash, display_name="Racer")
+        projects = services_of_app(served.app)[ProjectService]
+        async with await psycopg.AsyncConnection.connect(database_url) as holder:
+            await holder.execute(
+                "select 1 from users where id = %s for share", (member.id,)
+            )  # the erasure waits
+            erasing = asyncio.create_task(
+                served.client.delete(f"/api/admin/users/{member.id}", headers=admin.headers)
+            )
+            await wait_until(
+                lambda: _waiting(db, 1), 30, "the erasure holds its hooks' locks and waits for the row"
+            )
+            creating = asyncio.create_task(projects.create(member.id, ProjectCreate(name="Late")))
+            await wait_until(lambda: _waiting(db, 2), 30, "the creation waits for the erasure's lock")
+            await holder.rollback()
+        assert (await erasing).status_code == 204
+        with pytest.raises(UnauthorizedError):
+            await creating
+    owned = await (
+        await db.execute("select count(*) from projects where owner_id = %s", (member.id,))
+    ).fetchone()
+    assert owned == (0,)
+
+
+async def _waiting(db: AsyncConnection[Any], sessions: int) -> bool:
+    return await sessions_waiting_for_a_lock(db) >= sessions
 
 
 async def test_a_member_erases_their_own_account_with_their_password(
@@ -158,7 +252,7 @@ async def test_a_member_erases_their_own_account_with_their_password(
     )
     assert erased.status_code == 204, erased.text
     assert await user_row(db, member_id) == (
-        f"erased-{member_id}@erased.invalid",
+        f"erased:{member_id}",
         "Deleted user",
         False,
         True,

@@ -171,6 +171,8 @@ class Administration:
                 "accounts are never deleted (an erasure changes the address of a row it keeps)"
             )
             before = (await queries.get_users_for_update(uow.conn, ids=[found.id]))[0]
+            if before.erased_at is not None or before.email != email:  # erased meanwhile
+                raise AccountExistsError(before)
             if before.role == UserRole.ADMIN and before.is_active:
                 return AdminAccount(before, AdminGrant.ALREADY_ADMIN)  # running it again changes nothing
             if not promote_existing:

@@ -70,10 +70,10 @@ WEAK_PASSWORD = ResponseSpec(
 ERASURE = (
     "Erasing an account removes its personal data and frees its email address for a new registration: "
     'the address, the name ("Deleted user") and the password are replaced, every session ends, the '
-    "account leaves its projects (its invitations withdrawn) and forgets the GitHub users it tracked. "
-    'Tasks, comments, files and orders stay, under "Deleted user". An account that is the last active '
-    "owner of a project, or owns a site, is a 409 `account-still-owns` that changes nothing: hand the "
-    "project over (or delete it) and delete the sites first. It cannot be undone."
+    "account leaves its projects (every invitation to its address is withdrawn) and forgets the GitHub "
+    'users it tracked. Tasks, comments, files and orders stay, under "Deleted user". An account that owns '
+    "a site is a 409 `account-still-owns` that changes nothing (delete the sites first). It cannot be "
+    "undone."
 )
 
 
@@ -235,8 +235,10 @@ class AuthController(Controller):
         guards=[requires_user],
         summary="Erase the caller's account",
         description=ERASURE
-        + " Send `current_password`: a wrong one is a 403 and counts as a failed sign-in (same throttle as "
-        "login). An administrator's account is erased by another administrator (409).",
+        + " The last active owner of a project is a 409 `account-still-owns` too: make another member an "
+        "owner, or delete the project, first. Send `current_password`: a wrong one is a 403 and counts as a "
+        "failed sign-in (same throttle as login). An administrator's account is erased by another "
+        "administrator (409).",
         security=BEARER,
         responses=problems(400, 401, 403, 409, 429),
         opt=OWN_ACCOUNT,
@@ -289,8 +291,12 @@ class AdminUsersController(Controller):
     @delete(
         "/{user_id:int}",
         summary="Erase a user's account",
-        description=ERASURE + " Erasing an account erased already changes nothing (204); an erased account "
-        "cannot be changed (409 on PATCH). Administrators do not erase their own account (409).",
+        description=ERASURE
+        + " A project whose last active owner it is goes to an active member (editors first, then the "
+        "longest a member), or is deleted when nobody active is left: an address registered by someone who "
+        "does not hold it is reclaimed this way. Erasing an account erased already changes nothing (204); "
+        "an erased account cannot be changed (409 on PATCH). Administrators do not erase their own "
+        "account (409).",
         responses=problems(400, 401, 403, 404, 409, 429),
     )
     async def erase_user(self, user_id: IdPath, current_user: Caller, accounts: Accounts) -> None:

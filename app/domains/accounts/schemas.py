@@ -98,6 +98,8 @@ class UserOut(msgspec.Struct, frozen=True):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    erased_at: datetime | None = None
+    """When the account was erased (its address, name and password replaced); null: it was not."""
 
     @classmethod
     def from_row(cls, user: User) -> UserOut:

@@ -45,7 +45,7 @@ from app.domains.accounts.administration import Administration
 from app.domains.accounts.authentication import Authentication
 from app.domains.accounts.dashboard_tokens import ADMINS_ONLY, DashboardSession, DashboardTokens
 from app.domains.accounts.erasure import AccountStillOwnsError as AccountStillOwnsError
-from app.domains.accounts.erasure import Erasure, ErasureHook
+from app.domains.accounts.erasure import Erasure, ErasureHook, OwnErasure
 from app.domains.accounts.passwords import Credentials
 from app.domains.accounts.passwords import WeakPasswordError as WeakPasswordError
 from app.domains.accounts.profile import Profile
@@ -192,6 +192,18 @@ class AccountService:
         user = await queries.get_user_by_id(uow.conn, id=user_id)
         return user if user is not None and user.is_active else None
 
+    async def require_active(self, uow: UnitOfWork, user_id: int) -> User:
+        """The account, or 401 when it is no longer active (deactivated, or erased): what adds to an
+        account's own (a project, a membership, a site, a tracked login) asks under the lock that
+        serialises those additions, which an erasure holds until it commits (``erasure.py``), so
+        nothing is added to an account erased meanwhile."""
+        user = await self.active_user(uow, user_id)
+        if user is None:
+            raise UnauthorizedError.token_refused(
+                "Your account was deactivated or erased while the request was in progress: nothing was kept."
+            )
+        return user
+
     async def holds_admin(self, uow: UnitOfWork, user_id: int) -> bool:
         """Whether ``user_id``'s row is an active administrator's, held (``FOR SHARE``) until the
         caller's commit if so. An administrator's write asks first: the token's role is a claim, the
@@ -235,7 +247,8 @@ class AccountService:
             )
         except UnauthorizedError:
             raise ForbiddenError("The current password is required and must be correct.") from None
-        await self.erasure.erase(caller.id, actor=caller.id, verified_hash=verified.password_hash)
+        own = OwnErasure(family_id=caller.family_id, verified_hash=verified.password_hash)
+        await self.erasure.erase(caller.id, actor=caller.id, own=own)
 
     # -- administration (``administration.py``) -------------------------------------------------
 

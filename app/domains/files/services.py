@@ -202,7 +202,7 @@ class FileService:
         orphan the sweep removes.
 
         The caller's session is checked first (``AccountService.require_session``, under the user's
-        row, which a revocation of the user's sessions takes before anything else): an upload outlives
+        row, which a revocation of the user's sessions locks before it revokes them): an upload outlives
         its request's authentication, and a file sent by a session ended meanwhile is not kept.
         """
         user_id = caller.id

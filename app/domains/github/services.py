@@ -127,7 +127,7 @@ class GithubService:
         self.refreshes = Refreshes(
             db, settings, valkey, broadcaster, self.lookups, clock=clock, accounts=accounts, stops=stops
         )
-        self.tracking = Tracking(db, settings, self.lookups)
+        self.tracking = Tracking(db, settings, self.lookups, accounts)
         self.snapshots = Snapshots(db, settings, self.lookups, clock=clock)
 
     async def start(self) -> None:

@@ -4,10 +4,13 @@ Private to the GitHub domain (``GithubService`` holds one ``Tracking`` as ``trac
 ``list_tracked``, ``track`` and ``untrack`` to it). Tracking a login with nothing stored looks it up
 first, on the account's share of the quota (``lookups.py``), and the tracking's transaction locks
 the stored profile and snapshot attempt as the retention's purge does (``snapshots.py``), so a purge
-and a tracking never leave a tracked login without its profile.
+and a tracking never leave a login an active account tracks without its profile (a deactivated
+account's logins count as untracked: their profiles go, and are looked up again once it is back).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
@@ -18,6 +21,9 @@ from app.domains.github.errors import NotTrackedError, TrackingLimitError
 from app.domains.github.lookups import ProfileLookups
 from app.domains.github.schemas import TrackedOut
 
+if TYPE_CHECKING:
+    from app.domains.accounts.services import AccountService
+
 
 class _ProfileGoneError(Exception):
     """The profile read before tracking was purged before the tracking locked it."""
@@ -26,10 +32,17 @@ class _ProfileGoneError(Exception):
 class Tracking:
     """Who tracks which login: listed, added within the account's limit, removed."""
 
-    def __init__(self, db: Database, settings: Settings, lookups: ProfileLookups) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        lookups: ProfileLookups,
+        accounts: AccountService | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.lookups = lookups
+        self.accounts = accounts
 
     async def list_tracked(self, user_id: int, *, after_id: int, limit: int) -> Page[TrackedOut]:
         async with self.db.transaction() as uow:
@@ -78,6 +91,8 @@ class Tracking:
                 raise _ProfileGoneError  # purged since it was read: rolled back, looked up again
             await queries.lock_github_snapshot_attempt_kept(uow.conn, login=login)
             await queries.lock_github_tracking(uow.conn, user_id=user_id)
+            if self.accounts is not None:  # an erasure holds the lock until it commits
+                await self.accounts.require_active(uow, user_id)
             existing = await queries.get_github_tracked(uow.conn, user_id=user_id, login=login)
             if existing is not None:
                 return _tracked_out(existing), False

@@ -237,6 +237,7 @@ class ProjectService:
         ``claim``: the request's idempotency key, completed in this transaction."""
         async with self.db.transaction() as uow:
             await queries.lock_user_projects(uow.conn, user_id=actor)
+            await self.accounts.require_active(uow, actor)
             created = await queries.count_created_projects(uow.conn, owner_id=actor)
             if created is not None and created >= self.projects_per_user_max:
                 raise ProjectLimitError(
@@ -344,13 +345,8 @@ class ProjectService:
             if project is None:
                 raise NotFoundError("No such project.")
             require_match(if_match, project.version)
-            if not await queries.mark_project_deleting(uow.conn, id=project_id):
+            if not await self._delete_locked(uow, project_id):
                 raise NotFoundError("No such project.")
-            await queries.remove_all_members(uow.conn, project_id=project_id)
-            await queries.remove_all_invitations(uow.conn, project_id=project_id)
-            await _enqueue_purge(uow, project_id)
-            for callback in self._on_deleted:
-                uow.after_commit(partial(callback, project_id))
             await emit(
                 uow,
                 actor=actor,
@@ -497,10 +493,10 @@ class ProjectService:
         (``project-full``, counted under the project's membership lock, which the taking holds). A
         member already adds nothing and is never refused."""
         async with self.db.transaction() as uow:
-            user = await self.accounts.active_user(uow, user_id)
+            await queries.lock_user_projects(uow.conn, user_id=user_id)
+            user = await self.accounts.active_user(uow, user_id)  # after the lock: an erasure holds it
             if user is None:
                 raise NotFoundError("No such invitation.")
-            await queries.lock_user_projects(uow.conn, user_id=user_id)
             invitation = await self._take_invitation_locking_project(
                 uow, user.email, invitation_id, invitation_token_digest(token)
             )
@@ -786,29 +782,37 @@ class ProjectService:
 
     async def forget_member(self, uow: UnitOfWork, user_id: int, actor: int) -> None:
         """An account's erasure (``AccountService.before_erasure``): the account leaves every live
-        project it is a member of as ``remove_member`` has a member leave (its invitations, received
-        and sent, withdrawn), under the same locks, its user's project lock first (as an acceptance
-        takes them: ``app/domains/accounts/erasure.py``). The last active owner of a project is
-        refused (409 ``account-still-owns``): what becomes of the project is its members' decision.
-        ``actor`` (an administrator) is not a member: the event says the account left."""
+        project it is a member of as ``remove_member`` has a member leave (its invitations sent
+        withdrawn), and every invitation to its address goes (the address is freed: one must not pass
+        to its next holder); under the same locks, its user's project lock first, then the projects'
+        in id order (as an acceptance takes them: ``app/domains/accounts/erasure.py``).
+
+        The last active owner of a project: the account erasing itself is refused (409
+        ``account-still-owns``: hand the project over, or delete it, first). An administrator's erasure
+        hands it to an active member (editors first, then the longest a member), or deletes it as its
+        owner would (``delete``) when none is left: a squatter's project must not keep its address."""
         await queries.lock_user_projects(uow.conn, user_id=user_id)
-        for membership in await queries.memberships_of_user(uow.conn, user_id=user_id):
-            project_id = membership.project_id
+        members_of = {row.project_id for row in await queries.memberships_of_user(uow.conn, user_id=user_id)}
+        invited_to = await queries.projects_inviting_user(uow.conn, user_id=user_id)
+        for project_id in sorted(members_of.union(invited_to)):
             if await queries.lock_project_membership(uow.conn, id=project_id) is None:
-                continue  # being deleted meanwhile: its purge removes the membership
+                continue  # being deleted meanwhile: its purge removes the rest
+            await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
             role = await queries.get_member_role(uow.conn, project_id=project_id, user_id=user_id)
+            if role is None:
+                continue
             if role == ProjectRole.OWNER and not await queries.count_other_active_owners(
                 uow.conn, project_id=project_id, user_id=user_id
             ):
-                raise AccountStillOwnsError(
-                    f"The account is the last active owner of project {project_id}: make another member "
-                    "an owner, or delete the project, first."
-                )
-            if role is None or not await queries.remove_member(
-                uow.conn, project_id=project_id, user_id=user_id
-            ):
-                continue
-            await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
+                if actor == user_id:
+                    raise AccountStillOwnsError(
+                        f"You are the last active owner of project {project_id}: make another member an "
+                        "owner, or delete the project, first."
+                    )
+                if not await self._hand_over(uow, project_id, user_id):
+                    await self._delete_locked(uow, project_id)
+                    continue
+            await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
             await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
             self._membership_changed(uow, user_id, project_id)
             await emit(
@@ -819,6 +823,39 @@ class ProjectService:
                 project_id=project_id,
                 data={},
             )
+
+    async def _hand_over(self, uow: UnitOfWork, project_id: int, user_id: int) -> bool:
+        """Make the project's successor (``SuccessorOnErasure``) an owner; False when nobody active is
+        left. Under the project's membership lock."""
+        successor = await queries.successor_on_erasure(uow.conn, project_id=project_id, user_id=user_id)
+        if successor is None:
+            return False
+        await queries.update_member_role(
+            uow.conn, role=ProjectRole.OWNER, project_id=project_id, user_id=successor.user_id
+        )
+        self._membership_changed(uow, successor.user_id, project_id)
+        await emit(
+            uow,
+            actor=user_id,
+            verb="member.role_changed",
+            obj=("user", successor.user_id),
+            project_id=project_id,
+            data={"from": successor.role.value, "to": ProjectRole.OWNER.value},
+        )
+        return True
+
+    async def _delete_locked(self, uow: UnitOfWork, project_id: int) -> bool:
+        """``delete``'s changes, under a lock that keeps every other change of the project out (the
+        deletion's own, or the membership lock: ``mark_project_deleting`` updates no key); False when
+        it was being deleted already."""
+        if not await queries.mark_project_deleting(uow.conn, id=project_id):
+            return False
+        await queries.remove_all_members(uow.conn, project_id=project_id)
+        await queries.remove_all_invitations(uow.conn, project_id=project_id)
+        await _enqueue_purge(uow, project_id)
+        for callback in self._on_deleted:
+            uow.after_commit(partial(callback, project_id))
+        return True
 
     async def _name(self, uow: UnitOfWork, user_id: int) -> str | None:
         """A member's display name for the feed's sentence (None once the account is deactivated)."""

@@ -128,6 +128,7 @@ class SiteService:
         async with self.db.transaction() as uow:
             await self._require_zone(uow, zone)
             await queries.lock_site_owner(uow.conn, owner_id=owner_id)
+            await self.accounts.require_active(uow, owner_id)
             owned = await queries.count_owned_sites(uow.conn, owner_id=owner_id)
             if owned is not None and owned >= self.sites_per_user_max:
                 raise SiteLimitError(f"An account owns at most {self.sites_per_user_max} sites.")
@@ -189,9 +190,7 @@ class SiteService:
         owner's creation lock, so a site being created meanwhile is counted."""
         await queries.lock_site_owner(uow.conn, owner_id=user_id)
         if owned := await queries.count_owned_sites(uow.conn, owner_id=user_id) or 0:
-            raise AccountStillOwnsError(
-                f"The account owns {owned} site(s): their owner deletes them first."
-            )
+            raise AccountStillOwnsError(f"The account owns {owned} site(s): their owner deletes them first.")
 
     async def rotate_key(self, caller: CurrentUser, site_id: int) -> Site:
         """The site with a fresh ingest key, made as ``create`` makes one. The old key is refused by
