@@ -409,23 +409,27 @@ async def test_the_page_view_ingest_is_logged_without_the_visitors_address_or_ag
     assert await status_of(gateway, "/health/live") == 200
     body = b'{"site_key": "no-such-key-0000", "url": "https://example.com/a"}'
     agent = "PrivacyProbe/1.0"
+    too_large = 2 * 1024 * 1024  # over the single view's 1 MiB: the gateway's own 413, from a named location
     sent = {
-        "ingest-1": ("POST /api/page-views", body),
-        "ingest-2": ("POST /api/page-views/batch", b'{"views": [' + body + b"]}"),
-        "other-1": ("GET /api/products?q=secret-words", b""),
+        "ingest-1": ("POST /api/page-views", body, None, 422),
+        "ingest-2": ("POST /api/page-views/batch", b'{"views": [' + body + b"]}", None, 422),
+        "ingest-3": ("POST /api/page-views?x=1", b"", too_large, 413),
+        "other-1": ("GET /api/products?q=secret-words", b"", None, 200),
     }
-    for request_id, (line, content) in sent.items():
+    for request_id, (line, content, declared, expected) in sent.items():
+        length = len(content) if declared is None else declared
         status, _, _ = await exchange(
             gateway,
             f"{line} HTTP/1.1\r\nHost: gw\r\nUser-Agent: {agent}\r\nX-Request-ID: {request_id}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\nConnection: close\r\n\r\n",
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n",
             content,
         )
-        assert status == (200 if request_id == "other-1" else 422), request_id
+        assert status == expected, request_id
     logged = await gateway_log_lines(tmp_path / "nginx" / "out.log", set(sent))
     assert logged["other-1"]["remote_addr"] == "127.0.0.1" and logged["other-1"]["user_agent"] == agent
     assert logged["other-1"]["uri"] == "/api/products", "the query is not logged"
-    for request_id in ("ingest-1", "ingest-2"):
+    for request_id in ("ingest-1", "ingest-2", "ingest-3"):
         line = logged[request_id]
-        assert line["status"] == 422 and "remote_addr" not in line and "user_agent" not in line, line
+        assert line["status"] == sent[request_id][3] and line["uri"].startswith("/api/page-views"), line
+        assert "remote_addr" not in line and "user_agent" not in line, line
         assert "127.0.0.1" not in json.dumps(line) and agent not in json.dumps(line), line
