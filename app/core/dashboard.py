@@ -35,6 +35,7 @@ import base64
 import contextlib
 import hashlib
 import html
+import re
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -372,10 +373,17 @@ class JobDetail(msgspec.Struct, frozen=True):
     job: JobOut
 
 
+_DATABASE_DETAIL = re.compile(r"^(?:DETAIL|HINT|CONTEXT):  .*(?:\n|$)", re.MULTILINE)
+"""The lines PostgreSQL adds under an error's message in a traceback SAQ stored: DETAIL quotes whole
+rows (an e-mail, a password hash), which no secret pattern masks (``app.core.scrub.exception_message``
+keeps the primary message alone in the app's own logs and events)."""
+
+
 def _error(text: Any) -> str | None:
     if not text:
         return None
-    scrubbed = scrub_text(str(text)[-_SCRUBBED_AT_MOST:])
+    told = _DATABASE_DETAIL.sub("", str(text)[-_SCRUBBED_AT_MOST:])
+    scrubbed = scrub_text(told)
     return scrubbed if len(scrubbed) <= ERROR_MAX_CHARS else "…" + scrubbed[-(ERROR_MAX_CHARS - 1) :]
 
 

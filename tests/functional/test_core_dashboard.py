@@ -138,6 +138,9 @@ async def test_a_job_is_shown_by_its_argument_names_and_a_scrubbed_bounded_error
     traceback = (
         "Traceback (most recent call last):\n"
         + '  File "app/x.py", line 1, in f\n' * 400
+        + 'psycopg.errors.UniqueViolation: duplicate key value violates unique constraint "users_email_key"\n'
+        + f"DETAIL:  Key (email)=({SECRET_VALUES[0]}) already exists.\n"
+        + "\nThe above exception was the direct cause of the following exception:\n\n"
         + f"ConnectionError: postgresql://app:{LEAKED_PASSWORD}@db/app refused password={LEAKED_PASSWORD}"
     )
     await job.update(error=traceback, result={"note": SECRET_VALUES[2]}, meta={"email": SECRET_VALUES[0]})
@@ -156,6 +159,7 @@ async def test_a_job_is_shown_by_its_argument_names_and_a_scrubbed_bounded_error
     assert len(error) <= ERROR_MAX_CHARS
     assert error.endswith(f"refused password={MASK}"), "the end of the traceback: the exception"
     assert f"app:{MASK}@db" in error
+    assert "violates unique constraint" in error and "DETAIL" not in error, "a database error's message only"
     for path, answer in answers.items():
         for value in [*SECRET_VALUES, LEAKED_PASSWORD]:
             assert value not in answer.text, f"{path} answers {value!r}"
