@@ -1431,9 +1431,8 @@ async def purge_old_private_groups(
 ) -> int:
     """The retention of the groups no project holds (a reader's own: orders, a project's deletion), one
     bounded chunk, oldest first: their events, actors, objects and read marks go with them (cascades). A
-    project's groups go with the project's purge. No index on last_at: a daily scan of the groups (tens
-    of events each) costs less than an index every grouping would update. SKIP LOCKED: a group a writer
-    holds (a late event) waits for the next run."""
+    project's groups go with the project's purge. Served by activity_groups_private_last_idx (partial:
+    these groups only). SKIP LOCKED: a group a writer holds (a late event) waits for the next run."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_OLD_PRIVATE_GROUPS, (retention_days, chunk_size))
         return cur.rowcount

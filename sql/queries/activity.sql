@@ -898,9 +898,8 @@ where er.user_id = @reader_id
 -- name: PurgeOldPrivateGroups :execrows
 -- The retention of the groups no project holds (a reader's own: orders, a project's deletion), one
 -- bounded chunk, oldest first: their events, actors, objects and read marks go with them (cascades). A
--- project's groups go with the project's purge. No index on last_at: a daily scan of the groups (tens
--- of events each) costs less than an index every grouping would update. SKIP LOCKED: a group a writer
--- holds (a late event) waits for the next run.
+-- project's groups go with the project's purge. Served by activity_groups_private_last_idx (partial:
+-- these groups only). SKIP LOCKED: a group a writer holds (a late event) waits for the next run.
 delete from activity_groups doomed
 where doomed.id = any(array(
     select g.id from activity_groups g
