@@ -111,7 +111,7 @@ update users
 set display_name = coalesce($1, display_name),
     password_hash = coalesce($2, password_hash),
     updated_at = now()
-where id = $3
+where id = $3 and erased_at is null
   and (display_name, password_hash) is distinct from
       (coalesce($1, display_name), coalesce($2, password_hash))
 returning id, email, display_name, password_hash, role, is_active, created_at, updated_at, erased_at"""
@@ -125,7 +125,7 @@ async def update_user_profile(
     id: int,
 ) -> User | None:
     """The given fields set (null: kept), only when that changes the user: no row when it changes nothing
-    (updated_at stays), as UpdateProject."""
+    (updated_at stays), as UpdateProject. Never an erased account's (an erased account never changes)."""
     async with AsyncRawCursor(conn, row_factory=args_row(User)) as cur:
         await cur.execute(UPDATE_USER_PROFILE, (display_name, password_hash, id))
         return await cur.fetchone()

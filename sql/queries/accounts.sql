@@ -38,12 +38,12 @@ returning *;
 
 -- name: UpdateUserProfile :one
 -- The given fields set (null: kept), only when that changes the user: no row when it changes nothing
--- (updated_at stays), as UpdateProject.
+-- (updated_at stays), as UpdateProject. Never an erased account's (an erased account never changes).
 update users
 set display_name = coalesce(sqlc.narg(display_name), display_name),
     password_hash = coalesce(sqlc.narg(password_hash), password_hash),
     updated_at = now()
-where id = @id
+where id = @id and erased_at is null
   and (display_name, password_hash) is distinct from
       (coalesce(sqlc.narg(display_name), display_name), coalesce(sqlc.narg(password_hash), password_hash))
 returning *;

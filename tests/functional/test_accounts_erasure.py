@@ -276,3 +276,31 @@ async def test_only_administrators_erase_others_and_not_themselves(
     )
     assert_problem(own, 409)
     assert (await user_row(db, admin_id))[2] is True
+
+
+async def test_a_rename_waiting_behind_an_erasure_is_refused_not_written_back(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str, database_url: str
+) -> None:
+    """A rename took no lock and checked nothing: one waiting behind an erasure wrote the person's name
+    back onto the row the erasure had just cleared (diffreview35). Every change of one's own account
+    now locks the row and checks the session first."""
+    async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
+        admin = await make_user(db, served.app, UserRole.ADMIN, name="Root")
+        member = await create_user(db, password_hash, display_name="Erin")
+        token = (await login(served.client, member.email))["access_token"]
+        async with await psycopg.AsyncConnection.connect(database_url) as holder:
+            await holder.execute("select 1 from users where id = %s for share", (member.id,))
+            erasing = asyncio.create_task(
+                served.client.delete(f"/api/admin/users/{member.id}", headers=admin.headers)
+            )
+            await wait_until(lambda: _waiting(db, 1), 30, "the erasure waits for the row")
+            renaming = asyncio.create_task(
+                served.client.patch(
+                    "/api/auth/me", json={"display_name": "Erin Real Name"}, headers=bearer(token)
+                )
+            )
+            await wait_until(lambda: _waiting(db, 2), 30, "the rename waits behind the erasure")
+            await holder.rollback()
+        assert (await erasing).status_code == 204
+        assert_problem(await renaming, 401)
+    assert await user_row(db, member.id) == (f"erased:{member.id}", "Deleted user", False, True)

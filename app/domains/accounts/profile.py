@@ -77,7 +77,8 @@ class Profile:
         (``revoke_all``), and is refused if the password it verified is no longer the account's
         (409 ``password-changed``: another change committed first, and this one would overwrite it)
         or the caller's own session was revoked meanwhile (401: a logout, a deactivation, or that other
-        change).
+        change). A rename alone takes the same lock and is refused the same way: one waiting behind an
+        erasure wrote the person's name back onto the account the erasure had just cleared.
 
         A patch that changes nothing (no field, or each as it is) is no change: the account as it is,
         its ``updated_at`` kept, and no rename for the feed's names (nor with a new password and the
@@ -98,22 +99,24 @@ class Profile:
                 raise ForbiddenError("The current password is required and must be correct.") from None
             new_hash = await self.passwords.hash(data.new_password)
         async with self.db.transaction() as uow:
+            # Every change under the row's lock, a rename too: one waiting behind a deactivation or an
+            # erasure would otherwise write its name onto the account the erasure just cleared.
+            locked = await queries.get_users_for_update(uow.conn, ids=[caller.id])
+            if not locked:
+                raise NotFoundError("No such user.")
+            if new_hash is not None and locked[0].password_hash != verified_hash:
+                log.info("password_change_refused", user_id=caller.id, reason="changed_meanwhile")
+                raise PasswordChangedError(
+                    "The password was changed meanwhile; the current password given is no longer current."
+                )
+            if not locked[0].is_active or await queries.is_family_revoked(
+                uow.conn, family_id=caller.family_id
+            ):
+                log.info("profile_change_refused", user_id=caller.id, reason="session_revoked")
+                raise UnauthorizedError.token_refused("The access token has been revoked.")
             if new_hash is not None:
-                locked = await queries.get_users_for_update(uow.conn, ids=[caller.id])
-                if not locked:
-                    raise NotFoundError("No such user.")
-                if locked[0].password_hash != verified_hash:
-                    log.info("password_change_refused", user_id=caller.id, reason="changed_meanwhile")
-                    raise PasswordChangedError(
-                        "The password was changed meanwhile; the current password given is no longer current."
-                    )
                 name_before = locked[0].display_name
                 revoked = await self.sessions.revoke_all(uow, caller.id, keep=caller.family_id)
-                if not locked[0].is_active or await queries.is_family_revoked(
-                    uow.conn, family_id=caller.family_id
-                ):
-                    log.info("password_change_refused", user_id=caller.id, reason="session_revoked")
-                    raise UnauthorizedError.token_refused("The access token has been revoked.")
             user = await queries.update_user_profile(
                 uow.conn,
                 display_name=data.display_name.strip() if data.display_name else None,
