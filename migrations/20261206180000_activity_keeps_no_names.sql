@@ -6,8 +6,9 @@
 -- kept is removed.
 --
 -- 1,000 events per transaction, walked by id (one statement, not in a transaction block: the block
--- commits each batch), so that no lock is held on many rows for long and a project's purge waits for
--- one batch at most. Running it again finds nothing left (an event the previous release's worker
+-- commits each batch, which PostgreSQL refuses once another statement shares the query string: keep
+-- it the only statement of this section), so that no lock is held on many rows for long and a
+-- project's purge waits for one batch at most. Running it again finds nothing left (an event the previous release's worker
 -- still stores with its data is cleaned by a run of the same statement after that release is gone).
 do $$
 declare

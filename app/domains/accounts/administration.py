@@ -153,26 +153,33 @@ class Administration:
         are revoked like any change of role (tokens carry the role). An address the login refuses is
         refused (``UnusableEmailError``): that administrator could never sign in."""
         email = sign_in_address(email)
-        if await self.registration.find_by_email(email) is None:
-            if password is None:
-                raise ValueError("a password is required to create a new administrator")
-            check_new_password(password, production=self.settings.is_production)
-            created = await self.registration.insert_account(email, password, display_name, UserRole.ADMIN)
-            if created is not None:
-                log.info("administrator_created", user_id=created.id)
-                return AdminAccount(created, AdminGrant.CREATED)
-            # registered meanwhile: an existing account like any other
-        return await self._promote(email, promote_existing=promote_existing)
+        for _ in range(2):  # an account erased while this ran frees its address: once more
+            if await self.registration.find_by_email(email) is None:
+                if password is None:
+                    raise ValueError("a password is required to create a new administrator")
+                check_new_password(password, production=self.settings.is_production)
+                created = await self.registration.insert_account(
+                    email, password, display_name, UserRole.ADMIN
+                )
+                if created is not None:
+                    log.info("administrator_created", user_id=created.id)
+                    return AdminAccount(created, AdminGrant.CREATED)
+                # registered meanwhile: an existing account like any other
+            promoted = await self._promote(email, promote_existing=promote_existing)
+            if promoted is not None:
+                return promoted
+        raise ConflictError(f"The account of {email} changed while the command ran: run it again.")
 
-    async def _promote(self, email: str, *, promote_existing: bool) -> AdminAccount:
+    async def _promote(self, email: str, *, promote_existing: bool) -> AdminAccount | None:
+        """The account of ``email`` promoted; None when it has none any more (erased meanwhile: an
+        erasure changes the address of the row it keeps)."""
         async with self.db.transaction() as uow:
             found = await queries.get_user_by_email(uow.conn, email=email)
-            assert found is not None, (
-                "accounts are never deleted (an erasure changes the address of a row it keeps)"
-            )
+            if found is None:
+                return None
             before = (await queries.get_users_for_update(uow.conn, ids=[found.id]))[0]
             if before.erased_at is not None or before.email != email:  # erased meanwhile
-                raise AccountExistsError(before)
+                return None
             if before.role == UserRole.ADMIN and before.is_active:
                 return AdminAccount(before, AdminGrant.ALREADY_ADMIN)  # running it again changes nothing
             if not promote_existing:

@@ -810,6 +810,7 @@ class ProjectService:
                         "owner, or delete the project, first."
                     )
                 if not await self._hand_over(uow, project_id, user_id):
+                    await queries.lock_project_for_deletion(uow.conn, id=project_id)  # as ``delete``
                     await self._delete_locked(uow, project_id)
                     continue
             await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
@@ -845,9 +846,8 @@ class ProjectService:
         return True
 
     async def _delete_locked(self, uow: UnitOfWork, project_id: int) -> bool:
-        """``delete``'s changes, under a lock that keeps every other change of the project out (the
-        deletion's own, or the membership lock: ``mark_project_deleting`` updates no key); False when
-        it was being deleted already."""
+        """``delete``'s changes, under its lock (``LockProjectForDeletion``: a task, comment or file
+        being added waits for it, or is deleted by the purge); False when it was being deleted already."""
         if not await queries.mark_project_deleting(uow.conn, id=project_id):
             return False
         await queries.remove_all_members(uow.conn, project_id=project_id)
