@@ -373,10 +373,11 @@ class JobDetail(msgspec.Struct, frozen=True):
     job: JobOut
 
 
-_DATABASE_DETAIL = re.compile(r"^(?:DETAIL|HINT|CONTEXT):  .*(?:\n|$)", re.MULTILINE)
-"""The lines PostgreSQL adds under an error's message in a traceback SAQ stored: DETAIL quotes whole
-rows (an e-mail, a password hash), which no secret pattern masks (``app.core.scrub.exception_message``
-keeps the primary message alone in the app's own logs and events)."""
+_DATABASE_DETAIL = re.compile(r"^(?:DETAIL|HINT|CONTEXT):  .*?(?=\n\n|\Z)", re.MULTILINE | re.DOTALL)
+"""What PostgreSQL adds under an error's message in a traceback SAQ stored, to the end of that
+exception's block (a blank line, or the end): DETAIL quotes whole rows (an e-mail, a password hash, a
+comment's lines), which no secret pattern masks (``app.core.scrub.exception_message`` keeps the
+primary message alone in the app's own logs and events)."""
 
 
 def _error(text: Any) -> str | None:

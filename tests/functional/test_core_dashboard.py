@@ -139,7 +139,8 @@ async def test_a_job_is_shown_by_its_argument_names_and_a_scrubbed_bounded_error
         "Traceback (most recent call last):\n"
         + '  File "app/x.py", line 1, in f\n' * 400
         + 'psycopg.errors.UniqueViolation: duplicate key value violates unique constraint "users_email_key"\n'
-        + f"DETAIL:  Key (email)=({SECRET_VALUES[0]}) already exists.\n"
+        + f"DETAIL:  Failing row contains (7, a comment's first line\nits second line, {SECRET_VALUES[0]}).\n"
+        + "CONTEXT:  SQL function\n"
         + "\nThe above exception was the direct cause of the following exception:\n\n"
         + f"ConnectionError: postgresql://app:{LEAKED_PASSWORD}@db/app refused password={LEAKED_PASSWORD}"
     )
@@ -160,6 +161,7 @@ async def test_a_job_is_shown_by_its_argument_names_and_a_scrubbed_bounded_error
     assert error.endswith(f"refused password={MASK}"), "the end of the traceback: the exception"
     assert f"app:{MASK}@db" in error
     assert "violates unique constraint" in error and "DETAIL" not in error, "a database error's message only"
+    assert "second line" not in error and "CONTEXT" not in error
     for path, answer in answers.items():
         for value in [*SECRET_VALUES, LEAKED_PASSWORD]:
             assert value not in answer.text, f"{path} answers {value!r}"
