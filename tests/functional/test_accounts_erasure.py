@@ -49,6 +49,11 @@ async def signed_in(
     return user.id, user.email, (await login(client, user.email))["access_token"]
 
 
+def tombstone(user_id: int) -> tuple[str, str, bool, bool]:
+    """``user_row`` of an erased account."""
+    return (f"erased:{user_id}", "Deleted user", False, True)
+
+
 async def user_row(db: AsyncConnection[Any], user_id: int) -> tuple[Any, ...]:
     row = await (
         await db.execute(
@@ -78,12 +83,7 @@ async def test_an_administrator_erases_an_account_whose_address_can_then_be_regi
     assert (line["user_id"], line["by"], line["sessions_revoked"]) == (member_id, admin.id, 1)
     assert email not in logs.text and "Erin" not in logs.text
 
-    assert await user_row(db, member_id) == (
-        f"erased:{member_id}",
-        "Deleted user",
-        False,
-        True,
-    )
+    assert await user_row(db, member_id) == tombstone(member_id)
     assert_problem(await client.get("/api/auth/me", headers=bearer(token)), 401)
     refused = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
     assert_problem(refused, 401)
@@ -112,12 +112,7 @@ async def test_an_administrator_erases_an_account_whose_address_can_then_be_regi
         f"/api/admin/users/{member_id}", json={"is_active": True}, headers=admin.headers
     )
     assert_problem(patched, 409)
-    assert await user_row(db, member_id) == (
-        f"erased:{member_id}",
-        "Deleted user",
-        False,
-        True,
-    )
+    assert await user_row(db, member_id) == tombstone(member_id)
 
 
 async def test_an_account_erasing_itself_while_it_owns_a_project_or_a_site_is_refused_and_nothing_changes(
@@ -251,12 +246,7 @@ async def test_a_member_erases_their_own_account_with_their_password(
         "/api/auth/me/erase", json={"current_password": PASSWORD}, headers=bearer(token)
     )
     assert erased.status_code == 204, erased.text
-    assert await user_row(db, member_id) == (
-        f"erased:{member_id}",
-        "Deleted user",
-        False,
-        True,
-    )
+    assert await user_row(db, member_id) == tombstone(member_id)
     assert_problem(await client.get("/api/auth/me", headers=bearer(token)), 401)
 
 
@@ -303,4 +293,4 @@ async def test_a_rename_waiting_behind_an_erasure_is_refused_not_written_back(
             await holder.rollback()
         assert (await erasing).status_code == 204
         assert_problem(await renaming, 401)
-    assert await user_row(db, member.id) == (f"erased:{member.id}", "Deleted user", False, True)
+    assert await user_row(db, member.id) == tombstone(member.id)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 import structlog
 
@@ -769,16 +770,7 @@ class ProjectService:
             if not await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id):
                 raise NotFoundError(missing)  # removed meanwhile
             await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
-            await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
-            self._membership_changed(uow, user_id, project_id)
-            await emit(
-                uow,
-                actor=actor,
-                verb="member.removed",
-                obj=("user", user_id),
-                project_id=project_id,
-                data={"name": await self._name(uow, user_id)},
-            )
+            await self._member_left(uow, project_id, user_id, actor, {"name": await self._name(uow, user_id)})
 
     async def forget_member(self, uow: UnitOfWork, user_id: int, actor: int) -> None:
         """An account's erasure (``AccountService.before_erasure``): the account leaves every live
@@ -814,16 +806,18 @@ class ProjectService:
                     await self._delete_locked(uow, project_id)
                     continue
             await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
-            await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
-            self._membership_changed(uow, user_id, project_id)
-            await emit(
-                uow,
-                actor=user_id,
-                verb="member.removed",
-                obj=("user", user_id),
-                project_id=project_id,
-                data={},
-            )
+            await self._member_left(uow, project_id, user_id, user_id, {})
+
+    async def _member_left(
+        self, uow: UnitOfWork, project_id: int, user_id: int, actor: int, data: dict[str, Any]
+    ) -> None:
+        """After a membership's removal (a removal, a leaving, an erasure): the invitations the member
+        sent are withdrawn (one would let them back in alone), the caches told, the event emitted."""
+        await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
+        self._membership_changed(uow, user_id, project_id)
+        await emit(
+            uow, actor=actor, verb="member.removed", obj=("user", user_id), project_id=project_id, data=data
+        )
 
     async def _hand_over(self, uow: UnitOfWork, project_id: int, user_id: int) -> bool:
         """Make the project's successor (``SuccessorOnErasure``) an owner; False when nobody active is
