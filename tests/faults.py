@@ -123,8 +123,20 @@ class PrivatePostgres:
         return int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
 
     def pause(self) -> None:
-        """Freeze the postmaster and every backend (SIGSTOP): connections hang, nothing fails."""
-        for pid in self._server_pids():
+        """Freeze the postmaster and every backend (SIGSTOP): connections hang, nothing fails.
+
+        The postmaster first, and its children listed once it has stopped: listed first, a backend it
+        was forking meanwhile (the pool opening one more connection) escaped the freeze and served
+        requests through it (a task created, 201, while the database was "frozen")."""
+        postmaster = self.postmaster_pid()
+        os.kill(postmaster, signal.SIGSTOP)
+        for _ in range(1000):  # kill() returns before the process stops; a fork under way ends first
+            if _state(postmaster) in ("T", "t"):
+                break
+            time.sleep(0.001)
+        else:
+            raise AssertionError(f"the postmaster {postmaster} did not stop")
+        for pid in children_of(postmaster):
             os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
@@ -440,3 +452,9 @@ async def readiness(http: httpx.AsyncClient, base: str) -> tuple[int, dict[str, 
         {c["name"]: c["ok"] for c in checks},
         {c["name"]: c["detail"] for c in checks if c.get("detail")},
     )
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from ``/proc/<pid>/stat`` (``T``: stopped by a signal)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
