@@ -555,11 +555,7 @@ class ProjectService:
         was checked: an invitation sent again meanwhile (a new token) is not taken; and that its sender
         is still an active owner, read after the lock: a demotion or removal that committed meanwhile
         is seen (then the 404 of a withdrawn invitation). An expired invitation is no row (404)."""
-        found = await queries.invitation_to_accept(
-            uow.conn, id=invitation_id, email=email, ttl_s=self.invitation_ttl_s
-        )
-        if found is None or not token_matches(found.token_sha256, token_sha256):
-            raise NotFoundError("No such invitation.")
+        found = await self._invitation_with_token(uow, email, invitation_id, token_sha256)
         if await queries.lock_project_membership(uow.conn, id=found.project_id) is None:
             raise NotFoundError("No such invitation.")
         invitation = await queries.take_accepted_invitation(
@@ -569,6 +565,18 @@ class ProjectService:
             raise NotFoundError("No such invitation.")
         return invitation
 
+    async def _invitation_with_token(
+        self, uow: UnitOfWork, email: str, invitation_id: int, token_sha256: bytes
+    ) -> queries.InvitationToAcceptRow:
+        """The invitation to ``email`` whose token hashes to ``token_sha256`` (compared in constant
+        time), or the 404 of one that does not exist: a wrong token, another address, expired."""
+        found = await queries.invitation_to_accept(
+            uow.conn, id=invitation_id, email=email, ttl_s=self.invitation_ttl_s
+        )
+        if found is None or not token_matches(found.token_sha256, token_sha256):
+            raise NotFoundError("No such invitation.")
+        return found
+
     async def decline_invitation(self, user_id: int, invitation_id: int, token: str) -> None:
         """The invitee removes an invitation addressed to their email, with its token as to accept it:
         the address alone proves nothing (registration sends no mail), and whoever registered it first
@@ -577,15 +585,9 @@ class ProjectService:
         digest = invitation_token_digest(token)
         async with self.db.transaction() as uow:
             user = await self.accounts.active_user(uow, user_id)
-            found = (
-                await queries.invitation_to_accept(
-                    uow.conn, id=invitation_id, email=user.email, ttl_s=self.invitation_ttl_s
-                )
-                if user
-                else None
-            )
-            if user is None or found is None or not token_matches(found.token_sha256, digest):
+            if user is None:
                 raise NotFoundError("No such invitation.")
+            await self._invitation_with_token(uow, user.email, invitation_id, digest)
             taken = await queries.take_invitation(
                 uow.conn, id=invitation_id, email=user.email, token_sha256=digest, ttl_s=self.invitation_ttl_s
             )
