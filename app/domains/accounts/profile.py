@@ -61,6 +61,22 @@ class Profile:
         for callback in self._on_rename:
             uow.after_commit(partial(callback, user_id))
 
+    async def check_current_password(
+        self, user_id: int, password: str | None, client_ip: str | None, *, purpose: str
+    ) -> User:
+        """The account, once ``password`` proved to be its own under the login throttle (a wrong one
+        counts as a failed sign-in), or 403: what a change of one's own account asks first (a new
+        password, an erasure), so that a stolen access token buys no unthrottled guesses."""
+        current = await self.get_user(user_id)
+        if password is None:
+            raise ForbiddenError("The current password is required and must be correct.")
+        try:
+            return await self.credentials.check_credentials(
+                current.email, password, client_ip, purpose=purpose
+            )
+        except UnauthorizedError:
+            raise ForbiddenError("The current password is required and must be correct.") from None
+
     async def get_user(self, user_id: int) -> User:
         async with self.db.transaction() as uow:
             user = await queries.get_user_by_id(uow.conn, id=user_id)
@@ -87,16 +103,10 @@ class Profile:
         if data.new_password is not None:
             # Before the current password is checked: a weak one costs no guess and tells nothing.
             check_new_password(data.new_password, production=self.settings.is_production)
-            current = await self.get_user(caller.id)
-            if data.current_password is None:
-                raise ForbiddenError("The current password is required and must be correct.")
-            try:
-                verified = await self.credentials.check_credentials(
-                    current.email, data.current_password, client_ip, purpose="password_change"
-                )
-                verified_hash = verified.password_hash
-            except UnauthorizedError:
-                raise ForbiddenError("The current password is required and must be correct.") from None
+            verified = await self.check_current_password(
+                caller.id, data.current_password, client_ip, purpose="password_change"
+            )
+            verified_hash = verified.password_hash
             new_hash = await self.passwords.hash(data.new_password)
         async with self.db.transaction() as uow:
             # Every change under the row's lock, a rename too: one waiting behind a deactivation or an

@@ -240,13 +240,9 @@ class AccountService:
         another administrator: one erasing their own could leave the service with none."""
         if caller.role == UserRole.ADMIN:
             raise ConflictError("An administrator's account is erased by another administrator.")
-        user = await self.profile.get_user(caller.id)
-        try:
-            verified = await self.credentials.check_credentials(
-                user.email, current_password, client_ip, purpose="erasure"
-            )
-        except UnauthorizedError:
-            raise ForbiddenError("The current password is required and must be correct.") from None
+        verified = await self.profile.check_current_password(
+            caller.id, current_password, client_ip, purpose="erasure"
+        )
         own = OwnErasure(family_id=caller.family_id, verified_hash=verified.password_hash)
         await self.erasure.erase(caller.id, actor=caller.id, own=own)
 
