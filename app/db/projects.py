@@ -923,22 +923,18 @@ async def existing_projects(conn: AsyncConnection[Any], *, ids: list[int]) -> li
 
 
 MEMBERSHIPS_OF_USER = """\
-select m.project_id, m.role
+select m.project_id
 from project_members m
 join projects p on p.id = m.project_id
 where m.user_id = $1 and p.deleting_since is null
 order by m.project_id"""
 
 
-class MembershipsOfUserRow(msgspec.Struct, frozen=True, gc=False):
-    project_id: int
-    role: ProjectRole
-
-
-async def memberships_of_user(conn: AsyncConnection[Any], *, user_id: int) -> list[MembershipsOfUserRow]:
+async def memberships_of_user(conn: AsyncConnection[Any], *, user_id: int) -> list[int]:
     """The live projects a user is a member of, in id order (the order their locks are taken in), for the
-    account's erasure. A project being deleted is left to its purge."""
-    async with AsyncRawCursor(conn, row_factory=args_row(MembershipsOfUserRow)) as cur:
+    account's erasure (each role is read again under its project's lock). A project being deleted is
+    left to its purge."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(MEMBERSHIPS_OF_USER, (user_id,))
         return await cur.fetchall()
 

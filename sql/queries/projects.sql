@@ -399,8 +399,9 @@ select id from projects where id = any(@ids::bigint[]) and deleting_since is nul
 
 -- name: MembershipsOfUser :many
 -- The live projects a user is a member of, in id order (the order their locks are taken in), for the
--- account's erasure. A project being deleted is left to its purge.
-select m.project_id, m.role
+-- account's erasure (each role is read again under its project's lock). A project being deleted is
+-- left to its purge.
+select m.project_id
 from project_members m
 join projects p on p.id = m.project_id
 where m.user_id = @user_id and p.deleting_since is null

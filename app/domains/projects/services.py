@@ -786,9 +786,9 @@ class ProjectService:
         hands it to an active member (editors first, then the longest a member), or deletes it as its
         owner would (``delete``) when none is left: a squatter's project must not keep its address."""
         await queries.lock_user_projects(uow.conn, user_id=user_id)
-        members_of = {row.project_id for row in await queries.memberships_of_user(uow.conn, user_id=user_id)}
+        members_of = await queries.memberships_of_user(uow.conn, user_id=user_id)
         invited_to = await queries.projects_inviting_user(uow.conn, user_id=user_id)
-        for project_id in sorted(members_of.union(invited_to)):
+        for project_id in sorted({*members_of, *invited_to}):
             if await queries.lock_project_membership(uow.conn, id=project_id) is None:
                 continue  # being deleted meanwhile: its purge removes the rest
             await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
