@@ -20,6 +20,8 @@ from app.core.services import services_of_app
 from app.db.models import ProjectRole, UserRole
 from app.domains.projects.schemas import ProjectCreate
 from app.domains.projects.services import ProjectService
+from app.domains.sites.schemas import SiteCreate
+from app.domains.sites.services import SiteService
 from tests.factories import (
     GENEROUS_AUTH,
     PASSWORD,
@@ -294,3 +296,22 @@ async def test_a_rename_waiting_behind_an_erasure_is_refused_not_written_back(
         assert (await erasing).status_code == 204
         assert_problem(await renaming, 401)
     assert await user_row(db, member.id) == tombstone(member.id)
+
+
+async def test_a_site_created_for_an_erased_account_is_refused(
+    settings: Settings, db: AsyncConnection[Any], password_hash: str
+) -> None:
+    """The additions' check (``require_active``, under the owner's creation lock) holds for sites too:
+    a request authenticated before the erasure, reaching the service after it, keeps nothing."""
+    async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
+        admin = await make_user(db, served.app, UserRole.ADMIN, name="Root")
+        member = await create_user(db, password_hash, display_name="Late")
+        erased = await served.client.delete(f"/api/admin/users/{member.id}", headers=admin.headers)
+        assert erased.status_code == 204, erased.text
+        sites = services_of_app(served.app)[SiteService]
+        with pytest.raises(UnauthorizedError):
+            await sites.create(member.id, SiteCreate(domain="late.example.com"))
+    owned = await (
+        await db.execute("select count(*) from sites where owner_id = %s", (member.id,))
+    ).fetchone()
+    assert owned == (0,)
