@@ -208,6 +208,7 @@ class MonitoringService:
         self._task: asyncio.Task[None] | None = None
         self._fallback: asyncio.Task[int] | None = None
         self._stop: asyncio.Event | None = None
+        self._round = asyncio.Lock()
         self._task_warnings = OncePerInterval(30.0)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -278,27 +279,41 @@ class MonitoringService:
             await self.ship()
         await self.telegram.close()
 
+    async def write_held(self) -> None:
+        """Write at once what this process holds for the database (buffered errors, latency), after
+        the background task's round in progress if one is: when it returns, nothing seen before the
+        call is left for a later write. (The tests settle an app that outlives a test with it: its
+        next round would write into the next test's fresh database.)"""
+        async with self._round:
+            await self.flush(force=True)
+            await self.ship()
+
     async def _background(self) -> None:
+        """Every ``MONITORING_FLUSH_INTERVAL_S`` a round: flush, and ship and check when theirs are
+        due. The first checks come one ``MONITORING_CHECK_INTERVAL_S`` after start: ``start`` did what
+        cannot wait (the release, the monitors, the chat routes), and the slot is shared by every
+        process anyway (``run_periodic``)."""
         assert self._stop is not None
         settings = self.settings
         next_ship = time.monotonic() + settings.monitoring_ship_interval_s
-        next_check = time.monotonic()
+        next_check = time.monotonic() + settings.monitoring_check_interval_s
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), settings.monitoring_flush_interval_s)
             if self._stop.is_set():
                 return
-            if not self._release_registered:
-                await self._guarded("release", self.register_release())
-            await self._guarded("flush", self.flush())
-            if time.monotonic() >= next_ship:
-                next_ship = time.monotonic() + settings.monitoring_ship_interval_s
-                await self._guarded("ship", self.ship())
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + settings.monitoring_check_interval_s
-                await self._guarded("chat routes", self.load_chat_routes())
-                await self._guarded("checks", self.run_periodic())
-                await self._guarded("fallback", self._fallback_delivery())
+            async with self._round:
+                if not self._release_registered:
+                    await self._guarded("release", self.register_release())
+                await self._guarded("flush", self.flush())
+                if time.monotonic() >= next_ship:
+                    next_ship = time.monotonic() + settings.monitoring_ship_interval_s
+                    await self._guarded("ship", self.ship())
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + settings.monitoring_check_interval_s
+                    await self._guarded("chat routes", self.load_chat_routes())
+                    await self._guarded("checks", self.run_periodic())
+                    await self._guarded("fallback", self._fallback_delivery())
 
     async def _guarded(self, what: str, work: Any) -> None:
         try:
