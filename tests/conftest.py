@@ -43,7 +43,7 @@ from app.core.cache import Cache
 from app.core.migrate import dbmate
 from app.db.models import register_types
 from app.main import create_app
-from tests.factories import MakeCache
+from tests.factories import MakeCache, client_across_tests, settle_outliving_apps
 from tests.served import free_port
 from tests.valkey_control import ControlledValkey
 
@@ -148,6 +148,7 @@ async def db(database_url: str, tables: list[str], valkey_url: str) -> AsyncIter
     sequence, so ids repeat from test to test, and a cache entry an earlier test left under
     ``summary:22001:…`` answered the next test's site 22001 with the other test's numbers."""
     await _flush(valkey_url)
+    await settle_outliving_apps()
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
         if tables:
             await _truncate(conn, tables)
@@ -176,7 +177,9 @@ async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
     Only the tables that hold a row are truncated (checked under the locks, so nothing is added
     meanwhile; ``cascade`` reaches only tables already locked). Each table's ids then start at
     another thousand (users at one, projects at another, ...), so a
-    test that passes a project's id where a task's belongs cannot pass by coincidence (both 1)."""
+    test that passes a project's id where a task's belongs cannot pass by coincidence (both 1). The
+    sequences are set under the locks too: a row written between the truncation and the setval took
+    an id the next test's own insert was given again (a duplicate key)."""
     busy: str | None = None
     for attempt in itertools.count(1):
         table = busy
@@ -187,17 +190,17 @@ async def _truncate(conn: AsyncConnection[Any], tables: list[str]) -> None:
                 for table in tables:
                     await conn.execute(f"lock table {table} in access exclusive mode nowait")
                 if used := await _non_empty(conn, tables):
-                    await conn.execute(f"truncate {', '.join(used)} cascade")  # ids: the setval below
+                    await conn.execute(f"truncate {', '.join(used)} cascade")
+                await conn.execute(
+                    "select setval(format('%I.%I', schemaname, sequencename),"
+                    " 1000 * row_number() over (order by sequencename) + 1, false)"
+                    " from pg_sequences where schemaname = 'public'"
+                )
             break
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             if attempt == 100:
                 raise
             busy = table
-    await conn.execute(
-        "select setval(format('%I.%I', schemaname, sequencename),"
-        " 1000 * row_number() over (order by sequencename) + 1, false)"
-        " from pg_sequences where schemaname = 'public'"
-    )
 
 
 async def _non_empty(conn: AsyncConnection[Any], tables: list[str]) -> list[str]:
@@ -238,7 +241,7 @@ def app(settings: Settings) -> Litestar:
 
 @pytest.fixture(scope="session")
 async def session_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(app=app) as client:
+    async with client_across_tests(app) as client:
         yield client
 
 

@@ -501,13 +501,40 @@ def with_test_peer(app: ASGIApp) -> ASGIApp:
 
 GENEROUS_AUTH = {"rate_limit_auth_per_minute": 10_000, "rate_limit_auth_per_hour": 100_000}
 
+_OUTLIVING: list[AsyncTestClient[Litestar]] = []
+
+
+@asynccontextmanager
+async def client_across_tests(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """``AsyncTestClient(app)`` for an app that outlives a test (a session- or module-scoped
+    fixture): ``settle_outliving_apps`` writes what it holds before the next test's truncation."""
+    async with AsyncTestClient(app=app) as client:
+        _OUTLIVING.append(client)
+        try:
+            yield client
+        finally:
+            _OUTLIVING.remove(client)
+
+
+async def settle_outliving_apps() -> None:
+    """Have every app that outlives a test write now, in its own loop, what its monitoring still
+    holds (a 500's event, the latency of the requests it answered: ``MonitoringService.write_held``).
+    Its background task wrote that a second (errors) or ten (latency) later, in whichever test ran
+    then: into that test's empty tables, with ids the truncation was about to hand out again (a
+    duplicate key in the next test's insert), or as a write that held the feed's recovery back."""
+    for client in list(_OUTLIVING):
+        portal = client.blocking_portal
+        assert portal is not None
+        monitoring: MonitoringService = client.app.state.services[MonitoringService]
+        await asyncio.wrap_future(portal.start_task_soon(monitoring.write_held))
+
 
 async def generous_client(settings: Settings, **changes: Any) -> AsyncIterator[Client]:
     """The real app with auth rate limits out of the way (one test address makes many auth calls)
     and the ``x-test-peer`` harness; use as a module-scoped fixture body."""
     app = create_app(msgspec.structs.replace(settings, **{**GENEROUS_AUTH, **changes}))
     app.asgi_handler = with_test_peer(app.asgi_handler)
-    async with AsyncTestClient(app=app) as client:
+    async with client_across_tests(app) as client:
         yield client
 
 

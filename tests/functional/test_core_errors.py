@@ -17,7 +17,7 @@ from app.config import Settings
 from app.core.services import Services
 from app.db import outbox as outbox_queries
 from app.main import create_app
-from tests.factories import assert_problem
+from tests.factories import assert_problem, client_across_tests
 
 
 class Line(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,7 +62,7 @@ async def probe_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Lite
     app = create_app(settings)
     for handler in (create_order, boom, page, write_outbox):
         app.register(handler)
-    async with AsyncTestClient(app=app) as client:
+    async with client_across_tests(app) as client:
         yield client
 
 

@@ -27,6 +27,7 @@ from app.main import create_app
 from tests.factories import (
     PASSWORD,
     assert_problem,
+    client_across_tests,
     create_user,
     make_site,
     make_user,
@@ -81,7 +82,7 @@ async def build_client(settings: Settings, **changes: Any) -> AsyncIterator[Clie
     for handler in probe_handlers():
         app.register(handler)
     app.asgi_handler = with_test_peer(app.asgi_handler)
-    async with AsyncTestClient(app=app) as client:
+    async with client_across_tests(app) as client:
         yield client
 
 

@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 from app.config import Settings
 from app.domains.health.services import HealthService
 from app.main import create_app
-from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
+from tests.factories import assert_problem, client_across_tests, make_user, serve_in_loop, wait_until
 from tests.valkey_control import ControlledValkey
 
 
@@ -82,7 +82,7 @@ async def own_valkey_client(
     app = create_app(
         msgspec.structs.replace(settings, valkey_url=module_controlled_valkey.url, health_timeout_s=0.5)
     )
-    async with AsyncTestClient(app=app) as client:
+    async with client_across_tests(app) as client:
         yield client
 
 
