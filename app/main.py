@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         settings.app_name,
         unmeasured=["/metrics", "/health/live", "/health/ready", "/saq", "/api/page-views", "/bench"],
     )
-    limiter = RateLimiter(valkey)
+    limiter = RateLimiter(valkey, secret_key=settings.secret_key)
     gate = GateConfig(
         authenticate=services[AccountService].authenticate,
         limiter=limiter,

@@ -26,8 +26,8 @@ evicted lease's tokens are simply lost).
 Windows are aligned on the Valkey server's clock (``TIME`` inside the script), so processes with
 skewed clocks agree; the script builds its keys from the server time, so the limiter assumes a single
 (non-cluster) Valkey. Keys: ``{prefix}:{policy}:u:{user id}:m:{window start}`` (``...:h:...`` for the
-hour; ``ip:{address}`` for anonymous requests and those whose token was refused, an IPv6 client by
-its /64).
+hour; ``ip:{digest}`` for anonymous requests and those whose token was refused: the client's address,
+an IPv6 client's /64, keyed by ``SECRET_KEY`` (``stored_identity``), so that Valkey holds no address).
 
 Responses carry the draft-ietf-httpapi-ratelimit-headers fields (structured-field form)::
 
@@ -69,6 +69,7 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.logging import OncePerInterval
 from app.core.middleware import client_network
+from app.core.security import keyed_digest
 from app.core.valkey import VALKEY_DOWN as CORE_VALKEY_DOWN
 
 if TYPE_CHECKING:
@@ -252,8 +253,11 @@ class _Lease:
 class RateLimiter:
     """Admits or denies hits of a key against a policy, from leases taken from Valkey."""
 
-    def __init__(self, valkey: Valkey, *, prefix: str = "rl", max_keys: int = MAX_KEYS) -> None:
+    def __init__(
+        self, valkey: Valkey, *, secret_key: str, prefix: str = "rl", max_keys: int = MAX_KEYS
+    ) -> None:
         self.prefix = prefix
+        self._secret_key = secret_key
         self._script = valkey.register_script(_LEASE)
         self._leases: LRUCache[tuple[str, str], _Lease] = LRUCache(maxsize=max_keys)
 
@@ -286,7 +290,7 @@ class RateLimiter:
         pending = lease.pending = asyncio.get_running_loop().create_future()
         try:
             result = await self._script(
-                keys=[f"{self.prefix}:{policy.name}:{key}"],
+                keys=[f"{self.prefix}:{policy.name}:{stored_identity(self._secret_key, key)}"],
                 args=[policy.per_minute, policy.per_hour, MINUTE_S, HOUR_S, lease.block],
             )
         except Exception as exc:
@@ -383,6 +387,14 @@ def address_key(scope: Scope) -> str:
     request, and of one whose token was refused."""
     client_ip = scope.get("state", {}).get("client_ip")
     return f"ip:{client_network(client_ip) if client_ip else 'unknown'}"
+
+
+def stored_identity(secret_key: str, key: str) -> str:
+    """``key`` as Valkey stores it: an address (``ip:...``) by its ``keyed_digest``, computed per
+    lease, not per request; a user's id as it is."""
+    if key.startswith("ip:"):
+        return f"ip:{keyed_digest(secret_key, 'ip', key[3:])}"
+    return key
 
 
 class FailOpenWarnings(OncePerInterval):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -256,3 +257,10 @@ def new_refresh_token() -> tuple[str, bytes]:
 
 def refresh_token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def keyed_digest(secret_key: str, kind: str, value: str) -> str:
+    """A name for ``value`` (an email, a client address) in a store others may read (Valkey's keys:
+    a dump, a replica, ``MONITOR``): keyed by ``SECRET_KEY``, so the name cannot be matched against
+    candidate values. An unkeyed hash could: every IPv4 address is a few hours of hashing."""
+    return hmac.new(secret_key.encode(), f"{kind}\n{value}".encode(), hashlib.sha256).hexdigest()[:32]

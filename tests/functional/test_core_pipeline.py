@@ -142,7 +142,8 @@ def _gate(policies: dict[str, Policy] | None = None) -> GateConfig:
 
     return GateConfig(
         authenticate=authenticate,
-        limiter=RateLimiter(Valkey.from_url("redis://127.0.0.1:9")),  # planning never connects
+        # planning never connects
+        limiter=RateLimiter(Valkey.from_url("redis://127.0.0.1:9"), secret_key="test-secret"),
         policies=policies or {"default": Policy("default", 10, 100)},
         rate_limits_enabled=True,
         warn_interval_s=60,

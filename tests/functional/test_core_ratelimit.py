@@ -20,6 +20,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.errors import NotFoundError
+from app.core.ratelimit import stored_identity
 from app.core.security import AccessTokens, Passwords
 from app.db.models import UserRole
 from app.domains.accounts.services import AccountService
@@ -214,7 +215,13 @@ async def test_anonymous_clients_are_keyed_by_address(rl_client: Client, fresh: 
     assert response.status_code == 200
     assert rate_limit(response)[1] == 2
     keys = {key.decode().split(":m:")[0] for key in await fresh.keys("rl:default:*:m:*")}
-    assert keys == {"rl:default:ip:203.0.113.1", "rl:default:ip:203.0.113.2"}
+    assert keys == {in_valkey(rl_client, "ip:203.0.113.1"), in_valkey(rl_client, "ip:203.0.113.2")}
+    assert not [key for key in await fresh.keys("*") if b"203.0.113" in key], "Valkey holds no address"
+
+
+def in_valkey(client: Client, key: str, policy: str = "default") -> str:
+    """The Valkey key of ``key``'s counters under ``policy`` (an address by its keyed digest)."""
+    return f"rl:{policy}:{stored_identity(client.app.state.settings.secret_key, key)}"
 
 
 async def test_untrusted_peer_cannot_pick_its_key_with_forwarded_for(
@@ -225,7 +232,7 @@ async def test_untrusted_peer_cannot_pick_its_key_with_forwarded_for(
         assert (await rl_client.get("/probe/rl/default", headers=headers)).status_code == 200
     headers = {"x-test-peer": "198.51.100.7", "x-forwarded-for": "203.0.113.99"}
     assert_rate_limited(await rl_client.get("/probe/rl/default", headers=headers), "default-minute")
-    assert len(await fresh.keys("rl:default:ip:198.51.100.7:m:*")) == 1
+    assert len(await fresh.keys(in_valkey(rl_client, "ip:198.51.100.7") + ":m:*")) == 1
 
 
 def bearer(settings: Settings, user_id: int) -> str:
@@ -422,7 +429,7 @@ async def test_requests_with_a_refused_token_spend_their_addresss_quota(
     assert mine.status_code == 200, mine.text
     assert rate_limit(mine)[:2] == ("default-minute", 1)
     keys = {key.decode().split(":m:")[0] for key in await fresh.keys("rl:default:*:m:*")}
-    assert keys == {"rl:default:u:43", "rl:default:ip:198.51.100.80"}
+    assert keys == {"rl:default:u:43", in_valkey(rl_client, "ip:198.51.100.80")}
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/api/auth/logout"), ("GET", "/saq/api/queues")])
@@ -446,7 +453,7 @@ async def test_a_refused_token_is_charged_on_routes_without_a_limit(
     assert valid.status_code in (200, 204), valid.text
     assert "ratelimit" not in valid.headers
     keys = {key.decode().split(":m:")[0] for key in await fresh.keys("rl:*:m:*")}
-    assert keys == {"rl:default:ip:198.51.100.81"}
+    assert keys == {in_valkey(rl_client, "ip:198.51.100.81")}
 
 
 OUTAGE = {"valkey_timeout_s": 0.5, "rate_limit_auth_fail_closed": True, "rate_limit_warn_interval_s": 3600.0}
@@ -567,7 +574,10 @@ async def test_ipv6_clients_of_one_64_share_a_quota(rl_client: Client, fresh: Va
     elsewhere = {**proxy, "x-forwarded-for": "2001:db8:1:3::1"}
     assert (await rl_client.get("/probe/rl/default", headers=elsewhere)).status_code == 200
     keys = {key.decode().split(":m:")[0] for key in await fresh.keys("rl:default:*:m:*")}
-    assert keys == {"rl:default:ip:2001:db8:1:2::/64", "rl:default:ip:2001:db8:1:3::/64"}
+    assert keys == {
+        in_valkey(rl_client, "ip:2001:db8:1:2::/64"),
+        in_valkey(rl_client, "ip:2001:db8:1:3::/64"),
+    }
 
 
 async def test_a_busy_key_leases_tokens_in_blocks_and_reports_what_is_left(
@@ -585,8 +595,9 @@ async def test_a_busy_key_leases_tokens_in_blocks_and_reports_what_is_left(
             remaining.append(rate_limit(response)[1])
         limiter = client.app.state.rate_limiter
         held = limiter.unspent(limiter_policy(client, "default"), "ip:testclient")
+        stored = in_valkey(client, "ip:testclient")
     assert remaining == list(range(999, 939, -1))
-    (minute_key,) = await fresh.keys("rl:default:ip:testclient:m:*")
+    (minute_key,) = await fresh.keys(stored + ":m:*")
     leased = int(await fresh.get(minute_key))
     assert leased == 60 + held
     assert 0 <= held < 100  # at most one lease (a tenth of the quota) is held back
@@ -602,7 +613,7 @@ async def test_local_limiter_state_is_bounded(valkey: Valkey) -> None:
     """Least recently used keys are forgotten one at a time (never everything at once)."""
     from app.core.ratelimit import Policy, RateLimiter
 
-    limiter = RateLimiter(valkey, prefix="rlbound", max_keys=3)
+    limiter = RateLimiter(valkey, secret_key="test-secret", prefix="rlbound", max_keys=3)
     policy = Policy("bound", per_minute=1000, per_hour=10_000)
     for n in range(10):
         assert (await limiter.hit(policy, f"ip:192.0.2.{n}")).allowed

@@ -252,7 +252,9 @@ async def test_the_rate_limiter_follows_its_policy_when_valkey_cannot_count(
         valkey = shared_client(settings, url)
         app = Litestar(
             [fail_open, fail_closed],
-            middleware=[DefineMiddleware(RouteGate, config=_gate(RateLimiter(valkey)))],
+            middleware=[
+                DefineMiddleware(RouteGate, config=_gate(RateLimiter(valkey, secret_key="test-secret")))
+            ],
             exception_handlers=exception_handlers,
             on_shutdown=[valkey.aclose],  # the app's event loop made its connections
         )

@@ -38,9 +38,11 @@ from app.core.ratelimit import (
     RateLimiter,
     decide,
     rate_limit_headers,
+    stored_identity,
 )
 
 MAX_PROCESSES = 4
+SECRET = "test-secret"
 BARRIER_TIMEOUT_S = 60.0
 
 
@@ -50,7 +52,7 @@ def _burst(url: str, policy: Policy, key: str, rounds: list[int], start: Barrier
 
     async def run() -> tuple[int, int]:
         async with AsyncValkey.from_url(url) as client:
-            limiter = RateLimiter(client, prefix="rlprop")
+            limiter = RateLimiter(client, secret_key=SECRET, prefix="rlprop")
             await client.ping()
             await asyncio.to_thread(start.wait, BARRIER_TIMEOUT_S)
             admitted = 0
@@ -132,7 +134,7 @@ def test_never_admits_more_than_the_quota_across_processes(
     held = sum(unspent for _, unspent, _ in results)
     counters = {
         key_name.decode().rsplit(":", 2)[1]: int(sync_valkey.get(key_name) or 0)  # type: ignore[arg-type]
-        for key_name in sync_valkey.keys(f"rlprop:prop:{key}:*")  # type: ignore[union-attr]
+        for key_name in sync_valkey.keys(f"rlprop:prop:{stored_identity(SECRET, key)}:*")  # type: ignore[union-attr]
     }
     leased = counters.get("m", 0)
     note = f"{quota=} {processes=} {rounds=} {binding=} {results=} {counters=}"

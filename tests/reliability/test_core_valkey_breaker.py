@@ -77,7 +77,7 @@ async def warmed(limiter: RateLimiter, cache: Cache, loader: Loader) -> None:
 async def test_a_frozen_valkey_is_tried_a_few_times_not_once_per_operation(
     client: Valkey, controlled_valkey: ControlledValkey, make_cache: MakeCache
 ) -> None:
-    limiter, cache, loader = RateLimiter(client), make_cache(client), Loader()
+    limiter, cache, loader = RateLimiter(client, secret_key="test-secret"), make_cache(client), Loader()
     namespace = cache.namespace("breaker")
     await warmed(limiter, cache, loader)
     before = await connections_received(controlled_valkey.url)
@@ -99,7 +99,7 @@ async def test_a_frozen_valkey_is_tried_a_few_times_not_once_per_operation(
 async def test_after_the_window_one_call_probes_while_the_others_still_fail_fast(
     client: Valkey, controlled_valkey: ControlledValkey, make_cache: MakeCache
 ) -> None:
-    limiter, cache, loader = RateLimiter(client), make_cache(client), Loader()
+    limiter, cache, loader = RateLimiter(client, secret_key="test-secret"), make_cache(client), Loader()
     await warmed(limiter, cache, loader)
     before = await connections_received(controlled_valkey.url)
     with controlled_valkey.paused():
@@ -123,7 +123,7 @@ async def test_after_the_window_one_call_probes_while_the_others_still_fail_fast
 async def test_the_client_answers_again_once_valkey_resumes_and_the_outage_is_logged_twice(
     client: Valkey, controlled_valkey: ControlledValkey, make_cache: MakeCache
 ) -> None:
-    limiter, cache, loader = RateLimiter(client), make_cache(client), Loader()
+    limiter, cache, loader = RateLimiter(client, secret_key="test-secret"), make_cache(client), Loader()
     namespace = cache.namespace("breaker")
     await warmed(limiter, cache, loader)
     with captured_logs() as logs:
@@ -158,7 +158,7 @@ async def test_error_replies_meaning_not_now_answer_fast_and_do_not_open_it(
 ) -> None:
     """A replica refuses writes (``READONLY``), the leases' counting and the lookups' locks among
     them, but answers them at once: reads right after still reach it."""
-    limiter, cache, loader = RateLimiter(client), make_cache(client), Loader()
+    limiter, cache, loader = RateLimiter(client, secret_key="test-secret"), make_cache(client), Loader()
     namespace = cache.namespace("breaker")
     await client.set("kept", "value")
     await client.execute_command("REPLICAOF", "127.0.0.1", "1")

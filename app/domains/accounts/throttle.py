@@ -59,8 +59,6 @@ unset) or refused with 503.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
@@ -73,6 +71,7 @@ from app.config import Settings
 from app.core.errors import ServiceUnavailableError, TooManyRequestsError, report_dependency_down
 from app.core.kept import KeptTasks
 from app.core.middleware import client_network
+from app.core.security import keyed_digest
 from app.core.valkey import VALKEY_DOWN
 
 security_log = structlog.get_logger("security")
@@ -425,9 +424,6 @@ def _log_lockout(
 
 
 def throttle_key(secret_key: str, kind: str, value: str) -> str:
-    """The Valkey key of a counter of ``value`` (an email, an address, or both): keyed by
-    ``SECRET_KEY``, so the key space holds neither, and a copy of it (a dump, a replica) cannot be
-    matched against candidate emails and addresses. An unkeyed hash could: every IPv4 address, with a
-    known email, is a few hours of hashing."""
-    digest = hmac.new(secret_key.encode(), f"{kind}\n{value}".encode(), hashlib.sha256).hexdigest()
-    return f"auth:login-attempts:{kind}:{digest[:32]}"
+    """The Valkey key of a counter of ``value`` (an email, an address, or both), which holds neither
+    (``keyed_digest``)."""
+    return f"auth:login-attempts:{kind}:{keyed_digest(secret_key, kind, value)}"
