@@ -137,7 +137,7 @@ async def test_member_invited_and_joined(client: Client, db: AsyncConnection[Any
         ("member.joined", team.outsider.id, "user", team.outsider.id, team.project),
     ]
     assert events[0].data["role"] == "editor" and team.outsider.email not in str(events[0].data)
-    assert events[1].data == {"role": "editor", "name": team.outsider.name}
+    assert events[1].data == {"role": "editor"}, "no name: the feed reads it from the account"
     assert invited.json()["token"] not in str(events), "the feed never carries the invitation's token"
 
 
@@ -155,7 +155,7 @@ async def test_member_role_changed(client: Client, db: AsyncConnection[Any], tea
             "user",
             team.viewer.id,
             team.project,
-            {"from": "viewer", "to": "editor", "name": "Viewer"},
+            {"from": "viewer", "to": "editor"},
         )
     ]
 
@@ -167,8 +167,8 @@ async def test_member_removed_and_member_left(client: Client, db: AsyncConnectio
     left = await client.delete(f"{members}/{team.viewer.id}", headers=team.viewer.headers)
     assert left.status_code == 204, left.text
     assert summary(await outbox_events(db)) == [
-        ("member.removed", team.owner.id, "user", team.editor.id, team.project, {"name": "Editor"}),
-        ("member.removed", team.viewer.id, "user", team.viewer.id, team.project, {"name": "Viewer"}),
+        ("member.removed", team.owner.id, "user", team.editor.id, team.project, {}),
+        ("member.removed", team.viewer.id, "user", team.viewer.id, team.project, {}),
     ]
 
 

@@ -4,7 +4,8 @@ reads ("Ana uploaded 5 files to Apollo").
 A domain that emits an event names its verb here first (``emit`` refuses unknown verbs, so a typo
 fails its tests instead of writing events nobody can render). Each verb says:
 
-- the object type of its events, and where its title is (``title_key`` in the event's ``data``);
+- the object type of its events, and where its title is (``title_key`` in the event's ``data``;
+  none for a user: named from their account when read, ``FeedGroups``, never from an event);
 - ``deletes``: the object is gone, so the feed keeps it as a tombstone (type and id, no title);
 - ``target``: events of this verb are grouped by a target object across actors ("Ana and 2 others
   commented on 'Fix login'"): its type, the ``data`` key of its id (used when the emitter passed no
@@ -125,21 +126,18 @@ VERBS: dict[Verb, VerbSpec] = {
         ObjectType.USER,
         "{actors} added {object} to {project}",
         "{actors} added {objects} to {project}",
-        "name",
         details=("role",),
     ),
     Verb.MEMBER_ROLE_CHANGED: VerbSpec(
         ObjectType.USER,
         "{actors} changed the role of {object}{times} in {project}",
         "{actors} changed the roles of {objects} in {project}",
-        "name",
         details=("from", "to"),
     ),
     Verb.MEMBER_REMOVED: VerbSpec(
         ObjectType.USER,
         "{actors} removed {object} from {project}",
         "{actors} removed {objects} from {project}",
-        "name",
     ),
     # The invitee's email is never in the event: members who are not owners must not learn it.
     Verb.MEMBER_INVITED: VerbSpec(
@@ -153,7 +151,6 @@ VERBS: dict[Verb, VerbSpec] = {
         ObjectType.USER,
         "{object} joined {project}",
         "{objects} joined {project}",
-        "name",
         details=("role",),
     ),
     Verb.TASK_CREATED: VerbSpec(

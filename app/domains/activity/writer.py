@@ -146,11 +146,7 @@ def object_updates(events: Iterable[tuple[int, IncomingEvent]]) -> dict[tuple[st
             continue
         if spec.deletes:
             note((event.object_type, event.object_id), None, True, event, seq)
-        elif (
-            spec.title_key is not None
-            and spec.object_type != ObjectType.USER  # named from their account when read (FeedGroups)
-            and isinstance(event.data.get(spec.title_key), str)
-        ):
+        elif spec.title_key is not None and isinstance(event.data.get(spec.title_key), str):
             note((event.object_type, event.object_id), event.data[spec.title_key], False, event, seq)
         target = spec.target
         if target is not None and target.title_key is not None and event.target_id is not None:

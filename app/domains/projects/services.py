@@ -35,7 +35,6 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
-from typing import Any
 
 import structlog
 
@@ -521,7 +520,7 @@ class ProjectService:
                     verb="member.joined",
                     obj=("user", user_id),
                     project_id=project_id,
-                    data={"role": member.role.value, "name": user.display_name},
+                    data={"role": member.role.value},
                 )
             return await self._get(uow, user_id, project_id, ProjectRole.VIEWER)
 
@@ -743,7 +742,7 @@ class ProjectService:
                 verb="member.role_changed",
                 obj=("user", user_id),
                 project_id=project_id,
-                data={"from": current.value, "to": role.value, "name": await self._name(uow, user_id)},
+                data={"from": current.value, "to": role.value},
             )
             return role
 
@@ -772,7 +771,7 @@ class ProjectService:
             if not await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id):
                 raise NotFoundError(missing)  # removed meanwhile
             await queries.withdraw_invitations_of(uow.conn, project_id=project_id, user_id=user_id)
-            await self._member_left(uow, project_id, user_id, actor, {"name": await self._name(uow, user_id)})
+            await self._member_left(uow, project_id, user_id, actor)
 
     async def forget_member(self, uow: UnitOfWork, user_id: int, actor: int) -> None:
         """An account's erasure (``AccountService.before_erasure``): the account leaves every live
@@ -808,18 +807,14 @@ class ProjectService:
                     await self._delete_locked(uow, project_id)
                     continue
             await queries.remove_member(uow.conn, project_id=project_id, user_id=user_id)
-            await self._member_left(uow, project_id, user_id, user_id, {})
+            await self._member_left(uow, project_id, user_id, user_id)
 
-    async def _member_left(
-        self, uow: UnitOfWork, project_id: int, user_id: int, actor: int, data: dict[str, Any]
-    ) -> None:
+    async def _member_left(self, uow: UnitOfWork, project_id: int, user_id: int, actor: int) -> None:
         """After a membership's removal (a removal, a leaving, an erasure): the invitations the member
         sent are withdrawn (one would let them back in alone), the caches told, the event emitted."""
         await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
         self._membership_changed(uow, user_id, project_id)
-        await emit(
-            uow, actor=actor, verb="member.removed", obj=("user", user_id), project_id=project_id, data=data
-        )
+        await emit(uow, actor=actor, verb="member.removed", obj=("user", user_id), project_id=project_id)
 
     async def _hand_over(self, uow: UnitOfWork, project_id: int, user_id: int) -> bool:
         """Make the project's successor (``SuccessorOnErasure``) an owner; False when nobody active is
@@ -852,11 +847,6 @@ class ProjectService:
         for callback in self._on_deleted:
             uow.after_commit(partial(callback, project_id))
         return True
-
-    async def _name(self, uow: UnitOfWork, user_id: int) -> str | None:
-        """A member's display name for the feed's sentence (None once the account is deactivated)."""
-        user = await self.accounts.active_user(uow, user_id)
-        return user.display_name if user is not None else None
 
     @staticmethod
     async def _lock_membership(uow: UnitOfWork, project_id: int) -> None:
