@@ -366,6 +366,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     file_project_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024**3
     file_user_max_count: Annotated[int, msgspec.Meta(ge=1)] = 5000
     file_user_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
+    file_min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024**3
+    """An upload is refused (507 ``storage-full``) unless the file system under ``FILES_DIR`` keeps this
+    much free after it: the quotas bound each account and project, not how many of them open
+    registration lets in, and the disk is often PostgreSQL's and the logs' too. 0: no floor."""
     file_temp_max_age_s: Annotated[int, msgspec.Meta(ge=60, le=366 * 24 * 3600)] = 24 * 3600
     """The sweep removes temp files of uploads not written or renewed for this long: at least twice
     ``file_upload_lease_s`` (checked by ``load_settings``), so no upload in flight loses its own."""

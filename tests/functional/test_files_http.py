@@ -1458,3 +1458,25 @@ async def test_a_storage_without_room_is_a_507_problem_that_stores_nothing(
     assert count == (0,)
     kept = await upload(api, world.editor, world.project, b"fits")
     assert kept.status_code == 201, kept.text
+
+
+async def test_an_upload_that_would_leave_less_than_the_floor_free_is_refused_before_its_body(
+    api: Client, world: World, db: AsyncConnection[Any], files_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FILE_MIN_FREE_BYTES``: the quotas bound each account, not how many accounts there are, and
+    the disk is often PostgreSQL's too. An upload that would leave the file system under the floor is
+    a 507 before a byte is staged, with an error line for the operator; with room again, the next
+    upload is stored (nothing of the refused one was reserved for good)."""
+    storage = api.app.state.services[FileService].storage
+    free = shutil.disk_usage(files_root).free
+    monkeypatch.setattr(storage, "min_free_bytes", free + 2**40)
+    with captured_logs() as logs:
+        refused = await upload(api, world.editor, world.project, b"small")
+    assert_problem(refused, 507, "storage-full")
+    assert stored(files_root) == []
+    (line,) = logs.events("file_storage_low")
+    assert line["level"] == "error" and line["min_free_bytes"] == free + 2**40, line
+    assert await file_rows(db) == 0
+    monkeypatch.setattr(storage, "min_free_bytes", 1)
+    kept = await upload(api, world.editor, world.project, b"fits")
+    assert kept.status_code == 201, kept.text

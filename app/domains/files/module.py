@@ -18,7 +18,7 @@ module = Module(
     service=lambda s: FileService(
         s.db,
         s[ProjectService],
-        FileStorage(s.settings.uploads_dir),
+        FileStorage(s.settings.uploads_dir, min_free_bytes=s.settings.file_min_free_bytes),
         max_bytes=s.settings.file_max_bytes,
         allowed_types=frozenset(s.settings.file_allowed_types),
         quotas=Quotas(

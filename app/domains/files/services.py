@@ -132,7 +132,8 @@ class FileService:
         Checked before reading a byte of the body: a non-member gets 404, a viewer 403, a full
         project or uploader 409, also when the announced length already cannot fit (the least the
         file can be: the body's length less the multipart overhead allowed), so a body that cannot
-        be kept is refused before it is streamed, hashed and written. Uploads in flight count too:
+        be kept is refused before it is streamed, hashed and written; so is one that would leave the
+        file system less than ``FILE_MIN_FREE_BYTES`` free (507). Uploads in flight count too:
         an uploader with ``FILE_UPLOADS_PER_USER`` of them gets 429 ``too-many-uploads``, and the
         room this one may need (``_most_file_size``) is reserved until it is recorded or has failed,
         so that concurrent uploads never stage more than the quotas and one file: a body that stops
@@ -164,10 +165,10 @@ class FileService:
                     _least_file_size(content_length, self.max_bytes),
                     in_flight=in_flight,
                 )
-                reservation = self.uploads.prepare(
-                    user_id, project_id, _most_file_size(content_length, self.max_bytes)
-                )
+                most = _most_file_size(content_length, self.max_bytes)
+                reservation = self.uploads.prepare(user_id, project_id, most)
                 await reservation.hold()  # released by the finally even when cancelled in here
+            await self.storage.require_room(most)
             temp_path = self.storage.new_temp_path()
             staged = await self.storage.receive(
                 _leased(body, reservation, on_renewal=lambda: self.storage.keep_fresh(temp_path)),

@@ -73,6 +73,7 @@ from multipart import (
 
 from app.config import Settings, SettingsError
 from app.core.errors import AppError
+from app.core.logging import OncePerInterval
 from app.core.middleware import MULTIPART_OVERHEAD
 
 log = structlog.get_logger("app.files")
@@ -154,6 +155,8 @@ class StorageFullError(AppError):
     slug = "storage-full"
     title = "Insufficient storage"
 
+
+_low_room_warnings = OncePerInterval(60.0)
 
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """The write errors of a file system out of room: the disk or its inodes, a quota, a file too large."""
@@ -383,9 +386,30 @@ class _Window(io.RawIOBase):
 class FileStorage:
     """Stored objects under ``root``; see the module docstring for the layout and guarantees."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
+        self.min_free_bytes = min_free_bytes
+
+    async def require_room(self, upload_bytes: int) -> None:
+        """507 ``storage-full`` unless the file system keeps ``min_free_bytes`` free after an upload of
+        at most ``upload_bytes`` (``FILE_MIN_FREE_BYTES``). Uploads in flight are not added up: each
+        is at most ``FILE_MAX_BYTES``, and few run at once (``FILE_UPLOADS_PER_USER``)."""
+        if not self.min_free_bytes:
+            return
+        free = (await anyio.to_thread.run_sync(shutil.disk_usage, self.root)).free
+        if free - upload_bytes < self.min_free_bytes:
+            if _low_room_warnings.due():
+                log.error(
+                    "file_storage_low",
+                    files_dir=str(self.root),
+                    free_bytes=free,
+                    min_free_bytes=self.min_free_bytes,
+                    hint="uploads are refused (507) until FILES_DIR's file system has room again",
+                )
+            raise StorageFullError(
+                "The server has no room left to store files; nothing was stored. Try again later."
+            )
 
     @staticmethod
     def new_key(project_id: int) -> str:
