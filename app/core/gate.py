@@ -52,15 +52,15 @@ costs one attribute test per request.
   sign-out), which accepts a session cookie that browsers send on their own (also ``SameSite=Strict``),
   must come from the dashboard's own origin (``Sec-Fetch-Site``, else ``Origin`` against ``Host``); a
   cross-site one is a 403 problem (CSRF).
-- Conditions without versions: an unsafe request carrying ``If-Match`` to an authenticated route
-  that takes none (its resource has no entity-tag: a comment, a membership, a collection) is a 412
+- Conditions without versions: a request carrying ``If-Match`` to an authenticated route that takes
+  none (its resource has no entity-tag: a comment, a membership, a collection, a list) is a 412
   ``precondition-failed`` in place of the route, once authenticated and counted by the rate limit,
-  unless the value is ``*`` (RFC 9110 13.1.1: no tag can match a resource without one); a malformed
-  value is a 400 naming ``header.If-Match``, as on a versioned route, but answered before the rate
-  limit (uncharged, as the limiter refunds a refused header; without its headers). The condition was
-  ignored and the change applied
-  unconditionally. The 412 comes before the route's own 403/404 (which RFC 9110 13.2.1 would put
-  first): it is the same for every target, so it tells nothing about one. Left out: the anonymous
+  unless the value is ``*`` (RFC 9110 13.1.1: no tag can match a resource without one); so is an
+  unsafe one carrying ``If-None-Match: *`` (13.1.2: the resource exists). A malformed value is a 400
+  naming its header, as on a versioned route, but answered before the rate limit (uncharged, as the
+  limiter refunds a refused header; without its headers). The conditions were ignored and the change
+  applied unconditionally. The 412 comes before the route's own 403/404 (which RFC 9110 13.2.1 would
+  put first): it is the same for every target, so it tells nothing about one. Left out: the anonymous
   routes (the page-view ingest, the payment webhook: nothing a client holds a version of, and the
   ingest's plan stays empty) and the routes without a rate limit (logout: ending a session must
   always be possible).
@@ -74,6 +74,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from litestar import Litestar, Request
@@ -99,7 +100,7 @@ from app.core.errors import (
 )
 from app.core.metrics import RequestMetrics
 from app.core.openapi import finish_documentation
-from app.core.preconditions import PreconditionFailedError, parse_if_match
+from app.core.preconditions import PreconditionFailedError, parse_preconditions
 from app.core.ratelimit import (
     DEFAULT_POLICY,
     EXEMPT_PATHS,
@@ -141,7 +142,8 @@ class RoutePlan:
     """The policy counts a signed-in caller per session (``PER_SESSION_OPT_KEY``), not per user."""
     same_origin: bool = False
     refuses_if_match: bool = False
-    """An unsafe method whose route takes no ``If-Match`` (``takes_if_match``)."""
+    """An authenticated, rate-limited route that takes no ``If-Match`` (``takes_if_match``): its
+    resource has no versions, and its conditions are judged here (``_unmet_condition``)."""
     compress: bool = False
     measure: bool = False
 
@@ -205,23 +207,40 @@ def takes_if_match(handler: BaseRouteHandler) -> bool:
     )
 
 
-def _names_tags(scope: Scope) -> bool:
-    """Whether the request's ``If-Match`` lists entity-tags (``*`` names none: any current version);
-    a malformed one is the 400 a versioned route answers (``parse_if_match``)."""
-    values = [value.decode("latin-1") for name, value in scope["headers"] if name == b"if-match"]
-    if not values:
-        return False
-    condition = parse_if_match(", ".join(values))
-    return condition is not None and not condition.any
-
-
-async def _unmatchable(scope: Scope, receive: Receive, send: Send) -> None:
-    """In place of the route: no entity-tag can match a resource that has none (RFC 9110 13.1.1).
-    Answered here, not raised: its answer passes the rate limit's ``send`` (its ``RateLimit``
-    headers), as the route's own would."""
-    refusal = PreconditionFailedError(
-        "This resource has no versions (no ETag): If-Match can only be `*` here. Nothing was changed."
+def _unmet_condition(scope: Scope, method: str) -> str | None:
+    """Why a condition of the request is false on a route whose resource has no versions, None when
+    none is: an ``If-Match`` that lists entity-tags (none can match; ``*`` holds, it exists: 13.1.1),
+    or on an unsafe method ``If-None-Match: *`` (it exists: 13.1.2; a list of tags holds, none can name
+    it; a read ignores it, its whole answer is always right). A malformed one is the 400 a versioned
+    route answers (``parse_preconditions``). Several lines of a header are one list."""
+    if_match: list[str] = []
+    if_none_match: list[str] = []
+    for name, value in scope["headers"]:
+        if name == b"if-match":
+            if_match.append(value.decode("latin-1"))
+        elif name == b"if-none-match":
+            if_none_match.append(value.decode("latin-1"))
+    unsafe = method not in SAFE_METHODS
+    if not if_match and not (unsafe and if_none_match):
+        return None
+    conditions = parse_preconditions(
+        ", ".join(if_match) if if_match else None,
+        ", ".join(if_none_match) if unsafe and if_none_match else None,
     )
+    if conditions is None:
+        return None
+    if conditions.if_match is not None and not conditions.if_match.any:
+        return "This resource has no versions (no ETag): If-Match can only be `*` here."
+    if conditions.if_none_match is not None and conditions.if_none_match.any:
+        return "If-None-Match is `*` and the resource exists."
+    return None
+
+
+async def _refuse_unmet(reason: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """In place of the route: its condition is false (``_unmet_condition``). Answered here, not
+    raised: its answer passes the rate limit's ``send`` (its ``RateLimit`` headers), as the route's
+    own would."""
+    refusal = PreconditionFailedError(f"{reason} Nothing was done.")
     request: Request[Any, Any, Any] = Request(scope, receive, send)
     await app_error_response(request, refusal).to_asgi_response(app=None, request=request)(
         scope, receive, send
@@ -307,8 +326,7 @@ class GateConfig:
             policy_header=(b"ratelimit-policy", policy_header(policy).encode()) if policy else None,
             per_session=bool((handler.opt or {}).get(PER_SESSION_OPT_KEY)),
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
-            refuses_if_match=bool(methods - SAFE_METHODS)
-            and authenticates(handler, path)
+            refuses_if_match=authenticates(handler, path)
             and policy_name is not None  # logout: ending a session always works
             and not takes_if_match(handler),
             compress=self.compression is not None and not _under(paths, self.compression_exclude),
@@ -362,8 +380,12 @@ class RouteGate:
                     raise
             app = self.app
             # anonymous: the guards' 401; counted by the rate limit as the route would be
-            if plan.refuses_if_match and scope.get("user") is not None and _names_tags(scope):
-                app = _unmatchable
+            if (
+                plan.refuses_if_match
+                and scope.get("user") is not None
+                and (reason := _unmet_condition(scope, scope["method"])) is not None
+            ):
+                app = partial(_refuse_unmet, reason)
             if plan.same_origin and scope["method"] not in SAFE_METHODS:
                 _require_same_origin(scope)
             if plan.compress and self.config.compressor is not None:

@@ -1,4 +1,5 @@
-"""Conditional changes (RFC 9110 13.1.1): ``If-Match`` against a resource's version, ``ETag`` answers.
+"""Conditional requests (RFC 9110 13): ``If-Match`` and ``If-None-Match`` against a resource's
+version, ``ETag`` answers.
 
 A resource with a version (a task, a project, a product) answers its GET and PATCH with the strong
 entity-tag ``"<version>"``, or ``"<version>-br"`` / ``"<version>-gzip"`` when the compression layer
@@ -8,8 +9,14 @@ codings, RFC 9110 8.8.3); every form names the version (``names_version``). A ch
 still at one of the versions listed (or, for ``*``, exists), else it changes nothing and answers 412
 ``precondition-failed``. Without ``If-Match`` a change is unconditional.
 
+A change also honours ``If-None-Match`` (13.1.2, weak comparison): ``*`` (the resource exists) or a
+tag naming the current version makes it a 412 too; and, on a resource with a ``Last-Modified`` (a
+file) and without ``If-Match``, ``If-Unmodified-Since``. All of them travel as one ``Preconditions``
+(``parse_preconditions``), evaluated in 13.2.2's order.
+
 The comparison belongs to the service, under the row lock its change holds until the commit (never
-a read before the write): ``IfMatch.require`` is called with the version read under that lock.
+a read before the write): ``Preconditions.require`` is called with the version read under that lock.
+A resource without versions has its conditions judged by the route layer (``app.core.gate``).
 
 ``If-Match`` is ``*`` or a comma-separated list of entity-tags, ``"…"`` or weak ``W/"…"`` (empty
 list elements are allowed, RFC 9110 5.6.1). Several header lines are one list to RFC 9110, but a
@@ -24,13 +31,16 @@ strongly: a weak tag never matches.
 
 A read whose resource's version names its whole representation (a task: its version takes every
 change of its row) also honours ``If-None-Match`` (13.1.2, weak comparison): when it names the current
-version, the answer is 304 without a body (``answer_unless_held``).
+version, the answer is 304 without a body (``answer_unless_held``); and ``If-Match`` before it, a 412
+when it names none of the current versions.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Annotated, TypeVar, cast
 
 import msgspec
@@ -77,15 +87,40 @@ IfMatchHeader = Annotated[
 ``operation_class=DocumentsIfMatch``); pass its value to ``parse_if_match``."""
 
 
+IF_NONE_MATCH_CHANGE_DESCRIPTION = (
+    'Apply only if the resource is at none of these versions (weak comparison: `W/"7"` names version '
+    "7 too), or, for `*`, only if it does not exist: otherwise 412 `precondition-failed` and nothing "
+    "changes. Malformed or over "
+    f"{IF_MATCH_MAX_LENGTH} characters: 400."
+)
+
+IF_UNMODIFIED_SINCE_DESCRIPTION = (
+    "An HTTP date: apply only if the resource's `Last-Modified` is not after it (else 412 "
+    "`precondition-failed`). Evaluated only without `If-Match`; not a date: ignored."
+)
+
+IfUnmodifiedSinceHeader = Annotated[
+    str | None,
+    HeaderParameter(name="If-Unmodified-Since", schema_extra={"type": "string", "oneOf": None}),
+]
+"""The ``If-Unmodified-Since`` parameter of a change to a resource with a ``Last-Modified`` (a file)."""
+
+
 @dataclass
 class DocumentsIfMatch(Operation):
-    """The operations of routes that take ``IfMatchHeader``: the parameter gets its description
-    beside a schema that stays a plain ``{"type": "string"}`` (see the module's docstring)."""
+    """The operations of changes that take ``IfMatchHeader`` (and ``IfNoneMatchHeader``,
+    ``IfUnmodifiedSinceHeader``): each parameter gets its description beside a schema that stays a
+    plain ``{"type": "string"}`` (see the module's docstring)."""
 
     def __post_init__(self) -> None:
+        described = {
+            "If-Match": IF_MATCH_DESCRIPTION,
+            "If-None-Match": IF_NONE_MATCH_CHANGE_DESCRIPTION,
+            "If-Unmodified-Since": IF_UNMODIFIED_SINCE_DESCRIPTION,
+        }
         for parameter in self.parameters or ():
-            if isinstance(parameter, Parameter) and parameter.name == "If-Match":
-                parameter.description = IF_MATCH_DESCRIPTION
+            if isinstance(parameter, Parameter) and parameter.name in described:
+                parameter.description = described[parameter.name]
 
 
 ETAG_FORMS = '`"<version>"` (`"<version>-br"` or `"<version>-gzip"` when the answer is compressed)'
@@ -113,8 +148,9 @@ def precondition_failed() -> dict[int, ResponseSpec]:
     return {
         412: ResponseSpec(
             data_container=Problem,
-            description="`If-Match` names none of the resource's current versions: nothing was changed "
-            "(read it again for its `ETag`)",
+            description="A condition does not hold (`If-Match` names none of the resource's current "
+            "versions, `If-None-Match` names it, or it was modified after `If-Unmodified-Since`): nothing "
+            "was changed (read it again for its `ETag`)",
             media_type=PROBLEM_MEDIA_TYPE,
         )
     }
@@ -183,17 +219,16 @@ def parse_if_match(value: str | None) -> IfMatch | None:
     return IfMatch(tags=frozenset(tag for weak, tag in _TAGS.findall(value) if not weak))
 
 
-def require_match(if_match: IfMatch | None, version: int) -> None:
-    """``if_match.require(version)``; no condition (None) always holds."""
-    if if_match is not None:
-        if_match.require(version)
-
-
 IF_NONE_MATCH_DESCRIPTION = (
     'The `ETag`s of copies the client holds, separated by commas (weak comparison: `W/"7"` names '
     "version 7 too), or `*`: when one names the resource's current version, the answer is 304 Not "
     "Modified without a body, its `ETag` the one named. Malformed or over "
     f"{IF_MATCH_MAX_LENGTH} characters: ignored (the whole answer)."
+)
+
+IF_MATCH_READ_DESCRIPTION = (
+    "Answer only if the resource is still at one of these versions (strong comparison), or, for `*`, "
+    "exists: otherwise 412 `precondition-failed`. Anything but `*` or a list of entity-tags: 400."
 )
 
 IfNoneMatchHeader = Annotated[
@@ -220,9 +255,10 @@ class DocumentsConditionalRead(Operation):
     plain string schema, as for ``If-Match``) and the 304's ``ETag``."""
 
     def __post_init__(self) -> None:
+        described = {"If-None-Match": IF_NONE_MATCH_DESCRIPTION, "If-Match": IF_MATCH_READ_DESCRIPTION}
         for parameter in self.parameters or ():
-            if isinstance(parameter, Parameter) and parameter.name == "If-None-Match":
-                parameter.description = IF_NONE_MATCH_DESCRIPTION
+            if isinstance(parameter, Parameter) and parameter.name in described:
+                parameter.description = described[parameter.name]
         unchanged = (self.responses or {}).get(str(HTTP_304_NOT_MODIFIED))
         if isinstance(unchanged, OpenAPIResponse):
             unchanged.headers = {
@@ -240,6 +276,10 @@ class IfNoneMatch(msgspec.Struct, frozen=True):
     any: bool = False
     tags: tuple[str, ...] = ()
 
+    def names(self, forms: frozenset[str]) -> bool:
+        """Whether it names the resource whose entity-tag has these ``forms`` (``*``: any that exists)."""
+        return self.any or not forms.isdisjoint(self.tags)
+
 
 def parse_if_none_match(value: str | None) -> IfNoneMatch | None:
     """``If-None-Match`` as the route received it; None when absent, and also when malformed or over
@@ -250,6 +290,96 @@ def parse_if_none_match(value: str | None) -> IfNoneMatch | None:
     if value == "*":
         return IfNoneMatch(any=True)
     return IfNoneMatch(tags=tuple(tag for _, tag in _TAGS.findall(value)))
+
+
+class Preconditions(msgspec.Struct, frozen=True):
+    """A change's conditions, in RFC 9110 13.2.2's order, for the service to evaluate under the row
+    lock its change holds: ``If-Match`` (strong comparison), then ``If-None-Match`` (weak: ``*``, or a
+    tag naming the current version, makes it false), and for a resource with a modification date and
+    no ``If-Match``, ``If-Unmodified-Since``. Any of them false: 412, nothing changed (13.1.2: an
+    unsafe method never answers 304)."""
+
+    if_match: IfMatch | None = None
+    if_none_match: IfNoneMatch | None = None
+    unmodified_since: float | None = None
+    """``If-Unmodified-Since`` in seconds since the epoch (None: absent, or not an HTTP date)."""
+
+    def require(self, version: int) -> None:
+        """412 unless the resource, at ``version``, meets every condition."""
+        if self.if_match is not None:
+            self.if_match.require(version)
+        if self.if_none_match is not None and self.if_none_match.names(forms_of(etag(version))):
+            raise PreconditionFailedError(
+                f"If-None-Match names the resource's current version {etag(version)}: nothing was changed."
+            )
+
+    def require_tag(self, current: str, modified_at: float | None) -> None:
+        """``require`` for a resource whose strong entity-tag is not a version (a file's digest: one
+        form, its answers are never compressed) and which was last modified at ``modified_at`` (its
+        ``Last-Modified``; None: unknown, ``If-Unmodified-Since`` is then ignored, 13.1.4)."""
+        if self.if_match is not None:
+            self.if_match.require_tag(current)
+        elif (
+            self.unmodified_since is not None
+            and modified_at is not None
+            and int(modified_at) > self.unmodified_since
+        ):
+            raise PreconditionFailedError("The resource was modified after If-Unmodified-Since.")
+        if self.if_none_match is not None and self.if_none_match.names(frozenset((current,))):
+            raise PreconditionFailedError(
+                f"If-None-Match names the resource's current ETag {current}: nothing was changed."
+            )
+
+
+def parse_preconditions(
+    if_match: str | None, if_none_match: str | None = None, if_unmodified_since: str | None = None
+) -> Preconditions | None:
+    """The conditions of a change as its route received them (first header lines), None when it sent
+    none. A malformed ``If-Match`` or ``If-None-Match`` is a 400 naming its header: ignoring one would
+    apply a change its client made conditional. ``If-Unmodified-Since`` that is not an HTTP date is
+    ignored (13.1.4)."""
+    if if_match is None and if_none_match is None and if_unmodified_since is None:
+        return None
+    return Preconditions(
+        if_match=parse_if_match(if_match),
+        if_none_match=_parse_strictly(if_none_match),
+        unmodified_since=http_date(if_unmodified_since) if if_unmodified_since is not None else None,
+    )
+
+
+def _parse_strictly(if_none_match: str | None) -> IfNoneMatch | None:
+    if if_none_match is None:
+        return None
+    parsed = parse_if_none_match(if_none_match)
+    if parsed is None:
+        raise InvalidFieldsError(
+            [
+                FieldError(
+                    field="header.If-None-Match",
+                    message='Expected `*` or a comma-separated list of entity-tags ("…" or W/"…"), '
+                    f"at most {IF_MATCH_MAX_LENGTH} characters",
+                )
+            ]
+        )
+    return parsed
+
+
+def require_match(conditions: Preconditions | None, version: int) -> None:
+    """``conditions.require(version)``; no condition (None) always holds."""
+    if conditions is not None:
+        conditions.require(version)
+
+
+def http_date(value: str) -> float | None:
+    """An HTTP date (RFC 9110 5.6.7's three forms, read by ``email.utils``) in seconds since the
+    epoch, or None when it is not one."""
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if date.tzinfo is None:  # "-0000", or asctime's form: UTC, as HTTP dates are
+        date = date.replace(tzinfo=UTC)
+    return date.timestamp()
 
 
 PREFERRED_CODINGS = ("br", "gzip")
@@ -287,13 +417,21 @@ REVALIDATED = "private, no-cache"
 
 
 def answer_unless_held(
-    content: T, version: int, if_none_match: str | None, accept_encoding: str = ""
+    content: T,
+    version: int,
+    if_none_match: str | None,
+    accept_encoding: str = "",
+    *,
+    if_match: str | None = None,
 ) -> Response[T]:
     """A read's answer with the resource's ``ETag``; or 304 without a body when ``If-None-Match`` names
     the current version (typed as the answer it replaces, so the route documents its 200's body), with
     the ``Vary`` its 200 carries when compressed (RFC 9110 15.4.5). Both are ``private, no-cache``: the
     caller's own cache may keep the copy, to be asked about again each time (the pipeline's default,
-    ``no-store``, would leave nothing to ask about)."""
+    ``no-store``, would leave nothing to ask about). ``If-Match`` comes first (13.2.2): naming none of
+    the current versions, it is a 412 (a client resuming a copy refuses a changed one)."""
+    if (condition := parse_if_match(if_match)) is not None:
+        condition.require(version)
     if (held := held_copy(if_none_match, version, accept_encoding)) is not None:
         headers = {"ETag": held, "Vary": "Accept-Encoding", "Cache-Control": REVALIDATED}
         return cast("Response[T]", Response(None, status_code=HTTP_304_NOT_MODIFIED, headers=headers))

@@ -97,3 +97,38 @@ async def test_the_schema_documents_the_412_where_the_route_layer_answers_it(cli
     assert {"412"} <= set(comment["patch"]["responses"]) & set(comment["delete"]["responses"])
     assert "412" not in paths["/api/auth/logout"]["post"]["responses"]
     assert "412" not in paths["/api/page-views"]["post"]["responses"]
+
+
+async def test_a_change_with_if_none_match_any_changes_nothing_where_the_resource_exists(
+    client: Client, db: AsyncConnection[Any], team: Team, comment_url: str
+) -> None:
+    """``If-None-Match: *`` on a change means "only if it does not exist" (RFC 9110 13.1.2): the
+    comment, and the collection a POST creates in, exist, so nothing is done (412). It was ignored
+    and the change applied (the HTTP-semantics reviewer). A list of tags holds (none can name a
+    resource without versions), and a read ignores the header (its whole answer is always right)."""
+    none_any = team.editor.headers | {"If-None-Match": "*"}
+    assert_problem(await client.patch(comment_url, json={"body": "x"}, headers=none_any), 412)
+    assert_problem(await client.delete(comment_url, headers=none_any), 412, "precondition-failed")
+    project = await client.post("/api/projects", json={"name": "New"}, headers=none_any)
+    assert_problem(project, 412, "precondition-failed")
+    assert await scalar(db, "select body from comments order by id desc limit 1") == "first"
+    assert await scalar(db, "select count(*) from projects where name = 'New'") == 0
+    tags = team.editor.headers | {"If-None-Match": '"1", W/"2"'}
+    edited = await client.patch(comment_url, json={"body": "edited"}, headers=tags)
+    assert edited.status_code == 200, edited.text
+    listed = await client.get(f"/api/projects/{team.project}/tasks", headers=none_any)
+    assert listed.status_code == 200, listed.text
+    malformed = await client.delete(comment_url, headers=team.editor.headers | {"If-None-Match": "x"})
+    assert_problem(malformed, 400, "validation", {"header.If-None-Match"})
+
+
+async def test_a_read_with_a_tag_in_if_match_is_a_412_where_nothing_has_versions(
+    client: Client, team: Team, comment_url: str
+) -> None:
+    """An origin server evaluates ``If-Match`` before any method, reads included (13.1.1, 13.2.1):
+    a list without versions can name no tag."""
+    tasks = f"/api/projects/{team.project}/tasks"
+    refused = await client.get(tasks, headers=team.editor.headers | {"If-Match": '"1"'})
+    assert_problem(refused, 412, "precondition-failed")
+    answered = await client.get(tasks, headers=team.editor.headers | {"If-Match": "*"})
+    assert answered.status_code == 200, answered.text

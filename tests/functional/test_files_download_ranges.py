@@ -124,6 +124,61 @@ async def test_if_none_match_is_evaluated_before_range(api: Client, world: World
     assert response.status_code == 304 and response.content == b""
 
 
+# -- If-Match and If-Unmodified-Since: 412 --------------------------------------------------------
+
+
+async def test_if_match_naming_another_file_is_a_412_before_any_range(
+    api: Client, world: World, files_root: Path
+) -> None:
+    """A client resuming a download sends the ``ETag`` it began with (RFC 9110 13.1.1): another file's
+    is a 412, not a part of a file it does not hold (both were answered, 200 and 206)."""
+    path = await uploaded(api, world)
+    other = etag_of(b"another file")
+    refused = await get(api, world.viewer, path, **{"If-Match": other, "Range": "bytes=0-9"})
+    assert_problem(refused, 412, "precondition-failed")
+    assert_problem(await get(api, world.viewer, path, **{"If-Match": f"W/{etag_of(CONTENT)}"}), 412)
+    assert_problem(await get(api, world.viewer, path, **{"If-Match": "nonsense"}), 400, "validation")
+    part = await get(api, world.viewer, path, **{"If-Match": etag_of(CONTENT), "Range": "bytes=0-9"})
+    assert (part.status_code, part.content) == (206, CONTENT[:10])
+    assert_whole(await get(api, world.viewer, path, **{"If-Match": "*"}))
+    head = await api.head(path, headers={**world.viewer.headers, "If-Match": other})
+    assert head.status_code == 412
+
+
+async def test_if_unmodified_since_before_last_modified_is_a_412_unless_if_match_is_sent(
+    api: Client, world: World, files_root: Path
+) -> None:
+    path = await uploaded(api, world)
+    modified = modified_an_hour_ago(files_root)
+    before = formatdate(modified - 60, usegmt=True)
+    assert_problem(await get(api, world.viewer, path, **{"If-Unmodified-Since": before}), 412)
+    assert_whole(
+        await get(api, world.viewer, path, **{"If-Unmodified-Since": formatdate(modified, usegmt=True)})
+    )
+    assert_whole(await get(api, world.viewer, path, **{"If-Unmodified-Since": "not a date"}))
+    matched = {"If-Unmodified-Since": before, "If-Match": etag_of(CONTENT)}
+    assert_whole(await get(api, world.viewer, path, **matched))  # If-Match decides alone
+    kept = await api.delete(path, headers={**world.editor.headers, "If-Unmodified-Since": before})
+    assert_problem(kept, 412, "precondition-failed")
+    assert stored(files_root) != []
+    deleted = await api.delete(
+        path, headers={**world.editor.headers, "If-Unmodified-Since": formatdate(modified, usegmt=True)}
+    )
+    assert deleted.status_code == 204, deleted.text
+
+
+async def test_a_delete_with_if_none_match_naming_the_file_deletes_nothing(
+    api: Client, world: World, files_root: Path
+) -> None:
+    path = await uploaded(api, world)
+    for value in ("*", etag_of(CONTENT), f"W/{etag_of(CONTENT)}"):
+        refused = await api.delete(path, headers={**world.editor.headers, "If-None-Match": value})
+        assert_problem(refused, 412, "precondition-failed")
+    assert stored(files_root) != []
+    other = {**world.editor.headers, "If-None-Match": etag_of(b"another file")}
+    assert (await api.delete(path, headers=other)).status_code == 204
+
+
 # -- If-Modified-Since -----------------------------------------------------------------------------
 
 

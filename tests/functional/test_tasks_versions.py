@@ -292,6 +292,43 @@ async def test_if_none_match_compares_weakly_and_ignores_what_it_cannot_read(
     assert (answer.content == b"") == (status == 304)
 
 
+async def test_a_change_whose_if_none_match_names_the_current_version_changes_nothing(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    """``If-None-Match`` on a change (13.1.2): ``*`` (the task exists) or a tag naming its current
+    version, weakly, is a 412 and nothing changes; one naming another version holds. It was ignored."""
+    url, task_id = await new_task(db, team)
+    for value in ("*", '"1"', 'W/"1"', '"7", "1-br"'):
+        refused = await client.patch(
+            url, json={"title": "x"}, headers=team.editor.headers | {"If-None-Match": value}
+        )
+        assert_problem(refused, 412, "precondition-failed")
+    assert_problem(await client.delete(url, headers=team.editor.headers | {"If-None-Match": '"1"'}), 412)
+    assert await stored(db, task_id) == ("original", "", 1)
+    applied = await client.patch(
+        url, json={"title": "renamed"}, headers=team.editor.headers | {"If-None-Match": '"7"'}
+    )
+    assert applied.status_code == 200, applied.text
+    assert applied.headers["etag"] == '"2"'
+    both = team.editor.headers | {"If-Match": '"2"', "If-None-Match": '"2"'}
+    assert_problem(await client.patch(url, json={"title": "again"}, headers=both), 412)
+
+
+async def test_a_read_whose_if_match_names_another_version_is_a_412(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    """``If-Match`` on a read (13.1.1): a client resuming its copy refuses a changed task. It was
+    ignored (200 with the other version)."""
+    url, _ = await new_task(db, team)
+    assert_problem(await client.get(url, headers=if_match(team, '"9"')), 412, "precondition-failed")
+    assert_problem(await client.get(url, headers=if_match(team, "nonsense")), 400, "validation")
+    for value in ('"1"', '"1-gzip"', "*"):
+        read = await client.get(url, headers=if_match(team, value))
+        assert read.status_code == 200, (value, read.text)
+    held = await client.get(url, headers=if_match(team, '"1"') | {"If-None-Match": '"1"'})
+    assert held.status_code == 304
+
+
 async def test_access_is_judged_before_if_none_match(
     client: Client, db: AsyncConnection[Any], team: Team
 ) -> None:

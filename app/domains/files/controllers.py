@@ -32,7 +32,8 @@ from app.core.preconditions import (
     DocumentsIfMatch,
     IfMatchHeader,
     IfNoneMatchHeader,
-    parse_if_match,
+    IfUnmodifiedSinceHeader,
+    parse_preconditions,
     precondition_failed,
 )
 from app.core.routing import Controller
@@ -92,6 +93,8 @@ async def _download(
     if_modified_since: str | None,
     byte_range: str | None,
     if_range: str | None,
+    if_match: str | None,
+    if_unmodified_since: str | None,
 ) -> Response[Any]:
     """The answer to a ``GET`` of a file or, with ``head``, to its ``HEAD``: one decision
     (``downloads.choose``) for both, the ``HEAD`` without the body."""
@@ -106,6 +109,8 @@ async def _download(
             if_modified_since=if_modified_since,
             byte_range=byte_range,
             if_range=if_range,
+            if_match=if_match,
+            if_unmodified_since=if_unmodified_since,
         )
     except BaseException:  # the 416, or anything else: no body will read the handle
         opened.close()
@@ -244,6 +249,8 @@ class ProjectFilesController(Controller):
         if_modified_since: IfModifiedSinceHeader = None,
         byte_range: RangeHeader = None,
         if_range: IfRangeHeader = None,
+        if_match: IfMatchHeader = None,
+        if_unmodified_since: IfUnmodifiedSinceHeader = None,
     ) -> Response[bytes] | File:
         return await _download(
             files,
@@ -255,6 +262,8 @@ class ProjectFilesController(Controller):
             if_modified_since=if_modified_since,
             byte_range=byte_range,
             if_range=if_range,
+            if_match=if_match,
+            if_unmodified_since=if_unmodified_since,
         )
 
     @head(
@@ -278,6 +287,8 @@ class ProjectFilesController(Controller):
         if_modified_since: IfModifiedSinceHeader = None,
         byte_range: RangeHeader = None,
         if_range: IfRangeHeader = None,
+        if_match: IfMatchHeader = None,
+        if_unmodified_since: IfUnmodifiedSinceHeader = None,
     ) -> Response[None]:
         return await _download(
             files,
@@ -289,6 +300,8 @@ class ProjectFilesController(Controller):
             if_modified_since=if_modified_since,
             byte_range=byte_range,
             if_range=if_range,
+            if_match=if_match,
+            if_unmodified_since=if_unmodified_since,
         )
 
     @delete(
@@ -307,5 +320,8 @@ class ProjectFilesController(Controller):
         current_user: Caller,
         files: Files,
         if_match: IfMatchHeader = None,
+        if_none_match: IfNoneMatchHeader = None,
+        if_unmodified_since: IfUnmodifiedSinceHeader = None,
     ) -> None:
-        await files.delete(current_user.id, project_id, file_id, if_match=parse_if_match(if_match))
+        conditions = parse_preconditions(if_match, if_none_match, if_unmodified_since)
+        await files.delete(current_user.id, project_id, file_id, conditions=conditions)

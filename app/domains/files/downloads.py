@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 
 from app.core.errors import AppError
-from app.core.preconditions import parse_if_none_match
+from app.core.preconditions import http_date, parse_if_none_match, parse_preconditions
 
 MAX_RANGE_CHARS = 200
 """Longest ``Range`` parsed (one range of two 20-digit positions is under 50): longer is ignored."""
@@ -156,7 +154,7 @@ def _if_range_holds(if_range: str, sha256: str, last_modified: int) -> bool:
         return False
     if if_range.startswith(('"', "W/")):  # 13.1.5: a DQUOTE within the first three characters
         return if_range == strong_etag(sha256)
-    return _http_date(if_range) == last_modified
+    return http_date(if_range) == last_modified
 
 
 def _not_modified_since(if_modified_since: str, last_modified: int, now: float) -> bool:
@@ -164,20 +162,8 @@ def _not_modified_since(if_modified_since: str, last_modified: int, now: float) 
     (13.1.3: a later one is invalid), at or after ``Last-Modified`` (whole seconds since the epoch)."""
     if len(if_modified_since) > MAX_IF_MODIFIED_SINCE_CHARS:
         return False
-    date = _http_date(if_modified_since)
+    date = http_date(if_modified_since)
     return date is not None and last_modified <= date <= now
-
-
-def _http_date(value: str) -> float | None:
-    """An HTTP date (RFC 9110 5.6.7's three forms, read by ``email.utils``) in seconds since the
-    epoch, or None when it is not one."""
-    try:
-        date = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if date.tzinfo is None:  # "-0000", or asctime's form: UTC, as HTTP dates are
-        date = date.replace(tzinfo=UTC)
-    return date.timestamp()
 
 
 def choose(
@@ -190,11 +176,17 @@ def choose(
     if_modified_since: str | None,
     byte_range: str | None,
     if_range: str | None,
+    if_match: str | None = None,
+    if_unmodified_since: str | None = None,
 ) -> Answer:
     """What a download (``GET`` or ``HEAD``) of the file (``sha256``, ``size`` bytes, ``Last-Modified``
     at ``last_modified`` seconds) answers at ``now`` (seconds since the epoch) to these request headers,
     in the module's order: ``If-None-Match``, else ``If-Modified-Since``, then ``Range`` under
-    ``If-Range``. Raises ``RangeNotSatisfiableError`` for a 416."""
+    ``If-Range``, after ``If-Match`` (else ``If-Unmodified-Since``), whose false condition is a 412
+    (RFC 9110 13.2.2). Raises ``RangeNotSatisfiableError`` for a 416."""
+    conditions = parse_preconditions(if_match, None, if_unmodified_since)
+    if conditions is not None:
+        conditions.require_tag(strong_etag(sha256), last_modified)
     if if_none_match is not None:
         if none_match(if_none_match, sha256):
             return NotModified()

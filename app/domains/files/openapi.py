@@ -70,6 +70,10 @@ IfRangeHeader = Annotated[
 ]
 
 _REQUEST_HEADERS = {
+    "If-Match": "`*` or a list of entity-tags (strong comparison): answered only if one is the file's "
+    "`ETag` (a client resuming a download refuses another file), else 412. Malformed: 400.",
+    "If-Unmodified-Since": "An HTTP date: answered only if the file's `Last-Modified` is not after it, "
+    "else 412. Evaluated only without `If-Match`; not a date: ignored.",
     "If-None-Match": "`*` or a list of entity-tags (weak comparison): when one is the file's `ETag`, the "
     "answer is 304 Not Modified without a body. Malformed or over "
     f"{IF_MATCH_MAX_LENGTH} characters: ignored.",
@@ -181,7 +185,12 @@ DOWNLOAD_RESPONSES: dict[int, ResponseSpec] = {
         description="`If-None-Match` names the file, or `If-Modified-Since` is not before its "
         "`Last-Modified`: no body",
     ),
-    **problems(401, 404, 429),
+    **problems(400, 401, 404, 429),
+    412: ResponseSpec(
+        data_container=Problem,
+        description="`If-Match` does not name the file, or it was modified after `If-Unmodified-Since`",
+        media_type=PROBLEM_MEDIA_TYPE,
+    ),
     416: ResponseSpec(
         data_container=Problem,
         description="The range starts at or past the end of the file (`Content-Range`: its size)",

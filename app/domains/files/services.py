@@ -28,7 +28,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.core.idempotency import IdempotencyClaim
 from app.core.middleware import MULTIPART_OVERHEAD
 from app.core.pagination import BEFORE_EVERY_ID
-from app.core.preconditions import IfMatch
+from app.core.preconditions import Preconditions
 from app.db import files as queries
 from app.db.models import ProjectFile, ProjectRole
 from app.domains.accounts.services import AccountService
@@ -315,18 +315,19 @@ class FileService:
         return removed
 
     async def delete(
-        self, user_id: int, project_id: int, file_id: int, *, if_match: IfMatch | None = None
+        self, user_id: int, project_id: int, file_id: int, *, conditions: Preconditions | None = None
     ) -> None:
         """Delete the row (and emit) in one transaction; unlink the file once that has committed.
-        ``if_match``: only if it names the file's ``ETag`` (its digest), else 412 and nothing is
+        ``conditions``: only if they allow the file's ``ETag`` (its digest) and time, else 412 and nothing is
         deleted (the deletion rolls back)."""
         async with self.db.transaction() as uow:
             await self.projects.require_role(uow, user_id, project_id, ProjectRole.EDITOR)
             row = await queries.delete_project_file(uow.conn, id=file_id, project_id=project_id)
             if row is None:
                 raise NotFoundError("No such file.")
-            if if_match is not None:
-                if_match.require_tag(strong_etag(row.sha256))
+            if conditions is not None:
+                modified_at = await self.storage.modified_at(row.storage_key)
+                conditions.require_tag(strong_etag(row.sha256), modified_at)
             await emit(
                 uow,
                 actor=user_id,

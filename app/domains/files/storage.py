@@ -526,6 +526,13 @@ class FileStorage:
 
         return await anyio.to_thread.run_sync(open_regular)
 
+    async def modified_at(self, storage_key: str) -> float | None:
+        """The stored file's modification time (its ``Last-Modified``), None when it is missing."""
+        try:
+            return (await anyio.Path(self.path_for(storage_key)).stat()).st_mtime
+        except FileNotFoundError:
+            return None
+
     async def remove(self, storage_key: str) -> None:
         """Delete a stored file; one already gone is fine."""
         await anyio.to_thread.run_sync(self.discard, self.path_for(storage_key))

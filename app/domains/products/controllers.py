@@ -29,8 +29,9 @@ from app.core.preconditions import (
     ETAG_HEADER,
     DocumentsIfMatch,
     IfMatchHeader,
+    IfNoneMatchHeader,
     etag,
-    parse_if_match,
+    parse_preconditions,
     precondition_failed,
 )
 from app.core.routing import Controller
@@ -203,8 +204,10 @@ class ProductsController(Controller):
         products: Products,
         current_user: Caller,
         if_match: IfMatchHeader = None,
+        if_none_match: IfNoneMatchHeader = None,
     ) -> Response[ProductOut]:
-        product = await products.update(current_user.id, product_id, data, if_match=parse_if_match(if_match))
+        conditions = parse_preconditions(if_match, if_none_match)
+        product = await products.update(current_user.id, product_id, data, conditions=conditions)
         return _with_etag(ProductOut.from_row(product, products.currency))
 
     @post(
@@ -233,16 +236,17 @@ class ProductsController(Controller):
         idempotency: Idempotent,
         current_user: Caller,
         if_match: IfMatchHeader = None,
+        if_none_match: IfNoneMatchHeader = None,
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> Response[bytes]:
-        condition = parse_if_match(if_match)
+        conditions = parse_preconditions(if_match, if_none_match)
         return await idempotency.respond(
             request,
             current_user.id,
             idempotency_key,
             data,
             lambda claim: products.adjust_stock(
-                current_user.id, product_id, data, if_match=condition, claim=claim
+                current_user.id, product_id, data, conditions=conditions, claim=claim
             ),
             lambda stock: StockOut(product_id=product_id, stock=stock),
         )

@@ -14,7 +14,7 @@ from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, NotFoundError
 from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import encode_cursor
-from app.core.preconditions import IfMatch, require_match
+from app.core.preconditions import Preconditions, require_match
 from app.db import products as queries
 from app.db.models import Product
 from app.domains.accounts.services import AccountService
@@ -48,14 +48,14 @@ def _product_key(product_id: int) -> str:
     return f"id:{product_id}"
 
 
-async def _require_version(uow: UnitOfWork, product_id: int, if_match: IfMatch) -> None:
-    """412 unless ``if_match`` names the product's version, read under its lock (``LockProduct``),
+async def _require_version(uow: UnitOfWork, product_id: int, conditions: Preconditions) -> None:
+    """412 unless ``conditions`` allow the product's version, read under its lock (``LockProduct``),
     which the change holds until it commits: of two changes based on one version, the second is
     refused. 404 for no such product."""
     locked = await queries.lock_product(uow.conn, id=product_id)
     if locked is None:
         raise NotFoundError("No such product.")
-    require_match(if_match, locked.version)
+    require_match(conditions, locked.version)
 
 
 class StockChangedError(ConflictError):
@@ -134,9 +134,9 @@ class ProductService:
         return product
 
     async def update(
-        self, actor: int, product_id: int, data: ProductUpdate, *, if_match: IfMatch | None = None
+        self, actor: int, product_id: int, data: ProductUpdate, *, conditions: Preconditions | None = None
     ) -> Product:
-        """``if_match``: only if the product is still at a version it names (else 412, nothing
+        """``conditions``: only at a version they allow (else 412, nothing
         changed), compared with the version read under the product's lock, which this change holds
         until it commits: of two changes based on one version, the second is refused. A change that
         changes nothing keeps the version and ``updated_at``, and leaves the catalogue's cache."""
@@ -146,8 +146,8 @@ class ProductService:
             before = await queries.lock_product(uow.conn, id=product_id)  # the lock the update takes anyway
             if before is None:
                 raise NotFoundError("No such product.")
-            if if_match is not None:
-                require_match(if_match, before.version)
+            if conditions is not None:
+                require_match(conditions, before.version)
             product = await queries.update_product(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
@@ -168,22 +168,22 @@ class ProductService:
         product_id: int,
         data: StockAdjustmentIn,
         *,
-        if_match: IfMatch | None = None,
+        conditions: Preconditions | None = None,
         claim: IdempotencyClaim[int] | None = None,
     ) -> int:
         """Add or remove stock with a recorded reason; never below zero nor above MAX_STOCK (409).
         With ``expected_stock``, only from that stock (409 ``stock-changed`` otherwise): a delta is
         relative, so a blind retry of one whose answer was lost would apply it twice.
 
-        ``if_match``: only if the product is still at a version it names (else 412, nothing
+        ``conditions``: only at a version they allow (else 412, nothing
         applied), compared under the product's lock as ``update`` does. The version is the
         product's details', which stock does not move: ``expected_stock`` is the condition on the
         stock. ``claim``: the request's idempotency key, completed in this transaction (a retry then
         replays the stock this adjustment left, and applies nothing again)."""
         async with self.db.transaction() as uow:
             await self.accounts.lock_admin(uow, actor)
-            if if_match is not None:
-                await _require_version(uow, product_id, if_match)
+            if conditions is not None:
+                await _require_version(uow, product_id, conditions)
             stock = await queries.adjust_stock(
                 uow.conn,
                 delta=data.delta,

@@ -26,8 +26,9 @@ from app.core.preconditions import (
     ETAG_HEADER,
     DocumentsIfMatch,
     IfMatchHeader,
+    IfNoneMatchHeader,
     etag,
-    parse_if_match,
+    parse_preconditions,
     precondition_failed,
 )
 from app.core.routing import Controller
@@ -146,9 +147,10 @@ class ProjectsController(Controller):
         projects: Projects,
         current_user: Caller,
         if_match: IfMatchHeader = None,
+        if_none_match: IfNoneMatchHeader = None,
     ) -> Response[ProjectOut]:
         project, role = await projects.update(
-            current_user.id, project_id, data, if_match=parse_if_match(if_match)
+            current_user.id, project_id, data, conditions=parse_preconditions(if_match, if_none_match)
         )
         return Response(ProjectOut.from_row(project, role), headers={"ETag": etag(project.version)})
 
@@ -164,9 +166,16 @@ class ProjectsController(Controller):
         operation_class=DocumentsIfMatch,
     )
     async def delete_project(
-        self, project_id: IdPath, projects: Projects, current_user: Caller, if_match: IfMatchHeader = None
+        self,
+        project_id: IdPath,
+        projects: Projects,
+        current_user: Caller,
+        if_match: IfMatchHeader = None,
+        if_none_match: IfNoneMatchHeader = None,
     ) -> None:
-        await projects.delete(current_user.id, project_id, if_match=parse_if_match(if_match))
+        await projects.delete(
+            current_user.id, project_id, conditions=parse_preconditions(if_match, if_none_match)
+        )
 
 
 class MembersController(Controller):

@@ -43,7 +43,7 @@ from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError
 from app.core.idempotency import IdempotencyClaim
 from app.core.outbox import enqueue
-from app.core.preconditions import IfMatch, require_match
+from app.core.preconditions import Preconditions, require_match
 from app.core.wire import from_row
 from app.db import projects as queries
 from app.db.models import Project, ProjectInvitation, ProjectRole
@@ -282,13 +282,13 @@ class ProjectService:
         return project, role
 
     async def update(
-        self, actor: int, project_id: int, data: ProjectUpdate, *, if_match: IfMatch | None = None
+        self, actor: int, project_id: int, data: ProjectUpdate, *, conditions: Preconditions | None = None
     ) -> tuple[Project, ProjectRole]:
         """Editors rename and describe; archiving is the owners' call. A change that changes nothing
         (every field given as it is) is no change: the project as it is, its ``updated_at`` and
         ``version`` kept, no event.
 
-        ``if_match``: only if the project is still at a version it names (else 412, nothing changed),
+        ``conditions``: only at a version they allow (else 412, nothing changed),
         compared with the row read under the lock this change holds until it commits (taken before
         the role is read, the project before its members), so of two changes based on one version
         the second is refused."""
@@ -298,7 +298,7 @@ class ProjectService:
             role = await self.require_role(uow, actor, project_id, needed)
             if before is None:  # no such project (then no role either: kept for the type)
                 raise NotFoundError("No such project.")
-            require_match(if_match, before.version)
+            require_match(conditions, before.version)
             project = await queries.update_project(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
@@ -326,10 +326,10 @@ class ProjectService:
             )
             return project, role
 
-    async def delete(self, actor: int, project_id: int, *, if_match: IfMatch | None = None) -> None:
+    async def delete(self, actor: int, project_id: int, *, conditions: Preconditions | None = None) -> None:
         """Owners only. The event names no project: the project (and its feed) is gone with it.
 
-        ``if_match``: only if the project is still at a version it names (else 412), compared with
+        ``conditions``: only at a version they allow (else 412), compared with
         the row read under the deletion's own lock, taken first.
 
         One short transaction whatever the project holds: the project is marked as being deleted
@@ -344,7 +344,7 @@ class ProjectService:
             await self.require_role(uow, actor, project_id, ProjectRole.OWNER)
             if project is None:
                 raise NotFoundError("No such project.")
-            require_match(if_match, project.version)
+            require_match(conditions, project.version)
             if not await self._delete_locked(uow, project_id):
                 raise NotFoundError("No such project.")
             await emit(

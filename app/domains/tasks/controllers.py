@@ -34,7 +34,7 @@ from app.core.preconditions import (
     answer_unless_held,
     etag,
     not_modified,
-    parse_if_match,
+    parse_preconditions,
     precondition_failed,
 )
 from app.core.responses import JSONBytesResponse
@@ -212,7 +212,7 @@ class TasksController(Controller):
         "as `If-None-Match` to read it only if it changed (304 otherwise: every change of the task, "
         "whoever makes it, takes a new version).",
         response_headers=[ETAG_HEADER],
-        responses=problems(401, 404, 429) | not_modified(),
+        responses=problems(400, 401, 404, 429) | not_modified() | precondition_failed(),
         operation_class=DocumentsConditionalRead,
     )
     async def get_task(
@@ -222,10 +222,13 @@ class TasksController(Controller):
         tasks: Tasks,
         current_user: Caller,
         if_none_match: IfNoneMatchHeader = None,
+        if_match: IfMatchHeader = None,
     ) -> Response[TaskOut]:
         task = await tasks.get(current_user.id, task_id)
         accept_encoding = request.headers.get("accept-encoding", "")
-        return answer_unless_held(TaskOut.from_row(task), task.version, if_none_match, accept_encoding)
+        return answer_unless_held(
+            TaskOut.from_row(task), task.version, if_none_match, accept_encoding, if_match=if_match
+        )
 
     @patch(
         "/",
@@ -245,8 +248,10 @@ class TasksController(Controller):
         tasks: Tasks,
         current_user: Caller,
         if_match: IfMatchHeader = None,
+        if_none_match: IfNoneMatchHeader = None,
     ) -> Response[TaskOut]:
-        task = await tasks.update(current_user.id, task_id, data, if_match=parse_if_match(if_match))
+        conditions = parse_preconditions(if_match, if_none_match)
+        task = await tasks.update(current_user.id, task_id, data, conditions=conditions)
         return Response(TaskOut.from_row(task), headers={"ETag": etag(task.version)})
 
     @delete(
@@ -259,9 +264,14 @@ class TasksController(Controller):
         operation_class=DocumentsIfMatch,
     )
     async def delete_task(
-        self, task_id: IdPath, tasks: Tasks, current_user: Caller, if_match: IfMatchHeader = None
+        self,
+        task_id: IdPath,
+        tasks: Tasks,
+        current_user: Caller,
+        if_match: IfMatchHeader = None,
+        if_none_match: IfNoneMatchHeader = None,
     ) -> None:
-        await tasks.delete(current_user.id, task_id, if_match=parse_if_match(if_match))
+        await tasks.delete(current_user.id, task_id, conditions=parse_preconditions(if_match, if_none_match))
 
     @get("/comments", summary="Comments on a task", responses=problems(400, 401, 404, 429))
     async def list_comments(

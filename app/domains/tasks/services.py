@@ -18,7 +18,7 @@ from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
 from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import InvalidCursorError, Page, paginate
-from app.core.preconditions import IfMatch, require_match
+from app.core.preconditions import Preconditions, require_match
 from app.core.types import CALENDAR_END
 from app.core.wire import from_row
 from app.db import comments as comment_queries
@@ -254,13 +254,13 @@ class TaskService:
             return await self._get(uow, actor, task_id, ProjectRole.VIEWER)
 
     async def update(
-        self, actor: int, task_id: int, data: TaskUpdate, *, if_match: IfMatch | None = None
+        self, actor: int, task_id: int, data: TaskUpdate, *, conditions: Preconditions | None = None
     ) -> Task:
         """The task changed as ``data`` says. A change that changes nothing (every field given as it
         is) is no change: the task as it is, its ``updated_at``, ``updated_by`` and ``version`` kept (a
         walk of the lists would take it for moved), no event, the lists' stored pages still current.
 
-        ``if_match``: only if the task is still at a version it names (else 412, nothing changed),
+        ``conditions``: only at a version they allow (else 412, nothing changed),
         compared with the version read under the task's lock, which this change holds until it
         commits: of two changes based on one version, the second is refused. Checked after access
         (404, 403) and before the content (the assignee's 422), as RFC 9110 13.2.1 orders them."""
@@ -277,7 +277,7 @@ class TaskService:
                     uow, new_assignee, project_id
                 )
             before = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
-            require_match(if_match, before.version)
+            require_match(conditions, before.version)
             self._require_assignable(assignable)
             task = await queries.update_task(
                 uow.conn,
@@ -324,12 +324,12 @@ class TaskService:
                 uow, actor=actor, verb=verb, obj=("task", task.id), project_id=task.project_id, data=data
             )
 
-    async def delete(self, actor: int, task_id: int, *, if_match: IfMatch | None = None) -> None:
-        """``if_match``: only if the task is still at a version it names (else 412), compared under
+    async def delete(self, actor: int, task_id: int, *, conditions: Preconditions | None = None) -> None:
+        """``conditions``: only at a version they allow (else 412), compared under
         the task's lock."""
         async with self.db.transaction() as uow:
             task = await self._get(uow, actor, task_id, ProjectRole.EDITOR, lock=True)
-            require_match(if_match, task.version)
+            require_match(conditions, task.version)
             await queries.delete_task(uow.conn, id=task_id)
             uow.after_commit(partial(self.cache.tasks_changed, task.project_id))
             await emit(
