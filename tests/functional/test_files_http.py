@@ -39,7 +39,7 @@ from app.core.deadline import sever
 from app.core.middleware import MULTIPART_OVERHEAD
 from app.db.models import ProjectRole
 from app.domains.files.services import FileService
-from app.domains.files.storage import name_for_type, sanitize_filename
+from app.domains.files.storage import FileStorage, StorageFullError, name_for_type, sanitize_filename
 from app.domains.monitoring.capture import RawEvent
 from app.domains.projects.jobs import purge_deleted_project
 from tests.factories import (
@@ -1458,6 +1458,15 @@ async def test_a_storage_without_room_is_a_507_problem_that_stores_nothing(
     assert count == (0,)
     kept = await upload(api, world.editor, world.project, b"fits")
     assert kept.status_code == 201, kept.text
+
+
+async def test_the_floor_is_checked_on_the_file_system_files_dir_will_be_made_on(tmp_path: Path) -> None:
+    """``FILES_DIR`` is made by the first upload: the check looked for room in a directory that did
+    not exist yet and failed the upload with a 500 (the contract run found it)."""
+    storage = FileStorage(tmp_path / "not" / "yet", min_free_bytes=1)
+    await storage.require_room(0)
+    with pytest.raises(StorageFullError):
+        await FileStorage(tmp_path / "not" / "yet", min_free_bytes=2**62).require_room(0)
 
 
 async def test_an_upload_that_would_leave_less_than_the_floor_free_is_refused_before_its_body(

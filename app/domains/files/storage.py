@@ -156,7 +156,13 @@ class StorageFullError(AppError):
     title = "Insufficient storage"
 
 
-_low_room_warnings = OncePerInterval(60.0)
+def _free_bytes(root: Path) -> int:
+    """The free bytes of the file system ``root`` is on, or will be: ``FILES_DIR`` is made by the
+    first upload (``_Upload``), so it may not exist yet."""
+    while not root.exists() and root.parent != root:
+        root = root.parent
+    return shutil.disk_usage(root).free
+
 
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """The write errors of a file system out of room: the disk or its inodes, a quota, a file too large."""
@@ -390,6 +396,7 @@ class FileStorage:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.min_free_bytes = min_free_bytes
+        self._low_room_warnings = OncePerInterval(60.0)
 
     async def require_room(self, upload_bytes: int) -> None:
         """507 ``storage-full`` unless the file system keeps ``min_free_bytes`` free after an upload of
@@ -397,9 +404,9 @@ class FileStorage:
         is at most ``FILE_MAX_BYTES``, and few run at once (``FILE_UPLOADS_PER_USER``)."""
         if not self.min_free_bytes:
             return
-        free = (await anyio.to_thread.run_sync(shutil.disk_usage, self.root)).free
+        free = await anyio.to_thread.run_sync(_free_bytes, self.root)
         if free - upload_bytes < self.min_free_bytes:
-            if _low_room_warnings.due():
+            if self._low_room_warnings.due():
                 log.error(
                     "file_storage_low",
                     files_dir=str(self.root),
