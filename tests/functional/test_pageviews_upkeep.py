@@ -28,7 +28,7 @@ from app.domains.pageviews.services import (
     PartitionUpkeep,
 )
 from app.modules import MODULES
-from tests.factories import create_user, make_site, serve_in_loop, wait_until
+from tests.factories import captured_logs, create_user, make_site, serve_in_loop, wait_until
 
 
 @pytest.fixture
@@ -199,13 +199,16 @@ async def test_creating_a_partition_takes_no_lock_that_readers_or_inserts_wait_f
 
 
 async def ingest_while_a_reader_holds_page_views(
-    settings: Settings, db: AsyncConnection[Any], database_url: str, today: date
+    settings: Settings, db: AsyncConnection[Any], database_url: str, today: date, missing: str | None = None
 ) -> tuple[int, PartitionUpkeep]:
     """Open a reader's transaction on ``page_views`` (a report, the rollup), run the partition upkeep
     until it is done or waits for the reader, then send a view: its status, and the upkeep's outcome
-    once the reader has ended."""
+    once the reader has ended. ``missing``: a partition dropped first, once the app has started (its
+    start makes the days' partitions)."""
     site = await make_site(db, await create_user(db))
     async with serve_in_loop(settings) as served:
+        if missing is not None:
+            await db.execute(f"drop table if exists {missing}")
         pageviews = served.app.state.services[PageViewService]
         async with await AsyncConnection.connect(database_url) as reader:
             await reader.execute("select count(*) from page_views")
@@ -232,9 +235,10 @@ async def test_a_partition_is_created_while_a_reader_holds_page_views_and_views_
 ) -> None:
     today = datetime.now(UTC).date()
     tomorrow = today + timedelta(days=1)
-    await db.execute(f"drop table if exists {partition(tomorrow)}")
     try:
-        status, upkeep = await ingest_while_a_reader_holds_page_views(settings, db, database_url, today)
+        status, upkeep = await ingest_while_a_reader_holds_page_views(
+            settings, db, database_url, today, missing=partition(tomorrow)
+        )
         assert status == 202, "the view waited behind the upkeep, which waited for the reader"
         assert upkeep.created == 1
     finally:
@@ -254,3 +258,44 @@ async def test_a_partition_past_retention_in_use_is_dropped_later_and_views_are_
         upkeep = await services[PageViewService].maintain_partitions(today)
     assert (upkeep.dropped, upkeep.busy) == (1, 0)
     assert not await exists(db, partition(expired))
+
+
+async def test_a_process_makes_the_days_partitions_when_it_starts(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """Partitions were made only by the hourly upkeep: on a database whose upkeep had not run for
+    days (restored from a backup, every worker down) every view was refused, and a beacon is never
+    sent again, until the next run (the time reviewer). A process makes sure of them as it starts."""
+    today = datetime.now(UTC).date()
+    site = await make_site(db, await create_user(db))
+    await db.execute(f"drop table if exists {partition(today)}")
+    try:
+        async with serve_in_loop(settings) as served:
+            assert await exists(db, partition(today))
+            response = await served.client.post(
+                "/api/page-views", json={"site_key": site.ingest_key, "url": "https://example.com/"}
+            )
+            assert response.status_code == 202, response.text
+    finally:
+        await db.execute("select ensure_page_view_partitions(%s, 1)", (today,))
+
+
+async def test_a_write_that_finds_its_partition_missing_makes_it_and_stores_the_views(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """A process that runs past the days its start made (its worker's upkeep down meanwhile): the
+    write that finds the day's partition missing makes it, says so, and stores its views."""
+    today = datetime.now(UTC).date()
+    site = await make_site(db, await create_user(db))
+    try:
+        async with serve_in_loop(settings) as served:
+            await db.execute(f"drop table {partition(today)}")
+            with captured_logs() as logs:
+                response = await served.client.post(
+                    "/api/page-views", json={"site_key": site.ingest_key, "url": "https://example.com/"}
+                )
+            assert response.status_code == 202, response.text
+            assert [line["level"] for line in logs.events("page_view_partition_missing")] == ["error"]
+        assert await rows(db, "select count(*) from page_views") == [(1,)]
+    finally:
+        await db.execute("select ensure_page_view_partitions(%s, 1)", (today,))

@@ -45,6 +45,7 @@ from app.config import Settings
 from app.core.cache import Flights, single_flight
 from app.core.db import Database, UnitOfWork, every_step
 from app.core.errors import AppError, InvalidFieldsError, TooManyRequestsError
+from app.core.logging import error_message
 from app.db import pageviews as queries
 from app.domains.pageviews.decoding import decode_batch, decode_view, parse_views
 from app.domains.pageviews.derive import (
@@ -203,6 +204,7 @@ class PageViewService:
             max_wait_s=settings.sink_max_wait_ms / 1000,
             flushers=settings.sink_flushers,
             on_sites_gone=self.keys.forget_sites,
+            on_missing_partition=self.ensure_partitions,
         )
         self.salt = DailySalt(db)
         self.limiter = LocalRateLimiter(
@@ -230,6 +232,15 @@ class PageViewService:
             )
 
     async def start(self) -> None:
+        """Start the sink, once today's partitions are made sure of: a process started on a database
+        whose hourly upkeep has not run for days (restored from a backup, or every worker down) would
+        refuse every view until the next run. Best effort: the sink makes them too when a write finds
+        one missing, and the upkeep every hour."""
+        try:
+            await self.ensure_partitions()
+        except Exception as exc:
+            failure = {"error": type(exc).__name__, "detail": error_message(exc)}
+            log.warning("page_view_partitions_not_ensured", **failure)
         await self.sink.start()
 
     async def close(self) -> None:
@@ -404,10 +415,7 @@ class PageViewService:
         dropped by a later run. Two transactions, so that the drop's wait holds nothing of the first.
         """
         today = today or datetime.now(UTC).date()
-        async with self.db.transaction() as uow:
-            created = await queries.ensure_partitions(
-                uow.conn, from_day=today - timedelta(days=1), days=PARTITION_DAYS_AHEAD + 2
-            )
+        created = await self.ensure_partitions(today)
         async with self.db.transaction() as uow:
             dropped = await queries.drop_page_view_partitions(
                 uow.conn, before=retention_first_day(today, self.retention_days)
@@ -415,7 +423,18 @@ class PageViewService:
         assert dropped is not None
         if dropped.busy:
             log.warning("page_view_partitions_busy", busy=dropped.busy)
-        return PartitionUpkeep(created=created or 0, dropped=dropped.dropped, busy=dropped.busy)
+        return PartitionUpkeep(created=created, dropped=dropped.dropped, busy=dropped.busy)
+
+    async def ensure_partitions(self, today: date | None = None) -> int:
+        """Make the daily partitions from yesterday to ``PARTITION_DAYS_AHEAD`` days ahead that do not
+        exist (one process at a time: ``ensure_page_view_partitions``); how many were made. A view's
+        ``ts`` is never before yesterday (``clamp_timestamp``), so these take every view."""
+        today = today or datetime.now(UTC).date()
+        async with self.db.transaction() as uow:
+            created = await queries.ensure_partitions(
+                uow.conn, from_day=today - timedelta(days=1), days=PARTITION_DAYS_AHEAD + 2
+            )
+        return created or 0
 
     async def purge_ingest_state(self) -> dict[str, int]:
         """The daily purge (job ``purge_ingest_state``): ``purge`` and ``purge_deleted_sites``, each

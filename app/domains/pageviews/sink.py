@@ -56,9 +56,10 @@ all the same, with its stamp, under the same bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import psycopg
 import structlog
@@ -127,6 +128,12 @@ def refused_for_data(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.DataError)
 
 
+def missing_partition(exc: BaseException) -> bool:
+    """Whether a write failed for want of the day's partition of ``page_views`` (the hourly upkeep,
+    ``maintain_partitions``, has not made it: a database restored, or a worker down for days)."""
+    return getattr(exc, "sqlstate", None) == "23514" and "no partition" in str(exc)
+
+
 class _Group:
     __slots__ = ("future", "queued_at", "rows")
 
@@ -146,10 +153,12 @@ class PageViewSink:
         max_wait_s: float = 0.0,
         flushers: int = 1,
         on_sites_gone: Callable[[frozenset[int]], None] | None = None,
+        on_missing_partition: Callable[[], Awaitable[object]] | None = None,
         max_queue_s: float = SINK_MAX_QUEUE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.writer = writer
+        self._on_missing_partition = on_missing_partition
         self.max_queue_s = max_queue_s
         self._clock = clock
         self.batch_size = batch_size
@@ -239,6 +248,7 @@ class PageViewSink:
         data, so that only the refused requests fail; drop the requests of deleted sites. Requests
         are resolved as their part commits."""
         parts = [groups]
+        healed = False
         while parts:
             part = parts.pop()
             rows = part[0].rows if len(part) == 1 else [row for group in part for row in group.rows]
@@ -249,6 +259,13 @@ class PageViewSink:
                 continue
             except Exception as exc:
                 failure = {"error": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)}
+                if not healed and missing_partition(exc) and self._on_missing_partition is not None:
+                    healed = True  # once per write: a partition that cannot be made fails as before
+                    log.error("page_view_partition_missing", rows=len(rows), detail=str(exc)[:300])
+                    with contextlib.suppress(Exception):  # made meanwhile by another process, or not
+                        await self._on_missing_partition()
+                    parts.append(part)
+                    continue
                 if not refused_for_data(exc):
                     queued = self._take_queued()
                     log.error(
