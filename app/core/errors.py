@@ -193,10 +193,23 @@ class UnprocessableError(AppError):
     title = "Unprocessable request"
 
 
+BEARER_CHALLENGE = 'Bearer realm="api"'
+"""The challenge of a 401 whose raiser named none (RFC 9110 15.5.2: a 401 carries one): the API's
+bearer tokens, the credentials ``POST /api/auth/login`` issues. Never Basic: a browser would prompt."""
+
+
 class UnauthorizedError(AppError):
+    """401, with ``WWW-Authenticate: Bearer realm="api"`` unless ``headers`` name a challenge of their
+    own (``token_refused``'s ``invalid_token``): a wrong password or a bad refresh token too."""
+
     status = 401
     slug = "unauthorized"
     title = "Authentication required"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        if not any(name.lower() == "www-authenticate" for name in headers or ()):
+            headers = {**(headers or {}), "WWW-Authenticate": BEARER_CHALLENGE}
+        super().__init__(detail, headers=headers)
 
     @classmethod
     def token_refused(cls, detail: str) -> UnauthorizedError:
@@ -617,6 +630,7 @@ exception_handlers: ExceptionHandlersMap = {
 }
 
 __all__ = [
+    "BEARER_CHALLENGE",
     "BODY_REFUSED",
     "DEPENDENCY_FAILURES",
     "DRIVER_REFUSALS",

@@ -224,8 +224,9 @@ class DashboardSignInController(Controller):
         client_ip = request.scope["state"].get("client_ip")
         try:
             session = await accounts.start_dashboard_session(data.email, data.password, client_ip)
-        except UnauthorizedError:
-            return _page(HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS, data.email)
+        except UnauthorizedError as refused:
+            # Its challenge (RFC 9110 15.5.2) is the dashboard's other credential, an admin's bearer token.
+            return _page(HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS, data.email, headers=refused.headers)
         except ForbiddenError:
             return _page(HTTP_403_FORBIDDEN, ADMINS_ONLY, data.email)
         except TooManyRequestsError as exc:
