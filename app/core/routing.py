@@ -35,16 +35,17 @@ parser; ``create_app`` calls it before the app builds its routes (a route keeps 
 built with). Cost: none on routes without an ``int`` parameter, none when Litestar's cache of
 parsed path values (``parse_path_params``, 1024 entries) hits, else about 0.15 µs over ``int()``.
 
-JSON means JSON. A body sent with a ``Content-Type`` other than ``application/json`` (or a ``+json``
-type, such as ``application/merge-patch+json``), or with a ``charset`` other than UTF-8 (RFC 8259:
-JSON is UTF-8; ``charset=utf-16`` was decoded as UTF-8 all the same), is a 415 naming the type to
-send, not a 400 about JSON syntax or a body read as JSON whatever it claims to be (``curl -d`` sends
-a form's type). A body without one (or with an empty one) is read as JSON: a client that names no
+JSON means JSON. A body sent with a ``Content-Type`` other than ``application/json`` (a ``PATCH``'s
+may be ``application/merge-patch+json``, ``JSON_BODIES``; no other ``+json`` type), or with a
+``charset`` other than UTF-8 (RFC 8259: JSON is UTF-8; ``charset=utf-16`` was decoded as UTF-8 all the
+same), is a 415 naming the types to send, not a 400 about JSON syntax or a body read as JSON whatever
+it claims to be (``curl -d`` sends a form's type; a JSON Patch's array was answered "Expected
+object"). A body without one (or with an empty one) is read as JSON: a client that names no
 type means the one the route documents. The 415 comes where the body is decoded: after
 authentication and the guards' 401/403, before the service's own refusals; it is charged to the rate
 limit like any body refused (a body was read), and over quota it comes before the 429 (a retry
-cannot mend it). The ingest's own decoder takes ``text/plain`` on purpose
-(``navigator.sendBeacon``).
+cannot mend it). The ingest checks its own bodies with ``declares_utf8``, taking ``text/plain`` too on
+purpose (``navigator.sendBeacon``).
 
 Bodies read in one loop. ``StrictJSONRequest.body`` reads ASGI's ``receive`` itself: Litestar's
 parses every header into a multidict to read Content-Length and collects the chunks through an
@@ -192,7 +193,15 @@ class StrictJSONRequest(Request[Any, Any, Any]):
         return self._json
 
 
-_ACCEPTS_JSON = {"POST": "Accept-Post", "PATCH": "Accept-Patch"}
+JSON = b"application/json"
+MERGE_PATCH = b"application/merge-patch+json"
+JSON_BODIES: dict[str, tuple[bytes, ...]] = {"PATCH": (JSON, MERGE_PATCH)}
+"""The media types of a JSON body by method (``application/json`` otherwise). A ``PATCH`` takes RFC
+7396's merge patch too: an update names the fields it changes, the others stay, and ``null`` clears a
+field that may be empty (``TaskUpdate``'s ``assignee_id``). No other ``+json`` type: a JSON Patch
+(``application/json-patch+json``, an array of operations) is not what the route applies (RFC 5789:
+415), and a vendor's type (``application/vnd.x+json``) promises a shape of its own."""
+_ACCEPTS = {"POST": "Accept-Post", "PATCH": "Accept-Patch"}
 """The header that names the media types a method accepts (W3C LDP's ``Accept-Post``, RFC 5789)."""
 
 
@@ -221,30 +230,42 @@ def _charsets(parameters: bytes) -> list[bytes] | None:
     return found
 
 
+def declares_utf8(content_type: bytes, media_types: tuple[bytes, ...]) -> bool:
+    """Whether a ``Content-Type`` header's value declares one of ``media_types`` (lower-case), or only
+    parameters, with a UTF-8 ``charset`` or none. Parsed only when it is not exactly one of them."""
+    if content_type in media_types:
+        return True
+    media_type, semicolon, parameters = content_type.lower().partition(b";")
+    media_type = media_type.strip()
+    if media_type and media_type not in media_types:
+        return False
+    charsets = _charsets(semicolon + parameters)
+    return charsets is not None and len(charsets) <= 1 and all(c in UTF8 for c in charsets)
+
+
+def unsupported_media_type(content_type: bytes, method: str, media_types: tuple[bytes, ...]) -> HTTPException:
+    """The 415 of a body declared as ``content_type`` where one of ``media_types`` in UTF-8 is taken,
+    naming them in its detail and in the method's ``Accept-Post``/``Accept-Patch``."""
+    names = [media_type.decode("ascii") for media_type in media_types]
+    accepts = _ACCEPTS.get(method)
+    sent = content_type.decode("latin-1")[:80]
+    return HTTPException(
+        status_code=415,
+        detail=f"This body must be JSON in UTF-8: send it with Content-Type: {' or '.join(names)} "
+        f"(charset=utf-8 or none); it came as {sent!r}.",
+        headers={accepts: ", ".join(names)} if accepts else None,
+    )
+
+
 def _require_json_media_type(scope: Any) -> None:
     """A declared media type must be JSON, in UTF-8 (see the module's docstring); 415 otherwise."""
     for name, value in scope["headers"]:
-        if name != b"content-type" or value in (b"application/json", b""):
+        if name != b"content-type" or value in (JSON, b""):
             continue
-        media_type, semicolon, parameters = value.lower().partition(b";")
-        media_type = media_type.strip()
-        json = (
-            not media_type
-            or media_type == b"application/json"
-            or (media_type.startswith(b"application/") and media_type.endswith(b"+json"))
-        )
-        charsets = _charsets(semicolon + parameters)
-        utf8 = charsets is not None and len(charsets) <= 1 and all(c in UTF8 for c in charsets)
-        if json and utf8:
-            continue
-        accepts = _ACCEPTS_JSON.get(scope["method"])
-        sent = value.decode("latin-1")[:80]
-        raise HTTPException(
-            status_code=415,
-            detail=f"This body must be JSON in UTF-8: send it with Content-Type: application/json "
-            f"(charset=utf-8 or none); it came as {sent!r}.",
-            headers={accepts: "application/json"} if accepts else None,
-        )
+        method = scope["method"]
+        media_types = JSON_BODIES.get(method, (JSON,))
+        if not declares_utf8(value, media_types):
+            raise unsupported_media_type(value, method, media_types)
 
 
 def _chunk_of(message: Any, received: int, limit: float) -> bytes:
@@ -372,11 +393,16 @@ def parse_int_paths_canonically() -> None:
 
 
 __all__ = [
+    "JSON",
+    "JSON_BODIES",
+    "MERGE_PATCH",
     "Controller",
     "StrictJSONRequest",
     "allowed_methods",
+    "declares_utf8",
     "guard_without_handler_copies",
     "parse_int_paths_canonically",
     "parse_path_int",
     "resolve_dependencies_in_order",
+    "unsupported_media_type",
 ]

@@ -66,7 +66,7 @@ async def test_a_body_declared_as_another_type_is_refused_and_changes_nothing(
         headers=team.editor.headers | {"Content-Type": content_type},
     )
     assert_problem(patched, 415, "unsupported-media-type")
-    assert patched.headers["accept-patch"] == "application/json"
+    assert patched.headers["accept-patch"] == "application/json, application/merge-patch+json"
     assert await scalar(db, "select title from tasks where id = %s", task_id) == "kept"
 
 
@@ -78,7 +78,6 @@ async def test_a_body_declared_as_another_type_is_refused_and_changes_nothing(
         {"Content-Type": 'application/json; charset="utf8"'},
         {"Content-Type": 'application/json; profile="x;charset=latin1"; charset=us-ascii'},
         {"Content-Type": "application/json;"},
-        {"Content-Type": "application/merge-patch+json"},
         {},
         {"Content-Type": ""},
     ],
@@ -88,7 +87,6 @@ async def test_a_body_declared_as_another_type_is_refused_and_changes_nothing(
         "quoted utf8",
         "ascii, a quoted semicolon",
         "a trailing semicolon",
-        "a +json type",
         "no content type",
         "an empty content type",
     ],
@@ -138,7 +136,7 @@ def test_every_json_body_documents_the_415(app: Litestar) -> None:
     projects = paths["/api/projects"]["post"]["responses"]["415"]["description"]
     assert "Content-Type" in projects
     ingest = paths["/api/page-views"]["post"]["responses"]["415"]["description"]
-    assert "Content-Type" not in ingest
+    assert "text/plain" in ingest
 
 
 async def test_a_415_is_charged_and_comes_before_an_over_quota_429(
