@@ -250,7 +250,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         cors_config=(
             # What a browser client on another origin must read: ETag (to send If-Match back), when to
             # retry (Retry-After, the rate-limit headers), whether an answer was replayed, where what
-            # it created is (Location).
+            # it created is (Location), a download's file name and a 206's range, the request id to
+            # quote, what a 401 asks for, the body types a 415 names.
             CORSConfig(
                 allow_origins=settings.cors_origins,
                 expose_headers=[
@@ -260,6 +261,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     "RateLimit-Policy",
                     "Idempotent-Replayed",
                     "Location",
+                    "Content-Disposition",
+                    "Content-Range",
+                    "Accept-Ranges",
+                    "X-Request-ID",
+                    "WWW-Authenticate",
+                    "Accept-Patch",
+                    "Accept-Post",
                 ],
             )
             if settings.cors_origins

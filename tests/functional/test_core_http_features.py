@@ -67,7 +67,9 @@ async def test_cors_answers_configured_origins_only(settings: Settings) -> None:
             name.strip().lower() for name in actual.headers["access-control-expose-headers"].split(",")
         }
         # If-Match needs the ETag; a client told to wait (429, the in-flight 409) needs Retry-After and the
-        # rate-limit headers; an idempotent retry needs to know it was replayed. None is CORS-safelisted.
+        # rate-limit headers; an idempotent retry needs to know it was replayed; a download its file
+        # name and a 206 its range; a bug report the request id; a 401 names its challenge and a 415
+        # the types to send. None is CORS-safelisted.
         assert {
             "etag",
             "retry-after",
@@ -75,6 +77,13 @@ async def test_cors_answers_configured_origins_only(settings: Settings) -> None:
             "ratelimit-policy",
             "idempotent-replayed",
             "location",
+            "content-disposition",
+            "content-range",
+            "accept-ranges",
+            "x-request-id",
+            "www-authenticate",
+            "accept-patch",
+            "accept-post",
         } <= exposed
 
 

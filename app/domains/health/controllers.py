@@ -1,11 +1,14 @@
 """Liveness and readiness probes (exempt from rate limits, never cached).
 
 Each answers ``HEAD`` as well as ``GET`` (RFC 9110 9.1): load balancers' probes often send ``HEAD``
-(HAProxy's ``option httpchk HEAD``), and a 405 there reads as "down" whatever the service's state."""
+(HAProxy's ``option httpchk HEAD``), and a 405 there reads as "down" whatever the service's state.
+A ``HEAD`` answers the ``GET``'s status and headers, ``Content-Length`` included, without the body
+(RFC 9110 9.3.2, 8.6): ``Response(None)`` was sent as ``Content-Length: 4``, the length of ``null``."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import msgspec
 from litestar import MediaType, Response, get, head
@@ -21,16 +24,35 @@ from app.domains.health.services import HealthService
 Health = NamedDependency[HealthService]
 
 
-LIVE = ASGIResponse(body=msgspec.json.encode(Liveness(status="ok")), media_type=MediaType.JSON)
+LIVE_BODY = msgspec.json.encode(Liveness(status="ok"))
+LIVE = ASGIResponse(body=LIVE_BODY, media_type=MediaType.JSON)
 """The one answer of ``/health/live``, built once (probes call it several times a second)."""
 
 
-def _answer(readiness: Readiness, health: Health) -> tuple[int, dict[str, str]]:
+class _HeadOf(Response[None]):
+    """The answer to a ``GET`` whose body is ``body``, for its ``HEAD``: the same status and headers,
+    ``Content-Type`` and ``Content-Length`` of that body included, and no body. Litestar never tells a
+    handler's response that it answers a ``HEAD`` (as for the files' ``_FileHead``), and
+    ``is_head_response`` leaves out the headers it would derive from the body: they are given here."""
+
+    def __init__(self, body: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
+        length = {"Content-Type": MediaType.JSON.value, "Content-Length": str(len(body))}
+        super().__init__(
+            None, status_code=status_code, media_type=MediaType.JSON, headers={**length, **(headers or {})}
+        )
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        return super().to_asgi_response(*args, **{**kwargs, "is_head_response": True})
+
+
+def _answer(readiness: Readiness, health: Health) -> tuple[int, bytes, dict[str, str]]:
     """200, or 503 with ``Retry-After``: when the next probe may get a fresh answer (one answer
-    serves every probe for ``HEALTH_READY_SHARED_S``), as every other 503 of the API says."""
+    serves every probe for ``HEALTH_READY_SHARED_S``), as every other 503 of the API says. The body
+    is encoded here for the ``GET`` and the ``HEAD`` alike: the ``HEAD``'s length is the ``GET``'s."""
+    body = msgspec.json.encode(readiness)
     if readiness.status != "unavailable":
-        return 200, {}
-    return 503, {"Retry-After": str(max(1, math.ceil(health.shared_s)))}
+        return 200, body, {}
+    return 503, body, {"Retry-After": str(max(1, math.ceil(health.shared_s)))}
 
 
 class HealthController(Controller):
@@ -50,7 +72,7 @@ class HealthController(Controller):
 
     @head("/live", summary="The process is up (the status alone)", responses={**problems()})
     async def liveness_head(self) -> Response[None]:
-        return Response(None, media_type=MediaType.JSON)
+        return _HeadOf(LIVE_BODY)
 
     @get(
         "/ready",
@@ -66,16 +88,16 @@ class HealthController(Controller):
         ),
         responses={
             **problems(),
+            200: ResponseSpec(Readiness, description="Ready: every check passed (`ok`), or `degraded`"),
             503: ResponseSpec(
                 data_container=Readiness,
                 description="Not ready: a required check failed",
             ),
         },
     )
-    async def readiness(self, health: Health) -> Response[Readiness]:
-        readiness = await health.readiness()
-        status, headers = _answer(readiness, health)
-        return Response(readiness, status_code=status, headers=headers)
+    async def readiness(self, health: Health) -> ASGIResponse:
+        status, body, headers = _answer(await health.readiness(), health)
+        return ASGIResponse(body=body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
     @head(
         "/ready",
@@ -86,5 +108,5 @@ class HealthController(Controller):
         },
     )
     async def readiness_head(self, health: Health) -> Response[None]:
-        status, headers = _answer(await health.readiness(), health)
-        return Response(None, status_code=status, headers=headers, media_type=MediaType.JSON)
+        status, body, headers = _answer(await health.readiness(), health)
+        return _HeadOf(body, status_code=status, headers=headers)
