@@ -39,6 +39,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 import structlog
 from litestar import MediaType, Request, Response
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import HeaderParameter
@@ -130,7 +131,16 @@ class DocumentsIdempotency(Operation):
                 }
 
 
-LOCATION_DESCRIPTION = "The created resource's path (where it is read), sent with a replay too"
+LOCATION_DESCRIPTION = "The created resource's path (where it is read, changed or deleted), a replay's too"
+
+LOCATION_HEADER = ResponseHeader(
+    name="Location",
+    value="/",  # documentation only: gives the header its schema (a string)
+    documentation_only=True,
+    description="The created resource's path (where it is read, changed or deleted)",
+)
+"""``response_headers=[LOCATION_HEADER]`` on a creation without an idempotency key whose 201 names
+what it created (``Response(..., headers={"Location": ...})``)."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from litestar import Litestar
 from psycopg import AsyncConnection
 
 from app.db.models import UserRole
-from tests.factories import Actor, Client, make_project, make_user
+from tests.factories import Actor, Client, make_project, make_task, make_user
 
 Create = Callable[[Client, Actor, int], Awaitable[httpx.Response]]
 
@@ -61,6 +61,33 @@ async def test_a_creation_answers_where_to_read_what_it_created_and_its_replay_t
         assert read.json()["id"] == created.json()["id"]
 
 
+async def test_a_comment_and_an_invitation_answer_where_they_are(
+    client: Client, app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """Created without a path of their own to read, but with one to change or delete: the 201 named
+    none, so the collection was taken for them (the HTTP-semantics reviewer)."""
+    owner = await make_user(db, app)
+    project = await make_project(db, owner.id)
+    task = await make_task(db, project, owner, title="t")
+    comments = f"/api/tasks/{task}/comments"
+    comment = await client.post(comments, json={"body": "hi"}, headers=keyed(owner, "c-1"))
+    assert comment.status_code == 201, comment.text
+    location = comment.headers["location"]
+    assert location == f"{comments}/{comment.json()['id']}"
+    replayed = await client.post(comments, json={"body": "hi"}, headers=keyed(owner, "c-1"))
+    assert replayed.headers["location"] == location
+    assert (await client.patch(location, json={"body": "edited"}, headers=owner.headers)).status_code == 200
+    invited = await client.post(
+        f"/api/projects/{project}/invitations",
+        json={"email": "someone@example.com", "role": "viewer"},
+        headers=owner.headers,
+    )
+    assert invited.status_code == 201, invited.text
+    location = invited.headers["location"]
+    assert location == f"/api/projects/{project}/invitations/{invited.json()['id']}"
+    assert (await client.delete(location, headers=owner.headers)).status_code == 204
+
+
 def test_the_schema_documents_the_location_of_every_creation(app: Litestar) -> None:
     paths = app.openapi_schema.to_schema()["paths"]
     for path in (
@@ -69,6 +96,9 @@ def test_the_schema_documents_the_location_of_every_creation(app: Litestar) -> N
         "/api/sites",
         "/api/projects/{project_id}/files",
         "/api/products",
+        "/api/tasks/{task_id}/comments",
+        "/api/projects/{project_id}/invitations",
+        "/api/github/tracked",
     ):
         assert "Location" in paths[path]["post"]["responses"]["201"]["headers"], path
     refresh = paths["/api/github/users/{username}/refresh"]["post"]["responses"]["202"]

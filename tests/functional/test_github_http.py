@@ -482,6 +482,7 @@ async def test_tracking_is_per_user_idempotent_and_bounded(
 
     assert (created.status_code, again.status_code) == (201, 200)
     assert created.json()["username"] == "dev-0"
+    assert created.headers["location"] == "/api/github/tracked/dev-0"  # what DELETE stops
     assert over.status_code == 409 and over.json()["type"] == "/problems/github-tracking-limit"
     assert unknown.status_code == 404
     page = (await api.get("/api/github/tracked", params={"limit": 2}, headers=alice)).json()

@@ -16,6 +16,7 @@ from litestar.response import ServerSentEvent
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from app.core.auth import Caller, requires_user
+from app.core.idempotency import LOCATION_HEADER
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cursor
 from app.core.routing import Controller
@@ -210,12 +211,16 @@ class GithubTrackingController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Track a GitHub user (daily snapshots); 200 when already tracked",
         responses={**problems(400, 401, 404, 409, 429, 503), HTTP_200_OK: _ALREADY_TRACKED},
+        response_headers=[LOCATION_HEADER],
     )
     async def track_github_user(
         self, data: JSONBody[TrackCreate], github: Github, current_user: Caller
     ) -> Response[TrackedOut]:
         tracked, created = await github.track(current_user.id, data.username)
-        return Response(tracked, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+        if not created:
+            return Response(tracked, status_code=HTTP_200_OK)
+        location = f"/api/github/tracked/{tracked.username}"
+        return Response(tracked, status_code=HTTP_201_CREATED, headers={"Location": location})
 
     @delete(
         "/{username:str}",

@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.core.auth import Caller, requires_user
 from app.core.idempotency import (
     IDEMPOTENCY_DESCRIPTION,
+    LOCATION_HEADER,
     DocumentsVersionedCreation,
     Idempotent,
     OptionalIdempotencyKey,
@@ -269,11 +270,14 @@ class InvitationsController(Controller):
         "one): an expired invitation is as if withdrawn (404 to accept, decline or withdraw, listed "
         "nowhere, not counted toward the limit) and is deleted by a daily job.",
         responses=problems(400, 401, 403, 404, 409, 429),
+        response_headers=[LOCATION_HEADER],
     )
     async def invite_member(
         self, project_id: IdPath, data: JSONBody[InvitationCreate], projects: Projects, current_user: Caller
-    ) -> SentInvitationOut:
-        return await projects.invite(current_user.id, project_id, data)
+    ) -> Response[SentInvitationOut]:
+        sent = await projects.invite(current_user.id, project_id, data)
+        location = f"/api/projects/{project_id}/invitations/{sent.id}"
+        return Response(sent, status_code=HTTP_201_CREATED, headers={"Location": location})
 
     @get(
         "/",

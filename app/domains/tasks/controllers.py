@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from app.core.auth import Caller, requires_user
 from app.core.idempotency import (
     IDEMPOTENCY_DESCRIPTION,
-    DocumentsIdempotency,
+    DocumentsLocatedCreation,
     DocumentsVersionedCreation,
     Idempotent,
     OptionalIdempotencyKey,
@@ -291,7 +291,7 @@ class TasksController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Comment on a task (editors)",
         description=IDEMPOTENCY_DESCRIPTION,
-        operation_class=DocumentsIdempotency,
+        operation_class=DocumentsLocatedCreation,
         responses={
             **problems(400, 401, 403, 404, 409, 422, 429),
             201: ResponseSpec(CommentOut, description="Created"),
@@ -307,7 +307,7 @@ class TasksController(Controller):
         current_user: Caller,
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> Response[bytes]:
-        return await idempotency.respond(
+        created = await idempotency.respond(
             request,
             current_user.id,
             idempotency_key,
@@ -315,6 +315,7 @@ class TasksController(Controller):
             lambda claim: tasks.add_comment(current_user.id, task_id, data.body, claim=claim),
             CommentOut.from_row,
         )
+        return at_location(created, f"/api/tasks/{task_id}/comments/{{id}}")
 
     @patch(
         "/comments/{comment_id:int}", summary="Edit your comment", responses=problems(400, 401, 403, 404, 429)
