@@ -307,7 +307,9 @@ async def test_one_byte_range_is_206_with_exactly_those_bytes(
     assert response.headers["content-range"] == f"bytes {first}-{last}/{SIZE}"
     assert response.headers["content-length"] == str(last - first + 1)
     assert response.headers["content-type"].startswith("text/csv")
-    assert response.headers["content-disposition"] == 'attachment; filename="data.csv"'
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"data.csv\"; filename*=UTF-8''data.csv"
+    )
     assert response.headers["etag"] == etag_of(CONTENT)
     assert response.headers["accept-ranges"] == "bytes"
     assert response.headers["x-content-type-options"] == "nosniff"

@@ -41,6 +41,7 @@ from app.core.types import IdPath
 from app.domains.files.downloads import (
     NotModified,
     Part,
+    attachment,
     choose,
     content_type,
     strong_etag,
@@ -128,6 +129,8 @@ async def _download(
         "Accept-Ranges": "bytes",
         # Not left to ``media_type``: Litestar would label every text file ``charset=utf-8``.
         "Content-Type": content_type(row.content_type, row.charset),
+        # Not left to ``File`` either: it sends ``filename*`` alone for a name outside ASCII.
+        "content-disposition": attachment(row.filename),
     }
     part = answer if isinstance(answer, Part) else None
     if part is not None:

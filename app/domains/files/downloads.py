@@ -33,7 +33,9 @@ its media type, with the ``charset`` recorded at upload for a text file that has
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from app.core.errors import AppError
 from app.core.preconditions import http_date, parse_if_none_match, parse_preconditions
@@ -113,6 +115,24 @@ class _RangeSpec:
     first: int | None
     last: int | None
     suffix: int = 0
+
+
+ATTR_CHARS = "!#$&+-.^_`|~"
+"""RFC 8187's attr-char beyond letters and digits: left as they are in ``filename*``."""
+
+
+def attachment(filename: str) -> str:
+    """A download's ``Content-Disposition`` (RFC 6266): ``filename*`` in UTF-8 for the clients that
+    read it, and a ``filename`` in ASCII beside it for those that do not (curl's ``-J`` saved
+    ``日本語 файл.pdf`` as the URL's last segment): accents dropped (``café`` is ``cafe``), anything
+    else outside printable ASCII, a quote or a backslash, ``_`` (appendix D)."""
+    decomposed = unicodedata.normalize("NFKD", filename)
+    fallback = "".join(
+        ch if " " <= ch <= "~" and ch not in '"\\' else "_"
+        for ch in decomposed
+        if not unicodedata.combining(ch)
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe=ATTR_CHARS)}"
 
 
 def none_match(if_none_match: str | None, sha256: str) -> bool:
