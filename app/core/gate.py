@@ -83,6 +83,7 @@ from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
 from litestar.params import ParameterKwarg
 from litestar.routes import HTTPRoute
+from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.auth import CurrentUser
@@ -473,15 +474,16 @@ class RouteGate:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                # A request refused by validation (no body, no database) is refunded below: show the
-                # quota it leaves.
-                remaining = decision.remaining + 1 if refunded() else decision.remaining
-                field = f'"{policy.name}-{decision.window}";r={remaining};t={decision.reset_s}'
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    policy_field,
-                    (b"ratelimit", field.encode()),
-                ]
+                headers = [*message.get("headers", ()), policy_field]
+                # A 429 of the route's own (the login throttle) says when to retry in Retry-After; the
+                # quota this policy leaves beside it told the client to retry at once.
+                if message["status"] != HTTP_429_TOO_MANY_REQUESTS:
+                    # A request refused by validation (no body, no database) is refunded below: show
+                    # the quota it leaves.
+                    remaining = decision.remaining + 1 if refunded() else decision.remaining
+                    field = f'"{policy.name}-{decision.window}";r={remaining};t={decision.reset_s}'
+                    headers.append((b"ratelimit", field.encode()))
+                message["headers"] = headers
             await send(message)
 
         await app(scope, receive, send_with_headers)
