@@ -73,13 +73,16 @@ _BAD_TOKEN = _BadToken(
 
 
 _UNMATCHABLE = _problem(
-    412, "`If-Match` named entity-tags, and this resource has none (only `*` can hold): nothing was changed"
+    412,
+    "`If-Match` named entity-tags, and this resource has none (only `*` can hold), or a change's "
+    "`If-None-Match` is `*` (the resource exists): nothing was done",
 )
 _CODED = _problem(415, "The body's `Content-Encoding` is one the server does not decode (send it uncoded)")
 _NOT_JSON = _problem(
     415,
-    "The body's `Content-Type` is not JSON (send `application/json`; `Accept-Post` or `Accept-Patch` "
-    "says so), or its `Content-Encoding` is one the server does not decode (send it uncoded)",
+    "The body's `Content-Type` is not JSON (send `application/json`, or for a `PATCH` "
+    "`application/merge-patch+json`; `Accept-Post` or `Accept-Patch` says so), or its "
+    "`Content-Encoding` is one the server does not decode (send it uncoded)",
 )
 
 
@@ -131,9 +134,14 @@ def finish_documentation(
             if reads_token or not isinstance(spec, _BadToken)
         }
     handler.operation_class = documents_what_surrounds_the_route(
-        handler.operation_class, rate_limited=rate_limited
+        handler.operation_class,
+        rate_limited=rate_limited,
+        merge_patch=reads_json_data and "PATCH" in handler.http_methods,
     )
 
+
+MERGE_PATCH_TYPE = "application/merge-patch+json"
+"""The other media type a ``PATCH`` takes (``app.core.routing.MERGE_PATCH``, RFC 7396)."""
 
 RETRY_AFTER = OpenAPIHeader(
     schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
@@ -161,12 +169,14 @@ URI_TOO_LONG = OpenAPIResponse(
 
 
 def documents_what_surrounds_the_route(
-    operation_class: type[Operation], *, rate_limited: bool
+    operation_class: type[Operation], *, rate_limited: bool, merge_patch: bool = False
 ) -> type[Operation]:
     """``operation_class`` that also declares what the layers around the route add: the route layer's
     headers (``app.core.gate``), ``Retry-After`` on a 429 or 503 and, on a rate-limited route,
     ``RateLimit`` and ``RateLimit-Policy`` on every answer (Litestar's ``ResponseSpec`` takes no
-    headers); and the server's 414 (``URI_TOO_LONG``), which any operation can meet."""
+    headers); the server's 414 (``URI_TOO_LONG``), which any operation can meet; and, with
+    ``merge_patch``, the body a ``PATCH`` also takes as ``application/merge-patch+json``
+    (``app.core.routing.JSON_BODIES``)."""
 
     @dataclass
     class Surrounded(operation_class):  # type: ignore[valid-type,misc]
@@ -174,6 +184,9 @@ def documents_what_surrounds_the_route(
             if (documented := getattr(super(), "__post_init__", None)) is not None:
                 documented()
             operation = cast("Operation", self)
+            body = operation.request_body
+            if merge_patch and isinstance(body, RequestBody) and MediaType.JSON in (body.content or {}):
+                body.content = {**body.content, MERGE_PATCH_TYPE: body.content[MediaType.JSON]}
             responses: Responses = {**(operation.responses or {}), "414": URI_TOO_LONG}
             operation.responses = dict(sorted(responses.items()))
             for status, response in operation.responses.items():

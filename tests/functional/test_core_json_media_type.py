@@ -137,6 +137,12 @@ def test_every_json_body_documents_the_415(app: Litestar) -> None:
     assert "Content-Type" in projects
     ingest = paths["/api/page-views"]["post"]["responses"]["415"]["description"]
     assert "text/plain" in ingest
+    patches = [(path, operation) for path, method, operation in bodies if method == "patch"]
+    assert patches
+    for path, operation in patches:  # what a PATCH takes, as documented as the routing takes it
+        content = operation["requestBody"]["content"]
+        assert set(content) == {"application/json", "application/merge-patch+json"}, path
+        assert content["application/merge-patch+json"] == content["application/json"], path
 
 
 async def test_a_415_is_charged_and_comes_before_an_over_quota_429(
