@@ -9,20 +9,31 @@ makes false misses), a maximum runtime, and the consecutive failures that open a
 Check-ins come from the job hooks (a run of the job whose SAQ key is ``cron:<function>``); the sweeper
 (``sweep``) runs from every process's background task and from a SAQ cron, so a stopped worker is
 noticed by the web processes. The functions here are the state machine, without I/O.
+
+SAQ enqueues a cron job's next slot ahead of it, at each of its schedule polls, under the job's key,
+and refuses the enqueue while a run under that key is still queued or running: the slots that pass
+during a long run never get a run of their own, on purpose. A run's end check-in therefore covers
+them (``covered_until``); counting them as missed made every run longer than its interval plus the
+margin a ``missed`` failure, an alert at a failure threshold of one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from croniter import croniter
 
 from app.core.modules import Module
+from app.core.queues import TIMERS
 
 Effect = Literal["failure", "recovery"]
+
+SCHEDULE_POLL_S = 2 * TIMERS["schedule"]
+"""The longest after a run's end until SAQ's next schedule poll of its queue enqueues the next slot:
+its timer, plus as long again for the poll's own work (an enqueue per cron job of the queue)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +99,14 @@ def next_slot(schedule: str, at: datetime) -> datetime:
     return _at(croniter(schedule, at.timestamp()).get_next(float))
 
 
+def covered_until(schedule: str, ended_at: datetime) -> datetime:
+    """The latest slot a run that ended at ``ended_at`` accounts for: every slot before its end (SAQ
+    refused to enqueue them while it ran), and one that came before SAQ's next schedule poll after
+    it (``SCHEDULE_POLL_S``), which SAQ no longer enqueues either (the poll enqueues the slot after
+    it). A slot covered so that did get a run anyway only checks in as usual."""
+    return latest_slot(schedule, ended_at + timedelta(seconds=SCHEDULE_POLL_S))
+
+
 def _failed(state: MonitorState, limits: Thresholds, status: str, **changes: object) -> Outcome:
     failures = state.consecutive_failures + 1
     new = replace(state, last_status=status, consecutive_failures=failures, consecutive_ok=0, **changes)  # type: ignore[arg-type]
@@ -102,14 +121,17 @@ def check_in(
     at: datetime,
     duration_ms: float | None,
 ) -> Outcome:
-    """A run started (``in_progress``) or ended (``ok``/``error``)."""
+    """A run started (``in_progress``) or ended (``ok``/``error``); an end covers the slots SAQ
+    skipped while the run went on (``covered_until``)."""
     if status == "in_progress":
         newest = max(filter(None, (state.last_slot, slot or at)))
         return Outcome(replace(state, last_slot=newest, last_status="in_progress", last_started_at=at))
+    covered = max(filter(None, (state.last_slot, slot, covered_until(limits.schedule, at))))
     if status == "ok":
         ok = state.consecutive_ok + 1
         new = replace(
             state,
+            last_slot=covered,
             last_status="ok",
             last_finished_at=at,
             last_duration_ms=duration_ms,
@@ -117,7 +139,9 @@ def check_in(
             consecutive_failures=0,
         )
         return Outcome(new, "recovery" if ok >= limits.recovery_threshold else None)
-    return _failed(state, limits, "error", last_finished_at=at, last_duration_ms=duration_ms)
+    return _failed(
+        state, limits, "error", last_slot=covered, last_finished_at=at, last_duration_ms=duration_ms
+    )
 
 
 def sweep(state: MonitorState, limits: Thresholds, now: datetime) -> Outcome:
