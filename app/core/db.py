@@ -90,6 +90,10 @@ async def _configure(conn: AsyncConnection[TupleRow]) -> None:
     await conn.commit()
 
 
+SESSION_TIME_ZONE = "UTC"
+"""The ``TimeZone`` of every session the app opens (``session_options``, the page-view sink's)."""
+
+
 def session_options(settings: Settings, database_url: str) -> str:
     """The server settings of the app's sessions (libpq ``options``), then those of ``database_url``.
 
@@ -97,12 +101,21 @@ def session_options(settings: Settings, database_url: str) -> str:
     ended by the server instead of holding its locks, and the feed recovery's horizon
     (``oldest_open_write_started_at``), indefinitely. No transaction of the app waits on anything
     but its own statements, except the outbox relay's enqueue to Valkey, whose batch is sent again
-    when its commit fails. The URL's own ``options`` come last, so they win: a keyword argument
-    replaces the URL's parameter of the same name, which dropped them before.
+    when its commit fails.
+
+    ``TimeZone`` UTC (``SESSION_TIME_ZONE``): psycopg hands a ``timestamptz`` back in the session's
+    zone, which is otherwise the server's (the embedded PostgreSQL's initdb takes the developer's),
+    and what the app prints or keys by such a value (an alert's "first seen", a digest's period) is
+    UTC. The SQL names the zones it computes in, so an operator's own ``TimeZone`` changes no
+    result, only the offset of the values handed back.
+
+    The URL's own ``options`` come last, so they win: a keyword argument replaces the URL's
+    parameter of the same name, which dropped them before.
     """
     ours = (
         f"-c statement_timeout={settings.statement_timeout_ms} "
-        f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
+        f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms} "
+        f"-c TimeZone={SESSION_TIME_ZONE}"
     )
     theirs = conninfo_to_dict(database_url).get("options")
     return f"{ours} {theirs}" if theirs else ours

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from app.db.models import MonitoringGroupKind
@@ -36,7 +36,9 @@ def group_path(group_id: int) -> str:
 
 
 def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    """``moment`` in UTC, said so: a ``timestamptz`` comes back in its session's zone, which an
+    operator's ``options`` may set to another one (``app.core.db.session_options``)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _short(text: str, limit: int) -> str:

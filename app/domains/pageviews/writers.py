@@ -64,7 +64,7 @@ from typing import Any, Protocol, TypeVar
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Json
 
-from app.core.db import check_within
+from app.core.db import SESSION_TIME_ZONE, check_within
 from app.core.deadline import DeadlineExceededError, answered_within, finish_within, sever
 from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
 
@@ -142,9 +142,13 @@ def session_timeout_ms(timeout_s: float) -> int:
 
 def session_options(timeout_s: float, dsn: str) -> str:
     """The server settings of the sink's sessions (libpq ``options``), then those of ``dsn``, which
-    win (as in ``app.core.db.session_options``; either driver's own setting replaces the URL's)."""
+    win (as in ``app.core.db.session_options``; either driver's own setting replaces the URL's).
+    In UTC as the app's other sessions (``SESSION_TIME_ZONE``, why: ``app.core.db.session_options``)."""
     timeout_ms = session_timeout_ms(timeout_s)
-    ours = f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}"
+    ours = (
+        f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms} "
+        f"-c TimeZone={SESSION_TIME_ZONE}"
+    )
     theirs = conninfo_to_dict(dsn).get("options")
     return f"{ours} {theirs}" if theirs else ours
 
