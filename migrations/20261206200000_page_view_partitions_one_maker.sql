@@ -3,6 +3,7 @@
 -- finds one missing (app.domains.pageviews): processes starting together (a deploy) must not fail
 -- on each other's "create table" of the same day. One maker at a time, under a transaction-level
 -- advisory lock; the next finds the partitions made.
+set local lock_timeout = '3s';
 create or replace function ensure_page_view_partitions(from_day date, days integer) returns integer
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
