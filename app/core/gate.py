@@ -233,7 +233,9 @@ def _unmet_condition(scope: Scope, method: str) -> str | None:
     if conditions.if_match is not None and not conditions.if_match.any:
         return "This resource has no versions (no ETag): If-Match can only be `*` here."
     if conditions.if_none_match is not None and conditions.if_none_match.any:
-        return "If-None-Match is `*` and the resource exists."
+        # Not looked up: a change here acts only on what exists (a POST on its collection), so it
+        # could only be this 412 or the route's 404.
+        return "If-None-Match is `*`, and this route changes only what exists."
     return None
 
 

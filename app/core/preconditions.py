@@ -364,6 +364,14 @@ def _parse_strictly(if_none_match: str | None) -> IfNoneMatch | None:
     return parsed
 
 
+def require_if_match(if_match: str | None, version: int) -> None:
+    """A versioned read's ``If-Match`` (13.1.1): a 412 when it names none of the resource's current
+    versions, a 400 when malformed. Every route that answers an ``ETag`` takes it: the route layer
+    refuses a tag sent to a route that does not (``app.core.gate``: a resource without versions)."""
+    if (condition := parse_if_match(if_match)) is not None:
+        condition.require(version)
+
+
 def require_match(conditions: Preconditions | None, version: int) -> None:
     """``conditions.require(version)``; no condition (None) always holds."""
     if conditions is not None:
@@ -430,8 +438,7 @@ def answer_unless_held(
     caller's own cache may keep the copy, to be asked about again each time (the pipeline's default,
     ``no-store``, would leave nothing to ask about). ``If-Match`` comes first (13.2.2): naming none of
     the current versions, it is a 412 (a client resuming a copy refuses a changed one)."""
-    if (condition := parse_if_match(if_match)) is not None:
-        condition.require(version)
+    require_if_match(if_match, version)
     if (held := held_copy(if_none_match, version, accept_encoding)) is not None:
         headers = {"ETag": held, "Vary": "Accept-Encoding", "Cache-Control": REVALIDATED}
         return cast("Response[T]", Response(None, status_code=HTTP_304_NOT_MODIFIED, headers=headers))

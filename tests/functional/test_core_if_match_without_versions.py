@@ -11,8 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from litestar import Litestar
+from litestar.routes import HTTPRoute
 from psycopg import AsyncConnection
 
+from app.core.gate import takes_if_match
+from app.core.preconditions import ETAG_HEADER
 from tests.factories import Client, Team, assert_problem, make_task, scalar
 
 
@@ -132,3 +136,28 @@ async def test_a_read_with_a_tag_in_if_match_is_a_412_where_nothing_has_versions
     assert_problem(refused, 412, "precondition-failed")
     answered = await client.get(tasks, headers=team.editor.headers | {"If-Match": "*"})
     assert answered.status_code == 200, answered.text
+
+
+async def test_a_versioned_read_takes_if_match_itself(
+    client: Client, db: AsyncConnection[Any], team: Team
+) -> None:
+    """The route layer refuses a tag sent to a route that takes no ``If-Match``: a project's GET,
+    which answers an ``ETag``, refused its own current one (the diff reviewer)."""
+    url = f"/api/projects/{team.project}"
+    tag = (await client.get(url, headers=team.owner.headers)).headers["etag"]
+    read = await client.get(url, headers=team.owner.headers | {"If-Match": tag})
+    assert read.status_code == 200, read.text
+    assert_problem(await client.get(url, headers=team.owner.headers | {"If-Match": '"99"'}), 412)
+
+
+def test_every_route_that_answers_an_etag_takes_if_match(app: Litestar) -> None:
+    """Else the route layer takes its resource for one without versions (``takes_if_match``)."""
+    answering = [
+        handler
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler, _ in route.route_handler_map.values()
+        if ETAG_HEADER in (handler.response_headers or ())
+    ]
+    assert len(answering) >= 6
+    assert [handler.handler_name for handler in answering if not takes_if_match(handler)] == []

@@ -27,12 +27,14 @@ from app.core.pagination import CursorParam, PageSize, decode_cursor
 from app.core.preconditions import (
     ETAG_FORMS,
     ETAG_HEADER,
+    DocumentsConditionalRead,
     DocumentsIfMatch,
     IfMatchHeader,
     IfNoneMatchHeader,
     etag,
     parse_preconditions,
     precondition_failed,
+    require_if_match,
 )
 from app.core.routing import Controller
 from app.core.types import NO_NUL, IdPath
@@ -140,12 +142,19 @@ class ProductsController(Controller):
         "cache's lifetime ago.",
         response_headers=[ETAG_HEADER],
         security=OPTIONAL_BEARER,
-        responses=problems(401, 404, 429),
+        responses=problems(400, 401, 404, 429) | precondition_failed(),
+        operation_class=DocumentsConditionalRead,
     )
     async def get_product(
-        self, request: Request[Any, Any, Any], product_id: IdPath, products: Products
+        self,
+        request: Request[Any, Any, Any],
+        product_id: IdPath,
+        products: Products,
+        if_match: IfMatchHeader = None,
     ) -> Response[ProductOut]:
-        return _with_etag(await products.get(product_id, include_inactive=_is_admin(request)))
+        product = await products.get(product_id, include_inactive=_is_admin(request))
+        require_if_match(if_match, product.version)
+        return _with_etag(product)
 
     @post(
         "/",

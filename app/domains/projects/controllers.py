@@ -25,12 +25,14 @@ from app.core.pagination import CursorParam, Page, PageSize, decode_cursor, pagi
 from app.core.preconditions import (
     ETAG_FORMS,
     ETAG_HEADER,
+    DocumentsConditionalRead,
     DocumentsIfMatch,
     IfMatchHeader,
     IfNoneMatchHeader,
     etag,
     parse_preconditions,
     precondition_failed,
+    require_if_match,
 )
 from app.core.routing import Controller
 from app.core.types import IdPath
@@ -122,12 +124,14 @@ class ProjectsController(Controller):
         description=f"Answers the project's `ETag`, {ETAG_FORMS}: send it as `If-Match` with a change. "
         "It versions the project's own fields, not the caller's `my_role`.",
         response_headers=[ETAG_HEADER],
-        responses=problems(401, 404, 429),
+        responses=problems(400, 401, 404, 429) | precondition_failed(),
+        operation_class=DocumentsConditionalRead,
     )
     async def get_project(
-        self, project_id: IdPath, projects: Projects, current_user: Caller
+        self, project_id: IdPath, projects: Projects, current_user: Caller, if_match: IfMatchHeader = None
     ) -> Response[ProjectOut]:
         project, role = await projects.get(current_user.id, project_id)
+        require_if_match(if_match, project.version)
         return Response(ProjectOut.from_row(project, role), headers={"ETag": etag(project.version)})
 
     @patch(
