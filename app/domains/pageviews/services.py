@@ -31,6 +31,7 @@ deleted once no accepted ``ts`` can fall on its day (``ts`` is at most 24 hours 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import Callable
@@ -189,6 +190,7 @@ class PageViewService:
         self.clock = clock or _utc_now
         """The ingest's ``now`` (UTC): ``received_at``, the clamp of ``ts``; tests move it."""
         self.retention_days = settings.analytics_retention_days
+        self.write_timeout_s = settings.database_timeout_s
         limits = IngestSettings.of(settings)
         self.keys = SiteKeys(sites)
         self.sink = PageViewSink(
@@ -204,7 +206,7 @@ class PageViewService:
             max_wait_s=settings.sink_max_wait_ms / 1000,
             flushers=settings.sink_flushers,
             on_sites_gone=self.keys.forget_sites,
-            on_missing_partition=self.ensure_partitions,
+            on_missing_partition=self._ensure_partitions_in_time,
         )
         self.salt = DailySalt(db)
         self.limiter = LocalRateLimiter(
@@ -424,6 +426,11 @@ class PageViewService:
         if dropped.busy:
             log.warning("page_view_partitions_busy", busy=dropped.busy)
         return PartitionUpkeep(created=created, dropped=dropped.dropped, busy=dropped.busy)
+
+    async def _ensure_partitions_in_time(self) -> int:
+        """``ensure_partitions`` for the sink, under a write's deadline (``DATABASE_TIMEOUT_S``): a
+        database that stops answering meanwhile fails the batch as a write would, not the flusher."""
+        return await asyncio.wait_for(self.ensure_partitions(), self.write_timeout_s)
 
     async def ensure_partitions(self, today: date | None = None) -> int:
         """Make the daily partitions from yesterday to ``PARTITION_DAYS_AHEAD`` days ahead that do not

@@ -50,7 +50,9 @@ flusher reaches it is not written: it is answered 503 (``ingest-overloaded``, Re
 retry is stamped anew. From its stamp to its commit a row then waits at most that, plus its own
 write's two deadlines (``app.config.sink_commit_bound_s``), whatever the settings; ``load_settings``
 refuses a ``DATABASE_TIMEOUT_S`` that would reach the grace. A request cancelled meanwhile is written
-all the same, with its stamp, under the same bound.
+all the same, with its stamp, under the same bound. One write may take longer: the one that finds
+the day's partition missing (the hourly upkeep down for days), which makes it, within another
+deadline, and is written once more.
 """
 
 from __future__ import annotations
