@@ -137,7 +137,7 @@ LOCATION_HEADER = ResponseHeader(
     name="Location",
     value="/",  # documentation only: gives the header its schema (a string)
     documentation_only=True,
-    description="The created resource's path (where it is read, changed or deleted)",
+    description="The created resource's path (where it is changed or deleted)",
 )
 """``response_headers=[LOCATION_HEADER]`` on a creation without an idempotency key whose 201 names
 what it created (``Response(..., headers={"Location": ...})``)."""

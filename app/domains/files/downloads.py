@@ -4,6 +4,10 @@ A stored file never changes (a new upload is a new file), so its SHA-256 is an e
 download's strong ``ETag`` is ``"<sha256>"``. Evaluated in RFC 9110 13.2.2's order, once the caller
 may see the file (a non-member, or a file of another project, is a 404 before any of this):
 
+0. ``If-Match`` (``*`` or a list of entity-tags, compared strongly, 13.1.1) not naming the file, or,
+   without ``If-Match``, ``If-Unmodified-Since`` (a valid HTTP date) before its ``Last-Modified``:
+   412 Precondition Failed (a client resuming a download refuses another file). A malformed
+   ``If-Match`` is a 400.
 1. ``If-None-Match`` (``*`` or a list of entity-tags, compared weakly, 13.1.2) naming the file:
    304 Not Modified, no body.
 2. Only when the request has no ``If-None-Match`` (13.1.3: an entity-tag is the better validator, so
