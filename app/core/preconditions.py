@@ -205,15 +205,7 @@ def parse_if_match(value: str | None) -> IfMatch | None:
     if value is None:
         return None
     if len(value) > IF_MATCH_MAX_LENGTH or IF_MATCH_SYNTAX.fullmatch(value) is None:
-        raise InvalidFieldsError(
-            [
-                FieldError(
-                    field="header.If-Match",
-                    message='Expected `*` or a comma-separated list of entity-tags ("…" or W/"…"), '
-                    f"at most {IF_MATCH_MAX_LENGTH} characters",
-                )
-            ]
-        )
+        raise _malformed("If-Match")
     if value == "*":
         return IfMatch(any=True)
     return IfMatch(tags=frozenset(tag for weak, tag in _TAGS.findall(value) if not weak))
@@ -236,7 +228,8 @@ IfNoneMatchHeader = Annotated[
     HeaderParameter(name="If-None-Match", schema_extra={"type": "string", "oneOf": None}),
 ]
 """The ``If-None-Match`` parameter of a read that answers with ``answer_unless_held`` (its route takes
-``operation_class=DocumentsConditionalRead`` and ``responses`` merged with ``not_modified()``)."""
+``operation_class=DocumentsConditionalRead`` and ``responses`` merged with ``not_modified()``), or of
+a change (``parse_preconditions``; ``DocumentsIfMatch`` describes it)."""
 
 
 def not_modified() -> dict[int, ResponseSpec]:
@@ -352,16 +345,17 @@ def _parse_strictly(if_none_match: str | None) -> IfNoneMatch | None:
         return None
     parsed = parse_if_none_match(if_none_match)
     if parsed is None:
-        raise InvalidFieldsError(
-            [
-                FieldError(
-                    field="header.If-None-Match",
-                    message='Expected `*` or a comma-separated list of entity-tags ("…" or W/"…"), '
-                    f"at most {IF_MATCH_MAX_LENGTH} characters",
-                )
-            ]
-        )
+        raise _malformed("If-None-Match")
     return parsed
+
+
+def _malformed(header: str) -> InvalidFieldsError:
+    """The 400 of a condition header that is not ``*`` or a list of entity-tags."""
+    message = (
+        'Expected `*` or a comma-separated list of entity-tags ("…" or W/"…"), '
+        f"at most {IF_MATCH_MAX_LENGTH} characters"
+    )
+    return InvalidFieldsError([FieldError(field=f"header.{header}", message=message)])
 
 
 def require_if_match(if_match: str | None, version: int) -> None:
