@@ -5,7 +5,12 @@ from __future__ import annotations
 from litestar.datastructures import MutableScopeHeaders
 from litestar.response.base import ASGIResponse
 
-__all__ = ("JSONBytesResponse",)
+__all__ = ("STREAM_HEADERS", "JSONBytesResponse")
+
+STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-store"}
+"""The headers of every Server-Sent Events answer: a proxy passes each event on as it comes (nginx
+buffers an answer unless told), and nobody keeps a user's stream (the API's ``no-store``, where
+Litestar's ``ServerSentEvent`` sends ``no-cache``)."""
 
 _JSON = (b"content-type", b"application/json")
 

@@ -628,6 +628,7 @@ async def test_a_client_not_asking_for_an_event_stream_gets_a_poll_that_ends(
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["x-accel-buffering"] == "no"
+    assert response.headers["cache-control"] == "no-store"
     messages = sse_messages(response.text)
     assert [m["event"] for m in messages] == ["ready", "group"]
     group = json.loads(messages[1]["data"])

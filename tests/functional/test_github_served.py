@@ -88,6 +88,9 @@ async def read_events(http: httpx.AsyncClient, url: str) -> list[dict[str, objec
     async with asyncio.timeout(STREAM_DEADLINE_S), http.stream("GET", url) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
+        # nginx passes each event on, nobody keeps the stream (as the feed's)
+        headers = response.headers
+        assert (headers["x-accel-buffering"], headers["cache-control"]) == ("no", "no-store")
         async for line in response.aiter_lines():
             if line.startswith("data:"):
                 events.append(json.loads(line.removeprefix("data:").strip()))

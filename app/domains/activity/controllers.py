@@ -16,6 +16,7 @@ from app.core.auth import Caller, requires_user
 from app.core.errors import Problem
 from app.core.openapi import BEARER, problems
 from app.core.pagination import MAX_PAGE_SIZE, CursorParam, PageSize, cursor_query
+from app.core.responses import STREAM_HEADERS
 from app.core.routing import Controller
 from app.core.types import MAX_ID, IdPath, whole
 from app.domains.activity.schemas import (
@@ -236,7 +237,7 @@ class FeedController(Controller):
         after = int(last_event_id) if last_event_id else None
         live = EVENT_STREAM in request.headers.get("accept", "").lower()
         stream = await FeedStream.open(activity, channels, current_user, after, live=live)
-        return ServerSentEvent(stream.messages(), headers={"X-Accel-Buffering": "no"})
+        return ServerSentEvent(stream.messages(), headers=dict(STREAM_HEADERS))
 
 
 class ProjectFeedController(Controller):

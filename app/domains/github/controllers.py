@@ -19,6 +19,7 @@ from app.core.auth import Caller, requires_user
 from app.core.idempotency import LOCATION_HEADER
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cursor
+from app.core.responses import STREAM_HEADERS
 from app.core.routing import Controller
 from app.domains.github.refreshes import REFRESH_MIN_AGE_S, SSE_MAX_S
 from app.domains.github.schemas import (
@@ -190,7 +191,8 @@ class GithubRefreshesController(Controller):
         self, refresh_id: RefreshId, github: Github, channels: Channels, current_user: Caller
     ) -> ServerSentEvent:
         # 404 and 429 before the stream starts
-        return ServerSentEvent(await github.open_refresh_events(refresh_id, channels, current_user))
+        events = await github.open_refresh_events(refresh_id, channels, current_user)
+        return ServerSentEvent(events, headers=dict(STREAM_HEADERS))
 
 
 class GithubTrackingController(Controller):
