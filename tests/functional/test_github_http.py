@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,10 +16,13 @@ from saq.job import Status
 from saq.queue.redis import RedisQueue
 
 from app.config import Settings
+from app.core.errors import UnauthorizedError
 from app.core.services import open_services
+from app.db.models import UserRole
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from app.domains.github.refreshes import QUEUE
+from app.domains.github.services import GithubService
 from tests.factories import Client, captured_logs, generous_client, make_user
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 from tests.served import free_port
@@ -626,3 +630,25 @@ async def test_metrics_report_quota_and_conditional_hits(
     assert 'github_ratelimit_remaining{resource="core",token="anonymous"}' in text
     assert "github_conditional_hits_total" in text
     assert "github_secondary_limit_hits_total" in text and "github_retries_total" in text
+
+
+async def test_an_account_erased_meanwhile_tracks_nothing(
+    api: Client, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    """A request authenticated before an erasure that reaches the service after it keeps nothing:
+    ``require_active``, under the account's tracking lock, which the erasure holds until it commits
+    (untested until now)."""
+    fake.add_user("late-dev")
+    admin = await make_user(db, api.app, UserRole.ADMIN)
+    member = await make_user(db, api.app)
+    erased = await api.delete(f"/api/admin/users/{member.id}", headers=admin.headers)
+    assert erased.status_code == 204, erased.text
+    github: GithubService = api.app.state.services[GithubService]
+    portal = api.blocking_portal
+    assert portal is not None
+    with pytest.raises(UnauthorizedError):
+        await asyncio.wrap_future(portal.start_task_soon(github.track, member.id, "late-dev"))
+    tracked = await (
+        await db.execute("select count(*) from github_tracked where user_id = %s", (member.id,))
+    ).fetchone()
+    assert tracked == (0,)
