@@ -640,6 +640,35 @@ async def test_the_daily_report_is_sent_once_a_day(
     assert "ValueError: invalid literal for int()" in text
 
 
+async def test_a_sign_up_stamped_just_before_a_report_and_committed_after_it_is_in_the_next(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """A row is stamped when its transaction begins and seen when it commits: one stamped just before
+    a report's end that committed after the report was computed was in neither report (the time
+    reviewer). The figures' period is shifted back by ``FIGURES_LAG``, so it is in the next one."""
+    berlin = ZoneInfo("Europe/Berlin")
+    until = (datetime.now(berlin) - timedelta(days=2)).replace(hour=8, minute=0, second=0, microsecond=0)
+    async with open_monitoring(
+        settings, modules=MODULES, monitoring_report_time="08:00", monitoring_report_timezone="Europe/Berlin"
+    ) as service:
+        await db.execute(
+            "insert into monitoring_reports (day) values (%s)", (until.date() - timedelta(days=1),)
+        )
+        service.clock = lambda: until.timestamp() + 5
+        assert await service.send_report_if_due() is not None
+        await db.execute(
+            "insert into users (email, display_name, password_hash, role, created_at)"
+            " values ('late@example.com', 'l', 'x', 'member', %s)",
+            (until - timedelta(milliseconds=100),),
+        )
+        service.clock = lambda: until.timestamp() + 86_400 + 5
+        assert await service.send_report_if_due() is not None
+    rows = await (
+        await db.execute("select text_plain from monitoring_alerts where kind = 'report' order by id")
+    ).fetchall()
+    assert ["sign-ups 1" in text for (text,) in rows] == [False, True], rows
+
+
 def local(day: date, hour: int, zone: ZoneInfo = BERLIN) -> datetime:
     return datetime.combine(day, dt_time(hour), tzinfo=zone)
 

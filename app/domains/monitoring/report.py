@@ -34,6 +34,14 @@ from app.domains.reports.services import ReportService
 
 TOP = 5
 
+FIGURES_LAG = timedelta(minutes=10)
+"""How far back the business figures' period is shifted (sign-ups, orders, revenue), as the page
+views' is (``DAILY_TOTAL_LAG``): a row is stamped when its transaction begins and seen once it
+commits, so a report computed right after its end might not see one stamped just before it, and the
+next period would not include it either (the time reviewer). Consecutive reports chain on their
+unshifted ends, so each row still falls in exactly one; a change of this shift loses (or counts
+twice) what lies between the old and the new one, once."""
+
 
 def report_period(now: datetime, report_time: str, zone: ZoneInfo) -> tuple[date, datetime, datetime]:
     """(local day, start, end) of the latest report due at ``now``: today's once its time has passed,
@@ -233,9 +241,12 @@ class DailyReport:
         return max(ended, until - timedelta(days=kept)).astimezone(self.zone)
 
     async def _business_figures(self, uow: UnitOfWork, since: datetime, until: datetime) -> BusinessFigures:
-        orders, revenue = await self.orders.totals_between(uow, since, until) if self.orders else (None, None)
+        """The domains' figures of the period, each shifted back by its lag (``FIGURES_LAG``; the page
+        views by ``DAILY_TOTAL_LAG``, in ``total_pageviews``)."""
+        start, end = since - FIGURES_LAG, until - FIGURES_LAG
+        orders, revenue = await self.orders.totals_between(uow, start, end) if self.orders else (None, None)
         return BusinessFigures(
-            signups=await self.accounts.count_signups(uow, since, until) if self.accounts else None,
+            signups=await self.accounts.count_signups(uow, start, end) if self.accounts else None,
             orders=orders,
             revenue=revenue,
             pageviews=await self.reports.total_pageviews(uow, since, until) if self.reports else None,
