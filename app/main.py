@@ -26,6 +26,7 @@ from app.core.dashboard import dashboard_router
 from app.core.docs import SwaggerUI, api_index, docs_router, site_icon
 from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
+from app.core.head import answer_head_as_get
 from app.core.logging import build_formatter, configure_logging
 from app.core.metrics import RequestMetrics, record_pool, sweep_dead_processes
 from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
@@ -289,7 +290,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # The outer layer wraps Litestar's own exception handling, so 404/405 answers (raised before any
     # route exists) get a request id, the security headers, metrics and an access-log line too.
     app.asgi_handler = RequestContextMiddleware(
-        app.asgi_handler,
+        answer_head_as_get(app.asgi_handler),
         trusted_proxies=settings.trusted_proxies,
         observers=[observe for module in services.modules for observe in module.request_observers],
         metrics=metrics,
