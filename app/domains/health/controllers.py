@@ -1,17 +1,16 @@
 """Liveness and readiness probes (exempt from rate limits, never cached).
 
-Each answers ``HEAD`` as well as ``GET`` (RFC 9110 9.1): load balancers' probes often send ``HEAD``
-(HAProxy's ``option httpchk HEAD``), and a 405 there reads as "down" whatever the service's state.
-A ``HEAD`` answers the ``GET``'s status and headers, ``Content-Length`` included, without the body
-(RFC 9110 9.3.2, 8.6): ``Response(None)`` was sent as ``Content-Length: 4``, the length of ``null``."""
+Each answers ``HEAD`` as well as ``GET``, as every ``GET`` route does (``app.core.head``): load
+balancers' probes often send ``HEAD`` (HAProxy's ``option httpchk HEAD``), and a 405 there reads as
+"down" whatever the service's state. Handlers of their own for it, answering ``Response(None)``,
+sent ``Content-Length: 4`` (the length of ``null``) for a ``GET`` of 15 or ~330 bytes."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import msgspec
-from litestar import MediaType, Response, get, head
+from litestar import MediaType, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
@@ -24,31 +23,14 @@ from app.domains.health.services import HealthService
 Health = NamedDependency[HealthService]
 
 
-LIVE_BODY = msgspec.json.encode(Liveness(status="ok"))
-LIVE = ASGIResponse(body=LIVE_BODY, media_type=MediaType.JSON)
+LIVE = ASGIResponse(body=msgspec.json.encode(Liveness(status="ok")), media_type=MediaType.JSON)
 """The one answer of ``/health/live``, built once (probes call it several times a second)."""
-
-
-class _HeadOf(Response[None]):
-    """The answer to a ``GET`` whose body is ``body``, for its ``HEAD``: the same status and headers,
-    ``Content-Type`` and ``Content-Length`` of that body included, and no body. Litestar never tells a
-    handler's response that it answers a ``HEAD`` (as for the files' ``_FileHead``), and
-    ``is_head_response`` leaves out the headers it would derive from the body: they are given here."""
-
-    def __init__(self, body: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
-        length = {"Content-Type": MediaType.JSON.value, "Content-Length": str(len(body))}
-        super().__init__(
-            None, status_code=status_code, media_type=MediaType.JSON, headers={**length, **(headers or {})}
-        )
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
-        return super().to_asgi_response(*args, **{**kwargs, "is_head_response": True})
 
 
 def _answer(readiness: Readiness, health: Health) -> tuple[int, bytes, dict[str, str]]:
     """200, or 503 with ``Retry-After``: when the next probe may get a fresh answer (one answer
     serves every probe for ``HEALTH_READY_SHARED_S``), as every other 503 of the API says. The body
-    is encoded here for the ``GET`` and the ``HEAD`` alike: the ``HEAD``'s length is the ``GET``'s."""
+    is encoded once, here."""
     body = msgspec.json.encode(readiness)
     if readiness.status != "unavailable":
         return 200, body, {}
@@ -69,10 +51,6 @@ class HealthController(Controller):
     )
     async def liveness(self) -> ASGIResponse:
         return LIVE
-
-    @head("/live", summary="The process is up (the status alone)", responses={**problems()})
-    async def liveness_head(self) -> Response[None]:
-        return _HeadOf(LIVE_BODY)
 
     @get(
         "/ready",
@@ -98,15 +76,3 @@ class HealthController(Controller):
     async def readiness(self, health: Health) -> ASGIResponse:
         status, body, headers = _answer(await health.readiness(), health)
         return ASGIResponse(body=body, status_code=status, headers=headers, media_type=MediaType.JSON)
-
-    @head(
-        "/ready",
-        summary="Ready or not (the status alone: 200, or 503 when a required check failed)",
-        responses={
-            **problems(),
-            503: ResponseSpec(None, description="Not ready: a required check failed"),
-        },
-    )
-    async def readiness_head(self, health: Health) -> Response[None]:
-        status, body, headers = _answer(await health.readiness(), health)
-        return _HeadOf(body, status_code=status, headers=headers)
