@@ -16,6 +16,7 @@ Only ``HEAD`` requests pay for any of this; every other request passes through o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPDisconnectEvent, Message, Receive, ReceiveMessage, Scope, Send
@@ -48,8 +49,8 @@ def answer_head_as_get(app: ASGIApp) -> ASGIApp:
     return head_as_get
 
 
-def _allows_get(headers: object) -> bool:
-    for name, value in headers:  # type: ignore[attr-defined]
+def _allows_get(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
         if name.lower() == b"allow":
             return b"GET" in (method.strip() for method in value.split(b","))
     return False

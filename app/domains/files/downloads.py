@@ -143,7 +143,7 @@ def none_match(if_none_match: str | None, sha256: str) -> bool:
     """Whether ``If-None-Match`` names the file (its condition is then false: 304). ``*`` names any
     existing file; a tag names it when it is the file's, weak or not (13.1.2)."""
     condition = parse_if_none_match(if_none_match)
-    return condition is not None and (condition.any or strong_etag(sha256) in condition.tags)
+    return condition is not None and condition.names(frozenset((strong_etag(sha256),)))
 
 
 def _range_spec(value: str) -> _RangeSpec | None:

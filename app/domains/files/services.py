@@ -326,7 +326,8 @@ class FileService:
             if row is None:
                 raise NotFoundError("No such file.")
             if conditions is not None:
-                modified_at = await self.storage.modified_at(row.storage_key)
+                dated = conditions.unmodified_since is not None
+                modified_at = await self.storage.modified_at(row.storage_key) if dated else None
                 conditions.require_tag(strong_etag(row.sha256), modified_at)
             await emit(
                 uow,
