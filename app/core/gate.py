@@ -142,7 +142,7 @@ class RoutePlan:
     per_session: bool = False
     """The policy counts a signed-in caller per session (``PER_SESSION_OPT_KEY``), not per user."""
     same_origin: bool = False
-    refuses_if_match: bool = False
+    judges_conditions: bool = False
     """An authenticated, rate-limited route that takes no ``If-Match`` (``takes_if_match``): its
     resource has no versions, and its conditions are judged here (``_unmet_condition``)."""
     compress: bool = False
@@ -155,7 +155,7 @@ class RoutePlan:
             self.authenticate
             or self.policy
             or self.same_origin
-            or self.refuses_if_match
+            or self.judges_conditions
             or self.compress
             or self.measure
         )
@@ -312,7 +312,7 @@ class GateConfig:
                         handler,
                         reads_token=plan.authenticate,
                         rate_limited=plan.policy is not None,
-                        refuses_if_match=plan.refuses_if_match,
+                        judges_conditions=plan.judges_conditions,
                         reads_body=reads_body(handler),
                         reads_json_data=reads_json_data(handler),
                     )
@@ -329,7 +329,7 @@ class GateConfig:
             policy_header=(b"ratelimit-policy", policy_header(policy).encode()) if policy else None,
             per_session=bool((handler.opt or {}).get(PER_SESSION_OPT_KEY)),
             same_origin=_under(paths, SAME_ORIGIN_PATHS) and bool(methods - SAFE_METHODS),
-            refuses_if_match=authenticates(handler, path)
+            judges_conditions=authenticates(handler, path)
             and policy_name is not None  # logout: ending a session always works
             and not takes_if_match(handler),
             compress=self.compression is not None and not _under(paths, self.compression_exclude),
@@ -384,7 +384,7 @@ class RouteGate:
             app = self.app
             # anonymous: the guards' 401; counted by the rate limit as the route would be
             if (
-                plan.refuses_if_match
+                plan.judges_conditions
                 and scope.get("user") is not None
                 and (reason := _unmet_condition(scope, scope["method"])) is not None
             ):

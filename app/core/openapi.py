@@ -106,7 +106,7 @@ def finish_documentation(
     *,
     reads_token: bool,
     rate_limited: bool,
-    refuses_if_match: bool = False,
+    judges_conditions: bool = False,
     reads_body: bool = False,
     reads_json_data: bool = False,
 ) -> None:
@@ -118,12 +118,12 @@ def finish_documentation(
       in every build, so in every granian worker.
     - The 401 ``problems`` added on its own is taken out of a route that never reads a token.
     - What the layers around the route add is declared (``documents_what_surrounds_the_route``): the
-      route layer's headers, the server's 414, and the route layer's 412 for an ``If-Match`` on a
-      resource without versions (``refuses_if_match``); on a route that reads a body, the 415 for a
+      route layer's headers, the server's 414, and the route layer's 412 for a condition on a
+      resource without versions (``judges_conditions``); on a route that reads a body, the 415 for a
       body that is not JSON or is in a coding the server does not decode (``reads_body``), unless the
       route documents its own.
     """
-    if refuses_if_match and 412 not in (handler.responses or {}):
+    if judges_conditions and 412 not in (handler.responses or {}):
         handler.responses = {**(handler.responses or {}), 412: _UNMATCHABLE}
     if reads_body and 415 not in (handler.responses or {}):
         handler.responses = {**(handler.responses or {}), 415: _NOT_JSON if reads_json_data else _CODED}
