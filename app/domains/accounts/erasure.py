@@ -124,10 +124,8 @@ class OwnErasure:
 async def _require_unchanged(uow: UnitOfWork, target: User | None, own: OwnErasure) -> None:
     """Under the user's row lock: the session still stands, and the account is still an active
     member's with the password checked (an administrator's is erased by another administrator)."""
-    if (
-        target is None
-        or not target.is_active
-        or await queries.is_family_revoked(uow.conn, family_id=own.family_id)
+    if target is None or not await queries.session_still_stands(
+        uow.conn, user_id=target.id, family_id=own.family_id
     ):
         raise UnauthorizedError.token_refused("Your session ended while the request was in progress.")
     if target.role == UserRole.ADMIN:

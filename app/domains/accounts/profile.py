@@ -119,9 +119,8 @@ class Profile:
                 raise PasswordChangedError(
                     "The password was changed meanwhile; the current password given is no longer current."
                 )
-            if not locked[0].is_active or await queries.is_family_revoked(
-                uow.conn, family_id=caller.family_id
-            ):
+            family = caller.family_id
+            if not await queries.session_still_stands(uow.conn, user_id=caller.id, family_id=family):
                 log.info("profile_change_refused", user_id=caller.id, reason="session_revoked")
                 raise UnauthorizedError.token_refused("The access token has been revoked.")
             if new_hash is not None:
