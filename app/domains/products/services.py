@@ -146,8 +146,7 @@ class ProductService:
             before = await queries.lock_product(uow.conn, id=product_id)  # the lock the update takes anyway
             if before is None:
                 raise NotFoundError("No such product.")
-            if conditions is not None:
-                require_match(conditions, before.version)
+            require_match(conditions, before.version)
             product = await queries.update_product(
                 uow.conn,
                 name=data.name.strip() if data.name else None,
