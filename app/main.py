@@ -74,9 +74,6 @@ class MetricsController(PrometheusController):
     before_request = _forget_dead_workers  # type: ignore[assignment]  # Litestar unbinds controller hooks
 
 
-IN_PROCESS_DEQUEUE_TIMEOUT_S = 1.0
-"""How long an idle in-process worker's wait for a job lasts before it asks again: a stop waits for it,
-so an idle ``just serve`` stops within about this long."""
 API_TAGS = [
     Tag(
         name="accounts",
@@ -158,7 +155,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await services.start()
         try:
             async with (
-                workers_running(services, in_process, dequeue_timeout_s=IN_PROCESS_DEQUEUE_TIMEOUT_S),
+                workers_running(services, in_process),
                 repeating(record_process_gauges, PROCESS_GAUGES_INTERVAL_S),
             ):
                 gc.collect()

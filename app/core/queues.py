@@ -124,10 +124,21 @@ def _after_job(hooks: Sequence[Hook]) -> Hook:
     return after_job
 
 
+QUEUE_SOCKET_TIMEOUT_S = 5.0
+"""How long the queues' client waits for any Valkey answer before it gives the connection up."""
+
+DEQUEUE_TIMEOUT_S = 1.0
+"""How long an idle worker slot's wait for a job (a blocking ``BLMOVE``) lasts before it asks again;
+below ``QUEUE_SOCKET_TIMEOUT_S``. SAQ's default waits until a job comes: the client's socket timeout
+cut that wait every 5 s, dropping the connection (a worker's 40 idle slots reconnected 8 times a
+second, and a job pushed as a wait was cut stayed on the active list until the sweep). A stop also
+waits for it, so an idle worker stops within about this long."""
+
+
 def build_queues(valkey_url: str) -> dict[str, Queue]:
     """One Valkey client shared by the queues (SAQ speaks to Valkey through redis-py); their sweep
     spares a job a worker has just dequeued (``app.core.sweep``)."""
-    client = redis.from_url(valkey_url, socket_timeout=5, socket_connect_timeout=2)
+    client = redis.from_url(valkey_url, socket_timeout=QUEUE_SOCKET_TIMEOUT_S, socket_connect_timeout=2)
     return {name: TwoSightingSweepQueue(client, name=name) for name in QUEUE_NAMES}
 
 
@@ -317,6 +328,7 @@ def build_saq_config(
             before_process=[bind_job_context, *(hook for module in modules for hook in module.before_job)],
             after_process=[_after_job([hook for module in modules for hook in module.after_job])],
             shutdown_grace_period_s=settings.worker_shutdown_grace_s,
+            dequeue_timeout=DEQUEUE_TIMEOUT_S,
             timers=TIMERS,
         )
         for name in QUEUE_NAMES
@@ -444,9 +456,7 @@ def _mark_started(worker: Worker[Context]) -> asyncio.Event:
 
 
 @contextlib.asynccontextmanager
-async def workers_running(
-    services: Services, workers: Sequence[Worker[Context]], *, dequeue_timeout_s: float | None = None
-) -> AsyncIterator[None]:
+async def workers_running(services: Services, workers: Sequence[Worker[Context]]) -> AsyncIterator[None]:
     """``workers`` run while the block does (the worker process's, and ``just serve``'s in process);
     at its end they stop, and all of it is awaited before the block ends:
 
@@ -459,16 +469,12 @@ async def workers_running(
     - every worker stops taking jobs, SAQ's upkeep loops (asleep for up to their 10 s timers) are
       cancelled, running jobs finish within the grace, and the shutdown hooks run (the relay's stop).
 
-    The caller handles the signals (``Worker.SIGNALS`` emptied). ``dequeue_timeout_s``: how long an
-    idle slot's wait for a job lasts before it asks again, as a stop waits for it (SAQ's default
-    waits until a job comes)."""
+    The caller handles the signals (``Worker.SIGNALS`` emptied)."""
     grace_s = services.settings.worker_shutdown_grace_s
     started = [_mark_started(worker) for worker in workers]
     tasks = []
     for worker in workers:
         worker.SIGNALS = []
-        if dequeue_timeout_s is not None:
-            worker.dequeue_timeout = dequeue_timeout_s
         context = contextvars.copy_context()
         if isinstance(worker, LitestarWorker):  # its log lines name it, as litestar-saq's own start does
             context.run(worker.configure_structlog_context)

@@ -55,7 +55,6 @@ async def worker(settings: Settings, valkey: Valkey) -> AsyncIterator[Worker]:
     built = SAQPlugin(config).get_workers()["default"]
     client = redis.from_url(settings.valkey_url)
     built.queue = RedisQueue(client, name=f"logs-{uuid.uuid4().hex[:8]}")
-    built.dequeue_timeout = 1
     built.functions["always_fails"] = always_fails
     built.functions["fails_on_an_outage"] = fails_on_an_outage
     built.functions["logs_and_succeeds"] = logs_and_succeeds
