@@ -9,6 +9,7 @@ Reading the state now looks the job up once ``REFRESH_JOB_GRACE_S`` has passed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -22,7 +23,7 @@ from app.core.services import open_services
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.refreshes import REFRESH_JOB_GRACE_S, REFRESH_MIN_AGE_S
 from app.domains.github.services import GithubService
-from tests.factories import clocked_github
+from tests.factories import clocked_github, wait_until
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
 
@@ -108,3 +109,50 @@ async def test_a_job_that_runs_after_its_refresh_was_judged_lost_changes_nothing
     assert await github.run_refresh("ghost", requested.id) == "failed"
     assert (await github.refresh_state(requested.id)).status == "failed"
     assert len(fake.recorded()) == fetches
+
+
+@pytest.mark.parametrize("stopping", [True, False], ids=["worker-stop", "timeout-or-abort"])
+async def test_a_refresh_cut_by_its_workers_stop_is_handed_back_to_the_job_run_again(
+    github: GithubService,
+    github_queue: RedisQueue,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    stopping: bool,
+) -> None:
+    """SAQ queues a job its worker's stop cancelled again (whatever its retries): the refresh goes back
+    to "queued", a refresh asked meanwhile joins it, and the job's next run finishes it. It was
+    reported failed, and the refresh asked next had no job (the job key was taken by the cut one): it
+    too failed, "lost", after the grace. A job cancelled otherwise (a timeout, an abort) is not run
+    again: that refresh fails at once, as before."""
+    requested = await github.request_refresh("ghost", user_id=ACCOUNT)
+    job = await github_queue.dequeue(timeout=5)
+    assert job is not None
+    await job.update(status=Status.ACTIVE)
+    fetch = github.lookups.fetch_shared
+    monkeypatch.setattr(github.lookups, "fetch_shared", lambda *args, **kwargs: asyncio.Event().wait())
+    if stopping:
+        github.stopping()
+    run = asyncio.create_task(github.run_refresh("ghost", requested.id, user_id=ACCOUNT))
+
+    async def running() -> bool:
+        return (await github.refresh_state(requested.id)).status == "running"
+
+    await wait_until(running, 30, "the job runs")
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    if not stopping:
+        assert (await github.refresh_state(requested.id)).status == "failed"
+        return
+    await github_queue.retry(job, "cancelled")  # what SAQ does with a job its stop cancelled
+
+    assert (await github.refresh_state(requested.id)).status == "queued"
+    assert (await github.request_refresh("ghost", user_id=ACCOUNT)).id == requested.id, "joined"
+    clock.now += GRACE * 3
+    assert (await github.refresh_state(requested.id)).status == "queued", "its job is queued again"
+
+    monkeypatch.setattr(github.lookups, "fetch_shared", fetch)
+    again = await github_queue.dequeue(timeout=5)
+    assert again is not None and again.id == job.id
+    assert await github.run_refresh("ghost", requested.id, user_id=ACCOUNT) == "succeeded"
+    assert (await github.refresh_state(requested.id)).status == "succeeded"

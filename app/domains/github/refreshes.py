@@ -169,14 +169,21 @@ class Refreshes:
         self._replace = valkey.register_script(_REPLACE)
         self._claim_refresh = valkey.register_script(_CLAIM_REFRESH)
         self._beginning = KeptTasks()
+        self._stopping = False
 
     async def start(self) -> None:
         """One queue client per process."""
         assert self.settings.valkey_url is not None
+        self._stopping = False
         self._queue = RedisQueue(
             redis.from_url(self.settings.valkey_url, socket_timeout=5, socket_connect_timeout=2),
             name=QUEUE,
         )
+
+    def stopping(self) -> None:
+        """The process begins to stop: a refresh job cancelled from now on is handed back
+        (``run_refresh``)."""
+        self._stopping = True
 
     async def close(self) -> None:
         await self._beginning.close(timeout_s=5)  # refreshes whose requests were cancelled: their jobs first
@@ -408,10 +415,14 @@ class Refreshes:
     async def run_refresh(self, login: str, refresh_id: uuid.UUID, *, user_id: int | None = None) -> str:
         """The refresh job: fetch (sharing any fetch chain under way), record and publish the outcome.
         A fetch chain it starts is charged to ``user_id``, the account that asked (None: nobody's,
-        for a job enqueued by a release that did not name it)."""
+        for a job enqueued by a release that did not name it). A job its worker's stop cuts hands
+        the refresh back, "queued" with the login still its own: SAQ queues that job again whatever
+        its retries, and a refresh asked meanwhile joins it (reported failed, it left the new one a
+        job that never runs: the login's job key was still taken)."""
         state = await self._refresh_state(refresh_id) or _new_refresh(refresh_id, login, self.clock())
         if state.is_final:  # judged lost while it waited (``_abandoned``): clients were told
             return state.status
+        waiting = state
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
         running = msgspec.json.encode(state)
@@ -431,6 +442,12 @@ class Refreshes:
         except GitHubError as exc:
             await self._finish_refresh(state, exc, replacing=running)
             return "failed"
+        except asyncio.CancelledError:
+            if self._stopping:  # SAQ queues a job its worker's stop cut again: that run finishes it
+                await self._save_refresh(waiting, replacing=running)
+            else:  # a timeout or an abort: SAQ runs it no more
+                await self._finish_refresh(state, GitHubDownError("the refresh failed"), replacing=running)
+            raise
         except BaseException:
             await self._finish_refresh(state, GitHubDownError("the refresh failed"), replacing=running)
             raise

@@ -135,6 +135,9 @@ class GithubService:
         await self.client.start()
         await self.refreshes.start()
 
+    def stopping(self) -> None:
+        self.refreshes.stopping()
+
     async def close(self) -> None:
         await self.client.close()
         await self.refreshes.close()
