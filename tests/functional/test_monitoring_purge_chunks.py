@@ -4,6 +4,7 @@ checks cron's end of timed ignores reads only the groups concerned."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db import monitoring
-from tests.factories import cancelled_once_blocked, plan_rows_read, plan_scans
+from tests.factories import blocked_by, cancelled_once_blocked, plan_rows_read, plan_scans
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
@@ -79,6 +80,36 @@ async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
         assert await service.purge(time.time(), chunk_size=10_000) >= left
     assert await counts(db, old, ("monitoring_route_latency", "route = '/recent'")) == [0, 1]
     assert await counts(db, ("monitoring_alerts", "key = 'new'")) == [1]
+
+
+async def test_a_purge_stops_after_its_chunk_once_the_process_stops(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, database_url: str
+) -> None:
+    """A process that stops (``stopping``, or ``close``) while its hourly purge drains a backlog: the
+    chunk under way is committed and no further one is deleted; the next run goes on. The stop
+    waited for the whole backlog, past granian's kill timeout (the buffered errors and latency that
+    ``close`` writes last were lost with it). A lock holds the purge in its second chunk, not a clock."""
+    await db.execute(
+        "insert into monitoring_route_latency (route, method, minute, bucket, requests)"
+        f" select '/s', 'GET', date_trunc('minute', {OLD}) + g * interval '1 minute', 1, 1"
+        " from generate_series(0, 49) g"
+    )
+    backlog = ("monitoring_route_latency", "route = '/s'")
+    async with await AsyncConnection.connect(database_url) as holder:
+        await holder.execute(  # the 15th row alone (an OFFSET would lock the rows it skips too)
+            "select 1 from monitoring_route_latency where route = '/s' and minute ="
+            " (select min(minute) + interval '14 minutes' from monitoring_route_latency) for update"
+        )
+        async with open_monitoring(settings) as service:
+            purge = asyncio.ensure_future(service.purge(time.time(), chunk_size=10))
+            await blocked_by(db, holder.info.backend_pid, purge)
+            service.stopping()
+            await holder.rollback()
+            assert await purge == 20, "the chunk under way, and no other"
+    assert await counts(db, backlog) == [30]
+    async with open_monitoring(settings) as service:
+        assert await service.purge(time.time(), chunk_size=10) == 30
+    assert await counts(db, backlog) == [0]
 
 
 async def test_a_table_that_fails_leaves_the_others_purged(

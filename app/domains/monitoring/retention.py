@@ -32,12 +32,15 @@ class Retention:
         settings: Settings,
         rules: Sequence[AlertRule],
         clock: Callable[[], float],
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.db = db
         self.settings = settings
         self.rules = rules
         """The alert rules: a rule's firings are kept for its action interval (``purge``)."""
         self.clock = clock
+        self.stopping = stopping
+        """Whether the process stops: a purge then deletes no further chunk (``purge``)."""
 
     async def purge(self, now: float | None = None, *, chunk_size: int = PURGE_CHUNK) -> int:
         """Delete what is older than ``MONITORING_RETENTION_DAYS`` (each delete by an indexed time);
@@ -55,7 +58,9 @@ class Retention:
         however large, where one DELETE of it outlasted the statement timeout and rolled back every
         hour. A table whose purge fails (a timeout, a lock) is logged and left for the next hour, the
         chunks it deleted kept; the tables after it are purged all the same, and the first failure is
-        raised once every table has been tried."""
+        raised once every table has been tried. Once the process stops (``stopping``), no further
+        chunk is deleted: its stop waited for the whole backlog (past granian's kill timeout, losing
+        the buffered errors and latency its close writes last); the next run goes on."""
         moment = self.clock() if now is None else now
         retained = moment - self.settings.monitoring_retention_days * 86_400
         before = utc(retained)
@@ -87,6 +92,8 @@ class Retention:
         transaction each (``Database.delete_in_chunks``)."""
 
         async def chunk(uow: UnitOfWork) -> int:
+            if self.stopping():
+                return 0
             return await delete(uow.conn, before=before, chunk_size=chunk_size)
 
         return lambda: self.db.delete_in_chunks(chunk)
@@ -104,6 +111,8 @@ class Retention:
 
         async def chunk(uow: UnitOfWork) -> int:
             nonlocal from_group_id
+            if self.stopping():
+                return 0
             groups = await queries.groups_with_users_before(
                 uow.conn, from_group_id=from_group_id, before=before, chunk_size=chunk_size
             )

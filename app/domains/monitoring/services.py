@@ -193,7 +193,7 @@ class MonitoringService:
             release_configured=self.release_configured,
             clock=lambda: self.clock(),
         )
-        self.retention = Retention(db, settings, self.rules, lambda: self.clock())
+        self.retention = Retention(db, settings, self.rules, lambda: self.clock(), lambda: self._winding_down)
         self.report = DailyReport(
             db,
             settings,
@@ -208,6 +208,8 @@ class MonitoringService:
         self._task: asyncio.Task[None] | None = None
         self._fallback: asyncio.Task[int] | None = None
         self._stop: asyncio.Event | None = None
+        self._winding_down = False
+        """The process stops (``stopping`` or ``close``): a purge in progress stops between chunks."""
         self._round = asyncio.Lock()
         self._task_warnings = OncePerInterval(30.0)
 
@@ -251,6 +253,7 @@ class MonitoringService:
         self.warn_if_alerts_undeliverable()
         self.warn_if_release_unset()
         self._stop = asyncio.Event()
+        self._winding_down = False
         with contextlib.suppress(Exception):
             await self.register_release()  # else retried by the background task
         with contextlib.suppress(Exception):
@@ -261,14 +264,17 @@ class MonitoringService:
 
     def stopping(self) -> None:
         """The process begins to stop (a worker's SIGTERM, before the shutdown grace): the sender
-        claims no new delivery, finishing the request in flight (``Sender.stop``). Flushing and the
-        rest go on until ``close``."""
+        claims no new delivery, finishing the request in flight (``Sender.stop``), and a purge in
+        progress stops after its chunk (the next hour's goes on). Flushing and the rest go on until
+        ``close``."""
         self.sender.stop()
+        self._winding_down = True
 
     async def close(self) -> None:
         if self._stop is not None:
             self._stop.set()
         self.sender.stop()
+        self._winding_down = True  # the round close waits for ends soon, however large a purge's backlog
         for task in (self._task, self._fallback):
             if task is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
