@@ -31,6 +31,7 @@ from app.core.logging import build_formatter, configure_logging
 from app.core.metrics import RequestMetrics, record_pool, sweep_dead_processes
 from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
 from app.core.openapi import operation_id
+from app.core.parameters import read_parameters_strictly
 from app.core.queues import build_saq_config, workers_running
 from app.core.ratelimit import RateLimiter, policies_from_settings
 from app.core.repeating import repeating
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     resolve_dependencies_in_order()
     guard_without_handler_copies()
     parse_int_paths_canonically()
+    read_parameters_strictly()
     settings = resolve_services(settings or get_settings())
     assert settings.database_url is not None
     assert settings.valkey_url is not None
