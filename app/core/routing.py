@@ -5,7 +5,10 @@ Struct in lax mode (``strict=False``, needed for query strings), so ``{"archived
 ``false`` and ``{"position": "5"}`` as ``5``: values the published schema refuses were accepted.
 ``StrictJSONRequest`` decodes a body straight into the declared Struct with msgspec's strict decoder
 (one pass, no intermediate objects); a type mismatch is the usual 400 naming every bad field. One
-exception, JSON Schema's own: an integral float (``2.0``) is an integer.
+exception, JSON Schema's own: an integral float (``2.0``) is an integer. Only a body holding one is
+converted again (through plain values); any other refusal stands: the second conversion keeps a
+duplicate key's last value, so ``{"name": "a\\u0000", "name": "OK"}`` passed it, though the strict
+decoder refused the first.
 
 OPTIONS. Litestar 2 builds a path's automatic OPTIONS handler when the path's *first* handler is
 registered, and that handler lists the methods known at that moment: a controller with ``GET`` and
@@ -302,7 +305,11 @@ def _decode_strictly(body: bytes, kind: Any) -> Any:
     except RecursionError:  # deep nesting under a field typed Any
         raise SerializationException(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     try:
-        return msgspec.convert(whole_numbers(decode_any(body)), kind)
+        decoded = decode_any(body)
+        mended = whole_numbers(decoded)
+        if mended is decoded:  # no integral float: the fast decode's refusal stands
+            raise first_error  # (else a duplicate key's dropped value, refused there, passed here)
+        return msgspec.convert(mended, kind)
     except msgspec.ValidationError as exc:
         raise ValidationException(detail=str(exc)) from first_error
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a typed decode may fail before bad syntax

@@ -360,6 +360,14 @@ async def test_bodies_are_decoded_strictly_except_whole_numbers(
     )
     assert malformed.status_code == 400, malformed.text
     assert malformed.json()["errors"][0]["field"] == "body"
+    # A duplicate key: the strict decode refuses a bad first value, and so does the whole request,
+    # however good the last one (the lax conversion kept the last alone and passed).
+    duplicate = await client.post(
+        "/api/projects",
+        content=b'{"name": "a\\u0000", "name": "Fine"}',
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert duplicate.status_code == 400, duplicate.text
 
 
 # -- cursors: every value the documented pattern admits is a position ----------------------------
