@@ -29,7 +29,11 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
 - a body in a content coding (``Content-Encoding`` other than ``identity``) is refused when a route
   reads it: 415 with ``Accept-Encoding: identity`` (RFC 9110 15.5.16), raised by its ``receive``.
   The app decodes no request coding: a gzip body was read as malformed JSON, and a plain one
-  labelled ``br`` was accepted as if the label meant nothing.
+  labelled ``br`` was accepted as if the label meant nothing. Framing the server let through is
+  refused the same way, as a 400 with ``Connection: close``: a ``Transfer-Encoding`` other than
+  ``chunked`` (``gzip, chunked``: granian dechunked it and handed on the gzip bytes; RFC 9112 6.1
+  says 501, but a 5xx would count as the server's fault in the error metrics), and one beside a
+  ``Content-Length`` (6.3: the two disagree on where the body ends, the shape of request smuggling).
 
 It wraps Litestar's own exception handling, so 404/405 answers (raised before any route exists)
 get all of this too. What depends on the route (authentication, rate limits, compression, the
@@ -103,6 +107,26 @@ def _refusing_coded_body(coding: bytes) -> Receive:
             detail=f"Content-Encoding {named!r} is not accepted: send the body uncoded.",
             headers={"Accept-Encoding": "identity"},
         )
+
+    return receive
+
+
+def _refusing_framing(framing: bytes, declared: bytes) -> Receive | None:
+    """A ``receive`` refusing a body whose framing the server should have refused (see the module's
+    docstring), or None when ``framing`` (the ``Transfer-Encoding``) is plain ``chunked`` alone."""
+    coding = framing.strip().lower()
+    if coding == b"chunked" and not declared:
+        return None
+    if coding != b"chunked":
+        detail = (
+            f"Transfer-Encoding {framing.decode('latin-1')[:40]!r} is not accepted: send the body chunked."
+        )
+    else:
+        detail = "Transfer-Encoding and Content-Length were both sent: send one."
+    refusal = HTTPException(status_code=400, detail=detail, headers={"Connection": "close"})
+
+    async def receive() -> ReceiveMessage:
+        raise refusal
 
     return receive
 
@@ -347,6 +371,7 @@ class RequestContextMiddleware:
         forwarded_for: str | None = None
         declared = b""
         coding = b""
+        framing = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
@@ -357,6 +382,8 @@ class RequestContextMiddleware:
                 declared = value
             elif name == b"content-encoding":
                 coding = value
+            elif name == b"transfer-encoding":
+                framing = value
         if request_id is None:
             request_id = next_request_id()
         client = scope.get("client")
@@ -394,6 +421,8 @@ class RequestContextMiddleware:
         coded = coding and coding.strip().lower() not in _IDENTITY  # no header: one test
         body = _WatchedBody(receive) if DRAIN_FROM < length <= self.drain_at_most else None
         read = _refusing_coded_body(coding) if coded else receive if body is None else body.receive
+        if framing:
+            read = _refusing_framing(framing, declared) or read
         if scope["method"] in _BODY_METHODS:
             untimed = read
 

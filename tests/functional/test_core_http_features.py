@@ -1,4 +1,4 @@
-"""Transport features configured in create_app: compression and CORS."""
+"""Transport features configured in create_app: compression, CORS, and the framing of request bodies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.main import create_app
-from tests.factories import make_task, make_team
+from tests.factories import assert_problem, make_task, make_team
 
 
 async def test_large_responses_are_compressed_with_brotli_or_gzip(client: AsyncTestClient[Litestar]) -> None:
@@ -92,3 +92,23 @@ async def test_without_configured_origins_there_are_no_cors_headers(
 ) -> None:
     response = await client.get("/health/live", headers={"Origin": "https://app.example.com"})
     assert "access-control-allow-origin" not in response.headers
+
+
+async def test_a_body_framed_otherwise_than_by_chunks_or_a_length_is_refused(
+    client: AsyncTestClient[Litestar], app: Litestar, db: AsyncConnection[Any]
+) -> None:
+    """The server let through what RFC 9112 calls an error (6.1, 6.3): a transfer coding other than
+    ``chunked`` (granian dechunked ``gzip, chunked`` and handed on the gzip bytes) and a
+    ``Transfer-Encoding`` beside a ``Content-Length``; each is a 400 that closes the connection."""
+    team = await make_team(db, app)
+    before = await (await db.execute("select count(*) from projects")).fetchone()
+    body = b'{"name": "Framed"}'
+    for framing in (
+        {"Transfer-Encoding": "gzip, chunked"},
+        {"Transfer-Encoding": "chunked", "Content-Length": str(len(body))},
+    ):
+        headers = {**team.editor.headers, "Content-Type": "application/json", **framing}
+        refused = await client.post("/api/projects", content=body, headers=headers)
+        assert_problem(refused, 400, "bad-request")
+        assert refused.headers["connection"] == "close"
+    assert await (await db.execute("select count(*) from projects")).fetchone() == before
