@@ -14,9 +14,20 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 from psycopg import AsyncConnection
 
-from tests.factories import Client, Team, assert_problem, make_site, make_task, scalar
+from app.db.models import UserRole
+from tests.factories import (
+    Client,
+    Team,
+    assert_problem,
+    make_product,
+    make_site,
+    make_task,
+    make_user,
+    scalar,
+)
 
 PATCH_TYPES = "application/json, application/merge-patch+json"
 
@@ -144,3 +155,38 @@ async def test_a_page_view_as_json_or_text_in_utf8_or_undeclared_is_stored(
     sent = await client.post(path, content=body.encode(), headers=declared)
     assert sent.status_code == 202, sent.text
     assert await scalar(db, "select count(*) from page_views where site_id = %s", site.id) == 1
+
+
+async def test_a_patch_nulls_only_what_may_be_removed(
+    client: Client, app: Litestar, db: AsyncConnection[Any], team: Team
+) -> None:
+    """A merge patch's null removes (RFC 7396): a task's assignee or due date. Every other field is
+    one every resource has, and its null was taken for "left out": a 200 that changed nothing. Now
+    it is the 400 naming the field, and nothing changes."""
+    task_id = await make_task(db, team.project, team.owner, title="kept")
+    product_id = await make_product(db, name="Kept")
+    admin = await make_user(db, app, UserRole.ADMIN)
+    for url, headers, field in (
+        (f"/api/tasks/{task_id}", team.editor.headers, "title"),
+        (f"/api/tasks/{task_id}", team.editor.headers, "status"),
+        (f"/api/tasks/{task_id}", team.editor.headers, "position"),
+        (f"/api/projects/{team.project}", team.owner.headers, "name"),
+        (f"/api/projects/{team.project}", team.owner.headers, "archived"),
+        (f"/api/products/{product_id}", admin.headers, "price"),
+        (f"/api/products/{product_id}", admin.headers, "active"),
+        ("/api/auth/me", team.editor.headers, "display_name"),
+        (f"/api/admin/users/{team.viewer.id}", admin.headers, "role"),
+    ):
+        nulled = await client.patch(
+            url,
+            content=b'{"%s": null}' % field.encode(),
+            headers=headers | {"Content-Type": "application/merge-patch+json"},
+        )
+        assert_problem(nulled, 400, "validation", fields={field})
+    assert await scalar(db, "select title from tasks where id = %s", task_id) == "kept"
+    removed = await client.patch(
+        f"/api/tasks/{task_id}",
+        content=b'{"due_date": null, "assignee_id": null}',
+        headers=team.editor.headers | {"Content-Type": "application/merge-patch+json"},
+    )
+    assert removed.status_code == 200, removed.text

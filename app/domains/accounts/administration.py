@@ -22,6 +22,7 @@ from app.config import Settings
 from app.core.auth import CurrentUser
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError
+from app.core.wire import given
 from app.db import accounts as queries
 from app.db.models import User, UserRole
 from app.domains.accounts.passwords import check_new_password
@@ -115,7 +116,7 @@ class Administration:
                 raise ConflictError("An erased account cannot be changed.")
             user = (
                 await queries.admin_update_user(
-                    uow.conn, role=patch.role, is_active=patch.is_active, id=user_id
+                    uow.conn, role=given(patch.role), is_active=given(patch.is_active), id=user_id
                 )
                 or before  # nothing to change
             )

@@ -20,6 +20,7 @@ from app.core.auth import CurrentUser
 from app.core.db import Database, UnitOfWork
 from app.core.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
 from app.core.security import Passwords
+from app.core.wire import given
 from app.db import accounts as queries
 from app.db.models import User
 from app.domains.accounts.passwords import Credentials, check_new_password
@@ -100,14 +101,15 @@ class Profile:
         its ``updated_at`` kept, and no rename for the feed's names (nor with a new password and the
         name as it was)."""
         new_hash, verified_hash, revoked, name_before = None, None, 0, None
-        if data.new_password is not None:
+        new_password, display_name = given(data.new_password), given(data.display_name)
+        if new_password is not None:
             # Before the current password is checked: a weak one costs no guess and tells nothing.
-            check_new_password(data.new_password, production=self.settings.is_production)
+            check_new_password(new_password, production=self.settings.is_production)
             verified = await self.check_current_password(
-                caller.id, data.current_password, client_ip, purpose="password_change"
+                caller.id, given(data.current_password), client_ip, purpose="password_change"
             )
             verified_hash = verified.password_hash
-            new_hash = await self.passwords.hash(data.new_password)
+            new_hash = await self.passwords.hash(new_password)
         async with self.db.transaction() as uow:
             # Every change under the row's lock, a rename too: one waiting behind a deactivation or an
             # erasure would otherwise write its name onto the account the erasure just cleared.
@@ -128,7 +130,7 @@ class Profile:
                 revoked = await self.sessions.revoke_all(uow, caller.id, keep=caller.family_id)
             user = await queries.update_user_profile(
                 uow.conn,
-                display_name=data.display_name.strip() if data.display_name else None,
+                display_name=display_name.strip() if display_name else None,
                 password_hash=new_hash,
                 id=caller.id,
             )
@@ -136,7 +138,7 @@ class Profile:
                 user = await queries.get_user_by_id(uow.conn, id=caller.id)
                 if user is None:
                     raise NotFoundError("No such user.")
-            elif data.display_name is not None and (new_hash is None or user.display_name != name_before):
+            elif display_name is not None and (new_hash is None or user.display_name != name_before):
                 # without a new password, a row means the name changed; with one, it is compared
                 self.renamed(uow, caller.id)
         if new_hash is not None:

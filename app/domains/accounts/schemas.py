@@ -72,9 +72,9 @@ class RefreshIn(msgspec.Struct, forbid_unknown_fields=True):
 class UpdateMeIn(msgspec.Struct, forbid_unknown_fields=True):
     openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
-    display_name: DisplayName | None = None
-    new_password: NewPassword | None = None
-    current_password: AnyPassword | None = msgspec.field(default=None)
+    display_name: DisplayName | msgspec.UnsetType = msgspec.UNSET
+    new_password: NewPassword | msgspec.UnsetType = msgspec.UNSET
+    current_password: AnyPassword | msgspec.UnsetType = msgspec.UNSET
 
 
 class EraseMeIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,8 +86,8 @@ class EraseMeIn(msgspec.Struct, forbid_unknown_fields=True):
 class AdminUserPatch(msgspec.Struct, forbid_unknown_fields=True):
     openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
-    role: UserRole | None = None
-    is_active: bool | None = None
+    role: UserRole | msgspec.UnsetType = msgspec.UNSET
+    is_active: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class UserOut(msgspec.Struct, frozen=True):

@@ -58,10 +58,10 @@ class ProductCreate(msgspec.Struct, forbid_unknown_fields=True):
 class ProductUpdate(msgspec.Struct, forbid_unknown_fields=True):
     openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
-    name: Name | None = None
-    description: Description | None = None
-    price: Price | None = None
-    active: bool | None = None
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    price: Price | msgspec.UnsetType = msgspec.UNSET
+    active: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class StockAdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):

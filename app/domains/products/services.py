@@ -15,6 +15,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import encode_cursor
 from app.core.preconditions import Preconditions, require_match
+from app.core.wire import given
 from app.db import products as queries
 from app.db.models import Product
 from app.domains.accounts.services import AccountService
@@ -149,10 +150,10 @@ class ProductService:
             require_match(conditions, before.version)
             product = await queries.update_product(
                 uow.conn,
-                name=data.name.strip() if data.name else None,
-                description=data.description,
-                price=Decimal(data.price) if data.price is not None else None,
-                active=data.active,
+                name=name.strip() if (name := given(data.name)) else None,
+                description=given(data.description),
+                price=Decimal(price) if (price := given(data.price)) is not None else None,
+                active=given(data.active),
                 id=product_id,
             )
             if product is None:  # nothing to change

@@ -31,9 +31,9 @@ class ProjectCreate(msgspec.Struct, forbid_unknown_fields=True):
 class ProjectUpdate(msgspec.Struct, forbid_unknown_fields=True):
     openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
-    name: Name | None = None
-    description: Description | None = None
-    archived: bool | None = None
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    archived: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 CreatorId = Annotated[

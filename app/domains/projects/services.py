@@ -44,7 +44,7 @@ from app.core.errors import ConflictError, ForbiddenError, NotFoundError
 from app.core.idempotency import IdempotencyClaim
 from app.core.outbox import enqueue
 from app.core.preconditions import Preconditions, require_match
-from app.core.wire import from_row
+from app.core.wire import from_row, given
 from app.db import projects as queries
 from app.db.models import Project, ProjectInvitation, ProjectRole
 from app.domains.accounts.services import AccountService, AccountStillOwnsError
@@ -292,7 +292,8 @@ class ProjectService:
         compared with the row read under the lock this change holds until it commits (taken before
         the role is read, the project before its members), so of two changes based on one version
         the second is refused."""
-        needed = ProjectRole.OWNER if data.archived is not None else ProjectRole.EDITOR
+        needed = ProjectRole.OWNER if given(data.archived) is not None else ProjectRole.EDITOR
+        name = given(data.name)
         async with self.db.transaction() as uow:
             before = await queries.lock_project_for_change(uow.conn, id=project_id)
             role = await self.require_role(uow, actor, project_id, needed)
@@ -301,9 +302,9 @@ class ProjectService:
             require_match(conditions, before.version)
             project = await queries.update_project(
                 uow.conn,
-                name=data.name.strip() if data.name else None,
-                description=data.description,
-                archived=data.archived,
+                name=name.strip() if name else None,
+                description=given(data.description),
+                archived=given(data.archived),
                 id=project_id,
             )
             if project is None:  # nothing to change

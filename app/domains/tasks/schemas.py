@@ -54,17 +54,18 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    """Omitted fields stay; ``assignee_id``/``due_date`` set to null clear the value."""
+    """Omitted fields stay; ``assignee_id``/``due_date`` set to null clear the value (the others take
+    no null: every task has them)."""
 
     openapi_example: ClassVar[dict[str, object]] = {}  # unedited, "Try it out" changes nothing
 
-    title: Title | None = None
-    description: Description | None = None
-    status: TaskStatus | None = None
-    priority: TaskPriority | None = None
+    title: Title | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    status: TaskStatus | msgspec.UnsetType = msgspec.UNSET
+    priority: TaskPriority | msgspec.UnsetType = msgspec.UNSET
     assignee_id: Id | msgspec.UnsetType | None = msgspec.UNSET
     due_date: date | msgspec.UnsetType | None = msgspec.UNSET
-    position: Position | None = None
+    position: Position | msgspec.UnsetType = msgspec.UNSET
 
 
 TaskVersion = Annotated[

@@ -20,7 +20,7 @@ from app.core.idempotency import IdempotencyClaim
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.preconditions import Preconditions, require_match
 from app.core.types import CALENDAR_END
-from app.core.wire import from_row
+from app.core.wire import from_row, given
 from app.db import comments as comment_queries
 from app.db import tasks as queries
 from app.db.models import Comment, ProjectRole, Task, TaskPriority, TaskStatus
@@ -281,15 +281,15 @@ class TaskService:
             self._require_assignable(assignable)
             task = await queries.update_task(
                 uow.conn,
-                title=data.title.strip() if data.title else None,
-                description=data.description,
-                status=data.status,
-                priority=data.priority,
+                title=title.strip() if (title := given(data.title)) else None,
+                description=given(data.description),
+                status=given(data.status),
+                priority=given(data.priority),
                 set_assignee=set_assignee,
                 assignee_id=new_assignee,
                 set_due_date=set_due,
                 due_date=new_due,
-                position=data.position,
+                position=given(data.position),
                 updated_by=actor,
                 id=task_id,
             )
