@@ -20,7 +20,7 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.errors import TooManyRequestsError
 from app.domains.pageviews.keys import SiteKeys, UnknownKeyError
-from app.domains.pageviews.quota import SiteQuota, SiteQuotaExceededError
+from app.domains.pageviews.quota import FAIL_OPEN_S, SiteQuota, SiteQuotaExceededError
 from app.domains.pageviews.rows import Row
 from app.domains.pageviews.schemas import MAX_BATCH
 from app.domains.pageviews.services import PageViewService
@@ -256,6 +256,26 @@ async def test_the_quota_fails_open_when_valkey_is_unreachable() -> None:
             await quota.take(1, 1)  # admitted: no quota check is possible
     finally:
         await unreachable.aclose()
+
+
+async def test_the_quota_fails_open_when_valkey_answers_only_at_its_timeout() -> None:
+    """A Valkey that hangs (here a socket that takes the request and never answers) fails the call
+    at its socket timeout, as long as the fail-open window (both 1 s): the window was dated from the
+    call's start, so it had closed when ``take`` looked again, and the view got a 429 "over quota"
+    with the quota never read."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hanging = Valkey(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=FAIL_OPEN_S)
+    quota = SiteQuota(hanging, 1, 1, prefix="t")
+    try:
+        assert await quota.take(1, 1) == 0  # admitted: no quota check is possible
+    finally:
+        await hanging.aclose()
+        server.close()
 
 
 # --- per address: an IPv6 /64 is one client, and one client cannot spend a site's quota -------------

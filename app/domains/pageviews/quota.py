@@ -203,7 +203,9 @@ class SiteQuota:
                 args=[self.per_minute, self.per_day, want, lease.unspent, lease.unspent_day],
             )
         except Exception as exc:  # Valkey unreachable or failing: admit, say so, ask again later
-            lease.open_until = sent + FAIL_OPEN_S
+            # From the failure, not the call: a call that timed out took FAIL_OPEN_S itself, and the
+            # window dated from its start had closed before ``take`` looked (a 429 "over quota").
+            lease.open_until = self._clock() + FAIL_OPEN_S
             FAIL_OPEN.inc(count)
             self._warn(exc)
             return
