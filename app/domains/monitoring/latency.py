@@ -1,5 +1,10 @@
 """Per-route latency: fixed-bucket histograms in process memory, merged across processes in SQL.
 
+Only answers whose duration is the route's latency are counted: not the operational routes (a
+readiness probe's own timeout during an outage paged as "slow route /health/ready"), nor streamed
+answers (Server-Sent Events last as long as their client listens: every feed stream opened a "slow
+route" group and its alert).
+
 The request observer only bumps one counter (``observe`` is a dict lookup, a bisect over 50 bounds and
 an increment); the service ships the counts every ``MONITORING_SHIP_INTERVAL_S`` into per-minute rows
 that every process adds to. Percentiles over any window come from the merged buckets: the bounds grow
@@ -12,11 +17,26 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from litestar.response import Stream
 from litestar.types import Scope
 
 BOUNDS_S: tuple[float, ...] = tuple(0.001 * 1.25**k for k in range(50))
 """Upper bounds of the buckets: 1 ms, 1.25 ms ... about 55 s; one more bucket holds the rest."""
 BUCKETS = len(BOUNDS_S) + 1
+
+UNTIMED_PREFIXES = ("/health", "/metrics", "/saq")
+"""Operational routes: their answers time a probe or a page, not the API."""
+
+
+def _timed(template: str, handler: object) -> bool:
+    """Whether the answers of ``handler`` (serving ``template``) measure its latency: not an
+    operational route's, nor a streamed one's (a handler that returns a ``Stream``, Server-Sent Events
+    among them)."""
+    if template.startswith(UNTIMED_PREFIXES):
+        return False
+    signature = getattr(handler, "parsed_fn_signature", None)
+    returned = getattr(getattr(signature, "return_type", None), "annotation", None)
+    return not (isinstance(returned, type) and issubclass(returned, Stream))
 
 
 class RouteCounts:
@@ -32,21 +52,28 @@ class RouteCounts:
 class LatencyRecorder:
     """The request observer's target: counts per route template and method since the last drain."""
 
-    __slots__ = ("_routes",)
+    __slots__ = ("_routes", "_untimed")
 
     def __init__(self) -> None:
         self._routes: dict[str, dict[str, RouteCounts]] = {}
+        self._untimed: set[tuple[str, str]] = set()
+        """(template, method) of the routes whose answers are not counted (``_timed``), as seen."""
 
     def observe(self, scope: Scope, status: int, duration_s: float) -> None:
         template = scope.get("path_template")
         if not template:
             return  # unmatched paths (404s) would grow the table without bound
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
         methods = self._routes.get(template)
         if methods is None:
             methods = self._routes[template] = {}
-        method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
         counts = methods.get(method)
         if counts is None:
+            if (template, method) in self._untimed:
+                return
+            if not _timed(template, scope.get("route_handler")):
+                self._untimed.add((template, method))
+                return
             counts = methods[method] = RouteCounts()
         counts.counts[bisect_left(BOUNDS_S, duration_s)] += 1
         if duration_s > counts.slowest_s:
