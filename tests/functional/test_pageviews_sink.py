@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 
 from app.core.errors import ServiceUnavailableError
@@ -444,6 +445,7 @@ async def test_an_outage_answers_every_queued_request_after_one_write(
     with it, in one write's deadline, not after one more deadline per queued batch."""
     writer = GatedWriter(make_writer("hybrid", database_url, 2, timeout_s=0.5))
     sink = PageViewSink(writer, batch_size=1, max_pending=1000, flushers=1)
+    unwritten = REGISTRY.get_sample_value("app_page_views_unwritten_total") or 0.0
     await sink.start()
     try:
         async with await AsyncConnection.connect(database_url) as locker:
@@ -458,6 +460,7 @@ async def test_an_outage_answers_every_queued_request_after_one_write(
         assert all(result.headers["Retry-After"] for result in results)  # type: ignore[union-attr]
         assert writer.outcomes == [(1, "WriteTimeoutError")], "one write, not one per queued batch"
         assert sink.pending_rows == 0
+        assert REGISTRY.get_sample_value("app_page_views_unwritten_total") == unwritten + 21, "counted"
         await sink.submit([row(path="/after")])  # the sink works again once the database does
         assert await stored(db) == 1
     finally:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.migrate import dbmate
 from tests.factories import PROBLEM, wait_until
@@ -273,7 +274,10 @@ async def test_a_postgres_that_never_answers_gives_timely_503s_and_the_pool_reco
     await gate.serve()
     try:
         url = f"postgresql://postgres:@127.0.0.1:{gate.port}/faults"
-        server = ServerProcess(url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
+        metrics = tmp_path / "metrics"  # both workers' counts in every scrape
+        metrics.mkdir()
+        env = {**FAULT_ENV, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        server = ServerProcess(url, controlled_valkey.url, tmp_path, env=env)
         processes.append(server)
         server.start()
 
@@ -286,6 +290,9 @@ async def test_a_postgres_that_never_answers_gives_timely_503s_and_the_pool_reco
         await wait_until(live, 60, "the server answers /health/live")
         await assert_unavailable_in_time(http, server, shop)
         assert gate.held > 0, "the app's connections reached the hanging listener"
+        # The ingest is left out of the request metrics; its 503s were in no metric at all.
+        refused = await scraped(http, server.base, "app_page_view_requests_not_accepted_total")
+        assert refused.get((("route", "/api/page-views"), ("status", "503")), 0) >= 8, refused
 
         # The partition heals: the pool's hung attempts time out (connect_timeout) and it reconnects.
         gate.open_to(str(postgres.directory / ".s.PGSQL.5432"))
@@ -306,6 +313,17 @@ async def test_a_postgres_that_never_answers_gives_timely_503s_and_the_pool_reco
         assert server.process.returncode == 0, server.log_tail()  # stopped gracefully within 30 s
     finally:
         await gate.close()
+
+
+async def scraped(http: httpx.AsyncClient, base: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of ``name`` on the server's ``/metrics``, by their labels (sorted pairs)."""
+    text = (await http.get(f"{base}/metrics", timeout=10)).text
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def _migrated(postgres: PrivatePostgres) -> str:

@@ -24,10 +24,13 @@ import time
 from collections.abc import Callable
 from itertools import islice
 
+import structlog
 from cachetools import TTLCache
 
-from app.core.errors import ServiceUnavailableError
+from app.core.errors import ServiceUnavailableError, dependency_down, report_dependency_down
 from app.domains.sites.services import SiteService
+
+log = structlog.get_logger("app.pageviews.keys")
 
 
 class UnknownKeyError(Exception):
@@ -94,7 +97,11 @@ class SiteKeys:
                 self.lookups += 1
                 try:
                     found = await self._sites.ids_for_keys(keys)
-                except Exception as exc:  # the database is unreachable: these requests get a 503
+                except Exception as exc:  # the database is unreachable (or a bug): these requests get a 503
+                    if dependency_down(exc):
+                        report_dependency_down(exc, "request", route="/api/page-views", keys=len(keys))
+                    else:
+                        log.exception("site_key_lookup_failed", keys=len(keys))
                     for future in futures:
                         if not future.done():
                             future.set_exception(_unavailable(exc))

@@ -94,6 +94,10 @@ EXPIRED = Counter(
     f"Page views answered 503 unwritten: queued for over {SINK_MAX_QUEUE_S} s (the database is slow)",
 )
 GONE = Counter("app_page_views_site_gone", "Page views refused at write time because their site was deleted")
+UNWRITTEN = Counter(
+    "app_page_views_unwritten",
+    "Page views answered 503 because their write failed (the database unreachable or failing), not stored",
+)
 
 
 class SinkFullError(ServiceUnavailableError):
@@ -277,7 +281,9 @@ class PageViewSink:
                         **failure,
                         detail=str(exc)[:300],
                     )
-                    _settle([group for left in (part, *parts, queued) for group in left], _unavailable)
+                    failed = [group for left in (part, *parts, queued) for group in left]
+                    UNWRITTEN.inc(sum(len(group.rows) for group in failed))
+                    _settle(failed, _unavailable)
                     return
                 if len(part) > 1:
                     if part is groups:
