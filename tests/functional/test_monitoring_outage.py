@@ -23,6 +23,7 @@ from app.config import Settings
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.fingerprint import fixed_fingerprint
 from app.domains.monitoring.groups import Aggregate
+from app.domains.monitoring.monitors import CheckInsNotAppliedError
 from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, WAIT_KEY, OutageNotifier
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import TelegramClient
@@ -420,3 +421,21 @@ async def test_the_notice_honours_the_window_the_sender_stored(
             await failing_flushes(service, 3)
     assert telegram.fake.messages() == []
     assert await valkey.exists(CLAIM_KEY) == 0
+
+
+async def test_the_notice_dates_the_outage_from_its_first_failed_request_and_names_the_database_error(
+    settings: Settings, valkey: Valkey, telegram: FakeTelegramServer
+) -> None:
+    """Review opsrev: the notice said "since" the first failed flush (tens of seconds after the
+    first 503) and named the flush's own wrapper (``CheckInsNotAppliedError``), not what failed."""
+    notifier = notifier_for(settings, telegram, valkey)
+    held = outage_aggregate()  # its first 503 at 2025-12-02 00:00:00 UTC
+    try:
+        wrapped = CheckInsNotAppliedError([])
+        wrapped.__cause__ = PoolTimeout("couldn't get a connection after 5.00 sec")
+        assert await notifier.flush_failed(wrapped, [held])
+        [notice] = texts(telegram)
+        assert "PostgreSQL is unreachable (PoolTimeout, seen from " in notice
+        assert "since 2025-12-02 00:00:00 UTC" in notice
+    finally:
+        await notifier.telegram.close()

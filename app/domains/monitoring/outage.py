@@ -241,9 +241,12 @@ class OutageNotifier:
         if not self.enabled or self._busy.locked():
             return False
         async with self._busy:
-            if self._down_since is None:
-                self._down_since = self.clock()
-            met_by_traffic = any(aggregate.kind == MonitoringGroupKind.UNAVAILABLE for aggregate in held)
+            unavailable = [
+                aggregate for aggregate in held if aggregate.kind == MonitoringGroupKind.UNAVAILABLE
+            ]
+            if self._down_since is None:  # since the first request it failed, else this first flush
+                self._down_since = min([self.clock(), *(aggregate.first for aggregate in unavailable)])
+            met_by_traffic = bool(unavailable)
             if not met_by_traffic and self._failing_flushes < LASTING_FLUSHES:
                 return False
             if self.monotonic() < self._not_before or not self._askable():
@@ -364,7 +367,7 @@ class OutageNotifier:
         return [
             Part(f"🚨 Outage · {self.environment} · {self.release}\n"),
             Part("PostgreSQL is unreachable"),
-            Part(f" ({type(exc).__name__}, seen from {self.host} since {_when(since)})\n"),
+            Part(f" ({_cause_name(exc)}, seen from {self.host} since {_when(since)})\n"),
             Part(_held_summary(held)),
             Part(
                 "Alerts are held until the database is back. Sent around the database, at most once "
@@ -399,3 +402,17 @@ async def _quietly(work: Awaitable[bool]) -> bool:
         if _failures.due():
             log.warning("outage_notice_failed", error=type(exc).__name__, detail=error_message(exc))
         return False
+
+
+def _cause_name(exc: BaseException) -> str:
+    """The name of the failure that says the database is down (``exc`` or the first of its causes
+    that is psycopg's or the pool's): a flush's own wrapper (``CheckInsNotAppliedError``) says
+    nothing of the outage."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__module__.startswith(("psycopg", "psycopg_pool")):
+            return type(current).__name__
+        current = current.__cause__ or current.__context__
+    return type(exc).__name__

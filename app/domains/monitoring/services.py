@@ -50,6 +50,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import Database
+from app.core.errors import database_down
 from app.core.logging import OncePerInterval, error_message
 from app.db import monitoring as queries
 from app.db.models import (
@@ -311,7 +312,8 @@ class MonitoringService:
             async with self._round:
                 if not self._release_registered:
                     await self._guarded("release", self.register_release())
-                await self._guarded("flush", self.flush())
+                if await self._guarded("flush", self.flush()):
+                    continue  # PostgreSQL is down: each step after would wait out the pool first
                 if time.monotonic() >= next_ship:
                     next_ship = time.monotonic() + settings.monitoring_ship_interval_s
                     await self._guarded("ship", self.ship())
@@ -321,7 +323,11 @@ class MonitoringService:
                     await self._guarded("checks", self.run_periodic())
                     await self._guarded("fallback", self._fallback_delivery())
 
-    async def _guarded(self, what: str, work: Any) -> None:
+    async def _guarded(self, what: str, work: Any) -> bool:
+        """Run ``work``, logging its failure (at most once per interval); whether it failed because
+        PostgreSQL is down. A round stops at a flush that did: its ship, checks and fallback each
+        waited out the pool's timeout, and the next flush, which sends the outage notice, came 25 s
+        later."""
         try:
             await work
         except Exception as exc:
@@ -332,6 +338,8 @@ class MonitoringService:
                     error=type(exc).__name__,
                     detail=error_message(exc),
                 )
+            return database_down(exc)
+        return False
 
     async def _fallback_delivery(self) -> None:
         """Deliver alerts the worker has not sent within the fallback delay (it may be down)."""
