@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,14 @@ from psycopg import AsyncConnection
 from app.config import Settings
 from app.domains.health.services import HealthService
 from app.main import create_app
-from tests.factories import assert_problem, client_across_tests, make_user, serve_in_loop, wait_until
+from tests.factories import (
+    assert_problem,
+    captured_logs,
+    client_across_tests,
+    make_user,
+    serve_in_loop,
+    wait_until,
+)
 from tests.valkey_control import ControlledValkey
 
 
@@ -133,6 +141,27 @@ async def test_ready_answers_within_its_deadline_naming_a_hung_valkey(
         assert checks["queue"]["ok"] is False
         assert checks["postgres"]["ok"] is True
         await become_ready(served.client)  # recovered once it answers
+
+
+async def test_ready_says_busy_when_every_pooled_connection_is_in_use(settings: Settings) -> None:
+    """Review opsrev: an exhausted pool (a lock held on a table, requests piling up behind it) was
+    answered as PostgreSQL not answering (``timeout``), and logged so. PostgreSQL answers here; the
+    instance's two connections are held."""
+    async with serve_in_loop(
+        settings, database_pool_min=0, database_pool_max=2, health_timeout_s=0.5, health_ready_shared_s=0.0
+    ) as served:
+        await become_ready(served.client)
+        pool = served.app.state.services.db.pool
+        async with pool.connection() as first, pool.connection() as second:
+            assert first is not second
+            with captured_logs(logging.WARNING) as logs:
+                response = await served.client.get("/health/ready")
+        assert response.status_code == 503, response.text
+        checks = {check["name"]: check for check in response.json()["checks"]}
+        assert (checks["postgres"]["detail"], checks["schema"]["detail"]) == ("busy", "busy")
+        [line, *_] = logs.events("readiness_check_failed")
+        assert line["error"] == "PoolBusy" and line["pool"]["pool_available"] == 0, line
+        await become_ready(served.client)
 
 
 async def test_a_flood_of_readiness_probes_shares_one_check(settings: Settings) -> None:

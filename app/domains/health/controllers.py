@@ -60,7 +60,8 @@ class HealthController(Controller):
             "(`unavailable`) when a required one is down: `postgres` or `schema`. Valkey and the queue "
             "are reported but not required: without them the instance still serves (`degraded`, 200), "
             "and every replica shares them. `schema` is down while the database lacks migrations this "
-            "release needs (a newer schema is fine). A failed check's `detail` is only `timeout` or `error`: "
+            "release needs (a newer schema is fine). A failed check's `detail` is only `timeout`, `busy` "
+            "(every pooled connection of the instance was in use for the whole deadline) or `error`: "
             "the cause is in the server's log (`readiness_check_failed`, once a minute per check). "
             "One answer serves every probe for `HEALTH_READY_SHARED_S`; a 503 says so in `Retry-After`."
         ),

@@ -11,8 +11,10 @@ class Liveness(msgspec.Struct, frozen=True):
     status: str
 
 
-CheckFailure = Literal["timeout", "error"]
-"""Why a check failed, as the public answer says it: no answer within the deadline, or an error.
+CheckFailure = Literal["timeout", "busy", "error"]
+"""Why a check failed, as the public answer says it: no answer within the deadline, every connection
+of the instance's pool in use for the whole deadline (the instance is saturated; PostgreSQL itself
+may answer), or an error.
 The cause (the error's type and message, a queue's counts, the schema's version) is only logged:
 the route is public."""
 

@@ -45,6 +45,7 @@ async def _timed(
     timeout: float,
     required: bool = True,
     warnings: OncePerInterval | None = None,
+    busy: Callable[[], dict[str, int] | None] = lambda: None,
 ) -> DependencyStatus:
     """Run ``check`` and report it down unless it succeeds within ``timeout``.
 
@@ -52,7 +53,9 @@ async def _timed(
     for a client's clean-up (``asyncio.wait_for`` would). The PostgreSQL check ends at once when
     cancelled (it severs its connection: ``app.core.deadline``); the Valkey clients' may take longer.
     A failure is logged (once per ``warnings``' interval per check) with its cause; the answer, public,
-    only says ``timeout`` or ``error`` (``CheckFailure``).
+    only says ``timeout``, ``busy`` or ``error`` (``CheckFailure``). ``busy``: the pool's figures
+    when the check, cut at the deadline, was still waiting for one of its connections, all in use
+    (an exhausted pool was reported as PostgreSQL not answering).
     """
     started = time.perf_counter()
     task: asyncio.Task[None] = asyncio.ensure_future(check())
@@ -62,14 +65,18 @@ async def _timed(
         task.cancel()
         _abandoned.add(task)
         task.add_done_callback(_forget)
-        ok, detail = False, "timeout"
+        pool = busy()
+        ok, detail = False, "timeout" if pool is None else "busy"
         if warnings is not None and warnings.due(name):
             log.warning(
                 "readiness_check_failed",
                 check=name,
                 required=required,
-                error="Timeout",
-                message=f"no answer within {timeout:g}s",
+                error="Timeout" if pool is None else "PoolBusy",
+                message=f"no answer within {timeout:g}s"
+                if pool is None
+                else f"every pooled connection in use for {timeout:g}s",
+                **({} if pool is None else {"pool": pool}),
             )
     else:
         try:
@@ -150,13 +157,27 @@ class HealthService:
         """Check the four concurrently, each within the deadline."""
         timeout = self.timeout_s
 
+        pooled: set[str] = set()
+
+        def busy(check: str) -> Callable[[], dict[str, int] | None]:
+            def figures() -> dict[str, int] | None:
+                stats = self.db.pool.get_stats()
+                exhausted = (
+                    stats.get("pool_available", 0) == 0 and stats.get("pool_size", 0) >= self.db.pool.max_size
+                )
+                return None if check in pooled or not exhausted else stats
+
+            return figures
+
         async def postgres() -> None:
             async with self.db.pool.connection(timeout=timeout) as conn:
+                pooled.add("postgres")
                 query = asyncio.ensure_future(conn.execute("select 1"))
                 await finish_within(query, timeout, lambda: sever(conn))  # severed: no cancel request
 
         async def schema() -> None:
             async with self.db.pool.connection(timeout=timeout) as conn:
+                pooled.add("schema")
                 query = asyncio.ensure_future(_missing_migrations(conn, self.required_migrations))
                 missing = await finish_within(query, timeout, lambda: sever(conn))
             if missing:
@@ -169,8 +190,8 @@ class HealthService:
             await self.queue.info()
 
         checks = await asyncio.gather(
-            _timed("postgres", postgres, timeout=timeout, warnings=self.warnings),
-            _timed("schema", schema, timeout=timeout, warnings=self.warnings),
+            _timed("postgres", postgres, timeout=timeout, warnings=self.warnings, busy=busy("postgres")),
+            _timed("schema", schema, timeout=timeout, warnings=self.warnings, busy=busy("schema")),
             _timed("valkey", cache, timeout=timeout, warnings=self.warnings, required=False),
             _timed("queue", jobs, timeout=timeout, warnings=self.warnings, required=False),
         )
