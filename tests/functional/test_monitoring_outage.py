@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 from valkey.asyncio import Valkey
@@ -430,6 +431,8 @@ async def test_the_notice_dates_the_outage_from_its_first_failed_request_and_nam
     first 503) and named the flush's own wrapper (``CheckInsNotAppliedError``), not what failed."""
     notifier = notifier_for(settings, telegram, valkey)
     held = outage_aggregate()  # its first 503 at 2025-12-02 00:00:00 UTC
+    sent = {"outcome": "sent"}
+    requests = REGISTRY.get_sample_value("app_monitoring_telegram_requests_total", sent) or 0.0
     try:
         wrapped = CheckInsNotAppliedError([])
         wrapped.__cause__ = PoolTimeout("couldn't get a connection after 5.00 sec")
@@ -437,5 +440,7 @@ async def test_the_notice_dates_the_outage_from_its_first_failed_request_and_nam
         [notice] = texts(telegram)
         assert "PostgreSQL is unreachable (PoolTimeout, seen from " in notice
         assert "since 2025-12-02 00:00:00 UTC" in notice
+        # counted as every sendMessage is (the notice's were not)
+        assert REGISTRY.get_sample_value("app_monitoring_telegram_requests_total", sent) == requests + 1
     finally:
         await notifier.telegram.close()

@@ -63,7 +63,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
 from psycopg import AsyncConnection
 
 from app.core.db import Database
@@ -91,10 +90,6 @@ DIGEST_LINES = 200
 """Alerts of a digest read to write it: more than a message of 4,096 characters can list."""
 MAX_MIGRATIONS = 3
 """Chat moves followed within one delivery (a group upgrades once; this only bounds a loop)."""
-
-OUTCOMES = Counter(
-    "app_monitoring_telegram_requests", "Telegram sendMessage requests by outcome", ["outcome"]
-)
 
 
 def _utc(ts: float) -> datetime:
@@ -364,7 +359,6 @@ class Sender:
             for _ in range(MAX_MIGRATIONS):
                 if result.outcome != "migrated" or result.migrate_to_chat_id is None:
                     break
-                OUTCOMES.labels(outcome=result.outcome).inc()
                 chat = await self._follow_migration(row.chat_id, chat, result.migrate_to_chat_id, routes)
                 note = f"chat {row.chat_id} migrated to {chat}; set TELEGRAM_CHAT_ID to it"
                 result = await self._send_when_ready(chat, html_text, pacer, deadline, html_mode=True)
@@ -372,10 +366,8 @@ class Sender:
                 note = f"HTML refused ({result.description}); sent as plain text"
                 result = await self._send_when_ready(chat, plain, pacer, deadline, html_mode=False)
         except _SenderStoppedError as stopped:
-            OUTCOMES.labels(outcome=result.outcome).inc()  # the last request's: nothing delivered
             await self._release(row.id, str(stopped), chat, pacer)
             return False
-        OUTCOMES.labels(outcome=result.outcome).inc()
         await self._record(row, chat, claimed.attempts, give_up_at, result, pacer, note)
         return result.outcome == "sent"
 

@@ -26,11 +26,16 @@ from typing import Any, Literal
 
 import httpx
 import msgspec
+from prometheus_client import Counter
 
 MAX_MESSAGE = 4096
 """Telegram's limit for ``text`` after entity parsing, in UTF-16 code units."""
 
 Tag = Literal["b", "i", "code", "pre"]
+
+OUTCOMES = Counter(
+    "app_monitoring_telegram_requests", "Telegram sendMessage requests by outcome", ["outcome"]
+)
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _TOKEN_IN_PATH = re.compile(r"/bot[^/\s]+/")
@@ -193,6 +198,13 @@ class TelegramClient:
             self._client = None
 
     async def send(self, chat_id: str, text: str, *, html_mode: bool) -> SendResult:
+        """One ``sendMessage`` request, counted by outcome (``OUTCOMES``): every request counts here,
+        an alert's, its plain-text retry's, a report's and the outage notice's alike."""
+        result = await self._send(chat_id, text, html_mode=html_mode)
+        OUTCOMES.labels(outcome=result.outcome).inc()
+        return result
+
+    async def _send(self, chat_id: str, text: str, *, html_mode: bool) -> SendResult:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout)
         payload: dict[str, Any] = {
