@@ -7,6 +7,7 @@ as the real pool does after ``DATABASE_POOL_TIMEOUT``); Valkey and the fake Tele
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -444,3 +445,16 @@ async def test_the_notice_dates_the_outage_from_its_first_failed_request_and_nam
         assert REGISTRY.get_sample_value("app_monitoring_telegram_requests_total", sent) == requests + 1
     finally:
         await notifier.telegram.close()
+
+
+async def test_events_a_stopping_process_cannot_write_are_said_lost(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Review opsrev: the last flush of a process stopping while PostgreSQL is down dropped what it
+    held without a line; the line now says how many events were lost."""
+    with captured_logs(logging.WARNING) as logs:
+        async with open_monitoring(settings) as service:
+            service.ingest.db = DownDatabase()  # type: ignore[assignment]
+            requests_answered_503(service, 4)
+    [lost] = logs.events("monitoring_events_lost")
+    assert (lost["events"], lost["error"]) == (4, "PoolTimeout"), lost

@@ -277,6 +277,10 @@ class Ingest:
         allowed |= {key for key in keys if now - self._pending[key].held_since >= 2 * window}
         return allowed
 
+    def held_events(self) -> int:
+        """Events captured and not yet written: buffered, and aggregated for a write still to come."""
+        return len(self.buffer) + sum(aggregate.count for aggregate in self._pending.values())
+
     async def flush(self, *, force: bool = False) -> int:
         """Write what may be written now (everything with ``force``); returns the group writes. While
         PostgreSQL is down, the outage is told to Telegram around it (``outage.py``)."""

@@ -280,10 +280,19 @@ class MonitoringService:
             if task is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
-        with contextlib.suppress(Exception):
+        try:
             await self.flush(force=True)
-        with contextlib.suppress(Exception):
+        except Exception as exc:  # the process ends: what it held is lost, and said so
+            log.warning(
+                "monitoring_events_lost",
+                events=self.ingest.held_events(),
+                error=type(exc).__name__,
+                detail=error_message(exc),
+            )
+        try:
             await self.ship()
+        except Exception as exc:
+            log.warning("monitoring_latency_lost", error=type(exc).__name__, detail=error_message(exc))
         await self.telegram.close()
 
     async def write_held(self) -> None:
