@@ -83,6 +83,12 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest outbox row not yet enqueued (0 when none), as last read: the relay's lag",
     multiprocess_mode="mostrecent",
 )
+OUTBOX_READ_AT = Gauge(
+    "app_outbox_gauges_read_timestamp_seconds",
+    "When the outbox's backlog and lag were last read (Unix time): a failed read keeps their last values, "
+    "so once this is old (the database not answering) they are stale, however healthy they look",
+    multiprocess_mode="mostrecent",
+)
 WORKER_HEARTBEAT = Gauge(
     "app_worker_heartbeat_timestamp_seconds",
     "When the worker's event loop last ran its gauge round (Unix time): an old value is a stalled worker, "

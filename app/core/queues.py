@@ -38,6 +38,7 @@ from app.core.metrics import (
     JOB_DURATION,
     JOBS,
     OUTBOX_OLDEST_AGE,
+    OUTBOX_READ_AT,
     OUTBOX_UNPUBLISHED,
     QUEUE_JOBS,
     WORKER_HEARTBEAT,
@@ -214,6 +215,7 @@ async def read_worker_gauges(services: Services) -> None:
         OUTBOX_UNPUBLISHED.set(backlog.pending)
         oldest = backlog.oldest
         OUTBOX_OLDEST_AGE.set(max(0.0, time.time() - oldest.timestamp()) if oldest is not None else 0.0)
+        OUTBOX_READ_AT.set(time.time())
 
 
 def _queue_gauge_hooks(services: Services, queues: dict[str, Queue], interval_s: float) -> tuple[Hook, Hook]:

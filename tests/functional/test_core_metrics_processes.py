@@ -144,6 +144,7 @@ async def test_the_worker_process_serves_its_relay_job_and_queue_metrics(
             text = (await http.get(url)).text
         assert total(text, "app_job_duration_seconds_count", function="purge_outbox") >= len(ids)
         assert abs(total(text, "app_worker_heartbeat_timestamp_seconds") - time.time()) < 300
+        assert abs(total(text, "app_outbox_gauges_read_timestamp_seconds") - time.time()) < 300
     finally:
         code = worker.stop(signal.SIGTERM)
     assert code == 0, worker.log_tail()
