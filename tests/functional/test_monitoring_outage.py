@@ -29,7 +29,7 @@ from app.domains.monitoring.monitors import CheckInsNotAppliedError
 from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, WAIT_KEY, OutageNotifier
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import TelegramClient
-from tests.factories import captured_logs, scalar
+from tests.factories import captured_logs, scalar, wait_until
 from tests.fakes.telegram import FakeTelegramServer, Scripted, serve_fake_telegram
 from tests.functional.test_monitoring_alerts import PRIVATE_CHAT, TOKEN, with_telegram
 from tests.functional.test_monitoring_groups import open_monitoring, tuned
@@ -458,3 +458,39 @@ async def test_events_a_stopping_process_cannot_write_are_said_lost(
             requests_answered_503(service, 4)
     [lost] = logs.events("monitoring_events_lost")
     assert (lost["events"], lost["error"]) == (4, "PoolTimeout"), lost
+
+
+async def test_a_background_flush_that_finds_the_database_down_leaves_the_rounds_to_flushing(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Review opsrev: after a flush failed on the database, each round's ship, checks and fallback
+    still waited out the pool's timeout in turn, and the next flush (the outage notice's path) came
+    some 25 s after the first 503; and the rounds' failures were one warning a minute across every
+    step, with no metric. Each step's failures are counted (``app_monitoring_task_failures_total``),
+    and once a step finds PostgreSQL down the rounds only flush for ``FLUSH_ONLY_S``."""
+
+    def failures(task: str) -> float:
+        return REGISTRY.get_sample_value("app_monitoring_task_failures_total", {"task": task}) or 0.0
+
+    flushes, ships = failures("flush"), failures("ship")
+    fast = {"monitoring_flush_interval_s": 0.01, "monitoring_ship_interval_s": 0.01}
+    async with open_monitoring(settings, **fast) as service:
+        async with service._round:  # the first round to come flushes the 503 with the database down
+            service.ingest.db = DownDatabase()  # type: ignore[assignment]
+            service.performance.db = DownDatabase()  # type: ignore[assignment]  # a ship would fail too
+            requests_answered_503(service, 1)
+            service.latency.observe({**ROUTE, "state": {"request_id": "r"}}, 200, 0.01)  # type: ignore[arg-type]  # to ship
+
+        async def counted() -> bool:
+            return failures("flush") > flushes
+
+        await wait_until(counted, 30, "a background flush failed")
+        for _ in range(2):  # the second round ended after this point began after the failing one ended
+            since = time.time()
+
+            async def round_ended(since: float = since) -> bool:
+                return (REGISTRY.get_sample_value("app_monitoring_round_timestamp_seconds") or 0.0) > since
+
+            await wait_until(round_ended, 30, "a round ended")
+        assert failures("ship") == ships, "no ship while the rounds only flush"
+        service.ingest.db = service.performance.db = service.db  # type: ignore[assignment]

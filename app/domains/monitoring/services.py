@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from litestar.types import Scope
+from prometheus_client import Counter, Gauge
 from valkey.asyncio import Valkey
 
 from app.config import Settings
@@ -81,6 +82,21 @@ from app.domains.orders.services import OrderService
 from app.domains.reports.services import ReportService
 
 log = structlog.get_logger("app.monitoring")
+
+FLUSH_ONLY_S = 10.0
+"""How long the background rounds only flush once a step found PostgreSQL down (``_guarded``)."""
+
+ROUND_ENDED = Gauge(
+    "app_monitoring_round_timestamp_seconds",
+    "When error monitoring's background round last ended (Unix time; the oldest of the live processes): "
+    "an old value is a stalled loop, whose errors and alerts wait unwritten",
+    multiprocess_mode="livemin",
+)
+TASK_FAILURES = Counter(
+    "app_monitoring_task_failures",
+    "Failed steps of error monitoring's background rounds, by step (flush, ship, checks, ...)",
+    ["task"],
+)
 
 PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
@@ -212,6 +228,8 @@ class MonitoringService:
         self._winding_down = False
         """The process stops (``stopping`` or ``close``): a purge in progress stops between chunks."""
         self._round = asyncio.Lock()
+        self._flush_only_until = 0.0
+        """Until then the background rounds only flush: a step found PostgreSQL down (``_guarded``)."""
         self._task_warnings = OncePerInterval(30.0)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -321,34 +339,36 @@ class MonitoringService:
             async with self._round:
                 if not self._release_registered:
                     await self._guarded("release", self.register_release())
-                if await self._guarded("flush", self.flush()):
-                    continue  # PostgreSQL is down: each step after would wait out the pool first
-                if time.monotonic() >= next_ship:
-                    next_ship = time.monotonic() + settings.monitoring_ship_interval_s
-                    await self._guarded("ship", self.ship())
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + settings.monitoring_check_interval_s
-                    await self._guarded("chat routes", self.load_chat_routes())
-                    await self._guarded("checks", self.run_periodic())
-                    await self._guarded("fallback", self._fallback_delivery())
+                await self._guarded("flush", self.flush())
+                if time.monotonic() >= self._flush_only_until:
+                    if time.monotonic() >= next_ship:
+                        next_ship = time.monotonic() + settings.monitoring_ship_interval_s
+                        await self._guarded("ship", self.ship())
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + settings.monitoring_check_interval_s
+                        await self._guarded("chat routes", self.load_chat_routes())
+                        await self._guarded("checks", self.run_periodic())
+                        await self._guarded("fallback", self._fallback_delivery())
+                ROUND_ENDED.set(time.time())
 
-    async def _guarded(self, what: str, work: Any) -> bool:
-        """Run ``work``, logging its failure (at most once per interval); whether it failed because
-        PostgreSQL is down. A round stops at a flush that did: its ship, checks and fallback each
-        waited out the pool's timeout, and the next flush, which sends the outage notice, came 25 s
-        later."""
+    async def _guarded(self, what: str, work: Any) -> None:
+        """Run ``work``, counting and logging its failure (at most once per interval and step). One
+        that says PostgreSQL is down leaves the rounds of the next ``FLUSH_ONLY_S`` to the flush: the
+        ship, checks and fallback each waited out the pool's timeout, round after round, and the
+        flush, the outage notice's path, came some 25 s after the first 503."""
         try:
             await work
         except Exception as exc:
-            if self._task_warnings.due():
+            TASK_FAILURES.labels(what).inc()
+            if self._task_warnings.due(what):  # per task: a failing check never hides a failing flush
                 log.warning(
                     "monitoring_task_failed",
                     task=what,
                     error=type(exc).__name__,
                     detail=error_message(exc),
                 )
-            return database_down(exc)
-        return False
+            if database_down(exc):
+                self._flush_only_until = time.monotonic() + FLUSH_ONLY_S
 
     async def _fallback_delivery(self) -> None:
         """Deliver alerts the worker has not sent within the fallback delay (it may be down)."""
