@@ -147,7 +147,7 @@ async def test_no_notice_for_an_error_of_a_statement(
 def outage_aggregate(count: int = 3) -> Aggregate:
     return Aggregate(
         kind=MonitoringGroupKind.UNAVAILABLE,
-        fingerprint=fixed_fingerprint("unavailable", "psycopg_pool.PoolTimeout"),
+        fingerprint=fixed_fingerprint("unavailable", "postgresql", "PoolTimeout"),
         title="Dependency unavailable: PoolTimeout",
         culprit="/api/projects",
         held_since=0.0,

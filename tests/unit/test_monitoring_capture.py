@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import psycopg.errors
 import psycopg_pool
 import pytest
+import redis.exceptions
 import valkey.exceptions
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
@@ -102,10 +105,16 @@ def test_a_request_event_carries_the_context_and_no_body() -> None:
     assert event.chain[-1].frames[-1][1].endswith("test_a_request_event_carries_the_context_and_no_body")
 
 
-def test_an_outage_is_one_group_per_exception_type() -> None:
-    event = request_event(psycopg_pool.PoolTimeout("x"), {"method": "GET", "state": {}}, UNAVAILABLE)  # type: ignore[arg-type]
-    assert event.fixed == ("psycopg_pool.PoolTimeout",)
+def test_an_outage_is_one_group_per_dependency_and_exception_name() -> None:
+    """Review opsrev: one Valkey outage opened two groups (and sent two "new outage" alerts), the app's
+    client raising ``valkey.exceptions.TimeoutError`` and SAQ's ``redis.exceptions.TimeoutError``."""
+    scope: Any = {"method": "GET", "state": {}}
+    event = request_event(psycopg_pool.PoolTimeout("x"), scope, UNAVAILABLE)
+    assert event.fixed == ("postgresql", "PoolTimeout")
     assert event.title == "Dependency unavailable: PoolTimeout"
+    ours = request_event(valkey.exceptions.TimeoutError("x"), scope, UNAVAILABLE)
+    saqs = request_event(redis.exceptions.TimeoutError("x"), scope, UNAVAILABLE)
+    assert ours.fixed == saqs.fixed == ("valkey", "TimeoutError")
 
 
 def test_the_buffer_counts_by_problem_and_is_bounded() -> None:

@@ -33,9 +33,9 @@ from litestar.types import Scope
 from litestar.utils.scope.state import ScopeState
 from prometheus_client import Counter
 
-from app.core.errors import AppError, dependency_down, exception_handlers
+from app.core.errors import AppError, dependency_down, dependency_of, exception_handlers
 from app.db.models import MonitoringGroupKind
-from app.domains.monitoring.fingerprint import RawException, capture_chain, type_name
+from app.domains.monitoring.fingerprint import RawException, capture_chain
 
 CAPTURED = Counter("app_monitoring_events_captured", "Events captured for error monitoring", ["kind"])
 DROPPED = Counter("app_monitoring_events_dropped", "Events dropped because the capture buffer was full")
@@ -175,6 +175,13 @@ def classify(exc: Exception, scope: Scope | None = None) -> MonitoringGroupKind 
     return None
 
 
+def outage_of(exc: BaseException) -> tuple[str, str]:
+    """The fixed fingerprint of an outage: the dependency and the exception's name. Not its module: the
+    app's Valkey client (``valkey``) and SAQ's (``redis``) raise classes of one name for one outage,
+    which opened two groups and sent two "new outage" alerts."""
+    return dependency_of(exc), type(exc).__name__
+
+
 def request_event(exc: Exception, scope: Scope, kind: MonitoringGroupKind) -> RawEvent:
     state = scope.get("state") or {}
     user = scope.get("user")
@@ -186,7 +193,7 @@ def request_event(exc: Exception, scope: Scope, kind: MonitoringGroupKind) -> Ra
         "request_id": state.get("request_id"),
         "user_id": user_id if isinstance(user_id, int) else None,
     }
-    fixed = (type_name(type(exc)),) if kind == MonitoringGroupKind.UNAVAILABLE else None
+    fixed = outage_of(exc) if kind == MonitoringGroupKind.UNAVAILABLE else None
     return RawEvent(
         kind=kind,
         occurred_at=time.time(),

@@ -14,8 +14,8 @@ ships as a new version; stored groups keep the hashes they were found by):
 - ``message``: for events without a stack, the type chain plus the first line of the message with
   numbers, UUIDs, hex, timestamps, IPs and e-mail addresses replaced by placeholders.
 
-Fixed fingerprints (``fixed``) name a problem directly: a dependency outage by its exception type, a
-slow route by method and route, a cron monitor by its job name.
+Fixed fingerprints (``fixed``) name a problem directly: a dependency outage by its dependency and
+exception name, a slow route by method and route, a cron monitor by its job name.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ GROUPING_RULES = (
     "in_app: exception type chain + in-app frames (module, function, normalised source line; "
     "no line numbers); all_frames: the same with every frame; message: type + message with "
     "numbers, UUIDs, hex, timestamps, IPs and e-mails replaced (events without a stack); "
-    "fixed: outages by exception type, slow routes by method and route, crons by job. "
+    "fixed: outages by dependency and exception name, slow routes by method and route, crons by job. "
     "An event joins the group holding its first matching hash, and its other hashes join it."
 )
 """The rules in a sentence each, as ``GET …/grouping`` states them."""

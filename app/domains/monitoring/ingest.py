@@ -43,6 +43,7 @@ from app.domains.monitoring.capture import (
     RawAggregate,
     RawEvent,
     classify,
+    outage_of,
     request_event,
 )
 from app.domains.monitoring.fingerprint import (
@@ -53,7 +54,6 @@ from app.domains.monitoring.fingerprint import (
     fixed_fingerprint,
     normalise_message,
     resolve_chain,
-    type_name,
 )
 from app.domains.monitoring.groups import (
     MAX_WRITE_FAILURES,
@@ -185,7 +185,7 @@ class Ingest:
                 occurred_at=self.clock(),
                 chain=capture_chain(exc),
                 context=context,
-                fixed=(type_name(type(exc)),),
+                fixed=outage_of(exc),
                 title=f"Dependency unavailable: {type(exc).__name__}",
             )
         return RawEvent(
