@@ -60,6 +60,11 @@ JOBS = Counter(
     "SAQ jobs processed, by queue, function and outcome (complete, retried, failed, aborted)",
     ["queue", "function", "status"],
 )
+JOBS_SWEPT = Counter(
+    "app_jobs_swept",
+    "Jobs a queue's sweep took back from a worker gone mid-job (aborted, then retried or ended)",
+    ["queue"],
+)
 JOB_DURATION = Histogram(
     "app_job_duration_seconds",
     "SAQ job run time from its start to its outcome, in seconds",

@@ -9,6 +9,10 @@ beside it (tobymao/saq#277, open; seen on outbox relay jobs and feed recordings)
 ``queued`` on the active list is swept only when the previous sweep saw it there unchanged: the
 worker that took it died before marking it (one sweep later than SAQ would, 10-20 s), never one that
 is marking it.
+
+A job swept is a worker gone mid-job (killed, or its loop stalled past the job's heartbeat): a warning
+(``job_swept``, naming the job) and ``app_jobs_swept_total``, where SAQ logged an info line whose text
+held the whole job.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from saq.job import Status
+import structlog
+from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
+from app.core.metrics import JOBS_SWEPT
+
 logger = logging.getLogger("saq")
+log = structlog.get_logger("app.sweep")
 
 _LIST_ACTIVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -62,11 +70,11 @@ class TwoSightingSweepQueue(RedisQueue):
                     pipe.lrem(self._active, 0, job_id)
                     pipe.zrem(self._incomplete, job_id)
                     await pipe.execute()
-                logger.info("Sweeping missing job %s", job_id)
+                _swept(self.name, None, job_id)
             elif job.status == Status.QUEUED and previous.get(job_id) != job_bytes:
                 suspects[job_id] = job_bytes
             elif job.status != Status.ACTIVE or job.stuck:
-                logger.info("Sweeping job %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+                _swept(self.name, job, job_id)
                 swept.append(job_id)
                 await self.abort(job, error=self.swept_error_message)
                 try:
@@ -84,3 +92,20 @@ class TwoSightingSweepQueue(RedisQueue):
                 pipe.expire(self._suspects, 3 * lock)
             await pipe.execute()
         return [job_id.decode("utf-8") for job_id in swept]
+
+
+def _swept(queue: str, job: Job | None, job_id: bytes) -> None:
+    """Say and count a job the sweep takes back (``job`` None: its stored record is gone)."""
+    JOBS_SWEPT.labels(queue).inc()
+    if job is None:
+        log.warning("job_swept", queue=queue, job_id=job_id.decode("utf-8", "replace"), record="missing")
+        return
+    log.warning(
+        "job_swept",
+        queue=queue,
+        job_function=job.function,
+        job_key=job.key,
+        job_status=job.status.value,
+        job_attempt=job.attempts,
+        stuck=job.stuck,
+    )

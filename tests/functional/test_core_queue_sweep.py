@@ -9,16 +9,19 @@ between two sweeps.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from saq import Job, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now
 from valkey.asyncio import Valkey
 
 from app.core.queues import build_queues
+from tests.factories import captured_logs
 
 
 @pytest.fixture
@@ -111,7 +114,13 @@ async def test_an_active_job_past_its_timeout_is_still_swept_at_once(
     taken.started, taken.attempts = 1, 1  # started in 1970: long past its one-second timeout
     await taken.update(status=Status.ACTIVE)
 
-    assert await queue.sweep(abort=0.01) == [job.id]
+    swept = REGISTRY.get_sample_value("app_jobs_swept_total", {"queue": queue.name}) or 0.0
+    with captured_logs(logging.INFO) as logs:
+        assert await queue.sweep(abort=0.01) == [job.id]
 
     ended = await queue.job(job.key)
     assert ended is not None and ended.status == Status.ABORTED
+    # a worker gone mid-job: said as a warning naming the job, and counted (SAQ: an info line)
+    [line] = logs.events("job_swept")
+    assert (line["level"], line["job_function"], line["job_status"]) == ("warning", "relay_outbox", "active")
+    assert REGISTRY.get_sample_value("app_jobs_swept_total", {"queue": queue.name}) == swept + 1
