@@ -33,7 +33,7 @@ import structlog
 from prometheus_client import Counter
 from valkey.asyncio import Valkey
 
-from app.core.logging import OncePerInterval
+from app.core.logging import OncePerInterval, error_message
 from app.core.multiplexed import MultiplexedValkey
 from app.core.valkey import VALKEY_DOWN
 
@@ -116,7 +116,13 @@ class Cache:
         """Count every fallback, but warn at most once per ``warn_interval_s`` (an outage is loud)."""
         CACHE_DEGRADED.labels(namespace=namespace).inc()
         if self._warnings.due():
-            _log.warning("cache_degraded", namespace=namespace, operation=operation, error=repr(error))
+            _log.warning(
+                "cache_degraded",
+                namespace=namespace,
+                operation=operation,
+                error=type(error).__name__,
+                detail=error_message(error),
+            )
 
 
 class CacheNamespace:

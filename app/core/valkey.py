@@ -35,6 +35,7 @@ from valkey.exceptions import ResponseError, ValkeyError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.config import Settings
+from app.core.logging import error_message
 
 _log = structlog.get_logger("app.valkey")
 
@@ -147,8 +148,8 @@ class Breaker:
             self.opened_at = now
             _log.warning(
                 "valkey_circuit_opened",
-                error=str(error),
-                error_type=type(error).__name__,
+                error=type(error).__name__,
+                detail=error_message(error),
                 fail_fast_s=self.window_s,
             )
 
