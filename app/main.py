@@ -32,6 +32,7 @@ from app.core.metrics import RequestMetrics, record_pool, sweep_dead_processes
 from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
 from app.core.openapi import operation_id
 from app.core.parameters import read_parameters_strictly
+from app.core.problem_types import problem_types_router
 from app.core.queues import build_saq_config, workers_running
 from app.core.ratelimit import RateLimiter, policies_from_settings
 from app.core.repeating import repeating
@@ -202,6 +203,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             site_icon,
             MetricsController,
             dashboard_router(saq_config),
+            problem_types_router(),
             *(controller for module in services.modules for controller in module.controllers),
         ],
         state=State(

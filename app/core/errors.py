@@ -247,20 +247,64 @@ class ClientDisconnectedError(AppError):
     title = "Client disconnected"
 
 
-_HTTP_SLUGS = {
-    400: ("bad-request", "Bad request"),
-    401: ("unauthorized", "Authentication required"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    409: ("conflict", "Conflict"),
-    413: ("payload-too-large", "Request body too large"),
-    415: ("unsupported-media-type", "Unsupported media type"),
-    422: ("unprocessable", "Unprocessable request"),
-    429: ("rate-limited", "Too many requests"),
-    500: ("internal", "Internal server error"),
-    503: ("service-unavailable", "Service unavailable"),
+HTTP_PROBLEMS: dict[int, tuple[str, str, str]] = {
+    400: ("bad-request", "Bad request", "The request cannot be read as sent (its framing, a header)."),
+    401: (
+        "unauthorized",
+        "Authentication required",
+        "No valid credentials: sign in (`POST /api/auth/login`) and send the access token as "
+        "`Authorization: Bearer <token>`; `WWW-Authenticate` says what was wrong with the one sent.",
+    ),
+    403: ("forbidden", "Forbidden", "The caller is known but may not do this (a role it lacks)."),
+    404: (
+        "not-found",
+        "Not found",
+        "No such resource, or none the caller may see: another user's object answers this too.",
+    ),
+    405: ("method-not-allowed", "Method not allowed", "The path takes other methods: `Allow` lists them."),
+    409: ("conflict", "Conflict", "The request conflicts with the resource's current state."),
+    413: ("payload-too-large", "Request body too large", "The body is larger than the route accepts."),
+    415: (
+        "unsupported-media-type",
+        "Unsupported media type",
+        "The body's `Content-Type` (or coding) is not one the route takes: `Accept-Post`, "
+        "`Accept-Patch` or `Accept-Encoding` says which.",
+    ),
+    422: ("unprocessable", "Unprocessable request", "Well-formed, but not something the service can do."),
+    429: (
+        "rate-limited",
+        "Too many requests",
+        "A rate limit is spent: retry after `Retry-After` seconds (`RateLimit` says what is left).",
+    ),
+    500: ("internal", "Internal server error", "A fault of the server; the request id finds it in the logs."),
+    503: (
+        "service-unavailable",
+        "Service unavailable",
+        "A backing service does not answer now: retry after `Retry-After` seconds.",
+    ),
 }
+"""The problem type of each HTTP status the handlers map: slug, title, and what it means (its page)."""
+
+HANDLER_PROBLEMS: dict[str, tuple[int, str, str]] = {
+    "validation": (
+        400,
+        "Invalid request",
+        "Parameters or a body that break the documented rules: `errors` names each field at fault "
+        "(`query.limit`, `header.Idempotency-Key`, `views[3].url`) and what it must be.",
+    ),
+    "invalid-cursor": (
+        400,
+        "Invalid cursor",
+        "The `cursor` is no position of this list: start again from the first page and follow each "
+        "page's `next_cursor`.",
+    ),
+    "unstorable-value": (
+        400,
+        "Value out of range",
+        "A value in the request is outside what the API can store; see the documented limits.",
+    ),
+}
+"""The problem types the handlers below name themselves: status, title, and what it means."""
 
 
 def problem_type(slug: str) -> str:
@@ -281,7 +325,7 @@ def problem_response(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[Problem]:
-    default_slug, default_title = _HTTP_SLUGS.get(status, ("error", "Error"))
+    default_slug, default_title, _ = HTTP_PROBLEMS.get(status, ("error", "Error", ""))
     body = Problem(
         type=problem_type(slug or default_slug),
         title=title or default_title,
@@ -421,13 +465,9 @@ def _validation_problem(
         detail += f"; and {more} more errors (the first {len(shown)} are listed)"
     elif more:
         detail += f"; and more errors, not counted (the first {len(shown)} are listed)"
+    slug = "invalid-cursor" if only_cursor else "validation"
     return problem_response(
-        request,
-        HTTP_400_BAD_REQUEST,
-        slug="invalid-cursor" if only_cursor else "validation",
-        title="Invalid cursor" if only_cursor else "Invalid request",
-        detail=detail,
-        errors=shown,
+        request, HTTP_400_BAD_REQUEST, slug=slug, title=HANDLER_PROBLEMS[slug][1], detail=detail, errors=shown
     )
 
 
@@ -515,7 +555,7 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
         return _validation_problem(
             request, [FieldError(field="body", message=f"Malformed JSON: {exc.detail}")]
         )
-    default_title = _HTTP_SLUGS.get(exc.status_code, ("", ""))[1]
+    default_title = HTTP_PROBLEMS.get(exc.status_code, ("", "", ""))[1]
     detail = (
         None
         if exc.detail.lower() in {default_title.lower(), HTTPStatus(exc.status_code).phrase.lower()}
@@ -555,12 +595,9 @@ def _handle_unstorable(request: Request[Any, Any, Any], exc: psycopg.DataError) 
         error=type(exc).__name__,
         sqlstate=exc.sqlstate,
     )
+    _, title, detail = HANDLER_PROBLEMS["unstorable-value"]
     return problem_response(
-        request,
-        HTTP_400_BAD_REQUEST,
-        slug="unstorable-value",
-        title="Value out of range",
-        detail="A value in the request is outside what the API can store; see the documented limits.",
+        request, HTTP_400_BAD_REQUEST, slug="unstorable-value", title=title, detail=detail
     )
 
 
