@@ -32,8 +32,10 @@ Per HTTP request it does, in one pass and one ``send`` wrapper:
   labelled ``br`` was accepted as if the label meant nothing. Framing the server let through is
   refused the same way, as a 400 with ``Connection: close``: a ``Transfer-Encoding`` other than
   ``chunked`` (``gzip, chunked``: granian dechunked it and handed on the gzip bytes; RFC 9112 6.1
-  says 501, but a 5xx would count as the server's fault in the error metrics), and one beside a
-  ``Content-Length`` (6.3: the two disagree on where the body ends, the shape of request smuggling).
+  says 501, but a 5xx would count as the server's fault in the error metrics), one beside a
+  ``Content-Length`` (6.3: the two disagree on where the body ends, the shape of request smuggling),
+  and two ``Content-Length`` lines. The lines of each of these headers are read as one list (RFC 9110
+  5.3): ``Transfer-Encoding: gzip`` then ``Transfer-Encoding: chunked`` is ``gzip, chunked``.
 
 It wraps Litestar's own exception handling, so 404/405 answers (raised before any route exists)
 get all of this too. What depends on the route (authentication, rate limits, compression, the
@@ -113,11 +115,14 @@ def _refusing_coded_body(coding: bytes) -> Receive:
 
 def _refusing_framing(framing: bytes, declared: bytes) -> Receive | None:
     """A ``receive`` refusing a body whose framing the server should have refused (see the module's
-    docstring), or None when ``framing`` (the ``Transfer-Encoding``) is plain ``chunked`` alone."""
+    docstring), or None when ``framing`` (the ``Transfer-Encoding``, its lines joined) is plain
+    ``chunked`` alone. Two ``Content-Length`` lines are refused too, whatever they say."""
     coding = framing.strip().lower()
     if coding == b"chunked" and not declared:
         return None
-    if coding != b"chunked":
+    if not framing:
+        detail = "Content-Length was sent more than once: send it once."
+    elif coding != b"chunked":
         detail = (
             f"Transfer-Encoding {framing.decode('latin-1')[:40]!r} is not accepted: send the body chunked."
         )
@@ -378,12 +383,12 @@ class RequestContextMiddleware:
                 request_id = candidate if _REQUEST_ID.fullmatch(candidate) else None
             elif name == b"x-forwarded-for":
                 forwarded_for = value.decode("latin-1")
-            elif name == b"content-length":
-                declared = value
+            elif name == b"content-length":  # several lines join, as one list (RFC 9110 5.3)
+                declared = declared + b", " + value if declared else value
             elif name == b"content-encoding":
-                coding = value
+                coding = coding + b", " + value if coding else value
             elif name == b"transfer-encoding":
-                framing = value
+                framing = framing + b", " + value if framing else value
         if request_id is None:
             request_id = next_request_id()
         client = scope.get("client")
@@ -421,7 +426,7 @@ class RequestContextMiddleware:
         coded = coding and coding.strip().lower() not in _IDENTITY  # no header: one test
         body = _WatchedBody(receive) if DRAIN_FROM < length <= self.drain_at_most else None
         read = _refusing_coded_body(coding) if coded else receive if body is None else body.receive
-        if framing:
+        if framing or b"," in declared:
             read = _refusing_framing(framing, declared) or read
         if scope["method"] in _BODY_METHODS:
             untimed = read

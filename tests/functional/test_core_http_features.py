@@ -11,7 +11,7 @@ from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.main import create_app
-from tests.factories import assert_problem, make_task, make_team
+from tests.factories import assert_problem, drive_asgi, http_scope, make_task, make_team, serve_in_loop
 
 
 async def test_large_responses_are_compressed_with_brotli_or_gzip(client: AsyncTestClient[Litestar]) -> None:
@@ -112,3 +112,28 @@ async def test_a_body_framed_otherwise_than_by_chunks_or_a_length_is_refused(
         assert_problem(refused, 400, "bad-request")
         assert refused.headers["connection"] == "close"
     assert await (await db.execute("select count(*) from projects")).fetchone() == before
+
+
+async def test_framing_split_over_header_lines_is_read_as_one_list(
+    settings: Settings, db: AsyncConnection[Any]
+) -> None:
+    """Review diffreview37: ``Transfer-Encoding: gzip`` then ``Transfer-Encoding: chunked`` is
+    ``gzip, chunked`` (RFC 9110 5.3), which granian dechunks all the same: the last line alone was
+    read, and the project was created from the gzip body's bytes. Two ``Content-Length`` lines, and a
+    ``Content-Encoding`` split so, are refused too. (The raw ASGI call: httpx joins repeated lines.)"""
+    body = b'{"name": "Split"}'
+    json_type = (b"content-type", b"application/json")
+    async with serve_in_loop(settings) as served:
+        team = await make_team(db, served.app)
+        token = team.editor.headers["Authorization"].removeprefix("Bearer ")
+        for lines, status in (
+            ([(b"transfer-encoding", b"gzip"), (b"transfer-encoding", b"chunked")], 400),
+            ([(b"content-length", str(len(body)).encode())] * 2, 400),
+            ([(b"content-encoding", b"gzip"), (b"content-encoding", b"identity")], 415),
+        ):
+            scope = http_scope("POST", "/api/projects", token, json_type, *lines)
+            answered, problem, _ = await drive_asgi(
+                served.app, scope, [{"type": "http.request", "body": body}]
+            )
+            assert answered == status, (lines, problem)
+    assert await (await db.execute("select count(*) from projects where name = 'Split'")).fetchone() == (0,)
