@@ -5,10 +5,10 @@ Struct in lax mode (``strict=False``, needed for query strings), so ``{"archived
 ``false`` and ``{"position": "5"}`` as ``5``: values the published schema refuses were accepted.
 ``StrictJSONRequest`` decodes a body straight into the declared Struct with msgspec's strict decoder
 (one pass, no intermediate objects); a type mismatch is the usual 400 naming every bad field. One
-exception, JSON Schema's own: an integral float (``2.0``) is an integer. Only a body holding one is
-converted again (through plain values); any other refusal stands: the second conversion keeps a
-duplicate key's last value, so ``{"name": "a\\u0000", "name": "OK"}`` passed it, though the strict
-decoder refused the first.
+exception, JSON Schema's own: an integral float (``2.0``) is an integer. Only a body holding one,
+and naming no key twice, is converted again (through plain values); any other refusal stands: the
+second conversion keeps a repeated key's last value, so ``{"name": "a\\u0000", "name": "OK"}``
+passed it, though the strict decoder refused the first.
 
 OPTIONS. Litestar 2 builds a path's automatic OPTIONS handler when the path's *first* handler is
 registered, and that handler lists the methods known at that moment: a controller with ``GET`` and
@@ -59,6 +59,7 @@ Both ``body`` and ``stream`` name a client that leaves before its body's end
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import typing
@@ -307,13 +308,36 @@ def _decode_strictly(body: bytes, kind: Any) -> Any:
     try:
         decoded = decode_any(body)
         mended = whole_numbers(decoded)
-        if mended is decoded:  # no integral float: the fast decode's refusal stands
-            raise first_error  # (else a duplicate key's dropped value, refused there, passed here)
+        if mended is decoded or _repeats_a_key(body):  # the fast decode's refusal stands: the
+            raise first_error  # plain values keep a repeated key's last value, not the one refused
         return msgspec.convert(mended, kind)
     except msgspec.ValidationError as exc:
         raise ValidationException(detail=str(exc)) from first_error
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a typed decode may fail before bad syntax
         raise SerializationException(str(exc)) from exc
+
+
+class _RepeatedKeyError(Exception):
+    pass
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _RepeatedKeyError
+    return found
+
+
+def _repeats_a_key(body: bytes) -> bool:
+    """Whether an object of the JSON ``body`` names a key twice. The standard library's parser, the
+    one that reports pairs: only for a body the strict decode refused that holds an integral float."""
+    try:
+        json.loads(body, object_pairs_hook=_no_repeats)
+    except (_RepeatedKeyError, RecursionError):  # a repeat, or too deep to tell: the refusal stands
+        return True
+    except ValueError:  # what msgspec read and this parser does not: no repeat found
+        return False
+    return False
 
 
 class Controller(litestar.Controller):

@@ -368,6 +368,12 @@ async def test_bodies_are_decoded_strictly_except_whole_numbers(
         headers={**headers, "content-type": "application/json"},
     )
     assert duplicate.status_code == 400, duplicate.text
+    with_float = await client.patch(  # an integral float sends the body through the second conversion
+        task_url,
+        content=b'{"position": 1.0, "title": "bad\\u0000", "title": "Fine"}',
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert with_float.status_code == 400, with_float.text
 
 
 # -- cursors: every value the documented pattern admits is a position ----------------------------
