@@ -36,10 +36,13 @@ async def stopped_within(stop: asyncio.Event, timeout_s: float) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def repeating(work: Callable[[], Awaitable[object]], every_s: float) -> AsyncIterator[None]:
+async def repeating(
+    work: Callable[[], Awaitable[object]], every_s: float, *, name: str | None = None
+) -> AsyncIterator[None]:
     """Run ``work`` every ``every_s`` seconds (the first one interval in) while the block runs; a
-    round that fails is logged and the next comes all the same. The block's end sets the stop,
-    cancels a round in flight and waits for it."""
+    round that fails is logged (as ``name``, else ``work``'s own name) and the next comes all the
+    same. The block's end sets the stop, cancels a round in flight and waits for it."""
+    named = name or _name_of(work)
     stop = asyncio.Event()
     failures = OncePerInterval(FAILURE_LOG_INTERVAL_S)
 
@@ -51,7 +54,7 @@ async def repeating(work: Callable[[], Awaitable[object]], every_s: float) -> As
                 if failures.due():
                     log.warning(
                         "repeating_work_failed",
-                        work=_name_of(work),
+                        work=named,
                         error=type(exc).__name__,
                         detail=error_message(exc),
                     )

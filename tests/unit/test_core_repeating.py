@@ -31,3 +31,18 @@ async def test_a_failed_round_is_logged_once_and_the_rounds_go_on() -> None:
     failed = logs.events("repeating_work_failed")
     assert len(failed) == 1, failed  # the second failure, within the minute, is not logged again
     assert failed[0]["work"].endswith("renew") and failed[0]["error"] == "ConnectionError"
+
+
+async def test_a_loop_given_a_name_is_logged_under_it() -> None:
+    """A lock's renewal is a ``partial`` of a Valkey script, whose own name is a memory address: the
+    loops that renew a lock name themselves (review diffreview37)."""
+    failed = asyncio.Event()
+
+    async def renew() -> None:
+        failed.set()
+        raise ConnectionError("Valkey went away for a moment")
+
+    with captured_logs(logging.WARNING) as logs:
+        async with repeating(renew, 0.001, name="github_fetch_lock_renewal"):
+            await asyncio.wait_for(failed.wait(), 30)
+    assert [line["work"] for line in logs.events("repeating_work_failed")] == ["github_fetch_lock_renewal"]

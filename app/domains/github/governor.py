@@ -246,7 +246,8 @@ class RateLimitGovernor:
                     if await self._wait_needed(priority) > 0:
                         continue  # another process was limited while we queued: wait again
                     renew = partial(self._renew, keys=[self.lock_key], args=[lock, self.lock_ttl_ms])
-                    async with repeating(renew, self.lock_ttl_ms / 3000):  # the lock, while the turn lasts
+                    # the lock, while the turn lasts
+                    async with repeating(renew, self.lock_ttl_ms / 3000, name="github_turn_lock_renewal"):
                         yield
                     return
                 finally:

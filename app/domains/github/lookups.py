@@ -397,7 +397,9 @@ class ProfileLookups:
 
         try:
             async with repeating(
-                partial(self._renew, keys=[key], args=[token, ttl_ms]), FETCH_LOCK_TTL_S / 3
+                partial(self._renew, keys=[key], args=[token, ttl_ms]),
+                FETCH_LOCK_TTL_S / 3,
+                name="github_fetch_lock_renewal",
             ):
                 yield True
         finally:
