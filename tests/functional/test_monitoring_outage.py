@@ -23,7 +23,8 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db.models import MonitoringGroupKind
-from app.domains.monitoring.fingerprint import fixed_fingerprint
+from app.domains.monitoring.capture import RawEvent
+from app.domains.monitoring.fingerprint import RawException, fixed_fingerprint
 from app.domains.monitoring.groups import Aggregate
 from app.domains.monitoring.monitors import CheckInsNotAppliedError
 from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, WAIT_KEY, OutageNotifier
@@ -144,16 +145,26 @@ async def test_no_notice_for_an_error_of_a_statement(
         await notifier.telegram.close()
 
 
-def outage_aggregate(count: int = 3) -> Aggregate:
+def outage_aggregate(
+    count: int = 3, dependency: str = "postgresql", name: str = "PoolTimeout", first: float = 1_764_633_600.0
+) -> Aggregate:
+    sample = RawEvent(
+        kind=MonitoringGroupKind.UNAVAILABLE,
+        occurred_at=first,
+        chain=(RawException(name, "down", ()),),
+        context={"source": "request"},
+        fixed=(dependency, name),
+    )
     return Aggregate(
         kind=MonitoringGroupKind.UNAVAILABLE,
-        fingerprint=fixed_fingerprint("unavailable", "postgresql", "PoolTimeout"),
-        title="Dependency unavailable: PoolTimeout",
+        fingerprint=fixed_fingerprint("unavailable", dependency, name),
+        title=f"Dependency unavailable: {name}",
         culprit="/api/projects",
         held_since=0.0,
         count=count,
-        first=1_764_633_600.0,
-        last=1_764_633_660.0,
+        first=first,
+        last=first + 60,
+        samples=[sample],
     )
 
 
@@ -432,12 +443,13 @@ async def test_the_notice_dates_the_outage_from_its_first_failed_request_and_nam
     first 503) and named the flush's own wrapper (``CheckInsNotAppliedError``), not what failed."""
     notifier = notifier_for(settings, telegram, valkey)
     held = outage_aggregate()  # its first 503 at 2025-12-02 00:00:00 UTC
+    valkeys = outage_aggregate(dependency="valkey", name="TimeoutError", first=1_764_633_000.0)  # earlier
     sent = {"outcome": "sent"}
     requests = REGISTRY.get_sample_value("app_monitoring_telegram_requests_total", sent) or 0.0
     try:
         wrapped = CheckInsNotAppliedError([])
         wrapped.__cause__ = PoolTimeout("couldn't get a connection after 5.00 sec")
-        assert await notifier.flush_failed(wrapped, [held])
+        assert await notifier.flush_failed(wrapped, [valkeys, held])
         [notice] = texts(telegram)
         assert "PostgreSQL is unreachable (PoolTimeout, seen from " in notice
         assert "since 2025-12-02 00:00:00 UTC" in notice

@@ -245,7 +245,8 @@ class OutageNotifier:
                 aggregate for aggregate in held if aggregate.kind == MonitoringGroupKind.UNAVAILABLE
             ]
             if self._down_since is None:  # since the first request it failed, else this first flush
-                self._down_since = min([self.clock(), *(aggregate.first for aggregate in unavailable)])
+                firsts = [aggregate.first for aggregate in unavailable if _of_postgresql(aggregate)]
+                self._down_since = min([self.clock(), *firsts])
             met_by_traffic = bool(unavailable)
             if not met_by_traffic and self._failing_flushes < LASTING_FLUSHES:
                 return False
@@ -402,6 +403,14 @@ async def _quietly(work: Awaitable[bool]) -> bool:
         if _failures.due():
             log.warning("outage_notice_failed", error=type(exc).__name__, detail=error_message(exc))
         return False
+
+
+def _of_postgresql(aggregate: Aggregate) -> bool:
+    """Whether an ``unavailable`` aggregate is PostgreSQL's (its fixed fingerprint's dependency): a
+    Valkey outage's, held alongside, dates nothing of this one."""
+    return any(
+        sample.fixed is not None and sample.fixed[0] == "postgresql" for sample in aggregate.samples[:1]
+    )
 
 
 def _cause_name(exc: BaseException) -> str:
