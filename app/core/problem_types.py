@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 from collections.abc import Iterator
 
 import msgspec
@@ -21,6 +22,8 @@ from litestar.params import FromPath
 
 from app.core.errors import HANDLER_PROBLEMS, HTTP_PROBLEMS, AppError, NotFoundError, problem_type
 from app.core.openapi import problems
+
+_CODE = re.compile(r"`([^`]+)`")
 
 PAGES_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
@@ -71,7 +74,12 @@ def _page(title: str, body: str) -> bytes:
 
 
 def _paragraphs(text: str) -> str:
-    return "".join(f"<p>{html.escape(part)}</p>" for part in text.split("\n\n") if part.strip())
+    """``text``'s paragraphs as HTML, its `code` spans as ``<code>``."""
+    return "".join(
+        "<p>" + _CODE.sub(r"<code>\1</code>", html.escape(part)) + "</p>"
+        for part in text.split("\n\n")
+        if part.strip()
+    )
 
 
 _PAGE_HEADERS = [

@@ -30,6 +30,7 @@ async def test_a_problems_type_is_a_page_saying_what_it_means(
         assert page.headers["content-security-policy"].startswith("default-src 'none'")
         assert body["title"] in page.text and f"HTTP {body['status']}" in page.text
         assert "http://" not in page.text and "https://" not in page.text, "nothing from outside the app"
+        assert "`" not in page.text, "code spans are <code>, not backticks"
 
 
 async def test_every_listed_type_has_its_page_and_an_unknown_one_is_a_404(

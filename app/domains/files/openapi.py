@@ -175,8 +175,9 @@ DOWNLOAD_DESCRIPTION = (
     "304 without a body. One byte `Range`: 206 with those bytes and `Content-Range`, 416 (`Content-Range: "
     "bytes */size`) when it starts at or past the end; a malformed Range, several ranges or another unit "
     "are ignored (200, the whole file). `If-Range` (the `ETag` or the `Last-Modified` date) makes the "
-    "Range apply only while it matches. Access is checked first: a file the caller may not see is a 404 "
-    "whatever the headers."
+    "Range apply only while it matches. Each of these headers is sent once: a second line of `Range`, "
+    "`If-Range` or a date is a 400 naming it (the lines of `If-Match` and `If-None-Match` are one list). "
+    "Access is checked first: a file the caller may not see is a 404 whatever the headers."
 )
 DOWNLOAD_RESPONSES: dict[int, ResponseSpec] = {
     206: ResponseSpec(data_container=None, description="The requested byte range of the file"),

@@ -61,7 +61,7 @@ class HealthController(Controller):
             "are reported but not required: without them the instance still serves (`degraded`, 200), "
             "and every replica shares them. `schema` is down while the database lacks migrations this "
             "release needs (a newer schema is fine). A failed check's `detail` is only `timeout`, `busy` "
-            "(every pooled connection of the instance was in use for the whole deadline) or `error`: "
+            "(no pooled connection of the instance came free within the deadline) or `error`: "
             "the cause is in the server's log (`readiness_check_failed`, once a minute per check). "
             "One answer serves every probe for `HEALTH_READY_SHARED_S`; a 503 says so in `Retry-After`."
         ),
