@@ -455,6 +455,7 @@ EXEMPT: dict[tuple[str, str], str] = {
 }
 EXEMPT_PREFIXES: dict[str, str] = {
     "/schema": "public: the OpenAPI document and Swagger UI's pinned assets",
+    "/problems": "public: the pages of the problem types (what a problem's `type` means), no data",
     "/saq/static/": "public: the SAQ dashboard's static files (the dashboard itself is admin-only)",
 }
 
