@@ -335,7 +335,10 @@ _SAQ_FILTER = SaqLogFilter()
 class PoolLogFilter(logging.Filter):
     """psycopg's pool logs a warning at every failed attempt to connect (about one a second while
     PostgreSQL is away: 75 lines in a 70 s outage). The first of each ``interval_s`` is kept, with
-    how many were dropped before it (``repeated``); every other line of the pool passes as it is."""
+    how many were dropped before it (``repeated``), as one event, ``database_pool_connect_failed``,
+    naming the dependency and its setting with the cause (credentials masked) apart, as the jobs'
+    outage lines do: the pool's own text held the cause, so no two lines had one event to group by.
+    Every other line of the pool passes as it is."""
 
     def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
         super().__init__()
@@ -347,6 +350,10 @@ class PoolLogFilter(logging.Filter):
         repeated = self.warnings.admit()
         if repeated is None:
             return False
+        cause = record.getMessage().partition(": ")[2]
+        record.msg, record.args = "database_pool_connect_failed", ()
+        record.dependency, record.setting = "postgresql", "DATABASE_URL"
+        record.cause = scrub_text(cause)[:ERROR_MESSAGE_MAX_LENGTH]
         record.repeated = repeated
         return True
 

@@ -24,6 +24,23 @@ def test_one_connect_failure_a_minute_is_kept_with_the_count_of_those_dropped() 
     assert pool.filter(later) and later.repeated == 4  # type: ignore[attr-defined]
 
 
+def test_a_connect_failure_is_one_event_with_its_cause_apart_and_masked() -> None:
+    """Review opsrev: the pool's text, cause included, was the line's event: no two alike to group."""
+    failed = logging.LogRecord(
+        "psycopg.pool",
+        logging.WARNING,
+        __file__,
+        1,
+        "error connecting in %r: %s",
+        ("pool-1", "connection to postgresql://app:s3cret@db:5432/app failed: Connection refused"),
+        None,
+    )
+    assert PoolLogFilter(interval_s=3600).filter(failed)
+    assert failed.getMessage() == "database_pool_connect_failed"
+    assert (failed.dependency, failed.setting) == ("postgresql", "DATABASE_URL")  # type: ignore[attr-defined]
+    assert "Connection refused" in failed.cause and "s3cret" not in failed.cause  # type: ignore[attr-defined]
+
+
 def test_the_pools_logger_has_the_filter_once_configured() -> None:
     configure_logging("WARNING")  # the tests' level (tests/factories.py)
     configure_logging("WARNING")
