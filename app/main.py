@@ -28,7 +28,7 @@ from app.core.errors import exception_handlers
 from app.core.gate import GateConfig, RouteGate
 from app.core.head import answer_head_as_get
 from app.core.logging import build_formatter, configure_logging
-from app.core.metrics import RequestMetrics, record_pool, sweep_dead_processes
+from app.core.metrics import RequestMetrics, record_pool, record_process, sweep_dead_processes
 from app.core.middleware import MULTIPART_OVERHEAD, RequestContextMiddleware, largest_body
 from app.core.openapi import operation_id
 from app.core.parameters import read_parameters_strictly
@@ -101,7 +101,8 @@ API_TAGS = [
 ]
 """The groups of the OpenAPI UI, in this order, each with what it holds."""
 PROCESS_GAUGES_INTERVAL_S = 5.0
-"""How often each granian worker sets its pool gauge (``app_db_pool_connections``)."""
+"""How often each granian worker sets its pool gauge (``app_db_pool_connections``) and its process's
+memory, CPU and open files (``app_process_*``)."""
 
 
 def granian_formatter() -> logging.Formatter:
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     async def record_process_gauges() -> None:
         record_pool(services.db.pool)
+        record_process()
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,42 @@ WORKER_HEARTBEAT = Gauge(
     "which its metrics thread would otherwise keep answering for; with several processes, the oldest",
     multiprocess_mode="livemin",  # the most recent of them hid one process stalled among live ones
 )
+
+
+_PER_PROCESS = (
+    "(label pid; role: web, a granian worker): the default process_* metrics are not exported when "
+    "several workers share the multiprocess directory"
+)
+PROCESS_MEMORY = Gauge(
+    "app_process_resident_memory_bytes",
+    f"Resident memory of each live process {_PER_PROCESS}",
+    ["role"],
+    multiprocess_mode="liveall",
+)
+PROCESS_CPU = Gauge(
+    "app_process_cpu_seconds",
+    f"CPU time each live process has used {_PER_PROCESS}",
+    ["role"],
+    multiprocess_mode="liveall",
+)
+PROCESS_OPEN_FDS = Gauge(
+    "app_process_open_fds",
+    f"Open file descriptors of each live process {_PER_PROCESS}",
+    ["role"],
+    multiprocess_mode="liveall",
+)
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def record_process(role: str = "web") -> None:
+    """Set this process's memory, CPU and open files (read from ``/proc``; nothing where it is not).
+    Labelled, so no value exists for a process until it records one (a gauge without labels starts
+    at 0 in every process that imports it: the CLI's too, for ever)."""
+    PROCESS_CPU.labels(role).set(time.process_time())
+    with contextlib.suppress(OSError):
+        with open("/proc/self/statm", "rb") as statm:
+            PROCESS_MEMORY.labels(role).set(int(statm.read().split()[1]) * _PAGE_SIZE)
+        PROCESS_OPEN_FDS.labels(role).set(len(os.listdir("/proc/self/fd")))
 
 
 def record_pool(pool: Any) -> None:

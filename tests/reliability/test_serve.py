@@ -626,4 +626,20 @@ def test_with_two_workers_every_scrape_counts_the_requests_of_both(
     scrapes = [_requests_counted(launcher.base, "/api/products") for _ in range(16)]
 
     assert scrapes == [requests] * len(scrapes)
+
+    def memory_by_pid() -> dict[str, float]:
+        text = httpx.get(f"{launcher.base}/metrics", timeout=10).text
+        return {
+            sample.labels["pid"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "app_process_resident_memory_bytes"
+        }
+
+    # each worker's own memory (the default process_* metrics are not exported with two workers), set
+    # by its process-gauge round every PROCESS_GAUGES_INTERVAL_S
+    deadline = time.monotonic() + 30
+    while len(memory := memory_by_pid()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(memory) == 2 and all(rss > 10_000_000 for rss in memory.values()), memory  # only workers
     stop_and_assert_clean(launcher)
