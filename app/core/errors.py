@@ -264,6 +264,11 @@ HTTP_PROBLEMS: dict[int, tuple[str, str, str]] = {
     405: ("method-not-allowed", "Method not allowed", "The path takes other methods: `Allow` lists them."),
     409: ("conflict", "Conflict", "The request conflicts with the resource's current state."),
     413: ("payload-too-large", "Request body too large", "The body is larger than the route accepts."),
+    414: (
+        "uri-too-long",
+        "Request line too long",
+        "The request line (path and query) is longer than the server accepts.",
+    ),
     415: (
         "unsupported-media-type",
         "Unsupported media type",
@@ -277,13 +282,32 @@ HTTP_PROBLEMS: dict[int, tuple[str, str, str]] = {
         "A rate limit is spent: retry after `Retry-After` seconds (`RateLimit` says what is left).",
     ),
     500: ("internal", "Internal server error", "A fault of the server; the request id finds it in the logs."),
+    501: (
+        "not-implemented",
+        "Not implemented",
+        "The gateway does not support this request (its transfer coding).",
+    ),
+    502: (
+        "bad-gateway",
+        "Bad gateway",
+        "The API did not answer the gateway. The request may have been processed: repeat a change only "
+        "with its `Idempotency-Key`, or check first.",
+    ),
     503: (
         "service-unavailable",
         "Service unavailable",
         "A backing service does not answer now: retry after `Retry-After` seconds.",
     ),
+    504: (
+        "gateway-timeout",
+        "Gateway timeout",
+        "The API did not answer the gateway in time. The request may have been processed: repeat a "
+        "change only with its `Idempotency-Key`, or check first.",
+    ),
+    505: ("http-version-not-supported", "HTTP version not supported", "Use HTTP/1.1 (or HTTP/1.0)."),
 }
-"""The problem type of each HTTP status the handlers map: slug, title, and what it means (its page)."""
+"""The problem type of each HTTP status the handlers map, and of the gateway's own answers
+(``deploy/nginx.conf``): slug, title, and what it means (its page)."""
 
 HANDLER_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "validation": (

@@ -8,10 +8,12 @@ answers, and an index of them.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from app.core.problem_types import problem_types
 from tests.factories import Team, assert_problem
 
 
@@ -44,3 +46,17 @@ async def test_every_listed_type_has_its_page_and_an_unknown_one_is_a_404(
     for link in links:
         assert (await client.get(link)).status_code == 200, link
     assert_problem(await client.get("/problems/no-such-problem"), 404, "not-found")
+
+
+def test_the_gateways_own_problems_have_their_pages_with_the_same_status_and_title() -> None:
+    """Review docsrev: nginx answers problems of its own (``deploy/nginx.conf``), six of whose types
+    had no page, and its 500 named another type and title than the app's."""
+    gateway = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+    answered = re.findall(
+        r'"type":"/problems/([a-z0-9-]+)","title":"([^"]+)","status":(\d+)', gateway.read_text()
+    )
+    assert len(answered) >= 10
+    known = problem_types()
+    for slug, title, status in answered:
+        assert slug in known, slug
+        assert (known[slug].title, known[slug].status) == (title, int(status)), slug
