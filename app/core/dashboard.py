@@ -206,6 +206,8 @@ const job_headers""",
     h("h2", "Jobs"),
     h("figure", h("table", { attrs: { role: "grid" } }, [""",
     ),
+    # A queue's page lists the first ten of its unfinished jobs (SAQ's ``info(jobs=True)``), and said
+    # neither that nor where the others are: it says both now.
     (
         """      )),
     ]),
@@ -215,10 +217,51 @@ const job_headers""",
 const job_view""",
         """      )),
     ])),
+    h("p", h("small", "Listed: " + queue.jobs.length + " of the " + (queue.queued + queue.active
+      + queue.scheduled) + " jobs not finished (the first ten). A finished job is not listed: open it at "
+      + root_path + "/queues/" + queue_name + "/jobs/<its key>.")),
   ])
 }
 
 const job_view""",
+    ),
+    # Retry and Abort were links without an href (SAQ's ``button``, app.js ~84): no Tab stopped on them
+    # and neither Enter nor Space pressed them. They are buttons now, disabled while their request runs.
+    (
+        """  data.attrs ||= {}
+  data.attrs.role = "button"
+  data.on ||= {}
+  data.on.click = async event => {
+    event.target.setAttribute("aria-busy", true)
+    await handler(event)
+    event.target.setAttribute("aria-busy", false)
+    renderPage()
+  }
+
+  return h("a", data, children)
+}""",
+        """  data.attrs ||= {}
+  data.attrs.type = "button"
+  data.on ||= {}
+  data.on.click = async event => {
+    const pressed = event.currentTarget
+    pressed.disabled = true
+    pressed.setAttribute("aria-busy", true)
+    await handler(event)
+    pressed.setAttribute("aria-busy", false)
+    pressed.disabled = false
+    renderPage()
+  }
+
+  return h("button", data, children)
+}""",
+    ),
+    # Abort was offered on every job not completed, and the server refuses (409) one being aborted and a
+    # cron job's waiting run (``abort_job``): Abort is offered where it can work.
+    (
+        """  if (!job.completed) {""",
+        """  const waiting_cron = job.key.startsWith("cron:") && job.status !== "active"
+  if (!job.completed && job.status !== "aborting" && !waiting_cron) {""",
     ),
     (
         'link({ props: { href: root_path + "/queues/" + queue_name + "/jobs/" + job.key } }, '

@@ -273,12 +273,34 @@ async def test_retry_is_offered_for_a_finished_job_only(
     await page.reload()
     await expect(page.locator("figure tbody tr td").nth(5)).to_have_text("failed", timeout=RENDER_TIMEOUT_MS)
     await expect(page.get_by_role("button", name="Abort")).to_have_count(0)
+    # pressed from the keyboard: Retry was a link without an href, which took no focus and no key
+    await page.get_by_role("button", name="Retry").focus()
     async with page.expect_response(lambda r: r.url.endswith("/retry")) as answered:
-        await page.get_by_role("button", name="Retry").click()
+        await page.keyboard.press("Enter")
     assert (await answered.value).status == 202
     async with saq_queues(valkey_url) as queues:
         job = await queues["default"].job("browser-retry-offered")
         assert job is not None and job.status == SaqStatus.QUEUED
+    watch.assert_clean()
+
+
+async def test_a_cron_jobs_waiting_run_offers_no_abort_and_a_queue_says_what_it_lists(
+    served: ServerProcess, watched_page: WatchedPage, admin: User, valkey_url: str
+) -> None:
+    """Review browserrev: Abort was on every cron job's page, and the server refuses (409) a cron job's
+    waiting run; and a queue's page listed ten unfinished jobs without saying so, nor where the
+    finished ones are."""
+    await enqueue_job(valkey_url, "cron:browser-waiting", {"outbox_id": 6})
+    watch = await signed_in_page(watched_page, served.base, admin)
+    page = watch.page
+    await hold_the_clock(page)
+    await page.goto(f"{served.base}/saq/queues/default/jobs/cron:browser-waiting")
+    await expect(page.locator("figure tbody tr td").nth(5)).to_have_text("queued", timeout=RENDER_TIMEOUT_MS)
+    await expect(page.get_by_role("button", name="Abort")).to_have_count(0)
+    await page.goto(f"{served.base}/saq/queues/default")
+    await expect(page.get_by_text("jobs not finished (the first ten)")).to_be_visible(
+        timeout=RENDER_TIMEOUT_MS
+    )
     watch.assert_clean()
 
 
