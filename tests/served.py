@@ -88,6 +88,11 @@ class ServerProcess:
             "WORKER_IN_PROCESS": "false",
             "DATABASE_POOL_MIN": "1",
             "DATABASE_POOL_MAX": "4",
+            # No periodic checks within a session: a served process outlives tests (the browser tests'
+            # lives for the session), and its checks ran in whichever test's database was there: cron
+            # monitors reported missed slots, and the hourly purge (its tick reclaimable after every
+            # truncation) deleted a test's retention-old rows under it (the purge-chunks flake).
+            "MONITORING_CHECK_INTERVAL_S": "3600",
             **(env or {}),
         }
         self.granian_args = granian_args
