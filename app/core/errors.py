@@ -86,19 +86,27 @@ def dependency_down(exc: BaseException) -> bool:
     return True
 
 
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it (``__cause__``, else ``__context__``), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def database_error(exc: BaseException) -> psycopg.Error | None:
+    """The first of ``exc`` and its causes that is psycopg's (or its pool's), if any."""
+    return next((cause for cause in causes(exc) if isinstance(cause, psycopg.Error)), None)
+
+
 def database_down(exc: BaseException) -> bool:
     """Whether a failure says PostgreSQL is unreachable (``exc`` or one of its causes): a connection or
     pool error (``dependency_down``: psycopg's own refusal of a value, a ``DataError`` on a NUL byte
     without a SQLSTATE either, is not one). Work that goes on past a failed unit (a monitoring flush,
     a cron's order) stops on this one: the next unit would fail alike."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, psycopg.Error) and dependency_down(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(cause, psycopg.Error) and dependency_down(cause) for cause in causes(exc))
 
 
 def dependency_of(exc: BaseException) -> str:

@@ -60,7 +60,7 @@ import structlog
 from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
-from app.core.errors import database_down
+from app.core.errors import database_down, database_error
 from app.core.logging import OncePerInterval, error_message
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.delivery import MAX_MIGRATIONS, current_chat, warn_chat_migrated
@@ -417,11 +417,4 @@ def _cause_name(exc: BaseException) -> str:
     """The name of the failure that says the database is down (``exc`` or the first of its causes
     that is psycopg's or the pool's): a flush's own wrapper (``CheckInsNotAppliedError``) says
     nothing of the outage."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if type(current).__module__.startswith(("psycopg", "psycopg_pool")):
-            return type(current).__name__
-        current = current.__cause__ or current.__context__
-    return type(exc).__name__
+    return type(database_error(exc) or exc).__name__
