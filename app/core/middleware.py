@@ -97,26 +97,29 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 """The methods whose ``receive`` is timed (waiting for a body is the client's time, not the route's)."""
 
 
-def _refusing_coded_body(coding: bytes) -> Receive:
-    """A ``receive`` for a body in ``coding``: raises the 415 (through the app's exception handling,
-    as a problem) when the route reads the body; a route that does not read one never sees it."""
-
-    named = coding.decode("latin-1")[:40]
+def _refusing(refusal: HTTPException) -> Receive:
+    """A ``receive`` that raises ``refusal`` (through the app's exception handling, as a problem) when
+    the route reads the body; a route that does not read one never sees it."""
 
     async def receive() -> ReceiveMessage:
-        raise HTTPException(
-            status_code=415,
-            detail=f"Content-Encoding {named!r} is not accepted: send the body uncoded.",
-            headers={"Accept-Encoding": "identity"},
-        )
+        raise refusal
 
     return receive
 
 
-def _refusing_framing(framing: bytes, declared: bytes) -> Receive | None:
-    """A ``receive`` refusing a body whose framing the server should have refused (see the module's
-    docstring), or None when ``framing`` (the ``Transfer-Encoding``, its lines joined) is plain
-    ``chunked`` alone. Two ``Content-Length`` lines are refused too, whatever they say."""
+def _coding_refusal(coding: bytes) -> HTTPException:
+    """The 415 of a body in ``coding`` (see the module's docstring)."""
+    return HTTPException(
+        status_code=415,
+        detail=f"Content-Encoding {coding.decode('latin-1')[:40]!r} is not accepted: send the body uncoded.",
+        headers={"Accept-Encoding": "identity"},
+    )
+
+
+def _framing_refusal(framing: bytes, declared: bytes) -> HTTPException | None:
+    """The 400 of a body whose framing the server should have refused (see the module's docstring),
+    or None when ``framing`` (the ``Transfer-Encoding``, its lines joined) is plain ``chunked``
+    alone. Two ``Content-Length`` lines are refused too, whatever they say."""
     coding = framing.strip().lower()
     if coding == b"chunked" and not declared:
         return None
@@ -128,12 +131,7 @@ def _refusing_framing(framing: bytes, declared: bytes) -> Receive | None:
         )
     else:
         detail = "Transfer-Encoding and Content-Length were both sent: send one."
-    refusal = HTTPException(status_code=400, detail=detail, headers={"Connection": "close"})
-
-    async def receive() -> ReceiveMessage:
-        raise refusal
-
-    return receive
+    return HTTPException(status_code=400, detail=detail, headers={"Connection": "close"})
 
 
 class _WatchedBody:
@@ -425,9 +423,10 @@ class RequestContextMiddleware:
         length = int(declared) if len(declared) >= 5 and declared.isdigit() else 0
         coded = coding and coding.strip().lower() not in _IDENTITY  # no header: one test
         body = _WatchedBody(receive) if DRAIN_FROM < length <= self.drain_at_most else None
-        read = _refusing_coded_body(coding) if coded else receive if body is None else body.receive
+        refusal = _coding_refusal(coding) if coded else None
         if framing or b"," in declared:
-            read = _refusing_framing(framing, declared) or read
+            refusal = _framing_refusal(framing, declared) or refusal
+        read = _refusing(refusal) if refusal is not None else receive if body is None else body.receive
         if scope["method"] in _BODY_METHODS:
             untimed = read
 
