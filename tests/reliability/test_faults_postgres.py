@@ -293,6 +293,9 @@ async def test_a_postgres_that_never_answers_gives_timely_503s_and_the_pool_reco
         # The ingest is left out of the request metrics; its 503s were in no metric at all.
         refused = await scraped(http, server.base, "app_page_view_requests_not_accepted_total")
         assert refused.get((("route", "/api/page-views"), ("status", "503")), 0) >= 8, refused
+        # and the site-key lookup reported the outage, as every other route's 503 does
+        down = await scraped(http, server.base, "app_dependency_unavailable_total")
+        assert down.get((("dependency", "postgresql"), ("source", "page-view-keys")), 0) >= 1, down
 
         # The partition heals: the pool's hung attempts time out (connect_timeout) and it reconnects.
         gate.open_to(str(postgres.directory / ".s.PGSQL.5432"))

@@ -99,7 +99,7 @@ class SiteKeys:
                     found = await self._sites.ids_for_keys(keys)
                 except Exception as exc:  # the database is unreachable (or a bug): these requests get a 503
                     if dependency_down(exc):
-                        report_dependency_down(exc, "request", route="/api/page-views", keys=len(keys))
+                        report_dependency_down(exc, "page-view-keys", keys=len(keys))  # both ingest routes
                     else:
                         log.exception("site_key_lookup_failed", keys=len(keys))
                     for future in futures:
