@@ -86,19 +86,22 @@ _PAGE_HEADERS = [
     ResponseHeader(name="Content-Security-Policy", value=PAGES_CSP),
     ResponseHeader(name="Referrer-Policy", value="no-referrer"),
 ]
-_CACHED = CacheControlHeader(public=True, max_age=3600)
-
-
-@get(
-    "/",
+_page_route = functools.partial(
+    get,
     tags=["docs"],
-    summary="Every problem type the API answers",
-    description="An HTML page listing the problem types (a problem answer's `type`), each linked.",
     opt={"authenticate": False},
     media_type=MediaType.HTML,
-    cache_control=_CACHED,
-    responses=problems(429),
+    cache_control=CacheControlHeader(public=True, max_age=3600),
     sync_to_thread=False,
+)
+"""``get`` with what both pages share: public, HTML, cached for an hour."""
+
+
+@_page_route(
+    "/",
+    summary="Every problem type the API answers",
+    description="An HTML page listing the problem types (a problem answer's `type`), each linked.",
+    responses=problems(429),
 )
 def problem_index() -> bytes:
     items = "".join(
@@ -109,16 +112,11 @@ def problem_index() -> bytes:
     return _page("Problem types", f"<h1>Problem types</h1><ul>{items}</ul>")
 
 
-@get(
+@_page_route(
     "/{slug:str}",
-    tags=["docs"],
     summary="What a problem type means",
     description="An HTML page: the problem's status, title and what it means. Unknown types are a 404.",
-    opt={"authenticate": False},
-    media_type=MediaType.HTML,
-    cache_control=_CACHED,
     responses=problems(404, 429),
-    sync_to_thread=False,
 )
 def problem_page(slug: FromPath[str]) -> bytes:
     kind = problem_types().get(slug)
