@@ -84,6 +84,15 @@ async def hold_the_clock(page: Page) -> None:
     await page.clock.pause_at(CLOCK_START + timedelta(seconds=1))
 
 
+async def held_page_of(watched_page: WatchedPage, served: ServerProcess, admin: User, path: str) -> Watch:
+    """A watched page of ``admin`` signed in (``signed_in_page``), its clock held (``hold_the_clock``),
+    opened at ``path``."""
+    watch = await signed_in_page(watched_page, served.base, admin)
+    await hold_the_clock(watch.page)
+    await watch.page.goto(f"{served.base}{path}")
+    return watch
+
+
 def forget_the_polls_refused(watch: Watch, status: int) -> None:
     """The refusals a test provokes (the browser logs each as a console error too)."""
     watch.problems = [
@@ -212,10 +221,8 @@ async def test_a_page_whose_session_ends_elsewhere_goes_to_the_sign_in_page(
     changed) every poll got 401, the script threw on the problem it read as data, and the old numbers
     stayed on screen until a reload. The page's clock is Playwright's: its next poll is run, not
     waited for."""
-    watch = await signed_in_page(watched_page, served.base, admin)
+    watch = await held_page_of(watched_page, served, admin, "/saq/queues/default")
     page = watch.page
-    await hold_the_clock(page)
-    await page.goto(f"{served.base}/saq/queues/default")
     await expect(page.locator("hgroup h2")).to_have_text("default", timeout=RENDER_TIMEOUT_MS)
     other = await page.context.new_page()
     await other.goto(f"{served.base}/saq/")
@@ -261,10 +268,8 @@ async def test_retry_is_offered_for_a_finished_job_only(
     """Retry was on every job's page, and the server refuses (409) a job that has not finished: a
     queued job offers Abort only; once it has failed, Retry only, and the retry queues it again."""
     await enqueue_job(valkey_url, "browser-retry-offered", {"outbox_id": 4})
-    watch = await signed_in_page(watched_page, served.base, admin)
+    watch = await held_page_of(watched_page, served, admin, "/saq/queues/default/jobs/browser-retry-offered")
     page = watch.page
-    await hold_the_clock(page)
-    await page.goto(f"{served.base}/saq/queues/default/jobs/browser-retry-offered")
     await expect(page.locator("figure tbody tr td").nth(5)).to_have_text("queued", timeout=RENDER_TIMEOUT_MS)
     await expect(page.get_by_role("button", name="Abort")).to_be_visible()
     await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
@@ -291,10 +296,8 @@ async def test_a_cron_jobs_waiting_run_offers_no_abort_and_a_queue_says_what_it_
     waiting run; and a queue's page listed ten unfinished jobs without saying so, nor where the
     finished ones are."""
     await enqueue_job(valkey_url, "cron:browser-waiting", {"outbox_id": 6})
-    watch = await signed_in_page(watched_page, served.base, admin)
+    watch = await held_page_of(watched_page, served, admin, "/saq/queues/default/jobs/cron:browser-waiting")
     page = watch.page
-    await hold_the_clock(page)
-    await page.goto(f"{served.base}/saq/queues/default/jobs/cron:browser-waiting")
     await expect(page.locator("figure tbody tr td").nth(5)).to_have_text("queued", timeout=RENDER_TIMEOUT_MS)
     await expect(page.get_by_role("button", name="Abort")).to_have_count(0)
     await page.goto(f"{served.base}/saq/queues/default")
@@ -311,10 +314,8 @@ async def test_a_failed_retry_is_shown(
     the page, whose clock is held: no poll notices first.)"""
     await enqueue_job(valkey_url, "browser-retry-gone", {"outbox_id": 3})
     await finish_job(valkey_url, "browser-retry-gone", SaqStatus.FAILED)
-    watch = await signed_in_page(watched_page, served.base, admin)
+    watch = await held_page_of(watched_page, served, admin, "/saq/queues/default/jobs/browser-retry-gone")
     page = watch.page
-    await hold_the_clock(page)
-    await page.goto(f"{served.base}/saq/queues/default/jobs/browser-retry-gone")
     retry = page.get_by_role("button", name="Retry")
     await expect(retry).to_be_visible(timeout=RENDER_TIMEOUT_MS)
     async with saq_queues(valkey_url) as queues:
