@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import redis.asyncio as redis
@@ -158,16 +159,13 @@ class HealthService:
         timeout = self.timeout_s
 
         pooled: set[str] = set()
+        """The checks that got their connection."""
 
-        def busy(check: str) -> Callable[[], dict[str, int] | None]:
-            def figures() -> dict[str, int] | None:
-                stats = self.db.pool.get_stats()
-                exhausted = (
-                    stats.get("pool_available", 0) == 0 and stats.get("pool_size", 0) >= self.db.pool.max_size
-                )
-                return None if check in pooled or not exhausted else stats
-
-            return figures
+        def busy(check: str) -> dict[str, int] | None:
+            """The pool's figures when ``check`` still waits for a connection of a full pool."""
+            stats = self.db.pool.get_stats()
+            full = stats.get("pool_available", 0) == 0 and stats.get("pool_size", 0) >= self.db.pool.max_size
+            return stats if full and check not in pooled else None
 
         async def postgres() -> None:
             async with self.db.pool.connection(timeout=timeout) as conn:
@@ -190,8 +188,10 @@ class HealthService:
             await self.queue.info()
 
         checks = await asyncio.gather(
-            _timed("postgres", postgres, timeout=timeout, warnings=self.warnings, busy=busy("postgres")),
-            _timed("schema", schema, timeout=timeout, warnings=self.warnings, busy=busy("schema")),
+            _timed(
+                "postgres", postgres, timeout=timeout, warnings=self.warnings, busy=partial(busy, "postgres")
+            ),
+            _timed("schema", schema, timeout=timeout, warnings=self.warnings, busy=partial(busy, "schema")),
             _timed("valkey", cache, timeout=timeout, warnings=self.warnings, required=False),
             _timed("queue", jobs, timeout=timeout, warnings=self.warnings, required=False),
         )
