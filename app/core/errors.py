@@ -119,16 +119,19 @@ def report_dependency_down(
     exc: BaseException, source: str, event: str = "dependency_unavailable", **fields: Any
 ) -> None:
     """Count a failure to reach a backing service; log it (cause included, credentials masked) at
-    most once per interval per dependency and source."""
+    most once per interval per dependency and source, with how many failures were held back since
+    the last line (``repeated``): the line a minute into an outage tells how hard it hit."""
     dependency = dependency_of(exc)
     DEPENDENCY_UNAVAILABLE.labels(dependency, source).inc()
-    if dependency_warnings.due(f"{dependency}:{source}"):
+    repeated = dependency_warnings.admit(f"{dependency}:{source}")
+    if repeated is not None:
         log.warning(
             event,
             dependency=dependency,
             source=source,
             error=type(exc).__name__,
             message=error_message(exc),
+            repeated=repeated,
             **fields,
         )
 
@@ -659,7 +662,8 @@ def _handle_statement_failed(request: Request[Any, Any, Any], exc: Exception) ->
     sqlstate = getattr(exc, "sqlstate", None) or "unknown"
     route = _route(request)
     STATEMENT_FAILURES.labels(sqlstate).inc()
-    if statement_warnings.due(f"{sqlstate}:{route}"):
+    repeated = statement_warnings.admit(f"{sqlstate}:{route}")
+    if repeated is not None:
         log.warning(
             "database_statement_failed",
             sqlstate=sqlstate,
@@ -667,6 +671,7 @@ def _handle_statement_failed(request: Request[Any, Any, Any], exc: Exception) ->
             message=error_message(exc),
             method=request.method,
             route=route,
+            repeated=repeated,
         )
     if sqlstate == QUERY_CANCELED:
         detail, retry_after = (

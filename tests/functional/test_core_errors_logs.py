@@ -44,9 +44,12 @@ async def test_fifty_requests_during_an_outage_log_one_warning_with_the_cause(
             for _ in range(50):
                 response = await served.client.get("/api/products", headers=user.headers)
                 assert response.status_code == 503
+            errors.dependency_warnings.interval_s = 0.0  # the interval is over: the next is said
+            response = await served.client.get("/api/products", headers=user.headers)
     warnings = logs.events("dependency_unavailable")
-    assert len(warnings) == 1, warnings
-    [warning] = warnings
+    assert len(warnings) == 2, warnings
+    [warning, next_warning] = warnings
+    assert (warning["repeated"], next_warning["repeated"]) == (0, 49)
     assert warning["level"] == "warning"
     assert warning["dependency"] == "postgresql"
     assert warning["error"] == "OperationalError"
@@ -54,7 +57,7 @@ async def test_fifty_requests_during_an_outage_log_one_warning_with_the_cause(
     assert "second line" not in warning["message"]
     assert warning["method"] == "GET"
     assert warning["route"] == "/api/products"
-    assert unavailable("postgresql", "request") == before + 50
+    assert unavailable("postgresql", "request") == before + 51
 
 
 async def test_logins_while_valkey_is_down_log_one_throttle_warning_with_the_cause(
