@@ -215,6 +215,14 @@ class Database:
         """``async with db.read() as uow:`` — one connection for reads, no transaction around them."""
         return reading(self.pool)
 
+    def exhausted(self) -> dict[str, int] | None:
+        """The pool's figures (``get_stats``) when every connection it may open is open and in use,
+        else None: a caller that timed out waiting was refused by the pool, not by PostgreSQL
+        (which may still be at fault: connections hung on a frozen server fill the pool too)."""
+        stats = self.pool.get_stats()
+        full = stats.get("pool_available", 0) == 0 and stats.get("pool_size", 0) >= self.pool.max_size
+        return stats if full else None
+
     async def delete_in_chunks(self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]]) -> int:
         """Run ``delete_chunk`` (one bounded statement: a chunk of rows), one transaction each, until a
         chunk deletes nothing; how many rows in all. Each transaction stays short (its

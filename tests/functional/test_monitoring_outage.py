@@ -57,6 +57,10 @@ class DownDatabase:
 
     read = transaction
 
+    def exhausted(self) -> None:
+        """Its connections failed: the pool is not full."""
+        return None
+
 
 @contextlib.contextmanager
 def database_down(service: MonitoringService) -> Iterator[None]:
@@ -107,12 +111,36 @@ async def test_an_outage_is_told_once_while_it_lasts_and_once_when_it_is_over(
         telegram.fake.reset()  # the fake's one-message-a-second pacing of the chat starts again
         assert await service.flush(force=True) == 1
         [over] = texts(telegram)
-        assert over.startswith(f"✅ Outage over · test · {service.release}\nPostgreSQL is reachable again")
+        assert over.startswith(f"✅ Outage over · test · {service.release}\nPostgreSQL answers again")
         assert await valkey.exists(CLAIM_KEY) == 0
         assert await service.flush(force=True) == 0
     held = await scalar(db, "select sum(events) from monitoring_groups where kind = 'unavailable'")
     assert held == 55, "the held events are written once the database is back"
     assert len(texts(telegram)) == 1
+
+
+async def test_a_notice_for_an_exhausted_pool_says_so_not_that_postgresql_is_unreachable(
+    settings: Settings, db: AsyncConnection[Any], telegram: FakeTelegramServer
+) -> None:
+    """PostgreSQL is up; the pool's one connection is taken: the flush times out waiting for it."""
+    changes = with_telegram(telegram, [PRIVATE_CHAT]) | {
+        "database_pool_min": 1,
+        "database_pool_max": 1,
+        "database_timeout_s": 0.5,
+    }
+    async with open_monitoring(settings, **changes) as service:
+        async with service.ingest.db.read():
+            requests_answered_503(service, 3)
+            await failing_flushes(service, 1)
+        [notice] = texts(telegram)
+        assert notice.startswith(
+            f"🚨 Outage · test · {service.release}\nNo PostgreSQL connection to be had: all 1 of the "
+            "pool's connections are in use (PoolTimeout, seen from "
+        ), notice
+        telegram.fake.reset()
+        assert await service.flush(force=True) == 1
+        [over] = texts(telegram)
+        assert over.startswith(f"✅ Outage over · test · {service.release}\nPostgreSQL answers again")
 
 
 async def test_processes_of_one_deployment_send_one_notice_between_them(
@@ -294,7 +322,7 @@ async def test_a_failing_notice_never_replaces_the_flush_failure(
     unreachable_telegram = f"http://127.0.0.1:{free_port()}"
     with serve_fake_telegram(TOKEN) as telegram:
         changes = with_telegram(telegram, [PRIVATE_CHAT], telegram_api_url=unreachable_telegram)
-    service = MonitoringService(db=None, settings=tuned(settings, **changes), valkey=valkey)  # type: ignore[arg-type]
+    service = MonitoringService(db=DownDatabase(), settings=tuned(settings, **changes), valkey=valkey)  # type: ignore[arg-type]
     notifier = service.outage
     try:
         with database_down(service):

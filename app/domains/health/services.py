@@ -163,9 +163,7 @@ class HealthService:
 
         def busy(check: str) -> dict[str, int] | None:
             """The pool's figures when ``check`` still waits for a connection of a full pool."""
-            stats = self.db.pool.get_stats()
-            full = stats.get("pool_available", 0) == 0 and stats.get("pool_size", 0) >= self.db.pool.max_size
-            return stats if full and check not in pooled else None
+            return None if check in pooled else self.db.exhausted()
 
         async def postgres() -> None:
             async with self.db.pool.connection(timeout=timeout) as conn:

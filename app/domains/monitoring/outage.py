@@ -14,6 +14,10 @@ straight to the configured chats (``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``) 
   exhausted for a moment while PostgreSQL is fine (one flush times out, the next writes) is no outage;
   telling it would send a notice and an "over" per blip.
 
+A pool timeout with every connection of the pool in use (``Database.exhausted``) is told as that, not
+as PostgreSQL unreachable: PostgreSQL may be up, and the pool too small for the load (or its
+connections hung on a frozen server).
+
 An error of one event's content is never an outage, even without a SQLSTATE (psycopg refusing a value
 it cannot send: ``app.core.errors.DRIVER_REFUSALS``): only connection and pool errors count.
 
@@ -56,6 +60,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg_pool
 import structlog
 from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
@@ -152,8 +157,11 @@ class OutageNotifier:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         interval_s: float = NOTICE_INTERVAL_S,
+        exhausted: Callable[[], dict[str, int] | None] = lambda: None,
     ) -> None:
         self.telegram = telegram
+        self.exhausted = exhausted
+        """The pool's figures when all its connections are in use (``Database.exhausted``)."""
         self.chats = tuple(chats)
         self.valkey = valkey
         self.environment = environment
@@ -367,7 +375,7 @@ class OutageNotifier:
         since = self._down_since if self._down_since is not None else self.clock()
         return [
             Part(f"🚨 Outage · {self.environment} · {self.release}\n"),
-            Part("PostgreSQL is unreachable"),
+            Part(self._what_failed(exc)),
             Part(f" ({_cause_name(exc)}, seen from {self.host} since {_when(since)})\n"),
             Part(_held_summary(held)),
             Part(
@@ -376,10 +384,20 @@ class OutageNotifier:
             ),
         ]
 
+    def _what_failed(self, exc: BaseException) -> str:
+        """PostgreSQL unreachable, unless the pool timed out with every connection it may open in
+        use: then PostgreSQL may be up and the pool too small for the load (or its connections hung
+        on a frozen server), and "unreachable" would send the operator to the wrong place."""
+        figures = self.exhausted() if isinstance(database_error(exc), psycopg_pool.PoolTimeout) else None
+        if figures is None:
+            return "PostgreSQL is unreachable"
+        size = figures.get("pool_size", 0)
+        return f"No PostgreSQL connection to be had: all {size} of the pool's connections are in use"
+
     def _over(self, since: float) -> list[Part]:
         return [
             Part(f"✅ Outage over · {self.environment} · {self.release}\n"),
-            Part(f"PostgreSQL is reachable again (unreachable from {_when(since)}, "),
+            Part(f"PostgreSQL answers again (failing from {_when(since)}, "),
             Part(f"{_duration(self.clock() - since)}). The held events are being written and alerted.\n"),
         ]
 

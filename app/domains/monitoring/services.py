@@ -186,6 +186,7 @@ class MonitoringService:
             environment=self.environment,
             release=self.release,
             clock=lambda: self.clock(),
+            exhausted=db.exhausted,
         )
         self.monitors = CronMonitors(db, settings, self.writer, self.release, crons, lambda: self.clock())
         self.performance = Performance(db, settings, lambda: self.clock())
