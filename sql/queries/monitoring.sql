@@ -680,14 +680,14 @@ order by name, status;
 -- The retention's queries (MonitoringService.purge) each delete one chunk of at most @chunk_size rows,
 -- picked oldest first by an index, locked (the lock re-reads a row a writer changed meanwhile: a rule
 -- fired again, a user seen again, no longer matches and is kept) and deleted by ctid (CONVENTIONS.md,
--- "A chunked delete"); the purge repeats a chunk, one transaction each, until one comes back short. Events have no index on
--- occurred_at (a group keeps MONITORING_SAMPLES_PER_GROUP): ids follow arrival, so the oldest come
--- first in the primary key's.
+-- "A chunked delete"); the purge repeats a chunk, one transaction each, until one comes back short. Events
+-- are picked by monitoring_events_occurred_idx: the chunk that finds none (the last of every run) reads
+-- no event (by the primary key, it read the whole table).
 delete from monitoring_events doomed
 where doomed.ctid = any(array(
     select c.ctid from monitoring_events c
     where c.occurred_at < @before::timestamptz
-    order by c.id
+    order by c.occurred_at
     limit @chunk_size::integer
     for update
 ));

@@ -215,3 +215,30 @@ async def test_ending_timed_ignores_reads_only_the_groups_ignored_until_a_time(
     plan = row[0][0]["Plan"]
     read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "monitoring_groups"))
     assert read <= 2, f"read {read} groups: {plan}"
+
+
+async def test_the_events_purge_reads_no_event_when_none_is_due(db: AsyncConnection[Any]) -> None:
+    """20,000 events within the retention: the purge's chunk that finds nothing due (the last of every
+    hourly run) reads none of them. Was: every event, every hour (no index on ``occurred_at``)."""
+    async with db.transaction(force_rollback=True):
+        await db.execute(
+            "insert into monitoring_groups (id, root_id, kind, title, status_changed_at, first_seen_at,"
+            " last_seen_at) values (910000, 910000, 'error', 'g', now(), now(), now())"
+        )
+        await db.execute(
+            "insert into monitoring_events (group_id, occurred_at, hash, release, environment, message,"
+            " exception, context, grouping)"
+            " select 910000, now() - g * interval '1 second', 'h', 'r', 'e', 'm', '{}', '{}', '{}'"
+            " from generate_series(1, 20000) g"
+        )
+        await db.execute("analyze monitoring_events")
+        async with AsyncRawCursor(db) as cur:
+            await cur.execute(
+                "explain (analyze, format json) " + monitoring.PURGE_EVENTS_BEFORE,
+                (datetime.fromtimestamp(time.time() - 30 * 86400, UTC), 1000),
+            )
+            row = await cur.fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "monitoring_events"))
+    assert read == 0, plan
