@@ -1095,17 +1095,34 @@ async def can_read_project_feed(
         return await cur.fetchone()
 
 
+READER_MARKS = """\
+select coalesce((select s.read_through from activity_reader_state s where s.user_id = $1), 0)::bigint
+           as read_through,
+       coalesce((select s.seen_through from activity_reader_state s where s.user_id = $1), 0)::bigint
+           as seen_through"""
+
+
+class ReaderMarksRow(msgspec.Struct, frozen=True, gc=False):
+    read_through: int
+    seen_through: int
+
+
+async def reader_marks(conn: AsyncConnection[Any], *, reader_id: int) -> ReaderMarksRow | None:
+    """The reader's read-all mark and the last activity the bell showed them (0 when never set)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(ReaderMarksRow)) as cur:
+        await cur.execute(READER_MARKS, (reader_id,))
+        return await cur.fetchone()
+
+
 UNREAD_COUNTS = """\
 with reader as (
-    select u.id, u.role = 'admin' as is_admin, coalesce(s.read_through, 0)::bigint as read_through,
-           coalesce(s.seen_through, 0)::bigint as seen_through
+    select u.id, u.role = 'admin' as is_admin
     from users u
-    left join activity_reader_state s on s.user_id = u.id
-    where u.id = $1
+    where u.id = $2
 ), projects as (
     select m.project_id
     from project_members m
-    where m.user_id = $1 and not coalesce((select r.is_admin from reader r), false)
+    where m.user_id = $2 and not coalesce((select r.is_admin from reader r), false)
 ), candidates as (
     select c.last_seq
     from projects p
@@ -1114,43 +1131,42 @@ with reader as (
         from activity_groups g
         where g.project_id = p.project_id
           and g.audience_user_id is null
-          and g.last_seq > (select r.read_through from reader r)
+          and g.last_seq > $3::bigint
           and not exists (select 1 from activity_group_reads gr
-                          where gr.user_id = $1 and gr.group_id = g.id and gr.read_through >= g.last_seq)
+                          where gr.user_id = $2 and gr.group_id = g.id and gr.read_through >= g.last_seq)
         order by g.last_seq desc
-        limit $2
+        limit $4
     ) c
     union all
     (select g.last_seq
      from activity_groups g
-     where g.audience_user_id = $1
+     where g.audience_user_id = $2
        and not coalesce((select r.is_admin from reader r), false)
-       and g.last_seq > (select r.read_through from reader r)
+       and g.last_seq > $3::bigint
        and (g.project_id is null or g.project_id in (select p.project_id from projects p))
        and not exists (select 1 from activity_group_reads gr
-                       where gr.user_id = $1 and gr.group_id = g.id and gr.read_through >= g.last_seq)
+                       where gr.user_id = $2 and gr.group_id = g.id and gr.read_through >= g.last_seq)
      order by g.last_seq desc
-     limit $2)
+     limit $4)
     union all
     (select g.last_seq
      from activity_groups g
      where coalesce((select r.is_admin from reader r), false)
-       and g.last_seq > (select r.read_through from reader r)
+       and g.last_seq > $3::bigint
        -- not a project being deleted (FeedGroups): a hashed set of the few marked ones (`public.`:
        -- `projects` here is the reader's projects above)
        and (g.project_id is null
             or g.project_id not in (select pr.id from public.projects pr where pr.deleting_since is not null))
        and not exists (select 1 from activity_group_reads gr
-                       where gr.user_id = $1 and gr.group_id = g.id and gr.read_through >= g.last_seq)
+                       where gr.user_id = $2 and gr.group_id = g.id and gr.read_through >= g.last_seq)
      order by g.last_seq desc
-     limit $2)
+     limit $4)
 ), newest as (
-    select c.last_seq from candidates c order by c.last_seq desc limit $2
+    select c.last_seq from candidates c order by c.last_seq desc limit $4
 )
 select count(*)::bigint as unread,
-       count(*) filter (where n.last_seq > r.seen_through)::bigint as unseen
-from newest n
-cross join reader r"""
+       count(*) filter (where n.last_seq > $1::bigint)::bigint as unseen
+from newest n"""
 
 
 class UnreadCountsRow(msgspec.Struct, frozen=True, gc=False):
@@ -1161,7 +1177,9 @@ class UnreadCountsRow(msgspec.Struct, frozen=True, gc=False):
 async def unread_counts(
     conn: AsyncConnection[Any],
     *,
+    seen_through: int,
     reader_id: int,
+    read_through: int,
     row_limit: int,
 ) -> UnreadCountsRow | None:
     """Counts over the newest @row_limit unread groups the reader may see now: unread (a group with an
@@ -1171,9 +1189,11 @@ async def unread_counts(
     groups, an administrator's everything) is read newest first from its index and stops at
     @row_limit: the cost no longer grows with the history a reader never marks read (a year of groups
     above read_through), only with their projects (at most @row_limit each; a member of 50 projects
-    of 300 unread groups each still reads 15,000)."""
+    of 300 unread groups each still reads 15,000). The read marks are parameters (ReaderMarks): read
+    by a subquery, the planner guessed a third of a project's groups above the mark and sorted them all
+    (121 projects of 487 unread groups: 241k buffers instead of 48k, about 3 times as long)."""
     async with AsyncRawCursor(conn, row_factory=args_row(UnreadCountsRow)) as cur:
-        await cur.execute(UNREAD_COUNTS, (reader_id, row_limit))
+        await cur.execute(UNREAD_COUNTS, (seen_through, reader_id, read_through, row_limit))
         return await cur.fetchone()
 
 

@@ -188,7 +188,9 @@ async def test_the_unread_counts_stop_at_their_cap_and_read_no_further(
         assert response.json() == {"unread": UNREAD_COUNT_CAP, "unseen": UNREAD_COUNT_CAP, "capped": True}
         # Was: every one of the BUSY_GROUPS groups above the reader's read_through, on every stale stamp.
         query, sql, limit = queries.unread_counts, queries.UNREAD_COUNTS, UNREAD_COUNT_CAP + 1
-        read = await rows_read(db, query, sql, reader_id=reader.id, row_limit=limit)
+        read = await rows_read(
+            db, query, sql, reader_id=reader.id, read_through=0, seen_through=0, row_limit=limit
+        )
         assert read < UNREAD_COUNT_CAP + BOUND < BUSY_GROUPS, read
     response = await client.get("/api/feed/unread-count", headers=team.outsider.headers)
     assert response.json() == {"unread": 3, "unseen": 3, "capped": False}

@@ -252,8 +252,13 @@ class ActivityService:
     async def unread_counts(self, reader_id: int) -> UnreadCountsOut:
         async def load() -> bytes:
             async with self.db.read() as uow:
+                marks = await queries.reader_marks(uow.conn, reader_id=reader_id)
                 row = await queries.unread_counts(
-                    uow.conn, reader_id=reader_id, row_limit=UNREAD_COUNT_CAP + 1
+                    uow.conn,
+                    reader_id=reader_id,
+                    read_through=marks.read_through if marks else 0,
+                    seen_through=marks.seen_through if marks else 0,
+                    row_limit=UNREAD_COUNT_CAP + 1,
                 )
             counts = (
                 UnreadCountsOut(
