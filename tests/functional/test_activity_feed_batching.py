@@ -166,3 +166,18 @@ async def test_concurrent_batches_are_stored_together_and_a_bad_one_fails_alone(
     assert all(isinstance(count, int) for count in results[:-1]), results
     assert sum(results[:3]) == 9  # type: ignore[arg-type]
     assert await counts(db) == (9, 1, 9)
+
+
+async def test_overlapping_batches_stored_together_count_each_event_as_new_once(
+    app: Litestar, db: AsyncConnection[Any], team: Team, services: Services
+) -> None:
+    """A job's count is of its events that were new: an event two batches of one transaction carry
+    was counted by both (concurrev: 43 new for 12 events), and the recovery cron logs this count."""
+    await emit_tasks(services, team, 9)
+    rows = await (await db.execute("select id, payload from outbox order by id")).fetchall()
+    events = [{**payload, "outbox_id": outbox_id} for outbox_id, payload in rows]
+    batches = [events[0:5], events[3:9], events[::-1], events[2:4] * 2]
+    ctx = job_context(services)
+    results = await asyncio.gather(*(record_activities(ctx, events=batch) for batch in batches))
+    assert sum(results) == 9, results
+    assert await counts(db) == (9, 1, 9)

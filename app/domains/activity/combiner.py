@@ -5,6 +5,7 @@ several ``feed`` jobs at once; left alone, each would take a connection and wait
 each would pay for its own transaction. Instead, a job hands its events to the process's combiner
 and waits: whichever batches are waiting when the previous transaction ends are written together,
 up to ``max_events`` per transaction, and every job gets the count of its own events that were new
+(an event two of them carry counts for the first only)
 once the transaction that holds them has committed (so a finished job still means stored events).
 
 If a combined transaction fails, each batch in it is retried alone, so one bad batch fails only its
@@ -83,10 +84,12 @@ class Combiner:
             for batch in taken:  # find the bad batch: each alone
                 await self._write_together([batch])
             return
+        credited: set[Any] = set()  # an event two batches carry is new to the first of them only
         for batch in taken:
+            new = {event.get("outbox_id") for event in batch.events} & recorded.outbox_ids - credited
+            credited |= new
             if not batch.done.done():
-                new = sum(1 for event in batch.events if event.get("outbox_id") in recorded.outbox_ids)
-                batch.done.set_result(new)
+                batch.done.set_result(len(new))
 
 
 def _fail(batch: _Waiting, exc: BaseException) -> None:
