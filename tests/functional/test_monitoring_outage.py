@@ -26,6 +26,7 @@ from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.fingerprint import RawException, fixed_fingerprint
 from app.domains.monitoring.groups import Aggregate
+from app.domains.monitoring.latency import RouteCounts
 from app.domains.monitoring.monitors import CheckInsNotAppliedError
 from app.domains.monitoring.outage import CLAIM_KEY, NOTICE_INTERVAL_S, WAIT_KEY, OutageNotifier
 from app.domains.monitoring.services import MonitoringService
@@ -491,13 +492,21 @@ async def test_events_a_stopping_process_cannot_write_are_said_lost(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
     """Review opsrev: the last flush of a process stopping while PostgreSQL is down dropped what it
-    held without a line; the line now says how many events were lost."""
+    held without a line; the line now says how many events were lost, and the last ship's line how
+    many requests' timings and job runs."""
+    timed = RouteCounts()
+    timed.counts[0] = 3
     with captured_logs(logging.WARNING) as logs:
         async with open_monitoring(settings) as service:
             service.ingest.db = DownDatabase()  # type: ignore[assignment]
+            service.performance.db = DownDatabase()  # type: ignore[assignment]
             requests_answered_503(service, 4)
+            service.latency.restore({"/api/things": {"GET": timed}})
+            service.jobs.add("place_order", "complete", 12.0, 1)
     [lost] = logs.events("monitoring_events_lost")
     assert (lost["events"], lost["error"]) == (4, "PoolTimeout"), lost
+    [latency] = logs.events("monitoring_latency_lost")
+    assert (latency["requests"], latency["job_runs"], latency["error"]) == (3, 1, "PoolTimeout"), latency
 
 
 async def test_a_background_flush_that_finds_the_database_down_leaves_the_rounds_to_flushing(

@@ -231,6 +231,10 @@ class JobStats:
         entry.max_ms = max(entry.max_ms, duration_ms)
         entry.max_attempts = max(entry.max_attempts, attempts)
 
+    def held_runs(self) -> int:
+        """Job runs counted since the last drain."""
+        return sum(outcome.runs for outcome in self.outcomes.values())
+
     def drain(self) -> dict[tuple[str, str], JobOutcome]:
         drained, self.outcomes = self.outcomes, {}
         return drained

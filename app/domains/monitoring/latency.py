@@ -81,6 +81,10 @@ class LatencyRecorder:
             counts.slowest_request = scope["state"].get("request_id")
             counts.slowest_status = status
 
+    def held_requests(self) -> int:
+        """Requests timed since the last drain (what a failed last ship loses)."""
+        return sum(sum(counts.counts) for methods in self._routes.values() for counts in methods.values())
+
     def drain(self) -> dict[str, dict[str, RouteCounts]]:
         drained, self._routes = self._routes, {}
         return drained

@@ -311,7 +311,13 @@ class MonitoringService:
         try:
             await self.ship()
         except Exception as exc:
-            log.warning("monitoring_latency_lost", error=type(exc).__name__, detail=error_message(exc))
+            log.warning(
+                "monitoring_latency_lost",
+                requests=self.latency.held_requests(),
+                job_runs=self.jobs.held_runs(),
+                error=type(exc).__name__,
+                detail=error_message(exc),
+            )
         await self.telegram.close()
 
     async def write_held(self) -> None:
