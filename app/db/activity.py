@@ -1456,3 +1456,20 @@ async def purge_old_private_groups(
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(PURGE_OLD_PRIVATE_GROUPS, (retention_days, chunk_size))
         return cur.rowcount
+
+
+FORGET_USER_NAMES = """\
+with objects as (
+    update activity_objects o set title = null
+    where o.object_type = 'user' and o.object_id = $1 and o.title is not null
+)
+update activity_events e set data = e.data - array['name', 'title', 'filename']
+where e.object_type = 'user' and e.object_id = $1 and e.data ?| array['name', 'title', 'filename']"""
+
+
+async def forget_user_names(conn: AsyncConnection[Any], *, user_id: int) -> None:
+    """An account's erasure: the member's name as their object's title and in the events about them
+    (activity_events_user_object_idx). This release stores neither (names are read from the accounts);
+    the previous release's worker, running beside it during an upgrade, still did."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(FORGET_USER_NAMES, (user_id,))

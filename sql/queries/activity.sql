@@ -914,3 +914,14 @@ where doomed.id = any(array(
     limit @chunk_size::integer
     for update skip locked
 ));
+
+-- name: ForgetUserNames :exec
+-- An account's erasure: the member's name as their object's title and in the events about them
+-- (activity_events_user_object_idx). This release stores neither (names are read from the accounts);
+-- the previous release's worker, running beside it during an upgrade, still did.
+with objects as (
+    update activity_objects o set title = null
+    where o.object_type = 'user' and o.object_id = @user_id and o.title is not null
+)
+update activity_events e set data = e.data - array['name', 'title', 'filename']
+where e.object_type = 'user' and e.object_id = @user_id and e.data ?| array['name', 'title', 'filename'];

@@ -8,7 +8,8 @@ The row stays, as a tombstone (``EraseUser``): the tasks, comments, orders and f
 people see point to it and read "Deleted user". In one transaction:
 
 - the hooks the other domains registered (``before_erasure``) remove what is theirs (the account's
-  memberships and the invitations to its address, the GitHub logins it tracked), or refuse: an account
+  memberships and the invitations to its address, the GitHub logins it tracked, a name the previous
+  release's feed worker stored during an upgrade), or refuse: an account
   that owns a site is a 409 naming what to do first (deleting a site deletes its analytics: the
   owner's decision, and an administrator may delete it too); the last active owner of a project
   erasing itself is refused the same way, while an administrator's erasure hands the project over,

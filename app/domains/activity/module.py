@@ -20,15 +20,16 @@ from app.domains.projects.services import ProjectService
 
 
 def build_service(s: Services) -> ActivityService:
-    """The service, and the hooks that keep its cache honest: a reader's cached answers go stale
-    when their memberships or role change or a project of theirs is renamed or deleted, every
-    reader's when a user is renamed."""
+    """The service, its part of an account's erasure (``ActivityService.forget_names``), and the hooks
+    that keep its cache honest: a reader's cached answers go stale when their memberships or role
+    change or a project of theirs is renamed or deleted, every reader's when a user is renamed."""
     cache = FeedCache(s.cache, s.settings.feed_cache_ttl_s)
     if (projects := s.get(ProjectService)) is not None:  # absent only in assemblies without them
         projects.after_delete(cache.project_gone)
         projects.after_rename(cache.project_renamed)
         projects.after_membership_change(lambda user_id, _project_id: cache.scope_changed(user_id))
     if (accounts := s.get(AccountService)) is not None:
+        accounts.before_erasure(ActivityService.forget_names)
         accounts.after_access_change(cache.scope_changed)
         accounts.after_rename(lambda _user_id: cache.names_changed())
     return ActivityService(s.db, s.settings, s.broadcaster, cache, s.valkey, accounts, s.stream_stops)

@@ -276,6 +276,13 @@ class ActivityService:
     def _scope(self, reader_id: int) -> Callable[[], Awaitable[tuple[bool, frozenset[int]]]]:
         return partial(self.reader_scope, reader_id)
 
+    @staticmethod
+    async def forget_names(uow: UnitOfWork, user_id: int, _actor: int) -> None:
+        """An account's erasure (``AccountService.before_erasure``): the feed reads members' names from
+        their accounts, but the previous release's worker stored them, and runs beside this release
+        for the length of an upgrade (``ForgetUserNames``)."""
+        await queries.forget_user_names(uow.conn, user_id=user_id)
+
     async def latest_seq(self) -> int:
         async with self.db.transaction() as uow:
             return await queries.latest_activity_seq(uow.conn) or 0
