@@ -13,9 +13,10 @@ The signing key (``SECRET_KEY``) never has a public default. When it is unset:
 - test does the same when ``DATA_DIR`` is given, else uses a random key held in memory (a test
   that builds settings from a dict writes nothing into the repository).
 
-A weak key (the old public default, fewer than 32 characters, one repeated character) is refused in
-production and whenever ``HOST`` is not a loopback address; so is a non-loopback ``HOST`` outside
-production while the seeded accounts keep their public default passwords.
+A weak key (the old public default, fewer than 32 characters, fewer than 8 distinct ones, a
+``change-me`` placeholder) is refused in production and whenever ``HOST`` is not a loopback address;
+so is a non-loopback ``HOST`` outside production while the seeded accounts keep their public default
+passwords.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from app.core.types import KNOWN_ZONES, whole
 PUBLIC_DEFAULT_SECRET_KEY = "insecure-development-secret-change-me"  # noqa: S105 - refused, never used
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name under DATA_DIR
 MIN_SECRET_KEY_LENGTH = 32
+MIN_SECRET_KEY_CHARACTERS = 8
+"""Distinct characters a key must hold: a random one of 32+ characters holds far more (hex: about 15)."""
 DEFAULT_ADMIN_PASSWORD = "admin-password-change-me"  # noqa: S105 - development seed only
 DEFAULT_DEMO_PASSWORD = "member-password-change-me"  # noqa: S105 - development seed only
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
@@ -666,9 +669,9 @@ def _refuse_weak_webhook_secret(secret: str) -> None:
         )
     if is_weak_secret_key(secret):
         raise SettingsError(
-            f"PAYMENT_WEBHOOK_SECRET is weak (shorter than {MIN_SECRET_KEY_LENGTH} characters, or one "
-            "repeated character): set it to the signing secret the payment provider issued, or unset it "
-            "to turn the webhook off"
+            f"PAYMENT_WEBHOOK_SECRET is weak (shorter than {MIN_SECRET_KEY_LENGTH} characters, a few "
+            "characters repeated, or a placeholder): set it to the signing secret the payment provider "
+            "issued, or unset it to turn the webhook off"
         )
 
 
@@ -678,9 +681,9 @@ def _refuse_public_defaults(settings: Settings, explicit_key: bool) -> None:
     if explicit_key and is_weak_secret_key(settings.secret_key):
         raise SettingsError(
             f"{where}: SECRET_KEY is weak (the old public default, shorter than "
-            f"{MIN_SECRET_KEY_LENGTH} characters, or one repeated character). Set SECRET_KEY to a random "
-            "value (python -c 'import secrets; print(secrets.token_urlsafe(48))'), or unset it to use "
-            "the key generated under DATA_DIR, or bind HOST=127.0.0.1"
+            f"{MIN_SECRET_KEY_LENGTH} characters, a few characters repeated, or a placeholder). Set "
+            "SECRET_KEY to a random value (python -c 'import secrets; print(secrets.token_urlsafe(48))'), "
+            "or unset it to use the key generated under DATA_DIR, or bind HOST=127.0.0.1"
         )
     if settings.is_production:
         return  # demo accounts are never seeded in production
@@ -717,8 +720,16 @@ def _refuse_unsafe_production(settings: Settings) -> None:
 
 
 def is_weak_secret_key(key: str) -> bool:
-    """The old public default, a short key, or one character repeated."""
-    return key == PUBLIC_DEFAULT_SECRET_KEY or len(key) < MIN_SECRET_KEY_LENGTH or len(set(key)) <= 1
+    """The old public default, a short key, a key of a few characters repeated, or a placeholder left
+    in (``change-me``, in any spelling: ``change-me-change-me-change-me-change-me`` started in
+    production)."""
+    placeholder = "changeme" in key.lower().replace("-", "").replace("_", "")
+    return (
+        key == PUBLIC_DEFAULT_SECRET_KEY
+        or len(key) < MIN_SECRET_KEY_LENGTH
+        or len(set(key)) < MIN_SECRET_KEY_CHARACTERS
+        or placeholder
+    )
 
 
 def is_loopback_host(host: str) -> bool:

@@ -39,7 +39,15 @@ from app.domains.pageviews.services import retention_first_day
 STRONG_SECRET = "k" * 16 + "0123456789ABCDEF"  # 32 characters
 PUBLIC_HOSTS = ["0.0.0.0", "::", "192.168.1.10", "10.0.0.5", "example.com", "my-laptop"]  # noqa: S104
 LOOPBACK_HOSTS = ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"]
-WEAK_KEYS = [PUBLIC_DEFAULT_SECRET_KEY, "short-secret", "x" * 31, "a" * 64]
+WEAK_KEYS = [
+    PUBLIC_DEFAULT_SECRET_KEY,
+    "short-secret",
+    "x" * 31,
+    "a" * 64,
+    "abcdefg" * 8,  # seven distinct characters
+    "change-me-change-me-change-me-change-me",  # deployrev: a placeholder started in production
+    "Q7xL2pV9sK4mN8rT1wY6zB3cD5fG0hJ_CHANGE_ME",
+]
 PROD_DB = "postgresql://app:db-password-1@db.internal:5432/app"
 PROD_VALKEY = "redis://:valkey-password-1@cache.internal:6379/0"
 
@@ -252,7 +260,7 @@ def test_production_fully_configured_loads() -> None:
 
 
 def test_a_32_character_secret_is_long_enough_in_production() -> None:
-    assert len(load_settings(production(SECRET_KEY="s" * 31 + "t")).secret_key) == 32
+    assert len(load_settings(production(SECRET_KEY="s" * 25 + "tuvwxyz")).secret_key) == 32
 
 
 def test_production_refuses_without_writing_a_key_file(tmp_path: Path) -> None:
