@@ -15,12 +15,15 @@ likewise (20261202011000).
 ``alter table`` queues for an ACCESS EXCLUSIVE lock behind the table's longest reader, and every
 query of the table queues behind it: a migration that alters a table an earlier one created sets a
 non-zero ``lock_timeout`` before it (it fails, and ``migrate`` tries again, instead): ``set local``
-in a transactional file, ``set`` in one run outside a transaction.
+in a transactional file, ``set`` in one run outside a transaction. What it does under that lock must be
+short too: a check or foreign key added to a live table is ``not valid`` (validated by a later
+statement, which reads the table under a lock that lets writes go on), and no column changes its
+type (most type changes rewrite the table; a new column of another type, filled in batches, instead).
 
 Not checked: statements inside dollar-quoted bodies (functions, ``do`` blocks: they run later, on the
 tables a function is given, like the page-view partitions, created empty), and the rarer ways to
-block a table (``reindex``, ``lock table``, ``create trigger``, a whole-table ``update``), which
-review still catches.
+block a table (``reindex``, ``lock table``, ``create trigger``, a whole-table ``update``, ``set not
+null`` without a validated check that proves it, a volatile default), which review still catches.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ APPLIED_BEFORE_THE_RULE = {
     "20261201800000_monitoring_retention.sql",
     "20261202000500_projects_creator_index.sql",
     "20261202001000_activity_actor_scopes.sql",
+    "20261206100000_monitoring_report_periods.sql",  # a check on a table of a few rows
 }
 """Migrations that broke a rule before it was checked, already applied to databases: a migration
 is never edited once released (dbmate would not run it again anyway)."""
@@ -60,6 +64,9 @@ _CREATE_INDEX = re.compile(
     r"on\s+(only\s+)?([\w.]+)",
     re.I,
 )
+_SCANNED_CONSTRAINT = re.compile(r"\badd\s+(?:constraint\s+\w+\s+)?(?:check|foreign\s+key)\b", re.I)
+_NOT_VALID = re.compile(r"\bnot\s+valid\b", re.I)
+_TYPE_CHANGE = re.compile(r"\balter\s+(?:column\s+)?\w+\s+(?:set\s+data\s+)?type\b", re.I)
 _DROP_INDEX = re.compile(r"\bdrop\s+index\s+(concurrently\s+)?(?:if\s+exists\s+)?([\w.]+)", re.I)
 
 
@@ -117,6 +124,14 @@ def blocking_statements(text: str) -> list[str]:
         if not timeouts or timeouts[-1].group(1) == "0":
             names = ", ".join(sorted({_bare(match.group(1)) for match in altered}))
             problems.append(f"alters {names} without `set local lock_timeout` first")
+    for match in altered:
+        name, statement = _bare(match.group(1)), up[match.start() :].partition(";")[0]
+        if _SCANNED_CONSTRAINT.search(statement) and not _NOT_VALID.search(statement):
+            problems.append(
+                f"adds a check or foreign key to {name} without `not valid` (a scan under its lock)"
+            )
+        if _TYPE_CHANGE.search(statement):
+            problems.append(f"changes a column's type in {name} (a rewrite under its lock)")
     concurrent_builds = 0
     for concurrently, only, table in _CREATE_INDEX.findall(up):
         name = _bare(table)
@@ -176,6 +191,24 @@ def test_a_migration_never_blocks_a_live_table(path: Path) -> None:
         ("set local lock_timeout = 0;\nalter table tasks add column x int;", ["alters tasks"]),
         ("comment on table tasks is 'lock_timeout';\nalter table tasks add column x int;", ["alters tasks"]),
         ("create table t (id int);\nalter table t add column x int;", []),
+        (
+            "set local lock_timeout = '3s';\nalter table tasks add constraint c check (x > 0);",
+            ["adds a check or foreign key to tasks without `not valid`"],
+        ),
+        ("set local lock_timeout = '3s';\nalter table tasks add constraint c check (x > 0) not valid;", []),
+        (
+            "set local lock_timeout = '3s';\nalter table tasks add foreign key (a) references users (id);",
+            ["adds a check or foreign key to tasks"],
+        ),
+        (
+            "set local lock_timeout = '3s';\nalter table tasks alter column x type bigint;",
+            ["changes a column's type in tasks"],
+        ),
+        (
+            "set local lock_timeout = '3s';\nalter table tasks alter x set data type text;",
+            ["changes a column's"],
+        ),
+        ("create table t (x int);\nalter table t add check (x > 0), alter column x type bigint;", []),
     ],
 )
 def test_the_rule_reads_each_kind_of_statement(up: str, problems: list[str]) -> None:
