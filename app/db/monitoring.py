@@ -420,15 +420,50 @@ async def tree_events_between(
 
 
 TREE_USERS_SINCE = """\
-select count(distinct u.user_id)::bigint as users
-from monitoring_group_users u
-join monitoring_groups g on g.id = u.group_id
-where g.root_id = $1 and u.last_seen_at >= $2"""
+select count(*)::bigint as users from (
+    select distinct u.user_id
+    from monitoring_group_users u
+    join monitoring_groups g on g.id = u.group_id
+    where g.root_id = $1 and u.last_seen_at >= $2
+    limit $3::bigint
+) seen"""
 
 
-async def tree_users_since(conn: AsyncConnection[Any], *, root_id: int, since: datetime) -> int | None:
+async def tree_users_since(
+    conn: AsyncConnection[Any],
+    *,
+    root_id: int,
+    since: datetime,
+    at_most: int,
+) -> int | None:
+    """The users of a merged tree seen since @since, at most @at_most (the users rule's threshold: every
+    write of a group asks, and an incident that reaches many users is when writes come fast). A user
+    seen by two members counts once, so this one still reads every row of the window; merged trees are
+    few, and a tree of one group is GroupUsersSince, which stops at the bound."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
-        await cur.execute(TREE_USERS_SINCE, (root_id, since))
+        await cur.execute(TREE_USERS_SINCE, (root_id, since, at_most))
+        return await cur.fetchone()
+
+
+GROUP_USERS_SINCE = """\
+select count(*)::bigint as users from (
+    select 1 from monitoring_group_users u
+    where u.group_id = $1 and u.last_seen_at >= $2
+    limit $3::bigint
+) seen"""
+
+
+async def group_users_since(
+    conn: AsyncConnection[Any],
+    *,
+    group_id: int,
+    since: datetime,
+    at_most: int,
+) -> int | None:
+    """The users of one group seen since @since, at most @at_most: its rows are distinct users, so the
+    scan of monitoring_group_users_seen_idx stops at the bound (it read every user of the window)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(GROUP_USERS_SINCE, (group_id, since, at_most))
         return await cur.fetchone()
 
 

@@ -127,10 +127,26 @@ join monitoring_groups g on g.id = c.group_id
 where g.root_id = @root_id and c.minute >= @since and c.minute < @until;
 
 -- name: TreeUsersSince :one
-select count(distinct u.user_id)::bigint as users
-from monitoring_group_users u
-join monitoring_groups g on g.id = u.group_id
-where g.root_id = @root_id and u.last_seen_at >= @since;
+-- The users of a merged tree seen since @since, at most @at_most (the users rule's threshold: every
+-- write of a group asks, and an incident that reaches many users is when writes come fast). A user
+-- seen by two members counts once, so this one still reads every row of the window; merged trees are
+-- few, and a tree of one group is GroupUsersSince, which stops at the bound.
+select count(*)::bigint as users from (
+    select distinct u.user_id
+    from monitoring_group_users u
+    join monitoring_groups g on g.id = u.group_id
+    where g.root_id = @root_id and u.last_seen_at >= @since
+    limit @at_most::bigint
+) seen;
+
+-- name: GroupUsersSince :one
+-- The users of one group seen since @since, at most @at_most: its rows are distinct users, so the
+-- scan of monitoring_group_users_seen_idx stops at the bound (it read every user of the window).
+select count(*)::bigint as users from (
+    select 1 from monitoring_group_users u
+    where u.group_id = @group_id and u.last_seen_at >= @since
+    limit @at_most::bigint
+) seen;
 
 -- name: ResolvedBySystem :one
 -- Whether the group's latest resolution was one the system made itself (@system_actions: a cron

@@ -53,7 +53,7 @@ def test_lone_surrogates_become_replacement_characters() -> None:
 
 def test_an_alert_message_is_valid_html_with_the_facts() -> None:
     summary, rendered = alert_message(
-        rules=[("new-group", "first seen"), ("users", "25 users in 1 h")],
+        rules=[("new-group", "first seen"), ("users", "25+ users in 1 h")],
         group_id=12,
         kind=MonitoringGroupKind.ERROR,
         title="ValueError: invalid literal for int() with base 10: '<script>'",

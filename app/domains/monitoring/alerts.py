@@ -194,7 +194,8 @@ class RuleContext:
     now: datetime
     events_between: Callable[[datetime, datetime], Awaitable[int]]
     """The group's events counted per minute: those of the minutes that begin in [since, until)."""
-    users_since: Callable[[datetime], Awaitable[int]]
+    users_since: Callable[[datetime, int], Awaitable[int]]
+    """The group's users seen since a moment, counted up to a bound (a threshold is all a rule asks)."""
     resolved_by_system: bool = False
     """The group regressed from a resolve the system made itself (``SYSTEM_RESOLUTIONS``), not a
     person's: its regression waits for the group's gap (``always_alerts``)."""
@@ -251,8 +252,8 @@ async def _holds(context: RuleContext, condition: Condition) -> str | None:
     if isinstance(condition, Frequency):
         events = await context.events_between(*_window(context, timedelta(seconds=condition.window_s)))
         return f"{events} events in {_span(condition.window_s)}" if events >= condition.events else None
-    users = await context.users_since(context.now - timedelta(seconds=condition.window_s))
-    return f"{users} users in {_span(condition.window_s)}" if users >= condition.users else None
+    users = await context.users_since(context.now - timedelta(seconds=condition.window_s), condition.users)
+    return f"{users}+ users in {_span(condition.window_s)}" if users >= condition.users else None
 
 
 async def matching(rules: Sequence[AlertRule], context: RuleContext) -> list[Fired]:

@@ -345,8 +345,12 @@ class GroupWriter:
         async def events_between(since: datetime, until: datetime) -> int:
             return await queries.tree_events_between(conn, root_id=root.id, since=since, until=until) or 0
 
-        async def users_since(since: datetime) -> int:
-            return await queries.tree_users_since(conn, root_id=root.id, since=since) or 0
+        async def users_since(since: datetime, at_most: int) -> int:
+            if totals.members == 1:
+                return (
+                    await queries.group_users_since(conn, group_id=root.id, since=since, at_most=at_most) or 0
+                )
+            return await queries.tree_users_since(conn, root_id=root.id, since=since, at_most=at_most) or 0
 
         context = alerts.RuleContext(
             kind=root.kind,
