@@ -420,6 +420,7 @@ class MonitoringGroup(msgspec.Struct, frozen=True, gc=False):
     ignore_until: datetime | None
     created_at: datetime
     ignore_ended_at: datetime | None
+    tree_users: int
 
 
 class MonitoringFingerprint(msgspec.Struct, frozen=True, gc=False):

@@ -60,7 +60,7 @@ insert into monitoring_groups (id, root_id, kind, title, culprit, status_changed
 select n.id, n.id, $1::monitoring_group_kind, $2::text, $3::text, $4::timestamptz,
        $4::timestamptz, $5::timestamptz
 from (select nextval(pg_get_serial_sequence('monitoring_groups', 'id')) as id) n
-returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at"""
+returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at, tree_users"""
 
 
 async def create_group(
@@ -95,7 +95,7 @@ async def add_hashes(
         await cur.execute(ADD_HASHES, (hashes, group_id, variants, grouping_version))
 
 
-GET_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where id = $1"
+GET_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at, tree_users from monitoring_groups where id = $1"
 
 
 async def get_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup | None:
@@ -104,7 +104,7 @@ async def get_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup |
         return await cur.fetchone()
 
 
-LOCK_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where id = $1 for no key update"
+LOCK_GROUP = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at, tree_users from monitoring_groups where id = $1 for no key update"
 
 
 async def lock_group(conn: AsyncConnection[Any], *, id: int) -> MonitoringGroup | None:
@@ -125,7 +125,7 @@ set events = events + $1,
     last_seen_at = greatest(last_seen_at, $4),
     last_release = case when $4 >= last_seen_at then $5 else last_release end
 where id = $6
-returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at"""
+returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at, tree_users"""
 
 
 async def add_group_events(
@@ -150,9 +150,26 @@ async def add_group_events(
 
 
 ADD_GROUP_USERS = """\
-insert into monitoring_group_users (group_id, user_id, first_seen_at, last_seen_at)
-select $1::bigint, unnest($2::bigint[]), $3::timestamptz, $3::timestamptz
-on conflict (group_id, user_id) do nothing"""
+with added as (
+    insert into monitoring_group_users (group_id, user_id, first_seen_at, last_seen_at)
+    select $1::bigint, unnest($2::bigint[]), $3::timestamptz, $3::timestamptz
+    on conflict (group_id, user_id) do nothing
+    returning user_id
+), tree as (
+    update monitoring_groups r
+    set tree_users = r.tree_users + (
+        select count(*) from added a
+        where not exists (
+            select 1 from monitoring_group_users u
+            join monitoring_groups m on m.id = u.group_id
+            where m.root_id = r.id and m.id <> $1::bigint and u.user_id = a.user_id
+        )
+    )
+    where r.id = $4::bigint
+      and exists (select 1 from added)
+      and exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id)
+)
+select count(*)::bigint as added from added"""
 
 
 async def add_group_users(
@@ -161,11 +178,14 @@ async def add_group_users(
     group_id: int,
     user_ids: list[int],
     seen_at: datetime,
-) -> int:
-    """Returns how many users the group had not seen before."""
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(ADD_GROUP_USERS, (group_id, user_ids, seen_at))
-        return cur.rowcount
+    root_id: int,
+) -> int | None:
+    """How many users the group had not seen before. The root of a merged tree (@root_id, locked by the
+    write) counts, in tree_users, those no other member had seen either: the statement's snapshot
+    holds the other members' users as they were before it."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(ADD_GROUP_USERS, (group_id, user_ids, seen_at, root_id))
+        return await cur.fetchone()
 
 
 TOUCH_GROUP_USERS = """\
@@ -316,7 +336,7 @@ set status = $1,
     ignore_until = $8,
     ignore_ended_at = null
 where id = $9
-returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at"""
+returning id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at, tree_users"""
 
 
 async def set_group_state(
@@ -388,16 +408,37 @@ async def tree_totals(conn: AsyncConnection[Any], *, root_id: int) -> TreeTotals
 
 
 TREE_USERS = """\
-select count(distinct u.user_id)::bigint as users
-from monitoring_group_users u
-join monitoring_groups g on g.id = u.group_id
-where g.root_id = $1"""
+select case when exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id)
+            then r.tree_users else r.users end::bigint as users
+from monitoring_groups r
+where r.id = $1"""
 
 
 async def tree_users(conn: AsyncConnection[Any], *, root_id: int) -> int | None:
+    """The users a tree affected: a merged tree's as its root keeps them, a tree of one group's its own."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(TREE_USERS, (root_id,))
         return await cur.fetchone()
+
+
+RECOUNT_TREE_USERS = """\
+update monitoring_groups r
+set tree_users = (
+    select count(distinct u.user_id)
+    from monitoring_group_users u
+    join monitoring_groups m on m.id = u.group_id
+    where m.root_id = r.id
+)
+where r.id = any($1::bigint[])
+  and r.parent_id is null
+  and exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id)"""
+
+
+async def recount_tree_users(conn: AsyncConnection[Any], *, root_ids: list[int]) -> None:
+    """tree_users of those of @root_ids that are roots of merged trees, counted again from their members'
+    users (after a merge, an unmerge, the users' retention): once per change, not per read."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(RECOUNT_TREE_USERS, (root_ids,))
 
 
 TREE_EVENTS_BETWEEN = """\
@@ -554,10 +595,7 @@ LIST_GROUPS = """\
 select g.id, g.kind, g.title, g.culprit, g.status, g.status_changed_at, g.last_release, g.resolved_at,
        g.ignore_mode, g.ignore_until_events, g.ignore_until, t.events, t.first_seen_at, t.last_seen_at,
        t.members,
-       case when t.members = 1 then g.users
-            else (select count(distinct u.user_id) from monitoring_group_users u
-                  join monitoring_groups m on m.id = u.group_id where m.root_id = g.id)
-       end::bigint as users
+       case when t.members = 1 then g.users else g.tree_users end::bigint as users
 from monitoring_groups g
 cross join lateral (
     select coalesce(sum(m.events), 0)::bigint as events, min(m.first_seen_at)::timestamptz as first_seen_at,
@@ -613,10 +651,7 @@ LIST_GROUPS_WITH_STATUS_AND_KIND = """\
 select g.id, g.kind, g.title, g.culprit, g.status, g.status_changed_at, g.last_release, g.resolved_at,
        g.ignore_mode, g.ignore_until_events, g.ignore_until, t.events, t.first_seen_at, t.last_seen_at,
        t.members,
-       case when t.members = 1 then g.users
-            else (select count(distinct u.user_id) from monitoring_group_users u
-                  join monitoring_groups m on m.id = u.group_id where m.root_id = g.id)
-       end::bigint as users
+       case when t.members = 1 then g.users else g.tree_users end::bigint as users
 from monitoring_groups g
 cross join lateral (
     select coalesce(sum(m.events), 0)::bigint as events, min(m.first_seen_at)::timestamptz as first_seen_at,
@@ -680,7 +715,7 @@ async def list_groups_with_status_and_kind(
         return await cur.fetchall()
 
 
-TREE_MEMBERS = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at from monitoring_groups where root_id = $1 order by id"
+TREE_MEMBERS = "select id, root_id, parent_id, kind, title, culprit, status, status_changed_at, first_seen_at, last_seen_at, events, users, last_release, resolved_at, resolved_in_release_id, resolved_after_release_id, ignore_mode, ignore_until_events, ignore_until, created_at, ignore_ended_at, tree_users from monitoring_groups where root_id = $1 order by id"
 
 
 async def tree_members(conn: AsyncConnection[Any], *, root_id: int) -> list[MonitoringGroup]:

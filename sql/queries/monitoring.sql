@@ -43,11 +43,30 @@ set events = events + @events,
 where id = @id
 returning *;
 
--- name: AddGroupUsers :execrows
--- Returns how many users the group had not seen before.
-insert into monitoring_group_users (group_id, user_id, first_seen_at, last_seen_at)
-select @group_id::bigint, unnest(@user_ids::bigint[]), @seen_at::timestamptz, @seen_at::timestamptz
-on conflict (group_id, user_id) do nothing;
+-- name: AddGroupUsers :one
+-- How many users the group had not seen before. The root of a merged tree (@root_id, locked by the
+-- write) counts, in tree_users, those no other member had seen either: the statement's snapshot
+-- holds the other members' users as they were before it.
+with added as (
+    insert into monitoring_group_users (group_id, user_id, first_seen_at, last_seen_at)
+    select @group_id::bigint, unnest(@user_ids::bigint[]), @seen_at::timestamptz, @seen_at::timestamptz
+    on conflict (group_id, user_id) do nothing
+    returning user_id
+), tree as (
+    update monitoring_groups r
+    set tree_users = r.tree_users + (
+        select count(*) from added a
+        where not exists (
+            select 1 from monitoring_group_users u
+            join monitoring_groups m on m.id = u.group_id
+            where m.root_id = r.id and m.id <> @group_id::bigint and u.user_id = a.user_id
+        )
+    )
+    where r.id = @root_id::bigint
+      and exists (select 1 from added)
+      and exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id)
+)
+select count(*)::bigint as added from added;
 
 -- name: TouchGroupUsers :exec
 update monitoring_group_users
@@ -115,10 +134,25 @@ select coalesce(sum(events), 0)::bigint as events, min(first_seen_at)::timestamp
 from monitoring_groups where root_id = @root_id;
 
 -- name: TreeUsers :one
-select count(distinct u.user_id)::bigint as users
-from monitoring_group_users u
-join monitoring_groups g on g.id = u.group_id
-where g.root_id = @root_id;
+-- The users a tree affected: a merged tree's as its root keeps them, a tree of one group's its own.
+select case when exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id)
+            then r.tree_users else r.users end::bigint as users
+from monitoring_groups r
+where r.id = @root_id;
+
+-- name: RecountTreeUsers :exec
+-- tree_users of those of @root_ids that are roots of merged trees, counted again from their members'
+-- users (after a merge, an unmerge, the users' retention): once per change, not per read.
+update monitoring_groups r
+set tree_users = (
+    select count(distinct u.user_id)
+    from monitoring_group_users u
+    join monitoring_groups m on m.id = u.group_id
+    where m.root_id = r.id
+)
+where r.id = any(@root_ids::bigint[])
+  and r.parent_id is null
+  and exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id);
 
 -- name: TreeEventsBetween :one
 select coalesce(sum(c.events), 0)::bigint as events
@@ -187,10 +221,7 @@ on conflict (rule, group_id) do update set last_fired_at = greatest(monitoring_r
 select g.id, g.kind, g.title, g.culprit, g.status, g.status_changed_at, g.last_release, g.resolved_at,
        g.ignore_mode, g.ignore_until_events, g.ignore_until, t.events, t.first_seen_at, t.last_seen_at,
        t.members,
-       case when t.members = 1 then g.users
-            else (select count(distinct u.user_id) from monitoring_group_users u
-                  join monitoring_groups m on m.id = u.group_id where m.root_id = g.id)
-       end::bigint as users
+       case when t.members = 1 then g.users else g.tree_users end::bigint as users
 from monitoring_groups g
 cross join lateral (
     select coalesce(sum(m.events), 0)::bigint as events, min(m.first_seen_at)::timestamptz as first_seen_at,
@@ -215,10 +246,7 @@ limit @row_limit;
 select g.id, g.kind, g.title, g.culprit, g.status, g.status_changed_at, g.last_release, g.resolved_at,
        g.ignore_mode, g.ignore_until_events, g.ignore_until, t.events, t.first_seen_at, t.last_seen_at,
        t.members,
-       case when t.members = 1 then g.users
-            else (select count(distinct u.user_id) from monitoring_group_users u
-                  join monitoring_groups m on m.id = u.group_id where m.root_id = g.id)
-       end::bigint as users
+       case when t.members = 1 then g.users else g.tree_users end::bigint as users
 from monitoring_groups g
 cross join lateral (
     select coalesce(sum(m.events), 0)::bigint as events, min(m.first_seen_at)::timestamptz as first_seen_at,

@@ -283,8 +283,11 @@ class GroupWriter:
         new_users = 0
         if aggregate.users:
             users = sorted(aggregate.users)
-            new_users = await queries.add_group_users(
-                conn, group_id=group_id, user_ids=users, seen_at=utc(aggregate.last)
+            new_users = (
+                await queries.add_group_users(
+                    conn, group_id=group_id, user_ids=users, seen_at=utc(aggregate.last), root_id=root.id
+                )
+                or 0
             )
             await queries.touch_group_users(
                 conn, seen_at=utc(aggregate.last), group_id=group_id, user_ids=users

@@ -102,7 +102,8 @@ class Retention:
         """The users a group has not seen since ``before``, group by group: each chunk starts at the
         group where the last one ended, so none reads again what the ones before it went through.
 
-        Each group's ``users`` is lowered by its rows deleted, under the locks of the groups' roots,
+        Each group's ``users`` is lowered by its rows deleted (and a merged tree's ``tree_users``
+        counted again), under the locks of the groups' roots,
         taken first as a group's write takes its root's (then its users, then the group): a write
         re-seeing a user purged counted it again, and the list (``users``) said more than the detail
         (the rows) ever after. A group a merge moved to another tree meanwhile waits for a later
@@ -118,13 +119,16 @@ class Retention:
             )
             if not groups:
                 return 0
+            roots = await lock_roots(uow, [group.root_id for group in groups])
             deleted = await queries.purge_group_users_before(
                 uow.conn,
                 group_ids=[group.id for group in groups],
-                root_ids=await lock_roots(uow, [group.root_id for group in groups]),
+                root_ids=roots,
                 before=before,
                 chunk_size=chunk_size,
             )
+            root_of = {group.id: group.root_id for group in groups}
+            await queries.recount_tree_users(uow.conn, root_ids=sorted({root_of[group] for group in deleted}))
             from_group_id = max(deleted, default=from_group_id)
             return len(deleted)
 

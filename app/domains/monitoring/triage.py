@@ -301,6 +301,7 @@ class Triage:
                     at=now,
                 )
             await queries.shift_ignore_count(uow.conn, events=moved, id=target_id)
+            await queries.recount_tree_users(uow.conn, root_ids=[target_id])
             await queries.add_activity(
                 uow.conn,
                 group_id=target_id,
@@ -328,6 +329,7 @@ class Triage:
             detached = await queries.tree_totals(uow.conn, root_id=group_id)
             events = detached.events if detached is not None else 0
             await queries.shift_ignore_count(uow.conn, events=-events, id=root.id)
+            await queries.recount_tree_users(uow.conn, root_ids=[root.id, group_id])
             await queries.add_activity(
                 uow.conn,
                 group_id=group_id,
