@@ -52,6 +52,7 @@ def group(**changes: object) -> MonitoringGroup:
         ignore_until=None,
         created_at=T0,
         ignore_ended_at=None,
+        tree_users=0,
     )
     return msgspec.structs.replace(base, **changes)
 
