@@ -17,6 +17,7 @@ still holds the same mapping.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar, Token
@@ -161,13 +162,30 @@ def unwatch_database_use(token: Token[dict[str, Any] | None]) -> None:
     _WATCHED_STATE.reset(token)
 
 
+_LENT: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
+"""Connections of each pool lent out now (through ``lend``): psycopg's pool tells how many it keeps
+(``pool_size``), not how many are in use, and keeps counting a lost connection while it fails to
+replace it, so a pool grown to its maximum before PostgreSQL went away looked full."""
+
+
+@asynccontextmanager
+async def lend(pool: Pool, timeout: float | None = None) -> AsyncIterator[AsyncConnection[Any]]:
+    """``pool.connection(timeout)``, counted as lent while held (``Database.exhausted``)."""
+    async with pool.connection(timeout=timeout) as conn:
+        _LENT[pool] = _LENT.get(pool, 0) + 1
+        try:
+            yield conn
+        finally:
+            _LENT[pool] -= 1
+
+
 def _borrow(pool: Pool) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
-    """``pool.connection()``, noted in the watching request's state (``DATABASE_USED``): the one place
-    a unit of work borrows its connection."""
+    """``lend(pool)``, noted in the watching request's state (``DATABASE_USED``): the one place a unit
+    of work borrows its connection."""
     state = _WATCHED_STATE.get()
     if state is not None:
         state[DATABASE_USED] = True
-    return pool.connection()
+    return lend(pool)
 
 
 @asynccontextmanager
@@ -216,12 +234,12 @@ class Database:
         return reading(self.pool)
 
     def exhausted(self) -> dict[str, int] | None:
-        """The pool's figures (``get_stats``) when every connection it may open is open and in use,
-        else None: a caller that timed out waiting was refused by the pool, not by PostgreSQL
-        (which may still be at fault: connections hung on a frozen server fill the pool too)."""
-        stats = self.pool.get_stats()
-        full = stats.get("pool_available", 0) == 0 and stats.get("pool_size", 0) >= self.pool.max_size
-        return stats if full else None
+        """The pool's figures (``get_stats``, with ``lent``) when every connection it may open is lent
+        out (``lend``), else None: a caller that timed out waiting was refused by the pool, not by
+        PostgreSQL (which may still be at fault: connections hung on a frozen server fill the pool
+        too). A pool whose connections were lost and cannot be replaced lends none: not full."""
+        lent = _LENT.get(self.pool, 0)
+        return {**self.pool.get_stats(), "lent": lent} if lent >= self.pool.max_size else None
 
     async def delete_in_chunks(self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]]) -> int:
         """Run ``delete_chunk`` (one bounded statement: a chunk of rows), one transaction each, until a

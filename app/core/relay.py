@@ -40,7 +40,7 @@ from saq import Queue
 from saq.types import Context
 
 from app.config import Settings
-from app.core.db import Database, UnitOfWork
+from app.core.db import Database, UnitOfWork, lend
 from app.core.deadline import answered_within
 from app.core.logging import OncePerInterval
 from app.core.modules import Cron, Job, Module
@@ -180,7 +180,7 @@ async def relay_once(
     """Publish one batch; returns how many rows were published. Raises if enqueueing fails, or
     (``psycopg.OperationalError``) if the round does not end within ``round_timeout_s(settings)``:
     its connection is then severed, and the pool discards it."""
-    async with pool.connection() as conn:
+    async with lend(pool) as conn:
         rows = await answered_within(
             conn,
             _publish(conn, queues, settings, batching or {}, timeouts or {}),

@@ -151,9 +151,9 @@ async def test_ready_says_busy_when_every_pooled_connection_is_in_use(settings: 
         settings, database_pool_min=0, database_pool_max=2, health_timeout_s=0.5, health_ready_shared_s=0.0
     ) as served:
         await become_ready(served.client)
-        pool = served.app.state.services.db.pool
-        async with pool.connection() as first, pool.connection() as second:
-            assert first is not second
+        db = served.app.state.services.db
+        async with db.read() as first, db.read() as second:  # as requests hold them
+            assert first.conn is not second.conn
             with captured_logs(logging.WARNING) as logs:
                 response = await served.client.get("/health/ready")
         assert response.status_code == 503, response.text

@@ -16,7 +16,7 @@ from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.core.cache import Flights, single_flight
-from app.core.db import Database
+from app.core.db import Database, lend
 from app.core.deadline import finish_within, sever
 from app.core.logging import OncePerInterval, error_message
 from app.core.migrate import MISSING_MIGRATIONS, SchemaBehindError, migration_versions
@@ -166,13 +166,13 @@ class HealthService:
             return None if check in pooled else self.db.exhausted()
 
         async def postgres() -> None:
-            async with self.db.pool.connection(timeout=timeout) as conn:
+            async with lend(self.db.pool, timeout) as conn:
                 pooled.add("postgres")
                 query = asyncio.ensure_future(conn.execute("select 1"))
                 await finish_within(query, timeout, lambda: sever(conn))  # severed: no cancel request
 
         async def schema() -> None:
-            async with self.db.pool.connection(timeout=timeout) as conn:
+            async with lend(self.db.pool, timeout) as conn:
                 pooled.add("schema")
                 query = asyncio.ensure_future(_missing_migrations(conn, self.required_migrations))
                 missing = await finish_within(query, timeout, lambda: sever(conn))
