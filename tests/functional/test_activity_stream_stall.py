@@ -428,11 +428,11 @@ async def test_a_stream_that_lost_its_slot_while_querying_is_still_cut_when_it_s
         changes = feed.changes
         gate, entered, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-        async def held_changes(*args: Any) -> Any:
+        async def held_changes(*args: Any, **kwargs: Any) -> Any:
             if gate.is_set():
                 entered.set()
                 await release.wait()
-            return await changes(*args)
+            return await changes(*args, **kwargs)
 
         monkeypatch.setattr(feed, "changes", held_changes)
         with stalled_logs(monkeypatch) as logs:

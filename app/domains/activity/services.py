@@ -19,6 +19,8 @@ Design, in short (each part is documented where it lives):
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -99,6 +101,10 @@ _PAGE = msgspec.msgpack.Decoder(FeedPage)
 _COUNTS = msgspec.msgpack.Decoder(UnreadCountsOut)
 
 
+Changes = tuple[list[FeedGroupOut], int, bool]
+"""``ActivityService.changes``: the groups, the position reached, whether more follow."""
+
+
 class ActivityService:
     def __init__(
         self,
@@ -121,6 +127,8 @@ class ActivityService:
         self.streams = LiveStreams(valkey, settings, stops or StreamStops())
         self.writer = FeedWriter(grouping_rule(settings))
         self.combiner = Combiner(self._write_alone, max_events=max(settings.feed_batch_size, COMBINED_EVENTS))
+        self._change_reads: dict[tuple[int, int, int], tuple[float, asyncio.Future[Changes]]] = {}
+        """(reader, after, limit) -> when its read began, and the read: see ``changes``."""
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -301,9 +309,31 @@ class ActivityService:
             return True
         return await self.accounts.still_authenticated(caller)
 
-    async def changes(self, reader_id: int, after: int, limit: int) -> tuple[list[FeedGroupOut], int, bool]:
+    async def changes(self, reader_id: int, after: int, limit: int, *, begun_after: float = 0.0) -> Changes:
         """The first ``limit`` visible groups with activity after ``after`` (oldest change first), as
-        they are now, the position reached (the newest event they count), and whether more follow."""
+        they are now, the position reached (the newest event they count), and whether more follow.
+
+        The streams of one reader woken by one notice ask the same: one read answers them all (an
+        account holds up to ``FEED_STREAM_MAX_PER_USER`` streams, and one task written woke each of
+        every member's; the cost review). A caller joins a read under way only if it began at or
+        after ``begun_after`` (``time.monotonic()``: when the caller's notice arrived, so the read
+        sees the commit the notice tells of)."""
+        key = (reader_id, after, limit)
+        under_way = self._change_reads.get(key)
+        if under_way is not None and under_way[0] >= begun_after:
+            return await asyncio.shield(under_way[1])
+        read = asyncio.ensure_future(self._read_changes(reader_id, after, limit))
+        self._change_reads[key] = (time.monotonic(), read)
+        read.add_done_callback(partial(self._change_read_done, key))
+        return await asyncio.shield(read)
+
+    def _change_read_done(self, key: tuple[int, int, int], read: asyncio.Future[Changes]) -> None:
+        if (entry := self._change_reads.get(key)) is not None and entry[1] is read:
+            del self._change_reads[key]
+        if not read.cancelled():
+            read.exception()  # retrieved: a read whose callers all left logs no warning
+
+    async def _read_changes(self, reader_id: int, after: int, limit: int) -> Changes:
         async with self.db.read() as uow:
             rows = await queries.feed_changes(uow.conn, reader_id=reader_id, after=after, row_limit=limit + 1)
             more = len(rows) > limit

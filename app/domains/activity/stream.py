@@ -61,6 +61,11 @@ from app.domains.activity.services import CHANNEL, ActivityService, Notice
 PAGE = 100
 RETRY_MS = 2000
 STALL_HEARTBEATS = 3
+CHANGES_INTERVAL_S = 0.5
+"""A stream asks for the changes at most once per interval, however fast notices come: notices that
+arrive meanwhile are answered together by the next query. Every write of a project woke every stream
+of every member into a query of its own (the cost review: one task written, about 1.7 queries per
+open stream), so a burst of writes cost streams x writes queries; now streams x bursts."""
 _notice = msgspec.json.Decoder(Notice)
 log = structlog.get_logger("app.activity.stream")
 
@@ -113,6 +118,8 @@ class FeedStream:
         self._sending = False  # a message is out, its send not yet done
         self._sent_at = time.monotonic()  # when the last send completed (or the stream started)
         self._slot_lost = False
+        self._noticed_at = 0.0  # when the latest notice that may concern the reader arrived
+        self._asked_at = float("-inf")  # when the changes were last asked for
 
     @classmethod
     async def open(
@@ -227,6 +234,10 @@ class FeedStream:
                 async for message in self._send_changes():
                     yield message
                 continue
+            if (pause := self._asked_at + CHANGES_INTERVAL_S - time.monotonic()) > 0:
+                await asyncio.sleep(pause)  # the notices of the pause are answered by one query
+                if self._over():
+                    return
             wake.clear()
             touched, concerned = self._touched, self._concerned
             self._touched = self._concerned = False
@@ -353,7 +364,9 @@ class FeedStream:
         sent = 0
         while True:
             room = PAGE if limit is None else min(PAGE, limit - sent)
-            groups, reached, more = await _finished(self.service.changes(self.reader_id, self.cursor, room))
+            self._asked_at = time.monotonic()
+            answer = self.service.changes(self.reader_id, self.cursor, room, begun_after=self._noticed_at)
+            groups, reached, more = await _finished(answer)
             for group in groups:
                 yield ServerSentEventMessage(
                     event="group", id=group.last_event_id, data=msgspec.json.encode(group).decode()
@@ -393,6 +406,7 @@ class FeedStream:
             if touched or self._concerns(notice):
                 self._touched = self._touched or touched
                 self._concerned = True
+                self._noticed_at = time.monotonic()
                 wake.set()
 
 
