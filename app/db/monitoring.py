@@ -421,6 +421,22 @@ async def tree_users(conn: AsyncConnection[Any], *, root_id: int) -> int | None:
         return await cur.fetchone()
 
 
+MERGED_ROOTS_AFTER = """\
+select r.id from monitoring_groups r
+where r.parent_id is null and r.id > $1
+  and exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id)
+order by r.id
+limit $2"""
+
+
+async def merged_roots_after(conn: AsyncConnection[Any], *, after_id: int, row_limit: int) -> list[int]:
+    """The next @row_limit roots of merged trees after @after_id (the hourly recount of tree_users, which
+    heals what a write of the previous release, beside this one during an upgrade, left uncounted)."""
+    async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
+        await cur.execute(MERGED_ROOTS_AFTER, (after_id, row_limit))
+        return await cur.fetchall()
+
+
 RECOUNT_TREE_USERS = """\
 update monitoring_groups r
 set tree_users = (
@@ -2193,8 +2209,8 @@ async def purge_group_users_before(
     before: datetime,
     chunk_size: int,
 ) -> list[int]:
-    """The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
-    by groups.lock_roots; a group a merge moved meanwhile waits for a later chunk or run), and each group's users
+    """The users of @group_ids not seen since @before, of the groups under one of @root_ids now (locked
+    by groups.lock_roots; a group a merge moved under a root not locked waits for a later chunk or run), and each group's users
     count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
     counts the rows). Returns the groups of the rows deleted."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:

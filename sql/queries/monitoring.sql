@@ -140,6 +140,15 @@ select case when exists (select 1 from monitoring_groups m where m.root_id = r.i
 from monitoring_groups r
 where r.id = @root_id;
 
+-- name: MergedRootsAfter :many
+-- The next @row_limit roots of merged trees after @after_id (the hourly recount of tree_users, which
+-- heals what a write of the previous release, beside this one during an upgrade, left uncounted).
+select r.id from monitoring_groups r
+where r.parent_id is null and r.id > @after_id
+  and exists (select 1 from monitoring_groups m where m.root_id = r.id and m.id <> r.id)
+order by r.id
+limit @row_limit;
+
 -- name: RecountTreeUsers :exec
 -- tree_users of those of @root_ids that are roots of merged trees, counted again from their members'
 -- users (after a merge, an unmerge, the users' retention): once per change, not per read.
@@ -848,8 +857,8 @@ where g.id in (
 order by g.id;
 
 -- name: PurgeGroupUsersBefore :many
--- The users of @group_ids not seen since @before, of the groups still under one of @root_ids (locked
--- by groups.lock_roots; a group a merge moved meanwhile waits for a later chunk or run), and each group's users
+-- The users of @group_ids not seen since @before, of the groups under one of @root_ids now (locked
+-- by groups.lock_roots; a group a merge moved under a root not locked waits for a later chunk or run), and each group's users
 -- count lowered by its rows deleted, so the count stays the rows' (the list reads it; the detail
 -- counts the rows). Returns the groups of the rows deleted.
 with doomed as (

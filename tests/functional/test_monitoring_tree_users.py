@@ -9,13 +9,14 @@ import time
 import uuid
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection, AsyncRawCursor
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db import monitoring
 from app.domains.monitoring.services import MonitoringService
-from tests.factories import plan_scans
+from tests.factories import migration_up, plan_scans
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
@@ -90,3 +91,23 @@ async def test_the_list_reads_no_users_of_a_merged_tree(
         row = await cur.fetchone()
     assert row is not None
     assert plan_scans(row[0][0]["Plan"], "monitoring_group_users") == []
+
+
+async def test_a_count_left_wrong_is_filled_by_the_migration_and_healed_by_the_hourly_purge(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey, database_url: str
+) -> None:
+    """What the previous release wrote beside this one during an upgrade kept no ``tree_users``
+    (diffreview38): the migration fills the merged trees there are, and every hourly purge counts
+    them again."""
+    first, second = bug(), bug()
+    async with open_monitoring(settings, **NO_ALERTS) as service:
+        a = await write(service, first, [1, 2])
+        b = await write(service, second, [2, 3])
+        await service.merge(a, [b], None)
+        await db.execute("update monitoring_groups set tree_users = 0 where id = %s", (a,))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(migration_up("monitoring_tree_users_filled"))
+        assert await shown(service, a) == (3, 3)
+        await db.execute("update monitoring_groups set tree_users = 0 where id = %s", (a,))
+        await service.purge(time.time())
+        assert await shown(service, a) == (3, 3)

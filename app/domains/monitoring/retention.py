@@ -23,6 +23,8 @@ log = structlog.get_logger("app.monitoring")
 PURGE_CHUNK = 10_000
 """Rows deleted per transaction by the retention (``purge``): each statement stays far below the
 statement timeout, however many rows have piled up."""
+RECOUNT_CHUNK = 50
+"""Merged trees whose users the hourly recount counts per transaction (each under its root's lock)."""
 
 
 class Retention:
@@ -82,8 +84,24 @@ class Retention:
             ("monitoring_group_users", lambda: self._purge_group_users(before, chunk_size)),
             ("monitoring_group_releases", chunked(queries.purge_group_releases_before, before, chunk_size)),
             ("monitoring_rule_fires", chunked(queries.purge_rule_fires_before, fires_before, chunk_size)),
+            ("tree_users", self._recount_merged_trees),  # deletes nothing
         ]
         return await purge_tables(tables, name="monitoring", logger=log)
+
+    async def _recount_merged_trees(self) -> int:
+        """Count every merged tree's ``tree_users`` again, ``RECOUNT_CHUNK`` roots per transaction
+        under their locks (id order): the writes keep it, but the previous release's, running beside
+        this one during an upgrade, did not, and nothing else would correct a tree no merge, unmerge
+        or purge touches. Deletes nothing: 0."""
+        after_id = 0
+        while not self.stopping():
+            async with self.db.transaction() as uow:
+                roots = await queries.merged_roots_after(uow.conn, after_id=after_id, row_limit=RECOUNT_CHUNK)
+                if not roots:
+                    return 0
+                await queries.recount_tree_users(uow.conn, root_ids=await lock_roots(uow, roots))
+            after_id = roots[-1]
+        return 0
 
     def _table_purge(
         self, delete: Callable[..., Awaitable[int]], before: datetime, chunk_size: int
@@ -102,12 +120,13 @@ class Retention:
         """The users a group has not seen since ``before``, group by group: each chunk starts at the
         group where the last one ended, so none reads again what the ones before it went through.
 
-        Each group's ``users`` is lowered by its rows deleted (and a merged tree's ``tree_users``
-        counted again), under the locks of the groups' roots,
-        taken first as a group's write takes its root's (then its users, then the group): a write
-        re-seeing a user purged counted it again, and the list (``users``) said more than the detail
-        (the rows) ever after. A group a merge moved to another tree meanwhile waits for a later
-        chunk, or the next run when the chunk's cursor has passed it."""
+        Each group's ``users`` is lowered by its rows deleted (and the ``tree_users`` of the merged
+        trees locked counted again), under the locks of the groups' roots, taken first as a group's
+        write takes its root's (then its users, then the group): a write re-seeing a user purged
+        counted it again, and the list (``users``) said more than the detail (the rows) ever after.
+        A group a merge moved to another tree meanwhile is purged under its new root when the chunk
+        locked that one too, else waits for a later chunk, or the next run when the chunk's cursor
+        has passed it."""
         from_group_id = 0
 
         async def chunk(uow: UnitOfWork) -> int:
@@ -127,8 +146,8 @@ class Retention:
                 before=before,
                 chunk_size=chunk_size,
             )
-            root_of = {group.id: group.root_id for group in groups}
-            await queries.recount_tree_users(uow.conn, root_ids=sorted({root_of[group] for group in deleted}))
+            if deleted:  # the roots locked: a group a merge moved meanwhile was purged under its new one
+                await queries.recount_tree_users(uow.conn, root_ids=roots)
             from_group_id = max(deleted, default=from_group_id)
             return len(deleted)
 
