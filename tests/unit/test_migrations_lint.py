@@ -17,13 +17,15 @@ query of the table queues behind it: a migration that alters a table an earlier 
 non-zero ``lock_timeout`` before it (it fails, and ``migrate`` tries again, instead): ``set local``
 in a transactional file, ``set`` in one run outside a transaction. What it does under that lock must be
 short too: a check or foreign key added to a live table is ``not valid`` (validated by a later
-statement, which reads the table under a lock that lets writes go on), and no column changes its
-type (most type changes rewrite the table; a new column of another type, filled in batches, instead).
+statement, which reads the table under a lock that lets writes go on), a unique or primary key comes
+from an index built concurrently (``using index``), and no column changes its type (most type
+changes rewrite the table; a new column of another type, filled in batches, instead).
 
 Not checked: statements inside dollar-quoted bodies (functions, ``do`` blocks: they run later, on the
 tables a function is given, like the page-view partitions, created empty), and the rarer ways to
 block a table (``reindex``, ``lock table``, ``create trigger``, a whole-table ``update``, ``set not
-null`` without a validated check that proves it, a volatile default), which review still catches.
+null`` without a validated check that proves it, a volatile default, a check written in a column's
+definition, a constraint name in quotes), which review still catches.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ _CREATE_INDEX = re.compile(
 )
 _SCANNED_CONSTRAINT = re.compile(r"\badd\s+(?:constraint\s+\w+\s+)?(?:check|foreign\s+key)\b", re.I)
 _NOT_VALID = re.compile(r"\bnot\s+valid\b", re.I)
-_TYPE_CHANGE = re.compile(r"\balter\s+(?:column\s+)?\w+\s+(?:set\s+data\s+)?type\b", re.I)
+_TYPE_CHANGE = re.compile(r"\balter\s+(?:column\s+)?(?!column\b)\w+\s+(?:set\s+data\s+)?type\b", re.I)
+_INDEXED_CONSTRAINT = re.compile(r"\badd\s+(?:constraint\s+\w+\s+)?(?:unique|primary\s+key)\b", re.I)
+_USING_INDEX = re.compile(r"\busing\s+index\b", re.I)
 _DROP_INDEX = re.compile(r"\bdrop\s+index\s+(concurrently\s+)?(?:if\s+exists\s+)?([\w.]+)", re.I)
 
 
@@ -129,6 +133,10 @@ def blocking_statements(text: str) -> list[str]:
         if _SCANNED_CONSTRAINT.search(statement) and not _NOT_VALID.search(statement):
             problems.append(
                 f"adds a check or foreign key to {name} without `not valid` (a scan under its lock)"
+            )
+        if _INDEXED_CONSTRAINT.search(statement) and not _USING_INDEX.search(statement):
+            problems.append(
+                f"adds a unique or primary key to {name} without `using index` (a build under its lock)"
             )
         if _TYPE_CHANGE.search(statement):
             problems.append(f"changes a column's type in {name} (a rewrite under its lock)")
@@ -209,6 +217,17 @@ def test_a_migration_never_blocks_a_live_table(path: Path) -> None:
             ["changes a column's"],
         ),
         ("create table t (x int);\nalter table t add check (x > 0), alter column x type bigint;", []),
+        ("set local lock_timeout = '3s';\nalter table tasks alter column type set default 'bug';", []),
+        ("set local lock_timeout = '3s';\nalter table tasks alter column type drop not null;", []),
+        (
+            "set local lock_timeout = '3s';\nalter table tasks alter column type type text;",
+            ["changes a column's type in tasks"],
+        ),
+        (
+            "set local lock_timeout = '3s';\nalter table tasks add constraint u unique (a, b);",
+            ["adds a unique or primary key to tasks without `using index`"],
+        ),
+        ("set local lock_timeout = '3s';\nalter table tasks add constraint u unique using index u_idx;", []),
     ],
 )
 def test_the_rule_reads_each_kind_of_statement(up: str, problems: list[str]) -> None:
