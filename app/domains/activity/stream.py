@@ -10,6 +10,9 @@ sent". So:
 - a notice lost (pub/sub keeps nothing) loses nothing: the next notice, or the heartbeat's check,
   sends it. Notices are taken as they arrive and folded into two flags (``_listen``), so a stream
   whose client stops reading holds constant memory however much the system publishes meanwhile;
+- a stream asks at most once per ``CHANGES_INTERVAL_S`` (the notices of a burst answered by one
+  query), and the streams of one reader woken by one notice share one read
+  (``ActivityService.changes``): one write woke every stream of every member into a query of its own;
 - membership is re-checked by every query: a member removed from a project gets nothing more from
   it, on this stream or after reconnecting. Notices are only pre-filtered against the reader's
   projects, refreshed at every heartbeat and whenever a notice concerns the reader's membership;
