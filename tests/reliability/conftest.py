@@ -1,5 +1,5 @@
-"""Fixtures of the reliability suite: an HTTP client for many connections, and the processes a test
-starts (every one killed at the end, whatever happened)."""
+"""Fixtures of the reliability suite: an HTTP client for many connections, the processes a test
+starts (every one killed at the end, whatever happened), and a PostgreSQL of the test's own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from tests.faults import Worker
+from tests.faults import PrivatePostgres, Worker
 from tests.served import ServerProcess
 
 
@@ -28,3 +28,12 @@ def processes() -> Iterator[list[ServerProcess | Worker]]:
             process.kill(signal.SIGKILL)
         else:
             process.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL of this test's own, which it may crash, pause or restart (never the session's)."""
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.close()

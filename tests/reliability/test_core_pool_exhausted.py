@@ -6,7 +6,6 @@ the server went looked full by its figures (diffreview38)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -18,26 +17,18 @@ from app.core.migrate import dbmate
 from tests.faults import PrivatePostgres
 
 
-@pytest.fixture
-def postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
-    server.start()
-    yield server
-    server.close()
-
-
 async def select_one(database: Database) -> None:
     async with database.read() as uow:
         await uow.conn.execute("select 1")
 
 
 async def test_a_full_pool_is_exhausted_and_a_pool_whose_server_went_is_not(
-    settings: Settings, postgres: PrivatePostgres
+    settings: Settings, private_postgres: PrivatePostgres
 ) -> None:
     small = msgspec.structs.replace(
         settings, database_pool_min=2, database_pool_max=2, database_timeout_s=0.5
     )
-    url = postgres.url("faults")
+    url = private_postgres.url("faults")
     dbmate(url, "up")  # the pool's sessions register the schema's types
     pool = create_pool(small, url)
     await pool.open(wait=True)
@@ -63,7 +54,7 @@ async def test_a_full_pool_is_exhausted_and_a_pool_whose_server_went_is_not(
         assert database.exhausted() is None
 
         await asyncio.gather(select_one(database), select_one(database))  # the pool at its maximum
-        await asyncio.to_thread(postgres.crash)
+        await asyncio.to_thread(private_postgres.crash)
         for _ in range(3):
             with pytest.raises(Exception):  # noqa: B017, PT011 - lost, refused or timed out: down
                 await select_one(database)

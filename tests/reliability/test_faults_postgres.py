@@ -27,12 +27,10 @@ import contextlib
 import json
 import signal
 import socket
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.errors import DEPENDENCY_WARN_INTERVAL_S
@@ -73,22 +71,14 @@ def most_within(times: list[datetime], window: timedelta) -> int:
     )
 
 
-@pytest.fixture
-def postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
-    server.start()
-    yield server
-    server.close()
-
-
 async def test_postgres_restart_under_mixed_load_loses_no_acknowledged_write(
-    postgres: PrivatePostgres,
+    private_postgres: PrivatePostgres,
     controlled_valkey: ControlledValkey,
     http: httpx.AsyncClient,
     processes: list[ServerProcess | Worker],
     tmp_path: Path,
 ) -> None:
-    url = _migrated(postgres)
+    url = _migrated(private_postgres)
     shop = await open_shop(url)
     server = ServerProcess(url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
     worker = Worker(tmp_path, url, controlled_valkey.url, DATABASE_TIMEOUT_S=str(DATABASE_TIMEOUT_S))
@@ -107,7 +97,7 @@ async def test_postgres_restart_under_mixed_load_loses_no_acknowledged_write(
         await load.until_acked("before")
 
         load.phase = "outage"
-        await asyncio.to_thread(postgres.crash)
+        await asyncio.to_thread(private_postgres.crash)
 
         async def reported_down() -> bool:
             nonlocal outage
@@ -118,7 +108,7 @@ async def test_postgres_restart_under_mixed_load_loses_no_acknowledged_write(
         await load.until(lambda: load.count("outage", 503) >= 30, "30 503s during the outage")
 
         load.phase = "after"
-        await asyncio.to_thread(postgres.start)
+        await asyncio.to_thread(private_postgres.start)
 
         async def ready() -> bool:
             return (await readiness(http, server.base))[0] == 200
@@ -279,13 +269,13 @@ async def assert_unavailable_in_time(http: httpx.AsyncClient, server: ServerProc
 
 
 async def test_a_postgres_that_never_answers_gives_timely_503s_and_the_pool_recovers(
-    postgres: PrivatePostgres,
+    private_postgres: PrivatePostgres,
     controlled_valkey: ControlledValkey,
     http: httpx.AsyncClient,
     processes: list[ServerProcess | Worker],
     tmp_path: Path,
 ) -> None:
-    shop = await open_shop(_migrated(postgres))
+    shop = await open_shop(_migrated(private_postgres))
     gate = HangingGate()
     await gate.serve()
     try:
@@ -314,7 +304,7 @@ async def test_a_postgres_that_never_answers_gives_timely_503s_and_the_pool_reco
         assert down.get((("dependency", "postgresql"), ("source", "page-view-keys")), 0) >= 1, down
 
         # The partition heals: the pool's hung attempts time out (connect_timeout) and it reconnects.
-        gate.open_to(str(postgres.directory / ".s.PGSQL.5432"))
+        gate.open_to(str(private_postgres.directory / ".s.PGSQL.5432"))
 
         async def ready() -> bool:
             return (await readiness(http, server.base))[0] == 200
@@ -345,20 +335,20 @@ async def scraped(http: httpx.AsyncClient, base: str, name: str) -> dict[tuple[t
     }
 
 
-def _migrated(postgres: PrivatePostgres) -> str:
-    url = postgres.url("faults")
+def _migrated(private_postgres: PrivatePostgres) -> str:
+    url = private_postgres.url("faults")
     dbmate(url, "up")
     return url
 
 
 async def test_a_postgres_frozen_mid_session_gives_timely_503s_and_recovers(
-    postgres: PrivatePostgres,
+    private_postgres: PrivatePostgres,
     controlled_valkey: ControlledValkey,
     http: httpx.AsyncClient,
     processes: list[ServerProcess | Worker],
     tmp_path: Path,
 ) -> None:
-    url = _migrated(postgres)
+    url = _migrated(private_postgres)
     shop = await open_shop(url)
     server = ServerProcess(url, controlled_valkey.url, tmp_path, env=FAULT_ENV)
     processes.append(server)
@@ -373,11 +363,11 @@ async def test_a_postgres_frozen_mid_session_gives_timely_503s_and_recovers(
         await load.stop()
     assert load.failures == [], load.failures[:10]
 
-    postgres.pause()
+    private_postgres.pause()
     try:
         await assert_unavailable_in_time(http, server, shop)
     finally:
-        postgres.resume()
+        private_postgres.resume()
 
     async def ready() -> bool:
         return (await readiness(http, server.base))[0] == 200
