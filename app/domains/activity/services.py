@@ -19,8 +19,6 @@ Design, in short (each part is documented where it lives):
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.auth import CurrentUser
+from app.core.cache import Flights, single_flight
 from app.core.channels import Broadcaster
 from app.core.db import Database, UnitOfWork
 from app.core.errors import NotFoundError
@@ -127,8 +126,8 @@ class ActivityService:
         self.streams = LiveStreams(valkey, settings, stops or StreamStops())
         self.writer = FeedWriter(grouping_rule(settings))
         self.combiner = Combiner(self._write_alone, max_events=max(settings.feed_batch_size, COMBINED_EVENTS))
-        self._change_reads: dict[tuple[int, int, int], tuple[float, asyncio.Future[Changes]]] = {}
-        """(reader, after, limit) -> when its read began, and the read: see ``changes``."""
+        self._change_reads: Flights = {}
+        """The reads of ``changes`` under way, by (reader, after, limit, notice)."""
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -309,29 +308,22 @@ class ActivityService:
             return True
         return await self.accounts.still_authenticated(caller)
 
-    async def changes(self, reader_id: int, after: int, limit: int, *, begun_after: float = 0.0) -> Changes:
+    async def changes(self, reader_id: int, after: int, limit: int, *, notice: int | None = None) -> Changes:
         """The first ``limit`` visible groups with activity after ``after`` (oldest change first), as
         they are now, the position reached (the newest event they count), and whether more follow.
 
         The streams of one reader woken by one notice ask the same: one read answers them all (an
         account holds up to ``FEED_STREAM_MAX_PER_USER`` streams, and one task written woke each of
-        every member's; the cost review). A caller joins a read under way only if it began at or
-        after ``begun_after`` (``time.monotonic()``: when the caller's notice arrived, so the read
-        sees the commit the notice tells of)."""
-        key = (reader_id, after, limit)
-        under_way = self._change_reads.get(key)
-        if under_way is not None and under_way[0] >= begun_after:
-            return await asyncio.shield(under_way[1])
-        read = asyncio.ensure_future(self._read_changes(reader_id, after, limit))
-        self._change_reads[key] = (time.monotonic(), read)
-        read.add_done_callback(partial(self._change_read_done, key))
-        return await asyncio.shield(read)
-
-    def _change_read_done(self, key: tuple[int, int, int], read: asyncio.Future[Changes]) -> None:
-        if (entry := self._change_reads.get(key)) is not None and entry[1] is read:
-            del self._change_reads[key]
-        if not read.cancelled():
-            read.exception()  # retrieved: a read whose callers all left logs no warning
+        every member's; the cost review). ``notice``: the ``seq`` of the newest notice the caller was
+        woken by; a read is shared only by callers woken by the same one, so it began after the commit
+        each was told of. Without it (a heartbeat's check), the caller reads alone."""
+        if notice is None:
+            return await self._read_changes(reader_id, after, limit)
+        return await single_flight(
+            self._change_reads,
+            (reader_id, after, limit, notice),
+            partial(self._read_changes, reader_id, after, limit),
+        )
 
     async def _read_changes(self, reader_id: int, after: int, limit: int) -> Changes:
         async with self.db.read() as uow:

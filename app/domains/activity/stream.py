@@ -121,7 +121,7 @@ class FeedStream:
         self._sending = False  # a message is out, its send not yet done
         self._sent_at = time.monotonic()  # when the last send completed (or the stream started)
         self._slot_lost = False
-        self._noticed_at = 0.0  # when the latest notice that may concern the reader arrived
+        self._noticed: int | None = None  # the newest seq of the notices since the last look that concern it
         self._asked_at = float("-inf")  # when the changes were last asked for
 
     @classmethod
@@ -232,6 +232,7 @@ class FeedStream:
                 beat = time.monotonic() + self.heartbeat_s
                 wake.clear()
                 self._touched = self._concerned = False  # what they announced, the check below sends
+                self._noticed = None  # the check reads alone (``ActivityService.changes``)
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
                 await self._refresh_scope()
                 async for message in self._send_changes():
@@ -244,12 +245,13 @@ class FeedStream:
             wake.clear()
             touched, concerned = self._touched, self._concerned
             self._touched = self._concerned = False
+            noticed, self._noticed = self._noticed, None
             if touched:
                 # Notices folded during the refresh were checked against the old scope; the query
                 # below, made after it, covers them.
                 await self._refresh_scope()
             if touched or concerned:
-                async for message in self._send_changes():
+                async for message in self._send_changes(notice=noticed):
                     yield message
 
     def _over(self) -> bool:
@@ -361,14 +363,16 @@ class FeedStream:
             or not self.projects.isdisjoint(notice.projects)
         )
 
-    async def _send_changes(self, limit: int | None = None) -> AsyncIterator[ServerSentEventMessage]:
+    async def _send_changes(
+        self, limit: int | None = None, notice: int | None = None
+    ) -> AsyncIterator[ServerSentEventMessage]:
         """Everything visible after the cursor, page by page; past ``limit`` groups, a ``reset``
         (exactly ``limit`` missed groups need none)."""
         sent = 0
         while True:
             room = PAGE if limit is None else min(PAGE, limit - sent)
             self._asked_at = time.monotonic()
-            answer = self.service.changes(self.reader_id, self.cursor, room, begun_after=self._noticed_at)
+            answer = self.service.changes(self.reader_id, self.cursor, room, notice=notice)
             groups, reached, more = await _finished(answer)
             for group in groups:
                 yield ServerSentEventMessage(
@@ -409,7 +413,7 @@ class FeedStream:
             if touched or self._concerns(notice):
                 self._touched = self._touched or touched
                 self._concerned = True
-                self._noticed_at = time.monotonic()
+                self._noticed = max(self._noticed or 0, notice.seq)
                 wake.set()
 
 
