@@ -90,9 +90,9 @@ class Retention:
 
     async def _recount_merged_trees(self) -> int:
         """Count every merged tree's ``tree_users`` again, ``RECOUNT_CHUNK`` roots per transaction
-        under their locks (id order): the writes keep it, but the previous release's, running beside
-        this one during an upgrade, did not, and nothing else would correct a tree no merge, unmerge
-        or purge touches. Deletes nothing: 0."""
+        under their locks (id order), after the users purge of the same run lowered what they count:
+        once per tree per run, not per chunk of that purge. The writes keep it between runs, but the
+        previous release's, running beside this one during an upgrade, did not. Deletes nothing: 0."""
         after_id = 0
         while not self.stopping():
             async with self.db.transaction() as uow:
@@ -120,10 +120,11 @@ class Retention:
         """The users a group has not seen since ``before``, group by group: each chunk starts at the
         group where the last one ended, so none reads again what the ones before it went through.
 
-        Each group's ``users`` is lowered by its rows deleted (and the ``tree_users`` of the merged
-        trees locked counted again), under the locks of the groups' roots, taken first as a group's
-        write takes its root's (then its users, then the group): a write re-seeing a user purged
-        counted it again, and the list (``users``) said more than the detail (the rows) ever after.
+        Each group's ``users`` is lowered by its rows deleted (merged trees' ``tree_users`` are
+        counted again by the run's last step, ``_recount_merged_trees``), under the locks of the
+        groups' roots, taken first as a group's write takes its root's (then its users, then the
+        group): a write re-seeing a user purged counted it again, and the list (``users``) said more
+        than the detail (the rows) ever after.
         A group a merge moved to another tree meanwhile is purged under its new root when the chunk
         locked that one too, else waits for a later chunk, or the next run when the chunk's cursor
         has passed it."""
@@ -138,16 +139,13 @@ class Retention:
             )
             if not groups:
                 return 0
-            roots = await lock_roots(uow, [group.root_id for group in groups])
             deleted = await queries.purge_group_users_before(
                 uow.conn,
                 group_ids=[group.id for group in groups],
-                root_ids=roots,
+                root_ids=await lock_roots(uow, [group.root_id for group in groups]),
                 before=before,
                 chunk_size=chunk_size,
             )
-            if deleted:  # the roots locked: a group a merge moved meanwhile was purged under its new one
-                await queries.recount_tree_users(uow.conn, root_ids=roots)
             from_group_id = max(deleted, default=from_group_id)
             return len(deleted)
 
