@@ -391,8 +391,9 @@ class OutageNotifier:
         figures = self.exhausted() if isinstance(database_error(exc), psycopg_pool.PoolTimeout) else None
         if figures is None:
             return "PostgreSQL is unreachable"
-        size = figures.get("pool_size", 0)
-        return f"No PostgreSQL connection to be had: all {size} of the pool's connections are in use"
+        return (
+            f"No PostgreSQL connection to be had: all {figures['lent']} of the pool's connections are in use"
+        )
 
     def _over(self, since: float) -> list[Part]:
         return [
@@ -426,9 +427,8 @@ async def _quietly(work: Awaitable[bool]) -> bool:
 def _of_postgresql(aggregate: Aggregate) -> bool:
     """Whether an ``unavailable`` aggregate is PostgreSQL's (its fixed fingerprint's dependency): a
     Valkey outage's, held alongside, dates nothing of this one."""
-    return any(
-        sample.fixed is not None and sample.fixed[0] == "postgresql" for sample in aggregate.samples[:1]
-    )
+    fixed = aggregate.samples[0].fixed if aggregate.samples else None
+    return fixed is not None and fixed[0] == "postgresql"
 
 
 def _cause_name(exc: BaseException) -> str:
