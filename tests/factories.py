@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date, datetime
@@ -36,7 +36,7 @@ from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from litestar.types import ASGIApp, Receive, Scope, Send
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncRawCursor, sql
 from saq import Queue
 from structlog.stdlib import ProcessorFormatter
 
@@ -785,6 +785,25 @@ def plan_rows_read(node: dict[str, Any]) -> int:
     per_loop += node.get("Rows Removed by Index Recheck", 0) + node.get("Rows Removed by Join Filter", 0)
     loops: float = node["Actual Loops"]
     return round(per_loop * loops)
+
+
+async def analyzed_plan(db: AsyncConnection[Any], statement: str, params: Sequence[Any]) -> dict[str, Any]:
+    """The root node of ``statement``'s EXPLAIN (ANALYZE, FORMAT JSON), run with ``params``."""
+    async with AsyncRawCursor(db) as cur:
+        await cur.execute("explain (analyze, format json) " + statement, tuple(params))
+        row = await cur.fetchone()
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return plan
+
+
+async def insert_root_group(db: AsyncConnection[Any], group_id: int) -> None:
+    """A bare monitoring group of its own tree (for a plan test that fills its rows with SQL)."""
+    await db.execute(
+        "insert into monitoring_groups (id, root_id, kind, title, status_changed_at, first_seen_at,"
+        " last_seen_at) values (%s, %s, 'error', 'g', now(), now(), now())",
+        (group_id, group_id),
+    )
 
 
 def hold_slot_takes(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:

@@ -16,7 +16,14 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db import monitoring
-from tests.factories import blocked_by, cancelled_once_blocked, plan_rows_read, plan_scans
+from tests.factories import (
+    analyzed_plan,
+    blocked_by,
+    cancelled_once_blocked,
+    insert_root_group,
+    plan_rows_read,
+    plan_scans,
+)
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
@@ -221,10 +228,7 @@ async def test_the_events_purge_reads_no_event_when_none_is_due(db: AsyncConnect
     """20,000 events within the retention: the purge's chunk that finds nothing due (the last of every
     hourly run) reads none of them. Was: every event, every hour (no index on ``occurred_at``)."""
     async with db.transaction(force_rollback=True):
-        await db.execute(
-            "insert into monitoring_groups (id, root_id, kind, title, status_changed_at, first_seen_at,"
-            " last_seen_at) values (910000, 910000, 'error', 'g', now(), now(), now())"
-        )
+        await insert_root_group(db, 910000)
         await db.execute(
             "insert into monitoring_events (group_id, occurred_at, hash, release, environment, message,"
             " exception, context, grouping)"
@@ -232,13 +236,7 @@ async def test_the_events_purge_reads_no_event_when_none_is_due(db: AsyncConnect
             " from generate_series(1, 20000) g"
         )
         await db.execute("analyze monitoring_events")
-        async with AsyncRawCursor(db) as cur:
-            await cur.execute(
-                "explain (analyze, format json) " + monitoring.PURGE_EVENTS_BEFORE,
-                (datetime.fromtimestamp(time.time() - 30 * 86400, UTC), 1000),
-            )
-            row = await cur.fetchone()
-    assert row is not None
-    plan = row[0][0]["Plan"]
+        before = datetime.fromtimestamp(time.time() - 30 * 86400, UTC)
+        plan = await analyzed_plan(db, monitoring.PURGE_EVENTS_BEFORE, (before, 1000))
     read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "monitoring_events"))
     assert read == 0, plan

@@ -10,13 +10,13 @@ import uuid
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, AsyncRawCursor
+from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db import monitoring
 from app.domains.monitoring.services import MonitoringService
-from tests.factories import migration_up, plan_scans
+from tests.factories import analyzed_plan, migration_up, plan_scans
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
@@ -86,11 +86,8 @@ async def test_the_list_reads_no_users_of_a_merged_tree(
         a = await write(service, first, list(range(1, 200)))
         b = await write(service, second, list(range(100, 300)))
         await service.merge(a, [b], None)
-    async with AsyncRawCursor(db) as cur:
-        await cur.execute("explain (analyze, format json) " + monitoring.LIST_GROUPS, (2**62, None, 50))
-        row = await cur.fetchone()
-    assert row is not None
-    assert plan_scans(row[0][0]["Plan"], "monitoring_group_users") == []
+    plan = await analyzed_plan(db, monitoring.LIST_GROUPS, (2**62, None, 50))
+    assert plan_scans(plan, "monitoring_group_users") == []
 
 
 async def test_a_count_left_wrong_is_filled_by_the_migration_and_healed_by_the_hourly_purge(

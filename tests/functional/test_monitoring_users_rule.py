@@ -8,12 +8,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg import AsyncConnection, AsyncRawCursor
+from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.db import monitoring
-from tests.factories import plan_rows_read, plan_scans
+from tests.factories import analyzed_plan, insert_root_group, plan_rows_read, plan_scans
 from tests.functional.test_monitoring_groups import error_event, open_monitoring
 from tests.unit.test_monitoring_fingerprint import raise_bug
 
@@ -55,10 +55,7 @@ async def test_a_user_two_merged_members_saw_counts_once(
 
 async def test_one_groups_count_stops_at_the_threshold(db: AsyncConnection[Any]) -> None:
     async with db.transaction(force_rollback=True):
-        await db.execute(
-            "insert into monitoring_groups (id, root_id, kind, title, status_changed_at, first_seen_at,"
-            " last_seen_at) values (920000, 920000, 'error', 'g', now(), now(), now())"
-        )
+        await insert_root_group(db, 920000)
         await db.execute(
             "insert into monitoring_group_users (group_id, user_id, first_seen_at, last_seen_at)"
             " select 920000, n, now(), now() - n * interval '100 milliseconds'"
@@ -66,13 +63,7 @@ async def test_one_groups_count_stops_at_the_threshold(db: AsyncConnection[Any])
         )
         await db.execute("analyze monitoring_group_users")
         since = datetime.now(UTC) - timedelta(hours=1)
-        async with AsyncRawCursor(db) as cur:
-            await cur.execute(
-                "explain (analyze, format json) " + monitoring.GROUP_USERS_SINCE, (920000, since, 20)
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            plan = row[0][0]["Plan"]
+        plan = await analyzed_plan(db, monitoring.GROUP_USERS_SINCE, (920000, since, 20))
         counted = await monitoring.group_users_since(db, group_id=920000, since=since, at_most=20)
     assert counted == 20
     read = sum(plan_rows_read(scan) for scan in plan_scans(plan, "monitoring_group_users"))
