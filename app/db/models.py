@@ -300,6 +300,7 @@ class PageViewHourly(msgspec.Struct, frozen=True, gc=False):
     pageviews_15: int | None
     pageviews_30: int | None
     pageviews_45: int | None
+    visitors: int
 
 
 class PageViewDimensionHourly(msgspec.Struct, frozen=True, gc=False):
@@ -686,6 +687,24 @@ class ProjectAssignee(msgspec.Struct, frozen=True, gc=False):
 class DemoSeed(msgspec.Struct, frozen=True, gc=False):
     module: str
     seeded_at: datetime
+
+
+class PageViewDailyVisitor(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    day: datetime
+    visitor_id: int
+    first_quarter: int
+    last_quarter: int
+
+
+class PageViewQuarter(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    quarter: datetime
+    visitors_first: int
+    visitors_last: int
+    visits: int
+    bounces: int
+    visit_pageviews: int
 
 
 async def register_types(conn: AsyncConnection[Any]) -> None:

@@ -326,7 +326,7 @@ async def rollup_visits(
 
 REPORT_SUMMARY = """\
 with raw as materialized (
-    select r.is_bot, r.visitor_id
+    select r.is_bot
     from analytics_raw_views($1::bigint, $2::timestamptz, $3::timestamptz, '', 'UTC') r
 ),
 rolled as (
@@ -336,18 +336,14 @@ rolled as (
         and analytics_hour_is_whole(h.hour, $2, $3, '', 'UTC')
 ),
 visitors as (
-    select count(distinct x.visitor_id) as visitors from (
-        select v.visitor_id from page_view_hourly_visitors v
-        where v.site_id = $1 and v.hour >= $2 and v.hour < $3
-            and analytics_hour_is_whole(v.hour, $2, $3, '', 'UTC')
-        union all
-        select r.visitor_id from raw r where not r.is_bot
-    ) x
+    select coalesce(sum(v.visitors), 0) as visitors
+    from analytics_bucket_visitors($1, array[$2], $3) as v (bucket_start, visitors)
 ),
 visits as (
-    select count(*) as visits, count(*) filter (where v.pageviews = 1) as bounces,
-        coalesce(sum(v.pageviews), 0) as visit_pageviews
-    from analytics_visits($1, $2, $3) v
+    select coalesce(sum(v.visits), 0) as visits, coalesce(sum(v.bounces), 0) as bounces,
+        coalesce(sum(v.visit_pageviews), 0) as visit_pageviews
+    from analytics_bucket_visits($1, array[$2], $3)
+        as v (bucket_start, visits, bounces, visit_pageviews)
 )
 select
     (rolled.pageviews + (select count(*) from raw where not raw.is_bot))::bigint as pageviews,
@@ -375,6 +371,8 @@ async def report_summary(
     range_from: datetime,
     range_to: datetime,
 ) -> ReportSummaryRow | None:
+    """The views from the hourly rollups and the raw rows; the visitors and visits from their counts
+    (analytics_bucket_visitors, analytics_bucket_visits: the period as one bucket)."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportSummaryRow)) as cur:
         await cur.execute(REPORT_SUMMARY, (site_id, range_from, range_to))
         return await cur.fetchone()
@@ -382,7 +380,7 @@ async def report_summary(
 
 REPORT_TIMESERIES = """\
 with raw as materialized (
-    select analytics_bucket_key($1::text, r.ts, $2::text) as bucket, r.visitor_id
+    select analytics_bucket_key($1::text, r.ts, $2::text) as bucket
     from analytics_raw_views($3::bigint, $4::timestamptz, $5::timestamptz, $1, $2, true) r
     where not r.is_bot
 ),
@@ -416,24 +414,21 @@ views as (
     ) x
     group by x.bucket
 ),
+starts as materialized (
+    select k.bucket,
+        case $1::text when 'hour' then k.first_sample else analytics_bucket_start($1, k.bucket, $2) end
+            as start
+    from buckets k
+),
 visitors as (
-    select x.bucket, count(distinct x.visitor_id) as visitors from (
-        select analytics_bucket_key($1, v.hour, $2) as bucket, v.visitor_id from page_view_hourly_visitors v
-        where v.site_id = $3 and v.hour >= $4 and v.hour < $5
-            and analytics_hour_is_whole(v.hour, $4, $5, $1, $2)
-        union all
-        select q.bucket, v.visitor_id from quartered q
-        join page_view_hourly_visitors v on v.site_id = $3 and v.hour = q.hour
-        where v.seen_quarters & (1 << q.n) <> 0
-        union all
-        select r.bucket, r.visitor_id from raw r
-    ) x
-    group by x.bucket
+    select v.bucket_start, v.visitors
+    from analytics_bucket_visitors($3, (select array_agg(s.start order by s.start) from starts s), $5)
+        as v (bucket_start, visitors)
 ),
 visits as (
-    select analytics_bucket_key($1, v.started_at, $2) as bucket, count(*) as visits
-    from analytics_visits($3, $4, $5) v
-    group by 1
+    select v.bucket_start, v.visits
+    from analytics_bucket_visits($3, (select array_agg(s.start order by s.start) from starts s), $5)
+        as v (bucket_start, visits, bounces, visit_pageviews)
 )
 select b.start::timestamptz as bucket,
     case $1::text
@@ -447,15 +442,10 @@ select b.start::timestamptz as bucket,
     coalesce(views.views, 0)::bigint as pageviews,
     coalesce(visitors.visitors, 0)::bigint as visitors,
     coalesce(visits.visits, 0)::bigint as visits
-from (
-    select k.bucket,
-        case $1::text when 'hour' then k.first_sample else analytics_bucket_start($1, k.bucket, $2) end
-            as start
-    from buckets k
-) b
+from starts b
 left join views on views.bucket = b.bucket
-left join visitors on visitors.bucket = b.bucket
-left join visits on visits.bucket = b.bucket
+left join visitors on visitors.bucket_start = b.start
+left join visits on visits.bucket_start = b.start
 order by b.start"""
 
 
@@ -488,7 +478,8 @@ async def report_timeseries(
     01:30) has the key 01:00 at the later offset, an instant of the hour before.
     A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (in a zone
     whose offset is not a whole hour: every hour of an hourly series, the hour of each local midnight)
-    from its quarters when it has them (quartered), else raw."""
+    from its quarters when it has them (quartered), else raw. The visitors and visits of each bucket come
+    from their counts (analytics_bucket_visitors, analytics_bucket_visits), given the buckets' starts."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportTimeseriesRow)) as cur:
         await cur.execute(REPORT_TIMESERIES, (unit, tz, site_id, range_from, range_to, step))
         return await cur.fetchall()
@@ -833,19 +824,91 @@ async def purge_visits(
         return await cur.fetchone()
 
 
+PURGE_DAILY_VISITORS = """\
+with purged as (
+    delete from page_view_daily_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_daily_visitors first
+        where first.day >= $1::timestamptz and first.day < $2::timestamptz
+        order by first.day
+        limit $3::integer
+    ))
+    returning doomed.day
+)
+select count(*)::integer as deleted, coalesce(max(day), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeDailyVisitorsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_daily_visitors(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    before: datetime,
+    chunk_size: int,
+) -> PurgeDailyVisitorsRow | None:
+    """One chunk, as PurgeHourlyRollups, by day (page_view_daily_visitors_day_idx)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeDailyVisitorsRow)) as cur:
+        await cur.execute(PURGE_DAILY_VISITORS, (resume_from, before, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_QUARTERS = """\
+with purged as (
+    delete from page_view_quarters doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_quarters first
+        where first.quarter >= $1::timestamptz and first.quarter < $2::timestamptz
+        order by first.quarter
+        limit $3::integer
+    ))
+    returning doomed.quarter
+)
+select count(*)::integer as deleted, coalesce(max(quarter), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeQuartersRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_quarters(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    before: datetime,
+    chunk_size: int,
+) -> PurgeQuartersRow | None:
+    """One chunk, as PurgeHourlyRollups, by quarter hour (page_view_quarters_quarter_idx). Purged after
+    the visits: a visit deleted afterwards would lower the count of a quarter no longer kept (its
+    trigger writes no row back)."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeQuartersRow)) as cur:
+        await cur.execute(PURGE_QUARTERS, (resume_from, before, chunk_size))
+        return await cur.fetchone()
+
+
 DELETED_SITES_WITH_ROLLUPS = """\
 select d.site_id from deleted_sites d
 where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
     or exists (select 1 from page_view_dimension_hourly r where r.site_id = d.site_id)
     or exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
     or exists (select 1 from page_view_visits r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_daily_visitors r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_quarters r where r.site_id = d.site_id)
 order by d.site_id"""
 
 
 async def deleted_sites_with_rollups(conn: AsyncConnection[Any]) -> list[int]:
     """The deleted sites (their `deleted_sites` tombstone) that still have rollup rows. A site's deletion
     leaves its rollups to the chunks below (migration 20261205170000): one statement of tens of millions
-    of rows outlasted the statement timeout. Four probes of each table's primary key per tombstone."""
+    of rows outlasted the statement timeout. Six probes of each table's primary key per tombstone."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(DELETED_SITES_WITH_ROLLUPS)
         return await cur.fetchall()
@@ -990,4 +1053,70 @@ async def purge_site_visits(
     """One chunk, as PurgeSiteHourlyRollups, resuming at the last visitor (the primary key's order)."""
     async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteVisitsRow)) as cur:
         await cur.execute(PURGE_SITE_VISITS, (resume_visitor, site_id, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_SITE_DAILY_VISITORS = """\
+with purged as (
+    delete from page_view_daily_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_daily_visitors first
+        where first.site_id = $2 and first.day >= $1::timestamptz
+        order by first.day
+        limit $3::integer
+    ))
+    returning doomed.day
+)
+select count(*)::integer as deleted, coalesce(max(day), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeSiteDailyVisitorsRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_site_daily_visitors(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    site_id: int,
+    chunk_size: int,
+) -> PurgeSiteDailyVisitorsRow | None:
+    """One chunk, as PurgeSiteHourlyRollups, resuming at the last day."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteDailyVisitorsRow)) as cur:
+        await cur.execute(PURGE_SITE_DAILY_VISITORS, (resume_from, site_id, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_SITE_QUARTERS = """\
+with purged as (
+    delete from page_view_quarters doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_quarters first
+        where first.site_id = $2 and first.quarter >= $1::timestamptz
+        order by first.quarter
+        limit $3::integer
+    ))
+    returning doomed.quarter
+)
+select count(*)::integer as deleted, coalesce(max(quarter), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeSiteQuartersRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_site_quarters(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    site_id: int,
+    chunk_size: int,
+) -> PurgeSiteQuartersRow | None:
+    """One chunk, as PurgeSiteHourlyRollups, resuming at the last quarter hour."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteQuartersRow)) as cur:
+        await cur.execute(PURGE_SITE_QUARTERS, (resume_from, site_id, chunk_size))
         return await cur.fetchone()

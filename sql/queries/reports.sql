@@ -215,8 +215,10 @@ on conflict (site_id, visitor_id, started_at) do update
 set last_seen_at = excluded.last_seen_at, pageviews = excluded.pageviews, entry_path = excluded.entry_path;
 
 -- name: ReportSummary :one
+-- The views from the hourly rollups and the raw rows; the visitors and visits from their counts
+-- (analytics_bucket_visitors, analytics_bucket_visits: the period as one bucket).
 with raw as materialized (
-    select r.is_bot, r.visitor_id
+    select r.is_bot
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, '', 'UTC') r
 ),
 rolled as (
@@ -226,18 +228,14 @@ rolled as (
         and analytics_hour_is_whole(h.hour, @range_from, @range_to, '', 'UTC')
 ),
 visitors as (
-    select count(distinct x.visitor_id) as visitors from (
-        select v.visitor_id from page_view_hourly_visitors v
-        where v.site_id = @site_id and v.hour >= @range_from and v.hour < @range_to
-            and analytics_hour_is_whole(v.hour, @range_from, @range_to, '', 'UTC')
-        union all
-        select r.visitor_id from raw r where not r.is_bot
-    ) x
+    select coalesce(sum(v.visitors), 0) as visitors
+    from analytics_bucket_visitors(@site_id, array[@range_from], @range_to) as v (bucket_start, visitors)
 ),
 visits as (
-    select count(*) as visits, count(*) filter (where v.pageviews = 1) as bounces,
-        coalesce(sum(v.pageviews), 0) as visit_pageviews
-    from analytics_visits(@site_id, @range_from, @range_to) v
+    select coalesce(sum(v.visits), 0) as visits, coalesce(sum(v.bounces), 0) as bounces,
+        coalesce(sum(v.visit_pageviews), 0) as visit_pageviews
+    from analytics_bucket_visits(@site_id, array[@range_from], @range_to)
+        as v (bucket_start, visits, bounces, visit_pageviews)
 )
 select
     (rolled.pageviews + (select count(*) from raw where not raw.is_bot))::bigint as pageviews,
@@ -260,9 +258,10 @@ from rolled, visitors, visits;
 -- 01:30) has the key 01:00 at the later offset, an instant of the hour before.
 -- A rolled UTC hour inside one bucket is counted from its hourly rollup; one that is not (in a zone
 -- whose offset is not a whole hour: every hour of an hourly series, the hour of each local midnight)
--- from its quarters when it has them (quartered), else raw.
+-- from its quarters when it has them (quartered), else raw. The visitors and visits of each bucket come
+-- from their counts (analytics_bucket_visitors, analytics_bucket_visits), given the buckets' starts.
 with raw as materialized (
-    select analytics_bucket_key(@unit::text, r.ts, @tz::text) as bucket, r.visitor_id
+    select analytics_bucket_key(@unit::text, r.ts, @tz::text) as bucket
     from analytics_raw_views(@site_id::bigint, @range_from::timestamptz, @range_to::timestamptz, @unit, @tz, true) r
     where not r.is_bot
 ),
@@ -296,24 +295,21 @@ views as (
     ) x
     group by x.bucket
 ),
+starts as materialized (
+    select k.bucket,
+        case @unit::text when 'hour' then k.first_sample else analytics_bucket_start(@unit, k.bucket, @tz) end
+            as start
+    from buckets k
+),
 visitors as (
-    select x.bucket, count(distinct x.visitor_id) as visitors from (
-        select analytics_bucket_key(@unit, v.hour, @tz) as bucket, v.visitor_id from page_view_hourly_visitors v
-        where v.site_id = @site_id and v.hour >= @range_from and v.hour < @range_to
-            and analytics_hour_is_whole(v.hour, @range_from, @range_to, @unit, @tz)
-        union all
-        select q.bucket, v.visitor_id from quartered q
-        join page_view_hourly_visitors v on v.site_id = @site_id and v.hour = q.hour
-        where v.seen_quarters & (1 << q.n) <> 0
-        union all
-        select r.bucket, r.visitor_id from raw r
-    ) x
-    group by x.bucket
+    select v.bucket_start, v.visitors
+    from analytics_bucket_visitors(@site_id, (select array_agg(s.start order by s.start) from starts s), @range_to)
+        as v (bucket_start, visitors)
 ),
 visits as (
-    select analytics_bucket_key(@unit, v.started_at, @tz) as bucket, count(*) as visits
-    from analytics_visits(@site_id, @range_from, @range_to) v
-    group by 1
+    select v.bucket_start, v.visits
+    from analytics_bucket_visits(@site_id, (select array_agg(s.start order by s.start) from starts s), @range_to)
+        as v (bucket_start, visits, bounces, visit_pageviews)
 )
 select b.start::timestamptz as bucket,
     case @unit::text
@@ -327,15 +323,10 @@ select b.start::timestamptz as bucket,
     coalesce(views.views, 0)::bigint as pageviews,
     coalesce(visitors.visitors, 0)::bigint as visitors,
     coalesce(visits.visits, 0)::bigint as visits
-from (
-    select k.bucket,
-        case @unit::text when 'hour' then k.first_sample else analytics_bucket_start(@unit, k.bucket, @tz) end
-            as start
-    from buckets k
-) b
+from starts b
 left join views on views.bucket = b.bucket
-left join visitors on visitors.bucket = b.bucket
-left join visits on visits.bucket = b.bucket
+left join visitors on visitors.bucket_start = b.start
+left join visits on visits.bucket_start = b.start
 order by b.start;
 
 -- name: ReportBreakdown :many
@@ -497,15 +488,51 @@ select count(*)::integer as deleted,
     coalesce(max(started_at), @resume_from::timestamptz)::timestamptz as resume_from
 from purged;
 
+-- name: PurgeDailyVisitors :one
+-- One chunk, as PurgeHourlyRollups, by day (page_view_daily_visitors_day_idx).
+with purged as (
+    delete from page_view_daily_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_daily_visitors first
+        where first.day >= @resume_from::timestamptz and first.day < @before::timestamptz
+        order by first.day
+        limit @chunk_size::integer
+    ))
+    returning doomed.day
+)
+select count(*)::integer as deleted, coalesce(max(day), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
+
+-- name: PurgeQuarters :one
+-- One chunk, as PurgeHourlyRollups, by quarter hour (page_view_quarters_quarter_idx). Purged after
+-- the visits: a visit deleted afterwards would lower the count of a quarter no longer kept (its
+-- trigger writes no row back).
+with purged as (
+    delete from page_view_quarters doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_quarters first
+        where first.quarter >= @resume_from::timestamptz and first.quarter < @before::timestamptz
+        order by first.quarter
+        limit @chunk_size::integer
+    ))
+    returning doomed.quarter
+)
+select count(*)::integer as deleted, coalesce(max(quarter), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
+
 -- name: DeletedSitesWithRollups :many
 -- The deleted sites (their `deleted_sites` tombstone) that still have rollup rows. A site's deletion
 -- leaves its rollups to the chunks below (migration 20261205170000): one statement of tens of millions
--- of rows outlasted the statement timeout. Four probes of each table's primary key per tombstone.
+-- of rows outlasted the statement timeout. Six probes of each table's primary key per tombstone.
 select d.site_id from deleted_sites d
 where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
     or exists (select 1 from page_view_dimension_hourly r where r.site_id = d.site_id)
     or exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
     or exists (select 1 from page_view_visits r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_daily_visitors r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_quarters r where r.site_id = d.site_id)
 order by d.site_id;
 
 -- name: PurgeSiteHourlyRollups :one
@@ -573,4 +600,34 @@ with purged as (
     returning doomed.visitor_id
 )
 select count(*)::integer as deleted, coalesce(max(visitor_id), @resume_visitor::bigint)::bigint as resume_visitor
+from purged;
+
+-- name: PurgeSiteDailyVisitors :one
+-- One chunk, as PurgeSiteHourlyRollups, resuming at the last day.
+with purged as (
+    delete from page_view_daily_visitors doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_daily_visitors first
+        where first.site_id = @site_id and first.day >= @resume_from::timestamptz
+        order by first.day
+        limit @chunk_size::integer
+    ))
+    returning doomed.day
+)
+select count(*)::integer as deleted, coalesce(max(day), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
+
+-- name: PurgeSiteQuarters :one
+-- One chunk, as PurgeSiteHourlyRollups, resuming at the last quarter hour.
+with purged as (
+    delete from page_view_quarters doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_quarters first
+        where first.site_id = @site_id and first.quarter >= @resume_from::timestamptz
+        order by first.quarter
+        limit @chunk_size::integer
+    ))
+    returning doomed.quarter
+)
+select count(*)::integer as deleted, coalesce(max(quarter), @resume_from::timestamptz)::timestamptz as resume_from
 from purged;

@@ -23,7 +23,14 @@ from app.domains.reports.services import ReportService
 from app.modules import MODULES
 from tests.factories import Client, assert_problem, create_user, make_site, make_user, scalar
 
-TABLES = ("page_view_hourly", "page_view_dimension_hourly", "page_view_hourly_visitors", "page_view_visits")
+TABLES = (
+    "page_view_hourly",
+    "page_view_dimension_hourly",
+    "page_view_hourly_visitors",
+    "page_view_visits",
+    "page_view_daily_visitors",
+    "page_view_quarters",
+)
 HOURS = 30
 
 
@@ -34,7 +41,8 @@ async def reports(settings: Settings, db: AsyncConnection[Any]) -> AsyncIterator
 
 
 async def add_rollups(db: AsyncConnection[Any], site_id: int) -> None:
-    """HOURS hours of each rollup, several rows an hour (two dimensions, three visitors)."""
+    """HOURS hours of each rollup, several rows an hour (two dimensions, three visitors); the visitors'
+    days and the quarter hours' counts follow them (their triggers)."""
     hours = (
         "generate_series(date_trunc('hour', now()) - interval '29 hours',"
         " date_trunc('hour', now()), '1 hour')"
@@ -81,7 +89,15 @@ async def test_a_deletion_leaves_the_rollups_to_the_purge_which_deletes_them_in_
         "page_view_dimension_hourly": 2 * HOURS,
         "page_view_hourly_visitors": 3 * HOURS,
         "page_view_visits": 3 * HOURS,
+        "page_view_daily_visitors": 3
+        * await scalar(
+            db,
+            "select count(distinct date_trunc('day', hour, 'UTC')) from page_view_hourly where site_id = %s",
+            kept.id,
+        ),
+        "page_view_quarters": before["page_view_quarters"],
     }
+    assert before["page_view_quarters"] >= HOURS
 
     assert (await client.delete(f"/api/sites/{gone.id}", headers=owner.headers)).status_code == 204
     assert await counts(db, gone.id) == before, "left to the purge"

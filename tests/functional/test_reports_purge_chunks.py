@@ -83,7 +83,26 @@ TABLES = [
         " from generate_series(%(low)s::integer, %(high)s::integer) g",
         "last_seen_at < %(before)s",
     ),
+    Table(
+        "page_view_daily_visitors",
+        "insert into page_view_daily_visitors (site_id, day, visitor_id, first_quarter, last_quarter)"
+        " select (%(sites)s::bigint[])[1 + g %% 7], %(first)s + (g / 7) * interval '1 hour', -1 - g, 0, 0"
+        " from generate_series(%(low)s::integer, %(high)s::integer) g",
+        "day < %(before)s",
+    ),
+    Table(
+        "page_view_quarters",
+        "insert into page_view_quarters (site_id, quarter, visits)"
+        " select (%(sites)s::bigint[])[1 + g %% 7], %(first)s + (g / 7) * interval '1 hour', 1"
+        " from generate_series(%(low)s::integer, %(high)s::integer) g on conflict do nothing",
+        "quarter < %(before)s",
+    ),
 ]
+TIME_COLUMN = {
+    "page_view_visits": "started_at",
+    "page_view_daily_visitors": "day",
+    "page_view_quarters": "quarter",
+}
 BY_NAME = {table.name: table for table in TABLES}
 
 
@@ -140,7 +159,7 @@ async def holding(database_url: str, table: Table, rollups: Rollups) -> AsyncIte
     """A transaction of someone else locking one expired row of ``table``, of its newest hour (the
     last chunk's); yields the holder's backend pid. Released when the block ends."""
     async with await AsyncConnection.connect(database_url) as holder:
-        column = "started_at" if table.name == "page_view_visits" else "hour"
+        column = TIME_COLUMN.get(table.name, "hour")
         locked = await (
             await holder.execute(
                 f"select 1 from {table.name} where {column} = %(newest)s limit 1 for update",
@@ -166,6 +185,8 @@ async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
     await fill_all(db, rollups, table)
     kept = await count(db, table, rollups, expired=False)
     assert await count(db, table, rollups, expired=True) == BACKLOG
+    derived = [other for other in TABLES if other is not table]  # the visitors' days and counts
+    expired = BACKLOG + sum([await count(db, other, rollups, expired=True) for other in derived])
     async with reports(settings) as service:
         async with holding(database_url, table, rollups) as holder:
             purge = asyncio.ensure_future(service.purge_rollups(chunk_size=CHUNK))
@@ -175,7 +196,7 @@ async def test_a_backlog_is_purged_chunk_by_chunk_each_committed_on_its_own(
             except BaseException:
                 purge.cancel()
                 raise
-        assert await purge == BACKLOG
+        assert await purge == expired
     assert 1 <= left <= CHUNK, f"{left} of {BACKLOG} left while the last chunk waits"
     assert await count(db, table, rollups, expired=True) == 0
     assert await count(db, table, rollups, expired=False) == kept
@@ -202,6 +223,8 @@ async def test_a_table_that_fails_leaves_the_others_purged(
             "page_view_dimension_hourly": left["page_view_dimension_hourly"],
             "page_view_hourly_visitors": 0,
             "page_view_visits": 0,
+            "page_view_daily_visitors": 0,
+            "page_view_quarters": 0,
         }
         assert 1 <= left["page_view_dimension_hourly"] <= CHUNK
         failed = logs.events("rollups_purge_failed")
@@ -233,6 +256,13 @@ CHUNK_QUERIES: list[tuple[str, Callable[..., Awaitable[Any]], str, str]] = [
         "page_view_hourly_visitors_hour_idx",
     ),
     ("page_view_visits", queries.purge_visits, queries.PURGE_VISITS, "page_view_visits_started_at_idx"),
+    (
+        "page_view_daily_visitors",
+        queries.purge_daily_visitors,
+        queries.PURGE_DAILY_VISITORS,
+        "page_view_daily_visitors_day_idx",
+    ),
+    ("page_view_quarters", queries.purge_quarters, queries.PURGE_QUARTERS, "page_view_quarters_quarter_idx"),
 ]
 
 

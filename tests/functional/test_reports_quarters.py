@@ -29,15 +29,16 @@ async def rolled_up_day(
     reports: ReportService, db: AsyncConnection[Any], site_id: int, tz: str
 ) -> tuple[ReportRange, list[tuple[datetime, int]]]:
     """A local day two days back, with a view every seven minutes from 50 minutes before it to 50
-    after (visitor n for views 3n to 3n+2), all rolled up by a run three hours after the day; the range
-    and the views."""
+    after (visitor n for views 3n to 3n+2, another id on each UTC day, as the daily salt makes them),
+    all rolled up by a run three hours after the day; the range and the views."""
     day: date = datetime.now(UTC).astimezone(ZoneInfo(tz)).date() - timedelta(days=2)
     await pageview_queries.ensure_partitions(db, from_day=day - timedelta(days=2), days=5)
     rng = resolve_range("custom", day, day, tz)
     first = rng.start - timedelta(minutes=50)
     views = []
     for n in range(((rng.end - rng.start) // timedelta(minutes=7)) + 15):
-        views.append((first + timedelta(minutes=7 * n), n // 3))
+        ts = first + timedelta(minutes=7 * n)
+        views.append((ts, (n // 3) * 10 + ts.astimezone(UTC).toordinal() % 10))
         await insert_view(db, site_id, *views[-1])
     assert await reports.rollup(now=rng.end + timedelta(hours=3)) == len(views)
     return rng, views

@@ -54,6 +54,8 @@ ROLLUP_TABLES = (
     "page_view_dimension_hourly",
     "page_view_hourly_visitors",
     "page_view_visits",
+    "page_view_daily_visitors",
+    "page_view_quarters",
 )
 
 

@@ -371,6 +371,8 @@ class ReportService:
             ("page_view_dimension_hourly", queries.purge_dimension_rollups),
             ("page_view_hourly_visitors", queries.purge_hourly_visitors),
             ("page_view_visits", queries.purge_visits),
+            ("page_view_daily_visitors", queries.purge_daily_visitors),
+            ("page_view_quarters", queries.purge_quarters),  # after the visits: PurgeQuarters says why
         ]
         return await purge_tables(
             [
@@ -406,8 +408,8 @@ class ReportService:
 
     async def _purge_site_rollups(self, site_id: int, chunk_size: int) -> int:
         """One deleted site's rollups, table by table, each chunk resuming where the last one ended:
-        on the hour for the two tables keyed by it, on (dimension, hour) and on the visitor for the
-        others (each table's primary key after ``site_id``)."""
+        on the hour, day or quarter hour for the tables keyed by one, on (dimension, hour) and on the
+        visitor for the others (each table's primary key after ``site_id``)."""
         dimension, visitor = ("", PURGE_FROM), -(2**63)
         by_site = {"site_id": site_id, "chunk_size": chunk_size}
 
@@ -438,6 +440,8 @@ class ReportService:
             ("page_view_dimension_hourly", dimensions),
             ("page_view_hourly_visitors", _by_hour(queries.purge_site_hourly_visitors, **by_site)),
             ("page_view_visits", visits),
+            ("page_view_daily_visitors", _by_hour(queries.purge_site_daily_visitors, **by_site)),
+            ("page_view_quarters", _by_hour(queries.purge_site_quarters, **by_site)),
         ]
         return await purge_tables(
             [(table, partial(self.db.delete_in_chunks, chunk)) for table, chunk in chunks],

@@ -1,0 +1,132 @@
+"""The summary and the time series read their visitors and visits from counts, not from visitor rows.
+
+They counted distinct visitors over every visitor row of their period and their visits over every
+visit: a holder of a site's public ingest key, sending views with a new user agent each, made every
+report of that site slower, without bound (an 89-day series of a site with 60,000 visitors a day took
+8.3 s). Now the rollup's triggers keep each UTC day's visitors with the first and last quarter hour
+they were seen in, and per quarter hour how many were first and last seen in it and how many visits
+started in it; a report sums those counts. What it read is counted in the transaction's own table
+statistics (``pg_stat_get_xact_tuples_returned`` of the tables and their indexes), which no
+machine's speed changes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection
+
+from app.db import pageviews as pageview_queries
+from app.db import reports as report_queries
+from app.domains.reports.services import BUCKET_STEP, ReportService, resolve_range
+
+PER_DAY = 200
+DAYS = 3
+PER_VISITOR = ("page_view_hourly_visitors", "page_view_daily_visitors", "page_view_visits")
+PROBES = 5
+"""What a report may read of those tables, whatever the period: the views not rolled up yet find their
+visits and visitors by primary key (none here), and a join's plan may read a row to learn its input is
+empty. Was: each of the period's 1,200 visitor rows, or 600 visitors, and every one of its visits."""
+
+
+async def rows_read(db: AsyncConnection[Any]) -> dict[str, int]:
+    """The rows this transaction has read so far of the tables kept per visitor (sequential scans
+    and index entries, index-only scans included)."""
+    cursor = await db.execute(
+        "select c.relname::text, pg_stat_get_xact_tuples_returned(c.oid) + coalesce(("
+        "    select sum(pg_stat_get_xact_tuples_returned(i.indexrelid))"
+        "    from pg_index i where i.indrelid = c.oid"
+        "), 0)"
+        " from pg_class c where c.relname = any(%s) and c.relkind = 'r'",
+        (list(PER_VISITOR),),
+    )
+    return {name: int(read) for name, read in await cursor.fetchall()}
+
+
+@pytest.fixture
+async def rolled_up(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int
+) -> list[tuple[datetime, int]]:
+    """PER_DAY visitors on each of the DAYS UTC days before yesterday, each with two views 20 minutes
+    apart (one visit) from a quarter hour of its own, another id each day (the daily salt); all
+    rolled up. The views, as (ts, visitor)."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first_day = today - timedelta(days=DAYS + 1)
+    await pageview_queries.ensure_partitions(db, from_day=first_day.date(), days=DAYS + 2)
+    views = [
+        (first_day + timedelta(days=day, minutes=15 * (n % 90) + 2 + 20 * second), day * PER_DAY + n)
+        for day in range(DAYS)
+        for n in range(PER_DAY)
+        for second in (0, 1)
+    ]
+    await db.execute(
+        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
+        " select %s, v.ts, v.ts, v.visitor_id, '/', 'desktop', 'firefox', 'linux'"
+        " from unnest(%s::timestamptz[], %s::bigint[]) as v (ts, visitor_id)",
+        (site_id, [ts for ts, _ in views], [visitor for _, visitor in views]),
+    )
+    assert await reports.rollup(now=today) == len(views)
+    return views
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "Asia/Kolkata"])
+async def test_a_summary_reads_no_visitor_rows(
+    db: AsyncConnection[Any], site_id: int, rolled_up: list[tuple[datetime, int]], tz: str
+) -> None:
+    """Three local days of 600 visitors: the summary reads none of their rows (at most PROBES), in a
+    zone whose days are UTC days, one whose days are cut at an hour (Berlin) and one cut at a half
+    hour (Kolkata), and counts them exactly. Was: every visitor row and every visit of the period."""
+    first = rolled_up[0][0].astimezone(UTC).date()
+    rng = resolve_range("custom", first, first + timedelta(days=DAYS - 1), tz)
+    inside = [(ts, visitor) for ts, visitor in rolled_up if rng.start <= ts < rng.end]
+    async with db.transaction(force_rollback=True):
+        before = await rows_read(db)
+        summary = await report_queries.report_summary(
+            db, site_id=site_id, range_from=rng.start, range_to=rng.end
+        )
+        read = await rows_read(db)
+    read = {name: read[name] - before[name] for name in read}
+    assert summary is not None
+    assert summary.pageviews == len(inside)
+    assert summary.visitors == len({visitor for _, visitor in inside})
+    started = {
+        visitor: ts for ts, visitor in reversed(rolled_up)
+    }  # a visitor's one visit, from its first view
+    assert summary.visits == sum(rng.start <= ts < rng.end for ts in started.values())
+    assert sum(read.values()) <= PROBES, read
+
+
+@pytest.mark.parametrize(
+    ("tz", "unit"), [("UTC", "day"), ("Europe/Berlin", "day"), ("Asia/Kolkata", "day"), ("UTC", "hour")]
+)
+async def test_a_series_reads_no_visitor_rows(
+    db: AsyncConnection[Any], site_id: int, rolled_up: list[tuple[datetime, int]], tz: str, unit: str
+) -> None:
+    """The same days as a series of local days, or of UTC hours: no visitor row read, every point
+    exact. Left as it was: an hourly series in a zone with a fractional offset, whose hours lie across
+    two UTC hours, still reads its visitors per row (at most MAX_HOURLY_DAYS of them)."""
+    first = rolled_up[0][0].astimezone(UTC).date()
+    rng = resolve_range("custom", first, first + timedelta(days=DAYS - 1), tz)
+    async with db.transaction(force_rollback=True):
+        before = await rows_read(db)
+        points = await report_queries.report_timeseries(
+            db,
+            unit=unit,
+            tz=tz,
+            site_id=site_id,
+            range_from=rng.start,
+            range_to=rng.end,
+            step=BUCKET_STEP[unit],
+        )
+        read = await rows_read(db)
+    read = {name: read[name] - before[name] for name in read}
+    ends = [point.bucket for point in points[1:]] + [rng.end]
+    expected = [
+        len({visitor for ts, visitor in rolled_up if point.bucket <= ts < end})
+        for point, end in zip(points, ends, strict=True)
+    ]
+    assert [point.visitors for point in points] == expected
+    assert sum(expected) > 0
+    assert sum(read.values()) <= PROBES, read
