@@ -36,6 +36,18 @@ quarters; the summary and breakdowns read the two hours the period's ends cut) a
 quarters: rolled up before they existed, or since added to by the previous release's rollup, which
 made it forget them (the trigger of migration 20261205030000).
 
+Visitors and visits are read from counts, never per visitor over a whole period (the ingest key is
+public: each new user agent is a visitor, and a report that read them all grew with them). Visitor ids
+change at UTC midnight (the daily salt), so a bucket's visitors are the sum of its parts' of UTC days.
+Triggers on the visitor rows and the visits keep, per site and UTC day, each visitor once with the
+first and last quarter hour it was seen in (``page_view_daily_visitors``), per quarter hour how many
+of the day's visitors were first and last seen in it and how many visits started in it
+(``page_view_quarters``), and each hour's visitors (``page_view_hourly.visitors``): a part that starts
+its day is read from the first-seen counts, one that ends it from the last-seen counts, a whole UTC
+hour from the hour's (``analytics_bucket_visitors``, ``analytics_bucket_visits``). Only a part that is
+none of these (an hour of a fractional zone, a cut in an hour rolled up without quarters) is read per
+visitor: at most an hourly series' 31 days.
+
 One time-zone database. The buckets are PostgreSQL's (``analytics_bucket_key``: an hour is
 ``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
 first instant: ``day::timestamp at time zone tz`` and ``date_trunc('day', ...)`` read an ambiguous

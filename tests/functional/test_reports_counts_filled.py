@@ -1,0 +1,59 @@
+"""The counts of the reports' visitors and visits are filled for the rollups an upgrade finds.
+
+Migration 20261206230000 adds the counts (kept by triggers from then on); 20261206230100 counts the
+rollups already stored, one site's UTC day per transaction under the rollup's lock. Without it every
+report of the days before the upgrade would answer no visitors and no visits.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+
+from app.db import pageviews as pageview_queries
+from app.domains.reports.schemas import Interval
+from app.domains.reports.services import ReportService, resolve_range
+from tests.factories import migration_up
+from tests.functional.test_reports_zones import insert_view
+
+
+async def answers(reports: ReportService, site_id: int, tz: str) -> list[Any]:
+    """The summary and both series of the two days before yesterday, in ``tz``."""
+    await reports.cache.invalidate_all()
+    first = datetime.now(UTC).date() - timedelta(days=3)
+    rng = resolve_range("custom", first, first + timedelta(days=1), tz)
+    interval: Interval
+    found: list[Any] = [await reports.summary(site_id, rng)]
+    for interval in ("day", "hour"):
+        found.append((await reports.timeseries(site_id, rng, interval)).points)
+    return found
+
+
+async def test_the_fill_counts_what_the_previous_release_rolled_up(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
+) -> None:
+    """Views of three days rolled up; the counts then emptied as before the upgrade (the answers drop
+    to no visitors); the fill, run twice, brings back the same answers in three kinds of zone."""
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
+    await pageview_queries.ensure_partitions(db, from_day=start.date(), days=5)
+    for n in range(120):
+        ts = start + timedelta(minutes=37 * n)
+        await insert_view(db, site_id, ts, (n // 2) * 10 + ts.toordinal() % 10)
+    await reports.rollup(now=start + timedelta(days=4))
+    zones = ("UTC", "Europe/Berlin", "Asia/Kolkata")
+    before = [await answers(reports, site_id, tz) for tz in zones]
+    assert before[0][0].visitors > 0 and before[0][0].visits > 0
+
+    await db.execute("delete from page_view_daily_visitors where site_id = %s", (site_id,))
+    await db.execute("delete from page_view_quarters where site_id = %s", (site_id,))
+    await db.execute("update page_view_hourly set visitors = 0 where site_id = %s", (site_id,))
+    emptied = await answers(reports, site_id, "UTC")
+    assert emptied[0].visitors == 0 and emptied[0].visits == 0
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(migration_up("analytics_day_rollups_filled"))
+        conn.execute(migration_up("analytics_day_rollups_filled"))
+    assert [await answers(reports, site_id, tz) for tz in zones] == before
