@@ -52,6 +52,22 @@ language sql immutable parallel safe as $$
     select extract(hour from at at time zone 'UTC')::integer * 4 + extract(minute from at at time zone 'UTC')::integer / 15
 $$;
 
+-- The first and the last quarter hour of its UTC day a visitor row of `hour` was seen in (a row
+-- without quarters: the hour's first and last).
+create function analytics_first_quarter_seen(hour timestamptz, seen_quarters smallint) returns integer
+language sql immutable parallel safe as $$
+    select analytics_quarter_of_day(hour) + case
+        when seen_quarters is null or seen_quarters & 1 <> 0 then 0
+        when seen_quarters & 2 <> 0 then 1 when seen_quarters & 4 <> 0 then 2 else 3 end
+$$;
+
+create function analytics_last_quarter_seen(hour timestamptz, seen_quarters smallint) returns integer
+language sql immutable parallel safe as $$
+    select analytics_quarter_of_day(hour) + case
+        when seen_quarters is null or seen_quarters & 8 <> 0 then 3
+        when seen_quarters & 4 <> 0 then 2 when seen_quarters & 2 <> 0 then 1 else 0 end
+$$;
+
 -- The first instant of the UTC quarter hour `at` lies in.
 create function analytics_quarter_start(at timestamptz) returns timestamptz
 language sql immutable parallel safe as $$
@@ -70,14 +86,8 @@ begin
     end if;
     with seen as (
         select a.site_id, date_trunc('day', a.hour, 'UTC') as day, a.visitor_id,
-            min(analytics_quarter_of_day(a.hour) + case
-                when a.seen_quarters is null or a.seen_quarters & 1 <> 0 then 0
-                when a.seen_quarters & 2 <> 0 then 1 when a.seen_quarters & 4 <> 0 then 2 else 3 end)
-                as first_quarter,
-            max(analytics_quarter_of_day(a.hour) + case
-                when a.seen_quarters is null or a.seen_quarters & 8 <> 0 then 3
-                when a.seen_quarters & 4 <> 0 then 2 when a.seen_quarters & 2 <> 0 then 1 else 0 end)
-                as last_quarter
+            min(analytics_first_quarter_seen(a.hour, a.seen_quarters)) as first_quarter,
+            max(analytics_last_quarter_seen(a.hour, a.seen_quarters)) as last_quarter
         from added a
         group by 1, 2, 3
     ),
@@ -409,6 +419,8 @@ drop trigger page_view_hourly_visitors_changed on page_view_hourly_visitors;
 drop trigger page_view_hourly_visitors_added on page_view_hourly_visitors;
 drop function page_view_hourly_visitors_fold();
 drop function analytics_quarter_start(timestamptz);
+drop function analytics_last_quarter_seen(timestamptz, smallint);
+drop function analytics_first_quarter_seen(timestamptz, smallint);
 drop function analytics_quarter_of_day(timestamptz);
 alter table page_view_hourly drop column visitors;
 drop table page_view_quarters;

@@ -21,12 +21,8 @@ begin
         where site_id = part.site_id and quarter >= part.day and quarter < part.day + interval '24 hours';
         insert into page_view_daily_visitors (site_id, day, visitor_id, first_quarter, last_quarter)
         select v.site_id, part.day, v.visitor_id,
-            min(analytics_quarter_of_day(v.hour) + case
-                when v.seen_quarters is null or v.seen_quarters & 1 <> 0 then 0
-                when v.seen_quarters & 2 <> 0 then 1 when v.seen_quarters & 4 <> 0 then 2 else 3 end),
-            max(analytics_quarter_of_day(v.hour) + case
-                when v.seen_quarters is null or v.seen_quarters & 8 <> 0 then 3
-                when v.seen_quarters & 4 <> 0 then 2 when v.seen_quarters & 2 <> 0 then 1 else 0 end)
+            min(analytics_first_quarter_seen(v.hour, v.seen_quarters)),
+            max(analytics_last_quarter_seen(v.hour, v.seen_quarters))
         from page_view_hourly_visitors v
         where v.site_id = part.site_id and v.hour >= part.day and v.hour < part.day + interval '24 hours'
         group by v.site_id, v.visitor_id;
