@@ -75,15 +75,17 @@ def dependency_down(exc: BaseException) -> bool:
     True for the pool's errors (no connection within its timeout, a closed pool), a PostgreSQL error
     without a SQLSTATE (no server answered: refused, lost, our deadline on an unanswering server)
     other than the driver's own refusal of a value (``DRIVER_REFUSALS``), a SQLSTATE of
-    ``DOWN_SQLSTATES`` and Valkey's errors. False for an error the server answered about our statement
-    (deadlock, serialization failure, statement timeout, lock not available): the statement failed,
-    the database is up — a fault of the code that ran it, not an outage.
+    ``DOWN_SQLSTATES`` and Valkey's connection failures and timeouts (``DEPENDENCY_FAILURES``). False
+    for an error the server answered about our statement (deadlock, serialization failure, statement
+    timeout, lock not available): the statement failed, the database is up — a fault of the code that
+    ran it, not an outage; and for any other exception (a bug of ours is no outage, whoever asks: the
+    site-key lookup, which catches everything, logged a TypeError as Valkey being down).
     """
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate is None:
             return not isinstance(exc, DRIVER_REFUSALS)
         return exc.sqlstate.startswith(DOWN_SQLSTATES)
-    return True
+    return isinstance(exc, DEPENDENCY_FAILURES)
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
