@@ -106,6 +106,7 @@ WORKER_HEARTBEAT = Gauge(
     "app_worker_heartbeat_timestamp_seconds",
     "When the worker's event loop last ran its gauge round (Unix time): an old value is a stalled worker, "
     "which its metrics thread would otherwise keep answering for; with several processes, the oldest",
+    ["loop"],  # labelled: no value in a process that runs no worker (see record_process)
     multiprocess_mode="livemin",  # the most recent of them hid one process stalled among live ones
 )
 

@@ -207,7 +207,7 @@ async def read_queue_gauges(queues: dict[str, Queue]) -> None:
 async def read_worker_gauges(services: Services) -> None:
     """The worker's heartbeat (first: a round that fails after it still says the loop runs), its pool,
     and the outbox's backlog and lag (one query)."""
-    WORKER_HEARTBEAT.set(time.time())
+    WORKER_HEARTBEAT.labels("worker").set(time.time())
     record_pool(services.db.pool)
     async with services.db.read() as uow:
         backlog = await outbox_queries.count_unpublished_outbox(uow.conn)

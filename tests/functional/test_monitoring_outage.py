@@ -538,7 +538,12 @@ async def test_a_background_flush_that_finds_the_database_down_leaves_the_rounds
             since = time.time()
 
             async def round_ended(since: float = since) -> bool:
-                return (REGISTRY.get_sample_value("app_monitoring_round_timestamp_seconds") or 0.0) > since
+                return (
+                    REGISTRY.get_sample_value(
+                        "app_monitoring_round_timestamp_seconds", {"loop": "monitoring"}
+                    )
+                    or 0.0
+                ) > since
 
             await wait_until(round_ended, 30, "a round ended")
         assert failures("ship") == ships, "no ship while the rounds only flush"

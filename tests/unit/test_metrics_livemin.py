@@ -36,24 +36,30 @@ WRITER = textwrap.dedent(
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]  # before prometheus_client is imported
     gauge = getattr(importlib.import_module(sys.argv[2]), sys.argv[3])
     print("imported", flush=True)
-    gauge.set(float(sys.stdin.readline()))
+    value = float(sys.stdin.readline())  # first: labels() gives the process a value (0) of its own
+    gauge.labels(sys.argv[4]).set(value)
     print("set", flush=True)
     sys.stdin.read()  # alive until the test closes stdin
     """
 )
 
 GAUGES = [
-    ("app.core.metrics", "WORKER_HEARTBEAT", "app_worker_heartbeat_timestamp_seconds"),
-    ("app.domains.monitoring.services", "ROUND_ENDED", "app_monitoring_round_timestamp_seconds"),
+    ("app.core.metrics", "WORKER_HEARTBEAT", "app_worker_heartbeat_timestamp_seconds", "worker"),
+    (
+        "app.domains.monitoring.services",
+        "ROUND_ENDED",
+        "app_monitoring_round_timestamp_seconds",
+        "monitoring",
+    ),
 ]
 
 
 class Writer:
     """A process that imports ``module`` with the multiprocess directory set, then sets its gauge."""
 
-    def __init__(self, directory: Path, module: str, name: str) -> None:
+    def __init__(self, directory: Path, module: str, name: str, loop: str) -> None:
         self.process = subprocess.Popen(  # this interpreter, a fixed script
-            [sys.executable, "-c", WRITER, str(directory), module, name],
+            [sys.executable, "-c", WRITER, str(directory), module, name, loop],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -99,23 +105,26 @@ def writers(tmp_path: Path) -> Iterator[list[Writer]]:
         writer.close()
 
 
-def scraped(directory: Path, name: str) -> float | None:
+def scraped(directory: Path, name: str, loop: str) -> float | None:
     """What ``/metrics`` answers for ``name``: the dead processes' live gauges swept, then every
     process's files added up by prometheus_client's multiprocess collector."""
     sweep_dead_processes(directory)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    return registry.get_sample_value(name)
+    return registry.get_sample_value(name, {"loop": loop})
 
 
-@pytest.mark.parametrize(("module", "gauge", "name"), GAUGES, ids=[name for *_, name in GAUGES])
+@pytest.mark.parametrize(("module", "gauge", "name", "loop"), GAUGES, ids=[entry[2] for entry in GAUGES])
 def test_the_oldest_live_process_shows_and_a_dead_ones_value_does_not(
-    tmp_path: Path, writers: list[Writer], module: str, gauge: str, name: str
+    tmp_path: Path, writers: list[Writer], module: str, gauge: str, name: str, loop: str
 ) -> None:
+    """Three processes set the gauge (one then exits); a fourth only imports its module, as the API's
+    processes import the worker's heartbeat and never run a worker: it adds no value (was: a 0 that
+    held the oldest at 0 for ever, a stalled loop on every scrape of the API)."""
     directory = tmp_path / "metrics"
     directory.mkdir()
-    stalled, fresh, dead = (Writer(directory, module, gauge) for _ in range(3))
-    writers += [stalled, fresh, dead]
+    stalled, fresh, dead, idle = (Writer(directory, module, gauge, loop) for _ in range(4))
+    writers += [stalled, fresh, dead, idle]
     for writer in writers:
         writer.said("imported")
 
@@ -124,7 +133,7 @@ def test_the_oldest_live_process_shows_and_a_dead_ones_value_does_not(
     dead.end()  # gone, oldest of all
     fresh.set(2_000.0)
 
-    assert scraped(directory, name) == 1_000.0  # the stalled one, not the fresh one written last
+    assert scraped(directory, name, loop) == 1_000.0  # the stalled one, not the fresh one written last
 
     stalled.end()
-    assert scraped(directory, name) == 2_000.0  # only the live process is left
+    assert scraped(directory, name, loop) == 2_000.0  # only the live process is left

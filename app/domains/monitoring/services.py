@@ -90,6 +90,7 @@ ROUND_ENDED = Gauge(
     "app_monitoring_round_timestamp_seconds",
     "When error monitoring's background round last ended (Unix time; the oldest of the live processes): "
     "an old value is a stalled loop, whose errors and alerts wait unwritten",
+    ["loop"],  # labelled: no value in a process before its first round (see record_process)
     multiprocess_mode="livemin",
 )
 TASK_FAILURES = Counter(
@@ -356,7 +357,7 @@ class MonitoringService:
                         await self._guarded("chat routes", self.load_chat_routes())
                         await self._guarded("checks", self.run_periodic())
                         await self._guarded("fallback", self._fallback_delivery())
-                ROUND_ENDED.set(time.time())
+                ROUND_ENDED.labels("monitoring").set(time.time())
 
     async def _guarded(self, what: str, work: Any) -> None:
         """Run ``work``, counting and logging its failure (at most once per interval and step). One
