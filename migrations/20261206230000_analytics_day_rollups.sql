@@ -14,6 +14,11 @@
 --   bounces, visit_pageviews). A report sums these: about 96 rows a day, whatever the traffic.
 -- * page_view_hourly.visitors: the distinct visitors of the hour (an hourly series).
 --
+-- One exception, aging out with the retention: before 68475a5 (2026-12-02) a late view was hashed
+-- with the salt of the day it arrived, not of its ts, so a visitor id of those days can be seen on
+-- two UTC days; a period or local day across that midnight counts it twice (count(distinct) counted
+-- it once).
+--
 -- Triggers keep them: whatever writes the visitor rows and the visits (this release's rollup, the
 -- previous release's during the deploy, the fill of 20261206230100) keeps the counts with them. A
 -- visitor row without quarters (rolled up before 20261205030000, or by the previous release) counts
@@ -258,8 +263,10 @@ language sql stable as $$
             select greatest(b.start, d.day) as part_from, least(b.finish, d.day + interval '24 hours') as part_to
         ) p
     ),
-    pending as materialized (
-        select p.ts, p.visitor_id from page_views p
+    pending as materialized (  -- each with its part: joined on equality, never on a range per part
+        select p.ts, p.visitor_id, starts[width_bucket(p.ts, starts)] as start,
+            date_trunc('day', p.ts, 'UTC') as day
+        from page_views p
         where p.site_id = site and p.received_at >= analytics_watermark()
             and p.ts >= analytics_watermark() - interval '24 hours'
             and p.ts >= starts[1] and p.ts < range_to and not p.is_bot
@@ -285,20 +292,25 @@ language sql stable as $$
     fresh as (
         select c.start, count(distinct n.visitor_id) as visitors
         from parts c
-        join pending n on n.ts >= c.part_from and n.ts < c.part_to
-        where c.kind <> 'rows'
-            and not exists (
-                select 1 from page_view_hourly_visitors v
-                where c.kind = 'hour' and v.site_id = site and v.hour = c.part_from and v.visitor_id = n.visitor_id
-            )
-            and not exists (
-                select 1 from page_view_daily_visitors d
-                where c.kind <> 'hour' and d.site_id = site and d.day = c.day and d.visitor_id = n.visitor_id
-                    and case c.kind
-                        when 'before' then d.day + d.first_quarter * interval '15 minutes' < c.part_to
-                        else d.day + d.last_quarter * interval '15 minutes' >= c.part_from
-                    end
-            )
+        join pending n on n.start = c.start and n.day = c.day
+        cross join lateral (
+            select case c.kind
+                when 'hour' then exists (
+                    select 1 from page_view_hourly_visitors v
+                    where v.site_id = site and v.hour = c.part_from and v.visitor_id = n.visitor_id
+                )
+                else exists (
+                    select 1 from page_view_daily_visitors d
+                    where d.site_id = site and d.day = c.day and d.visitor_id = n.visitor_id
+                        and case c.kind
+                            when 'before' then d.day + d.first_quarter * interval '15 minutes' < c.part_to
+                            else d.day + d.last_quarter * interval '15 minutes' >= c.part_from
+                        end
+                )
+            end as counted
+            offset 0  -- not flattened: a primary-key probe per pending view, never an anti join over the table
+        ) k
+        where c.kind <> 'rows' and not k.counted
         group by c.start, c.part_from
     ),
     cut_hours as materialized (
@@ -324,8 +336,8 @@ language sql stable as $$
         from (
             select c.start, c.part_from, v.visitor_id
             from parts c
-            join page_view_hourly_visitors v
-                on v.site_id = site and v.hour >= c.part_from and v.hour + interval '1 hour' <= c.part_to
+            join page_view_hourly_visitors v  -- both bounds on hour itself: the index's range
+                on v.site_id = site and v.hour >= c.part_from and v.hour <= c.part_to - interval '1 hour'
             where c.kind = 'rows'
             union all
             select k.start, k.part_from, v.visitor_id
@@ -345,7 +357,7 @@ language sql stable as $$
             union all
             select c.start, c.part_from, n.visitor_id
             from parts c
-            join pending n on n.ts >= c.part_from and n.ts < c.part_to
+            join pending n on n.start = c.start and n.day = c.day
             where c.kind = 'rows'
         ) x
         group by x.start, x.part_from
@@ -369,33 +381,33 @@ create function analytics_bucket_visits(site bigint, starts timestamptz[], range
 returns table (bucket_start timestamptz, visits bigint, bounces bigint, visit_pageviews bigint)
 language sql stable as $$
     with buckets as (
-        select s.start, coalesce(lead(s.start) over (order by s.start), range_to) as finish
-        from unnest(starts) as s (start)
+        select s.start from unnest(starts) as s (start)
     ),
-    merged as materialized (
-        select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews
+    merged as materialized (  -- each with its bucket (none before the first): see analytics_bucket_visitors
+        select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews,
+            starts[width_bucket(m.started_at, starts)] as start
         from analytics_merged_visits(site, analytics_watermark(), 'infinity') m
         where m.started_at < range_to
     ),
     replaced as (
-        select v.started_at, v.pageviews from merged m
+        select starts[width_bucket(v.started_at, starts)] as start, v.pageviews from merged m
         cross join lateral (
             select v.started_at, v.pageviews from page_view_visits v
             where v.site_id = site and v.visitor_id = m.visitor_id
                 and v.started_at >= m.started_at and v.started_at <= m.last_seen_at
             offset 0  -- not flattened: a primary-key probe per merged visit, never the site's visits
         ) v
+        where v.started_at < range_to
     ),
     counts as (
-        select b.start, q.visits::bigint as visits, q.bounces::bigint as bounces, q.visit_pageviews
-        from buckets b
-        join page_view_quarters q on q.site_id = site and q.quarter >= b.start and q.quarter < b.finish
+        select starts[width_bucket(q.quarter, starts)] as start, q.visits::bigint as visits,
+            q.bounces::bigint as bounces, q.visit_pageviews
+        from page_view_quarters q
+        where q.site_id = site and q.quarter >= starts[1] and q.quarter < range_to
         union all
-        select b.start, 1, (m.pageviews = 1)::integer, m.pageviews
-        from merged m join buckets b on m.started_at >= b.start and m.started_at < b.finish
+        select m.start, 1, (m.pageviews = 1)::integer, m.pageviews from merged m
         union all
-        select b.start, -1, -(r.pageviews = 1)::integer, -r.pageviews
-        from replaced r join buckets b on r.started_at >= b.start and r.started_at < b.finish
+        select r.start, -1, -(r.pageviews = 1)::integer, -r.pageviews from replaced r
     )
     select b.start, coalesce(sum(c.visits), 0)::bigint, coalesce(sum(c.bounces), 0)::bigint,
         coalesce(sum(c.visit_pageviews), 0)::bigint
