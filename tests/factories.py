@@ -140,6 +140,18 @@ def migrations_before(first_left_out: str, directory: Path) -> Path:
     return directory
 
 
+ANALYTICS_ROLLUP_TABLES = (
+    "page_view_hourly",
+    "page_view_dimension_hourly",
+    "page_view_hourly_visitors",
+    "page_view_visits",
+    "page_view_daily_visitors",
+    "page_view_quarters",
+)
+"""Every table the analytics rollup and its triggers write (what a site's purge and the retention
+delete; see ReportService.purge_rollups)."""
+
+
 def migration_up(name: str) -> str:
     """The up section of the one migration whose file name ends with ``_<name>.sql`` (a backfill a
     test runs by hand, again and again)."""

@@ -52,6 +52,14 @@ async def _listed(queue: RedisQueue, valkey: Valkey, name: str) -> list[bytes]:
     return list(await valkey.lrange(queue.namespace(name), 0, -1))  # type: ignore[misc]
 
 
+async def _incomplete(queue: RedisQueue, valkey: Valkey) -> set[bytes]:
+    return set(await valkey.zrange(queue.namespace("incomplete"), 0, -1))
+
+
+def _swept_count(queue: RedisQueue) -> float:
+    return REGISTRY.get_sample_value("app_jobs_swept_total", {"queue": queue.name}) or 0.0
+
+
 async def test_a_sweep_between_dequeue_and_start_leaves_the_job_to_its_worker(
     queue: RedisQueue, valkey: Valkey
 ) -> None:
@@ -124,3 +132,58 @@ async def test_an_active_job_past_its_timeout_is_still_swept_at_once(
     [line] = logs.events("job_swept")
     assert (line["level"], line["job_function"], line["job_status"]) == ("warning", "relay_outbox", "active")
     assert REGISTRY.get_sample_value("app_jobs_swept_total", {"queue": queue.name}) == swept + 1
+
+
+async def test_a_job_whose_record_is_gone_is_swept_once_and_the_other_jobs_keep_their_fate(
+    queue: RedisQueue, valkey: Valkey
+) -> None:
+    """A job's record (``saq:job:<queue>:<key>``) can vanish while its id is still on the active list
+    (SAQ's ``ttl``, or deleted by hand): the sweep takes it off the active list and the incomplete set
+    with one ``job_swept`` warning (``record="missing"``) and one count, without an error; the running
+    job keeps running, and a job left queued there is still a suspect, swept on the next sweep, once.
+    A sweep that read the missing record as a job would stop at that id for ever; one that kept it
+    listed would sweep it every ten seconds; one that lost the suspects would leave a job nobody runs."""
+    running = await _dequeued_but_not_marked(queue, valkey)
+    running.started, running.attempts = now(), 1  # its worker marks it, as SAQ's Worker.process does
+    await running.update(status=Status.ACTIVE)
+    gone = await _dequeued_but_not_marked(queue, valkey)
+    assert await valkey.delete(gone.id) == 1  # its record expired or was deleted; its id is still listed
+    starting = await _dequeued_but_not_marked(queue, valkey)  # dequeued, its worker not yet marking it
+    waiting = await queue.enqueue("relay_outbox", retries=3)
+    assert waiting is not None
+    assert await _listed(queue, valkey, "active") == [job.id.encode() for job in (running, gone, starting)]
+    before = _swept_count(queue)
+
+    with captured_logs(logging.INFO) as logs:
+        first = await queue.sweep()
+    assert first == [gone.id]
+    assert await _listed(queue, valkey, "active") == [running.id.encode(), starting.id.encode()]
+    assert gone.id.encode() not in await _incomplete(queue, valkey)
+    [line] = logs.events("job_swept")
+    assert (line["level"], line["job_id"], line["record"]) == ("warning", gone.id, "missing")
+    assert not [line for line in logs.lines if line["level"] in ("error", "critical")], logs.text
+    assert _swept_count(queue) == before + 1
+    # the others untouched: the running job runs, the starting one is a suspect, nothing requeued
+    still_running = await queue.job(running.key)
+    assert still_running is not None and still_running.status == Status.ACTIVE
+    suspect = await queue.job(starting.key)
+    assert suspect is not None and (suspect.status, suspect.error) == (Status.QUEUED, None)
+    assert await _listed(queue, valkey, "queued") == [waiting.id.encode()]
+    assert {running.id, starting.id, waiting.id} <= {
+        job_id.decode() for job_id in await _incomplete(queue, valkey)
+    }
+
+    await _next_sweep(queue, valkey)
+    assert await queue.sweep() == [starting.id]  # its worker died before marking it: swept now, once
+    assert await _listed(queue, valkey, "active") == [running.id.encode()]
+    assert await _listed(queue, valkey, "queued") == [waiting.id.encode(), starting.id.encode()]
+    retried = await queue.job(starting.key)
+    assert retried is not None and (retried.status, retried.error) == (
+        Status.QUEUED,
+        queue.swept_error_message,
+    )
+
+    await _next_sweep(queue, valkey)
+    assert await queue.sweep() == []  # nothing swept twice
+    assert _swept_count(queue) == before + 2
+    assert await valkey.get(gone.id) is None  # not brought back

@@ -21,16 +21,16 @@ from app.core.services import open_services
 from app.db import pageviews as pageview_queries
 from app.domains.reports.services import ReportService
 from app.modules import MODULES
-from tests.factories import Client, assert_problem, create_user, make_site, make_user, scalar
-
-TABLES = (
-    "page_view_hourly",
-    "page_view_dimension_hourly",
-    "page_view_hourly_visitors",
-    "page_view_visits",
-    "page_view_daily_visitors",
-    "page_view_quarters",
+from tests.factories import (
+    ANALYTICS_ROLLUP_TABLES,
+    Client,
+    assert_problem,
+    create_user,
+    make_site,
+    make_user,
+    scalar,
 )
+
 HOURS = 30
 
 
@@ -72,7 +72,7 @@ async def add_rollups(db: AsyncConnection[Any], site_id: int) -> None:
 async def counts(db: AsyncConnection[Any], site_id: int) -> dict[str, int]:
     return {
         table: await scalar(db, f"select count(*) from {table} where site_id = %s", site_id)
-        for table in TABLES
+        for table in ANALYTICS_ROLLUP_TABLES
     }
 
 
@@ -104,7 +104,7 @@ async def test_a_deletion_leaves_the_rollups_to_the_purge_which_deletes_them_in_
     assert_problem(await client.get(f"/api/sites/{gone.id}/summary", headers=owner.headers), 404)
 
     assert await reports.purge_deleted_sites(chunk_size=7) == sum(before.values())
-    assert await counts(db, gone.id) == dict.fromkeys(TABLES, 0)
+    assert await counts(db, gone.id) == dict.fromkeys(ANALYTICS_ROLLUP_TABLES, 0)
     assert await counts(db, kept.id) == before, "another site's rollups are kept"
     assert await reports.purge_deleted_sites(chunk_size=7) == 0
 
@@ -131,7 +131,7 @@ async def test_the_tombstone_stays_while_only_the_visitor_counts_are_left(
     site = await make_site(db, await create_user(db))
     await add_rollups(db, site.id)
     await db.execute("delete from sites where id = %s", (site.id,))
-    for other in TABLES:
+    for other in ANALYTICS_ROLLUP_TABLES:
         if other != table:
             await db.execute(f"delete from {other} where site_id = %s", (site.id,))
     forget = {"site_ids": [site.id], "before": datetime.now(UTC) + timedelta(days=30)}

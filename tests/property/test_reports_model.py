@@ -38,7 +38,7 @@ from app.domains.pageviews.derive import MAX_AGE
 from app.domains.reports.schemas import Period
 from app.domains.reports.services import ReportService, resolve_range
 from app.modules import MODULES
-from tests.factories import answer_racing
+from tests.factories import ANALYTICS_ROLLUP_TABLES, answer_racing
 
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$bm90LWEtcmVhbC1zYWx0$bm90LWEtcmVhbC1oYXNoLW5vdC1hLXJlYWwtaGFzaA"
 PATHS = ("/p1", "/p2", "/p3", "/p4")
@@ -49,14 +49,6 @@ BROWSERS = ("chrome", "firefox", "safari")
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu")
 VISIT_GAP = timedelta(minutes=30)
 CURRENT_WINDOW = timedelta(minutes=5)
-ROLLUP_TABLES = (
-    "page_view_hourly",
-    "page_view_dimension_hourly",
-    "page_view_hourly_visitors",
-    "page_view_visits",
-    "page_view_daily_visitors",
-    "page_view_quarters",
-)
 
 
 class Spec(msgspec.Struct, frozen=True):
@@ -264,7 +256,7 @@ async def insert(db: AsyncConnection[Any], site_id: int, views: list[View]) -> N
 
 async def rollup_tables(db: AsyncConnection[Any]) -> dict[str, list[tuple[Any, ...]]]:
     snapshot = {}
-    for table in (*ROLLUP_TABLES, "analytics_rollup_state"):
+    for table in (*ANALYTICS_ROLLUP_TABLES, "analytics_rollup_state"):
         cursor = await db.execute(f"select * from {table}")
         snapshot[table] = sorted(await cursor.fetchall())
     return snapshot
@@ -357,7 +349,7 @@ async def site_id(db: AsyncConnection[Any]) -> int:
 
 
 async def reset(db: AsyncConnection[Any]) -> None:
-    await db.execute(f"truncate page_views, analytics_rollup_state, {', '.join(ROLLUP_TABLES)}")
+    await db.execute(f"truncate page_views, analytics_rollup_state, {', '.join(ANALYTICS_ROLLUP_TABLES)}")
 
 
 MAX_AGE_S = 26 * 3600  # always spans a UTC midnight: persons get two visitor ids
