@@ -263,8 +263,8 @@ language sql stable as $$
             select greatest(b.start, d.day) as part_from, least(b.finish, d.day + interval '24 hours') as part_to
         ) p
     ),
-    pending as materialized (  -- each with its part: joined on equality, never on a range per part
-        select p.ts, p.visitor_id, starts[width_bucket(p.ts, starts)] as start,
+    pending as materialized (  -- each visitor once per part: joined on equality, never on a range per part
+        select distinct p.visitor_id, starts[width_bucket(p.ts, starts)] as start,
             date_trunc('day', p.ts, 'UTC') as day
         from page_views p
         where p.site_id = site and p.received_at >= analytics_watermark()
@@ -343,6 +343,7 @@ language sql stable as $$
             select k.start, k.part_from, v.visitor_id
             from cut_hours k
             join page_view_hourly_visitors v on v.site_id = site and v.hour = k.hour
+                and v.hour >= starts[1] - interval '1 hour' and v.hour < range_to  -- the range's rows only
             where k.quartered and v.seen_quarters & k.mask <> 0
             union all
             select k.start, k.part_from, p.visitor_id
