@@ -14,17 +14,17 @@
 --   bounces, visit_pageviews). A report sums these: about 96 rows a day, whatever the traffic.
 -- * page_view_hourly.visitors: the distinct visitors of the hour (an hourly series).
 --
--- One exception, aging out with the retention: before 68475a5 (2026-12-02) a late view was hashed
--- with the salt of the day it arrived, not of its ts, so a visitor id of those days can be seen on
--- two UTC days; a period or local day across that midnight counts it twice (count(distinct) counted
--- it once).
---
 -- Triggers keep them: whatever writes the visitor rows and the visits (this release's rollup, the
 -- previous release's during the deploy, the fill of 20261206230100) keeps the counts with them. A
 -- visitor row without quarters (rolled up before 20261205030000, or by the previous release) counts
 -- as seen in the whole hour: exact wherever a report's cut falls on a whole hour; where it does not
 -- (a zone with a fractional offset), a report reads that part of the day per visitor, as before
 -- (analytics_cut_from_counts).
+--
+-- One exception to the sum of days, aging out with the retention: before 68475a5 (2026-12-02) a
+-- late view was hashed with the salt of the day it arrived, not of its ts, so a visitor id of those
+-- days can be seen on two UTC days; a period or local day across that midnight counts it twice
+-- (count(distinct) counted it once).
 set local lock_timeout = '3s';
 
 create table page_view_daily_visitors (
@@ -237,7 +237,7 @@ $$;
 -- visitors_last, a whole UTC hour from page_view_hourly.visitors: about 96 rows a day at most. Only a
 -- part that is none of these (an hour of a zone with a fractional offset; a cut in an hour rolled up
 -- without quarters) is read per visitor, as the reports did before. The views not rolled up yet add
--- the visitors the counts of their part do not hold (one probe each).
+-- the visitors the counts of their part do not hold (one probe per visitor and part).
 create function analytics_bucket_visitors(site bigint, starts timestamptz[], range_to timestamptz)
 returns table (bucket_start timestamptz, visitors bigint)
 language sql stable as $$
