@@ -54,7 +54,7 @@ alter table page_view_hourly add column visitors integer not null default 0;
 -- The quarter hour of its UTC day that `at` lies in: 0 for 00:00-00:14 .. 95 for 23:45-23:59.
 create function analytics_quarter_of_day(at timestamptz) returns integer
 language sql immutable parallel safe as $$
-    select extract(hour from at at time zone 'UTC')::integer * 4 + extract(minute from at at time zone 'UTC')::integer / 15
+    select extract(hour from at at time zone 'UTC')::integer * 4 + analytics_quarter_of_hour(at)
 $$;
 
 -- The first and the last quarter hour of its UTC day a visitor row of `hour` was seen in (a row
@@ -96,19 +96,14 @@ begin
         from added a
         group by 1, 2, 3
     ),
-    known as materialized (
-        select d.site_id, d.day, d.visitor_id, d.first_quarter, d.last_quarter
-        from seen s
-        join page_view_daily_visitors d
-            on d.site_id = s.site_id and d.day = s.day and d.visitor_id = s.visitor_id
-    ),
-    widened as materialized (
+    widened as materialized (  -- read before the insert below writes: one snapshot
         select s.site_id, s.day, s.visitor_id,
             least(s.first_quarter, k.first_quarter) as first_quarter,
             greatest(s.last_quarter, k.last_quarter) as last_quarter,
             k.first_quarter as was_first, k.last_quarter as was_last
         from seen s
-        left join known k on k.site_id = s.site_id and k.day = s.day and k.visitor_id = s.visitor_id
+        left join page_view_daily_visitors k
+            on k.site_id = s.site_id and k.day = s.day and k.visitor_id = s.visitor_id
         where k.visitor_id is null or s.first_quarter < k.first_quarter or s.last_quarter > k.last_quarter
     ),
     stored as (
@@ -218,16 +213,26 @@ create trigger page_view_visits_removed after delete on page_view_visits
 referencing old table as removed
 for each statement execute function page_view_visits_count_removed();
 
+-- Whether the visitors a site's UTC hour rolled up were rolled up with their quarters (pageviews_00
+-- is null for one that was not, or that the previous release added to: see 20261205030000). An hour
+-- not rolled up has none to lack.
+create function analytics_hour_has_quarters(site bigint, rolled_hour timestamptz) returns boolean
+language sql stable as $$
+    select not exists (
+        select 1 from page_view_hourly h
+        where h.site_id = site and h.hour = rolled_hour and h.pageviews_00 is null
+    )
+$$;
+
 -- Whether a report can read the visitors of the part of a UTC day before or after `cut` from the
--- day's counts: the cut falls on a UTC hour, or on a quarter hour of an hour whose visitors were rolled
--- up with their quarters (pageviews_00 is null for one that was not: see 20261205030000).
+-- day's counts: the cut falls on a UTC hour, or on a quarter hour of an hour with its quarters.
 create function analytics_cut_from_counts(site bigint, cut timestamptz) returns boolean
 language sql stable as $$
     select cut = date_trunc('hour', cut, 'UTC')
-        or (cut = analytics_quarter_start(cut) and not exists (
-            select 1 from page_view_hourly h
-            where h.site_id = site and h.hour = date_trunc('hour', cut, 'UTC') and h.pageviews_00 is null
-        ))
+        or (
+            cut = analytics_quarter_start(cut)
+            and analytics_hour_has_quarters(site, date_trunc('hour', cut, 'UTC'))
+        )
 $$;
 
 -- The distinct visitors (bots excluded) of each bucket [starts[i], starts[i + 1]) of a report, the
@@ -277,12 +282,9 @@ language sql stable as $$
                 select coalesce(sum(h.visitors), 0) from page_view_hourly h
                 where h.site_id = site and h.hour = c.part_from
             )
-            when 'before' then (
-                select coalesce(sum(q.visitors_first), 0) from page_view_quarters q
-                where q.site_id = site and q.quarter >= c.part_from and q.quarter < c.part_to
-            )
             else (
-                select coalesce(sum(q.visitors_last), 0) from page_view_quarters q
+                select coalesce(sum(case c.kind when 'before' then q.visitors_first else q.visitors_last end), 0)
+                from page_view_quarters q
                 where q.site_id = site and q.quarter >= c.part_from and q.quarter < c.part_to
             )
         end as visitors
@@ -308,7 +310,7 @@ language sql stable as $$
                         end
                 )
             end as counted
-            offset 0  -- not flattened: a primary-key probe per pending view, never an anti join over the table
+            offset 0  -- not flattened: a primary-key probe per visitor and part, never an anti join
         ) k
         where c.kind <> 'rows' and not k.counted
         group by c.start, c.part_from
@@ -316,10 +318,7 @@ language sql stable as $$
     cut_hours as materialized (
         select c.start, c.part_from, c.part_to, h.hour,
             c.part_from = analytics_quarter_start(c.part_from) and c.part_to = analytics_quarter_start(c.part_to)
-                and not exists (
-                    select 1 from page_view_hourly r
-                    where r.site_id = site and r.hour = h.hour and r.pageviews_00 is null
-                ) as quartered,
+                and analytics_hour_has_quarters(site, h.hour) as quartered,
             (
                 select coalesce(sum(1 << q.n), 0) from generate_series(0, 3) as q (n)
                 where h.hour + q.n * interval '15 minutes' >= c.part_from
@@ -422,6 +421,7 @@ set local lock_timeout = '3s';
 drop function analytics_bucket_visits(bigint, timestamptz[], timestamptz);
 drop function analytics_bucket_visitors(bigint, timestamptz[], timestamptz);
 drop function analytics_cut_from_counts(bigint, timestamptz);
+drop function analytics_hour_has_quarters(bigint, timestamptz);
 drop trigger page_view_visits_removed on page_view_visits;
 drop trigger page_view_visits_changed on page_view_visits;
 drop trigger page_view_visits_added on page_view_visits;

@@ -420,15 +420,17 @@ starts as materialized (
             as start
     from buckets k
 ),
+ordered as (
+    select array_agg(s.start order by s.start) as starts from starts s
+),
 visitors as (
     select v.bucket_start, v.visitors
-    from analytics_bucket_visitors($3, (select array_agg(s.start order by s.start) from starts s), $5)
-        as v (bucket_start, visitors)
+    from ordered o, analytics_bucket_visitors($3, o.starts, $5) as v (bucket_start, visitors)
 ),
 visits as (
     select v.bucket_start, v.visits
-    from analytics_bucket_visits($3, (select array_agg(s.start order by s.start) from starts s), $5)
-        as v (bucket_start, visits, bounces, visit_pageviews)
+    from ordered o,
+        analytics_bucket_visits($3, o.starts, $5) as v (bucket_start, visits, bounces, visit_pageviews)
 )
 select b.start::timestamptz as bucket,
     case $1::text
