@@ -54,8 +54,8 @@ async def rolled_up(
     reports: ReportService, db: AsyncConnection[Any], site_id: int
 ) -> list[tuple[datetime, int]]:
     """PER_DAY visitors on each of the DAYS UTC days before yesterday, each with two views 20 minutes
-    apart (one visit) from a quarter hour of its own, another id each day (the daily salt); all
-    rolled up. The views, as (ts, visitor)."""
+    apart (one visit) from one of the day's first 90 quarter hours (none crosses midnight), another
+    id each day (the daily salt); all rolled up. The views, as (ts, visitor)."""
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     first_day = today - timedelta(days=DAYS + 1)
     await pageview_queries.ensure_partitions(db, from_day=first_day.date(), days=DAYS + 2)
