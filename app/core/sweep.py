@@ -13,16 +13,24 @@ is marking it.
 A job swept is a worker gone mid-job (killed, or its loop stalled past the job's heartbeat): a warning
 (``job_swept``, naming the job) and ``app_jobs_swept_total``, where SAQ logged an info line whose text
 held the whole job.
+
+After aborting a job, the sweep waits up to 5 s for its update on the queue's job-update listener
+(a pub/sub connection). SAQ's listener blocks on that connection with no timeout of its own, so the
+client's socket timeout (``QUEUE_SOCKET_TIMEOUT_S``, also 5 s) cut every quiet read and dropped the
+connection: an exception logged each time, and a wait that ended in that moment failed on the dropped
+connection (``AttributeError``), so the sweep stopped between a job's abort and its retry, and the
+job was run by no one. Here the listener reads with a timeout of its own, which ends a read quietly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import structlog
 from saq.job import Job, Status
-from saq.queue.redis import RedisQueue
+from saq.queue.redis import PubSubMultiplexer, RedisQueue
 
 from app.core.metrics import JOBS_SWEPT
 
@@ -44,13 +52,37 @@ return {id_jobs, redis.call('HGETALL', KEYS[3])}
 jobs and what the previous sweep left as suspects; -1 while another worker holds the lock."""
 
 
+LISTEN_POLL_S = 1.0
+"""How long one read of the job-update listener waits for a message before it reads again."""
+
+
+class PollingPubSubMultiplexer(PubSubMultiplexer):
+    """SAQ 0.26's job-update listener, whose reads end by their own timeout (``LISTEN_POLL_S``), which
+    keeps the connection, instead of the client's socket timeout, which drops it."""
+
+    async def _start(self) -> None:
+        await self.pubsub.psubscribe(f"{self.prefix}*")
+        while True:
+            try:
+                message = await self.pubsub.get_message(timeout=LISTEN_POLL_S)
+                if message and message["type"] == "pmessage":
+                    message["channel"] = message["channel"].decode("utf-8")
+                    self.publish(message["channel"], message)
+            except asyncio.CancelledError:
+                return
+            except Exception:
+                logger.exception("Failed to consume message")
+
+
 class TwoSightingSweepQueue(RedisQueue):
     """SAQ 0.26's ``RedisQueue.sweep`` (its abort, retry and finish calls, its log lines), except that
     a ``queued`` job on the active list is a suspect the first time and swept the second, if its stored
-    bytes have not changed in between; suspects live in ``saq:<queue>:sweep-suspects``."""
+    bytes have not changed in between; suspects live in ``saq:<queue>:sweep-suspects``. Its job-update
+    listener is ``PollingPubSubMultiplexer``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._pubsub = PollingPubSubMultiplexer(self.redis.pubsub(), prefix=self._pubsub.prefix)
         self._suspects = self.namespace("sweep-suspects")
         self._list_active = self.redis.register_script(_LIST_ACTIVE)
 

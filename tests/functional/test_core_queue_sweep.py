@@ -26,10 +26,12 @@ from tests.factories import captured_logs
 
 @pytest.fixture
 async def queue(valkey_url: str) -> AsyncIterator[RedisQueue]:
-    """The default queue as the workers build it, under a private name."""
+    """The default queue as the workers build it, under a private name that ends in a letter: one
+    ending in five digits makes its job ids (``saq:job:<queue>:<uuid>``) look like a Telegram bot
+    token (``<digits>:<30 or more characters>``) to the log scrubber, which masks them."""
     built = build_queues(valkey_url)["default"]
     assert isinstance(built, RedisQueue)
-    private = type(built)(built.redis, name=f"sweep-{uuid.uuid4().hex[:8]}")
+    private = type(built)(built.redis, name=f"sweep-{uuid.uuid4().hex[:8]}-q")
     try:
         yield private
     finally:
