@@ -18,7 +18,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from app.config import Settings
-from app.core.security import refresh_token_digest
+from app.core.security import Passwords, refresh_token_digest
 from app.core.services import open_services
 from app.db import accounts as queries
 from app.domains.accounts.seed import seed_accounts
@@ -228,8 +228,8 @@ async def test_a_thief_spending_the_default_quota_cannot_stop_the_password_chang
     rest of it (the sessions reviewer: 19 of 20 changes over two minutes). Each session now has its
     own, and the thief's is still limited."""
     user = await create_user(db, password_hash)
-    async for api in generous_client(
-        settings, rate_limit_default_per_minute=20, rate_limit_default_per_hour=200
+    async for api in generous_client(  # as many an hour: no window resets within the test
+        settings, rate_limit_default_per_minute=20, rate_limit_default_per_hour=20
     ):
         thief = bearer((await login(api, user.email))["access_token"])
         spent = [(await api.get("/api/auth/me", headers=thief)).status_code for _ in range(21)]
@@ -286,6 +286,31 @@ async def test_two_logins_at_once_after_a_parameter_change_both_succeed(
     assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
     rehashed = await queries.get_user_by_id(db, id=user.id)
     assert rehashed is not None and rehashed.password_hash != weak_hash
+
+
+async def test_an_unknown_email_costs_what_a_wrong_password_costs_and_an_invalid_one_nothing(
+    settings: Settings, db: AsyncConnection[Any], argon2_verifications: list[str]
+) -> None:
+    """Login timing is flat, counted rather than timed (it was a ratio of wall-clock medians, which a
+    loaded machine can skew): an unknown email costs one argon2 check, against a hash made with the
+    same parameters as the account's, as a wrong password costs one against the account's; a body
+    refused by validation costs none."""
+    user = await create_user(db, await Passwords(settings).hash(PASSWORD))
+    checks: list[list[str]] = []
+    async with serve_in_loop(settings, **GENEROUS_AUTH) as served:
+        for email, status in (("not-an-email", 400), (unique_email(), 401), (user.email, 401)):
+            before = len(argon2_verifications)
+            answer = await served.client.post(
+                "/api/auth/login", json={"email": email, "password": "not the password"}
+            )
+            assert answer.status_code == status, answer.text
+            checks.append(argon2_verifications[before:])
+
+    invalid, unknown, known = checks
+    assert invalid == [] and known == [user.password_hash]
+    [stand_in] = unknown
+    assert stand_in != user.password_hash
+    assert argon2.extract_parameters(stand_in) == argon2.extract_parameters(user.password_hash)
 
 
 async def test_a_wrong_password_for_an_older_hash_costs_a_check_with_the_current_parameters(

@@ -59,7 +59,8 @@ async def test_a_client_leaving_during_a_query_keeps_the_pooled_connection(
 
 async def _waiting_on_a_lock(db: AsyncConnection[Any]) -> bool:
     cursor = await db.execute(
-        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query ilike %s",
+        "select count(*) from pg_stat_activity"
+        " where datname = current_database() and wait_event_type = 'Lock' and query ilike %s",
         ("%project_members%",),
     )
     row = await cursor.fetchone()

@@ -278,7 +278,7 @@ async def test_signing_up_and_in_is_keyed_by_address_whatever_token_is_sent(
 
 
 async def test_rotating_a_session_is_not_counted_against_signing_in(
-    rl_client: Client, settings: Settings, db: AsyncConnection[Any]
+    rl_client: Client, settings: Settings, db: AsyncConnection[Any], fresh: Valkey
 ) -> None:
     """Under the ``auth`` limit, the sessions of everyone behind one address (an office's NAT) shared
     its 20 a minute: one user's rotations refused another's. A rotation guesses no password."""

@@ -104,15 +104,15 @@ async def test_a_row_committed_between_a_resent_rounds_ids_is_in_a_job(
             return bool(
                 await scalar(
                     db,
-                    "select count(*) from pg_stat_activity"
-                    " where state = 'idle in transaction' and query like '%from outbox%'",
+                    "select count(*) from pg_stat_activity where datname = current_database()"
+                    " and state = 'idle in transaction' and query like '%from outbox%'",
                 )
             )
 
         await wait_until(relay_holds_its_rows, 10, "the relay holds its claimed rows")
         await db.execute(  # the relay's connection is lost after its enqueue was sent, before its commit
-            "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where state = 'idle in transaction' and query like '%from outbox%'"
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database()"
+            " and state = 'idle in transaction' and query like '%from outbox%'"
         )
         controlled_valkey.resume()
         with pytest.raises(Exception):  # noqa: B017, PT011 (whichever error the lost connection gives)

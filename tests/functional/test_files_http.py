@@ -1325,7 +1325,8 @@ async def test_a_reservation_left_by_a_crashed_upload_lapses(
     settings: Settings, valkey: Valkey, world: World, files_root: Path
 ) -> None:
     """A process killed with an upload in flight never releases its reservation: it lapses with its
-    lease (a second here, FILE_UPLOAD_LEASE_S), and then no longer counts."""
+    lease (three seconds here: the first upload must find it held, on a loaded machine too), and then
+    no longer counts."""
     from app.domains.files.reservations import UploadReservations
 
     async with serve_in_loop(
@@ -1337,7 +1338,7 @@ async def test_a_reservation_left_by_a_crashed_upload_lapses(
         **GENEROUS_AUTH,
     ) as served:
         files = served.app.state.services[FileService]
-        crashed = UploadReservations(valkey, per_user=2, lease_s=1)
+        crashed = UploadReservations(valkey, per_user=2, lease_s=3)
         await crashed.prepare(world.editor.id, world.project, 2 * MIB).hold()  # and never released
 
         async def post() -> httpx.Response:

@@ -181,7 +181,7 @@ async def test_an_upload_whose_body_stops_arriving_is_answered_408_and_gives_its
         files_dir=files_root,
         file_max_bytes=MAX_BYTES,
         file_uploads_per_user=1,
-        file_upload_lease_s=1,
+        file_upload_lease_s=3,  # the slot must still be held at the next POST, on a loaded machine too
         **GENEROUS_AUTH,
     ) as served:
         body = ScriptedBody()
@@ -378,8 +378,9 @@ async def test_a_staged_file_swept_before_it_is_placed_is_a_408_and_records_noth
     lock = "select pg_advisory_lock(hashtextextended(concat('files-uploader:', %s::bigint), 0))"
     unlock = "select pg_advisory_unlock(hashtextextended(concat('files-uploader:', %s::bigint), 0))"
     waiting = (
-        "select count(*) from pg_locks where locktype = 'advisory' and not granted "
-        "and pid <> pg_backend_pid()"
+        "select count(*) from pg_locks where locktype = 'advisory' and not granted"
+        " and pid <> pg_backend_pid()"
+        " and database = (select oid from pg_database where datname = current_database())"
     )
     async with serve_in_loop(
         settings, files_dir=files_root, file_max_bytes=MAX_BYTES, **GENEROUS_AUTH

@@ -667,8 +667,11 @@ async def test_the_providers_deliveries_are_not_rate_limited_per_address(
     delivery without a valid signature is refused before any database work); the buyers' routes keep
     their limit."""
     allowed = 2
-    async with serve_in_loop(
-        settings, rate_limit_default_per_minute=allowed, payment_webhook_secret=payments.TEST_SECRET
+    async with serve_in_loop(  # as many an hour: no window resets within the test
+        settings,
+        rate_limit_default_per_minute=allowed,
+        rate_limit_default_per_hour=allowed,
+        payment_webhook_secret=payments.TEST_SECRET,
     ) as served:
         app, client = served.app, served.client
         buyer = await create_user(db)
