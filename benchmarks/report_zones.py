@@ -1,13 +1,13 @@
-"""What a report's time series costs in zones whose offset is not a whole hour, against UTC.
+"""What a report costs in zones whose offset is not a whole hour, against UTC.
 
     uv run python -m benchmarks.report_zones                        # 9,600 views a day, 3 rounds
     uv run python -m benchmarks.report_zones --views-per-day 30000 --rounds 5
 
 Generates (once per data directory and volume) one site with ``--views-per-day`` views a day over the
 last 33 days (four views a visitor, its id another on each UTC day, as the daily salt makes it), rolls
-them up with the rollup job (``ReportService.rollup``: views, dimensions,
-visitors, visits), then times the series of the last 31 local days (hour and day buckets) and the
-summary in UTC, Asia/Kolkata (+05:30) and Asia/Kathmandu (+05:45), each the best of ``--rounds``
+them up with the rollup job (``ReportService.rollup``: views, dimensions, visitors, visits), then
+times the series of the last 31 local days (hour and day buckets), the summary and the entry pages'
+first rows in UTC, Asia/Kolkata (+05:30) and Asia/Kathmandu (+05:45), each the best of ``--rounds``
 (the statements ``app.db.reports`` runs, no cache). The table gives each zone's time and its ratio to
 UTC's in the same run. No UTC hour lies inside a local hour of those zones: before the rollups kept
 quarter hours (a5a5360) an hourly series there read every view of its period raw (2.47 s in Kolkata
@@ -35,7 +35,7 @@ from app.config import Settings
 from app.core.services import open_services
 from app.db import pageviews as pageview_queries
 from app.db import reports as queries
-from app.domains.reports.services import ReportService
+from app.domains.reports.services import OTHER_VALUE, RANKED_ROWS, ReportService
 from app.modules import MODULES
 from benchmarks.harness.provision import migrated_embedded
 
@@ -136,6 +136,17 @@ async def measure(database_url: str, site: int, now: datetime, rounds: int) -> d
                 series = partial(queries.report_timeseries, conn, unit=unit, tz=tz, step=step, **span)
                 timings[tz, f"series by {unit}"] = await best_of(rounds, series)
             timings[tz, "summary"] = await best_of(rounds, partial(queries.report_summary, conn, **span))
+            entry_pages = partial(
+                queries.report_entry_pages,
+                conn,
+                received_before=None,
+                other=OTHER_VALUE,
+                after_visits=None,
+                after_path=None,
+                row_limit=RANKED_ROWS + 1,
+                **span,
+            )
+            timings[tz, "entry pages"] = await best_of(rounds, entry_pages)
     return timings
 
 

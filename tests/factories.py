@@ -147,6 +147,7 @@ ANALYTICS_ROLLUP_TABLES = (
     "page_view_visits",
     "page_view_daily_visitors",
     "page_view_quarters",
+    "page_view_entry_hourly",
 )
 """Every table the analytics rollup and its triggers write (what a site's purge and the retention
 delete; see ReportService.purge_rollups)."""

@@ -707,6 +707,14 @@ class PageViewQuarter(msgspec.Struct, frozen=True, gc=False):
     visit_pageviews: int
 
 
+class PageViewEntryHourly(msgspec.Struct, frozen=True, gc=False):
+    site_id: int
+    hour: datetime
+    entry_path: str
+    visits: int
+    bounces: int
+
+
 async def register_types(conn: AsyncConnection[Any]) -> None:
     """Register the PostgreSQL enums with psycopg (call from the pool's ``configure`` hook)."""
     await _register_enum(conn, "user_role", UserRole)

@@ -282,7 +282,8 @@ where d.site_id = any($1::bigint[]) and d.deleted_at < $2
     and not exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
     and not exists (select 1 from page_view_visits r where r.site_id = d.site_id)
     and not exists (select 1 from page_view_daily_visitors r where r.site_id = d.site_id)
-    and not exists (select 1 from page_view_quarters r where r.site_id = d.site_id)"""
+    and not exists (select 1 from page_view_quarters r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_entry_hourly r where r.site_id = d.site_id)"""
 
 
 async def forget_deleted_sites(conn: AsyncConnection[Any], *, site_ids: list[int], before: datetime) -> int:

@@ -556,18 +556,75 @@ async def report_breakdown(
 
 
 REPORT_ENTRY_PAGES = """\
-select v.entry_path::text as path, count(*)::bigint as visits,
-    count(*) filter (where v.pageviews = 1)::bigint as bounces
-from analytics_visits_before(
-    $1::bigint, $2::timestamptz, $3::timestamptz,
-    coalesce($4::timestamptz, 'infinity')
-) v
-group by v.entry_path
-having $5::bigint is null
-    or count(*) < $5::bigint
-    or (count(*) = $5::bigint and v.entry_path > $6::text)
+with bounds as (
+    select case when ($4::timestamptz) = date_trunc('hour', $4::timestamptz, 'UTC')
+            then $4::timestamptz
+            else least(date_trunc('hour', $4::timestamptz, 'UTC') + interval '1 hour', $5::timestamptz)
+        end as whole_from,
+        case when ($5::timestamptz) = date_trunc('hour', $5::timestamptz, 'UTC')
+            then $5::timestamptz
+            else date_trunc('hour', $5::timestamptz, 'UTC')
+        end as whole_to
+),
+merged as materialized (
+    select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews, m.entry_path
+    from analytics_merged_visits(
+        $6::bigint, analytics_watermark(), coalesce($7::timestamptz, 'infinity')
+    ) m
+),
+replaced as (
+    select v.started_at, v.pageviews, v.entry_path from merged m
+    cross join lateral (
+        select v.started_at, v.pageviews, v.entry_path from page_view_visits v
+        where v.site_id = $6 and v.visitor_id = m.visitor_id
+            and v.started_at >= m.started_at and v.started_at <= m.last_seen_at
+        offset 0  -- not flattened: a primary-key probe per merged visit, never the site's visits
+    ) v
+),
+cut as (  -- the stored visits of the cut hours that no merged visit replaces
+    select v.entry_path, v.pageviews from bounds b
+    cross join lateral (
+        select v.visitor_id, v.started_at, v.entry_path, v.pageviews from page_view_visits v
+        where v.site_id = $6 and v.started_at >= $4 and v.started_at < b.whole_from
+        union all
+        select v.visitor_id, v.started_at, v.entry_path, v.pageviews from page_view_visits v
+        where v.site_id = $6 and v.started_at >= greatest(b.whole_to, b.whole_from)
+            and v.started_at < $5
+    ) v
+    where not exists (
+        select 1 from merged m
+        where m.visitor_id = v.visitor_id and v.started_at >= m.started_at and v.started_at <= m.last_seen_at
+    )
+),
+counts as (
+    select e.entry_path as path, e.visits::bigint as visits, e.bounces::bigint as bounces
+    from bounds b
+    join page_view_entry_hourly e on e.site_id = $6 and e.hour >= b.whole_from and e.hour < b.whole_to
+    union all
+    select c.entry_path, 1, (c.pageviews = 1)::integer from cut c
+    union all
+    select m.entry_path, 1, (m.pageviews = 1)::integer from merged m
+    where m.started_at >= $4 and m.started_at < $5
+    union all
+    select case when exists (
+                select 1 from page_view_entry_hourly e
+                where e.site_id = $6 and e.hour = date_trunc('hour', r.started_at, 'UTC')
+                    and e.entry_path = r.entry_path
+            ) then r.entry_path else $8::text end,
+        -1, -(r.pageviews = 1)::integer
+    from bounds b
+    join replaced r on r.started_at >= b.whole_from and r.started_at < b.whole_to
+)
+select c.path::text as path, sum(c.visits)::bigint as visits, sum(c.bounces)::bigint as bounces
+from counts c
+group by c.path
+having sum(c.visits) > 0 and (
+    $1::bigint is null
+    or sum(c.visits) < $1::bigint
+    or (sum(c.visits) = $1::bigint and c.path > $2::text)
+)
 order by visits desc, path
-limit $7"""
+limit $3"""
 
 
 class ReportEntryPagesRow(msgspec.Struct, frozen=True, gc=False):
@@ -579,21 +636,26 @@ class ReportEntryPagesRow(msgspec.Struct, frozen=True, gc=False):
 async def report_entry_pages(
     conn: AsyncConnection[Any],
     *,
-    site_id: int,
-    range_from: datetime,
-    range_to: datetime,
-    received_before: datetime | None,
     after_visits: int | None,
     after_path: str | None,
     row_limit: int,
+    range_from: datetime,
+    range_to: datetime,
+    site_id: int,
+    received_before: datetime | None,
+    other: str,
 ) -> list[ReportEntryPagesRow]:
     """Visits per entry path (the first page of the visit), with how many of them bounced; most visits
     first, then by path, after the position (@after_visits, @after_path) when given; of the views
-    received before @received_before when given (as ReportBreakdown)."""
+    received before @received_before when given (as ReportBreakdown). The whole UTC hours of the period
+    are read from their counts (page_view_entry_hourly: at most 101 rows an hour, @other among them),
+    the hours a zone with a fractional offset cuts per visit. The views not rolled up yet add the visits
+    they make and take away the stored ones they merge (analytics_visits_before's rule), each from the
+    row that counts it; a path the counts fold into @other keeps its visits from those views."""
     async with AsyncRawCursor(conn, row_factory=args_row(ReportEntryPagesRow)) as cur:
         await cur.execute(
             REPORT_ENTRY_PAGES,
-            (site_id, range_from, range_to, received_before, after_visits, after_path, row_limit),
+            (after_visits, after_path, row_limit, range_from, range_to, site_id, received_before, other),
         )
         return await cur.fetchall()
 
@@ -896,6 +958,41 @@ async def purge_quarters(
         return await cur.fetchone()
 
 
+PURGE_ENTRY_HOURLY = """\
+with purged as (
+    delete from page_view_entry_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_entry_hourly first
+        where first.hour >= $1::timestamptz and first.hour < $2::timestamptz
+        order by first.hour
+        limit $3::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeEntryHourlyRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_entry_hourly(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    before: datetime,
+    chunk_size: int,
+) -> PurgeEntryHourlyRow | None:
+    """One chunk, as PurgeHourlyRollups (page_view_entry_hourly_hour_idx). Purged after the visits, as
+    PurgeQuarters."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeEntryHourlyRow)) as cur:
+        await cur.execute(PURGE_ENTRY_HOURLY, (resume_from, before, chunk_size))
+        return await cur.fetchone()
+
+
 DELETED_SITES_WITH_ROLLUPS = """\
 select d.site_id from deleted_sites d
 where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
@@ -904,13 +1001,14 @@ where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
     or exists (select 1 from page_view_visits r where r.site_id = d.site_id)
     or exists (select 1 from page_view_daily_visitors r where r.site_id = d.site_id)
     or exists (select 1 from page_view_quarters r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_entry_hourly r where r.site_id = d.site_id)
 order by d.site_id"""
 
 
 async def deleted_sites_with_rollups(conn: AsyncConnection[Any]) -> list[int]:
     """The deleted sites (their `deleted_sites` tombstone) that still have rollup rows. A site's deletion
     leaves its rollups to the chunks below (migration 20261205170000): one statement of tens of millions
-    of rows outlasted the statement timeout. Six probes of each table's primary key per tombstone."""
+    of rows outlasted the statement timeout. A probe of each table's primary key per tombstone."""
     async with AsyncRawCursor(conn, row_factory=scalar_row) as cur:
         await cur.execute(DELETED_SITES_WITH_ROLLUPS)
         return await cur.fetchall()
@@ -1121,4 +1219,37 @@ async def purge_site_quarters(
     """One chunk, as PurgeSiteHourlyRollups, resuming at the last quarter hour."""
     async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteQuartersRow)) as cur:
         await cur.execute(PURGE_SITE_QUARTERS, (resume_from, site_id, chunk_size))
+        return await cur.fetchone()
+
+
+PURGE_SITE_ENTRY_HOURLY = """\
+with purged as (
+    delete from page_view_entry_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_entry_hourly first
+        where first.site_id = $2 and first.hour >= $1::timestamptz
+        order by first.hour
+        limit $3::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), $1::timestamptz)::timestamptz as resume_from
+from purged"""
+
+
+class PurgeSiteEntryHourlyRow(msgspec.Struct, frozen=True, gc=False):
+    deleted: int
+    resume_from: datetime
+
+
+async def purge_site_entry_hourly(
+    conn: AsyncConnection[Any],
+    *,
+    resume_from: datetime,
+    site_id: int,
+    chunk_size: int,
+) -> PurgeSiteEntryHourlyRow | None:
+    """One chunk, as PurgeSiteHourlyRollups, resuming at the last hour."""
+    async with AsyncRawCursor(conn, row_factory=args_row(PurgeSiteEntryHourlyRow)) as cur:
+        await cur.execute(PURGE_SITE_ENTRY_HOURLY, (resume_from, site_id, chunk_size))
         return await cur.fetchone()

@@ -108,4 +108,5 @@ where d.site_id = any(@site_ids::bigint[]) and d.deleted_at < @before
     and not exists (select 1 from page_view_hourly_visitors r where r.site_id = d.site_id)
     and not exists (select 1 from page_view_visits r where r.site_id = d.site_id)
     and not exists (select 1 from page_view_daily_visitors r where r.site_id = d.site_id)
-    and not exists (select 1 from page_view_quarters r where r.site_id = d.site_id);
+    and not exists (select 1 from page_view_quarters r where r.site_id = d.site_id)
+    and not exists (select 1 from page_view_entry_hourly r where r.site_id = d.site_id);

@@ -365,17 +365,78 @@ limit @row_limit;
 -- name: ReportEntryPages :many
 -- Visits per entry path (the first page of the visit), with how many of them bounced; most visits
 -- first, then by path, after the position (@after_visits, @after_path) when given; of the views
--- received before @received_before when given (as ReportBreakdown).
-select v.entry_path::text as path, count(*)::bigint as visits,
-    count(*) filter (where v.pageviews = 1)::bigint as bounces
-from analytics_visits_before(
-    @site_id::bigint, @range_from::timestamptz, @range_to::timestamptz,
-    coalesce(sqlc.narg(received_before)::timestamptz, 'infinity')
-) v
-group by v.entry_path
-having sqlc.narg(after_visits)::bigint is null
-    or count(*) < sqlc.narg(after_visits)::bigint
-    or (count(*) = sqlc.narg(after_visits)::bigint and v.entry_path > sqlc.narg(after_path)::text)
+-- received before @received_before when given (as ReportBreakdown). The whole UTC hours of the period
+-- are read from their counts (page_view_entry_hourly: at most 101 rows an hour, @other among them),
+-- the hours a zone with a fractional offset cuts per visit. The views not rolled up yet add the visits
+-- they make and take away the stored ones they merge (analytics_visits_before's rule), each from the
+-- row that counts it; a path the counts fold into @other keeps its visits from those views.
+with bounds as (
+    select case when (@range_from::timestamptz) = date_trunc('hour', @range_from::timestamptz, 'UTC')
+            then @range_from::timestamptz
+            else least(date_trunc('hour', @range_from::timestamptz, 'UTC') + interval '1 hour', @range_to::timestamptz)
+        end as whole_from,
+        case when (@range_to::timestamptz) = date_trunc('hour', @range_to::timestamptz, 'UTC')
+            then @range_to::timestamptz
+            else date_trunc('hour', @range_to::timestamptz, 'UTC')
+        end as whole_to
+),
+merged as materialized (
+    select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews, m.entry_path
+    from analytics_merged_visits(
+        @site_id::bigint, analytics_watermark(), coalesce(sqlc.narg(received_before)::timestamptz, 'infinity')
+    ) m
+),
+replaced as (
+    select v.started_at, v.pageviews, v.entry_path from merged m
+    cross join lateral (
+        select v.started_at, v.pageviews, v.entry_path from page_view_visits v
+        where v.site_id = @site_id and v.visitor_id = m.visitor_id
+            and v.started_at >= m.started_at and v.started_at <= m.last_seen_at
+        offset 0  -- not flattened: a primary-key probe per merged visit, never the site's visits
+    ) v
+),
+cut as (  -- the stored visits of the cut hours that no merged visit replaces
+    select v.entry_path, v.pageviews from bounds b
+    cross join lateral (
+        select v.visitor_id, v.started_at, v.entry_path, v.pageviews from page_view_visits v
+        where v.site_id = @site_id and v.started_at >= @range_from and v.started_at < b.whole_from
+        union all
+        select v.visitor_id, v.started_at, v.entry_path, v.pageviews from page_view_visits v
+        where v.site_id = @site_id and v.started_at >= greatest(b.whole_to, b.whole_from)
+            and v.started_at < @range_to
+    ) v
+    where not exists (
+        select 1 from merged m
+        where m.visitor_id = v.visitor_id and v.started_at >= m.started_at and v.started_at <= m.last_seen_at
+    )
+),
+counts as (
+    select e.entry_path as path, e.visits::bigint as visits, e.bounces::bigint as bounces
+    from bounds b
+    join page_view_entry_hourly e on e.site_id = @site_id and e.hour >= b.whole_from and e.hour < b.whole_to
+    union all
+    select c.entry_path, 1, (c.pageviews = 1)::integer from cut c
+    union all
+    select m.entry_path, 1, (m.pageviews = 1)::integer from merged m
+    where m.started_at >= @range_from and m.started_at < @range_to
+    union all
+    select case when exists (
+                select 1 from page_view_entry_hourly e
+                where e.site_id = @site_id and e.hour = date_trunc('hour', r.started_at, 'UTC')
+                    and e.entry_path = r.entry_path
+            ) then r.entry_path else @other::text end,
+        -1, -(r.pageviews = 1)::integer
+    from bounds b
+    join replaced r on r.started_at >= b.whole_from and r.started_at < b.whole_to
+)
+select c.path::text as path, sum(c.visits)::bigint as visits, sum(c.bounces)::bigint as bounces
+from counts c
+group by c.path
+having sum(c.visits) > 0 and (
+    sqlc.narg(after_visits)::bigint is null
+    or sum(c.visits) < sqlc.narg(after_visits)::bigint
+    or (sum(c.visits) = sqlc.narg(after_visits)::bigint and c.path > sqlc.narg(after_path)::text)
+)
 order by visits desc, path
 limit @row_limit;
 
@@ -524,10 +585,27 @@ with purged as (
 select count(*)::integer as deleted, coalesce(max(quarter), @resume_from::timestamptz)::timestamptz as resume_from
 from purged;
 
+-- name: PurgeEntryHourly :one
+-- One chunk, as PurgeHourlyRollups (page_view_entry_hourly_hour_idx). Purged after the visits, as
+-- PurgeQuarters.
+with purged as (
+    delete from page_view_entry_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid
+        from page_view_entry_hourly first
+        where first.hour >= @resume_from::timestamptz and first.hour < @before::timestamptz
+        order by first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
+
 -- name: DeletedSitesWithRollups :many
 -- The deleted sites (their `deleted_sites` tombstone) that still have rollup rows. A site's deletion
 -- leaves its rollups to the chunks below (migration 20261205170000): one statement of tens of millions
--- of rows outlasted the statement timeout. Six probes of each table's primary key per tombstone.
+-- of rows outlasted the statement timeout. A probe of each table's primary key per tombstone.
 select d.site_id from deleted_sites d
 where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
     or exists (select 1 from page_view_dimension_hourly r where r.site_id = d.site_id)
@@ -535,6 +613,7 @@ where exists (select 1 from page_view_hourly r where r.site_id = d.site_id)
     or exists (select 1 from page_view_visits r where r.site_id = d.site_id)
     or exists (select 1 from page_view_daily_visitors r where r.site_id = d.site_id)
     or exists (select 1 from page_view_quarters r where r.site_id = d.site_id)
+    or exists (select 1 from page_view_entry_hourly r where r.site_id = d.site_id)
 order by d.site_id;
 
 -- name: PurgeSiteHourlyRollups :one
@@ -632,4 +711,19 @@ with purged as (
     returning doomed.quarter
 )
 select count(*)::integer as deleted, coalesce(max(quarter), @resume_from::timestamptz)::timestamptz as resume_from
+from purged;
+
+-- name: PurgeSiteEntryHourly :one
+-- One chunk, as PurgeSiteHourlyRollups, resuming at the last hour.
+with purged as (
+    delete from page_view_entry_hourly doomed
+    where doomed.ctid = any(array(
+        select first.ctid from page_view_entry_hourly first
+        where first.site_id = @site_id and first.hour >= @resume_from::timestamptz
+        order by first.hour
+        limit @chunk_size::integer
+    ))
+    returning doomed.hour
+)
+select count(*)::integer as deleted, coalesce(max(hour), @resume_from::timestamptz)::timestamptz as resume_from
 from purged;

@@ -196,7 +196,8 @@ async def test_a_value_too_long_for_a_rollup_key_is_counted_in_other_and_the_rol
     """A btree entry holds at most 2704 bytes. A view stored with a 6 KB referrer source (the ingest
     took a referrer host of 2,000 CJK characters before it bounded hosts) failed every run of the
     hourly rollup, for every site, and its watermark never moved; the ingest now refuses such a host
-    (``tests/unit/test_pageviews_derive.py``), and a row stored before is counted in ``(other)``."""
+    (``tests/unit/test_pageviews_derive.py``), and a row stored before is counted in ``(other)``, by
+    the breakdowns and by the entry pages' counts."""
     site_id, owner, hour = await setup(db, app)
     at = hour + timedelta(minutes=5)
     chance = random.Random(1988)
@@ -211,3 +212,6 @@ async def test_a_value_too_long_for_a_rollup_key_is_counted_in_other_and_the_rol
     assert await stored(db, site_id, "path", hour) == {"/a": 2, OTHER_VALUE: 1, longest: 1}
     assert await stored(db, site_id, "utm_campaign", hour) == {"": 3, OTHER_VALUE: 1}
     assert (await get(client, owner, site_id, "summary"))["pageviews"] == 4
+    entry_pages = await get(client, owner, site_id, "entry-pages")
+    entries = {item["path"]: item["visits"] for item in entry_pages["items"]}
+    assert entries == {"/a": 2, OTHER_VALUE: 1, longest: 1}  # each view is a visit, counted by its path

@@ -41,11 +41,12 @@ async def reports(settings: Settings, db: AsyncConnection[Any]) -> AsyncIterator
 
 
 async def add_rollups(db: AsyncConnection[Any], site_id: int) -> None:
-    """HOURS hours of each rollup, several rows an hour (two dimensions, three visitors); the visitors'
-    days and the quarter hours' counts follow them (their triggers)."""
+    """HOURS hours of each rollup, several rows an hour (two dimensions, three visitors), ending with
+    the hour of 14:00 UTC today (the same hours for every site of a test, whenever it runs); the
+    visitors' days, the quarter hours' and the entry paths' counts follow them (their triggers)."""
     hours = (
-        "generate_series(date_trunc('hour', now()) - interval '29 hours',"
-        " date_trunc('hour', now()), '1 hour')"
+        "generate_series(date_trunc('day', now(), 'UTC') + interval '14 hours' - interval '29 hours',"
+        " date_trunc('day', now(), 'UTC') + interval '14 hours', '1 hour')"
     )
     await db.execute(
         "insert into page_view_hourly (site_id, hour, pageviews, bot_pageviews)"
@@ -96,6 +97,7 @@ async def test_a_deletion_leaves_the_rollups_to_the_purge_which_deletes_them_in_
             kept.id,
         ),
         "page_view_quarters": before["page_view_quarters"],
+        "page_view_entry_hourly": HOURS,
     }
     assert before["page_view_quarters"] >= HOURS
 
@@ -122,7 +124,9 @@ async def test_the_tombstone_stays_while_rollups_of_the_site_are_left(
     assert await pageview_queries.forget_deleted_sites(db, **forget) == 1
 
 
-@pytest.mark.parametrize("table", ["page_view_daily_visitors", "page_view_quarters"])
+@pytest.mark.parametrize(
+    "table", ["page_view_daily_visitors", "page_view_quarters", "page_view_entry_hourly"]
+)
 async def test_the_tombstone_stays_while_only_the_visitor_counts_are_left(
     db: AsyncConnection[Any], reports: ReportService, table: str
 ) -> None:

@@ -97,6 +97,13 @@ TABLES = [
         " from generate_series(%(low)s::integer, %(high)s::integer) g on conflict do nothing",
         "quarter < %(before)s",
     ),
+    Table(
+        "page_view_entry_hourly",
+        "insert into page_view_entry_hourly (site_id, hour, entry_path, visits)"
+        " select (%(sites)s::bigint[])[1 + g %% 7], %(first)s + (g / 7) * interval '1 hour', '/entry', 1"
+        " from generate_series(%(low)s::integer, %(high)s::integer) g on conflict do nothing",
+        "hour < %(before)s",
+    ),
 ]
 TIME_COLUMN = {
     "page_view_visits": "started_at",
@@ -225,6 +232,7 @@ async def test_a_table_that_fails_leaves_the_others_purged(
             "page_view_visits": 0,
             "page_view_daily_visitors": 0,
             "page_view_quarters": 0,
+            "page_view_entry_hourly": 0,
         }
         assert 1 <= left["page_view_dimension_hourly"] <= CHUNK
         failed = logs.events("rollups_purge_failed")
@@ -263,6 +271,12 @@ CHUNK_QUERIES: list[tuple[str, Callable[..., Awaitable[Any]], str, str]] = [
         "page_view_daily_visitors_day_idx",
     ),
     ("page_view_quarters", queries.purge_quarters, queries.PURGE_QUARTERS, "page_view_quarters_quarter_idx"),
+    (
+        "page_view_entry_hourly",
+        queries.purge_entry_hourly,
+        queries.PURGE_ENTRY_HOURLY,
+        "page_view_entry_hourly_hour_idx",
+    ),
 ]
 
 

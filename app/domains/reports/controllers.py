@@ -26,6 +26,7 @@ from app.domains.reports.schemas import (
 from app.domains.reports.services import (
     DIMENSION_VALUES_OPEN_HOUR,
     DIMENSION_VALUES_PER_HOUR,
+    ENTRY_PATHS_PER_HOUR,
     RANK_CURSOR_MAX_LENGTH,
     RANK_CURSOR_PATTERN,
     ReportService,
@@ -102,6 +103,14 @@ OTHER_DOC = (
     " `(other)` is counted with them. Views read raw are counted under their own values: those not rolled"
     " up yet (about the last five to ten minutes) and, for a zone whose offset is not a whole hour, those"
     " of the UTC hours the period's ends cut."
+)
+ENTRY_DOC = (
+    "Most visits first, then by path. Visits are counted per UTC hour of their start, keeping the first"
+    f" {ENTRY_PATHS_PER_HOUR} entry paths to come in each hour: the visits of that hour's later paths are"
+    " counted under the path `(other)`, listed like any path, so no visit is missing from the list (a real"
+    " path spelled `(other)` is counted with them). Visits made or changed by views not rolled up yet"
+    " (about the last five to ten minutes) and, for a zone whose offset is not a whole hour, the visits"
+    " starting in the UTC hours the period's ends cut are counted under their own paths."
 )
 
 RANGE_DOC = (
@@ -276,7 +285,7 @@ class SiteReportsController(Controller):
     @get(
         "/entry-pages",
         summary="Entry pages: the first page of the visits that start in the period",
-        description="Most visits first, then by path." + PAGED_DOC + RANGE_DOC + TURNS_DOC,
+        description=ENTRY_DOC + PAGED_DOC + RANGE_DOC + TURNS_DOC,
         responses=problems(401, 404, 429),
     )
     async def site_entry_pages(

@@ -48,6 +48,11 @@ hour from the hour's (``analytics_bucket_visitors``, ``analytics_bucket_visits``
 none of these (an hour of a fractional zone, a cut in an hour rolled up without quarters) is read per
 visitor: at most an hourly series' 31 days.
 
+The entry pages are read from counts too: per site, UTC hour and entry path, the visits that started
+in it and their bounces (``page_view_entry_hourly``, kept by triggers on the visits), at most
+``ENTRY_PATHS_PER_HOUR`` paths an hour, first come, the rest in ``OTHER_VALUE``: a report reads at most
+101 rows per whole hour, as the breakdowns do, and per visit only the hours a fractional zone cuts.
+
 One time-zone database. The buckets are PostgreSQL's (``analytics_bucket_key``: an hour is
 ``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
 first instant: ``day::timestamp at time zone tz`` and ``date_trunc('day', ...)`` read an ambiguous
@@ -150,6 +155,10 @@ DIMENSION_VALUES_OPEN_HOUR = 1_000
 step, a value that missed the first step's top 100 could never enter them; ranked to 100 once the
 hour has ended, an hour with up to this many values a step is ranked on all its views."""
 OTHER_VALUE = "(other)"
+ENTRY_PATHS_PER_HOUR = 100
+"""The entry paths a UTC hour keeps a row for (``analytics_entry_paths_per_hour()``), the first to
+come: there is no rollup step to rank them at, the visits' triggers count them as the visits are
+written and changed (for 24 hours). A later path counts in ``OTHER_VALUE`` for that hour."""
 # The first RANKED_ROWS rows of a breakdown or of the entry pages (and whether more follow) are
 # computed and cached once per (site, report, period, zone), and every page within them (any limit,
 # any cursor) is sliced from that list: limit and cursor no longer multiply the queries. A page past
@@ -385,6 +394,7 @@ class ReportService:
             ("page_view_visits", queries.purge_visits),
             ("page_view_daily_visitors", queries.purge_daily_visitors),
             ("page_view_quarters", queries.purge_quarters),  # after the visits: PurgeQuarters says why
+            ("page_view_entry_hourly", queries.purge_entry_hourly),  # after the visits, as the quarters
         ]
         return await purge_tables(
             [
@@ -454,6 +464,7 @@ class ReportService:
             ("page_view_visits", visits),
             ("page_view_daily_visitors", _by_hour(queries.purge_site_daily_visitors, **by_site)),
             ("page_view_quarters", _by_hour(queries.purge_site_quarters, **by_site)),
+            ("page_view_entry_hourly", _by_hour(queries.purge_site_entry_hourly, **by_site)),
         ]
         return await purge_tables(
             [(table, partial(self.db.delete_in_chunks, chunk)) for table, chunk in chunks],
@@ -595,6 +606,7 @@ class ReportService:
                 rng,
                 queries.report_entry_pages,
                 site_id=site_id,
+                other=OTHER_VALUE,
                 after_visits=after.count if after else None,
                 after_path=after.value if after else None,
                 row_limit=row_limit,
