@@ -324,6 +324,56 @@ async def rollup_visits(
         await cur.execute(ROLLUP_VISITS, (received_from, received_to))
 
 
+FOLD_ENTRY_HOURS = """\
+with closing as (
+    select e.site_id, e.hour
+    from page_view_entry_hourly e
+    where e.hour > ($2::timestamptz) - interval '1 hour'
+        and e.hour <= ($3::timestamptz) - interval '1 hour'
+        and e.entry_path <> $1::text
+    group by e.site_id, e.hour
+    having count(*) > analytics_entry_paths_per_hour()
+),
+ranked as (
+    select e.site_id, e.hour, e.entry_path,
+        row_number() over (partition by e.site_id, e.hour order by e.visits desc, e.entry_path) as rank
+    from closing c
+    cross join lateral (
+        select e.site_id, e.hour, e.entry_path, e.visits from page_view_entry_hourly e
+        where e.site_id = c.site_id and e.hour = c.hour and e.entry_path <> $1::text
+        offset 0  -- not flattened: one primary-key range per hour, never the table
+    ) e
+),
+folded as (
+    delete from page_view_entry_hourly e
+    using ranked r
+    where r.rank > analytics_entry_paths_per_hour()
+        and e.site_id = r.site_id and e.hour = r.hour and e.entry_path = r.entry_path
+    returning e.site_id, e.hour, e.visits, e.bounces
+)
+insert into page_view_entry_hourly as e (site_id, hour, entry_path, visits, bounces)
+select f.site_id, f.hour, $1::text, sum(f.visits), sum(f.bounces) from folded f
+group by f.site_id, f.hour
+on conflict (site_id, hour, entry_path) do update
+set visits = e.visits + excluded.visits, bounces = e.bounces + excluded.bounces"""
+
+
+async def fold_entry_hours(
+    conn: AsyncConnection[Any],
+    *,
+    other: str,
+    closed_from: datetime,
+    received_to: datetime,
+) -> None:
+    """The hours that ended since @closed_from (the previous watermark) and by @received_to, as
+    RollupDimensions closes them: each keeps a row for its analytics_entry_paths_per_hour() most visited
+    entry paths (then by path) and sums the others into its @other row. While open it kept up to
+    analytics_entry_paths_open_hour(), first come: ranked at each step, a path that came after the
+    hour's first hundred could never enter them. Only hours holding more rows are read twice."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(FOLD_ENTRY_HOURS, (other, closed_from, received_to))
+
+
 REPORT_SUMMARY = """\
 with raw as materialized (
     select r.is_bot
@@ -648,7 +698,7 @@ async def report_entry_pages(
     """Visits per entry path (the first page of the visit), with how many of them bounced; most visits
     first, then by path, after the position (@after_visits, @after_path) when given; of the views
     received before @received_before when given (as ReportBreakdown). The whole UTC hours of the period
-    are read from their counts (page_view_entry_hourly: at most 101 rows an hour, @other among them),
+    are read from their counts (page_view_entry_hourly: at most 101 rows a closed hour, @other among them),
     the hours a zone with a fractional offset cuts per visit. The views not rolled up yet add the visits
     they make and take away the stored ones they merge (analytics_visits_before's rule), each from the
     row that counts it; a path the counts fold into @other keeps its visits from those views."""

@@ -3,12 +3,14 @@
 It grouped every visit of its period by entry path: a holder of a site's public ingest key, sending
 views with a new user agent each, made it slower without bound. Now triggers on the visits keep, per
 site, UTC hour and entry path, the visits that started in it and their bounces, at most
-``ENTRY_PATHS_PER_HOUR`` paths an hour (first come) and the rest in ``OTHER_VALUE``. What a report read
-is counted in the transaction's own table statistics (``rows_read``), which no machine's speed changes.
+``ENTRY_PATHS_PER_HOUR`` paths a closed hour (its most visited) and the rest in ``OTHER_VALUE``. What a
+report read is counted in the transaction's own table statistics (``rows_read``), which no machine's
+speed changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,8 +23,14 @@ from psycopg import AsyncConnection
 from app.db import pageviews as pageview_queries
 from app.db import reports as report_queries
 from app.domains.reports.schemas import ReportRange
-from app.domains.reports.services import ENTRY_PATHS_PER_HOUR, OTHER_VALUE, ReportService, resolve_range
-from tests.factories import migration_up, scalar
+from app.domains.reports.services import (
+    ENTRY_PATHS_OPEN_HOUR,
+    ENTRY_PATHS_PER_HOUR,
+    OTHER_VALUE,
+    ReportService,
+    resolve_range,
+)
+from tests.factories import migration_up, scalar, sessions_waiting_for_a_lock, wait_until
 from tests.functional.test_reports_visitor_counts import rows_read
 
 PER_DAY = 200
@@ -138,34 +146,46 @@ async def test_entry_pages_read_only_the_cut_hours_visits_in_a_zone_with_a_fract
     assert read <= in_cut_hours + PROBES
 
 
-async def test_an_hour_counts_its_first_paths_and_the_rest_in_other_also_when_their_visits_change(
+async def test_a_closed_hour_keeps_its_most_visited_paths_and_the_rest_in_other_also_when_they_change(
     reports: ReportService, db: AsyncConnection[Any], site_id: int
 ) -> None:
-    """ENTRY_PATHS_PER_HOUR + 5 paths enter visits in one hour: the hour keeps a row for the first
-    ENTRY_PATHS_PER_HOUR (most visits first, then by path) and counts the other five in OTHER_VALUE.
+    """ENTRY_PATHS_PER_HOUR + 4 paths enter a visit each early in an hour, and ``/hot`` three visits
+    later in it: while the hour is open it keeps them all; the rollup step that closes it keeps a row
+    for the ENTRY_PATHS_PER_HOUR most visited (then by path), ``/hot`` among them, and counts the other
+    five in OTHER_VALUE (first come, ``/hot`` found the hour full: the review's top path in OTHER_VALUE).
     A view not rolled up yet that extends a folded path's visit shows that visit under its path and
     takes it from OTHER_VALUE; rolled up, its change (no longer a bounce) lands in OTHER_VALUE, as does
-    a path new to the full hour. The hour never holds more than ENTRY_PATHS_PER_HOUR + 1 rows."""
+    a path new to the full, closed hour, which never holds more than ENTRY_PATHS_PER_HOUR + 1 rows."""
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     hour = today - timedelta(hours=14)
     await pageview_queries.ensure_partitions(db, from_day=hour.date(), days=2)
     paths = [f"/p{n:03}" for n in range(ENTRY_PATHS_PER_HOUR + 4)]
-    views: list[View] = [(hour + timedelta(minutes=1), 1000 + n, "/hot") for n in range(3)]
-    views += [(hour + timedelta(minutes=2), n, path) for n, path in enumerate(paths)]
-    await insert_views(db, site_id, views)
-    await reports.rollup(now=hour + timedelta(hours=1))
-    kept = ["/hot", *paths[: ENTRY_PATHS_PER_HOUR - 1]]
-    folded = paths[ENTRY_PATHS_PER_HOUR - 1 :]
+    await insert_views(db, site_id, [(hour + timedelta(minutes=2), n, path) for n, path in enumerate(paths)])
+    await reports.rollup(now=hour + timedelta(minutes=30))
     rng = resolve_range("custom", hour.date(), hour.date(), "UTC")
 
     async def report() -> dict[str, tuple[int, int]]:
         return (await entry_pages(db, site_id, rng))[0]
 
-    rows = await scalar(
-        db, "select count(*) from page_view_entry_hourly where site_id = %s and hour = %s", site_id, hour
-    )
-    assert rows == ENTRY_PATHS_PER_HOUR + 1
-    assert await report() == {"/hot": (3, 3)} | {path: (1, 1) for path in kept[1:]} | {OTHER_VALUE: (5, 5)}
+    async def rows() -> int:
+        return int(
+            await scalar(
+                db,
+                "select count(*) from page_view_entry_hourly where site_id = %s and hour = %s",
+                site_id,
+                hour,
+            )
+        )
+
+    assert await rows() == len(paths)
+    assert await report() == {path: (1, 1) for path in paths}, "an open hour keeps every path"
+
+    await insert_views(db, site_id, [(hour + timedelta(minutes=40), 1000 + n, "/hot") for n in range(3)])
+    await reports.rollup(now=hour + timedelta(hours=2))
+    kept = paths[: ENTRY_PATHS_PER_HOUR - 1]
+    folded = paths[ENTRY_PATHS_PER_HOUR - 1 :]
+    assert await rows() == ENTRY_PATHS_PER_HOUR + 1
+    assert await report() == {"/hot": (3, 3)} | {path: (1, 1) for path in kept} | {OTHER_VALUE: (5, 5)}
 
     extended = (hour + timedelta(minutes=12), paths.index(folded[-1]), "/more")
     await insert_views(db, site_id, [extended], received_at=datetime.now(UTC))
@@ -176,11 +196,8 @@ async def test_an_hour_counts_its_first_paths_and_the_rest_in_other_also_when_th
         db, site_id, [(hour + timedelta(minutes=30), 5000, "/late")], received_at=datetime.now(UTC)
     )
     await reports.rollup(now=datetime.now(UTC) + timedelta(hours=1))
-    rows = await scalar(
-        db, "select count(*) from page_view_entry_hourly where site_id = %s and hour = %s", site_id, hour
-    )
-    assert rows == ENTRY_PATHS_PER_HOUR + 1
-    assert await report() == {"/hot": (3, 3)} | {path: (1, 1) for path in kept[1:]} | {OTHER_VALUE: (6, 5)}
+    assert await rows() == ENTRY_PATHS_PER_HOUR + 1
+    assert await report() == {"/hot": (3, 3)} | {path: (1, 1) for path in kept} | {OTHER_VALUE: (6, 5)}
 
 
 async def test_the_fill_counts_the_visits_the_previous_release_stored(
@@ -209,7 +226,57 @@ async def test_the_bound_is_the_databases_and_the_entry_pages_route_documents_it
     app: Litestar, db: AsyncConnection[Any]
 ) -> None:
     assert await scalar(db, "select analytics_entry_paths_per_hour()") == ENTRY_PATHS_PER_HOUR
+    assert await scalar(db, "select analytics_entry_paths_open_hour()") == ENTRY_PATHS_OPEN_HOUR
     description = app.openapi_schema.to_schema()["paths"]["/api/sites/{site_id}/entry-pages"]["get"][
         "description"
     ]
-    assert f"`{OTHER_VALUE}`" in description and f"first {ENTRY_PATHS_PER_HOUR} entry paths" in description
+    assert (
+        f"`{OTHER_VALUE}`" in description
+        and f"{ENTRY_PATHS_PER_HOUR} most visited entry paths" in description
+    )
+    assert f"up to {ENTRY_PATHS_OPEN_HOUR:,} paths until it has ended" in description
+
+
+async def test_a_visit_the_purge_deletes_while_the_fill_counts_its_day_is_not_counted(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
+) -> None:
+    """The purges delete visits without the rollup's lock. One deleting a visit of the day the fill is
+    counting lowered the row the fill was replacing, after which the fill's new count still held the
+    visit (diffreview40: a negative row, or a count one too high). The fill now holds the visits for
+    the length of a site-day: the purge waits, then lowers the new count. Here the fill is held at its
+    delete by a lock on the day's row, until the purge waits too."""
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    await pageview_queries.ensure_partitions(db, from_day=start.date(), days=2)
+    await insert_views(db, site_id, [(start + timedelta(hours=5), visitor, "/a") for visitor in (1, 2)])
+    await reports.rollup(now=start + timedelta(days=1))
+
+    async def visits_of_a() -> int:
+        return int(
+            await scalar(
+                db,
+                "select visits from page_view_entry_hourly where site_id = %s and entry_path = '/a'",
+                site_id,
+            )
+        )
+
+    assert await visits_of_a() == 2
+    async with (
+        await AsyncConnection.connect(database_url) as holder,
+        await AsyncConnection.connect(database_url, autocommit=True) as filler,
+        await AsyncConnection.connect(database_url, autocommit=True) as purger,
+    ):
+        await holder.execute("select 1 from page_view_entry_hourly where site_id = %s for update", (site_id,))
+        fill = asyncio.create_task(filler.execute(migration_up("analytics_entry_counts_filled")))
+        await wait_until(lambda: waiting(db, 1), 30, "the fill waits for the day's row")
+        purge = asyncio.create_task(
+            purger.execute("delete from page_view_visits where site_id = %s and visitor_id = 1", (site_id,))
+        )
+        await wait_until(lambda: waiting(db, 2), 30, "the purge waits too")
+        await holder.rollback()
+        await fill
+        await purge
+    assert await visits_of_a() == 1
+
+
+async def waiting(db: AsyncConnection[Any], sessions: int) -> bool:
+    return await sessions_waiting_for_a_lock(db) >= sessions

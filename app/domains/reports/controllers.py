@@ -26,6 +26,7 @@ from app.domains.reports.schemas import (
 from app.domains.reports.services import (
     DIMENSION_VALUES_OPEN_HOUR,
     DIMENSION_VALUES_PER_HOUR,
+    ENTRY_PATHS_OPEN_HOUR,
     ENTRY_PATHS_PER_HOUR,
     RANK_CURSOR_MAX_LENGTH,
     RANK_CURSOR_PATTERN,
@@ -105,12 +106,15 @@ OTHER_DOC = (
     " of the UTC hours the period's ends cut."
 )
 ENTRY_DOC = (
-    "Most visits first, then by path. Visits are counted per UTC hour of their start, keeping the first"
-    f" {ENTRY_PATHS_PER_HOUR} entry paths to come in each hour: the visits of that hour's later paths are"
-    " counted under the path `(other)`, listed like any path, so no visit is missing from the list (a real"
-    " path spelled `(other)` is counted with them). Visits made or changed by views not rolled up yet"
-    " (about the last five to ten minutes) and, for a zone whose offset is not a whole hour, the visits"
-    " starting in the UTC hours the period's ends cut are counted under their own paths."
+    "Most visits first, then by path. Visits are counted per UTC hour of their start, keeping the"
+    f" {ENTRY_PATHS_PER_HOUR} most visited entry paths of each hour: the visits of that hour's other paths"
+    " are counted under the path `(other)`, listed like any path, so no visit is missing from the list (a"
+    f" real path spelled `(other)` is counted with them). An hour keeps up to {ENTRY_PATHS_OPEN_HOUR:,}"
+    " paths until it has ended, and is then ranked on every visit of it counted by then; a path new to an"
+    f" hour that has ended gets its own count while the hour has fewer than {ENTRY_PATHS_PER_HOUR}. Visits"
+    " made or changed by views not rolled up yet (about the last five to ten minutes) and, for a zone whose"
+    " offset is not a whole hour, the visits starting in the UTC hours the period's ends cut are counted"
+    " under their own paths."
 )
 
 RANGE_DOC = (

@@ -50,8 +50,8 @@ visitor: at most an hourly series' 31 days.
 
 The entry pages are read from counts too: per site, UTC hour and entry path, the visits that started
 in it and their bounces (``page_view_entry_hourly``, kept by triggers on the visits), at most
-``ENTRY_PATHS_PER_HOUR`` paths an hour, first come, the rest in ``OTHER_VALUE``: a report reads at most
-101 rows per whole hour, as the breakdowns do, and per visit only the hours a fractional zone cuts.
+``ENTRY_PATHS_PER_HOUR`` paths a closed hour, the rest in ``OTHER_VALUE``: a report reads at most 101
+rows per closed hour, as the breakdowns do, and per visit only the hours a fractional zone cuts.
 
 One time-zone database. The buckets are PostgreSQL's (``analytics_bucket_key``: an hour is
 ``date_trunc('hour', ts, tz)``, a day the local date of ``ts``, starting at ``local_day_start``, its
@@ -156,9 +156,11 @@ step, a value that missed the first step's top 100 could never enter them; ranke
 hour has ended, an hour with up to this many values a step is ranked on all its views."""
 OTHER_VALUE = "(other)"
 ENTRY_PATHS_PER_HOUR = 100
-"""The entry paths a UTC hour keeps a row for (``analytics_entry_paths_per_hour()``), the first to
-come: there is no rollup step to rank them at, the visits' triggers count them as the visits are
-written and changed (for 24 hours). A later path counts in ``OTHER_VALUE`` for that hour."""
+ENTRY_PATHS_OPEN_HOUR = 1_000
+"""The entry paths a UTC hour keeps a row for (``analytics_entry_paths_per_hour()``, and while it is
+open ``analytics_entry_paths_open_hour()``), as the dimensions: the visits' triggers count them as
+the visits are written and changed (for 24 hours), first come, and the step that closes an hour ranks
+it on all its visits (``FoldEntryHours``). A path without a row counts in ``OTHER_VALUE``."""
 # The first RANKED_ROWS rows of a breakdown or of the entry pages (and whether more follow) are
 # computed and cached once per (site, report, period, zone), and every page within them (any limit,
 # any cursor) is sliced from that list: limit and cursor no longer multiply the queries. A page past
@@ -356,6 +358,9 @@ class ReportService:
                 )
                 await queries.rollup_visitors(conn, **window)
                 await queries.rollup_visits(conn, **window)
+                await queries.fold_entry_hours(
+                    conn, other=OTHER_VALUE, closed_from=closed_from, received_to=end
+                )
                 await queries.set_watermark(conn, rolled_up_to=end)
             if first is None:
                 return total
@@ -660,8 +665,9 @@ class ReportService:
         moment. What the pin does not hold (diffreview32): a view stamped before the instant and stored
         after the first page (the ingest's batch in flight: normally milliseconds, at worst
         ``sink_commit_bound_s``) counts on later pages only, and the rollup run that closes an hour
-        (once an hour) or holds an open hour to ``DIMENSION_VALUES_OPEN_HOUR`` values folds values into
-        ``(other)`` under the walk: either may move a value before the cursor. A page past
+        (once an hour) or holds an open hour to ``DIMENSION_VALUES_OPEN_HOUR`` values (or
+        ``ENTRY_PATHS_OPEN_HOUR`` entry paths) folds values into ``(other)`` under the walk: either may
+        move a value before the cursor. A page past
         ``WALK_PINNED_FOR`` (or of a cursor without the instant) reads the counts of the moment."""
         after = decode_rank_cursor(cursor) if cursor is not None else None
 
