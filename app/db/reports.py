@@ -607,14 +607,11 @@ async def report_breakdown(
 
 REPORT_ENTRY_PAGES = """\
 with bounds as (
-    select case when ($4::timestamptz) = date_trunc('hour', $4::timestamptz, 'UTC')
-            then $4::timestamptz
-            else least(date_trunc('hour', $4::timestamptz, 'UTC') + interval '1 hour', $5::timestamptz)
-        end as whole_from,
-        case when ($5::timestamptz) = date_trunc('hour', $5::timestamptz, 'UTC')
-            then $5::timestamptz
-            else date_trunc('hour', $5::timestamptz, 'UTC')
-        end as whole_to
+    select least(  -- the first UTC hour at or after range_from
+            date_trunc('hour', ($4::timestamptz) - interval '1 microsecond', 'UTC') + interval '1 hour',
+            $5::timestamptz
+        ) as whole_from,
+        date_trunc('hour', $5::timestamptz, 'UTC') as whole_to
 ),
 merged as materialized (
     select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews, m.entry_path

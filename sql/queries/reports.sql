@@ -409,14 +409,11 @@ limit @row_limit;
 -- they make and take away the stored ones they merge (analytics_visits_before's rule), each from the
 -- row that counts it; a path the counts fold into @other keeps its visits from those views.
 with bounds as (
-    select case when (@range_from::timestamptz) = date_trunc('hour', @range_from::timestamptz, 'UTC')
-            then @range_from::timestamptz
-            else least(date_trunc('hour', @range_from::timestamptz, 'UTC') + interval '1 hour', @range_to::timestamptz)
-        end as whole_from,
-        case when (@range_to::timestamptz) = date_trunc('hour', @range_to::timestamptz, 'UTC')
-            then @range_to::timestamptz
-            else date_trunc('hour', @range_to::timestamptz, 'UTC')
-        end as whole_to
+    select least(  -- the first UTC hour at or after range_from
+            date_trunc('hour', (@range_from::timestamptz) - interval '1 microsecond', 'UTC') + interval '1 hour',
+            @range_to::timestamptz
+        ) as whole_from,
+        date_trunc('hour', @range_to::timestamptz, 'UTC') as whole_to
 ),
 merged as materialized (
     select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews, m.entry_path

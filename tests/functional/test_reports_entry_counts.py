@@ -222,6 +222,28 @@ async def test_the_fill_counts_the_visits_the_previous_release_stored(
     assert [(await entry_pages(db, site_id, rng))[0] for rng in ranges] == before
 
 
+async def test_the_fill_keeps_a_full_hours_rows_as_the_rollups_fold_kept_them(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
+) -> None:
+    """An hour over the bound, with a path too long for a row: the fill (the triggers' rule, one
+    statement per day) gives the closed hour the rows the rollup's fold gave it."""
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=20)
+    await pageview_queries.ensure_partitions(db, from_day=hour.date(), days=2)
+    views = [(hour + timedelta(minutes=2), n, f"/p{n:03}") for n in range(ENTRY_PATHS_PER_HOUR + 4)]
+    views += [(hour + timedelta(minutes=40), 1000 + n, "/hot") for n in range(3)]
+    views += [(hour + timedelta(minutes=41), 2000, "/" + "x" * 2100)]
+    await insert_views(db, site_id, views)
+    await reports.rollup(now=hour + timedelta(hours=3))
+    stored = "select entry_path, visits, bounces from page_view_entry_hourly where site_id = %s order by 1"
+    folded = await (await db.execute(stored, (site_id,))).fetchall()
+    assert len(folded) == ENTRY_PATHS_PER_HOUR + 1
+
+    await db.execute("delete from page_view_entry_hourly where site_id = %s", (site_id,))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(migration_up("analytics_entry_counts_filled"))
+    assert await (await db.execute(stored, (site_id,))).fetchall() == folded
+
+
 async def test_the_bound_is_the_databases_and_the_entry_pages_route_documents_it(
     app: Litestar, db: AsyncConnection[Any]
 ) -> None:
