@@ -58,7 +58,8 @@ LISTEN_POLL_S = 1.0
 
 class PollingPubSubMultiplexer(PubSubMultiplexer):
     """SAQ 0.26's job-update listener, whose reads end by their own timeout (``LISTEN_POLL_S``), which
-    keeps the connection, instead of the client's socket timeout, which drops it."""
+    keeps the connection, instead of the client's socket timeout, which drops it. SAQ's loop, copied
+    with that one change: it takes no setting for the read's timeout."""
 
     async def _start(self) -> None:
         await self.pubsub.psubscribe(f"{self.prefix}*")
