@@ -616,7 +616,7 @@ with bounds as (
 merged as materialized (
     select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews, m.entry_path
     from analytics_merged_visits(
-        $6::bigint, analytics_watermark(), coalesce($7::timestamptz, 'infinity')
+        $6::bigint, (select analytics_watermark()), coalesce($7::timestamptz, 'infinity')
     ) m
 ),
 replaced as (

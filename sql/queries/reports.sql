@@ -418,7 +418,7 @@ with bounds as (
 merged as materialized (
     select m.visitor_id, m.started_at, m.last_seen_at, m.pageviews, m.entry_path
     from analytics_merged_visits(
-        @site_id::bigint, analytics_watermark(), coalesce(sqlc.narg(received_before)::timestamptz, 'infinity')
+        @site_id::bigint, (select analytics_watermark()), coalesce(sqlc.narg(received_before)::timestamptz, 'infinity')
     ) m
 ),
 replaced as (

@@ -1,0 +1,213 @@
+"""A report reads the rollups' watermark a fixed number of times, not once per view (migration
+20261207030000).
+
+``analytics_watermark()`` is a SQL function that reads ``analytics_rollup_state``. The reports used it
+in the filters that tell a view not rolled up yet from one rolled up, and PostgreSQL evaluates a stable
+function in a filter once per row: finding a site's pending views, through ``(site_id, ts)`` over the
+last 24 hours, read the state table once per view the site received that day (2 s per read at a
+million views a day). Each evaluation is one scan of that table, counted in the transaction's own
+statistics, which no machine's speed changes.
+
+The reports now pass the watermark to ``analytics_merged_visits`` once as well, which keeps the call
+from being inlined: a burst of pending views no longer makes its plan read every visit of the site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from psycopg import AsyncConnection
+
+from app.db import pageviews as pageview_queries
+from app.db import reports as report_queries
+from app.domains.reports.services import OTHER_VALUE, ReportService
+from tests.factories import scalar
+from tests.functional.test_reports_visitor_counts import rows_read
+
+ROLLED = 1_500
+"""Views received over the last day and rolled up: each one was a read of the watermark."""
+PENDING = 20
+"""Views received after the rollup: the reports' raw tail, visitors and visits."""
+STORED = 30_000
+"""Stored visits of the site, one per visitor."""
+PENDING_VIEWS = 3_000
+"""Views not rolled up yet, one per visitor: every third one a stored visitor's, a minute into its visit."""
+READS_PER_REPORT = 10
+"""At most 6 now (an initplan per place a statement compares the watermark); was one per view."""
+
+Report = Callable[[AsyncConnection[Any], datetime, datetime], Awaitable[object]]
+"""A report over [start, end) of the busy day's site, its answer."""
+
+
+async def watermark_reads(db: AsyncConnection[Any]) -> int:
+    """The scans this transaction has made of analytics_rollup_state (its indexes included)."""
+    reads = await scalar(
+        db,
+        "select pg_stat_get_xact_numscans('analytics_rollup_state'::regclass) + coalesce(("
+        "    select sum(pg_stat_get_xact_numscans(i.indexrelid)) from pg_index i"
+        "    where i.indrelid = 'analytics_rollup_state'::regclass"
+        "), 0)",
+    )
+    return int(reads)
+
+
+@pytest.fixture
+async def busy_day(reports: ReportService, db: AsyncConnection[Any], site_id: int) -> datetime:
+    """ROLLED views over the day before the last hour, rolled up, then PENDING views received now;
+    returns now."""
+    now = datetime.now(UTC)
+    await pageview_queries.ensure_partitions(db, from_day=(now - timedelta(days=2)).date(), days=4)
+    await db.execute(
+        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
+        " select %(site)s, t, t, g / 3, '/p' || (g %% 7), 'desktop', 'firefox', 'linux'"
+        " from generate_series(0, %(n)s - 1) g, lateral ("
+        "     select %(now)s::timestamptz - interval '25 hours' + g * (interval '23 hours' / %(n)s)"
+        " ) t (t)",
+        {"site": site_id, "n": ROLLED, "now": now},
+    )
+    await reports.rollup(now=now)
+    await db.execute(
+        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
+        " select %s, %s::timestamptz, %s::timestamptz, 1000000 + g, '/new', 'desktop', 'firefox', 'linux'"
+        " from generate_series(1, %s) g",
+        (site_id, now, now, PENDING),
+    )
+    assert (
+        await scalar(db, "select count(*) from page_views where received_at >= analytics_watermark()")
+        == PENDING
+    )
+    return now
+
+
+def reports_of(site_id: int, tz: str) -> dict[str, Report]:
+    span = {"site_id": site_id}
+
+    async def summary(db: AsyncConnection[Any], start: datetime, end: datetime) -> object:
+        return await report_queries.report_summary(db, range_from=start, range_to=end, **span)
+
+    async def hourly(db: AsyncConnection[Any], start: datetime, end: datetime) -> object:
+        return await report_queries.report_timeseries(
+            db, unit="hour", tz=tz, step=timedelta(minutes=15), range_from=start, range_to=end, **span
+        )
+
+    async def daily(db: AsyncConnection[Any], start: datetime, end: datetime) -> object:
+        return await report_queries.report_timeseries(
+            db, unit="day", tz=tz, step=timedelta(hours=1), range_from=start, range_to=end, **span
+        )
+
+    async def paths(db: AsyncConnection[Any], start: datetime, end: datetime) -> object:
+        return await report_queries.report_breakdown(
+            db,
+            dimension="path",
+            skip_empty=True,
+            after_views=None,
+            after_value=None,
+            row_limit=11,
+            received_before=None,
+            range_from=start,
+            range_to=end,
+            **span,
+        )
+
+    async def entry_pages(db: AsyncConnection[Any], start: datetime, end: datetime) -> object:
+        return await report_queries.report_entry_pages(
+            db,
+            after_visits=None,
+            after_path=None,
+            row_limit=11,
+            received_before=None,
+            other=OTHER_VALUE,
+            range_from=start,
+            range_to=end,
+            **span,
+        )
+
+    return {
+        "summary": summary,
+        "series by hour": hourly,
+        "series by day": daily,
+        "paths": paths,
+        "entry pages": entry_pages,
+    }
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
+async def test_a_report_reads_the_watermark_a_fixed_number_of_times_whatever_the_days_views(
+    db: AsyncConnection[Any], site_id: int, busy_day: datetime, tz: str
+) -> None:
+    """Every report over the last three local days of ``tz`` (Kolkata's cut half hours are read raw)
+    reads the watermark at most READS_PER_REPORT times and counts every view. Was: once per view of
+    the last 24 hours, some 4,500 times for the summary."""
+    today = busy_day.astimezone(ZoneInfo(tz)).date()
+    start = await scalar(db, "select local_day_start(%s::date, %s)", today - timedelta(days=2), tz)
+    end = await scalar(db, "select local_day_start(%s::date, %s)", today + timedelta(days=1), tz)
+    reads: dict[str, int] = {}
+    for name, report in reports_of(site_id, tz).items():
+        async with db.transaction(force_rollback=True):
+            before = await watermark_reads(db)
+            answer = await report(db, start, end)
+            reads[name] = await watermark_reads(db) - before
+        assert answer, name
+    assert max(reads.values()) <= READS_PER_REPORT, reads
+    summary = await report_queries.report_summary(db, site_id=site_id, range_from=start, range_to=end)
+    assert summary is not None and summary.pageviews == ROLLED + PENDING
+
+
+async def test_a_burst_of_pending_views_finds_the_visits_it_touches_by_probes_not_by_reading_the_sites_visits(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int
+) -> None:
+    """STORED visits of the site, then PENDING_VIEWS views, every third a stored visitor's, and
+    statistics taken after them (as after a burst): the entry pages read of the visits about one row
+    per pending view (its visitor's probe by primary key). Was: the inlined call estimated the pending
+    views from those statistics and hashed every visit of the site (31,002 rows read here)."""
+    now = datetime.now(UTC)
+    await pageview_queries.ensure_partitions(db, from_day=(now - timedelta(days=2)).date(), days=4)
+    await db.execute(
+        "insert into page_view_visits (site_id, visitor_id, started_at, last_seen_at, pageviews, entry_path)"
+        " select %s, g, %s::timestamptz - interval '20 hours' + g * interval '1 second',"
+        " %s::timestamptz - interval '20 hours' + g * interval '1 second', 1, '/old'"
+        " from generate_series(1, %s) g",
+        (site_id, now, now, STORED),
+    )
+    await db.execute(
+        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
+        " select %s, t, t, g, '/old', 'desktop', 'firefox', 'linux' from generate_series(1, %s) g,"
+        " lateral (select %s::timestamptz - interval '20 hours' + g * interval '1 second') t (t)",
+        (site_id, STORED, now),
+    )
+    await db.execute(
+        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
+        " select %(site)s, %(now)s::timestamptz - interval '20 hours' + (g + 60) * interval '1 second',"
+        " %(now)s, case when g %% 3 = 0 then g else %(stored)s + g end, '/new', 'desktop', 'firefox', 'linux'"
+        " from generate_series(1, %(n)s) g",
+        {"site": site_id, "now": now, "stored": STORED, "n": PENDING_VIEWS},
+    )
+    await db.execute("analyze page_view_visits")
+    await db.execute("analyze page_views")
+    await db.execute(
+        "insert into analytics_rollup_state (id, rolled_up_to) values (true, %s)"
+        " on conflict (id) do update set rolled_up_to = excluded.rolled_up_to",
+        (now - timedelta(minutes=1),),
+    )
+    start, end = now - timedelta(days=1), now + timedelta(hours=1)
+    async with db.transaction(force_rollback=True):
+        before = await rows_read(db)
+        rows = await report_queries.report_entry_pages(
+            db,
+            after_visits=None,
+            after_path=None,
+            row_limit=11,
+            received_before=None,
+            other=OTHER_VALUE,
+            range_from=start,
+            range_to=end,
+            site_id=site_id,
+        )
+        visits_read = (await rows_read(db))["page_view_visits"] - before["page_view_visits"]
+    returning = PENDING_VIEWS // 3
+    assert {r.path: r.visits for r in rows} == {"/old": STORED, "/new": PENDING_VIEWS - returning}
+    assert visits_read <= 3 * PENDING_VIEWS, visits_read
