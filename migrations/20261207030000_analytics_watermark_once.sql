@@ -18,6 +18,10 @@
 -- previous release keeps working.
 set local lock_timeout = '3s';
 
+comment on function analytics_watermark() is
+    'The rollups'' watermark, read from analytics_rollup_state: a query per call. Compare with '
+    '(select analytics_watermark()), evaluated once per statement; in a filter the call runs once per row.';
+
 create or replace function analytics_merged_visits(only_site bigint, received_from timestamptz, received_to timestamptz)
 returns setof page_view_visits
 language sql stable as $$
@@ -296,6 +300,8 @@ $$;
 
 -- migrate:down
 set local lock_timeout = '3s';
+
+comment on function analytics_watermark() is null;
 
 create or replace function analytics_merged_visits(only_site bigint, received_from timestamptz, received_to timestamptz)
 returns setof page_view_visits
