@@ -35,16 +35,16 @@ visits and visitors by primary key (none here), and a join's plan may read a row
 empty. Was: each of the period's 1,200 visitor rows, or 600 visitors, and every one of its visits."""
 
 
-async def rows_read(db: AsyncConnection[Any]) -> dict[str, int]:
-    """The rows this transaction has read so far of the tables kept per visitor (sequential scans
-    and index entries, index-only scans included)."""
+async def rows_read(db: AsyncConnection[Any], tables: tuple[str, ...] = PER_VISITOR) -> dict[str, int]:
+    """The rows this transaction has read so far of ``tables`` (by default those kept per visitor):
+    sequential scans and index entries, index-only scans included."""
     cursor = await db.execute(
         "select c.relname::text, pg_stat_get_xact_tuples_returned(c.oid) + coalesce(("
         "    select sum(pg_stat_get_xact_tuples_returned(i.indexrelid))"
         "    from pg_index i where i.indrelid = c.oid"
         "), 0)"
         " from pg_class c where c.relname = any(%s) and c.relkind = 'r'",
-        (list(PER_VISITOR),),
+        (list(tables),),
     )
     return {name: int(read) for name, read in await cursor.fetchall()}
 

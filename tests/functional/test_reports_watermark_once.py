@@ -194,11 +194,7 @@ async def test_a_burst_of_pending_views_finds_the_visits_it_touches_by_probes_no
     )
     await db.execute("analyze page_view_visits")
     await db.execute("analyze page_views")
-    await db.execute(
-        "insert into analytics_rollup_state (id, rolled_up_to) values (true, %s)"
-        " on conflict (id) do update set rolled_up_to = excluded.rolled_up_to",
-        (now - timedelta(minutes=1),),
-    )
+    await report_queries.set_watermark(db, rolled_up_to=now - timedelta(minutes=1))
     start, end = now - timedelta(days=1), now + timedelta(hours=1)
     async with db.transaction(force_rollback=True):
         before = await rows_read(db)
@@ -219,20 +215,6 @@ async def test_a_burst_of_pending_views_finds_the_visits_it_touches_by_probes_no
     assert visits_read <= 3 * PENDING_VIEWS, visits_read
 
 
-async def tuples_read(db: AsyncConnection[Any], table: str) -> int:
-    """The rows this transaction has read so far of ``table`` (scans and index entries)."""
-    read = await scalar(
-        db,
-        "select pg_stat_get_xact_tuples_returned(%s::regclass) + coalesce(("
-        "    select sum(pg_stat_get_xact_tuples_returned(i.indexrelid)) from pg_index i"
-        "    where i.indrelid = %s::regclass"
-        "), 0)",
-        table,
-        table,
-    )
-    return int(read)
-
-
 async def test_counting_entry_paths_reads_an_hours_paths_once_per_statement_not_once_per_path(
     db: AsyncConnection[Any], site_id: int
 ) -> None:
@@ -244,11 +226,7 @@ async def test_counting_entry_paths_reads_an_hours_paths_once_per_statement_not_
     statement (540,600 rows read here, against 1,500 now)."""
     now = datetime.now(UTC)
     hour = now.replace(minute=0, second=0, microsecond=0)
-    await db.execute(
-        "insert into analytics_rollup_state (id, rolled_up_to) values (true, %s)"
-        " on conflict (id) do update set rolled_up_to = excluded.rolled_up_to",
-        (hour,),
-    )
+    await report_queries.set_watermark(db, rolled_up_to=hour)
     await db.execute(  # earlier hours' counts: a table of a real size, read through its index
         "insert into page_view_entry_hourly (site_id, hour, entry_path, visits, bounces)"
         " select %s, %s::timestamptz - h * interval '1 hour', '/x' || p, 1, 0"
@@ -263,12 +241,17 @@ async def test_counting_entry_paths_reads_an_hours_paths_once_per_statement_not_
     )
     held = {"site": site_id, "first": 0, "hour": hour, "prefixes": ["/p"], "count": OPEN_PATHS}
     await db.execute(visits, held)
+
+    async def reads() -> tuple[int, int]:
+        """Rows of the counts read so far and reads of the watermark, in this transaction."""
+        counts = await rows_read(db, ("page_view_entry_hourly",))
+        return counts["page_view_entry_hourly"], await watermark_reads(db)
+
     async with db.transaction(force_rollback=True):
-        before = (await tuples_read(db, "page_view_entry_hourly"), await watermark_reads(db))
+        before = await reads()
         added = {"site": site_id, "first": OPEN_PATHS, "hour": hour, "prefixes": ["/p", "/q"], "count": ADDED}
         await db.execute(visits, added)
-        read = await tuples_read(db, "page_view_entry_hourly") - before[0]
-        watermarks = await watermark_reads(db) - before[1]
+        after = await reads()
         rows = dict(
             await (
                 await db.execute(
@@ -277,8 +260,9 @@ async def test_counting_entry_paths_reads_an_hours_paths_once_per_statement_not_
                 )
             ).fetchall()
         )
+    counts_read, watermarks = after[0] - before[0], after[1] - before[1]
     room = ENTRY_PATHS_OPEN_HOUR - OPEN_PATHS
     assert rows["/p0"] == 2 and rows[OTHER_VALUE] == ADDED - room
     assert sum(1 for path in rows if path.startswith("/q")) == room
     assert watermarks <= 1, watermarks
-    assert read <= OPEN_PATHS + 3 * 2 * ADDED, read
+    assert counts_read <= OPEN_PATHS + 3 * 2 * ADDED, counts_read
