@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -32,13 +31,11 @@ from typing import Any
 import psycopg
 
 from app.config import Settings
-from app.core.services import open_services
 from app.db import pageviews as pageview_queries
 from app.db import reports as queries
-from app.domains.reports.services import OTHER_VALUE, RANKED_ROWS, ReportService
-from app.modules import MODULES
+from app.domains.reports.services import OTHER_VALUE, RANKED_ROWS
 from benchmarks.harness.provision import migrated_embedded
-from benchmarks.report_zones import best_of
+from benchmarks.report_zones import best_of, new_site, roll_up
 
 DOMAIN = "pending.bench.example"
 GENERATE = """
@@ -62,34 +59,14 @@ def say(message: str) -> None:
 async def generate(settings: Settings, per_day: int, now: datetime) -> int:
     """The new site's id, its views of the 24 hours before the last quarter hour rolled up."""
     assert settings.database_url
+    with psycopg.connect(settings.database_url, autocommit=True) as setup:
+        site = new_site(setup, DOMAIN)
     async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        await conn.execute("delete from sites where domain = %s", (DOMAIN,))
-        await conn.execute("truncate page_views, analytics_rollup_state")
         await pageview_queries.ensure_partitions(conn, from_day=(now - timedelta(days=8)).date(), days=11)
-        owner = await (
-            await conn.execute(
-                "insert into users (email, display_name, password_hash, role)"
-                " values (%s, 'bench', 'x', 'member')"
-                " on conflict (email) do update set display_name = excluded.display_name returning id",
-                (f"owner@{DOMAIN}",),
-            )
-        ).fetchone()
-        assert owner is not None
-        site = await (
-            await conn.execute(
-                "insert into sites (owner_id, domain, ingest_key, timezone)"
-                " values (%s, %s, %s, 'UTC') returning id",
-                (owner[0], DOMAIN, secrets.token_urlsafe(24)),
-            )
-        ).fetchone()
-        assert site is not None
         start = now - timedelta(hours=24, minutes=15)
-        await conn.execute(GENERATE, {"site": site[0], "start": start, "count": per_day})
-    async with open_services(settings, MODULES) as services:
-        await services[ReportService].rollup(now=now)
-    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        await conn.execute("vacuum analyze")
-    return int(site[0])
+        await conn.execute(GENERATE, {"site": site, "start": start, "count": per_day})
+    await roll_up(settings, now)
+    return site
 
 
 async def measure(database_url: str, site: int, now: datetime, rounds: int) -> dict[str, float]:

@@ -72,26 +72,41 @@ def ensure_data(settings: Settings, per_day: int, now: datetime) -> int:
         if found is not None and found[1] == per_day:
             say(f"data set present ({per_day:,} views a day, up to {now:%H:%M} UTC): reused")
             return int(found[0])
-        conn.execute("delete from sites where domain = %s", (DOMAIN,))
-        conn.execute("truncate page_views, analytics_rollup_state")
-        owner = conn.execute(
-            "insert into users (email, display_name, password_hash, role) values (%s, 'bench', 'x', 'member')"
-            " on conflict (email) do update set display_name = excluded.display_name returning id",
-            (f"owner@{DOMAIN}",),
-        ).fetchone()
-        assert owner is not None
-        site = conn.execute(
-            "insert into sites (owner_id, domain, ingest_key, timezone)"
-            " values (%s, %s, %s, 'UTC') returning id",
-            (owner[0], DOMAIN, secrets.token_urlsafe(24)),
-        ).fetchone()
-        assert site is not None
+        site = new_site(conn, DOMAIN)
     start = now - timedelta(days=DAYS + 2)
     say(f"generating {per_day * (DAYS + 2):,} views and rolling them up ...")
     started = time.monotonic()
-    asyncio.run(_generate(settings, int(site[0]), per_day, start, now))
+    asyncio.run(_generate(settings, site, per_day, start, now))
     say(f"generated and rolled up in {time.monotonic() - started:.0f} s")
+    return site
+
+
+def new_site(conn: psycopg.Connection[Any], domain: str) -> int:
+    """The id of a new site of ``domain``, its owner ``owner@<domain>``; the previous one, every view
+    and the rollups' watermark gone (a benchmark's data set, generated again)."""
+    conn.execute("delete from sites where domain = %s", (domain,))
+    conn.execute("truncate page_views, analytics_rollup_state")
+    owner = conn.execute(
+        "insert into users (email, display_name, password_hash, role) values (%s, 'bench', 'x', 'member')"
+        " on conflict (email) do update set display_name = excluded.display_name returning id",
+        (f"owner@{domain}",),
+    ).fetchone()
+    assert owner is not None
+    site = conn.execute(
+        "insert into sites (owner_id, domain, ingest_key, timezone) values (%s, %s, %s, 'UTC') returning id",
+        (owner[0], domain, secrets.token_urlsafe(24)),
+    ).fetchone()
+    assert site is not None
     return int(site[0])
+
+
+async def roll_up(settings: Settings, now: datetime) -> None:
+    """The rollup job up to ``now`` (``ReportService.rollup``), then fresh statistics."""
+    assert settings.database_url
+    async with open_services(settings, MODULES) as services:
+        await services[ReportService].rollup(now=now)
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        await conn.execute("vacuum analyze")
 
 
 async def _generate(settings: Settings, site: int, per_day: int, start: datetime, now: datetime) -> None:
@@ -104,10 +119,7 @@ async def _generate(settings: Settings, site: int, per_day: int, start: datetime
         await conn.execute(
             GENERATE, {"site": site, "start": start, "per_day": per_day, "count": count, "end": now}
         )
-    async with open_services(settings, MODULES) as services:
-        await services[ReportService].rollup(now=now)
-    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        await conn.execute("vacuum analyze")
+    await roll_up(settings, now)
 
 
 async def best_of(rounds: int, run: Callable[[], Awaitable[Any]]) -> float:
