@@ -695,6 +695,7 @@ class PageViewDailyVisitor(msgspec.Struct, frozen=True, gc=False):
     visitor_id: int
     first_quarter: int
     last_quarter: int
+    quarters: str | None
 
 
 class PageViewQuarter(msgspec.Struct, frozen=True, gc=False):
@@ -705,6 +706,7 @@ class PageViewQuarter(msgspec.Struct, frozen=True, gc=False):
     visits: int
     bounces: int
     visit_pageviews: int
+    hour_visitors: int
 
 
 class PageViewEntryHourly(msgspec.Struct, frozen=True, gc=False):

@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 from app.db import pageviews as pageview_queries
 from app.domains.reports.schemas import Interval
 from app.domains.reports.services import ReportService, resolve_range
-from tests.factories import migration_up
+from tests.factories import migration_up, scalar
 from tests.functional.test_reports_zones import insert_view
 
 
@@ -36,7 +36,7 @@ async def test_the_fill_counts_what_the_previous_release_rolled_up(
     reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
 ) -> None:
     """Views of three days rolled up; the counts then emptied as before the upgrade (the answers drop
-    to no visitors); the fill, run twice, brings back the same answers in three kinds of zone."""
+    to no visitors); the fills, run twice each, bring back the same answers in three kinds of zone."""
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
     await pageview_queries.ensure_partitions(db, from_day=start.date(), days=5)
     for n in range(120):
@@ -54,6 +54,41 @@ async def test_the_fill_counts_what_the_previous_release_rolled_up(
     assert emptied[0].visitors == 0 and emptied[0].visits == 0
 
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(migration_up("analytics_day_rollups_filled"))
-        conn.execute(migration_up("analytics_day_rollups_filled"))
+        for name in ("analytics_day_rollups_filled", "analytics_shifted_hours_filled"):  # as an upgrade does
+            conn.execute(migration_up(name))
+            conn.execute(migration_up(name))
     assert [await answers(reports, site_id, tz) for tz in zones] == before
+
+
+async def test_the_fill_gives_the_visitors_their_quarters_and_the_hours_off_the_hour_their_counts(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
+) -> None:
+    """Migration 20261207050000 keeps each daily visitor's quarters and the visitors of each hour that
+    starts off the hour; 20261207050100 fills them for the visitors an upgrade finds. Emptied as before
+    the upgrade, the hourly series of Kolkata and Kathmandu lose their visitors; the fill, run twice,
+    brings back the same answers, and leaves no visitor without its quarters."""
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
+    await pageview_queries.ensure_partitions(db, from_day=start.date(), days=5)
+    for n in range(120):
+        ts = start + timedelta(minutes=37 * n)
+        await insert_view(db, site_id, ts, (n // 2) * 10 + ts.toordinal() % 10)
+    await reports.rollup(now=start + timedelta(days=4))
+    zones = ("Asia/Kolkata", "Asia/Kathmandu")
+    before = [await answers(reports, site_id, tz) for tz in zones]
+
+    await db.execute("update page_view_daily_visitors set quarters = null where site_id = %s", (site_id,))
+    await db.execute("update page_view_quarters set hour_visitors = 0 where site_id = %s", (site_id,))
+    assert [await answers(reports, site_id, tz) for tz in zones] != before
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(migration_up("analytics_shifted_hours_filled"))
+        conn.execute(migration_up("analytics_shifted_hours_filled"))
+    assert [await answers(reports, site_id, tz) for tz in zones] == before
+    assert (
+        await scalar(
+            db,
+            "select count(*) from page_view_daily_visitors where site_id = %s and quarters is null",
+            site_id,
+        )
+        == 0
+    )

@@ -40,13 +40,15 @@ Visitors and visits are read from counts, never per visitor over a whole period 
 public: each new user agent is a visitor, and a report that read them all grew with them). Visitor ids
 change at UTC midnight (the daily salt), so a bucket's visitors are the sum of its parts' of UTC days.
 Triggers on the visitor rows and the visits keep, per site and UTC day, each visitor once with the
-first and last quarter hour it was seen in (``page_view_daily_visitors``), per quarter hour how many
-of the day's visitors were first and last seen in it and how many visits started in it
-(``page_view_quarters``), and each hour's visitors (``page_view_hourly.visitors``): a part that starts
-its day is read from the first-seen counts, one that ends it from the last-seen counts, a whole UTC
-hour from the hour's (``analytics_bucket_visitors``, ``analytics_bucket_visits``). Only a part that is
-none of these (an hour of a fractional zone, a cut in an hour rolled up without quarters) is read per
-visitor: at most an hourly series' 31 days.
+first and last quarter hour it was seen in and all the quarter hours it was seen in
+(``page_view_daily_visitors``), per quarter hour how many of the day's visitors were first and last
+seen in it, how many were seen in the hour that starts at it (off the hour) and how many visits
+started in it (``page_view_quarters``), and each hour's visitors (``page_view_hourly.visitors``): a
+part that starts its day is read from the first-seen counts, one that ends it from the last-seen
+counts, a whole UTC hour from the hour's, an hour of a fractional zone from its first quarter's
+(``analytics_bucket_visitors``, ``analytics_bucket_visits``). Only a part that is none of these (a cut
+in an hour rolled up without quarters, a local hour of 30 minutes) is read per visitor: at most an
+hourly series' 31 days.
 
 The entry pages are read from counts too: per site, UTC hour and entry path, the visits that started
 in it and their bounces (``page_view_entry_hourly``, kept by triggers on the visits), at most
