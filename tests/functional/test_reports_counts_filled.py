@@ -32,17 +32,22 @@ async def answers(reports: ReportService, site_id: int, tz: str) -> list[Any]:
     return found
 
 
-async def test_the_fill_counts_what_the_previous_release_rolled_up(
-    reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
-) -> None:
-    """Views of three days rolled up; the counts then emptied as before the upgrade (the answers drop
-    to no visitors); the fills, run twice each, bring back the same answers in three kinds of zone."""
+async def roll_up_three_days(reports: ReportService, db: AsyncConnection[Any], site_id: int) -> None:
+    """120 views 37 minutes apart from four days ago (two a visitor, another id each day), rolled up."""
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
     await pageview_queries.ensure_partitions(db, from_day=start.date(), days=5)
     for n in range(120):
         ts = start + timedelta(minutes=37 * n)
         await insert_view(db, site_id, ts, (n // 2) * 10 + ts.toordinal() % 10)
     await reports.rollup(now=start + timedelta(days=4))
+
+
+async def test_the_fill_counts_what_the_previous_release_rolled_up(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
+) -> None:
+    """Views of three days rolled up; the counts then emptied as before the upgrade (the answers drop
+    to no visitors); the fills, run twice each, bring back the same answers in three kinds of zone."""
+    await roll_up_three_days(reports, db, site_id)
     zones = ("UTC", "Europe/Berlin", "Asia/Kolkata")
     before = [await answers(reports, site_id, tz) for tz in zones]
     assert before[0][0].visitors > 0 and before[0][0].visits > 0
@@ -67,12 +72,7 @@ async def test_the_fill_gives_the_visitors_their_quarters_and_the_hours_off_the_
     starts off the hour; 20261207050100 fills them for the visitors an upgrade finds. Emptied as before
     the upgrade, the hourly series of Kolkata and Kathmandu lose their visitors; the fill, run twice,
     brings back the same answers, and leaves no visitor without its quarters."""
-    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
-    await pageview_queries.ensure_partitions(db, from_day=start.date(), days=5)
-    for n in range(120):
-        ts = start + timedelta(minutes=37 * n)
-        await insert_view(db, site_id, ts, (n // 2) * 10 + ts.toordinal() % 10)
-    await reports.rollup(now=start + timedelta(days=4))
+    await roll_up_three_days(reports, db, site_id)
     zones = ("Asia/Kolkata", "Asia/Kathmandu")
     before = [await answers(reports, site_id, tz) for tz in zones]
 
