@@ -161,6 +161,13 @@ def migration_up(name: str) -> str:
     return up
 
 
+def migration_down(name: str) -> str:
+    """The down section of that migration (a test steps back to the release before it)."""
+    (path,) = MIGRATIONS_DIR.glob(f"*_{name}.sql")
+    _, _, down = path.read_text().partition("-- migrate:down")
+    return down
+
+
 @contextlib.contextmanager
 def database_to_come(database_url: str, prefix: str) -> Iterator[tuple[str, str]]:
     """(URL, name) of a database of the caller's own on ``database_url``'s server, not created yet

@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 from app.db import pageviews as pageview_queries
 from app.domains.reports.schemas import Interval
 from app.domains.reports.services import ReportService, resolve_range
-from tests.factories import migration_up, scalar
+from tests.factories import migration_down, migration_up, scalar
 from tests.functional.test_reports_zones import insert_view
 
 
@@ -92,3 +92,25 @@ async def test_the_fill_gives_the_visitors_their_quarters_and_the_hours_off_the_
         )
         == 0
     )
+
+
+async def test_until_the_fill_has_run_the_reports_read_per_visitor(
+    reports: ReportService, db: AsyncConnection[Any], site_id: int, database_url: str
+) -> None:
+    """The reports start reading the hour counts only in 20261207050200, after 20261207050100 filled
+    them: with the counts as 20261207050000 leaves them (no quarters, no hour counts for the days rolled
+    up before), the reader of the releases before, which serves through the deploy and the fill, still
+    answers Kolkata's and Kathmandu's hourly series exactly. Read from 20261207050000 on, the days not
+    filled yet answered too few visitors (a reviewer's finding)."""
+    await roll_up_three_days(reports, db, site_id)
+    zones = ("Asia/Kolkata", "Asia/Kathmandu")
+    before = [await answers(reports, site_id, tz) for tz in zones]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(migration_down("analytics_shifted_hours_read"))
+    try:
+        await db.execute("update page_view_daily_visitors set quarters = null where site_id = %s", (site_id,))
+        await db.execute("update page_view_quarters set hour_visitors = 0 where site_id = %s", (site_id,))
+        assert [await answers(reports, site_id, tz) for tz in zones] == before
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(migration_up("analytics_shifted_hours_read"))
