@@ -474,6 +474,10 @@ def _connect_creating(database_url: str) -> psycopg.Connection[Any]:
     """A connection to the database, created first if it does not exist (a concurrent creation wins).
 
     libpq reports a missing database with no SQLSTATE: the maintenance database is asked instead.
+    One that exists by then is connected to again, never taken for another error: a process starting
+    beside this one may have created it in between (three migrations of a missing database at once
+    failed one of them with "database ... does not exist"). An error that was something else comes
+    back from that second connection.
     """
     try:
         return psycopg.connect(database_url, autocommit=True)
@@ -485,8 +489,7 @@ def _connect_creating(database_url: str) -> psycopg.Connection[Any]:
             make_conninfo(database_url, dbname=MAINTENANCE_DATABASE), autocommit=True
         ) as admin:
             admin.execute("set statement_timeout = 0")  # the URL's bounds the app's queries, not this
-            if admin.execute("select 1 from pg_database where datname = %s", (str(name),)).fetchone():
-                raise  # it exists: the first error was something else
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-                admin.execute(sql.SQL("create database {}").format(sql.Identifier(str(name))))
+            if not admin.execute("select 1 from pg_database where datname = %s", (str(name),)).fetchone():
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                    admin.execute(sql.SQL("create database {}").format(sql.Identifier(str(name))))
     return psycopg.connect(database_url, autocommit=True)

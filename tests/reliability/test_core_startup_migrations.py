@@ -70,6 +70,28 @@ def test_concurrent_migrations_of_a_fresh_database_all_succeed_and_apply_once(
     assert versions == MIGRATIONS
 
 
+def test_a_database_another_process_creates_meanwhile_is_connected_to(
+    fresh_database: tuple[str, str], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving the test above meets now and then, made certain: this process's first
+    connection finds no database, and another process creates it before this one looks again. It was
+    then taken for another error, and the first one ("database ... does not exist") raised."""
+    url, name = fresh_database
+    connect = psycopg.connect
+
+    def another_process_creates_it_meanwhile(conninfo: str, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(psycopg, "connect", connect)  # the first connection only
+        try:
+            return connect(conninfo, *args, **kwargs)
+        finally:
+            with connect(database_url, autocommit=True) as other:
+                other.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+    monkeypatch.setattr(psycopg, "connect", another_process_creates_it_meanwhile)
+    with migrate_module.migration_lock(url) as conn:
+        assert conn.execute("select current_database()").fetchone() == (name,)
+
+
 def test_migrating_an_up_to_date_database_applies_nothing(fresh_database: tuple[str, str]) -> None:
     url, _ = fresh_database
     assert "Applying" in migrate(url)
