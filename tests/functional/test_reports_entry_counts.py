@@ -32,26 +32,13 @@ from app.domains.reports.services import (
 )
 from tests.factories import migration_up, scalar, sessions_waiting_for_a_lock, wait_until
 from tests.functional.test_reports_visitor_counts import rows_read
+from tests.functional.test_reports_zones import View, insert_views
 
 PER_DAY = 200
 DAYS = 3
 PROBES = 5
 """What a report may read of the visits beyond the cut hours: the views not rolled up yet find the
 visits they merge by primary key (none here), and an empty range is one probe. Was: every visit."""
-
-View = tuple[datetime, int, str]
-"""A view: when, by which visitor, of which path."""
-
-
-async def insert_views(
-    db: AsyncConnection[Any], site_id: int, views: list[View], received_at: datetime | None = None
-) -> None:
-    await db.execute(
-        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
-        " select %s, v.ts, coalesce(%s, v.ts), v.visitor_id, v.path, 'desktop', 'firefox', 'linux'"
-        " from unnest(%s::timestamptz[], %s::bigint[], %s::text[]) as v (ts, visitor_id, path)",
-        (site_id, received_at, [v[0] for v in views], [v[1] for v in views], [v[2] for v in views]),
-    )
 
 
 def expected_entries(views: list[View], rng: ReportRange) -> dict[str, tuple[int, int]]:

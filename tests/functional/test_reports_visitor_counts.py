@@ -23,7 +23,7 @@ from app.db import reports as report_queries
 from app.db.reports import ReportTimeseriesRow
 from app.domains.reports.schemas import ReportRange
 from app.domains.reports.services import BUCKET_STEP, ReportService, resolve_range
-from tests.functional.test_reports_zones import insert_view
+from tests.functional.test_reports_zones import insert_view, insert_views
 
 PER_DAY = 200
 DAYS = 3
@@ -64,20 +64,10 @@ async def rolled_up(
         for n in range(PER_DAY)
         for second in (0, 1)
     ]
-    await insert_views(db, site_id, views)
+    await insert_views(db, site_id, [(ts, visitor, "/") for ts, visitor in views])
     assert await reports.rollup(now=today) == len(views)
     await analyze_counts(db)
     return views
-
-
-async def insert_views(db: AsyncConnection[Any], site_id: int, views: list[tuple[datetime, int]]) -> None:
-    """Views (ts, visitor) in one statement, each received at its ts."""
-    await db.execute(
-        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
-        " select %s, v.ts, v.ts, v.visitor_id, '/', 'desktop', 'firefox', 'linux'"
-        " from unnest(%s::timestamptz[], %s::bigint[]) as v (ts, visitor_id)",
-        (site_id, [ts for ts, _ in views], [visitor for _, visitor in views]),
-    )
 
 
 async def analyze_counts(db: AsyncConnection[Any]) -> None:
@@ -200,7 +190,7 @@ async def test_views_not_rolled_up_yet_find_their_fractional_hours_by_probes(
     for ts, visitor in stored:
         await insert_view(db, site_id, ts, visitor)
     others = [(day + timedelta(hours=8, seconds=10 * n), 100 + n) for n in range(2000)]  # the day's bulk
-    await insert_views(db, site_id, others)
+    await insert_views(db, site_id, [(ts, visitor, "/") for ts, visitor in others])
     assert await reports.rollup(now=today) == len(stored) + len(others)
     await analyze_counts(db)
     pending = [(day + timedelta(hours=3, minutes=40 + n), visitor) for n, visitor in enumerate([1, 2, 4, 5])]

@@ -47,6 +47,22 @@ async def insert_view(
     )
 
 
+View = tuple[datetime, int, str]
+"""A view: when, by which visitor, of which path."""
+
+
+async def insert_views(
+    db: AsyncConnection[Any], site_id: int, views: list[View], received_at: datetime | None = None
+) -> None:
+    """Views in one statement, each received at its ts (or all at ``received_at``)."""
+    await db.execute(
+        "insert into page_views (site_id, ts, received_at, visitor_id, path, device, browser, os)"
+        " select %s, v.ts, coalesce(%s, v.ts), v.visitor_id, v.path, 'desktop', 'firefox', 'linux'"
+        " from unnest(%s::timestamptz[], %s::bigint[], %s::text[]) as v (ts, visitor_id, path)",
+        (site_id, received_at, [v[0] for v in views], [v[1] for v in views], [v[2] for v in views]),
+    )
+
+
 async def postgres_midnight(db: AsyncConnection[Any], day: date, tz: str) -> datetime:
     row = await (await db.execute("select (%s::date)::timestamp at time zone %s", (day, tz))).fetchone()
     assert row is not None
