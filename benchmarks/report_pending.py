@@ -33,9 +33,9 @@ import psycopg
 from app.config import Settings
 from app.db import pageviews as pageview_queries
 from app.db import reports as queries
-from app.domains.reports.services import OTHER_VALUE, RANKED_ROWS
+from app.domains.reports.services import RANKED_ROWS
 from benchmarks.harness.provision import migrated_embedded
-from benchmarks.report_zones import best_of, new_site, roll_up
+from benchmarks.report_zones import best_of, first_entry_pages, new_site, roll_up
 
 DOMAIN = "pending.bench.example"
 GENERATE = """
@@ -78,17 +78,7 @@ async def measure(database_url: str, site: int, now: datetime, rounds: int) -> d
         "series by day": lambda conn: queries.report_timeseries(
             conn, unit="day", tz="UTC", step=timedelta(hours=1), site_id=site, range_from=start, range_to=end
         ),
-        "entry pages": lambda conn: queries.report_entry_pages(
-            conn,
-            received_before=None,
-            other=OTHER_VALUE,
-            after_visits=None,
-            after_path=None,
-            row_limit=RANKED_ROWS + 1,
-            site_id=site,
-            range_from=start,
-            range_to=end,
-        ),
+        "entry pages": lambda conn: first_entry_pages(conn, site, start, end),
         "paths": lambda conn: queries.report_breakdown(
             conn,
             dimension="path",

@@ -26,6 +26,7 @@ from psycopg import AsyncConnection
 
 from app.db import pageviews as pageview_queries
 from app.db import reports as report_queries
+from app.db.reports import ReportEntryPagesRow
 from app.domains.reports.services import ENTRY_PATHS_OPEN_HOUR, OTHER_VALUE, ReportService
 from tests.factories import scalar
 from tests.functional.test_reports_visitor_counts import rows_read
@@ -89,6 +90,23 @@ async def busy_day(reports: ReportService, db: AsyncConnection[Any], site_id: in
     return now
 
 
+async def first_entry_pages(
+    db: AsyncConnection[Any], site_id: int, start: datetime, end: datetime
+) -> list[ReportEntryPagesRow]:
+    """The entry pages' first page over [start, end), as the report's statement answers it."""
+    return await report_queries.report_entry_pages(
+        db,
+        after_visits=None,
+        after_path=None,
+        row_limit=11,
+        received_before=None,
+        other=OTHER_VALUE,
+        range_from=start,
+        range_to=end,
+        site_id=site_id,
+    )
+
+
 def reports_of(site_id: int, tz: str) -> dict[str, Report]:
     span = {"site_id": site_id}
 
@@ -120,17 +138,7 @@ def reports_of(site_id: int, tz: str) -> dict[str, Report]:
         )
 
     async def entry_pages(db: AsyncConnection[Any], start: datetime, end: datetime) -> object:
-        return await report_queries.report_entry_pages(
-            db,
-            after_visits=None,
-            after_path=None,
-            row_limit=11,
-            received_before=None,
-            other=OTHER_VALUE,
-            range_from=start,
-            range_to=end,
-            **span,
-        )
+        return await first_entry_pages(db, site_id, start, end)
 
     return {
         "summary": summary,
@@ -198,17 +206,7 @@ async def test_a_burst_of_pending_views_finds_the_visits_it_touches_by_probes_no
     start, end = now - timedelta(days=1), now + timedelta(hours=1)
     async with db.transaction(force_rollback=True):
         before = await rows_read(db)
-        rows = await report_queries.report_entry_pages(
-            db,
-            after_visits=None,
-            after_path=None,
-            row_limit=11,
-            received_before=None,
-            other=OTHER_VALUE,
-            range_from=start,
-            range_to=end,
-            site_id=site_id,
-        )
+        rows = await first_entry_pages(db, site_id, start, end)
         visits_read = (await rows_read(db))["page_view_visits"] - before["page_view_visits"]
     returning = PENDING_VIEWS // 3
     assert {r.path: r.visits for r in rows} == {"/old": STORED, "/new": PENDING_VIEWS - returning}
