@@ -338,6 +338,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_history_max_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 366
     github_user_quota_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
     """Per account: the share of GitHub's hourly limit its lookups of users not stored yet may spend."""
+    github_address_quota_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.4
+    """Per client address (an IPv4 address, an IPv6 /64): the share the lookups and refreshes asked from
+    it may spend, whatever accounts ask: accounts are free, and five would drain the window."""
     github_snapshot_quota_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     """The daily snapshots' share of GitHub's hourly limit (the cron pauses past it until the next run),
     so that the tracked logins of every account never leave the accounts' own lookups only the reserve."""

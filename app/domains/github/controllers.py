@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Response, delete, get, post
+from litestar import Request, Response, delete, get, post
 from litestar.channels import ChannelsPlugin
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
@@ -76,7 +76,8 @@ class GithubUsersController(Controller):
             "fetched for the request (`source: live`). Totals cover every owned repository (all "
             "pages). Forks and archived repositories are left out unless asked for. Such first "
             "fetches spend the GitHub quota every account shares: each account may spend "
-            "`GITHUB_USER_QUOTA_FRACTION` of it per hour (429 `github-lookup-budget`) and have "
+            "`GITHUB_USER_QUOTA_FRACTION` of it per hour, and the accounts of one client address "
+            "together `GITHUB_ADDRESS_QUOTA_FRACTION` (429 `github-lookup-budget`), and each have "
             "`GITHUB_USER_LOOKUPS_IN_FLIGHT` under way at once (429 `github-lookups-in-flight`); "
             "both answers carry `Retry-After`. The refresh a stale answer starts is charged to the "
             "reader's share the same way; a stale answer comes without a refresh while the account "
@@ -86,6 +87,7 @@ class GithubUsersController(Controller):
     )
     async def get_profile(
         self,
+        request: Request[Any, Any, Any],
         username: UsernamePath,
         github: Github,
         current_user: Caller,
@@ -96,7 +98,12 @@ class GithubUsersController(Controller):
     ) -> GithubProfileOut:
         filters = Filters(include_forks=include_forks, include_archived=include_archived)
         return await github.profile(
-            username, filters, top_repos=top_repos, top_languages=top_languages, user_id=current_user.id
+            username,
+            filters,
+            top_repos=top_repos,
+            top_languages=top_languages,
+            user_id=current_user.id,
+            address=github.address_of(request.scope),
         )
 
     @get(
@@ -135,8 +142,9 @@ class GithubUsersController(Controller):
             "Answers 202 with the refresh (one per user at a time: a pending one is returned, at no "
             "cost to the caller). Follow `events_url` (Server-Sent Events) or poll `state_url` for "
             "its completion. What the refresh costs GitHub's quota is charged to the account's share "
-            "(`GITHUB_USER_QUOTA_FRACTION`, with its lookups of users not stored yet): once it is "
-            "spent, a new refresh is a 429 `github-lookup-budget`. Data fetched less than "
+            "(`GITHUB_USER_QUOTA_FRACTION`, with its lookups of users not stored yet) and to its "
+            "client address's (`GITHUB_ADDRESS_QUOTA_FRACTION`): once either is spent, a new refresh "
+            "is a 429 `github-lookup-budget`. Data fetched less than "
             f"{REFRESH_MIN_AGE_S} s ago (or `GITHUB_PROFILE_TTL_S`, if shorter) is not fetched "
             "again: 200 with the refresh already `succeeded`. A user with nothing stored yet is a "
             "404 `github-not-stored` (GET the user first); an account with "
@@ -154,9 +162,11 @@ class GithubUsersController(Controller):
         ],
     )
     async def request_refresh(
-        self, username: UsernamePath, github: Github, current_user: Caller
+        self, request: Request[Any, Any, Any], username: UsernamePath, github: Github, current_user: Caller
     ) -> Response[RefreshOut]:
-        refresh = await github.request_refresh(username, user_id=current_user.id)
+        refresh = await github.request_refresh(
+            username, user_id=current_user.id, address=github.address_of(request.scope)
+        )
         if refresh.is_final:
             return Response(refresh, status_code=HTTP_200_OK)
         return Response(refresh, status_code=HTTP_202_ACCEPTED, headers={"Location": refresh.state_url})
@@ -216,9 +226,15 @@ class GithubTrackingController(Controller):
         response_headers=[LOCATION_HEADER],
     )
     async def track_github_user(
-        self, data: JSONBody[TrackCreate], github: Github, current_user: Caller
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[TrackCreate],
+        github: Github,
+        current_user: Caller,
     ) -> Response[TrackedOut]:
-        tracked, created = await github.track(current_user.id, data.username)
+        tracked, created = await github.track(
+            current_user.id, data.username, github.address_of(request.scope)
+        )
         if not created:
             return Response(tracked, status_code=HTTP_200_OK)
         location = f"/api/github/tracked/{tracked.username}"

@@ -34,10 +34,12 @@ from typing import Any
 
 import msgspec
 import structlog
+from litestar.types import Scope
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import Database
+from app.core.ratelimit import address_key, stored_identity
 from app.core.repeating import repeating
 from app.db import github as queries
 from app.domains.github.analysis import repos_to_measure
@@ -81,8 +83,11 @@ return 0
 """
 # KEYS[1] = an account's spent requests; ARGV = cost, end of the window (epoch ms) for a new count.
 _SPEND = """
-local spent = redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+local spent = {}
+for i, key in ipairs(KEYS) do
+    spent[i] = redis.call('INCRBY', key, ARGV[1])
+    if redis.call('PTTL', key) < 0 then redis.call('PEXPIREAT', key, ARGV[2]) end
+end
 return spent
 """
 
@@ -176,14 +181,22 @@ class ProfileLookups:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    async def cold_lookup(self, user_id: int, login: str) -> StoredProfile:
+    def address_of(self, scope: Scope) -> str:
+        """The client address of a request (an IPv4 address, an IPv6 /64) as its share is kept: a keyed
+        digest, as the rate limiter keeps it, so that Valkey holds no address."""
+        return stored_identity(self.settings.secret_key, address_key(scope))
+
+    async def cold_lookup(self, user_id: int, login: str, address: str | None = None) -> StoredProfile:
         """A login with nothing stored, fetched for account ``user_id`` within its share of the quota
-        (a login remembered as missing is a 404 first: no share is needed to say so)."""
+        and its address's (``address_of``; a login remembered as missing is a 404 first: no share is
+        needed to say so)."""
         if await self.valkey.exists(f"github:missing:{login}"):
             raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)", remembered=True))
-        await self.check_lookup_budget(user_id)
+        await self.check_lookup_budget(user_id, address)
         try:
-            return await self.fetch_shared(login, Priority.INTERACTIVE, newer_than=None, user_id=user_id)
+            return await self.fetch_shared(
+                login, Priority.INTERACTIVE, newer_than=None, user_id=user_id, address=address
+            )
         except GitHubError as exc:
             raise problem_for(exc) from None
 
@@ -200,12 +213,23 @@ class ProfileLookups:
         )
         return max(1, math.floor(limit * fraction)), limit
 
-    async def check_lookup_budget(self, user_id: int) -> None:
+    async def address_budget(self) -> int:
+        """GitHub requests the cold lookups and refreshes asked from one client address may cost per
+        GitHub window, whatever accounts asked: ``GITHUB_ADDRESS_QUOTA_FRACTION`` of GitHub's limit."""
+        limit, _ = await self.governor.window()
+        return max(1, math.floor(limit * self.settings.github_address_quota_fraction))
+
+    async def check_lookup_budget(self, user_id: int, address: str | None = None) -> None:
         """Refuses (429) an account whose cold lookups and refreshes have cost its share of this
-        GitHub window, before anything else is done for a lookup or refresh (its chain then measures
-        languages only while the share has room: ``_within_share``)."""
+        GitHub window, or an address (``address_of``) whose accounts' have cost its share, before
+        anything else is done for a lookup or refresh (its chain then measures languages only while
+        both shares have room: ``_within_share``)."""
         if not await self.share_left(user_id):
             raise await self._budget_spent(user_id)
+        if address is not None:
+            spent = int(await self.valkey.get(_address_spent_key(address)) or 0)
+            if spent >= (budget := await self.address_budget()):
+                raise await self._address_budget_spent(address, spent, budget)
 
     async def share_left(self, account: int) -> bool:
         """Whether ``account``'s chains (the snapshot cron's, for ``SNAPSHOTS_ACCOUNT``) have cost less
@@ -229,11 +253,26 @@ class ProfileLookups:
             headers={"Retry-After": str(max(1, retry_after))},
         )
 
-    async def _charged(self, user_id: int, work: Coroutine[Any, Any, StoredProfile]) -> StoredProfile:
-        """Run a fetch chain (a flight's task), charging what GitHub charged for it to ``user_id``:
-        as it goes (``_within_share``), and the rest when it ends."""
+    async def _address_budget_spent(self, address: str, spent: int, budget: int) -> LookupBudgetError:
+        limit, _ = await self.governor.window()
+        ttl_ms = await self.valkey.pttl(_address_spent_key(address))
+        retry_after = math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 60
+        return LookupBudgetError(
+            f"Looking up GitHub users that are not stored yet and refreshing stored ones may cost the "
+            f"accounts of one network address {budget} GitHub requests per hour "
+            f"({self.settings.github_address_quota_fraction:.0%} of GitHub's limit of {limit}, shared by "
+            f"every account); those of yours have cost {spent} in this hour. Users already stored are "
+            "still answered (once stale, without a refresh).",
+            headers={"Retry-After": str(max(1, retry_after))},
+        )
+
+    async def _charged(
+        self, user_id: int, work: Coroutine[Any, Any, StoredProfile], address: str | None = None
+    ) -> StoredProfile:
+        """Run a fetch chain (a flight's task), charging what GitHub charged for it to ``user_id``
+        and to its ``address``: as it goes (``_within_share``), and the rest when it ends."""
         with metered() as meter:
-            share = _Share(user_id, meter)
+            share = _Share(user_id, meter, address)
             token = _SHARE.set(share)
             try:
                 return await work
@@ -261,18 +300,24 @@ class ProfileLookups:
             return True
         try:
             spent = await self._charge(share)
-            budget, _ = await self.lookup_budget(share.user_id)
+            budgets = [(await self.lookup_budget(share.user_id))[0]]
+            if share.address is not None:
+                budgets.append(await self.address_budget())
         except Exception:  # Valkey: measure no more than what has been measured (the answer stands)
             log.warning("github_share_unknown", user_id=share.user_id)
             return False
-        return spent < budget
+        return all(cost < budget for cost, budget in zip(spent, budgets, strict=True))
 
-    async def _charge(self, share: _Share) -> int:
-        """Charge the account what its chain cost since the last charge; what its chains cost in all."""
+    async def _charge(self, share: _Share) -> list[int]:
+        """Charge the account (and its address) what its chain cost since the last charge; what their
+        chains cost in all, the account's first."""
         _, window_end = await self.governor.window()
         cost = share.meter.charged - share.charged
         share.charged += cost  # before the call: a reply lost after the count moved must not count twice
-        return int(await self._spend(keys=[_spent_key(share.user_id)], args=[cost, int(window_end * 1000)]))
+        keys = [_spent_key(share.user_id)]
+        if share.address is not None:
+            keys.append(_address_spent_key(share.address))
+        return [int(spent) for spent in await self._spend(keys=keys, args=[cost, int(window_end * 1000)])]
 
     def _hold_lookup(self, user_id: int, login: str) -> None:
         """Counts the caller among the account's lookups in flight; a new login past the cap is a 429.
@@ -305,6 +350,7 @@ class ProfileLookups:
         newer_than: datetime | None,
         user_id: int | None = None,
         charged_to: int | None = None,
+        address: str | None = None,
     ) -> StoredProfile:
         """One fetch chain per login: this process's callers share a flight, processes a lock.
 
@@ -313,14 +359,15 @@ class ProfileLookups:
         ``user_id``: the account asking (a cold lookup): it holds one of its lookups in flight until
         the flight ends (not merely until it stops waiting), and a flight it starts is charged to it.
         ``charged_to``: the account a flight this call starts is charged to, holding nothing (a
-        refresh job's); a flight already under way was charged to whoever started it."""
+        refresh job's); a flight already under way was charged to whoever started it. ``address``: the
+        client address (``address_of``) a flight this call starts is charged to as well."""
         if user_id is not None:
             self._hold_lookup(user_id, login)
         payer = user_id if user_id is not None else charged_to
         flight = self._flights.get(login)
         if flight is None:
             work = self._fetch_across_processes(login, priority, newer_than)
-            flight = asyncio.ensure_future(work if payer is None else self._charged(payer, work))
+            flight = asyncio.ensure_future(work if payer is None else self._charged(payer, work, address))
             self._flights[login] = flight
             flight.add_done_callback(lambda done: self._end_flight(login, done))
         if user_id is not None:
@@ -507,13 +554,14 @@ class ProfileLookups:
 
 
 class _Share:
-    """The account a chain is charged to, its requests (``meter``) and how many of them it has been
-    charged so far."""
+    """The account a chain is charged to (and the client address it asked from, if any), its requests
+    (``meter``) and how many of them it has been charged so far."""
 
-    __slots__ = ("charged", "meter", "user_id")
+    __slots__ = ("address", "charged", "meter", "user_id")
 
-    def __init__(self, user_id: int, meter: RequestMeter) -> None:
+    def __init__(self, user_id: int, meter: RequestMeter, address: str | None = None) -> None:
         self.user_id = user_id
+        self.address = address
         self.meter = meter
         self.charged = 0
 
@@ -530,6 +578,12 @@ def _keep_previous(
     for repo in rest:
         if repo.full_name in previous.data.languages:
             measured[repo.full_name] = previous.data.languages[repo.full_name]
+
+
+def _address_spent_key(address: str) -> str:
+    """GitHub requests the cold lookups and refreshes asked from ``address`` (``address_of``: a
+    digest) have cost in the current GitHub window."""
+    return f"github:lookup-spent:{address}"
 
 
 def _spent_key(user_id: int) -> str:

@@ -122,6 +122,12 @@ def _job_key(login: str) -> str:
     return f"github-refresh:{login}"
 
 
+def _address_key(refresh_id: uuid.UUID) -> str:
+    """The client address (a digest: ``ProfileLookups.address_of``) a refresh was asked from, which its
+    job's fetch chain is charged to beside the account."""
+    return f"github:refresh-address:{refresh_id}"
+
+
 def _account_key(user_id: int) -> str:
     """An account's pending refreshes (``_CLAIM_REFRESH``)."""
     return f"github:user-refreshes:{user_id}"
@@ -191,8 +197,9 @@ class Refreshes:
             await self._queue.redis.aclose()
             self._queue = None
 
-    async def request_refresh(self, login: str, *, user_id: int) -> RefreshOut:
-        """A refresh job for a stored login (or the one already pending), for account ``user_id``.
+    async def request_refresh(self, login: str, *, user_id: int, address: str | None = None) -> RefreshOut:
+        """A refresh job for a stored login (or the one already pending), for account ``user_id``
+        asking from ``address`` (``ProfileLookups.address_of``).
 
         A login with nothing stored is a 404: its first fetch is a lookup (``profile``). A profile
         fetched less than ``refresh_min_age_s`` ago is not fetched again: the answer is the stored
@@ -209,7 +216,7 @@ class Refreshes:
             )
         if (self.clock() - fetched_at).total_seconds() < refresh_min_age_s(self.settings):
             return await self._answered_from_storage(login, fetched_at)
-        refresh = await self.join_or_enqueue(login, user_id)
+        refresh = await self.join_or_enqueue(login, user_id, address)
         if refresh is None:
             cap = self.settings.github_user_pending_refreshes
             raise RefreshLimitError(
@@ -238,10 +245,13 @@ class Refreshes:
         )
         return msgspec.json.decode(earlier, type=RefreshOut) if earlier is not None else state
 
-    async def join_or_enqueue(self, login: str, user_id: int) -> RefreshOut | None:
+    async def join_or_enqueue(
+        self, login: str, user_id: int, address: str | None = None
+    ) -> RefreshOut | None:
         """The login's pending refresh, whoever asked for it (it costs ``user_id`` nothing), or a new
         one counted among ``user_id``'s pending refreshes (None: at its cap) whose job's fetch chain
-        is charged to ``user_id``: ``LookupBudgetError`` (429) when the account's share is spent.
+        is charged to ``user_id`` and ``address``: ``LookupBudgetError`` (429) when the account's
+        share or the address's is spent.
 
         An id is handed out only once it is the login's pending refresh (its marker): a new refresh's
         state is saved first, then counted and made the pending one in one step (``_CLAIM_REFRESH``),
@@ -257,16 +267,16 @@ class Refreshes:
             await self.valkey.set(pending_key, str(queued.id), nx=True, ex=self._pending_ttl_s)
             return queued
         try:
-            await self.lookups.check_lookup_budget(user_id)
+            await self.lookups.check_lookup_budget(user_id, address)
         except LookupBudgetError:  # joining costs nothing: one begun meanwhile is still given
             if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
                 return live
             raise
         # Not left half done by this request's cancellation (a shutdown): a refresh claimed but never
         # enqueued would be given to others and hold its account's slot, and never run.
-        return await self._beginning.run(self._begin(login, user_id))
+        return await self._beginning.run(self._begin(login, user_id, address))
 
-    async def _begin(self, login: str, user_id: int) -> RefreshOut | None:
+    async def _begin(self, login: str, user_id: int, address: str | None) -> RefreshOut | None:
         """A new refresh, saved, then claimed (``_claim``) and enqueued; or the one claimed meanwhile,
         or None (the account's cap). One that cannot be enqueued fails at once (whoever was given it
         reads that), its marker and its account's slot freed."""
@@ -274,6 +284,10 @@ class Refreshes:
         pending_key, job_key = _pending_key(login), _job_key(login)
         state = _new_refresh(uuid.uuid4(), login, self.clock())
         await self._save_refresh(state)
+        if (
+            address is not None
+        ):  # for the job, beside its state: not a job argument the previous release refuses
+            await self.valkey.set(_address_key(state.id), address, ex=self._pending_ttl_s)
         if (claimed := await self._claim(state.id, pending_key, user_id)) is not True:
             await self.valkey.delete(f"github:refresh:{state.id}")  # handed to nobody
             return claimed if isinstance(claimed, RefreshOut) else None
@@ -426,9 +440,11 @@ class Refreshes:
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
         running = msgspec.json.encode(state)
+        raw_address = await self.valkey.get(_address_key(refresh_id))
+        address = raw_address.decode() if raw_address is not None else None
         if user_id is not None and not self.lookups.in_flight(login):  # joining a flight is free
             try:
-                await self.lookups.check_lookup_budget(user_id)
+                await self.lookups.check_lookup_budget(user_id, address)
             except LookupBudgetError as spent:  # since it was asked for: no chain on a spent share
                 retry_after = float(spent.headers["Retry-After"])
                 await self._finish_refresh(
@@ -437,7 +453,7 @@ class Refreshes:
                 return "failed"
         try:
             stored = await self.lookups.fetch_shared(
-                login, Priority.BACKGROUND, newer_than=state.requested_at, charged_to=user_id
+                login, Priority.BACKGROUND, newer_than=state.requested_at, charged_to=user_id, address=address
             )
         except GitHubError as exc:
             await self._finish_refresh(state, exc, replacing=running)

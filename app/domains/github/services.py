@@ -16,7 +16,10 @@ How an answer is made (``GithubService.profile``):
   quota every account shares, so each account gets a share: the fetch chains it asks for may cost at
   most ``GITHUB_USER_QUOTA_FRACTION`` of GitHub's limit per GitHub window (the cost of a chain,
   counted by the client, is charged to the account that started it; past the share: 429
-  ``github-lookup-budget`` until the window ends, and a stale answer comes without a refresh). A
+  ``github-lookup-budget`` until the window ends, and a stale answer comes without a refresh).
+  Accounts are free, so the chains asked from one client address (an IPv4 address, an IPv6 /64),
+  whatever accounts ask, may cost at most ``GITHUB_ADDRESS_QUOTA_FRACTION`` too, charged the same way
+  (a refresh's job charges the address its refresh was asked from). A
   chain is charged as it goes and measures repositories' languages only while the share has room,
   so the account's chains under way at once stay within it but for their profiles and pages of
   repositories (``ProfileLookups._within_share``). An
@@ -73,6 +76,7 @@ from typing import TYPE_CHECKING
 
 from litestar.channels import ChannelsPlugin
 from litestar.response import ServerSentEventMessage
+from litestar.types import Scope
 from valkey.asyncio import Valkey
 
 from app.config import Settings
@@ -145,21 +149,29 @@ class GithubService:
     # -- profile -----------------------------------------------------------------------------
 
     async def profile(
-        self, username: str, filters: Filters, *, top_repos: int, top_languages: int, user_id: int
+        self,
+        username: str,
+        filters: Filters,
+        *,
+        top_repos: int,
+        top_languages: int,
+        user_id: int,
+        address: str | None = None,
     ) -> GithubProfileOut:
-        """The login's analysis for account ``user_id`` (whose share a cold lookup spends)."""
+        """The login's analysis for account ``user_id`` asking from ``address`` (``address_of``: both
+        shares a cold lookup or a refresh spends)."""
         login = self.login_of(username)
         stored = await self.lookups.load(login)
         refresh: RefreshOut | None = None
         source: Source
         if stored is None:
-            stored = await self.lookups.cold_lookup(user_id, login)
+            stored = await self.lookups.cold_lookup(user_id, login, address)
             source = "live"
         elif self.lookups.age_s(stored) > self.settings.github_profile_ttl_s:
             source = "stale"
             if not await self.valkey.exists(f"github:failed:{login}"):  # no refresh storm while down
                 with contextlib.suppress(LookupBudgetError):  # past the reader's share: no refresh
-                    refresh = await self.refreshes.join_or_enqueue(login, user_id)  # None: the account's cap
+                    refresh = await self.refreshes.join_or_enqueue(login, user_id, address)  # None: its cap
         else:
             source = "cache"
         last_error = await self.lookups.last_error(login, after=stored.fetched_at)
@@ -205,10 +217,10 @@ class GithubService:
 
     # -- refreshes (refreshes.py) ------------------------------------------------------------
 
-    async def request_refresh(self, username: str, *, user_id: int) -> RefreshOut:
+    async def request_refresh(self, username: str, *, user_id: int, address: str | None = None) -> RefreshOut:
         """A refresh job for a stored login (or the one already pending), for account ``user_id``
-        (``Refreshes.request_refresh``)."""
-        return await self.refreshes.request_refresh(self.login_of(username), user_id=user_id)
+        asking from ``address`` (``Refreshes.request_refresh``)."""
+        return await self.refreshes.request_refresh(self.login_of(username), user_id=user_id, address=address)
 
     async def refresh_state(self, refresh_id: uuid.UUID) -> RefreshOut:
         return await self.refreshes.refresh_state(refresh_id)
@@ -234,9 +246,13 @@ class GithubService:
     async def list_tracked(self, user_id: int, *, after_id: int, limit: int) -> Page[TrackedOut]:
         return await self.tracking.list_tracked(user_id, after_id=after_id, limit=limit)
 
-    async def track(self, user_id: int, username: str) -> tuple[TrackedOut, bool]:
+    def address_of(self, scope: Scope) -> str:
+        """A request's client address as the GitHub shares key it (``ProfileLookups.address_of``)."""
+        return self.lookups.address_of(scope)
+
+    async def track(self, user_id: int, username: str, address: str | None = None) -> tuple[TrackedOut, bool]:
         """Start tracking (idempotent: True when newly tracked; ``Tracking.track``)."""
-        return await self.tracking.track(user_id, self.login_of(username))
+        return await self.tracking.track(user_id, self.login_of(username), address)
 
     async def untrack(self, user_id: int, username: str) -> None:
         await self.tracking.untrack(user_id, self.login_of(username))

@@ -51,9 +51,9 @@ class Tracking:
             )
         return paginate(rows, limit, lambda row: IdCursor(id=row.id), _tracked_out)
 
-    async def track(self, user_id: int, login: str) -> tuple[TrackedOut, bool]:
+    async def track(self, user_id: int, login: str, address: str | None = None) -> tuple[TrackedOut, bool]:
         """Start tracking (idempotent: True when newly tracked). The login must exist on GitHub: one
-        with nothing stored is looked up, on the account's share of the quota.
+        with nothing stored is looked up, on the account's share of the quota and ``address``'s.
 
         The transaction locks the stored profile (and snapshot attempt) before it writes the tracked
         row, as the retention's purge locks them before deleting them: a purge that has the profile
@@ -63,7 +63,7 @@ class Tracking:
         for _ in range(2):
             if not stored:
                 await self._check_tracking_room(user_id, login)
-                await self.lookups.cold_lookup(user_id, login)
+                await self.lookups.cold_lookup(user_id, login, address)
             try:
                 return await self._track_stored(user_id, login, last_try=not stored)
             except _ProfileGoneError:
