@@ -345,6 +345,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """The daily snapshots' share of GitHub's hourly limit (the cron pauses past it until the next run),
     so that the tracked logins of every account never leave the accounts' own lookups only the reserve."""
     github_user_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    github_address_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 4
+    """Per client address: its accounts' lookups and refreshes under way at once, across processes.
+    Each may cost its profile and pages of repositories past the address's share before its first
+    charge, so this bounds what the address spends beyond its share."""
     github_user_pending_refreshes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     github_stream_max_per_user: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     github_profile_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 30

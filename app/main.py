@@ -34,7 +34,7 @@ from app.core.openapi import operation_id
 from app.core.parameters import read_parameters_strictly
 from app.core.problem_types import problem_types_router
 from app.core.queues import build_saq_config, workers_running
-from app.core.ratelimit import RateLimiter, policies_from_settings
+from app.core.ratelimit import RateLimiter, policies_from_settings, provide_client_address
 from app.core.repeating import repeating
 from app.core.routing import (
     StrictJSONRequest,
@@ -218,6 +218,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         dependencies={
             "current_user": Provide(provide_current_user, sync_to_thread=False),
+            "client_address": Provide(provide_client_address, sync_to_thread=False),
             **services.dependencies(),
         },
         # One route layer: authentication, then the rate limit (by user when authenticated), the

@@ -60,6 +60,8 @@ import msgspec
 import redis.exceptions
 import structlog
 from cachetools import LRUCache
+from litestar import Request
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, InternalServerException, SerializationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Empty, Receive, Scope, Send
@@ -387,6 +389,16 @@ def address_key(scope: Scope) -> str:
     request, and of one whose token was refused."""
     client_ip = scope.get("state", {}).get("client_ip")
     return f"ip:{client_network(client_ip) if client_ip else 'unknown'}"
+
+
+ClientAddress = NamedDependency[str]
+"""A handler parameter ``client_address: ClientAddress`` receives the request's client address (an
+IPv4 address, an IPv6 /64) as Valkey keeps it: ``address_key``'s ``stored_identity``, a keyed digest."""
+
+
+def provide_client_address(request: Request[Any, Any, Any]) -> str:
+    settings: Settings = request.app.state.settings
+    return stored_identity(settings.secret_key, address_key(request.scope))
 
 
 def stored_identity(secret_key: str, key: str) -> str:

@@ -1,15 +1,17 @@
-"""Per-account slots for long-lived responses (live streams), across every process: Valkey leases.
+"""Per-owner slots for long-lived work (live streams, GitHub's fetch chains), across every process:
+Valkey leases.
 
-An account holds at most ``cap`` such responses at once: each costs a connection and whatever it
-polls or subscribes to while open. The slots are a sorted set per account in Valkey,
-``<prefix>:<user id>``: response ids scored by the time (Valkey's clock, in ms) their lease ends. A
-response takes its slot before it starts (one more is the caller's 429), renews it while it lasts
-longer than its lease and gives it back when it ends (``reserve`` then ``take``: a response whose
-body never starts holds none). Every claim first drops the lapsed leases, so
-the slots of a process that died free themselves once their leases end. Valkey unreachable: the
-claim fails (503).
+An owner (an account; for GitHub's fetch chains, a client address) holds at most ``cap`` slots at
+once: each piece of work costs a connection, or GitHub's quota, while it lasts. The slots are a
+sorted set per owner in Valkey, ``<prefix>:<owner>``: slot ids scored by the time (Valkey's clock,
+in ms) their lease ends. A response takes its slot before it starts (one more is the caller's 429),
+renews it while it lasts longer than its lease and gives it back when it ends (``reserve`` then
+``take``: a response whose body never starts holds none). Every claim first drops the lapsed
+leases, so the slots of a process that died free themselves once their leases end. Valkey
+unreachable: the claim fails (503).
 
-Used by the feed's live streams (``app/domains/activity/live.py``) and GitHub's refresh streams.
+Used by the feed's live streams (``app/domains/activity/live.py``), GitHub's refresh streams and the
+fetch chains asked from one client address (``app/domains/github/shares.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from valkey.asyncio import Valkey
 from app.core.errors import AppError
 from app.core.valkey import VALKEY_DOWN
 
-# KEYS: the account's slots. ARGV: the slot id, the lease (ms), the cap. 1: the slot is held (taken
+# KEYS: the owner's slots. ARGV: the slot id, the lease (ms), the cap. 1: the slot is held (taken
 # or renewed); 0: every slot is taken by others.
 _CLAIM = """
 local time = redis.call('TIME')
@@ -40,15 +42,15 @@ return 1
 
 
 class Slot:
-    """One response's place among its account's."""
+    """One response's place among its owner's."""
 
-    def __init__(self, slots: StreamSlots, user_id: int) -> None:
+    def __init__(self, slots: StreamSlots, owner: int | str) -> None:
         self.slots = slots
-        self.key = slots.key(user_id)
+        self.key = slots.key(owner)
         self.id = uuid.uuid4().hex
 
     async def renew(self) -> bool:
-        """Take or renew the lease; False when the account's other responses hold every slot."""
+        """Take or renew the lease; False when the owner's other responses hold every slot."""
         slots = self.slots
         held = await slots.claim_script(keys=[self.key], args=[self.id, slots.lease_ms, slots.cap])
         return bool(held)
@@ -69,7 +71,7 @@ class Slot:
 
 
 class StreamSlots:
-    """At most ``cap`` slots per account under ``prefix``, each a lease of ``lease_ms``;
+    """At most ``cap`` slots per owner under ``prefix``, each a lease of ``lease_ms``;
     ``too_many()`` is the error a claim past the cap raises (a ``TooManyRequestsError``)."""
 
     def __init__(
@@ -82,21 +84,21 @@ class StreamSlots:
         self.too_many = too_many
         self.claim_script = valkey.register_script(_CLAIM)
 
-    def key(self, user_id: int) -> str:
-        return f"{self.prefix}:{user_id}"
+    def key(self, owner: int | str) -> str:
+        return f"{self.prefix}:{owner}"
 
-    async def claim(self, user_id: int) -> Slot:
-        """A slot for a new response of the user; ``too_many()`` when all are taken."""
-        slot = Slot(self, user_id)
+    async def claim(self, owner: int | str) -> Slot:
+        """A slot for a new response of the owner; ``too_many()`` when all are taken."""
+        slot = Slot(self, owner)
         if not await slot.renew():
             raise self.too_many()
         return slot
 
-    async def reserve(self, user_id: int) -> Slot:
+    async def reserve(self, owner: int | str) -> Slot:
         """A slot for a response whose body has not started: ``too_many()`` now when all are taken,
         but held only once the body ``take``s it. A slot claimed by the handler was held until its
         lease ended when the client left before the body started (its ``finally`` never ran): the
         account's next streams got 429s for that long."""
-        slot = await self.claim(user_id)
+        slot = await self.claim(owner)
         await slot.release()
         return slot

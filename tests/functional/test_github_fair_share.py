@@ -35,7 +35,6 @@ from app.domains.github.services import GithubService
 from app.modules import MODULES
 from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
-from tests.functional.test_github_http import older_than_a_refresh_fetches, work_refresh
 
 TOKEN = "fair-share-token"
 GITHUB_QUEUE = "github"
@@ -90,65 +89,6 @@ async def test_one_accounts_cold_lookups_leave_the_shared_quota_to_the_others(
     assert fake.charged() == 12 + 2, "the greedy account's share, then the other account's lookup"
     assert stored.status_code == 200 and stored.json()["source"] == "cache", "stored users cost nothing"
     assert theirs.status_code == 200, theirs.text
-
-
-async def test_the_accounts_of_one_address_leave_the_shared_quota_to_the_others(
-    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
-) -> None:
-    """Accounts are free: five of one person spent GitHub's whole window, and every account's cold
-    lookups then answered 503 until GitHub's reset. The lookups asked from one address (its accounts
-    together) may cost GITHUB_ADDRESS_QUOTA_FRACTION of the window (two fifths of 60: 24)."""
-    for index in range(12):
-        fake.add_user(f"someone{index}", two_repos())
-    fake.add_user("wanted")
-    elsewhere = {"x-forwarded-for": "203.0.113.7"}  # the client's peer, 127.0.0.1, is a trusted proxy
-    async with serve_in_loop(github_settings) as served:
-        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
-        other = await make_user(db, served.app, name="Other")
-        answers = [
-            await served.client.get(f"/api/github/users/someone{index}", headers=account.headers)
-            for account, logins in ((first, range(3)), (second, range(3, 6)), (third, range(6, 9)))
-            for index in logins
-        ]
-        theirs = await served.client.get("/api/github/users/wanted", headers={**other.headers, **elsewhere})
-
-    # Each lookup costs 4 (the user, its repositories, two repositories' languages): the first two
-    # accounts' six lookups spend the address's 24, within each account's 12.
-    assert [answer.status_code for answer in answers] == [200] * 6 + [429] * 3
-    refused = assert_problem(answers[6], 429, "github-lookup-budget")
-    assert "one network address 24 GitHub requests per hour" in refused["detail"], refused["detail"]
-    assert "limit of 60" in refused["detail"] and "have cost 24" in refused["detail"]
-    assert 1 <= int(answers[6].headers["retry-after"]) <= 3602, "until GitHub's window ends"
-    assert theirs.status_code == 200, theirs.text
-    assert fake.charged() == 24 + 2, "the address's share, then the other address's lookup"
-
-
-async def test_a_refresh_is_charged_to_the_address_it_was_asked_from(
-    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
-) -> None:
-    """A refresh's job runs in a worker, with no request: it charges the address the refresh was
-    asked from as well (kept beside the refresh's state), so refreshes cannot take what lookups may
-    not. Here the refresh's 4 requests bring the address to its 24, and the next account's lookup
-    from it is refused."""
-    for index in range(6):
-        fake.add_user(f"someone{index}", two_repos())
-    fake.add_user("wanted")
-    async with serve_in_loop(github_settings) as served:
-        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
-        for account, logins in ((first, range(3)), (second, range(3, 5))):  # 12 and 8 of the 24
-            for index in logins:
-                looked_up = await served.client.get(
-                    f"/api/github/users/someone{index}", headers=account.headers
-                )
-                assert looked_up.status_code == 200, looked_up.text
-        await older_than_a_refresh_fetches(db)
-        refresh = await served.client.post("/api/github/users/someone0/refresh", headers=second.headers)
-        assert refresh.status_code == 202, refresh.text
-        assert await work_refresh(github_settings, refresh.json()["id"]) == "succeeded"
-        refused = await served.client.get("/api/github/users/wanted", headers=third.headers)
-
-    detail = assert_problem(refused, 429, "github-lookup-budget")["detail"]
-    assert "one network address 24" in detail and "have cost 24" in detail, detail
 
 
 def many_repos(count: int = 25) -> list[FakeRepo]:

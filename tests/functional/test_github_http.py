@@ -41,6 +41,7 @@ def github_settings(settings: Settings, fake_server: FakeGitHubServer) -> Settin
         github_max_tracked_per_user=MAX_TRACKED,
         github_user_quota_fraction=0.5,  # 30 of an anonymous hour's 60: whole chains of the large users below
         github_address_quota_fraction=1.0,  # every account of these tests asks from 127.0.0.1
+        github_address_lookups_in_flight=1000,
         rate_limit_default_per_minute=100_000,
         rate_limit_default_per_hour=1_000_000,
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request, Response, delete, get, post
+from litestar import Response, delete, get, post
 from litestar.channels import ChannelsPlugin
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
@@ -19,6 +19,7 @@ from app.core.auth import Caller, requires_user
 from app.core.idempotency import LOCATION_HEADER
 from app.core.openapi import BEARER, problems
 from app.core.pagination import CursorParam, IdCursor, Page, PageSize, decode_cursor
+from app.core.ratelimit import ClientAddress
 from app.core.responses import STREAM_HEADERS
 from app.core.routing import Controller
 from app.domains.github.refreshes import REFRESH_MIN_AGE_S, SSE_MAX_S
@@ -77,20 +78,22 @@ class GithubUsersController(Controller):
             "pages). Forks and archived repositories are left out unless asked for. Such first "
             "fetches spend the GitHub quota every account shares: each account may spend "
             "`GITHUB_USER_QUOTA_FRACTION` of it per hour, and the accounts of one client address "
-            "together `GITHUB_ADDRESS_QUOTA_FRACTION` (429 `github-lookup-budget`), and each have "
-            "`GITHUB_USER_LOOKUPS_IN_FLIGHT` under way at once (429 `github-lookups-in-flight`); "
-            "both answers carry `Retry-After`. The refresh a stale answer starts is charged to the "
-            "reader's share the same way; a stale answer comes without a refresh while the account "
-            "has `GITHUB_USER_PENDING_REFRESHES` pending or its share is spent."
+            "together `GITHUB_ADDRESS_QUOTA_FRACTION` (429 `github-lookup-budget`); an account may "
+            "have `GITHUB_USER_LOOKUPS_IN_FLIGHT` under way at once, and the accounts of one address "
+            "`GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT` (429 `github-lookups-in-flight`); both answers carry "
+            "`Retry-After`. Joining a fetch of the same user under way costs nothing. The refresh "
+            "a stale answer starts is charged to the reader's shares the same way; a stale answer "
+            "comes without a refresh while the account has `GITHUB_USER_PENDING_REFRESHES` pending "
+            "or a share is spent."
         ),
         responses=problems(400, 401, 404, 429, 503),
     )
     async def get_profile(
         self,
-        request: Request[Any, Any, Any],
         username: UsernamePath,
         github: Github,
         current_user: Caller,
+        client_address: ClientAddress,
         include_forks: Annotated[bool, QueryParameter(description="Count forked repositories")] = False,
         include_archived: Annotated[bool, QueryParameter(description="Count archived repositories")] = False,
         top_repos: Annotated[int, QueryParameter(ge=0, le=100, description="Top repositories by stars")] = 10,
@@ -103,7 +106,7 @@ class GithubUsersController(Controller):
             top_repos=top_repos,
             top_languages=top_languages,
             user_id=current_user.id,
-            address=github.address_of(request.scope),
+            address=client_address,
         )
 
     @get(
@@ -144,7 +147,10 @@ class GithubUsersController(Controller):
             "its completion. What the refresh costs GitHub's quota is charged to the account's share "
             "(`GITHUB_USER_QUOTA_FRACTION`, with its lookups of users not stored yet) and to its "
             "client address's (`GITHUB_ADDRESS_QUOTA_FRACTION`): once either is spent, a new refresh "
-            "is a 429 `github-lookup-budget`. Data fetched less than "
+            "is a 429 `github-lookup-budget`. Its job fetches nothing, and the refresh fails "
+            "(`rate-limited`, with `retry_after_s`), if a share was spent meanwhile or the "
+            "address's `GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT` lookups and refreshes are under way. "
+            "Data fetched less than "
             f"{REFRESH_MIN_AGE_S} s ago (or `GITHUB_PROFILE_TTL_S`, if shorter) is not fetched "
             "again: 200 with the refresh already `succeeded`. A user with nothing stored yet is a "
             "404 `github-not-stored` (GET the user first); an account with "
@@ -162,11 +168,9 @@ class GithubUsersController(Controller):
         ],
     )
     async def request_refresh(
-        self, request: Request[Any, Any, Any], username: UsernamePath, github: Github, current_user: Caller
+        self, username: UsernamePath, github: Github, current_user: Caller, client_address: ClientAddress
     ) -> Response[RefreshOut]:
-        refresh = await github.request_refresh(
-            username, user_id=current_user.id, address=github.address_of(request.scope)
-        )
+        refresh = await github.request_refresh(username, user_id=current_user.id, address=client_address)
         if refresh.is_final:
             return Response(refresh, status_code=HTTP_200_OK)
         return Response(refresh, status_code=HTTP_202_ACCEPTED, headers={"Location": refresh.state_url})
@@ -227,14 +231,12 @@ class GithubTrackingController(Controller):
     )
     async def track_github_user(
         self,
-        request: Request[Any, Any, Any],
         data: JSONBody[TrackCreate],
         github: Github,
         current_user: Caller,
+        client_address: ClientAddress,
     ) -> Response[TrackedOut]:
-        tracked, created = await github.track(
-            current_user.id, data.username, github.address_of(request.scope)
-        )
+        tracked, created = await github.track(current_user.id, data.username, client_address)
         if not created:
             return Response(tracked, status_code=HTTP_200_OK)
         location = f"/api/github/tracked/{tracked.username}"

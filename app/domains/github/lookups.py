@@ -5,9 +5,8 @@ refreshes, the tracking and the snapshot cron use it too). It holds the machiner
 docstring describes under "How an answer is made":
 
 - the stored profile (``load``) and its age;
-- the account's share of GitHub's quota: the budget (``lookup_budget``), its check before a cold
-  lookup or a refresh, and the charging of a fetch chain to the account that started it, as it goes
-  (``_within_share``) and when it ends (``_charged``); the cap on an account's cold lookups in flight;
+- who pays for a fetch chain, its account's and its client address's shares of GitHub's quota
+  (``shares``, ``app/domains/github/shares.py``), checked before a cold lookup;
 - the fetch chain shared by this process's callers (one flight per login) and across processes (a
   Valkey lock renewed while held; the others poll the stored profile): ``fetch_shared``;
 - the memory of failures: briefly for every caller (``github:failed``), a week as the answer's
@@ -25,21 +24,16 @@ import contextlib
 import math
 import secrets
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 import msgspec
 import structlog
-from litestar.types import Scope
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import Database
-from app.core.ratelimit import address_key, stored_identity
 from app.core.repeating import repeating
 from app.db import github as queries
 from app.domains.github.analysis import repos_to_measure
@@ -53,24 +47,18 @@ from app.domains.github.client import (
     GitHubRateLimitError,
     GitHubRefusedError,
     GithubRepo,
-    RequestMeter,
-    metered,
 )
-from app.domains.github.errors import LookupBudgetError, TooManyLookupsError, problem_for
+from app.domains.github.errors import TooManyLookupsError, problem_for
 from app.domains.github.governor import Priority, RateLimitGovernor
 from app.domains.github.schemas import ProfileData, UpstreamError
+from app.domains.github.shares import Payer, Shares
 
 log = structlog.get_logger("app.github")
 
-LOOKUPS_IN_FLIGHT_RETRY_S = 2
 LAST_ERROR_TTL_S = 7 * 24 * 3600
 FETCH_LOCK_TTL_S = 30.0
 FAILURE_MEMORY_S = 10.0
 POLL_S = 0.05
-SNAPSHOTS_ACCOUNT = 0
-"""The account the snapshot cron's fetch chains are charged to (no user has id 0): its share is
-``GITHUB_SNAPSHOT_QUOTA_FRACTION`` of GitHub's limit, so tracked logins, which every account may add
-at no cost, cannot take the whole window from the accounts' own lookups."""
 
 # KEYS[1] = a key held with a token (a fetch lock, a pending refresh); ARGV = the token.
 RELEASE = """
@@ -80,15 +68,6 @@ return 0
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
-"""
-# KEYS[1] = an account's spent requests; ARGV = cost, end of the window (epoch ms) for a new count.
-_SPEND = """
-local spent = {}
-for i, key in ipairs(KEYS) do
-    spent[i] = redis.call('INCRBY', key, ARGV[1])
-    if redis.call('PTTL', key) < 0 then redis.call('PEXPIREAT', key, ARGV[2]) end
-end
-return spent
 """
 
 Clock = Callable[[], datetime]
@@ -152,12 +131,10 @@ class ProfileLookups:
         self.client = client
         self.governor = governor
         self.clock = clock
+        self.shares = Shares(settings, valkey, governor)
         self._flights: dict[str, asyncio.Future[StoredProfile]] = {}
-        self._lookups: dict[int, Counter[str]] = {}
-        """Per account, the logins of its cold lookups in flight in this process (callers per login)."""
         self._release = valkey.register_script(RELEASE)
         self._renew = valkey.register_script(_RENEW)
-        self._spend = valkey.register_script(_SPEND)
 
     def age_s(self, stored: StoredProfile) -> float:
         return max(0.0, (self.clock() - stored.fetched_at).total_seconds())
@@ -181,166 +158,20 @@ class ProfileLookups:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    def address_of(self, scope: Scope) -> str:
-        """The client address of a request (an IPv4 address, an IPv6 /64) as its share is kept: a keyed
-        digest, as the rate limiter keeps it, so that Valkey holds no address."""
-        return stored_identity(self.settings.secret_key, address_key(scope))
-
-    async def cold_lookup(self, user_id: int, login: str, address: str | None = None) -> StoredProfile:
-        """A login with nothing stored, fetched for account ``user_id`` within its share of the quota
-        and its address's (``address_of``; a login remembered as missing is a 404 first: no share is
-        needed to say so)."""
+    async def cold_lookup(self, user_id: int, login: str, address: str | None) -> StoredProfile:
+        """A login with nothing stored, fetched for account ``user_id`` asking from ``address``
+        (``app.core.ratelimit.ClientAddress``) within both their shares of the quota (``Shares.admit``).
+        A login remembered as missing is a 404 first, and joining this process's fetch of the login
+        under way is free: neither needs a share."""
         if await self.valkey.exists(f"github:missing:{login}"):
             raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)", remembered=True))
-        await self.check_lookup_budget(user_id, address)
+        payer = None if self.in_flight(login) else await self.shares.admit(user_id, address)
         try:
             return await self.fetch_shared(
-                login, Priority.INTERACTIVE, newer_than=None, user_id=user_id, address=address
+                login, Priority.INTERACTIVE, newer_than=None, user_id=user_id, payer=payer
             )
         except GitHubError as exc:
             raise problem_for(exc) from None
-
-    async def lookup_budget(self, account: int | None = None) -> tuple[int, int]:
-        """GitHub requests an account's cold lookups and refreshes may cost per GitHub window (the
-        snapshot cron's, for ``SNAPSHOTS_ACCOUNT``), and GitHub's limit: a fraction of the limit GitHub
-        last reported (before any answer, its documented limit: 60 requests an hour without a token,
-        5,000 with one), never less than one request."""
-        limit, _ = await self.governor.window()
-        fraction = (
-            self.settings.github_snapshot_quota_fraction
-            if account == SNAPSHOTS_ACCOUNT
-            else self.settings.github_user_quota_fraction
-        )
-        return max(1, math.floor(limit * fraction)), limit
-
-    async def address_budget(self) -> int:
-        """GitHub requests the cold lookups and refreshes asked from one client address may cost per
-        GitHub window, whatever accounts asked: ``GITHUB_ADDRESS_QUOTA_FRACTION`` of GitHub's limit."""
-        limit, _ = await self.governor.window()
-        return max(1, math.floor(limit * self.settings.github_address_quota_fraction))
-
-    async def check_lookup_budget(self, user_id: int, address: str | None = None) -> None:
-        """Refuses (429) an account whose cold lookups and refreshes have cost its share of this
-        GitHub window, or an address (``address_of``) whose accounts' have cost its share, before
-        anything else is done for a lookup or refresh (its chain then measures languages only while
-        both shares have room: ``_within_share``)."""
-        if not await self.share_left(user_id):
-            raise await self._budget_spent(user_id)
-        if address is not None:
-            spent = int(await self.valkey.get(_address_spent_key(address)) or 0)
-            if spent >= (budget := await self.address_budget()):
-                raise await self._address_budget_spent(address, spent, budget)
-
-    async def share_left(self, account: int) -> bool:
-        """Whether ``account``'s chains (the snapshot cron's, for ``SNAPSHOTS_ACCOUNT``) have cost less
-        than its share of this GitHub window."""
-        budget, _ = await self.lookup_budget(account)
-        return int(await self.valkey.get(_spent_key(account)) or 0) < budget
-
-    async def _budget_spent(self, user_id: int) -> LookupBudgetError:
-        budget, limit = await self.lookup_budget()
-        key = _spent_key(user_id)
-        async with self.valkey.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.pttl(key)
-            spent_raw, ttl_ms = await pipe.execute()
-        retry_after = math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 60
-        return LookupBudgetError(
-            f"Looking up GitHub users that are not stored yet and refreshing stored ones may cost each "
-            f"account {budget} GitHub requests per hour ({self.settings.github_user_quota_fraction:.0%} "
-            f"of GitHub's limit of {limit}, shared by every account); yours have cost {int(spent_raw or 0)} "
-            "in this hour. Users already stored are still answered (once stale, without a refresh).",
-            headers={"Retry-After": str(max(1, retry_after))},
-        )
-
-    async def _address_budget_spent(self, address: str, spent: int, budget: int) -> LookupBudgetError:
-        limit, _ = await self.governor.window()
-        ttl_ms = await self.valkey.pttl(_address_spent_key(address))
-        retry_after = math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 60
-        return LookupBudgetError(
-            f"Looking up GitHub users that are not stored yet and refreshing stored ones may cost the "
-            f"accounts of one network address {budget} GitHub requests per hour "
-            f"({self.settings.github_address_quota_fraction:.0%} of GitHub's limit of {limit}, shared by "
-            f"every account); those of yours have cost {spent} in this hour. Users already stored are "
-            "still answered (once stale, without a refresh).",
-            headers={"Retry-After": str(max(1, retry_after))},
-        )
-
-    async def _charged(
-        self, user_id: int, work: Coroutine[Any, Any, StoredProfile], address: str | None = None
-    ) -> StoredProfile:
-        """Run a fetch chain (a flight's task), charging what GitHub charged for it to ``user_id``
-        and to its ``address``: as it goes (``_within_share``), and the rest when it ends."""
-        with metered() as meter:
-            share = _Share(user_id, meter, address)
-            token = _SHARE.set(share)
-            try:
-                return await work
-            finally:
-                _SHARE.reset(token)
-                if (cost := meter.charged - share.charged) > 0:
-                    try:
-                        await self._charge(share)
-                    except Exception:  # the answer stands; the account is charged less this once
-                        log.warning("github_lookup_not_charged", user_id=user_id, cost=cost)
-
-    async def _within_share(self) -> bool:
-        """Whether the chain under way may ask GitHub for one more resource it can do without (a
-        repository's languages): it charges its paying account what it has cost so far, and reads
-        what the account's chains have cost in all (the snapshot cron pays as an account of its own,
-        ``SNAPSHOTS_ACCOUNT``). A chain nobody pays for may.
-
-        Charged only once the chain ended, an account's chains under way at once each cost up to a
-        whole chain on top of its share (two of them: 44 requests of an anonymous hour's 60 against a
-        share of 12, and the other accounts' lookups then met GitHub's own limit). Charged as they go,
-        such chains stay within the share but for what each asks before its first look here (the
-        profile and the pages of repositories, without which there is no answer) and one request."""
-        share = _SHARE.get()
-        if share is None:
-            return True
-        try:
-            spent = await self._charge(share)
-            budgets = [(await self.lookup_budget(share.user_id))[0]]
-            if share.address is not None:
-                budgets.append(await self.address_budget())
-        except Exception:  # Valkey: measure no more than what has been measured (the answer stands)
-            log.warning("github_share_unknown", user_id=share.user_id)
-            return False
-        return all(cost < budget for cost, budget in zip(spent, budgets, strict=True))
-
-    async def _charge(self, share: _Share) -> list[int]:
-        """Charge the account (and its address) what its chain cost since the last charge; what their
-        chains cost in all, the account's first."""
-        _, window_end = await self.governor.window()
-        cost = share.meter.charged - share.charged
-        share.charged += cost  # before the call: a reply lost after the count moved must not count twice
-        keys = [_spent_key(share.user_id)]
-        if share.address is not None:
-            keys.append(_address_spent_key(share.address))
-        return [int(spent) for spent in await self._spend(keys=keys, args=[cost, int(window_end * 1000)])]
-
-    def _hold_lookup(self, user_id: int, login: str) -> None:
-        """Counts the caller among the account's lookups in flight; a new login past the cap is a 429.
-        Joining a lookup of a login the account already has in flight adds no work and is free."""
-        held = self._lookups.setdefault(user_id, Counter())
-        cap = self.settings.github_user_lookups_in_flight
-        if login not in held and len(held) >= cap:
-            raise TooManyLookupsError(
-                f"An account may have {cap} lookups of GitHub users that are not stored yet under way "
-                "at once; wait for one of yours to finish.",
-                headers={"Retry-After": str(LOOKUPS_IN_FLIGHT_RETRY_S)},
-            )
-        held[login] += 1
-
-    def _release_lookup(self, user_id: int, login: str) -> None:
-        held = self._lookups.get(user_id)
-        if held is None:
-            return
-        held[login] -= 1
-        if held[login] <= 0:
-            del held[login]
-        if not held:
-            del self._lookups[user_id]
 
     async def fetch_shared(
         self,
@@ -349,29 +180,34 @@ class ProfileLookups:
         *,
         newer_than: datetime | None,
         user_id: int | None = None,
-        charged_to: int | None = None,
-        address: str | None = None,
+        payer: Payer | None = None,
     ) -> StoredProfile:
         """One fetch chain per login: this process's callers share a flight, processes a lock.
 
         ``newer_than`` is what the caller already knows: a profile fetched after it (any profile, if
         ``None``) that another process stores meanwhile is the answer, not a reason to fetch again.
         ``user_id``: the account asking (a cold lookup): it holds one of its lookups in flight until
-        the flight ends (not merely until it stops waiting), and a flight it starts is charged to it.
-        ``charged_to``: the account a flight this call starts is charged to, holding nothing (a
-        refresh job's); a flight already under way was charged to whoever started it. ``address``: the
-        client address (``address_of``) a flight this call starts is charged to as well."""
-        if user_id is not None:
-            self._hold_lookup(user_id, login)
-        payer = user_id if user_id is not None else charged_to
+        the flight ends (not merely until it stops waiting). ``payer``: who a flight this call starts
+        is charged to (``Shares.admit``; the snapshot cron's and a refresh job's hold nothing); a
+        flight already under way was charged to whoever started it, and joining it gives the payer's
+        slot back at once."""
+        try:
+            if user_id is not None:
+                self.shares.hold_lookup(user_id, login)
+        except TooManyLookupsError:
+            await self.shares.release(payer)
+            raise
         flight = self._flights.get(login)
+        joined = flight is not None
         if flight is None:
             work = self._fetch_across_processes(login, priority, newer_than)
-            flight = asyncio.ensure_future(work if payer is None else self._charged(payer, work, address))
+            flight = asyncio.ensure_future(work if payer is None else self.shares.charging(payer, work))
             self._flights[login] = flight
             flight.add_done_callback(lambda done: self._end_flight(login, done))
         if user_id is not None:
-            flight.add_done_callback(lambda _: self._release_lookup(user_id, login))
+            flight.add_done_callback(lambda _: self.shares.release_lookup(user_id, login))
+        if joined:
+            await self.shares.release(payer)
         if priority is Priority.BACKGROUND:
             return await asyncio.shield(flight)
         try:  # a request never waits longer than GITHUB_COLD_WAIT_S, even behind a background flight
@@ -490,7 +326,7 @@ class ProfileLookups:
         measured: dict[str, dict[str, int]] = {}
         chosen = repos_to_measure(repos, self.settings.github_language_repos)
         for index, repo in enumerate(chosen):
-            if not await self._within_share():
+            if not await self.shares.within_share():
                 log.info("github_languages_incomplete", login=login, kind="share-spent", measured=index)
                 _keep_previous(chosen[index:], measured, await self.load(login))
                 break
@@ -553,22 +389,6 @@ class ProfileLookups:
         return error if error.at >= after else None
 
 
-class _Share:
-    """The account a chain is charged to (and the client address it asked from, if any), its requests
-    (``meter``) and how many of them it has been charged so far."""
-
-    __slots__ = ("address", "charged", "meter", "user_id")
-
-    def __init__(self, user_id: int, meter: RequestMeter, address: str | None = None) -> None:
-        self.user_id = user_id
-        self.address = address
-        self.meter = meter
-        self.charged = 0
-
-
-_SHARE: ContextVar[_Share | None] = ContextVar("github_share", default=None)
-
-
 def _keep_previous(
     rest: list[GithubRepo], measured: dict[str, dict[str, int]], previous: StoredProfile | None
 ) -> None:
@@ -578,15 +398,3 @@ def _keep_previous(
     for repo in rest:
         if repo.full_name in previous.data.languages:
             measured[repo.full_name] = previous.data.languages[repo.full_name]
-
-
-def _address_spent_key(address: str) -> str:
-    """GitHub requests the cold lookups and refreshes asked from ``address`` (``address_of``: a
-    digest) have cost in the current GitHub window."""
-    return f"github:lookup-spent:{address}"
-
-
-def _spent_key(user_id: int) -> str:
-    """GitHub requests the account's cold lookups and refreshes have cost in the current GitHub
-    window (the key keeps its name: a rolling deploy's two releases count in the same one)."""
-    return f"github:lookup-spent:{user_id}"

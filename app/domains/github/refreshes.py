@@ -52,12 +52,14 @@ from app.domains.github.errors import (
     NotStoredError,
     RefreshLimitError,
     RefreshNotFoundError,
+    TooManyLookupsError,
     TooManyRefreshStreamsError,
     UnknownGithubUserError,
 )
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import RELEASE, Clock, ProfileLookups
 from app.domains.github.schemas import RefreshOut, RefreshStatus, UpstreamError
+from app.domains.github.shares import Payer
 
 if TYPE_CHECKING:
     from app.domains.accounts.services import AccountService
@@ -123,8 +125,8 @@ def _job_key(login: str) -> str:
 
 
 def _address_key(refresh_id: uuid.UUID) -> str:
-    """The client address (a digest: ``ProfileLookups.address_of``) a refresh was asked from, which its
-    job's fetch chain is charged to beside the account."""
+    """The client address (``app.core.ratelimit.ClientAddress``: a digest) a refresh was asked from,
+    which its job's fetch chain is charged to beside the account (kept as long as its state)."""
     return f"github:refresh-address:{refresh_id}"
 
 
@@ -199,7 +201,7 @@ class Refreshes:
 
     async def request_refresh(self, login: str, *, user_id: int, address: str | None = None) -> RefreshOut:
         """A refresh job for a stored login (or the one already pending), for account ``user_id``
-        asking from ``address`` (``ProfileLookups.address_of``).
+        asking from ``address`` (``app.core.ratelimit.ClientAddress``).
 
         A login with nothing stored is a 404: its first fetch is a lookup (``profile``). A profile
         fetched less than ``refresh_min_age_s`` ago is not fetched again: the answer is the stored
@@ -267,7 +269,7 @@ class Refreshes:
             await self.valkey.set(pending_key, str(queued.id), nx=True, ex=self._pending_ttl_s)
             return queued
         try:
-            await self.lookups.check_lookup_budget(user_id, address)
+            await self.lookups.shares.check(user_id, address)
         except LookupBudgetError:  # joining costs nothing: one begun meanwhile is still given
             if (live := await self._unfinished(await self.valkey.get(pending_key))) is not None:
                 return live
@@ -284,12 +286,10 @@ class Refreshes:
         pending_key, job_key = _pending_key(login), _job_key(login)
         state = _new_refresh(uuid.uuid4(), login, self.clock())
         await self._save_refresh(state)
-        if (
-            address is not None
-        ):  # for the job, beside its state: not a job argument the previous release refuses
-            await self.valkey.set(_address_key(state.id), address, ex=self._pending_ttl_s)
+        if address is not None:  # for its job: not a job argument, which the previous release refuses
+            await self.valkey.set(_address_key(state.id), address, ex=REFRESH_STATE_TTL_S)
         if (claimed := await self._claim(state.id, pending_key, user_id)) is not True:
-            await self.valkey.delete(f"github:refresh:{state.id}")  # handed to nobody
+            await self.valkey.delete(f"github:refresh:{state.id}", _address_key(state.id))  # handed to nobody
             return claimed if isinstance(claimed, RefreshOut) else None
         try:
             job = await self._queue.enqueue(
@@ -429,7 +429,8 @@ class Refreshes:
     async def run_refresh(self, login: str, refresh_id: uuid.UUID, *, user_id: int | None = None) -> str:
         """The refresh job: fetch (sharing any fetch chain under way), record and publish the outcome.
         A fetch chain it starts is charged to ``user_id``, the account that asked (None: nobody's,
-        for a job enqueued by a release that did not name it). A job its worker's stop cuts hands
+        for a job enqueued by a release that did not name it), and to the address it asked from
+        (``_address_key``), admitted as a lookup is (``Shares.admit``). A job its worker's stop cuts hands
         the refresh back, "queued" with the login still its own: SAQ queues that job again whatever
         its retries, and a refresh asked meanwhile joins it (reported failed, it left the new one a
         job that never runs: the login's job key was still taken)."""
@@ -440,20 +441,20 @@ class Refreshes:
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
         running = msgspec.json.encode(state)
-        raw_address = await self.valkey.get(_address_key(refresh_id))
-        address = raw_address.decode() if raw_address is not None else None
+        payer: Payer | None = None
         if user_id is not None and not self.lookups.in_flight(login):  # joining a flight is free
+            address = await self.valkey.get(_address_key(refresh_id))
             try:
-                await self.lookups.check_lookup_budget(user_id, address)
-            except LookupBudgetError as spent:  # since it was asked for: no chain on a spent share
-                retry_after = float(spent.headers["Retry-After"])
+                payer = await self.lookups.shares.admit(user_id, address.decode() if address else None)
+            except (LookupBudgetError, TooManyLookupsError) as refused:  # no chain past a share or cap
+                retry_after = float(refused.headers["Retry-After"])
                 await self._finish_refresh(
-                    state, GitHubRateLimitError(str(spent), retry_after=retry_after), replacing=running
+                    state, GitHubRateLimitError(str(refused), retry_after=retry_after), replacing=running
                 )
                 return "failed"
         try:
             stored = await self.lookups.fetch_shared(
-                login, Priority.BACKGROUND, newer_than=state.requested_at, charged_to=user_id, address=address
+                login, Priority.BACKGROUND, newer_than=state.requested_at, payer=payer
             )
         except GitHubError as exc:
             await self._finish_refresh(state, exc, replacing=running)
@@ -483,6 +484,7 @@ class Refreshes:
         state = self._final(state, exc, fetched_at=fetched_at)
         await self._save_refresh(state, replacing=replacing)
         await self._release(keys=[_pending_key(state.username)], args=[str(state.id)])
+        await self.valkey.delete(_address_key(state.id))
 
     def _final(
         self, state: RefreshOut, exc: GitHubError | None, *, fetched_at: datetime | None = None

@@ -13,19 +13,19 @@ How an answer is made (``GithubService.profile``):
   stored profile first: a caller that looked just before another process's chain ended takes its
   result.
 - A cold lookup (``profile`` or ``track`` of a login with nothing stored) and a refresh spend the
-  quota every account shares, so each account gets a share: the fetch chains it asks for may cost at
-  most ``GITHUB_USER_QUOTA_FRACTION`` of GitHub's limit per GitHub window (the cost of a chain,
-  counted by the client, is charged to the account that started it; past the share: 429
-  ``github-lookup-budget`` until the window ends, and a stale answer comes without a refresh).
-  Accounts are free, so the chains asked from one client address (an IPv4 address, an IPv6 /64),
-  whatever accounts ask, may cost at most ``GITHUB_ADDRESS_QUOTA_FRACTION`` too, charged the same way
-  (a refresh's job charges the address its refresh was asked from). A
-  chain is charged as it goes and measures repositories' languages only while the share has room,
-  so the account's chains under way at once stay within it but for their profiles and pages of
-  repositories (``ProfileLookups._within_share``). An
-  account has at most ``GITHUB_USER_LOOKUPS_IN_FLIGHT`` cold lookups under way at once per process
-  (more: 429 ``github-lookups-in-flight``), so one account's burst cannot queue everyone else's
-  requests past their wait budget. Answers from storage cost nothing.
+  quota every account shares, so each has a share (``shares.py``): the fetch chains an account asks
+  for may cost at most ``GITHUB_USER_QUOTA_FRACTION`` of GitHub's limit per GitHub window, and,
+  accounts being free, those asked from one client address (an IPv4 address, an IPv6 /64), whatever
+  accounts ask, ``GITHUB_ADDRESS_QUOTA_FRACTION`` (the cost of a chain, counted by the client, is
+  charged to the account that started it and its address; past a share: 429
+  ``github-lookup-budget`` until the window ends, and a stale answer comes without a refresh). A
+  chain is charged as it goes and measures repositories' languages only while both shares have
+  room, so the chains under way at once stay within them but for their profiles and pages of
+  repositories. An account has at most ``GITHUB_USER_LOOKUPS_IN_FLIGHT`` cold lookups under way at
+  once per process, an address ``GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT`` lookups and refreshes across
+  processes (more: 429 ``github-lookups-in-flight``), so one burst cannot queue everyone else's
+  requests past their wait budget, nor overshoot a share by more than those chains' first pages.
+  Joining a fetch under way and answers from storage cost nothing.
 - Failures: an unknown login is remembered for ``GITHUB_NOT_FOUND_TTL_S`` (404 without a request);
   GitHub down or rate-limited gives the last good data with ``stale: true`` and ``last_error``, or,
   with nothing stored, a 503 problem with ``Retry-After`` (``github-rate-limited`` when GitHub's
@@ -38,8 +38,9 @@ per login at a time (the job key ``github-refresh:<login>`` and a pending marker
 for a refresh already pending joins it, whoever asked first, at no cost), and at most
 ``GITHUB_USER_PENDING_REFRESHES`` queued or running per account (more: 429, or a stale answer
 without a refresh). The job carries the account that asked (the reader of a stale answer, for one
-a read started) and its fetch chain is charged to that account's share, checked when it asks and
-again when its job starts (a job of an account whose share is spent since fails, fetching nothing). A
+a read started), and finds the address it asked from beside its state; its fetch chain is charged
+to both shares, checked when it asks and again when its job starts (a job whose share is spent
+since, or whose address has its chains under way, fails, fetching nothing). A
 refresh of a profile fetched less than ``refresh_min_age_s`` ago fetches nothing: the answer is the
 stored state, as a refresh already ``succeeded``. The job keeps a SAQ heartbeat
 (``REFRESH_HEARTBEAT_S``), so one whose worker died is swept (aborted) within it, not after its
@@ -60,7 +61,8 @@ handlers, jobs and the CLI call; it answers ``profile`` itself and hands the res
 to the parts it holds, each in a module of its own, private to the domain:
 
 - ``lookups.py`` (``ProfileLookups``): the stored profile, the shared fetch chain (flights, the
-  cross-process lock), the accounts' shares of the quota and the memory of failures;
+  cross-process lock) and the memory of failures;
+- ``shares.py`` (``Shares``, held by the lookups): the accounts' and addresses' shares of the quota;
 - ``refreshes.py`` (``Refreshes``): the refresh jobs, their states and their SSE stream;
 - ``tracking.py`` (``Tracking``): who tracks which login;
 - ``snapshots.py`` (``Snapshots``): the snapshot cron, the history and the retention.
@@ -76,7 +78,6 @@ from typing import TYPE_CHECKING
 
 from litestar.channels import ChannelsPlugin
 from litestar.response import ServerSentEventMessage
-from litestar.types import Scope
 from valkey.asyncio import Valkey
 
 from app.config import Settings
@@ -158,8 +159,9 @@ class GithubService:
         user_id: int,
         address: str | None = None,
     ) -> GithubProfileOut:
-        """The login's analysis for account ``user_id`` asking from ``address`` (``address_of``: both
-        shares a cold lookup or a refresh spends)."""
+        """The login's analysis for account ``user_id`` asking from ``address``
+        (``app.core.ratelimit.ClientAddress``; None: a caller that is not a request): the shares a
+        cold lookup or a refresh spends."""
         login = self.login_of(username)
         stored = await self.lookups.load(login)
         refresh: RefreshOut | None = None
@@ -212,8 +214,8 @@ class GithubService:
 
     async def lookup_budget(self, account: int | None = None) -> tuple[int, int]:
         """GitHub requests an account's cold lookups and refreshes may cost per GitHub window, and
-        GitHub's limit (``ProfileLookups.lookup_budget``)."""
-        return await self.lookups.lookup_budget(account)
+        GitHub's limit (``Shares.budget``)."""
+        return await self.lookups.shares.budget(account)
 
     # -- refreshes (refreshes.py) ------------------------------------------------------------
 
@@ -245,10 +247,6 @@ class GithubService:
 
     async def list_tracked(self, user_id: int, *, after_id: int, limit: int) -> Page[TrackedOut]:
         return await self.tracking.list_tracked(user_id, after_id=after_id, limit=limit)
-
-    def address_of(self, scope: Scope) -> str:
-        """A request's client address as the GitHub shares key it (``ProfileLookups.address_of``)."""
-        return self.lookups.address_of(scope)
 
     async def track(self, user_id: int, username: str, address: str | None = None) -> tuple[TrackedOut, bool]:
         """Start tracking (idempotent: True when newly tracked; ``Tracking.track``)."""

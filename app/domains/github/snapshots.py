@@ -32,8 +32,9 @@ from app.domains.github.client import (
 )
 from app.domains.github.errors import InvalidRangeError
 from app.domains.github.governor import Priority
-from app.domains.github.lookups import SNAPSHOTS_ACCOUNT, Clock, ProfileLookups
+from app.domains.github.lookups import Clock, ProfileLookups
 from app.domains.github.schemas import Change, HistoryOut, HistoryPoint
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer
 
 log = structlog.get_logger("app.github")
 
@@ -117,14 +118,14 @@ class Snapshots:
                 fetched = False
                 if stored is None or self.lookups.age_s(stored) > self.settings.github_profile_ttl_s:
                     fetched = True
-                    if not await self.lookups.share_left(SNAPSHOTS_ACCOUNT):
+                    if not await self.lookups.shares.share_left(SNAPSHOTS_ACCOUNT):
                         log.warning("github_snapshots_paused", reason="share", login=login, retry_after=None)
                         break
                     stored = await self.lookups.fetch_shared(
                         login,
                         Priority.BACKGROUND,
                         newer_than=stored.fetched_at if stored else None,
-                        charged_to=SNAPSHOTS_ACCOUNT,
+                        payer=Payer(SNAPSHOTS_ACCOUNT),
                     )
             except GitHubError as exc:
                 refused = isinstance(exc, GitHubAnswerRefusedError)

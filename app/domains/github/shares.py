@@ -1,0 +1,289 @@
+"""Who pays for GitHub's quota: each account's share of the window, each client address's, and the
+charging of a fetch chain to them.
+
+Private to the GitHub domain (``ProfileLookups`` holds one ``Shares`` as ``shares``; the refreshes and
+the snapshot cron use it through it). GitHub's hourly window is shared by every account, so:
+
+- An account's chains (its cold lookups, its refreshes) may cost ``GITHUB_USER_QUOTA_FRACTION`` of
+  the window (the snapshot cron's, ``SNAPSHOTS_ACCOUNT``, ``GITHUB_SNAPSHOT_QUOTA_FRACTION``), and it
+  may have ``GITHUB_USER_LOOKUPS_IN_FLIGHT`` cold lookups under way per process.
+- Accounts are free (20 a minute per address), so the chains asked from one client address (an IPv4
+  address, an IPv6 /64, kept as a keyed digest), whatever accounts ask, may cost
+  ``GITHUB_ADDRESS_QUOTA_FRACTION`` of the window, and be ``GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT`` under
+  way at once across every process (leased slots, ``app/core/slots.py``). Without the share, five
+  accounts of one person spent the whole window; without the cap, thirty lookups asked at once all
+  passed the check before any was charged.
+- A chain is charged to its payer (``Payer``) as it goes and measures repositories' languages only
+  while both shares have room (``within_share``), so the chains under way at once stay within the
+  shares but for what each asks before its first look (the profile and the pages of repositories,
+  without which there is no answer) and one request. The caps on chains under way bound that.
+
+Spent counts live in Valkey until GitHub's window ends: ``github:lookup-spent:<account>`` and
+``github:lookup-spent:ip:<digest>``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Coroutine
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import structlog
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.slots import Slot, StreamSlots
+from app.domains.github.client import RequestMeter, metered
+from app.domains.github.errors import LookupBudgetError, TooManyLookupsError
+from app.domains.github.governor import RateLimitGovernor
+
+log = structlog.get_logger("app.github")
+
+T = TypeVar("T")
+
+LOOKUPS_IN_FLIGHT_RETRY_S = 2
+SNAPSHOTS_ACCOUNT = 0
+"""The account the snapshot cron's fetch chains are charged to (no user has id 0): its share is
+``GITHUB_SNAPSHOT_QUOTA_FRACTION`` of GitHub's limit, so tracked logins, which every account may add
+at no cost, cannot take the whole window from the accounts' own lookups."""
+
+# KEYS = the payer's spent requests (its account's, its address's); ARGV = cost, end of the window
+# (epoch ms) for a new count. A script of its own (not the previous release's, which charged one key
+# and answered an integer): scripts are called by their digest, so both releases keep theirs.
+_SPEND = """
+local spent = {}
+for i, key in ipairs(KEYS) do
+    spent[i] = redis.call('INCRBY', key, ARGV[1])
+    if redis.call('PTTL', key) < 0 then redis.call('PEXPIREAT', key, ARGV[2]) end
+end
+return spent
+"""
+
+
+class Payer:
+    """Who a fetch chain is charged to: an account, and the client address it was asked from with
+    its slot among that address's chains under way (``Shares.admit``). No address for the snapshot
+    cron's chains, nor for a refresh asked before the release that keeps addresses."""
+
+    __slots__ = ("account", "address", "slot")
+
+    def __init__(self, account: int, address: str | None = None, slot: Slot | None = None) -> None:
+        self.account = account
+        self.address = address
+        self.slot = slot
+
+
+class Shares:
+    """The accounts' and addresses' shares of GitHub's window, and the caps on their chains under way
+    (this module's docstring)."""
+
+    def __init__(self, settings: Settings, valkey: Valkey, governor: RateLimitGovernor) -> None:
+        self.settings = settings
+        self.valkey = valkey
+        self.governor = governor
+        self._lookups: dict[int, Counter[str]] = {}
+        """Per account, the logins of its cold lookups in flight in this process (callers per login)."""
+        self._spend = valkey.register_script(_SPEND)
+        cap = settings.github_address_lookups_in_flight
+        self.address_chains = StreamSlots(
+            valkey,
+            prefix="github:address-chains",
+            cap=cap,
+            # The longest a flight lasts (waiting for another process's chain, then its own); the
+            # slot is given back when it ends, the lease only frees that of a process that died.
+            lease_ms=int((2 * settings.github_chain_timeout_s + 60) * 1000),
+            too_many=lambda: TooManyLookupsError(
+                f"The accounts of one network address may have {cap} lookups and refreshes of GitHub "
+                "users under way at once; wait for one of them to finish.",
+                headers={"Retry-After": str(LOOKUPS_IN_FLIGHT_RETRY_S)},
+            ),
+        )
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    async def budget(self, account: int | None = None) -> tuple[int, int]:
+        """GitHub requests an account's cold lookups and refreshes may cost per GitHub window (the
+        snapshot cron's, for ``SNAPSHOTS_ACCOUNT``), and GitHub's limit: a fraction of the limit GitHub
+        last reported (before any answer, its documented limit: 60 requests an hour without a token,
+        5,000 with one), never less than one request."""
+        limit, _ = await self.governor.window()
+        fraction = (
+            self.settings.github_snapshot_quota_fraction
+            if account == SNAPSHOTS_ACCOUNT
+            else self.settings.github_user_quota_fraction
+        )
+        return max(1, math.floor(limit * fraction)), limit
+
+    async def address_budget(self) -> int:
+        """GitHub requests the chains asked from one client address may cost per GitHub window,
+        whatever accounts asked: ``GITHUB_ADDRESS_QUOTA_FRACTION`` of GitHub's limit."""
+        limit, _ = await self.governor.window()
+        return max(1, math.floor(limit * self.settings.github_address_quota_fraction))
+
+    async def share_left(self, account: int) -> bool:
+        """Whether ``account``'s chains (the snapshot cron's, for ``SNAPSHOTS_ACCOUNT``) have cost less
+        than its share of this GitHub window."""
+        budget, _ = await self.budget(account)
+        return int(await self.valkey.get(_spent_key(account)) or 0) < budget
+
+    async def check(self, user_id: int, address: str | None) -> None:
+        """Refuses (429 ``github-lookup-budget``) an account whose chains have cost its share of this
+        GitHub window, or an address whose accounts' chains have cost its share. A refresh is checked
+        so when it is asked for, and its job ``admit``ted when it starts."""
+        if not await self.share_left(user_id):
+            raise await self._budget_spent(user_id)
+        if address is not None:
+            spent = int(await self.valkey.get(_address_spent_key(address)) or 0)
+            if spent >= (budget := await self.address_budget()):
+                raise await self._address_budget_spent(address, spent, budget)
+
+    async def admit(self, user_id: int, address: str | None) -> Payer:
+        """The payer of a new chain of account ``user_id`` asked from ``address``: ``check``ed, then
+        holding a slot among the address's chains under way (past the cap: 429
+        ``github-lookups-in-flight``). The chain gives the slot back when it ends (``charging``)."""
+        await self.check(user_id, address)
+        slot = await self.address_chains.claim(address) if address is not None else None
+        return Payer(user_id, address, slot)
+
+    async def release(self, payer: Payer | None) -> None:
+        """Give back the payer's slot: its chain ended, or it joined one under way (free)."""
+        if payer is not None and payer.slot is not None:
+            await payer.slot.release()
+            payer.slot = None
+
+    async def _budget_spent(self, user_id: int) -> LookupBudgetError:
+        budget, limit = await self.budget()
+        key = _spent_key(user_id)
+        async with self.valkey.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            spent_raw, ttl_ms = await pipe.execute()
+        return LookupBudgetError(
+            f"Looking up GitHub users that are not stored yet and refreshing stored ones may cost each "
+            f"account {budget} GitHub requests per hour ({self.settings.github_user_quota_fraction:.0%} "
+            f"of GitHub's limit of {limit}, shared by every account); yours have cost {int(spent_raw or 0)} "
+            "in this hour. Users already stored are still answered (once stale, without a refresh).",
+            headers={"Retry-After": _until_window_ends(ttl_ms)},
+        )
+
+    async def _address_budget_spent(self, address: str, spent: int, budget: int) -> LookupBudgetError:
+        limit, _ = await self.governor.window()
+        ttl_ms = await self.valkey.pttl(_address_spent_key(address))
+        return LookupBudgetError(
+            f"Looking up GitHub users that are not stored yet and refreshing stored ones may cost the "
+            f"accounts of one network address {budget} GitHub requests per hour "
+            f"({self.settings.github_address_quota_fraction:.0%} of GitHub's limit of {limit}, shared by "
+            f"every account); those of yours have cost {spent} in this hour. Users already stored are "
+            "still answered (once stale, without a refresh).",
+            headers={"Retry-After": _until_window_ends(ttl_ms)},
+        )
+
+    # -- charging ------------------------------------------------------------------------------
+
+    async def charging(self, payer: Payer, work: Coroutine[Any, Any, T]) -> T:
+        """Run a fetch chain (a flight's task), charging what GitHub charged for it to ``payer``: as it
+        goes (``within_share``), and the rest when it ends; then its address slot is given back."""
+        with metered() as meter:
+            share = _Share(payer, meter)
+            token = _SHARE.set(share)
+            try:
+                return await work
+            finally:
+                _SHARE.reset(token)
+                if (cost := meter.charged - share.charged) > 0:
+                    try:
+                        await self._charge(share)
+                    except Exception:  # the answer stands; the payer is charged less this once
+                        log.warning("github_lookup_not_charged", user_id=payer.account, cost=cost)
+                await self.release(payer)
+
+    async def within_share(self) -> bool:
+        """Whether the chain under way may ask GitHub for one more resource it can do without (a
+        repository's languages): it charges its payer what it has cost so far, and reads what the
+        payer's account's and address's chains have cost in all. A chain nobody pays for may.
+
+        Charged only once the chain ended, an account's chains under way at once each cost up to a
+        whole chain on top of its share (two of them: 44 requests of an anonymous hour's 60 against a
+        share of 12, and the other accounts' lookups then met GitHub's own limit)."""
+        share = _SHARE.get()
+        if share is None:
+            return True
+        payer = share.payer
+        try:
+            spent = await self._charge(share)
+            budgets = [(await self.budget(payer.account))[0]]
+            if payer.address is not None:
+                budgets.append(await self.address_budget())
+        except Exception:  # Valkey: measure no more than what has been measured (the answer stands)
+            log.warning("github_share_unknown", user_id=payer.account)
+            return False
+        return all(cost < budget for cost, budget in zip(spent, budgets, strict=True))
+
+    async def _charge(self, share: _Share) -> list[int]:
+        """Charge the payer what its chain cost since the last charge; what the chains of its account
+        (first) and of its address have cost in all."""
+        _, window_end = await self.governor.window()
+        cost = share.meter.charged - share.charged
+        share.charged += cost  # before the call: a reply lost after the count moved must not count twice
+        keys = [_spent_key(share.payer.account)]
+        if share.payer.address is not None:
+            keys.append(_address_spent_key(share.payer.address))
+        return [int(spent) for spent in await self._spend(keys=keys, args=[cost, int(window_end * 1000)])]
+
+    # -- an account's cold lookups in flight (this process) ------------------------------------
+
+    def hold_lookup(self, user_id: int, login: str) -> None:
+        """Counts the caller among the account's lookups in flight; a new login past the cap is a 429.
+        Joining a lookup of a login the account already has in flight adds no work and is free."""
+        held = self._lookups.setdefault(user_id, Counter())
+        cap = self.settings.github_user_lookups_in_flight
+        if login not in held and len(held) >= cap:
+            raise TooManyLookupsError(
+                f"An account may have {cap} lookups of GitHub users that are not stored yet under way "
+                "at once; wait for one of yours to finish.",
+                headers={"Retry-After": str(LOOKUPS_IN_FLIGHT_RETRY_S)},
+            )
+        held[login] += 1
+
+    def release_lookup(self, user_id: int, login: str) -> None:
+        held = self._lookups.get(user_id)
+        if held is None:
+            return
+        held[login] -= 1
+        if held[login] <= 0:
+            del held[login]
+        if not held:
+            del self._lookups[user_id]
+
+
+class _Share:
+    """A chain's payer, its requests (``meter``) and how many of them it has been charged so far."""
+
+    __slots__ = ("charged", "meter", "payer")
+
+    def __init__(self, payer: Payer, meter: RequestMeter) -> None:
+        self.payer = payer
+        self.meter = meter
+        self.charged = 0
+
+
+_SHARE: ContextVar[_Share | None] = ContextVar("github_share", default=None)
+
+
+def _until_window_ends(ttl_ms: int) -> str:
+    """A ``Retry-After`` for a spent share: when its count (kept until GitHub's window ends) goes."""
+    return str(max(1, math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 60))
+
+
+def _address_spent_key(address: str) -> str:
+    """GitHub requests the chains asked from ``address`` (``app.core.ratelimit.ClientAddress``: a
+    digest, ``ip:...``) have cost in the current GitHub window."""
+    return f"github:lookup-spent:{address}"
+
+
+def _spent_key(user_id: int) -> str:
+    """GitHub requests the account's cold lookups and refreshes have cost in the current GitHub
+    window (the key keeps its name: a rolling deploy's two releases count in the same one)."""
+    return f"github:lookup-spent:{user_id}"

@@ -1,0 +1,303 @@
+"""The accounts of one client address share a part of GitHub's window, not the whole of it.
+
+Accounts are free (20 a minute per address): with only a share per account, five accounts of one
+person spent GitHub's whole hourly window, and every account's lookups of users not stored yet then
+answered 503 until GitHub's reset. The chains asked from one address (an IPv4 address, an IPv6 /64)
+may cost ``GITHUB_ADDRESS_QUOTA_FRACTION`` of the window (two fifths of an anonymous hour's 60: 24)
+and be ``GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT`` (4) under way at once, across processes.
+
+The test client's requests come from 127.0.0.1, a trusted proxy: ``X-Forwarded-For`` names another
+address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.core.ratelimit import stored_identity
+from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
+from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
+from tests.functional.test_github_fair_share import TURN_LOCK, two_repos, under_way
+from tests.functional.test_github_http import older_than_a_refresh_fetches, work_refresh
+
+ELSEWHERE = {"x-forwarded-for": "203.0.113.7"}
+ADDRESS_SHARE = 24
+CHAINS_UNDER_WAY = 4
+
+
+@pytest.fixture
+def github_settings(
+    settings: Settings, fake_server: FakeGitHubServer, db: object, valkey: object
+) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        github_api_url=fake_server.url,
+        github_retry_wait_s=0.01,
+        github_timeout_s=2.0,
+        github_interactive_wait_s=30.0,
+    )
+
+
+def address(settings: Settings, ip: str = "127.0.0.1") -> str:
+    """The address as Valkey keeps it (``app.core.ratelimit.ClientAddress``)."""
+    return stored_identity(settings.secret_key, f"ip:{ip}")
+
+
+async def spent_by(valkey: Valkey, settings: Settings, ip: str = "127.0.0.1") -> int:
+    return int(await valkey.get(f"github:lookup-spent:{address(settings, ip)}") or 0)
+
+
+async def chains_under_way(valkey: Valkey, settings: Settings, ip: str = "127.0.0.1") -> int:
+    return int(await valkey.zcard(f"github:address-chains:{address(settings, ip)}"))
+
+
+# -- the share ------------------------------------------------------------------------------------
+
+
+async def test_the_accounts_of_one_address_leave_the_shared_quota_to_the_others(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    for index in range(12):
+        fake.add_user(f"someone{index}", two_repos())
+    fake.add_user("wanted")
+    async with serve_in_loop(github_settings) as served:
+        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
+        other = await make_user(db, served.app, name="Other")
+        answers = [
+            await served.client.get(f"/api/github/users/someone{index}", headers=account.headers)
+            for account, logins in ((first, range(3)), (second, range(3, 6)), (third, range(6, 9)))
+            for index in logins
+        ]
+        theirs = await served.client.get("/api/github/users/wanted", headers={**other.headers, **ELSEWHERE})
+
+    # Each lookup costs 4 (the user, its repositories, two repositories' languages): the first two
+    # accounts' six lookups spend the address's 24, within each account's 12.
+    assert [answer.status_code for answer in answers] == [200] * 6 + [429] * 3
+    refused = assert_problem(answers[6], 429, "github-lookup-budget")
+    assert "one network address 24 GitHub requests per hour" in refused["detail"], refused["detail"]
+    assert "limit of 60" in refused["detail"] and "have cost 24" in refused["detail"]
+    assert 1 <= int(answers[6].headers["retry-after"]) <= 3602, "until GitHub's window ends"
+    assert theirs.status_code == 200, theirs.text
+    assert fake.charged() == ADDRESS_SHARE + 2, "the address's share, then the other address's lookup"
+    assert await chains_under_way(valkey, github_settings) == 0, "each lookup gave its slot back"
+
+
+async def test_lookups_asked_at_once_from_many_accounts_of_one_address_stay_near_its_share(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Thirty lookups asked at once by fifteen accounts (two each, the account's cap) all passed the
+    share's check before any was charged: the address spent GitHub's whole window. At most four are
+    under way at once, and each is charged as it goes: past the share, the four under way can each
+    cost only what they ask before their first charge (the user and a page of repositories)."""
+    for index in range(30):
+        fake.add_user(f"someone{index}", two_repos())
+    fake.add_user("wanted")
+    async with serve_in_loop(github_settings) as served:
+        accounts = [await make_user(db, served.app, name=f"Same{n}") for n in range(15)]
+        answers = await asyncio.gather(
+            *(
+                served.client.get(f"/api/github/users/someone{2 * n + k}", headers=account.headers)
+                for n, account in enumerate(accounts)
+                for k in range(2)
+            )
+        )
+        charged_by_the_address = fake.charged()
+        theirs = await served.client.get(
+            "/api/github/users/wanted", headers={**accounts[0].headers, **ELSEWHERE}
+        )
+
+    statuses = {answer.status_code for answer in answers}
+    assert statuses <= {200, 429} and 200 in statuses, statuses
+    assert charged_by_the_address <= ADDRESS_SHARE + CHAINS_UNDER_WAY * 2, charged_by_the_address
+    assert await spent_by(valkey, github_settings) == charged_by_the_address, "every request was charged"
+    assert theirs.status_code == 200, theirs.text
+
+
+async def test_a_lookup_that_straddles_the_share_measures_no_language_past_it(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    """The address at 22 of its 24, each of its accounts well within its 12: a lookup is admitted, and
+    once its user and repositories bring the address to 24 it measures no language."""
+    fake.add_user("bare")  # 2 requests: the user, its (empty) repositories
+    for index in range(5):
+        fake.add_user(f"someone{index}", two_repos())  # 4 each
+    fake.add_user("many", [FakeRepo(name=f"r{j}", size=100 + j, languages={"Go": 10}) for j in range(5)])
+    async with serve_in_loop(github_settings) as served:
+        accounts = [await make_user(db, served.app, name=f"Same{n}") for n in range(4)]
+        plan = [
+            (0, "bare"),
+            (0, "someone0"),
+            (0, "someone1"),
+            (1, "someone2"),
+            (1, "someone3"),
+            (2, "someone4"),
+        ]
+        for n, login in plan:
+            looked_up = await served.client.get(f"/api/github/users/{login}", headers=accounts[n].headers)
+            assert looked_up.status_code == 200, looked_up.text
+        assert fake.charged() == 22
+        many = await served.client.get("/api/github/users/many", headers=accounts[3].headers)
+
+    assert many.status_code == 200, many.text
+    assert fake.charged() == ADDRESS_SHARE, "the user and its repositories, no language"
+
+
+# -- chains under way -----------------------------------------------------------------------------
+
+
+async def test_the_accounts_of_one_address_have_at_most_four_lookups_under_way(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    for login in ("held0", "held1", "held2", "held3", "fifth", "wanted"):
+        fake.add_user(login)
+    async with serve_in_loop(github_settings) as served:
+        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
+        other = await make_user(db, served.app, name="Other")
+        client = served.client
+        held_logins = [f"held{i}" for i in range(4)]
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)  # GitHub's turn is taken: lookups wait
+        try:
+            held = [
+                asyncio.create_task(client.get(f"/api/github/users/{login}", headers=account.headers))
+                for login, account in zip(held_logins, (first, first, second, second), strict=True)
+            ]
+            await wait_until(lambda: under_way(valkey, *held_logins), 20, "four lookups are under way")
+            fifth = await client.get("/api/github/users/fifth", headers=third.headers)
+            joined = asyncio.create_task(client.get("/api/github/users/held0", headers=third.headers))
+            theirs = asyncio.create_task(
+                client.get("/api/github/users/wanted", headers={**other.headers, **ELSEWHERE})
+            )
+            await wait_until(
+                lambda: under_way(valkey, "wanted"), 20, "the other address's lookup is under way"
+            )
+            assert await chains_under_way(valkey, github_settings) == CHAINS_UNDER_WAY, "the join holds none"
+        finally:
+            await valkey.delete(TURN_LOCK)
+        refused = assert_problem(fifth, 429, "github-lookups-in-flight")
+        assert "one network address may have 4" in refused["detail"], refused["detail"]
+        assert int(fifth.headers["retry-after"]) >= 1
+        assert [(await task).status_code for task in held] == [200] * 4
+        assert (await joined).status_code == 200, "joining a lookup under way adds no work"
+        assert (await theirs).status_code == 200
+        assert fake.recorded("/users/fifth") == []
+        again = await client.get("/api/github/users/fifth", headers=third.headers)
+        assert again.status_code == 200, "the lookups ended: the address's slots are free"
+    assert await chains_under_way(valkey, github_settings) == 0
+
+
+async def test_joining_a_lookup_under_way_is_free_for_an_address_whose_share_is_spent(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    fake.add_user("slow", two_repos())
+    fake.add_user("new")
+    async with serve_in_loop(github_settings) as served:
+        payer = await make_user(db, served.app, name="Payer")
+        joiner = await make_user(db, served.app, name="Joiner")
+        await valkey.set(f"github:lookup-spent:{address(github_settings)}", ADDRESS_SHARE, ex=3600)
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)
+        try:
+            paying = asyncio.create_task(
+                served.client.get("/api/github/users/slow", headers={**payer.headers, **ELSEWHERE})
+            )
+            await wait_until(lambda: under_way(valkey, "slow"), 20, "the other address's lookup is under way")
+            joined = asyncio.create_task(served.client.get("/api/github/users/slow", headers=joiner.headers))
+            new = await served.client.get("/api/github/users/new", headers=joiner.headers)
+        finally:
+            await valkey.delete(TURN_LOCK)
+        paid, joined_answer = await paying, await joined
+
+    assert paid.status_code == 200, paid.text
+    assert joined_answer.status_code == 200, joined_answer.text
+    assert_problem(new, 429, "github-lookup-budget")
+    assert await spent_by(valkey, github_settings) == ADDRESS_SHARE, "the join cost the spent address nothing"
+    assert await spent_by(valkey, github_settings, "203.0.113.7") == 4, "its payer paid"
+
+
+# -- refreshes ------------------------------------------------------------------------------------
+
+
+async def stored_by_another_address(served: Any, db: AsyncConnection[Any], logins: list[str]) -> None:
+    """The logins looked up from another address (costing this one nothing), then old enough to be
+    fetched again by a refresh."""
+    seeder = await make_user(db, served.app, name="Seeder")
+    for login in logins:
+        looked_up = await served.client.get(
+            f"/api/github/users/{login}", headers={**seeder.headers, **ELSEWHERE}
+        )
+        assert looked_up.status_code == 200, looked_up.text
+    await older_than_a_refresh_fetches(db)
+
+
+async def test_a_refresh_is_charged_to_the_address_it_was_asked_from(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """A refresh's job runs in a worker, with no request: it charges the address the refresh was
+    asked from (kept beside the refresh's state, as long as it), so refreshes cannot take what
+    lookups may not. Here the refresh's 4 requests bring the address to its 24, and the next
+    account's lookup from it is refused."""
+    for index in range(6):
+        fake.add_user(f"someone{index}", two_repos())
+    fake.add_user("wanted")
+    async with serve_in_loop(github_settings) as served:
+        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
+        for account, logins in ((first, range(3)), (second, range(3, 5))):  # 12 and 8 of the 24
+            for index in logins:
+                looked_up = await served.client.get(
+                    f"/api/github/users/someone{index}", headers=account.headers
+                )
+                assert looked_up.status_code == 200, looked_up.text
+        await older_than_a_refresh_fetches(db)
+        refresh = await served.client.post("/api/github/users/someone0/refresh", headers=second.headers)
+        assert refresh.status_code == 202, refresh.text
+        refresh_id = refresh.json()["id"]
+        kept_for = await valkey.ttl(f"github:refresh-address:{refresh_id}")
+        state_kept_for = await valkey.ttl(f"github:refresh:{refresh_id}")
+        assert await work_refresh(github_settings, refresh_id) == "succeeded"
+        refused = await served.client.get("/api/github/users/wanted", headers=third.headers)
+
+    detail = assert_problem(refused, 429, "github-lookup-budget")["detail"]
+    assert "one network address 24" in detail and "have cost 24" in detail, detail
+    assert abs(kept_for - state_kept_for) <= 5, "a job that waits as long as its state is kept finds it"
+    assert not await valkey.exists(f"github:refresh-address:{refresh_id}"), "forgotten once finished"
+    assert await chains_under_way(valkey, github_settings) == 0
+
+
+async def test_a_refresh_whose_address_has_four_chains_under_way_fails_fetching_nothing(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Jobs run ten at once per worker: each passing its check while the address's other chains are
+    under way, they would overshoot its share together. The job takes a slot among the address's
+    chains under way, as a lookup does, across processes (here the job runs beside the server)."""
+    for login in ("held0", "held1", "held2", "held3", "refreshed"):
+        fake.add_user(login)
+    async with serve_in_loop(github_settings) as served:
+        await stored_by_another_address(served, db, ["refreshed"])
+        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
+        refresh = await served.client.post("/api/github/users/refreshed/refresh", headers=third.headers)
+        assert refresh.status_code == 202, refresh.text
+        held_logins = [f"held{i}" for i in range(4)]
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)
+        try:
+            held = [
+                asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=account.headers))
+                for login, account in zip(held_logins, (first, first, second, second), strict=True)
+            ]
+            await wait_until(lambda: under_way(valkey, *held_logins), 20, "four lookups are under way")
+            charged_before = fake.charged()
+            outcome = await work_refresh(github_settings, refresh.json()["id"])
+            charged_by_the_job = fake.charged() - charged_before
+        finally:
+            await valkey.delete(TURN_LOCK)
+        assert [(await task).status_code for task in held] == [200] * 4
+        state = (await served.client.get(refresh.json()["state_url"], headers=third.headers)).json()
+
+    assert outcome == "failed" and charged_by_the_job == 0
+    assert state["status"] == "failed" and state["error"]["kind"] == "rate-limited", state
+    assert state["error"]["retry_after_s"] >= 1
