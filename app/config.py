@@ -347,8 +347,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     github_user_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
     github_address_lookups_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 4
     """Per client address: its accounts' lookups and refreshes under way at once, across processes.
-    Each may cost its profile and pages of repositories past the address's share before its first
-    charge, so this bounds what the address spends beyond its share."""
+    Past the address's share each may still cost its profile request (and one of them its pages of
+    repositories, reserved before they are read), so this bounds what the address spends beyond it."""
     github_user_pending_refreshes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     github_stream_max_per_user: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     github_profile_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 30

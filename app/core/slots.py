@@ -90,7 +90,12 @@ class StreamSlots:
     async def claim(self, owner: int | str) -> Slot:
         """A slot for a new response of the owner; ``too_many()`` when all are taken."""
         slot = Slot(self, owner)
-        if not await slot.renew():
+        try:
+            held = await slot.renew()
+        except BaseException:  # the claim may have been applied, its reply lost: not left for its lease
+            await slot.release()
+            raise
+        if not held:
             raise self.too_many()
         return slot
 

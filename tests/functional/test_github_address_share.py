@@ -4,7 +4,8 @@ Accounts are free (20 a minute per address): with only a share per account, five
 person spent GitHub's whole hourly window, and every account's lookups of users not stored yet then
 answered 503 until GitHub's reset. The chains asked from one address (an IPv4 address, an IPv6 /64)
 may cost ``GITHUB_ADDRESS_QUOTA_FRACTION`` of the window (two fifths of an anonymous hour's 60: 24)
-and be ``GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT`` (4) under way at once, across processes.
+and be ``GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT`` (4) under way at once, across processes; a chain reserves
+its pages of repositories before it reads them.
 
 The test client's requests come from 127.0.0.1, a trusted proxy: ``X-Forwarded-For`` names another
 address.
@@ -17,11 +18,21 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis.asyncio as redis
 from psycopg import AsyncConnection
+from saq.job import Status
+from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.ratelimit import stored_identity
+from app.core.services import open_services
+from app.core.slots import StreamSlots
+from app.domains.github.errors import TooManyLookupsError
+from app.domains.github.jobs import refresh_github_profile
+from app.domains.github.module import module as github_module
+from app.domains.github.refreshes import QUEUE
+from app.domains.github.services import GithubService
 from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 from tests.functional.test_github_fair_share import TURN_LOCK, two_repos, under_way
@@ -56,6 +67,34 @@ async def spent_by(valkey: Valkey, settings: Settings, ip: str = "127.0.0.1") ->
 
 async def chains_under_way(valkey: Valkey, settings: Settings, ip: str = "127.0.0.1") -> int:
     return int(await valkey.zcard(f"github:address-chains:{address(settings, ip)}"))
+
+
+def thousand_repos(tag: str) -> list[FakeRepo]:
+    """A user whose listing is ten pages: eleven requests before its first language."""
+    return [FakeRepo(name=f"{tag}-r{j:04d}", size=100 + j, languages={"Go": 10}) for j in range(1000)]
+
+
+async def work_refreshes_at_once(settings: Settings, count: int) -> list[str]:
+    """What one worker does with ``count`` queued refreshes (WORKER_CONCURRENCY 10): runs them at
+    once. Returns their outcomes."""
+    assert settings.valkey_url is not None
+    queue = RedisQueue(redis.from_url(settings.valkey_url), name=QUEUE)
+    try:
+        jobs = [await queue.dequeue(timeout=5) for _ in range(count)]
+        async with open_services(settings, [github_module]) as services:
+            outcomes = await asyncio.gather(
+                *(
+                    refresh_github_profile({"services": services, "job": job}, **(job.kwargs or {}))  # type: ignore[typeddict-unknown-key]
+                    for job in jobs
+                    if job is not None
+                )
+            )
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            assert job is not None
+            await queue.finish(job, Status.COMPLETE, result=outcome)
+        return list(outcomes)
+    finally:
+        await queue.redis.aclose()
 
 
 # -- the share ------------------------------------------------------------------------------------
@@ -149,6 +188,66 @@ async def test_a_lookup_that_straddles_the_share_measures_no_language_past_it(
     assert fake.charged() == ADDRESS_SHARE, "the user and its repositories, no language"
 
 
+async def test_users_with_many_pages_of_repositories_under_way_at_once_stay_near_the_share(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Four chains of users with ten pages of repositories, under way at once: each read its pages
+    before its first charge, and the address spent 46 of its 24. A chain now reserves its pages once
+    it has the user, counting the others' reservations: past the share, a chain stops there."""
+    for index in range(4):
+        fake.add_user(f"big{index}", thousand_repos(f"big{index}"))
+    fake.add_user("wanted", two_repos())
+    async with serve_in_loop(github_settings) as served:
+        first, second = [await make_user(db, served.app, name=f"Same{n}") for n in range(2)]
+        other = await make_user(db, served.app, name="Other")
+        bigs = [f"big{index}" for index in range(4)]
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)
+        try:
+            held = [
+                asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=account.headers))
+                for login, account in zip(bigs, (first, first, second, second), strict=True)
+            ]
+            await wait_until(lambda: under_way(valkey, *bigs), 20, "four lookups are under way")
+        finally:
+            await valkey.delete(TURN_LOCK)
+        answers = [await task for task in held]
+        charged_by_the_address = fake.charged()
+        theirs = await served.client.get("/api/github/users/wanted", headers={**other.headers, **ELSEWHERE})
+
+    assert sorted(answer.status_code for answer in answers) == [200, 200, 429, 429], [a.text for a in answers]
+    for refused in (answer for answer in answers if answer.status_code == 429):
+        assert_problem(refused, 429, "github-lookup-budget")
+    # The four users (4), then two chains' ten pages each; no language once the share is spent.
+    assert charged_by_the_address == 4 + 2 * 10, charged_by_the_address
+    assert await spent_by(valkey, github_settings) == charged_by_the_address, "reservations given back"
+    assert theirs.status_code == 200, theirs.text
+
+
+async def test_one_account_on_two_processes_passes_its_share_by_one_chain_at_most(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The account's cap of two lookups under way is per process: on two web workers it had four of
+    users with ten pages each under way, and spent 45 of its 12."""
+    for index in range(4):
+        fake.add_user(f"big{index}", thousand_repos(f"big{index}"))
+    async with serve_in_loop(github_settings) as one, serve_in_loop(github_settings) as two:
+        greedy = await make_user(db, one.app, name="Greedy")
+        bigs = [f"big{index}" for index in range(4)]
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)
+        try:
+            held = [
+                asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=greedy.headers))
+                for login, served in zip(bigs, (one, one, two, two), strict=True)
+            ]
+            await wait_until(lambda: under_way(valkey, *bigs), 20, "four lookups are under way")
+        finally:
+            await valkey.delete(TURN_LOCK)
+        statuses = sorted([(await task).status_code for task in held])
+
+    assert statuses == [200, 429, 429, 429], statuses
+    assert int(await valkey.get(f"github:lookup-spent:{greedy.id}") or 0) == 4 + 10 == fake.charged()
+
+
 # -- chains under way -----------------------------------------------------------------------------
 
 
@@ -190,6 +289,89 @@ async def test_the_accounts_of_one_address_have_at_most_four_lookups_under_way(
         again = await client.get("/api/github/users/fifth", headers=third.headers)
         assert again.status_code == 200, "the lookups ended: the address's slots are free"
     assert await chains_under_way(valkey, github_settings) == 0
+
+
+async def test_requests_for_one_user_asked_at_once_join_one_chain(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Each request was admitted (a slot among the address's four) before any had started the chain
+    the others could join: twenty requests for one user got 429s while one chain ran for them all.
+    The look for a chain and the admission are one step per user in a process."""
+    fake.add_user("popular", two_repos())
+    async with serve_in_loop(github_settings) as served:
+        account = await make_user(db, served.app, name="Tabs")
+        lookups = served.app.state.services[GithubService].lookups
+        cold_lookup, admit = lookups.cold_lookup, lookups.shares.admit
+        asking = 0
+
+        async def counted_cold_lookup(*args: Any) -> Any:
+            nonlocal asking
+            asking += 1
+            return await cold_lookup(*args)
+
+        async def every_request_asking() -> bool:
+            return asking == 20
+
+        async def admit_once_all_ask(user_id: int, client_address: str | None) -> Any:
+            await wait_until(every_request_asking, 20, "every request asks for the user")
+            return await admit(user_id, client_address)
+
+        lookups.cold_lookup = counted_cold_lookup  # type: ignore[method-assign]
+        lookups.shares.admit = admit_once_all_ask  # type: ignore[method-assign]
+        answers = await asyncio.gather(
+            *(served.client.get("/api/github/users/popular", headers=account.headers) for _ in range(20))
+        )
+
+    assert [answer.status_code for answer in answers] == [200] * 20, {a.status_code for a in answers}
+    assert [r.path for r in fake.recorded("/users/popular")] == ["/users/popular", "/users/popular/repos"]
+    assert await chains_under_way(valkey, github_settings) == 0
+
+
+async def test_an_accounts_lookup_past_its_own_cap_gives_the_address_slot_back(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    for login in ("held0", "held1", "third"):
+        fake.add_user(login)
+    async with serve_in_loop(github_settings) as served:
+        greedy = await make_user(db, served.app, name="Greedy")
+        await valkey.set(TURN_LOCK, "the-test", px=60_000)
+        try:
+            held = [
+                asyncio.create_task(served.client.get(f"/api/github/users/held{i}", headers=greedy.headers))
+                for i in range(2)
+            ]
+            await wait_until(lambda: under_way(valkey, "held0", "held1"), 20, "two lookups are under way")
+            third = await served.client.get("/api/github/users/third", headers=greedy.headers)
+            slots_after_the_refusal = await chains_under_way(valkey, github_settings)
+        finally:
+            await valkey.delete(TURN_LOCK)
+        assert [(await task).status_code for task in held] == [200, 200]
+
+    refused = assert_problem(third, 429, "github-lookups-in-flight")
+    assert "An account may have 2" in refused["detail"], refused["detail"]
+    assert slots_after_the_refusal == 2, "the refused lookup's slot was given back"
+
+
+async def test_a_slot_whose_claim_lost_its_reply_is_given_back(valkey: Valkey) -> None:
+    """Valkey applied the claim, and its reply was lost (a timeout, a cancelled request): the slot was
+    held until its lease ended, eleven minutes for a chain."""
+    slots = StreamSlots(
+        valkey,
+        prefix="test:lost-replies",
+        cap=4,
+        lease_ms=600_000,
+        too_many=lambda: TooManyLookupsError("at the cap"),
+    )
+    claim = slots.claim_script
+
+    async def reply_lost(**kwargs: Any) -> Any:
+        await claim(**kwargs)
+        raise ConnectionError("the reply never came")
+
+    slots.claim_script = reply_lost  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        await slots.claim("somebody")
+    assert await valkey.zcard("test:lost-replies:somebody") == 0
 
 
 async def test_joining_a_lookup_under_way_is_free_for_an_address_whose_share_is_spent(
@@ -269,12 +451,36 @@ async def test_a_refresh_is_charged_to_the_address_it_was_asked_from(
     assert await chains_under_way(valkey, github_settings) == 0
 
 
-async def test_a_refresh_whose_address_has_four_chains_under_way_fails_fetching_nothing(
+async def test_one_accounts_five_refreshes_run_at_once_all_succeed(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Five stale reads of one account (its own cap of pending refreshes) start five refreshes, and a
+    worker runs them at once: the fifth failed at the address's cap while the other four ran. A job
+    waits for a slot, as long as a lookup would wait."""
+    logins = [f"stale{index}" for index in range(5)]
+    for login in logins:
+        fake.add_user(login)
+    async with serve_in_loop(github_settings) as served:
+        await stored_by_another_address(served, db, logins)
+        await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+        reader = await make_user(db, served.app, name="Reader")
+        for login in logins:
+            read = await served.client.get(f"/api/github/users/{login}", headers=reader.headers)
+            assert read.json()["source"] == "stale" and read.json()["refresh"] is not None, read.text
+        outcomes = await work_refreshes_at_once(github_settings, len(logins))
+
+    assert outcomes == ["succeeded"] * 5
+    assert await chains_under_way(valkey, github_settings) == 0
+
+
+async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fails_fetching_nothing(
     github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
     """Jobs run ten at once per worker: each passing its check while the address's other chains are
     under way, they would overshoot its share together. The job takes a slot among the address's
-    chains under way, as a lookup does, across processes (here the job runs beside the server)."""
+    chains under way, as a lookup does, across processes (here the job runs beside the server),
+    waiting for one as long as a lookup waits (``GITHUB_COLD_WAIT_S``, a second here)."""
+    job_settings = msgspec.structs.replace(github_settings, github_cold_wait_s=1.0)
     for login in ("held0", "held1", "held2", "held3", "refreshed"):
         fake.add_user(login)
     async with serve_in_loop(github_settings) as served:
@@ -291,7 +497,7 @@ async def test_a_refresh_whose_address_has_four_chains_under_way_fails_fetching_
             ]
             await wait_until(lambda: under_way(valkey, *held_logins), 20, "four lookups are under way")
             charged_before = fake.charged()
-            outcome = await work_refresh(github_settings, refresh.json()["id"])
+            outcome = await work_refresh(job_settings, refresh.json()["id"])
             charged_by_the_job = fake.charged() - charged_before
         finally:
             await valkey.delete(TURN_LOCK)

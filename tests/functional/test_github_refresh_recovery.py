@@ -128,8 +128,8 @@ async def test_a_refresh_cut_by_its_workers_stop_is_handed_back_to_the_job_run_a
     job = await github_queue.dequeue(timeout=5)
     assert job is not None
     await job.update(status=Status.ACTIVE)
-    fetch = github.lookups.fetch_shared
-    monkeypatch.setattr(github.lookups, "fetch_shared", lambda *args, **kwargs: asyncio.Event().wait())
+    fetch = github.lookups.fetch_paid
+    monkeypatch.setattr(github.lookups, "fetch_paid", lambda *args, **kwargs: asyncio.Event().wait())
     if stopping:
         github.stopping()
     run = asyncio.create_task(github.run_refresh("ghost", requested.id, user_id=ACCOUNT))
@@ -151,7 +151,7 @@ async def test_a_refresh_cut_by_its_workers_stop_is_handed_back_to_the_job_run_a
     clock.now += GRACE * 3
     assert (await github.refresh_state(requested.id)).status == "queued", "its job is queued again"
 
-    monkeypatch.setattr(github.lookups, "fetch_shared", fetch)
+    monkeypatch.setattr(github.lookups, "fetch_paid", fetch)
     again = await github_queue.dequeue(timeout=5)
     assert again is not None and again.id == job.id
     assert await github.run_refresh("ghost", requested.id, user_id=ACCOUNT) == "succeeded"

@@ -120,6 +120,12 @@ def max_pages(max_repos: int) -> int:
     return math.ceil(max_repos / PER_PAGE) + 1
 
 
+def pages_to_list(public_repos: int, max_repos: int) -> int:
+    """The pages a listing of a user with ``public_repos`` repositories is expected to read (at least
+    one, which an empty listing reads too; at most ``max_pages``)."""
+    return min(max_pages(max_repos), max(1, math.ceil(public_repos / PER_PAGE)))
+
+
 def is_valid_username(name: str) -> bool:
     return 0 < len(name) <= MAX_USERNAME and _USERNAME.fullmatch(name) is not None
 

@@ -47,11 +47,12 @@ from app.domains.github.client import (
     GitHubRateLimitError,
     GitHubRefusedError,
     GithubRepo,
+    pages_to_list,
 )
 from app.domains.github.errors import TooManyLookupsError, problem_for
 from app.domains.github.governor import Priority, RateLimitGovernor
 from app.domains.github.schemas import ProfileData, UpstreamError
-from app.domains.github.shares import Payer, Shares
+from app.domains.github.shares import Payer, Shares, ShareSpentError
 
 log = structlog.get_logger("app.github")
 
@@ -133,6 +134,7 @@ class ProfileLookups:
         self.clock = clock
         self.shares = Shares(settings, valkey, governor)
         self._flights: dict[str, asyncio.Future[StoredProfile]] = {}
+        self._admissions: dict[str, _Admission] = {}
         self._release = valkey.register_script(RELEASE)
         self._renew = valkey.register_script(_RENEW)
 
@@ -160,18 +162,65 @@ class ProfileLookups:
 
     async def cold_lookup(self, user_id: int, login: str, address: str | None) -> StoredProfile:
         """A login with nothing stored, fetched for account ``user_id`` asking from ``address``
-        (``app.core.ratelimit.ClientAddress``) within both their shares of the quota (``Shares.admit``).
-        A login remembered as missing is a 404 first, and joining this process's fetch of the login
-        under way is free: neither needs a share."""
+        (``app.core.ratelimit.ClientAddress``) within both their shares of the quota (``fetch_paid``).
+        A login remembered as missing is a 404 first: no share is needed to say so. A chain this call
+        joined for free that its payer's share stopped (``ShareSpentError``) is asked again, on this
+        account's shares."""
         if await self.valkey.exists(f"github:missing:{login}"):
             raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)", remembered=True))
-        payer = None if self.in_flight(login) else await self.shares.admit(user_id, address)
-        try:
-            return await self.fetch_shared(
-                login, Priority.INTERACTIVE, newer_than=None, user_id=user_id, payer=payer
+        for last_try in (False, True):
+            try:
+                return await self.fetch_paid(
+                    login, Priority.INTERACTIVE, newer_than=None, account=user_id, address=address, holds=True
+                )
+            except ShareSpentError as exc:
+                if exc.account == user_id:
+                    raise exc.problem from None
+                if last_try:
+                    raise problem_for(exc) from None
+            except GitHubError as exc:
+                raise problem_for(exc) from None
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    async def fetch_paid(
+        self,
+        login: str,
+        priority: Priority,
+        *,
+        newer_than: datetime | None,
+        account: int,
+        address: str | None,
+        holds: bool,
+    ) -> StoredProfile:
+        """``fetch_shared`` for a chain ``account`` pays for, asked from ``address``: joining this
+        process's flight of the login is free, a new chain is admitted first (``Shares.admit``: 429
+        past a share or a cap on chains under way). ``holds``: the account holds one of its cold
+        lookups in flight (a request's; a refresh job's holds none).
+
+        The look for a flight and the admission are one step per login in this process
+        (``_admission``): twenty requests for one user, each admitted before any flight existed,
+        took the address's every slot and got 429s while one chain ran for them all."""
+        async with self._admission(login):
+            payer = None if self.in_flight(login) else await self.shares.admit(account, address)
+            flight = await self._flight(
+                login, priority, newer_than=newer_than, user_id=account if holds else None, payer=payer
             )
-        except GitHubError as exc:
-            raise problem_for(exc) from None
+        return await self._wait(flight, priority)
+
+    @contextlib.asynccontextmanager
+    async def _admission(self, login: str) -> AsyncIterator[None]:
+        """One caller at a time per login in this process (a lock kept while anyone wants it)."""
+        admission = self._admissions.get(login)
+        if admission is None:
+            admission = self._admissions[login] = _Admission()
+        admission.wanted += 1
+        try:
+            async with admission.lock:
+                yield
+        finally:
+            admission.wanted -= 1
+            if admission.wanted == 0:
+                del self._admissions[login]
 
     async def fetch_shared(
         self,
@@ -179,18 +228,30 @@ class ProfileLookups:
         priority: Priority,
         *,
         newer_than: datetime | None,
-        user_id: int | None = None,
         payer: Payer | None = None,
     ) -> StoredProfile:
         """One fetch chain per login: this process's callers share a flight, processes a lock.
 
         ``newer_than`` is what the caller already knows: a profile fetched after it (any profile, if
         ``None``) that another process stores meanwhile is the answer, not a reason to fetch again.
-        ``user_id``: the account asking (a cold lookup): it holds one of its lookups in flight until
-        the flight ends (not merely until it stops waiting). ``payer``: who a flight this call starts
-        is charged to (``Shares.admit``; the snapshot cron's and a refresh job's hold nothing); a
-        flight already under way was charged to whoever started it, and joining it gives the payer's
-        slot back at once."""
+        ``payer``: who a flight this call starts is charged to (the snapshot cron's account; a chain
+        an account pays for is ``fetch_paid``'s); a flight already under way was charged to whoever
+        started it."""
+        flight = await self._flight(login, priority, newer_than=newer_than, user_id=None, payer=payer)
+        return await self._wait(flight, priority)
+
+    async def _flight(
+        self,
+        login: str,
+        priority: Priority,
+        *,
+        newer_than: datetime | None,
+        user_id: int | None,
+        payer: Payer | None,
+    ) -> asyncio.Future[StoredProfile]:
+        """The login's flight in this process, joined or started (charged to ``payer``). ``user_id``
+        holds one of its account's lookups in flight until the flight ends (not merely until it stops
+        waiting). Joining gives the payer's slot back at once: it adds no chain."""
         try:
             if user_id is not None:
                 self.shares.hold_lookup(user_id, login)
@@ -208,6 +269,10 @@ class ProfileLookups:
             flight.add_done_callback(lambda _: self.shares.release_lookup(user_id, login))
         if joined:
             await self.shares.release(payer)
+        return flight
+
+    async def _wait(self, flight: asyncio.Future[StoredProfile], priority: Priority) -> StoredProfile:
+        """The flight's answer (a caller that stops waiting leaves it running for the others)."""
         if priority is Priority.BACKGROUND:
             return await asyncio.shield(flight)
         try:  # a request never waits longer than GITHUB_COLD_WAIT_S, even behind a background flight
@@ -294,11 +359,11 @@ class ProfileLookups:
         with self.client.fetch_chain(login):  # one lookup: its requests and its deadline bounded
             try:
                 user = await self.client.get_user(login, priority)
-                repos, truncated = await self.client.list_repos(
-                    login, priority, max_repos=self.settings.github_max_repos
-                )
-            except GitHubBusyError:
-                raise  # our queue, not GitHub: nothing to remember about the login
+                max_repos = self.settings.github_max_repos
+                await self.shares.afford(pages_to_list(user.public_repos, max_repos))
+                repos, truncated = await self.client.list_repos(login, priority, max_repos=max_repos)
+            except (GitHubBusyError, ShareSpentError):
+                raise  # our queue or the payer's share, not GitHub: nothing to remember about the login
             except GitHubError as exc:
                 await self._record_failure(login, exc, profile_stored=profile_stored)
                 raise
@@ -387,6 +452,16 @@ class ProfileLookups:
             return None
         error = msgspec.msgpack.decode(raw, type=UpstreamError)
         return error if error.at >= after else None
+
+
+class _Admission:
+    """A login's turn to look for a flight and be admitted (``ProfileLookups._admission``)."""
+
+    __slots__ = ("lock", "wanted")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.wanted = 0
 
 
 def _keep_previous(

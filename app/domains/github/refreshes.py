@@ -57,9 +57,8 @@ from app.domains.github.errors import (
     UnknownGithubUserError,
 )
 from app.domains.github.governor import Priority
-from app.domains.github.lookups import RELEASE, Clock, ProfileLookups
+from app.domains.github.lookups import RELEASE, Clock, ProfileLookups, StoredProfile
 from app.domains.github.schemas import RefreshOut, RefreshStatus, UpstreamError
-from app.domains.github.shares import Payer
 
 if TYPE_CHECKING:
     from app.domains.accounts.services import AccountService
@@ -72,6 +71,8 @@ QUEUE: QueueName = "github"
 """The domain's SAQ queue: its jobs never wait in (or hold up) the platform's ``default`` queue."""
 REFRESH_LIMIT_RETRY_S = 10
 REFRESH_STATE_TTL_S = 24 * 3600
+SLOT_POLL_S = 0.25
+"""How often a refresh job at its address's cap on chains under way asks for a slot again."""
 SSE_POLL_S = 1.0
 SSE_KEEPALIVE_S = 15.0
 SSE_MAX_S = 120.0
@@ -441,21 +442,14 @@ class Refreshes:
         state = msgspec.structs.replace(state, status="running", started_at=self.clock())
         await self._save_refresh(state)
         running = msgspec.json.encode(state)
-        payer: Payer | None = None
-        if user_id is not None and not self.lookups.in_flight(login):  # joining a flight is free
-            address = await self.valkey.get(_address_key(refresh_id))
-            try:
-                payer = await self.lookups.shares.admit(user_id, address.decode() if address else None)
-            except (LookupBudgetError, TooManyLookupsError) as refused:  # no chain past a share or cap
-                retry_after = float(refused.headers["Retry-After"])
-                await self._finish_refresh(
-                    state, GitHubRateLimitError(str(refused), retry_after=retry_after), replacing=running
-                )
-                return "failed"
         try:
-            stored = await self.lookups.fetch_shared(
-                login, Priority.BACKGROUND, newer_than=state.requested_at, payer=payer
+            stored = await self._fetch(login, refresh_id, state.requested_at, user_id)
+        except (LookupBudgetError, TooManyLookupsError) as refused:  # no chain past a share or cap
+            retry_after = float(refused.headers["Retry-After"])
+            await self._finish_refresh(
+                state, GitHubRateLimitError(str(refused), retry_after=retry_after), replacing=running
             )
+            return "failed"
         except GitHubError as exc:
             await self._finish_refresh(state, exc, replacing=running)
             return "failed"
@@ -470,6 +464,34 @@ class Refreshes:
             raise
         await self._finish_refresh(state, None, fetched_at=stored.fetched_at, replacing=running)
         return "succeeded"
+
+    async def _fetch(
+        self, login: str, refresh_id: uuid.UUID, requested_at: datetime, user_id: int | None
+    ) -> StoredProfile:
+        """The refresh's fetch, paid by ``user_id`` and the address it asked from (``_address_key``);
+        a job that names no account (an earlier release's) is nobody's. At its address's cap on chains
+        under way, the job waits for a slot up to ``GITHUB_COLD_WAIT_S``, as long as a lookup waits:
+        one account's five stale reads, within its own cap, started five refreshes, and the fifth
+        failed while the other four ran."""
+        if user_id is None:
+            return await self.lookups.fetch_shared(login, Priority.BACKGROUND, newer_than=requested_at)
+        raw = await self.valkey.get(_address_key(refresh_id))
+        address = raw.decode() if raw is not None else None
+        deadline = time.monotonic() + self.settings.github_cold_wait_s
+        while True:
+            try:
+                return await self.lookups.fetch_paid(
+                    login,
+                    Priority.BACKGROUND,
+                    newer_than=requested_at,
+                    account=user_id,
+                    address=address,
+                    holds=False,
+                )
+            except TooManyLookupsError:
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(SLOT_POLL_S)
 
     async def _finish_refresh(
         self,

@@ -40,7 +40,8 @@ for a refresh already pending joins it, whoever asked first, at no cost), and at
 without a refresh). The job carries the account that asked (the reader of a stale answer, for one
 a read started), and finds the address it asked from beside its state; its fetch chain is charged
 to both shares, checked when it asks and again when its job starts (a job whose share is spent
-since, or whose address has its chains under way, fails, fetching nothing). A
+since, or whose address still has its chains under way after ``GITHUB_COLD_WAIT_S``, fails,
+fetching nothing). A
 refresh of a profile fetched less than ``refresh_min_age_s`` ago fetches nothing: the answer is the
 stored state, as a refresh already ``succeeded``. The job keeps a SAQ heartbeat
 (``REFRESH_HEARTBEAT_S``), so one whose worker died is swept (aborted) within it, not after its
