@@ -14,6 +14,9 @@ address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -28,18 +31,23 @@ from app.config import Settings
 from app.core.ratelimit import stored_identity
 from app.core.services import open_services
 from app.core.slots import StreamSlots
+from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.errors import TooManyLookupsError
+from app.domains.github.governor import Priority
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
-from app.domains.github.refreshes import QUEUE
+from app.domains.github.refreshes import QUEUE, REFRESH_MIN_AGE_S
 from app.domains.github.services import GithubService
-from tests.factories import assert_problem, make_user, serve_in_loop, wait_until
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, ShareSpentError
+from tests.factories import assert_problem, clocked_github, make_user, serve_in_loop, wait_until
+from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
 from tests.functional.test_github_fair_share import TURN_LOCK, two_repos, under_way
 from tests.functional.test_github_http import older_than_a_refresh_fetches, work_refresh
 
 ELSEWHERE = {"x-forwarded-for": "203.0.113.7"}
 ADDRESS_SHARE = 24
+READER = 7
 CHAINS_UNDER_WAY = 4
 
 
@@ -67,6 +75,16 @@ async def spent_by(valkey: Valkey, settings: Settings, ip: str = "127.0.0.1") ->
 
 async def chains_under_way(valkey: Valkey, settings: Settings, ip: str = "127.0.0.1") -> int:
     return int(await valkey.zcard(f"github:address-chains:{address(settings, ip)}"))
+
+
+@contextlib.asynccontextmanager
+async def turn_taken(valkey: Valkey) -> AsyncIterator[None]:
+    """GitHub's turn taken for the block: the lookups started in it wait, under way, until it ends."""
+    await valkey.set(TURN_LOCK, "the-test", px=60_000)
+    try:
+        yield
+    finally:
+        await valkey.delete(TURN_LOCK)
 
 
 def thousand_repos(tag: str) -> list[FakeRepo]:
@@ -193,32 +211,30 @@ async def test_users_with_many_pages_of_repositories_under_way_at_once_stay_near
 ) -> None:
     """Four chains of users with ten pages of repositories, under way at once: each read its pages
     before its first charge, and the address spent 46 of its 24. A chain now reserves its pages once
-    it has the user, counting the others' reservations: past the share, a chain stops there."""
+    it has the user, counting the others' reservations: with the share spent, a chain stops there.
+    Four accounts with one lookup each, so that the address's share, not an account's, decides."""
     for index in range(4):
         fake.add_user(f"big{index}", thousand_repos(f"big{index}"))
     fake.add_user("wanted", two_repos())
     async with serve_in_loop(github_settings) as served:
-        first, second = [await make_user(db, served.app, name=f"Same{n}") for n in range(2)]
+        accounts = [await make_user(db, served.app, name=f"Same{n}") for n in range(4)]
         other = await make_user(db, served.app, name="Other")
         bigs = [f"big{index}" for index in range(4)]
-        await valkey.set(TURN_LOCK, "the-test", px=60_000)
-        try:
+        async with turn_taken(valkey):
             held = [
                 asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=account.headers))
-                for login, account in zip(bigs, (first, first, second, second), strict=True)
+                for login, account in zip(bigs, accounts, strict=True)
             ]
             await wait_until(lambda: under_way(valkey, *bigs), 20, "four lookups are under way")
-        finally:
-            await valkey.delete(TURN_LOCK)
-        answers = [await task for task in held]
+        statuses = [(await task).status_code for task in held]
         charged_by_the_address = fake.charged()
         theirs = await served.client.get("/api/github/users/wanted", headers={**other.headers, **ELSEWHERE})
 
-    assert sorted(answer.status_code for answer in answers) == [200, 200, 429, 429], [a.text for a in answers]
-    for refused in (answer for answer in answers if answer.status_code == 429):
-        assert_problem(refused, 429, "github-lookup-budget")
-    # The four users (4), then two chains' ten pages each; no language once the share is spent.
-    assert charged_by_the_address == 4 + 2 * 10, charged_by_the_address
+    # Two or three chains reserve before the address's count reaches 24 (their users' requests are
+    # charged as they come); the others stop after their users. No language once the share is spent.
+    assert sorted(statuses) in ([200, 200, 429, 429], [200, 200, 200, 429]), statuses
+    assert charged_by_the_address == 4 + 10 * statuses.count(200), charged_by_the_address
+    assert charged_by_the_address <= ADDRESS_SHARE + 10 + 4 - 1, "past the share by one chain's pages at most"
     assert await spent_by(valkey, github_settings) == charged_by_the_address, "reservations given back"
     assert theirs.status_code == 200, theirs.text
 
@@ -233,15 +249,12 @@ async def test_one_account_on_two_processes_passes_its_share_by_one_chain_at_mos
     async with serve_in_loop(github_settings) as one, serve_in_loop(github_settings) as two:
         greedy = await make_user(db, one.app, name="Greedy")
         bigs = [f"big{index}" for index in range(4)]
-        await valkey.set(TURN_LOCK, "the-test", px=60_000)
-        try:
+        async with turn_taken(valkey):
             held = [
                 asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=greedy.headers))
                 for login, served in zip(bigs, (one, one, two, two), strict=True)
             ]
             await wait_until(lambda: under_way(valkey, *bigs), 20, "four lookups are under way")
-        finally:
-            await valkey.delete(TURN_LOCK)
         statuses = sorted([(await task).status_code for task in held])
 
     assert statuses == [200, 429, 429, 429], statuses
@@ -261,8 +274,7 @@ async def test_the_accounts_of_one_address_have_at_most_four_lookups_under_way(
         other = await make_user(db, served.app, name="Other")
         client = served.client
         held_logins = [f"held{i}" for i in range(4)]
-        await valkey.set(TURN_LOCK, "the-test", px=60_000)  # GitHub's turn is taken: lookups wait
-        try:
+        async with turn_taken(valkey):
             held = [
                 asyncio.create_task(client.get(f"/api/github/users/{login}", headers=account.headers))
                 for login, account in zip(held_logins, (first, first, second, second), strict=True)
@@ -277,8 +289,6 @@ async def test_the_accounts_of_one_address_have_at_most_four_lookups_under_way(
                 lambda: under_way(valkey, "wanted"), 20, "the other address's lookup is under way"
             )
             assert await chains_under_way(valkey, github_settings) == CHAINS_UNDER_WAY, "the join holds none"
-        finally:
-            await valkey.delete(TURN_LOCK)
         refused = assert_problem(fifth, 429, "github-lookups-in-flight")
         assert "one network address may have 4" in refused["detail"], refused["detail"]
         assert int(fifth.headers["retry-after"]) >= 1
@@ -334,8 +344,7 @@ async def test_an_accounts_lookup_past_its_own_cap_gives_the_address_slot_back(
         fake.add_user(login)
     async with serve_in_loop(github_settings) as served:
         greedy = await make_user(db, served.app, name="Greedy")
-        await valkey.set(TURN_LOCK, "the-test", px=60_000)
-        try:
+        async with turn_taken(valkey):
             held = [
                 asyncio.create_task(served.client.get(f"/api/github/users/held{i}", headers=greedy.headers))
                 for i in range(2)
@@ -343,8 +352,6 @@ async def test_an_accounts_lookup_past_its_own_cap_gives_the_address_slot_back(
             await wait_until(lambda: under_way(valkey, "held0", "held1"), 20, "two lookups are under way")
             third = await served.client.get("/api/github/users/third", headers=greedy.headers)
             slots_after_the_refusal = await chains_under_way(valkey, github_settings)
-        finally:
-            await valkey.delete(TURN_LOCK)
         assert [(await task).status_code for task in held] == [200, 200]
 
     refused = assert_problem(third, 429, "github-lookups-in-flight")
@@ -383,16 +390,13 @@ async def test_joining_a_lookup_under_way_is_free_for_an_address_whose_share_is_
         payer = await make_user(db, served.app, name="Payer")
         joiner = await make_user(db, served.app, name="Joiner")
         await valkey.set(f"github:lookup-spent:{address(github_settings)}", ADDRESS_SHARE, ex=3600)
-        await valkey.set(TURN_LOCK, "the-test", px=60_000)
-        try:
+        async with turn_taken(valkey):
             paying = asyncio.create_task(
                 served.client.get("/api/github/users/slow", headers={**payer.headers, **ELSEWHERE})
             )
             await wait_until(lambda: under_way(valkey, "slow"), 20, "the other address's lookup is under way")
             joined = asyncio.create_task(served.client.get("/api/github/users/slow", headers=joiner.headers))
             new = await served.client.get("/api/github/users/new", headers=joiner.headers)
-        finally:
-            await valkey.delete(TURN_LOCK)
         paid, joined_answer = await paying, await joined
 
     assert paid.status_code == 200, paid.text
@@ -489,8 +493,7 @@ async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fail
         refresh = await served.client.post("/api/github/users/refreshed/refresh", headers=third.headers)
         assert refresh.status_code == 202, refresh.text
         held_logins = [f"held{i}" for i in range(4)]
-        await valkey.set(TURN_LOCK, "the-test", px=60_000)
-        try:
+        async with turn_taken(valkey):
             held = [
                 asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=account.headers))
                 for login, account in zip(held_logins, (first, first, second, second), strict=True)
@@ -499,11 +502,165 @@ async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fail
             charged_before = fake.charged()
             outcome = await work_refresh(job_settings, refresh.json()["id"])
             charged_by_the_job = fake.charged() - charged_before
-        finally:
-            await valkey.delete(TURN_LOCK)
         assert [(await task).status_code for task in held] == [200] * 4
         state = (await served.client.get(refresh.json()["state_url"], headers=third.headers)).json()
 
     assert outcome == "failed" and charged_by_the_job == 0
     assert state["status"] == "failed" and state["error"]["kind"] == "rate-limited", state
     assert state["error"]["retry_after_s"] >= 1
+
+
+# -- chains stopped by their payer's share --------------------------------------------------------
+
+
+@pytest.fixture
+async def github(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    clock: FakeClock,
+    db: object,
+    valkey: object,
+) -> AsyncIterator[GithubService]:
+    """The service in the test's process, as a worker holds it, with "stored" old enough to refresh."""
+    fake.add_user("stored", two_repos())
+    configured = msgspec.structs.replace(settings, github_api_url=fake_server.url, github_retry_wait_s=0.01)
+    async with open_services(configured, [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        await github.profile("stored", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=99)
+        clock.now += timedelta(seconds=REFRESH_MIN_AGE_S + 1)
+        yield github
+
+
+def joins_recorded(lookups: Any) -> list[str]:
+    """The logins whose flight a call of ``lookups`` joined, as it joins them."""
+    joined: list[str] = []
+    flight = lookups._flight
+
+    async def recording(login: str, *args: Any, **kwargs: Any) -> Any:
+        future, started = await flight(login, *args, **kwargs)
+        if not started:
+            joined.append(login)
+        return future, started
+
+    lookups._flight = recording
+    return joined
+
+
+@pytest.mark.parametrize("payer_first", ["snapshot-cron", "refresh"])
+async def test_a_chain_stopped_by_its_payers_share_is_asked_again_by_who_joined_it(
+    payer_first: str, github: GithubService, valkey: Valkey
+) -> None:
+    """A refresh job that joined the snapshot cron's chain failed when the cron's share stopped it,
+    and the cron that joined an account's refresh paused its run, each on a share not its own. The
+    joiner now asks again, on its own share: only the payer is refused."""
+    payer, joiner = (
+        (SNAPSHOTS_ACCOUNT, READER) if payer_first == "snapshot-cron" else (READER, SNAPSHOTS_ACCOUNT)
+    )
+    budget, _ = await github.lookup_budget(payer)
+    await valkey.set(f"github:lookup-spent:{payer}", budget - 1, ex=3600)  # its user, then no page
+    stored = await github.lookups.load("stored")
+    assert stored is not None
+    requested = await github.request_refresh("stored", user_id=READER)
+    joined = joins_recorded(github.lookups)
+
+    def snapshot() -> Any:
+        return github.lookups.fetch_shared(
+            "stored", Priority.BACKGROUND, newer_than=stored.fetched_at, payer=Payer(SNAPSHOTS_ACCOUNT)
+        )
+
+    def refresh() -> Any:
+        return github.run_refresh("stored", requested.id, user_id=READER)
+
+    first, second = (snapshot, refresh) if payer_first == "snapshot-cron" else (refresh, snapshot)
+    async with turn_taken(valkey):
+        paying = asyncio.create_task(first())
+        await wait_until(lambda: under_way(valkey, "stored"), 20, "the payer's chain is under way")
+        joining = asyncio.create_task(second())
+
+        async def has_joined() -> bool:
+            return joined == ["stored"]
+
+        await wait_until(has_joined, 20, "the other joined the payer's chain")
+    paid, answered = await asyncio.gather(paying, joining, return_exceptions=True)
+
+    refused, joiner_answer = (paid, answered)
+    if payer_first == "snapshot-cron":
+        assert isinstance(refused, ShareSpentError), refused
+        assert joiner_answer == "succeeded", (await github.refresh_state(requested.id)).error
+    else:
+        assert refused == "failed" and (await github.refresh_state(requested.id)).status == "failed"
+        assert not isinstance(joiner_answer, BaseException), joiner_answer
+    assert int(await valkey.get(f"github:lookup-spent:{joiner}") or 0) > 0, "the joiner paid its own chain"
+
+
+async def test_one_job_of_an_address_waits_for_a_slot_the_others_fail_at_once(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """A job waiting for a slot holds its worker's place: six jobs of one address waited their
+    thirty seconds together, asking GitHub nothing, while the queue's other jobs waited behind. One
+    job of an address waits at a time."""
+    logins = [f"stale{index}" for index in range(3)]
+    for login in [*logins, "held0", "held1", "held2", "held3"]:
+        fake.add_user(login)
+    async with serve_in_loop(github_settings) as served:
+        await stored_by_another_address(served, db, logins)
+        readers = [await make_user(db, served.app, name=f"Reader{n}") for n in range(3)]
+        first, second = [await make_user(db, served.app, name=f"Same{n}") for n in range(2)]
+        for login, reader in zip(logins, readers, strict=True):
+            asked = await served.client.post(f"/api/github/users/{login}/refresh", headers=reader.headers)
+            assert asked.status_code == 202, asked.text
+        assert github_settings.valkey_url is not None
+        queue = RedisQueue(redis.from_url(github_settings.valkey_url), name=QUEUE)
+        try:
+            jobs = [await queue.dequeue(timeout=5) for _ in logins]
+            async with open_services(github_settings, [github_module]) as services:
+                held_logins = [f"held{i}" for i in range(4)]
+                async with turn_taken(valkey):
+                    held = [
+                        asyncio.create_task(
+                            served.client.get(f"/api/github/users/{login}", headers=account.headers)
+                        )
+                        for login, account in zip(held_logins, (first, first, second, second), strict=True)
+                    ]
+                    await wait_until(
+                        lambda: under_way(valkey, *held_logins), 20, "four lookups are under way"
+                    )
+                    running = [
+                        asyncio.create_task(
+                            refresh_github_profile({"services": services, "job": job}, **(job.kwargs or {}))  # type: ignore[typeddict-item]
+                        )
+                        for job in jobs
+                        if job is not None
+                    ]
+
+                    async def two_ended() -> bool:
+                        return sum(task.done() for task in running) == 2
+
+                    await wait_until(two_ended, 20, "the jobs that may not wait end")
+                    waiting = [task for task in running if not task.done()]
+                outcomes = [task.result() for task in running if task.done() and task not in waiting]
+                assert await waiting[0] == "succeeded", "the one that waited ran once a slot was free"
+        finally:
+            await queue.redis.aclose()
+        assert [(await task).status_code for task in held] == [200] * 4
+
+    assert outcomes == ["failed", "failed"]
+
+
+async def test_a_reservation_given_back_never_takes_a_count_below_zero(
+    github: GithubService, valkey: Valkey
+) -> None:
+    """A chain reserved its pages, GitHub's window turned (the count expired) and it read none: the
+    give-back left the new window's count at -10, ten requests more for the account."""
+    spend = github.lookups.shares._spend
+    window_end_ms = 4_102_444_800_000
+    await spend(keys=["test:spent:expired"], args=[-10, window_end_ms])
+    await valkey.set("test:spent:low", 3)
+    await spend(keys=["test:spent:low"], args=[-10, window_end_ms])
+    await valkey.set("test:spent:high", 30)
+    given_back = await spend(keys=["test:spent:high"], args=[-10, window_end_ms])
+
+    assert await valkey.get("test:spent:expired") is None
+    assert int(await valkey.get("test:spent:low") or -1) == 0
+    assert given_back == [20]

@@ -24,7 +24,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from functools import partial
 
@@ -60,6 +60,9 @@ LAST_ERROR_TTL_S = 7 * 24 * 3600
 FETCH_LOCK_TTL_S = 30.0
 FAILURE_MEMORY_S = 10.0
 POLL_S = 0.05
+REFUSED_JOINS = 2
+"""How many flights stopped by their payers' shares a caller joins before it is told to ask again."""
+REFUSED_JOINS_RETRY_S = 2
 
 # KEYS[1] = a key held with a token (a fetch lock, a pending refresh); ARGV = the token.
 RELEASE = """
@@ -163,24 +166,17 @@ class ProfileLookups:
     async def cold_lookup(self, user_id: int, login: str, address: str | None) -> StoredProfile:
         """A login with nothing stored, fetched for account ``user_id`` asking from ``address``
         (``app.core.ratelimit.ClientAddress``) within both their shares of the quota (``fetch_paid``).
-        A login remembered as missing is a 404 first: no share is needed to say so. A chain this call
-        joined for free that its payer's share stopped (``ShareSpentError``) is asked again, on this
-        account's shares."""
+        A login remembered as missing is a 404 first: no share is needed to say so."""
         if await self.valkey.exists(f"github:missing:{login}"):
             raise problem_for(GitHubNotFoundError("no such GitHub user (remembered)", remembered=True))
-        for last_try in (False, True):
-            try:
-                return await self.fetch_paid(
-                    login, Priority.INTERACTIVE, newer_than=None, account=user_id, address=address, holds=True
-                )
-            except ShareSpentError as exc:
-                if exc.account == user_id:
-                    raise exc.problem from None
-                if last_try:
-                    raise problem_for(exc) from None
-            except GitHubError as exc:
-                raise problem_for(exc) from None
-        raise AssertionError("unreachable: the last try returns or raises")
+        try:
+            return await self.fetch_paid(
+                login, Priority.INTERACTIVE, newer_than=None, account=user_id, address=address, holds=True
+            )
+        except ShareSpentError as exc:  # this account's chain, stopped by its own share
+            raise exc.problem from None
+        except GitHubError as exc:
+            raise problem_for(exc) from None
 
     async def fetch_paid(
         self,
@@ -195,32 +191,14 @@ class ProfileLookups:
         """``fetch_shared`` for a chain ``account`` pays for, asked from ``address``: joining this
         process's flight of the login is free, a new chain is admitted first (``Shares.admit``: 429
         past a share or a cap on chains under way). ``holds``: the account holds one of its cold
-        lookups in flight (a request's; a refresh job's holds none).
-
-        The look for a flight and the admission are one step per login in this process
-        (``_admission``): twenty requests for one user, each admitted before any flight existed,
-        took the address's every slot and got 429s while one chain ran for them all."""
-        async with self._admission(login):
-            payer = None if self.in_flight(login) else await self.shares.admit(account, address)
-            flight = await self._flight(
-                login, priority, newer_than=newer_than, user_id=account if holds else None, payer=payer
-            )
-        return await self._wait(flight, priority)
-
-    @contextlib.asynccontextmanager
-    async def _admission(self, login: str) -> AsyncIterator[None]:
-        """One caller at a time per login in this process (a lock kept while anyone wants it)."""
-        admission = self._admissions.get(login)
-        if admission is None:
-            admission = self._admissions[login] = _Admission()
-        admission.wanted += 1
-        try:
-            async with admission.lock:
-                yield
-        finally:
-            admission.wanted -= 1
-            if admission.wanted == 0:
-                del self._admissions[login]
+        lookups in flight (a request's; a refresh job's holds none)."""
+        return await self._fetch(
+            login,
+            priority,
+            newer_than=newer_than,
+            user_id=account if holds else None,
+            pay=partial(self.shares.admit, account, address),
+        )
 
     async def fetch_shared(
         self,
@@ -237,8 +215,59 @@ class ProfileLookups:
         ``payer``: who a flight this call starts is charged to (the snapshot cron's account; a chain
         an account pays for is ``fetch_paid``'s); a flight already under way was charged to whoever
         started it."""
-        flight = await self._flight(login, priority, newer_than=newer_than, user_id=None, payer=payer)
-        return await self._wait(flight, priority)
+
+        async def pay() -> Payer | None:
+            return payer
+
+        return await self._fetch(login, priority, newer_than=newer_than, user_id=None, pay=pay)
+
+    async def _fetch(
+        self,
+        login: str,
+        priority: Priority,
+        *,
+        newer_than: datetime | None,
+        user_id: int | None,
+        pay: Callable[[], Awaitable[Payer | None]],
+    ) -> StoredProfile:
+        """The login's flight joined, or started on the payer ``pay`` admits, then waited for.
+
+        The look for a flight and the admission are one step per login in this process
+        (``_admission``): twenty requests for one user, each admitted before any flight existed,
+        took the address's every slot and got 429s while one chain ran for them all. A flight this
+        call joined that its own payer's share stopped (``ShareSpentError``) is no answer for this
+        caller, whose shares may have room: it asks again, admitted on its own (a refresh failed, and
+        the snapshot cron paused its run, on another account's share)."""
+        for _ in range(REFUSED_JOINS + 1):
+            async with self._admission(login):
+                payer = None if self.in_flight(login) else await pay()
+                flight, started = await self._flight(
+                    login, priority, newer_than=newer_than, user_id=user_id, payer=payer
+                )
+            try:
+                return await self._wait(flight, priority)
+            except ShareSpentError:
+                if started:
+                    raise
+        raise GitHubBusyError(
+            "the fetches of this user under way were stopped by their payers' shares",
+            retry_after=REFUSED_JOINS_RETRY_S,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _admission(self, login: str) -> AsyncIterator[None]:
+        """One caller at a time per login in this process (a lock kept while anyone wants it)."""
+        admission = self._admissions.get(login)
+        if admission is None:
+            admission = self._admissions[login] = _Admission()
+        admission.wanted += 1
+        try:
+            async with admission.lock:
+                yield
+        finally:
+            admission.wanted -= 1
+            if admission.wanted == 0:
+                del self._admissions[login]
 
     async def _flight(
         self,
@@ -248,10 +277,11 @@ class ProfileLookups:
         newer_than: datetime | None,
         user_id: int | None,
         payer: Payer | None,
-    ) -> asyncio.Future[StoredProfile]:
-        """The login's flight in this process, joined or started (charged to ``payer``). ``user_id``
-        holds one of its account's lookups in flight until the flight ends (not merely until it stops
-        waiting). Joining gives the payer's slot back at once: it adds no chain."""
+    ) -> tuple[asyncio.Future[StoredProfile], bool]:
+        """The login's flight in this process, joined or started (charged to ``payer``: True), and
+        whether this call started it. ``user_id`` holds one of its account's lookups in flight until
+        the flight ends (not merely until it stops waiting). Joining gives the payer's slot back at
+        once: it adds no chain."""
         try:
             if user_id is not None:
                 self.shares.hold_lookup(user_id, login)
@@ -259,7 +289,7 @@ class ProfileLookups:
             await self.shares.release(payer)
             raise
         flight = self._flights.get(login)
-        joined = flight is not None
+        started = flight is None
         if flight is None:
             work = self._fetch_across_processes(login, priority, newer_than)
             flight = asyncio.ensure_future(work if payer is None else self.shares.charging(payer, work))
@@ -267,9 +297,9 @@ class ProfileLookups:
             flight.add_done_callback(lambda done: self._end_flight(login, done))
         if user_id is not None:
             flight.add_done_callback(lambda _: self.shares.release_lookup(user_id, login))
-        if joined:
+        if not started:
             await self.shares.release(payer)
-        return flight
+        return flight, started
 
     async def _wait(self, flight: asyncio.Future[StoredProfile], priority: Priority) -> StoredProfile:
         """The flight's answer (a caller that stops waiting leaves it running for the others)."""

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -470,28 +471,39 @@ class Refreshes:
     ) -> StoredProfile:
         """The refresh's fetch, paid by ``user_id`` and the address it asked from (``_address_key``);
         a job that names no account (an earlier release's) is nobody's. At its address's cap on chains
-        under way, the job waits for a slot up to ``GITHUB_COLD_WAIT_S``, as long as a lookup waits:
-        one account's five stale reads, within its own cap, started five refreshes, and the fifth
-        failed while the other four ran."""
+        under way, one job of the address at a time waits for a slot, up to ``GITHUB_COLD_WAIT_S`` (as
+        long as a lookup waits; ``Shares.waiting_turn``); the others fail at once: one account's
+        five stale reads started five refreshes, and the fifth failed while the other four ran."""
         if user_id is None:
             return await self.lookups.fetch_shared(login, Priority.BACKGROUND, newer_than=requested_at)
         raw = await self.valkey.get(_address_key(refresh_id))
         address = raw.decode() if raw is not None else None
-        deadline = time.monotonic() + self.settings.github_cold_wait_s
-        while True:
-            try:
-                return await self.lookups.fetch_paid(
-                    login,
-                    Priority.BACKGROUND,
-                    newer_than=requested_at,
-                    account=user_id,
-                    address=address,
-                    holds=False,
-                )
-            except TooManyLookupsError:
-                if time.monotonic() >= deadline:
-                    raise
-            await asyncio.sleep(SLOT_POLL_S)
+        fetch = partial(
+            self.lookups.fetch_paid,
+            login,
+            Priority.BACKGROUND,
+            newer_than=requested_at,
+            account=user_id,
+            address=address,
+            holds=False,
+        )
+        try:
+            return await fetch()
+        except TooManyLookupsError:
+            waiting = await self.lookups.shares.waiting_turn(address)
+            if waiting is None:
+                raise
+        try:
+            deadline = time.monotonic() + self.settings.github_cold_wait_s
+            while True:
+                await asyncio.sleep(SLOT_POLL_S)
+                try:
+                    return await fetch()
+                except TooManyLookupsError:
+                    if time.monotonic() >= deadline:
+                        raise
+        finally:
+            await waiting.release()
 
     async def _finish_refresh(
         self,

@@ -31,6 +31,7 @@ import math
 from collections import Counter
 from collections.abc import Coroutine
 from contextvars import ContextVar
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -58,13 +59,22 @@ SNAPSHOTS_ACCOUNT = 0
 at no cost, cannot take the whole window from the accounts' own lookups."""
 
 # KEYS = the payer's spent requests (its account's, its address's); ARGV = cost, end of the window
-# (epoch ms) for a new count. A script of its own (not the previous release's, which charged one key
-# and answered an integer): scripts are called by their digest, so both releases keep theirs.
+# (epoch ms) for a new count. A cost below zero (a reservation given back) lowers a count only down to
+# zero, and only a count that still exists: one given back after GitHub's window turned would leave the
+# new window's count below zero. A script of its own (not the previous release's, which charged one
+# key and answered an integer): scripts are called by their digest, so both releases keep theirs.
 _SPEND = """
+local cost = tonumber(ARGV[1])
 local spent = {}
 for i, key in ipairs(KEYS) do
-    spent[i] = redis.call('INCRBY', key, ARGV[1])
-    if redis.call('PTTL', key) < 0 then redis.call('PEXPIREAT', key, ARGV[2]) end
+    if cost >= 0 then
+        spent[i] = redis.call('INCRBY', key, cost)
+        if redis.call('PTTL', key) < 0 then redis.call('PEXPIREAT', key, ARGV[2]) end
+    else
+        local now = tonumber(redis.call('GET', key) or '0')
+        spent[i] = now
+        if now > 0 then spent[i] = redis.call('DECRBY', key, math.min(now, -cost)) end
+    end
 end
 return spent
 """
@@ -118,6 +128,14 @@ class Shares:
             ),
         )
 
+        self.address_waiters = StreamSlots(
+            valkey,
+            prefix="github:address-waiters",
+            cap=1,
+            lease_ms=int((settings.github_cold_wait_s + SLOT_LEASE_S) * 1000),
+            too_many=lambda: TooManyLookupsError("another job of this address waits for a slot"),
+        )
+
     # -- budgets -------------------------------------------------------------------------------
 
     async def budget(self, account: int | None = None) -> tuple[int, int]:
@@ -164,6 +182,17 @@ class Shares:
         slot = await self.address_chains.claim(address) if address is not None else None
         return Payer(user_id, address, slot)
 
+    async def waiting_turn(self, address: str | None) -> Slot | None:
+        """The one turn of an address's refresh jobs to wait for a slot among its chains under way
+        (``Refreshes``), None while another job of the address has it: a job waiting holds its
+        worker's place, so one address's jobs would fill the queue's workers waiting."""
+        if address is None:
+            return None
+        try:
+            return await self.address_waiters.claim(address)
+        except TooManyLookupsError:
+            return None
+
     async def release(self, payer: Payer | None) -> None:
         """Give back the payer's slot: its chain ended, or it joined one under way (free)."""
         if payer is not None and payer.slot is not None:
@@ -208,7 +237,8 @@ class Shares:
             try:
                 if payer.slot is None:
                     return await work
-                async with repeating(payer.slot.renew, SLOT_LEASE_S / 3, name="github_chain_slot_renewal"):
+                renewal = partial(_renew, payer.slot, payer.account)
+                async with repeating(renewal, SLOT_LEASE_S / 3, name="github_chain_slot_renewal"):
                     return await work
             finally:
                 _SHARE.reset(token)
@@ -255,12 +285,15 @@ class Shares:
         try:
             spent = await self._charge(share, reserve=requests)
             budgets = await self._budgets(payer)
-            if all(cost - requests < budget for cost, budget in zip(spent, budgets, strict=True)):
-                return
-            await self._charge(share)  # gives the reservation back: it was counted as charged
         except Exception:
             log.warning("github_share_unknown", user_id=payer.account)
             return
+        if all(cost - requests < budget for cost, budget in zip(spent, budgets, strict=True)):
+            return
+        try:
+            await self._charge(share)  # gives the reservation back: it was counted as charged
+        except Exception:  # the payer is charged the pages it did not read, this once
+            log.warning("github_share_not_given_back", user_id=payer.account, requests=requests)
         if spent[0] - requests >= budgets[0]:
             raise ShareSpentError(payer.account, await self._budget_spent(payer.account))
         assert payer.address is not None
@@ -324,6 +357,13 @@ class _Share:
 
 
 _SHARE: ContextVar[_Share | None] = ContextVar("github_share", default=None)
+
+
+async def _renew(slot: Slot, account: int) -> None:
+    """Renew a chain's slot. One whose lease lapsed (a Valkey stall) and whose address's other chains
+    took every slot meanwhile runs on as one more: said, not stopped (its requests are charged)."""
+    if not await slot.renew():
+        log.warning("github_chain_slot_lost", user_id=account)
 
 
 def _until_window_ends(ttl_ms: int) -> str:
