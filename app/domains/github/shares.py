@@ -12,7 +12,8 @@ the snapshot cron use it through it). GitHub's hourly window is shared by every 
   ``GITHUB_ADDRESS_QUOTA_FRACTION`` of the window, and be ``GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT`` under
   way at once across every process (leased slots, ``app/core/slots.py``). Without the share, five
   accounts of one person spent the whole window; without the cap, thirty lookups asked at once all
-  passed the check before any was charged.
+  passed the check before any was charged. A refresh job at the cap waits for a slot, one job of an
+  address at a time (``waiting_turn``).
 - A chain is charged to its payer (``Payer``) as it goes. Once it has the user, it reserves the pages
   of repositories it must read (``afford``: with either share spent, counting the reservations of
   the chains under way, it stops there, storing nothing), and it measures repositories' languages
@@ -83,7 +84,8 @@ return spent
 class ShareSpentError(GitHubRateLimitError):
     """The chain's payer cannot pay for what the chain must ask next (``Shares.afford``): the chain
     stops, storing nothing and remembered by nobody (the login is not at fault). ``problem`` is the
-    payer's 429; a caller that joined the chain for free is not told its share is spent."""
+    payer's 429; a caller that joined the chain for free asks again on its own payer
+    (``ProfileLookups._fetch``)."""
 
     def __init__(self, account: int, problem: LookupBudgetError) -> None:
         super().__init__(str(problem), retry_after=float(problem.headers["Retry-After"]))
@@ -127,7 +129,6 @@ class Shares:
                 headers={"Retry-After": str(LOOKUPS_IN_FLIGHT_RETRY_S)},
             ),
         )
-
         self.address_waiters = StreamSlots(
             valkey,
             prefix="github:address-waiters",
