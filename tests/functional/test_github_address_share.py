@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import redis.asyncio as redis
@@ -85,6 +86,27 @@ async def turn_taken(valkey: Valkey) -> AsyncIterator[None]:
         yield
     finally:
         await valkey.delete(TURN_LOCK)
+
+
+async def asked_under_way(
+    valkey: Valkey, asks: list[tuple[httpx.AsyncClient, str, dict[str, str]]]
+) -> list[asyncio.Task[httpx.Response]]:
+    """Each ``(client, login, headers)`` asked at once, returned once every login's chain is under way
+    (in ``turn_taken``: they then wait for GitHub's turn)."""
+    held = [
+        asyncio.create_task(client.get(f"/api/github/users/{login}", headers=headers))
+        for client, login, headers in asks
+    ]
+    logins = [login for _, login, _ in asks]
+    await wait_until(lambda: under_way(valkey, *logins), 20, f"{len(logins)} lookups are under way")
+    return held
+
+
+def four_held(
+    client: httpx.AsyncClient, first: Any, second: Any
+) -> list[tuple[httpx.AsyncClient, str, dict[str, str]]]:
+    """held0..held3, two lookups of each of two accounts (each account's cap): the address's four."""
+    return [(client, f"held{i}", account.headers) for i, account in enumerate((first, first, second, second))]
 
 
 def thousand_repos(tag: str) -> list[FakeRepo]:
@@ -221,11 +243,13 @@ async def test_users_with_many_pages_of_repositories_under_way_at_once_stay_near
         other = await make_user(db, served.app, name="Other")
         bigs = [f"big{index}" for index in range(4)]
         async with turn_taken(valkey):
-            held = [
-                asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=account.headers))
-                for login, account in zip(bigs, accounts, strict=True)
-            ]
-            await wait_until(lambda: under_way(valkey, *bigs), 20, "four lookups are under way")
+            held = await asked_under_way(
+                valkey,
+                [
+                    (served.client, login, account.headers)
+                    for login, account in zip(bigs, accounts, strict=True)
+                ],
+            )
         statuses = [(await task).status_code for task in held]
         charged_by_the_address = fake.charged()
         theirs = await served.client.get("/api/github/users/wanted", headers={**other.headers, **ELSEWHERE})
@@ -250,11 +274,13 @@ async def test_one_account_on_two_processes_passes_its_share_by_one_chain_at_mos
         greedy = await make_user(db, one.app, name="Greedy")
         bigs = [f"big{index}" for index in range(4)]
         async with turn_taken(valkey):
-            held = [
-                asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=greedy.headers))
-                for login, served in zip(bigs, (one, one, two, two), strict=True)
-            ]
-            await wait_until(lambda: under_way(valkey, *bigs), 20, "four lookups are under way")
+            held = await asked_under_way(
+                valkey,
+                [
+                    (served.client, login, greedy.headers)
+                    for login, served in zip(bigs, (one, one, two, two), strict=True)
+                ],
+            )
         statuses = sorted([(await task).status_code for task in held])
 
     assert statuses == [200, 429, 429, 429], statuses
@@ -273,13 +299,8 @@ async def test_the_accounts_of_one_address_have_at_most_four_lookups_under_way(
         first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
         other = await make_user(db, served.app, name="Other")
         client = served.client
-        held_logins = [f"held{i}" for i in range(4)]
         async with turn_taken(valkey):
-            held = [
-                asyncio.create_task(client.get(f"/api/github/users/{login}", headers=account.headers))
-                for login, account in zip(held_logins, (first, first, second, second), strict=True)
-            ]
-            await wait_until(lambda: under_way(valkey, *held_logins), 20, "four lookups are under way")
+            held = await asked_under_way(valkey, four_held(client, first, second))
             fifth = await client.get("/api/github/users/fifth", headers=third.headers)
             joined = asyncio.create_task(client.get("/api/github/users/held0", headers=third.headers))
             theirs = asyncio.create_task(
@@ -345,11 +366,9 @@ async def test_an_accounts_lookup_past_its_own_cap_gives_the_address_slot_back(
     async with serve_in_loop(github_settings) as served:
         greedy = await make_user(db, served.app, name="Greedy")
         async with turn_taken(valkey):
-            held = [
-                asyncio.create_task(served.client.get(f"/api/github/users/held{i}", headers=greedy.headers))
-                for i in range(2)
-            ]
-            await wait_until(lambda: under_way(valkey, "held0", "held1"), 20, "two lookups are under way")
+            held = await asked_under_way(
+                valkey, [(served.client, f"held{i}", greedy.headers) for i in range(2)]
+            )
             third = await served.client.get("/api/github/users/third", headers=greedy.headers)
             slots_after_the_refusal = await chains_under_way(valkey, github_settings)
         assert [(await task).status_code for task in held] == [200, 200]
@@ -492,13 +511,8 @@ async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fail
         first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
         refresh = await served.client.post("/api/github/users/refreshed/refresh", headers=third.headers)
         assert refresh.status_code == 202, refresh.text
-        held_logins = [f"held{i}" for i in range(4)]
         async with turn_taken(valkey):
-            held = [
-                asyncio.create_task(served.client.get(f"/api/github/users/{login}", headers=account.headers))
-                for login, account in zip(held_logins, (first, first, second, second), strict=True)
-            ]
-            await wait_until(lambda: under_way(valkey, *held_logins), 20, "four lookups are under way")
+            held = await asked_under_way(valkey, four_held(served.client, first, second))
             charged_before = fake.charged()
             outcome = await work_refresh(job_settings, refresh.json()["id"])
             charged_by_the_job = fake.charged() - charged_before
@@ -615,17 +629,8 @@ async def test_one_job_of_an_address_waits_for_a_slot_the_others_fail_at_once(
         try:
             jobs = [await queue.dequeue(timeout=5) for _ in logins]
             async with open_services(github_settings, [github_module]) as services:
-                held_logins = [f"held{i}" for i in range(4)]
                 async with turn_taken(valkey):
-                    held = [
-                        asyncio.create_task(
-                            served.client.get(f"/api/github/users/{login}", headers=account.headers)
-                        )
-                        for login, account in zip(held_logins, (first, first, second, second), strict=True)
-                    ]
-                    await wait_until(
-                        lambda: under_way(valkey, *held_logins), 20, "four lookups are under way"
-                    )
+                    held = await asked_under_way(valkey, four_held(served.client, first, second))
                     running = [
                         asyncio.create_task(
                             refresh_github_profile({"services": services, "job": job}, **(job.kwargs or {}))  # type: ignore[typeddict-item]
