@@ -546,19 +546,18 @@ async def github(
         yield github
 
 
-def joins_recorded(lookups: Any) -> list[str]:
-    """The logins whose flight a call of ``lookups`` joined, as it joins them."""
-    joined: list[str] = []
-    flight = lookups._flight
+def waits_recorded(lookups: Any) -> list[object]:
+    """The flights the calls of ``lookups`` wait for, as they start waiting (a caller that joins a
+    flight waits for the one its starter waits for)."""
+    waited: list[object] = []
+    wait = lookups._wait
 
-    async def recording(login: str, *args: Any, **kwargs: Any) -> Any:
-        future, started = await flight(login, *args, **kwargs)
-        if not started:
-            joined.append(login)
-        return future, started
+    async def recording(flight: object, *args: Any) -> Any:
+        waited.append(flight)
+        return await wait(flight, *args)
 
-    lookups._flight = recording
-    return joined
+    lookups._wait = recording
+    return waited
 
 
 @pytest.mark.parametrize("payer_first", ["snapshot-cron", "refresh"])
@@ -576,7 +575,7 @@ async def test_a_chain_stopped_by_its_payers_share_is_asked_again_by_who_joined_
     stored = await github.lookups.load("stored")
     assert stored is not None
     requested = await github.request_refresh("stored", user_id=READER)
-    joined = joins_recorded(github.lookups)
+    waited = waits_recorded(github.lookups)
 
     def snapshot() -> Any:
         return github.lookups.fetch_shared(
@@ -593,7 +592,7 @@ async def test_a_chain_stopped_by_its_payers_share_is_asked_again_by_who_joined_
         joining = asyncio.create_task(second())
 
         async def has_joined() -> bool:
-            return joined == ["stored"]
+            return len(waited) == 2 and waited[0] is waited[1]
 
         await wait_until(has_joined, 20, "the other joined the payer's chain")
     paid, answered = await asyncio.gather(paying, joining, return_exceptions=True)

@@ -240,10 +240,19 @@ class ProfileLookups:
         the snapshot cron paused its run, on another account's share)."""
         for _ in range(REFUSED_JOINS + 1):
             async with self._admission(login):
-                payer = None if self.in_flight(login) else await pay()
-                flight, started = await self._flight(
-                    login, priority, newer_than=newer_than, user_id=user_id, payer=payer
-                )
+                flight = self._flights.get(login)  # none can start meanwhile: each start is admitted here
+                started = flight is None
+                payer = await pay() if started else None
+                if user_id is not None:
+                    try:
+                        self.shares.hold_lookup(user_id, login)
+                    except TooManyLookupsError:
+                        await self.shares.release(payer)
+                        raise
+                if flight is None:
+                    flight = self._start_flight(login, priority, newer_than, payer)
+                if user_id is not None:  # held until the flight ends, not merely until it stops waiting
+                    flight.add_done_callback(partial(self._release_lookup, user_id, login))
             try:
                 return await self._wait(flight, priority)
             except ShareSpentError:
@@ -269,37 +278,18 @@ class ProfileLookups:
             if admission.wanted == 0:
                 del self._admissions[login]
 
-    async def _flight(
-        self,
-        login: str,
-        priority: Priority,
-        *,
-        newer_than: datetime | None,
-        user_id: int | None,
-        payer: Payer | None,
-    ) -> tuple[asyncio.Future[StoredProfile], bool]:
-        """The login's flight in this process, joined or started (charged to ``payer``: True), and
-        whether this call started it. ``user_id`` holds one of its account's lookups in flight until
-        the flight ends (not merely until it stops waiting). Joining gives the payer's slot back at
-        once: it adds no chain."""
-        try:
-            if user_id is not None:
-                self.shares.hold_lookup(user_id, login)
-        except TooManyLookupsError:
-            await self.shares.release(payer)
-            raise
-        flight = self._flights.get(login)
-        started = flight is None
-        if flight is None:
-            work = self._fetch_across_processes(login, priority, newer_than)
-            flight = asyncio.ensure_future(work if payer is None else self.shares.charging(payer, work))
-            self._flights[login] = flight
-            flight.add_done_callback(lambda done: self._end_flight(login, done))
-        if user_id is not None:
-            flight.add_done_callback(lambda _: self.shares.release_lookup(user_id, login))
-        if not started:
-            await self.shares.release(payer)
-        return flight, started
+    def _start_flight(
+        self, login: str, priority: Priority, newer_than: datetime | None, payer: Payer | None
+    ) -> asyncio.Future[StoredProfile]:
+        """The login's flight in this process, charged to ``payer`` (None: nobody's)."""
+        work = self._fetch_across_processes(login, priority, newer_than)
+        flight = asyncio.ensure_future(work if payer is None else self.shares.charging(payer, work))
+        self._flights[login] = flight
+        flight.add_done_callback(lambda done: self._end_flight(login, done))
+        return flight
+
+    def _release_lookup(self, user_id: int, login: str, _: asyncio.Future[StoredProfile]) -> None:
+        self.shares.release_lookup(user_id, login)
 
     async def _wait(self, flight: asyncio.Future[StoredProfile], priority: Priority) -> StoredProfile:
         """The flight's answer (a caller that stops waiting leaves it running for the others)."""
@@ -315,10 +305,6 @@ class ProfileLookups:
             del self._flights[login]
         if not done.cancelled():
             done.exception()  # retrieved: a flight whose callers all left logs no warning
-
-    def in_flight(self, login: str) -> bool:
-        """Whether this process has a fetch chain of the login under way (joining it is free)."""
-        return login in self._flights
 
     async def _fetch_across_processes(
         self, login: str, priority: Priority, newer_than: datetime | None

@@ -87,9 +87,8 @@ class ShareSpentError(GitHubRateLimitError):
     payer's 429; a caller that joined the chain for free asks again on its own payer
     (``ProfileLookups._fetch``)."""
 
-    def __init__(self, account: int, problem: LookupBudgetError) -> None:
+    def __init__(self, problem: LookupBudgetError) -> None:
         super().__init__(str(problem), retry_after=float(problem.headers["Retry-After"]))
-        self.account = account
         self.problem = problem
 
 
@@ -296,10 +295,10 @@ class Shares:
         except Exception:  # the payer is charged the pages it did not read, this once
             log.warning("github_share_not_given_back", user_id=payer.account, requests=requests)
         if spent[0] - requests >= budgets[0]:
-            raise ShareSpentError(payer.account, await self._budget_spent(payer.account))
+            raise ShareSpentError(await self._budget_spent(payer.account))
         assert payer.address is not None
         problem = await self._address_budget_spent(payer.address, spent[1] - requests, budgets[1])
-        raise ShareSpentError(payer.account, problem)
+        raise ShareSpentError(problem)
 
     async def _budgets(self, payer: Payer) -> list[int]:
         """What the payer's account (first) and address may spend in this window."""
