@@ -42,21 +42,21 @@ return 1
 
 
 class Slot:
-    """One response's place among its owner's."""
+    """One response's (or fetch chain's) place among its owner's."""
 
-    def __init__(self, slots: StreamSlots, owner: int | str) -> None:
+    def __init__(self, slots: LeasedSlots, owner: int | str) -> None:
         self.slots = slots
         self.key = slots.key(owner)
         self.id = uuid.uuid4().hex
 
     async def renew(self) -> bool:
-        """Take or renew the lease; False when the owner's other responses hold every slot."""
+        """Take or renew the lease; False when the owner's others hold every slot."""
         slots = self.slots
         held = await slots.claim_script(keys=[self.key], args=[self.id, slots.lease_ms, slots.cap])
         return bool(held)
 
     async def take(self) -> bool:
-        """Take the slot ``StreamSlots.reserve`` checked, as the response's body starts; False when the
+        """Take the slot ``LeasedSlots.reserve`` checked, as the response's body starts; False when the
         account's other responses took the last one meanwhile, or Valkey is unreachable (the body
         ends; the client retries and gets its 429 or 503)."""
         try:
@@ -70,7 +70,7 @@ class Slot:
             await self.slots.valkey.zrem(self.key, self.id)
 
 
-class StreamSlots:
+class LeasedSlots:
     """At most ``cap`` slots per owner under ``prefix``, each a lease of ``lease_ms``;
     ``too_many()`` is the error a claim past the cap raises (a ``TooManyRequestsError``)."""
 

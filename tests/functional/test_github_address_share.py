@@ -31,7 +31,7 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.ratelimit import stored_identity
 from app.core.services import open_services
-from app.core.slots import StreamSlots
+from app.core.slots import LeasedSlots
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.errors import TooManyLookupsError
 from app.domains.github.governor import Priority
@@ -381,7 +381,7 @@ async def test_an_accounts_lookup_past_its_own_cap_gives_the_address_slot_back(
 async def test_a_slot_whose_claim_lost_its_reply_is_given_back(valkey: Valkey) -> None:
     """Valkey applied the claim, and its reply was lost (a timeout, a cancelled request): the slot was
     held until its lease ended, eleven minutes for a chain."""
-    slots = StreamSlots(
+    slots = LeasedSlots(
         valkey,
         prefix="test:lost-replies",
         cap=4,

@@ -2,7 +2,7 @@
 
 Slots. An account holds at most ``FEED_STREAM_MAX_PER_USER`` live streams at once, across every
 process: each one costs a connection, a subscription and a PostgreSQL query per wake-up. They are
-``StreamSlots`` (``app/core/slots.py``: Valkey leases) under ``feed:streams:{user}``. The handler
+``LeasedSlots`` (``app/core/slots.py``: Valkey leases) under ``feed:streams:{user}``. The handler
 checks that a slot is free (one more is a 429); the stream's body takes it before its first message,
 its keeper task renews it at every heartbeat (even while a send waits on a client that stopped
 reading, which it cuts after ``STALL_HEARTBEATS``), and it is given back when the stream ends, so
@@ -25,7 +25,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.errors import TooManyRequestsError
-from app.core.slots import Slot, StreamSlots
+from app.core.slots import LeasedSlots, Slot
 from app.core.stops import StreamStops
 
 __all__ = ["LiveStreams", "Slot", "TooManyStreamsError", "slots_key"]
@@ -53,13 +53,13 @@ class LiveStreams:
         heartbeat_s = settings.feed_stream_heartbeat_s
         self.lease_ms = int(max(LEASE_HEARTBEATS * heartbeat_s, MIN_LEASE_S) * 1000)
         self.retry_after_s = max(1, math.ceil(heartbeat_s))
-        self.slots = StreamSlots(
+        self.slots = LeasedSlots(
             valkey, prefix=SLOTS_PREFIX, cap=self.cap, lease_ms=self.lease_ms, too_many=self._too_many
         )
         self.stops = stops
 
     async def reserve(self, user_id: int) -> Slot:
-        """A slot for a new live stream of the user, taken by its body (``StreamSlots.reserve``);
+        """A slot for a new live stream of the user, taken by its body (``LeasedSlots.reserve``);
         ``TooManyStreamsError`` when all are taken."""
         return await self.slots.reserve(user_id)
 

@@ -44,7 +44,7 @@ from app.core.errors import (
 )
 from app.core.kept import KeptTasks
 from app.core.modules import QueueName
-from app.core.slots import Slot, StreamSlots
+from app.core.slots import LeasedSlots, Slot
 from app.core.stops import StreamStops
 from app.db import github as queries
 from app.domains.github.client import GitHubDownError, GitHubError, GitHubRateLimitError
@@ -163,7 +163,7 @@ class Refreshes:
         """Asked at each keep-alive of a refresh stream whether its caller's session is still valid."""
         self.stops = stops or StreamStops()
         """Ends the refresh streams when the process stops (``Services.stream_stops``)."""
-        self.refresh_streams = StreamSlots(
+        self.refresh_streams = LeasedSlots(
             valkey,
             prefix="github:streams",
             cap=settings.github_stream_max_per_user,
@@ -538,7 +538,7 @@ class Refreshes:
         (``TooManyRefreshStreamsError``) when the account's other refresh streams hold every one of
         its ``GITHUB_STREAM_MAX_PER_USER`` slots (each stream polls Valkey every second for up to
         ``SSE_MAX_S``). The slot is taken by the stream's body and given back when it ends
-        (``StreamSlots.reserve``)."""
+        (``LeasedSlots.reserve``)."""
         await self.refresh_state(refresh_id)
         slot = await self.refresh_streams.reserve(caller.id)
         return self.refresh_events(refresh_id, channels, slot, caller)

@@ -40,7 +40,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.repeating import repeating
-from app.core.slots import Slot, StreamSlots
+from app.core.slots import LeasedSlots, Slot
 from app.domains.github.client import GitHubRateLimitError, RequestMeter, metered
 from app.domains.github.errors import LookupBudgetError, TooManyLookupsError
 from app.domains.github.governor import RateLimitGovernor
@@ -117,7 +117,7 @@ class Shares:
         """Per account, the logins of its cold lookups in flight in this process (callers per login)."""
         self._spend = valkey.register_script(_SPEND)
         cap = settings.github_address_lookups_in_flight
-        self.address_chains = StreamSlots(
+        self.address_chains = LeasedSlots(
             valkey,
             prefix="github:address-chains",
             cap=cap,
@@ -128,7 +128,7 @@ class Shares:
                 headers={"Retry-After": str(LOOKUPS_IN_FLIGHT_RETRY_S)},
             ),
         )
-        self.address_waiters = StreamSlots(
+        self.address_waiters = LeasedSlots(
             valkey,
             prefix="github:address-waiters",
             cap=1,
