@@ -32,6 +32,7 @@ from app.config import Settings
 from app.core.ratelimit import stored_identity
 from app.core.services import open_services
 from app.core.slots import LeasedSlots
+from app.domains.github import shares as shares_module
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.errors import TooManyLookupsError
 from app.domains.github.governor import Priority
@@ -355,6 +356,34 @@ async def test_requests_for_one_user_asked_at_once_join_one_chain(
 
     assert [answer.status_code for answer in answers] == [200] * 20, {a.status_code for a in answers}
     assert [r.path for r in fake.recorded("/users/popular")] == ["/users/popular", "/users/popular/repos"]
+    assert await chains_under_way(valkey, github_settings) == 0
+
+
+async def test_a_chain_under_way_keeps_its_slot_past_the_slots_lease(
+    github_settings: Settings,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slot's lease frees the slots of a process that died with chains under way; a chain that runs
+    longer than the lease renews it, or the address's other chains could take its place meanwhile.
+    The lease is a third of a second here (30 s in the app)."""
+    monkeypatch.setattr(shares_module, "SLOT_LEASE_S", 0.3)
+    fake.add_user("held0")
+    key = f"github:address-chains:{address(github_settings)}"
+    async with serve_in_loop(github_settings) as served:
+        account = await make_user(db, served.app, name="Patient")
+        async with turn_taken(valkey):
+            held = await asked_under_way(valkey, [(served.client, "held0", account.headers)])
+            ((_, first_lease_end),) = await valkey.zrange(key, 0, -1, withscores=True)
+
+            async def renewed_past_its_first_lease() -> bool:
+                slots = await valkey.zrange(key, 0, -1, withscores=True)
+                return len(slots) == 1 and slots[0][1] > first_lease_end + 300
+
+            await wait_until(renewed_past_its_first_lease, 20, "the chain's slot is renewed")
+        assert (await held[0]).status_code == 200
     assert await chains_under_way(valkey, github_settings) == 0
 
 
