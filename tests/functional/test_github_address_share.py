@@ -328,7 +328,7 @@ async def test_requests_for_one_user_asked_at_once_join_one_chain(
 ) -> None:
     """Each request was admitted (a slot among the address's four) before any had started the chain
     the others could join: twenty requests for one user got 429s while one chain ran for them all.
-    The look for a chain and the admission are one step per user in a process."""
+    A request finds or starts the user's flight in one step, and the flight is admitted once."""
     fake.add_user("popular", two_repos())
     async with serve_in_loop(github_settings) as served:
         account = await make_user(db, served.app, name="Tabs")
@@ -452,6 +452,42 @@ async def test_joining_a_lookup_under_way_is_free_for_an_address_whose_share_is_
     assert_problem(new, 429, "github-lookup-budget")
     assert await spent_by(valkey, github_settings) == ADDRESS_SHARE, "the join cost the spent address nothing"
     assert await spent_by(valkey, github_settings, "203.0.113.7") == 4, "its payer paid"
+
+
+async def test_waiting_for_another_processs_lookup_needs_no_share_and_no_slot(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Only a flight in the same process was a free join: a request that found another process's
+    chain of the user (about half of them, with two web workers) was admitted before it waited, so a
+    spent share got a 429 and a share with room held one of the address's slots while it polled. A
+    chain is admitted when it takes the user's fetch lock, about to ask GitHub."""
+    fake.add_user("slow", two_repos())
+    async with serve_in_loop(github_settings) as one, serve_in_loop(github_settings) as two:
+        payer = await make_user(db, one.app, name="Payer")
+        joiner = await make_user(db, two.app, name="Joiner")
+        await valkey.set(f"github:lookup-spent:{address(github_settings)}", ADDRESS_SHARE, ex=3600)
+        flights = two.app.state.services[GithubService].lookups._flights
+        async with turn_taken(valkey):
+            paying = asyncio.create_task(
+                one.client.get("/api/github/users/slow", headers={**payer.headers, **ELSEWHERE})
+            )
+            await wait_until(lambda: under_way(valkey, "slow"), 20, "the first process's lookup is under way")
+            joined = asyncio.create_task(two.client.get("/api/github/users/slow", headers=joiner.headers))
+
+            async def waiting_in_the_second_process_or_answered() -> bool:
+                return "slow" in flights or joined.done()
+
+            await wait_until(waiting_in_the_second_process_or_answered, 20, "the second process asks")
+            assert not joined.done(), (await joined).text
+            slots_while_waiting = await chains_under_way(valkey, github_settings)
+        paid, joined_answer = await paying, await joined
+
+    assert paid.status_code == 200, paid.text
+    assert joined_answer.status_code == 200, joined_answer.text
+    assert slots_while_waiting == 0, "the wait held a slot of its address"
+    assert await spent_by(valkey, github_settings) == ADDRESS_SHARE, "the wait cost the spent address nothing"
+    assert await spent_by(valkey, github_settings, "203.0.113.7") == 4, "its payer paid"
+    assert [r.path for r in fake.recorded("/users/slow")] == ["/users/slow", "/users/slow/repos"]
 
 
 # -- refreshes ------------------------------------------------------------------------------------

@@ -78,6 +78,10 @@ async def work_one(settings: Settings, queue: RedisQueue) -> tuple[str, dict[str
     return outcome, dict(job.kwargs)
 
 
+async def nobody_pays() -> None:
+    """A chain's payer for the tests that call its wait for another process directly: none."""
+
+
 async def spent(valkey: Valkey, account: Actor) -> int:
     """GitHub requests charged to the account's share in this window."""
     return int(await valkey.get(f"github:lookup-spent:{account.id}") or 0)
@@ -390,7 +394,9 @@ async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_
         async def unreadable_reads() -> int:
             """Polls until the wait's deadline; counts the reads of the whole (unreadable) row."""
             with captured_logs() as logs, pytest.raises(GitHubDownError):
-                await github.lookups._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
+                await github.lookups._fetch_across_processes(
+                    "polled", Priority.BACKGROUND, known, nobody_pays
+                )
             return len(logs.events("github_stored_profile_unreadable"))
 
         await db.execute("update github_profiles set data = '{}'::jsonb")
@@ -401,7 +407,9 @@ async def test_a_fetch_waiting_for_another_process_reads_the_whole_profile_only_
             "update github_profiles set data = %s, fetched_at = %s",
             (msgspec.json.encode(data).decode(), known + timedelta(seconds=2)),
         )
-        answer = await github.lookups._fetch_across_processes("polled", Priority.BACKGROUND, newer_than=known)
+        answer = await github.lookups._fetch_across_processes(
+            "polled", Priority.BACKGROUND, known, nobody_pays
+        )
         assert answer.fetched_at == known + timedelta(seconds=2)
 
 
@@ -452,10 +460,10 @@ async def test_a_job_waits_for_another_process_s_fetch_longer_than_a_request_wou
         known = row[0]
         await valkey.set("github:fetch:slow", "another-process", px=60_000)  # its chain is under way
         job = asyncio.ensure_future(
-            github.lookups._fetch_across_processes("slow", Priority.BACKGROUND, newer_than=known)
+            github.lookups._fetch_across_processes("slow", Priority.BACKGROUND, known, nobody_pays)
         )
         request = asyncio.ensure_future(
-            github.lookups._fetch_across_processes("slow", Priority.INTERACTIVE, newer_than=known)
+            github.lookups._fetch_across_processes("slow", Priority.INTERACTIVE, known, nobody_pays)
         )
         with pytest.raises(GitHubDownError):  # the request gives up after GITHUB_COLD_WAIT_S
             await request

@@ -6,7 +6,7 @@ docstring describes under "How an answer is made":
 
 - the stored profile (``load``) and its age;
 - who pays for a fetch chain, its account's and its client address's shares of GitHub's quota
-  (``shares``, ``app/domains/github/shares.py``), checked before a cold lookup;
+  (``shares``, ``app/domains/github/shares.py``), checked when the chain is about to ask GitHub;
 - the fetch chain shared by this process's callers (one flight per login) and across processes (a
   Valkey lock renewed while held; the others poll the stored profile): ``fetch_shared``;
 - the memory of failures: briefly for every caller (``github:failed``), a week as the answer's
@@ -49,7 +49,7 @@ from app.domains.github.client import (
     GithubRepo,
     pages_to_list,
 )
-from app.domains.github.errors import TooManyLookupsError, problem_for
+from app.domains.github.errors import LookupBudgetError, TooManyLookupsError, problem_for
 from app.domains.github.governor import Priority, RateLimitGovernor
 from app.domains.github.schemas import ProfileData, UpstreamError
 from app.domains.github.shares import Payer, Shares, ShareSpentError
@@ -75,6 +75,8 @@ return 0
 """
 
 Clock = Callable[[], datetime]
+_REFUSED = (ShareSpentError, LookupBudgetError, TooManyLookupsError)
+"""A flight's payer refused: its share spent, or a cap on chains under way reached (``Shares``)."""
 
 
 class StoredProfile(msgspec.Struct, frozen=True):
@@ -137,7 +139,6 @@ class ProfileLookups:
         self.clock = clock
         self.shares = Shares(settings, valkey, governor)
         self._flights: dict[str, asyncio.Future[StoredProfile]] = {}
-        self._admissions: dict[str, _Admission] = {}
         self._release = valkey.register_script(RELEASE)
         self._renew = valkey.register_script(_RENEW)
 
@@ -189,9 +190,10 @@ class ProfileLookups:
         holds: bool,
     ) -> StoredProfile:
         """``fetch_shared`` for a chain ``account`` pays for, asked from ``address``: joining this
-        process's flight of the login is free, a new chain is admitted first (``Shares.admit``: 429
-        past a share or a cap on chains under way). ``holds``: the account holds one of its cold
-        lookups in flight (a request's; a refresh job's holds none)."""
+        process's flight of the login, or waiting for another process's chain of it, is free; a
+        chain is admitted when it is about to ask GitHub (``Shares.admit``: 429 past a share or a
+        cap on chains under way). ``holds``: the account holds one of its cold lookups in flight (a
+        request's; a refresh job's holds none)."""
         return await self._fetch(
             login,
             priority,
@@ -230,32 +232,29 @@ class ProfileLookups:
         user_id: int | None,
         pay: Callable[[], Awaitable[Payer | None]],
     ) -> StoredProfile:
-        """The login's flight joined, or started on the payer ``pay`` admits, then waited for.
+        """The login's flight in this process joined, or started, then waited for.
 
-        The look for a flight and the admission are one step per login in this process
-        (``_admission``): twenty requests for one user, each admitted before any flight existed,
-        took the address's every slot and got 429s while one chain ran for them all. A flight this
-        call joined that its own payer's share stopped (``ShareSpentError``) is no answer for this
-        caller, whose shares may have room: it asks again, admitted on its own (a refresh failed, and
-        the snapshot cron paused its run, on another account's share)."""
+        A flight is admitted (``pay``) only once it holds the login's fetch lock, when it is about to
+        ask GitHub: a flight that waits for another process's chain costs nothing and holds no slot
+        (with two web workers about half the joins of a chain land on the other process, and each
+        such join, admitted up front, got a 429 on a spent share or held one of the address's four
+        slots while it polled). So a refusal of the payer (a share spent, a cap reached: ``_REFUSED``)
+        comes from the flight, and a caller that joined it is not the one refused: it asks again,
+        on its own payer (a refresh failed, and the snapshot cron paused its run, on another
+        account's share). No await between the look for a flight and its start: twenty requests for
+        one user join one flight."""
         for _ in range(REFUSED_JOINS + 1):
-            async with self._admission(login):
-                flight = self._flights.get(login)  # none can start meanwhile: each start is admitted here
-                started = flight is None
-                payer = await pay() if started else None
-                if user_id is not None:
-                    try:
-                        self.shares.hold_lookup(user_id, login)
-                    except TooManyLookupsError:
-                        await self.shares.release(payer)
-                        raise
-                if flight is None:
-                    flight = self._start_flight(login, priority, newer_than, payer)
-                if user_id is not None:  # held until the flight ends, not merely until it stops waiting
-                    flight.add_done_callback(partial(self._release_lookup, user_id, login))
+            flight = self._flights.get(login)
+            started = flight is None
+            if user_id is not None:
+                self.shares.hold_lookup(user_id, login)
+            if flight is None:
+                flight = self._start_flight(login, priority, newer_than, pay)
+            if user_id is not None:  # held until the flight ends, not merely until it stops waiting
+                flight.add_done_callback(partial(self._release_lookup, user_id, login))
             try:
                 return await self._wait(flight, priority)
-            except ShareSpentError:
+            except _REFUSED:
                 if started:
                     raise
         raise GitHubBusyError(
@@ -263,27 +262,15 @@ class ProfileLookups:
             retry_after=REFUSED_JOINS_RETRY_S,
         )
 
-    @contextlib.asynccontextmanager
-    async def _admission(self, login: str) -> AsyncIterator[None]:
-        """One caller at a time per login in this process (a lock kept while anyone wants it)."""
-        admission = self._admissions.get(login)
-        if admission is None:
-            admission = self._admissions[login] = _Admission()
-        admission.wanted += 1
-        try:
-            async with admission.lock:
-                yield
-        finally:
-            admission.wanted -= 1
-            if admission.wanted == 0:
-                del self._admissions[login]
-
     def _start_flight(
-        self, login: str, priority: Priority, newer_than: datetime | None, payer: Payer | None
+        self,
+        login: str,
+        priority: Priority,
+        newer_than: datetime | None,
+        pay: Callable[[], Awaitable[Payer | None]],
     ) -> asyncio.Future[StoredProfile]:
-        """The login's flight in this process, charged to ``payer`` (None: nobody's)."""
-        work = self._fetch_across_processes(login, priority, newer_than)
-        flight = asyncio.ensure_future(work if payer is None else self.shares.charging(payer, work))
+        """The login's flight in this process, charged to whoever ``pay`` admits (None: nobody)."""
+        flight = asyncio.ensure_future(self._fetch_across_processes(login, priority, newer_than, pay))
         self._flights[login] = flight
         flight.add_done_callback(lambda done: self._end_flight(login, done))
         return flight
@@ -307,14 +294,18 @@ class ProfileLookups:
             done.exception()  # retrieved: a flight whose callers all left logs no warning
 
     async def _fetch_across_processes(
-        self, login: str, priority: Priority, newer_than: datetime | None
+        self,
+        login: str,
+        priority: Priority,
+        newer_than: datetime | None,
+        pay: Callable[[], Awaitable[Payer | None]],
     ) -> StoredProfile:
-        """The login's profile fetched by this process (holding its fetch lock) or by the process
-        that holds the lock, waited for at most ``GITHUB_COLD_WAIT_S`` (a request) or
-        ``GITHUB_CHAIN_TIMEOUT_S`` (a job: the longest the holder's chain may take). Waiting, it
-        polls every ``POLL_S`` the stored profile's ``fetched_at`` only (not its ``data``: a large
-        document read 20 times a second); the whole profile is read once that has changed to
-        something newer than ``newer_than``."""
+        """The login's profile fetched by this process (holding its fetch lock, charged to whoever
+        ``pay`` then admits) or by the process that holds the lock, waited for at most
+        ``GITHUB_COLD_WAIT_S`` (a request) or ``GITHUB_CHAIN_TIMEOUT_S`` (a job: the longest the
+        holder's chain may take). Waiting, it polls every ``POLL_S`` the stored profile's
+        ``fetched_at`` only (not its ``data``: a large document read 20 times a second); the whole
+        profile is read once that has changed to something newer than ``newer_than``."""
         if await self.valkey.exists(f"github:missing:{login}"):
             raise GitHubNotFoundError("no such GitHub user (remembered)", remembered=True)
         recent = await self._recent_failure(login, since=0.0)
@@ -332,9 +323,7 @@ class ProfileLookups:
             async with self._lock(lock_key) as held:
                 if held:  # the last holder may have finished after the caller looked: read again first
                     stored = await self._load_newer(login, newer_than)
-                    return stored or await self._fetch_and_store(
-                        login, priority, profile_stored=newer_than is not None
-                    )
+                    return stored or await self._paid_fetch(login, priority, newer_than, await pay())
             await asyncio.sleep(POLL_S)
             async with self.db.read() as uow:
                 fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
@@ -349,6 +338,12 @@ class ProfileLookups:
                 raise failure
             if time.monotonic() > deadline:
                 raise GitHubDownError("another process's fetch is taking too long", retry_after=5)
+
+    async def _paid_fetch(
+        self, login: str, priority: Priority, newer_than: datetime | None, payer: Payer | None
+    ) -> StoredProfile:
+        work = self._fetch_and_store(login, priority, profile_stored=newer_than is not None)
+        return await (work if payer is None else self.shares.charging(payer, work))
 
     @contextlib.asynccontextmanager
     async def _lock(self, key: str) -> AsyncIterator[bool]:
@@ -468,16 +463,6 @@ class ProfileLookups:
             return None
         error = msgspec.msgpack.decode(raw, type=UpstreamError)
         return error if error.at >= after else None
-
-
-class _Admission:
-    """A login's turn to look for a flight and be admitted (``ProfileLookups._admission``)."""
-
-    __slots__ = ("lock", "wanted")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.wanted = 0
 
 
 def _keep_previous(

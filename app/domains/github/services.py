@@ -25,7 +25,8 @@ How an answer is made (``GithubService.profile``):
   once per process, an address ``GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT`` lookups and refreshes across
   processes (more: 429 ``github-lookups-in-flight``), so one burst cannot queue everyone else's
   requests past their wait budget, nor overshoot a share by more than those chains' first pages.
-  Joining a fetch under way and answers from storage cost nothing.
+  Joining a fetch under way, in this process or another, and answers from storage cost nothing: a
+  chain is admitted (its shares checked, a slot taken) only once it holds the login's lock.
 - Failures: an unknown login is remembered for ``GITHUB_NOT_FOUND_TTL_S`` (404 without a request);
   GitHub down or rate-limited gives the last good data with ``stale: true`` and ``last_error``, or,
   with nothing stored, a 503 problem with ``Retry-After`` (``github-rate-limited`` when GitHub's

@@ -166,7 +166,7 @@ class Shares:
     async def check(self, user_id: int, address: str | None) -> None:
         """Refuses (429 ``github-lookup-budget``) an account whose chains have cost its share of this
         GitHub window, or an address whose accounts' chains have cost its share. A refresh is checked
-        so when it is asked for, and its job ``admit``ted when it starts."""
+        so when it is asked for, and its job's chain ``admit``ted when it is about to ask GitHub."""
         if not await self.share_left(user_id):
             raise await self._budget_spent(user_id)
         if address is not None:
@@ -177,7 +177,9 @@ class Shares:
     async def admit(self, user_id: int, address: str | None) -> Payer:
         """The payer of a new chain of account ``user_id`` asked from ``address``: ``check``ed, then
         holding a slot among the address's chains under way (past the cap: 429
-        ``github-lookups-in-flight``). The chain gives the slot back when it ends (``charging``)."""
+        ``github-lookups-in-flight``). Asked by a chain about to ask GitHub (holding the login's
+        fetch lock: one that waits for another process's chain needs neither share nor slot); it
+        gives the slot back when it ends (``charging``)."""
         await self.check(user_id, address)
         slot = await self.address_chains.claim(address) if address is not None else None
         return Payer(user_id, address, slot)
@@ -192,12 +194,6 @@ class Shares:
             return await self.address_waiters.claim(address)
         except TooManyLookupsError:
             return None
-
-    async def release(self, payer: Payer | None) -> None:
-        """Give back the payer's slot: its chain ended, or it joined one under way (free)."""
-        if payer is not None and payer.slot is not None:
-            await payer.slot.release()
-            payer.slot = None
 
     async def _budget_spent(self, user_id: int) -> LookupBudgetError:
         budget, limit = await self.budget()
@@ -247,7 +243,8 @@ class Shares:
                         await self._charge(share)
                     except Exception:  # the answer stands; the payer is charged less this once
                         log.warning("github_lookup_not_charged", user_id=payer.account, cost=cost)
-                await self.release(payer)
+                if payer.slot is not None:
+                    await payer.slot.release()
 
     async def within_share(self) -> bool:
         """Whether the chain under way may ask GitHub for one more resource it can do without (a
