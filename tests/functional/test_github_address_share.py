@@ -40,7 +40,7 @@ from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from app.domains.github.refreshes import QUEUE, REFRESH_MIN_AGE_S
 from app.domains.github.services import GithubService
-from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, ShareSpentError
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, PayerRefusedError
 from tests.factories import assert_problem, clocked_github, make_user, serve_in_loop, wait_until
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
@@ -664,7 +664,7 @@ async def test_a_chain_stopped_by_its_payers_share_is_asked_again_by_who_joined_
 
     refused, joiner_answer = (paid, answered)
     if payer_first == "snapshot-cron":
-        assert isinstance(refused, ShareSpentError), refused
+        assert isinstance(refused, PayerRefusedError), refused
         assert joiner_answer == "succeeded", (await github.refresh_state(requested.id)).error
     else:
         assert refused == "failed" and (await github.refresh_state(requested.id)).status == "failed"

@@ -49,10 +49,10 @@ from app.domains.github.client import (
     GithubRepo,
     pages_to_list,
 )
-from app.domains.github.errors import LookupBudgetError, TooManyLookupsError, problem_for
+from app.domains.github.errors import problem_for
 from app.domains.github.governor import Priority, RateLimitGovernor
 from app.domains.github.schemas import ProfileData, UpstreamError
-from app.domains.github.shares import Payer, Shares, ShareSpentError
+from app.domains.github.shares import Payer, PayerRefusedError, Shares, payer_limits
 
 log = structlog.get_logger("app.github")
 
@@ -60,8 +60,10 @@ LAST_ERROR_TTL_S = 7 * 24 * 3600
 FETCH_LOCK_TTL_S = 30.0
 FAILURE_MEMORY_S = 10.0
 POLL_S = 0.05
-REFUSED_JOINS = 2
-"""How many flights stopped by their payers' shares a caller joins before it is told to ask again."""
+REFUSED_JOINS = 4
+"""How many flights refused by other payers' limits a caller joins before it is told to ask again (503
+``github-busy``). Of the callers a refused flight leaves, one starts the next, on its own payer: a
+caller behind N refused payers of other accounts and addresses asks N times."""
 REFUSED_JOINS_RETRY_S = 2
 
 # KEYS[1] = a key held with a token (a fetch lock, a pending refresh); ARGV = the token.
@@ -75,8 +77,6 @@ return 0
 """
 
 Clock = Callable[[], datetime]
-_REFUSED = (ShareSpentError, LookupBudgetError, TooManyLookupsError)
-"""A flight's payer refused: its share spent, or a cap on chains under way reached (``Shares``)."""
 
 
 class StoredProfile(msgspec.Struct, frozen=True):
@@ -174,7 +174,7 @@ class ProfileLookups:
             return await self.fetch_paid(
                 login, Priority.INTERACTIVE, newer_than=None, account=user_id, address=address, holds=True
             )
-        except ShareSpentError as exc:  # this account's chain, stopped by its own share
+        except PayerRefusedError as exc:  # this account's or address's own limit
             raise exc.problem from None
         except GitHubError as exc:
             raise problem_for(exc) from None
@@ -200,6 +200,7 @@ class ProfileLookups:
             newer_than=newer_than,
             user_id=account if holds else None,
             pay=partial(self.shares.admit, account, address),
+            limits=payer_limits(account, address),
         )
 
     async def fetch_shared(
@@ -221,7 +222,8 @@ class ProfileLookups:
         async def pay() -> Payer | None:
             return payer
 
-        return await self._fetch(login, priority, newer_than=newer_than, user_id=None, pay=pay)
+        limits = payer.limits if payer is not None else frozenset[str]()
+        return await self._fetch(login, priority, newer_than=newer_than, user_id=None, pay=pay, limits=limits)
 
     async def _fetch(
         self,
@@ -231,6 +233,7 @@ class ProfileLookups:
         newer_than: datetime | None,
         user_id: int | None,
         pay: Callable[[], Awaitable[Payer | None]],
+        limits: frozenset[str],
     ) -> StoredProfile:
         """The login's flight in this process joined, or started, then waited for.
 
@@ -238,11 +241,12 @@ class ProfileLookups:
         ask GitHub: a flight that waits for another process's chain costs nothing and holds no slot
         (with two web workers about half the joins of a chain land on the other process, and each
         such join, admitted up front, got a 429 on a spent share or held one of the address's four
-        slots while it polled). So a refusal of the payer (a share spent, a cap reached: ``_REFUSED``)
-        comes from the flight, and a caller that joined it is not the one refused: it asks again,
-        on its own payer (a refresh failed, and the snapshot cron paused its run, on another
-        account's share). No await between the look for a flight and its start: twenty requests for
-        one user join one flight."""
+        slots while it polled). So the payer's refusal (``PayerRefusedError``) comes from the flight.
+        A caller that joined it hears it when the limit that refused is among its own ``limits``
+        (the same account's or address's: ten requests of one account for one user each get the
+        account's 429); any other asks again, on its own payer (a refresh failed, and the snapshot
+        cron paused its run, on another account's share). No await between the look for a flight
+        and its start: twenty requests for one user join one flight."""
         for _ in range(REFUSED_JOINS + 1):
             flight = self._flights.get(login)
             started = flight is None
@@ -254,11 +258,11 @@ class ProfileLookups:
                 flight.add_done_callback(partial(self._release_lookup, user_id, login))
             try:
                 return await self._wait(flight, priority)
-            except _REFUSED:
-                if started:
+            except PayerRefusedError as refused:
+                if started or refused.whose in limits:
                     raise
         raise GitHubBusyError(
-            "the fetches of this user under way were stopped by their payers' shares",
+            "the fetches of this user under way were refused by their payers' limits",
             retry_after=REFUSED_JOINS_RETRY_S,
         )
 
@@ -322,13 +326,12 @@ class ProfileLookups:
         while True:
             async with self._lock(lock_key) as held:
                 if held:  # the last holder may have finished after the caller looked: read again first
-                    stored = await self._load_newer(login, newer_than)
+                    fresh = await self._fetched_after(login, newer_than) is not None
+                    stored = await self._load_newer(login, newer_than) if fresh else None
                     return stored or await self._paid_fetch(login, priority, newer_than, await pay())
             await asyncio.sleep(POLL_S)
-            async with self.db.read() as uow:
-                fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
-            is_newer = fetched_at is not None and (newer_than is None or fetched_at > newer_than)
-            if is_newer and fetched_at != read_at:
+            fetched_at = await self._fetched_after(login, newer_than)
+            if fetched_at is not None and fetched_at != read_at:
                 read_at = fetched_at
                 stored = await self._load_newer(login, newer_than)
                 if stored is not None:
@@ -338,6 +341,16 @@ class ProfileLookups:
                 raise failure
             if time.monotonic() > deadline:
                 raise GitHubDownError("another process's fetch is taking too long", retry_after=5)
+
+    async def _fetched_after(self, login: str, newer_than: datetime | None) -> datetime | None:
+        """When the stored profile was fetched, if after ``newer_than``: its ``fetched_at`` only (a
+        refresh job waiting for a slot takes the lock four times a second, and the document may
+        hold a thousand repositories)."""
+        async with self.db.read() as uow:
+            fetched_at = await queries.get_github_profile_fetched_at(uow.conn, login=login)
+        if fetched_at is None or (newer_than is not None and fetched_at <= newer_than):
+            return None
+        return fetched_at
 
     async def _paid_fetch(
         self, login: str, priority: Priority, newer_than: datetime | None, payer: Payer | None
@@ -373,7 +386,7 @@ class ProfileLookups:
                 max_repos = self.settings.github_max_repos
                 await self.shares.afford(pages_to_list(user.public_repos, max_repos))
                 repos, truncated = await self.client.list_repos(login, priority, max_repos=max_repos)
-            except (GitHubBusyError, ShareSpentError):
+            except (GitHubBusyError, PayerRefusedError):
                 raise  # our queue or the payer's share, not GitHub: nothing to remember about the login
             except GitHubError as exc:
                 await self._record_failure(login, exc, profile_stored=profile_stored)

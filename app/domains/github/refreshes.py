@@ -47,19 +47,19 @@ from app.core.modules import QueueName
 from app.core.slots import LeasedSlots, Slot
 from app.core.stops import StreamStops
 from app.db import github as queries
-from app.domains.github.client import GitHubDownError, GitHubError, GitHubRateLimitError
+from app.domains.github.client import GitHubDownError, GitHubError
 from app.domains.github.errors import (
     LookupBudgetError,
     NotStoredError,
     RefreshLimitError,
     RefreshNotFoundError,
-    TooManyLookupsError,
     TooManyRefreshStreamsError,
     UnknownGithubUserError,
 )
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import RELEASE, Clock, ProfileLookups, StoredProfile
 from app.domains.github.schemas import RefreshOut, RefreshStatus, UpstreamError
+from app.domains.github.shares import PayerRefusedError
 
 if TYPE_CHECKING:
     from app.domains.accounts.services import AccountService
@@ -445,13 +445,7 @@ class Refreshes:
         running = msgspec.json.encode(state)
         try:
             stored = await self._fetch(login, refresh_id, state.requested_at, user_id)
-        except (LookupBudgetError, TooManyLookupsError) as refused:  # no chain past a share or cap
-            retry_after = float(refused.headers["Retry-After"])
-            await self._finish_refresh(
-                state, GitHubRateLimitError(str(refused), retry_after=retry_after), replacing=running
-            )
-            return "failed"
-        except GitHubError as exc:
+        except GitHubError as exc:  # a payer's refusal (no chain past a share or cap) is rate-limited
             await self._finish_refresh(state, exc, replacing=running)
             return "failed"
         except asyncio.CancelledError:
@@ -489,8 +483,8 @@ class Refreshes:
         )
         try:
             return await fetch()
-        except TooManyLookupsError:
-            waiting = await self.lookups.shares.waiting_turn(address)
+        except PayerRefusedError as refused:
+            waiting = await self.lookups.shares.waiting_turn(address) if refused.at_cap else None
             if waiting is None:
                 raise
         try:
@@ -499,8 +493,8 @@ class Refreshes:
                 await asyncio.sleep(SLOT_POLL_S)
                 try:
                     return await fetch()
-                except TooManyLookupsError:
-                    if time.monotonic() >= deadline:
+                except PayerRefusedError as refused:
+                    if not refused.at_cap or time.monotonic() >= deadline:
                         raise
         finally:
             await waiting.release()

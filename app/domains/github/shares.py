@@ -81,15 +81,33 @@ return spent
 """
 
 
-class ShareSpentError(GitHubRateLimitError):
-    """The chain's payer cannot pay for what the chain must ask next (``Shares.afford``): the chain
-    stops, storing nothing and remembered by nobody (the login is not at fault). ``problem`` is the
-    payer's 429; a caller that joined the chain for free asks again on its own payer
-    (``ProfileLookups._fetch``)."""
+class PayerRefusedError(GitHubRateLimitError):
+    """The chain's payer cannot pay for it: a share spent or the address's cap on chains under way
+    reached as the chain is about to ask GitHub (``Shares.admit``), or a share spent before its pages
+    (``Shares.afford``). The chain stops, storing nothing and remembered by nobody (the login is not
+    at fault). ``problem`` is the payer's 429; ``whose`` the limit that refused (``payer_limits``: the
+    account's or the address's). A caller that joined the chain is refused too only when the limit
+    is also its own; any other asks again, on its own payer (``ProfileLookups._fetch``)."""
 
-    def __init__(self, problem: LookupBudgetError) -> None:
+    def __init__(self, problem: LookupBudgetError | TooManyLookupsError, whose: str) -> None:
         super().__init__(str(problem), retry_after=float(problem.headers["Retry-After"]))
         self.problem = problem
+        self.whose = whose
+
+    @property
+    def at_cap(self) -> bool:
+        """Refused for the address's chains under way, not for a share: a slot frees within seconds."""
+        return isinstance(self.problem, TooManyLookupsError)
+
+
+def payer_limits(account: int, address: str | None) -> frozenset[str]:
+    """The limits a payer of ``account`` asking from ``address`` is held to, as
+    ``PayerRefusedError.whose`` names them."""
+    return frozenset({_account_limit(account)} if address is None else {_account_limit(account), address})
+
+
+def _account_limit(account: int) -> str:
+    return f"account:{account}"
 
 
 class Payer:
@@ -103,6 +121,10 @@ class Payer:
         self.account = account
         self.address = address
         self.slot = slot
+
+    @property
+    def limits(self) -> frozenset[str]:
+        return payer_limits(self.account, self.address)
 
 
 class Shares:
@@ -167,22 +189,34 @@ class Shares:
         """Refuses (429 ``github-lookup-budget``) an account whose chains have cost its share of this
         GitHub window, or an address whose accounts' chains have cost its share. A refresh is checked
         so when it is asked for, and its job's chain ``admit``ted when it is about to ask GitHub."""
-        if not await self.share_left(user_id):
-            raise await self._budget_spent(user_id)
-        if address is not None:
-            spent = int(await self.valkey.get(_address_spent_key(address)) or 0)
-            if spent >= (budget := await self.address_budget()):
-                raise await self._address_budget_spent(address, spent, budget)
+        if (refused := await self._spent_share(user_id, address)) is not None:
+            raise refused.problem
 
     async def admit(self, user_id: int, address: str | None) -> Payer:
         """The payer of a new chain of account ``user_id`` asked from ``address``: ``check``ed, then
-        holding a slot among the address's chains under way (past the cap: 429
-        ``github-lookups-in-flight``). Asked by a chain about to ask GitHub (holding the login's
-        fetch lock: one that waits for another process's chain needs neither share nor slot); it
-        gives the slot back when it ends (``charging``)."""
-        await self.check(user_id, address)
-        slot = await self.address_chains.claim(address) if address is not None else None
+        holding a slot among the address's chains under way; else ``PayerRefusedError`` (its
+        ``problem`` a 429 ``github-lookup-budget`` or ``github-lookups-in-flight``). Asked by a chain
+        about to ask GitHub (holding the login's fetch lock: one that waits for another process's
+        chain needs neither share nor slot); it gives the slot back when it ends (``charging``)."""
+        if (refused := await self._spent_share(user_id, address)) is not None:
+            raise refused
+        if address is None:
+            return Payer(user_id)
+        try:
+            slot = await self.address_chains.claim(address)
+        except TooManyLookupsError as problem:
+            raise PayerRefusedError(problem, address) from None
         return Payer(user_id, address, slot)
+
+    async def _spent_share(self, user_id: int, address: str | None) -> PayerRefusedError | None:
+        """The refusal of a payer whose account's or address's share of this window is spent."""
+        if not await self.share_left(user_id):
+            return PayerRefusedError(await self._budget_spent(user_id), _account_limit(user_id))
+        if address is not None:
+            spent = int(await self.valkey.get(_address_spent_key(address)) or 0)
+            if spent >= (budget := await self.address_budget()):
+                return PayerRefusedError(await self._address_budget_spent(address, spent, budget), address)
+        return None
 
     async def waiting_turn(self, address: str | None) -> Slot | None:
         """The one turn of an address's refresh jobs to wait for a slot among its chains under way
@@ -269,7 +303,7 @@ class Shares:
     async def afford(self, requests: int) -> None:
         """Reserve ``requests`` the chain under way must ask next and cannot do without (its pages of
         repositories) against its payer's shares: charged now, so that the chains under way at once
-        see each other's. ``ShareSpentError`` (the reservation given back, nothing asked) when either
+        see each other's. ``PayerRefusedError`` (the reservation given back, nothing asked) when either
         share had no room left before it, counting the others' reservations; so one chain may pass a
         share by its pages, but not every chain under way at once. Refusing a chain that does not fit
         whole would refuse a user with a thousand repositories (eleven requests) to any account that
@@ -292,10 +326,10 @@ class Shares:
         except Exception:  # the payer is charged the pages it did not read, this once
             log.warning("github_share_not_given_back", user_id=payer.account, requests=requests)
         if spent[0] - requests >= budgets[0]:
-            raise ShareSpentError(await self._budget_spent(payer.account))
+            raise PayerRefusedError(await self._budget_spent(payer.account), _account_limit(payer.account))
         assert payer.address is not None
         problem = await self._address_budget_spent(payer.address, spent[1] - requests, budgets[1])
-        raise ShareSpentError(problem)
+        raise PayerRefusedError(problem, payer.address)
 
     async def _budgets(self, payer: Payer) -> list[int]:
         """What the payer's account (first) and address may spend in this window."""

@@ -34,7 +34,7 @@ from app.domains.github.errors import InvalidRangeError
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import Clock, ProfileLookups
 from app.domains.github.schemas import Change, HistoryOut, HistoryPoint
-from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, PayerRefusedError
 
 log = structlog.get_logger("app.github")
 
@@ -51,7 +51,11 @@ every login, mended an hour later)."""
 DEFAULT_HISTORY_DAYS = 30
 """The history's range when ``from`` is not given: this many days ending ``to``."""
 
-_PAUSE_REASONS: dict[type[GitHubError], str] = {GitHubBusyError: "busy", GitHubRateLimitError: "rate-limit"}
+_PAUSE_REASONS: dict[type[GitHubError], str] = {
+    GitHubBusyError: "busy",
+    GitHubRateLimitError: "rate-limit",
+    PayerRefusedError: "share",
+}
 """Why the snapshot cron stops early, as logged (``snapshot_due``); any other: ``unavailable``."""
 
 

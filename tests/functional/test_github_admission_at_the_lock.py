@@ -1,0 +1,252 @@
+"""A GitHub fetch chain is admitted by its payer when it takes the user's fetch lock, about to ask
+GitHub, not when a caller starts waiting.
+
+Admitted up front, a request that found another process's chain of the user (about half of them,
+with two web workers) got a 429 on a spent share, or held one of its address's four slots while it
+polled. Admitted at the lock, the payer's refusal comes out of the flight that the callers of this
+process share; who hears it decides which of them asks again:
+
+- a caller held to the limit that refused (the same account, or the same address) hears it as its
+  own 429 (ten requests of one account for one user all got 429s before; after the move, seven of
+  ten got a 503 ``github-busy`` that blamed GitHub's queue);
+- any other caller asks again, on its own payer, up to ``REFUSED_JOINS`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import msgspec
+import pytest
+from psycopg import AsyncConnection
+from valkey.asyncio import Valkey
+
+from app.config import Settings
+from app.domains.github.governor import Priority
+from app.domains.github.lookups import REFUSED_JOINS, ProfileLookups
+from app.domains.github.services import GithubService
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer
+from tests.factories import make_user, serve_in_loop, wait_until
+from tests.fakes.github import FakeGitHub
+from tests.functional.test_github_address_share import (
+    ADDRESS_SHARE,
+    ELSEWHERE,
+    READER,
+    address,
+    asked_under_way,
+    chains_under_way,
+    four_held,
+    spent_by,
+    stored_by_another_address,
+    turn_taken,
+    waits_recorded,
+)
+from tests.functional.test_github_address_share import github as github  # the fixtures
+from tests.functional.test_github_address_share import github_settings as github_settings
+from tests.functional.test_github_fair_share import two_repos, under_way
+from tests.functional.test_github_http import work_refresh
+
+
+def answers_by_problem(answers: list[Any]) -> Counter[str]:
+    """``200``, or the status and the problem's slug: ``429 github-lookup-budget``."""
+    counted: Counter[str] = Counter()
+    for answer in answers:
+        slug = "" if answer.status_code == 200 else " " + answer.json()["type"].rsplit("/", 1)[-1]
+        counted[f"{answer.status_code}{slug}"] += 1
+    return counted
+
+
+def admitted_once_all_ask(lookups: ProfileLookups, asking: int) -> list[object]:
+    """The first flight's admission waits until ``asking`` callers wait for a flight: every one of
+    them has joined it when its payer is refused. Returns the flights waited for, as they are."""
+    waited = waits_recorded(lookups)
+    admit = lookups.shares.admit
+
+    async def every_caller_waits() -> bool:
+        return len(waited) >= asking
+
+    async def admit_once_all_wait(user_id: int, client_address: str | None) -> Any:
+        await wait_until(every_caller_waits, 20, f"{asking} callers wait for the flight")
+        lookups.shares.admit = admit  # type: ignore[method-assign]
+        return await admit(user_id, client_address)
+
+    lookups.shares.admit = admit_once_all_wait  # type: ignore[method-assign]
+    return waited
+
+
+@pytest.mark.parametrize("refused_by", ["address-share", "address-cap", "account-share"])
+async def test_one_payers_requests_for_one_user_all_hear_its_own_refusal(
+    refused_by: str, github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    fake.add_user("popular", two_repos())
+    async with serve_in_loop(github_settings) as served:
+        account = await make_user(db, served.app, name="Tabs")
+        lookups = served.app.state.services[GithubService].lookups
+        held = []
+        if refused_by == "address-share":
+            await valkey.set(f"github:lookup-spent:{address(github_settings)}", ADDRESS_SHARE, ex=3600)
+        elif refused_by == "account-share":
+            budget, _ = await lookups.shares.budget(account.id)
+            await valkey.set(f"github:lookup-spent:{account.id}", budget, ex=3600)
+        else:
+            held = [await lookups.shares.address_chains.claim(address(github_settings)) for _ in range(4)]
+        admitted_once_all_ask(lookups, 10)
+        answers = await asyncio.gather(
+            *(served.client.get("/api/github/users/popular", headers=account.headers) for _ in range(10))
+        )
+        for slot in held:
+            await slot.release()
+
+    expected = "429 github-lookups-in-flight" if refused_by == "address-cap" else "429 github-lookup-budget"
+    assert answers_by_problem(answers) == Counter({expected: 10})
+    assert fake.recorded("/users/popular") == []
+
+
+async def test_a_caller_behind_more_refused_payers_than_it_joins_is_told_to_ask_again(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """Accounts whose shares are all spent ask for one user at once: each refused flight's callers
+    start the next one, one at a time, so the last caller would ask as many times as there are
+    accounts. It asks ``REFUSED_JOINS`` times more than once, then gets a 503 ``github-busy``."""
+    fake.add_user("popular", two_repos())
+    callers = REFUSED_JOINS + 2
+    async with serve_in_loop(github_settings) as served:
+        accounts = [await make_user(db, served.app, name=f"Spent{n}") for n in range(callers)]
+        lookups = served.app.state.services[GithubService].lookups
+        budget, _ = await lookups.shares.budget(accounts[0].id)
+        for account in accounts:
+            await valkey.set(f"github:lookup-spent:{account.id}", budget, ex=3600)
+        admitted_once_all_ask(lookups, callers)
+        answers = await asyncio.gather(
+            *(served.client.get("/api/github/users/popular", headers=a.headers) for a in accounts)
+        )
+
+    assert answers_by_problem(answers) == Counter(
+        {"429 github-lookup-budget": REFUSED_JOINS + 1, "503 github-busy": 1}
+    )
+    (busy,) = [answer for answer in answers if answer.status_code == 503]
+    assert "other accounts' fetches of this user" in busy.json()["detail"]
+    assert int(busy.headers["retry-after"]) >= 1
+
+
+async def test_a_request_of_another_account_that_joined_a_refused_flight_pays_its_own(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    fake.add_user("popular", two_repos())
+    async with serve_in_loop(github_settings) as served:
+        spent = await make_user(db, served.app, name="Spent")
+        roomy = await make_user(db, served.app, name="Roomy")
+        lookups = served.app.state.services[GithubService].lookups
+        budget, _ = await lookups.shares.budget(spent.id)
+        await valkey.set(f"github:lookup-spent:{spent.id}", budget, ex=3600)
+        waited = admitted_once_all_ask(lookups, 2)
+        first = asyncio.create_task(served.client.get("/api/github/users/popular", headers=spent.headers))
+        await wait_until(lambda: asyncio.sleep(0, bool(waited)), 20, "the first request's flight starts")
+        answered = await served.client.get("/api/github/users/popular", headers=roomy.headers)
+        refused = await first
+
+    assert waited[0] is waited[1], "the second joined the first's flight"
+    assert answers_by_problem([refused]) == Counter({"429 github-lookup-budget": 1})
+    assert answered.status_code == 200, answered.text
+    assert int(await valkey.get(f"github:lookup-spent:{roomy.id}") or 0) == 4, "the joiner paid its own"
+
+
+async def test_the_snapshot_cron_that_joined_a_refresh_refused_at_the_cap_pays_its_own(
+    github: GithubService, valkey: Valkey, settings: Settings
+) -> None:
+    stored = await github.lookups.load("stored")
+    assert stored is not None
+    requested = await github.request_refresh("stored", user_id=READER, address=address(settings))
+    held = [await github.lookups.shares.address_chains.claim(address(settings)) for _ in range(4)]
+    waited = admitted_once_all_ask(github.lookups, 2)
+    refresh = asyncio.create_task(github.run_refresh("stored", requested.id, user_id=READER))
+    await wait_until(lambda: asyncio.sleep(0, bool(waited)), 20, "the refresh's flight starts")
+    snapshot = github.lookups.fetch_shared(
+        "stored", Priority.BACKGROUND, newer_than=stored.fetched_at, payer=Payer(SNAPSHOTS_ACCOUNT)
+    )
+    fetched, outcome = await asyncio.gather(snapshot, refresh)
+    for slot in held:
+        await slot.release()
+
+    assert waited[0] is waited[1], "the cron joined the refresh's flight"
+    assert fetched.fetched_at > stored.fetched_at
+    assert int(await valkey.get(f"github:lookup-spent:{SNAPSHOTS_ACCOUNT}") or 0) == 4, "the cron paid"
+    assert outcome == "succeeded", (await github.refresh_state(requested.id)).error
+
+
+@pytest.mark.parametrize("share", ["room", "spent"])
+async def test_a_request_waiting_for_another_processs_chain_that_stops_then_asks_on_its_own(
+    share: str, github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The first process's chain stops on its payer's share once it has the user (nothing stored,
+    nothing remembered): the second process's request, which waited for it without a share or a
+    slot, takes the lock and asks on its own payer."""
+    fake.add_user("slow", two_repos())
+    async with serve_in_loop(github_settings) as one, serve_in_loop(github_settings) as two:
+        payer = await make_user(db, one.app, name="Payer")
+        poller = await make_user(db, two.app, name="Poller")
+        budget, _ = await one.app.state.services[GithubService].lookup_budget(payer.id)
+        await valkey.set(f"github:lookup-spent:{payer.id}", budget - 1, ex=3600)  # its user, no page
+        if share == "spent":
+            await valkey.set(f"github:lookup-spent:{address(github_settings)}", ADDRESS_SHARE, ex=3600)
+        flights = two.app.state.services[GithubService].lookups._flights
+        async with turn_taken(valkey):
+            paying = asyncio.create_task(
+                one.client.get("/api/github/users/slow", headers={**payer.headers, **ELSEWHERE})
+            )
+            await wait_until(lambda: under_way(valkey, "slow"), 20, "the first process's chain is under way")
+            polling = asyncio.create_task(two.client.get("/api/github/users/slow", headers=poller.headers))
+
+            async def polling_or_answered() -> bool:
+                return "slow" in flights or polling.done()
+
+            await wait_until(polling_or_answered, 20, "the second process asks")
+            assert not polling.done(), (await polling).text
+        paid, polled = await paying, await polling
+        assert await chains_under_way(valkey, github_settings) == 0
+
+    assert paid.status_code == 429, paid.text
+    if share == "room":
+        assert polled.status_code == 200, polled.text
+        assert await spent_by(valkey, github_settings) == 4
+    else:
+        assert answers_by_problem([polled]) == Counter({"429 github-lookup-budget": 1})
+        assert await spent_by(valkey, github_settings) == ADDRESS_SHARE
+
+
+async def test_a_refresh_waiting_for_a_slot_reads_no_whole_profile(
+    github_settings: Settings,
+    fake: FakeGitHub,
+    db: AsyncConnection[Any],
+    valkey: Valkey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh job at its address's cap asks again four times a second; each try takes the user's
+    lock before its payer is refused, and read the whole stored document (up to a thousand
+    repositories) each time. It reads when the profile was fetched only."""
+    job_settings = msgspec.structs.replace(github_settings, github_cold_wait_s=1.0)
+    for login in ("held0", "held1", "held2", "held3", "refreshed"):
+        fake.add_user(login)
+    loads: Counter[str] = Counter()
+    load = ProfileLookups.load
+
+    async def counted(self: ProfileLookups, login: str) -> Any:
+        loads[login] += 1
+        return await load(self, login)
+
+    async with serve_in_loop(github_settings) as served:
+        await stored_by_another_address(served, db, ["refreshed"])
+        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
+        refresh = await served.client.post("/api/github/users/refreshed/refresh", headers=third.headers)
+        assert refresh.status_code == 202, refresh.text
+        async with turn_taken(valkey):
+            held = await asked_under_way(valkey, four_held(served.client, first, second))
+            monkeypatch.setattr(ProfileLookups, "load", counted)
+            outcome = await work_refresh(job_settings, refresh.json()["id"])
+            monkeypatch.setattr(ProfileLookups, "load", load)
+        assert [(await task).status_code for task in held] == [200] * 4
+
+    assert outcome == "failed"
+    assert loads["refreshed"] == 0, loads
