@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -24,12 +26,16 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.services import open_services
+from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import REFUSED_JOINS, ProfileLookups
+from app.domains.github.refreshes import REFRESH_MIN_AGE_S
 from app.domains.github.services import GithubService
-from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer
-from tests.factories import make_user, serve_in_loop, wait_until
-from tests.fakes.github import FakeGitHub
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, PayerRefusedError
+from tests.factories import clocked_github, make_user, serve_in_loop, wait_until
+from tests.fakes.clock import FakeClock
+from tests.fakes.github import FakeGitHub, FakeGitHubServer
 from tests.functional.test_github_address_share import (
     ADDRESS_SHARE,
     ELSEWHERE,
@@ -72,7 +78,7 @@ def admitted_once_all_ask(lookups: ProfileLookups, asking: int) -> list[object]:
         lookups.shares.admit = admit  # type: ignore[method-assign]
         return await admit(user_id, client_address)
 
-    lookups.shares.admit = admit_once_all_wait  # type: ignore[method-assign]
+    lookups.shares.admit = admit_once_all_wait  # type: ignore[method-assign,assignment]
     return waited
 
 
@@ -104,12 +110,12 @@ async def test_one_payers_requests_for_one_user_all_hear_its_own_refusal(
     assert fake.recorded("/users/popular") == []
 
 
-async def test_a_caller_behind_more_refused_payers_than_it_joins_is_told_to_ask_again(
+async def test_callers_whose_own_shares_are_spent_hear_their_own_429_behind_other_refusals(
     github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
-    """Accounts whose shares are all spent ask for one user at once: each refused flight's callers
-    start the next one, one at a time, so the last caller would ask as many times as there are
-    accounts. It asks ``REFUSED_JOINS`` times more than once, then gets a 503 ``github-busy``."""
+    """Accounts whose shares are all spent ask for one user at once. Each refused flight's other
+    callers asked again, one of them starting a flight certain to be refused: the last caller asked
+    once per account, then got a 503 that blamed others. A caller checks its own shares first."""
     fake.add_user("popular", two_repos())
     callers = REFUSED_JOINS + 2
     async with serve_in_loop(github_settings) as served:
@@ -123,12 +129,76 @@ async def test_a_caller_behind_more_refused_payers_than_it_joins_is_told_to_ask_
             *(served.client.get("/api/github/users/popular", headers=a.headers) for a in accounts)
         )
 
+    assert answers_by_problem(answers) == Counter({"429 github-lookup-budget": callers})
+
+
+async def at_cap_from(
+    served: Any, db: AsyncConnection[Any], settings: Settings, count: int
+) -> list[dict[str, str]]:
+    """``count`` accounts, each asking from an address of its own whose four slots are taken: the
+    headers of each."""
+    lookups = served.app.state.services[GithubService].lookups
+    asks = []
+    for n in range(count):
+        ip = f"203.0.113.{100 + n}"
+        for _ in range(4):
+            await lookups.shares.address_chains.claim(address(settings, ip))
+        account = await make_user(db, served.app, name=f"AtCap{n}")
+        asks.append({**account.headers, "x-forwarded-for": ip})
+    return asks
+
+
+async def test_a_caller_behind_more_refused_payers_than_it_joins_is_told_to_ask_again(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    """Callers from addresses each at its cap (their shares with room) ask for one user at once:
+    each refused flight's other callers ask again, and one of them starts the next. The last caller
+    asks ``REFUSED_JOINS`` times more than once, then gets a 503 ``github-busy``."""
+    fake.add_user("popular", two_repos())
+    callers = REFUSED_JOINS + 2
+    async with serve_in_loop(github_settings) as served:
+        asks = await at_cap_from(served, db, github_settings, callers)
+        admitted_once_all_ask(served.app.state.services[GithubService].lookups, callers)
+        answers = await asyncio.gather(
+            *(served.client.get("/api/github/users/popular", headers=headers) for headers in asks)
+        )
+
     assert answers_by_problem(answers) == Counter(
-        {"429 github-lookup-budget": REFUSED_JOINS + 1, "503 github-busy": 1}
+        {"429 github-lookups-in-flight": REFUSED_JOINS + 1, "503 github-busy": 1}
     )
     (busy,) = [answer for answer in answers if answer.status_code == 503]
-    assert "other accounts' fetches of this user" in busy.json()["detail"]
+    assert "other accounts or addresses that their own limits refused" in busy.json()["detail"]
     assert int(busy.headers["retry-after"]) >= 1
+
+
+async def test_a_requests_whole_wait_across_its_asks_is_its_cold_wait(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any]
+) -> None:
+    """Each ask waited ``GITHUB_COLD_WAIT_S`` afresh: behind five refused flights a request could
+    wait five times as long as a request may. Here each refusal comes 0.3 s into its flight, and a
+    request may wait 1 s: the last callers' waits end (503 ``github-unavailable``) before a fifth
+    ask would have told one to ask again."""
+    fake.add_user("popular", two_repos())
+    callers = REFUSED_JOINS + 2
+    short = msgspec.structs.replace(github_settings, github_cold_wait_s=1.0)
+    async with serve_in_loop(short) as served:
+        asks = await at_cap_from(served, db, short, callers)
+        lookups = served.app.state.services[GithubService].lookups
+        admit = lookups.shares.admit
+
+        async def admitted_later(user_id: int, client_address: str | None) -> Any:
+            await asyncio.sleep(0.3)  # the flight's time before its payer is refused (not a synchronisation)
+            return await admit(user_id, client_address)
+
+        lookups.shares.admit = admitted_later
+        admitted_once_all_ask(lookups, callers)
+        answers = await asyncio.gather(
+            *(served.client.get("/api/github/users/popular", headers=headers) for headers in asks)
+        )
+
+    counted = answers_by_problem(answers)
+    assert "503 github-busy" not in counted, counted
+    assert counted["503 github-unavailable"] >= 1, counted
 
 
 async def test_a_request_of_another_account_that_joined_a_refused_flight_pays_its_own(
@@ -250,3 +320,99 @@ async def test_a_refresh_waiting_for_a_slot_reads_no_whole_profile(
 
     assert outcome == "failed"
     assert loads["refreshed"] == 0, loads
+
+
+# -- a refresh job at its address's cap ------------------------------------------------------------
+
+
+@pytest.fixture
+async def patient(
+    settings: Settings,
+    fake_server: FakeGitHubServer,
+    fake: FakeGitHub,
+    clock: FakeClock,
+    db: object,
+    valkey: object,
+) -> AsyncIterator[GithubService]:
+    """``github``'s service, whose refresh jobs wait up to 3 s for a slot at their address's cap."""
+    fake.add_user("stored", two_repos())
+    configured = msgspec.structs.replace(
+        settings, github_api_url=fake_server.url, github_retry_wait_s=0.01, github_cold_wait_s=3.0
+    )
+    async with open_services(configured, [clocked_github(clock)]) as services:
+        service = services[GithubService]
+        await service.profile("stored", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=99)
+        clock.now += timedelta(seconds=REFRESH_MIN_AGE_S + 1)
+        yield service
+
+
+def admissions_and_turns(service: GithubService) -> tuple[list[str], list[str | None]]:
+    """The outcome of each admission (``admitted``, or the refusal's slug), and each waiting turn
+    asked for, as the service's chains ask."""
+    shares = service.lookups.shares
+    admissions: list[str] = []
+    turns: list[str | None] = []
+    admit, waiting_turn = shares.admit, shares.waiting_turn
+
+    async def recorded_admit(user_id: int, client_address: str | None) -> Any:
+        try:
+            payer = await admit(user_id, client_address)
+        except PayerRefusedError as refused:
+            admissions.append(refused.problem.slug)
+            raise
+        admissions.append("admitted")
+        return payer
+
+    async def recorded_turn(client_address: str | None) -> Any:
+        turns.append(client_address)
+        return await waiting_turn(client_address)
+
+    shares.admit = recorded_admit  # type: ignore[method-assign,assignment]
+    shares.waiting_turn = recorded_turn  # type: ignore[method-assign,assignment]
+    return admissions, turns
+
+
+@pytest.mark.parametrize("spent", ["account", "address"])
+async def test_a_refresh_refused_for_a_share_fails_at_once_without_waiting_for_a_slot(
+    spent: str, patient: GithubService, valkey: Valkey, settings: Settings
+) -> None:
+    requested = await patient.request_refresh("stored", user_id=READER, address=address(settings))
+    budget, _ = await patient.lookup_budget(READER)
+    spent_key, spent_count = (
+        (f"github:lookup-spent:{READER}", budget)
+        if spent == "account"
+        else (f"github:lookup-spent:{address(settings)}", ADDRESS_SHARE)
+    )
+    await valkey.set(spent_key, spent_count, ex=3600)
+    admissions, turns = admissions_and_turns(patient)
+
+    outcome = await patient.run_refresh("stored", requested.id, user_id=READER)
+
+    state = await patient.refresh_state(requested.id)
+    assert outcome == "failed" and state.error is not None
+    assert state.error.kind == "rate-limited" and (state.error.retry_after_s or 0) > 2, state.error
+    assert admissions == ["github-lookup-budget"]
+    assert turns == [], "a refusal for a share takes no turn to wait for a slot"
+
+
+async def test_a_refresh_waiting_for_a_slot_fails_once_its_share_is_spent(
+    patient: GithubService, valkey: Valkey, settings: Settings
+) -> None:
+    requested = await patient.request_refresh("stored", user_id=READER, address=address(settings))
+    held = [await patient.lookups.shares.address_chains.claim(address(settings)) for _ in range(4)]
+    admissions, turns = admissions_and_turns(patient)
+    job = asyncio.create_task(patient.run_refresh("stored", requested.id, user_id=READER))
+    await wait_until(lambda: asyncio.sleep(0, bool(turns)), 20, "the refresh waits for a slot")
+    budget, _ = await patient.lookup_budget(READER)
+    await valkey.set(f"github:lookup-spent:{READER}", budget, ex=3600)
+
+    outcome = await job
+
+    for slot in held:
+        await slot.release()
+    state = await patient.refresh_state(requested.id)
+    assert outcome == "failed" and state.error is not None
+    assert (state.error.retry_after_s or 0) > 2, "the share's Retry-After, not the cap's"
+    assert admissions[-1] == "github-lookup-budget"
+    assert admissions.count("github-lookup-budget") == 1, "it asked no more once its share was spent"
+    assert await valkey.zcard(f"github:address-waiters:{address(settings)}") == 0, "its turn given back"

@@ -93,9 +93,9 @@ def problem_for(exc: GitHubError) -> AppError:
     if isinstance(exc, GitHubBusyError):
         return GithubBusyError(
             "Requests to GitHub are sent one at a time, and this one waited longer than a request may "
-            "(GITHUB_INTERACTIVE_WAIT_S) behind others, or behind other accounts' fetches of this user "
-            "that their own limits refused; GitHub's rate limit was not the cause. Nothing is stored "
-            "for this user yet.",
+            "(GITHUB_INTERACTIVE_WAIT_S) behind others, or behind fetches of this user by other accounts "
+            "or addresses that their own limits refused; GitHub's rate limit was not the cause. Nothing "
+            "is stored for this user yet.",
             headers={"Retry-After": retry_after},
         )
     if isinstance(exc, GitHubRateLimitError):

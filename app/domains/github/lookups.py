@@ -25,6 +25,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
@@ -77,6 +78,21 @@ return 0
 """
 
 Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class _Asker:
+    """Who asks for a login's profile (``ProfileLookups._fetch``): ``pay`` admits the payer of a
+    flight it starts (None: nobody pays); ``limits`` are the limits it is held to (``payer_limits``);
+    ``refused`` is its own refusal now, if any (``Shares.refusal``)."""
+
+    pay: Callable[[], Awaitable[Payer | None]]
+    limits: frozenset[str]
+    refused: Callable[[], Awaitable[PayerRefusedError | None]]
+
+
+async def _never_refused() -> PayerRefusedError | None:
+    return None
 
 
 class StoredProfile(msgspec.Struct, frozen=True):
@@ -175,7 +191,7 @@ class ProfileLookups:
                 login, Priority.INTERACTIVE, newer_than=None, account=user_id, address=address, holds=True
             )
         except PayerRefusedError as exc:  # this account's or address's own limit
-            raise exc.problem from None
+            raise exc.caller_problem() from None
         except GitHubError as exc:
             raise problem_for(exc) from None
 
@@ -194,13 +210,13 @@ class ProfileLookups:
         chain is admitted when it is about to ask GitHub (``Shares.admit``: 429 past a share or a
         cap on chains under way). ``holds``: the account holds one of its cold lookups in flight (a
         request's; a refresh job's holds none)."""
-        return await self._fetch(
-            login,
-            priority,
-            newer_than=newer_than,
-            user_id=account if holds else None,
+        asker = _Asker(
             pay=partial(self.shares.admit, account, address),
             limits=payer_limits(account, address),
+            refused=partial(self.shares.refusal, account, address),
+        )
+        return await self._fetch(
+            login, priority, newer_than=newer_than, user_id=account if holds else None, asker=asker
         )
 
     async def fetch_shared(
@@ -222,8 +238,12 @@ class ProfileLookups:
         async def pay() -> Payer | None:
             return payer
 
-        limits = payer.limits if payer is not None else frozenset[str]()
-        return await self._fetch(login, priority, newer_than=newer_than, user_id=None, pay=pay, limits=limits)
+        if payer is None:
+            asker = _Asker(pay=pay, limits=frozenset(), refused=_never_refused)
+        else:
+            refused = partial(self.shares.refusal, payer.account, payer.address)
+            asker = _Asker(pay=pay, limits=payer.limits, refused=refused)
+        return await self._fetch(login, priority, newer_than=newer_than, user_id=None, asker=asker)
 
     async def _fetch(
         self,
@@ -232,8 +252,7 @@ class ProfileLookups:
         *,
         newer_than: datetime | None,
         user_id: int | None,
-        pay: Callable[[], Awaitable[Payer | None]],
-        limits: frozenset[str],
+        asker: _Asker,
     ) -> StoredProfile:
         """The login's flight in this process joined, or started, then waited for.
 
@@ -242,24 +261,32 @@ class ProfileLookups:
         (with two web workers about half the joins of a chain land on the other process, and each
         such join, admitted up front, got a 429 on a spent share or held one of the address's four
         slots while it polled). So the payer's refusal (``PayerRefusedError``) comes from the flight.
-        A caller that joined it hears it when the limit that refused is among its own ``limits``
-        (the same account's or address's: ten requests of one account for one user each get the
-        account's 429); any other asks again, on its own payer (a refresh failed, and the snapshot
-        cron paused its run, on another account's share). No await between the look for a flight
-        and its start: twenty requests for one user join one flight."""
-        for _ in range(REFUSED_JOINS + 1):
+        A caller that joined it hears it when the limit that refused is among its own
+        (``asker.limits``: the same account's or address's; ten requests of one account for one
+        user each get the account's 429); any other asks again, on its own payer (a refresh failed,
+        and the snapshot cron paused its run, on another account's share), unless its own share is
+        spent too (``asker.refused``: it would start a flight certain to be refused, and lengthen
+        the others' wait). No await between the look for a flight and its start: twenty requests
+        for one user join one flight. A request's whole wait, across its asks, is at most
+        ``GITHUB_COLD_WAIT_S``."""
+        deadline = (
+            None if priority is Priority.BACKGROUND else time.monotonic() + self.settings.github_cold_wait_s
+        )
+        for attempt in range(REFUSED_JOINS + 1):
+            if attempt and (own := await asker.refused()) is not None:
+                raise own
             flight = self._flights.get(login)
             started = flight is None
             if user_id is not None:
                 self.shares.hold_lookup(user_id, login)
             if flight is None:
-                flight = self._start_flight(login, priority, newer_than, pay)
+                flight = self._start_flight(login, priority, newer_than, asker.pay)
             if user_id is not None:  # held until the flight ends, not merely until it stops waiting
                 flight.add_done_callback(partial(self._release_lookup, user_id, login))
             try:
-                return await self._wait(flight, priority)
+                return await self._wait(flight, deadline)
             except PayerRefusedError as refused:
-                if started or refused.whose in limits:
+                if started or refused.whose in asker.limits:
                     raise
         raise GitHubBusyError(
             "the fetches of this user under way were refused by their payers' limits",
@@ -282,12 +309,15 @@ class ProfileLookups:
     def _release_lookup(self, user_id: int, login: str, _: asyncio.Future[StoredProfile]) -> None:
         self.shares.release_lookup(user_id, login)
 
-    async def _wait(self, flight: asyncio.Future[StoredProfile], priority: Priority) -> StoredProfile:
-        """The flight's answer (a caller that stops waiting leaves it running for the others)."""
-        if priority is Priority.BACKGROUND:
+    async def _wait(self, flight: asyncio.Future[StoredProfile], deadline: float | None) -> StoredProfile:
+        """The flight's answer by ``deadline`` (``time.monotonic``; None: a job's, without one). A
+        caller that stops waiting leaves it running for the others."""
+        if deadline is None:
             return await asyncio.shield(flight)
         try:  # a request never waits longer than GITHUB_COLD_WAIT_S, even behind a background flight
-            return await asyncio.wait_for(asyncio.shield(flight), timeout=self.settings.github_cold_wait_s)
+            return await asyncio.wait_for(
+                asyncio.shield(flight), timeout=max(0.0, deadline - time.monotonic())
+            )
         except TimeoutError:
             raise GitHubDownError("the fetch under way is taking too long", retry_after=5) from None
 

@@ -26,12 +26,14 @@ How an answer is made (``GithubService.profile``):
   processes (more: 429 ``github-lookups-in-flight``), so one burst cannot queue everyone else's
   requests past their wait budget, nor overshoot a share by more than those chains' first pages.
   Joining a fetch under way, in this process or another, and answers from storage cost nothing: a
-  chain is admitted (its shares checked, a slot taken) only once it holds the login's lock.
+  chain is admitted (its shares checked, a slot taken) only once it holds the login's lock; refused
+  there, it is refused to whoever joined it from the same account or address, and the others ask
+  on their own.
 - Failures: an unknown login is remembered for ``GITHUB_NOT_FOUND_TTL_S`` (404 without a request);
   GitHub down or rate-limited gives the last good data with ``stale: true`` and ``last_error``, or,
   with nothing stored, a 503 problem with ``Retry-After`` (``github-rate-limited`` when GitHub's
-  limit is the cause, ``github-busy`` when the request waited its budget out behind others). Never
-  a 500.
+  limit is the cause, ``github-busy`` when the request waited its budget out behind others, or
+  behind fetches of the user by other accounts or addresses that their limits refused). Never a 500.
 
 Refreshes (``POST …/refresh`` of a stored login, or a stale read) are SAQ jobs on the ``github``
 queue, so a burst of them never delays the platform's jobs (alert delivery, monitoring crons); one

@@ -94,6 +94,12 @@ class PayerRefusedError(GitHubRateLimitError):
         self.problem = problem
         self.whose = whose
 
+    def caller_problem(self) -> LookupBudgetError | TooManyLookupsError:
+        """The payer's 429 for one caller to raise, its own object: one raised by ten requests that
+        joined a refused flight kept every one's frames in its traceback."""
+        problem = self.problem
+        return type(problem)(problem.detail, headers=dict(problem.headers))
+
     @property
     def at_cap(self) -> bool:
         """Refused for the address's chains under way, not for a share: a slot frees within seconds."""
@@ -189,7 +195,7 @@ class Shares:
         """Refuses (429 ``github-lookup-budget``) an account whose chains have cost its share of this
         GitHub window, or an address whose accounts' chains have cost its share. A refresh is checked
         so when it is asked for, and its job's chain ``admit``ted when it is about to ask GitHub."""
-        if (refused := await self._spent_share(user_id, address)) is not None:
+        if (refused := await self.refusal(user_id, address)) is not None:
             raise refused.problem
 
     async def admit(self, user_id: int, address: str | None) -> Payer:
@@ -198,7 +204,7 @@ class Shares:
         ``problem`` a 429 ``github-lookup-budget`` or ``github-lookups-in-flight``). Asked by a chain
         about to ask GitHub (holding the login's fetch lock: one that waits for another process's
         chain needs neither share nor slot); it gives the slot back when it ends (``charging``)."""
-        if (refused := await self._spent_share(user_id, address)) is not None:
+        if (refused := await self.refusal(user_id, address)) is not None:
             raise refused
         if address is None:
             return Payer(user_id)
@@ -208,8 +214,9 @@ class Shares:
             raise PayerRefusedError(problem, address) from None
         return Payer(user_id, address, slot)
 
-    async def _spent_share(self, user_id: int, address: str | None) -> PayerRefusedError | None:
-        """The refusal of a payer whose account's or address's share of this window is spent."""
+    async def refusal(self, user_id: int, address: str | None) -> PayerRefusedError | None:
+        """The refusal of a payer whose account's or address's share of this window is spent (the
+        account's first), None while both have room."""
         if not await self.share_left(user_id):
             return PayerRefusedError(await self._budget_spent(user_id), _account_limit(user_id))
         if address is not None:
