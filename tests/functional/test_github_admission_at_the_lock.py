@@ -15,6 +15,7 @@ process share; who hears it decides which of them asks again:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -27,6 +28,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.services import open_services
+from app.domains.github import shares as shares_module
 from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import REFUSED_JOINS, ProfileLookups
@@ -363,9 +365,11 @@ def admissions_and_turns(service: GithubService) -> tuple[list[str], list[str | 
         admissions.append("admitted")
         return payer
 
-    async def recorded_turn(client_address: str | None) -> Any:
+    @contextlib.asynccontextmanager
+    async def recorded_turn(client_address: str | None) -> AsyncIterator[bool]:
         turns.append(client_address)
-        return await waiting_turn(client_address)
+        async with waiting_turn(client_address) as waiting:
+            yield waiting
 
     shares.admit = recorded_admit  # type: ignore[method-assign,assignment]
     shares.waiting_turn = recorded_turn  # type: ignore[method-assign,assignment]
@@ -416,3 +420,35 @@ async def test_a_refresh_waiting_for_a_slot_fails_once_its_share_is_spent(
     assert admissions[-1] == "github-lookup-budget"
     assert admissions.count("github-lookup-budget") == 1, "it asked no more once its share was spent"
     assert await valkey.zcard(f"github:address-waiters:{address(settings)}") == 0, "its turn given back"
+
+
+async def test_a_refresh_waiting_for_a_slot_keeps_its_turn_past_the_turns_lease(
+    patient: GithubService, valkey: Valkey, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One job of an address at a time waits for a slot. A try of the job may wait for another
+    process's chain of the login past the job's ``GITHUB_COLD_WAIT_S``, and the turn's lease (that
+    and 30 s) lapsed under it: a second job of the address could then wait too. The turn is renewed
+    while the job waits. Its lease is a third of a second here (30 s in the app)."""
+    monkeypatch.setattr(shares_module, "SLOT_LEASE_S", 0.3)
+    patient.lookups.shares.address_waiters.lease_ms = 300
+    requested = await patient.request_refresh("stored", user_id=READER, address=address(settings))
+    held = [await patient.lookups.shares.address_chains.claim(address(settings)) for _ in range(4)]
+    key = f"github:address-waiters:{address(settings)}"
+    job = asyncio.create_task(patient.run_refresh("stored", requested.id, user_id=READER))
+
+    async def the_jobs_turn_taken() -> bool:
+        return bool(await valkey.zcard(key))
+
+    await wait_until(the_jobs_turn_taken, 20, "the refresh waits for a slot")
+    ((_, first_lease_end),) = await valkey.zrange(key, 0, -1, withscores=True)
+
+    async def renewed_past_its_first_lease() -> bool:
+        turns = await valkey.zrange(key, 0, -1, withscores=True)
+        return len(turns) == 1 and turns[0][1] > first_lease_end + 300
+
+    await wait_until(renewed_past_its_first_lease, 20, "the job's turn is renewed")
+    for slot in held:
+        await slot.release()
+
+    assert await job == "succeeded", (await patient.refresh_state(requested.id)).error
+    assert await valkey.zcard(key) == 0, "its turn given back"

@@ -484,10 +484,12 @@ class Refreshes:
         try:
             return await fetch()
         except PayerRefusedError as refused:
-            waiting = await self.lookups.shares.waiting_turn(address) if refused.at_cap else None
-            if waiting is None:
+            if not refused.at_cap:
                 raise
-        try:
+            at_cap = refused
+        async with self.lookups.shares.waiting_turn(address) as waiting:
+            if not waiting:
+                raise at_cap
             deadline = time.monotonic() + self.settings.github_cold_wait_s
             while True:
                 await asyncio.sleep(SLOT_POLL_S)
@@ -496,8 +498,6 @@ class Refreshes:
                 except PayerRefusedError as refused:
                     if not refused.at_cap or time.monotonic() >= deadline:
                         raise
-        finally:
-            await waiting.release()
 
     async def _finish_refresh(
         self,

@@ -28,9 +28,10 @@ Spent counts live in Valkey until GitHub's window ends: ``github:lookup-spent:<a
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from contextvars import ContextVar
 from functools import partial
 from typing import Any, TypeVar
@@ -160,7 +161,7 @@ class Shares:
             valkey,
             prefix="github:address-waiters",
             cap=1,
-            lease_ms=int((settings.github_cold_wait_s + SLOT_LEASE_S) * 1000),
+            lease_ms=int(SLOT_LEASE_S * 1000),
             too_many=lambda: TooManyLookupsError("another job of this address waits for a slot"),
         )
 
@@ -225,16 +226,25 @@ class Shares:
                 return PayerRefusedError(await self._address_budget_spent(address, spent, budget), address)
         return None
 
-    async def waiting_turn(self, address: str | None) -> Slot | None:
+    @contextlib.asynccontextmanager
+    async def waiting_turn(self, address: str | None) -> AsyncIterator[bool]:
         """The one turn of an address's refresh jobs to wait for a slot among its chains under way
-        (``Refreshes``), None while another job of the address has it: a job waiting holds its
-        worker's place, so one address's jobs would fill the queue's workers waiting."""
-        if address is None:
-            return None
+        (``Refreshes``), held for the block (False: another job of the address has it): a job
+        waiting holds its worker's place, so one address's jobs would fill the queue's workers
+        waiting. Its lease (``SLOT_LEASE_S``) is renewed while the job waits: a wait may outlast its
+        ``GITHUB_COLD_WAIT_S`` while one try waits for another process's chain of the login."""
+        turn: Slot | None = None
+        if address is not None:
+            with contextlib.suppress(TooManyLookupsError):
+                turn = await self.address_waiters.claim(address)
+        if turn is None:
+            yield False
+            return
         try:
-            return await self.address_waiters.claim(address)
-        except TooManyLookupsError:
-            return None
+            async with repeating(turn.renew, SLOT_LEASE_S / 3, name="github_waiting_turn_renewal"):
+                yield True
+        finally:
+            await turn.release()
 
     async def _budget_spent(self, user_id: int) -> LookupBudgetError:
         budget, limit = await self.budget()
