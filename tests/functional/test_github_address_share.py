@@ -466,19 +466,8 @@ async def test_waiting_for_another_processs_lookup_needs_no_share_and_no_slot(
         payer = await make_user(db, one.app, name="Payer")
         joiner = await make_user(db, two.app, name="Joiner")
         await valkey.set(f"github:lookup-spent:{address(github_settings)}", ADDRESS_SHARE, ex=3600)
-        flights = two.app.state.services[GithubService].lookups._flights
-        async with turn_taken(valkey):
-            paying = asyncio.create_task(
-                one.client.get("/api/github/users/slow", headers={**payer.headers, **ELSEWHERE})
-            )
-            await wait_until(lambda: under_way(valkey, "slow"), 20, "the first process's lookup is under way")
-            joined = asyncio.create_task(two.client.get("/api/github/users/slow", headers=joiner.headers))
-
-            async def waiting_in_the_second_process_or_answered() -> bool:
-                return "slow" in flights or joined.done()
-
-            await wait_until(waiting_in_the_second_process_or_answered, 20, "the second process asks")
-            assert not joined.done(), (await joined).text
+        asked = waiting_in_another_process(valkey, one, two, payer.headers, joiner.headers)
+        async with asked as (paying, joined):
             slots_while_waiting = await chains_under_way(valkey, github_settings)
         paid, joined_answer = await paying, await joined
 
@@ -488,6 +477,27 @@ async def test_waiting_for_another_processs_lookup_needs_no_share_and_no_slot(
     assert await spent_by(valkey, github_settings) == ADDRESS_SHARE, "the wait cost the spent address nothing"
     assert await spent_by(valkey, github_settings, "203.0.113.7") == 4, "its payer paid"
     assert [r.path for r in fake.recorded("/users/slow")] == ["/users/slow", "/users/slow/repos"]
+
+
+@contextlib.asynccontextmanager
+async def waiting_in_another_process(
+    valkey: Valkey, one: Any, two: Any, payer: dict[str, str], waiter: dict[str, str]
+) -> AsyncIterator[tuple[asyncio.Task[httpx.Response], asyncio.Task[httpx.Response]]]:
+    """``payer``'s lookup of "slow" under way in process ``one`` (from another address), then
+    ``waiter``'s in process ``two``, waiting for it, not answered: both requests, held in
+    ``turn_taken`` until the block ends."""
+    flights = two.app.state.services[GithubService].lookups._flights
+    async with turn_taken(valkey):
+        paying = asyncio.create_task(one.client.get("/api/github/users/slow", headers={**payer, **ELSEWHERE}))
+        await wait_until(lambda: under_way(valkey, "slow"), 20, "the first process's lookup is under way")
+        waiting = asyncio.create_task(two.client.get("/api/github/users/slow", headers=waiter))
+
+        async def waiting_in_the_second_process_or_answered() -> bool:
+            return "slow" in flights or waiting.done()
+
+        await wait_until(waiting_in_the_second_process_or_answered, 20, "the second process asks")
+        assert not waiting.done(), (await waiting).text
+        yield paying, waiting
 
 
 # -- refreshes ------------------------------------------------------------------------------------
@@ -592,6 +602,23 @@ async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fail
 # -- chains stopped by their payer's share --------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def as_a_worker_holds_it(
+    settings: Settings, fake_server: FakeGitHubServer, fake: FakeGitHub, clock: FakeClock, **changes: Any
+) -> AsyncIterator[GithubService]:
+    """The service in the test's process, as a worker holds it (its settings with ``changes``), with
+    "stored" old enough to refresh."""
+    fake.add_user("stored", two_repos())
+    configured = msgspec.structs.replace(
+        settings, github_api_url=fake_server.url, github_retry_wait_s=0.01, **changes
+    )
+    async with open_services(configured, [clocked_github(clock)]) as services:
+        github = services[GithubService]
+        await github.profile("stored", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=99)
+        clock.now += timedelta(seconds=REFRESH_MIN_AGE_S + 1)
+        yield github
+
+
 @pytest.fixture
 async def github(
     settings: Settings,
@@ -601,13 +628,7 @@ async def github(
     db: object,
     valkey: object,
 ) -> AsyncIterator[GithubService]:
-    """The service in the test's process, as a worker holds it, with "stored" old enough to refresh."""
-    fake.add_user("stored", two_repos())
-    configured = msgspec.structs.replace(settings, github_api_url=fake_server.url, github_retry_wait_s=0.01)
-    async with open_services(configured, [clocked_github(clock)]) as services:
-        github = services[GithubService]
-        await github.profile("stored", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=99)
-        clock.now += timedelta(seconds=REFRESH_MIN_AGE_S + 1)
+    async with as_a_worker_holds_it(settings, fake_server, fake, clock) as github:
         yield github
 
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -27,33 +26,31 @@ from psycopg import AsyncConnection
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.services import open_services
 from app.domains.github import shares as shares_module
-from app.domains.github.analysis import DEFAULT_FILTERS
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import REFUSED_JOINS, ProfileLookups
-from app.domains.github.refreshes import REFRESH_MIN_AGE_S
 from app.domains.github.services import GithubService
 from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, PayerRefusedError
-from tests.factories import clocked_github, make_user, serve_in_loop, wait_until
+from tests.factories import make_user, serve_in_loop, wait_until
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
 from tests.functional.test_github_address_share import (
     ADDRESS_SHARE,
-    ELSEWHERE,
     READER,
     address,
+    as_a_worker_holds_it,
     asked_under_way,
     chains_under_way,
     four_held,
     spent_by,
     stored_by_another_address,
     turn_taken,
+    waiting_in_another_process,
     waits_recorded,
 )
 from tests.functional.test_github_address_share import github as github  # the fixtures
 from tests.functional.test_github_address_share import github_settings as github_settings
-from tests.functional.test_github_fair_share import two_repos, under_way
+from tests.functional.test_github_fair_share import two_repos
 from tests.functional.test_github_http import work_refresh
 
 
@@ -263,19 +260,8 @@ async def test_a_request_waiting_for_another_processs_chain_that_stops_then_asks
         await valkey.set(f"github:lookup-spent:{payer.id}", budget - 1, ex=3600)  # its user, no page
         if share == "spent":
             await valkey.set(f"github:lookup-spent:{address(github_settings)}", ADDRESS_SHARE, ex=3600)
-        flights = two.app.state.services[GithubService].lookups._flights
-        async with turn_taken(valkey):
-            paying = asyncio.create_task(
-                one.client.get("/api/github/users/slow", headers={**payer.headers, **ELSEWHERE})
-            )
-            await wait_until(lambda: under_way(valkey, "slow"), 20, "the first process's chain is under way")
-            polling = asyncio.create_task(two.client.get("/api/github/users/slow", headers=poller.headers))
-
-            async def polling_or_answered() -> bool:
-                return "slow" in flights or polling.done()
-
-            await wait_until(polling_or_answered, 20, "the second process asks")
-            assert not polling.done(), (await polling).text
+        async with waiting_in_another_process(valkey, one, two, payer.headers, poller.headers) as asked:
+            paying, polling = asked
         paid, polled = await paying, await polling
         assert await chains_under_way(valkey, github_settings) == 0
 
@@ -337,14 +323,7 @@ async def patient(
     valkey: object,
 ) -> AsyncIterator[GithubService]:
     """``github``'s service, whose refresh jobs wait up to 3 s for a slot at their address's cap."""
-    fake.add_user("stored", two_repos())
-    configured = msgspec.structs.replace(
-        settings, github_api_url=fake_server.url, github_retry_wait_s=0.01, github_cold_wait_s=3.0
-    )
-    async with open_services(configured, [clocked_github(clock)]) as services:
-        service = services[GithubService]
-        await service.profile("stored", DEFAULT_FILTERS, top_repos=0, top_languages=1, user_id=99)
-        clock.now += timedelta(seconds=REFRESH_MIN_AGE_S + 1)
+    async with as_a_worker_holds_it(settings, fake_server, fake, clock, github_cold_wait_s=3.0) as service:
         yield service
 
 
