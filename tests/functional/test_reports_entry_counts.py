@@ -142,9 +142,12 @@ async def test_a_closed_hour_keeps_its_most_visited_paths_and_the_rest_in_other_
     five in OTHER_VALUE (first come, ``/hot`` found the hour full: the review's top path in OTHER_VALUE).
     A view not rolled up yet that extends a folded path's visit shows that visit under its path and
     takes it from OTHER_VALUE; rolled up, its change (no longer a bounce) lands in OTHER_VALUE, as does
-    a path new to the full, closed hour, which never holds more than ENTRY_PATHS_PER_HOUR + 1 rows."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    hour = today - timedelta(hours=14)
+    a path new to the full, closed hour, which never holds more than ENTRY_PATHS_PER_HOUR + 1 rows.
+
+    The hour is a few hours back, not at a fixed time of yesterday: a view received now is at most
+    24 hours old (the ingest clamps its ``ts``), and the rollup reads no older one; the late views
+    of an hour 14 hours before midnight were too old from 11:00 UTC on, and the test failed then."""
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
     await pageview_queries.ensure_partitions(db, from_day=hour.date(), days=2)
     paths = [f"/p{n:03}" for n in range(ENTRY_PATHS_PER_HOUR + 4)]
     await insert_views(db, site_id, [(hour + timedelta(minutes=2), n, path) for n, path in enumerate(paths)])
