@@ -95,6 +95,11 @@ async def _never_refused() -> PayerRefusedError | None:
     return None
 
 
+def _taking_too_long() -> GitHubDownError:
+    """A request's answer when its wait (``GITHUB_COLD_WAIT_S``) ends before a flight's."""
+    return GitHubDownError("the fetch under way is taking too long", retry_after=5)
+
+
 class StoredProfile(msgspec.Struct, frozen=True):
     data: ProfileData
     fetched_at: datetime
@@ -275,6 +280,8 @@ class ProfileLookups:
         for attempt in range(REFUSED_JOINS + 1):
             if attempt and (own := await asker.refused()) is not None:
                 raise own
+            if deadline is not None and time.monotonic() >= deadline:  # no flight nobody would wait for
+                raise _taking_too_long()
             flight = self._flights.get(login)
             started = flight is None
             if user_id is not None:
@@ -319,7 +326,7 @@ class ProfileLookups:
                 asyncio.shield(flight), timeout=max(0.0, deadline - time.monotonic())
             )
         except TimeoutError:
-            raise GitHubDownError("the fetch under way is taking too long", retry_after=5) from None
+            raise _taking_too_long() from None
 
     def _end_flight(self, login: str, done: asyncio.Future[StoredProfile]) -> None:
         if self._flights.get(login) is done:
