@@ -25,7 +25,6 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
@@ -53,7 +52,7 @@ from app.domains.github.client import (
 from app.domains.github.errors import problem_for
 from app.domains.github.governor import Priority, RateLimitGovernor
 from app.domains.github.schemas import ProfileData, UpstreamError
-from app.domains.github.shares import Payer, PayerRefusedError, Shares, payer_limits
+from app.domains.github.shares import Payer, PayerRefusedError, Shares
 
 log = structlog.get_logger("app.github")
 
@@ -78,21 +77,6 @@ return 0
 """
 
 Clock = Callable[[], datetime]
-
-
-@dataclass(frozen=True, slots=True)
-class _Asker:
-    """Who asks for a login's profile (``ProfileLookups._fetch``): ``pay`` admits the payer of a
-    flight it starts (None: nobody pays); ``limits`` are the limits it is held to (``payer_limits``);
-    ``refused`` is its own refusal now, if any (``Shares.refusal``)."""
-
-    pay: Callable[[], Awaitable[Payer | None]]
-    limits: frozenset[str]
-    refused: Callable[[], Awaitable[PayerRefusedError | None]]
-
-
-async def _never_refused() -> PayerRefusedError | None:
-    return None
 
 
 def _taking_too_long() -> GitHubDownError:
@@ -215,13 +199,13 @@ class ProfileLookups:
         chain is admitted when it is about to ask GitHub (``Shares.admit``: 429 past a share or a
         cap on chains under way). ``holds``: the account holds one of its cold lookups in flight (a
         request's; a refresh job's holds none)."""
-        asker = _Asker(
-            pay=partial(self.shares.admit, account, address),
-            limits=payer_limits(account, address),
-            refused=partial(self.shares.refusal, account, address),
-        )
         return await self._fetch(
-            login, priority, newer_than=newer_than, user_id=account if holds else None, asker=asker
+            login,
+            priority,
+            newer_than=newer_than,
+            user_id=account if holds else None,
+            asker=Payer(account, address),
+            pay=partial(self.shares.admit, account, address),
         )
 
     async def fetch_shared(
@@ -243,12 +227,7 @@ class ProfileLookups:
         async def pay() -> Payer | None:
             return payer
 
-        if payer is None:
-            asker = _Asker(pay=pay, limits=frozenset(), refused=_never_refused)
-        else:
-            refused = partial(self.shares.refusal, payer.account, payer.address)
-            asker = _Asker(pay=pay, limits=payer.limits, refused=refused)
-        return await self._fetch(login, priority, newer_than=newer_than, user_id=None, asker=asker)
+        return await self._fetch(login, priority, newer_than=newer_than, user_id=None, asker=payer, pay=pay)
 
     async def _fetch(
         self,
@@ -257,9 +236,11 @@ class ProfileLookups:
         *,
         newer_than: datetime | None,
         user_id: int | None,
-        asker: _Asker,
+        asker: Payer | None,
+        pay: Callable[[], Awaitable[Payer | None]],
     ) -> StoredProfile:
-        """The login's flight in this process joined, or started, then waited for.
+        """The login's flight in this process joined, or started, then waited for; ``asker`` is who
+        would pay for a flight it starts (not admitted yet; None: nobody), ``pay`` admits it.
 
         A flight is admitted (``pay``) only once it holds the login's fetch lock, when it is about to
         ask GitHub: a flight that waits for another process's chain costs nothing and holds no slot
@@ -270,7 +251,7 @@ class ProfileLookups:
         (``asker.limits``: the same account's or address's; ten requests of one account for one
         user each get the account's 429); any other asks again, on its own payer (a refresh failed,
         and the snapshot cron paused its run, on another account's share), unless its own share is
-        spent too (``asker.refused``: it would start a flight certain to be refused, and lengthen
+        spent too (``Shares.refusal``: it would start a flight certain to be refused, and lengthen
         the others' wait). No await between the look for a flight and its start: twenty requests
         for one user join one flight. A request's whole wait, across its asks, is at most
         ``GITHUB_COLD_WAIT_S``."""
@@ -278,8 +259,8 @@ class ProfileLookups:
             None if priority is Priority.BACKGROUND else time.monotonic() + self.settings.github_cold_wait_s
         )
         for attempt in range(REFUSED_JOINS + 1):
-            if attempt and (own := await asker.refused()) is not None:
-                raise own
+            if attempt and asker and (own := await self.shares.refusal(asker.account, asker.address)):
+                raise own  # its own share spent too: a flight it started would be refused
             if deadline is not None and time.monotonic() >= deadline:  # no flight nobody would wait for
                 raise _taking_too_long()
             flight = self._flights.get(login)
@@ -287,13 +268,13 @@ class ProfileLookups:
             if user_id is not None:
                 self.shares.hold_lookup(user_id, login)
             if flight is None:
-                flight = self._start_flight(login, priority, newer_than, asker.pay)
+                flight = self._start_flight(login, priority, newer_than, pay)
             if user_id is not None:  # held until the flight ends, not merely until it stops waiting
                 flight.add_done_callback(partial(self._release_lookup, user_id, login))
             try:
                 return await self._wait(flight, deadline)
             except PayerRefusedError as refused:
-                if started or refused.whose in asker.limits:
+                if started or (asker is not None and refused.whose in asker.limits):
                     raise
         raise GitHubBusyError(
             "the fetches of this user under way were refused by their payers' limits",

@@ -33,6 +33,7 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -86,9 +87,10 @@ class PayerRefusedError(GitHubRateLimitError):
     """The chain's payer cannot pay for it: a share spent or the address's cap on chains under way
     reached as the chain is about to ask GitHub (``Shares.admit``), or a share spent before its pages
     (``Shares.afford``). The chain stops, storing nothing and remembered by nobody (the login is not
-    at fault). ``problem`` is the payer's 429; ``whose`` the limit that refused (``payer_limits``: the
-    account's or the address's). A caller that joined the chain is refused too only when the limit
-    is also its own; any other asks again, on its own payer (``ProfileLookups._fetch``)."""
+    at fault). ``problem`` is the payer's 429; ``whose`` the limit that refused (one of
+    ``Payer.limits``: the account's or the address's). A caller that joined the chain is refused
+    too only when the limit is also its own; any other asks again, on its own payer
+    (``ProfileLookups._fetch``)."""
 
     def __init__(self, problem: LookupBudgetError | TooManyLookupsError, whose: str) -> None:
         super().__init__(str(problem), retry_after=float(problem.headers["Retry-After"]))
@@ -107,31 +109,25 @@ class PayerRefusedError(GitHubRateLimitError):
         return isinstance(self.problem, TooManyLookupsError)
 
 
-def payer_limits(account: int, address: str | None) -> frozenset[str]:
-    """The limits a payer of ``account`` asking from ``address`` is held to, as
-    ``PayerRefusedError.whose`` names them."""
-    return frozenset({_account_limit(account)} if address is None else {_account_limit(account), address})
-
-
 def _account_limit(account: int) -> str:
     return f"account:{account}"
 
 
+@dataclass(frozen=True, slots=True)
 class Payer:
     """Who a fetch chain is charged to: an account, and the client address it was asked from with
-    its slot among that address's chains under way (``Shares.admit``). No address for the snapshot
-    cron's chains, nor for a refresh asked before the release that keeps addresses."""
+    its slot among that address's chains under way once admitted (``Shares.admit``). No address for
+    the snapshot cron's chains, nor for a refresh asked before the release that keeps addresses."""
 
-    __slots__ = ("account", "address", "slot")
-
-    def __init__(self, account: int, address: str | None = None, slot: Slot | None = None) -> None:
-        self.account = account
-        self.address = address
-        self.slot = slot
+    account: int
+    address: str | None = None
+    slot: Slot | None = None
 
     @property
     def limits(self) -> frozenset[str]:
-        return payer_limits(self.account, self.address)
+        """The limits the payer is held to, as ``PayerRefusedError.whose`` names them."""
+        account = _account_limit(self.account)
+        return frozenset({account} if self.address is None else {account, self.address})
 
 
 class Shares:
