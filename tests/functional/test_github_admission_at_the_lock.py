@@ -200,6 +200,41 @@ async def test_a_requests_whole_wait_across_its_asks_is_its_cold_wait(
     assert counted["503 github-unavailable"] >= 1, counted
 
 
+async def test_a_request_whose_wait_ended_before_it_asks_again_starts_no_flight(
+    github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """A request refused by another account's share asks again on its own payer; when its wait has
+    ended by then, the flight it started would be admitted and ask GitHub for nobody. Here the
+    check of its own shares takes past its half-second wait."""
+    fake.add_user("popular", two_repos())
+    short = msgspec.structs.replace(github_settings, github_cold_wait_s=0.5)
+    async with serve_in_loop(short) as served:
+        spent = await make_user(db, served.app, name="Spent")
+        late = await make_user(db, served.app, name="Late")
+        lookups = served.app.state.services[GithubService].lookups
+        budget, _ = await lookups.shares.budget(spent.id)
+        await valkey.set(f"github:lookup-spent:{spent.id}", budget, ex=3600)
+        refusal = lookups.shares.refusal
+
+        async def slow_for_the_late(user_id: int, client_address: str | None) -> Any:
+            if user_id == late.id:
+                await asyncio.sleep(0.6)  # past the request's wait (a duration, not a synchronisation)
+            return await refusal(user_id, client_address)
+
+        lookups.shares.refusal = slow_for_the_late  # type: ignore[method-assign]
+        waited = admitted_once_all_ask(lookups, 2)
+        first = asyncio.create_task(served.client.get("/api/github/users/popular", headers=spent.headers))
+        await wait_until(lambda: asyncio.sleep(0, bool(waited)), 20, "the first request's flight starts")
+        answered = await served.client.get("/api/github/users/popular", headers=late.headers)
+        refused = await first
+        await wait_until(lambda: asyncio.sleep(0, not lookups._flights), 20, "no flight is under way")
+
+    assert answers_by_problem([refused, answered]) == Counter(
+        {"429 github-lookup-budget": 1, "503 github-unavailable": 1}
+    )
+    assert fake.recorded("/users/popular") == [], "no flight asked GitHub for the request that left"
+
+
 async def test_a_request_of_another_account_that_joined_a_refused_flight_pays_its_own(
     github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
