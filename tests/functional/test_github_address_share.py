@@ -571,6 +571,22 @@ async def test_one_accounts_five_refreshes_run_at_once_all_succeed(
     assert await chains_under_way(valkey, github_settings) == 0
 
 
+@contextlib.asynccontextmanager
+async def a_refresh_at_the_cap(valkey: Valkey, served: Any, db: AsyncConnection[Any]) -> AsyncIterator[Any]:
+    """A refresh of "refreshed" (stored from another address) asked by an account of this address,
+    yielded while the address's four chains are held under way (``four_held``, in ``turn_taken``):
+    the refresh's answer (its ``id``, its ``state_url``) and the headers of the account that asked.
+    The four chains answer 200 once the block ends."""
+    await stored_by_another_address(served, db, ["refreshed"])
+    first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
+    refresh = await served.client.post("/api/github/users/refreshed/refresh", headers=third.headers)
+    assert refresh.status_code == 202, refresh.text
+    async with turn_taken(valkey):
+        held = await asked_under_way(valkey, four_held(served.client, first, second))
+        yield refresh.json(), third.headers
+    assert [(await task).status_code for task in held] == [200] * 4
+
+
 async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fails_fetching_nothing(
     github_settings: Settings, fake: FakeGitHub, db: AsyncConnection[Any], valkey: Valkey
 ) -> None:
@@ -582,17 +598,11 @@ async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fail
     for login in ("held0", "held1", "held2", "held3", "refreshed"):
         fake.add_user(login)
     async with serve_in_loop(github_settings) as served:
-        await stored_by_another_address(served, db, ["refreshed"])
-        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
-        refresh = await served.client.post("/api/github/users/refreshed/refresh", headers=third.headers)
-        assert refresh.status_code == 202, refresh.text
-        async with turn_taken(valkey):
-            held = await asked_under_way(valkey, four_held(served.client, first, second))
+        async with a_refresh_at_the_cap(valkey, served, db) as (refresh, asker):
             charged_before = fake.charged()
-            outcome = await work_refresh(job_settings, refresh.json()["id"])
+            outcome = await work_refresh(job_settings, refresh["id"])
             charged_by_the_job = fake.charged() - charged_before
-        assert [(await task).status_code for task in held] == [200] * 4
-        state = (await served.client.get(refresh.json()["state_url"], headers=third.headers)).json()
+        state = (await served.client.get(refresh["state_url"], headers=asker)).json()
 
     assert outcome == "failed" and charged_by_the_job == 0
     assert state["status"] == "failed" and state["error"]["kind"] == "rate-limited", state

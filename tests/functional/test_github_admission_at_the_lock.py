@@ -37,14 +37,11 @@ from tests.fakes.github import FakeGitHub, FakeGitHubServer
 from tests.functional.test_github_address_share import (
     ADDRESS_SHARE,
     READER,
+    a_refresh_at_the_cap,
     address,
     as_a_worker_holds_it,
-    asked_under_way,
     chains_under_way,
-    four_held,
     spent_by,
-    stored_by_another_address,
-    turn_taken,
     waiting_in_another_process,
     waits_recorded,
 )
@@ -61,6 +58,22 @@ def answers_by_problem(answers: list[Any]) -> Counter[str]:
         slug = "" if answer.status_code == 200 else " " + answer.json()["type"].rsplit("/", 1)[-1]
         counted[f"{answer.status_code}{slug}"] += 1
     return counted
+
+
+async def a_spent_accounts_lookup_under_way(
+    served: Any, db: AsyncConnection[Any], valkey: Valkey
+) -> tuple[asyncio.Task[Any], list[object]]:
+    """An account whose share is spent asks for "popular": returned once its flight has started,
+    its admission held until a second caller waits for it (``admitted_once_all_ask``). Its request,
+    and the flights waited for."""
+    spent = await make_user(db, served.app, name="Spent")
+    lookups = served.app.state.services[GithubService].lookups
+    budget, _ = await lookups.shares.budget(spent.id)
+    await valkey.set(f"github:lookup-spent:{spent.id}", budget, ex=3600)
+    waited = admitted_once_all_ask(lookups, 2)
+    first = asyncio.create_task(served.client.get("/api/github/users/popular", headers=spent.headers))
+    await wait_until(lambda: asyncio.sleep(0, bool(waited)), 20, "the first request's flight starts")
+    return first, waited
 
 
 def admitted_once_all_ask(lookups: ProfileLookups, asking: int) -> list[object]:
@@ -209,11 +222,8 @@ async def test_a_request_whose_wait_ended_before_it_asks_again_starts_no_flight(
     fake.add_user("popular", two_repos())
     short = msgspec.structs.replace(github_settings, github_cold_wait_s=0.5)
     async with serve_in_loop(short) as served:
-        spent = await make_user(db, served.app, name="Spent")
         late = await make_user(db, served.app, name="Late")
         lookups = served.app.state.services[GithubService].lookups
-        budget, _ = await lookups.shares.budget(spent.id)
-        await valkey.set(f"github:lookup-spent:{spent.id}", budget, ex=3600)
         refusal = lookups.shares.refusal
 
         async def slow_for_the_late(user_id: int, client_address: str | None) -> Any:
@@ -222,9 +232,7 @@ async def test_a_request_whose_wait_ended_before_it_asks_again_starts_no_flight(
             return await refusal(user_id, client_address)
 
         lookups.shares.refusal = slow_for_the_late  # type: ignore[method-assign]
-        waited = admitted_once_all_ask(lookups, 2)
-        first = asyncio.create_task(served.client.get("/api/github/users/popular", headers=spent.headers))
-        await wait_until(lambda: asyncio.sleep(0, bool(waited)), 20, "the first request's flight starts")
+        first, _ = await a_spent_accounts_lookup_under_way(served, db, valkey)
         answered = await served.client.get("/api/github/users/popular", headers=late.headers)
         refused = await first
         await wait_until(lambda: asyncio.sleep(0, not lookups._flights), 20, "no flight is under way")
@@ -240,14 +248,8 @@ async def test_a_request_of_another_account_that_joined_a_refused_flight_pays_it
 ) -> None:
     fake.add_user("popular", two_repos())
     async with serve_in_loop(github_settings) as served:
-        spent = await make_user(db, served.app, name="Spent")
         roomy = await make_user(db, served.app, name="Roomy")
-        lookups = served.app.state.services[GithubService].lookups
-        budget, _ = await lookups.shares.budget(spent.id)
-        await valkey.set(f"github:lookup-spent:{spent.id}", budget, ex=3600)
-        waited = admitted_once_all_ask(lookups, 2)
-        first = asyncio.create_task(served.client.get("/api/github/users/popular", headers=spent.headers))
-        await wait_until(lambda: asyncio.sleep(0, bool(waited)), 20, "the first request's flight starts")
+        first, waited = await a_spent_accounts_lookup_under_way(served, db, valkey)
         answered = await served.client.get("/api/github/users/popular", headers=roomy.headers)
         refused = await first
 
@@ -329,17 +331,13 @@ async def test_a_refresh_waiting_for_a_slot_reads_no_whole_profile(
         loads[login] += 1
         return await load(self, login)
 
-    async with serve_in_loop(github_settings) as served:
-        await stored_by_another_address(served, db, ["refreshed"])
-        first, second, third = [await make_user(db, served.app, name=f"Same{n}") for n in range(3)]
-        refresh = await served.client.post("/api/github/users/refreshed/refresh", headers=third.headers)
-        assert refresh.status_code == 202, refresh.text
-        async with turn_taken(valkey):
-            held = await asked_under_way(valkey, four_held(served.client, first, second))
-            monkeypatch.setattr(ProfileLookups, "load", counted)
-            outcome = await work_refresh(job_settings, refresh.json()["id"])
-            monkeypatch.setattr(ProfileLookups, "load", load)
-        assert [(await task).status_code for task in held] == [200] * 4
+    async with (
+        serve_in_loop(github_settings) as served,
+        a_refresh_at_the_cap(valkey, served, db) as (refresh, _),
+    ):
+        monkeypatch.setattr(ProfileLookups, "load", counted)
+        outcome = await work_refresh(job_settings, refresh["id"])
+        monkeypatch.setattr(ProfileLookups, "load", load)
 
     assert outcome == "failed"
     assert loads["refreshed"] == 0, loads
