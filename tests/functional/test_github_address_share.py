@@ -34,13 +34,13 @@ from app.core.services import open_services
 from app.core.slots import LeasedSlots
 from app.domains.github import shares as shares_module
 from app.domains.github.analysis import DEFAULT_FILTERS
-from app.domains.github.errors import TooManyLookupsError
+from app.domains.github.errors import PayerRefusedError, TooManyLookupsError
 from app.domains.github.governor import Priority
 from app.domains.github.jobs import refresh_github_profile
 from app.domains.github.module import module as github_module
 from app.domains.github.refreshes import QUEUE, REFRESH_MIN_AGE_S
 from app.domains.github.services import GithubService
-from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, PayerRefusedError
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer
 from tests.factories import assert_problem, clocked_github, make_user, serve_in_loop, wait_until
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo
@@ -607,6 +607,7 @@ async def test_a_refresh_whose_address_has_four_chains_under_way_waits_then_fail
     assert outcome == "failed" and charged_by_the_job == 0
     assert state["status"] == "failed" and state["error"]["kind"] == "rate-limited", state
     assert state["error"]["retry_after_s"] >= 1
+    assert state["error"]["type"] == "/problems/github-lookups-in-flight", "the cap, not GitHub's limit"
 
 
 # -- chains stopped by their payer's share --------------------------------------------------------

@@ -27,10 +27,11 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.domains.github import shares as shares_module
+from app.domains.github.errors import PayerRefusedError
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import REFUSED_JOINS, ProfileLookups
 from app.domains.github.services import GithubService
-from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, PayerRefusedError
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer
 from tests.factories import make_user, serve_in_loop, wait_until
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import FakeGitHub, FakeGitHubServer
@@ -407,6 +408,7 @@ async def test_a_refresh_refused_for_a_share_fails_at_once_without_waiting_for_a
     state = await patient.refresh_state(requested.id)
     assert outcome == "failed" and state.error is not None
     assert state.error.kind == "rate-limited" and (state.error.retry_after_s or 0) > 2, state.error
+    assert state.error.type == "/problems/github-lookup-budget", "the share, not GitHub's limit"
     assert admissions == ["github-lookup-budget"]
     assert turns == [], "a refusal for a share takes no turn to wait for a slot"
 
@@ -429,6 +431,7 @@ async def test_a_refresh_waiting_for_a_slot_fails_once_its_share_is_spent(
     state = await patient.refresh_state(requested.id)
     assert outcome == "failed" and state.error is not None
     assert (state.error.retry_after_s or 0) > 2, "the share's Retry-After, not the cap's"
+    assert state.error.type == "/problems/github-lookup-budget", "the share, not the cap"
     assert admissions[-1] == "github-lookup-budget"
     assert admissions.count("github-lookup-budget") == 1, "it asked no more once its share was spent"
     assert await valkey.zcard(f"github:address-waiters:{address(settings)}") == 0, "its turn given back"

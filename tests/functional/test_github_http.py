@@ -253,8 +253,10 @@ async def test_github_answering_502_serves_the_last_good_data_as_stale(
     after = (await api.get("/api/github/users/steady", headers=headers)).json()
     assert (after["stale"], after["total_stars"], after["profile"]["followers"]) == (True, 5, 3)
     assert after["last_error"]["kind"] == "unavailable"
+    assert after["last_error"]["type"] == "/problems/github-unavailable"
     state = (await api.get(body["refresh"]["state_url"], headers=headers)).json()
     assert state["status"] == "failed" and state["error"]["kind"] == "unavailable"
+    assert state["error"]["type"] == "/problems/github-unavailable"
 
 
 @pytest.mark.parametrize(
@@ -350,6 +352,31 @@ async def test_a_primary_rate_limit_with_nothing_stored_is_a_503_saying_when(
     again = await api.get("/api/github/users/limited", headers=headers)
     assert again.status_code == 503
     assert len(fake.recorded()) == 1  # nothing sent while blocked
+
+
+async def test_a_refresh_stopped_by_githubs_rate_limit_says_so_apart_from_the_callers_own_limits(
+    api: Client,
+    fake: FakeGitHub,
+    headers: dict[str, str],
+    db: AsyncConnection[Any],
+    github_settings: Settings,
+) -> None:
+    """A refresh's error and a stale answer's last error are both ``rate-limited`` whether GitHub's
+    limit or the caller's own share refused: their ``type`` is the problem a lookup would answer."""
+    fake.add_user("limited-later")
+    assert (await api.get("/api/github/users/limited-later", headers=headers)).json()["source"] == "live"
+    await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+    reset = int(time.time()) + 600
+    fake.fail(403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)})
+    stale = (await api.get("/api/github/users/limited-later", headers=headers)).json()
+
+    assert await work_refresh(github_settings, stale["refresh"]["id"]) == "failed"
+
+    state = (await api.get(stale["refresh"]["state_url"], headers=headers)).json()
+    after = (await api.get("/api/github/users/limited-later", headers=headers)).json()
+    for error in (state["error"], after["last_error"]):
+        assert error["kind"] == "rate-limited" and error["type"] == "/problems/github-rate-limited", error
+        assert 590 <= error["retry_after_s"] <= 602
 
 
 async def test_a_stale_answer_enqueues_one_refresh_job(
@@ -466,6 +493,7 @@ async def test_a_refresh_whose_account_spent_its_share_since_it_asked_fetches_no
 
     state = (await api.get(f"/api/github/refreshes/{refresh.json()['id']}", headers=asker)).json()
     assert outcome == "failed" and state["error"]["kind"] == "rate-limited", state
+    assert state["error"]["type"] == "/problems/github-lookup-budget", "the account's share, not GitHub's"
     assert len(fake.recorded("/users/small")) == asked, "nothing asked of GitHub"
 
 

@@ -148,9 +148,11 @@ class GithubUsersController(Controller):
             "(`GITHUB_USER_QUOTA_FRACTION`, with its lookups of users not stored yet) and to its "
             "client address's (`GITHUB_ADDRESS_QUOTA_FRACTION`): once either is spent, a new refresh "
             "is a 429 `github-lookup-budget`. Its job fetches nothing, and the refresh fails "
-            "(`rate-limited`, with `retry_after_s`), if a share was spent meanwhile or the "
-            "address's `GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT` lookups and refreshes are still under "
-            "way after `GITHUB_COLD_WAIT_S`. "
+            "(`rate-limited`, with `retry_after_s`, and the error's `type` "
+            "`/problems/github-lookup-budget` or `/problems/github-lookups-in-flight`, where "
+            "GitHub's own limit is `/problems/github-rate-limited`), if a share was spent meanwhile "
+            "or the address's `GITHUB_ADDRESS_LOOKUPS_IN_FLIGHT` lookups and refreshes are still "
+            "under way after `GITHUB_COLD_WAIT_S`. "
             "Data fetched less than "
             f"{REFRESH_MIN_AGE_S} s ago (or `GITHUB_PROFILE_TTL_S`, if shorter) is not fetched "
             "again: 200 with the refresh already `succeeded`. A user with nothing stored yet is a "
@@ -186,7 +188,9 @@ class GithubRefreshesController(Controller):
     @get(
         "/{refresh_id:str}",
         summary="The state of a refresh",
-        description="`queued`, `running`, then `succeeded` or `failed`. A refresh whose job can no "
+        description="`queued`, `running`, then `succeeded` or `failed`. A failed refresh's `error` "
+        "has a `kind` and the `type` of the problem a lookup would answer for the same failure "
+        "(its page under `/problems`). A refresh whose job can no "
         "longer finish it (its worker stopped, its job was lost) is `failed` with the error kind "
         "`unavailable` once that is seen, at the earliest 30 s after it was queued or started.",
         responses=problems(401, 404, 429),

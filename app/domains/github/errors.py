@@ -1,9 +1,11 @@
-"""The problems the GitHub routes answer (``app.core.errors``: each its own slug), and the one a
-failed fetch with nothing stored to fall back to becomes (``problem_for``)."""
+"""The problems the GitHub routes answer (``app.core.errors``: each its own slug), the one a failed
+fetch with nothing stored to fall back to becomes (``problem_for``), and how a failure is reported
+where it is not the answer (``upstream_error``: a refresh's outcome, a stale answer's last error)."""
 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 from app.core.errors import (
     AppError,
@@ -11,8 +13,10 @@ from app.core.errors import (
     NotFoundError,
     ServiceUnavailableError,
     TooManyRequestsError,
+    problem_type,
 )
 from app.domains.github.client import GitHubBusyError, GitHubError, GitHubNotFoundError, GitHubRateLimitError
+from app.domains.github.schemas import UpstreamError
 
 
 class UnknownGithubUserError(NotFoundError):
@@ -43,6 +47,32 @@ class LookupBudgetError(TooManyRequestsError):
 class TooManyLookupsError(TooManyRequestsError):
     slug = "github-lookups-in-flight"
     title = "Too many GitHub lookups at once"
+
+
+class PayerRefusedError(GitHubRateLimitError):
+    """The chain's payer cannot pay for it: a share spent or the address's cap on chains under way
+    reached as the chain is about to ask GitHub (``Shares.admit``), or a share spent before its pages
+    (``Shares.afford``). The chain stops, storing nothing and remembered by nobody (the login is not
+    at fault). ``problem`` is the payer's 429; ``whose`` the limit that refused (one of
+    ``Payer.limits``: the account's or the address's). A caller that joined the chain is refused
+    too only when the limit is also its own; any other asks again, on its own payer
+    (``ProfileLookups._fetch``)."""
+
+    def __init__(self, problem: LookupBudgetError | TooManyLookupsError, whose: str) -> None:
+        super().__init__(str(problem), retry_after=float(problem.headers["Retry-After"]))
+        self.problem = problem
+        self.whose = whose
+
+    def caller_problem(self) -> LookupBudgetError | TooManyLookupsError:
+        """The payer's 429 for one caller to raise, its own object: one raised by ten requests that
+        joined a refused flight kept every one's frames in its traceback."""
+        problem = self.problem
+        return type(problem)(problem.detail, headers=dict(problem.headers))
+
+    @property
+    def at_cap(self) -> bool:
+        """Refused for the address's chains under way, not for a share: a slot frees within seconds."""
+        return isinstance(self.problem, TooManyLookupsError)
 
 
 class RefreshLimitError(TooManyRequestsError):
@@ -86,7 +116,10 @@ class InvalidUsernameError(AppError):
 
 
 def problem_for(exc: GitHubError) -> AppError:
-    """The API's problem for a failed fetch with nothing stored to fall back to."""
+    """The API's problem for a failed fetch with nothing stored to fall back to: a payer's refusal
+    is its own 429."""
+    if isinstance(exc, PayerRefusedError):
+        return exc.caller_problem()
     if isinstance(exc, GitHubNotFoundError):
         return UnknownGithubUserError("GitHub has no user with this name.")
     retry_after = str(max(1, math.ceil(exc.retry_after or 30)))
@@ -105,4 +138,16 @@ def problem_for(exc: GitHubError) -> AppError:
         )
     return GithubUnavailableError(
         "GitHub did not answer and nothing is stored for this user yet.", headers={"Retry-After": retry_after}
+    )
+
+
+def upstream_error(exc: GitHubError, at: datetime) -> UpstreamError:
+    """``exc`` as a refresh's error or a stored profile's ``last_error``: its kind, and the problem
+    type the same failure answers where it is the answer (``problem_for``), which tells GitHub's
+    rate limit from the caller's own share or cap."""
+    return UpstreamError(
+        kind=exc.kind,  # type: ignore[arg-type]
+        at=at,
+        retry_after_s=math.ceil(exc.retry_after) if exc.retry_after is not None else None,
+        type=problem_type(problem_for(exc).slug),
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,10 +48,10 @@ from app.domains.github.client import (
     GithubRepo,
     pages_to_list,
 )
-from app.domains.github.errors import problem_for
+from app.domains.github.errors import PayerRefusedError, problem_for, upstream_error
 from app.domains.github.governor import Priority, RateLimitGovernor
 from app.domains.github.schemas import ProfileData, UpstreamError
-from app.domains.github.shares import Payer, PayerRefusedError, Shares
+from app.domains.github.shares import Payer, Shares
 
 log = structlog.get_logger("app.github")
 
@@ -179,9 +178,7 @@ class ProfileLookups:
             return await self.fetch_paid(
                 login, Priority.INTERACTIVE, newer_than=None, account=user_id, address=address, holds=True
             )
-        except PayerRefusedError as exc:  # this account's or address's own limit
-            raise exc.caller_problem() from None
-        except GitHubError as exc:
+        except GitHubError as exc:  # a payer's refusal is this account's or address's own limit
             raise problem_for(exc) from None
 
     async def fetch_paid(
@@ -459,11 +456,7 @@ class ProfileLookups:
             kind=exc.kind, message=str(exc), retry_after=exc.retry_after, at=now, error=type(exc).__name__
         )
         remember_s = min(60.0, max(FAILURE_MEMORY_S, exc.retry_after or 0.0))
-        error = UpstreamError(
-            kind=exc.kind,  # type: ignore[arg-type]
-            at=self.clock(),
-            retry_after_s=math.ceil(exc.retry_after) if exc.retry_after is not None else None,
-        )
+        error = upstream_error(exc, self.clock())
         async with self.valkey.pipeline(transaction=False) as pipe:
             pipe.set(f"github:failed:{login}", msgspec.msgpack.encode(failure), px=int(remember_s * 1000))
             if profile_stored:

@@ -51,15 +51,16 @@ from app.domains.github.client import GitHubDownError, GitHubError
 from app.domains.github.errors import (
     LookupBudgetError,
     NotStoredError,
+    PayerRefusedError,
     RefreshLimitError,
     RefreshNotFoundError,
     TooManyRefreshStreamsError,
     UnknownGithubUserError,
+    upstream_error,
 )
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import RELEASE, Clock, ProfileLookups, StoredProfile
-from app.domains.github.schemas import RefreshOut, RefreshStatus, UpstreamError
-from app.domains.github.shares import PayerRefusedError
+from app.domains.github.schemas import RefreshOut, RefreshStatus
 
 if TYPE_CHECKING:
     from app.domains.accounts.services import AccountService
@@ -521,8 +522,7 @@ class Refreshes:
             return msgspec.structs.replace(
                 state, status="succeeded", finished_at=self.clock(), fetched_at=fetched_at
             )
-        retry_after = math.ceil(exc.retry_after) if exc.retry_after is not None else None
-        error = UpstreamError(kind=exc.kind, at=self.clock(), retry_after_s=retry_after)  # type: ignore[arg-type]
+        error = upstream_error(exc, self.clock())
         return msgspec.structs.replace(state, status="failed", finished_at=self.clock(), error=error)
 
     async def open_refresh_events(

@@ -134,6 +134,12 @@ class UpstreamError(msgspec.Struct, frozen=True):
     kind: ErrorKind
     at: dt.datetime
     retry_after_s: int | None = None
+    type: str | None = None
+    """The problem type (``/problems/<slug>``, each its own page) of this failure, as a lookup would
+    answer it: ``github-rate-limited`` (GitHub's limit), ``github-lookup-budget`` (the share of the
+    account or of the address it was asked from), ``github-lookups-in-flight`` (the address's chains
+    under way), ``github-busy`` (a wait behind other requests), ``github-unavailable``,
+    ``github-user-not-found``. None in errors recorded before it was kept."""
 
 
 class RefreshOut(msgspec.Struct, frozen=True):

@@ -43,8 +43,8 @@ from valkey.asyncio import Valkey
 from app.config import Settings
 from app.core.repeating import repeating
 from app.core.slots import LeasedSlots, Slot
-from app.domains.github.client import GitHubRateLimitError, RequestMeter, metered
-from app.domains.github.errors import LookupBudgetError, TooManyLookupsError
+from app.domains.github.client import RequestMeter, metered
+from app.domains.github.errors import LookupBudgetError, PayerRefusedError, TooManyLookupsError
 from app.domains.github.governor import RateLimitGovernor
 
 log = structlog.get_logger("app.github")
@@ -81,32 +81,6 @@ for i, key in ipairs(KEYS) do
 end
 return spent
 """
-
-
-class PayerRefusedError(GitHubRateLimitError):
-    """The chain's payer cannot pay for it: a share spent or the address's cap on chains under way
-    reached as the chain is about to ask GitHub (``Shares.admit``), or a share spent before its pages
-    (``Shares.afford``). The chain stops, storing nothing and remembered by nobody (the login is not
-    at fault). ``problem`` is the payer's 429; ``whose`` the limit that refused (one of
-    ``Payer.limits``: the account's or the address's). A caller that joined the chain is refused
-    too only when the limit is also its own; any other asks again, on its own payer
-    (``ProfileLookups._fetch``)."""
-
-    def __init__(self, problem: LookupBudgetError | TooManyLookupsError, whose: str) -> None:
-        super().__init__(str(problem), retry_after=float(problem.headers["Retry-After"]))
-        self.problem = problem
-        self.whose = whose
-
-    def caller_problem(self) -> LookupBudgetError | TooManyLookupsError:
-        """The payer's 429 for one caller to raise, its own object: one raised by ten requests that
-        joined a refused flight kept every one's frames in its traceback."""
-        problem = self.problem
-        return type(problem)(problem.detail, headers=dict(problem.headers))
-
-    @property
-    def at_cap(self) -> bool:
-        """Refused for the address's chains under way, not for a share: a slot frees within seconds."""
-        return isinstance(self.problem, TooManyLookupsError)
 
 
 def _account_limit(account: int) -> str:

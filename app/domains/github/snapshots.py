@@ -30,11 +30,11 @@ from app.domains.github.client import (
     GitHubRateLimitError,
     GitHubRefusedError,
 )
-from app.domains.github.errors import InvalidRangeError
+from app.domains.github.errors import InvalidRangeError, PayerRefusedError
 from app.domains.github.governor import Priority
 from app.domains.github.lookups import Clock, ProfileLookups
 from app.domains.github.schemas import Change, HistoryOut, HistoryPoint
-from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer, PayerRefusedError
+from app.domains.github.shares import SNAPSHOTS_ACCOUNT, Payer
 
 log = structlog.get_logger("app.github")
 
