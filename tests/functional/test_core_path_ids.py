@@ -58,6 +58,8 @@ def respellings(id_: int) -> dict[str, str]:
         "leading zero": f"0{digits}",
         "Arabic-Indic digits": "".join(chr(0x0660 + int(d)) for d in digits),
         "fullwidth digits": "".join(chr(0xFF10 + int(d)) for d in digits),
+        "encoded slash after": f"{digits}%2F",  # the server decodes it, Litestar collapsed the segment
+        "encoded slash before": f"%2f{digits}",
     }
 
 

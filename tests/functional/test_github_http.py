@@ -199,6 +199,9 @@ async def test_invalid_usernames_are_refused_before_any_request(
         "/api/github/users/https:%2F%2Fevil",
         "/api/github/users/../../users/x",
         "/api/github/users/%2E%2E",
+        "/api/github/users/%2F/history",  # was routed as a lookup of the user `history`
+        "/api/github/users/%2Fx",
+        "/api/github/users/x%2F/history",
     ],
 )
 async def test_dot_segments_and_slashes_in_a_username_never_reach_github(
