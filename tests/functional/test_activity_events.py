@@ -168,7 +168,7 @@ async def test_member_removed_and_member_left(client: Client, db: AsyncConnectio
     assert left.status_code == 204, left.text
     assert summary(await outbox_events(db)) == [
         ("member.removed", team.owner.id, "user", team.editor.id, team.project, {}),
-        ("member.removed", team.viewer.id, "user", team.viewer.id, team.project, {}),
+        ("member.left", team.viewer.id, "user", team.viewer.id, team.project, {}),
     ]
 
 

@@ -251,6 +251,24 @@ async def test_a_removed_member_no_longer_sees_the_project_anywhere(
     ]
 
 
+async def test_a_member_who_leaves_or_whose_account_is_erased_left_the_project(
+    client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService, app: Litestar
+) -> None:
+    """Leaving read "Viewer removed Viewer from Apollo"; an erasure "Deleted user removed Deleted user
+    from Apollo" (the blackbox review)."""
+    admin = await make_user(db, app, UserRole.ADMIN, name="Root")
+    members = f"/api/projects/{team.project}/members"
+    await ok(await client.delete(f"{members}/{team.viewer.id}", headers=team.viewer.headers), 204)
+    await ok(await client.delete(f"/api/admin/users/{team.editor.id}", headers=admin.headers), 204)
+
+    await deliver(db, feed)
+
+    assert await texts(client, team.owner, f"/api/projects/{team.project}/feed") == [
+        "Deleted user left Apollo",
+        "Viewer left Apollo",
+    ]
+
+
 async def test_answers_read_before_a_promotion_or_a_deletion_are_not_served_after_it(
     client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService, app: Litestar
 ) -> None:

@@ -34,6 +34,7 @@ class Verb(StrEnum):
     MEMBER_ADDED = "member.added"
     MEMBER_ROLE_CHANGED = "member.role_changed"
     MEMBER_REMOVED = "member.removed"
+    MEMBER_LEFT = "member.left"
     MEMBER_INVITED = "member.invited"
     MEMBER_JOINED = "member.joined"
     TASK_CREATED = "task.created"
@@ -138,6 +139,12 @@ VERBS: dict[Verb, VerbSpec] = {
         ObjectType.USER,
         "{actors} removed {object} from {project}",
         "{actors} removed {objects} from {project}",
+    ),
+    # Leaving, and an account's erasure: "Ana removed Ana from Apollo" was how a leaving read.
+    Verb.MEMBER_LEFT: VerbSpec(
+        ObjectType.USER,
+        "{object} left {project}",
+        "{objects} left {project}",
     ),
     # The invitee's email is never in the event: members who are not owners must not learn it.
     Verb.MEMBER_INVITED: VerbSpec(

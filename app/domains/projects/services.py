@@ -812,10 +812,12 @@ class ProjectService:
 
     async def _member_left(self, uow: UnitOfWork, project_id: int, user_id: int, actor: int) -> None:
         """After a membership's removal (a removal, a leaving, an erasure): the invitations the member
-        sent are withdrawn (one would let them back in alone), the caches told, the event emitted."""
+        sent are withdrawn (one would let them back in alone), the caches told, the event emitted
+        (``member.left`` when the member is the actor: a leaving or an erasure)."""
         await queries.withdraw_invitations_sent_by(uow.conn, project_id=project_id, user_id=user_id)
         self._membership_changed(uow, user_id, project_id)
-        await emit(uow, actor=actor, verb="member.removed", obj=("user", user_id), project_id=project_id)
+        verb = "member.left" if actor == user_id else "member.removed"
+        await emit(uow, actor=actor, verb=verb, obj=("user", user_id), project_id=project_id)
 
     async def _hand_over(self, uow: UnitOfWork, project_id: int, user_id: int) -> bool:
         """Make the project's successor (``SuccessorOnErasure``) an owner; False when nobody active is
