@@ -105,12 +105,13 @@ _ENCODED_SLASH = re.compile(rb"%2[fF]")
 
 def keep_encoded_slashes(raw_path: bytes, path: str) -> str:
     """``path`` (the server's decoding of ``raw_path``) with each ``%2F`` of ``raw_path`` kept as the
-    three characters it is, so that no decoded slash parts a segment. ``path`` as it is if ``raw_path``
-    holds none, or does not decode to it piece by piece (never seen: then the server's reading stands)."""
+    three characters it is, so that no decoded slash parts a segment. Each piece is decoded as granian
+    decodes a path (its escapes and raw bytes alike as UTF-8, a bad sequence replaced); should the
+    pieces not join to ``path``, the server's reading stands."""
     pieces = _ENCODED_SLASH.split(raw_path.split(b"?", 1)[0])
     if len(pieces) == 1:
         return path
-    decoded = [urllib.parse.unquote(piece.decode("latin-1")) for piece in pieces]
+    decoded = [urllib.parse.unquote_to_bytes(piece).decode("utf-8", "replace") for piece in pieces]
     if "/".join(decoded) != path:
         return path
     return "%2F".join(decoded)
