@@ -269,6 +269,27 @@ async def test_a_member_who_leaves_or_whose_account_is_erased_left_the_project(
     ]
 
 
+async def test_a_leaving_stored_before_member_left_existed_reads_as_one(
+    client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService
+) -> None:
+    """The previous release emitted a leaving as ``member.removed`` by the member: such a group keeps
+    its verb and reads as a leaving. An owner's removal of another member still reads as a removal."""
+    members = f"/api/projects/{team.project}/members"
+    await ok(await client.delete(f"{members}/{team.viewer.id}", headers=team.viewer.headers), 204)
+    await db.execute(
+        "update outbox set payload = jsonb_set(payload, '{verb}', '\"member.removed\"')"
+        " where task = 'record_activity' and payload->>'verb' = 'member.left'"
+    )
+    await ok(await client.delete(f"{members}/{team.editor.id}", headers=team.owner.headers), 204)
+    await deliver(db, feed)
+
+    page = await ok(await client.get(f"/api/projects/{team.project}/feed", headers=team.owner.headers))
+    assert [(group["verb"], group["text"]) for group in page["items"]] == [
+        ("member.removed", "Owner removed Editor from Apollo"),
+        ("member.removed", "Viewer left Apollo"),
+    ]
+
+
 async def test_answers_read_before_a_promotion_or_a_deletion_are_not_served_after_it(
     client: Client, db: AsyncConnection[Any], team: Team, feed: ActivityService, app: Litestar
 ) -> None:

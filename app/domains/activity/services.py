@@ -54,7 +54,7 @@ from app.domains.activity.schemas import (
     ProjectRef,
     UnreadCountsOut,
 )
-from app.domains.activity.verbs import MAX_SAMPLE, object_phrase, sentence, spec_of
+from app.domains.activity.verbs import MAX_SAMPLE, Verb, object_phrase, sentence, spec_of
 from app.domains.activity.writer import FeedWriter, Recorded
 
 if TYPE_CHECKING:
@@ -487,6 +487,19 @@ def _through(through: int | None) -> int:
     return MAX_ID if through is None else through
 
 
+def _read_as(row: queries.StoredFeedGroupsRow | queries.FeedGroupsRow) -> str:
+    """The verb whose sentence the group reads as: its own, but for a leaving stored before
+    ``member.left`` existed (``member.removed`` by the member alone), which reads as one. The group
+    keeps its stored verb on the wire and for the ``verb`` filter."""
+    if (
+        row.verb == Verb.MEMBER_REMOVED
+        and row.actor_count == row.object_count == 1
+        and row.actor_ids == row.object_ids
+    ):
+        return Verb.MEMBER_LEFT
+    return row.verb
+
+
 def _group_out(row: queries.StoredFeedGroupsRow | queries.FeedGroupsRow) -> FeedGroupOut:
     actors = [
         ActorOut(id=actor_id, name=name)
@@ -509,7 +522,7 @@ def _group_out(row: queries.StoredFeedGroupsRow | queries.FeedGroupsRow) -> Feed
         else None
     )
     text = sentence(
-        row.verb,
+        _read_as(row),
         actor_names=[actor.name for actor in actors],
         actor_count=row.actor_count,
         object_type=row.object_type,
