@@ -82,4 +82,8 @@ async def _as_get(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> N
         await send(message)
 
     as_get = {**scope, "method": "GET", "state": dict(scope.get("state") or {})}
-    await app(as_get, receive_until_ended, send_without_body)  # type: ignore[arg-type]
+    try:
+        await app(as_get, receive_until_ended, send_without_body)  # type: ignore[arg-type]
+    finally:  # the route it reached, for the outer layer's metrics (else counted as unmatched)
+        if isinstance(template := as_get.get("path_template"), str):
+            scope["path_template"] = template

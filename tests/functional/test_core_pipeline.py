@@ -277,6 +277,12 @@ async def test_requests_are_counted_per_route_under_litestars_metric_names(
     assert sample("app_requests_total", **denied) == before[1] + 1
     assert sample("app_request_duration_seconds_count", **labels) == observed + 3
     assert sample("app_requests_in_progress", **{**labels, "status_code": "200"}) == 0
+    head = {**labels, "method": "HEAD"}
+    heads_before = sample("app_requests_total", **head)
+    assert (await api.head("/api/projects", headers=member.headers)).status_code == 200
+    assert sample("app_requests_total", **head) == heads_before + 1, (
+        "a HEAD answered as its GET is its route's"
+    )
     exposition = (await api.get("/metrics")).text
     for name in ("app_requests_total", "app_request_duration_seconds_bucket", "app_requests_in_progress"):
         assert name in exposition
