@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.domains.activity.grouping import GroupingRule, OpenGroup, StreamEvent, assign_groups
+from app.domains.activity.grouping import (
+    OPEN_GROUPS_PER_STREAM,
+    GroupingRule,
+    OpenGroup,
+    StreamEvent,
+    assign_groups,
+)
 
 RULE = GroupingRule(version=1, window_s=1800, max_span_s=6 * 3600)
 START = datetime(2026, 12, 5, tzinfo=UTC)
@@ -84,3 +91,17 @@ def test_bursts_apart_are_one_group_each_in_any_delivery_order(
     for burst in set(burst_of.values()):
         assert len({groups[i] for i, b in burst_of.items() if b == burst}) == 1, groups
     assert len(set(groups.values())) == len(bursts)
+
+
+@pytest.mark.parametrize("later_bursts", [OPEN_GROUPS_PER_STREAM - 1, OPEN_GROUPS_PER_STREAM])
+def test_a_late_event_reaches_back_as_many_groups_in_one_batch_as_delivered_alone(later_bursts: int) -> None:
+    """A batch keeps the stream's latest ``OPEN_GROUPS_PER_STREAM`` groups, as the next batch reads
+    them: a late event joins the first burst's group only while it is among them, however the
+    events were batched. (Unbounded, one batch compared each event with every group it had made.)"""
+    bursts = [event(outbox_id, 90 * outbox_id) for outbox_id in range(1, later_bursts + 2)]
+    late = event(1000, 90 + 1)  # in the first burst's window
+    joined = later_bursts < OPEN_GROUPS_PER_STREAM
+    for batches in ([[*bursts, late]], [[e] for e in [*bursts, late]]):
+        groups = delivered(batches)
+        assert len({groups[e.outbox_id] for e in bursts}) == len(bursts)
+        assert groups[1000] == ("1-1" if joined else "1-1000"), (later_bursts, len(batches))
