@@ -86,7 +86,8 @@ class Combiner:
             return
         credited: set[Any] = set()  # an event two batches carry is new to the first of them only
         for batch in taken:
-            new = {event.get("outbox_id") for event in batch.events} & recorded.outbox_ids - credited
+            new = {event.get("outbox_id") for event in batch.events} & recorded.outbox_ids
+            new -= credited  # not ``ids & (recorded - credited)``: a copy of every id per batch
             credited |= new
             if not batch.done.done():
                 batch.done.set_result(len(new))
