@@ -24,6 +24,10 @@ from litestar.types import ASGIApp, HTTPDisconnectEvent, Message, Receive, Recei
 __all__ = ("answer_head_as_get",)
 
 _DISCONNECT: HTTPDisconnectEvent = {"type": "http.disconnect"}
+_ROUTED = ("path_template", "route_handler")
+"""What Litestar's router puts in the scope that the outer layer reads after the answer: the
+request metrics the template, the monitoring's latency recorder the handler too (a stream's
+answers are no latency samples)."""
 
 
 def answer_head_as_get(app: ASGIApp) -> ASGIApp:
@@ -84,6 +88,7 @@ async def _as_get(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> N
     as_get = {**scope, "method": "GET", "state": dict(scope.get("state") or {})}
     try:
         await app(as_get, receive_until_ended, send_without_body)  # type: ignore[arg-type]
-    finally:  # the route it reached, for the outer layer's metrics (else counted as unmatched)
-        if isinstance(template := as_get.get("path_template"), str):
-            scope["path_template"] = template
+    finally:  # what routing found, for the outer layer's metrics and observers (else: unmatched)
+        for found in _ROUTED:
+            if found in as_get:
+                scope[found] = as_get[found]  # type: ignore[literal-required]

@@ -25,6 +25,8 @@ async def test_streams_and_probes_are_no_latency_samples(
         assert (await client.get("/health/live")).status_code == 200
         stream = await client.get("/api/feed/stream", headers=team.viewer.headers)  # not live: it ends
         assert stream.status_code == 200, stream.text
+        head = await client.head("/api/feed/stream", headers=team.viewer.headers)  # answered as its GET
+        assert head.status_code == 200, head.text
         listed = await client.get(f"/api/projects/{team.project}/tasks", headers=team.viewer.headers)
         assert listed.status_code == 200, listed.text
         timed = {
@@ -33,3 +35,4 @@ async def test_streams_and_probes_are_no_latency_samples(
     assert ("/api/projects/{project_id}/tasks", "GET") in timed
     assert not [template for template, _ in timed if template.startswith("/health")], timed
     assert ("/api/feed/stream", "GET") not in timed
+    assert ("/api/feed/stream", "HEAD") not in timed
