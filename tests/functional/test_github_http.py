@@ -84,6 +84,12 @@ def octo_repos() -> list[FakeRepo]:
     return repos
 
 
+async def past_the_ttl(db: AsyncConnection[Any]) -> None:
+    """Every stored profile fetched two hours earlier: stale (``GITHUB_PROFILE_TTL_S``, an hour), so a
+    read answers it with a refresh under way."""
+    await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+
+
 async def older_than_a_refresh_fetches(db: AsyncConnection[Any]) -> None:
     """Every stored profile fetched 10 minutes earlier: a refresh of a profile fetched moments ago
     (``refresh_min_age_s``, 5 minutes) answers the stored state and fetches nothing."""
@@ -242,7 +248,7 @@ async def test_github_answering_502_serves_the_last_good_data_as_stale(
 ) -> None:
     fake.add_user("steady", [FakeRepo(name="one", stars=5, language="Go", languages={"Go": 9})], followers=3)
     assert (await api.get("/api/github/users/steady", headers=headers)).json()["source"] == "live"
-    await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+    await past_the_ttl(db)
     fake.fail(502, times=1000)
 
     stale = await api.get("/api/github/users/steady", headers=headers)
@@ -368,7 +374,7 @@ async def test_a_refresh_stopped_by_githubs_rate_limit_says_so_apart_from_the_ca
     limit or the caller's own share refused: their ``type`` is the problem a lookup would answer."""
     fake.add_user("limited-later")
     assert (await api.get("/api/github/users/limited-later", headers=headers)).json()["source"] == "live"
-    await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+    await past_the_ttl(db)
     reset = int(time.time()) + 600
     fake.fail(403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)})
     stale = (await api.get("/api/github/users/limited-later", headers=headers)).json()
@@ -389,7 +395,7 @@ async def test_a_stale_answer_enqueues_one_refresh_job(
     headers = reader.headers
     fake.add_user("busy")
     await api.get("/api/github/users/busy", headers=headers)
-    await db.execute("update github_profiles set fetched_at = fetched_at - interval '2 hours'")
+    await past_the_ttl(db)
 
     first = (await api.get("/api/github/users/busy", headers=headers)).json()["refresh"]
     second = (await api.get("/api/github/users/busy", headers=headers)).json()["refresh"]
