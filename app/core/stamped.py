@@ -34,6 +34,11 @@ The entries of a *group* (``_read``'s ``group``: the task lists' pages of one pr
 ``entries_per_group``: the store script keeps the group's entry keys, newest first, in
 ``{group}`` and deletes the oldest past the cap in the same atomic call. Each stored query is a key
 of its own, so without a cap a reader varying a query would leave an entry per request.
+
+An entry's key names the code that rendered it (``entry_key``, ``app/core/release.py``): while a
+rolling deploy runs two releases on one Valkey, each reads only the answers it stored itself. A
+stamp covers the data, and an answer of the other release may phrase or shape the same data
+differently.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from cachetools import LRUCache
 
 from app.core.cache import Cache, Flights, hits_and_misses, single_flight
 from app.core.errors import ForbiddenError, NotFoundError
+from app.core.release import CODE_FINGERPRINT
 from app.core.valkey import VALKEY_DOWN
 
 VERSION_LUA = """
@@ -138,10 +144,12 @@ class StampedCache:
     namespace: str
     entries_per_group = ENTRIES_PER_GROUP
 
-    def __init__(self, cache: Cache, ttl_s: float, lookup: str) -> None:
+    def __init__(self, cache: Cache, ttl_s: float, lookup: str, *, code: str = CODE_FINGERPRINT) -> None:
         """``cache``: the process's Valkey cache (its client, its rate-limited warning when Valkey is
-        unreachable); ``lookup``: the subclass's script, after ``VERSION_LUA``."""
+        unreachable); ``lookup``: the subclass's script, after ``VERSION_LUA``; ``code``: the
+        release whose answers these are (``entry_key``)."""
         self.cache = cache
+        self.code = code
         self.valkey = cache.valkey
         self.ttl_ms = int(ttl_s * 1000)
         self.version_ttl_ms = max(VERSION_TTL_MS, 10 * self.ttl_ms)
@@ -150,6 +158,10 @@ class StampedCache:
         self._held: LRUCache[str, _Held] = LRUCache(HELD_BYTES, getsizeof=_held_size)
         self._hits, self._misses = hits_and_misses(self.namespace)
         self._flights: Flights = {}
+
+    def entry_key(self, name: str) -> str:
+        """The key of the stored answer ``name``, this release's own."""
+        return f"{self.namespace}:entry:{self.code}:{name}"
 
     @property
     def enabled(self) -> bool:

@@ -181,6 +181,25 @@ async def test_answers_are_per_name(cache: FeedCache) -> None:
     assert (counts.calls, page.calls) == (1, 1)
 
 
+async def test_a_release_of_other_code_neither_serves_nor_replaces_this_ones_answers(
+    make_cache: MakeCache, valkey: Valkey
+) -> None:
+    """A rolling deploy runs two releases on one Valkey, and the same data is phrased by each its
+    own way (``member.left`` read "removed" before): an answer stored by one is not the other's,
+    however current its stamp, and neither store evicts the other's."""
+    old, new = (
+        FeedCache(make_cache(valkey), ttl_s=30, code="old"),
+        FeedCache(make_cache(valkey), ttl_s=30, code="new"),
+    )
+    by_old, by_new = Loads(), Loads()
+    assert await read(old, by_old) == b"answer 1"
+    assert await read(new, by_new) == b"answer 1"
+    assert (by_old.calls, by_new.calls) == (1, 1), "the new release loaded its own"
+    assert await read(old, by_old) == b"answer 1"
+    assert await read(new, by_new) == b"answer 1"
+    assert (by_old.calls, by_new.calls) == (1, 1), "each kept its own"
+
+
 async def test_ttl_zero_turns_the_cache_off(make_cache: MakeCache, valkey: Valkey) -> None:
     off = FeedCache(make_cache(valkey), ttl_s=0)
     load = Loads()

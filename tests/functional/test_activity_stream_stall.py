@@ -298,9 +298,9 @@ async def test_only_the_default_first_page_is_cached(
         reader = team.viewer.id
         for limit in (1, 2, 7, 100):
             assert len((await feed.feed(reader, FeedFilters(), None, limit)).items) == min(limit, 3)
-        assert await valkey.keys(f"feed:entry:page*:{reader}") == []
+        assert await valkey.keys(f"feed:entry:*:page*:{reader}") == []
         assert len((await feed.feed(reader, FeedFilters(), None, DEFAULT_PAGE)).items) == 3
-        assert len(await valkey.keys(f"feed:entry:page*:{reader}")) == 1
+        assert len(await valkey.keys(f"feed:entry:*:page*:{reader}")) == 1
 
 
 async def test_a_stalled_stream_ends_when_the_process_stops(

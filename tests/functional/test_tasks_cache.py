@@ -83,7 +83,7 @@ async def test_each_query_is_its_own_page(cache: TaskListCache) -> None:
 
 
 async def stored_pages(valkey: Valkey, project: int) -> list[bytes]:
-    return [key async for key in valkey.scan_iter(f"tasks:entry:{project}:*")]
+    return [key async for key in valkey.scan_iter(f"tasks:entry:*:{project}:*")]
 
 
 async def test_a_project_keeps_at_most_its_cap_of_pages_the_newest(
@@ -109,6 +109,21 @@ async def test_a_project_keeps_at_most_its_cap_of_pages_the_newest(
     assert load.calls == calls + 1, "the oldest was deleted"
     assert await cache.read(READER, ELSEWHERE, "q", elsewhere) == b"page 1"
     assert elsewhere.calls == 1
+
+
+async def test_each_release_keeps_its_own_opening_page_while_a_rolling_deploy_runs_both(
+    make_cache: MakeCache, valkey: Valkey, memberships: Memberships
+) -> None:
+    """The items' shape is the code's (``TaskOut`` gained ``version`` once): a page one release
+    stored is never the other's, and the project's cap leaves each release its page."""
+    old = TaskListCache(make_cache(valkey), 30, memberships, code="old")
+    new = TaskListCache(make_cache(valkey), 30, memberships, code="new")
+    by_old, by_new = Loads(), Loads()
+    for _ in range(2):
+        assert await read(old, by_old) == b"page 1"
+        assert await read(new, by_new) == b"page 1"
+    assert (by_old.calls, by_new.calls) == (1, 1)
+    assert len(await stored_pages(valkey, PROJECT)) == 2
 
 
 def misses() -> float:
@@ -290,10 +305,10 @@ async def test_a_held_page_is_served_only_while_valkey_holds_the_same_entry(
     served, not the older page this process still holds (which would outlive the TTL)."""
     load = Loads()
     assert await read(cache, load) == b"page 1"
-    await valkey.delete(f"tasks:entry:{PROJECT}:q")
+    await valkey.delete(cache.entry_key(f"{PROJECT}:q"))
     assert await read(other_process, load) == b"page 2"
     assert await read(cache, load) == b"page 2"
-    await valkey.delete(f"tasks:entry:{PROJECT}:q")
+    await valkey.delete(cache.entry_key(f"{PROJECT}:q"))
     assert await read(cache, load) == b"page 3", "an expired entry is loaded again"
 
 

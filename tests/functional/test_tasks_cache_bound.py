@@ -37,7 +37,7 @@ async def read(client: Client, project: int, reader: Actor, **params: str) -> by
 
 
 async def stored_pages(valkey: Valkey, project: int | str = "*") -> list[bytes]:
-    return [key async for key in valkey.scan_iter(f"tasks:entry:{project}:*")]
+    return [key async for key in valkey.scan_iter(f"tasks:entry:*:{project}:*")]
 
 
 async def stored_bytes(valkey: Valkey) -> int:

@@ -165,7 +165,7 @@ async def test_made_up_queries_leave_a_bounded_number_of_pages(
     for params in made_up:
         response = await client.get(f"/api/projects/{project}/tasks", params=params, headers=owner.headers)
         assert response.status_code == 200, response.text
-    pages = [key async for key in valkey.scan_iter(f"tasks:entry:{project}:*")]
+    pages = [key async for key in valkey.scan_iter(f"tasks:entry:*:{project}:*")]
     assert len(pages) <= PAGES_PER_PROJECT, f"{len(pages)} pages stored"
 
     reloaded = await client.get(f"/api/projects/{project}/tasks", headers=viewer.headers)

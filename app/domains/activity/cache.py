@@ -13,7 +13,7 @@ the task lists' page cache). A reader's stamp is made of these versions:
   someone else), so a rename makes every reader's answers stale; renames are rare.
 
 The reader's scope (the projects whose versions count: ``*`` for administrators) is kept as
-``feed:scope:{reader}``, an answer as ``feed:entry:{name}:{reader}`` (``{stamp}{token}\\n{answer}``,
+``feed:scope:{reader}``, an answer as ``feed:entry:{release}:{name}:{reader}`` (``{stamp}{token}\\n{answer}``,
 ``app/core/stamped.py``). One Lua script reads the scope, the versions and the entry in one round
 trip. Entries and scopes expire after ``FEED_CACHE_TTL_S``.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 
 from app.core.cache import Cache
+from app.core.release import CODE_FINGERPRINT
 from app.core.stamped import Load, StampedCache, fresh_version
 
 # KEYS: scope, mv, rv, uv, entry, seq, names. ARGV: the project version key prefix, a fresh version
@@ -55,13 +56,13 @@ Scope = Callable[[], Awaitable[tuple[bool, Iterable[int]]]]
 class FeedCache(StampedCache):
     namespace = "feed"
 
-    def __init__(self, cache: Cache, ttl_s: float) -> None:
-        super().__init__(cache, ttl_s, _LOOKUP)
+    def __init__(self, cache: Cache, ttl_s: float, *, code: str = CODE_FINGERPRINT) -> None:
+        super().__init__(cache, ttl_s, _LOOKUP, code=code)
 
     async def read(self, reader_id: int, name: str, scope: Scope, load: Load) -> bytes:
         """The cached answer ``name`` of the reader, else ``load()``'s (then stored under the stamp
         read before it ran)."""
-        entry = f"feed:entry:{name}:{reader_id}"
+        entry = self.entry_key(f"{name}:{reader_id}")
         keys = [
             f"feed:scope:{reader_id}",
             f"feed:mv:{reader_id}",

@@ -6,7 +6,7 @@ them (``app/core/stamped.py``: the protocol, shared with the feed's cache).
   is deleted;
 - ``tasks:mv:{user}``: the user's membership version, replaced when they join or leave a project;
 - ``tasks:scope:{user}``: ``{mv}|{project ids}``, the projects the user was a member of under ``mv``;
-- ``tasks:entry:{project}:{query}``: ``{pv}\\n{token}\\n{page}``, one page, shared by every member
+- ``tasks:entry:{release}:{project}:{query}``: ``{pv}\\n{token}\\n{page}``, one page, shared by every member
   (``app/core/stamped.py``: the token lets a process that holds the page skip its transfer);
 - ``tasks:pages:{project}``: the project's page keys, newest first: at most ``PAGES_PER_PROJECT``
   pages of a project are stored, the oldest deleted by the store that goes past the cap.
@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from app.core.cache import Cache
+from app.core.release import CODE_FINGERPRINT
 from app.core.stamped import Load, StampedCache, fresh_version
 
 # KEYS: scope, mv, pv, page. ARGV: the project id, a fresh version (``VERSION_LUA``), the header of
@@ -52,24 +53,27 @@ MemberProjects = Callable[[int], Awaitable[list[int]]]
 
 PAGES_PER_PROJECT = 2
 """A project's stored pages at most. The service stores one, the opening page; the second place is
-for the opening page as a release of another ``PAGE_SHAPE`` names it, while a rolling deploy runs
-both (with one place, each release's store would delete the other's page). Pages a release that
-stored more left behind are deleted by this one's next store in the project."""
+for the opening page of the other release while a rolling deploy runs two (each names its entries
+after its code, ``StampedCache.entry_key``; with one place, each release's store would delete the
+other's page). Pages a release that stored more left behind are deleted by this one's next store in
+the project."""
 
 
 class TaskListCache(StampedCache):
     namespace = "tasks"
     entries_per_group = PAGES_PER_PROJECT
 
-    def __init__(self, cache: Cache, ttl_s: float, member_projects: MemberProjects) -> None:
+    def __init__(
+        self, cache: Cache, ttl_s: float, member_projects: MemberProjects, *, code: str = CODE_FINGERPRINT
+    ) -> None:
         """``member_projects``: the reader scope's source of truth."""
-        super().__init__(cache, ttl_s, _LOOKUP)
+        super().__init__(cache, ttl_s, _LOOKUP, code=code)
         self.member_projects = member_projects
 
     async def read(self, reader_id: int, project_id: int, query: str, load: Load) -> bytes:
         """The page ``query`` of the project's tasks for a member, else ``load()``'s (stored under
         the version read before it ran when the reader is a member)."""
-        page = f"tasks:entry:{project_id}:{query}"
+        page = self.entry_key(f"{project_id}:{query}")
         keys = [f"tasks:scope:{reader_id}", f"tasks:mv:{reader_id}", f"tasks:pv:{project_id}", page]
 
         async def scope() -> str:

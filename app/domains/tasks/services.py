@@ -591,11 +591,6 @@ class TaskService:
         )
 
 
-PAGE_SHAPE = "2"
-"""The shape of the stored pages' items, part of every page's name: a page stored by a release whose
-``TaskOut`` differs (before ``version``) is never served by this one, nor this one's by it."""
-
-
 async def read_list(
     conn: AsyncConnection[Any],
     project_id: int,
@@ -662,13 +657,6 @@ def is_opening_page(filters: TaskFilters, sort: TaskSort, cursor: TaskCursor | N
     return cursor is None and limit == DEFAULT_PAGE and sort == DEFAULT_SORT and filters == NO_FILTERS
 
 
-def _cache_query(filters: TaskFilters, sort: TaskSort, limit: int) -> str:
-    """The cache's name of a page: the items' shape, its filters, sort and limit (the opening page
-    keeps the name the releases that stored every first page gave it, so they share it while a
-    rolling deploy runs both)."""
-    values = (PAGE_SHAPE, *msgspec.structs.astuple(filters), sort, limit)
-    return ":".join("" if value is None else str(value) for value in values)
-
-
-OPENING_PAGE_QUERY = _cache_query(NO_FILTERS, DEFAULT_SORT, DEFAULT_PAGE)
-"""The cache's name of the opening page, the only page cached: built once, not per request."""
+OPENING_PAGE_QUERY = "opening"
+"""The cache's name of the opening page, the only page cached (the release that stored it is part of
+its key: ``StampedCache.entry_key``)."""
