@@ -7,7 +7,7 @@ publishing them without delivering them, dated now or longer than the grace ago.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -220,6 +220,34 @@ async def test_an_event_that_cannot_be_recorded_does_not_hold_the_mark_back(
     assert await feed.recover_lost_events() == 2
     assert await stored_titles(db) == ["A", "B"]
     assert await mark(db) == last[-1]
+
+
+async def test_an_event_that_cannot_be_recorded_is_found_by_halving_its_batch(
+    db: AsyncConnection[Any], feed: ActivityService, team: Team
+) -> None:
+    """Scaling review: a refused batch was retried one write per event (a thousand writes for one
+    bad payload in a step). Halving finds it in a few writes, and every other event is recorded."""
+    titles = [f"T{n}" for n in range(31)]
+    before = await emit_tasks(feed, team.editor.id, team.project, titles[:20])
+    bad = await (
+        await db.execute(
+            "insert into outbox (queue, task, payload) values ('feed', 'record_activity', %s) returning id",
+            (Jsonb({"actor_id": team.editor.id, "project_id": team.project}),),
+        )
+    ).fetchone()
+    assert bad is not None
+    after = await emit_tasks(feed, team.editor.id, team.project, titles[20:])
+    await publish(db, [*before, bad[0], *after], ago=LATER)
+    writes: list[int] = []
+
+    async def record(events: Sequence[Mapping[str, Any]]) -> int:
+        writes.append(len(events))
+        return await feed.record_batch(events)
+
+    assert await recover_lost_events(feed.db, record) == 31
+    assert sorted(await stored_titles(db)) == sorted(titles)
+    assert writes[0] == 32
+    assert len(writes) <= 1 + 2 * 5, f"{len(writes)} writes for 32 events: {writes}"
 
 
 async def test_a_row_committed_late_is_not_passed_while_its_transaction_is_open(
