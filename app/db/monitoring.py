@@ -1503,14 +1503,21 @@ async def route_latency_between(
 
 
 ROUTE_EXEMPLARS_BETWEEN = """\
-select request_id, duration_ms, status, minute
-from monitoring_route_exemplars
-where route = $1 and method = $2 and minute >= $3 and minute < $4
-order by duration_ms desc
-limit $5"""
+select wanted.route::text as route, wanted.method::text as method, slowest.request_id, slowest.duration_ms, slowest.status, slowest.minute
+from (select unnest($1::text[]) as route, unnest($2::text[]) as method) wanted
+cross join lateral (
+    select e.request_id, e.duration_ms, e.status, e.minute
+    from monitoring_route_exemplars e
+    where e.route = wanted.route and e.method = wanted.method and e.minute >= $3 and e.minute < $4
+    order by e.duration_ms desc
+    limit $5
+) slowest
+order by wanted.route, wanted.method, slowest.duration_ms desc"""
 
 
 class RouteExemplarsBetweenRow(msgspec.Struct, frozen=True, gc=False):
+    route: str
+    method: str
     request_id: str
     duration_ms: float
     status: int
@@ -1520,14 +1527,16 @@ class RouteExemplarsBetweenRow(msgspec.Struct, frozen=True, gc=False):
 async def route_exemplars_between(
     conn: AsyncConnection[Any],
     *,
-    route: str,
-    method: str,
+    routes: list[str],
+    methods: list[str],
     since: datetime,
     until: datetime,
     row_limit: int,
 ) -> list[RouteExemplarsBetweenRow]:
+    """The slowest requests of each (route, method) given, at most @row_limit each: one round trip,
+    each route read through monitoring_route_exemplars_route_idx as alone."""
     async with AsyncRawCursor(conn, row_factory=args_row(RouteExemplarsBetweenRow)) as cur:
-        await cur.execute(ROUTE_EXEMPLARS_BETWEEN, (route, method, since, until, row_limit))
+        await cur.execute(ROUTE_EXEMPLARS_BETWEEN, (routes, methods, since, until, row_limit))
         return await cur.fetchall()
 
 

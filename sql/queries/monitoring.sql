@@ -588,11 +588,18 @@ where minute >= @since and minute < @until
 group by route, method, bucket;
 
 -- name: RouteExemplarsBetween :many
-select request_id, duration_ms, status, minute
-from monitoring_route_exemplars
-where route = @route and method = @method and minute >= @since and minute < @until
-order by duration_ms desc
-limit @row_limit;
+-- The slowest requests of each (route, method) given, at most @row_limit each: one round trip,
+-- each route read through monitoring_route_exemplars_route_idx as alone.
+select wanted.route::text as route, wanted.method::text as method, slowest.request_id, slowest.duration_ms, slowest.status, slowest.minute
+from (select unnest(@routes::text[]) as route, unnest(@methods::text[]) as method) wanted
+cross join lateral (
+    select e.request_id, e.duration_ms, e.status, e.minute
+    from monitoring_route_exemplars e
+    where e.route = wanted.route and e.method = wanted.method and e.minute >= @since and e.minute < @until
+    order by e.duration_ms desc
+    limit @row_limit
+) slowest
+order by wanted.route, wanted.method, slowest.duration_ms desc;
 
 -- name: AddJobRuns :exec
 insert into monitoring_job_runs (job, minute, outcome, runs, total_ms, max_ms, max_attempts)

@@ -28,6 +28,7 @@ from app.domains.monitoring.capture import RawEvent
 from app.domains.monitoring.crons import CronSpec
 from app.domains.monitoring.delivery import DIGEST_LINES
 from app.domains.monitoring.fingerprint import RawException
+from app.domains.monitoring.performance import EXEMPLARS_PER_ROUTE
 from app.domains.monitoring.services import MonitoringService
 from app.domains.monitoring.telegram import Rendered, TelegramClient
 from app.modules import MODULES
@@ -554,6 +555,27 @@ async def test_a_slow_route_opens_a_group_with_exemplar_request_ids(
     assert (kind, title) == ("slow_route", "Slow route: GET /api/slow")
     assert context["exemplar_request_ids"][0].startswith("slow-")
     assert context["p95_ms"] >= 1200
+
+
+async def test_each_routes_exemplars_are_its_own_slowest_requests_slowest_first(
+    settings: Settings, db: AsyncConnection[Any], valkey: Valkey
+) -> None:
+    """The exemplars of every route listed are read in one query: each route (and method) gets its
+    own slowest requests, at most ``EXEMPLARS_PER_ROUTE``, and no other route's."""
+    requests = {("GET", "/api/a"): 12, ("POST", "/api/a"): 3, ("GET", "/api/b"): 8}
+    async with open_monitoring(settings) as service:
+        for (method, route), count in requests.items():
+            for n in range(count):
+                request_id = f"{method}{route}-{n}"
+                scope = {"path_template": route, "method": method, "state": {"request_id": request_id}}
+                service.latency.observe(scope, 200, 0.01 * (n + 1))  # type: ignore[arg-type]
+                await service.ship()  # a ship keeps the slowest request of each route: here, this one
+        listed = await service.route_latency(timedelta(minutes=5))
+    shown = {(r.method, r.route): [e.request_id for e in r.exemplars] for r in listed}
+    assert shown == {
+        (method, route): [f"{method}{route}-{n}" for n in range(count - 1, -1, -1)][:EXEMPLARS_PER_ROUTE]
+        for (method, route), count in requests.items()
+    }
 
 
 async def test_route_latency_counts_the_minute_its_window_begins_in(

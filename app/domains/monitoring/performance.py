@@ -17,6 +17,9 @@ from app.domains.monitoring.capture import JobOutcome, RawEvent
 from app.domains.monitoring.groups import minute_of, utc
 from app.domains.monitoring.latency import BUCKETS, Percentiles, RouteCounts, percentiles
 
+EXEMPLARS_PER_ROUTE = 5
+"""The slowest requests shown with each route's latency (their request ids lead to the logs)."""
+
 
 def window_start(moment: float, window: timedelta) -> datetime:
     """The first minute of the last ``window`` before ``moment``: the one ``moment - window`` falls in,
@@ -113,22 +116,31 @@ class Performance:
                 key = (row.method, row.route)
                 merged.setdefault(key, [0] * BUCKETS)[row.bucket] += row.requests
                 observed[key] = min(observed.get(key, row.first_minute), row.first_minute)
-            result = []
-            for (method, route), counts in merged.items():
-                stats = percentiles(counts)
-                exemplars = await queries.route_exemplars_between(
-                    uow.conn, route=route, method=method, since=since, until=until, row_limit=5
+            exemplars: dict[tuple[str, str], list[queries.RouteExemplarsBetweenRow]] = {}
+            if merged:
+                wanted = list(merged)
+                for exemplar in await queries.route_exemplars_between(
+                    uow.conn,
+                    routes=[route for _, route in wanted],
+                    methods=[method for method, _ in wanted],
+                    since=since,
+                    until=until,
+                    row_limit=EXEMPLARS_PER_ROUTE,
+                ):
+                    exemplars.setdefault((exemplar.method, exemplar.route), []).append(exemplar)
+        result = []
+        for (method, route), counts in merged.items():
+            stats = percentiles(counts)
+            result.append(
+                RouteLatency(
+                    method,
+                    route,
+                    stats,
+                    exemplars.get((method, route), []),
+                    stats.p95_ms > self.settings.monitoring_slow_p95_ms,
+                    observed[(method, route)],
                 )
-                result.append(
-                    RouteLatency(
-                        method,
-                        route,
-                        stats,
-                        exemplars,
-                        stats.p95_ms > self.settings.monitoring_slow_p95_ms,
-                        observed[(method, route)],
-                    )
-                )
+            )
         return sorted(result, key=lambda item: (-item.stats.p95_ms, item.route, item.method))
 
     async def job_runs(self, window: timedelta) -> list[queries.JobRunsBetweenRow]:
