@@ -45,6 +45,8 @@ class Result:
     postgres_cpu_us: float | None = None
     valkey_cpu_us: float | None = None
     wrk_cpu_us: float | None = None
+    sink_writes: float | None = None  # the page-view sink's writes during the measure (its /metrics)
+    sink_rows_per_write: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -81,6 +81,22 @@ def _results_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def _sink_table(results: list[Result]) -> list[str]:
+    measured = [r for r in results if r.sink_rows_per_write is not None]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "The page-view sink's writes during each measure (the project's `/metrics`, "
+        "`app_page_view_batch_rows`; a write's round trip and commit are paid once per write):",
+        "",
+        "| scenario | writes | views per write |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {r.label} | {r.sink_writes:,.0f} | {r.sink_rows_per_write:,.1f} |" for r in measured]
+    return lines
+
+
 def _memory_table(run: Run) -> list[str]:
     snapshots = [run.memory_at_start, *run.memory]
     if not any(snapshots):
@@ -149,6 +165,7 @@ def markdown(run: Run, found: list[Check]) -> str:
     lines += [f"| {name} | {value:.2f} |" for name, value in ratios(run.by_key).items()]
     lines += ["", "| target | result | measured |", "|---|---|---|"]
     lines += [f"| {c.name} | {c.status} | {c.measured} |" for c in found]
+    lines += _sink_table(run.results)
     lines += _memory_table(run)
     lines += _passes_table(run)
     lines += _profiles(run)

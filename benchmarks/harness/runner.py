@@ -7,6 +7,7 @@ import contextlib
 import os
 import platform
 import secrets
+import shutil
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -54,10 +55,17 @@ def version(package: str) -> str:
 def project_env(options: Options, services: Settings) -> dict[str, str]:
     """Production-like settings with logs at WARNING (an access-log line per request is a real cost
     at these rates) and limits no scenario reaches (the limiter still runs: its cost is measured).
-    ``APP_ENV=test`` because production mode refuses the embedded services. Everything else in the
-    environment (``SINK_FLUSHERS``, ``SINK_BATCH_SIZE``, ...) passes through, to try a setting."""
+    ``APP_ENV=test`` because production mode refuses the embedded services. The workers share a
+    fresh ``PROMETHEUS_MULTIPROC_DIR``, as deployed (``deploy/compose.yaml``): their metrics cost
+    what they cost there, and one ``/metrics`` scrape adds them all up (``sink_writes``). Everything
+    else in the environment (``SINK_FLUSHERS``, ``SINK_BATCH_SIZE``, ...) passes through, to try a
+    setting."""
     assert services.database_url and services.valkey_url
+    metrics = options.data_dir.resolve() / "metrics" / "bench"
+    shutil.rmtree(metrics, ignore_errors=True)  # prometheus_client needs it empty at the start
+    metrics.mkdir(parents=True)
     return {
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "APP_ENV": "test",
         "DATA_DIR": str(options.data_dir),
         "DATABASE_URL": services.database_url,

@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from benchmarks.harness.model import Options, Result
 from benchmarks.harness.procfs import CpuMeter
 from benchmarks.harness.provision import Site, count_rows, settled_count
@@ -177,10 +180,12 @@ def run_wrk_scenario(
     if options.warmup > 0:
         wrk(options.warmup, fixtures.sites["warmup"].key)
     before = count_rows(database_url, site.id) if scenario.stores else 0
+    sink_before = sink_writes(base) if scenario.stores and scenario.server == "project" else None
     collect_profile = profile(options.duration) if profile else None
     cpu_before = meter.sample()
     stats = wrk(options.duration, site.key)
     cpu_after = meter.sample()
+    sink_after = sink_writes(base) if sink_before is not None else None
     requests: int = stats["requests"]
     ok = requests - stats["errors_status"]
     units = ok * rows_per_request
@@ -203,8 +208,30 @@ def run_wrk_scenario(
     )
     if collect_profile is not None:
         result.detail["profile"] = collect_profile()
+    if sink_before is not None and sink_after is not None and sink_after[1] > sink_before[1]:
+        result.sink_writes = sink_after[1] - sink_before[1]
+        result.sink_rows_per_write = (sink_after[0] - sink_before[0]) / result.sink_writes
     if scenario.stores:
         result.rows_acknowledged = ok * rows_per_request
         result.rows_stored = settled_count(database_url, site.id) - before
         result.in_flight_bound = connections * rows_per_request
     return result
+
+
+def sink_writes(base: str) -> tuple[float, float] | None:
+    """(views, writes) the project's page-view sink has committed so far, over every worker: the
+    ``app_page_view_batch_rows`` histogram of its ``/metrics`` (None if it cannot be read). How many
+    views a write carries is what its fixed cost (a round trip, a commit) is divided by."""
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    views = writes = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "app_page_view_batch_rows":
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    views += sample.value
+                elif sample.name.endswith("_count"):
+                    writes += sample.value
+    return views, writes

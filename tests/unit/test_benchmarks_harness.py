@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from benchmarks.harness import procfs
 from benchmarks.harness.checks import RATIOS, TARGETS, checks, memory_check, ratios
 from benchmarks.harness.model import Result, Run
 from benchmarks.harness.profile import summarise
 from benchmarks.harness.report import chart, document, markdown
-from benchmarks.harness.scenarios import BY_KEY, SCENARIOS, select
+from benchmarks.harness.scenarios import BY_KEY, SCENARIOS, select, sink_writes
 from benchmarks.harness.servers import BenchError, ServerProcess
 from benchmarks.harness.wrk import WRK_DIR
 from benchmarks.reference.bare_litestar import create_app
@@ -227,7 +228,10 @@ def test_markdown_shows_results_ratios_targets_and_memory() -> None:
         memory=[[procfs.Memory(7, 102_400, 51_200)]],
         pending={"GET /api/feed": "no route yet"},
     )
+    ingest = run.passes[0][1]
+    ingest.sink_writes, ingest.sink_rows_per_write = 1_234, 9.26
     text = markdown(run, checks(run.by_key, run.memory))
+    assert "| health | 1,234 | 9.3 |" in text, "views per sink write"
     assert "| bare-get |  | 20,000 | req/s |" in text
     assert "| 150 + 0 + 12 + 22 |" in text, "CPU per request: server + PostgreSQL + Valkey + wrk"
     assert "| GET /health/live / bare GET | 0.50 |" in text
@@ -237,6 +241,24 @@ def test_markdown_shows_results_ratios_targets_and_memory() -> None:
     saved = json.loads(json.dumps(document(run, checks(run.by_key, run.memory)), default=str))
     assert saved["passes"][0]["results"][0]["key"] == "bare-get"
     assert saved["memory"] == [[{"pid": 7, "rss_kib": 102_400, "uss_kib": 51_200}]]
+
+
+def test_sink_writes_are_read_from_the_servers_prometheus_text() -> None:
+    """The histogram as prometheus_client serves it (buckets, ``_sum``, ``_count``, ``_created``),
+    summed over its series as a multiprocess scrape lists them."""
+    registry = CollectorRegistry()
+    rows = Histogram("app_page_view_batch_rows", "Rows per sink write", ["worker"], registry=registry)
+    for worker, sizes in {"1": [9, 7], "2": [500]}.items():
+        for size in sizes:
+            rows.labels(worker=worker).observe(size)
+    Counter("app_page_views_written", "another metric", registry=registry).inc(99)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        assert sink_writes(f"http://127.0.0.1:{server.server_port}") == (516.0, 3.0)
+    finally:
+        server.shutdown()
+        thread.join()
+    assert sink_writes("http://127.0.0.1:9") is None, "nothing listens: no figure, no failure"
 
 
 def test_chart_draws_both_units(tmp_path: Path) -> None:
