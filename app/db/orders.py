@@ -57,21 +57,30 @@ async def create_order(
         return await cur.fetchone()
 
 
-ADD_ORDER_ITEM = """\
+ADD_ORDER_ITEMS = """\
 insert into order_items (order_id, product_id, quantity, unit_price)
-values ($1, $2, $3, $4)"""
+select $1, line.product_id, line.quantity, line.unit_price
+from (
+    select unnest($2::bigint[]) as product_id,
+           unnest($3::integer[]) as quantity,
+           unnest($4::numeric[]) as unit_price
+) line
+order by line.product_id
+returning order_id, product_id, quantity, unit_price"""
 
 
-async def add_order_item(
+async def add_order_items(
     conn: AsyncConnection[Any],
     *,
     order_id: int,
-    product_id: int,
-    quantity: int,
-    unit_price: Decimal,
-) -> None:
-    async with AsyncRawCursor(conn) as cur:
-        await cur.execute(ADD_ORDER_ITEM, (order_id, product_id, quantity, unit_price))
+    product_ids: list[int],
+    quantities: list[int],
+    unit_prices: list[Decimal],
+) -> list[OrderItem]:
+    """Every line of a new order in one statement, in product-id order; the lines as stored."""
+    async with AsyncRawCursor(conn, row_factory=args_row(OrderItem)) as cur:
+        await cur.execute(ADD_ORDER_ITEMS, (order_id, product_ids, quantities, unit_prices))
+        return await cur.fetchall()
 
 
 GET_ORDER = "select id, user_id, status, total, currency, reserved_until, shortfall, created_at, updated_at from orders where id = $1"

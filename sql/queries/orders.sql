@@ -17,9 +17,17 @@ where user_id = @user_id
 insert into orders (user_id, total, currency) values (@user_id, @total, @currency)
 returning *;
 
--- name: AddOrderItem :exec
+-- name: AddOrderItems :many
+-- Every line of a new order in one statement, in product-id order; the lines as stored.
 insert into order_items (order_id, product_id, quantity, unit_price)
-values (@order_id, @product_id, @quantity, @unit_price);
+select @order_id, line.product_id, line.quantity, line.unit_price
+from (
+    select unnest(@product_ids::bigint[]) as product_id,
+           unnest(@quantities::integer[]) as quantity,
+           unnest(@unit_prices::numeric[]) as unit_price
+) line
+order by line.product_id
+returning *;
 
 -- name: GetOrder :one
 select * from orders where id = @id;

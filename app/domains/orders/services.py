@@ -248,14 +248,14 @@ class OrderService:
             uow.conn, user_id=user_id, total=total, currency=self.settings.currency
         )
         assert order is not None
-        for product_id in sorted(wanted):
-            await queries.add_order_item(
-                uow.conn,
-                order_id=order.id,
-                product_id=product_id,
-                quantity=wanted[product_id],
-                unit_price=products[product_id].price,
-            )
+        lines = sorted(wanted)
+        items = await queries.add_order_items(
+            uow.conn,
+            order_id=order.id,
+            product_ids=lines,
+            quantities=[wanted[pid] for pid in lines],
+            unit_prices=[products[pid].price for pid in lines],
+        )
         await queries.record_order_event(
             uow.conn,
             order_id=order.id,
@@ -273,7 +273,7 @@ class OrderService:
             project_id=None,
             data={"total": str(total), "lines": len(wanted)},
         )
-        items = await queries.get_order_items(uow.conn, order_id=order.id)
+        items.sort(key=lambda item: item.product_id)  # RETURNING keeps no order by itself
         body = msgspec.json.encode(OrderOut.build(order, items))
         return PlacedOrder(status_code=PLACED_STATUS, body=body, order_id=order.id, replayed=False)
 
