@@ -18,23 +18,26 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
+import psycopg
 import structlog
 from psycopg import AsyncConnection
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.core.deadline import answered_within
+from app.core.deadline import answered_within, sever
 from app.db import models
 
 T = TypeVar("T")
+RV = TypeVar("RV")
 
 log = structlog.get_logger("app.db")
 
@@ -86,9 +89,65 @@ def check_within(timeout_s: float) -> Callable[[AsyncConnection[Any]], Awaitable
     return check
 
 
-async def _configure(conn: AsyncConnection[TupleRow]) -> None:
-    await models.register_types(conn)
-    await conn.commit()
+_LONGER_STATEMENTS: ContextVar[float | None] = ContextVar("longer_statements", default=None)
+
+
+class BoundedConnection(AsyncConnection[TupleRow]):
+    """A pooled connection that waits on PostgreSQL at most ``bound_s`` at a time (``answer_bound_s``).
+
+    ``statement_timeout`` bounds a statement only while the server enforces it. A frozen server (a
+    stopped process, a stalled VM) or a network that drops every packet answers nothing, and a
+    request already inside a statement then waited as long as the fault lasted, holding its
+    connection (fault review: answered after 62 s of a 60 s freeze). Every wait of the driver on
+    this connection (a statement, a commit) now ends within the bound: there the connection is
+    severed (``app.core.deadline``: never closed under the driver) and the wait fails with
+    ``OperationalError``, which a request answers 503 and the pool discards. Work that raises its
+    own ``statement_timeout`` widens the bound as much (``statements_may_take``)."""
+
+    bound_s: float | None = None
+    """Set by the pool's ``configure`` (``create_pool``); None: unbounded, as psycopg is."""
+
+    async def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        """psycopg's ``wait`` (its own default interval), with ``timeout`` the bound unless given."""
+        bound = _LONGER_STATEMENTS.get() or self.bound_s
+        if timeout is not None or bound is None:
+            return await super().wait(gen, interval, timeout)
+        try:
+            return await super().wait(gen, interval, bound)
+        except psycopg.errors._WaitTimeout:  # psycopg's own, raised by the timeout it was given
+            sever(self)
+            raise psycopg.OperationalError(f"PostgreSQL did not answer within {bound:g}s") from None
+
+
+def answer_bound_s(settings: Settings) -> float | None:
+    """The longest a pooled connection waits on PostgreSQL: a statement's ``STATEMENT_TIMEOUT_MS``
+    (the server cuts it there itself) plus ``DATABASE_TIMEOUT_S`` for the answer to arrive; None
+    when statements are unbounded (``STATEMENT_TIMEOUT_MS=0``)."""
+    if not settings.statement_timeout_ms:
+        return None
+    return settings.statement_timeout_ms / 1000 + settings.database_timeout_s
+
+
+@contextmanager
+def statements_may_take(seconds: float) -> Iterator[None]:
+    """Within the block, the pooled connections' waits are bounded by ``seconds`` instead: for work
+    that sets a longer ``statement_timeout`` of its own (the analytics rollup), so that its client
+    does not give up on a statement the server still runs."""
+    token = _LONGER_STATEMENTS.set(seconds)
+    try:
+        yield
+    finally:
+        _LONGER_STATEMENTS.reset(token)
+
+
+def _configured(bound_s: float | None) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    async def configure(conn: AsyncConnection[Any]) -> None:
+        if isinstance(conn, BoundedConnection):
+            conn.bound_s = bound_s
+        await models.register_types(conn)
+        await conn.commit()
+
+    return configure
 
 
 SESSION_TIME_ZONE = "UTC"
@@ -127,10 +186,12 @@ def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[As
 
     ``connect_timeout`` (libpq: whole seconds, at least 2): without it, a connection attempt to a
     server that accepts and never answers waits forever, and once ``max_size`` attempts hang the
-    pool never tries again, even after the server is back. Borrowing waits ``DATABASE_TIMEOUT_S``.
+    pool never tries again, even after the server is back. Borrowing waits ``DATABASE_TIMEOUT_S``;
+    a statement waits at most ``answer_bound_s`` (``BoundedConnection``).
     """
     return AsyncConnectionPool(
         database_url,
+        connection_class=BoundedConnection,
         min_size=settings.database_pool_min,
         max_size=settings.database_pool_max,
         timeout=settings.database_timeout_s,
@@ -139,7 +200,7 @@ def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[As
             "options": session_options(settings, database_url),
             "application_name": settings.app_name,
         },
-        configure=_configure,
+        configure=_configured(answer_bound_s(settings)),
         check=check_within(settings.database_timeout_s),
         open=False,
         name="app",

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.errors import DEPENDENCY_WARN_INTERVAL_S
@@ -60,6 +61,12 @@ FAULT_ENV = {
     "HEALTH_READY_SHARED_S": "0",  # the probe right after the fault checks (sharing: test_health.py)
     "STATEMENT_TIMEOUT_MS": "5000",
 }
+
+
+FROZEN_LONGER_THAN_THE_BOUND_S = 60.0
+"""How long the test waits for the request caught inside PostgreSQL by the freeze: far past its
+bound (``STATEMENT_TIMEOUT_MS`` + ``DATABASE_TIMEOUT_S``, 7 s here), and the database stays frozen
+until it is answered."""
 
 
 def most_within(times: list[datetime], window: timedelta) -> int:
@@ -363,11 +370,43 @@ async def test_a_postgres_frozen_mid_session_gives_timely_503s_and_recovers(
         await load.stop()
     assert load.failures == [], load.failures[:10]
 
-    private_postgres.pause()
-    try:
-        await assert_unavailable_in_time(http, server, shop)
-    finally:
-        private_postgres.resume()
+    created = await http.post(
+        f"{server.base}/api/projects/{shop.project}/tasks", json={"title": "locked"}, headers=shop.headers[0]
+    )
+    assert created.status_code == 201, created.text
+    task = created.json()["id"]
+
+    async with (
+        await psycopg.AsyncConnection.connect(url) as locker,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as watcher,
+    ):
+        await locker.execute("select id from tasks where id = %s for update", (task,))
+        inside = asyncio.ensure_future(
+            http.patch(
+                f"{server.base}/api/tasks/{task}",
+                json={"title": "waits"},
+                headers=shop.headers[0],
+                timeout=FROZEN_LONGER_THAN_THE_BOUND_S,
+            )
+        )
+
+        async def waiting_on_the_lock() -> bool:
+            cur = await watcher.execute(
+                "select count(*) from pg_stat_activity"
+                " where wait_event_type = 'Lock' and datname = current_database()"
+            )
+            return (await cur.fetchone() or (0,))[0] == 1
+
+        await wait_until(waiting_on_the_lock, 30, "the PATCH waits on the task's lock inside PostgreSQL")
+        private_postgres.pause()
+        try:
+            # Fault review: a request already inside a statement waited as long as the freeze lasted
+            # (the server enforces its statement_timeout, and a frozen one enforces nothing).
+            answer = await inside
+            assert (answer.status_code, answer.headers["content-type"]) == (503, PROBLEM), answer.text
+            await assert_unavailable_in_time(http, server, shop)
+        finally:
+            private_postgres.resume()
 
     async def ready() -> bool:
         return (await readiness(http, server.base))[0] == 200
@@ -377,3 +416,5 @@ async def test_a_postgres_frozen_mid_session_gives_timely_503s_and_recovers(
         f"{server.base}/api/projects/{shop.project}/tasks", json={"title": "after"}, headers=shop.headers[0]
     )
     assert response.status_code == 201, response.text
+    unchanged = await http.get(f"{server.base}/api/tasks/{task}", headers=shop.headers[0])
+    assert unchanged.json()["title"] == "locked", "the request answered 503 changed nothing"

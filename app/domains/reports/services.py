@@ -91,7 +91,7 @@ import structlog
 from app.config import INGEST_MARGIN_S, ROLLUP_GRACE_S
 from app.core.auth import CurrentUser
 from app.core.cache import CacheNamespace
-from app.core.db import Database, UnitOfWork, every_step, purge_tables
+from app.core.db import Database, UnitOfWork, every_step, purge_tables, statements_may_take
 from app.core.errors import FieldError, InvalidFieldsError
 from app.core.pagination import InvalidCursorError, Page, paginate
 from app.core.types import ISO_DATE, whole
@@ -130,7 +130,11 @@ DAILY_TOTAL_LAG = timedelta(minutes=10)
 as the rollup's grace (which the settings keep above them) is."""
 ROLLUP_CHUNK = timedelta(hours=1)
 """The most ``received_at`` one transaction of the rollup adds (a backlog drains chunk by chunk)."""
-ROLLUP_STATEMENT_TIMEOUT = "5min"
+ROLLUP_STATEMENT_TIMEOUT_S = 300
+"""A rollup statement's ``statement_timeout`` (a backlog's chunk may take minutes, not the app's 15 s)."""
+ROLLUP_STATEMENT_TIMEOUT = f"{ROLLUP_STATEMENT_TIMEOUT_S}s"
+ROLLUP_ANSWER_MARGIN_S = 30
+"""How long past its own timeout the rollup's client waits for PostgreSQL to answer a statement."""
 PURGE_CHUNK = 10_000
 """Rollup rows deleted per transaction by the retention (``purge_rollups``): each statement stays far
 below the statement timeout, however many rows have piled up."""
@@ -327,7 +331,12 @@ class ReportService:
     async def rollup(self, now: datetime | None = None) -> int:
         """Roll up every complete step of ``received_at`` not rolled up yet; the number of raw rows
         added. Idempotent; returns 0 at once while another run holds the lock. A span where nothing
-        was received is passed over in one transaction (its hours' dimensions folded: they ended)."""
+        was received is passed over in one transaction (its hours' dimensions folded: they ended).
+        Its statements may take ``ROLLUP_STATEMENT_TIMEOUT_S``, and its client waits as long."""
+        with statements_may_take(ROLLUP_STATEMENT_TIMEOUT_S + ROLLUP_ANSWER_MARGIN_S):
+            return await self._rollup(now)
+
+    async def _rollup(self, now: datetime | None) -> int:
         target = _floor_step((now or datetime.now(UTC)) - ROLLUP_GRACE)
         total = 0
         while True:

@@ -1,0 +1,77 @@
+"""A pooled connection waits on PostgreSQL at most its bound (``app.core.db.BoundedConnection``):
+``STATEMENT_TIMEOUT_MS`` plus ``DATABASE_TIMEOUT_S``, the time a statement may run plus the time its
+answer may take to arrive.
+
+Fault review: a request already inside a statement when PostgreSQL froze waited as long as the
+freeze lasted (62 s of a 60 s freeze): ``statement_timeout`` is the server's to enforce, and a frozen
+server enforces nothing. A server that runs a statement past the bound stands for it here: the
+session's own ``statement_timeout`` is lifted inside the transaction, so only the client can end it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+import msgspec
+import psycopg
+import pytest
+
+from app.config import Settings
+from app.core.db import Pool, UnitOfWork, create_pool, reading, statements_may_take, transaction
+
+BOUND_SETTINGS = {"statement_timeout_ms": 300, "database_timeout_s": 0.2}
+"""A bound of half a second; the statements below sleep several times longer."""
+
+
+@pytest.fixture
+async def pool(settings: Settings, database_url: str) -> AsyncIterator[Pool]:
+    pool = create_pool(msgspec.structs.replace(settings, **BOUND_SETTINGS), database_url)
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+Open = Callable[[Pool], AbstractAsyncContextManager[UnitOfWork]]
+CUT = re.escape("PostgreSQL did not answer within 0.5s")
+
+
+async def sleep(pool: Pool, open_: Open, seconds: float, statement_timeout: str = "0") -> None:
+    """Run ``pg_sleep`` in a unit of work, under this session ``statement_timeout`` (0: none)."""
+    async with open_(pool) as uow:
+        await uow.conn.execute(f"set statement_timeout = '{statement_timeout}'")
+        await uow.conn.execute("select pg_sleep(%s)", (seconds,))
+        await uow.conn.execute("reset statement_timeout")
+
+
+@pytest.mark.parametrize("open_", [transaction, reading], ids=["transaction", "read"])
+async def test_a_statement_the_server_does_not_end_fails_at_the_bound_and_the_pool_recovers(
+    pool: Pool, open_: Open
+) -> None:
+    with pytest.raises(psycopg.OperationalError, match=CUT):
+        await sleep(pool, open_, 3)
+    async with open_(pool) as uow:  # the severed connection was discarded, not lent again
+        assert await (await uow.conn.execute("show statement_timeout")).fetchone() == ("300ms",)
+
+
+async def test_work_that_raises_its_own_statement_timeout_widens_the_bound(pool: Pool) -> None:
+    """The analytics rollup sets a statement timeout of minutes (``ROLLUP_STATEMENT_TIMEOUT_S``)."""
+    with statements_may_take(30):
+        await sleep(pool, transaction, 1, statement_timeout="30s")
+    with pytest.raises(psycopg.OperationalError, match=CUT):  # outside the block: the settings' bound
+        await sleep(pool, transaction, 3, statement_timeout="30s")
+
+
+async def test_without_a_statement_timeout_nothing_is_bounded(settings: Settings, database_url: str) -> None:
+    pool = create_pool(
+        msgspec.structs.replace(settings, statement_timeout_ms=0, database_timeout_s=0.2), database_url
+    )
+    await pool.open(wait=True)
+    try:
+        async with transaction(pool) as uow:
+            await uow.conn.execute("select pg_sleep(1)")
+    finally:
+        await pool.close()
