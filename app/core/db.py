@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
 from app.core.deadline import answered_within, sever
+from app.core.logging import database_reconnected
 from app.db import models
 
 T = TypeVar("T")
@@ -141,11 +142,16 @@ def statements_may_take(seconds: float) -> Iterator[None]:
 
 
 def _configured(bound_s: float | None) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    """The pool's set-up of each new connection; the first after failed attempts to connect says
+    that PostgreSQL is back, and after how long (``database_reconnected``)."""
+
     async def configure(conn: AsyncConnection[Any]) -> None:
         if isinstance(conn, BoundedConnection):
             conn.bound_s = bound_s
         await models.register_types(conn)
         await conn.commit()
+        if (failing_s := database_reconnected()) is not None:
+            log.info("database_pool_connected_again", dependency="postgresql", failing_s=round(failing_s, 3))
 
     return configure
 

@@ -338,15 +338,27 @@ class PoolLogFilter(logging.Filter):
     how many were dropped before it (``repeated``), as one event, ``database_pool_connect_failed``,
     naming the dependency and its setting with the cause (credentials masked) apart, as the jobs'
     outage lines do: the pool's own text held the cause, so no two lines had one event to group by.
-    Every other line of the pool passes as it is."""
+    Every other line of the pool passes as it is.
+
+    It also keeps when the failures began (``failing_since``), for the line that says PostgreSQL is
+    back (``reconnected``): the outage's first line said when it began, and nothing when it ended."""
 
     def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
         super().__init__()
         self.warnings = OncePerInterval(interval_s)
+        self.failing_since: float | None = None
+
+    def reconnected(self) -> float | None:
+        """Seconds since the first failed attempt to connect, if attempts failed since the last call
+        (then the count starts again); None otherwise."""
+        since, self.failing_since = self.failing_since, None
+        return None if since is None else time.monotonic() - since
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("error connecting"):
             return True
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
         repeated = self.warnings.admit()
         if repeated is None:
             return False
@@ -359,6 +371,12 @@ class PoolLogFilter(logging.Filter):
 
 
 _POOL_FILTER = PoolLogFilter()
+
+
+def database_reconnected() -> float | None:
+    """Called on each new pooled connection: how long this process's attempts to connect to
+    PostgreSQL had been failing before it (None: they were not)."""
+    return _POOL_FILTER.reconnected()
 
 
 _SHARED: list[structlog.typing.Processor] = [

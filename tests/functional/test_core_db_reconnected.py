@@ -1,0 +1,40 @@
+"""After failed attempts to connect, the first connection a pool makes says that PostgreSQL is back
+and how long the attempts failed (``database_pool_connected_again``).
+
+Fault review: the log said when an outage began (``database_pool_connect_failed``, once a minute)
+and nothing when it ended, as Valkey's breaker does (``valkey_circuit_closed``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from app.config import Settings
+from app.core.db import create_pool
+from tests.factories import captured_logs, wait_until
+
+NOBODY_LISTENS = "postgresql://app@127.0.0.1:9/app"
+
+
+async def test_the_first_connection_after_failed_attempts_says_postgres_is_back(
+    settings: Settings, database_url: str
+) -> None:
+    quick = msgspec.structs.replace(settings, database_pool_min=1, database_timeout_s=1.0)
+    with captured_logs() as logs:
+        failing = create_pool(quick, NOBODY_LISTENS)
+        await failing.open(wait=False)
+        try:
+
+            async def failed() -> bool:
+                return failing.get_stats().get("connections_errors", 0) >= 1
+
+            await wait_until(failed, 30, "the pool failed to connect")
+        finally:
+            await failing.close()
+        pool = create_pool(msgspec.structs.replace(quick, database_pool_min=2), database_url)
+        await pool.open(wait=True)
+        await pool.close()
+    lines = logs.events("database_pool_connected_again")
+    assert len(lines) == 1, "once, for the first connection only"
+    assert lines[0]["dependency"] == "postgresql"
+    assert lines[0]["failing_s"] > 0
