@@ -335,7 +335,13 @@ class PageViewSink:
 
 
 def _unavailable() -> Exception:
-    return ServiceUnavailableError("The page views could not be stored; retry.", headers={"Retry-After": "1"})
+    """A write that failed or was cut at its deadline may have committed before (fault review: a view
+    answered "could not be stored" was): the answer says so, and how to retry without a double."""
+    return ServiceUnavailableError(
+        "The database did not confirm the write: the page views may or may not be stored. Send them "
+        "again; a view that carries an event_id is stored once however often it is sent.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _expired() -> Exception:
