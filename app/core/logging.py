@@ -296,10 +296,11 @@ class SaqLogFilter(logging.Filter):
         traceback, naming the dependency and its setting. A retry is said once per interval for each
         function and error type, with how many were dropped since (``repeated``): a 50 s PostgreSQL
         pause wrote 18 warnings a minute per worker, none saying which dependency failed. A job's last
-        failure is always said (it will not run again)."""
+        failure is always said (it will not run again), unless it is a cron's: its next run comes on
+        schedule (a cron every 10 s not retried said each run of an outage)."""
         from app.core.errors import database_down
 
-        if job.retryable:
+        if job.retryable or str(job.key).startswith(CRON_KEY_PREFIX):
             repeated = self.outage_warnings.admit(f"{job.function}:{type(error).__name__}")
             if repeated is None:
                 return False
@@ -328,6 +329,9 @@ def _job_outage(error: BaseException) -> bool:
 
     return database_down(error) or isinstance(error, RedisError | ValkeyConnectionError | ValkeyTimeoutError)
 
+
+CRON_KEY_PREFIX = "cron:"
+"""The key SAQ gives the runs of a cron (``Worker.schedule``: one run queued at a time)."""
 
 _SAQ_FILTER = SaqLogFilter()
 

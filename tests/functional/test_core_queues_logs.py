@@ -165,20 +165,23 @@ def _failed_attempt(logger: logging.Logger, job: Job, error: BaseException) -> N
 
 def test_an_outage_failing_jobs_is_one_warning_per_interval_naming_the_dependency() -> None:
     """A 50 s PostgreSQL pause wrote 18 job warnings a minute per worker, none saying which dependency
-    failed (the operability reviewer). A retry is said once per function and error type per interval,
-    with the dependency, its setting and how many were dropped since; a job's last failure always; a
-    bug, a job past its time limit or a full disk as an error with its traceback, never as Valkey's."""
+    failed (the operability reviewer). A retry, or a cron's run (fault review: one every 10 s said each),
+    is said once per function and error type per interval, with the dependency, its setting and how
+    many were dropped since; another job's last failure always; a bug, a job past its time limit or
+    a full disk as an error with its traceback, never as Valkey's."""
     logger = logging.getLogger("test.saq.jobs")
     saq_filter = SaqLogFilter()  # a minute's interval, far longer than this loop
     logger.addFilter(saq_filter)
     outage = psycopg.OperationalError("connection failed: server closed the connection unexpectedly")
     cron = Job("reserve_stale_orders", key="cron:reserve_stale_orders", retries=3, attempts=1)
+    unretried_cron = Job("expire_reservations", key="cron:expire_reservations", retries=1, attempts=1)
     retried = Job("reserve_order", key="outbox:9", retries=2, attempts=1)
     last = Job("reserve_order", key="outbox:9", retries=2, attempts=2)
     try:
         with captured_logs() as logs:
             for _ in range(30):
                 _failed_attempt(logger, cron, outage)
+                _failed_attempt(logger, unretried_cron, outage)  # its next run is due on schedule
             _failed_attempt(logger, retried, outage)
             _failed_attempt(logger, last, outage)  # within the interval: a last failure is still said
             _failed_attempt(logger, last, KeyError("a bug, not an outage"))
@@ -189,6 +192,7 @@ def test_an_outage_failing_jobs_is_one_warning_per_interval_naming_the_dependenc
     lines = [line for line in logs.lines if line.get("logger") == "test.saq.jobs"]
     assert [(line["event"], line["job_function"], line["level"]) for line in lines] == [
         ("job_retrying", "reserve_stale_orders", "warning"),
+        ("job_failed", "expire_reservations", "warning"),
         ("job_retrying", "reserve_order", "warning"),
         ("job_failed", "reserve_order", "warning"),
         ("job_failed", "reserve_order", "error"),
@@ -198,7 +202,7 @@ def test_an_outage_failing_jobs_is_one_warning_per_interval_naming_the_dependenc
     first = lines[0]
     assert (first["dependency"], first["setting"]) == ("postgresql", "DATABASE_URL")
     assert first["repeated"] == 0 and "server closed" in first["cause"] and "exception" not in first
-    assert all("dependency" not in line and "Traceback" in line["exception"] for line in lines[3:])
+    assert all("dependency" not in line and "Traceback" in line["exception"] for line in lines[4:])
 
 
 async def test_what_a_job_enqueues_carries_the_request_that_caused_the_job() -> None:
