@@ -94,7 +94,7 @@ _LONGER_STATEMENTS: ContextVar[float | None] = ContextVar("longer_statements", d
 
 
 class BoundedConnection(AsyncConnection[TupleRow]):
-    """A pooled connection that waits on PostgreSQL at most ``bound_s`` at a time (``answer_bound_s``).
+    """A pooled connection that waits on PostgreSQL at most ``bound_s`` at a time.
 
     ``statement_timeout`` bounds a statement only while the server enforces it. A frozen server (a
     stopped process, a stalled VM) or a network that drops every packet answers nothing, and a
@@ -106,7 +106,8 @@ class BoundedConnection(AsyncConnection[TupleRow]):
     own ``statement_timeout`` widens the bound as much (``statements_may_take``)."""
 
     bound_s: float | None = None
-    """Set by the pool's ``configure`` (``create_pool``); None: unbounded, as psycopg is."""
+    """Set by the pool's ``configure`` from the session's own timeout (``_configured``); None:
+    unbounded, as psycopg is."""
 
     async def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
         """psycopg's ``wait`` (its own default interval), with ``timeout`` the bound unless given."""
@@ -120,13 +121,12 @@ class BoundedConnection(AsyncConnection[TupleRow]):
             raise psycopg.OperationalError(f"PostgreSQL did not answer within {bound:g}s") from None
 
 
-def answer_bound_s(settings: Settings) -> float | None:
-    """The longest a pooled connection waits on PostgreSQL: a statement's ``STATEMENT_TIMEOUT_MS``
-    (the server cuts it there itself) plus ``DATABASE_TIMEOUT_S`` for the answer to arrive; None
-    when statements are unbounded (``STATEMENT_TIMEOUT_MS=0``)."""
-    if not settings.statement_timeout_ms:
-        return None
-    return settings.statement_timeout_ms / 1000 + settings.database_timeout_s
+_SESSION_STATEMENT_TIMEOUT = (
+    "select extract(epoch from current_setting('statement_timeout')::interval)::float8"
+)
+"""The session's ``statement_timeout`` in seconds (0: none), whoever set it: ``STATEMENT_TIMEOUT_MS``,
+the ``options`` of ``DATABASE_URL`` (which win, ``session_options``), or the role's or database's
+own setting."""
 
 
 @contextmanager
@@ -141,17 +141,29 @@ def statements_may_take(seconds: float) -> Iterator[None]:
         _LONGER_STATEMENTS.reset(token)
 
 
-def _configured(bound_s: float | None) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
-    """The pool's set-up of each new connection; the first after failed attempts to connect says
+def _configured(settings: Settings, pool_name: str) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    """The pool's set-up of each new connection. Its bound is the session's ``statement_timeout``
+    (the server ends a statement there itself) plus ``DATABASE_TIMEOUT_S`` for the answer to arrive;
+    none when statements are unbounded. The first connection after failed attempts to connect says
     that PostgreSQL is back, and after how long (``database_reconnected``)."""
 
     async def configure(conn: AsyncConnection[Any]) -> None:
-        if isinstance(conn, BoundedConnection):
-            conn.bound_s = bound_s
+        if not isinstance(conn, BoundedConnection):
+            raise TypeError(f"the app's pool lends BoundedConnection, not {type(conn).__name__}")
+        if settings.statement_timeout_ms:  # meanwhile, as the settings say
+            conn.bound_s = settings.statement_timeout_ms / 1000 + settings.database_timeout_s
+        row = await (await conn.execute(_SESSION_STATEMENT_TIMEOUT)).fetchone()
+        statement_timeout_s = float(row[0]) if row is not None else 0.0
+        conn.bound_s = statement_timeout_s + settings.database_timeout_s if statement_timeout_s > 0 else None
         await models.register_types(conn)
         await conn.commit()
-        if (failing_s := database_reconnected()) is not None:
-            log.info("database_pool_connected_again", dependency="postgresql", failing_s=round(failing_s, 3))
+        if (failing_s := database_reconnected(pool_name)) is not None:
+            log.info(
+                "database_pool_connected_again",
+                dependency="postgresql",
+                pool=pool_name,
+                failing_s=round(failing_s, 3),
+            )
 
     return configure
 
@@ -187,13 +199,17 @@ def session_options(settings: Settings, database_url: str) -> str:
     return f"{ours} {theirs}" if theirs else ours
 
 
+APP_POOL = "app"
+"""The name of the app's pool (psycopg's logs name the pool)."""
+
+
 def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[AsyncConnection[Any]]:
     """A closed pool; open it in the application's lifespan (``await pool.open()``).
 
     ``connect_timeout`` (libpq: whole seconds, at least 2): without it, a connection attempt to a
     server that accepts and never answers waits forever, and once ``max_size`` attempts hang the
     pool never tries again, even after the server is back. Borrowing waits ``DATABASE_TIMEOUT_S``;
-    a statement waits at most ``answer_bound_s`` (``BoundedConnection``).
+    a statement waits at most its session's timeout plus ``DATABASE_TIMEOUT_S`` (``BoundedConnection``).
     """
     return AsyncConnectionPool(
         database_url,
@@ -206,10 +222,10 @@ def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[As
             "options": session_options(settings, database_url),
             "application_name": settings.app_name,
         },
-        configure=_configured(answer_bound_s(settings)),
+        configure=_configured(settings, APP_POOL),
         check=check_within(settings.database_timeout_s),
         open=False,
-        name="app",
+        name=APP_POOL,
     )
 
 

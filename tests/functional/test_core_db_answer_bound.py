@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 import msgspec
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from app.config import Settings
 from app.core.db import Pool, UnitOfWork, create_pool, reading, statements_may_take, transaction
@@ -63,6 +64,20 @@ async def test_work_that_raises_its_own_statement_timeout_widens_the_bound(pool:
         await sleep(pool, transaction, 1, statement_timeout="30s")
     with pytest.raises(psycopg.OperationalError, match=CUT):  # outside the block: the settings' bound
         await sleep(pool, transaction, 3, statement_timeout="30s")
+
+
+async def test_the_bound_follows_a_statement_timeout_the_database_url_sets(
+    settings: Settings, database_url: str
+) -> None:
+    """Review: the URL's ``options`` win over ``STATEMENT_TIMEOUT_MS`` (``session_options``), and a
+    statement the session still allowed was cut at the settings' bound, as an outage."""
+    longer = make_conninfo(database_url, options="-c statement_timeout=5000")
+    pool = create_pool(msgspec.structs.replace(settings, **BOUND_SETTINGS), longer)
+    await pool.open(wait=True)
+    try:
+        await sleep(pool, transaction, 1, statement_timeout="5s")
+    finally:
+        await pool.close()
 
 
 async def test_without_a_statement_timeout_nothing_is_bounded(settings: Settings, database_url: str) -> None:
