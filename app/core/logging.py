@@ -296,12 +296,19 @@ class SaqLogFilter(logging.Filter):
         traceback, naming the dependency and its setting. A retry is said once per interval for each
         function and error type, with how many were dropped since (``repeated``): a 50 s PostgreSQL
         pause wrote 18 warnings a minute per worker, none saying which dependency failed. A job's last
-        failure is always said (it will not run again), unless it is a cron's: its next run comes on
-        schedule (a cron every 10 s not retried said each run of an outage)."""
+        failure is always said (it will not run again); a cron's, whose next run comes on schedule,
+        once per interval apart from its retries (a cron every 10 s not retried said each run of an
+        outage, and a daily purge's last failure must not hide behind its first retry's line)."""
         from app.core.errors import database_down
 
-        if job.retryable or str(job.key).startswith(CRON_KEY_PREFIX):
-            repeated = self.outage_warnings.admit(f"{job.function}:{type(error).__name__}")
+        if job.retryable:
+            throttle: str | None = f"{job.function}:{type(error).__name__}"
+        elif str(job.key).startswith(CRON_KEY_PREFIX):
+            throttle = f"last:{job.function}:{type(error).__name__}"
+        else:
+            throttle = None
+        if throttle is not None:
+            repeated = self.outage_warnings.admit(throttle)
             if repeated is None:
                 return False
             record.repeated = repeated
@@ -344,25 +351,26 @@ class PoolLogFilter(logging.Filter):
     outage lines do: the pool's own text held the cause, so no two lines had one event to group by.
     Every other line of the pool passes as it is.
 
-    It also keeps when the failures began (``failing_since``), for the line that says PostgreSQL is
-    back (``reconnected``): the outage's first line said when it began, and nothing when it ended."""
+    It also keeps, per pool, when the failures began (``failing_since``), for the line that says
+    PostgreSQL is back (``reconnected``): the outage's first line said when it began, and nothing
+    when it ended."""
 
     def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
         super().__init__()
         self.warnings = OncePerInterval(interval_s)
-        self.failing_since: float | None = None
+        self.failing_since: dict[str, float] = {}
 
-    def reconnected(self) -> float | None:
-        """Seconds since the first failed attempt to connect, if attempts failed since the last call
-        (then the count starts again); None otherwise."""
-        since, self.failing_since = self.failing_since, None
+    def reconnected(self, pool: str) -> float | None:
+        """Seconds since ``pool``'s first failed attempt to connect, if its attempts failed since the
+        last call (then the count starts again); None otherwise."""
+        since = self.failing_since.pop(pool, None)
         return None if since is None else time.monotonic() - since
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("error connecting"):
             return True
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
+        pool = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
+        self.failing_since.setdefault(pool, time.monotonic())
         repeated = self.warnings.admit()
         if repeated is None:
             return False
@@ -377,10 +385,10 @@ class PoolLogFilter(logging.Filter):
 _POOL_FILTER = PoolLogFilter()
 
 
-def database_reconnected() -> float | None:
-    """Called on each new pooled connection: how long this process's attempts to connect to
-    PostgreSQL had been failing before it (None: they were not)."""
-    return _POOL_FILTER.reconnected()
+def database_reconnected(pool: str) -> float | None:
+    """Called on each new connection of ``pool``: how long its attempts to connect to PostgreSQL had
+    been failing before it (None: they were not)."""
+    return _POOL_FILTER.reconnected(pool)
 
 
 _SHARED: list[structlog.typing.Processor] = [

@@ -8,6 +8,7 @@ and nothing when it ended, as Valkey's breaker does (``valkey_circuit_closed``).
 from __future__ import annotations
 
 import msgspec
+from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
 from app.core.db import create_pool
@@ -36,5 +37,25 @@ async def test_the_first_connection_after_failed_attempts_says_postgres_is_back(
         await pool.close()
     lines = logs.events("database_pool_connected_again")
     assert len(lines) == 1, "once, for the first connection only"
-    assert lines[0]["dependency"] == "postgresql"
+    assert (lines[0]["dependency"], lines[0]["pool"]) == ("postgresql", "app")
     assert lines[0]["failing_s"] > 0
+
+
+async def test_another_pools_failures_are_not_the_app_pools(settings: Settings, database_url: str) -> None:
+    """Review: the page-view sink's pool failing made the app pool's next new connection (up to an
+    hour later) say that PostgreSQL was back."""
+    with captured_logs() as logs:
+        other = AsyncConnectionPool(NOBODY_LISTENS, min_size=1, open=False, name="pageview-sink")
+        await other.open(wait=False)
+        try:
+
+            async def failed() -> bool:
+                return other.get_stats().get("connections_errors", 0) >= 1
+
+            await wait_until(failed, 30, "the other pool failed to connect")
+        finally:
+            await other.close()
+        pool = create_pool(settings, database_url)
+        await pool.open(wait=True)
+        await pool.close()
+    assert logs.events("database_pool_connected_again") == []
