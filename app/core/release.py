@@ -17,13 +17,28 @@ import app
 
 
 def code_fingerprint(root: Path) -> str:
-    """A short digest of every Python file under ``root``, names and contents, in a fixed order.
-    The generated queries (``app/db``) are among them, so a query's change counts too."""
+    """A short digest of every Python module under ``root``, names and contents, in a fixed order.
+    The generated queries (``app/db``) are among them, so a query's change counts too.
+
+    A module is its source (``.py``), or its compiled file where an install ships no source
+    (``compileall -b``: ``.pyc`` beside where the ``.py`` was); the caches of ``__pycache__`` differ
+    between machines of one release, and never count. A file that cannot be read (an editor's lock,
+    a dangling link) does not count either: the process must start all the same."""
     digest = hashlib.blake2b(digest_size=6)
-    for path in sorted(root.rglob("*.py")):
+    sources = set(root.rglob("*.py"))
+    sourceless = {
+        path
+        for path in root.rglob("*.pyc")
+        if path.parent.name != "__pycache__" and path.with_suffix(".py") not in sources
+    }
+    for path in sorted(sources | sourceless):
+        try:
+            text = path.read_bytes()
+        except OSError:
+            continue
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        digest.update(text)
         digest.update(b"\0")
     return digest.hexdigest()
 
