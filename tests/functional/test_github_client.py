@@ -157,6 +157,24 @@ async def test_a_repository_added_after_an_unchanged_full_page_is_listed(
     assert [r.status for r in fake.recorded("/repos")] == [200, 304, 200, 200]
 
 
+async def test_a_repository_added_after_an_unchanged_short_last_page_is_listed(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    """Upstream review: GitHub may answer pages shorter than asked. A last page of seven, full for
+    its size, kept its ETag when a repository was added after it, and the repository was never
+    listed while the ETag was kept. The profile's ``public_repos`` says the listing fell short."""
+    user = fake.add_user("shorty", repos_named(14), page_size=7)
+    first, _ = await client.list_repos("shorty", Priority.INTERACTIVE, max_repos=1000, expected=14)
+    user.repos.append(FakeRepo(name="zz-newest"))  # sorts last: pages 1 and 2 unchanged
+
+    again, truncated = await client.list_repos("shorty", Priority.INTERACTIVE, max_repos=1000, expected=15)
+
+    assert len(first) == 14
+    assert len(again) == 15 and not truncated
+    assert again[-1].name == "zz-newest"
+    assert [r.status for r in fake.recorded("/repos")] == [200, 200, 304, 304, 200, 200]
+
+
 async def test_a_changed_resource_is_fetched_again(fake: FakeGitHub, client: GitHubClient) -> None:
     user = fake.add_user("changing", followers=1)
     await client.get_user("changing", Priority.INTERACTIVE)

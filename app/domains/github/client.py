@@ -512,7 +512,7 @@ class GitHubClient:
         return fetched.value
 
     async def list_repos(
-        self, username: str, priority: Priority, *, max_repos: int
+        self, username: str, priority: Priority, *, max_repos: int, expected: int = 0
     ) -> tuple[list[GithubRepo], bool]:
         """Every repository the user owns (``type=owner``), following ``link: rel="next"`` until it is
         absent or ``max_repos`` are in; returns them and whether the cap cut the list.
@@ -521,9 +521,12 @@ class GitHubClient:
         page; a next link beside it is not followed), after ``max_pages(max_repos)`` pages (then
         reported as cut), and a next link already followed is refused (``GitHubDownError``).
 
-        A page's ETag covers its body, not its ``link`` header: a full page answered 304 may have
-        gained a next page since its "no next page" was stored (repositories added after it), so
-        such a page is asked for again unconditionally (one request, only for a full last page).
+        A page's ETag covers its body, not its ``link`` header: a last page answered 304 may have
+        gained a next page since its "no next page" was stored (repositories added after it). So it
+        is asked for again unconditionally (one request) when it is full, or when the listing would
+        end short of ``expected`` (the profile's ``public_repos``): GitHub may answer pages shorter
+        than asked, and a short last page that was full for its size hid every repository added
+        after it for as long as its ETag was kept (upstream review).
 
         Pages are numbered, not anchored: a repository created (or renamed) while the pages are read,
         sorted before the page being read, shifts the rest a place, and the next page starts with the
@@ -549,7 +552,11 @@ class GitHubClient:
                 return repos[:max_repos], True
             visited.add(url)
             page = await self.get(url, list[GithubRepo], priority)
-            if page.not_modified and page.next_url is None and len(page.value) >= PER_PAGE:
+            if (
+                page.not_modified
+                and page.next_url is None
+                and (len(page.value) >= PER_PAGE or len(seen) + len(page.value) < expected)
+            ):
                 page = await self.get(url, list[GithubRepo], priority, conditional=False)
             if not page.value:
                 return repos, False

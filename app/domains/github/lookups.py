@@ -400,7 +400,9 @@ class ProfileLookups:
                 user = await self.client.get_user(login, priority)
                 max_repos = self.settings.github_max_repos
                 await self.shares.afford(pages_to_list(user.public_repos, max_repos))
-                repos, truncated = await self.client.list_repos(login, priority, max_repos=max_repos)
+                repos, truncated = await self.client.list_repos(
+                    login, priority, max_repos=max_repos, expected=user.public_repos
+                )
             except (GitHubBusyError, PayerRefusedError):
                 raise  # our queue or the payer's share, not GitHub: nothing to remember about the login
             except GitHubError as exc:
