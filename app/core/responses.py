@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from litestar.datastructures import MutableScopeHeaders
+from litestar.response import ServerSentEventMessage
 from litestar.response.base import ASGIResponse
 
-__all__ = ("STREAM_HEADERS", "JSONBytesResponse")
+__all__ = ("KEEP_ALIVE", "STREAM_HEADERS", "JSONBytesResponse")
 
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-store"}
 """The headers of every Server-Sent Events answer: a proxy passes each event on as it comes (nginx
 buffers an answer unless told), and nobody keeps a user's stream (the API's ``no-store``, where
 Litestar's ``ServerSentEvent`` sends ``no-cache``)."""
+
+KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive", data=None)
+"""What every Server-Sent Events stream sends while nothing happens: a comment line alone. Litestar's
+``data`` defaults to an empty string, whose ``data:`` line a browser's ``EventSource`` delivers as an
+empty message (upstream review: the refresh stream sent one every 15 s)."""
 
 _JSON = (b"content-type", b"application/json")
 

@@ -8,7 +8,7 @@ import pytest
 from litestar import MediaType
 from litestar.response.base import ASGIResponse
 
-from app.core.responses import JSONBytesResponse
+from app.core.responses import KEEP_ALIVE, JSONBytesResponse
 
 CASES = [(b'{"accepted":1}', 202), (b"[]", 200), (b"", 200), ('{"name":"café"}'.encode(), 200)]
 
@@ -44,3 +44,9 @@ def test_it_holds_what_the_framework_response_holds(body: bytes, status: int) ->
 async def test_it_sends_what_the_framework_response_sends(body: bytes, status: int) -> None:
     framework = ASGIResponse(body=body, status_code=status, media_type=MediaType.JSON)
     assert await _sent(JSONBytesResponse(body, status_code=status)) == await _sent(framework)
+
+
+def test_the_streams_keep_alive_is_a_comment_alone() -> None:
+    """Upstream review: the refresh stream's keep-alive also sent ``data:`` (Litestar's default,
+    an empty string), which a browser's EventSource delivers as an empty message every 15 s."""
+    assert KEEP_ALIVE.encode() == b": keep-alive\r\n\r\n"

@@ -57,6 +57,7 @@ from litestar.response import ServerSentEventMessage
 
 from app.core.auth import CurrentUser
 from app.core.errors import ending_on_outage
+from app.core.responses import KEEP_ALIVE
 from app.core.valkey import VALKEY_DOWN
 from app.domains.activity.live import Slot
 from app.domains.activity.services import CHANNEL, ActivityService, Notice
@@ -233,7 +234,7 @@ class FeedStream:
                 wake.clear()
                 self._touched = self._concerned = False  # what they announced, the check below sends
                 self._noticed = None  # the check reads alone (``ActivityService.changes``)
-                yield ServerSentEventMessage(comment="keep-alive", data=None)
+                yield KEEP_ALIVE
                 await self._refresh_scope()
                 async for message in self._send_changes():
                     yield message

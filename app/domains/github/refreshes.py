@@ -44,6 +44,7 @@ from app.core.errors import (
 )
 from app.core.kept import KeptTasks
 from app.core.modules import QueueName
+from app.core.responses import KEEP_ALIVE
 from app.core.slots import LeasedSlots, Slot
 from app.core.stops import StreamStops
 from app.db import github as queries
@@ -612,7 +613,7 @@ class Refreshes:
                             return
                     elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
                         quiet_since = time.monotonic()
-                        yield ServerSentEventMessage(comment="keep-alive")
+                        yield KEEP_ALIVE
             finally:
                 pending.cancel()
                 stop.cancel()
