@@ -400,6 +400,18 @@ async def test_a_repository_with_an_impossible_name_refuses_the_page(
             await client.list_repos("odd", INTERACTIVE, max_repos=100)
 
 
+async def test_an_account_id_past_json_and_bigint_refuses_the_profile(
+    fake: FakeGitHub, make_client: MakeClient
+) -> None:
+    """Upstream review: an id of 2^63 was stored and served, then failed the hourly snapshot cron
+    (bigint out of range) five times an hour."""
+    user = fake.add_user("huge-id")
+    user.id = 2**63
+    async with make_client() as client:
+        with pytest.raises(GitHubDownError, match="shape"):
+            await client.get_user("huge-id", INTERACTIVE)
+
+
 # -- 6. gone ------------------------------------------------------------------------------------
 
 

@@ -71,7 +71,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.logging import error_message
-from app.core.types import MAX_INT4, storable, whole
+from app.core.types import MAX_ID, MAX_INT4, storable, whole
 from app.domains.github.governor import Priority, RateLimitGovernor, WaitBudgetExceededError
 
 log = structlog.get_logger("app.github.client")
@@ -313,6 +313,10 @@ of counts this large stay far below bigint's range and JSON's exact integers (2^
 Url = Annotated[str, msgspec.Meta(max_length=LONGEST_URL)]
 Name = Annotated[str, msgspec.Meta(max_length=LONGEST_NAME)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+GithubId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+"""An account's or a repository's id: GitHub's are far below ``MAX_ID`` (JSON's exact integers, and
+within bigint, which stores them). A larger one is not GitHub's answer: refused like a count (upstream
+review: an id of 2^63 was stored and served, then failed the snapshot cron every hour)."""
 
 
 class GithubUser(msgspec.Struct, frozen=True):
@@ -325,7 +329,7 @@ class GithubUser(msgspec.Struct, frozen=True):
     same way when read. Every string is made storable on decode (``decode_answer``)."""
 
     login: Name
-    id: int
+    id: GithubId
     html_url: Url
     avatar_url: Url
     public_repos: Count
@@ -369,7 +373,7 @@ class GithubRepo(msgspec.Struct, frozen=True):
     archived: bool = False
     language: Name | None = None
     pushed_at: datetime | None = None
-    id: int | None = None
+    id: GithubId | None = None
     """GitHub's id of the repository (which its answers always carry): what tells one listed twice
     (``list_repos``). None only in profiles stored before it was kept, and those are listed afresh."""
 
