@@ -7,6 +7,8 @@ and nothing when it ended, as Valkey's breaker does (``valkey_circuit_closed``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from psycopg_pool import AsyncConnectionPool
 
@@ -17,21 +19,25 @@ from tests.factories import captured_logs, wait_until
 NOBODY_LISTENS = "postgresql://app@127.0.0.1:9/app"
 
 
+async def fail_to_connect(pool: AsyncConnectionPool[Any]) -> None:
+    """Open ``pool`` on a port nobody listens on, until its first attempt to connect has failed."""
+    await pool.open(wait=False)
+    try:
+
+        async def failed() -> bool:
+            return pool.get_stats().get("connections_errors", 0) >= 1
+
+        await wait_until(failed, 30, "the pool failed to connect")
+    finally:
+        await pool.close()
+
+
 async def test_the_first_connection_after_failed_attempts_says_postgres_is_back(
     settings: Settings, database_url: str
 ) -> None:
     quick = msgspec.structs.replace(settings, database_pool_min=1, database_timeout_s=1.0)
     with captured_logs() as logs:
-        failing = create_pool(quick, NOBODY_LISTENS)
-        await failing.open(wait=False)
-        try:
-
-            async def failed() -> bool:
-                return failing.get_stats().get("connections_errors", 0) >= 1
-
-            await wait_until(failed, 30, "the pool failed to connect")
-        finally:
-            await failing.close()
+        await fail_to_connect(create_pool(quick, NOBODY_LISTENS))
         pool = create_pool(msgspec.structs.replace(quick, database_pool_min=2), database_url)
         await pool.open(wait=True)
         await pool.close()
@@ -45,16 +51,8 @@ async def test_another_pools_failures_are_not_the_app_pools(settings: Settings, 
     """Review: the page-view sink's pool failing made the app pool's next new connection (up to an
     hour later) say that PostgreSQL was back."""
     with captured_logs() as logs:
-        other = AsyncConnectionPool(NOBODY_LISTENS, min_size=1, open=False, name="pageview-sink")
-        await other.open(wait=False)
-        try:
-
-            async def failed() -> bool:
-                return other.get_stats().get("connections_errors", 0) >= 1
-
-            await wait_until(failed, 30, "the other pool failed to connect")
-        finally:
-            await other.close()
+        sink = AsyncConnectionPool(NOBODY_LISTENS, min_size=1, open=False, name="pageview-sink")
+        await fail_to_connect(sink)
         pool = create_pool(settings, database_url)
         await pool.open(wait=True)
         await pool.close()
