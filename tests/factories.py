@@ -42,6 +42,7 @@ from structlog.stdlib import ProcessorFormatter
 
 from app.config import Settings
 from app.core.cache import Cache
+from app.core.db import Pool
 from app.core.idempotency import idempotency as idempotency_module
 from app.core.logging import configure_logging
 from app.core.migrate import MIGRATIONS_DIR
@@ -78,6 +79,9 @@ _counter = itertools.count(1)
 _run = uuid.uuid4().hex[:8]
 
 MakeCache = Callable[..., Cache]
+OpenPool = Callable[..., contextlib.AbstractAsyncContextManager[Pool]]
+"""``open_pool(database_url, **setting_changes)`` (the fixture in ``tests/functional/conftest.py``):
+the app's pool (``create_pool``) on that URL, with those settings changed, open for the block."""
 """The ``make_cache`` fixture: ``Cache(valkey, **options)``, closed after the test."""
 
 T = TypeVar("T")

@@ -7,11 +7,13 @@ puts the GitHub service on it)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import argon2
 import httpx
+import msgspec
 import pytest
 import redis.asyncio as redis
 from litestar import Litestar
@@ -20,6 +22,7 @@ from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
+from app.core.db import Pool, create_pool
 from app.core.security import Passwords
 from app.core.services import open_services
 from app.db.models import User
@@ -29,6 +32,7 @@ from app.modules import MODULES
 from tests.factories import (
     PASSWORD,
     Client,
+    OpenPool,
     Team,
     create_user,
     generous_client,
@@ -143,3 +147,17 @@ async def site_id(db: AsyncConnection[Any]) -> int:
     """A site of a new member's."""
     owner = await create_user(db)
     return (await make_site(db, owner)).id
+
+
+@pytest.fixture
+def open_pool(settings: Settings) -> OpenPool:
+    @asynccontextmanager
+    async def open_(database_url: str, **changes: Any) -> AsyncIterator[Pool]:
+        pool = create_pool(msgspec.structs.replace(settings, **changes), database_url)
+        await pool.open(wait=True)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+
+    return open_

@@ -14,26 +14,21 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
-import msgspec
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from app.config import Settings
-from app.core.db import Pool, UnitOfWork, create_pool, reading, statements_may_take, transaction
+from app.core.db import Pool, UnitOfWork, reading, statements_may_take, transaction
+from tests.factories import OpenPool
 
 BOUND_SETTINGS = {"statement_timeout_ms": 300, "database_timeout_s": 0.2}
 """A bound of half a second; the statements below sleep several times longer."""
 
 
 @pytest.fixture
-async def pool(settings: Settings, database_url: str) -> AsyncIterator[Pool]:
-    pool = create_pool(msgspec.structs.replace(settings, **BOUND_SETTINGS), database_url)
-    await pool.open(wait=True)
-    try:
+async def pool(open_pool: OpenPool, database_url: str) -> AsyncIterator[Pool]:
+    async with open_pool(database_url, **BOUND_SETTINGS) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 Open = Callable[[Pool], AbstractAsyncContextManager[UnitOfWork]]
@@ -67,26 +62,15 @@ async def test_work_that_raises_its_own_statement_timeout_widens_the_bound(pool:
 
 
 async def test_the_bound_follows_a_statement_timeout_the_database_url_sets(
-    settings: Settings, database_url: str
+    open_pool: OpenPool, database_url: str
 ) -> None:
     """Review: the URL's ``options`` win over ``STATEMENT_TIMEOUT_MS`` (``session_options``), and a
     statement the session still allowed was cut at the settings' bound, as an outage."""
     longer = make_conninfo(database_url, options="-c statement_timeout=5000")
-    pool = create_pool(msgspec.structs.replace(settings, **BOUND_SETTINGS), longer)
-    await pool.open(wait=True)
-    try:
+    async with open_pool(longer, **BOUND_SETTINGS) as pool:
         await sleep(pool, transaction, 1, statement_timeout="5s")
-    finally:
-        await pool.close()
 
 
-async def test_without_a_statement_timeout_nothing_is_bounded(settings: Settings, database_url: str) -> None:
-    pool = create_pool(
-        msgspec.structs.replace(settings, statement_timeout_ms=0, database_timeout_s=0.2), database_url
-    )
-    await pool.open(wait=True)
-    try:
-        async with transaction(pool) as uow:
-            await uow.conn.execute("select pg_sleep(1)")
-    finally:
-        await pool.close()
+async def test_without_a_statement_timeout_nothing_is_bounded(open_pool: OpenPool, database_url: str) -> None:
+    async with open_pool(database_url, statement_timeout_ms=0, database_timeout_s=0.2) as pool:
+        await sleep(pool, transaction, 1)

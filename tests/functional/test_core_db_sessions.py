@@ -3,35 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
-
-import msgspec
 import psycopg
 import pytest
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 
-from app.config import Settings
-from app.core.db import Pool, create_pool
-from tests.factories import wait_until
-
-OpenPool = Callable[..., AbstractAsyncContextManager[Pool]]
-
-
-@pytest.fixture
-def open_pool(settings: Settings) -> OpenPool:
-    @asynccontextmanager
-    async def open_(database_url: str, **changes: Any) -> AsyncIterator[Pool]:
-        pool = create_pool(msgspec.structs.replace(settings, **changes), database_url)
-        await pool.open(wait=True)
-        try:
-            yield pool
-        finally:
-            await pool.close()
-
-    return open_
+from app.core.db import Pool
+from tests.factories import OpenPool, wait_until
 
 
 async def show(pool: Pool, *names: str) -> list[str]:
