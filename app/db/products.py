@@ -161,6 +161,32 @@ async def record_stock_adjustment(
         await cur.execute(RECORD_STOCK_ADJUSTMENT, (product_id, delta, reason, actor_id, stock_after))
 
 
+RECORD_WRITE_OFF = """\
+insert into stock_adjustments (product_id, delta, reason, actor_id, stock_after)
+select p.id, -line.quantity, $1, $2, p.stock
+from (
+    select unnest($3::bigint[]) as product_id, unnest($4::integer[]) as quantity
+) line
+join products p on p.id = line.product_id
+order by p.id"""
+
+
+async def record_write_off(
+    conn: AsyncConnection[Any],
+    *,
+    reason: str,
+    actor_id: int,
+    product_ids: list[int],
+    quantities: list[int],
+) -> None:
+    """Units that leave the books without passing through the stock: a paid order's goods, damaged or
+    missing, cancelled without restocking. One removal per product, so that stock + held = initial +
+    adjustments still holds; the stock itself does not move (the units were taken from it when they
+    were reserved), so stock_after is the stock as it stands."""
+    async with AsyncRawCursor(conn) as cur:
+        await cur.execute(RECORD_WRITE_OFF, (reason, actor_id, product_ids, quantities))
+
+
 RESERVE_STOCK = """\
 update products set stock = stock - $1, updated_at = now()
 where id = $2 and stock >= $1

@@ -60,6 +60,19 @@ returning stock;
 insert into stock_adjustments (product_id, delta, reason, actor_id, stock_after)
 values (@product_id, @delta, @reason, @actor_id, @stock_after);
 
+-- name: RecordWriteOff :exec
+-- Units that leave the books without passing through the stock: a paid order's goods, damaged or
+-- missing, cancelled without restocking. One removal per product, so that stock + held = initial +
+-- adjustments still holds; the stock itself does not move (the units were taken from it when they
+-- were reserved), so stock_after is the stock as it stands.
+insert into stock_adjustments (product_id, delta, reason, actor_id, stock_after)
+select p.id, -line.quantity, @reason, @actor_id, p.stock
+from (
+    select unnest(@product_ids::bigint[]) as product_id, unnest(@quantities::integer[]) as quantity
+) line
+join products p on p.id = line.product_id
+order by p.id;
+
 -- name: ReserveStock :one
 -- Takes stock only if enough is left: safe under concurrency without reading first.
 update products set stock = stock - @quantity, updated_at = now()

@@ -275,6 +275,12 @@ async def test_an_administrator_may_cancel_a_paid_order_without_restocking(
     event = await last_event(client, buyer, order_id)
     assert "not restocked" in event["reason"] and "refund" in event["reason"], event
     assert len(await refunds_due(client, admin)) == 1
+    cur = await db.execute(
+        "select delta, reason, actor_id, stock_after from stock_adjustments where product_id = %s", (pid,)
+    )
+    assert await cur.fetchall() == [(-2, f"written off: order {order_id} cancelled", admin.id, 3)], (
+        "the units leave the books as a removal, so stock + held = initial + adjustments"
+    )
 
 
 async def test_a_paid_cancel_restocks_by_default_and_with_restock_true(

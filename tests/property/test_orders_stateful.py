@@ -1,7 +1,8 @@
 """A stateful model of orders and stock: any sequence of place / reserve / pay (the payment
 provider's signed webhook, replayed too, with wrong amounts, and before the reservation: it reserves
 the order first) / cancel (the buyer's, and an administrator's, who may cancel a paid order: its stock
-comes back and its payment becomes a refund due) / fulfil / lapse + expire / adjust keeps, per
+comes back and its payment becomes a refund due, or, written off, its units are recorded as removed) /
+fulfil / lapse + expire / adjust keeps, per
 product, ``stock + units held by reserved, paid and fulfilled orders == initial + recorded
 adjustments`` and ``stock >= 0``; each transition does what the ALLOWED table says, and an illegal
 one raises IllegalTransitionError and changes nothing.
@@ -338,6 +339,18 @@ class Shop(RuleBasedStateMachine):
         else:
             self.refused(order_id, action)
 
+    def write_off(self, order_id: int) -> None:
+        """An administrator cancels a paid order whose goods are gone (``restock=False``): the stock
+        stays as it is, and its units are recorded as removed, so the books still add up."""
+        order = self.orders[order_id]
+        assert order.status == OrderStatus.PAID
+        action = self.b.orders.cancel(order_id, self.user_id, True, restock=False)
+        assert self.b.run(action).status == OrderStatus.CANCELLED
+        for pid, qty in order.lines.items():
+            self.adjusted[pid] -= qty
+        event("paid -> cancelled, written off")
+        self.moved(order, OrderStatus.CANCELLED)
+
     def fulfil(self, order_id: int) -> None:
         order = self.orders[order_id]
         action = self.b.orders.fulfil(order_id, self.user_id)
@@ -382,6 +395,11 @@ class Shop(RuleBasedStateMachine):
     @rule(index=st.integers(0, 1000))
     def cancel_paid(self, index: int) -> None:
         self.cancel_as_admin(self.pick(index, OrderStatus.PAID))
+
+    @precondition(lambda self: self.having(OrderStatus.PAID))
+    @rule(index=st.integers(0, 1000))
+    def write_off_paid(self, index: int) -> None:
+        self.write_off(self.pick(index, OrderStatus.PAID))
 
     @precondition(lambda self: self.having(OrderStatus.RESERVED))
     @rule(index=st.integers(0, 1000))

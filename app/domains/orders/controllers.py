@@ -152,10 +152,11 @@ class OrdersController(Controller):
         "`/api/admin/payments/refunds-due`, marked at `/api/admin/payments/refunded`); the order's "
         "history records the administrator and the payment. `restock=false` (administrators, paid "
         "orders) keeps the units off sale when the goods are damaged or missing; the history says "
-        "whether they were restocked. An order paid before payment ids were recorded is cancelled "
-        "too, but no refund can be listed (the operators' log says to return it at the provider by "
-        "hand). A fulfilled order cannot be cancelled (409). Cancelled is final: a second cancel is "
-        "409 and gives nothing back again. No request body.",
+        "whether they were restocked, and units not restocked are recorded as a stock adjustment "
+        "(a removal, reason `written off: order N cancelled`). An order paid before payment ids "
+        "were recorded is cancelled too, but no refund can be listed (the operators' log says to "
+        "return it at the provider by hand). A fulfilled order cannot be cancelled (409). Cancelled "
+        "is final: a second cancel is 409 and gives nothing back again. No request body.",
         responses={
             **problems(401, 404, 429),
             409: ResponseSpec(

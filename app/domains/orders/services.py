@@ -530,7 +530,8 @@ class OrderService:
         ``restock`` is false (it leaves ``paid`` once: cancelled is final), and the event whose payment
         paid it becomes a ``refund-due`` (``QueueRefundOfPayingPayment``), so that the refunds-due list
         names it and ``mark_refunded`` marks it, unchanged; the order's history says why it is due and
-        whether the units were restocked. An order paid
+        whether the units were restocked; units not restocked are recorded as a removal in the stock
+        adjustments (``write_off``), the books' record of stock that leaves otherwise. An order paid
         through the release before payment ids were stored (``PayingPaymentKnown`` false) is
         cancelled all the same, since its goods cannot ship either way, but no list can name its
         payment: the log says that no refund was queued, to be made at the provider by hand (the
@@ -542,6 +543,10 @@ class OrderService:
         paying = await queries.queue_refund_of_paying_payment(uow.conn, order_id=order.id)
         if restock:
             await self._release_stock(uow, order.id)
+        else:
+            items = await queries.get_order_items(uow.conn, order_id=order.id)
+            units = {item.product_id: item.quantity for item in items}
+            await self.products.write_off(uow, units, actor, f"written off: order {order.id} cancelled")
         refund_due = paying is not None and paying.payment_id is not None
         stock = "units restocked" if restock else "units not restocked (goods damaged or missing)"
         if paying is not None and refund_due:

@@ -282,6 +282,15 @@ class ProductService:
         await queries.release_stock(uow.conn, quantity=quantity, id=product_id)
         uow.after_commit(partial(self.cache.invalidate, _product_key(product_id)))
 
+    async def write_off(self, uow: UnitOfWork, units: dict[int, int], actor: int, reason: str) -> None:
+        """Record ``units`` (product id → quantity) held by an order as gone, never to come back to
+        stock (a paid order's goods, damaged or missing): a removal per product in the adjustments'
+        audit trail, the stock unchanged (it left the stock when it was reserved)."""
+        ids = sorted(units)
+        await queries.record_write_off(
+            uow.conn, reason=reason, actor_id=actor, product_ids=ids, quantities=[units[i] for i in ids]
+        )
+
 
 _AUDITED = ("name", "price", "active")
 
