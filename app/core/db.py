@@ -17,6 +17,7 @@ still holds the same mapping.
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -30,11 +31,11 @@ from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
 from app.core.deadline import answered_within, sever
-from app.core.logging import database_reconnected
+from app.core.logging import error_message
 from app.db import models
 
 T = TypeVar("T")
@@ -141,11 +142,10 @@ def statements_may_take(seconds: float) -> Iterator[None]:
         _LONGER_STATEMENTS.reset(token)
 
 
-def _configured(settings: Settings, pool_name: str) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+def _configured(settings: Settings) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
     """The pool's set-up of each new connection. Its bound is the session's ``statement_timeout``
     (the server ends a statement there itself) plus ``DATABASE_TIMEOUT_S`` for the answer to arrive;
-    none when statements are unbounded. The first connection after failed attempts to connect says
-    that PostgreSQL is back, and after how long (``database_reconnected``)."""
+    none when statements are unbounded."""
 
     async def configure(conn: AsyncConnection[Any]) -> None:
         if not isinstance(conn, BoundedConnection):
@@ -157,15 +157,86 @@ def _configured(settings: Settings, pool_name: str) -> Callable[[AsyncConnection
         conn.bound_s = statement_timeout_s + settings.database_timeout_s if statement_timeout_s > 0 else None
         await models.register_types(conn)
         await conn.commit()
-        if (failing_s := database_reconnected(pool_name)) is not None:
+
+    return configure
+
+
+_LENT: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
+"""Connections of each pool lent out now (through ``lend``): psycopg's pool tells how many it keeps
+(``pool_size``), not how many are in use, and keeps counting a lost connection while it fails to
+replace it, so a pool grown to its maximum before PostgreSQL went away looked full."""
+
+
+class DatabaseUnreachable(PoolTimeout):
+    """No connection to lend while the pool's attempts to connect to PostgreSQL fail
+    (``FailFastPool``): a ``PoolTimeout`` (what every caller already answers as PostgreSQL
+    unavailable) that names the failures' cause and age instead of a wait."""
+
+
+UNREACHABLE_WAIT_S = 0.1
+"""How long a borrower waits for a connection while the pool cannot connect and none is lent out
+(``FailFastPool``): long enough for an attempt under way to land, far short of ``DATABASE_TIMEOUT_S``."""
+
+
+class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """psycopg's pool, which knows when it cannot connect and then does not keep borrowers waiting.
+
+    While PostgreSQL refused connections (stopped, restarting, out of ``max_connections``), every
+    request waited the whole ``DATABASE_TIMEOUT_S`` (5 s) for a connection that could not come, and
+    readiness said ``timeout`` as for a frozen server (fault review). From a failed attempt to connect
+    until the next that succeeds (``unreachable``), a borrower that finds no connection while none is
+    lent out (none can come back) waits ``UNREACHABLE_WAIT_S`` only, then fails with
+    ``DatabaseUnreachable``, which says why (refused, or the connect timeout of a server that accepts
+    and never answers). With connections lent out it waits as ever: under load they come back (one
+    failed attempt to grow must not turn a busy pool's queue into 503s), and on a frozen server they
+    are severed at their bound (``BoundedConnection``), after which borrowers fail fast too.
+
+    The pool keeps trying meanwhile, as psycopg's does: each lost connection is replaced with
+    exponential backoff for ``reconnect_timeout``, and a borrower that finds the pool below its size
+    starts another attempt. The first connection after failed attempts logs that PostgreSQL is back,
+    and after how long (``database_pool_connected_again``): the log said when an outage began
+    (``database_pool_connect_failed``) and nothing when it ended.
+
+    ``_connect`` is psycopg_pool's own (every new connection, the pool's growth and its
+    replacements, goes through it), overridden to observe its outcome; ``test_core_db_refused.py``
+    checks that the pinned version still calls it."""
+
+    unreachable: tuple[float, str] | None = None
+    """Since when (``time.monotonic``) the attempts to connect fail, and the last one's cause."""
+
+    async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        try:
+            conn = await super()._connect(timeout)
+        except Exception as exc:
+            since = self.unreachable[0] if self.unreachable is not None else time.monotonic()
+            self.unreachable = (since, error_message(exc))
+            raise
+        if self.unreachable is not None:
+            failing_s = time.monotonic() - self.unreachable[0]
+            self.unreachable = None
             log.info(
                 "database_pool_connected_again",
                 dependency="postgresql",
-                pool=pool_name,
+                pool=self.name,
                 failing_s=round(failing_s, 3),
             )
+        return conn
 
-    return configure
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        if self.unreachable is None or _LENT.get(self, 0):
+            return await super().getconn(timeout)
+        try:
+            return await super().getconn(
+                min(UNREACHABLE_WAIT_S, self.timeout if timeout is None else timeout)
+            )
+        except PoolTimeout:
+            if (unreachable := self.unreachable) is None:  # back meanwhile, yet nothing came free
+                raise
+            since, cause = unreachable
+            raise DatabaseUnreachable(
+                f"the pool's attempts to connect to PostgreSQL fail (for {time.monotonic() - since:.0f}s): "
+                f"{cause}"
+            ) from None
 
 
 SESSION_TIME_ZONE = "UTC"
@@ -203,7 +274,7 @@ APP_POOL = "app"
 """The name of the app's pool (psycopg's logs name the pool)."""
 
 
-def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[AsyncConnection[Any]]:
+def create_pool(settings: Settings, database_url: str) -> FailFastPool:
     """A closed pool; open it in the application's lifespan (``await pool.open()``).
 
     ``connect_timeout`` (libpq: whole seconds, at least 2): without it, a connection attempt to a
@@ -211,7 +282,7 @@ def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[As
     pool never tries again, even after the server is back. Borrowing waits ``DATABASE_TIMEOUT_S``;
     a statement waits at most its session's timeout plus ``DATABASE_TIMEOUT_S`` (``BoundedConnection``).
     """
-    return AsyncConnectionPool(
+    return FailFastPool(
         database_url,
         connection_class=BoundedConnection,
         min_size=settings.database_pool_min,
@@ -222,7 +293,7 @@ def create_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[As
             "options": session_options(settings, database_url),
             "application_name": settings.app_name,
         },
-        configure=_configured(settings, APP_POOL),
+        configure=_configured(settings),
         check=check_within(settings.database_timeout_s),
         open=False,
         name=APP_POOL,
@@ -243,12 +314,6 @@ def watch_database_use(state: dict[str, Any]) -> Token[dict[str, Any] | None]:
 
 def unwatch_database_use(token: Token[dict[str, Any] | None]) -> None:
     _WATCHED_STATE.reset(token)
-
-
-_LENT: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
-"""Connections of each pool lent out now (through ``lend``): psycopg's pool tells how many it keeps
-(``pool_size``), not how many are in use, and keeps counting a lost connection while it fails to
-replace it, so a pool grown to its maximum before PostgreSQL went away looked full."""
 
 
 @asynccontextmanager

@@ -114,7 +114,8 @@ def database_down(exc: BaseException) -> bool:
 def dependency_of(exc: BaseException) -> str:
     """``postgresql`` or ``valkey``: which backing service ``exc`` says is unreachable."""
     module = type(exc).__module__
-    return "postgresql" if module.startswith(("psycopg", "psycopg_pool")) else "valkey"
+    database = isinstance(exc, psycopg.Error) or module.startswith(("psycopg", "psycopg_pool"))
+    return "postgresql" if database else "valkey"
 
 
 def report_dependency_down(

@@ -349,28 +349,16 @@ class PoolLogFilter(logging.Filter):
     how many were dropped before it (``repeated``), as one event, ``database_pool_connect_failed``,
     naming the dependency and its setting with the cause (credentials masked) apart, as the jobs'
     outage lines do: the pool's own text held the cause, so no two lines had one event to group by.
-    Every other line of the pool passes as it is.
-
-    It also keeps, per pool, when the failures began (``failing_since``), for the line that says
-    PostgreSQL is back (``reconnected``): the outage's first line said when it began, and nothing
-    when it ended."""
+    Every other line of the pool passes as it is. (The line that says PostgreSQL is back is the
+    app pool's own: ``app.core.db.FailFastPool``.)"""
 
     def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
         super().__init__()
         self.warnings = OncePerInterval(interval_s)
-        self.failing_since: dict[str, float] = {}
-
-    def reconnected(self, pool: str) -> float | None:
-        """Seconds since ``pool``'s first failed attempt to connect, if its attempts failed since the
-        last call (then the count starts again); None otherwise."""
-        since = self.failing_since.pop(pool, None)
-        return None if since is None else time.monotonic() - since
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("error connecting"):
             return True
-        pool = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
-        self.failing_since.setdefault(pool, time.monotonic())
         repeated = self.warnings.admit()
         if repeated is None:
             return False
@@ -383,12 +371,6 @@ class PoolLogFilter(logging.Filter):
 
 
 _POOL_FILTER = PoolLogFilter()
-
-
-def database_reconnected(pool: str) -> float | None:
-    """Called on each new connection of ``pool``: how long its attempts to connect to PostgreSQL had
-    been failing before it (None: they were not)."""
-    return _POOL_FILTER.reconnected(pool)
 
 
 _SHARED: list[structlog.typing.Processor] = [

@@ -1,0 +1,138 @@
+"""While the app pool's attempts to connect to PostgreSQL fail, a borrower that could only wait is
+told so at once (``FailFastPool``, ``DatabaseUnreachable``), and the first connection afterwards says
+that PostgreSQL is back and how long the attempts failed (``database_pool_connected_again``).
+
+Fault review: while PostgreSQL refused connections, every request waited the whole
+``DATABASE_TIMEOUT_S`` for a connection that could not come, readiness said ``timeout`` as for a
+frozen server, and nothing in the log said when the outage ended.
+
+The pools here connect to a port nobody listens on (refused at once), or to the session's database;
+switching a pool's ``conninfo`` between the two is an outage that begins or ends. The borrowers'
+``DATABASE_TIMEOUT_S`` is far longer than any wait these tests allow: a borrower kept waiting for it
+fails the test by its exception (``PoolTimeout`` after the whole wait, not ``DatabaseUnreachable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from app.config import Settings
+from app.core.db import DatabaseUnreachable, FailFastPool, create_pool, lend
+from tests.factories import captured_logs, wait_until
+
+NOBODY_LISTENS = "postgresql://app@127.0.0.1:9/app"
+LONG_WAIT_S = 30.0
+"""``DATABASE_TIMEOUT_S`` of these pools: what a borrower would wait without the fail-fast."""
+
+
+def patient(settings: Settings, **changes: Any) -> Settings:
+    return msgspec.structs.replace(settings, database_timeout_s=LONG_WAIT_S, **changes)
+
+
+async def refused(pool: FailFastPool) -> None:
+    """Until the pool has seen an attempt to connect fail."""
+
+    async def seen() -> bool:
+        return pool.unreachable is not None
+
+    await wait_until(seen, 30, "the pool failed to connect")
+
+
+async def borrowed(pool: AsyncConnectionPool[Any], timeout: float = 1.0) -> bool:
+    """Whether a borrower got a working connection within ``timeout``."""
+    try:
+        async with lend(pool, timeout=timeout) as conn:
+            await conn.execute("select 1")
+    except PoolTimeout:
+        return False
+    return True
+
+
+async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(settings: Settings) -> None:
+    pool = create_pool(patient(settings, database_pool_min=1), NOBODY_LISTENS)
+    await pool.open(wait=False)
+    try:
+        await refused(pool)
+        for _ in range(3):  # every borrower, not the first only
+            with pytest.raises(DatabaseUnreachable) as caught:
+                async with lend(pool):
+                    pass
+            assert "attempts to connect to PostgreSQL fail" in str(caught.value)
+            assert "refused" in str(caught.value).rsplit(": ", 1)[1].lower(), "the cause is named"
+        with pytest.raises(DatabaseUnreachable):  # a caller's own deadline too (readiness)
+            async with lend(pool, timeout=LONG_WAIT_S):
+                pass
+    finally:
+        await pool.close()
+
+
+async def test_a_borrower_waits_as_ever_while_a_connection_is_lent_out(
+    settings: Settings, database_url: str
+) -> None:
+    """Under load a lent connection comes back: one failed attempt to grow the pool must not turn
+    its queue into refusals."""
+    pool = create_pool(patient(settings, database_pool_min=1, database_pool_max=2), database_url)
+    await pool.open(wait=True)
+    try:
+        async with lend(pool) as held:
+            pool.conninfo = NOBODY_LISTENS
+            with pytest.raises(PoolTimeout):  # it asks the pool to grow, which fails
+                async with lend(pool, timeout=0.5):
+                    pass
+            await refused(pool)
+            waiting = asyncio.ensure_future(borrowed(pool, timeout=LONG_WAIT_S))
+            await held.execute("select pg_sleep(0.5)")  # a slow request, longer than UNREACHABLE_WAIT_S
+        assert await waiting, "the borrower got the connection given back"
+    finally:
+        await pool.close()
+
+
+async def test_the_pool_lends_again_and_says_postgres_is_back(settings: Settings, database_url: str) -> None:
+    pool = create_pool(patient(settings, database_pool_min=1), NOBODY_LISTENS)
+    with captured_logs() as logs:
+        await pool.open(wait=False)
+        try:
+            await refused(pool)
+            pool.conninfo = database_url
+
+            async def back() -> bool:
+                try:
+                    return await borrowed(pool)
+                except DatabaseUnreachable:
+                    return False
+
+            await wait_until(back, 60, "the pool lends a connection again")
+            assert pool.unreachable is None
+            assert await borrowed(pool)
+        finally:
+            await pool.close()
+    lines = logs.events("database_pool_connected_again")
+    assert len(lines) == 1, "once, for the first connection only"
+    assert (lines[0]["dependency"], lines[0]["pool"]) == ("postgresql", "app")
+    assert lines[0]["failing_s"] > 0
+
+
+async def test_another_pools_failures_are_not_the_app_pools(settings: Settings, database_url: str) -> None:
+    """Review: the page-view sink's pool failing made the app pool's next new connection (up to an
+    hour later) say that PostgreSQL was back."""
+    with captured_logs() as logs:
+        sink = AsyncConnectionPool(NOBODY_LISTENS, min_size=1, open=False, name="pageview-sink")
+        await sink.open(wait=False)
+        try:
+
+            async def failed() -> bool:
+                return sink.get_stats().get("connections_errors", 0) >= 1
+
+            await wait_until(failed, 30, "the sink's pool failed to connect")
+        finally:
+            await sink.close()
+        pool = create_pool(settings, database_url)
+        await pool.open(wait=True)
+        assert await borrowed(pool)
+        await pool.close()
+    assert logs.events("database_pool_connected_again") == []
