@@ -181,8 +181,10 @@ _RECORD_FIELDS = (
     "setting",
     "cause",
     "repeated",
+    "reason",
 )
-"""What the filters (``SaqLogFilter``, ``PoolLogFilter``) set on a standard-library record, rendered."""
+"""What the filters (``SaqLogFilter``, ``PoolLogFilter``, ``DiscardedConnectionLogFilter``) set on a
+standard-library record, rendered."""
 UPKEEP_WARN_INTERVAL_S = 60.0
 """A failing SAQ upkeep (its timers run every second or few, per queue) is logged once per interval."""
 POOL_WARN_INTERVAL_S = 60.0
@@ -373,6 +375,54 @@ class PoolLogFilter(logging.Filter):
 _POOL_FILTER = PoolLogFilter()
 
 
+DISCARDED_CONNECTION_LINES = (
+    "error ignored in rollback",
+    "closing returned connection",
+    "discarding closed connection",
+    "discarding broken connection",
+    "rolling back returned connection",
+    "rollback failed",
+    "error resetting connection",
+    "query cancellation failed",
+)
+"""How psycopg's warnings about one connection lost or given up on begin (``psycopg``,
+``psycopg.transaction``, ``psycopg.pool``)."""
+
+
+class DiscardedConnectionLogFilter(logging.Filter):
+    """psycopg warns about each connection it gives up on: a rollback that fails on a connection cut
+    mid-statement (by the transaction and the connection, each), the pool closing it when it comes
+    back. When PostgreSQL freezes, every request in flight is cut at its bound, and those are three
+    lines of psycopg's text per request, while the request's own 503 is already logged with its
+    cause, once a minute (``dependency_unavailable``). The first of each kind per ``interval_s`` is
+    kept, as one event, ``database_connection_discarded``, with psycopg's text (``cause``) and how
+    many were dropped before it (``repeated``); every other line of psycopg passes as it is."""
+
+    def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
+        super().__init__()
+        self.warnings = OncePerInterval(interval_s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        reason = next((line for line in DISCARDED_CONNECTION_LINES if text.startswith(line)), None)
+        if reason is None:
+            return True
+        repeated = self.warnings.admit(reason)
+        if repeated is None:
+            return False
+        cause = record.getMessage()
+        record.msg, record.args = "database_connection_discarded", ()
+        record.dependency, record.reason = "postgresql", reason
+        record.cause = scrub_text(cause)[:ERROR_MESSAGE_MAX_LENGTH]
+        record.repeated = repeated
+        return True
+
+
+_DISCARD_FILTER = DiscardedConnectionLogFilter()
+_PSYCOPG_LOGGERS = ("psycopg", "psycopg.transaction", "psycopg.pool")
+"""The loggers psycopg warns on (a filter applies to its own logger's records only)."""
+
+
 _SHARED: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     _add_request_id,
@@ -459,6 +509,10 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     pool = logging.getLogger("psycopg.pool")
     if _POOL_FILTER not in pool.filters:
         pool.addFilter(_POOL_FILTER)
+    for name in _PSYCOPG_LOGGERS:
+        psycopg_logger = logging.getLogger(name)
+        if _DISCARD_FILTER not in psycopg_logger.filters:
+            psycopg_logger.addFilter(_DISCARD_FILTER)
     # stamina (the GitHub client's retries) logged each scheduled retry as a warning, two per failed
     # request, without the host or the error: the client counts them (github_retries_total) and its
     # caller logs the outcome once, with its cause.

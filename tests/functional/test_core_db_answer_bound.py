@@ -19,7 +19,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from app.core.db import Pool, UnitOfWork, reading, statements_may_take, transaction
-from tests.factories import OpenPool
+from tests.factories import OpenPool, captured_logs
 
 BOUND_SETTINGS = {"statement_timeout_ms": 300, "database_timeout_s": 0.2}
 """A bound of half a second; the statements below sleep several times longer."""
@@ -51,6 +51,22 @@ async def test_a_statement_the_server_does_not_end_fails_at_the_bound_and_the_po
         await sleep(pool, open_, 3)
     async with open_(pool) as uow:  # the severed connection was discarded, not lent again
         assert await (await uow.conn.execute("show statement_timeout")).fetchone() == ("300ms",)
+
+
+async def test_cut_statements_leave_one_line_of_psycopgs_per_kind_and_interval(pool: Pool) -> None:
+    """Review: each cut statement logged psycopg's own warnings (a failed rollback, twice, and the pool
+    closing the connection), about three lines per request in flight when PostgreSQL freezes.
+    ``DiscardedConnectionLogFilter`` keeps one per kind a minute, whatever came before in the session."""
+    with captured_logs() as logs:
+        for _ in range(3):
+            with pytest.raises(psycopg.OperationalError, match=CUT):
+                await sleep(pool, transaction, 3)
+        async with transaction(pool) as uow:  # the pool is done with the cut connections
+            await uow.conn.execute("select 1")
+    said = [line for line in logs.lines if line.get("logger", "").startswith("psycopg")]
+    assert all(line["event"] == "database_connection_discarded" for line in said), said
+    reasons = [line["reason"] for line in said]
+    assert len(reasons) == len(set(reasons)), said
 
 
 async def test_work_that_raises_its_own_statement_timeout_widens_the_bound(pool: Pool) -> None:

@@ -1,12 +1,13 @@
 """psycopg's pool warned at every failed attempt to connect, about once a second while PostgreSQL
 was away (75 lines in a 70 s outage): ``PoolLogFilter`` keeps one a minute, saying how many it
-dropped before it."""
+dropped before it. Its warnings about each connection given up on (a cut statement's failed
+rollbacks, the pool closing it) are kept once a minute per kind (``DiscardedConnectionLogFilter``)."""
 
 from __future__ import annotations
 
 import logging
 
-from app.core.logging import PoolLogFilter, configure_logging
+from app.core.logging import DiscardedConnectionLogFilter, PoolLogFilter, configure_logging
 
 
 def record(message: str) -> logging.LogRecord:
@@ -46,3 +47,33 @@ def test_the_pools_logger_has_the_filter_once_configured() -> None:
     configure_logging("WARNING")
     filters = logging.getLogger("psycopg.pool").filters
     assert len([f for f in filters if isinstance(f, PoolLogFilter)]) == 1
+
+
+def test_one_line_per_kind_of_discarded_connection_a_minute_with_the_count_dropped() -> None:
+    discards = DiscardedConnectionLogFilter(interval_s=3600)
+    rollback = "error ignored in rollback on %s: %s"
+    kept = [
+        discards.filter(
+            logging.LogRecord(
+                "psycopg", logging.WARNING, __file__, 1, rollback, ("<conn>", "in progress"), None
+            )
+        )
+        for _ in range(3)
+    ]
+    closing = record("closing returned connection: <conn>")
+    assert kept == [True, False, False] and discards.filter(closing), "each kind has its own minute"
+    assert closing.getMessage() == "database_connection_discarded"
+    assert closing.reason == "closing returned connection"  # type: ignore[attr-defined]
+    assert discards.filter(record("connection given by 'app'")), "other lines pass as they are"
+    discards.warnings.interval_s = 0
+    later = logging.LogRecord("psycopg", logging.WARNING, __file__, 1, rollback, ("<conn>", "x"), None)
+    assert discards.filter(later) and later.repeated == 2  # type: ignore[attr-defined]
+    assert later.cause == "error ignored in rollback on <conn>: x"  # type: ignore[attr-defined]
+
+
+def test_psycopgs_loggers_have_the_discard_filter_once_configured() -> None:
+    configure_logging("WARNING")
+    configure_logging("WARNING")
+    for name in ("psycopg", "psycopg.transaction", "psycopg.pool"):
+        filters = logging.getLogger(name).filters
+        assert len([f for f in filters if isinstance(f, DiscardedConnectionLogFilter)]) == 1, name
