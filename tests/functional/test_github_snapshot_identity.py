@@ -132,7 +132,7 @@ async def test_a_login_gone_from_github_is_asked_once_per_snapshot_day_not_in_ev
                 taken.append(await snapshot_github_profiles(ctx))
                 # The "no such user" memory (GITHUB_NOT_FOUND_TTL_S, real seconds) lapses between
                 # hourly runs; here the clock is fake, so it is let go by hand.
-                await valkey.delete("github:missing:soon-gone", "github:failed:soon-gone")
+                await valkey.delete("github:missing:soon-gone", github.lookups.failed_key("soon-gone"))
                 clock.now += timedelta(hours=1)
         still_tracked = await github.list_tracked(owner.id, after_id=0, limit=10)
 
@@ -162,7 +162,7 @@ async def test_an_outage_settles_nothing_the_next_run_takes_the_login_again(
         fake.fail(502, times=100)
         assert await snapshot_github_profiles(ctx) == 0
         fake.recover()
-        await valkey.delete("github:failed:waits-out")
+        await valkey.delete(github.lookups.failed_key("waits-out"))
         clock.now += timedelta(hours=1)
         assert await snapshot_github_profiles(ctx) == 1
 
@@ -194,7 +194,7 @@ async def test_an_answer_that_is_not_githubs_holds_the_login_back_for_hours_and_
             clock.now = datetime.combine(first_day + timedelta(days=day), time(5), tzinfo=UTC)
             for _ in range(3):
                 taken.append(await snapshot_github_profiles(ctx))
-                await valkey.delete("github:failed:absurd")  # the 10-second memory, lapsed
+                await valkey.delete(github.lookups.failed_key("absurd"))  # the 10-second memory, lapsed
                 clock.now += timedelta(hours=1)
 
     assert taken == [1, 0, 0] * 2
@@ -260,7 +260,7 @@ async def test_answers_refused_three_in_a_row_pause_the_run_and_lose_nobody_the_
         with captured_logs() as logs:
             assert await snapshot_github_profiles(ctx) == 0
         fake.recover()
-        await valkey.delete(*(f"github:failed:{login}" for login in logins))
+        await valkey.delete(*(github.lookups.failed_key(login) for login in logins))
         clock.now += timedelta(hours=1)
         assert await snapshot_github_profiles(ctx) == 1  # the three refused wait their hours
         clock.now += timedelta(seconds=REFUSED_RETRY_S)
@@ -343,7 +343,7 @@ async def test_a_refusal_late_in_the_snapshot_day_gets_a_last_try_in_its_last_ho
         runs = []
         for _ in range(6):  # 22:30 ... 03:30, the day's last hour
             runs.append(await snapshot_github_profiles({"services": services}))
-            await valkey.delete("github:failed:late")
+            await valkey.delete(github.lookups.failed_key("late"))
             clock.now += timedelta(hours=1)
 
     assert runs == [0, 0, 0, 0, 0, 1]

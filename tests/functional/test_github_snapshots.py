@@ -220,7 +220,9 @@ async def test_a_github_outage_stops_the_run_and_the_next_run_takes_every_snapsh
         assert 0 < asked_in_the_outage <= configured.github_retry_attempts  # one login's retries
         fake.recover()
         clock.now += timedelta(hours=1)
-        await valkey.delete(f"github:failed:{logins[0]}")  # the failure's memory (up to 60 s) is over by then
+        await valkey.delete(
+            github.lookups.failed_key(logins[0])
+        )  # the failure's memory (up to 60 s) is over by then
         assert await snapshot_github_profiles(ctx) == len(logins)
         points = [await github.history(login, day, day) for login in logins]
 

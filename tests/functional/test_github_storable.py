@@ -25,8 +25,9 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.services import open_services
-from app.domains.github.client import MAX_COUNT, GitHubClient, GitHubDownError, _CacheEntry
+from app.domains.github.client import MAX_COUNT, GitHubClient, GitHubDownError, _CacheEntry, token_fingerprint
 from app.domains.github.governor import Priority, governor_for
+from app.domains.github.lookups import failed_key
 from app.domains.github.services import GithubService
 from tests.factories import assert_problem, clocked_github, create_user, make_user, serve_in_loop
 from tests.fakes.clock import FakeClock
@@ -210,7 +211,7 @@ async def test_a_count_no_github_answer_holds_is_refused_as_githubs_failure(
         response = await served.client.get("/api/github/users/counted", headers=account.headers)
 
     assert_problem(response, 503, "github-unavailable")
-    assert await valkey.exists("github:failed:counted") == 1
+    assert await valkey.exists(failed_key(token_fingerprint(github_settings.github_token), "counted")) == 1
     assert await valkey.exists("github:last-error:counted") == 0, "no stored profile: no week-long key"
 
 

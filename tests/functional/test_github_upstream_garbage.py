@@ -25,6 +25,7 @@ from app.config import Settings
 from app.domains.github import governor as governor_module
 from app.domains.github.client import GitHubClient, GitHubDownError, GitHubRateLimitError
 from app.domains.github.governor import WINDOW_S, Priority, WaitBudgetExceededError, governor_for
+from app.domains.github.lookups import failed_key
 from tests.factories import Client, assert_problem, generous_client, make_user, wait_until
 from tests.fakes.github import FakeGitHub, FakeGitHubServer, FakeRepo, repos_named
 
@@ -353,7 +354,7 @@ async def test_a_malformed_answer_is_a_503_remembered_as_a_failure(
     response = await api.get("/api/github/users/garbage", headers=headers)
 
     assert_problem(response, 503, "github-unavailable")
-    assert await valkey.exists("github:failed:garbage") == 1
+    assert await valkey.exists(failed_key("anonymous", "garbage")) == 1
     assert await valkey.exists("github:last-error:garbage") == 0, "no stored profile: no week-long key"
 
 

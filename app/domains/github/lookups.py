@@ -9,7 +9,8 @@ docstring describes under "How an answer is made":
   (``shares``, ``app/domains/github/shares.py``), checked when the chain is about to ask GitHub;
 - the fetch chain shared by this process's callers (one flight per login) and across processes (a
   Valkey lock renewed while held; the others poll the stored profile): ``fetch_shared``;
-- the memory of failures: briefly for every caller (``github:failed``), a week as the answer's
+- the memory of failures: briefly for every caller (``github:failed``, per token: ``failed_key``),
+  a week as the answer's
   ``last_error``, and ``GITHUB_NOT_FOUND_TTL_S`` for a login GitHub does not know.
 
 Kept apart from ``services.py`` so that a reader of the service's rules (``services.py``), of the
@@ -421,7 +422,7 @@ class ProfileLookups:
             await queries.upsert_github_profile(
                 uow.conn, login=login, data=msgspec.to_builtins(data), fetched_at=fetched_at
             )
-        await self.valkey.delete(f"github:failed:{login}", f"github:last-error:{login}")
+        await self.valkey.delete(self.failed_key(login), f"github:last-error:{login}")
         return StoredProfile(data=data, fetched_at=fetched_at)
 
     async def _measure(
@@ -460,7 +461,7 @@ class ProfileLookups:
         remember_s = min(60.0, max(FAILURE_MEMORY_S, exc.retry_after or 0.0))
         error = upstream_error(exc, self.clock())
         async with self.valkey.pipeline(transaction=False) as pipe:
-            pipe.set(f"github:failed:{login}", msgspec.msgpack.encode(failure), px=int(remember_s * 1000))
+            pipe.set(self.failed_key(login), msgspec.msgpack.encode(failure), px=int(remember_s * 1000))
             if profile_stored:
                 pipe.set(f"github:last-error:{login}", msgspec.msgpack.encode(error), ex=LAST_ERROR_TTL_S)
             if isinstance(exc, GitHubNotFoundError):
@@ -476,8 +477,18 @@ class ProfileLookups:
             **({"cause": exc.cause, "setting": "GITHUB_API_URL"} if exc.cause else {}),
         )
 
+    def failed_key(self, login: str) -> str:
+        """Where a failed fetch of ``login`` is remembered briefly (``_record_failure``), under this
+        process's token (``failed_key``)."""
+        return failed_key(self.client.token_id, login)
+
+    async def remembers_failure(self, login: str) -> bool:
+        """Whether a fetch of ``login`` with this token failed moments ago (a reader's stale answer
+        then starts no refresh: no refresh storm while GitHub is down)."""
+        return bool(await self.valkey.exists(self.failed_key(login)))
+
     async def _recent_failure(self, login: str, *, since: float) -> GitHubError | None:
-        raw = await self.valkey.get(f"github:failed:{login}")
+        raw = await self.valkey.get(self.failed_key(login))
         if raw is None:
             return None
         failure = msgspec.msgpack.decode(raw, type=_Failure)
@@ -489,6 +500,14 @@ class ProfileLookups:
             return None
         error = msgspec.msgpack.decode(raw, type=UpstreamError)
         return error if error.at >= after else None
+
+
+def failed_key(token_id: str, login: str) -> str:
+    """The brief memory of a failed fetch of ``login`` with the token ``token_id``
+    (``token_fingerprint``). Per token: after ``GITHUB_TOKEN`` was set, refreshes failed for up to a
+    minute on a rate limit remembered from the anonymous window, with its ``Retry-After`` of an hour,
+    while nothing had been asked with the new token (upstream review)."""
+    return f"github:failed:{token_id}:{login}"
 
 
 def _keep_previous(

@@ -175,7 +175,7 @@ class GithubService:
             source = "live"
         elif self.lookups.age_s(stored) > self.settings.github_profile_ttl_s:
             source = "stale"
-            if not await self.valkey.exists(f"github:failed:{login}"):  # no refresh storm while down
+            if not await self.lookups.remembers_failure(login):
                 with contextlib.suppress(LookupBudgetError):  # past the reader's share: no refresh
                     refresh = await self.refreshes.join_or_enqueue(login, user_id, address)  # None: its cap
         else:
