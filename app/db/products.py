@@ -3,6 +3,7 @@
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import args_row, scalar_row
 
@@ -185,6 +186,23 @@ async def record_write_off(
     were reserved), so stock_after is the stock as it stands."""
     async with AsyncRawCursor(conn) as cur:
         await cur.execute(RECORD_WRITE_OFF, (reason, actor_id, product_ids, quantities))
+
+
+LOCK_STOCK = "select id, stock from products where id = any($1::bigint[]) order by id for no key update"
+
+
+class LockStockRow(msgspec.Struct, frozen=True, gc=False):
+    id: int
+    stock: int
+
+
+async def lock_stock(conn: AsyncConnection[Any], *, ids: list[int]) -> list[LockStockRow]:
+    """The products' stock, their rows locked until the commit in id order (as the reservations' updates
+    lock them), with the lock an update takes anyway (FOR NO KEY UPDATE, as LockProduct): what is read
+    here is what the updates that follow find."""
+    async with AsyncRawCursor(conn, row_factory=args_row(LockStockRow)) as cur:
+        await cur.execute(LOCK_STOCK, (ids,))
+        return await cur.fetchall()
 
 
 RESERVE_STOCK = """\

@@ -73,6 +73,12 @@ from (
 join products p on p.id = line.product_id
 order by p.id;
 
+-- name: LockStock :many
+-- The products' stock, their rows locked until the commit in id order (as the reservations' updates
+-- lock them), with the lock an update takes anyway (FOR NO KEY UPDATE, as LockProduct): what is read
+-- here is what the updates that follow find.
+select id, stock from products where id = any(@ids::bigint[]) order by id for no key update;
+
 -- name: ReserveStock :one
 -- Takes stock only if enough is left: safe under concurrency without reading first.
 update products set stock = stock - @quantity, updated_at = now()

@@ -28,7 +28,6 @@ from prometheus_client import Counter
 from app.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.errors import (
-    AppError,
     ConflictError,
     NotFoundError,
     TooManyRequestsError,
@@ -311,28 +310,27 @@ class OrderService:
             return (await self._reserve_pending(uow, order)).status
 
     async def _reserve_pending(self, uow: UnitOfWork, order: Order) -> Order:
-        """Reserve a pending order whose row lock the caller holds: every line or none, locking its
-        products in id order (order, then products, as cancelling, expiring and paying do). Reserved
-        for ``RESERVATION_WINDOW_S`` from now, or rejected with its shortfall; the order as it is now.
-        The worker's job (``reserve``) and a payment that came first (``confirm_payment``) both use
-        it, so an order is reserved one way whoever gets to it."""
+        """Reserve a pending order whose row lock the caller holds: every line or none. Its products are
+        locked first, in id order (order, then products, as cancelling, expiring and paying do), and
+        their stock read under that lock decides: reserved for ``RESERVATION_WINDOW_S`` from now, or
+        rejected with its shortfall, the stock that was short when it was rejected. (The shortfall was
+        read after a failed attempt, once the attempt's locks were let go: a release landing between
+        the two could leave it empty.) The worker's job (``reserve``) and a payment that came first
+        (``confirm_payment``) both use it, so an order is reserved one way whoever gets to it."""
         items = await queries.get_order_items(uow.conn, order_id=order.id)
-        try:
-            async with uow.conn.transaction():  # a savepoint: all lines or none
-                for item in items:
-                    left = await self.products.reserve_stock(uow, item.product_id, item.quantity)
-                    if left is None:
-                        raise _ShortStockError
-        except _ShortStockError:
-            stock = {p.id: p.stock for p in await self.products.get_many(uow, [i.product_id for i in items])}
-            shortfall = [
-                ShortLine(product_id=i.product_id, requested=i.quantity, available=stock.get(i.product_id, 0))
-                for i in items
-                if stock.get(i.product_id, 0) < i.quantity
-            ]
+        stock = await self.products.lock_stock(uow, [item.product_id for item in items])
+        shortfall = [
+            ShortLine(product_id=i.product_id, requested=i.quantity, available=stock.get(i.product_id, 0))
+            for i in items
+            if stock.get(i.product_id, 0) < i.quantity
+        ]
+        if shortfall:
             return await _transition(
                 uow, order, OrderStatus.REJECTED, reason="insufficient stock", actor=None, shortfall=shortfall
             )
+        for item in items:
+            if await self.products.reserve_stock(uow, item.product_id, item.quantity) is None:
+                raise RuntimeError(f"product {item.product_id}'s stock changed under its lock")
         until = await _database_now(uow) + timedelta(seconds=self.settings.reservation_window_s)
         return await _transition(
             uow, order, OrderStatus.RESERVED, reason="stock reserved", actor=None, reserved_until=until
@@ -799,7 +797,3 @@ async def _each_order(event: str, order_id: int, failed: list[int]) -> AsyncIter
             raise
         log.exception(event, order_id=order_id)
         failed.append(order_id)
-
-
-class _ShortStockError(AppError):
-    """Internal: a line could not be reserved (rolls the savepoint back)."""

@@ -258,17 +258,20 @@ class ProductService:
 
     # -- for orders, inside their transaction ----------------------------------------------------
 
-    async def get_many(self, uow: UnitOfWork, ids: list[int]) -> list[Product]:
-        """The products with these ids (any order; unknown ids are simply absent)."""
-        return await queries.get_products_by_ids(uow.conn, ids=ids)
-
     async def hold_for_placement(self, uow: UnitOfWork, ids: list[int]) -> list[Product]:
-        """The products an order is placed with (as ``get_many``), their price and ``active`` held
-        until ``uow`` commits: a change of them (``update``) waits for the placement, or the
-        placement for the change, whose result it then reads (``HoldProductTerms``). Their stock is
-        not held: reservations and adjustments never wait for placements."""
+        """The products with these ids an order is placed with (any order; unknown ids are absent),
+        their price and ``active`` held until ``uow`` commits: a change of them (``update``) waits for
+        the placement, or the placement for the change, whose result it then reads
+        (``HoldProductTerms``). Their stock is not held: reservations and adjustments never wait for
+        placements."""
         await queries.hold_product_terms(uow.conn, ids=ids)
         return await queries.get_products_by_ids(uow.conn, ids=ids)
+
+    async def lock_stock(self, uow: UnitOfWork, ids: list[int]) -> dict[int, int]:
+        """The stock of the products ``ids``, their rows locked until ``uow`` commits, in id order (the
+        order every reservation, release and adjustment locks them in): reservations that follow in
+        ``uow`` find exactly this stock."""
+        return {row.id: row.stock for row in await queries.lock_stock(uow.conn, ids=sorted(ids))}
 
     async def reserve_stock(self, uow: UnitOfWork, product_id: int, quantity: int) -> int | None:
         """Take ``quantity`` units if that many are in stock; the stock left, or None (short)."""
