@@ -161,35 +161,51 @@ def _configured(settings: Settings) -> Callable[[AsyncConnection[Any]], Awaitabl
     return configure
 
 
-_LENT: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
-"""Connections of each pool lent out now (through ``lend``): psycopg's pool tells how many it keeps
-(``pool_size``), not how many are in use, and keeps counting a lost connection while it fails to
-replace it, so a pool grown to its maximum before PostgreSQL went away looked full."""
-
-
 class DatabaseUnreachable(PoolTimeout):
-    """No connection to lend while the pool's attempts to connect to PostgreSQL fail
-    (``FailFastPool``): a ``PoolTimeout`` (what every caller already answers as PostgreSQL
-    unavailable) that names the failures' cause and age instead of a wait."""
+    """No connection to lend while the pool's attempts to connect to PostgreSQL fail and it holds no
+    open connection (``FailFastPool``): a ``PoolTimeout`` (what every caller already answers as
+    PostgreSQL unavailable) that names the failures' cause and age instead of a wait."""
 
 
 UNREACHABLE_WAIT_S = 0.1
-"""How long a borrower waits for a connection while the pool cannot connect and none is lent out
+"""How long a borrower waits for a connection while the pool cannot connect and holds none
 (``FailFastPool``): long enough for an attempt under way to land, far short of ``DATABASE_TIMEOUT_S``."""
+
+_PATIENT: ContextVar[bool] = ContextVar("patient_borrower", default=False)
+
+
+def borrow_patiently() -> None:
+    """From now on in this context (and the tasks it starts), a borrower waits ``DATABASE_TIMEOUT_S``
+    for a connection even while the pool cannot connect (``FailFastPool``): for the worker's jobs
+    (``app.core.queues``: SAQ runs each job in a task of its own), whose retries (``JOB_RETRIES``,
+    backing off) are meant to outlast a restart of PostgreSQL and did so only while each attempt
+    waited (review: a relayed job failed for good within about 15 s of an outage); a job keeps
+    nobody waiting. ``borrow_as_ever`` ends it."""
+    _PATIENT.set(True)
+
+
+def borrow_as_ever() -> None:
+    _PATIENT.set(False)
 
 
 class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
-    """psycopg's pool, which knows when it cannot connect and then does not keep borrowers waiting.
+    """psycopg's pool, which knows when it cannot connect and then does not keep requests waiting.
 
-    While PostgreSQL refused connections (stopped, restarting, out of ``max_connections``), every
-    request waited the whole ``DATABASE_TIMEOUT_S`` (5 s) for a connection that could not come, and
-    readiness said ``timeout`` as for a frozen server (fault review). From a failed attempt to connect
-    until the next that succeeds (``unreachable``), a borrower that finds no connection while none is
-    lent out (none can come back) waits ``UNREACHABLE_WAIT_S`` only, then fails with
-    ``DatabaseUnreachable``, which says why (refused, or the connect timeout of a server that accepts
-    and never answers). With connections lent out it waits as ever: under load they come back (one
-    failed attempt to grow must not turn a busy pool's queue into 503s), and on a frozen server they
-    are severed at their bound (``BoundedConnection``), after which borrowers fail fast too.
+    While PostgreSQL refused connections (stopped, restarting), every request waited the whole
+    ``DATABASE_TIMEOUT_S`` (5 s) for a connection that could not come, and readiness said ``timeout``
+    as for a frozen server (fault review). From a failed attempt to connect until the next that
+    succeeds (``failing``), a borrower that finds no connection while the pool holds no open one (none
+    can come back) waits ``UNREACHABLE_WAIT_S`` only, then fails with ``DatabaseUnreachable``, which
+    says why (refused, or the connect timeout of a server that accepts and never answers).
+
+    While the pool holds an open connection, idle, lent out or being checked, a borrower waits as
+    ever, whatever the attempts to connect say: PostgreSQL may refuse only more connections ("too many
+    clients", a role's limit) while the pool's own keep working, and a page's parallel calls must
+    queue for them; on a frozen server its connections are severed at their bound
+    (``BoundedConnection``), after which borrowers fail fast too. (Counting the connections lent out,
+    as ``lend`` does, missed those taken from the pool and still being checked: a burst arriving
+    together was refused in 0.1 s while every connection was about to come back; review.) The
+    worker's jobs wait as ever too (``borrow_patiently``).
 
     The pool keeps trying meanwhile, as psycopg's does: each lost connection is replaced with
     exponential backoff for ``reconnect_timeout``, and a borrower that finds the pool below its size
@@ -201,19 +217,28 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     replacements, goes through it), overridden to observe its outcome; ``test_core_db_refused.py``
     checks that the pinned version still calls it."""
 
-    unreachable: tuple[float, str] | None = None
+    failing: tuple[float, str] | None = None
     """Since when (``time.monotonic``) the attempts to connect fail, and the last one's cause."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._made: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        super().__init__(*args, **kwargs)
+
+    def holds_open_connection(self) -> bool:
+        """Whether a connection this pool made is still open (idle, lent out or being checked)."""
+        return any(not conn.closed for conn in self._made)
 
     async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
         try:
             conn = await super()._connect(timeout)
         except Exception as exc:
-            since = self.unreachable[0] if self.unreachable is not None else time.monotonic()
-            self.unreachable = (since, error_message(exc))
+            since = self.failing[0] if self.failing is not None else time.monotonic()
+            self.failing = (since, error_message(exc))
             raise
-        if self.unreachable is not None:
-            failing_s = time.monotonic() - self.unreachable[0]
-            self.unreachable = None
+        self._made.add(conn)
+        if self.failing is not None:
+            failing_s = time.monotonic() - self.failing[0]
+            self.failing = None
             log.info(
                 "database_pool_connected_again",
                 dependency="postgresql",
@@ -223,16 +248,16 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         return conn
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
-        if self.unreachable is None or _LENT.get(self, 0):
+        if self.failing is None or _PATIENT.get() or self.holds_open_connection():
             return await super().getconn(timeout)
         try:
             return await super().getconn(
                 min(UNREACHABLE_WAIT_S, self.timeout if timeout is None else timeout)
             )
         except PoolTimeout:
-            if (unreachable := self.unreachable) is None:  # back meanwhile, yet nothing came free
+            if (failing := self.failing) is None:  # back meanwhile, yet nothing came free
                 raise
-            since, cause = unreachable
+            since, cause = failing
             raise DatabaseUnreachable(
                 f"the pool's attempts to connect to PostgreSQL fail (for {time.monotonic() - since:.0f}s): "
                 f"{cause}"
@@ -314,6 +339,12 @@ def watch_database_use(state: dict[str, Any]) -> Token[dict[str, Any] | None]:
 
 def unwatch_database_use(token: Token[dict[str, Any] | None]) -> None:
     _WATCHED_STATE.reset(token)
+
+
+_LENT: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
+"""Connections of each pool lent out now (through ``lend``): psycopg's pool tells how many it keeps
+(``pool_size``), not how many are in use, and keeps counting a lost connection while it fails to
+replace it, so a pool grown to its maximum before PostgreSQL went away looked full."""
 
 
 @asynccontextmanager

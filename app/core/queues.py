@@ -32,6 +32,7 @@ from saq import Job, Queue, Worker
 from saq.types import Context, PartialTimersDict
 
 from app.config import Settings, redact_url
+from app.core.db import borrow_as_ever, borrow_patiently
 from app.core.heartbeat import with_heartbeat
 from app.core.logging import bind_request_id, error_message, forget_request_id
 from app.core.metrics import (
@@ -89,6 +90,7 @@ async def bind_job_context(ctx: Context) -> None:
     key and attempt are bound in structlog's contextvars, with the ``request_id`` of the request that
     wrote its outbox row (``app.core.relay``), and its arguments that are ids (``order_id=3``: an
     integer named ``*_id``). Never its other arguments: they may be personal data."""
+    borrow_patiently()  # its retries outlast a restart of PostgreSQL (``FailFastPool``)
     job = ctx.get("job")
     if job is not None:
         request_id = (job.meta or {}).get("request_id")
@@ -121,6 +123,7 @@ def _after_job(hooks: Sequence[Hook]) -> Hook:
             job = ctx.get("job")
             structlog.contextvars.unbind_contextvars(*JOB_LOG_FIELDS, *(_ids_of(job) if job else ()))
             forget_request_id()
+            borrow_as_ever()
 
     return after_job
 

@@ -15,14 +15,19 @@ fails the test by its exception (``PoolTimeout`` after the whole wait, not ``Dat
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
 from app.core.db import DatabaseUnreachable, FailFastPool, create_pool, lend
+from app.core.queues import bind_job_context
 from tests.factories import captured_logs, wait_until
 
 NOBODY_LISTENS = "postgresql://app@127.0.0.1:9/app"
@@ -38,7 +43,7 @@ async def refused(pool: FailFastPool) -> None:
     """Until the pool has seen an attempt to connect fail."""
 
     async def seen() -> bool:
-        return pool.unreachable is not None
+        return pool.failing is not None
 
     await wait_until(seen, 30, "the pool failed to connect")
 
@@ -92,6 +97,74 @@ async def test_a_borrower_waits_as_ever_while_a_connection_is_lent_out(
         await pool.close()
 
 
+async def test_a_burst_waits_as_ever_while_postgres_refuses_only_more_connections(
+    settings: Settings, database_url: str
+) -> None:
+    """Review: PostgreSQL refused the pool's growth ("too many connections for role") while its one
+    connection worked, and of three requests arriving together, two were refused in 0.1 s: the
+    connection being checked for the first was counted nowhere."""
+    role = f"limited_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute(
+            sql.SQL("create role {} login password 'limited' connection limit 1 in role {}").format(
+                sql.Identifier(role), sql.Identifier(conninfo_to_dict(database_url).get("user") or "postgres")
+            )
+        )
+        try:
+            limited = make_conninfo(database_url, user=role, password="limited")
+            pool = create_pool(patient(settings, database_pool_min=1, database_pool_max=4), limited)
+            await pool.open(wait=True)
+            try:
+                bursts = [await asyncio.gather(*(busy(pool) for _ in range(3))) for _ in range(2)]
+                assert pool.failing is not None, "the pool's growth was refused"
+                assert bursts == [[True] * 3] * 2, bursts
+            finally:
+                await pool.close()
+        finally:
+            await admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+async def busy(pool: AsyncConnectionPool[Any]) -> bool:
+    """A request that holds its connection for 0.3 s; whether it got one."""
+    try:
+        async with lend(pool) as conn:
+            await conn.execute("select pg_sleep(0.3)")
+    except PoolTimeout:
+        return False
+    return True
+
+
+async def test_a_job_waits_as_ever_while_postgres_refuses(settings: Settings) -> None:
+    """Review: a relayed job's retries (JOB_RETRIES, backing off) were meant to outlast a restart of
+    PostgreSQL, and did so only while each attempt waited ``DATABASE_TIMEOUT_S``: failing fast, a job
+    failed for good within about 15 s of an outage. A job's context (``bind_job_context``, SAQ's
+    ``before_process``) borrows patiently."""
+    pool = create_pool(
+        msgspec.structs.replace(settings, database_pool_min=1, database_timeout_s=1.0), NOBODY_LISTENS
+    )
+    await pool.open(wait=False)
+    try:
+        await refused(pool)
+
+        async def job() -> BaseException | None:
+            await bind_job_context({})
+            try:
+                async with lend(pool):
+                    pass
+            except PoolTimeout as exc:
+                return exc
+            return None
+
+        waited = await asyncio.create_task(job())
+        assert isinstance(waited, PoolTimeout) and not isinstance(waited, DatabaseUnreachable), waited
+        assert "after 1.00 sec" in str(waited), "the whole DATABASE_TIMEOUT_S"
+        with pytest.raises(DatabaseUnreachable):  # outside the job, as before
+            async with lend(pool):
+                pass
+    finally:
+        await pool.close()
+
+
 async def test_the_pool_lends_again_and_says_postgres_is_back(settings: Settings, database_url: str) -> None:
     pool = create_pool(patient(settings, database_pool_min=1), NOBODY_LISTENS)
     with captured_logs() as logs:
@@ -107,7 +180,7 @@ async def test_the_pool_lends_again_and_says_postgres_is_back(settings: Settings
                     return False
 
             await wait_until(back, 60, "the pool lends a connection again")
-            assert pool.unreachable is None
+            assert pool.failing is None
             assert await borrowed(pool)
         finally:
             await pool.close()
