@@ -65,6 +65,9 @@ def test_one_line_per_kind_of_discarded_connection_a_minute_with_the_count_dropp
     assert closing.getMessage() == "database_connection_discarded"
     assert closing.reason == "closing returned connection"  # type: ignore[attr-defined]
     assert discards.filter(record("connection given by 'app'")), "other lines pass as they are"
+    ours = [record("rolling back returned connection: <conn>") for _ in range(2)]
+    assert all(discards.filter(line) for line in ours), "a connection given back in a transaction: our bug"
+    assert ours[1].getMessage() == "rolling back returned connection: <conn>"
     discards.warnings.interval_s = 0
     later = logging.LogRecord("psycopg", logging.WARNING, __file__, 1, rollback, ("<conn>", "x"), None)
     assert discards.filter(later) and later.repeated == 2  # type: ignore[attr-defined]
