@@ -12,6 +12,7 @@ import redis.exceptions
 import valkey.exceptions
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
+from app.core.db import DatabaseUnreachable
 from app.core.errors import ConflictError, ServiceUnavailableError, dependency_down, exception_handlers
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.capture import (
@@ -115,6 +116,8 @@ def test_an_outage_is_one_group_per_dependency_and_exception_name() -> None:
     ours = request_event(valkey.exceptions.TimeoutError("x"), scope, UNAVAILABLE)
     saqs = request_event(redis.exceptions.TimeoutError("x"), scope, UNAVAILABLE)
     assert ours.fixed == saqs.fixed == ("valkey", "TimeoutError")
+    sooner = request_event(DatabaseUnreachable("refused"), scope, UNAVAILABLE)  # review: a second group
+    assert (sooner.fixed, sooner.title) == (event.fixed, event.title)
 
 
 def test_the_buffer_counts_by_problem_and_is_bounded() -> None:

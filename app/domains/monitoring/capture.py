@@ -176,10 +176,12 @@ def classify(exc: Exception, scope: Scope | None = None) -> MonitoringGroupKind 
 
 
 def outage_of(exc: BaseException) -> tuple[str, str]:
-    """The fixed fingerprint of an outage: the dependency and the exception's name. Not its module: the
-    app's Valkey client (``valkey``) and SAQ's (``redis``) raise classes of one name for one outage,
-    which opened two groups and sent two "new outage" alerts."""
-    return dependency_of(exc), type(exc).__name__
+    """The fixed fingerprint of an outage: the dependency and the name of the driver's exception. Not
+    its module: the app's Valkey client (``valkey``) and SAQ's (``redis``) raise classes of one name
+    for one outage, which opened two groups and sent two "new outage" alerts. Not one of ours either:
+    ``DatabaseUnreachable`` is the pool's ``PoolTimeout`` said sooner, in the same outage."""
+    driver = next(kind for kind in type(exc).__mro__ if not kind.__module__.startswith("app."))
+    return dependency_of(exc), driver.__name__
 
 
 def request_event(exc: Exception, scope: Scope, kind: MonitoringGroupKind) -> RawEvent:
@@ -201,7 +203,7 @@ def request_event(exc: Exception, scope: Scope, kind: MonitoringGroupKind) -> Ra
         context=context,
         user_id=context["user_id"],
         fixed=fixed,
-        title=f"Dependency unavailable: {type(exc).__name__}" if fixed else None,
+        title=f"Dependency unavailable: {fixed[1]}" if fixed else None,
     )
 
 

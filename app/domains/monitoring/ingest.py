@@ -180,13 +180,14 @@ class Ingest:
             "arguments": sorted(job.kwargs or {}),
         }
         if self.settings.monitoring_capture_unavailable and classify(exc) == MonitoringGroupKind.UNAVAILABLE:
+            fixed = outage_of(exc)
             return RawEvent(
                 kind=MonitoringGroupKind.UNAVAILABLE,
                 occurred_at=self.clock(),
                 chain=capture_chain(exc),
                 context=context,
-                fixed=outage_of(exc),
-                title=f"Dependency unavailable: {type(exc).__name__}",
+                fixed=fixed,
+                title=f"Dependency unavailable: {fixed[1]}",
             )
         return RawEvent(
             kind=MonitoringGroupKind.JOB, occurred_at=self.clock(), chain=capture_chain(exc), context=context
