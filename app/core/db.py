@@ -168,8 +168,21 @@ class DatabaseUnreachable(PoolTimeout):
 
 
 UNREACHABLE_WAIT_S = 0.1
-"""How long a borrower waits for a connection while the pool cannot connect and holds none
-(``FailFastPool``): long enough for an attempt under way to land, far short of ``DATABASE_TIMEOUT_S``."""
+"""How long the probing borrower waits for a connection while the pool cannot connect and holds none
+(``FailFastPool``): long enough for the attempt it starts to land, far short of ``DATABASE_TIMEOUT_S``."""
+PROBE_INTERVAL_S = 1.0
+"""While the pool cannot connect, one borrower per interval asks it for a connection (``FailFastPool``)."""
+
+
+def reconnect_timeout_s(timeout_s: float) -> float:
+    """How long psycopg's pool keeps trying to replace a lost connection before it gives up: twice a
+    borrower's wait. Its attempts back off (1, 2, 4 ... s), and all of a pool's replacements started
+    together, so after an outage of a minute or more the next attempt could come 30-60 s after
+    PostgreSQL was back (its default, 5 minutes; fault review: requests answered 503 for 42 s after a
+    73 s outage). A chain that gives up frees its place, and the next borrower (``FailFastPool``'s
+    probe) starts a new one, whose first attempt is immediate."""
+    return 2 * timeout_s
+
 
 _PATIENT: ContextVar[bool] = ContextVar("patient_borrower", default=False)
 
@@ -193,10 +206,15 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     While PostgreSQL refused connections (stopped, restarting), every request waited the whole
     ``DATABASE_TIMEOUT_S`` (5 s) for a connection that could not come, and readiness said ``timeout``
-    as for a frozen server (fault review). From a failed attempt to connect until the next that
-    succeeds (``failing``), a borrower that finds no connection while the pool holds no open one (none
-    can come back) waits ``UNREACHABLE_WAIT_S`` only, then fails with ``DatabaseUnreachable``, which
-    says why (refused, or the connect timeout of a server that accepts and never answers).
+    as for a frozen server (fault review). Once the attempts to connect have failed for longer than a
+    borrower's wait (``failing``: a restart shorter than that is ridden out, as before), a borrower
+    that finds no connection while the pool holds no open one (none can come back) fails at once with
+    ``DatabaseUnreachable``, which says why (refused, or the connect timeout of a server that accepts
+    and never answers). One borrower per ``PROBE_INTERVAL_S`` asks the pool instead, waiting
+    ``UNREACHABLE_WAIT_S``: the pool starts an attempt to connect when none is under way
+    (``reconnect_timeout_s``), and the probe gets the connection if it lands meanwhile. (Every
+    borrower asking left one abandoned entry in psycopg's queue of waiting clients, kept until a
+    connection comes back.)
 
     While the pool holds an open connection, idle, lent out or being checked, a borrower waits as
     ever, whatever the attempts to connect say: PostgreSQL may refuse only more connections ("too many
@@ -207,10 +225,8 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     together was refused in 0.1 s while every connection was about to come back; review.) The
     worker's jobs wait as ever too (``borrow_patiently``).
 
-    The pool keeps trying meanwhile, as psycopg's does: each lost connection is replaced with
-    exponential backoff for ``reconnect_timeout``, and a borrower that finds the pool below its size
-    starts another attempt. The first connection after failed attempts logs that PostgreSQL is back,
-    and after how long (``database_pool_connected_again``): the log said when an outage began
+    The first connection after failed attempts logs that PostgreSQL is back, and after how long
+    (``database_pool_connected_again``): the log said when an outage began
     (``database_pool_connect_failed``) and nothing when it ended.
 
     ``_connect`` is psycopg_pool's own (every new connection, the pool's growth and its
@@ -222,6 +238,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._made: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        self._probed_at = 0.0
         super().__init__(*args, **kwargs)
 
     def holds_open_connection(self) -> bool:
@@ -248,20 +265,29 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         return conn
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
-        if self.failing is None or _PATIENT.get() or self.holds_open_connection():
+        failing = self.failing
+        now = time.monotonic()
+        if (
+            failing is None
+            or now - failing[0] < self.timeout
+            or _PATIENT.get()
+            or self.holds_open_connection()
+        ):
             return await super().getconn(timeout)
-        try:
-            return await super().getconn(
-                min(UNREACHABLE_WAIT_S, self.timeout if timeout is None else timeout)
-            )
-        except PoolTimeout:
-            if (failing := self.failing) is None:  # back meanwhile, yet nothing came free
-                raise
-            since, cause = failing
-            raise DatabaseUnreachable(
-                f"the pool's attempts to connect to PostgreSQL fail (for {time.monotonic() - since:.0f}s): "
-                f"{cause}"
-            ) from None
+        if now - self._probed_at >= PROBE_INTERVAL_S:
+            self._probed_at = now
+            try:
+                return await super().getconn(
+                    min(UNREACHABLE_WAIT_S, self.timeout if timeout is None else timeout)
+                )
+            except PoolTimeout:
+                if self.failing is None:  # back meanwhile, yet nothing came free
+                    raise
+        since, cause = self.failing or failing
+        failing_s = time.monotonic() - since
+        raise DatabaseUnreachable(
+            f"the pool's attempts to connect to PostgreSQL fail (for {failing_s:.0f}s): {cause}"
+        )
 
 
 SESSION_TIME_ZONE = "UTC"
@@ -320,6 +346,7 @@ def create_pool(settings: Settings, database_url: str) -> FailFastPool:
         },
         configure=_configured(settings),
         check=check_within(settings.database_timeout_s),
+        reconnect_timeout=reconnect_timeout_s(settings.database_timeout_s),
         open=False,
         name=APP_POOL,
     )

@@ -351,15 +351,21 @@ class PoolLogFilter(logging.Filter):
     how many were dropped before it (``repeated``), as one event, ``database_pool_connect_failed``,
     naming the dependency and its setting with the cause (credentials masked) apart, as the jobs'
     outage lines do: the pool's own text held the cause, so no two lines had one event to group by.
-    Every other line of the pool passes as it is. (The line that says PostgreSQL is back is the
-    app pool's own: ``app.core.db.FailFastPool``.)"""
+    The pool's line that it gives up a chain of attempts ("reconnection attempt ... failed") is
+    dropped: the pools give their chains up after ``reconnect_timeout_s`` (seconds) and start new
+    ones, and the failed attempts' line says the outage goes on. Every other line of the pool passes
+    as it is. (The line that says PostgreSQL is back is the app pool's own:
+    ``app.core.db.FailFastPool``.)"""
 
     def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
         super().__init__()
         self.warnings = OncePerInterval(interval_s)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("error connecting"):
+        text = str(record.msg)
+        if text.startswith("reconnection attempt in pool"):
+            return False  # a chain of attempts given up (``app.core.db.reconnect_timeout_s``): routine
+        if not text.startswith("error connecting"):
             return True
         repeated = self.warnings.admit()
         if repeated is None:

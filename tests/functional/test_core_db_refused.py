@@ -15,6 +15,7 @@ fails the test by its exception (``PoolTimeout`` after the whole wait, not ``Dat
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -32,11 +33,18 @@ from tests.factories import captured_logs, wait_until
 
 NOBODY_LISTENS = "postgresql://app@127.0.0.1:9/app"
 LONG_WAIT_S = 30.0
-"""``DATABASE_TIMEOUT_S`` of these pools: what a borrower would wait without the fail-fast."""
+"""``DATABASE_TIMEOUT_S`` of the pools whose borrowers must wait: far past what the tests wait for."""
+SHORT_WAIT_S = 1.0
+"""``DATABASE_TIMEOUT_S`` of the pools whose borrowers are refused: the attempts to connect must have
+failed that long first (a restart shorter than a borrower's wait is ridden out)."""
 
 
 def patient(settings: Settings, **changes: Any) -> Settings:
     return msgspec.structs.replace(settings, database_timeout_s=LONG_WAIT_S, **changes)
+
+
+def brief(settings: Settings, **changes: Any) -> Settings:
+    return msgspec.structs.replace(settings, database_timeout_s=SHORT_WAIT_S, database_pool_min=1, **changes)
 
 
 async def refused(pool: FailFastPool) -> None:
@@ -48,8 +56,18 @@ async def refused(pool: FailFastPool) -> None:
     await wait_until(seen, 30, "the pool failed to connect")
 
 
+async def refused_longer_than_a_wait(pool: FailFastPool) -> None:
+    """Until the pool's attempts to connect have failed for longer than a borrower's wait."""
+
+    async def long() -> bool:
+        return pool.failing is not None and time.monotonic() - pool.failing[0] > pool.timeout
+
+    await wait_until(long, 30, "the pool failed to connect for longer than a borrower's wait")
+
+
 async def borrowed(pool: AsyncConnectionPool[Any], timeout: float = 1.0) -> bool:
-    """Whether a borrower got a working connection within ``timeout``."""
+    """Whether a borrower got a working connection within ``timeout`` (``DatabaseUnreachable`` is a
+    ``PoolTimeout``)."""
     try:
         async with lend(pool, timeout=timeout) as conn:
             await conn.execute("select 1")
@@ -59,11 +77,13 @@ async def borrowed(pool: AsyncConnectionPool[Any], timeout: float = 1.0) -> bool
 
 
 async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(settings: Settings) -> None:
-    pool = create_pool(patient(settings, database_pool_min=1), NOBODY_LISTENS)
+    """Without the fail-fast, each of these borrowers would wait ``SHORT_WAIT_S`` and get psycopg's
+    ``PoolTimeout``."""
+    pool = create_pool(brief(settings), NOBODY_LISTENS)
     await pool.open(wait=False)
     try:
-        await refused(pool)
-        for _ in range(3):  # every borrower, not the first only
+        await refused_longer_than_a_wait(pool)
+        for _ in range(3):  # every borrower: the probing one, and those it spares the wait
             with pytest.raises(DatabaseUnreachable) as caught:
                 async with lend(pool):
                     pass
@@ -72,6 +92,47 @@ async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(setting
         with pytest.raises(DatabaseUnreachable):  # a caller's own deadline too (readiness)
             async with lend(pool, timeout=LONG_WAIT_S):
                 pass
+    finally:
+        await pool.close()
+
+
+async def test_a_restart_shorter_than_a_borrowers_wait_is_ridden_out(
+    settings: Settings, database_url: str
+) -> None:
+    """Fault review: a killed postmaster, started again in 2.6 s, gave 503s once borrowers failed at
+    the first refusal; waiting, they were served."""
+    pool = create_pool(patient(settings, database_pool_min=1), NOBODY_LISTENS)
+    await pool.open(wait=False)
+    try:
+        await refused(pool)
+        waiting = asyncio.ensure_future(borrowed(pool, timeout=LONG_WAIT_S))
+        pool.conninfo = database_url  # PostgreSQL is back
+        assert await waiting
+    finally:
+        await pool.close()
+
+
+async def test_the_pool_tries_again_after_giving_up_a_chain_of_attempts(
+    settings: Settings, database_url: str
+) -> None:
+    """Fault review: after an outage of a minute or more, the pool's next attempt to connect came
+    30-60 s after PostgreSQL was back (psycopg backs off for five minutes). Its chains of attempts now
+    end after ``reconnect_timeout_s``, and a refused borrower (the probe) starts the next."""
+    pool = create_pool(brief(settings), NOBODY_LISTENS)
+    await pool.open(wait=False)
+    try:
+        await refused(pool)
+
+        async def given_up() -> bool:
+            return pool.get_stats().get("pool_size", 0) == 0
+
+        await wait_until(given_up, 60, "the pool gave its chain of attempts up")
+        pool.conninfo = database_url
+
+        async def back() -> bool:
+            return await borrowed(pool)
+
+        await wait_until(back, 60, "a borrower made the pool try again")
     finally:
         await pool.close()
 
@@ -139,12 +200,10 @@ async def test_a_job_waits_as_ever_while_postgres_refuses(settings: Settings) ->
     PostgreSQL, and did so only while each attempt waited ``DATABASE_TIMEOUT_S``: failing fast, a job
     failed for good within about 15 s of an outage. A job's context (``bind_job_context``, SAQ's
     ``before_process``) borrows patiently."""
-    pool = create_pool(
-        msgspec.structs.replace(settings, database_pool_min=1, database_timeout_s=1.0), NOBODY_LISTENS
-    )
+    pool = create_pool(brief(settings), NOBODY_LISTENS)
     await pool.open(wait=False)
     try:
-        await refused(pool)
+        await refused_longer_than_a_wait(pool)
 
         async def job() -> BaseException | None:
             await bind_job_context({})

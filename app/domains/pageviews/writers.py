@@ -64,7 +64,7 @@ from typing import Any, Protocol, TypeVar
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Json
 
-from app.core.db import SESSION_TIME_ZONE, check_within
+from app.core.db import SESSION_TIME_ZONE, check_within, reconnect_timeout_s
 from app.core.deadline import DeadlineExceededError, answered_within, finish_within, sever
 from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
 
@@ -449,6 +449,7 @@ class PsycopgWriter(_Writer):
             },
             configure=self._configure,
             check=check_within(self._timeout_s),
+            reconnect_timeout=reconnect_timeout_s(self._timeout_s),
             open=False,
             name=APPLICATION_NAME,
         )
