@@ -98,14 +98,15 @@ def batching_of(modules: Sequence[Module], settings: Settings) -> dict[tuple[str
 FINISHED_JOB_TTL_S = 300
 """How long SAQ keeps a relayed job once it has finished (completed, or failed for good), with its
 payload. Five minutes are enough because deduplication never needs a finished job: SAQ's enqueue
-skips a key only while it is in the queue's incomplete set (queued, active, waiting to retry), and
-a job leaves that set when it finishes. A re-sent round (the next round after a rollback: within the
-poll interval, a backoff of at most 30 s and a round's deadline) finds the job still incomplete and
-is dropped; if the job has finished meanwhile, it is enqueued again however long the finished job is
-kept, and the idempotent consumer stores its rows once. A finished job is kept only to be inspected
-(the SAQ dashboard's recent results and failures; the rows stay in the outbox, in PostgreSQL, for
-``OUTBOX_RETENTION_DAYS``). A day, as before, let one account keep ~1.8 GB of payloads in Valkey,
-which runs with ``noeviction`` and holds the rate limits, the login throttle and the queues."""
+skips a key only while it is in the queue's incomplete set (queued, active, waiting to retry), and a
+job leaves that set when it finishes. A re-sent round (the next round after a rollback: within the
+poll interval, a backoff of at most ``RELAY_BACKOFF_MAX_S`` and a round's deadline) finds the job
+still incomplete and is dropped; if the job has finished meanwhile, it is enqueued again however
+long the finished job is kept, and the idempotent consumer stores its rows once. A finished job is
+kept only to be inspected (the SAQ dashboard's recent results and failures; the rows stay in the
+outbox, in PostgreSQL, for ``OUTBOX_RETENTION_DAYS``). A day, as before, let one account keep ~1.8
+GB of payloads in Valkey, which runs with ``noeviction`` and holds the rate limits, the login
+throttle and the queues."""
 
 
 RETRY_DELAY_S = 1.0
@@ -215,9 +216,17 @@ async def _publish(
     return rows
 
 
+RELAY_BACKOFF_MAX_S = 5.0
+"""The longest the relay waits after a failed round. A failed round is cheap (while PostgreSQL is
+away, the pool refuses at once: ``app.core.db.FailFastPool``), and the relay resumed up to this long
+after PostgreSQL was back: at 30 s, the orders of a minute-long outage stayed pending for 56 s
+after it (fault review)."""
+
+
 class OutboxRelay:
     """Runs ``relay_once`` until stopped: back to back while batches are full, else every poll
-    interval; after a failure, backs off (up to 30 s) and logs at most one warning per 30 s."""
+    interval; after a failure, backs off (up to ``RELAY_BACKOFF_MAX_S``) and logs at most one warning
+    per 30 s."""
 
     def __init__(
         self,
@@ -250,7 +259,7 @@ class OutboxRelay:
                 delay = 0.0 if published >= self.settings.outbox_batch_size else interval
             except Exception as exc:
                 FAILURES.inc()
-                delay = min(max(delay, interval) * 2, 30.0)
+                delay = min(max(delay, interval) * 2, RELAY_BACKOFF_MAX_S)
                 if self._warnings.due():
                     log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
             if delay:
