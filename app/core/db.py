@@ -212,9 +212,10 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     ``DatabaseUnreachable``, which says why (refused, or the connect timeout of a server that accepts
     and never answers). One borrower per ``PROBE_INTERVAL_S`` asks the pool instead, waiting
     ``UNREACHABLE_WAIT_S``: the pool starts an attempt to connect when none is under way
-    (``reconnect_timeout_s``), and the probe gets the connection if it lands meanwhile. (Every
-    borrower asking left one abandoned entry in psycopg's queue of waiting clients, kept until a
-    connection comes back.)
+    (``reconnect_timeout_s``), and the probe gets the connection if it lands meanwhile, as do the
+    borrowers that come while it waits (a burst after an idle outage: the pool grows for each of
+    them). (Every borrower asking left one abandoned entry in psycopg's queue of waiting clients,
+    kept until a connection comes back.)
 
     While the pool holds an open connection, idle, lent out or being checked, a borrower waits as
     ever, whatever the attempts to connect say: PostgreSQL may refuse only more connections ("too many
@@ -233,8 +234,9 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     replacements, goes through it), overridden to observe its outcome; ``test_core_db_refused.py``
     checks that the pinned version still calls it."""
 
-    failing: tuple[float, str] | None = None
-    """Since when (``time.monotonic``) the attempts to connect fail, and the last one's cause."""
+    failing: tuple[float, float, str] | None = None
+    """Since when and when last (``time.monotonic``) the attempts to connect failed, and the last
+    one's cause; cleared by a connection made or lent (PostgreSQL answered)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._made: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
@@ -249,8 +251,8 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         try:
             conn = await super()._connect(timeout)
         except Exception as exc:
-            since = self.failing[0] if self.failing is not None else time.monotonic()
-            self.failing = (since, error_message(exc))
+            now = time.monotonic()
+            self.failing = (self.failing[0] if self.failing is not None else now, now, error_message(exc))
             raise
         self._made.add(conn)
         if self.failing is not None:
@@ -265,6 +267,10 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         return conn
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        """A connection as psycopg's pool lends it, or ``DatabaseUnreachable`` at once (the class's
+        docstring). A connection lent (checked: PostgreSQL answered) ends ``failing``: a refused growth
+        ("too many clients") while the pool kept serving left it set, and the next short restart was
+        answered with 503s instead of being waited out (review)."""
         failing = self.failing
         now = time.monotonic()
         if (
@@ -273,20 +279,26 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
             or _PATIENT.get()
             or self.holds_open_connection()
         ):
-            return await super().getconn(timeout)
+            conn = await super().getconn(timeout)
+            self.failing = None
+            return conn
         if now - self._probed_at >= PROBE_INTERVAL_S:
-            self._probed_at = now
+            self._probed_at = now  # this borrower probes; those that come while it waits join it
+        wait = self._probed_at + UNREACHABLE_WAIT_S - now
+        if wait > 0:
             try:
-                return await super().getconn(
-                    min(UNREACHABLE_WAIT_S, self.timeout if timeout is None else timeout)
-                )
+                conn = await super().getconn(min(wait, self.timeout if timeout is None else timeout))
             except PoolTimeout:
                 if self.failing is None:  # back meanwhile, yet nothing came free
                     raise
-        since, cause = self.failing or failing
-        failing_s = time.monotonic() - since
+            else:
+                self.failing = None
+                return conn
+        since, last, cause = self.failing or failing
+        now = time.monotonic()
         raise DatabaseUnreachable(
-            f"the pool's attempts to connect to PostgreSQL fail (for {failing_s:.0f}s): {cause}"
+            f"the pool's attempts to connect to PostgreSQL fail (for {now - since:.0f}s, the last "
+            f"{now - last:.0f}s ago): {cause}"
         )
 
 

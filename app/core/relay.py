@@ -220,7 +220,8 @@ RELAY_BACKOFF_MAX_S = 5.0
 """The longest the relay waits after a failed round. A failed round is cheap (while PostgreSQL is
 away, the pool refuses at once: ``app.core.db.FailFastPool``), and the relay resumed up to this long
 after PostgreSQL was back: at 30 s, the orders of a minute-long outage stayed pending for 56 s
-after it (fault review)."""
+after it (fault review). A poll interval longer than this is the longest instead: a failing relay
+polls no faster than a healthy one."""
 
 
 class OutboxRelay:
@@ -259,7 +260,7 @@ class OutboxRelay:
                 delay = 0.0 if published >= self.settings.outbox_batch_size else interval
             except Exception as exc:
                 FAILURES.inc()
-                delay = min(max(delay, interval) * 2, RELAY_BACKOFF_MAX_S)
+                delay = min(max(delay, interval) * 2, max(RELAY_BACKOFF_MAX_S, interval))
                 if self._warnings.due():
                     log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
             if delay:
