@@ -235,8 +235,10 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     checks that the pinned version still calls it."""
 
     failing: tuple[float, float, str] | None = None
-    """Since when and when last (``time.monotonic``) the attempts to connect failed, and the last
-    one's cause; cleared by a connection made or lent (PostgreSQL answered)."""
+    """Since when (the start of the first failed attempt: against a frozen server an attempt fails
+    only at its connect timeout, and a restart was then ridden out twice as long; fault review) and
+    when last (``time.monotonic``) the attempts to connect failed, and the last one's cause; cleared
+    by a connection made or lent (PostgreSQL answered)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._made: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
@@ -248,11 +250,12 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         return any(not conn.closed for conn in self._made)
 
     async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        started = time.monotonic()  # a frozen server fails an attempt only at its connect timeout
         try:
             conn = await super()._connect(timeout)
         except Exception as exc:
-            now = time.monotonic()
-            self.failing = (self.failing[0] if self.failing is not None else now, now, error_message(exc))
+            since = self.failing[0] if self.failing is not None else started
+            self.failing = (since, time.monotonic(), error_message(exc))
             raise
         self._made.add(conn)
         if self.failing is not None:

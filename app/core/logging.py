@@ -182,6 +182,7 @@ _RECORD_FIELDS = (
     "cause",
     "repeated",
     "reason",
+    "pool",
 )
 """What the filters (``SaqLogFilter``, ``PoolLogFilter``, ``DiscardedConnectionLogFilter``) set on a
 standard-library record, rendered."""
@@ -371,6 +372,7 @@ class PoolLogFilter(logging.Filter):
         if repeated is None:
             return False
         cause = record.getMessage().partition(": ")[2]
+        record.pool = str(record.args[0]) if isinstance(record.args, tuple) and record.args else None
         record.msg, record.args = "database_pool_connect_failed", ()
         record.dependency, record.setting = "postgresql", "DATABASE_URL"
         record.cause = scrub_text(cause)[:ERROR_MESSAGE_MAX_LENGTH]

@@ -44,7 +44,9 @@ def patient(settings: Settings, **changes: Any) -> Settings:
 
 
 def brief(settings: Settings, **changes: Any) -> Settings:
-    return msgspec.structs.replace(settings, database_timeout_s=SHORT_WAIT_S, database_pool_min=1, **changes)
+    return msgspec.structs.replace(
+        settings, **{"database_timeout_s": SHORT_WAIT_S, "database_pool_min": 1, **changes}
+    )
 
 
 async def refused(pool: FailFastPool) -> None:
@@ -94,6 +96,29 @@ async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(setting
                 pass
     finally:
         await pool.close()
+
+
+async def test_failing_counts_from_the_start_of_the_first_failed_attempt(settings: Settings) -> None:
+    """Fault review: against a frozen server an attempt fails only at its connect timeout
+    (``DATABASE_TIMEOUT_S``, 2 s at least), and counted from then, requests waited out a freeze
+    twice as long before they were refused at once. Here a listener accepts and never answers."""
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = create_pool(brief(settings, database_timeout_s=2.0), f"postgresql://app@127.0.0.1:{port}/app")
+    try:
+        await pool.open(wait=False)
+        await refused(pool)
+        assert pool.failing is not None
+        since, last, cause = pool.failing
+        assert last - since >= 2.0, "since: when the attempt began, not when it timed out"
+        assert "timeout" in cause.lower(), cause
+    finally:
+        await pool.close()
+        server.close()
 
 
 async def test_a_restart_shorter_than_a_borrowers_wait_is_ridden_out(

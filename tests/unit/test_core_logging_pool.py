@@ -39,6 +39,7 @@ def test_a_connect_failure_is_one_event_with_its_cause_apart_and_masked() -> Non
     assert PoolLogFilter(interval_s=3600).filter(failed)
     assert failed.getMessage() == "database_pool_connect_failed"
     assert (failed.dependency, failed.setting) == ("postgresql", "DATABASE_URL")  # type: ignore[attr-defined]
+    assert failed.pool == "pool-1", "which pool: the app's or the page-view sink's"  # type: ignore[attr-defined]
     assert "Connection refused" in failed.cause and "s3cret" not in failed.cause  # type: ignore[attr-defined]
 
 
