@@ -67,12 +67,12 @@ async def refused_longer_than_a_wait(pool: FailFastPool) -> None:
     await wait_until(long, 30, "the pool failed to connect for longer than a borrower's wait")
 
 
-async def borrowed(pool: AsyncConnectionPool[Any], timeout: float = 1.0) -> bool:
+async def borrowed(pool: AsyncConnectionPool[Any], timeout: float = 1.0, hold_s: float = 0.0) -> bool:
     """Whether a borrower got a working connection within ``timeout`` (``DatabaseUnreachable`` is a
-    ``PoolTimeout``)."""
+    ``PoolTimeout``), which it then holds ``hold_s`` (a request's statements)."""
     try:
         async with lend(pool, timeout=timeout) as conn:
-            await conn.execute("select 1")
+            await conn.execute("select pg_sleep(%s)", (hold_s,))
     except PoolTimeout:
         return False
     return True
@@ -208,23 +208,13 @@ async def test_a_burst_waits_as_ever_while_postgres_refuses_only_more_connection
                         async with lend(pool, timeout=0.5):
                             pass
                 await refused_longer_than_a_wait(pool)  # the connection waits in the pool, idle
-                burst = await asyncio.gather(*(busy(pool) for _ in range(3)))
+                burst = await asyncio.gather(*(borrowed(pool, LONG_WAIT_S, hold_s=0.3) for _ in range(3)))
                 assert burst == [True] * 3, burst
                 assert pool.failing is None, "a connection lent: PostgreSQL answers"
             finally:
                 await pool.close()
         finally:
             await admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
-
-
-async def busy(pool: AsyncConnectionPool[Any]) -> bool:
-    """A request that holds its connection for 0.3 s; whether it got one."""
-    try:
-        async with lend(pool, timeout=LONG_WAIT_S) as conn:
-            await conn.execute("select pg_sleep(0.3)")
-    except PoolTimeout:
-        return False
-    return True
 
 
 async def test_a_job_waits_as_ever_while_postgres_refuses(settings: Settings) -> None:
