@@ -240,6 +240,11 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     when last (``time.monotonic``) the attempts to connect failed, and the last one's cause; cleared
     by a connection made or lent (PostgreSQL answered)."""
 
+    borrowers_waiting = 0
+    """Borrowers waiting for a connection now (in ``getconn``): psycopg's ``requests_waiting`` also
+    counts those that gave up, until a connection comes back (faults3: 124 during a 90 s outage, while
+    nobody waited)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._made: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
         self._probed_at = 0.0
@@ -274,6 +279,13 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         docstring). A connection lent (checked: PostgreSQL answered) ends ``failing``: a refused growth
         ("too many clients") while the pool kept serving left it set, and the next short restart was
         answered with 503s instead of being waited out (review)."""
+        self.borrowers_waiting += 1
+        try:
+            return await self._getconn(timeout)
+        finally:
+            self.borrowers_waiting -= 1
+
+    async def _getconn(self, timeout: float | None) -> AsyncConnection[Any]:
         failing = self.failing
         now = time.monotonic()
         if (

@@ -148,11 +148,15 @@ def record_process(role: str = "web") -> None:
 
 
 def record_pool(pool: Any) -> None:
-    """Set ``app_db_pool_connections`` from a psycopg pool's stats (in memory: no query)."""
+    """Set ``app_db_pool_connections`` from a psycopg pool's stats (in memory: no query); ``waiting``
+    from the app pool's own count of borrowers waiting now (``FailFastPool.borrowers_waiting``):
+    psycopg's also counts those that gave up, until a connection comes back."""
     stats = pool.get_stats()
     POOL_CONNECTIONS.labels("size").set(stats.get("pool_size", 0))
     POOL_CONNECTIONS.labels("available").set(stats.get("pool_available", 0))
-    POOL_CONNECTIONS.labels("waiting").set(stats.get("requests_waiting", 0))
+    POOL_CONNECTIONS.labels("waiting").set(
+        getattr(pool, "borrowers_waiting", stats.get("requests_waiting", 0))
+    )
 
 
 _UNKNOWN = object()

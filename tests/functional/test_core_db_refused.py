@@ -15,6 +15,7 @@ fails the test by its exception (``PoolTimeout`` after the whole wait, not ``Dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -22,12 +23,14 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
 from app.core.db import DatabaseUnreachable, FailFastPool, create_pool, lend
+from app.core.metrics import record_pool
 from app.core.queues import bind_job_context
 from tests.factories import captured_logs, wait_until
 
@@ -242,6 +245,42 @@ async def test_a_job_waits_as_ever_while_postgres_refuses(settings: Settings) ->
         with pytest.raises(DatabaseUnreachable):  # outside the job, as before
             async with lend(pool):
                 pass
+    finally:
+        await pool.close()
+
+
+async def test_the_waiting_gauge_counts_borrowers_waiting_now(settings: Settings) -> None:
+    """Fault re-run: ``app_db_pool_connections{state="waiting"}`` read psycopg's count, which keeps
+    the borrowers that gave up until a connection comes back (124 during a 90 s outage, while nobody
+    waited)."""
+
+    def gauge() -> float | None:
+        record_pool(pool)
+        return REGISTRY.get_sample_value("app_db_pool_connections", {"state": "waiting"})
+
+    pool = create_pool(brief(settings), NOBODY_LISTENS)
+    await pool.open(wait=False)
+    try:
+        await refused_longer_than_a_wait(pool)
+        for _ in range(3):  # the first probes: it waits, gives up, and stays in psycopg's queue
+            assert not await borrowed(pool)
+        assert pool.get_stats().get("requests_waiting", 0) >= 1
+        assert gauge() == 0
+
+        async def job() -> bool:
+            await bind_job_context({})
+            return await borrowed(pool, timeout=LONG_WAIT_S)
+
+        waiting = asyncio.ensure_future(job())
+
+        async def one_waits() -> bool:
+            return gauge() == 1
+
+        await wait_until(one_waits, 30, "the gauge counts the job's borrower")
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert gauge() == 0
     finally:
         await pool.close()
 
