@@ -212,9 +212,10 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     ``DatabaseUnreachable``, which says why (refused, or the connect timeout of a server that accepts
     and never answers). One borrower per ``PROBE_INTERVAL_S`` asks the pool instead, waiting
     ``UNREACHABLE_WAIT_S``: the pool starts an attempt to connect when none is under way
-    (``reconnect_timeout_s``), and the probe gets the connection if it lands meanwhile, as do the
-    borrowers that come while it waits (a burst after an idle outage: the pool grows for each of
-    them). (Every borrower asking left one abandoned entry in psycopg's queue of waiting clients,
+    (``reconnect_timeout_s``), and the probe gets the connection if it lands meanwhile, as may the
+    borrowers that come while it waits (a burst after a quiet outage: the pool grows one connection
+    at a time for them, and those it has not reached when the probe's wait ends are refused; review:
+    3 of 8 served). (Every borrower asking left one abandoned entry in psycopg's queue of waiting clients,
     kept until a connection comes back.)
 
     While the pool holds an open connection, idle, lent out or being checked, a borrower waits as
@@ -263,16 +264,26 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
             self.failing = (since, time.monotonic(), error_message(exc))
             raise
         self._made.add(conn)
-        if self.failing is not None:
-            failing_s = time.monotonic() - self.failing[0]
-            self.failing = None
+        self._answered(always=True)
+        return conn
+
+    def _answered(self, *, always: bool) -> None:
+        """PostgreSQL answered (a connection made, or lent: checked): ``failing`` ends. The first
+        connection made after failed attempts logs that PostgreSQL is back, and after how long; so
+        does a connection lent after failures that lasted longer than a borrower's wait (one that
+        outlived a freeze, review), not one lent between refusals of the pool's growth only."""
+        failing = self.failing
+        if failing is None:
+            return
+        self.failing = None
+        failing_s = time.monotonic() - failing[0]
+        if always or failing_s >= self.timeout:
             log.info(
                 "database_pool_connected_again",
                 dependency="postgresql",
                 pool=self.name,
                 failing_s=round(failing_s, 3),
             )
-        return conn
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
         """A connection as psycopg's pool lends it, or ``DatabaseUnreachable`` at once (the class's
@@ -295,7 +306,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
             or self.holds_open_connection()
         ):
             conn = await super().getconn(timeout)
-            self.failing = None
+            self._answered(always=False)
             return conn
         if now - self._probed_at >= PROBE_INTERVAL_S:
             self._probed_at = now  # this borrower probes; those that come while it waits join it
@@ -307,7 +318,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
                 if self.failing is None:  # back meanwhile, yet nothing came free
                     raise
             else:
-                self.failing = None
+                self._answered(always=False)
                 return conn
         since, last, cause = self.failing or failing
         now = time.monotonic()

@@ -368,11 +368,12 @@ class PoolLogFilter(logging.Filter):
             return False  # a chain of attempts given up (``app.core.db.reconnect_timeout_s``): routine
         if not text.startswith("error connecting"):
             return True
-        repeated = self.warnings.admit()
+        pool = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
+        repeated = self.warnings.admit(pool)  # per pool: the app's and the sink's fail together
         if repeated is None:
             return False
         cause = record.getMessage().partition(": ")[2]
-        record.pool = str(record.args[0]) if isinstance(record.args, tuple) and record.args else None
+        record.pool = pool or None
         record.msg, record.args = "database_pool_connect_failed", ()
         record.dependency, record.setting = "postgresql", "DATABASE_URL"
         record.cause = scrub_text(cause)[:ERROR_MESSAGE_MAX_LENGTH]

@@ -82,7 +82,7 @@ QUEUE_JOBS = Gauge(
 POOL_CONNECTIONS = Gauge(
     "app_db_pool_connections",
     "This process's PostgreSQL pool: its connections (size), those idle in it (available), and the "
-    "requests waiting for one (waiting), as last read",
+    "requests waiting for one or for its check (waiting), as last read",
     ["state"],
     multiprocess_mode="livesum",
 )

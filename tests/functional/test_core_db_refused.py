@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -29,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
+from app.core import db as db_module
 from app.core.db import DatabaseUnreachable, FailFastPool, create_pool, lend
 from app.core.metrics import record_pool
 from app.core.queues import bind_job_context
@@ -186,38 +188,95 @@ async def test_a_borrower_waits_as_ever_while_a_connection_is_lent_out(
         await pool.close()
 
 
-async def test_a_burst_waits_as_ever_while_postgres_refuses_only_more_connections(
-    settings: Settings, database_url: str
-) -> None:
-    """Review: PostgreSQL refused the pool's growth ("too many connections for role") while its one
-    connection worked, and of three requests arriving together, two were refused in 0.1 s: the
-    connection being checked for the first was counted nowhere. And the refused growth, never
-    followed by a connection made, marked the pool as failing while it served (review): a connection
-    lent ends that."""
+@pytest.fixture
+async def limited_url(database_url: str) -> AsyncIterator[str]:
+    """The database through a role PostgreSQL lets have one connection: the pool's growth is refused
+    ("too many connections for role") while its one connection works."""
     role = f"limited_{uuid.uuid4().hex[:12]}"
+    owner = conninfo_to_dict(database_url).get("user") or "postgres"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
         await admin.execute(
             sql.SQL("create role {} login password 'limited' connection limit 1 in role {}").format(
-                sql.Identifier(role), sql.Identifier(conninfo_to_dict(database_url).get("user") or "postgres")
+                sql.Identifier(role), sql.Identifier(owner)
             )
         )
         try:
-            limited = make_conninfo(database_url, user=role, password="limited")
-            pool = create_pool(brief(settings, database_pool_max=4), limited)
-            await pool.open(wait=True)
-            try:
-                async with lend(pool):  # the one connection the role may have
-                    with pytest.raises(PoolTimeout):  # the pool's growth is refused
-                        async with lend(pool, timeout=0.5):
-                            pass
-                await refused_longer_than_a_wait(pool)  # the connection waits in the pool, idle
-                burst = await asyncio.gather(*(borrowed(pool, LONG_WAIT_S, hold_s=0.3) for _ in range(3)))
-                assert burst == [True] * 3, burst
-                assert pool.failing is None, "a connection lent: PostgreSQL answers"
-            finally:
-                await pool.close()
+            yield make_conninfo(database_url, user=role, password="limited")
         finally:
             await admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+async def refuse_growth(pool: FailFastPool) -> None:
+    """Make the pool ask for a second connection (its one lent out), which the role refuses; then
+    wait, connection idle again, until the attempts have failed longer than a borrower's wait."""
+    async with lend(pool):
+        with pytest.raises(PoolTimeout):
+            async with lend(pool, timeout=0.5):
+                pass
+    await refused_longer_than_a_wait(pool)
+
+
+async def test_a_burst_waits_as_ever_while_postgres_refuses_only_more_connections(
+    settings: Settings, limited_url: str
+) -> None:
+    """Review: PostgreSQL refused the pool's growth while its one connection worked, and of three
+    requests arriving together, two were refused in 0.1 s: the connection being checked for the
+    first was counted nowhere."""
+    pool = create_pool(brief(settings, database_pool_max=4), limited_url)
+    await pool.open(wait=True)
+    try:
+        await refuse_growth(pool)
+        burst = await asyncio.gather(*(borrowed(pool, LONG_WAIT_S, hold_s=0.3) for _ in range(3)))
+        assert burst == [True] * 3, burst
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_lent_ends_the_pools_failing(settings: Settings, limited_url: str) -> None:
+    """Review: ``failing`` ended only with a connection made, so a refused growth while the pool kept
+    serving left it set, and the next short restart was answered with 503s instead of waited out.
+    Failures that lasted longer than a borrower's wait, ended by a lend, are logged as over (a
+    connection that outlived a freeze)."""
+    pool = create_pool(brief(settings, database_pool_max=4), limited_url)
+    await pool.open(wait=True)
+    try:
+        await refuse_growth(pool)
+
+        async def chain_given_up() -> bool:
+            return pool.get_stats().get("pool_size", 0) == 1
+
+        await wait_until(chain_given_up, 60, "the pool gave its attempts to grow up")
+        assert pool.failing is not None
+        with captured_logs() as logs:
+            assert await borrowed(pool)  # the idle connection: no growth asked
+        assert pool.failing is None
+        (line,) = logs.events("database_pool_connected_again")
+        assert line["failing_s"] >= pool.timeout
+    finally:
+        await pool.close()
+
+
+async def test_borrowers_that_come_while_the_probe_waits_wait_with_it(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a quiet outage the first burst met a pool with no connection: only the probing
+    borrower was let wait for the attempt it started. The others now wait with it (here for as
+    long as it does, the probe's wait widened so that the pool has time to grow for each)."""
+    monkeypatch.setattr(db_module, "UNREACHABLE_WAIT_S", LONG_WAIT_S)
+    pool = create_pool(brief(settings, database_pool_max=4), NOBODY_LISTENS)
+    await pool.open(wait=False)
+    try:
+        await refused_longer_than_a_wait(pool)
+
+        async def given_up() -> bool:
+            return pool.get_stats().get("pool_size", 0) == 0
+
+        await wait_until(given_up, 60, "the pool gave its chain of attempts up: a quiet outage")
+        pool.conninfo = database_url  # PostgreSQL is back; nothing has asked the pool since
+        burst = await asyncio.gather(*(borrowed(pool, LONG_WAIT_S, hold_s=0.3) for _ in range(3)))
+        assert burst == [True] * 3, burst
+    finally:
+        await pool.close()
 
 
 async def test_a_job_waits_as_ever_while_postgres_refuses(settings: Settings) -> None:

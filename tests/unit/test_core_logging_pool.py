@@ -81,3 +81,24 @@ def test_psycopgs_loggers_have_the_discard_filter_once_configured() -> None:
     for name in ("psycopg", "psycopg.transaction", "psycopg.pool"):
         filters = logging.getLogger(name).filters
         assert len([f for f in filters if isinstance(f, DiscardedConnectionLogFilter)]) == 1, name
+
+
+def test_each_pools_connect_failures_have_their_own_minute() -> None:
+    """Review: the app's pool and the page-view sink's share PostgreSQL, and fail together; with one
+    throttle, the second's failures were counted under the first's name."""
+    pools = PoolLogFilter(interval_s=3600)
+
+    def failed(pool: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "psycopg.pool",
+            logging.WARNING,
+            __file__,
+            1,
+            "error connecting in %r: %s",
+            (pool, "refused"),
+            None,
+        )
+
+    app, sink, again = failed("app"), failed("pageview-sink"), failed("app")
+    assert pools.filter(app) and pools.filter(sink) and not pools.filter(again)
+    assert (app.pool, sink.pool) == ("app", "pageview-sink")  # type: ignore[attr-defined]
