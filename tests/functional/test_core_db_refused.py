@@ -72,6 +72,16 @@ async def refused_longer_than_a_wait(pool: FailFastPool) -> None:
     await wait_until(long, 30, "the pool failed to connect for longer than a borrower's wait")
 
 
+async def until_pool_size(pool: FailFastPool, size: int, what: str) -> None:
+    """Until the pool counts ``size`` connections, attempts under way included (psycopg's
+    ``pool_size``: a chain of attempts given up leaves it)."""
+
+    async def reached() -> bool:
+        return pool.get_stats().get("pool_size", 0) == size
+
+    await wait_until(reached, 60, what)
+
+
 async def borrowed(pool: AsyncConnectionPool[Any], timeout: float = 1.0, hold_s: float = 0.0) -> bool:
     """Whether a borrower got a working connection within ``timeout`` (``DatabaseUnreachable`` is a
     ``PoolTimeout``), which it then holds ``hold_s`` (a request's statements)."""
@@ -153,10 +163,7 @@ async def test_the_pool_tries_again_after_giving_up_a_chain_of_attempts(
     try:
         await refused(pool)
 
-        async def given_up() -> bool:
-            return pool.get_stats().get("pool_size", 0) == 0
-
-        await wait_until(given_up, 60, "the pool gave its chain of attempts up")
+        await until_pool_size(pool, 0, "the pool gave its chain of attempts up")
         pool.conninfo = database_url
 
         async def back() -> bool:
@@ -242,10 +249,7 @@ async def test_a_connection_lent_ends_the_pools_failing(settings: Settings, limi
     try:
         await refuse_growth(pool)
 
-        async def chain_given_up() -> bool:
-            return pool.get_stats().get("pool_size", 0) == 1
-
-        await wait_until(chain_given_up, 60, "the pool gave its attempts to grow up")
+        await until_pool_size(pool, 1, "the pool gave its attempts to grow up")
         assert pool.failing is not None
         with captured_logs() as logs:
             assert await borrowed(pool)  # the idle connection: no growth asked
@@ -268,10 +272,7 @@ async def test_borrowers_that_come_while_the_probe_waits_wait_with_it(
     try:
         await refused_longer_than_a_wait(pool)
 
-        async def given_up() -> bool:
-            return pool.get_stats().get("pool_size", 0) == 0
-
-        await wait_until(given_up, 60, "the pool gave its chain of attempts up: a quiet outage")
+        await until_pool_size(pool, 0, "the pool gave its chain of attempts up: a quiet outage")
         pool.conninfo = database_url  # PostgreSQL is back; nothing has asked the pool since
         burst = await asyncio.gather(*(borrowed(pool, LONG_WAIT_S, hold_s=0.3) for _ in range(3)))
         assert burst == [True] * 3, burst
