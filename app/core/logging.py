@@ -356,7 +356,7 @@ class PoolLogFilter(logging.Filter):
     dropped: the pools give their chains up after ``reconnect_timeout_s`` (seconds) and start new
     ones, and the failed attempts' line says the outage goes on. Every other line of the pool passes
     as it is. (The line that says PostgreSQL is back is the app pool's own:
-    ``app.core.db.FailFastPool``.)"""
+    ``app.core.pool.FailFastPool``.)"""
 
     def __init__(self, interval_s: float = POOL_WARN_INTERVAL_S) -> None:
         super().__init__()
@@ -365,7 +365,7 @@ class PoolLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
         if text.startswith("reconnection attempt in pool"):
-            return False  # a chain of attempts given up (``app.core.db.reconnect_timeout_s``): routine
+            return False  # a chain of attempts given up (``app.core.pool.reconnect_timeout_s``): routine
         if not text.startswith("error connecting"):
             return True
         pool = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""

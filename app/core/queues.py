@@ -32,7 +32,6 @@ from saq import Job, Queue, Worker
 from saq.types import Context, PartialTimersDict
 
 from app.config import Settings, redact_url
-from app.core.db import borrow_as_ever, borrow_patiently
 from app.core.heartbeat import with_heartbeat
 from app.core.logging import bind_request_id, error_message, forget_request_id
 from app.core.metrics import (
@@ -48,6 +47,7 @@ from app.core.metrics import (
 )
 from app.core.migrate import REFUSED_CONNECTION, SchemaBehindError, database_missing, require_schema
 from app.core.modules import QUEUE_NAMES, JobFunction, Module
+from app.core.pool import borrow_as_ever, borrow_patiently
 from app.core.relay import RETRY_BACKOFF_MAX_S, RETRY_DELAY_S, OutboxRelay, batching_of, timeouts_of
 from app.core.repeating import stopped_within
 from app.core.scrub import scrub_text

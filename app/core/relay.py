@@ -218,7 +218,7 @@ async def _publish(
 
 RELAY_BACKOFF_MAX_S = 5.0
 """The longest the relay waits after a failed round. A failed round is cheap (while PostgreSQL is
-away, the pool refuses at once: ``app.core.db.FailFastPool``), and the relay resumed up to this long
+away, the pool refuses at once: ``app.core.pool.FailFastPool``), and the relay resumed up to this long
 after PostgreSQL was back: at 30 s, the orders of a minute-long outage stayed pending for 56 s
 after it (fault review). A poll interval longer than this is the longest instead: a failing relay
 polls no faster than a healthy one."""

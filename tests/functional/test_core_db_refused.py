@@ -30,9 +30,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
-from app.core import db as db_module
-from app.core.db import DatabaseUnreachable, FailFastPool, create_pool, lend
+from app.core import pool as pool_module
+from app.core.db import create_pool, lend
 from app.core.metrics import record_pool
+from app.core.pool import DatabaseUnreachable, FailFastPool
 from app.core.queues import bind_job_context
 from tests.factories import captured_logs, wait_until
 
@@ -266,7 +267,7 @@ async def test_borrowers_that_come_while_the_probe_waits_wait_with_it(
     """After a quiet outage the first burst met a pool with no connection: only the probing
     borrower was let wait for the attempt it started. The others now wait with it (here for as
     long as it does, the probe's wait widened so that the pool has time to grow for each)."""
-    monkeypatch.setattr(db_module, "UNREACHABLE_WAIT_S", LONG_WAIT_S)
+    monkeypatch.setattr(pool_module, "UNREACHABLE_WAIT_S", LONG_WAIT_S)
     pool = create_pool(brief(settings, database_pool_max=4), NOBODY_LISTENS)
     await pool.open(wait=False)
     try:

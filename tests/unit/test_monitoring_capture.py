@@ -12,8 +12,8 @@ import redis.exceptions
 import valkey.exceptions
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from app.core.db import DatabaseUnreachable
 from app.core.errors import ConflictError, ServiceUnavailableError, dependency_down, exception_handlers
+from app.core.pool import DatabaseUnreachable
 from app.db.models import MonitoringGroupKind
 from app.domains.monitoring.capture import (
     EventBuffer,

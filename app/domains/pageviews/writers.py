@@ -64,8 +64,9 @@ from typing import Any, Protocol, TypeVar
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Json
 
-from app.core.db import SESSION_TIME_ZONE, check_within, reconnect_timeout_s
+from app.core.db import SESSION_TIME_ZONE, check_within
 from app.core.deadline import DeadlineExceededError, answered_within, finish_within, sever
+from app.core.pool import reconnect_timeout_s
 from app.domains.pageviews.rows import COLUMNS, COPY_TYPES, Row, as_json
 
 T = TypeVar("T")
