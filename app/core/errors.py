@@ -113,9 +113,7 @@ def database_down(exc: BaseException) -> bool:
 
 def dependency_of(exc: BaseException) -> str:
     """``postgresql`` or ``valkey``: which backing service ``exc`` says is unreachable."""
-    module = type(exc).__module__
-    database = isinstance(exc, psycopg.Error) or module.startswith(("psycopg", "psycopg_pool"))
-    return "postgresql" if database else "valkey"
+    return "postgresql" if isinstance(exc, psycopg.Error) else "valkey"
 
 
 def report_dependency_down(
