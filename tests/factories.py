@@ -42,11 +42,11 @@ from structlog.stdlib import ProcessorFormatter
 
 from app.config import Settings
 from app.core.cache import Cache
-from app.core.db import Pool
 from app.core.idempotency import idempotency as idempotency_module
 from app.core.logging import configure_logging
 from app.core.migrate import MIGRATIONS_DIR
 from app.core.modules import Module
+from app.core.pool import FailFastPool
 from app.core.queues import build_queues
 from app.core.slots import Slot
 from app.db import accounts as account_queries
@@ -79,9 +79,11 @@ _counter = itertools.count(1)
 _run = uuid.uuid4().hex[:8]
 
 MakeCache = Callable[..., Cache]
-OpenPool = Callable[..., contextlib.AbstractAsyncContextManager[Pool]]
-"""``open_pool(database_url, **setting_changes)`` (the fixture in ``tests/functional/conftest.py``):
-the app's pool (``create_pool``) on that URL, with those settings changed, open for the block."""
+OpenPool = Callable[..., contextlib.AbstractAsyncContextManager[FailFastPool]]
+"""``open_pool(database_url, *, wait=True, **setting_changes)`` (the fixture in
+``tests/functional/conftest.py``): the app's pool (``create_pool``) on that URL, with those settings
+changed, open for the block (``wait=False``: without waiting for a first connection, as to a
+database that refuses)."""
 """The ``make_cache`` fixture: ``Cache(valkey, **options)``, closed after the test."""
 
 T = TypeVar("T")

@@ -22,7 +22,8 @@ from saq.queue.redis import RedisQueue
 from valkey.asyncio import Valkey
 
 from app.config import Settings
-from app.core.db import Pool, create_pool
+from app.core.db import create_pool
+from app.core.pool import FailFastPool
 from app.core.security import Passwords
 from app.core.services import open_services
 from app.db.models import User
@@ -152,9 +153,9 @@ async def site_id(db: AsyncConnection[Any]) -> int:
 @pytest.fixture
 def open_pool(settings: Settings) -> OpenPool:
     @asynccontextmanager
-    async def open_(database_url: str, **changes: Any) -> AsyncIterator[Pool]:
+    async def open_(database_url: str, *, wait: bool = True, **changes: Any) -> AsyncIterator[FailFastPool]:
         pool = create_pool(msgspec.structs.replace(settings, **changes), database_url)
-        await pool.open(wait=True)
+        await pool.open(wait=wait)
         try:
             yield pool
         finally:

@@ -19,9 +19,9 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
-import msgspec
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
@@ -29,13 +29,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from app.config import Settings
 from app.core import pool as pool_module
-from app.core.db import create_pool, lend
+from app.core.db import lend
 from app.core.metrics import record_pool
 from app.core.pool import DatabaseUnreachable, FailFastPool
 from app.core.queues import bind_job_context
-from tests.factories import captured_logs, wait_until
+from tests.factories import OpenPool, captured_logs, wait_until
 
 NOBODY_LISTENS = "postgresql://app@127.0.0.1:9/app"
 LONG_WAIT_S = 30.0
@@ -45,14 +44,14 @@ SHORT_WAIT_S = 1.0
 failed that long first (a restart shorter than a borrower's wait is ridden out)."""
 
 
-def patient(settings: Settings, **changes: Any) -> Settings:
-    return msgspec.structs.replace(settings, database_timeout_s=LONG_WAIT_S, **changes)
+def patient(**changes: Any) -> dict[str, Any]:
+    """The settings of a pool whose borrowers must wait (``open_pool``'s changes)."""
+    return {"database_timeout_s": LONG_WAIT_S, **changes}
 
 
-def brief(settings: Settings, **changes: Any) -> Settings:
-    return msgspec.structs.replace(
-        settings, **{"database_timeout_s": SHORT_WAIT_S, "database_pool_min": 1, **changes}
-    )
+def brief(**changes: Any) -> dict[str, Any]:
+    """The settings of a pool whose borrowers are refused once its attempts fail (``open_pool``'s)."""
+    return {"database_timeout_s": SHORT_WAIT_S, "database_pool_min": 1, **changes}
 
 
 async def refused(pool: FailFastPool) -> None:
@@ -94,12 +93,10 @@ async def borrowed(pool: AsyncConnectionPool[Any], timeout: float = 1.0, hold_s:
     return True
 
 
-async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(settings: Settings) -> None:
+async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(open_pool: OpenPool) -> None:
     """Without the fail-fast, each of these borrowers would wait ``SHORT_WAIT_S`` and get psycopg's
     ``PoolTimeout``."""
-    pool = create_pool(brief(settings), NOBODY_LISTENS)
-    await pool.open(wait=False)
-    try:
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
         await refused_longer_than_a_wait(pool)
         for _ in range(3):  # every borrower: the probing one, and those it spares the wait
             with pytest.raises(DatabaseUnreachable) as caught:
@@ -110,11 +107,9 @@ async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(setting
         with pytest.raises(DatabaseUnreachable):  # a caller's own deadline too (readiness)
             async with lend(pool, timeout=LONG_WAIT_S):
                 pass
-    finally:
-        await pool.close()
 
 
-async def test_failing_counts_from_the_start_of_the_first_failed_attempt(settings: Settings) -> None:
+async def test_failing_counts_from_the_start_of_the_first_failed_attempt(open_pool: OpenPool) -> None:
     """Fault review: against a frozen server an attempt fails only at its connect timeout
     (``DATABASE_TIMEOUT_S``, 2 s at least), and counted from then, requests waited out a freeze
     twice as long before they were refused at once. Here a listener accepts and never answers."""
@@ -124,65 +119,51 @@ async def test_failing_counts_from_the_start_of_the_first_failed_attempt(setting
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    pool = create_pool(brief(settings, database_timeout_s=2.0), f"postgresql://app@127.0.0.1:{port}/app")
+    never_answers = f"postgresql://app@127.0.0.1:{port}/app"
     try:
-        await pool.open(wait=False)
-        await refused(pool)
-        assert pool.failing is not None
-        since, last, cause = pool.failing
-        assert last - since >= 1.0, "since: when the 2 s attempt began, not when it timed out"
-        assert "timeout" in cause.lower(), cause
+        async with open_pool(never_answers, wait=False, **brief(database_timeout_s=2.0)) as pool:
+            await refused(pool)
+            assert pool.failing is not None
+            since, last, cause = pool.failing
+            assert last - since >= 1.0, "since: when the 2 s attempt began, not when it timed out"
+            assert "timeout" in cause.lower(), cause
     finally:
-        await pool.close()
         server.close()
 
 
 async def test_a_restart_shorter_than_a_borrowers_wait_is_ridden_out(
-    settings: Settings, database_url: str
+    open_pool: OpenPool, database_url: str
 ) -> None:
     """Fault review: a killed postmaster, started again in 2.6 s, gave 503s once borrowers failed at
     the first refusal; waiting, they were served."""
-    pool = create_pool(patient(settings, database_pool_min=1), NOBODY_LISTENS)
-    await pool.open(wait=False)
-    try:
+    async with open_pool(NOBODY_LISTENS, wait=False, **patient(database_pool_min=1)) as pool:
         await refused(pool)
         waiting = asyncio.ensure_future(borrowed(pool, timeout=LONG_WAIT_S))
         pool.conninfo = database_url  # PostgreSQL is back
         assert await waiting
-    finally:
-        await pool.close()
 
 
 async def test_the_pool_tries_again_after_giving_up_a_chain_of_attempts(
-    settings: Settings, database_url: str
+    open_pool: OpenPool, database_url: str
 ) -> None:
     """Fault review: after an outage of a minute or more, the pool's next attempt to connect came
     30-60 s after PostgreSQL was back (psycopg backs off for five minutes). Its chains of attempts now
     end after ``reconnect_timeout_s``, and a refused borrower (the probe) starts the next."""
-    pool = create_pool(brief(settings), NOBODY_LISTENS)
-    await pool.open(wait=False)
-    try:
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
         await refused(pool)
 
         await until_pool_size(pool, 0, "the pool gave its chain of attempts up")
         pool.conninfo = database_url
 
-        async def back() -> bool:
-            return await borrowed(pool)
-
-        await wait_until(back, 60, "a borrower made the pool try again")
-    finally:
-        await pool.close()
+        await wait_until(partial(borrowed, pool), 60, "a borrower made the pool try again")
 
 
 async def test_a_borrower_waits_as_ever_while_a_connection_is_lent_out(
-    settings: Settings, database_url: str
+    open_pool: OpenPool, database_url: str
 ) -> None:
     """Under load a lent connection comes back: failed attempts to grow the pool must not turn its
     queue into refusals."""
-    pool = create_pool(brief(settings, database_pool_max=2), database_url)
-    await pool.open(wait=True)
-    try:
+    async with open_pool(database_url, **brief(database_pool_max=2)) as pool:
         async with lend(pool) as held:
             pool.conninfo = NOBODY_LISTENS
             with pytest.raises(PoolTimeout):  # it asks the pool to grow, which fails
@@ -192,8 +173,6 @@ async def test_a_borrower_waits_as_ever_while_a_connection_is_lent_out(
             waiting = asyncio.ensure_future(borrowed(pool, timeout=LONG_WAIT_S))
             await held.execute("select pg_sleep(0.5)")  # a slow request, longer than UNREACHABLE_WAIT_S
         assert await waiting, "the borrower got the connection given back"
-    finally:
-        await pool.close()
 
 
 @pytest.fixture
@@ -225,29 +204,23 @@ async def refuse_growth(pool: FailFastPool) -> None:
 
 
 async def test_a_burst_waits_as_ever_while_postgres_refuses_only_more_connections(
-    settings: Settings, limited_url: str
+    open_pool: OpenPool, limited_url: str
 ) -> None:
     """Review: PostgreSQL refused the pool's growth while its one connection worked, and of three
     requests arriving together, two were refused in 0.1 s: the connection being checked for the
     first was counted nowhere."""
-    pool = create_pool(brief(settings, database_pool_max=4), limited_url)
-    await pool.open(wait=True)
-    try:
+    async with open_pool(limited_url, **brief(database_pool_max=4)) as pool:
         await refuse_growth(pool)
         burst = await asyncio.gather(*(borrowed(pool, LONG_WAIT_S, hold_s=0.3) for _ in range(3)))
         assert burst == [True] * 3, burst
-    finally:
-        await pool.close()
 
 
-async def test_a_connection_lent_ends_the_pools_failing(settings: Settings, limited_url: str) -> None:
+async def test_a_connection_lent_ends_the_pools_failing(open_pool: OpenPool, limited_url: str) -> None:
     """Review: ``failing`` ended only with a connection made, so a refused growth while the pool kept
     serving left it set, and the next short restart was answered with 503s instead of waited out.
     Failures that lasted longer than a borrower's wait, ended by a lend, are logged as over (a
     connection that outlived a freeze)."""
-    pool = create_pool(brief(settings, database_pool_max=4), limited_url)
-    await pool.open(wait=True)
-    try:
+    async with open_pool(limited_url, **brief(database_pool_max=4)) as pool:
         await refuse_growth(pool)
 
         await until_pool_size(pool, 1, "the pool gave its attempts to grow up")
@@ -257,38 +230,30 @@ async def test_a_connection_lent_ends_the_pools_failing(settings: Settings, limi
         assert pool.failing is None
         (line,) = logs.events("database_pool_connected_again")
         assert line["failing_s"] >= pool.timeout
-    finally:
-        await pool.close()
 
 
 async def test_borrowers_that_come_while_the_probe_waits_wait_with_it(
-    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+    open_pool: OpenPool, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a quiet outage the first burst met a pool with no connection: only the probing
     borrower was let wait for the attempt it started. The others now wait with it (here for as
     long as it does, the probe's wait widened so that the pool has time to grow for each)."""
     monkeypatch.setattr(pool_module, "UNREACHABLE_WAIT_S", LONG_WAIT_S)
-    pool = create_pool(brief(settings, database_pool_max=4), NOBODY_LISTENS)
-    await pool.open(wait=False)
-    try:
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief(database_pool_max=4)) as pool:
         await refused_longer_than_a_wait(pool)
 
         await until_pool_size(pool, 0, "the pool gave its chain of attempts up: a quiet outage")
         pool.conninfo = database_url  # PostgreSQL is back; nothing has asked the pool since
         burst = await asyncio.gather(*(borrowed(pool, LONG_WAIT_S, hold_s=0.3) for _ in range(3)))
         assert burst == [True] * 3, burst
-    finally:
-        await pool.close()
 
 
-async def test_a_job_waits_as_ever_while_postgres_refuses(settings: Settings) -> None:
+async def test_a_job_waits_as_ever_while_postgres_refuses(open_pool: OpenPool) -> None:
     """Review: a relayed job's retries (JOB_RETRIES, backing off) were meant to outlast a restart of
     PostgreSQL, and did so only while each attempt waited ``DATABASE_TIMEOUT_S``: failing fast, a job
     failed for good within about 15 s of an outage. A job's context (``bind_job_context``, SAQ's
     ``before_process``) borrows patiently."""
-    pool = create_pool(brief(settings), NOBODY_LISTENS)
-    await pool.open(wait=False)
-    try:
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
         await refused_longer_than_a_wait(pool)
 
         async def job() -> BaseException | None:
@@ -306,11 +271,9 @@ async def test_a_job_waits_as_ever_while_postgres_refuses(settings: Settings) ->
         with pytest.raises(DatabaseUnreachable):  # outside the job, as before
             async with lend(pool):
                 pass
-    finally:
-        await pool.close()
 
 
-async def test_the_waiting_gauge_counts_borrowers_waiting_now(settings: Settings) -> None:
+async def test_the_waiting_gauge_counts_borrowers_waiting_now(open_pool: OpenPool) -> None:
     """Fault re-run: ``app_db_pool_connections{state="waiting"}`` read psycopg's count, which keeps
     the borrowers that gave up until a connection comes back (124 during a 90 s outage, while nobody
     waited)."""
@@ -319,9 +282,7 @@ async def test_the_waiting_gauge_counts_borrowers_waiting_now(settings: Settings
         record_pool(pool)
         return REGISTRY.get_sample_value("app_db_pool_connections", {"state": "waiting"})
 
-    pool = create_pool(brief(settings), NOBODY_LISTENS)
-    await pool.open(wait=False)
-    try:
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
         await refused_longer_than_a_wait(pool)
         for _ in range(3):  # the first probes: it waits, gives up, and stays in psycopg's queue
             assert not await borrowed(pool)
@@ -342,36 +303,23 @@ async def test_the_waiting_gauge_counts_borrowers_waiting_now(settings: Settings
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
         assert gauge() == 0
-    finally:
-        await pool.close()
 
 
-async def test_the_pool_lends_again_and_says_postgres_is_back(settings: Settings, database_url: str) -> None:
-    pool = create_pool(patient(settings, database_pool_min=1), NOBODY_LISTENS)
+async def test_the_pool_lends_again_and_says_postgres_is_back(open_pool: OpenPool, database_url: str) -> None:
     with captured_logs() as logs:
-        await pool.open(wait=False)
-        try:
+        async with open_pool(NOBODY_LISTENS, wait=False, **patient(database_pool_min=1)) as pool:
             await refused(pool)
             pool.conninfo = database_url
-
-            async def back() -> bool:
-                try:
-                    return await borrowed(pool)
-                except DatabaseUnreachable:
-                    return False
-
-            await wait_until(back, 60, "the pool lends a connection again")
+            await wait_until(partial(borrowed, pool), 60, "the pool lends a connection again")
             assert pool.failing is None
             assert await borrowed(pool)
-        finally:
-            await pool.close()
     lines = logs.events("database_pool_connected_again")
     assert len(lines) == 1, "once, for the first connection only"
     assert (lines[0]["dependency"], lines[0]["pool"]) == ("postgresql", "app")
     assert lines[0]["failing_s"] > 0
 
 
-async def test_another_pools_failures_are_not_the_app_pools(settings: Settings, database_url: str) -> None:
+async def test_another_pools_failures_are_not_the_app_pools(open_pool: OpenPool, database_url: str) -> None:
     """Review: the page-view sink's pool failing made the app pool's next new connection (up to an
     hour later) say that PostgreSQL was back."""
     with captured_logs() as logs:
@@ -385,8 +333,6 @@ async def test_another_pools_failures_are_not_the_app_pools(settings: Settings, 
             await wait_until(failed, 30, "the sink's pool failed to connect")
         finally:
             await sink.close()
-        pool = create_pool(settings, database_url)
-        await pool.open(wait=True)
-        assert await borrowed(pool)
-        await pool.close()
+        async with open_pool(database_url) as pool:
+            assert await borrowed(pool)
     assert logs.events("database_pool_connected_again") == []
