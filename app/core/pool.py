@@ -72,10 +72,11 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     timeout of a server that accepts and never answers). One borrower per ``PROBE_INTERVAL_S`` asks
     the pool instead, waiting ``UNREACHABLE_WAIT_S``: the pool starts an attempt to connect when
     none is under way (``reconnect_timeout_s``), and the probe gets the connection if it lands
-    meanwhile, as may the borrowers that come while it waits (a burst after a quiet outage: the pool
-    grows one connection at a time for them, and those it has not reached when the probe's wait ends
-    are refused; review: 3 of 8 served). (Every borrower asking left one abandoned entry in
-    psycopg's queue of waiting clients, kept until a connection comes back.)
+    meanwhile, as may the borrowers that come while it waits. If PostgreSQL answered meanwhile (a
+    connection made), those still waiting when the probe's wait ends wait as ever for the rest of
+    theirs: after a quiet outage the pool grows one connection at a time for a burst, and those it
+    had not reached in 0.1 s were refused (review: 3 of 8 served). (Every borrower asking left one
+    abandoned entry in psycopg's queue of waiting clients, kept until a connection comes back.)
 
     While the pool holds an open connection, idle, lent out or being checked, a borrower waits as
     ever, whatever the attempts to connect say: PostgreSQL may refuse only more connections ("too
@@ -169,19 +170,27 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
             return conn
         if now - self._probed_at >= PROBE_INTERVAL_S:
             self._probed_at = now  # this borrower probes; those that come while it waits join it
+        budget = self.timeout if timeout is None else timeout
         wait = self._probed_at + UNREACHABLE_WAIT_S - now
         if wait > 0:
             try:
-                conn = await super().getconn(min(wait, self.timeout if timeout is None else timeout))
+                conn = await super().getconn(min(wait, budget))
             except PoolTimeout:
-                if self.failing is None:  # back meanwhile, yet nothing came free
+                if self.failing is not None:
+                    raise self._unreachable(self.failing) from None
+                rest = budget - (time.monotonic() - now)
+                if rest <= 0:
                     raise
-            else:
-                self._answered(always=False)
-                return conn
-        since, last, cause = self.failing or failing
+                conn = await super().getconn(rest)  # PostgreSQL answered meanwhile: wait as ever
+            self._answered(always=False)
+            return conn
+        raise self._unreachable(failing)
+
+    @staticmethod
+    def _unreachable(failing: tuple[float, float, str]) -> DatabaseUnreachable:
+        since, last, cause = failing
         now = time.monotonic()
-        raise DatabaseUnreachable(
+        return DatabaseUnreachable(
             f"the pool's attempts to connect to PostgreSQL fail (for {now - since:.0f}s, the last "
             f"{now - last:.0f}s ago): {cause}"
         )

@@ -248,6 +248,48 @@ async def test_borrowers_that_come_while_the_probe_waits_wait_with_it(
         assert burst == [True] * 3, burst
 
 
+async def test_a_burst_waits_as_ever_once_the_probes_attempt_lands(
+    open_pool: OpenPool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: after a quiet outage a burst of 8 met a pool with no connection; the pool grows one
+    connection at a time, and those it had not reached when the probe's wait ended were refused
+    (3 of 8 served). Once PostgreSQL has answered, they wait as ever. Here every connection after
+    the first is made only after the probe's wait, and each borrower holds its connection until
+    then: without the rule, the two joining borrowers are refused."""
+    monkeypatch.setattr(pool_module, "UNREACHABLE_WAIT_S", 0.9)  # within PROBE_INTERVAL_S
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief(database_pool_max=4)) as pool:
+        await refused_longer_than_a_wait(pool)
+        await until_pool_size(pool, 0, "the pool gave its chain of attempts up: a quiet outage")
+
+        async def probes_wait_ended() -> bool:
+            return time.monotonic() >= pool._probed_at + pool_module.UNREACHABLE_WAIT_S
+
+        connect = pool._connect
+        made = 0
+
+        async def connect_slowly_after_the_first(timeout: float | None = None) -> Any:
+            nonlocal made
+            made += 1
+            if made > 1:
+                await wait_until(probes_wait_ended, 30, "the probe's wait ended")
+            return await connect(timeout)
+
+        async def borrowed_past_the_probes_wait() -> bool:
+            try:
+                async with lend(pool, timeout=LONG_WAIT_S) as conn:
+                    await wait_until(probes_wait_ended, 30, "the probe's wait ended")
+                    await conn.execute("select 1")
+            except PoolTimeout:
+                return False
+            return True
+
+        monkeypatch.setattr(pool, "_connect", connect_slowly_after_the_first)
+        pool.conninfo = database_url  # PostgreSQL is back; nothing has asked the pool since
+        burst = await asyncio.gather(*(borrowed_past_the_probes_wait() for _ in range(3)))
+        assert burst == [True] * 3, burst
+        assert made >= 2, "the joining borrowers waited for the pool's growth"
+
+
 async def test_a_job_waits_as_ever_while_postgres_refuses(open_pool: OpenPool) -> None:
     """Review: a relayed job's retries (JOB_RETRIES, backing off) were meant to outlast a restart of
     PostgreSQL, and did so only while each attempt waited ``DATABASE_TIMEOUT_S``: failing fast, a job
