@@ -224,6 +224,12 @@ after it (fault review). A poll interval longer than this is the longest instead
 polls no faster than a healthy one."""
 
 
+def backoff_after_failure(delay: float, interval: float) -> float:
+    """The relay's wait after a failed round, given its last wait (0 after a full batch): twice that,
+    from the poll interval up, to at most ``RELAY_BACKOFF_MAX_S`` (or the interval, if longer)."""
+    return min(max(delay, interval) * 2, max(RELAY_BACKOFF_MAX_S, interval))
+
+
 class OutboxRelay:
     """Runs ``relay_once`` until stopped: back to back while batches are full, else every poll
     interval; after a failure, backs off (up to ``RELAY_BACKOFF_MAX_S``) and logs at most one warning
@@ -260,7 +266,7 @@ class OutboxRelay:
                 delay = 0.0 if published >= self.settings.outbox_batch_size else interval
             except Exception as exc:
                 FAILURES.inc()
-                delay = min(max(delay, interval) * 2, max(RELAY_BACKOFF_MAX_S, interval))
+                delay = backoff_after_failure(delay, interval)
                 if self._warnings.due():
                     log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
             if delay:
