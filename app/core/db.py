@@ -317,6 +317,11 @@ class Database:
         lent = _LENT.get(self.pool, 0)
         return {**self.pool.get_stats(), "lent": lent} if lent >= self.pool.max_size else None
 
+    def connect_failure(self) -> str | None:
+        """Why the pool's attempts to connect to PostgreSQL fail, while they do (``FailFastPool.failure``):
+        a borrower cut waiting meanwhile waited for a connection PostgreSQL refused or never answered."""
+        return self.pool.failure() if isinstance(self.pool, FailFastPool) else None
+
     async def delete_in_chunks(self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]]) -> int:
         """Run ``delete_chunk`` (one bounded statement: a chunk of rows), one transaction each, until a
         chunk deletes nothing; how many rows in all. Each transaction stays short (its

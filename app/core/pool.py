@@ -186,11 +186,19 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
             return conn
         raise self._unreachable(failing)
 
+    def failure(self) -> str | None:
+        """What the pool's attempts to connect say while they fail (since when, the last one's age and
+        cause), else None: also while the pool still holds connections (its growth refused)."""
+        return None if self.failing is None else self._failure(self.failing)
+
+    def _unreachable(self, failing: tuple[float, float, str]) -> DatabaseUnreachable:
+        return DatabaseUnreachable(self._failure(failing))
+
     @staticmethod
-    def _unreachable(failing: tuple[float, float, str]) -> DatabaseUnreachable:
+    def _failure(failing: tuple[float, float, str]) -> str:
         since, last, cause = failing
         now = time.monotonic()
-        return DatabaseUnreachable(
+        return (
             f"the pool's attempts to connect to PostgreSQL fail (for {now - since:.0f}s, the last "
             f"{now - last:.0f}s ago): {cause}"
         )

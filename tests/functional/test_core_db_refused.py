@@ -28,12 +28,14 @@ from prometheus_client import REGISTRY
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from valkey.asyncio import Valkey
 
 from app.core import pool as pool_module
-from app.core.db import lend
+from app.core.db import Database, lend
 from app.core.metrics import record_pool
 from app.core.pool import DatabaseUnreachable, FailFastPool
 from app.core.queues import bind_job_context
+from app.domains.health.services import HealthService
 from tests.factories import OpenPool, captured_logs, wait_until
 
 NOBODY_LISTENS = "postgresql://app@127.0.0.1:9/app"
@@ -313,6 +315,28 @@ async def test_a_job_waits_as_ever_while_postgres_refuses(open_pool: OpenPool) -
         with pytest.raises(DatabaseUnreachable):  # outside the job, as before
             async with lend(pool):
                 pass
+
+
+async def test_readiness_names_the_refusal_while_borrowers_wait_it_out(
+    open_pool: OpenPool, valkey: Valkey, valkey_url: str
+) -> None:
+    """Fault review: for the first ``DATABASE_TIMEOUT_S`` of an outage, while borrowers wait the
+    refusals out (a restart is ridden out), readiness said ``timeout`` and logged "no answer within
+    2s", as for a server that never answers; the pool knew PostgreSQL refused."""
+    async with open_pool(NOBODY_LISTENS, wait=False, **patient(database_pool_min=1)) as pool:
+        await refused(pool)
+        health = HealthService(Database(pool), valkey, valkey_url, timeout_s=0.3, shared_s=0.0)
+        try:
+            with captured_logs() as logs:
+                answer = await health.readiness()
+        finally:
+            await health.close()
+    checks = {check.name: check for check in answer.checks}
+    assert (checks["postgres"].detail, checks["schema"].detail) == ("error", "error"), checks
+    assert checks["valkey"].ok, "the others still answer"
+    lines = {line["check"]: line for line in logs.events("readiness_check_failed")}
+    assert lines["postgres"]["error"] == "DatabaseUnreachable", lines
+    assert "refused" in lines["postgres"]["message"].rsplit(": ", 1)[1].lower(), "the cause is named"
 
 
 async def test_the_waiting_gauge_counts_borrowers_waiting_now(open_pool: OpenPool) -> None:

@@ -15,7 +15,8 @@ CheckFailure = Literal["timeout", "busy", "error"]
 """Why a check failed, as the public answer says it: no answer within the deadline; ``busy``, no
 pooled connection came free within it (the pool saturated by the instance's own work, or its
 connections hung on a PostgreSQL that stopped answering: the log line has the pool's figures); or an
-error (among them the pool's attempts to connect failing, refused or timed out: ``DatabaseUnreachable``).
+error (among them the pool's attempts to connect failing, refused or timed out: ``DatabaseUnreachable``,
+or a check cut at the deadline waiting for a connection meanwhile).
 The cause (the error's type and message, a queue's counts, the schema's version) is only logged:
 the route is public."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from app.core.db import Database, lend
 from app.core.deadline import finish_within, sever
 from app.core.logging import OncePerInterval, error_message
 from app.core.migrate import MISSING_MIGRATIONS, SchemaBehindError, migration_versions
+from app.core.pool import DatabaseUnreachable
 from app.domains.health.schemas import CheckFailure, DependencyStatus, Readiness
 
 log = structlog.get_logger("app.health")
@@ -39,6 +41,16 @@ def _forget(task: asyncio.Task[None]) -> None:
         task.exception()  # retrieved: a late failure of an abandoned probe is not an asyncio error
 
 
+@dataclass(frozen=True, slots=True)
+class Stuck:
+    """Why a check cut at its deadline had not answered, as its status (``detail``) and log line say."""
+
+    detail: CheckFailure
+    error: str
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
 async def _timed(
     name: str,
     check: Callable[[], Awaitable[None]],
@@ -46,7 +58,7 @@ async def _timed(
     timeout: float,
     required: bool = True,
     warnings: OncePerInterval | None = None,
-    busy: Callable[[], dict[str, int] | None] = lambda: None,
+    stuck: Callable[[], Stuck | None] = lambda: None,
 ) -> DependencyStatus:
     """Run ``check`` and report it down unless it succeeds within ``timeout``.
 
@@ -54,9 +66,9 @@ async def _timed(
     for a client's clean-up (``asyncio.wait_for`` would). The PostgreSQL check ends at once when
     cancelled (it severs its connection: ``app.core.deadline``); the Valkey clients' may take longer.
     A failure is logged (once per ``warnings``' interval per check) with its cause; the answer, public,
-    only says ``timeout``, ``busy`` or ``error`` (``CheckFailure``). ``busy``: the pool's figures
-    when the check, cut at the deadline, was still waiting for one of its connections, all in use
-    (an exhausted pool was reported as PostgreSQL not answering).
+    only says ``timeout``, ``busy`` or ``error`` (``CheckFailure``). A check cut at the deadline is
+    ``timeout`` unless ``stuck`` knows better (``Stuck``: the pool's reasons, for a check still
+    waiting for one of its connections).
     """
     started = time.perf_counter()
     task: asyncio.Task[None] = asyncio.ensure_future(check())
@@ -66,18 +78,16 @@ async def _timed(
         task.cancel()
         _abandoned.add(task)
         task.add_done_callback(_forget)
-        pool = busy()
-        ok, detail = False, "timeout" if pool is None else "busy"
+        why = stuck() or Stuck("timeout", "Timeout", f"no answer within {timeout:g}s")
+        ok, detail = False, why.detail
         if warnings is not None and warnings.due(name):
             log.warning(
                 "readiness_check_failed",
                 check=name,
                 required=required,
-                error="Timeout" if pool is None else "PoolBusy",
-                message=f"no answer within {timeout:g}s"
-                if pool is None
-                else f"every pooled connection in use for {timeout:g}s",
-                **({} if pool is None else {"pool": pool}),
+                error=why.error,
+                message=why.message,
+                **why.fields,
             )
     else:
         try:
@@ -161,9 +171,20 @@ class HealthService:
         pooled: set[str] = set()
         """The checks that got their connection."""
 
-        def busy(check: str) -> dict[str, int] | None:
-            """The pool's figures when ``check`` still waits for a connection of a full pool."""
-            return None if check in pooled else self.db.exhausted()
+        def stuck(check: str) -> Stuck | None:
+            """Why ``check``, cut at the deadline, still waits for a connection: every connection the
+            pool may open is in use (an exhausted pool was reported as PostgreSQL not answering), or
+            the pool's attempts to connect fail (reported ``timeout`` while borrowers waited them
+            out for ``DATABASE_TIMEOUT_S``, as in a restart; fault review)."""
+            if check in pooled:
+                return None
+            if (pool := self.db.exhausted()) is not None:
+                return Stuck(
+                    "busy", "PoolBusy", f"every pooled connection in use for {timeout:g}s", {"pool": pool}
+                )
+            if (failure := self.db.connect_failure()) is not None:
+                return Stuck("error", DatabaseUnreachable.__name__, failure)
+            return None
 
         async def postgres() -> None:
             async with lend(self.db.pool, timeout) as conn:
@@ -187,9 +208,13 @@ class HealthService:
 
         checks = await asyncio.gather(
             _timed(
-                "postgres", postgres, timeout=timeout, warnings=self.warnings, busy=partial(busy, "postgres")
+                "postgres",
+                postgres,
+                timeout=timeout,
+                warnings=self.warnings,
+                stuck=partial(stuck, "postgres"),
             ),
-            _timed("schema", schema, timeout=timeout, warnings=self.warnings, busy=partial(busy, "schema")),
+            _timed("schema", schema, timeout=timeout, warnings=self.warnings, stuck=partial(stuck, "schema")),
             _timed("valkey", cache, timeout=timeout, warnings=self.warnings, required=False),
             _timed("queue", jobs, timeout=timeout, warnings=self.warnings, required=False),
         )
