@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from hypothesis import Phase
 from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from valkey.asyncio import Valkey
 
 from app.config import Settings, load_settings
@@ -94,6 +96,24 @@ def database_url() -> Iterator[str]:
     dbmate(url, "up")
     yield url
     del handle
+
+
+@pytest.fixture
+async def limited_url(database_url: str) -> AsyncIterator[str]:
+    """The database through a role PostgreSQL lets have one connection: the pool's growth is refused
+    ("too many connections for role") while its one connection works."""
+    role = f"limited_{uuid.uuid4().hex[:12]}"
+    owner = conninfo_to_dict(database_url).get("user") or "postgres"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute(
+            sql.SQL("create role {} login password 'limited' connection limit 1 in role {}").format(
+                sql.Identifier(role), sql.Identifier(owner)
+            )
+        )
+        try:
+            yield make_conninfo(database_url, user=role, password="limited")
+        finally:
+            await admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture(scope="session")

@@ -310,12 +310,18 @@ class Database:
         return reading(self.pool)
 
     def exhausted(self) -> dict[str, int] | None:
-        """The pool's figures (``get_stats``, with ``lent``) when every connection it may open is lent
-        out (``lend``), else None: a caller that timed out waiting was refused by the pool, not by
-        PostgreSQL (which may still be at fault: connections hung on a frozen server fill the pool
-        too). A pool whose connections were lost and cannot be replaced lends none: not full."""
-        lent = _LENT.get(self.pool, 0)
-        return {**self.pool.get_stats(), "lent": lent} if lent >= self.pool.max_size else None
+        """The pool's figures (``get_stats``, with ``lent``) when every connection it holds is lent out
+        (``lend``), else None: a caller that timed out waiting meanwhile was refused by the pool, not
+        by PostgreSQL being unreachable. The pool may hold fewer than ``max_size`` when PostgreSQL
+        gives it no more (a role's or the server's limit, its attempts backing off: review, readiness
+        called such a pool unreachable), and PostgreSQL may still be at fault (connections hung on a
+        frozen server fill the pool too). A pool whose connections were lost and cannot be replaced
+        lends none: not exhausted."""
+        pool, lent = self.pool, _LENT.get(self.pool, 0)
+        holds = (
+            min(pool.max_size, pool.open_connections()) if isinstance(pool, FailFastPool) else pool.max_size
+        )
+        return {**pool.get_stats(), "lent": lent} if lent and lent >= holds else None
 
     def connect_failure(self) -> str | None:
         """Why the pool's attempts to connect to PostgreSQL fail, while they do (``FailFastPool.failure``):

@@ -72,10 +72,11 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     timeout of a server that accepts and never answers). One borrower per ``PROBE_INTERVAL_S`` asks
     the pool instead, waiting ``UNREACHABLE_WAIT_S``: the pool starts an attempt to connect when
     none is under way (``reconnect_timeout_s``), and the probe gets the connection if it lands
-    meanwhile, as may the borrowers that come while it waits. If PostgreSQL answered meanwhile (a
-    connection made), those still waiting when the probe's wait ends wait as ever for the rest of
-    theirs: after a quiet outage the pool grows one connection at a time for a burst, and those it
-    had not reached in 0.1 s were refused (review: 3 of 8 served). (Every borrower asking left one
+    meanwhile, as may the borrowers that come while it waits. Those still waiting when the probe's
+    wait ends meet the rule of their arrival again, and wait as ever for the rest of theirs if
+    PostgreSQL answered meanwhile (a connection made, perhaps its growth refused since): after a
+    quiet outage the pool grows one connection at a time for a burst, and those it had not reached
+    in 0.1 s were refused (review: 3 of 8 served). (Every borrower asking left one
     abandoned entry in psycopg's queue of waiting clients, kept until a connection comes back.)
 
     While the pool holds an open connection, idle, lent out or being checked, a borrower waits as
@@ -114,6 +115,10 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     def holds_open_connection(self) -> bool:
         """Whether a connection this pool made is still open (idle, lent out or being checked)."""
         return any(not conn.closed for conn in self._made)
+
+    def open_connections(self) -> int:
+        """How many connections this pool made are still open (idle, lent out or being checked)."""
+        return sum(not conn.closed for conn in self._made)
 
     async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
         started = time.monotonic()  # a frozen server fails an attempt only at its connect timeout
@@ -159,12 +164,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     async def _getconn(self, timeout: float | None) -> AsyncConnection[Any]:
         failing = self.failing
         now = time.monotonic()
-        if (
-            failing is None
-            or now - failing[0] < self.timeout
-            or _PATIENT.get()
-            or self.holds_open_connection()
-        ):
+        if failing is None or self._waits_as_ever(failing, now):
             conn = await super().getconn(timeout)
             self._answered(always=False)
             return conn
@@ -172,19 +172,34 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
             self._probed_at = now  # this borrower probes; those that come while it waits join it
         budget = self.timeout if timeout is None else timeout
         wait = self._probed_at + UNREACHABLE_WAIT_S - now
-        if wait > 0:
-            try:
-                conn = await super().getconn(min(wait, budget))
-            except PoolTimeout:
-                if self.failing is not None:
-                    raise self._unreachable(self.failing) from None
-                rest = budget - (time.monotonic() - now)
-                if rest <= 0:
-                    raise
-                conn = await super().getconn(rest)  # PostgreSQL answered meanwhile: wait as ever
-            self._answered(always=False)
-            return conn
-        raise self._unreachable(failing)
+        if wait <= 0:
+            raise self._unreachable(failing)
+        try:
+            conn = await super().getconn(min(wait, budget))
+        except PoolTimeout:
+            # PostgreSQL answered meanwhile (a connection made, then perhaps a growth refused): the
+            # rule a borrower meets on arrival lets it wait the rest of its budget (review).
+            failing, waited = self.failing, time.monotonic() - now
+            if failing is not None and not self._waits_as_ever(failing, now + waited):
+                raise self._unreachable(failing) from None
+            conn = await self._getconn_within(budget, waited)
+        self._answered(always=False)
+        return conn
+
+    def _waits_as_ever(self, failing: tuple[float, float, str], now: float) -> bool:
+        """Whether a borrower waits for a connection as psycopg's pool lets it while attempts to
+        connect fail (the class's docstring): for less than a borrower's wait; a job; or a pool that
+        holds a connection it may lend."""
+        return now - failing[0] < self.timeout or _PATIENT.get() or self.holds_open_connection()
+
+    async def _getconn_within(self, budget: float, waited: float) -> AsyncConnection[Any]:
+        """psycopg's ``getconn`` for what is left of ``budget``; its ``PoolTimeout`` names the whole."""
+        try:
+            if waited < budget:
+                return await super().getconn(budget - waited)
+        except PoolTimeout:
+            pass
+        raise PoolTimeout(f"couldn't get a connection after {budget:.2f} sec")
 
     def failure(self) -> str | None:
         """What the pool's attempts to connect say while they fail (since when, the last one's age and

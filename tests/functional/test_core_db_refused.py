@@ -17,16 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import psycopg
 import pytest
 from prometheus_client import REGISTRY
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from valkey.asyncio import Valkey
 
@@ -177,24 +174,6 @@ async def test_a_borrower_waits_as_ever_while_a_connection_is_lent_out(
         assert await waiting, "the borrower got the connection given back"
 
 
-@pytest.fixture
-async def limited_url(database_url: str) -> AsyncIterator[str]:
-    """The database through a role PostgreSQL lets have one connection: the pool's growth is refused
-    ("too many connections for role") while its one connection works."""
-    role = f"limited_{uuid.uuid4().hex[:12]}"
-    owner = conninfo_to_dict(database_url).get("user") or "postgres"
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
-        await admin.execute(
-            sql.SQL("create role {} login password 'limited' connection limit 1 in role {}").format(
-                sql.Identifier(role), sql.Identifier(owner)
-            )
-        )
-        try:
-            yield make_conninfo(database_url, user=role, password="limited")
-        finally:
-            await admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
-
-
 async def refuse_growth(pool: FailFastPool) -> None:
     """Make the pool ask for a second connection (its one lent out), which the role refuses; then
     wait, connection idle again, until the attempts have failed longer than a borrower's wait."""
@@ -250,46 +229,85 @@ async def test_borrowers_that_come_while_the_probe_waits_wait_with_it(
         assert burst == [True] * 3, burst
 
 
+WIDE_PROBE_WAIT_S = 0.9
+"""The probe's wait (``UNREACHABLE_WAIT_S``), widened within ``PROBE_INTERVAL_S`` so that the first
+connection surely lands in it on a loaded machine."""
+
+
+def probes_wait_ended(pool: FailFastPool) -> Callable[[], Awaitable[bool]]:
+    async def ended() -> bool:
+        return time.monotonic() >= pool._probed_at + pool_module.UNREACHABLE_WAIT_S
+
+    return ended
+
+
+async def borrowed_past_the_probes_wait(pool: FailFastPool) -> bool:
+    """Whether a borrower got a connection, which it then holds until the probe's wait has ended."""
+    try:
+        async with lend(pool, timeout=LONG_WAIT_S) as conn:
+            await wait_until(probes_wait_ended(pool), 30, "the probe's wait ended")
+            await conn.execute("select 1")
+    except PoolTimeout:
+        return False
+    return True
+
+
 async def test_a_burst_waits_as_ever_once_the_probes_attempt_lands(
     open_pool: OpenPool, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review: after a quiet outage a burst of 8 met a pool with no connection; the pool grows one
     connection at a time, and those it had not reached when the probe's wait ended were refused
-    (3 of 8 served). Once PostgreSQL has answered, they wait as ever. Here every connection after
-    the first is made only after the probe's wait, and each borrower holds its connection until
-    then: without the rule, the two joining borrowers are refused."""
-    monkeypatch.setattr(pool_module, "UNREACHABLE_WAIT_S", 0.9)  # within PROBE_INTERVAL_S
+    (3 of 8 served). Once PostgreSQL has answered, they wait as ever, the rest of their own budget.
+    Here every connection after the first is made only after the probe's wait, and each borrower
+    holds its connection until then: without the rule, the two joining borrowers are refused."""
+    monkeypatch.setattr(pool_module, "UNREACHABLE_WAIT_S", WIDE_PROBE_WAIT_S)
     async with open_pool(NOBODY_LISTENS, wait=False, **brief(database_pool_max=4)) as pool:
         await refused_longer_than_a_wait(pool)
         await until_pool_size(pool, 0, "the pool gave its chain of attempts up: a quiet outage")
 
-        async def probes_wait_ended() -> bool:
-            return time.monotonic() >= pool._probed_at + pool_module.UNREACHABLE_WAIT_S
-
-        connect = pool._connect
+        connect, getconn = pool._connect, AsyncConnectionPool.getconn
         made = 0
+        asked: defaultdict[asyncio.Task[Any] | None, list[float | None]] = defaultdict(list)
 
         async def connect_slowly_after_the_first(timeout: float | None = None) -> Any:
             nonlocal made
             made += 1
             if made > 1:
-                await wait_until(probes_wait_ended, 30, "the probe's wait ended")
+                await wait_until(probes_wait_ended(pool), 30, "the probe's wait ended")
             return await connect(timeout)
 
-        async def borrowed_past_the_probes_wait() -> bool:
-            try:
-                async with lend(pool, timeout=LONG_WAIT_S) as conn:
-                    await wait_until(probes_wait_ended, 30, "the probe's wait ended")
-                    await conn.execute("select 1")
-            except PoolTimeout:
-                return False
-            return True
+        async def psycopgs_getconn(self: Any, timeout: float | None = None) -> Any:
+            asked[asyncio.current_task()].append(timeout)
+            return await getconn(self, timeout)
 
         monkeypatch.setattr(pool, "_connect", connect_slowly_after_the_first)
+        monkeypatch.setattr(AsyncConnectionPool, "getconn", psycopgs_getconn)
         pool.conninfo = database_url  # PostgreSQL is back; nothing has asked the pool since
-        burst = await asyncio.gather(*(borrowed_past_the_probes_wait() for _ in range(3)))
+        burst = await asyncio.gather(*(borrowed_past_the_probes_wait(pool) for _ in range(3)))
         assert burst == [True] * 3, burst
         assert made >= 2, "the joining borrowers waited for the pool's growth"
+        waits = list(asked.values())
+        assert any(len(twice) == 2 for twice in waits), waits
+        assert all(sum(wait or 0 for wait in each) <= LONG_WAIT_S + 0.01 for each in waits), "one budget"
+
+
+async def test_a_burst_waits_as_ever_when_postgres_gives_the_pool_one_connection(
+    open_pool: OpenPool, limited_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: after a quiet outage PostgreSQL let the pool have one connection (a role's limit, or
+    ``max_connections`` while every replica reconnects): the probe's attempt landed, the growth for
+    the joining borrowers was refused before the probe's wait ended, and they were refused with it,
+    although the pool held a connection for them and the failure was fresh."""
+    monkeypatch.setattr(pool_module, "UNREACHABLE_WAIT_S", WIDE_PROBE_WAIT_S)
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief(database_pool_max=4)) as pool:
+        await refused_longer_than_a_wait(pool)
+        await until_pool_size(pool, 0, "the pool gave its chain of attempts up: a quiet outage")
+
+        errors = pool.get_stats().get("connections_errors", 0)
+        pool.conninfo = limited_url  # PostgreSQL is back, and lets the pool have one connection
+        burst = await asyncio.gather(*(borrowed_past_the_probes_wait(pool) for _ in range(3)))
+        assert burst == [True] * 3, burst
+        assert pool.get_stats().get("connections_errors", 0) > errors, "the pool's growth was refused"
 
 
 async def test_a_job_waits_as_ever_while_postgres_refuses(open_pool: OpenPool) -> None:
@@ -337,6 +355,27 @@ async def test_readiness_names_the_refusal_while_borrowers_wait_it_out(
     lines = {line["check"]: line for line in logs.events("readiness_check_failed")}
     assert lines["postgres"]["error"] == "DatabaseUnreachable", lines
     assert "refused" in lines["postgres"]["message"].rsplit(": ", 1)[1].lower(), "the cause is named"
+
+
+async def test_readiness_says_busy_while_postgres_gives_the_pool_no_more(
+    open_pool: OpenPool, limited_url: str, valkey: Valkey, valkey_url: str
+) -> None:
+    """Review: PostgreSQL let the pool have one connection, lent to a slow request: readiness said
+    that PostgreSQL was unreachable (or ``timeout``), while it answered and the instance's own work
+    held every connection it would give the pool."""
+    async with open_pool(limited_url, **brief(database_pool_max=4)) as pool:
+        health = HealthService(Database(pool), valkey, valkey_url, timeout_s=0.3, shared_s=0.0)
+        try:
+            async with lend(pool):  # a slow request
+                with captured_logs() as logs:
+                    answer = await health.readiness()
+        finally:
+            await health.close()
+    checks = {check.name: check for check in answer.checks}
+    assert (checks["postgres"].detail, checks["schema"].detail) == ("busy", "busy"), checks
+    lines = {line["check"]: line for line in logs.events("readiness_check_failed")}
+    assert lines["postgres"]["error"] == "PoolBusy", lines
+    assert lines["postgres"]["pool"]["lent"] == 1 and lines["postgres"]["pool"]["pool_max"] == 4
 
 
 async def test_the_waiting_gauge_counts_borrowers_waiting_now(open_pool: OpenPool) -> None:

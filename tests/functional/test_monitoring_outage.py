@@ -144,6 +144,28 @@ async def test_a_notice_for_an_exhausted_pool_says_so_not_that_postgresql_is_unr
         assert over.startswith(f"✅ Outage over · test · {service.release}\nPostgreSQL answers again")
 
 
+async def test_a_notice_for_a_pool_postgresql_refuses_more_says_so(
+    settings: Settings, db: AsyncConnection[Any], telegram: FakeTelegramServer, limited_url: str
+) -> None:
+    """Review: PostgreSQL lets the pool have one connection (a role's limit here; the server's
+    ``max_connections`` alike), and it is taken: neither "unreachable" nor "the pool is too small"."""
+    changes = with_telegram(telegram, [PRIVATE_CHAT]) | {
+        "database_url": limited_url,
+        "database_pool_min": 1,
+        "database_pool_max": 4,
+        "database_timeout_s": 0.5,
+    }
+    async with open_monitoring(settings, **changes) as service:
+        async with service.ingest.db.read():
+            requests_answered_503(service, 3)
+            await failing_flushes(service, 1)
+        [notice] = texts(telegram)
+        assert notice.startswith(
+            f"🚨 Outage · test · {service.release}\nNo PostgreSQL connection to be had: all 1 of the "
+            "pool's connections are in use; it may open 4, PostgreSQL gave it no more (PoolTimeout, "
+        ), notice
+
+
 async def test_processes_of_one_deployment_send_one_notice_between_them(
     settings: Settings, db: AsyncConnection[Any], valkey: Valkey, telegram: FakeTelegramServer
 ) -> None:

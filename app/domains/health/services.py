@@ -173,16 +173,18 @@ class HealthService:
 
         def stuck(check: str) -> Stuck | None:
             """Why ``check``, cut at the deadline, still waits for a connection: every connection the
-            pool may open is in use (an exhausted pool was reported as PostgreSQL not answering), or
-            the pool's attempts to connect fail (reported ``timeout`` while borrowers waited them
-            out for ``DATABASE_TIMEOUT_S``, as in a restart; fault review)."""
+            pool may open is in use (an exhausted pool was reported as PostgreSQL not answering; the
+            pool may open fewer while PostgreSQL refuses it more), or the pool's attempts to connect
+            fail and it holds none (reported ``timeout`` while borrowers waited them out for
+            ``DATABASE_TIMEOUT_S``, as in a restart; fault review)."""
             if check in pooled:
                 return None
+            failure = self.db.connect_failure()
             if (pool := self.db.exhausted()) is not None:
-                return Stuck(
-                    "busy", "PoolBusy", f"every pooled connection in use for {timeout:g}s", {"pool": pool}
-                )
-            if (failure := self.db.connect_failure()) is not None:
+                busy = f"every pooled connection in use for {timeout:g}s"
+                refused = f"; PostgreSQL refuses the pool more: {failure}" if failure else ""
+                return Stuck("busy", "PoolBusy", busy + refused, {"pool": pool})
+            if failure is not None:
                 return Stuck("error", DatabaseUnreachable.__name__, failure)
             return None
 

@@ -387,13 +387,14 @@ class OutageNotifier:
     def _what_failed(self, exc: BaseException) -> str:
         """PostgreSQL unreachable, unless the pool timed out with every connection it may open in
         use: then PostgreSQL may be up and the pool too small for the load (or its connections hung
-        on a frozen server), and "unreachable" would send the operator to the wrong place."""
+        on a frozen server, or PostgreSQL giving it no more than it holds), and "unreachable" would
+        send the operator to the wrong place."""
         figures = self.exhausted() if isinstance(database_error(exc), psycopg_pool.PoolTimeout) else None
         if figures is None:
             return "PostgreSQL is unreachable"
-        return (
-            f"No PostgreSQL connection to be had: all {figures['lent']} of the pool's connections are in use"
-        )
+        lent, may_open = figures["lent"], figures["pool_max"]
+        fewer = f"; it may open {may_open}, PostgreSQL gave it no more" if lent < may_open else ""
+        return f"No PostgreSQL connection to be had: all {lent} of the pool's connections are in use{fewer}"
 
     def _over(self, since: float) -> list[Part]:
         return [
