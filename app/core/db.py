@@ -310,18 +310,19 @@ class Database:
         return reading(self.pool)
 
     def exhausted(self) -> dict[str, int] | None:
-        """The pool's figures (``get_stats``, with ``lent``) when every connection it holds is lent out
-        (``lend``), else None: a caller that timed out waiting meanwhile was refused by the pool, not
-        by PostgreSQL being unreachable. The pool may hold fewer than ``max_size`` when PostgreSQL
-        gives it no more (a role's or the server's limit, its attempts backing off: review, readiness
-        called such a pool unreachable), and PostgreSQL may still be at fault (connections hung on a
-        frozen server fill the pool too). A pool whose connections were lost and cannot be replaced
-        lends none: not exhausted."""
+        """The pool's figures (``get_stats``, with ``lent``) when every connection it may open is lent
+        out (``lend``), else None: a caller that timed out waiting meanwhile was refused by the pool,
+        not by PostgreSQL being unreachable (which may still be at fault: connections hung on a frozen
+        server fill the pool too). The pool may open ``max_size``, or, while PostgreSQL refuses it
+        more (``FailFastPool.refusing``: a role's or the server's limit), those it holds (review:
+        readiness called such a pool unreachable); not while its attempts hang on a frozen server
+        (review: a busy pool, said readiness). A pool whose connections were lost and cannot be
+        replaced lends none: not exhausted."""
         pool, lent = self.pool, _LENT.get(self.pool, 0)
-        holds = (
-            min(pool.max_size, pool.open_connections()) if isinstance(pool, FailFastPool) else pool.max_size
-        )
-        return {**pool.get_stats(), "lent": lent} if lent and lent >= holds else None
+        may_open = pool.max_size
+        if isinstance(pool, FailFastPool) and pool.refusing():
+            may_open = min(may_open, pool.open_connections())
+        return {**pool.get_stats(), "lent": lent} if lent and lent >= may_open else None
 
     def connect_failure(self) -> str | None:
         """Why the pool's attempts to connect to PostgreSQL fail, while they do (``FailFastPool.failure``):

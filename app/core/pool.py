@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from psycopg import AsyncConnection
+from psycopg.errors import ConnectionTimeout
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.core.logging import error_message
@@ -76,8 +77,8 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
     wait ends meet the rule of their arrival again, and wait as ever for the rest of theirs if
     PostgreSQL answered meanwhile (a connection made, perhaps its growth refused since): after a
     quiet outage the pool grows one connection at a time for a burst, and those it had not reached
-    in 0.1 s were refused (review: 3 of 8 served). (Every borrower asking left one
-    abandoned entry in psycopg's queue of waiting clients, kept until a connection comes back.)
+    in 0.1 s were refused (review: 3 of 8 served). (Every borrower asking left one abandoned entry
+    in psycopg's queue of waiting clients, kept until a connection comes back.)
 
     While the pool holds an open connection, idle, lent out or being checked, a borrower waits as
     ever, whatever the attempts to connect say: PostgreSQL may refuse only more connections ("too
@@ -109,6 +110,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._made: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        self._refused = False
         self._probed_at = 0.0
         super().__init__(*args, **kwargs)
 
@@ -120,13 +122,23 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         """How many connections this pool made are still open (idle, lent out or being checked)."""
         return sum(not conn.closed for conn in self._made)
 
+    def refusing(self) -> bool:
+        """Whether the pool's last attempt to connect was refused (an answer: a role's or the server's
+        limit on connections, a server starting or stopping), and none has started since: not one
+        that failed at its connect timeout or still hangs (a frozen server, a partition). Unlike
+        ``failing``, a connection lent does not end it: psycopg retries a refused growth after a
+        backoff, and the pool meanwhile serves with the connections it holds."""
+        return self._refused
+
     async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
         started = time.monotonic()  # a frozen server fails an attempt only at its connect timeout
+        self._refused = False
         try:
             conn = await super()._connect(timeout)
         except Exception as exc:
             since = self.failing[0] if self.failing is not None else started
             self.failing = (since, time.monotonic(), error_message(exc))
+            self._refused = not isinstance(exc, ConnectionTimeout | TimeoutError)
             raise
         self._made.add(conn)
         self._answered(always=True)
@@ -199,7 +211,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
                 return await super().getconn(budget - waited)
         except PoolTimeout:
             pass
-        raise PoolTimeout(f"couldn't get a connection after {budget:.2f} sec")
+        raise PoolTimeout(f"couldn't get a connection after {budget:.2f} sec") from None
 
     def failure(self) -> str | None:
         """What the pool's attempts to connect say while they fail (since when, the last one's age and

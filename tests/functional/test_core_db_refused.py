@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -108,26 +108,33 @@ async def test_a_borrower_is_told_at_once_that_postgres_refuses_the_pool(open_po
                 pass
 
 
-async def test_failing_counts_from_the_start_of_the_first_failed_attempt(open_pool: OpenPool) -> None:
-    """Fault review: against a frozen server an attempt fails only at its connect timeout
-    (``DATABASE_TIMEOUT_S``, 2 s at least), and counted from then, requests waited out a freeze
-    twice as long before they were refused at once. Here a listener accepts and never answers."""
+@pytest.fixture
+async def never_answers() -> AsyncIterator[str]:
+    """The URL of a listener that accepts connections and never answers (a frozen server)."""
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    never_answers = f"postgresql://app@127.0.0.1:{port}/app"
     try:
-        async with open_pool(never_answers, wait=False, **brief(database_timeout_s=2.0)) as pool:
-            await refused(pool)
-            assert pool.failing is not None
-            since, last, cause = pool.failing
-            assert last - since >= 1.0, "since: when the 2 s attempt began, not when it timed out"
-            assert "timeout" in cause.lower(), cause
+        yield f"postgresql://app@127.0.0.1:{server.sockets[0].getsockname()[1]}/app"
     finally:
         server.close()
+
+
+async def test_failing_counts_from_the_start_of_the_first_failed_attempt(
+    open_pool: OpenPool, never_answers: str
+) -> None:
+    """Fault review: against a frozen server an attempt fails only at its connect timeout
+    (``DATABASE_TIMEOUT_S``, 2 s at least), and counted from then, requests waited out a freeze
+    twice as long before they were refused at once."""
+    async with open_pool(never_answers, wait=False, **brief(database_timeout_s=2.0)) as pool:
+        await refused(pool)
+        assert pool.failing is not None
+        since, last, cause = pool.failing
+        assert last - since >= 1.0, "since: when the 2 s attempt began, not when it timed out"
+        assert "timeout" in cause.lower(), cause
+        assert not pool.refusing(), "a connect timeout is no refusal"
 
 
 async def test_a_restart_shorter_than_a_borrowers_wait_is_ridden_out(
@@ -376,6 +383,108 @@ async def test_readiness_says_busy_while_postgres_gives_the_pool_no_more(
     lines = {line["check"]: line for line in logs.events("readiness_check_failed")}
     assert lines["postgres"]["error"] == "PoolBusy", lines
     assert lines["postgres"]["pool"]["lent"] == 1 and lines["postgres"]["pool"]["pool_max"] == 4
+    assert "PostgreSQL refuses the pool more" in lines["postgres"]["message"], lines
+    assert "too many connections" in lines["postgres"]["message"], "the cause is named"
+
+
+async def test_readiness_is_not_busy_while_the_pools_growth_hangs_on_a_frozen_server(
+    open_pool: OpenPool, database_url: str, never_answers: str, valkey: Valkey, valkey_url: str
+) -> None:
+    """Review: with requests holding every connection the pool had when PostgreSQL froze, its growth
+    hanging, readiness said ``busy`` and the outage notice that PostgreSQL gave the pool no more: a
+    pool holding fewer than ``max_size`` is exhausted only while PostgreSQL refuses it more. Here
+    the pool's two connections are lent, and its next ones go to a listener that never answers."""
+    settings = brief(database_pool_min=2, database_pool_max=4, database_timeout_s=2.0)
+    async with open_pool(database_url, **settings) as pool:
+        health = HealthService(Database(pool), valkey, valkey_url, timeout_s=0.3, shared_s=0.0)
+        try:
+            async with lend(pool), lend(pool):  # requests inside their work when it froze
+                pool.conninfo = never_answers
+                hanging = await health.readiness()  # its borrowers ask the pool to grow
+                await refused(pool)  # the attempt timed out
+                timed_out = await health.readiness()
+        finally:
+            await health.close()
+    for answer, expected in ((hanging, "timeout"), (timed_out, "error")):
+        checks = {check.name: check.detail for check in answer.checks}
+        assert (checks["postgres"], checks["schema"]) == (expected, expected), checks
+
+
+async def test_a_refused_growth_no_longer_counts_once_the_next_attempt_hangs(
+    open_pool: OpenPool, limited_url: str, never_answers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool holding fewer connections than ``max_size``, all lent, is exhausted only while its
+    last attempt to connect was refused: once the next one hangs (PostgreSQL frozen since), the
+    refusal is old news, and a caller timed out is told the database's state, not a busy pool."""
+    async with open_pool(limited_url, **brief(database_pool_max=4, database_timeout_s=5.0)) as pool:
+        db = Database(pool)
+        started = 0
+        connect = pool._connect
+
+        async def counted(timeout: float | None = None) -> Any:
+            nonlocal started
+            started += 1
+            return await connect(timeout)
+
+        async def another_attempt_started() -> bool:
+            return started > attempts
+
+        monkeypatch.setattr(pool, "_connect", counted)
+        async with lend(pool):
+            with pytest.raises(PoolTimeout):  # asks the pool to grow: the role refuses
+                async with lend(pool, timeout=0.5):
+                    pass
+            assert pool.refusing() and db.exhausted() is not None, "refused: busy"
+            attempts = started
+            pool.conninfo = never_answers  # psycopg retries the growth after its backoff
+            await wait_until(another_attempt_started, 30, "the next attempt started")
+            assert not pool.refusing() and db.exhausted() is None, "it hangs: not a busy pool"
+
+
+async def test_a_borrower_that_waits_past_the_probe_is_told_its_whole_wait(
+    open_pool: OpenPool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: the ``PoolTimeout`` of a borrower that waited with the probe, then the rest of its
+    budget, named the rest only (and chained the first wait's). Here the probe's connection is made
+    once the joiner waits with it, and no other comes."""
+    monkeypatch.setattr(pool_module, "UNREACHABLE_WAIT_S", WIDE_PROBE_WAIT_S)
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief(database_pool_max=4)) as pool:
+        await refused_longer_than_a_wait(pool)
+        await until_pool_size(pool, 0, "the pool gave its chain of attempts up: a quiet outage")
+        connect, made, done = pool._connect, 0, asyncio.Event()
+
+        def waiting(count: int) -> Callable[[], Awaitable[bool]]:
+            async def are() -> bool:
+                return pool.borrowers_waiting >= count
+
+            return are
+
+        async def the_first_once_both_wait(timeout: float | None = None) -> Any:
+            nonlocal made
+            made += 1
+            await (done.wait() if made > 1 else wait_until(waiting(2), 30, "the joiner waits too"))
+            return await connect(timeout)
+
+        async def probe() -> None:
+            async with lend(pool, timeout=LONG_WAIT_S):
+                await done.wait()  # holds the one connection until the joiner has given up
+
+        async def joiner() -> PoolTimeout:
+            await wait_until(waiting(1), 30, "the probe waits")
+            try:
+                async with lend(pool, timeout=1.5):
+                    raise AssertionError("no connection was to come")
+            except PoolTimeout as exc:
+                return exc
+            finally:
+                done.set()
+
+        monkeypatch.setattr(pool, "_connect", the_first_once_both_wait)
+        pool.conninfo = database_url
+        _, told = await asyncio.gather(probe(), joiner())
+    assert str(told) == "couldn't get a connection after 1.50 sec", told
+    assert told.__cause__ is None and told.__suppress_context__, "no first wait chained"
+    assert not isinstance(told, DatabaseUnreachable)
 
 
 async def test_the_waiting_gauge_counts_borrowers_waiting_now(open_pool: OpenPool) -> None:
