@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -342,6 +343,16 @@ async def test_a_job_waits_as_ever_while_postgres_refuses(open_pool: OpenPool) -
                 pass
 
 
+@asynccontextmanager
+async def readiness_of(pool: FailFastPool, valkey: Valkey, valkey_url: str) -> AsyncIterator[HealthService]:
+    """The readiness checks of a process whose pool is ``pool``, each cut at 0.3 s, never shared."""
+    health = HealthService(Database(pool), valkey, valkey_url, timeout_s=0.3, shared_s=0.0)
+    try:
+        yield health
+    finally:
+        await health.close()
+
+
 async def test_readiness_names_the_refusal_while_borrowers_wait_it_out(
     open_pool: OpenPool, valkey: Valkey, valkey_url: str
 ) -> None:
@@ -350,12 +361,9 @@ async def test_readiness_names_the_refusal_while_borrowers_wait_it_out(
     2s", as for a server that never answers; the pool knew PostgreSQL refused."""
     async with open_pool(NOBODY_LISTENS, wait=False, **patient(database_pool_min=1)) as pool:
         await refused(pool)
-        health = HealthService(Database(pool), valkey, valkey_url, timeout_s=0.3, shared_s=0.0)
-        try:
+        async with readiness_of(pool, valkey, valkey_url) as health:
             with captured_logs() as logs:
                 answer = await health.readiness()
-        finally:
-            await health.close()
     checks = {check.name: check for check in answer.checks}
     assert (checks["postgres"].detail, checks["schema"].detail) == ("error", "error"), checks
     assert checks["valkey"].ok, "the others still answer"
@@ -370,14 +378,13 @@ async def test_readiness_says_busy_while_postgres_gives_the_pool_no_more(
     """Review: PostgreSQL let the pool have one connection, lent to a slow request: readiness said
     that PostgreSQL was unreachable (or ``timeout``), while it answered and the instance's own work
     held every connection it would give the pool."""
-    async with open_pool(limited_url, **brief(database_pool_max=4)) as pool:
-        health = HealthService(Database(pool), valkey, valkey_url, timeout_s=0.3, shared_s=0.0)
-        try:
-            async with lend(pool):  # a slow request
-                with captured_logs() as logs:
-                    answer = await health.readiness()
-        finally:
-            await health.close()
+    async with (
+        open_pool(limited_url, **brief(database_pool_max=4)) as pool,
+        readiness_of(pool, valkey, valkey_url) as health,
+        lend(pool),  # a slow request
+    ):
+        with captured_logs() as logs:
+            answer = await health.readiness()
     checks = {check.name: check for check in answer.checks}
     assert (checks["postgres"].detail, checks["schema"].detail) == ("busy", "busy"), checks
     lines = {line["check"]: line for line in logs.events("readiness_check_failed")}
@@ -395,16 +402,16 @@ async def test_readiness_is_not_busy_while_the_pools_growth_hangs_on_a_frozen_se
     pool holding fewer than ``max_size`` is exhausted only while PostgreSQL refuses it more. Here
     the pool's two connections are lent, and its next ones go to a listener that never answers."""
     settings = brief(database_pool_min=2, database_pool_max=4, database_timeout_s=2.0)
-    async with open_pool(database_url, **settings) as pool:
-        health = HealthService(Database(pool), valkey, valkey_url, timeout_s=0.3, shared_s=0.0)
-        try:
-            async with lend(pool), lend(pool):  # requests inside their work when it froze
-                pool.conninfo = never_answers
-                hanging = await health.readiness()  # its borrowers ask the pool to grow
-                await refused(pool)  # the attempt timed out
-                timed_out = await health.readiness()
-        finally:
-            await health.close()
+    async with (
+        open_pool(database_url, **settings) as pool,
+        readiness_of(pool, valkey, valkey_url) as health,
+        lend(pool),  # requests inside their work when it froze
+        lend(pool),
+    ):
+        pool.conninfo = never_answers
+        hanging = await health.readiness()  # its borrowers ask the pool to grow
+        await refused(pool)  # the attempt timed out
+        timed_out = await health.readiness()
     for answer, expected in ((hanging, "timeout"), (timed_out, "error")):
         checks = {check.name: check.detail for check in answer.checks}
         assert (checks["postgres"], checks["schema"]) == (expected, expected), checks

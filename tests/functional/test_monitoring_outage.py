@@ -120,28 +120,32 @@ async def test_an_outage_is_told_once_while_it_lasts_and_once_when_it_is_over(
     assert len(texts(telegram)) == 1
 
 
-async def test_a_notice_for_an_exhausted_pool_says_so_not_that_postgresql_is_unreachable(
-    settings: Settings, db: AsyncConnection[Any], telegram: FakeTelegramServer
-) -> None:
-    """PostgreSQL is up; the pool's one connection is taken: the flush times out waiting for it."""
-    changes = with_telegram(telegram, [PRIVATE_CHAT]) | {
-        "database_pool_min": 1,
-        "database_pool_max": 1,
-        "database_timeout_s": 0.5,
-    }
+async def notice_of_a_taken_connection(
+    settings: Settings, telegram: FakeTelegramServer, **changes: Any
+) -> str:
+    """The outage notice (past its first line) of a flush that timed out waiting while the pool's one
+    connection was taken; the notice that the outage is over follows once it is given back."""
+    changes = with_telegram(telegram, [PRIVATE_CHAT], database_pool_min=1, database_timeout_s=0.5, **changes)
     async with open_monitoring(settings, **changes) as service:
         async with service.ingest.db.read():
             requests_answered_503(service, 3)
             await failing_flushes(service, 1)
         [notice] = texts(telegram)
-        assert notice.startswith(
-            f"🚨 Outage · test · {service.release}\nNo PostgreSQL connection to be had: all 1 of the "
-            "pool's connections are in use (PoolTimeout, seen from "
-        ), notice
         telegram.fake.reset()
         assert await service.flush(force=True) == 1
         [over] = texts(telegram)
         assert over.startswith(f"✅ Outage over · test · {service.release}\nPostgreSQL answers again")
+    return notice.split("\n", 1)[1]
+
+
+async def test_a_notice_for_an_exhausted_pool_says_so_not_that_postgresql_is_unreachable(
+    settings: Settings, db: AsyncConnection[Any], telegram: FakeTelegramServer
+) -> None:
+    """PostgreSQL is up; the pool's one connection is taken: the flush times out waiting for it."""
+    notice = await notice_of_a_taken_connection(settings, telegram, database_pool_max=1)
+    assert notice.startswith(
+        "No PostgreSQL connection to be had: all 1 of the pool's connections are in use (PoolTimeout, "
+    ), notice
 
 
 async def test_a_notice_for_a_pool_postgresql_refuses_more_says_so(
@@ -149,21 +153,13 @@ async def test_a_notice_for_a_pool_postgresql_refuses_more_says_so(
 ) -> None:
     """Review: PostgreSQL lets the pool have one connection (a role's limit here; the server's
     ``max_connections`` alike), and it is taken: neither "unreachable" nor "the pool is too small"."""
-    changes = with_telegram(telegram, [PRIVATE_CHAT]) | {
-        "database_url": limited_url,
-        "database_pool_min": 1,
-        "database_pool_max": 4,
-        "database_timeout_s": 0.5,
-    }
-    async with open_monitoring(settings, **changes) as service:
-        async with service.ingest.db.read():
-            requests_answered_503(service, 3)
-            await failing_flushes(service, 1)
-        [notice] = texts(telegram)
-        assert notice.startswith(
-            f"🚨 Outage · test · {service.release}\nNo PostgreSQL connection to be had: all 1 of the "
-            "pool's connections are in use; it may open 4, PostgreSQL gave it no more (PoolTimeout, "
-        ), notice
+    notice = await notice_of_a_taken_connection(
+        settings, telegram, database_url=limited_url, database_pool_max=4
+    )
+    assert notice.startswith(
+        "No PostgreSQL connection to be had: all 1 of the pool's connections are in use; it may open 4, "
+        "PostgreSQL gave it no more (PoolTimeout, "
+    ), notice
 
 
 async def test_processes_of_one_deployment_send_one_notice_between_them(
