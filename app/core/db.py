@@ -298,7 +298,7 @@ class Database:
 
     __slots__ = ("pool",)
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: FailFastPool) -> None:
         self.pool = pool
 
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
@@ -319,15 +319,8 @@ class Database:
         (review: a busy pool, said readiness). A pool whose connections were lost and cannot be
         replaced lends none: not exhausted."""
         pool, lent = self.pool, _LENT.get(self.pool, 0)
-        may_open = pool.max_size
-        if isinstance(pool, FailFastPool) and pool.refusing():
-            may_open = min(may_open, pool.open_connections())
+        may_open = min(pool.max_size, pool.open_connections()) if pool.refusing() else pool.max_size
         return {**pool.get_stats(), "lent": lent} if lent and lent >= may_open else None
-
-    def connect_failure(self) -> str | None:
-        """Why the pool's attempts to connect to PostgreSQL fail, while they do (``FailFastPool.failure``):
-        a borrower cut waiting meanwhile waited for a connection PostgreSQL refused or never answered."""
-        return self.pool.failure() if isinstance(self.pool, FailFastPool) else None
 
     async def delete_in_chunks(self, delete_chunk: Callable[[UnitOfWork], Awaitable[int]]) -> int:
         """Run ``delete_chunk`` (one bounded statement: a chunk of rows), one transaction each, until a

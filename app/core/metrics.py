@@ -34,11 +34,14 @@ import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar.types import Scope
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client import start_http_server as _start_http_server
+
+if TYPE_CHECKING:
+    from app.core.pool import FailFastPool
 
 _LABELS = ("method", "path", "status_code", "app_name")
 
@@ -147,16 +150,14 @@ def record_process(role: str = "web") -> None:
         PROCESS_OPEN_FDS.labels(role).set(len(os.listdir("/proc/self/fd")))
 
 
-def record_pool(pool: Any) -> None:
-    """Set ``app_db_pool_connections`` from a psycopg pool's stats (in memory: no query); ``waiting``
-    from the app pool's own count of borrowers waiting now (``FailFastPool.borrowers_waiting``):
-    psycopg's also counts those that gave up, until a connection comes back."""
+def record_pool(pool: FailFastPool) -> None:
+    """Set ``app_db_pool_connections`` from the app pool's stats (in memory: no query); ``waiting``
+    from its own count of borrowers waiting now (``FailFastPool.borrowers_waiting``): psycopg's also
+    counts those that gave up, until a connection comes back."""
     stats = pool.get_stats()
     POOL_CONNECTIONS.labels("size").set(stats.get("pool_size", 0))
     POOL_CONNECTIONS.labels("available").set(stats.get("pool_available", 0))
-    POOL_CONNECTIONS.labels("waiting").set(
-        getattr(pool, "borrowers_waiting", stats.get("requests_waiting", 0))
-    )
+    POOL_CONNECTIONS.labels("waiting").set(pool.borrowers_waiting)
 
 
 _UNKNOWN = object()

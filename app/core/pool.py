@@ -114,10 +114,6 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._probed_at = 0.0
         super().__init__(*args, **kwargs)
 
-    def holds_open_connection(self) -> bool:
-        """Whether a connection this pool made is still open (idle, lent out or being checked)."""
-        return any(not conn.closed for conn in self._made)
-
     def open_connections(self) -> int:
         """How many connections this pool made are still open (idle, lent out or being checked)."""
         return sum(not conn.closed for conn in self._made)
@@ -185,7 +181,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         budget = self.timeout if timeout is None else timeout
         wait = self._probed_at + UNREACHABLE_WAIT_S - now
         if wait <= 0:
-            raise self._unreachable(failing)
+            raise DatabaseUnreachable(self._failure(failing))
         try:
             conn = await super().getconn(min(wait, budget))
         except PoolTimeout:
@@ -193,7 +189,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
             # rule a borrower meets on arrival lets it wait the rest of its budget (review).
             failing, waited = self.failing, time.monotonic() - now
             if failing is not None and not self._waits_as_ever(failing, now + waited):
-                raise self._unreachable(failing) from None
+                raise DatabaseUnreachable(self._failure(failing)) from None
             conn = await self._getconn_within(budget, waited)
         self._answered(always=False)
         return conn
@@ -202,7 +198,7 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         """Whether a borrower waits for a connection as psycopg's pool lets it while attempts to
         connect fail (the class's docstring): for less than a borrower's wait; a job; or a pool that
         holds a connection it may lend."""
-        return now - failing[0] < self.timeout or _PATIENT.get() or self.holds_open_connection()
+        return now - failing[0] < self.timeout or _PATIENT.get() or self.open_connections() > 0
 
     async def _getconn_within(self, budget: float, waited: float) -> AsyncConnection[Any]:
         """psycopg's ``getconn`` for what is left of ``budget``; its ``PoolTimeout`` names the whole."""
@@ -217,9 +213,6 @@ class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):
         """What the pool's attempts to connect say while they fail (since when, the last one's age and
         cause), else None: also while the pool still holds connections (its growth refused)."""
         return None if self.failing is None else self._failure(self.failing)
-
-    def _unreachable(self, failing: tuple[float, float, str]) -> DatabaseUnreachable:
-        return DatabaseUnreachable(self._failure(failing))
 
     @staticmethod
     def _failure(failing: tuple[float, float, str]) -> str:

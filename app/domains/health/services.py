@@ -179,7 +179,7 @@ class HealthService:
             ``DATABASE_TIMEOUT_S``, as in a restart; fault review)."""
             if check in pooled:
                 return None
-            failure = self.db.connect_failure()
+            failure = self.db.pool.failure()
             if (pool := self.db.exhausted()) is not None:
                 busy = f"every pooled connection in use for {timeout:g}s"
                 refused = f"; PostgreSQL refuses the pool more: {failure}" if failure else ""
