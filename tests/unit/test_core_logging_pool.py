@@ -102,3 +102,21 @@ def test_each_pools_connect_failures_have_their_own_minute() -> None:
     app, sink, again = failed("app"), failed("pageview-sink"), failed("app")
     assert pools.filter(app) and pools.filter(sink) and not pools.filter(again)
     assert (app.pool, sink.pool) == ("app", "pageview-sink")  # type: ignore[attr-defined]
+
+
+def test_a_chain_of_attempts_given_up_is_not_logged() -> None:
+    """The pools give a chain of attempts up after ``reconnect_timeout_s`` (seconds) and start a new
+    one on demand: psycopg's line for it would come every few seconds of an outage, which the failed
+    attempts' own line already tells."""
+    pool = PoolLogFilter(interval_s=3600)
+    given_up = logging.LogRecord(
+        "psycopg.pool",
+        logging.WARNING,
+        __file__,
+        1,
+        "reconnection attempt in pool %r failed after %s sec",
+        ("app", 10.0),
+        None,
+    )
+    assert not pool.filter(given_up)
+    assert pool.filter(record("discarding closed connection")), "the pool's other lines pass"
