@@ -25,7 +25,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -35,6 +35,7 @@ from valkey.asyncio import Valkey
 
 from app.core.logging import OncePerInterval, error_message
 from app.core.multiplexed import MultiplexedValkey
+from app.core.pool import DatabaseUnreachable, borrows_patiently, shared_load_context
 from app.core.valkey import VALKEY_DOWN
 
 T = TypeVar("T")
@@ -215,15 +216,24 @@ class CacheNamespace:
 Flights = dict[Hashable, "asyncio.Future[Any]"]
 
 
-async def single_flight(flights: Flights, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
+async def single_flight(flights: Flights, key: Hashable, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """``make()``'s result, shared by every caller that asks for ``key`` while it runs (in this
-    process). Shielded: one cancelled caller must not cancel the load the others are waiting for."""
+    process). Shielded: one cancelled caller must not cancel the load the others are waiting for.
+
+    The load borrows connections as a request does (``shared_load_context``), whoever started it; a
+    caller that borrows patiently (a job) and is refused because PostgreSQL is unreachable runs
+    ``make()`` again on its own, patiently."""
     flight = flights.get(key)
     if flight is None:
-        flight = asyncio.ensure_future(make())
+        flight = asyncio.get_running_loop().create_task(make(), context=shared_load_context())
         flights[key] = flight
         flight.add_done_callback(lambda done: _finish_flight(flights, key, done))
-    return cast("T", await asyncio.shield(flight))
+    try:
+        return cast("T", await asyncio.shield(flight))
+    except DatabaseUnreachable:
+        if not borrows_patiently():
+            raise
+    return await make()
 
 
 def _finish_flight(flights: Flights, flight_key: Hashable, done: asyncio.Future[Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from typing import Any
 
 import structlog
@@ -59,6 +59,23 @@ def borrow_patiently() -> None:
 
 def borrow_as_ever() -> None:
     _PATIENT.set(False)
+
+
+def borrows_patiently() -> bool:
+    """Whether a borrower in this context waits ``DATABASE_TIMEOUT_S`` while the pool cannot connect."""
+    return _PATIENT.get()
+
+
+def shared_load_context() -> Context:
+    """A copy of this context in which borrowers wait as a request's do: for a load that several
+    callers share (``app.core.cache.single_flight``), which may keep requests waiting whoever started
+    it. A job that started or joined one loads again for itself when it is refused
+    (``DatabaseUnreachable``): the refusal is a request's, not the job's (diffreview4: a request that
+    joined a job's load waited the whole ``DATABASE_TIMEOUT_S``, a job that joined a request's failed
+    at once)."""
+    context = copy_context()
+    context.run(borrow_as_ever)
+    return context
 
 
 class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):

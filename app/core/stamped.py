@@ -44,7 +44,7 @@ differently.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, NamedTuple
 
 from cachetools import LRUCache
@@ -213,7 +213,7 @@ class StampedCache:
         # its p50). Whoever joins has read that stamp and checked their own scope.
         started = False
 
-        def start() -> Awaitable[bytes]:
+        def start() -> Coroutine[Any, Any, bytes]:
             nonlocal started
             started = True
             return self._load_and_store(entry, stamp, load, group)

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from valkey.asyncio import Valkey
 
 from app.core import pool as pool_module
+from app.core.cache import Flights, single_flight
 from app.core.db import Database, lend
 from app.core.metrics import record_pool
 from app.core.pool import DatabaseUnreachable, FailFastPool
@@ -341,6 +342,79 @@ async def test_a_job_waits_as_ever_while_postgres_refuses(open_pool: OpenPool) -
         with pytest.raises(DatabaseUnreachable):  # outside the job, as before
             async with lend(pool):
                 pass
+
+
+class SharedLoad:
+    """A load of ``pool`` that callers share (``single_flight``), held before it borrows until ``go``."""
+
+    def __init__(self, pool: FailFastPool) -> None:
+        self.pool = pool
+        self.flights: Flights = {}
+        self.started, self.go = asyncio.Event(), asyncio.Event()
+        self.runs = 0
+
+    async def load(self) -> None:
+        self.runs += 1
+        self.started.set()
+        await self.go.wait()
+        async with lend(self.pool):
+            pass
+
+    async def join(self, joined: asyncio.Event, *, as_job: bool) -> BaseException | None:
+        """The caller's outcome (None: served). ``joined`` is set just before it joins or starts the
+        load: with no await before ``single_flight``'s own, it has once its task waits."""
+        if as_job:
+            await bind_job_context({})
+        joined.set()
+        try:
+            await single_flight(self.flights, "key", self.load)
+        except PoolTimeout as exc:
+            return exc
+        return None
+
+
+def waited_it_out(outcome: BaseException | None) -> bool:
+    """Whether a borrower waited the whole ``DATABASE_TIMEOUT_S`` (``brief``'s) and was not told at once."""
+    return (
+        isinstance(outcome, PoolTimeout)
+        and not isinstance(outcome, DatabaseUnreachable)
+        and "after 1.00 sec" in str(outcome)
+    )
+
+
+async def test_a_request_that_joins_a_jobs_shared_load_is_told_at_once(open_pool: OpenPool) -> None:
+    """Diffreview4: a load several callers share (``single_flight``: the cache's, readiness, the feed's
+    reads) borrowed with its starter's patience, so a request that joined a job's waited the whole
+    ``DATABASE_TIMEOUT_S``. The load borrows as a request does; the job, refused, loads again alone."""
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
+        await refused_longer_than_a_wait(pool)
+        shared = SharedLoad(pool)
+        job = asyncio.create_task(shared.join(asyncio.Event(), as_job=True))
+        await shared.started.wait()
+        joined = asyncio.Event()
+        request = asyncio.create_task(shared.join(joined, as_job=False))
+        await joined.wait()
+        shared.go.set()
+        assert isinstance(await request, DatabaseUnreachable)
+        assert waited_it_out(await job), "the job waited, on its own load"
+        assert shared.runs == 2
+
+
+async def test_a_job_that_joins_a_requests_shared_load_loads_for_itself(open_pool: OpenPool) -> None:
+    """Diffreview4: a job that joined a request's load failed with the request's refusal, though a job
+    borrows patiently (``test_a_job_waits_as_ever_while_postgres_refuses``)."""
+    async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
+        await refused_longer_than_a_wait(pool)
+        shared = SharedLoad(pool)
+        request = asyncio.create_task(shared.join(asyncio.Event(), as_job=False))
+        await shared.started.wait()
+        joined = asyncio.Event()
+        job = asyncio.create_task(shared.join(joined, as_job=True))
+        await joined.wait()
+        shared.go.set()
+        assert isinstance(await request, DatabaseUnreachable)
+        assert waited_it_out(await job), "the job loaded again, patiently"
+        assert shared.runs == 2
 
 
 @asynccontextmanager
