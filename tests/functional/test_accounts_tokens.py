@@ -217,3 +217,21 @@ async def test_two_authorization_headers_are_refused(
             assert_problem(response, 401, "unauthorized")
             assert response.headers["www-authenticate"] == 'Bearer error="invalid_request"'
         assert (await served.client.get("/api/auth/me", headers=bearer(own))).status_code == 200
+
+
+async def test_a_new_secret_key_refuses_old_access_tokens_and_the_session_goes_on(
+    settings: Settings, member: User
+) -> None:
+    """README, ``SECRET_KEY``: changing it refuses every access token signed before, and a client's
+    session goes on by its refresh token (a random secret kept as a digest, not signed with the key)."""
+    async with serve_in_loop(settings) as before:
+        pair = await login(before.client, member.email)
+    async with serve_in_loop(settings, secret_key=OTHER_SECRET) as after:
+        assert_rejected(await me(after.client, pair["access_token"]))
+        refreshed = await after.client.post(
+            "/api/auth/refresh", json={"refresh_token": pair["refresh_token"]}
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        response = await me(after.client, refreshed.json()["access_token"])
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == member.id
