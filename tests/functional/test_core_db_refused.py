@@ -382,38 +382,29 @@ def waited_it_out(outcome: BaseException | None) -> bool:
     )
 
 
-async def test_a_request_that_joins_a_jobs_shared_load_is_told_at_once(open_pool: OpenPool) -> None:
+@pytest.mark.parametrize(
+    "job_starts", [True, False], ids=["a-request-joins-a-jobs", "a-job-joins-a-requests"]
+)
+async def test_a_shared_load_tells_a_request_at_once_and_a_job_loads_again_alone(
+    open_pool: OpenPool, job_starts: bool
+) -> None:
     """Diffreview4: a load several callers share (``single_flight``: the cache's, readiness, the feed's
-    reads) borrowed with its starter's patience, so a request that joined a job's waited the whole
-    ``DATABASE_TIMEOUT_S``. The load borrows as a request does; the job, refused, loads again alone."""
+    reads) borrowed with its starter's patience. A request that joined a job's load waited the whole
+    ``DATABASE_TIMEOUT_S``; a job that joined a request's failed with the request's refusal, though a
+    job borrows patiently (``test_a_job_waits_as_ever_while_postgres_refuses``). The load borrows as a
+    request does, and the job, refused, loads again alone."""
     async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
         await refused_longer_than_a_wait(pool)
         shared = SharedLoad(pool)
-        job = asyncio.create_task(shared.join(asyncio.Event(), as_job=True))
+        first = asyncio.create_task(shared.join(asyncio.Event(), as_job=job_starts))
         await shared.started.wait()
         joined = asyncio.Event()
-        request = asyncio.create_task(shared.join(joined, as_job=False))
+        second = asyncio.create_task(shared.join(joined, as_job=not job_starts))
         await joined.wait()
         shared.go.set()
+        job, request = (first, second) if job_starts else (second, first)
         assert isinstance(await request, DatabaseUnreachable)
-        assert waited_it_out(await job), "the job waited, on its own load"
-        assert shared.runs == 2
-
-
-async def test_a_job_that_joins_a_requests_shared_load_loads_for_itself(open_pool: OpenPool) -> None:
-    """Diffreview4: a job that joined a request's load failed with the request's refusal, though a job
-    borrows patiently (``test_a_job_waits_as_ever_while_postgres_refuses``)."""
-    async with open_pool(NOBODY_LISTENS, wait=False, **brief()) as pool:
-        await refused_longer_than_a_wait(pool)
-        shared = SharedLoad(pool)
-        request = asyncio.create_task(shared.join(asyncio.Event(), as_job=False))
-        await shared.started.wait()
-        joined = asyncio.Event()
-        job = asyncio.create_task(shared.join(joined, as_job=True))
-        await joined.wait()
-        shared.go.set()
-        assert isinstance(await request, DatabaseUnreachable)
-        assert waited_it_out(await job), "the job loaded again, patiently"
+        assert waited_it_out(await job), "the job waited, on a load of its own"
         assert shared.runs == 2
 
 
