@@ -45,8 +45,9 @@ _MASKED = re.escape(MASK)
 _PATTERNS: tuple[tuple[str, str], ...] = (
     # PEM private keys, whole (first: a key's body would otherwise be cut by the patterns below)
     (r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", MASK),
-    # credentials in URLs: scheme://user:password@host (also a scheme missing its colon)
-    (r"(?i)\b([a-z][a-z0-9+.-]*:?//[^/\s:@\"']*):[^\s@\"']*@", rf"\1:{MASK}@"),
+    # credentials in URLs: scheme://user:password@host (also a scheme missing its colon); one that
+    # ``app.config.redact_url`` masked already (``***``) is kept, not masked a second way
+    (r"(?i)\b([a-z][a-z0-9+.-]*:?//[^/\s:@\"']*):(?!\*\*\*@)[^\s@\"']*@", rf"\1:{MASK}@"),
     # An Authorization header's whole value, whatever its scheme and however short its credential
     # (before key=value, which would mask the scheme alone: ``Authorization: Token abc`` kept ``abc``)
     (

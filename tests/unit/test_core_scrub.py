@@ -87,6 +87,8 @@ def test_ordinary_text_is_left_as_it_is() -> None:
         "invalid token provided by the client",
         "basic plan chosen",
         "order 42 reserved until 2026-12-02T05:00:00+00:00",
+        # a URL whose password redact_url masked: one mask on every line (the new-user pass)
+        "PostgreSQL did not answer (DATABASE_URL=postgresql://nobody:***@127.0.0.1:5999/app)",
         "login=octocat kind=not-found retry_after=None",
         "bypass=1 compass=2 isTokenValid=true passed=3 author=me oauth=x",
         # the weaker names in prose and code: auth, signature, credentials (values only as name=value)
