@@ -8,7 +8,8 @@ threads: granian runs as a child *process* (a fresh interpreter), which forks it
    would bind the same port too and the kernel would split requests between two apps; it exits
    instead, before it starts anything.
 1. Resolve the services (embedded PostgreSQL and Valkey under ``DATA_DIR`` when ``DATABASE_URL`` /
-   ``VALKEY_URL`` are unset), wait for the database, apply migrations, seed demo data once.
+   ``VALKEY_URL`` are unset), wait for a configured database and Valkey (``_wait_for``), apply
+   migrations, seed demo data once.
    (``serve`` and ``migrate`` are the only commands that migrate; ``worker``, ``create-admin`` and
    ``seed`` refuse a schema behind the code.)
 2. Start granian (``serve-child``) in its own process group with the URLs and the signing key in
@@ -296,38 +297,103 @@ def _claim_port(port: int) -> int:
     return descriptor
 
 
-def _wait_for_database(
-    url: str, timeout: float, signals: _StopSignals, say: Callable[[str], None] = _say
-) -> None:
-    """A configured ``DATABASE_URL`` may still be starting (compose): retry until the deadline, saying
-    once (``say``) what the first attempt met. A server that answers without the database counts as
-    ready: ``migrate`` creates it. One that answers and refuses the credentials fails at once."""
-    import psycopg
+class _WaitingCannotHelpError(Exception):
+    """A service answered in a way that waiting cannot change (``_wait_for``): ``reason`` says how."""
 
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+
+
+def _wait_for(
+    what: str,
+    setting: str,
+    url: str,
+    probe: Callable[[], None],
+    timeout: float,
+    signals: _StopSignals,
+    say: Callable[[str], None],
+) -> None:
+    """A configured service may still be starting (compose): ``probe`` it until it answers or the
+    deadline, saying once (``say``) what the first attempt met. ``_WaitingCannotHelpError`` fails at once.
+    Every message names ``setting`` with its password masked; ``probe``'s errors come scrubbed."""
     deadline = time.monotonic() + timeout
+    named = f"({setting}={redact_url(url)})"
     waiting = False
     while True:
         signals.check()
+        try:
+            probe()
+            return
+        except _WaitingCannotHelpError as exc:
+            raise LaunchError(f"{what} {exc.reason} {named}: {exc}") from None
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise LaunchError(f"{what} did not answer within {timeout:g}s {named}: {error}")
+        if not waiting:
+            say(f"waiting up to {timeout:g}s for {what} {named}: {error}")
+            waiting = True
+        signals.sleep(0.25)
+
+
+def _first_line(exc: Exception, url: str) -> str:
+    """A driver's error in one line, ``url``'s password masked (its text may quote the URL)."""
+    text = str(exc).strip()
+    return scrub_text(text.splitlines()[0], url) if text else type(exc).__name__
+
+
+def _wait_for_database(
+    url: str, timeout: float, signals: _StopSignals, say: Callable[[str], None] = _say
+) -> None:
+    """A server that answers without the database counts as ready: ``migrate`` creates it. One that
+    answers and refuses the credentials fails at once."""
+    import psycopg
+
+    def connect() -> None:
         try:
             with psycopg.connect(url, connect_timeout=2):
                 return
         except psycopg.Error as exc:  # its text may quote the URL (or the part it could not parse)
             if isinstance(exc, psycopg.OperationalError) and database_missing(url):
                 return
-            text = str(exc).strip()
-            error = scrub_text(text.splitlines()[0], url) if text else type(exc).__name__
-            if REFUSED_CONNECTION.search(text):
-                raise LaunchError(
-                    f"PostgreSQL refused the connection (DATABASE_URL={redact_url(url)}): {error}"
-                ) from None
-        if time.monotonic() >= deadline:
-            raise LaunchError(
-                f"PostgreSQL did not answer within {timeout:g}s (DATABASE_URL={redact_url(url)}): {error}"
-            )
-        if not waiting:
-            say(f"waiting up to {timeout:g}s for PostgreSQL (DATABASE_URL={redact_url(url)}): {error}")
-            waiting = True
-        signals.sleep(0.25)
+            error = _first_line(exc, url)
+            if REFUSED_CONNECTION.search(str(exc)):
+                raise _WaitingCannotHelpError("refused the connection", error) from None
+            raise RuntimeError(error) from None
+
+    _wait_for("PostgreSQL", "DATABASE_URL", url, connect, timeout, signals, say)
+
+
+def _wait_for_valkey(
+    url: str, timeout: float, signals: _StopSignals, say: Callable[[str], None] = _say
+) -> None:
+    """A configured ``VALKEY_URL`` is checked before anything starts: the app's readiness would only
+    say ``valkey (error)`` after ``SERVE_READY_TIMEOUT_S`` (the new-user pass: a minute's silence).
+    Refused credentials, a database index it lacks, or a server that does not speak Valkey's protocol
+    fail at once."""
+    from valkey import Valkey
+    from valkey.exceptions import (
+        AuthenticationError,
+        ConnectionError,
+        ResponseError,
+        TimeoutError,
+        ValkeyError,
+    )
+
+    def ping() -> None:
+        with contextlib.closing(Valkey.from_url(url, socket_connect_timeout=2, socket_timeout=2)) as client:
+            try:
+                client.ping()
+            except (AuthenticationError, ResponseError) as exc:  # a password, a database index
+                raise _WaitingCannotHelpError("refused the connection", _first_line(exc, url)) from None
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                raise RuntimeError(_first_line(exc, url)) from None
+            except ValkeyError as exc:  # a reply that is not Valkey's: another service on the port
+                error = _first_line(exc, url)
+                raise _WaitingCannotHelpError("answered, but not in Valkey's protocol", error) from None
+
+    _wait_for("Valkey", "VALKEY_URL", url, ping, timeout, signals, say)
 
 
 def _prepare_to_serve(settings: Settings, signals: _StopSignals) -> tuple[Settings, list[str]]:
@@ -338,12 +404,14 @@ def _prepare_to_serve(settings: Settings, signals: _StopSignals) -> tuple[Settin
     ]
     if embedded:
         _say(f"embedded {' and '.join(embedded)} in {settings.data_dir.resolve()}")
-    configured_database = settings.database_url
+    configured_database, configured_valkey = settings.database_url, settings.valkey_url
     settings = resolve_services(settings)
     assert settings.database_url and settings.valkey_url
     signals.check()
     if configured_database:
         _wait_for_database(configured_database, settings.serve_ready_timeout_s, signals)
+    if configured_valkey:
+        _wait_for_valkey(configured_valkey, settings.serve_ready_timeout_s, signals)
     applied = [line for line in migrate(settings.database_url).splitlines() if line.startswith("Applying")]
     _say(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
     signals.check()

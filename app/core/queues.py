@@ -24,6 +24,7 @@ from typing import NamedTuple, cast
 
 import psycopg
 import redis.asyncio as redis
+import redis.exceptions as redis_errors
 import structlog
 from litestar.types import Guard
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
@@ -386,7 +387,8 @@ async def _first_answer(
 
 async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> list[str]:
     """Wait for Valkey and PostgreSQL to answer, at most ``timeout_s`` (together): what did not. An
-    answer waiting cannot change (PostgreSQL refused the credentials) ends the wait for the other."""
+    answer waiting cannot change (credentials refused, a database missing, another service on
+    Valkey's port) ends the wait for the other."""
     assert settings.valkey_url and settings.database_url
     valkey_url, database_url = settings.valkey_url, settings.database_url
 
@@ -398,6 +400,14 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
         )
         try:
             await cast("Awaitable[bool]", client.ping())
+        except (redis_errors.AuthenticationError, redis_errors.ResponseError) as exc:  # password, index
+            refusal = scrub_text(error_message(exc), valkey_url)
+            raise _WaitingCannotHelpError(f"it refused the connection: {refusal}") from None
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            raise
+        except redis_errors.RedisError as exc:  # a reply that is not Valkey's: another service on the port
+            reply = scrub_text(error_message(exc), valkey_url)
+            raise _WaitingCannotHelpError(f"not in Valkey's protocol: {reply}") from None
         finally:
             await client.aclose()
 

@@ -16,11 +16,13 @@
 
 from __future__ import annotations
 
+import http.server
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +190,72 @@ def test_serve_on_credentials_the_server_refuses_fails_at_once(
     assert refusal and 'role "no-such-role" does not exist' in refusal[0], launcher.tail()
 
 
+@pytest.fixture
+def not_valkey() -> Iterator[str]:
+    """The URL of a port that answers as a web server does (another service where Valkey was meant)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"redis://127.0.0.1:{server.server_address[1]}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f":{password}@{parts.netloc.rpartition('@')[2]}"))
+
+
+def test_serve_on_a_valkey_that_refuses_it_fails_at_once_before_migrating(
+    launchers: list[Launcher], data_dir: Path, database_url: str, valkey_url: str, fresh_database: str
+) -> None:
+    """The new-user pass: a bad ``VALKEY_URL`` met nothing until readiness, which said only ``valkey
+    (error)`` after the whole ``SERVE_READY_TIMEOUT_S``. It is checked first, as ``DATABASE_URL`` is:
+    a password the server refuses fails at once, named, the password masked."""
+    password = "valkey-secret-" + uuid.uuid4().hex[:8]
+    refused = _with_password(valkey_url, password)
+    launcher = serve(
+        launchers, data_dir, _url_of(database_url, fresh_database), refused, SERVE_READY_TIMEOUT_S="600"
+    )
+
+    assert launcher.read_to_exit(EXIT_DEADLINE_S) == 1, launcher.tail()
+    refusal = [line for line in launcher.output if "Valkey refused the connection" in line]
+    assert refusal and "(VALKEY_URL=redis://:***@" in refusal[0], launcher.tail()
+    assert password not in "\n".join(launcher.output)
+    assert not _exists(database_url, fresh_database), "nothing is migrated for a refused VALKEY_URL"
+
+
+def test_serve_on_another_service_where_valkey_was_meant_fails_at_once(
+    launchers: list[Launcher], data_dir: Path, database_url: str, fresh_database: str, not_valkey: str
+) -> None:
+    launcher = serve(
+        launchers, data_dir, _url_of(database_url, fresh_database), not_valkey, SERVE_READY_TIMEOUT_S="600"
+    )
+
+    assert launcher.read_to_exit(EXIT_DEADLINE_S) == 1, launcher.tail()
+    assert any("Valkey answered, but not in Valkey's protocol" in line for line in launcher.output), (
+        launcher.tail()
+    )
+
+
+def test_serve_waits_for_an_unreachable_valkey_saying_so_then_fails_naming_it(
+    launchers: list[Launcher], data_dir: Path, database_url: str, fresh_database: str
+) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    launcher = serve(
+        launchers, data_dir, _url_of(database_url, fresh_database), unreachable, SERVE_READY_TIMEOUT_S="1"
+    )
+
+    assert launcher.read_to_exit(EXIT_DEADLINE_S) == 1, launcher.tail()
+    named = f"(VALKEY_URL={unreachable})"
+    assert any(line.startswith(f"serve: waiting up to 1s for Valkey {named}: ") for line in launcher.output)
+    failed = [line for line in launcher.output if line.startswith("serve: failed: ")]
+    assert len(failed) == 1, launcher.tail()
+    assert failed[0].startswith(f"serve: failed: Valkey did not answer within 1s {named}: "), failed
+    assert "refused" in failed[0].lower(), failed
+
+
 def test_migrate_on_an_unreachable_database_fails_in_one_line_naming_it(tmp_path: Path) -> None:
     port = free_port()
     password = "migrate-secret-" + uuid.uuid4().hex[:8]
@@ -287,6 +355,22 @@ def test_a_refused_connection_does_not_wait_for_an_unreachable_valkey(settings: 
     assert result.returncode == 1, result
     assert "refused the connection" in result.stderr, result.stderr
     assert "Valkey did not answer" not in result.stderr, result.stderr
+
+
+def test_a_worker_on_a_valkey_that_refuses_it_fails_at_once(settings: Settings) -> None:
+    """Its preflight waited ``PREFLIGHT_TIMEOUT_S`` for a refused password as for a Valkey starting."""
+    assert settings.database_url and settings.valkey_url
+    result = _cli(
+        "worker",
+        DATABASE_URL=settings.database_url,
+        VALKEY_URL=_with_password(settings.valkey_url, "not-its-password"),
+        SECRET_KEY="k" * 16 + "0123456789ABCDEF",
+    )
+
+    assert result.returncode == 1, result
+    assert "Valkey answered (VALKEY_URL=redis://:***@" in result.stderr, result.stderr
+    assert "it refused the connection" in result.stderr, result.stderr
+    assert "did not answer" not in result.stderr and "not-its-password" not in result.stderr, result.stderr
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
