@@ -464,6 +464,12 @@ def _refuse_malformed_urls(settings: Settings) -> None:
             is_url = settings.database_url.startswith(("postgresql://", "postgres://"))
         except Exception:
             is_url = False
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", settings.database_url)
+        if scheme is not None and scheme[1] not in ("postgresql", "postgres"):  # libpq: lower case
+            raise SettingsError(
+                f"DATABASE_URL must be a PostgreSQL URL, postgresql://user:password@host:port/database; "
+                f"its scheme is {scheme[1]!r}"
+            )
         if not is_url:
             raise SettingsError(
                 "DATABASE_URL is malformed: expected postgresql://user:password@host:port/database "

@@ -53,6 +53,15 @@ def test_a_malformed_valkey_url_is_refused_naming_the_setting_only(url: str) -> 
     assert PASSWORD not in _everything_said(refused.value)
 
 
+@pytest.mark.parametrize("scheme", ["mysql", "redis", "http", "POSTGRESQL"])
+def test_a_database_url_of_another_scheme_is_refused_naming_the_scheme(scheme: str) -> None:
+    """The new-user pass: ``mysql://`` was told about key=value connection strings."""
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"DATABASE_URL": f"{scheme}://app:{PASSWORD}@127.0.0.1:1/app"})
+    assert str(refused.value).endswith(f"its scheme is {scheme!r}"), refused.value
+    assert PASSWORD not in _everything_said(refused.value)
+
+
 def test_well_formed_urls_load() -> None:
     settings = load_settings(
         {
