@@ -104,6 +104,7 @@ async def test_failed_checks_at_the_pairs_limit_are_still_a_lockout_for_the_wind
 
     assert int(refused.headers["Retry-After"]) > settings.login_failure_window_s - 60
     assert [line["scope"] for line in logs.events("login_locked_out")] == ["pair"]
+    assert "for this account from this address" in refused.detail, "not the whole address (new-user pass)"
 
 
 async def test_the_failure_that_locks_a_pair_out_says_so_once_though_nothing_is_refused_after_it(
@@ -298,6 +299,7 @@ async def test_at_the_address_limit_attempts_in_progress_refuse_for_a_moment_fai
     assert int(refused.headers["Retry-After"]) > 1
     assert [line["scope"] for line in logs.events("login_lockout_began")] == ["address"]
     assert [line["scope"] for line in logs.events("login_locked_out")] == ["address"]
+    assert "attempts from this address" in refused.detail
 
 
 async def test_an_attempt_that_checked_no_password_is_no_longer_in_progress(

@@ -194,6 +194,14 @@ ENDS_AT_CLOSE_S = 2.0
 """How long closing waits for attempts' ends still under way (a Valkey script each: milliseconds)."""
 
 _REFUSED_BY = {1: "pair", 2: "address", 3: "account"}
+_LOCKED_OUT = {
+    "pair": "Too many sign-in attempts for this account from this address (failed or in progress); "
+    "try again later.",
+    "address": "Too many sign-in attempts from this address (failed or in progress); try again later.",
+    "account": "Too many recent sign-in attempts for this account; try again shortly.",
+}
+"""A lockout's detail by its scope: the pair's named the address alone, as if it were shut out for
+every account (the new-user pass)."""
 _IN_PROGRESS = 4
 
 
@@ -287,11 +295,7 @@ class LoginThrottle:
             if int(began):
                 _log_lockout("login_lockout_began", scope, purpose, network, account, int(retry_after))
             _log_lockout("login_locked_out", scope, purpose, network, account, int(retry_after))
-            detail = (
-                "Too many recent sign-in attempts for this account; try again shortly."
-                if scope == "account"
-                else "Too many sign-in attempts from this address (failed or in progress); try again later."
-            )
+            detail = _LOCKED_OUT[scope]
             raise TooManyRequestsError(detail, headers={"Retry-After": str(max(int(retry_after), 1))})
         if int(delay_ms) > 0:
             security_log.warning(
