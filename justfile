@@ -17,8 +17,7 @@ serve:
 worker:
     exec python -m app.cli worker
 
-# the whole test suite against real PostgreSQL and Valkey (embedded by default), in two processes
-# (pytest-xdist, a test module's tests in one; `-n 0` runs them in this one)
+# the whole test suite against real (embedded) PostgreSQL and Valkey, in two processes; `-n 0`: in one
 test *ARGS:
     python -m pytest -n 2 --dist loadfile {{ARGS}}
 

@@ -724,6 +724,8 @@ def main(argv: list[str] | None = None) -> None:
     create_admin = commands.add_parser(
         "create-admin",
         help="create an administrator (an address that has an account is refused unless --promote-existing)",
+        description="Create an administrator. Its password is ADMIN_PASSWORD if set, else asked for on the "
+        "terminal (10 to 256 characters, at least 5 different ones).",
     )
     create_admin.add_argument("email")
     create_admin.add_argument("--name", default="Administrator")
