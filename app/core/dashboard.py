@@ -269,6 +269,21 @@ const job_view""",
         'h("td", link({ props: { href: root_path + "/queues/" + queue_name + "/jobs/" + job.key } }, '
         "job.key)),",
     ),
+    # A job not started showed an animated progress bar, as if it ran: the value 0 set as a property
+    # is no change to snabbdom (a new <progress> reads 0), so the bar stayed indeterminate. And a job
+    # scheduled ahead (a cron job's next run) said only "queued" (the new-user pass): it says when.
+    (
+        """h("td", h("progress", { props: { value: job.progress || 0, max: 1.0 } })),""",
+        """h("td", h("progress", { attrs: { value: job.progress || 0, max: 1 } })),""",
+    ),
+    (
+        """  h("td", job.status),
+]""",
+        """  h("td", job.status === "queued" && job.scheduled
+    ? "queued, due " + format_time(job.scheduled * 1000)  // SAQ's scheduled: epoch seconds
+    : job.status),
+]""",
+    ),
     (
         """        h("li", h("a", { props: { href: "https://saq-py.readthedocs.io" } }, "Docs")),""",
         """        h("li", h("a", { props: { href: "https://saq-py.readthedocs.io" } }, "Docs")),

@@ -10,6 +10,7 @@ Every page is watched (``watched_page``): a script or style the dashboard's Cont
 from __future__ import annotations
 
 import os
+import re
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,9 +138,13 @@ async def test_admin_sees_the_queues(
     watch.assert_clean()
 
 
-async def enqueue_job(valkey_url: str, key: str, kwargs: dict[str, Any], queue: str = "default") -> None:
+async def enqueue_job(
+    valkey_url: str, key: str, kwargs: dict[str, Any], queue: str = "default", scheduled: int = 0
+) -> None:
+    """``scheduled``: when it is due, in epoch seconds as SAQ keeps it (0: at once)."""
     async with saq_queues(valkey_url) as queues:
-        assert await queues[queue].enqueue(SaqJob(function="purge_outbox", kwargs=kwargs, key=key))
+        job = SaqJob(function="purge_outbox", kwargs=kwargs, key=key, scheduled=scheduled)
+        assert await queues[queue].enqueue(job)
 
 
 async def test_a_jobs_page_links_its_queue_inside_the_dashboard(
@@ -304,6 +309,27 @@ async def test_a_cron_jobs_waiting_run_offers_no_abort_and_a_queue_says_what_it_
     await expect(page.get_by_text("jobs not finished (the first ten)")).to_be_visible(
         timeout=RENDER_TIMEOUT_MS
     )
+    watch.assert_clean()
+
+
+async def test_a_job_not_started_shows_an_empty_bar_and_when_it_is_due(
+    served: ServerProcess, watched_page: WatchedPage, admin: User, valkey_url: str
+) -> None:
+    """The new-user pass: a queued job's progress bar was animated (an indeterminate <progress>: the
+    value 0 was never set), as if it ran, and a job due in an hour said only "queued"."""
+    due = CLOCK_START + timedelta(hours=1)
+    await enqueue_job(valkey_url, "browser-due-later", {"outbox_id": 7}, scheduled=int(due.timestamp()))
+    await enqueue_job(valkey_url, "browser-due-now", {"outbox_id": 8})
+    watch = await held_page_of(watched_page, served, admin, "/saq/queues/default/jobs/browser-due-later")
+    page = watch.page
+    status = page.locator("figure tbody tr td").nth(5)
+    await expect(status).to_have_text(re.compile(r"^queued, due .+"), timeout=RENDER_TIMEOUT_MS)
+    shown = await page.evaluate(f"new Date({int(due.timestamp()) * 1000}).toLocaleString()")
+    await expect(status).to_have_text(f"queued, due {shown}")
+    await expect(page.locator("progress")).to_have_attribute("value", "0")
+    await page.goto(f"{served.base}/saq/queues/default/jobs/browser-due-now")
+    await expect(page.locator("hgroup h2")).to_have_text("browser-due-now", timeout=RENDER_TIMEOUT_MS)
+    await expect(page.locator("figure tbody tr td").nth(5)).to_have_text("queued")
     watch.assert_clean()
 
 
