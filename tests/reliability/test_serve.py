@@ -37,6 +37,7 @@ from app import cli
 from app.config import DEFAULT_ADMIN_PASSWORD, Settings, load_settings
 from app.core import embedded
 from tests.served import free_port
+from tests.valkey_control import ControlledValkey
 
 ROOT = Path(__file__).resolve().parents[2]
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
@@ -193,6 +194,14 @@ class Launcher:
             if "stop with Ctrl-C" in line:
                 return banner
         pytest.fail(f"the banner was cut short:\n{self.tail()}")
+
+    def read_until(self, prefix: str, deadline_s: float) -> str:
+        """The first line from now that starts with ``prefix``; fails if the launcher exits first."""
+        deadline = time.monotonic() + deadline_s
+        while (line := self._next_line(deadline)) is not None:
+            if line.startswith(prefix):
+                return line
+        pytest.fail(f"the launcher exited ({self.process.wait()}) before {prefix!r}:\n{self.tail()}")
 
     def read_to_exit(self, deadline_s: float) -> int:
         """The exit code; fails unless the launcher exits within ``deadline_s``."""
@@ -464,15 +473,34 @@ def test_an_unreachable_database_fails_naming_it_and_stops_what_it_started(
     assert not wait_nothing_mentions(data_dir), "the embedded Valkey it started is left"
 
 
+def test_an_unreachable_valkey_fails_the_start_naming_it(launchers: list[Launcher], data_dir: Path) -> None:
+    """Before granian starts (``_wait_for_valkey``), as a configured ``DATABASE_URL`` is waited for."""
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    launcher = start(launchers, data_dir, env={"VALKEY_URL": unreachable, "SERVE_READY_TIMEOUT_S": "3"})
+
+    code = launcher.read_to_exit(READY_DEADLINE_S)
+
+    output = "\n".join(launcher.output)
+    assert code == 1, output
+    [failure] = [line for line in launcher.output if line.startswith("serve: failed")]
+    assert failure.startswith(f"serve: failed: Valkey did not answer within 3s (VALKEY_URL={unreachable})")
+    assert not any(line.startswith("serve: starting granian") for line in launcher.output), output
+    assert not wait_gone(launcher.family())
+    assert not wait_nothing_mentions(data_dir), "the embedded PostgreSQL it started is left"
+
+
 def test_an_app_that_is_not_ready_in_time_fails_naming_the_dependency(
-    launchers: list[Launcher], data_dir: Path
+    launchers: list[Launcher], data_dir: Path, controlled_valkey: ControlledValkey
 ) -> None:
+    """Valkey answers the launcher's check, then stops: the app's readiness names it."""
     launcher = start(
         launchers,
         data_dir,
         # long enough for the app to answer on a busy machine, so the answer can name Valkey
-        env={"VALKEY_URL": f"redis://127.0.0.1:{free_port()}/0", "SERVE_READY_TIMEOUT_S": "15"},
+        env={"VALKEY_URL": controlled_valkey.url, "SERVE_READY_TIMEOUT_S": "15"},
     )
+    launcher.read_until("serve: starting granian", READY_DEADLINE_S)
+    controlled_valkey.stop()
 
     code = launcher.read_to_exit(READY_DEADLINE_S)
 
