@@ -370,28 +370,21 @@ def _wait_for_valkey(
 ) -> None:
     """A configured ``VALKEY_URL`` is checked before anything starts: the app's readiness would only
     say ``valkey (error)`` after ``SERVE_READY_TIMEOUT_S`` (the new-user pass: a minute's silence).
-    Refused credentials, a database index it lacks, or a server that does not speak Valkey's protocol
-    fail at once."""
+    What waiting cannot change fails at once (``app.core.valkey.final_refusal``)."""
     from valkey import Valkey
-    from valkey.exceptions import (
-        AuthenticationError,
-        ConnectionError,
-        ResponseError,
-        TimeoutError,
-        ValkeyError,
-    )
+    from valkey.exceptions import ValkeyError
+
+    from app.core.valkey import final_refusal
 
     def ping() -> None:
         with contextlib.closing(Valkey.from_url(url, socket_connect_timeout=2, socket_timeout=2)) as client:
             try:
                 client.ping()
-            except (AuthenticationError, ResponseError) as exc:  # a password, a database index
-                raise _WaitingCannotHelpError("refused the connection", _first_line(exc, url)) from None
-            except (ConnectionError, TimeoutError, OSError) as exc:
+            except (ValkeyError, OSError) as exc:
+                reason = final_refusal(exc)
+                if reason is not None:
+                    raise _WaitingCannotHelpError(reason, _first_line(exc, url)) from None
                 raise RuntimeError(_first_line(exc, url)) from None
-            except ValkeyError as exc:  # a reply that is not Valkey's: another service on the port
-                error = _first_line(exc, url)
-                raise _WaitingCannotHelpError("answered, but not in Valkey's protocol", error) from None
 
     _wait_for("Valkey", "VALKEY_URL", url, ping, timeout, signals, say)
 

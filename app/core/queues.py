@@ -20,17 +20,18 @@ import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import psycopg
 import redis.asyncio as redis
-import redis.exceptions as redis_errors
 import structlog
 from litestar.types import Guard
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from litestar_saq import Worker as LitestarWorker
 from saq import Job, Queue, Worker
 from saq.types import Context, PartialTimersDict
+from valkey.asyncio import Valkey as AsyncValkey
+from valkey.exceptions import ValkeyError
 
 from app.config import Settings, redact_url
 from app.core.heartbeat import with_heartbeat
@@ -54,6 +55,7 @@ from app.core.repeating import stopped_within
 from app.core.scrub import scrub_text
 from app.core.services import Services
 from app.core.sweep import TwoSightingSweepQueue
+from app.core.valkey import final_refusal
 from app.db import outbox as outbox_queries
 
 log = structlog.get_logger("app.workers")
@@ -393,21 +395,19 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
     valkey_url, database_url = settings.valkey_url, settings.database_url
 
     async def valkey() -> None:
-        client = redis.from_url(
+        client = AsyncValkey.from_url(
             valkey_url,
             socket_timeout=PREFLIGHT_CONNECT_TIMEOUT_S,
             socket_connect_timeout=PREFLIGHT_CONNECT_TIMEOUT_S,
         )
         try:
-            await cast("Awaitable[bool]", client.ping())
-        except (redis_errors.AuthenticationError, redis_errors.ResponseError) as exc:  # password, index
-            refusal = scrub_text(error_message(exc), valkey_url)
-            raise _WaitingCannotHelpError(f"it refused the connection: {refusal}") from None
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            await client.ping()
+        except ValkeyError as exc:
+            reason = final_refusal(exc)
+            if reason is not None:
+                detail = scrub_text(error_message(exc), valkey_url)
+                raise _WaitingCannotHelpError(f"it {reason}: {detail}") from None
             raise
-        except redis_errors.RedisError as exc:  # a reply that is not Valkey's: another service on the port
-            reply = scrub_text(error_message(exc), valkey_url)
-            raise _WaitingCannotHelpError(f"not in Valkey's protocol: {reply}") from None
         finally:
             await client.aclose()
 

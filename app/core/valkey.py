@@ -30,8 +30,16 @@ from valkey._parsers import _AsyncLibvalkeyParser
 from valkey._parsers.base import BaseParser
 from valkey.asyncio import BlockingConnectionPool, Valkey
 from valkey.asyncio.connection import AbstractConnection
+from valkey.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    InvalidResponse,
+    NoPermissionError,
+    ResponseError,
+    ValkeyError,
+)
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import ResponseError, ValkeyError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.config import Settings
@@ -58,6 +66,25 @@ class ValkeyUnavailableError(ValkeyConnectionError):
 
 VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
 """What a call raises when Valkey cannot serve it now: fall back, never an error of the request."""
+
+_REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError, AuthenticationWrongNumberOfArgsError)
+
+
+def final_refusal(error: BaseException) -> str | None:
+    """How a Valkey that answered ``error`` will not serve this client however long one waits: its
+    credentials or permissions refused, a database index it lacks, protected mode (``DENIED``), or a
+    reply that is not Valkey's (another service on its port). None for what passes: unreachable,
+    starting, loading, busy with a script, a failover (``UNAVAILABLE_REPLIES``). For the start-up
+    checks (``app.cli``'s serve, the worker's preflight), which fail at once on it instead of waiting
+    (review: ``BUSY`` and ``MASTERDOWN`` failed them at once)."""
+    text = str(error)
+    if isinstance(error, _REFUSALS) or (
+        isinstance(error, ResponseError) and (text.startswith("DENIED") or text.startswith("DB index"))
+    ):
+        return "refused the connection"
+    if isinstance(error, InvalidResponse):
+        return "answered in another protocol"
+    return None
 
 
 _REPLY = "valkey_reply"
