@@ -279,8 +279,8 @@ const job_view""",
     (
         """  h("td", job.status),
 ]""",
-        """  h("td", job.status === "queued" && job.scheduled
-    ? "queued, due " + format_time(job.scheduled * 1000)  // SAQ's scheduled: epoch seconds
+        """  h("td", job.status === "queued" && job.due
+    ? "queued, due " + format_time(job.due * 1000)  // epoch seconds (JobOut.due)
     : job.status),
 ]""",
     ),
@@ -392,6 +392,9 @@ class JobOut(msgspec.Struct, frozen=True):
     touched: int
     error: str | None
     """Its error (a traceback), secrets masked, the last ``ERROR_MAX_CHARS`` characters."""
+    due: int = 0
+    """When a queued job is due, in epoch seconds (0: at once): its score in SAQ's ``incomplete`` set,
+    which a retry after a delay moves while ``scheduled`` keeps the first run's (diffreview8)."""
 
 
 class WorkerStatsOut(msgspec.Struct, frozen=True):
@@ -446,8 +449,9 @@ def _error(text: Any) -> str | None:
     return scrubbed if len(scrubbed) <= ERROR_MAX_CHARS else "…" + scrubbed[-(ERROR_MAX_CHARS - 1) :]
 
 
-def job_out(job: Mapping[str, Any]) -> JobOut:
-    """A job's dashboard view from its ``to_dict()`` (which omits fields at their defaults)."""
+def job_out(job: Mapping[str, Any], due: float | None = None) -> JobOut:
+    """A job's dashboard view from its ``to_dict()`` (which omits fields at their defaults) and when it
+    is due (``_due_times``)."""
     status = job.get("status", "new")
     queue = job.get("queue")
     return JobOut(
@@ -465,7 +469,18 @@ def job_out(job: Mapping[str, Any]) -> JobOut:
         scheduled=int(job.get("scheduled", 0)),
         touched=int(job.get("touched", 0)),
         error=_error(job.get("error")),
+        due=int(due or 0),
     )
+
+
+async def _due_times(queue: Queue, jobs: list[dict[str, Any]]) -> list[float | None]:
+    """When each of ``jobs`` is due: its score in the queue's ``incomplete`` set (None once it has
+    left it), read in one call."""
+    if not jobs or not isinstance(queue, RedisQueue):
+        return [None] * len(jobs)
+    ids = [queue.job_id(str(job.get("key", ""))) for job in jobs]
+    scores: list[float | None] = await queue.redis.zmscore(queue.namespace("incomplete"), ids)
+    return scores
 
 
 def _worker_out(info: Mapping[str, Any]) -> WorkerOut:
@@ -484,7 +499,10 @@ async def _queue_out(queue: Queue, *, jobs: bool) -> QueueOut:
         active=info["active"],
         scheduled=info["scheduled"],
         workers={worker: _worker_out(details) for worker, details in info["workers"].items()},
-        jobs=[job_out(job) for job in info["jobs"]],
+        jobs=[
+            job_out(job, due)
+            for job, due in zip(info["jobs"], await _due_times(queue, info["jobs"]), strict=True)
+        ],
     )
 
 
@@ -499,10 +517,6 @@ def _queue(queues: Queues, queue_id: str) -> Queue:
     if queue is None:
         raise NotFoundError(f"No queue named {queue_id!r}.", headers=_NO_STORE)
     return queue
-
-
-async def _job(queues: Queues, queue_id: str, job_id: str) -> Job:
-    return await _job_in(_queue(queues, queue_id), job_id)
 
 
 async def _job_in(queue: Queue, job_id: str) -> Job:
@@ -679,8 +693,10 @@ class DashboardController(Controller):
     async def job_detail(
         self, dashboard_queues: DashboardQueues, queue_id: FromPath[str], job_id: FromPath[str]
     ) -> JobDetail:
-        job = await _job(dashboard_queues, queue_id, job_id)
-        return JobDetail(job=job_out(job.to_dict()))
+        queue = _queue(dashboard_queues, queue_id)
+        job = (await _job_in(queue, job_id)).to_dict()
+        [due] = await _due_times(queue, [job])
+        return JobDetail(job=job_out(job, due))
 
     @post(
         "/api/queues/{queue_id:str}/jobs/{job_id:str}/retry",

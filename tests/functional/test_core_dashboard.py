@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -49,7 +50,7 @@ SAME_ORIGIN = {"Origin": "http://testserver.local", "Sec-Fetch-Site": "same-orig
 CROSS_SITE = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
 JOB_FIELDS = {
     *("function", "key", "queue", "status", "kwargs", "attempts", "retries", "progress"),
-    *("queued", "started", "completed", "scheduled", "touched", "error"),
+    *("queued", "started", "completed", "scheduled", "touched", "error", "due"),
 }
 SECRET_VALUES = ["alice@example.com", "s3cret-reset-code", "the job's r3sult"]
 LEAKED_PASSWORD = "hunter2-db-password"
@@ -167,6 +168,41 @@ async def test_a_job_is_shown_by_its_argument_names_and_a_scrubbed_bounded_error
             assert value not in answer.text, f"{path} answers {value!r}"
 
 
+async def test_a_queued_job_says_when_it_is_due_even_after_a_delayed_retry(
+    api: Client, credentials: dict[str, str], queues: dict[str, Queue]
+) -> None:
+    """Diffreview8: SAQ keeps when a job is due in its queue's ``incomplete`` set. A retry after a delay
+    moves it there while the job's ``scheduled`` keeps its first run's (0 for a job due at once), so
+    the page said "queued" for a job due in an hour, or a time already past."""
+    queue = queues["default"]
+    later = SaqJob(
+        function="purge_outbox", kwargs={"outbox_id": 8}, key="dashboard-due", scheduled=2_000_000_000
+    )
+    assert await queue.enqueue(later) is not None
+    await enqueued(queue, "dashboard-due-now", {"outbox_id": 9})
+    retried = await queue.enqueue(
+        SaqJob(function="purge_outbox", kwargs={"outbox_id": 10}, key="dashboard-retried", retry_delay=3600)
+    )
+    assert retried is not None
+    before = time.time()
+    await queue.retry(retried, "RuntimeError: boom")
+    after = time.time()
+
+    answers = await every_dashboard_answer(api, credentials)
+    detail = {
+        key: answers[f"/saq/api/queues/default/jobs/{key}"].json()["job"]
+        for key in ("dashboard-due", "dashboard-due-now", "dashboard-retried")
+    }
+    assert detail["dashboard-due"]["due"] == 2_000_000_000
+    assert detail["dashboard-due-now"]["due"] == 0
+    assert detail["dashboard-retried"]["scheduled"] == 0
+    assert int(before) + 3600 <= detail["dashboard-retried"]["due"] <= after + 3600
+    listed = {job["key"]: job for job in answers["/saq/api/queues/default"].json()["queue"]["jobs"]}
+    assert all(listed[key] == shown for key, shown in detail.items()), (
+        "the list says what the job's page says"
+    )
+
+
 async def test_an_unknown_queue_or_job_is_a_problem(api: Client, credentials: dict[str, str]) -> None:
     for path in ("/saq/api/queues/nope", "/saq/api/queues/default/jobs/nope"):
         response = await api.get(path, headers=credentials)
@@ -264,7 +300,7 @@ def test_saqs_script_still_needs_the_fixes() -> None:
     for wrong, right in APP_JS_FIXES:
         assert upstream.count(wrong) == 1, f"SAQ's app.js no longer holds {wrong!r}"
         assert right != wrong
-    assert len(APP_JS_FIXES) == 15
+    assert len(APP_JS_FIXES) == 17
 
 
 def test_a_fix_that_no_longer_fits_stops_the_start() -> None:
