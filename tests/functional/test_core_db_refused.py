@@ -408,6 +408,25 @@ async def test_a_shared_load_tells_a_request_at_once_and_a_job_loads_again_alone
         assert shared.runs == 2
 
 
+async def test_a_job_does_not_load_again_after_a_busy_pools_wait(
+    open_pool: OpenPool, database_url: str
+) -> None:
+    """Only ``DatabaseUnreachable`` is a request's refusal a job does not share: a busy pool's
+    ``PoolTimeout`` came after the whole wait, which the job would only wait again (diffreview8: the
+    test above passed with a reload after any ``PoolTimeout``)."""
+    async with open_pool(database_url, **brief(database_pool_max=1)) as pool, lend(pool):
+        shared = SharedLoad(pool)
+        request = asyncio.create_task(shared.join(asyncio.Event(), as_job=False))
+        await shared.started.wait()
+        joined = asyncio.Event()
+        job = asyncio.create_task(shared.join(joined, as_job=True))
+        await joined.wait()
+        shared.go.set()
+        assert waited_it_out(await request)
+        assert waited_it_out(await job)
+        assert shared.runs == 1, "the job shared the load's wait, and did not wait again"
+
+
 @asynccontextmanager
 async def readiness_of(pool: FailFastPool, valkey: Valkey, valkey_url: str) -> AsyncIterator[HealthService]:
     """The readiness checks of a process whose pool is ``pool``, each cut at 0.3 s, never shared."""
