@@ -68,8 +68,9 @@ def borrows_patiently() -> bool:
 
 def shared_load_context() -> Context:
     """A copy of this context in which borrowers wait as a request's do: for a load that several
-    callers share (``app.core.cache.single_flight``), which may keep requests waiting whoever started
-    it. A job that started or joined one loads again for itself when it is refused
+    callers share (``app.core.cache.single_flight``, the GitHub lookups' flights), which may keep
+    requests waiting whoever started it. A job that started or joined one loads again for itself when
+    it is refused
     (``DatabaseUnreachable``): the refusal is a request's, not the job's (diffreview4: a request that
     joined a job's load waited the whole ``DATABASE_TIMEOUT_S``, a job that joined a request's failed
     at once)."""

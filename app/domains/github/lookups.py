@@ -34,6 +34,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import Database
+from app.core.pool import DatabaseUnreachable, borrows_patiently, shared_load_context
 from app.core.repeating import repeating
 from app.db import github as queries
 from app.domains.github.analysis import repos_to_measure
@@ -274,6 +275,13 @@ class ProfileLookups:
             except PayerRefusedError as refused:
                 if started or (asker is not None and refused.whose in asker.limits):
                     raise
+            except DatabaseUnreachable:
+                if not borrows_patiently():
+                    raise
+                # The flight borrows as a request does (``shared_load_context``): a job fetches
+                # again on its own, patiently. Its first read of PostgreSQL comes before GitHub is
+                # asked, so an outage refused it there, bar one that began between fetch and store.
+                return await self._fetch_across_processes(login, priority, newer_than, pay)
         raise GitHubBusyError(
             "the fetches of this user under way were refused by their payers' limits",
             retry_after=REFUSED_JOINS_RETRY_S,
@@ -286,8 +294,11 @@ class ProfileLookups:
         newer_than: datetime | None,
         pay: Callable[[], Awaitable[Payer | None]],
     ) -> asyncio.Future[StoredProfile]:
-        """The login's flight in this process, charged to whoever ``pay`` admits (None: nobody)."""
-        flight = asyncio.ensure_future(self._fetch_across_processes(login, priority, newer_than, pay))
+        """The login's flight in this process, charged to whoever ``pay`` admits (None: nobody). It
+        borrows connections as a request does, whoever starts it (``shared_load_context``): a request
+        that joined a job's waited the whole ``DATABASE_TIMEOUT_S`` during an outage (diffreview8)."""
+        fetch = self._fetch_across_processes(login, priority, newer_than, pay)
+        flight = asyncio.get_running_loop().create_task(fetch, context=shared_load_context())
         self._flights[login] = flight
         flight.add_done_callback(lambda done: self._end_flight(login, done))
         return flight
