@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from benchmarks.harness.provision import BENCH_EMAIL, BENCH_PASSWORD
+from benchmarks.harness.provision import BENCH_EMAIL, BENCH_PASSWORD, claim_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE = "feed_bench"
@@ -529,6 +529,9 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data" / "bench")).resolve()
     database = HARNESS_DATABASE if args.harness else DATABASE
+    default = (ROOT / ".data" / "bench").resolve()
+    if args.harness and (refused := claim_data_dir(data_dir, default=default, setting="DATA_DIR")):
+        raise SystemExit(refused)  # it replaces the users, projects and sites of that database
     database_url, valkey_url = services(data_dir, database)
     say(f"{database} on the embedded PostgreSQL in {data_dir}")
     ensure_data(database_url)

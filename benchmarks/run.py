@@ -23,6 +23,7 @@ from types import FrameType
 
 from benchmarks.harness.checks import checks
 from benchmarks.harness.model import Options
+from benchmarks.harness.provision import claim_data_dir
 from benchmarks.harness.report import RESULTS_DIR, markdown, save
 from benchmarks.harness.runner import run
 from benchmarks.harness.scenarios import SCENARIOS, select
@@ -86,10 +87,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.connections < args.threads or args.batch_connections < args.threads:
         parser.error("--connections and --batch-connections must be at least --threads (wrk's rule)")
-    try:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        parser.error(f"--data-dir {args.data_dir} cannot be used: {exc}")
+    if not args.list and (refused := claim_data_dir(args.data_dir, default=DEFAULT_DATA_DIR)) is not None:
+        parser.error(refused)
     only = tuple(key.strip() for key in args.only.split(",") if key.strip())
     try:
         select(only)

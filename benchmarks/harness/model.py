@@ -27,6 +27,11 @@ class Options:
     data_dir: Path = Path(".data/bench")
 
 
+BUSY_MACHINE = "busy_machine_s"
+"""A result's ``detail`` key, set when the machine did not become quiet before it was measured (how long
+the harness waited for that, ``procfs.settle``): other work shared the CPUs."""
+
+
 @dataclass
 class Result:
     key: str

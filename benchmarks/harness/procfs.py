@@ -74,10 +74,10 @@ def busy_seconds() -> tuple[float, float]:
     return (sum(fields) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS
 
 
-def settle(quiet_share: float = 0.1, window_s: float = 0.5, limit_s: float = 30.0) -> float:
+def settle(quiet_share: float = 0.1, window_s: float = 0.5, limit_s: float = 30.0) -> tuple[float, bool]:
     """Wait until the machine is quiet: busy at most ``quiet_share`` of its CPU time over one
     ``window_s`` (PostgreSQL's autovacuum and checkpoints after millions of rows, a server's
-    flushers finishing), at most ``limit_s``. Returns the seconds waited."""
+    flushers finishing), at most ``limit_s``. Returns the seconds waited, and whether it was quiet."""
     started = time.monotonic()
     while True:
         busy, idle = busy_seconds()
@@ -85,8 +85,10 @@ def settle(quiet_share: float = 0.1, window_s: float = 0.5, limit_s: float = 30.
         busy_after, idle_after = busy_seconds()
         worked = busy_after - busy
         waited = time.monotonic() - started
-        if worked <= quiet_share * (worked + idle_after - idle) or waited >= limit_s:
-            return waited
+        if worked <= quiet_share * (worked + idle_after - idle):
+            return waited, True
+        if waited >= limit_s:
+            return waited, False
 
 
 class CpuMeter:

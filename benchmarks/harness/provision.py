@@ -84,6 +84,38 @@ def create_project_with_tasks(client: httpx.Client, token: str, name: str, tasks
     return project_id
 
 
+DATA_DIR_MARKER = ".bench-data-dir"
+"""The file that marks a directory as a benchmark's own data directory (``claim_data_dir``)."""
+
+
+def claim_data_dir(path: Path, *, default: Path, setting: str = "--data-dir") -> str | None:
+    """Why ``path`` may not be a benchmark's data directory, else None (it is claimed: marked). Every
+    pass empties the page views of the PostgreSQL under it, so a ``just serve`` ``DATA_DIR`` given by
+    mistake lost every view it held (the harness review). Refused: a directory that holds anything and
+    no marker, but the default (made by the releases before the marker). ``setting``: what names
+    ``path`` to the person running it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        marker = path / DATA_DIR_MARKER
+        if not marker.exists() and any(path.iterdir()) and path.resolve() != default.resolve():
+            return (
+                f"{setting} {path} holds data that is not a benchmark's (no {DATA_DIR_MARKER} in it): "
+                "each pass empties the page views of its database; give the benchmark a directory of "
+                "its own (an empty or new one)"
+            )
+        marker.touch()
+    except OSError as exc:
+        return f"{setting} {path} cannot be used: {exc}"
+    return None
+
+
+def has_feed_data(database_url: str) -> bool:
+    """Whether the feed's data set is in the database (``python -m benchmarks.feed_data --harness``)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("select exists (select 1 from activity_groups)").fetchone()
+    return bool(row and row[0])
+
+
 def prepare_database(database_url: str) -> None:
     """Empty the page-view tables of the bench database and make sure today's partitions exist."""
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.harness.checks import ratios
-from benchmarks.harness.model import Check, Result, Run
+from benchmarks.harness.model import BUSY_MACHINE, Check, Result, Run
 from benchmarks.harness.servers import ROOT
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -74,10 +74,17 @@ def _results_table(results: list[Result]) -> list[str]:
         "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        busy = " ¹" if BUSY_MACHINE in r.detail else ""
         lines.append(
-            f"| {r.label} | {SERVER_NAMES.get(r.server, r.server)} | {r.rate:,.0f} | {r.unit} | "
+            f"| {r.label}{busy} | {SERVER_NAMES.get(r.server, r.server)} | {r.rate:,.0f} | {r.unit} | "
             f"{_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.errors} | {_cpu(r)} | {r.consistency} |"
         )
+    if any(BUSY_MACHINE in r.detail for r in results):
+        lines += [
+            "",
+            "¹ measured on a machine that did not become quiet first (other work shared the CPUs): its "
+            "rate, and the ratios and targets that use it, are lower than the code's.",
+        ]
     return lines
 
 

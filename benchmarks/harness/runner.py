@@ -22,16 +22,17 @@ from app.core.migrate import migrate
 from app.core.runtime import resolve_services
 from benchmarks.harness import procfs, servers
 from benchmarks.harness.copy import run_copy_cases
-from benchmarks.harness.model import Options, Result, Run
+from benchmarks.harness.model import BUSY_MACHINE, Options, Result, Run
 from benchmarks.harness.profile import Profiler
 from benchmarks.harness.provision import (
     bench_token,
     create_project_with_tasks,
     create_site,
+    has_feed_data,
     prepare_database,
 )
 from benchmarks.harness.scenarios import PassFixtures, Scenario, run_wrk_scenario, select
-from benchmarks.harness.servers import ServerProcess
+from benchmarks.harness.servers import BenchError, ServerProcess
 from benchmarks.harness.wrk import wrk_version
 
 UNLIMITED = "1000000000"
@@ -187,18 +188,25 @@ def run_pass(
     for scenario in selected:
         if scenario.pending:
             continue
-        waited = procfs.settle()
-        if waited > 1:
+        waited, quiet = procfs.settle()
+        if not quiet:
+            print(f"  (the machine did not become quiet within {waited:.0f}s: other work shares the CPUs)")
+        elif waited > 1:
             print(f"  (waited {waited:.1f}s for the machine to become quiet)", flush=True)
         if scenario.server == "in-process":
-            results += run_copy_cases(database_url, fixtures.site("copy"), options.copy_seconds, postmaster)
-            continue
-        server = running.get(scenario.server)
-        meter = procfs.CpuMeter(server.pid, postmaster, valkey)
-        profile = profiler.bind(server, f"pass{number}-{scenario.key}") if profiler else None
-        result = run_wrk_scenario(scenario, options, server.base, fixtures, database_url, meter, profile)
-        server.check_alive()
-        results.append(result)
+            measured = run_copy_cases(database_url, fixtures.site("copy"), options.copy_seconds, postmaster)
+        else:
+            server = running.get(scenario.server)
+            meter = procfs.CpuMeter(server.pid, postmaster, valkey)
+            profile = profiler.bind(server, f"pass{number}-{scenario.key}") if profiler else None
+            measured = [
+                run_wrk_scenario(scenario, options, server.base, fixtures, database_url, meter, profile)
+            ]
+            server.check_alive()
+        for result in measured:
+            if not quiet:
+                result.detail[BUSY_MACHINE] = round(waited, 1)
+        results += measured
     return results
 
 
@@ -210,6 +218,12 @@ def run(options: Options) -> Run:
         services = resolve_services(load_settings({"APP_ENV": "test", "DATA_DIR": str(options.data_dir)}))
         assert services.database_url
         migrate(services.database_url)
+    if any(s.feed_data for s in selected) and not has_feed_data(services.database_url):
+        raise BenchError(
+            "the feed scenarios measure the feed's data set, which this --data-dir does not hold: make "
+            f"it with `DATA_DIR={options.data_dir} uv run python -m benchmarks.feed_data --harness "
+            "--only data` (a few minutes), then run them again"
+        )
     env = project_env(options, services)
     record = Run(describe(options, env))
     record.pending = {s.title(options): s.pending for s in selected if s.pending}

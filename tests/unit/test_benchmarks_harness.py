@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from benchmarks.harness import procfs
 from benchmarks.harness.checks import RATIOS, TARGETS, checks, memory_check, ratios
-from benchmarks.harness.model import Result, Run
+from benchmarks.harness.model import BUSY_MACHINE, Result, Run
 from benchmarks.harness.profile import summarise
+from benchmarks.harness.provision import DATA_DIR_MARKER, claim_data_dir
 from benchmarks.harness.report import chart, document, markdown
 from benchmarks.harness.scenarios import BY_KEY, SCENARIOS, select, sink_writes
 from benchmarks.harness.servers import BenchError, ServerProcess
@@ -206,8 +207,65 @@ def test_cpu_meter_counts_valkey_apart(tmp_path: Path) -> None:
     assert counted["server"] == counted["postgres"] == 0
 
 
-def test_settling_gives_up_at_its_limit() -> None:
-    assert procfs.settle(quiet_share=0.0, window_s=0.01, limit_s=0.0) >= 0.01
+def test_settling_gives_up_at_its_limit_and_says_it_was_not_quiet() -> None:
+    waited, quiet = procfs.settle(quiet_share=-1.0, window_s=0.01, limit_s=0.0)
+    assert waited >= 0.01 and not quiet
+
+
+def test_a_result_measured_on_a_busy_machine_is_marked_in_the_table() -> None:
+    """The harness review: "(waited 30.0s for the machine to become quiet)" was printed when it never
+    became quiet, and nothing marked the rows measured so."""
+    quiet, busy = result("health", 10_000), result("bare-get", 20_000)
+    busy.detail[BUSY_MACHINE] = 30.0
+    meta = {
+        "started_at": "2026-01-01T00:00:00Z",
+        "machine": {"cpus": 2, "load_before": 0.1, "platform": "linux"},
+        "versions": {k: "1" for k in ("granian", "litestar", "uvicorn", "fastapi", "asyncpg", "wrk")},
+        "args": {
+            "workers": 2,
+            "threads": 2,
+            "duration": 10,
+            "warmup": 2,
+            "connections": 64,
+            "profile": False,
+        },
+        "server": {"SINK_DRIVER": "hybrid"},
+    }
+    text = markdown(Run(meta, passes=[[busy, quiet]]), [])
+    assert "| bare-get ¹ |" in text and "| health |" in text
+    assert "¹ measured on a machine that did not become quiet first" in text
+    assert "¹" not in markdown(Run(meta, passes=[[quiet]]), [])
+
+
+def test_a_data_dir_that_holds_other_data_is_refused(tmp_path: Path) -> None:
+    """The harness review: a ``just serve`` ``DATA_DIR`` given as ``--data-dir`` lost every page view
+    (each pass empties them)."""
+    serve_data = tmp_path / "serve"
+    (serve_data / "postgres").mkdir(parents=True)
+    refused = claim_data_dir(serve_data, default=tmp_path / "bench")
+    assert refused is not None and "not a benchmark's" in refused
+    assert not (serve_data / DATA_DIR_MARKER).exists()
+    default = tmp_path / "bench"  # the default, made by the releases before the marker
+    (default / "postgres").mkdir(parents=True)
+    assert claim_data_dir(default, default=default) is None
+    assert (default / DATA_DIR_MARKER).exists()
+    new = tmp_path / "new" / "dir"
+    assert claim_data_dir(new, default=default) is None
+    (new / "postgres").mkdir()
+    assert claim_data_dir(new, default=default) is None, "claimed once, its own from then on"
+
+
+def test_the_command_refuses_another_data_dir_before_it_starts_anything(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text("x")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "health", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert "not a benchmark's" in done.stderr and not (tmp_path / "postgres").exists()
 
 
 def test_markdown_shows_results_ratios_targets_and_memory() -> None:
@@ -306,3 +364,27 @@ def test_a_server_that_never_became_ready_is_killed_at_once(tmp_path: Path) -> N
     server.stop(timeout_s=5)
     assert server.process is not None and server.process.returncode == -signal.SIGKILL
     assert not told.exists(), "it was asked to stop and waited for"
+
+
+def test_the_feed_scenarios_are_refused_without_the_feeds_data_set(tmp_path: Path) -> None:
+    """The harness review: on a directory without the data set they measured an empty feed under the
+    label "20 groups of 1M events", and exited 0."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--only",
+            "feed",
+            "--no-save",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert "the feed scenarios measure the feed's data set" in done.stderr, done.stderr
+    assert "benchmarks.feed_data --harness --only data" in done.stderr
