@@ -1,7 +1,9 @@
 """A realistic mixed load for locust's web UI (see benchmarks/README.md).
 
-    uv run locust --host http://127.0.0.1:8000
+    uv run locust --host http://127.0.0.1:8001
 
+against a server of its own with raised limits (benchmarks/README.md, "Locust": ``DATA_DIR=.data/locust
+PORT=8001 RATE_LIMIT_AUTH_PER_MINUTE=...``), not the development server's data and limits.
 (``[tool.locust]`` in pyproject.toml names this file and keeps the web UI, which has no login and can
 aim the load at any host, on 127.0.0.1.)
 

@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     if not args.list and (refused := claim_data_dir(args.data_dir, default=DEFAULT_DATA_DIR)) is not None:
         parser.error(refused)
     only = tuple(key.strip() for key in args.only.split(",") if key.strip())
+    if args.only and not only:
+        parser.error("--only names no scenario (see --list)")
     try:
         select(only)
     except ValueError as exc:
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} log: {path}")
     print(f"run took {time.monotonic() - started:.0f}s")
     for r in (result for results in record.passes for result in results if result.errors):
-        print(f"WARNING {r.label}: {r.errors} errors (p50/p99 include their answers; see the JSON's detail)")
+        where = "its server's log" if args.no_save else "the JSON's detail and its server's log"
+        print(f"WARNING {r.label}: {r.errors} errors (p50/p99 include their answers; see {where})")
     for r in record.lost:
         print(f"ERROR {r.label}: {r.consistency} (acked {r.rows_acknowledged}, stored {r.rows_stored})")
     if record.lost:

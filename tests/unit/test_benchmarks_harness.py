@@ -56,6 +56,10 @@ def test_targets_pass_fail_and_not_measured() -> None:
     assert {c.name: c for c in checks(results, [])}["ingest p99 <= 15 ms"].status == "PASS"
     results["ingest"] = result("ingest", 5_000, p99_ms=15.1)
     assert {c.name: c for c in checks(results, [])}["ingest p99 <= 15 ms"].status == "FAIL"
+    results["ingest"] = result("ingest", 5_000, p99_ms=2.0)
+    results["ingest"].errors = 40  # fast error answers: the harness review
+    errored = {c.name: c for c in checks(results, [])}["ingest p99 <= 15 ms"]
+    assert (errored.status, errored.measured) == ("FAIL", "ingest answered errors (see the table)")
 
 
 def test_ratios_divide_rates_of_the_same_pass() -> None:
@@ -364,6 +368,18 @@ def test_a_server_that_never_became_ready_is_killed_at_once(tmp_path: Path) -> N
     server.stop(timeout_s=5)
     assert server.process is not None and server.process.returncode == -signal.SIGKILL
     assert not told.exists(), "it was asked to stop and waited for"
+
+
+def test_an_only_that_names_no_scenario_is_refused() -> None:
+    """The harness review: ``--only ,`` ran every default scenario."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", ",", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and "--only names no scenario" in done.stderr, done
 
 
 def test_the_feed_scenarios_are_refused_without_the_feeds_data_set(tmp_path: Path) -> None:
