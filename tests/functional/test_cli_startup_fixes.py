@@ -234,9 +234,7 @@ def test_serve_on_another_service_where_valkey_was_meant_fails_at_once(
     )
 
     assert launcher.read_to_exit(EXIT_DEADLINE_S) == 1, launcher.tail()
-    assert any("Valkey answered in another protocol" in line for line in launcher.output), (
-        launcher.tail()
-    )
+    assert any("Valkey answered in another protocol" in line for line in launcher.output), launcher.tail()
 
 
 def test_serve_waits_for_an_unreachable_valkey_saying_so_then_fails_naming_it(
