@@ -68,19 +68,21 @@ VALKEY_DOWN = (ValkeyConnectionError, ValkeyTimeoutError)
 """What a call raises when Valkey cannot serve it now: fall back, never an error of the request."""
 
 _REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError, AuthenticationWrongNumberOfArgsError)
+_FINAL_REPLIES = ("DENIED", "DB index", "unknown command", "SELECT is not allowed")
+"""Error replies (their code stripped by valkey-py where it knows it) that no wait changes: protected
+mode, a database index Valkey lacks, a proxy or a sentinel that knows no ``PING`` or ``SELECT``, a
+cluster node asked for a database other than 0 (diffreview9)."""
 
 
 def final_refusal(error: BaseException) -> str | None:
     """How a Valkey that answered ``error`` will not serve this client however long one waits: its
-    credentials or permissions refused, a database index it lacks, protected mode (``DENIED``), or a
+    credentials or permissions refused, an error reply no wait changes (``_FINAL_REPLIES``), or a
     reply that is not Valkey's (another service on its port). None for what passes: unreachable,
     starting, loading, busy with a script, a failover (``UNAVAILABLE_REPLIES``). For the start-up
     checks (``app.cli``'s serve, the worker's preflight), which fail at once on it instead of waiting
     (review: ``BUSY`` and ``MASTERDOWN`` failed them at once)."""
     text = str(error)
-    if isinstance(error, _REFUSALS) or (
-        isinstance(error, ResponseError) and (text.startswith("DENIED") or text.startswith("DB index"))
-    ):
+    if isinstance(error, _REFUSALS) or (isinstance(error, ResponseError) and text.startswith(_FINAL_REPLIES)):
         return "refused the connection"
     if isinstance(error, InvalidResponse):
         return "answered in another protocol"

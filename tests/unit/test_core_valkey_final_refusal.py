@@ -27,6 +27,8 @@ def reply(text: str) -> Exception:
         "NOPERM User app has no permissions to run the 'ping' command",
         "ERR DB index is out of range",
         "DENIED Valkey is running in protected mode because protected mode is enabled",
+        "ERR unknown command 'PING', with args beginning with: ",
+        "ERR SELECT is not allowed in cluster mode",
     ],
 )
 def test_a_refusal_waiting_cannot_change_is_final(text: str) -> None:
