@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     add("--tasks", type=int, default=50, help="tasks in the task-list scenario's project (default 50)")
     add("--repeat", type=int, default=1, help="passes over the scenarios, same servers (default 1)")
     add("--sink-driver", choices=("asyncpg", "psycopg", "hybrid"), default=None, help="SINK_DRIVER")
-    add("--only", default="", help="comma-separated scenario keys (default: the starred ones below)")
+    add("--only", default=None, help="comma-separated scenario keys (default: the starred ones below)")
     add("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="embedded services' data (.data/bench)")
     add("--no-save", action="store_true", help="print only; write nothing to benchmarks/results/")
     add("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         parser.error("--connections and --batch-connections must be at least --threads (wrk's rule)")
     if not args.list and (refused := claim_data_dir(args.data_dir, default=DEFAULT_DATA_DIR)) is not None:
         parser.error(refused)
-    only = tuple(key.strip() for key in args.only.split(",") if key.strip())
-    if args.only and not only:
+    only = tuple(key.strip() for key in (args.only or "").split(",") if key.strip())
+    if args.only is not None and not only:
         parser.error("--only names no scenario (see --list)")
     try:
         select(only)
