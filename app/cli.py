@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from app.config import Settings, SettingsError, load_settings, redact_url
-from app.core.logging import configure_logging, told_traceback
+from app.core.logging import configure_logging, error_message, told_traceback
 from app.core.migrate import REFUSED_CONNECTION, database_missing, migrate
 from app.core.runtime import release_services, resolve_services, revive_services
 from app.core.scrub import scrub_text
@@ -337,12 +337,6 @@ def _wait_for(
         signals.sleep(0.25)
 
 
-def _first_line(exc: Exception, url: str) -> str:
-    """A driver's error in one line, ``url``'s password masked (its text may quote the URL)."""
-    text = str(exc).strip()
-    return scrub_text(text.splitlines()[0], url) if text else type(exc).__name__
-
-
 def _wait_for_database(
     url: str, timeout: float, signals: _StopSignals, say: Callable[[str], None] = _say
 ) -> None:
@@ -357,7 +351,7 @@ def _wait_for_database(
         except psycopg.Error as exc:  # its text may quote the URL (or the part it could not parse)
             if isinstance(exc, psycopg.OperationalError) and database_missing(url):
                 return
-            error = _first_line(exc, url)
+            error = error_message(exc, url)
             if REFUSED_CONNECTION.search(str(exc)):
                 raise _WaitingCannotHelpError("refused the connection", error) from None
             raise RuntimeError(error) from None
@@ -383,8 +377,8 @@ def _wait_for_valkey(
             except (ValkeyError, OSError) as exc:
                 reason = final_refusal(exc)
                 if reason is not None:
-                    raise _WaitingCannotHelpError(reason, _first_line(exc, url)) from None
-                raise RuntimeError(_first_line(exc, url)) from None
+                    raise _WaitingCannotHelpError(reason, error_message(exc, url)) from None
+                raise RuntimeError(error_message(exc, url)) from None
 
     _wait_for("Valkey", "VALKEY_URL", url, ping, timeout, signals, say)
 

@@ -122,12 +122,12 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 ERROR_MESSAGE_MAX_LENGTH = 300
 
 
-def error_message(exc: BaseException) -> str:
-    """What a log line may say about ``exc``: its message's first line, credentials masked, bounded
-    (the type when it has no message)."""
+def error_message(exc: BaseException, *urls: str | None) -> str:
+    """What a log line may say about ``exc``: its message's first line, credentials masked (also the
+    passwords of ``urls``, which a driver may quote alone), bounded (the type when it has no message)."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    return scrub_text(first)[:ERROR_MESSAGE_MAX_LENGTH]
+    return scrub_text(first, *urls)[:ERROR_MESSAGE_MAX_LENGTH]
 
 
 class OncePerInterval:

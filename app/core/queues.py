@@ -52,7 +52,6 @@ from app.core.modules import QUEUE_NAMES, JobFunction, Module
 from app.core.pool import borrow_as_ever, borrow_patiently
 from app.core.relay import RETRY_BACKOFF_MAX_S, RETRY_DELAY_S, OutboxRelay, batching_of, timeouts_of
 from app.core.repeating import stopped_within
-from app.core.scrub import scrub_text
 from app.core.services import Services
 from app.core.sweep import TwoSightingSweepQueue
 from app.core.valkey import final_refusal
@@ -379,7 +378,7 @@ async def _first_answer(
         except _WaitingCannotHelpError as exc:
             return _Answer(f"{what} answered ({setting}={redact_url(url)}): {exc}", conclusive=True)
         except Exception as exc:  # whatever the failure, it is reported the same way
-            error = scrub_text(error_message(exc), url)
+            error = error_message(exc, url)
         if time.monotonic() >= deadline:
             return _Answer(
                 f"{what} did not answer within {timeout_s:g}s ({setting}={redact_url(url)}): {error}"
@@ -405,7 +404,7 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
         except ValkeyError as exc:
             reason = final_refusal(exc)
             if reason is not None:
-                detail = scrub_text(error_message(exc), valkey_url)
+                detail = error_message(exc, valkey_url)
                 raise _WaitingCannotHelpError(f"it {reason}: {detail}") from None
             raise
         finally:
@@ -418,7 +417,7 @@ async def check_dependencies(settings: Settings, timeout_s: float = PREFLIGHT_TI
                 pass
         except psycopg.OperationalError as exc:
             if REFUSED_CONNECTION.search(str(exc)):
-                refusal = scrub_text(error_message(exc), database_url)
+                refusal = error_message(exc, database_url)
                 raise _WaitingCannotHelpError(f"it refused the connection: {refusal}") from None
             if await asyncio.to_thread(database_missing, database_url):
                 raise _WaitingCannotHelpError("its database does not exist: run `migrate` first") from None
