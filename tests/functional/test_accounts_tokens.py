@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 from app.config import Settings
 from app.core.security import AccessTokens
-from app.db.models import User
+from app.db.models import User, UserRole
 from tests.factories import (
     PASSWORD,
     Client,
@@ -23,6 +23,7 @@ from tests.factories import (
     create_user,
     login,
     serve_in_loop,
+    sign_in_to_dashboard,
     wait_until,
 )
 
@@ -235,3 +236,15 @@ async def test_a_new_secret_key_refuses_old_access_tokens_and_the_session_goes_o
         response = await me(after.client, refreshed.json()["access_token"])
         assert response.status_code == 200, response.text
         assert response.json()["id"] == member.id
+
+
+async def test_a_new_secret_key_signs_everyone_out_of_the_dashboard(
+    api: Client, settings: Settings, db: AsyncConnection[Any], password_hash: str
+) -> None:
+    """README, ``SECRET_KEY``: the dashboard's session is a token signed with the key."""
+    admin = await create_user(db, password_hash, role=UserRole.ADMIN)
+    session = await sign_in_to_dashboard(api, admin.email)
+    assert (await api.get("/saq/api/queues", headers=session)).status_code == 200
+    async with serve_in_loop(settings, secret_key=OTHER_SECRET) as after:
+        refused = await after.client.get("/saq/api/queues", headers=session)
+    assert_problem(refused, 401, "unauthorized")
