@@ -396,3 +396,19 @@ def test_the_feed_scenarios_are_refused_without_the_feeds_data_set(tmp_path: Pat
         release_services()
     assert "the feed scenarios measure the feed's data set" in str(refused.value)
     assert "benchmarks.feed_data --harness --only data" in str(refused.value)
+
+
+def test_the_feed_data_set_refuses_a_data_dir_that_is_not_a_benchmarks(tmp_path: Path) -> None:
+    """``feed_data --harness`` replaces the users, projects and sites of the database it is given."""
+    (tmp_path / "secret_key").write_text("x")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.feed_data", "--harness", "--only", "data"],
+        env={**os.environ, "DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert f"DATA_DIR {tmp_path} holds data that is not a benchmark's" in done.stderr, done.stderr
+    assert not (tmp_path / "postgres").exists()
