@@ -35,7 +35,7 @@ from valkey.asyncio import Valkey
 
 from app.core.logging import OncePerInterval, error_message
 from app.core.multiplexed import MultiplexedValkey
-from app.core.pool import DatabaseUnreachable, borrows_patiently, shared_load_context
+from app.core.pool import awaited_as_a_borrower, shared_load_context
 from app.core.valkey import VALKEY_DOWN
 
 T = TypeVar("T")
@@ -228,12 +228,7 @@ async def single_flight(flights: Flights, key: Hashable, make: Callable[[], Coro
         flight = asyncio.get_running_loop().create_task(make(), context=shared_load_context())
         flights[key] = flight
         flight.add_done_callback(lambda done: _finish_flight(flights, key, done))
-    try:
-        return cast("T", await asyncio.shield(flight))
-    except DatabaseUnreachable:
-        if not borrows_patiently():
-            raise
-    return await make()
+    return cast("T", await awaited_as_a_borrower(asyncio.shield(flight), make))
 
 
 def _finish_flight(flights: Flights, flight_key: Hashable, done: asyncio.Future[Any]) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from contextvars import Context, ContextVar, copy_context
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from psycopg import AsyncConnection
@@ -19,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from app.core.logging import error_message
 
 log = structlog.get_logger("app.db")
+T = TypeVar("T")
 
 
 class DatabaseUnreachable(PoolTimeout):
@@ -61,21 +63,28 @@ def borrow_as_ever() -> None:
     _PATIENT.set(False)
 
 
-def borrows_patiently() -> bool:
-    """Whether a borrower in this context waits ``DATABASE_TIMEOUT_S`` while the pool cannot connect."""
-    return _PATIENT.get()
-
-
 def shared_load_context() -> Context:
     """A copy of this context in which borrowers wait as a request's do: for a load that several
     callers share (``app.core.cache.single_flight``, the GitHub lookups' flights), which may keep
     requests waiting whoever started it. A job that started or joined one loads again for itself when
-    it is refused with ``DatabaseUnreachable``: the refusal is a request's, not the job's
-    (diffreview4: a request that joined a job's load waited the whole ``DATABASE_TIMEOUT_S``, a job
+    it is refused with ``DatabaseUnreachable`` (``awaited_as_a_borrower``): the refusal is a
+    request's, not the job's (diffreview4: a request that joined a job's load waited the whole ``DATABASE_TIMEOUT_S``, a job
     that joined a request's failed at once)."""
     context = copy_context()
     context.run(borrow_as_ever)
     return context
+
+
+async def awaited_as_a_borrower(shared: Awaitable[T], alone: Callable[[], Awaitable[T]]) -> T:
+    """``shared``'s result (a load started in ``shared_load_context``); for a caller that borrows
+    patiently and was refused with ``DatabaseUnreachable``, ``alone()``'s: its own load, waiting as
+    it does. A busy pool's ``PoolTimeout`` is everyone's: it came after the whole wait."""
+    try:
+        return await shared
+    except DatabaseUnreachable:
+        if not _PATIENT.get():  # a request: the refusal is its own
+            raise
+    return await alone()
 
 
 class FailFastPool(AsyncConnectionPool[AsyncConnection[Any]]):

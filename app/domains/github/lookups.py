@@ -34,7 +34,7 @@ from valkey.asyncio import Valkey
 
 from app.config import Settings
 from app.core.db import Database
-from app.core.pool import DatabaseUnreachable, borrows_patiently, shared_load_context
+from app.core.pool import awaited_as_a_borrower, shared_load_context
 from app.core.repeating import repeating
 from app.db import github as queries
 from app.domains.github.analysis import repos_to_measure
@@ -270,18 +270,15 @@ class ProfileLookups:
                 flight = self._start_flight(login, priority, newer_than, pay)
             if user_id is not None:  # held until the flight ends, not merely until it stops waiting
                 flight.add_done_callback(partial(self._release_lookup, user_id, login))
+            # A job the flight refused as a request (``shared_load_context``) fetches on its own. The
+            # flight's first read of PostgreSQL comes before GitHub is asked, so an outage refused it
+            # there, bar one that began between fetch and store.
+            alone = partial(self._fetch_across_processes, login, priority, newer_than, pay)
             try:
-                return await self._wait(flight, deadline)
+                return await awaited_as_a_borrower(self._wait(flight, deadline), alone)
             except PayerRefusedError as refused:
                 if started or (asker is not None and refused.whose in asker.limits):
                     raise
-            except DatabaseUnreachable:
-                if not borrows_patiently():
-                    raise
-                # The flight borrows as a request does (``shared_load_context``): a job fetches
-                # again on its own, patiently. Its first read of PostgreSQL comes before GitHub is
-                # asked, so an outage refused it there, bar one that began between fetch and store.
-                return await self._fetch_across_processes(login, priority, newer_than, pay)
         raise GitHubBusyError(
             "the fetches of this user under way were refused by their payers' limits",
             retry_after=REFUSED_JOINS_RETRY_S,
