@@ -68,8 +68,8 @@ def shared_load_context() -> Context:
     callers share (``app.core.cache.single_flight``, the GitHub lookups' flights), which may keep
     requests waiting whoever started it. A job that started or joined one loads again for itself when
     it is refused with ``DatabaseUnreachable`` (``awaited_as_a_borrower``): the refusal is a
-    request's, not the job's (diffreview4: a request that joined a job's load waited the whole ``DATABASE_TIMEOUT_S``, a job
-    that joined a request's failed at once)."""
+    request's, not the job's (diffreview4: a request that joined a job's load waited the whole
+    ``DATABASE_TIMEOUT_S``, a job that joined a request's failed at once)."""
     context = copy_context()
     context.run(borrow_as_ever)
     return context
